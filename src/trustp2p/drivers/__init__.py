@@ -1,0 +1,75 @@
+"""
+Drivers: transports behind one interface (:mod:`trustp2p.drivers.base`).
+
+Pick one by name or from a URL's scheme with :func:`driver_class`. Drivers are imported
+only when used.
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CloseCode",
+    "Driver",
+    "DriverEvent",
+    "DriverOptions",
+    "Listener",
+    "Listening",
+    "Socket",
+    "SocketStats",
+    "driver_class",
+    "scheme_of",
+]
+
+import importlib
+from urllib.parse import urlsplit
+
+from ..exceptions import DriverError
+from .base import (
+    CloseCode,
+    Driver,
+    DriverEvent,
+    DriverOptions,
+    Listener,
+    Listening,
+    Socket,
+    SocketStats,
+)
+
+# name or URL scheme -> (module, class)
+_DRIVERS: dict[str, tuple[str, str]] = {
+    "ws": ("trustp2p.drivers.ws", "WsDriver"),
+    "wss": ("trustp2p.drivers.ws", "WsDriver"),
+    "memory": ("trustp2p.drivers.memory", "MemoryDriver"),
+}
+
+
+def driver_class(name: str) -> type[Driver]:
+    """
+    Return the driver class for a name or URL scheme, e.g. ``"ws"``.
+
+    Raises:
+        DriverError: If no driver has that name.
+
+    """
+    try:
+        module_name, class_name = _DRIVERS[name]
+    except KeyError:
+        known = ", ".join(sorted(_DRIVERS))
+        raise DriverError(f"unknown driver {name!r}; known drivers: {known}") from None
+    cls: type[Driver] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def scheme_of(url: str) -> str:
+    """
+    Return the scheme of a peer URL, which names its driver.
+
+    Raises:
+        DriverError: If the URL has no scheme.
+
+    """
+    scheme = urlsplit(url).scheme
+    if not scheme:
+        raise DriverError(f"peer URL {url!r} lacks a scheme such as ws://")
+    return scheme

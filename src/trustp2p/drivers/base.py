@@ -1,0 +1,283 @@
+"""
+The driver interface: transports behind one small API.
+
+A :class:`Driver` listens (server side) and dials (client side); each connection is a
+:class:`Socket`. Drivers move whole binary messages and report what happens to a
+:class:`Listener` — start, connection, open, message, close, error — and know nothing
+about packages.
+
+Callbacks are plain functions called from the event loop, in order, for one
+connection: ``on_connection`` (inbound) or ``on_open`` (outbound) first, then
+``on_message`` for each message, then ``on_error`` if the transport failed, then
+``on_close`` exactly once. Writing is synchronous (:meth:`Socket.write` buffers one
+message); :meth:`Socket.drain` waits for the buffer to go down, as asyncio streams do.
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CloseCode",
+    "Driver",
+    "DriverEvent",
+    "DriverOptions",
+    "Listener",
+    "Listening",
+    "Socket",
+    "SocketStats",
+]
+
+import abc
+import asyncio
+import enum
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from ..exceptions import ConnectionClosed
+from ..protocol.deliver import ConnId
+
+logger = logging.getLogger("trustp2p.drivers")
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes (RFC 6455 §7.4.1) that trustp2p uses, on every driver."""
+
+    NORMAL_CLOSURE = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    ABNORMAL_CLOSURE = 1006  # never sent: the connection dropped without a close
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+class DriverEvent(enum.Enum):
+    """What a driver reports to its :class:`Listener`."""
+
+    START = "start"  # a server started listening
+    CONNECTION = "connection"  # a peer connected to us
+    OPEN = "open"  # we connected to a peer
+    MESSAGE = "message"  # a message arrived
+    CLOSE = "close"  # a connection closed
+    ERROR = "error"  # a connection failed
+
+
+@dataclass(frozen=True, slots=True)
+class DriverOptions:
+    """
+    Settings every driver honours.
+
+    Attributes:
+        max_message_size: Largest message accepted, in bytes; a larger one closes the
+            connection with code 1009. ``None`` disables the limit.
+        open_timeout: Time allowed to open a connection (TCP and handshake), in seconds.
+        close_timeout: Time allowed for the closing handshake before the connection is
+            dropped, in seconds.
+        write_limit: Size of the write buffer above which :meth:`Socket.drain` waits, in
+            bytes.
+        trust_real_ip: Take a client's address from the ``X-Real-IP`` header when the
+            connection comes from a proxy on a loopback address (and only then).
+
+    """
+
+    max_message_size: int | None = 2**20
+    open_timeout: float = 10.0
+    close_timeout: float = 10.0
+    write_limit: int = 2**16
+    trust_real_ip: bool = True
+
+
+@dataclass(slots=True)
+class SocketStats:
+    """Counters kept per connection; the node fills the package-level ones."""
+
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    invalid_in: int = 0  # packages that failed to decode or broke the protocol
+    unmatched_in: int = 0  # responses that matched no pending request
+    last_rtt: float | None = None  # seconds; the heartbeat's last ping round trip
+
+
+class Listener(Protocol):
+    """Receives a driver's events. The node is the listener of all its drivers."""
+
+    def on_start(self, listening: Listening) -> None: ...
+
+    def on_connection(self, socket: Socket) -> None: ...
+
+    def on_open(self, socket: Socket) -> None: ...
+
+    def on_message(self, socket: Socket, data: bytes | str) -> None: ...
+
+    def on_error(self, socket: Socket, error: Exception) -> None: ...
+
+    def on_close(self, socket: Socket) -> None: ...
+
+
+_socket_ids = itertools.count(1)
+
+
+class Socket(abc.ABC):
+    """
+    One connection to a peer.
+
+    Attributes:
+        id: Unique in this process.
+        peer: The peer's URL when we dialled it, else its ``address:port``.
+        host: The peer's address (from ``X-Real-IP`` behind a loopback proxy).
+        inbound: True when the peer dialled us.
+        last_seen: Event loop time (:meth:`asyncio.AbstractEventLoop.time`) of the last
+            message received, or of the connection.
+        stats: Counters for this connection.
+        close_code: The close code once closed, else ``None``.
+        close_reason: The close reason once closed.
+
+    """
+
+    def __init__(self, *, listener: Listener, inbound: bool, peer: str, host: str) -> None:
+        self.id = ConnId(next(_socket_ids))
+        self.peer = peer
+        self.host = host
+        self.inbound = inbound
+        self._loop = asyncio.get_running_loop()
+        self.last_seen = self._loop.time()
+        self.stats = SocketStats()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._listener = listener
+
+    def __repr__(self) -> str:
+        direction = "from" if self.inbound else "to"
+        return f"<{type(self).__name__} #{self.id} {direction} {self.peer}>"
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool:
+        """True once the connection is closing or closed: :meth:`write` would raise."""
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None:
+        """
+        Queue one binary message for sending; doesn't block.
+
+        Raises:
+            ConnectionClosed: If the connection is closing or closed.
+
+        """
+
+    @abc.abstractmethod
+    async def drain(self) -> None:
+        """Wait until the write buffer is below its limit."""
+
+    async def send(self, data: bytes) -> None:
+        """
+        Send one binary message, waiting if the write buffer is full.
+
+        Raises:
+            ConnectionClosed: If the connection is closing or closed.
+
+        """
+        self.write(data)
+        await self.drain()
+
+    @abc.abstractmethod
+    def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """
+        Start closing the connection with a code and reason; doesn't block.
+
+        Does nothing if it is already closing. After ``close_timeout``, the connection
+        is dropped whatever the peer does.
+
+        """
+
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close the connection and wait until it is closed."""
+        self.close_soon(code, reason)
+        await self.wait_closed()
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
+
+    @abc.abstractmethod
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed."""
+
+    @abc.abstractmethod
+    def pause_reading(self) -> None:
+        """Stop calling ``on_message`` until :meth:`resume_reading`; backpressure."""
+
+    @abc.abstractmethod
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading`."""
+
+    def _closed_exc(self) -> ConnectionClosed:
+        return ConnectionClosed(self.close_code, self.close_reason)
+
+    def _deliver(self, data: bytes | str) -> None:
+        """Report one received message to the listener."""
+        self.last_seen = self._loop.time()
+        stats = self.stats
+        stats.messages_in += 1
+        stats.bytes_in += len(data)
+        try:
+            self._listener.on_message(self, data)
+        except Exception:  # a bug in the listener must not break the transport
+            logger.error("! listener failed on a message from %s", self.peer, exc_info=True)
+
+    def _report(self, name: str, *args: object) -> None:
+        """Call a listener callback, logging a failure instead of raising it."""
+        try:
+            getattr(self._listener, name)(self, *args)
+        except Exception:
+            logger.error("! listener failed in %s for %s", name, self.peer, exc_info=True)
+
+
+class Listening(abc.ABC):
+    """A server listening for connections."""
+
+    url: str
+    """A URL peers can dial to reach it, e.g. ``ws://127.0.0.1:1107``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop accepting connections; open connections stay open."""
+
+    @abc.abstractmethod
+    async def wait_closed(self) -> None:
+        """Wait until the listening socket is closed."""
+
+
+class Driver(abc.ABC):
+    """A transport: listens for and dials connections that carry binary messages."""
+
+    scheme: ClassVar[str]
+    """The URL scheme this driver dials, e.g. ``"ws"``."""
+
+    def __init__(self, options: DriverOptions | None = None) -> None:
+        self.options = options if options is not None else DriverOptions()
+
+    @abc.abstractmethod
+    async def listen(self, host: str, port: int, listener: Listener) -> Listening:
+        """
+        Start listening; ``port=0`` picks a free port.
+
+        Raises:
+            DriverError: If listening fails.
+
+        """
+
+    @abc.abstractmethod
+    async def connect(self, url: str, listener: Listener) -> Socket:
+        """
+        Dial ``url`` and return the open socket; the listener's ``on_open`` has fired.
+
+        Raises:
+            DriverError: If the URL is invalid or the connection fails or times out.
+
+        """

@@ -1,0 +1,271 @@
+"""
+The in-memory driver: connections between nodes of one process, for tests and
+simulations.
+
+Servers register on a :class:`MemoryHub` under ``memory://host:port``; clients dial that
+URL. Messages are delivered in order, one event loop iteration later, and honour the same
+limits, close codes and events as the other drivers. A hub may delay every message by a
+fixed time, to model links.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["DEFAULT_HUB", "MemoryDriver", "MemoryHub", "MemoryListening", "MemorySocket"]
+
+import asyncio
+import itertools
+from collections import deque
+from urllib.parse import urlsplit
+
+from ..exceptions import DriverError
+from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
+
+_OPEN, _CLOSING, _CLOSED = range(3)
+
+
+class _Close:
+    """A close frame travelling in a socket's inbox behind the messages sent before it."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+class MemoryHub:
+    """
+    The address space that memory sockets connect in.
+
+    Args:
+        delay: Time each message and close takes to arrive, in seconds.
+
+    """
+
+    def __init__(self, *, delay: float = 0.0) -> None:
+        self.delay = delay
+        self._listening: dict[str, MemoryListening] = {}
+        self._ports = itertools.count(49152)
+        self._clients = itertools.count(1)
+
+
+DEFAULT_HUB = MemoryHub()
+"""The hub of :class:`MemoryDriver` instances created without one."""
+
+
+class MemorySocket(Socket):
+    """One end of an in-memory connection."""
+
+    def __init__(
+        self,
+        *,
+        listener: Listener,
+        options: DriverOptions,
+        hub: MemoryHub,
+        inbound: bool,
+        peer: str,
+        host: str,
+    ) -> None:
+        super().__init__(listener=listener, inbound=inbound, peer=peer, host=host)
+        self._options = options
+        self._hub = hub
+        self._other: MemorySocket | None = None
+        self._state = _OPEN
+        self._inbox: deque[bytes | _Close] = deque()
+        self._inbox_size = 0
+        self._flush_scheduled = False
+        self._paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._lost_waiter: asyncio.Future[None] = self._loop.create_future()
+
+    @property
+    def closed(self) -> bool:
+        return self._state != _OPEN
+
+    def write(self, data: bytes) -> None:
+        if self._state != _OPEN:
+            raise self._closed_exc()
+        stats = self.stats
+        stats.messages_out += 1
+        stats.bytes_out += len(data)
+        assert self._other is not None
+        self._other._enqueue(bytes(data))
+
+    async def drain(self) -> None:
+        other = self._other
+        if other is not None and other._inbox_size > self._options.write_limit:
+            waiter = self._loop.create_future()
+            other._drain_waiters.append(waiter)
+            await waiter
+        if self._state != _OPEN:
+            raise self._closed_exc()
+
+    def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        if self._state != _OPEN:
+            return
+        self._state = _CLOSING
+        assert self._other is not None
+        self._other._enqueue(_Close(code, reason))
+        self._loop.call_later(self._options.close_timeout, self._close_timed_out)
+
+    def abort(self) -> None:
+        other = self._other
+        self._connection_lost(CloseCode.ABNORMAL_CLOSURE, "")
+        if other is not None:
+            other._connection_lost(CloseCode.ABNORMAL_CLOSURE, "")
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._lost_waiter)
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._schedule_flush()
+
+    # Internals
+
+    def _enqueue(self, item: bytes | _Close) -> None:
+        if self._state == _CLOSED:
+            return
+        if self._hub.delay:
+            self._loop.call_later(self._hub.delay, self._arrive, item)
+        else:
+            self._arrive(item)
+
+    def _arrive(self, item: bytes | _Close) -> None:
+        self._inbox.append(item)
+        if not isinstance(item, _Close):
+            self._inbox_size += len(item)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        inbox = self._inbox
+        limit = self._options.max_message_size
+        while inbox and not self._paused and self._state != _CLOSED:
+            item = inbox.popleft()
+            if isinstance(item, _Close):
+                self._receive_close(item)
+                continue
+            self._inbox_size -= len(item)
+            if self._state != _OPEN:
+                continue  # we are closing: drop what the peer sent after our close
+            if limit is not None and len(item) > limit:
+                error = DriverError(
+                    f"message too big: {len(item)} bytes exceeds limit of {limit} bytes"
+                )
+                self._report("on_error", error)
+                self.close_soon(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                continue
+            self._deliver(item)
+        if self._drain_waiters and self._inbox_size <= self._options.write_limit:
+            for waiter in self._drain_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._drain_waiters.clear()
+
+    def _receive_close(self, close: _Close) -> None:
+        if self._state == _OPEN:
+            # The peer closes: answer with the same code, then we are closed.
+            self._state = _CLOSING
+            assert self._other is not None
+            self._other._enqueue(_Close(close.code, close.reason))
+        self._connection_lost(close.code, close.reason)
+
+    def _close_timed_out(self) -> None:
+        if self._state != _CLOSED:
+            self.abort()
+
+    def _connection_lost(self, code: int, reason: str) -> None:
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        self.close_code, self.close_reason = code, reason
+        self._inbox.clear()
+        self._inbox_size = 0
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+        self._report("on_close")
+        self._lost_waiter.set_result(None)
+
+
+class MemoryListening(Listening):
+    def __init__(
+        self, hub: MemoryHub, address: str, listener: Listener, options: DriverOptions
+    ) -> None:
+        self._hub = hub
+        self._address = address
+        self.listener = listener
+        self.options = options
+        self.url = f"memory://{address}"
+
+    def close(self) -> None:
+        if self._hub._listening.get(self._address) is self:
+            del self._hub._listening[self._address]
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class MemoryDriver(Driver):
+    """In-process driver (``memory://host:port``)."""
+
+    scheme = "memory"
+
+    def __init__(self, options: DriverOptions | None = None, *, hub: MemoryHub | None = None):
+        super().__init__(options)
+        self.hub = hub if hub is not None else DEFAULT_HUB
+
+    async def listen(self, host: str, port: int, listener: Listener) -> Listening:
+        if port == 0:
+            port = next(self.hub._ports)
+            while f"{host}:{port}" in self.hub._listening:
+                port = next(self.hub._ports)
+        address = f"{host}:{port}"
+        if address in self.hub._listening:
+            raise DriverError(f"can't listen on {address}: address already in use")
+        listening = MemoryListening(self.hub, address, listener, self.options)
+        self.hub._listening[address] = listening
+        listener.on_start(listening)
+        return listening
+
+    async def connect(self, url: str, listener: Listener) -> Socket:
+        parts = urlsplit(url)
+        if parts.scheme != "memory" or not parts.netloc:
+            raise DriverError(f"invalid memory URL {url!r}")
+        listening = self.hub._listening.get(parts.netloc)
+        if listening is None:
+            raise DriverError(f"can't connect to {url}: nothing listens there")
+        client = MemorySocket(
+            listener=listener,
+            options=self.options,
+            hub=self.hub,
+            inbound=False,
+            peer=url,
+            host=parts.hostname or "",
+        )
+        server = MemorySocket(
+            listener=listening.listener,
+            options=listening.options,
+            hub=self.hub,
+            inbound=True,
+            peer=f"memory-client-{next(self.hub._clients)}",
+            host="memory",
+        )
+        client._other, server._other = server, client
+        if self.hub.delay:
+            await asyncio.sleep(self.hub.delay)
+        server._report("on_connection")
+        client._report("on_open")
+        return client

@@ -1,0 +1,367 @@
+"""
+The WebSocket driver, on the Sans-I/O layer of the ``websockets`` library.
+
+``websockets`` parses and writes the protocol (handshake, frames, closing handshake,
+UTF-8 checks, size limits); this module is the asyncio glue, in the way the websockets
+guide "Integrate the Sans-I/O layer" describes. Running the Sans-I/O layer directly
+rather than the library's asyncio connection lets each message go to the node from
+``data_received`` without a task switch, and writes happen synchronously. One package
+travels per binary frame; compression is off (``shared/protocol/README.md``).
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["WsDriver", "WsListening", "WsSocket"]
+
+import asyncio
+import ipaddress
+import logging
+from typing import cast
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidURI, PayloadTooBig
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+from ..exceptions import DriverError
+from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
+
+logger = logging.getLogger("trustp2p.drivers.ws")
+
+_DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY)
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WsSocket(Socket, asyncio.Protocol):
+    """A WebSocket connection; also the asyncio protocol of its transport."""
+
+    def __init__(
+        self,
+        *,
+        listener: Listener,
+        options: DriverOptions,
+        inbound: bool,
+        protocol: ServerProtocol | ClientProtocol,
+        peer: str = "",
+        request: Request | None = None,
+    ) -> None:
+        super().__init__(listener=listener, inbound=inbound, peer=peer, host="")
+        self._options = options
+        self._protocol = protocol
+        self._request = request  # the handshake request to send, client side
+        self._transport: asyncio.Transport | None = None
+        self._opened = False
+        self._open_waiter: asyncio.Future[None] = self._loop.create_future()
+        self._lost_waiter: asyncio.Future[None] = self._loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._fragments: list[bytes] = []
+        self._fragment_text = False
+        self._paused_writing = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+
+    # Socket API
+
+    @property
+    def closed(self) -> bool:
+        return self._protocol.state is not State.OPEN
+
+    def write(self, data: bytes) -> None:
+        protocol = self._protocol
+        if protocol.state is not State.OPEN:
+            raise self._closed_exc()
+        protocol.send_binary(data)
+        stats = self.stats
+        stats.messages_out += 1
+        stats.bytes_out += len(data)
+        self._flush()
+
+    async def drain(self) -> None:
+        if self._paused_writing:
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._drain_waiters.remove(waiter)
+        if self._protocol.state is not State.OPEN:
+            raise self._closed_exc()
+
+    def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        state = self._protocol.state
+        if state is State.OPEN:
+            self._protocol.send_close(code, reason)
+            self._flush()
+            self._set_close_timer()
+        elif state is State.CONNECTING:
+            self.abort()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._lost_waiter)
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and self._transport.is_reading():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_reading():
+            self._transport.resume_reading()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=self._options.write_limit)
+        peername = transport.get_extra_info("peername")
+        if peername is not None and self.inbound:
+            self.host = peername[0]
+            self.peer = _format_address(peername[0], peername[1])
+        elif peername is not None:
+            self.host = peername[0]
+        self._timer = self._loop.call_later(self._options.open_timeout, self._open_timed_out)
+        if self._request is not None:
+            assert isinstance(self._protocol, ClientProtocol)
+            self._protocol.send_request(self._request)
+            self._request = None
+            self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self._protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self._flush()
+        for event in events:
+            if type(event) is Frame:
+                if event.opcode in _DATA_OPCODES or event.opcode is Opcode.CONT:
+                    self._receive_frame(event)
+            elif isinstance(event, Request):
+                self._accept(event)
+            elif isinstance(event, Response):
+                self._handshake_done()
+        if self._timer is None and protocol.close_expected():
+            self._set_close_timer()
+
+    def eof_received(self) -> None:
+        self._protocol.receive_eof()
+        self._protocol.events_received()
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        protocol = self._protocol
+        protocol.receive_eof()  # idempotent; makes the state CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if protocol.close_rcvd is not None:
+            self.close_code, self.close_reason = protocol.close_rcvd.code, protocol.close_rcvd.reason
+        elif protocol.close_sent is not None and exc is None:
+            self.close_code, self.close_reason = protocol.close_sent.code, protocol.close_sent.reason
+        else:
+            self.close_code = CloseCode.ABNORMAL_CLOSURE
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if not self._open_waiter.done():
+            error = protocol.handshake_exc or exc
+            reason = f": {error}" if error is not None else ""
+            self._open_waiter.set_exception(DriverError(f"connection closed during handshake{reason}"))
+            # Nobody else awaits it on the server side.
+            self._open_waiter.exception()
+        if self._opened:
+            error = protocol.parser_exc or exc
+            if error is not None:
+                self._report("on_error", self._describe_error(error))
+            self._report("on_close")
+        self._lost_waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # Internals
+
+    def _flush(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        for data in self._protocol.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                transport.write_eof()
+            else:  # pragma: no cover - TLS
+                transport.close()
+
+    def _receive_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CONT:
+            self._fragments.append(frame.data)
+            if not frame.fin:
+                return
+            data = b"".join(self._fragments)
+            self._fragments = []
+            text = self._fragment_text
+        elif not frame.fin:
+            self._fragments = [frame.data]
+            self._fragment_text = frame.opcode is Opcode.TEXT
+            return
+        else:
+            data = frame.data
+            text = frame.opcode is Opcode.TEXT
+        if self._protocol.state is not State.OPEN:
+            return  # we are closing: drop what the peer sent after our close frame
+        # websockets checked that a text message is valid UTF-8.
+        self._deliver(data.decode() if text else bytes(data))
+
+    def _accept(self, request: Request) -> None:
+        protocol = self._protocol
+        assert isinstance(protocol, ServerProtocol)
+        response = protocol.accept(request)
+        if response.status_code == 101 and self._options.trust_real_ip and _is_loopback(self.host):
+            real_ip = request.headers.get("X-Real-IP")
+            if real_ip is not None:
+                try:
+                    self.host = str(ipaddress.ip_address(real_ip.strip()))
+                except ValueError:
+                    response = protocol.reject(400, "Invalid X-Real-IP header.\n")
+        protocol.send_response(response)
+        self._flush()
+        if response.status_code == 101:
+            self._handshake_done()
+
+    def _handshake_done(self) -> None:
+        if self._protocol.state is not State.OPEN:
+            # The server sent a bad response; connection_lost() reports it.
+            self.abort()
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._opened = True
+        self.last_seen = self._loop.time()
+        self._open_waiter.set_result(None)
+        self._report("on_connection" if self.inbound else "on_open")
+
+    def _open_timed_out(self) -> None:
+        self._timer = None
+        logger.debug("! handshake with %s timed out", self.peer)
+        self.abort()
+
+    def _set_close_timer(self) -> None:
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._options.close_timeout, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._timer = None
+        logger.debug("! closing handshake with %s timed out", self.peer)
+        self.abort()
+
+    def _describe_error(self, error: Exception) -> DriverError:
+        if isinstance(error, PayloadTooBig):
+            message = f"message too big: {error}"
+        else:
+            message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        exc = DriverError(message)
+        exc.__cause__ = error
+        return exc
+
+
+class WsListening(Listening):
+    def __init__(self, server: asyncio.Server, url: str) -> None:
+        self._server = server
+        self.url = url
+
+    def close(self) -> None:
+        self._server.close()
+
+    async def wait_closed(self) -> None:
+        # On Python >= 3.12 this also waits for the connections to close.
+        await self._server.wait_closed()
+
+
+class WsDriver(Driver):
+    """
+    WebSocket (``ws://``, ``wss://``) driver.
+
+    The limits of :class:`DriverOptions` apply: a message over ``max_message_size``
+    closes the connection with code 1009, as the WebSocket protocol prescribes (the
+    frame can't be skipped without reading it).
+
+    """
+
+    scheme = "ws"
+
+    async def listen(self, host: str, port: int, listener: Listener) -> Listening:
+        loop = asyncio.get_running_loop()
+        options = self.options
+
+        def factory() -> WsSocket:
+            protocol = ServerProtocol(max_size=options.max_message_size)
+            return WsSocket(listener=listener, options=options, inbound=True, protocol=protocol)
+
+        try:
+            server = await loop.create_server(factory, host, port)
+        except OSError as exc:
+            raise DriverError(f"can't listen on {_format_address(host, port)}: {exc}") from exc
+        bound_port = server.sockets[0].getsockname()[1]
+        listening = WsListening(server, f"ws://{_format_address(host, bound_port)}")
+        listener.on_start(listening)
+        return listening
+
+    async def connect(self, url: str, listener: Listener) -> Socket:
+        try:
+            uri = parse_uri(url)
+        except InvalidURI as exc:
+            raise DriverError(f"invalid WebSocket URL {url!r}: {exc}") from exc
+        protocol = ClientProtocol(uri, max_size=self.options.max_message_size)
+        request = protocol.connect()
+        request.headers["User-Agent"] = "trustp2p"
+        socket = WsSocket(
+            listener=listener,
+            options=self.options,
+            inbound=False,
+            protocol=protocol,
+            peer=url,
+            request=request,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.options.open_timeout):
+                await loop.create_connection(
+                    lambda: socket, uri.host, uri.port, ssl=True if uri.secure else None
+                )
+                await socket._open_waiter
+        except TimeoutError:
+            socket.abort()
+            raise DriverError(
+                f"can't connect to {url}: timed out after {self.options.open_timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise DriverError(f"can't connect to {url}: {exc.strerror or exc}") from exc
+        except DriverError as exc:
+            raise DriverError(f"can't connect to {url}: {exc}") from exc
+        except asyncio.CancelledError:
+            socket.abort()
+            raise
+        return socket
+

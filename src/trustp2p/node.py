@@ -1,0 +1,711 @@
+"""
+The node: owns the drivers, the request table, the threads and every task.
+
+It is the :class:`~trustp2p.drivers.base.Listener` of its drivers: each received
+message is decoded and dispatched from the driver's callback. Responses resolve waiting
+requests at once; other packages go to a per-connection inbox that one worker task
+drains in order, calling thread handlers. A slow handler delays only its own
+connection; when too many packages wait, the node stops reading from that peer.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["Node", "NodeState", "create_client", "create_node", "create_server"]
+
+import asyncio
+import enum
+import inspect
+import json
+import logging
+from collections import deque
+from collections.abc import Collection, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .drivers import Driver, driver_class, scheme_of
+from .drivers.base import CloseCode, Listening, Socket
+from .exceptions import ConnectionClosed, HandshakeError, PackageError, RequestTimeout, ThreadLoadError
+from .options import NodeOptions
+from .protocol.deliver import (
+    ConnId,
+    DeliverEvent,
+    RequestExpired,
+    RequestFailed,
+    RequestRerouted,
+    RequestTable,
+    RerouteUnavailable,
+    ResponseReceived,
+    ResponseUnmatched,
+    WaiterId,
+)
+from .protocol.handshake import VERSION_EVENT, check_version, version_body
+from .protocol.package import (
+    REQUEST_TYPES,
+    RESPONSE_TYPES,
+    Body,
+    Package,
+    PackageType,
+    build_package,
+    decode,
+    encode,
+)
+from .roles import ClientRole, Role, ServerRole
+from .threads.base import Handler, Thread
+from .threads.loader import THREADS_ENABLED, check_event_map, load_thread_classes
+
+_RESPONSE_TYPE = {
+    PackageType.REQUEST: PackageType.RESPONSE,
+    PackageType.HEARTBEAT_PING: PackageType.HEARTBEAT_PONG,
+}
+
+# A peer's first invalid packages are logged at WARNING; the rest at DEBUG, so that a
+# peer can't flood the log.
+_WARN_INVALID = 10
+
+
+class NodeState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class _PeerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes messages with the peer and puts it in ``extra``, as websockets does."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        assert self.extra is not None
+        kwargs["extra"] = self.extra
+        return f"[{self.extra['peer']}] {msg}", kwargs
+
+
+class _Hook:
+    """A thread hook waiting in a connection's inbox, behind that connection's packages."""
+
+    __slots__ = ("args", "name")
+
+    def __init__(self, name: str, *args: Any) -> None:
+        self.name = name
+        self.args = args
+
+
+class _Conn:
+    """What the node keeps per open connection."""
+
+    __slots__ = ("inbox", "invalid", "log", "paused", "peer_version", "role", "socket", "worker")
+
+    def __init__(self, socket: Socket, role: Role, log: _PeerLog) -> None:
+        self.socket = socket
+        self.role = role
+        self.log = log
+        self.inbox: deque[Package | _Hook] = deque()
+        self.worker: asyncio.Task[None] | None = None
+        self.paused = False
+        self.peer_version: Body | None = None
+        self.invalid = 0
+
+
+class Node:
+    """
+    A trustp2p node: a server, a client, or both.
+
+    Create one with :func:`create_server`, :func:`create_client` or :func:`create_node`,
+    or build it from :class:`NodeOptions` and ``await node.start()``. ``async with node``
+    starts and stops it.
+
+    Attributes:
+        options: The node's options.
+        server: The server role, or ``None`` if the node doesn't accept peers.
+        client: The client role, or ``None`` if the node doesn't dial peers.
+        threads: The running threads, in load order.
+        log: The node's logger, ``trustp2p.node``.
+        state: Where the node is in its lifecycle.
+
+    """
+
+    def __init__(self, options: NodeOptions | None = None, **kwargs: Any) -> None:
+        if options is None or kwargs:
+            options = NodeOptions.from_kwargs(options, **kwargs)
+        self.options = options
+        self.log = logging.getLogger("trustp2p.node")
+        self.server = ServerRole(self) if options.server else None
+        self.client = ClientRole(self) if options.client else None
+        self.threads: list[Thread] = []
+        self.state = NodeState.NEW
+        self.version_body = version_body(
+            library_version=__version__,
+            alt=options.alt,
+            program=options.program,
+            program_version=options.program_version,
+        )
+        self._conns: dict[ConnId, _Conn] = {}
+        self._handlers: dict[tuple[PackageType, str], list[tuple[Thread, Handler]]] = {}
+        self._futures: dict[WaiterId, asyncio.Future[Body]] = {}
+        self._table: RequestTable | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._workers: set[asyncio.Task[None]] = set()
+        self._drivers: dict[str, Driver] = {}
+        self._listening: Listening | None = None
+        self._debug = False
+
+    def __repr__(self) -> str:
+        roles = "+".join(r for r, on in (("server", self.server), ("client", self.client)) if on)
+        where = f" {self.url}" if self.url else ""
+        return f"<Node {roles}{where} {self.state.value}>"
+
+    @property
+    def url(self) -> str | None:
+        """The URL peers dial to reach this node, once it listens."""
+        return self._listening.url if self._listening is not None else None
+
+    @property
+    def sockets(self) -> list[Socket]:
+        """Every open connection, both roles."""
+        return [conn.socket for conn in self._conns.values()]
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        """
+        Load the threads, start them, then listen and dial.
+
+        Raises:
+            ThreadLoadError: If a thread file can't be loaded; nothing is started.
+            DriverError: If listening fails; the threads are stopped again.
+            RuntimeError: If the node was already started.
+
+        """
+        if self.state is not NodeState.NEW:
+            raise RuntimeError(f"can't start a node that is {self.state.value}")
+        self._loop = loop = asyncio.get_running_loop()
+        self._debug = self.log.isEnabledFor(logging.DEBUG)
+        options = self.options
+        self._table = RequestTable(
+            clock=loop.time,
+            send=self._send_nowait,
+            reroute_target=self._reroute_target if self.client is not None else None,
+            response_timeout=options.response_timeout,
+            stalled_timeout=options.stalled_timeout,
+        )
+        self.threads = self._load_threads()
+        self.state = NodeState.RUNNING
+        for thread in self.threads:
+            await self._call(thread, "start")
+        try:
+            if self.server is not None:
+                name = options.driver if isinstance(options.driver, str) else "ws"
+                driver = self._driver(options.driver if isinstance(options.driver, Driver) else name)
+                self._listening = await driver.listen(options.host, options.port, self)
+            if self.client is not None:
+                for url in options.peers:
+                    self.client.connect(url)
+        except BaseException:
+            await self.stop()
+            raise
+        self.log.info("= node started%s", f" on {self.url}" if self.url else "")
+
+    async def stop(self) -> None:
+        """
+        Stop the node: stop accepting and dialling, call every thread's ``stop()``,
+        close every connection with code 1001, then cancel and await remaining tasks.
+        Safe to call more than once.
+        """
+        if self.state is not NodeState.RUNNING:
+            return
+        self.state = NodeState.STOPPING
+        self.log.info("x stopping node")
+        if self._listening is not None:
+            self._listening.close()
+        if self.client is not None:
+            await self.client._stop()
+        for thread in self.threads:
+            await self._call(thread, "stop")
+            await thread._cancel_tasks()
+        sockets = [conn.socket for conn in self._conns.values()]
+        for socket in sockets:
+            socket.close_soon(CloseCode.GOING_AWAY, "node stopping")
+        if sockets:
+            await asyncio.gather(*(socket.wait_closed() for socket in sockets))
+        if self._workers:
+            # Let on_socket_close hooks run, within reason.
+            await asyncio.wait(self._workers, timeout=self.options.close_timeout)
+        for task in list(self._workers):
+            task.cancel()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(ConnectionClosed(CloseCode.GOING_AWAY, "node stopping"))
+        self._futures.clear()
+        if self._listening is not None:
+            await self._listening.wait_closed()
+        self.state = NodeState.STOPPED
+        self.log.info("x node stopped")
+
+    async def __aenter__(self) -> Node:
+        if self.state is NodeState.NEW:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def _load_threads(self) -> list[Thread]:
+        classes: list[type[Thread]] = []
+        cwd = self.options.cwd
+        if cwd is not None:
+            if not cwd.is_dir():
+                raise ThreadLoadError(cwd, "cwd is not a directory")
+            enabled = cwd / THREADS_ENABLED
+            if enabled.is_dir():
+                classes.extend(load_thread_classes(enabled))
+            else:
+                self.log.warning("! %s doesn't exist: no thread loaded from it", enabled)
+        classes.extend(self.options.threads)
+        threads = []
+        handlers: dict[tuple[PackageType, str], list[tuple[Thread, Handler]]] = {}
+        for cls in classes:
+            where = cls.path or cls.__qualname__
+            try:
+                thread = cls(self)
+            except Exception as exc:
+                raise ThreadLoadError(where, f"{cls.__name__}(node) failed: {exc!r}") from exc
+            for package_type, events in check_event_map(thread).items():
+                for event, handler in events.items():
+                    entries = handlers.setdefault((package_type, event), [])
+                    if entries and (package_type in REQUEST_TYPES or package_type in RESPONSE_TYPES):
+                        other = entries[0][0]
+                        raise ThreadLoadError(
+                            where,
+                            f"{package_type.name} {event!r} is already handled by "
+                            f"{other.path or type(other).__name__}",
+                        )
+                    entries.append((thread, handler))  # type: ignore[arg-type]
+            threads.append(thread)
+            self.log.debug("= loaded thread %s from %s", cls.__name__, where)
+        self._handlers = handlers
+        return threads
+
+    # Driver callbacks (the Listener protocol). Not for applications.
+
+    def on_start(self, listening: Listening) -> None:
+        self.log.info("= listening on %s", listening.url)
+
+    def on_connection(self, socket: Socket) -> None:
+        assert self.server is not None
+        max_inbound = self.options.max_inbound
+        if self.state is not NodeState.RUNNING:
+            socket.close_soon(CloseCode.GOING_AWAY, "node stopping")
+            return
+        if max_inbound is not None and len(self.server._sockets) >= max_inbound:
+            self.log.warning(
+                "! refused %s: %d inbound connections already", socket.peer, max_inbound
+            )
+            socket.close_soon(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out")
+            return
+        self._opened(socket, self.server, "on_socket_connection")
+
+    def on_open(self, socket: Socket) -> None:
+        assert self.client is not None
+        if self.state is not NodeState.RUNNING:
+            socket.close_soon(CloseCode.GOING_AWAY, "node stopping")
+            return
+        self._opened(socket, self.client, "on_socket_open")
+
+    def _opened(self, socket: Socket, role: Role, hook: str) -> None:
+        log = _PeerLog(self.log, {"peer": socket.peer})
+        conn = self._conns[socket.id] = _Conn(socket, role, log)
+        role._add(socket)
+        log.info("= %s", "connected to us" if socket.inbound else "connected")
+        self._enqueue(conn, _Hook(hook, socket))
+        try:
+            self._send_package(socket, build_package(
+                PackageType.TALK, VERSION_EVENT, self.version_body, alt=self.options.alt
+            ))
+        except ConnectionClosed:  # pragma: no cover - closed in a hook already
+            pass
+
+    def on_message(self, socket: Socket, data: bytes | str) -> None:
+        conn = self._conns.get(socket.id)
+        if conn is None:
+            return  # refused, or the node is stopping
+        try:
+            package = decode(data, max_size=self.options.max_package_size)
+        except PackageError as exc:
+            self._invalid(conn, exc)
+            return
+        if self._debug:
+            conn.log.debug("< %s", package)
+        package_type = package.type
+        if package_type in RESPONSE_TYPES:
+            assert self._table is not None
+            self._process(self._table.receive_response(socket.id, package))
+            return
+        if package_type is PackageType.TALK and package.event == VERSION_EVENT:
+            self._receive_version(conn, package)
+        if (package_type, package.event) not in self._handlers:
+            if package_type in REQUEST_TYPES:
+                self._answer_error(socket, package.type, package.event, package.tag,
+                                   f"no handler for {package_type.name} {package.event!r}")
+            elif self._debug and package.event != VERSION_EVENT:
+                conn.log.debug("- no handler for %s %r", package_type.name, package.event)
+            return
+        self._enqueue(conn, package)
+
+    def on_error(self, socket: Socket, error: Exception) -> None:
+        conn = self._conns.get(socket.id)
+        if conn is None:
+            return
+        socket.stats.invalid_in += 1
+        conn.log.warning("! connection failed: %s", error)
+        self._enqueue(conn, _Hook("on_socket_error", socket, error))
+
+    def on_close(self, socket: Socket) -> None:
+        conn = self._conns.pop(socket.id, None)
+        if conn is None:
+            return
+        conn.role._remove(socket)
+        conn.log.info(
+            "= connection closed (%s %s)", socket.close_code, socket.close_reason or "-"
+        )
+        if self._table is not None:
+            self._process(self._table.connection_lost(socket.id), socket)
+        self._enqueue(conn, _Hook("on_socket_close", socket))
+
+    # Receiving
+
+    def _invalid(self, conn: _Conn, exc: PackageError) -> None:
+        """Count a bad package against its peer, log it, and answer it if we can."""
+        socket = conn.socket
+        socket.stats.invalid_in += 1
+        conn.invalid += 1
+        if conn.invalid <= _WARN_INVALID:
+            suffix = "; more are logged at debug level" if conn.invalid == _WARN_INVALID else ""
+            conn.log.warning("! invalid package: %s%s", exc, suffix)
+        else:
+            conn.log.debug("! invalid package: %s", exc)
+        if exc.type is not None and exc.tag and exc.type in REQUEST_TYPES:
+            package_type = PackageType(exc.type)
+            self._answer_error(socket, package_type, exc.event or "", exc.tag, f"invalid request: {exc.reason}")
+
+    def _receive_version(self, conn: _Conn, package: Package) -> None:
+        try:
+            check_version(package.body, alt=self.options.alt)
+        except HandshakeError as exc:
+            conn.socket.stats.invalid_in += 1
+            conn.log.warning("! incompatible peer: %s", exc)
+            conn.socket.close_soon(CloseCode.PROTOCOL_ERROR, str(exc)[:120])
+            return
+        conn.peer_version = package.body
+        conn.log.debug("= peer runs %s %s", package.body.get("library"), package.body.get("library_version"))
+
+    def _enqueue(self, conn: _Conn, item: Package | _Hook) -> None:
+        inbox = conn.inbox
+        inbox.append(item)
+        if conn.worker is None:
+            conn.worker = worker = self._loop.create_task(self._work(conn))
+            self._workers.add(worker)
+        elif len(inbox) > self.options.max_pending_packages and not conn.paused:
+            conn.paused = True
+            conn.socket.pause_reading()
+            conn.log.debug("= %d packages waiting for handlers: reading paused", len(inbox))
+
+    async def _work(self, conn: _Conn) -> None:
+        """Run the handlers of one connection's packages, in order."""
+        inbox = conn.inbox
+        resume_at = self.options.max_pending_packages // 2
+        try:
+            while inbox:
+                item = inbox.popleft()
+                if conn.paused and len(inbox) <= resume_at:
+                    conn.paused = False
+                    conn.socket.resume_reading()
+                if type(item) is Package:
+                    await self._handle(conn, item)
+                else:
+                    assert isinstance(item, _Hook)
+                    for thread in self.threads:
+                        await self._call(thread, item.name, *item.args)
+        finally:
+            conn.worker = None
+            self._workers.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _handle(self, conn: _Conn, package: Package) -> None:
+        socket = conn.socket
+        package_type = package.type
+        is_request = package_type in REQUEST_TYPES
+        for thread, handler in self._handlers[(package_type, package.event)]:
+            try:
+                result = handler(socket, package)
+                if result is not None and type(result) is not dict and inspect.isawaitable(result):
+                    result = await result
+            except Exception:
+                self.log.error(
+                    "! handler of %s %r in %s failed",
+                    package_type.name, package.event, thread.path or type(thread).__name__,
+                    exc_info=True,
+                )
+                if is_request:
+                    self._answer_error(socket, package_type, package.event, package.tag,
+                                       f"handler of {package.event!r} failed")
+                continue
+            if not is_request or result is None:
+                continue
+            try:
+                response = build_package(
+                    _RESPONSE_TYPE[package_type],
+                    "pong" if package_type is PackageType.HEARTBEAT_PING else package.event,
+                    result,  # type: ignore[arg-type]
+                    tag=package.tag,
+                    alt=self.options.alt,
+                )
+            except (TypeError, ValueError) as exc:
+                self.log.error(
+                    "! handler of %s %r in %s returned an invalid body: %s",
+                    package_type.name, package.event, thread.path or type(thread).__name__, exc,
+                )
+                self._answer_error(socket, package_type, package.event, package.tag,
+                                   f"handler of {package.event!r} failed")
+                continue
+            try:
+                await self._send(socket, response)
+            except ConnectionClosed:
+                return
+
+    async def _call(self, thread: Thread, name: str, *args: Any) -> None:
+        """Call a thread's method or hook, sync or async; log what it raises."""
+        try:
+            result = getattr(thread, name)(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self.log.error(
+                "! %s of %s failed", name, thread.path or type(thread).__name__, exc_info=True
+            )
+
+    # Sending
+
+    def _send_package(self, socket: Socket, package: Package) -> None:
+        if self._debug:
+            conn = self._conns.get(socket.id)
+            (conn.log if conn is not None else self.log).debug("> %s", package)
+        socket.write(encode(package))
+
+    async def _send(self, socket: Socket, package: Package) -> None:
+        self._send_package(socket, package)
+        await socket.drain()
+
+    def _send_nowait(self, conn: ConnId, package: Package) -> None:
+        """The request table's ``send``: never raises."""
+        c = self._conns.get(conn)
+        if c is None:
+            return  # its on_close already ran, or is about to: the table hears of it
+        try:
+            self._send_package(c.socket, package)
+        except ConnectionClosed:
+            pass  # on_close will report the loss to the table
+
+    def _answer_error(
+        self, socket: Socket, request_type: PackageType, event: str, tag: str, error: str
+    ) -> None:
+        response_type = _RESPONSE_TYPE.get(request_type)
+        if response_type is None or not tag:
+            return
+        try:
+            self._send_package(socket, build_package(
+                response_type, event, {"error": error}, tag=tag, alt=self.options.alt
+            ))
+        except ConnectionClosed:
+            pass
+
+    # Requests
+
+    async def _request(
+        self,
+        socket: Socket,
+        event: str,
+        body: Body,
+        *,
+        type: PackageType,
+        reroute: bool = False,
+        timeout: float | None = None,
+    ) -> Body:
+        if type not in REQUEST_TYPES:
+            raise ValueError(f"{type!r} is not a request type")
+        table = self._table
+        if table is None or self.state is not NodeState.RUNNING:
+            raise RuntimeError("the node is not running")
+        if socket.closed or socket.id not in self._conns:
+            raise ConnectionClosed(socket.close_code, socket.close_reason)
+        package = build_package(type, event, body, alt=self.options.alt)
+        waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout)
+        future: asyncio.Future[Body] = self._loop.create_future()
+        self._futures[waiter] = future
+        self._schedule_timer()
+        try:
+            try:
+                await socket.drain()
+            except ConnectionClosed:
+                pass  # the table learns of it from on_close
+            return await future
+        finally:
+            if self._futures.pop(waiter, None) is not None:
+                table.cancel(waiter)  # cancelled: nobody waits any more
+
+    def _reroute_target(self, tried: Collection[ConnId]) -> ConnId | None:
+        assert self.client is not None
+        socket = self.client.find_next_server(tried)
+        return socket.id if socket is not None else None
+
+    def _schedule_timer(self) -> None:
+        assert self._table is not None
+        deadline = self._table.next_deadline()
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if self._timer_when <= deadline:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer_when = deadline
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        assert self._table is not None
+        self._process(self._table.tick())
+        self._schedule_timer()
+
+    def _process(self, events: list[DeliverEvent], closed: Socket | None = None) -> None:
+        """Turn the request table's events into results for the waiting callers."""
+        futures = self._futures
+        for event in events:
+            if type(event) is ResponseReceived:
+                first = True
+                for waiter in event.waiters:
+                    future = futures.pop(waiter, None)
+                    if future is not None and not future.done():
+                        # Each caller gets its own copy of the body.
+                        body = event.package.body if first else _copy_body(event.package)
+                        future.set_result(body)
+                        first = False
+            elif type(event) is ResponseUnmatched:
+                self._unmatched(event.conn, event.package)
+            elif type(event) is RequestExpired:
+                future = futures.pop(event.waiter, None)
+                if future is not None and not future.done():
+                    request = event.request
+                    future.set_exception(RequestTimeout(request.event, request.tag, event.timeout))
+            elif type(event) is RequestFailed:
+                code = closed.close_code if closed is not None else None
+                reason = closed.close_reason if closed is not None else ""
+                for waiter in event.waiters:
+                    future = futures.pop(waiter, None)
+                    if future is not None and not future.done():
+                        future.set_exception(ConnectionClosed(code, reason))
+            elif type(event) is RequestRerouted:
+                self.log.debug(
+                    "= request %r (tag %s) %s: rerouted from #%d to #%d",
+                    event.request.event, event.request.tag, event.reason,
+                    event.from_conn, event.to_conn,
+                )
+            elif type(event) is RerouteUnavailable:
+                self.log.debug(
+                    "= request %r (tag %s) stalled on #%d; no other server to reroute to, "
+                    "still waiting",
+                    event.request.event, event.request.tag, event.conn,
+                )
+        if events:
+            self._schedule_timer()
+
+    def _unmatched(self, conn_id: ConnId, package: Package) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        conn.socket.stats.unmatched_in += 1
+        if (package.type, package.event) in self._handlers:
+            self._enqueue(conn, package)
+        elif self._debug:
+            conn.log.debug("- dropped %s: it matches no pending request", package)
+
+    # Drivers
+
+    def _driver(self, name_or_driver: str | Driver) -> Driver:
+        if isinstance(name_or_driver, Driver):
+            return name_or_driver
+        driver = self._drivers.get(name_or_driver)
+        if driver is None:
+            cls = driver_class(name_or_driver)
+            driver = self._drivers[name_or_driver] = cls(self.options.driver_options())
+        return driver
+
+    def _driver_for_url(self, url: str) -> Driver:
+        scheme = scheme_of(url)
+        configured = self.options.driver
+        if isinstance(configured, Driver) and scheme in (configured.scheme, f"{configured.scheme}s"):
+            return configured
+        return self._driver(scheme)
+
+
+def _copy_body(package: Package) -> Body:
+    """A fresh copy of a package's body."""
+    body: Body = json.loads(package.body_json) if package.body_json else dict(package.body)
+    return body
+
+
+async def _create(options: NodeOptions) -> Node:
+    node = Node(options)
+    await node.start()
+    return node
+
+
+async def create_server(
+    *, cwd: str | Path | None = None, host: str = "127.0.0.1", port: int = 1107, **options: Any
+) -> Node:
+    """
+    Create and start a node that accepts peers.
+
+    Args:
+        cwd: Directory holding ``threads-enabled/``.
+        host: Address to listen on.
+        port: Port to listen on; 0 picks a free one (see ``node.url``).
+        **options: Any other :class:`NodeOptions`.
+
+    """
+    return await _create(NodeOptions.from_kwargs(
+        cwd=cwd, server=True, host=host, port=port, **options
+    ))
+
+
+async def create_client(
+    *, cwd: str | Path | None = None, peers: Collection[str] = (), **options: Any
+) -> Node:
+    """
+    Create and start a node that dials ``peers`` and stays connected to them.
+
+    Use ``await node.client.wait_connected()`` to wait for the first connection.
+
+    """
+    return await _create(NodeOptions.from_kwargs(
+        cwd=cwd, client=True, peers=tuple(peers), **options
+    ))
+
+
+async def create_node(
+    *,
+    cwd: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 1107,
+    peers: Collection[str] = (),
+    **options: Any,
+) -> Node:
+    """Create and start a node that is both server and client."""
+    return await _create(NodeOptions.from_kwargs(
+        cwd=cwd, server=True, client=True, host=host, port=port, peers=tuple(peers), **options
+    ))
+

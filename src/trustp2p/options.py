@@ -1,0 +1,164 @@
+"""Node options: one frozen object that checks itself."""
+
+from __future__ import annotations
+
+__all__ = ["DEFAULT_PORT", "NodeOptions"]
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .drivers import Driver, DriverOptions, scheme_of
+from .protocol.package import DEFAULT_ALT, DEFAULT_MAX_PACKAGE_SIZE
+
+if TYPE_CHECKING:
+    from .threads.base import Thread
+
+DEFAULT_PORT = 1107
+"""The original's server port."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    """
+    Everything a node can be told. Durations are in seconds, sizes in bytes.
+
+    Attributes:
+        cwd: Directory holding ``threads-enabled/``; ``None`` loads no thread files.
+        server: Accept peers (listen on ``host``:``port``).
+        client: Dial ``peers``.
+        host: Address to listen on.
+        port: Port to listen on; 0 picks a free one.
+        peers: URLs of servers to dial, e.g. ``ws://127.0.0.1:1107``.
+        driver: Driver for listening, by name (``"ws"``, ``"memory"``) or instance.
+            Dialling picks the driver from each URL's scheme, or uses this instance.
+        threads: Thread classes to run besides those loaded from ``cwd``.
+        alt: Network id; peers on another network are refused.
+        program: Name of the program, sent in the version talk.
+        program_version: Its version, sent in the version talk.
+        max_package_size: Largest package accepted; a larger frame closes the
+            connection with code 1009. ``None`` disables the limit.
+        max_inbound: Most clients connected at once; the next one is closed with code
+            1013. ``None`` disables the limit.
+        max_pending_packages: Packages of one connection waiting for its handlers;
+            beyond this, the node stops reading from that peer until they catch up.
+        heartbeat_interval: Time between two heartbeat rounds of the server.
+        heartbeat_jitter: Up to this much is added at random to each interval.
+        heartbeat_timeout: A client silent for this long gets a ping.
+        heartbeat_response_timeout: A client that doesn't answer a ping within this is
+            closed as a lost peer.
+        response_timeout: Default time to wait for a response.
+        stalled_timeout: Time after which a rerouting request goes to the next server.
+        reconnect_initial: First delay before redialling a server.
+        reconnect_max: Largest delay before redialling a server.
+        reconnect_factor: Growth of the delay after each failed dial.
+        reconnect_jitter: Largest random fraction taken off a delay.
+        open_timeout: Time allowed to open a connection.
+        close_timeout: Time allowed for a closing handshake.
+        write_limit: Write buffer size above which senders wait.
+        trust_real_ip: Take a client's address from ``X-Real-IP`` when it connects
+            through a proxy on a loopback address.
+
+    """
+
+    cwd: Path | None = None
+    server: bool = False
+    client: bool = False
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    peers: tuple[str, ...] = ()
+    driver: str | Driver | None = None
+    threads: tuple[type[Thread], ...] = ()
+    alt: str = DEFAULT_ALT
+    program: str | None = None
+    program_version: str | None = None
+    max_package_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
+    max_inbound: int | None = 100
+    max_pending_packages: int = 32
+    heartbeat_interval: float = 3.0
+    heartbeat_jitter: float = 1.0
+    heartbeat_timeout: float = 10.0
+    heartbeat_response_timeout: float = 60.0
+    response_timeout: float = 300.0
+    stalled_timeout: float = 5.0
+    reconnect_initial: float = 1.0
+    reconnect_max: float = 60.0
+    reconnect_factor: float = 2.0
+    reconnect_jitter: float = 0.25
+    open_timeout: float = 10.0
+    close_timeout: float = 10.0
+    write_limit: int = 2**16
+    trust_real_ip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cwd is not None and not isinstance(self.cwd, Path):
+            object.__setattr__(self, "cwd", Path(self.cwd))
+        if isinstance(self.peers, str):
+            raise TypeError("peers must be a sequence of URLs, not a str")
+        object.__setattr__(self, "peers", tuple(self.peers))
+        object.__setattr__(self, "threads", tuple(self.threads))
+        for url in self.peers:
+            scheme_of(url)  # raises DriverError for a URL without a scheme
+        if not self.server and not self.client:
+            raise ValueError("a node must be a server, a client or both")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, not {self.port}")
+        for name in (
+            "heartbeat_interval",
+            "heartbeat_timeout",
+            "heartbeat_response_timeout",
+            "response_timeout",
+            "stalled_timeout",
+            "reconnect_initial",
+            "reconnect_max",
+            "open_timeout",
+            "close_timeout",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if self.heartbeat_jitter < 0:
+            raise ValueError(f"heartbeat_jitter must not be negative, not {self.heartbeat_jitter}")
+        if self.reconnect_initial > self.reconnect_max:
+            raise ValueError("reconnect_initial must not exceed reconnect_max")
+        if self.reconnect_factor < 1:
+            raise ValueError(f"reconnect_factor must be at least 1, not {self.reconnect_factor}")
+        if not 0 <= self.reconnect_jitter < 1:
+            raise ValueError(f"reconnect_jitter must be in [0, 1), not {self.reconnect_jitter}")
+        for name in ("max_package_size", "max_inbound"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative int or None, not {value!r}")
+        if self.max_pending_packages < 1:
+            raise ValueError("max_pending_packages must be at least 1")
+        if self.write_limit < 1:
+            raise ValueError("write_limit must be at least 1")
+
+    @classmethod
+    def from_kwargs(cls, base: NodeOptions | None = None, **kwargs: Any) -> NodeOptions:
+        """
+        Build options from keyword arguments, on top of ``base`` if given.
+
+        Raises:
+            TypeError: For an unknown option, naming it.
+
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown node option(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        if base is not None:
+            values = {name: getattr(base, name) for name in known}
+        values.update(kwargs)
+        return cls(**values)
+
+    def driver_options(self) -> DriverOptions:
+        return DriverOptions(
+            max_message_size=self.max_package_size,
+            open_timeout=self.open_timeout,
+            close_timeout=self.close_timeout,
+            write_limit=self.write_limit,
+            trust_real_ip=self.trust_real_ip,
+        )

@@ -1,0 +1,73 @@
+"""
+The version talk peers exchange when a connection opens, and its compatibility check.
+
+On connection the server sends a TALK ``version``; the client sends its own on open
+(``shared/protocol/README.md``). Peers whose protocol major versions differ, or that are
+on another network (``alt``), can't talk: the node closes the connection with the reason
+this module gives. No I/O here.
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LIBRARY_NAME",
+    "VERSION_EVENT",
+    "check_version",
+    "major_version",
+    "version_body",
+]
+
+from ..exceptions import HandshakeError
+from .package import DEFAULT_ALT, PROTOCOL_VERSION, Body
+
+LIBRARY_NAME = "trustp2p"
+VERSION_EVENT = "version"
+
+
+def version_body(
+    *,
+    library_version: str,
+    alt: str = DEFAULT_ALT,
+    protocol_version: str = PROTOCOL_VERSION,
+    program: str | None = None,
+    program_version: str | None = None,
+) -> Body:
+    """The body of our version talk, with the original's keys."""
+    return {
+        "protocol_version": protocol_version,
+        "alt": alt,
+        "library": LIBRARY_NAME,
+        "library_version": library_version,
+        "program": program,
+        "program_version": program_version,
+    }
+
+
+def major_version(version: str) -> str:
+    """``"1.0"`` -> ``"1"``."""
+    return version.split(".", 1)[0]
+
+
+def check_version(
+    body: Body, *, alt: str = DEFAULT_ALT, protocol_version: str = PROTOCOL_VERSION
+) -> None:
+    """
+    Check a peer's version talk against ours.
+
+    Raises:
+        HandshakeError: If the peer's protocol major version or network differs from
+            ours, or the body lacks them. The message is fit to send as a close reason.
+
+    """
+    theirs = body.get("protocol_version")
+    if not isinstance(theirs, str) or not theirs:
+        raise HandshakeError("version talk lacks protocol_version")
+    if major_version(theirs) != major_version(protocol_version):
+        raise HandshakeError(
+            f"protocol version {theirs} is incompatible: major version "
+            f"{major_version(theirs)} differs from ours ({major_version(protocol_version)})"
+        )
+    their_alt = body.get("alt")
+    if their_alt != alt:
+        raise HandshakeError(f"network alt {their_alt!r} differs from ours ({alt!r})")

@@ -1,0 +1,135 @@
+"""
+Threads: application logic as plugin classes (asyncio code, not OS threads).
+
+A thread declares an :attr:`Thread.event_map` from package type to event name to
+handler, and may implement lifecycle hooks. The node calls a handler as
+``handler(socket, package)``; handlers and hooks may be plain functions or coroutines.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["EventMap", "Handler", "HandlerResult", "Thread"]
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..drivers.base import Socket
+from ..protocol.package import Body, Package, PackageType
+
+if TYPE_CHECKING:
+    from ..node import Node
+    from ..roles import ClientRole, ServerRole
+
+HandlerResult = Body | None | Awaitable[Body | None]
+"""A request handler's return value: a body to send back as the response, or ``None``."""
+
+Handler = Callable[[Socket, Package], HandlerResult]
+"""``handler(socket, package)``; sync or async."""
+
+EventMap = Mapping[PackageType, Mapping[str, Handler]]
+"""``{PackageType.REQUEST: {"echo": handler}}``."""
+
+
+class Thread:
+    """
+    Base class of threads.
+
+    The node instantiates each thread once as ``ThreadClass(node)``, then calls
+    :meth:`start` once every thread is loaded, and :meth:`stop` on shutdown.
+
+    Handlers of one connection run one at a time, in the order the packages arrived;
+    connection hooks run in the same order (``on_socket_connection`` before the first
+    handler of a connection, ``on_socket_close`` after its last). Another connection's
+    handlers run concurrently. An exception in a handler or hook is logged with the
+    thread's file and doesn't disturb other threads.
+
+    A request handler (``REQUEST`` or ``HEARTBEAT_PING``) may return a dict: the node
+    sends it back as the response, with the request's tag. Returning ``None`` sends
+    nothing, e.g. after answering with :meth:`Role.send_response` yourself. If it
+    raises, the requester gets ``{"error": ...}``.
+
+    Attributes:
+        node: The node running this thread.
+        server: ``node.server``, or ``None`` when the node doesn't accept peers.
+        client: ``node.client``, or ``None`` when the node doesn't dial peers.
+        log: This thread's logger, ``trustp2p.threads.<ClassName>``.
+        path: The file the thread was loaded from, if any.
+
+    """
+
+    path: str | None = None
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.server: ServerRole | None = node.server
+        self.client: ClientRole | None = node.client
+        self.log = logging.getLogger(f"trustp2p.threads.{type(self).__name__}")
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def event_map(self) -> EventMap:
+        """The packages this thread handles; must not be empty."""
+        raise NotImplementedError(f"{type(self).__name__} must define event_map")
+
+    def start(self) -> Awaitable[None] | None:
+        """Called once all threads are loaded, before the node accepts or dials peers."""
+        return None
+
+    def stop(self) -> Awaitable[None] | None:
+        """
+        Called on shutdown, before connections close.
+
+        Tasks made with :meth:`create_task` that are still running afterwards are
+        cancelled and awaited.
+
+        """
+        return None
+
+    def on_socket_connection(self, socket: Socket) -> Awaitable[None] | None:
+        """A peer connected to us (``socket.inbound`` is true)."""
+        return None
+
+    def on_socket_open(self, socket: Socket) -> Awaitable[None] | None:
+        """We connected to a server."""
+        return None
+
+    def on_socket_close(self, socket: Socket) -> Awaitable[None] | None:
+        """A connection closed; ``socket.close_code`` and ``close_reason`` say how."""
+        return None
+
+    def on_socket_error(self, socket: Socket, error: Exception) -> Awaitable[None] | None:
+        """A connection failed or a peer sent something invalid."""
+        return None
+
+    def create_task(
+        self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
+    ) -> asyncio.Task[Any]:
+        """
+        Run a coroutine in a task owned by this thread.
+
+        The node cancels and awaits it after :meth:`stop`, if it is still running; an
+        exception it raises is logged.
+
+        """
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.log.error(
+                "! task %s of %s failed", task.get_name(), self.path or type(self).__name__,
+                exc_info=exc,
+            )
+
+    async def _cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

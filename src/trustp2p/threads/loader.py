@@ -1,0 +1,132 @@
+"""
+The thread bootstrap: loads ``<cwd>/threads-enabled/*.py``.
+
+Files are loaded in name order; symlinks are followed (``threads-enabled`` usually holds
+links into ``threads-available``); names starting with ``_`` or ``.`` and files not
+ending in ``.py`` are skipped. Each file must define exactly one :class:`Thread`
+subclass with a valid, non-empty event map. Anything else stops the node from starting
+with a :exc:`ThreadLoadError` naming the file and the reason.
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "THREADS_AVAILABLE",
+    "THREADS_ENABLED",
+    "check_event_map",
+    "load_thread_classes",
+    "thread_files",
+]
+
+import importlib.util
+import inspect
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..exceptions import ThreadLoadError
+from ..protocol.package import PackageType
+from .base import EventMap, Thread
+
+THREADS_ENABLED = "threads-enabled"
+THREADS_AVAILABLE = "threads-available"
+
+
+def thread_files(directory: Path) -> list[Path]:
+    """The files of ``directory`` that hold threads, in load order."""
+    return sorted(
+        path
+        for path in directory.iterdir()
+        if path.suffix == ".py" and not path.name.startswith(("_", "."))
+    )
+
+
+def load_thread_classes(directory: Path) -> list[type[Thread]]:
+    """
+    Import every thread file of ``directory`` and return its thread class.
+
+    Raises:
+        ThreadLoadError: If a file can't be loaded; see the module docstring.
+
+    """
+    classes = []
+    for path in thread_files(directory):
+        cls = _load_file(path)
+        cls.path = str(path)
+        classes.append(cls)
+    return classes
+
+
+def _load_file(path: Path) -> type[Thread]:
+    if path.is_symlink() and not path.exists():
+        raise ThreadLoadError(path, f"dangling symlink to {path.readlink()}")
+    if not path.is_file():
+        raise ThreadLoadError(path, "not a regular file")
+    module_name = f"trustp2p_threads.{path.stem.replace('-', '_')}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - .py files always have one
+        raise ThreadLoadError(path, "can't be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise ThreadLoadError(path, f"import failed: {type(exc).__name__}: {exc}") from exc
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj)
+        and issubclass(obj, Thread)
+        and obj.__module__ == module_name
+        and not inspect.isabstract(obj)
+    ]
+    if not classes:
+        raise ThreadLoadError(path, "defines no subclass of trustp2p.Thread")
+    if len(classes) > 1:
+        names = ", ".join(sorted(cls.__name__ for cls in classes))
+        raise ThreadLoadError(path, f"defines {len(classes)} thread classes ({names}); expected one")
+    return classes[0]
+
+
+def check_event_map(thread: Thread) -> dict[PackageType, dict[str, object]]:
+    """
+    Check a thread's event map and return it with its keys as :class:`PackageType`.
+
+    Raises:
+        ThreadLoadError: If the map is empty or malformed.
+
+    """
+    where = thread.path or type(thread).__name__
+    try:
+        event_map: EventMap = thread.event_map
+    except Exception as exc:
+        raise ThreadLoadError(where, f"event_map failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(event_map, Mapping):
+        raise ThreadLoadError(
+            where, f"event_map must be a mapping, not {type(event_map).__name__}"
+        )
+    if not event_map:
+        raise ThreadLoadError(where, "event_map is empty")
+    checked: dict[PackageType, dict[str, object]] = {}
+    for key, events in event_map.items():
+        try:
+            package_type = PackageType(key)
+        except ValueError:
+            raise ThreadLoadError(where, f"event_map has unknown package type {key!r}") from None
+        if not isinstance(events, Mapping) or not events:
+            raise ThreadLoadError(
+                where, f"event_map[{package_type.name}] must be a non-empty mapping of handlers"
+            )
+        for event, handler in events.items():
+            if not isinstance(event, str) or not event:
+                raise ThreadLoadError(
+                    where, f"event_map[{package_type.name}] has invalid event name {event!r}"
+                )
+            if not callable(handler):
+                raise ThreadLoadError(
+                    where, f"handler of {package_type.name} {event!r} is not callable"
+                )
+        checked[package_type] = dict(events)
+    return checked
