@@ -26,7 +26,13 @@ from typing import Any
 from . import __version__
 from .drivers import Driver, driver_class, scheme_of
 from .drivers.base import CloseCode, Listening, Socket
-from .exceptions import ConnectionClosed, HandshakeError, PackageError, RequestTimeout, ThreadLoadError
+from .exceptions import (
+    ConnectionClosed,
+    HandshakeError,
+    PackageError,
+    RequestTimeout,
+    ThreadLoadError,
+)
 from .options import NodeOptions
 from .protocol.deliver import (
     ConnId,
@@ -75,7 +81,9 @@ class NodeState(enum.Enum):
 class _PeerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Prefixes messages with the peer and puts it in ``extra``, as websockets does."""
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         assert self.extra is not None
         kwargs["extra"] = self.extra
         return f"[{self.extra['peer']}] {msg}", kwargs
@@ -197,7 +205,9 @@ class Node:
         try:
             if self.server is not None:
                 name = options.driver if isinstance(options.driver, str) else "ws"
-                driver = self._driver(options.driver if isinstance(options.driver, Driver) else name)
+                driver = self._driver(
+                    options.driver if isinstance(options.driver, Driver) else name
+                )
                 self._listening = await driver.listen(options.host, options.port, self)
             if self.client is not None:
                 for url in options.peers:
@@ -279,7 +289,9 @@ class Node:
             for package_type, events in check_event_map(thread).items():
                 for event, handler in events.items():
                     entries = handlers.setdefault((package_type, event), [])
-                    if entries and (package_type in REQUEST_TYPES or package_type in RESPONSE_TYPES):
+                    if entries and (
+                        package_type in REQUEST_TYPES or package_type in RESPONSE_TYPES
+                    ):
                         other = entries[0][0]
                         raise ThreadLoadError(
                             where,
@@ -325,9 +337,12 @@ class Node:
         log.info("= %s", "connected to us" if socket.inbound else "connected")
         self._enqueue(conn, _Hook(hook, socket))
         try:
-            self._send_package(socket, build_package(
-                PackageType.TALK, VERSION_EVENT, self.version_body, alt=self.options.alt
-            ))
+            self._send_package(
+                socket,
+                build_package(
+                    PackageType.TALK, VERSION_EVENT, self.version_body, alt=self.options.alt
+                ),
+            )
         except ConnectionClosed:  # pragma: no cover - closed in a hook already
             pass
 
@@ -351,8 +366,13 @@ class Node:
             self._receive_version(conn, package)
         if (package_type, package.event) not in self._handlers:
             if package_type in REQUEST_TYPES:
-                self._answer_error(socket, package.type, package.event, package.tag,
-                                   f"no handler for {package_type.name} {package.event!r}")
+                self._answer_error(
+                    socket,
+                    package.type,
+                    package.event,
+                    package.tag,
+                    f"no handler for {package_type.name} {package.event!r}",
+                )
             elif self._debug and package.event != VERSION_EVENT:
                 conn.log.debug("- no handler for %s %r", package_type.name, package.event)
             return
@@ -371,9 +391,7 @@ class Node:
         if conn is None:
             return
         conn.role._remove(socket)
-        conn.log.info(
-            "= connection closed (%s %s)", socket.close_code, socket.close_reason or "-"
-        )
+        conn.log.info("= connection closed (%s %s)", socket.close_code, socket.close_reason or "-")
         if self._table is not None:
             self._process(self._table.connection_lost(socket.id), socket)
         self._enqueue(conn, _Hook("on_socket_close", socket))
@@ -392,7 +410,9 @@ class Node:
             conn.log.debug("! invalid package: %s", exc)
         if exc.type is not None and exc.tag and exc.type in REQUEST_TYPES:
             package_type = PackageType(exc.type)
-            self._answer_error(socket, package_type, exc.event or "", exc.tag, f"invalid request: {exc.reason}")
+            self._answer_error(
+                socket, package_type, exc.event or "", exc.tag, f"invalid request: {exc.reason}"
+            )
 
     def _receive_version(self, conn: _Conn, package: Package) -> None:
         try:
@@ -403,7 +423,9 @@ class Node:
             conn.socket.close_soon(CloseCode.PROTOCOL_ERROR, str(exc)[:120])
             return
         conn.peer_version = package.body
-        conn.log.debug("= peer runs %s %s", package.body.get("library"), package.body.get("library_version"))
+        conn.log.debug(
+            "= peer runs %s %s", package.body.get("library"), package.body.get("library_version")
+        )
 
     def _enqueue(self, conn: _Conn, item: Package | _Hook) -> None:
         inbox = conn.inbox
@@ -434,7 +456,7 @@ class Node:
                         await self._call(thread, item.name, *item.args)
         finally:
             conn.worker = None
-            self._workers.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._workers.discard(asyncio.current_task())
 
     async def _handle(self, conn: _Conn, package: Package) -> None:
         socket = conn.socket
@@ -448,12 +470,19 @@ class Node:
             except Exception:
                 self.log.error(
                     "! handler of %s %r in %s failed",
-                    package_type.name, package.event, thread.path or type(thread).__name__,
+                    package_type.name,
+                    package.event,
+                    thread.path or type(thread).__name__,
                     exc_info=True,
                 )
                 if is_request:
-                    self._answer_error(socket, package_type, package.event, package.tag,
-                                       f"handler of {package.event!r} failed")
+                    self._answer_error(
+                        socket,
+                        package_type,
+                        package.event,
+                        package.tag,
+                        f"handler of {package.event!r} failed",
+                    )
                 continue
             if not is_request or result is None:
                 continue
@@ -461,17 +490,25 @@ class Node:
                 response = build_package(
                     _RESPONSE_TYPE[package_type],
                     "pong" if package_type is PackageType.HEARTBEAT_PING else package.event,
-                    result,  # type: ignore[arg-type]
+                    result,
                     tag=package.tag,
                     alt=self.options.alt,
                 )
             except (TypeError, ValueError) as exc:
                 self.log.error(
                     "! handler of %s %r in %s returned an invalid body: %s",
-                    package_type.name, package.event, thread.path or type(thread).__name__, exc,
+                    package_type.name,
+                    package.event,
+                    thread.path or type(thread).__name__,
+                    exc,
                 )
-                self._answer_error(socket, package_type, package.event, package.tag,
-                                   f"handler of {package.event!r} failed")
+                self._answer_error(
+                    socket,
+                    package_type,
+                    package.event,
+                    package.tag,
+                    f"handler of {package.event!r} failed",
+                )
                 continue
             try:
                 await self._send(socket, response)
@@ -518,9 +555,12 @@ class Node:
         if response_type is None or not tag:
             return
         try:
-            self._send_package(socket, build_package(
-                response_type, event, {"error": error}, tag=tag, alt=self.options.alt
-            ))
+            self._send_package(
+                socket,
+                build_package(
+                    response_type, event, {"error": error}, tag=tag, alt=self.options.alt
+                ),
+            )
         except ConnectionClosed:
             pass
 
@@ -611,14 +651,19 @@ class Node:
             elif type(event) is RequestRerouted:
                 self.log.debug(
                     "= request %r (tag %s) %s: rerouted from #%d to #%d",
-                    event.request.event, event.request.tag, event.reason,
-                    event.from_conn, event.to_conn,
+                    event.request.event,
+                    event.request.tag,
+                    event.reason,
+                    event.from_conn,
+                    event.to_conn,
                 )
             elif type(event) is RerouteUnavailable:
                 self.log.debug(
                     "= request %r (tag %s) stalled on #%d; no other server to reroute to, "
                     "still waiting",
-                    event.request.event, event.request.tag, event.conn,
+                    event.request.event,
+                    event.request.tag,
+                    event.conn,
                 )
         if events:
             self._schedule_timer()
@@ -647,7 +692,10 @@ class Node:
     def _driver_for_url(self, url: str) -> Driver:
         scheme = scheme_of(url)
         configured = self.options.driver
-        if isinstance(configured, Driver) and scheme in (configured.scheme, f"{configured.scheme}s"):
+        if isinstance(configured, Driver) and scheme in (
+            configured.scheme,
+            f"{configured.scheme}s",
+        ):
             return configured
         return self._driver(scheme)
 
@@ -677,9 +725,9 @@ async def create_server(
         **options: Any other :class:`NodeOptions`.
 
     """
-    return await _create(NodeOptions.from_kwargs(
-        cwd=cwd, server=True, host=host, port=port, **options
-    ))
+    return await _create(
+        NodeOptions.from_kwargs(cwd=cwd, server=True, host=host, port=port, **options)
+    )
 
 
 async def create_client(
@@ -691,9 +739,9 @@ async def create_client(
     Use ``await node.client.wait_connected()`` to wait for the first connection.
 
     """
-    return await _create(NodeOptions.from_kwargs(
-        cwd=cwd, client=True, peers=tuple(peers), **options
-    ))
+    return await _create(
+        NodeOptions.from_kwargs(cwd=cwd, client=True, peers=tuple(peers), **options)
+    )
 
 
 async def create_node(
@@ -705,7 +753,8 @@ async def create_node(
     **options: Any,
 ) -> Node:
     """Create and start a node that is both server and client."""
-    return await _create(NodeOptions.from_kwargs(
-        cwd=cwd, server=True, client=True, host=host, port=port, peers=tuple(peers), **options
-    ))
-
+    return await _create(
+        NodeOptions.from_kwargs(
+            cwd=cwd, server=True, client=True, host=host, port=port, peers=tuple(peers), **options
+        )
+    )

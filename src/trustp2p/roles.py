@@ -117,7 +117,9 @@ class Role:
             ConnectionClosed: If the connection is closed.
 
         """
-        await self.node._send(socket, build_package(type, event, body, tag=tag, alt=self.node.options.alt))
+        await self.node._send(
+            socket, build_package(type, event, body, tag=tag, alt=self.node.options.alt)
+        )
 
     async def send_talk(self, socket: Socket, subject: str, body: Body) -> None:
         """

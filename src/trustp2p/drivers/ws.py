@@ -170,9 +170,15 @@ class WsSocket(Socket, asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if protocol.close_rcvd is not None:
-            self.close_code, self.close_reason = protocol.close_rcvd.code, protocol.close_rcvd.reason
+            self.close_code, self.close_reason = (
+                protocol.close_rcvd.code,
+                protocol.close_rcvd.reason,
+            )
         elif protocol.close_sent is not None and exc is None:
-            self.close_code, self.close_reason = protocol.close_sent.code, protocol.close_sent.reason
+            self.close_code, self.close_reason = (
+                protocol.close_sent.code,
+                protocol.close_sent.reason,
+            )
         else:
             self.close_code = CloseCode.ABNORMAL_CLOSURE
         for waiter in self._drain_waiters:
@@ -181,7 +187,9 @@ class WsSocket(Socket, asyncio.Protocol):
         if not self._open_waiter.done():
             error = protocol.handshake_exc or exc
             reason = f": {error}" if error is not None else ""
-            self._open_waiter.set_exception(DriverError(f"connection closed during handshake{reason}"))
+            self._open_waiter.set_exception(
+                DriverError(f"connection closed during handshake{reason}")
+            )
             # Nobody else awaits it on the server side.
             self._open_waiter.exception()
         if self._opened:
@@ -215,23 +223,23 @@ class WsSocket(Socket, asyncio.Protocol):
 
     def _receive_frame(self, frame: Frame) -> None:
         if frame.opcode is Opcode.CONT:
-            self._fragments.append(frame.data)
+            self._fragments.append(bytes(frame.data))
             if not frame.fin:
                 return
             data = b"".join(self._fragments)
             self._fragments = []
             text = self._fragment_text
         elif not frame.fin:
-            self._fragments = [frame.data]
+            self._fragments = [bytes(frame.data)]
             self._fragment_text = frame.opcode is Opcode.TEXT
             return
         else:
-            data = frame.data
+            data = bytes(frame.data)
             text = frame.opcode is Opcode.TEXT
         if self._protocol.state is not State.OPEN:
             return  # we are closing: drop what the peer sent after our close frame
         # websockets checked that a text message is valid UTF-8.
-        self._deliver(data.decode() if text else bytes(data))
+        self._deliver(data.decode() if text else data)
 
     def _accept(self, request: Request) -> None:
         protocol = self._protocol
@@ -364,4 +372,3 @@ class WsDriver(Driver):
             socket.abort()
             raise
         return socket
-

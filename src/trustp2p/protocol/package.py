@@ -211,14 +211,15 @@ def encode(package: Package) -> bytes:
     does, so our pings and pongs are byte for byte the original's.
 
     """
-    return TrustNoteP2p(
+    data: bytes = TrustNoteP2p(
         version=package.version,
         alt=package.alt,
-        type=package.type,  # type: ignore[arg-type]
+        type=package.type,
         event=package.event,
         body=package.body_json or body_to_json(package.body),
         tag=package.tag,
     ).SerializeToString()
+    return data
 
 
 def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE) -> Package:
@@ -241,7 +242,9 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
 
     """
     if isinstance(data, str):
-        raise PackageError(f"text frame of {len(data)} characters refused: packages travel in binary frames")
+        raise PackageError(
+            f"text frame of {len(data)} characters refused: packages travel in binary frames"
+        )
     size = len(data)
     if max_size is not None and size > max_size:
         raise PackageError(f"package of {size} bytes exceeds limit of {max_size} bytes")

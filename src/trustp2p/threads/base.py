@@ -123,7 +123,9 @@ class Thread:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             self.log.error(
-                "! task %s of %s failed", task.get_name(), self.path or type(self).__name__,
+                "! task %s of %s failed",
+                task.get_name(),
+                self.path or type(self).__name__,
                 exc_info=exc,
             )
 

@@ -50,7 +50,9 @@ class HeartbeatThread(Thread):
     async def _run(self) -> None:
         options = self.node.options
         while True:
-            await asyncio.sleep(options.heartbeat_interval + random.uniform(0, options.heartbeat_jitter))
+            await asyncio.sleep(
+                options.heartbeat_interval + random.uniform(0, options.heartbeat_jitter)
+            )
             self._ping_silent_clients()
 
     def _ping_silent_clients(self) -> None:

@@ -86,7 +86,9 @@ def _load_file(path: Path) -> type[Thread]:
         raise ThreadLoadError(path, "defines no subclass of trustp2p.Thread")
     if len(classes) > 1:
         names = ", ".join(sorted(cls.__name__ for cls in classes))
-        raise ThreadLoadError(path, f"defines {len(classes)} thread classes ({names}); expected one")
+        raise ThreadLoadError(
+            path, f"defines {len(classes)} thread classes ({names}); expected one"
+        )
     return classes[0]
 
 
@@ -104,9 +106,7 @@ def check_event_map(thread: Thread) -> dict[PackageType, dict[str, object]]:
     except Exception as exc:
         raise ThreadLoadError(where, f"event_map failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(event_map, Mapping):
-        raise ThreadLoadError(
-            where, f"event_map must be a mapping, not {type(event_map).__name__}"
-        )
+        raise ThreadLoadError(where, f"event_map must be a mapping, not {type(event_map).__name__}")
     if not event_map:
         raise ThreadLoadError(where, "event_map is empty")
     checked: dict[PackageType, dict[str, object]] = {}

@@ -1,0 +1,28 @@
+"""Shared test helpers: one time unit, a fake clock."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+MS = 0.001 * float(os.environ.get("TRUSTP2P_TESTS_TIMEOUT_FACTOR", "1"))
+"""One millisecond, scaled by TRUSTP2P_TESTS_TIMEOUT_FACTOR on slow machines."""
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
