@@ -1,0 +1,663 @@
+"""Integration tests: nodes over real WebSockets on 127.0.0.1, ephemeral ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ClassVar
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+import trustp2p
+from trustp2p import (
+    ConnectionClosed,
+    EventMap,
+    Node,
+    Package,
+    PackageType,
+    RequestTimeout,
+    Socket,
+    Thread,
+)
+from trustp2p.protocol.package import build_package, decode, encode
+from trustp2p.threads.heartbeat import HeartbeatThread
+
+from .conftest import MS
+
+FAST = {
+    "open_timeout": 2000 * MS,
+    "close_timeout": 500 * MS,
+    "reconnect_initial": 20 * MS,
+    "reconnect_max": 100 * MS,
+    "heartbeat_interval": 60.0,  # tests that want pings set their own
+}
+
+MakeNode = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def make_node() -> AsyncIterator[MakeNode]:
+    """Start nodes with short timings; stop them all at the end."""
+    nodes: list[Node] = []
+
+    async def make(**options: Any) -> Node:
+        kwargs = {**FAST, **options}
+        kwargs.setdefault("port", 0)
+        node = Node(**kwargs)
+        await node.start()
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in reversed(nodes):
+        await node.stop()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Poll until ``predicate()`` holds; fail the test after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - conditions on plain attributes
+            await asyncio.sleep(MS)
+
+
+async def raw_client(url: str) -> ClientConnection:
+    """A bare WebSocket peer, to send what a node never would."""
+    return await connect(url, compression=None)
+
+
+async def closed_by_peer(ws: ClientConnection) -> tuple[int | None, str | None]:
+    """Read until the node closes the connection; return its close code and reason."""
+    with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+        async with asyncio.timeout(2):
+            async for _ in ws:
+                pass
+    return ws.close_code, ws.close_reason
+
+
+def version_talk(protocol_version: str = "1.0", alt: str = "1") -> bytes:
+    body = {"protocol_version": protocol_version, "alt": alt, "library": "raw"}
+    return encode(build_package(PackageType.TALK, "version", body))
+
+
+class Recorder(Thread):
+    """Records every hook and handler call in ``calls``; answers ``echo`` requests."""
+
+    calls: list[tuple[str, Any]]
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node)
+        self.calls = []
+        self.echoed = 0
+        type(self).instances.append(self)
+
+    instances: ClassVar[list[Recorder]] = []
+
+    @property
+    def event_map(self) -> EventMap:
+        return {
+            PackageType.REQUEST: {
+                "echo": self.echo,
+                "explicit": self.explicit,
+                "fail": self.fail,
+                "slow": self.slow,
+                "bad_body": self.bad_body,
+            },
+            PackageType.TALK: {"note": self.note},
+        }
+
+    async def echo(self, socket: Socket, package: Package) -> dict[str, Any]:
+        self.echoed += 1
+        return {"echo": package.body}
+
+    async def explicit(self, socket: Socket, package: Package) -> None:
+        role = self.server if socket.inbound else self.client
+        assert role is not None
+        await role.send_response(socket, package.event, {"explicit": True}, package.tag)
+
+    def fail(self, socket: Socket, package: Package) -> dict[str, Any]:
+        raise RuntimeError("secret detail")
+
+    async def slow(self, socket: Socket, package: Package) -> dict[str, Any]:
+        await asyncio.sleep(package.body["seconds"])
+        return {"slept": package.body["seconds"]}
+
+    def bad_body(self, socket: Socket, package: Package) -> Any:
+        return ["not", "a", "dict"]
+
+    def note(self, socket: Socket, package: Package) -> None:
+        self.calls.append(("note", package.body))
+
+    def start(self) -> None:
+        self.calls.append(("start", None))
+
+    async def stop(self) -> None:
+        self.calls.append(("stop", None))
+
+    def on_socket_connection(self, socket: Socket) -> None:
+        self.calls.append(("connection", socket.inbound))
+
+    def on_socket_open(self, socket: Socket) -> None:
+        self.calls.append(("open", socket.inbound))
+
+    def on_socket_close(self, socket: Socket) -> None:
+        self.calls.append(("close", socket.close_code))
+
+    def on_socket_error(self, socket: Socket, error: Exception) -> None:
+        self.calls.append(("error", str(error)))
+
+
+@pytest.fixture(autouse=True)
+def _reset_recorders() -> None:
+    Recorder.instances.clear()
+
+
+async def pair(make_node: MakeNode, **options: Any) -> tuple[Node, Node, Socket]:
+    server = await make_node(server=True, threads=[Recorder], **options)
+    client = await make_node(client=True, peers=[server.url], threads=[Recorder], **options)
+    assert client.client is not None and server.server is not None
+    await client.client.wait_connected()
+    await server.server.wait_connected()
+    socket, inbound = client.client.sockets[0], server.server.sockets[0]
+    # Both version talks have arrived: the next package counted is the test's.
+    await wait_for(lambda: socket.stats.messages_in >= 1 and inbound.stats.messages_in >= 1)
+    return server, client, socket
+
+
+# Request/response
+
+
+async def test_request_returns_handler_result(make_node: MakeNode) -> None:
+    _, client, socket = await pair(make_node)
+    assert client.client is not None
+    assert await client.client.request(socket, "echo", {"n": 1}) == {"echo": {"n": 1}}
+
+
+async def test_explicit_send_response(make_node: MakeNode) -> None:
+    _, client, socket = await pair(make_node)
+    assert client.client is not None
+    assert await client.client.request(socket, "explicit", {}) == {"explicit": True}
+
+
+async def test_server_requests_client(make_node: MakeNode) -> None:
+    server, _, _ = await pair(make_node)
+    assert server.server is not None
+    inbound = server.server.sockets[0]
+    assert await server.server.request(inbound, "echo", {"to": "client"}) == {
+        "echo": {"to": "client"}
+    }
+
+
+async def test_unhandled_request_is_answered_at_once(make_node: MakeNode) -> None:
+    _, client, socket = await pair(make_node)
+    assert client.client is not None
+    answer = await client.client.request(socket, "nobody", {}, timeout=1)
+    assert answer == {"error": "no handler for REQUEST 'nobody'"}
+
+
+async def test_handler_exception_answers_error_and_node_goes_on(make_node: MakeNode) -> None:
+    _, client, socket = await pair(make_node)
+    assert client.client is not None
+    answer = await client.client.request(socket, "fail", {})
+    assert answer == {"error": "handler of 'fail' failed"}  # no internals leak
+    assert await client.client.request(socket, "echo", {"after": 1}) == {"echo": {"after": 1}}
+
+
+async def test_handler_returning_a_non_dict_answers_error(make_node: MakeNode) -> None:
+    _, client, socket = await pair(make_node)
+    assert client.client is not None
+    answer = await client.client.request(socket, "bad_body", {})
+    assert answer == {"error": "handler of 'bad_body' failed"}
+
+
+async def test_identical_concurrent_requests_go_on_the_wire_once(make_node: MakeNode) -> None:
+    server, client, socket = await pair(make_node)
+    assert client.client is not None and server.server is not None
+    inbound = server.server.sockets[0]
+    before = inbound.stats.messages_in
+    answers = await asyncio.gather(
+        *(client.client.request(socket, "echo", {"same": True}) for _ in range(5))
+    )
+    assert answers == [{"echo": {"same": True}}] * 5
+    assert inbound.stats.messages_in - before == 1
+    server_recorder = next(r for r in Recorder.instances if r.node is server)
+    assert server_recorder.echoed == 1
+    # Each caller got its own copy of the body.
+    answers[0]["echo"]["same"] = False
+    assert answers[1] == {"echo": {"same": True}}
+
+
+async def test_request_timeout(make_node: MakeNode) -> None:
+    _, client, socket = await pair(make_node)
+    assert client.client is not None
+    with pytest.raises(RequestTimeout) as info:
+        await client.client.request(socket, "slow", {"seconds": 0.5}, timeout=50 * MS)
+    assert info.value.event == "slow"
+    assert isinstance(info.value, TimeoutError)
+
+
+async def test_default_response_timeout_is_an_option(make_node: MakeNode) -> None:
+    _, client, socket = await pair(make_node, response_timeout=50 * MS)
+    assert client.client is not None
+    with pytest.raises(RequestTimeout):
+        await client.client.request(socket, "slow", {"seconds": 0.5})
+
+
+async def test_pending_request_fails_when_connection_closes(make_node: MakeNode) -> None:
+    server, client, socket = await pair(make_node)
+    assert client.client is not None and server.server is not None
+    pending = asyncio.create_task(client.client.request(socket, "slow", {"seconds": 5}))
+    await asyncio.sleep(20 * MS)
+    await server.server.sockets[0].close(1000, "bye")
+    with pytest.raises(ConnectionClosed) as info:
+        await pending
+    assert (info.value.code, info.value.reason) == (1000, "bye")
+
+
+async def test_request_on_closed_socket_raises(make_node: MakeNode) -> None:
+    _, client, socket = await pair(make_node)
+    assert client.client is not None
+    await socket.close()
+    with pytest.raises(ConnectionClosed):
+        await client.client.request(socket, "echo", {})
+
+
+async def test_api_misuse_raises_at_once(make_node: MakeNode) -> None:
+    server, client, socket = await pair(make_node)
+    assert client.client is not None and server.server is not None
+    with pytest.raises(TypeError):
+        await client.client.request(socket, "echo", ["not", "a", "dict"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a request type"):
+        await client.client.request(socket, "echo", {}, type=PackageType.TALK)
+    with pytest.raises(ValueError, match="only available on the client role"):
+        await server.server.request(server.server.sockets[0], "echo", {}, reroute=True)
+
+
+# Rerouting
+
+
+class Stalling(Thread):
+    """A server that never answers ``work``."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"work": self.work}}
+
+    async def work(self, socket: Socket, package: Package) -> None:
+        return None
+
+
+class Working(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"work": self.work}}
+
+    def work(self, socket: Socket, package: Package) -> dict[str, Any]:
+        return {"done_by": self.node.url}
+
+
+async def test_reroute_when_a_server_stalls(make_node: MakeNode) -> None:
+    stalling = await make_node(server=True, threads=[Stalling])
+    working = await make_node(server=True, threads=[Working])
+    client = await make_node(
+        client=True, peers=[stalling.url, working.url], stalled_timeout=50 * MS
+    )
+    assert client.client is not None
+    await client.client.wait_connected(2)
+    first = client.client.socket_for(stalling.url or "")
+    assert first is not None
+    answer = await client.client.request(first, "work", {"job": 1}, reroute=True, timeout=2)
+    assert answer == {"done_by": working.url}
+
+
+async def test_without_reroute_a_stalled_request_waits(make_node: MakeNode) -> None:
+    stalling = await make_node(server=True, threads=[Stalling])
+    working = await make_node(server=True, threads=[Working])
+    client = await make_node(
+        client=True, peers=[stalling.url, working.url], stalled_timeout=20 * MS
+    )
+    assert client.client is not None
+    await client.client.wait_connected(2)
+    first = client.client.socket_for(stalling.url or "")
+    assert first is not None
+    with pytest.raises(RequestTimeout):
+        await client.client.request(first, "work", {"job": 2}, timeout=150 * MS)
+
+
+async def test_reroute_at_once_when_the_connection_is_lost(make_node: MakeNode) -> None:
+    stalling = await make_node(server=True, threads=[Stalling])
+    working = await make_node(server=True, threads=[Working])
+    client = await make_node(client=True, peers=[stalling.url, working.url], stalled_timeout=60)
+    assert client.client is not None and stalling.server is not None
+    await client.client.wait_connected(2)
+    first = client.client.socket_for(stalling.url or "")
+    assert first is not None
+    pending = asyncio.create_task(
+        client.client.request(first, "work", {"job": 3}, reroute=True, timeout=2)
+    )
+    await wait_for(
+        lambda: bool(stalling.server and stalling.server.sockets[0].stats.messages_in >= 2)
+    )
+    await stalling.server.sockets[0].close(1001, "going")
+    assert await pending == {"done_by": working.url}
+
+
+# Heartbeat
+
+
+async def test_heartbeat_ping_pong(make_node: MakeNode) -> None:
+    timings = {
+        "heartbeat_interval": 20 * MS,
+        "heartbeat_jitter": 5 * MS,
+        "heartbeat_timeout": 20 * MS,
+    }
+    server = await make_node(server=True, threads=[HeartbeatThread], **timings)
+    client = await make_node(client=True, peers=[server.url], threads=[HeartbeatThread], **timings)
+    assert server.server is not None
+    await server.server.wait_connected()
+    inbound = server.server.sockets[0]
+    await wait_for(lambda: inbound.stats.last_rtt is not None)
+    assert inbound.stats.last_rtt is not None and inbound.stats.last_rtt > 0
+    assert client.client is not None and len(client.client.sockets) == 1
+
+
+async def test_heartbeat_pings_and_pongs_are_the_originals_bytes(make_node: MakeNode) -> None:
+    server = await make_node(
+        server=True,
+        threads=[HeartbeatThread],
+        heartbeat_interval=20 * MS,
+        heartbeat_jitter=0,
+        heartbeat_timeout=20 * MS,
+    )
+    assert server.url is not None
+    async with await raw_client(server.url) as ws:
+        await ws.send(version_talk())
+        frames = [await ws.recv() for _ in range(2)]  # version talk, then a ping
+        ping = decode(frames[1])
+        assert ping.type is PackageType.HEARTBEAT_PING
+        assert frames[1] == bytes.fromhex(
+            "0a03312e30120131180a220470696e672a027b7d322c5a4772334a426a6d4232476a336a4c38"
+            "305442547654585472694d64486f70623348766a683275317a6b553d"
+        )
+
+
+async def test_silent_client_is_dropped_as_lost_peer(make_node: MakeNode) -> None:
+    server = await make_node(
+        server=True,
+        threads=[HeartbeatThread, Recorder],
+        heartbeat_interval=20 * MS,
+        heartbeat_jitter=0,
+        heartbeat_timeout=20 * MS,
+        heartbeat_response_timeout=60 * MS,
+    )
+    assert server.url is not None and server.server is not None
+    async with await raw_client(server.url) as ws:
+        # Never answers pings.
+        assert await closed_by_peer(ws) == (1001, "lost peer")
+    recorder = next(r for r in Recorder.instances if r.node is server)
+    await wait_for(lambda: ("close", 1001) in recorder.calls)
+    assert server.server.sockets == []
+
+
+async def test_busy_client_does_not_stop_the_heartbeat_round(make_node: MakeNode) -> None:
+    timings = {
+        "heartbeat_interval": 20 * MS,
+        "heartbeat_jitter": 0,
+        "heartbeat_timeout": 40 * MS,
+    }
+    server = await make_node(server=True, threads=[HeartbeatThread, Recorder], **timings)
+    assert server.server is not None
+    # The busy client connects first, so the server's round meets it first: the original
+    # stopped its round at the first client that wasn't silent.
+    busy = await make_node(client=True, peers=[server.url], threads=[Recorder], **timings)
+    await server.server.wait_connected(1)
+    busy_inbound = server.server.sockets[0]
+    await make_node(client=True, peers=[server.url], threads=[HeartbeatThread], **timings)
+    await server.server.wait_connected(2)
+    assert busy.client is not None
+    busy_socket = busy.client.sockets[0]
+
+    async def chatter() -> None:
+        assert busy.client is not None
+        while True:
+            await busy.client.send_talk(busy_socket, "note", {})
+            await asyncio.sleep(5 * MS)
+
+    task = asyncio.create_task(chatter())
+    try:
+        quiet_inbound = server.server.sockets[1]
+        await wait_for(lambda: quiet_inbound.stats.last_rtt is not None)
+        assert busy_inbound.stats.last_rtt is None  # never silent, never pinged
+    finally:
+        task.cancel()
+
+
+# Limits and bad input
+
+
+async def test_max_inbound_refuses_the_next_client(make_node: MakeNode) -> None:
+    server, client, socket = await pair(make_node, max_inbound=1)
+    assert server.url is not None and client.client is not None
+    async with await raw_client(server.url) as ws:
+        assert await closed_by_peer(ws) == (1013, "inbound connections maxed out")
+    assert await client.client.request(socket, "echo", {"still": "served"}) == {
+        "echo": {"still": "served"}
+    }
+
+
+async def test_bad_input_is_answered_counted_and_harmless(make_node: MakeNode) -> None:
+    server, client, socket = await pair(make_node)
+    assert server.url is not None and server.server is not None and client.client is not None
+    async with await raw_client(server.url) as ws:
+        await ws.send(version_talk())
+        assert decode(await ws.recv()).event == "version"
+        await ws.send(b"\xff\x00garbage")  # not protobuf
+        await ws.send("a text frame")  # packages travel in binary frames
+        unknown = encode(build_package(PackageType.TALK, "x", {})).replace(b"\x18\x14", b"\x18\x09")
+        await ws.send(unknown)  # type 9
+        # A request whose body is not JSON is answered with its tag.
+        bad = build_package(PackageType.REQUEST, "echo", {"a": 1})
+        raw = encode(bad).replace(b'{"a":1}', b"{nope!}")
+        await ws.send(raw)
+        answer = decode(await ws.recv())
+        assert answer.type is PackageType.RESPONSE
+        assert answer.tag == bad.tag
+        assert answer.body == {
+            "error": "invalid request: body is not valid JSON: "
+            "Expecting property name enclosed in double quotes at position 1"
+        }
+        inbound = server.server.sockets[-1]
+        assert inbound.stats.invalid_in == 4
+        # Still connected, and a good request works.
+        good = build_package(PackageType.REQUEST, "echo", {"ok": True})
+        await ws.send(encode(good))
+        assert decode(await ws.recv()).body == {"echo": {"ok": True}}
+    # The other peer never noticed.
+    assert await client.client.request(socket, "echo", {"n": 2}) == {"echo": {"n": 2}}
+
+
+async def test_oversized_frame_closes_that_peer_only(make_node: MakeNode) -> None:
+    server, client, socket = await pair(make_node, max_package_size=1000)
+    assert server.url is not None and client.client is not None
+    async with await connect(server.url, compression=None, max_size=None) as ws:
+        await ws.send(b"\x00" * 1001)
+        code, _ = await closed_by_peer(ws)
+        assert code == 1009
+    assert await client.client.request(socket, "echo", {"n": 3}) == {"echo": {"n": 3}}
+
+
+async def test_incompatible_version_is_closed_with_a_reason(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    assert server.url is not None
+    async with await raw_client(server.url) as ws:
+        await ws.send(version_talk(protocol_version="2.0"))
+        assert await closed_by_peer(ws) == (
+            1002,
+            "protocol version 2.0 is incompatible: major version 2 differs from ours (1)",
+        )
+
+
+async def test_other_network_is_closed(make_node: MakeNode) -> None:
+    server = await make_node(server=True, alt="1")
+    client = await make_node(
+        client=True, peers=[server.url], alt="2", reconnect_initial=10.0, reconnect_max=10.0
+    )
+    assert server.server is not None
+    await wait_for(
+        lambda: (
+            client.client is not None
+            and client.client.sockets == []
+            and server.server is not None
+            and server.server.sockets == []
+        )
+    )
+
+
+# Threads and lifecycle
+
+
+async def test_hooks_and_order(make_node: MakeNode) -> None:
+    server, client, socket = await pair(make_node)
+    assert client.client is not None
+    for n in range(5):
+        await client.client.send_talk(socket, "note", {"n": n})
+    server_recorder = next(r for r in Recorder.instances if r.node is server)
+    client_recorder = next(r for r in Recorder.instances if r.node is client)
+    await wait_for(lambda: len([c for c in server_recorder.calls if c[0] == "note"]) == 5)
+    assert server_recorder.calls == [
+        ("start", None),
+        ("connection", True),
+        *[("note", {"n": n}) for n in range(5)],
+    ]
+    assert client_recorder.calls == [("start", None), ("open", False)]
+    await client.stop()
+    assert client_recorder.calls[-2:] == [("stop", None), ("close", 1001)]
+    await wait_for(lambda: server_recorder.calls[-1] == ("close", 1001))
+
+
+async def test_stop_calls_every_thread_stop_and_closes_with_1001(make_node: MakeNode) -> None:
+    server, _, socket = await pair(make_node)
+    await server.stop()
+    assert socket.close_code == 1001
+    assert socket.close_reason == "node stopping"
+    for recorder in Recorder.instances:
+        if recorder.node is server:
+            assert ("stop", None) in recorder.calls
+
+
+async def test_slow_handler_does_not_stall_other_connections(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Recorder])
+    slow = await make_node(client=True, peers=[server.url])
+    fast = await make_node(client=True, peers=[server.url])
+    assert slow.client is not None and fast.client is not None
+    await slow.client.wait_connected()
+    await fast.client.wait_connected()
+    sleeping = asyncio.create_task(
+        slow.client.request(slow.client.sockets[0], "slow", {"seconds": 1.0})
+    )
+    await asyncio.sleep(10 * MS)
+    async with asyncio.timeout(0.5):
+        assert await fast.client.request(fast.client.sockets[0], "echo", {}) == {"echo": {}}
+    assert not sleeping.done()
+    sleeping.cancel()
+
+
+async def test_client_reconnects_after_the_server_comes_back(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    port = int((server.url or "").rsplit(":", 1)[1])
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    await server.stop()
+    await wait_for(lambda: client.client is not None and client.client.sockets == [])
+    await make_node(server=True, port=port)
+    await wait_for(lambda: client.client is not None and len(client.client.sockets) == 1)
+
+
+async def test_one_connection_per_url(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    assert server.url is not None
+    client = await make_node(client=True, peers=[server.url, server.url])
+    assert client.client is not None and server.server is not None
+    client.client.connect(server.url)
+    await client.client.wait_connected()
+    await asyncio.sleep(50 * MS)
+    assert len(client.client.sockets) == 1
+    assert len(server.server.sockets) == 1
+
+
+async def test_broadcast_reports_each_peer(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Recorder])
+    clients = [
+        await make_node(client=True, peers=[server.url], threads=[Recorder]) for _ in range(3)
+    ]
+    assert server.server is not None
+    await server.server.wait_connected(3)
+    sockets = server.server.sockets
+    await sockets[0].close()
+    results = await server.server.broadcast("note", {"all": True})
+    assert results[sockets[1]] is None and results[sockets[2]] is None
+    assert set(results) == set(sockets[1:])  # the closed one left the role
+    results = await server.server.broadcast("note", {}, sockets=sockets)
+    assert isinstance(results[sockets[0]], ConnectionClosed)
+    answers = await server.server.broadcast("echo", {"q": 1}, type=PackageType.REQUEST)
+    assert list(answers.values()) == [{"echo": {"q": 1}}] * 2
+    del clients
+
+
+async def test_async_with_starts_and_stops() -> None:
+    async with Node(server=True, port=0) as node:
+        assert node.state is trustp2p.NodeState.RUNNING
+        assert node.url is not None and node.url.startswith("ws://127.0.0.1:")
+    assert node.state is trustp2p.NodeState.STOPPED
+
+
+async def test_create_functions(tmp_path: Any) -> None:
+    server = await trustp2p.create_server(cwd=tmp_path, port=0)
+    try:
+        client = await trustp2p.create_client(cwd=tmp_path, peers=[server.url])
+        both = await trustp2p.create_node(cwd=tmp_path, port=0, peers=[server.url])
+        try:
+            assert client.server is None and client.client is not None
+            assert both.server is not None and both.client is not None
+            await client.client.wait_connected()
+            await both.client.wait_connected()
+            assert server.server is not None
+            await server.server.wait_connected(2)
+        finally:
+            await both.stop()
+            await client.stop()
+    finally:
+        await server.stop()
+
+
+async def test_listen_failure_is_a_driver_error(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    port = int((server.url or "").rsplit(":", 1)[1])
+    node = Node(server=True, port=port, threads=[Recorder])
+    with pytest.raises(trustp2p.DriverError, match=r"can.t listen on 127\.0\.0\.1"):
+        await node.start()
+    recorder = Recorder.instances[-1]
+    assert recorder.calls == [("start", None), ("stop", None)]
+
+
+async def test_memory_driver_network() -> None:
+    from trustp2p.drivers.memory import MemoryDriver, MemoryHub
+
+    driver = MemoryDriver(hub=MemoryHub())
+    async with Node(server=True, port=0, driver=driver, threads=[Recorder]) as server:
+        assert server.url is not None and server.url.startswith("memory://")
+        async with Node(client=True, peers=[server.url], driver=driver) as client:
+            assert client.client is not None
+            await client.client.wait_connected()
+            answer = await client.client.request(client.client.sockets[0], "echo", {"m": 1})
+            assert answer == {"echo": {"m": 1}}
+
+
+def test_json_bodies_keep_key_order() -> None:
+    package = build_package(PackageType.REQUEST, "e", {"b": 1, "a": 2})
+    assert json.loads(package.body_json) == {"b": 1, "a": 2}
+    assert package.body_json == '{"b":1,"a":2}'
