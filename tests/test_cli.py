@@ -1,0 +1,171 @@
+"""The command line: main(argv) in-process, plus server and client as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from trustp2p.cli import main
+
+COMMANDS = ["init", "server", "client", "node", "demo"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_and_log_level(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"Usage: trustp2p {command}" in out
+    assert "--log-level" in out
+
+
+def test_init_lays_out_an_application(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = tmp_path / "app"
+    assert main(["init", str(app)]) == 0
+    available = app / "threads-available" / "heartbeat.py"
+    enabled = app / "threads-enabled" / "heartbeat.py"
+    assert "class HeartbeatThread(Thread)" in available.read_text()
+    assert enabled.is_symlink()
+    assert os.readlink(enabled) == "../threads-available/heartbeat.py"
+    assert enabled.resolve() == available.resolve()
+    # A second run leaves the user's files alone.
+    available.write_text(available.read_text() + "\n# edited\n")
+    assert main(["init", str(app)]) == 0
+    assert available.read_text().endswith("# edited\n")
+    assert "left as it is" in capsys.readouterr().out
+
+
+def test_client_needs_a_peer(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["client"]) == 2
+    assert "Missing option '--connect'" in capsys.readouterr().err
+
+
+def test_invalid_option_value_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["server", "--cwd", str(tmp_path), "--heartbeat-interval", "-1"]) == 2
+    assert "heartbeat_interval must be a positive number of seconds" in capsys.readouterr().err
+
+
+def test_broken_thread_stops_the_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "threads-enabled").mkdir()
+    (tmp_path / "threads-enabled" / "broken.py").write_text("import nowhere_to_be_found\n")
+    assert main(["server", "--cwd", str(tmp_path), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "broken.py: import failed: ModuleNotFoundError" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Spawned:
+    """A ``python -m trustp2p`` subprocess whose output is collected as it comes."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "trustp2p", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                pytest.fail(f"{text!r} never appeared in:\n{self.output}")
+            time.sleep(0.01)
+
+    def stop(self) -> int:
+        """SIGTERM, as Ctrl-C or a service manager would; return the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f"process didn't stop on SIGTERM:\n{self.output}")
+        self._reader.join(timeout=5)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return code
+
+
+def test_server_and_client_subprocesses_exchange_heartbeats(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    assert main(["init", str(app)]) == 0
+    port = _free_port()
+    timings = [
+        "--heartbeat-interval",
+        "0.05",
+        "--heartbeat-jitter",
+        "0",
+        "--heartbeat-timeout",
+        "0.05",
+        "--reconnect-initial",
+        "0.05",
+        "--reconnect-max",
+        "0.2",
+    ]
+    server = Spawned(
+        "server", "--cwd", str(app), "--port", str(port), "--log-level", "debug", *timings
+    )
+    client = Spawned(
+        "client",
+        "--cwd",
+        str(app),
+        "--connect",
+        f"ws://127.0.0.1:{port}",
+        "--log-level",
+        "debug",
+        *timings,
+    )
+    try:
+        # The client retries until the server listens, then pings flow.
+        client.wait_for("> HEARTBEAT_PONG 'pong'")
+        server.wait_for("< HEARTBEAT_PONG 'pong'")
+    finally:
+        client_code = client.stop()
+        server_code = server.stop()
+    client_out, server_out = client.output, server.output
+    assert client_code == 0, client_out
+    assert server_code == 0, server_out
+    assert "< HEARTBEAT_PING 'ping'" in client_out, client_out
+    assert "> HEARTBEAT_PONG 'pong'" in client_out
+    assert '{"sleep":false}' in client_out
+    assert "< HEARTBEAT_PONG 'pong'" in server_out, server_out
+    # Clean shutdown: the client's threads stopped and it closed with 1001.
+    assert "x node stopped" in client_out
+    assert "connection closed (1001 node stopping)" in server_out
+    assert "Traceback" not in client_out + server_out
+
+
+def test_demo_runs_a_healthy_network(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--nodes", "3", "--duration", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "summary: 3 nodes, 4 connections" in out
+    assert "the network is healthy" in out

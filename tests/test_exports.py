@@ -1,0 +1,81 @@
+"""Every public module lists exactly its public names in __all__ (as websockets checks)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+
+import trustp2p
+
+MODULES = [
+    "trustp2p",
+    "trustp2p.exceptions",
+    "trustp2p.options",
+    "trustp2p.node",
+    "trustp2p.roles",
+    "trustp2p.protocol.package",
+    "trustp2p.protocol.deliver",
+    "trustp2p.protocol.handshake",
+    "trustp2p.protocol.backoff",
+    "trustp2p.drivers",
+    "trustp2p.drivers.base",
+    "trustp2p.drivers.ws",
+    "trustp2p.drivers.memory",
+    "trustp2p.threads.base",
+    "trustp2p.threads.loader",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_all_names_exist(name: str) -> None:
+    module = importlib.import_module(name)
+    missing = [n for n in module.__all__ if not hasattr(module, n)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m != "trustp2p"])
+def test_all_lists_the_public_definitions(name: str) -> None:
+    """Classes and functions defined in a module and not private are in its __all__."""
+    module = importlib.import_module(name)
+    defined = {
+        n
+        for n, obj in vars(module).items()
+        if not n.startswith("_")
+        and (inspect.isclass(obj) or inspect.isfunction(obj))
+        and getattr(obj, "__module__", None) == name
+    }
+    assert defined <= set(module.__all__)
+
+
+def test_top_level_api() -> None:
+    for name in (
+        "create_server",
+        "create_client",
+        "create_node",
+        "Node",
+        "Thread",
+        "PackageType",
+        "TrustP2PError",
+        "PackageError",
+        "ConnectionClosed",
+        "RequestTimeout",
+        "ThreadLoadError",
+        "DriverError",
+    ):
+        assert name in trustp2p.__all__
+    assert trustp2p.PackageType.HEARTBEAT_PING == 10
+
+
+def test_error_tree() -> None:
+    for name in (
+        "PackageError",
+        "ConnectionClosed",
+        "RequestTimeout",
+        "ThreadLoadError",
+        "DriverError",
+        "HandshakeError",
+    ):
+        assert issubclass(getattr(trustp2p, name), trustp2p.TrustP2PError)
+    assert issubclass(trustp2p.RequestTimeout, TimeoutError)
