@@ -224,7 +224,7 @@ class Socket(abc.ABC):
         self.last_seen = self._loop.time()
         stats = self.stats
         stats.messages_in += 1
-        stats.bytes_in += len(data)
+        stats.bytes_in += len(data.encode()) if isinstance(data, str) else len(data)
         try:
             self._listener.on_message(self, data)
         except Exception:  # a bug in the listener must not break the transport

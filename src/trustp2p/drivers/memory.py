@@ -241,7 +241,11 @@ class MemoryDriver(Driver):
         return listening
 
     async def connect(self, url: str, listener: Listener) -> Socket:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError as exc:
+            raise DriverError(f"invalid memory URL {url!r}: {exc}") from None
         if parts.scheme != "memory" or not parts.netloc:
             raise DriverError(f"invalid memory URL {url!r}")
         listening = self.hub._listening.get(parts.netloc)
@@ -253,7 +257,7 @@ class MemoryDriver(Driver):
             hub=self.hub,
             inbound=False,
             peer=url,
-            host=parts.hostname or "",
+            host=hostname or "",
         )
         server = MemorySocket(
             listener=listening.listener,

@@ -17,6 +17,7 @@ __all__ = ["WsDriver", "WsListening", "WsSocket"]
 import asyncio
 import ipaddress
 import logging
+from collections import deque
 from typing import cast
 
 from websockets.client import ClientProtocol
@@ -70,6 +71,10 @@ class WsSocket(Socket, asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._fragments: list[bytes] = []
         self._fragment_text = False
+        self._closing = False  # we sent a close frame: drop what arrives after it
+        self._aborted = False
+        self._paused_reading = False
+        self._held: deque[Frame] = deque()  # frames read before a pause_reading()
         self._paused_writing = False
         self._drain_waiters: list[asyncio.Future[None]] = []
 
@@ -90,6 +95,8 @@ class WsSocket(Socket, asyncio.Protocol):
         self._flush()
 
     async def drain(self) -> None:
+        if self._lost_waiter.done():
+            raise self._closed_exc()
         if self._paused_writing:
             waiter = self._loop.create_future()
             self._drain_waiters.append(waiter)
@@ -103,6 +110,7 @@ class WsSocket(Socket, asyncio.Protocol):
     def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         state = self._protocol.state
         if state is State.OPEN:
+            self._closing = True
             self._protocol.send_close(code, reason)
             self._flush()
             self._set_close_timer()
@@ -110,6 +118,7 @@ class WsSocket(Socket, asyncio.Protocol):
             self.abort()
 
     def abort(self) -> None:
+        self._aborted = True
         if self._transport is not None:
             self._transport.abort()
 
@@ -117,11 +126,18 @@ class WsSocket(Socket, asyncio.Protocol):
         await asyncio.shield(self._lost_waiter)
 
     def pause_reading(self) -> None:
+        self._paused_reading = True
         if self._transport is not None and self._transport.is_reading():
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._transport is not None and not self._transport.is_reading():
+        if not self._paused_reading:
+            return
+        self._paused_reading = False
+        if self._held:
+            # Deliver what was read before the pause first, outside the caller's frame.
+            self._loop.call_soon(self._deliver_held)
+        elif self._transport is not None and not self._transport.is_reading():
             self._transport.resume_reading()
 
     # asyncio.Protocol
@@ -150,7 +166,10 @@ class WsSocket(Socket, asyncio.Protocol):
         for event in events:
             if type(event) is Frame:
                 if event.opcode in _DATA_OPCODES or event.opcode is Opcode.CONT:
-                    self._receive_frame(event)
+                    if self._paused_reading:
+                        self._held.append(event)
+                    else:
+                        self._receive_frame(event)
             elif isinstance(event, Request):
                 self._accept(event)
             elif isinstance(event, Response):
@@ -170,17 +189,17 @@ class WsSocket(Socket, asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if protocol.close_rcvd is not None:
-            self.close_code, self.close_reason = (
-                protocol.close_rcvd.code,
-                protocol.close_rcvd.reason,
-            )
-        elif protocol.close_sent is not None and exc is None:
-            self.close_code, self.close_reason = (
-                protocol.close_sent.code,
-                protocol.close_sent.reason,
-            )
-        else:
+            self.close_code = protocol.close_rcvd.code
+            self.close_reason = protocol.close_rcvd.reason
+        elif protocol.close_sent is not None and not self._aborted:
+            # We failed the connection (e.g. message too big): websockets discards
+            # what follows, including the peer's answer, and the TCP connection ends.
+            self.close_code = protocol.close_sent.code
+            self.close_reason = protocol.close_sent.reason
+        else:  # no closing handshake: dropped, aborted, or the close timed out
             self.close_code = CloseCode.ABNORMAL_CLOSURE
+        self._held.clear()
+        self._paused_writing = False
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -193,7 +212,8 @@ class WsSocket(Socket, asyncio.Protocol):
             # Nobody else awaits it on the server side.
             self._open_waiter.exception()
         if self._opened:
-            error = protocol.parser_exc or exc
+            # When we dropped it ourselves, the abrupt end is no news.
+            error = None if self._aborted else protocol.parser_exc or exc
             if error is not None:
                 self._report("on_error", self._describe_error(error))
             self._report("on_close")
@@ -236,20 +256,30 @@ class WsSocket(Socket, asyncio.Protocol):
         else:
             data = bytes(frame.data)
             text = frame.opcode is Opcode.TEXT
-        if self._protocol.state is not State.OPEN:
-            return  # we are closing: drop what the peer sent after our close frame
+        if self._closing:
+            return  # drop what the peer sent after our close frame
         # websockets checked that a text message is valid UTF-8.
         self._deliver(data.decode() if text else data)
+
+    def _deliver_held(self) -> None:
+        held = self._held
+        while held and not self._paused_reading:
+            self._receive_frame(held.popleft())
+        if not self._paused_reading and self._transport is not None:
+            if not self._transport.is_reading() and not self._transport.is_closing():
+                self._transport.resume_reading()
 
     def _accept(self, request: Request) -> None:
         protocol = self._protocol
         assert isinstance(protocol, ServerProtocol)
         response = protocol.accept(request)
         if response.status_code == 101 and self._options.trust_real_ip and _is_loopback(self.host):
-            real_ip = request.headers.get("X-Real-IP")
-            if real_ip is not None:
+            real_ips = request.headers.get_all("X-Real-IP")
+            if real_ips:
                 try:
-                    self.host = str(ipaddress.ip_address(real_ip.strip()))
+                    if len(real_ips) > 1:
+                        raise ValueError("repeated header")
+                    self.host = str(ipaddress.ip_address(real_ips[0].strip()))
                 except ValueError:
                     response = protocol.reject(400, "Invalid X-Real-IP header.\n")
         protocol.send_response(response)
@@ -339,7 +369,7 @@ class WsDriver(Driver):
     async def connect(self, url: str, listener: Listener) -> Socket:
         try:
             uri = parse_uri(url)
-        except InvalidURI as exc:
+        except (InvalidURI, ValueError) as exc:  # parse_uri() raises both
             raise DriverError(f"invalid WebSocket URL {url!r}: {exc}") from exc
         protocol = ClientProtocol(uri, max_size=self.options.max_message_size)
         request = protocol.connect()

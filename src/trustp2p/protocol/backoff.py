@@ -31,13 +31,19 @@ def backoff(
         rng: Returns a float in [0, 1); for tests.
 
     """
+    # Check now, not at the first next(): misuse raises right away.
     if not 0 < initial <= maximum:
         raise ValueError(f"need 0 < initial <= maximum, not {initial} and {maximum}")
     if factor < 1:
         raise ValueError(f"factor must be at least 1, not {factor}")
     if not 0 <= jitter < 1:
         raise ValueError(f"jitter must be in [0, 1), not {jitter}")
-    delay = initial
+    return _delays(initial, maximum, factor, jitter, rng)
+
+
+def _delays(
+    delay: float, maximum: float, factor: float, jitter: float, rng: Callable[[], float]
+) -> Iterator[float]:
     while True:
         yield delay * (1 - jitter * rng())
         delay = min(delay * factor, maximum)

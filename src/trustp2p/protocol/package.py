@@ -77,6 +77,7 @@ RESPONSE_TYPES = frozenset({PackageType.HEARTBEAT_PONG, PackageType.RESPONSE})
 _TYPES: dict[int, PackageType] = {member.value: member for member in PackageType}
 
 _TYPE_FIELD_NUMBER = TrustNoteP2p.DESCRIPTOR.fields_by_name["type"].number
+_WIRETYPE_VARINT = 0
 
 
 def _reject_constant(name: str) -> Any:
@@ -257,15 +258,16 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
         missing = ", ".join(message.FindInitializationErrors())
         raise PackageError(f"package lacks required field(s): {missing}")
 
-    if message.HasField("type"):
-        type_ = _TYPES[message.type]
-    else:
-        # proto2 enums are closed: an unknown value lands in the unknown fields and the
-        # field reads as its default, SYSTEM. The original never validated the type; we do.
-        for unknown in UnknownFieldSet(message):
-            if unknown.field_number == _TYPE_FIELD_NUMBER:
-                raise PackageError(f"unknown package type {unknown.data}")
-        type_ = PackageType.SYSTEM
+    # proto2 enums are closed: an unknown value lands in the unknown fields, and the field
+    # keeps its earlier value or reads as its default, SYSTEM. The original never
+    # validated the type; we refuse the package.
+    for unknown in UnknownFieldSet(message):
+        if unknown.field_number == _TYPE_FIELD_NUMBER:
+            if unknown.wire_type != _WIRETYPE_VARINT:
+                raise PackageError(f"package type has wire type {unknown.wire_type}, not varint")
+            value = unknown.data - 2**64 if unknown.data >= 2**63 else unknown.data
+            raise PackageError(f"unknown package type {value}")
+    type_ = _TYPES[message.type]
 
     # proto2 doesn't validate UTF-8: an invalid string field reads as bytes.
     event, body_json, tag = message.event, message.body, message.tag

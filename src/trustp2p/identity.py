@@ -1,0 +1,170 @@
+"""
+Node identity: a long-term Ed25519 key and the peer id derived from it.
+
+The key lives in ``<cwd>/identity/node.key`` (PKCS #8 PEM, mode 0600), created on first
+start. The **peer id** is ``"tp"`` followed by the lowercase base32 (no padding) of the
+first 20 bytes of the SHA-256 of the raw 32-byte public key: 34 characters, e.g.
+``tpmfrggzdfmztwq2lkn5wxk3djmvzgk5lt``. Nothing here does network I/O.
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KEY_FILE",
+    "PUBLIC_KEY_SIZE",
+    "SIGNATURE_SIZE",
+    "Identity",
+    "IdentityError",
+    "PeerId",
+    "is_peer_id",
+    "peer_id_from_public_key",
+    "short_id",
+    "verify_signature",
+]
+
+import base64
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import NewType
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .exceptions import TrustP2PError
+
+PeerId = NewType("PeerId", str)
+
+KEY_FILE = Path("identity") / "node.key"
+"""Where the key lives, relative to the node's cwd."""
+
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+_PEER_ID_PREFIX = "tp"
+
+
+class IdentityError(TrustP2PError):
+    """The node's key file is unsafe, corrupt or unreadable; the node doesn't start."""
+
+
+def peer_id_from_public_key(public_key: bytes) -> PeerId:
+    """The peer id of a raw 32-byte Ed25519 public key."""
+    if len(public_key) != PUBLIC_KEY_SIZE:
+        raise ValueError(f"an Ed25519 public key has 32 bytes, not {len(public_key)}")
+    digest = hashlib.sha256(public_key).digest()[:20]
+    return PeerId(_PEER_ID_PREFIX + base64.b32encode(digest).decode("ascii").lower())
+
+
+def short_id(peer_id: str) -> str:
+    """A short form of a peer id, for logs and tables."""
+    return peer_id[: len(_PEER_ID_PREFIX) + 8]
+
+
+def is_peer_id(text: str) -> bool:
+    """True if ``text`` has the form of a peer id."""
+    body = text[len(_PEER_ID_PREFIX) :]
+    if not text.startswith(_PEER_ID_PREFIX) or len(body) != 32:
+        return False
+    try:
+        base64.b32decode(body.upper())
+    except ValueError:
+        return False
+    return True
+
+
+def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
+    """Check an Ed25519 signature; False for a bad key or signature."""
+    if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class Identity:
+    """
+    A node's Ed25519 key pair.
+
+    Attributes:
+        public_key: The raw 32-byte public key.
+        peer_id: The peer id derived from it.
+
+    """
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._private_key = private_key
+        self.public_key = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.peer_id = peer_id_from_public_key(self.public_key)
+
+    def __repr__(self) -> str:
+        return f"<Identity {self.peer_id}>"
+
+    @classmethod
+    def generate(cls) -> Identity:
+        """A fresh identity, kept in memory only."""
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Identity:
+        """
+        Load the key at ``path``, or create it (mode 0600) if the file doesn't exist.
+
+        Raises:
+            IdentityError: If the file is readable by group or others, or not a valid
+                Ed25519 private key in PKCS #8 PEM. The message says what to do.
+
+        """
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return cls._create(path)
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise IdentityError(
+                f"{path} is accessible by group or others (mode {stat.S_IMODE(info.st_mode):o}); "
+                f"run: chmod 600 {path}"
+            )
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise IdentityError(
+                f"{path} is not a valid private key ({exc}); move it away to create a new "
+                f"identity, which changes this node's peer id"
+            ) from None
+        except OSError as exc:
+            raise IdentityError(f"can't read {path}: {exc.strerror or exc}") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise IdentityError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+        return cls(key)
+
+    @classmethod
+    def _create(cls, path: Path) -> Identity:
+        identity = cls.generate()
+        data = identity._private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise IdentityError(f"can't write {path}: {exc.strerror or exc}") from exc
+        return identity
+
+    def sign(self, data: bytes) -> bytes:
+        """Sign ``data``; 64 bytes."""
+        signature: bytes = self._private_key.sign(data)
+        return signature

@@ -1,0 +1,1 @@
+"""Threads: plugin classes, their loader and the built-in heartbeat."""

@@ -1,0 +1,773 @@
+"""
+Driver conformance suite: one set of checks that every driver must pass.
+
+This works in the way trio's ``check_two_way_stream`` does: the checks know nothing
+about a particular transport and receive a *driver factory* (``DriverOptions`` ->
+``Driver``) and a host to listen on. ``test_<driver>.py`` subclasses
+:class:`DriverConformance`, provides the ``driver_factory``, ``unreachable_url`` and
+``invalid_url`` fixtures, and inherits every check as a test method.
+
+Events are recorded at the boundary by :class:`RecordingListener`, like websockets'
+``RecordingProtocol``; tests wait for "the next event of kind X" with a short timeout.
+:class:`DriverHarness` keeps track of everything a test opens and closes it at teardown,
+because pytest turns unclosed transports into errors.
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import MS
+from trustp2p.drivers import (
+    CloseCode,
+    Driver,
+    DriverEvent,
+    DriverOptions,
+    Listening,
+    Socket,
+    SocketStats,
+)
+from trustp2p.exceptions import ConnectionClosed, DriverError
+
+__all__ = [
+    "TIMEOUT",
+    "DriverConformance",
+    "DriverFactory",
+    "DriverHarness",
+    "Pair",
+    "Record",
+    "RecordingListener",
+]
+
+TIMEOUT = 2000 * MS
+"""How long a test waits for an event that should come."""
+
+QUIET = 20 * MS
+"""How long a test waits to check that an event does *not* come."""
+
+DriverFactory = Callable[[DriverOptions], Driver]
+
+# 100 KiB that aren't all the same byte, so that reordering or truncation shows.
+BIG_MESSAGE = bytes(i % 251 for i in range(100 * 1024))
+
+
+class Record(NamedTuple):
+    """One callback as the driver made it."""
+
+    event: DriverEvent
+    socket: Socket | None  # None for START
+    payload: Any  # the Listening (START), data (MESSAGE), error (ERROR), else None
+
+
+class RecordingListener:
+    """
+    A :class:`~trustp2p.drivers.Listener` that records every callback.
+
+    Several sockets may share one recorder; filter by socket with the helpers.
+    ``on_message_hook`` runs inside ``on_message``, after recording, to act from
+    within the callback (pause reading, raise).
+
+    """
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.on_message_hook: Callable[[Socket, bytes | str], None] | None = None
+        self._taken: set[int] = set()
+        self._changed = asyncio.Event()
+
+    # Listener
+
+    def on_start(self, listening: Listening) -> None:
+        self._record(DriverEvent.START, None, listening)
+
+    def on_connection(self, socket: Socket) -> None:
+        self._record(DriverEvent.CONNECTION, socket, None)
+
+    def on_open(self, socket: Socket) -> None:
+        self._record(DriverEvent.OPEN, socket, None)
+
+    def on_message(self, socket: Socket, data: bytes | str) -> None:
+        self._record(DriverEvent.MESSAGE, socket, data)
+        if self.on_message_hook is not None:
+            self.on_message_hook(socket, data)
+
+    def on_error(self, socket: Socket, error: Exception) -> None:
+        self._record(DriverEvent.ERROR, socket, error)
+
+    def on_close(self, socket: Socket) -> None:
+        self._record(DriverEvent.CLOSE, socket, None)
+
+    # Helpers
+
+    def _record(self, event: DriverEvent, socket: Socket | None, payload: object) -> None:
+        self.records.append(Record(event, socket, payload))
+        self._changed.set()
+
+    async def next(
+        self, event: DriverEvent, socket: Socket | None = None, *, timeout: float = TIMEOUT
+    ) -> Record:
+        """
+        Return the first record of kind ``event`` (for ``socket`` if given) not yet
+        returned by this method, waiting up to ``timeout`` seconds for it.
+
+        Raises:
+            TimeoutError: If no such event came in time.
+
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                for index, record in enumerate(self.records):
+                    if index in self._taken or record.event is not event:
+                        continue
+                    if socket is not None and record.socket is not socket:
+                        continue
+                    self._taken.add(index)
+                    return record
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait_messages(
+        self, socket: Socket, count: int, *, timeout: float = TIMEOUT
+    ) -> list[bytes | str]:
+        """Wait until ``socket`` received ``count`` messages; return them all."""
+        async with asyncio.timeout(timeout):
+            while len(self.messages(socket)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.messages(socket)
+
+    def sockets(self) -> list[Socket]:
+        """Every socket that appears in a record, first seen first."""
+        seen: dict[int, Socket] = {}
+        for record in self.records:
+            if record.socket is not None:
+                seen.setdefault(id(record.socket), record.socket)
+        return list(seen.values())
+
+    def events(self, socket: Socket) -> list[DriverEvent]:
+        """The kinds of event recorded for ``socket``, in order."""
+        return [record.event for record in self.records if record.socket is socket]
+
+    def messages(self, socket: Socket) -> list[bytes | str]:
+        """The messages ``socket`` received, in order."""
+        return [
+            record.payload
+            for record in self.records
+            if record.socket is socket and record.event is DriverEvent.MESSAGE
+        ]
+
+    def errors(self, socket: Socket) -> list[Exception]:
+        """The errors reported for ``socket``, in order."""
+        return [
+            record.payload
+            for record in self.records
+            if record.socket is socket and record.event is DriverEvent.ERROR
+        ]
+
+
+@dataclass
+class Pair:
+    """Both ends of one connection and what their listeners recorded."""
+
+    client: Socket
+    server: Socket
+    client_events: RecordingListener
+    server_events: RecordingListener
+    listening: Listening
+
+    def ends(self, side: str) -> tuple[Socket, RecordingListener, Socket, RecordingListener]:
+        """Return ``(this, its events, other, its events)`` for side "client" or "server"."""
+        if side == "client":
+            return self.client, self.client_events, self.server, self.server_events
+        assert side == "server"
+        return self.server, self.server_events, self.client, self.client_events
+
+
+class DriverHarness:
+    """
+    Opens listeners and connections through a driver factory and closes them all at the
+    end of a test, whatever happened.
+
+    """
+
+    def __init__(self, factory: DriverFactory, host: str) -> None:
+        self.factory = factory
+        self.host = host
+        self._listenings: list[Listening] = []
+        self._sockets: list[Socket] = []
+        self._listeners: list[RecordingListener] = []
+
+    def driver(self, options: DriverOptions | None = None) -> Driver:
+        return self.factory(options if options is not None else DriverOptions())
+
+    def recorder(self) -> RecordingListener:
+        """A new recording listener whose sockets get closed at teardown."""
+        listener = RecordingListener()
+        self._listeners.append(listener)
+        return listener
+
+    async def listen(
+        self,
+        options: DriverOptions | None = None,
+        listener: RecordingListener | None = None,
+        *,
+        port: int = 0,
+    ) -> tuple[Listening, RecordingListener]:
+        if listener is None:
+            listener = self.recorder()
+        listening = await self.driver(options).listen(self.host, port, listener)
+        self._listenings.append(listening)
+        return listening, listener
+
+    async def connect(
+        self,
+        url: str,
+        options: DriverOptions | None = None,
+        listener: RecordingListener | None = None,
+    ) -> tuple[Socket, RecordingListener]:
+        if listener is None:
+            listener = self.recorder()
+        socket = await self.driver(options).connect(url, listener)
+        self._sockets.append(socket)
+        return socket, listener
+
+    async def pair(self, options: DriverOptions | None = None) -> Pair:
+        """Listen, connect once, and wait for the server side of the connection."""
+        listening, server_events = await self.listen(options)
+        client, client_events = await self.connect(listening.url, options)
+        server = (await server_events.next(DriverEvent.CONNECTION)).socket
+        assert server is not None
+        return Pair(client, server, client_events, server_events, listening)
+
+    async def aclose(self) -> None:
+        sockets: dict[int, Socket] = {id(socket): socket for socket in self._sockets}
+        for listener in self._listeners:
+            for socket in listener.sockets():
+                sockets.setdefault(id(socket), socket)
+        for socket in sockets.values():
+            if socket.close_code is None:  # not closed yet: don't wait for a handshake
+                socket.abort()
+        for listening in self._listenings:
+            listening.close()
+        async with asyncio.timeout(TIMEOUT):
+            for socket in sockets.values():
+                await socket.wait_closed()
+            for listening in self._listenings:
+                await listening.wait_closed()
+
+
+async def quiet() -> None:
+    """Let the event loop run for a short while, to check that nothing happens."""
+    await asyncio.sleep(QUIET)
+
+
+class DriverConformance:
+    """
+    Every driver passes these tests. Subclasses provide the fixtures below.
+
+    Fixtures to provide:
+        driver_factory: Returns a fresh driver for given :class:`DriverOptions`.
+        unreachable_url: A URL of this driver's scheme where nothing listens.
+        invalid_url: (parametrised) A URL this driver must reject.
+
+    """
+
+    scheme: ClassVar[str]
+    host: ClassVar[str] = "127.0.0.1"
+
+    @pytest.fixture
+    def driver_factory(self) -> DriverFactory:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def unreachable_url(self) -> str:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def invalid_url(self) -> str:
+        raise NotImplementedError
+
+    @pytest.fixture
+    async def harness(self, driver_factory: DriverFactory) -> AsyncIterator[DriverHarness]:
+        harness = DriverHarness(driver_factory, self.host)
+        try:
+            yield harness
+        finally:
+            await harness.aclose()
+
+    # Listening and connecting
+
+    async def test_driver_scheme(self, harness: DriverHarness) -> None:
+        assert harness.driver().scheme == self.scheme
+
+    async def test_listen_fires_on_start(self, harness: DriverHarness) -> None:
+        listening, events = await harness.listen()
+        # on_start fired before listen() returned, with the same object.
+        assert events.records == [Record(DriverEvent.START, None, listening)]
+        parts = urlsplit(listening.url)
+        assert parts.scheme == self.scheme
+        assert parts.hostname == self.host
+        assert parts.port is not None
+        assert parts.port > 0
+
+    async def test_listen_twice_on_one_port(self, harness: DriverHarness) -> None:
+        listening, _ = await harness.listen()
+        port = urlsplit(listening.url).port
+        assert port is not None
+        events = harness.recorder()
+        with pytest.raises(DriverError) as exc_info:
+            await harness.listen(listener=events, port=port)
+        assert str(exc_info.value).startswith(f"can't listen on {self.host}:{port}: ")
+        assert events.records == []
+
+    async def test_connect(self, harness: DriverHarness) -> None:
+        listening, server_events = await harness.listen()
+        client, client_events = await harness.connect(listening.url)
+        # on_open fired before connect() returned.
+        assert client_events.records == [Record(DriverEvent.OPEN, client, None)]
+        assert client.inbound is False
+        assert client.peer == listening.url
+        assert client.host == self.host
+        assert client.closed is False
+        assert client.close_code is None
+        assert client.close_reason == ""
+        assert client.stats == SocketStats()
+
+        record = await server_events.next(DriverEvent.CONNECTION)
+        server = record.socket
+        assert server is not None
+        assert server is not client
+        assert server.inbound is True
+        assert server.closed is False
+        assert server.close_code is None
+        assert server.id != client.id
+        assert server.stats == SocketStats()
+        assert server_events.records[1:] == [Record(DriverEvent.CONNECTION, server, None)]
+
+    async def test_connect_nothing_listening(
+        self, harness: DriverHarness, unreachable_url: str
+    ) -> None:
+        events = harness.recorder()
+        with pytest.raises(DriverError) as exc_info:
+            await harness.connect(unreachable_url, listener=events)
+        assert str(exc_info.value).startswith(f"can't connect to {unreachable_url}")
+        assert events.records == []
+
+    async def test_connect_invalid_url(self, harness: DriverHarness, invalid_url: str) -> None:
+        events = harness.recorder()
+        with pytest.raises(DriverError):
+            await harness.connect(invalid_url, listener=events)
+        assert events.records == []
+
+    async def test_listening_close_stops_new_connections(self, harness: DriverHarness) -> None:
+        pair = await harness.pair()
+        pair.listening.close()
+
+        late_events = harness.recorder()
+        with pytest.raises(DriverError) as exc_info:
+            await harness.connect(pair.listening.url, listener=late_events)
+        assert str(exc_info.value).startswith(f"can't connect to {pair.listening.url}")
+        assert late_events.records == []
+
+        # The existing connection keeps working both ways.
+        pair.client.write(b"still")
+        pair.server.write(b"here")
+        assert await pair.server_events.wait_messages(pair.server, 1) == [b"still"]
+        assert await pair.client_events.wait_messages(pair.client, 1) == [b"here"]
+        assert not pair.client.closed
+        assert not pair.server.closed
+        # No new connection reached the closed listener.
+        assert pair.server_events.sockets() == [pair.server]
+
+        await pair.client.close()
+        async with asyncio.timeout(TIMEOUT):
+            await pair.server.wait_closed()
+            await pair.listening.wait_closed()
+
+    async def test_concurrent_connections_are_independent(self, harness: DriverHarness) -> None:
+        listening, server_events = await harness.listen()
+        client_events = harness.recorder()
+        clients = [
+            socket
+            for socket, _ in await asyncio.gather(
+                *(harness.connect(listening.url, listener=client_events) for _ in range(3))
+            )
+        ]
+        assert len({client.id for client in clients}) == 3
+        for index, client in enumerate(clients):
+            client.write(b"from client %d" % index)
+
+        # Map each server-side socket to its client by what it received.
+        servers: dict[int, Socket] = {}
+        for _ in clients:
+            record = await server_events.next(DriverEvent.CONNECTION)
+            assert record.socket is not None
+            (message,) = await server_events.wait_messages(record.socket, 1)
+            assert isinstance(message, bytes)
+            servers[int(message.rsplit(b" ", 1)[1])] = record.socket
+        assert sorted(servers) == [0, 1, 2]
+
+        await clients[0].close(CloseCode.GOING_AWAY, "bye")
+        async with asyncio.timeout(TIMEOUT):
+            await servers[0].wait_closed()
+        assert servers[0].close_code == CloseCode.GOING_AWAY
+
+        for index in (1, 2):
+            assert not clients[index].closed
+            assert not servers[index].closed
+            servers[index].write(b"to client %d" % index)
+            clients[index].write(b"again %d" % index)
+        for index in (1, 2):
+            assert await client_events.wait_messages(clients[index], 1) == [b"to client %d" % index]
+            assert await server_events.wait_messages(servers[index], 2) == [
+                b"from client %d" % index,
+                b"again %d" % index,
+            ]
+            assert server_events.events(servers[index]) == [
+                DriverEvent.CONNECTION,
+                DriverEvent.MESSAGE,
+                DriverEvent.MESSAGE,
+            ]
+
+    # Messages
+
+    @pytest.mark.parametrize("sender", ["client", "server"])
+    async def test_messages_arrive_in_order(self, harness: DriverHarness, sender: str) -> None:
+        pair = await harness.pair()
+        this, _, other, other_events = pair.ends(sender)
+        messages = [b"hello", b"", BIG_MESSAGE, b"\x00\xff", b"world"]
+        for message in messages:
+            this.write(message)
+        # Delivery never happens inside write().
+        assert other_events.messages(other) == []
+        received = await other_events.wait_messages(other, len(messages))
+        assert received == messages
+        assert all(type(message) is bytes for message in received)
+
+    async def test_messages_both_ways_and_stats(self, harness: DriverHarness) -> None:
+        pair = await harness.pair()
+        to_server = [b"ping", b"", BIG_MESSAGE]
+        to_client = [BIG_MESSAGE, b"pong", b"", b"!"]
+        for message in to_server:
+            await pair.client.send(message)
+        for message in to_client:
+            await pair.server.send(message)
+        assert await pair.server_events.wait_messages(pair.server, 3) == to_server
+        assert await pair.client_events.wait_messages(pair.client, 4) == to_client
+
+        up = sum(map(len, to_server))
+        down = sum(map(len, to_client))
+        assert pair.client.stats == SocketStats(
+            messages_in=4, messages_out=3, bytes_in=down, bytes_out=up
+        )
+        assert pair.server.stats == SocketStats(
+            messages_in=3, messages_out=4, bytes_in=up, bytes_out=down
+        )
+
+    async def test_last_seen_advances(self, harness: DriverHarness) -> None:
+        pair = await harness.pair()
+        before = pair.server.last_seen
+        await asyncio.sleep(MS)  # let the event loop clock move on
+        pair.client.write(b"tick")
+        await pair.server_events.wait_messages(pair.server, 1)
+        assert pair.server.last_seen > before
+        assert pair.server.last_seen <= asyncio.get_running_loop().time()
+
+    async def test_drain_returns_promptly_when_buffer_small(self, harness: DriverHarness) -> None:
+        pair = await harness.pair()
+        pair.client.write(b"small")
+        async with asyncio.timeout(TIMEOUT):
+            await pair.client.drain()
+            await pair.client.send(b"also small")
+        assert await pair.server_events.wait_messages(pair.server, 2) == [
+            b"small",
+            b"also small",
+        ]
+
+    async def test_drain_waits_while_buffer_full(self, harness: DriverHarness) -> None:
+        options = DriverOptions(write_limit=1024, max_message_size=None)
+        pair = await harness.pair(options)
+        # Big enough to overflow the kernel buffers on loopback too.
+        message = b"x" * (16 * 2**20)
+        pair.client.pause_reading()
+        pair.server.write(message)
+        drain = asyncio.create_task(pair.server.drain())
+        try:
+            await quiet()
+            assert not drain.done()
+            pair.client.resume_reading()
+            async with asyncio.timeout(TIMEOUT):
+                await drain
+        finally:
+            drain.cancel()
+        assert await pair.client_events.wait_messages(pair.client, 1) == [message]
+
+    async def test_drain_raises_when_connection_lost(self, harness: DriverHarness) -> None:
+        options = DriverOptions(write_limit=1024, max_message_size=None)
+        pair = await harness.pair(options)
+        pair.client.pause_reading()
+        pair.server.write(b"x" * (16 * 2**20))
+        drain = asyncio.create_task(pair.server.drain())
+        try:
+            await quiet()
+            assert not drain.done()
+            pair.server.abort()
+            async with asyncio.timeout(TIMEOUT):
+                with pytest.raises(ConnectionClosed) as exc_info:
+                    await drain
+        finally:
+            drain.cancel()
+        assert exc_info.value.code == CloseCode.ABNORMAL_CLOSURE
+
+    async def test_drain_after_connection_lost_raises(self, harness: DriverHarness) -> None:
+        # The write buffer is over its limit when the connection drops; a later drain()
+        # must raise rather than wait for a buffer that will never empty.
+        options = DriverOptions(write_limit=1024, max_message_size=None)
+        pair = await harness.pair(options)
+        pair.client.pause_reading()
+        pair.server.write(b"x" * (16 * 2**20))
+        pair.server.abort()
+        async with asyncio.timeout(TIMEOUT):
+            await pair.server.wait_closed()
+        # No I/O is needed to find out, so don't wait long.
+        async with asyncio.timeout(10 * QUIET):
+            with pytest.raises(ConnectionClosed) as exc_info:
+                await pair.server.drain()
+        assert exc_info.value.code == CloseCode.ABNORMAL_CLOSURE
+
+    async def test_listener_error_does_not_break_connection(
+        self, harness: DriverHarness, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        pair = await harness.pair()
+
+        def fail_once(socket: Socket, data: bytes | str) -> None:
+            if data == b"boom":
+                raise RuntimeError("listener bug")
+
+        pair.server_events.on_message_hook = fail_once
+        with caplog.at_level(logging.ERROR, logger="trustp2p.drivers"):
+            pair.client.write(b"boom")
+            pair.client.write(b"after")
+            assert await pair.server_events.wait_messages(pair.server, 2) == [b"boom", b"after"]
+        assert not pair.server.closed
+        assert [record.getMessage() for record in caplog.records] == [
+            f"! listener failed on a message from {pair.server.peer}"
+        ]
+
+    # Backpressure on reading
+
+    @pytest.mark.parametrize("reader", ["client", "server"])
+    async def test_pause_reading(self, harness: DriverHarness, reader: str) -> None:
+        pair = await harness.pair()
+        this, this_events, other, _ = pair.ends(reader)
+        this.pause_reading()
+        this.pause_reading()  # idempotent
+        messages = [b"one", b"", b"three"]
+        for message in messages:
+            other.write(message)
+        await quiet()
+        assert this_events.messages(this) == []
+        this.resume_reading()
+        this.resume_reading()  # idempotent
+        assert await this_events.wait_messages(this, 3) == messages
+        other.write(b"four")
+        assert await this_events.wait_messages(this, 4) == [*messages, b"four"]
+
+    async def test_pause_reading_from_on_message(self, harness: DriverHarness) -> None:
+        pair = await harness.pair()
+
+        def pause(socket: Socket, data: bytes | str) -> None:
+            socket.pause_reading()
+
+        pair.server_events.on_message_hook = pause
+        for message in (b"one", b"two", b"three"):
+            pair.client.write(message)
+        await pair.server_events.wait_messages(pair.server, 1)
+        await quiet()
+        # pause_reading() inside on_message stops the next on_message calls.
+        assert pair.server_events.messages(pair.server) == [b"one"]
+        pair.server_events.on_message_hook = None
+        pair.server.resume_reading()
+        assert await pair.server_events.wait_messages(pair.server, 3) == [
+            b"one",
+            b"two",
+            b"three",
+        ]
+
+    # Closing
+
+    @pytest.mark.parametrize("closer", ["client", "server"])
+    @pytest.mark.parametrize(
+        ("code", "reason"),
+        [
+            (CloseCode.NORMAL_CLOSURE, ""),
+            (CloseCode.GOING_AWAY, "going away"),
+            (CloseCode.TRY_AGAIN_LATER, "try again later"),
+        ],
+    )
+    async def test_close(self, harness: DriverHarness, closer: str, code: int, reason: str) -> None:
+        pair = await harness.pair()
+        this, this_events, other, other_events = pair.ends(closer)
+        async with asyncio.timeout(TIMEOUT):
+            await this.close(code, reason)
+            await other.wait_closed()
+        for socket, events in ((this, this_events), (other, other_events)):
+            assert socket.closed
+            assert socket.close_code == code
+            assert socket.close_reason == reason
+            opened = DriverEvent.CONNECTION if socket.inbound else DriverEvent.OPEN
+            assert events.events(socket) == [opened, DriverEvent.CLOSE]
+            with pytest.raises(ConnectionClosed) as exc_info:
+                socket.write(b"too late")
+            assert exc_info.value.code == code
+            assert exc_info.value.reason == reason
+            with pytest.raises(ConnectionClosed):
+                await socket.send(b"too late")
+            async with asyncio.timeout(TIMEOUT):
+                await socket.wait_closed()  # returns at once when closed
+                await socket.close()  # does nothing when closed
+            assert socket.close_code == code
+        assert this.stats.messages_out == 0
+        assert other.stats.messages_out == 0
+
+    async def test_closed_after_close_soon(self, harness: DriverHarness) -> None:
+        pair = await harness.pair()
+        pair.client.close_soon(CloseCode.GOING_AWAY, "later")
+        assert pair.client.closed
+        with pytest.raises(ConnectionClosed):
+            pair.client.write(b"too late")
+        pair.client.close_soon(CloseCode.NORMAL_CLOSURE, "again")  # does nothing
+        async with asyncio.timeout(TIMEOUT):
+            await pair.client.wait_closed()
+            await pair.server.wait_closed()
+        assert pair.server.closed
+        assert (pair.client.close_code, pair.client.close_reason) == (1001, "later")
+        assert (pair.server.close_code, pair.server.close_reason) == (1001, "later")
+        assert pair.client_events.events(pair.client) == [DriverEvent.OPEN, DriverEvent.CLOSE]
+        assert pair.server_events.events(pair.server) == [
+            DriverEvent.CONNECTION,
+            DriverEvent.CLOSE,
+        ]
+
+    @pytest.mark.parametrize("closer", ["client", "server"])
+    async def test_messages_before_close_arrive_first(
+        self, harness: DriverHarness, closer: str
+    ) -> None:
+        pair = await harness.pair()
+        this, _, other, other_events = pair.ends(closer)
+        for message in (b"a", b"b", b"c"):
+            this.write(message)
+        this.close_soon()
+        await other_events.next(DriverEvent.CLOSE, other)
+        opened = DriverEvent.CONNECTION if other.inbound else DriverEvent.OPEN
+        assert other_events.events(other) == [opened, *[DriverEvent.MESSAGE] * 3, DriverEvent.CLOSE]
+        assert other_events.messages(other) == [b"a", b"b", b"c"]
+        assert other.close_code == CloseCode.NORMAL_CLOSURE
+
+    @pytest.mark.parametrize("aborter", ["client", "server"])
+    async def test_abort(self, harness: DriverHarness, aborter: str) -> None:
+        pair = await harness.pair()
+        this, this_events, other, other_events = pair.ends(aborter)
+        this.abort()
+        async with asyncio.timeout(TIMEOUT):
+            await this.wait_closed()
+            await other_events.next(DriverEvent.CLOSE, other)
+            await other.wait_closed()
+        assert this.closed
+        assert other.closed
+        assert this.close_code == CloseCode.ABNORMAL_CLOSURE
+        assert other.close_code == CloseCode.ABNORMAL_CLOSURE
+        assert this_events.events(this).count(DriverEvent.CLOSE) == 1
+        assert other_events.events(other).count(DriverEvent.CLOSE) == 1
+        assert this_events.events(this)[-1] is DriverEvent.CLOSE
+        assert other_events.events(other)[-1] is DriverEvent.CLOSE
+        with pytest.raises(ConnectionClosed) as exc_info:
+            this.write(b"too late")
+        assert exc_info.value.code == CloseCode.ABNORMAL_CLOSURE
+        this.abort()  # does nothing when closed
+        assert this_events.events(this).count(DriverEvent.CLOSE) == 1
+
+    async def test_close_times_out_when_peer_does_not_answer(self, harness: DriverHarness) -> None:
+        options = DriverOptions(close_timeout=100 * MS)
+        pair = await harness.pair(options)
+        pair.server.pause_reading()  # the server won't see the close frame
+        pair.client.close_soon()
+        async with asyncio.timeout(TIMEOUT):
+            await pair.client.wait_closed()
+        assert pair.client.close_code == CloseCode.ABNORMAL_CLOSURE
+        assert pair.client_events.events(pair.client) == [DriverEvent.OPEN, DriverEvent.CLOSE]
+        pair.server.resume_reading()
+        await pair.server_events.next(DriverEvent.CLOSE, pair.server)
+        assert pair.server_events.events(pair.server).count(DriverEvent.CLOSE) == 1
+
+    # Limits
+
+    @pytest.mark.parametrize("sender", ["client", "server"])
+    async def test_message_at_limit_passes(self, harness: DriverHarness, sender: str) -> None:
+        pair = await harness.pair(DriverOptions(max_message_size=1024))
+        this, this_events, other, other_events = pair.ends(sender)
+        this.write(b"a" * 1024)
+        assert await other_events.wait_messages(other, 1) == [b"a" * 1024]
+        other.write(b"b" * 1024)
+        assert await this_events.wait_messages(this, 1) == [b"b" * 1024]
+        assert not this.closed
+        assert not other.closed
+        assert other_events.errors(other) == []
+
+    @pytest.mark.parametrize("sender", ["client", "server"])
+    async def test_message_too_big(self, harness: DriverHarness, sender: str) -> None:
+        pair = await harness.pair(DriverOptions(max_message_size=1024))
+        this, this_events, other, other_events = pair.ends(sender)
+        this.write(b"a" * 1024)
+        assert await other_events.wait_messages(other, 1) == [b"a" * 1024]
+        this.write(b"b" * 1025)
+        this.write(b"c")  # never delivered: the connection is failing
+        record = await other_events.next(DriverEvent.ERROR, other)
+        error = record.payload
+        assert isinstance(error, DriverError)
+        assert str(error).startswith("message too big: ")
+        assert str(error).endswith("1025 bytes exceeds limit of 1024 bytes")
+        async with asyncio.timeout(TIMEOUT):
+            await other.wait_closed()
+            await this.wait_closed()
+        assert other_events.messages(other) == [b"a" * 1024]
+        opened = DriverEvent.CONNECTION if other.inbound else DriverEvent.OPEN
+        assert other_events.events(other) == [
+            opened,
+            DriverEvent.MESSAGE,
+            DriverEvent.ERROR,
+            DriverEvent.CLOSE,
+        ]
+        opened = DriverEvent.CONNECTION if this.inbound else DriverEvent.OPEN
+        assert this_events.events(this) == [opened, DriverEvent.CLOSE]
+        assert this.close_code == CloseCode.MESSAGE_TOO_BIG
+        assert other.close_code == CloseCode.MESSAGE_TOO_BIG
+        assert this.close_reason == other.close_reason
+
+    @pytest.mark.parametrize("sender", ["client", "server"])
+    async def test_messages_before_too_big_message_arrive(
+        self, harness: DriverHarness, sender: str
+    ) -> None:
+        pair = await harness.pair(DriverOptions(max_message_size=1024))
+        this, _, other, other_events = pair.ends(sender)
+        # Written together, so that they likely reach the peer in one read.
+        this.write(b"a")
+        this.write(b"b" * 1024)
+        this.write(b"c" * 1025)
+        await other_events.next(DriverEvent.CLOSE, other)
+        assert other_events.messages(other) == [b"a", b"b" * 1024]
+        assert other.close_code == CloseCode.MESSAGE_TOO_BIG
+
+    async def test_no_message_size_limit(self, harness: DriverHarness) -> None:
+        pair = await harness.pair(DriverOptions(max_message_size=None))
+        message = b"z" * (2**20 + 1)  # over the default limit
+        pair.client.write(message)
+        assert await pair.server_events.wait_messages(pair.server, 1) == [message]

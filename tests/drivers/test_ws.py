@@ -1,0 +1,289 @@
+"""The conformance suite and WebSocket-only checks for :class:`WsDriver`."""
+
+from __future__ import annotations
+
+import asyncio
+import socket as socket_module
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.datastructures import HeadersLike
+from websockets.exceptions import InvalidStatus
+
+from tests.conftest import MS
+from tests.drivers.conformance import (
+    TIMEOUT,
+    DriverConformance,
+    DriverFactory,
+    DriverHarness,
+)
+from trustp2p.drivers import CloseCode, DriverEvent, DriverOptions, Socket, driver_class
+from trustp2p.drivers.ws import WsDriver
+from trustp2p.exceptions import DriverError
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (it was free a moment ago)."""
+    with socket_module.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class TestWsConformance(DriverConformance):
+    scheme = "ws"
+
+    @pytest.fixture
+    def driver_factory(self) -> DriverFactory:
+        return WsDriver
+
+    @pytest.fixture
+    def unreachable_url(self) -> str:
+        return f"ws://127.0.0.1:{_closed_port()}"
+
+    @pytest.fixture(
+        params=[
+            "not a url",
+            "http://127.0.0.1:1/",
+            "memory://127.0.0.1:1",
+            "ws://",
+            "ws://127.0.0.1:1/#fragment",
+            "ws://127.0.0.1:99999/",
+            "ws://127.0.0.1:port/",
+            "ws://[::1",
+        ]
+    )
+    def invalid_url(self, request: pytest.FixtureRequest) -> str:
+        url: str = request.param
+        return url
+
+    @pytest.mark.parametrize("closer", ["client", "server"])
+    async def test_messages_before_close_arrive_first(
+        self, harness: DriverHarness, closer: str
+    ) -> None:
+        await super().test_messages_before_close_arrive_first(harness, closer)
+
+    @pytest.mark.parametrize("sender", ["client", "server"])
+    async def test_messages_before_too_big_message_arrive(
+        self, harness: DriverHarness, sender: str
+    ) -> None:
+        await super().test_messages_before_too_big_message_arrive(harness, sender)
+
+    async def test_close_times_out_when_peer_does_not_answer(self, harness: DriverHarness) -> None:
+        await super().test_close_times_out_when_peer_does_not_answer(harness)
+
+    async def test_pause_reading_from_on_message(self, harness: DriverHarness) -> None:
+        await super().test_pause_reading_from_on_message(harness)
+
+    async def test_drain_after_connection_lost_raises(self, harness: DriverHarness) -> None:
+        await super().test_drain_after_connection_lost_raises(harness)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[DriverHarness]:
+    harness = DriverHarness(WsDriver, "127.0.0.1")
+    try:
+        yield harness
+    finally:
+        await harness.aclose()
+
+
+def test_driver_class() -> None:
+    assert driver_class("ws") is WsDriver
+    assert driver_class("wss") is WsDriver
+
+
+async def test_listening_url(harness: DriverHarness) -> None:
+    listening, _ = await harness.listen()
+    port = listening.url.rsplit(":", 1)[1]
+    assert listening.url == f"ws://127.0.0.1:{port}"
+
+
+async def test_connect_refused_message(harness: DriverHarness) -> None:
+    url = f"ws://127.0.0.1:{_closed_port()}"
+    with pytest.raises(DriverError) as exc_info:
+        await harness.connect(url)
+    assert str(exc_info.value).startswith(f"can't connect to {url}: ")
+    assert isinstance(exc_info.value.__cause__, OSError)
+
+
+async def test_connect_times_out_when_handshake_never_answered(harness: DriverHarness) -> None:
+    handlers: list[asyncio.Task[None]] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        await reader.read()  # never answer; wait for the client to give up
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}"
+        open_timeout = 100 * MS
+        events = harness.recorder()
+        with pytest.raises(DriverError) as exc_info:
+            await harness.connect(url, DriverOptions(open_timeout=open_timeout), events)
+        assert str(exc_info.value) == (
+            f"can't connect to {url}: timed out after {open_timeout:g} s"
+        )
+        assert events.records == []
+    finally:
+        server.close()
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.gather(*handlers)
+            await server.wait_closed()
+
+
+async def test_text_frame_arrives_as_str(harness: DriverHarness) -> None:
+    listening, events = await harness.listen()
+    async with ws_connect(listening.url) as client:
+        await client.send("héllo")
+        await client.send(b"bin")
+        server = (await events.next(DriverEvent.CONNECTION)).socket
+        assert server is not None
+        assert await events.wait_messages(server, 2) == ["héllo", b"bin"]
+        assert type(events.messages(server)[0]) is str
+        server.write(b"reply")
+        assert await client.recv() == b"reply"
+    async with asyncio.timeout(TIMEOUT):
+        await server.wait_closed()
+    assert server.close_code == CloseCode.NORMAL_CLOSURE
+    assert events.events(server) == [
+        DriverEvent.CONNECTION,
+        DriverEvent.MESSAGE,
+        DriverEvent.MESSAGE,
+        DriverEvent.CLOSE,
+    ]
+
+
+async def test_text_frame_counts_bytes(harness: DriverHarness) -> None:
+    listening, events = await harness.listen()
+    async with ws_connect(listening.url) as client:
+        await client.send("héllo")
+        server = (await events.next(DriverEvent.CONNECTION)).socket
+        assert server is not None
+        await events.wait_messages(server, 1)
+    assert server.stats.messages_in == 1
+    assert server.stats.bytes_in == len("héllo".encode())
+
+
+async def test_fragmented_message_is_reassembled(harness: DriverHarness) -> None:
+    listening, events = await harness.listen(DriverOptions(max_message_size=6))
+    async with ws_connect(listening.url) as client:
+        await client.send([b"ab", b"cd", b"ef"])
+        await client.send(["x", "y"])
+        server = (await events.next(DriverEvent.CONNECTION)).socket
+        assert server is not None
+        assert await events.wait_messages(server, 2) == [b"abcdef", "xy"]
+
+
+async def test_fragmented_message_too_big(harness: DriverHarness) -> None:
+    listening, events = await harness.listen(DriverOptions(max_message_size=4))
+    async with ws_connect(listening.url) as client:
+        await client.send([b"ab", b"cd", b"e"])
+        async with asyncio.timeout(TIMEOUT):
+            await client.wait_closed()
+        assert client.close_code == CloseCode.MESSAGE_TOO_BIG
+    server = (await events.next(DriverEvent.CONNECTION)).socket
+    assert server is not None
+    error = (await events.next(DriverEvent.ERROR, server)).payload
+    assert isinstance(error, DriverError)
+    assert (
+        str(error)
+        == "message too big: frame with 1 bytes after reading 4 bytes exceeds limit of 4 bytes"
+    )
+    async with asyncio.timeout(TIMEOUT):
+        await server.wait_closed()
+    assert server.close_code == CloseCode.MESSAGE_TOO_BIG
+    assert events.messages(server) == []
+
+
+async def _get_response(url: str, request: bytes) -> bytes:
+    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        async with asyncio.timeout(TIMEOUT):
+            return await reader.read()  # the server ends its side after the response
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_plain_http_request_rejected(harness: DriverHarness) -> None:
+    listening, events = await harness.listen()
+    response = await _get_response(listening.url, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
+    await asyncio.sleep(0)
+    assert [record.event for record in events.records] == [DriverEvent.START]
+
+
+async def test_handshake_timeout_drops_client(harness: DriverHarness) -> None:
+    listening, events = await harness.listen(DriverOptions(open_timeout=100 * MS))
+    host, port = listening.url.removeprefix("ws://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"GET / HTTP/1.1\r\n")  # and never the rest
+        async with asyncio.timeout(TIMEOUT):
+            assert await reader.read() == b""  # dropped by the server
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert [record.event for record in events.records] == [DriverEvent.START]
+
+
+async def _connect_with_headers(
+    harness: DriverHarness, options: DriverOptions, headers: HeadersLike
+) -> Socket:
+    listening, events = await harness.listen(options)
+    async with ws_connect(listening.url, additional_headers=headers) as client:
+        server = (await events.next(DriverEvent.CONNECTION)).socket
+        assert server is not None
+        await client.send(b"hi")
+        await events.wait_messages(server, 1)
+    return server
+
+
+@pytest.mark.parametrize("real_ip", ["203.0.113.7", "2001:db8::7"])
+async def test_real_ip_from_loopback_proxy(harness: DriverHarness, real_ip: str) -> None:
+    server = await _connect_with_headers(harness, DriverOptions(), {"X-Real-IP": real_ip})
+    assert server.host == real_ip
+    assert server.peer.startswith("127.0.0.1:")
+
+
+async def test_real_ip_ignored_when_not_trusted(harness: DriverHarness) -> None:
+    server = await _connect_with_headers(
+        harness, DriverOptions(trust_real_ip=False), {"X-Real-IP": "203.0.113.7"}
+    )
+    assert server.host == "127.0.0.1"
+
+
+async def test_no_real_ip(harness: DriverHarness) -> None:
+    server = await _connect_with_headers(harness, DriverOptions(), {})
+    assert server.host == "127.0.0.1"
+    assert server.peer.startswith("127.0.0.1:")
+
+
+async def test_invalid_real_ip_rejected(harness: DriverHarness) -> None:
+    listening, events = await harness.listen()
+    with pytest.raises(InvalidStatus) as exc_info:
+        async with ws_connect(listening.url, additional_headers={"X-Real-IP": "not-an-ip"}):
+            pytest.fail("handshake should fail")
+    assert exc_info.value.response.status_code == 400
+    assert exc_info.value.response.body == b"Invalid X-Real-IP header.\n"
+    await asyncio.sleep(0)
+    assert [record.event for record in events.records] == [DriverEvent.START]
+
+
+async def test_repeated_real_ip_rejected(harness: DriverHarness) -> None:
+    listening, events = await harness.listen()
+    headers = [("X-Real-IP", "203.0.113.7"), ("X-Real-IP", "203.0.113.8")]
+    with pytest.raises(InvalidStatus) as exc_info:
+        async with ws_connect(listening.url, additional_headers=headers):
+            pytest.fail("handshake should fail")
+    assert exc_info.value.response.status_code == 400
+    assert [record.event for record in events.records] == [DriverEvent.START]

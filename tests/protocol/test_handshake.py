@@ -1,0 +1,137 @@
+"""The version talk and its compatibility check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trustp2p.exceptions import HandshakeError, TrustP2PError
+from trustp2p.protocol.handshake import (
+    LIBRARY_NAME,
+    VERSION_EVENT,
+    check_version,
+    major_version,
+    version_body,
+)
+from trustp2p.protocol.package import PackageType, body_to_json, build_package
+
+
+def _refused(body: dict[str, Any], **kwargs: str) -> str:
+    with pytest.raises(HandshakeError) as info:
+        check_version(body, **kwargs)
+    assert isinstance(info.value, TrustP2PError)
+    return str(info.value)
+
+
+def test_version_body_has_the_original_keys() -> None:
+    body = version_body(library_version="1.0.0")
+    assert list(body) == [
+        "protocol_version",
+        "alt",
+        "library",
+        "library_version",
+        "program",
+        "program_version",
+    ]
+    assert body == {
+        "protocol_version": "1.0",
+        "alt": "1",
+        "library": "trustp2p",
+        "library_version": "1.0.0",
+        "program": None,
+        "program_version": None,
+    }
+    assert LIBRARY_NAME == "trustp2p"
+
+
+def test_version_talk_as_readme_describes() -> None:
+    body = version_body(library_version="1.0.0", program="demo", program_version="2.1")
+    talk = build_package(PackageType.TALK, VERSION_EVENT, body)
+    assert (talk.type, talk.event, talk.tag) == (PackageType.TALK, "version", "")
+    assert talk.body_json == (
+        '{"protocol_version":"1.0","alt":"1","library":"trustp2p","library_version":"1.0.0",'
+        '"program":"demo","program_version":"2.1"}'
+    )
+
+
+def test_version_body_options() -> None:
+    body = version_body(library_version="0.1", alt="7", protocol_version="2.3")
+    assert (body["alt"], body["protocol_version"]) == ("7", "2.3")
+    assert body_to_json(body).startswith('{"protocol_version":"2.3","alt":"7",')
+
+
+@pytest.mark.parametrize("theirs", ["1.0", "1.9", "1", "1.0.7"])
+def test_same_major_version_is_accepted(theirs: str) -> None:
+    assert check_version({"protocol_version": theirs, "alt": "1"}) is None
+
+
+def test_own_version_body_is_accepted() -> None:
+    assert check_version(version_body(library_version="1.0.0")) is None
+    body = version_body(library_version="1.0.0", alt="5", protocol_version="3.1")
+    assert check_version(body, alt="5", protocol_version="3.0") is None
+
+
+@pytest.mark.parametrize(
+    ("theirs", "message"),
+    [
+        ("2.0", "protocol version 2.0 is incompatible: major version 2 differs from ours (1)"),
+        ("0.9", "protocol version 0.9 is incompatible: major version 0 differs from ours (1)"),
+        ("10.0", "protocol version 10.0 is incompatible: major version 10 differs from ours (1)"),
+    ],
+)
+def test_other_major_version_is_refused(theirs: str, message: str) -> None:
+    assert _refused({"protocol_version": theirs, "alt": "1"}) == message
+
+
+def test_major_version_is_compared_with_ours() -> None:
+    message = _refused({"protocol_version": "1.0", "alt": "1"}, protocol_version="2.0")
+    assert message == "protocol version 1.0 is incompatible: major version 1 differs from ours (2)"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"alt": "1"},
+        {"protocol_version": ""},
+        {"protocol_version": 1.0},
+        {"protocol_version": None},
+    ],
+    ids=["empty", "missing", "blank", "number", "null"],
+)
+def test_missing_protocol_version_is_refused(body: dict[str, Any]) -> None:
+    assert _refused(body) == "version talk lacks protocol_version"
+
+
+@pytest.mark.parametrize(
+    ("alt", "message"),
+    [
+        ("2", "network alt '2' differs from ours ('1')"),
+        (1, "network alt 1 differs from ours ('1')"),
+        (None, "network alt None differs from ours ('1')"),
+    ],
+)
+def test_other_alt_is_refused(alt: Any, message: str) -> None:
+    assert _refused({"protocol_version": "1.0", "alt": alt}) == message
+
+
+def test_missing_alt_is_refused() -> None:
+    assert _refused({"protocol_version": "1.0"}) == "network alt None differs from ours ('1')"
+
+
+def test_alt_is_compared_with_ours() -> None:
+    message = _refused({"protocol_version": "1.0", "alt": "1"}, alt="3")
+    assert message == "network alt '1' differs from ours ('3')"
+
+
+def test_version_is_checked_before_alt() -> None:
+    message = _refused({"protocol_version": "2.0", "alt": "9"})
+    assert message.startswith("protocol version 2.0 is incompatible")
+
+
+@pytest.mark.parametrize(
+    ("version", "major"), [("1.0", "1"), ("1", "1"), ("12.3.4", "12"), ("", "")]
+)
+def test_major_version(version: str, major: str) -> None:
+    assert major_version(version) == major
