@@ -1,0 +1,1 @@
+"""The secure channel: Noise XX binding each connection to a peer identity."""

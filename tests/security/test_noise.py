@@ -1,0 +1,177 @@
+"""The Noise XX layer: the published test vector, identity binding, tampering, replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trustp2p.identity import Identity
+from trustp2p.security.noise import (
+    MAX_NOISE_MESSAGE,
+    NoiseError,
+    NoiseHandshake,
+    NoiseTransport,
+)
+
+# A copy of shared/protocol/noise-xx-vectors.json (cacophony), so CI needs nothing else.
+VECTORS = json.loads((Path(__file__).parent / "noise-xx-vectors.json").read_text())["vectors"]
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["protocol_name"])
+def test_cacophony_vector(vector: dict[str, Any]) -> None:
+    assert vector["protocol_name"] == "Noise_XX_25519_ChaChaPoly_SHA256"
+
+    def side(prefix: str, initiator: bool) -> NoiseHandshake:
+        return NoiseHandshake(
+            Identity.generate(),  # unused: the vector's payloads replace ours
+            initiator=initiator,
+            prologue=bytes.fromhex(vector[f"{prefix}_prologue"]),
+            static_key=bytes.fromhex(vector[f"{prefix}_static"]),
+            ephemeral_key=bytes.fromhex(vector[f"{prefix}_ephemeral"]),
+        )
+
+    initiator, responder = side("init", True), side("resp", False)
+    messages = vector["messages"]
+    for index, message in enumerate(messages[:3]):
+        writer, reader = (initiator, responder) if index % 2 == 0 else (responder, initiator)
+        payload = bytes.fromhex(message["payload"])
+        ciphertext = writer.write_message(payload)
+        assert ciphertext.hex() == message["ciphertext"]
+        assert reader.read_message(ciphertext, verify_identity=False) == payload
+    assert initiator.complete and responder.complete
+    assert initiator.handshake_hash.hex() == vector["handshake_hash"]
+    assert responder.handshake_hash.hex() == vector["handshake_hash"]
+    transports = {True: initiator.transport(), False: responder.transport()}
+    for index, message in enumerate(messages[3:], start=3):
+        # Senders keep alternating: message 3 is the responder's.
+        writer, reader = transports[index % 2 == 0], transports[index % 2 == 1]
+        payload = bytes.fromhex(message["payload"])
+        ciphertext = writer.encrypt(payload)
+        assert ciphertext.hex() == message["ciphertext"]
+        assert reader.decrypt(ciphertext) == payload
+
+
+def handshake(
+    a: Identity, b: Identity, *, expected: str | None = None
+) -> tuple[NoiseHandshake, NoiseHandshake]:
+    initiator = NoiseHandshake(a, initiator=True, expected_peer_id=expected)  # type: ignore[arg-type]
+    responder = NoiseHandshake(b, initiator=False)
+    responder.read_message(initiator.write_message())
+    initiator.read_message(responder.write_message())
+    responder.read_message(initiator.write_message())
+    return initiator, responder
+
+
+def test_handshake_proves_both_identities() -> None:
+    a, b = Identity.generate(), Identity.generate()
+    initiator, responder = handshake(a, b, expected=b.peer_id)
+    assert initiator.remote_peer_id == b.peer_id
+    assert responder.remote_peer_id == a.peer_id
+    assert initiator.remote_public_key == b.public_key
+    assert initiator.handshake_hash == responder.handshake_hash
+
+
+def test_another_key_than_expected_is_refused() -> None:
+    a, b, c = Identity.generate(), Identity.generate(), Identity.generate()
+    initiator = NoiseHandshake(a, initiator=True, expected_peer_id=c.peer_id)
+    responder = NoiseHandshake(b, initiator=False)
+    responder.read_message(initiator.write_message())
+    with pytest.raises(NoiseError) as info:
+        initiator.read_message(responder.write_message())
+    assert str(info.value) == f"peer is {b.peer_id}, not the expected {c.peer_id}"
+
+
+@pytest.mark.parametrize("index", [1, 2])
+def test_tampered_handshake_message_fails(index: int) -> None:
+    a, b = Identity.generate(), Identity.generate()
+    sides = [NoiseHandshake(a, initiator=True), NoiseHandshake(b, initiator=False)]
+    for step in range(index):
+        sides[(step + 1) % 2].read_message(sides[step % 2].write_message())
+    message = bytearray(sides[index % 2].write_message())
+    message[-1] ^= 0x01
+    with pytest.raises(NoiseError, match=f"handshake message {index + 1} is invalid"):
+        sides[(index + 1) % 2].read_message(bytes(message))
+
+
+def test_tampered_first_message_breaks_the_next_one() -> None:
+    # Message 1 is a bare ephemeral key: a flipped bit makes another key, and the
+    # initiator then can't decrypt message 2.
+    initiator = NoiseHandshake(Identity.generate(), initiator=True)
+    responder = NoiseHandshake(Identity.generate(), initiator=False)
+    message = bytearray(initiator.write_message())
+    message[0] ^= 0x01
+    responder.read_message(bytes(message))
+    reply = responder.write_message()
+    with pytest.raises(NoiseError, match="handshake message 2 is invalid"):
+        initiator.read_message(reply)
+
+
+def test_forged_identity_payload_is_refused() -> None:
+    a, b, mallory = Identity.generate(), Identity.generate(), Identity.generate()
+    initiator = NoiseHandshake(a, initiator=True)
+    responder = NoiseHandshake(b, initiator=False)
+    responder.read_message(initiator.write_message())
+    # b's static key, but mallory's identity with a signature over something else.
+    payload = mallory.public_key + mallory.sign(b"something else")
+    with pytest.raises(NoiseError, match="identity signature doesn't match"):
+        initiator.read_message(responder.write_message(payload))
+
+
+def test_replayed_handshake_fails() -> None:
+    """A recorded initiator handshake, replayed to a new responder, can't complete."""
+    a, b = Identity.generate(), Identity.generate()
+    recorded_initiator = NoiseHandshake(a, initiator=True)
+    first = NoiseHandshake(b, initiator=False)
+    message1 = recorded_initiator.write_message()
+    first.read_message(message1)
+    recorded_initiator.read_message(first.write_message())
+    message3 = recorded_initiator.write_message()
+    first.read_message(message3)
+    # An eavesdropper replays messages 1 and 3 to b: b's fresh ephemeral key changes the
+    # keys, so message 3 no longer decrypts.
+    second = NoiseHandshake(b, initiator=False)
+    second.read_message(message1)
+    second.write_message()
+    with pytest.raises(NoiseError, match="handshake message 3 is invalid"):
+        second.read_message(message3)
+
+
+def pair() -> tuple[NoiseTransport, NoiseTransport]:
+    initiator, responder = handshake(Identity.generate(), Identity.generate())
+    return initiator.transport(), responder.transport()
+
+
+@pytest.mark.parametrize("size", [0, 1, 65518, 65519, 65520, 200_000])
+def test_packages_are_split_and_reassembled(size: int) -> None:
+    sender, receiver = pair()
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    messages = list(sender.seal(data))
+    assert all(len(m) <= MAX_NOISE_MESSAGE for m in messages)
+    assert len(messages) == max(1, -(-size // 65518))
+    opened = [receiver.open(m, max_size=None) for m in messages]
+    assert opened[:-1] == [None] * (len(messages) - 1)
+    assert opened[-1] == data
+
+
+def test_reassembly_is_bounded() -> None:
+    sender, receiver = pair()
+    first, second, _ = sender.seal(bytes(150_000))
+    assert receiver.open(first, max_size=100_000) is None
+    with pytest.raises(NoiseError, match="exceeds the limit"):
+        receiver.open(second, max_size=100_000)
+
+
+def test_transport_replay_and_tampering_fail() -> None:
+    sender, receiver = pair()
+    message = next(sender.seal(b"hello"))
+    assert receiver.open(message, max_size=None) == b"hello"
+    with pytest.raises(NoiseError, match="doesn't decrypt"):
+        receiver.open(message, max_size=None)  # replayed: the nonce moved on
+    sender2, receiver2 = pair()
+    tampered = bytearray(next(sender2.seal(b"hello")))
+    tampered[0] ^= 1
+    with pytest.raises(NoiseError, match="doesn't decrypt"):
+        receiver2.open(bytes(tampered), max_size=None)
