@@ -1,0 +1,790 @@
+"""
+Request/response round trips per second and memory per idle client: trustp2p against
+bare ``websockets``.
+
+Run ``make bench`` or ``.venv/bin/python benchmarks/request_response.py`` (Linux only:
+it pins processes with :func:`os.sched_setaffinity` and reads ``/proc``). ``--quick``
+makes a short run; ``--json`` prints the results as JSON instead of a table.
+
+Methodology
+-----------
+
+Throughput. A server and a client run in two separate processes (this script started
+again with ``--role server`` and ``--role client``) and talk over one WebSocket
+connection on 127.0.0.1. Each request body is a JSON object whose compact encoding is
+exactly 100 bytes; it carries a counter, because identical requests in flight to one
+peer are deduplicated by design (same content-hash tag) and must not be. Two
+implementations answer:
+
+- *ours*: a trustp2p server node (``create_server``, port 0) whose thread answers the
+  REQUEST ``echo`` with ``async def`` returning ``package.body``, and a trustp2p client
+  node doing ``await client.client.request(socket, "echo", body)``;
+- *baseline*: a ``websockets.asyncio.server.serve`` echo handler and a
+  ``websockets.asyncio.client.connect`` client, both with ``compression=None``, sending
+  the bytes of an encoded trustp2p REQUEST package of the same body and awaiting
+  ``recv()``. The response has the same size in both cases.
+
+Two modes: *sequential* (one request outstanding) and *pipelined* (100 outstanding:
+ours runs 100 tasks that each loop on ``request()``; the baseline sends 100 messages,
+then one more after each ``recv()``). Each measurement warms up, then counts the round
+trips completed over a fixed wall-clock window.
+
+The servers live for the whole layout; each round starts a fresh client process (one
+connection, sequential then pipelined). Rounds alternate baseline / ours (5 rounds
+each by default; each measurement warms up for 0.5 s and counts for 1.5 s); the table
+reports the median of the rounds, their range, and ours / baseline.
+
+Over the same window the client also reads the CPU time of both processes
+(``/proc/<pid>/schedstat``) and reports it per round trip: it shows what each side costs
+and which one limits the rate, the figures to watch when optimising. It also reads
+``/proc/stat`` to see how many CPUs were busy outside the two processes and how much time
+the hypervisor stole; when other work took more than ``--max-other`` CPUs (0.2) or more
+than ``--max-steal`` (10 %) was stolen, the round is measured again, twice at most, and
+the worst noise is reported.
+
+Two CPU layouts, applied alike to both implementations, because on a 2-core machine
+whether the processes share a core changes the sequential figures several-fold:
+*same core* (server and client on CPU 0) and *separate cores* (server on CPU 0, client
+on CPU 1).
+
+Memory. A server process (ours: trustp2p server node, no heartbeat thread,
+``max_inbound=None``; baseline: the same ``websockets`` echo server) and a client
+process that opens connections with the raw ``websockets`` client. The client opens one
+connection first (so that lazily created state is paid for), the server's VmRSS is read
+from ``/proc``, then the client opens 2000 more; after they have been idle for 2 s the
+VmRSS is read again. The difference divided by 2000 is the server-side memory per idle
+client. Against our server each client sends the version talk a trustp2p client sends on
+open, so that the server holds what it holds for real peers; then nothing flows.
+
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import hashlib
+import itertools
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import __version__ as protobuf_version
+from google.protobuf.internal import api_implementation
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.protocol import State
+from websockets.version import version as websockets_version
+
+import trustp2p
+from trustp2p import Body, EventMap, Package, PackageType, Socket, Thread
+from trustp2p.protocol.handshake import VERSION_EVENT, version_body
+from trustp2p.protocol.package import body_to_json, build_package, encode
+
+BODY_SIZE = 100
+"""Size of each request body, as compact JSON text, in bytes."""
+
+PIPELINE_DEPTH = 100
+"""Requests in flight in the pipelined mode."""
+
+IMPLS = ("baseline", "ours")
+MODES = ("sequential", "pipelined")
+
+# Layout name -> (server CPU, client CPU).
+LAYOUTS: dict[str, tuple[int, int]] = {
+    "same core": (0, 0),
+    "separate cores": (0, 1),
+}
+
+Figures = dict[str, float]
+"""One measurement: ``rate`` (round trips/s), ``server_cpu_us`` and ``client_cpu_us``
+(CPU time per round trip), ``other_cpus`` and ``steal`` (noise on the machine)."""
+
+_CONNECT_BATCH = 50  # connections opened at once by the RSS client; the backlog is 100
+
+_ATTEMPTS = 3  # measurements of a round, when other processes keep the machine busy
+
+
+def make_body(n: int) -> Body:
+    """A request body of exactly ``BODY_SIZE`` bytes of JSON, unique per ``n``."""
+    # '{"data":"' and '"}' take 11 bytes; a 10-digit counter leads the padding.
+    return {"data": f"{n:010d}".ljust(BODY_SIZE - 11, "x")}
+
+
+def request_bytes() -> bytes:
+    """An encoded trustp2p REQUEST package with a ``BODY_SIZE`` body: the baseline's message."""
+    body = make_body(0)
+    assert len(body_to_json(body).encode()) == BODY_SIZE
+    return encode(build_package(PackageType.REQUEST, "echo", body))
+
+
+# Child processes
+
+
+def _pin(cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
+def _print_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class EchoThread(Thread):
+    """Answers the REQUEST ``echo`` with the request's body."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"echo": self._handle_echo}}
+
+    async def _handle_echo(self, socket: Socket, package: Package) -> Body:
+        return package.body
+
+
+async def _baseline_echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+async def run_server(impl: str) -> None:
+    """Serve on 127.0.0.1, print the URL, and run until SIGTERM."""
+    if impl == "ours":
+        node = await trustp2p.create_server(
+            host="127.0.0.1", port=0, threads=(EchoThread,), max_inbound=None
+        )
+        try:
+            assert node.url is not None
+            _print_line(node.url)
+            await _wait_for_signal()
+        finally:
+            await node.stop()
+    else:
+        async with serve(_baseline_echo, "127.0.0.1", 0, compression=None) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            _print_line(f"ws://127.0.0.1:{port}")
+            await _wait_for_signal()
+
+
+@dataclass
+class _Counter:
+    done: int = 0
+    stop: bool = False
+
+
+_CLOCK_TICK = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def _task_cpu(pid: int | str) -> float:
+    """CPU time of a process's main thread, in seconds (``/proc/<pid>/schedstat``)."""
+    with open(f"/proc/{pid}/schedstat") as schedstat:
+        return int(schedstat.read().split()[0]) / 1e9
+
+
+def _machine_cpu() -> tuple[float, float, float]:
+    """CPU seconds of the whole machine since boot: busy (without steal), steal, total."""
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    busy = user + nice + system + irq + softirq
+    return busy * _CLOCK_TICK, steal * _CLOCK_TICK, sum(ticks) * _CLOCK_TICK
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    done: int
+    wall: float
+    client_cpu: float
+    server_cpu: float
+    machine: tuple[float, float, float]
+
+    @classmethod
+    def take(cls, counter: _Counter, server_pid: int) -> _Snapshot:
+        return cls(
+            counter.done,
+            time.monotonic(),
+            _task_cpu("self"),
+            _task_cpu(server_pid),
+            _machine_cpu(),
+        )
+
+
+def _figures(first: _Snapshot, last: _Snapshot) -> Figures:
+    done = last.done - first.done
+    wall = last.wall - first.wall
+    client_cpu = last.client_cpu - first.client_cpu
+    server_cpu = last.server_cpu - first.server_cpu
+    busy, steal, total = (b - a for a, b in zip(first.machine, last.machine, strict=True))
+    return {
+        "rate": done / wall,
+        "server_cpu_us": server_cpu / done * 1e6,
+        "client_cpu_us": client_cpu / done * 1e6,
+        # CPUs kept busy by anything else (other processes, softirqs), and stolen by
+        # the hypervisor: how noisy the machine was during this measurement.
+        "other_cpus": max(0.0, busy - client_cpu - server_cpu) / wall,
+        "steal": steal / total if total else 0.0,
+    }
+
+
+async def _measure(
+    counter: _Counter,
+    run: Callable[[], Awaitable[None]],
+    server_pid: int,
+    warmup: float,
+    duration: float,
+) -> Figures:
+    """Run ``run``, which counts round trips into ``counter``, and return the figures."""
+    task = asyncio.ensure_future(run())
+    try:
+        await asyncio.sleep(warmup)
+        first = _Snapshot.take(counter, server_pid)
+        await asyncio.sleep(duration)
+        last = _Snapshot.take(counter, server_pid)
+        counter.stop = True
+        await task
+    finally:
+        task.cancel()
+    return _figures(first, last)
+
+
+async def _client_ours(
+    url: str, server_pid: int, modes: Collection[str], warmup: float, duration: float
+) -> dict[str, Figures]:
+    node = await trustp2p.create_client(peers=[url])
+    try:
+        assert node.client is not None
+        await asyncio.wait_for(node.client.wait_connected(), 10)
+        socket = node.client.sockets[0]
+        request = node.client.request
+        numbers = itertools.count()
+        first = make_body(next(numbers))
+        answer = await request(socket, "echo", first, timeout=10)
+        if answer != first:
+            raise RuntimeError(f"unexpected answer {answer!r}")
+
+        async def loop(counter: _Counter) -> None:
+            while not counter.stop:
+                await request(socket, "echo", make_body(next(numbers)))
+                counter.done += 1
+
+        results = {}
+        for mode, depth in (("sequential", 1), ("pipelined", PIPELINE_DEPTH)):
+            if mode not in modes:
+                continue
+            counter = _Counter()
+
+            async def run(counter: _Counter = counter, depth: int = depth) -> None:
+                await asyncio.gather(*(loop(counter) for _ in range(depth)))
+
+            results[mode] = await _measure(counter, run, server_pid, warmup, duration)
+        return results
+    finally:
+        await node.stop()
+
+
+async def _client_baseline(
+    url: str, server_pid: int, modes: Collection[str], warmup: float, duration: float
+) -> dict[str, Figures]:
+    message = request_bytes()
+    async with connect(url, compression=None) as ws:
+        await ws.send(message)
+        if await ws.recv() != message:
+            raise RuntimeError("unexpected answer")
+
+        async def sequential(counter: _Counter) -> None:
+            while not counter.stop:
+                await ws.send(message)
+                await ws.recv()
+                counter.done += 1
+
+        async def pipelined(counter: _Counter) -> None:
+            for _ in range(PIPELINE_DEPTH):
+                await ws.send(message)
+            in_flight = PIPELINE_DEPTH
+            while in_flight:
+                await ws.recv()
+                counter.done += 1
+                if counter.stop:
+                    in_flight -= 1
+                else:
+                    await ws.send(message)
+
+        results = {}
+        for mode, loop in (("sequential", sequential), ("pipelined", pipelined)):
+            if mode not in modes:
+                continue
+            counter = _Counter()
+            run = functools.partial(loop, counter)
+            results[mode] = await _measure(counter, run, server_pid, warmup, duration)
+        return results
+
+
+async def run_client(
+    impl: str, url: str, server_pid: int, modes: Collection[str], warmup: float, duration: float
+) -> None:
+    """Measure ``modes`` over one connection and print the figures as one JSON line."""
+    client = _client_ours if impl == "ours" else _client_baseline
+    _print_line(json.dumps(await client(url, server_pid, modes, warmup, duration)))
+
+
+async def _read_line() -> str:
+    return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
+async def run_rss_client(impl: str, url: str, clients: int) -> None:
+    """
+    Open one connection, print ``warm``, wait for a line on stdin, open ``clients``
+    more, print ``ready``, wait for a line on stdin, print how many connections are
+    still open, then close them when stdin closes.
+    """
+    hello = b""
+    if impl == "ours":
+        hello = encode(
+            build_package(
+                PackageType.TALK, VERSION_EVENT, version_body(library_version=trustp2p.__version__)
+            )
+        )
+    connections: list[ClientConnection] = []
+
+    async def open_one() -> None:
+        ws = await connect(url, compression=None, open_timeout=30)
+        if hello:
+            await ws.send(hello)
+        connections.append(ws)
+
+    try:
+        await open_one()
+        _print_line("warm")
+        await _read_line()
+        for start in range(0, clients, _CONNECT_BATCH):
+            count = min(_CONNECT_BATCH, clients - start)
+            await asyncio.gather(*(open_one() for _ in range(count)))
+        _print_line("ready")
+        await _read_line()
+        _print_line(str(sum(ws.state is State.OPEN for ws in connections)))
+        await _read_line()
+    finally:
+        for start in range(0, len(connections), _CONNECT_BATCH):
+            batch = connections[start : start + _CONNECT_BATCH]
+            await asyncio.gather(*(ws.close() for ws in batch), return_exceptions=True)
+
+
+# The orchestrator
+
+
+@dataclass
+class Results:
+    machine: dict[str, Any]
+    source: dict[str, str]
+    settings: dict[str, Any]
+    # layout -> impl -> mode -> one Figures per round
+    rounds: dict[str, dict[str, dict[str, list[Figures]]]] = field(default_factory=dict)
+    # impl -> KiB per idle client, with the raw figures
+    rss: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def median(self, layout: str, impl: str, mode: str, key: str = "rate") -> float:
+        return statistics.median(figures[key] for figures in self.rounds[layout][impl][mode])
+
+    def medians(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """layout -> mode -> medians of each implementation, and ours / baseline."""
+        table: dict[str, dict[str, dict[str, Any]]] = {}
+        for layout in self.rounds:
+            table[layout] = {}
+            for mode in MODES:
+                row: dict[str, Any] = {
+                    impl: {
+                        key: self.median(layout, impl, mode, key)
+                        for key in ("rate", "server_cpu_us", "client_cpu_us")
+                    }
+                    for impl in IMPLS
+                }
+                row["ratio"] = row["ours"]["rate"] / row["baseline"]["rate"]
+                table[layout][mode] = row
+        return table
+
+    def spread(self, layout: str, impl: str, mode: str) -> str:
+        rates = [figures["rate"] for figures in self.rounds[layout][impl][mode]]
+        return f"({min(rates):,.0f}-{max(rates):,.0f})"
+
+    def noise(self) -> tuple[float, float]:
+        """The largest ``other_cpus`` and ``steal`` seen in any measurement."""
+        every = [
+            figures
+            for impls in self.rounds.values()
+            for modes in impls.values()
+            for rounds in modes.values()
+            for figures in rounds
+        ]
+        if not every:
+            return 0.0, 0.0
+        return max(f["other_cpus"] for f in every), max(f["steal"] for f in every)
+
+    def summary(self) -> dict[str, Any]:
+        return {**asdict(self), "medians": self.medians()}
+
+
+def _child(*args: str, stdin: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), *args],
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _expect_line(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.wait()
+        raise RuntimeError(f"child process {process.pid} exited with code {process.returncode}")
+    return line.strip()
+
+
+@contextlib.contextmanager
+def _server(impl: str, cpu: int | None) -> Iterator[tuple[str, int]]:
+    """Start a server process; yield its URL and pid; stop it with SIGTERM."""
+    args = ["--role", "server", "--impl", impl]
+    if cpu is not None:
+        args += ["--cpu", str(cpu)]
+    process = _child(*args)
+    try:
+        yield _expect_line(process), process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _run_client(
+    impl: str, url: str, server_pid: int, cpu: int, warmup: float, duration: float
+) -> dict[str, Figures]:
+    process = _child(
+        "--role", "client", "--impl", impl, "--url", url, "--server-pid", str(server_pid),
+        "--cpu", str(cpu), "--warmup", str(warmup), "--duration", str(duration),
+    )  # fmt: skip
+    try:
+        figures: dict[str, Figures] = json.loads(_expect_line(process))
+    finally:
+        process.wait()
+    if process.returncode:
+        raise RuntimeError(f"{impl} client exited with code {process.returncode}")
+    return figures
+
+
+def _vm_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def measure_rss(impl: str, clients: int, idle: float) -> dict[str, float]:
+    """Server-side memory per idle client, in KiB."""
+    with _server(impl, cpu=None) as (url, pid):
+        process = _child("--role", "rss-client", "--impl", impl, "--url", url,
+                         "--clients", str(clients), stdin=True)  # fmt: skip
+        assert process.stdin is not None
+        stdin = process.stdin
+        try:
+            if _expect_line(process) != "warm":
+                raise RuntimeError("rss client misbehaved")
+            time.sleep(0.5)
+            before = _vm_rss_kib(pid)
+            stdin.write("go\n")
+            stdin.flush()
+            if _expect_line(process) != "ready":
+                raise RuntimeError("rss client misbehaved")
+            time.sleep(idle)
+            after = _vm_rss_kib(pid)
+            stdin.write("count\n")
+            stdin.flush()
+            still_open = int(_expect_line(process))
+            if still_open != clients + 1:
+                raise RuntimeError(f"{still_open} of {clients + 1} connections stayed open")
+        finally:
+            stdin.close()
+            process.wait(timeout=60)
+    return {
+        "clients": clients,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_client": (after - before) / clients,
+    }
+
+
+def source_facts() -> dict[str, str]:
+    """The commit checked out and a digest of ``src/``: the figures belong to that code."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted((root / "src").rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"commit": commit, "src_sha256": digest.hexdigest()[:12]}
+
+
+def machine_facts() -> dict[str, Any]:
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": _cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "trustp2p": trustp2p.__version__,
+        "websockets": websockets_version,
+        "protobuf": protobuf_version,
+        "protobuf_backend": api_implementation.Type(),
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def run_all(args: argparse.Namespace) -> Results:
+    results = Results(
+        machine=machine_facts(),
+        source=source_facts(),
+        settings={
+            "body_bytes": BODY_SIZE,
+            "package_bytes": len(request_bytes()),
+            "pipeline_depth": PIPELINE_DEPTH,
+            "rounds": args.rounds,
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "rss_clients": args.clients,
+            "rss_idle_s": args.idle,
+        },
+    )
+    if not args.rss_only:
+        for layout, (server_cpu, client_cpu) in LAYOUTS.items():
+            rounds = results.rounds[layout] = {impl: {m: [] for m in MODES} for impl in IMPLS}
+            with (
+                _server("baseline", server_cpu) as baseline,
+                _server("ours", server_cpu) as ours,
+            ):
+                servers = {"baseline": baseline, "ours": ours}
+                for number in range(1, args.rounds + 1):
+                    for impl in IMPLS:
+                        url, pid = servers[impl]
+                        for attempt in range(1, _ATTEMPTS + 1):
+                            figures = _run_client(
+                                impl, url, pid, client_cpu, args.warmup, args.duration
+                            )
+                            _progress(
+                                f"{layout}, round {number}/{args.rounds}, {impl:<8}: "
+                                + "; ".join(_describe(mode, figures[mode]) for mode in MODES)
+                            )
+                            other = max(figures[mode]["other_cpus"] for mode in MODES)
+                            steal = max(figures[mode]["steal"] for mode in MODES)
+                            if attempt == _ATTEMPTS or (
+                                other <= args.max_other and steal <= args.max_steal
+                            ):
+                                break
+                            _progress(
+                                f"  {other:.2f} CPU busy elsewhere, {steal:.0%} stolen: "
+                                "measuring again"
+                            )
+                        for mode in MODES:
+                            rounds[impl][mode].append(figures[mode])
+    if not args.no_rss:
+        for impl in IMPLS:
+            results.rss[impl] = rss = measure_rss(impl, args.clients, args.idle)
+            _progress(f"rss, {impl}: {rss['kib_per_client']:.1f} KiB per idle client")
+    return results
+
+
+def _describe(mode: str, figures: Figures) -> str:
+    return (
+        f"{mode} {figures['rate']:,.0f}/s "
+        f"(server {figures['server_cpu_us']:.0f} us, client {figures['client_cpu_us']:.0f} us, "
+        f"other {figures['other_cpus']:.2f} CPU, steal {figures['steal']:.0%})"
+    )
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def format_table(results: Results) -> str:
+    settings = results.settings
+    machine = results.machine
+    lines = [
+        f"{machine['cpu']}, {machine['nproc']} CPUs; Python {machine['python']}, "
+        f"websockets {machine['websockets']}, protobuf {machine['protobuf']} "
+        f"({machine['protobuf_backend']})",
+        f"trustp2p {machine['trustp2p']} at commit {results.source['commit']}, "
+        f"src/ sha256 {results.source['src_sha256']}",
+    ]
+    if results.rounds:
+        lines += [
+            "",
+            f"Round trips per second over one connection on 127.0.0.1: {settings['body_bytes']}"
+            f"-byte JSON bodies ({settings['package_bytes']}-byte packages), median of "
+            f"{settings['rounds']} rounds of {settings['duration_s']:g} s. CPU time per round "
+            "trip is server + client.",
+            "",
+            f"{'':<28}{'round trips/s (min-max)':^48}{'':6}{'CPU us per round trip':^28}",
+            f"{'layout':<16}{'mode':<12}{'baseline':^24}{'ours':^24}{'ratio':>6}"
+            f"{'baseline':>14}{'ours':>14}",
+        ]
+        for layout, modes in results.medians().items():
+            for mode, row in modes.items():
+                base, ours = row["baseline"], row["ours"]
+                lines.append(
+                    f"{layout:<16}{mode:<12}"
+                    f"{base['rate']:>8,.0f} {results.spread(layout, 'baseline', mode):<15}"
+                    f"{ours['rate']:>8,.0f} {results.spread(layout, 'ours', mode):<15}"
+                    f"{row['ratio']:>6.0%}"
+                    f"{base['server_cpu_us']:>8.0f} +{base['client_cpu_us']:>4.0f}"
+                    f"{ours['server_cpu_us']:>8.0f} +{ours['client_cpu_us']:>4.0f}"
+                )
+        other, steal = results.noise()
+        lines += [
+            "",
+            f"Noise: at worst {other:.2f} CPU busy outside the two processes and {steal:.0%} "
+            "stolen by the hypervisor during a measurement (see --json for each round).",
+        ]
+    if results.rss:
+        lines += [
+            "",
+            f"Server memory per idle client ({settings['rss_clients']} clients, "
+            f"idle {settings['rss_idle_s']:g} s)",
+            "",
+        ]
+        for impl, rss in results.rss.items():
+            lines.append(
+                f"{impl:<10}{rss['kib_per_client']:>6.1f} KiB "
+                f"(VmRSS {rss['rss_before_kib'] / 1024:.1f} -> "
+                f"{rss['rss_after_kib'] / 1024:.1f} MiB)"
+            )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="short run: 1 round, 0.5 s")
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds per implementation (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=0.5, help="seconds before counting (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=1.5,
+        help="seconds counted per mode (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--clients", type=int, default=2000, help="idle clients for RSS (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--idle", type=float, default=2.0, help="seconds idle before RSS (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-other",
+        type=float,
+        default=0.2,
+        help="measure a round again (twice at most) when more than this many CPUs were "
+        "busy outside the two processes (default: 0.2)",
+    )
+    parser.add_argument(
+        "--max-steal",
+        type=float,
+        default=0.1,
+        help="measure a round again (twice at most) when the hypervisor stole more than "
+        "this fraction of CPU time (default: 0.1)",
+    )
+    parser.add_argument("--rss-only", action="store_true", help="only measure memory")
+    parser.add_argument("--no-rss", action="store_true", help="don't measure memory")
+    single = parser.add_argument_group(
+        "one process",
+        "The orchestrator starts the processes it measures with these; run them by hand "
+        "to profile one side (see BENCHMARKS.md).",
+    )
+    single.add_argument(
+        "--role", choices=("server", "client", "rss-client"), help="run only this process"
+    )
+    single.add_argument("--impl", choices=IMPLS, default="ours", help="default: ours")
+    single.add_argument("--url", help="client: the URL the server printed")
+    single.add_argument("--server-pid", type=int, help="client: the server's pid, for CPU time")
+    single.add_argument("--cpu", type=int, help="pin this process to one CPU")
+    single.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="client: comma-separated modes to measure (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    if args.role in ("client", "rss-client") and args.url is None:
+        parser.error(f"--role {args.role} needs --url")
+    if args.role == "client" and args.server_pid is None:
+        parser.error("--role client needs --server-pid")
+    if not set(args.modes.split(",")) <= set(MODES):
+        parser.error(f"--modes takes {' and/or '.join(MODES)}")
+    if args.quick:
+        args.rounds, args.warmup, args.duration = 1, 0.2, 0.5
+        args.clients, args.idle = min(args.clients, 500), 1.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.role is not None:
+        _pin(args.cpu)
+        if args.role == "server":
+            asyncio.run(run_server(args.impl))
+        elif args.role == "client":
+            modes = args.modes.split(",")
+            asyncio.run(
+                run_client(args.impl, args.url, args.server_pid, modes, args.warmup, args.duration)
+            )
+        else:
+            asyncio.run(run_rss_client(args.impl, args.url, args.clients))
+        return 0
+    results = run_all(args)
+    if args.json:
+        print(json.dumps(results.summary(), indent=2))
+    else:
+        print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
