@@ -18,8 +18,9 @@ import enum
 import inspect
 import json
 import logging
+import sys
 from collections import deque
-from collections.abc import Collection, MutableMapping
+from collections.abc import Collection, Coroutine, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -394,6 +395,7 @@ class Node:
         conn.log.info("= connection closed (%s %s)", socket.close_code, socket.close_reason or "-")
         if self._table is not None:
             self._process(self._table.connection_lost(socket.id), socket)
+            self._schedule_timer()  # rerouted requests may have new deadlines
         self._enqueue(conn, _Hook("on_socket_close", socket))
 
     # Receiving
@@ -431,8 +433,10 @@ class Node:
         inbox = conn.inbox
         inbox.append(item)
         if conn.worker is None:
-            conn.worker = worker = self._loop.create_task(self._work(conn))
-            self._workers.add(worker)
+            worker = _start_task(self._loop, self._work(conn))
+            if not worker.done():  # an eager task may have finished already
+                conn.worker = worker
+                self._workers.add(worker)
         elif len(inbox) > self.options.max_pending_packages and not conn.paused:
             conn.paused = True
             conn.socket.pause_reading()
@@ -455,8 +459,9 @@ class Node:
                     for thread in self.threads:
                         await self._call(thread, item.name, *item.args)
         finally:
-            conn.worker = None
-            self._workers.discard(asyncio.current_task())
+            if conn.worker is not None:
+                self._workers.discard(conn.worker)
+                conn.worker = None
 
     async def _handle(self, conn: _Conn, package: Package) -> None:
         socket = conn.socket
@@ -587,7 +592,13 @@ class Node:
         waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout)
         future: asyncio.Future[Body] = self._loop.create_future()
         self._futures[waiter] = future
-        self._schedule_timer()
+        # The timer must fire by the earliest deadline; this request's is usually later
+        # than the one already scheduled, so nothing needs to be computed.
+        deadline = self._loop.time() + (table.response_timeout if timeout is None else timeout)
+        if reroute:
+            deadline = min(deadline, self._loop.time() + table.stalled_timeout)
+        if self._timer is None or deadline < self._timer_when:
+            self._schedule_timer()
         try:
             try:
                 await socket.drain()
@@ -604,6 +615,8 @@ class Node:
         return socket.id if socket is not None else None
 
     def _schedule_timer(self) -> None:
+        """Make the timer fire at the table's next deadline (answered requests leave
+        earlier deadlines behind: the timer may then fire for nothing, which is cheap)."""
         assert self._table is not None
         deadline = self._table.next_deadline()
         if deadline is None:
@@ -665,8 +678,6 @@ class Node:
                     event.request.tag,
                     event.conn,
                 )
-        if events:
-            self._schedule_timer()
 
     def _unmatched(self, conn_id: ConnId, package: Package) -> None:
         conn = self._conns.get(conn_id)
@@ -698,6 +709,23 @@ class Node:
         ):
             return configured
         return self._driver(scheme)
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None]:
+        # Run the handlers at once, up to their first suspension: most packages are
+        # handled without a trip through the event loop.
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+
+else:
+
+    def _start_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None]:
+        return loop.create_task(coro)
 
 
 def _copy_body(package: Package) -> Body:

@@ -17,6 +17,7 @@ __all__ = ["WsDriver", "WsListening", "WsSocket"]
 import asyncio
 import ipaddress
 import logging
+import threading
 from collections import deque
 from typing import cast
 
@@ -47,7 +48,30 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class WsSocket(Socket, asyncio.Protocol):
+class _ReceiveBuffer(threading.local):
+    """
+    One receive buffer per thread, shared by its connections.
+
+    With a plain ``asyncio.Protocol``, every read allocates a 256 KiB ``bytes`` object
+    and shrinks it (``mmap`` / ``mremap`` / ``munmap`` for each message). asyncio calls
+    ``get_buffer()``, ``recv_into()`` and ``buffer_updated()`` back to back, and
+    websockets copies what it is given, so one buffer per thread is enough.
+
+    """
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(2**16))
+
+
+_receive_buffer = _ReceiveBuffer()
+
+# Frames written in one event loop iteration are sent in one system call, up to this many
+# bytes. More would batch the pipeline into turns: the peer would sit idle until the
+# whole batch arrived (measured: pipelined throughput fell by a third at 64 KiB).
+_COALESCE_LIMIT = 4096
+
+
+class WsSocket(Socket, asyncio.BufferedProtocol):
     """A WebSocket connection; also the asyncio protocol of its transport."""
 
     def __init__(
@@ -77,6 +101,9 @@ class WsSocket(Socket, asyncio.Protocol):
         self._held: deque[Frame] = deque()  # frames read before a pause_reading()
         self._paused_writing = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        # Frames written during one event loop iteration go out in one system call.
+        self._out: list[bytes] | None = None
+        self._out_size = 0
 
     # Socket API
 
@@ -92,7 +119,17 @@ class WsSocket(Socket, asyncio.Protocol):
         stats = self.stats
         stats.messages_out += 1
         stats.bytes_out += len(data)
-        self._flush()
+        frames = protocol.data_to_send()
+        if self._out is None:
+            self._out = frames
+            self._out_size = len(data)
+            self._loop.call_soon(self._write_out)
+        else:
+            self._out.extend(frames)
+            self._out_size += len(data)
+            if self._out_size > _COALESCE_LIMIT:
+                # Send now: the peer can start, and drain() sees the transport's buffer.
+                self._write_out()
 
     async def drain(self) -> None:
         if self._lost_waiter.done():
@@ -157,6 +194,12 @@ class WsSocket(Socket, asyncio.Protocol):
             self._protocol.send_request(self._request)
             self._request = None
             self._flush()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _receive_buffer.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_receive_buffer.view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         protocol = self._protocol
@@ -230,9 +273,20 @@ class WsSocket(Socket, asyncio.Protocol):
 
     # Internals
 
+    def _write_out(self) -> None:
+        out = self._out
+        if out is None:
+            return
+        self._out = None
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+
     def _flush(self) -> None:
+        """Write what the protocol has to send now (handshake, control frames, EOF)."""
         transport = self._transport
         assert transport is not None
+        self._write_out()  # frames written before go first
         for data in self._protocol.data_to_send():
             if data:
                 transport.write(data)

@@ -30,7 +30,6 @@ import base64
 import enum
 import hashlib
 import json
-from dataclasses import dataclass, field
 from typing import Any, NewType
 
 from google.protobuf.message import DecodeError
@@ -88,13 +87,59 @@ _json_decoder = json.JSONDecoder(parse_constant=_reject_constant)
 _json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-@dataclass(frozen=True, slots=True)
+def _not_serializable(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# json.dumps() and JSONDecoder.decode() wrap C functions in several Python calls; on the
+# hot path we call the C parts directly, as JSONEncoder.iterencode(_one_shot=True) does,
+# and fall back to the documented API for errors and in interpreters without them.
+_c_encode = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None,  # no cycle check: a cycle ends in RecursionError, reported as ValueError
+        _not_serializable,
+        json.encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+    if getattr(json.encoder, "c_make_encoder", None) is not None
+    else None
+)
+_scan_once = _json_decoder.scan_once  # type: ignore[attr-defined]
+
+
+def _dumps(body: Body) -> str:
+    if _c_encode is None:
+        return _json_encoder.encode(body)
+    try:
+        return "".join(_c_encode(body, 0))
+    except RecursionError:
+        raise ValueError("body is nested too deeply, or holds a reference cycle") from None
+
+
+def _loads(text: str) -> Any:
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:
+        end = -1
+    if end != len(text):  # leading or trailing space, or an error: let decode() tell
+        value = _json_decoder.decode(text)
+    return value
+
+
 class Package:
     """
-    One package.
+    One package. Treat it as immutable.
 
     Build packages to send with :func:`build_package`, which computes the tag of a request
     and the JSON text of the body once. Packages received come from :func:`decode`.
+
+    (Not a frozen dataclass: two packages are built per message on the hot path, and a
+    frozen dataclass takes 1.6 µs to build where this class takes 0.4 µs.)
 
     Attributes:
         type: The package type.
@@ -107,13 +152,45 @@ class Package:
 
     """
 
-    type: PackageType
-    event: str
-    body: Body
-    tag: Tag = Tag("")
-    version: str = PROTOCOL_VERSION
-    alt: str = DEFAULT_ALT
-    body_json: str = field(default="", repr=False, compare=False)
+    __slots__ = ("alt", "body", "body_json", "event", "tag", "type", "version")
+
+    def __init__(
+        self,
+        type: PackageType,
+        event: str,
+        body: Body,
+        tag: Tag = Tag(""),
+        version: str = PROTOCOL_VERSION,
+        alt: str = DEFAULT_ALT,
+        body_json: str = "",
+    ) -> None:
+        self.type = type
+        self.event = event
+        self.body = body
+        self.tag = tag
+        self.version = version
+        self.alt = alt
+        self.body_json = body_json
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Package):
+            return NotImplemented
+        return (self.type, self.event, self.body, self.tag, self.version, self.alt) == (
+            other.type,
+            other.event,
+            other.body,
+            other.tag,
+            other.version,
+            other.alt,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # the body is a dict
+
+    def __repr__(self) -> str:
+        return (
+            f"Package(type={self.type!r}, event={self.event!r}, body={self.body!r}, "
+            f"tag={self.tag!r}, version={self.version!r}, alt={self.alt!r})"
+        )
 
     def __str__(self) -> str:
         tag = f" tag={self.tag}" if self.tag else ""
@@ -136,7 +213,7 @@ def body_to_json(body: Body) -> str:
     """
     if type(body) is not dict:
         raise TypeError(f"body must be a dict, not {type(body).__name__}")
-    return _json_encoder.encode(body)
+    return _dumps(body)
 
 
 def compute_tag(
@@ -284,7 +361,7 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
         raise PackageError("body is not valid UTF-8", type=type_, event=event, tag=tag)
 
     try:
-        body = _json_decoder.decode(body_json)
+        body = _loads(body_json)
     except json.JSONDecodeError as exc:
         reason = f"body is not valid JSON: {exc.msg} at position {exc.pos}"
         raise PackageError(reason, type=type_, event=event, tag=tag) from None

@@ -76,8 +76,10 @@ class NoiseError(TrustP2PError):
 
 
 def _static_public(private: bytes) -> bytes:
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
-        Encoding.Raw, PublicFormat.Raw
+    return (
+        X25519PrivateKey.from_private_bytes(private)
+        .public_key()
+        .public_bytes(Encoding.Raw, PublicFormat.Raw)
     )
 
 
@@ -276,4 +278,3 @@ class NoiseTransport:
             self._chunks = []
         self._size = 0
         return chunk
-
