@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -29,6 +30,7 @@ from trustp2p.threads.heartbeat import HeartbeatThread
 from .conftest import MS
 
 FAST = {
+    "peer_exchange": False,  # its own traffic would blur counts; tested on its own
     "open_timeout": 2000 * MS,
     "close_timeout": 500 * MS,
     "reconnect_initial": 20 * MS,
@@ -339,7 +341,11 @@ async def test_reroute_at_once_when_the_connection_is_lost(make_node: MakeNode) 
         client.client.request(first, "work", {"job": 3}, reroute=True, timeout=2)
     )
     await wait_for(
-        lambda: bool(stalling.server and stalling.server.sockets[0].stats.messages_in >= 2)
+        lambda: bool(
+            stalling.server
+            and stalling.server.sockets
+            and stalling.server.sockets[0].stats.messages_in >= 2
+        )
     )
     await stalling.server.sockets[0].close(1001, "going")
     assert await pending == {"done_by": working.url}
@@ -367,6 +373,7 @@ async def test_heartbeat_ping_pong(make_node: MakeNode) -> None:
 async def test_heartbeat_pings_and_pongs_are_the_originals_bytes(make_node: MakeNode) -> None:
     server = await make_node(
         server=True,
+        secure=False,
         threads=[HeartbeatThread],
         heartbeat_interval=20 * MS,
         heartbeat_jitter=0,
@@ -387,6 +394,7 @@ async def test_heartbeat_pings_and_pongs_are_the_originals_bytes(make_node: Make
 async def test_silent_client_is_dropped_as_lost_peer(make_node: MakeNode) -> None:
     server = await make_node(
         server=True,
+        secure=False,
         threads=[HeartbeatThread, Recorder],
         heartbeat_interval=20 * MS,
         heartbeat_jitter=0,
@@ -439,7 +447,7 @@ async def test_busy_client_does_not_stop_the_heartbeat_round(make_node: MakeNode
 
 
 async def test_max_inbound_refuses_the_next_client(make_node: MakeNode) -> None:
-    server, client, socket = await pair(make_node, max_inbound=1)
+    server, client, socket = await pair(make_node, max_inbound=1, secure=False)
     assert server.url is not None and client.client is not None
     async with await raw_client(server.url) as ws:
         assert await closed_by_peer(ws) == (1013, "inbound connections maxed out")
@@ -449,7 +457,7 @@ async def test_max_inbound_refuses_the_next_client(make_node: MakeNode) -> None:
 
 
 async def test_bad_input_is_answered_counted_and_harmless(make_node: MakeNode) -> None:
-    server, client, socket = await pair(make_node)
+    server, client, socket = await pair(make_node, secure=False)
     assert server.url is not None and server.server is not None and client.client is not None
     async with await raw_client(server.url) as ws:
         await ws.send(version_talk())
@@ -480,7 +488,7 @@ async def test_bad_input_is_answered_counted_and_harmless(make_node: MakeNode) -
 
 
 async def test_oversized_frame_closes_that_peer_only(make_node: MakeNode) -> None:
-    server, client, socket = await pair(make_node, max_package_size=1000)
+    server, client, socket = await pair(make_node, max_package_size=1000, secure=False)
     assert server.url is not None and client.client is not None
     async with await connect(server.url, compression=None, max_size=None) as ws:
         await ws.send(b"\x00" * 1001)
@@ -490,7 +498,7 @@ async def test_oversized_frame_closes_that_peer_only(make_node: MakeNode) -> Non
 
 
 async def test_incompatible_version_is_closed_with_a_reason(make_node: MakeNode) -> None:
-    server = await make_node(server=True)
+    server = await make_node(server=True, secure=False)
     assert server.url is not None
     async with await raw_client(server.url) as ws:
         await ws.send(version_talk(protocol_version="2.0"))
@@ -615,18 +623,24 @@ async def test_async_with_starts_and_stops() -> None:
     assert node.state is trustp2p.NodeState.STOPPED
 
 
-async def test_create_functions(tmp_path: Any) -> None:
-    server = await trustp2p.create_server(cwd=tmp_path, port=0)
+async def test_create_functions(tmp_path: Path) -> None:
+    # Each node has its own directory: the identity lives in <cwd>/identity/node.key.
+    for name in ("server", "client", "both"):
+        (tmp_path / name).mkdir()
+    server = await trustp2p.create_server(cwd=tmp_path / "server", port=0, **FAST)
     try:
-        client = await trustp2p.create_client(cwd=tmp_path, peers=[server.url])
-        both = await trustp2p.create_node(cwd=tmp_path, port=0, peers=[server.url])
+        client = await trustp2p.create_client(cwd=tmp_path / "client", peers=[server.url], **FAST)
+        both = await trustp2p.create_node(cwd=tmp_path / "both", port=0, peers=[server.url], **FAST)
         try:
             assert client.server is None and client.client is not None
             assert both.server is not None and both.client is not None
-            await client.client.wait_connected()
-            await both.client.wait_connected()
-            assert server.server is not None
-            await server.server.wait_connected(2)
+            async with asyncio.timeout(5):
+                await client.client.wait_connected()
+                await both.client.wait_connected()
+                assert server.server is not None
+                await server.server.wait_connected(2)
+            assert (tmp_path / "server" / "identity" / "node.key").exists()
+            assert (tmp_path / "server" / "data" / "peers.sqlite").exists()
         finally:
             await both.stop()
             await client.stop()

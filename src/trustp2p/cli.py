@@ -224,6 +224,98 @@ def demo(nodes: int, duration: float, log_level: str) -> int:
     return asyncio.run(run_demo(nodes=nodes, duration=duration))
 
 
+def _app_dir_option(f: F) -> F:
+    return click.option(
+        "--cwd",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("."),
+        show_default=True,
+        help="The node's application directory.",
+    )(f)
+
+
+@cli.command()
+@_app_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, for scripts.")
+@_log_level_option
+def peers(cwd: Path, as_json: bool, log_level: str) -> int:
+    """List the peers the node remembers (its peer store, data/peers.sqlite).
+
+    The table shows each peer's URLs, short peer id, score, when it was last seen and
+    until when it is blocked (UTC). --json prints every field of every peer.
+    """
+    import dataclasses
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .identity import short_id
+    from .peerstore import STORE_PATH
+
+    _setup_logging(log_level)
+    path = cwd / STORE_PATH
+    # Listing doesn't create a store.
+    records = asyncio.run(_read_peers(path)) if path.exists() else []
+    if as_json:
+        data = [{**dataclasses.asdict(record), "score": record.score} for record in records]
+        click.echo(json.dumps(data, indent=2))
+        return 0
+    if not records:
+        click.echo("no peers known yet")
+        return 0
+    table = Table("url", "peer id", "score", "last seen", "blocked until")
+    for record in records:
+        table.add_row(
+            "\n".join(record.urls) or "-",
+            short_id(record.peer_id) if record.peer_id is not None else "-",
+            f"{record.score:.2f}",
+            _utc(record.last_seen),
+            _utc(record.blocked_until),
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # don't wrap rows for scripts and pagers
+    console.print(table)
+    return 0
+
+
+async def _read_peers(path: Path) -> list[Any]:
+    from .peerstore import PeerStore
+
+    store = await PeerStore.open(path)
+    try:
+        return await store.peers()
+    finally:
+        await store.close()
+
+
+def _utc(timestamp: float | None) -> str:
+    import datetime
+
+    if timestamp is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@cli.command("id")
+@_app_dir_option
+@_log_level_option
+def id_(cwd: Path, log_level: str) -> int:
+    """Print the node's peer id, creating its key (identity/node.key) if needed."""
+    from .identity import KEY_FILE, Identity, IdentityError
+
+    _setup_logging(log_level)
+    try:
+        identity = Identity.load_or_create(cwd / KEY_FILE)
+    except IdentityError as exc:
+        click.echo(f"trustp2p: error: {exc}", err=True)
+        return 1
+    click.echo(identity.peer_id)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     try:

@@ -14,6 +14,7 @@ __all__ = ["run_demo"]
 
 import asyncio
 import contextlib
+import itertools
 import statistics
 import tempfile
 from importlib import resources
@@ -41,7 +42,7 @@ DEMO_TIMINGS = {
 
 def _make_app(directory: Path) -> None:
     """Lay out an application directory as ``trustp2p init`` does."""
-    (directory / THREADS_AVAILABLE).mkdir()
+    (directory / THREADS_AVAILABLE).mkdir(parents=True)
     (directory / THREADS_ENABLED).mkdir()
     source = resources.files("trustp2p.threads").joinpath("heartbeat.py").read_text("utf-8")
     (directory / THREADS_AVAILABLE / "heartbeat.py").write_text(source, "utf-8")
@@ -77,11 +78,18 @@ def _table(nodes: list[Node], elapsed: float, duration: float) -> Table:
 
 
 def _links(nodes: int) -> dict[int, list[int]]:
-    """Which nodes each node dials."""
-    links: dict[int, list[int]] = {}
-    for index in range(1, nodes):
-        previous = index - 1 if index >= 2 else nodes - 1
-        links[index] = [0] if previous in (0, index) else [0, previous]
+    """
+    Which nodes each node dials: node 0 by everyone, and a ring through the others
+    (1 -> 2 -> ... -> last -> 1), so that every node has clients. Never both ways: a
+    pair of peers keeps one connection.
+    """
+    links: dict[int, list[int]] = {index: [0] for index in range(1, nodes)}
+    ring = list(range(1, nodes))
+    if len(ring) >= 2:
+        for a, b in itertools.pairwise(ring):
+            links[a].append(b)
+        if len(ring) >= 3:
+            links[ring[-1]].append(ring[0])
     return links
 
 
@@ -94,11 +102,12 @@ async def run_demo(
     """
     console = console or Console()
     with tempfile.TemporaryDirectory(prefix="trustp2p-demo-") as tmp:
-        app = Path(tmp)
-        _make_app(app)
         network: list[Node] = []
         try:
             for index in range(nodes):
+                # One directory per node: each has its own identity and peer store.
+                app = Path(tmp) / f"node{index}"
+                _make_app(app)
                 options = NodeOptions(
                     cwd=app,
                     server=True,
@@ -157,12 +166,12 @@ def _summary(console: Console, network: list[Node], table: Table) -> bool:
     problems = []
     links = _links(len(network))
     for index, node in enumerate(network):
-        outbound = sum(1 for s in node.sockets if not s.inbound)
-        expected = len(links.get(index, []))
-        if outbound != expected:
-            problems.append(
-                f"node {index} has {outbound} outbound connections, expected {expected}"
-            )
+        peers = [s.peer_id for s in node.sockets]
+        if len(peers) != len(set(peers)):
+            problems.append(f"node {index} has two connections to one peer")
+        for target in links.get(index, []):
+            if network[target].peer_id not in peers:
+                problems.append(f"node {index} is not connected to node {target}")
         inbound = [s for s in node.sockets if s.inbound]
         if inbound and not any(s.stats.last_rtt is not None for s in inbound):
             problems.append(f"node {index} measured no ping round trip")

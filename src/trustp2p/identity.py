@@ -63,16 +63,13 @@ def short_id(peer_id: str) -> str:
     return peer_id[: len(_PEER_ID_PREFIX) + 8]
 
 
+_BASE32_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+
+
 def is_peer_id(text: str) -> bool:
-    """True if ``text`` has the form of a peer id."""
+    """True if ``text`` is a peer id in its canonical form (lowercase, no padding)."""
     body = text[len(_PEER_ID_PREFIX) :]
-    if not text.startswith(_PEER_ID_PREFIX) or len(body) != 32:
-        return False
-    try:
-        base64.b32decode(body.upper())
-    except ValueError:
-        return False
-    return True
+    return text.startswith(_PEER_ID_PREFIX) and len(body) == 32 and _BASE32_LOWER.issuperset(body)
 
 
 def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
@@ -125,6 +122,8 @@ class Identity:
             info = path.stat()
         except FileNotFoundError:
             return cls._create(path)
+        except OSError as exc:
+            raise IdentityError(f"can't read {path}: {exc.strerror or exc}") from exc
         if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise IdentityError(
                 f"{path} is accessible by group or others (mode {stat.S_IMODE(info.st_mode):o}); "

@@ -26,7 +26,7 @@ from typing import Any
 
 from . import __version__
 from .drivers import Driver, driver_class, scheme_of
-from .drivers.base import CloseCode, Listening, Socket
+from .drivers.base import CloseCode, Listener, Listening, Socket, fit_reason
 from .exceptions import (
     ConnectionClosed,
     HandshakeError,
@@ -34,7 +34,9 @@ from .exceptions import (
     RequestTimeout,
     ThreadLoadError,
 )
+from .identity import KEY_FILE, Identity, short_id
 from .options import NodeOptions
+from .peerstore import DATA_DIR, STORE_FILE, BlockPolicy, PeerSource, PeerStore
 from .protocol.deliver import (
     ConnId,
     DeliverEvent,
@@ -47,7 +49,8 @@ from .protocol.deliver import (
     ResponseUnmatched,
     WaiterId,
 )
-from .protocol.handshake import VERSION_EVENT, check_version, version_body
+from .protocol.handshake import HELLO_EVENT, VERSION_EVENT, check_version, version_body
+from .protocol.limits import AddressLimiter, TokenBucket
 from .protocol.package import (
     REQUEST_TYPES,
     RESPONSE_TYPES,
@@ -58,9 +61,13 @@ from .protocol.package import (
     decode,
     encode,
 )
+from .protocol.urls import split_peer_url, validate_urls
 from .roles import ClientRole, Role, ServerRole
+from .security.channel import SECURE_PEER, HandshakeFailed, SecureLayer, SecureSocket
+from .security.noise import HANDSHAKE_MAGIC, NoiseError
 from .threads.base import Handler, Thread
 from .threads.loader import THREADS_ENABLED, check_event_map, load_thread_classes
+from .threads.peer_exchange import PeerExchangeThread
 
 _RESPONSE_TYPE = {
     PackageType.REQUEST: PackageType.RESPONSE,
@@ -103,7 +110,19 @@ class _Hook:
 class _Conn:
     """What the node keeps per open connection."""
 
-    __slots__ = ("inbox", "invalid", "log", "paused", "peer_version", "role", "socket", "worker")
+    __slots__ = (
+        "backlog",
+        "inbox",
+        "invalid",
+        "listen_urls",
+        "log",
+        "paused",
+        "peer_version",
+        "requests",
+        "role",
+        "socket",
+        "worker",
+    )
 
     def __init__(self, socket: Socket, role: Role, log: _PeerLog) -> None:
         self.socket = socket
@@ -113,7 +132,10 @@ class _Conn:
         self.worker: asyncio.Task[None] | None = None
         self.paused = False
         self.peer_version: Body | None = None
+        self.listen_urls: list[str] = []  # what the peer said it listens on
         self.invalid = 0
+        self.backlog = 0  # packages written while the peer wasn't reading
+        self.requests: TokenBucket | None = None  # its request rate, once it sends one
 
 
 class Node:
@@ -159,6 +181,18 @@ class Node:
         self._drivers: dict[str, Driver] = {}
         self._listening: Listening | None = None
         self._debug = False
+        self.identity: Identity | None = None
+        self.store: PeerStore | None = None
+        self._secure: SecureLayer | None = None
+        self._by_peer_id: dict[str, _Conn] = {}
+        self._admitted: dict[ConnId, str] = {}  # inbound raw connections -> address
+        self._limiter = AddressLimiter(
+            max_concurrent=options.max_per_ip,
+            rate=options.ip_rate,
+            burst=options.ip_burst,
+            exempt_loopback=not options.limit_loopback,
+        )
+        self._background: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
         roles = "+".join(r for r, on in (("server", self.server), ("client", self.client)) if on)
@@ -174,6 +208,23 @@ class Node:
     def sockets(self) -> list[Socket]:
         """Every open connection, both roles."""
         return [conn.socket for conn in self._conns.values()]
+
+    @property
+    def peer_id(self) -> str | None:
+        """This node's peer id, once started."""
+        return self.identity.peer_id if self.identity is not None else None
+
+    @property
+    def listen_urls(self) -> list[str]:
+        """The URLs this node announces to its peers."""
+        if self.options.listen_urls:
+            return list(self.options.listen_urls)
+        return [self.url] if self.url is not None else []
+
+    def socket_for_peer(self, peer_id: str) -> Socket | None:
+        """The open connection to an authenticated peer, if any."""
+        conn = self._by_peer_id.get(peer_id)
+        return conn.socket if conn is not None else None
 
     # Lifecycle
 
@@ -200,6 +251,29 @@ class Node:
             stalled_timeout=options.stalled_timeout,
         )
         self.threads = self._load_threads()
+        self.identity = options.identity or self._load_identity()
+        if options.secure:
+            self._secure = SecureLayer(
+                self,
+                self.identity,
+                admit=self._admit,
+                failed=self._handshake_failed,
+                handshake_timeout=options.handshake_timeout,
+                max_package_size=options.max_package_size,
+            )
+        path = None
+        if options.peer_store and options.cwd is not None:
+            path = options.cwd / DATA_DIR / STORE_FILE
+        policy = BlockPolicy(
+            invalid_ratio=options.invalid_ratio,
+            min_packages=options.min_packages,
+            block_duration=options.block_duration,
+        )
+        self.store = await PeerStore.open(path, policy=policy)
+        if self.client is not None and options.peers:
+            await self.store.add_urls(
+                [split_peer_url(url)[0] for url in options.peers], PeerSource.BOOTSTRAP
+            )
         self.state = NodeState.RUNNING
         for thread in self.threads:
             await self._call(thread, "start")
@@ -209,10 +283,9 @@ class Node:
                 driver = self._driver(
                     options.driver if isinstance(options.driver, Driver) else name
                 )
-                self._listening = await driver.listen(options.host, options.port, self)
+                self._listening = await driver.listen(options.host, options.port, self.listener)
             if self.client is not None:
-                for url in options.peers:
-                    self.client.connect(url)
+                self.client._start()
         except BaseException:
             await self.stop()
             raise
@@ -254,6 +327,12 @@ class Node:
             if not future.done():
                 future.set_exception(ConnectionClosed(CloseCode.GOING_AWAY, "node stopping"))
         self._futures.clear()
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self.store is not None:
+            await self.store.close()
         if self._listening is not None:
             await self._listening.wait_closed()
         self.state = NodeState.STOPPED
@@ -267,6 +346,27 @@ class Node:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    @property
+    def listener(self) -> Listener:
+        """What the drivers report to: the secure layer, or the node itself."""
+        return self._secure if self._secure is not None else self
+
+    def _load_identity(self) -> Identity:
+        if self.options.cwd is None:
+            return Identity.generate()
+        return Identity.load_or_create(self.options.cwd / KEY_FILE)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run a coroutine in a task the node owns; log what it raises."""
+        task = self._loop.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.log.error("! %s failed", task.get_name(), exc_info=exc)
+
     def _load_threads(self) -> list[Thread]:
         classes: list[type[Thread]] = []
         cwd = self.options.cwd
@@ -279,6 +379,8 @@ class Node:
             else:
                 self.log.warning("! %s doesn't exist: no thread loaded from it", enabled)
         classes.extend(self.options.threads)
+        if self.options.peer_exchange:
+            classes.append(PeerExchangeThread)
         threads = []
         handlers: dict[tuple[PackageType, str], list[tuple[Thread, Handler]]] = {}
         for cls in classes:
@@ -312,40 +414,153 @@ class Node:
 
     def on_connection(self, socket: Socket) -> None:
         assert self.server is not None
-        max_inbound = self.options.max_inbound
-        if self.state is not NodeState.RUNNING:
-            socket.close_soon(CloseCode.GOING_AWAY, "node stopping")
-            return
-        if max_inbound is not None and len(self.server._sockets) >= max_inbound:
-            self.log.warning(
-                "! refused %s: %d inbound connections already", socket.peer, max_inbound
-            )
-            socket.close_soon(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out")
-            return
+        if self._secure is None:
+            # Plain mode: admit here. In secure mode the secure layer did, before any
+            # cryptography.
+            refusal = self._admit(socket)
+            if refusal is not None:
+                socket.close_soon(*refusal)
+                return
         self._opened(socket, self.server, "on_socket_connection")
 
     def on_open(self, socket: Socket) -> None:
         assert self.client is not None
+        self._opened(socket, self.client, "on_socket_open")
+
+    def _admit(self, raw: Socket) -> tuple[int, str] | None:
+        """Admit an inbound connection, or say why not: limits, blocks. No crypto."""
+        if self.state is not NodeState.RUNNING:
+            return CloseCode.GOING_AWAY, "node stopping"
+        host = raw.host
+        if self.store is not None and self.store.is_blocked(address=host):
+            self.log.debug("! refused %s: address blocked", raw.peer)
+            return CloseCode.POLICY_VIOLATION, "blocked"
+        max_inbound = self.options.max_inbound
+        if max_inbound is not None and len(self._admitted) >= max_inbound:
+            self.log.warning("! refused %s: %d inbound connections already", raw.peer, max_inbound)
+            return CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out"
+        why = self._limiter.admit(host, self._loop.time())
+        if why is not None:
+            self.log.warning("! refused %s: %s", raw.peer, why)
+            return CloseCode.TRY_AGAIN_LATER, why
+        self._admitted[raw.id] = host
+        return None
+
+    def _release(self, raw_id: ConnId) -> None:
+        host = self._admitted.pop(raw_id, None)
+        if host is not None:
+            self._limiter.release(host)
+
+    def _handshake_failed(self, raw: Socket, error: HandshakeFailed) -> None:
+        self._release(raw.id)
+        if self.state is not NodeState.RUNNING:
+            return
+        self.log.warning("! secure handshake with %s failed: %s", raw.peer, error)
+        if self.store is not None and self.store.count_packages(f"address:{raw.host}", invalid=1):
+            self._block(None, raw.host, "too many failed handshakes")
+        if self.client is not None and not raw.inbound:
+            self.client._dial_failed(raw.peer, error)
+        self._spawn(self._call_hooks("on_socket_error", raw, error), "on_socket_error hooks")
+
+    def penalize(self, socket: Socket, reason: str) -> None:
+        """
+        Count one invalid package against a peer, as the node does for bad input; past
+        the block policy's ratio the peer is blocked and disconnected. For threads that
+        find a peer's message invalid at their level.
+        """
+        conn = self._conns.get(socket.id)
+        if conn is None:
+            return
+        socket.stats.invalid_in += 1
+        conn.log.warning("! %s", reason)
+        self._count_invalid(conn, reason)
+
+    async def _call_hooks(self, name: str, *args: Any) -> None:
+        for thread in self.threads:
+            await self._call(thread, name, *args)
+
+    def _block(self, peer_id: str | None, address: str | None, reason: str) -> None:
+        """Block a peer by id and address for ``block_duration``; close its connections."""
+        self.log.warning(
+            "! blocking %s for %g s: %s",
+            " and ".join(x for x in (peer_id, address) if x),
+            self.options.block_duration,
+            reason,
+        )
+        if self.store is not None:
+            self._spawn(
+                self.store.block(peer_id=peer_id, address=address, reason=reason),
+                f"block {peer_id or address}",
+            )
+        for conn in list(self._conns.values()):
+            socket = conn.socket
+            if (peer_id is not None and socket.peer_id == peer_id) or (
+                address is not None and socket.host == address and socket.inbound
+            ):
+                socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"blocked: {reason}"))
+
+    def _prefer(self, new: Socket, existing: Socket) -> bool:
+        """
+        Of two connections to one peer, whether to keep the new one.
+
+        Both sides decide alike: keep the connection dialled by the peer with the
+        smaller id; of two dialled by the same peer, keep the older.
+        """
+        assert self.identity is not None
+        ours = self.identity.peer_id
+
+        def dialler(socket: Socket) -> str:
+            return (socket.peer_id or "") if socket.inbound else ours
+
+        return dialler(new) < dialler(existing)
+
+    def _opened(self, socket: Socket, role: Role, hook: str) -> None:
         if self.state is not NodeState.RUNNING:
             socket.close_soon(CloseCode.GOING_AWAY, "node stopping")
             return
-        self._opened(socket, self.client, "on_socket_open")
-
-    def _opened(self, socket: Socket, role: Role, hook: str) -> None:
+        peer_id = socket.peer_id
+        if peer_id is not None:
+            if self.store is not None and self.store.is_blocked(peer_id=peer_id):
+                self.log.info("! refused %s: peer %s is blocked", socket.peer, short_id(peer_id))
+                socket.close_soon(CloseCode.POLICY_VIOLATION, "blocked")
+                return
+            existing = self._by_peer_id.get(peer_id)
+            if existing is not None:
+                if not self._prefer(socket, existing.socket):
+                    self.log.debug("= %s duplicates a connection to %s", socket.peer, peer_id)
+                    socket.close_soon(CloseCode.NORMAL_CLOSURE, "duplicate connection")
+                    return
+                existing.socket.close_soon(CloseCode.NORMAL_CLOSURE, "duplicate connection")
         log = _PeerLog(self.log, {"peer": socket.peer})
         conn = self._conns[socket.id] = _Conn(socket, role, log)
+        if peer_id is not None:
+            self._by_peer_id[peer_id] = conn
         role._add(socket)
-        log.info("= %s", "connected to us" if socket.inbound else "connected")
+        who = f" (peer {short_id(peer_id)})" if peer_id is not None else ""
+        log.info("= %s%s", "connected to us" if socket.inbound else "connected", who)
+        if not socket.inbound and self.client is not None and self.store is not None:
+            self._spawn(
+                self.store.record_connected(
+                    peer_id=peer_id or f"address:{socket.host}",
+                    url=socket.peer,
+                    address=socket.host,
+                ),
+                "record connection",
+            )
         self._enqueue(conn, _Hook(hook, socket))
         try:
-            self._send_package(
-                socket,
-                build_package(
-                    PackageType.TALK, VERSION_EVENT, self.version_body, alt=self.options.alt
-                ),
-            )
+            self._send_package(socket, self._hello_package())
         except ConnectionClosed:  # pragma: no cover - closed in a hook already
             pass
+
+    def _hello_package(self) -> Package:
+        """The version talk (plain mode), or the hello (secure mode) with our id and URLs."""
+        if self._secure is None:
+            return build_package(
+                PackageType.TALK, VERSION_EVENT, self.version_body, alt=self.options.alt
+            )
+        body = {**self.version_body, "peer_id": self.peer_id, "listen_urls": self.listen_urls}
+        return build_package(PackageType.TALK, HELLO_EVENT, body, alt=self.options.alt)
 
     def on_message(self, socket: Socket, data: bytes | str) -> None:
         conn = self._conns.get(socket.id)
@@ -354,17 +569,22 @@ class Node:
         try:
             package = decode(data, max_size=self.options.max_package_size)
         except PackageError as exc:
-            self._invalid(conn, exc)
+            self._invalid(conn, exc, data)
             return
         if self._debug:
             conn.log.debug("< %s", package)
+        store = self.store
+        if store is not None:
+            store.count_packages(socket.peer_id or f"address:{socket.host}", good=1)
         package_type = package.type
         if package_type in RESPONSE_TYPES:
             assert self._table is not None
             self._process(self._table.receive_response(socket.id, package))
             return
-        if package_type is PackageType.TALK and package.event == VERSION_EVENT:
+        if package_type is PackageType.TALK and package.event in (VERSION_EVENT, HELLO_EVENT):
             self._receive_version(conn, package)
+        elif package_type is PackageType.REQUEST and not self._request_allowed(conn, package):
+            return
         if (package_type, package.event) not in self._handlers:
             if package_type in REQUEST_TYPES:
                 self._answer_error(
@@ -374,7 +594,7 @@ class Node:
                     package.tag,
                     f"no handler for {package_type.name} {package.event!r}",
                 )
-            elif self._debug and package.event != VERSION_EVENT:
+            elif self._debug and package.event not in (VERSION_EVENT, HELLO_EVENT):
                 conn.log.debug("- no handler for %s %r", package_type.name, package.event)
             return
         self._enqueue(conn, package)
@@ -385,12 +605,18 @@ class Node:
             return
         socket.stats.invalid_in += 1
         conn.log.warning("! connection failed: %s", error)
+        if isinstance(error, NoiseError):
+            # A message that doesn't decrypt on an authenticated channel: tampering.
+            self._block(socket.peer_id, socket.host, f"protocol violation: {error}")
         self._enqueue(conn, _Hook("on_socket_error", socket, error))
 
     def on_close(self, socket: Socket) -> None:
+        self._release(socket.raw.id if isinstance(socket, SecureSocket) else socket.id)
         conn = self._conns.pop(socket.id, None)
         if conn is None:
             return
+        if socket.peer_id is not None and self._by_peer_id.get(socket.peer_id) is conn:
+            del self._by_peer_id[socket.peer_id]
         conn.role._remove(socket)
         conn.log.info("= connection closed (%s %s)", socket.close_code, socket.close_reason or "-")
         if self._table is not None:
@@ -400,11 +626,16 @@ class Node:
 
     # Receiving
 
-    def _invalid(self, conn: _Conn, exc: PackageError) -> None:
+    def _invalid(self, conn: _Conn, exc: PackageError, data: bytes | str = b"") -> None:
         """Count a bad package against its peer, log it, and answer it if we can."""
         socket = conn.socket
+        if isinstance(data, bytes) and data.startswith(HANDSHAKE_MAGIC):
+            conn.log.warning("! %s", SECURE_PEER)
+            socket.close_soon(CloseCode.POLICY_VIOLATION, SECURE_PEER)
+            return
         socket.stats.invalid_in += 1
         conn.invalid += 1
+        self._count_invalid(conn, "too many invalid packages")
         if conn.invalid <= _WARN_INVALID:
             suffix = "; more are logged at debug level" if conn.invalid == _WARN_INVALID else ""
             conn.log.warning("! invalid package: %s%s", exc, suffix)
@@ -416,14 +647,62 @@ class Node:
                 socket, package_type, exc.event or "", exc.tag, f"invalid request: {exc.reason}"
             )
 
+    def _count_invalid(self, conn: _Conn, reason: str) -> None:
+        """Count one invalid package against the peer; block it past the policy's ratio."""
+        socket = conn.socket
+        key = socket.peer_id or f"address:{socket.host}"
+        if self.store is not None and self.store.count_packages(key, invalid=1):
+            self._block(socket.peer_id, socket.host, reason)
+
+    def _request_allowed(self, conn: _Conn, package: Package) -> bool:
+        """Apply the per-peer request rate; answer and count what is over it."""
+        now = self._loop.time()
+        bucket = conn.requests
+        if bucket is None:
+            bucket = conn.requests = TokenBucket(
+                self.options.request_rate, self.options.request_burst, now
+            )
+        if bucket.take(now):
+            return True
+        socket = conn.socket
+        socket.stats.invalid_in += 1
+        self._answer_error(
+            socket,
+            package.type,
+            package.event,
+            package.tag,
+            f"rate limited: more than {self.options.request_rate:g} requests/s",
+        )
+        if bucket.debt > self.options.request_burst:
+            conn.log.warning("! request rate far over the limit: disconnecting")
+            socket.close_soon(CloseCode.POLICY_VIOLATION, "request rate far over the limit")
+        else:
+            self._count_invalid(conn, "request rate over the limit")
+        return False
+
     def _receive_version(self, conn: _Conn, package: Package) -> None:
+        socket = conn.socket
         try:
             check_version(package.body, alt=self.options.alt)
         except HandshakeError as exc:
-            conn.socket.stats.invalid_in += 1
+            socket.stats.invalid_in += 1
             conn.log.warning("! incompatible peer: %s", exc)
-            conn.socket.close_soon(CloseCode.PROTOCOL_ERROR, str(exc)[:120])
+            socket.close_soon(CloseCode.PROTOCOL_ERROR, fit_reason(str(exc)))
             return
+        if package.event == HELLO_EVENT:
+            if socket.peer_id is not None and package.body.get("peer_id") != socket.peer_id:
+                self._block(socket.peer_id, socket.host, "hello names another peer id")
+                return
+            urls, problem = validate_urls(package.body.get("listen_urls", []), limit=8)
+            if problem is not None:
+                conn.log.warning("! invalid listen_urls in hello: %s", problem)
+                self._count_invalid(conn, "invalid listen URLs")
+            conn.listen_urls = urls
+            if self.store is not None and urls and socket.peer_id is not None:
+                source = PeerSource.INBOUND if socket.inbound else PeerSource.EXCHANGE
+                self._spawn(
+                    self.store.add_urls(urls, source, peer_id=socket.peer_id), "record urls"
+                )
         conn.peer_version = package.body
         conn.log.debug(
             "= peer runs %s %s", package.body.get("library"), package.body.get("library_version")
@@ -534,9 +813,19 @@ class Node:
     # Sending
 
     def _send_package(self, socket: Socket, package: Package) -> None:
+        conn = self._conns.get(socket.id)
         if self._debug:
-            conn = self._conns.get(socket.id)
             (conn.log if conn is not None else self.log).debug("> %s", package)
+        if conn is not None:
+            if socket.write_paused:
+                conn.backlog += 1
+                if conn.backlog > self.options.max_send_queue:
+                    reason = f"send queue full: {self.options.max_send_queue} packages unread"
+                    conn.log.warning("! %s: disconnecting", reason)
+                    socket.close_soon(CloseCode.POLICY_VIOLATION, reason)
+                    raise ConnectionClosed(CloseCode.POLICY_VIOLATION, reason)
+            else:
+                conn.backlog = 0
         socket.write(encode(package))
 
     async def _send(self, socket: Socket, package: Package) -> None:
@@ -584,8 +873,10 @@ class Node:
         if type not in REQUEST_TYPES:
             raise ValueError(f"{type!r} is not a request type")
         table = self._table
-        if table is None or self.state is not NodeState.RUNNING:
-            raise RuntimeError("the node is not running")
+        if table is None:
+            raise RuntimeError("the node is not started")
+        if self.state is not NodeState.RUNNING:
+            raise ConnectionClosed(CloseCode.GOING_AWAY, "node stopping")
         if socket.closed or socket.id not in self._conns:
             raise ConnectionClosed(socket.close_code, socket.close_reason)
         package = build_package(type, event, body, alt=self.options.alt)
@@ -701,7 +992,7 @@ class Node:
         return driver
 
     def _driver_for_url(self, url: str) -> Driver:
-        scheme = scheme_of(url)
+        scheme = scheme_of(split_peer_url(url)[0])
         configured = self.options.driver
         if isinstance(configured, Driver) and scheme in (
             configured.scheme,

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .drivers import Driver, DriverOptions, scheme_of
+from .identity import Identity
 from .protocol.package import DEFAULT_ALT, DEFAULT_MAX_PACKAGE_SIZE
+from .security.noise import HANDSHAKE_MAGIC, MAX_NOISE_MESSAGE
 
 if TYPE_CHECKING:
     from .threads.base import Thread
@@ -56,9 +58,37 @@ class NodeOptions:
         reconnect_jitter: Largest random fraction taken off a delay.
         open_timeout: Time allowed to open a connection.
         close_timeout: Time allowed for a closing handshake.
+        frame_timeout: Once a frame has started (TCP driver), time allowed to finish it.
         write_limit: Write buffer size above which senders wait.
         trust_real_ip: Take a client's address from ``X-Real-IP`` when it connects
             through a proxy on a loopback address.
+        secure: Run the Noise XX secure channel on every connection (the default).
+            ``False`` speaks the original's plain protocol; the two refuse each other.
+        identity: The node's identity; by default loaded from (or created in)
+            ``<cwd>/identity/node.key``, or made up for this run when ``cwd`` is None.
+        handshake_timeout: Time allowed for the secure handshake.
+        listen_urls: URLs this node announces to peers; by default the URL it listens on.
+        peer_store: Keep the peer store in ``<cwd>/data/peers.sqlite`` (in memory when
+            ``cwd`` is None or this is False).
+        block_duration: How long a misbehaving peer stays blocked.
+        invalid_ratio: Block a peer whose invalid/good package ratio exceeds this...
+        min_packages: ...once it sent at least this many packages.
+        max_send_queue: Packages queued for a peer that doesn't read (its write buffer
+            is above ``write_limit``); one more disconnects it.
+        request_rate: Requests per second a peer may send us...
+        request_burst: ...with this burst; excess requests are answered with an error
+            and counted against the peer, and a peer over by another ``request_burst``
+            is disconnected.
+        max_per_ip: Inbound connections at once from one address; ``None``: no limit.
+        ip_rate: New inbound connections per second from one address...
+        ip_burst: ...with this burst.
+        limit_loopback: Apply the per-address limits to loopback addresses too.
+        target_outbound: Outbound connections the client keeps, drawing on the peer
+            store when its bootstrap ``peers`` aren't enough.
+        max_outbound_per_netgroup: Outbound peers per /16 (IPv4) or /32 (IPv6) network;
+            loopback addresses are exempt.
+        peer_exchange: Run the built-in peer exchange thread (``get_peers``, ``my_url``).
+        exchange_interval: Time between two rounds of asking servers for peers.
 
     """
 
@@ -88,8 +118,28 @@ class NodeOptions:
     reconnect_jitter: float = 0.25
     open_timeout: float = 10.0
     close_timeout: float = 10.0
+    frame_timeout: float = 10.0
     write_limit: int = 2**16
     trust_real_ip: bool = True
+    secure: bool = True
+    identity: Identity | None = None
+    handshake_timeout: float = 10.0
+    listen_urls: tuple[str, ...] = ()
+    peer_store: bool = True
+    block_duration: float = 3600.0
+    invalid_ratio: float = 0.1
+    min_packages: int = 10
+    max_send_queue: int = 32
+    request_rate: float = 100.0
+    request_burst: int = 200
+    max_per_ip: int | None = 8
+    ip_rate: float = 0.2
+    ip_burst: int = 16
+    limit_loopback: bool = False
+    target_outbound: int = 8
+    max_outbound_per_netgroup: int = 2
+    peer_exchange: bool = True
+    exchange_interval: float = 60.0
 
     def __post_init__(self) -> None:
         if self.cwd is not None and not isinstance(self.cwd, Path):
@@ -98,6 +148,7 @@ class NodeOptions:
             raise TypeError("peers must be a sequence of URLs, not a str")
         object.__setattr__(self, "peers", tuple(self.peers))
         object.__setattr__(self, "threads", tuple(self.threads))
+        object.__setattr__(self, "listen_urls", tuple(self.listen_urls))
         for url in self.peers:
             scheme_of(url)  # raises DriverError for a URL without a scheme
         if not self.server and not self.client:
@@ -114,6 +165,12 @@ class NodeOptions:
             "reconnect_max",
             "open_timeout",
             "close_timeout",
+            "frame_timeout",
+            "handshake_timeout",
+            "block_duration",
+            "request_rate",
+            "ip_rate",
+            "exchange_interval",
         ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
@@ -130,6 +187,15 @@ class NodeOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative int or None, not {value!r}")
+        for name in ("max_send_queue", "request_burst", "ip_burst", "min_packages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.target_outbound < 0 or self.max_outbound_per_netgroup < 1:
+            raise ValueError("need target_outbound >= 0 and max_outbound_per_netgroup >= 1")
+        if not self.invalid_ratio >= 0:
+            raise ValueError(f"invalid_ratio must not be negative, not {self.invalid_ratio}")
+        if self.max_per_ip is not None and self.max_per_ip < 1:
+            raise ValueError(f"max_per_ip must be at least 1 or None, not {self.max_per_ip}")
         if self.max_pending_packages < 1:
             raise ValueError("max_pending_packages must be at least 1")
         if self.write_limit < 1:
@@ -155,10 +221,16 @@ class NodeOptions:
         return cls(**values)
 
     def driver_options(self) -> DriverOptions:
+        max_message_size = self.max_package_size
+        if self.secure and max_message_size is not None:
+            # Packages travel in Noise messages of at most 64 KiB; the secure layer
+            # bounds the reassembled package.
+            max_message_size = MAX_NOISE_MESSAGE + len(HANDSHAKE_MAGIC)
         return DriverOptions(
-            max_message_size=self.max_package_size,
+            max_message_size=max_message_size,
             open_timeout=self.open_timeout,
             close_timeout=self.close_timeout,
             write_limit=self.write_limit,
             trust_real_ip=self.trust_real_ip,
+            frame_timeout=self.frame_timeout,
         )

@@ -10,15 +10,20 @@ __all__ = ["BroadcastResult", "ClientRole", "Role", "ServerRole"]
 
 import asyncio
 import logging
+import random
+from collections import Counter
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from .drivers.base import Socket
 from .exceptions import DriverError
 from .protocol.backoff import backoff
 from .protocol.deliver import ConnId
 from .protocol.handshake import VERSION_EVENT
+from .protocol.limits import is_loopback, netgroup
 from .protocol.package import Body, PackageType, build_package
+from .protocol.urls import split_peer_url
 
 if TYPE_CHECKING:
     from .node import Node
@@ -161,9 +166,11 @@ class Role:
         """
         Send one package to many peers: all of this role's peers by default.
 
-        With ``type=PackageType.TALK`` it sends a talk; with ``REQUEST`` it sends a
-        request to each peer concurrently and collects the responses. It never raises
-        because of one peer: each peer's outcome is in the result.
+        With ``type=PackageType.TALK`` it sends a talk to each peer without waiting for
+        slow ones (a peer that doesn't read is disconnected past ``max_send_queue``);
+        with ``REQUEST`` it sends a request to each peer concurrently and collects the
+        responses. It never raises because of one peer: each peer's outcome is in the
+        result.
 
         Returns:
             Per socket: ``None`` when the talk was sent, the response body of a request,
@@ -175,8 +182,10 @@ class Role:
         if type is PackageType.TALK:
             package = build_package(type, event, body, alt=self.node.options.alt)
             for socket in targets:
+                # No waiting for a slow peer here: one that doesn't read is disconnected
+                # once max_send_queue packages wait for it, and the others go on.
                 try:
-                    await self.node._send(socket, package)
+                    self.node._send_package(socket, package)
                 except Exception as exc:
                     results[socket] = exc
                 else:
@@ -221,9 +230,16 @@ class ClientRole(Role):
     """
     The client side of a node: the servers we dial.
 
-    The client keeps one connection per URL. When a dial fails or a connection drops, it
-    dials again after a delay that grows from ``reconnect_initial`` to ``reconnect_max``
-    with jitter.
+    URLs given to :meth:`connect` (and the node's ``peers``) are dialled for as long as
+    the node runs: when a dial fails or a connection drops, the client dials again after
+    a delay that grows from ``reconnect_initial`` to ``reconnect_max``, with jitter. A
+    URL may end in ``/p2p/<peer-id>``: the peer there must prove that identity.
+
+    Beyond those, the client keeps ``target_outbound`` connections, drawing on the peer
+    store (filled by peer exchange): at most ``max_outbound_per_netgroup`` per /16
+    (IPv4) or /32 (IPv6) network, loopback exempt; a URL that fails waits longer before
+    it is tried again. One connection per URL and per peer: a peer already connected
+    isn't dialled again, blocked peers never are.
 
     """
 
@@ -231,17 +247,23 @@ class ClientRole(Role):
 
     def __init__(self, node: Node) -> None:
         super().__init__(node)
-        self._dialers: dict[str, asyncio.Task[None]] = {}
+        self._dialers: dict[str, asyncio.Task[None]] = {}  # persistent, by URL as given
+        self._managed: dict[str, asyncio.Task[None]] = {}  # from the store, by dial URL
         self._by_url: dict[str, Socket] = {}
+        self._peer_of_url: dict[str, str] = {}  # dial URL -> peer id met there
+        self._failures: dict[str, int] = {}  # dial URL -> failures in a row
+        self._retry_at: dict[str, float] = {}  # dial URL -> earliest next managed try
+        self._manager: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
 
     @property
     def urls(self) -> list[str]:
         """The URLs this client dials."""
-        return list(self._dialers)
+        return [*self._dialers, *self._managed]
 
     def socket_for(self, url: str) -> Socket | None:
         """The open connection to ``url``, if any."""
-        return self._by_url.get(url)
+        return self._by_url.get(split_peer_url(url)[0])
 
     def connect(self, url: str) -> None:
         """
@@ -249,6 +271,7 @@ class ClientRole(Role):
 
         Raises:
             DriverError: If no driver handles the URL's scheme.
+            ValueError: If the URL's ``/p2p/`` part is not a peer id.
 
         """
         if url in self._dialers:
@@ -262,7 +285,7 @@ class ClientRole(Role):
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        socket = self._by_url.pop(url, None)
+        socket = self._by_url.pop(split_peer_url(url)[0], None)
         if socket is not None:
             await socket.close(1000, "disconnected")
 
@@ -280,12 +303,53 @@ class ClientRole(Role):
             return socket
         return None
 
+    def wake(self) -> None:
+        """Look for more servers now (peer exchange calls this when it learns some)."""
+        self._wakeup.set()
+
+    # Bookkeeping, called by the node.
+
+    def _add(self, socket: Socket) -> None:
+        self._by_url[socket.peer] = socket
+        if socket.peer_id is not None:
+            self._peer_of_url[socket.peer] = socket.peer_id
+        self._failures.pop(socket.peer, None)
+        super()._add(socket)
+
+    def _remove(self, socket: Socket) -> None:
+        if self._by_url.get(socket.peer) is socket:
+            del self._by_url[socket.peer]
+        super()._remove(socket)
+        self._wakeup.set()
+
+    def _dial_failed(self, url: str, error: Exception) -> None:
+        """A dial or its handshake failed: count it; the store remembers it."""
+        failures = self._failures[url] = self._failures.get(url, 0) + 1
+        options = self.node.options
+        delay = min(options.reconnect_max, options.reconnect_initial * 2 ** (failures - 1))
+        self._retry_at[url] = asyncio.get_running_loop().time() + delay
+        store = self.node.store
+        if store is not None:
+            self.node._spawn(store.record_failure(url), f"record failure {url}")
+
+    def _start(self) -> None:
+        for url in self.node.options.peers:
+            self.connect(url)
+        if self.node.options.target_outbound > 0:
+            self._manager = asyncio.create_task(self._manage(), name="outbound manager")
+
     async def _stop(self) -> None:
-        tasks = list(self._dialers.values())
+        tasks = [*self._dialers.values(), *self._managed.values()]
+        if self._manager is not None:
+            tasks.append(self._manager)
+            self._manager = None
         self._dialers.clear()
+        self._managed.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    # Dialling
 
     async def _dial_forever(self, url: str) -> None:
         options = self.node.options
@@ -300,21 +364,30 @@ class ClientRole(Role):
 
         loop = asyncio.get_running_loop()
         retry = iter(delays())
+        dial_url, expected = split_peer_url(url)
         while True:
+            known = expected or self._peer_of_url.get(dial_url)
+            if known is not None:
+                other = self.node.socket_for_peer(known)
+                if other is not None:
+                    # Already connected to that peer (maybe it dialled us): one
+                    # connection per peer. Dial again when that one closes.
+                    await other.wait_closed()
+                    continue
+                store = self.node.store
+                if store is not None and store.is_blocked(peer_id=known):
+                    await asyncio.sleep(next(retry))
+                    continue
             try:
-                socket = await self.node._driver_for_url(url).connect(url, self.node)
+                socket = await self._dial(dial_url, expected)
             except DriverError as exc:
+                self._dial_failed(dial_url, exc)
                 delay = next(retry)
                 logger.info("! %s; retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             opened = loop.time()
-            self._by_url[url] = socket
-            try:
-                await socket.wait_closed()
-            finally:
-                if self._by_url.get(url) is socket:
-                    del self._by_url[url]
+            await socket.wait_closed()
             delay = next(retry)
             if loop.time() - opened >= delay:
                 # It stayed up a while: start over from the shortest delay.
@@ -322,9 +395,90 @@ class ClientRole(Role):
                 delay = next(retry)
             logger.info(
                 "= connection to %s closed (%s %s); redialling in %.1f s",
-                url,
+                dial_url,
                 socket.close_code,
                 socket.close_reason or "-",
                 delay,
             )
             await asyncio.sleep(delay)
+
+    async def _dial(self, url: str, expected: str | None) -> Socket:
+        """Open a connection (for a secure node, the handshake follows on its own)."""
+        node = self.node
+        secure = node._secure
+        if secure is not None:
+            secure.expect(url, expected)  # type: ignore[arg-type]
+        return await node._driver_for_url(url).connect(url, node.listener)
+
+    async def _dial_once(self, url: str) -> None:
+        """Dial a URL from the store once, and stay until the connection closes."""
+        try:
+            try:
+                socket = await self._dial(url, None)
+            except DriverError as exc:
+                self._dial_failed(url, exc)
+                logger.debug("! %s", exc)
+                return
+            await socket.wait_closed()
+        finally:
+            self._managed_done(url)
+
+    async def _manage(self) -> None:
+        """Keep ``target_outbound`` servers, drawing on the peer store."""
+        node = self.node
+        options = node.options
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout(options.exchange_interval):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            dialling = sum(1 for url in self._managed if url not in self._by_url)
+            missing = options.target_outbound - len(self._sockets) - dialling
+            store = node.store
+            if missing <= 0 or store is None:
+                continue
+            busy = {split_peer_url(u)[0] for u in self._dialers} | set(self._managed)
+            busy |= set(self._by_url)
+            connected_ids = set(node._by_peer_id)
+            if node.peer_id is not None:
+                connected_ids.add(node.peer_id)
+            candidates = await store.candidates(
+                missing * 4, exclude_urls=busy | set(node.listen_urls), exclude_ids=connected_ids
+            )
+            # Pick at random among the best: if every node dialled the best-known peers,
+            # those would fill up with inbound connections and never find outbound ones.
+            random.shuffle(candidates)
+            groups = Counter(self._netgroup(s.peer) for s in self._sockets.values())
+            now = loop.time()
+            for url in candidates:
+                if missing <= 0:
+                    break
+                if url in self._managed or self._retry_at.get(url, 0) > now:
+                    continue
+                known = self._peer_of_url.get(url)
+                if known is not None and (
+                    known in connected_ids or store.is_blocked(peer_id=known)
+                ):
+                    continue
+                group = self._netgroup(url)
+                if group is not None and groups[group] >= options.max_outbound_per_netgroup:
+                    continue
+                if group is not None:
+                    groups[group] += 1
+                missing -= 1
+                self._managed[url] = asyncio.create_task(self._dial_once(url), name=f"dial {url}")
+
+    def _managed_done(self, url: str) -> None:
+        self._managed.pop(url, None)
+        self._wakeup.set()
+
+    @staticmethod
+    def _netgroup(url: str) -> str | None:
+        """The network group of a URL's host; ``None`` (no limit) for loopback."""
+        host = urlsplit(url).hostname or ""
+        if is_loopback(host) or host == "memory":
+            return None
+        return netgroup(host)

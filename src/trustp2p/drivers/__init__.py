@@ -41,6 +41,7 @@ _DRIVERS: dict[str, tuple[str, str]] = {
     "ws": ("trustp2p.drivers.ws", "WsDriver"),
     "wss": ("trustp2p.drivers.ws", "WsDriver"),
     "memory": ("trustp2p.drivers.memory", "MemoryDriver"),
+    "tcp": ("trustp2p.drivers.tcp", "TcpDriver"),
 }
 
 

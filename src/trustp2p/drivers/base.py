@@ -25,6 +25,7 @@ __all__ = [
     "Listening",
     "Socket",
     "SocketStats",
+    "fit_reason",
 ]
 
 import abc
@@ -76,6 +77,8 @@ class DriverOptions:
         open_timeout: Time allowed to open a connection (TCP and handshake), in seconds.
         close_timeout: Time allowed for the closing handshake before the connection is
             dropped, in seconds.
+        frame_timeout: Time allowed for a message to arrive in full once it has started,
+            in seconds (``tcp``); a stalled message closes the connection with code 1008.
         write_limit: Size of the write buffer above which :meth:`Socket.drain` waits, in
             bytes.
         trust_real_ip: Take a client's address from the ``X-Real-IP`` header when the
@@ -86,6 +89,7 @@ class DriverOptions:
     max_message_size: int | None = 2**20
     open_timeout: float = 10.0
     close_timeout: float = 10.0
+    frame_timeout: float = 10.0
     write_limit: int = 2**16
     trust_real_ip: bool = True
 
@@ -119,6 +123,15 @@ class Listener(Protocol):
     def on_close(self, socket: Socket) -> None: ...
 
 
+def fit_reason(reason: str, limit: int = 123) -> str:
+    """Shorten a close reason to ``limit`` UTF-8 bytes (123 is WebSocket's maximum),
+    without cutting a character in two."""
+    data = reason.encode()
+    if len(data) <= limit:
+        return reason
+    return data[:limit].decode(errors="ignore")
+
+
 _socket_ids = itertools.count(1)
 
 
@@ -129,6 +142,7 @@ class Socket(abc.ABC):
     Attributes:
         id: Unique in this process.
         peer: The peer's URL when we dialled it, else its ``address:port``.
+        peer_id: The peer's authenticated id on a secure connection, else ``None``.
         host: The peer's address (from ``X-Real-IP`` behind a loopback proxy).
         inbound: True when the peer dialled us.
         last_seen: Event loop time (:meth:`asyncio.AbstractEventLoop.time`) of the last
@@ -149,6 +163,7 @@ class Socket(abc.ABC):
         self.stats = SocketStats()
         self.close_code: int | None = None
         self.close_reason = ""
+        self.peer_id: str | None = None
         self._listener = listener
 
     def __repr__(self) -> str:
@@ -159,6 +174,11 @@ class Socket(abc.ABC):
     @abc.abstractmethod
     def closed(self) -> bool:
         """True once the connection is closing or closed: :meth:`write` would raise."""
+
+    @property
+    @abc.abstractmethod
+    def write_paused(self) -> bool:
+        """True while the write buffer is above ``write_limit``: the peer isn't reading."""
 
     @abc.abstractmethod
     def write(self, data: bytes) -> None:

@@ -83,6 +83,11 @@ class MemorySocket(Socket):
     def closed(self) -> bool:
         return self._state != _OPEN
 
+    @property
+    def write_paused(self) -> bool:
+        other = self._other
+        return other is not None and other._inbox_size > self._options.write_limit
+
     def write(self, data: bytes) -> None:
         if self._state != _OPEN:
             raise self._closed_exc()

@@ -111,6 +111,10 @@ class WsSocket(Socket, asyncio.BufferedProtocol):
     def closed(self) -> bool:
         return self._protocol.state is not State.OPEN
 
+    @property
+    def write_paused(self) -> bool:
+        return self._paused_writing
+
     def write(self, data: bytes) -> None:
         protocol = self._protocol
         if protocol.state is not State.OPEN:
@@ -351,7 +355,8 @@ class WsSocket(Socket, asyncio.BufferedProtocol):
             self._timer = None
         self._opened = True
         self.last_seen = self._loop.time()
-        self._open_waiter.set_result(None)
+        if not self._open_waiter.done():  # connect() may have given up on it
+            self._open_waiter.set_result(None)
         self._report("on_connection" if self.inbound else "on_open")
 
     def _open_timed_out(self) -> None:

@@ -11,6 +11,7 @@ this module gives. No I/O here.
 from __future__ import annotations
 
 __all__ = [
+    "HELLO_EVENT",
     "LIBRARY_NAME",
     "VERSION_EVENT",
     "check_version",
@@ -23,6 +24,8 @@ from .package import DEFAULT_ALT, PROTOCOL_VERSION, Body
 
 LIBRARY_NAME = "trustp2p"
 VERSION_EVENT = "version"
+HELLO_EVENT = "hello"
+"""Secure mode's version talk: the version body plus ``peer_id`` and ``listen_urls``."""
 
 
 def version_body(

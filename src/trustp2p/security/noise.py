@@ -140,6 +140,11 @@ class NoiseHandshake:
         self._state: Any = None
 
     @property
+    def step(self) -> int:
+        """How many handshake messages this side has written or read."""
+        return self._step
+
+    @property
     def complete(self) -> bool:
         return bool(self._connection.handshake_finished)
 

@@ -1,0 +1,86 @@
+"""
+Peer URLs: ``ws://host:port``, ``tcp://host:port``, optionally ending in
+``/p2p/<peer-id>`` to name the peer expected there. Validation of URLs received from
+peers (peer exchange, hello) lives here too. No I/O.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_URL_LENGTH", "PEER_SCHEMES", "split_peer_url", "validate_url", "validate_urls"]
+
+from urllib.parse import urlsplit
+
+from ..identity import PeerId, is_peer_id
+
+PEER_SCHEMES = frozenset({"ws", "wss", "tcp", "memory"})
+MAX_URL_LENGTH = 256
+_P2P = "/p2p/"
+
+
+def split_peer_url(url: str) -> tuple[str, PeerId | None]:
+    """
+    Split ``ws://host:port/p2p/<peer-id>`` into the URL to dial and the expected id.
+
+    Raises:
+        ValueError: If the ``/p2p/`` part doesn't hold a valid peer id.
+
+    """
+    index = url.find(_P2P)
+    if index == -1:
+        return url, None
+    peer_id = url[index + len(_P2P) :].rstrip("/")
+    if not is_peer_id(peer_id):
+        raise ValueError(f"{url!r} ends in {peer_id!r}, which is not a peer id")
+    return url[:index], PeerId(peer_id)
+
+
+def validate_url(url: object) -> str | None:
+    """Why a URL received from a peer is not acceptable, or ``None`` if it is."""
+    if not isinstance(url, str):
+        return f"URL is a {type(url).__name__}, not a string"
+    if len(url) > MAX_URL_LENGTH:
+        return f"URL of {len(url)} characters exceeds {MAX_URL_LENGTH}"
+    try:
+        dial_url, _ = split_peer_url(url)
+        parts = urlsplit(dial_url)
+        port = parts.port
+    except ValueError as exc:
+        return f"invalid URL {url!r}: {exc}"
+    if parts.scheme not in PEER_SCHEMES:
+        return f"URL {url!r} has scheme {parts.scheme!r}; expected one of ws, wss, tcp"
+    if parts.username is not None or parts.password is not None:
+        return f"URL {url!r} holds credentials"
+    if not parts.hostname:
+        return f"URL {url!r} has no host"
+    if port is None or not 0 < port < 65536:
+        return f"URL {url!r} has no valid port"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"URL {url!r} has a path, query or fragment"
+    return None
+
+
+def validate_urls(value: object, *, limit: int) -> tuple[list[str], str | None]:
+    """
+    Validate a list of URLs received from a peer.
+
+    Returns:
+        The acceptable URLs (none when the list itself is invalid, e.g. too long), and
+        the first problem found, or ``None``.
+
+    """
+    if not isinstance(value, list):
+        return [], f"expected a list of URLs, not {type(value).__name__}"
+    if len(value) > limit:
+        return [], f"list of {len(value)} URLs exceeds the limit of {limit}"
+    urls: list[str] = []
+    problem: str | None = None
+    for url in value:
+        why = validate_url(url)
+        if why is None and url in urls:
+            why = f"URL {url!r} appears twice"
+        if why is not None:
+            problem = problem or why
+            continue
+        urls.append(url)
+    return urls, problem

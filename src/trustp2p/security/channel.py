@@ -1,0 +1,296 @@
+"""
+The secure channel over any driver: a Noise XX handshake, then encrypted packages.
+
+:class:`SecureLayer` sits between a driver and the node. It is the driver's listener:
+it admits or refuses each raw connection before any cryptography (the node's limits and
+blocks), runs the handshake, and only then tells the node about the connection, as a
+:class:`SecureSocket` that knows the peer's authenticated id. Nothing reaches the node,
+and so no thread, before the handshake completes.
+
+The dialler speaks first: ``HANDSHAKE_MAGIC`` + Noise message 1. A node running without
+the secure channel recognises the magic, and a secure node recognises a plain package,
+so the two modes refuse each other with a clear reason instead of exchanging garbage.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["HandshakeFailed", "SecureLayer", "SecureSocket"]
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..drivers.base import CloseCode, Listener, Listening, Socket, fit_reason
+from ..exceptions import ConnectionClosed, PackageError, TrustP2PError
+from ..identity import Identity, PeerId
+from ..protocol.deliver import ConnId
+from ..protocol.package import decode
+from .noise import HANDSHAKE_MAGIC, NoiseError, NoiseHandshake, NoiseTransport
+
+logger = logging.getLogger("trustp2p.security")
+
+PLAIN_PEER = "peer speaks plain trustp2p (secure=False); this node requires the secure channel"
+SECURE_PEER = "peer speaks the secure channel; this node runs with secure=False"
+
+
+class HandshakeFailed(TrustP2PError):
+    """A secure handshake failed; the message says why (also the close reason)."""
+
+
+class SecureSocket(Socket):
+    """
+    A connection after the secure handshake: packages in and out are encrypted.
+
+    Attributes:
+        raw: The driver's socket underneath.
+        peer_id: The peer's authenticated id.
+        public_key: The peer's Ed25519 public key.
+
+    """
+
+    def __init__(
+        self,
+        raw: Socket,
+        transport: NoiseTransport,
+        *,
+        peer_id: PeerId,
+        public_key: bytes,
+        listener: Listener,
+        max_size: int | None,
+    ) -> None:
+        super().__init__(listener=listener, inbound=raw.inbound, peer=raw.peer, host=raw.host)
+        self.raw = raw
+        self.peer_id = peer_id
+        self.public_key = public_key
+        self._transport = transport
+        self._max_size = max_size
+
+    @property
+    def closed(self) -> bool:
+        return self.raw.closed
+
+    @property
+    def write_paused(self) -> bool:
+        return self.raw.write_paused
+
+    def write(self, data: bytes) -> None:
+        raw = self.raw
+        if raw.closed:
+            raise ConnectionClosed(raw.close_code, raw.close_reason)
+        stats = self.stats
+        stats.messages_out += 1
+        stats.bytes_out += len(data)
+        for message in self._transport.seal(data):
+            raw.write(message)
+
+    async def drain(self) -> None:
+        await self.raw.drain()
+
+    def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        self.raw.close_soon(code, reason)
+
+    def abort(self) -> None:
+        self.raw.abort()
+
+    async def wait_closed(self) -> None:
+        await self.raw.wait_closed()
+
+    def pause_reading(self) -> None:
+        self.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.raw.resume_reading()
+
+    def _receive(self, message: bytes | str) -> None:
+        """Decrypt one Noise message from the raw socket; deliver a complete package."""
+        if isinstance(message, str):
+            raise NoiseError("text frame on a secure connection")
+        data = self._transport.open(message, max_size=self._max_size)
+        if data is not None:
+            self._deliver(data)
+
+
+class _Handshake:
+    __slots__ = ("noise", "timer")
+
+    def __init__(self, noise: NoiseHandshake, timer: asyncio.TimerHandle) -> None:
+        self.noise = noise
+        self.timer = timer
+
+
+class SecureLayer:
+    """
+    The driver-side listener of a secure node.
+
+    Args:
+        listener: The node: it hears of connections once they are secure.
+        identity: Our identity, proven in each handshake.
+        admit: Called for each inbound raw connection before anything else; returns
+            ``None`` to go on, or ``(code, reason)`` to close it at once.
+        failed: Called when a handshake fails, with the raw socket and the error.
+        handshake_timeout: Seconds a handshake may take.
+        max_package_size: Limit on a reassembled package, in bytes.
+
+    """
+
+    def __init__(
+        self,
+        listener: Listener,
+        identity: Identity,
+        *,
+        admit: Callable[[Socket], tuple[int, str] | None],
+        failed: Callable[[Socket, HandshakeFailed], None],
+        handshake_timeout: float = 10.0,
+        max_package_size: int | None = 2**20,
+    ) -> None:
+        self._listener = listener
+        self._identity = identity
+        self._admit = admit
+        self._failed = failed
+        self._timeout = handshake_timeout
+        self._max_size = max_package_size
+        self._handshakes: dict[ConnId, _Handshake] = {}
+        self._secure: dict[ConnId, SecureSocket] = {}
+        self._expected: dict[str, PeerId] = {}
+
+    @property
+    def handshaking(self) -> int:
+        """Connections whose handshake is under way."""
+        return len(self._handshakes)
+
+    def expect(self, url: str, peer_id: PeerId | None) -> None:
+        """Require the peer dialled at ``url`` to prove ``peer_id`` (from ``/p2p/<id>``)."""
+        if peer_id is None:
+            self._expected.pop(url, None)
+        else:
+            self._expected[url] = peer_id
+
+    # Listener
+
+    def on_start(self, listening: Listening) -> None:
+        self._listener.on_start(listening)
+
+    def on_connection(self, raw: Socket) -> None:
+        refusal = self._admit(raw)
+        if refusal is not None:
+            raw.close_soon(*refusal)
+            return
+        self._begin(raw, NoiseHandshake(self._identity, initiator=False))
+
+    def on_open(self, raw: Socket) -> None:
+        noise = NoiseHandshake(
+            self._identity, initiator=True, expected_peer_id=self._expected.get(raw.peer)
+        )
+        self._begin(raw, noise)
+        try:
+            raw.write(HANDSHAKE_MAGIC + noise.write_message())
+        except ConnectionClosed:
+            pass
+
+    def on_message(self, raw: Socket, data: bytes | str) -> None:
+        secure = self._secure.get(raw.id)
+        if secure is not None:
+            try:
+                secure._receive(data)
+            except NoiseError as exc:
+                self._violation(raw, secure, exc)
+            return
+        handshake = self._handshakes.get(raw.id)
+        if handshake is None:
+            return  # failed already; the connection is closing
+        try:
+            self._step(raw, handshake.noise, data)
+        except HandshakeFailed as exc:
+            self._fail(raw, exc)
+
+    def on_error(self, raw: Socket, error: Exception) -> None:
+        secure = self._secure.get(raw.id)
+        if secure is not None:
+            self._listener.on_error(secure, error)
+        elif raw.id in self._handshakes:
+            logger.debug("! handshake with %s: %s", raw.peer, error)
+
+    def on_close(self, raw: Socket) -> None:
+        secure = self._secure.pop(raw.id, None)
+        if secure is not None:
+            secure.close_code, secure.close_reason = raw.close_code, raw.close_reason
+            self._listener.on_close(secure)
+            return
+        handshake = self._handshakes.pop(raw.id, None)
+        if handshake is not None:
+            handshake.timer.cancel()
+            reason = raw.close_reason or f"code {raw.close_code}"
+            self._failed(raw, HandshakeFailed(f"connection closed during handshake ({reason})"))
+
+    # Handshake
+
+    def _begin(self, raw: Socket, noise: NoiseHandshake) -> None:
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self._timeout, self._timed_out, raw)
+        self._handshakes[raw.id] = _Handshake(noise, timer)
+
+    def _step(self, raw: Socket, noise: NoiseHandshake, data: bytes | str) -> None:
+        if isinstance(data, str):
+            raise HandshakeFailed("text frame during the secure handshake")
+        if not noise.initiator and noise.step == 0:
+            if not data.startswith(HANDSHAKE_MAGIC):
+                raise HandshakeFailed(PLAIN_PEER if _is_package(data) else "invalid handshake")
+            data = data[len(HANDSHAKE_MAGIC) :]
+        elif noise.initiator and noise.step == 1 and _is_package(data):
+            raise HandshakeFailed(PLAIN_PEER)
+        try:
+            noise.read_message(data)
+            if not noise.complete:
+                raw.write(noise.write_message())
+        except NoiseError as exc:
+            raise HandshakeFailed(str(exc)) from exc
+        except ConnectionClosed:
+            return
+        if noise.complete:
+            self._complete(raw, noise)
+
+    def _complete(self, raw: Socket, noise: NoiseHandshake) -> None:
+        handshake = self._handshakes.pop(raw.id)
+        handshake.timer.cancel()
+        assert noise.remote_peer_id is not None
+        assert noise.remote_public_key is not None
+        if noise.remote_peer_id == self._identity.peer_id:
+            self._fail(raw, HandshakeFailed("dialled ourselves"))
+            return
+        secure = SecureSocket(
+            raw,
+            noise.transport(),
+            peer_id=noise.remote_peer_id,
+            public_key=noise.remote_public_key,
+            listener=self._listener,
+            max_size=self._max_size,
+        )
+        self._secure[raw.id] = secure
+        if raw.inbound:
+            self._listener.on_connection(secure)
+        else:
+            self._listener.on_open(secure)
+
+    def _timed_out(self, raw: Socket) -> None:
+        if raw.id in self._handshakes:
+            self._fail(raw, HandshakeFailed(f"handshake not complete within {self._timeout:g} s"))
+
+    def _fail(self, raw: Socket, exc: HandshakeFailed) -> None:
+        handshake = self._handshakes.pop(raw.id, None)
+        if handshake is not None:
+            handshake.timer.cancel()
+        self._failed(raw, exc)
+        raw.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(str(exc)))
+
+    def _violation(self, raw: Socket, secure: SecureSocket, exc: NoiseError) -> None:
+        self._listener.on_error(secure, exc)
+        raw.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(str(exc)))
+
+
+def _is_package(data: bytes) -> bool:
+    try:
+        decode(data)
+    except PackageError:
+        return False
+    return True

@@ -1,0 +1,131 @@
+"""
+Peer exchange: how nodes find each other (the original's "node" thread, which it named
+but never shipped).
+
+- ``get_peers`` (REQUEST): the answer lists at most 100 server URLs the responder
+  believes good — never blocked ones, never the asker's own.
+- ``my_url`` (TALK): a peer announces the URLs it listens on.
+
+A client asks each server it connects to, and asks again every ``exchange_interval``
+while it has fewer than ``target_outbound`` servers. Lists received are validated
+(scheme, host, port, length, no credentials, no duplicates, not ourselves); anything
+else counts against the peer that sent it.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_PEERS", "PeerExchangeThread"]
+
+import asyncio
+import random
+from urllib.parse import urlsplit
+
+from ..drivers.base import Socket
+from ..exceptions import ConnectionClosed, RequestTimeout
+from ..peerstore import PeerSource
+from ..protocol.limits import is_loopback
+from ..protocol.package import Body, Package, PackageType
+from ..protocol.urls import split_peer_url, validate_urls
+from .base import EventMap, Thread
+
+MAX_PEERS = 100
+"""Most URLs in a ``get_peers`` answer; a longer list is refused whole."""
+
+MAX_OWN_URLS = 8
+"""Most URLs a peer may announce for itself."""
+
+
+class PeerExchangeThread(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {
+            PackageType.REQUEST: {"get_peers": self._get_peers},
+            PackageType.TALK: {"my_url": self._my_url},
+        }
+
+    def start(self) -> None:
+        if self.client is not None:
+            self.create_task(self._run(), name="peer exchange")
+
+    async def _get_peers(self, socket: Socket, package: Package) -> Body:
+        """
+        URLs we believe good: those we connected to successfully (from the store), and
+        those announced by peers connected now from the host of the URL.
+        """
+        asker = self.node._conns.get(socket.id)
+        exclude = set(asker.listen_urls if asker is not None else ())
+        urls: list[str] = []
+        for conn in list(self.node._conns.values()):
+            if conn is asker:
+                continue
+            for url in conn.listen_urls:
+                if url not in exclude and _same_host(url, conn.socket.host):
+                    exclude.add(url)
+                    urls.append(url)
+        store = self.node.store
+        if store is not None and len(urls) < MAX_PEERS:
+            exclude_ids = [socket.peer_id] if socket.peer_id is not None else []
+            urls += await store.good_urls(
+                MAX_PEERS - len(urls), exclude_urls=exclude, exclude_ids=exclude_ids
+            )
+        random.shuffle(urls)  # spread the askers over the peers we know
+        return {"peers": urls[:MAX_PEERS]}
+
+    def _my_url(self, socket: Socket, package: Package) -> None:
+        urls, problem = validate_urls(package.body.get("urls"), limit=MAX_OWN_URLS)
+        if problem is not None:
+            self.node.penalize(socket, f"invalid my_url: {problem}")
+        conn = self.node._conns.get(socket.id)
+        if conn is not None and urls:
+            conn.listen_urls = urls
+        store = self.node.store
+        if store is not None and urls:
+            source = PeerSource.INBOUND if socket.inbound else PeerSource.EXCHANGE
+            self.create_task(store.add_urls(urls, source, peer_id=socket.peer_id))
+
+    async def on_socket_open(self, socket: Socket) -> None:
+        # We dialled a server: tell it where we listen, then ask it for peers.
+        assert self.client is not None
+        own = self.node.listen_urls
+        if own:
+            try:
+                await self.client.send_talk(socket, "my_url", {"urls": own})
+            except ConnectionClosed:
+                return
+        self.create_task(self._ask(socket), name=f"get_peers {socket.peer}")
+
+    async def _run(self) -> None:
+        client = self.client
+        assert client is not None
+        while True:
+            await asyncio.sleep(self.node.options.exchange_interval)
+            if len(client.sockets) < self.node.options.target_outbound and client.sockets:
+                await self._ask(random.choice(client.sockets))
+
+    async def _ask(self, socket: Socket) -> None:
+        """Ask a server for peers; keep the valid, new ones."""
+        assert self.client is not None
+        try:
+            answer = await self.client.request(
+                socket, "get_peers", {}, timeout=self.node.options.open_timeout
+            )
+        except (ConnectionClosed, RequestTimeout):
+            return
+        urls, problem = validate_urls(answer.get("peers"), limit=MAX_PEERS)
+        if problem is not None:
+            self.node.penalize(socket, f"invalid get_peers answer: {problem}")
+        own_urls = set(self.node.listen_urls)
+        own_id = self.node.peer_id
+        fresh = [url for url in urls if url not in own_urls and split_peer_url(url)[1] != own_id]
+        store = self.node.store
+        if fresh and store is not None:
+            await store.add_urls(fresh, PeerSource.EXCHANGE)
+            self.client.wake()
+
+
+def _same_host(url: str, host: str) -> bool:
+    """Whether a peer connected from ``host`` may vouch for ``url``: same host, or both
+    on loopback (so that peers can't point others at a third party)."""
+    url_host = urlsplit(split_peer_url(url)[0]).hostname or ""
+    return url_host == host or (is_loopback(url_host) and is_loopback(host))

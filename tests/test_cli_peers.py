@@ -1,0 +1,132 @@
+"""The `trustp2p peers` and `trustp2p id` commands."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from trustp2p.cli import main
+from trustp2p.identity import KEY_FILE, Identity, is_peer_id
+from trustp2p.peerstore import STORE_PATH, PeerRecord, PeerSource, PeerStore
+
+from .conftest import FakeClock
+
+PEER_ID = "tpmzuhvlpymk6xo3epygfy5h4oeaejofef"
+
+
+@pytest.mark.parametrize("command", ["peers", "id"])
+def test_help_and_log_level(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"Usage: trustp2p {command}" in out
+    assert "--log-level" in out
+    assert "--cwd" in out
+
+
+def test_no_store_yet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["peers", "--cwd", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "no peers known yet\n"
+    assert main(["peers", "--cwd", str(tmp_path), "--json"]) == 0
+    assert capsys.readouterr().out == "[]\n"
+    assert not (tmp_path / "data").exists()  # listing doesn't create a store
+
+
+def test_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    asyncio.run(fill(tmp_path, FakeClock(), []))
+    assert main(["peers", "--cwd", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "no peers known yet\n"
+
+
+async def fill(cwd: Path, clock: FakeClock, urls: list[str]) -> None:
+    store = await PeerStore.open(cwd / STORE_PATH, clock=clock)
+    try:
+        await store.add_urls(urls, PeerSource.BOOTSTRAP)
+        if urls:
+            for _ in range(3):
+                await store.record_connected(peer_id=PEER_ID, url=urls[0], address="10.0.0.1")
+            await store.block(peer_id=PEER_ID, reason="test", duration=3600)
+    finally:
+        await store.close()
+
+
+def utc(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture
+def now() -> float:
+    # Blocks are checked against the real time when listing: use it, in whole seconds.
+    return float(int(time.time()))
+
+
+def test_table(tmp_path: Path, now: float, capsys: pytest.CaptureFixture[str]) -> None:
+    clock = FakeClock(now)
+    asyncio.run(fill(tmp_path, clock, ["ws://10.0.0.1:1107", "ws://10.0.0.2:1107"]))
+    assert main(["peers", "--cwd", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if "ws://" in line]
+    assert rows == [
+        ["ws://10.0.0.1:1107", "tpmzuhvlpy", "3.00", utc(now), utc(now + 3600)],
+        ["ws://10.0.0.2:1107", "-", "0.00", utc(now), "-"],
+    ]
+    assert lines[1].split("┃")[1:-1] == [
+        " url                ",
+        " peer id    ",
+        " score ",
+        " last seen            ",
+        " blocked until        ",
+    ]
+
+
+def test_json(tmp_path: Path, now: float, capsys: pytest.CaptureFixture[str]) -> None:
+    asyncio.run(fill(tmp_path, FakeClock(now), ["ws://10.0.0.1:1107"]))
+    assert main(["peers", "--cwd", str(tmp_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    fields = [f.name for f in dataclasses.fields(PeerRecord)]
+    assert [list(peer) for peer in data] == [[*fields, "score"]]
+    assert data == [
+        {
+            "peer_id": PEER_ID,
+            "urls": ["ws://10.0.0.1:1107"],
+            "source": "bootstrap",
+            "address": "10.0.0.1",
+            "first_seen": now,
+            "last_seen": now,
+            "last_connected": now,
+            "successes": 3,
+            "failures": 0,
+            "good_packages": 0,
+            "invalid_packages": 0,
+            "blocked_until": now + 3600,
+            "score": 3.0,
+        }
+    ]
+
+
+def test_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["id", "--cwd", str(tmp_path)]) == 0
+    peer_id = capsys.readouterr().out.strip()
+    assert is_peer_id(peer_id)
+    assert Identity.load_or_create(tmp_path / KEY_FILE).peer_id == peer_id
+    assert main(["id", "--cwd", str(tmp_path), "--log-level", "debug"]) == 0
+    assert capsys.readouterr().out == f"{peer_id}\n"
+
+
+def test_id_refuses_an_unsafe_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["id", "--cwd", str(tmp_path)]) == 0
+    key = tmp_path / KEY_FILE
+    key.chmod(0o644)
+    capsys.readouterr()
+    assert main(["id", "--cwd", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"trustp2p: error: {key} is accessible by group or others (mode 644); "
+        f"run: chmod 600 {key}\n"
+    )

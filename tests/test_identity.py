@@ -1,0 +1,155 @@
+"""Node identity: the key file, peer ids, signatures."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
+
+from trustp2p.identity import (
+    KEY_FILE,
+    PUBLIC_KEY_SIZE,
+    SIGNATURE_SIZE,
+    Identity,
+    IdentityError,
+    is_peer_id,
+    peer_id_from_public_key,
+    short_id,
+    verify_signature,
+)
+
+
+@pytest.fixture
+def key_path(tmp_path: Path) -> Path:
+    return tmp_path / KEY_FILE
+
+
+def test_key_is_created_private_and_reloaded(key_path: Path) -> None:
+    created = Identity.load_or_create(key_path)
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_path.parent.stat().st_mode) == 0o700
+    assert key_path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    assert not key_path.with_name("node.key.tmp").exists()
+    loaded = Identity.load_or_create(key_path)
+    assert loaded.peer_id == created.peer_id
+    assert loaded.public_key == created.public_key
+    assert repr(loaded) == f"<Identity {created.peer_id}>"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o610])
+def test_key_readable_by_others_is_refused(key_path: Path, mode: int) -> None:
+    Identity.load_or_create(key_path)
+    key_path.chmod(mode)
+    with pytest.raises(IdentityError) as info:
+        Identity.load_or_create(key_path)
+    assert str(info.value) == (
+        f"{key_path} is accessible by group or others (mode {mode:o}); run: chmod 600 {key_path}"
+    )
+
+
+def test_corrupt_key_is_refused(key_path: Path) -> None:
+    key_path.parent.mkdir(mode=0o700)
+    key_path.write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
+    key_path.chmod(0o600)
+    try:
+        serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except ValueError as exc:
+        reason = str(exc)
+    with pytest.raises(IdentityError) as info:
+        Identity.load_or_create(key_path)
+    assert str(info.value) == (
+        f"{key_path} is not a valid private key ({reason}); move it away to create a new "
+        "identity, which changes this node's peer id"
+    )
+    assert info.value.__cause__ is None
+
+
+def test_another_key_type_is_refused(key_path: Path) -> None:
+    key_path.parent.mkdir(mode=0o700)
+    key_path.write_bytes(
+        Ed448PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    with pytest.raises(IdentityError) as info:
+        Identity.load_or_create(key_path)
+    assert str(info.value) == f"{key_path} holds a Ed448PrivateKey, not an Ed25519 key"
+
+
+def test_unreadable_key_is_refused(key_path: Path) -> None:
+    key_path.mkdir(mode=0o700, parents=True)  # a directory where the key should be
+    with pytest.raises(IdentityError) as info:
+        Identity.load_or_create(key_path)
+    assert str(info.value) == f"can't read {key_path}: Is a directory"
+
+
+def test_unwritable_key_is_refused(key_path: Path) -> None:
+    # The key is written to node.key.tmp first; make that impossible, even for root.
+    key_path.with_name("node.key.tmp").mkdir(parents=True)
+    with pytest.raises(IdentityError) as info:
+        Identity.load_or_create(key_path)
+    assert str(info.value) == f"can't write {key_path}: Is a directory"
+    assert not key_path.exists()
+
+
+def test_key_under_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "identity").write_text("a file where the directory should be")
+    with pytest.raises(IdentityError) as info:
+        Identity.load_or_create(tmp_path / KEY_FILE)
+    assert str(info.value) == f"can't read {tmp_path / KEY_FILE}: Not a directory"
+
+
+def test_peer_id_format() -> None:
+    # "tp" + base32 (lowercase, no padding) of the first 20 bytes of SHA-256(public key).
+    assert peer_id_from_public_key(bytes(32)) == "tpmzuhvlpymk6xo3epygfy5h4oeaejofef"
+    peer_id = Identity.generate().peer_id
+    assert len(peer_id) == 34
+    assert peer_id.startswith("tp")
+    assert peer_id == peer_id.lower()
+    assert is_peer_id(peer_id)
+    assert short_id(peer_id) == peer_id[:10]
+    assert short_id("tpmzuhvlpymk6xo3epygfy5h4oeaejofef") == "tpmzuhvlpy"
+
+
+def test_peer_id_needs_a_32_byte_key() -> None:
+    with pytest.raises(ValueError, match=r"^an Ed25519 public key has 32 bytes, not 31$"):
+        peer_id_from_public_key(bytes(31))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "tp",
+        "xxmzuhvlpymk6xo3epygfy5h4oeaejofef",  # prefix
+        "tpmzuhvlpymk6xo3epygfy5h4oeaejofe",  # too short
+        "tpmzuhvlpymk6xo3epygfy5h4oeaejofeff",  # too long
+        "tpmzuhvlpymk6xo3epygfy5h4oeaejofe1",  # 1 is not a base32 digit
+        # Not canonical: padding, uppercase.
+        "tpmzuhvlpymk6xo3epygfy5h4oeaejofe=",
+        "tpmzuhvlpymk6xo3epygfy5h4oeaejo===",
+        "tpMZUHVLPYMK6XO3EPYGFY5H4OEAEJOFEF",
+    ],
+)
+def test_not_a_peer_id(text: str) -> None:
+    assert not is_peer_id(text)
+
+
+def test_sign_and_verify() -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    assert len(alice.public_key) == PUBLIC_KEY_SIZE
+    signature = alice.sign(b"hello")
+    assert len(signature) == SIGNATURE_SIZE
+    assert verify_signature(alice.public_key, signature, b"hello")
+    assert not verify_signature(alice.public_key, signature, b"hellO")
+    assert not verify_signature(bob.public_key, signature, b"hello")
+    assert not verify_signature(alice.public_key, signature[:-1], b"hello")
+    assert not verify_signature(alice.public_key[:-1], signature, b"hello")
+    tampered = bytes([signature[0] ^ 1]) + signature[1:]
+    assert not verify_signature(alice.public_key, tampered, b"hello")

@@ -1,0 +1,838 @@
+"""The peer store: bookkeeping, ranking, blocks, persistence, and faults (kill -9, full
+disk, corrupt files)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import resource
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trustp2p import peerstore
+from trustp2p.peerstore import (
+    STORE_PATH,
+    BlockPolicy,
+    PeerRecord,
+    PeerSource,
+    PeerStore,
+)
+
+from .conftest import MS, FakeClock
+
+WRITER = Path(__file__).with_name("peerstore_writer.py")
+LOGGER = "trustp2p.peerstore"
+HOUR = 3600.0
+
+
+@pytest.fixture
+async def store(clock: FakeClock) -> AsyncIterator[PeerStore]:
+    store = await PeerStore.open(None, clock=clock)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / STORE_PATH
+
+
+def query(path: Path, sql: str) -> list[Any]:
+    """Read the database as another process would."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+
+
+def record(**fields: Any) -> PeerRecord:
+    """A PeerRecord with the defaults of a URL just learned at 1000.0."""
+    values: dict[str, Any] = {
+        "peer_id": None,
+        "urls": (),
+        "source": PeerSource.EXCHANGE,
+        "address": None,
+        "first_seen": 1000.0,
+        "last_seen": 1000.0,
+        "last_connected": None,
+        "successes": 0,
+        "failures": 0,
+        "good_packages": 0,
+        "invalid_packages": 0,
+        "blocked_until": None,
+    }
+    values.update(fields)
+    return PeerRecord(**values)
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    """Let the store's flush task run until ``condition`` holds (5 s at most)."""
+    async with asyncio.timeout(5000 * MS):
+        while not condition():  # noqa: ASYNC110 - the flush task has no event to wait on
+            await asyncio.sleep(MS)
+
+
+# Policy and score.
+
+
+@pytest.mark.parametrize(
+    ("good", "invalid", "exceeded"),
+    [
+        (0, 0, False),
+        (9, 0, False),
+        (0, 9, False),  # fewer than 10 packages
+        (0, 10, True),
+        (9, 1, True),
+        (10, 1, False),  # 1 invalid per 10 good is the limit, not over it
+        (100, 10, False),
+        (100, 11, True),
+    ],
+)
+async def test_block_policy(good: int, invalid: int, exceeded: bool, store: PeerStore) -> None:
+    assert BlockPolicy().exceeded(good, invalid) is exceeded
+    assert store.count_packages("tpa", good=good, invalid=invalid) is exceeded
+
+
+def test_block_policy_checks_itself() -> None:
+    with pytest.raises(ValueError, match=r"^invalid_ratio must not be negative, not -0.5$"):
+        BlockPolicy(invalid_ratio=-0.5)
+    with pytest.raises(ValueError, match=r"^min_packages must be at least 1, not 0$"):
+        BlockPolicy(min_packages=0)
+    with pytest.raises(
+        ValueError, match=r"^block_duration must be a positive number of seconds, not 0$"
+    ):
+        BlockPolicy(block_duration=0)
+
+
+def test_score() -> None:
+    assert record().score == 0
+    peer = record(successes=3, failures=1, good_packages=250, invalid_packages=2)
+    assert peer.score == 3 - 2 + 2.5 - 2
+
+
+async def test_a_cancelled_open_closes_what_it_opened(path: Path) -> None:
+    task = asyncio.create_task(PeerStore.open(path))
+    await asyncio.sleep(0)  # the worker thread is opening the database
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    store = await PeerStore.open(path)
+    await store.close()
+
+
+async def test_open_checks_its_arguments() -> None:
+    with pytest.raises(
+        ValueError, match=r"^flush_interval must be a positive number of seconds, not 0$"
+    ):
+        await PeerStore.open(None, flush_interval=0)
+    with pytest.raises(ValueError, match=r"^max_peers must be at least 1 or None, not 0$"):
+        await PeerStore.open(None, max_peers=0)
+
+
+# Bookkeeping (in memory).
+
+
+async def test_add_urls(store: PeerStore, clock: FakeClock) -> None:
+    await store.add_urls(["ws://a:1", "ws://b:1"], PeerSource.BOOTSTRAP)
+    clock.advance(1)
+    await store.add_urls(["ws://b:1", "ws://c:1"], PeerSource.EXCHANGE)
+    assert await store.peers() == [
+        record(urls=("ws://c:1",), first_seen=1001.0, last_seen=1001.0),
+        record(urls=("ws://a:1",), source=PeerSource.BOOTSTRAP),
+        record(urls=("ws://b:1",), source=PeerSource.BOOTSTRAP),
+    ]
+
+
+async def test_bootstrap_source_wins(store: PeerStore) -> None:
+    await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
+    await store.add_urls(["ws://a:1"], PeerSource.BOOTSTRAP)
+    await store.add_urls(["ws://a:1"], PeerSource.INBOUND)
+    assert [r.source for r in await store.peers()] == [PeerSource.BOOTSTRAP]
+
+
+async def test_add_urls_of_a_peer(store: PeerStore, clock: FakeClock) -> None:
+    await store.add_urls(["ws://a:1", "tcp://a:2"], PeerSource.INBOUND, peer_id="tpa")
+    clock.advance(1)
+    await store.add_urls(["ws://a:0"], PeerSource.INBOUND, peer_id="tpa")
+    # Oldest first, then in alphabetical order.
+    urls = ("tcp://a:2", "ws://a:1", "ws://a:0")
+    assert await store.peers() == [record(peer_id="tpa", urls=urls, source=PeerSource.INBOUND)]
+
+
+async def test_announcing_a_known_url_does_not_claim_it(store: PeerStore) -> None:
+    await store.record_connected(peer_id="tpa", url="ws://a:1", address="10.0.0.1")
+    await store.add_urls(["ws://b:1"], PeerSource.EXCHANGE)
+    # tpm says both are its own: only a connection can prove that.
+    await store.add_urls(["ws://a:1", "ws://b:1", "ws://m:1"], PeerSource.INBOUND, peer_id="tpm")
+    owners = {r.peer_id: r.urls for r in await store.peers()}
+    assert owners == {"tpa": ("ws://a:1",), None: ("ws://b:1",), "tpm": ("ws://m:1",)}
+
+
+async def test_add_urls_refuses_a_str(store: PeerStore) -> None:
+    with pytest.raises(TypeError, match=r"^urls must be an iterable of URLs, not a str$"):
+        await store.add_urls("ws://a:1", PeerSource.EXCHANGE)
+
+
+async def test_record_connected_links_the_url_to_the_peer(
+    store: PeerStore, clock: FakeClock
+) -> None:
+    await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
+    clock.advance(5)
+    await store.record_connected(peer_id="tpa", url="ws://a:1", address="10.0.0.1")
+    assert await store.peers() == [
+        record(
+            peer_id="tpa",
+            urls=("ws://a:1",),
+            address="10.0.0.1",
+            last_seen=1005.0,
+            last_connected=1005.0,
+            successes=1,
+        )
+    ]
+
+
+async def test_record_connected_merges_a_url_known_without_id(store: PeerStore) -> None:
+    await store.add_urls(["ws://a:1"], PeerSource.INBOUND, peer_id="tpa")
+    store.count_packages("tpa", good=7)
+    await store.add_urls(["ws://a:2"], PeerSource.BOOTSTRAP)
+    await store.record_failure("ws://a:2")
+    await store.record_connected(peer_id="tpa", url="ws://a:2", address=None)
+    assert await store.peers() == [
+        record(
+            peer_id="tpa",
+            urls=("ws://a:1", "ws://a:2"),
+            source=PeerSource.BOOTSTRAP,
+            last_connected=1000.0,
+            successes=1,
+            failures=1,
+            good_packages=7,
+        )
+    ]
+
+
+async def test_a_url_answering_with_another_key_moves_to_it(store: PeerStore) -> None:
+    await store.record_connected(peer_id="tpa", url="ws://a:1", address=None)
+    await store.record_connected(peer_id="tpb", url="ws://a:1", address=None)
+    owners = {r.peer_id: r.urls for r in await store.peers()}
+    assert owners == {"tpa": (), "tpb": ("ws://a:1",)}
+
+
+async def test_record_connected_inbound(store: PeerStore) -> None:
+    await store.record_connected(peer_id="tpa", url=None, address="10.0.0.1")
+    assert await store.peers() == [
+        record(
+            peer_id="tpa",
+            source=PeerSource.INBOUND,
+            address="10.0.0.1",
+            last_connected=1000.0,
+            successes=1,
+        )
+    ]
+
+
+async def test_record_failure(store: PeerStore) -> None:
+    await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
+    await store.record_failure("ws://a:1")
+    await store.record_failure("ws://a:1")
+    await store.record_failure("ws://unknown:1")
+    assert await store.peers() == [record(urls=("ws://a:1",), failures=2)]
+
+
+async def test_count_packages_reports_the_policy_once(store: PeerStore) -> None:
+    for _ in range(9):
+        assert store.count_packages("tpa", good=1) is False
+    assert store.count_packages("tpa", invalid=1) is True
+    # It starts counting afresh: one more invalid package is not enough.
+    assert store.count_packages("tpa", invalid=1) is False
+    assert store.count_packages("tpa", invalid=9) is True
+    (peer,) = await store.peers()
+    assert (peer.peer_id, peer.source) == ("tpa", PeerSource.INBOUND)
+    assert (peer.good_packages, peer.invalid_packages) == (9, 11)
+    # Counting doesn't block: the caller does.
+    assert not store.is_blocked(peer_id="tpa")
+
+
+async def test_count_packages_refuses_negative_counts(store: PeerStore) -> None:
+    with pytest.raises(ValueError, match=r"^package counts can't be negative, not 1 and -1$"):
+        store.count_packages("tpa", good=1, invalid=-1)
+
+
+async def test_block(store: PeerStore, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    await store.record_connected(peer_id="tpa", url=None, address="10.0.0.1")
+    await store.block(peer_id="tpa", address="10.0.0.1", reason="bad packages", duration=60)
+    await store.block(address="10.0.0.2", reason="handshake failures")
+    assert logged(caplog) == [
+        ("INFO", "= blocked tpa and 10.0.0.1 for 60 s: bad packages"),
+        ("INFO", "= blocked 10.0.0.2 for 3600 s: handshake failures"),
+    ]
+    assert store.is_blocked(peer_id="tpa")
+    assert store.is_blocked(address="10.0.0.1")
+    assert store.is_blocked(peer_id="tpb", address="10.0.0.2")
+    assert not store.is_blocked(peer_id="tpb", address="10.0.0.3")
+    assert not store.is_blocked()
+    assert [r.blocked_until for r in await store.peers()] == [1060.0]
+    # A shorter block doesn't cut a longer one short.
+    await store.block(peer_id="tpa", reason="again", duration=10)
+    clock.advance(59)
+    assert store.is_blocked(peer_id="tpa")
+    clock.advance(1)
+    assert not store.is_blocked(peer_id="tpa")
+    assert not store.is_blocked(address="10.0.0.1")
+    assert store.is_blocked(address="10.0.0.2")
+    assert [r.blocked_until for r in await store.peers()] == [None]
+
+
+async def test_block_checks_its_arguments(store: PeerStore) -> None:
+    with pytest.raises(ValueError, match=r"^block\(\) needs a peer_id, an address or both$"):
+        await store.block(reason="?")
+    with pytest.raises(ValueError, match=r"^duration must be a positive number of seconds, not 0$"):
+        await store.block(peer_id="tpa", reason="?", duration=0)
+
+
+async def test_candidates_rank_peers(store: PeerStore, clock: FakeClock) -> None:
+    await store.add_urls(["ws://never:1"], PeerSource.EXCHANGE)
+    clock.advance(1)
+    await store.add_urls(["ws://newer:1"], PeerSource.EXCHANGE)
+    await store.add_urls(["ws://boot:1"], PeerSource.BOOTSTRAP)
+    await store.add_urls(["ws://failed:1"], PeerSource.EXCHANGE)
+    await store.record_failure("ws://failed:1")
+    for _ in range(2):
+        await store.record_connected(peer_id="tpgood", url="ws://good:1", address=None)
+    assert await store.candidates(10) == [
+        "ws://good:1",  # score 2
+        "ws://boot:1",  # score 0: bootstrap first,
+        "ws://never:1",  # then the oldest
+        "ws://newer:1",
+        "ws://failed:1",  # score -2
+    ]
+    assert await store.candidates(2) == ["ws://good:1", "ws://boot:1"]
+    assert await store.candidates(0) == []
+    assert await store.candidates(
+        10, exclude_urls={"ws://boot:1", "ws://never:1"}, exclude_ids=["tpgood"]
+    ) == ["ws://newer:1", "ws://failed:1"]
+
+
+async def test_candidates_leave_out_blocked_peers(store: PeerStore) -> None:
+    await store.record_connected(peer_id="tpa", url="ws://a.example:1", address=None)
+    await store.add_urls(
+        ["ws://10.0.0.9:1107", "ws://[::9]:1107", "ws://ok:1"], PeerSource.EXCHANGE
+    )
+    await store.block(peer_id="tpa", reason="test")
+    await store.block(address="10.0.0.9", reason="test")
+    await store.block(address="::9", reason="test")
+    assert await store.candidates(10) == ["ws://ok:1"]
+    assert await store.good_urls() == []
+
+
+async def test_candidates_give_one_url_per_peer(store: PeerStore, clock: FakeClock) -> None:
+    await store.add_urls(["ws://a:1"], PeerSource.INBOUND, peer_id="tpa")
+    clock.advance(1)
+    await store.add_urls(["tcp://a:2"], PeerSource.INBOUND, peer_id="tpa")
+    assert await store.candidates(10) == ["ws://a:1"]
+    await store.record_failure("ws://a:1")
+    assert await store.candidates(10) == ["tcp://a:2"]
+    assert await store.candidates(10, exclude_urls=["tcp://a:2"]) == ["ws://a:1"]
+    await store.record_connected(peer_id="tpa", url="ws://a:1", address=None)
+    assert await store.candidates(10) == ["ws://a:1"]
+
+
+async def test_good_urls(store: PeerStore) -> None:
+    await store.add_urls(["ws://never:1"], PeerSource.BOOTSTRAP)
+    await store.add_urls(["ws://inbound:1"], PeerSource.INBOUND, peer_id="tpi")
+    await store.record_connected(peer_id="tpi", url=None, address=None)
+    for name in ("a", "b", "flaky"):
+        await store.record_connected(peer_id=f"tp{name}", url=f"ws://{name}:1", address=None)
+    await store.record_connected(peer_id="tpa", url="ws://a:1", address=None)
+    for _ in range(3):
+        await store.record_failure("ws://flaky:1")
+    assert await store.good_urls() == ["ws://a:1", "ws://b:1", "ws://inbound:1"]
+    assert await store.good_urls(1) == ["ws://a:1"]
+    assert await store.good_urls(exclude_urls=["ws://a:1"], exclude_ids={"tpb"}) == [
+        "ws://inbound:1"
+    ]
+    # A dial that works again brings a URL back.
+    await store.record_connected(peer_id="tpflaky", url="ws://flaky:1", address=None)
+    assert "ws://flaky:1" in await store.good_urls()
+
+
+async def test_max_peers_forgets_the_least_useful(clock: FakeClock) -> None:
+    store = await PeerStore.open(None, clock=clock, max_peers=3)
+    try:
+        await store.add_urls(["ws://boot:1"], PeerSource.BOOTSTRAP)
+        await store.record_connected(peer_id="tpa", url="ws://a:1", address=None)
+        await store.add_urls(["ws://failed:1"], PeerSource.EXCHANGE)
+        await store.record_failure("ws://failed:1")
+        await store.add_urls(["ws://new:1"], PeerSource.EXCHANGE)
+        assert sorted(url for r in await store.peers() for url in r.urls) == [
+            "ws://a:1",
+            "ws://boot:1",
+            "ws://new:1",
+        ]
+    finally:
+        await store.close()
+
+
+async def test_a_closed_store(clock: FakeClock) -> None:
+    store = await PeerStore.open(None, clock=clock)
+    await store.close()
+    await store.close()
+    with pytest.raises(RuntimeError, match=r"^the peer store is closed$"):
+        await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
+    with pytest.raises(RuntimeError, match=r"^the peer store is closed$"):
+        await store.record_connected(peer_id="tpa", url=None, address=None)
+    with pytest.raises(RuntimeError, match=r"^the peer store is closed$"):
+        await store.block(peer_id="tpa", reason="?")
+    # The per-package and per-connection calls don't raise during a shutdown.
+    assert store.count_packages("tpa", good=1) is False
+    assert store.is_blocked(peer_id="tpa") is False
+
+
+# Persistence.
+
+
+async def test_everything_survives_a_restart(path: Path, clock: FakeClock) -> None:
+    store = await PeerStore.open(path, clock=clock)
+    await store.add_urls(["ws://boot:1"], PeerSource.BOOTSTRAP)
+    await store.add_urls(["ws://a:1", "tcp://a:2"], PeerSource.INBOUND, peer_id="tpa")
+    await store.record_connected(peer_id="tpa", url="ws://a:1", address="10.0.0.1")
+    await store.record_failure("tcp://a:2")
+    store.count_packages("tpa", good=5, invalid=1)
+    await store.block(peer_id="tpa", address="10.0.0.1", reason="test", duration=60)
+    await store.block(address="10.0.0.2", reason="test", duration=10)
+    before = await store.peers()
+    await store.close()
+
+    assert query(path, "PRAGMA user_version") == [(1,)]
+    assert query(path, "PRAGMA journal_mode") == [("wal",)]
+    clock.advance(30)  # the block of 10.0.0.2 is over; tpa's isn't
+    store = await PeerStore.open(path, clock=clock)
+    try:
+        assert await store.peers() == before
+        assert [(r.peer_id, r.good_packages) for r in before] == [(None, 0), ("tpa", 5)]
+        assert store.is_blocked(peer_id="tpa")
+        assert store.is_blocked(address="10.0.0.1")
+        assert not store.is_blocked(address="10.0.0.2")
+        assert await store.candidates(10, exclude_ids=["tpx"]) == ["ws://boot:1"]
+        # The policy window survives too: 5 good, 1 invalid, and 4 more invalid.
+        assert store.count_packages("tpa", invalid=4) is True
+    finally:
+        await store.close()
+    assert query(path, "SELECT kind, key, until FROM blocks ORDER BY key") == [
+        ("address", "10.0.0.1", 1060.0),
+        ("peer", "tpa", 1060.0),
+    ]
+
+
+async def test_a_missing_directory_is_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "app" / STORE_PATH
+    store = await PeerStore.open(path)
+    await store.close()
+    assert path.is_file()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+async def test_merged_and_forgotten_peers_are_deleted(path: Path) -> None:
+    store = await PeerStore.open(path, max_peers=2)
+    try:
+        await store.add_urls(["ws://a:1"], PeerSource.INBOUND, peer_id="tpa")
+        await store.add_urls(["ws://a:2"], PeerSource.EXCHANGE)
+        await store.record_connected(peer_id="tpa", url="ws://a:2", address=None)
+        await store.add_urls(["ws://b:1"], PeerSource.EXCHANGE)
+        await store.record_failure("ws://b:1")
+        await store.add_urls(["ws://c:1"], PeerSource.EXCHANGE)  # b is forgotten
+    finally:
+        await store.close()
+    assert query(path, "SELECT peer_id FROM peers ORDER BY peer_id") == [(None,), ("tpa",)]
+    assert query(path, "SELECT url FROM urls ORDER BY url") == [
+        ("ws://a:1",),
+        ("ws://a:2",),
+        ("ws://c:1",),
+    ]
+
+
+async def test_concurrent_changes_are_all_written(path: Path) -> None:
+    store = await PeerStore.open(path)
+    try:
+        await asyncio.gather(
+            *(store.add_urls([f"ws://h{i}:1"], PeerSource.EXCHANGE) for i in range(50)),
+            *(
+                store.record_connected(peer_id=f"tp{i}", url=f"ws://h{i}:1", address=None)
+                for i in range(0, 50, 2)
+            ),
+        )
+    finally:
+        await store.close()
+    assert query(path, "SELECT count(*), sum(successes) FROM peers") == [(50, 25)]
+
+
+async def test_package_counts_are_written_by_the_periodic_flush(path: Path) -> None:
+    store = await PeerStore.open(path, flush_interval=MS)
+    try:
+        await store.record_connected(peer_id="tpa", url=None, address=None)
+        store.count_packages("tpa", good=5, invalid=1)
+        await wait_for(
+            lambda: query(path, "SELECT good_packages, invalid_packages FROM peers") == [(5, 1)]
+        )
+    finally:
+        await store.close()
+
+
+async def test_exceeding_the_policy_writes_at_once(path: Path) -> None:
+    store = await PeerStore.open(path, flush_interval=HOUR)
+    try:
+        await store.record_connected(peer_id="tpa", url=None, address=None)
+        store.count_packages("tpa", good=1)
+        assert store.count_packages("tpa", invalid=10) is True
+        await wait_for(lambda: query(path, "SELECT invalid_packages FROM peers") == [(10,)])
+    finally:
+        await store.close()
+
+
+async def test_count_packages_and_is_blocked_never_wait_for_the_disk(path: Path) -> None:
+    store = await PeerStore.open(path, flush_interval=HOUR)
+    try:
+        await store.block(peer_id="tpa", reason="test")
+        release = threading.Event()
+        assert store._executor is not None
+        busy = asyncio.get_running_loop().run_in_executor(store._executor, release.wait)
+        # The worker thread is stuck; the hot-path calls still answer.
+        assert store.is_blocked(peer_id="tpa")
+        assert store.count_packages("tpb", good=1) is False
+        release.set()
+        await busy
+    finally:
+        await store.close()
+
+
+# Faults.
+
+
+def test_survives_kill_9_mid_write(path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(WRITER), str(path), "loop"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        lines.extend(process.stdout)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(lines) < 300:
+            assert process.poll() is None, process.stderr
+            assert time.monotonic() < deadline, lines[-1:]
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        reader.join()
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()
+        err = process.stderr.read()
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    assert err == ""
+    # Peers 0..written were committed before the kill (the last line may be cut short).
+    written = int([line for line in lines if line.endswith("\n")][-1])
+    assert written >= 299
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+
+    async def check() -> None:
+        store = await PeerStore.open(path)
+        try:
+            records = {r.peer_id: r for r in await store.peers()}
+        finally:
+            await store.close()
+        for i in range(written + 1):
+            assert records[f"peer{i}"].successes == 1
+            assert records[f"peer{i}"].urls == (f"ws://10.0.{i // 256}.{i % 256}:1107",)
+
+    asyncio.run(check())
+
+
+def test_full_disk_keeps_the_store_running(path: Path) -> None:
+    # A file-size limit makes writes fail with EFBIG (CPython ignores SIGXFSZ). Only the
+    # soft limit is set, so that the writer can lift it and check the recovery.
+    limit = 128 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    result = subprocess.run(
+        [sys.executable, str(WRITER), str(path), "full"],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"WARNING trustp2p.peerstore: can't write peer store {path}: disk I/O error; "
+        "keeping peer stats in memory and retrying every 3600 s",
+        f"INFO trustp2p.peerstore: peer store {path} is writable again",
+    ]
+    out = result.stdout.splitlines()
+    failed_after = int(out[0].removeprefix("writes failed after ").removesuffix(" peers"))
+    peers = failed_after + 100
+    assert out[1:] == [f"in memory {peers}", "flushed True", f"stored {peers} 300"]
+
+
+async def test_failed_writes_are_kept_and_retried(
+    path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    store = await PeerStore.open(path, clock=clock, flush_interval=HOUR)
+    try:
+        await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
+        assert store._db is not None
+        write = store._db.write
+        calls = 0
+
+        def full(batch: Any) -> None:
+            nonlocal calls
+            calls += 1
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(store._db, "write", full)
+        await store.add_urls(["ws://b:1"], PeerSource.EXCHANGE)
+        await store.record_connected(peer_id="tpb", url="ws://b:1", address=None)
+        await store.block(address="10.0.0.1", reason="test")
+        store.count_packages("tpb", good=3)
+        assert await store.flush() is False
+        assert await store.flush() is False
+        # One try by the first change, none by the others, one per flush.
+        assert calls == 3
+        assert store.is_blocked(address="10.0.0.1")
+        assert [r.urls for r in await store.peers()] == [("ws://b:1",), ("ws://a:1",)]
+        monkeypatch.setattr(store._db, "write", write)
+        assert await store.flush() is True
+    finally:
+        await store.close()
+    assert logged(caplog) == [
+        (
+            "WARNING",
+            f"can't write peer store {path}: database or disk is full; "
+            "keeping peer stats in memory and retrying every 3600 s",
+        ),
+        ("INFO", "= blocked 10.0.0.1 for 3600 s: test"),
+        ("INFO", f"peer store {path} is writable again"),
+    ]
+    assert query(path, "SELECT peer_id, successes, good_packages FROM peers ORDER BY 1") == [
+        (None, 0, 0),
+        ("tpb", 1, 3),
+    ]
+    assert query(path, "SELECT key FROM blocks") == [("10.0.0.1",)]
+
+
+async def test_the_periodic_flush_retries(
+    path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    store = await PeerStore.open(path, flush_interval=MS)
+    try:
+        assert store._db is not None
+        write = store._db.write
+
+        def full(batch: Any) -> None:
+            raise OSError(28, "No space")
+
+        monkeypatch.setattr(store._db, "write", full)
+        await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
+        monkeypatch.setattr(store._db, "write", write)
+        await wait_for(lambda: len(logged(caplog)) == 2)
+    finally:
+        await store.close()
+    assert logged(caplog) == [
+        (
+            "WARNING",
+            f"can't write peer store {path}: [Errno 28] No space; "
+            "keeping peer stats in memory and retrying every 0.001 s",
+        ),
+        ("INFO", f"peer store {path} is writable again"),
+    ]
+    assert query(path, "SELECT url FROM urls") == [("ws://a:1",)]
+
+
+def rewrite(path: Path, mangle: Callable[[bytes], bytes]) -> bytes:
+    data = mangle(path.read_bytes() if path.exists() else b"")
+    path.write_bytes(data)
+    return data
+
+
+CORRUPTIONS = {
+    "random bytes": (lambda data: os.urandom(8192), "file is not a database"),
+    "garbled header": (lambda data: b"garbage garbage!" + data[16:], "file is not a database"),
+    "truncated": (lambda data: data[:100], "database disk image is malformed"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+async def test_a_corrupt_database_is_moved_aside(
+    kind: str, path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    mangle, error = CORRUPTIONS[kind]
+    store = await PeerStore.open(path, clock=clock)
+    await store.add_urls([f"ws://h{i}:1" for i in range(50)], PeerSource.EXCHANGE)
+    await store.close()
+    corrupt = rewrite(path, mangle)
+
+    store = await PeerStore.open(path, clock=clock)
+    try:
+        assert await store.peers() == []
+        await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
+    finally:
+        await store.close()
+    assert logged(caplog) == [
+        (
+            "WARNING",
+            f"peer store {path} is corrupt ({error}); moved it to "
+            "peers.sqlite.corrupt-1000 and started an empty one",
+        )
+    ]
+    assert (path.parent / "peers.sqlite.corrupt-1000").read_bytes() == corrupt
+    assert query(path, "SELECT url FROM urls") == [("ws://a:1",)]
+
+
+async def test_corrupt_files_of_one_second_keep_apart(path: Path, clock: FakeClock) -> None:
+    path.parent.mkdir()
+    for content in (b"first" * 100, b"second" * 100):
+        rewrite(path, lambda data: content)  # noqa: B023 - called at once
+        store = await PeerStore.open(path, clock=clock)
+        await store.close()
+    assert (path.parent / "peers.sqlite.corrupt-1000").read_bytes() == b"first" * 100
+    assert (path.parent / "peers.sqlite.corrupt-1000.1").read_bytes() == b"second" * 100
+
+
+async def test_garbage_wal_and_shm_files_are_ignored(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await PeerStore.open(path)
+    await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
+    await store.close()
+    path.with_name("peers.sqlite-wal").write_bytes(os.urandom(10_000))
+    path.with_name("peers.sqlite-shm").write_bytes(os.urandom(32_768))
+    store = await PeerStore.open(path)
+    try:
+        assert [r.urls for r in await store.peers()] == [("ws://a:1",)]
+        await store.add_urls(["ws://b:1"], PeerSource.EXCHANGE)
+    finally:
+        await store.close()
+    assert logged(caplog) == []
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+    assert query(path, "SELECT url FROM urls ORDER BY url") == [("ws://a:1",), ("ws://b:1",)]
+
+
+async def test_a_database_that_cannot_be_opened_waits_in_memory(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    path.parent.parent.mkdir(exist_ok=True)
+    path.parent.write_text("not a directory")  # data/ is a file
+    store = await PeerStore.open(path)
+    try:
+        await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
+        assert await store.flush() is False
+        path.parent.unlink()
+        assert await store.flush() is True
+    finally:
+        await store.close()
+    assert logged(caplog) == [
+        (
+            "WARNING",
+            f"can't open peer store {path}: [Errno 17] File exists: '{path.parent}'; "
+            "keeping peer stats in memory and retrying every 5 s",
+        ),
+        ("INFO", f"peer store {path} is writable again"),
+    ]
+    assert query(path, "SELECT url FROM urls") == [("ws://a:1",)]
+
+
+async def test_a_database_opened_late_is_merged(
+    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await PeerStore.open(path, clock=clock)
+    await store.record_connected(peer_id="tpa", url="ws://a:1", address="10.0.0.1")
+    await store.add_urls(["ws://b:1"], PeerSource.EXCHANGE)
+    await store.block(peer_id="tpb", reason="test", duration=100)
+    await store.close()
+
+    opened = peerstore._Database.open
+    tries = 0
+
+    def open_once_later(self: Any, now: float) -> Any:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return opened(self, now)
+
+    monkeypatch.setattr(peerstore._Database, "open", open_once_later)
+    clock.advance(10)
+    store = await PeerStore.open(path, clock=clock)
+    try:
+        await store.record_connected(peer_id="tpa", url="ws://a:1", address="10.0.0.2")
+        await store.add_urls(["ws://c:1"], PeerSource.EXCHANGE)
+        await store.block(peer_id="tpb", reason="test", duration=10)
+        assert await store.flush() is True
+        records = await store.peers()
+        assert store.is_blocked(peer_id="tpb")
+    finally:
+        await store.close()
+    assert [(r.peer_id, r.urls, r.successes, r.address) for r in records] == [
+        ("tpa", ("ws://a:1",), 2, "10.0.0.2"),
+        (None, ("ws://c:1",), 0, None),  # seen last
+        (None, ("ws://b:1",), 0, None),
+    ]
+    assert records[0].first_seen == 1000.0
+    assert query(path, "SELECT count(*) FROM peers") == [(3,)]
+    assert query(path, "SELECT until FROM blocks") == [(1100.0,)]
+
+
+async def test_a_newer_schema_is_left_alone(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    store = await PeerStore.open(path, flush_interval=HOUR)
+    await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
+    assert [r.urls for r in await store.peers()] == [("ws://a:1",)]
+    await store.close()
+    assert logged(caplog) == [
+        (
+            "WARNING",
+            f"can't open peer store {path}: schema version 99 is newer than this trustp2p "
+            "knows (1); keeping peer stats in memory and retrying every 3600 s",
+        ),
+        ("WARNING", f"closed peer store {path} with 2 unsaved changes"),
+    ]
+    assert query(path, "PRAGMA user_version") == [(99,)]
+
+
+def test_exports() -> None:
+    defined = {
+        name
+        for name, obj in vars(peerstore).items()
+        if not name.startswith("_")
+        and (inspect.isclass(obj) or inspect.isfunction(obj))
+        and obj.__module__ == peerstore.__name__
+    }
+    assert defined <= set(peerstore.__all__)
+    assert all(hasattr(peerstore, name) for name in peerstore.__all__)

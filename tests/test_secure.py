@@ -1,0 +1,435 @@
+"""Trusted peers over loopback: the secure channel, identities, limits and blocks,
+tested as an attacker would try them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
+from trustp2p.identity import Identity
+from trustp2p.protocol.package import build_package, encode
+from trustp2p.security.channel import PLAIN_PEER, SECURE_PEER
+from trustp2p.security.noise import HANDSHAKE_MAGIC, NoiseHandshake
+
+from .conftest import MS
+
+FAST = {
+    "peer_exchange": False,
+    "open_timeout": 2000 * MS,
+    "close_timeout": 500 * MS,
+    "reconnect_initial": 20 * MS,
+    "reconnect_max": 100 * MS,
+    "heartbeat_interval": 60.0,
+    "target_outbound": 0,
+}
+
+MakeNode = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def make_node() -> AsyncIterator[MakeNode]:
+    nodes: list[Node] = []
+
+    async def make(**options: Any) -> Node:
+        kwargs = {**FAST, **options}
+        kwargs.setdefault("port", 0)
+        node = Node(**kwargs)
+        await node.start()
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in reversed(nodes):
+        await node.stop()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - conditions on plain attributes
+            await asyncio.sleep(MS)
+
+
+async def closed_by_peer(ws: ClientConnection) -> tuple[int | None, str | None]:
+    with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+        async with asyncio.timeout(3):
+            async for _ in ws:
+                pass
+    return ws.close_code, ws.close_reason
+
+
+class Recorder(Thread):
+    """Records what reaches threads."""
+
+    seen: list[tuple[str, Any]]
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node)
+        self.seen = []
+
+    @property
+    def event_map(self) -> EventMap:
+        return {
+            PackageType.REQUEST: {"echo": self.echo},
+            PackageType.TALK: {"note": self.note},
+        }
+
+    def echo(self, socket: Socket, package: Package) -> dict[str, Any]:
+        self.seen.append(("echo", package.body))
+        return {"echo": package.body, "from": socket.peer_id}
+
+    def note(self, socket: Socket, package: Package) -> None:
+        self.seen.append(("note", package.body))
+
+    def on_socket_connection(self, socket: Socket) -> None:
+        self.seen.append(("connection", socket.peer_id))
+
+    def on_socket_open(self, socket: Socket) -> None:
+        self.seen.append(("open", socket.peer_id))
+
+    def on_socket_error(self, socket: Socket, error: Exception) -> None:
+        self.seen.append(("error", str(error)))
+
+
+def recorder(node: Node) -> Recorder:
+    return next(t for t in node.threads if isinstance(t, Recorder))
+
+
+# The channel
+
+
+async def test_peers_authenticate_and_talk(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Recorder])
+    client = await make_node(client=True, peers=[f"{server.url}/p2p/{server.peer_id}"])
+    assert client.client is not None and server.server is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    assert socket.peer_id == server.peer_id
+    answer = await client.client.request(socket, "echo", {"x": 1})
+    assert answer == {"echo": {"x": 1}, "from": client.peer_id}
+    await server.server.wait_connected()
+    inbound = server.server.sockets[0]
+    assert inbound.peer_id == client.peer_id
+    await wait_for(lambda: bool(server._conns[inbound.id].peer_version))
+    hello = server._conns[inbound.id].peer_version
+    assert hello is not None and hello["peer_id"] == client.peer_id
+
+
+async def test_large_packages_are_split_and_reassembled(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Recorder])
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    big = {"data": "x" * 300_000}
+    answer = await client.client.request(client.client.sockets[0], "echo", big, timeout=5)
+    assert answer["echo"] == big
+
+
+async def test_another_key_than_the_urls_id_is_refused(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Recorder])
+    impostor_id = Identity.generate().peer_id
+    client = await make_node(
+        client=True, peers=[f"{server.url}/p2p/{impostor_id}"], threads=[Recorder]
+    )
+    assert client.client is not None
+    errors = recorder(client).seen
+    await wait_for(lambda: any(kind == "error" for kind, _ in errors))
+    assert ("error", f"peer is {server.peer_id}, not the expected {impostor_id}") in errors
+    # Nothing reached a handler or a connection hook on either side.
+    assert client.client.sockets == []
+    assert [kind for kind, _ in recorder(server).seen if kind != "error"] == []
+
+
+async def test_package_before_handshake_closes_the_connection(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Recorder])
+    assert server.url is not None
+    async with connect(server.url, compression=None) as ws:
+        await ws.send(encode(build_package(PackageType.REQUEST, "echo", {"sneaky": True})))
+        assert await closed_by_peer(ws) == (1008, PLAIN_PEER)
+    assert recorder(server).seen == [("error", PLAIN_PEER)]
+
+
+async def test_garbage_handshake_is_refused(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Recorder])
+    assert server.url is not None
+    async with connect(server.url, compression=None) as ws:
+        await ws.send(HANDSHAKE_MAGIC + b"\x01" * 10)
+        code, reason = await closed_by_peer(ws)
+    assert code == 1008
+    assert reason is not None and reason.startswith("handshake message 1 is invalid")
+
+
+async def test_tampered_handshake_message_fails(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Recorder])
+    assert server.url is not None
+    noise = NoiseHandshake(Identity.generate(), initiator=True)
+    async with connect(server.url, compression=None) as ws:
+        await ws.send(HANDSHAKE_MAGIC + noise.write_message())
+        message2 = await ws.recv()
+        assert isinstance(message2, bytes)
+        noise.read_message(message2)
+        message3 = bytearray(noise.write_message())
+        message3[-1] ^= 1
+        await ws.send(bytes(message3))
+        code, reason = await closed_by_peer(ws)
+    assert code == 1008
+    assert reason is not None and reason.startswith("handshake message 3 is invalid")
+    assert [kind for kind, _ in recorder(server).seen] == ["error"]
+
+
+async def test_replayed_handshake_fails(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Recorder])
+    assert server.url is not None
+    noise = NoiseHandshake(Identity.generate(), initiator=True)
+    async with connect(server.url, compression=None) as ws:
+        message1 = HANDSHAKE_MAGIC + noise.write_message()
+        await ws.send(message1)
+        reply = await ws.recv()
+        assert isinstance(reply, bytes)
+        noise.read_message(reply)
+        message3 = noise.write_message()
+        await ws.send(message3)
+    # Replaying the recorded messages 1 and 3 on a new connection: the server's fresh
+    # ephemeral key changes the keys, so message 3 doesn't decrypt.
+    async with connect(server.url, compression=None) as ws:
+        await ws.send(message1)
+        await ws.recv()
+        await ws.send(message3)
+        code, reason = await closed_by_peer(ws)
+    assert code == 1008
+    assert reason is not None and reason.startswith("handshake message 3 is invalid")
+
+
+async def test_handshake_deadline(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Recorder], handshake_timeout=50 * MS)
+    assert server.url is not None
+    async with connect(server.url, compression=None) as ws:
+        code, reason = await closed_by_peer(ws)  # says nothing
+    assert code == 1008
+    assert reason == f"handshake not complete within {50 * MS:g} s"
+
+
+async def test_secure_and_plain_refuse_each_other(make_node: MakeNode) -> None:
+    plain_server = await make_node(server=True, secure=False, threads=[Recorder])
+    secure_client = await make_node(client=True, peers=[plain_server.url], threads=[Recorder])
+    await wait_for(lambda: ("error", PLAIN_PEER) in recorder(secure_client).seen)
+
+    secure_server = await make_node(server=True, threads=[Recorder])
+    plain_client = await make_node(
+        client=True, secure=False, peers=[secure_server.url], threads=[Recorder]
+    )
+    await wait_for(lambda: ("error", PLAIN_PEER) in recorder(secure_server).seen)
+    assert plain_client.client is not None and secure_client.client is not None
+    assert secure_client.client.sockets == []
+
+    # A plain node reading a secure client's first message says why it can't talk.
+    assert plain_server.url is not None
+    async with connect(plain_server.url, compression=None) as ws:
+        await ws.send(
+            HANDSHAKE_MAGIC + NoiseHandshake(Identity.generate(), initiator=True).write_message()
+        )
+        assert await closed_by_peer(ws) == (1008, SECURE_PEER)
+
+
+async def test_self_dial_is_detected(make_node: MakeNode) -> None:
+    node = await make_node(server=True, client=True, threads=[Recorder])
+    assert node.client is not None and node.url is not None
+    node.client.connect(node.url)
+    await wait_for(lambda: ("error", "dialled ourselves") in recorder(node).seen)
+    assert node.sockets == []
+
+
+async def test_one_connection_per_peer_when_both_dial(make_node: MakeNode) -> None:
+    a = await make_node(server=True, client=True)
+    b = await make_node(server=True, client=True)
+    assert a.client is not None and b.client is not None and a.url and b.url
+    a.client.connect(b.url)
+    b.client.connect(a.url)
+
+    def settled() -> bool:
+        return len(a.sockets) == 1 and len(b.sockets) == 1
+
+    await wait_for(settled)
+    await asyncio.sleep(100 * MS)  # redials of the loser must not bring a second one
+    assert settled()
+    kept_a, kept_b = a.sockets[0], b.sockets[0]
+    assert kept_a.peer_id == b.peer_id and kept_b.peer_id == a.peer_id
+    assert kept_a.inbound != kept_b.inbound  # the same connection, seen from both ends
+
+
+# Limits
+
+
+async def test_max_inbound_counts_half_open_and_refuses_quickly(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Recorder], max_inbound=100, handshake_timeout=30)
+    client = await make_node(client=True, peers=[server.url])
+    assert server.url is not None and client.client is not None
+    await client.client.wait_connected()
+    # 99 more connections that never finish their handshake: half-open.
+    half_open = [await connect(server.url, compression=None) for _ in range(99)]
+    try:
+        refused = 0
+        for _ in range(50):
+            async with connect(server.url, compression=None) as ws:
+                # Refused before any cryptography: no handshake message arrives.
+                assert await closed_by_peer(ws) == (1013, "inbound connections maxed out")
+                refused += 1
+        assert refused == 50
+        answer = await client.client.request(client.client.sockets[0], "echo", {"still": 1})
+        assert answer["echo"] == {"still": 1}
+    finally:
+        for ws in half_open:
+            await ws.close()
+
+
+async def test_per_address_limits(make_node: MakeNode) -> None:
+    server = await make_node(
+        server=True,
+        limit_loopback=True,
+        max_per_ip=2,
+        ip_burst=2,
+        ip_rate=0.01,
+        handshake_timeout=30,
+    )
+    assert server.url is not None
+    first = await connect(server.url, compression=None)
+    second = await connect(server.url, compression=None)
+    try:
+        async with connect(server.url, compression=None) as ws:
+            assert await closed_by_peer(ws) == (
+                1013,
+                "too many connections from your address (limit 2)",
+            )
+        # Another address on 127.0.0.0/8 is another peer.
+        async with connect(server.url, compression=None, local_addr=("127.0.0.2", 0)) as ws:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(50 * MS):
+                    await ws.recv()  # still connected, waiting for our handshake
+        await first.close()
+        await wait_for(lambda: server._limiter.open_from("127.0.0.1") == 1)
+        # One connection is free again, but the burst of 2 new ones is spent.
+        async with connect(server.url, compression=None) as ws:
+            assert await closed_by_peer(ws) == (
+                1013,
+                "connecting too often (limit 0.01/s, burst 2)",
+            )
+    finally:
+        await first.close()
+        await second.close()
+
+
+class Flood(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"work": self.work}}
+
+    def work(self, socket: Socket, package: Package) -> dict[str, Any]:
+        return {"ok": True}
+
+
+async def test_request_rate_limit(make_node: MakeNode) -> None:
+    # A lenient block policy, to watch the rate limit alone.
+    server = await make_node(
+        server=True, threads=[Flood], request_rate=1, request_burst=5, invalid_ratio=100
+    )
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    answers = await asyncio.gather(
+        *(client.client.request(socket, "work", {"n": n}) for n in range(8))
+    )
+    assert answers[:5] == [{"ok": True}] * 5
+    assert answers[5:] == [{"error": "rate limited: more than 1 requests/s"}] * 3
+    # Over by more than another burst: disconnected.
+    await asyncio.gather(
+        *(client.client.request(socket, "work", {"m": n}, timeout=1) for n in range(10)),
+        return_exceptions=True,
+    )
+    await wait_for(lambda: socket.closed)
+    assert (socket.close_code, socket.close_reason) == (1008, "request rate far over the limit")
+
+
+async def test_excess_requests_count_against_the_peer(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Flood], request_rate=1, request_burst=5)
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    await asyncio.gather(
+        *(client.client.request(socket, "work", {"n": n}, timeout=1) for n in range(12)),
+        return_exceptions=True,
+    )
+    await wait_for(lambda: socket.closed)
+    assert socket.close_code == 1008
+    assert socket.close_reason == "blocked: request rate over the limit"
+    assert server.store is not None and server.store.is_blocked(peer_id=client.peer_id)
+
+
+async def test_peer_that_does_not_read_is_disconnected(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await make_node(
+        server=True, secure=False, write_limit=1024, max_send_queue=4, threads=[Recorder]
+    )
+    reader = await make_node(client=True, secure=False, peers=[server.url], threads=[Recorder])
+    assert server.server is not None and server.url is not None and reader.client is not None
+    await server.server.wait_connected(1)
+    # A raw peer that never reads: the kernel's buffers fill, then ours.
+    lazy = await connect(server.url, compression=None, max_queue=1)
+    lazy.transport.pause_reading()
+    try:
+        await server.server.wait_connected(2)
+        reading, lazy_inbound = server.server.sockets
+        body = {"data": "x" * 20_000}
+        sent = 0
+        while not lazy_inbound.closed and sent < 5000:
+            results = await server.server.broadcast("note", body)
+            assert results[reading] is None  # the reader is never held up
+            sent += 1
+            await asyncio.sleep(0)
+        assert lazy_inbound.closed
+        assert not reading.closed
+        assert "send queue full: 4 packages unread: disconnecting" in caplog.text
+        notes = recorder(reader).seen
+        await wait_for(lambda: len([kind for kind, _ in notes if kind == "note"]) == sent, 10)
+    finally:
+        lazy.transport.abort()  # reading 4 MB of backlog to find our close frame takes long
+        await lazy.wait_closed()
+
+
+# Blocks
+
+
+async def test_blocked_peer_stays_refused_after_restart(
+    make_node: MakeNode, tmp_path: Path
+) -> None:
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    server = await make_node(server=True, cwd=server_dir, threads=[Recorder])
+    port = int((server.url or "").rsplit(":", 1)[1])
+    mallory = await make_node(client=True, peers=[server.url])
+    assert mallory.client is not None and server.server is not None
+    await mallory.client.wait_connected()
+    await server.server.wait_connected()
+    inbound = server.server.sockets[0]
+    for _ in range(12):  # more invalid than good: past the 10 % policy
+        server.penalize(inbound, "test says so")
+    await wait_for(lambda: mallory.client is not None and mallory.client.sockets == [])
+    await server.stop()
+    assert server.store is not None
+
+    restarted = await make_node(server=True, cwd=server_dir, port=port, threads=[Recorder])
+    assert restarted.store is not None
+    assert restarted.store.is_blocked(peer_id=mallory.peer_id)
+    # mallory keeps redialling; every attempt is refused after the handshake.
+    await asyncio.sleep(200 * MS)
+    assert restarted.server is not None and restarted.server.sockets == []
+    assert all(kind != "connection" for kind, _ in recorder(restarted).seen)
