@@ -171,3 +171,44 @@ def test_demo_runs_a_healthy_network(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     assert "summary: 3 nodes, 3 connections" in out  # a ring of 3 and peer exchange: a mesh
     assert "the network is healthy" in out
+
+
+def test_insecure_server_speaks_the_plain_protocol(tmp_path: Path) -> None:
+    """--insecure: the original's protocol, so a plain peer (like the original) talks."""
+    import asyncio
+
+    from trustp2p import Node
+
+    port = _free_port()
+    server = Spawned(
+        "server",
+        "--cwd",
+        str(tmp_path),
+        "--port",
+        str(port),
+        "--insecure",
+        "--log-level",
+        "debug",
+    )
+
+    async def ask() -> dict[str, object]:
+        client = Node(
+            client=True,
+            secure=False,
+            peers=[f"ws://127.0.0.1:{port}"],
+            reconnect_initial=0.05,
+            reconnect_max=0.2,
+        )
+        async with client:
+            assert client.client is not None
+            async with asyncio.timeout(10):
+                await client.client.wait_connected()
+            return await client.client.request(client.client.sockets[0], "hello?", {})
+
+    try:
+        answer = asyncio.run(ask())
+    finally:
+        code = server.stop()
+    assert answer == {"error": "no handler for REQUEST 'hello?'"}
+    assert code == 0
+    assert "< TALK 'version'" in server.output

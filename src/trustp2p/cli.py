@@ -66,11 +66,24 @@ _TUNING: list[tuple[str, str, Any, str]] = [
     ("--reconnect-initial", "reconnect_initial", float, "First redial delay (s)."),
     ("--reconnect-max", "reconnect_max", float, "Largest redial delay (s)."),
     ("--close-timeout", "close_timeout", float, "Time allowed for a closing handshake (s)."),
+    ("--handshake-timeout", "handshake_timeout", float, "Time allowed for the Noise handshake."),
+    ("--target-outbound", "target_outbound", int, "Outbound connections to keep."),
+    ("--max-per-ip", "max_per_ip", int, "Inbound connections at once from one address."),
+    ("--exchange-interval", "exchange_interval", float, "Seconds between peer exchange rounds."),
 ]
 
 
 def _tuning_options(f: F) -> F:
     defaults = NodeOptions(server=True)
+    f = click.option(
+        "--insecure",
+        "secure",
+        flag_value=False,
+        default=None,
+        help="Speak the original's plain protocol, without the Noise secure channel "
+        "(to talk to an original-implementation peer). Secure and plain nodes refuse "
+        "each other.",
+    )(f)
     for flag, name, kind, text in reversed(_TUNING):
         f = click.option(
             flag,
