@@ -1,6 +1,6 @@
 """
-Request/response round trips per second and memory per idle client: trustp2p against
-bare ``websockets``.
+Request/response round trips per second and memory per idle client: trustp2p, plain and
+over its Noise secure channel, against bare ``websockets``.
 
 Run ``make bench`` or ``.venv/bin/python benchmarks/request_response.py`` (Linux only:
 it pins processes with :func:`os.sched_setaffinity` and reads ``/proc``). ``--quick``
@@ -13,12 +13,16 @@ Throughput. A server and a client run in two separate processes (this script sta
 again with ``--role server`` and ``--role client``) and talk over one WebSocket
 connection on 127.0.0.1. Each request body is a JSON object whose compact encoding is
 exactly 100 bytes; it carries a counter, because identical requests in flight to one
-peer are deduplicated by design (same content-hash tag) and must not be. Two
+peer are deduplicated by design (same content-hash tag) and must not be. Three
 implementations answer:
 
 - *ours*: a trustp2p server node (``create_server``, port 0) whose thread answers the
   REQUEST ``echo`` with ``async def`` returning ``package.body``, and a trustp2p client
-  node doing ``await client.client.request(socket, "echo", body)``;
+  node doing ``await client.client.request(socket, "echo", body)``, both with
+  ``secure=False``: the plain protocol, as before the secure channel existed;
+- *secure*: the same two nodes with ``secure=True`` (the default): a Noise XX handshake
+  when the connection opens, then every package sealed in a ChaCha20-Poly1305 Noise
+  transport message (:class:`trustp2p.security.channel.SecureSocket`);
 - *baseline*: a ``websockets.asyncio.server.serve`` echo handler and a
   ``websockets.asyncio.client.connect`` client, both with ``compression=None``, sending
   the bytes of an encoded trustp2p REQUEST package of the same body and awaiting
@@ -29,10 +33,15 @@ ours runs 100 tasks that each loop on ``request()``; the baseline sends 100 mess
 then one more after each ``recv()``). Each measurement warms up, then counts the round
 trips completed over a fixed wall-clock window.
 
+Both trustp2p servers lift the per-peer request rate limit (``request_rate`` and
+``request_burst`` of 10**9): with the default (100 requests/s, burst 200) the benchmark
+client is over the limit at once, and the server blocks it, and 127.0.0.1 with it.
+
 The servers live for the whole layout; each round starts a fresh client process (one
-connection, sequential then pipelined). Rounds alternate baseline / ours (5 rounds
+connection, sequential then pipelined). Rounds cycle baseline / ours / secure (5 rounds
 each by default; each measurement warms up for 0.5 s and counts for 1.5 s); the table
-reports the median of the rounds, their range, and ours / baseline.
+reports the median of the rounds, their range, ours / baseline and secure / ours.
+``--impls`` picks a subset.
 
 Over the same window the client also reads the CPU time of both processes
 (``/proc/<pid>/schedstat``) and reports it per round trip: it shows what each side costs
@@ -47,14 +56,19 @@ whether the processes share a core changes the sequential figures several-fold:
 *same core* (server and client on CPU 0) and *separate cores* (server on CPU 0, client
 on CPU 1).
 
-Memory. A server process (ours: trustp2p server node, no heartbeat thread,
+Memory. A server process (ours and secure: trustp2p server node, no heartbeat thread,
 ``max_inbound=None``; baseline: the same ``websockets`` echo server) and a client
 process that opens connections with the raw ``websockets`` client. The client opens one
 connection first (so that lazily created state is paid for), the server's VmRSS is read
 from ``/proc``, then the client opens 2000 more; after they have been idle for 2 s the
 VmRSS is read again. The difference divided by 2000 is the server-side memory per idle
-client. Against our server each client sends the version talk a trustp2p client sends on
-open, so that the server holds what it holds for real peers; then nothing flows.
+client. Against our plain server each client sends the version talk a trustp2p client
+sends on open, so that the server holds what it holds for real peers; then nothing
+flows. Against the secure server each client does what a secure trustp2p client does,
+with its own fresh identity (the server keeps one connection per peer id): it sends
+``HANDSHAKE_MAGIC`` + Noise message 1, reads message 2, sends message 3 (a full XX
+handshake with the identity payloads signed and checked, :class:`NoiseHandshake`), reads
+and decrypts the server's ``hello`` and sends its own encrypted ``hello``.
 
 """
 
@@ -88,8 +102,10 @@ from websockets.version import version as websockets_version
 
 import trustp2p
 from trustp2p import Body, EventMap, Package, PackageType, Socket, Thread
-from trustp2p.protocol.handshake import VERSION_EVENT, version_body
-from trustp2p.protocol.package import body_to_json, build_package, encode
+from trustp2p.identity import Identity
+from trustp2p.protocol.handshake import HELLO_EVENT, VERSION_EVENT, version_body
+from trustp2p.protocol.package import body_to_json, build_package, decode, encode
+from trustp2p.security.noise import HANDSHAKE_MAGIC, NoiseHandshake
 
 BODY_SIZE = 100
 """Size of each request body, as compact JSON text, in bytes."""
@@ -97,7 +113,11 @@ BODY_SIZE = 100
 PIPELINE_DEPTH = 100
 """Requests in flight in the pipelined mode."""
 
-IMPLS = ("baseline", "ours")
+IMPLS = ("baseline", "ours", "secure")
+"""``ours`` is trustp2p with ``secure=False``, ``secure`` with the Noise channel."""
+
+RATIOS = (("ours", "baseline"), ("secure", "ours"), ("secure", "baseline"))
+"""Rates compared in the table: ours / baseline, secure / ours, secure / baseline."""
 MODES = ("sequential", "pipelined")
 
 # Layout name -> (server CPU, client CPU).
@@ -165,11 +185,20 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
+NO_RATE_LIMIT: dict[str, Any] = {"request_rate": 1e9, "request_burst": 10**9}
+"""Server options that lift the per-peer request rate limit (100/s by default)."""
+
+
 async def run_server(impl: str) -> None:
     """Serve on 127.0.0.1, print the URL, and run until SIGTERM."""
-    if impl == "ours":
+    if impl in ("ours", "secure"):
         node = await trustp2p.create_server(
-            host="127.0.0.1", port=0, threads=(EchoThread,), max_inbound=None
+            host="127.0.0.1",
+            port=0,
+            threads=(EchoThread,),
+            max_inbound=None,
+            secure=impl == "secure",
+            **NO_RATE_LIMIT,
         )
         try:
             assert node.url is not None
@@ -266,9 +295,15 @@ async def _measure(
 
 
 async def _client_ours(
-    url: str, server_pid: int, modes: Collection[str], warmup: float, duration: float
+    url: str,
+    server_pid: int,
+    modes: Collection[str],
+    warmup: float,
+    duration: float,
+    *,
+    secure: bool,
 ) -> dict[str, Figures]:
-    node = await trustp2p.create_client(peers=[url])
+    node = await trustp2p.create_client(peers=[url], secure=secure)
     try:
         assert node.client is not None
         await asyncio.wait_for(node.client.wait_connected(), 10)
@@ -341,12 +376,44 @@ async def run_client(
     impl: str, url: str, server_pid: int, modes: Collection[str], warmup: float, duration: float
 ) -> None:
     """Measure ``modes`` over one connection and print the figures as one JSON line."""
-    client = _client_ours if impl == "ours" else _client_baseline
-    _print_line(json.dumps(await client(url, server_pid, modes, warmup, duration)))
+    if impl == "baseline":
+        figures = await _client_baseline(url, server_pid, modes, warmup, duration)
+    else:
+        figures = await _client_ours(
+            url, server_pid, modes, warmup, duration, secure=impl == "secure"
+        )
+    _print_line(json.dumps(figures))
 
 
 async def _read_line() -> str:
     return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
+async def _secure_handshake(ws: ClientConnection) -> None:
+    """
+    What a secure trustp2p client does on a new connection, over a raw ``websockets``
+    connection: the Noise XX handshake with a fresh identity, then the ``hello`` talks.
+    """
+    identity = Identity.generate()
+    noise = NoiseHandshake(identity, initiator=True)
+    await ws.send(HANDSHAKE_MAGIC + noise.write_message())
+    message = await ws.recv()
+    assert isinstance(message, bytes)
+    noise.read_message(message)
+    await ws.send(noise.write_message())
+    transport = noise.transport()
+    message = await ws.recv()
+    assert isinstance(message, bytes)
+    data = transport.open(message, max_size=None)
+    if data is None or decode(data).event != HELLO_EVENT:
+        raise RuntimeError("the secure server didn't say hello")
+    body = {
+        **version_body(library_version=trustp2p.__version__),
+        "peer_id": identity.peer_id,
+        "listen_urls": [],
+    }
+    for sealed in transport.seal(encode(build_package(PackageType.TALK, HELLO_EVENT, body))):
+        await ws.send(sealed)
 
 
 async def run_rss_client(impl: str, url: str, clients: int) -> None:
@@ -366,7 +433,9 @@ async def run_rss_client(impl: str, url: str, clients: int) -> None:
 
     async def open_one() -> None:
         ws = await connect(url, compression=None, open_timeout=30)
-        if hello:
+        if impl == "secure":
+            await _secure_handshake(ws)
+        elif hello:
             await ws.send(hello)
         connections.append(ws)
 
@@ -403,8 +472,19 @@ class Results:
     def median(self, layout: str, impl: str, mode: str, key: str = "rate") -> float:
         return statistics.median(figures[key] for figures in self.rounds[layout][impl][mode])
 
+    @property
+    def impls(self) -> list[str]:
+        """The implementations measured, in ``IMPLS`` order."""
+        seen = {impl for impls in self.rounds.values() for impl in impls}
+        return [impl for impl in IMPLS if impl in seen]
+
+    def ratios(self) -> list[tuple[str, str]]:
+        """The (numerator, denominator) pairs of implementations worth comparing."""
+        impls = self.impls
+        return [pair for pair in RATIOS if pair[0] in impls and pair[1] in impls]
+
     def medians(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """layout -> mode -> medians of each implementation, and ours / baseline."""
+        """layout -> mode -> medians of each implementation, and their ratios."""
         table: dict[str, dict[str, dict[str, Any]]] = {}
         for layout in self.rounds:
             table[layout] = {}
@@ -414,9 +494,11 @@ class Results:
                         key: self.median(layout, impl, mode, key)
                         for key in ("rate", "server_cpu_us", "client_cpu_us")
                     }
-                    for impl in IMPLS
+                    for impl in self.impls
                 }
-                row["ratio"] = row["ours"]["rate"] / row["baseline"]["rate"]
+                row["ratios"] = {
+                    f"{a}/{b}": row[a]["rate"] / row[b]["rate"] for a, b in self.ratios()
+                }
                 table[layout][mode] = row
         return table
 
@@ -536,11 +618,17 @@ def measure_rss(impl: str, clients: int, idle: float) -> dict[str, float]:
 
 
 def source_facts() -> dict[str, str]:
-    """The commit checked out and a digest of ``src/``: the figures belong to that code."""
+    """
+    The commit checked out and a digest of the trustp2p sources imported: the figures
+    belong to that code. When the package imported is not this checkout's ``src/`` (for
+    example a snapshot on ``PYTHONPATH``, taken with ``git archive``), its path is given.
+    """
     root = Path(__file__).resolve().parent.parent
+    package = Path(trustp2p.__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in sorted((root / "src").rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    for path in sorted(package.rglob("*.py")):
+        relative = Path("src", "trustp2p", path.relative_to(package))
+        digest.update(str(relative).encode() + b"\0" + path.read_bytes())
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -551,7 +639,10 @@ def source_facts() -> dict[str, str]:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    return {"commit": commit, "src_sha256": digest.hexdigest()[:12]}
+    facts = {"commit": commit, "src_sha256": digest.hexdigest()[:12]}
+    if package != root / "src" / "trustp2p":
+        facts["package"] = str(package)
+    return facts
 
 
 def machine_facts() -> dict[str, Any]:
@@ -591,16 +682,14 @@ def run_all(args: argparse.Namespace) -> Results:
             "rss_idle_s": args.idle,
         },
     )
+    impls = args.impls
     if not args.rss_only:
         for layout, (server_cpu, client_cpu) in LAYOUTS.items():
-            rounds = results.rounds[layout] = {impl: {m: [] for m in MODES} for impl in IMPLS}
-            with (
-                _server("baseline", server_cpu) as baseline,
-                _server("ours", server_cpu) as ours,
-            ):
-                servers = {"baseline": baseline, "ours": ours}
+            rounds = results.rounds[layout] = {impl: {m: [] for m in MODES} for impl in impls}
+            with contextlib.ExitStack() as stack:
+                servers = {impl: stack.enter_context(_server(impl, server_cpu)) for impl in impls}
                 for number in range(1, args.rounds + 1):
-                    for impl in IMPLS:
+                    for impl in impls:
                         url, pid = servers[impl]
                         for attempt in range(1, _ATTEMPTS + 1):
                             figures = _run_client(
@@ -623,7 +712,7 @@ def run_all(args: argparse.Namespace) -> Results:
                         for mode in MODES:
                             rounds[impl][mode].append(figures[mode])
     if not args.no_rss:
-        for impl in IMPLS:
+        for impl in impls:
             results.rss[impl] = rss = measure_rss(impl, args.clients, args.idle)
             _progress(f"rss, {impl}: {rss['kib_per_client']:.1f} KiB per idle client")
     return results
@@ -649,30 +738,48 @@ def format_table(results: Results) -> str:
         f"websockets {machine['websockets']}, protobuf {machine['protobuf']} "
         f"({machine['protobuf_backend']})",
         f"trustp2p {machine['trustp2p']} at commit {results.source['commit']}, "
-        f"src/ sha256 {results.source['src_sha256']}",
+        f"src/ sha256 {results.source['src_sha256']}"
+        + (f", imported from {results.source['package']}" if "package" in results.source else ""),
     ]
     if results.rounds:
+        impls = results.impls
+        ratios = results.ratios()
+        medians = results.medians()
         lines += [
             "",
             f"Round trips per second over one connection on 127.0.0.1: {settings['body_bytes']}"
             f"-byte JSON bodies ({settings['package_bytes']}-byte packages), median of "
-            f"{settings['rounds']} rounds of {settings['duration_s']:g} s. CPU time per round "
-            "trip is server + client.",
+            f"{settings['rounds']} rounds of {settings['duration_s']:g} s (min-max). ours is "
+            "trustp2p with secure=False, secure is trustp2p over its Noise channel.",
             "",
-            f"{'':<28}{'round trips/s (min-max)':^48}{'':6}{'CPU us per round trip':^28}",
-            f"{'layout':<16}{'mode':<12}{'baseline':^24}{'ours':^24}{'ratio':>6}"
-            f"{'baseline':>14}{'ours':>14}",
+            f"{'layout':<16}{'mode':<12}"
+            + "".join(f"{impl:^24}" for impl in impls)
+            + "".join(f"{a + '/' + b:>17}" for a, b in ratios),
         ]
-        for layout, modes in results.medians().items():
+        for layout, modes in medians.items():
             for mode, row in modes.items():
-                base, ours = row["baseline"], row["ours"]
                 lines.append(
                     f"{layout:<16}{mode:<12}"
-                    f"{base['rate']:>8,.0f} {results.spread(layout, 'baseline', mode):<15}"
-                    f"{ours['rate']:>8,.0f} {results.spread(layout, 'ours', mode):<15}"
-                    f"{row['ratio']:>6.0%}"
-                    f"{base['server_cpu_us']:>8.0f} +{base['client_cpu_us']:>4.0f}"
-                    f"{ours['server_cpu_us']:>8.0f} +{ours['client_cpu_us']:>4.0f}"
+                    + "".join(
+                        f"{row[impl]['rate']:>8,.0f} {results.spread(layout, impl, mode):<15}"
+                        for impl in impls
+                    )
+                    + "".join(f"{row['ratios'][f'{a}/{b}']:>17.0%}" for a, b in ratios)
+                )
+        lines += [
+            "",
+            "CPU time per round trip, server + client, in us (median of the rounds)",
+            "",
+            f"{'layout':<16}{'mode':<12}" + "".join(f"{impl:>14}" for impl in impls),
+        ]
+        for layout, modes in medians.items():
+            for mode, row in modes.items():
+                lines.append(
+                    f"{layout:<16}{mode:<12}"
+                    + "".join(
+                        f"{row[impl]['server_cpu_us']:>8.0f} +{row[impl]['client_cpu_us']:>4.0f}"
+                        for impl in impls
+                    )
                 )
         other, steal = results.noise()
         lines += [
@@ -732,6 +839,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure a round again (twice at most) when the hypervisor stole more than "
         "this fraction of CPU time (default: 0.1)",
     )
+    parser.add_argument(
+        "--impls",
+        default=",".join(IMPLS),
+        help="comma-separated implementations to measure (default: %(default)s)",
+    )
     parser.add_argument("--rss-only", action="store_true", help="only measure memory")
     parser.add_argument("--no-rss", action="store_true", help="don't measure memory")
     single = parser.add_argument_group(
@@ -756,6 +868,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--role {args.role} needs --url")
     if args.role == "client" and args.server_pid is None:
         parser.error("--role client needs --server-pid")
+    chosen = set(args.impls.split(","))
+    if not chosen or not chosen <= set(IMPLS):
+        parser.error(f"--impls takes {', '.join(IMPLS)}")
+    args.impls = [impl for impl in IMPLS if impl in chosen]
     if not set(args.modes.split(",")) <= set(MODES):
         parser.error(f"--modes takes {' and/or '.join(MODES)}")
     if args.quick:

@@ -31,6 +31,10 @@ MODULES = [
     "trustp2p.security.noise",
     "trustp2p.security.channel",
     "trustp2p.threads.peer_exchange",
+    "trustp2p.msglog",
+    "trustp2p.gossip",
+    "trustp2p.protocol.gossip",
+    "trustp2p.testing",
     "trustp2p.threads.base",
     "trustp2p.threads.loader",
 ]

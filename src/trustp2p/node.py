@@ -34,6 +34,7 @@ from .exceptions import (
     RequestTimeout,
     ThreadLoadError,
 )
+from .gossip import Gossip, GossipThread
 from .identity import KEY_FILE, Identity, short_id
 from .options import NodeOptions
 from .peerstore import DATA_DIR, STORE_FILE, BlockPolicy, PeerSource, PeerStore
@@ -163,6 +164,7 @@ class Node:
         self.log = logging.getLogger("trustp2p.node")
         self.server = ServerRole(self) if options.server else None
         self.client = ClientRole(self) if options.client else None
+        self.gossip = Gossip(self) if options.gossip else None
         self.threads: list[Thread] = []
         self.state = NodeState.NEW
         self.version_body = version_body(
@@ -221,6 +223,10 @@ class Node:
             return list(self.options.listen_urls)
         return [self.url] if self.url is not None else []
 
+    def _socket_by_id(self, conn_id: ConnId) -> Socket | None:
+        conn = self._conns.get(conn_id)
+        return conn.socket if conn is not None else None
+
     def socket_for_peer(self, peer_id: str) -> Socket | None:
         """The open connection to an authenticated peer, if any."""
         conn = self._by_peer_id.get(peer_id)
@@ -274,6 +280,8 @@ class Node:
             await self.store.add_urls(
                 [split_peer_url(url)[0] for url in options.peers], PeerSource.BOOTSTRAP
             )
+        if self.gossip is not None:
+            await self.gossip._start()
         self.state = NodeState.RUNNING
         for thread in self.threads:
             await self._call(thread, "start")
@@ -331,6 +339,8 @@ class Node:
             task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self.gossip is not None:
+            await self.gossip._stop()
         if self.store is not None:
             await self.store.close()
         if self._listening is not None:
@@ -377,10 +387,12 @@ class Node:
             if enabled.is_dir():
                 classes.extend(load_thread_classes(enabled))
             else:
-                self.log.warning("! %s doesn't exist: no thread loaded from it", enabled)
+                self.log.info("= %s doesn't exist: no thread loaded from it", enabled)
         classes.extend(self.options.threads)
         if self.options.peer_exchange:
             classes.append(PeerExchangeThread)
+        if self.gossip is not None:
+            classes.append(GossipThread)
         threads = []
         handlers: dict[tuple[PackageType, str], list[tuple[Thread, Handler]]] = {}
         for cls in classes:
@@ -551,7 +563,9 @@ class Node:
         try:
             self._send_package(socket, self._hello_package())
         except ConnectionClosed:  # pragma: no cover - closed in a hook already
-            pass
+            return
+        if self.gossip is not None:
+            self.gossip._connected(socket)
 
     def _hello_package(self) -> Package:
         """The version talk (plain mode), or the hello (secure mode) with our id and URLs."""
@@ -580,6 +594,9 @@ class Node:
         if package_type in RESPONSE_TYPES:
             assert self._table is not None
             self._process(self._table.receive_response(socket.id, package))
+            return
+        if package_type is PackageType.GOSSIP and self.gossip is not None:
+            self.gossip._receive(socket, package)
             return
         if package_type is PackageType.TALK and package.event in (VERSION_EVENT, HELLO_EVENT):
             self._receive_version(conn, package)
@@ -618,6 +635,8 @@ class Node:
         if socket.peer_id is not None and self._by_peer_id.get(socket.peer_id) is conn:
             del self._by_peer_id[socket.peer_id]
         conn.role._remove(socket)
+        if self.gossip is not None:
+            self.gossip._disconnected(socket)
         conn.log.info("= connection closed (%s %s)", socket.close_code, socket.close_reason or "-")
         if self._table is not None:
             self._process(self._table.connection_lost(socket.id), socket)

@@ -7,7 +7,7 @@ __all__ = ["DEFAULT_PORT", "NodeOptions"]
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .drivers import Driver, DriverOptions, scheme_of
 from .identity import Identity
@@ -89,6 +89,25 @@ class NodeOptions:
             loopback addresses are exempt.
         peer_exchange: Run the built-in peer exchange thread (``get_peers``, ``my_url``).
         exchange_interval: Time between two rounds of asking servers for peers.
+        gossip: Run publish/subscribe (``node.gossip``) and catch-up.
+        gossip_mode: ``"gossip"`` (mesh plus lazy announcements) or ``"flood"`` (every
+            copy to every subscribed peer; a baseline for benchmarks).
+        gossip_degree: Mesh peers per topic the router aims for...
+        gossip_degree_low: ...grafting below this...
+        gossip_degree_high: ...and pruning above this.
+        gossip_lazy: Peers outside the mesh told ``ihave`` per topic per heartbeat.
+        gossip_history: Heartbeats a message stays announceable and servable.
+        gossip_interval: Time between two gossip heartbeats.
+        seen_max: Most message ids remembered for de-duplication...
+        seen_ttl: ...and for how long.
+        max_hops: Relays a message may go through before it is no longer forwarded.
+        log_max_messages: Messages kept per topic for catch-up...
+        log_max_age: ...and for how long (``<cwd>/data/gossip.sqlite``).
+        catchup_interval: Time between two catch-up rounds with a random peer (0: only
+            when a connection opens).
+        catchup_batch: Most messages in one ``gossip/fetch`` answer.
+        gap_timeout: A gap in an origin's sequence that nobody fills is skipped after
+            this long.
 
     """
 
@@ -140,6 +159,22 @@ class NodeOptions:
     max_outbound_per_netgroup: int = 2
     peer_exchange: bool = True
     exchange_interval: float = 60.0
+    gossip: bool = True
+    gossip_mode: Literal["gossip", "flood"] = "gossip"
+    gossip_degree: int = 6
+    gossip_degree_low: int = 4
+    gossip_degree_high: int = 12
+    gossip_lazy: int = 6
+    gossip_history: int = 3
+    gossip_interval: float = 1.0
+    seen_max: int = 100_000
+    seen_ttl: float = 120.0
+    max_hops: int = 16
+    log_max_messages: int = 10_000
+    log_max_age: float = 86_400.0
+    catchup_interval: float = 30.0
+    catchup_batch: int = 100
+    gap_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.cwd is not None and not isinstance(self.cwd, Path):
@@ -171,6 +206,10 @@ class NodeOptions:
             "request_rate",
             "ip_rate",
             "exchange_interval",
+            "gossip_interval",
+            "seen_ttl",
+            "log_max_age",
+            "gap_timeout",
         ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
@@ -196,6 +235,22 @@ class NodeOptions:
             raise ValueError(f"invalid_ratio must not be negative, not {self.invalid_ratio}")
         if self.max_per_ip is not None and self.max_per_ip < 1:
             raise ValueError(f"max_per_ip must be at least 1 or None, not {self.max_per_ip}")
+        for name in (
+            "gossip_degree_low",
+            "seen_max",
+            "max_hops",
+            "log_max_messages",
+            "catchup_batch",
+            "gossip_history",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not self.gossip_degree_low <= self.gossip_degree <= self.gossip_degree_high:
+            raise ValueError("need gossip_degree_low <= gossip_degree <= gossip_degree_high")
+        if self.gossip_mode not in ("gossip", "flood"):
+            raise ValueError(f"gossip_mode must be 'gossip' or 'flood', not {self.gossip_mode!r}")
+        if self.catchup_interval < 0:
+            raise ValueError("catchup_interval must not be negative")
         if self.max_pending_packages < 1:
             raise ValueError("max_pending_packages must be at least 1")
         if self.write_limit < 1:

@@ -80,6 +80,7 @@ def test_enum_matches_wire_format_table() -> None:
         ("TALK", 20),
         ("REQUEST", 30),
         ("RESPONSE", 31),
+        ("GOSSIP", 40),  # trustp2p's addition, docs/protocol.md
     ]
     assert values == [(member.name, member.value) for member in PackageType]
 

@@ -4,8 +4,12 @@ simulations.
 
 Servers register on a :class:`MemoryHub` under ``memory://host:port``; clients dial that
 URL. Messages are delivered in order, one event loop iteration later, and honour the same
-limits, close codes and events as the other drivers. A hub may delay every message by a
-fixed time, to model links.
+limits, close codes and events as the other drivers.
+
+For simulations, each node's driver may carry a ``name``: the hub can then delay the
+messages of a link (:meth:`MemoryHub.set_delay`) and cut the network into groups that
+can't reach each other (:meth:`MemoryHub.partition`, :meth:`MemoryHub.heal`). An inbound
+socket's ``host`` is the name of the dialling node's driver.
 
 """
 
@@ -15,7 +19,9 @@ __all__ = ["DEFAULT_HUB", "MemoryDriver", "MemoryHub", "MemoryListening", "Memor
 
 import asyncio
 import itertools
+import weakref
 from collections import deque
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from ..exceptions import DriverError
@@ -48,6 +54,39 @@ class MemoryHub:
         self._listening: dict[str, MemoryListening] = {}
         self._ports = itertools.count(49152)
         self._clients = itertools.count(1)
+        self._names = itertools.count(1)
+        self._delays: dict[frozenset[str], float] = {}
+        self._groups: dict[str, int] = {}  # node name -> partition group
+        self._sockets: weakref.WeakSet[MemorySocket] = weakref.WeakSet()
+
+    def set_delay(self, seconds: float, a: str | None = None, b: str | None = None) -> None:
+        """Delay the messages between nodes ``a`` and ``b``, or on every link."""
+        if a is None or b is None:
+            self.delay = seconds
+        else:
+            self._delays[frozenset((a, b))] = seconds
+
+    def link_delay(self, a: str, b: str) -> float:
+        return self._delays.get(frozenset((a, b)), self.delay)
+
+    def reachable(self, a: str, b: str) -> bool:
+        """False when a partition separates nodes ``a`` and ``b``."""
+        group_a, group_b = self._groups.get(a), self._groups.get(b)
+        return group_a is None or group_b is None or group_a == group_b
+
+    def partition(self, groups: Iterable[Iterable[str]]) -> None:
+        """
+        Cut the network: nodes (by driver name) of different groups can't connect, and
+        their open connections drop (code 1006). Nodes in no group reach everyone.
+        """
+        self._groups = {name: index for index, group in enumerate(groups) for name in group}
+        for socket in list(self._sockets):
+            if not socket.closed and not self.reachable(socket._local, socket._remote):
+                socket.abort()
+
+    def heal(self) -> None:
+        """Undo :meth:`partition`."""
+        self._groups = {}
 
 
 DEFAULT_HUB = MemoryHub()
@@ -66,10 +105,16 @@ class MemorySocket(Socket):
         inbound: bool,
         peer: str,
         host: str,
+        local: str = "",
+        remote: str = "",
+        delay: float = 0.0,
     ) -> None:
         super().__init__(listener=listener, inbound=inbound, peer=peer, host=host)
         self._options = options
         self._hub = hub
+        self._local = local  # driver names of the two nodes, for partitions
+        self._remote = remote
+        self._delay = delay
         self._other: MemorySocket | None = None
         self._state = _OPEN
         self._inbox: deque[bytes | _Close] = deque()
@@ -136,8 +181,8 @@ class MemorySocket(Socket):
     def _enqueue(self, item: bytes | _Close) -> None:
         if self._state == _CLOSED:
             return
-        if self._hub.delay:
-            self._loop.call_later(self._hub.delay, self._arrive, item)
+        if self._delay:
+            self._loop.call_later(self._delay, self._arrive, item)
         else:
             self._arrive(item)
 
@@ -207,8 +252,14 @@ class MemorySocket(Socket):
 
 class MemoryListening(Listening):
     def __init__(
-        self, hub: MemoryHub, address: str, listener: Listener, options: DriverOptions
+        self,
+        hub: MemoryHub,
+        address: str,
+        listener: Listener,
+        options: DriverOptions,
+        name: str = "",
     ) -> None:
+        self.name = name
         self._hub = hub
         self._address = address
         self.listener = listener
@@ -228,9 +279,16 @@ class MemoryDriver(Driver):
 
     scheme = "memory"
 
-    def __init__(self, options: DriverOptions | None = None, *, hub: MemoryHub | None = None):
+    def __init__(
+        self,
+        options: DriverOptions | None = None,
+        *,
+        hub: MemoryHub | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__(options)
         self.hub = hub if hub is not None else DEFAULT_HUB
+        self.name = name if name is not None else f"memory-{next(self.hub._names)}"
 
     async def listen(self, host: str, port: int, listener: Listener) -> Listening:
         if port == 0:
@@ -240,7 +298,7 @@ class MemoryDriver(Driver):
         address = f"{host}:{port}"
         if address in self.hub._listening:
             raise DriverError(f"can't listen on {address}: address already in use")
-        listening = MemoryListening(self.hub, address, listener, self.options)
+        listening = MemoryListening(self.hub, address, listener, self.options, self.name)
         self.hub._listening[address] = listening
         listener.on_start(listening)
         return listening
@@ -253,28 +311,40 @@ class MemoryDriver(Driver):
             raise DriverError(f"invalid memory URL {url!r}: {exc}") from None
         if parts.scheme != "memory" or not parts.netloc:
             raise DriverError(f"invalid memory URL {url!r}")
-        listening = self.hub._listening.get(parts.netloc)
+        hub = self.hub
+        listening = hub._listening.get(parts.netloc)
         if listening is None:
             raise DriverError(f"can't connect to {url}: nothing listens there")
+        if not hub.reachable(self.name, listening.name):
+            raise DriverError(f"can't connect to {url}: partitioned away")
+        delay = hub.link_delay(self.name, listening.name)
         client = MemorySocket(
             listener=listener,
             options=self.options,
-            hub=self.hub,
+            hub=hub,
             inbound=False,
             peer=url,
             host=hostname or "",
+            local=self.name,
+            remote=listening.name,
+            delay=delay,
         )
         server = MemorySocket(
             listener=listening.listener,
             options=listening.options,
-            hub=self.hub,
+            hub=hub,
             inbound=True,
-            peer=f"memory-client-{next(self.hub._clients)}",
-            host="memory",
+            peer=f"{self.name}#{next(hub._clients)}",
+            host=self.name,
+            local=listening.name,
+            remote=self.name,
+            delay=delay,
         )
         client._other, server._other = server, client
-        if self.hub.delay:
-            await asyncio.sleep(self.hub.delay)
+        hub._sockets.add(client)
+        hub._sockets.add(server)
+        if delay:
+            await asyncio.sleep(delay)
         server._report("on_connection")
         client._report("on_open")
         return client

@@ -63,6 +63,7 @@ class PackageType(enum.IntEnum):
     TALK = 20
     REQUEST = 30
     RESPONSE = 31
+    GOSSIP = 40  # trustp2p's addition: a signed publish/subscribe message (docs/protocol.md)
 
 
 REQUEST_TYPES = frozenset({PackageType.HEARTBEAT_PING, PackageType.REQUEST})

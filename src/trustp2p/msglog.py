@@ -1,0 +1,989 @@
+"""
+The message log: the recent gossip messages a node keeps, per topic, for catch-up.
+
+It lives in ``<cwd>/data/gossip.sqlite`` (:data:`LOG_PATH`), an SQLite database in WAL
+mode with ``synchronous=NORMAL``, like the peer store (:mod:`trustp2p.peerstore`): a
+committed write survives the process being killed (``kill -9``); only a power cut may
+lose the last ones. The schema is versioned with ``PRAGMA user_version``.
+
+Besides the messages, the log keeps what the node delivered to its threads (per origin,
+the highest sequence number delivered), so that a restarted node delivers each message
+exactly once, and the node's own sequence counter, so that a restart continues it.
+
+**Memory first.** The kept messages are loaded once at :meth:`MessageLog.open`; every
+call made per message (:meth:`~MessageLog.add`, :meth:`~MessageLog.has`,
+:meth:`~MessageLog.high_water`, :meth:`~MessageLog.range`, :meth:`~MessageLog.delivered`,
+:meth:`~MessageLog.mark_delivered`, :meth:`~MessageLog.next_seq`) is a dict or list
+operation that never touches the disk. Changes are written behind, in one transaction
+every ``flush_interval`` seconds, sooner when many messages are waiting, and at
+:meth:`~MessageLog.close`.
+
+**Bounded.** Each topic keeps at most ``max_messages`` messages, the oldest received
+dropped first, and none received more than ``max_age`` seconds ago. *Received* is the
+time this node logged a message (its ``clock``), not the origin's timestamp: the origin's
+clock may be wrong, and a message that arrives late (after a partition) should still be
+kept for a while for the nodes that missed it too. The count is enforced at each
+:meth:`~MessageLog.add`; the age on each add (for that topic) and at each flush (for all
+topics). What is dropped from memory is deleted from the disk at the next flush.
+
+**Off the event loop.** ``sqlite3`` runs only on one worker thread owned by the log (a
+single-thread executor). Call the log's methods from the event loop thread that opened
+it; they are not thread-safe.
+
+**Faults are not fatal.** Nothing here raises because of the disk:
+
+- a write that fails (disk full, file-size limit, I/O error) logs one WARNING; the log
+  keeps running in memory, retries at each flush, logs INFO when writes work again, and
+  writes everything still kept that changed meanwhile;
+- a database that is not one (random bytes, a garbled header, a truncated file) is moved
+  aside to ``gossip.sqlite.corrupt-<unix time>`` with a WARNING, and a new one is
+  created; a garbage WAL or shared-memory file is ignored by SQLite itself;
+- a database that can't be opened at all runs the log in memory, and it is opened (and
+  merged with what was logged meanwhile) as soon as it can be.
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LOG_FILE",
+    "LOG_PATH",
+    "LoggedMessage",
+    "MessageLog",
+]
+
+import asyncio
+import bisect
+import contextlib
+import itertools
+import logging
+import math
+import os
+import sqlite3
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from .peerstore import DATA_DIR
+
+logger = logging.getLogger("trustp2p.msglog")
+
+LOG_FILE = "gossip.sqlite"
+"""The message log's file name, in :data:`~trustp2p.peerstore.DATA_DIR`."""
+
+LOG_PATH = Path(DATA_DIR) / LOG_FILE
+"""Where the message log lives, relative to the node's cwd."""
+
+_T = TypeVar("_T")
+
+# Write soon (rather than at the next periodic flush) once this many messages wait: it
+# keeps transactions short and the loss on a crash small during a burst.
+_WRITE_SOON = 1000
+
+# Delivery marks of origins with no message kept: at most this many times max_messages,
+# the least recently moved forgotten first.
+_IDLE_MARKS_FACTOR = 10
+
+# Errors that mean "the disk or the database file let us down", as opposed to bugs.
+# sqlite3.DatabaseError covers OperationalError ("database or disk is full", "disk I/O
+# error", "unable to open database file") and corruption; OSError covers mkdir and rename.
+_STORAGE_ERRORS = (sqlite3.DatabaseError, OSError)
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the first schema. ``position`` numbers messages in the order they were logged,
+    # which is the order they are dropped in (per topic). ``received`` is this node's
+    # clock when it logged the message.
+    (
+        """CREATE TABLE messages (
+            position INTEGER PRIMARY KEY,
+            topic TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            timestamp REAL NOT NULL,
+            data TEXT NOT NULL,
+            key TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            id TEXT NOT NULL,
+            received REAL NOT NULL
+        )""",
+        """CREATE TABLE delivered (
+            origin TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            marked REAL NOT NULL
+        )""",
+        """CREATE TABLE sequences (
+            origin TEXT PRIMARY KEY,
+            last INTEGER NOT NULL
+        )""",
+    ),
+)
+
+_MESSAGE_COLUMNS = "position, topic, origin, seq, timestamp, data, key, signature, id, received"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedMessage:
+    """
+    One signed gossip message, exactly as it travels: relays never change these fields.
+
+    The log stores them as given; checking the signature and the id is the caller's job.
+
+    Attributes:
+        topic: The topic it was published on.
+        origin: The peer id of the node that published it.
+        seq: The origin's sequence number, from 1; ``(origin, seq)`` identifies it.
+        timestamp: The origin's wall-clock time when it published it, in seconds.
+        data: The payload, as JSON text, verbatim.
+        key: The origin's Ed25519 public key, base64.
+        signature: The origin's signature, base64.
+        id: The message id (a hash of origin, seq and payload).
+
+    """
+
+    topic: str
+    origin: str
+    seq: int
+    timestamp: float
+    data: str
+    key: str
+    signature: str
+    id: str
+
+
+# A kept message: the message, when it was received (this node's clock), its position.
+_Entry = tuple[LoggedMessage, float, int]
+
+
+class _Seqs:
+    """
+    Distinct sequence numbers in ascending order.
+
+    Adding the next highest number and removing the lowest are O(1) (the usual case: an
+    origin's messages arrive about in order, and the oldest are dropped first); other
+    changes cost a bisection and a move of part of the list.
+    """
+
+    __slots__ = ("_head", "_seqs")
+
+    def __init__(self) -> None:
+        self._seqs: list[int] = []
+        self._head = 0  # _seqs[:_head] were removed already
+
+    def __len__(self) -> int:
+        return len(self._seqs) - self._head
+
+    def add(self, seq: int) -> None:
+        seqs = self._seqs
+        if not seqs or seq > seqs[-1]:
+            seqs.append(seq)
+        else:
+            bisect.insort(seqs, seq, lo=self._head)
+
+    def remove(self, seq: int) -> None:
+        seqs, head = self._seqs, self._head
+        if seqs[head] != seq:
+            del seqs[bisect.bisect_left(seqs, seq, head)]
+            return
+        head += 1
+        if head == len(seqs):
+            seqs.clear()
+            head = 0
+        elif head >= 64 and 2 * head >= len(seqs):
+            del seqs[:head]
+            head = 0
+        self._head = head
+
+    def first(self) -> int:
+        return self._seqs[self._head]
+
+    def last(self) -> int:
+        return self._seqs[-1]
+
+    def high(self) -> int:
+        """The highest S such that every number from the first up to S is here."""
+        seqs, head = self._seqs, self._head
+        first = seqs[head]
+        if seqs[-1] - first == len(seqs) - 1 - head:
+            return seqs[-1]  # no gap: the usual case
+        # The numbers are distinct and sorted, so seqs[head + k] - first == k holds for
+        # k up to the first gap and never after it: bisect on k.
+        low, high = 0, len(seqs) - 1 - head  # holds at low, not at high
+        while high - low > 1:
+            middle = (low + high) // 2
+            if seqs[head + middle] - first == middle:
+                low = middle
+            else:
+                high = middle
+        return first + low
+
+    def index(self, seq: int) -> int:
+        """Where the first number >= ``seq`` is in :meth:`values`."""
+        return bisect.bisect_left(self._seqs, seq, self._head)
+
+    def values(self) -> list[int]:
+        """The underlying list; valid from ``index(...)`` on, until the next change."""
+        return self._seqs
+
+
+class _Origin:
+    """An origin's kept messages, in all topics."""
+
+    __slots__ = ("entries", "seqs")
+
+    def __init__(self) -> None:
+        self.entries: dict[int, _Entry] = {}
+        self.seqs = _Seqs()
+
+
+class _Topic:
+    """A topic's kept messages, in the order they were logged, and their numbers by origin."""
+
+    __slots__ = ("entries", "origins")
+
+    def __init__(self) -> None:
+        self.entries: deque[_Entry] = deque()
+        self.origins: dict[str, _Seqs] = {}
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One flush: what it writes, taken from the log when the flush started."""
+
+    inserts: dict[int, _Entry]
+    deletes: list[int]
+    delivered_keys: set[str]
+    sequence_keys: set[str]
+    delivered: list[tuple[str, int, float]] = field(default_factory=list)
+    delivered_deletes: list[tuple[str]] = field(default_factory=list)
+    sequences: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """What open() read: kept messages in position order, and the other tables."""
+
+    entries: list[_Entry]
+    deletes: list[int]  # positions of the rows past the limits, or malformed
+    last_position: int  # the highest in the table, loaded or not
+    delivered: list[tuple[str, int, float]]
+    sequences: list[tuple[str, int]]
+
+
+class _CorruptError(sqlite3.DatabaseError):
+    """The integrity check found a problem."""
+
+
+class _SchemaError(sqlite3.DatabaseError):
+    """The database was made by a newer trustp2p."""
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    if isinstance(exc, _CorruptError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+class _Database:
+    """The SQLite side of the log. Its methods run on the log's worker thread only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def open(self, now: float, cutoff: float, max_messages: int) -> _Loaded:
+        """
+        Open (creating, migrating or replacing a corrupt file) and read the messages
+        received at or after ``cutoff``, the last ``max_messages`` of each topic.
+        """
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            return self._open(cutoff, max_messages)
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise
+            moved = self._move_aside(now)
+            logger.warning(
+                "message log %s is corrupt (%s); moved it to %s and started an empty one",
+                self.path,
+                exc,
+                moved.name,
+            )
+            return self._open(cutoff, max_messages)
+
+    def _open(self, cutoff: float, max_messages: int) -> _Loaded:
+        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+            if rows != [("ok",)]:
+                raise _CorruptError(f"integrity check: {rows[0][0] if rows else 'no answer'}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            # A big batch grows the WAL; cut it back after each checkpoint.
+            conn.execute("PRAGMA journal_size_limit = 4194304")
+            _migrate(conn)
+            (last_position,) = conn.execute("SELECT max(position) FROM messages").fetchone()
+            loaded = _Loaded([], [], last_position or 0, [], [])
+            # Newest first, to count each topic's messages up to the limit. (A window
+            # function would do it in SQL, but is 3 to 5 times slower than this scan.)
+            counts: dict[str, int] = {}
+            query = f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY position DESC"
+            for row in conn.execute(query):
+                try:
+                    message = LoggedMessage(
+                        topic=str(row[1]),
+                        origin=str(row[2]),
+                        seq=int(row[3]),
+                        timestamp=float(row[4]),
+                        data=str(row[5]),
+                        key=str(row[6]),
+                        signature=str(row[7]),
+                        id=str(row[8]),
+                    )
+                    received = float(row[9])
+                except (TypeError, ValueError):
+                    logger.warning("! dropped malformed message log row %d", row[0])
+                    loaded.deletes.append(row[0])
+                    continue
+                count = counts.get(message.topic, 0)
+                if count >= max_messages or received < cutoff:
+                    loaded.deletes.append(row[0])
+                    continue
+                counts[message.topic] = count + 1
+                loaded.entries.append((message, received, row[0]))
+            loaded.entries.reverse()
+            for origin, seq, marked in conn.execute("SELECT origin, seq, marked FROM delivered"):
+                try:
+                    loaded.delivered.append((str(origin), int(seq), float(marked)))
+                except (TypeError, ValueError):
+                    logger.warning("! dropped a malformed delivered mark: %r", (origin, seq))
+            for origin, last in conn.execute("SELECT origin, last FROM sequences"):
+                try:
+                    loaded.sequences.append((str(origin), int(last)))
+                except (TypeError, ValueError):
+                    logger.warning("! dropped a malformed sequence counter: %r", (origin, last))
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return loaded
+
+    def _move_aside(self, now: float) -> Path:
+        """Rename the database (and its WAL and shared-memory files) out of the way."""
+        stem = f"{self.path.name}.corrupt-{int(now)}"
+        target = self.path.with_name(stem)
+        for n in itertools.count(1):
+            if not target.exists():
+                break
+            target = self.path.with_name(f"{stem}.{n}")
+        os.replace(self.path, target)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.replace(side, target.with_name(target.name + suffix))
+        return target
+
+    def write(self, batch: _Batch) -> None:
+        """Write one batch in one transaction; on error nothing of it is written."""
+        conn = self._conn
+        if conn is None:  # pragma: no cover - the log opens before it writes
+            raise sqlite3.OperationalError("message log is not open")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Deletes first, so that the inserts reuse the freed pages. A position is
+            # never in both: a message dropped while its insert is in flight gets a
+            # delete, and a failed insert is retried only for the messages still kept.
+            conn.executemany(
+                "DELETE FROM messages WHERE position = ?", ((p,) for p in batch.deletes)
+            )
+            # Rows are built here, on the worker thread: messages are immutable, and
+            # the loop doesn't touch a batch while it is written.
+            conn.executemany(
+                f"INSERT OR REPLACE INTO messages ({_MESSAGE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        position,
+                        m.topic,
+                        m.origin,
+                        m.seq,
+                        m.timestamp,
+                        m.data,
+                        m.key,
+                        m.signature,
+                        m.id,
+                        received,
+                    )
+                    for m, received, position in batch.inserts.values()
+                ),
+            )
+            conn.executemany("DELETE FROM delivered WHERE origin = ?", batch.delivered_deletes)
+            conn.executemany(
+                "INSERT OR REPLACE INTO delivered (origin, seq, marked) VALUES (?, ?, ?)",
+                batch.delivered,
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO sequences (origin, last) VALUES (?, ?)", batch.sequences
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            # SQLite may have rolled back already (after an I/O error it does).
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to the latest version, one migration per transaction."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > len(_MIGRATIONS):
+        raise _SchemaError(
+            f"schema version {version} is newer than this trustp2p knows ({len(_MIGRATIONS)})"
+        )
+    for number in range(version, len(_MIGRATIONS)):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _MIGRATIONS[number]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+
+def _position(entry: _Entry) -> int:
+    return entry[2]
+
+
+class MessageLog:
+    """
+    The recent gossip messages of a node, per topic, with its delivery marks and its
+    sequence counter.
+
+    Make one with :meth:`open`, and :meth:`close` it when done. All methods must be
+    called from the event loop thread that opened the log.
+
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        clock: Callable[[], float],
+        flush_interval: float,
+        max_messages: int | None,
+        max_age: float | None,
+    ) -> None:
+        # Use open(): it also reads the database and starts the flushes.
+        self._clock = clock
+        self._flush_interval = flush_interval
+        self._max_messages = sys.maxsize if max_messages is None else max_messages
+        self._max_idle_marks = (
+            sys.maxsize if max_messages is None else _IDLE_MARKS_FACTOR * max_messages
+        )
+        self._max_age = math.inf if max_age is None else max_age
+        self._origins: dict[str, _Origin] = {}
+        self._topics: dict[str, _Topic] = {}
+        self._size = 0
+        self._next_position = 1
+        self._delivered: dict[str, int] = {}
+        self._marked: dict[str, float] = {}  # when each delivered mark last moved
+        self._sequences: dict[str, int] = {}
+        # What changed since the last flush: messages to insert (by position), positions
+        # to delete, and origins whose mark or counter changed (deleted if gone).
+        self._pending: dict[int, _Entry] = {}
+        self._deletes: list[int] = []
+        self._dirty_delivered: set[str] = set()
+        self._dirty_sequences: set[str] = set()
+        self._db = _Database(path) if path is not None else None
+        self._executor: ThreadPoolExecutor | None = None
+        self._db_open = False
+        self._failing = False
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path | None,
+        *,
+        max_messages: int | None = 10_000,
+        max_age: float | None = 86_400.0,
+        clock: Callable[[], float] = time.time,
+        flush_interval: float = 1.0,
+    ) -> MessageLog:
+        """
+        Open the log at ``path``, creating the file and its directory (mode 0700), and
+        load the messages it keeps (within the limits), the delivery marks and the
+        sequence counters.
+
+        A corrupt file is moved aside and replaced; a file that can't be opened leaves
+        the log in memory until it can be (see the module docstring). Neither raises.
+
+        Args:
+            path: The database file, usually ``cwd / LOG_PATH``; None keeps the log in
+                memory only.
+            max_messages: Most messages kept per topic (10 000); past it, the oldest
+                received is dropped. It also bounds the delivery marks of origins with
+                no message kept, to 10 times as many: the least recently moved ones are
+                forgotten first. None: no limit.
+            max_age: Seconds a message is kept after it was received (a day); older
+                ones are dropped, and so are the delivery marks of origins that have no
+                message left and no mark newer than this. None: no limit.
+            clock: Wall-clock time in seconds; the time a message is received.
+            flush_interval: Seconds between writes (and retries after a failed write);
+                1000 waiting messages start a write sooner.
+
+        Raises:
+            ValueError: If a limit or ``flush_interval`` is out of range.
+
+        """
+        if not (flush_interval > 0 and math.isfinite(flush_interval)):
+            raise ValueError(
+                f"flush_interval must be a positive number of seconds, not {flush_interval}"
+            )
+        if max_messages is not None and max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1 or None, not {max_messages}")
+        if max_age is not None and not (max_age > 0 and math.isfinite(max_age)):
+            raise ValueError(f"max_age must be a positive number of seconds or None, not {max_age}")
+        log = cls(
+            None if path is None else Path(path),
+            clock=clock,
+            flush_interval=flush_interval,
+            max_messages=max_messages,
+            max_age=max_age,
+        )
+        if log._db is not None:
+            executor = log._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="trustp2p-msglog"
+            )
+            try:
+                async with log._lock:
+                    await log._open_database()
+            except BaseException:  # cancelled: let the worker finish opening, then close
+                executor.submit(log._db.close)
+                executor.shutdown(wait=False)
+                raise
+        log._flusher = asyncio.create_task(log._flush_loop(), name="message log flush")
+        return log
+
+    async def close(self) -> None:
+        """
+        Write what is left, then close the database and stop the worker thread.
+
+        If the last write fails, the changes since the last good one are lost and a
+        WARNING says how many. Calling it again does nothing. The synchronous methods go
+        on working in memory after it, but nothing is written any more.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+        db, executor = self._db, self._executor
+        if db is None or executor is None:
+            return
+        try:
+            if not await self.flush():
+                logger.warning(
+                    "closed message log %s with %d unsaved changes", db.path, self._unsaved()
+                )
+        finally:
+            self._db = None
+            try:
+                await asyncio.get_running_loop().run_in_executor(executor, db.close)
+            finally:
+                executor.shutdown(wait=True)
+
+    async def flush(self) -> bool:
+        """
+        Drop the messages past ``max_age`` in every topic, and write every change now,
+        rather than at the next periodic flush.
+
+        Returns:
+            True if everything is written (always, for a log in memory or closed);
+            False if the write failed: it is retried at the next flush.
+
+        """
+        if self._db is None:
+            self._prune()
+            self._pending.clear()
+            self._deletes.clear()
+            self._dirty_delivered.clear()
+            self._dirty_sequences.clear()
+            return True
+        async with self._lock:
+            if not self._db_open and not await self._open_database():
+                return False
+            self._prune()
+            batch = self._take_batch()
+            if batch is not None:
+                try:
+                    await self._run(self._db.write, batch)
+                except _STORAGE_ERRORS as exc:
+                    self._restore(batch)
+                    self._storage_failed("write", exc)
+                    return False
+                except BaseException:
+                    # Cancelled (or a bug): it may not be written; write it again.
+                    self._restore(batch)
+                    raise
+            if self._failing:
+                self._failing = False
+                logger.info("message log %s is writable again", self._db.path)
+            return True
+
+    def add(self, message: LoggedMessage) -> bool:
+        """
+        Log a message (in memory; it is written by the next flush). Cheap enough to call
+        per message.
+
+        The message is stored as given: verify it first. Past ``max_messages`` in its
+        topic, the topic's oldest message is dropped; so are the topic's messages
+        received more than ``max_age`` seconds ago.
+
+        A message dropped from the log can be added again: True doesn't mean this node
+        never saw the message; compare ``message.seq`` with :meth:`delivered` for that.
+
+        Args:
+            message: A verified message.
+
+        Returns:
+            True if it was added; False if a message with its ``(origin, seq)`` is
+            logged already (whatever its topic or payload).
+
+        """
+        received = self._clock()
+        position = self._next_position
+        entry = (message, received, position)
+        topic = self._insert(entry)
+        if topic is None:
+            return False
+        self._next_position = position + 1
+        self._pending[position] = entry
+        entries = topic.entries
+        cutoff = received - self._max_age
+        while entries[0][1] < cutoff:  # never the new one: it was received now
+            self._drop(topic)
+        if len(self._pending) >= _WRITE_SOON:
+            self._wake.set()
+        return True
+
+    def has(self, origin: str, seq: int) -> bool:
+        """Whether the message ``(origin, seq)`` is logged, in any topic."""
+        logged = self._origins.get(origin)
+        return logged is not None and seq in logged.entries
+
+    def high_water(self, topic: str | None = None) -> dict[str, int]:
+        """
+        The contiguous high-water mark of each origin: the highest S such that every
+        sequence number from the first one kept (:meth:`first_seq`) up to S is logged.
+
+        Costs O(log n) per origin at most (O(1) for an origin without gaps).
+
+        Args:
+            topic: Only count this topic's messages (origins without any message in it
+                are left out); None: all topics.
+
+        Returns:
+            ``{origin: S}`` for every origin with a message kept.
+
+        """
+        if topic is None:
+            return {origin: logged.seqs.high() for origin, logged in self._origins.items()}
+        kept = self._topics.get(topic)
+        if kept is None:
+            return {}
+        return {origin: seqs.high() for origin, seqs in kept.origins.items()}
+
+    def first_seq(self, origin: str) -> int | None:
+        """
+        The lowest sequence number kept for ``origin`` (in any topic); the ones before
+        it were dropped, or never received. None if nothing of it is kept.
+        """
+        logged = self._origins.get(origin)
+        return None if logged is None else logged.seqs.first()
+
+    def range(
+        self, origin: str, first: int, last: int, *, limit: int = 100, max_bytes: int = 512 * 1024
+    ) -> list[LoggedMessage]:
+        """
+        The kept messages of ``origin`` with ``first <= seq <= last``, in ``seq`` order
+        (in all topics), from memory. Missing numbers are skipped.
+
+        Args:
+            origin: The origin's peer id.
+            first: The lowest sequence number wanted.
+            last: The highest sequence number wanted.
+            limit: Most messages returned (100).
+            max_bytes: Most payload returned, counted as ``len(data)`` (characters of
+                JSON text: bytes, for ASCII JSON), 512 KiB. The first message is
+                returned even if it alone is bigger, so that a range always moves on.
+
+        Returns:
+            The messages, possibly fewer than asked for: ask again from the last seq
+            returned + 1.
+
+        """
+        logged = self._origins.get(origin)
+        if logged is None:
+            return []
+        seqs = logged.seqs.values()
+        entries = logged.entries
+        found: list[LoggedMessage] = []
+        size = 0
+        for i in range(logged.seqs.index(first), len(seqs)):
+            seq = seqs[i]
+            if seq > last or len(found) >= limit:
+                break
+            message = entries[seq][0]
+            size += len(message.data)
+            if size > max_bytes and found:
+                break
+            found.append(message)
+        return found
+
+    def delivered(self, origin: str) -> int:
+        """The highest sequence number of ``origin`` delivered to this node's threads, or 0."""
+        return self._delivered.get(origin, 0)
+
+    def mark_delivered(self, origin: str, seq: int) -> None:
+        """
+        Record that ``(origin, seq)`` was delivered to this node's threads (written by
+        the next flush). A mark never goes down: a lower ``seq`` is ignored.
+
+        A mark is forgotten (at a flush) once its origin has no message left in the log
+        and the mark hasn't moved for ``max_age`` seconds, or when there are more than
+        10 times ``max_messages`` such marks, so that the marks stay bounded too. Then the
+        origin is one this node never heard of: check the origin's timestamp to refuse
+        a message older than ``max_age``.
+        """
+        if seq > self._delivered.get(origin, 0):
+            self._delivered[origin] = seq
+            self._marked[origin] = self._clock()
+            self._dirty_delivered.add(origin)
+
+    def next_seq(self, origin: str) -> int:
+        """
+        The next sequence number for a message this node publishes as ``origin``: one
+        more than the last one returned, and recorded (written by the next flush).
+
+        It also counts the numbers the log knows were used: a message of ``origin`` in
+        the log, or a delivery mark. This covers a crash between returning a number and
+        writing it, if a peer sends the message back before the next publish. To be
+        sure a number is never used twice, ``await flush()`` before sending the message.
+        """
+        last = self._sequences.get(origin, 0)
+        logged = self._origins.get(origin)
+        if logged is not None:
+            last = max(last, logged.seqs.last())
+        last = max(last, self._delivered.get(origin, 0)) + 1
+        self._sequences[origin] = last
+        self._dirty_sequences.add(origin)
+        return last
+
+    def __len__(self) -> int:
+        """How many messages are kept, in all topics."""
+        return self._size
+
+    # In-memory bookkeeping.
+
+    def _insert(self, entry: _Entry) -> _Topic | None:
+        """Keep ``entry``, dropping its topic's oldest past ``max_messages``."""
+        message = entry[0]
+        origin, seq = message.origin, message.seq
+        logged = self._origins.get(origin)
+        if logged is None:
+            logged = self._origins[origin] = _Origin()
+        elif seq in logged.entries:
+            return None
+        logged.entries[seq] = entry
+        logged.seqs.add(seq)
+        topic = self._topics.get(message.topic)
+        if topic is None:
+            topic = self._topics[message.topic] = _Topic()
+        topic.entries.append(entry)
+        seqs = topic.origins.get(origin)
+        if seqs is None:
+            seqs = topic.origins[origin] = _Seqs()
+        seqs.add(seq)
+        self._size += 1
+        if len(topic.entries) > self._max_messages:
+            self._drop(topic)
+        return topic
+
+    def _drop(self, topic: _Topic) -> None:
+        """Drop the oldest message of ``topic``; the caller forgets the topic if empty."""
+        message, _, position = topic.entries.popleft()
+        origin, seq = message.origin, message.seq
+        logged = self._origins[origin]
+        del logged.entries[seq]
+        if logged.entries:
+            logged.seqs.remove(seq)
+        else:
+            del self._origins[origin]
+        seqs = topic.origins[origin]
+        if len(seqs) > 1:
+            seqs.remove(seq)
+        else:
+            del topic.origins[origin]
+        self._size -= 1
+        if self._pending.pop(position, None) is None:
+            self._deletes.append(position)
+
+    def _prune(self) -> None:
+        """Drop what is past ``max_age``: messages in every topic, and idle marks."""
+        cutoff = self._clock() - self._max_age
+        for name, topic in list(self._topics.items()):
+            entries = topic.entries
+            while entries and entries[0][1] < cutoff:
+                self._drop(topic)
+            if not entries:
+                del self._topics[name]
+        kept = self._origins
+        idle = [(marked, origin) for origin, marked in self._marked.items() if origin not in kept]
+        excess = len(idle) - self._max_idle_marks
+        if excess > 0:
+            idle.sort()
+        for i, (marked, origin) in enumerate(idle):
+            if i < excess or marked < cutoff:
+                del self._delivered[origin]
+                del self._marked[origin]
+                self._dirty_delivered.add(origin)
+
+    def _kept(self, entry: _Entry) -> bool:
+        logged = self._origins.get(entry[0].origin)
+        return logged is not None and logged.entries.get(entry[0].seq) is entry
+
+    def _entries(self) -> Iterator[_Entry]:
+        for topic in self._topics.values():
+            yield from topic.entries
+
+    # Persistence. The loop side: what changed goes to the worker thread in a batch.
+
+    async def _run(self, function: Callable[..., _T], *args: object) -> _T:
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, function, *args)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._flush_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                logger.error("! message log flush failed", exc_info=True)
+
+    async def _open_database(self) -> bool:
+        """Open the database and absorb its contents; the caller holds the lock."""
+        assert self._db is not None
+        now = self._clock()
+        try:
+            loaded = await self._run(self._db.open, now, now - self._max_age, self._max_messages)
+        except _STORAGE_ERRORS as exc:
+            self._storage_failed("open", exc)
+            return False
+        self._db_open = True
+        self._absorb(loaded)
+        return True
+
+    def _storage_failed(self, action: str, exc: BaseException) -> None:
+        assert self._db is not None
+        if self._failing:
+            logger.debug("! can't %s message log %s: %s", action, self._db.path, exc)
+            return
+        self._failing = True
+        logger.warning(
+            "can't %s message log %s: %s; keeping messages in memory and retrying every %g s",
+            action,
+            self._db.path,
+            exc,
+            self._flush_interval,
+        )
+
+    def _absorb(self, loaded: _Loaded) -> None:
+        """
+        Take in what the database holds. At open, memory is empty; when the database
+        could only be opened later, the messages logged meanwhile come after the stored
+        ones (they were received later), renumbered, and the higher mark or counter wins.
+        """
+        meanwhile = sorted(self._entries(), key=_position)
+        self._origins, self._topics, self._size = {}, {}, 0
+        self._pending, self._deletes = {}, loaded.deletes
+        for entry in loaded.entries:
+            if self._insert(entry) is None:  # a duplicate row
+                self._deletes.append(entry[2])
+        position = loaded.last_position + 1
+        for message, received, _ in meanwhile:
+            entry = (message, received, position)
+            if self._insert(entry) is not None:
+                self._pending[position] = entry
+                position += 1
+        self._next_position = position
+        self._prune()
+        for origin, seq, marked in loaded.delivered:
+            if seq > self._delivered.get(origin, 0):
+                self._delivered[origin] = seq
+            self._marked[origin] = max(marked, self._marked.get(origin, marked))
+        for origin, last in loaded.sequences:
+            if last > self._sequences.get(origin, 0):
+                self._sequences[origin] = last
+
+    def _take_batch(self) -> _Batch | None:
+        if not (self._pending or self._deletes or self._dirty_delivered or self._dirty_sequences):
+            return None
+        batch = _Batch(self._pending, self._deletes, self._dirty_delivered, self._dirty_sequences)
+        self._pending, self._deletes = {}, []
+        self._dirty_delivered, self._dirty_sequences = set(), set()
+        for origin in batch.delivered_keys:
+            seq = self._delivered.get(origin)
+            if seq is None:
+                batch.delivered_deletes.append((origin,))
+            else:
+                batch.delivered.append((origin, seq, self._marked[origin]))
+        for origin in batch.sequence_keys:
+            batch.sequences.append((origin, self._sequences[origin]))
+        return batch
+
+    def _restore(self, batch: _Batch) -> None:
+        # Messages dropped meanwhile are not written again (their delete is pending).
+        pending = {p: entry for p, entry in batch.inserts.items() if self._kept(entry)}
+        pending.update(self._pending)
+        self._pending = pending
+        self._deletes = batch.deletes + self._deletes
+        self._dirty_delivered |= batch.delivered_keys
+        self._dirty_sequences |= batch.sequence_keys
+
+    def _unsaved(self) -> int:
+        return (
+            len(self._pending)
+            + len(self._deletes)
+            + len(self._dirty_delivered)
+            + len(self._dirty_sequences)
+        )

@@ -1,0 +1,581 @@
+"""
+Publish/subscribe by gossip, free of I/O: signed messages, and the router that decides
+where each one goes.
+
+A **message** is published once by its origin, with a per-origin sequence number, a
+timestamp and the origin's Ed25519 signature; relays verify it before they forward it
+and can't alter it. Its id is a hash of (origin, seq, topic, payload). On the wire it is
+a ``GOSSIP`` package whose event is the topic (``docs/protocol.md``).
+
+The **router** keeps, per topic, a *mesh* of peers (target degree ``degree``, between
+``degree_low`` and ``degree_high``): new messages are pushed eagerly to mesh peers, and
+announced lazily (``ihave``) to a few other subscribed peers, which pull what they miss
+(``iwant``) — GossipSub's design, kept small. A bounded seen-cache (by count and age)
+drops duplicates, and a hop limit stops runaway floods. ``mode="flood"`` pushes to every
+subscribed peer instead, as a baseline.
+
+The router is given a clock and a ``send`` callable; it returns what to deliver and
+whom to penalise, and never awaits.
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GOSSIP_EVENTS",
+    "GossipError",
+    "GossipMessage",
+    "GossipRouter",
+    "GossipStats",
+    "PeerKey",
+    "RouterAction",
+    "message_id",
+    "sign_message",
+]
+
+import base64
+import binascii
+import hashlib
+import json
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..exceptions import TrustP2PError
+from ..identity import (
+    PUBLIC_KEY_SIZE,
+    SIGNATURE_SIZE,
+    Identity,
+    is_peer_id,
+    peer_id_from_public_key,
+    verify_signature,
+)
+
+PeerKey = Hashable
+"""How the router names a peer: the node uses the connection id."""
+
+MAX_TOPIC_LENGTH = 256
+_SIGNATURE_PREFIX = b"trustp2p-gossip/1\0"
+
+# Control talks of the router (TALK packages).
+SUBSCRIPTIONS = "gossip/subscriptions"  # {"subscribe": [topic], "unsubscribe": [topic]}
+GRAFT = "gossip/graft"  # {"topics": [topic]}
+PRUNE = "gossip/prune"  # {"topics": [topic]}
+IHAVE = "gossip/ihave"  # {"topic": topic, "ids": [id]}
+IWANT = "gossip/iwant"  # {"ids": [id]}
+GOSSIP_EVENTS = (SUBSCRIPTIONS, GRAFT, PRUNE, IHAVE, IWANT)
+
+
+class GossipError(TrustP2PError):
+    """A gossip message or control talk from a peer is invalid."""
+
+
+def message_id(origin: str, seq: int, topic: str, data: str) -> str:
+    """The id of a message: 16 bytes of SHA-256 over (origin, seq, topic, payload),
+    in base64url without padding."""
+    digest = hashlib.sha256(f"{origin}\0{seq}\0{topic}\0{data}".encode()).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _signed_bytes(topic: str, origin: str, seq: int, timestamp: int, data: str) -> bytes:
+    return _SIGNATURE_PREFIX + f"{topic}\0{origin}\0{seq}\0{timestamp}\0{data}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class GossipMessage:
+    """
+    One signed message.
+
+    Attributes:
+        topic: What it is about; subscribers of the topic receive it.
+        origin: The peer id of its publisher.
+        seq: The publisher's sequence number, from 1.
+        timestamp: The publisher's wall clock, in milliseconds.
+        data: The payload as JSON text (a JSON object), exactly as signed.
+        key: The publisher's Ed25519 public key (32 bytes).
+        signature: The publisher's signature (64 bytes).
+        id: The message id, see :func:`message_id`.
+        hops: Relays it went through; not signed.
+
+    """
+
+    topic: str
+    origin: str
+    seq: int
+    timestamp: int
+    data: str
+    key: bytes
+    signature: bytes
+    id: str
+    hops: int = 0
+    body: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_body(self, *, hops: int | None = None) -> dict[str, Any]:
+        """The package body that carries it (its topic is the package's event)."""
+        return {
+            "origin": self.origin,
+            "seq": self.seq,
+            "ts": self.timestamp,
+            "data": self.data,
+            "key": base64.b64encode(self.key).decode("ascii"),
+            "sig": base64.b64encode(self.signature).decode("ascii"),
+            "hops": self.hops if hops is None else hops,
+        }
+
+    @classmethod
+    def from_body(
+        cls, topic: str, body: dict[str, Any], *, max_data: int | None = None
+    ) -> GossipMessage:
+        """
+        Read and verify a message received from a peer.
+
+        Raises:
+            GossipError: If it is malformed, or its key or signature doesn't check out
+                (forged or altered). The message says which.
+
+        """
+        if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
+            raise GossipError("invalid topic")
+        origin, seq, timestamp = body.get("origin"), body.get("seq"), body.get("ts")
+        data, hops = body.get("data"), body.get("hops", 0)
+        if not isinstance(origin, str) or not is_peer_id(origin):
+            raise GossipError("invalid origin")
+        if type(seq) is not int or seq < 1:
+            raise GossipError("invalid seq")
+        if type(timestamp) is not int or type(hops) is not int or hops < 0:
+            raise GossipError("invalid ts or hops")
+        if not isinstance(data, str):
+            raise GossipError("data is not JSON text")
+        if max_data is not None and len(data) > max_data:
+            raise GossipError(f"data of {len(data)} characters exceeds {max_data}")
+        try:
+            key = base64.b64decode(body.get("key", ""), validate=True)
+            signature = base64.b64decode(body.get("sig", ""), validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise GossipError("key or signature is not base64") from None
+        if len(key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+            raise GossipError("key or signature has the wrong size")
+        if peer_id_from_public_key(key) != origin:
+            raise GossipError("forged: the key is not the origin's")
+        if not verify_signature(key, signature, _signed_bytes(topic, origin, seq, timestamp, data)):
+            raise GossipError("forged or altered: the signature doesn't match")
+        try:
+            parsed = json.loads(data)
+        except (ValueError, RecursionError):
+            raise GossipError("data is not valid JSON") from None
+        if type(parsed) is not dict:
+            raise GossipError("data is not a JSON object")
+        return cls(
+            topic,
+            origin,
+            seq,
+            timestamp,
+            data,
+            key,
+            signature,
+            message_id(origin, seq, topic, data),
+            hops,
+            parsed,
+        )
+
+
+def sign_message(
+    identity: Identity, topic: str, seq: int, timestamp: int, data: dict[str, Any]
+) -> GossipMessage:
+    """Build and sign a message as its origin."""
+    if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
+        raise ValueError(f"a topic is a string of 1 to {MAX_TOPIC_LENGTH} characters")
+    if type(data) is not dict:
+        raise TypeError(f"data must be a dict, not {type(data).__name__}")
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    origin = identity.peer_id
+    signature = identity.sign(_signed_bytes(topic, origin, seq, timestamp, text))
+    return GossipMessage(
+        topic,
+        origin,
+        seq,
+        timestamp,
+        text,
+        identity.public_key,
+        signature,
+        message_id(origin, seq, topic, text),
+        0,
+        data,
+    )
+
+
+@dataclass(slots=True)
+class GossipStats:
+    """Counters of one router."""
+
+    published: int = 0
+    received: int = 0  # messages received, new or not
+    new: int = 0  # first receipts
+    duplicates: int = 0  # receipts of a message already seen
+    forwarded: int = 0  # copies sent on, eagerly
+    invalid: int = 0  # forged, altered or malformed
+    hop_limited: int = 0  # not forwarded for the hop limit
+    ihave_sent: int = 0
+    iwant_sent: int = 0
+    served: int = 0  # messages sent in answer to iwant
+
+
+@dataclass(frozen=True, slots=True)
+class RouterAction:
+    """What the node must do: send to a peer, or penalise one."""
+
+    kind: Literal["talk", "message", "penalize"]
+    peer: PeerKey
+    event: str = ""
+    body: dict[str, Any] = field(default_factory=dict)
+    message: GossipMessage | None = None
+
+
+class _Seen:
+    """Message ids seen recently, bounded by count and age."""
+
+    __slots__ = ("_ids", "max_age", "max_size")
+
+    def __init__(self, max_size: int, max_age: float) -> None:
+        self._ids: OrderedDict[str, float] = OrderedDict()
+        self.max_size = max_size
+        self.max_age = max_age
+
+    def __contains__(self, item: str) -> bool:
+        return item in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, item: str, now: float) -> None:
+        self._ids[item] = now
+        if len(self._ids) > self.max_size:
+            self._ids.popitem(last=False)
+
+    def expire(self, now: float) -> None:
+        ids = self._ids
+        limit = now - self.max_age
+        while ids:
+            item, when = next(iter(ids.items()))
+            if when > limit:
+                break
+            del ids[item]
+
+
+class GossipRouter:
+    """
+    Where messages go. One per node; peers are named by the caller (``PeerKey``).
+
+    Args:
+        send: ``send(peer, action)`` puts a talk or a message on the wire; never raises.
+        clock: Monotonic seconds.
+        degree: Mesh degree the router aims for, per topic...
+        degree_low: ...grafting peers below this...
+        degree_high: ...and pruning above this.
+        fanout: Mesh peers a relay pushes each new message to, eagerly; the others
+            learn of it from ``ihave``. The publisher pushes to its whole mesh.
+        lazy: Peers told ``ihave`` per topic per heartbeat.
+        history: Heartbeats a message stays announceable and servable (``iwant``).
+        seen_max: Most message ids remembered.
+        seen_ttl: Seconds a message id is remembered.
+        max_hops: A message that went through this many relays is delivered, not sent on.
+        max_ihave: Most ids in one ``ihave`` or ``iwant``.
+        mode: ``"gossip"`` (mesh plus lazy announcements) or ``"flood"`` (every copy to
+            every subscribed peer), the baseline.
+        rng: Random source, for tests.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        send: Callable[[RouterAction], None],
+        clock: Callable[[], float],
+        degree: int = 6,
+        degree_low: int = 4,
+        degree_high: int = 12,
+        fanout: int = 3,
+        lazy: int = 6,
+        history: int = 3,
+        seen_max: int = 100_000,
+        seen_ttl: float = 120.0,
+        max_hops: int = 16,
+        max_ihave: int = 500,
+        mode: Literal["gossip", "flood"] = "gossip",
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 1 <= degree_low <= degree <= degree_high:
+            raise ValueError(
+                f"need 1 <= degree_low <= degree <= degree_high, not "
+                f"{degree_low}, {degree}, {degree_high}"
+            )
+        self._send = send
+        self._clock = clock
+        self.degree, self.degree_low, self.degree_high = degree, degree_low, degree_high
+        self.fanout = fanout
+        self.lazy = lazy
+        self.max_hops = max_hops
+        self.max_ihave = max_ihave
+        self.mode = mode
+        self._rng = rng or random.Random()
+        self.stats = GossipStats()
+        self.topics: set[str] = set()  # ours
+        self._peers: dict[PeerKey, set[str]] = {}  # peer -> its topics
+        self.mesh: dict[str, set[PeerKey]] = {}
+        self._seen = _Seen(seen_max, seen_ttl)
+        # Recent messages, for ihave and iwant: one window per heartbeat.
+        self._windows: list[dict[str, GossipMessage]] = [{} for _ in range(history)]
+        self._asked: dict[str, float] = {}  # ids we sent iwant for -> when
+
+    # Peers and subscriptions
+
+    @property
+    def peers(self) -> list[PeerKey]:
+        return list(self._peers)
+
+    def peer_topics(self, peer: PeerKey) -> set[str]:
+        return self._peers.get(peer, set())
+
+    def add_peer(self, peer: PeerKey) -> None:
+        """A connection opened: tell the peer what we subscribe to."""
+        self._peers[peer] = set()
+        if self.topics:
+            self._talk(peer, SUBSCRIPTIONS, {"subscribe": sorted(self.topics), "unsubscribe": []})
+
+    def remove_peer(self, peer: PeerKey) -> None:
+        self._peers.pop(peer, None)
+        for members in self.mesh.values():
+            members.discard(peer)
+
+    def subscribe(self, topic: str) -> None:
+        if topic in self.topics:
+            return
+        self.topics.add(topic)
+        self.mesh[topic] = set()
+        for peer in self._peers:
+            self._talk(peer, SUBSCRIPTIONS, {"subscribe": [topic], "unsubscribe": []})
+        self._fill_mesh(topic)
+
+    def unsubscribe(self, topic: str) -> None:
+        if topic not in self.topics:
+            return
+        self.topics.discard(topic)
+        for peer in self.mesh.pop(topic, set()):
+            self._talk(peer, PRUNE, {"topics": [topic]})
+        for peer in self._peers:
+            self._talk(peer, SUBSCRIPTIONS, {"subscribe": [], "unsubscribe": [topic]})
+
+    # Messages
+
+    def publish(self, message: GossipMessage) -> None:
+        """Send a message we originated."""
+        self.stats.published += 1
+        self._remember(message)
+        targets = self._targets(message.topic, exclude=())
+        if not targets and message.topic not in self.topics:
+            # Not subscribed: send to a few peers that are (GossipSub's fanout).
+            subscribed = [p for p, topics in self._peers.items() if message.topic in topics]
+            targets = self._sample(subscribed, self.degree)
+        for peer in targets:
+            self._send(RouterAction("message", peer, message=message))
+
+    def receive(self, peer: PeerKey, message: GossipMessage) -> bool:
+        """
+        A verified message arrived from ``peer``.
+
+        Returns:
+            True if it is new: the caller delivers it (if we subscribe) and, once its
+            validators accepted it, calls :meth:`forward`.
+
+        """
+        stats = self.stats
+        stats.received += 1
+        self._asked.pop(message.id, None)
+        if message.id in self._seen:
+            stats.duplicates += 1
+            return False
+        stats.new += 1
+        self._remember(message)
+        return True
+
+    def seen(self, message_id: str) -> bool:
+        return message_id in self._seen
+
+    def forward(self, peer: PeerKey | None, message: GossipMessage) -> None:
+        """Send an accepted message on, except back to ``peer``."""
+        if message.topic not in self.topics:
+            return  # we don't carry topics we don't subscribe to
+        if message.hops + 1 >= self.max_hops:
+            self.stats.hop_limited += 1
+            return
+        relayed = GossipMessage(
+            message.topic,
+            message.origin,
+            message.seq,
+            message.timestamp,
+            message.data,
+            message.key,
+            message.signature,
+            message.id,
+            message.hops + 1,
+            message.body,
+        )
+        targets = self._targets(message.topic, exclude=(peer,))
+        if self.mode == "gossip":
+            # Pushing to a few mesh peers is enough to reach nearly everyone; ihave and
+            # iwant reach the rest. Pushing to all would cost a duplicate per extra peer.
+            targets = self._sample(targets, self.fanout)
+        for target in targets:
+            self.stats.forwarded += 1
+            self._send(RouterAction("message", target, message=relayed))
+
+    def _targets(self, topic: str, exclude: Collection[PeerKey | None]) -> list[PeerKey]:
+        if self.mode == "flood" or not self.mesh.get(topic):
+            return [p for p, topics in self._peers.items() if topic in topics and p not in exclude]
+        return [p for p in self.mesh[topic] if p not in exclude]
+
+    def _remember(self, message: GossipMessage) -> None:
+        self._seen.add(message.id, self._clock())
+        self._windows[0][message.id] = message
+
+    def cached(self, message_id: str) -> GossipMessage | None:
+        for window in self._windows:
+            message = window.get(message_id)
+            if message is not None:
+                return message
+        return None
+
+    # Control talks from peers
+
+    def control(self, peer: PeerKey, event: str, body: dict[str, Any]) -> None:
+        """
+        A control talk arrived from ``peer``.
+
+        Raises:
+            GossipError: If it is malformed; the caller counts it against the peer.
+
+        """
+        if peer not in self._peers:
+            return
+        if event == SUBSCRIPTIONS:
+            subscribe = _topics(body.get("subscribe", []))
+            unsubscribe = _topics(body.get("unsubscribe", []))
+            topics = self._peers[peer]
+            if len(topics) + len(subscribe) > 10_000:
+                raise GossipError("too many subscriptions")
+            topics.update(subscribe)
+            topics.difference_update(unsubscribe)
+            for topic in unsubscribe:
+                self.mesh.get(topic, set()).discard(peer)
+            for topic in subscribe:
+                mesh = self.mesh.get(topic)
+                if mesh is not None and len(mesh) < self.degree_low and self.mode == "gossip":
+                    mesh.add(peer)
+                    self._talk(peer, GRAFT, {"topics": [topic]})
+        elif event == GRAFT:
+            refused = []
+            for topic in _topics(body.get("topics", [])):
+                mesh = self.mesh.get(topic)
+                if mesh is None or len(mesh) >= self.degree_high:
+                    refused.append(topic)
+                else:
+                    mesh.add(peer)
+                    self._peers[peer].add(topic)
+            if refused:
+                self._talk(peer, PRUNE, {"topics": refused})
+        elif event == PRUNE:
+            for topic in _topics(body.get("topics", [])):
+                self.mesh.get(topic, set()).discard(peer)
+        elif event == IHAVE:
+            announced = body.get("topic")
+            ids = _ids(body.get("ids", []), self.max_ihave)
+            if announced not in self.topics:
+                return
+            now = self._clock()
+            wanted = [i for i in ids if i not in self._seen and i not in self._asked]
+            if wanted:
+                for i in wanted:
+                    self._asked[i] = now
+                self.stats.iwant_sent += 1
+                self._talk(peer, IWANT, {"ids": wanted})
+        elif event == IWANT:
+            for message_id in _ids(body.get("ids", []), self.max_ihave):
+                message = self.cached(message_id)
+                if message is not None:
+                    self.stats.served += 1
+                    self._send(RouterAction("message", peer, message=message))
+
+    # Heartbeat
+
+    def heartbeat(self) -> None:
+        """Maintain the meshes, announce recent messages, age the caches."""
+        now = self._clock()
+        self._seen.expire(now)
+        for message_id, asked in list(self._asked.items()):
+            if now - asked > 10.0:
+                del self._asked[message_id]  # ask someone else next time
+        if self.mode == "gossip":
+            for topic in self.topics:
+                self._fill_mesh(topic)
+                self._announce(topic)
+        self._windows.insert(0, {})
+        self._windows.pop()
+
+    def _fill_mesh(self, topic: str) -> None:
+        if self.mode != "gossip":
+            return
+        mesh = self.mesh.setdefault(topic, set())
+        mesh.intersection_update(self._peers)
+        if len(mesh) < self.degree_low:
+            candidates = [
+                p for p, topics in self._peers.items() if topic in topics and p not in mesh
+            ]
+            for peer in self._sample(candidates, self.degree - len(mesh)):
+                mesh.add(peer)
+                self._talk(peer, GRAFT, {"topics": [topic]})
+        elif len(mesh) > self.degree_high:
+            for peer in self._sample(list(mesh), len(mesh) - self.degree):
+                mesh.discard(peer)
+                self._talk(peer, PRUNE, {"topics": [topic]})
+
+    def _announce(self, topic: str) -> None:
+        ids = [i for window in self._windows for i, m in window.items() if m.topic == topic]
+        if not ids:
+            return
+        ids = ids[: self.max_ihave]
+        subscribed = [p for p, topics in self._peers.items() if topic in topics]
+        for peer in self._sample(subscribed, self.lazy):
+            self.stats.ihave_sent += 1
+            self._talk(peer, IHAVE, {"topic": topic, "ids": ids})
+
+    # Helpers
+
+    def _talk(self, peer: PeerKey, event: str, body: dict[str, Any]) -> None:
+        self._send(RouterAction("talk", peer, event=event, body=body))
+
+    def _sample(self, items: list[PeerKey], count: int) -> list[PeerKey]:
+        if count <= 0:
+            return []
+        if len(items) <= count:
+            return list(items)
+        return self._rng.sample(items, count)
+
+
+def _topics(value: object) -> list[str]:
+    if not isinstance(value, list) or len(value) > 1000:
+        raise GossipError("topics must be a list of at most 1000 strings")
+    for topic in value:
+        if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
+            raise GossipError("invalid topic")
+    return value
+
+
+def _ids(value: object, limit: int) -> list[str]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise GossipError(f"ids must be a list of at most {limit} strings")
+    for item in value:
+        if not isinstance(item, str) or len(item) > 64:
+            raise GossipError("invalid message id")
+    return value

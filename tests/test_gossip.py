@@ -1,0 +1,253 @@
+"""Gossip and catch-up over in-process networks (trustp2p.testing)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Any
+
+import pytest
+
+from trustp2p import EventMap, Node, PackageType, Socket, Thread
+from trustp2p.gossip import Validation
+from trustp2p.identity import Identity
+from trustp2p.protocol.gossip import GossipMessage, sign_message
+from trustp2p.protocol.package import build_package
+from trustp2p.testing import Delivery, Network
+
+from .conftest import MS
+
+
+def check_exactly_once_in_order(deliveries: list[Delivery], expected: set[tuple[str, int]]) -> None:
+    """Every expected (origin, seq) delivered once, and each origin's in seq order."""
+    seen = [(d.origin, d.seq) for d in deliveries]
+    assert len(seen) == len(set(seen)), "a message was delivered twice"
+    assert set(seen) == expected
+    by_origin: dict[str, list[int]] = collections.defaultdict(list)
+    for origin, seq in seen:
+        by_origin[origin].append(seq)
+    for seqs in by_origin.values():
+        assert seqs == sorted(seqs), "out of per-origin order"
+
+
+async def publish_all(network: Network, count: int, indexes: list[int]) -> set[tuple[str, int]]:
+    """Publish ``count`` messages from the given nodes in turn; return their (origin, seq)."""
+    published = set()
+    for n in range(count):
+        node = network.nodes[indexes[n % len(indexes)]]
+        assert node.gossip is not None and node.gossip.log is not None
+        assert node.peer_id is not None
+        await node.gossip.publish("chat", {"n": n})
+        # A node delivers its own messages too, so its delivered mark is the new seq.
+        published.add((node.peer_id, node.gossip.delivered_seq("chat", node.peer_id)))
+    return published
+
+
+async def test_exactly_once_to_every_subscriber_in_50_nodes() -> None:
+    async with Network(50, degree=4, seed=7) as network:
+        await network.wait_connected()
+        await asyncio.sleep(100 * MS)  # let the meshes form
+        published = await publish_all(network, 100, list(range(50)))
+        await network.wait_delivered(100)
+        await asyncio.sleep(200 * MS)  # late duplicates would show now
+        for deliveries in network.received:
+            check_exactly_once_in_order(deliveries, published)
+        duplicates = sum(node.gossip.router.stats.duplicates for node in network.nodes)  # type: ignore[union-attr]
+        # Far fewer copies than flooding's one per link: a few per message per node.
+        assert duplicates / (100 * 50) < 4
+
+
+async def test_partition_then_heal_every_node_ends_with_all_messages() -> None:
+    async with Network(30, degree=4, seed=3) as network:
+        await network.wait_connected()
+        left, right = list(range(15)), list(range(15, 30))
+        network.partition([left, right])
+        await asyncio.sleep(50 * MS)
+        from_left = await publish_all(network, 100, left)
+        from_right = await publish_all(network, 100, right)
+        published = from_left | from_right
+        await asyncio.sleep(300 * MS)
+        for side, own in ((left, from_left), (right, from_right)):
+            for index in side:
+                got = {(d.origin, d.seq) for d in network.received[index]}
+                assert got <= own  # nothing crossed the partition
+        network.heal()
+        await network.wait_delivered(200, timeout=60)
+        for deliveries in network.received:
+            check_exactly_once_in_order(deliveries, published)
+        assert sum(node.gossip.caught_up for node in network.nodes) > 0  # type: ignore[union-attr]
+
+
+async def test_restarted_node_catches_up_from_the_persisted_log() -> None:
+    async with Network(8, degree=3, seed=5) as network:
+        await network.wait_connected()
+        await asyncio.sleep(50 * MS)
+        first = await publish_all(network, 10, [0, 1])
+        await network.wait_delivered(10)
+        await network.kill(5)
+        later = await publish_all(network, 20, [2, 3])
+        await asyncio.sleep(200 * MS)
+        assert len(network.received[5]) == 10
+        restarted = await network.restart(5)
+        assert restarted.gossip is not None
+        await network.wait_delivered(30, timeout=30)
+        check_exactly_once_in_order(network.received[5], first | later)
+        assert restarted.gossip.caught_up >= 20
+
+
+class Mallory(Thread):
+    """Does nothing itself: the test sends its packages by hand."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"mallory": lambda socket, package: None}}
+
+
+async def test_forged_and_altered_messages_are_dropped_and_penalised() -> None:
+    from trustp2p.drivers.memory import MemoryDriver, MemoryHub
+
+    hub = MemoryHub()
+    options: dict[str, Any] = {
+        "secure": False,
+        "peer_exchange": False,
+        "target_outbound": 0,
+        "gossip_interval": 0.05,
+        "invalid_ratio": 100.0,
+    }
+    victim = Node(
+        server=True, port=1, host="victim", driver=MemoryDriver(hub=hub, name="victim"), **options
+    )
+    mallory = Node(
+        client=True,
+        peers=["memory://victim:1"],
+        driver=MemoryDriver(hub=hub, name="mallory"),
+        threads=[Mallory],
+        **options,
+    )
+    bystander = Node(
+        client=True,
+        peers=["memory://victim:1"],
+        driver=MemoryDriver(hub=hub, name="bystander"),
+        **options,
+    )
+    got: list[GossipMessage] = []
+    async with victim, mallory, bystander:
+        assert victim.gossip and bystander.gossip and mallory.client and victim.server
+        victim.gossip.subscribe("chat", got.append)
+        bystander.gossip.subscribe("chat")
+        bystander_got: list[GossipMessage] = []
+        bystander.gossip.subscribe("chat", bystander_got.append)
+        await mallory.client.wait_connected()
+        await victim.server.wait_connected(2)
+        socket = mallory.client.sockets[0]
+        honest = Identity.generate()
+        real = sign_message(honest, "chat", 1, int(time.time() * 1000), {"pay": 1})
+        altered = {**real.to_body(), "data": '{"pay":1000000}'}
+        forged = {**real.to_body(), "origin": Identity.generate().peer_id}
+        for body in (altered, forged):
+            mallory._send_package(socket, build_package(PackageType.GOSSIP, "chat", body))
+        await asyncio.sleep(100 * MS)
+        assert got == [] and bystander_got == []
+        inbound = next(s for s in victim.server.sockets if s.host == "mallory")
+        assert inbound.stats.invalid_in == 2
+        assert victim.gossip.router.stats.invalid == 2
+        # The genuine message still goes through, once.
+        mallory._send_package(socket, build_package(PackageType.GOSSIP, "chat", real.to_body()))
+        mallory._send_package(socket, build_package(PackageType.GOSSIP, "chat", real.to_body()))
+        await asyncio.sleep(100 * MS)
+        assert [m.data for m in got] == ['{"pay":1}']
+
+
+async def test_rejected_messages_count_against_the_sender() -> None:
+    async with Network(2, degree=1, seed=1) as network:
+        await network.wait_connected()
+        sender, judge = network.nodes
+        assert judge.gossip is not None and sender.gossip is not None
+        judge.gossip.set_validator(
+            "chat", lambda m: Validation.REJECT if m.body.get("spam") else Validation.ACCEPT
+        )
+        await asyncio.sleep(50 * MS)
+        await sender.gossip.publish("chat", {"spam": True})
+        await sender.gossip.publish("chat", {"ham": True})
+        await network.wait_delivered(1)
+        # The rejected message takes its turn without being delivered; the next follows.
+        assert [(d.seq, d.topic) for d in network.received[1]] == [(2, "chat")]
+        assert judge.sockets[0].stats.invalid_in == 1
+        assert judge.gossip.router.stats.invalid == 1
+        assert judge.gossip.log is not None
+        assert not judge.gossip.log.has(f"chat\0{sender.peer_id}", 1)  # not kept nor served
+
+
+async def test_uninterested_nodes_do_not_carry_a_topic() -> None:
+    async with Network(12, degree=4, seed=11, topics=[]) as network:
+        await network.wait_connected()
+        seen_by: dict[int, list[str]] = collections.defaultdict(list)
+        for index, node in enumerate(network.nodes):
+            assert node.gossip is not None
+            original = node.gossip._receive
+
+            def spy(
+                socket: Socket, package: Any, index: int = index, original: Any = original
+            ) -> None:
+                seen_by[index].append(package.event)
+                original(socket, package)
+
+            node.gossip._receive = spy  # type: ignore[method-assign]
+        interested = [0, 1, 2, 3]
+        for index in interested:
+            network.nodes[index].gossip.subscribe("rare")  # type: ignore[union-attr]
+        await asyncio.sleep(300 * MS)
+        await network.nodes[0].gossip.publish("rare", {"x": 1})  # type: ignore[union-attr]
+        await network.nodes[5].gossip.publish("nobody", {"x": 2})  # type: ignore[union-attr]
+        await asyncio.sleep(500 * MS)
+        for index in range(12):
+            if index not in interested:
+                assert "rare" not in seen_by[index]
+            assert "nobody" not in seen_by[index]
+
+
+async def test_hop_limit_and_seen_cache_bounds_under_a_flood() -> None:
+    async with Network(10, degree=3, seed=2, max_hops=2, seen_max=50, seen_ttl=60.0) as network:
+        await network.wait_connected()
+        await asyncio.sleep(50 * MS)
+        for n in range(200):
+            await network.nodes[0].gossip.publish("chat", {"n": n})  # type: ignore[union-attr]
+        await asyncio.sleep(500 * MS)
+        for node in network.nodes:
+            router = node.gossip.router  # type: ignore[union-attr]
+            assert len(router._seen) <= 50
+        limited = sum(node.gossip.router.stats.hop_limited for node in network.nodes)  # type: ignore[union-attr]
+        assert limited > 0
+        # No delivery twice, even with the seen-cache too small to remember them all.
+        for deliveries in network.received:
+            ids = [(d.origin, d.seq) for d in deliveries]
+            assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("mode", ["gossip", "flood"])
+async def test_both_modes_cover_the_network(mode: str) -> None:
+    async with Network(20, degree=4, seed=9, gossip_mode=mode) as network:
+        await network.wait_connected()
+        await asyncio.sleep(50 * MS)
+        await publish_all(network, 20, list(range(20)))
+        await network.wait_delivered(20)
+
+
+async def test_messages_older_than_the_log_are_dropped() -> None:
+    """Past log_max_age a node may have forgotten it delivered them: refuse, don't repeat."""
+    async with Network(2, degree=1, seed=1, log_max_age=60.0) as network:
+        await network.wait_connected()
+        sender, receiver = network.nodes
+        assert sender.client is not None or receiver.client is not None
+        socket = (
+            (sender.client.sockets if sender.client else [])[0]
+            if sender.client and sender.client.sockets
+            else sender.server.sockets[0]
+        )  # type: ignore[union-attr]
+        old = sign_message(
+            Identity.generate(), "chat", 1, int((time.time() - 120) * 1000), {"x": 1}
+        )
+        sender._send_package(socket, build_package(PackageType.GOSSIP, "chat", old.to_body()))
+        await asyncio.sleep(100 * MS)
+        assert network.received[1] == []

@@ -1,0 +1,959 @@
+"""The message log: bookkeeping, limits, persistence, and faults (kill -9, full disk,
+corrupt files)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import resource
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, strategies as st
+
+from trustp2p import msglog
+from trustp2p.msglog import LOG_PATH, LoggedMessage, MessageLog
+
+from .conftest import MS, FakeClock
+
+WRITER = Path(__file__).with_name("msglog_writer.py")
+LOGGER = "trustp2p.msglog"
+HOUR = 3600.0
+
+
+def message(seq: int, origin: str = "tpa", topic: str = "chat", data: str = "") -> LoggedMessage:
+    return LoggedMessage(
+        topic=topic,
+        origin=origin,
+        seq=seq,
+        timestamp=500.0 + seq,
+        data=data or f'{{"n": {seq}}}',
+        key=f"key-{origin}",
+        signature=f"sig-{origin}-{seq}",
+        id=f"id-{origin}-{seq}",
+    )
+
+
+def seqs(messages: list[LoggedMessage]) -> list[int]:
+    return [m.seq for m in messages]
+
+
+@pytest.fixture
+async def log(clock: FakeClock) -> AsyncIterator[MessageLog]:
+    log = await MessageLog.open(None, clock=clock)
+    yield log
+    await log.close()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / LOG_PATH
+
+
+def query(path: Path, sql: str) -> list[Any]:
+    """Read the database as another process would."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def stored(path: Path) -> list[tuple[str, str, int]]:
+    """The stored messages, in the order they were logged."""
+    return query(path, "SELECT topic, origin, seq FROM messages ORDER BY position")
+
+
+def files(directory: Path) -> list[Path]:
+    return list(directory.iterdir())
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    """Let the log's flush task run until ``condition`` holds (5 s at most)."""
+    async with asyncio.timeout(5000 * MS):
+        while not condition():  # noqa: ASYNC110 - the flush task has no event to wait on
+            await asyncio.sleep(MS)
+
+
+async def test_open_checks_its_arguments() -> None:
+    with pytest.raises(
+        ValueError, match=r"^flush_interval must be a positive number of seconds, not 0$"
+    ):
+        await MessageLog.open(None, flush_interval=0)
+    with pytest.raises(ValueError, match=r"^max_messages must be at least 1 or None, not 0$"):
+        await MessageLog.open(None, max_messages=0)
+    with pytest.raises(
+        ValueError, match=r"^max_age must be a positive number of seconds or None, not -1$"
+    ):
+        await MessageLog.open(None, max_age=-1)
+
+
+async def test_a_cancelled_open_closes_what_it_opened(path: Path) -> None:
+    task = asyncio.create_task(MessageLog.open(path))
+    await asyncio.sleep(0)  # the worker thread is opening the database
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    log = await MessageLog.open(path)
+    await log.close()
+
+
+# Bookkeeping (in memory).
+
+
+async def test_add_and_has(log: MessageLog) -> None:
+    assert len(log) == 0
+    assert log.add(message(1)) is True
+    assert log.add(message(2, topic="news")) is True
+    assert log.add(message(1, origin="tpb")) is True
+    # (origin, seq) names a message, whatever its topic or payload.
+    assert log.add(message(1, topic="news", data='{"other": true}')) is False
+    assert len(log) == 3
+    assert log.has("tpa", 1)
+    assert log.has("tpa", 2)
+    assert log.has("tpb", 1)
+    assert not log.has("tpa", 3)
+    assert not log.has("tpc", 1)
+    assert log.range("tpa", 1, 1) == [message(1)]
+
+
+async def test_high_water_is_contiguous(log: MessageLog) -> None:
+    assert log.high_water() == {}
+    for seq in (1, 2, 3, 5, 6):
+        log.add(message(seq))
+    assert log.high_water() == {"tpa": 3}
+    log.add(message(4))
+    assert log.high_water() == {"tpa": 6}
+    # An origin first heard of late starts where it was first heard of.
+    for seq in (11, 10, 12):
+        log.add(message(seq, origin="tpb"))
+    assert log.high_water() == {"tpa": 6, "tpb": 12}
+    # A message older than the first one kept, with a gap: the mark starts from it.
+    log.add(message(7, origin="tpb"))
+    assert log.high_water() == {"tpa": 6, "tpb": 7}
+    assert log.first_seq("tpb") == 7
+    for seq in (8, 9):
+        log.add(message(seq, origin="tpb"))
+    assert log.high_water() == {"tpa": 6, "tpb": 12}
+
+
+async def test_high_water_with_many_gaps(log: MessageLog) -> None:
+    for seq in [*range(1, 1000), *range(1001, 2000, 2)]:
+        log.add(message(seq))
+    assert log.high_water() == {"tpa": 999}
+    log.add(message(1000))
+    assert log.high_water() == {"tpa": 1001}
+
+
+async def test_high_water_per_topic(log: MessageLog) -> None:
+    for seq in (1, 2, 4):
+        log.add(message(seq))
+    log.add(message(3, topic="news"))
+    log.add(message(1, origin="tpb", topic="news"))
+    assert log.high_water() == {"tpa": 4, "tpb": 1}
+    assert log.high_water("chat") == {"tpa": 2}
+    assert log.high_water("news") == {"tpa": 3, "tpb": 1}
+    assert log.high_water("nobody") == {}
+
+
+async def test_first_seq(log: MessageLog) -> None:
+    assert log.first_seq("tpa") is None
+    log.add(message(5))
+    log.add(message(3, topic="news"))
+    log.add(message(9))
+    assert log.first_seq("tpa") == 3
+
+
+async def test_range(log: MessageLog) -> None:
+    for seq in (7, 1, 2, 3, 4, 6, 8, 9, 10):  # no 5; 7 first
+        log.add(message(seq, topic="news" if seq % 2 else "chat"))
+    log.add(message(5, origin="tpb"))
+    assert seqs(log.range("tpa", 3, 7)) == [3, 4, 6, 7]
+    assert seqs(log.range("tpa", 0, 100)) == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert seqs(log.range("tpa", 3, 7, limit=2)) == [3, 4]
+    assert seqs(log.range("tpa", 9, 9)) == [9]
+    assert log.range("tpa", 5, 5) == []
+    assert log.range("tpa", 11, 20) == []
+    assert log.range("tpa", 7, 3) == []
+    assert log.range("tpa", 1, 10, limit=0) == []
+    assert log.range("tpc", 1, 10) == []
+    assert log.range("tpa", 6, 6) == [message(6, topic="chat")]
+
+
+async def test_range_max_bytes(log: MessageLog) -> None:
+    for seq in range(1, 6):
+        log.add(message(seq, data="x" * 10))
+    assert seqs(log.range("tpa", 1, 5, max_bytes=30)) == [1, 2, 3]
+    assert seqs(log.range("tpa", 1, 5, max_bytes=29)) == [1, 2]
+    # The first message comes even if it alone is bigger: a range always moves on.
+    assert seqs(log.range("tpa", 2, 5, max_bytes=1)) == [2]
+
+
+async def test_max_messages_drops_the_oldest_received(clock: FakeClock) -> None:
+    log = await MessageLog.open(None, clock=clock, max_messages=3)
+    try:
+        for seq in (1, 3, 2):
+            log.add(message(seq))
+        log.add(message(1, origin="tpb", topic="news"))
+        log.add(message(4))  # drops 1, the oldest received
+        assert seqs(log.range("tpa", 1, 10)) == [2, 3, 4]
+        assert log.high_water() == {"tpa": 4, "tpb": 1}
+        log.add(message(5))  # drops 3, received before 2
+        assert seqs(log.range("tpa", 1, 10)) == [2, 4, 5]
+        assert log.high_water() == {"tpa": 2, "tpb": 1}
+        assert log.high_water("chat") == {"tpa": 2}
+        assert log.first_seq("tpa") == 2
+        assert not log.has("tpa", 1)
+        assert len(log) == 4  # the limit is per topic
+        # A dropped message can come back; the delivery marks tell it was seen.
+        assert log.add(message(1)) is True
+        assert seqs(log.range("tpa", 1, 10)) == [1, 4, 5]
+    finally:
+        await log.close()
+
+
+async def test_max_messages_in_a_long_run(clock: FakeClock) -> None:
+    log = await MessageLog.open(None, clock=clock, max_messages=100)
+    try:
+        for seq in range(1, 5001):
+            log.add(message(seq))
+            log.add(message(seq, origin="tpb", topic="news"))
+        assert len(log) == 200
+        assert log.high_water() == {"tpa": 5000, "tpb": 5000}
+        assert log.first_seq("tpa") == 4901
+        assert seqs(log.range("tpa", 1, 5000, limit=1000)) == list(range(4901, 5001))
+    finally:
+        await log.close()
+
+
+async def test_max_age_counts_from_when_a_message_was_received(clock: FakeClock) -> None:
+    log = await MessageLog.open(None, clock=clock, max_age=100)
+    try:
+        log.add(message(1))
+        clock.advance(60)  # 1060
+        log.add(message(2))
+        log.add(message(1, origin="tpb", topic="news"))
+        clock.advance(50)  # 1110: message 1 is 110 s old; adding to its topic drops it
+        ancient = LoggedMessage("chat", "tpa", 3, 0.0, "{}", "k", "s", "i")
+        log.add(ancient)  # the origin's timestamp doesn't count
+        assert seqs(log.range("tpa", 1, 10)) == [2, 3]
+        assert log.has("tpb", 1)
+        clock.advance(60)  # 1170: the flush drops what was received before 1070
+        assert await log.flush() is True
+        assert log.range("tpa", 1, 10) == [ancient]
+        assert log.high_water() == {"tpa": 3}
+        assert log.high_water("news") == {}
+        assert len(log) == 1
+        clock.advance(40)  # 1210: 3 is exactly 100 s old, and kept
+        assert await log.flush() is True
+        assert len(log) == 1
+        clock.advance(1)
+        assert await log.flush() is True
+        assert len(log) == 0
+        assert log.high_water() == {}
+        assert log.first_seq("tpa") is None
+    finally:
+        await log.close()
+
+
+async def test_no_limits(clock: FakeClock) -> None:
+    log = await MessageLog.open(None, clock=clock, max_messages=None, max_age=None)
+    try:
+        for seq in range(1, 20_001):
+            log.add(message(seq))
+        clock.advance(10 * 365 * 86_400)
+        assert await log.flush() is True
+        assert len(log) == 20_000
+    finally:
+        await log.close()
+
+
+async def test_delivered(log: MessageLog) -> None:
+    assert log.delivered("tpa") == 0
+    log.mark_delivered("tpa", 5)
+    assert log.delivered("tpa") == 5
+    log.mark_delivered("tpa", 3)  # never goes down
+    assert log.delivered("tpa") == 5
+    log.mark_delivered("tpa", 6)
+    assert log.delivered("tpa") == 6
+    assert log.delivered("tpb") == 0
+
+
+async def test_idle_delivery_marks_are_forgotten(clock: FakeClock) -> None:
+    log = await MessageLog.open(None, clock=clock, max_age=100)
+    try:
+        log.mark_delivered("tpa", 5)
+        log.mark_delivered("tpb", 7)
+        clock.advance(50)
+        log.add(message(8, origin="tpb"))
+        log.mark_delivered("tpc", 1)
+        clock.advance(51)  # tpa's and tpb's marks are 101 s old; tpb has a message kept
+        assert await log.flush() is True
+        assert [log.delivered(p) for p in ("tpa", "tpb", "tpc")] == [0, 7, 1]
+        clock.advance(50)  # tpb's message is 101 s old: it goes, and so does the mark
+        assert await log.flush() is True
+        assert [log.delivered(p) for p in ("tpa", "tpb", "tpc")] == [0, 0, 0]
+    finally:
+        await log.close()
+
+
+async def test_idle_delivery_marks_are_bounded(clock: FakeClock) -> None:
+    # At most 10 * max_messages marks of origins with no message kept.
+    log = await MessageLog.open(None, clock=clock, max_messages=1)
+    try:
+        for i in range(12):
+            log.mark_delivered(f"tp{i}", 1)
+            clock.advance(1)
+        log.add(message(1, origin="tp0"))  # tp0 isn't idle
+        assert await log.flush() is True
+        assert [log.delivered(f"tp{i}") for i in range(12)] == [1, 0, *[1] * 10]
+    finally:
+        await log.close()
+
+
+async def test_next_seq(log: MessageLog) -> None:
+    assert [log.next_seq("tpme") for _ in range(3)] == [1, 2, 3]
+    assert log.next_seq("tpother") == 1
+    # A message of ours that came back, or a delivery mark, shows a number was used.
+    log.add(message(10, origin="tpme"))
+    assert log.next_seq("tpme") == 11
+    log.mark_delivered("tpme", 20)
+    assert log.next_seq("tpme") == 21
+    assert log.next_seq("tpme") == 22
+
+
+def model_high(present: list[int]) -> int:
+    first = present[0]
+    high = first
+    while high + 1 in present:
+        high += 1
+    return high
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("ab"), st.sampled_from(["chat", "news"]), st.integers(1, 30)),
+        max_size=200,
+    ),
+    st.integers(1, 12),
+)
+def test_the_indexes_match_a_plain_list(adds: list[tuple[str, str, int]], limit: int) -> None:
+    """Compare the log with a list of what it should keep, after each add."""
+    log = MessageLog(None, clock=lambda: 0.0, flush_interval=1, max_messages=limit, max_age=10)
+    kept: list[LoggedMessage] = []  # in the order logged
+    for origin, topic, seq in adds:
+        m = message(seq, origin=origin, topic=topic)
+        new = not any((k.origin, k.seq) == (origin, seq) for k in kept)
+        assert log.add(m) is new
+        if new:
+            kept.append(m)
+            in_topic = [k for k in kept if k.topic == topic]
+            if len(in_topic) > limit:
+                kept.remove(in_topic[0])
+        assert len(log) == len(kept)
+    for origin in "ab":
+        mine = sorted(k.seq for k in kept if k.origin == origin)
+        assert log.first_seq(origin) == (mine[0] if mine else None)
+        assert seqs(log.range(origin, 5, 20, limit=7)) == [s for s in mine if 5 <= s <= 20][:7]
+        assert [log.has(origin, s) for s in range(32)] == [s in mine for s in range(32)]
+    for only in ("chat", "news", None):
+        expected = {}
+        for origin in "ab":
+            present = sorted(k.seq for k in kept if k.origin == origin and only in (None, k.topic))
+            if present:
+                expected[origin] = model_high(present)
+        assert log.high_water(only) == expected
+
+
+async def test_a_closed_log(clock: FakeClock, path: Path) -> None:
+    log = await MessageLog.open(path, clock=clock)
+    log.add(message(1))
+    await log.close()
+    await log.close()
+    # The per-message calls don't raise during a shutdown; nothing is written any more.
+    assert log.add(message(2)) is True
+    assert log.has("tpa", 2)
+    assert log.next_seq("tpme") == 1
+    log.mark_delivered("tpa", 2)
+    assert await log.flush() is True
+    assert stored(path) == [("chat", "tpa", 1)]
+
+
+async def test_a_log_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    log = await MessageLog.open(None)
+    log.add(message(1))
+    assert await log.flush() is True
+    await log.close()
+    assert files(tmp_path) == []
+
+
+# Persistence.
+
+
+async def test_everything_survives_a_restart(path: Path, clock: FakeClock) -> None:
+    log = await MessageLog.open(path, clock=clock, max_age=100)
+    for seq in (1, 2, 4):
+        log.add(message(seq))
+    clock.advance(50)
+    log.add(message(1, origin="tpb", topic="news"))
+    log.add(message(3, data='{"text": "héllo \\u2603"}'))
+    log.mark_delivered("tpa", 2)
+    assert [log.next_seq("tpme") for _ in range(3)] == [1, 2, 3]
+    await log.close()
+
+    assert query(path, "PRAGMA user_version") == [(1,)]
+    assert query(path, "PRAGMA journal_mode") == [("wal",)]
+    assert stored(path) == [
+        ("chat", "tpa", 1),
+        ("chat", "tpa", 2),
+        ("chat", "tpa", 4),
+        ("news", "tpb", 1),
+        ("chat", "tpa", 3),
+    ]
+    clock.advance(1)
+    log = await MessageLog.open(path, clock=clock, max_age=100)
+    try:
+        assert len(log) == 5
+        assert log.range("tpa", 1, 4) == [
+            message(1),
+            message(2),
+            message(3, data='{"text": "héllo \\u2603"}'),
+            message(4),
+        ]
+        assert log.high_water() == {"tpa": 4, "tpb": 1}
+        assert log.high_water("news") == {"tpb": 1}
+        assert log.delivered("tpa") == 2
+        assert log.next_seq("tpme") == 4
+        # The receive times were kept: 1, 2 and 4 are dropped first.
+        clock.advance(50)  # 1101
+        assert await log.flush() is True
+        assert seqs(log.range("tpa", 1, 4)) == [3]
+        assert log.add(message(5)) is True
+    finally:
+        await log.close()
+    assert stored(path) == [("news", "tpb", 1), ("chat", "tpa", 3), ("chat", "tpa", 5)]
+
+
+async def test_a_missing_directory_is_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "app" / LOG_PATH
+    log = await MessageLog.open(path)
+    await log.close()
+    assert path.is_file()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+async def test_messages_are_written_behind(path: Path) -> None:
+    log = await MessageLog.open(path, flush_interval=HOUR)
+    try:
+        log.add(message(1))
+        log.mark_delivered("tpa", 1)
+        log.next_seq("tpme")
+        assert stored(path) == []
+        assert await log.flush() is True
+        assert stored(path) == [("chat", "tpa", 1)]
+        assert query(path, "SELECT origin, seq FROM delivered") == [("tpa", 1)]
+        assert query(path, "SELECT origin, last FROM sequences") == [("tpme", 1)]
+    finally:
+        await log.close()
+
+
+async def test_the_periodic_flush_writes(path: Path) -> None:
+    log = await MessageLog.open(path, flush_interval=MS)
+    try:
+        log.add(message(1))
+        log.next_seq("tpme")
+        await wait_for(lambda: stored(path) == [("chat", "tpa", 1)])
+        await wait_for(lambda: query(path, "SELECT last FROM sequences") == [(1,)])
+    finally:
+        await log.close()
+
+
+async def test_many_waiting_messages_are_written_soon(path: Path) -> None:
+    log = await MessageLog.open(path, flush_interval=HOUR)
+    try:
+        for seq in range(1, 1000):
+            log.add(message(seq))
+        await asyncio.sleep(10 * MS)
+        assert stored(path) == []
+        log.add(message(1000))
+        await wait_for(lambda: query(path, "SELECT count(*) FROM messages") == [(1000,)])
+    finally:
+        await log.close()
+
+
+async def test_the_disk_keeps_the_limits(path: Path, clock: FakeClock) -> None:
+    log = await MessageLog.open(path, clock=clock, max_messages=5, max_age=100)
+    try:
+        for seq in range(1, 21):
+            log.add(message(seq))
+            if seq % 3 == 0:
+                assert await log.flush() is True
+        log.add(message(1, origin="tpb", topic="news"))
+        assert await log.flush() is True
+        assert stored(path) == [
+            *(("chat", "tpa", seq) for seq in range(16, 21)),
+            ("news", "tpb", 1),
+        ]
+        clock.advance(101)
+        assert await log.flush() is True
+        assert stored(path) == []
+    finally:
+        await log.close()
+
+
+async def test_smaller_limits_apply_at_open(path: Path, clock: FakeClock) -> None:
+    log = await MessageLog.open(path, clock=clock, max_messages=None)
+    for seq in range(1, 11):
+        log.add(message(seq))
+    clock.advance(50)
+    for seq in range(1, 4):
+        log.add(message(seq, origin="tpb", topic="news"))
+    await log.close()
+
+    log = await MessageLog.open(path, clock=clock, max_messages=4)
+    try:
+        assert len(log) == 7
+        assert log.high_water() == {"tpa": 10, "tpb": 3}
+        assert log.first_seq("tpa") == 7
+        assert await log.flush() is True
+        assert len(stored(path)) == 7
+    finally:
+        await log.close()
+
+    clock.advance(1)
+    log = await MessageLog.open(path, clock=clock, max_age=50)  # chat is 51 s old
+    try:
+        assert log.high_water() == {"tpb": 3}
+    finally:
+        await log.close()
+    assert stored(path) == [("news", "tpb", seq) for seq in (1, 2, 3)]
+
+
+async def test_the_hot_path_never_waits_for_the_disk(path: Path) -> None:
+    log = await MessageLog.open(path, flush_interval=HOUR)
+    try:
+        release = threading.Event()
+        assert log._executor is not None
+        busy = asyncio.get_running_loop().run_in_executor(log._executor, release.wait)
+        flush = asyncio.create_task(log.flush())
+        # The worker thread is stuck; the per-message calls still answer.
+        assert log.add(message(1)) is True
+        assert log.has("tpa", 1)
+        assert log.high_water() == {"tpa": 1}
+        assert log.range("tpa", 1, 1) == [message(1)]
+        log.mark_delivered("tpa", 1)
+        assert log.delivered("tpa") == 1
+        assert log.next_seq("tpme") == 1
+        release.set()
+        await busy
+        assert await flush is True
+    finally:
+        await log.close()
+    assert stored(path) == [("chat", "tpa", 1)]
+
+
+# Faults.
+
+
+def test_survives_kill_9_mid_write(path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(WRITER), str(path), "loop"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        lines.extend(process.stdout)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(lines) < 300:
+            assert process.poll() is None, process.stderr
+            assert time.monotonic() < deadline, lines[-1:]
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        reader.join()
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()
+        err = process.stderr.read()
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    assert err == ""
+    # Messages 1..written were committed before the kill (the last line may be cut short).
+    written = int([line for line in lines if line.endswith("\n")][-1])
+    assert written >= 3000
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+
+    async def check() -> None:
+        log = await MessageLog.open(path)
+        try:
+            assert all(log.has("tpwriter", seq) for seq in range(1, written + 1))
+            # Later batches may have been committed too, whole.
+            high = log.high_water()["tpwriter"]
+            assert high >= written
+            assert high % 10 == 0
+            assert len(log) == high
+            assert log.delivered("tpwriter") == high
+            assert log.next_seq("tpwriter") == high + 1
+        finally:
+            await log.close()
+
+    asyncio.run(check())
+
+
+def test_full_disk_keeps_the_log_running(path: Path) -> None:
+    # A file-size limit makes writes fail with EFBIG (CPython ignores SIGXFSZ). Only the
+    # soft limit is set, so that the writer can lift it and check the recovery.
+    limit = 128 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    result = subprocess.run(
+        [sys.executable, str(WRITER), str(path), "full"],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"WARNING trustp2p.msglog: can't write message log {path}: disk I/O error; "
+        "keeping messages in memory and retrying every 3600 s",
+        f"INFO trustp2p.msglog: message log {path} is writable again",
+    ]
+    out = result.stdout.splitlines()
+    failed_after = int(out[0].removeprefix("writes failed after ").removesuffix(" messages"))
+    assert failed_after >= 10
+    n = failed_after + 100
+    assert out[1:] == [
+        f"in memory {n} {{'tpwriter': {n}}} {n}",
+        "flushed True",
+        f"stored {n} {{'tpwriter': {n}}} {n} {n + 1}",
+    ]
+
+
+async def test_failed_writes_are_kept_and_retried(
+    path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    log = await MessageLog.open(path, clock=clock, flush_interval=HOUR, max_messages=3)
+    try:
+        log.add(message(1))
+        log.add(message(2))
+        assert await log.flush() is True
+        assert log._db is not None
+        write = log._db.write
+        calls = 0
+
+        def full(batch: Any) -> None:
+            nonlocal calls
+            calls += 1
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(log._db, "write", full)
+        log.add(message(3))
+        log.mark_delivered("tpa", 3)
+        assert log.next_seq("tpme") == 1
+        assert await log.flush() is False
+        log.add(message(4))  # drops 1, which is on disk
+        log.add(message(5))  # drops 2, which is on disk
+        log.add(message(6))  # drops 3, which never was
+        assert await log.flush() is False
+        assert calls == 2
+        assert seqs(log.range("tpa", 1, 10)) == [4, 5, 6]
+        assert log.high_water() == {"tpa": 6}
+        monkeypatch.setattr(log._db, "write", write)
+        assert await log.flush() is True
+    finally:
+        await log.close()
+    assert logged(caplog) == [
+        (
+            "WARNING",
+            f"can't write message log {path}: database or disk is full; "
+            "keeping messages in memory and retrying every 3600 s",
+        ),
+        ("INFO", f"message log {path} is writable again"),
+    ]
+    assert stored(path) == [("chat", "tpa", 4), ("chat", "tpa", 5), ("chat", "tpa", 6)]
+    assert query(path, "SELECT origin, seq FROM delivered") == [("tpa", 3)]
+    assert query(path, "SELECT origin, last FROM sequences") == [("tpme", 1)]
+
+
+async def test_the_periodic_flush_retries(
+    path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    log = await MessageLog.open(path, flush_interval=MS)
+    try:
+        assert log._db is not None
+        write = log._db.write
+        failed = asyncio.Event()
+
+        def full(batch: Any) -> None:
+            failed.set()
+            raise OSError(28, "No space")
+
+        monkeypatch.setattr(log._db, "write", full)
+        log.add(message(1))
+        await failed.wait()
+        monkeypatch.setattr(log._db, "write", write)
+        await wait_for(lambda: len(logged(caplog)) == 2)
+    finally:
+        await log.close()
+    assert logged(caplog) == [
+        (
+            "WARNING",
+            f"can't write message log {path}: [Errno 28] No space; "
+            "keeping messages in memory and retrying every 0.001 s",
+        ),
+        ("INFO", f"message log {path} is writable again"),
+    ]
+    assert stored(path) == [("chat", "tpa", 1)]
+
+
+async def test_an_unsaved_close_says_so(
+    path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = await MessageLog.open(path, flush_interval=HOUR)
+    assert log._db is not None
+
+    def broken(batch: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(log._db, "write", broken)
+    log.add(message(1))
+    log.add(message(2))
+    log.mark_delivered("tpa", 2)
+    await log.close()
+    assert logged(caplog) == [
+        (
+            "WARNING",
+            f"can't write message log {path}: disk I/O error; "
+            "keeping messages in memory and retrying every 3600 s",
+        ),
+        ("WARNING", f"closed message log {path} with 3 unsaved changes"),
+    ]
+
+
+def rewrite(path: Path, mangle: Callable[[bytes], bytes]) -> bytes:
+    data = mangle(path.read_bytes() if path.exists() else b"")
+    path.write_bytes(data)
+    return data
+
+
+CORRUPTIONS = {
+    "random bytes": (lambda data: os.urandom(8192), "file is not a database"),
+    "garbled header": (lambda data: b"garbage garbage!" + data[16:], "file is not a database"),
+    "truncated": (lambda data: data[:100], "database disk image is malformed"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+async def test_a_corrupt_database_is_moved_aside(
+    kind: str, path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    mangle, error = CORRUPTIONS[kind]
+    log = await MessageLog.open(path, clock=clock)
+    for seq in range(1, 51):
+        log.add(message(seq))
+    await log.close()
+    corrupt = rewrite(path, mangle)
+
+    log = await MessageLog.open(path, clock=clock)
+    try:
+        assert len(log) == 0
+        log.add(message(1, origin="tpb"))
+    finally:
+        await log.close()
+    assert logged(caplog) == [
+        (
+            "WARNING",
+            f"message log {path} is corrupt ({error}); moved it to "
+            "gossip.sqlite.corrupt-1000 and started an empty one",
+        )
+    ]
+    assert (path.parent / "gossip.sqlite.corrupt-1000").read_bytes() == corrupt
+    assert stored(path) == [("chat", "tpb", 1)]
+
+
+async def test_corrupt_files_of_one_second_keep_apart(path: Path, clock: FakeClock) -> None:
+    path.parent.mkdir()
+    for content in (b"first" * 100, b"second" * 100):
+        rewrite(path, lambda data: content)  # noqa: B023 - called at once
+        log = await MessageLog.open(path, clock=clock)
+        await log.close()
+    assert (path.parent / "gossip.sqlite.corrupt-1000").read_bytes() == b"first" * 100
+    assert (path.parent / "gossip.sqlite.corrupt-1000.1").read_bytes() == b"second" * 100
+
+
+async def test_garbage_wal_and_shm_files_are_ignored(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = await MessageLog.open(path)
+    log.add(message(1))
+    await log.close()
+    path.with_name("gossip.sqlite-wal").write_bytes(os.urandom(10_000))
+    path.with_name("gossip.sqlite-shm").write_bytes(os.urandom(32_768))
+    log = await MessageLog.open(path)
+    try:
+        assert log.high_water() == {"tpa": 1}
+        log.add(message(2))
+    finally:
+        await log.close()
+    assert logged(caplog) == []
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+    assert stored(path) == [("chat", "tpa", 1), ("chat", "tpa", 2)]
+
+
+async def test_malformed_rows_are_dropped(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = await MessageLog.open(path)
+    log.add(message(1))
+    log.add(message(2))
+    await log.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE messages SET seq = 'two' WHERE seq = 2")
+        # A second copy of message 1: only the first one logged counts.
+        conn.execute(
+            "INSERT INTO messages SELECT 7, 'news', origin, seq, timestamp, data, key, "
+            "signature, id, received FROM messages WHERE position = 1"
+        )
+    log = await MessageLog.open(path)
+    try:
+        assert log.range("tpa", 1, 10) == [message(1)]
+        log.add(message(3))
+    finally:
+        await log.close()
+    assert logged(caplog) == [("WARNING", "! dropped malformed message log row 2")]
+    assert query(path, "SELECT position, seq FROM messages ORDER BY position") == [(1, 1), (8, 3)]
+
+
+async def test_a_database_that_cannot_be_opened_waits_in_memory(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    path.parent.parent.mkdir(exist_ok=True)
+    path.parent.write_text("not a directory")  # data/ is a file
+    log = await MessageLog.open(path)
+    try:
+        log.add(message(1))
+        assert await log.flush() is False
+        path.parent.unlink()
+        assert await log.flush() is True
+    finally:
+        await log.close()
+    assert logged(caplog) == [
+        (
+            "WARNING",
+            f"can't open message log {path}: [Errno 17] File exists: '{path.parent}'; "
+            "keeping messages in memory and retrying every 1 s",
+        ),
+        ("INFO", f"message log {path} is writable again"),
+    ]
+    assert stored(path) == [("chat", "tpa", 1)]
+
+
+async def test_a_database_opened_late_is_merged(
+    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = await MessageLog.open(path, clock=clock, max_messages=4)
+    for seq in (1, 2, 3):
+        log.add(message(seq))
+    log.mark_delivered("tpa", 3)
+    log.mark_delivered("tpb", 9)
+    assert [log.next_seq("tpme") for _ in range(5)] == [1, 2, 3, 4, 5]
+    await log.close()
+
+    opened = msglog._Database.open
+    tries = 0
+
+    def open_once_later(self: Any, *args: Any) -> Any:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return opened(self, *args)
+
+    monkeypatch.setattr(msglog._Database, "open", open_once_later)
+    clock.advance(10)
+    log = await MessageLog.open(path, clock=clock, max_messages=4)
+    try:
+        log.add(message(3))  # stored already
+        log.add(message(4))
+        log.add(message(5))  # the topic is full: 1 goes
+        log.add(message(1, origin="tpb", topic="news"))
+        log.mark_delivered("tpa", 5)
+        log.mark_delivered("tpb", 1)
+        assert log.next_seq("tpme") == 1  # the stored counter isn't known yet
+        assert await log.flush() is True
+        assert seqs(log.range("tpa", 1, 10)) == [2, 3, 4, 5]
+        assert log.high_water() == {"tpa": 5, "tpb": 1}
+        assert [log.delivered("tpa"), log.delivered("tpb")] == [5, 9]
+        assert log.next_seq("tpme") == 6
+    finally:
+        await log.close()
+    assert stored(path) == [
+        ("chat", "tpa", 2),
+        ("chat", "tpa", 3),
+        ("chat", "tpa", 4),
+        ("chat", "tpa", 5),
+        ("news", "tpb", 1),
+    ]
+    assert query(path, "SELECT origin, seq FROM delivered ORDER BY 1") == [("tpa", 5), ("tpb", 9)]
+    assert query(path, "SELECT origin, last FROM sequences") == [("tpme", 6)]
+
+
+async def test_a_newer_schema_is_left_alone(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    log = await MessageLog.open(path, flush_interval=HOUR)
+    log.add(message(1))
+    assert log.high_water() == {"tpa": 1}
+    await log.close()
+    assert logged(caplog) == [
+        (
+            "WARNING",
+            f"can't open message log {path}: schema version 99 is newer than this trustp2p "
+            "knows (1); keeping messages in memory and retrying every 3600 s",
+        ),
+        ("WARNING", f"closed message log {path} with 1 unsaved changes"),
+    ]
+    assert query(path, "PRAGMA user_version") == [(99,)]
+
+
+def test_logged_message_is_a_frozen_value() -> None:
+    with pytest.raises(AttributeError):
+        message(1).seq = 2  # type: ignore[misc]
+    assert message(1) == message(1)
+    assert not hasattr(message(1), "__dict__")
+
+
+def test_exports() -> None:
+    defined = {
+        name
+        for name, obj in vars(msglog).items()
+        if not name.startswith("_")
+        and (inspect.isclass(obj) or inspect.isfunction(obj))
+        and obj.__module__ == msglog.__name__
+    }
+    assert defined <= set(msglog.__all__)
+    assert all(hasattr(msglog, name) for name in msglog.__all__)

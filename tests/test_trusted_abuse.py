@@ -1,0 +1,315 @@
+"""
+What a remote peer (or an unlucky network) can make a node do: each test names a way in,
+and checks that the node holds. Those marked xfail are open bugs; the reason says where.
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from trustp2p import EventMap, Node, PackageType, Socket, Thread
+from trustp2p.identity import Identity
+from trustp2p.peerstore import PeerSource, PeerStore
+
+from .conftest import MS
+
+FAST: dict[str, Any] = {
+    "peer_exchange": False,
+    "target_outbound": 0,
+    "open_timeout": 2000 * MS,
+    "close_timeout": 500 * MS,
+    "reconnect_initial": 20 * MS,
+    "reconnect_max": 100 * MS,
+    "heartbeat_interval": 60.0,
+}
+
+MakeNode = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def make_node() -> AsyncIterator[MakeNode]:
+    nodes: list[Node] = []
+
+    async def make(**options: Any) -> Node:
+        kwargs = {**FAST, **options}
+        kwargs.setdefault("port", 0)
+        node = Node(**kwargs)
+        await node.start()
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in reversed(nodes):
+        await node.stop()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - conditions on plain attributes
+            await asyncio.sleep(MS)
+
+
+async def stays(predicate: Callable[[], bool], duration: float) -> bool:
+    """Whether ``predicate`` holds during ``duration`` seconds."""
+    with contextlib.suppress(TimeoutError):
+        await wait_for(lambda: not predicate(), timeout=duration)
+    return predicate()
+
+
+async def connected_pair(make_node: MakeNode, **server_options: Any) -> tuple[Node, Node, Socket]:
+    server = await make_node(server=True, **server_options)
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    return server, client, client.client.sockets[0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="node.py:586 applies request_rate to REQUEST only: HEARTBEAT_PING is a request "
+    "type too (answered, or answered with an error), and a peer can flood it unlimited",
+)
+async def test_a_ping_flood_is_rate_limited(make_node: MakeNode) -> None:
+    _, client, socket = await connected_pair(
+        make_node, request_rate=1, request_burst=5, invalid_ratio=100
+    )
+    assert client.client is not None
+    answers = await asyncio.gather(
+        *(
+            client.client.request(socket, "ping", {"n": n}, type=PackageType.HEARTBEAT_PING)
+            for n in range(8)
+        )
+    )
+    assert [a["error"] for a in answers[5:]] == ["rate limited: more than 1 requests/s"] * 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="node.py:459 counts every failed handshake against the remote address, also "
+    "outbound ones the remote refused politely (1013 'inbound connections maxed out'): "
+    "after 10 redials a busy server's address is blocked for 1 h, and with it every "
+    "inbound peer from that address (here 127.0.0.1)",
+)
+async def test_a_busy_server_is_not_blocked_by_its_clients(make_node: MakeNode) -> None:
+    # Over TCP the refusal always comes after the dial returned (a WebSocket server may
+    # refuse within the WebSocket handshake: a DriverError, not counted).
+    server = await make_node(server=True, max_inbound=0, driver="tcp")
+    client = await make_node(
+        server=True,
+        client=True,
+        peers=[server.url],
+        reconnect_initial=2 * MS,
+        reconnect_max=5 * MS,
+    )
+    assert client.client is not None and client.store is not None and server.url is not None
+    failures = client.client._failures
+    await wait_for(lambda: failures.get(server.url or "", 0) >= 12)
+    assert not client.store.is_blocked(address="127.0.0.1")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="threads/peer_exchange.py:117 penalizes a server that answers get_peers with "
+    "{'error': 'no handler ...'} (peer_exchange=False, a documented option), at every "
+    "exchange round: with little other traffic it passes the block policy and is blocked",
+)
+async def test_a_server_without_peer_exchange_is_not_penalized(make_node: MakeNode) -> None:
+    server = await make_node(server=True)  # peer_exchange=False
+    client = await make_node(
+        client=True,
+        peers=[server.url],
+        peer_exchange=True,
+        target_outbound=8,  # below target: it asks every exchange_interval
+        exchange_interval=5 * MS,
+    )
+    assert client.client is not None and client.store is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    await asyncio.sleep(100 * MS)  # some 20 exchange rounds
+    assert socket.stats.invalid_in == 0
+    assert not socket.closed
+    assert not client.store.is_blocked(peer_id=server.peer_id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="node.py:578 ignores what count_packages(good=1) returns: when the package "
+    "that takes a peer past the block policy is a good one, the store resets the window "
+    "and the block is lost. A peer sending 9 invalid packages per good one is never blocked",
+)
+async def test_the_block_policy_cannot_be_dodged(make_node: MakeNode) -> None:
+    server, client, socket = await connected_pair(make_node)
+    assert client.client is not None and server.store is not None
+    # The hello counted one good package. Then, per round of 10 packages, the invalid
+    # ones first and a good one last: each round passes the policy on its good package.
+    for round_ in range(3):
+        for _ in range(8 if round_ == 0 else 9):
+            socket.write(b"\xffnot a package")
+        answer = await client.client.request(socket, "anything", {"round": round_})
+        assert answer == {"error": "no handler for REQUEST 'anything'"}
+        if socket.closed:
+            break
+    # 26 invalid packages out of 30: far past 10 %.
+    assert server.store.is_blocked(peer_id=client.peer_id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="threads/peer_exchange.py:85 (and node.py:704 for hello) add every URL a peer "
+    "announces to its store record, and peerstore.py add_urls never caps a peer's URLs: "
+    "one authenticated peer grows the store (memory and disk) without bound",
+)
+async def test_urls_a_peer_announces_for_itself_are_bounded(make_node: MakeNode) -> None:
+    server, client, socket = await connected_pair(make_node, peer_exchange=True)
+    assert client.client is not None and server.store is not None
+    for n in range(50):
+        urls = [f"ws://192.0.2.{n + 1}:{port}" for port in range(1000, 1008)]
+        await client.client.send_talk(socket, "my_url", {"urls": urls})
+
+    # Handled in order after every talk before it (the store writes are tasks).
+    await client.client.request(socket, "get_peers", {})
+    await asyncio.sleep(50 * MS)
+    records = [r for r in await server.store.peers() if r.peer_id == client.peer_id]
+    assert records and "ws://192.0.2.1:1000" in records[0].urls
+    assert len(records[0].urls) <= 8, len(records[0].urls)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="node.py:530 closes a duplicate outbound connection before ClientRole._add "
+    "learns the URL's peer id (roles.py:315), and no retry delay is set: the outbound "
+    "manager dials the same URL again at once, a Noise handshake each time, forever",
+)
+async def test_a_duplicate_is_not_dialled_again_and_again(make_node: MakeNode) -> None:
+    small, big = sorted((Identity.generate(), Identity.generate()), key=lambda i: i.peer_id)
+    # a's own dials lose against b's connection: b has the smaller id.
+    a = await make_node(server=True, client=True, identity=big, target_outbound=2)
+    b = await make_node(server=True, client=True, identity=small, peers=[a.url])
+    assert a.server is not None and a.client is not None and a.store is not None
+    assert b.url is not None
+    await a.server.wait_connected()
+    dials: list[str] = []
+    original = a.client._dial
+
+    async def counting(url: str, expected: Any) -> Socket:
+        dials.append(url)
+        return await original(url, expected)
+
+    a.client._dial = counting  # type: ignore[method-assign]
+    await a.store.add_urls([b.url], PeerSource.EXCHANGE)  # learnt without its id
+    a.client.wake()
+    await wait_for(lambda: len(dials) >= 1)
+    await asyncio.sleep(300 * MS)
+    assert len(dials) <= 2, f"{len(dials)} dials of {b.url} in 300 ms"
+    # Still one connection between the two.
+    assert [s.peer_id for s in a.sockets] == [b.peer_id]
+
+
+async def closed_by_peer(ws: ClientConnection, timeout: float) -> tuple[int | None, str | None]:
+    with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+        async with asyncio.timeout(timeout):
+            async for _ in ws:
+                pass
+    return ws.close_code, ws.close_reason
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="node.py:311 stop() closes the connections in self._conns only: raw "
+    "connections still in the secure handshake (SecureLayer._handshakes) stay open with "
+    "their timers pending after stop() (on Python >= 3.12 Server.wait_closed() at "
+    "node.py:337 then waits for handshake_timeout)",
+)
+async def test_stop_closes_connections_in_handshake() -> None:
+    server = Node(server=True, port=0, handshake_timeout=30.0, **FAST)
+    await server.start()
+    assert server.url is not None and server._secure is not None
+    secure = server._secure
+    ws = await connect(server.url, compression=None)  # and says nothing
+    try:
+        await wait_for(lambda: secure.handshaking == 1)
+        await server.stop()
+        assert secure.handshaking == 0
+        assert (await closed_by_peer(ws, 500 * MS))[0] is not None
+    finally:
+        ws.transport.abort()
+        await ws.wait_closed()
+        if secure.handshaking:  # don't leave the 30 s timer behind
+            for handshake in secure._handshakes.values():
+                handshake.timer.cancel()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="peerstore.py:449 _eviction_rank keeps URL-less inbound records (score "
+    "good/100 > 0) over untried dial candidates (score 0): peers connecting with fresh "
+    "identities push every candidate learnt by peer exchange out of a full store",
+)
+async def test_inbound_records_do_not_evict_dial_candidates() -> None:
+    store = await PeerStore.open(None, max_peers=20)
+    try:
+        candidates = [f"ws://192.0.2.{i}:1107" for i in range(1, 11)]
+        await store.add_urls(candidates, PeerSource.EXCHANGE)
+        for _ in range(20):  # 20 peers connect with fresh keys, one package each
+            store.count_packages(Identity.generate().peer_id, good=1)
+        assert sorted(await store.candidates(100)) == sorted(candidates)
+    finally:
+        await store.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="node.py:459 counts a self-dial ('dialled ourselves', both ends) against the "
+    "address: after 5 self-dials a node blocks its own address (here 127.0.0.1) for 1 h "
+    "and refuses every peer connecting from it",
+)
+async def test_dialling_ourselves_does_not_block_our_address(make_node: MakeNode) -> None:
+    node = await make_node(server=True, client=True, reconnect_initial=2 * MS, reconnect_max=5 * MS)
+    assert node.client is not None and node.store is not None and node.url is not None
+    node.client.connect(node.url)
+    failures = node.client._failures
+    await wait_for(lambda: failures.get(node.url or "", 0) >= 8)
+    assert not node.store.is_blocked(address="127.0.0.1")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="roles.py:369 _dial_forever only knows a URL's peer id from this run "
+    "(_peer_of_url) or the URL's /p2p/ part, not from the store: after a restart a blocked "
+    "bootstrap peer is dialled again (a full handshake, then refused in node.py:524)",
+)
+async def test_a_blocked_peer_is_not_dialled_after_a_restart(
+    make_node: MakeNode, tmp_path: Path
+) -> None:
+    target = await make_node(server=True, threads=[Seen])
+    assert target.url is not None and target.peer_id is not None
+    cwd = tmp_path / "client"
+    (cwd / "threads-enabled").mkdir(parents=True)
+    store = await PeerStore.open(cwd / "data" / "peers.sqlite")
+    await store.record_connected(peer_id=target.peer_id, url=target.url, address="127.0.0.1")
+    await store.block(peer_id=target.peer_id, reason="misbehaved in an earlier run")
+    await store.close()
+    client = await make_node(client=True, cwd=cwd, peers=[target.url])
+    assert client.store is not None and client.store.is_blocked(peer_id=target.peer_id)
+    seen = next(t for t in target.threads if isinstance(t, Seen))
+    assert await stays(lambda: seen.connections == 0, 200 * MS), seen.connections
+
+
+class Seen(Thread):
+    connections = 0
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"note": lambda socket, package: None}}
+
+    def on_socket_connection(self, socket: Socket) -> None:
+        self.connections += 1
