@@ -188,11 +188,6 @@ async def test_bad_entries_are_dropped_and_counted(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="threads/peer_exchange.py:120 drops our own URLs without counting them, though "
-    "the module docstring (and issue 3) say 'not ourselves ... counts against the peer'",
-)
 async def test_our_own_url_counts_against_the_sender(make_node: MakeNode) -> None:
     own = "ws://127.0.0.1:1"
     client, socket = await ask_liar(make_node, [own, "ws://192.0.2.1:1107"], listen_urls=[own])
@@ -377,12 +372,6 @@ async def test_outbound_manager_dials_at_most_two_per_netgroup(make_node: MakeNo
     assert LOOPBACK_URLS <= set(dialled)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="roles.py:454 _manage counts netgroups of connected sockets only: dials still "
-    "in progress (self._managed) are forgotten at the next round, which picks 2 more "
-    "from the same /16",
-)
 async def test_outbound_manager_counts_dials_in_progress(make_node: MakeNode) -> None:
     node, dialled = await managed_client(make_node)
     assert node.client is not None

@@ -51,7 +51,7 @@ from .protocol.deliver import (
     WaiterId,
 )
 from .protocol.handshake import HELLO_EVENT, VERSION_EVENT, check_version, version_body
-from .protocol.limits import AddressLimiter, TokenBucket
+from .protocol.limits import AddressLimiter, TokenBucket, is_loopback
 from .protocol.package import (
     REQUEST_TYPES,
     RESPONSE_TYPES,
@@ -313,6 +313,8 @@ class Node:
             self._listening.close()
         if self.client is not None:
             await self.client._stop()
+        if self._secure is not None:
+            self._secure.close_all(CloseCode.GOING_AWAY, "node stopping")
         for thread in self.threads:
             await self._call(thread, "stop")
             await thread._cancel_tasks()
@@ -468,7 +470,14 @@ class Node:
         if self.state is not NodeState.RUNNING:
             return
         self.log.warning("! secure handshake with %s failed: %s", raw.peer, error)
-        if self.store is not None and self.store.count_packages(f"address:{raw.host}", invalid=1):
+        # Count it against the address of a peer that dialled us and failed; not our
+        # own dials (the server may just be full) nor a dial of ourselves.
+        if (
+            raw.inbound
+            and str(error) != "dialled ourselves"
+            and self.store is not None
+            and self.store.count_packages(f"address:{raw.host}", invalid=1)
+        ):
             self._block(None, raw.host, "too many failed handshakes")
         if self.client is not None and not raw.inbound:
             self.client._dial_failed(raw.peer, error)
@@ -492,7 +501,14 @@ class Node:
             await self._call(thread, name, *args)
 
     def _block(self, peer_id: str | None, address: str | None, reason: str) -> None:
-        """Block a peer by id and address for ``block_duration``; close its connections."""
+        """
+        Block a peer by id and address for ``block_duration``; close its connections.
+
+        Loopback addresses are not blocked (unless ``limit_loopback``): every local peer
+        shares them.
+        """
+        if address is not None and is_loopback(address) and not self.options.limit_loopback:
+            address = None
         self.log.warning(
             "! blocking %s for %g s: %s",
             " and ".join(x for x in (peer_id, address) if x),
@@ -540,6 +556,10 @@ class Node:
             if existing is not None:
                 if not self._prefer(socket, existing.socket):
                     self.log.debug("= %s duplicates a connection to %s", socket.peer, peer_id)
+                    if self.client is not None and not socket.inbound:
+                        # So that the client doesn't dial this URL again while the
+                        # peer is connected.
+                        self.client._peer_of_url[socket.peer] = peer_id
                     socket.close_soon(CloseCode.NORMAL_CLOSURE, "duplicate connection")
                     return
                 existing.socket.close_soon(CloseCode.NORMAL_CLOSURE, "duplicate connection")
@@ -588,8 +608,12 @@ class Node:
         if self._debug:
             conn.log.debug("< %s", package)
         store = self.store
-        if store is not None:
-            store.count_packages(socket.peer_id or f"address:{socket.host}", good=1)
+        key = socket.peer_id or f"address:{socket.host}"
+        if store is not None and store.count_packages(key, good=1):
+            # Past the policy, even if this package was a good one: a peer mixing good
+            # packages among its bad ones must not slip through.
+            self._block(socket.peer_id, socket.host, "too many invalid packages")
+            return
         package_type = package.type
         if package_type in RESPONSE_TYPES:
             assert self._table is not None
@@ -600,7 +624,7 @@ class Node:
             return
         if package_type is PackageType.TALK and package.event in (VERSION_EVENT, HELLO_EVENT):
             self._receive_version(conn, package)
-        elif package_type is PackageType.REQUEST and not self._request_allowed(conn, package):
+        elif package_type in REQUEST_TYPES and not self._request_allowed(conn, package):
             return
         if (package_type, package.event) not in self._handlers:
             if package_type in REQUEST_TYPES:

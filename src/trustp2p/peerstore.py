@@ -34,6 +34,7 @@ from __future__ import annotations
 
 __all__ = [
     "DATA_DIR",
+    "MAX_URLS_PER_PEER",
     "STORE_FILE",
     "STORE_PATH",
     "BlockPolicy",
@@ -66,6 +67,9 @@ DATA_DIR = "data"
 """The directory of the node's data, relative to its cwd."""
 
 STORE_FILE = "peers.sqlite"
+
+MAX_URLS_PER_PEER = 8
+"""URLs kept per peer; a new one pushes out the oldest."""
 """The peer store's file name, in :data:`DATA_DIR`."""
 
 STORE_PATH = Path(DATA_DIR) / STORE_FILE
@@ -446,9 +450,12 @@ def _dial_rank(peer: _Peer) -> tuple[float, bool, float, float, str]:
     )
 
 
-def _eviction_rank(peer: _Peer) -> tuple[bool, bool, float, float]:
-    """Sort key: the first ones are forgotten first when the store is full."""
+def _eviction_rank(peer: _Peer) -> tuple[bool, bool, bool, float, float]:
+    """Sort key: the first ones are forgotten first when the store is full. Records
+    without a URL (peers that only ever dialled us) can't be dialled: they go first, so
+    that peers connecting with fresh keys can't push out the dial candidates."""
     return (
+        bool(peer.urls),
         peer.successes > 0,
         peer.source is PeerSource.BOOTSTRAP,
         peer.score(),
@@ -832,6 +839,11 @@ class PeerStore:
         )
         await self._save()
 
+    def peer_id_of(self, url: str) -> str | None:
+        """The peer id last met at ``url``, if the store knows one. SYNC, a dict lookup."""
+        entry = self._by_url.get(url)
+        return entry.peer.peer_id if entry is not None else None
+
     def is_blocked(self, *, peer_id: str | None = None, address: str | None = None) -> bool:
         """
         Whether ``peer_id`` or ``address`` is blocked now. Costs a dict lookup or two.
@@ -935,6 +947,12 @@ class PeerStore:
         return peer
 
     def _attach(self, url: str, peer: _Peer, now: float) -> _Url:
+        if len(peer.urls) >= MAX_URLS_PER_PEER:
+            # A peer announcing ever new URLs must not grow the store: forget its oldest.
+            oldest = min(peer.urls.values(), key=_url_age)
+            del peer.urls[oldest.url]
+            del self._by_url[oldest.url]
+            self._dirty_urls.add(oldest.url)
         entry = _Url(url, peer, now)
         peer.urls[url] = entry
         self._by_url[url] = entry

@@ -322,6 +322,15 @@ class ClientRole(Role):
         super()._remove(socket)
         self._wakeup.set()
 
+    def _known_peer(self, url: str) -> str | None:
+        """The peer id met at ``url``, in this run or (from the store) before."""
+        known = self._peer_of_url.get(url)
+        if known is None and self.node.store is not None:
+            known = self.node.store.peer_id_of(url)
+            if known is not None and known.startswith("address:"):
+                known = None
+        return known
+
     def _dial_failed(self, url: str, error: Exception) -> None:
         """A dial or its handshake failed: count it; the store remembers it."""
         failures = self._failures[url] = self._failures.get(url, 0) + 1
@@ -366,7 +375,12 @@ class ClientRole(Role):
         retry = iter(delays())
         dial_url, expected = split_peer_url(url)
         while True:
-            known = expected or self._peer_of_url.get(dial_url)
+            known = expected or self._known_peer(dial_url)
+            store = self.node.store
+            host = urlsplit(dial_url).hostname or ""
+            if store is not None and store.is_blocked(address=host) and not is_loopback(host):
+                await asyncio.sleep(next(retry))
+                continue
             if known is not None:
                 other = self.node.socket_for_peer(known)
                 if other is not None:
@@ -451,14 +465,18 @@ class ClientRole(Role):
             # Pick at random among the best: if every node dialled the best-known peers,
             # those would fill up with inbound connections and never find outbound ones.
             random.shuffle(candidates)
-            groups = Counter(self._netgroup(s.peer) for s in self._sockets.values())
+            # Dials under way count too, or the next round would pick more of a group.
+            groups = Counter(
+                self._netgroup(url)
+                for url in {*(s.peer for s in self._sockets.values()), *self._managed}
+            )
             now = loop.time()
             for url in candidates:
                 if missing <= 0:
                     break
                 if url in self._managed or self._retry_at.get(url, 0) > now:
                     continue
-                known = self._peer_of_url.get(url)
+                known = self._known_peer(url)
                 if known is not None and (
                     known in connected_ids or store.is_blocked(peer_id=known)
                 ):

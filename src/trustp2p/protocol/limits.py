@@ -54,9 +54,12 @@ class TokenBucket:
 
 def is_loopback(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return host == "localhost"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # before 3.13, ::ffff:127.0.0.1 isn't "loopback"
+    return address.is_loopback
 
 
 def netgroup(host: str) -> str:

@@ -7,8 +7,17 @@ peers (peer exchange, hello) lives here too. No I/O.
 
 from __future__ import annotations
 
-__all__ = ["MAX_URL_LENGTH", "PEER_SCHEMES", "split_peer_url", "validate_url", "validate_urls"]
+__all__ = [
+    "MAX_URL_LENGTH",
+    "PEER_SCHEMES",
+    "canonical_url",
+    "split_peer_url",
+    "validate_url",
+    "validate_urls",
+]
 
+import ipaddress
+import re
 from urllib.parse import urlsplit
 
 from ..identity import PeerId, is_peer_id
@@ -53,6 +62,8 @@ def validate_url(url: object) -> str | None:
         return f"URL {url!r} holds credentials"
     if not parts.hostname:
         return f"URL {url!r} has no host"
+    if not _valid_host(parts.hostname):
+        return f"URL {url!r} has an invalid host"
     if port is None or not 0 < port < 65536:
         return f"URL {url!r} has no valid port"
     if parts.path not in ("", "/") or parts.query or parts.fragment:
@@ -60,13 +71,40 @@ def validate_url(url: object) -> str | None:
     return None
 
 
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address or a DNS name (letters, digits and hyphens, dot-separated)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(_LABEL.match(label) for label in labels)
+
+
+def canonical_url(url: str) -> str:
+    """One spelling per endpoint: lowercase scheme and host, no trailing ``/`` or ``?``.
+    The URL must be valid (:func:`validate_url`)."""
+    dial_url, peer_id = split_peer_url(url)
+    parts = urlsplit(dial_url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    canonical = f"{parts.scheme.lower()}://{host}:{parts.port}"
+    return f"{canonical}/p2p/{peer_id}" if peer_id else canonical
+
+
 def validate_urls(value: object, *, limit: int) -> tuple[list[str], str | None]:
     """
     Validate a list of URLs received from a peer.
 
     Returns:
-        The acceptable URLs (none when the list itself is invalid, e.g. too long), and
-        the first problem found, or ``None``.
+        The acceptable URLs in canonical form (:func:`canonical_url`; none when the
+        list itself is invalid, e.g. too long), and the first problem found, or ``None``.
 
     """
     if not isinstance(value, list):
@@ -77,8 +115,10 @@ def validate_urls(value: object, *, limit: int) -> tuple[list[str], str | None]:
     problem: str | None = None
     for url in value:
         why = validate_url(url)
-        if why is None and url in urls:
-            why = f"URL {url!r} appears twice"
+        if why is None:
+            url = canonical_url(url)
+            if url in urls:
+                why = f"URL {url!r} appears twice"
         if why is not None:
             problem = problem or why
             continue

@@ -112,9 +112,10 @@ class SecureSocket(Socket):
 
 
 class _Handshake:
-    __slots__ = ("noise", "timer")
+    __slots__ = ("noise", "raw", "timer")
 
-    def __init__(self, noise: NoiseHandshake, timer: asyncio.TimerHandle) -> None:
+    def __init__(self, raw: Socket, noise: NoiseHandshake, timer: asyncio.TimerHandle) -> None:
+        self.raw = raw
         self.noise = noise
         self.timer = timer
 
@@ -158,6 +159,14 @@ class SecureLayer:
     def handshaking(self) -> int:
         """Connections whose handshake is under way."""
         return len(self._handshakes)
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close the connections still in their handshake (the node is stopping)."""
+        handshakes = list(self._handshakes.values())
+        self._handshakes.clear()
+        for handshake in handshakes:
+            handshake.timer.cancel()
+            handshake.raw.close_soon(code, reason)
 
     def expect(self, url: str, peer_id: PeerId | None) -> None:
         """Require the peer dialled at ``url`` to prove ``peer_id`` (from ``/p2p/<id>``)."""
@@ -228,7 +237,7 @@ class SecureLayer:
     def _begin(self, raw: Socket, noise: NoiseHandshake) -> None:
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self._timeout, self._timed_out, raw)
-        self._handshakes[raw.id] = _Handshake(noise, timer)
+        self._handshakes[raw.id] = _Handshake(raw, noise, timer)
 
     def _step(self, raw: Socket, noise: NoiseHandshake, data: bytes | str) -> None:
         if isinstance(data, str):

@@ -26,7 +26,7 @@ from ..exceptions import ConnectionClosed, RequestTimeout
 from ..peerstore import PeerSource
 from ..protocol.limits import is_loopback
 from ..protocol.package import Body, Package, PackageType
-from ..protocol.urls import split_peer_url, validate_urls
+from ..protocol.urls import canonical_url, split_peer_url, validate_urls
 from .base import EventMap, Thread
 
 MAX_PEERS = 100
@@ -45,6 +45,7 @@ class PeerExchangeThread(Thread):
         }
 
     def start(self) -> None:
+        self._unsupported: set[int] = set()  # servers that don't answer get_peers
         if self.client is not None:
             self.create_task(self._run(), name="peer exchange")
 
@@ -73,11 +74,17 @@ class PeerExchangeThread(Thread):
         return {"peers": urls[:MAX_PEERS]}
 
     def _my_url(self, socket: Socket, package: Package) -> None:
+        conn = self.node._conns.get(socket.id)
+        if conn is None:
+            return
+        if conn.listen_urls:
+            # Once per connection (the hello counts): a peer must not grow our store.
+            self.log.debug("ignored another my_url from %s", socket.peer)
+            return
         urls, problem = validate_urls(package.body.get("urls"), limit=MAX_OWN_URLS)
         if problem is not None:
             self.node.penalize(socket, f"invalid my_url: {problem}")
-        conn = self.node._conns.get(socket.id)
-        if conn is not None and urls:
+        if urls:
             conn.listen_urls = urls
         store = self.node.store
         if store is not None and urls:
@@ -106,18 +113,26 @@ class PeerExchangeThread(Thread):
     async def _ask(self, socket: Socket) -> None:
         """Ask a server for peers; keep the valid, new ones."""
         assert self.client is not None
+        if socket.id in self._unsupported:
+            return
         try:
             answer = await self.client.request(
                 socket, "get_peers", {}, timeout=self.node.options.open_timeout
             )
         except (ConnectionClosed, RequestTimeout):
             return
+        if "error" in answer and "peers" not in answer:
+            # A server without peer exchange (peer_exchange=False): nothing wrong.
+            self._unsupported.add(socket.id)
+            return
         urls, problem = validate_urls(answer.get("peers"), limit=MAX_PEERS)
-        if problem is not None:
-            self.node.penalize(socket, f"invalid get_peers answer: {problem}")
-        own_urls = set(self.node.listen_urls)
+        own_urls = {canonical_url(url) for url in self.node.listen_urls}
         own_id = self.node.peer_id
         fresh = [url for url in urls if url not in own_urls and split_peer_url(url)[1] != own_id]
+        if problem is None and len(fresh) < len(urls):
+            problem = "it lists our own URL"
+        if problem is not None:
+            self.node.penalize(socket, f"invalid get_peers answer: {problem}")
         store = self.node.store
         if fresh and store is not None:
             await store.add_urls(fresh, PeerSource.EXCHANGE)
