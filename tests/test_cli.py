@@ -167,9 +167,11 @@ def test_server_and_client_subprocesses_exchange_heartbeats(tmp_path: Path) -> N
 
 
 def test_demo_runs_a_healthy_network(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--nodes", "3", "--duration", "4"]) == 0
+    assert main(["demo", "--nodes", "3", "--duration", "8"]) == 0
     out = capsys.readouterr().out
-    assert "summary: 3 nodes, 3 connections" in out  # a ring of 3 and peer exchange: a mesh
+    # A ring of 3: three connections; one node stopped and restarted, and caught up.
+    assert "summary: 3 nodes, 3 connections, " in out
+    assert "chat messages, each delivered once to every node" in out
     assert "the network is healthy" in out
 
 

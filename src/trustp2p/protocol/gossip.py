@@ -251,6 +251,7 @@ class _Seen:
 
     def add(self, item: str, now: float) -> None:
         self._ids[item] = now
+        self._ids.move_to_end(item)
         if len(self._ids) > self.max_size:
             self._ids.popitem(last=False)
 
@@ -269,7 +270,8 @@ class GossipRouter:
     Where messages go. One per node; peers are named by the caller (``PeerKey``).
 
     Args:
-        send: ``send(peer, action)`` puts a talk or a message on the wire; never raises.
+        send: ``send(action)`` puts a talk or a message on the wire, to
+            ``action.peer``; it must not raise.
         clock: Monotonic seconds.
         degree: Mesh degree the router aims for, per topic...
         degree_low: ...grafting peers below this...
@@ -280,8 +282,11 @@ class GossipRouter:
         history: Heartbeats a message stays announceable and servable (``iwant``).
         seen_max: Most message ids remembered.
         seen_ttl: Seconds a message id is remembered.
-        max_hops: A message that went through this many relays is delivered, not sent on.
+        max_hops: A message is not sent on once it would reach ``max_hops`` hops
+            (one that arrives with ``max_hops - 1`` is delivered, not forwarded).
         max_ihave: Most ids in one ``ihave`` or ``iwant``.
+        iwant_timeout: Seconds before an id asked for and not received may be asked for
+            again, of another peer.
         mode: ``"gossip"`` (mesh plus lazy announcements) or ``"flood"`` (every copy to
             every subscribed peer), the baseline.
         rng: Random source, for tests.
@@ -303,6 +308,7 @@ class GossipRouter:
         seen_ttl: float = 120.0,
         max_hops: int = 16,
         max_ihave: int = 500,
+        iwant_timeout: float = 10.0,
         mode: Literal["gossip", "flood"] = "gossip",
         rng: random.Random | None = None,
     ) -> None:
@@ -311,6 +317,8 @@ class GossipRouter:
                 f"need 1 <= degree_low <= degree <= degree_high, not "
                 f"{degree_low}, {degree}, {degree_high}"
             )
+        if history < 1:
+            raise ValueError(f"history must be at least 1, not {history}")
         self._send = send
         self._clock = clock
         self.degree, self.degree_low, self.degree_high = degree, degree_low, degree_high
@@ -318,6 +326,7 @@ class GossipRouter:
         self.lazy = lazy
         self.max_hops = max_hops
         self.max_ihave = max_ihave
+        self.iwant_timeout = iwant_timeout
         self.mode = mode
         self._rng = rng or random.Random()
         self.stats = GossipStats()
@@ -327,6 +336,9 @@ class GossipRouter:
         self._seen = _Seen(seen_max, seen_ttl)
         # Recent messages, for ihave and iwant: one window per heartbeat.
         self._windows: list[dict[str, GossipMessage]] = [{} for _ in range(history)]
+        # Peers known to have each recent message (sent it to us, or got it from us):
+        # no use announcing it to them.
+        self._holders: dict[str, set[PeerKey]] = {}
         self._asked: dict[str, float] = {}  # ids we sent iwant for -> when
 
     # Peers and subscriptions
@@ -373,12 +385,14 @@ class GossipRouter:
         """Send a message we originated."""
         self.stats.published += 1
         self._remember(message)
-        targets = self._targets(message.topic, exclude=())
-        if not targets and message.topic not in self.topics:
+        if message.topic in self.topics:
+            targets = self._targets(message.topic, exclude=())
+        else:
             # Not subscribed: send to a few peers that are (GossipSub's fanout).
             subscribed = [p for p, topics in self._peers.items() if message.topic in topics]
             targets = self._sample(subscribed, self.degree)
         for peer in targets:
+            self._holders[message.id].add(peer)
             self._send(RouterAction("message", peer, message=message))
 
     def receive(self, peer: PeerKey, message: GossipMessage) -> bool:
@@ -395,9 +409,12 @@ class GossipRouter:
         self._asked.pop(message.id, None)
         if message.id in self._seen:
             stats.duplicates += 1
+            holders = self._holders.get(message.id)
+            if holders is not None:
+                holders.add(peer)
             return False
         stats.new += 1
-        self._remember(message)
+        self._remember(message, peer)
         return True
 
     def seen(self, message_id: str) -> bool:
@@ -429,6 +446,7 @@ class GossipRouter:
             targets = self._sample(targets, self.fanout)
         for target in targets:
             self.stats.forwarded += 1
+            self._holders.setdefault(message.id, set()).add(target)
             self._send(RouterAction("message", target, message=relayed))
 
     def _targets(self, topic: str, exclude: Collection[PeerKey | None]) -> list[PeerKey]:
@@ -436,9 +454,10 @@ class GossipRouter:
             return [p for p, topics in self._peers.items() if topic in topics and p not in exclude]
         return [p for p in self.mesh[topic] if p not in exclude]
 
-    def _remember(self, message: GossipMessage) -> None:
+    def _remember(self, message: GossipMessage, peer: PeerKey | None = None) -> None:
         self._seen.add(message.id, self._clock())
         self._windows[0][message.id] = message
+        self._holders[message.id] = {peer} if peer is not None else set()
 
     def cached(self, message_id: str) -> GossipMessage | None:
         for window in self._windows:
@@ -465,6 +484,8 @@ class GossipRouter:
             topics = self._peers[peer]
             if len(topics) + len(subscribe) > 10_000:
                 raise GossipError("too many subscriptions")
+            if set(subscribe) & set(unsubscribe):
+                raise GossipError("a topic both subscribed and unsubscribed")
             topics.update(subscribe)
             topics.difference_update(unsubscribe)
             for topic in unsubscribe:
@@ -478,6 +499,8 @@ class GossipRouter:
             refused = []
             for topic in _topics(body.get("topics", [])):
                 mesh = self.mesh.get(topic)
+                if mesh is not None and peer in mesh:
+                    continue
                 if mesh is None or len(mesh) >= self.degree_high:
                     refused.append(topic)
                 else:
@@ -490,7 +513,9 @@ class GossipRouter:
                 self.mesh.get(topic, set()).discard(peer)
         elif event == IHAVE:
             announced = body.get("topic")
-            ids = _ids(body.get("ids", []), self.max_ihave)
+            if not isinstance(announced, str):
+                raise GossipError("invalid topic")
+            ids = list(dict.fromkeys(_ids(body.get("ids", []), self.max_ihave)))
             if announced not in self.topics:
                 return
             now = self._clock()
@@ -514,14 +539,15 @@ class GossipRouter:
         now = self._clock()
         self._seen.expire(now)
         for message_id, asked in list(self._asked.items()):
-            if now - asked > 10.0:
+            if now - asked > self.iwant_timeout:
                 del self._asked[message_id]  # ask someone else next time
         if self.mode == "gossip":
             for topic in self.topics:
                 self._fill_mesh(topic)
                 self._announce(topic)
         self._windows.insert(0, {})
-        self._windows.pop()
+        for message_id in self._windows.pop():
+            self._holders.pop(message_id, None)
 
     def _fill_mesh(self, topic: str) -> None:
         if self.mode != "gossip":
@@ -544,11 +570,14 @@ class GossipRouter:
         ids = [i for window in self._windows for i, m in window.items() if m.topic == topic]
         if not ids:
             return
-        ids = ids[: self.max_ihave]
+        holders = self._holders
         subscribed = [p for p, topics in self._peers.items() if topic in topics]
         for peer in self._sample(subscribed, self.lazy):
-            self.stats.ihave_sent += 1
-            self._talk(peer, IHAVE, {"topic": topic, "ids": ids})
+            # Only what the peer isn't known to have already.
+            missing = [i for i in ids if peer not in holders.get(i, ())][: self.max_ihave]
+            if missing:
+                self.stats.ihave_sent += 1
+                self._talk(peer, IHAVE, {"topic": topic, "ids": missing})
 
     # Helpers
 
