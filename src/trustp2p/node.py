@@ -794,6 +794,16 @@ class Node:
                 result = handler(socket, package)
                 if result is not None and type(result) is not dict and inspect.isawaitable(result):
                     result = await result
+                response = None
+                if is_request and result is not None:
+                    # Raises TypeError or ValueError if the handler returned no JSON object.
+                    response = build_package(
+                        _RESPONSE_TYPE[package_type],
+                        "pong" if package_type is PackageType.HEARTBEAT_PING else package.event,
+                        result,
+                        tag=package.tag,
+                        alt=self.options.alt,
+                    )
             except Exception:
                 self.log.error(
                     "! handler of %s %r in %s failed",
@@ -803,6 +813,7 @@ class Node:
                     exc_info=True,
                 )
                 if is_request:
+                    # No details: they may be sensitive (as websockets does).
                     self._answer_error(
                         socket,
                         package_type,
@@ -811,36 +822,11 @@ class Node:
                         f"handler of {package.event!r} failed",
                     )
                 continue
-            if not is_request or result is None:
-                continue
-            try:
-                response = build_package(
-                    _RESPONSE_TYPE[package_type],
-                    "pong" if package_type is PackageType.HEARTBEAT_PING else package.event,
-                    result,
-                    tag=package.tag,
-                    alt=self.options.alt,
-                )
-            except (TypeError, ValueError) as exc:
-                self.log.error(
-                    "! handler of %s %r in %s returned an invalid body: %s",
-                    package_type.name,
-                    package.event,
-                    thread.path or type(thread).__name__,
-                    exc,
-                )
-                self._answer_error(
-                    socket,
-                    package_type,
-                    package.event,
-                    package.tag,
-                    f"handler of {package.event!r} failed",
-                )
-                continue
-            try:
-                await self._send(socket, response)
-            except ConnectionClosed:
-                return
+            if response is not None:
+                try:
+                    await self._send(socket, response)
+                except ConnectionClosed:
+                    return
 
     async def _call(self, thread: Thread, name: str, *args: Any) -> None:
         """Call a thread's method or hook, sync or async; log what it raises."""
