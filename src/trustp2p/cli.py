@@ -237,6 +237,227 @@ def demo(nodes: int, duration: float, log_level: str) -> int:
     return asyncio.run(run_demo(nodes=nodes, duration=duration))
 
 
+@cli.command()
+@click.option("--nodes", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option(
+    "--degree",
+    type=click.IntRange(min=1),
+    default=6,
+    show_default=True,
+    help="Peers each node dials at random (so it has about twice as many connections).",
+)
+@click.option(
+    "--mesh-degree",
+    type=click.IntRange(min=1),
+    default=6,
+    show_default=True,
+    help="Mesh peers per topic each router aims for (gossip mode).",
+)
+@click.option("--messages", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Messages published per second, each from a random live node.",
+)
+@click.option(
+    "--churn",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Fraction of the nodes killed while publishing, each restarted later.",
+)
+@click.option(
+    "--partition-at",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="T",
+    help="Cut the network into two halves T seconds into publishing.",
+)
+@click.option(
+    "--partition-for",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Seconds until the partition heals.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["gossip", "flood"]),
+    default="gossip",
+    show_default=True,
+    help="Mesh gossip, or flooding every peer (the baseline).",
+)
+@click.option("--seed", type=int, default=None, help="Seed of the topology and schedule.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait, after publishing, for every live node to have every message.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE.png",
+    help="Draw propagation curves and a duplicates histogram (needs matplotlib).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="warning",
+    show_default=True,
+    help="Logging level (logs go to stderr).",
+)
+def simulate(plot: Path | None, as_json: bool, log_level: str, **kwargs: Any) -> int:
+    """Simulate a network of NODES in-process nodes and measure its gossip.
+
+    Nodes run in this process on the memory driver. Once they are connected, MESSAGES
+    messages are published at RATE from random live nodes; --churn kills and restarts
+    nodes meanwhile, --partition-at cuts the network in two for a while. Reports
+    coverage, time to full coverage (p50/p99), duplicates and bytes per message, and
+    catch-up after the heal or a restart. Exit code 0 when every live node delivered
+    every message exactly once and in per-origin order.
+    """
+    import json
+
+    from .simulate import PLOT_MISSING, Simulation, plot_report, simulate
+
+    _setup_logging(log_level)
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            click.echo(f"trustp2p: error: {PLOT_MISSING}", err=True)
+            return 1
+    try:
+        sim = Simulation(**kwargs)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        report = asyncio.run(_simulate_with_progress(sim, simulate))
+    except TimeoutError as exc:
+        click.echo(f"trustp2p: error: {exc}", err=True)
+        return 1
+    if plot is not None:
+        plot_report(report, plot)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_simulation(report, plot)
+    for problem in report.problems:
+        click.echo(f"trustp2p: {problem}", err=True)
+    return 0 if report.ok else 1
+
+
+async def _simulate_with_progress(sim: Any, simulate: Any) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return await simulate(sim)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        publishing = bar.add_task("published", total=sim.messages)
+        delivering = bar.add_task("delivered (node, message)", total=None)
+
+        def progress(published: int, messages: int, delivered: int, expected: int) -> None:
+            bar.update(publishing, completed=published)
+            bar.update(delivering, completed=delivered, total=max(expected, 1))
+
+        return await simulate(sim, progress=progress)
+
+
+def _print_simulation(report: Any, plot: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    data = report.to_json()
+    sim = report.simulation
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+    title = (
+        f"{sim.mode}: {sim.nodes} nodes, degree {sim.degree}, {report.published} messages "
+        f"in {report.publish_seconds:.1f} s"
+    )
+    table = Table("figure", "value", title=title, title_justify="left")
+    reached = data["reached_per_message"]
+    table.add_row("live nodes at the end", str(report.live_nodes))
+    table.add_row("coverage ((node, message) pairs delivered)", f"{report.coverage:.4f}")
+    table.add_row(
+        "nodes reached per message (min / p50 / mean)",
+        f"{reached['min']:.3f} / {reached['p50']:.3f} / {reached['mean']:.3f}",
+    )
+    table.add_row("messages that reached every live node", f"{report.fully_covered:.3f}")
+    coverage = report.time_to_full_coverage
+    table.add_row(
+        "time to full coverage p50 / p99 / max",
+        f"{seconds(coverage['p50'])} / {seconds(coverage['p99'])} / {seconds(coverage['max'])}",
+    )
+    outside = report.time_to_full_coverage_outside_partition
+    if outside is not None:
+        table.add_row(
+            "  of messages published outside the partition",
+            f"{seconds(outside['p50'])} / {seconds(outside['p99'])} / {seconds(outside['max'])}",
+        )
+    table.add_row(
+        "duplicates per message per node", f"{report.duplicates_per_message_per_node:.2f}"
+    )
+    table.add_row(
+        "copies received per message per node", f"{report.copies_per_message_per_node:.2f}"
+    )
+    table.add_row(
+        "bytes per message (all traffic)",
+        f"{report.bytes_per_message:,.0f} (one copy: {report.message_package_bytes} bytes)",
+    )
+    table.add_row("messages obtained by catch-up", str(report.caught_up))
+    if report.partition is not None:
+        part = report.partition
+        table.add_row(
+            "after the heal: nodes with every message",
+            f"{part['nodes_complete']:.3f} of {part['nodes']} "
+            f"({part['missing']} (node, message) pairs missing at the heal)",
+        )
+        table.add_row(
+            "after the heal: catch-up time p50 / max",
+            f"{seconds(part['seconds_p50'])} / {seconds(part['seconds_max'])}",
+        )
+    if report.churn is not None:
+        churn = report.churn
+        table.add_row(
+            "churn: restarted nodes with every message",
+            f"{churn['nodes_complete']:.3f} of {churn['restarted']} "
+            f"({churn['missing']} messages missed)",
+        )
+        table.add_row(
+            "churn: catch-up time p50 / max",
+            f"{seconds(churn['seconds_p50'])} / {seconds(churn['seconds_max'])}",
+        )
+    if report.redelivered:
+        table.add_row("repeated deliveries", str(report.redelivered))
+    if report.out_of_order:
+        table.add_row("deliveries out of per-origin order", str(report.out_of_order))
+    table.add_row("verdict", "every live node has every message" if report.ok else "FAILED")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    console.print(table)
+    if plot is not None:
+        console.print(f"plot: {plot}")
+
+
 def _app_dir_option(f: F) -> F:
     return click.option(
         "--cwd",

@@ -216,6 +216,12 @@ class Gossip:
 
     def _receive(self, socket: Socket, package: Package) -> None:
         """A GOSSIP package arrived (from the node's read path)."""
+        if package.event not in self.router.topics:
+            return  # not ours to carry
+        # Most copies are duplicates: drop them by id before checking a signature.
+        message_id = GossipMessage.peek_id(package.event, package.body)
+        if message_id is not None and self.router.duplicate(socket.id, message_id):
+            return
         try:
             message = GossipMessage.from_body(
                 package.event, package.body, max_data=self.node.options.max_package_size

@@ -124,6 +124,20 @@ class GossipMessage:
             "hops": self.hops if hops is None else hops,
         }
 
+    @staticmethod
+    def peek_id(topic: str, body: dict[str, Any]) -> str | None:
+        """
+        The id of the message a body carries, without verifying it (cheap: no
+        signature check), or ``None`` if the body is too malformed to tell.
+
+        A router drops copies of messages it has seen by this id before spending a
+        signature check on them.
+        """
+        origin, seq, data = body.get("origin"), body.get("seq"), body.get("data")
+        if not (isinstance(origin, str) and type(seq) is int and isinstance(data, str)):
+            return None
+        return message_id(origin, seq, topic, data)
+
     @classmethod
     def from_body(
         cls, topic: str, body: dict[str, Any], *, max_data: int | None = None
@@ -420,6 +434,23 @@ class GossipRouter:
     def seen(self, message_id: str) -> bool:
         return message_id in self._seen
 
+    def duplicate(self, peer: PeerKey, message_id: str) -> bool:
+        """
+        Count a copy of a message from ``peer`` if we have seen it; return whether so.
+
+        Cheaper than :meth:`receive`: the caller needs only the id (see
+        :meth:`GossipMessage.peek_id`), not a verified message.
+        """
+        if message_id not in self._seen:
+            return False
+        self.stats.received += 1
+        self.stats.duplicates += 1
+        self._asked.pop(message_id, None)
+        holders = self._holders.get(message_id)
+        if holders is not None:
+            holders.add(peer)
+        return True
+
     def forward(self, peer: PeerKey | None, message: GossipMessage) -> None:
         """Send an accepted message on, except back to ``peer``."""
         if message.topic not in self.topics:
@@ -577,6 +608,8 @@ class GossipRouter:
             missing = [i for i in ids if peer not in holders.get(i, ())][: self.max_ihave]
             if missing:
                 self.stats.ihave_sent += 1
+                for message_id in missing:  # told once is enough: it asks if it wants
+                    holders.setdefault(message_id, set()).add(peer)
                 self._talk(peer, IHAVE, {"topic": topic, "ids": missing})
 
     # Helpers

@@ -1,0 +1,185 @@
+"""``trustp2p simulate``: main(argv) in-process on small networks, figures read as JSON."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import trustp2p.simulate
+from trustp2p.cli import main
+from trustp2p.simulate import Simulation, _quantile
+
+SMALL = ["--nodes", "15", "--degree", "4", "--messages", "20", "--rate", "50", "--seed", "1"]
+
+
+def simulate(capsys: pytest.CaptureFixture[str], *args: str, code: int = 0) -> dict[str, Any]:
+    assert main(["simulate", *args, "--json"]) == code
+    report: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return report
+
+
+def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage: trustp2p simulate" in out
+    for option in ("--nodes", "--degree", "--messages", "--churn", "--partition-at", "--mode"):
+        assert option in out
+    for option in ("--seed", "--plot", "--json", "--log-level"):
+        assert option in out
+
+
+def test_gossip_reaches_every_node_with_fewer_duplicates_than_flooding(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gossip = simulate(capsys, *SMALL)
+    assert gossip["ok"] is True
+    assert gossip["problems"] == []
+    assert gossip["published"] == 20
+    assert gossip["live_nodes"] == 15
+    assert gossip["coverage"] == 1.0
+    assert gossip["fully_covered_messages"] == 1.0
+    assert gossip["reached_per_message"] == {"min": 1.0, "p50": 1.0, "mean": 1.0}
+    assert gossip["redelivered"] == 0
+    assert gossip["out_of_order"] == 0
+    coverage = gossip["time_to_full_coverage"]
+    assert coverage["messages"] == 20
+    assert 0 < coverage["p50"] <= coverage["p99"] <= coverage["max"]
+    # Every copy a node receives is its first or a duplicate; an origin receives no
+    # copy of its own message.
+    copies, duplicates = (
+        gossip["copies_per_message_per_node"],
+        gossip["duplicates_per_message_per_node"],
+    )
+    assert copies == pytest.approx(duplicates + 14 / 15, abs=0.01)
+    # All traffic is at least one copy per node of every message.
+    assert gossip["bytes_per_message"] > 15 * gossip["message_package_bytes"]
+    assert gossip["after_heal"] is None and gossip["after_restart"] is None
+
+    flood = simulate(capsys, *SMALL, "--mode", "flood")
+    assert flood["ok"] is True
+    assert flood["coverage"] == 1.0
+    assert flood["mode"] == "flood"
+    # Flooding sends every message over every connection (about 2 x 4 per node).
+    assert flood["duplicates_per_message_per_node"] > 5
+    assert gossip["duplicates_per_message_per_node"] < flood["duplicates_per_message_per_node"] - 2
+
+
+def test_partition_heals_and_every_node_catches_up(capsys: pytest.CaptureFixture[str]) -> None:
+    report = simulate(
+        capsys, *SMALL, "--rate", "20", "--partition-at", "0.2", "--partition-for", "0.5"
+    )
+    assert report["ok"] is True
+    assert report["coverage"] == 1.0
+    after_heal = report["after_heal"]
+    assert after_heal["at"] == 0.2
+    assert after_heal["for"] == 0.5
+    assert after_heal["messages_before"] > 0
+    # Messages published during the partition reached one half only.
+    assert after_heal["missing"] > 0
+    assert after_heal["nodes_complete"] == 1.0
+    assert after_heal["seconds_max"] >= after_heal["seconds_p50"] >= 0
+    outside = report["time_to_full_coverage_outside_partition"]
+    assert outside["messages"] < report["time_to_full_coverage"]["messages"]
+
+
+def test_churned_nodes_restart_and_catch_up(capsys: pytest.CaptureFixture[str]) -> None:
+    report = simulate(capsys, *SMALL, "--rate", "20", "--churn", "0.2")
+    assert report["ok"] is True
+    assert report["coverage"] == 1.0
+    assert report["redelivered"] == 0
+    assert report["out_of_order"] == 0
+    after_restart = report["after_restart"]
+    assert after_restart["killed"] == after_restart["restarted"] == 3
+    assert after_restart["nodes_complete"] == 1.0
+    assert report["live_nodes"] == 15
+
+
+def test_missing_messages_fail_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    # The partition lasts beyond publishing; right after the heal nobody has reconnected,
+    # and 10 ms is too short to catch up.
+    args = ["--nodes", "10", "--degree", "3", "--messages", "10", "--rate", "50", "--seed", "3"]
+    args += ["--partition-at", "0", "--partition-for", "0.5", "--timeout", "0.01", "--json"]
+    assert main(["simulate", *args]) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["ok"] is False
+    assert report["coverage"] < 1.0
+    assert "live nodes miss messages" in report["problems"][0]
+    assert "live nodes miss messages" in captured.err
+
+
+def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "gossip: 15 nodes, degree 4, 20 messages" in out
+    assert "time to full coverage p50 / p99 / max" in out
+    assert "duplicates per message per node" in out
+    assert "every live node has every message" in out
+
+
+def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "sim.png"
+    report = simulate(capsys, *SMALL, "--churn", "0.1", "--plot", str(path))
+    assert report["ok"] is True
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    assert main(["simulate", *SMALL, "--plot", str(tmp_path / "sim.png")]) == 1
+    err = capsys.readouterr().err
+    assert "trustp2p: error: --plot needs matplotlib: pip install 'trustp2p[plot]'" in err
+    assert not (tmp_path / "sim.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--churn", "1"], "Invalid value for '--churn'"),
+        (["--nodes", "1"], "Invalid value for '--nodes'"),
+        (["--mode", "broadcast"], "Invalid value for '--mode'"),
+        (["--rate", "0"], "Invalid value for '--rate'"),
+    ],
+)
+def test_invalid_options_are_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_simulation_checks_itself() -> None:
+    with pytest.raises(ValueError, match="churn must be in"):
+        Simulation(churn=1.5)
+    with pytest.raises(ValueError, match="rate must be a positive number"):
+        Simulation(rate=0)
+    with pytest.raises(ValueError, match="at least 2 nodes"):
+        Simulation(nodes=1)
+    assert Simulation(messages=200, rate=5).publish_window == 40
+
+
+def test_quantile_interpolates() -> None:
+    assert _quantile([], 0.5) is None
+    assert _quantile([3.0], 0.99) == 3.0
+    assert _quantile([4.0, 1.0, 2.0, 3.0], 0.5) == 2.5
+    assert _quantile([0.0, 10.0], 0.99) == pytest.approx(9.9)
+
+
+def test_all_lists_the_public_definitions() -> None:
+    module = trustp2p.simulate
+    defined = {
+        name
+        for name, obj in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isclass(obj) or inspect.isfunction(obj))
+        and obj.__module__ == module.__name__
+    }
+    assert defined == set(module.__all__)
