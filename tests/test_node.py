@@ -675,3 +675,35 @@ def test_json_bodies_keep_key_order() -> None:
     package = build_package(PackageType.REQUEST, "e", {"b": 1, "a": 2})
     assert json.loads(package.body_json) == {"b": 1, "a": 2}
     assert package.body_json == '{"b":1,"a":2}'
+
+
+async def test_nodes_sharing_a_directory_get_their_own_identities(tmp_path: Path) -> None:
+    """The README's example: a server, a client and a node of one application directory."""
+    server = await trustp2p.create_server(cwd=tmp_path, port=0, **FAST)
+    try:
+        client = await trustp2p.create_client(cwd=tmp_path, peers=[server.url], **FAST)
+        both = await trustp2p.create_node(cwd=tmp_path, port=0, peers=[server.url], **FAST)
+        try:
+            assert client.client is not None and both.client is not None
+            async with asyncio.timeout(5):
+                await client.client.wait_connected()
+                await both.client.wait_connected()
+            ids = {server.peer_id, client.peer_id, both.peer_id}
+            assert len(ids) == 3
+            assert server.data_dir == tmp_path / "data"
+            assert {client.data_dir, both.data_dir} == {
+                tmp_path / "data" / "node-2",
+                tmp_path / "data" / "node-3",
+            }
+            assert (tmp_path / "identity" / "node-2.key").exists()
+        finally:
+            await both.stop()
+            await client.stop()
+    finally:
+        await server.stop()
+    # Once they stopped, the first identity is free again, and the same.
+    again = await trustp2p.create_server(cwd=tmp_path, port=0, **FAST)
+    try:
+        assert again.peer_id == server.peer_id
+    finally:
+        await again.stop()

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 from .drivers.base import Socket
 from .exceptions import ConnectionClosed, RequestTimeout
 from .msglog import LOG_FILE, LoggedMessage, MessageLog
-from .peerstore import DATA_DIR
 from .protocol.gossip import (
     GOSSIP_EVENTS,
     GossipError,
@@ -157,8 +156,8 @@ class Gossip:
     async def _start(self) -> None:
         options = self.node.options
         path = None
-        if options.peer_store and options.cwd is not None:
-            path = options.cwd / DATA_DIR / LOG_FILE
+        if options.peer_store and self.node.data_dir is not None:
+            path = self.node.data_dir / LOG_FILE
         self.log = await MessageLog.open(
             path, max_messages=options.log_max_messages, max_age=options.log_max_age
         )

@@ -24,11 +24,12 @@ __all__ = [
 ]
 
 import base64
+import fcntl
 import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import NewType
+from typing import IO, NewType
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -162,6 +163,44 @@ class Identity:
         except OSError as exc:
             raise IdentityError(f"can't write {path}: {exc.strerror or exc}") from exc
         return identity
+
+    @classmethod
+    def claim(cls, cwd: Path, *, limit: int = 64) -> tuple[Identity, int, IO[bytes]]:
+        """
+        Load or create the identity of a node running in ``cwd``, and lock it.
+
+        The first node of a directory takes ``identity/node.key``. Nodes started in the
+        same directory while it runs (e.g. a server and a client of one application) get
+        ``identity/node-2.key``, ``node-3.key``..., so that each has its own identity.
+
+        Returns:
+            The identity, its number (1 for ``node.key``), and the open lock file, to
+            close when the node stops.
+
+        Raises:
+            IdentityError: See :meth:`load_or_create`.
+
+        """
+        directory = cwd / KEY_FILE.parent
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IdentityError(f"can't create {directory}: {exc.strerror or exc}") from exc
+        for number in range(1, limit + 1):
+            name = KEY_FILE.name if number == 1 else f"{KEY_FILE.stem}-{number}{KEY_FILE.suffix}"
+            path = directory / name
+            lock = open(path.with_name(name + ".lock"), "ab")  # kept open: holds the lock
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.close()
+                continue  # another running node has it
+            try:
+                return cls.load_or_create(path), number, lock
+            except BaseException:
+                lock.close()
+                raise
+        raise IdentityError(f"{limit} nodes already run in {cwd}")
 
     def sign(self, data: bytes) -> bytes:
         """Sign ``data``; 64 bytes."""

@@ -22,7 +22,7 @@ import sys
 from collections import deque
 from collections.abc import Collection, Coroutine, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import __version__
 from .drivers import Driver, driver_class, scheme_of
@@ -35,7 +35,7 @@ from .exceptions import (
     ThreadLoadError,
 )
 from .gossip import Gossip, GossipThread
-from .identity import KEY_FILE, Identity, short_id
+from .identity import Identity, short_id
 from .options import NodeOptions
 from .peerstore import DATA_DIR, STORE_FILE, BlockPolicy, PeerSource, PeerStore
 from .protocol.deliver import (
@@ -184,6 +184,9 @@ class Node:
         self._listening: Listening | None = None
         self._debug = False
         self.identity: Identity | None = None
+        self.data_dir: Path | None = None
+        self._identity_number = 1
+        self._identity_lock: IO[bytes] | None = None
         self.store: PeerStore | None = None
         self._secure: SecureLayer | None = None
         self._by_peer_id: dict[str, _Conn] = {}
@@ -258,6 +261,7 @@ class Node:
         )
         self.threads = self._load_threads()
         self.identity = options.identity or self._load_identity()
+        self.data_dir = self._data_dir()
         if options.secure:
             self._secure = SecureLayer(
                 self,
@@ -268,8 +272,8 @@ class Node:
                 max_package_size=options.max_package_size,
             )
         path = None
-        if options.peer_store and options.cwd is not None:
-            path = options.cwd / DATA_DIR / STORE_FILE
+        if options.peer_store and self.data_dir is not None:
+            path = self.data_dir / STORE_FILE
         policy = BlockPolicy(
             invalid_ratio=options.invalid_ratio,
             min_packages=options.min_packages,
@@ -347,6 +351,9 @@ class Node:
             await self.store.close()
         if self._listening is not None:
             await self._listening.wait_closed()
+        if self._identity_lock is not None:
+            self._identity_lock.close()  # another node may take this identity now
+            self._identity_lock = None
         self.state = NodeState.STOPPED
         self.log.info("x node stopped")
 
@@ -366,7 +373,24 @@ class Node:
     def _load_identity(self) -> Identity:
         if self.options.cwd is None:
             return Identity.generate()
-        return Identity.load_or_create(self.options.cwd / KEY_FILE)
+        identity, self._identity_number, self._identity_lock = Identity.claim(self.options.cwd)
+        if self._identity_number > 1:
+            self.log.info(
+                "= another node runs in %s: this one is identity/node-%d.key",
+                self.options.cwd,
+                self._identity_number,
+            )
+        return identity
+
+    def _data_dir(self) -> Path | None:
+        """Where the peer store and message log live: ``<cwd>/data``, or
+        ``<cwd>/data/node-<n>`` for the n-th node running in one directory."""
+        cwd = self.options.cwd
+        if cwd is None:
+            return None
+        if self._identity_number > 1:
+            return cwd / DATA_DIR / f"node-{self._identity_number}"
+        return cwd / DATA_DIR
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Run a coroutine in a task the node owns; log what it raises."""
