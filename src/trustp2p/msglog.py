@@ -52,23 +52,18 @@ __all__ = [
     "MessageLog",
 ]
 
-import asyncio
 import bisect
-import contextlib
-import itertools
 import logging
 import math
-import os
 import sqlite3
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
+from ._sqlite import Database, WriteBehind
 from .peerstore import DATA_DIR
 
 logger = logging.getLogger("trustp2p.msglog")
@@ -79,8 +74,6 @@ LOG_FILE = "gossip.sqlite"
 LOG_PATH = Path(DATA_DIR) / LOG_FILE
 """Where the message log lives, relative to the node's cwd."""
 
-_T = TypeVar("_T")
-
 # Write soon (rather than at the next periodic flush) once this many messages wait: it
 # keeps transactions short and the loss on a crash small during a burst.
 _WRITE_SOON = 1000
@@ -88,11 +81,6 @@ _WRITE_SOON = 1000
 # Delivery marks of origins with no message kept: at most this many times max_messages,
 # the least recently moved forgotten first.
 _IDLE_MARKS_FACTOR = 10
-
-# Errors that mean "the disk or the database file let us down", as opposed to bugs.
-# sqlite3.DatabaseError covers OperationalError ("database or disk is full", "disk I/O
-# error", "unable to open database file") and corruption; OSError covers mkdir and rename.
-_STORAGE_ERRORS = (sqlite3.DatabaseError, OSError)
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: the first schema. ``position`` numbers messages in the order they were logged,
@@ -274,203 +262,109 @@ class _Loaded:
     sequences: list[tuple[str, int]]
 
 
-class _CorruptError(sqlite3.DatabaseError):
-    """The integrity check found a problem."""
-
-
-class _SchemaError(sqlite3.DatabaseError):
-    """The database was made by a newer trustp2p."""
-
-
-def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
-    if isinstance(exc, _CorruptError):
-        return True
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-
-
-class _Database:
+class _Database(Database[_Batch, _Loaded]):
     """The SQLite side of the log. Its methods run on the log's worker thread only."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
+    name = "message log"
+    logger = logger
+    migrations = _MIGRATIONS
+    # A big batch grows the WAL; cut it back after each checkpoint.
+    pragmas = ("PRAGMA journal_size_limit = 4194304",)
 
-    def open(self, now: float, cutoff: float, max_messages: int) -> _Loaded:
-        """
-        Open (creating, migrating or replacing a corrupt file) and read the messages
-        received at or after ``cutoff``, the last ``max_messages`` of each topic.
-        """
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            return self._open(cutoff, max_messages)
-        except sqlite3.DatabaseError as exc:
-            if not _is_corrupt(exc):
-                raise
-            moved = self._move_aside(now)
-            logger.warning(
-                "message log %s is corrupt (%s); moved it to %s and started an empty one",
-                self.path,
-                exc,
-                moved.name,
-            )
-            return self._open(cutoff, max_messages)
+    def __init__(self, path: Path, *, max_messages: int, max_age: float) -> None:
+        super().__init__(path)
+        self._max_messages = max_messages
+        self._max_age = max_age
 
-    def _open(self, cutoff: float, max_messages: int) -> _Loaded:
-        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-        try:
-            rows = conn.execute("PRAGMA quick_check").fetchall()
-            if rows != [("ok",)]:
-                raise _CorruptError(f"integrity check: {rows[0][0] if rows else 'no answer'}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            # A big batch grows the WAL; cut it back after each checkpoint.
-            conn.execute("PRAGMA journal_size_limit = 4194304")
-            _migrate(conn)
-            (last_position,) = conn.execute("SELECT max(position) FROM messages").fetchone()
-            loaded = _Loaded([], [], last_position or 0, [], [])
-            # Newest first, to count each topic's messages up to the limit. (A window
-            # function would do it in SQL, but is 3 to 5 times slower than this scan.)
-            counts: dict[str, int] = {}
-            query = f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY position DESC"
-            for row in conn.execute(query):
-                try:
-                    message = LoggedMessage(
-                        topic=str(row[1]),
-                        origin=str(row[2]),
-                        seq=int(row[3]),
-                        timestamp=float(row[4]),
-                        data=str(row[5]),
-                        key=str(row[6]),
-                        signature=str(row[7]),
-                        id=str(row[8]),
-                    )
-                    received = float(row[9])
-                except (TypeError, ValueError):
-                    logger.warning("! dropped malformed message log row %d", row[0])
-                    loaded.deletes.append(row[0])
-                    continue
-                count = counts.get(message.topic, 0)
-                if count >= max_messages or received < cutoff:
-                    loaded.deletes.append(row[0])
-                    continue
-                counts[message.topic] = count + 1
-                loaded.entries.append((message, received, row[0]))
-            loaded.entries.reverse()
-            for origin, seq, marked in conn.execute("SELECT origin, seq, marked FROM delivered"):
-                try:
-                    loaded.delivered.append((str(origin), int(seq), float(marked)))
-                except (TypeError, ValueError):
-                    logger.warning("! dropped a malformed delivered mark: %r", (origin, seq))
-            for origin, last in conn.execute("SELECT origin, last FROM sequences"):
-                try:
-                    loaded.sequences.append((str(origin), int(last)))
-                except (TypeError, ValueError):
-                    logger.warning("! dropped a malformed sequence counter: %r", (origin, last))
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
+    def _read(self, conn: sqlite3.Connection, now: float) -> _Loaded:
+        """
+        Read the messages received at most ``max_age`` seconds before ``now``, the last
+        ``max_messages`` of each topic, and the other tables.
+        """
+        cutoff, max_messages = now - self._max_age, self._max_messages
+        (last_position,) = conn.execute("SELECT max(position) FROM messages").fetchone()
+        loaded = _Loaded([], [], last_position or 0, [], [])
+        # Newest first, to count each topic's messages up to the limit. (A window
+        # function would do it in SQL, but is 3 to 5 times slower than this scan.)
+        counts: dict[str, int] = {}
+        query = f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY position DESC"
+        for row in conn.execute(query):
+            try:
+                message = LoggedMessage(
+                    topic=str(row[1]),
+                    origin=str(row[2]),
+                    seq=int(row[3]),
+                    timestamp=float(row[4]),
+                    data=str(row[5]),
+                    key=str(row[6]),
+                    signature=str(row[7]),
+                    id=str(row[8]),
+                )
+                received = float(row[9])
+            except (TypeError, ValueError):
+                logger.warning("! dropped malformed message log row %d", row[0])
+                loaded.deletes.append(row[0])
+                continue
+            count = counts.get(message.topic, 0)
+            if count >= max_messages or received < cutoff:
+                loaded.deletes.append(row[0])
+                continue
+            counts[message.topic] = count + 1
+            loaded.entries.append((message, received, row[0]))
+        loaded.entries.reverse()
+        for origin, seq, marked in conn.execute("SELECT origin, seq, marked FROM delivered"):
+            try:
+                loaded.delivered.append((str(origin), int(seq), float(marked)))
+            except (TypeError, ValueError):
+                logger.warning("! dropped a malformed delivered mark: %r", (origin, seq))
+        for origin, last in conn.execute("SELECT origin, last FROM sequences"):
+            try:
+                loaded.sequences.append((str(origin), int(last)))
+            except (TypeError, ValueError):
+                logger.warning("! dropped a malformed sequence counter: %r", (origin, last))
         return loaded
 
-    def _move_aside(self, now: float) -> Path:
-        """Rename the database (and its WAL and shared-memory files) out of the way."""
-        stem = f"{self.path.name}.corrupt-{int(now)}"
-        target = self.path.with_name(stem)
-        for n in itertools.count(1):
-            if not target.exists():
-                break
-            target = self.path.with_name(f"{stem}.{n}")
-        os.replace(self.path, target)
-        for suffix in ("-wal", "-shm"):
-            side = self.path.with_name(self.path.name + suffix)
-            if side.exists():
-                os.replace(side, target.with_name(target.name + suffix))
-        return target
-
-    def write(self, batch: _Batch) -> None:
-        """Write one batch in one transaction; on error nothing of it is written."""
-        conn = self._conn
-        if conn is None:  # pragma: no cover - the log opens before it writes
-            raise sqlite3.OperationalError("message log is not open")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Deletes first, so that the inserts reuse the freed pages. A position is
-            # never in both: a message dropped while its insert is in flight gets a
-            # delete, and a failed insert is retried only for the messages still kept.
-            conn.executemany(
-                "DELETE FROM messages WHERE position = ?", ((p,) for p in batch.deletes)
-            )
-            # Rows are built here, on the worker thread: messages are immutable, and
-            # the loop doesn't touch a batch while it is written.
-            conn.executemany(
-                f"INSERT OR REPLACE INTO messages ({_MESSAGE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    def _write(self, conn: sqlite3.Connection, batch: _Batch) -> None:
+        # Deletes first, so that the inserts reuse the freed pages. A position is
+        # never in both: a message dropped while its insert is in flight gets a
+        # delete, and a failed insert is retried only for the messages still kept.
+        conn.executemany("DELETE FROM messages WHERE position = ?", ((p,) for p in batch.deletes))
+        # Rows are built here, on the worker thread: messages are immutable, and
+        # the loop doesn't touch a batch while it is written.
+        conn.executemany(
+            f"INSERT OR REPLACE INTO messages ({_MESSAGE_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
                 (
-                    (
-                        position,
-                        m.topic,
-                        m.origin,
-                        m.seq,
-                        m.timestamp,
-                        m.data,
-                        m.key,
-                        m.signature,
-                        m.id,
-                        received,
-                    )
-                    for m, received, position in batch.inserts.values()
-                ),
-            )
-            conn.executemany("DELETE FROM delivered WHERE origin = ?", batch.delivered_deletes)
-            conn.executemany(
-                "INSERT OR REPLACE INTO delivered (origin, seq, marked) VALUES (?, ?, ?)",
-                batch.delivered,
-            )
-            conn.executemany(
-                "INSERT OR REPLACE INTO sequences (origin, last) VALUES (?, ?)", batch.sequences
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            # SQLite may have rolled back already (after an I/O error it does).
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
-
-    def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema to the latest version, one migration per transaction."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version > len(_MIGRATIONS):
-        raise _SchemaError(
-            f"schema version {version} is newer than this trustp2p knows ({len(_MIGRATIONS)})"
+                    position,
+                    m.topic,
+                    m.origin,
+                    m.seq,
+                    m.timestamp,
+                    m.data,
+                    m.key,
+                    m.signature,
+                    m.id,
+                    received,
+                )
+                for m, received, position in batch.inserts.values()
+            ),
         )
-    for number in range(version, len(_MIGRATIONS)):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _MIGRATIONS[number]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
+        conn.executemany("DELETE FROM delivered WHERE origin = ?", batch.delivered_deletes)
+        conn.executemany(
+            "INSERT OR REPLACE INTO delivered (origin, seq, marked) VALUES (?, ?, ?)",
+            batch.delivered,
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO sequences (origin, last) VALUES (?, ?)", batch.sequences
+        )
 
 
 def _position(entry: _Entry) -> int:
     return entry[2]
 
 
-class MessageLog:
+class MessageLog(WriteBehind[_Batch, _Loaded]):
     """
     The recent gossip messages of a node, per topic, with its delivery marks and its
     sequence counter.
@@ -479,6 +373,11 @@ class MessageLog:
     called from the event loop thread that opened the log.
 
     """
+
+    _name = "message log"
+    _logger = logger
+    _contents = "messages"
+    _thread_name = "trustp2p-msglog"
 
     def __init__(
         self,
@@ -490,13 +389,15 @@ class MessageLog:
         max_age: float | None,
     ) -> None:
         # Use open(): it also reads the database and starts the flushes.
-        self._clock = clock
-        self._flush_interval = flush_interval
         self._max_messages = sys.maxsize if max_messages is None else max_messages
         self._max_idle_marks = (
             sys.maxsize if max_messages is None else _IDLE_MARKS_FACTOR * max_messages
         )
         self._max_age = math.inf if max_age is None else max_age
+        db = None
+        if path is not None:
+            db = _Database(path, max_messages=self._max_messages, max_age=self._max_age)
+        super().__init__(db, clock=clock, flush_interval=flush_interval)
         self._origins: dict[str, _Origin] = {}
         self._topics: dict[str, _Topic] = {}
         self._size = 0
@@ -510,14 +411,6 @@ class MessageLog:
         self._deletes: list[int] = []
         self._dirty_delivered: set[str] = set()
         self._dirty_sequences: set[str] = set()
-        self._db = _Database(path) if path is not None else None
-        self._executor: ThreadPoolExecutor | None = None
-        self._db_open = False
-        self._failing = False
-        self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
-        self._closed = False
 
     @classmethod
     async def open(
@@ -555,10 +448,7 @@ class MessageLog:
             ValueError: If a limit or ``flush_interval`` is out of range.
 
         """
-        if not (flush_interval > 0 and math.isfinite(flush_interval)):
-            raise ValueError(
-                f"flush_interval must be a positive number of seconds, not {flush_interval}"
-            )
+        cls._check_flush_interval(flush_interval)
         if max_messages is not None and max_messages < 1:
             raise ValueError(f"max_messages must be at least 1 or None, not {max_messages}")
         if max_age is not None and not (max_age > 0 and math.isfinite(max_age)):
@@ -570,18 +460,7 @@ class MessageLog:
             max_messages=max_messages,
             max_age=max_age,
         )
-        if log._db is not None:
-            executor = log._executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="trustp2p-msglog"
-            )
-            try:
-                async with log._lock:
-                    await log._open_database()
-            except BaseException:  # cancelled: let the worker finish opening, then close
-                executor.submit(log._db.close)
-                executor.shutdown(wait=False)
-                raise
-        log._flusher = asyncio.create_task(log._flush_loop(), name="message log flush")
+        await log._start()
         return log
 
     async def close(self) -> None:
@@ -592,31 +471,7 @@ class MessageLog:
         WARNING says how many. Calling it again does nothing. The synchronous methods go
         on working in memory after it, but nothing is written any more.
         """
-        if self._closed:
-            return
-        self._closed = True
-        if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-        db, executor = self._db, self._executor
-        if db is None or executor is None:
-            return
-        try:
-            if not await self.flush():
-                logger.warning(
-                    "closed message log %s with %d unsaved changes", db.path, self._unsaved()
-                )
-        finally:
-            self._db = None
-            try:
-                await asyncio.get_running_loop().run_in_executor(executor, db.close)
-            finally:
-                executor.shutdown(wait=True)
+        await super().close()
 
     async def flush(self) -> bool:
         """
@@ -628,33 +483,7 @@ class MessageLog:
             False if the write failed: it is retried at the next flush.
 
         """
-        if self._db is None:
-            self._prune()
-            self._pending.clear()
-            self._deletes.clear()
-            self._dirty_delivered.clear()
-            self._dirty_sequences.clear()
-            return True
-        async with self._lock:
-            if not self._db_open and not await self._open_database():
-                return False
-            self._prune()
-            batch = self._take_batch()
-            if batch is not None:
-                try:
-                    await self._run(self._db.write, batch)
-                except _STORAGE_ERRORS as exc:
-                    self._restore(batch)
-                    self._storage_failed("write", exc)
-                    return False
-                except BaseException:
-                    # Cancelled (or a bug): it may not be written; write it again.
-                    self._restore(batch)
-                    raise
-            if self._failing:
-                self._failing = False
-                logger.info("message log %s is writable again", self._db.path)
-            return True
+        return await super().flush()
 
     def add(self, message: LoggedMessage) -> bool:
         """
@@ -884,49 +713,6 @@ class MessageLog:
 
     # Persistence. The loop side: what changed goes to the worker thread in a batch.
 
-    async def _run(self, function: Callable[..., _T], *args: object) -> _T:
-        assert self._executor is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, function, *args)
-
-    async def _flush_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._flush_interval):
-                    await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self.flush()
-            except Exception:
-                logger.error("! message log flush failed", exc_info=True)
-
-    async def _open_database(self) -> bool:
-        """Open the database and absorb its contents; the caller holds the lock."""
-        assert self._db is not None
-        now = self._clock()
-        try:
-            loaded = await self._run(self._db.open, now, now - self._max_age, self._max_messages)
-        except _STORAGE_ERRORS as exc:
-            self._storage_failed("open", exc)
-            return False
-        self._db_open = True
-        self._absorb(loaded)
-        return True
-
-    def _storage_failed(self, action: str, exc: BaseException) -> None:
-        assert self._db is not None
-        if self._failing:
-            logger.debug("! can't %s message log %s: %s", action, self._db.path, exc)
-            return
-        self._failing = True
-        logger.warning(
-            "can't %s message log %s: %s; keeping messages in memory and retrying every %g s",
-            action,
-            self._db.path,
-            exc,
-            self._flush_interval,
-        )
-
     def _absorb(self, loaded: _Loaded) -> None:
         """
         Take in what the database holds. At open, memory is empty; when the database
@@ -970,6 +756,12 @@ class MessageLog:
         for origin in batch.sequence_keys:
             batch.sequences.append((origin, self._sequences[origin]))
         return batch
+
+    def _discard_changes(self) -> None:
+        self._pending.clear()
+        self._deletes.clear()
+        self._dirty_delivered.clear()
+        self._dirty_sequences.clear()
 
     def _restore(self, batch: _Batch) -> None:
         # Messages dropped meanwhile are not written again (their delete is pending).

@@ -43,23 +43,21 @@ __all__ = [
     "PeerStore",
 ]
 
-import asyncio
-import contextlib
 import enum
 import heapq
 import itertools
 import logging
 import math
-import os
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
+
+from ._sqlite import Database, WriteBehind
 
 logger = logging.getLogger("trustp2p.peerstore")
 
@@ -75,8 +73,6 @@ MAX_URLS_PER_PEER = 8
 STORE_PATH = Path(DATA_DIR) / STORE_FILE
 """Where the peer store lives, relative to the node's cwd."""
 
-_T = TypeVar("_T")
-
 # Block kinds, as stored in the ``blocks`` table.
 _PEER = "peer"
 _ADDRESS = "address"
@@ -84,11 +80,6 @@ _ADDRESS = "address"
 # A URL that failed this many times in a row since it last worked isn't offered to
 # other peers by good_urls().
 _MAX_GOOD_URL_FAILURES = 3
-
-# Errors that mean "the disk or the database file let us down", as opposed to bugs.
-# sqlite3.DatabaseError covers OperationalError ("database or disk is full", "disk I/O
-# error", "unable to open database file") and corruption; OSError covers mkdir and rename.
-_STORAGE_ERRORS = (sqlite3.DatabaseError, OSError)
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: the first schema. ``key`` is a random id that survives merges (it is not the
@@ -299,137 +290,37 @@ class _Batch:
 _Loaded = tuple[list[Any], list[Any], list[Any]]
 
 
-class _CorruptError(sqlite3.DatabaseError):
-    """The integrity check found a problem."""
-
-
-class _SchemaError(sqlite3.DatabaseError):
-    """The database was made by a newer trustp2p."""
-
-
-def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
-    if isinstance(exc, _CorruptError):
-        return True
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-
-
-class _Database:
+class _Database(Database[_Batch, _Loaded]):
     """The SQLite side of the store. Its methods run on the store's worker thread only."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
+    name = "peer store"
+    logger = logger
+    migrations = _MIGRATIONS
 
-    def open(self, now: float) -> _Loaded:
-        """Open (creating, migrating or replacing a corrupt file) and read everything."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            return self._open()
-        except sqlite3.DatabaseError as exc:
-            if not _is_corrupt(exc):
-                raise
-            moved = self._move_aside(now)
-            logger.warning(
-                "peer store %s is corrupt (%s); moved it to %s and started an empty one",
-                self.path,
-                exc,
-                moved.name,
-            )
-            return self._open()
-
-    def _open(self) -> _Loaded:
-        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-        try:
-            rows = conn.execute("PRAGMA quick_check").fetchall()
-            if rows != [("ok",)]:
-                raise _CorruptError(f"integrity check: {rows[0][0] if rows else 'no answer'}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            _migrate(conn)
-            loaded = (
-                conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers").fetchall(),
-                conn.execute(f"SELECT {_URL_COLUMNS} FROM urls").fetchall(),
-                conn.execute(f"SELECT {_BLOCK_COLUMNS} FROM blocks").fetchall(),
-            )
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return loaded
-
-    def _move_aside(self, now: float) -> Path:
-        """Rename the database (and its WAL and shared-memory files) out of the way."""
-        stem = f"{self.path.name}.corrupt-{int(now)}"
-        target = self.path.with_name(stem)
-        for n in itertools.count(1):
-            if not target.exists():
-                break
-            target = self.path.with_name(f"{stem}.{n}")
-        os.replace(self.path, target)
-        for suffix in ("-wal", "-shm"):
-            side = self.path.with_name(self.path.name + suffix)
-            if side.exists():
-                os.replace(side, target.with_name(target.name + suffix))
-        return target
-
-    def write(self, batch: _Batch) -> None:
-        """Write one batch in one transaction; on error nothing of it is written."""
-        conn = self._conn
-        if conn is None:  # pragma: no cover - the store opens before it writes
-            raise sqlite3.OperationalError("peer store is not open")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("DELETE FROM peers WHERE key = ?", batch.peer_deletes)
-            conn.executemany(
-                f"INSERT OR REPLACE INTO peers ({_PEER_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                batch.peers,
-            )
-            conn.executemany("DELETE FROM urls WHERE url = ?", batch.url_deletes)
-            conn.executemany(
-                f"INSERT OR REPLACE INTO urls ({_URL_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                batch.urls,
-            )
-            conn.executemany("DELETE FROM blocks WHERE kind = ? AND key = ?", batch.block_deletes)
-            conn.executemany(
-                f"INSERT OR REPLACE INTO blocks ({_BLOCK_COLUMNS}) VALUES (?, ?, ?, ?)",
-                batch.blocks,
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            # SQLite may have rolled back already (after an I/O error it does).
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
-
-    def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema to the latest version, one migration per transaction."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version > len(_MIGRATIONS):
-        raise _SchemaError(
-            f"schema version {version} is newer than this trustp2p knows ({len(_MIGRATIONS)})"
+    def _read(self, conn: sqlite3.Connection, now: float) -> _Loaded:
+        return (
+            conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers").fetchall(),
+            conn.execute(f"SELECT {_URL_COLUMNS} FROM urls").fetchall(),
+            conn.execute(f"SELECT {_BLOCK_COLUMNS} FROM blocks").fetchall(),
         )
-    for number in range(version, len(_MIGRATIONS)):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _MIGRATIONS[number]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
+
+    def _write(self, conn: sqlite3.Connection, batch: _Batch) -> None:
+        conn.executemany("DELETE FROM peers WHERE key = ?", batch.peer_deletes)
+        conn.executemany(
+            f"INSERT OR REPLACE INTO peers ({_PEER_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            batch.peers,
+        )
+        conn.executemany("DELETE FROM urls WHERE url = ?", batch.url_deletes)
+        conn.executemany(
+            f"INSERT OR REPLACE INTO urls ({_URL_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+            batch.urls,
+        )
+        conn.executemany("DELETE FROM blocks WHERE kind = ? AND key = ?", batch.block_deletes)
+        conn.executemany(
+            f"INSERT OR REPLACE INTO blocks ({_BLOCK_COLUMNS}) VALUES (?, ?, ?, ?)",
+            batch.blocks,
+        )
 
 
 def _host(url: str) -> str | None:
@@ -472,7 +363,7 @@ def _url_age(entry: _Url) -> tuple[float, str]:
     return (entry.first_seen, entry.url)
 
 
-class PeerStore:
+class PeerStore(WriteBehind[_Batch, _Loaded]):
     """
     The peers a node knows, how they behaved, and whom it blocks.
 
@@ -480,6 +371,11 @@ class PeerStore:
     called from the event loop thread that opened the store.
 
     """
+
+    _name = "peer store"
+    _logger = logger
+    _contents = "peer stats"
+    _thread_name = "trustp2p-peerstore"
 
     def __init__(
         self,
@@ -491,11 +387,11 @@ class PeerStore:
         max_peers: int | None,
     ) -> None:
         # Use open(): it also reads the database and starts the flushes.
-        self._clock = clock
+        db = _Database(path) if path is not None else None
+        super().__init__(db, clock=clock, flush_interval=flush_interval)
         self._policy = policy
         self._min_packages = policy.min_packages
         self._invalid_ratio = policy.invalid_ratio
-        self._flush_interval = flush_interval
         self._max_peers = max_peers
         self._peers: dict[str, _Peer] = {}
         self._by_id: dict[str, _Peer] = {}
@@ -508,14 +404,6 @@ class PeerStore:
         self._dirty_peers: set[str] = set()
         self._dirty_urls: set[str] = set()
         self._dirty_blocks: set[tuple[str, str]] = set()
-        self._db = _Database(path) if path is not None else None
-        self._executor: ThreadPoolExecutor | None = None
-        self._db_open = False
-        self._failing = False
-        self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
-        self._closed = False
 
     @classmethod
     async def open(
@@ -547,10 +435,7 @@ class PeerStore:
             ValueError: If ``flush_interval`` or ``max_peers`` is out of range.
 
         """
-        if not (flush_interval > 0 and math.isfinite(flush_interval)):
-            raise ValueError(
-                f"flush_interval must be a positive number of seconds, not {flush_interval}"
-            )
+        cls._check_flush_interval(flush_interval)
         if max_peers is not None and max_peers < 1:
             raise ValueError(f"max_peers must be at least 1 or None, not {max_peers}")
         store = cls(
@@ -560,18 +445,7 @@ class PeerStore:
             flush_interval=flush_interval,
             max_peers=max_peers,
         )
-        if store._db is not None:
-            executor = store._executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="trustp2p-peerstore"
-            )
-            try:
-                async with store._lock:
-                    await store._open_database()
-            except BaseException:  # cancelled: let the worker finish opening, then close
-                executor.submit(store._db.close)
-                executor.shutdown(wait=False)
-                raise
-        store._flusher = asyncio.create_task(store._flush_loop(), name="peer store flush")
+        await store._start()
         return store
 
     async def close(self) -> None:
@@ -581,31 +455,7 @@ class PeerStore:
         If the last write fails, the changes since the last good one are lost and a
         WARNING says how many. Calling it again does nothing.
         """
-        if self._closed:
-            return
-        self._closed = True
-        if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-        db, executor = self._db, self._executor
-        if db is None or executor is None:
-            return
-        try:
-            if not await self.flush():
-                logger.warning(
-                    "closed peer store %s with %d unsaved changes", db.path, self._unsaved()
-                )
-        finally:
-            self._db = None
-            try:
-                await asyncio.get_running_loop().run_in_executor(executor, db.close)
-            finally:
-                executor.shutdown(wait=True)
+        await super().close()
 
     async def flush(self) -> bool:
         """
@@ -616,32 +466,7 @@ class PeerStore:
             the write failed; it is retried at the next flush.
 
         """
-        if self._db is None:
-            self._prune_blocks()
-            self._dirty_peers.clear()
-            self._dirty_urls.clear()
-            self._dirty_blocks.clear()
-            return True
-        async with self._lock:
-            if not self._db_open and not await self._open_database():
-                return False
-            self._prune_blocks()
-            batch = self._take_batch()
-            if batch is not None:
-                try:
-                    await self._run(self._db.write, batch)
-                except _STORAGE_ERRORS as exc:
-                    self._restore(batch)
-                    self._storage_failed("write", exc)
-                    return False
-                except BaseException:
-                    # Cancelled (or a bug): it may not be written; write it again.
-                    self._restore(batch)
-                    raise
-            if self._failing:
-                self._failing = False
-                logger.info("peer store %s is writable again", self._db.path)
-            return True
+        return await super().flush()
 
     async def add_urls(
         self, urls: Iterable[str], source: PeerSource, *, peer_id: str | None = None
@@ -1038,7 +863,7 @@ class PeerStore:
             self._dirty_peers.add(peer.key)
         logger.debug("= peer store full: forgot %d peers", excess)
 
-    def _prune_blocks(self) -> None:
+    def _prune(self) -> None:
         now = self._clock()
         for kind, table in self._blocks.items():
             expired = [key for key, block in table.items() if block.until <= now]
@@ -1076,52 +901,10 @@ class PeerStore:
 
     # Persistence. The loop side: snapshots of what changed go to the worker thread.
 
-    async def _run(self, function: Callable[..., _T], *args: object) -> _T:
-        assert self._executor is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, function, *args)
-
     async def _save(self) -> None:
         """Write a change now, unless writes are failing: then the next flush retries."""
         if not self._failing:
             await self.flush()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._flush_interval):
-                    await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self.flush()
-            except Exception:
-                logger.error("! peer store flush failed", exc_info=True)
-
-    async def _open_database(self) -> bool:
-        """Open the database and absorb its contents; the caller holds the lock."""
-        assert self._db is not None
-        try:
-            loaded = await self._run(self._db.open, self._clock())
-        except _STORAGE_ERRORS as exc:
-            self._storage_failed("open", exc)
-            return False
-        self._db_open = True
-        self._absorb(loaded)
-        return True
-
-    def _storage_failed(self, action: str, exc: BaseException) -> None:
-        assert self._db is not None
-        if self._failing:
-            logger.debug("! can't %s peer store %s: %s", action, self._db.path, exc)
-            return
-        self._failing = True
-        logger.warning(
-            "can't %s peer store %s: %s; keeping peer stats in memory and retrying every %g s",
-            action,
-            self._db.path,
-            exc,
-            self._flush_interval,
-        )
 
     def _absorb(self, loaded: _Loaded) -> None:
         """
@@ -1239,6 +1022,11 @@ class PeerStore:
             else:
                 batch.blocks.append((kind, key, block.until, block.reason))
         return batch
+
+    def _discard_changes(self) -> None:
+        self._dirty_peers.clear()
+        self._dirty_urls.clear()
+        self._dirty_blocks.clear()
 
     def _restore(self, batch: _Batch) -> None:
         self._dirty_peers |= batch.peer_keys

@@ -73,11 +73,10 @@ import asyncio
 import enum
 import logging
 import struct
-import threading
-from typing import cast
 from urllib.parse import urlsplit
 
 from ..exceptions import DriverError
+from ._stream import ReceiveBuffer, ServerListening, StreamSocket, serve
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
 logger = logging.getLogger("trustp2p.drivers.tcp")
@@ -110,53 +109,31 @@ def _close_frame(code: int, reason: bytes) -> bytes:
     return header + bytes((ControlType.CLOSE,)) + code.to_bytes(2, "big") + reason
 
 
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+# The receive buffer of this thread's TCP connections. It has asyncio's read size, 256 KiB:
+# measured on loopback, 64 KiB messages echoed twice as fast as with 64 KiB, and small
+# messages no slower.
+_receive_buffer = ReceiveBuffer(2**18)
 
 
-class _ReceiveBuffer(threading.local):
-    """
-    One receive buffer per thread, shared by its connections (see the ``ws`` driver).
-
-    asyncio calls ``get_buffer()``, ``recv_into()`` and ``buffer_updated()`` back to back,
-    and the parser copies out what it keeps before returning, so one buffer is enough.
-    It has asyncio's read size, 256 KiB: measured on loopback, 64 KiB messages echoed
-    twice as fast as with 64 KiB, and small messages no slower.
-
-    """
-
-    def __init__(self) -> None:
-        self.view = memoryview(bytearray(2**18))
-
-
-_receive_buffer = _ReceiveBuffer()
-
-# Frames written in one event loop iteration are sent in one system call, up to this many
-# bytes (the ws driver's figure: more would batch the pipeline into turns).
-_COALESCE_LIMIT = 4096
-
-
-class TcpSocket(Socket, asyncio.BufferedProtocol):
+class TcpSocket(StreamSocket):
     """A TCP connection; also the asyncio protocol of its transport."""
+
+    _receive_buffer = _receive_buffer
+    _logger = logger
 
     def __init__(
         self, *, listener: Listener, options: DriverOptions, inbound: bool, peer: str = ""
     ) -> None:
-        super().__init__(listener=listener, inbound=inbound, peer=peer, host="")
-        self._options = options
+        super().__init__(listener=listener, options=options, inbound=inbound, peer=peer)
         limit = options.max_message_size
         self._limit = MAX_LENGTH if limit is None else limit
-        self._transport: asyncio.Transport | None = None
         self._state = _OPEN
         self._close_sent: tuple[int, str] | None = None
         self._close_rcvd: tuple[int, str] | None = None
         self._failed = False  # we failed the connection: our close code stands
         self._discarding = False  # read and drop everything (after a close or a failure)
-        self._eof_sent = False
-        self._aborted = False
         self._error_reported = False
         self._drop_error: DriverError | None = None  # the peer ended TCP without a close
-        self._lost_waiter: asyncio.Future[None] = self._loop.create_future()
         # The frame being read: its partial header, or its payload so far.
         self._head = b""
         self._size = -1  # payload length once the header is complete, else -1
@@ -165,24 +142,13 @@ class TcpSocket(Socket, asyncio.BufferedProtocol):
         self._got = 0
         self._frame_started: float | None = None  # loop time; None: no deadline running
         self._frame_timer: asyncio.TimerHandle | None = None
-        self._close_timer: asyncio.TimerHandle | None = None
-        self._paused_reading = False
         self._pending = b""  # bytes read before a pause_reading(), from a frame boundary
-        self._paused_writing = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
-        # Frames written during one event loop iteration go out in one system call.
-        self._out: list[bytes] | None = None
-        self._out_size = 0
 
     # Socket API
 
     @property
     def closed(self) -> bool:
         return self._state != _OPEN
-
-    @property
-    def write_paused(self) -> bool:
-        return self._paused_writing
 
     def write(self, data: bytes) -> None:
         """
@@ -200,32 +166,7 @@ class TcpSocket(Socket, asyncio.BufferedProtocol):
             raise ValueError(f"message of {size} bytes exceeds limit of {MAX_LENGTH} bytes")
         if type(data) is not bytes:
             data = bytes(data)  # it is sent later: don't let the caller change it
-        stats = self.stats
-        stats.messages_out += 1
-        stats.bytes_out += size
-        if self._out is None:
-            self._out = [_HEADER.pack(size), data]
-            self._out_size = size
-            self._loop.call_soon(self._write_out)
-        else:
-            self._out += (_HEADER.pack(size), data)
-            self._out_size += size
-            if self._out_size > _COALESCE_LIMIT:
-                # Send now: the peer can start, and drain() sees the transport's buffer.
-                self._write_out()
-
-    async def drain(self) -> None:
-        if self._lost_waiter.done():
-            raise self._closed_exc()
-        if self._paused_writing:
-            waiter = self._loop.create_future()
-            self._drain_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                self._drain_waiters.remove(waiter)
-        if self._state != _OPEN:
-            raise self._closed_exc()
+        self._queue([_HEADER.pack(size), data], size)
 
     def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """
@@ -254,47 +195,21 @@ class TcpSocket(Socket, asyncio.BufferedProtocol):
             self._loop.call_soon(self._deliver_held)
 
     def abort(self) -> None:
-        self._aborted = True
         self._discarding = True
-        if self._transport is not None:
-            self._transport.abort()
-
-    async def wait_closed(self) -> None:
-        await asyncio.shield(self._lost_waiter)
+        super().abort()
 
     def pause_reading(self) -> None:
         if self._discarding:
             return  # nothing left to deliver; keep reading to see the peer's FIN
-        self._paused_reading = True
         self._frame_started = None  # our pause is not the peer's stall
-        if self._transport is not None and self._transport.is_reading():
-            self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if not self._paused_reading:
-            return
-        self._paused_reading = False
-        if self._pending:
-            # Deliver what was read before the pause first, outside the caller's frame.
-            self._loop.call_soon(self._deliver_held)
-        else:
-            self._resume_transport()
+        super().pause_reading()
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport = cast(asyncio.Transport, transport)
-        transport.set_write_buffer_limits(high=self._options.write_limit)
-        peername = transport.get_extra_info("peername")
-        if peername is not None:
-            self.host = peername[0]
-            if self.inbound:
-                self.peer = _format_address(peername[0], peername[1])
+        super().connection_made(transport)
         self.last_seen = self._loop.time()
         self._report("on_connection" if self.inbound else "on_open")
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _receive_buffer.view
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._discarding:
@@ -322,10 +237,10 @@ class TcpSocket(Socket, asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED
         self._discarding = True
-        for timer in (self._frame_timer, self._close_timer):
-            if timer is not None:
-                timer.cancel()
-        self._frame_timer = self._close_timer = None
+        self._connection_ended()
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
         self._frame_started = None
         if self._close_rcvd is not None:
             self.close_code, self.close_reason = self._close_rcvd
@@ -336,10 +251,6 @@ class TcpSocket(Socket, asyncio.BufferedProtocol):
         self._out = None
         self._pending = self._head = b""
         self._chunks = []
-        self._paused_writing = False
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
         # When we dropped it ourselves, or the closing handshake completed, the end of
         # the TCP connection is no news.
         if not (self._aborted or self._error_reported or self._close_rcvd is not None):
@@ -351,15 +262,6 @@ class TcpSocket(Socket, asyncio.BufferedProtocol):
                 self._report("on_error", error)
         self._report("on_close")
         self._lost_waiter.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._paused_writing = True
-
-    def resume_writing(self) -> None:
-        self._paused_writing = False
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     # Reading
 
@@ -476,6 +378,9 @@ class TcpSocket(Socket, asyncio.BufferedProtocol):
         self._shutdown_write()
         self._set_close_timer()
 
+    def _has_held(self) -> bool:
+        return bool(self._pending)
+
     def _deliver_held(self) -> None:
         if self._paused_reading:
             return
@@ -489,9 +394,7 @@ class TcpSocket(Socket, asyncio.BufferedProtocol):
     def _resume_transport(self) -> None:
         if self._size >= 0 or self._head:
             self._start_frame_clock()  # the frame's deadline starts over
-        transport = self._transport
-        if transport is not None and not transport.is_reading() and not transport.is_closing():
-            transport.resume_reading()
+        super()._resume_transport()
 
     def _start_frame_clock(self) -> None:
         now = self._loop.time()
@@ -523,15 +426,6 @@ class TcpSocket(Socket, asyncio.BufferedProtocol):
         self._fail(CloseCode.POLICY_VIOLATION, "frame stalled", error)
 
     # Writing and closing
-
-    def _write_out(self) -> None:
-        out = self._out
-        if out is None:
-            return
-        self._out = None
-        transport = self._transport
-        if transport is not None and not transport.is_closing() and not self._eof_sent:
-            transport.write(b"".join(out))
 
     def _send_close(self, code: int, reason: str, encoded: bytes) -> None:
         self._state = _CLOSING
@@ -575,29 +469,9 @@ class TcpSocket(Socket, asyncio.BufferedProtocol):
             self._eof_sent = True
             transport.write_eof()
 
-    def _set_close_timer(self) -> None:
-        if self._close_timer is None and self._state != _CLOSED:
-            self._close_timer = self._loop.call_later(
-                self._options.close_timeout, self._close_timed_out
-            )
 
-    def _close_timed_out(self) -> None:
-        self._close_timer = None
-        logger.debug("! closing handshake with %s timed out", self.peer)
-        self.abort()
-
-
-class TcpListening(Listening):
-    def __init__(self, server: asyncio.Server, url: str) -> None:
-        self._server = server
-        self.url = url
-
-    def close(self) -> None:
-        self._server.close()
-
-    async def wait_closed(self) -> None:
-        # On Python >= 3.12 this also waits for the connections to close.
-        await self._server.wait_closed()
+class TcpListening(ServerListening):
+    """A TCP server listening for connections."""
 
 
 def _parse_url(url: str) -> tuple[str, int]:
@@ -649,36 +523,18 @@ class TcpDriver(Driver):
             )
 
     async def listen(self, host: str, port: int, listener: Listener) -> Listening:
-        loop = asyncio.get_running_loop()
         options = self.options
 
         def factory() -> TcpSocket:
             return TcpSocket(listener=listener, options=options, inbound=True)
 
-        try:
-            server = await loop.create_server(factory, host, port)
-        except OSError as exc:
-            raise DriverError(f"can't listen on {_format_address(host, port)}: {exc}") from exc
-        bound_port = server.sockets[0].getsockname()[1]
-        listening = TcpListening(server, f"tcp://{_format_address(host, bound_port)}")
+        server, address = await serve(factory, host, port)
+        listening = TcpListening(server, f"tcp://{address}")
         listener.on_start(listening)
         return listening
 
     async def connect(self, url: str, listener: Listener) -> Socket:
         host, port = _parse_url(url)
         socket = TcpSocket(listener=listener, options=self.options, inbound=False, peer=url)
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.options.open_timeout):
-                await loop.create_connection(lambda: socket, host, port)
-        except TimeoutError:
-            socket.abort()
-            raise DriverError(
-                f"can't connect to {url}: timed out after {self.options.open_timeout:g} s"
-            ) from None
-        except OSError as exc:
-            raise DriverError(f"can't connect to {url}: {exc.strerror or exc}") from exc
-        except asyncio.CancelledError:
-            socket.abort()
-            raise
+        await socket._dial(host, port)
         return socket

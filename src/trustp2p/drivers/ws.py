@@ -17,9 +17,7 @@ __all__ = ["WsDriver", "WsListening", "WsSocket"]
 import asyncio
 import ipaddress
 import logging
-import threading
 from collections import deque
-from typing import cast
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI, PayloadTooBig
@@ -30,15 +28,12 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
+from ._stream import ReceiveBuffer, ServerListening, StreamSocket, serve
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
 logger = logging.getLogger("trustp2p.drivers.ws")
 
 _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY)
-
-
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _is_loopback(host: str) -> bool:
@@ -48,31 +43,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class _ReceiveBuffer(threading.local):
-    """
-    One receive buffer per thread, shared by its connections.
-
-    With a plain ``asyncio.Protocol``, every read allocates a 256 KiB ``bytes`` object
-    and shrinks it (``mmap`` / ``mremap`` / ``munmap`` for each message). asyncio calls
-    ``get_buffer()``, ``recv_into()`` and ``buffer_updated()`` back to back, and
-    websockets copies what it is given, so one buffer per thread is enough.
-
-    """
-
-    def __init__(self) -> None:
-        self.view = memoryview(bytearray(2**16))
+# The receive buffer of this thread's WebSocket connections; buffer_updated() hands
+# websockets a copy of what it reads.
+_receive_buffer = ReceiveBuffer(2**16)
 
 
-_receive_buffer = _ReceiveBuffer()
-
-# Frames written in one event loop iteration are sent in one system call, up to this many
-# bytes. More would batch the pipeline into turns: the peer would sit idle until the
-# whole batch arrived (measured: pipelined throughput fell by a third at 64 KiB).
-_COALESCE_LIMIT = 4096
-
-
-class WsSocket(Socket, asyncio.BufferedProtocol):
+class WsSocket(StreamSocket):
     """A WebSocket connection; also the asyncio protocol of its transport."""
+
+    _receive_buffer = _receive_buffer
+    _logger = logger
 
     def __init__(
         self,
@@ -84,26 +64,15 @@ class WsSocket(Socket, asyncio.BufferedProtocol):
         peer: str = "",
         request: Request | None = None,
     ) -> None:
-        super().__init__(listener=listener, inbound=inbound, peer=peer, host="")
-        self._options = options
+        super().__init__(listener=listener, options=options, inbound=inbound, peer=peer)
         self._protocol = protocol
         self._request = request  # the handshake request to send, client side
-        self._transport: asyncio.Transport | None = None
         self._opened = False
         self._open_waiter: asyncio.Future[None] = self._loop.create_future()
-        self._lost_waiter: asyncio.Future[None] = self._loop.create_future()
-        self._timer: asyncio.TimerHandle | None = None
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self._closing = False  # we sent a close frame: drop what arrives after it
-        self._aborted = False
-        self._paused_reading = False
         self._held: deque[Frame] = deque()  # frames read before a pause_reading()
-        self._paused_writing = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
-        # Frames written during one event loop iteration go out in one system call.
-        self._out: list[bytes] | None = None
-        self._out_size = 0
 
     # Socket API
 
@@ -111,42 +80,12 @@ class WsSocket(Socket, asyncio.BufferedProtocol):
     def closed(self) -> bool:
         return self._protocol.state is not State.OPEN
 
-    @property
-    def write_paused(self) -> bool:
-        return self._paused_writing
-
     def write(self, data: bytes) -> None:
         protocol = self._protocol
         if protocol.state is not State.OPEN:
             raise self._closed_exc()
         protocol.send_binary(data)
-        stats = self.stats
-        stats.messages_out += 1
-        stats.bytes_out += len(data)
-        frames = protocol.data_to_send()
-        if self._out is None:
-            self._out = frames
-            self._out_size = len(data)
-            self._loop.call_soon(self._write_out)
-        else:
-            self._out.extend(frames)
-            self._out_size += len(data)
-            if self._out_size > _COALESCE_LIMIT:
-                # Send now: the peer can start, and drain() sees the transport's buffer.
-                self._write_out()
-
-    async def drain(self) -> None:
-        if self._lost_waiter.done():
-            raise self._closed_exc()
-        if self._paused_writing:
-            waiter = self._loop.create_future()
-            self._drain_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                self._drain_waiters.remove(waiter)
-        if self._protocol.state is not State.OPEN:
-            raise self._closed_exc()
+        self._queue(protocol.data_to_send(), len(data))
 
     def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         state = self._protocol.state
@@ -158,49 +97,16 @@ class WsSocket(Socket, asyncio.BufferedProtocol):
         elif state is State.CONNECTING:
             self.abort()
 
-    def abort(self) -> None:
-        self._aborted = True
-        if self._transport is not None:
-            self._transport.abort()
-
-    async def wait_closed(self) -> None:
-        await asyncio.shield(self._lost_waiter)
-
-    def pause_reading(self) -> None:
-        self._paused_reading = True
-        if self._transport is not None and self._transport.is_reading():
-            self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if not self._paused_reading:
-            return
-        self._paused_reading = False
-        if self._held:
-            # Deliver what was read before the pause first, outside the caller's frame.
-            self._loop.call_soon(self._deliver_held)
-        elif self._transport is not None and not self._transport.is_reading():
-            self._transport.resume_reading()
-
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport = cast(asyncio.Transport, transport)
-        transport.set_write_buffer_limits(high=self._options.write_limit)
-        peername = transport.get_extra_info("peername")
-        if peername is not None and self.inbound:
-            self.host = peername[0]
-            self.peer = _format_address(peername[0], peername[1])
-        elif peername is not None:
-            self.host = peername[0]
+        super().connection_made(transport)
         self._timer = self._loop.call_later(self._options.open_timeout, self._open_timed_out)
         if self._request is not None:
             assert isinstance(self._protocol, ClientProtocol)
             self._protocol.send_request(self._request)
             self._request = None
             self._flush()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _receive_buffer.view
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(_receive_buffer.view[:nbytes]))
@@ -232,9 +138,7 @@ class WsSocket(Socket, asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         protocol = self._protocol
         protocol.receive_eof()  # idempotent; makes the state CLOSED
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._connection_ended()
         if protocol.close_rcvd is not None:
             self.close_code = protocol.close_rcvd.code
             self.close_reason = protocol.close_rcvd.reason
@@ -246,10 +150,6 @@ class WsSocket(Socket, asyncio.BufferedProtocol):
         else:  # no closing handshake: dropped, aborted, or the close timed out
             self.close_code = CloseCode.ABNORMAL_CLOSURE
         self._held.clear()
-        self._paused_writing = False
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
         if not self._open_waiter.done():
             error = protocol.handshake_exc or exc
             reason = f": {error}" if error is not None else ""
@@ -266,25 +166,10 @@ class WsSocket(Socket, asyncio.BufferedProtocol):
             self._report("on_close")
         self._lost_waiter.set_result(None)
 
-    def pause_writing(self) -> None:
-        self._paused_writing = True
-
-    def resume_writing(self) -> None:
-        self._paused_writing = False
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
     # Internals
 
-    def _write_out(self) -> None:
-        out = self._out
-        if out is None:
-            return
-        self._out = None
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
+    async def _opening(self) -> None:
+        await self._open_waiter
 
     def _flush(self) -> None:
         """Write what the protocol has to send now (handshake, control frames, EOF)."""
@@ -295,6 +180,7 @@ class WsSocket(Socket, asyncio.BufferedProtocol):
             if data:
                 transport.write(data)
             elif transport.can_write_eof():
+                self._eof_sent = True
                 transport.write_eof()
             else:  # pragma: no cover - TLS
                 transport.close()
@@ -319,13 +205,15 @@ class WsSocket(Socket, asyncio.BufferedProtocol):
         # websockets checked that a text message is valid UTF-8.
         self._deliver(data.decode() if text else data)
 
+    def _has_held(self) -> bool:
+        return bool(self._held)
+
     def _deliver_held(self) -> None:
         held = self._held
         while held and not self._paused_reading:
             self._receive_frame(held.popleft())
-        if not self._paused_reading and self._transport is not None:
-            if not self._transport.is_reading() and not self._transport.is_closing():
-                self._transport.resume_reading()
+        if not self._paused_reading:
+            self._resume_transport()
 
     def _accept(self, request: Request) -> None:
         protocol = self._protocol
@@ -364,15 +252,6 @@ class WsSocket(Socket, asyncio.BufferedProtocol):
         logger.debug("! handshake with %s timed out", self.peer)
         self.abort()
 
-    def _set_close_timer(self) -> None:
-        if self._timer is None:
-            self._timer = self._loop.call_later(self._options.close_timeout, self._close_timed_out)
-
-    def _close_timed_out(self) -> None:
-        self._timer = None
-        logger.debug("! closing handshake with %s timed out", self.peer)
-        self.abort()
-
     def _describe_error(self, error: Exception) -> DriverError:
         if isinstance(error, PayloadTooBig):
             message = f"message too big: {error}"
@@ -383,17 +262,8 @@ class WsSocket(Socket, asyncio.BufferedProtocol):
         return exc
 
 
-class WsListening(Listening):
-    def __init__(self, server: asyncio.Server, url: str) -> None:
-        self._server = server
-        self.url = url
-
-    def close(self) -> None:
-        self._server.close()
-
-    async def wait_closed(self) -> None:
-        # On Python >= 3.12 this also waits for the connections to close.
-        await self._server.wait_closed()
+class WsListening(ServerListening):
+    """A WebSocket server listening for connections."""
 
 
 class WsDriver(Driver):
@@ -409,19 +279,14 @@ class WsDriver(Driver):
     scheme = "ws"
 
     async def listen(self, host: str, port: int, listener: Listener) -> Listening:
-        loop = asyncio.get_running_loop()
         options = self.options
 
         def factory() -> WsSocket:
             protocol = ServerProtocol(max_size=options.max_message_size)
             return WsSocket(listener=listener, options=options, inbound=True, protocol=protocol)
 
-        try:
-            server = await loop.create_server(factory, host, port)
-        except OSError as exc:
-            raise DriverError(f"can't listen on {_format_address(host, port)}: {exc}") from exc
-        bound_port = server.sockets[0].getsockname()[1]
-        listening = WsListening(server, f"ws://{_format_address(host, bound_port)}")
+        server, address = await serve(factory, host, port)
+        listening = WsListening(server, f"ws://{address}")
         listener.on_start(listening)
         return listening
 
@@ -441,23 +306,5 @@ class WsDriver(Driver):
             peer=url,
             request=request,
         )
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.options.open_timeout):
-                await loop.create_connection(
-                    lambda: socket, uri.host, uri.port, ssl=True if uri.secure else None
-                )
-                await socket._open_waiter
-        except TimeoutError:
-            socket.abort()
-            raise DriverError(
-                f"can't connect to {url}: timed out after {self.options.open_timeout:g} s"
-            ) from None
-        except OSError as exc:
-            raise DriverError(f"can't connect to {url}: {exc.strerror or exc}") from exc
-        except DriverError as exc:
-            raise DriverError(f"can't connect to {url}: {exc}") from exc
-        except asyncio.CancelledError:
-            socket.abort()
-            raise
+        await socket._dial(uri.host, uri.port, ssl=True if uri.secure else None)
         return socket
