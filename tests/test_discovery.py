@@ -31,6 +31,23 @@ def outbound(node: Node) -> list[Socket]:
     return node.client.sockets if node.client is not None else []
 
 
+def consistent(nodes: list[Node]) -> bool:
+    """One connection per pair of peers, seen from both ends, and nobody dials itself."""
+    for node in nodes:
+        peers = [socket.peer_id for socket in node.sockets]
+        if len(peers) != len(set(peers)) or node.peer_id in peers:
+            return False
+    # A connection is outbound at one end and inbound at the other, never twice.
+    for a, b in itertools.combinations(nodes, 2):
+        between = [s for s in a.sockets if s.peer_id == b.peer_id]
+        mirror = [s for s in b.sockets if s.peer_id == a.peer_id]
+        if len(between) != len(mirror) or len(between) > 1:
+            return False
+        if between and mirror[0].inbound == between[0].inbound:
+            return False
+    return True
+
+
 async def test_twenty_nodes_reach_their_outbound_target_from_one_seed() -> None:
     seed = Node(server=True, **FAST)
     await seed.start()
@@ -43,18 +60,10 @@ async def test_twenty_nodes_reach_their_outbound_target_from_one_seed() -> None:
         async with asyncio.timeout(60):  # generous: a loaded CI machine
             while not all(len(outbound(node)) >= TARGET for node in nodes):  # noqa: ASYNC110
                 await asyncio.sleep(20 * MS)
-        for node in nodes:
-            peers = [socket.peer_id for socket in node.sockets]
-            assert len(peers) == len(set(peers)), "two connections to one peer"
-            assert node.peer_id not in peers
-        # A connection is outbound at one end and inbound at the other, never twice.
-        for a, b in itertools.combinations(nodes, 2):
-            between = [s for s in a.sockets if s.peer_id == b.peer_id]
-            assert len(between) <= 1
-            if between:
-                mirror = [s for s in b.sockets if s.peer_id == a.peer_id]
-                assert len(mirror) == 1
-                assert mirror[0].inbound != between[0].inbound
+        # Duplicates from simultaneous dials are resolved within moments: wait for it.
+        async with asyncio.timeout(10):
+            while not consistent(nodes):  # noqa: ASYNC110 - polls many nodes' state
+                await asyncio.sleep(20 * MS)
     finally:
         for node in reversed(nodes):
             await node.stop()

@@ -191,6 +191,7 @@ class Node:
         self._secure: SecureLayer | None = None
         self._by_peer_id: dict[str, _Conn] = {}
         self._admitted: dict[ConnId, str] = {}  # inbound raw connections -> address
+        self._refused: dict[ConnId, Socket] = {}  # plain mode: refused, not closed yet
         self._limiter = AddressLimiter(
             max_concurrent=options.max_per_ip,
             rate=options.ip_rate,
@@ -322,7 +323,11 @@ class Node:
         for thread in self.threads:
             await self._call(thread, "stop")
             await thread._cancel_tasks()
+        # Every connection, those refused or still in their handshake included, so
+        # that no transport outlives the node.
+        raw = self._secure.raw_sockets if self._secure is not None else []
         sockets = [conn.socket for conn in self._conns.values()]
+        sockets += [*raw, *self._refused.values()]
         for socket in sockets:
             socket.close_soon(CloseCode.GOING_AWAY, "node stopping")
         if sockets:
@@ -457,7 +462,7 @@ class Node:
             # cryptography.
             refusal = self._admit(socket)
             if refusal is not None:
-                socket.close_soon(*refusal)
+                self._refuse(socket, *refusal)
                 return
         self._opened(socket, self.server, "on_socket_connection")
 
@@ -566,15 +571,21 @@ class Node:
 
         return dialler(new) < dialler(existing)
 
+    def _refuse(self, socket: Socket, code: int, reason: str) -> None:
+        """Close a connection the node won't take, and keep track of it until it is."""
+        if not isinstance(socket, SecureSocket):  # the secure layer tracks its raw ones
+            self._refused[socket.id] = socket
+        socket.close_soon(code, reason)
+
     def _opened(self, socket: Socket, role: Role, hook: str) -> None:
         if self.state is not NodeState.RUNNING:
-            socket.close_soon(CloseCode.GOING_AWAY, "node stopping")
+            self._refuse(socket, CloseCode.GOING_AWAY, "node stopping")
             return
         peer_id = socket.peer_id
         if peer_id is not None:
             if self.store is not None and self.store.is_blocked(peer_id=peer_id):
                 self.log.info("! refused %s: peer %s is blocked", socket.peer, short_id(peer_id))
-                socket.close_soon(CloseCode.POLICY_VIOLATION, "blocked")
+                self._refuse(socket, CloseCode.POLICY_VIOLATION, "blocked")
                 return
             existing = self._by_peer_id.get(peer_id)
             if existing is not None:
@@ -584,7 +595,7 @@ class Node:
                         # So that the client doesn't dial this URL again while the
                         # peer is connected.
                         self.client._peer_of_url[socket.peer] = peer_id
-                    socket.close_soon(CloseCode.NORMAL_CLOSURE, "duplicate connection")
+                    self._refuse(socket, CloseCode.NORMAL_CLOSURE, "duplicate connection")
                     return
                 existing.socket.close_soon(CloseCode.NORMAL_CLOSURE, "duplicate connection")
         log = _PeerLog(self.log, {"peer": socket.peer})
@@ -676,6 +687,7 @@ class Node:
         self._enqueue(conn, _Hook("on_socket_error", socket, error))
 
     def on_close(self, socket: Socket) -> None:
+        self._refused.pop(socket.id, None)
         self._release(socket.raw.id if isinstance(socket, SecureSocket) else socket.id)
         conn = self._conns.pop(socket.id, None)
         if conn is None:

@@ -153,6 +153,7 @@ class SecureLayer:
         self._max_size = max_package_size
         self._handshakes: dict[ConnId, _Handshake] = {}
         self._secure: dict[ConnId, SecureSocket] = {}
+        self._raw: dict[ConnId, Socket] = {}  # every raw connection until it closes
         self._expected: dict[str, PeerId] = {}
 
     @property
@@ -180,7 +181,13 @@ class SecureLayer:
     def on_start(self, listening: Listening) -> None:
         self._listener.on_start(listening)
 
+    @property
+    def raw_sockets(self) -> list[Socket]:
+        """Every connection not closed yet: refused, in handshake, or secure."""
+        return list(self._raw.values())
+
     def on_connection(self, raw: Socket) -> None:
+        self._raw[raw.id] = raw
         refusal = self._admit(raw)
         if refusal is not None:
             raw.close_soon(*refusal)
@@ -188,6 +195,7 @@ class SecureLayer:
         self._begin(raw, NoiseHandshake(self._identity, initiator=False))
 
     def on_open(self, raw: Socket) -> None:
+        self._raw[raw.id] = raw
         noise = NoiseHandshake(
             self._identity, initiator=True, expected_peer_id=self._expected.get(raw.peer)
         )
@@ -221,6 +229,7 @@ class SecureLayer:
             logger.debug("! handshake with %s: %s", raw.peer, error)
 
     def on_close(self, raw: Socket) -> None:
+        self._raw.pop(raw.id, None)
         secure = self._secure.pop(raw.id, None)
         if secure is not None:
             secure.close_code, secure.close_reason = raw.close_code, raw.close_reason
