@@ -26,7 +26,9 @@ package: ``NoiseTransport.seal`` then ``open`` of the request/response benchmark
 164-byte package (165 bytes of plaintext with the chunk flag); ``ChaCha20Poly1305`` of
 ``cryptography`` called directly (encrypt, decrypt); and *lean* seal + open, the AEAD
 called directly with a nonce counter of our own, what a transport without the
-noiseprotocol layers would cost.
+noiseprotocol layers would cost. Last, the memory the secure channel keeps per
+connection: VmRSS and Python allocations per ``NoiseTransport`` kept alive, and VmRSS
+per pair of used ``ChaCha20Poly1305`` objects.
 
 End to end (``--part e2e``). The server is ``request_response.py --role server`` (a
 trustp2p server node, ``max_inbound=None``, per-IP limits exempt for loopback by
@@ -68,6 +70,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hashlib
 import itertools
 import json
@@ -77,10 +80,12 @@ import subprocess
 import sys
 import time
 import timeit
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -112,7 +117,7 @@ from trustp2p.identity import Identity, peer_id_from_public_key, verify_signatur
 from trustp2p.protocol.handshake import HELLO_EVENT, VERSION_EVENT, version_body
 from trustp2p.protocol.package import build_package, encode
 from trustp2p.security.channel import HandshakeFailed, SecureLayer
-from trustp2p.security.noise import PROLOGUE, PROTOCOL_NAME, NoiseHandshake
+from trustp2p.security.noise import PROLOGUE, PROTOCOL_NAME, NoiseHandshake, NoiseTransport
 
 E2E_IMPLS = ("plain", "secure")
 """plain: trustp2p with ``secure=False``; secure: with the Noise channel."""
@@ -272,8 +277,71 @@ def measure_primitives() -> dict[str, float]:
     }
 
 
+def _vm_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def measure_transport_memory(count: int = 2000) -> dict[str, float]:
+    """
+    What the secure channel keeps per connection once the handshake is over: VmRSS and
+    Python allocations (``tracemalloc``) per ``NoiseTransport`` kept alive (the
+    responder's, after one message each way), and VmRSS per pair of used
+    ``ChaCha20Poly1305`` objects (the AEAD contexts OpenSSL allocates, outside Python).
+    """
+    a, b = Identity.generate(), Identity.generate()
+
+    def transport() -> NoiseTransport:
+        initiator = NoiseHandshake(a, initiator=True)
+        responder = NoiseHandshake(b, initiator=False)
+        responder.read_message(initiator.write_message())
+        initiator.read_message(responder.write_message())
+        responder.read_message(initiator.write_message())
+        theirs, ours = initiator.transport(), responder.transport()
+        ours.decrypt(theirs.encrypt(b"x" * 100))
+        theirs.decrypt(ours.encrypt(b"x" * 100))
+        return ours
+
+    def aead_pair() -> tuple[ChaCha20Poly1305, ChaCha20Poly1305]:
+        sender, receiver = ChaCha20Poly1305(os.urandom(32)), ChaCha20Poly1305(os.urandom(32))
+        sealed = sender.encrypt(bytes(12), b"x" * 100, None)
+        with contextlib.suppress(InvalidTag):  # another key: only the context matters
+            receiver.decrypt(bytes(12), sealed, None)
+        return sender, receiver
+
+    # The AEAD objects first, while the heap has no free space left by handshakes.
+    kept: list[object] = [aead_pair() for _ in range(50)]
+    gc.collect()
+    before = _vm_rss_kib()
+    kept += [aead_pair() for _ in range(count)]
+    gc.collect()
+    aead_rss = (_vm_rss_kib() - before) / count
+    kept += [transport() for _ in range(50)]
+    gc.collect()
+    before = _vm_rss_kib()
+    kept += [transport() for _ in range(count)]
+    gc.collect()
+    transport_rss = (_vm_rss_kib() - before) / count
+    tracemalloc.start()
+    first = tracemalloc.take_snapshot()
+    kept += [transport() for _ in range(count // 2)]
+    gc.collect()
+    second = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    python_bytes = sum(s.size_diff for s in second.compare_to(first, "filename")) / (count // 2)
+    del kept
+    return {
+        "transport_rss_kib": transport_rss,
+        "transport_python_bytes": python_bytes,
+        "aead_pair_rss_kib": aead_rss,
+    }
+
+
 def run_sansio(seconds: float, repeats: int) -> dict[str, Any]:
-    """Median of ``repeats`` handshake loops of ``seconds``, and the primitives."""
+    """Median of ``repeats`` handshake loops of ``seconds``, the primitives, the memory."""
     runs = [measure_handshakes(seconds) for _ in range(repeats)]
     median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     rates = [run["handshakes_per_s"] for run in runs]
@@ -282,6 +350,7 @@ def run_sansio(seconds: float, repeats: int) -> dict[str, Any]:
         "min_rate": min(rates),
         "max_rate": max(rates),
         "primitives": measure_primitives(),
+        "memory": measure_transport_memory(),
     }
 
 
@@ -592,6 +661,15 @@ def format_report(results: dict[str, Any], args: argparse.Namespace) -> str:
         ]
         for name, value in sansio["primitives"].items():
             lines.append(f"  {name.removesuffix('_us'):<28}{value:>8.2f}")
+        memory = sansio.get("memory")
+        if memory is not None:
+            lines += [
+                "",
+                f"Kept per connection after the handshake: a NoiseTransport "
+                f"{memory['transport_rss_kib']:.1f} KiB of VmRSS, of which "
+                f"{memory['transport_python_bytes'] / 1024:.1f} KiB Python objects; a pair "
+                f"of used ChaCha20Poly1305 objects {memory['aead_pair_rss_kib']:.1f} KiB.",
+            ]
     e2e = results.get("e2e")
     if e2e:
         lines += [
@@ -647,6 +725,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--part", choices=("all", "sansio", "e2e"), default="all")
     parser.add_argument("--quick", action="store_true", help="short run")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="print the report of a run saved with --json (give the same settings); run nothing",
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="sans-I/O: loop length")
     parser.add_argument("--repeats", type=int, default=5, help="sans-I/O: loops (median)")
     parser.add_argument("--sansio-cpu", type=int, default=1, help="sans-I/O: pin to this CPU")
@@ -698,6 +781,10 @@ def main(argv: list[str] | None = None) -> int:
                 fresh=args.fresh_identities,
             )
         )
+        return 0
+    if args.from_json is not None:
+        with open(args.from_json) as file:
+            print(format_report(json.load(file), args))
         return 0
     results: dict[str, Any] = {"machine": machine_facts(), "source": source_facts()}
     if args.part in ("all", "sansio"):

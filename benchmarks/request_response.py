@@ -641,6 +641,8 @@ def source_facts() -> dict[str, str]:
         commit = "unknown"
     facts = {"commit": commit, "src_sha256": digest.hexdigest()[:12]}
     if package != root / "src" / "trustp2p":
+        # Not this checkout's code: its commit says nothing about what ran.
+        facts["commit"] = "unknown"
         facts["package"] = str(package)
     return facts
 
@@ -808,6 +810,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short run: 1 round, 0.5 s")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument(
+        "--from-json", metavar="FILE", help="print the table of a run saved with --json, only"
+    )
+    parser.add_argument(
         "--rounds", type=int, default=5, help="rounds per implementation (default: %(default)s)"
     )
     parser.add_argument(
@@ -893,6 +898,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             asyncio.run(run_rss_client(args.impl, args.url, args.clients))
+        return 0
+    if args.from_json is not None:
+        with open(args.from_json) as file:
+            saved = json.load(file)
+        saved.pop("medians", None)
+        print(format_table(Results(**saved)))
         return 0
     results = run_all(args)
     if args.json:

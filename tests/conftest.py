@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from trustp2p import Node
 
 # No timing in unit tests: on a loaded 2-core CI machine, hypothesis' deadline and
 # "generation is slow" checks fail for reasons that have nothing to do with the code.
@@ -32,3 +35,13 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+async def make_node() -> AsyncIterator[Callable[..., Awaitable[Node]]]:
+    """Start nodes with fast options (``tests.nodes.FAST``); stopped after the test.
+    Modules with a ``make_node`` of their own use theirs."""
+    from .nodes import node_factory  # here: tests.nodes imports MS from this module
+
+    async for make in node_factory():
+        yield make

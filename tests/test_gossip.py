@@ -195,21 +195,53 @@ async def test_uninterested_nodes_do_not_carry_a_topic() -> None:
 
             node.gossip._receive = spy  # type: ignore[method-assign]
         interested = [0, 1, 2, 3]
+        got: dict[int, list[GossipMessage]] = {index: [] for index in interested}
         for index in interested:
-            network.nodes[index].gossip.subscribe("rare")  # type: ignore[union-attr]
+            network.nodes[index].gossip.subscribe("rare", got[index].append)  # type: ignore[union-attr]
+        # Only interested nodes carry the topic: those linked to the publisher through
+        # interested nodes get its messages (with seed 11, all four are).
+        reached = linked_through(network, 0, interested)
+        assert reached == set(interested)
         await asyncio.sleep(300 * MS)
-        await network.nodes[0].gossip.publish("rare", {"x": 1})  # type: ignore[union-attr]
+        rare = await network.nodes[0].gossip.publish("rare", {"x": 1})  # type: ignore[union-attr]
         await network.nodes[5].gossip.publish("nobody", {"x": 2})  # type: ignore[union-attr]
         await asyncio.sleep(500 * MS)
         for index in range(12):
             if index not in interested:
                 assert "rare" not in seen_by[index]
             assert "nobody" not in seen_by[index]
+        for index in reached:
+            assert [message.id for message in got[index]] == [rare]
+
+
+def linked_through(network: Network, start: int, members: list[int]) -> set[int]:
+    """The ``members`` that ``start`` reaches over links between members."""
+    neighbours: dict[int, set[int]] = collections.defaultdict(set)
+    for index, links in enumerate(network._links):
+        for other in links:
+            neighbours[index].add(other)
+            neighbours[other].add(index)
+    reached, todo = {start}, [start]
+    while todo:
+        for other in neighbours[todo.pop()] & set(members) - reached:
+            reached.add(other)
+            todo.append(other)
+    return reached
 
 
 async def test_hop_limit_and_seen_cache_bounds_under_a_flood() -> None:
     async with Network(10, degree=3, seed=2, max_hops=2, seen_max=50, seen_ttl=60.0) as network:
         await network.wait_connected()
+        hops: list[int] = []
+        for node in network.nodes:
+            assert node.gossip is not None
+            original = node.gossip._receive
+
+            def spy(socket: Socket, package: Any, original: Any = original) -> None:
+                hops.append(package.body["hops"])
+                original(socket, package)
+
+            node.gossip._receive = spy  # type: ignore[method-assign]
         await asyncio.sleep(50 * MS)
         for n in range(200):
             await network.nodes[0].gossip.publish("chat", {"n": n})  # type: ignore[union-attr]
@@ -219,10 +251,16 @@ async def test_hop_limit_and_seen_cache_bounds_under_a_flood() -> None:
             assert len(router._seen) <= 50
         limited = sum(node.gossip.router.stats.hop_limited for node in network.nodes)  # type: ignore[union-attr]
         assert limited > 0
-        # No delivery twice, even with the seen-cache too small to remember them all.
+        # No copy went further than the hop limit allows: the publisher sends with 0
+        # hops, a relay with 1, and a message that arrives with 1 goes no further.
+        assert hops and max(hops) == 1
+        # No delivery twice nor out of order, even with the seen-cache too small to
+        # remember them all: every node's deliveries so far are 1, 2, 3... of node 0's.
+        assert [(d.origin, d.seq) for d in network.received[0]] == [
+            (network.nodes[0].peer_id, seq) for seq in range(1, 201)
+        ]
         for deliveries in network.received:
-            ids = [(d.origin, d.seq) for d in deliveries]
-            assert len(ids) == len(set(ids))
+            assert [d.seq for d in deliveries] == list(range(1, len(deliveries) + 1))
 
 
 @pytest.mark.parametrize("mode", ["gossip", "flood"])

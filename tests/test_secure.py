@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,47 +15,13 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
-from trustp2p.identity import Identity
+from trustp2p.identity import Identity, short_id
 from trustp2p.protocol.package import build_package, encode
 from trustp2p.security.channel import PLAIN_PEER, SECURE_PEER
 from trustp2p.security.noise import HANDSHAKE_MAGIC, NoiseHandshake
 
 from .conftest import MS
-
-FAST = {
-    "peer_exchange": False,
-    "open_timeout": 2000 * MS,
-    "close_timeout": 500 * MS,
-    "reconnect_initial": 20 * MS,
-    "reconnect_max": 100 * MS,
-    "heartbeat_interval": 60.0,
-    "target_outbound": 0,
-}
-
-MakeNode = Callable[..., Awaitable[Node]]
-
-
-@pytest.fixture
-async def make_node() -> AsyncIterator[MakeNode]:
-    nodes: list[Node] = []
-
-    async def make(**options: Any) -> Node:
-        kwargs = {**FAST, **options}
-        kwargs.setdefault("port", 0)
-        node = Node(**kwargs)
-        await node.start()
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in reversed(nodes):
-        await node.stop()
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - conditions on plain attributes
-            await asyncio.sleep(MS)
+from .nodes import MakeNode, wait_for as _wait_for
 
 
 async def closed_by_peer(ws: ClientConnection) -> tuple[int | None, str | None]:
@@ -100,6 +67,10 @@ class Recorder(Thread):
 
 def recorder(node: Node) -> Recorder:
     return next(t for t in node.threads if isinstance(t, Recorder))
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    await _wait_for(predicate, timeout)
 
 
 # The channel
@@ -267,7 +238,17 @@ async def test_one_connection_per_peer_when_both_dial(make_node: MakeNode) -> No
 # Limits
 
 
-async def test_max_inbound_counts_half_open_and_refuses_quickly(make_node: MakeNode) -> None:
+async def test_max_inbound_counts_half_open_and_refuses_quickly(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[bool] = []  # every Noise handshake the nodes begin: initiator?
+
+    class Counted(NoiseHandshake):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(bool(kwargs.get("initiator", args[1] if len(args) > 1 else False)))
+
+    monkeypatch.setattr("trustp2p.security.channel.NoiseHandshake", Counted)
     server = await make_node(server=True, threads=[Recorder], max_inbound=100, handshake_timeout=30)
     client = await make_node(client=True, peers=[server.url])
     assert server.url is not None and client.client is not None
@@ -275,6 +256,7 @@ async def test_max_inbound_counts_half_open_and_refuses_quickly(make_node: MakeN
     # 99 more connections that never finish their handshake: half-open.
     half_open = [await connect(server.url, compression=None) for _ in range(99)]
     try:
+        await wait_for(lambda: started.count(False) == 100)
         refused = 0
         for _ in range(50):
             async with connect(server.url, compression=None) as ws:
@@ -282,6 +264,8 @@ async def test_max_inbound_counts_half_open_and_refuses_quickly(make_node: MakeN
                 assert await closed_by_peer(ws) == (1013, "inbound connections maxed out")
                 refused += 1
         assert refused == 50
+        # The server began a handshake (keys, state) for the first 100 only.
+        assert started.count(False) == 100
         answer = await client.client.request(client.client.sockets[0], "echo", {"still": 1})
         assert answer["echo"] == {"still": 1}
     finally:
@@ -409,8 +393,9 @@ async def test_peer_that_does_not_read_is_disconnected(
 
 
 async def test_blocked_peer_stays_refused_after_restart(
-    make_node: MakeNode, tmp_path: Path
+    make_node: MakeNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="trustp2p")
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     server = await make_node(server=True, cwd=server_dir, threads=[Recorder])
@@ -430,6 +415,7 @@ async def test_blocked_peer_stays_refused_after_restart(
     assert restarted.store is not None
     assert restarted.store.is_blocked(peer_id=mallory.peer_id)
     # mallory keeps redialling; every attempt is refused after the handshake.
-    await asyncio.sleep(200 * MS)
+    refusals = f"peer {short_id(mallory.peer_id or '')} is blocked"
+    await wait_for(lambda: caplog.text.count(refusals) >= 3)
     assert restarted.server is not None and restarted.server.sockets == []
     assert all(kind != "connection" for kind, _ in recorder(restarted).seen)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -21,41 +20,7 @@ from trustp2p.identity import Identity
 from trustp2p.peerstore import PeerSource, PeerStore
 
 from .conftest import MS
-
-FAST: dict[str, Any] = {
-    "peer_exchange": False,
-    "target_outbound": 0,
-    "open_timeout": 2000 * MS,
-    "close_timeout": 500 * MS,
-    "reconnect_initial": 20 * MS,
-    "reconnect_max": 100 * MS,
-    "heartbeat_interval": 60.0,
-}
-
-MakeNode = Callable[..., Awaitable[Node]]
-
-
-@pytest.fixture
-async def make_node() -> AsyncIterator[MakeNode]:
-    nodes: list[Node] = []
-
-    async def make(**options: Any) -> Node:
-        kwargs = {**FAST, **options}
-        kwargs.setdefault("port", 0)
-        node = Node(**kwargs)
-        await node.start()
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in reversed(nodes):
-        await node.stop()
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - conditions on plain attributes
-            await asyncio.sleep(MS)
+from .nodes import FAST, MakeNode, wait_for
 
 
 async def stays(predicate: Callable[[], bool], duration: float) -> bool:

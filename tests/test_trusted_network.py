@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,41 +21,7 @@ from trustp2p.protocol.limits import is_loopback, netgroup
 from trustp2p.threads.heartbeat import HeartbeatThread
 
 from .conftest import MS
-
-FAST: dict[str, Any] = {
-    "peer_exchange": False,
-    "target_outbound": 0,
-    "open_timeout": 2000 * MS,
-    "close_timeout": 500 * MS,
-    "reconnect_initial": 20 * MS,
-    "reconnect_max": 100 * MS,
-    "heartbeat_interval": 60.0,
-}
-
-MakeNode = Callable[..., Awaitable[Node]]
-
-
-@pytest.fixture
-async def make_node() -> AsyncIterator[MakeNode]:
-    nodes: list[Node] = []
-
-    async def make(**options: Any) -> Node:
-        kwargs = {**FAST, **options}
-        kwargs.setdefault("port", 0)
-        node = Node(**kwargs)
-        await node.start()
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in reversed(nodes):
-        await node.stop()
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - conditions on plain attributes
-            await asyncio.sleep(MS)
+from .nodes import MakeNode, wait_for
 
 
 class Recorder(Thread):

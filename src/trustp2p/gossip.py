@@ -5,13 +5,16 @@ The routing decisions live in :mod:`trustp2p.protocol.gossip`; this module conne
 router to the node's connections, its threads and its persisted message log
 (:mod:`trustp2p.msglog`).
 
-- ``await node.gossip.publish(topic, data)`` signs and sends a message; threads receive a
-  topic's messages through their event map (``{PackageType.GOSSIP: {"chat": handler}}``,
-  called as ``handler(socket, message)``) or ``node.gossip.subscribe(topic, handler)``
-  (``handler(message)``). Each message reaches them exactly once, in order per origin
-  and topic: each origin numbers its messages per topic (a *stream*).
+- ``await node.gossip.publish(topic, data)`` (or ``node.publish``) signs and sends a
+  message; threads receive a topic's messages through their event map
+  (``{PackageType.GOSSIP: {"chat": handler}}``, called as ``handler(socket, message)``;
+  ``socket`` is None for the node's own messages and caught-up ones) or
+  ``node.gossip.subscribe(topic, handler)`` (``handler(message)``). Each message reaches
+  them exactly once, in order per origin and topic: each origin numbers its messages
+  per topic (a *stream*).
 - Validators (``set_validator``) may accept, ignore or reject a message before it is
-  delivered or forwarded; a rejected message counts against the peer that sent it.
+  delivered, forwarded or announced; a rejected message counts against the peer that
+  sent it.
 - Catch-up: when a connection opens, and every ``catchup_interval``, peers exchange
   per-stream high-water marks of their logs (``gossip/hwm``) and fetch what they miss in
   bounded batches (``gossip/fetch``). A gap in a live stream is fetched from the peer
@@ -27,6 +30,7 @@ import asyncio
 import base64
 import enum
 import inspect
+import json
 import logging
 import random
 import time
@@ -83,6 +87,7 @@ class Gossip:
             degree_low=options.gossip_degree_low,
             degree_high=options.gossip_degree_high,
             lazy=options.gossip_lazy,
+            fanout=options.gossip_fanout,
             history=options.gossip_history,
             seen_max=options.seen_max,
             seen_ttl=options.seen_ttl,
@@ -95,8 +100,9 @@ class Gossip:
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._validators: dict[str, Validator] = {}
         # Keyed by stream (see _stream): the log, and these.
-        # stream -> seq -> message to deliver, or None for one to pass over (rejected)
-        self._pending: dict[str, dict[int, GossipMessage | None]] = {}
+        # stream -> seq -> (message to deliver, the peer it came from), or None for one
+        # to pass over (rejected)
+        self._pending: dict[str, dict[int, tuple[GossipMessage, Socket | None] | None]] = {}
         self._gap_since: dict[str, float] = {}  # stream -> when its gap was noticed
         self._fetching: set[str] = set()  # streams being fetched
         # ("validate" | "deliver", message, the peer it came from or None)
@@ -243,7 +249,12 @@ class Gossip:
         assert self.log is not None
         if message.topic not in self.router.topics:
             return False  # not ours to carry
-        new = self.router.receive(socket.id if socket is not None else None, message)
+        # A message awaiting its validator is neither announced nor served meanwhile.
+        new = self.router.receive(
+            socket.id if socket is not None else None,
+            message,
+            pending=message.topic in self._validators,
+        )
         if not new or self.log.delivered(_stream_of(message)) >= message.seq:
             return False
         max_age = self.node.options.log_max_age
@@ -274,7 +285,7 @@ class Gossip:
         if forward:
             self.router.forward(socket.id if socket is not None else None, message)
         stream = _stream_of(message)
-        self._pending.setdefault(stream, {})[message.seq] = message
+        self._pending.setdefault(stream, {})[message.seq] = (message, socket)
         self._release(stream, socket)
 
     def _passed_over(self, message: GossipMessage) -> None:
@@ -296,10 +307,10 @@ class Gossip:
             return
         following = self.log.delivered(origin) + 1
         while following in pending:
-            message = pending.pop(following)
+            entry = pending.pop(following)
             self.log.mark_delivered(origin, following)
-            if message is not None:
-                self._deliver(message, socket)
+            if entry is not None:
+                self._deliver(*entry)  # with the peer it came from, not the last one
             following += 1
         if pending:
             self._gap_since.setdefault(origin, time.monotonic())
@@ -338,15 +349,16 @@ class Gossip:
                     await self._call_handlers(message, socket)
 
     async def _validate(self, message: GossipMessage, socket: Socket | None) -> None:
-        validator = self._validators[message.topic]
+        validator = self._validators.get(message.topic)  # None: removed since queued
         try:
-            verdict = validator(message)
+            verdict = validator(message) if validator is not None else Validation.ACCEPT
             if inspect.isawaitable(verdict):
                 verdict = await verdict
         except Exception:
             logger.error("! validator of %r failed", message.topic, exc_info=True)
             verdict = Validation.IGNORE
         if verdict is Validation.ACCEPT:
+            self.router.accept(socket.id if socket is not None else None, message)
             self._accepted(socket, message, forward=socket is not None)
             return
         self._passed_over(message)
@@ -434,6 +446,8 @@ class Gossip:
             answer = await self._request(socket, HWM, {"topics": sorted(self.router.topics)})
         except (ConnectionClosed, RequestTimeout):
             return
+        if _refused(socket, HWM, answer):
+            return
         marks = answer.get("hwm")
         if not isinstance(marks, dict) or len(marks) > 1000:
             self.node.penalize(socket, "invalid gossip/hwm answer")
@@ -473,6 +487,8 @@ class Gossip:
                 try:
                     answer = await self._request(socket, FETCH, request)
                 except (ConnectionClosed, RequestTimeout):
+                    return
+                if _refused(socket, FETCH, answer):
                     return
                 messages = answer.get("messages")
                 if not isinstance(messages, list) or len(messages) > batch:
@@ -537,7 +553,7 @@ class Gossip:
             return {"error": "invalid request"}
         if topic not in self.router.topics:
             return {"messages": []}
-        # Half the package limit leaves room for the encoding of the answer.
+        # Half the package limit leaves room for the rest of the answer.
         limit = self.node.options.max_package_size
         max_bytes = limit // 2 if limit is not None else 512 * 1024
         logged = self.log.range(
@@ -547,7 +563,29 @@ class Gossip:
             limit=self.node.options.catchup_batch,
             max_bytes=max_bytes,
         )
-        return {"messages": [_from_logged(m).to_body() for m in logged]}
+        # The log counts payload characters only; on the wire each message also carries
+        # its key and signature, and its payload JSON-escaped and UTF-8 encoded. Count
+        # that, or many small (or non-ASCII) messages overflow the package limit.
+        messages: list[Body] = []
+        size = 0
+        for item in logged:
+            body = _from_logged(item).to_body()
+            size += len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()) + 1
+            if size > max_bytes and messages:
+                break  # the asker asks again from the last seq it got + 1
+            messages.append(body)
+        return {"messages": messages}
+
+
+def _refused(socket: Socket, event: str, answer: Body) -> bool:
+    """
+    Whether a peer answered a catch-up request with an error: it may be over our
+    request rate, or run without gossip. Not a fault; we ask another peer later.
+    """
+    if "error" not in answer:
+        return False
+    logger.debug("! %s answered %s with an error: %.200s", socket.peer, event, answer["error"])
+    return True
 
 
 def _stream(topic: str, origin: str) -> str:

@@ -34,7 +34,7 @@ from .exceptions import (
     RequestTimeout,
     ThreadLoadError,
 )
-from .gossip import Gossip, GossipThread
+from .gossip import Gossip, GossipHandler, GossipThread
 from .identity import Identity, short_id
 from .options import NodeOptions
 from .peerstore import DATA_DIR, STORE_FILE, BlockPolicy, PeerSource, PeerStore
@@ -226,6 +226,46 @@ class Node:
         if self.options.listen_urls:
             return list(self.options.listen_urls)
         return [self.url] if self.url is not None else []
+
+    # Publish/subscribe (the node's gossip service)
+
+    def _gossip(self) -> Gossip:
+        if self.gossip is None:
+            raise RuntimeError("this node runs without gossip (gossip=False)")
+        if self.state is not NodeState.RUNNING:
+            raise RuntimeError(f"the node is {self.state.value}, not running")
+        return self.gossip
+
+    async def publish(self, topic: str, body: Body) -> str:
+        """
+        Sign ``body`` and publish it on ``topic`` to every subscribed node.
+
+        Returns:
+            The message id.
+
+        Raises:
+            RuntimeError: If the node isn't running or runs without gossip.
+            ValueError: If the topic is empty or too long, or ``body`` holds NaN.
+            TypeError: If ``body`` is not a JSON-serializable dict.
+
+        """
+        return await self._gossip().publish(topic, body)
+
+    def subscribe(self, topic: str, handler: GossipHandler | None = None) -> None:
+        """
+        Receive ``topic``'s messages: ``handler(message)`` (sync or async) is called once
+        for each, in per-origin order. Threads may instead name the topic in their event
+        map under ``PackageType.GOSSIP``.
+        """
+        if self.gossip is None:
+            raise RuntimeError("this node runs without gossip (gossip=False)")
+        self.gossip.subscribe(topic, handler)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop receiving ``topic``; its subscribe() handlers are forgotten."""
+        if self.gossip is None:
+            raise RuntimeError("this node runs without gossip (gossip=False)")
+        self.gossip.unsubscribe(topic)
 
     def _socket_by_id(self, conn_id: ConnId) -> Socket | None:
         conn = self._conns.get(conn_id)
@@ -529,15 +569,34 @@ class Node:
         for thread in self.threads:
             await self._call(thread, name, *args)
 
-    def _block(self, peer_id: str | None, address: str | None, reason: str) -> None:
+    def _block(
+        self,
+        peer_id: str | None,
+        address: str | None,
+        reason: str,
+        *,
+        socket: Socket | None = None,
+    ) -> None:
         """
-        Block a peer by id and address for ``block_duration``; close its connections.
+        Block a peer by id and address for ``block_duration``; close its connections,
+        and ``socket``, the one that crossed the policy.
 
         Loopback addresses are not blocked (unless ``limit_loopback``): every local peer
-        shares them.
+        shares them. A local peer without a peer id (plain mode) is only disconnected.
         """
         if address is not None and is_loopback(address) and not self.options.limit_loopback:
             address = None
+        if peer_id is None and address is None:
+            if socket is not None and not socket.closed:
+                self.log.warning(
+                    "! disconnecting %s: %s (loopback addresses are not blocked)",
+                    socket.peer,
+                    reason,
+                )
+                socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"disconnected: {reason}"))
+            else:
+                self.log.debug("! not blocking a loopback address: %s", reason)
+            return
         self.log.warning(
             "! blocking %s for %g s: %s",
             " and ".join(x for x in (peer_id, address) if x),
@@ -555,6 +614,8 @@ class Node:
                 address is not None and socket.host == address and socket.inbound
             ):
                 socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"blocked: {reason}"))
+        if socket is not None and not socket.closed:
+            socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"blocked: {reason}"))
 
     def _prefer(self, new: Socket, existing: Socket) -> bool:
         """
@@ -647,7 +708,7 @@ class Node:
         if store is not None and store.count_packages(key, good=1):
             # Past the policy, even if this package was a good one: a peer mixing good
             # packages among its bad ones must not slip through.
-            self._block(socket.peer_id, socket.host, "too many invalid packages")
+            self._block(socket.peer_id, socket.host, "too many invalid packages", socket=socket)
             return
         package_type = package.type
         if package_type in RESPONSE_TYPES:
@@ -683,7 +744,7 @@ class Node:
         conn.log.warning("! connection failed: %s", error)
         if isinstance(error, NoiseError):
             # A message that doesn't decrypt on an authenticated channel: tampering.
-            self._block(socket.peer_id, socket.host, f"protocol violation: {error}")
+            self._block(socket.peer_id, socket.host, f"protocol violation: {error}", socket=socket)
         self._enqueue(conn, _Hook("on_socket_error", socket, error))
 
     def on_close(self, socket: Socket) -> None:
@@ -731,7 +792,7 @@ class Node:
         socket = conn.socket
         key = socket.peer_id or f"address:{socket.host}"
         if self.store is not None and self.store.count_packages(key, invalid=1):
-            self._block(socket.peer_id, socket.host, reason)
+            self._block(socket.peer_id, socket.host, reason, socket=socket)
 
     def _request_allowed(self, conn: _Conn, package: Package) -> bool:
         """Apply the per-peer request rate; answer and count what is over it."""
@@ -770,7 +831,9 @@ class Node:
             return
         if package.event == HELLO_EVENT:
             if socket.peer_id is not None and package.body.get("peer_id") != socket.peer_id:
-                self._block(socket.peer_id, socket.host, "hello names another peer id")
+                self._block(
+                    socket.peer_id, socket.host, "hello names another peer id", socket=socket
+                )
                 return
             urls, problem = validate_urls(package.body.get("listen_urls", []), limit=8)
             if problem is not None:

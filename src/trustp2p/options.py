@@ -85,16 +85,25 @@ class NodeOptions:
         limit_loopback: Apply the per-address limits to loopback addresses too.
         target_outbound: Outbound connections the client keeps, drawing on the peer
             store when its bootstrap ``peers`` aren't enough.
+        anchor_age: An outbound connection open this long is a long-lived one. When no
+            outbound connection goes to a bootstrap peer, a peer we had connected to
+            before, or a long-lived one, the client dials one such peer from the
+            store, even past ``target_outbound`` (eclipse resistance).
         max_outbound_per_netgroup: Outbound peers per /16 (IPv4) or /32 (IPv6) network;
             loopback addresses are exempt.
         peer_exchange: Run the built-in peer exchange thread (``get_peers``, ``my_url``).
-        exchange_interval: Time between two rounds of asking servers for peers.
+        exchange_interval: Longest time between two rounds of asking a server for peers
+            while short of ``target_outbound`` (the first ask is 1 s after the
+            previous, doubling up to this).
         gossip: Run publish/subscribe (``node.gossip``) and catch-up.
         gossip_mode: ``"gossip"`` (mesh plus lazy announcements) or ``"flood"`` (every
             copy to every subscribed peer; a baseline for benchmarks).
         gossip_degree: Mesh peers per topic the router aims for...
         gossip_degree_low: ...grafting below this...
         gossip_degree_high: ...and pruning above this.
+        gossip_fanout: Mesh peers a relay pushes each new message to at once (the
+            publisher pushes to its whole mesh); the rest of the mesh learns of it from
+            ``ihave``. Fewer means fewer duplicates, more means lower latency.
         gossip_lazy: Peers outside the mesh told ``ihave`` per topic per heartbeat.
         gossip_history: Heartbeats a message stays announceable and servable.
         gossip_interval: Time between two gossip heartbeats.
@@ -156,6 +165,7 @@ class NodeOptions:
     ip_burst: int = 16
     limit_loopback: bool = False
     target_outbound: int = 8
+    anchor_age: float = 600.0
     max_outbound_per_netgroup: int = 2
     peer_exchange: bool = True
     exchange_interval: float = 60.0
@@ -164,6 +174,7 @@ class NodeOptions:
     gossip_degree: int = 6
     gossip_degree_low: int = 4
     gossip_degree_high: int = 12
+    gossip_fanout: int = 3
     gossip_lazy: int = 6
     gossip_history: int = 3
     gossip_interval: float = 1.0
@@ -206,6 +217,7 @@ class NodeOptions:
             "request_rate",
             "ip_rate",
             "exchange_interval",
+            "anchor_age",
             "gossip_interval",
             "seen_ttl",
             "log_max_age",
@@ -242,6 +254,7 @@ class NodeOptions:
             "log_max_messages",
             "catchup_batch",
             "gossip_history",
+            "gossip_fanout",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")

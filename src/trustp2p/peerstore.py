@@ -712,6 +712,28 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
         """
         return list(itertools.islice(self._ranked(exclude_urls, exclude_ids, False), limit))
 
+    async def anchor_candidates(
+        self,
+        limit: int,
+        *,
+        exclude_urls: Collection[str] = (),
+        exclude_ids: Collection[str] = (),
+    ) -> list[str]:
+        """
+        Like :meth:`candidates`, but only peers worth keeping a connection to as an
+        anchor against eclipsing: bootstrap peers, and peers we connected to before.
+        """
+        ranked = self._ranked(exclude_urls, exclude_ids, False, anchors=True)
+        return list(itertools.islice(ranked, limit))
+
+    def is_anchor(self, peer_id: str) -> bool:
+        """
+        Whether a connected peer anchors us: a bootstrap peer, or one we had connected
+        to successfully before the connection we have now. SYNC, a dict lookup.
+        """
+        peer = self._by_id.get(peer_id)
+        return peer is not None and (peer.source is PeerSource.BOOTSTRAP or peer.successes >= 2)
+
     async def good_urls(
         self,
         limit: int = 100,
@@ -872,7 +894,12 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
                 self._dirty_blocks.add((kind, key))
 
     def _ranked(
-        self, exclude_urls: Collection[str], exclude_ids: Collection[str], good: bool
+        self,
+        exclude_urls: Collection[str],
+        exclude_ids: Collection[str],
+        good: bool,
+        *,
+        anchors: bool = False,
     ) -> Iterator[str]:
         now = self._clock()
         exclude_urls = set(exclude_urls)
@@ -880,7 +907,13 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
         blocked_addresses = {
             address for address, block in self._blocked_addresses.items() if block.until > now
         }
-        peers = [p for p in self._peers.values() if p.urls and (p.successes > 0 or not good)]
+        peers = [
+            p
+            for p in self._peers.values()
+            if p.urls
+            and (p.successes > 0 or not good)
+            and (not anchors or p.successes > 0 or p.source is PeerSource.BOOTSTRAP)
+        ]
         peers.sort(key=_dial_rank)
         for peer in peers:
             if peer.peer_id is not None:

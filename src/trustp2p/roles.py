@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from .drivers.base import Socket
 from .exceptions import DriverError
+from .identity import PeerId
 from .protocol.backoff import backoff
 from .protocol.deliver import ConnId
 from .protocol.handshake import VERSION_EVENT
@@ -27,11 +28,15 @@ from .protocol.urls import split_peer_url
 
 if TYPE_CHECKING:
     from .node import Node
+    from .peerstore import PeerStore
 
 logger = logging.getLogger("trustp2p.node")
 
 BroadcastResult = dict[Socket, Body | Exception | None]
 """Per peer: ``None`` (talk sent), the response body (request answered), or the error."""
+
+MAX_CLAIMS = 10_000
+"""Most ``/p2p/`` peer ids learned from peer lists that a client remembers."""
 
 
 class Role:
@@ -251,10 +256,13 @@ class ClientRole(Role):
         self._managed: dict[str, asyncio.Task[None]] = {}  # from the store, by dial URL
         self._by_url: dict[str, Socket] = {}
         self._peer_of_url: dict[str, str] = {}  # dial URL -> peer id met there
+        self._claimed: dict[str, PeerId] = {}  # dial URL -> id a /p2p/ URL told us to expect
         self._failures: dict[str, int] = {}  # dial URL -> failures in a row
         self._retry_at: dict[str, float] = {}  # dial URL -> earliest next managed try
         self._manager: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
+        self._opened_at: dict[ConnId, float] = {}  # loop time each connection opened
+        self._anchoring: str | None = None  # the URL last dialled as an anchor
 
     @property
     def urls(self) -> list[str]:
@@ -303,6 +311,15 @@ class ClientRole(Role):
             return socket
         return None
 
+    def expect_peer(self, url: str, peer_id: PeerId) -> None:
+        """
+        Dial ``url`` (learned as ``url/p2p/<peer_id>``) only to meet ``peer_id``: another
+        key there fails the handshake. The first claim for a URL stands; at most
+        ``MAX_CLAIMS`` are remembered.
+        """
+        if url not in self._claimed and len(self._claimed) < MAX_CLAIMS:
+            self._claimed[url] = peer_id
+
     def wake(self) -> None:
         """Look for more servers now (peer exchange calls this when it learns some)."""
         self._wakeup.set()
@@ -310,6 +327,7 @@ class ClientRole(Role):
     # Bookkeeping, called by the node.
 
     def _add(self, socket: Socket) -> None:
+        self._opened_at[socket.id] = asyncio.get_running_loop().time()
         self._by_url[socket.peer] = socket
         if socket.peer_id is not None:
             self._peer_of_url[socket.peer] = socket.peer_id
@@ -317,6 +335,7 @@ class ClientRole(Role):
         super()._add(socket)
 
     def _remove(self, socket: Socket) -> None:
+        self._opened_at.pop(socket.id, None)
         if self._by_url.get(socket.peer) is socket:
             del self._by_url[socket.peer]
         super()._remove(socket)
@@ -329,7 +348,20 @@ class ClientRole(Role):
             known = self.node.store.peer_id_of(url)
             if known is not None and known.startswith("address:"):
                 known = None
-        return known
+        return known if known is not None else self._claimed.get(url)
+
+    def _expected_peer(self, url: str) -> PeerId | None:
+        """The id a store URL must prove: what a ``/p2p/`` URL claimed, unless we have
+        met another peer there since (keys may be replaced; then the store knows)."""
+        claimed = self._claimed.get(url)
+        if claimed is None:
+            return None
+        met = self._peer_of_url.get(url)
+        if met is None and self.node.store is not None:
+            met = self.node.store.peer_id_of(url)
+        if met is not None and not met.startswith("address:") and met != claimed:
+            return None
+        return claimed
 
     def _dial_failed(self, url: str, error: Exception) -> None:
         """A dial or its handshake failed: count it; the store remembers it."""
@@ -428,7 +460,7 @@ class ClientRole(Role):
         """Dial a URL from the store once, and stay until the connection closes."""
         try:
             try:
-                socket = await self._dial(url, None)
+                socket = await self._dial(url, self._expected_peer(url))
             except DriverError as exc:
                 self._dial_failed(url, exc)
                 logger.debug("! %s", exc)
@@ -449,10 +481,13 @@ class ClientRole(Role):
             except TimeoutError:
                 pass
             self._wakeup.clear()
+            store = node.store
+            if store is None:
+                continue
+            await self._anchor(store)
             dialling = sum(1 for url in self._managed if url not in self._by_url)
             missing = options.target_outbound - len(self._sockets) - dialling
-            store = node.store
-            if missing <= 0 or store is None:
+            if missing <= 0:
                 continue
             busy = {split_peer_url(u)[0] for u in self._dialers} | set(self._managed)
             busy |= set(self._by_url)
@@ -488,6 +523,46 @@ class ClientRole(Role):
                     groups[group] += 1
                 missing -= 1
                 self._managed[url] = asyncio.create_task(self._dial_once(url), name=f"dial {url}")
+
+    def _is_anchor(self, socket: Socket, now: float) -> bool:
+        """A connection that anchors us: to a bootstrap URL or peer, to a peer we had
+        connected to before, or open for ``anchor_age``."""
+        store = self.node.store
+        return (
+            socket.peer in self._bootstrap_urls()
+            or now - self._opened_at.get(socket.id, now) >= self.node.options.anchor_age
+            or (
+                socket.peer_id is not None and store is not None and store.is_anchor(socket.peer_id)
+            )
+        )
+
+    def _bootstrap_urls(self) -> set[str]:
+        return {split_peer_url(url)[0] for url in self.node.options.peers}
+
+    async def _anchor(self, store: PeerStore) -> None:
+        """
+        Eclipse resistance: when no outbound connection goes to a bootstrap or
+        long-lived peer, dial one of those (one at a time, even past the target), so
+        that peers learned from others can't be all we have.
+        """
+        now = asyncio.get_running_loop().time()
+        if not self._sockets or any(self._is_anchor(s, now) for s in self._sockets.values()):
+            return
+        bootstrap = self._bootstrap_urls()
+        if any(url in bootstrap or url == self._anchoring for url in self._managed):
+            return  # one on the way
+        node = self.node
+        exclude_ids = set(node._by_peer_id)
+        if node.peer_id is not None:
+            exclude_ids.add(node.peer_id)
+        busy = set(self._managed) | set(self._by_url) | set(node.listen_urls)
+        for url in await store.anchor_candidates(8, exclude_urls=busy, exclude_ids=exclude_ids):
+            if self._retry_at.get(url, 0) > now:
+                continue
+            logger.info("= no outbound peer is a bootstrap or long-lived one: dialling %s", url)
+            self._anchoring = url
+            self._managed[url] = asyncio.create_task(self._dial_once(url), name=f"dial {url}")
+            return
 
     def _managed_done(self, url: str) -> None:
         self._managed.pop(url, None)

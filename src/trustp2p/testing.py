@@ -242,12 +242,16 @@ class Network:
         self.hub.partition([[f"n{i}" for i in group] for group in groups])
 
     def heal(self) -> None:
-        """Undo :meth:`partition`."""
+        """Undo :meth:`partition` (memory driver only)."""
         self._memory_only("heal")
         self.hub.heal()
 
     def set_delay(self, seconds: float, a: int | None = None, b: int | None = None) -> None:
-        """Delay messages on the link between nodes ``a`` and ``b``, or on every link."""
+        """
+        Delay messages on the link between nodes ``a`` and ``b``, or on every link
+        (memory driver only). Open connections are delayed too, from their next message
+        on; messages never overtake each other.
+        """
         self._memory_only("set_delay")
         self.hub.set_delay(seconds, None if a is None else f"n{a}", None if b is None else f"n{b}")
 

@@ -107,14 +107,13 @@ class MemorySocket(Socket):
         host: str,
         local: str = "",
         remote: str = "",
-        delay: float = 0.0,
     ) -> None:
         super().__init__(listener=listener, inbound=inbound, peer=peer, host=host)
         self._options = options
         self._hub = hub
         self._local = local  # driver names of the two nodes, for partitions
         self._remote = remote
-        self._delay = delay
+        self._in_flight: deque[tuple[float, bytes | _Close]] = deque()  # delayed items
         self._other: MemorySocket | None = None
         self._state = _OPEN
         self._inbox: deque[bytes | _Close] = deque()
@@ -181,10 +180,29 @@ class MemorySocket(Socket):
     def _enqueue(self, item: bytes | _Close) -> None:
         if self._state == _CLOSED:
             return
-        if self._delay:
-            self._loop.call_later(self._delay, self._arrive, item)
-        else:
+        # The link's delay is looked up for every message, so that set_delay() acts on
+        # open connections; messages never overtake each other, as on a real stream.
+        delay = self._hub.link_delay(self._local, self._remote)
+        flights = self._in_flight
+        if not delay and not flights:
             self._arrive(item)
+            return
+        when = self._loop.time() + delay
+        if flights:
+            when = max(when, flights[-1][0])
+        flights.append((when, item))
+        if len(flights) == 1:
+            self._loop.call_at(when, self._land)
+
+    def _land(self) -> None:
+        flights = self._in_flight
+        when, item = flights.popleft()
+        self._arrive(item)
+        now = self._loop.time()
+        while flights and flights[0][0] <= max(when, now):
+            self._arrive(flights.popleft()[1])
+        if flights:
+            self._loop.call_at(flights[0][0], self._land)
 
     def _arrive(self, item: bytes | _Close) -> None:
         self._inbox.append(item)
@@ -327,7 +345,6 @@ class MemoryDriver(Driver):
             host=hostname or "",
             local=self.name,
             remote=listening.name,
-            delay=delay,
         )
         server = MemorySocket(
             listener=listening.listener,
@@ -338,7 +355,6 @@ class MemoryDriver(Driver):
             host=self.name,
             local=listening.name,
             remote=self.name,
-            delay=delay,
         )
         client._other, server._other = server, client
         hub._sockets.add(client)

@@ -409,9 +409,16 @@ class GossipRouter:
             self._holders[message.id].add(peer)
             self._send(RouterAction("message", peer, message=message))
 
-    def receive(self, peer: PeerKey, message: GossipMessage) -> bool:
+    def receive(self, peer: PeerKey, message: GossipMessage, *, pending: bool = False) -> bool:
         """
         A verified message arrived from ``peer``.
+
+        Args:
+            peer: Who sent it; None for a message obtained otherwise (catch-up).
+            message: The message.
+            pending: It awaits validation: remember its id, but neither announce it
+                (``ihave``) nor serve it (``iwant``) until :meth:`accept`. A message
+                that a validator refuses must go no further.
 
         Returns:
             True if it is new: the caller delivers it (if we subscribe) and, once its
@@ -428,8 +435,18 @@ class GossipRouter:
                 holders.add(peer)
             return False
         stats.new += 1
-        self._remember(message, peer)
+        if pending:
+            self._seen.add(message.id, self._clock())
+        else:
+            self._remember(message, peer)
         return True
+
+    def accept(self, peer: PeerKey | None, message: GossipMessage) -> None:
+        """A message received ``pending`` passed validation: announce and serve it now."""
+        self._windows[0][message.id] = message
+        holders = self._holders.setdefault(message.id, set())
+        if peer is not None:
+            holders.add(peer)
 
     def seen(self, message_id: str) -> bool:
         return message_id in self._seen

@@ -71,7 +71,26 @@ class PeerExchangeThread(Thread):
                 MAX_PEERS - len(urls), exclude_urls=exclude, exclude_ids=exclude_ids
             )
         random.shuffle(urls)  # spread the askers over the peers we know
-        return {"peers": urls[:MAX_PEERS]}
+        # With the id of who listens there when we know it (``url/p2p/<id>``), so that
+        # the asker can check it meets that peer.
+        ids = {
+            url: conn.socket.peer_id
+            for conn in self.node._conns.values()
+            if conn.socket.peer_id is not None
+            for url in conn.listen_urls
+        }
+        return {"peers": [self._with_peer_id(url, ids) for url in urls[:MAX_PEERS]]}
+
+    def _with_peer_id(self, url: str, ids: dict[str, str]) -> str:
+        if split_peer_url(url)[1] is not None:
+            return url
+        peer_id = ids.get(url)
+        store = self.node.store
+        if peer_id is None and store is not None:
+            peer_id = store.peer_id_of(url)
+        if peer_id is None or peer_id.startswith("address:"):
+            return url
+        return f"{url.rstrip('/')}/p2p/{peer_id}"
 
     def _my_url(self, socket: Socket, package: Package) -> None:
         conn = self.node._conns.get(socket.id)
@@ -105,10 +124,18 @@ class PeerExchangeThread(Thread):
     async def _run(self) -> None:
         client = self.client
         assert client is not None
+        options = self.node.options
+        # While short of the outbound target, ask again soon (1 s, doubling up to
+        # exchange_interval): the servers learn of new peers as the network forms.
+        quick = min(1.0, options.exchange_interval)
+        delay = quick
         while True:
-            await asyncio.sleep(self.node.options.exchange_interval)
-            if len(client.sockets) < self.node.options.target_outbound and client.sockets:
+            await asyncio.sleep(delay)
+            if len(client.sockets) < options.target_outbound and client.sockets:
                 await self._ask(random.choice(client.sockets))
+                delay = min(delay * 2, options.exchange_interval)
+            else:
+                delay = quick
 
     async def _ask(self, socket: Socket) -> None:
         """Ask a server for peers; keep the valid, new ones."""
@@ -133,9 +160,17 @@ class PeerExchangeThread(Thread):
             problem = "it lists our own URL"
         if problem is not None:
             self.node.penalize(socket, f"invalid get_peers answer: {problem}")
+        # The store keeps URLs to dial; an id given with one (``/p2p/<id>``) is what
+        # the peer there must prove when we dial it.
+        plain = []
+        for url in fresh:
+            dial_url, claimed = split_peer_url(url)
+            if claimed is not None:
+                self.client.expect_peer(dial_url, claimed)
+            plain.append(dial_url)
         store = self.node.store
-        if fresh and store is not None:
-            await store.add_urls(fresh, PeerSource.EXCHANGE)
+        if plain and store is not None:
+            await store.add_urls(list(dict.fromkeys(plain)), PeerSource.EXCHANGE)
             self.client.wake()
 
 

@@ -1,0 +1,579 @@
+"""
+Gossip as a user sees it: node.publish/subscribe, threads, validators, catch-up limits,
+link delays and a loopback WebSocket network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trustp2p import Node, Socket
+from trustp2p.drivers.memory import MemoryDriver, MemoryHub
+from trustp2p.gossip import FETCH, HWM, Gossip, Validation
+from trustp2p.peerstore import PeerRecord
+from trustp2p.protocol.gossip import IHAVE, IWANT, GossipMessage
+from trustp2p.protocol.package import Body, Package, PackageType, build_package, encode
+from trustp2p.testing import Network
+
+from .conftest import MS
+from .protocol.test_gossip_router import _meshed, _message, _messages, _talks
+from .test_gossip import check_exactly_once_in_order
+
+# Nodes on one memory hub, outside a Network: fast reconnects, frequent gossip heartbeats.
+FAST: dict[str, Any] = {
+    "peer_exchange": False,
+    "target_outbound": 0,
+    "reconnect_initial": 20 * MS,
+    "reconnect_max": 100 * MS,
+    "close_timeout": 500 * MS,
+    "heartbeat_interval": 3600.0,
+    "gossip_interval": 50 * MS,
+    "catchup_interval": 0,  # catch up when a connection opens, not periodically
+}
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - conditions on plain attributes
+            await asyncio.sleep(MS)
+
+
+def memory_node(hub: MemoryHub, name: str, **options: Any) -> Node:
+    """A node listening at ``memory://<name>:1`` on ``hub``."""
+    return Node(
+        server=True,
+        client=True,
+        host=name,
+        port=1,
+        driver=MemoryDriver(hub=hub, name=name),
+        **{**FAST, **options},
+    )
+
+
+def socket_to(node: Node, name: str) -> Socket:
+    """``node``'s connection to the memory node (or Network node driver) ``name``."""
+    # An outbound memory socket's host is the host of the URL dialled; an inbound one's
+    # is the name of the dialling node's driver: both are the other node's name.
+    return next(s for s in node.sockets if s.host == name)
+
+
+async def record_of(node: Node, peer_id: str | None) -> PeerRecord:
+    """What ``node``'s peer store knows of ``peer_id``."""
+    assert node.store is not None
+    return next(r for r in await node.store.peers() if r.peer_id == peer_id)
+
+
+def subscribed(node: Node, topic: str, peers: int) -> bool:
+    """Whether ``peers`` connected peers told ``node`` they subscribe to ``topic``."""
+    assert node.gossip is not None
+    router = node.gossip.router
+    return sum(topic in router.peer_topics(peer) for peer in router.peers) >= peers
+
+
+def gossip(node: Node) -> Gossip:
+    assert node.gossip is not None
+    return node.gossip
+
+
+# node.publish / node.subscribe
+
+
+async def test_node_publish_and_subscribe_deliver_once_to_each_subscriber() -> None:
+    async with Network(3, degree=2, seed=1, topics=[], gossip_fanout=1) as network:
+        await network.wait_connected()
+        assert all(gossip(node).router.fanout == 1 for node in network.nodes)
+        got: list[list[GossipMessage]] = [[], [], []]
+        for index, node in enumerate(network.nodes):
+            node.subscribe("news", got[index].append)
+        await wait_for(lambda: all(subscribed(node, "news", 2) for node in network.nodes))
+        first = await network.nodes[0].publish("news", {"n": 1})
+        second = await network.nodes[1].publish("news", {"n": 2})
+        await wait_for(lambda: all(len(messages) >= 2 for messages in got))
+        # The publisher's own handler is called too, like everyone else's.
+        for messages in got:
+            assert sorted(m.id for m in messages) == sorted([first, second])
+            assert sorted(m.body["n"] for m in messages) == [1, 2]
+        # Once unsubscribed, node 2 neither delivers nor carries the topic.
+        network.nodes[2].unsubscribe("news")
+        assert gossip(network.nodes[2]).topics == set()
+        await wait_for(lambda: not subscribed(network.nodes[0], "news", 2))
+        third = await network.nodes[0].publish("news", {"n": 3})
+        await wait_for(lambda: len(got[1]) == 3)
+        await asyncio.sleep(100 * MS)  # a late copy to node 2 would show now
+        for index in (0, 1):  # each message once, the same ones everywhere
+            assert sorted(m.id for m in got[index]) == sorted([first, second, third])
+        assert sorted(m.id for m in got[2]) == sorted([first, second])
+        assert not gossip(network.nodes[2]).router.seen(third)
+
+
+async def test_publish_needs_a_running_node_with_gossip() -> None:
+    hub = MemoryHub()
+    plain = memory_node(hub, "plain", gossip=False)
+    with pytest.raises(RuntimeError, match=r"^this node runs without gossip \(gossip=False\)$"):
+        plain.subscribe("news")
+    async with plain:
+        with pytest.raises(RuntimeError, match=r"^this node runs without gossip"):
+            await plain.publish("news", {"n": 1})
+        with pytest.raises(RuntimeError, match=r"^this node runs without gossip"):
+            plain.unsubscribe("news")
+    with pytest.raises(ValueError, match=r"^gossip_fanout must be at least 1, not 0$"):
+        memory_node(hub, "idle", gossip_fanout=0)
+    idle = memory_node(hub, "idle")
+    assert gossip(idle).router.fanout == 3
+    with pytest.raises(RuntimeError, match=r"^the node is new, not running$"):
+        await idle.publish("news", {"n": 1})
+    async with idle:
+        await idle.publish("news", {"n": 1})  # nobody listens; still fine
+    with pytest.raises(RuntimeError, match=r"^the node is stopped, not running$"):
+        await idle.publish("news", {"n": 2})
+
+
+# Threads
+
+
+CHAT_THREAD = """
+    from trustp2p import EventMap, PackageType, Thread
+
+
+    class ChatThread(Thread):
+        def __init__(self, node):
+            super().__init__(node)
+            self.calls = []
+
+        @property
+        def event_map(self) -> EventMap:
+            return {PackageType.GOSSIP: {"chat": self.on_chat}}
+
+        async def on_chat(self, socket, message):
+            self.calls.append((socket, message))
+"""
+
+
+async def test_a_thread_file_receives_its_topic_once_per_message(tmp_path: Path) -> None:
+    enabled = tmp_path / "node1" / "threads-enabled"
+    enabled.mkdir(parents=True)
+    (enabled / "chat.py").write_text(textwrap.dedent(CHAT_THREAD), encoding="utf-8")
+    async with Network(3, degree=2, seed=4, topics=[], directory=tmp_path) as network:
+        listener = network.nodes[1]
+        thread: Any = next(t for t in listener.threads if type(t).__name__ == "ChatThread")
+        # Naming the topic in the event map is the subscription.
+        assert gossip(listener).topics == {"chat"}
+        for index in (0, 2):
+            network.nodes[index].subscribe("chat")
+        await network.wait_connected()
+        await wait_for(lambda: all(subscribed(node, "chat", 2) for node in network.nodes))
+        published = []
+        for n in range(6):
+            sender = network.nodes[0 if n % 2 else 2]
+            published.append(await sender.publish("chat", {"n": n}))
+        await wait_for(lambda: len(thread.calls) >= 6)
+        await asyncio.sleep(100 * MS)  # a second delivery would show now
+        calls = thread.calls
+        assert sorted(message.id for _, message in calls) == sorted(published)
+        for socket, message in calls:
+            assert isinstance(message, GossipMessage)
+            # Relayed messages come with the connection they arrived on.
+            assert isinstance(socket, Socket) and socket in listener.sockets
+        by_origin: dict[str, list[int]] = {}
+        for _, message in calls:
+            by_origin.setdefault(message.origin, []).append(message.body["n"])
+        assert sorted(by_origin.values()) == [[0, 2, 4], [1, 3, 5]]
+        # The node's own messages reach its threads too, with no socket.
+        own = await listener.publish("chat", {"n": 6})
+        await wait_for(lambda: len(thread.calls) == 7)
+        assert thread.calls[-1][0] is None and thread.calls[-1][1].id == own
+
+
+# Validators
+
+
+async def chain(network: Network) -> tuple[Node, Node, Node]:
+    """Connect a Network of 3 (built with degree=0) as a chain A - B - C."""
+    a, b, c = network.nodes
+    for node in (a, c):
+        assert node.client is not None and b.url is not None
+        node.client.connect(b.url)
+    await wait_for(lambda: len(b.sockets) == 2 and subscribed(b, "chat", 2))
+    await wait_for(lambda: subscribed(a, "chat", 1) and subscribed(c, "chat", 1))
+    return a, b, c
+
+
+async def test_validators_ignore_fail_accept_and_reject_in_a_chain(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with Network(
+        3,
+        degree=0,
+        secure=True,  # so that B's peer store knows A by its peer id
+        gossip_interval=50 * MS,
+        gap_timeout=300 * MS,  # C never gets what B refused: it skips the gap
+        invalid_ratio=100.0,  # count A's rejected message, but don't block A for it
+    ) as network:
+        a, b, c = await chain(network)
+        seen_by_validator: list[Any] = []
+
+        def judge(message: GossipMessage) -> Validation:
+            kind = message.body["kind"]
+            seen_by_validator.append(kind)
+            if kind == "raise":
+                raise RuntimeError("validator bug")
+            return {"ignore": Validation.IGNORE, "reject": Validation.REJECT}.get(
+                kind, Validation.ACCEPT
+            )
+
+        gossip(b).set_validator("chat", judge)
+        caplog.set_level(logging.ERROR, logger="trustp2p.gossip")
+        ids = {}
+        for kind in ("ignore", "raise", "ok"):
+            ids[kind] = await a.publish("chat", {"kind": kind})
+        await network.wait_delivered(1)
+        assert seen_by_validator == ["ignore", "raise", "ok"]
+        # Ignored, and failed (as ignored): not delivered to B's threads, nor sent on.
+        for index in (1, 2):
+            assert [d.seq for d in network.received[index]] == [3], index
+        for kind in ("ignore", "raise"):
+            assert not gossip(c).router.seen(ids[kind])
+            assert not gossip(b).log.has(f"chat\0{a.peer_id}", 1 if kind == "ignore" else 2)  # type: ignore[union-attr]
+        # ...nor counted against A; the failure is logged.
+        assert socket_to(b, "n0").stats.invalid_in == 0
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert [r.getMessage() for r in errors] == ["! validator of 'chat' failed"]
+        assert errors[0].exc_info is not None
+
+        # An async validator is awaited.
+        async def accept_later(message: GossipMessage) -> Validation:
+            await asyncio.sleep(MS)
+            seen_by_validator.append(message.body["kind"])
+            return Validation.ACCEPT
+
+        gossip(b).set_validator("chat", accept_later)
+        ids["later"] = await a.publish("chat", {"kind": "later"})
+        await network.wait_delivered(2)
+        assert seen_by_validator[-1] == "later"
+        for index in (1, 2):
+            assert [d.id for d in network.received[index]] == [ids["ok"], ids["later"]]
+
+        # A rejected message is not sent on, and counts against A in B's peer store.
+        gossip(b).set_validator("chat", judge)
+        before = (await record_of(b, a.peer_id)).invalid_packages
+        ids["reject"] = await a.publish("chat", {"kind": "reject"})
+        ids["after"] = await a.publish("chat", {"kind": "after"})
+        await network.wait_delivered(3)
+        for index in (1, 2):
+            assert [d.seq for d in network.received[index]] == [3, 4, 6]
+        await asyncio.sleep(100 * MS)  # announcements (ihave) of B would show now
+        assert not gossip(c).router.seen(ids["reject"])
+        assert socket_to(b, "n0").stats.invalid_in == 1
+        assert gossip(b).router.stats.invalid == 1
+        assert (await record_of(b, a.peer_id)).invalid_packages == before + 1
+        # C did nothing wrong, and B is not blamed for messages it withheld.
+        assert socket_to(b, "n2").stats.invalid_in == 0
+        assert socket_to(c, "n1").stats.invalid_in == 0
+        assert (await record_of(c, b.peer_id)).invalid_packages == 0
+
+
+async def test_a_validator_removed_while_messages_await_it_lets_them_through() -> None:
+    async with Network(2, degree=1, seed=1) as network:
+        await network.wait_connected()
+        sender, receiver = network.nodes
+        await wait_for(lambda: subscribed(sender, "chat", 1))
+        gate = asyncio.Event()
+        judged = []
+
+        async def slow(message: GossipMessage) -> Validation:
+            judged.append(message.seq)
+            await gate.wait()
+            return Validation.ACCEPT
+
+        gossip(receiver).set_validator("chat", slow)
+        for n in range(3):
+            await sender.publish("chat", {"n": n})
+        await wait_for(lambda: judged == [1])
+        gossip(receiver).set_validator("chat", None)  # while 2 and 3 wait in the queue
+        gate.set()
+        await network.wait_delivered(3)
+        assert judged == [1]
+        assert [d.seq for d in network.received[1]] == [1, 2, 3]
+
+
+def test_the_router_withholds_a_message_awaiting_validation() -> None:
+    router, sent, _ = _meshed(4, lazy=4)
+    message = _message()
+    assert router.receive(0, message, pending=True)
+    assert router.receive(1, message) is False  # a duplicate meanwhile
+    router.control(2, IWANT, {"ids": [message.id]})
+    router.heartbeat()
+    assert sent == []  # neither served nor announced
+    router.accept(0, message)
+    router.control(2, IWANT, {"ids": [message.id]})
+    assert _messages(sent) == [(2, message)]
+    sent.clear()
+    router.heartbeat()
+    announced = _talks(sent, IHAVE)
+    assert announced and all(body["ids"] == [message.id] for _, _, body in announced)
+    assert 0 not in {peer for peer, _, _ in announced}  # it came from 0
+
+
+# Peers that refuse catch-up requests
+
+
+class RequestSpy:
+    """Records the catch-up requests nodes make, and the answers they get."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Node, str, Body, Body]] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        original = Gossip._request
+
+        async def request(gossip: Gossip, socket: Socket, event: str, body: Body) -> Body:
+            answer = await original(gossip, socket, event, body)
+            self.calls.append((gossip.node, event, body, answer))
+            return answer
+
+        monkeypatch.setattr(Gossip, "_request", request)
+
+    def answers(self, node: Node, event: str) -> list[Body]:
+        return [answer for n, e, _, answer in self.calls if n is node and e == event]
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> RequestSpy:
+    spy = RequestSpy()
+    spy.install(monkeypatch)
+    return spy
+
+
+async def test_a_peer_without_gossip_is_not_penalised_for_refusing_catch_up(
+    spy: RequestSpy,
+) -> None:
+    hub = MemoryHub()
+    async with memory_node(hub, "plain", gossip=False) as plain, memory_node(hub, "asker") as asker:
+        asker.subscribe("chat")
+        assert asker.client is not None and plain.url is not None
+        asker.client.connect(plain.url)
+        await wait_for(lambda: bool(spy.answers(asker, HWM)))
+        assert spy.answers(asker, HWM) == [{"error": "no handler for REQUEST 'gossip/hwm'"}]
+        assert socket_to(asker, "plain").stats.invalid_in == 0
+        assert (await record_of(asker, plain.peer_id)).invalid_packages == 0
+
+
+async def test_a_rate_limited_peer_is_not_penalised_for_refusing_catch_up(
+    spy: RequestSpy,
+) -> None:
+    hub = MemoryHub()
+    async with (
+        # One request, then none: the asker's gossip/fetch is over the rate.
+        memory_node(
+            hub,
+            "stingy",
+            request_rate=0.001,
+            request_burst=1,
+            invalid_ratio=100.0,
+            gossip_interval=3600.0,  # no ihave: the asker can only fetch what it misses
+        ) as stingy,
+        memory_node(hub, "asker") as asker,
+    ):
+        stingy.subscribe("chat")
+        for n in range(3):
+            await stingy.publish("chat", {"n": n})
+        asker.subscribe("chat")
+        assert asker.client is not None and stingy.url is not None
+        asker.client.connect(stingy.url)
+        await wait_for(lambda: bool(spy.answers(asker, FETCH)))
+        assert spy.answers(asker, HWM) == [{"hwm": {"chat": {stingy.peer_id: 3}}}]
+        assert spy.answers(asker, FETCH) == [{"error": "rate limited: more than 0.001 requests/s"}]
+        # The stingy node counted the request over its rate against the asker...
+        assert socket_to(stingy, "asker").stats.invalid_in == 1
+        # ...and the asker holds nothing against the stingy node.
+        assert socket_to(asker, "stingy").stats.invalid_in == 0
+        assert (await record_of(asker, stingy.peer_id)).invalid_packages == 0
+        assert gossip(asker).caught_up == 0
+
+
+# Batched catch-up
+
+
+async def test_a_restarted_node_catches_up_in_batches_exactly_once(spy: RequestSpy) -> None:
+    async with Network(5, degree=2, seed=6, catchup_batch=5, gossip_interval=50 * MS) as network:
+        await network.wait_connected()
+        await asyncio.sleep(100 * MS)  # let the meshes form
+        origin = network.nodes[0]
+        for n in range(3):
+            await origin.publish("chat", {"n": n})
+        await network.wait_delivered(3)
+        await network.kill(4)
+        for n in range(3, 26):  # 23 missed messages: more than 4 batches of 5
+            await origin.publish("chat", {"n": n})
+        await network.wait_delivered(26)
+        # Past gossip_history heartbeats, nobody announces these anymore: only
+        # catch-up can bring them.
+        await asyncio.sleep(300 * MS)
+        assert len(network.received[4]) == 3
+        restarted = await network.restart(4)
+        await network.wait_delivered(26)
+        await asyncio.sleep(100 * MS)  # a second delivery would show now
+        assert origin.peer_id is not None
+        check_exactly_once_in_order(
+            network.received[4], {(origin.peer_id, seq) for seq in range(1, 27)}
+        )
+        assert gossip(restarted).caught_up == 23
+        fetches = [
+            (body, answer) for n, e, body, answer in spy.calls if n is restarted and e == FETCH
+        ]
+        assert all(body["to"] - body["from"] < 5 for body, _ in fetches)
+        assert all(len(answer["messages"]) <= 5 for _, answer in fetches)
+        fetched = [m["seq"] for _, answer in fetches for m in answer["messages"]]
+        assert fetched == list(range(4, 27))
+        assert len(fetches) >= 5
+
+
+async def test_a_fetch_answer_is_capped_at_half_the_package_size(spy: RequestSpy) -> None:
+    async with Network(
+        2,
+        degree=1,
+        seed=1,
+        catchup_batch=5,
+        max_package_size=4096,
+        catchup_interval=0,
+        gossip_interval=3600.0,  # no ihave: catch-up alone brings the missed messages
+    ) as network:
+        await network.wait_connected()
+        await network.kill(1)
+        origin = network.nodes[0]
+        text = "x" * 600  # two of these fit in 2048 bytes (with key and signature)
+        for n in range(10):
+            await origin.publish("chat", {"n": n, "text": text})
+        restarted = await network.restart(1)
+        await network.wait_delivered(10)
+        assert origin.peer_id is not None
+        check_exactly_once_in_order(
+            network.received[1], {(origin.peer_id, seq) for seq in range(1, 11)}
+        )
+        fetches = [
+            (body, answer) for n, e, body, answer in spy.calls if n is restarted and e == FETCH
+        ]
+        sizes = [len(answer["messages"]) for _, answer in fetches]
+        assert sizes == [2, 2, 2, 2, 2]
+        assert [body["from"] for body, _ in fetches] == [1, 3, 5, 7, 9]
+        assert gossip(restarted).caught_up == 10
+        assert all(encoded_size(answer) <= 4096 for _, answer in fetches)
+
+
+# Link delays
+
+
+async def test_set_delay_delays_an_open_link_and_keeps_its_order() -> None:
+    delay = 200 * MS
+    async with Network(3, degree=2, seed=1, gossip_interval=3600.0) as network:
+        await network.wait_connected()
+        await wait_for(lambda: all(subscribed(node, "chat", 2) for node in network.nodes))
+        loop = asyncio.get_running_loop()
+        arrivals: dict[int, list[tuple[int, float]]] = {1: [], 2: []}
+        for index in (1, 2):
+            original = gossip(network.nodes[index])._receive
+
+            def spy(
+                socket: Socket, package: Package, index: int = index, original: Any = original
+            ) -> None:
+                if socket.host == "n0":  # only what comes straight from the publisher
+                    arrivals[index].append((package.body["seq"], loop.time()))
+                original(socket, package)
+
+            gossip(network.nodes[index])._receive = spy  # type: ignore[method-assign]
+        network.set_delay(delay, 0, 1)  # on the open link n0 - n1 only
+        sent_at = {}
+        origin = network.nodes[0]
+        for seq in (1, 2, 3):
+            sent_at[seq] = loop.time()
+            await origin.publish("chat", {"seq": seq})
+        # The delay drops, but what is in flight isn't overtaken.
+        network.set_delay(0.0, 0, 1)
+        sent_at[4] = loop.time()
+        await origin.publish("chat", {"seq": 4})
+        await wait_for(lambda: len(arrivals[1]) == 4 and len(arrivals[2]) == 4)
+        assert [seq for seq, _ in arrivals[1]] == [1, 2, 3, 4]
+        assert [seq for seq, _ in arrivals[2]] == [1, 2, 3, 4]
+        resolution = time_resolution(loop)
+        for seq, when in arrivals[1][:3]:
+            assert when - sent_at[seq] >= delay - resolution
+        # Message 4 was sent without delay, yet lands behind message 3.
+        assert arrivals[1][3][1] >= arrivals[1][2][1] >= sent_at[3] + delay - resolution
+
+
+def time_resolution(loop: asyncio.AbstractEventLoop) -> float:
+    """How early asyncio may run a timer (see BaseEventLoop._run_once)."""
+    return float(getattr(loop, "_clock_resolution", 0.0)) + 1e-6
+
+
+# Over loopback WebSockets
+
+
+async def test_a_ws_network_delivers_once_and_survives_kill_and_restart() -> None:
+    async with Network(3, degree=2, seed=2, driver="ws", gossip_interval=50 * MS) as network:
+        await network.wait_connected()
+        assert all(
+            node.url is not None and node.url.startswith("ws://127.0.0.1:")
+            for node in network.nodes
+        )
+        await wait_for(lambda: all(subscribed(node, "chat", 2) for node in network.nodes))
+        published = set()
+        for node in network.nodes:
+            await node.publish("chat", {"from": node.peer_id})
+            assert node.peer_id is not None
+            published.add((node.peer_id, 1))
+        await network.wait_delivered(3)
+        await network.kill(2)
+        for n in range(2):
+            await network.nodes[0].publish("chat", {"n": n})
+        assert network.nodes[0].peer_id is not None
+        published |= {(network.nodes[0].peer_id, 2), (network.nodes[0].peer_id, 3)}
+        await network.restart(2)
+        assert network.alive(2)
+        await network.wait_connected()
+        await network.wait_delivered(5)
+        await asyncio.sleep(100 * MS)  # a second delivery would show now
+        for deliveries in network.received:
+            check_exactly_once_in_order(deliveries, published)
+        with pytest.raises(RuntimeError, match=r"^partition\(\) needs the memory driver$"):
+            network.partition([[0], [1, 2]])
+        with pytest.raises(RuntimeError, match=r"^set_delay\(\) needs the memory driver$"):
+            network.set_delay(0.1)
+
+
+async def test_a_fetch_answer_of_many_small_messages_fits_the_package_limit(
+    spy: RequestSpy,
+) -> None:
+    async with Network(
+        2,
+        degree=1,
+        seed=1,
+        max_package_size=4096,
+        catchup_interval=0,
+        gossip_interval=3600.0,  # no ihave: catch-up alone brings the missed messages
+    ) as network:
+        await network.wait_connected()
+        await network.kill(1)
+        origin = network.nodes[0]
+        for n in range(40):  # ~300 bytes each on the wire, a few of payload
+            await origin.publish("chat", {"n": n})
+        restarted = await network.restart(1)
+        await network.wait_delivered(40)
+        assert gossip(restarted).caught_up == 40
+        fetches = [answer for n, e, _, answer in spy.calls if n is restarted and e == FETCH]
+        assert len(fetches) > 1  # not all 40 in one answer: it wouldn't fit
+        assert all(encoded_size(answer) <= 4096 for answer in fetches)
+        # Nothing was counted against the node that served them.
+        assert socket_to(restarted, "n0").stats.invalid_in == 0
+
+
+def encoded_size(answer: Body) -> int:
+    """The bytes of a gossip/fetch answer on the wire."""
+    return len(encode(build_package(PackageType.RESPONSE, FETCH, answer, tag="t" * 44)))

@@ -1,0 +1,253 @@
+"""
+Trusted peers: ``/p2p/<id>`` URLs learned through peer exchange are checked like
+bootstrap ones, peer lists carry the ids we know, a client keeps one bootstrap or
+long-lived peer among its outbound ones, a misbehaving local peer is disconnected
+without an address block (loopback is never blocked unless ``limit_loopback``), failed
+handshakes block an address, the key file is checked at start, and the documented
+defaults hold.
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
+from trustp2p.identity import Identity, IdentityError
+from trustp2p.options import NodeOptions
+from trustp2p.peerstore import PeerSource
+from trustp2p.security.noise import HANDSHAKE_MAGIC
+
+from .nodes import MakeNode, wait_for
+
+
+def answering(peers: list[str]) -> type[Thread]:
+    """A thread that answers every ``get_peers`` with ``peers``."""
+
+    class Teller(Thread):
+        @property
+        def event_map(self) -> EventMap:
+            return {PackageType.REQUEST: {"get_peers": self.get_peers}}
+
+        def get_peers(self, socket: Socket, package: Package) -> dict[str, Any]:
+            return {"peers": peers}
+
+    return Teller
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# /p2p/ ids in peer lists
+
+
+async def learn_from_list(make_node: MakeNode, listed: str) -> tuple[Node, Node]:
+    """A client with peer exchange and room for one more outbound peer learns ``listed``
+    (a URL of node ``target``, maybe with a ``/p2p/`` part) from a server."""
+    target = await make_node(server=True)
+    assert target.url is not None and target.peer_id is not None
+    teller = await make_node(
+        server=True, threads=[answering([listed.format(url=target.url, id=target.peer_id)])]
+    )
+    client = await make_node(client=True, peers=[teller.url], peer_exchange=True, target_outbound=2)
+    return target, client
+
+
+async def test_a_listed_url_whose_id_is_wrong_is_not_accepted(
+    make_node: MakeNode,
+) -> None:
+    impostor_id = Identity.generate().peer_id
+    target, client = await learn_from_list(make_node, "{url}/p2p/" + impostor_id)
+    assert client.client is not None and client.store is not None and target.url is not None
+    # The client dials the URL and meets another key: a failed dial, no connection.
+    await wait_for(lambda: client.client is not None and target.url in client.client._failures)
+    assert client.socket_for_peer(target.peer_id or "") is None
+    assert client.client.socket_for(target.url) is None
+    # The store keeps the URL to dial, without the claim.
+    urls = {url for record in await client.store.peers() for url in record.urls}
+    assert target.url in urls
+    assert not any("/p2p/" in url for url in urls)
+
+
+async def test_a_listed_url_with_the_right_id_is_dialled(make_node: MakeNode) -> None:
+    target, client = await learn_from_list(make_node, "{url}/p2p/{id}")
+    assert target.peer_id is not None
+    await wait_for(lambda: client.socket_for_peer(target.peer_id or "") is not None)
+
+
+async def test_get_peers_answers_name_the_peer_ids_we_know(make_node: MakeNode) -> None:
+    seed = await make_node(server=True, peer_exchange=True)
+    member = await make_node(server=True, client=True, peers=[seed.url], peer_exchange=True)
+    asker = await make_node(client=True, peers=[seed.url])
+    assert asker.client is not None and member.client is not None
+    await member.client.wait_connected()
+    await asker.client.wait_connected()
+    answer = await asker.client.request(asker.client.sockets[0], "get_peers", {})
+    assert answer["peers"] == [f"{member.url}/p2p/{member.peer_id}"]
+
+
+# Anchors
+
+
+async def test_a_client_dials_a_bootstrap_peer_when_none_of_its_peers_is_one(
+    make_node: MakeNode,
+) -> None:
+    stranger = await make_node(server=True)
+    anchor = await make_node(server=True)
+    client = await make_node(client=True, target_outbound=1, exchange_interval=0.05)
+    assert client.client is not None and client.store is not None
+    await client.store.add_urls([stranger.url or ""], PeerSource.EXCHANGE)
+    client.client.wake()
+    await wait_for(lambda: client.socket_for_peer(stranger.peer_id or "") is not None)
+    # At its target, with a peer learned from others only: the bootstrap peer it
+    # hears of is dialled all the same, one past the target.
+    await client.store.add_urls([anchor.url or ""], PeerSource.BOOTSTRAP)
+    client.client.wake()
+    await wait_for(lambda: client.socket_for_peer(anchor.peer_id or "") is not None)
+    assert len(client.client.sockets) == 2
+
+
+async def test_a_long_lived_connection_is_an_anchor(make_node: MakeNode) -> None:
+    stranger = await make_node(server=True)
+    anchor = await make_node(server=True)
+    client = await make_node(client=True, target_outbound=1, exchange_interval=0.05, anchor_age=0.1)
+    assert client.client is not None and client.store is not None
+    await client.store.add_urls([stranger.url or ""], PeerSource.EXCHANGE)
+    client.client.wake()
+    await wait_for(lambda: client.socket_for_peer(stranger.peer_id or "") is not None)
+    await asyncio.sleep(0.15)  # past anchor_age: the connection has lasted
+    await client.store.add_urls([anchor.url or ""], PeerSource.BOOTSTRAP)
+    for _ in range(5):  # several rounds of the outbound manager
+        client.client.wake()
+        await asyncio.sleep(0.06)
+    assert client.socket_for_peer(anchor.peer_id or "") is None
+    assert len(client.client.sockets) == 1
+
+
+# Loopback peers are disconnected, not blocked by address
+
+
+async def test_a_local_plain_peer_over_the_policy_is_disconnected(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    server = await make_node(server=True, secure=False)
+    bystander = await make_node(client=True, secure=False, peers=[server.url])
+    assert server.url is not None and bystander.client is not None
+    await bystander.client.wait_connected()
+    async with connect(server.url, compression=None) as ws:
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            for _ in range(30):
+                await ws.send(b"\xff garbage")
+            async with asyncio.timeout(3):
+                async for _ in ws:
+                    pass
+    assert ws.close_code == 1008
+    assert ws.close_reason is not None and "too many invalid packages" in ws.close_reason
+    assert errors(caplog) == []
+    assert any("loopback addresses are not blocked" in r.getMessage() for r in caplog.records)
+    # Nothing is blocked, and the other local peer was never disturbed.
+    assert server.store is not None and not server.store.is_blocked(address="127.0.0.1")
+    await wait_for(lambda: server.server is not None and len(server.server.sockets) == 1)
+    answer = await bystander.client.request(bystander.client.sockets[0], "nothing", {})
+    assert "error" in answer  # answered: the connection works
+
+
+async def garbage_handshake(url: str) -> int | None:
+    """Dial ``url``, send an invalid first handshake message; the close code."""
+    async with connect(url, compression=None) as ws:
+        await ws.send(HANDSHAKE_MAGIC + b"\x01" * 10)
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            async with asyncio.timeout(3):
+                async for _ in ws:
+                    pass
+    return ws.close_code
+
+
+async def test_failed_handshakes_from_loopback_block_nothing(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    server = await make_node(server=True)
+    assert server.url is not None and server.store is not None
+    for _ in range(15):  # past the block policy's 10 packages
+        assert await garbage_handshake(server.url) == 1008
+    assert errors(caplog) == []
+    assert not server.store.is_blocked(address="127.0.0.1")
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+
+
+# Address blocks at node level (loopback counted as any address: limit_loopback)
+
+
+async def test_failed_handshakes_block_the_address_before_any_cryptography(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trustp2p")
+    server = await make_node(server=True, limit_loopback=True, ip_burst=64, max_per_ip=64)
+    assert server.url is not None and server.store is not None
+    for _ in range(10):  # the block policy's min_packages, all invalid
+        assert await garbage_handshake(server.url) == 1008
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("secure handshake with" in w and "failed" in w for w in warnings) == 10
+    assert any(w.startswith("! blocking 127.0.0.1 for 3600 s") for w in warnings)
+    await wait_for(
+        lambda: server.store is not None and server.store.is_blocked(address="127.0.0.1")
+    )
+    # From now on the address is refused before a handshake begins.
+    began: list[object] = []
+    monkeypatch.setattr(
+        "trustp2p.security.channel.NoiseHandshake",
+        lambda *args, **kwargs: began.append(args) or pytest.fail("handshake begun"),
+    )
+    async with connect(server.url, compression=None) as ws:
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            async with asyncio.timeout(3):
+                async for _ in ws:
+                    pass
+    assert ws.close_code == 1008
+    assert began == []
+
+
+# The identity file, checked at start
+
+
+async def test_a_node_refuses_to_start_with_a_key_others_can_read(tmp_path: Path) -> None:
+    node = Node(server=True, port=0, cwd=tmp_path)
+    await node.start()
+    await node.stop()
+    key = tmp_path / "identity" / "node.key"
+    key.chmod(0o644)
+    with pytest.raises(IdentityError, match="accessible by group or others"):
+        await Node(server=True, port=0, cwd=tmp_path).start()
+
+
+# The documented defaults
+
+
+def test_the_documented_defaults() -> None:
+    options = NodeOptions(server=True)
+    assert (options.secure, options.handshake_timeout, options.max_inbound) == (True, 10.0, 100)
+    assert (options.max_per_ip, options.ip_rate, options.ip_burst) == (8, 0.2, 16)
+    assert options.limit_loopback is False
+    assert (options.max_send_queue, options.request_rate, options.request_burst) == (32, 100, 200)
+    assert (options.invalid_ratio, options.min_packages, options.block_duration) == (0.1, 10, 3600)
+    assert (options.target_outbound, options.max_outbound_per_netgroup) == (8, 2)
+    assert options.frame_timeout == 10.0
+    assert options.max_package_size == 2**20
+    assert (options.gossip_degree, options.gossip_degree_low, options.gossip_degree_high) == (
+        6,
+        4,
+        12,
+    )
