@@ -31,11 +31,13 @@ __all__ = [
     "NoiseTransport",
 ]
 
+import struct
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -67,6 +69,8 @@ MAX_NOISE_MESSAGE = 65535
 _TAG_SIZE = 16
 _MAX_CHUNK = MAX_NOISE_MESSAGE - _TAG_SIZE - 1  # plaintext bytes of a package per message
 _MORE, _LAST = b"\x01", b"\x00"
+_MAX_NONCE = 2**64 - 1  # reserved by the Noise specification
+_pack_nonce = struct.Struct("<4xQ").pack  # 32 zero bits, then the counter little-endian
 _SIGNATURE_PREFIX = b"trustp2p-noise-static-key:"
 _PAYLOAD_SIZE = PUBLIC_KEY_SIZE + SIGNATURE_SIZE
 
@@ -221,16 +225,33 @@ class NoiseHandshake:
 
 
 class NoiseTransport:
-    """Encrypts and decrypts packages after the handshake; splits large ones."""
+    """
+    Encrypts and decrypts packages after the handshake; splits large ones.
+
+    The handshake runs in ``noiseprotocol``; the transport messages, one AEAD call each,
+    are sealed here with the two ChaCha20-Poly1305 keys it derived and the nonces of
+    the Noise specification (§5.1: a counter from 0, as 32 zero bits then 64 bits
+    little-endian). Per message that saves the layers of ``noiseprotocol`` around the
+    call, which cost as much again as the cipher on small packages.
+    """
 
     def __init__(self, connection: NoiseConnection) -> None:
-        self._connection = connection
+        protocol = connection.noise_protocol
+        sending, receiving = protocol.cipher_state_encrypt, protocol.cipher_state_decrypt
+        self._send_cipher = ChaCha20Poly1305(bytes(sending.k))
+        self._receive_cipher = ChaCha20Poly1305(bytes(receiving.k))
+        self._send_nonce: int = sending.n
+        self._receive_nonce: int = receiving.n
         self._chunks: list[bytes] = []
         self._size = 0
 
     def encrypt(self, plaintext: bytes) -> bytes:
         """Encrypt one transport message (at most 65 519 bytes of plaintext)."""
-        return bytes(self._connection.encrypt(plaintext))
+        nonce = self._send_nonce
+        if nonce >= _MAX_NONCE:
+            raise NoiseError("nonces exhausted: 2**64 - 1 messages sent")
+        self._send_nonce = nonce + 1
+        return self._send_cipher.encrypt(_pack_nonce(nonce), plaintext, None)
 
     def decrypt(self, message: bytes) -> bytes:
         """
@@ -242,19 +263,27 @@ class NoiseTransport:
         """
         if len(message) > MAX_NOISE_MESSAGE:
             raise NoiseError(f"Noise message of {len(message)} bytes exceeds {MAX_NOISE_MESSAGE}")
+        nonce = self._receive_nonce
+        if nonce >= _MAX_NONCE:
+            raise NoiseError("nonces exhausted: 2**64 - 1 messages received")
         try:
-            return bytes(self._connection.decrypt(message))
-        except Exception as exc:
-            raise NoiseError("transport message doesn't decrypt") from exc
+            plaintext = self._receive_cipher.decrypt(_pack_nonce(nonce), message, None)
+        except InvalidTag:
+            raise NoiseError("transport message doesn't decrypt") from None
+        self._receive_nonce = nonce + 1
+        return plaintext
 
-    def seal(self, data: bytes) -> Iterator[bytes]:
+    def seal(self, data: bytes) -> list[bytes]:
         """Encrypt one package into Noise messages of at most 65 535 bytes."""
-        encrypt = self._connection.encrypt
+        if len(data) <= _MAX_CHUNK:
+            return [self.encrypt(_LAST + data)]
+        messages = []
         view = memoryview(data)
         while len(view) > _MAX_CHUNK:
-            yield bytes(encrypt(_MORE + view[:_MAX_CHUNK]))
+            messages.append(self.encrypt(_MORE + view[:_MAX_CHUNK]))
             view = view[_MAX_CHUNK:]
-        yield bytes(encrypt(_LAST + view))
+        messages.append(self.encrypt(_LAST + view))
+        return messages
 
     def open(self, message: bytes, *, max_size: int | None) -> bytes | None:
         """
@@ -268,15 +297,15 @@ class NoiseTransport:
         plaintext = self.decrypt(message)
         if not plaintext:
             raise NoiseError("empty transport message")
-        flag, chunk = plaintext[:1], plaintext[1:]
+        flag, chunk = plaintext[0], plaintext[1:]
         self._size += len(chunk)
         if max_size is not None and self._size > max_size:
             raise NoiseError(f"package of more than {max_size} bytes exceeds the limit")
-        if flag == _MORE:
+        if flag == _MORE[0]:
             self._chunks.append(chunk)
             return None
-        if flag != _LAST:
-            raise NoiseError(f"invalid chunk flag {flag[0]}")
+        if flag != _LAST[0]:
+            raise NoiseError(f"invalid chunk flag {flag}")
         if self._chunks:
             self._chunks.append(chunk)
             chunk = b"".join(self._chunks)
