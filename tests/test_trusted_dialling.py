@@ -26,6 +26,7 @@ from trustp2p.options import NodeOptions
 from trustp2p.peerstore import PeerSource
 from trustp2p.security.noise import HANDSHAKE_MAGIC
 
+from .conftest import MS
 from .nodes import MakeNode, wait_for
 
 
@@ -251,3 +252,24 @@ def test_the_documented_defaults() -> None:
         4,
         12,
     )
+
+
+async def test_blocking_one_peer_leaves_the_others_connected(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    offender = await make_node(client=True, peers=[server.url])
+    innocent = await make_node(client=True, peers=[server.url])
+    assert offender.client is not None and innocent.client is not None
+    await offender.client.wait_connected()
+    await innocent.client.wait_connected()
+    await wait_for(lambda: server.server is not None and len(server.server.sockets) == 2)
+    bad, good = offender.client.sockets[0], innocent.client.sockets[0]
+    for _ in range(50):  # encrypted, but not packages: invalid, past the block policy
+        if bad.closed:
+            break
+        bad.write(b"garbage")
+        await asyncio.sleep(MS)
+    await wait_for(lambda: bad.closed)
+    assert bad.close_reason is not None and bad.close_reason.startswith("blocked")
+    assert not good.closed
+    answer = await innocent.client.request(good, "nothing", {})
+    assert "error" in answer  # answered: the connection works

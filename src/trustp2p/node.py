@@ -609,11 +609,11 @@ class Node:
                 f"block {peer_id or address}",
             )
         for conn in list(self._conns.values()):
-            socket = conn.socket
-            if (peer_id is not None and socket.peer_id == peer_id) or (
-                address is not None and socket.host == address and socket.inbound
+            other = conn.socket
+            if (peer_id is not None and other.peer_id == peer_id) or (
+                address is not None and other.host == address and other.inbound
             ):
-                socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"blocked: {reason}"))
+                other.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"blocked: {reason}"))
         if socket is not None and not socket.closed:
             socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"blocked: {reason}"))
 
