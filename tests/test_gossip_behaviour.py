@@ -318,7 +318,20 @@ def test_the_router_withholds_a_message_awaiting_validation() -> None:
     router.heartbeat()
     announced = _talks(sent, IHAVE)
     assert announced and all(body["ids"] == [message.id] for _, _, body in announced)
-    assert 0 not in {peer for peer, _, _ in announced}  # it came from 0
+    # It came from 0, and 1 sent a copy while it waited: neither is told of it.
+    assert {peer for peer, _, _ in announced}.isdisjoint({0, 1})
+
+
+def test_a_refused_message_leaves_nothing_behind_in_the_router() -> None:
+    router, sent, _ = _meshed(4, lazy=4)
+    message = _message()
+    assert router.receive(0, message, pending=True)
+    router.refuse(message.id)
+    assert router.receive(1, message) is False  # still seen: not taken again
+    router.control(2, IWANT, {"ids": [message.id]})
+    router.heartbeat()
+    assert sent == []
+    assert message.id not in router._holders
 
 
 # Peers that refuse catch-up requests
@@ -577,3 +590,50 @@ async def test_a_fetch_answer_of_many_small_messages_fits_the_package_limit(
 def encoded_size(answer: Body) -> int:
     """The bytes of a gossip/fetch answer on the wire."""
     return len(encode(build_package(PackageType.RESPONSE, FETCH, answer, tag="t" * 44)))
+
+
+# Message size: a quarter of the package limit, so that catch-up answers always fit
+
+
+async def test_a_message_too_large_for_catch_up_is_refused_when_published_and_received() -> None:
+    hub = MemoryHub()
+    options: dict[str, Any] = {
+        "secure": False,
+        "peer_exchange": False,
+        "target_outbound": 0,
+        "gossip_interval": 0.05,
+        "invalid_ratio": 100.0,
+    }
+    small = Node(
+        server=True,
+        port=1,
+        host="small",
+        driver=MemoryDriver(hub=hub, name="small"),
+        max_package_size=4096,
+        **options,
+    )
+    large = Node(
+        client=True,
+        peers=["memory://small:1"],
+        driver=MemoryDriver(hub=hub, name="large"),
+        max_package_size=2**20,
+        **options,
+    )
+    got: list[GossipMessage] = []
+    async with small, large:
+        small.subscribe("chat", got.append)
+        large.subscribe("chat")
+        await wait_for(lambda: subscribed(large, "chat", 1) and subscribed(small, "chat", 1))
+        # 4096 // 4 = 1024 bytes at most, key and signature included.
+        with pytest.raises(ValueError, match=r"exceeds 1024, a quarter of max_package_size"):
+            await small.publish("chat", {"text": "x" * 900})
+        # No sequence number was used up: the next message is seq 1, no gap.
+        first = await small.publish("chat", {"text": "x" * 100})
+        await wait_for(lambda: len(got) == 1)
+        assert (got[0].seq, got[0].id) == (1, first)
+        # A peer with a larger limit publishes one: the small node drops it and counts it.
+        await large.publish("chat", {"text": "x" * 900})
+        inbound = socket_to(small, "large")
+        await wait_for(lambda: inbound.stats.invalid_in == 1)
+        assert len(got) == 1
+        assert gossip(small).router.stats.invalid == 1

@@ -836,3 +836,25 @@ def test_exports() -> None:
     }
     assert defined <= set(peerstore.__all__)
     assert all(hasattr(peerstore, name) for name in peerstore.__all__)
+
+
+async def test_anchors_are_bootstrap_peers_and_peers_met_before_this_run(tmp_path: Path) -> None:
+    path = tmp_path / "peers.sqlite"
+    store = await PeerStore.open(path)
+    await store.record_connected(peer_id="tpold", url="ws://old:1", address=None)
+    await store.close()
+
+    store = await PeerStore.open(path)
+    try:
+        await store.add_urls(["ws://boot:1"], PeerSource.BOOTSTRAP)
+        await store.add_urls(["ws://listed:1", "ws://new:1"], PeerSource.EXCHANGE)
+        # Met in this run, even twice: not an anchor (a list could have led us there).
+        for _ in range(2):
+            await store.record_connected(peer_id="tpnew", url="ws://new:1", address=None)
+        assert sorted(await store.anchor_candidates(10)) == ["ws://boot:1", "ws://old:1"]
+        assert store.is_anchor("tpold")
+        assert not store.is_anchor("tpnew")
+        await store.record_connected(peer_id="tpboot", url="ws://boot:1", address=None)
+        assert store.is_anchor("tpboot")
+    finally:
+        await store.close()

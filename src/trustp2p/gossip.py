@@ -132,6 +132,16 @@ class Gossip:
         node = self.node
         assert node.identity is not None
         assert self.log is not None
+        cap = self._max_message_bytes()
+        if cap is not None and type(data) is dict:
+            # Before taking a sequence number: one taken and not used is a gap.
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            size = len(json.dumps(text, ensure_ascii=False).encode()) + _MESSAGE_OVERHEAD
+            if size > cap:
+                raise ValueError(
+                    f"message of about {size} bytes exceeds {cap}, a quarter of "
+                    "max_package_size (so that catch-up answers always fit in a package)"
+                )
         seq = self.log.next_seq(_stream(topic, node.identity.peer_id))
         message = sign_message(node.identity, topic, seq, int(time.time() * 1000), data)
         self.log.add(_logged(message))
@@ -156,6 +166,12 @@ class Gossip:
             self._validators.pop(topic, None)
         else:
             self._validators[topic] = validator
+
+    def _max_message_bytes(self) -> int | None:
+        """Largest message (its package body, in bytes): a quarter of the package
+        limit, so that a catch-up answer, half the limit, always holds one."""
+        limit = self.node.options.max_package_size
+        return None if limit is None else limit // 4
 
     # Lifecycle, called by the node
 
@@ -226,6 +242,11 @@ class Gossip:
         # Most copies are duplicates: drop them by id before checking a signature.
         message_id = GossipMessage.peek_id(package.event, package.body)
         if message_id is not None and self.router.duplicate(socket.id, message_id):
+            return
+        cap = self._max_message_bytes()
+        if cap is not None and (size := len(package.body_json.encode())) > cap:
+            self.router.stats.invalid += 1
+            self.node.penalize(socket, f"gossip message of {size} bytes exceeds {cap}")
             return
         try:
             message = GossipMessage.from_body(
@@ -361,6 +382,7 @@ class Gossip:
             self.router.accept(socket.id if socket is not None else None, message)
             self._accepted(socket, message, forward=socket is not None)
             return
+        self.router.refuse(message.id)
         self._passed_over(message)
         if verdict is Validation.REJECT and socket is not None:
             self.router.stats.invalid += 1
@@ -507,6 +529,10 @@ class Gossip:
                     if message.origin != origin or not first <= message.seq <= last:
                         self.node.penalize(socket, "gossip/fetch answered with other messages")
                         return
+                    cap = self._max_message_bytes()
+                    if cap is not None and _wire_size(message) > cap:
+                        self.node.penalize(socket, "oversized message in gossip/fetch")
+                        return
                     if self._ingest(socket, message, live=False):
                         self.caught_up += 1
                     first = message.seq + 1
@@ -575,6 +601,17 @@ class Gossip:
                 break  # the asker asks again from the last seq it got + 1
             messages.append(body)
         return {"messages": messages}
+
+
+_MESSAGE_OVERHEAD = 320
+"""Bytes of a message's package body besides its data: keys, origin, seq, timestamp,
+public key and signature (base64), hops. At most about 300."""
+
+
+def _wire_size(message: GossipMessage) -> int:
+    """Bytes of a message's package body, as a fetch answer carries it."""
+    body = message.to_body()
+    return len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def _refused(socket: Socket, event: str, answer: Body) -> bool:

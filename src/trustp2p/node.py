@@ -670,7 +670,7 @@ class Node:
             self._spawn(
                 self.store.record_connected(
                     peer_id=peer_id or f"address:{socket.host}",
-                    url=socket.peer,
+                    url=self.client.store_url(socket.peer),
                     address=socket.host,
                 ),
                 "record connection",

@@ -396,6 +396,9 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
         self._peers: dict[str, _Peer] = {}
         self._by_id: dict[str, _Peer] = {}
         self._by_url: dict[str, _Url] = {}
+        # Peers we had connected to successfully before this run (keys): the only ones,
+        # with bootstrap peers, that anchor a client (see anchor_candidates).
+        self._known_before: set[str] = set()
         self._blocked_ids: dict[str, _Block] = {}
         self._blocked_addresses: dict[str, _Block] = {}
         self._blocks = {_PEER: self._blocked_ids, _ADDRESS: self._blocked_addresses}
@@ -669,6 +672,15 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
         entry = self._by_url.get(url)
         return entry.peer.peer_id if entry is not None else None
 
+    def verified_peer_id(self, url: str) -> str | None:
+        """The peer id that proved itself when we dialled ``url``, if we ever connected
+        there (not one a peer only announced). SYNC, a dict lookup."""
+        entry = self._by_url.get(url)
+        if entry is None or entry.last_connected is None:
+            return None
+        peer_id = entry.peer.peer_id
+        return None if peer_id is None or peer_id.startswith("address:") else peer_id
+
     def is_blocked(self, *, peer_id: str | None = None, address: str | None = None) -> bool:
         """
         Whether ``peer_id`` or ``address`` is blocked now. Costs a dict lookup or two.
@@ -721,7 +733,9 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
     ) -> list[str]:
         """
         Like :meth:`candidates`, but only peers worth keeping a connection to as an
-        anchor against eclipsing: bootstrap peers, and peers we connected to before.
+        anchor against eclipsing: bootstrap peers, and peers we had connected to before
+        this run (read from the database). Peers met in this run don't count: a peer
+        that an attacker's list led us to can't become an anchor by reconnecting.
         """
         ranked = self._ranked(exclude_urls, exclude_ids, False, anchors=True)
         return list(itertools.islice(ranked, limit))
@@ -729,10 +743,12 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
     def is_anchor(self, peer_id: str) -> bool:
         """
         Whether a connected peer anchors us: a bootstrap peer, or one we had connected
-        to successfully before the connection we have now. SYNC, a dict lookup.
+        to successfully before this run. SYNC, a dict lookup.
         """
         peer = self._by_id.get(peer_id)
-        return peer is not None and (peer.source is PeerSource.BOOTSTRAP or peer.successes >= 2)
+        return peer is not None and (
+            peer.source is PeerSource.BOOTSTRAP or peer.key in self._known_before
+        )
 
     async def good_urls(
         self,
@@ -912,7 +928,7 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
             for p in self._peers.values()
             if p.urls
             and (p.successes > 0 or not good)
-            and (not anchors or p.successes > 0 or p.source is PeerSource.BOOTSTRAP)
+            and (not anchors or p.source is PeerSource.BOOTSTRAP or p.key in self._known_before)
         ]
         peers.sort(key=_dial_rank)
         for peer in peers:
@@ -977,6 +993,8 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
             owner.urls[url] = _Url(url, owner, first_seen, last_connected, failures)
         for peer in stored.values():
             self._adopt(peer)
+            if peer.successes > 0:
+                self._known_before.add(peer.key)
         for kind, key, until, reason in block_rows:
             table = self._blocks.get(kind)
             if table is None or until <= now:

@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 from .drivers.base import Socket
 from .exceptions import DriverError
-from .identity import PeerId
 from .protocol.backoff import backoff
 from .protocol.deliver import ConnId
 from .protocol.handshake import VERSION_EVENT
@@ -34,9 +33,6 @@ logger = logging.getLogger("trustp2p.node")
 
 BroadcastResult = dict[Socket, Body | Exception | None]
 """Per peer: ``None`` (talk sent), the response body (request answered), or the error."""
-
-MAX_CLAIMS = 10_000
-"""Most ``/p2p/`` peer ids learned from peer lists that a client remembers."""
 
 
 class Role:
@@ -256,7 +252,9 @@ class ClientRole(Role):
         self._managed: dict[str, asyncio.Task[None]] = {}  # from the store, by dial URL
         self._by_url: dict[str, Socket] = {}
         self._peer_of_url: dict[str, str] = {}  # dial URL -> peer id met there
-        self._claimed: dict[str, PeerId] = {}  # dial URL -> id a /p2p/ URL told us to expect
+        # dial URL -> the store's URL being dialled there by the outbound manager (with
+        # its /p2p/<id>, if it has one), so that the outcome is recorded for that entry
+        self._store_url: dict[str, str] = {}
         self._failures: dict[str, int] = {}  # dial URL -> failures in a row
         self._retry_at: dict[str, float] = {}  # dial URL -> earliest next managed try
         self._manager: asyncio.Task[None] | None = None
@@ -311,15 +309,6 @@ class ClientRole(Role):
             return socket
         return None
 
-    def expect_peer(self, url: str, peer_id: PeerId) -> None:
-        """
-        Dial ``url`` (learned as ``url/p2p/<peer_id>``) only to meet ``peer_id``: another
-        key there fails the handshake. The first claim for a URL stands; at most
-        ``MAX_CLAIMS`` are remembered.
-        """
-        if url not in self._claimed and len(self._claimed) < MAX_CLAIMS:
-            self._claimed[url] = peer_id
-
     def wake(self) -> None:
         """Look for more servers now (peer exchange calls this when it learns some)."""
         self._wakeup.set()
@@ -348,23 +337,16 @@ class ClientRole(Role):
             known = self.node.store.peer_id_of(url)
             if known is not None and known.startswith("address:"):
                 known = None
-        return known if known is not None else self._claimed.get(url)
+        return known
 
-    def _expected_peer(self, url: str) -> PeerId | None:
-        """The id a store URL must prove: what a ``/p2p/`` URL claimed, unless we have
-        met another peer there since (keys may be replaced; then the store knows)."""
-        claimed = self._claimed.get(url)
-        if claimed is None:
-            return None
-        met = self._peer_of_url.get(url)
-        if met is None and self.node.store is not None:
-            met = self.node.store.peer_id_of(url)
-        if met is not None and not met.startswith("address:") and met != claimed:
-            return None
-        return claimed
+    def store_url(self, dial_url: str) -> str:
+        """The peer store's URL for a connection dialled at ``dial_url``: the URL with
+        its ``/p2p/<id>`` when the outbound manager dialled a store entry that has one."""
+        return self._store_url.get(dial_url, dial_url)
 
     def _dial_failed(self, url: str, error: Exception) -> None:
         """A dial or its handshake failed: count it; the store remembers it."""
+        url = self.store_url(url)
         failures = self._failures[url] = self._failures.get(url, 0) + 1
         options = self.node.options
         delay = min(options.reconnect_max, options.reconnect_initial * 2 ** (failures - 1))
@@ -457,16 +439,25 @@ class ClientRole(Role):
         return await node._driver_for_url(url).connect(url, node.listener)
 
     async def _dial_once(self, url: str) -> None:
-        """Dial a URL from the store once, and stay until the connection closes."""
+        """
+        Dial a URL from the store once, and stay until the connection closes. A URL
+        with ``/p2p/<id>`` (as peer lists give them) is dialled expecting that peer:
+        another key there fails the handshake, and the failure counts against that
+        entry only, not against the same address given without an id or with another.
+        """
+        dial_url, expected = split_peer_url(url)
+        self._store_url[dial_url] = url
         try:
             try:
-                socket = await self._dial(url, self._expected_peer(url))
+                socket = await self._dial(dial_url, expected)
             except DriverError as exc:
                 self._dial_failed(url, exc)
                 logger.debug("! %s", exc)
                 return
             await socket.wait_closed()
         finally:
+            if self._store_url.get(dial_url) == url:
+                del self._store_url[dial_url]
             self._managed_done(url)
 
     async def _manage(self) -> None:
@@ -485,17 +476,16 @@ class ClientRole(Role):
             if store is None:
                 continue
             await self._anchor(store)
-            dialling = sum(1 for url in self._managed if url not in self._by_url)
+            dialling = sum(1 for url in self._managed if split_peer_url(url)[0] not in self._by_url)
             missing = options.target_outbound - len(self._sockets) - dialling
             if missing <= 0:
                 continue
-            busy = {split_peer_url(u)[0] for u in self._dialers} | set(self._managed)
-            busy |= set(self._by_url)
+            busy = self._busy()
             connected_ids = set(node._by_peer_id)
             if node.peer_id is not None:
                 connected_ids.add(node.peer_id)
             candidates = await store.candidates(
-                missing * 4, exclude_urls=busy | set(node.listen_urls), exclude_ids=connected_ids
+                missing * 4, exclude_urls=busy, exclude_ids=connected_ids
             )
             # Pick at random among the best: if every node dialled the best-known peers,
             # those would fill up with inbound connections and never find outbound ones.
@@ -509,12 +499,7 @@ class ClientRole(Role):
             for url in candidates:
                 if missing <= 0:
                     break
-                if url in self._managed or self._retry_at.get(url, 0) > now:
-                    continue
-                known = self._known_peer(url)
-                if known is not None and (
-                    known in connected_ids or store.is_blocked(peer_id=known)
-                ):
+                if not self._dialable(url, busy, connected_ids, now):
                     continue
                 group = self._netgroup(url)
                 if group is not None and groups[group] >= options.max_outbound_per_netgroup:
@@ -523,6 +508,27 @@ class ClientRole(Role):
                     groups[group] += 1
                 missing -= 1
                 self._managed[url] = asyncio.create_task(self._dial_once(url), name=f"dial {url}")
+
+    def _busy(self) -> set[str]:
+        """Dial URLs not to dial from the store: dialled, connected, or our own."""
+        busy = {split_peer_url(url)[0] for url in (*self._dialers, *self._managed)}
+        return busy | set(self._by_url) | set(self.node.listen_urls)
+
+    def _dialable(self, url: str, busy: set[str], connected_ids: set[str], now: float) -> bool:
+        """Whether a store URL may be dialled now: its address is not busy, it is not
+        waiting for a retry, and neither the peer met there nor the one its ``/p2p/``
+        part names (for this entry only) is connected or blocked."""
+        store = self.node.store
+        dial_url, claimed = split_peer_url(url)
+        if dial_url in busy or self._retry_at.get(url, 0) > now:
+            return False
+        for peer_id in (self._known_peer(dial_url), claimed):
+            if peer_id is not None and (
+                peer_id in connected_ids
+                or (store is not None and store.is_blocked(peer_id=peer_id))
+            ):
+                return False
+        return True
 
     def _is_anchor(self, socket: Socket, now: float) -> bool:
         """A connection that anchors us: to a bootstrap URL or peer, to a peer we had
@@ -555,9 +561,9 @@ class ClientRole(Role):
         exclude_ids = set(node._by_peer_id)
         if node.peer_id is not None:
             exclude_ids.add(node.peer_id)
-        busy = set(self._managed) | set(self._by_url) | set(node.listen_urls)
+        busy = self._busy()
         for url in await store.anchor_candidates(8, exclude_urls=busy, exclude_ids=exclude_ids):
-            if self._retry_at.get(url, 0) > now:
+            if not self._dialable(url, busy, exclude_ids, now):
                 continue
             logger.info("= no outbound peer is a bootstrap or long-lived one: dialling %s", url)
             self._anchoring = url

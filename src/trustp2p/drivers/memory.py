@@ -196,6 +196,8 @@ class MemorySocket(Socket):
 
     def _land(self) -> None:
         flights = self._in_flight
+        if not flights:
+            return  # the connection was lost meanwhile
         when, item = flights.popleft()
         self._arrive(item)
         now = self._loop.time()
@@ -260,6 +262,7 @@ class MemorySocket(Socket):
         self.close_code, self.close_reason = code, reason
         self._inbox.clear()
         self._inbox_size = 0
+        self._in_flight.clear()  # a pending _land() then finds nothing
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_result(None)

@@ -437,6 +437,8 @@ class GossipRouter:
         stats.new += 1
         if pending:
             self._seen.add(message.id, self._clock())
+            # Who sent copies meanwhile: once it is accepted, they aren't told of it.
+            self._holders[message.id] = {peer} if peer is not None else set()
         else:
             self._remember(message, peer)
         return True
@@ -447,6 +449,10 @@ class GossipRouter:
         holders = self._holders.setdefault(message.id, set())
         if peer is not None:
             holders.add(peer)
+
+    def refuse(self, message_id: str) -> None:
+        """A message received ``pending`` was refused: it stays seen, and goes no further."""
+        self._holders.pop(message_id, None)
 
     def seen(self, message_id: str) -> bool:
         return message_id in self._seen

@@ -71,13 +71,13 @@ class PeerExchangeThread(Thread):
                 MAX_PEERS - len(urls), exclude_urls=exclude, exclude_ids=exclude_ids
             )
         random.shuffle(urls)  # spread the askers over the peers we know
-        # With the id of who listens there when we know it (``url/p2p/<id>``), so that
-        # the asker can check it meets that peer.
+        # With the id of who listens there when we checked it ourselves (we dialled that
+        # URL and the peer proved its id), so that the asker can check it meets the same
+        # peer: ``url/p2p/<id>``. Ids that peers only announced are not passed on.
         ids = {
-            url: conn.socket.peer_id
-            for conn in self.node._conns.values()
-            if conn.socket.peer_id is not None
-            for url in conn.listen_urls
+            socket.peer: socket.peer_id
+            for socket in (conn.socket for conn in self.node._conns.values())
+            if not socket.inbound and socket.peer_id is not None
         }
         return {"peers": [self._with_peer_id(url, ids) for url in urls[:MAX_PEERS]]}
 
@@ -87,10 +87,8 @@ class PeerExchangeThread(Thread):
         peer_id = ids.get(url)
         store = self.node.store
         if peer_id is None and store is not None:
-            peer_id = store.peer_id_of(url)
-        if peer_id is None or peer_id.startswith("address:"):
-            return url
-        return f"{url.rstrip('/')}/p2p/{peer_id}"
+            peer_id = store.verified_peer_id(url)
+        return url if peer_id is None else f"{url.rstrip('/')}/p2p/{peer_id}"
 
     def _my_url(self, socket: Socket, package: Package) -> None:
         conn = self.node._conns.get(socket.id)
@@ -155,22 +153,20 @@ class PeerExchangeThread(Thread):
         urls, problem = validate_urls(answer.get("peers"), limit=MAX_PEERS)
         own_urls = {canonical_url(url) for url in self.node.listen_urls}
         own_id = self.node.peer_id
-        fresh = [url for url in urls if url not in own_urls and split_peer_url(url)[1] != own_id]
+        fresh = [
+            url
+            for url in urls
+            if split_peer_url(url)[0] not in own_urls and split_peer_url(url)[1] != own_id
+        ]
         if problem is None and len(fresh) < len(urls):
             problem = "it lists our own URL"
         if problem is not None:
             self.node.penalize(socket, f"invalid get_peers answer: {problem}")
-        # The store keeps URLs to dial; an id given with one (``/p2p/<id>``) is what
-        # the peer there must prove when we dial it.
-        plain = []
-        for url in fresh:
-            dial_url, claimed = split_peer_url(url)
-            if claimed is not None:
-                self.client.expect_peer(dial_url, claimed)
-            plain.append(dial_url)
+        # Kept as given: an id given with a URL (``/p2p/<id>``) is what the peer there
+        # must prove when we dial that entry; a wrong one fails that entry only.
         store = self.node.store
-        if plain and store is not None:
-            await store.add_urls(list(dict.fromkeys(plain)), PeerSource.EXCHANGE)
+        if fresh and store is not None:
+            await store.add_urls(fresh, PeerSource.EXCHANGE)
             self.client.wake()
 
 
