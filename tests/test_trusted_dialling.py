@@ -284,3 +284,20 @@ async def test_blocking_one_peer_leaves_the_others_connected(make_node: MakeNode
     assert not good.closed
     answer = await innocent.client.request(good, "nothing", {})
     assert "error" in answer  # answered: the connection works
+
+
+async def test_of_two_ids_listed_for_one_address_only_the_wrong_one_fails(
+    make_node: MakeNode,
+) -> None:
+    target = await make_node(server=True)
+    assert target.url is not None and target.peer_id is not None
+    wrong = f"{target.url}/p2p/{Identity.generate().peer_id}"
+    right = f"{target.url}/p2p/{target.peer_id}"
+    teller = await make_node(server=True, threads=[answering([wrong, right])])
+    client = await make_node(client=True, peers=[teller.url], peer_exchange=True, target_outbound=3)
+    assert client.client is not None
+    # One dial per address at a time, each expecting its own entry's id: the right
+    # entry connects, and a failure is only ever counted against the wrong one.
+    await wait_for(lambda: client.socket_for_peer(target.peer_id or "") is not None)
+    assert right not in client.client._failures
+    assert set(client.client._failures) <= {wrong}

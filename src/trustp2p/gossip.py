@@ -47,6 +47,7 @@ from .protocol.gossip import (
     GossipMessage,
     GossipRouter,
     RouterAction,
+    payload_text,
     sign_message,
 )
 from .protocol.package import Body, Package, PackageType, build_package
@@ -132,10 +133,11 @@ class Gossip:
         node = self.node
         assert node.identity is not None
         assert self.log is not None
+        # Check everything before taking a sequence number: one taken and not used is a
+        # gap that subscribers wait for.
+        text = payload_text(topic, data)
         cap = self._max_message_bytes()
-        if cap is not None and type(data) is dict:
-            # Before taking a sequence number: one taken and not used is a gap.
-            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        if cap is not None:
             size = len(json.dumps(text, ensure_ascii=False).encode()) + _MESSAGE_OVERHEAD
             if size > cap:
                 raise ValueError(
@@ -243,11 +245,6 @@ class Gossip:
         message_id = GossipMessage.peek_id(package.event, package.body)
         if message_id is not None and self.router.duplicate(socket.id, message_id):
             return
-        cap = self._max_message_bytes()
-        if cap is not None and (size := len(package.body_json.encode())) > cap:
-            self.router.stats.invalid += 1
-            self.node.penalize(socket, f"gossip message of {size} bytes exceeds {cap}")
-            return
         try:
             message = GossipMessage.from_body(
                 package.event, package.body, max_data=self.node.options.max_package_size
@@ -256,7 +253,33 @@ class Gossip:
             self.router.stats.invalid += 1
             self.node.penalize(socket, f"invalid gossip message: {exc}")
             return
+        cap = self._max_message_bytes()
+        if cap is not None and (size := len(package.body_json.encode())) > cap:
+            self._oversized(message, size, cap)
+            return
         self._ingest(socket, message, live=True)
+
+    def _oversized(self, message: GossipMessage, size: int, cap: int) -> None:
+        """
+        A valid message too large for our catch-up answers (its origin has a larger
+        ``max_package_size``): not delivered, logged nor forwarded, and not held against
+        the peer that passed it on; its sequence number is passed over, so that the
+        origin's later messages don't wait for it.
+        """
+        assert self.log is not None
+        self.router.stats.oversized += 1
+        logger.info(
+            "! dropped message %d of %s on %r: %d bytes exceed %d",
+            message.seq,
+            message.origin,
+            message.topic,
+            size,
+            cap,
+        )
+        if self.router.receive(None, message, pending=True):
+            self.router.refuse(message.id)  # seen: its copies are dropped by id
+        if message.seq > self.log.delivered(_stream_of(message)):
+            self._passed_over(message)
 
     def _control(self, socket: Socket, package: Package) -> None:
         """A router control talk arrived (through the built-in thread)."""
@@ -276,12 +299,15 @@ class Gossip:
             message,
             pending=message.topic in self._validators,
         )
-        if not new or self.log.delivered(_stream_of(message)) >= message.seq:
+        if not new:
             return False
         max_age = self.node.options.log_max_age
-        if message.timestamp < (time.time() - max_age) * 1000:
-            # Older than anything we remember delivering: it might be a repeat.
-            logger.debug("! dropped a message of %s older than %g s", message.origin, max_age)
+        if self.log.delivered(_stream_of(message)) >= message.seq or (
+            message.timestamp < (time.time() - max_age) * 1000
+        ):
+            # Delivered already, or older than anything we remember delivering (it might
+            # be a repeat): dropped, and seen, so that its copies are dropped by id.
+            self.router.refuse(message.id)
             return False
         source = socket if live else None
         if message.topic in self._validators:
@@ -530,10 +556,9 @@ class Gossip:
                         self.node.penalize(socket, "gossip/fetch answered with other messages")
                         return
                     cap = self._max_message_bytes()
-                    if cap is not None and _wire_size(message) > cap:
-                        self.node.penalize(socket, "oversized message in gossip/fetch")
-                        return
-                    if self._ingest(socket, message, live=False):
+                    if cap is not None and (size := _wire_size(message)) > cap:
+                        self._oversized(message, size, cap)
+                    elif self._ingest(socket, message, live=False):
                         self.caught_up += 1
                     first = message.seq + 1
         finally:

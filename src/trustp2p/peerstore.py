@@ -58,6 +58,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._sqlite import Database, WriteBehind
+from .protocol.urls import split_peer_url
 
 logger = logging.getLogger("trustp2p.peerstore")
 
@@ -328,6 +329,19 @@ def _host(url: str) -> str | None:
         return urlsplit(url).hostname
     except ValueError:
         return None
+
+
+def _excluded_by_its_id(
+    url: str, exclude_urls: Collection[str], exclude_ids: Collection[str]
+) -> bool:
+    """Whether ``url/p2p/<id>`` names an excluded peer or an excluded URL's address."""
+    if "/p2p/" not in url:
+        return False
+    try:
+        dial_url, peer_id = split_peer_url(url)
+    except ValueError:
+        return False
+    return peer_id in exclude_ids or dial_url in exclude_urls
 
 
 def _dial_rank(peer: _Peer) -> tuple[float, bool, float, float, str]:
@@ -944,6 +958,7 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
                 if entry.url not in exclude_urls
                 and not (good and entry.failures >= _MAX_GOOD_URL_FAILURES)
                 and not (blocked_addresses and _host(entry.url) in blocked_addresses)
+                and not _excluded_by_its_id(entry.url, exclude_urls, exclude_ids)
             ]
             if urls:
                 yield min(urls, key=_url_rank).url
@@ -992,9 +1007,10 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
                 continue
             owner.urls[url] = _Url(url, owner, first_seen, last_connected, failures)
         for peer in stored.values():
-            self._adopt(peer)
-            if peer.successes > 0:
-                self._known_before.add(peer.key)
+            met_before = peer.successes > 0
+            survivor = self._adopt(peer)
+            if met_before:
+                self._known_before.add(survivor.key)
         for kind, key, until, reason in block_rows:
             table = self._blocks.get(kind)
             if table is None or until <= now:
@@ -1005,8 +1021,9 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
                 table[key] = _Block(until, reason)
         self._evict()
 
-    def _adopt(self, peer: _Peer) -> None:
-        """Take in one stored peer (with its URLs), merging it with what memory knows."""
+    def _adopt(self, peer: _Peer) -> _Peer:
+        """Take in one stored peer (with its URLs), merging it with what memory knows;
+        return the record that holds it now."""
         target = self._by_id.get(peer.peer_id) if peer.peer_id is not None else None
         if target is None:
             for url in peer.urls:
@@ -1025,11 +1042,12 @@ class PeerStore(WriteBehind[_Batch, _Loaded]):
                     self._dirty_urls.add(url)
                 else:
                     self._by_url[url] = entry
-            return
+            return peer
         if target.peer_id is None and peer.peer_id is not None:
             target.peer_id = peer.peer_id
             self._by_id[peer.peer_id] = target
         self._merge(target, peer)
+        return target
 
     def _take_batch(self) -> _Batch | None:
         if not (self._dirty_peers or self._dirty_urls or self._dirty_blocks):

@@ -320,7 +320,8 @@ class ClientRole(Role):
         self._by_url[socket.peer] = socket
         if socket.peer_id is not None:
             self._peer_of_url[socket.peer] = socket.peer_id
-        self._failures.pop(socket.peer, None)
+        self._failures.pop(self.store_url(socket.peer), None)
+        self._retry_at.pop(self.store_url(socket.peer), None)
         super()._add(socket)
 
     def _remove(self, socket: Socket) -> None:
@@ -493,7 +494,10 @@ class ClientRole(Role):
             # Dials under way count too, or the next round would pick more of a group.
             groups = Counter(
                 self._netgroup(url)
-                for url in {*(s.peer for s in self._sockets.values()), *self._managed}
+                for url in {
+                    *(s.peer for s in self._sockets.values()),
+                    *(split_peer_url(u)[0] for u in self._managed),
+                }
             )
             now = loop.time()
             for url in candidates:
@@ -507,6 +511,7 @@ class ClientRole(Role):
                 if group is not None:
                     groups[group] += 1
                 missing -= 1
+                busy.add(split_peer_url(url)[0])  # one dial per address, whatever the id
                 self._managed[url] = asyncio.create_task(self._dial_once(url), name=f"dial {url}")
 
     def _busy(self) -> set[str]:

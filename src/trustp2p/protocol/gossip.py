@@ -30,6 +30,7 @@ __all__ = [
     "PeerKey",
     "RouterAction",
     "message_id",
+    "payload_text",
     "sign_message",
 ]
 
@@ -195,15 +196,28 @@ class GossipMessage:
         )
 
 
-def sign_message(
-    identity: Identity, topic: str, seq: int, timestamp: int, data: dict[str, Any]
-) -> GossipMessage:
-    """Build and sign a message as its origin."""
+def payload_text(topic: str, data: dict[str, Any]) -> str:
+    """
+    Check a topic and a payload to publish; return the payload as the JSON text a
+    message carries.
+
+    Raises:
+        ValueError: If the topic is empty or too long, or ``data`` holds NaN.
+        TypeError: If ``data`` is not a JSON-serializable dict.
+
+    """
     if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
         raise ValueError(f"a topic is a string of 1 to {MAX_TOPIC_LENGTH} characters")
     if type(data) is not dict:
         raise TypeError(f"data must be a dict, not {type(data).__name__}")
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def sign_message(
+    identity: Identity, topic: str, seq: int, timestamp: int, data: dict[str, Any]
+) -> GossipMessage:
+    """Build and sign a message as its origin (see :func:`payload_text` for errors)."""
+    text = payload_text(topic, data)
     origin = identity.peer_id
     signature = identity.sign(_signed_bytes(topic, origin, seq, timestamp, text))
     return GossipMessage(
@@ -230,6 +244,7 @@ class GossipStats:
     duplicates: int = 0  # receipts of a message already seen
     forwarded: int = 0  # copies sent on, eagerly
     invalid: int = 0  # forged, altered or malformed
+    oversized: int = 0  # valid, but too large for our catch-up answers: dropped
     hop_limited: int = 0  # not forwarded for the hop limit
     ihave_sent: int = 0
     iwant_sent: int = 0

@@ -82,13 +82,14 @@ class PeerExchangeThread(Thread):
         return {"peers": [self._with_peer_id(url, ids) for url in urls[:MAX_PEERS]]}
 
     def _with_peer_id(self, url: str, ids: dict[str, str]) -> str:
-        if split_peer_url(url)[1] is not None:
-            return url
-        peer_id = ids.get(url)
+        """``url`` with the id we checked there, or none: an id it came with (announced,
+        or from another peer's list) is passed on only if we checked it ourselves."""
+        dial_url = split_peer_url(url)[0]
+        peer_id = ids.get(dial_url)
         store = self.node.store
         if peer_id is None and store is not None:
-            peer_id = store.verified_peer_id(url)
-        return url if peer_id is None else f"{url.rstrip('/')}/p2p/{peer_id}"
+            peer_id = store.verified_peer_id(url) or store.verified_peer_id(dial_url)
+        return dial_url if peer_id is None else f"{dial_url.rstrip('/')}/p2p/{peer_id}"
 
     def _my_url(self, socket: Socket, package: Package) -> None:
         conn = self.node._conns.get(socket.id)
