@@ -8,14 +8,9 @@ import contextlib
 import inspect
 import logging
 import os
-import resource
-import signal
 import sqlite3
 import stat
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +22,7 @@ from trustp2p import msglog
 from trustp2p.msglog import LOG_PATH, LoggedMessage, MessageLog
 
 from .conftest import MS, FakeClock
+from .writer_process import kill_writer_mid_run, run_writer_with_a_file_size_limit
 
 WRITER = Path(__file__).with_name("msglog_writer.py")
 LOGGER = "trustp2p.msglog"
@@ -570,38 +566,8 @@ async def test_the_hot_path_never_waits_for_the_disk(path: Path) -> None:
 
 
 def test_survives_kill_9_mid_write(path: Path) -> None:
-    process = subprocess.Popen(
-        [sys.executable, str(WRITER), str(path), "loop"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        lines.extend(process.stdout)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 30
-        while len(lines) < 300:
-            assert process.poll() is None, process.stderr
-            assert time.monotonic() < deadline, lines[-1:]
-            time.sleep(0.01)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        reader.join()
-        assert process.stdout is not None and process.stderr is not None
-        process.stdout.close()
-        err = process.stderr.read()
-        process.stderr.close()
-    assert process.returncode == -signal.SIGKILL
-    assert err == ""
-    # Messages 1..written were committed before the kill (the last line may be cut short).
-    written = int([line for line in lines if line.endswith("\n")][-1])
+    # Messages 1..written were committed before the kill.
+    written = kill_writer_mid_run(WRITER, str(path), "loop")
     assert written >= 3000
     assert query(path, "PRAGMA integrity_check") == [("ok",)]
 
@@ -623,24 +589,13 @@ def test_survives_kill_9_mid_write(path: Path) -> None:
 
 
 def test_full_disk_keeps_the_log_running(path: Path) -> None:
-    # A file-size limit makes writes fail with EFBIG (CPython ignores SIGXFSZ). Only the
-    # soft limit is set, so that the writer can lift it and check the recovery.
-    limit = 128 * 1024
-    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    result = subprocess.run(
-        [sys.executable, str(WRITER), str(path), "full"],
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stderr.splitlines() == [
+    stdout, stderr = run_writer_with_a_file_size_limit(WRITER, str(path), "full", limit=128 * 1024)
+    assert stderr.splitlines() == [
         f"WARNING trustp2p.msglog: can't write message log {path}: disk I/O error; "
         "keeping messages in memory and retrying every 3600 s",
         f"INFO trustp2p.msglog: message log {path} is writable again",
     ]
-    out = result.stdout.splitlines()
+    out = stdout.splitlines()
     failed_after = int(out[0].removeprefix("writes failed after ").removesuffix(" messages"))
     assert failed_after >= 10
     n = failed_after + 100
