@@ -301,3 +301,22 @@ async def test_of_two_ids_listed_for_one_address_only_the_wrong_one_fails(
     await wait_for(lambda: client.socket_for_peer(target.peer_id or "") is not None)
     assert right not in client.client._failures
     assert set(client.client._failures) <= {wrong}
+
+
+async def test_one_address_spelled_two_ways_is_dialled_once(make_node: MakeNode) -> None:
+    # Plain mode: no peer id to tell that two connections go to one peer.
+    target = await make_node(server=True, secure=False)
+    assert target.url is not None and target.server is not None
+    teller = await make_node(server=True, secure=False, threads=[answering([target.url])])
+    client = await make_node(
+        client=True,
+        secure=False,
+        peers=[teller.url, target.url.upper() + "/"],  # WS://127.0.0.1:PORT/
+        peer_exchange=True,
+        target_outbound=3,
+        exchange_interval=0.02,
+    )
+    assert client.client is not None
+    await client.client.wait_connected(2)
+    await asyncio.sleep(0.2)  # rounds of the outbound manager and of peer exchange
+    assert len(target.server.sockets) == 1
