@@ -254,7 +254,9 @@ class Gossip:
             self.node.penalize(socket, f"invalid gossip message: {exc}")
             return
         cap = self._max_message_bytes()
-        if cap is not None and (size := len(package.body_json.encode())) > cap:
+        text = package.body_json
+        # A character takes 1 to 4 bytes: encode only bodies that may be too large.
+        if cap is not None and len(text) * 4 > cap and (size := len(text.encode())) > cap:
             self._oversized(message, size, cap)
             return
         self._ingest(socket, message, live=True)
