@@ -22,6 +22,7 @@ from trustp2p import msglog
 from trustp2p.msglog import LOG_PATH, LoggedMessage, MessageLog
 
 from .conftest import MS, FakeClock
+from .sqlite_helpers import CORRUPTIONS, logged_by, query, rewrite
 from .writer_process import kill_writer_mid_run, run_writer_with_a_file_size_limit
 
 WRITER = Path(__file__).with_name("msglog_writer.py")
@@ -58,12 +59,6 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / LOG_PATH
 
 
-def query(path: Path, sql: str) -> list[Any]:
-    """Read the database as another process would."""
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        return conn.execute(sql).fetchall()
-
-
 def stored(path: Path) -> list[tuple[str, str, int]]:
     """The stored messages, in the order they were logged."""
     return query(path, "SELECT topic, origin, seq FROM messages ORDER BY position")
@@ -74,7 +69,7 @@ def files(directory: Path) -> list[Path]:
 
 
 def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
-    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+    return logged_by(LOGGER, caplog)
 
 
 async def wait_for(condition: Callable[[], bool]) -> None:
@@ -707,19 +702,6 @@ async def test_an_unsaved_close_says_so(
         ),
         ("WARNING", f"closed message log {path} with 3 unsaved changes"),
     ]
-
-
-def rewrite(path: Path, mangle: Callable[[bytes], bytes]) -> bytes:
-    data = mangle(path.read_bytes() if path.exists() else b"")
-    path.write_bytes(data)
-    return data
-
-
-CORRUPTIONS = {
-    "random bytes": (lambda data: os.urandom(8192), "file is not a database"),
-    "garbled header": (lambda data: b"garbage garbage!" + data[16:], "file is not a database"),
-    "truncated": (lambda data: data[:100], "database disk image is malformed"),
-}
 
 
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))

@@ -27,6 +27,7 @@ from trustp2p.peerstore import (
 )
 
 from .conftest import MS, FakeClock
+from .sqlite_helpers import CORRUPTIONS, logged_by, query, rewrite
 from .writer_process import kill_writer_mid_run, run_writer_with_a_file_size_limit
 
 WRITER = Path(__file__).with_name("peerstore_writer.py")
@@ -46,14 +47,8 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / STORE_PATH
 
 
-def query(path: Path, sql: str) -> list[Any]:
-    """Read the database as another process would."""
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        return conn.execute(sql).fetchall()
-
-
 def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
-    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+    return logged_by(LOGGER, caplog)
 
 
 def record(**fields: Any) -> PeerRecord:
@@ -625,19 +620,6 @@ async def test_the_periodic_flush_retries(
         ("INFO", f"peer store {path} is writable again"),
     ]
     assert query(path, "SELECT url FROM urls") == [("ws://a:1",)]
-
-
-def rewrite(path: Path, mangle: Callable[[bytes], bytes]) -> bytes:
-    data = mangle(path.read_bytes() if path.exists() else b"")
-    path.write_bytes(data)
-    return data
-
-
-CORRUPTIONS = {
-    "random bytes": (lambda data: os.urandom(8192), "file is not a database"),
-    "garbled header": (lambda data: b"garbage garbage!" + data[16:], "file is not a database"),
-    "truncated": (lambda data: data[:100], "database disk image is malformed"),
-}
 
 
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))
