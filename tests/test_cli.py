@@ -56,6 +56,32 @@ def test_invalid_option_value_is_a_usage_error(
     assert "heartbeat_interval must be a positive number of seconds" in capsys.readouterr().err
 
 
+def test_limit_flags_reach_the_node_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trustp2p.cli
+
+    seen: dict[str, object] = {}
+
+    def fake_run(**kwargs: object) -> int:
+        seen.update({k: v for k, v in kwargs.items() if v is not None})
+        return 0
+
+    monkeypatch.setattr(trustp2p.cli, "_run_node", fake_run)
+    argv = ["node", "--cwd", str(tmp_path), "--request-rate", "50", "--request-burst", "60"]
+    argv += ["--ip-rate", "1.5", "--ip-burst", "4", "--max-send-queue", "8", "--limit-loopback"]
+    argv += ["--invalid-ratio", "0.2", "--block-duration", "60", "--gossip-fanout", "2"]
+    assert main(argv) == 0
+    assert {k: seen[k] for k in ("request_rate", "request_burst", "ip_rate", "ip_burst")} == {
+        "request_rate": 50.0,
+        "request_burst": 60,
+        "ip_rate": 1.5,
+        "ip_burst": 4,
+    }
+    assert (seen["max_send_queue"], seen["limit_loopback"], seen["invalid_ratio"]) == (8, True, 0.2)
+    assert (seen["block_duration"], seen["gossip_fanout"]) == (60.0, 2)
+
+
 def test_broken_thread_stops_the_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "threads-enabled").mkdir()
     (tmp_path / "threads-enabled" / "broken.py").write_text("import nowhere_to_be_found\n")

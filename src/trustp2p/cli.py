@@ -68,8 +68,17 @@ _TUNING: list[tuple[str, str, Any, str]] = [
     ("--close-timeout", "close_timeout", float, "Time allowed for a closing handshake (s)."),
     ("--handshake-timeout", "handshake_timeout", float, "Time allowed for the Noise handshake."),
     ("--target-outbound", "target_outbound", int, "Outbound connections to keep."),
+    ("--anchor-age", "anchor_age", float, "An outbound connection this old is an anchor (s)."),
     ("--max-per-ip", "max_per_ip", int, "Inbound connections at once from one address."),
+    ("--ip-rate", "ip_rate", float, "New inbound connections per second from one address."),
+    ("--ip-burst", "ip_burst", int, "...with bursts of this many."),
+    ("--request-rate", "request_rate", float, "Requests per second a peer may send."),
+    ("--request-burst", "request_burst", int, "...with bursts of this many."),
+    ("--max-send-queue", "max_send_queue", int, "Packages waiting for a slow peer, at most."),
+    ("--invalid-ratio", "invalid_ratio", float, "Invalid/good package ratio that blocks a peer."),
+    ("--block-duration", "block_duration", float, "How long a block lasts (s)."),
     ("--exchange-interval", "exchange_interval", float, "Seconds between peer exchange rounds."),
+    ("--gossip-fanout", "gossip_fanout", int, "Mesh peers a relay pushes a message to."),
 ]
 
 
@@ -83,6 +92,13 @@ def _tuning_options(f: F) -> F:
         help="Speak the original's plain protocol, without the Noise secure channel "
         "(to talk to an original-implementation peer). Secure and plain nodes refuse "
         "each other.",
+    )(f)
+    f = click.option(
+        "--limit-loopback",
+        "limit_loopback",
+        flag_value=True,
+        default=None,
+        help="Apply per-address limits and blocks to loopback addresses too.",
     )(f)
     for flag, name, kind, text in reversed(_TUNING):
         f = click.option(
