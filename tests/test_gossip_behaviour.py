@@ -641,3 +641,15 @@ async def test_a_message_too_large_for_catch_up_is_refused_or_dropped() -> None:
         assert got[1].id == after and got[1].seq == 2
         assert socket_to(small, "large").stats.invalid_in == 0
         assert gossip(small).router.stats.invalid == 0
+
+
+async def test_a_payload_that_is_not_valid_unicode_is_refused_before_taking_a_seq() -> None:
+    async with Network(1, degree=0, seed=1, max_package_size=None) as network:
+        node = network.nodes[0]
+        got: list[GossipMessage] = []
+        node.subscribe("chat", got.append)
+        with pytest.raises(ValueError, match="isn't valid Unicode"):
+            await node.publish("chat", {"text": "\ud800"})
+        await node.publish("chat", {"text": "fine"})
+        await wait_for(lambda: len(got) == 1)
+        assert got[0].seq == 1  # no number was used up: no gap

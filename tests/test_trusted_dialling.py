@@ -24,6 +24,7 @@ from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
 from trustp2p.identity import Identity, IdentityError
 from trustp2p.options import NodeOptions
 from trustp2p.peerstore import PeerSource
+from trustp2p.protocol.urls import validate_urls
 from trustp2p.security.noise import HANDSHAKE_MAGIC
 
 from .conftest import MS
@@ -320,3 +321,20 @@ async def test_one_address_spelled_two_ways_is_dialled_once(make_node: MakeNode)
     await client.client.wait_connected(2)
     await asyncio.sleep(0.2)  # rounds of the outbound manager and of peer exchange
     assert len(target.server.sockets) == 1
+
+
+async def test_get_peers_answers_list_an_address_once(make_node: MakeNode) -> None:
+    seed = await make_node(server=True, peer_exchange=True)
+    asker = await make_node(client=True, peers=[seed.url])
+    assert seed.store is not None and asker.client is not None
+    checked, announced = Identity.generate().peer_id, Identity.generate().peer_id
+    # One address known twice: dialled and checked, and announced with another id.
+    await seed.store.record_connected(peer_id=checked, url="ws://192.0.2.9:1107", address=None)
+    await seed.store.add_urls(
+        [f"ws://192.0.2.9:1107/p2p/{announced}"], PeerSource.INBOUND, peer_id=announced
+    )
+    await seed.store.record_connected(peer_id=announced, url=None, address=None)
+    await asker.client.wait_connected()
+    answer = await asker.client.request(asker.client.sockets[0], "get_peers", {})
+    assert answer["peers"] == [f"ws://192.0.2.9:1107/p2p/{checked}"]
+    assert validate_urls(answer["peers"], limit=100)[1] is None

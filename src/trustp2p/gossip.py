@@ -278,8 +278,9 @@ class Gossip:
             size,
             cap,
         )
-        if self.router.receive(None, message, pending=True):
-            self.router.refuse(message.id)  # seen: its copies are dropped by id
+        if not self.router.receive(None, message, pending=True):
+            return  # seen before: it holds its place already, or was dealt with
+        self.router.refuse(message.id)  # seen: its copies are dropped by id
         if message.seq > self.log.delivered(_stream_of(message)):
             self._passed_over(message)
 
@@ -295,20 +296,21 @@ class Gossip:
         assert self.log is not None
         if message.topic not in self.router.topics:
             return False  # not ours to carry
-        # A message awaiting its validator is neither announced nor served meanwhile.
+        # Delivered already, or older than anything we remember delivering (it might be
+        # a repeat): dropped, but seen, so that its copies are dropped by id.
+        max_age = self.node.options.log_max_age
+        stale = self.log.delivered(_stream_of(message)) >= message.seq or (
+            message.timestamp < (time.time() - max_age) * 1000
+        )
+        # A message awaiting its validator (or dropped) is neither announced nor served.
         new = self.router.receive(
             socket.id if socket is not None else None,
             message,
-            pending=message.topic in self._validators,
+            pending=stale or message.topic in self._validators,
         )
         if not new:
             return False
-        max_age = self.node.options.log_max_age
-        if self.log.delivered(_stream_of(message)) >= message.seq or (
-            message.timestamp < (time.time() - max_age) * 1000
-        ):
-            # Delivered already, or older than anything we remember delivering (it might
-            # be a repeat): dropped, and seen, so that its copies are dropped by id.
+        if stale:
             self.router.refuse(message.id)
             return False
         source = socket if live else None

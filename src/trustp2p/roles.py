@@ -23,7 +23,7 @@ from .protocol.deliver import ConnId
 from .protocol.handshake import VERSION_EVENT
 from .protocol.limits import is_loopback, netgroup
 from .protocol.package import Body, PackageType, build_package
-from .protocol.urls import canonical_url, split_peer_url
+from .protocol.urls import address_of, split_peer_url
 
 if TYPE_CHECKING:
     from .node import Node
@@ -511,14 +511,15 @@ class ClientRole(Role):
                 if group is not None:
                     groups[group] += 1
                 missing -= 1
-                busy.add(_address(url))  # one dial per address, whatever the id
+                busy.add(address_of(url))  # one dial per address, whatever the id
                 self._managed[url] = asyncio.create_task(self._dial_once(url), name=f"dial {url}")
 
     def _busy(self) -> set[str]:
-        """Addresses not to dial from the store: dialled, connected, or our own (each
-        as :func:`_address` spells it, so that ``ws://h:1/`` and ``ws://H:1`` meet)."""
+        """Addresses not to dial from the store: dialled, connected, or our own, each
+        spelled by :func:`~trustp2p.protocol.urls.address_of` (``ws://H:1/`` is
+        ``ws://h:1``)."""
         urls = (*self._dialers, *self._managed, *self._by_url, *self.node.listen_urls)
-        return {_address(url) for url in urls}
+        return {address_of(url) for url in urls}
 
     def _dialable(self, url: str, busy: set[str], connected_ids: set[str], now: float) -> bool:
         """Whether a store URL may be dialled now: its address is not busy, it is not
@@ -526,7 +527,7 @@ class ClientRole(Role):
         part names (for this entry only) is connected or blocked."""
         store = self.node.store
         dial_url, claimed = split_peer_url(url)
-        if _address(url) in busy or self._retry_at.get(url, 0) > now:
+        if address_of(url) in busy or self._retry_at.get(url, 0) > now:
             return False
         for peer_id in (self._known_peer(dial_url), claimed):
             if peer_id is not None and (
@@ -587,15 +588,3 @@ class ClientRole(Role):
         if is_loopback(host) or host == "memory":
             return None
         return netgroup(host)
-
-
-def _address(url: str) -> str:
-    """The endpoint a URL dials, in one spelling: without ``/p2p/<id>``, canonical
-    (lowercase, no trailing ``/``) when it names a port, else as given."""
-    dial_url = split_peer_url(url)[0]
-    try:
-        if urlsplit(dial_url).port is not None:
-            return canonical_url(dial_url)
-    except ValueError:
-        pass
-    return dial_url

@@ -210,7 +210,12 @@ def payload_text(topic: str, data: dict[str, Any]) -> str:
         raise ValueError(f"a topic is a string of 1 to {MAX_TOPIC_LENGTH} characters")
     if type(data) is not dict:
         raise TypeError(f"data must be a dict, not {type(data).__name__}")
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate: not text any peer can read
+        raise ValueError(f"data holds a string that isn't valid Unicode: {exc.reason}") from None
+    return text
 
 
 def sign_message(

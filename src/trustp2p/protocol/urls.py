@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "MAX_URL_LENGTH",
     "PEER_SCHEMES",
+    "address_of",
     "canonical_url",
     "split_peer_url",
     "validate_url",
@@ -96,6 +97,20 @@ def canonical_url(url: str) -> str:
         host = f"[{host}]"
     canonical = f"{parts.scheme.lower()}://{host}:{parts.port}"
     return f"{canonical}/p2p/{peer_id}" if peer_id else canonical
+
+
+def address_of(url: str) -> str:
+    """
+    The endpoint a URL dials, in one spelling, to compare URLs: without ``/p2p/<id>``,
+    canonical (:func:`canonical_url`) when it names a port, else as given. Never raises.
+    """
+    try:
+        dial_url = split_peer_url(url)[0]
+        if urlsplit(dial_url).port is not None:
+            return canonical_url(dial_url)
+    except ValueError:
+        return url
+    return dial_url
 
 
 def validate_urls(value: object, *, limit: int) -> tuple[list[str], str | None]:

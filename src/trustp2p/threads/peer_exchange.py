@@ -26,7 +26,7 @@ from ..exceptions import ConnectionClosed, RequestTimeout
 from ..peerstore import PeerSource
 from ..protocol.limits import is_loopback
 from ..protocol.package import Body, Package, PackageType
-from ..protocol.urls import canonical_url, split_peer_url, validate_urls
+from ..protocol.urls import address_of, canonical_url, split_peer_url, validate_urls
 from .base import EventMap, Thread
 
 MAX_PEERS = 100
@@ -79,7 +79,15 @@ class PeerExchangeThread(Thread):
             for socket in (conn.socket for conn in self.node._conns.values())
             if not socket.inbound and socket.peer_id is not None
         }
-        return {"peers": [self._with_peer_id(url, ids) for url in urls[:MAX_PEERS]]}
+        # One URL per address: two entries of one address (announced with an id, and
+        # checked without) come out the same, and a list with duplicates is refused.
+        peers: dict[str, str] = {}
+        for url in urls:
+            url = self._with_peer_id(url, ids)
+            peers.setdefault(address_of(url), url)
+            if len(peers) == MAX_PEERS:
+                break
+        return {"peers": list(peers.values())}
 
     def _with_peer_id(self, url: str, ids: dict[str, str]) -> str:
         """``url`` with the id we checked there, or none: an id it came with (announced,
