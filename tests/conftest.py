@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -45,3 +46,19 @@ async def make_node() -> AsyncIterator[Callable[..., Awaitable[Node]]]:
 
     async for make in node_factory():
         yield make
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """
+    Put the root logger back as it was after each test: the CLI, called in-process,
+    points it at the sys.stderr of the moment (pytest's capture, closed afterwards), and
+    every later record would then cost a "Logging error" traceback.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    websockets_level = logging.getLogger("websockets").level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("websockets").setLevel(websockets_level)

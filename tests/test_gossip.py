@@ -87,7 +87,14 @@ async def test_restarted_node_catches_up_from_the_persisted_log() -> None:
         await network.wait_delivered(10)
         await network.kill(5)
         later = await publish_all(network, 20, [2, 3])
-        await asyncio.sleep(200 * MS)
+        await network.wait_delivered(30)  # the live nodes
+        # Until the routers forget them (gossip_history heartbeats), they would announce
+        # the 20 messages (ihave) to the restarted node: then only catch-up has them.
+        ids = {m.id for m in network.received[0] if (m.origin, m.seq) in later}
+        routers = [n.gossip.router for i, n in enumerate(network.nodes) if i != 5 and n.gossip]
+        async with asyncio.timeout(10):
+            while any(r.cached(i) is not None for r in routers for i in ids):  # noqa: ASYNC110
+                await asyncio.sleep(10 * MS)
         assert len(network.received[5]) == 10
         restarted = await network.restart(5)
         assert restarted.gossip is not None
