@@ -98,13 +98,14 @@ from cryptography.hazmat.primitives.serialization import (
 from noise.connection import Keypair, NoiseConnection
 from request_response import (
     LAYOUTS,
+    Snapshot,
     _expect_line,
-    _machine_cpu,
     _pin,
     _print_line,
     _progress,
     _server,
     machine_facts,
+    rate_figures,
     request_bytes,
     source_facts,
 )
@@ -357,7 +358,7 @@ def run_sansio(seconds: float, repeats: int) -> dict[str, Any]:
 # End to end: the client process
 
 
-def _process_cpu(pid: int) -> float:
+def _process_cpu(pid: int | str) -> float:
     """CPU time of every thread of a process, in seconds (``schedstat``)."""
     total = 0
     with contextlib.suppress(FileNotFoundError):
@@ -489,42 +490,15 @@ class _Dialler:
             counter.to_hello.append(greeted - start)
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    done: int
-    wall: float
-    client_cpu: float
-    server_cpu: float
-    machine: tuple[float, float, float]
-
-    @classmethod
-    def take(cls, counter: _Counter, server_pid: int) -> _Snapshot:
-        return cls(
-            counter.done,
-            time.monotonic(),
-            _process_cpu(os.getpid()),
-            _process_cpu(server_pid),
-            _machine_cpu(),
-        )
-
-
-def _figures(first: _Snapshot, last: _Snapshot, counter: _Counter, skip: int) -> Figures:
+def _figures(first: Snapshot, last: Snapshot, counter: _Counter, skip: int) -> Figures:
     done = last.done - first.done
-    wall = last.wall - first.wall
-    client_cpu = last.client_cpu - first.client_cpu
-    server_cpu = last.server_cpu - first.server_cpu
-    busy, steal, total = (b - a for a, b in zip(first.machine, last.machine, strict=True))
     to_open = counter.to_open[skip : skip + done] or [float("nan")]
     to_hello = counter.to_hello[skip : skip + done] or [float("nan")]
     return {
-        "rate": done / wall,
-        "server_cpu_us": server_cpu / done * 1e6 if done else float("nan"),
-        "client_cpu_us": client_cpu / done * 1e6 if done else float("nan"),
+        **rate_figures(first, last),
         "open_ms": statistics.median(to_open) * 1e3,
         "hello_ms": statistics.median(to_hello) * 1e3,
         "failed": counter.failed,
-        "other_cpus": max(0.0, busy - client_cpu - server_cpu) / wall,
-        "steal": steal / total if total else 0.0,
     }
 
 
@@ -551,10 +525,10 @@ async def run_e2e_client(
         tasks = [asyncio.ensure_future(worker()) for _ in range(width)]
         try:
             await asyncio.sleep(warmup)
-            first = _Snapshot.take(counter, server_pid)
+            first = Snapshot.take(counter.done, server_pid, _process_cpu)
             skip = counter.done
             await asyncio.sleep(duration)
-            last = _Snapshot.take(counter, server_pid)
+            last = Snapshot.take(counter.done, server_pid, _process_cpu)
             counter.stop = True
             await asyncio.gather(*tasks)
         finally:

@@ -238,7 +238,9 @@ def _machine_cpu() -> tuple[float, float, float]:
 
 
 @dataclass(frozen=True)
-class _Snapshot:
+class Snapshot:
+    """Work done so far, and the CPU time of the two processes and of the machine."""
+
     done: int
     wall: float
     client_cpu: float
@@ -246,17 +248,16 @@ class _Snapshot:
     machine: tuple[float, float, float]
 
     @classmethod
-    def take(cls, counter: _Counter, server_pid: int) -> _Snapshot:
-        return cls(
-            counter.done,
-            time.monotonic(),
-            _task_cpu("self"),
-            _task_cpu(server_pid),
-            _machine_cpu(),
-        )
+    def take(
+        cls, done: int, server_pid: int, cpu: Callable[[int | str], float] | None = None
+    ) -> Snapshot:
+        """``cpu(pid)`` reads a process's CPU time (default: its main thread's)."""
+        cpu = cpu or _task_cpu
+        return cls(done, time.monotonic(), cpu("self"), cpu(server_pid), _machine_cpu())
 
 
-def _figures(first: _Snapshot, last: _Snapshot) -> Figures:
+def rate_figures(first: Snapshot, last: Snapshot) -> Figures:
+    """Rate and CPU per unit of work between two snapshots, and how noisy it was."""
     done = last.done - first.done
     wall = last.wall - first.wall
     client_cpu = last.client_cpu - first.client_cpu
@@ -264,8 +265,8 @@ def _figures(first: _Snapshot, last: _Snapshot) -> Figures:
     busy, steal, total = (b - a for a, b in zip(first.machine, last.machine, strict=True))
     return {
         "rate": done / wall,
-        "server_cpu_us": server_cpu / done * 1e6,
-        "client_cpu_us": client_cpu / done * 1e6,
+        "server_cpu_us": server_cpu / done * 1e6 if done else float("nan"),
+        "client_cpu_us": client_cpu / done * 1e6 if done else float("nan"),
         # CPUs kept busy by anything else (other processes, softirqs), and stolen by
         # the hypervisor: how noisy the machine was during this measurement.
         "other_cpus": max(0.0, busy - client_cpu - server_cpu) / wall,
@@ -284,14 +285,14 @@ async def _measure(
     task = asyncio.ensure_future(run())
     try:
         await asyncio.sleep(warmup)
-        first = _Snapshot.take(counter, server_pid)
+        first = Snapshot.take(counter.done, server_pid)
         await asyncio.sleep(duration)
-        last = _Snapshot.take(counter, server_pid)
+        last = Snapshot.take(counter.done, server_pid)
         counter.stop = True
         await task
     finally:
         task.cancel()
-    return _figures(first, last)
+    return rate_figures(first, last)
 
 
 async def _client_ours(

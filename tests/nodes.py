@@ -29,12 +29,13 @@ FAST: dict[str, Any] = {
 MakeNode = Callable[..., Awaitable[Node]]
 
 
-async def node_factory() -> AsyncIterator[MakeNode]:
-    """Start nodes with ``FAST`` and the given options on ephemeral ports; stop them."""
+async def node_factory(defaults: dict[str, Any] = FAST) -> AsyncIterator[MakeNode]:
+    """Start nodes with ``defaults`` and the given options on ephemeral ports; stop
+    them all at the end."""
     nodes: list[Node] = []
 
     async def make(**options: Any) -> Node:
-        kwargs = {**FAST, **options}
+        kwargs = {**defaults, **options}
         kwargs.setdefault("port", 0)
         node = Node(**kwargs)
         await node.start()

@@ -28,8 +28,9 @@ from trustp2p.protocol.package import build_package, decode, encode
 from trustp2p.threads.heartbeat import HeartbeatThread
 
 from .conftest import MS
+from .nodes import node_factory
 
-FAST = {
+FAST: dict[str, Any] = {
     "peer_exchange": False,  # its own traffic would blur counts; tested on its own
     "open_timeout": 2000 * MS,
     "close_timeout": 500 * MS,
@@ -43,20 +44,9 @@ MakeNode = Callable[..., Awaitable[Node]]
 
 @pytest.fixture
 async def make_node() -> AsyncIterator[MakeNode]:
-    """Start nodes with short timings; stop them all at the end."""
-    nodes: list[Node] = []
-
-    async def make(**options: Any) -> Node:
-        kwargs = {**FAST, **options}
-        kwargs.setdefault("port", 0)
-        node = Node(**kwargs)
-        await node.start()
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in reversed(nodes):
-        await node.stop()
+    """Start nodes with short timings (this module's ``FAST``); stop them at the end."""
+    async for make in node_factory(FAST):
+        yield make
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
