@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from trustp2p import EventMap, Node, PackageType, Socket, Thread
-from trustp2p.gossip import Validation
 from trustp2p.identity import Identity
+from trustp2p.node.gossip import Validation
 from trustp2p.protocol.gossip import GossipMessage, sign_message
 from trustp2p.protocol.package import build_package
 from trustp2p.testing import Delivery, Network
@@ -153,15 +153,15 @@ async def test_forged_and_altered_messages_are_dropped_and_penalised() -> None:
         altered = {**real.to_body(), "data": '{"pay":1000000}'}
         forged = {**real.to_body(), "origin": Identity.generate().peer_id}
         for body in (altered, forged):
-            mallory._send_package(socket, build_package(PackageType.GOSSIP, "chat", body))
+            mallory.send_package(socket, build_package(PackageType.GOSSIP, "chat", body))
         await asyncio.sleep(100 * MS)
         assert got == [] and bystander_got == []
         inbound = next(s for s in victim.server.sockets if s.host == "mallory")
         assert inbound.stats.invalid_in == 2
         assert victim.gossip.router.stats.invalid == 2
         # The genuine message still goes through, once.
-        mallory._send_package(socket, build_package(PackageType.GOSSIP, "chat", real.to_body()))
-        mallory._send_package(socket, build_package(PackageType.GOSSIP, "chat", real.to_body()))
+        mallory.send_package(socket, build_package(PackageType.GOSSIP, "chat", real.to_body()))
+        mallory.send_package(socket, build_package(PackageType.GOSSIP, "chat", real.to_body()))
         await asyncio.sleep(100 * MS)
         assert [m.data for m in got] == ['{"pay":1}']
 
@@ -192,7 +192,7 @@ async def test_uninterested_nodes_do_not_carry_a_topic() -> None:
         seen_by: dict[int, list[str]] = collections.defaultdict(list)
         for index, node in enumerate(network.nodes):
             assert node.gossip is not None
-            original = node.gossip._receive
+            original = node.gossip.receive
 
             def spy(
                 socket: Socket, package: Any, index: int = index, original: Any = original
@@ -200,7 +200,7 @@ async def test_uninterested_nodes_do_not_carry_a_topic() -> None:
                 seen_by[index].append(package.event)
                 original(socket, package)
 
-            node.gossip._receive = spy  # type: ignore[method-assign]
+            node.gossip.receive = spy  # type: ignore[method-assign]
         interested = [0, 1, 2, 3]
         got: dict[int, list[GossipMessage]] = {index: [] for index in interested}
         for index in interested:
@@ -242,13 +242,13 @@ async def test_hop_limit_and_seen_cache_bounds_under_a_flood() -> None:
         hops: list[int] = []
         for node in network.nodes:
             assert node.gossip is not None
-            original = node.gossip._receive
+            original = node.gossip.receive
 
             def spy(socket: Socket, package: Any, original: Any = original) -> None:
                 hops.append(package.body["hops"])
                 original(socket, package)
 
-            node.gossip._receive = spy  # type: ignore[method-assign]
+            node.gossip.receive = spy  # type: ignore[method-assign]
         await asyncio.sleep(50 * MS)
         for n in range(200):
             await network.nodes[0].gossip.publish("chat", {"n": n})  # type: ignore[union-attr]
@@ -293,6 +293,6 @@ async def test_messages_older_than_the_log_are_dropped() -> None:
         old = sign_message(
             Identity.generate(), "chat", 1, int((time.time() - 120) * 1000), {"x": 1}
         )
-        sender._send_package(socket, build_package(PackageType.GOSSIP, "chat", old.to_body()))
+        sender.send_package(socket, build_package(PackageType.GOSSIP, "chat", old.to_body()))
         await asyncio.sleep(100 * MS)
         assert network.received[1] == []

@@ -16,7 +16,7 @@ import pytest
 
 from trustp2p import Node, Socket
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
-from trustp2p.gossip import FETCH, HWM, Gossip, Validation
+from trustp2p.node.gossip import FETCH, HWM, Gossip, Validation
 from trustp2p.peerstore import PeerRecord
 from trustp2p.protocol.gossip import IHAVE, IWANT, GossipMessage
 from trustp2p.protocol.package import Body, Package, PackageType, build_package, encode
@@ -491,7 +491,7 @@ async def test_set_delay_delays_an_open_link_and_keeps_its_order() -> None:
         loop = asyncio.get_running_loop()
         arrivals: dict[int, list[tuple[int, float]]] = {1: [], 2: []}
         for index in (1, 2):
-            original = gossip(network.nodes[index])._receive
+            original = gossip(network.nodes[index]).receive
 
             def spy(
                 socket: Socket, package: Package, index: int = index, original: Any = original
@@ -500,7 +500,7 @@ async def test_set_delay_delays_an_open_link_and_keeps_its_order() -> None:
                     arrivals[index].append((package.body["seq"], loop.time()))
                 original(socket, package)
 
-            gossip(network.nodes[index])._receive = spy  # type: ignore[method-assign]
+            gossip(network.nodes[index]).receive = spy  # type: ignore[method-assign]
         network.set_delay(delay, 0, 1)  # on the open link n0 - n1 only
         sent_at = {}
         origin = network.nodes[0]

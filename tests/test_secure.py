@@ -88,8 +88,10 @@ async def test_peers_authenticate_and_talk(make_node: MakeNode) -> None:
     await server.server.wait_connected()
     inbound = server.server.sockets[0]
     assert inbound.peer_id == client.peer_id
-    await wait_for(lambda: bool(server._conns[inbound.id].peer_version))
-    hello = server._conns[inbound.id].peer_version
+    conn = server.connection(inbound)
+    assert conn is not None
+    await wait_for(lambda: bool(conn.peer_version))
+    hello = conn.peer_version
     assert hello is not None and hello["peer_id"] == client.peer_id
 
 

@@ -157,8 +157,8 @@ async def closed_by_peer(ws: ClientConnection, timeout: float) -> tuple[int | No
 async def test_stop_closes_connections_in_handshake() -> None:
     server = Node(server=True, port=0, handshake_timeout=30.0, **FAST)
     await server.start()
-    assert server.url is not None and server._secure is not None
-    secure = server._secure
+    assert server.url is not None and server.secure_layer is not None
+    secure = server.secure_layer
     ws = await connect(server.url, compression=None)  # and says nothing
     try:
         await wait_for(lambda: secure.handshaking == 1)

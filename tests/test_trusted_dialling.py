@@ -21,7 +21,8 @@ import websockets
 from websockets.asyncio.client import connect
 
 from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
-from trustp2p.identity import Identity, IdentityError
+from trustp2p.exceptions import IdentityError
+from trustp2p.identity import Identity
 from trustp2p.options import NodeOptions
 from trustp2p.peerstore import PeerSource
 from trustp2p.protocol.urls import validate_urls

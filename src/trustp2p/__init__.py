@@ -14,10 +14,19 @@ from .exceptions import (
     ThreadLoadError,
     TrustP2PError,
 )
-from .node import Node, NodeState, create_client, create_node, create_server
+from .node import (
+    BroadcastResult,
+    ClientRole,
+    Node,
+    NodeState,
+    Role,
+    ServerRole,
+    create_client,
+    create_node,
+    create_server,
+)
 from .options import NodeOptions
 from .protocol.package import Body, Package, PackageType, Tag
-from .roles import BroadcastResult, ClientRole, Role, ServerRole
 from .threads.base import EventMap, Handler, Thread
 
 __all__ = [

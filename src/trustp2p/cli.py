@@ -554,7 +554,8 @@ def _utc(timestamp: float | None) -> str:
 @_log_level_option
 def id_(cwd: Path, log_level: str) -> int:
     """Print the node's peer id, creating its key (identity/node.key) if needed."""
-    from .identity import KEY_FILE, Identity, IdentityError
+    from .exceptions import IdentityError
+    from .identity import KEY_FILE, Identity
 
     _setup_logging(log_level)
     try:

@@ -2,44 +2,75 @@
 Every error trustp2p raises derives from :exc:`TrustP2PError`::
 
     TrustP2PError
-    ├── PackageError        # a peer's bytes are not a valid package; decode() raises only this
-    ├── ConnectionClosed    # using a closed socket, or a request's connection was lost
-    ├── RequestTimeout      # no response in time; also a TimeoutError
-    ├── ThreadLoadError     # a file in threads-enabled/ can't be loaded
-    ├── DriverError         # unknown scheme, dial or listen failure
-    └── HandshakeError      # the peer's version talk is incompatible with ours
+    ├── ProtocolError           # what a PEER did wrong; .peer names it when known
+    │   ├── PackageError        # bytes that are not a valid package; decode() raises only this
+    │   ├── HandshakeError      # incompatible version/hello, or a failed secure handshake
+    │   │   └── SelfDialError   # the peer we dialled is ourselves (nobody is at fault)
+    │   ├── ChannelError        # a secure transport message doesn't decrypt or parse
+    │   └── GossipError         # an invalid gossip message or control talk
+    ├── RemoteError             # the peer answered a request with an error; .body is raw
+    ├── ConnectionClosed        # using a closed socket, or a request's connection was lost
+    ├── RequestTimeout          # no response in time; also a TimeoutError
+    ├── DriverError             # unknown scheme, dial or listen failure
+    ├── ThreadLoadError         # a file in threads-enabled/ can't be loaded
+    ├── IdentityError           # the node's key file is unsafe, corrupt or unreadable
+    └── UsageError              # what the CALLER did wrong; also a RuntimeError
+        └── NodeStateError      # the node (or a part of it) isn't in a state for that call
 
-Errors caused by a peer (:exc:`PackageError`, :exc:`HandshakeError`) are counted against
-the peer and logged; the node carries on. Errors caused by misusing the API are raised at
-once, as the built-in :exc:`TypeError` or :exc:`ValueError`.
+Errors caused by a peer (:exc:`ProtocolError`) are counted against the peer and logged;
+the node carries on. Errors caused by misusing the API are raised at once: a
+:exc:`UsageError`, or the built-in :exc:`TypeError` or :exc:`ValueError` for bad
+arguments. No code branches on an error's message: branch on its class or attributes.
 
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ChannelError",
     "ConnectionClosed",
     "DriverError",
+    "GossipError",
     "HandshakeError",
+    "IdentityError",
+    "NodeStateError",
     "PackageError",
+    "ProtocolError",
+    "RemoteError",
     "RequestTimeout",
+    "SelfDialError",
     "ThreadLoadError",
     "TrustP2PError",
+    "UsageError",
 ]
 
 from pathlib import Path
+from typing import Any
 
 
 class TrustP2PError(Exception):
     """Base class of every trustp2p exception."""
 
 
-class PackageError(TrustP2PError):
+class ProtocolError(TrustP2PError):
+    """
+    Base class of the errors a peer caused: what it sent breaks the protocol.
+
+    Attributes:
+        peer: The peer (URL or ``host:port``), when the error is tied to a connection.
+
+    """
+
+    peer: str | None = None
+
+
+class PackageError(ProtocolError):
     """
     Raised when bytes received from a peer are not a valid package.
 
-    When the frame was readable far enough, ``type``, ``event`` and ``tag`` hold what it
-    claimed to be, so that a broken REQUEST can still be answered with an error response.
+    When the frame was readable far enough, ``package_type``, ``event`` and ``tag`` hold
+    what it claimed to be, so that a broken REQUEST can still be answered with an error
+    response.
 
     """
 
@@ -47,15 +78,56 @@ class PackageError(TrustP2PError):
         self,
         reason: str,
         *,
-        type: int | None = None,
+        package_type: int | None = None,
         event: str | None = None,
         tag: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.type = type
+        self.package_type = package_type
         self.event = event
         self.tag = tag
+
+
+class HandshakeError(ProtocolError):
+    """Raised when a peer's version or hello is incompatible with ours, or the secure
+    handshake fails; the message says why (it is also the close reason)."""
+
+
+class SelfDialError(HandshakeError):
+    """The peer at the URL we dialled is this node: nobody is penalised for it."""
+
+
+class ChannelError(ProtocolError):
+    """A transport message on an established secure channel doesn't decrypt or parse:
+    tampering, or a broken peer."""
+
+
+class GossipError(ProtocolError):
+    """A gossip message or control talk from a peer is invalid."""
+
+
+class RemoteError(TrustP2PError):
+    """
+    Raised by a request when the peer answered it with an error: a RESPONSE whose body
+    is ``{"error": "<text>"}`` (the shape the original and trustp2p use for error
+    answers).
+
+    Attributes:
+        event: The request's event name.
+        tag: The request's tag.
+        error: The peer's error text.
+        body: The response body as received, for callers that want the raw answer.
+
+    """
+
+    def __init__(self, event: str, tag: str, body: dict[str, Any]) -> None:
+        self.event = event
+        self.tag = tag
+        self.body = body
+        error = body.get("error")
+        self.error = error if isinstance(error, str) else repr(error)
+        super().__init__(f"peer answered request {event!r} with an error: {self.error}")
 
 
 class ConnectionClosed(TrustP2PError):
@@ -89,6 +161,10 @@ class RequestTimeout(TrustP2PError, TimeoutError):
         super().__init__(f"no response to request {event!r} (tag {tag}) within {timeout:g} s")
 
 
+class DriverError(TrustP2PError):
+    """Raised for an unknown driver or URL scheme, or when dialling or listening fails."""
+
+
 class ThreadLoadError(TrustP2PError):
     """Raised when a thread file can't be loaded; the node does not start."""
 
@@ -98,9 +174,14 @@ class ThreadLoadError(TrustP2PError):
         super().__init__(f"{self.path}: {reason}")
 
 
-class DriverError(TrustP2PError):
-    """Raised for an unknown driver or URL scheme, or when dialling or listening fails."""
+class IdentityError(TrustP2PError):
+    """The node's key file is unsafe, corrupt or unreadable; the node doesn't start."""
 
 
-class HandshakeError(TrustP2PError):
-    """Raised when a peer's version talk is incompatible with ours."""
+class UsageError(TrustP2PError, RuntimeError):
+    """The caller misused the API (as h11's ``LocalProtocolError``): nothing a peer did."""
+
+
+class NodeStateError(UsageError):
+    """The node, or one of its parts, is not in a state for that call: not started,
+    stopping, or running without the feature asked for."""

@@ -15,7 +15,6 @@ __all__ = [
     "PUBLIC_KEY_SIZE",
     "SIGNATURE_SIZE",
     "Identity",
-    "IdentityError",
     "PeerId",
     "is_peer_id",
     "peer_id_from_public_key",
@@ -35,7 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .exceptions import TrustP2PError
+from .exceptions import IdentityError
 
 PeerId = NewType("PeerId", str)
 
@@ -45,10 +44,6 @@ KEY_FILE = Path("identity") / "node.key"
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
 _PEER_ID_PREFIX = "tp"
-
-
-class IdentityError(TrustP2PError):
-    """The node's key file is unsafe, corrupt or unreadable; the node doesn't start."""
 
 
 def peer_id_from_public_key(public_key: bytes) -> PeerId:

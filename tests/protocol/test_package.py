@@ -342,7 +342,7 @@ def test_decode_refuses_malformed_protobuf(data: bytes) -> None:
 def test_decode_refuses_missing_required_fields(data: bytes, missing: str) -> None:
     error = _decode_error(data)
     assert str(error) == f"package lacks required field(s): {missing}"
-    assert (error.type, error.event, error.tag) == (None, None, None)
+    assert (error.package_type, error.event, error.tag) == (None, None, None)
 
 
 def test_decode_optional_fields_take_defaults() -> None:
@@ -354,7 +354,7 @@ def test_decode_optional_fields_take_defaults() -> None:
 def test_decode_refuses_unknown_package_type(value: int) -> None:
     error = _decode_error(_varint_field(3, value) + _wire(type_=None))
     assert str(error) == f"unknown package type {value}"
-    assert (error.type, error.event, error.tag) == (None, None, None)
+    assert (error.package_type, error.event, error.tag) == (None, None, None)
 
 
 def test_decode_refuses_unknown_package_type_before_known_one() -> None:
@@ -400,14 +400,14 @@ def test_decode_refuses_invalid_utf8(
     data = _wire(type_=PackageType.TALK) + _string_field(number, b"\xc3\x28")
     error = _decode_error(data)
     assert str(error) == message
-    assert (error.type, error.event, error.tag) == attributes
+    assert (error.package_type, error.event, error.tag) == attributes
 
 
 @pytest.mark.parametrize("type_", sorted(REQUEST_TYPES))
 def test_decode_refuses_request_without_tag(type_: PackageType) -> None:
     error = _decode_error(_wire(type_=type_, event="ask", tag=""))
     assert str(error) == f"{type_.name} package 'ask' has no tag"
-    assert (error.type, error.event, error.tag) == (type_, "ask", None)
+    assert (error.package_type, error.event, error.tag) == (type_, "ask", None)
 
 
 @pytest.mark.parametrize("type_", [PackageType.SYSTEM, PackageType.TALK, *RESPONSE_TYPES])
@@ -443,13 +443,13 @@ def test_decode_refuses_bad_body(body: str, message: str) -> None:
     error = _decode_error(_wire(type_=PackageType.REQUEST, event="ask", body=body, tag="T"))
     assert str(error) == message
     # The frame was read far enough to answer the broken request.
-    assert (error.type, error.event, error.tag) == (PackageType.REQUEST, "ask", "T")
+    assert (error.package_type, error.event, error.tag) == (PackageType.REQUEST, "ask", "T")
 
 
 def test_decode_refuses_too_long_integer() -> None:
     error = _decode_error(_wire(body='{"n":' + "9" * 5000 + "}"))
     assert error.reason.startswith(BAD_JSON + "Exceeds the limit (4300 digits)")
-    assert (error.type, error.event, error.tag) == (PackageType.REQUEST, "e", "t")
+    assert (error.package_type, error.event, error.tag) == (PackageType.REQUEST, "e", "t")
 
 
 def test_decode_keeps_body_json_as_received() -> None:

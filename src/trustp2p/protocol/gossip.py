@@ -23,7 +23,6 @@ from __future__ import annotations
 
 __all__ = [
     "GOSSIP_EVENTS",
-    "GossipError",
     "GossipMessage",
     "GossipRouter",
     "GossipStats",
@@ -44,7 +43,7 @@ from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..exceptions import TrustP2PError
+from ..exceptions import GossipError
 from ..identity import (
     PUBLIC_KEY_SIZE,
     SIGNATURE_SIZE,
@@ -67,10 +66,6 @@ PRUNE = "gossip/prune"  # {"topics": [topic]}
 IHAVE = "gossip/ihave"  # {"topic": topic, "ids": [id]}
 IWANT = "gossip/iwant"  # {"ids": [id]}
 GOSSIP_EVENTS = (SUBSCRIPTIONS, GRAFT, PRUNE, IHAVE, IWANT)
-
-
-class GossipError(TrustP2PError):
-    """A gossip message or control talk from a peer is invalid."""
 
 
 def message_id(origin: str, seq: int, topic: str, data: str) -> str:

@@ -351,29 +351,35 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
     event, body_json, tag = message.event, message.body, message.tag
     version, alt = message.version, message.alt
     if not isinstance(event, str):
-        raise PackageError("event is not valid UTF-8", type=type_)
+        raise PackageError("event is not valid UTF-8", package_type=type_)
     if not isinstance(tag, str):
-        raise PackageError("tag is not valid UTF-8", type=type_, event=event)
+        raise PackageError("tag is not valid UTF-8", package_type=type_, event=event)
     if not isinstance(version, str) or not isinstance(alt, str):
-        raise PackageError("version or alt is not valid UTF-8", type=type_, event=event, tag=tag)
+        raise PackageError(
+            "version or alt is not valid UTF-8", package_type=type_, event=event, tag=tag
+        )
     if not tag and type_ in REQUEST_TYPES:
-        raise PackageError(f"{type_.name} package {event!r} has no tag", type=type_, event=event)
+        raise PackageError(
+            f"{type_.name} package {event!r} has no tag", package_type=type_, event=event
+        )
     if not isinstance(body_json, str):
-        raise PackageError("body is not valid UTF-8", type=type_, event=event, tag=tag)
+        raise PackageError("body is not valid UTF-8", package_type=type_, event=event, tag=tag)
 
     try:
         body = _loads(body_json)
     except json.JSONDecodeError as exc:
         reason = f"body is not valid JSON: {exc.msg} at position {exc.pos}"
-        raise PackageError(reason, type=type_, event=event, tag=tag) from None
+        raise PackageError(reason, package_type=type_, event=event, tag=tag) from None
     except ValueError as exc:  # NaN, Infinity; integers too long to convert
         reason = f"body is not valid JSON: {exc}"
-        raise PackageError(reason, type=type_, event=event, tag=tag) from None
+        raise PackageError(reason, package_type=type_, event=event, tag=tag) from None
     except RecursionError:
-        raise PackageError("body is nested too deeply", type=type_, event=event, tag=tag) from None
+        raise PackageError(
+            "body is nested too deeply", package_type=type_, event=event, tag=tag
+        ) from None
     if type(body) is not dict:
         reason = f"body is not a JSON object but {_json_kind(body)}"
-        raise PackageError(reason, type=type_, event=event, tag=tag)
+        raise PackageError(reason, package_type=type_, event=event, tag=tag)
     return Package(type_, event, body, Tag(tag), version, alt, body_json)
 
 

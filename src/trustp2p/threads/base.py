@@ -21,7 +21,7 @@ from ..protocol.package import Body, Package, PackageType
 
 if TYPE_CHECKING:
     from ..node import Node
-    from ..roles import ClientRole, ServerRole
+    from ..node.roles import ClientRole, ServerRole
 
 HandlerResult = Body | None | Awaitable[Body | None]
 """A request handler's return value: a body to send back as the response, or ``None``."""
@@ -129,7 +129,7 @@ class Thread:
                 exc_info=exc,
             )
 
-    async def _cancel_tasks(self) -> None:
+    async def cancel_tasks(self) -> None:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -54,10 +54,10 @@ class PeerExchangeThread(Thread):
         URLs we believe good: those we connected to successfully (from the store), and
         those announced by peers connected now from the host of the URL.
         """
-        asker = self.node._conns.get(socket.id)
+        asker = self.node.connection(socket)
         exclude = set(asker.listen_urls if asker is not None else ())
         urls: list[str] = []
-        for conn in list(self.node._conns.values()):
+        for conn in self.node.connections:
             if conn is asker:
                 continue
             for url in conn.listen_urls:
@@ -76,7 +76,7 @@ class PeerExchangeThread(Thread):
         # peer: ``url/p2p/<id>``. Ids that peers only announced are not passed on.
         ids = {
             socket.peer: socket.peer_id
-            for socket in (conn.socket for conn in self.node._conns.values())
+            for socket in (conn.socket for conn in self.node.connections)
             if not socket.inbound and socket.peer_id is not None
         }
         # One URL per address: two entries of one address (announced with an id, and
@@ -100,7 +100,7 @@ class PeerExchangeThread(Thread):
         return dial_url if peer_id is None else f"{dial_url.rstrip('/')}/p2p/{peer_id}"
 
     def _my_url(self, socket: Socket, package: Package) -> None:
-        conn = self.node._conns.get(socket.id)
+        conn = self.node.connection(socket)
         if conn is None:
             return
         if conn.listen_urls:

@@ -38,20 +38,19 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .drivers.base import Socket
-from .exceptions import ConnectionClosed, RequestTimeout
-from .msglog import LOG_FILE, LoggedMessage, MessageLog
-from .protocol.gossip import (
+from ..drivers.base import Socket
+from ..exceptions import ConnectionClosed, GossipError, RequestTimeout
+from ..msglog import LOG_FILE, LoggedMessage, MessageLog
+from ..protocol.gossip import (
     GOSSIP_EVENTS,
-    GossipError,
     GossipMessage,
     GossipRouter,
     RouterAction,
     payload_text,
     sign_message,
 )
-from .protocol.package import Body, Package, PackageType, build_package
-from .threads.base import EventMap, Thread
+from ..protocol.package import Body, Package, PackageType, build_package
+from ..threads.base import EventMap, Thread
 
 if TYPE_CHECKING:
     from .node import Node
@@ -177,7 +176,7 @@ class Gossip:
 
     # Lifecycle, called by the node
 
-    async def _start(self) -> None:
+    async def start(self) -> None:
         options = self.node.options
         path = None
         if options.peer_store and self.node.data_dir is not None:
@@ -185,15 +184,14 @@ class Gossip:
         self.log = await MessageLog.open(
             path, max_messages=options.log_max_messages, max_age=options.log_max_age
         )
-        for package_type, event in self.node._handlers:
-            if package_type is PackageType.GOSSIP:
-                self.router.subscribe(event)
+        for topic in self.node.handlers.events(PackageType.GOSSIP):
+            self.router.subscribe(topic)
         self._spawn(self._heartbeat(), "gossip heartbeat")
         self._spawn(self._deliver_forever(), "gossip delivery")
         if options.catchup_interval > 0:
             self._spawn(self._catch_up_forever(), "gossip catch-up")
 
-    async def _stop(self) -> None:
+    async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -211,17 +209,17 @@ class Gossip:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("! %s failed", task.get_name(), exc_info=exc)
 
-    def _connected(self, socket: Socket) -> None:
+    def connection_opened(self, socket: Socket) -> None:
         self.router.add_peer(socket.id)
         self._spawn(self._catch_up(socket), f"catch-up {socket.peer}")
 
-    def _disconnected(self, socket: Socket) -> None:
+    def connection_closed(self, socket: Socket) -> None:
         self.router.remove_peer(socket.id)
 
     # Sending
 
     def _send(self, action: RouterAction) -> None:
-        socket = self.node._socket_by_id(action.peer)  # type: ignore[arg-type]
+        socket = self.node.socket_by_id(action.peer)  # type: ignore[arg-type]
         if socket is None:
             return
         if action.kind == "talk":
@@ -231,13 +229,13 @@ class Gossip:
             message = action.message
             package = build_package(PackageType.GOSSIP, message.topic, message.to_body())
         try:
-            self.node._send_package(socket, package)
+            self.node.send_package(socket, package)
         except ConnectionClosed:
             pass
 
     # Receiving
 
-    def _receive(self, socket: Socket, package: Package) -> None:
+    def receive(self, socket: Socket, package: Package) -> None:
         """A GOSSIP package arrived (from the node's read path)."""
         if package.event not in self.router.topics:
             return  # not ours to carry
@@ -284,7 +282,7 @@ class Gossip:
         if message.seq > self.log.delivered(_stream_of(message)):
             self._passed_over(message)
 
-    def _control(self, socket: Socket, package: Package) -> None:
+    def on_control(self, socket: Socket, package: Package) -> None:
         """A router control talk arrived (through the built-in thread)."""
         try:
             self.router.control(socket.id, package.event, package.body)
@@ -422,7 +420,7 @@ class Gossip:
 
     async def _call_handlers(self, message: GossipMessage, socket: Socket | None) -> None:
         node = self.node
-        for thread, handler in node._handlers.get((PackageType.GOSSIP, message.topic), ()):
+        for thread, handler in node.handlers.get(PackageType.GOSSIP, message.topic):
             try:
                 result = handler(socket, message)  # type: ignore[arg-type]
                 if inspect.isawaitable(result):
@@ -576,7 +574,7 @@ class Gossip:
 
     # Serving catch-up (handlers of the built-in thread)
 
-    def _serve_hwm(self, socket: Socket, package: Package) -> Body:
+    def serve_hwm(self, socket: Socket, package: Package) -> Body:
         """``gossip/hwm``: per topic asked (and carried), per origin, the last seq we have
         with nothing missing before it."""
         assert self.log is not None
@@ -592,7 +590,7 @@ class Gossip:
                 marks[topic] = {stream.split("\0", 1)[1]: seq for stream, seq in best}
         return {"hwm": marks}
 
-    def _serve_fetch(self, socket: Socket, package: Package) -> Body:
+    def serve_fetch(self, socket: Socket, package: Package) -> Body:
         """``gossip/fetch``: a stream's messages ``from..to`` (bounded), oldest first."""
         assert self.log is not None
         body = package.body
@@ -698,6 +696,6 @@ class GossipThread(Thread):
         gossip = self.node.gossip
         assert gossip is not None
         return {
-            PackageType.TALK: {event: gossip._control for event in GOSSIP_EVENTS},
-            PackageType.REQUEST: {HWM: gossip._serve_hwm, FETCH: gossip._serve_fetch},
+            PackageType.TALK: {event: gossip.on_control for event in GOSSIP_EVENTS},
+            PackageType.REQUEST: {HWM: gossip.serve_hwm, FETCH: gossip.serve_fetch},
         }

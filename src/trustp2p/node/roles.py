@@ -16,18 +16,18 @@ from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .drivers.base import Socket
-from .exceptions import DriverError
-from .protocol.backoff import backoff
-from .protocol.deliver import ConnId
-from .protocol.handshake import VERSION_EVENT
-from .protocol.limits import is_loopback, netgroup
-from .protocol.package import Body, PackageType, build_package
-from .protocol.urls import address_of, split_peer_url
+from ..drivers.base import Socket
+from ..exceptions import DriverError
+from ..protocol.backoff import backoff
+from ..protocol.deliver import ConnId
+from ..protocol.handshake import VERSION_EVENT
+from ..protocol.limits import is_loopback, netgroup
+from ..protocol.package import Body, PackageType, build_package
+from ..protocol.urls import address_of, split_peer_url
 
 if TYPE_CHECKING:
+    from ..peerstore import PeerStore
     from .node import Node
-    from .peerstore import PeerStore
 
 logger = logging.getLogger("trustp2p.node")
 
@@ -103,7 +103,7 @@ class Role:
         """
         if reroute and self.inbound:
             raise ValueError("reroute is only available on the client role")
-        return await self.node._request(
+        return await self.node.request(
             socket, event, body, type=type, reroute=reroute, timeout=timeout
         )
 
@@ -123,7 +123,7 @@ class Role:
             ConnectionClosed: If the connection is closed.
 
         """
-        await self.node._send(
+        await self.node.send(
             socket, build_package(type, event, body, tag=tag, alt=self.node.options.alt)
         )
 
@@ -135,7 +135,7 @@ class Role:
             ConnectionClosed: If the connection is closed.
 
         """
-        await self.node._send(
+        await self.node.send(
             socket, build_package(PackageType.TALK, subject, body, alt=self.node.options.alt)
         )
 
@@ -186,14 +186,14 @@ class Role:
                 # No waiting for a slow peer here: one that doesn't read is disconnected
                 # once max_send_queue packages wait for it, and the others go on.
                 try:
-                    self.node._send_package(socket, package)
+                    self.node.send_package(socket, package)
                 except Exception as exc:
                     results[socket] = exc
                 else:
                     results[socket] = None
             return results
         outcomes = await asyncio.gather(
-            *(self.node._request(s, event, body, type=type, timeout=timeout) for s in targets),
+            *(self.node.request(s, event, body, type=type, timeout=timeout) for s in targets),
             return_exceptions=True,
         )
         for socket, outcome in zip(targets, outcomes, strict=True):
@@ -202,16 +202,16 @@ class Role:
             results[socket] = outcome
         return results
 
-    # Bookkeeping, called by the node.
+    # Bookkeeping: the node reports its connections here.
 
-    def _add(self, socket: Socket) -> None:
+    def connection_opened(self, socket: Socket) -> None:
         self._sockets[socket.id] = socket
         count = len(self._sockets)
         for wanted, future in self._waiters:
             if count >= wanted and not future.done():
                 future.set_result(None)
 
-    def _remove(self, socket: Socket) -> None:
+    def connection_closed(self, socket: Socket) -> None:
         self._sockets.pop(socket.id, None)
 
 
@@ -223,8 +223,7 @@ class ServerRole(Role):
     @property
     def url(self) -> str | None:
         """The URL peers dial to reach this node, once it listens."""
-        listening = self.node._listening
-        return listening.url if listening is not None else None
+        return self.node.url
 
 
 class ClientRole(Role):
@@ -282,7 +281,7 @@ class ClientRole(Role):
         """
         if url in self._dialers:
             return
-        self.node._driver_for_url(url)  # fail now on an unknown scheme
+        self.node.driver_for_url(url)  # fail now on an unknown scheme
         self._dialers[url] = asyncio.create_task(self._dial_forever(url), name=f"dial {url}")
 
     async def disconnect(self, url: str) -> None:
@@ -313,22 +312,22 @@ class ClientRole(Role):
         """Look for more servers now (peer exchange calls this when it learns some)."""
         self._wakeup.set()
 
-    # Bookkeeping, called by the node.
+    # Bookkeeping: the node reports its connections here.
 
-    def _add(self, socket: Socket) -> None:
+    def connection_opened(self, socket: Socket) -> None:
         self._opened_at[socket.id] = asyncio.get_running_loop().time()
         self._by_url[socket.peer] = socket
         if socket.peer_id is not None:
             self._peer_of_url[socket.peer] = socket.peer_id
         self._failures.pop(self.store_url(socket.peer), None)
         self._retry_at.pop(self.store_url(socket.peer), None)
-        super()._add(socket)
+        super().connection_opened(socket)
 
-    def _remove(self, socket: Socket) -> None:
+    def connection_closed(self, socket: Socket) -> None:
         self._opened_at.pop(socket.id, None)
         if self._by_url.get(socket.peer) is socket:
             del self._by_url[socket.peer]
-        super()._remove(socket)
+        super().connection_closed(socket)
         self._wakeup.set()
 
     def _known_peer(self, url: str) -> str | None:
@@ -340,12 +339,17 @@ class ClientRole(Role):
                 known = None
         return known
 
+    def remember_peer(self, url: str, peer_id: str) -> None:
+        """Note that ``peer_id`` answers at ``url``, so that the client doesn't dial that
+        URL again while the peer is connected (the node reports duplicates here)."""
+        self._peer_of_url[url] = peer_id
+
     def store_url(self, dial_url: str) -> str:
         """The peer store's URL for a connection dialled at ``dial_url``: the URL with
         its ``/p2p/<id>`` when the outbound manager dialled a store entry that has one."""
         return self._store_url.get(dial_url, dial_url)
 
-    def _dial_failed(self, url: str, error: Exception) -> None:
+    def dial_failed(self, url: str, error: Exception) -> None:
         """A dial or its handshake failed: count it; the store remembers it."""
         url = self.store_url(url)
         failures = self._failures[url] = self._failures.get(url, 0) + 1
@@ -354,15 +358,15 @@ class ClientRole(Role):
         self._retry_at[url] = asyncio.get_running_loop().time() + delay
         store = self.node.store
         if store is not None:
-            self.node._spawn(store.record_failure(url), f"record failure {url}")
+            self.node.tasks.spawn(store.record_failure(url), f"record failure {url}")
 
-    def _start(self) -> None:
+    def start(self) -> None:
         for url in self.node.options.peers:
             self.connect(url)
         if self.node.options.target_outbound > 0:
             self._manager = asyncio.create_task(self._manage(), name="outbound manager")
 
-    async def _stop(self) -> None:
+    async def stop(self) -> None:
         tasks = [*self._dialers.values(), *self._managed.values()]
         if self._manager is not None:
             tasks.append(self._manager)
@@ -410,7 +414,7 @@ class ClientRole(Role):
             try:
                 socket = await self._dial(dial_url, expected)
             except DriverError as exc:
-                self._dial_failed(dial_url, exc)
+                self.dial_failed(dial_url, exc)
                 delay = next(retry)
                 logger.info("! %s; retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -434,10 +438,10 @@ class ClientRole(Role):
     async def _dial(self, url: str, expected: str | None) -> Socket:
         """Open a connection (for a secure node, the handshake follows on its own)."""
         node = self.node
-        secure = node._secure
+        secure = node.secure_layer
         if secure is not None:
             secure.expect(url, expected)  # type: ignore[arg-type]
-        return await node._driver_for_url(url).connect(url, node.listener)
+        return await node.driver_for_url(url).connect(url, node.listener)
 
     async def _dial_once(self, url: str) -> None:
         """
@@ -452,7 +456,7 @@ class ClientRole(Role):
             try:
                 socket = await self._dial(dial_url, expected)
             except DriverError as exc:
-                self._dial_failed(url, exc)
+                self.dial_failed(url, exc)
                 logger.debug("! %s", exc)
                 return
             await socket.wait_closed()
@@ -482,7 +486,7 @@ class ClientRole(Role):
             if missing <= 0:
                 continue
             busy = self._busy()
-            connected_ids = set(node._by_peer_id)
+            connected_ids = node.connected_peer_ids()
             if node.peer_id is not None:
                 connected_ids.add(node.peer_id)
             candidates = await store.candidates(
@@ -565,7 +569,7 @@ class ClientRole(Role):
         if any(url in bootstrap or url == self._anchoring for url in self._managed):
             return  # one on the way
         node = self.node
-        exclude_ids = set(node._by_peer_id)
+        exclude_ids = node.connected_peer_ids()
         if node.peer_id is not None:
             exclude_ids.add(node.peer_id)
         busy = self._busy()

@@ -11,7 +11,7 @@ connection; when too many packages wait, the node stops reading from that peer.
 
 from __future__ import annotations
 
-__all__ = ["Node", "NodeState", "create_client", "create_node", "create_server"]
+__all__ = ["Node", "NodeState", "PeerConnection", "create_client", "create_node", "create_server"]
 
 import asyncio
 import enum
@@ -24,21 +24,21 @@ from collections.abc import Collection, Coroutine, MutableMapping
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__
-from .drivers import Driver, driver_class, scheme_of
-from .drivers.base import CloseCode, Listener, Listening, Socket, fit_reason
-from .exceptions import (
+from .. import __version__
+from ..drivers import Driver, driver_class, scheme_of
+from ..drivers.base import CloseCode, Listener, Listening, Socket, fit_reason
+from ..exceptions import (
     ConnectionClosed,
     HandshakeError,
+    NodeStateError,
     PackageError,
     RequestTimeout,
     ThreadLoadError,
 )
-from .gossip import Gossip, GossipHandler, GossipThread
-from .identity import Identity, short_id
-from .options import NodeOptions
-from .peerstore import DATA_DIR, STORE_FILE, BlockPolicy, PeerSource, PeerStore
-from .protocol.deliver import (
+from ..identity import Identity, short_id
+from ..options import NodeOptions
+from ..peerstore import DATA_DIR, STORE_FILE, BlockPolicy, PeerSource, PeerStore
+from ..protocol.deliver import (
     ConnId,
     DeliverEvent,
     RequestExpired,
@@ -50,9 +50,9 @@ from .protocol.deliver import (
     ResponseUnmatched,
     WaiterId,
 )
-from .protocol.handshake import HELLO_EVENT, VERSION_EVENT, check_version, version_body
-from .protocol.limits import AddressLimiter, TokenBucket, is_loopback
-from .protocol.package import (
+from ..protocol.handshake import HELLO_EVENT, VERSION_EVENT, check_version, version_body
+from ..protocol.limits import AddressLimiter, TokenBucket, is_loopback
+from ..protocol.package import (
     REQUEST_TYPES,
     RESPONSE_TYPES,
     Body,
@@ -62,13 +62,16 @@ from .protocol.package import (
     decode,
     encode,
 )
-from .protocol.urls import split_peer_url, validate_urls
+from ..protocol.urls import split_peer_url, validate_urls
+from ..security.channel import SECURE_PEER, HandshakeFailed, SecureLayer, SecureSocket
+from ..security.noise import HANDSHAKE_MAGIC, NoiseError
+from ..threads.base import Thread
+from ..threads.loader import THREADS_ENABLED, load_thread_classes
+from ..threads.peer_exchange import PeerExchangeThread
+from .gossip import Gossip, GossipHandler, GossipThread
+from .handlers import HandlerRegistry
 from .roles import ClientRole, Role, ServerRole
-from .security.channel import SECURE_PEER, HandshakeFailed, SecureLayer, SecureSocket
-from .security.noise import HANDSHAKE_MAGIC, NoiseError
-from .threads.base import Handler, Thread
-from .threads.loader import THREADS_ENABLED, check_event_map, load_thread_classes
-from .threads.peer_exchange import PeerExchangeThread
+from .tasks import TaskOwner
 
 _RESPONSE_TYPE = {
     PackageType.REQUEST: PackageType.RESPONSE,
@@ -108,8 +111,17 @@ class _Hook:
         self.args = args
 
 
-class _Conn:
-    """What the node keeps per open connection."""
+class PeerConnection:
+    """
+    What the node keeps per open connection; get it with :meth:`Node.connection`.
+
+    Attributes:
+        socket: The connection.
+        role: The role it belongs to (``node.server`` or ``node.client``).
+        listen_urls: The URLs the peer said it listens on (hello or ``my_url``).
+        peer_version: The peer's version or hello body, once received.
+
+    """
 
     __slots__ = (
         "backlog",
@@ -173,8 +185,9 @@ class Node:
             program=options.program,
             program_version=options.program_version,
         )
-        self._conns: dict[ConnId, _Conn] = {}
-        self._handlers: dict[tuple[PackageType, str], list[tuple[Thread, Handler]]] = {}
+        self._conns: dict[ConnId, PeerConnection] = {}
+        self.handlers = HandlerRegistry()
+        """Which thread handles which (package type, event), once threads are loaded."""
         self._futures: dict[WaiterId, asyncio.Future[Body]] = {}
         self._table: RequestTable | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -189,7 +202,7 @@ class Node:
         self._identity_lock: IO[bytes] | None = None
         self.store: PeerStore | None = None
         self._secure: SecureLayer | None = None
-        self._by_peer_id: dict[str, _Conn] = {}
+        self._by_peer_id: dict[str, PeerConnection] = {}
         self._admitted: dict[ConnId, str] = {}  # inbound raw connections -> address
         self._refused: dict[ConnId, Socket] = {}  # plain mode: refused, not closed yet
         self._limiter = AddressLimiter(
@@ -198,7 +211,8 @@ class Node:
             burst=options.ip_burst,
             exempt_loopback=not options.limit_loopback,
         )
-        self._background: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskOwner(self.log)
+        """The owner of the node's background tasks; threads and parts spawn here."""
 
     def __repr__(self) -> str:
         roles = "+".join(r for r, on in (("server", self.server), ("client", self.client)) if on)
@@ -231,9 +245,9 @@ class Node:
 
     def _gossip(self) -> Gossip:
         if self.gossip is None:
-            raise RuntimeError("this node runs without gossip (gossip=False)")
+            raise NodeStateError("this node runs without gossip (gossip=False)")
         if self.state is not NodeState.RUNNING:
-            raise RuntimeError(f"the node is {self.state.value}, not running")
+            raise NodeStateError(f"the node is {self.state.value}, not running")
         return self.gossip
 
     async def publish(self, topic: str, body: Body) -> str:
@@ -244,7 +258,7 @@ class Node:
             The message id.
 
         Raises:
-            RuntimeError: If the node isn't running or runs without gossip.
+            NodeStateError: If the node isn't running or runs without gossip.
             ValueError: If the topic is empty or too long, or ``body`` holds NaN.
             TypeError: If ``body`` is not a JSON-serializable dict.
 
@@ -258,18 +272,36 @@ class Node:
         map under ``PackageType.GOSSIP``.
         """
         if self.gossip is None:
-            raise RuntimeError("this node runs without gossip (gossip=False)")
+            raise NodeStateError("this node runs without gossip (gossip=False)")
         self.gossip.subscribe(topic, handler)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic``; its subscribe() handlers are forgotten."""
         if self.gossip is None:
-            raise RuntimeError("this node runs without gossip (gossip=False)")
+            raise NodeStateError("this node runs without gossip (gossip=False)")
         self.gossip.unsubscribe(topic)
 
-    def _socket_by_id(self, conn_id: ConnId) -> Socket | None:
+    def socket_by_id(self, conn_id: ConnId) -> Socket | None:
         conn = self._conns.get(conn_id)
         return conn.socket if conn is not None else None
+
+    @property
+    def secure_layer(self) -> SecureLayer | None:
+        """The secure channel layer in secure mode; ``None`` in plain mode."""
+        return self._secure
+
+    @property
+    def connections(self) -> list[PeerConnection]:
+        """Every open connection with what the node knows of its peer, oldest first."""
+        return list(self._conns.values())
+
+    def connection(self, socket: Socket) -> PeerConnection | None:
+        """What the node knows of an open connection's peer; ``None`` once it closed."""
+        return self._conns.get(socket.id)
+
+    def connected_peer_ids(self) -> set[str]:
+        """The authenticated peer ids of the open connections (secure mode)."""
+        return set(self._by_peer_id)
 
     def socket_for_peer(self, peer_id: str) -> Socket | None:
         """The open connection to an authenticated peer, if any."""
@@ -285,11 +317,11 @@ class Node:
         Raises:
             ThreadLoadError: If a thread file can't be loaded; nothing is started.
             DriverError: If listening fails; the threads are stopped again.
-            RuntimeError: If the node was already started.
+            NodeStateError: If the node was already started.
 
         """
         if self.state is not NodeState.NEW:
-            raise RuntimeError(f"can't start a node that is {self.state.value}")
+            raise NodeStateError(f"can't start a node that is {self.state.value}")
         self._loop = loop = asyncio.get_running_loop()
         self._debug = self.log.isEnabledFor(logging.DEBUG)
         options = self.options
@@ -326,7 +358,7 @@ class Node:
                 [split_peer_url(url)[0] for url in options.peers], PeerSource.BOOTSTRAP
             )
         if self.gossip is not None:
-            await self.gossip._start()
+            await self.gossip.start()
         self.state = NodeState.RUNNING
         for thread in self.threads:
             await self._call(thread, "start")
@@ -338,7 +370,7 @@ class Node:
                 )
                 self._listening = await driver.listen(options.host, options.port, self.listener)
             if self.client is not None:
-                self.client._start()
+                self.client.start()
         except BaseException:
             await self.stop()
             raise
@@ -357,12 +389,12 @@ class Node:
         if self._listening is not None:
             self._listening.close()
         if self.client is not None:
-            await self.client._stop()
+            await self.client.stop()
         if self._secure is not None:
             self._secure.close_all(CloseCode.GOING_AWAY, "node stopping")
         for thread in self.threads:
             await self._call(thread, "stop")
-            await thread._cancel_tasks()
+            await thread.cancel_tasks()
         # Every connection, those refused or still in their handshake included, so
         # that no transport outlives the node.
         raw = self._secure.raw_sockets if self._secure is not None else []
@@ -386,12 +418,9 @@ class Node:
             if not future.done():
                 future.set_exception(ConnectionClosed(CloseCode.GOING_AWAY, "node stopping"))
         self._futures.clear()
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.tasks.aclose()
         if self.gossip is not None:
-            await self.gossip._stop()
+            await self.gossip.stop()
         if self.store is not None:
             await self.store.close()
         if self._listening is not None:
@@ -437,17 +466,6 @@ class Node:
             return cwd / DATA_DIR / f"node-{self._identity_number}"
         return cwd / DATA_DIR
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        """Run a coroutine in a task the node owns; log what it raises."""
-        task = self._loop.create_task(coro, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            self.log.error("! %s failed", task.get_name(), exc_info=exc)
-
     def _load_threads(self) -> list[Thread]:
         classes: list[type[Thread]] = []
         cwd = self.options.cwd
@@ -465,29 +483,15 @@ class Node:
         if self.gossip is not None:
             classes.append(GossipThread)
         threads = []
-        handlers: dict[tuple[PackageType, str], list[tuple[Thread, Handler]]] = {}
         for cls in classes:
             where = cls.path or cls.__qualname__
             try:
                 thread = cls(self)
             except Exception as exc:
                 raise ThreadLoadError(where, f"{cls.__name__}(node) failed: {exc!r}") from exc
-            for package_type, events in check_event_map(thread).items():
-                for event, handler in events.items():
-                    entries = handlers.setdefault((package_type, event), [])
-                    if entries and (
-                        package_type in REQUEST_TYPES or package_type in RESPONSE_TYPES
-                    ):
-                        other = entries[0][0]
-                        raise ThreadLoadError(
-                            where,
-                            f"{package_type.name} {event!r} is already handled by "
-                            f"{other.path or type(other).__name__}",
-                        )
-                    entries.append((thread, handler))  # type: ignore[arg-type]
+            self.handlers.add_thread(thread)
             threads.append(thread)
             self.log.debug("= loaded thread %s from %s", cls.__name__, where)
-        self._handlers = handlers
         return threads
 
     # Driver callbacks (the Listener protocol). Not for applications.
@@ -549,8 +553,8 @@ class Node:
         ):
             self._block(None, raw.host, "too many failed handshakes")
         if self.client is not None and not raw.inbound:
-            self.client._dial_failed(raw.peer, error)
-        self._spawn(self._call_hooks("on_socket_error", raw, error), "on_socket_error hooks")
+            self.client.dial_failed(raw.peer, error)
+        self.tasks.spawn(self._call_hooks("on_socket_error", raw, error), "on_socket_error hooks")
 
     def penalize(self, socket: Socket, reason: str) -> None:
         """
@@ -604,7 +608,7 @@ class Node:
             reason,
         )
         if self.store is not None:
-            self._spawn(
+            self.tasks.spawn(
                 self.store.block(peer_id=peer_id, address=address, reason=reason),
                 f"block {peer_id or address}",
             )
@@ -655,19 +659,19 @@ class Node:
                     if self.client is not None and not socket.inbound:
                         # So that the client doesn't dial this URL again while the
                         # peer is connected.
-                        self.client._peer_of_url[socket.peer] = peer_id
+                        self.client.remember_peer(socket.peer, peer_id)
                     self._refuse(socket, CloseCode.NORMAL_CLOSURE, "duplicate connection")
                     return
                 existing.socket.close_soon(CloseCode.NORMAL_CLOSURE, "duplicate connection")
         log = _PeerLog(self.log, {"peer": socket.peer})
-        conn = self._conns[socket.id] = _Conn(socket, role, log)
+        conn = self._conns[socket.id] = PeerConnection(socket, role, log)
         if peer_id is not None:
             self._by_peer_id[peer_id] = conn
-        role._add(socket)
+        role.connection_opened(socket)
         who = f" (peer {short_id(peer_id)})" if peer_id is not None else ""
         log.info("= %s%s", "connected to us" if socket.inbound else "connected", who)
         if not socket.inbound and self.client is not None and self.store is not None:
-            self._spawn(
+            self.tasks.spawn(
                 self.store.record_connected(
                     peer_id=peer_id or f"address:{socket.host}",
                     url=self.client.store_url(socket.peer),
@@ -677,11 +681,11 @@ class Node:
             )
         self._enqueue(conn, _Hook(hook, socket))
         try:
-            self._send_package(socket, self._hello_package())
+            self.send_package(socket, self._hello_package())
         except ConnectionClosed:  # pragma: no cover - closed in a hook already
             return
         if self.gossip is not None:
-            self.gossip._connected(socket)
+            self.gossip.connection_opened(socket)
 
     def _hello_package(self) -> Package:
         """The version talk (plain mode), or the hello (secure mode) with our id and URLs."""
@@ -716,13 +720,13 @@ class Node:
             self._process(self._table.receive_response(socket.id, package))
             return
         if package_type is PackageType.GOSSIP and self.gossip is not None:
-            self.gossip._receive(socket, package)
+            self.gossip.receive(socket, package)
             return
         if package_type is PackageType.TALK and package.event in (VERSION_EVENT, HELLO_EVENT):
             self._receive_version(conn, package)
         elif package_type in REQUEST_TYPES and not self._request_allowed(conn, package):
             return
-        if (package_type, package.event) not in self._handlers:
+        if (package_type, package.event) not in self.handlers:
             if package_type in REQUEST_TYPES:
                 self._answer_error(
                     socket,
@@ -755,9 +759,9 @@ class Node:
             return
         if socket.peer_id is not None and self._by_peer_id.get(socket.peer_id) is conn:
             del self._by_peer_id[socket.peer_id]
-        conn.role._remove(socket)
+        conn.role.connection_closed(socket)
         if self.gossip is not None:
-            self.gossip._disconnected(socket)
+            self.gossip.connection_closed(socket)
         conn.log.info("= connection closed (%s %s)", socket.close_code, socket.close_reason or "-")
         if self._table is not None:
             self._process(self._table.connection_lost(socket.id), socket)
@@ -766,7 +770,7 @@ class Node:
 
     # Receiving
 
-    def _invalid(self, conn: _Conn, exc: PackageError, data: bytes | str = b"") -> None:
+    def _invalid(self, conn: PeerConnection, exc: PackageError, data: bytes | str = b"") -> None:
         """Count a bad package against its peer, log it, and answer it if we can."""
         socket = conn.socket
         if isinstance(data, bytes) and data.startswith(HANDSHAKE_MAGIC):
@@ -781,20 +785,20 @@ class Node:
             conn.log.warning("! invalid package: %s%s", exc, suffix)
         else:
             conn.log.debug("! invalid package: %s", exc)
-        if exc.type is not None and exc.tag and exc.type in REQUEST_TYPES:
-            package_type = PackageType(exc.type)
+        if exc.package_type is not None and exc.tag and exc.package_type in REQUEST_TYPES:
+            package_type = PackageType(exc.package_type)
             self._answer_error(
                 socket, package_type, exc.event or "", exc.tag, f"invalid request: {exc.reason}"
             )
 
-    def _count_invalid(self, conn: _Conn, reason: str) -> None:
+    def _count_invalid(self, conn: PeerConnection, reason: str) -> None:
         """Count one invalid package against the peer; block it past the policy's ratio."""
         socket = conn.socket
         key = socket.peer_id or f"address:{socket.host}"
         if self.store is not None and self.store.count_packages(key, invalid=1):
             self._block(socket.peer_id, socket.host, reason, socket=socket)
 
-    def _request_allowed(self, conn: _Conn, package: Package) -> bool:
+    def _request_allowed(self, conn: PeerConnection, package: Package) -> bool:
         """Apply the per-peer request rate; answer and count what is over it."""
         now = self._loop.time()
         bucket = conn.requests
@@ -820,7 +824,7 @@ class Node:
             self._count_invalid(conn, "request rate over the limit")
         return False
 
-    def _receive_version(self, conn: _Conn, package: Package) -> None:
+    def _receive_version(self, conn: PeerConnection, package: Package) -> None:
         socket = conn.socket
         try:
             check_version(package.body, alt=self.options.alt)
@@ -842,7 +846,7 @@ class Node:
             conn.listen_urls = urls
             if self.store is not None and urls and socket.peer_id is not None:
                 source = PeerSource.INBOUND if socket.inbound else PeerSource.EXCHANGE
-                self._spawn(
+                self.tasks.spawn(
                     self.store.add_urls(urls, source, peer_id=socket.peer_id), "record urls"
                 )
         conn.peer_version = package.body
@@ -850,7 +854,7 @@ class Node:
             "= peer runs %s %s", package.body.get("library"), package.body.get("library_version")
         )
 
-    def _enqueue(self, conn: _Conn, item: Package | _Hook) -> None:
+    def _enqueue(self, conn: PeerConnection, item: Package | _Hook) -> None:
         inbox = conn.inbox
         inbox.append(item)
         if conn.worker is None:
@@ -863,7 +867,7 @@ class Node:
             conn.socket.pause_reading()
             conn.log.debug("= %d packages waiting for handlers: reading paused", len(inbox))
 
-    async def _work(self, conn: _Conn) -> None:
+    async def _work(self, conn: PeerConnection) -> None:
         """Run the handlers of one connection's packages, in order."""
         inbox = conn.inbox
         resume_at = self.options.max_pending_packages // 2
@@ -884,11 +888,11 @@ class Node:
                 self._workers.discard(conn.worker)
                 conn.worker = None
 
-    async def _handle(self, conn: _Conn, package: Package) -> None:
+    async def _handle(self, conn: PeerConnection, package: Package) -> None:
         socket = conn.socket
         package_type = package.type
         is_request = package_type in REQUEST_TYPES
-        for thread, handler in self._handlers[(package_type, package.event)]:
+        for thread, handler in self.handlers.get(package_type, package.event):
             try:
                 result = handler(socket, package)
                 if result is not None and type(result) is not dict and inspect.isawaitable(result):
@@ -923,7 +927,7 @@ class Node:
                 continue
             if response is not None:
                 try:
-                    await self._send(socket, response)
+                    await self.send(socket, response)
                 except ConnectionClosed:
                     return
 
@@ -940,7 +944,7 @@ class Node:
 
     # Sending
 
-    def _send_package(self, socket: Socket, package: Package) -> None:
+    def send_package(self, socket: Socket, package: Package) -> None:
         conn = self._conns.get(socket.id)
         if self._debug:
             (conn.log if conn is not None else self.log).debug("> %s", package)
@@ -956,8 +960,8 @@ class Node:
                 conn.backlog = 0
         socket.write(encode(package))
 
-    async def _send(self, socket: Socket, package: Package) -> None:
-        self._send_package(socket, package)
+    async def send(self, socket: Socket, package: Package) -> None:
+        self.send_package(socket, package)
         await socket.drain()
 
     def _send_nowait(self, conn: ConnId, package: Package) -> None:
@@ -966,7 +970,7 @@ class Node:
         if c is None:
             return  # its on_close already ran, or is about to: the table hears of it
         try:
-            self._send_package(c.socket, package)
+            self.send_package(c.socket, package)
         except ConnectionClosed:
             pass  # on_close will report the loss to the table
 
@@ -977,7 +981,7 @@ class Node:
         if response_type is None or not tag:
             return
         try:
-            self._send_package(
+            self.send_package(
                 socket,
                 build_package(
                     response_type, event, {"error": error}, tag=tag, alt=self.options.alt
@@ -988,7 +992,7 @@ class Node:
 
     # Requests
 
-    async def _request(
+    async def request(
         self,
         socket: Socket,
         event: str,
@@ -1002,7 +1006,7 @@ class Node:
             raise ValueError(f"{type!r} is not a request type")
         table = self._table
         if table is None:
-            raise RuntimeError("the node is not started")
+            raise NodeStateError("the node is not started")
         if self.state is not NodeState.RUNNING:
             raise ConnectionClosed(CloseCode.GOING_AWAY, "node stopping")
         if socket.closed or socket.id not in self._conns:
@@ -1103,7 +1107,7 @@ class Node:
         if conn is None:
             return
         conn.socket.stats.unmatched_in += 1
-        if (package.type, package.event) in self._handlers:
+        if (package.type, package.event) in self.handlers:
             self._enqueue(conn, package)
         elif self._debug:
             conn.log.debug("- dropped %s: it matches no pending request", package)
@@ -1119,7 +1123,7 @@ class Node:
             driver = self._drivers[name_or_driver] = cls(self.options.driver_options())
         return driver
 
-    def _driver_for_url(self, url: str) -> Driver:
+    def driver_for_url(self, url: str) -> Driver:
         scheme = scheme_of(split_peer_url(url)[0])
         configured = self.options.driver
         if isinstance(configured, Driver) and scheme in (

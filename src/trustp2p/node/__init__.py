@@ -1,0 +1,19 @@
+"""The node: the asyncio shell that carries out the protocol's decisions."""
+
+from __future__ import annotations
+
+from .node import Node, NodeState, PeerConnection, create_client, create_node, create_server
+from .roles import BroadcastResult, ClientRole, Role, ServerRole
+
+__all__ = [
+    "BroadcastResult",
+    "ClientRole",
+    "Node",
+    "NodeState",
+    "PeerConnection",
+    "Role",
+    "ServerRole",
+    "create_client",
+    "create_node",
+    "create_server",
+]

@@ -1,0 +1,72 @@
+"""
+The handler registry: which thread handles which (package type, event).
+
+Built once when the node loads its threads; the node's dispatch, gossip delivery and
+any user thread look handlers up here.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["HandlerEntry", "HandlerRegistry"]
+
+from collections.abc import Iterator
+
+from ..exceptions import ThreadLoadError
+from ..protocol.package import REQUEST_TYPES, RESPONSE_TYPES, PackageType
+from ..threads.base import Handler, Thread
+from ..threads.loader import check_event_map
+
+HandlerEntry = tuple[Thread, Handler]
+"""A thread and one of its handlers."""
+
+_Key = tuple[PackageType, str]
+
+
+class HandlerRegistry:
+    """
+    Handlers by (package type, event), in thread load order.
+
+    A REQUEST, RESPONSE, HEARTBEAT_PING or HEARTBEAT_PONG event has one handler (its
+    answer is the response); talks and gossip topics may have several, called in order.
+
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[_Key, list[HandlerEntry]] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __iter__(self) -> Iterator[_Key]:
+        return iter(self._entries)
+
+    def get(self, package_type: PackageType, event: str) -> list[HandlerEntry]:
+        """The handlers of ``event`` for ``package_type``; empty when there are none."""
+        return self._entries.get((package_type, event), [])
+
+    def events(self, package_type: PackageType) -> list[str]:
+        """The events handled for ``package_type``, in registration order."""
+        return [event for kind, event in self._entries if kind is package_type]
+
+    def add_thread(self, thread: Thread) -> None:
+        """
+        Register every handler of ``thread``'s event map.
+
+        Raises:
+            ThreadLoadError: If the event map is malformed, or names a request or response
+                event another thread already handles.
+
+        """
+        where = thread.path or type(thread).__qualname__
+        for package_type, events in check_event_map(thread).items():
+            for event, handler in events.items():
+                entries = self._entries.setdefault((package_type, event), [])
+                if entries and (package_type in REQUEST_TYPES or package_type in RESPONSE_TYPES):
+                    other = entries[0][0]
+                    raise ThreadLoadError(
+                        where,
+                        f"{package_type.name} {event!r} is already handled by "
+                        f"{other.path or type(other).__name__}",
+                    )
+                entries.append((thread, handler))  # type: ignore[arg-type]

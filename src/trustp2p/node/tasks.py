@@ -1,0 +1,73 @@
+"""
+One owner for background tasks: the node, gossip, threads, the dialler and the stores
+each spawn through a :class:`TaskOwner` and cancel and await everything in ``aclose()``.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["TaskOwner"]
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from ..exceptions import NodeStateError
+
+
+class TaskOwner:
+    """
+    Keeps the tasks it spawns, logs what they raise, and cancels the rest on close.
+
+    Like a trio nursery without the ``async with``: the owner lives as long as the
+    object that holds it, and ``aclose()`` is its end.
+
+    Args:
+        logger: Where a task's exception is logged, at ERROR with its traceback.
+
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """
+        Run ``coro`` in a task this owner keeps until it ends.
+
+        Raises:
+            NodeStateError: If the owner is closed; ``coro`` is closed unstarted.
+
+        """
+        if self._closed:
+            coro.close()
+            raise NodeStateError(f"can't start {name!r}: its owner is closed")
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._logger.error("! %s failed", task.get_name(), exc_info=exc)
+
+    async def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the running tasks to end by themselves."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    async def aclose(self) -> None:
+        """Refuse new tasks, cancel the running ones and wait until they have ended."""
+        self._closed = True
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.difference_update(tasks)
