@@ -37,22 +37,10 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from ..exceptions import ConnectionClosed
+from ..protocol.close import CloseCode, fit_reason
 from ..protocol.deliver import ConnId
 
 logger = logging.getLogger("trustp2p.drivers")
-
-
-class CloseCode(enum.IntEnum):
-    """WebSocket close codes (RFC 6455 §7.4.1) that trustp2p uses, on every driver."""
-
-    NORMAL_CLOSURE = 1000
-    GOING_AWAY = 1001
-    PROTOCOL_ERROR = 1002
-    ABNORMAL_CLOSURE = 1006  # never sent: the connection dropped without a close
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    TRY_AGAIN_LATER = 1013
 
 
 class DriverEvent(enum.Enum):
@@ -121,15 +109,6 @@ class Listener(Protocol):
     def on_error(self, socket: Socket, error: Exception) -> None: ...
 
     def on_close(self, socket: Socket) -> None: ...
-
-
-def fit_reason(reason: str, limit: int = 123) -> str:
-    """Shorten a close reason to ``limit`` UTF-8 bytes (123 is WebSocket's maximum),
-    without cutting a character in two."""
-    data = reason.encode()
-    if len(data) <= limit:
-        return reason
-    return data[:limit].decode(errors="ignore")
 
 
 _socket_ids = itertools.count(1)

@@ -11,8 +11,11 @@ this module gives. No I/O here.
 from __future__ import annotations
 
 __all__ = [
+    "HANDSHAKE_MAGIC",
     "HELLO_EVENT",
     "LIBRARY_NAME",
+    "PLAIN_PEER",
+    "SECURE_PEER",
     "VERSION_EVENT",
     "check_version",
     "major_version",
@@ -26,6 +29,16 @@ LIBRARY_NAME = "trustp2p"
 VERSION_EVENT = "version"
 HELLO_EVENT = "hello"
 """Secure mode's version talk: the version body plus ``peer_id`` and ``listen_urls``."""
+
+HANDSHAKE_MAGIC = b"\x00tp-noise/1\n"
+"""Prefix of the first secure handshake message. A node running without the secure
+channel recognises it and refuses with a clear reason, rather than reading it as a package."""
+
+PLAIN_PEER = "peer speaks plain trustp2p (secure=False); this node requires the secure channel"
+"""The close reason for a plain peer dialling a secure node."""
+
+SECURE_PEER = "peer speaks the secure channel; this node runs with secure=False"
+"""The close reason for a secure peer dialling a plain node."""
 
 
 def version_body(

@@ -7,7 +7,7 @@ the caller.
 
 from __future__ import annotations
 
-__all__ = ["AddressLimiter", "TokenBucket", "is_loopback", "netgroup"]
+__all__ = ["AddressLimiter", "BudgetTable", "TokenBucket", "is_loopback", "netgroup"]
 
 import ipaddress
 from collections import Counter
@@ -34,11 +34,15 @@ class TokenBucket:
         self.debt = 0
         self._last = now
 
-    def take(self, now: float) -> bool:
+    def _refill(self, now: float) -> None:
         elapsed = now - self._last
         if elapsed > 0:
             self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
             self._last = now
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one; return whether there was."""
+        self._refill(now)
         if self.tokens >= 1:
             self.tokens -= 1
             if self.tokens >= self.burst - 1:
@@ -46,6 +50,20 @@ class TokenBucket:
             return True
         self.debt += 1
         return False
+
+    def spend(self, now: float) -> float:
+        """
+        Spend one token, going into debt when there is none: for rates that slow a peer
+        down rather than refuse it.
+
+        Returns:
+            The seconds until the balance is back at zero: ``0.0`` while the peer is
+            within its budget; otherwise how long to stop reading from it.
+
+        """
+        self._refill(now)
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
     def full(self, now: float) -> bool:
         """True if the bucket has refilled completely by ``now``."""
@@ -136,3 +154,34 @@ class AddressLimiter:
         for host, bucket in list(self._buckets.items()):
             if bucket.full(now):
                 del self._buckets[host]
+
+
+class BudgetTable:
+    """
+    Token buckets by key (a peer id, or an address in plain mode) that outlive the
+    connections: a peer that reconnects finds its budget as it left it.
+
+    Buckets that have refilled completely carry no information and are forgotten when
+    more than ``max_tracked`` keys are held.
+
+    """
+
+    def __init__(self, rate: float, burst: float, *, max_tracked: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, TokenBucket] = {}
+        self._max_tracked = max_tracked
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def get(self, key: str, now: float) -> TokenBucket:
+        """The bucket of ``key``, full if it has none yet."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._max_tracked:
+                for other, old in list(self._buckets.items()):
+                    if old.full(now):
+                        del self._buckets[other]
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket

@@ -1,0 +1,478 @@
+"""
+The per-connection protocol: one peer's messages in, what to do about them out.
+
+Like websockets' ``Protocol`` and h11's ``Connection``, :class:`ConnectionProtocol`
+does no I/O: the node feeds it what the driver received (:meth:`~ConnectionProtocol.
+receive_data`) and carries out the :class:`Action` objects it returns, in order. Time
+comes from an injected clock. It owns the rules that decide what happens to a peer on
+one connection:
+
+* the connection's state, ``HANDSHAKING`` → ``INTRODUCED`` → ``OPEN`` → ``CLOSING`` →
+  ``CLOSED``;
+* the introduction: the ``version`` talk (plain mode) or ``hello`` (secure mode), checked
+  against our protocol version and network (``alt``). In secure mode nothing but
+  ``hello`` is accepted before ``hello``. In plain mode a peer that never sends a
+  decodable ``version`` still works: the shipped original never does (it sends an empty
+  text frame instead, which is ignored);
+* the checks every package passes: it decodes within the size limit, and its own
+  ``version`` major and ``alt`` are the connection's;
+* the request budget: a peer over it is throttled (reading pauses until the budget has
+  refilled), never answered with errors for it;
+* the invalid-package count and how loudly each is logged;
+* the heartbeat bookkeeping: when the peer was last heard, and the ping outstanding;
+* the shape and size of error answers (:func:`error_answer`).
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MAX_ERROR_EVENT_CHARS",
+    "MAX_ERROR_TEXT_CHARS",
+    "WARN_INVALID",
+    "Action",
+    "Block",
+    "Close",
+    "ConnectionProtocol",
+    "ConnectionState",
+    "DeliverGossip",
+    "DeliverResponse",
+    "Dispatch",
+    "Ignore",
+    "Introduced",
+    "Penalty",
+    "Send",
+    "Throttle",
+    "error_answer",
+]
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..exceptions import HandshakeError, PackageError
+from .close import CloseCode, fit_reason
+from .handshake import (
+    HANDSHAKE_MAGIC,
+    HELLO_EVENT,
+    SECURE_PEER,
+    VERSION_EVENT,
+    check_version,
+    major_version,
+)
+from .limits import TokenBucket
+from .package import (
+    DEFAULT_ALT,
+    PROTOCOL_VERSION,
+    REQUEST_TYPES,
+    RESPONSE_TYPES,
+    Body,
+    Package,
+    PackageType,
+    Tag,
+    build_package,
+    decode,
+)
+from .urls import MAX_URLS_PER_PEER, validate_urls
+
+WARN_INVALID = 10
+"""A connection's first invalid packages are reported at WARNING, the rest at DEBUG, so
+that a peer can't flood the log."""
+
+MAX_ERROR_EVENT_CHARS = 128
+"""An error answer repeats at most this many characters of the request's event name."""
+
+MAX_ERROR_TEXT_CHARS = 256
+"""An error answer's text is cut to this many characters: with the event, a 44-character
+tag and the framing, every error answer fits in 2 KiB, far below any peer's limit."""
+
+_ANSWER_TYPE = {
+    PackageType.REQUEST: PackageType.RESPONSE,
+    PackageType.HEARTBEAT_PING: PackageType.HEARTBEAT_PONG,
+}
+
+
+class ConnectionState(enum.Enum):
+    """Where a connection is in its life."""
+
+    HANDSHAKING = "handshaking"  # open; we haven't introduced ourselves yet
+    INTRODUCED = "introduced"  # our version/hello is sent; the peer's isn't received
+    OPEN = "open"  # the peer introduced itself (plain mode: or spoke validly)
+    CLOSING = "closing"  # we decided to close: nothing more is dispatched
+    CLOSED = "closed"  # the connection is gone
+
+
+# Actions: what the node must do, in the order given.
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``package`` to the peer."""
+
+    package: Package
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Hand ``package`` to its thread handlers, in this connection's order."""
+
+    package: Package
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverResponse:
+    """Give a RESPONSE or HEARTBEAT_PONG to the request table."""
+
+    package: Package
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverGossip:
+    """Give a GOSSIP package to the gossip service."""
+
+    package: Package
+
+
+@dataclass(frozen=True, slots=True)
+class Introduced:
+    """The peer introduced itself: ``body`` is its version or hello, ``listen_urls``
+    the valid URLs it says it listens on (hello only)."""
+
+    body: Body
+    listen_urls: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Penalty:
+    """
+    Count one invalid package against the peer (the block policy may then block it).
+
+    Attributes:
+        reason: What was wrong, for the log.
+        warn: Log at WARNING (the connection's first :data:`WARN_INVALID`), else DEBUG.
+        last_warning: This is the last one logged at WARNING.
+
+    """
+
+    reason: str
+    warn: bool = True
+    last_warning: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Stop reading from the peer for ``delay`` seconds: it is over its request budget."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection with ``code`` and ``reason`` (already fit to 123 bytes)."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Block the peer (by id and address, as the policy allows) and close: it broke the
+    protocol in a way no honest peer does."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    """Nothing to do; ``reason`` is worth a DEBUG line."""
+
+    reason: str
+
+
+Action = (
+    Send | Dispatch | DeliverResponse | DeliverGossip | Introduced | Penalty | Throttle | Close
+) | (Block | Ignore)
+"""What :class:`ConnectionProtocol` asks the node to do."""
+
+
+def error_answer(
+    request_type: PackageType, event: str, tag: str, text: str, *, alt: str = DEFAULT_ALT
+) -> Package | None:
+    """
+    The answer to a request we can't serve: ``{"error": text}`` with the request's tag.
+
+    The event and the text are cut to :data:`MAX_ERROR_EVENT_CHARS` and
+    :data:`MAX_ERROR_TEXT_CHARS`, so that a request with a huge event name can't make us
+    send a package over the peer's size limit.
+
+    Returns:
+        The RESPONSE or HEARTBEAT_PONG, or ``None`` when ``request_type`` is not a request
+        type or there is no tag to answer with.
+
+    """
+    answer_type = _ANSWER_TYPE.get(request_type)
+    if answer_type is None or not tag:
+        return None
+    if len(text) > MAX_ERROR_TEXT_CHARS:
+        text = text[: MAX_ERROR_TEXT_CHARS - 1] + "…"
+    return build_package(
+        answer_type, event[:MAX_ERROR_EVENT_CHARS], {"error": text}, tag=Tag(tag), alt=alt
+    )
+
+
+class ConnectionProtocol:
+    """
+    The rules of one connection, free of I/O.
+
+    Args:
+        secure: The connection runs the secure channel: the peer must say ``hello``
+            first, and ``peer_id`` is its authenticated id.
+        peer_id: The peer's authenticated id (secure mode), else ``None``.
+        introduction: Our version talk or hello, sent by :meth:`start`.
+        clock: Returns the current time in seconds (the event loop's clock).
+        is_handled: Whether a thread handles ``(package type, event)``.
+        request_budget: The peer's request budget, shared by its connections; ``None``
+            for no limit.
+        alt: Our network id; packages and introductions must carry it.
+        protocol_version: Our protocol version; packages must share its major.
+        max_package_size: Bytes; larger messages are invalid. ``None``: no limit.
+
+    Attributes:
+        state: The :class:`ConnectionState`.
+        peer_version: The peer's version or hello body, once received.
+        listen_urls: What the peer said it listens on (hello or ``my_url``).
+        invalid: Invalid packages received on this connection.
+        last_seen: When the peer was last heard from (clock seconds).
+        ping_outstanding: When our unanswered heartbeat ping was sent, or ``None``.
+        last_valid: Whether the last message received was a valid package.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        secure: bool,
+        peer_id: str | None,
+        introduction: Package,
+        clock: Callable[[], float],
+        is_handled: Callable[[PackageType, str], bool],
+        request_budget: TokenBucket | None = None,
+        alt: str = DEFAULT_ALT,
+        protocol_version: str = PROTOCOL_VERSION,
+        max_package_size: int | None = 2**20,
+    ) -> None:
+        self.secure = secure
+        self.peer_id = peer_id
+        self._introduction = introduction
+        self._clock = clock
+        self._is_handled = is_handled
+        self._budget = request_budget
+        self._alt = alt
+        self._major = major_version(protocol_version)
+        self._protocol_version = protocol_version
+        self._max_size = max_package_size
+        self.state = ConnectionState.HANDSHAKING
+        self.peer_version: Body | None = None
+        self.listen_urls: list[str] = []
+        self.invalid = 0
+        self.last_seen = clock()
+        self.ping_outstanding: float | None = None
+        self.last_valid = False
+
+    # Connection events
+
+    def start(self) -> list[Action]:
+        """The connection is open: introduce ourselves."""
+        if self.state is not ConnectionState.HANDSHAKING:
+            return []
+        self.state = ConnectionState.INTRODUCED
+        return [Send(self._introduction)]
+
+    def close(self) -> None:
+        """We are closing the connection: nothing more is dispatched."""
+        if self.state is not ConnectionState.CLOSED:
+            self.state = ConnectionState.CLOSING
+
+    def connection_lost(self) -> None:
+        """The connection is gone."""
+        self.state = ConnectionState.CLOSED
+
+    # Heartbeat bookkeeping
+
+    def ping_due(self, now: float, idle: float) -> bool:
+        """Whether to ping: no ping is outstanding and the peer was silent for ``idle``
+        seconds."""
+        return self.ping_outstanding is None and now - self.last_seen >= idle
+
+    def ping_sent(self, now: float) -> None:
+        """We sent a heartbeat ping at ``now``."""
+        self.ping_outstanding = now
+
+    def ping_answered(self, now: float) -> float | None:
+        """The ping was answered (or given up on); returns its round trip, if one was
+        outstanding."""
+        sent, self.ping_outstanding = self.ping_outstanding, None
+        return None if sent is None else now - sent
+
+    # Receiving
+
+    def receive_data(self, data: bytes | str) -> list[Action]:
+        """
+        Take one message from the driver.
+
+        Returns:
+            What to do, in order. :attr:`last_valid` tells whether it was a valid package.
+
+        """
+        self.last_valid = False
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return []
+        self.last_seen = self._clock()
+        if type(data) is str and not data and not self.secure:
+            # The shipped original's version talk: it can't encode it and sends "".
+            return [Ignore("empty text frame (the original's version talk)")]
+        try:
+            package = decode(data, max_size=self._max_size)
+        except PackageError as exc:
+            if isinstance(data, bytes) and data.startswith(HANDSHAKE_MAGIC) and not self.secure:
+                return self._close(CloseCode.POLICY_VIOLATION, SECURE_PEER)
+            return self.receive_invalid(exc)
+        return self.receive_package(package)
+
+    def receive_package(self, package: Package) -> list[Action]:
+        """Take one decoded package. See :meth:`receive_data`."""
+        self.last_valid = False
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return []
+        if package.alt != self._alt or (
+            package.version != self._protocol_version
+            and major_version(package.version) != self._major
+        ):
+            return self._invalid(
+                f"package of protocol version {package.version!r}, network {package.alt!r}: "
+                f"the connection's are {self._protocol_version!r}, {self._alt!r}",
+                package.type,
+                package.event,
+                package.tag,
+            )
+        self.last_valid = True
+        package_type = package.type
+        if package_type is PackageType.TALK and package.event in (VERSION_EVENT, HELLO_EVENT):
+            return self._introduce(package)
+        if self.state is not ConnectionState.OPEN:
+            if self.secure:
+                self.last_valid = False
+                return self._close(
+                    CloseCode.POLICY_VIOLATION,
+                    f"{package_type.name} {package.event[:40]!r} before hello",
+                    penalty=True,
+                )
+            self.state = ConnectionState.OPEN  # plain mode: the original never introduces
+        if package_type in RESPONSE_TYPES:
+            if package_type is PackageType.HEARTBEAT_PONG:
+                self.ping_outstanding = None
+            return [DeliverResponse(package)]
+        if package_type is PackageType.GOSSIP:
+            return [DeliverGossip(package)]
+        if package_type in REQUEST_TYPES:
+            return self._request(package)
+        if self._is_handled(package_type, package.event):
+            return [Dispatch(package)]
+        return [Ignore(f"no handler for {package_type.name} {package.event[:40]!r}")]
+
+    def receive_invalid(self, error: PackageError) -> list[Action]:
+        """Take a message that didn't decode: count it, and answer it if it was a
+        request whose type and tag could be read."""
+        self.last_valid = False
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return []
+        return self._invalid(
+            f"invalid package: {error}",
+            error.package_type,
+            error.event or "",
+            error.tag or "",
+            answer=f"invalid request: {error.reason}",
+        )
+
+    def penalise(self, reason: str) -> list[Action]:
+        """Count an invalid package found invalid above this layer (by a thread)."""
+        return self._invalid(reason, None, "", "")
+
+    # Rules
+
+    def _request(self, package: Package) -> list[Action]:
+        actions: list[Action]
+        if self._is_handled(package.type, package.event):
+            actions = [Dispatch(package)]
+        else:
+            answer = error_answer(
+                package.type,
+                package.event,
+                package.tag,
+                f"no handler for {package.type.name} {package.event!r}",
+                alt=self._alt,
+            )
+            actions = [] if answer is None else [Send(answer)]
+        if self._budget is not None:
+            delay = self._budget.spend(self._clock())
+            if delay > 0:
+                actions.append(Throttle(delay))
+        return actions
+
+    def _introduce(self, package: Package) -> list[Action]:
+        body = package.body
+        if self.peer_version is not None:
+            return [Ignore(f"another {package.event} talk: the first one stands")]
+        if self.secure and package.event != HELLO_EVENT:
+            self.last_valid = False
+            return self._invalid("version talk on a secure connection: hello expected", None)
+        try:
+            check_version(body, alt=self._alt, protocol_version=self._protocol_version)
+        except HandshakeError as exc:
+            self.last_valid = False
+            return self._close(CloseCode.PROTOCOL_ERROR, str(exc))
+        actions: list[Action] = []
+        urls: list[str] = []
+        if package.event == HELLO_EVENT:
+            if self.peer_id is not None and body.get("peer_id") != self.peer_id:
+                self.last_valid = False
+                self.state = ConnectionState.CLOSING
+                return [Block("hello names another peer id")]
+            urls, problem = validate_urls(body.get("listen_urls", []), limit=MAX_URLS_PER_PEER)
+            if problem is not None:
+                actions += self._invalid(f"invalid listen_urls in hello: {problem}", None)
+            self.listen_urls = urls
+        self.peer_version = body
+        self.state = ConnectionState.OPEN
+        actions.append(Introduced(body, urls))
+        return actions
+
+    def _invalid(
+        self,
+        reason: str,
+        package_type: int | None,
+        event: str = "",
+        tag: str = "",
+        *,
+        answer: str | None = None,
+    ) -> list[Action]:
+        self.invalid += 1
+        actions: list[Action] = [
+            Penalty(reason, self.invalid <= WARN_INVALID, self.invalid == WARN_INVALID)
+        ]
+        if package_type in REQUEST_TYPES and tag:
+            package = error_answer(
+                PackageType(package_type), event, tag, answer or reason, alt=self._alt
+            )
+            if package is not None:
+                actions.append(Send(package))
+        return actions
+
+    def _close(self, code: int, reason: str, *, penalty: bool = False) -> list[Action]:
+        self.state = ConnectionState.CLOSING
+        actions: list[Action] = []
+        if penalty:
+            self.invalid += 1
+            actions.append(Penalty(reason))
+        actions.append(Close(code, fit_reason(reason)))
+        return actions

@@ -1,0 +1,355 @@
+"""The per-connection protocol, on a fake clock: no sockets, no event loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trustp2p.exceptions import PackageError
+from trustp2p.protocol.close import CloseCode
+from trustp2p.protocol.connection import (
+    MAX_ERROR_EVENT_CHARS,
+    MAX_ERROR_TEXT_CHARS,
+    WARN_INVALID,
+    Block,
+    Close,
+    ConnectionProtocol,
+    ConnectionState,
+    DeliverGossip,
+    DeliverResponse,
+    Dispatch,
+    Ignore,
+    Introduced,
+    Penalty,
+    Send,
+    Throttle,
+    error_answer,
+)
+from trustp2p.protocol.handshake import (
+    HANDSHAKE_MAGIC,
+    HELLO_EVENT,
+    SECURE_PEER,
+    VERSION_EVENT,
+    version_body,
+)
+from trustp2p.protocol.limits import TokenBucket
+from trustp2p.protocol.package import Package, PackageType, build_package, decode, encode
+
+from ..conftest import FakeClock
+
+PEER = "tpaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+VERSION = version_body(library_version="0.1.0")
+HANDLED = {(PackageType.REQUEST, "echo"), (PackageType.TALK, "chat")}
+
+
+def ours() -> Package:
+    return build_package(PackageType.TALK, VERSION_EVENT, VERSION)
+
+
+def protocol(
+    clock: FakeClock, *, secure: bool = False, budget: TokenBucket | None = None
+) -> ConnectionProtocol:
+    connection = ConnectionProtocol(
+        secure=secure,
+        peer_id=PEER if secure else None,
+        introduction=ours(),
+        clock=clock,
+        is_handled=lambda package_type, event: (package_type, event) in HANDLED,
+        request_budget=budget,
+    )
+    assert connection.start() == [Send(ours())]
+    return connection
+
+
+def hello(peer_id: str = PEER, urls: object = ("ws://127.0.0.1:1/",)) -> bytes:
+    body = {**VERSION, "peer_id": peer_id, "listen_urls": list(urls)}  # type: ignore[call-overload]
+    return encode(build_package(PackageType.TALK, HELLO_EVENT, body))
+
+
+def request(event: str = "echo", body: dict[str, object] | None = None) -> bytes:
+    return encode(build_package(PackageType.REQUEST, event, body or {}))
+
+
+def test_states_from_start_to_closed(clock: FakeClock) -> None:
+    connection = ConnectionProtocol(
+        secure=False,
+        peer_id=None,
+        introduction=ours(),
+        clock=clock,
+        is_handled=lambda *_: False,
+    )
+    assert connection.state is ConnectionState.HANDSHAKING
+    assert connection.start() == [Send(ours())]
+    assert connection.state is ConnectionState.INTRODUCED
+    assert connection.start() == []  # once
+    connection.receive_data(encode(ours()))
+    assert connection.state is ConnectionState.OPEN
+    connection.close()
+    assert connection.state is ConnectionState.CLOSING
+    assert connection.receive_data(request()) == []  # nothing dispatched once closing
+    connection.connection_lost()
+    assert connection.state is ConnectionState.CLOSED
+    connection.close()
+    assert connection.state is ConnectionState.CLOSED
+
+
+def test_plain_version_talk_introduces_the_peer(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    actions = connection.receive_data(encode(ours()))
+    assert actions == [Introduced(VERSION, [])]
+    assert connection.peer_version == VERSION and connection.last_valid
+
+
+def test_plain_peer_that_never_introduces_itself_still_works(clock: FakeClock) -> None:
+    """The shipped original never sends a decodable version talk."""
+    connection = protocol(clock)
+    [action] = connection.receive_data(request())
+    assert type(action) is Dispatch and action.package.event == "echo"
+    assert connection.state is ConnectionState.OPEN
+
+
+def test_empty_text_frame_of_the_original_is_ignored(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    [action] = connection.receive_data("")
+    assert type(action) is Ignore and "empty text frame" in action.reason
+    assert connection.invalid == 0 and not connection.last_valid
+
+
+def test_empty_text_frame_on_a_secure_connection_is_invalid(clock: FakeClock) -> None:
+    connection = protocol(clock, secure=True)
+    [action] = connection.receive_data("")
+    assert type(action) is Penalty
+    assert connection.invalid == 1
+
+
+def test_secure_hello_introduces_the_peer_with_its_urls(clock: FakeClock) -> None:
+    connection = protocol(clock, secure=True)
+    actions = connection.receive_data(hello())
+    assert len(actions) == 1 and type(actions[0]) is Introduced
+    assert actions[0].listen_urls == ["ws://127.0.0.1:1"]
+    assert connection.listen_urls == ["ws://127.0.0.1:1"]
+    assert connection.state is ConnectionState.OPEN
+
+
+@pytest.mark.parametrize(
+    "data",
+    [request(), encode(build_package(PackageType.TALK, "chat", {}))],
+    ids=["request", "talk"],
+)
+def test_secure_mode_accepts_nothing_before_hello(clock: FakeClock, data: bytes) -> None:
+    connection = protocol(clock, secure=True)
+    actions = connection.receive_data(data)
+    assert [type(a) for a in actions] == [Penalty, Close]
+    close = actions[1]
+    assert isinstance(close, Close)
+    assert close.code == CloseCode.POLICY_VIOLATION
+    assert close.reason.endswith("before hello")
+    assert connection.state is ConnectionState.CLOSING
+
+
+def test_secure_mode_refuses_a_version_talk_instead_of_hello(clock: FakeClock) -> None:
+    connection = protocol(clock, secure=True)
+    [action] = connection.receive_data(encode(ours()))
+    assert action == Penalty("version talk on a secure connection: hello expected")
+    assert connection.state is ConnectionState.INTRODUCED
+
+
+def test_hello_naming_another_peer_blocks(clock: FakeClock) -> None:
+    connection = protocol(clock, secure=True)
+    actions = connection.receive_data(hello(peer_id="tp" + "b" * 32))
+    assert actions == [Block("hello names another peer id")]
+    assert connection.state is ConnectionState.CLOSING
+
+
+def test_invalid_listen_urls_are_penalised_but_introduce(clock: FakeClock) -> None:
+    connection = protocol(clock, secure=True)
+    actions = connection.receive_data(hello(urls=["ws://x:1"] * 9))
+    assert [type(a) for a in actions] == [Penalty, Introduced]
+    assert "exceeds the limit of 8" in actions[0].reason  # type: ignore[union-attr]
+    assert connection.listen_urls == []
+
+
+def test_incompatible_version_closes_with_the_reason(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    body = {**VERSION, "protocol_version": "2.0"}
+    data = encode(build_package(PackageType.TALK, VERSION_EVENT, body))
+    actions = connection.receive_data(data)
+    assert actions == [
+        Close(
+            CloseCode.PROTOCOL_ERROR,
+            "protocol version 2.0 is incompatible: major version 2 differs from ours (1)",
+        )
+    ]
+
+
+def test_a_second_introduction_is_ignored(clock: FakeClock) -> None:
+    connection = protocol(clock, secure=True)
+    connection.receive_data(hello())
+    [action] = connection.receive_data(hello(urls=["ws://127.0.0.2:2"]))
+    assert type(action) is Ignore
+    assert connection.listen_urls == ["ws://127.0.0.1:1"]
+
+
+@pytest.mark.parametrize(("version", "alt"), [("2.0", "1"), ("1.0", "2")])
+def test_package_of_another_version_or_network_is_invalid(
+    clock: FakeClock, version: str, alt: str
+) -> None:
+    connection = protocol(clock)
+    package = build_package(PackageType.REQUEST, "echo", {}, version=version, alt=alt)
+    actions = connection.receive_data(encode(package))
+    assert [type(a) for a in actions] == [Penalty, Send]
+    answer = actions[1].package  # type: ignore[union-attr]
+    assert answer.type is PackageType.RESPONSE and answer.tag == package.tag
+    assert answer.body["error"].startswith("package of protocol version")
+
+
+def test_minor_version_differences_are_accepted(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    package = build_package(PackageType.REQUEST, "echo", {}, version="1.7")
+    [action] = connection.receive_data(encode(package))
+    assert type(action) is Dispatch
+
+
+def test_routing_by_type(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    response = build_package(PackageType.RESPONSE, "echo", {}, tag="t")
+    gossip = build_package(PackageType.GOSSIP, "chat", {})
+    talk = build_package(PackageType.TALK, "chat", {})
+    unknown_talk = build_package(PackageType.TALK, "other", {})
+    assert connection.receive_package(response) == [DeliverResponse(response)]
+    assert connection.receive_package(gossip) == [DeliverGossip(gossip)]
+    assert connection.receive_package(talk) == [Dispatch(talk)]
+    assert connection.receive_package(unknown_talk) == [Ignore("no handler for TALK 'other'")]
+
+
+def test_unhandled_request_is_answered_with_an_error(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    data = request("nope")
+    [action] = connection.receive_data(data)
+    assert isinstance(action, Send)
+    assert action.package.body == {"error": "no handler for REQUEST 'nope'"}
+    assert action.package.tag == decode(data).tag
+    assert connection.invalid == 0
+
+
+def test_invalid_packages_are_counted_and_requests_answered(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    good = decode(request())
+    broken = Package(PackageType.REQUEST, "echo", {}, tag=good.tag, body_json="[1]")
+    actions = connection.receive_data(encode(broken))
+    assert [type(a) for a in actions] == [Penalty, Send]
+    assert actions[0] == Penalty("invalid package: body is not a JSON object but an array")
+    answer = actions[1].package  # type: ignore[union-attr]
+    assert answer.body == {"error": "invalid request: body is not a JSON object but an array"}
+    assert answer.tag == good.tag
+
+
+def test_invalid_packages_warn_then_go_quiet(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    penalties = []
+    for _ in range(WARN_INVALID + 2):
+        [penalty] = connection.receive_data(b"\xff")
+        assert isinstance(penalty, Penalty)
+        penalties.append((penalty.warn, penalty.last_warning))
+    assert penalties[: WARN_INVALID - 1] == [(True, False)] * (WARN_INVALID - 1)
+    assert penalties[WARN_INVALID - 1] == (True, True)
+    assert penalties[WARN_INVALID:] == [(False, False)] * 2
+    assert connection.invalid == WARN_INVALID + 2
+
+
+def test_oversized_package_is_invalid(clock: FakeClock) -> None:
+    connection = ConnectionProtocol(
+        secure=False,
+        peer_id=None,
+        introduction=ours(),
+        clock=clock,
+        is_handled=lambda *_: True,
+        max_package_size=100,
+    )
+    [penalty, *_] = connection.receive_data(request(body={"x": "y" * 200}))
+    assert isinstance(penalty, Penalty) and "exceeds" in penalty.reason
+
+
+def test_secure_handshake_bytes_on_a_plain_node_close_with_the_reason(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    actions = connection.receive_data(HANDSHAKE_MAGIC + b"\x00" * 32)
+    assert actions == [Close(CloseCode.POLICY_VIOLATION, SECURE_PEER)]
+    assert connection.invalid == 0
+
+
+def test_penalise_from_a_thread_counts(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    assert connection.penalise("bad my_url") == [Penalty("bad my_url")]
+    assert connection.invalid == 1
+
+
+def test_request_budget_throttles_and_never_refuses(clock: FakeClock) -> None:
+    budget = TokenBucket(rate=10.0, burst=2, now=clock())
+    connection = protocol(clock, budget=budget)
+    assert [type(a) for a in connection.receive_data(request())] == [Dispatch]
+    assert [type(a) for a in connection.receive_data(request())] == [Dispatch]
+    actions = connection.receive_data(request())
+    assert actions[0] == Dispatch(decode(request()))  # still served
+    assert actions[1] == Throttle(pytest.approx(0.1))
+    actions = connection.receive_data(request())
+    assert actions[1] == Throttle(pytest.approx(0.2))
+    clock.advance(0.2)  # the debt is paid: within budget again
+    assert [type(a) for a in connection.receive_data(request())] == [Dispatch, Throttle]
+    clock.advance(1.0)
+    assert [type(a) for a in connection.receive_data(request())] == [Dispatch]
+    assert connection.invalid == 0
+
+
+def test_budget_is_shared_by_a_peers_connections(clock: FakeClock) -> None:
+    """Reconnecting doesn't refill it: the node hands every connection of one peer the
+    same bucket."""
+    budget = TokenBucket(rate=1.0, burst=1, now=clock())
+    first = protocol(clock, budget=budget)
+    assert [type(a) for a in first.receive_data(request())] == [Dispatch]
+    second = protocol(clock, budget=budget)
+    assert [type(a) for a in second.receive_data(request())] == [Dispatch, Throttle]
+
+
+def test_heartbeat_bookkeeping(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    assert not connection.ping_due(clock(), idle=5.0)
+    clock.advance(5.0)
+    assert connection.ping_due(clock(), idle=5.0)
+    connection.ping_sent(clock())
+    assert not connection.ping_due(clock() + 100, idle=5.0)  # one outstanding at a time
+    clock.advance(0.25)
+    assert connection.ping_answered(clock()) == pytest.approx(0.25)
+    assert connection.ping_answered(clock()) is None
+    connection.receive_data(request())
+    assert connection.last_seen == clock()
+
+
+def test_a_pong_clears_the_outstanding_ping(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    connection.ping_sent(clock())
+    pong = build_package(PackageType.HEARTBEAT_PONG, "pong", {"sleep": False}, tag="t")
+    assert connection.receive_package(pong) == [DeliverResponse(pong)]
+    assert connection.ping_outstanding is None
+
+
+def test_error_answers_are_bounded() -> None:
+    answer = error_answer(PackageType.REQUEST, "e" * 900_000, "tag", "x" * 10_000)
+    assert answer is not None
+    assert len(answer.event) == MAX_ERROR_EVENT_CHARS
+    assert len(answer.body["error"]) == MAX_ERROR_TEXT_CHARS
+    assert len(encode(answer)) < 2048
+    assert json.loads(answer.body_json) == answer.body
+
+
+def test_error_answer_shapes() -> None:
+    pong = error_answer(PackageType.HEARTBEAT_PING, "ping", "t", "no")
+    assert pong is not None and pong.type is PackageType.HEARTBEAT_PONG
+    assert error_answer(PackageType.TALK, "chat", "t", "no") is None
+    assert error_answer(PackageType.REQUEST, "echo", "", "no") is None
+
+
+def test_unanswerable_invalid_package_gets_no_answer(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    actions = connection.receive_invalid(PackageError("garbage"))
+    assert actions == [Penalty("invalid package: garbage")]
