@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from trustp2p import RemoteError
 from trustp2p.cli import main
 
 COMMANDS = ["init", "server", "client", "node", "demo"]
@@ -231,7 +232,11 @@ def test_insecure_server_speaks_the_plain_protocol(tmp_path: Path) -> None:
             assert client.client is not None
             async with asyncio.timeout(10):
                 await client.client.wait_connected()
-            return await client.client.request(client.client.sockets[0], "hello?", {})
+            try:
+                await client.client.request(client.client.sockets[0], "hello?", {})
+            except RemoteError as exc:
+                return exc.body
+            raise AssertionError("the server has no handler: it must answer an error")
 
     try:
         answer = asyncio.run(ask())

@@ -20,6 +20,7 @@ from trustp2p import (
     Node,
     Package,
     PackageType,
+    RemoteError,
     RequestTimeout,
     Socket,
     Thread,
@@ -186,23 +187,31 @@ async def test_server_requests_client(make_node: MakeNode) -> None:
 async def test_unhandled_request_is_answered_at_once(make_node: MakeNode) -> None:
     _, client, socket = await pair(make_node)
     assert client.client is not None
-    answer = await client.client.request(socket, "nobody", {}, timeout=1)
-    assert answer == {"error": "no handler for REQUEST 'nobody'"}
+    with pytest.raises(RemoteError) as caught:
+        await client.client.request(socket, "nobody", {}, timeout=1)
+    assert caught.value.body == {"error": "no handler for REQUEST 'nobody'"}
+    assert caught.value.error == "no handler for REQUEST 'nobody'"
+    assert caught.value.event == "nobody"
+    assert str(caught.value) == (
+        "peer answered request 'nobody' with an error: no handler for REQUEST 'nobody'"
+    )
 
 
 async def test_handler_exception_answers_error_and_node_goes_on(make_node: MakeNode) -> None:
     _, client, socket = await pair(make_node)
     assert client.client is not None
-    answer = await client.client.request(socket, "fail", {})
-    assert answer == {"error": "handler of 'fail' failed"}  # no internals leak
+    with pytest.raises(RemoteError) as caught:
+        await client.client.request(socket, "fail", {})
+    assert caught.value.body == {"error": "handler of 'fail' failed"}  # no internals leak
     assert await client.client.request(socket, "echo", {"after": 1}) == {"echo": {"after": 1}}
 
 
 async def test_handler_returning_a_non_dict_answers_error(make_node: MakeNode) -> None:
     _, client, socket = await pair(make_node)
     assert client.client is not None
-    answer = await client.client.request(socket, "bad_body", {})
-    assert answer == {"error": "handler of 'bad_body' failed"}
+    with pytest.raises(RemoteError) as caught:
+        await client.client.request(socket, "bad_body", {})
+    assert caught.value.body == {"error": "handler of 'bad_body' failed"}
 
 
 async def test_identical_concurrent_requests_go_on_the_wire_once(make_node: MakeNode) -> None:

@@ -299,7 +299,7 @@ async def test_per_address_limits(make_node: MakeNode) -> None:
                 async with asyncio.timeout(50 * MS):
                     await ws.recv()  # still connected, waiting for our handshake
         await first.close()
-        await wait_for(lambda: server._limiter.open_from("127.0.0.1") == 1)
+        await wait_for(lambda: server.connections.admission.open_from("127.0.0.1") == 1)
         # One connection is free again, but the burst of 2 new ones is spent.
         async with connect(server.url, compression=None) as ws:
             assert await closed_by_peer(ws) == (
@@ -320,27 +320,47 @@ class Flood(Thread):
         return {"ok": True}
 
 
-async def test_request_rate_limit(make_node: MakeNode) -> None:
-    # A lenient block policy, to watch the rate limit alone.
-    server = await make_node(
-        server=True, threads=[Flood], request_rate=1, request_burst=5, invalid_ratio=100
-    )
+async def test_request_budget_throttles_and_answers_everything(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer over its request budget is slowed down (reading from it pauses until the
+    budget refills), never answered with errors, counted invalid or disconnected."""
+    caplog.set_level(logging.DEBUG, logger="trustp2p.node")
+    server = await make_node(server=True, threads=[Flood], request_rate=50, request_burst=5)
     client = await make_node(client=True, peers=[server.url])
-    assert client.client is not None
+    assert client.client is not None and server.server is not None
     await client.client.wait_connected()
     socket = client.client.sockets[0]
     answers = await asyncio.gather(
-        *(client.client.request(socket, "work", {"n": n}) for n in range(8))
+        *(client.client.request(socket, "work", {"n": n}) for n in range(30))
     )
-    assert answers[:5] == [{"ok": True}] * 5
-    assert answers[5:] == [{"error": "rate limited: more than 1 requests/s"}] * 3
-    # Over by more than another burst: disconnected.
-    await asyncio.gather(
-        *(client.client.request(socket, "work", {"m": n}, timeout=1) for n in range(10)),
-        return_exceptions=True,
-    )
-    await wait_for(lambda: socket.closed)
-    assert (socket.close_code, socket.close_reason) == (1008, "request rate far over the limit")
+    assert answers == [{"ok": True}] * 30
+    assert any("over the request budget: reading paused" in r.message for r in caplog.records)
+    assert not socket.closed
+    assert server.server.sockets[0].stats.invalid_in == 0
+
+
+async def test_request_budget_survives_a_reconnection(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The budget belongs to the peer, not the connection: reconnecting doesn't refill it."""
+    caplog.set_level(logging.DEBUG, logger="trustp2p.node")
+    server = await make_node(server=True, threads=[Flood], request_rate=0.5, request_burst=3)
+    client = await make_node(client=True, peers=[server.url], reconnect_initial=0.01)
+    assert client.client is not None
+    await client.client.wait_connected()
+    first = client.client.sockets[0]
+    for n in range(3):
+        assert await client.client.request(first, "work", {"n": n}) == {"ok": True}
+    assert not any("request budget" in r.message for r in caplog.records)
+    await first.close()
+    await wait_for(lambda: bool(client.client and client.client.sockets))
+    second = client.client.sockets[0]
+    assert second is not first
+    # The 4th request overall: over the budget at once, though it is a new connection.
+    task = asyncio.ensure_future(client.client.request(second, "work", {"n": 3}))
+    await wait_for(lambda: any("request budget" in r.message for r in caplog.records))
+    assert await task == {"ok": True}
 
 
 async def test_excess_requests_count_against_the_peer(make_node: MakeNode) -> None:

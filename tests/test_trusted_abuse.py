@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from trustp2p import ConnectionClosed, EventMap, Node, PackageType, Socket, Thread
 from trustp2p.identity import Identity
 from trustp2p.peerstore import PeerSource, PeerStore
+from trustp2p.threads.heartbeat import HeartbeatThread
 
 from .conftest import MS
 from .nodes import FAST, MakeNode, wait_for
@@ -38,18 +41,24 @@ async def connected_pair(make_node: MakeNode, **server_options: Any) -> tuple[No
     return server, client, client.client.sockets[0]
 
 
-async def test_a_ping_flood_is_rate_limited(make_node: MakeNode) -> None:
-    _, client, socket = await connected_pair(
-        make_node, request_rate=1, request_burst=5, invalid_ratio=100
+async def test_a_ping_flood_is_throttled(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pings spend the request budget too; a flood of them is slowed, not refused."""
+    caplog.set_level(logging.DEBUG, logger="trustp2p.node")
+    server, client, socket = await connected_pair(
+        make_node, threads=[HeartbeatThread], request_rate=100, request_burst=5
     )
-    assert client.client is not None
+    assert client.client is not None and server.server is not None
     answers = await asyncio.gather(
         *(
             client.client.request(socket, "ping", {"n": n}, type=PackageType.HEARTBEAT_PING)
-            for n in range(8)
+            for n in range(20)
         )
     )
-    assert [a["error"] for a in answers[5:]] == ["rate limited: more than 1 requests/s"] * 3
+    assert answers == [{"sleep": False}] * 20
+    assert any("over the request budget: reading paused" in r.message for r in caplog.records)
+    assert server.server.sockets[0].stats.invalid_in == 0
 
 
 async def test_a_busy_server_is_not_blocked_by_its_clients(make_node: MakeNode) -> None:

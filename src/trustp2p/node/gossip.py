@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..drivers.base import Socket
-from ..exceptions import ConnectionClosed, GossipError, RequestTimeout
+from ..exceptions import ConnectionClosed, GossipError, RemoteError, RequestTimeout
 from ..msglog import LOG_FILE, LoggedMessage, MessageLog
 from ..protocol.gossip import (
     GOSSIP_EVENTS,
@@ -496,7 +496,8 @@ class Gossip:
             answer = await self._request(socket, HWM, {"topics": sorted(self.router.topics)})
         except (ConnectionClosed, RequestTimeout):
             return
-        if _refused(socket, HWM, answer):
+        except RemoteError as exc:
+            _refused(socket, exc)
             return
         marks = answer.get("hwm")
         if not isinstance(marks, dict) or len(marks) > 1000:
@@ -538,7 +539,8 @@ class Gossip:
                     answer = await self._request(socket, FETCH, request)
                 except (ConnectionClosed, RequestTimeout):
                     return
-                if _refused(socket, FETCH, answer):
+                except RemoteError as exc:
+                    _refused(socket, exc)
                     return
                 messages = answer.get("messages")
                 if not isinstance(messages, list) or len(messages) > batch:
@@ -641,15 +643,12 @@ def _wire_size(message: GossipMessage) -> int:
     return len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
 
 
-def _refused(socket: Socket, event: str, answer: Body) -> bool:
+def _refused(socket: Socket, error: RemoteError) -> None:
     """
-    Whether a peer answered a catch-up request with an error: it may be over our
-    request rate, or run without gossip. Not a fault; we ask another peer later.
+    A peer answered a catch-up request with an error: it may run without gossip. Not a
+    fault; we ask another peer later.
     """
-    if "error" not in answer:
-        return False
-    logger.debug("! %s answered %s with an error: %.200s", socket.peer, event, answer["error"])
-    return True
+    logger.debug("! %s answered %s with an error: %.200s", socket.peer, error.event, error.error)
 
 
 def _stream(topic: str, origin: str) -> str:

@@ -41,6 +41,10 @@ class HandlerRegistry:
     def __iter__(self) -> Iterator[_Key]:
         return iter(self._entries)
 
+    def handles(self, package_type: PackageType, event: str) -> bool:
+        """Whether some thread handles ``event`` for ``package_type``."""
+        return (package_type, event) in self._entries
+
     def get(self, package_type: PackageType, event: str) -> list[HandlerEntry]:
         """The handlers of ``event`` for ``package_type``; empty when there are none."""
         return self._entries.get((package_type, event), [])

@@ -104,7 +104,7 @@ class Role:
         if reroute and self.inbound:
             raise ValueError("reroute is only available on the client role")
         return await self.node.request(
-            socket, event, body, type=type, reroute=reroute, timeout=timeout
+            socket, event, body, package_type=type, reroute=reroute, timeout=timeout
         )
 
     async def send_response(
@@ -193,7 +193,10 @@ class Role:
                     results[socket] = None
             return results
         outcomes = await asyncio.gather(
-            *(self.node.request(s, event, body, type=type, timeout=timeout) for s in targets),
+            *(
+                self.node.request(s, event, body, package_type=type, timeout=timeout)
+                for s in targets
+            ),
             return_exceptions=True,
         )
         for socket, outcome in zip(targets, outcomes, strict=True):

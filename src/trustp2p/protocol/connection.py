@@ -245,6 +245,7 @@ class ConnectionProtocol:
         last_seen: When the peer was last heard from (clock seconds).
         ping_outstanding: When our unanswered heartbeat ping was sent, or ``None``.
         last_valid: Whether the last message received was a valid package.
+        last_package: The last package decoded, valid or not (for logging).
 
     """
 
@@ -278,6 +279,7 @@ class ConnectionProtocol:
         self.last_seen = clock()
         self.ping_outstanding: float | None = None
         self.last_valid = False
+        self.last_package: Package | None = None
 
     # Connection events
 
@@ -337,6 +339,7 @@ class ConnectionProtocol:
             if isinstance(data, bytes) and data.startswith(HANDSHAKE_MAGIC) and not self.secure:
                 return self._close(CloseCode.POLICY_VIOLATION, SECURE_PEER)
             return self.receive_invalid(exc)
+        self.last_package = package
         return self.receive_package(package)
 
     def receive_package(self, package: Package) -> list[Action]:

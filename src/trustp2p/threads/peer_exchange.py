@@ -22,7 +22,7 @@ import random
 from urllib.parse import urlsplit
 
 from ..drivers.base import Socket
-from ..exceptions import ConnectionClosed, RequestTimeout
+from ..exceptions import ConnectionClosed, RemoteError, RequestTimeout
 from ..peerstore import PeerSource
 from ..protocol.limits import is_loopback
 from ..protocol.package import Body, Package, PackageType
@@ -155,7 +155,7 @@ class PeerExchangeThread(Thread):
             )
         except (ConnectionClosed, RequestTimeout):
             return
-        if "error" in answer and "peers" not in answer:
+        except RemoteError:
             # A server without peer exchange (peer_exchange=False): nothing wrong.
             self._unsupported.add(socket.id)
             return

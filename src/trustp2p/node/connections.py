@@ -1,0 +1,573 @@
+"""
+The node's connections: the drivers' listener, each connection's protocol, inbox and
+worker, and the send path.
+
+Each received message goes through the connection's
+:class:`~trustp2p.protocol.connection.ConnectionProtocol`; this module carries out
+the actions it returns. Responses resolve waiting requests at once; other packages go to
+a per-connection inbox that one worker task drains in order, calling thread handlers. A
+slow handler delays only its own connection; when too many packages wait, or the peer is
+over its request budget, the node stops reading from that peer for a while.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["Connections", "PeerConnection"]
+
+import asyncio
+import logging
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from ..drivers.base import Listening, Socket
+from ..exceptions import ChannelError, ConnectionClosed, SelfDialError
+from ..identity import short_id
+from ..peerstore import PeerSource
+from ..protocol.admission import Admission, block_scope, keep_new_connection
+from ..protocol.close import CloseCode, fit_reason
+from ..protocol.connection import (
+    Action,
+    Block,
+    Close,
+    ConnectionProtocol,
+    DeliverGossip,
+    DeliverResponse,
+    Dispatch,
+    Ignore,
+    Introduced,
+    Penalty,
+    Send,
+    Throttle,
+)
+from ..protocol.limits import AddressLimiter, BudgetTable, is_loopback
+from ..protocol.package import Package, encode
+from ..security.channel import SecureSocket
+from .dispatch import Hook, Worker
+
+if TYPE_CHECKING:
+    from ..protocol.package import Body
+    from .node import Node
+    from .roles import Role
+
+
+class _PeerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes messages with the peer and puts it in ``extra``, as websockets does."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        assert self.extra is not None
+        kwargs["extra"] = self.extra
+        return f"[{self.extra['peer']}] {msg}", kwargs
+
+
+class PeerConnection:
+    """
+    What the node keeps per open connection; get it with :meth:`Node.connection`.
+
+    Attributes:
+        socket: The connection.
+        role: The role it belongs to (``node.server`` or ``node.client``).
+        protocol: Its sans-I/O protocol state (introduction, counts, heartbeat).
+        log: A logger that names the peer.
+
+    """
+
+    __slots__ = ("backlog", "log", "protocol", "role", "socket", "throttle", "worker")
+
+    def __init__(
+        self, socket: Socket, role: Role, protocol: ConnectionProtocol, log: _PeerLog
+    ) -> None:
+        self.socket = socket
+        self.role = role
+        self.protocol = protocol
+        self.log = log
+        self.worker: Worker | None = None
+        self.backlog = 0  # packages written while the peer wasn't reading
+        self.throttle: asyncio.TimerHandle | None = None  # over the request budget
+
+    @property
+    def listen_urls(self) -> list[str]:
+        """The URLs the peer said it listens on (hello or ``my_url``)."""
+        return self.protocol.listen_urls
+
+    @listen_urls.setter
+    def listen_urls(self, urls: list[str]) -> None:
+        self.protocol.listen_urls = urls
+
+    @property
+    def peer_version(self) -> Body | None:
+        """The peer's version or hello body, once received."""
+        return self.protocol.peer_version
+
+
+class Connections:
+    """
+    The open connections of a node, and the driver callbacks that feed them.
+
+    This is the :class:`~trustp2p.drivers.base.Listener` of the node's drivers (behind
+    the secure layer in secure mode). Not for applications: use the node's API.
+
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._options = options = node.options
+        self._logger = logging.getLogger("trustp2p.node")
+        self._conns: dict[int, PeerConnection] = {}
+        self._by_peer_id: dict[str, PeerConnection] = {}
+        self._refused: dict[int, Socket] = {}  # plain mode: refused, not closed yet
+        limiter = AddressLimiter(
+            max_concurrent=options.max_per_ip,
+            rate=options.ip_rate,
+            burst=options.ip_burst,
+            exempt_loopback=not options.limit_loopback,
+        )
+        self.admission = Admission(
+            max_inbound=options.max_inbound, limiter=limiter, is_blocked=self._address_blocked
+        )
+        self._budgets = BudgetTable(options.request_rate, options.request_burst)
+        self._workers: set[asyncio.Task[None]] = set()
+        self._debug = self._logger.isEnabledFor(logging.DEBUG)
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def __iter__(self) -> Iterator[PeerConnection]:
+        """The open connections, oldest first (a snapshot: safe to close them)."""
+        return iter(list(self._conns.values()))
+
+    def values(self) -> list[PeerConnection]:
+        """The open connections, oldest first."""
+        return list(self._conns.values())
+
+    def get(self, conn_id: int) -> PeerConnection | None:
+        """The open connection with this id, if any."""
+        return self._conns.get(conn_id)
+
+    def by_peer_id(self, peer_id: str) -> PeerConnection | None:
+        """The open connection to an authenticated peer, if any."""
+        return self._by_peer_id.get(peer_id)
+
+    def peer_ids(self) -> set[str]:
+        """The authenticated peer ids of the open connections."""
+        return set(self._by_peer_id)
+
+    def _budget_key(self, socket: Socket) -> str:
+        """Whose request budget a connection spends: its peer's (by id), else its
+        address's, so that reconnecting doesn't refill it. Local peers without an id
+        (plain mode, loopback, not ``limit_loopback``) each have their connection's."""
+        if socket.peer_id is not None:
+            return socket.peer_id
+        if self._options.limit_loopback or not is_loopback(socket.host):
+            return f"address:{socket.host}"
+        return f"connection:{socket.id}"
+
+    def _address_blocked(self, host: str) -> bool:
+        store = self._node.store
+        return store is not None and store.is_blocked(address=host)
+
+    # Driver callbacks (the Listener protocol)
+
+    def on_start(self, listening: Listening) -> None:
+        self._logger.info("= listening on %s", listening.url)
+
+    def on_connection(self, socket: Socket) -> None:
+        node = self._node
+        assert node.server is not None
+        if node.secure_layer is None:
+            # Plain mode: admit here. In secure mode the secure layer did, before any
+            # cryptography.
+            refusal = self.admit(socket)
+            if refusal is not None:
+                self._refuse(socket, *refusal)
+                return
+        self._opened(socket, node.server, "on_socket_connection")
+
+    def on_open(self, socket: Socket) -> None:
+        assert self._node.client is not None
+        self._opened(socket, self._node.client, "on_socket_open")
+
+    def on_message(self, socket: Socket, data: bytes | str) -> None:
+        conn = self._conns.get(socket.id)
+        if conn is None:
+            return  # refused, or the node is stopping
+        protocol = conn.protocol
+        actions = protocol.receive_data(data)
+        if self._debug and protocol.last_package is not None:
+            conn.log.debug("< %s", protocol.last_package)
+        if protocol.last_valid:
+            store = self._node.store
+            if store is not None and store.count_packages(_key(socket), good=1):
+                # Past the policy, even if this package was a good one: a peer mixing
+                # good packages among its bad ones must not slip through.
+                self.block(socket.peer_id, socket.host, "too many invalid packages", socket=socket)
+                return
+        for action in actions:
+            self._carry_out(conn, action)
+
+    def on_error(self, socket: Socket, error: Exception) -> None:
+        conn = self._conns.get(socket.id)
+        if conn is None:
+            return
+        socket.stats.invalid_in += 1
+        conn.log.warning("! connection failed: %s", error)
+        if isinstance(error, ChannelError):
+            # A message that doesn't decrypt on an authenticated channel: tampering.
+            self.block(socket.peer_id, socket.host, f"protocol violation: {error}", socket=socket)
+        self._enqueue(conn, Hook("on_socket_error", socket, error))
+
+    def on_close(self, socket: Socket) -> None:
+        node = self._node
+        self._refused.pop(socket.id, None)
+        self.admission.release(socket.raw.id if isinstance(socket, SecureSocket) else socket.id)
+        conn = self._conns.pop(socket.id, None)
+        if conn is None:
+            return
+        conn.protocol.connection_lost()
+        if conn.throttle is not None:
+            conn.throttle.cancel()
+        if socket.peer_id is not None and self._by_peer_id.get(socket.peer_id) is conn:
+            del self._by_peer_id[socket.peer_id]
+        conn.role.connection_closed(socket)
+        if node.gossip is not None:
+            node.gossip.connection_closed(socket)
+        conn.log.info("= connection closed (%s %s)", socket.close_code, socket.close_reason or "-")
+        node.requests.connection_lost(socket)
+        self._enqueue(conn, Hook("on_socket_close", socket))
+
+    # Admission (also called by the secure layer, before any cryptography)
+
+    def admit(self, raw: Socket) -> tuple[int, str] | None:
+        """Admit an inbound connection, or say why not: limits, blocks. No crypto."""
+        if not self._node.running:
+            return CloseCode.GOING_AWAY, "node stopping"
+        refusal = self.admission.admit(raw.id, raw.host, asyncio.get_running_loop().time())
+        if refusal is None:
+            return None
+        if refusal.warn:
+            self._logger.warning("! refused %s: %s", raw.peer, refusal.reason)
+        else:
+            self._logger.debug("! refused %s: %s", raw.peer, refusal.reason)
+        return refusal.code, refusal.reason
+
+    def handshake_failed(self, raw: Socket, error: Exception) -> None:
+        """The secure layer reports a failed handshake."""
+        node = self._node
+        self.admission.release(raw.id)
+        if not node.running:
+            return
+        self._logger.warning("! secure handshake with %s failed: %s", raw.peer, error)
+        # Count it against the address of a peer that dialled us and failed; not our
+        # own dials (the server may just be full) nor a dial of ourselves.
+        store = node.store
+        if (
+            raw.inbound
+            and not isinstance(error, SelfDialError)
+            and store is not None
+            and store.count_packages(f"address:{raw.host}", invalid=1)
+        ):
+            self.block(None, raw.host, "too many failed handshakes")
+        if node.client is not None and not raw.inbound:
+            node.client.dial_failed(raw.peer, error)
+        node.tasks.spawn(node.call_hooks("on_socket_error", raw, error), "on_socket_error hooks")
+
+    def _refuse(self, socket: Socket, code: int, reason: str) -> None:
+        """Close a connection the node won't take, and keep track of it until it is."""
+        if not isinstance(socket, SecureSocket):  # the secure layer tracks its raw ones
+            self._refused[socket.id] = socket
+        socket.close_soon(code, reason)
+
+    def _duplicate(self, socket: Socket, peer_id: str) -> bool:
+        """Apply the one-connection-per-peer rule; True if ``socket`` was refused."""
+        existing = self._by_peer_id.get(peer_id)
+        if existing is None:
+            return False
+        node = self._node
+        assert node.peer_id is not None
+        keep = keep_new_connection(
+            our_id=node.peer_id,
+            new_inbound=socket.inbound,
+            new_peer_id=peer_id,
+            existing_inbound=existing.socket.inbound,
+            existing_peer_id=peer_id,
+        )
+        if keep:
+            existing.socket.close_soon(CloseCode.NORMAL_CLOSURE, "duplicate connection")
+            return False
+        self._logger.debug("= %s duplicates a connection to %s", socket.peer, peer_id)
+        if node.client is not None and not socket.inbound:
+            node.client.remember_peer(socket.peer, peer_id)
+        self._refuse(socket, CloseCode.NORMAL_CLOSURE, "duplicate connection")
+        return True
+
+    def _opened(self, socket: Socket, role: Role, hook: str) -> None:
+        node = self._node
+        if not node.running:
+            self._refuse(socket, CloseCode.GOING_AWAY, "node stopping")
+            return
+        peer_id = socket.peer_id
+        store = node.store
+        if peer_id is not None:
+            if store is not None and store.is_blocked(peer_id=peer_id):
+                self._logger.info(
+                    "! refused %s: peer %s is blocked", socket.peer, short_id(peer_id)
+                )
+                self._refuse(socket, CloseCode.POLICY_VIOLATION, "blocked")
+                return
+            if self._duplicate(socket, peer_id):
+                return
+        conn = self._new_connection(socket, role)
+        role.connection_opened(socket)
+        who = f" (peer {short_id(peer_id)})" if peer_id is not None else ""
+        conn.log.info("= %s%s", "connected to us" if socket.inbound else "connected", who)
+        if not socket.inbound and node.client is not None and store is not None:
+            node.tasks.spawn(
+                store.record_connected(
+                    peer_id=peer_id or f"address:{socket.host}",
+                    url=node.client.store_url(socket.peer),
+                    address=socket.host,
+                ),
+                "record connection",
+            )
+        self._enqueue(conn, Hook(hook, socket))
+        for action in conn.protocol.start():
+            self._carry_out(conn, action)
+        if node.gossip is not None and not socket.closed:
+            node.gossip.connection_opened(socket)
+
+    def _new_connection(self, socket: Socket, role: Role) -> PeerConnection:
+        node = self._node
+        options = self._options
+        now = asyncio.get_running_loop().time
+        protocol = ConnectionProtocol(
+            secure=node.secure_layer is not None,
+            peer_id=socket.peer_id,
+            introduction=node.introduction(),
+            clock=now,
+            is_handled=node.handlers.handles,
+            request_budget=self._budgets.get(self._budget_key(socket), now()),
+            alt=options.alt,
+            max_package_size=options.max_package_size,
+        )
+        log = _PeerLog(self._logger, {"peer": socket.peer})
+        conn = self._conns[socket.id] = PeerConnection(socket, role, protocol, log)
+        if socket.peer_id is not None:
+            self._by_peer_id[socket.peer_id] = conn
+        return conn
+
+    # Carrying out the protocol's decisions
+
+    def _carry_out(self, conn: PeerConnection, action: Action) -> None:
+        kind = type(action)
+        if kind is Dispatch:
+            self._enqueue(conn, action.package)  # type: ignore[union-attr]
+        elif kind is DeliverResponse:
+            self._node.requests.receive_response(conn.socket, action.package)  # type: ignore[union-attr]
+        elif kind is DeliverGossip:
+            gossip = self._node.gossip
+            if gossip is not None:
+                gossip.receive(conn.socket, action.package)  # type: ignore[union-attr]
+        elif kind is Send:
+            try:
+                self.send_package(conn.socket, action.package)  # type: ignore[union-attr]
+            except ConnectionClosed:
+                pass
+        elif kind is Throttle:
+            self._throttle(conn, action.delay)  # type: ignore[union-attr]
+        elif kind is Penalty:
+            self._penalty(conn, action)  # type: ignore[arg-type]
+        elif kind is Introduced:
+            self._introduced(conn, action)  # type: ignore[arg-type]
+        elif kind is Close:
+            conn.log.warning("! closing: %s", action.reason)  # type: ignore[union-attr]
+            self._close(conn, action.code, action.reason)  # type: ignore[union-attr]
+        elif kind is Block:
+            socket = conn.socket
+            self.block(socket.peer_id, socket.host, action.reason, socket=socket)  # type: ignore[union-attr]
+        elif kind is Ignore and self._debug:
+            conn.log.debug("- %s", action.reason)  # type: ignore[union-attr]
+
+    def _penalty(self, conn: PeerConnection, penalty: Penalty) -> None:
+        socket = conn.socket
+        socket.stats.invalid_in += 1
+        if penalty.warn:
+            suffix = "; more are logged at debug level" if penalty.last_warning else ""
+            conn.log.warning("! %s%s", penalty.reason, suffix)
+        else:
+            conn.log.debug("! %s", penalty.reason)
+        store = self._node.store
+        if store is not None and store.count_packages(_key(socket), invalid=1):
+            self.block(socket.peer_id, socket.host, penalty.reason, socket=socket)
+
+    def _introduced(self, conn: PeerConnection, introduced: Introduced) -> None:
+        socket = conn.socket
+        store = self._node.store
+        if store is not None and introduced.listen_urls and socket.peer_id is not None:
+            source = PeerSource.INBOUND if socket.inbound else PeerSource.EXCHANGE
+            self._node.tasks.spawn(
+                store.add_urls(introduced.listen_urls, source, peer_id=socket.peer_id),
+                "record urls",
+            )
+        body = introduced.body
+        conn.log.debug("= peer runs %s %s", body.get("library"), body.get("library_version"))
+
+    def _close(self, conn: PeerConnection, code: int, reason: str) -> None:
+        """Close a connection; a throttled one reads again to see the close through."""
+        if conn.throttle is not None:
+            conn.throttle.cancel()
+            self._unthrottle(conn)
+        conn.protocol.close()
+        conn.socket.close_soon(code, reason)
+
+    def _throttle(self, conn: PeerConnection, delay: float) -> None:
+        """Stop reading from a peer over its request budget until it has refilled."""
+        if conn.throttle is not None:
+            conn.throttle.cancel()
+        else:
+            conn.log.debug("= over the request budget: reading paused for %.3f s", delay)
+            conn.socket.pause_reading()
+        conn.throttle = asyncio.get_running_loop().call_later(delay, self._unthrottle, conn)
+
+    def _unthrottle(self, conn: PeerConnection) -> None:
+        conn.throttle = None
+        if conn.worker is None or not conn.worker.paused:
+            conn.socket.resume_reading()
+
+    def penalize(self, socket: Socket, reason: str) -> None:
+        """Count one invalid package against a peer, found invalid by a thread."""
+        conn = self._conns.get(socket.id)
+        if conn is not None:
+            for action in conn.protocol.penalise(reason):
+                self._carry_out(conn, action)
+
+    def block(
+        self, peer_id: str | None, address: str | None, reason: str, *, socket: Socket | None = None
+    ) -> None:
+        """
+        Block a peer by id and address for ``block_duration``; close its connections,
+        and ``socket``, the one that crossed the policy.
+
+        Loopback addresses are not blocked (unless ``limit_loopback``): every local peer
+        shares them. A local peer without a peer id (plain mode) is only disconnected.
+        """
+        scope = block_scope(peer_id, address, limit_loopback=self._options.limit_loopback)
+        if scope is None:
+            if socket is not None and not socket.closed:
+                self._logger.warning(
+                    "! disconnecting %s: %s (loopback addresses are not blocked)",
+                    socket.peer,
+                    reason,
+                )
+                socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"disconnected: {reason}"))
+            return
+        self._logger.warning(
+            "! blocking %s for %g s: %s",
+            " and ".join(x for x in (scope.peer_id, scope.address) if x),
+            self._options.block_duration,
+            reason,
+        )
+        node = self._node
+        if node.store is not None and node.running:
+            node.tasks.spawn(
+                node.store.block(peer_id=scope.peer_id, address=scope.address, reason=reason),
+                f"block {scope.peer_id or scope.address}",
+            )
+        close_reason = fit_reason(f"blocked: {reason}")
+        for conn in list(self._conns.values()):
+            other = conn.socket
+            if (
+                other is socket
+                or (scope.peer_id is not None and other.peer_id == scope.peer_id)
+                or (scope.address is not None and other.host == scope.address and other.inbound)
+            ):
+                self._close(conn, CloseCode.POLICY_VIOLATION, close_reason)
+        if socket is not None and not socket.closed:
+            socket.close_soon(CloseCode.POLICY_VIOLATION, close_reason)
+
+    # Inboxes
+
+    def _enqueue(self, conn: PeerConnection, item: Package | Hook) -> None:
+        worker = conn.worker
+        if worker is None:
+            worker = conn.worker = Worker(
+                conn.socket,
+                self._node,
+                max_pending=self._options.max_pending_packages,
+                can_resume=lambda: conn.throttle is None,
+            )
+        task = worker.put(item)
+        if task is not None:
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+
+    def unmatched(self, conn_id: int, package: Package) -> None:
+        """A response that matches no pending request: its handler, if any, gets it."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        conn.socket.stats.unmatched_in += 1
+        if self._node.handlers.handles(package.type, package.event):
+            self._enqueue(conn, package)
+        elif self._debug:
+            conn.log.debug("- dropped %s: it matches no pending request", package)
+
+    async def wait_workers(self, timeout: float) -> None:
+        """Let the workers finish (``on_socket_close`` hooks), then cancel the rest."""
+        if self._workers:
+            await asyncio.wait(set(self._workers), timeout=timeout)
+        for task in list(self._workers):
+            task.cancel()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+
+    def all_sockets(self) -> list[Socket]:
+        """Every connection, those refused and not closed yet included. Throttled ones
+        read again, so that their closing handshake can complete."""
+        for conn in self._conns.values():
+            if conn.throttle is not None:
+                conn.throttle.cancel()
+                self._unthrottle(conn)
+        return [conn.socket for conn in self._conns.values()] + list(self._refused.values())
+
+    # Sending
+
+    def send_package(self, socket: Socket, package: Package) -> None:
+        """
+        Write ``package`` to ``socket`` without waiting.
+
+        Raises:
+            ConnectionClosed: If the socket is closed, or the peer left more than
+                ``max_send_queue`` packages unread (it is then disconnected).
+
+        """
+        conn = self._conns.get(socket.id)
+        if self._debug:
+            (conn.log if conn is not None else self._logger).debug("> %s", package)
+        if conn is not None:
+            if socket.write_paused:
+                conn.backlog += 1
+                limit = self._options.max_send_queue
+                if conn.backlog > limit:
+                    reason = f"send queue full: {limit} packages unread"
+                    conn.log.warning("! %s: disconnecting", reason)
+                    socket.close_soon(CloseCode.POLICY_VIOLATION, reason)
+                    raise ConnectionClosed(CloseCode.POLICY_VIOLATION, reason)
+            else:
+                conn.backlog = 0
+        socket.write(encode(package))
+
+    def send_nowait(self, conn_id: int, package: Package) -> None:
+        """The request table's ``send``: never raises."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return  # its on_close already ran, or is about to: the table hears of it
+        try:
+            self.send_package(conn.socket, package)
+        except ConnectionClosed:
+            pass  # on_close will report the loss to the table
+
+
+def _key(socket: Socket) -> str:
+    return socket.peer_id or f"address:{socket.host}"

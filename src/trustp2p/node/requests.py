@@ -1,0 +1,224 @@
+"""
+Requests in flight: a future per caller and one timer, over the sans-I/O
+:class:`~trustp2p.protocol.deliver.RequestTable`.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["Requests", "is_error_answer"]
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
+
+from ..exceptions import ConnectionClosed, RemoteError, RequestTimeout
+from ..protocol.close import CloseCode
+from ..protocol.deliver import (
+    ConnId,
+    DeliverEvent,
+    RequestExpired,
+    RequestFailed,
+    RequestRerouted,
+    RequestTable,
+    RerouteUnavailable,
+    ResponseReceived,
+    ResponseUnmatched,
+    WaiterId,
+)
+from ..protocol.package import REQUEST_TYPES, Body, Package, PackageType, build_package
+
+if TYPE_CHECKING:
+    from ..drivers.base import Socket
+
+logger = logging.getLogger("trustp2p.deliver")
+
+
+def is_error_answer(body: Body) -> bool:
+    """Whether a response body is an error answer: ``{"error": "<text>"}`` and nothing
+    else, the shape trustp2p and the original send for requests they can't serve."""
+    return len(body) == 1 and type(body.get("error")) is str
+
+
+class Requests:
+    """
+    The requests a node sent and waits for.
+
+    Args:
+        send: Writes a package to a connection without waiting; never raises.
+        unmatched: Gets responses that match no pending request.
+        reroute_target: Picks the next connection to reroute a stalled request to, or
+            ``None`` on a node without a client role.
+        response_timeout: Seconds a request waits by default.
+        stalled_timeout: Seconds before a reroutable request is sent elsewhere.
+        alt: Our network id, written in each request.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        send: Callable[[ConnId, Package], None],
+        unmatched: Callable[[ConnId, Package], None],
+        reroute_target: Callable[[Collection[ConnId]], ConnId | None] | None,
+        response_timeout: float,
+        stalled_timeout: float,
+        alt: str,
+    ) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        self._table = RequestTable(
+            clock=loop.time,
+            send=send,
+            reroute_target=reroute_target,
+            response_timeout=response_timeout,
+            stalled_timeout=stalled_timeout,
+        )
+        self._unmatched = unmatched
+        self._alt = alt
+        self._futures: dict[WaiterId, asyncio.Future[Body]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+
+    async def request(
+        self,
+        socket: Socket,
+        event: str,
+        body: Body,
+        *,
+        package_type: PackageType = PackageType.REQUEST,
+        reroute: bool = False,
+        timeout: float | None = None,
+    ) -> Body:
+        """
+        Send a request on ``socket`` and wait for its response's body.
+
+        Raises:
+            RemoteError: If the peer answered with an error (``exc.body`` is raw).
+            RequestTimeout: If no response arrives within the timeout.
+            ConnectionClosed: If the connection is lost first (and can't be rerouted).
+            ValueError: If ``package_type`` is not a request type.
+
+        """
+        if package_type not in REQUEST_TYPES:
+            raise ValueError(f"{package_type!r} is not a request type")
+        if socket.closed:
+            raise ConnectionClosed(socket.close_code, socket.close_reason)
+        table = self._table
+        package = build_package(package_type, event, body, alt=self._alt)
+        waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout)
+        future: asyncio.Future[Body] = self._loop.create_future()
+        self._futures[waiter] = future
+        # The timer must fire by the earliest deadline; this request's is usually later
+        # than the one already scheduled, so nothing needs to be computed.
+        now = self._loop.time()
+        deadline = now + (table.response_timeout if timeout is None else timeout)
+        if reroute:
+            deadline = min(deadline, now + table.stalled_timeout)
+        if self._timer is None or deadline < self._timer_when:
+            self._schedule_timer()
+        try:
+            try:
+                await socket.drain()
+            except ConnectionClosed:
+                pass  # the table learns of it from connection_lost
+            answer = await future
+        finally:
+            if self._futures.pop(waiter, None) is not None:
+                table.cancel(waiter)  # cancelled: nobody waits any more
+        if is_error_answer(answer):
+            raise RemoteError(event, package.tag, answer)
+        return answer
+
+    def receive_response(self, socket: Socket, package: Package) -> None:
+        """A RESPONSE or HEARTBEAT_PONG arrived on ``socket``."""
+        self._process(self._table.receive_response(socket.id, package))
+
+    def connection_lost(self, socket: Socket) -> None:
+        """Fail or reroute what was pending on ``socket``."""
+        self._process(self._table.connection_lost(socket.id), socket)
+        self._schedule_timer()  # rerouted requests may have new deadlines
+
+    def close(self) -> None:
+        """The node stops: every waiting caller gets :exc:`ConnectionClosed`."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(ConnectionClosed(CloseCode.GOING_AWAY, "node stopping"))
+        self._futures.clear()
+
+    def _schedule_timer(self) -> None:
+        """Make the timer fire at the table's next deadline (answered requests leave
+        earlier deadlines behind: the timer may then fire for nothing, which is cheap)."""
+        deadline = self._table.next_deadline()
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if self._timer_when <= deadline:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer_when = deadline
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._process(self._table.tick())
+        self._schedule_timer()
+
+    def _process(self, events: list[DeliverEvent], closed: Socket | None = None) -> None:
+        """Turn the request table's events into results for the waiting callers."""
+        futures = self._futures
+        for event in events:
+            if type(event) is ResponseReceived:
+                first = True
+                for waiter in event.waiters:
+                    future = futures.pop(waiter, None)
+                    if future is not None and not future.done():
+                        # Each caller gets its own copy of the body.
+                        body = event.package.body if first else _copy_body(event.package)
+                        future.set_result(body)
+                        first = False
+            elif type(event) is ResponseUnmatched:
+                self._unmatched(event.conn, event.package)
+            elif type(event) is RequestExpired:
+                future = futures.pop(event.waiter, None)
+                if future is not None and not future.done():
+                    request = event.request
+                    future.set_exception(RequestTimeout(request.event, request.tag, event.timeout))
+            elif type(event) is RequestFailed:
+                code = closed.close_code if closed is not None else None
+                reason = closed.close_reason if closed is not None else ""
+                for waiter in event.waiters:
+                    future = futures.pop(waiter, None)
+                    if future is not None and not future.done():
+                        future.set_exception(ConnectionClosed(code, reason))
+            else:
+                _log_reroute(event)
+
+
+def _log_reroute(event: DeliverEvent) -> None:
+    if type(event) is RequestRerouted:
+        logger.debug(
+            "= request %r (tag %s) %s: rerouted from #%d to #%d",
+            event.request.event,
+            event.request.tag,
+            event.reason,
+            event.from_conn,
+            event.to_conn,
+        )
+    elif type(event) is RerouteUnavailable:
+        logger.debug(
+            "= request %r (tag %s) stalled on #%d; no other server to reroute to, still waiting",
+            event.request.event,
+            event.request.tag,
+            event.conn,
+        )
+
+
+def _copy_body(package: Package) -> Body:
+    """A fresh copy of a package's body."""
+    body: Body = json.loads(package.body_json) if package.body_json else dict(package.body)
+    return body
