@@ -157,6 +157,31 @@ async def test_tampered_handshake_message_fails(make_node: MakeNode) -> None:
     assert [kind for kind, _ in recorder(server).seen] == ["error"]
 
 
+async def test_undecryptable_message_after_the_handshake_blocks_the_peer(
+    make_node: MakeNode,
+) -> None:
+    server = await make_node(server=True, threads=[Recorder])
+    assert server.url is not None and server.store is not None
+    identity = Identity.generate()
+    noise = NoiseHandshake(identity, initiator=True)
+    async with connect(server.url, compression=None) as ws:
+        await ws.send(HANDSHAKE_MAGIC + noise.write_message())
+        message2 = await ws.recv()
+        assert isinstance(message2, bytes)
+        noise.read_message(message2)
+        await ws.send(noise.write_message())
+        await ws.send(b"tampered" * 4)
+        code, reason = await closed_by_peer(ws)
+    assert (code, reason) == (
+        1008,
+        "blocked: protocol violation: transport message doesn't decrypt",
+    )
+    await wait_for(
+        lambda: server.store is not None and server.store.is_blocked(peer_id=identity.peer_id)
+    )
+    assert ("error", "transport message doesn't decrypt") in recorder(server).seen
+
+
 async def test_replayed_handshake_fails(make_node: MakeNode) -> None:
     server = await make_node(server=True, threads=[Recorder])
     assert server.url is not None
@@ -213,10 +238,13 @@ async def test_secure_and_plain_refuse_each_other(make_node: MakeNode) -> None:
 
 async def test_self_dial_is_detected(make_node: MakeNode) -> None:
     node = await make_node(server=True, client=True, threads=[Recorder])
-    assert node.client is not None and node.url is not None
+    assert node.client is not None and node.url is not None and node.store is not None
     node.client.connect(node.url)
-    await wait_for(lambda: ("error", "dialled ourselves") in recorder(node).seen)
+    # Both ends of the connection fail: ours as dialler, then ours as server.
+    await wait_for(lambda: recorder(node).seen.count(("error", "dialled ourselves")) == 2)
     assert node.sockets == []
+    # Nobody is at fault: nothing counts against the address that dialled us.
+    assert sum(record.invalid_packages for record in await node.store.peers()) == 0
 
 
 async def test_one_connection_per_peer_when_both_dial(make_node: MakeNode) -> None:

@@ -137,12 +137,10 @@ class MemoryHub:
         Open a connection from the driver ``name`` to the server at ``address``.
 
         Args:
-            url: The URL dialled: the client end's ``peer``, and named in errors.
-            address: Its ``host:port``.
-            listener: The client end's listener.
-            options: The client end's options.
+            url: The URL dialled (``address`` is its ``host:port``): the client end's
+                ``peer``, and named in errors.
+            listener, options, host: The client end's.
             name: The dialling driver's name.
-            host: The client end's ``host``.
 
         Returns:
             The client end and the server end, linked to each other. Neither listener has

@@ -28,11 +28,13 @@ from .. import __version__
 from ..drivers import Driver, driver_class, scheme_of
 from ..drivers.base import CloseCode, Listener, Listening, Socket, fit_reason
 from ..exceptions import (
+    ChannelError,
     ConnectionClosed,
     HandshakeError,
     NodeStateError,
     PackageError,
     RequestTimeout,
+    SelfDialError,
     ThreadLoadError,
 )
 from ..identity import Identity, short_id
@@ -63,8 +65,8 @@ from ..protocol.package import (
     encode,
 )
 from ..protocol.urls import split_peer_url, validate_urls
-from ..security.channel import SECURE_PEER, HandshakeFailed, SecureLayer, SecureSocket
-from ..security.noise import HANDSHAKE_MAGIC, NoiseError
+from ..security.channel import SECURE_PEER, SecureLayer, SecureSocket
+from ..security.noise import HANDSHAKE_MAGIC
 from ..threads.base import Thread
 from ..threads.loader import THREADS_ENABLED, load_thread_classes
 from ..threads.peer_exchange import PeerExchangeThread
@@ -538,7 +540,7 @@ class Node:
         if host is not None:
             self._limiter.release(host)
 
-    def _handshake_failed(self, raw: Socket, error: HandshakeFailed) -> None:
+    def _handshake_failed(self, raw: Socket, error: HandshakeError) -> None:
         self._release(raw.id)
         if self.state is not NodeState.RUNNING:
             return
@@ -547,7 +549,7 @@ class Node:
         # own dials (the server may just be full) nor a dial of ourselves.
         if (
             raw.inbound
-            and str(error) != "dialled ourselves"
+            and not isinstance(error, SelfDialError)
             and self.store is not None
             and self.store.count_packages(f"address:{raw.host}", invalid=1)
         ):
@@ -746,7 +748,7 @@ class Node:
             return
         socket.stats.invalid_in += 1
         conn.log.warning("! connection failed: %s", error)
-        if isinstance(error, NoiseError):
+        if isinstance(error, ChannelError):
             # A message that doesn't decrypt on an authenticated channel: tampering.
             self._block(socket.peer_id, socket.host, f"protocol violation: {error}", socket=socket)
         self._enqueue(conn, _Hook("on_socket_error", socket, error))
