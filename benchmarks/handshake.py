@@ -114,10 +114,11 @@ import trustp2p
 from trustp2p import NodeOptions, PackageType
 from trustp2p.drivers.base import Listening, Socket
 from trustp2p.drivers.ws import WsDriver
+from trustp2p.exceptions import HandshakeError
 from trustp2p.identity import Identity, peer_id_from_public_key, verify_signature
 from trustp2p.protocol.handshake import HELLO_EVENT, VERSION_EVENT, version_body
 from trustp2p.protocol.package import build_package, encode
-from trustp2p.security.channel import HandshakeFailed, SecureLayer
+from trustp2p.security.channel import SecureLayer
 from trustp2p.security.noise import PROLOGUE, PROTOCOL_NAME, NoiseHandshake, NoiseTransport
 
 E2E_IMPLS = ("plain", "secure")
@@ -407,7 +408,7 @@ class _Connection:
     def on_close(self, socket: Socket) -> None:
         self._fail(ConnectionError(f"closed: {socket.close_code} {socket.close_reason}"))
 
-    def failed(self, raw: Socket, error: HandshakeFailed) -> None:
+    def failed(self, raw: Socket, error: HandshakeError) -> None:
         self._fail(error)
 
     def _fail(self, error: Exception) -> None:

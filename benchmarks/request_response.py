@@ -103,9 +103,9 @@ from websockets.version import version as websockets_version
 import trustp2p
 from trustp2p import Body, EventMap, Package, PackageType, Socket, Thread
 from trustp2p.identity import Identity
-from trustp2p.protocol.handshake import HELLO_EVENT, VERSION_EVENT, version_body
+from trustp2p.protocol.handshake import HANDSHAKE_MAGIC, HELLO_EVENT, VERSION_EVENT, version_body
 from trustp2p.protocol.package import body_to_json, build_package, decode, encode
-from trustp2p.security.noise import HANDSHAKE_MAGIC, NoiseHandshake
+from trustp2p.security.noise import NoiseHandshake
 
 BODY_SIZE = 100
 """Size of each request body, as compact JSON text, in bytes."""

@@ -20,13 +20,13 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
+from trustp2p import EventMap, Node, Package, PackageType, RemoteError, Socket, Thread
 from trustp2p.exceptions import IdentityError
 from trustp2p.identity import Identity
 from trustp2p.options import NodeOptions
 from trustp2p.peerstore import PeerSource
+from trustp2p.protocol.handshake import HANDSHAKE_MAGIC
 from trustp2p.protocol.urls import validate_urls
-from trustp2p.security.noise import HANDSHAKE_MAGIC
 
 from .conftest import MS
 from .nodes import MakeNode, wait_for
@@ -171,8 +171,8 @@ async def test_a_local_plain_peer_over_the_policy_is_disconnected(
     # Nothing is blocked, and the other local peer was never disturbed.
     assert server.store is not None and not server.store.is_blocked(address="127.0.0.1")
     await wait_for(lambda: server.server is not None and len(server.server.sockets) == 1)
-    answer = await bystander.client.request(bystander.client.sockets[0], "nothing", {})
-    assert "error" in answer  # answered: the connection works
+    with pytest.raises(RemoteError):  # answered: the connection works
+        await bystander.client.request(bystander.client.sockets[0], "nothing", {})
 
 
 async def garbage_handshake(url: str) -> int | None:
@@ -284,8 +284,8 @@ async def test_blocking_one_peer_leaves_the_others_connected(make_node: MakeNode
         await bad.wait_closed()
     assert (bad.close_code, bad.close_reason) == (1008, "blocked: too many invalid packages")
     assert not good.closed
-    answer = await innocent.client.request(good, "nothing", {})
-    assert "error" in answer  # answered: the connection works
+    with pytest.raises(RemoteError):  # answered: the connection works
+        await innocent.client.request(good, "nothing", {})
 
 
 async def test_of_two_ids_listed_for_one_address_only_the_wrong_one_fails(

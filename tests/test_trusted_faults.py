@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from trustp2p import Node
+from trustp2p import Node, RemoteError
 from trustp2p.peerstore import STORE_PATH, PeerStore
 
 from .conftest import MS
@@ -340,8 +340,9 @@ async def visit_echo(url: str) -> str:
         assert client.client is not None and client.peer_id is not None
         async with asyncio.timeout(START_TIMEOUT):
             await client.client.wait_connected()
-        answer = await client.client.request(client.client.sockets[0], "anything", {}, timeout=5)
-        assert answer == {"error": "no handler for REQUEST 'anything'"}
+        with pytest.raises(RemoteError) as caught:
+            await client.client.request(client.client.sockets[0], "anything", {}, timeout=5)
+        assert caught.value.body == {"error": "no handler for REQUEST 'anything'"}
         return client.peer_id
     finally:
         await client.stop()

@@ -216,7 +216,6 @@ async def test_an_abusive_peer_does_not_delay_the_others_heartbeats(
         threads=[HeartbeatThread, Work],
         request_rate=20,
         request_burst=10,
-        invalid_ratio=1000,  # watch the rate limit, not the block policy
         **timings,
     )
     abuser = await make_node(client=True, peers=[server.url])
@@ -240,23 +239,21 @@ async def test_an_abusive_peer_does_not_delay_the_others_heartbeats(
                 await asyncio.sleep(MS)
                 continue
             batch = [
-                abuser.client.request(sockets[0], "work", {"n": n + i}, timeout=2)
+                abuser.client.request(sockets[0], "work", {"n": n + i}, timeout=30)
                 for i in range(50)
             ]
             n += 50
             for result in await asyncio.gather(*batch, return_exceptions=True):
-                if isinstance(result, dict):
-                    outcomes["ok" if result.get("ok") else "refused"] += 1
-                else:
-                    outcomes[type(result).__name__] += 1
+                outcomes["ok" if isinstance(result, dict) else type(result).__name__] += 1
 
     task = asyncio.create_task(flood())
     try:
-        # The flood is on, and goes on while the quiet client is pinged 5 times.
-        await wait_for(lambda: outcomes["refused"] >= 50, timeout=10)
-        pings, refused = heartbeat.pings, outcomes["refused"]
+        # The flood is over the budget (burst 10), and goes on, throttled, while the
+        # quiet client is pinged 5 times.
+        await wait_for(lambda: outcomes["ok"] >= 50, timeout=10)
+        pings, served = heartbeat.pings, outcomes["ok"]
         await wait_for(lambda: heartbeat.pings >= pings + 5, timeout=10)
-        await wait_for(lambda: outcomes["refused"] >= refused + 50, timeout=10)
+        await wait_for(lambda: outcomes["ok"] >= served + 10, timeout=10)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -264,8 +261,9 @@ async def test_an_abusive_peer_does_not_delay_the_others_heartbeats(
     assert quiet_inbound.stats.last_rtt is not None
     assert not quiet_socket.closed and not quiet_inbound.closed
     assert quiet.client.sockets == [quiet_socket]
-    # The abuser was limited: refused far more often than served.
-    assert outcomes["refused"] > outcomes["ok"]
+    # The abuser was slowed down, never refused nor disconnected.
+    assert set(outcomes) == {"ok"}
+    assert abuser.client.sockets and server.server.sockets[0].stats.invalid_in == 0
 
 
 # The outbound manager's netgroup limit

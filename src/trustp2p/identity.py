@@ -140,8 +140,8 @@ class Identity:
 
     @classmethod
     def _create(cls, path: Path) -> Identity:
-        identity = cls.generate()
-        data = identity._private_key.private_bytes(
+        key = Ed25519PrivateKey.generate()
+        data = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
@@ -157,7 +157,7 @@ class Identity:
             os.replace(tmp, path)
         except OSError as exc:
             raise IdentityError(f"can't write {path}: {exc.strerror or exc}") from exc
-        return identity
+        return cls(key)
 
     @classmethod
     def claim(cls, cwd: Path, *, limit: int = 64) -> tuple[Identity, int, IO[bytes]]:

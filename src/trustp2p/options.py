@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .drivers import Driver, DriverOptions, scheme_of
 from .identity import Identity
+from .protocol.handshake import HANDSHAKE_MAGIC
 from .protocol.package import DEFAULT_ALT, DEFAULT_MAX_PACKAGE_SIZE
-from .security.noise import HANDSHAKE_MAGIC, MAX_NOISE_MESSAGE
+from .security.noise import MAX_NOISE_MESSAGE
 
 if TYPE_CHECKING:
     from .threads.base import Thread

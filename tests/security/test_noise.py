@@ -8,13 +8,9 @@ from typing import Any
 
 import pytest
 
+from trustp2p.exceptions import ChannelError, HandshakeError, UsageError
 from trustp2p.identity import Identity
-from trustp2p.security.noise import (
-    MAX_NOISE_MESSAGE,
-    NoiseError,
-    NoiseHandshake,
-    NoiseTransport,
-)
+from trustp2p.security.noise import MAX_NOISE_MESSAGE, NoiseHandshake, NoiseTransport
 
 # A copy of shared/protocol/noise-xx-vectors.json (cacophony), so CI needs nothing else.
 VECTORS = json.loads((Path(__file__).parent / "noise-xx-vectors.json").read_text())["vectors"]
@@ -79,7 +75,7 @@ def test_another_key_than_expected_is_refused() -> None:
     initiator = NoiseHandshake(a, initiator=True, expected_peer_id=c.peer_id)
     responder = NoiseHandshake(b, initiator=False)
     responder.read_message(initiator.write_message())
-    with pytest.raises(NoiseError) as info:
+    with pytest.raises(HandshakeError) as info:
         initiator.read_message(responder.write_message())
     assert str(info.value) == f"peer is {b.peer_id}, not the expected {c.peer_id}"
 
@@ -92,7 +88,7 @@ def test_tampered_handshake_message_fails(index: int) -> None:
         sides[(step + 1) % 2].read_message(sides[step % 2].write_message())
     message = bytearray(sides[index % 2].write_message())
     message[-1] ^= 0x01
-    with pytest.raises(NoiseError, match=f"handshake message {index + 1} is invalid"):
+    with pytest.raises(HandshakeError, match=f"handshake message {index + 1} is invalid"):
         sides[(index + 1) % 2].read_message(bytes(message))
 
 
@@ -105,7 +101,7 @@ def test_tampered_first_message_breaks_the_next_one() -> None:
     message[0] ^= 0x01
     responder.read_message(bytes(message))
     reply = responder.write_message()
-    with pytest.raises(NoiseError, match="handshake message 2 is invalid"):
+    with pytest.raises(HandshakeError, match="handshake message 2 is invalid"):
         initiator.read_message(reply)
 
 
@@ -116,7 +112,7 @@ def test_forged_identity_payload_is_refused() -> None:
     responder.read_message(initiator.write_message())
     # b's static key, but mallory's identity with a signature over something else.
     payload = mallory.public_key + mallory.sign(b"something else")
-    with pytest.raises(NoiseError, match="identity signature doesn't match"):
+    with pytest.raises(HandshakeError, match="identity signature doesn't match"):
         initiator.read_message(responder.write_message(payload))
 
 
@@ -135,7 +131,7 @@ def test_replayed_handshake_fails() -> None:
     second = NoiseHandshake(b, initiator=False)
     second.read_message(message1)
     second.write_message()
-    with pytest.raises(NoiseError, match="handshake message 3 is invalid"):
+    with pytest.raises(HandshakeError, match="handshake message 3 is invalid"):
         second.read_message(message3)
 
 
@@ -160,7 +156,7 @@ def test_reassembly_is_bounded() -> None:
     sender, receiver = pair()
     first, second, _ = sender.seal(bytes(150_000))
     assert receiver.open(first, max_size=100_000) is None
-    with pytest.raises(NoiseError, match="exceeds the limit"):
+    with pytest.raises(ChannelError, match="exceeds the limit"):
         receiver.open(second, max_size=100_000)
 
 
@@ -168,10 +164,56 @@ def test_transport_replay_and_tampering_fail() -> None:
     sender, receiver = pair()
     message = sender.seal(b"hello")[0]
     assert receiver.open(message, max_size=None) == b"hello"
-    with pytest.raises(NoiseError, match="doesn't decrypt"):
+    with pytest.raises(ChannelError, match="doesn't decrypt"):
         receiver.open(message, max_size=None)  # replayed: the nonce moved on
     sender2, receiver2 = pair()
     tampered = bytearray(sender2.seal(b"hello")[0])
     tampered[0] ^= 1
-    with pytest.raises(NoiseError, match="doesn't decrypt"):
+    with pytest.raises(ChannelError, match="doesn't decrypt"):
         receiver2.open(bytes(tampered), max_size=None)
+
+
+def test_transport_before_the_handshake_completes_is_a_usage_error() -> None:
+    initiator = NoiseHandshake(Identity.generate(), initiator=True)
+    initiator.write_message()
+    with pytest.raises(UsageError) as info:
+        initiator.transport()
+    assert str(info.value) == "the handshake is not complete"
+
+
+def test_handshake_failures_are_handshake_errors_only() -> None:
+    # A handshake error is never a channel error: the node blocks on channel errors.
+    responder = NoiseHandshake(Identity.generate(), initiator=False)
+    with pytest.raises(HandshakeError) as info:
+        responder.read_message(b"short")
+    assert not isinstance(info.value, ChannelError)
+    assert str(info.value).startswith("handshake message 1 is invalid")
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "reason"),
+    [(b"", "empty transport message"), (b"\x02chunk", "invalid chunk flag 2")],
+)
+def test_malformed_transport_plaintext_is_a_channel_error(plaintext: bytes, reason: str) -> None:
+    sender, receiver = pair()
+    with pytest.raises(ChannelError) as info:
+        receiver.open(sender.encrypt(plaintext), max_size=None)
+    assert str(info.value) == reason
+
+
+def test_oversized_noise_message_is_a_channel_error() -> None:
+    _, receiver = pair()
+    with pytest.raises(ChannelError) as info:
+        receiver.decrypt(bytes(MAX_NOISE_MESSAGE + 1))
+    assert str(info.value) == f"Noise message of {MAX_NOISE_MESSAGE + 1} bytes exceeds 65535"
+
+
+def test_exhausted_nonces_are_a_channel_error() -> None:
+    sender, receiver = pair()
+    sender._send_nonce = receiver._receive_nonce = 2**64 - 1
+    with pytest.raises(ChannelError) as info:
+        sender.encrypt(b"x")
+    assert str(info.value) == "nonces exhausted: 2**64 - 1 messages sent"
+    with pytest.raises(ChannelError) as info:
+        receiver.decrypt(bytes(17))
+    assert str(info.value) == "nonces exhausted: 2**64 - 1 messages received"

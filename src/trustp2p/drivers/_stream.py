@@ -70,7 +70,7 @@ class StreamSocket(Socket, asyncio.BufferedProtocol):
     :meth:`_set_close_timer` once it sent or received a close frame. While reading is
     paused, it keeps what it already read (:meth:`_has_held`) and delivers it in
     :meth:`_deliver_held`, which ends with :meth:`_resume_transport` unless it paused
-    again. Its driver dials with :meth:`_dial`, which awaits :meth:`_opening` for a
+    again. Its driver dials with :meth:`dial`, which awaits :meth:`_opening` for a
     handshake.
     """
 
@@ -158,12 +158,15 @@ class StreamSocket(Socket, asyncio.BufferedProtocol):
         self._paused_writing = False
         self._wake_drain_waiters()
 
-    # For subclasses
+    # For the driver
 
-    async def _dial(self, host: str, port: int, *, ssl: bool | None = None) -> None:
+    async def dial(self, host: str, port: int, *, ssl: bool | None = None) -> None:
         """
         Connect this outbound socket to ``host`` and ``port`` and wait until it is open,
         within ``open_timeout``. Errors name the URL it dials, :attr:`peer`.
+
+        The driver calls this once, on the socket it just created in ``connect()``;
+        nothing else should.
 
         Raises:
             DriverError: If the connection fails or times out.
@@ -186,6 +189,8 @@ class StreamSocket(Socket, asyncio.BufferedProtocol):
         except asyncio.CancelledError:
             self.abort()
             raise
+
+    # For subclasses
 
     async def _opening(self) -> None:
         """Wait for the opening handshake, once connected; there is none by default."""

@@ -81,12 +81,106 @@ class MemoryHub:
         """
         self._groups = {name: index for index, group in enumerate(groups) for name in group}
         for socket in list(self._sockets):
-            if not socket.closed and not self.reachable(socket._local, socket._remote):
+            if not socket.closed and not self.reachable(socket.local_node, socket.remote_node):
                 socket.abort()
 
     def heal(self) -> None:
         """Undo :meth:`partition`."""
         self._groups = {}
+
+    # For MemoryDriver and MemoryListening: the hub owns its address space.
+
+    def new_name(self) -> str:
+        """A name for a driver created without one: ``memory-1``, ``memory-2``..."""
+        return f"memory-{next(self._names)}"
+
+    def listen(
+        self, host: str, port: int, *, listener: Listener, options: DriverOptions, name: str
+    ) -> MemoryListening:
+        """
+        Register a server of the driver ``name`` at ``host:port``.
+
+        Args:
+            port: The port; 0 picks a free one, from 49152 up.
+
+        Raises:
+            DriverError: If a server already listens at that address.
+
+        """
+        if port == 0:
+            port = next(self._ports)
+            while f"{host}:{port}" in self._listening:
+                port = next(self._ports)
+        address = f"{host}:{port}"
+        if address in self._listening:
+            raise DriverError(f"can't listen on {address}: address already in use")
+        listening = MemoryListening(self, address, listener, options, name)
+        self._listening[address] = listening
+        return listening
+
+    def stop_listening(self, listening: MemoryListening) -> None:
+        """Free the address of ``listening`` (if it still holds it): nobody can dial it."""
+        if self._listening.get(listening.address) is listening:
+            del self._listening[listening.address]
+
+    def connect(
+        self,
+        url: str,
+        address: str,
+        *,
+        listener: Listener,
+        options: DriverOptions,
+        name: str,
+        host: str,
+    ) -> tuple[MemorySocket, MemorySocket]:
+        """
+        Open a connection from the driver ``name`` to the server at ``address``.
+
+        Args:
+            url: The URL dialled (``address`` is its ``host:port``): the client end's
+                ``peer``, and named in errors.
+            listener, options, host: The client end's.
+            name: The dialling driver's name.
+
+        Returns:
+            The client end and the server end, linked to each other. Neither listener has
+            heard of them yet: :meth:`MemorySocket.announce` does that.
+
+        Raises:
+            DriverError: If nothing listens at ``address``, or a partition separates
+                the two nodes.
+
+        """
+        listening = self._listening.get(address)
+        if listening is None:
+            raise DriverError(f"can't connect to {url}: nothing listens there")
+        if not self.reachable(name, listening.name):
+            raise DriverError(f"can't connect to {url}: partitioned away")
+        client = MemorySocket(
+            listener=listener,
+            options=options,
+            hub=self,
+            inbound=False,
+            peer=url,
+            host=host,
+            local=name,
+            remote=listening.name,
+        )
+        server = MemorySocket(
+            listener=listening.listener,
+            options=listening.options,
+            hub=self,
+            inbound=True,
+            peer=f"{name}#{next(self._clients)}",
+            host=name,
+            local=listening.name,
+            remote=name,
+        )
+        client.attach(server)
+        server.attach(client)
+        self._sockets.add(client)
+        self._sockets.add(server)
+        return client, server
 
 
 DEFAULT_HUB = MemoryHub()
@@ -94,7 +188,18 @@ DEFAULT_HUB = MemoryHub()
 
 
 class MemorySocket(Socket):
-    """One end of an in-memory connection."""
+    """
+    One end of an in-memory connection.
+
+    What one end writes is fed to the other (:meth:`feed_data`, :meth:`feed_close`,
+    :meth:`peer_aborted`); the writer's buffer is the other end's inbox, so the writer's
+    :meth:`drain` waits on the other end (:attr:`buffered`, :meth:`wait_drained`).
+
+    Attributes:
+        local_node: The name of this end's driver, for partitions and link delays.
+        remote_node: The name of the other end's driver.
+
+    """
 
     def __init__(
         self,
@@ -111,8 +216,8 @@ class MemorySocket(Socket):
         super().__init__(listener=listener, inbound=inbound, peer=peer, host=host)
         self._options = options
         self._hub = hub
-        self._local = local  # driver names of the two nodes, for partitions
-        self._remote = remote
+        self.local_node = local
+        self.remote_node = remote
         self._in_flight: deque[tuple[float, bytes | _Close]] = deque()  # delayed items
         self._other: MemorySocket | None = None
         self._state = _OPEN
@@ -130,7 +235,7 @@ class MemorySocket(Socket):
     @property
     def write_paused(self) -> bool:
         other = self._other
-        return other is not None and other._inbox_size > self._options.write_limit
+        return other is not None and other.buffered > self._options.write_limit
 
     def write(self, data: bytes) -> None:
         if self._state != _OPEN:
@@ -139,14 +244,12 @@ class MemorySocket(Socket):
         stats.messages_out += 1
         stats.bytes_out += len(data)
         assert self._other is not None
-        self._other._enqueue(bytes(data))
+        self._other.feed_data(bytes(data))
 
     async def drain(self) -> None:
         other = self._other
-        if other is not None and other._inbox_size > self._options.write_limit:
-            waiter = self._loop.create_future()
-            other._drain_waiters.append(waiter)
-            await waiter
+        if other is not None and other.buffered > self._options.write_limit:
+            await other.wait_drained()
         if self._state != _OPEN:
             raise self._closed_exc()
 
@@ -155,14 +258,14 @@ class MemorySocket(Socket):
             return
         self._state = _CLOSING
         assert self._other is not None
-        self._other._enqueue(_Close(code, reason))
+        self._other.feed_close(code, reason)
         self._loop.call_later(self._options.close_timeout, self._close_timed_out)
 
     def abort(self) -> None:
         other = self._other
         self._connection_lost(CloseCode.ABNORMAL_CLOSURE, "")
         if other is not None:
-            other._connection_lost(CloseCode.ABNORMAL_CLOSURE, "")
+            other.peer_aborted()
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._lost_waiter)
@@ -175,6 +278,44 @@ class MemorySocket(Socket):
             self._paused = False
             self._schedule_flush()
 
+    # For the hub, the driver and the other end
+
+    def attach(self, other: MemorySocket) -> None:
+        """Make ``other`` this socket's other end; the hub calls it once on each end."""
+        self._other = other
+
+    def announce(self) -> None:
+        """Report the new connection to the listener (``on_connection`` on the server
+        end, ``on_open`` on the client end); the driver calls it once on each end."""
+        self._report("on_connection" if self.inbound else "on_open")
+
+    @property
+    def buffered(self) -> int:
+        """Bytes that arrived at this end and aren't delivered yet, in bytes: the other
+        end's write buffer."""
+        return self._inbox_size
+
+    async def wait_drained(self) -> None:
+        """Wait until :attr:`buffered` is at most this end's ``write_limit``, or the
+        connection is lost; the other end's :meth:`drain` awaits it."""
+        waiter = self._loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    def feed_data(self, data: bytes) -> None:
+        """A message the other end wrote: it arrives after the link's delay, behind
+        everything sent before it."""
+        self._enqueue(data)
+
+    def feed_close(self, code: int, reason: str) -> None:
+        """The other end's close frame: it arrives like a message, after those sent
+        before it; this end answers it and is closed."""
+        self._enqueue(_Close(code, reason))
+
+    def peer_aborted(self) -> None:
+        """The other end aborted: this end is closed at once, with code 1006."""
+        self._connection_lost(CloseCode.ABNORMAL_CLOSURE, "")
+
     # Internals
 
     def _enqueue(self, item: bytes | _Close) -> None:
@@ -182,7 +323,7 @@ class MemorySocket(Socket):
             return
         # The link's delay is looked up for every message, so that set_delay() acts on
         # open connections; messages never overtake each other, as on a real stream.
-        delay = self._hub.link_delay(self._local, self._remote)
+        delay = self._hub.link_delay(self.local_node, self.remote_node)
         flights = self._in_flight
         if not delay and not flights:
             self._arrive(item)
@@ -248,7 +389,7 @@ class MemorySocket(Socket):
             # The peer closes: answer with the same code, then we are closed.
             self._state = _CLOSING
             assert self._other is not None
-            self._other._enqueue(_Close(close.code, close.reason))
+            self._other.feed_close(close.code, close.reason)
         self._connection_lost(close.code, close.reason)
 
     def _close_timed_out(self) -> None:
@@ -272,6 +413,17 @@ class MemorySocket(Socket):
 
 
 class MemoryListening(Listening):
+    """
+    A server registered on a hub (:meth:`MemoryHub.listen` creates it).
+
+    Attributes:
+        name: The name of the listening driver.
+        address: Its ``host:port`` on the hub.
+        listener: The listener of the connections it accepts.
+        options: The options of the connections it accepts.
+
+    """
+
     def __init__(
         self,
         hub: MemoryHub,
@@ -282,14 +434,13 @@ class MemoryListening(Listening):
     ) -> None:
         self.name = name
         self._hub = hub
-        self._address = address
+        self.address = address
         self.listener = listener
         self.options = options
         self.url = f"memory://{address}"
 
     def close(self) -> None:
-        if self._hub._listening.get(self._address) is self:
-            del self._hub._listening[self._address]
+        self._hub.stop_listening(self)
 
     async def wait_closed(self) -> None:
         return None
@@ -309,18 +460,12 @@ class MemoryDriver(Driver):
     ) -> None:
         super().__init__(options)
         self.hub = hub if hub is not None else DEFAULT_HUB
-        self.name = name if name is not None else f"memory-{next(self.hub._names)}"
+        self.name = name if name is not None else self.hub.new_name()
 
     async def listen(self, host: str, port: int, listener: Listener) -> Listening:
-        if port == 0:
-            port = next(self.hub._ports)
-            while f"{host}:{port}" in self.hub._listening:
-                port = next(self.hub._ports)
-        address = f"{host}:{port}"
-        if address in self.hub._listening:
-            raise DriverError(f"can't listen on {address}: address already in use")
-        listening = MemoryListening(self.hub, address, listener, self.options, self.name)
-        self.hub._listening[address] = listening
+        listening = self.hub.listen(
+            host, port, listener=listener, options=self.options, name=self.name
+        )
         listener.on_start(listening)
         return listening
 
@@ -332,38 +477,17 @@ class MemoryDriver(Driver):
             raise DriverError(f"invalid memory URL {url!r}: {exc}") from None
         if parts.scheme != "memory" or not parts.netloc:
             raise DriverError(f"invalid memory URL {url!r}")
-        hub = self.hub
-        listening = hub._listening.get(parts.netloc)
-        if listening is None:
-            raise DriverError(f"can't connect to {url}: nothing listens there")
-        if not hub.reachable(self.name, listening.name):
-            raise DriverError(f"can't connect to {url}: partitioned away")
-        delay = hub.link_delay(self.name, listening.name)
-        client = MemorySocket(
+        client, server = self.hub.connect(
+            url,
+            parts.netloc,
             listener=listener,
             options=self.options,
-            hub=hub,
-            inbound=False,
-            peer=url,
+            name=self.name,
             host=hostname or "",
-            local=self.name,
-            remote=listening.name,
         )
-        server = MemorySocket(
-            listener=listening.listener,
-            options=listening.options,
-            hub=hub,
-            inbound=True,
-            peer=f"{self.name}#{next(hub._clients)}",
-            host=self.name,
-            local=listening.name,
-            remote=self.name,
-        )
-        client._other, server._other = server, client
-        hub._sockets.add(client)
-        hub._sockets.add(server)
+        delay = self.hub.link_delay(client.local_node, client.remote_node)
         if delay:
             await asyncio.sleep(delay)
-        server._report("on_connection")
-        client._report("on_open")
+        server.announce()
+        client.announce()
         return client

@@ -536,5 +536,5 @@ class TcpDriver(Driver):
     async def connect(self, url: str, listener: Listener) -> Socket:
         host, port = _parse_url(url)
         socket = TcpSocket(listener=listener, options=self.options, inbound=False, peer=url)
-        await socket._dial(host, port)
+        await socket.dial(host, port)
         return socket

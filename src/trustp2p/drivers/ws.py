@@ -306,5 +306,5 @@ class WsDriver(Driver):
             peer=url,
             request=request,
         )
-        await socket._dial(uri.host, uri.port, ssl=True if uri.secure else None)
+        await socket.dial(uri.host, uri.port, ssl=True if uri.secure else None)
         return socket

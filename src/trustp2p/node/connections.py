@@ -21,7 +21,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ..drivers.base import Listening, Socket
-from ..exceptions import ChannelError, ConnectionClosed, SelfDialError
+from ..exceptions import ChannelError, ConnectionClosed, HandshakeError, SelfDialError
 from ..identity import short_id
 from ..peerstore import PeerSource
 from ..protocol.admission import Admission, block_scope, keep_new_connection
@@ -252,7 +252,7 @@ class Connections:
             self._logger.debug("! refused %s: %s", raw.peer, refusal.reason)
         return refusal.code, refusal.reason
 
-    def handshake_failed(self, raw: Socket, error: Exception) -> None:
+    def handshake_failed(self, raw: Socket, error: HandshakeError) -> None:
         """The secure layer reports a failed handshake."""
         node = self._node
         self.admission.release(raw.id)
@@ -399,7 +399,7 @@ class Connections:
             conn.log.debug("! %s", penalty.reason)
         store = self._node.store
         if store is not None and store.count_packages(_key(socket), invalid=1):
-            self.block(socket.peer_id, socket.host, penalty.reason, socket=socket)
+            self.block(socket.peer_id, socket.host, "too many invalid packages", socket=socket)
 
     def _introduced(self, conn: PeerConnection, introduced: Introduced) -> None:
         socket = conn.socket

@@ -11,31 +11,41 @@ The dialler speaks first: ``HANDSHAKE_MAGIC`` + Noise message 1. A node running 
 the secure channel recognises the magic, and a secure node recognises a plain package,
 so the two modes refuse each other with a clear reason instead of exchanging garbage.
 
+A failed handshake is a :exc:`~trustp2p.exceptions.HandshakeError` (a
+:exc:`~trustp2p.exceptions.SelfDialError` when we dialled ourselves); a transport
+message that breaks the channel afterwards is a :exc:`~trustp2p.exceptions.ChannelError`.
+Both are protocol errors whose ``peer`` is the connection's peer (URL or ``host:port``).
+
 """
 
 from __future__ import annotations
 
-__all__ = ["HandshakeFailed", "SecureLayer", "SecureSocket"]
+__all__ = ["SecureLayer", "SecureSocket"]
 
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 from ..drivers.base import CloseCode, Listener, Listening, Socket, fit_reason
-from ..exceptions import ConnectionClosed, PackageError, TrustP2PError
+from ..exceptions import (
+    ChannelError,
+    ConnectionClosed,
+    HandshakeError,
+    PackageError,
+    ProtocolError,
+    SelfDialError,
+)
 from ..identity import Identity, PeerId
 from ..protocol.deliver import ConnId
+from ..protocol.handshake import HANDSHAKE_MAGIC, PLAIN_PEER
 from ..protocol.package import decode
-from .noise import HANDSHAKE_MAGIC, NoiseError, NoiseHandshake, NoiseTransport
+from .noise import NoiseHandshake, NoiseTransport
 
 logger = logging.getLogger("trustp2p.security")
 
-PLAIN_PEER = "peer speaks plain trustp2p (secure=False); this node requires the secure channel"
-SECURE_PEER = "peer speaks the secure channel; this node runs with secure=False"
 
-
-class HandshakeFailed(TrustP2PError):
-    """A secure handshake failed; the message says why (also the close reason)."""
+_E = TypeVar("_E", bound=ProtocolError)
 
 
 class SecureSocket(Socket):
@@ -81,7 +91,12 @@ class SecureSocket(Socket):
         stats = self.stats
         stats.messages_out += 1
         stats.bytes_out += len(data)
-        for message in self._transport.seal(data):
+        try:
+            messages = self._transport.seal(data)
+        except ChannelError as exc:
+            exc.peer = self.peer
+            raise
+        for message in messages:
             raw.write(message)
 
     async def drain(self) -> None:
@@ -102,10 +117,19 @@ class SecureSocket(Socket):
     def resume_reading(self) -> None:
         self.raw.resume_reading()
 
-    def _receive(self, message: bytes | str) -> None:
-        """Decrypt one Noise message from the raw socket; deliver a complete package."""
+    def feed_data(self, message: bytes | str) -> None:
+        """
+        Decrypt one Noise message from the raw socket; deliver a package once complete.
+
+        The :class:`SecureLayer` calls it for each message the raw socket receives.
+
+        Raises:
+            ChannelError: If the message is a text frame or doesn't open (see
+                :meth:`NoiseTransport.open`).
+
+        """
         if isinstance(message, str):
-            raise NoiseError("text frame on a secure connection")
+            raise ChannelError("text frame on a secure connection")
         data = self._transport.open(message, max_size=self._max_size)
         if data is not None:
             self._deliver(data)
@@ -129,7 +153,8 @@ class SecureLayer:
         identity: Our identity, proven in each handshake.
         admit: Called for each inbound raw connection before anything else; returns
             ``None`` to go on, or ``(code, reason)`` to close it at once.
-        failed: Called when a handshake fails, with the raw socket and the error.
+        failed: Called when a handshake fails, with the raw socket and the error (its
+            ``peer`` set to the raw socket's).
         handshake_timeout: Seconds a handshake may take.
         max_package_size: Limit on a reassembled package, in bytes.
 
@@ -141,7 +166,7 @@ class SecureLayer:
         identity: Identity,
         *,
         admit: Callable[[Socket], tuple[int, str] | None],
-        failed: Callable[[Socket, HandshakeFailed], None],
+        failed: Callable[[Socket, HandshakeError], None],
         handshake_timeout: float = 10.0,
         max_package_size: int | None = 2**20,
     ) -> None:
@@ -209,8 +234,8 @@ class SecureLayer:
         secure = self._secure.get(raw.id)
         if secure is not None:
             try:
-                secure._receive(data)
-            except NoiseError as exc:
+                secure.feed_data(data)
+            except ChannelError as exc:
                 self._violation(raw, secure, exc)
             return
         handshake = self._handshakes.get(raw.id)
@@ -218,7 +243,7 @@ class SecureLayer:
             return  # failed already; the connection is closing
         try:
             self._step(raw, handshake.noise, data)
-        except HandshakeFailed as exc:
+        except HandshakeError as exc:
             self._fail(raw, exc)
 
     def on_error(self, raw: Socket, error: Exception) -> None:
@@ -239,7 +264,8 @@ class SecureLayer:
         if handshake is not None:
             handshake.timer.cancel()
             reason = raw.close_reason or f"code {raw.close_code}"
-            self._failed(raw, HandshakeFailed(f"connection closed during handshake ({reason})"))
+            error = HandshakeError(f"connection closed during handshake ({reason})")
+            self._failed(raw, _with_peer(raw, error))
 
     # Handshake
 
@@ -250,19 +276,17 @@ class SecureLayer:
 
     def _step(self, raw: Socket, noise: NoiseHandshake, data: bytes | str) -> None:
         if isinstance(data, str):
-            raise HandshakeFailed("text frame during the secure handshake")
+            raise HandshakeError("text frame during the secure handshake")
         if not noise.initiator and noise.step == 0:
             if not data.startswith(HANDSHAKE_MAGIC):
-                raise HandshakeFailed(PLAIN_PEER if _is_package(data) else "invalid handshake")
+                raise HandshakeError(PLAIN_PEER if _is_package(data) else "invalid handshake")
             data = data[len(HANDSHAKE_MAGIC) :]
         elif noise.initiator and noise.step == 1 and _is_package(data):
-            raise HandshakeFailed(PLAIN_PEER)
+            raise HandshakeError(PLAIN_PEER)
         try:
-            noise.read_message(data)
+            noise.read_message(data)  # raises HandshakeError
             if not noise.complete:
                 raw.write(noise.write_message())
-        except NoiseError as exc:
-            raise HandshakeFailed(str(exc)) from exc
         except ConnectionClosed:
             return
         if noise.complete:
@@ -274,7 +298,7 @@ class SecureLayer:
         assert noise.remote_peer_id is not None
         assert noise.remote_public_key is not None
         if noise.remote_peer_id == self._identity.peer_id:
-            self._fail(raw, HandshakeFailed("dialled ourselves"))
+            self._fail(raw, SelfDialError("dialled ourselves"))
             return
         secure = SecureSocket(
             raw,
@@ -292,18 +316,24 @@ class SecureLayer:
 
     def _timed_out(self, raw: Socket) -> None:
         if raw.id in self._handshakes:
-            self._fail(raw, HandshakeFailed(f"handshake not complete within {self._timeout:g} s"))
+            self._fail(raw, HandshakeError(f"handshake not complete within {self._timeout:g} s"))
 
-    def _fail(self, raw: Socket, exc: HandshakeFailed) -> None:
+    def _fail(self, raw: Socket, exc: HandshakeError) -> None:
         handshake = self._handshakes.pop(raw.id, None)
         if handshake is not None:
             handshake.timer.cancel()
-        self._failed(raw, exc)
+        self._failed(raw, _with_peer(raw, exc))
         raw.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(str(exc)))
 
-    def _violation(self, raw: Socket, secure: SecureSocket, exc: NoiseError) -> None:
-        self._listener.on_error(secure, exc)
+    def _violation(self, raw: Socket, secure: SecureSocket, exc: ChannelError) -> None:
+        self._listener.on_error(secure, _with_peer(raw, exc))
         raw.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(str(exc)))
+
+
+def _with_peer(raw: Socket, error: _E) -> _E:
+    """Name the connection's peer on a protocol error, and return it."""
+    error.peer = raw.peer
+    return error
 
 
 def _is_package(data: bytes) -> bool:

@@ -22,11 +22,9 @@ follow and ``0x00`` on its last chunk.
 from __future__ import annotations
 
 __all__ = [
-    "HANDSHAKE_MAGIC",
     "MAX_NOISE_MESSAGE",
     "PROLOGUE",
     "PROTOCOL_NAME",
-    "NoiseError",
     "NoiseHandshake",
     "NoiseTransport",
 ]
@@ -47,7 +45,7 @@ from cryptography.hazmat.primitives.serialization import (
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import NoiseInvalidMessage, NoiseValueError
 
-from ..exceptions import TrustP2PError
+from ..exceptions import ChannelError, HandshakeError, UsageError
 from ..identity import (
     PUBLIC_KEY_SIZE,
     SIGNATURE_SIZE,
@@ -61,9 +59,6 @@ PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
 PROLOGUE = b"trustp2p/1"
 """Mixed into the handshake hash: both sides must agree on it."""
 
-HANDSHAKE_MAGIC = b"\x00tp-noise/1\n"
-"""Prefix of the first handshake message. A node running without the secure channel
-recognises it and refuses with a clear reason, rather than reading it as a package."""
 
 MAX_NOISE_MESSAGE = 65535
 _TAG_SIZE = 16
@@ -73,10 +68,6 @@ _MAX_NONCE = 2**64 - 1  # reserved by the Noise specification
 _pack_nonce = struct.Struct("<4xQ").pack  # 32 zero bits, then the counter little-endian
 _SIGNATURE_PREFIX = b"trustp2p-noise-static-key:"
 _PAYLOAD_SIZE = PUBLIC_KEY_SIZE + SIGNATURE_SIZE
-
-
-class NoiseError(TrustP2PError):
-    """The secure handshake failed, or a transport message could not be decrypted."""
 
 
 def _static_public(private: bytes) -> bytes:
@@ -98,7 +89,7 @@ class NoiseHandshake:
         identity: Our long-term identity, proven to the peer in our payload.
         initiator: True for the side that dialled.
         expected_peer_id: The peer id the remote must prove, when known (from a
-            ``/p2p/<peer-id>`` URL); meeting another key raises :exc:`NoiseError`.
+            ``/p2p/<peer-id>`` URL); meeting another key raises :exc:`HandshakeError`.
         static_key: Our Noise static private key (32 bytes); a fresh one by default.
         ephemeral_key: Our ephemeral private key, for test vectors only.
 
@@ -167,13 +158,16 @@ class NoiseHandshake:
         Messages 2 (responder) and 3 (initiator) carry our identity payload; pass
         ``payload`` only to reproduce test vectors.
 
+        Raises:
+            HandshakeError: If the handshake state doesn't allow writing now.
+
         """
         if payload is None:
             payload = b"" if self._step == 0 else self._our_payload()
         try:
             message = bytes(self._connection.write_message(payload))
         except (NoiseValueError, NoiseInvalidMessage) as exc:
-            raise NoiseError(f"can't write handshake message {self._step + 1}: {exc}") from exc
+            raise HandshakeError(f"can't write handshake message {self._step + 1}: {exc}") from exc
         self._step += 1
         return message
 
@@ -184,7 +178,7 @@ class NoiseHandshake:
         ``verify_identity=False`` skips the identity check: for test vectors only.
 
         Raises:
-            NoiseError: If the message is malformed or tampered with, or the peer's
+            HandshakeError: If the message is malformed or tampered with, or the peer's
                 identity payload is invalid or not the expected peer id.
 
         """
@@ -194,7 +188,7 @@ class NoiseHandshake:
         try:
             payload = bytes(self._connection.read_message(message))
         except Exception as exc:  # noiseprotocol raises a mix of types on bad input
-            raise NoiseError(
+            raise HandshakeError(
                 f"handshake message {self._step + 1} is invalid: "
                 f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''}"
             ) from exc
@@ -206,21 +200,29 @@ class NoiseHandshake:
 
     def _check_payload(self, payload: bytes) -> None:
         if len(payload) != _PAYLOAD_SIZE:
-            raise NoiseError(f"identity payload of {len(payload)} bytes, expected {_PAYLOAD_SIZE}")
+            raise HandshakeError(
+                f"identity payload of {len(payload)} bytes, expected {_PAYLOAD_SIZE}"
+            )
         public_key, signature = payload[:PUBLIC_KEY_SIZE], payload[PUBLIC_KEY_SIZE:]
         remote_static = bytes(self._state.rs.public_bytes)
         if not verify_signature(public_key, signature, _SIGNATURE_PREFIX + remote_static):
-            raise NoiseError("identity signature doesn't match the peer's Noise static key")
+            raise HandshakeError("identity signature doesn't match the peer's Noise static key")
         peer_id = peer_id_from_public_key(public_key)
         if self._expected is not None and peer_id != self._expected:
-            raise NoiseError(f"peer is {peer_id}, not the expected {self._expected}")
+            raise HandshakeError(f"peer is {peer_id}, not the expected {self._expected}")
         self.remote_public_key = public_key
         self.remote_peer_id = peer_id
 
     def transport(self) -> NoiseTransport:
-        """The transport ciphers, once the handshake is complete."""
+        """
+        The transport ciphers, once the handshake is complete.
+
+        Raises:
+            UsageError: If the handshake is not complete yet.
+
+        """
         if not self.complete:
-            raise RuntimeError("the handshake is not complete")
+            raise UsageError("the handshake is not complete")
         return NoiseTransport(self._connection)
 
 
@@ -246,10 +248,16 @@ class NoiseTransport:
         self._size = 0
 
     def encrypt(self, plaintext: bytes) -> bytes:
-        """Encrypt one transport message (at most 65 519 bytes of plaintext)."""
+        """
+        Encrypt one transport message (at most 65 519 bytes of plaintext).
+
+        Raises:
+            ChannelError: If this side sent 2**64 - 1 messages: its nonces are used up.
+
+        """
         nonce = self._send_nonce
         if nonce >= _MAX_NONCE:
-            raise NoiseError("nonces exhausted: 2**64 - 1 messages sent")
+            raise ChannelError("nonces exhausted: 2**64 - 1 messages sent")
         self._send_nonce = nonce + 1
         return self._send_cipher.encrypt(_pack_nonce(nonce), plaintext, None)
 
@@ -258,23 +266,30 @@ class NoiseTransport:
         Decrypt one transport message.
 
         Raises:
-            NoiseError: If it doesn't decrypt: tampered, replayed or out of order.
+            ChannelError: If it doesn't decrypt (tampered, replayed or out of order), is
+                longer than 65 535 bytes, or the nonces are used up.
 
         """
         if len(message) > MAX_NOISE_MESSAGE:
-            raise NoiseError(f"Noise message of {len(message)} bytes exceeds {MAX_NOISE_MESSAGE}")
+            raise ChannelError(f"Noise message of {len(message)} bytes exceeds {MAX_NOISE_MESSAGE}")
         nonce = self._receive_nonce
         if nonce >= _MAX_NONCE:
-            raise NoiseError("nonces exhausted: 2**64 - 1 messages received")
+            raise ChannelError("nonces exhausted: 2**64 - 1 messages received")
         try:
             plaintext = self._receive_cipher.decrypt(_pack_nonce(nonce), message, None)
         except InvalidTag:
-            raise NoiseError("transport message doesn't decrypt") from None
+            raise ChannelError("transport message doesn't decrypt") from None
         self._receive_nonce = nonce + 1
         return plaintext
 
     def seal(self, data: bytes) -> list[bytes]:
-        """Encrypt one package into Noise messages of at most 65 535 bytes."""
+        """
+        Encrypt one package into Noise messages of at most 65 535 bytes.
+
+        Raises:
+            ChannelError: If the nonces are used up (see :meth:`encrypt`).
+
+        """
         if len(data) <= _MAX_CHUNK:
             return [self.encrypt(_LAST + data)]
         messages = []
@@ -290,22 +305,23 @@ class NoiseTransport:
         Decrypt one Noise message; return the package once its last chunk arrived.
 
         Raises:
-            NoiseError: If the message doesn't decrypt (tampered, replayed, out of
-                order) or the package grows beyond ``max_size`` bytes.
+            ChannelError: If the message doesn't decrypt (tampered, replayed, out of
+                order), is empty or has an invalid chunk flag, or the package grows
+                beyond ``max_size`` bytes.
 
         """
         plaintext = self.decrypt(message)
         if not plaintext:
-            raise NoiseError("empty transport message")
+            raise ChannelError("empty transport message")
         flag, chunk = plaintext[0], plaintext[1:]
         self._size += len(chunk)
         if max_size is not None and self._size > max_size:
-            raise NoiseError(f"package of more than {max_size} bytes exceeds the limit")
+            raise ChannelError(f"package of more than {max_size} bytes exceeds the limit")
         if flag == _MORE[0]:
             self._chunks.append(chunk)
             return None
         if flag != _LAST[0]:
-            raise NoiseError(f"invalid chunk flag {flag}")
+            raise ChannelError(f"invalid chunk flag {flag}")
         if self._chunks:
             self._chunks.append(chunk)
             chunk = b"".join(self._chunks)

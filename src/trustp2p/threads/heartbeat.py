@@ -24,6 +24,7 @@ from trustp2p import (
     EventMap,
     Package,
     PackageType,
+    RemoteError,
     RequestTimeout,
     Socket,
     Thread,
@@ -76,6 +77,9 @@ class HeartbeatThread(Thread):
             await self.server.request(
                 socket, "ping", {}, type=PackageType.HEARTBEAT_PING, timeout=timeout
             )
+        except RemoteError:
+            # A peer without a heartbeat thread answers with an error: it is alive.
+            socket.stats.last_rtt = loop.time() - sent
         except RequestTimeout:
             self.log.info("x lost peer %s: no pong within %g s", socket.peer, timeout)
             await socket.close(CloseCode.GOING_AWAY, "lost peer")

@@ -1,0 +1,193 @@
+"""The secure layer over the memory driver: which error each failure raises, and that it
+names the peer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.conftest import MS
+from tests.drivers.conformance import RecordingListener
+from tests.nodes import wait_for
+from trustp2p.drivers import DriverEvent, Listening, Socket
+from trustp2p.drivers.memory import MemoryDriver, MemoryHub
+from trustp2p.exceptions import ChannelError, HandshakeError, SelfDialError
+from trustp2p.identity import Identity
+from trustp2p.protocol.handshake import PLAIN_PEER
+from trustp2p.protocol.package import PackageType, build_package, encode
+from trustp2p.security.channel import SecureLayer, SecureSocket
+
+
+@dataclass
+class Side:
+    """A secure layer, the listener above it (the node's place), and its failures."""
+
+    identity: Identity
+    events: RecordingListener = field(default_factory=RecordingListener)
+    failures: list[tuple[Socket, HandshakeError]] = field(default_factory=list)
+    layer: SecureLayer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.layer = self.make_layer()
+
+    def make_layer(self, handshake_timeout: float = 10.0) -> SecureLayer:
+        return SecureLayer(
+            self.events,
+            self.identity,
+            admit=lambda raw: None,
+            failed=lambda raw, error: self.failures.append((raw, error)),
+            handshake_timeout=handshake_timeout,
+        )
+
+
+@dataclass
+class Net:
+    driver: MemoryDriver
+    server: Side
+    listening: Listening
+
+
+@pytest.fixture
+async def net() -> AsyncIterator[Net]:
+    driver = MemoryDriver(hub=MemoryHub())
+    server = Side(Identity.generate())
+    listening = await driver.listen("127.0.0.1", 0, server.layer)
+    yield Net(driver, server, listening)
+    listening.close()
+    for raw in server.layer.raw_sockets:
+        raw.abort()
+
+
+async def connect_secure(net: Net, client: Side) -> tuple[SecureSocket, SecureSocket]:
+    """Dial the server through ``client``'s layer; return both secure ends."""
+    raw = await net.driver.connect(net.listening.url, client.layer)
+    opened = (await client.events.next(DriverEvent.OPEN)).socket
+    accepted = (await net.server.events.next(DriverEvent.CONNECTION)).socket
+    assert isinstance(opened, SecureSocket) and isinstance(accepted, SecureSocket)
+    assert opened.raw is raw
+    return opened, accepted
+
+
+async def test_peers_authenticate_and_exchange_packages(net: Net) -> None:
+    client = Side(Identity.generate())
+    opened, accepted = await connect_secure(net, client)
+    assert (opened.peer_id, accepted.peer_id) == (
+        net.server.identity.peer_id,
+        client.identity.peer_id,
+    )
+    opened.write(b"x" * 100_000)
+    assert await net.server.events.wait_messages(accepted, 1) == [b"x" * 100_000]
+    assert client.failures == net.server.failures == []
+
+
+async def test_dialling_ourselves_is_a_self_dial_error(net: Net) -> None:
+    ourselves = Side(net.server.identity)
+    raw = await net.driver.connect(net.listening.url, ourselves.layer)
+    await wait_for(lambda: bool(ourselves.failures))
+    [(failed_raw, error)] = ourselves.failures
+    assert failed_raw is raw
+    assert type(error) is SelfDialError
+    assert str(error) == "dialled ourselves"
+    assert error.peer == net.listening.url
+    await raw.wait_closed()
+    assert (raw.close_code, raw.close_reason) == (1008, "dialled ourselves")
+    assert DriverEvent.OPEN not in [record.event for record in ourselves.events.records]
+    assert DriverEvent.CONNECTION not in [record.event for record in net.server.events.records]
+
+
+async def test_plain_package_is_a_handshake_error_naming_the_peer(net: Net) -> None:
+    plain = RecordingListener()
+    raw = await net.driver.connect(net.listening.url, plain)
+    raw.write(encode(build_package(PackageType.REQUEST, "echo", {})))
+    await wait_for(lambda: bool(net.server.failures))
+    [(failed_raw, error)] = net.server.failures
+    assert type(error) is HandshakeError
+    assert str(error) == PLAIN_PEER
+    assert error.peer == failed_raw.peer
+    assert failed_raw.peer.startswith(f"{net.driver.name}#")
+    await raw.wait_closed()
+    assert (raw.close_code, raw.close_reason) == (1008, PLAIN_PEER)
+
+
+async def test_text_frame_during_handshake_is_a_handshake_error(net: Net) -> None:
+    raw = await net.driver.connect(net.listening.url, RecordingListener())
+    await wait_for(lambda: net.server.layer.handshaking == 1)
+    [server_raw] = net.server.layer.raw_sockets
+    net.server.layer.on_message(server_raw, "hello")  # the memory driver carries bytes only
+    [(_, error)] = net.server.failures
+    assert type(error) is HandshakeError
+    assert str(error) == "text frame during the secure handshake"
+    assert error.peer == server_raw.peer
+    await raw.wait_closed()
+
+
+async def test_handshake_deadline_is_a_handshake_error(net: Net) -> None:
+    listening = await net.driver.listen("127.0.0.1", 0, net.server.make_layer(20 * MS))
+    try:
+        raw = await net.driver.connect(listening.url, RecordingListener())  # says nothing
+        await wait_for(lambda: bool(net.server.failures))
+        [(failed_raw, error)] = net.server.failures
+        assert type(error) is HandshakeError
+        assert str(error) == f"handshake not complete within {20 * MS:g} s"
+        assert error.peer == failed_raw.peer
+        await raw.wait_closed()
+        assert raw.close_code == 1008
+    finally:
+        listening.close()
+
+
+async def test_close_during_handshake_is_a_handshake_error(net: Net) -> None:
+    raw = await net.driver.connect(net.listening.url, RecordingListener())
+    await wait_for(lambda: net.server.layer.handshaking == 1)
+    await raw.close(1000, "bye")
+    await wait_for(lambda: bool(net.server.failures))
+    [(failed_raw, error)] = net.server.failures
+    assert type(error) is HandshakeError
+    assert str(error) == "connection closed during handshake (bye)"
+    assert error.peer == failed_raw.peer
+
+
+async def test_undecryptable_message_is_a_channel_error(net: Net) -> None:
+    client = Side(Identity.generate())
+    opened, accepted = await connect_secure(net, client)
+    opened.raw.write(b"not a Noise message of this channel")
+    [error] = [(await net.server.events.next(DriverEvent.ERROR, accepted)).payload]
+    assert type(error) is ChannelError
+    assert str(error) == "transport message doesn't decrypt"
+    assert error.peer == accepted.peer
+    await opened.wait_closed()
+    assert (opened.close_code, opened.close_reason) == (1008, "transport message doesn't decrypt")
+    assert net.server.failures == []
+
+
+async def test_text_frame_on_a_secure_connection_is_a_channel_error(net: Net) -> None:
+    client = Side(Identity.generate())
+    opened, accepted = await connect_secure(net, client)
+    net.server.layer.on_message(accepted.raw, "hello")  # the memory driver carries bytes only
+    error = (await net.server.events.next(DriverEvent.ERROR, accepted)).payload
+    assert type(error) is ChannelError
+    assert str(error) == "text frame on a secure connection"
+    assert error.peer == accepted.peer
+    await opened.wait_closed()
+
+
+async def test_bad_chunk_flag_is_a_channel_error(net: Net) -> None:
+    client = Side(Identity.generate())
+    opened, accepted = await connect_secure(net, client)
+    opened.raw.write(opened._transport.encrypt(b"\x07package"))
+    error = (await net.server.events.next(DriverEvent.ERROR, accepted)).payload
+    assert type(error) is ChannelError
+    assert str(error) == "invalid chunk flag 7"
+    assert error.peer == accepted.peer
+
+
+async def test_exhausted_nonces_on_write_are_a_channel_error(net: Net) -> None:
+    client = Side(Identity.generate())
+    opened, _ = await connect_secure(net, client)
+    opened._transport._send_nonce = 2**64 - 1
+    with pytest.raises(ChannelError) as info:
+        opened.write(b"one too many")
+    assert str(info.value) == "nonces exhausted: 2**64 - 1 messages sent"
+    assert info.value.peer == net.listening.url
