@@ -132,8 +132,10 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
 def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
     path = tmp_path / "sim.png"
-    report = simulate(capsys, *SMALL, "--churn", "0.1", "--plot", str(path))
+    tiny = ["--nodes", "4", "--degree", "2", "--messages", "4", "--rate", "50", "--seed", "1"]
+    report = simulate(capsys, *tiny, "--churn", "0.25", "--plot", str(path))
     assert report["ok"] is True
+    assert report["after_restart"]["restarted"] == 1
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

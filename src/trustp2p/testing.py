@@ -273,7 +273,7 @@ class Network:
 
     def _memory_only(self, what: str) -> None:
         if self.driver != "memory":
-            raise UsageError(f"{what}() needs the memory driver, not {self.driver!r}")
+            raise UsageError(f"{what}() needs the memory driver")
 
     # Waiting
 
