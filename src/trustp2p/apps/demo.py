@@ -63,12 +63,13 @@ SETTLE_TIMEOUT = 5.0  # s: after the run, most time to wait for the last chat me
 CONNECT_TIMEOUT = 10.0  # s for every node to connect as planned, before the chat
 PROBLEMS_SHOWN = 10
 
-# The table fits 80 columns: short headings, and this legend under it.
+# The table fits 80 columns: short headings, and this legend under it (in lines no
+# wider than the narrowest table, 71 columns).
 COLUMNS = ("node", "port", "state", "in", "out", "rx", "tx", "RTT ms", "chat", "fetched")
 LEGEND = (
-    "in/out: connections accepted/dialled; rx/tx: packages received/sent; "
-    "RTT ms: mean ping round trip to its clients; chat: chat messages delivered to it; "
-    "fetched: chat messages it got by catch-up"
+    "in/out: connections accepted/dialled; rx/tx: packages received/sent;\n"
+    "RTT ms: mean ping round trip to its clients; chat: chat messages\n"
+    "delivered to it; fetched: chat messages it got by catch-up"
 )
 
 
