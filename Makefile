@@ -28,6 +28,7 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	$(BIN)/pytest
+	$(BIN)/pytest -m slow
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/request_response.py

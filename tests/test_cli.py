@@ -193,15 +193,6 @@ def test_server_and_client_subprocesses_exchange_heartbeats(tmp_path: Path) -> N
     assert "Traceback" not in client_out + server_out
 
 
-def test_demo_runs_a_healthy_network(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--nodes", "3", "--duration", "8"]) == 0
-    out = capsys.readouterr().out
-    # A ring of 3: three connections; one node stopped and restarted, and caught up.
-    assert "summary: 3 nodes, 3 connections, " in out
-    assert "chat messages, each delivered once to every node" in out
-    assert "the network is healthy" in out
-
-
 def test_insecure_server_speaks_the_plain_protocol(tmp_path: Path) -> None:
     """--insecure: the original's protocol, so a plain peer (like the original) talks."""
     import asyncio

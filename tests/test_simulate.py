@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -10,9 +9,17 @@ from typing import Any
 
 import pytest
 
-import trustp2p.simulate
+from trustp2p.apps.simulate import Simulation
+from trustp2p.apps.simulate.metrics import (
+    Observations,
+    Outage,
+    Published,
+    RouterCounts,
+    measure,
+    quantile,
+)
 from trustp2p.cli import main
-from trustp2p.simulate import Simulation, _quantile
+from trustp2p.testing import Delivery
 
 SMALL = ["--nodes", "15", "--degree", "4", "--messages", "20", "--rate", "50", "--seed", "1"]
 
@@ -125,8 +132,10 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
 def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
     path = tmp_path / "sim.png"
-    report = simulate(capsys, *SMALL, "--churn", "0.1", "--plot", str(path))
+    tiny = ["--nodes", "4", "--degree", "2", "--messages", "4", "--rate", "50", "--seed", "1"]
+    report = simulate(capsys, *tiny, "--churn", "0.25", "--plot", str(path))
     assert report["ok"] is True
+    assert report["after_restart"]["restarted"] == 1
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -167,19 +176,67 @@ def test_simulation_checks_itself() -> None:
 
 
 def test_quantile_interpolates() -> None:
-    assert _quantile([], 0.5) is None
-    assert _quantile([3.0], 0.99) == 3.0
-    assert _quantile([4.0, 1.0, 2.0, 3.0], 0.5) == 2.5
-    assert _quantile([0.0, 10.0], 0.99) == pytest.approx(9.9)
+    assert quantile([], 0.5) is None
+    assert quantile([3.0], 0.99) == 3.0
+    assert quantile([4.0, 1.0, 2.0, 3.0], 0.5) == 2.5
+    assert quantile([0.0, 10.0], 0.99) == pytest.approx(9.9)
 
 
-def test_all_lists_the_public_definitions() -> None:
-    module = trustp2p.simulate
-    defined = {
-        name
-        for name, obj in vars(module).items()
-        if not name.startswith("_")
-        and (inspect.isclass(obj) or inspect.isfunction(obj))
-        and obj.__module__ == module.__name__
+def test_figures_from_recorded_deliveries() -> None:
+    """measure() alone, on a made-up run: 3 nodes, node 2 killed and restarted."""
+    sim = Simulation(nodes=3, messages=3, timeout=1.0)
+    published = {
+        "a1": Published(0, origin=0, when=10.0),
+        "a2": Published(1, origin=0, when=11.0),
+        "b1": Published(2, origin=1, when=12.0),
     }
-    assert defined == set(module.__all__)
+
+    def got(message_id: str, when: float) -> Delivery:
+        origin, seq = message_id[0], int(message_id[1])
+        return Delivery(origin, seq, message_id, "sim", when)
+
+    received = [
+        [got("a1", 10.0), got("a2", 11.0), got("b1", 12.5)],
+        # a2 before a1 (out of order), and a1 twice.
+        [got("a2", 11.5), got("a1", 11.6), got("a1", 11.7), got("b1", 12.0)],
+        # Down from 10.5 to 13.0: it missed a2 and b1 and never caught up on b1.
+        [got("a1", 10.2), got("a2", 13.4)],
+    ]
+    seen = Observations(
+        published,
+        received,
+        live=[0, 1, 2],
+        outages=[Outage(2, killed=10.5, restarted=13.0)],
+        counts=[RouterCounts(0, 1, 3, 0), RouterCounts(1, 2, 5, 0), RouterCounts(2, 0, 2, 1)],
+        bytes_total=3000,
+    )
+    report = measure(sim, seen)
+    assert report.coverage == pytest.approx(8 / 9)
+    assert report.reached_per_message == {"min": pytest.approx(2 / 3), "p50": 1.0, "mean": 8 / 9}
+    assert report.fully_covered == pytest.approx(2 / 3)
+    # Node 2 came back after every publish: the times to full coverage leave it out.
+    assert report.time_to_full_coverage == {
+        "p50": pytest.approx(0.5),
+        "p99": pytest.approx(1.578),
+        "max": pytest.approx(1.6),
+        "messages": 3,
+    }
+    assert (report.redelivered, report.out_of_order) == (1, 2)
+    assert report.duplicates_per_message_per_node == pytest.approx(3 / 9)
+    assert report.copies_per_message_per_node == pytest.approx(10 / 9)
+    assert (report.caught_up, report.bytes_per_message) == (1, 1000.0)
+    assert report.churn == {
+        "killed": 1,
+        "restarted": 1,
+        "missing": 2,
+        "nodes_complete": 0.0,
+        "seconds_p50": None,
+        "seconds_max": None,
+    }
+    assert report.partition is None
+    assert report.problems == [
+        "1 of 3 live nodes miss messages (1 (node, message) pairs) after waiting 1 s",
+        "1 deliveries repeated a message to a node (exactly once was broken)",
+        "2 deliveries came after a later message of the same origin (per-origin order was broken)",
+    ]
+    assert report.ok is False

@@ -6,10 +6,8 @@ __all__ = ["main"]
 
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +15,6 @@ import click
 
 from .exceptions import TrustP2PError
 from .options import DEFAULT_PORT, NodeOptions
-from .threads.loader import THREADS_AVAILABLE, THREADS_ENABLED
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -123,35 +120,20 @@ def _cwd_option(f: F) -> F:
 
 def _run_node(log_level: str, **kwargs: Any) -> int:
     """Run a node until Ctrl-C or SIGTERM; return the exit code."""
+    from .apps.serve import serve
+
     _setup_logging(log_level)
     options = {name: value for name, value in kwargs.items() if value is not None}
     try:
         node_options = NodeOptions.from_kwargs(**options)
     except (TypeError, ValueError, TrustP2PError) as exc:
         raise click.UsageError(str(exc)) from exc
-    return asyncio.run(_serve(node_options))
-
-
-async def _serve(options: NodeOptions) -> int:
-    from .node import Node
-
-    node = Node(options)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        try:
-            await node.start()
-        except TrustP2PError as exc:
-            click.echo(f"trustp2p: error: {exc}", err=True)
-            return 1
-        await stop.wait()
-        await node.stop()
-        return 0
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+        asyncio.run(serve(node_options))
+    except TrustP2PError as exc:
+        click.echo(f"trustp2p: error: {exc}", err=True)
+        return 1
+    return 0
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -169,24 +151,11 @@ def cli() -> None:
 @_log_level_option
 def init(directory: Path, log_level: str) -> None:
     """Make DIRECTORY an application directory with the heartbeat thread enabled."""
+    from .apps.appdir import init_app_dir
+
     _setup_logging(log_level)
-    available = directory / THREADS_AVAILABLE
-    enabled = directory / THREADS_ENABLED
-    available.mkdir(parents=True, exist_ok=True)
-    enabled.mkdir(parents=True, exist_ok=True)
-    target = available / "heartbeat.py"
-    if target.exists():
-        click.echo(f"{target} exists; left as it is")
-    else:
-        source = resources.files("trustp2p.threads").joinpath("heartbeat.py").read_text("utf-8")
-        target.write_text(source, "utf-8")
-        click.echo(f"wrote {target}")
-    link = enabled / "heartbeat.py"
-    if link.is_symlink() or link.exists():
-        click.echo(f"{link} exists; left as it is")
-    else:
-        link.symlink_to(Path("..") / THREADS_AVAILABLE / "heartbeat.py")
-        click.echo(f"enabled it: {link} -> ../{THREADS_AVAILABLE}/heartbeat.py")
+    for line in init_app_dir(directory):
+        click.echo(line)
 
 
 @cli.command()
@@ -238,96 +207,124 @@ def node(**kwargs: Any) -> int:
     type=click.FloatRange(min=0.5),
     default=20.0,
     show_default=True,
-    help="Seconds to run.",
+    help="Seconds to run (then up to 5 s more for the last chat messages).",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(0.1, 10),
+    default=1.0,
+    show_default=True,
+    help="Run every timing (chat, heartbeats, redials, gossip) this many times faster.",
+)
+@click.option(
+    "--restart/--no-restart",
+    default=True,
+    show_default=True,
+    help="Start the node stopped a third of the way in again two thirds of the way in "
+    "(--no-restart: it stays down and misses the chat, and the demo fails).",
 )
 @_log_level_option
-def demo(nodes: int, duration: float, log_level: str) -> int:
+def demo(nodes: int, duration: float, speed: float, restart: bool, log_level: str) -> int:
     """Run a local network of NODES nodes on 127.0.0.1 with a live table.
 
     Node 0 is a server; the others are server and client at once, each dialling node 0
-    and the node before it. All run the heartbeat thread, with short timings.
+    and the node before it. All run the heartbeat thread, with short timings, and chat.
+    One node stops a third of the way in and restarts two thirds of the way in. Exit
+    code 0 when the network is healthy: every node connected as planned, pings were
+    answered, and every node has every chat message exactly once.
     """
-    from .demo import run_demo
+    from .apps.demo import run_demo
 
     _setup_logging(log_level if log_level != "info" else "warning")
-    return asyncio.run(run_demo(nodes=nodes, duration=duration))
+    return asyncio.run(run_demo(nodes=nodes, duration=duration, speed=speed, restart=restart))
+
+
+_SIMULATION_OPTIONS = [
+    click.option("--nodes", type=click.IntRange(min=2), default=100, show_default=True),
+    click.option(
+        "--degree",
+        type=click.IntRange(min=1),
+        default=6,
+        show_default=True,
+        help="Peers each node dials at random (so it has about twice as many connections).",
+    ),
+    click.option(
+        "--mesh-degree",
+        type=click.IntRange(min=1),
+        default=6,
+        show_default=True,
+        help="Mesh peers per topic each router aims for (gossip mode).",
+    ),
+    click.option("--messages", type=click.IntRange(min=1), default=200, show_default=True),
+    click.option(
+        "--rate",
+        type=click.FloatRange(min=0, min_open=True),
+        default=5.0,
+        show_default=True,
+        help="Messages published per second, each from a random live node.",
+    ),
+    click.option(
+        "--churn",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=0.0,
+        show_default=True,
+        help="Fraction of the nodes killed while publishing, each restarted later.",
+    ),
+    click.option(
+        "--partition-at",
+        type=click.FloatRange(min=0),
+        default=None,
+        metavar="T",
+        help="Cut the network into two halves T seconds into publishing.",
+    ),
+    click.option(
+        "--partition-for",
+        type=click.FloatRange(min=0, min_open=True),
+        default=2.0,
+        show_default=True,
+        help="Seconds until the partition heals.",
+    ),
+    click.option(
+        "--mode",
+        type=click.Choice(["gossip", "flood"]),
+        default="gossip",
+        show_default=True,
+        help="Mesh gossip, or flooding every peer (the baseline).",
+    ),
+    click.option("--seed", type=int, default=None, help="Seed of the topology and schedule."),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=30.0,
+        show_default=True,
+        help="Seconds to wait, after publishing, for every live node to have every message.",
+    ),
+    click.option(
+        "--plot",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        metavar="FILE.png",
+        help="Draw propagation curves and a duplicates histogram (needs matplotlib).",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object."),
+    click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default="warning",
+        show_default=True,
+        help="Logging level (logs go to stderr).",
+    ),
+]
+
+
+def _simulation_options(f: F) -> F:
+    for option in reversed(_SIMULATION_OPTIONS):
+        f = option(f)
+    return f
 
 
 @cli.command()
-@click.option("--nodes", type=click.IntRange(min=2), default=100, show_default=True)
-@click.option(
-    "--degree",
-    type=click.IntRange(min=1),
-    default=6,
-    show_default=True,
-    help="Peers each node dials at random (so it has about twice as many connections).",
-)
-@click.option(
-    "--mesh-degree",
-    type=click.IntRange(min=1),
-    default=6,
-    show_default=True,
-    help="Mesh peers per topic each router aims for (gossip mode).",
-)
-@click.option("--messages", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0, min_open=True),
-    default=5.0,
-    show_default=True,
-    help="Messages published per second, each from a random live node.",
-)
-@click.option(
-    "--churn",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Fraction of the nodes killed while publishing, each restarted later.",
-)
-@click.option(
-    "--partition-at",
-    type=click.FloatRange(min=0),
-    default=None,
-    metavar="T",
-    help="Cut the network into two halves T seconds into publishing.",
-)
-@click.option(
-    "--partition-for",
-    type=click.FloatRange(min=0, min_open=True),
-    default=2.0,
-    show_default=True,
-    help="Seconds until the partition heals.",
-)
-@click.option(
-    "--mode",
-    type=click.Choice(["gossip", "flood"]),
-    default="gossip",
-    show_default=True,
-    help="Mesh gossip, or flooding every peer (the baseline).",
-)
-@click.option("--seed", type=int, default=None, help="Seed of the topology and schedule.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=30.0,
-    show_default=True,
-    help="Seconds to wait, after publishing, for every live node to have every message.",
-)
-@click.option(
-    "--plot",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    metavar="FILE.png",
-    help="Draw propagation curves and a duplicates histogram (needs matplotlib).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="warning",
-    show_default=True,
-    help="Logging level (logs go to stderr).",
-)
+@_simulation_options
 def simulate(plot: Path | None, as_json: bool, log_level: str, **kwargs: Any) -> int:
     """Simulate a network of NODES in-process nodes and measure its gossip.
 
@@ -340,7 +337,14 @@ def simulate(plot: Path | None, as_json: bool, log_level: str, **kwargs: Any) ->
     """
     import json
 
-    from .simulate import PLOT_MISSING, Simulation, plot_report, simulate
+    from .apps.simulate import (
+        PLOT_MISSING,
+        Simulation,
+        plot_report,
+        print_report,
+        simulate_with_progress,
+        to_json,
+    )
 
     _setup_logging(log_level)
     if plot is not None:
@@ -354,124 +358,19 @@ def simulate(plot: Path | None, as_json: bool, log_level: str, **kwargs: Any) ->
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
-        report = asyncio.run(_simulate_with_progress(sim, simulate))
+        report = asyncio.run(simulate_with_progress(sim))
     except TimeoutError as exc:
         click.echo(f"trustp2p: error: {exc}", err=True)
         return 1
     if plot is not None:
         plot_report(report, plot)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        click.echo(json.dumps(to_json(report), indent=2))
     else:
-        _print_simulation(report, plot)
+        print_report(report, plot)
     for problem in report.problems:
         click.echo(f"trustp2p: {problem}", err=True)
     return 0 if report.ok else 1
-
-
-async def _simulate_with_progress(sim: Any, simulate: Any) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        return await simulate(sim)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        publishing = bar.add_task("published", total=sim.messages)
-        delivering = bar.add_task("delivered (node, message)", total=None)
-
-        def progress(published: int, messages: int, delivered: int, expected: int) -> None:
-            bar.update(publishing, completed=published)
-            bar.update(delivering, completed=delivered, total=max(expected, 1))
-
-        return await simulate(sim, progress=progress)
-
-
-def _print_simulation(report: Any, plot: Path | None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    data = report.to_json()
-    sim = report.simulation
-
-    def seconds(value: float | None) -> str:
-        return "-" if value is None else f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
-
-    title = (
-        f"{sim.mode}: {sim.nodes} nodes, degree {sim.degree}, {report.published} messages "
-        f"in {report.publish_seconds:.1f} s"
-    )
-    table = Table("figure", "value", title=title, title_justify="left")
-    reached = data["reached_per_message"]
-    table.add_row("live nodes at the end", str(report.live_nodes))
-    table.add_row("coverage ((node, message) pairs delivered)", f"{report.coverage:.4f}")
-    table.add_row(
-        "nodes reached per message (min / p50 / mean)",
-        f"{reached['min']:.3f} / {reached['p50']:.3f} / {reached['mean']:.3f}",
-    )
-    table.add_row("messages that reached every live node", f"{report.fully_covered:.3f}")
-    coverage = report.time_to_full_coverage
-    table.add_row(
-        "time to full coverage p50 / p99 / max",
-        f"{seconds(coverage['p50'])} / {seconds(coverage['p99'])} / {seconds(coverage['max'])}",
-    )
-    outside = report.time_to_full_coverage_outside_partition
-    if outside is not None:
-        table.add_row(
-            "  of messages published outside the partition",
-            f"{seconds(outside['p50'])} / {seconds(outside['p99'])} / {seconds(outside['max'])}",
-        )
-    table.add_row(
-        "duplicates per message per node", f"{report.duplicates_per_message_per_node:.2f}"
-    )
-    table.add_row(
-        "copies received per message per node", f"{report.copies_per_message_per_node:.2f}"
-    )
-    table.add_row(
-        "bytes per message (all traffic)",
-        f"{report.bytes_per_message:,.0f} (one copy: {report.message_package_bytes} bytes)",
-    )
-    table.add_row("messages obtained by catch-up", str(report.caught_up))
-    if report.partition is not None:
-        part = report.partition
-        table.add_row(
-            "after the heal: nodes with every message",
-            f"{part['nodes_complete']:.3f} of {part['nodes']} "
-            f"({part['missing']} (node, message) pairs missing at the heal)",
-        )
-        table.add_row(
-            "after the heal: catch-up time p50 / max",
-            f"{seconds(part['seconds_p50'])} / {seconds(part['seconds_max'])}",
-        )
-    if report.churn is not None:
-        churn = report.churn
-        table.add_row(
-            "churn: restarted nodes with every message",
-            f"{churn['nodes_complete']:.3f} of {churn['restarted']} "
-            f"({churn['missing']} messages missed)",
-        )
-        table.add_row(
-            "churn: catch-up time p50 / max",
-            f"{seconds(churn['seconds_p50'])} / {seconds(churn['seconds_max'])}",
-        )
-    if report.redelivered:
-        table.add_row("repeated deliveries", str(report.redelivered))
-    if report.out_of_order:
-        table.add_row("deliveries out of per-origin order", str(report.out_of_order))
-    table.add_row("verdict", "every live node has every message" if report.ok else "FAILED")
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=120)
-    console.print(table)
-    if plot is not None:
-        console.print(f"plot: {plot}")
 
 
 def _app_dir_option(f: F) -> F:
@@ -494,59 +393,25 @@ def peers(cwd: Path, as_json: bool, log_level: str) -> int:
     The table shows each peer's URLs, short peer id, score, when it was last seen and
     until when it is blocked (UTC). --json prints every field of every peer.
     """
-    import dataclasses
     import json
 
     from rich.console import Console
-    from rich.table import Table
 
-    from .identity import short_id
-    from .peerstore import STORE_PATH
+    from .apps.peers import peers_json, peers_table, read_peers
 
     _setup_logging(log_level)
-    path = cwd / STORE_PATH
-    # Listing doesn't create a store.
-    records = asyncio.run(_read_peers(path)) if path.exists() else []
+    records = asyncio.run(read_peers(cwd))
     if as_json:
-        data = [{**dataclasses.asdict(record), "score": record.score} for record in records]
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(peers_json(records), indent=2))
         return 0
     if not records:
         click.echo("no peers known yet")
         return 0
-    table = Table("url", "peer id", "score", "last seen", "blocked until")
-    for record in records:
-        table.add_row(
-            "\n".join(record.urls) or "-",
-            short_id(record.peer_id) if record.peer_id is not None else "-",
-            f"{record.score:.2f}",
-            _utc(record.last_seen),
-            _utc(record.blocked_until),
-        )
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # don't wrap rows for scripts and pagers
-    console.print(table)
+    console.print(peers_table(records))
     return 0
-
-
-async def _read_peers(path: Path) -> list[Any]:
-    from .peerstore import PeerStore
-
-    store = await PeerStore.open(path)
-    try:
-        return await store.peers()
-    finally:
-        await store.close()
-
-
-def _utc(timestamp: float | None) -> str:
-    import datetime
-
-    if timestamp is None:
-        return "-"
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @cli.command("id")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .drivers.memory import MemoryDriver, MemoryHub
+from .exceptions import UsageError
 from .identity import Identity
 from .node import Node
 from .protocol.gossip import GossipMessage
@@ -236,13 +237,24 @@ class Network:
         return fresh
 
     def partition(self, groups: Sequence[Iterable[int]]) -> None:
-        """Cut the network into groups of node indexes that can't reach each other
-        (memory driver only)."""
+        """
+        Cut the network into groups of node indexes that can't reach each other.
+
+        Raises:
+            UsageError: If the network doesn't run on the memory driver.
+
+        """
         self._memory_only("partition")
         self.hub.partition([[f"n{i}" for i in group] for group in groups])
 
     def heal(self) -> None:
-        """Undo :meth:`partition` (memory driver only)."""
+        """
+        Undo :meth:`partition`.
+
+        Raises:
+            UsageError: If the network doesn't run on the memory driver.
+
+        """
         self._memory_only("heal")
         self.hub.heal()
 
@@ -251,13 +263,17 @@ class Network:
         Delay messages on the link between nodes ``a`` and ``b``, or on every link
         (memory driver only). Open connections are delayed too, from their next message
         on; messages never overtake each other.
+
+        Raises:
+            UsageError: If the network doesn't run on the memory driver.
+
         """
         self._memory_only("set_delay")
         self.hub.set_delay(seconds, None if a is None else f"n{a}", None if b is None else f"n{b}")
 
     def _memory_only(self, what: str) -> None:
         if self.driver != "memory":
-            raise RuntimeError(f"{what}() needs the memory driver")
+            raise UsageError(f"{what}() needs the memory driver")
 
     # Waiting
 
@@ -274,6 +290,34 @@ class Network:
             wanted = sum(1 for other in self._links[index] if self._alive[other])
             if len(node.client.sockets) < wanted:
                 return False
+        return True
+
+    async def wait_meshes(self, topic: str, *, timeout: float = 30.0) -> None:
+        """
+        Wait until every live node knows which of its peers subscribe to ``topic`` and,
+        in gossip mode, has at least ``gossip_degree_low`` of them (or all it has) in its
+        mesh for ``topic``.
+
+        Raises:
+            TimeoutError: If that takes longer than ``timeout`` seconds.
+
+        """
+        async with asyncio.timeout(timeout):
+            while not self._meshes_formed(topic):  # noqa: ASYNC110 - polls many nodes' state
+                await asyncio.sleep(0.02)
+
+    def _meshes_formed(self, topic: str) -> bool:
+        for index, node in enumerate(self.nodes):
+            if not self._alive[index] or node.gossip is None:
+                continue
+            router = node.gossip.router
+            peers = router.peers
+            if any(topic not in router.peer_topics(peer) for peer in peers):
+                return False
+            if node.options.gossip_mode == "gossip":
+                wanted = min(node.options.gossip_degree_low, len(peers))
+                if len(router.mesh.get(topic, ())) < wanted:
+                    return False
         return True
 
     async def wait_delivered(self, count: int, *, timeout: float = 30.0) -> None:

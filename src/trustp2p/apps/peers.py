@@ -1,0 +1,56 @@
+"""The peers a node remembers (its peer store), listed for ``trustp2p peers``."""
+
+from __future__ import annotations
+
+__all__ = ["peers_json", "peers_table", "read_peers", "utc"]
+
+import dataclasses
+import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from ..identity import short_id
+from ..peerstore import STORE_PATH, PeerRecord, PeerStore
+
+
+async def read_peers(cwd: Path) -> list[PeerRecord]:
+    """Every peer in the store of the application directory ``cwd``; none if it has no
+    store yet (listing doesn't create one)."""
+    path = cwd / STORE_PATH
+    if not path.exists():
+        return []
+    store = await PeerStore.open(path)
+    try:
+        return await store.peers()
+    finally:
+        await store.close()
+
+
+def peers_json(records: list[PeerRecord]) -> list[dict[str, Any]]:
+    """Every field of every record, and its score."""
+    return [{**dataclasses.asdict(record), "score": record.score} for record in records]
+
+
+def peers_table(records: list[PeerRecord]) -> Table:
+    """Each peer's URLs, short peer id, score, when it was last seen and until when it
+    is blocked (UTC)."""
+    table = Table("url", "peer id", "score", "last seen", "blocked until")
+    for record in records:
+        table.add_row(
+            "\n".join(record.urls) or "-",
+            short_id(record.peer_id) if record.peer_id is not None else "-",
+            f"{record.score:.2f}",
+            utc(record.last_seen),
+            utc(record.blocked_until),
+        )
+    return table
+
+
+def utc(timestamp: float | None) -> str:
+    """A Unix time (s) as ``YYYY-MM-DDTHH:MM:SSZ``; ``-`` for ``None``."""
+    if timestamp is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,231 @@
+"""
+Building and driving a simulated network: :func:`simulate`.
+
+The runner starts a :class:`~trustp2p.testing.Network`, waits until it is connected and
+its meshes formed, publishes at the simulation's rate while the churn and partition
+schedules run, waits for the messages to settle, and hands what it recorded to
+:func:`~trustp2p.apps.simulate.metrics.measure`.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["Progress", "simulate"]
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+from ...drivers.base import Socket, SocketStats
+from ...node import Node
+from ...protocol.package import Package, PackageType
+from ...testing import Network
+from ...threads.base import EventMap, Thread
+from .config import TOPIC, Simulation
+from .metrics import (
+    Observations,
+    Outage,
+    Published,
+    RouterCounts,
+    SimulationReport,
+    measure,
+)
+
+Progress = Callable[[int, int, int, int], None]
+"""``progress(published, messages, delivered, expected)``: messages published so far,
+and (live node, message) pairs delivered out of those expected."""
+
+# After every live node has every message, late duplicates and announcements still count.
+_LATE = 0.5  # s
+
+
+async def simulate(sim: Simulation, *, progress: Progress | None = None) -> SimulationReport:
+    """
+    Run a simulation and measure it.
+
+    Args:
+        sim: What to simulate.
+        progress: Called about every 0.1 s with the progress so far.
+
+    Returns:
+        The figures; ``report.ok`` is true when every live node delivered every
+        message exactly once, in per-origin order, and ``report.problems`` says why
+        not.
+
+    Raises:
+        TimeoutError: If the nodes don't connect and form their meshes in time
+            (30 s plus 0.1 s per node).
+
+    """
+    return await _Runner(sim, progress).run()
+
+
+def _traffic_thread(traffic: list[SocketStats]) -> type[Thread]:
+    """A thread that notes the counters of every connection its node makes."""
+
+    class TrafficThread(Thread):
+        @property
+        def event_map(self) -> EventMap:
+            return {PackageType.TALK: {"simulate/none": _ignore}}
+
+        def on_socket_connection(self, socket: Socket) -> None:
+            traffic.append(socket.stats)
+
+        def on_socket_open(self, socket: Socket) -> None:
+            traffic.append(socket.stats)
+
+    return TrafficThread
+
+
+def _ignore(socket: Socket, package: Package) -> None:
+    return None
+
+
+class _Runner:
+    def __init__(self, sim: Simulation, progress: Progress | None) -> None:
+        self.sim = sim
+        self.progress = progress
+        seed = sim.seed
+        self.publishers = random.Random(None if seed is None else seed + 1)
+        self.schedule = random.Random(None if seed is None else seed + 2)
+        self.traffic: list[SocketStats] = []
+        self.network = Network(
+            sim.nodes,
+            degree=sim.degree,
+            topics=[TOPIC],
+            seed=seed,
+            gossip_mode=sim.mode,
+            gossip_degree=sim.mesh_degree,
+            gossip_degree_low=min(4, sim.mesh_degree),
+            gossip_degree_high=max(12, sim.mesh_degree),
+            threads=(_traffic_thread(self.traffic),),
+        )
+        self.instances: list[tuple[int, Node]] = []  # every node started, by index
+        self.seen = Observations(published={}, received=self.network.received, live=[])
+        # Per node: ids of the messages it delivered (updated by _scan).
+        self.got: list[set[str]] = [set() for _ in range(sim.nodes)]
+        self._scanned = [0] * sim.nodes
+        self.start = 0.0
+
+    async def run(self) -> SimulationReport:
+        sim = self.sim
+        network = self.network
+        wall = time.monotonic()
+        async with network:
+            self.instances = list(enumerate(network.nodes))
+            timeout = 30.0 + 0.1 * sim.nodes
+            try:
+                await network.wait_connected(timeout=timeout)
+                await network.wait_meshes(TOPIC, timeout=timeout)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"the nodes didn't connect and form their meshes within {timeout:g} s"
+                ) from None
+            bytes_before = sum(stats.bytes_out for stats in self.traffic)
+            self.start = time.monotonic()
+            monitor = asyncio.create_task(self._monitor())
+            try:
+                await self._drive()
+            finally:
+                monitor.cancel()
+                await asyncio.gather(monitor, return_exceptions=True)
+            seen = self.seen
+            seen.bytes_total = sum(stats.bytes_out for stats in self.traffic) - bytes_before
+            seen.live = [i for i in range(sim.nodes) if network.alive(i)]
+            seen.counts = [_router_counts(index, node) for index, node in self.instances]
+        report = measure(sim, self.seen)
+        report.wall_seconds = time.monotonic() - wall
+        return report
+
+    async def _drive(self) -> None:
+        """Publish while the churn and partition schedules run, then let it settle."""
+        sim = self.sim
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._publish_all())
+            if sim.partition_at is not None:
+                group.create_task(self._partition(sim.partition_at, sim.partition_for))
+            window = sim.publish_window
+            for index in self.schedule.sample(range(sim.nodes), sim.churned):
+                kill_at = self.schedule.uniform(0.1, 0.5) * window
+                down = max(0.2, self.schedule.uniform(0.2, 0.4) * window)
+                group.create_task(self._outage(index, kill_at, kill_at + down))
+        published_end = time.monotonic()
+        deadline = published_end + sim.timeout
+        # Polls many nodes' state, which has no event to wait on.
+        while not self._complete() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        self.seen.settle_seconds = time.monotonic() - published_end
+        last_publish = max((p.when for p in self.seen.published.values()), default=self.start)
+        self.seen.publish_seconds = last_publish - self.start
+        await asyncio.sleep(min(_LATE, sim.timeout))
+        self._scan()
+
+    # Phases
+
+    async def _publish_all(self) -> None:
+        sim = self.sim
+        network = self.network
+        for number in range(sim.messages):
+            delay = self.start + number / sim.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            live = [i for i in range(sim.nodes) if network.alive(i)]
+            origin = self.publishers.choice(live)
+            gossip = network.nodes[origin].gossip
+            assert gossip is not None
+            when = time.monotonic()
+            message_id = await gossip.publish(TOPIC, {"n": number})
+            self.seen.published[message_id] = Published(number, origin, when)
+
+    async def _partition(self, at: float, duration: float) -> None:
+        await asyncio.sleep(max(0.0, self.start + at - time.monotonic()))
+        half = self.sim.nodes // 2
+        self.network.partition([range(half), range(half, self.sim.nodes)])
+        self.seen.partitioned_at = time.monotonic()
+        await asyncio.sleep(duration)
+        self.network.heal()
+        self.seen.healed_at = time.monotonic()
+
+    async def _outage(self, index: int, kill_at: float, restart_at: float) -> None:
+        outage = Outage(index)
+        self.seen.outages.append(outage)
+        await asyncio.sleep(max(0.0, self.start + kill_at - time.monotonic()))
+        outage.killed = time.monotonic()
+        await self.network.kill(index)
+        await asyncio.sleep(max(0.0, self.start + restart_at - time.monotonic()))
+        node = await self.network.restart(index)
+        outage.restarted = time.monotonic()
+        self.instances.append((index, node))
+
+    async def _monitor(self) -> None:
+        while True:
+            self._scan()
+            if self.progress is not None:
+                live = [i for i in range(self.sim.nodes) if self.network.alive(i)]
+                delivered = sum(len(self.got[i]) for i in live)
+                published = len(self.seen.published)
+                self.progress(published, self.sim.messages, delivered, len(live) * published)
+            await asyncio.sleep(0.1)
+
+    def _scan(self) -> None:
+        for index, deliveries in enumerate(self.network.received):
+            got = self.got[index]
+            for delivery in deliveries[self._scanned[index] :]:
+                got.add(delivery.id)
+            self._scanned[index] = len(deliveries)
+
+    def _complete(self) -> bool:
+        self._scan()
+        published = self.seen.published.keys()
+        return all(
+            len(self.got[i]) >= len(published) and self.got[i] >= published
+            for i in range(self.sim.nodes)
+            if self.network.alive(i)
+        )
+
+
+def _router_counts(index: int, node: Node) -> RouterCounts:
+    assert node.gossip is not None
+    stats = node.gossip.router.stats
+    return RouterCounts(index, stats.duplicates, stats.received, node.gossip.caught_up)

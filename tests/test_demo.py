@@ -1,0 +1,66 @@
+"""``trustp2p demo``: main(argv) in-process, at a higher speed except for the slow test."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from trustp2p.apps.demo import COLUMNS
+from trustp2p.cli import main
+
+# Three nodes: 1 and 2 dial 0, and 1 dials 2; node 1 stops and restarts.
+HEALTHY = [
+    "summary: 3 nodes, 3 up; 3 connections, 3 of 3 planned ones up",
+    "the network is healthy",
+]
+
+
+def test_demo_runs_a_healthy_network_in_80_columns(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wide console, so that nothing is cut to fit: the demo itself must fit 80.
+    monkeypatch.setenv("COLUMNS", "200")
+    # 3 s at speed 4: the chat, the stop, the restart and the catch-up of 12 s.
+    assert main(["demo", "--nodes", "3", "--duration", "3", "--speed", "4"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for line in HEALTHY:
+        assert line in lines, out
+    assert re.search(
+        r"^chat: \d+ messages published; 3 of 3 nodes have them all, none twice$", out, re.M
+    )
+    assert re.search(r"^pings: round trip median \d+\.\d\d ms, max \d+\.\d\d ms$", out, re.M)
+    assert "problem" not in out
+    assert max(len(line) for line in lines) <= 80, out
+    heading = next(line for line in lines if "node" in line and "fetched" in line)
+    assert re.findall(r"[a-zA-Z]+(?: ms)?", heading) == list(COLUMNS)
+    legend = " ".join(line.strip() for line in lines[lines.index(heading) :])
+    assert "in/out: connections accepted/dialled; rx/tx: packages received/sent;" in legend
+
+
+def test_demo_with_a_node_down_fails_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    # Node 1 stops half a second in and isn't restarted: it misses the chat after that.
+    argv = ["demo", "--nodes", "3", "--duration", "1.5", "--speed", "6", "--no-restart"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "summary: 3 nodes, 2 up; 1 connection, 1 of 3 planned ones up" in lines, out
+    chat = re.search(r"^chat: (\d+) messages published; 2 of 3 nodes have them all", out, re.M)
+    assert chat is not None, out
+    assert "problem: node 1 is down: stopped, and not restarted" in lines
+    got = re.search(rf"^problem: node 1 has (\d+) of {chat[1]} chat messages$", out, re.M)
+    assert got is not None, out
+    assert int(got[1]) < int(chat[1])
+    assert re.search(r"^the network is NOT healthy: \d+ problems?$", out, re.M)
+    assert "the network is healthy" not in out
+
+
+@pytest.mark.slow
+def test_demo_runs_a_healthy_network_at_the_shipped_timings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--nodes", "3", "--duration", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for line in HEALTHY:
+        assert line in lines, lines
