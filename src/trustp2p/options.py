@@ -74,12 +74,18 @@ class NodeOptions:
         block_duration: How long a misbehaving peer stays blocked.
         invalid_ratio: Block a peer whose invalid/good package ratio exceeds this...
         min_packages: ...once it sent at least this many packages.
-        max_send_queue: Packages queued for a peer that doesn't read (its write buffer
-            is above ``write_limit``); one more disconnects it.
+        max_send_queue: Packages the node writes without waiting (error answers, gossip)
+            to a peer whose write buffer is above ``write_limit``; one more disconnects
+            it. The application's own sends (``request()``, ``send_*()``,
+            ``broadcast()``, handler responses) wait for the buffer to drain instead, so
+            a burst slows the application and never disconnects a peer.
+        send_stall_timeout: A peer that takes nothing from its write buffer for this
+            long while data waits (it reads nothing) is disconnected with 1008.
         request_rate: Requests per second a peer may send us...
-        request_burst: ...with this burst; excess requests are answered with an error
-            and counted against the peer, and a peer over by another ``request_burst``
-            is disconnected.
+        request_burst: ...with this burst. A peer over its budget (shared by its
+            connections: reconnecting doesn't refill it) is throttled: the node stops
+            reading from it until the budget has refilled. It is never refused, counted
+            invalid or blocked for it.
         max_per_ip: Inbound connections at once from one address; ``None``: no limit.
         ip_rate: New inbound connections per second from one address...
         ip_burst: ...with this burst.
@@ -158,7 +164,8 @@ class NodeOptions:
     block_duration: float = 3600.0
     invalid_ratio: float = 0.1
     min_packages: int = 10
-    max_send_queue: int = 32
+    max_send_queue: int = 256
+    send_stall_timeout: float = 20.0
     request_rate: float = 100.0
     request_burst: int = 200
     max_per_ip: int | None = 8

@@ -24,6 +24,7 @@ from trustp2p.protocol.connection import (
     Penalty,
     Send,
     Throttle,
+    WriteStall,
     error_answer,
 )
 from trustp2p.protocol.handshake import (
@@ -353,3 +354,27 @@ def test_unanswerable_invalid_package_gets_no_answer(clock: FakeClock) -> None:
     connection = protocol(clock)
     actions = connection.receive_invalid(PackageError("garbage"))
     assert actions == [Penalty("invalid package: garbage")]
+
+
+def test_write_stall_needs_no_progress_for_the_whole_timeout(clock: FakeClock) -> None:
+    stall = WriteStall(10.0, clock(), size=100_000)
+    clock.advance(9.9)
+    assert not stall.stalled(clock(), 100_000)
+    clock.advance(0.1)
+    assert stall.stalled(clock(), 100_000)
+
+
+def test_a_slow_reader_is_not_a_stall(clock: FakeClock) -> None:
+    """A 1 MiB frame crawling out: the buffer shrinks a little at a time."""
+    stall = WriteStall(10.0, clock(), size=2**20)
+    for taken in range(1, 60):
+        clock.advance(5.0)
+        assert not stall.stalled(clock(), 2**20 - taken * 1000)
+
+
+def test_a_buffer_that_grows_without_shrinking_is_a_stall(clock: FakeClock) -> None:
+    stall = WriteStall(10.0, clock(), size=1000)
+    clock.advance(5.0)
+    assert not stall.stalled(clock(), 5000)
+    clock.advance(5.0)
+    assert stall.stalled(clock(), 9000)

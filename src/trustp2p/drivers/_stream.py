@@ -101,6 +101,12 @@ class StreamSocket(Socket, asyncio.BufferedProtocol):
     def write_paused(self) -> bool:
         return self._paused_writing
 
+    @property
+    def write_buffer_size(self) -> int:
+        transport = self._transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        return buffered + self._out_size
+
     async def drain(self) -> None:
         if self._lost_waiter.done():
             raise self._closed_exc()

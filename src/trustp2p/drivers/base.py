@@ -159,6 +159,12 @@ class Socket(abc.ABC):
     def write_paused(self) -> bool:
         """True while the write buffer is above ``write_limit``: the peer isn't reading."""
 
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes written and not yet taken by the transport, as far as this end can
+        tell; 0 when the driver can't tell."""
+        return 0
+
     @abc.abstractmethod
     def write(self, data: bytes) -> None:
         """

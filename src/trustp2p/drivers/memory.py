@@ -237,6 +237,11 @@ class MemorySocket(Socket):
         other = self._other
         return other is not None and other.buffered > self._options.write_limit
 
+    @property
+    def write_buffer_size(self) -> int:
+        other = self._other
+        return other.buffered if other is not None else 0
+
     def write(self, data: bytes) -> None:
         if self._state != _OPEN:
             raise self._closed_exc()

@@ -39,6 +39,7 @@ from ..protocol.connection import (
     Penalty,
     Send,
     Throttle,
+    WriteStall,
 )
 from ..protocol.limits import AddressLimiter, BudgetTable, is_loopback
 from ..protocol.package import Package, encode
@@ -74,7 +75,7 @@ class PeerConnection:
 
     """
 
-    __slots__ = ("backlog", "log", "protocol", "role", "socket", "throttle", "worker")
+    __slots__ = ("backlog", "log", "protocol", "role", "socket", "stall", "throttle", "worker")
 
     def __init__(
         self, socket: Socket, role: Role, protocol: ConnectionProtocol, log: _PeerLog
@@ -86,6 +87,7 @@ class PeerConnection:
         self.worker: Worker | None = None
         self.backlog = 0  # packages written while the peer wasn't reading
         self.throttle: asyncio.TimerHandle | None = None  # over the request budget
+        self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
 
     @property
     def listen_urls(self) -> list[str]:
@@ -533,13 +535,19 @@ class Connections:
 
     # Sending
 
-    def send_package(self, socket: Socket, package: Package) -> None:
+    def send_package(self, socket: Socket, package: Package, *, waited: bool = False) -> None:
         """
         Write ``package`` to ``socket`` without waiting.
 
+        Args:
+            waited: The caller waited for the write buffer to drain first (or is the
+                request table, whose callers do): the package doesn't count against
+                ``max_send_queue``.
+
         Raises:
-            ConnectionClosed: If the socket is closed, or the peer left more than
-                ``max_send_queue`` packages unread (it is then disconnected).
+            ConnectionClosed: If the socket is closed, or more than ``max_send_queue``
+                packages were written without waiting while the peer wasn't reading (it
+                is then disconnected).
 
         """
         conn = self._conns.get(socket.id)
@@ -547,16 +555,53 @@ class Connections:
             (conn.log if conn is not None else self._logger).debug("> %s", package)
         if conn is not None:
             if socket.write_paused:
-                conn.backlog += 1
-                limit = self._options.max_send_queue
-                if conn.backlog > limit:
-                    reason = f"send queue full: {limit} packages unread"
-                    conn.log.warning("! %s: disconnecting", reason)
-                    socket.close_soon(CloseCode.POLICY_VIOLATION, reason)
-                    raise ConnectionClosed(CloseCode.POLICY_VIOLATION, reason)
+                if conn.stall is None:
+                    conn.stall = self._node.tasks.spawn(
+                        self._watch_stall(conn), f"stall watch {socket.peer}"
+                    )
+                if not waited:
+                    conn.backlog += 1
+                    if conn.backlog > self._options.max_send_queue:
+                        self._send_queue_full(conn)
             else:
                 conn.backlog = 0
         socket.write(encode(package))
+
+    def _send_queue_full(self, conn: PeerConnection) -> None:
+        socket = conn.socket
+        limit = self._options.max_send_queue
+        reason = f"send queue full: {limit} packages unread"
+        if not socket.closed:
+            conn.log.warning("! %s: disconnecting", reason)
+            self._close(conn, CloseCode.POLICY_VIOLATION, reason)
+        raise ConnectionClosed(CloseCode.POLICY_VIOLATION, reason)
+
+    async def send(self, socket: Socket, package: Package) -> None:
+        """Write ``package`` once the write buffer has room: a burst slows the caller
+        down, and never counts against the peer."""
+        if socket.write_paused:
+            await socket.drain()
+        self.send_package(socket, package, waited=True)
+
+    async def _watch_stall(self, conn: PeerConnection) -> None:
+        """While data waits for the peer, close it if it takes nothing for
+        ``send_stall_timeout``: it reads nothing (see :class:`WriteStall`)."""
+        socket = conn.socket
+        loop = asyncio.get_running_loop()
+        timeout = self._options.send_stall_timeout
+        stall = WriteStall(timeout, loop.time(), socket.write_buffer_size)
+        try:
+            while socket.write_paused and not socket.closed:
+                # Sampling a buffer is about real time passing: 8 samples per timeout.
+                await asyncio.sleep(timeout / 8)
+                if stall.stalled(loop.time(), socket.write_buffer_size):
+                    reason = f"peer read nothing for {timeout:g} s"
+                    conn.log.warning("! %s: disconnecting", reason)
+                    self._close(conn, CloseCode.POLICY_VIOLATION, reason)
+                    socket.abort()  # it won't read our close frame either
+                    return
+        finally:
+            conn.stall = None
 
     def send_nowait(self, conn_id: int, package: Package) -> None:
         """The request table's ``send``: never raises."""
@@ -564,7 +609,7 @@ class Connections:
         if conn is None:
             return  # its on_close already ran, or is about to: the table hears of it
         try:
-            self.send_package(conn.socket, package)
+            self.send_package(conn.socket, package, waited=True)
         except ConnectionClosed:
             pass  # on_close will report the loss to the table
 

@@ -427,9 +427,15 @@ class Node:
         self.connections.send_package(socket, package)
 
     async def send(self, socket: Socket, package: Package) -> None:
-        """Write ``package`` to ``socket`` and wait until it can take more."""
-        self.connections.send_package(socket, package)
-        await socket.drain()
+        """
+        Write ``package`` to ``socket`` once its write buffer has room: a burst slows
+        the caller down and never disconnects the peer.
+
+        Raises:
+            ConnectionClosed: If the socket is closed.
+
+        """
+        await self.connections.send(socket, package)
 
     async def request(
         self,

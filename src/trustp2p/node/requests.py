@@ -103,6 +103,9 @@ class Requests:
         """
         if package_type not in REQUEST_TYPES:
             raise ValueError(f"{package_type!r} is not a request type")
+        if socket.write_paused:
+            # Wait for room rather than pile up: the caller's burst slows it down.
+            await socket.drain()
         if socket.closed:
             raise ConnectionClosed(socket.close_code, socket.close_reason)
         table = self._table
@@ -119,10 +122,6 @@ class Requests:
         if self._timer is None or deadline < self._timer_when:
             self._schedule_timer()
         try:
-            try:
-                await socket.drain()
-            except ConnectionClosed:
-                pass  # the table learns of it from connection_lost
             answer = await future
         finally:
             if self._futures.pop(waiter, None) is not None:

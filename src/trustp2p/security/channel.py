@@ -84,6 +84,10 @@ class SecureSocket(Socket):
     def write_paused(self) -> bool:
         return self.raw.write_paused
 
+    @property
+    def write_buffer_size(self) -> int:
+        return self.raw.write_buffer_size
+
     def write(self, data: bytes) -> None:
         raw = self.raw
         if raw.closed:
