@@ -16,7 +16,7 @@ from ..drivers.base import Socket
 from ..protocol.deliver import ConnId
 from ..protocol.handshake import VERSION_EVENT
 from ..protocol.package import Body, PackageType, build_package
-from ..protocol.urls import split_peer_url
+from ..protocol.urls import address_of
 from .dialer import Dialer
 
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ class ClientRole(Role):
     def __init__(self, node: Node) -> None:
         super().__init__(node)
         self.dialer = Dialer(node)
-        self._by_url: dict[str, Socket] = {}
+        self._by_url: dict[str, Socket] = {}  # by address (address_of)
 
     @property
     def urls(self) -> list[str]:
@@ -249,8 +249,8 @@ class ClientRole(Role):
         return self.dialer.urls
 
     def socket_for(self, url: str) -> Socket | None:
-        """The open connection to ``url``, if any."""
-        return self._by_url.get(split_peer_url(url)[0])
+        """The open connection to ``url`` (any spelling of its address), if any."""
+        return self._by_url.get(address_of(url))
 
     def connect(self, url: str) -> None:
         """
@@ -266,9 +266,10 @@ class ClientRole(Role):
         self.dialer.connect(url)
 
     async def disconnect(self, url: str) -> None:
-        """Stop dialling ``url`` and close its connection, if any."""
+        """Stop dialling ``url`` and close its connection, if any (any spelling of
+        its address)."""
         await self.dialer.disconnect(url)
-        socket = self._by_url.pop(split_peer_url(url)[0], None)
+        socket = self._by_url.pop(address_of(url), None)
         if socket is not None:
             await socket.close(1000, "disconnected")
 
@@ -299,13 +300,14 @@ class ClientRole(Role):
     # Bookkeeping: the node reports its connections and dials here.
 
     def connection_opened(self, socket: Socket) -> None:
-        self._by_url[socket.peer] = socket
+        self._by_url[address_of(socket.peer)] = socket
         self.dialer.connection_opened(socket)
         super().connection_opened(socket)
 
     def connection_closed(self, socket: Socket) -> None:
-        if self._by_url.get(socket.peer) is socket:
-            del self._by_url[socket.peer]
+        address = address_of(socket.peer)
+        if self._by_url.get(address) is socket:
+            del self._by_url[address]
         super().connection_closed(socket)
         self.dialer.connection_closed(socket)
 
