@@ -20,7 +20,7 @@ from trustp2p import (
     Thread,
 )
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
-from trustp2p.exceptions import RequestTimeout
+from trustp2p.exceptions import NodeStateError, RequestTimeout
 from trustp2p.identity import Identity
 
 from .conftest import MS
@@ -252,3 +252,14 @@ async def test_the_server_role_knows_its_url(make_node: MakeNode) -> None:
     assert server.server is not None and server.url is not None
     assert server.server.url == server.url
     assert server.url.startswith("memory://127.0.0.1:")
+
+
+async def test_connect_after_stop_raises(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    client = await make_node(client=True)
+    role = client.client
+    assert role is not None and server.url is not None
+    await client.stop()
+    with pytest.raises(NodeStateError):
+        role.connect(server.url)
+    assert role.urls == []

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
-from ..exceptions import DriverError
+from ..exceptions import DriverError, NodeStateError
 from ..identity import PeerId
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
 from ..protocol.urls import split_peer_url
@@ -73,9 +73,13 @@ class Dialer:
         """Dial ``url`` for good (see :meth:`~trustp2p.ClientRole.connect`)."""
         split_peer_url(url)  # a bad /p2p/ part raises ValueError now
         self.node.driver_for_url(url)  # fail now on an unknown scheme
-        if self.policy.add_persistent(url):
-            task = self.tasks.spawn(self._dial_forever(url), f"dial {url}")
-            self._persistent[url] = task
+        if not self.policy.add_persistent(url):
+            return
+        try:
+            self._persistent[url] = self.tasks.spawn(self._dial_forever(url), f"dial {url}")
+        except NodeStateError:
+            self.policy.remove_persistent(url)
+            raise
 
     async def disconnect(self, url: str) -> None:
         """Stop dialling ``url`` for good (any spelling of its address)."""
