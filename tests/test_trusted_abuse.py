@@ -73,8 +73,8 @@ async def test_a_busy_server_is_not_blocked_by_its_clients(make_node: MakeNode) 
         reconnect_max=5 * MS,
     )
     assert client.client is not None and client.store is not None and server.url is not None
-    failures = client.client._failures
-    await wait_for(lambda: failures.get(server.url or "", 0) >= 12)
+    policy = client.client.dialer.policy
+    await wait_for(lambda: policy.failures(server.url or "") >= 12)
     assert not client.store.is_blocked(address="127.0.0.1")
 
 
@@ -142,13 +142,13 @@ async def test_a_duplicate_is_not_dialled_again_and_again(make_node: MakeNode) -
     assert b.url is not None
     await a.server.wait_connected()
     dials: list[str] = []
-    original = a.client._dial
+    original = a.client.dialer.dial
 
     async def counting(url: str, expected: Any) -> Socket:
         dials.append(url)
         return await original(url, expected)
 
-    a.client._dial = counting  # type: ignore[method-assign]
+    a.client.dialer.dial = counting  # type: ignore[method-assign]
     await a.store.add_urls([b.url], PeerSource.EXCHANGE)  # learnt without its id
     a.client.wake()
     await wait_for(lambda: len(dials) >= 1)
@@ -201,8 +201,8 @@ async def test_dialling_ourselves_does_not_block_our_address(make_node: MakeNode
     node = await make_node(server=True, client=True, reconnect_initial=2 * MS, reconnect_max=5 * MS)
     assert node.client is not None and node.store is not None and node.url is not None
     node.client.connect(node.url)
-    failures = node.client._failures
-    await wait_for(lambda: failures.get(node.url or "", 0) >= 8)
+    policy = node.client.dialer.policy
+    await wait_for(lambda: policy.failures(node.url or "") >= 8)
     assert not node.store.is_blocked(address="127.0.0.1")
 
 

@@ -73,7 +73,9 @@ async def test_a_listed_url_whose_id_is_wrong_is_not_accepted(
     assert client.client is not None and client.store is not None and target.url is not None
     listed = f"{target.url}/p2p/{impostor_id}"
     # The client dials the URL and meets another key: a failed dial, no connection.
-    await wait_for(lambda: client.client is not None and listed in client.client._failures)
+    await wait_for(
+        lambda: client.client is not None and client.client.dialer.policy.failures(listed) > 0
+    )
     assert client.socket_for_peer(target.peer_id or "") is None
     assert client.client.socket_for(target.url) is None
     # The failure counts against that entry, with its claim, and nothing else: the same
@@ -301,8 +303,7 @@ async def test_of_two_ids_listed_for_one_address_only_the_wrong_one_fails(
     # One dial per address at a time, each expecting its own entry's id: the right
     # entry connects, and a failure is only ever counted against the wrong one.
     await wait_for(lambda: client.socket_for_peer(target.peer_id or "") is not None)
-    assert right not in client.client._failures
-    assert set(client.client._failures) <= {wrong}
+    assert client.client.dialer.policy.failing_urls <= {wrong}
 
 
 async def test_one_address_spelled_two_ways_is_dialled_once(make_node: MakeNode) -> None:

@@ -299,14 +299,12 @@ async def managed_client(make_node: MakeNode) -> tuple[Node, list[str]]:
     assert role is not None and node.store is not None
     dialled: list[str] = []
 
-    async def dial_once(url: str) -> None:
+    async def dial(url: str, expected: Any) -> Socket:
         dialled.append(url)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            role._managed_done(url)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
 
-    role._dial_once = dial_once  # type: ignore[method-assign]
+    role.dialer.dial = dial  # type: ignore[method-assign]
     await node.store.add_urls(STORE_URLS, PeerSource.EXCHANGE)
     return node, dialled
 

@@ -9,27 +9,18 @@ from __future__ import annotations
 __all__ = ["BroadcastResult", "ClientRole", "Role", "ServerRole"]
 
 import asyncio
-import logging
-import random
-from collections import Counter
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from ..drivers.base import Socket
-from ..exceptions import DriverError
-from ..protocol.backoff import backoff
 from ..protocol.deliver import ConnId
 from ..protocol.handshake import VERSION_EVENT
-from ..protocol.limits import is_loopback, netgroup
 from ..protocol.package import Body, PackageType, build_package
-from ..protocol.urls import address_of, split_peer_url
+from ..protocol.urls import address_of
+from .dialer import Dialer
 
 if TYPE_CHECKING:
-    from ..peerstore import PeerStore
     from .node import Node
-
-logger = logging.getLogger("trustp2p.node")
 
 BroadcastResult = dict[Socket, Body | Exception | None]
 """Per peer: ``None`` (talk sent), the response body (request answered), or the error."""
@@ -242,7 +233,8 @@ class ClientRole(Role):
     store (filled by peer exchange): at most ``max_outbound_per_netgroup`` per /16
     (IPv4) or /32 (IPv6) network, loopback exempt; a URL that fails waits longer before
     it is tried again. One connection per URL and per peer: a peer already connected
-    isn't dialled again, blocked peers never are.
+    isn't dialled again, blocked peers never are. The rules are
+    :class:`~trustp2p.protocol.outbound.OutboundPolicy`'s; :attr:`dialer` carries them out.
 
     """
 
@@ -250,50 +242,37 @@ class ClientRole(Role):
 
     def __init__(self, node: Node) -> None:
         super().__init__(node)
-        self._dialers: dict[str, asyncio.Task[None]] = {}  # persistent, by URL as given
-        self._managed: dict[str, asyncio.Task[None]] = {}  # from the store, by dial URL
-        self._by_url: dict[str, Socket] = {}
-        self._peer_of_url: dict[str, str] = {}  # dial URL -> peer id met there
-        # dial URL -> the store's URL being dialled there by the outbound manager (with
-        # its /p2p/<id>, if it has one), so that the outcome is recorded for that entry
-        self._store_url: dict[str, str] = {}
-        self._failures: dict[str, int] = {}  # dial URL -> failures in a row
-        self._retry_at: dict[str, float] = {}  # dial URL -> earliest next managed try
-        self._manager: asyncio.Task[None] | None = None
-        self._wakeup = asyncio.Event()
-        self._opened_at: dict[ConnId, float] = {}  # loop time each connection opened
-        self._anchoring: str | None = None  # the URL last dialled as an anchor
+        self.dialer = Dialer(node)
+        self._by_url: dict[str, Socket] = {}  # by address (address_of)
 
     @property
     def urls(self) -> list[str]:
-        """The URLs this client dials."""
-        return [*self._dialers, *self._managed]
+        """The URLs this client dials: those given to :meth:`connect` (and the node's
+        ``peers``) as given, then those from the store being dialled."""
+        return self.dialer.urls
 
     def socket_for(self, url: str) -> Socket | None:
-        """The open connection to ``url``, if any."""
-        return self._by_url.get(split_peer_url(url)[0])
+        """The open connection to ``url`` (any spelling of its address), if any."""
+        return self._by_url.get(address_of(url))
 
     def connect(self, url: str) -> None:
         """
-        Start dialling ``url`` and keep connected to it; does nothing if already done.
+        Start dialling ``url`` and keep connected to it; does nothing if its address is
+        dialled already (whatever the spelling).
 
         Raises:
             DriverError: If no driver handles the URL's scheme.
             ValueError: If the URL's ``/p2p/`` part is not a peer id.
+            NodeStateError: If the node has stopped.
 
         """
-        if url in self._dialers:
-            return
-        self.node.driver_for_url(url)  # fail now on an unknown scheme
-        self._dialers[url] = asyncio.create_task(self._dial_forever(url), name=f"dial {url}")
+        self.dialer.connect(url)
 
     async def disconnect(self, url: str) -> None:
-        """Stop dialling ``url`` and close its connection, if any."""
-        task = self._dialers.pop(url, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        socket = self._by_url.pop(split_peer_url(url)[0], None)
+        """Stop dialling ``url`` and close its connection, if any (any spelling of
+        its address)."""
+        await self.dialer.disconnect(url)
+        socket = self._by_url.pop(address_of(url), None)
         if socket is not None:
             await socket.close(1000, "disconnected")
 
@@ -313,285 +292,38 @@ class ClientRole(Role):
 
     def wake(self) -> None:
         """Look for more servers now (peer exchange calls this when it learns some)."""
-        self._wakeup.set()
+        self.dialer.wake()
 
-    # Bookkeeping: the node reports its connections here.
+    def start(self) -> None:
+        self.dialer.start()
+
+    async def stop(self) -> None:
+        await self.dialer.stop()
+
+    # Bookkeeping: the node reports its connections and dials here.
 
     def connection_opened(self, socket: Socket) -> None:
-        self._opened_at[socket.id] = asyncio.get_running_loop().time()
-        self._by_url[socket.peer] = socket
-        if socket.peer_id is not None:
-            self._peer_of_url[socket.peer] = socket.peer_id
-        self._failures.pop(self.store_url(socket.peer), None)
-        self._retry_at.pop(self.store_url(socket.peer), None)
+        self._by_url[address_of(socket.peer)] = socket
+        self.dialer.connection_opened(socket)
         super().connection_opened(socket)
 
     def connection_closed(self, socket: Socket) -> None:
-        self._opened_at.pop(socket.id, None)
-        if self._by_url.get(socket.peer) is socket:
-            del self._by_url[socket.peer]
+        address = address_of(socket.peer)
+        if self._by_url.get(address) is socket:
+            del self._by_url[address]
         super().connection_closed(socket)
-        self._wakeup.set()
-
-    def _known_peer(self, url: str) -> str | None:
-        """The peer id met at ``url``, in this run or (from the store) before."""
-        known = self._peer_of_url.get(url)
-        if known is None and self.node.store is not None:
-            known = self.node.store.peer_id_of(url)
-            if known is not None and known.startswith("address:"):
-                known = None
-        return known
+        self.dialer.connection_closed(socket)
 
     def remember_peer(self, url: str, peer_id: str) -> None:
         """Note that ``peer_id`` answers at ``url``, so that the client doesn't dial that
         URL again while the peer is connected (the node reports duplicates here)."""
-        self._peer_of_url[url] = peer_id
+        self.dialer.policy.remember_peer(url, peer_id)
 
     def store_url(self, dial_url: str) -> str:
         """The peer store's URL for a connection dialled at ``dial_url``: the URL with
         its ``/p2p/<id>`` when the outbound manager dialled a store entry that has one."""
-        return self._store_url.get(dial_url, dial_url)
+        return self.dialer.policy.store_url(dial_url)
 
     def dial_failed(self, url: str, error: Exception) -> None:
         """A dial or its handshake failed: count it; the store remembers it."""
-        url = self.store_url(url)
-        failures = self._failures[url] = self._failures.get(url, 0) + 1
-        options = self.node.options
-        delay = min(options.reconnect_max, options.reconnect_initial * 2 ** (failures - 1))
-        self._retry_at[url] = asyncio.get_running_loop().time() + delay
-        store = self.node.store
-        if store is not None:
-            self.node.tasks.spawn(store.record_failure(url), f"record failure {url}")
-
-    def start(self) -> None:
-        for url in self.node.options.peers:
-            self.connect(url)
-        if self.node.options.target_outbound > 0:
-            self._manager = asyncio.create_task(self._manage(), name="outbound manager")
-
-    async def stop(self) -> None:
-        tasks = [*self._dialers.values(), *self._managed.values()]
-        if self._manager is not None:
-            tasks.append(self._manager)
-            self._manager = None
-        self._dialers.clear()
-        self._managed.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    # Dialling
-
-    async def _dial_forever(self, url: str) -> None:
-        options = self.node.options
-
-        def delays() -> Iterable[float]:
-            return backoff(
-                options.reconnect_initial,
-                options.reconnect_max,
-                options.reconnect_factor,
-                options.reconnect_jitter,
-            )
-
-        loop = asyncio.get_running_loop()
-        retry = iter(delays())
-        dial_url, expected = split_peer_url(url)
-        while True:
-            known = expected or self._known_peer(dial_url)
-            store = self.node.store
-            host = urlsplit(dial_url).hostname or ""
-            if store is not None and store.is_blocked(address=host) and not is_loopback(host):
-                await asyncio.sleep(next(retry))
-                continue
-            if known is not None:
-                other = self.node.socket_for_peer(known)
-                if other is not None:
-                    # Already connected to that peer (maybe it dialled us): one
-                    # connection per peer. Dial again when that one closes.
-                    await other.wait_closed()
-                    continue
-                store = self.node.store
-                if store is not None and store.is_blocked(peer_id=known):
-                    await asyncio.sleep(next(retry))
-                    continue
-            try:
-                socket = await self._dial(dial_url, expected)
-            except DriverError as exc:
-                self.dial_failed(dial_url, exc)
-                delay = next(retry)
-                logger.info("! %s; retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            opened = loop.time()
-            await socket.wait_closed()
-            delay = next(retry)
-            if loop.time() - opened >= delay:
-                # It stayed up a while: start over from the shortest delay.
-                retry = iter(delays())
-                delay = next(retry)
-            logger.info(
-                "= connection to %s closed (%s %s); redialling in %.1f s",
-                dial_url,
-                socket.close_code,
-                socket.close_reason or "-",
-                delay,
-            )
-            await asyncio.sleep(delay)
-
-    async def _dial(self, url: str, expected: str | None) -> Socket:
-        """Open a connection (for a secure node, the handshake follows on its own)."""
-        node = self.node
-        secure = node.secure_layer
-        if secure is not None:
-            secure.expect(url, expected)  # type: ignore[arg-type]
-        return await node.driver_for_url(url).connect(url, node.listener)
-
-    async def _dial_once(self, url: str) -> None:
-        """
-        Dial a URL from the store once, and stay until the connection closes. A URL
-        with ``/p2p/<id>`` (as peer lists give them) is dialled expecting that peer:
-        another key there fails the handshake, and the failure counts against that
-        entry only, not against the same address given without an id or with another.
-        """
-        dial_url, expected = split_peer_url(url)
-        self._store_url[dial_url] = url
-        try:
-            try:
-                socket = await self._dial(dial_url, expected)
-            except DriverError as exc:
-                self.dial_failed(url, exc)
-                logger.debug("! %s", exc)
-                return
-            await socket.wait_closed()
-        finally:
-            if self._store_url.get(dial_url) == url:
-                del self._store_url[dial_url]
-            self._managed_done(url)
-
-    async def _manage(self) -> None:
-        """Keep ``target_outbound`` servers, drawing on the peer store."""
-        node = self.node
-        options = node.options
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                async with asyncio.timeout(options.exchange_interval):
-                    await self._wakeup.wait()
-            except TimeoutError:
-                pass
-            self._wakeup.clear()
-            store = node.store
-            if store is None:
-                continue
-            await self._anchor(store)
-            dialling = sum(1 for url in self._managed if split_peer_url(url)[0] not in self._by_url)
-            missing = options.target_outbound - len(self._sockets) - dialling
-            if missing <= 0:
-                continue
-            busy = self._busy()
-            connected_ids = node.connected_peer_ids()
-            if node.peer_id is not None:
-                connected_ids.add(node.peer_id)
-            candidates = await store.candidates(
-                missing * 4, exclude_urls=busy, exclude_ids=connected_ids
-            )
-            # Pick at random among the best: if every node dialled the best-known peers,
-            # those would fill up with inbound connections and never find outbound ones.
-            random.shuffle(candidates)
-            # Dials under way count too, or the next round would pick more of a group.
-            groups = Counter(
-                self._netgroup(url)
-                for url in {
-                    *(s.peer for s in self._sockets.values()),
-                    *(split_peer_url(u)[0] for u in self._managed),
-                }
-            )
-            now = loop.time()
-            for url in candidates:
-                if missing <= 0:
-                    break
-                if not self._dialable(url, busy, connected_ids, now):
-                    continue
-                group = self._netgroup(url)
-                if group is not None and groups[group] >= options.max_outbound_per_netgroup:
-                    continue
-                if group is not None:
-                    groups[group] += 1
-                missing -= 1
-                busy.add(address_of(url))  # one dial per address, whatever the id
-                self._managed[url] = asyncio.create_task(self._dial_once(url), name=f"dial {url}")
-
-    def _busy(self) -> set[str]:
-        """Addresses not to dial from the store: dialled, connected, or our own, each
-        spelled by :func:`~trustp2p.protocol.urls.address_of` (``ws://H:1/`` is
-        ``ws://h:1``)."""
-        urls = (*self._dialers, *self._managed, *self._by_url, *self.node.listen_urls)
-        return {address_of(url) for url in urls}
-
-    def _dialable(self, url: str, busy: set[str], connected_ids: set[str], now: float) -> bool:
-        """Whether a store URL may be dialled now: its address is not busy, it is not
-        waiting for a retry, and neither the peer met there nor the one its ``/p2p/``
-        part names (for this entry only) is connected or blocked."""
-        store = self.node.store
-        dial_url, claimed = split_peer_url(url)
-        if address_of(url) in busy or self._retry_at.get(url, 0) > now:
-            return False
-        for peer_id in (self._known_peer(dial_url), claimed):
-            if peer_id is not None and (
-                peer_id in connected_ids
-                or (store is not None and store.is_blocked(peer_id=peer_id))
-            ):
-                return False
-        return True
-
-    def _is_anchor(self, socket: Socket, now: float) -> bool:
-        """A connection that anchors us: to a bootstrap URL or peer, to a peer we had
-        connected to before, or open for ``anchor_age``."""
-        store = self.node.store
-        return (
-            socket.peer in self._bootstrap_urls()
-            or now - self._opened_at.get(socket.id, now) >= self.node.options.anchor_age
-            or (
-                socket.peer_id is not None and store is not None and store.is_anchor(socket.peer_id)
-            )
-        )
-
-    def _bootstrap_urls(self) -> set[str]:
-        return {split_peer_url(url)[0] for url in self.node.options.peers}
-
-    async def _anchor(self, store: PeerStore) -> None:
-        """
-        Eclipse resistance: when no outbound connection goes to a bootstrap or
-        long-lived peer, dial one of those (one at a time, even past the target), so
-        that peers learned from others can't be all we have.
-        """
-        now = asyncio.get_running_loop().time()
-        if not self._sockets or any(self._is_anchor(s, now) for s in self._sockets.values()):
-            return
-        bootstrap = self._bootstrap_urls()
-        if any(url in bootstrap or url == self._anchoring for url in self._managed):
-            return  # one on the way
-        node = self.node
-        exclude_ids = node.connected_peer_ids()
-        if node.peer_id is not None:
-            exclude_ids.add(node.peer_id)
-        busy = self._busy()
-        for url in await store.anchor_candidates(8, exclude_urls=busy, exclude_ids=exclude_ids):
-            if not self._dialable(url, busy, exclude_ids, now):
-                continue
-            logger.info("= no outbound peer is a bootstrap or long-lived one: dialling %s", url)
-            self._anchoring = url
-            self._managed[url] = asyncio.create_task(self._dial_once(url), name=f"dial {url}")
-            return
-
-    def _managed_done(self, url: str) -> None:
-        self._managed.pop(url, None)
-        self._wakeup.set()
-
-    @staticmethod
-    def _netgroup(url: str) -> str | None:
-        """The network group of a URL's host; ``None`` (no limit) for loopback."""
-        host = urlsplit(url).hostname or ""
-        if is_loopback(host) or host == "memory":
-            return None
-        return netgroup(host)
+        self.dialer.dial_failed(url, error)

@@ -1,0 +1,246 @@
+"""
+The client's dialling, in asyncio: a reconnect loop per persistent URL, and the outbound
+manager that keeps ``target_outbound`` connections from the peer store. What to dial and
+when is decided by :class:`~trustp2p.protocol.outbound.OutboundPolicy`; this module
+carries its decisions out.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["Dialer"]
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ..drivers.base import Socket
+from ..exceptions import DriverError, NodeStateError
+from ..identity import PeerId
+from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
+from ..protocol.urls import split_peer_url
+from .tasks import TaskOwner
+
+if TYPE_CHECKING:
+    from ..peerstore import PeerStore
+    from .node import Node
+
+logger = logging.getLogger("trustp2p.node")
+
+
+class Dialer:
+    """
+    Dials for a node's client role (``node.client.dialer``).
+
+    Persistent URLs are dialled for as long as the node runs, again after a delay that
+    grows from ``reconnect_initial`` to ``reconnect_max`` (with jitter) when a dial
+    fails or a connection drops. The outbound manager wakes on :meth:`wake` (peer
+    exchange learnt URLs, a connection or a dial ended) or every
+    ``exchange_interval``, and dials what the policy selects.
+
+    Args:
+        node: The node whose client dials.
+
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        options = node.options
+        self.policy = OutboundPolicy(
+            clock=self._now,
+            target=options.target_outbound,
+            max_per_netgroup=options.max_outbound_per_netgroup,
+            anchor_age=options.anchor_age,
+            retry_initial=options.reconnect_initial,
+            retry_max=options.reconnect_max,
+            retry_factor=options.reconnect_factor,
+            bootstrap=[split_peer_url(url)[0] for url in options.peers],
+        )
+        self.tasks = TaskOwner(logger)
+        self._persistent: dict[str, asyncio.Task[None]] = {}  # URL as given -> task
+        self._wakeup = asyncio.Event()
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    @property
+    def urls(self) -> list[str]:
+        """The URLs dialled: persistent ones as given, then the store's being dialled."""
+        return [*self.policy.persistent_urls, *(dial.url for dial in self.policy.dials)]
+
+    def connect(self, url: str) -> None:
+        """Dial ``url`` for good (see :meth:`~trustp2p.ClientRole.connect`)."""
+        split_peer_url(url)  # a bad /p2p/ part raises ValueError now
+        self.node.driver_for_url(url)  # fail now on an unknown scheme
+        if not self.policy.add_persistent(url):
+            return
+        try:
+            self._persistent[url] = self.tasks.spawn(self._dial_forever(url), f"dial {url}")
+        except NodeStateError:
+            self.policy.remove_persistent(url)
+            raise
+
+    async def disconnect(self, url: str) -> None:
+        """Stop dialling ``url`` for good (any spelling of its address)."""
+        given = self.policy.remove_persistent(url)
+        task = self._persistent.pop(given, None) if given is not None else None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def wake(self) -> None:
+        """Run the outbound manager now."""
+        self._wakeup.set()
+
+    def start(self) -> None:
+        for url in self.node.options.peers:
+            self.connect(url)
+        if self.policy.target > 0:
+            self.tasks.spawn(self._manage(), "outbound manager")
+
+    async def stop(self) -> None:
+        await self.tasks.aclose()
+        self._persistent.clear()
+
+    # What the node reports.
+
+    def connection_opened(self, socket: Socket) -> None:
+        self.policy.connection_opened(socket.id, socket.peer, socket.peer_id)
+
+    def connection_closed(self, socket: Socket) -> None:
+        self.policy.connection_closed(socket.id)
+        self._wakeup.set()
+
+    def dial_failed(self, url: str, error: Exception) -> None:
+        """A dial of ``url`` or its handshake failed: count it; the store remembers it."""
+        url = self.policy.store_url(url)
+        self.policy.dial_failed(url)
+        store = self.node.store
+        if store is not None:
+            self.node.tasks.spawn(store.record_failure(url), f"record failure {url}")
+
+    # Dialling
+
+    async def dial(self, url: str, expected: PeerId | None) -> Socket:
+        """
+        Open one connection (for a secure node, the handshake follows on its own).
+
+        Raises:
+            DriverError: If the dial fails.
+
+        """
+        node = self.node
+        secure = node.secure_layer
+        if secure is not None:
+            secure.expect(url, expected)
+        return await node.driver_for_url(url).connect(url, node.listener)
+
+    async def _dial_forever(self, url: str) -> None:
+        options = self.node.options
+        reconnect = Reconnect(
+            clock=self._now,
+            initial=options.reconnect_initial,
+            maximum=options.reconnect_max,
+            factor=options.reconnect_factor,
+            jitter=options.reconnect_jitter,
+        )
+        dial_url, expected = split_peer_url(url)
+        while True:
+            gate, peer_id = self.policy.gate(url, self._connected_ids(), self.node.store)
+            if gate is Gate.WAIT_FOR_PEER:
+                assert peer_id is not None
+                other = self.node.socket_for_peer(peer_id)
+                if other is not None:
+                    # One connection per peer (maybe it dialled us): dial again when
+                    # that one closes.
+                    await other.wait_closed()
+                    continue
+            elif gate is Gate.BACK_OFF:
+                await asyncio.sleep(reconnect.failed())
+                continue
+            try:
+                socket = await self.dial(dial_url, expected)
+            except DriverError as exc:
+                self.dial_failed(dial_url, exc)
+                delay = reconnect.failed()
+                logger.info("! %s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            reconnect.opened()
+            await socket.wait_closed()
+            delay = reconnect.closed()
+            logger.info(
+                "= connection to %s closed (%s %s); redialling in %.1f s",
+                dial_url,
+                socket.close_code,
+                socket.close_reason or "-",
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    async def _dial_once(self, dial: Dial) -> None:
+        """
+        Dial a URL from the store once, and stay until the connection closes. A URL
+        with ``/p2p/<id>`` is dialled expecting that peer: another key there fails the
+        handshake, and the failure counts against that entry only.
+        """
+        try:
+            try:
+                socket = await self.dial(dial.dial_url, dial.expected)
+            except DriverError as exc:
+                self.dial_failed(dial.dial_url, exc)
+                logger.debug("! %s", exc)
+                return
+            await socket.wait_closed()
+        finally:
+            self.policy.dial_ended(dial.url)
+            self._wakeup.set()
+
+    # The outbound manager
+
+    async def _manage(self) -> None:
+        """Keep ``target_outbound`` servers, drawing on the peer store."""
+        interval = self.node.options.exchange_interval
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+            # Cleared before the round's first await: a wake() during the round
+            # (peer exchange, a dial ending) runs another round.
+            self._wakeup.clear()
+            store = self.node.store
+            if store is None:
+                continue
+            policy = self.policy
+            own = self.node.listen_urls
+            anchor = policy.anchor_selection(self._connected_ids(), own, store)
+            if anchor is not None:
+                await self._carry_out(anchor, store)
+            selection = policy.selection(self._connected_ids(), own, store)
+            if selection is not None:
+                await self._carry_out(selection, store)
+
+    async def _carry_out(self, selection: Selection, store: PeerStore) -> None:
+        """Ask the store what the selection asks, and dial what it picks."""
+        while (query := selection.query()) is not None:
+            fetch = store.anchor_candidates if query.anchors else store.candidates
+            urls = await fetch(
+                query.limit, exclude_urls=query.exclude_urls, exclude_ids=query.exclude_ids
+            )
+            for dial in selection.offer(urls):
+                if dial.anchor:
+                    logger.info(
+                        "= no outbound peer is a bootstrap or long-lived one: dialling %s",
+                        dial.url,
+                    )
+                self.tasks.spawn(self._dial_once(dial), f"dial {dial.url}")
+
+    def _connected_ids(self) -> set[str]:
+        """Peers connected either way, and ourselves: never dialled."""
+        ids = self.node.connected_peer_ids()
+        if self.node.peer_id is not None:
+            ids.add(self.node.peer_id)
+        return ids

@@ -1,0 +1,543 @@
+"""
+Whom a client dials, free of I/O: the outbound policy.
+
+A client dials two kinds of URLs:
+
+- **Persistent** ones (the node's ``peers`` and :meth:`~trustp2p.ClientRole.connect`),
+  for as long as the node runs. :meth:`OutboundPolicy.gate` says whether to dial one
+  now, and :class:`Reconnect` how long to wait before the next try.
+- **Managed** ones, drawn from the peer store to keep ``target`` outbound connections.
+  A :class:`Selection` (one round) says what to ask the store for (:class:`Query`) and,
+  from its answers, which URLs to dial (:class:`Dial`): at most ``max_per_netgroup`` per
+  /16 (IPv4) or /32 (IPv6) network (dials under way count; loopback is exempt), one dial
+  per address whatever its spelling, not before a failed URL's retry time, and never a
+  peer that is connected or blocked. When no outbound connection goes to a bootstrap
+  peer, a peer known before this run or a long-lived one, an anchor round dials one
+  such peer, even past the target (eclipse resistance).
+
+The asyncio shell (:mod:`trustp2p.node.dialer`) reports what happens (dials started and
+ended, failures, connections opened and closed) and carries the decisions out. Time
+comes from the injected ``clock``; what the peer store knows comes through a
+:class:`PeerView`.
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Dial",
+    "Gate",
+    "OutboundPolicy",
+    "PeerView",
+    "Query",
+    "Reconnect",
+    "Selection",
+    "netgroup_of",
+    "retry_delay",
+]
+
+import enum
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from ..identity import PeerId
+from .backoff import backoff
+from .deliver import ConnId
+from .limits import is_loopback, netgroup
+from .urls import address_of, split_peer_url
+
+_FIRST_QUERY_PER_DIAL = 4
+"""A round first asks the store for this many candidates per connection missing."""
+
+_FIRST_ANCHOR_QUERY = 8
+"""An anchor round first asks the store for this many candidates."""
+
+
+class PeerView(Protocol):
+    """What the policy asks the peer store (:class:`~trustp2p.peerstore.PeerStore` is
+    one): synchronous lookups, each a dict lookup or two."""
+
+    def is_blocked(self, *, peer_id: str | None = None, address: str | None = None) -> bool:
+        """Whether ``peer_id`` or ``address`` is blocked now."""
+        ...
+
+    def peer_id_of(self, url: str) -> str | None:
+        """The peer id last met at ``url``, if known (``address:...`` ids are not)."""
+        ...
+
+    def is_anchor(self, peer_id: str) -> bool:
+        """Whether a connected peer anchors us: bootstrap, or known before this run."""
+        ...
+
+
+def netgroup_of(url: str) -> str | None:
+    """The network group of a URL's host (:func:`~trustp2p.protocol.limits.netgroup`);
+    ``None``, no limit, for loopback and in-memory hosts."""
+    try:
+        host = urlsplit(split_peer_url(url)[0]).hostname or ""
+    except ValueError:
+        host = ""
+    if is_loopback(host) or host in ("", "memory"):
+        return None
+    return netgroup(host)
+
+
+def retry_delay(failures: int, initial: float, maximum: float, factor: float) -> float:
+    """
+    Seconds before a managed URL that failed ``failures`` times in a row may be dialled
+    again: ``initial * factor ** (failures - 1)``, at most ``maximum``. No jitter: the
+    store's candidates are shuffled already. Never overflows, however many failures.
+    """
+    steps = max(failures - 1, 0)
+    if factor > 1 and steps > math.log(maximum / initial, factor):
+        return maximum
+    return min(maximum, initial * factor**steps)
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    """
+    A managed dial to carry out.
+
+    Attributes:
+        url: The store's URL, maybe ending in ``/p2p/<id>``: report the dial's end
+            with :meth:`OutboundPolicy.dial_ended` under this URL.
+        dial_url: The URL to dial (without ``/p2p/<id>``).
+        expected: The peer id that must answer there, if the store's URL names one.
+        anchor: Whether this dial is an anchor (see :meth:`OutboundPolicy.anchor_selection`).
+
+    """
+
+    url: str
+    dial_url: str
+    expected: PeerId | None
+    anchor: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """
+    What to ask the peer store for next: ``store.anchor_candidates`` when ``anchors``,
+    else ``store.candidates``, with these arguments; give the answer to
+    :meth:`Selection.offer`.
+    """
+
+    limit: int
+    exclude_urls: frozenset[str]
+    exclude_ids: frozenset[str]
+    anchors: bool
+
+
+class Gate(enum.Enum):
+    """Whether to dial a persistent URL now (:meth:`OutboundPolicy.gate`)."""
+
+    DIAL = "dial"
+    WAIT_FOR_PEER = "wait for peer"  # connected already: dial again when that one closes
+    BACK_OFF = "back off"  # blocked: wait the next reconnection delay
+
+
+@dataclass(slots=True)
+class _Outbound:
+    url: str  # as dialled
+    peer_id: str | None
+    opened_at: float
+
+
+class Reconnect:
+    """
+    The delays of one persistent URL, from :func:`~trustp2p.protocol.backoff.backoff`:
+    they grow with each failure and start over once a connection stayed up at least as
+    long as the next delay.
+
+    Args:
+        clock: Current time in seconds.
+        initial, maximum, factor, jitter: As for :func:`~trustp2p.protocol.backoff.backoff`.
+        rng: Returns a float in [0, 1); for tests.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        initial: float = 1.0,
+        maximum: float = 60.0,
+        factor: float = 2.0,
+        jitter: float = 0.25,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._clock = clock
+        self._new_delays: Callable[[], Iterator[float]] = lambda: backoff(
+            initial, maximum, factor, jitter, rng=rng
+        )
+        self._delays = self._new_delays()
+        self._opened_at: float | None = None
+
+    def failed(self) -> float:
+        """A dial failed, or the URL may not be dialled now: the delay before the next."""
+        return next(self._delays)
+
+    def opened(self) -> None:
+        """A connection opened."""
+        self._opened_at = self._clock()
+
+    def closed(self) -> float:
+        """The connection closed: the delay before dialling again (the shortest again
+        if it stayed up long enough)."""
+        delay = next(self._delays)
+        opened_at, self._opened_at = self._opened_at, None
+        if opened_at is not None and self._clock() - opened_at >= delay:
+            self._delays = self._new_delays()
+            delay = next(self._delays)
+        return delay
+
+
+class OutboundPolicy:
+    """
+    Whom to dial, and when. Does no I/O: the shell reports events and asks.
+
+    Args:
+        clock: Current time in seconds (the event loop's, in the node).
+        target: Outbound connections to keep (``target_outbound``); 0 dials nothing
+            from the store.
+        max_per_netgroup: Managed outbound connections per network group.
+        anchor_age: Seconds after which an outbound connection is a long-lived one.
+        retry_initial, retry_max, retry_factor: Delay before a failed managed URL is
+            tried again (:func:`retry_delay`).
+        bootstrap: The bootstrap URLs (the node's ``peers``).
+        shuffle: Shuffles a list in place; managed candidates are picked at random among
+            the best the store offers (tests pass one that keeps the order).
+
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        target: int = 8,
+        max_per_netgroup: int = 2,
+        anchor_age: float = 600.0,
+        retry_initial: float = 1.0,
+        retry_max: float = 60.0,
+        retry_factor: float = 2.0,
+        bootstrap: Iterable[str] = (),
+        shuffle: Callable[[list[str]], None] = random.shuffle,
+    ) -> None:
+        self.clock = clock
+        self.target = target
+        self.max_per_netgroup = max_per_netgroup
+        self.anchor_age = anchor_age
+        self._retry = (retry_initial, retry_max, retry_factor)
+        self.bootstrap = frozenset(address_of(url) for url in bootstrap)
+        self.shuffle = shuffle
+        self._persistent: dict[str, str] = {}  # address -> URL as given
+        self._dials: dict[str, Dial] = {}  # store URL -> managed dial under way
+        self._store_url: dict[str, str] = {}  # dial URL -> store URL dialled there
+        self._conns: dict[ConnId, _Outbound] = {}
+        self._peer_of_url: dict[str, str] = {}  # dial URL -> peer id met there
+        self._failures: dict[str, int] = {}  # store URL -> failures in a row
+        self._retry_at: dict[str, float] = {}  # store URL -> earliest next managed try
+        self._anchoring: str | None = None  # the store URL last dialled as an anchor
+
+    # What the shell reports.
+
+    def add_persistent(self, url: str) -> bool:
+        """Dial ``url`` for good; False (nothing to do) if its address already is,
+        whatever the spelling."""
+        address = address_of(url)
+        if address in self._persistent:
+            return False
+        self._persistent[address] = url
+        return True
+
+    def remove_persistent(self, url: str) -> str | None:
+        """Stop dialling ``url`` for good; returns the URL as it was added, if it was."""
+        return self._persistent.pop(address_of(url), None)
+
+    def dial_ended(self, url: str) -> None:
+        """A managed dial (its task) ended, however: ``url`` is :attr:`Dial.url`."""
+        dial = self._dials.pop(url, None)
+        if dial is not None and self._store_url.get(dial.dial_url) == url:
+            del self._store_url[dial.dial_url]
+
+    def dial_failed(self, url: str) -> float:
+        """
+        A dial of ``url`` (or its handshake) failed: count it against the store's URL
+        being dialled there, and return the seconds before it may be tried again.
+        """
+        url = self.store_url(url)
+        failures = self._failures[url] = self._failures.get(url, 0) + 1
+        delay = retry_delay(failures, *self._retry)
+        self._retry_at[url] = self.clock() + delay
+        return delay
+
+    def connection_opened(self, conn: ConnId, url: str, peer_id: str | None) -> None:
+        """An outbound connection opened to ``url`` (as dialled); ``peer_id`` proved
+        itself there (secure mode)."""
+        self._conns[conn] = _Outbound(url, peer_id, self.clock())
+        if peer_id is not None:
+            self._peer_of_url[url] = peer_id
+        store_url = self.store_url(url)
+        self._failures.pop(store_url, None)
+        self._retry_at.pop(store_url, None)
+
+    def connection_closed(self, conn: ConnId) -> None:
+        self._conns.pop(conn, None)
+
+    def remember_peer(self, url: str, peer_id: str) -> None:
+        """``peer_id`` answers at ``url`` (a duplicate connection, refused): don't dial
+        that URL while the peer is connected."""
+        self._peer_of_url[url] = peer_id
+
+    # What the shell asks.
+
+    @property
+    def persistent_urls(self) -> list[str]:
+        """The persistent URLs, as added."""
+        return list(self._persistent.values())
+
+    @property
+    def dials(self) -> list[Dial]:
+        """The managed dials under way (connected ones included), oldest first."""
+        return list(self._dials.values())
+
+    def store_url(self, url: str) -> str:
+        """The store's URL for a connection dialled at ``url``: with its ``/p2p/<id>``
+        while a managed dial of a store entry that has one is under way."""
+        return self._store_url.get(url, url)
+
+    def failures(self, url: str) -> int:
+        """Failed dials of the store URL ``url`` in a row."""
+        return self._failures.get(url, 0)
+
+    @property
+    def failing_urls(self) -> set[str]:
+        """The URLs whose last dial failed."""
+        return set(self._failures)
+
+    def known_peer(self, url: str, view: PeerView | None) -> str | None:
+        """The peer id met at ``url`` (as dialled), in this run or, from the store, before."""
+        known = self._peer_of_url.get(url)
+        if known is None and view is not None:
+            known = view.peer_id_of(url)
+            if known is not None and known.startswith("address:"):
+                known = None
+        return known
+
+    def gate(
+        self, url: str, connected_ids: Collection[str], view: PeerView | None
+    ) -> tuple[Gate, str | None]:
+        """
+        Whether to dial the persistent ``url`` now.
+
+        Returns:
+            :attr:`Gate.BACK_OFF` when its host (not loopback) or the peer known there
+            is blocked; :attr:`Gate.WAIT_FOR_PEER` when that peer is connected already
+            (maybe it dialled us), with its id; else :attr:`Gate.DIAL`. Second: the
+            peer id expected or met there, if any.
+
+        """
+        dial_url, expected = split_peer_url(url)
+        host = urlsplit(dial_url).hostname or ""
+        if view is not None and not is_loopback(host) and view.is_blocked(address=host):
+            return Gate.BACK_OFF, None
+        known = expected or self.known_peer(dial_url, view)
+        if known is None:
+            return Gate.DIAL, None
+        if known in connected_ids:
+            return Gate.WAIT_FOR_PEER, known
+        if view is not None and view.is_blocked(peer_id=known):
+            return Gate.BACK_OFF, known
+        return Gate.DIAL, known
+
+    def missing(self) -> int:
+        """Outbound connections short of the target, dials under way counted."""
+        connected = {address_of(c.url) for c in self._conns.values()}
+        dialling = sum(1 for d in self._dials.values() if address_of(d.url) not in connected)
+        return self.target - len(self._conns) - dialling
+
+    def busy(self, own_urls: Iterable[str]) -> set[str]:
+        """Addresses (:func:`~trustp2p.protocol.urls.address_of`) not to dial from the
+        store: dialled for good, dialled by the manager, connected, or our own."""
+        urls = (
+            *self._persistent,
+            *self._dials,
+            *(c.url for c in self._conns.values()),
+            *own_urls,
+        )
+        return {address_of(url) for url in urls}
+
+    def netgroups(self) -> Counter[str]:
+        """Outbound connections and managed dials under way per network group."""
+        urls = {address_of(c.url) for c in self._conns.values()}
+        urls.update(address_of(d.url) for d in self._dials.values())
+        return Counter(g for g in map(netgroup_of, urls) if g is not None)
+
+    def dialable(
+        self, url: str, busy: Collection[str], connected_ids: Collection[str], view: PeerView | None
+    ) -> bool:
+        """
+        Whether the store's ``url`` may be dialled now: its address is not busy, it is
+        not waiting for a retry, its host is not a blocked address, and neither the
+        peer met there nor the one its ``/p2p/`` part names is connected or blocked.
+        """
+        if address_of(url) in busy or self._retry_at.get(url, 0.0) > self.clock():
+            return False
+        try:
+            dial_url, claimed = split_peer_url(url)
+        except ValueError:
+            return False
+        if view is not None:
+            host = urlsplit(dial_url).hostname or ""
+            if not is_loopback(host) and view.is_blocked(address=host):
+                return False
+        for peer_id in (self.known_peer(dial_url, view), claimed):
+            if peer_id is not None and (
+                peer_id in connected_ids or (view is not None and view.is_blocked(peer_id=peer_id))
+            ):
+                return False
+        return True
+
+    def excluded(self, connected_ids: Collection[str]) -> set[str]:
+        """Store URLs known to fail :meth:`dialable` now, whatever the store says:
+        waiting for a retry, or where a connected peer answers."""
+        now = self.clock()
+        urls = {url for url, at in self._retry_at.items() if at > now}
+        urls.update(url for url, peer in self._peer_of_url.items() if peer in connected_ids)
+        return urls
+
+    def start_dial(self, url: str, *, anchor: bool = False) -> Dial:
+        """Note a managed dial of the store's ``url`` as under way, and return it."""
+        dial_url, expected = split_peer_url(url)
+        dial = self._dials[url] = Dial(url, dial_url, expected, anchor)
+        self._store_url[dial_url] = url
+        if anchor:
+            self._anchoring = url
+        return dial
+
+    def selection(
+        self, connected_ids: Collection[str], own_urls: Iterable[str], view: PeerView | None
+    ) -> Selection | None:
+        """
+        A round of managed dials towards the target, or None if none is missing.
+
+        Args:
+            connected_ids: Peers connected now (either way), and our own id.
+            own_urls: The URLs we listen on.
+            view: The peer store, if the node has one.
+
+        """
+        missing = self.missing()
+        if missing <= 0:
+            return None
+        return Selection(self, missing, connected_ids, own_urls, view, anchors=False)
+
+    def is_anchor(self, conn: ConnId, view: PeerView | None) -> bool:
+        """Whether an outbound connection anchors us: to a bootstrap URL or peer, to a
+        peer we had connected to before this run, or open for ``anchor_age``."""
+        out = self._conns[conn]
+        return (
+            address_of(out.url) in self.bootstrap
+            or self.clock() - out.opened_at >= self.anchor_age
+            or (out.peer_id is not None and view is not None and view.is_anchor(out.peer_id))
+        )
+
+    def anchor_selection(
+        self, connected_ids: Collection[str], own_urls: Iterable[str], view: PeerView | None
+    ) -> Selection | None:
+        """
+        An anchor round, or None: dial one bootstrap or earlier peer (one at a time,
+        even past the target) when we have outbound connections and none anchors us,
+        so that peers learned from others can't be all we have. Arguments as for
+        :meth:`selection`.
+        """
+        if not self._conns or any(self.is_anchor(conn, view) for conn in self._conns):
+            return None
+        for dial in self._dials.values():
+            if dial.url == self._anchoring or address_of(dial.url) in self.bootstrap:
+                return None  # one on the way
+        return Selection(self, 1, connected_ids, own_urls, view, anchors=True)
+
+
+class Selection:
+    """
+    One round of choosing store candidates to dial: a sans-I/O loop.
+
+    Ask :meth:`query` what to fetch from the store, give the answer to :meth:`offer`,
+    dial what it returns, and repeat until :meth:`query` returns None. Each query
+    leaves out the URLs offered before, so a store whose best candidates can't be
+    dialled now (a peer connected under another record, a retry pending, a full
+    netgroup) yields the next best: the round never stalls on them.
+
+    Make one with :meth:`OutboundPolicy.selection` or
+    :meth:`OutboundPolicy.anchor_selection`.
+
+    """
+
+    def __init__(
+        self,
+        policy: OutboundPolicy,
+        wanted: int,
+        connected_ids: Collection[str],
+        own_urls: Iterable[str],
+        view: PeerView | None,
+        *,
+        anchors: bool,
+    ) -> None:
+        self.policy = policy
+        self.wanted = wanted
+        self.anchors = anchors
+        self.view = view
+        self._connected = frozenset(connected_ids)
+        self._busy = policy.busy(own_urls)
+        self._excluded = policy.excluded(self._connected)
+        self._groups = policy.netgroups()
+        self._limit = _FIRST_ANCHOR_QUERY if anchors else wanted * _FIRST_QUERY_PER_DIAL
+        self._exhausted = False
+        self.dials: list[Dial] = []
+
+    def query(self) -> Query | None:
+        """What to ask the store for next, or None when the round is over."""
+        if self.wanted <= 0 or self._exhausted:
+            return None
+        exclude = frozenset(self._busy | self._excluded)
+        return Query(self._limit, exclude, self._connected, self.anchors)
+
+    def offer(self, urls: Sequence[str]) -> list[Dial]:
+        """
+        The store's answer to the last :meth:`query`, best first.
+
+        Returns:
+            The dials to start now; they count as under way from here on (report each
+            one's end with :meth:`OutboundPolicy.dial_ended`).
+
+        """
+        fresh = [url for url in dict.fromkeys(urls) if url not in self._excluded]
+        self._exhausted = len(urls) < self._limit or not fresh
+        self._excluded.update(fresh)
+        self._limit *= 2
+        if not self.anchors:
+            # At random among the best: if every node dialled the best-known peers,
+            # those would fill up with inbound connections and never find outbound ones.
+            self.policy.shuffle(fresh)
+        dials: list[Dial] = []
+        for url in fresh:
+            if self.wanted <= 0:
+                break
+            if not self.policy.dialable(url, self._busy, self._connected, self.view):
+                continue
+            group = None if self.anchors else netgroup_of(url)
+            if group is not None:
+                if self._groups[group] >= self.policy.max_per_netgroup:
+                    continue
+                self._groups[group] += 1
+            self.wanted -= 1
+            self._busy.add(address_of(url))  # one dial per address, whatever the id
+            dials.append(self.policy.start_dial(url, anchor=self.anchors))
+        self.dials += dials
+        return dials

@@ -1,0 +1,265 @@
+"""The roles' API over the memory driver: the deliver API (request, talks, broadcast),
+and the client's connections (connect, disconnect, find_next_server, wait_connected)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from trustp2p import (
+    ConnectionClosed,
+    DriverError,
+    EventMap,
+    Node,
+    Package,
+    PackageType,
+    Socket,
+    Thread,
+)
+from trustp2p.drivers.memory import MemoryDriver, MemoryHub
+from trustp2p.exceptions import NodeStateError, RequestTimeout
+from trustp2p.identity import Identity
+
+from .conftest import MS
+from .nodes import FAST, MakeNode, node_factory, wait_for
+
+
+@pytest.fixture
+async def make_node() -> AsyncIterator[MakeNode]:
+    """Nodes on a memory hub of their own, each with its own driver (its own host)."""
+    hub = MemoryHub()
+    factory = node_factory(FAST)
+    make = await anext(factory)
+
+    async def make_memory_node(**options: Any) -> Node:
+        return await make(driver=MemoryDriver(hub=hub), **options)
+
+    yield make_memory_node
+    await anext(factory, None)
+
+
+class Peer(Thread):
+    """Answers ``echo``; never answers ``silent``; records the talks it gets."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node)
+        self.talks: list[tuple[str, dict[str, Any]]] = []
+
+    @property
+    def event_map(self) -> EventMap:
+        talks = {event: self.talk for event in ("note", "error", "info", "result")}
+        return {
+            PackageType.REQUEST: {"echo": self.echo, "silent": self.silent},
+            PackageType.TALK: talks,
+        }
+
+    def echo(self, socket: Socket, package: Package) -> dict[str, Any]:
+        return {"echo": package.body, "from": self.node.peer_id}
+
+    async def silent(self, socket: Socket, package: Package) -> None:
+        await asyncio.Event().wait()
+
+    def talk(self, socket: Socket, package: Package) -> None:
+        self.talks.append((package.event, package.body))
+
+
+def peer(node: Node) -> Peer:
+    return next(thread for thread in node.threads if isinstance(thread, Peer))
+
+
+async def pair(make_node: MakeNode) -> tuple[Node, Node, Socket]:
+    """A server and a client connected to it; the client's socket."""
+    server = await make_node(server=True, threads=[Peer])
+    client = await make_node(client=True, peers=[server.url], threads=[Peer])
+    assert client.client is not None and server.server is not None
+    await client.client.wait_connected()
+    await server.server.wait_connected()
+    return server, client, client.client.sockets[0]
+
+
+# The deliver API
+
+
+async def test_request_both_ways(make_node: MakeNode) -> None:
+    server, client, socket = await pair(make_node)
+    assert client.client is not None and server.server is not None
+    answer = await client.client.request(socket, "echo", {"q": 1})
+    assert answer == {"echo": {"q": 1}, "from": server.peer_id}
+    back = server.server.sockets[0]
+    assert await server.server.request(back, "echo", {}) == {"echo": {}, "from": client.peer_id}
+
+
+async def test_an_unhandled_request_is_answered_with_an_error(make_node: MakeNode) -> None:
+    _, client, socket = await pair(make_node)
+    assert client.client is not None
+    answer = await client.client.request(socket, "nobody", {})
+    assert set(answer) == {"error"}
+
+
+async def test_a_request_times_out(make_node: MakeNode) -> None:
+    _, client, socket = await pair(make_node)
+    assert client.client is not None
+    with pytest.raises(RequestTimeout):
+        await client.client.request(socket, "silent", {}, timeout=20 * MS)
+
+
+async def test_reroute_is_for_the_client_role_only(make_node: MakeNode) -> None:
+    server, _, _ = await pair(make_node)
+    assert server.server is not None
+    with pytest.raises(ValueError, match=r"^reroute is only available on the client role$"):
+        await server.server.request(server.server.sockets[0], "echo", {}, reroute=True)
+
+
+async def test_talks_reach_the_peer(make_node: MakeNode) -> None:
+    server, client, socket = await pair(make_node)
+    role = client.client
+    assert role is not None
+    await role.send_talk(socket, "note", {"n": 1})
+    await role.send_error(socket, "oops")
+    await role.send_info(socket, {"i": 2})
+    await role.send_result(socket, {"r": 3})
+    talks = peer(server).talks
+    await wait_for(lambda: len(talks) == 4)
+    assert talks == [
+        ("note", {"n": 1}),
+        ("error", {"error": "oops"}),
+        ("info", {"i": 2}),
+        ("result", {"r": 3}),
+    ]
+
+
+async def test_a_talk_on_a_closed_connection_raises(make_node: MakeNode) -> None:
+    _, client, socket = await pair(make_node)
+    assert client.client is not None
+    await socket.close()
+    with pytest.raises(ConnectionClosed):
+        await client.client.send_talk(socket, "note", {})
+
+
+async def test_broadcast_gives_each_peer_its_result(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Peer])
+    clients = [await make_node(client=True, peers=[server.url], threads=[Peer]) for _ in range(3)]
+    role = server.server
+    assert role is not None
+    await role.wait_connected(3)
+    sockets = role.sockets
+    await sockets[0].close()
+    await wait_for(lambda: len(role.sockets) == 2)
+    # Talks: None for each peer reached; the closed one left the role...
+    assert await role.broadcast("note", {"all": 1}) == dict.fromkeys(sockets[1:])
+    # ...and, when named, gets its error.
+    results = await role.broadcast("note", {}, sockets=sockets)
+    assert isinstance(results[sockets[0]], ConnectionClosed)
+    assert results[sockets[1]] is None and results[sockets[2]] is None
+    for client in clients[1:]:
+        await wait_for(lambda client=client: len(peer(client).talks) == 2)
+    # Requests: each peer's answer, or its error; one slow peer fails alone.
+    answers = await role.broadcast("echo", {"q": 1}, type=PackageType.REQUEST)
+    assert answers == {socket: {"echo": {"q": 1}, "from": socket.peer_id} for socket in sockets[1:]}
+    timed = await role.broadcast(
+        "silent", {}, sockets=sockets, type=PackageType.REQUEST, timeout=20 * MS
+    )
+    assert isinstance(timed[sockets[0]], ConnectionClosed)
+    assert all(isinstance(timed[socket], RequestTimeout) for socket in sockets[1:])
+
+
+# The client's connections
+
+
+async def test_find_next_server_skips_the_excluded(make_node: MakeNode) -> None:
+    first = await make_node(server=True)
+    second = await make_node(server=True)
+    client = await make_node(client=True, peers=[first.url, second.url])
+    role = client.client
+    assert role is not None
+    await role.wait_connected(2)
+    a, b = role.sockets
+    assert role.find_next_server() is a
+    assert role.find_next_server([a]) is b
+    assert role.find_next_server([a.id]) is b
+    assert role.find_next_server([a, b.id]) is None
+
+
+async def test_wait_connected_waits_for_the_count(make_node: MakeNode) -> None:
+    first = await make_node(server=True)
+    second = await make_node(server=True)
+    client = await make_node(client=True, peers=[first.url])
+    role = client.client
+    assert role is not None
+    await role.wait_connected(1)
+    await role.wait_connected(1)  # already there: returns at once
+    waiting = asyncio.create_task(role.wait_connected(2))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    assert second.url is not None
+    role.connect(second.url)
+    async with asyncio.timeout(2):
+        await waiting
+
+
+async def test_connect_and_disconnect(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    client = await make_node(client=True)
+    role = client.client
+    assert role is not None and server.url is not None and server.server is not None
+    assert role.urls == []
+    role.connect(server.url)
+    await role.wait_connected()
+    socket = role.socket_for(server.url)
+    assert socket is role.sockets[0]
+    assert role.socket_for(f"{server.url}/p2p/{server.peer_id}") is socket
+    role.connect(server.url.upper())  # another spelling of one address: nothing more
+    assert role.urls == [server.url]
+    await role.disconnect(server.url.upper() + "/")
+    assert role.urls == []
+    assert socket.closed and socket.close_code == 1000
+    await wait_for(lambda: server.server is not None and server.server.sockets == [])
+    await asyncio.sleep(50 * MS)  # real time: more than reconnect_max, no redial
+    assert role.sockets == [] and server.server.sockets == []
+
+
+async def test_a_url_with_its_id_is_dialled_expecting_it(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    client = await make_node(client=True)
+    role = client.client
+    assert role is not None and server.url is not None
+    role.connect(f"{server.url}/p2p/{server.peer_id}")
+    await role.wait_connected()
+    assert role.sockets[0].peer_id == server.peer_id
+    await role.disconnect(server.url)
+    role.connect(f"{server.url}/p2p/{Identity.generate().peer_id}")  # another key
+    policy = role.dialer.policy
+    await wait_for(lambda: policy.failures(server.url or "") >= 1)
+    assert role.sockets == []
+
+
+async def test_connect_checks_the_url_at_once(make_node: MakeNode) -> None:
+    client = await make_node(client=True)
+    role = client.client
+    assert role is not None
+    with pytest.raises(DriverError):
+        role.connect("gopher://127.0.0.1:1")
+    with pytest.raises(ValueError, match="is not a peer id"):
+        role.connect("memory://127.0.0.1:1/p2p/nobody")
+    assert role.urls == []
+
+
+async def test_the_server_role_knows_its_url(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    assert server.server is not None and server.url is not None
+    assert server.server.url == server.url
+    assert server.url.startswith("memory://127.0.0.1:")
+
+
+async def test_connect_after_stop_raises(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    client = await make_node(client=True)
+    role = client.client
+    assert role is not None and server.url is not None
+    await client.stop()
+    with pytest.raises(NodeStateError):
+        role.connect(server.url)
+    assert role.urls == []
