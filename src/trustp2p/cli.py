@@ -501,7 +501,7 @@ def peers(cwd: Path, as_json: bool, log_level: str) -> int:
     from rich.table import Table
 
     from .identity import short_id
-    from .peerstore import STORE_PATH
+    from .storage.peerstore import STORE_PATH
 
     _setup_logging(log_level)
     path = cwd / STORE_PATH
@@ -531,7 +531,7 @@ def peers(cwd: Path, as_json: bool, log_level: str) -> int:
 
 
 async def _read_peers(path: Path) -> list[Any]:
-    from .peerstore import PeerStore
+    from .storage.peerstore import PeerStore
 
     store = await PeerStore.open(path)
     try:

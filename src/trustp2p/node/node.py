@@ -37,7 +37,6 @@ from ..exceptions import (
 )
 from ..identity import Identity, short_id
 from ..options import NodeOptions
-from ..peerstore import DATA_DIR, STORE_FILE, BlockPolicy, PeerSource, PeerStore
 from ..protocol.deliver import (
     ConnId,
     DeliverEvent,
@@ -62,9 +61,13 @@ from ..protocol.package import (
     decode,
     encode,
 )
-from ..protocol.urls import split_peer_url, validate_urls
+from ..protocol.peers import peer_key
+from ..protocol.scoring import BlockPolicy
+from ..protocol.urls import MAX_URLS_PER_PEER, split_peer_url, validate_urls
 from ..security.channel import SECURE_PEER, HandshakeFailed, SecureLayer, SecureSocket
 from ..security.noise import HANDSHAKE_MAGIC, NoiseError
+from ..storage import DATA_DIR
+from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
 from ..threads.base import Thread
 from ..threads.loader import THREADS_ENABLED, load_thread_classes
 from ..threads.peer_exchange import PeerExchangeThread
@@ -545,12 +548,15 @@ class Node:
         self.log.warning("! secure handshake with %s failed: %s", raw.peer, error)
         # Count it against the address of a peer that dialled us and failed; not our
         # own dials (the server may just be full) nor a dial of ourselves.
+        key = peer_key(None, raw.host)
+        store = self.store
         if (
             raw.inbound
             and str(error) != "dialled ourselves"
-            and self.store is not None
-            and self.store.count_packages(f"address:{raw.host}", invalid=1)
+            and store is not None
+            and store.policy.crossed(store.record_packages(key, invalid=1))
         ):
+            store.restart_window(key)
             self._block(None, raw.host, "too many failed handshakes")
         if self.client is not None and not raw.inbound:
             self.client.dial_failed(raw.peer, error)
@@ -673,7 +679,7 @@ class Node:
         if not socket.inbound and self.client is not None and self.store is not None:
             self.tasks.spawn(
                 self.store.record_connected(
-                    peer_id=peer_id or f"address:{socket.host}",
+                    peer_id=peer_key(peer_id, socket.host),
                     url=self.client.store_url(socket.peer),
                     address=socket.host,
                 ),
@@ -708,8 +714,9 @@ class Node:
         if self._debug:
             conn.log.debug("< %s", package)
         store = self.store
-        key = socket.peer_id or f"address:{socket.host}"
-        if store is not None and store.count_packages(key, good=1):
+        key = peer_key(socket.peer_id, socket.host)
+        if store is not None and store.policy.crossed(store.record_packages(key, good=1)):
+            store.restart_window(key)
             # Past the policy, even if this package was a good one: a peer mixing good
             # packages among its bad ones must not slip through.
             self._block(socket.peer_id, socket.host, "too many invalid packages", socket=socket)
@@ -794,8 +801,10 @@ class Node:
     def _count_invalid(self, conn: PeerConnection, reason: str) -> None:
         """Count one invalid package against the peer; block it past the policy's ratio."""
         socket = conn.socket
-        key = socket.peer_id or f"address:{socket.host}"
-        if self.store is not None and self.store.count_packages(key, invalid=1):
+        key = peer_key(socket.peer_id, socket.host)
+        store = self.store
+        if store is not None and store.policy.crossed(store.record_packages(key, invalid=1)):
+            store.restart_window(key)
             self._block(socket.peer_id, socket.host, reason, socket=socket)
 
     def _request_allowed(self, conn: PeerConnection, package: Package) -> bool:
@@ -839,7 +848,9 @@ class Node:
                     socket.peer_id, socket.host, "hello names another peer id", socket=socket
                 )
                 return
-            urls, problem = validate_urls(package.body.get("listen_urls", []), limit=8)
+            urls, problem = validate_urls(
+                package.body.get("listen_urls", []), limit=MAX_URLS_PER_PEER
+            )
             if problem is not None:
                 conn.log.warning("! invalid listen_urls in hello: %s", problem)
                 self._count_invalid(conn, "invalid listen URLs")

@@ -23,10 +23,11 @@ from ..protocol.deliver import ConnId
 from ..protocol.handshake import VERSION_EVENT
 from ..protocol.limits import is_loopback, netgroup
 from ..protocol.package import Body, PackageType, build_package
+from ..protocol.peers import is_address_key
 from ..protocol.urls import address_of, split_peer_url
 
 if TYPE_CHECKING:
-    from ..peerstore import PeerStore
+    from ..storage.peerstore import PeerStore
     from .node import Node
 
 logger = logging.getLogger("trustp2p.node")
@@ -335,7 +336,7 @@ class ClientRole(Role):
         known = self._peer_of_url.get(url)
         if known is None and self.node.store is not None:
             known = self.node.store.peer_id_of(url)
-            if known is not None and known.startswith("address:"):
+            if known is not None and is_address_key(known):
                 known = None
         return known
 

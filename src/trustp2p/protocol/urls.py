@@ -8,6 +8,7 @@ peers (peer exchange, hello) lives here too. No I/O.
 from __future__ import annotations
 
 __all__ = [
+    "MAX_URLS_PER_PEER",
     "MAX_URL_LENGTH",
     "PEER_SCHEMES",
     "address_of",
@@ -25,6 +26,11 @@ from ..identity import PeerId, is_peer_id
 
 PEER_SCHEMES = frozenset({"ws", "wss", "tcp", "memory"})
 MAX_URL_LENGTH = 256
+"""Characters; longer URLs from peers are invalid."""
+
+MAX_URLS_PER_PEER = 8
+"""URLs a peer may announce for itself (hello, ``my_url``); the peer store keeps at most
+this many per peer."""
 _P2P = "/p2p/"
 
 
