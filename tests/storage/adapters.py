@@ -4,7 +4,7 @@ writer subprocess (:mod:`tests.storage.writer`) see them: open one, make numbere
 changes, read back which ones it holds in memory or on disk.
 
 A *change* ``i`` (from 1) is one thing the store must keep: the URL ``ws://h<i>:1`` for
-the peer store, the message ``(tpa, i)`` for the message log.
+the peer store, the message ``(tpa, i)`` (delivered) for the message log.
 
 """
 
@@ -42,8 +42,6 @@ class StoreAdapter(abc.ABC):
     """What its WARNING about failing writes says it keeps in memory."""
     flush_interval: ClassVar[float]
     """Its default flush interval, as the messages print it (%g)."""
-    unsaved_per_change: ClassVar[int]
-    """Unsaved changes a close counts per change never written."""
     database: ClassVar[type[Database[Any, Any]]]
     """Its SQLite side, to make ``open`` fail in tests."""
 
@@ -54,6 +52,10 @@ class StoreAdapter(abc.ABC):
     @abc.abstractmethod
     async def change(self, store: Any, i: int) -> None:
         """Make change ``i``; it may be written at once, or by the next flush."""
+
+    @abc.abstractmethod
+    def unsaved(self, changes: int) -> int:
+        """The unsaved changes a close counts after ``changes`` changes never written."""
 
     @abc.abstractmethod
     async def changes(self, store: Any) -> list[int]:
@@ -111,7 +113,6 @@ class PeerStoreAdapter(StoreAdapter):
     logger = "trustp2p.storage.peerstore"
     contents = "peer stats"
     flush_interval = 5
-    unsaved_per_change = 2  # the peer and its URL
     database = PeerDatabase
 
     async def open(self, path: Path | None, **options: Any) -> PeerStore:
@@ -119,6 +120,9 @@ class PeerStoreAdapter(StoreAdapter):
 
     async def change(self, store: PeerStore, i: int) -> None:
         await store.add_urls([f"ws://h{i}:1"], PeerSource.EXCHANGE)
+
+    def unsaved(self, changes: int) -> int:
+        return 2 * changes  # a peer and its URL each
 
     async def changes(self, store: PeerStore) -> list[int]:
         urls = [url for record in await store.peers() for url in record.urls]
@@ -189,7 +193,6 @@ class MessageLogAdapter(StoreAdapter):
     logger = "trustp2p.storage.msglog"
     contents = "messages"
     flush_interval = 1
-    unsaved_per_change = 1
     database = MessageDatabase
 
     async def open(self, path: Path | None, **options: Any) -> MessageLog:
@@ -197,6 +200,10 @@ class MessageLogAdapter(StoreAdapter):
 
     async def change(self, store: MessageLog, i: int) -> None:
         store.add(message(i))
+        store.mark_delivered("tpa", i)
+
+    def unsaved(self, changes: int) -> int:
+        return changes + 1  # the messages, and the delivery mark of their origin
 
     async def changes(self, store: MessageLog) -> list[int]:
         return [m.seq for m in store.range("tpa", 0, 2**62, limit=2**62, max_bytes=2**62)]

@@ -34,7 +34,7 @@ from .adapters import StoreAdapter
 from .sqlite_helpers import CORRUPTIONS, logged_by, query, rewrite
 from .writer_process import kill_writer_mid_run, run_writer_with_a_file_size_limit
 
-__all__ = ["HOUR", "StoreFaults", "open_fails_once"]
+__all__ = ["HOUR", "FailingWrites", "StoreFaults", "open_fails_once"]
 
 HOUR = 3600.0
 
@@ -52,6 +52,33 @@ def open_fails_once(monkeypatch: pytest.MonkeyPatch, database: type[Any]) -> Non
         return opened(self, *args)
 
     monkeypatch.setattr(database, "open", open_once_later)
+
+
+class FailingWrites:
+    """
+    Make a store's writes fail with ``error`` (as a full or broken disk does) until
+    :meth:`stop`. ``tries`` counts the writes tried; ``failed`` is set at the first.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: Any, error: Exception) -> None:
+        assert store._db is not None
+        self.tries = 0
+        self.failed = asyncio.Event()
+        self._monkeypatch = monkeypatch
+        self._db = store._db
+        self._write = store._db.write
+        self._error = error
+        self._loop = asyncio.get_running_loop()
+        monkeypatch.setattr(store._db, "write", self._fail)
+
+    def _fail(self, batch: Any) -> None:  # on the worker thread
+        self.tries += 1
+        self._loop.call_soon_threadsafe(self.failed.set)
+        raise self._error
+
+    def stop(self) -> None:
+        """Let the writes work again."""
+        self._monkeypatch.setattr(self._db, "write", self._write)
 
 
 class StoreFaults:
@@ -183,19 +210,15 @@ class StoreFaults:
         try:
             await adapter.change(store, 1)
             assert await store.flush() is True
-            assert store._db is not None
-            write = store._db.write
-
-            def full(batch: Any) -> None:
-                raise sqlite3.OperationalError("database or disk is full")
-
-            monkeypatch.setattr(store._db, "write", full)
+            disk = FailingWrites(
+                monkeypatch, store, sqlite3.OperationalError("database or disk is full")
+            )
             await adapter.change(store, 2)
             await adapter.change(store, 3)
             assert await store.flush() is False
             assert await store.flush() is False
             assert await adapter.changes(store) == [1, 2, 3]
-            monkeypatch.setattr(store._db, "write", write)
+            disk.stop()
             assert await store.flush() is True
         finally:
             await store.close()
@@ -215,18 +238,10 @@ class StoreFaults:
         caplog.set_level(logging.INFO, adapter.logger)
         store = await adapter.open(path, flush_interval=0.001)
         try:
-            assert store._db is not None
-            write = store._db.write
-            failed = asyncio.Event()
-
-            def full(batch: Any) -> None:
-                failed.set()
-                raise OSError(28, "No space")
-
-            monkeypatch.setattr(store._db, "write", full)
+            disk = FailingWrites(monkeypatch, store, OSError(28, "No space"))
             await adapter.change(store, 1)
-            await failed.wait()
-            monkeypatch.setattr(store._db, "write", write)
+            await disk.failed.wait()
+            disk.stop()
             await wait_for(lambda: len(self.logged(adapter, caplog)) == 2)
         finally:
             await store.close()
@@ -244,16 +259,11 @@ class StoreFaults:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         store = await adapter.open(path, flush_interval=HOUR)
-        assert store._db is not None
-
-        def broken(batch: Any) -> None:
-            raise sqlite3.OperationalError("disk I/O error")
-
-        monkeypatch.setattr(store._db, "write", broken)
+        FailingWrites(monkeypatch, store, sqlite3.OperationalError("disk I/O error"))
         await adapter.change(store, 1)
         await adapter.change(store, 2)
         await store.close()
-        unsaved = 2 * adapter.unsaved_per_change
+        unsaved = adapter.unsaved(2)
         assert self.logged(adapter, caplog) == [
             ("WARNING", self.cant(adapter, "write", path, "disk I/O error", HOUR)),
             ("WARNING", f"closed {adapter.name} {path} with {unsaved} unsaved changes"),
@@ -396,7 +406,7 @@ class StoreFaults:
         assert await adapter.changes(store) == [1]
         await store.close()
         error = "schema version 99 is newer than this trustp2p knows (1)"
-        unsaved = adapter.unsaved_per_change
+        unsaved = adapter.unsaved(1)
         assert self.logged(adapter, caplog) == [
             ("WARNING", self.cant(adapter, "open", path, error, HOUR)),
             ("WARNING", f"closed {adapter.name} {path} with {unsaved} unsaved changes"),

@@ -9,7 +9,6 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, strategies as st
@@ -19,7 +18,7 @@ from tests.nodes import wait_for
 from trustp2p.storage.msglog import LOG_PATH, LoggedMessage, MessageLog
 
 from .adapters import MessageLogAdapter, message
-from .faults import HOUR, StoreFaults, open_fails_once
+from .faults import HOUR, FailingWrites, StoreFaults, open_fails_once
 from .sqlite_helpers import logged_by, query
 
 LOGGER = "trustp2p.storage.msglog"
@@ -487,16 +486,7 @@ async def test_messages_dropped_while_writes_fail_are_not_written(
         log.add(message(1))
         log.add(message(2))
         assert await log.flush() is True
-        assert log._db is not None
-        write = log._db.write
-        calls = 0
-
-        def full(batch: Any) -> None:
-            nonlocal calls
-            calls += 1
-            raise sqlite3.OperationalError("database or disk is full")
-
-        monkeypatch.setattr(log._db, "write", full)
+        disk = FailingWrites(monkeypatch, log, sqlite3.OperationalError("database or disk is full"))
         log.add(message(3))
         log.mark_delivered("tpa", 3)
         assert log.next_seq("tpme") == 1
@@ -505,10 +495,10 @@ async def test_messages_dropped_while_writes_fail_are_not_written(
         log.add(message(5))  # drops 2, which is on disk
         log.add(message(6))  # drops 3, which never was
         assert await log.flush() is False
-        assert calls == 2
+        assert disk.tries == 2
         assert seqs(log.range("tpa", 1, 10)) == [4, 5, 6]
         assert log.high_water() == {"tpa": 6}
-        monkeypatch.setattr(log._db, "write", write)
+        disk.stop()
         assert await log.flush() is True
     finally:
         await log.close()

@@ -17,12 +17,12 @@ from tests.conftest import MS, FakeClock
 from tests.nodes import wait_for
 from trustp2p.exceptions import NodeStateError
 from trustp2p.protocol.peers import PeerKey, peer_key
-from trustp2p.protocol.scoring import PackageCounts
+from trustp2p.protocol.scoring import BlockPolicy, PackageCounts
 from trustp2p.protocol.urls import MAX_URLS_PER_PEER
 from trustp2p.storage.peerstore import STORE_PATH, PeerRecord, PeerSource, PeerStore
 
 from .adapters import PeerStoreAdapter
-from .faults import HOUR, StoreFaults, open_fails_once
+from .faults import HOUR, FailingWrites, StoreFaults, open_fails_once
 from .sqlite_helpers import logged_by, query
 
 LOGGER = "trustp2p.storage.peerstore"
@@ -75,25 +75,14 @@ def record(**fields: Any) -> PeerRecord:
 # Package counts and score.
 
 
-@pytest.mark.parametrize(
-    ("good", "invalid", "crossed"),
-    [
-        (0, 0, False),
-        (9, 0, False),
-        (0, 9, False),  # fewer than 10 packages
-        (0, 10, True),
-        (9, 1, True),
-        (10, 1, False),  # 1 invalid per 10 good is the limit, not over it
-        (100, 10, False),
-        (100, 11, True),
-    ],
-)
-async def test_the_default_policy_judges_the_counts(
-    good: int, invalid: int, crossed: bool, store: PeerStore
-) -> None:
-    counts = store.record_packages(TPA, good=good, invalid=invalid)
-    assert counts == PackageCounts(good, invalid)
-    assert store.policy.crossed(counts) is crossed
+async def test_record_packages_returns_what_the_policy_judges(store: PeerStore) -> None:
+    # The policy's decisions are tested in tests/protocol/test_scoring.py.
+    assert store.policy == BlockPolicy()
+    assert store.record_packages(TPA, good=9) == PackageCounts(9, 0)
+    assert store.record_packages(TPA, invalid=1) == PackageCounts(9, 1)
+    assert store.policy.crossed(PackageCounts(9, 1))
+    assert store.record_packages(TPB, good=10, invalid=1) == PackageCounts(10, 1)
+    assert not store.policy.crossed(PackageCounts(10, 1))
 
 
 def test_score() -> None:
@@ -512,16 +501,9 @@ async def test_a_failing_disk_is_tried_once_per_flush(
     store = await PeerStore.open(path, clock=clock, flush_interval=HOUR)
     try:
         await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
-        assert store._db is not None
-        write = store._db.write
-        calls = 0
-
-        def full(batch: Any) -> None:
-            nonlocal calls
-            calls += 1
-            raise sqlite3.OperationalError("database or disk is full")
-
-        monkeypatch.setattr(store._db, "write", full)
+        disk = FailingWrites(
+            monkeypatch, store, sqlite3.OperationalError("database or disk is full")
+        )
         await store.add_urls(["ws://b:1"], PeerSource.EXCHANGE)
         await store.record_connected(peer_id="tpb", url="ws://b:1", address=None)
         await store.block(address="10.0.0.1", reason="test")
@@ -529,10 +511,10 @@ async def test_a_failing_disk_is_tried_once_per_flush(
         assert await store.flush() is False
         assert await store.flush() is False
         # One try by the first change, none by the others, one per flush.
-        assert calls == 3
+        assert disk.tries == 3
         assert store.is_blocked(address="10.0.0.1")
         assert [r.urls for r in await store.peers()] == [("ws://b:1",), ("ws://a:1",)]
-        monkeypatch.setattr(store._db, "write", write)
+        disk.stop()
         assert await store.flush() is True
     finally:
         await store.close()

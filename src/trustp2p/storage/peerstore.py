@@ -71,6 +71,8 @@ STORE_PATH = Path(DATA_DIR) / STORE_FILE
 
 _DEFAULT_POLICY = BlockPolicy()
 
+_new_tuple = tuple.__new__
+
 
 class PeerStore(WriteBehind[Batch, Loaded]):
     """
@@ -98,7 +100,11 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         # Use open(): it also reads the database and starts the flushes.
         db = PeerDatabase(path) if path is not None else None
         super().__init__(db, clock=clock, flush_interval=flush_interval)
-        self._policy = policy
+        self.policy = policy
+        """The block policy the store was opened with (read it, don't set it):
+        ``policy.crossed(counts)`` tells whether the counts :meth:`record_packages`
+        returns call for a block, and its ``block_duration`` is the default of
+        :meth:`block`. An attribute rather than a property: it is read per package."""
         self._table = PeerTable(max_peers)
 
     @classmethod
@@ -143,13 +149,6 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         )
         await store._start()
         return store
-
-    @property
-    def policy(self) -> BlockPolicy:
-        """The block policy the store was opened with: ``policy.crossed(counts)`` tells
-        whether the counts :meth:`record_packages` returns call for a block, and its
-        ``block_duration`` is the default of :meth:`block`."""
-        return self._policy
 
     async def close(self) -> None:
         """
@@ -308,7 +307,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         peer.window_invalid += invalid
         peer.last_seen = now
         table.dirty_peers.add(peer.key)
-        return PackageCounts(peer.window_good, peer.window_invalid)
+        # PackageCounts(...) without its Python-level __new__: this runs per package.
+        return _new_tuple(PackageCounts, (peer.window_good, peer.window_invalid))
 
     def restart_window(self, key: PeerKey) -> None:
         """
@@ -358,7 +358,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         if peer_id is None and address is None:
             raise ValueError("block() needs a peer_id, an address or both")
         now = self._clock()
-        block = self._policy.block(reason, now, duration)
+        block = self.policy.block(reason, now, duration)
         for kind, key in ((PEER, peer_id), (ADDRESS, address)):
             if key is not None:
                 self._table.add_block(kind, key, block)
@@ -426,9 +426,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
             exclude_ids: Peers not to return (connected already, or ourselves).
 
         """
-        now = self._clock()
-        ranked = ranked_urls(self._table, now, exclude_urls, exclude_ids, good=False, anchors=False)
-        return list(itertools.islice(ranked, limit))
+        return self._ranked(limit, exclude_urls, exclude_ids, good=False, anchors=False)
 
     async def anchor_candidates(
         self,
@@ -443,9 +441,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         this run (read from the database). Peers met in this run don't count: a peer
         that an attacker's list led us to can't become an anchor by reconnecting.
         """
-        now = self._clock()
-        ranked = ranked_urls(self._table, now, exclude_urls, exclude_ids, good=False, anchors=True)
-        return list(itertools.islice(ranked, limit))
+        return self._ranked(limit, exclude_urls, exclude_ids, good=False, anchors=True)
 
     def is_anchor(self, peer_id: str) -> bool:
         """
@@ -473,13 +469,26 @@ class PeerStore(WriteBehind[Batch, Loaded]):
             exclude_ids: Peers not to return (e.g. the asker).
 
         """
-        now = self._clock()
-        ranked = ranked_urls(self._table, now, exclude_urls, exclude_ids, good=True, anchors=False)
-        return list(itertools.islice(ranked, limit))
+        return self._ranked(limit, exclude_urls, exclude_ids, good=True, anchors=False)
 
     async def peers(self) -> list[PeerRecord]:
         """Every peer the store knows, best score first, then most recently seen."""
         return records(self._table, self._clock())
+
+    def _ranked(
+        self,
+        limit: int,
+        exclude_urls: Collection[str],
+        exclude_ids: Collection[str],
+        *,
+        good: bool,
+        anchors: bool,
+    ) -> list[str]:
+        now = self._clock()
+        ranked = ranked_urls(
+            self._table, now, exclude_urls, exclude_ids, good=good, anchors=anchors
+        )
+        return list(itertools.islice(ranked, limit))
 
     def _check_open(self) -> None:
         if self._closed:
