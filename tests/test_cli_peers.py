@@ -13,7 +13,7 @@ import pytest
 
 from trustp2p.cli import main
 from trustp2p.identity import KEY_FILE, Identity, is_peer_id
-from trustp2p.peerstore import STORE_PATH, PeerRecord, PeerSource, PeerStore
+from trustp2p.storage.peerstore import STORE_PATH, PeerRecord, PeerSource, PeerStore
 
 from .conftest import FakeClock
 

@@ -17,9 +17,9 @@ import pytest
 from trustp2p import Node, RemoteError, Socket
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from trustp2p.node.gossip import FETCH, HWM, Gossip, Validation
-from trustp2p.peerstore import PeerRecord
 from trustp2p.protocol.gossip import IHAVE, IWANT, GossipMessage
 from trustp2p.protocol.package import Body, Package, PackageType, build_package, encode
+from trustp2p.storage.peerstore import PeerRecord
 from trustp2p.testing import Network
 
 from .conftest import MS

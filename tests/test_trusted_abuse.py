@@ -19,7 +19,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from trustp2p import ConnectionClosed, EventMap, Node, PackageType, RemoteError, Socket, Thread
 from trustp2p.identity import Identity
-from trustp2p.peerstore import PeerSource, PeerStore
+from trustp2p.protocol.peers import peer_key
+from trustp2p.storage.peerstore import PeerSource, PeerStore
 from trustp2p.threads.heartbeat import HeartbeatThread
 
 from .conftest import MS
@@ -191,7 +192,7 @@ async def test_inbound_records_do_not_evict_dial_candidates() -> None:
         candidates = [f"ws://192.0.2.{i}:1107" for i in range(1, 11)]
         await store.add_urls(candidates, PeerSource.EXCHANGE)
         for _ in range(20):  # 20 peers connect with fresh keys, one package each
-            store.count_packages(Identity.generate().peer_id, good=1)
+            store.record_packages(peer_key(Identity.generate().peer_id, "192.0.2.99"), good=1)
         assert sorted(await store.candidates(100)) == sorted(candidates)
     finally:
         await store.close()

@@ -24,9 +24,9 @@ from trustp2p import EventMap, Node, Package, PackageType, RemoteError, Socket, 
 from trustp2p.exceptions import IdentityError
 from trustp2p.identity import Identity
 from trustp2p.options import NodeOptions
-from trustp2p.peerstore import PeerSource
 from trustp2p.protocol.handshake import HANDSHAKE_MAGIC
 from trustp2p.protocol.urls import validate_urls
+from trustp2p.storage.peerstore import PeerSource
 
 from .conftest import MS
 from .nodes import MakeNode, wait_for

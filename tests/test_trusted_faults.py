@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from trustp2p import Node, RemoteError
-from trustp2p.peerstore import STORE_PATH, PeerStore
+from trustp2p.storage.peerstore import STORE_PATH, PeerStore
 
 from .conftest import MS
 
@@ -280,8 +280,8 @@ async def test_full_disk_does_not_stop_the_node(
         n += 1
     (warning,) = [line for line in node.warnings() if "peer store" in line]
     assert re.search(
-        rf"WARNING trustp2p\.peerstore: can't (write|open) peer store {re.escape(str(path))}: "
-        r".+; keeping peer stats in memory and retrying every 5 s$",
+        rf"WARNING trustp2p\.storage\.peerstore: can't (write|open) peer store "
+        rf"{re.escape(str(path))}: .+; keeping peer stats in memory and retrying every 5 s$",
         warning,
     ), warning
     assert node.warnings() == [warning]
@@ -290,7 +290,7 @@ async def test_full_disk_does_not_stop_the_node(
     assert "Traceback" not in node.log, node.log
     (closing,) = node.warnings()[1:]
     assert re.search(
-        rf"WARNING trustp2p\.peerstore: closed peer store {re.escape(str(path))} "
+        rf"WARNING trustp2p\.storage\.peerstore: closed peer store {re.escape(str(path))} "
         r"with \d+ unsaved changes$",
         closing,
     ), closing
@@ -314,7 +314,7 @@ async def test_node_starts_on_a_corrupt_store(
         warnings = [
             r.getMessage()
             for r in caplog.records
-            if r.levelno == logging.WARNING and r.name == "trustp2p.peerstore"
+            if r.levelno == logging.WARNING and r.name == "trustp2p.storage.peerstore"
         ]
         (moved,) = list(path.parent.glob("peers.sqlite.corrupt-*"))
         assert warnings == [

@@ -16,8 +16,8 @@ import pytest
 
 from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
 from trustp2p.identity import Identity
-from trustp2p.peerstore import PeerSource
 from trustp2p.protocol.limits import is_loopback, netgroup
+from trustp2p.storage.peerstore import PeerSource
 from trustp2p.threads.heartbeat import HeartbeatThread
 
 from .conftest import MS

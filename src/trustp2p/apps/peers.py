@@ -12,7 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from ..identity import short_id
-from ..peerstore import STORE_PATH, PeerRecord, PeerStore
+from ..storage.peerstore import STORE_PATH, PeerRecord, PeerStore
 
 
 async def read_peers(cwd: Path) -> list[PeerRecord]:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from ..drivers.base import Listening, Socket
 from ..exceptions import ChannelError, ConnectionClosed, HandshakeError, SelfDialError
 from ..identity import short_id
-from ..peerstore import PeerSource
 from ..protocol.admission import Admission, block_scope, keep_new_connection
 from ..protocol.close import CloseCode, fit_reason
 from ..protocol.connection import (
@@ -43,7 +42,9 @@ from ..protocol.connection import (
 )
 from ..protocol.limits import AddressLimiter, BudgetTable, is_loopback
 from ..protocol.package import Package, encode
+from ..protocol.peers import peer_key
 from ..security.channel import SecureSocket
+from ..storage.peerstore import PeerSource
 from .dispatch import Hook, Worker
 
 if TYPE_CHECKING:
@@ -163,8 +164,22 @@ class Connections:
         if socket.peer_id is not None:
             return socket.peer_id
         if self._options.limit_loopback or not is_loopback(socket.host):
-            return f"address:{socket.host}"
+            return peer_key(None, socket.host)
         return f"connection:{socket.id}"
+
+    def _crossed(
+        self, socket: Socket, *, good: int = 0, invalid: int = 0, by_address: bool = False
+    ) -> bool:
+        """Count packages against the peer (by id, else address) in the peer store;
+        True if that crossed the block policy (the count then starts afresh)."""
+        store = self._node.store
+        if store is None:
+            return False
+        key = peer_key(None if by_address else socket.peer_id, socket.host)
+        if not store.policy.crossed(store.record_packages(key, good=good, invalid=invalid)):
+            return False
+        store.restart_window(key)
+        return True
 
     def _address_blocked(self, host: str) -> bool:
         store = self._node.store
@@ -200,8 +215,7 @@ class Connections:
         if self._debug and protocol.last_package is not None:
             conn.log.debug("< %s", protocol.last_package)
         if protocol.last_valid:
-            store = self._node.store
-            if store is not None and store.count_packages(_key(socket), good=1):
+            if self._crossed(socket, good=1):
                 # Past the policy, even if this package was a good one: a peer mixing
                 # good packages among its bad ones must not slip through.
                 self.block(socket.peer_id, socket.host, "too many invalid packages", socket=socket)
@@ -263,12 +277,10 @@ class Connections:
         self._logger.warning("! secure handshake with %s failed: %s", raw.peer, error)
         # Count it against the address of a peer that dialled us and failed; not our
         # own dials (the server may just be full) nor a dial of ourselves.
-        store = node.store
         if (
             raw.inbound
             and not isinstance(error, SelfDialError)
-            and store is not None
-            and store.count_packages(f"address:{raw.host}", invalid=1)
+            and self._crossed(raw, invalid=1, by_address=True)
         ):
             self.block(None, raw.host, "too many failed handshakes")
         if node.client is not None and not raw.inbound:
@@ -327,7 +339,7 @@ class Connections:
         if not socket.inbound and node.client is not None and store is not None:
             node.tasks.spawn(
                 store.record_connected(
-                    peer_id=peer_id or f"address:{socket.host}",
+                    peer_id=peer_key(peer_id, socket.host),
                     url=node.client.store_url(socket.peer),
                     address=socket.host,
                 ),
@@ -399,8 +411,7 @@ class Connections:
             conn.log.warning("! %s%s", penalty.reason, suffix)
         else:
             conn.log.debug("! %s", penalty.reason)
-        store = self._node.store
-        if store is not None and store.count_packages(_key(socket), invalid=1):
+        if self._crossed(socket, invalid=1):
             self.block(socket.peer_id, socket.host, "too many invalid packages", socket=socket)
 
     def _introduced(self, conn: PeerConnection, introduced: Introduced) -> None:
@@ -612,7 +623,3 @@ class Connections:
             self.send_package(conn.socket, package, waited=True)
         except ConnectionClosed:
             pass  # on_close will report the loss to the table
-
-
-def _key(socket: Socket) -> str:
-    return socket.peer_id or f"address:{socket.host}"

@@ -22,7 +22,7 @@ from ..protocol.urls import split_peer_url
 from .tasks import TaskOwner
 
 if TYPE_CHECKING:
-    from ..peerstore import PeerStore
+    from ..storage.peerstore import PeerStore
     from .node import Node
 
 logger = logging.getLogger("trustp2p.node")

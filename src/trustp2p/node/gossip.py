@@ -3,7 +3,7 @@ Publish/subscribe and catch-up on a node: ``node.gossip``.
 
 The routing decisions live in :mod:`trustp2p.protocol.gossip`; this module connects the
 router to the node's connections, its threads and its persisted message log
-(:mod:`trustp2p.msglog`).
+(:mod:`trustp2p.storage.msglog`).
 
 - ``await node.gossip.publish(topic, data)`` (or ``node.publish``) signs and sends a
   message; threads receive a topic's messages through their event map
@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..drivers.base import Socket
 from ..exceptions import ConnectionClosed, GossipError, RemoteError, RequestTimeout
-from ..msglog import LOG_FILE, LoggedMessage, MessageLog
 from ..protocol.gossip import (
     GOSSIP_EVENTS,
     GossipMessage,
@@ -50,6 +49,7 @@ from ..protocol.gossip import (
     sign_message,
 )
 from ..protocol.package import Body, Package, PackageType, build_package
+from ..storage.msglog import LOG_FILE, LoggedMessage, MessageLog
 from ..threads.base import EventMap, Thread
 
 if TYPE_CHECKING:

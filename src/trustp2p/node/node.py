@@ -27,13 +27,15 @@ from ..drivers.base import Listener, Listening, Socket
 from ..exceptions import ConnectionClosed, NodeStateError, ThreadLoadError
 from ..identity import Identity
 from ..options import NodeOptions
-from ..peerstore import DATA_DIR, STORE_FILE, BlockPolicy, PeerSource, PeerStore
 from ..protocol.close import CloseCode
 from ..protocol.deliver import ConnId
 from ..protocol.handshake import HELLO_EVENT, VERSION_EVENT, version_body
 from ..protocol.package import Body, Package, PackageType, build_package
+from ..protocol.scoring import BlockPolicy
 from ..protocol.urls import split_peer_url
 from ..security.channel import SecureLayer
+from ..storage import DATA_DIR
+from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
 from ..threads.base import Thread
 from ..threads.loader import THREADS_ENABLED, load_thread_classes
 from ..threads.peer_exchange import PeerExchangeThread

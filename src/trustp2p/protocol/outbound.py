@@ -49,6 +49,7 @@ from ..identity import PeerId
 from .backoff import backoff
 from .deliver import ConnId
 from .limits import is_loopback, netgroup
+from .peers import is_address_key
 from .urls import address_of, split_peer_url
 
 _FIRST_QUERY_PER_DIAL = 4
@@ -325,7 +326,7 @@ class OutboundPolicy:
         known = self._peer_of_url.get(url)
         if known is None and view is not None:
             known = view.peer_id_of(url)
-            if known is not None and known.startswith("address:"):
+            if known is not None and is_address_key(known):
                 known = None
         return known
 

@@ -23,17 +23,20 @@ from urllib.parse import urlsplit
 
 from ..drivers.base import Socket
 from ..exceptions import ConnectionClosed, RemoteError, RequestTimeout
-from ..peerstore import PeerSource
 from ..protocol.limits import is_loopback
 from ..protocol.package import Body, Package, PackageType
-from ..protocol.urls import address_of, canonical_url, split_peer_url, validate_urls
+from ..protocol.urls import (
+    MAX_URLS_PER_PEER,
+    address_of,
+    canonical_url,
+    split_peer_url,
+    validate_urls,
+)
+from ..storage.peerstore import PeerSource
 from .base import EventMap, Thread
 
 MAX_PEERS = 100
 """Most URLs in a ``get_peers`` answer; a longer list is refused whole."""
-
-MAX_OWN_URLS = 8
-"""Most URLs a peer may announce for itself."""
 
 
 class PeerExchangeThread(Thread):
@@ -107,7 +110,7 @@ class PeerExchangeThread(Thread):
             # Once per connection (the hello counts): a peer must not grow our store.
             self.log.debug("ignored another my_url from %s", socket.peer)
             return
-        urls, problem = validate_urls(package.body.get("urls"), limit=MAX_OWN_URLS)
+        urls, problem = validate_urls(package.body.get("urls"), limit=MAX_URLS_PER_PEER)
         if problem is not None:
             self.node.penalize(socket, f"invalid my_url: {problem}")
         if urls:

@@ -1,10 +1,11 @@
 """
-Run a writer script (``tests/*_writer.py``) in a subprocess and ``kill -9`` it mid-run:
-shared by the fault tests of the SQLite stores (peer store, message log).
+Run the writer (:mod:`tests.storage.writer`) in a subprocess, and ``kill -9`` it mid-run
+or run it under a file-size limit: for the fault suite of the SQLite stores.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import subprocess
@@ -13,10 +14,19 @@ import threading
 import time
 from pathlib import Path
 
+_ROOT = Path(__file__).resolve().parents[2]
 
-def kill_writer_mid_run(writer: Path, *args: str, lines_before_kill: int = 300) -> int:
+
+def _writer_command(args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run the writer with ``args``: the writer
+    imports ``tests.storage``, so the project's root goes on its path."""
+    path = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return [sys.executable, "-m", "tests.storage.writer", *args], {**os.environ, "PYTHONPATH": path}
+
+
+def kill_writer_mid_run(*args: str, lines_before_kill: int = 300) -> int:
     """
-    Start ``writer`` with ``args``, wait until it printed ``lines_before_kill`` lines
+    Start the writer with ``args``, wait until it printed ``lines_before_kill`` lines
     (one per committed write), send it one SIGKILL and check that it died of it without
     a word on stderr.
 
@@ -24,11 +34,13 @@ def kill_writer_mid_run(writer: Path, *args: str, lines_before_kill: int = 300) 
         The last number it printed on a whole line: what it had committed at least.
 
     """
+    command, env = _writer_command(args)
     process = subprocess.Popen(
-        [sys.executable, str(writer), *args],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     lines: list[str] = []
 
@@ -58,9 +70,9 @@ def kill_writer_mid_run(writer: Path, *args: str, lines_before_kill: int = 300) 
     return int([line for line in lines if line.endswith("\n")][-1])
 
 
-def run_writer_with_a_file_size_limit(writer: Path, *args: str, limit: int) -> tuple[str, str]:
+def run_writer_with_a_file_size_limit(*args: str, limit: int) -> tuple[str, str]:
     """
-    Run ``writer`` with ``args`` under a soft file-size limit of ``limit`` bytes: its
+    Run the writer with ``args`` under a soft file-size limit of ``limit`` bytes: its
     writes fail with EFBIG (CPython ignores SIGXFSZ), as on a full disk. Only the soft
     limit is set, so that the writer can lift it and check the recovery.
 
@@ -69,8 +81,10 @@ def run_writer_with_a_file_size_limit(writer: Path, *args: str, limit: int) -> t
 
     """
     _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    command, env = _writer_command(args)
     result = subprocess.run(
-        [sys.executable, str(writer), *args],
+        command,
+        env=env,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard)),
         capture_output=True,
         text=True,

@@ -1,46 +1,33 @@
-"""The message log: bookkeeping, limits, persistence, and faults (kill -9, full disk,
-corrupt files)."""
+"""The message log: the fault suite (tests/storage/faults.py), and bookkeeping, limits
+and persistence."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
-import os
 import sqlite3
-import stat
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, strategies as st
 
-from trustp2p import msglog
-from trustp2p.msglog import LOG_PATH, LoggedMessage, MessageLog
+from tests.conftest import MS, FakeClock
+from tests.nodes import wait_for
+from trustp2p.storage.msglog import LOG_PATH, LoggedMessage, MessageLog
 
-from .conftest import MS, FakeClock
-from .sqlite_helpers import CORRUPTIONS, logged_by, query, rewrite
-from .writer_process import kill_writer_mid_run, run_writer_with_a_file_size_limit
+from .adapters import MessageLogAdapter, message
+from .faults import HOUR, FailingWrites, StoreFaults, open_fails_once
+from .sqlite_helpers import logged_by, query
 
-WRITER = Path(__file__).with_name("msglog_writer.py")
-LOGGER = "trustp2p.msglog"
-HOUR = 3600.0
+LOGGER = "trustp2p.storage.msglog"
 
 
-def message(seq: int, origin: str = "tpa", topic: str = "chat", data: str = "") -> LoggedMessage:
-    return LoggedMessage(
-        topic=topic,
-        origin=origin,
-        seq=seq,
-        timestamp=500.0 + seq,
-        data=data or f'{{"n": {seq}}}',
-        key=f"key-{origin}",
-        signature=f"sig-{origin}-{seq}",
-        id=f"id-{origin}-{seq}",
-    )
+class TestMessageLogFaults(StoreFaults):
+    @pytest.fixture
+    def adapter(self) -> MessageLogAdapter:
+        return MessageLogAdapter()
 
 
 def seqs(messages: list[LoggedMessage]) -> list[int]:
@@ -64,42 +51,17 @@ def stored(path: Path) -> list[tuple[str, str, int]]:
     return query(path, "SELECT topic, origin, seq FROM messages ORDER BY position")
 
 
-def files(directory: Path) -> list[Path]:
-    return list(directory.iterdir())
-
-
 def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
     return logged_by(LOGGER, caplog)
 
 
-async def wait_for(condition: Callable[[], bool]) -> None:
-    """Let the log's flush task run until ``condition`` holds (5 s at most)."""
-    async with asyncio.timeout(5000 * MS):
-        while not condition():  # noqa: ASYNC110 - the flush task has no event to wait on
-            await asyncio.sleep(MS)
-
-
-async def test_open_checks_its_arguments() -> None:
-    with pytest.raises(
-        ValueError, match=r"^flush_interval must be a positive number of seconds, not 0$"
-    ):
-        await MessageLog.open(None, flush_interval=0)
+async def test_open_checks_its_limits() -> None:
     with pytest.raises(ValueError, match=r"^max_messages must be at least 1 or None, not 0$"):
         await MessageLog.open(None, max_messages=0)
     with pytest.raises(
         ValueError, match=r"^max_age must be a positive number of seconds or None, not -1$"
     ):
         await MessageLog.open(None, max_age=-1)
-
-
-async def test_a_cancelled_open_closes_what_it_opened(path: Path) -> None:
-    task = asyncio.create_task(MessageLog.open(path))
-    await asyncio.sleep(0)  # the worker thread is opening the database
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    log = await MessageLog.open(path)
-    await log.close()
 
 
 # Bookkeeping (in memory).
@@ -383,15 +345,6 @@ async def test_a_closed_log(clock: FakeClock, path: Path) -> None:
     assert stored(path) == [("chat", "tpa", 1)]
 
 
-async def test_a_log_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    log = await MessageLog.open(None)
-    log.add(message(1))
-    assert await log.flush() is True
-    await log.close()
-    assert files(tmp_path) == []
-
-
 # Persistence.
 
 
@@ -406,8 +359,6 @@ async def test_everything_survives_a_restart(path: Path, clock: FakeClock) -> No
     assert [log.next_seq("tpme") for _ in range(3)] == [1, 2, 3]
     await log.close()
 
-    assert query(path, "PRAGMA user_version") == [(1,)]
-    assert query(path, "PRAGMA journal_mode") == [("wal",)]
     assert stored(path) == [
         ("chat", "tpa", 1),
         ("chat", "tpa", 2),
@@ -437,14 +388,6 @@ async def test_everything_survives_a_restart(path: Path, clock: FakeClock) -> No
     finally:
         await log.close()
     assert stored(path) == [("news", "tpb", 1), ("chat", "tpa", 3), ("chat", "tpa", 5)]
-
-
-async def test_a_missing_directory_is_created_private(tmp_path: Path) -> None:
-    path = tmp_path / "app" / LOG_PATH
-    log = await MessageLog.open(path)
-    await log.close()
-    assert path.is_file()
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
 async def test_messages_are_written_behind(path: Path) -> None:
@@ -534,74 +477,7 @@ async def test_smaller_limits_apply_at_open(path: Path, clock: FakeClock) -> Non
     assert stored(path) == [("news", "tpb", seq) for seq in (1, 2, 3)]
 
 
-async def test_the_hot_path_never_waits_for_the_disk(path: Path) -> None:
-    log = await MessageLog.open(path, flush_interval=HOUR)
-    try:
-        release = threading.Event()
-        assert log._executor is not None
-        busy = asyncio.get_running_loop().run_in_executor(log._executor, release.wait)
-        flush = asyncio.create_task(log.flush())
-        # The worker thread is stuck; the per-message calls still answer.
-        assert log.add(message(1)) is True
-        assert log.has("tpa", 1)
-        assert log.high_water() == {"tpa": 1}
-        assert log.range("tpa", 1, 1) == [message(1)]
-        log.mark_delivered("tpa", 1)
-        assert log.delivered("tpa") == 1
-        assert log.next_seq("tpme") == 1
-        release.set()
-        await busy
-        assert await flush is True
-    finally:
-        await log.close()
-    assert stored(path) == [("chat", "tpa", 1)]
-
-
-# Faults.
-
-
-def test_survives_kill_9_mid_write(path: Path) -> None:
-    # Messages 1..written were committed before the kill.
-    written = kill_writer_mid_run(WRITER, str(path), "loop")
-    assert written >= 3000
-    assert query(path, "PRAGMA integrity_check") == [("ok",)]
-
-    async def check() -> None:
-        log = await MessageLog.open(path)
-        try:
-            assert all(log.has("tpwriter", seq) for seq in range(1, written + 1))
-            # Later batches may have been committed too, whole.
-            high = log.high_water()["tpwriter"]
-            assert high >= written
-            assert high % 10 == 0
-            assert len(log) == high
-            assert log.delivered("tpwriter") == high
-            assert log.next_seq("tpwriter") == high + 1
-        finally:
-            await log.close()
-
-    asyncio.run(check())
-
-
-def test_full_disk_keeps_the_log_running(path: Path) -> None:
-    stdout, stderr = run_writer_with_a_file_size_limit(WRITER, str(path), "full", limit=128 * 1024)
-    assert stderr.splitlines() == [
-        f"WARNING trustp2p.msglog: can't write message log {path}: disk I/O error; "
-        "keeping messages in memory and retrying every 3600 s",
-        f"INFO trustp2p.msglog: message log {path} is writable again",
-    ]
-    out = stdout.splitlines()
-    failed_after = int(out[0].removeprefix("writes failed after ").removesuffix(" messages"))
-    assert failed_after >= 10
-    n = failed_after + 100
-    assert out[1:] == [
-        f"in memory {n} {{'tpwriter': {n}}} {n}",
-        "flushed True",
-        f"stored {n} {{'tpwriter': {n}}} {n} {n + 1}",
-    ]
-
-
-async def test_failed_writes_are_kept_and_retried(
+async def test_messages_dropped_while_writes_fail_are_not_written(
     path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, LOGGER)
@@ -610,16 +486,7 @@ async def test_failed_writes_are_kept_and_retried(
         log.add(message(1))
         log.add(message(2))
         assert await log.flush() is True
-        assert log._db is not None
-        write = log._db.write
-        calls = 0
-
-        def full(batch: Any) -> None:
-            nonlocal calls
-            calls += 1
-            raise sqlite3.OperationalError("database or disk is full")
-
-        monkeypatch.setattr(log._db, "write", full)
+        disk = FailingWrites(monkeypatch, log, sqlite3.OperationalError("database or disk is full"))
         log.add(message(3))
         log.mark_delivered("tpa", 3)
         assert log.next_seq("tpme") == 1
@@ -628,10 +495,10 @@ async def test_failed_writes_are_kept_and_retried(
         log.add(message(5))  # drops 2, which is on disk
         log.add(message(6))  # drops 3, which never was
         assert await log.flush() is False
-        assert calls == 2
+        assert disk.tries == 2
         assert seqs(log.range("tpa", 1, 10)) == [4, 5, 6]
         assert log.high_water() == {"tpa": 6}
-        monkeypatch.setattr(log._db, "write", write)
+        disk.stop()
         assert await log.flush() is True
     finally:
         await log.close()
@@ -646,119 +513,6 @@ async def test_failed_writes_are_kept_and_retried(
     assert stored(path) == [("chat", "tpa", 4), ("chat", "tpa", 5), ("chat", "tpa", 6)]
     assert query(path, "SELECT origin, seq FROM delivered") == [("tpa", 3)]
     assert query(path, "SELECT origin, last FROM sequences") == [("tpme", 1)]
-
-
-async def test_the_periodic_flush_retries(
-    path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    caplog.set_level(logging.INFO, LOGGER)
-    log = await MessageLog.open(path, flush_interval=MS)
-    try:
-        assert log._db is not None
-        write = log._db.write
-        failed = asyncio.Event()
-
-        def full(batch: Any) -> None:
-            failed.set()
-            raise OSError(28, "No space")
-
-        monkeypatch.setattr(log._db, "write", full)
-        log.add(message(1))
-        await failed.wait()
-        monkeypatch.setattr(log._db, "write", write)
-        await wait_for(lambda: len(logged(caplog)) == 2)
-    finally:
-        await log.close()
-    assert logged(caplog) == [
-        (
-            "WARNING",
-            f"can't write message log {path}: [Errno 28] No space; "
-            "keeping messages in memory and retrying every 0.001 s",
-        ),
-        ("INFO", f"message log {path} is writable again"),
-    ]
-    assert stored(path) == [("chat", "tpa", 1)]
-
-
-async def test_an_unsaved_close_says_so(
-    path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    log = await MessageLog.open(path, flush_interval=HOUR)
-    assert log._db is not None
-
-    def broken(batch: Any) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(log._db, "write", broken)
-    log.add(message(1))
-    log.add(message(2))
-    log.mark_delivered("tpa", 2)
-    await log.close()
-    assert logged(caplog) == [
-        (
-            "WARNING",
-            f"can't write message log {path}: disk I/O error; "
-            "keeping messages in memory and retrying every 3600 s",
-        ),
-        ("WARNING", f"closed message log {path} with 3 unsaved changes"),
-    ]
-
-
-@pytest.mark.parametrize("kind", list(CORRUPTIONS))
-async def test_a_corrupt_database_is_moved_aside(
-    kind: str, path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    mangle, error = CORRUPTIONS[kind]
-    log = await MessageLog.open(path, clock=clock)
-    for seq in range(1, 51):
-        log.add(message(seq))
-    await log.close()
-    corrupt = rewrite(path, mangle)
-
-    log = await MessageLog.open(path, clock=clock)
-    try:
-        assert len(log) == 0
-        log.add(message(1, origin="tpb"))
-    finally:
-        await log.close()
-    assert logged(caplog) == [
-        (
-            "WARNING",
-            f"message log {path} is corrupt ({error}); moved it to "
-            "gossip.sqlite.corrupt-1000 and started an empty one",
-        )
-    ]
-    assert (path.parent / "gossip.sqlite.corrupt-1000").read_bytes() == corrupt
-    assert stored(path) == [("chat", "tpb", 1)]
-
-
-async def test_corrupt_files_of_one_second_keep_apart(path: Path, clock: FakeClock) -> None:
-    path.parent.mkdir()
-    for content in (b"first" * 100, b"second" * 100):
-        rewrite(path, lambda data: content)  # noqa: B023 - called at once
-        log = await MessageLog.open(path, clock=clock)
-        await log.close()
-    assert (path.parent / "gossip.sqlite.corrupt-1000").read_bytes() == b"first" * 100
-    assert (path.parent / "gossip.sqlite.corrupt-1000.1").read_bytes() == b"second" * 100
-
-
-async def test_garbage_wal_and_shm_files_are_ignored(
-    path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    log = await MessageLog.open(path)
-    log.add(message(1))
-    await log.close()
-    path.with_name("gossip.sqlite-wal").write_bytes(os.urandom(10_000))
-    path.with_name("gossip.sqlite-shm").write_bytes(os.urandom(32_768))
-    log = await MessageLog.open(path)
-    try:
-        assert log.high_water() == {"tpa": 1}
-        log.add(message(2))
-    finally:
-        await log.close()
-    assert logged(caplog) == []
-    assert query(path, "PRAGMA integrity_check") == [("ok",)]
-    assert stored(path) == [("chat", "tpa", 1), ("chat", "tpa", 2)]
 
 
 async def test_malformed_rows_are_dropped(path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -783,31 +537,6 @@ async def test_malformed_rows_are_dropped(path: Path, caplog: pytest.LogCaptureF
     assert query(path, "SELECT position, seq FROM messages ORDER BY position") == [(1, 1), (8, 3)]
 
 
-async def test_a_database_that_cannot_be_opened_waits_in_memory(
-    path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, LOGGER)
-    path.parent.parent.mkdir(exist_ok=True)
-    path.parent.write_text("not a directory")  # data/ is a file
-    log = await MessageLog.open(path)
-    try:
-        log.add(message(1))
-        assert await log.flush() is False
-        path.parent.unlink()
-        assert await log.flush() is True
-    finally:
-        await log.close()
-    assert logged(caplog) == [
-        (
-            "WARNING",
-            f"can't open message log {path}: [Errno 17] File exists: '{path.parent}'; "
-            "keeping messages in memory and retrying every 1 s",
-        ),
-        ("INFO", f"message log {path} is writable again"),
-    ]
-    assert stored(path) == [("chat", "tpa", 1)]
-
-
 async def test_a_database_opened_late_is_merged(
     path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -819,17 +548,7 @@ async def test_a_database_opened_late_is_merged(
     assert [log.next_seq("tpme") for _ in range(5)] == [1, 2, 3, 4, 5]
     await log.close()
 
-    opened = msglog._Database.open
-    tries = 0
-
-    def open_once_later(self: Any, *args: Any) -> Any:
-        nonlocal tries
-        tries += 1
-        if tries == 1:
-            raise sqlite3.OperationalError("database is locked")
-        return opened(self, *args)
-
-    monkeypatch.setattr(msglog._Database, "open", open_once_later)
+    open_fails_once(monkeypatch, MessageLogAdapter.database)
     clock.advance(10)
     log = await MessageLog.open(path, clock=clock, max_messages=4)
     try:
@@ -858,39 +577,8 @@ async def test_a_database_opened_late_is_merged(
     assert query(path, "SELECT origin, last FROM sequences") == [("tpme", 6)]
 
 
-async def test_a_newer_schema_is_left_alone(path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path.parent.mkdir()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute("PRAGMA user_version = 99")
-    log = await MessageLog.open(path, flush_interval=HOUR)
-    log.add(message(1))
-    assert log.high_water() == {"tpa": 1}
-    await log.close()
-    assert logged(caplog) == [
-        (
-            "WARNING",
-            f"can't open message log {path}: schema version 99 is newer than this trustp2p "
-            "knows (1); keeping messages in memory and retrying every 3600 s",
-        ),
-        ("WARNING", f"closed message log {path} with 1 unsaved changes"),
-    ]
-    assert query(path, "PRAGMA user_version") == [(99,)]
-
-
 def test_logged_message_is_a_frozen_value() -> None:
     with pytest.raises(AttributeError):
         message(1).seq = 2  # type: ignore[misc]
     assert message(1) == message(1)
     assert not hasattr(message(1), "__dict__")
-
-
-def test_exports() -> None:
-    defined = {
-        name
-        for name, obj in vars(msglog).items()
-        if not name.startswith("_")
-        and (inspect.isclass(obj) or inspect.isfunction(obj))
-        and obj.__module__ == msglog.__name__
-    }
-    assert defined <= set(msglog.__all__)
-    assert all(hasattr(msglog, name) for name in msglog.__all__)

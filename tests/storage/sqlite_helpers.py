@@ -7,9 +7,10 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytest
+if TYPE_CHECKING:  # the writer subprocess imports this module: keep it light
+    import pytest
 
 
 def query(path: Path, sql: str) -> list[Any]:

@@ -1,38 +1,39 @@
-"""The peer store: bookkeeping, ranking, blocks, persistence, and faults (kill -9, full
-disk, corrupt files)."""
+"""The peer store: the fault suite (tests/storage/faults.py), and bookkeeping, ranking,
+blocks, package counts and persistence."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
-import os
 import sqlite3
-import stat
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from trustp2p import peerstore
-from trustp2p.peerstore import (
-    STORE_PATH,
-    BlockPolicy,
-    PeerRecord,
-    PeerSource,
-    PeerStore,
-)
+from tests.conftest import MS, FakeClock
+from tests.nodes import wait_for
+from trustp2p.exceptions import NodeStateError
+from trustp2p.protocol.peers import PeerKey, peer_key
+from trustp2p.protocol.scoring import BlockPolicy, PackageCounts
+from trustp2p.protocol.urls import MAX_URLS_PER_PEER
+from trustp2p.storage.peerstore import STORE_PATH, PeerRecord, PeerSource, PeerStore
 
-from .conftest import MS, FakeClock
-from .sqlite_helpers import CORRUPTIONS, logged_by, query, rewrite
-from .writer_process import kill_writer_mid_run, run_writer_with_a_file_size_limit
+from .adapters import PeerStoreAdapter
+from .faults import HOUR, FailingWrites, StoreFaults, open_fails_once
+from .sqlite_helpers import logged_by, query
 
-WRITER = Path(__file__).with_name("peerstore_writer.py")
-LOGGER = "trustp2p.peerstore"
-HOUR = 3600.0
+LOGGER = "trustp2p.storage.peerstore"
+TPA = PeerKey("tpa")
+TPB = PeerKey("tpb")
+
+
+class TestPeerStoreFaults(StoreFaults):
+    @pytest.fixture
+    def adapter(self) -> PeerStoreAdapter:
+        return PeerStoreAdapter()
 
 
 @pytest.fixture
@@ -71,43 +72,17 @@ def record(**fields: Any) -> PeerRecord:
     return PeerRecord(**values)
 
 
-async def wait_for(condition: Callable[[], bool]) -> None:
-    """Let the store's flush task run until ``condition`` holds (5 s at most)."""
-    async with asyncio.timeout(5000 * MS):
-        while not condition():  # noqa: ASYNC110 - the flush task has no event to wait on
-            await asyncio.sleep(MS)
+# Package counts and score.
 
 
-# Policy and score.
-
-
-@pytest.mark.parametrize(
-    ("good", "invalid", "exceeded"),
-    [
-        (0, 0, False),
-        (9, 0, False),
-        (0, 9, False),  # fewer than 10 packages
-        (0, 10, True),
-        (9, 1, True),
-        (10, 1, False),  # 1 invalid per 10 good is the limit, not over it
-        (100, 10, False),
-        (100, 11, True),
-    ],
-)
-async def test_block_policy(good: int, invalid: int, exceeded: bool, store: PeerStore) -> None:
-    assert BlockPolicy().exceeded(good, invalid) is exceeded
-    assert store.count_packages("tpa", good=good, invalid=invalid) is exceeded
-
-
-def test_block_policy_checks_itself() -> None:
-    with pytest.raises(ValueError, match=r"^invalid_ratio must not be negative, not -0.5$"):
-        BlockPolicy(invalid_ratio=-0.5)
-    with pytest.raises(ValueError, match=r"^min_packages must be at least 1, not 0$"):
-        BlockPolicy(min_packages=0)
-    with pytest.raises(
-        ValueError, match=r"^block_duration must be a positive number of seconds, not 0$"
-    ):
-        BlockPolicy(block_duration=0)
+async def test_record_packages_returns_what_the_policy_judges(store: PeerStore) -> None:
+    # The policy's decisions are tested in tests/protocol/test_scoring.py.
+    assert store.policy == BlockPolicy()
+    assert store.record_packages(TPA, good=9) == PackageCounts(9, 0)
+    assert store.record_packages(TPA, invalid=1) == PackageCounts(9, 1)
+    assert store.policy.crossed(PackageCounts(9, 1))
+    assert store.record_packages(TPB, good=10, invalid=1) == PackageCounts(10, 1)
+    assert not store.policy.crossed(PackageCounts(10, 1))
 
 
 def test_score() -> None:
@@ -116,21 +91,7 @@ def test_score() -> None:
     assert peer.score == 3 - 2 + 2.5 - 2
 
 
-async def test_a_cancelled_open_closes_what_it_opened(path: Path) -> None:
-    task = asyncio.create_task(PeerStore.open(path))
-    await asyncio.sleep(0)  # the worker thread is opening the database
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    store = await PeerStore.open(path)
-    await store.close()
-
-
-async def test_open_checks_its_arguments() -> None:
-    with pytest.raises(
-        ValueError, match=r"^flush_interval must be a positive number of seconds, not 0$"
-    ):
-        await PeerStore.open(None, flush_interval=0)
+async def test_open_checks_max_peers() -> None:
     with pytest.raises(ValueError, match=r"^max_peers must be at least 1 or None, not 0$"):
         await PeerStore.open(None, max_peers=0)
 
@@ -174,6 +135,16 @@ async def test_announcing_a_known_url_does_not_claim_it(store: PeerStore) -> Non
     assert owners == {"tpa": ("ws://a:1",), None: ("ws://b:1",), "tpm": ("ws://m:1",)}
 
 
+async def test_a_peer_keeps_its_newest_urls(store: PeerStore, clock: FakeClock) -> None:
+    urls = [f"ws://a:{port}" for port in range(1, MAX_URLS_PER_PEER + 3)]
+    for url in urls:
+        await store.add_urls([url], PeerSource.INBOUND, peer_id="tpa")
+        clock.advance(1)
+    (peer,) = await store.peers()
+    assert peer.urls == tuple(urls[2:])
+    assert store.peer_id_of(urls[0]) is None
+
+
 async def test_add_urls_refuses_a_str(store: PeerStore) -> None:
     with pytest.raises(TypeError, match=r"^urls must be an iterable of URLs, not a str$"):
         await store.add_urls("ws://a:1", PeerSource.EXCHANGE)
@@ -199,7 +170,7 @@ async def test_record_connected_links_the_url_to_the_peer(
 
 async def test_record_connected_merges_a_url_known_without_id(store: PeerStore) -> None:
     await store.add_urls(["ws://a:1"], PeerSource.INBOUND, peer_id="tpa")
-    store.count_packages("tpa", good=7)
+    store.record_packages(TPA, good=7)
     await store.add_urls(["ws://a:2"], PeerSource.BOOTSTRAP)
     await store.record_failure("ws://a:2")
     await store.record_connected(peer_id="tpa", url="ws://a:2", address=None)
@@ -236,6 +207,17 @@ async def test_record_connected_inbound(store: PeerStore) -> None:
     ]
 
 
+async def test_a_peer_known_by_its_address(store: PeerStore) -> None:
+    # In plain mode a dialled peer proves no id: the node records it by its address key.
+    key = peer_key(None, "10.0.0.1")
+    await store.record_connected(peer_id=key, url="ws://a:1", address="10.0.0.1")
+    assert store.peer_id_of("ws://a:1") == "address:10.0.0.1"
+    assert store.verified_peer_id("ws://a:1") is None  # not an id to pass on
+    await store.record_connected(peer_id="tpb", url="ws://b:1", address=None)
+    assert store.verified_peer_id("ws://b:1") == "tpb"
+    assert store.verified_peer_id("ws://unknown:1") is None
+
+
 async def test_record_failure(store: PeerStore) -> None:
     await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
     await store.record_failure("ws://a:1")
@@ -244,13 +226,16 @@ async def test_record_failure(store: PeerStore) -> None:
     assert await store.peers() == [record(urls=("ws://a:1",), failures=2)]
 
 
-async def test_count_packages_reports_the_policy_once(store: PeerStore) -> None:
-    for _ in range(9):
-        assert store.count_packages("tpa", good=1) is False
-    assert store.count_packages("tpa", invalid=1) is True
-    # It starts counting afresh: one more invalid package is not enough.
-    assert store.count_packages("tpa", invalid=1) is False
-    assert store.count_packages("tpa", invalid=9) is True
+async def test_record_packages_counts_a_window(store: PeerStore) -> None:
+    for n in range(1, 10):
+        assert store.record_packages(TPA, good=1) == (n, 0)
+    assert store.record_packages(TPA, invalid=1) == (9, 1)
+    store.restart_window(TPA)
+    # Counting starts afresh: one more invalid package is not enough.
+    assert store.record_packages(TPA, invalid=1) == (0, 1)
+    assert not store.policy.crossed(store.record_packages(TPA, invalid=8))
+    assert store.policy.crossed(store.record_packages(TPA, invalid=1))
+    store.restart_window(PeerKey("tpunknown"))  # ignored
     (peer,) = await store.peers()
     assert (peer.peer_id, peer.source) == ("tpa", PeerSource.INBOUND)
     assert (peer.good_packages, peer.invalid_packages) == (9, 11)
@@ -258,9 +243,9 @@ async def test_count_packages_reports_the_policy_once(store: PeerStore) -> None:
     assert not store.is_blocked(peer_id="tpa")
 
 
-async def test_count_packages_refuses_negative_counts(store: PeerStore) -> None:
+async def test_record_packages_refuses_negative_counts(store: PeerStore) -> None:
     with pytest.raises(ValueError, match=r"^package counts can't be negative, not 1 and -1$"):
-        store.count_packages("tpa", good=1, invalid=-1)
+        store.record_packages(TPA, good=1, invalid=-1)
 
 
 async def test_block(store: PeerStore, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
@@ -328,7 +313,7 @@ async def test_candidates_leave_out_blocked_peers(store: PeerStore) -> None:
     await store.block(address="10.0.0.9", reason="test")
     await store.block(address="::9", reason="test")
     assert await store.candidates(10) == ["ws://ok:1"]
-    assert await store.good_urls() == []
+    assert await store.good_urls(100) == []
 
 
 async def test_candidates_give_one_url_per_peer(store: PeerStore, clock: FakeClock) -> None:
@@ -352,14 +337,14 @@ async def test_good_urls(store: PeerStore) -> None:
     await store.record_connected(peer_id="tpa", url="ws://a:1", address=None)
     for _ in range(3):
         await store.record_failure("ws://flaky:1")
-    assert await store.good_urls() == ["ws://a:1", "ws://b:1", "ws://inbound:1"]
+    assert await store.good_urls(100) == ["ws://a:1", "ws://b:1", "ws://inbound:1"]
     assert await store.good_urls(1) == ["ws://a:1"]
-    assert await store.good_urls(exclude_urls=["ws://a:1"], exclude_ids={"tpb"}) == [
+    assert await store.good_urls(100, exclude_urls=["ws://a:1"], exclude_ids={"tpb"}) == [
         "ws://inbound:1"
     ]
     # A dial that works again brings a URL back.
     await store.record_connected(peer_id="tpflaky", url="ws://flaky:1", address=None)
-    assert "ws://flaky:1" in await store.good_urls()
+    assert "ws://flaky:1" in await store.good_urls(100)
 
 
 async def test_max_peers_forgets_the_least_useful(clock: FakeClock) -> None:
@@ -383,14 +368,17 @@ async def test_a_closed_store(clock: FakeClock) -> None:
     store = await PeerStore.open(None, clock=clock)
     await store.close()
     await store.close()
-    with pytest.raises(RuntimeError, match=r"^the peer store is closed$"):
+    with pytest.raises(NodeStateError, match=r"^the peer store is closed$"):
         await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
-    with pytest.raises(RuntimeError, match=r"^the peer store is closed$"):
+    with pytest.raises(NodeStateError, match=r"^the peer store is closed$"):
         await store.record_connected(peer_id="tpa", url=None, address=None)
-    with pytest.raises(RuntimeError, match=r"^the peer store is closed$"):
+    with pytest.raises(NodeStateError, match=r"^the peer store is closed$"):
+        await store.record_failure("ws://a:1")
+    with pytest.raises(NodeStateError, match=r"^the peer store is closed$"):
         await store.block(peer_id="tpa", reason="?")
     # The per-package and per-connection calls don't raise during a shutdown.
-    assert store.count_packages("tpa", good=1) is False
+    assert store.record_packages(TPA, good=1) == (1, 0)
+    store.restart_window(TPA)
     assert store.is_blocked(peer_id="tpa") is False
 
 
@@ -403,14 +391,12 @@ async def test_everything_survives_a_restart(path: Path, clock: FakeClock) -> No
     await store.add_urls(["ws://a:1", "tcp://a:2"], PeerSource.INBOUND, peer_id="tpa")
     await store.record_connected(peer_id="tpa", url="ws://a:1", address="10.0.0.1")
     await store.record_failure("tcp://a:2")
-    store.count_packages("tpa", good=5, invalid=1)
+    store.record_packages(TPA, good=5, invalid=1)
     await store.block(peer_id="tpa", address="10.0.0.1", reason="test", duration=60)
     await store.block(address="10.0.0.2", reason="test", duration=10)
     before = await store.peers()
     await store.close()
 
-    assert query(path, "PRAGMA user_version") == [(1,)]
-    assert query(path, "PRAGMA journal_mode") == [("wal",)]
     clock.advance(30)  # the block of 10.0.0.2 is over; tpa's isn't
     store = await PeerStore.open(path, clock=clock)
     try:
@@ -421,21 +407,13 @@ async def test_everything_survives_a_restart(path: Path, clock: FakeClock) -> No
         assert not store.is_blocked(address="10.0.0.2")
         assert await store.candidates(10, exclude_ids=["tpx"]) == ["ws://boot:1"]
         # The policy window survives too: 5 good, 1 invalid, and 4 more invalid.
-        assert store.count_packages("tpa", invalid=4) is True
+        assert store.record_packages(TPA, invalid=4) == (5, 5)
     finally:
         await store.close()
     assert query(path, "SELECT kind, key, until FROM blocks ORDER BY key") == [
         ("address", "10.0.0.1", 1060.0),
         ("peer", "tpa", 1060.0),
     ]
-
-
-async def test_a_missing_directory_is_created_private(tmp_path: Path) -> None:
-    path = tmp_path / "app" / STORE_PATH
-    store = await PeerStore.open(path)
-    await store.close()
-    assert path.is_file()
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
 async def test_merged_and_forgotten_peers_are_deleted(path: Path) -> None:
@@ -476,7 +454,7 @@ async def test_package_counts_are_written_by_the_periodic_flush(path: Path) -> N
     store = await PeerStore.open(path, flush_interval=MS)
     try:
         await store.record_connected(peer_id="tpa", url=None, address=None)
-        store.count_packages("tpa", good=5, invalid=1)
+        store.record_packages(TPA, good=5, invalid=1)
         await wait_for(
             lambda: query(path, "SELECT good_packages, invalid_packages FROM peers") == [(5, 1)]
         )
@@ -484,96 +462,59 @@ async def test_package_counts_are_written_by_the_periodic_flush(path: Path) -> N
         await store.close()
 
 
-async def test_exceeding_the_policy_writes_at_once(path: Path) -> None:
+async def test_restarting_a_window_writes_soon(path: Path) -> None:
     store = await PeerStore.open(path, flush_interval=HOUR)
     try:
         await store.record_connected(peer_id="tpa", url=None, address=None)
-        store.count_packages("tpa", good=1)
-        assert store.count_packages("tpa", invalid=10) is True
+        store.record_packages(TPA, good=1)
+        assert store.policy.crossed(store.record_packages(TPA, invalid=10))
+        store.restart_window(TPA)
         await wait_for(lambda: query(path, "SELECT invalid_packages FROM peers") == [(10,)])
     finally:
         await store.close()
 
 
-async def test_count_packages_and_is_blocked_never_wait_for_the_disk(path: Path) -> None:
-    store = await PeerStore.open(path, flush_interval=HOUR)
+async def test_malformed_rows_are_dropped(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = await PeerStore.open(path)
+    await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE, peer_id="tpa")
+    await store.add_urls(["ws://b:1"], PeerSource.EXCHANGE, peer_id="tpb")
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE peers SET source = 'rumour' WHERE peer_id = 'tpb'")
+    store = await PeerStore.open(path)
     try:
-        await store.block(peer_id="tpa", reason="test")
-        release = threading.Event()
-        assert store._executor is not None
-        busy = asyncio.get_running_loop().run_in_executor(store._executor, release.wait)
-        # The worker thread is stuck; the hot-path calls still answer.
-        assert store.is_blocked(peer_id="tpa")
-        assert store.count_packages("tpb", good=1) is False
-        release.set()
-        await busy
+        assert [(r.peer_id, r.urls) for r in await store.peers()] == [("tpa", ("ws://a:1",))]
     finally:
         await store.close()
+    ((level, text),) = logged(caplog)
+    assert level == "WARNING"
+    assert text.startswith("! dropped a malformed peer store row: (")
+    # The row and its URL (an orphan now) are deleted.
+    assert query(path, "SELECT peer_id FROM peers") == [("tpa",)]
+    assert query(path, "SELECT url FROM urls") == [("ws://a:1",)]
 
 
-# Faults.
-
-
-def test_survives_kill_9_mid_write(path: Path) -> None:
-    # Peers 0..written were committed before the kill.
-    written = kill_writer_mid_run(WRITER, str(path), "loop")
-    assert written >= 299
-    assert query(path, "PRAGMA integrity_check") == [("ok",)]
-
-    async def check() -> None:
-        store = await PeerStore.open(path)
-        try:
-            records = {r.peer_id: r for r in await store.peers()}
-        finally:
-            await store.close()
-        for i in range(written + 1):
-            assert records[f"peer{i}"].successes == 1
-            assert records[f"peer{i}"].urls == (f"ws://10.0.{i // 256}.{i % 256}:1107",)
-
-    asyncio.run(check())
-
-
-def test_full_disk_keeps_the_store_running(path: Path) -> None:
-    stdout, stderr = run_writer_with_a_file_size_limit(WRITER, str(path), "full", limit=128 * 1024)
-    assert stderr.splitlines() == [
-        f"WARNING trustp2p.peerstore: can't write peer store {path}: disk I/O error; "
-        "keeping peer stats in memory and retrying every 3600 s",
-        f"INFO trustp2p.peerstore: peer store {path} is writable again",
-    ]
-    out = stdout.splitlines()
-    failed_after = int(out[0].removeprefix("writes failed after ").removesuffix(" peers"))
-    peers = failed_after + 100
-    assert out[1:] == [f"in memory {peers}", "flushed True", f"stored {peers} 300"]
-
-
-async def test_failed_writes_are_kept_and_retried(
+async def test_a_failing_disk_is_tried_once_per_flush(
     path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, LOGGER)
     store = await PeerStore.open(path, clock=clock, flush_interval=HOUR)
     try:
         await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
-        assert store._db is not None
-        write = store._db.write
-        calls = 0
-
-        def full(batch: Any) -> None:
-            nonlocal calls
-            calls += 1
-            raise sqlite3.OperationalError("database or disk is full")
-
-        monkeypatch.setattr(store._db, "write", full)
+        disk = FailingWrites(
+            monkeypatch, store, sqlite3.OperationalError("database or disk is full")
+        )
         await store.add_urls(["ws://b:1"], PeerSource.EXCHANGE)
         await store.record_connected(peer_id="tpb", url="ws://b:1", address=None)
         await store.block(address="10.0.0.1", reason="test")
-        store.count_packages("tpb", good=3)
+        store.record_packages(TPB, good=3)
         assert await store.flush() is False
         assert await store.flush() is False
         # One try by the first change, none by the others, one per flush.
-        assert calls == 3
+        assert disk.tries == 3
         assert store.is_blocked(address="10.0.0.1")
         assert [r.urls for r in await store.peers()] == [("ws://b:1",), ("ws://a:1",)]
-        monkeypatch.setattr(store._db, "write", write)
+        disk.stop()
         assert await store.flush() is True
     finally:
         await store.close()
@@ -593,116 +534,6 @@ async def test_failed_writes_are_kept_and_retried(
     assert query(path, "SELECT key FROM blocks") == [("10.0.0.1",)]
 
 
-async def test_the_periodic_flush_retries(
-    path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    caplog.set_level(logging.INFO, LOGGER)
-    store = await PeerStore.open(path, flush_interval=MS)
-    try:
-        assert store._db is not None
-        write = store._db.write
-
-        def full(batch: Any) -> None:
-            raise OSError(28, "No space")
-
-        monkeypatch.setattr(store._db, "write", full)
-        await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
-        monkeypatch.setattr(store._db, "write", write)
-        await wait_for(lambda: len(logged(caplog)) == 2)
-    finally:
-        await store.close()
-    assert logged(caplog) == [
-        (
-            "WARNING",
-            f"can't write peer store {path}: [Errno 28] No space; "
-            "keeping peer stats in memory and retrying every 0.001 s",
-        ),
-        ("INFO", f"peer store {path} is writable again"),
-    ]
-    assert query(path, "SELECT url FROM urls") == [("ws://a:1",)]
-
-
-@pytest.mark.parametrize("kind", list(CORRUPTIONS))
-async def test_a_corrupt_database_is_moved_aside(
-    kind: str, path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    mangle, error = CORRUPTIONS[kind]
-    store = await PeerStore.open(path, clock=clock)
-    await store.add_urls([f"ws://h{i}:1" for i in range(50)], PeerSource.EXCHANGE)
-    await store.close()
-    corrupt = rewrite(path, mangle)
-
-    store = await PeerStore.open(path, clock=clock)
-    try:
-        assert await store.peers() == []
-        await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
-    finally:
-        await store.close()
-    assert logged(caplog) == [
-        (
-            "WARNING",
-            f"peer store {path} is corrupt ({error}); moved it to "
-            "peers.sqlite.corrupt-1000 and started an empty one",
-        )
-    ]
-    assert (path.parent / "peers.sqlite.corrupt-1000").read_bytes() == corrupt
-    assert query(path, "SELECT url FROM urls") == [("ws://a:1",)]
-
-
-async def test_corrupt_files_of_one_second_keep_apart(path: Path, clock: FakeClock) -> None:
-    path.parent.mkdir()
-    for content in (b"first" * 100, b"second" * 100):
-        rewrite(path, lambda data: content)  # noqa: B023 - called at once
-        store = await PeerStore.open(path, clock=clock)
-        await store.close()
-    assert (path.parent / "peers.sqlite.corrupt-1000").read_bytes() == b"first" * 100
-    assert (path.parent / "peers.sqlite.corrupt-1000.1").read_bytes() == b"second" * 100
-
-
-async def test_garbage_wal_and_shm_files_are_ignored(
-    path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    store = await PeerStore.open(path)
-    await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
-    await store.close()
-    path.with_name("peers.sqlite-wal").write_bytes(os.urandom(10_000))
-    path.with_name("peers.sqlite-shm").write_bytes(os.urandom(32_768))
-    store = await PeerStore.open(path)
-    try:
-        assert [r.urls for r in await store.peers()] == [("ws://a:1",)]
-        await store.add_urls(["ws://b:1"], PeerSource.EXCHANGE)
-    finally:
-        await store.close()
-    assert logged(caplog) == []
-    assert query(path, "PRAGMA integrity_check") == [("ok",)]
-    assert query(path, "SELECT url FROM urls ORDER BY url") == [("ws://a:1",), ("ws://b:1",)]
-
-
-async def test_a_database_that_cannot_be_opened_waits_in_memory(
-    path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, LOGGER)
-    path.parent.parent.mkdir(exist_ok=True)
-    path.parent.write_text("not a directory")  # data/ is a file
-    store = await PeerStore.open(path)
-    try:
-        await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
-        assert await store.flush() is False
-        path.parent.unlink()
-        assert await store.flush() is True
-    finally:
-        await store.close()
-    assert logged(caplog) == [
-        (
-            "WARNING",
-            f"can't open peer store {path}: [Errno 17] File exists: '{path.parent}'; "
-            "keeping peer stats in memory and retrying every 5 s",
-        ),
-        ("INFO", f"peer store {path} is writable again"),
-    ]
-    assert query(path, "SELECT url FROM urls") == [("ws://a:1",)]
-
-
 async def test_a_database_opened_late_is_merged(
     path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -712,17 +543,7 @@ async def test_a_database_opened_late_is_merged(
     await store.block(peer_id="tpb", reason="test", duration=100)
     await store.close()
 
-    opened = peerstore._Database.open
-    tries = 0
-
-    def open_once_later(self: Any, now: float) -> Any:
-        nonlocal tries
-        tries += 1
-        if tries == 1:
-            raise sqlite3.OperationalError("database is locked")
-        return opened(self, now)
-
-    monkeypatch.setattr(peerstore._Database, "open", open_once_later)
+    open_fails_once(monkeypatch, PeerStoreAdapter.database)
     clock.advance(10)
     store = await PeerStore.open(path, clock=clock)
     try:
@@ -742,37 +563,6 @@ async def test_a_database_opened_late_is_merged(
     assert records[0].first_seen == 1000.0
     assert query(path, "SELECT count(*) FROM peers") == [(3,)]
     assert query(path, "SELECT until FROM blocks") == [(1100.0,)]
-
-
-async def test_a_newer_schema_is_left_alone(path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path.parent.mkdir()
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute("PRAGMA user_version = 99")
-    store = await PeerStore.open(path, flush_interval=HOUR)
-    await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
-    assert [r.urls for r in await store.peers()] == [("ws://a:1",)]
-    await store.close()
-    assert logged(caplog) == [
-        (
-            "WARNING",
-            f"can't open peer store {path}: schema version 99 is newer than this trustp2p "
-            "knows (1); keeping peer stats in memory and retrying every 3600 s",
-        ),
-        ("WARNING", f"closed peer store {path} with 2 unsaved changes"),
-    ]
-    assert query(path, "PRAGMA user_version") == [(99,)]
-
-
-def test_exports() -> None:
-    defined = {
-        name
-        for name, obj in vars(peerstore).items()
-        if not name.startswith("_")
-        and (inspect.isclass(obj) or inspect.isfunction(obj))
-        and obj.__module__ == peerstore.__name__
-    }
-    assert defined <= set(peerstore.__all__)
-    assert all(hasattr(peerstore, name) for name in peerstore.__all__)
 
 
 async def test_anchors_are_bootstrap_peers_and_peers_met_before_this_run(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """
-SQLite plumbing shared by the peer store (:mod:`trustp2p.peerstore`) and the message log
-(:mod:`trustp2p.msglog`).
+Write-behind SQLite storage, shared by the peer store (:mod:`trustp2p.storage.peerstore`)
+and the message log (:mod:`trustp2p.storage.msglog`).
 
 Both keep their state in memory and write it behind to an SQLite database in WAL mode
 with ``synchronous=NORMAL``, on one worker thread, and neither raises because of the
@@ -20,7 +20,7 @@ module's logger, so that its messages read as if this module weren't there.
 
 from __future__ import annotations
 
-__all__ = ["Database", "WriteBehind"]
+__all__ = ["BUSY_TIMEOUT", "Database", "WriteBehind"]
 
 import abc
 import asyncio
@@ -43,6 +43,10 @@ _Loaded = TypeVar("_Loaded")  # what Database.open() read
 # sqlite3.DatabaseError covers OperationalError ("database or disk is full", "disk I/O
 # error", "unable to open database file") and corruption; OSError covers mkdir and rename.
 _STORAGE_ERRORS = (sqlite3.DatabaseError, OSError)
+
+BUSY_TIMEOUT = 5.0
+"""Seconds a write waits for another connection's lock on the file (another process
+opened the same database) before it fails, and is retried at the next flush."""
 
 
 class _CorruptError(sqlite3.DatabaseError):
@@ -157,7 +161,7 @@ class Database(abc.ABC, Generic[_Batch, _Loaded]):
             return self._open(now)
 
     def _open(self, now: float) -> _Loaded:
-        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         try:
             rows = conn.execute("PRAGMA quick_check").fetchall()
             if rows != [("ok",)]:

@@ -2,7 +2,7 @@
 The message log: the recent gossip messages a node keeps, per topic, for catch-up.
 
 It lives in ``<cwd>/data/gossip.sqlite`` (:data:`LOG_PATH`), an SQLite database in WAL
-mode with ``synchronous=NORMAL``, like the peer store (:mod:`trustp2p.peerstore`): a
+mode with ``synchronous=NORMAL``, like the peer store (:mod:`trustp2p.storage.peerstore`): a
 committed write survives the process being killed (``kill -9``); only a power cut may
 lose the last ones. The schema is versioned with ``PRAGMA user_version``.
 
@@ -48,31 +48,45 @@ from __future__ import annotations
 __all__ = [
     "LOG_FILE",
     "LOG_PATH",
+    "RANGE_LIMIT",
+    "RANGE_MAX_BYTES",
     "LoggedMessage",
     "MessageLog",
 ]
 
-import bisect
 import logging
 import math
-import sqlite3
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._sqlite import Database, WriteBehind
-from .peerstore import DATA_DIR
+from . import DATA_DIR
+from ._msglog_records import (
+    Batch,
+    Entry,
+    Loaded,
+    LoggedMessage,
+    MessageDatabase,
+    Origin,
+    Seqs,
+    Topic,
+)
+from .writebehind import WriteBehind
 
-logger = logging.getLogger("trustp2p.msglog")
+logger = logging.getLogger(__name__)
 
 LOG_FILE = "gossip.sqlite"
-"""The message log's file name, in :data:`~trustp2p.peerstore.DATA_DIR`."""
+"""The message log's file name, in :data:`~trustp2p.storage.DATA_DIR`."""
 
 LOG_PATH = Path(DATA_DIR) / LOG_FILE
 """Where the message log lives, relative to the node's cwd."""
+
+RANGE_LIMIT = 100
+"""Most messages :meth:`MessageLog.range` returns by default."""
+
+RANGE_MAX_BYTES = 512 * 1024
+"""Most payload :meth:`MessageLog.range` returns by default, in characters of JSON text."""
 
 # Write soon (rather than at the next periodic flush) once this many messages wait: it
 # keeps transactions short and the loss on a crash small during a burst.
@@ -82,289 +96,12 @@ _WRITE_SOON = 1000
 # the least recently moved forgotten first.
 _IDLE_MARKS_FACTOR = 10
 
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # 1: the first schema. ``position`` numbers messages in the order they were logged,
-    # which is the order they are dropped in (per topic). ``received`` is this node's
-    # clock when it logged the message.
-    (
-        """CREATE TABLE messages (
-            position INTEGER PRIMARY KEY,
-            topic TEXT NOT NULL,
-            origin TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            timestamp REAL NOT NULL,
-            data TEXT NOT NULL,
-            key TEXT NOT NULL,
-            signature TEXT NOT NULL,
-            id TEXT NOT NULL,
-            received REAL NOT NULL
-        )""",
-        """CREATE TABLE delivered (
-            origin TEXT PRIMARY KEY,
-            seq INTEGER NOT NULL,
-            marked REAL NOT NULL
-        )""",
-        """CREATE TABLE sequences (
-            origin TEXT PRIMARY KEY,
-            last INTEGER NOT NULL
-        )""",
-    ),
-)
 
-_MESSAGE_COLUMNS = "position, topic, origin, seq, timestamp, data, key, signature, id, received"
-
-
-@dataclass(frozen=True, slots=True)
-class LoggedMessage:
-    """
-    One signed gossip message, exactly as it travels: relays never change these fields.
-
-    The log stores them as given; checking the signature and the id is the caller's job.
-
-    Attributes:
-        topic: The topic it was published on.
-        origin: The peer id of the node that published it.
-        seq: The origin's sequence number, from 1; ``(origin, seq)`` identifies it.
-        timestamp: The origin's wall-clock time when it published it, in seconds.
-        data: The payload, as JSON text, verbatim.
-        key: The origin's Ed25519 public key, base64.
-        signature: The origin's signature, base64.
-        id: The message id (a hash of origin, seq and payload).
-
-    """
-
-    topic: str
-    origin: str
-    seq: int
-    timestamp: float
-    data: str
-    key: str
-    signature: str
-    id: str
-
-
-# A kept message: the message, when it was received (this node's clock), its position.
-_Entry = tuple[LoggedMessage, float, int]
-
-
-class _Seqs:
-    """
-    Distinct sequence numbers in ascending order.
-
-    Adding the next highest number and removing the lowest are O(1) (the usual case: an
-    origin's messages arrive about in order, and the oldest are dropped first); other
-    changes cost a bisection and a move of part of the list.
-    """
-
-    __slots__ = ("_head", "_seqs")
-
-    def __init__(self) -> None:
-        self._seqs: list[int] = []
-        self._head = 0  # _seqs[:_head] were removed already
-
-    def __len__(self) -> int:
-        return len(self._seqs) - self._head
-
-    def add(self, seq: int) -> None:
-        seqs = self._seqs
-        if not seqs or seq > seqs[-1]:
-            seqs.append(seq)
-        else:
-            bisect.insort(seqs, seq, lo=self._head)
-
-    def remove(self, seq: int) -> None:
-        seqs, head = self._seqs, self._head
-        if seqs[head] != seq:
-            del seqs[bisect.bisect_left(seqs, seq, head)]
-            return
-        head += 1
-        if head == len(seqs):
-            seqs.clear()
-            head = 0
-        elif head >= 64 and 2 * head >= len(seqs):
-            del seqs[:head]
-            head = 0
-        self._head = head
-
-    def first(self) -> int:
-        return self._seqs[self._head]
-
-    def last(self) -> int:
-        return self._seqs[-1]
-
-    def high(self) -> int:
-        """The highest S such that every number from the first up to S is here."""
-        seqs, head = self._seqs, self._head
-        first = seqs[head]
-        if seqs[-1] - first == len(seqs) - 1 - head:
-            return seqs[-1]  # no gap: the usual case
-        # The numbers are distinct and sorted, so seqs[head + k] - first == k holds for
-        # k up to the first gap and never after it: bisect on k.
-        low, high = 0, len(seqs) - 1 - head  # holds at low, not at high
-        while high - low > 1:
-            middle = (low + high) // 2
-            if seqs[head + middle] - first == middle:
-                low = middle
-            else:
-                high = middle
-        return first + low
-
-    def index(self, seq: int) -> int:
-        """Where the first number >= ``seq`` is in :meth:`values`."""
-        return bisect.bisect_left(self._seqs, seq, self._head)
-
-    def values(self) -> list[int]:
-        """The underlying list; valid from ``index(...)`` on, until the next change."""
-        return self._seqs
-
-
-class _Origin:
-    """An origin's kept messages, in all topics."""
-
-    __slots__ = ("entries", "seqs")
-
-    def __init__(self) -> None:
-        self.entries: dict[int, _Entry] = {}
-        self.seqs = _Seqs()
-
-
-class _Topic:
-    """A topic's kept messages, in the order they were logged, and their numbers by origin."""
-
-    __slots__ = ("entries", "origins")
-
-    def __init__(self) -> None:
-        self.entries: deque[_Entry] = deque()
-        self.origins: dict[str, _Seqs] = {}
-
-
-@dataclass(slots=True)
-class _Batch:
-    """One flush: what it writes, taken from the log when the flush started."""
-
-    inserts: dict[int, _Entry]
-    deletes: list[int]
-    delivered_keys: set[str]
-    sequence_keys: set[str]
-    delivered: list[tuple[str, int, float]] = field(default_factory=list)
-    delivered_deletes: list[tuple[str]] = field(default_factory=list)
-    sequences: list[tuple[str, int]] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Loaded:
-    """What open() read: kept messages in position order, and the other tables."""
-
-    entries: list[_Entry]
-    deletes: list[int]  # positions of the rows past the limits, or malformed
-    last_position: int  # the highest in the table, loaded or not
-    delivered: list[tuple[str, int, float]]
-    sequences: list[tuple[str, int]]
-
-
-class _Database(Database[_Batch, _Loaded]):
-    """The SQLite side of the log. Its methods run on the log's worker thread only."""
-
-    name = "message log"
-    logger = logger
-    migrations = _MIGRATIONS
-    # A big batch grows the WAL; cut it back after each checkpoint.
-    pragmas = ("PRAGMA journal_size_limit = 4194304",)
-
-    def __init__(self, path: Path, *, max_messages: int, max_age: float) -> None:
-        super().__init__(path)
-        self._max_messages = max_messages
-        self._max_age = max_age
-
-    def _read(self, conn: sqlite3.Connection, now: float) -> _Loaded:
-        """
-        Read the messages received at most ``max_age`` seconds before ``now``, the last
-        ``max_messages`` of each topic, and the other tables.
-        """
-        cutoff, max_messages = now - self._max_age, self._max_messages
-        (last_position,) = conn.execute("SELECT max(position) FROM messages").fetchone()
-        loaded = _Loaded([], [], last_position or 0, [], [])
-        # Newest first, to count each topic's messages up to the limit. (A window
-        # function would do it in SQL, but is 3 to 5 times slower than this scan.)
-        counts: dict[str, int] = {}
-        query = f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY position DESC"
-        for row in conn.execute(query):
-            try:
-                message = LoggedMessage(
-                    topic=str(row[1]),
-                    origin=str(row[2]),
-                    seq=int(row[3]),
-                    timestamp=float(row[4]),
-                    data=str(row[5]),
-                    key=str(row[6]),
-                    signature=str(row[7]),
-                    id=str(row[8]),
-                )
-                received = float(row[9])
-            except (TypeError, ValueError):
-                logger.warning("! dropped malformed message log row %d", row[0])
-                loaded.deletes.append(row[0])
-                continue
-            count = counts.get(message.topic, 0)
-            if count >= max_messages or received < cutoff:
-                loaded.deletes.append(row[0])
-                continue
-            counts[message.topic] = count + 1
-            loaded.entries.append((message, received, row[0]))
-        loaded.entries.reverse()
-        for origin, seq, marked in conn.execute("SELECT origin, seq, marked FROM delivered"):
-            try:
-                loaded.delivered.append((str(origin), int(seq), float(marked)))
-            except (TypeError, ValueError):
-                logger.warning("! dropped a malformed delivered mark: %r", (origin, seq))
-        for origin, last in conn.execute("SELECT origin, last FROM sequences"):
-            try:
-                loaded.sequences.append((str(origin), int(last)))
-            except (TypeError, ValueError):
-                logger.warning("! dropped a malformed sequence counter: %r", (origin, last))
-        return loaded
-
-    def _write(self, conn: sqlite3.Connection, batch: _Batch) -> None:
-        # Deletes first, so that the inserts reuse the freed pages. A position is
-        # never in both: a message dropped while its insert is in flight gets a
-        # delete, and a failed insert is retried only for the messages still kept.
-        conn.executemany("DELETE FROM messages WHERE position = ?", ((p,) for p in batch.deletes))
-        # Rows are built here, on the worker thread: messages are immutable, and
-        # the loop doesn't touch a batch while it is written.
-        conn.executemany(
-            f"INSERT OR REPLACE INTO messages ({_MESSAGE_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (
-                    position,
-                    m.topic,
-                    m.origin,
-                    m.seq,
-                    m.timestamp,
-                    m.data,
-                    m.key,
-                    m.signature,
-                    m.id,
-                    received,
-                )
-                for m, received, position in batch.inserts.values()
-            ),
-        )
-        conn.executemany("DELETE FROM delivered WHERE origin = ?", batch.delivered_deletes)
-        conn.executemany(
-            "INSERT OR REPLACE INTO delivered (origin, seq, marked) VALUES (?, ?, ?)",
-            batch.delivered,
-        )
-        conn.executemany(
-            "INSERT OR REPLACE INTO sequences (origin, last) VALUES (?, ?)", batch.sequences
-        )
-
-
-def _position(entry: _Entry) -> int:
+def _position(entry: Entry) -> int:
     return entry[2]
 
 
-class MessageLog(WriteBehind[_Batch, _Loaded]):
+class MessageLog(WriteBehind[Batch, Loaded]):
     """
     The recent gossip messages of a node, per topic, with its delivery marks and its
     sequence counter.
@@ -396,10 +133,10 @@ class MessageLog(WriteBehind[_Batch, _Loaded]):
         self._max_age = math.inf if max_age is None else max_age
         db = None
         if path is not None:
-            db = _Database(path, max_messages=self._max_messages, max_age=self._max_age)
+            db = MessageDatabase(path, max_messages=self._max_messages, max_age=self._max_age)
         super().__init__(db, clock=clock, flush_interval=flush_interval)
-        self._origins: dict[str, _Origin] = {}
-        self._topics: dict[str, _Topic] = {}
+        self._origins: dict[str, Origin] = {}
+        self._topics: dict[str, Topic] = {}
         self._size = 0
         self._next_position = 1
         self._delivered: dict[str, int] = {}
@@ -407,7 +144,7 @@ class MessageLog(WriteBehind[_Batch, _Loaded]):
         self._sequences: dict[str, int] = {}
         # What changed since the last flush: messages to insert (by position), positions
         # to delete, and origins whose mark or counter changed (deleted if gone).
-        self._pending: dict[int, _Entry] = {}
+        self._pending: dict[int, Entry] = {}
         self._deletes: list[int] = []
         self._dirty_delivered: set[str] = set()
         self._dirty_sequences: set[str] = set()
@@ -557,7 +294,13 @@ class MessageLog(WriteBehind[_Batch, _Loaded]):
         return None if logged is None else logged.seqs.first()
 
     def range(
-        self, origin: str, first: int, last: int, *, limit: int = 100, max_bytes: int = 512 * 1024
+        self,
+        origin: str,
+        first: int,
+        last: int,
+        *,
+        limit: int = RANGE_LIMIT,
+        max_bytes: int = RANGE_MAX_BYTES,
     ) -> list[LoggedMessage]:
         """
         The kept messages of ``origin`` with ``first <= seq <= last``, in ``seq`` order
@@ -640,31 +383,31 @@ class MessageLog(WriteBehind[_Batch, _Loaded]):
 
     # In-memory bookkeeping.
 
-    def _insert(self, entry: _Entry) -> _Topic | None:
+    def _insert(self, entry: Entry) -> Topic | None:
         """Keep ``entry``, dropping its topic's oldest past ``max_messages``."""
         message = entry[0]
         origin, seq = message.origin, message.seq
         logged = self._origins.get(origin)
         if logged is None:
-            logged = self._origins[origin] = _Origin()
+            logged = self._origins[origin] = Origin()
         elif seq in logged.entries:
             return None
         logged.entries[seq] = entry
         logged.seqs.add(seq)
         topic = self._topics.get(message.topic)
         if topic is None:
-            topic = self._topics[message.topic] = _Topic()
+            topic = self._topics[message.topic] = Topic()
         topic.entries.append(entry)
         seqs = topic.origins.get(origin)
         if seqs is None:
-            seqs = topic.origins[origin] = _Seqs()
+            seqs = topic.origins[origin] = Seqs()
         seqs.add(seq)
         self._size += 1
         if len(topic.entries) > self._max_messages:
             self._drop(topic)
         return topic
 
-    def _drop(self, topic: _Topic) -> None:
+    def _drop(self, topic: Topic) -> None:
         """Drop the oldest message of ``topic``; the caller forgets the topic if empty."""
         message, _, position = topic.entries.popleft()
         origin, seq = message.origin, message.seq
@@ -703,17 +446,17 @@ class MessageLog(WriteBehind[_Batch, _Loaded]):
                 del self._marked[origin]
                 self._dirty_delivered.add(origin)
 
-    def _kept(self, entry: _Entry) -> bool:
+    def _kept(self, entry: Entry) -> bool:
         logged = self._origins.get(entry[0].origin)
         return logged is not None and logged.entries.get(entry[0].seq) is entry
 
-    def _entries(self) -> Iterator[_Entry]:
+    def _entries(self) -> Iterator[Entry]:
         for topic in self._topics.values():
             yield from topic.entries
 
     # Persistence. The loop side: what changed goes to the worker thread in a batch.
 
-    def _absorb(self, loaded: _Loaded) -> None:
+    def _absorb(self, loaded: Loaded) -> None:
         """
         Take in what the database holds. At open, memory is empty; when the database
         could only be opened later, the messages logged meanwhile come after the stored
@@ -741,10 +484,10 @@ class MessageLog(WriteBehind[_Batch, _Loaded]):
             if last > self._sequences.get(origin, 0):
                 self._sequences[origin] = last
 
-    def _take_batch(self) -> _Batch | None:
+    def _take_batch(self) -> Batch | None:
         if not (self._pending or self._deletes or self._dirty_delivered or self._dirty_sequences):
             return None
-        batch = _Batch(self._pending, self._deletes, self._dirty_delivered, self._dirty_sequences)
+        batch = Batch(self._pending, self._deletes, self._dirty_delivered, self._dirty_sequences)
         self._pending, self._deletes = {}, []
         self._dirty_delivered, self._dirty_sequences = set(), set()
         for origin in batch.delivered_keys:
@@ -763,7 +506,7 @@ class MessageLog(WriteBehind[_Batch, _Loaded]):
         self._dirty_delivered.clear()
         self._dirty_sequences.clear()
 
-    def _restore(self, batch: _Batch) -> None:
+    def _restore(self, batch: Batch) -> None:
         # Messages dropped meanwhile are not written again (their delete is pending).
         pending = {p: entry for p, entry in batch.inserts.items() if self._kept(entry)}
         pending.update(self._pending)

@@ -1,0 +1,140 @@
+"""
+Peer scoring: when a peer's packages call for a block, how long a block lasts, and how
+much we like a peer. No I/O; time comes from the caller.
+
+The peer store counts packages (:meth:`~trustp2p.storage.peerstore.PeerStore.record_packages`)
+and keeps blocks; this module decides. A node counts every package it receives, good or
+invalid, in a *window* per peer; when the window's counts cross the :class:`BlockPolicy`,
+the node blocks the peer for ``block_duration`` seconds and the window starts afresh.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["Block", "BlockPolicy", "PackageCounts", "peer_score"]
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class PackageCounts(NamedTuple):
+    """
+    Packages counted from one peer since its window started (a tuple: one is made per
+    package received).
+
+    Attributes:
+        good: Valid packages.
+        invalid: Invalid packages (undecodable, malformed, over a rate, failed handshakes).
+
+    """
+
+    good: int
+    invalid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """
+    A block of a peer id or an address.
+
+    Attributes:
+        until: When it ends, in the clock's seconds.
+        reason: Why, for the record.
+
+    """
+
+    until: float
+    reason: str
+
+    def active(self, now: float) -> bool:
+        """Whether the block still holds at ``now``: it ends at ``until``, exclusive."""
+        return self.until > now
+
+
+@dataclass(frozen=True, slots=True)
+class BlockPolicy:
+    """
+    When a peer's packages make it a peer to block, and for how long.
+
+    Args:
+        invalid_ratio: The policy is crossed when invalid packages outnumber good ones
+            by more than this ratio (0.1: more than one invalid package per ten good).
+        min_packages: ...once at least this many packages (good + invalid) were counted,
+            so that one bad package from a new peer is not enough (10).
+        block_duration: How long a block lasts, in seconds (1 h).
+
+    Raises:
+        ValueError: If a value is out of range.
+
+    """
+
+    invalid_ratio: float = 0.1
+    min_packages: int = 10
+    block_duration: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not (self.invalid_ratio >= 0 and math.isfinite(self.invalid_ratio)):
+            raise ValueError(f"invalid_ratio must not be negative, not {self.invalid_ratio}")
+        if self.min_packages < 1:
+            raise ValueError(f"min_packages must be at least 1, not {self.min_packages}")
+        if not (self.block_duration > 0 and math.isfinite(self.block_duration)):
+            raise ValueError(
+                f"block_duration must be a positive number of seconds, not {self.block_duration}"
+            )
+
+    def crossed(self, counts: PackageCounts) -> bool:
+        """
+        Whether a window's package counts call for a block.
+
+        True when ``good + invalid >= min_packages`` and ``invalid > invalid_ratio * good``
+        (with no good package at all, any invalid one crosses the ratio). The caller
+        then blocks the peer and starts its window afresh, so that the policy reports
+        the peer again only if it keeps misbehaving.
+        """
+        good, invalid = counts
+        return good + invalid >= self.min_packages and invalid > self.invalid_ratio * good
+
+    def block(self, reason: str, now: float, duration: float | None = None) -> Block:
+        """
+        A block starting at ``now``.
+
+        Args:
+            reason: Why, for the record.
+            now: The clock's time, in seconds.
+            duration: Seconds; by default ``block_duration``.
+
+        Raises:
+            ValueError: If ``duration`` isn't a positive number of seconds.
+
+        """
+        if duration is None:
+            duration = self.block_duration
+        elif not (duration > 0 and math.isfinite(duration)):
+            raise ValueError(f"duration must be a positive number of seconds, not {duration}")
+        return Block(now + duration, reason)
+
+
+FAILURE_COST = 2.0
+"""What a failed dial costs in :func:`peer_score`, in successful connections."""
+
+GOOD_PACKAGES_PER_POINT = 100
+"""Good packages worth one successful connection (or one invalid package) in
+:func:`peer_score`."""
+
+
+def peer_score(successes: int, failures: int, good_packages: int, invalid_packages: int) -> float:
+    """
+    How much we like a peer; higher is better, 0 for a peer never tried.
+
+    ``successes - 2 * failures + good_packages / 100 - invalid_packages``: a failed dial
+    costs two successful connections (:data:`FAILURE_COST`), and an invalid package costs
+    a hundred good ones (:data:`GOOD_PACKAGES_PER_POINT`), so that at the default block
+    ratio of 0.1 a peer's score is well below zero.
+    """
+    return (
+        successes
+        - FAILURE_COST * failures
+        + good_packages / GOOD_PACKAGES_PER_POINT
+        - invalid_packages
+    )

@@ -1,0 +1,16 @@
+"""
+What a node keeps on disk, in ``<cwd>/data/`` (:data:`DATA_DIR`):
+
+- :mod:`trustp2p.storage.peerstore`: the peers it knows, how they behaved, whom it blocks;
+- :mod:`trustp2p.storage.msglog`: the recent gossip messages, for catch-up;
+- :mod:`trustp2p.storage.writebehind`: what both share: state kept in memory, written
+  behind to SQLite by one worker thread, never failing because of the disk.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["DATA_DIR"]
+
+DATA_DIR = "data"
+"""The directory of the node's data, relative to its cwd."""

@@ -1,0 +1,319 @@
+"""
+The message log's records: the messages as they travel and as the log keeps them, the
+indexes it keeps them in (per origin and per topic), and the schema of
+``gossip.sqlite`` with its SQLite side (:class:`MessageDatabase`), which runs on the
+log's worker thread only.
+
+Private to :mod:`trustp2p.storage`: users see :class:`LoggedMessage` through
+:mod:`trustp2p.storage.msglog`.
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Batch",
+    "Entry",
+    "Loaded",
+    "LoggedMessage",
+    "MessageDatabase",
+    "Origin",
+    "Seqs",
+    "Topic",
+]
+
+import bisect
+import logging
+import sqlite3
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .writebehind import Database
+
+# The log's messages read as if they came from the log's module.
+logger = logging.getLogger("trustp2p.storage.msglog")
+
+_WAL_SIZE_LIMIT = 4 * 1024 * 1024
+"""Bytes the WAL file is cut back to after a checkpoint: a big batch grows it."""
+
+_COMPACT_AFTER = 64
+"""Removed numbers at the head of a :class:`Seqs` list before it is compacted (then only
+once they are half of it), so that dropping the oldest stays O(1) amortised."""
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the first schema. ``position`` numbers messages in the order they were logged,
+    # which is the order they are dropped in (per topic). ``received`` is this node's
+    # clock when it logged the message.
+    (
+        """CREATE TABLE messages (
+            position INTEGER PRIMARY KEY,
+            topic TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            timestamp REAL NOT NULL,
+            data TEXT NOT NULL,
+            key TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            id TEXT NOT NULL,
+            received REAL NOT NULL
+        )""",
+        """CREATE TABLE delivered (
+            origin TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            marked REAL NOT NULL
+        )""",
+        """CREATE TABLE sequences (
+            origin TEXT PRIMARY KEY,
+            last INTEGER NOT NULL
+        )""",
+    ),
+)
+
+_MESSAGE_COLUMNS = "position, topic, origin, seq, timestamp, data, key, signature, id, received"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedMessage:
+    """
+    One signed gossip message, exactly as it travels: relays never change these fields.
+
+    The log stores them as given; checking the signature and the id is the caller's job.
+
+    Attributes:
+        topic: The topic it was published on.
+        origin: The peer id of the node that published it.
+        seq: The origin's sequence number, from 1; ``(origin, seq)`` identifies it.
+        timestamp: The origin's wall-clock time when it published it, in seconds.
+        data: The payload, as JSON text, verbatim.
+        key: The origin's Ed25519 public key, base64.
+        signature: The origin's signature, base64.
+        id: The message id (a hash of origin, seq and payload).
+
+    """
+
+    topic: str
+    origin: str
+    seq: int
+    timestamp: float
+    data: str
+    key: str
+    signature: str
+    id: str
+
+
+# A kept message: the message, when it was received (this node's clock), its position.
+Entry = tuple[LoggedMessage, float, int]
+
+
+class Seqs:
+    """
+    Distinct sequence numbers in ascending order.
+
+    Adding the next highest number and removing the lowest are O(1) (the usual case: an
+    origin's messages arrive about in order, and the oldest are dropped first); other
+    changes cost a bisection and a move of part of the list.
+    """
+
+    __slots__ = ("_head", "_seqs")
+
+    def __init__(self) -> None:
+        self._seqs: list[int] = []
+        self._head = 0  # _seqs[:_head] were removed already
+
+    def __len__(self) -> int:
+        return len(self._seqs) - self._head
+
+    def add(self, seq: int) -> None:
+        seqs = self._seqs
+        if not seqs or seq > seqs[-1]:
+            seqs.append(seq)
+        else:
+            bisect.insort(seqs, seq, lo=self._head)
+
+    def remove(self, seq: int) -> None:
+        seqs, head = self._seqs, self._head
+        if seqs[head] != seq:
+            del seqs[bisect.bisect_left(seqs, seq, head)]
+            return
+        head += 1
+        if head == len(seqs):
+            seqs.clear()
+            head = 0
+        elif head >= _COMPACT_AFTER and 2 * head >= len(seqs):
+            del seqs[:head]
+            head = 0
+        self._head = head
+
+    def first(self) -> int:
+        return self._seqs[self._head]
+
+    def last(self) -> int:
+        return self._seqs[-1]
+
+    def high(self) -> int:
+        """The highest S such that every number from the first up to S is here."""
+        seqs, head = self._seqs, self._head
+        first = seqs[head]
+        if seqs[-1] - first == len(seqs) - 1 - head:
+            return seqs[-1]  # no gap: the usual case
+        # The numbers are distinct and sorted, so seqs[head + k] - first == k holds for
+        # k up to the first gap and never after it: bisect on k.
+        low, high = 0, len(seqs) - 1 - head  # holds at low, not at high
+        while high - low > 1:
+            middle = (low + high) // 2
+            if seqs[head + middle] - first == middle:
+                low = middle
+            else:
+                high = middle
+        return first + low
+
+    def index(self, seq: int) -> int:
+        """Where the first number >= ``seq`` is in :meth:`values`."""
+        return bisect.bisect_left(self._seqs, seq, self._head)
+
+    def values(self) -> list[int]:
+        """The underlying list; valid from ``index(...)`` on, until the next change."""
+        return self._seqs
+
+
+class Origin:
+    """An origin's kept messages, in all topics."""
+
+    __slots__ = ("entries", "seqs")
+
+    def __init__(self) -> None:
+        self.entries: dict[int, Entry] = {}
+        self.seqs = Seqs()
+
+
+class Topic:
+    """A topic's kept messages, in the order they were logged, and their numbers by origin."""
+
+    __slots__ = ("entries", "origins")
+
+    def __init__(self) -> None:
+        self.entries: deque[Entry] = deque()
+        self.origins: dict[str, Seqs] = {}
+
+
+@dataclass(slots=True)
+class Batch:
+    """One flush: what it writes, taken from the log when the flush started."""
+
+    inserts: dict[int, Entry]
+    deletes: list[int]
+    delivered_keys: set[str]
+    sequence_keys: set[str]
+    delivered: list[tuple[str, int, float]] = field(default_factory=list)
+    delivered_deletes: list[tuple[str]] = field(default_factory=list)
+    sequences: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What open() read: kept messages in position order, and the other tables."""
+
+    entries: list[Entry]
+    deletes: list[int]  # positions of the rows past the limits, or malformed
+    last_position: int  # the highest in the table, loaded or not
+    delivered: list[tuple[str, int, float]]
+    sequences: list[tuple[str, int]]
+
+
+class MessageDatabase(Database[Batch, Loaded]):
+    """The SQLite side of the log. Its methods run on the log's worker thread only."""
+
+    name = "message log"
+    logger = logger
+    migrations = _MIGRATIONS
+    # A big batch grows the WAL; cut it back after each checkpoint.
+    pragmas = (f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}",)
+
+    def __init__(self, path: Path, *, max_messages: int, max_age: float) -> None:
+        super().__init__(path)
+        self._max_messages = max_messages
+        self._max_age = max_age
+
+    def _read(self, conn: sqlite3.Connection, now: float) -> Loaded:
+        """
+        Read the messages received at most ``max_age`` seconds before ``now``, the last
+        ``max_messages`` of each topic, and the other tables.
+        """
+        cutoff, max_messages = now - self._max_age, self._max_messages
+        (last_position,) = conn.execute("SELECT max(position) FROM messages").fetchone()
+        loaded = Loaded([], [], last_position or 0, [], [])
+        # Newest first, to count each topic's messages up to the limit. (A window
+        # function would do it in SQL, but is 3 to 5 times slower than this scan.)
+        counts: dict[str, int] = {}
+        query = f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY position DESC"
+        for row in conn.execute(query):
+            try:
+                message = LoggedMessage(
+                    topic=str(row[1]),
+                    origin=str(row[2]),
+                    seq=int(row[3]),
+                    timestamp=float(row[4]),
+                    data=str(row[5]),
+                    key=str(row[6]),
+                    signature=str(row[7]),
+                    id=str(row[8]),
+                )
+                received = float(row[9])
+            except (TypeError, ValueError):
+                logger.warning("! dropped malformed message log row %d", row[0])
+                loaded.deletes.append(row[0])
+                continue
+            count = counts.get(message.topic, 0)
+            if count >= max_messages or received < cutoff:
+                loaded.deletes.append(row[0])
+                continue
+            counts[message.topic] = count + 1
+            loaded.entries.append((message, received, row[0]))
+        loaded.entries.reverse()
+        for origin, seq, marked in conn.execute("SELECT origin, seq, marked FROM delivered"):
+            try:
+                loaded.delivered.append((str(origin), int(seq), float(marked)))
+            except (TypeError, ValueError):
+                logger.warning("! dropped a malformed delivered mark: %r", (origin, seq))
+        for origin, last in conn.execute("SELECT origin, last FROM sequences"):
+            try:
+                loaded.sequences.append((str(origin), int(last)))
+            except (TypeError, ValueError):
+                logger.warning("! dropped a malformed sequence counter: %r", (origin, last))
+        return loaded
+
+    def _write(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        # Deletes first, so that the inserts reuse the freed pages. A position is
+        # never in both: a message dropped while its insert is in flight gets a
+        # delete, and a failed insert is retried only for the messages still kept.
+        conn.executemany("DELETE FROM messages WHERE position = ?", ((p,) for p in batch.deletes))
+        # Rows are built here, on the worker thread: messages are immutable, and
+        # the loop doesn't touch a batch while it is written.
+        conn.executemany(
+            f"INSERT OR REPLACE INTO messages ({_MESSAGE_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    position,
+                    m.topic,
+                    m.origin,
+                    m.seq,
+                    m.timestamp,
+                    m.data,
+                    m.key,
+                    m.signature,
+                    m.id,
+                    received,
+                )
+                for m, received, position in batch.inserts.values()
+            ),
+        )
+        conn.executemany("DELETE FROM delivered WHERE origin = ?", batch.delivered_deletes)
+        conn.executemany(
+            "INSERT OR REPLACE INTO delivered (origin, seq, marked) VALUES (?, ?, ?)",
+            batch.delivered,
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO sequences (origin, last) VALUES (?, ?)", batch.sequences
+        )

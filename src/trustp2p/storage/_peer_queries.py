@@ -1,0 +1,146 @@
+"""
+The peer store's queries: which URLs to dial or share, best first, and the records it
+lists. They read a :class:`~trustp2p.storage._peer_table.PeerTable` and change nothing.
+
+Private to :mod:`trustp2p.storage`.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_GOOD_URL_FAILURES", "is_anchor", "ranked_urls", "records"]
+
+from collections.abc import Collection, Iterator
+from urllib.parse import urlsplit
+
+from ..protocol.urls import split_peer_url
+from ._peer_records import Peer, PeerRecord, PeerSource, Url, url_age
+from ._peer_table import PeerTable
+
+MAX_GOOD_URL_FAILURES = 3
+"""Failed dials in a row, since it last worked, after which a URL is no longer shared
+with other peers (``good_urls``); it is still dialled, and shared again once it works."""
+
+
+def _host(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
+def _excluded_by_its_id(
+    url: str, exclude_urls: Collection[str], exclude_ids: Collection[str]
+) -> bool:
+    """Whether ``url/p2p/<id>`` names an excluded peer or an excluded URL's address."""
+    if "/p2p/" not in url:
+        return False
+    try:
+        dial_url, peer_id = split_peer_url(url)
+    except ValueError:
+        return False
+    return peer_id in exclude_ids or dial_url in exclude_urls
+
+
+def _dial_rank(peer: Peer) -> tuple[float, bool, float, float, str]:
+    """Sort key: best score first; then bootstrap peers, recently connected, oldest."""
+    return (
+        -peer.score(),
+        peer.source is not PeerSource.BOOTSTRAP,
+        -(peer.last_connected or 0.0),
+        peer.first_seen,
+        peer.key,
+    )
+
+
+def _url_rank(entry: Url) -> tuple[int, float, float, str]:
+    """Sort key among a peer's URLs: fewest failures since it worked, then last to work."""
+    return (entry.failures, -(entry.last_connected or 0.0), entry.first_seen, entry.url)
+
+
+def _is_anchor(table: PeerTable, peer: Peer) -> bool:
+    return peer.source is PeerSource.BOOTSTRAP or peer.key in table.known_before
+
+
+def ranked_urls(
+    table: PeerTable,
+    now: float,
+    exclude_urls: Collection[str],
+    exclude_ids: Collection[str],
+    *,
+    good: bool,
+    anchors: bool,
+) -> Iterator[str]:
+    """
+    One URL per peer, best peer first (see ``PeerStore.candidates``), leaving out blocked
+    peers and URLs of blocked addresses.
+
+    Args:
+        table: The store's records.
+        now: The clock's time, for blocks.
+        exclude_urls: URLs not to return.
+        exclude_ids: Peers not to return.
+        good: Only peers we connected to, and not URLs that failed
+            :data:`MAX_GOOD_URL_FAILURES` times in a row since.
+        anchors: Only bootstrap peers and peers met before this run.
+
+    """
+    exclude_urls = set(exclude_urls)
+    exclude_ids = set(exclude_ids)
+    blocked_addresses = {
+        address for address, block in table.blocked_addresses.items() if block.active(now)
+    }
+    peers = [
+        p
+        for p in table.peers.values()
+        if p.urls and (p.successes > 0 or not good) and (not anchors or _is_anchor(table, p))
+    ]
+    peers.sort(key=_dial_rank)
+    for peer in peers:
+        if peer.peer_id is not None:
+            if peer.peer_id in exclude_ids:
+                continue
+            block = table.blocked_ids.get(peer.peer_id)
+            if block is not None and block.active(now):
+                continue
+        urls = [
+            entry
+            for entry in peer.urls.values()
+            if entry.url not in exclude_urls
+            and not (good and entry.failures >= MAX_GOOD_URL_FAILURES)
+            and not (blocked_addresses and _host(entry.url) in blocked_addresses)
+            and not _excluded_by_its_id(entry.url, exclude_urls, exclude_ids)
+        ]
+        if urls:
+            yield min(urls, key=_url_rank).url
+
+
+def is_anchor(table: PeerTable, peer_id: str) -> bool:
+    """Whether the peer ``peer_id`` is a bootstrap peer or one met before this run."""
+    peer = table.by_id.get(peer_id)
+    return peer is not None and _is_anchor(table, peer)
+
+
+def records(table: PeerTable, now: float) -> list[PeerRecord]:
+    """Every peer the table holds, best score first, then most recently seen."""
+    found = []
+    for peer in table.peers.values():
+        block = table.blocked_ids.get(peer.peer_id) if peer.peer_id is not None else None
+        found.append(
+            PeerRecord(
+                peer_id=peer.peer_id,
+                urls=tuple(entry.url for entry in sorted(peer.urls.values(), key=url_age)),
+                source=peer.source,
+                address=peer.address,
+                first_seen=peer.first_seen,
+                last_seen=peer.last_seen,
+                last_connected=peer.last_connected,
+                successes=peer.successes,
+                failures=peer.failures,
+                good_packages=peer.good_packages,
+                invalid_packages=peer.invalid_packages,
+                blocked_until=block.until if block is not None and block.active(now) else None,
+            )
+        )
+    found.sort(key=lambda record: (-record.score, -record.last_seen))
+    return found

@@ -1,0 +1,306 @@
+"""
+The peer store's memory: every peer, URL and block it knows, indexed by key, peer id
+and URL, with what changed since the last write. It merges records that turn out to be
+one peer, forgets the least useful peers past a limit, and takes in what the database
+holds. No I/O: :class:`~trustp2p.storage.peerstore.PeerStore` writes its batches.
+
+Private to :mod:`trustp2p.storage`.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["PeerTable"]
+
+import heapq
+import secrets
+
+from ..protocol.scoring import Block
+from ..protocol.urls import MAX_URLS_PER_PEER
+from ._peer_records import (
+    ADDRESS,
+    PEER,
+    Batch,
+    Loaded,
+    Peer,
+    PeerSource,
+    Url,
+    logger,
+    peer_from_row,
+    peer_row,
+    url_age,
+)
+
+_KEY_BYTES = 8
+"""Random bytes in a record's key (16 hex digits): unique among 10 000s of peers."""
+
+
+def _eviction_rank(peer: Peer) -> tuple[bool, bool, bool, float, float]:
+    """Sort key: the first ones are forgotten first when the store is full. Records
+    without a URL (peers that only ever dialled us) can't be dialled: they go first, so
+    that peers connecting with fresh keys can't push out the dial candidates."""
+    return (
+        bool(peer.urls),
+        peer.successes > 0,
+        peer.source is PeerSource.BOOTSTRAP,
+        peer.score(),
+        peer.last_seen,
+    )
+
+
+def _keep_longer(table: dict[str, Block], key: str, block: Block) -> bool:
+    """Put ``block`` in ``table`` unless the block there lasts as long; True if it did."""
+    current = table.get(key)
+    if current is not None and current.until >= block.until:
+        return False
+    table[key] = block
+    return True
+
+
+class PeerTable:
+    """
+    The store's records in memory, and the keys changed since the last batch (a key no
+    longer in memory is deleted from the database).
+
+    Args:
+        max_peers: Most peers kept (see :meth:`evict`); None: no limit.
+
+    """
+
+    def __init__(self, max_peers: int | None) -> None:
+        self.max_peers = max_peers
+        self.peers: dict[str, Peer] = {}
+        self.by_id: dict[str, Peer] = {}
+        self.by_url: dict[str, Url] = {}
+        # Peers we had connected to successfully before this run (keys): the only ones,
+        # with bootstrap peers, that anchor a client (see PeerStore.anchor_candidates).
+        self.known_before: set[str] = set()
+        self.blocked_ids: dict[str, Block] = {}
+        self.blocked_addresses: dict[str, Block] = {}
+        self.blocks = {PEER: self.blocked_ids, ADDRESS: self.blocked_addresses}
+        self.dirty_peers: set[str] = set()
+        self.dirty_urls: set[str] = set()
+        self.dirty_blocks: set[tuple[str, str]] = set()
+
+    # Records.
+
+    def new_peer(self, peer_id: str | None, source: PeerSource, now: float) -> Peer:
+        peer = Peer(secrets.token_hex(_KEY_BYTES), peer_id, source, now, now)
+        self.peers[peer.key] = peer
+        if peer_id is not None:
+            self.by_id[peer_id] = peer
+        self.dirty_peers.add(peer.key)
+        return peer
+
+    def attach(self, url: str, peer: Peer, now: float) -> Url:
+        """Record ``url`` as one of ``peer``'s; past MAX_URLS_PER_PEER its oldest goes."""
+        if len(peer.urls) >= MAX_URLS_PER_PEER:
+            # A peer announcing ever new URLs must not grow the store: forget its oldest.
+            oldest = min(peer.urls.values(), key=url_age)
+            del peer.urls[oldest.url]
+            del self.by_url[oldest.url]
+            self.dirty_urls.add(oldest.url)
+        entry = Url(url, peer, now)
+        peer.urls[url] = entry
+        self.by_url[url] = entry
+        self.dirty_urls.add(url)
+        return entry
+
+    def claim(self, url: str, peer_id: str, now: float) -> Url:
+        """Link ``url`` to ``peer_id``, which answered there."""
+        owner = self.by_id.get(peer_id)
+        entry = self.by_url.get(url)
+        if entry is None:
+            # A URL nobody gave us: it must come from the configuration.
+            if owner is None:
+                owner = self.new_peer(peer_id, PeerSource.BOOTSTRAP, now)
+            return self.attach(url, owner, now)
+        current = entry.peer
+        if current.peer_id == peer_id:
+            return entry
+        if current.peer_id is None:
+            if owner is None:
+                current.peer_id = peer_id
+                self.by_id[peer_id] = current
+                self.dirty_peers.add(current.key)
+            else:
+                self.merge(owner, current)
+            return entry
+        # Another key answers at this URL now (the host changed hands, or its key).
+        if owner is None:
+            owner = self.new_peer(peer_id, current.source, now)
+        del current.urls[url]
+        entry.peer = owner
+        owner.urls[url] = entry
+        self.dirty_urls.add(url)
+        return entry
+
+    def merge(self, keeper: Peer, other: Peer) -> None:
+        """
+        Fold ``other`` into ``keeper``: a record of the same peer, either one without
+        id that turned out to be it, or the stored copy of it (see :meth:`absorb`).
+        """
+        keeper.successes += other.successes
+        keeper.failures += other.failures
+        keeper.good_packages += other.good_packages
+        keeper.invalid_packages += other.invalid_packages
+        keeper.window_good += other.window_good
+        keeper.window_invalid += other.window_invalid
+        keeper.first_seen = min(keeper.first_seen, other.first_seen)
+        keeper.last_seen = max(keeper.last_seen, other.last_seen)
+        if other.last_connected is not None:
+            keeper.last_connected = max(keeper.last_connected or 0.0, other.last_connected)
+        if keeper.address is None:
+            keeper.address = other.address
+        if other.source is PeerSource.BOOTSTRAP:
+            keeper.source = PeerSource.BOOTSTRAP
+        for url, entry in other.urls.items():
+            self.dirty_urls.add(url)
+            known = self.by_url.get(url)
+            if known is not None and known is not entry:
+                continue  # what memory knows of this URL wins
+            entry.peer = keeper
+            keeper.urls[url] = entry
+            self.by_url[url] = entry
+        other.urls = {}
+        if self.peers.get(other.key) is other:
+            del self.peers[other.key]
+        if other.peer_id is not None and self.by_id.get(other.peer_id) is other:
+            del self.by_id[other.peer_id]
+        self.dirty_peers.add(other.key)  # no longer in memory: deleted at the next flush
+        self.dirty_peers.add(keeper.key)
+
+    def evict(self) -> None:
+        """Forget the least useful peers past ``max_peers``."""
+        if self.max_peers is None or len(self.peers) <= self.max_peers:
+            return
+        excess = len(self.peers) - self.max_peers
+        for peer in heapq.nsmallest(excess, self.peers.values(), key=_eviction_rank):
+            del self.peers[peer.key]
+            if peer.peer_id is not None:
+                del self.by_id[peer.peer_id]
+            for url in peer.urls:
+                del self.by_url[url]
+                self.dirty_urls.add(url)
+            self.dirty_peers.add(peer.key)
+        logger.debug("= peer store full: forgot %d peers", excess)
+
+    # Blocks.
+
+    def add_block(self, kind: str, key: str, block: Block) -> None:
+        """Keep ``block`` of ``key``, unless a block of it already lasts longer."""
+        if _keep_longer(self.blocks[kind], key, block):
+            self.dirty_blocks.add((kind, key))
+
+    def prune(self, now: float) -> None:
+        """Forget the blocks over at ``now``."""
+        for kind, table in self.blocks.items():
+            expired = [key for key, block in table.items() if not block.active(now)]
+            for key in expired:
+                del table[key]
+                self.dirty_blocks.add((kind, key))
+
+    # What the database holds, and what goes to it.
+
+    def absorb(self, loaded: Loaded, now: float) -> None:
+        """
+        Take in the rows read from the database. At open, memory is empty; when the
+        database could only be opened later, rows of peers met meanwhile are merged.
+        """
+        peer_rows, url_rows, block_rows = loaded
+        stored: dict[str, Peer] = {}
+        for row in peer_rows:
+            try:
+                peer = peer_from_row(row)
+            except (TypeError, ValueError):
+                logger.warning("! dropped a malformed peer store row: %r", row)
+                self.dirty_peers.add(str(row[0]))
+                continue
+            stored[peer.key] = peer
+        for url, key, first_seen, last_connected, failures in url_rows:
+            owner = stored.get(key)
+            if owner is None:
+                self.dirty_urls.add(url)  # an orphan: deleted at the next flush
+                continue
+            owner.urls[url] = Url(url, owner, first_seen, last_connected, failures)
+        for peer in stored.values():
+            met_before = peer.successes > 0
+            survivor = self._adopt(peer)
+            if met_before:
+                self.known_before.add(survivor.key)
+        for kind, key, until, reason in block_rows:
+            if kind not in self.blocks or until <= now:
+                self.dirty_blocks.add((kind, key))
+                continue
+            _keep_longer(self.blocks[kind], key, Block(until, reason))
+        self.evict()
+
+    def _adopt(self, peer: Peer) -> Peer:
+        """Take in one stored peer (with its URLs), merging it with what memory knows;
+        return the record that holds it now."""
+        target = self.by_id.get(peer.peer_id) if peer.peer_id is not None else None
+        if target is None:
+            for url in peer.urls:
+                known = self.by_url.get(url)
+                if known is not None and known.peer.peer_id in (None, peer.peer_id):
+                    target = known.peer
+                    break
+        if target is None:
+            self.peers[peer.key] = peer
+            if peer.peer_id is not None:
+                self.by_id[peer.peer_id] = peer
+            for url, entry in list(peer.urls.items()):
+                if url in self.by_url:
+                    # Memory knows it as another peer's: memory wins.
+                    del peer.urls[url]
+                    self.dirty_urls.add(url)
+                else:
+                    self.by_url[url] = entry
+            return peer
+        if target.peer_id is None and peer.peer_id is not None:
+            target.peer_id = peer.peer_id
+            self.by_id[peer.peer_id] = target
+        self.merge(target, peer)
+        return target
+
+    def take_batch(self) -> Batch | None:
+        """The rows changed since the last batch (None: nothing), and start afresh."""
+        if not (self.dirty_peers or self.dirty_urls or self.dirty_blocks):
+            return None
+        batch = Batch(self.dirty_peers, self.dirty_urls, self.dirty_blocks)
+        self.dirty_peers, self.dirty_urls, self.dirty_blocks = set(), set(), set()
+        for key in batch.peer_keys:
+            peer = self.peers.get(key)
+            if peer is None:
+                batch.peer_deletes.append((key,))
+            else:
+                batch.peers.append(peer_row(peer))
+        for url in batch.url_keys:
+            entry = self.by_url.get(url)
+            if entry is None:
+                batch.url_deletes.append((url,))
+            else:
+                batch.urls.append(
+                    (url, entry.peer.key, entry.first_seen, entry.last_connected, entry.failures)
+                )
+        for kind, key in batch.block_keys:
+            block = self.blocks.get(kind, {}).get(key)
+            if block is None:
+                batch.block_deletes.append((kind, key))
+            else:
+                batch.blocks.append((kind, key, block.until, block.reason))
+        return batch
+
+    def discard_changes(self) -> None:
+        self.dirty_peers.clear()
+        self.dirty_urls.clear()
+        self.dirty_blocks.clear()
+
+    def restore(self, batch: Batch) -> None:
+        """Take back a batch that may not be written, to write it again."""
+        self.dirty_peers |= batch.peer_keys
+        self.dirty_urls |= batch.url_keys
+        self.dirty_blocks |= batch.block_keys
+
+    def unsaved(self) -> int:
+        return len(self.dirty_peers) + len(self.dirty_urls) + len(self.dirty_blocks)

@@ -1,0 +1,83 @@
+"""The block policy, blocks and peer scores: pure, with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import FakeClock
+from trustp2p.protocol.scoring import Block, BlockPolicy, PackageCounts, peer_score
+
+
+@pytest.mark.parametrize(
+    ("good", "invalid", "crossed"),
+    [
+        (0, 0, False),
+        (9, 0, False),
+        (0, 9, False),  # fewer than 10 packages
+        (0, 10, True),
+        (9, 1, True),
+        (10, 1, False),  # 1 invalid per 10 good is the limit, not over it
+        (100, 10, False),
+        (100, 11, True),
+    ],
+)
+def test_the_default_policy(good: int, invalid: int, crossed: bool) -> None:
+    assert BlockPolicy().crossed(PackageCounts(good, invalid)) is crossed
+
+
+def test_a_policy_of_its_own() -> None:
+    policy = BlockPolicy(invalid_ratio=0.5, min_packages=3)
+    assert not policy.crossed(PackageCounts(0, 2))
+    assert policy.crossed(PackageCounts(0, 3))
+    assert not policy.crossed(PackageCounts(4, 2))
+    assert policy.crossed(PackageCounts(4, 3))
+    # A ratio of 0: any invalid package among enough packages.
+    assert BlockPolicy(invalid_ratio=0).crossed(PackageCounts(1000, 1))
+
+
+def test_the_policy_checks_itself() -> None:
+    with pytest.raises(ValueError, match=r"^invalid_ratio must not be negative, not -0.5$"):
+        BlockPolicy(invalid_ratio=-0.5)
+    with pytest.raises(ValueError, match=r"^invalid_ratio must not be negative, not nan$"):
+        BlockPolicy(invalid_ratio=float("nan"))
+    with pytest.raises(ValueError, match=r"^min_packages must be at least 1, not 0$"):
+        BlockPolicy(min_packages=0)
+    with pytest.raises(
+        ValueError, match=r"^block_duration must be a positive number of seconds, not 0$"
+    ):
+        BlockPolicy(block_duration=0)
+    with pytest.raises(
+        ValueError, match=r"^block_duration must be a positive number of seconds, not inf$"
+    ):
+        BlockPolicy(block_duration=float("inf"))
+
+
+def test_a_block_lasts_the_policys_duration(clock: FakeClock) -> None:
+    block = BlockPolicy(block_duration=60).block("bad packages", clock())
+    assert block == Block(1060.0, "bad packages")
+    clock.advance(59.5)
+    assert block.active(clock())
+    clock.advance(0.5)  # it ends at `until`
+    assert not block.active(clock())
+
+
+def test_a_block_of_its_own_duration(clock: FakeClock) -> None:
+    policy = BlockPolicy()
+    assert policy.block("test", clock(), 10).until == 1010.0
+    assert policy.block("test", clock()).until == 1000.0 + 3600.0
+    for duration in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"^duration must be a positive number of seconds"):
+            policy.block("test", clock(), duration)
+
+
+def test_package_counts_are_a_cheap_tuple() -> None:
+    counts = PackageCounts(good=3, invalid=1)
+    assert counts == (3, 1)
+    assert (counts.good, counts.invalid) == (3, 1)
+
+
+def test_peer_score() -> None:
+    assert peer_score(0, 0, 0, 0) == 0
+    assert peer_score(3, 1, 250, 2) == 3 - 2 + 2.5 - 2
+    # At the default block ratio, a peer about to be blocked scores well below zero.
+    assert peer_score(0, 0, 100, 10) == -9
