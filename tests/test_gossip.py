@@ -36,7 +36,7 @@ async def publish_all(network: Network, count: int, indexes: list[int]) -> set[t
     published = set()
     for n in range(count):
         node = network.nodes[indexes[n % len(indexes)]]
-        assert node.gossip is not None and node.gossip.log is not None
+        assert node.gossip is not None and node.gossip.message_log is not None
         assert node.peer_id is not None
         await node.gossip.publish("chat", {"n": n})
         # A node delivers its own messages too, so its delivered mark is the new seq.
@@ -182,8 +182,8 @@ async def test_rejected_messages_count_against_the_sender() -> None:
         assert [(d.seq, d.topic) for d in network.received[1]] == [(2, "chat")]
         assert judge.sockets[0].stats.invalid_in == 1
         assert judge.gossip.router.stats.invalid == 1
-        assert judge.gossip.log is not None
-        assert not judge.gossip.log.has(f"chat\0{sender.peer_id}", 1)  # not kept nor served
+        assert judge.gossip.message_log is not None
+        assert not judge.gossip.message_log.has(f"chat\0{sender.peer_id}", 1)  # not kept nor served
 
 
 async def test_uninterested_nodes_do_not_carry_a_topic() -> None:

@@ -68,7 +68,8 @@ from ..security.noise import HANDSHAKE_MAGIC, NoiseError
 from ..threads.base import Thread
 from ..threads.loader import THREADS_ENABLED, load_thread_classes
 from ..threads.peer_exchange import PeerExchangeThread
-from .gossip import Gossip, GossipHandler, GossipThread
+from .gossip import Gossip, GossipHandler
+from .gossip_thread import GossipThread
 from .handlers import HandlerRegistry
 from .roles import ClientRole, Role, ServerRole
 from .tasks import TaskOwner
