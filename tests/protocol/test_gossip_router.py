@@ -403,6 +403,15 @@ def test_router_checks_the_degrees() -> None:
     assert (router.degree, router.degree_low, router.degree_high) == (1, 1, 1)
 
 
+def test_max_hops_is_at_most_what_peers_accept() -> None:
+    # A relay sends at most max_hops - 1 hops; peers refuse more than MAX_HOPS (255).
+    assert _router(max_hops=255)[0].max_hops == 255
+    with pytest.raises(ValueError, match=r"^max_hops must be from 1 to 255, not 256$"):
+        _router(max_hops=256)
+    with pytest.raises(ValueError, match=r"^max_hops must be from 1 to 255, not 0$"):
+        _router(max_hops=0)
+
+
 def test_add_peer_without_subscriptions_sends_nothing() -> None:
     router, sent, _ = _router()
     router.add_peer("p")
