@@ -41,7 +41,8 @@ from ..threads.loader import THREADS_ENABLED, load_thread_classes
 from ..threads.peer_exchange import PeerExchangeThread
 from .connections import Connections, PeerConnection
 from .dispatch import call_thread
-from .gossip import Gossip, GossipHandler, GossipThread
+from .gossip import Gossip, GossipHandler
+from .gossip_thread import GossipThread
 from .handlers import HandlerRegistry
 from .requests import Requests
 from .roles import ClientRole, ServerRole
