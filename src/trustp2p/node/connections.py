@@ -13,12 +13,12 @@ over its request budget, the node stops reading from that peer for a while.
 
 from __future__ import annotations
 
-__all__ = ["Connections", "PeerConnection"]
+__all__ = ["Connections"]
 
 import asyncio
 import logging
-from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ..drivers.base import Listening, Socket
 from ..exceptions import ChannelError, ConnectionClosed, HandshakeError, SelfDialError
@@ -46,63 +46,11 @@ from ..protocol.peers import peer_key
 from ..security.channel import SecureSocket
 from ..storage.peerstore import PeerSource
 from .dispatch import Hook, Worker
+from .peer import PeerConnection, PeerLog
 
 if TYPE_CHECKING:
-    from ..protocol.package import Body
     from .node import Node
     from .roles import Role
-
-
-class _PeerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefixes messages with the peer and puts it in ``extra``, as websockets does."""
-
-    def process(
-        self, msg: Any, kwargs: MutableMapping[str, Any]
-    ) -> tuple[Any, MutableMapping[str, Any]]:
-        assert self.extra is not None
-        kwargs["extra"] = self.extra
-        return f"[{self.extra['peer']}] {msg}", kwargs
-
-
-class PeerConnection:
-    """
-    What the node keeps per open connection; get it with :meth:`Node.connection`.
-
-    Attributes:
-        socket: The connection.
-        role: The role it belongs to (``node.server`` or ``node.client``).
-        protocol: Its sans-I/O protocol state (introduction, counts, heartbeat).
-        log: A logger that names the peer.
-
-    """
-
-    __slots__ = ("backlog", "log", "protocol", "role", "socket", "stall", "throttle", "worker")
-
-    def __init__(
-        self, socket: Socket, role: Role, protocol: ConnectionProtocol, log: _PeerLog
-    ) -> None:
-        self.socket = socket
-        self.role = role
-        self.protocol = protocol
-        self.log = log
-        self.worker: Worker | None = None
-        self.backlog = 0  # packages written while the peer wasn't reading
-        self.throttle: asyncio.TimerHandle | None = None  # over the request budget
-        self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
-
-    @property
-    def listen_urls(self) -> list[str]:
-        """The URLs the peer said it listens on (hello or ``my_url``)."""
-        return self.protocol.listen_urls
-
-    @listen_urls.setter
-    def listen_urls(self, urls: list[str]) -> None:
-        self.protocol.listen_urls = urls
-
-    @property
-    def peer_version(self) -> Body | None:
-        """The peer's version or hello body, once received."""
-        return self.protocol.peer_version
 
 
 class Connections:
@@ -365,7 +313,7 @@ class Connections:
             alt=options.alt,
             max_package_size=options.max_package_size,
         )
-        log = _PeerLog(self._logger, {"peer": socket.peer})
+        log = PeerLog(self._logger, {"peer": socket.peer})
         conn = self._conns[socket.id] = PeerConnection(socket, role, protocol, log)
         if socket.peer_id is not None:
             self._by_peer_id[socket.peer_id] = conn

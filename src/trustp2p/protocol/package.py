@@ -320,33 +320,8 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
             that a broken request can still be answered.
 
     """
-    if isinstance(data, str):
-        raise PackageError(
-            f"text frame of {len(data)} characters refused: packages travel in binary frames"
-        )
-    size = len(data)
-    if max_size is not None and size > max_size:
-        raise PackageError(f"package of {size} bytes exceeds limit of {max_size} bytes")
-    message = TrustNoteP2p()
-    try:
-        message.ParseFromString(data)
-    except DecodeError:
-        raise PackageError(f"malformed protobuf message of {size} bytes") from None
-    if not message.IsInitialized():
-        missing = ", ".join(message.FindInitializationErrors())
-        raise PackageError(f"package lacks required field(s): {missing}")
-
-    # proto2 enums are closed: an unknown value lands in the unknown fields, and the field
-    # keeps its earlier value or reads as its default, SYSTEM. The original never
-    # validated the type; we refuse the package.
-    for unknown in UnknownFieldSet(message):
-        if unknown.field_number == _TYPE_FIELD_NUMBER:
-            if unknown.wire_type != _WIRETYPE_VARINT:
-                raise PackageError(f"package type has wire type {unknown.wire_type}, not varint")
-            value = unknown.data - 2**64 if unknown.data >= 2**63 else unknown.data
-            raise PackageError(f"unknown package type {value}")
-    type_ = _TYPES[message.type]
-
+    message = _parse(data, max_size)
+    type_ = _package_type(message)
     # proto2 doesn't validate UTF-8: an invalid string field reads as bytes.
     event, body_json, tag = message.event, message.body, message.tag
     version, alt = message.version, message.alt
@@ -364,7 +339,49 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
         )
     if not isinstance(body_json, str):
         raise PackageError("body is not valid UTF-8", package_type=type_, event=event, tag=tag)
+    body = _body(body_json, type_, event, tag)
+    return Package(type_, event, body, Tag(tag), version, alt, body_json)
 
+
+def _parse(data: bytes | str, max_size: int | None) -> TrustNoteP2p:
+    """The protobuf message in a frame, with its required fields."""
+    if isinstance(data, str):
+        raise PackageError(
+            f"text frame of {len(data)} characters refused: packages travel in binary frames"
+        )
+    size = len(data)
+    if max_size is not None and size > max_size:
+        raise PackageError(f"package of {size} bytes exceeds limit of {max_size} bytes")
+    message = TrustNoteP2p()
+    try:
+        message.ParseFromString(data)
+    except DecodeError:
+        raise PackageError(f"malformed protobuf message of {size} bytes") from None
+    if not message.IsInitialized():
+        missing = ", ".join(message.FindInitializationErrors())
+        raise PackageError(f"package lacks required field(s): {missing}")
+    return message
+
+
+def _package_type(message: TrustNoteP2p) -> PackageType:
+    """
+    The message's package type.
+
+    proto2 enums are closed: an unknown value lands in the unknown fields, and the field
+    keeps its earlier value or reads as its default, SYSTEM. The original never
+    validated the type; we refuse the package.
+    """
+    for unknown in UnknownFieldSet(message):
+        if unknown.field_number == _TYPE_FIELD_NUMBER:
+            if unknown.wire_type != _WIRETYPE_VARINT:
+                raise PackageError(f"package type has wire type {unknown.wire_type}, not varint")
+            value = unknown.data - 2**64 if unknown.data >= 2**63 else unknown.data
+            raise PackageError(f"unknown package type {value}")
+    return _TYPES[message.type]
+
+
+def _body(body_json: str, type_: PackageType, event: str, tag: str) -> Body:
+    """The body of a package: a JSON object."""
     try:
         body = _loads(body_json)
     except json.JSONDecodeError as exc:
@@ -380,7 +397,7 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
     if type(body) is not dict:
         reason = f"body is not a JSON object but {_json_kind(body)}"
         raise PackageError(reason, package_type=type_, event=event, tag=tag)
-    return Package(type_, event, body, Tag(tag), version, alt, body_json)
+    return body
 
 
 def _json_kind(value: object) -> str:
