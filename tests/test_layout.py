@@ -57,7 +57,7 @@ def runtime_imports(path: Path) -> set[str]:
     """The trustp2p modules ``path`` imports when it is imported: module-level imports,
     not those under ``if TYPE_CHECKING:`` nor inside functions."""
     tree = ast.parse(path.read_text())
-    package = module_name(path) if path.name == "__init__.py" else module_name(path)
+    package = module_name(path)
     if path.name != "__init__.py":
         package = package.rpartition(".")[0]
     found: set[str] = set()
