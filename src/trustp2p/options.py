@@ -44,6 +44,9 @@ class NodeOptions:
             connection with code 1009. ``None`` disables the limit.
         max_inbound: Most clients connected at once; the next one is closed with code
             1013. ``None`` disables the limit.
+        max_concurrent_requests: Requests of one connection whose (coroutine) handlers
+            run at once; each response goes out as its handler finishes. Talks, gossip
+            and socket hooks are handled one at a time, in order.
         max_pending_packages: Packages of one connection waiting for its handlers;
             beyond this, the node stops reading from that peer until they catch up.
         heartbeat_interval: Time between two heartbeat rounds of the server.
@@ -141,6 +144,7 @@ class NodeOptions:
     max_package_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
     max_inbound: int | None = 100
     max_pending_packages: int = 32
+    max_concurrent_requests: int = 16
     heartbeat_interval: float = 3.0
     heartbeat_jitter: float = 1.0
     heartbeat_timeout: float = 10.0
@@ -317,6 +321,7 @@ _AT_LEAST_ONE = (
     "ip_burst",
     "min_packages",
     "max_pending_packages",
+    "max_concurrent_requests",
     "write_limit",
     "gossip_degree_low",
     "seen_max",
