@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 from ..drivers.base import Listening, Socket
 from ..exceptions import ChannelError, ConnectionClosed, HandshakeError, SelfDialError
 from ..identity import short_id
-from ..protocol.admission import Admission, block_scope, keep_new_connection
-from ..protocol.close import CloseCode, fit_reason
+from ..protocol.admission import Admission, keep_new_connection
+from ..protocol.close import CloseCode
 from ..protocol.connection import (
     Action,
     Block,
@@ -47,6 +47,7 @@ from ..security.channel import SecureSocket
 from ..storage.peerstore import PeerSource
 from .dispatch import Hook, Worker
 from .peer import PeerConnection, PeerLog
+from .penalties import Penalties
 
 if TYPE_CHECKING:
     from .node import Node
@@ -79,6 +80,7 @@ class Connections:
             max_inbound=options.max_inbound, limiter=limiter, is_blocked=self._address_blocked
         )
         self._budgets = BudgetTable(options.request_rate, options.request_burst)
+        self.penalties = Penalties(node, self)
         self._workers: set[asyncio.Task[None]] = set()
         self._debug = self._logger.isEnabledFor(logging.DEBUG)
 
@@ -115,20 +117,6 @@ class Connections:
             return peer_key(None, socket.host)
         return f"connection:{socket.id}"
 
-    def _crossed(
-        self, socket: Socket, *, good: int = 0, invalid: int = 0, by_address: bool = False
-    ) -> bool:
-        """Count packages against the peer (by id, else address) in the peer store;
-        True if that crossed the block policy (the count then starts afresh)."""
-        store = self._node.store
-        if store is None:
-            return False
-        key = peer_key(None if by_address else socket.peer_id, socket.host)
-        if not store.policy.crossed(store.record_packages(key, good=good, invalid=invalid)):
-            return False
-        store.restart_window(key)
-        return True
-
     def _address_blocked(self, host: str) -> bool:
         store = self._node.store
         return store is not None and store.is_blocked(address=host)
@@ -163,10 +151,10 @@ class Connections:
         if self._debug and protocol.last_package is not None:
             conn.log.debug("< %s", protocol.last_package)
         if protocol.last_valid:
-            if self._crossed(socket, good=1):
+            if self.penalties.crossed(socket, good=1):
                 # Past the policy, even if this package was a good one: a peer mixing
                 # good packages among its bad ones must not slip through.
-                self.block(socket.peer_id, socket.host, "too many invalid packages", socket=socket)
+                self.penalties.offended(conn)
                 return
         for action in actions:
             self._carry_out(conn, action)
@@ -179,7 +167,8 @@ class Connections:
         conn.log.warning("! connection failed: %s", error)
         if isinstance(error, ChannelError):
             # A message that doesn't decrypt on an authenticated channel: tampering.
-            self.block(socket.peer_id, socket.host, f"protocol violation: {error}", socket=socket)
+            reason = f"protocol violation: {error}"
+            self.penalties.block(socket.peer_id, socket.host, reason, socket=socket)
         self._enqueue(conn, Hook("on_socket_error", socket, error))
 
     def on_close(self, socket: Socket) -> None:
@@ -228,9 +217,9 @@ class Connections:
         if (
             raw.inbound
             and not isinstance(error, SelfDialError)
-            and self._crossed(raw, invalid=1, by_address=True)
+            and self.penalties.crossed(raw, invalid=1, by_address=True)
         ):
-            self.block(None, raw.host, "too many failed handshakes")
+            self.penalties.block(None, raw.host, "too many failed handshakes")
         if node.client is not None and not raw.inbound:
             node.client.dial_failed(raw.peer, error)
         node.tasks.spawn(node.call_hooks("on_socket_error", raw, error), "on_socket_error hooks")
@@ -344,10 +333,10 @@ class Connections:
             self._introduced(conn, action)  # type: ignore[arg-type]
         elif kind is Close:
             conn.log.warning("! closing: %s", action.reason)  # type: ignore[union-attr]
-            self._close(conn, action.code, action.reason)  # type: ignore[union-attr]
+            self.close(conn, action.code, action.reason)  # type: ignore[union-attr]
         elif kind is Block:
             socket = conn.socket
-            self.block(socket.peer_id, socket.host, action.reason, socket=socket)  # type: ignore[union-attr]
+            self.penalties.block(socket.peer_id, socket.host, action.reason, socket=socket)  # type: ignore[union-attr]
         elif kind is Ignore and self._debug:
             conn.log.debug("- %s", action.reason)  # type: ignore[union-attr]
 
@@ -359,8 +348,10 @@ class Connections:
             conn.log.warning("! %s%s", penalty.reason, suffix)
         else:
             conn.log.debug("! %s", penalty.reason)
-        if self._crossed(socket, invalid=1):
-            self.block(socket.peer_id, socket.host, "too many invalid packages", socket=socket)
+        if self.penalties.crossed(socket, invalid=1) or (
+            socket.peer_id is None and self.penalties.judge(conn.protocol.counts())
+        ):
+            self.penalties.offended(conn)
 
     def _introduced(self, conn: PeerConnection, introduced: Introduced) -> None:
         socket = conn.socket
@@ -374,7 +365,7 @@ class Connections:
         body = introduced.body
         conn.log.debug("= peer runs %s %s", body.get("library"), body.get("library_version"))
 
-    def _close(self, conn: PeerConnection, code: int, reason: str) -> None:
+    def close(self, conn: PeerConnection, code: int, reason: str) -> None:
         """Close a connection; a throttled one reads again to see the close through."""
         if conn.throttle is not None:
             conn.throttle.cancel()
@@ -402,50 +393,6 @@ class Connections:
         if conn is not None:
             for action in conn.protocol.penalise(reason):
                 self._carry_out(conn, action)
-
-    def block(
-        self, peer_id: str | None, address: str | None, reason: str, *, socket: Socket | None = None
-    ) -> None:
-        """
-        Block a peer by id and address for ``block_duration``; close its connections,
-        and ``socket``, the one that crossed the policy.
-
-        Loopback addresses are not blocked (unless ``limit_loopback``): every local peer
-        shares them. A local peer without a peer id (plain mode) is only disconnected.
-        """
-        scope = block_scope(peer_id, address, limit_loopback=self._options.limit_loopback)
-        if scope is None:
-            if socket is not None and not socket.closed:
-                self._logger.warning(
-                    "! disconnecting %s: %s (loopback addresses are not blocked)",
-                    socket.peer,
-                    reason,
-                )
-                socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"disconnected: {reason}"))
-            return
-        self._logger.warning(
-            "! blocking %s for %g s: %s",
-            " and ".join(x for x in (scope.peer_id, scope.address) if x),
-            self._options.block_duration,
-            reason,
-        )
-        node = self._node
-        if node.store is not None and node.running:
-            node.tasks.spawn(
-                node.store.block(peer_id=scope.peer_id, address=scope.address, reason=reason),
-                f"block {scope.peer_id or scope.address}",
-            )
-        close_reason = fit_reason(f"blocked: {reason}")
-        for conn in list(self._conns.values()):
-            other = conn.socket
-            if (
-                other is socket
-                or (scope.peer_id is not None and other.peer_id == scope.peer_id)
-                or (scope.address is not None and other.host == scope.address and other.inbound)
-            ):
-                self._close(conn, CloseCode.POLICY_VIOLATION, close_reason)
-        if socket is not None and not socket.closed:
-            socket.close_soon(CloseCode.POLICY_VIOLATION, close_reason)
 
     # Inboxes
 
@@ -532,7 +479,7 @@ class Connections:
         reason = f"send queue full: {limit} packages unread"
         if not socket.closed:
             conn.log.warning("! %s: disconnecting", reason)
-            self._close(conn, CloseCode.POLICY_VIOLATION, reason)
+            self.close(conn, CloseCode.POLICY_VIOLATION, reason)
         raise ConnectionClosed(CloseCode.POLICY_VIOLATION, reason)
 
     async def send(self, socket: Socket, package: Package) -> None:
@@ -556,7 +503,7 @@ class Connections:
                 if stall.stalled(loop.time(), socket.write_buffer_size):
                     reason = f"peer read nothing for {timeout:g} s"
                     conn.log.warning("! %s: disconnecting", reason)
-                    self._close(conn, CloseCode.POLICY_VIOLATION, reason)
+                    self.close(conn, CloseCode.POLICY_VIOLATION, reason)
                     socket.abort()  # it won't read our close frame either
                     return
         finally:
