@@ -51,8 +51,7 @@ async def test_garbage_on_one_connection_never_closes_another(
     assert blocked is limit_loopback
     if limit_loopback:
         assert any(
-            f"{OFFENDING_CONNECTIONS} connections sent too many invalid packages"
-            in r.getMessage()
+            f"{OFFENDING_CONNECTIONS} connections sent too many invalid packages" in r.getMessage()
             for r in caplog.records
         )
         # New connections from the blocked address are refused; the old one stays.
