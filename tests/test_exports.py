@@ -59,6 +59,7 @@ MODULES = [
     "trustp2p.apps.simulate.runner",
     "trustp2p.threads.base",
     "trustp2p.threads.loader",
+    "trustp2p.tasks",
 ]
 
 

@@ -67,7 +67,7 @@ from ..protocol.gossip import (
 )
 from ..protocol.package import Body, Package, PackageType, build_package
 from ..storage.msglog import LOG_FILE, LoggedMessage, MessageLog
-from .tasks import TaskOwner
+from ..tasks import TaskOwner
 
 if TYPE_CHECKING:
     from .node import Node

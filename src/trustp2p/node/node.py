@@ -36,6 +36,7 @@ from ..protocol.urls import split_peer_url
 from ..security.channel import SecureLayer
 from ..storage import DATA_DIR
 from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
+from ..tasks import TaskOwner
 from ..threads.base import Thread
 from ..threads.loader import THREADS_ENABLED, load_thread_classes
 from ..threads.peer_exchange import PeerExchangeThread
@@ -47,7 +48,6 @@ from .handlers import HandlerRegistry
 from .peer import PeerConnection
 from .requests import Requests
 from .roles import ClientRole, ServerRole
-from .tasks import TaskOwner
 
 
 class NodeState(enum.Enum):
