@@ -159,10 +159,10 @@ async def test_broadcast_gives_each_peer_its_result(make_node: MakeNode) -> None
     for client in clients[1:]:
         await wait_for(lambda client=client: len(peer(client).talks) == 2)
     # Requests: each peer's answer, or its error; one slow peer fails alone.
-    answers = await role.broadcast("echo", {"q": 1}, type=PackageType.REQUEST)
+    answers = await role.broadcast("echo", {"q": 1}, package_type=PackageType.REQUEST)
     assert answers == {socket: {"echo": {"q": 1}, "from": socket.peer_id} for socket in sockets[1:]}
     timed = await role.broadcast(
-        "silent", {}, sockets=sockets, type=PackageType.REQUEST, timeout=20 * MS
+        "silent", {}, sockets=sockets, package_type=PackageType.REQUEST, timeout=20 * MS
     )
     assert isinstance(timed[sockets[0]], ConnectionClosed)
     assert all(isinstance(timed[socket], RequestTimeout) for socket in sockets[1:])

@@ -218,7 +218,7 @@ def body_to_json(body: Body) -> str:
 
 
 def compute_tag(
-    type: PackageType,
+    package_type: PackageType,
     event: str,
     body_json: str,
     *,
@@ -233,7 +233,7 @@ def compute_tag(
     (``s`` string, ``n`` number), every part joined by NUL.
 
     Args:
-        type: The package type.
+        package_type: The package type.
         event: The event name.
         body_json: The body as compact JSON text, see :func:`body_to_json`.
         version: The protocol version written in the package.
@@ -242,14 +242,14 @@ def compute_tag(
     """
     source = (
         f"alt\0s\0{alt}\0body\0s\0{body_json}\0event\0s\0{event}"
-        f"\0type\0n\0{int(type)}\0version\0s\0{version}"
+        f"\0type\0n\0{int(package_type)}\0version\0s\0{version}"
     )
     digest = hashlib.sha256(source.encode()).digest()
     return Tag(base64.b64encode(digest).decode("ascii"))
 
 
 def build_package(
-    type: PackageType,
+    package_type: PackageType,
     event: str,
     body: Body,
     *,
@@ -273,13 +273,15 @@ def build_package(
         raise TypeError(f"event must be a str, not {event.__class__.__name__}")
     body_json = body_to_json(body)
     if tag is None:
-        if type in REQUEST_TYPES:
-            tag = compute_tag(type, event, body_json, version=version, alt=alt)
-        elif type in RESPONSE_TYPES:
-            raise ValueError(f"a {type.name} package needs the tag of the request it answers")
+        if package_type in REQUEST_TYPES:
+            tag = compute_tag(package_type, event, body_json, version=version, alt=alt)
+        elif package_type in RESPONSE_TYPES:
+            raise ValueError(
+                f"a {package_type.name} package needs the tag of the request it answers"
+            )
         else:
             tag = ""
-    return Package(type, event, body, Tag(tag), version, alt, body_json)
+    return Package(package_type, event, body, Tag(tag), version, alt, body_json)
 
 
 def encode(package: Package) -> bytes:
