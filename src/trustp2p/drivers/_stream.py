@@ -24,12 +24,34 @@ __all__ = [
 import abc
 import asyncio
 import logging
+import struct
+import sys
 import threading
 from collections.abc import Callable
 from typing import ClassVar, cast
 
 from ..exceptions import DriverError
 from .base import DriverOptions, Listener, Listening, Socket
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    def _kernel_backlog(fd: int) -> int:
+        """Bytes in the kernel's send queue not acknowledged by the peer (SIOCOUTQ,
+        tcp(7)); 0 if it can't be read."""
+        try:
+            data = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+        except OSError:
+            return 0
+        value: int = struct.unpack("i", data)[0]
+        return value
+
+else:  # pragma: no cover - Linux only
+
+    def _kernel_backlog(fd: int) -> int:
+        return 0
+
 
 # Frames written in one event loop iteration are sent in one system call, up to this many
 # bytes. More would batch the pipeline into turns: the peer would sit idle until the
@@ -113,6 +135,18 @@ class StreamSocket(Socket, asyncio.BufferedProtocol):
                 self._drain_waiters.remove(waiter)
         if self.closed:
             raise self._closed_exc()
+
+    def bytes_in_flight(self) -> int:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return 0
+        size = transport.get_write_buffer_size()
+        if self._out is not None:
+            size += self._out_size
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            size += _kernel_backlog(sock.fileno())
+        return size
 
     def abort(self) -> None:
         self._aborted = True

@@ -124,8 +124,9 @@ class Socket(abc.ABC):
         peer_id: The peer's authenticated id on a secure connection, else ``None``.
         host: The peer's address (from ``X-Real-IP`` behind a loopback proxy).
         inbound: True when the peer dialled us.
-        last_seen: Event loop time (:meth:`asyncio.AbstractEventLoop.time`) of the last
-            message received, or of the connection.
+        last_seen: Event loop time (:meth:`asyncio.AbstractEventLoop.time`) when bytes
+            last arrived (every read counts, a partial message too), or when the
+            connection opened. Liveness counts any bytes as a sign of life.
         stats: Counters for this connection.
         close_code: The close code once closed, else ``None``.
         close_reason: The close reason once closed.
@@ -172,6 +173,15 @@ class Socket(abc.ABC):
     @abc.abstractmethod
     async def drain(self) -> None:
         """Wait until the write buffer is below its limit."""
+
+    def bytes_in_flight(self) -> int:
+        """
+        Bytes written to this connection that the peer hasn't taken yet, as far as the
+        driver can tell: its write buffer and, over TCP on Linux, the kernel's unsent and
+        unacknowledged bytes. Liveness takes a fall as progress: the peer is reading
+        what we sent. 0 when the driver can't tell.
+        """
+        return 0
 
     async def send(self, data: bytes) -> None:
         """

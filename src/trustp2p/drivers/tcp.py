@@ -212,6 +212,7 @@ class TcpSocket(StreamSocket):
         self._report("on_connection" if self.inbound else "on_open")
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_seen = self._loop.time()  # any bytes are life, a partial frame too
         if self._discarding:
             return
         view = _receive_buffer.view

@@ -112,6 +112,7 @@ class WsSocket(StreamSocket):
         self.data_received(bytes(_receive_buffer.view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
+        self.last_seen = self._loop.time()  # any bytes are life, a partial frame too
         protocol = self._protocol
         protocol.receive_data(data)
         events = protocol.events_received()

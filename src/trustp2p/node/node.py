@@ -41,6 +41,7 @@ from .connections import Connections, PeerConnection
 from .dispatch import call_thread
 from .gossip import Gossip, GossipHandler, GossipThread
 from .handlers import HandlerRegistry
+from .liveness import Heartbeat
 from .requests import Requests
 from .roles import ClientRole, ServerRole
 from .tasks import TaskOwner
@@ -91,6 +92,8 @@ class Node:
         """Which thread handles which (package type, event), once threads are loaded."""
         self.connections = Connections(self)
         """The open connections; iterate for :class:`PeerConnection` objects."""
+        self.heartbeat = Heartbeat(self)
+        """The heartbeat round: liveness of every connection, on both sides."""
         self._requests: Requests | None = None
         self._drivers: dict[str, Driver] = {}
         self._listening: Listening | None = None
@@ -249,6 +252,7 @@ class Node:
         if self.gossip is not None:
             await self.gossip.start()
         self.state = NodeState.RUNNING
+        self.tasks.spawn(self.heartbeat.run(), "heartbeat")
         for thread in self.threads:
             await call_thread(thread, "start")
         try:
