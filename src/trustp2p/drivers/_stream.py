@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import ClassVar, cast
 
 from ..exceptions import DriverError
+from ._accept import StreamServer, bind
 from .base import DriverOptions, Listener, Listening, Socket
 
 if sys.platform == "linux":
@@ -293,9 +294,9 @@ class StreamSocket(Socket, asyncio.BufferedProtocol):
 
 
 class ServerListening(Listening):
-    """An asyncio server listening for connections."""
+    """A server listening for stream connections (:class:`StreamServer`)."""
 
-    def __init__(self, server: asyncio.Server, url: str) -> None:
+    def __init__(self, server: StreamServer, url: str) -> None:
         self._server = server
         self.url = url
 
@@ -303,15 +304,22 @@ class ServerListening(Listening):
         self._server.close()
 
     async def wait_closed(self) -> None:
-        # On Python >= 3.12 this also waits for the connections to close.
         await self._server.wait_closed()
 
 
 async def serve(
-    factory: Callable[[], asyncio.BaseProtocol], host: str, port: int
-) -> tuple[asyncio.Server, str]:
+    factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    *,
+    accept_retry_max: float = 1.0,
+) -> tuple[StreamServer, str]:
     """
-    Start an asyncio server on ``host`` and ``port``; ``port=0`` picks a free port.
+    Start accepting connections on ``host`` and ``port``; ``port=0`` picks a free port.
+
+    Args:
+        accept_retry_max: Longest pause of accepting when ``accept()`` fails, e.g. for
+            want of file descriptors, in seconds (see :mod:`._accept`).
 
     Returns:
         The server, and the address it listens on, as ``host:port``.
@@ -320,9 +328,10 @@ async def serve(
         DriverError: If listening fails.
 
     """
-    loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(factory, host, port)
+        sockets = await bind(host, port)
     except OSError as exc:
         raise DriverError(f"can't listen on {format_address(host, port)}: {exc}") from exc
-    return server, format_address(host, server.sockets[0].getsockname()[1])
+    server = StreamServer(factory, sockets, retry_max=accept_retry_max)
+    server.start()
+    return server, format_address(host, sockets[0].getsockname()[1])

@@ -71,6 +71,9 @@ class DriverOptions:
             bytes.
         trust_real_ip: Take a client's address from the ``X-Real-IP`` header when the
             connection comes from a proxy on a loopback address (and only then).
+        accept_retry_max: When accepting fails (``tcp``, ``ws``), e.g. for want of file
+            descriptors, accepting pauses, 50 ms at first and doubling up to this, in
+            seconds; one warning is logged per episode.
 
     """
 
@@ -80,6 +83,7 @@ class DriverOptions:
     frame_timeout: float = 10.0
     write_limit: int = 2**16
     trust_real_ip: bool = True
+    accept_retry_max: float = 1.0
 
 
 @dataclass(slots=True)

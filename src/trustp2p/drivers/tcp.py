@@ -529,7 +529,9 @@ class TcpDriver(Driver):
         def factory() -> TcpSocket:
             return TcpSocket(listener=listener, options=options, inbound=True)
 
-        server, address = await serve(factory, host, port)
+        server, address = await serve(
+            factory, host, port, accept_retry_max=options.accept_retry_max
+        )
         listening = TcpListening(server, f"tcp://{address}")
         listener.on_start(listening)
         return listening

@@ -286,7 +286,9 @@ class WsDriver(Driver):
             protocol = ServerProtocol(max_size=options.max_message_size)
             return WsSocket(listener=listener, options=options, inbound=True, protocol=protocol)
 
-        server, address = await serve(factory, host, port)
+        server, address = await serve(
+            factory, host, port, accept_retry_max=options.accept_retry_max
+        )
         listening = WsListening(server, f"ws://{address}")
         listener.on_start(listening)
         return listening
