@@ -19,6 +19,8 @@ MODULES = [
     "trustp2p.protocol.deliver",
     "trustp2p.protocol.handshake",
     "trustp2p.protocol.backoff",
+    "trustp2p.protocol.liveness",
+    "trustp2p.node.liveness",
     "trustp2p.drivers",
     "trustp2p.drivers.base",
     "trustp2p.drivers.ws",

@@ -12,7 +12,7 @@ closing handshake, and aborting fails or reroutes its pending requests right awa
 
 from __future__ import annotations
 
-__all__ = ["Heartbeat"]
+__all__ = ["LOST_PEER", "Heartbeat"]
 
 import asyncio
 import random
