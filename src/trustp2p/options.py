@@ -51,11 +51,12 @@ class NodeOptions:
             connection's liveness, on both sides (:mod:`trustp2p.protocol.liveness`).
         heartbeat_jitter: Up to this much is added at random to each interval.
         heartbeat_timeout: Time from one ping of a peer to the next, whether it talks
-            or not.
+            or not (the side that dialled waits one round longer and lets the other
+            ping first).
         heartbeat_response_timeout: A peer whose ping stays unanswered this long is
             dropped as a lost peer; time in which the link shows progress (a large
             frame arriving, ours leaving) doesn't count. With the defaults a dead link
-            is found within 28 s (``liveness_timings().detection_bound``).
+            is found within 29 s on both sides (``liveness_timings().detection_bound``).
         response_timeout: Default time to wait for a response.
         stalled_timeout: Time after which a rerouting request goes to the next server.
         reconnect_initial: First delay before redialling a server.
@@ -140,7 +141,7 @@ class NodeOptions:
     max_package_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
     max_inbound: int | None = 100
     max_pending_packages: int = 32
-    heartbeat_interval: float = 3.0
+    heartbeat_interval: float = 2.0
     heartbeat_jitter: float = 1.0
     heartbeat_timeout: float = 10.0
     heartbeat_response_timeout: float = 10.0

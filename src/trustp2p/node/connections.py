@@ -352,6 +352,7 @@ class Connections:
             alt=options.alt,
             max_package_size=options.max_package_size,
             liveness=options.liveness_timings(),
+            inbound=socket.inbound,
         )
         log = _PeerLog(self._logger, {"peer": socket.peer})
         conn = self._conns[socket.id] = PeerConnection(socket, role, protocol, log)

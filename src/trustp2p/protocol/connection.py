@@ -262,6 +262,8 @@ class ConnectionProtocol:
         protocol_version: Our protocol version; packages must share its major.
         max_package_size: Bytes; larger messages are invalid. ``None``: no limit.
         liveness: The timings of the liveness rules.
+        inbound: The peer dialled us: we lead the pinging (see
+            :mod:`~trustp2p.protocol.liveness`).
 
     Attributes:
         state: The :class:`ConnectionState`.
@@ -288,6 +290,7 @@ class ConnectionProtocol:
         protocol_version: str = PROTOCOL_VERSION,
         max_package_size: int | None = 2**20,
         liveness: LivenessTimings | None = None,
+        inbound: bool = True,
     ) -> None:
         self.secure = secure
         self.peer_id = peer_id
@@ -304,7 +307,7 @@ class ConnectionProtocol:
         self.listen_urls: list[str] = []
         self.invalid = 0
         self.last_seen = clock()
-        self.liveness = Liveness(self.last_seen, liveness or LivenessTimings())
+        self.liveness = Liveness(self.last_seen, liveness or LivenessTimings(), leads=inbound)
         self._ping: Package | None = None
         self.last_valid = False
         self.last_package: Package | None = None
@@ -464,9 +467,12 @@ class ConnectionProtocol:
 
     def _request(self, package: Package) -> list[Action]:
         actions: list[Action]
+        ping = package.type is PackageType.HEARTBEAT_PING and package.event == PING_EVENT
+        if ping:
+            self.liveness.ping_received(self._clock())
         if self._is_handled(package.type, package.event):
             actions = [Dispatch(package)]
-        elif package.type is PackageType.HEARTBEAT_PING and package.event == PING_EVENT:
+        elif ping:
             # Liveness needs no thread: answer at once, ahead of the packages waiting
             # for handlers, with the original's pong (shared/protocol/README.md).
             actions = [Send(self._pong(package.tag))]

@@ -6,8 +6,15 @@ node checks each connection at most ``period`` seconds apart (its heartbeat roun
 carries out the :class:`Verdict`:
 
 1. **Ping on a schedule.** A connection with no ping outstanding gets one ``interval``
-   seconds after the previous ping was sent (the first ``interval`` after it opened),
+   seconds after the last ping it sent or received (at first, after it opened),
    whether the peer talks or not: a peer that talks but never answers is found too.
+   The side that accepted the connection leads, as the original's server did; the side
+   that dialled waits one ``period`` longer, so the leader's ping comes first and
+   puts its own off. A ping from the peer shows the link works both ways, since under
+   these rules a peer sends its next ping only once we answered its last. The two
+   sides thus share one ping per ``interval`` instead of sending one each (idle peers
+   cost half as much), and the side that dialled takes over when the leader's pings
+   stop coming.
 2. **Charge the silence.** While a ping is outstanding, the time between two checks is
    charged against it, unless the link showed progress in that time:
 
@@ -25,11 +32,12 @@ carries out the :class:`Verdict`:
 4. **Answered.** A pong (``HEARTBEAT_PONG`` with the ping's tag) ends the ping: its
    round trip is known and nothing is charged any more.
 
-A link that dies is found within :attr:`LivenessTimings.detection_bound` seconds:
-``interval + timeout + 2 * period`` (the next ping waits up to ``interval`` plus one
-round; it is charged ``timeout``, seen at most one round late; and the round in which
-the link died may have shown progress). Shipped defaults (10 s, 10 s, rounds of 3 s plus
-up to 1 s of jitter) make that 28 s.
+A link that dies is found within :attr:`LivenessTimings.detection_bound` seconds on
+both sides: ``interval + timeout + 3 * period`` (the next ping waits up to ``interval``,
+one ``period`` more on the side that dialled, plus one round; it is charged ``timeout``,
+seen at most one round late; and the round in which the link died may have shown
+progress). Shipped defaults (10 s, 10 s, rounds of 2 s plus up to 1 s of jitter) make
+that 29 s.
 
 The rules replace the original's, under which only the server pinged, and only clients
 silent for ``heartbeat_timeout``: a client never noticed a dead server, and a busy
@@ -73,7 +81,7 @@ class LivenessTimings:
 
     interval: float = 10.0
     timeout: float = 10.0
-    period: float = 4.0
+    period: float = 3.0
 
     def __post_init__(self) -> None:
         for name in ("interval", "timeout", "period"):
@@ -84,8 +92,9 @@ class LivenessTimings:
 
     @property
     def detection_bound(self) -> float:
-        """The longest time, in seconds, from a link's death to the verdict DEAD."""
-        return self.interval + self.timeout + 2 * self.period
+        """The longest time, in seconds, from a link's death to the verdict DEAD, on
+        either side."""
+        return self.interval + self.timeout + 3 * self.period
 
 
 class Liveness:
@@ -95,6 +104,8 @@ class Liveness:
     Args:
         opened: When the connection opened (clock seconds).
         timings: The rules' timings.
+        leads: This side accepted the connection and pings first; the side that
+            dialled waits one ``period`` longer.
 
     Attributes:
         last_ping: When the last ping was sent (or the connection opened).
@@ -106,6 +117,7 @@ class Liveness:
 
     __slots__ = (
         "_backlog",
+        "_due_after",
         "_last_check",
         "charged",
         "last_ping",
@@ -114,8 +126,9 @@ class Liveness:
         "timings",
     )
 
-    def __init__(self, opened: float, timings: LivenessTimings) -> None:
+    def __init__(self, opened: float, timings: LivenessTimings, *, leads: bool = True) -> None:
         self.timings = timings
+        self._due_after = timings.interval + (0.0 if leads else timings.period)
         self.last_ping = opened
         self.outstanding: float | None = None
         self.charged = 0.0
@@ -153,7 +166,7 @@ class Liveness:
         sent = self.outstanding
         if sent is None:
             self._last_check = now
-            if now - self.last_ping >= self.timings.interval:
+            if now - self.last_ping >= self._due_after:
                 return Verdict.PING
             return Verdict.NOTHING
         since = max(self._last_check, sent)
@@ -183,6 +196,14 @@ class Liveness:
         self.last_ping = self.outstanding = self._last_check = now
         self.charged = 0.0
         self._backlog = backlog
+
+    def ping_received(self, now: float) -> None:
+        """
+        The peer pinged us at ``now``: with no ping of ours outstanding, ours is put off
+        (it is due ``interval`` from now, one ``period`` more if we dialled).
+        """
+        if self.outstanding is None and now > self.last_ping:
+            self.last_ping = now
 
     def pong_received(self, now: float) -> float | None:
         """
