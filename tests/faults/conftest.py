@@ -31,7 +31,7 @@ TIMINGS: dict[str, Any] = {
     "reconnect_max": 0.5,
     "open_timeout": 1.0,
 }
-"""The liveness timing knobs, short: a dead link is found within 2.1 s
+"""The liveness timing knobs, short: a dead link is found within 2.4 s
 (``NodeOptions(**TIMINGS).liveness_timings().detection_bound``)."""
 
 
