@@ -87,7 +87,10 @@ WARN_INVALID = 10
 that a peer can't flood the log."""
 
 PING_EVENT = "ping"
+"""The event of a heartbeat ping (``HEARTBEAT_PING``, body ``{}``), as the original's."""
+
 PONG_EVENT = "pong"
+"""The event of a heartbeat pong (``HEARTBEAT_PONG``, body ``{"sleep": false}``)."""
 
 MAX_ERROR_EVENT_CHARS = 128
 """An error answer repeats at most this many characters of the request's event name."""
