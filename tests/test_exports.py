@@ -21,6 +21,8 @@ MODULES = [
     "trustp2p.protocol.backoff",
     "trustp2p.protocol.outbound",
     "trustp2p.node.dialer",
+    "trustp2p.protocol.liveness",
+    "trustp2p.node.liveness",
     "trustp2p.drivers",
     "trustp2p.drivers.base",
     "trustp2p.drivers.ws",

@@ -36,12 +36,12 @@ from ..protocol.connection import (
     Ignore,
     Introduced,
     Penalty,
+    PingAnswered,
     Send,
     Throttle,
-    WriteStall,
 )
-from ..protocol.limits import AddressLimiter, BudgetTable, is_loopback
-from ..protocol.package import Package, encode
+from ..protocol.limits import AddressLimiter, BudgetTable, WriteStall, is_loopback
+from ..protocol.package import Package, PackageType, encode
 from ..protocol.peers import peer_key
 from ..security.channel import SecureSocket
 from ..storage.peerstore import PeerSource
@@ -301,6 +301,8 @@ class Connections:
             request_budget=self._budgets.get(self._budget_key(socket), now()),
             alt=options.alt,
             max_package_size=options.max_package_size,
+            liveness=options.liveness_timings(),
+            inbound=socket.inbound,
         )
         log = PeerLog(self._logger, {"peer": socket.peer})
         conn = self._conns[socket.id] = PeerConnection(socket, role, protocol, log)
@@ -325,6 +327,8 @@ class Connections:
                 self.send_package(conn.socket, action.package)  # type: ignore[union-attr]
             except ConnectionClosed:
                 pass
+        elif kind is PingAnswered:
+            conn.socket.stats.last_rtt = action.rtt  # type: ignore[union-attr]
         elif kind is Throttle:
             self._throttle(conn, action.delay)  # type: ignore[union-attr]
         elif kind is Penalty:
@@ -415,10 +419,13 @@ class Connections:
         conn = self._conns.get(conn_id)
         if conn is None:
             return
-        conn.socket.stats.unmatched_in += 1
+        # A pong nobody waits for answers the node's own ping (its heartbeat round).
+        pong = package.type is PackageType.HEARTBEAT_PONG
+        if not pong:
+            conn.socket.stats.unmatched_in += 1
         if self._node.handlers.handles(package.type, package.event):
             self._enqueue(conn, package)
-        elif self._debug:
+        elif self._debug and not pong:
             conn.log.debug("- dropped %s: it matches no pending request", package)
 
     async def wait_workers(self, timeout: float) -> None:

@@ -45,6 +45,7 @@ from .dispatch import call_thread
 from .gossip import Gossip, GossipHandler
 from .gossip_thread import GossipThread
 from .handlers import HandlerRegistry
+from .liveness import Heartbeat
 from .peer import PeerConnection
 from .requests import Requests
 from .roles import ClientRole, ServerRole
@@ -95,6 +96,8 @@ class Node:
         """Which thread handles which (package type, event), once threads are loaded."""
         self.connections = Connections(self)
         """The open connections; iterate for :class:`PeerConnection` objects."""
+        self.heartbeat = Heartbeat(self)
+        """The heartbeat round: liveness of every connection, on both sides."""
         self._requests: Requests | None = None
         self._drivers: dict[str, Driver] = {}
         self._listening: Listening | None = None
@@ -253,6 +256,7 @@ class Node:
         if self.gossip is not None:
             await self.gossip.start()
         self.state = NodeState.RUNNING
+        self.tasks.spawn(self.heartbeat.run(), "heartbeat")
         for thread in self.threads:
             await call_thread(thread, "start")
         try:

@@ -7,7 +7,14 @@ the caller.
 
 from __future__ import annotations
 
-__all__ = ["AddressLimiter", "BudgetTable", "TokenBucket", "is_loopback", "netgroup"]
+__all__ = [
+    "AddressLimiter",
+    "BudgetTable",
+    "TokenBucket",
+    "WriteStall",
+    "is_loopback",
+    "netgroup",
+]
 
 import ipaddress
 from collections import Counter
@@ -185,3 +192,36 @@ class BudgetTable:
                         del self._buckets[other]
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
         return bucket
+
+
+class WriteStall:
+    """
+    Tells a peer that reads nothing from one that reads slowly.
+
+    While data waits for a peer (its write buffer is above the limit), the node samples
+    the buffer's size. Any decrease is progress: the peer took bytes, however few, so a
+    large frame crawling over a slow link is never taken for a stall. A peer whose buffer
+    hasn't shrunk for ``timeout`` seconds reads nothing.
+
+    Args:
+        timeout: Seconds without progress that make a stall.
+        now: When the buffer was first seen above the limit.
+        size: Its size then, in bytes.
+
+    """
+
+    __slots__ = ("_lowest", "_since", "timeout")
+
+    def __init__(self, timeout: float, now: float, size: int) -> None:
+        self.timeout = timeout
+        self._lowest = size
+        self._since = now
+
+    def stalled(self, now: float, size: int) -> bool:
+        """Record the buffer's ``size`` at ``now``; True once there was no progress for
+        :attr:`timeout` seconds."""
+        if size < self._lowest:
+            self._lowest = size
+            self._since = now
+            return False
+        return now - self._since >= self.timeout
