@@ -468,10 +468,7 @@ class Connections:
             (conn.log if conn is not None else self._logger).debug("> %s", package)
         if conn is not None:
             if socket.write_paused:
-                if conn.stall is None:
-                    conn.stall = self._node.tasks.spawn(
-                        self._watch_stall(conn), f"stall watch {socket.peer}"
-                    )
+                self._watch(conn)
                 if not waited:
                     conn.backlog += 1
                     if conn.backlog > self._options.max_send_queue:
@@ -493,8 +490,18 @@ class Connections:
         """Write ``package`` once the write buffer has room: a burst slows the caller
         down, and never counts against the peer."""
         if socket.write_paused:
+            conn = self._conns.get(socket.id)
+            if conn is not None:
+                self._watch(conn)
             await socket.drain()
         self.send_package(socket, package, waited=True)
+
+    def _watch(self, conn: PeerConnection) -> None:
+        """Watch a connection whose write buffer is full, once."""
+        if conn.stall is None and not conn.socket.closed:
+            conn.stall = self._node.tasks.spawn(
+                self._watch_stall(conn), f"stall watch {conn.socket.peer}"
+            )
 
     async def _watch_stall(self, conn: PeerConnection) -> None:
         """While data waits for the peer, close it if it takes nothing for
