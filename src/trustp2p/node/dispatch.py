@@ -63,13 +63,15 @@ class Worker:
     """
 
     __slots__ = (
+        "_busy",
         "_can_resume",
+        "_helpers",
         "_inbox",
         "_max_pending",
         "_node",
-        "_running",
         "_socket",
         "_task",
+        "_waiting",
         "paused",
     )
 
@@ -82,7 +84,10 @@ class Worker:
         self._task: asyncio.Task[None] | None = None
         self._max_pending = max_pending
         self._can_resume = can_resume
-        self._running: set[asyncio.Task[Any]] = set()  # request handlers under way
+        # Request handlers started (coroutines) and waiting for a helper to run them.
+        self._waiting: deque[tuple[Thread, Package, Awaitable[Any]]] = deque()
+        self._helpers = 0  # tasks running request handlers: max_concurrent_requests - 1
+        self._busy = 0  # helpers running a handler now (the others take the next one)
         self.paused = False
 
     def put(self, item: Package | Hook) -> asyncio.Task[None] | None:
@@ -127,8 +132,10 @@ class Worker:
     async def _request(self, package: Package) -> None:
         """
         Start a request's handler. A coroutine handler runs beside the others, up to
-        ``max_concurrent_requests`` per connection (the worker waits for a free slot);
-        its response goes out when it finishes. A plain function answers at once.
+        ``max_concurrent_requests`` per connection: helper tasks run up to one less, and
+        when they are all busy this worker runs the handler itself (so the inbox fills
+        and reading pauses rather than handlers piling up). Its response goes out when
+        it finishes. A plain function answers at once.
         """
         entries = self._node.handlers.get(package.type, package.event)
         if not entries:
@@ -143,15 +150,35 @@ class Worker:
         if result is None or type(result) is dict or not inspect.isawaitable(result):
             await self._answer(thread, package, result)
             return
-        running = self._running
         limit = self._node.options.max_concurrent_requests
-        while len(running) >= limit:
-            await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
-        task = self._node.tasks.spawn(
-            self._finish(thread, package, result), f"request {package.event!r}"
-        )
-        running.add(task)
-        task.add_done_callback(running.discard)
+        if self._helpers >= limit - 1:
+            # Every helper is busy: this worker is the last runner (``limit`` in all).
+            await self._finish(thread, package, result)
+            return
+        self._waiting.append((thread, package, result))
+        if len(self._waiting) > self._helpers - self._busy:  # no helper free to take it
+            # Helpers live while requests wait: under load, not a task per request.
+            self._helpers += 1
+            self._node.tasks.spawn(self._help(), f"requests of {self._socket.peer}")
+
+    async def _help(self) -> None:
+        """Run waiting request handlers, one after the other, while there are any."""
+        waiting = self._waiting
+        try:
+            while waiting:
+                thread, package, pending = waiting.popleft()
+                self._busy += 1
+                try:
+                    await self._finish(thread, package, pending)
+                finally:
+                    self._busy -= 1
+        finally:
+            self._helpers -= 1
+            if self._helpers == 0:
+                for _, _, pending in waiting:  # cancelled: the node stops
+                    if inspect.iscoroutine(pending):
+                        pending.close()
+                waiting.clear()
 
     async def _finish(self, thread: Thread, package: Package, pending: Awaitable[Any]) -> None:
         try:
