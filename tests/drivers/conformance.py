@@ -419,7 +419,7 @@ class DriverConformance:
         events = harness.accepting_recorder(lambda socket: socket.abort())
         listening, _ = await harness.listen(listener=events)
         try:
-            client, client_events = await harness.connect(listening.url)
+            client, _ = await harness.connect(listening.url)
         except DriverError:
             pass  # a driver with a handshake (ws) fails it; others open, then drop
         else:

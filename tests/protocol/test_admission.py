@@ -162,6 +162,28 @@ def test_no_deadline_without_handshake_timeout(clock: FakeClock) -> None:
     assert rules.expired(clock() + 1e9) == []
 
 
+def test_a_proxied_connection_counts_against_its_real_address(clock: FakeClock) -> None:
+    rules = admission(max_inbound=10, max_concurrent=1, blocked=frozenset({"10.0.0.9"}))
+    rules.admit(1, "10.0.0.1", clock())  # the proxy's address at accept
+    assert rules.readdress(1, "10.0.0.1", clock()) is None  # the same: nothing to do
+    assert rules.readdress(1, "203.0.113.7", clock()) is None
+    assert (rules.open_from("10.0.0.1"), rules.open_from("203.0.113.7")) == (0, 1)
+    rules.admit(2, "10.0.0.1", clock())
+    refusal = rules.readdress(2, "203.0.113.7", clock())
+    assert refusal is not None and refusal.reason == (
+        "too many connections from your address (limit 1)"
+    )
+    rules.admit(3, "10.0.0.1", clock())
+    assert rules.readdress(3, "10.0.0.9", clock()) == Refusal(
+        CloseCode.POLICY_VIOLATION, "blocked", warn=False
+    )
+    assert len(rules) == 3  # refused ones hold their slot until they close
+    for conn_id in (1, 2, 3):
+        rules.release(conn_id)
+    assert (len(rules), rules.open_from("203.0.113.7"), rules.open_from("10.0.0.1")) == (0, 0, 0)
+    assert rules.readdress(4, "10.0.0.1", clock()) is None  # unknown: nothing happens
+
+
 A, B, C = "tpa", "tpb", "tpc"
 
 

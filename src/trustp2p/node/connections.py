@@ -13,12 +13,12 @@ over its request budget, the node stops reading from that peer for a while.
 
 from __future__ import annotations
 
-__all__ = ["Connections", "PeerConnection"]
+__all__ = ["Connections"]
 
 import asyncio
 import logging
-from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ..drivers.base import Listening, Socket
 from ..exceptions import ChannelError, ConnectionClosed, HandshakeError, SelfDialError
@@ -30,87 +30,41 @@ from ..protocol.connection import (
     Block,
     Close,
     ConnectionProtocol,
+    ConnectionState,
     DeliverGossip,
     DeliverResponse,
     Dispatch,
     Ignore,
     Introduced,
     Penalty,
+    SelfDial,
     Send,
     Throttle,
     WriteStall,
 )
-from ..protocol.limits import AddressLimiter, BudgetTable, is_loopback
+from ..protocol.limits import BudgetTable, is_loopback
 from ..protocol.package import Package, encode
 from ..protocol.peers import peer_key
 from ..security.channel import SecureSocket
 from ..storage.peerstore import PeerSource
 from .dispatch import Hook, Worker
+from .inbound import Inbound
+from .peer import PeerConnection, PeerLog
 
 if TYPE_CHECKING:
-    from ..protocol.package import Body
     from .node import Node
     from .roles import Role
-
-
-class _PeerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefixes messages with the peer and puts it in ``extra``, as websockets does."""
-
-    def process(
-        self, msg: Any, kwargs: MutableMapping[str, Any]
-    ) -> tuple[Any, MutableMapping[str, Any]]:
-        assert self.extra is not None
-        kwargs["extra"] = self.extra
-        return f"[{self.extra['peer']}] {msg}", kwargs
-
-
-class PeerConnection:
-    """
-    What the node keeps per open connection; get it with :meth:`Node.connection`.
-
-    Attributes:
-        socket: The connection.
-        role: The role it belongs to (``node.server`` or ``node.client``).
-        protocol: Its sans-I/O protocol state (introduction, counts, heartbeat).
-        log: A logger that names the peer.
-
-    """
-
-    __slots__ = ("backlog", "log", "protocol", "role", "socket", "stall", "throttle", "worker")
-
-    def __init__(
-        self, socket: Socket, role: Role, protocol: ConnectionProtocol, log: _PeerLog
-    ) -> None:
-        self.socket = socket
-        self.role = role
-        self.protocol = protocol
-        self.log = log
-        self.worker: Worker | None = None
-        self.backlog = 0  # packages written while the peer wasn't reading
-        self.throttle: asyncio.TimerHandle | None = None  # over the request budget
-        self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
-
-    @property
-    def listen_urls(self) -> list[str]:
-        """The URLs the peer said it listens on (hello or ``my_url``)."""
-        return self.protocol.listen_urls
-
-    @listen_urls.setter
-    def listen_urls(self, urls: list[str]) -> None:
-        self.protocol.listen_urls = urls
-
-    @property
-    def peer_version(self) -> Body | None:
-        """The peer's version or hello body, once received."""
-        return self.protocol.peer_version
 
 
 class Connections:
     """
     The open connections of a node, and the driver callbacks that feed them.
 
-    This is the :class:`~trustp2p.drivers.base.Listener` of the node's drivers (behind
-    the secure layer in secure mode). Not for applications: use the node's API.
+    This is the :class:`~trustp2p.drivers.base.AcceptListener` of the node's drivers
+    (behind the secure layer in secure mode). Not for applications: use the node's API.
+
+    Attributes:
+        inbound: Inbound connections from accept to introduction (limits, deadline).
 
     """
 
@@ -121,21 +75,18 @@ class Connections:
         self._conns: dict[int, PeerConnection] = {}
         self._by_peer_id: dict[str, PeerConnection] = {}
         self._refused: dict[int, Socket] = {}  # plain mode: refused, not closed yet
-        limiter = AddressLimiter(
-            max_concurrent=options.max_per_ip,
-            rate=options.ip_rate,
-            burst=options.ip_burst,
-            exempt_loopback=not options.limit_loopback,
-        )
-        self.admission = Admission(
-            max_inbound=options.max_inbound, limiter=limiter, is_blocked=self._address_blocked
-        )
+        self.inbound = Inbound(node, self)
         self._budgets = BudgetTable(options.request_rate, options.request_burst)
         self._workers: set[asyncio.Task[None]] = set()
         self._debug = self._logger.isEnabledFor(logging.DEBUG)
 
     def __len__(self) -> int:
         return len(self._conns)
+
+    @property
+    def admission(self) -> Admission:
+        """The inbound admission rules (``inbound.admission``)."""
+        return self.inbound.admission
 
     def __iter__(self) -> Iterator[PeerConnection]:
         """The open connections, oldest first (a snapshot: safe to close them)."""
@@ -157,7 +108,7 @@ class Connections:
         """The authenticated peer ids of the open connections."""
         return set(self._by_peer_id)
 
-    def _budget_key(self, socket: Socket) -> str:
+    def budget_key(self, socket: Socket) -> str:
         """Whose request budget a connection spends: its peer's (by id), else its
         address's, so that reconnecting doesn't refill it. Local peers without an id
         (plain mode, loopback, not ``limit_loopback``) each have their connection's."""
@@ -181,14 +132,13 @@ class Connections:
         store.restart_window(key)
         return True
 
-    def _address_blocked(self, host: str) -> bool:
-        store = self._node.store
-        return store is not None and store.is_blocked(address=host)
-
-    # Driver callbacks (the Listener protocol)
+    # Driver callbacks (the AcceptListener protocol)
 
     def on_start(self, listening: Listening) -> None:
         self._logger.info("= listening on %s", listening.url)
+
+    def on_accept(self, socket: Socket) -> None:
+        self.inbound.accept(socket)
 
     def on_connection(self, socket: Socket) -> None:
         node = self._node
@@ -196,7 +146,7 @@ class Connections:
         if node.secure_layer is None:
             # Plain mode: admit here. In secure mode the secure layer did, before any
             # cryptography.
-            refusal = self.admit(socket)
+            refusal = self.inbound.admit(socket)
             if refusal is not None:
                 self._refuse(socket, *refusal)
                 return
@@ -212,6 +162,8 @@ class Connections:
             return  # refused, or the node is stopping
         protocol = conn.protocol
         actions = protocol.receive_data(data)
+        if socket.id in self.inbound.awaiting and protocol.state is ConnectionState.OPEN:
+            self.inbound.introduced(socket)
         if self._debug and protocol.last_package is not None:
             conn.log.debug("< %s", protocol.last_package)
         if protocol.last_valid:
@@ -237,7 +189,7 @@ class Connections:
     def on_close(self, socket: Socket) -> None:
         node = self._node
         self._refused.pop(socket.id, None)
-        self.admission.release(socket.raw.id if isinstance(socket, SecureSocket) else socket.id)
+        self.inbound.closed(socket)
         conn = self._conns.pop(socket.id, None)
         if conn is None:
             return
@@ -253,27 +205,13 @@ class Connections:
         node.requests.connection_lost(socket)
         self._enqueue(conn, Hook("on_socket_close", socket))
 
-    # Admission (also called by the secure layer, before any cryptography)
-
-    def admit(self, raw: Socket) -> tuple[int, str] | None:
-        """Admit an inbound connection, or say why not: limits, blocks. No crypto."""
-        if not self._node.running:
-            return CloseCode.GOING_AWAY, "node stopping"
-        refusal = self.admission.admit(raw.id, raw.host, asyncio.get_running_loop().time())
-        if refusal is None:
-            return None
-        if refusal.warn:
-            self._logger.warning("! refused %s: %s", raw.peer, refusal.reason)
-        else:
-            self._logger.debug("! refused %s: %s", raw.peer, refusal.reason)
-        return refusal.code, refusal.reason
-
     def handshake_failed(self, raw: Socket, error: HandshakeError) -> None:
         """The secure layer reports a failed handshake."""
         node = self._node
-        self.admission.release(raw.id)
         if not node.running:
             return
+        if self.inbound.evicted(raw):
+            return  # we dropped it to make room: not the peer's fault
         self._logger.warning("! secure handshake with %s failed: %s", raw.peer, error)
         # Count it against the address of a peer that dialled us and failed; not our
         # own dials (the server may just be full) nor a dial of ourselves.
@@ -333,6 +271,8 @@ class Connections:
             if self._duplicate(socket, peer_id):
                 return
         conn = self._new_connection(socket, role)
+        if socket.inbound:
+            self.inbound.opened(socket)
         role.connection_opened(socket)
         who = f" (peer {short_id(peer_id)})" if peer_id is not None else ""
         conn.log.info("= %s%s", "connected to us" if socket.inbound else "connected", who)
@@ -361,11 +301,12 @@ class Connections:
             introduction=node.introduction(),
             clock=now,
             is_handled=node.handlers.handles,
-            request_budget=self._budgets.get(self._budget_key(socket), now()),
+            request_budget=self._budgets.get(self.budget_key(socket), now()),
             alt=options.alt,
             max_package_size=options.max_package_size,
+            nonce=node.nonce,
         )
-        log = _PeerLog(self._logger, {"peer": socket.peer})
+        log = PeerLog(self._logger, {"peer": socket.peer})
         conn = self._conns[socket.id] = PeerConnection(socket, role, protocol, log)
         if socket.peer_id is not None:
             self._by_peer_id[socket.peer_id] = conn
@@ -397,6 +338,8 @@ class Connections:
         elif kind is Close:
             conn.log.warning("! closing: %s", action.reason)  # type: ignore[union-attr]
             self._close(conn, action.code, action.reason)  # type: ignore[union-attr]
+        elif kind is SelfDial:
+            self._self_dial(conn, action)  # type: ignore[arg-type]
         elif kind is Block:
             socket = conn.socket
             self.block(socket.peer_id, socket.host, action.reason, socket=socket)  # type: ignore[union-attr]
@@ -417,14 +360,35 @@ class Connections:
     def _introduced(self, conn: PeerConnection, introduced: Introduced) -> None:
         socket = conn.socket
         store = self._node.store
-        if store is not None and introduced.listen_urls and socket.peer_id is not None:
+        urls = introduced.listen_urls
+        if store is not None and urls and socket.peer_id is not None:
+            urls = self._node.learned_urls(socket, urls)
             source = PeerSource.INBOUND if socket.inbound else PeerSource.EXCHANGE
             self._node.tasks.spawn(
-                store.add_urls(introduced.listen_urls, source, peer_id=socket.peer_id),
-                "record urls",
+                store.add_urls(urls, source, peer_id=socket.peer_id), "record urls"
             )
         body = introduced.body
         conn.log.debug("= peer runs %s %s", body.get("library"), body.get("library_version"))
+
+    def _self_dial(self, conn: PeerConnection, self_dial: SelfDial) -> None:
+        """Both ends of this connection are us: close it. The client neither counts it
+        against anyone nor dials that URL again soon."""
+        socket = conn.socket
+        conn.log.info("= %s: closing", self_dial.reason)
+        self._close(conn, self_dial.code, self_dial.reason)
+        node = self._node
+        if node.client is not None and not socket.inbound:
+            if node.peer_id is not None:
+                node.client.remember_peer(socket.peer, node.peer_id)  # never a candidate
+            node.client.dial_failed(socket.peer, SelfDialError(self_dial.reason))
+
+    def close(self, conn_id: int, code: int, reason: str) -> bool:
+        """Close the open connection ``conn_id``: nothing more is dispatched. Returns
+        False if no connection has that id."""
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._close(conn, code, reason)
+        return conn is not None
 
     def _close(self, conn: PeerConnection, code: int, reason: str) -> None:
         """Close a connection; a throttled one reads again to see the close through."""

@@ -141,6 +141,27 @@ class Admission:
             self._deadlines.append((now + self.handshake_timeout, conn_id))
         return Admitted(evicted)
 
+    def readdress(self, conn_id: int, host: str, now: float) -> Refusal | None:
+        """
+        Connection ``conn_id`` turned out to come from ``host`` (a proxy on a loopback
+        address named the client's in ``X-Real-IP``, during the upgrade): apply the
+        block and the per-address limits to that address instead. On a refusal the
+        connection still holds its slot until released.
+        """
+        old = self._admitted.get(conn_id)
+        if old is None or old == host:
+            return None
+        if old:
+            self._limiter.release(old)
+        self._admitted[conn_id] = ""  # counts against no address while refused
+        if self._is_blocked(host):
+            return Refusal(CloseCode.POLICY_VIOLATION, "blocked", warn=False)
+        why = self._limiter.admit(host, now)
+        if why is not None:
+            return Refusal(CloseCode.TRY_AGAIN_LATER, why, warn=True)
+        self._admitted[conn_id] = host
+        return None
+
     def finish(self, conn_id: int) -> None:
         """Connection ``conn_id`` finished its handshake: it has no deadline any more
         and is never evicted. Nothing happens if it isn't admitted."""
@@ -150,7 +171,7 @@ class Admission:
         """Connection ``conn_id`` closed; nothing happens if it wasn't admitted."""
         self._handshaking.pop(conn_id, None)
         host = self._admitted.pop(conn_id, None)
-        if host is not None:
+        if host:
             self._limiter.release(host)
 
     def expired(self, now: float) -> list[int]:

@@ -1,0 +1,74 @@
+"""
+What the node keeps per open connection (:class:`PeerConnection`), and the logger that
+names its peer.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["PeerConnection", "PeerLog"]
+
+import asyncio
+import logging
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from ..drivers.base import Socket
+from ..protocol.connection import ConnectionProtocol
+
+if TYPE_CHECKING:
+    from ..protocol.package import Body
+    from .dispatch import Worker
+    from .roles import Role
+
+
+class PeerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes messages with the peer and puts it in ``extra``, as websockets does."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        assert self.extra is not None
+        kwargs["extra"] = self.extra
+        return f"[{self.extra['peer']}] {msg}", kwargs
+
+
+class PeerConnection:
+    """
+    What the node keeps per open connection; get it with :meth:`Node.connection`.
+
+    Attributes:
+        socket: The connection.
+        role: The role it belongs to (``node.server`` or ``node.client``).
+        protocol: Its sans-I/O protocol state (introduction, counts, heartbeat).
+        log: A logger that names the peer.
+
+    """
+
+    __slots__ = ("backlog", "log", "protocol", "role", "socket", "stall", "throttle", "worker")
+
+    def __init__(
+        self, socket: Socket, role: Role, protocol: ConnectionProtocol, log: PeerLog
+    ) -> None:
+        self.socket = socket
+        self.role = role
+        self.protocol = protocol
+        self.log = log
+        self.worker: Worker | None = None
+        self.backlog = 0  # packages written while the peer wasn't reading
+        self.throttle: asyncio.TimerHandle | None = None  # over the request budget
+        self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
+
+    @property
+    def listen_urls(self) -> list[str]:
+        """The URLs the peer said it listens on (hello or ``my_url``)."""
+        return self.protocol.listen_urls
+
+    @listen_urls.setter
+    def listen_urls(self, urls: list[str]) -> None:
+        self.protocol.listen_urls = urls
+
+    @property
+    def peer_version(self) -> Body | None:
+        """The peer's version or hello body, once received."""
+        return self.protocol.peer_version
