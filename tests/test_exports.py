@@ -43,7 +43,12 @@ MODULES = [
     "trustp2p.threads.peer_exchange",
     "trustp2p.storage.msglog",
     "trustp2p.node.gossip",
+    "trustp2p.node.gossip_thread",
     "trustp2p.protocol.gossip",
+    "trustp2p.protocol.gossip.message",
+    "trustp2p.protocol.gossip.router",
+    "trustp2p.protocol.gossip.streams",
+    "trustp2p.protocol.gossip.catchup",
     "trustp2p.testing",
     "trustp2p.apps",
     "trustp2p.apps.appdir",
@@ -58,6 +63,7 @@ MODULES = [
     "trustp2p.apps.simulate.runner",
     "trustp2p.threads.base",
     "trustp2p.threads.loader",
+    "trustp2p.tasks",
 ]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import sqlite3
 import time
 from typing import Any
 
@@ -11,12 +13,14 @@ import pytest
 
 from trustp2p import EventMap, Node, PackageType, Socket, Thread
 from trustp2p.identity import Identity
-from trustp2p.node.gossip import Validation
+from trustp2p.node.gossip import Gossip, Validation
 from trustp2p.protocol.gossip import GossipMessage, sign_message
 from trustp2p.protocol.package import build_package
+from trustp2p.storage.msglog import LOG_FILE
 from trustp2p.testing import Delivery, Network
 
-from .conftest import MS
+from .conftest import MS, FakeClock
+from .protocol.test_gossip_router import _raw_body
 
 
 def check_exactly_once_in_order(deliveries: list[Delivery], expected: set[tuple[str, int]]) -> None:
@@ -36,7 +40,7 @@ async def publish_all(network: Network, count: int, indexes: list[int]) -> set[t
     published = set()
     for n in range(count):
         node = network.nodes[indexes[n % len(indexes)]]
-        assert node.gossip is not None and node.gossip.log is not None
+        assert node.gossip is not None and node.gossip.message_log is not None
         assert node.peer_id is not None
         await node.gossip.publish("chat", {"n": n})
         # A node delivers its own messages too, so its delivered mark is the new seq.
@@ -182,8 +186,8 @@ async def test_rejected_messages_count_against_the_sender() -> None:
         assert [(d.seq, d.topic) for d in network.received[1]] == [(2, "chat")]
         assert judge.sockets[0].stats.invalid_in == 1
         assert judge.gossip.router.stats.invalid == 1
-        assert judge.gossip.log is not None
-        assert not judge.gossip.log.has(f"chat\0{sender.peer_id}", 1)  # not kept nor served
+        assert judge.gossip.message_log is not None
+        assert not judge.gossip.message_log.has(f"chat\0{sender.peer_id}", 1)  # not kept nor served
 
 
 async def test_uninterested_nodes_do_not_carry_a_topic() -> None:
@@ -296,3 +300,76 @@ async def test_messages_older_than_the_log_are_dropped() -> None:
         sender.send_package(socket, build_package(PackageType.GOSSIP, "chat", old.to_body()))
         await asyncio.sleep(100 * MS)
         assert network.received[1] == []
+
+
+async def test_a_seq_past_64_bits_is_refused_and_the_log_keeps_persisting() -> None:
+    """
+    The message log stores seq as a signed 64-bit SQLite integer. A validly signed message
+    with seq 2**63 used to be taken, and every later flush of the log failed
+    (OverflowError): nothing was persisted any more. It is refused when decoded now.
+    """
+    async with Network(2, degree=1, seed=1) as network:
+        await network.wait_connected()
+        sender, receiver = network.nodes
+        assert sender.gossip is not None and receiver.gossip is not None
+        log = receiver.gossip.message_log
+        assert log is not None and receiver.data_dir is not None
+        socket = sender.sockets[0]
+        origin = Identity.generate()
+        body = _raw_body(origin, "chat", 2**63, int(time.time() * 1000), '{"n":1}')
+        sender.send_package(socket, build_package(PackageType.GOSSIP, "chat", body))
+        async with asyncio.timeout(5):
+            while receiver.gossip.router.stats.invalid == 0:  # noqa: ASYNC110
+                await asyncio.sleep(MS)
+        assert receiver.sockets[0].stats.invalid_in == 1  # counted against the sender
+        await sender.gossip.publish("chat", {"after": True})
+        await network.wait_delivered(1)
+        assert await log.flush() is True
+        with contextlib.closing(sqlite3.connect(receiver.data_dir / LOG_FILE)) as db:
+            rows = db.execute("SELECT origin, seq FROM messages").fetchall()
+        assert rows == [(f"chat\0{sender.peer_id}", 1)]
+
+
+async def test_the_shell_takes_its_clocks_from_the_caller() -> None:
+    """Gossip(node, clock=..., wall_clock=...): timestamps and gap timeouts follow them."""
+    from trustp2p.drivers.memory import MemoryDriver, MemoryHub
+
+    hub = MemoryHub()
+    clock, wall = FakeClock(), FakeClock(1_700_000_000.0)
+    options: dict[str, Any] = {
+        "peer_exchange": False,
+        "target_outbound": 0,
+        "gossip_interval": 0.05,
+        "gap_timeout": 30.0,
+        "catchup_interval": 0,
+    }
+    node = Node(server=True, port=1, host="a", driver=MemoryDriver(hub=hub, name="a"), **options)
+    node.gossip = Gossip(node, clock=clock, wall_clock=wall)
+    peer = Node(client=True, peers=["memory://a:1"], driver=MemoryDriver(hub=hub), **options)
+    got: list[GossipMessage] = []
+    async with node, peer:
+        assert node.gossip is not None and peer.client is not None
+        node.gossip.subscribe("chat", got.append)
+        await node.publish("chat", {"n": 0})
+        await peer.client.wait_connected()
+        async with asyncio.timeout(5):
+            while len(got) < 1:  # noqa: ASYNC110
+                await asyncio.sleep(MS)
+        assert got[0].timestamp == 1_700_000_000_000
+        # Another origin's second message, without its first: held for gap_timeout.
+        second = sign_message(Identity.generate(), "chat", 2, int(wall() * 1000), {"n": 2})
+        package = build_package(PackageType.GOSSIP, "chat", second.to_body())
+        peer.send_package(peer.client.sockets[0], package)
+        async with asyncio.timeout(5):
+            while not node.gossip.router.seen(second.id):  # noqa: ASYNC110
+                await asyncio.sleep(MS)
+        clock.advance(29.0)
+        node.gossip.check_gaps()
+        assert len(got) == 1
+        clock.advance(1.0)  # the next heartbeat (or this call) skips the gap
+        node.gossip.check_gaps()
+        async with asyncio.timeout(5):
+            while len(got) < 2:  # noqa: ASYNC110
+                await asyncio.sleep(MS)
+        assert got[1].id == second.id
+        assert node.gossip.delivered_seq("chat", second.origin) == 2

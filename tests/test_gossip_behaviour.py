@@ -16,8 +16,8 @@ import pytest
 
 from trustp2p import Node, RemoteError, Socket
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
-from trustp2p.node.gossip import FETCH, HWM, Gossip, Validation
-from trustp2p.protocol.gossip import IHAVE, IWANT, GossipMessage
+from trustp2p.node.gossip import Gossip, Validation
+from trustp2p.protocol.gossip import FETCH, HWM, IHAVE, IWANT, GossipMessage
 from trustp2p.protocol.package import Body, Package, PackageType, build_package, encode
 from trustp2p.storage.peerstore import PeerRecord
 from trustp2p.testing import Network
@@ -240,7 +240,7 @@ async def test_validators_ignore_fail_accept_and_reject_in_a_chain(
             assert [d.seq for d in network.received[index]] == [3], index
         for kind in ("ignore", "raise"):
             assert not gossip(c).router.seen(ids[kind])
-            assert not gossip(b).log.has(f"chat\0{a.peer_id}", 1 if kind == "ignore" else 2)  # type: ignore[union-attr]
+            assert not gossip(b).message_log.has(f"chat\0{a.peer_id}", 1 if kind == "ignore" else 2)  # type: ignore[union-attr]
         # ...nor counted against A; the failure is logged.
         assert socket_to(b, "n0").stats.invalid_in == 0
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -272,7 +272,7 @@ async def test_api_misuse_raises_at_once(make_node: MakeNode) -> None:
     with pytest.raises(TypeError):
         await client.client.request(socket, "echo", ["not", "a", "dict"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not a request type"):
-        await client.client.request(socket, "echo", {}, type=PackageType.TALK)
+        await client.client.request(socket, "echo", {}, package_type=PackageType.TALK)
     with pytest.raises(ValueError, match="only available on the client role"):
         await server.server.request(server.server.sockets[0], "echo", {}, reroute=True)
 
@@ -610,7 +610,7 @@ async def test_broadcast_reports_each_peer(make_node: MakeNode) -> None:
     assert set(results) == set(sockets[1:])  # the closed one left the role
     results = await server.server.broadcast("note", {}, sockets=sockets)
     assert isinstance(results[sockets[0]], ConnectionClosed)
-    answers = await server.server.broadcast("echo", {"q": 1}, type=PackageType.REQUEST)
+    answers = await server.server.broadcast("echo", {"q": 1}, package_type=PackageType.REQUEST)
     assert list(answers.values()) == [{"echo": {"q": 1}}] * 2
     del clients
 

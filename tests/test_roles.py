@@ -16,6 +16,7 @@ from trustp2p import (
     Node,
     Package,
     PackageType,
+    RemoteError,
     Socket,
     Thread,
 )
@@ -95,8 +96,9 @@ async def test_request_both_ways(make_node: MakeNode) -> None:
 async def test_an_unhandled_request_is_answered_with_an_error(make_node: MakeNode) -> None:
     _, client, socket = await pair(make_node)
     assert client.client is not None
-    answer = await client.client.request(socket, "nobody", {})
-    assert set(answer) == {"error"}
+    with pytest.raises(RemoteError) as caught:
+        await client.client.request(socket, "nobody", {})
+    assert caught.value.body == {"error": "no handler for REQUEST 'nobody'"}
 
 
 async def test_a_request_times_out(make_node: MakeNode) -> None:
@@ -157,10 +159,10 @@ async def test_broadcast_gives_each_peer_its_result(make_node: MakeNode) -> None
     for client in clients[1:]:
         await wait_for(lambda client=client: len(peer(client).talks) == 2)
     # Requests: each peer's answer, or its error; one slow peer fails alone.
-    answers = await role.broadcast("echo", {"q": 1}, type=PackageType.REQUEST)
+    answers = await role.broadcast("echo", {"q": 1}, package_type=PackageType.REQUEST)
     assert answers == {socket: {"echo": {"q": 1}, "from": socket.peer_id} for socket in sockets[1:]}
     timed = await role.broadcast(
-        "silent", {}, sockets=sockets, type=PackageType.REQUEST, timeout=20 * MS
+        "silent", {}, sockets=sockets, package_type=PackageType.REQUEST, timeout=20 * MS
     )
     assert isinstance(timed[sockets[0]], ConnectionClosed)
     assert all(isinstance(timed[socket], RequestTimeout) for socket in sockets[1:])

@@ -53,7 +53,7 @@ async def test_a_ping_flood_is_throttled(
     assert client.client is not None and server.server is not None
     answers = await asyncio.gather(
         *(
-            client.client.request(socket, "ping", {"n": n}, type=PackageType.HEARTBEAT_PING)
+            client.client.request(socket, "ping", {"n": n}, package_type=PackageType.HEARTBEAT_PING)
             for n in range(20)
         )
     )

@@ -169,7 +169,7 @@ async def test_a_local_plain_peer_over_the_policy_is_disconnected(
     assert ws.close_code == 1008
     assert ws.close_reason is not None and "too many invalid packages" in ws.close_reason
     assert errors(caplog) == []
-    assert any("loopback addresses are not blocked" in r.getMessage() for r in caplog.records)
+    assert any("too many invalid packages: disconnecting" in r.getMessage() for r in caplog.records)
     # Nothing is blocked, and the other local peer was never disturbed.
     assert server.store is not None and not server.store.is_blocked(address="127.0.0.1")
     await wait_for(lambda: server.server is not None and len(server.server.sockets) == 1)
@@ -256,7 +256,8 @@ def test_the_documented_defaults() -> None:
     assert (options.secure, options.handshake_timeout, options.max_inbound) == (True, 10.0, 100)
     assert (options.max_per_ip, options.ip_rate, options.ip_burst) == (8, 0.2, 16)
     assert options.limit_loopback is False
-    assert (options.max_send_queue, options.request_rate, options.request_burst) == (32, 100, 200)
+    assert (options.max_send_queue, options.request_rate, options.request_burst) == (256, 100, 200)
+    assert options.send_stall_timeout == 20.0
     assert (options.invalid_ratio, options.min_packages, options.block_duration) == (0.1, 10, 3600)
     assert (options.target_outbound, options.max_outbound_per_netgroup) == (8, 2)
     assert options.frame_timeout == 10.0

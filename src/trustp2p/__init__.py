@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import logging as _logging
 
+from ._version import __version__
 from .drivers.base import CloseCode, Driver, DriverOptions, Socket, SocketStats
 from .exceptions import (
     ChannelError,
@@ -79,3 +80,7 @@ __all__ = [
     "create_node",
     "create_server",
 ]
+
+# A library adds no handler of its own but this one, so that its records go nowhere
+# unless the application configures logging (the CLI does).
+_logging.getLogger("trustp2p").addHandler(_logging.NullHandler())

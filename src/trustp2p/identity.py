@@ -23,10 +23,10 @@ __all__ = [
 ]
 
 import base64
-import fcntl
 import hashlib
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import IO, NewType
 
@@ -185,9 +185,7 @@ class Identity:
             name = KEY_FILE.name if number == 1 else f"{KEY_FILE.stem}-{number}{KEY_FILE.suffix}"
             path = directory / name
             lock = open(path.with_name(name + ".lock"), "ab")  # kept open: holds the lock
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            if not _try_lock(lock):
                 lock.close()
                 continue  # another running node has it
             try:
@@ -201,3 +199,20 @@ class Identity:
         """Sign ``data``; 64 bytes."""
         signature: bytes = self._private_key.sign(data)
         return signature
+
+
+def _try_lock(file: IO[bytes]) -> bool:
+    """Take an exclusive lock on an open file without waiting; False if another process
+    holds it. ``fcntl.flock`` on POSIX, ``msvcrt.locking`` (its first byte) on Windows."""
+    try:
+        if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+            import msvcrt
+
+            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True

@@ -46,6 +46,9 @@ class NodeOptions:
             are taken, the oldest still in its handshake is dropped for a new one; when
             all finished theirs, the next one is closed with code 1013. ``None``
             disables the limit.
+        max_concurrent_requests: Requests of one connection whose (coroutine) handlers
+            run at once; each response goes out as its handler finishes. Talks, gossip
+            and socket hooks are handled one at a time, in order.
         max_pending_packages: Packages of one connection waiting for its handlers;
             beyond this, the node stops reading from that peer until they catch up.
         heartbeat_interval: Time between two heartbeat rounds of the server.
@@ -71,7 +74,7 @@ class NodeOptions:
             ``<cwd>/identity/node.key``, or made up for this run when ``cwd`` is None.
         handshake_timeout: Time an inbound connection has, from TCP accept, to finish
             its handshakes: the WebSocket upgrade, the Noise handshake and its hello
-            (in plain mode, its version talk or first package); also the Noise
+            (in plain mode, its version talk or first message); also the Noise
             deadline of our dials. It counts against ``max_inbound`` and the
             per-address limits meanwhile.
         listen_urls: URLs this node announces to peers; by default the URL it listens on.
@@ -151,6 +154,7 @@ class NodeOptions:
     max_package_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
     max_inbound: int | None = 100
     max_pending_packages: int = 32
+    max_concurrent_requests: int = 16
     heartbeat_interval: float = 3.0
     heartbeat_jitter: float = 1.0
     heartbeat_timeout: float = 10.0
@@ -221,80 +225,47 @@ class NodeOptions:
             raise ValueError("a node must be a server, a client or both")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, not {self.port}")
-        for name in (
-            "heartbeat_interval",
-            "heartbeat_timeout",
-            "heartbeat_response_timeout",
-            "response_timeout",
-            "stalled_timeout",
-            "reconnect_initial",
-            "reconnect_max",
-            "open_timeout",
-            "close_timeout",
-            "frame_timeout",
-            "handshake_timeout",
-            "block_duration",
-            "request_rate",
-            "ip_rate",
-            "address_rate",
-            "exchange_interval",
-            "anchor_age",
-            "gossip_interval",
-            "seen_ttl",
-            "log_max_age",
-            "gap_timeout",
-        ):
+        self._check_numbers()
+        self._check_relations()
+
+    def _check_numbers(self) -> None:
+        """Each number within its own range."""
+        for name in _DURATIONS:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-        if self.heartbeat_jitter < 0:
-            raise ValueError(f"heartbeat_jitter must not be negative, not {self.heartbeat_jitter}")
-        if self.reconnect_initial > self.reconnect_max:
-            raise ValueError("reconnect_initial must not exceed reconnect_max")
-        if self.reconnect_factor < 1:
-            raise ValueError(f"reconnect_factor must be at least 1, not {self.reconnect_factor}")
-        if not 0 <= self.reconnect_jitter < 1:
-            raise ValueError(f"reconnect_jitter must be in [0, 1), not {self.reconnect_jitter}")
+        for name in _AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in ("max_package_size", "max_inbound"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative int or None, not {value!r}")
-        for name in (
-            "max_send_queue",
-            "request_burst",
-            "ip_burst",
-            "min_packages",
-            "address_burst",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.target_outbound < 0 or self.max_outbound_per_netgroup < 1:
-            raise ValueError("need target_outbound >= 0 and max_outbound_per_netgroup >= 1")
+        if self.heartbeat_jitter < 0:
+            raise ValueError(f"heartbeat_jitter must not be negative, not {self.heartbeat_jitter}")
+        if self.reconnect_factor < 1:
+            raise ValueError(f"reconnect_factor must be at least 1, not {self.reconnect_factor}")
+        if not 0 <= self.reconnect_jitter < 1:
+            raise ValueError(f"reconnect_jitter must be in [0, 1), not {self.reconnect_jitter}")
         if not self.invalid_ratio >= 0:
             raise ValueError(f"invalid_ratio must not be negative, not {self.invalid_ratio}")
         if self.max_per_ip is not None and self.max_per_ip < 1:
             raise ValueError(f"max_per_ip must be at least 1 or None, not {self.max_per_ip}")
-        for name in (
-            "gossip_degree_low",
-            "seen_max",
-            "max_hops",
-            "log_max_messages",
-            "catchup_batch",
-            "gossip_history",
-            "gossip_fanout",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.max_hops > 255:
+            raise ValueError(f"max_hops must be at most 255, not {self.max_hops}")
+        if self.catchup_interval < 0:
+            raise ValueError("catchup_interval must not be negative")
+
+    def _check_relations(self) -> None:
+        """Numbers that bound each other."""
+        if self.reconnect_initial > self.reconnect_max:
+            raise ValueError("reconnect_initial must not exceed reconnect_max")
+        if self.target_outbound < 0 or self.max_outbound_per_netgroup < 1:
+            raise ValueError("need target_outbound >= 0 and max_outbound_per_netgroup >= 1")
         if not self.gossip_degree_low <= self.gossip_degree <= self.gossip_degree_high:
             raise ValueError("need gossip_degree_low <= gossip_degree <= gossip_degree_high")
         if self.gossip_mode not in ("gossip", "flood"):
             raise ValueError(f"gossip_mode must be 'gossip' or 'flood', not {self.gossip_mode!r}")
-        if self.catchup_interval < 0:
-            raise ValueError("catchup_interval must not be negative")
-        if self.max_pending_packages < 1:
-            raise ValueError("max_pending_packages must be at least 1")
-        if self.write_limit < 1:
-            raise ValueError("write_limit must be at least 1")
 
     @classmethod
     def from_kwargs(cls, base: NodeOptions | None = None, **kwargs: Any) -> NodeOptions:
@@ -329,3 +300,49 @@ class NodeOptions:
             trust_real_ip=self.trust_real_ip,
             frame_timeout=self.frame_timeout,
         )
+
+
+_DURATIONS = (
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "heartbeat_response_timeout",
+    "response_timeout",
+    "stalled_timeout",
+    "reconnect_initial",
+    "reconnect_max",
+    "open_timeout",
+    "close_timeout",
+    "frame_timeout",
+    "handshake_timeout",
+    "block_duration",
+    "send_stall_timeout",
+    "request_rate",
+    "ip_rate",
+    "address_rate",
+    "exchange_interval",
+    "anchor_age",
+    "gossip_interval",
+    "seen_ttl",
+    "log_max_age",
+    "gap_timeout",
+)
+"""Options that must be positive, finite numbers (seconds, or per second for rates)."""
+
+_AT_LEAST_ONE = (
+    "max_send_queue",
+    "request_burst",
+    "ip_burst",
+    "address_burst",
+    "min_packages",
+    "max_pending_packages",
+    "max_concurrent_requests",
+    "write_limit",
+    "gossip_degree_low",
+    "seen_max",
+    "max_hops",
+    "log_max_messages",
+    "catchup_batch",
+    "gossip_history",
+    "gossip_fanout",
+)
+"""Counts that must be at least 1."""

@@ -18,10 +18,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings, strategies as st
 
+from trustp2p.exceptions import GossipError
 from trustp2p.identity import Identity, peer_id_from_public_key
 from trustp2p.protocol.gossip import (
     GOSSIP_EVENTS,
-    GossipError,
     GossipMessage,
     GossipRouter,
     PeerKey,
@@ -181,16 +181,21 @@ _DELETE = object()
         (TOPIC, _body(seq="1"), "invalid seq"),
         (TOPIC, _body(seq=1.0), "invalid seq"),
         (TOPIC, _body(seq=True), "invalid seq"),
-        (TOPIC, _body(seq=0), "invalid seq"),
-        (TOPIC, _body(seq=-1), "invalid seq"),
-        (TOPIC, _body(ts=_DELETE), "invalid ts or hops"),
-        (TOPIC, _body(ts="1"), "invalid ts or hops"),
-        (TOPIC, _body(ts=1.5), "invalid ts or hops"),
-        (TOPIC, _body(ts=False), "invalid ts or hops"),
-        (TOPIC, _body(hops=None), "invalid ts or hops"),
-        (TOPIC, _body(hops=-1), "invalid ts or hops"),
-        (TOPIC, _body(hops="0"), "invalid ts or hops"),
-        (TOPIC, _body(hops=1.0), "invalid ts or hops"),
+        (TOPIC, _body(seq=0), "seq outside 1..9223372036854775807"),
+        (TOPIC, _body(seq=-1), "seq outside 1..9223372036854775807"),
+        (TOPIC, _body(seq=2**63), "seq outside 1..9223372036854775807"),
+        (TOPIC, _body(ts=_DELETE), "invalid ts"),
+        (TOPIC, _body(ts="1"), "invalid ts"),
+        (TOPIC, _body(ts=1.5), "invalid ts"),
+        (TOPIC, _body(ts=False), "invalid ts"),
+        (TOPIC, _body(ts=-1), "ts outside 0..9007199254740991"),
+        (TOPIC, _body(ts=2**53), "ts outside 0..9007199254740991"),
+        (TOPIC, _body(ts=10**400), "ts outside 0..9007199254740991"),
+        (TOPIC, _body(hops=None), "invalid hops"),
+        (TOPIC, _body(hops=-1), "hops outside 0..255"),
+        (TOPIC, _body(hops=256), "hops outside 0..255"),
+        (TOPIC, _body(hops="0"), "invalid hops"),
+        (TOPIC, _body(hops=1.0), "invalid hops"),
         (TOPIC, _body(data=_DELETE), "data is not JSON text"),
         (TOPIC, _body(data={"n": 1}), "data is not JSON text"),
         (TOPIC, _body(data=5), "data is not JSON text"),
@@ -256,10 +261,10 @@ def test_from_body_rejects_signed_data_that_is_not_a_json_object(data: str, text
 
 def test_from_body_accepts_any_signed_json_object_text() -> None:
     data = '{ "b" : [1, 2],\n "a": null }'
-    message = GossipMessage.from_body(TOPIC, _raw_body(ALICE, TOPIC, 3, -5, data))
+    message = GossipMessage.from_body(TOPIC, _raw_body(ALICE, TOPIC, 3, 5, data))
     assert message.data == data  # exactly as signed, not re-encoded
     assert message.body == {"b": [1, 2], "a": None}
-    assert message.timestamp == -5
+    assert message.timestamp == 5
     assert message.id == message_id(ALICE.peer_id, 3, TOPIC, data)
 
 
@@ -396,6 +401,15 @@ def test_router_checks_the_degrees() -> None:
         _router(degree=13)
     router, _, _ = _router(degree=1, degree_low=1, degree_high=1)
     assert (router.degree, router.degree_low, router.degree_high) == (1, 1, 1)
+
+
+def test_max_hops_is_at_most_what_peers_accept() -> None:
+    # A relay sends at most max_hops - 1 hops; peers refuse more than MAX_HOPS (255).
+    assert _router(max_hops=255)[0].max_hops == 255
+    with pytest.raises(ValueError, match=r"^max_hops must be from 1 to 255, not 256$"):
+        _router(max_hops=256)
+    with pytest.raises(ValueError, match=r"^max_hops must be from 1 to 255, not 0$"):
+        _router(max_hops=0)
 
 
 def test_add_peer_without_subscriptions_sends_nothing() -> None:
@@ -1083,7 +1097,7 @@ def test_a_peer_subscribes_to_at_most_10000_topics() -> None:
     for batch in range(10):
         router.control(0, SUBSCRIPTIONS, {"subscribe": [f"{batch}/{i}" for i in range(1000)]})
     assert len(router.peer_topics(0)) == 10_000
-    with pytest.raises(GossipError, match=r"^too many subscriptions$"):
+    with pytest.raises(GossipError, match=r"^10000 \+ 1 subscriptions exceed 10000$"):
         router.control(0, SUBSCRIPTIONS, {"subscribe": ["one more"]})
     assert len(router.peer_topics(0)) == 10_000
     router.control(0, SUBSCRIPTIONS, {"unsubscribe": ["0/0"]})

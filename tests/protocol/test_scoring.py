@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import FakeClock
-from trustp2p.protocol.scoring import Block, BlockPolicy, PackageCounts, peer_score
+from trustp2p.protocol.scoring import Block, BlockPolicy, Offences, PackageCounts, peer_score
 
 
 @pytest.mark.parametrize(
@@ -81,3 +81,38 @@ def test_peer_score() -> None:
     assert peer_score(3, 1, 250, 2) == 3 - 2 + 2.5 - 2
     # At the default block ratio, a peer about to be blocked scores well below zero.
     assert peer_score(0, 0, 100, 10) == -9
+
+
+def test_an_address_is_blocked_when_several_connections_offend(clock: FakeClock) -> None:
+    offences = Offences(threshold=3, window=600.0)
+    assert not offences.offended("10.0.0.1", clock())
+    clock.advance(100)
+    assert not offences.offended("10.0.0.1", clock())
+    assert not offences.offended("10.0.0.2", clock())  # another address counts apart
+    clock.advance(100)
+    assert offences.offended("10.0.0.1", clock())
+    # The count starts afresh.
+    assert not offences.offended("10.0.0.1", clock())
+
+
+def test_old_offences_leave_the_window(clock: FakeClock) -> None:
+    offences = Offences(threshold=2, window=60.0)
+    assert not offences.offended("10.0.0.1", clock())
+    clock.advance(60.0)
+    assert not offences.offended("10.0.0.1", clock())
+    clock.advance(59.0)
+    assert offences.offended("10.0.0.1", clock())
+
+
+def test_offences_are_bounded_in_memory(clock: FakeClock) -> None:
+    offences = Offences(threshold=2, window=60.0, max_tracked=2)
+    offences.offended("a", clock())
+    offences.offended("b", clock())
+    offences.offended("c", clock())  # forgets "a"
+    assert not offences.offended("a", clock())
+    assert offences.offended("c", clock())
+
+
+def test_offences_check_their_arguments() -> None:
+    with pytest.raises(ValueError, match=r"^need threshold >= 1 and window > 0, not 0, 1.0$"):
+        Offences(threshold=0, window=1.0)

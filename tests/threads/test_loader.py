@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from trustp2p import PackageType, Thread, ThreadLoadError
+from trustp2p import EventMap, PackageType, Thread, ThreadLoadError
 from trustp2p.threads.heartbeat import HeartbeatThread
 from trustp2p.threads.loader import (
     THREADS_AVAILABLE,
@@ -289,3 +289,23 @@ def test_thread_without_event_map() -> None:
 
     error = map_error(Bare(NODE))
     assert str(error) == "Bare: event_map failed: NotImplementedError: Bare must define event_map"
+
+
+@pytest.mark.parametrize("event", ["hello", "version"])
+def test_reserved_talks_are_refused_with_the_file_and_the_names(tmp_path: Path, event: str) -> None:
+    from trustp2p.node.handlers import HandlerRegistry
+
+    class Greeter(Thread):
+        path = tmp_path / "greeter.py"
+
+        @property
+        def event_map(self) -> EventMap:
+            return {PackageType.TALK: {event: lambda socket, package: None}}
+
+    registry = HandlerRegistry()
+    with pytest.raises(ThreadLoadError) as caught:
+        registry.add_thread(Greeter.__new__(Greeter))
+    assert str(caught.value) == (
+        f"{tmp_path / 'greeter.py'}: TALK {event!r} is reserved by the node "
+        "(reserved: hello, version)"
+    )

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 from ..drivers.base import Listening, Socket
 from ..exceptions import ChannelError, ConnectionClosed, HandshakeError, SelfDialError
 from ..identity import short_id
-from ..protocol.admission import Admission, block_scope, keep_new_connection
-from ..protocol.close import CloseCode, fit_reason
+from ..protocol.admission import Admission, keep_new_connection
+from ..protocol.close import CloseCode
 from ..protocol.connection import (
     Action,
     Block,
@@ -50,6 +50,7 @@ from ..storage.peerstore import PeerSource
 from .dispatch import Hook, Worker
 from .inbound import Inbound
 from .peer import PeerConnection, PeerLog
+from .penalties import Penalties
 
 if TYPE_CHECKING:
     from .node import Node
@@ -77,6 +78,7 @@ class Connections:
         self._refused: dict[int, Socket] = {}  # plain mode: refused, not closed yet
         self.inbound = Inbound(node, self)
         self._budgets = BudgetTable(options.request_rate, options.request_burst)
+        self.penalties = Penalties(node, self)
         self._workers: set[asyncio.Task[None]] = set()
         self._debug = self._logger.isEnabledFor(logging.DEBUG)
 
@@ -109,28 +111,15 @@ class Connections:
         return set(self._by_peer_id)
 
     def budget_key(self, socket: Socket) -> str:
-        """Whose request budget a connection spends: its peer's (by id), else its
-        address's, so that reconnecting doesn't refill it. Local peers without an id
-        (plain mode, loopback, not ``limit_loopback``) each have their connection's."""
+        """Whose request (and address) budget a connection spends: its peer's (by id),
+        else its address's, so that reconnecting doesn't refill it. Local peers without
+        an id (plain mode, loopback, not ``limit_loopback``) each have their
+        connection's."""
         if socket.peer_id is not None:
             return socket.peer_id
         if self._options.limit_loopback or not is_loopback(socket.host):
             return peer_key(None, socket.host)
         return f"connection:{socket.id}"
-
-    def _crossed(
-        self, socket: Socket, *, good: int = 0, invalid: int = 0, by_address: bool = False
-    ) -> bool:
-        """Count packages against the peer (by id, else address) in the peer store;
-        True if that crossed the block policy (the count then starts afresh)."""
-        store = self._node.store
-        if store is None:
-            return False
-        key = peer_key(None if by_address else socket.peer_id, socket.host)
-        if not store.policy.crossed(store.record_packages(key, good=good, invalid=invalid)):
-            return False
-        store.restart_window(key)
-        return True
 
     # Driver callbacks (the AcceptListener protocol)
 
@@ -167,10 +156,10 @@ class Connections:
         if self._debug and protocol.last_package is not None:
             conn.log.debug("< %s", protocol.last_package)
         if protocol.last_valid:
-            if self._crossed(socket, good=1):
+            if self.penalties.crossed(socket, good=1):
                 # Past the policy, even if this package was a good one: a peer mixing
                 # good packages among its bad ones must not slip through.
-                self.block(socket.peer_id, socket.host, "too many invalid packages", socket=socket)
+                self.penalties.offended(conn)
                 return
         for action in actions:
             self._carry_out(conn, action)
@@ -183,7 +172,8 @@ class Connections:
         conn.log.warning("! connection failed: %s", error)
         if isinstance(error, ChannelError):
             # A message that doesn't decrypt on an authenticated channel: tampering.
-            self.block(socket.peer_id, socket.host, f"protocol violation: {error}", socket=socket)
+            reason = f"protocol violation: {error}"
+            self.penalties.block(socket.peer_id, socket.host, reason, socket=socket)
         self._enqueue(conn, Hook("on_socket_error", socket, error))
 
     def on_close(self, socket: Socket) -> None:
@@ -208,19 +198,17 @@ class Connections:
     def handshake_failed(self, raw: Socket, error: HandshakeError) -> None:
         """The secure layer reports a failed handshake."""
         node = self._node
-        if not node.running:
-            return
-        if self.inbound.evicted(raw):
-            return  # we dropped it to make room: not the peer's fault
+        if not node.running or self.inbound.evicted(raw):
+            return  # stopping, or we dropped it to make room: not the peer's fault
         self._logger.warning("! secure handshake with %s failed: %s", raw.peer, error)
         # Count it against the address of a peer that dialled us and failed; not our
         # own dials (the server may just be full) nor a dial of ourselves.
         if (
             raw.inbound
             and not isinstance(error, SelfDialError)
-            and self._crossed(raw, invalid=1, by_address=True)
+            and self.penalties.crossed(raw, invalid=1, by_address=True)
         ):
-            self.block(None, raw.host, "too many failed handshakes")
+            self.penalties.block(None, raw.host, "too many failed handshakes")
         if node.client is not None and not raw.inbound:
             node.client.dial_failed(raw.peer, error)
         node.tasks.spawn(node.call_hooks("on_socket_error", raw, error), "on_socket_error hooks")
@@ -337,12 +325,12 @@ class Connections:
             self._introduced(conn, action)  # type: ignore[arg-type]
         elif kind is Close:
             conn.log.warning("! closing: %s", action.reason)  # type: ignore[union-attr]
-            self._close(conn, action.code, action.reason)  # type: ignore[union-attr]
+            self.close(conn, action.code, action.reason)  # type: ignore[union-attr]
         elif kind is SelfDial:
             self._self_dial(conn, action)  # type: ignore[arg-type]
         elif kind is Block:
             socket = conn.socket
-            self.block(socket.peer_id, socket.host, action.reason, socket=socket)  # type: ignore[union-attr]
+            self.penalties.block(socket.peer_id, socket.host, action.reason, socket=socket)  # type: ignore[union-attr]
         elif kind is Ignore and self._debug:
             conn.log.debug("- %s", action.reason)  # type: ignore[union-attr]
 
@@ -354,15 +342,16 @@ class Connections:
             conn.log.warning("! %s%s", penalty.reason, suffix)
         else:
             conn.log.debug("! %s", penalty.reason)
-        if self._crossed(socket, invalid=1):
-            self.block(socket.peer_id, socket.host, "too many invalid packages", socket=socket)
+        if self.penalties.crossed(socket, invalid=1) or (
+            socket.peer_id is None and self.penalties.judge(conn.protocol.counts())
+        ):
+            self.penalties.offended(conn)
 
     def _introduced(self, conn: PeerConnection, introduced: Introduced) -> None:
         socket = conn.socket
         store = self._node.store
-        urls = introduced.listen_urls
-        if store is not None and urls and socket.peer_id is not None:
-            urls = self._node.learned_urls(socket, urls)
+        if store is not None and introduced.listen_urls and socket.peer_id is not None:
+            urls = self._node.learned_urls(socket, introduced.listen_urls)
             source = PeerSource.INBOUND if socket.inbound else PeerSource.EXCHANGE
             self._node.tasks.spawn(
                 store.add_urls(urls, source, peer_id=socket.peer_id), "record urls"
@@ -371,26 +360,18 @@ class Connections:
         conn.log.debug("= peer runs %s %s", body.get("library"), body.get("library_version"))
 
     def _self_dial(self, conn: PeerConnection, self_dial: SelfDial) -> None:
-        """Both ends of this connection are us: close it. The client neither counts it
-        against anyone nor dials that URL again soon."""
+        """Both ends of this connection are us: close it. Nobody is at fault, and the
+        client doesn't dial that URL again soon."""
         socket = conn.socket
         conn.log.info("= %s: closing", self_dial.reason)
-        self._close(conn, self_dial.code, self_dial.reason)
+        self.close(conn, self_dial.code, self_dial.reason)
         node = self._node
         if node.client is not None and not socket.inbound:
             if node.peer_id is not None:
                 node.client.remember_peer(socket.peer, node.peer_id)  # never a candidate
             node.client.dial_failed(socket.peer, SelfDialError(self_dial.reason))
 
-    def close(self, conn_id: int, code: int, reason: str) -> bool:
-        """Close the open connection ``conn_id``: nothing more is dispatched. Returns
-        False if no connection has that id."""
-        conn = self._conns.get(conn_id)
-        if conn is not None:
-            self._close(conn, code, reason)
-        return conn is not None
-
-    def _close(self, conn: PeerConnection, code: int, reason: str) -> None:
+    def close(self, conn: PeerConnection, code: int, reason: str) -> None:
         """Close a connection; a throttled one reads again to see the close through."""
         if conn.throttle is not None:
             conn.throttle.cancel()
@@ -418,50 +399,6 @@ class Connections:
         if conn is not None:
             for action in conn.protocol.penalise(reason):
                 self._carry_out(conn, action)
-
-    def block(
-        self, peer_id: str | None, address: str | None, reason: str, *, socket: Socket | None = None
-    ) -> None:
-        """
-        Block a peer by id and address for ``block_duration``; close its connections,
-        and ``socket``, the one that crossed the policy.
-
-        Loopback addresses are not blocked (unless ``limit_loopback``): every local peer
-        shares them. A local peer without a peer id (plain mode) is only disconnected.
-        """
-        scope = block_scope(peer_id, address, limit_loopback=self._options.limit_loopback)
-        if scope is None:
-            if socket is not None and not socket.closed:
-                self._logger.warning(
-                    "! disconnecting %s: %s (loopback addresses are not blocked)",
-                    socket.peer,
-                    reason,
-                )
-                socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"disconnected: {reason}"))
-            return
-        self._logger.warning(
-            "! blocking %s for %g s: %s",
-            " and ".join(x for x in (scope.peer_id, scope.address) if x),
-            self._options.block_duration,
-            reason,
-        )
-        node = self._node
-        if node.store is not None and node.running:
-            node.tasks.spawn(
-                node.store.block(peer_id=scope.peer_id, address=scope.address, reason=reason),
-                f"block {scope.peer_id or scope.address}",
-            )
-        close_reason = fit_reason(f"blocked: {reason}")
-        for conn in list(self._conns.values()):
-            other = conn.socket
-            if (
-                other is socket
-                or (scope.peer_id is not None and other.peer_id == scope.peer_id)
-                or (scope.address is not None and other.host == scope.address and other.inbound)
-            ):
-                self._close(conn, CloseCode.POLICY_VIOLATION, close_reason)
-        if socket is not None and not socket.closed:
-            socket.close_soon(CloseCode.POLICY_VIOLATION, close_reason)
 
     # Inboxes
 
@@ -548,7 +485,7 @@ class Connections:
         reason = f"send queue full: {limit} packages unread"
         if not socket.closed:
             conn.log.warning("! %s: disconnecting", reason)
-            self._close(conn, CloseCode.POLICY_VIOLATION, reason)
+            self.close(conn, CloseCode.POLICY_VIOLATION, reason)
         raise ConnectionClosed(CloseCode.POLICY_VIOLATION, reason)
 
     async def send(self, socket: Socket, package: Package) -> None:
@@ -572,7 +509,7 @@ class Connections:
                 if stall.stalled(loop.time(), socket.write_buffer_size):
                     reason = f"peer read nothing for {timeout:g} s"
                     conn.log.warning("! %s: disconnecting", reason)
-                    self._close(conn, CloseCode.POLICY_VIOLATION, reason)
+                    self.close(conn, CloseCode.POLICY_VIOLATION, reason)
                     socket.abort()  # it won't read our close frame either
                     return
         finally:

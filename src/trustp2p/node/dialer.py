@@ -19,7 +19,7 @@ from ..exceptions import DriverError, NodeStateError
 from ..identity import PeerId
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
 from ..protocol.urls import split_peer_url
-from .tasks import TaskOwner
+from ..tasks import TaskOwner
 
 if TYPE_CHECKING:
     from ..storage.peerstore import PeerStore

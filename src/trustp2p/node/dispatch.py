@@ -13,7 +13,7 @@ import inspect
 import logging
 import sys
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConnectionClosed
@@ -22,7 +22,7 @@ from ..protocol.package import REQUEST_TYPES, Package, PackageType, build_packag
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
-    from ..threads.base import Thread
+    from ..threads.base import Handler, Thread
     from .node import Node
 
 logger = logging.getLogger("trustp2p.node")
@@ -62,7 +62,16 @@ class Worker:
 
     """
 
-    __slots__ = ("_can_resume", "_inbox", "_max_pending", "_node", "_socket", "_task", "paused")
+    __slots__ = (
+        "_can_resume",
+        "_inbox",
+        "_max_pending",
+        "_node",
+        "_running",
+        "_socket",
+        "_task",
+        "paused",
+    )
 
     def __init__(
         self, socket: Socket, node: Node, *, max_pending: int, can_resume: Callable[[], bool]
@@ -73,6 +82,7 @@ class Worker:
         self._task: asyncio.Task[None] | None = None
         self._max_pending = max_pending
         self._can_resume = can_resume
+        self._running: set[asyncio.Task[Any]] = set()  # request handlers under way
         self.paused = False
 
     def put(self, item: Package | Hook) -> asyncio.Task[None] | None:
@@ -102,59 +112,111 @@ class Worker:
                     self.paused = False
                     if self._can_resume():
                         self._socket.resume_reading()
-                if type(item) is Package:
-                    await self._handle(item)
-                else:
+                if type(item) is not Package:
                     assert isinstance(item, Hook)
                     for thread in threads:
                         await call_thread(thread, item.name, *item.args)
+                elif item.type in REQUEST_TYPES:
+                    await self._request(item)
+                else:
+                    for thread, handler in self._node.handlers.get(item.type, item.event):
+                        await self._run(thread, handler, item)
         finally:
             self._task = None
 
-    async def _handle(self, package: Package) -> None:
+    async def _request(self, package: Package) -> None:
+        """
+        Start a request's handler. A coroutine handler runs beside the others, up to
+        ``max_concurrent_requests`` per connection (the worker waits for a free slot);
+        its response goes out when it finishes. A plain function answers at once.
+        """
+        entries = self._node.handlers.get(package.type, package.event)
+        if not entries:
+            return
+        thread, handler = entries[0]  # one handler per request event
+        try:
+            result = handler(self._socket, package)
+        except Exception:
+            _log_failure(thread, package)
+            await self._answer(thread, package, None, failed=True)
+            return
+        if result is None or type(result) is dict or not inspect.isawaitable(result):
+            await self._answer(thread, package, result)
+            return
+        running = self._running
+        limit = self._node.options.max_concurrent_requests
+        while len(running) >= limit:
+            await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
+        task = self._node.tasks.spawn(
+            self._finish(thread, package, result), f"request {package.event!r}"
+        )
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    async def _finish(self, thread: Thread, package: Package, pending: Awaitable[Any]) -> None:
+        try:
+            result = await pending
+        except Exception:
+            _log_failure(thread, package)
+            await self._answer(thread, package, None, failed=True)
+        else:
+            await self._answer(thread, package, result)
+
+    async def _run(self, thread: Thread, handler: Handler, package: Package) -> None:
+        """Run a talk's (or response's, or gossip's) handler to its end."""
+        try:
+            result = handler(self._socket, package)
+            if result is not None and type(result) is not dict and inspect.isawaitable(result):
+                await result
+        except Exception:
+            _log_failure(thread, package)
+
+    async def _answer(
+        self, thread: Thread, package: Package, result: Any, *, failed: bool = False
+    ) -> None:
+        """Send a request's response: the handler's dict, or an error answer when it
+        raised or returned no JSON object. ``None`` sends nothing (the handler answers
+        itself, or not at all)."""
         node = self._node
-        socket = self._socket
         package_type = package.type
-        is_request = package_type in REQUEST_TYPES
-        for thread, handler in node.handlers.get(package_type, package.event):
+        response = None
+        if not failed and result is not None:
             try:
-                result = handler(socket, package)
-                if result is not None and type(result) is not dict and inspect.isawaitable(result):
-                    result = await result
-                response = None
-                if is_request and result is not None:
-                    # Raises TypeError or ValueError if the handler returned no JSON object.
-                    response = build_package(
-                        _RESPONSE_TYPE[package_type],
-                        "pong" if package_type is PackageType.HEARTBEAT_PING else package.event,
-                        result,
-                        tag=package.tag,
-                        alt=node.options.alt,
-                    )
-            except Exception:
-                logger.error(
-                    "! handler of %s %r in %s failed",
-                    package_type.name,
-                    package.event,
-                    thread.path or type(thread).__name__,
-                    exc_info=True,
+                # Raises TypeError or ValueError if the handler returned no JSON object.
+                response = build_package(
+                    _RESPONSE_TYPE[package_type],
+                    "pong" if package_type is PackageType.HEARTBEAT_PING else package.event,
+                    result,
+                    tag=package.tag,
+                    alt=node.options.alt,
                 )
-                if is_request:
-                    # No details: they may be sensitive (as websockets does).
-                    response = error_answer(
-                        package_type,
-                        package.event,
-                        package.tag,
-                        f"handler of {package.event!r} failed",
-                        alt=node.options.alt,
-                    )
-                else:
-                    continue
-            if response is not None:
-                try:
-                    await node.send(socket, response)
-                except ConnectionClosed:
-                    return
+            except (TypeError, ValueError):
+                _log_failure(thread, package)
+                failed = True
+        if failed:
+            # No details: they may be sensitive (as websockets does).
+            response = error_answer(
+                package_type,
+                package.event,
+                package.tag,
+                f"handler of {package.event!r} failed",
+                alt=node.options.alt,
+            )
+        if response is not None:
+            try:
+                await node.send(self._socket, response)
+            except ConnectionClosed:
+                pass
+
+
+def _log_failure(thread: Thread, package: Package) -> None:
+    logger.error(
+        "! handler of %s %r in %s failed",
+        package.type.name,
+        package.event,
+        thread.path or type(thread).__name__,
+        exc_info=True,
+    )
 
 
 if sys.version_info >= (3, 12):

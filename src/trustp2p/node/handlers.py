@@ -8,11 +8,12 @@ any user thread look handlers up here.
 
 from __future__ import annotations
 
-__all__ = ["HandlerEntry", "HandlerRegistry"]
+__all__ = ["RESERVED_TALKS", "HandlerEntry", "HandlerRegistry"]
 
 from collections.abc import Iterator
 
 from ..exceptions import ThreadLoadError
+from ..protocol.handshake import HELLO_EVENT, VERSION_EVENT
 from ..protocol.package import REQUEST_TYPES, RESPONSE_TYPES, PackageType
 from ..threads.base import Handler, Thread
 from ..threads.loader import check_event_map
@@ -21,6 +22,10 @@ HandlerEntry = tuple[Thread, Handler]
 """A thread and one of its handlers."""
 
 _Key = tuple[PackageType, str]
+
+RESERVED_TALKS = frozenset({HELLO_EVENT, VERSION_EVENT})
+"""TALK events the node uses to introduce itself: no thread may handle them (a thread's
+``hello`` would be read as the peer's introduction)."""
 
 
 class HandlerRegistry:
@@ -58,13 +63,19 @@ class HandlerRegistry:
         Register every handler of ``thread``'s event map.
 
         Raises:
-            ThreadLoadError: If the event map is malformed, or names a request or response
-                event another thread already handles.
+            ThreadLoadError: If the event map is malformed, names a TALK the node
+                reserves (:data:`RESERVED_TALKS`), or a request or response event another
+                thread already handles.
 
         """
         where = thread.path or type(thread).__qualname__
         for package_type, events in check_event_map(thread).items():
             for event, handler in events.items():
+                if package_type is PackageType.TALK and event in RESERVED_TALKS:
+                    reserved = ", ".join(sorted(RESERVED_TALKS))
+                    raise ThreadLoadError(
+                        where, f"TALK {event!r} is reserved by the node (reserved: {reserved})"
+                    )
                 entries = self._entries.setdefault((package_type, event), [])
                 if entries and (package_type in REQUEST_TYPES or package_type in RESPONSE_TYPES):
                     other = entries[0][0]

@@ -205,5 +205,8 @@ class Inbound:
         self._logger.warning("! closing %s: %s", raw.peer, reason)
         # The open connection on it (rare: a linear search is fine).
         socket_id = next((s for s, r in self.awaiting.items() if r == conn_id), conn_id)
-        if not self._connections.close(socket_id, CloseCode.POLICY_VIOLATION, reason):
+        conn = self._connections.get(socket_id)
+        if conn is not None:
+            self._connections.close(conn, CloseCode.POLICY_VIOLATION, reason)
+        else:
             raw.close_soon(CloseCode.POLICY_VIOLATION, reason)

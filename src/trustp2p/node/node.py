@@ -22,7 +22,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
 
-from .. import __version__
+from .._version import __version__
 from ..drivers import Driver, driver_class, scheme_of
 from ..drivers.base import Listener, Listening, Socket
 from ..exceptions import ConnectionClosed, NodeStateError, ThreadLoadError
@@ -38,17 +38,18 @@ from ..protocol.urls import split_peer_url
 from ..security.channel import SecureLayer
 from ..storage import DATA_DIR
 from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
+from ..tasks import TaskOwner
 from ..threads.base import Thread
 from ..threads.loader import THREADS_ENABLED, load_thread_classes
 from ..threads.peer_exchange import PeerExchangeThread
 from .connections import Connections
 from .dispatch import call_thread
-from .gossip import Gossip, GossipHandler, GossipThread
+from .gossip import Gossip, GossipHandler
+from .gossip_thread import GossipThread
 from .handlers import HandlerRegistry
 from .peer import PeerConnection
 from .requests import Requests
 from .roles import ClientRole, ServerRole
-from .tasks import TaskOwner
 
 
 class NodeState(enum.Enum):

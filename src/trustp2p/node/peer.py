@@ -1,6 +1,6 @@
 """
-What the node keeps per open connection (:class:`PeerConnection`), and the logger that
-names its peer.
+What the node keeps per open connection: :class:`PeerConnection`, and a logger that
+names the peer.
 
 """
 
@@ -13,10 +13,9 @@ import logging
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from ..drivers.base import Socket
-from ..protocol.connection import ConnectionProtocol
-
 if TYPE_CHECKING:
+    from ..drivers.base import Socket
+    from ..protocol.connection import ConnectionProtocol
     from ..protocol.package import Body
     from .dispatch import Worker
     from .roles import Role

@@ -59,7 +59,7 @@ class Role:
         event: str,
         body: Body,
         *,
-        type: PackageType = PackageType.REQUEST,
+        package_type: PackageType = PackageType.REQUEST,
         reroute: bool = False,
         timeout: float | None = None,
     ) -> Body:
@@ -73,29 +73,30 @@ class Role:
             socket: The peer to ask.
             event: The event name.
             body: The request body, a JSON object.
-            type: ``REQUEST`` or ``HEARTBEAT_PING``.
+            package_type: ``REQUEST`` or ``HEARTBEAT_PING``.
             reroute: Client side only: when no response arrives within
                 ``stalled_timeout``, or the connection is lost, send the request to the
                 next connected server not yet tried; the first response wins.
             timeout: Seconds to wait; defaults to ``response_timeout``.
 
         Returns:
-            The response body. A peer that can't handle the request answers
-            ``{"error": "..."}``; that is returned too.
+            The response body.
 
         Raises:
+            RemoteError: If the peer answered with an error (``{"error": ...}``); the
+                raw answer is ``exc.body``.
             RequestTimeout: If no response arrives within the timeout.
             ConnectionClosed: If the connection is closed or lost before a response
                 arrives (and, when rerouting, no other server is connected).
-            ValueError: If ``type`` is not a request type, or ``reroute`` is used on the
-                server role.
+            ValueError: If ``package_type`` is not a request type, or ``reroute`` is
+                used on the server role.
             TypeError: If ``body`` is not a JSON-serializable dict.
 
         """
         if reroute and self.inbound:
             raise ValueError("reroute is only available on the client role")
         return await self.node.request(
-            socket, event, body, package_type=type, reroute=reroute, timeout=timeout
+            socket, event, body, package_type=package_type, reroute=reroute, timeout=timeout
         )
 
     async def send_response(
@@ -105,7 +106,7 @@ class Role:
         body: Body,
         tag: str,
         *,
-        type: PackageType = PackageType.RESPONSE,
+        package_type: PackageType = PackageType.RESPONSE,
     ) -> None:
         """
         Answer a request explicitly, with its tag.
@@ -115,7 +116,7 @@ class Role:
 
         """
         await self.node.send(
-            socket, build_package(type, event, body, tag=tag, alt=self.node.options.alt)
+            socket, build_package(package_type, event, body, tag=tag, alt=self.node.options.alt)
         )
 
     async def send_talk(self, socket: Socket, subject: str, body: Body) -> None:
@@ -152,13 +153,13 @@ class Role:
         body: Body,
         *,
         sockets: Iterable[Socket] | None = None,
-        type: PackageType = PackageType.TALK,
+        package_type: PackageType = PackageType.TALK,
         timeout: float | None = None,
     ) -> BroadcastResult:
         """
         Send one package to many peers: all of this role's peers by default.
 
-        With ``type=PackageType.TALK`` it sends a talk to each peer without waiting for
+        With ``package_type=PackageType.TALK`` it sends a talk to each peer without waiting for
         slow ones (a peer that doesn't read is disconnected past ``max_send_queue``);
         with ``REQUEST`` it sends a request to each peer concurrently and collects the
         responses. It never raises because of one peer: each peer's outcome is in the
@@ -171,8 +172,8 @@ class Role:
         """
         targets = list(self._sockets.values() if sockets is None else sockets)
         results: BroadcastResult = {}
-        if type is PackageType.TALK:
-            package = build_package(type, event, body, alt=self.node.options.alt)
+        if package_type is PackageType.TALK:
+            package = build_package(package_type, event, body, alt=self.node.options.alt)
             for socket in targets:
                 # No waiting for a slow peer here: one that doesn't read is disconnected
                 # once max_send_queue packages wait for it, and the others go on.
@@ -185,7 +186,7 @@ class Role:
             return results
         outcomes = await asyncio.gather(
             *(
-                self.node.request(s, event, body, package_type=type, timeout=timeout)
+                self.node.request(s, event, body, package_type=package_type, timeout=timeout)
                 for s in targets
             ),
             return_exceptions=True,

@@ -78,6 +78,7 @@ from .package import (
     build_package,
     decode,
 )
+from .scoring import PackageCounts
 from .urls import MAX_URLS_PER_PEER, validate_urls
 
 WARN_INVALID = 10
@@ -291,6 +292,7 @@ class ConnectionProtocol:
         peer_version: The peer's version or hello body, once received.
         listen_urls: What the peer said it listens on (hello or ``my_url``).
         invalid: Invalid packages received on this connection.
+        valid: Valid packages received on this connection (by :meth:`receive_data`).
         last_seen: When the peer was last heard from (clock seconds).
         ping_outstanding: When our unanswered heartbeat ping was sent, or ``None``.
         last_valid: Whether the last message received was a valid package.
@@ -327,6 +329,7 @@ class ConnectionProtocol:
         self.peer_version: Body | None = None
         self.listen_urls: list[str] = []
         self.invalid = 0
+        self.valid = 0
         self.last_seen = clock()
         self.ping_outstanding: float | None = None
         self.last_valid = False
@@ -392,7 +395,14 @@ class ConnectionProtocol:
                 return self._close(CloseCode.POLICY_VIOLATION, SECURE_PEER)
             return self.receive_invalid(exc)
         self.last_package = package
-        return self.receive_package(package)
+        actions = self.receive_package(package)
+        if self.last_valid:
+            self.valid += 1
+        return actions
+
+    def counts(self) -> PackageCounts:
+        """This connection's valid and invalid packages, for the block policy."""
+        return PackageCounts(self.valid, self.invalid)
 
     def receive_package(self, package: Package) -> list[Action]:
         """Take one decoded package. See :meth:`receive_data`."""

@@ -218,7 +218,7 @@ def body_to_json(body: Body) -> str:
 
 
 def compute_tag(
-    type: PackageType,
+    package_type: PackageType,
     event: str,
     body_json: str,
     *,
@@ -233,7 +233,7 @@ def compute_tag(
     (``s`` string, ``n`` number), every part joined by NUL.
 
     Args:
-        type: The package type.
+        package_type: The package type.
         event: The event name.
         body_json: The body as compact JSON text, see :func:`body_to_json`.
         version: The protocol version written in the package.
@@ -242,14 +242,14 @@ def compute_tag(
     """
     source = (
         f"alt\0s\0{alt}\0body\0s\0{body_json}\0event\0s\0{event}"
-        f"\0type\0n\0{int(type)}\0version\0s\0{version}"
+        f"\0type\0n\0{int(package_type)}\0version\0s\0{version}"
     )
     digest = hashlib.sha256(source.encode()).digest()
     return Tag(base64.b64encode(digest).decode("ascii"))
 
 
 def build_package(
-    type: PackageType,
+    package_type: PackageType,
     event: str,
     body: Body,
     *,
@@ -273,13 +273,15 @@ def build_package(
         raise TypeError(f"event must be a str, not {event.__class__.__name__}")
     body_json = body_to_json(body)
     if tag is None:
-        if type in REQUEST_TYPES:
-            tag = compute_tag(type, event, body_json, version=version, alt=alt)
-        elif type in RESPONSE_TYPES:
-            raise ValueError(f"a {type.name} package needs the tag of the request it answers")
+        if package_type in REQUEST_TYPES:
+            tag = compute_tag(package_type, event, body_json, version=version, alt=alt)
+        elif package_type in RESPONSE_TYPES:
+            raise ValueError(
+                f"a {package_type.name} package needs the tag of the request it answers"
+            )
         else:
             tag = ""
-    return Package(type, event, body, Tag(tag), version, alt, body_json)
+    return Package(package_type, event, body, Tag(tag), version, alt, body_json)
 
 
 def encode(package: Package) -> bytes:
@@ -320,33 +322,8 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
             that a broken request can still be answered.
 
     """
-    if isinstance(data, str):
-        raise PackageError(
-            f"text frame of {len(data)} characters refused: packages travel in binary frames"
-        )
-    size = len(data)
-    if max_size is not None and size > max_size:
-        raise PackageError(f"package of {size} bytes exceeds limit of {max_size} bytes")
-    message = TrustNoteP2p()
-    try:
-        message.ParseFromString(data)
-    except DecodeError:
-        raise PackageError(f"malformed protobuf message of {size} bytes") from None
-    if not message.IsInitialized():
-        missing = ", ".join(message.FindInitializationErrors())
-        raise PackageError(f"package lacks required field(s): {missing}")
-
-    # proto2 enums are closed: an unknown value lands in the unknown fields, and the field
-    # keeps its earlier value or reads as its default, SYSTEM. The original never
-    # validated the type; we refuse the package.
-    for unknown in UnknownFieldSet(message):
-        if unknown.field_number == _TYPE_FIELD_NUMBER:
-            if unknown.wire_type != _WIRETYPE_VARINT:
-                raise PackageError(f"package type has wire type {unknown.wire_type}, not varint")
-            value = unknown.data - 2**64 if unknown.data >= 2**63 else unknown.data
-            raise PackageError(f"unknown package type {value}")
-    type_ = _TYPES[message.type]
-
+    message = _parse(data, max_size)
+    type_ = _package_type(message)
     # proto2 doesn't validate UTF-8: an invalid string field reads as bytes.
     event, body_json, tag = message.event, message.body, message.tag
     version, alt = message.version, message.alt
@@ -364,7 +341,49 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
         )
     if not isinstance(body_json, str):
         raise PackageError("body is not valid UTF-8", package_type=type_, event=event, tag=tag)
+    body = _body(body_json, type_, event, tag)
+    return Package(type_, event, body, Tag(tag), version, alt, body_json)
 
+
+def _parse(data: bytes | str, max_size: int | None) -> TrustNoteP2p:
+    """The protobuf message in a frame, with its required fields."""
+    if isinstance(data, str):
+        raise PackageError(
+            f"text frame of {len(data)} characters refused: packages travel in binary frames"
+        )
+    size = len(data)
+    if max_size is not None and size > max_size:
+        raise PackageError(f"package of {size} bytes exceeds limit of {max_size} bytes")
+    message = TrustNoteP2p()
+    try:
+        message.ParseFromString(data)
+    except DecodeError:
+        raise PackageError(f"malformed protobuf message of {size} bytes") from None
+    if not message.IsInitialized():
+        missing = ", ".join(message.FindInitializationErrors())
+        raise PackageError(f"package lacks required field(s): {missing}")
+    return message
+
+
+def _package_type(message: TrustNoteP2p) -> PackageType:
+    """
+    The message's package type.
+
+    proto2 enums are closed: an unknown value lands in the unknown fields, and the field
+    keeps its earlier value or reads as its default, SYSTEM. The original never
+    validated the type; we refuse the package.
+    """
+    for unknown in UnknownFieldSet(message):
+        if unknown.field_number == _TYPE_FIELD_NUMBER:
+            if unknown.wire_type != _WIRETYPE_VARINT:
+                raise PackageError(f"package type has wire type {unknown.wire_type}, not varint")
+            value = unknown.data - 2**64 if unknown.data >= 2**63 else unknown.data
+            raise PackageError(f"unknown package type {value}")
+    return _TYPES[message.type]
+
+
+def _body(body_json: str, type_: PackageType, event: str, tag: str) -> Body:
+    """The body of a package: a JSON object."""
     try:
         body = _loads(body_json)
     except json.JSONDecodeError as exc:
@@ -380,7 +399,7 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
     if type(body) is not dict:
         reason = f"body is not a JSON object but {_json_kind(body)}"
         raise PackageError(reason, package_type=type_, event=event, tag=tag)
-    return Package(type_, event, body, Tag(tag), version, alt, body_json)
+    return body
 
 
 def _json_kind(value: object) -> str:

@@ -11,7 +11,15 @@ the node blocks the peer for ``block_duration`` seconds and the window starts af
 
 from __future__ import annotations
 
-__all__ = ["Block", "BlockPolicy", "PackageCounts", "peer_score"]
+__all__ = [
+    "OFFENCE_WINDOW",
+    "OFFENDING_CONNECTIONS",
+    "Block",
+    "BlockPolicy",
+    "Offences",
+    "PackageCounts",
+    "peer_score",
+]
 
 import math
 from dataclasses import dataclass
@@ -113,6 +121,59 @@ class BlockPolicy:
         elif not (duration > 0 and math.isfinite(duration)):
             raise ValueError(f"duration must be a positive number of seconds, not {duration}")
         return Block(now + duration, reason)
+
+
+OFFENDING_CONNECTIONS = 3
+"""Connections of one address that must cross the policy, within :data:`OFFENCE_WINDOW`,
+before the address itself is blocked."""
+
+OFFENCE_WINDOW = 600.0
+"""Seconds; see :data:`OFFENDING_CONNECTIONS`."""
+
+
+class Offences:
+    """
+    Who pays for bad input when there is no peer id (plain mode): the connection, and
+    the address only when several of its connections offend.
+
+    A connection whose own packages cross the :class:`BlockPolicy` is closed; its
+    address is blocked only once ``threshold`` of its connections did so within
+    ``window`` seconds. Peers sharing an address (behind one NAT, or all on loopback)
+    don't pay for one another's bad input, and an address that keeps sending it is
+    still shut out.
+
+    Args:
+        threshold: Offending connections that get an address blocked.
+        window: Seconds within which they must offend.
+        max_tracked: Addresses remembered at most; the oldest are forgotten first.
+
+    """
+
+    def __init__(
+        self,
+        threshold: int = OFFENDING_CONNECTIONS,
+        window: float = OFFENCE_WINDOW,
+        *,
+        max_tracked: int = 10_000,
+    ) -> None:
+        if threshold < 1 or not window > 0:
+            raise ValueError(f"need threshold >= 1 and window > 0, not {threshold}, {window}")
+        self.threshold = threshold
+        self.window = window
+        self._max_tracked = max_tracked
+        self._times: dict[str, list[float]] = {}
+
+    def offended(self, address: str, now: float) -> bool:
+        """A connection from ``address`` crossed the policy at ``now``; True when the
+        address is to be blocked (its count then starts afresh)."""
+        times = [t for t in self._times.pop(address, ()) if now - t < self.window]
+        times.append(now)
+        if len(times) >= self.threshold:
+            return True
+        if len(self._times) >= self._max_tracked:
+            del self._times[next(iter(self._times))]
+        self._times[address] = times
+        return False
 
 
 FAILURE_COST = 2.0

@@ -35,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
+from ..tasks import TaskOwner
+
 _T = TypeVar("_T")
 _Batch = TypeVar("_Batch")  # a batch of changes, taken on the loop, written on the worker
 _Loaded = TypeVar("_Loaded")  # what Database.open() read
@@ -234,7 +236,7 @@ class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
         self._failing = False
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
+        self._tasks: TaskOwner | None = None
         self._closed = False
 
     @staticmethod
@@ -258,21 +260,16 @@ class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
                 executor.submit(self._db.close)
                 executor.shutdown(wait=False)
                 raise
-        self._flusher = asyncio.create_task(self._flush_loop(), name=f"{self._name} flush")
+        self._tasks = TaskOwner(self._logger, owner=self._name)
+        self._tasks.spawn(self._flush_loop(), f"{self._name} flush")
 
     async def close(self) -> None:
         """Stop flushing, write what is left, then close the database and the worker."""
         if self._closed:
             return
         self._closed = True
-        if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
+        if self._tasks is not None:
+            await self._tasks.aclose()
         db, executor = self._db, self._executor
         if db is None or executor is None:
             return

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..drivers.base import Socket
 from ..protocol.package import Body, Package, PackageType
+from ..tasks import TaskOwner
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -67,7 +68,8 @@ class Thread:
         self.server: ServerRole | None = node.server
         self.client: ClientRole | None = node.client
         self.log = logging.getLogger(f"trustp2p.threads.{type(self).__name__}")
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskOwner(self.log, owner=self.path or type(self).__name__)
+        """The owner of this thread's tasks (see :meth:`create_task`)."""
 
     @property
     def event_map(self) -> EventMap:
@@ -114,24 +116,9 @@ class Thread:
         exception it raises is logged.
 
         """
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            self.log.error(
-                "! task %s of %s failed",
-                task.get_name(),
-                self.path or type(self).__name__,
-                exc_info=exc,
-            )
+        return self.tasks.spawn(coro, name)
 
     async def cancel_tasks(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        """Cancel and await the tasks still running (the node calls this after
+        :meth:`stop`)."""
+        await self.tasks.aclose()

@@ -75,7 +75,7 @@ class HeartbeatThread(Thread):
         sent = loop.time()
         try:
             await self.server.request(
-                socket, "ping", {}, type=PackageType.HEARTBEAT_PING, timeout=timeout
+                socket, "ping", {}, package_type=PackageType.HEARTBEAT_PING, timeout=timeout
             )
         except RemoteError:
             # A peer without a heartbeat thread answers with an error: it is alive.

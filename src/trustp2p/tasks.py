@@ -1,6 +1,7 @@
 """
-One owner for background tasks: the node, gossip, threads, the dialler and the stores
-each spawn through a :class:`TaskOwner` and cancel and await everything in ``aclose()``.
+One kind of owner for background tasks: the node, gossip, threads, the dialler and the
+stores each spawn through a :class:`TaskOwner`, and cancel and await everything in
+``aclose()``. No task is started bare.
 
 """
 
@@ -13,7 +14,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from ..exceptions import NodeStateError
+from .exceptions import NodeStateError
 
 
 class TaskOwner:
@@ -25,18 +26,20 @@ class TaskOwner:
 
     Args:
         logger: Where a task's exception is logged, at ERROR with its traceback.
+        owner: Named in that log line (``"! task <name> of <owner> failed"``).
 
     """
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, owner: str | None = None) -> None:
         self._logger = logger
+        self._owner = owner
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """
         Run ``coro`` in a task this owner keeps until it ends.
 
@@ -46,7 +49,7 @@ class TaskOwner:
         """
         if self._closed:
             coro.close()
-            raise NodeStateError(f"can't start {name!r}: its owner is closed")
+            raise NodeStateError(f"can't start task {name!r}: its owner is closed")
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._done)
@@ -55,7 +58,12 @@ class TaskOwner:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            self._logger.error("! %s failed", task.get_name(), exc_info=exc)
+            if self._owner is None:
+                self._logger.error("! %s failed", task.get_name(), exc_info=exc)
+            else:
+                self._logger.error(
+                    "! task %s of %s failed", task.get_name(), self._owner, exc_info=exc
+                )
 
     async def wait(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the running tasks to end by themselves."""

@@ -1,13 +1,7 @@
 """
-Publish/subscribe by gossip, free of I/O: signed messages, and the router that decides
-where each one goes.
+The gossip router, free of I/O: it decides where each message goes.
 
-A **message** is published once by its origin, with a per-origin sequence number, a
-timestamp and the origin's Ed25519 signature; relays verify it before they forward it
-and can't alter it. Its id is a hash of (origin, seq, topic, payload). On the wire it is
-a ``GOSSIP`` package whose event is the topic (``docs/protocol.md``).
-
-The **router** keeps, per topic, a *mesh* of peers (target degree ``degree``, between
+The router keeps, per topic, a *mesh* of peers (target degree ``degree``, between
 ``degree_low`` and ``degree_high``): new messages are pushed eagerly to mesh peers, and
 announced lazily (``ihave``) to a few other subscribed peers, which pull what they miss
 (``iwant``) — GossipSub's design, kept small. A bounded seen-cache (by count and age)
@@ -15,7 +9,8 @@ drops duplicates, and a hop limit stops runaway floods. ``mode="flood"`` pushes 
 subscribed peer instead, as a baseline.
 
 The router is given a clock and a ``send`` callable; it returns what to deliver and
-whom to penalise, and never awaits.
+whom to penalise, and never awaits. Every list a peer sends in a control talk is
+bounded (:data:`MAX_TOPICS_PER_TALK`, ``max_ihave``, :data:`MAX_PEER_TOPICS`).
 
 """
 
@@ -23,41 +18,31 @@ from __future__ import annotations
 
 __all__ = [
     "GOSSIP_EVENTS",
-    "GossipMessage",
+    "GRAFT",
+    "IHAVE",
+    "IWANT",
+    "MAX_MESSAGE_ID_LENGTH",
+    "MAX_PEER_TOPICS",
+    "MAX_TOPICS_PER_TALK",
+    "PRUNE",
+    "SUBSCRIPTIONS",
     "GossipRouter",
     "GossipStats",
     "PeerKey",
     "RouterAction",
-    "message_id",
-    "payload_text",
-    "sign_message",
 ]
 
-import base64
-import binascii
-import hashlib
-import json
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..exceptions import GossipError
-from ..identity import (
-    PUBLIC_KEY_SIZE,
-    SIGNATURE_SIZE,
-    Identity,
-    is_peer_id,
-    peer_id_from_public_key,
-    verify_signature,
-)
+from ...exceptions import GossipError
+from .message import MAX_HOPS, GossipMessage, check_topic
 
 PeerKey = Hashable
 """How the router names a peer: the node uses the connection id."""
-
-MAX_TOPIC_LENGTH = 256
-_SIGNATURE_PREFIX = b"trustp2p-gossip/1\0"
 
 # Control talks of the router (TALK packages).
 SUBSCRIPTIONS = "gossip/subscriptions"  # {"subscribe": [topic], "unsubscribe": [topic]}
@@ -66,172 +51,19 @@ PRUNE = "gossip/prune"  # {"topics": [topic]}
 IHAVE = "gossip/ihave"  # {"topic": topic, "ids": [id]}
 IWANT = "gossip/iwant"  # {"ids": [id]}
 GOSSIP_EVENTS = (SUBSCRIPTIONS, GRAFT, PRUNE, IHAVE, IWANT)
+"""The events of the router's control talks, in this order."""
 
+MAX_TOPICS_PER_TALK = 1000
+"""Most topics in one control talk (each list of ``gossip/subscriptions``, and
+``gossip/graft`` or ``gossip/prune``); a longer list is a protocol error."""
 
-def message_id(origin: str, seq: int, topic: str, data: str) -> str:
-    """The id of a message: 16 bytes of SHA-256 over (origin, seq, topic, payload),
-    in base64url without padding."""
-    digest = hashlib.sha256(f"{origin}\0{seq}\0{topic}\0{data}".encode()).digest()[:16]
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+MAX_PEER_TOPICS = 10_000
+"""Most topics a peer may subscribe to, all talks together: past it, a subscription is
+a protocol error, so that a peer can't grow our memory without bound."""
 
-
-def _signed_bytes(topic: str, origin: str, seq: int, timestamp: int, data: str) -> bytes:
-    return _SIGNATURE_PREFIX + f"{topic}\0{origin}\0{seq}\0{timestamp}\0{data}".encode()
-
-
-@dataclass(frozen=True, slots=True)
-class GossipMessage:
-    """
-    One signed message.
-
-    Attributes:
-        topic: What it is about; subscribers of the topic receive it.
-        origin: The peer id of its publisher.
-        seq: The publisher's sequence number, from 1.
-        timestamp: The publisher's wall clock, in milliseconds.
-        data: The payload as JSON text (a JSON object), exactly as signed.
-        key: The publisher's Ed25519 public key (32 bytes).
-        signature: The publisher's signature (64 bytes).
-        id: The message id, see :func:`message_id`.
-        hops: Relays it went through; not signed.
-
-    """
-
-    topic: str
-    origin: str
-    seq: int
-    timestamp: int
-    data: str
-    key: bytes
-    signature: bytes
-    id: str
-    hops: int = 0
-    body: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    def to_body(self, *, hops: int | None = None) -> dict[str, Any]:
-        """The package body that carries it (its topic is the package's event)."""
-        return {
-            "origin": self.origin,
-            "seq": self.seq,
-            "ts": self.timestamp,
-            "data": self.data,
-            "key": base64.b64encode(self.key).decode("ascii"),
-            "sig": base64.b64encode(self.signature).decode("ascii"),
-            "hops": self.hops if hops is None else hops,
-        }
-
-    @staticmethod
-    def peek_id(topic: str, body: dict[str, Any]) -> str | None:
-        """
-        The id of the message a body carries, without verifying it (cheap: no
-        signature check), or ``None`` if the body is too malformed to tell.
-
-        A router drops copies of messages it has seen by this id before spending a
-        signature check on them.
-        """
-        origin, seq, data = body.get("origin"), body.get("seq"), body.get("data")
-        if not (isinstance(origin, str) and type(seq) is int and isinstance(data, str)):
-            return None
-        return message_id(origin, seq, topic, data)
-
-    @classmethod
-    def from_body(
-        cls, topic: str, body: dict[str, Any], *, max_data: int | None = None
-    ) -> GossipMessage:
-        """
-        Read and verify a message received from a peer.
-
-        Raises:
-            GossipError: If it is malformed, or its key or signature doesn't check out
-                (forged or altered). The message says which.
-
-        """
-        if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
-            raise GossipError("invalid topic")
-        origin, seq, timestamp = body.get("origin"), body.get("seq"), body.get("ts")
-        data, hops = body.get("data"), body.get("hops", 0)
-        if not isinstance(origin, str) or not is_peer_id(origin):
-            raise GossipError("invalid origin")
-        if type(seq) is not int or seq < 1:
-            raise GossipError("invalid seq")
-        if type(timestamp) is not int or type(hops) is not int or hops < 0:
-            raise GossipError("invalid ts or hops")
-        if not isinstance(data, str):
-            raise GossipError("data is not JSON text")
-        if max_data is not None and len(data) > max_data:
-            raise GossipError(f"data of {len(data)} characters exceeds {max_data}")
-        try:
-            key = base64.b64decode(body.get("key", ""), validate=True)
-            signature = base64.b64decode(body.get("sig", ""), validate=True)
-        except (binascii.Error, ValueError, TypeError):
-            raise GossipError("key or signature is not base64") from None
-        if len(key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
-            raise GossipError("key or signature has the wrong size")
-        if peer_id_from_public_key(key) != origin:
-            raise GossipError("forged: the key is not the origin's")
-        if not verify_signature(key, signature, _signed_bytes(topic, origin, seq, timestamp, data)):
-            raise GossipError("forged or altered: the signature doesn't match")
-        try:
-            parsed = json.loads(data)
-        except (ValueError, RecursionError):
-            raise GossipError("data is not valid JSON") from None
-        if type(parsed) is not dict:
-            raise GossipError("data is not a JSON object")
-        return cls(
-            topic,
-            origin,
-            seq,
-            timestamp,
-            data,
-            key,
-            signature,
-            message_id(origin, seq, topic, data),
-            hops,
-            parsed,
-        )
-
-
-def payload_text(topic: str, data: dict[str, Any]) -> str:
-    """
-    Check a topic and a payload to publish; return the payload as the JSON text a
-    message carries.
-
-    Raises:
-        ValueError: If the topic is empty or too long, or ``data`` holds NaN.
-        TypeError: If ``data`` is not a JSON-serializable dict.
-
-    """
-    if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
-        raise ValueError(f"a topic is a string of 1 to {MAX_TOPIC_LENGTH} characters")
-    if type(data) is not dict:
-        raise TypeError(f"data must be a dict, not {type(data).__name__}")
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:  # a lone surrogate: not text any peer can read
-        raise ValueError(f"data holds a string that isn't valid Unicode: {exc.reason}") from None
-    return text
-
-
-def sign_message(
-    identity: Identity, topic: str, seq: int, timestamp: int, data: dict[str, Any]
-) -> GossipMessage:
-    """Build and sign a message as its origin (see :func:`payload_text` for errors)."""
-    text = payload_text(topic, data)
-    origin = identity.peer_id
-    signature = identity.sign(_signed_bytes(topic, origin, seq, timestamp, text))
-    return GossipMessage(
-        topic,
-        origin,
-        seq,
-        timestamp,
-        text,
-        identity.public_key,
-        signature,
-        message_id(origin, seq, topic, text),
-        0,
-        data,
-    )
+MAX_MESSAGE_ID_LENGTH = 64
+"""Longest message id a peer may send in ``ihave`` or ``iwant``, in characters (ours
+have 22)."""
 
 
 @dataclass(slots=True)
@@ -312,7 +144,8 @@ class GossipRouter:
         seen_max: Most message ids remembered.
         seen_ttl: Seconds a message id is remembered.
         max_hops: A message is not sent on once it would reach ``max_hops`` hops
-            (one that arrives with ``max_hops - 1`` is delivered, not forwarded).
+            (one that arrives with ``max_hops - 1`` is delivered, not forwarded); at
+            most :data:`~trustp2p.protocol.gossip.message.MAX_HOPS`, which peers check.
         max_ihave: Most ids in one ``ihave`` or ``iwant``.
         iwant_timeout: Seconds before an id asked for and not received may be asked for
             again, of another peer.
@@ -348,6 +181,8 @@ class GossipRouter:
             )
         if history < 1:
             raise ValueError(f"history must be at least 1, not {history}")
+        if not 1 <= max_hops <= MAX_HOPS:
+            raise ValueError(f"max_hops must be from 1 to {MAX_HOPS}, not {max_hops}")
         self._send = send
         self._clock = clock
         self.degree, self.degree_low, self.degree_high = degree, degree_low, degree_high
@@ -496,18 +331,7 @@ class GossipRouter:
         if message.hops + 1 >= self.max_hops:
             self.stats.hop_limited += 1
             return
-        relayed = GossipMessage(
-            message.topic,
-            message.origin,
-            message.seq,
-            message.timestamp,
-            message.data,
-            message.key,
-            message.signature,
-            message.id,
-            message.hops + 1,
-            message.body,
-        )
+        relayed = message.relayed()
         targets = self._targets(message.topic, exclude=(peer,))
         if self.mode == "gossip":
             # Pushing to a few mesh peers is enough to reach nearly everyone; ihave and
@@ -542,64 +366,74 @@ class GossipRouter:
         A control talk arrived from ``peer``.
 
         Raises:
-            GossipError: If it is malformed; the caller counts it against the peer.
+            GossipError: If it is malformed or over a limit; the caller counts it
+                against the peer. Nothing changed then.
 
         """
         if peer not in self._peers:
             return
         if event == SUBSCRIPTIONS:
-            subscribe = _topics(body.get("subscribe", []))
-            unsubscribe = _topics(body.get("unsubscribe", []))
-            topics = self._peers[peer]
-            if len(topics) + len(subscribe) > 10_000:
-                raise GossipError("too many subscriptions")
-            if set(subscribe) & set(unsubscribe):
-                raise GossipError("a topic both subscribed and unsubscribed")
-            topics.update(subscribe)
-            topics.difference_update(unsubscribe)
-            for topic in unsubscribe:
-                self.mesh.get(topic, set()).discard(peer)
-            for topic in subscribe:
-                mesh = self.mesh.get(topic)
-                if mesh is not None and len(mesh) < self.degree_low and self.mode == "gossip":
-                    mesh.add(peer)
-                    self._talk(peer, GRAFT, {"topics": [topic]})
+            self._on_subscriptions(peer, body)
         elif event == GRAFT:
-            refused = []
-            for topic in _topics(body.get("topics", [])):
-                mesh = self.mesh.get(topic)
-                if mesh is not None and peer in mesh:
-                    continue
-                if mesh is None or len(mesh) >= self.degree_high:
-                    refused.append(topic)
-                else:
-                    mesh.add(peer)
-                    self._peers[peer].add(topic)
-            if refused:
-                self._talk(peer, PRUNE, {"topics": refused})
+            self._on_graft(peer, body)
         elif event == PRUNE:
             for topic in _topics(body.get("topics", [])):
                 self.mesh.get(topic, set()).discard(peer)
         elif event == IHAVE:
-            announced = body.get("topic")
-            if not isinstance(announced, str):
-                raise GossipError("invalid topic")
-            ids = list(dict.fromkeys(_ids(body.get("ids", []), self.max_ihave)))
-            if announced not in self.topics:
-                return
-            now = self._clock()
-            wanted = [i for i in ids if i not in self._seen and i not in self._asked]
-            if wanted:
-                for i in wanted:
-                    self._asked[i] = now
-                self.stats.iwant_sent += 1
-                self._talk(peer, IWANT, {"ids": wanted})
+            self._on_ihave(peer, body)
         elif event == IWANT:
             for message_id in _ids(body.get("ids", []), self.max_ihave):
                 message = self.cached(message_id)
                 if message is not None:
                     self.stats.served += 1
                     self._send(RouterAction("message", peer, message=message))
+
+    def _on_subscriptions(self, peer: PeerKey, body: dict[str, Any]) -> None:
+        subscribe = _topics(body.get("subscribe", []))
+        unsubscribe = _topics(body.get("unsubscribe", []))
+        topics = self._peers[peer]
+        if len(topics) + len(subscribe) > MAX_PEER_TOPICS:
+            raise GossipError(
+                f"{len(topics)} + {len(subscribe)} subscriptions exceed {MAX_PEER_TOPICS}"
+            )
+        if set(subscribe) & set(unsubscribe):
+            raise GossipError("a topic both subscribed and unsubscribed")
+        topics.update(subscribe)
+        topics.difference_update(unsubscribe)
+        for topic in unsubscribe:
+            self.mesh.get(topic, set()).discard(peer)
+        for topic in subscribe:
+            mesh = self.mesh.get(topic)
+            if mesh is not None and len(mesh) < self.degree_low and self.mode == "gossip":
+                mesh.add(peer)
+                self._talk(peer, GRAFT, {"topics": [topic]})
+
+    def _on_graft(self, peer: PeerKey, body: dict[str, Any]) -> None:
+        refused = []
+        for topic in _topics(body.get("topics", [])):
+            mesh = self.mesh.get(topic)
+            if mesh is not None and peer in mesh:
+                continue
+            if mesh is None or len(mesh) >= self.degree_high:
+                refused.append(topic)
+            else:
+                mesh.add(peer)
+                self._peers[peer].add(topic)
+        if refused:
+            self._talk(peer, PRUNE, {"topics": refused})
+
+    def _on_ihave(self, peer: PeerKey, body: dict[str, Any]) -> None:
+        announced = check_topic(body.get("topic"))
+        ids = list(dict.fromkeys(_ids(body.get("ids", []), self.max_ihave)))
+        if announced not in self.topics:
+            return
+        now = self._clock()
+        wanted = [i for i in ids if i not in self._seen and i not in self._asked]
+        if wanted:
+            for i in wanted:
+                self._asked[i] = now
+            self.stats.iwant_sent += 1
+            self._talk(peer, IWANT, {"ids": wanted})
 
     # Heartbeat
 
@@ -664,11 +498,10 @@ class GossipRouter:
 
 
 def _topics(value: object) -> list[str]:
-    if not isinstance(value, list) or len(value) > 1000:
-        raise GossipError("topics must be a list of at most 1000 strings")
+    if not isinstance(value, list) or len(value) > MAX_TOPICS_PER_TALK:
+        raise GossipError(f"topics must be a list of at most {MAX_TOPICS_PER_TALK} strings")
     for topic in value:
-        if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
-            raise GossipError("invalid topic")
+        check_topic(topic)
     return value
 
 
@@ -676,6 +509,6 @@ def _ids(value: object, limit: int) -> list[str]:
     if not isinstance(value, list) or len(value) > limit:
         raise GossipError(f"ids must be a list of at most {limit} strings")
     for item in value:
-        if not isinstance(item, str) or len(item) > 64:
+        if not isinstance(item, str) or len(item) > MAX_MESSAGE_ID_LENGTH:
             raise GossipError("invalid message id")
     return value

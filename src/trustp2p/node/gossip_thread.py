@@ -1,0 +1,98 @@
+"""
+The built-in gossip thread: it carries the router's control talks to ``node.gossip`` and
+serves peers' catch-up requests (``gossip/hwm``, ``gossip/fetch``) from the message log,
+through the public API of ``node.gossip`` only.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["GossipThread"]
+
+import base64
+
+from ..drivers.base import Socket
+from ..exceptions import GossipError
+from ..protocol.gossip import (
+    FETCH,
+    GOSSIP_EVENTS,
+    HWM,
+    GossipMessage,
+    answer_size_limit,
+    decode_fetch_request,
+    decode_hwm_request,
+    fetch_answer,
+    hwm_answer,
+    split_stream_key,
+)
+from ..protocol.package import Body, Package, PackageType
+from ..storage.msglog import LoggedMessage
+from ..threads.base import EventMap, Thread
+from .gossip import Gossip
+
+
+class GossipThread(Thread):
+    """The built-in thread that carries the router's control talks and serves catch-up."""
+
+    @property
+    def gossip(self) -> Gossip:
+        gossip = self.node.gossip
+        assert gossip is not None
+        return gossip
+
+    @property
+    def event_map(self) -> EventMap:
+        return {
+            PackageType.TALK: {event: self.gossip.on_control for event in GOSSIP_EVENTS},
+            PackageType.REQUEST: {HWM: self.serve_hwm, FETCH: self.serve_fetch},
+        }
+
+    def serve_hwm(self, socket: Socket, package: Package) -> Body:
+        """``gossip/hwm``: per topic asked (and carried), per origin, the last seq we have
+        with nothing missing before it."""
+        gossip = self.gossip
+        assert gossip.message_log is not None
+        try:
+            topics = decode_hwm_request(package.body)
+        except GossipError as exc:
+            self.node.penalize(socket, f"invalid gossip/hwm request: {exc}")
+            return {"error": "invalid request"}
+        return hwm_answer(topics, gossip.router.topics, gossip.message_log.high_water)
+
+    def serve_fetch(self, socket: Socket, package: Package) -> Body:
+        """``gossip/fetch``: a stream's messages ``from..to`` (bounded), oldest first."""
+        gossip = self.gossip
+        assert gossip.message_log is not None
+        try:
+            wanted = decode_fetch_request(package.body)
+        except GossipError as exc:
+            self.node.penalize(socket, f"invalid gossip/fetch request: {exc}")
+            return {"error": "invalid request"}
+        if wanted.topic not in gossip.router.topics:
+            return {"messages": []}
+        options = self.node.options
+        max_bytes = answer_size_limit(options.max_package_size)
+        # The log counts payload characters only; fetch_answer counts the bytes on the
+        # wire (key, signature, the payload JSON-escaped and UTF-8 encoded).
+        logged = gossip.message_log.range(
+            wanted.stream,
+            wanted.first,
+            wanted.last,
+            limit=options.catchup_batch,
+            max_bytes=max_bytes,
+        )
+        return fetch_answer(map(_from_logged, logged), max_bytes)
+
+
+def _from_logged(logged: LoggedMessage) -> GossipMessage:
+    # The log knows streams, not origins: its "origin" is the stream key.
+    return GossipMessage(
+        logged.topic,
+        split_stream_key(logged.origin)[1],
+        logged.seq,
+        int(logged.timestamp),
+        logged.data,
+        base64.b64decode(logged.key),
+        base64.b64decode(logged.signature),
+        logged.id,
+    )

@@ -1,0 +1,117 @@
+"""
+Who pays for bad input: counting packages against a peer, the block policy, blocks, and
+the plain-mode rule that a connection pays for its own input and an address only when
+several of its connections offend.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["Penalties"]
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ..drivers.base import Socket
+from ..protocol.admission import block_scope
+from ..protocol.close import CloseCode, fit_reason
+from ..protocol.peers import peer_key
+from ..protocol.scoring import Offences, PackageCounts
+
+if TYPE_CHECKING:
+    from .connections import Connections
+    from .node import Node
+    from .peer import PeerConnection
+
+logger = logging.getLogger("trustp2p.node")
+
+
+class Penalties:
+    """The node's judge: the peer store's counts and blocks, and :class:`Offences`."""
+
+    def __init__(self, node: Node, connections: Connections) -> None:
+        self._node = node
+        self._connections = connections
+        self.offences = Offences()
+
+    def crossed(
+        self, socket: Socket, *, good: int = 0, invalid: int = 0, by_address: bool = False
+    ) -> bool:
+        """Count packages against the peer (by id, else address) in the peer store;
+        True if that crossed the block policy for a peer id, or with ``by_address`` (the
+        count then starts afresh). Plain connections are judged by their own counts."""
+        store = self._node.store
+        if store is None:
+            return False
+        key = peer_key(None if by_address else socket.peer_id, socket.host)
+        counts = store.record_packages(key, good=good, invalid=invalid)
+        if (socket.peer_id is None and not by_address) or not store.policy.crossed(counts):
+            return False
+        store.restart_window(key)
+        return True
+
+    def judge(self, counts: PackageCounts) -> bool:
+        """Whether one connection's own counts cross the block policy (plain mode)."""
+        store = self._node.store
+        return store is not None and store.policy.crossed(counts)
+
+    def offended(self, conn: PeerConnection) -> None:
+        """A peer crossed the block policy. With a peer id, that peer is blocked. Without
+        one (plain mode) only this connection is closed, and its address is blocked only
+        once several of its connections offended (:class:`Offences`): peers sharing an
+        address don't pay for one another."""
+        socket = conn.socket
+        reason = "too many invalid packages"
+        if socket.peer_id is not None:
+            self.block(socket.peer_id, socket.host, reason, socket=socket)
+            return
+        conn.log.warning("! %s: disconnecting", reason)
+        self._connections.close(conn, CloseCode.POLICY_VIOLATION, reason)
+        scope = block_scope(None, socket.host, limit_loopback=self._node.options.limit_loopback)
+        now = asyncio.get_running_loop().time()
+        if scope is not None and self.offences.offended(socket.host, now):
+            why = f"{self.offences.threshold} connections sent {reason}"
+            self.block(None, socket.host, why)
+
+    def block(
+        self, peer_id: str | None, address: str | None, reason: str, *, socket: Socket | None = None
+    ) -> None:
+        """
+        Block a peer by id and address for ``block_duration``; close its connections,
+        and ``socket``, the one that crossed the policy.
+
+        Loopback addresses are not blocked (unless ``limit_loopback``): every local peer
+        shares them. A local peer without a peer id (plain mode) is only disconnected.
+        """
+        scope = block_scope(peer_id, address, limit_loopback=self._node.options.limit_loopback)
+        if scope is None:
+            if socket is not None and not socket.closed:
+                logger.warning(
+                    "! disconnecting %s: %s (loopback addresses are not blocked)",
+                    socket.peer,
+                    reason,
+                )
+                socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"disconnected: {reason}"))
+            return
+        logger.warning(
+            "! blocking %s for %g s: %s",
+            " and ".join(x for x in (scope.peer_id, scope.address) if x),
+            self._node.options.block_duration,
+            reason,
+        )
+        node = self._node
+        if node.store is not None and node.running:
+            node.tasks.spawn(
+                node.store.block(peer_id=scope.peer_id, address=scope.address, reason=reason),
+                f"block {scope.peer_id or scope.address}",
+            )
+        # The peer's connections close; other connections from its address stay: an
+        # address block only refuses new ones (bad input never closes a bystander).
+        close_reason = fit_reason(f"blocked: {reason}")
+        for conn in self._connections:
+            other = conn.socket
+            if other is socket or (scope.peer_id is not None and other.peer_id == scope.peer_id):
+                self._connections.close(conn, CloseCode.POLICY_VIOLATION, close_reason)
+        if socket is not None and not socket.closed:
+            socket.close_soon(CloseCode.POLICY_VIOLATION, close_reason)

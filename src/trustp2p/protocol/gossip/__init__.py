@@ -1,0 +1,130 @@
+"""
+Publish/subscribe by gossip, free of I/O (the node's shell is :mod:`trustp2p.node.gossip`):
+
+- :mod:`.message`: signed messages, their ids, and decoding them with every number
+  bounded;
+- :mod:`.router`: where each message goes (meshes, lazy announcements, the seen-cache);
+- :mod:`.streams`: each origin's messages delivered exactly once, in order, with gaps
+  skipped after ``gap_timeout``;
+- :mod:`.catchup`: what to ask peers for after missing messages, in batches, and how to
+  read their answers.
+
+Every module takes its clocks from the caller and never awaits.
+
+"""
+
+from __future__ import annotations
+
+from .catchup import (
+    DEFAULT_ANSWER_BYTES,
+    FETCH,
+    HWM,
+    MAX_HWM_ORIGINS,
+    MAX_HWM_TOPICS,
+    MESSAGE_OVERHEAD,
+    CatchUp,
+    Fetch,
+    FetchRange,
+    answer_size_limit,
+    decode_fetch_request,
+    decode_hwm_answer,
+    decode_hwm_request,
+    fetch_answer,
+    hwm_answer,
+    message_size_limit,
+    payload_size,
+    plan_fetches,
+    wire_size,
+)
+from .message import (
+    MAX_HOPS,
+    MAX_SEQ,
+    MAX_TIMESTAMP,
+    MAX_TOPIC_LENGTH,
+    GossipMessage,
+    check_int,
+    check_topic,
+    message_id,
+    payload_text,
+    sign_message,
+)
+from .router import (
+    GOSSIP_EVENTS,
+    GRAFT,
+    IHAVE,
+    IWANT,
+    MAX_MESSAGE_ID_LENGTH,
+    MAX_PEER_TOPICS,
+    MAX_TOPICS_PER_TALK,
+    PRUNE,
+    SUBSCRIPTIONS,
+    GossipRouter,
+    GossipStats,
+    PeerKey,
+    RouterAction,
+)
+from .streams import (
+    DEFAULT_MAX_HELD,
+    DEFAULT_MAX_HELD_BYTES,
+    Deliver,
+    DeliveryMarks,
+    GapSkipped,
+    StreamEvent,
+    Streams,
+    split_stream_key,
+    stream_key,
+)
+
+__all__ = [
+    "DEFAULT_ANSWER_BYTES",
+    "DEFAULT_MAX_HELD",
+    "DEFAULT_MAX_HELD_BYTES",
+    "FETCH",
+    "GOSSIP_EVENTS",
+    "GRAFT",
+    "HWM",
+    "IHAVE",
+    "IWANT",
+    "MAX_HOPS",
+    "MAX_HWM_ORIGINS",
+    "MAX_HWM_TOPICS",
+    "MAX_MESSAGE_ID_LENGTH",
+    "MAX_PEER_TOPICS",
+    "MAX_SEQ",
+    "MAX_TIMESTAMP",
+    "MAX_TOPICS_PER_TALK",
+    "MAX_TOPIC_LENGTH",
+    "MESSAGE_OVERHEAD",
+    "PRUNE",
+    "SUBSCRIPTIONS",
+    "CatchUp",
+    "Deliver",
+    "DeliveryMarks",
+    "Fetch",
+    "FetchRange",
+    "GapSkipped",
+    "GossipMessage",
+    "GossipRouter",
+    "GossipStats",
+    "PeerKey",
+    "RouterAction",
+    "StreamEvent",
+    "Streams",
+    "answer_size_limit",
+    "check_int",
+    "check_topic",
+    "decode_fetch_request",
+    "decode_hwm_answer",
+    "decode_hwm_request",
+    "fetch_answer",
+    "hwm_answer",
+    "message_id",
+    "message_size_limit",
+    "payload_size",
+    "payload_text",
+    "plan_fetches",
+    "sign_message",
+    "split_stream_key",
+    "stream_key",
+    "wire_size",
+]

@@ -1,0 +1,386 @@
+"""
+Catch-up, free of I/O: which peer a node asks for which messages it missed, in what
+batches, and how it reads the answers.
+
+Two requests (REQUEST packages, see ``docs/protocol.md``):
+
+- ``gossip/hwm`` ``{"topics": [topic]}`` answered ``{"hwm": {topic: {origin: seq}}}``:
+  per topic asked (and carried by the peer), per origin, the last seq the peer logged
+  with nothing missing before it; at most :data:`MAX_HWM_TOPICS` topics and
+  :data:`MAX_HWM_ORIGINS` origins per topic (the highest marks first).
+- ``gossip/fetch`` ``{"topic", "origin", "from", "to"}`` answered ``{"messages":
+  [message body]}``: that stream's messages ``from..to`` the peer still has, oldest
+  first, at most the peer's ``catchup_batch`` and half its package limit.
+
+When to catch up and whom to ask (the node carries it out):
+
+- when a connection opens, the new peer's marks; every ``catchup_interval``, a random
+  peer's (:meth:`CatchUp.choose`);
+- from those, each stream where the peer has more than we logged or delivered
+  (:func:`plan_fetches`), in batches (:class:`Fetch`), one fetch per stream at a time
+  (:meth:`CatchUp.begin`);
+- a gap in a live stream (see :mod:`.streams`): from the peer whose message revealed
+  it, then, at each gossip heartbeat until it is filled or skipped, from a random peer.
+
+A peer that answers with an error (it runs without gossip; the node's request raises
+:exc:`~trustp2p.exceptions.RemoteError`) is not at fault: another is asked later. A
+request or answer with a list too long or a number out of bounds is a protocol error
+(:class:`GossipError`).
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_ANSWER_BYTES",
+    "FETCH",
+    "HWM",
+    "MAX_HWM_ORIGINS",
+    "MAX_HWM_TOPICS",
+    "MESSAGE_OVERHEAD",
+    "CatchUp",
+    "Fetch",
+    "FetchRange",
+    "answer_size_limit",
+    "decode_fetch_request",
+    "decode_hwm_answer",
+    "decode_hwm_request",
+    "fetch_answer",
+    "hwm_answer",
+    "message_size_limit",
+    "payload_size",
+    "plan_fetches",
+    "wire_size",
+]
+
+import json
+import random
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ...exceptions import GossipError
+from ...identity import is_peer_id
+from ..package import Body
+from .message import MAX_SEQ, GossipMessage, check_int, check_topic
+from .streams import split_stream_key, stream_key
+
+P = TypeVar("P")
+
+HWM = "gossip/hwm"
+FETCH = "gossip/fetch"
+
+MAX_HWM_TOPICS = 1000
+"""Most topics in a ``gossip/hwm`` request or answer. A node subscribed to more asks
+about a random sample of them each time."""
+
+MAX_HWM_ORIGINS = 2000
+"""Most origins per topic in a ``gossip/hwm`` answer; a node serves the highest marks."""
+
+MESSAGE_OVERHEAD = 320
+"""Bytes of a message's package body besides its payload: field names, origin, seq,
+timestamp, public key and signature (base64), hops. At most about 300."""
+
+DEFAULT_ANSWER_BYTES = 512 * 1024
+"""Most bytes of messages in a ``gossip/fetch`` answer when packages have no size limit."""
+
+
+def message_size_limit(max_package_size: int | None) -> int | None:
+    """Largest message a node takes or publishes (its package body, in bytes): a
+    quarter of the package limit, so that a catch-up answer (half) always holds one."""
+    return None if max_package_size is None else max_package_size // 4
+
+
+def answer_size_limit(max_package_size: int | None) -> int:
+    """Most bytes of messages in a ``gossip/fetch`` answer: half the package limit, which
+    leaves room for the rest of the answer."""
+    return DEFAULT_ANSWER_BYTES if max_package_size is None else max_package_size // 2
+
+
+def payload_size(text: str) -> int:
+    """About the bytes of the package body of a message carrying payload ``text``
+    (JSON-escaped in the body, UTF-8 encoded), at most :data:`MESSAGE_OVERHEAD` over."""
+    return len(json.dumps(text, ensure_ascii=False).encode()) + MESSAGE_OVERHEAD
+
+
+def wire_size(message: GossipMessage) -> int:
+    """Bytes of a message's package body, as a fetch answer carries it."""
+    body = message.to_body()
+    return len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRange:
+    """Messages ``first`` to ``last`` of ``origin`` on ``topic``."""
+
+    topic: str
+    origin: str
+    first: int
+    last: int
+
+    @property
+    def stream(self) -> str:
+        """The stream's key (see :func:`.streams.stream_key`)."""
+        return stream_key(self.topic, self.origin)
+
+
+# Serving: what a peer asks of us.
+
+
+def decode_hwm_request(body: Body) -> list[str]:
+    """
+    The topics a ``gossip/hwm`` request asks about.
+
+    Raises:
+        GossipError: If they are not a list of at most :data:`MAX_HWM_TOPICS` topics.
+
+    """
+    topics = body.get("topics")
+    if not isinstance(topics, list) or len(topics) > MAX_HWM_TOPICS:
+        raise GossipError(f"topics must be a list of at most {MAX_HWM_TOPICS} topics")
+    for topic in topics:
+        check_topic(topic)
+    return topics
+
+
+def hwm_answer(
+    topics: Iterable[str],
+    carried: Collection[str],
+    high_water: Callable[[str], Mapping[str, int]],
+) -> Body:
+    """
+    The answer to a ``gossip/hwm`` request.
+
+    Args:
+        topics: The topics asked about.
+        carried: The topics we carry; the others are left out.
+        high_water: Per topic, the high-water mark of each of its streams in our log
+            (by stream key).
+
+    """
+    marks: dict[str, dict[str, int]] = {}
+    for topic in topics:
+        if topic in carried:
+            streams = high_water(topic)
+            best = sorted(streams.items(), key=lambda item: -item[1])[:MAX_HWM_ORIGINS]
+            marks[topic] = {split_stream_key(stream)[1]: seq for stream, seq in best}
+    return {"hwm": marks}
+
+
+def decode_fetch_request(body: Body) -> FetchRange:
+    """
+    The messages a ``gossip/fetch`` request asks for.
+
+    Raises:
+        GossipError: If a field is missing or malformed, or ``from..to`` is not a range
+            within ``1..MAX_SEQ``.
+
+    """
+    topic = check_topic(body.get("topic"))
+    origin = body.get("origin")
+    if not isinstance(origin, str) or not is_peer_id(origin):
+        raise GossipError("invalid origin")
+    first = check_int(body.get("from"), "from", 1, MAX_SEQ)
+    last = check_int(body.get("to"), "to", 1, MAX_SEQ)
+    if first > last:
+        raise GossipError(f"from {first} exceeds to {last}")
+    return FetchRange(topic, origin, first, last)
+
+
+def fetch_answer(messages: Iterable[GossipMessage], max_bytes: int) -> Body:
+    """
+    The answer to a ``gossip/fetch`` request: ``messages`` (oldest first) up to
+    ``max_bytes`` bytes as they go on the wire. The first is always in it, so that the
+    asker moves on; it asks again from the last seq it got + 1.
+    """
+    bodies: list[Body] = []
+    size = 0
+    for message in messages:
+        body = message.to_body()
+        size += len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()) + 1
+        if size > max_bytes and bodies:
+            break
+        bodies.append(body)
+    return {"messages": bodies}
+
+
+# Asking: what we want of a peer, and its answers.
+
+
+def decode_hwm_answer(answer: Body) -> dict[str, dict[str, int]]:
+    """
+    The marks a peer answered ``gossip/hwm`` with: ``{topic: {origin: seq}}``.
+
+    Raises:
+        GossipError: If there are more than :data:`MAX_HWM_TOPICS` topics or
+            :data:`MAX_HWM_ORIGINS` origins in a topic, or a topic, origin or seq
+            (``1..MAX_SEQ``) is malformed.
+
+    """
+    marks = answer.get("hwm")
+    if not isinstance(marks, dict) or len(marks) > MAX_HWM_TOPICS:
+        raise GossipError(f"hwm must map at most {MAX_HWM_TOPICS} topics")
+    for topic, origins in marks.items():
+        check_topic(topic)
+        if not isinstance(origins, dict) or len(origins) > MAX_HWM_ORIGINS:
+            raise GossipError(f"a topic's marks must map at most {MAX_HWM_ORIGINS} origins")
+        for origin, seq in origins.items():
+            if not isinstance(origin, str) or not is_peer_id(origin):
+                raise GossipError("invalid origin")
+            check_int(seq, "seq", 1, MAX_SEQ)
+    return marks
+
+
+def plan_fetches(
+    marks: Mapping[str, Mapping[str, int]],
+    carried: Collection[str],
+    high_water: Callable[[str], Mapping[str, int]],
+    delivered: Callable[[str], int],
+) -> list[FetchRange]:
+    """
+    What to fetch from a peer, given its marks (:func:`decode_hwm_answer`).
+
+    Args:
+        marks: The peer's marks.
+        carried: The topics we carry; the others are left out.
+        high_water: Per topic, the high-water mark of each of its streams in our log.
+        delivered: Per stream, our delivered mark.
+
+    Returns:
+        For each stream where the peer has more than we logged or delivered, the range
+        after what we have up to the peer's mark.
+
+    """
+    wanted = []
+    for topic, origins in marks.items():
+        if topic not in carried:
+            continue
+        ours = high_water(topic)
+        for origin, last in origins.items():
+            stream = stream_key(topic, origin)
+            have = max(ours.get(stream, 0), delivered(stream))
+            if last > have:
+                wanted.append(FetchRange(topic, origin, have + 1, last))
+    return wanted
+
+
+class Fetch:
+    """
+    One range of one stream fetched from one peer, a batch at a time: send
+    :meth:`request`, pass the answer to :meth:`receive`, until :attr:`done`.
+
+    Args:
+        wanted: The range.
+        batch: Most messages asked for at once.
+
+    """
+
+    def __init__(self, wanted: FetchRange, batch: int) -> None:
+        self.wanted = wanted
+        self.batch = batch
+        self.next = wanted.first
+        """The first seq not received yet."""
+        self.done = wanted.first > wanted.last
+        """Whether to stop: everything came, or the peer has nothing more."""
+        self._to = 0
+
+    def request(self) -> Body:
+        """The next ``gossip/fetch`` request: from :attr:`next`, at most ``batch``."""
+        self._to = min(self.wanted.last, self.next + self.batch - 1)
+        wanted = self.wanted
+        return {"topic": wanted.topic, "origin": wanted.origin, "from": self.next, "to": self._to}
+
+    def receive(self, answer: Body, *, max_data: int | None = None) -> list[GossipMessage]:
+        """
+        Read the answer to the last :meth:`request`. An empty answer ends the fetch: the
+        peer doesn't have those messages (yet); others may.
+
+        Args:
+            answer: The answer's body (an error answer raised
+                :exc:`~trustp2p.exceptions.RemoteError` before this).
+            max_data: Most characters of payload in a message; see
+                :meth:`GossipMessage.from_body`.
+
+        Returns:
+            The verified messages, in seq order.
+
+        Raises:
+            GossipError: If the answer holds more messages than asked for, a message
+                that is malformed or forged, or one not asked for (another origin, or a
+                seq outside the request or not after the previous one).
+
+        """
+        items = answer.get("messages")
+        first, last = self.next, self._to
+        if not isinstance(items, list) or len(items) > last - first + 1:
+            raise GossipError(f"messages must be a list of at most {last - first + 1}")
+        wanted = self.wanted
+        messages = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise GossipError("a message is not an object")
+            message = GossipMessage.from_body(wanted.topic, item, max_data=max_data)
+            if message.origin != wanted.origin or not first <= message.seq <= last:
+                raise GossipError(f"a message that wasn't asked for (seq {message.seq})")
+            first = message.seq + 1
+            messages.append(message)
+        self.next = first
+        self.done = not messages or first > wanted.last
+        return messages
+
+
+class CatchUp:
+    """
+    The catch-up decisions of one node: whom to ask, about which topics, and which
+    streams are being fetched.
+
+    Args:
+        batch: Most messages in one ``gossip/fetch`` (the ``catchup_batch`` option).
+        rng: Random source, for tests.
+
+    """
+
+    def __init__(self, *, batch: int, rng: random.Random | None = None) -> None:
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        self.batch = batch
+        self._rng = rng or random.Random()
+        self._fetching: set[str] = set()
+
+    @property
+    def fetching(self) -> frozenset[str]:
+        """The streams being fetched now."""
+        return frozenset(self._fetching)
+
+    def is_fetching(self, stream: str) -> bool:
+        return stream in self._fetching
+
+    def choose(self, peers: Sequence[P]) -> P | None:
+        """A peer to ask, at random; None if there is none."""
+        return self._rng.choice(peers) if peers else None
+
+    def hwm_request(self, topics: Collection[str]) -> Body:
+        """The ``gossip/hwm`` request about ``topics``: all of them, sorted, or a random
+        :data:`MAX_HWM_TOPICS` of them if there are more."""
+        asked = sorted(topics)
+        if len(asked) > MAX_HWM_TOPICS:
+            asked = sorted(self._rng.sample(asked, MAX_HWM_TOPICS))
+        return {"topics": asked}
+
+    def begin(self, wanted: FetchRange) -> Fetch | None:
+        """
+        Start fetching ``wanted``; call :meth:`end` when done, whatever happens.
+
+        Returns:
+            The fetch, or None if the range is empty or its stream is being fetched
+            already (its gap waits for that fetch).
+
+        """
+        if wanted.first > wanted.last or wanted.stream in self._fetching:
+            return None
+        self._fetching.add(wanted.stream)
+        return Fetch(wanted, self.batch)
+
+    def end(self, fetch: Fetch) -> None:
+        """The fetch is over (done, failed or cancelled)."""
+        self._fetching.discard(fetch.wanted.stream)

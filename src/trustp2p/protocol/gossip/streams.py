@@ -1,0 +1,356 @@
+"""
+Per-stream delivery order, free of I/O: every message exactly once, in its origin's
+order.
+
+A *stream* is one origin's messages on one topic; the origin numbers them 1, 2, 3...
+(``seq``). :class:`Streams` takes the accepted messages in whatever order they arrive and
+releases them in sequence order, each once:
+
+- a message next in sequence is released at once, with the held ones that follow it;
+- one further on is *held*, and the numbers before it are a *gap*. The caller fetches
+  what is missing (:meth:`Streams.missing`); a gap that nobody fills within
+  ``gap_timeout`` seconds is skipped (:meth:`Streams.tick`), and what follows it is
+  released. The timeout counts from when the gap opened: when part of it fills and the
+  rest remains, it counts again from then;
+- one at or below the stream's *delivered mark* was released or skipped before: it is
+  dropped, so that nothing is delivered twice or out of order.
+
+Held messages are bounded (:data:`DEFAULT_MAX_HELD` per stream,
+:data:`DEFAULT_MAX_HELD_BYTES` of payload in all): past either bound, the gaps that
+opened first are skipped at once rather than waited for, so that an origin that skips
+numbers on purpose can't fill our memory.
+
+The delivered marks live with the caller, who passes them in as
+:class:`DeliveryMarks`: the node keeps them in its message log, so that a restarted node
+delivers nothing twice. Only this object moves them.
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_MAX_HELD",
+    "DEFAULT_MAX_HELD_BYTES",
+    "Deliver",
+    "DeliveryMarks",
+    "GapSkipped",
+    "StreamEvent",
+    "Streams",
+    "split_stream_key",
+    "stream_key",
+]
+
+import heapq
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
+
+from .message import GossipMessage
+
+S = TypeVar("S")
+
+DEFAULT_MAX_HELD = 10_000
+"""Most messages held in one stream, waiting for a gap before them to fill (as many as
+the message log keeps per topic by default)."""
+
+DEFAULT_MAX_HELD_BYTES = 64 * 2**20
+"""Most payload held in all streams together, in characters of JSON text (64 MiB)."""
+
+
+def stream_key(topic: str, origin: str) -> str:
+    """The key of ``origin``'s messages on ``topic`` (the message log's "origin")."""
+    return f"{topic}\0{origin}"
+
+
+def split_stream_key(stream: str) -> tuple[str, str]:
+    """``(topic, origin)`` of a stream key; a topic may hold NUL, a peer id never does."""
+    topic, _, origin = stream.rpartition("\0")
+    return topic, origin
+
+
+class DeliveryMarks(Protocol):
+    """Where the delivered marks live (the node's message log): per stream key, the
+    highest ``seq`` released or skipped, 0 for none."""
+
+    def delivered(self, stream: str, /) -> int: ...
+
+    def mark_delivered(self, stream: str, seq: int, /) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver(Generic[S]):
+    """Hand ``message`` to the handlers; ``source`` is what the caller gave with it
+    (the peer it came from)."""
+
+    message: GossipMessage
+    source: S
+
+
+@dataclass(frozen=True, slots=True)
+class GapSkipped:
+    """Messages ``first`` to ``last`` of ``origin`` on ``topic`` never arrived: given up,
+    after ``gap_timeout`` (``"timeout"``) or because too much was held (``"held"``)."""
+
+    topic: str
+    origin: str
+    first: int
+    last: int
+    reason: Literal["timeout", "held"]
+
+    @property
+    def count(self) -> int:
+        """How many messages were given up."""
+        return self.last - self.first + 1
+
+
+StreamEvent: TypeAlias = Deliver[S] | GapSkipped
+
+
+class _Held(Generic[S]):
+    """A stream's held entries: by seq, and their seqs in a heap (lowest first)."""
+
+    __slots__ = ("entries", "seqs")
+
+    def __init__(self) -> None:
+        # seq -> (message, source), or None for a number that takes its turn unseen
+        self.entries: dict[int, tuple[GossipMessage, S] | None] = {}
+        self.seqs: list[int] = []
+
+    def add(self, seq: int, entry: tuple[GossipMessage, S] | None) -> None:
+        self.entries[seq] = entry
+        heapq.heappush(self.seqs, seq)
+
+    def pop_first(self) -> tuple[GossipMessage, S] | None:
+        return self.entries.pop(heapq.heappop(self.seqs))
+
+
+def _size(entry: tuple[GossipMessage, object] | None) -> int:
+    return 0 if entry is None else len(entry[0].data)
+
+
+class Streams(Generic[S]):
+    """
+    The order in which accepted messages are released, per stream.
+
+    Args:
+        marks: The delivered marks (see :class:`DeliveryMarks`).
+        clock: Monotonic seconds; when gaps open and time out.
+        wall_clock: Seconds since 1970; how old a message is (:meth:`is_stale`).
+        gap_timeout: Seconds a gap may wait to be filled; at exactly this age,
+            :meth:`tick` skips it.
+        max_age: Seconds after which a message is too old to take (its timestamp, the
+            origin's clock): the message log may have forgotten it delivered it. None:
+            no limit.
+        max_held: Most messages held in one stream.
+        max_held_bytes: Most payload held in all streams, in characters.
+
+    Raises:
+        ValueError: If a bound is negative, or ``max_held`` is 0.
+
+    """
+
+    def __init__(
+        self,
+        marks: DeliveryMarks,
+        *,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        gap_timeout: float,
+        max_age: float | None,
+        max_held: int = DEFAULT_MAX_HELD,
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+    ) -> None:
+        if gap_timeout < 0:
+            raise ValueError(f"gap_timeout must not be negative, not {gap_timeout}")
+        if max_held < 1 or max_held_bytes < 0:
+            raise ValueError(
+                f"need max_held >= 1 and max_held_bytes >= 0, not {max_held}, {max_held_bytes}"
+            )
+        self._marks = marks
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self.gap_timeout = gap_timeout
+        self.max_age = max_age
+        self.max_held = max_held
+        self.max_held_bytes = max_held_bytes
+        self._held: dict[str, _Held[S]] = {}
+        # Streams with a gap -> when it opened; in that order (oldest first).
+        self._gap_since: dict[str, float] = {}
+        self._held_count = 0
+        self._held_bytes = 0
+        self.skipped = 0
+        """Messages given up so far, in all streams."""
+
+    @property
+    def held(self) -> int:
+        """Messages held now, in all streams."""
+        return self._held_count
+
+    @property
+    def held_bytes(self) -> int:
+        """Payload held now, in characters."""
+        return self._held_bytes
+
+    @property
+    def gaps(self) -> list[str]:
+        """The streams with a gap, the oldest gap first."""
+        return list(self._gap_since)
+
+    def delivered(self, topic: str, origin: str) -> int:
+        """The delivered mark of ``origin`` on ``topic``: the last seq released or
+        skipped, 0 for none."""
+        return self._marks.delivered(stream_key(topic, origin))
+
+    def is_stale(self, message: GossipMessage) -> bool:
+        """
+        Whether ``message`` is one to drop unseen: released or skipped already, or older
+        than ``max_age`` (past it, the message log may have forgotten delivering it).
+        """
+        if message.seq <= self._marks.delivered(stream_key(message.topic, message.origin)):
+            return True
+        if self.max_age is None:
+            return False
+        return message.timestamp < (self._wall_clock() - self.max_age) * 1000
+
+    def add(self, message: GossipMessage, source: S) -> list[StreamEvent[S]]:
+        """
+        Take an accepted message: release it now if it is next in its stream (with the
+        held ones that follow it), or hold it.
+
+        A message at or below the stream's mark, or a second message with a seq held
+        already (an origin that signed two), is dropped: the first one counts.
+
+        Returns:
+            What to do, in order: deliver messages, and report the gaps skipped to keep
+            within the holding limits.
+
+        """
+        return self._hold(message, (message, source))
+
+    def pass_over(self, message: GossipMessage) -> list[StreamEvent[S]]:
+        """
+        ``message`` was refused (by a validator, or too large): its number takes its turn
+        without being delivered, so that the messages after it don't wait for it.
+
+        Returns:
+            What to do, as :meth:`add` does.
+
+        """
+        return self._hold(message, None)
+
+    def missing(self, stream: str) -> tuple[int, int] | None:
+        """The range ``(first, last)`` of the gap before ``stream``'s first held message,
+        or None if it has none."""
+        held = self._held.get(stream)
+        if held is None:
+            return None
+        first, last = self._marks.delivered(stream) + 1, held.seqs[0] - 1
+        return (first, last) if first <= last else None
+
+    def tick(self, busy: Collection[str] = ()) -> tuple[list[StreamEvent[S]], list[str]]:
+        """
+        Skip the gaps that have waited ``gap_timeout`` seconds or more (call it every
+        gossip heartbeat).
+
+        Args:
+            busy: Streams being fetched now: their gaps wait for the fetch to end.
+
+        Returns:
+            What to do (the gaps skipped, the messages released after them), and the
+            streams whose gaps still wait, oldest first: ask a peer for what they miss.
+
+        """
+        now = self._clock()
+        events: list[StreamEvent[S]] = []
+        waiting = []
+        for stream, since in list(self._gap_since.items()):
+            if stream in busy:
+                continue
+            if now - since >= self.gap_timeout:
+                events += self.skip_gap(stream)
+            else:
+                waiting.append(stream)
+        return events, waiting
+
+    def skip_gap(
+        self, stream: str, reason: Literal["timeout", "held"] = "timeout"
+    ) -> list[StreamEvent[S]]:
+        """
+        Give up the gap before ``stream``'s first held message: move the mark past it
+        and release what follows it.
+
+        Returns:
+            The :class:`GapSkipped`, then the messages released; nothing if the stream
+            has no gap.
+
+        """
+        events: list[StreamEvent[S]] = []
+        if stream not in self._held:
+            self._gap_since.pop(stream, None)
+            return events
+        gap = self.missing(stream)
+        if gap is None:  # the mark moved past the gap elsewhere: catch up with it
+            self._release(stream, events)
+            return events
+        first, last = gap
+        self.skipped += last - first + 1
+        topic, origin = split_stream_key(stream)
+        events.append(GapSkipped(topic, origin, first, last, reason))
+        self._marks.mark_delivered(stream, last)
+        self._release(stream, events)
+        return events
+
+    def _hold(
+        self, message: GossipMessage, entry: tuple[GossipMessage, S] | None
+    ) -> list[StreamEvent[S]]:
+        stream = stream_key(message.topic, message.origin)
+        held = self._held.get(stream)
+        if message.seq <= self._marks.delivered(stream):
+            return []
+        if held is None:
+            held = self._held[stream] = _Held()
+        elif message.seq in held.entries:
+            return []
+        held.add(message.seq, entry)
+        self._held_count += 1
+        self._held_bytes += _size(entry)
+        events: list[StreamEvent[S]] = []
+        self._release(stream, events)
+        self._enforce_limits(stream, events)
+        return events
+
+    def _release(self, stream: str, events: list[StreamEvent[S]]) -> None:
+        """Release what is next in ``stream``; (re)start its gap's clock if one remains."""
+        held = self._held[stream]
+        following = self._marks.delivered(stream) + 1
+        start = following
+        while held.seqs and held.seqs[0] < following:  # the mark moved past them elsewhere
+            self._forget(held.pop_first())
+        while held.seqs and held.seqs[0] == following:
+            entry = held.pop_first()
+            self._forget(entry)
+            if entry is not None:
+                events.append(Deliver(*entry))
+            following += 1
+        if following > start:
+            self._marks.mark_delivered(stream, following - 1)
+        if not held.entries:
+            del self._held[stream]
+            self._gap_since.pop(stream, None)
+        elif following > start or stream not in self._gap_since:
+            # A new gap (or the first): it waits gap_timeout from now, behind the others.
+            self._gap_since.pop(stream, None)
+            self._gap_since[stream] = self._clock()
+
+    def _forget(self, entry: tuple[GossipMessage, S] | None) -> None:
+        self._held_count -= 1
+        self._held_bytes -= _size(entry)
+
+    def _enforce_limits(self, stream: str, events: list[StreamEvent[S]]) -> None:
+        """Skip gaps until the holding limits hold: ``stream``'s, then the oldest ones."""
+        held = self._held.get(stream)
+        while held is not None and len(held.entries) > self.max_held:
+            events += self.skip_gap(stream, "held")
+            held = self._held.get(stream)
+        while self._held_bytes > self.max_held_bytes and self._gap_since:
+            events += self.skip_gap(next(iter(self._gap_since)), "held")

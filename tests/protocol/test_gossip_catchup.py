@@ -1,0 +1,405 @@
+"""
+The catch-up plan without sockets (``trustp2p.protocol.gossip.catchup``): what a node
+asks its peers for, in what batches, how it reads their answers, and how it serves
+theirs; every number and list a peer sends is bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings, strategies as st
+
+from trustp2p.exceptions import GossipError
+from trustp2p.identity import Identity
+from trustp2p.protocol.gossip import (
+    MAX_HWM_ORIGINS,
+    MAX_HWM_TOPICS,
+    MAX_SEQ,
+    CatchUp,
+    Fetch,
+    FetchRange,
+    GossipMessage,
+    answer_size_limit,
+    decode_fetch_request,
+    decode_hwm_answer,
+    decode_hwm_request,
+    fetch_answer,
+    hwm_answer,
+    message_size_limit,
+    payload_size,
+    plan_fetches,
+    sign_message,
+    stream_key,
+    wire_size,
+)
+
+TOPIC = "chat"
+
+
+def _identity(n: int) -> Identity:
+    return Identity(Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32))
+
+
+ALICE = _identity(1)
+BOB = _identity(2)
+A, B = ALICE.peer_id, BOB.peer_id
+
+
+def _peer(n: int) -> str:
+    """A well-formed peer id, the n-th."""
+    return "tp" + base64.b32encode(n.to_bytes(20, "big")).decode("ascii").lower()
+
+
+def _message(seq: int, identity: Identity = ALICE, topic: str = TOPIC) -> GossipMessage:
+    return sign_message(identity, topic, seq, 1_700_000_000_000, {"seq": seq})
+
+
+FORGED = "forged or altered: the signature doesn't match"
+SEQ_OUT = "seq outside 1..9223372036854775807"
+
+
+def _with(number: int, **changes: Any) -> dict[str, Any]:
+    """An answer with message ``number`` changed."""
+    return {"messages": [{**_message(number).to_body(), **changes}]}
+
+
+def _answer(*seqs: int, identity: Identity = ALICE) -> dict[str, Any]:
+    return {"messages": [_message(seq, identity).to_body() for seq in seqs]}
+
+
+# Asking: the hwm request and the plan
+
+
+def test_the_hwm_request_names_our_topics_sorted() -> None:
+    catchup = CatchUp(batch=5)
+    assert catchup.hwm_request({"b", "a", "c"}) == {"topics": ["a", "b", "c"]}
+
+
+def test_the_hwm_request_samples_max_hwm_topics_when_there_are_more() -> None:
+    topics = {f"t{i:05}" for i in range(MAX_HWM_TOPICS + 500)}
+    first = CatchUp(batch=5, rng=random.Random(1)).hwm_request(topics)["topics"]
+    again = CatchUp(batch=5, rng=random.Random(1)).hwm_request(topics)["topics"]
+    other = CatchUp(batch=5, rng=random.Random(2)).hwm_request(topics)["topics"]
+    assert len(first) == MAX_HWM_TOPICS and first == sorted(first) and set(first) <= topics
+    assert first == again and first != other  # a different sample each round
+    # A peer accepts the request (it is within the bound).
+    assert decode_hwm_request({"topics": first}) == first
+
+
+def test_the_plan_fetches_what_the_peer_has_beyond_what_we_logged_or_delivered() -> None:
+    marks = {TOPIC: {A: 10, B: 4}, "news": {A: 3}, "other": {A: 9}}
+    high_water = {
+        TOPIC: {stream_key(TOPIC, A): 6, stream_key(TOPIC, B): 4},
+        "news": {},
+    }
+    delivered = {stream_key(TOPIC, A): 7}
+    plan = plan_fetches(
+        marks, {TOPIC, "news"}, lambda topic: high_water[topic], lambda s: delivered.get(s, 0)
+    )
+    # chat/A: delivered up to 7 (more than logged); chat/B: nothing new; news/A: all;
+    # "other" is not ours.
+    assert plan == [FetchRange(TOPIC, A, 8, 10), FetchRange("news", A, 1, 3)]
+    assert plan[0].stream == stream_key(TOPIC, A)
+
+
+def test_one_fetch_per_stream_at_a_time() -> None:
+    catchup = CatchUp(batch=5)
+    first = catchup.begin(FetchRange(TOPIC, A, 1, 3))
+    assert first is not None
+    assert catchup.begin(FetchRange(TOPIC, A, 4, 9)) is None  # the gap waits for it
+    assert catchup.fetching == {stream_key(TOPIC, A)}
+    assert catchup.is_fetching(stream_key(TOPIC, A))
+    other = catchup.begin(FetchRange(TOPIC, B, 1, 1))
+    assert other is not None
+    assert catchup.begin(FetchRange(TOPIC, B, 3, 2)) is None  # an empty range
+    catchup.end(first)
+    assert catchup.fetching == {stream_key(TOPIC, B)}
+    assert catchup.begin(FetchRange(TOPIC, A, 4, 9)) is not None
+
+
+def test_choose_picks_a_peer_at_random_or_none() -> None:
+    catchup = CatchUp(batch=1, rng=random.Random(3))
+    assert catchup.choose([]) is None
+    picks = {catchup.choose(["a", "b", "c"]) for _ in range(50)}
+    assert picks == {"a", "b", "c"}
+
+
+def test_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"^batch must be at least 1, not 0$"):
+        CatchUp(batch=0)
+
+
+# Asking: a fetch, batch by batch
+
+
+def test_a_fetch_asks_in_batches_and_moves_on_from_what_it_got() -> None:
+    fetch = Fetch(FetchRange(TOPIC, A, 3, 14), batch=5)
+    assert fetch.request() == {"topic": TOPIC, "origin": A, "from": 3, "to": 7}
+    assert [m.seq for m in fetch.receive(_answer(3, 4, 5, 6, 7))] == [3, 4, 5, 6, 7]
+    assert fetch.request() == {"topic": TOPIC, "origin": A, "from": 8, "to": 12}
+    # Fewer than asked (the peer's answer was full): ask again after the last one.
+    assert [m.seq for m in fetch.receive(_answer(8, 9))] == [8, 9]
+    assert not fetch.done
+    assert fetch.request()["from"] == 10
+    # Holes (the peer lacks 11): skipped here; the gap is the streams' business.
+    assert [m.seq for m in fetch.receive(_answer(10, 12, 14))] == [10, 12, 14]
+    assert fetch.done and fetch.next == 15
+
+
+def test_an_empty_answer_ends_the_fetch() -> None:
+    fetch = Fetch(FetchRange(TOPIC, A, 1, 100), batch=10)
+    fetch.request()
+    assert fetch.receive({"messages": []}) == []
+    assert fetch.done and fetch.next == 1
+
+
+def test_an_empty_range_is_done_at_once() -> None:
+    assert Fetch(FetchRange(TOPIC, A, 5, 4), batch=10).done
+
+
+@pytest.mark.parametrize(
+    ("answer", "text"),
+    [
+        ({}, "messages must be a list of at most 3"),
+        ({"messages": {}}, "messages must be a list of at most 3"),
+        (_answer(1, 2, 3, 3), "messages must be a list of at most 3"),
+        ({"messages": [1]}, "a message is not an object"),
+        ({"messages": [{}]}, "invalid origin"),
+        (_with(1, seq=2**63), SEQ_OUT),
+        (_with(1, ts=-1), "ts outside 0..9007199254740991"),
+        (_with(1, seq=2), FORGED),
+        (_answer(1, identity=BOB), "a message that wasn't asked for (seq 1)"),
+        (_answer(4), "a message that wasn't asked for (seq 4)"),
+        (_answer(2, 1), "a message that wasn't asked for (seq 1)"),
+        (_answer(1, 1), "a message that wasn't asked for (seq 1)"),
+        ({"messages": [_message(1, topic="other").to_body()]}, FORGED),
+    ],
+)
+def test_a_fetch_answer_out_of_bounds_is_a_protocol_error(
+    answer: dict[str, Any], text: str
+) -> None:
+    fetch = Fetch(FetchRange(TOPIC, A, 1, 10), batch=3)
+    fetch.request()
+    with pytest.raises(GossipError) as info:
+        fetch.receive(answer)
+    assert str(info.value) == text
+
+
+def test_a_fetched_message_is_limited_by_max_data() -> None:
+    fetch = Fetch(FetchRange(TOPIC, A, 1, 10), batch=3)
+    fetch.request()
+    size = len(_message(1).data)
+    assert len(fetch.receive(_answer(1), max_data=size)) == 1
+    fetch.request()
+    with pytest.raises(GossipError, match=rf"^data of {size} characters exceeds {size - 1}$"):
+        fetch.receive(_answer(2), max_data=size - 1)
+
+
+# Serving
+
+
+def test_hwm_answer_serves_carried_topics_highest_marks_first() -> None:
+    streams = {stream_key(TOPIC, _peer(i)): i for i in range(1, MAX_HWM_ORIGINS + 11)}
+    answer = hwm_answer(
+        [TOPIC, "other", "news"], {TOPIC, "news"}, lambda t: streams if t == TOPIC else {}
+    )
+    marks = answer["hwm"]
+    assert list(marks) == [TOPIC, "news"] and marks["news"] == {}
+    assert len(marks[TOPIC]) == MAX_HWM_ORIGINS
+    assert min(marks[TOPIC].values()) == 11  # the 10 lowest are left out
+    assert marks[TOPIC][_peer(MAX_HWM_ORIGINS + 10)] == MAX_HWM_ORIGINS + 10
+
+
+def test_hwm_answer_reads_origins_of_topics_holding_nul() -> None:
+    topic = "a\0b"
+    answer = hwm_answer([topic], {topic}, lambda t: {stream_key(t, A): 3})
+    assert answer == {"hwm": {topic: {A: 3}}}
+    assert decode_hwm_answer(answer) == {topic: {A: 3}}
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ({}, "topics must be a list of at most 1000 topics"),
+        ({"topics": "chat"}, "topics must be a list of at most 1000 topics"),
+        ({"topics": ["t"] * 1001}, "topics must be a list of at most 1000 topics"),
+        ({"topics": [TOPIC, 5]}, "invalid topic"),
+        ({"topics": [""]}, "invalid topic"),
+        ({"topics": ["t" * 257]}, "invalid topic"),
+    ],
+)
+def test_a_malformed_hwm_request_is_a_protocol_error(body: dict[str, Any], text: str) -> None:
+    with pytest.raises(GossipError) as info:
+        decode_hwm_request(body)
+    assert str(info.value) == text
+
+
+def test_hwm_limits_are_inclusive() -> None:
+    assert len(decode_hwm_request({"topics": ["t"] * 1000})) == 1000
+    origins = {_peer(i): MAX_SEQ for i in range(MAX_HWM_ORIGINS)}
+    topics = {f"t{i}": {} for i in range(MAX_HWM_TOPICS - 1)}
+    assert len(decode_hwm_answer({"hwm": {**topics, TOPIC: origins}})[TOPIC]) == 2000
+
+
+TOO_MANY_ORIGINS = "a topic's marks must map at most 2000 origins"
+
+
+@pytest.mark.parametrize(
+    ("answer", "text"),
+    [
+        ({}, "hwm must map at most 1000 topics"),
+        ({"hwm": []}, "hwm must map at most 1000 topics"),
+        ({"hwm": {f"t{i}": {} for i in range(1001)}}, "hwm must map at most 1000 topics"),
+        ({"hwm": {"": {}}}, "invalid topic"),
+        ({"hwm": {TOPIC: []}}, TOO_MANY_ORIGINS),
+        ({"hwm": {TOPIC: {_peer(i): 1 for i in range(2001)}}}, TOO_MANY_ORIGINS),
+        ({"hwm": {TOPIC: {"someone": 1}}}, "invalid origin"),
+        ({"hwm": {TOPIC: {A: "1"}}}, "invalid seq"),
+        ({"hwm": {TOPIC: {A: True}}}, "invalid seq"),
+        ({"hwm": {TOPIC: {A: 1.0}}}, "invalid seq"),
+        ({"hwm": {TOPIC: {A: 0}}}, SEQ_OUT),
+        ({"hwm": {TOPIC: {A: 2**63}}}, SEQ_OUT),
+    ],
+)
+def test_a_malformed_hwm_answer_is_a_protocol_error(answer: dict[str, Any], text: str) -> None:
+    with pytest.raises(GossipError) as info:
+        decode_hwm_answer(answer)
+    assert str(info.value) == text
+
+
+def test_decode_fetch_request() -> None:
+    body = {"topic": TOPIC, "origin": A, "from": 1, "to": MAX_SEQ}
+    assert decode_fetch_request(body) == FetchRange(TOPIC, A, 1, MAX_SEQ)
+    # What a fetch asks for is what a peer accepts.
+    fetch = Fetch(FetchRange(TOPIC, A, 7, 100), batch=10)
+    assert decode_fetch_request(fetch.request()) == FetchRange(TOPIC, A, 7, 16)
+
+
+@pytest.mark.parametrize(
+    ("changes", "text"),
+    [
+        ({"topic": None}, "invalid topic"),
+        ({"origin": "tp"}, "invalid origin"),
+        ({"origin": 5}, "invalid origin"),
+        ({"from": None}, "invalid from"),
+        ({"from": "1"}, "invalid from"),
+        ({"from": 0}, "from outside 1..9223372036854775807"),
+        ({"to": 2**63}, "to outside 1..9223372036854775807"),
+        ({"to": False}, "invalid to"),
+        ({"from": 5, "to": 4}, "from 5 exceeds to 4"),
+    ],
+)
+def test_a_malformed_fetch_request_is_a_protocol_error(changes: dict[str, Any], text: str) -> None:
+    body = {"topic": TOPIC, "origin": A, "from": 1, "to": 3, **changes}
+    with pytest.raises(GossipError) as info:
+        decode_fetch_request(body)
+    assert str(info.value) == text
+
+
+def _encoded(body: dict[str, Any]) -> int:
+    return len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def test_a_fetch_answer_fits_its_byte_budget_but_always_holds_one_message() -> None:
+    messages = [_message(seq) for seq in range(1, 6)]
+    one = _encoded(messages[0].to_body()) + 1
+    assert fetch_answer(messages, 10**6) == {"messages": [m.to_body() for m in messages]}
+    assert len(fetch_answer(messages, 2 * one)["messages"]) == 2
+    assert len(fetch_answer(messages, 2 * one - 1)["messages"]) == 1
+    assert len(fetch_answer(messages, 1)["messages"]) == 1  # moves on regardless
+    assert fetch_answer([], 100) == {"messages": []}
+
+
+def test_size_limits() -> None:
+    assert (message_size_limit(4096), message_size_limit(None)) == (1024, None)
+    assert (answer_size_limit(4096), answer_size_limit(None)) == (2048, 512 * 1024)
+    message = _message(1)
+    assert wire_size(message) == _encoded(message.to_body())
+
+
+@given(
+    text=st.text(max_size=200),
+    seq=st.integers(1, MAX_SEQ),
+    ts=st.integers(0, 2**53 - 1),
+    hops=st.integers(0, 255),
+)
+@settings(max_examples=50)
+def test_payload_size_never_underestimates_the_wire_size(
+    text: str, seq: int, ts: int, hops: int
+) -> None:
+    data = json.dumps({"t": text}, ensure_ascii=False)
+    try:
+        data.encode()
+    except UnicodeEncodeError:
+        return  # refused before publishing
+    message = sign_message(ALICE, TOPIC, seq, ts, {"t": text})
+    assert payload_size(message.data) >= _encoded(message.to_body(hops=hops))
+
+
+# Arbitrary input raises only GossipError
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+_keys = st.sampled_from(["topics", "hwm", "topic", "origin", "from", "to", "messages"])
+_bodies = st.dictionaries(_keys | st.text(max_size=6), _json, max_size=6)
+
+
+@given(body=_bodies)
+@settings(max_examples=100)
+def test_decoding_arbitrary_dicts_raises_only_gossip_error(body: dict[str, Any]) -> None:
+    for decode in (decode_hwm_request, decode_hwm_answer, decode_fetch_request):
+        try:
+            decode(body)
+        except GossipError:
+            pass
+
+
+_peer_ids = st.sampled_from([A, B, "tp" + "a" * 32, "x"])
+
+
+@given(
+    answer=st.fixed_dictionaries(
+        {
+            "hwm": st.dictionaries(
+                st.text(max_size=4),
+                st.dictionaries(_peer_ids, _json, max_size=3) | _json,
+                max_size=3,
+            )
+        }
+    )
+)
+@settings(max_examples=100)
+def test_decoding_arbitrary_hwm_answers_raises_only_gossip_error(answer: dict[str, Any]) -> None:
+    try:
+        decode_hwm_answer(answer)
+    except GossipError:
+        pass
+
+
+@given(
+    items=st.lists(
+        st.sampled_from([_message(1).to_body(), _message(2).to_body(), _message(1, BOB).to_body()])
+        | st.dictionaries(st.sampled_from(["origin", "seq", "ts", "data", "key", "sig"]), _json)
+        | _json,
+        max_size=4,
+    )
+)
+@settings(max_examples=100)
+def test_reading_arbitrary_fetch_answers_raises_only_gossip_error(items: list[Any]) -> None:
+    fetch = Fetch(FetchRange(TOPIC, A, 1, 10), batch=3)
+    fetch.request()
+    try:
+        messages = fetch.receive({"messages": items})
+    except GossipError:
+        return
+    assert [m.seq for m in messages] == sorted({m.seq for m in messages})

@@ -1,0 +1,350 @@
+"""
+Per-stream delivery order without sockets (``trustp2p.protocol.gossip.streams``): each
+message exactly once, in its origin's order; out-of-order messages held; gaps skipped
+at ``gap_timeout`` or past the holding limits. Driven by fake clocks, no sleeps.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings, strategies as st
+
+from trustp2p.identity import Identity
+from trustp2p.protocol.gossip import (
+    Deliver,
+    GapSkipped,
+    GossipMessage,
+    StreamEvent,
+    Streams,
+    sign_message,
+    split_stream_key,
+    stream_key,
+)
+
+from ..conftest import FakeClock
+
+TOPIC = "chat"
+GAP_TIMEOUT = 30.0
+NOW_MS = 1_700_000_000_000  # the wall clock's "now", in milliseconds
+
+
+def _identity(n: int) -> Identity:
+    return Identity(Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32))
+
+
+ALICE = _identity(1)
+BOB = _identity(2)
+
+
+@functools.cache
+def _message(
+    seq: int, topic: str = TOPIC, identity: Identity = ALICE, text: str = "", ts: int = NOW_MS
+) -> GossipMessage:
+    return sign_message(identity, topic, seq, ts, {"seq": seq, "text": text})
+
+
+class Marks:
+    """Delivered marks in a dict, as the message log keeps them."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, int] = {}
+        self.calls: list[tuple[str, int]] = []
+
+    def delivered(self, stream: str) -> int:
+        return self.marks.get(stream, 0)
+
+    def mark_delivered(self, stream: str, seq: int) -> None:
+        self.calls.append((stream, seq))
+        if seq > self.marks.get(stream, 0):
+            self.marks[stream] = seq
+
+
+def _streams(
+    marks: Marks | None = None, clock: FakeClock | None = None, **options: Any
+) -> tuple[Streams[str | None], Marks, FakeClock]:
+    marks = marks or Marks()
+    clock = clock or FakeClock()
+    options.setdefault("max_age", 60.0)
+    options.setdefault("gap_timeout", GAP_TIMEOUT)
+    streams: Streams[str | None] = Streams(
+        marks, clock=clock, wall_clock=lambda: NOW_MS / 1000, **options
+    )
+    return streams, marks, clock
+
+
+def _seqs(events: list[StreamEvent[Any]]) -> list[int]:
+    return [event.message.seq for event in events if isinstance(event, Deliver)]
+
+
+def _skipped(events: list[StreamEvent[Any]]) -> list[GapSkipped]:
+    return [event for event in events if isinstance(event, GapSkipped)]
+
+
+STREAM = stream_key(TOPIC, ALICE.peer_id)
+
+
+def test_stream_keys_split_back_even_with_nul_in_the_topic() -> None:
+    assert STREAM == f"chat\0{ALICE.peer_id}"
+    assert split_stream_key(STREAM) == (TOPIC, ALICE.peer_id)
+    assert split_stream_key(stream_key("a\0b", ALICE.peer_id)) == ("a\0b", ALICE.peer_id)
+
+
+def test_messages_in_order_are_released_at_once_with_their_source() -> None:
+    streams, marks, _ = _streams()
+    for seq in (1, 2, 3):
+        events = streams.add(_message(seq), f"peer{seq}")
+        assert events == [Deliver(_message(seq), f"peer{seq}")]
+    assert marks.marks == {STREAM: 3}
+    assert streams.delivered(TOPIC, ALICE.peer_id) == 3
+    assert (streams.held, streams.gaps) == (0, [])
+
+
+def test_a_message_ahead_is_held_until_the_gap_fills_then_released_in_order() -> None:
+    streams, marks, _ = _streams()
+    assert streams.add(_message(3), "p") == []
+    assert streams.add(_message(5), "q") == []
+    assert streams.missing(STREAM) == (1, 2)
+    assert (streams.held, streams.gaps) == (2, [STREAM])
+    assert streams.add(_message(2), "r") == []
+    assert streams.missing(STREAM) == (1, 1)
+    events = streams.add(_message(1), "s")
+    # Each with the peer it came from, not the one that filled the gap.
+    assert [(e.message.seq, e.source) for e in events if isinstance(e, Deliver)] == [
+        (1, "s"),
+        (2, "r"),
+        (3, "p"),
+    ]
+    assert marks.marks == {STREAM: 3}
+    assert marks.calls == [(STREAM, 3)]  # one mark per release, not one per message
+    assert streams.missing(STREAM) == (4, 4)
+    assert _seqs(streams.add(_message(4), None)) == [4, 5]
+    assert (streams.held, streams.held_bytes, streams.gaps) == (0, 0, [])
+    assert streams.missing(STREAM) is None
+
+
+def test_duplicates_and_repeats_are_dropped() -> None:
+    streams, _, _ = _streams()
+    assert _seqs(streams.add(_message(1), None)) == [1]
+    assert streams.add(_message(1), None) == []  # delivered already
+    assert streams.add(_message(3), "first") == []
+    assert streams.add(_message(3), "second") == []  # held already
+    # An origin that signed two different messages with one seq: the first counts.
+    other = sign_message(ALICE, TOPIC, 3, NOW_MS, {"other": True})
+    assert other.id != _message(3).id
+    assert streams.add(other, "third") == []
+    events = streams.add(_message(2), None)
+    assert [(e.message.id, e.source) for e in events if isinstance(e, Deliver)] == [
+        (_message(2).id, None),
+        (_message(3).id, "first"),
+    ]
+    assert streams.held == 0
+
+
+def test_streams_are_per_topic_and_origin() -> None:
+    streams, marks, _ = _streams()
+    assert _seqs(streams.add(_message(1), None)) == [1]
+    assert streams.add(_message(2, topic="news"), None) == []
+    assert streams.add(_message(2, identity=BOB), None) == []
+    assert sorted(streams.gaps) == sorted(
+        [stream_key("news", ALICE.peer_id), stream_key(TOPIC, BOB.peer_id)]
+    )
+    assert _seqs(streams.add(_message(1, topic="news"), None)) == [1, 2]
+    assert marks.marks[STREAM] == 1
+    assert marks.marks[stream_key("news", ALICE.peer_id)] == 2
+
+
+def test_a_passed_over_number_takes_its_turn_unseen() -> None:
+    streams, marks, _ = _streams()
+    assert streams.add(_message(2), None) == []
+    assert streams.pass_over(_message(1)) == [Deliver(_message(2), None)]
+    assert marks.marks == {STREAM: 2}
+    assert streams.pass_over(_message(3)) == []  # next in order: passed at once
+    assert marks.marks == {STREAM: 3}
+    assert streams.pass_over(_message(2)) == []  # behind the mark: nothing to do
+    assert streams.held == 0
+
+
+def test_a_gap_is_skipped_at_exactly_gap_timeout() -> None:
+    streams, marks, clock = _streams()
+    streams.add(_message(1), None)
+    streams.add(_message(4), "p")
+    streams.add(_message(5), "p")
+    clock.advance(GAP_TIMEOUT - 0.001)
+    assert streams.tick() == ([], [STREAM])  # still waits: ask someone for 2..3
+    clock.advance(0.001)
+    events, waiting = streams.tick()
+    assert events == [
+        GapSkipped(TOPIC, ALICE.peer_id, 2, 3, "timeout"),
+        Deliver(_message(4), "p"),
+        Deliver(_message(5), "p"),
+    ]
+    assert _skipped(events)[0].count == 2
+    assert waiting == []
+    assert marks.marks == {STREAM: 5}
+    assert streams.skipped == 2
+    # The skipped messages arrive late: dropped, never out of order.
+    assert streams.is_stale(_message(2))
+    assert streams.add(_message(2), None) == []
+
+
+def test_a_gap_being_fetched_waits_for_the_fetch() -> None:
+    streams, _, clock = _streams()
+    streams.add(_message(2), None)
+    clock.advance(GAP_TIMEOUT * 2)
+    assert streams.tick(busy={STREAM}) == ([], [])
+    events, _ = streams.tick(busy=set())
+    assert _seqs(events) == [2]
+
+
+def test_the_gap_clock_restarts_when_part_of_the_gap_fills() -> None:
+    streams, _, clock = _streams()
+    streams.add(_message(2), None)
+    streams.add(_message(4), None)
+    clock.advance(GAP_TIMEOUT - 1)
+    assert _seqs(streams.add(_message(1), None)) == [1, 2]  # a new gap: 3
+    clock.advance(GAP_TIMEOUT - 1)
+    assert streams.tick() == ([], [STREAM])
+    clock.advance(1)
+    events, _ = streams.tick()
+    assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 3, 3, "timeout")]
+    assert _seqs(events) == [4]
+
+
+def test_ticks_skip_the_oldest_gaps_and_list_the_rest_oldest_first() -> None:
+    streams, _, clock = _streams()
+    streams.add(_message(2), None)
+    clock.advance(10)
+    streams.add(_message(2, identity=BOB), None)
+    clock.advance(10)
+    streams.add(_message(2, topic="news"), None)
+    bob, news = stream_key(TOPIC, BOB.peer_id), stream_key("news", ALICE.peer_id)
+    assert streams.gaps == [STREAM, bob, news]
+    clock.advance(GAP_TIMEOUT - 15)
+    events, waiting = streams.tick()
+    assert [(e.origin, e.topic) for e in _skipped(events)] == [(ALICE.peer_id, TOPIC)]
+    assert waiting == [bob, news]
+
+
+def test_a_stream_holds_at_most_max_held_messages() -> None:
+    streams, marks, _ = _streams(max_held=3)
+    for seq in (3, 4, 6):
+        assert streams.add(_message(seq), None) == []
+    events = streams.add(_message(7), None)  # a fourth: the first gap is given up
+    assert events == [
+        GapSkipped(TOPIC, ALICE.peer_id, 1, 2, "held"),
+        Deliver(_message(3), None),
+        Deliver(_message(4), None),
+    ]
+    assert streams.held == 2 and streams.missing(STREAM) == (5, 5)
+    assert marks.marks == {STREAM: 4}
+
+
+def test_past_max_held_bytes_the_oldest_gaps_are_skipped() -> None:
+    text = "x" * 100
+    size = len(_message(2, text=text).data)
+    streams, _, clock = _streams(max_held_bytes=2 * size)
+    streams.add(_message(2, text=text), None)
+    clock.advance(1)
+    streams.add(_message(2, identity=BOB, text=text), None)
+    assert streams.held_bytes == 2 * size
+    clock.advance(1)
+    events = streams.add(_message(3, identity=BOB, text=text), None)
+    # Over the limit: ALICE's gap opened first and goes first, which is enough.
+    assert events == [
+        GapSkipped(TOPIC, ALICE.peer_id, 1, 1, "held"),
+        Deliver(_message(2, text=text), None),
+    ]
+    assert streams.held_bytes == 2 * size
+    assert streams.gaps == [stream_key(TOPIC, BOB.peer_id)]
+
+
+def test_a_message_bigger_than_max_held_bytes_is_not_waited_for() -> None:
+    streams, _, _ = _streams(max_held_bytes=0)
+    events = streams.add(_message(5), None)
+    assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 1, 4, "held")]
+    assert _seqs(events) == [5]
+    # A passed-over number holds no payload: it waits within the bytes limit.
+    assert streams.pass_over(_message(7)) == []
+    assert (streams.held, streams.held_bytes, streams.missing(STREAM)) == (1, 0, (6, 6))
+
+
+def test_staleness_by_mark_and_by_age() -> None:
+    streams, marks, _ = _streams(max_age=60.0)
+    marks.marks[STREAM] = 4
+    assert streams.is_stale(_message(4))
+    assert not streams.is_stale(_message(5))
+    # Older than max_age (by the origin's timestamp): the log may have forgotten it.
+    assert not streams.is_stale(_message(5, ts=NOW_MS - 60_000))
+    assert streams.is_stale(_message(5, ts=NOW_MS - 60_001))
+    unlimited, _, _ = _streams(max_age=None)
+    assert not unlimited.is_stale(_message(5, ts=0))
+
+
+def test_marks_kept_elsewhere_survive_a_new_streams_object() -> None:
+    """A restarted node (a new Streams on the same log) delivers nothing twice."""
+    streams, marks, _ = _streams()
+    streams.add(_message(1), None)
+    streams.add(_message(3), None)  # held: lost with the process, fetched again later
+    restarted, _, _ = _streams(marks)
+    assert restarted.add(_message(1), None) == []
+    assert restarted.missing(STREAM) is None
+    assert _seqs(restarted.add(_message(3), None)) == []
+    assert _seqs(restarted.add(_message(2), None)) == [2, 3]
+
+
+def test_a_mark_moved_elsewhere_drops_what_it_passed() -> None:
+    streams, marks, _ = _streams()
+    streams.add(_message(3), None)
+    streams.add(_message(6), None)
+    marks.marks[STREAM] = 4  # by another writer of the marks: not expected, but safe
+    assert streams.missing(STREAM) is None
+    assert streams.skip_gap(STREAM) == []  # catches up: 3 is dropped, 6 waits for 5
+    assert (streams.held, streams.missing(STREAM)) == (1, (5, 5))
+    assert _seqs(streams.skip_gap(STREAM)) == [6]
+    assert streams.skip_gap(STREAM) == []  # no gap any more
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"^gap_timeout must not be negative, not -1$"):
+        _streams(gap_timeout=-1)
+    with pytest.raises(ValueError, match=r"^need max_held >= 1 and max_held_bytes >= 0, not 0, 5$"):
+        _streams(max_held=0, max_held_bytes=5)
+
+
+@given(
+    order=st.permutations(list(range(1, 13))),
+    repeats=st.lists(st.integers(1, 12), max_size=6),
+    refused=st.sets(st.integers(1, 12), max_size=3),
+    ticks=st.lists(st.integers(0, 12), max_size=3),
+)
+@settings(max_examples=200)
+def test_any_arrival_order_delivers_each_once_in_order(
+    order: list[int], repeats: list[int], refused: set[int], ticks: list[int]
+) -> None:
+    streams, _, clock = _streams(gap_timeout=5.0, max_held=6)
+    delivered: list[int] = []
+    skipped: list[int] = []
+    arrivals = order + repeats
+    events: list[StreamEvent[str | None]] = []
+    for index, seq in enumerate(arrivals):
+        if index in ticks:
+            clock.advance(5.0)
+            events += streams.tick()[0]
+        if seq in refused:
+            events += streams.pass_over(_message(seq))
+        else:
+            events += streams.add(_message(seq), None)
+    for event in events:
+        if isinstance(event, Deliver):
+            delivered.append(event.message.seq)
+        else:
+            skipped.extend(range(event.first, event.last + 1))
+    assert delivered == sorted(set(delivered))  # in order, each once
+    assert set(delivered).isdisjoint(refused)
+    # Every number of 1..12 was delivered, refused or given up; nothing is left waiting.
+    assert set(delivered) | refused | set(skipped) == set(range(1, 13))
+    assert (streams.held, streams.held_bytes, streams.gaps) == (0, 0, [])

@@ -1,0 +1,107 @@
+"""Handlers side by side: requests of one connection run concurrently up to
+``max_concurrent_requests``; talks and hooks keep their order."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from trustp2p import EventMap, Package, PackageType, Socket, Thread
+
+from .nodes import MakeNode, wait_for
+
+
+class Gate(Thread):
+    """``slow`` requests wait for the gate; ``fast`` ones answer at once; talks are
+    recorded in order."""
+
+    def start(self) -> None:
+        self.gate = asyncio.Event()
+        self.running = 0
+        self.most = 0
+        self.talks: list[int] = []
+
+    @property
+    def event_map(self) -> EventMap:
+        return {
+            PackageType.REQUEST: {"slow": self.slow, "fast": self.fast},
+            PackageType.TALK: {"note": self.note},
+        }
+
+    async def slow(self, socket: Socket, package: Package) -> dict[str, Any]:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await self.gate.wait()
+        finally:
+            self.running -= 1
+        return {"slow": package.body["n"]}
+
+    async def fast(self, socket: Socket, package: Package) -> dict[str, Any]:
+        return {"fast": True}
+
+    async def note(self, socket: Socket, package: Package) -> None:
+        await asyncio.sleep(0)  # a suspension: order must hold across it
+        self.talks.append(package.body["n"])
+
+
+def gate_of(node: Any) -> Gate:
+    return next(t for t in node.threads if isinstance(t, Gate))
+
+
+async def test_a_slow_handler_does_not_hold_up_the_next_request(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Gate])
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    slow = asyncio.ensure_future(client.client.request(socket, "slow", {"n": 1}))
+    await wait_for(lambda: gate_of(server).running == 1)
+    # The slow one is still running: the fast one is answered anyway.
+    assert await client.client.request(socket, "fast", {}) == {"fast": True}
+    assert not slow.done()
+    gate_of(server).gate.set()
+    assert await slow == {"slow": 1}
+
+
+async def test_concurrency_is_bounded_per_connection(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Gate], max_concurrent_requests=3)
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    requests = [
+        asyncio.ensure_future(client.client.request(socket, "slow", {"n": n})) for n in range(8)
+    ]
+    gate = gate_of(server)
+    await wait_for(lambda: gate.running == 3)
+    gate.gate.set()
+    assert await asyncio.gather(*requests) == [{"slow": n} for n in range(8)]
+    assert gate.most == 3
+
+
+async def test_talks_keep_their_order(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Gate])
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    for n in range(50):
+        await client.client.send_talk(socket, "note", {"n": n})
+    await wait_for(lambda: len(gate_of(server).talks) == 50)
+    assert gate_of(server).talks == list(range(50))
+
+
+async def test_one_at_a_time_when_asked(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Gate], max_concurrent_requests=1)
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    first = asyncio.ensure_future(client.client.request(socket, "slow", {"n": 1}))
+    second = asyncio.ensure_future(client.client.request(socket, "slow", {"n": 2}))
+    gate = gate_of(server)
+    await wait_for(lambda: gate.running == 1)
+    gate.gate.set()
+    assert await asyncio.gather(first, second) == [{"slow": 1}, {"slow": 2}]
+    assert gate.most == 1

@@ -1,0 +1,98 @@
+"""
+Peers that behave like the shipped original (plain mode, default options): an empty text
+frame on every connection (its version talk, which it can't encode), then pings, pongs
+and requests. They must stay connected, as our client and as our server.
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
+from trustp2p.protocol.package import build_package, decode, encode
+from trustp2p.threads.heartbeat import HeartbeatThread
+
+from .nodes import wait_for
+
+# Enough to cross every per-peer threshold of the old rules (10 packages, ratio 0.1).
+EXCHANGES = 40
+
+
+class Echo(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"echo": self.echo}}
+
+    def echo(self, socket: Socket, package: Package) -> dict[str, object]:
+        return {"echo": package.body}
+
+
+def original_ping() -> bytes:
+    # The original's captured ping (shared/protocol/README.md): type 10, "ping", {}.
+    return encode(build_package(PackageType.HEARTBEAT_PING, "ping", {}))
+
+
+async def test_an_original_client_stays_connected_to_our_server(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from websockets.asyncio.client import connect
+
+    caplog.set_level(logging.DEBUG, logger="trustp2p.node")
+    async with Node(server=True, secure=False, port=0, threads=[Echo, HeartbeatThread]) as node:
+        assert node.url is not None and node.server is not None
+        async with connect(node.url, compression=None) as ws:
+            await ws.send("")  # the original's version talk
+            for n in range(EXCHANGES):
+                request = build_package(PackageType.REQUEST, "echo", {"n": n})
+                await ws.send(encode(request))
+                while True:  # our version talk, then the answer
+                    answer = decode(await ws.recv())
+                    if answer.type is PackageType.RESPONSE:
+                        break
+                assert (answer.tag, answer.body) == (request.tag, {"echo": {"n": n}})
+            inbound = node.server.sockets[0]
+            assert not inbound.closed
+            assert inbound.stats.invalid_in == 0
+    assert any("empty text frame" in r.getMessage() for r in caplog.records)
+
+
+async def test_our_client_stays_connected_to_an_original_server() -> None:
+    """The original server sends "" then pings; our client answers each with a pong."""
+    pongs: list[Package] = []
+    done = asyncio.Event()
+
+    async def original_server(ws: ServerConnection) -> None:
+        await ws.send("")
+        for _ in range(EXCHANGES):
+            await ws.send(original_ping())
+            while True:
+                package = decode(await ws.recv())
+                if package.type is PackageType.HEARTBEAT_PONG:
+                    pongs.append(package)
+                    break
+        done.set()
+        with contextlib.suppress(Exception):
+            await ws.wait_closed()
+
+    async with serve(original_server, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with Node(
+            client=True,
+            secure=False,
+            peers=[f"ws://127.0.0.1:{port}"],
+            threads=[HeartbeatThread],
+        ) as node:
+            assert node.client is not None
+            await node.client.wait_connected()
+            socket = node.client.sockets[0]
+            await wait_for(done.is_set, timeout=10)
+            assert not socket.closed
+            assert socket.stats.invalid_in == 0
+            assert {p.body["sleep"] for p in pongs} == {False}
+            assert len(pongs) == EXCHANGES

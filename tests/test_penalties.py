@@ -1,0 +1,83 @@
+"""Penalties land on the offender: bad input on one connection never closes another, and
+an address is blocked only when several of its connections offend (plain mode)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from trustp2p import RemoteError
+from trustp2p.protocol.scoring import OFFENDING_CONNECTIONS
+
+from .nodes import MakeNode, wait_for
+
+
+async def garbage_connection(url: str) -> tuple[int | None, str | None]:
+    """Send garbage until the server closes; its close code and reason."""
+    async with connect(url, compression=None) as ws:
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            for _ in range(30):
+                await ws.send(b"\xff garbage")
+            async for _ in ws:
+                pass
+    return ws.close_code, ws.close_reason
+
+
+@pytest.mark.parametrize("limit_loopback", [False, True])
+async def test_garbage_on_one_connection_never_closes_another(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, limit_loopback: bool
+) -> None:
+    """With ``limit_loopback`` 127.0.0.1 is treated like any address: the bystander on
+    the same address stays connected while the offender is closed, and once enough
+    connections from it offended, the address is refused new ones."""
+    caplog.set_level(logging.WARNING)
+    server = await make_node(server=True, secure=False, limit_loopback=limit_loopback)
+    bystander = await make_node(client=True, secure=False, peers=[server.url])
+    assert server.url is not None and bystander.client is not None
+    await bystander.client.wait_connected()
+    good = bystander.client.sockets[0]
+    for _ in range(OFFENDING_CONNECTIONS):
+        assert await garbage_connection(server.url) == (1008, "too many invalid packages")
+        # The bystander's packages keep flowing, and it is never closed.
+        with pytest.raises(RemoteError):
+            await bystander.client.request(good, "anything", {})
+    assert not good.closed
+    assert server.store is not None
+    blocked = server.store.is_blocked(address="127.0.0.1")
+    assert blocked is limit_loopback
+    if limit_loopback:
+        assert any(
+            f"{OFFENDING_CONNECTIONS} connections sent too many invalid packages" in r.getMessage()
+            for r in caplog.records
+        )
+        # New connections from the blocked address are refused; the old one stays.
+        async with connect(server.url, compression=None) as ws:
+            with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+                await ws.recv()
+        assert (ws.close_code, ws.close_reason) == (1008, "blocked")
+        await wait_for(lambda: server.server is not None and len(server.server.sockets) == 1)
+        assert not good.closed
+
+
+async def test_a_well_behaved_plain_peer_is_never_judged_by_its_neighbours(
+    make_node: MakeNode,
+) -> None:
+    """Good packages from one connection don't push another's address over the policy:
+    each plain connection is judged by its own counts."""
+    server = await make_node(server=True, secure=False, limit_loopback=True)
+    bystander = await make_node(client=True, secure=False, peers=[server.url])
+    assert server.url is not None and bystander.client is not None
+    await bystander.client.wait_connected()
+    good = bystander.client.sockets[0]
+    # One bad package on a second connection, then many good ones on the first.
+    async with connect(server.url, compression=None) as ws:
+        await ws.send(b"\xff garbage")
+        for _ in range(20):
+            with pytest.raises(RemoteError):
+                await bystander.client.request(good, "anything", {})
+        assert ws.close_code is None  # one invalid package of 1: under min_packages
+    assert not good.closed
