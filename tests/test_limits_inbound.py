@@ -220,3 +220,47 @@ async def test_a_plain_node_that_dials_itself_lets_go(make_node: MakeNode) -> No
     await asyncio.sleep(300 * MS)
     assert len(opened) == 1
     assert node.sockets == []
+
+
+async def test_a_proxied_client_counts_against_its_real_address(make_node: MakeNode) -> None:
+    server = await make_node(server=True, handshake_timeout=30)
+    assert server.url is not None
+    admission = server.connections.admission
+    headers = {"X-Real-IP": "203.0.113.7"}
+    async with connect(server.url, compression=None, additional_headers=headers):
+        await wait_for(lambda: admission.open_from("203.0.113.7") == 1)
+        assert admission.open_from("127.0.0.1") == 0  # the proxy's address: not counted
+    await wait_for(lambda: admission.open_from("203.0.113.7") == 0)
+
+
+async def test_stop_drops_connections_still_in_their_upgrade(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    assert server.url is not None
+    peer = await RawPeer.open(server.url)
+    try:
+        await wait_for(lambda: server.connections.inbound.accepted == 1)
+        # Not left to the 10 s open timeout: stop() returns once they are dropped.
+        async with asyncio.timeout(5):
+            await server.stop()
+        assert await peer.dropped()
+    finally:
+        await peer.close()
+
+
+async def test_a_plain_peer_that_never_speaks_is_closed_at_the_deadline(
+    make_node: MakeNode,
+) -> None:
+    server = await make_node(server=True, secure=False, handshake_timeout=200 * MS)
+    assert server.url is not None
+    async with connect(server.url, compression=None) as silent:
+        # Our version talk arrives; the peer never sends a package, not even the
+        # original's empty text frame.
+        assert isinstance(await silent.recv(), bytes)
+        assert await closed_by_peer(silent) == (
+            1008,
+            f"handshake not complete within {200 * MS:g} s",
+        )
+    async with connect(server.url, compression=None) as original:
+        await original.send("")  # the original's version talk: its handshake is done
+        await wait_for(lambda: server.connections.admission.handshaking == 0)
+        assert len(server.connections.admission) == 1

@@ -156,9 +156,9 @@ class SecureLayer:
     The driver-side listener of a secure node.
 
     If ``listener`` is an :class:`~trustp2p.drivers.base.AcceptListener`, it hears
-    ``on_accept`` for each inbound raw connection as the driver accepts it, and then
-    ``on_close`` for that raw socket if it closes before it is secure (for a secure one,
-    ``on_close`` names the :class:`SecureSocket`).
+    ``on_accept`` for each inbound raw connection as the driver accepts it, and
+    ``on_close`` for every inbound raw socket that closes before it is secure (for a
+    secure one, ``on_close`` names the :class:`SecureSocket`).
 
     Args:
         listener: The node: it hears of connections once they are secure.
@@ -198,7 +198,6 @@ class SecureLayer:
         self._handshakes: dict[ConnId, _Handshake] = {}
         self._secure: dict[ConnId, SecureSocket] = {}
         self._raw: dict[ConnId, Socket] = {}  # every raw connection until it closes
-        self._accepted: set[ConnId] = set()  # inbound ones the listener heard of
         self._expected: dict[str, PeerId] = {}
 
     @property
@@ -235,7 +234,6 @@ class SecureLayer:
     def on_accept(self, raw: Socket) -> None:
         self._raw[raw.id] = raw
         if self._on_accept is not None:
-            self._accepted.add(raw.id)
             self._on_accept(raw)
 
     def on_connection(self, raw: Socket) -> None:
@@ -282,8 +280,6 @@ class SecureLayer:
 
     def on_close(self, raw: Socket) -> None:
         self._raw.pop(raw.id, None)
-        accepted = raw.id in self._accepted
-        self._accepted.discard(raw.id)
         secure = self._secure.pop(raw.id, None)
         if secure is not None:
             secure.close_code, secure.close_reason = raw.close_code, raw.close_reason
@@ -296,8 +292,8 @@ class SecureLayer:
             reason = raw.close_reason or f"code {raw.close_code}"
             error = HandshakeError(f"connection closed during handshake ({reason})")
             self._failed(raw, _with_peer(raw, error))
-        if accepted:
-            self._listener.on_close(raw)  # it heard on_accept: it hears the end
+        if raw.inbound and self._on_accept is not None:
+            self._listener.on_close(raw)  # it counted the connection: it hears the end
 
     # Handshake
 
