@@ -25,6 +25,8 @@ MODULES = [
     "trustp2p.node.peer",
     "trustp2p.protocol.admission",
     "trustp2p.protocol.connection",
+    "trustp2p.protocol.liveness",
+    "trustp2p.node.liveness",
     "trustp2p.drivers",
     "trustp2p.drivers.base",
     "trustp2p.drivers.ws",

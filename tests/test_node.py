@@ -405,11 +405,15 @@ async def test_silent_client_is_dropped_as_lost_peer(make_node: MakeNode) -> Non
         # Never answers pings.
         assert await closed_by_peer(ws) == (1001, "lost peer")
     recorder = next(r for r in Recorder.instances if r.node is server)
-    await wait_for(lambda: ("close", 1001) in recorder.calls)
+    # The server dropped the connection without waiting for a closing handshake, which
+    # a dead link can't complete: 1006 on its side.
+    await wait_for(lambda: ("close", 1006) in recorder.calls)
     assert server.server.sockets == []
 
 
-async def test_busy_client_does_not_stop_the_heartbeat_round(make_node: MakeNode) -> None:
+async def test_busy_client_is_pinged_too_and_does_not_stop_the_round(
+    make_node: MakeNode,
+) -> None:
     timings = {
         "heartbeat_interval": 20 * MS,
         "heartbeat_jitter": 0,
@@ -437,7 +441,9 @@ async def test_busy_client_does_not_stop_the_heartbeat_round(make_node: MakeNode
     try:
         quiet_inbound = server.server.sockets[1]
         await wait_for(lambda: quiet_inbound.stats.last_rtt is not None)
-        assert busy_inbound.stats.last_rtt is None  # never silent, never pinged
+        # Pinged although it talks (the original never pinged it), and it answered
+        # without a heartbeat thread: the node answers pings itself.
+        await wait_for(lambda: busy_inbound.stats.last_rtt is not None)
     finally:
         task.cancel()
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .drivers import Driver, DriverOptions, scheme_of
 from .identity import Identity
 from .protocol.handshake import HANDSHAKE_MAGIC
+from .protocol.liveness import LivenessTimings
 from .protocol.package import DEFAULT_ALT, DEFAULT_MAX_PACKAGE_SIZE
 from .security.noise import MAX_NOISE_MESSAGE
 
@@ -51,11 +52,16 @@ class NodeOptions:
             and socket hooks are handled one at a time, in order.
         max_pending_packages: Packages of one connection waiting for its handlers;
             beyond this, the node stops reading from that peer until they catch up.
-        heartbeat_interval: Time between two heartbeat rounds of the server.
+        heartbeat_interval: Time between two heartbeat rounds: each round checks every
+            connection's liveness, on both sides (:mod:`trustp2p.protocol.liveness`).
         heartbeat_jitter: Up to this much is added at random to each interval.
-        heartbeat_timeout: A client silent for this long gets a ping.
-        heartbeat_response_timeout: A client that doesn't answer a ping within this is
-            closed as a lost peer.
+        heartbeat_timeout: Time from one ping of a peer to the next, whether it talks
+            or not (the side that dialled waits one round longer and lets the other
+            ping first).
+        heartbeat_response_timeout: A peer whose ping stays unanswered this long is
+            dropped as a lost peer; time in which the link shows progress (a large
+            frame arriving, ours leaving) doesn't count. With the defaults a dead link
+            is found within 29 s on both sides (``liveness_timings().detection_bound``).
         response_timeout: Default time to wait for a response.
         stalled_timeout: Time after which a rerouting request goes to the next server.
         reconnect_initial: First delay before redialling a server.
@@ -155,10 +161,10 @@ class NodeOptions:
     max_inbound: int | None = 100
     max_pending_packages: int = 32
     max_concurrent_requests: int = 16
-    heartbeat_interval: float = 3.0
+    heartbeat_interval: float = 2.0
     heartbeat_jitter: float = 1.0
     heartbeat_timeout: float = 10.0
-    heartbeat_response_timeout: float = 60.0
+    heartbeat_response_timeout: float = 10.0
     response_timeout: float = 300.0
     stalled_timeout: float = 5.0
     reconnect_initial: float = 1.0
@@ -285,6 +291,14 @@ class NodeOptions:
             values = {name: getattr(base, name) for name in known}
         values.update(kwargs)
         return cls(**values)
+
+    def liveness_timings(self) -> LivenessTimings:
+        """The timings of the liveness rules that these options give."""
+        return LivenessTimings(
+            interval=self.heartbeat_timeout,
+            timeout=self.heartbeat_response_timeout,
+            period=self.heartbeat_interval + self.heartbeat_jitter,
+        )
 
     def driver_options(self) -> DriverOptions:
         max_message_size = self.max_package_size

@@ -560,6 +560,16 @@ class DriverConformance:
         assert pair.server.last_seen > before
         assert pair.server.last_seen <= asyncio.get_running_loop().time()
 
+    async def test_bytes_in_flight_until_the_peer_has_them(self, harness: DriverHarness) -> None:
+        pair = await harness.pair()
+        assert pair.client.bytes_in_flight() == 0
+        pair.client.write(b"x" * 1000)
+        assert pair.client.bytes_in_flight() >= 1000  # written, not sent yet
+        await pair.server_events.wait_messages(pair.server, 1)
+        async with asyncio.timeout(TIMEOUT):
+            while pair.client.bytes_in_flight():  # noqa: ASYNC110 - the peer acknowledges
+                await asyncio.sleep(MS)
+
     async def test_drain_returns_promptly_when_buffer_small(self, harness: DriverHarness) -> None:
         pair = await harness.pair()
         pair.client.write(b"small")

@@ -713,3 +713,29 @@ async def test_close_while_paused_reads_the_answer(harness: DriverHarness) -> No
         await pair.client.wait_closed()
     assert pair.server_events.messages(pair.server) == [b"one"]
     assert (pair.server.close_code, pair.client.close_code) == (1001, 1001)
+
+
+# Liveness
+
+
+async def test_last_seen_advances_on_a_partial_frame(
+    harness: DriverHarness, raw_peers: list[RawPeer]
+) -> None:
+    """Any bytes are life: a large frame in flight keeps its sender alive (liveness)."""
+    raw, events = await serve_raw(harness, raw_peers)
+    before = raw.server.last_seen
+    await asyncio.sleep(MS)  # let the event loop clock move on
+    await raw.send(frame(b"x" * 1000)[:500])
+    await wait_last_seen(raw.server, before)
+    assert events.messages(raw.server) == []
+    middle = raw.server.last_seen
+    await asyncio.sleep(MS)
+    await raw.send(frame(b"x" * 1000)[500:])
+    assert await events.wait_messages(raw.server, 1) == [b"x" * 1000]
+    assert raw.server.last_seen > middle
+
+
+async def wait_last_seen(socket: Socket, before: float) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while socket.last_seen <= before:  # noqa: ASYNC110 - a plain attribute
+            await asyncio.sleep(MS)

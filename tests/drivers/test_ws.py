@@ -326,3 +326,22 @@ async def test_repeated_real_ip_rejected(harness: DriverHarness) -> None:
             pytest.fail("handshake should fail")
     assert exc_info.value.response.status_code == 400
     assert [record.event for record in events.records] == [DriverEvent.START]
+
+
+async def test_last_seen_advances_on_a_partial_frame(harness: DriverHarness) -> None:
+    """Any bytes are life: a large frame in flight keeps its sender alive (liveness)."""
+    listening, events = await harness.listen()
+    async with ws_connect(listening.url) as client:
+        server = (await events.next(DriverEvent.CONNECTION)).socket
+        assert server is not None
+        before = server.last_seen
+        await asyncio.sleep(MS)  # let the event loop clock move on
+        # Half of a masked binary frame of 1000 bytes (mask key 0: the payload as is).
+        header = b"\x82" + bytes([0x80 | 126]) + (1000).to_bytes(2, "big") + b"\0\0\0\0"
+        client.transport.write(header + b"x" * 500)
+        async with asyncio.timeout(TIMEOUT):
+            while server.last_seen <= before:  # noqa: ASYNC110 - a plain attribute
+                await asyncio.sleep(MS)
+        assert events.messages(server) == []
+        client.transport.write(b"x" * 500)
+        assert await events.wait_messages(server, 1) == [b"x" * 1000]

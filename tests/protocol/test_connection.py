@@ -12,6 +12,7 @@ from trustp2p.protocol.connection import (
     MAX_ERROR_EVENT_CHARS,
     MAX_ERROR_TEXT_CHARS,
     WARN_INVALID,
+    Action,
     Block,
     Close,
     ConnectionProtocol,
@@ -21,11 +22,12 @@ from trustp2p.protocol.connection import (
     Dispatch,
     Ignore,
     Introduced,
+    Lost,
     Penalty,
+    PingAnswered,
     SelfDial,
     Send,
     Throttle,
-    WriteStall,
     error_answer,
 )
 from trustp2p.protocol.handshake import (
@@ -35,7 +37,7 @@ from trustp2p.protocol.handshake import (
     VERSION_EVENT,
     version_body,
 )
-from trustp2p.protocol.limits import TokenBucket
+from trustp2p.protocol.limits import TokenBucket, WriteStall
 from trustp2p.protocol.package import Package, PackageType, build_package, decode, encode
 
 from ..conftest import FakeClock
@@ -43,6 +45,15 @@ from ..conftest import FakeClock
 PEER = "tpaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 VERSION = version_body(library_version="0.1.0")
 HANDLED = {(PackageType.REQUEST, "echo"), (PackageType.TALK, "chat")}
+# The original's heartbeat, as captured (shared/protocol/README.md).
+ORIGINAL_PING = (
+    "0a03312e30120131180a220470696e672a027b7d"
+    "322c5a4772334a426a6d4232476a336a4c38305442547654585472694d64486f70623348766a683275317a6b553d"
+)
+ORIGINAL_PONG = (
+    "0a03312e30120131180b2204706f6e672a0f7b22736c656570223a66616c73657d"
+    "322c5a4772334a426a6d4232476a336a4c38305442547654585472694d64486f70623348766a683275317a6b553d"
+)
 
 
 def ours() -> Package:
@@ -360,26 +371,81 @@ def test_budget_is_shared_by_a_peers_connections(clock: FakeClock) -> None:
     assert [type(a) for a in second.receive_data(request())] == [Dispatch, Throttle]
 
 
-def test_heartbeat_bookkeeping(clock: FakeClock) -> None:
+def heartbeat(
+    connection: ConnectionProtocol, *, last_bytes: float | None = None, backlog: int = 0
+) -> list[Action]:
+    return connection.heartbeat(
+        last_bytes=connection.last_seen if last_bytes is None else last_bytes,
+        backlog=lambda: backlog,
+        reading_paused=False,
+    )
+
+
+def test_heartbeat_pings_on_schedule_with_the_originals_ping(clock: FakeClock) -> None:
     connection = protocol(clock)
-    assert not connection.ping_due(clock(), idle=5.0)
-    clock.advance(5.0)
-    assert connection.ping_due(clock(), idle=5.0)
-    connection.ping_sent(clock())
-    assert not connection.ping_due(clock() + 100, idle=5.0)  # one outstanding at a time
+    connection.start()
+    assert heartbeat(connection) == []
+    clock.advance(10.0)  # LivenessTimings().interval
+    (send,) = heartbeat(connection)
+    assert isinstance(send, Send)
+    assert encode(send.package) == bytes.fromhex(ORIGINAL_PING)
+    assert connection.liveness.outstanding == clock()
+    assert heartbeat(connection) == []  # one ping outstanding at a time
+
+
+def test_a_pong_answers_our_ping_and_reaches_the_request_table(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    connection.start()
+    clock.advance(10.0)
+    (send,) = heartbeat(connection)
+    assert isinstance(send, Send)
     clock.advance(0.25)
-    assert connection.ping_answered(clock()) == pytest.approx(0.25)
-    assert connection.ping_answered(clock()) is None
-    connection.receive_data(request())
+    pong = build_package(PackageType.HEARTBEAT_PONG, "pong", {"sleep": False}, tag=send.package.tag)
+    actions = connection.receive_data(encode(pong))
+    assert [type(a) for a in actions] == [PingAnswered, DeliverResponse]
+    assert actions[0] == PingAnswered(0.25)
+    assert connection.liveness.outstanding is None
     assert connection.last_seen == clock()
+    # Another pong (to a thread's ping, or a late one) goes to the request table only.
+    assert [type(a) for a in connection.receive_data(encode(pong))] == [DeliverResponse]
 
 
-def test_a_pong_clears_the_outstanding_ping(clock: FakeClock) -> None:
+def test_a_peer_that_leaves_our_ping_unanswered_is_lost(clock: FakeClock) -> None:
     connection = protocol(clock)
-    connection.ping_sent(clock())
-    pong = build_package(PackageType.HEARTBEAT_PONG, "pong", {"sleep": False}, tag="t")
-    assert connection.receive_package(pong) == [DeliverResponse(pong)]
-    assert connection.ping_outstanding is None
+    connection.start()
+    clock.advance(10.0)
+    heartbeat(connection)
+    for _ in range(2):
+        clock.advance(4.0)
+        # It talks, but complete packages are no excuse.
+        connection.receive_data(encode(build_package(PackageType.TALK, "chat", {})))
+        assert heartbeat(connection) == []
+    clock.advance(4.0)
+    assert heartbeat(connection) == [Lost("no pong within 10 s")]
+    assert connection.state is ConnectionState.CLOSING
+    assert heartbeat(connection) == []
+
+
+def test_a_ping_nobody_handles_is_answered_at_once_with_the_originals_pong(
+    clock: FakeClock,
+) -> None:
+    connection = protocol(clock)
+    ping = build_package(PackageType.HEARTBEAT_PING, "ping", {})
+    (send,) = connection.receive_package(ping)
+    assert isinstance(send, Send)
+    assert encode(send.package) == bytes.fromhex(ORIGINAL_PONG)
+
+
+def test_a_ping_a_thread_handles_goes_to_the_thread(clock: FakeClock) -> None:
+    connection = ConnectionProtocol(
+        secure=False,
+        peer_id=None,
+        introduction=ours(),
+        clock=clock,
+        is_handled=lambda package_type, event: package_type is PackageType.HEARTBEAT_PING,
+    )
+    ping = build_package(PackageType.HEARTBEAT_PING, "ping", {})
+    assert connection.receive_package(ping) == [Dispatch(ping)]
 
 
 def test_error_answers_are_bounded() -> None:

@@ -82,6 +82,27 @@ async def test_peers_authenticate_and_exchange_packages(net: Net) -> None:
     assert client.failures == net.server.failures == []
 
 
+async def test_every_noise_message_of_a_package_is_life(net: Net) -> None:
+    """Liveness looks at the raw socket: a large package arrives as several Noise
+    messages, and each one, read before the package is whole, counts."""
+    client = Side(Identity.generate())
+    opened, accepted = await connect_secure(net, client)
+    assert accepted.last_seen == accepted.raw.last_seen
+    accepted.last_seen = 0.0  # the raw socket keeps it
+    assert accepted.last_seen == accepted.raw.last_seen
+    messages = opened._transport.seal(b"x" * 200_000)
+    assert len(messages) > 1
+    raw_in = accepted.raw.stats.messages_in
+    opened.raw.write(messages[0])
+    assert opened.bytes_in_flight() == opened.raw.bytes_in_flight() >= len(messages[0])
+    await wait_for(lambda: accepted.raw.stats.messages_in > raw_in)
+    assert accepted.stats.messages_in == 0  # not whole yet, but heard
+    assert accepted.last_seen == accepted.raw.last_seen
+    for message in messages[1:]:
+        opened.raw.write(message)
+    assert await net.server.events.wait_messages(accepted, 1) == [b"x" * 200_000]
+
+
 async def test_dialling_ourselves_is_a_self_dial_error(net: Net) -> None:
     ourselves = Side(net.server.identity)
     raw = await net.driver.connect(net.listening.url, ourselves.layer)

@@ -24,12 +24,35 @@ __all__ = [
 import abc
 import asyncio
 import logging
+import struct
+import sys
 import threading
 from collections.abc import Callable
 from typing import ClassVar, cast
 
 from ..exceptions import DriverError
+from ._accept import StreamServer, bind
 from .base import DriverOptions, Listener, Listening, Socket
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    def _kernel_backlog(fd: int) -> int:
+        """Bytes in the kernel's send queue not acknowledged by the peer (SIOCOUTQ,
+        tcp(7)); 0 if it can't be read."""
+        try:
+            data = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+        except OSError:
+            return 0
+        value: int = struct.unpack("i", data)[0]
+        return value
+
+else:  # pragma: no cover - Linux only
+
+    def _kernel_backlog(fd: int) -> int:
+        return 0
+
 
 # Frames written in one event loop iteration are sent in one system call, up to this many
 # bytes. More would batch the pipeline into turns: the peer would sit idle until the
@@ -119,6 +142,18 @@ class StreamSocket(Socket, asyncio.BufferedProtocol):
                 self._drain_waiters.remove(waiter)
         if self.closed:
             raise self._closed_exc()
+
+    def bytes_in_flight(self) -> int:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return 0
+        size = transport.get_write_buffer_size()
+        if self._out is not None:
+            size += self._out_size
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            size += _kernel_backlog(sock.fileno())
+        return size
 
     def abort(self) -> None:
         self._aborted = True
@@ -265,9 +300,9 @@ class StreamSocket(Socket, asyncio.BufferedProtocol):
 
 
 class ServerListening(Listening):
-    """An asyncio server listening for connections."""
+    """A server listening for stream connections (:class:`StreamServer`)."""
 
-    def __init__(self, server: asyncio.Server, url: str) -> None:
+    def __init__(self, server: StreamServer, url: str) -> None:
         self._server = server
         self.url = url
 
@@ -275,15 +310,22 @@ class ServerListening(Listening):
         self._server.close()
 
     async def wait_closed(self) -> None:
-        # On Python >= 3.12 this also waits for the connections to close.
         await self._server.wait_closed()
 
 
 async def serve(
-    factory: Callable[[], asyncio.BaseProtocol], host: str, port: int
-) -> tuple[asyncio.Server, str]:
+    factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    *,
+    accept_retry_max: float = 1.0,
+) -> tuple[StreamServer, str]:
     """
-    Start an asyncio server on ``host`` and ``port``; ``port=0`` picks a free port.
+    Start accepting connections on ``host`` and ``port``; ``port=0`` picks a free port.
+
+    Args:
+        accept_retry_max: Longest pause of accepting when ``accept()`` fails, e.g. for
+            want of file descriptors, in seconds (see :mod:`._accept`).
 
     Returns:
         The server, and the address it listens on, as ``host:port``.
@@ -292,9 +334,10 @@ async def serve(
         DriverError: If listening fails.
 
     """
-    loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(factory, host, port)
+        sockets = await bind(host, port)
     except OSError as exc:
         raise DriverError(f"can't listen on {format_address(host, port)}: {exc}") from exc
-    return server, format_address(host, server.sockets[0].getsockname()[1])
+    server = StreamServer(factory, sockets, retry_max=accept_retry_max)
+    server.start()
+    return server, format_address(host, sockets[0].getsockname()[1])

@@ -79,6 +79,9 @@ class DriverOptions:
             bytes.
         trust_real_ip: Take a client's address from the ``X-Real-IP`` header when the
             connection comes from a proxy on a loopback address (and only then).
+        accept_retry_max: When accepting fails (``tcp``, ``ws``), e.g. for want of file
+            descriptors, accepting pauses, 50 ms at first and doubling up to this, in
+            seconds; one warning is logged per episode.
 
     """
 
@@ -88,6 +91,7 @@ class DriverOptions:
     frame_timeout: float = 10.0
     write_limit: int = 2**16
     trust_real_ip: bool = True
+    accept_retry_max: float = 1.0
 
 
 @dataclass(slots=True)
@@ -159,8 +163,9 @@ class Socket(abc.ABC):
         peer_id: The peer's authenticated id on a secure connection, else ``None``.
         host: The peer's address (from ``X-Real-IP`` behind a loopback proxy).
         inbound: True when the peer dialled us.
-        last_seen: Event loop time (:meth:`asyncio.AbstractEventLoop.time`) of the last
-            message received, or of the connection.
+        last_seen: Event loop time (:meth:`asyncio.AbstractEventLoop.time`) when bytes
+            last arrived (every read counts, a partial message too), or when the
+            connection opened. Liveness counts any bytes as a sign of life.
         stats: Counters for this connection.
         close_code: The close code once closed, else ``None``.
         close_reason: The close reason once closed.
@@ -213,6 +218,15 @@ class Socket(abc.ABC):
     @abc.abstractmethod
     async def drain(self) -> None:
         """Wait until the write buffer is below its limit."""
+
+    def bytes_in_flight(self) -> int:
+        """
+        Bytes written to this connection that the peer hasn't taken yet, as far as the
+        driver can tell: its write buffer and, over TCP on Linux, the kernel's unsent and
+        unacknowledged bytes. Liveness takes a fall as progress: the peer is reading
+        what we sent. 0 when the driver can't tell.
+        """
+        return 0
 
     async def send(self, data: bytes) -> None:
         """

@@ -252,6 +252,10 @@ class MemorySocket(Socket):
         assert self._other is not None
         self._other.feed_data(bytes(data))
 
+    def bytes_in_flight(self) -> int:
+        other = self._other
+        return 0 if other is None or self._state == _CLOSED else other.pending_bytes()
+
     async def drain(self) -> None:
         other = self._other
         if other is not None and other.buffered > self._options.write_limit:
@@ -306,6 +310,12 @@ class MemorySocket(Socket):
         """Bytes that arrived at this end and aren't delivered yet, in bytes: the other
         end's write buffer."""
         return self._inbox_size
+
+    def pending_bytes(self) -> int:
+        """Bytes the other end wrote that this end hasn't delivered: still on the
+        link (delayed) or waiting in the inbox."""
+        flying = sum(len(item) for _, item in self._in_flight if not isinstance(item, _Close))
+        return self._inbox_size + flying
 
     async def wait_drained(self) -> None:
         """Wait until :attr:`buffered` is at most this end's ``write_limit``, or the

@@ -218,6 +218,7 @@ class TcpSocket(StreamSocket):
         self._report("on_connection" if self.inbound else "on_open")
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_seen = self._loop.time()  # any bytes are life, a partial frame too
         if self._discarding:
             return
         view = _receive_buffer.view
@@ -534,7 +535,9 @@ class TcpDriver(Driver):
         def factory() -> TcpSocket:
             return TcpSocket(listener=listener, options=options, inbound=True)
 
-        server, address = await serve(factory, host, port)
+        server, address = await serve(
+            factory, host, port, accept_retry_max=options.accept_retry_max
+        )
         listening = TcpListening(server, f"tcp://{address}")
         listener.on_start(listening)
         return listening

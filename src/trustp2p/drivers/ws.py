@@ -123,6 +123,7 @@ class WsSocket(StreamSocket):
         self.data_received(bytes(_receive_buffer.view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
+        self.last_seen = self._loop.time()  # any bytes are life, a partial frame too
         protocol = self._protocol
         protocol.receive_data(data)
         events = protocol.events_received()
@@ -315,7 +316,9 @@ class WsDriver(Driver):
             protocol = ServerProtocol(max_size=options.max_message_size)
             return WsSocket(listener=listener, options=options, inbound=True, protocol=protocol)
 
-        server, address = await serve(factory, host, port)
+        server, address = await serve(
+            factory, host, port, accept_retry_max=options.accept_retry_max
+        )
         listening = WsListening(server, f"ws://{address}")
         listener.on_start(listening)
         return listening

@@ -37,13 +37,13 @@ from ..protocol.connection import (
     Ignore,
     Introduced,
     Penalty,
+    PingAnswered,
     SelfDial,
     Send,
     Throttle,
-    WriteStall,
 )
-from ..protocol.limits import BudgetTable, is_loopback
-from ..protocol.package import Package, encode
+from ..protocol.limits import BudgetTable, WriteStall, is_loopback
+from ..protocol.package import Package, PackageType, encode
 from ..protocol.peers import peer_key
 from ..security.channel import SecureSocket
 from ..storage.peerstore import PeerSource
@@ -292,6 +292,8 @@ class Connections:
             request_budget=self._budgets.get(self.budget_key(socket), now()),
             alt=options.alt,
             max_package_size=options.max_package_size,
+            liveness=options.liveness_timings(),
+            inbound=socket.inbound,
             nonce=node.nonce,
         )
         log = PeerLog(self._logger, {"peer": socket.peer})
@@ -317,6 +319,8 @@ class Connections:
                 self.send_package(conn.socket, action.package)  # type: ignore[union-attr]
             except ConnectionClosed:
                 pass
+        elif kind is PingAnswered:
+            conn.socket.stats.last_rtt = action.rtt  # type: ignore[union-attr]
         elif kind is Throttle:
             self._throttle(conn, action.delay)  # type: ignore[union-attr]
         elif kind is Penalty:
@@ -421,10 +425,13 @@ class Connections:
         conn = self._conns.get(conn_id)
         if conn is None:
             return
-        conn.socket.stats.unmatched_in += 1
+        # A pong nobody waits for answers the node's own ping (its heartbeat round).
+        pong = package.type is PackageType.HEARTBEAT_PONG
+        if not pong:
+            conn.socket.stats.unmatched_in += 1
         if self._node.handlers.handles(package.type, package.event):
             self._enqueue(conn, package)
-        elif self._debug:
+        elif self._debug and not pong:
             conn.log.debug("- dropped %s: it matches no pending request", package)
 
     async def wait_workers(self, timeout: float) -> None:
@@ -467,10 +474,7 @@ class Connections:
             (conn.log if conn is not None else self._logger).debug("> %s", package)
         if conn is not None:
             if socket.write_paused:
-                if conn.stall is None:
-                    conn.stall = self._node.tasks.spawn(
-                        self._watch_stall(conn), f"stall watch {socket.peer}"
-                    )
+                self._watch(conn)
                 if not waited:
                     conn.backlog += 1
                     if conn.backlog > self._options.max_send_queue:
@@ -492,8 +496,18 @@ class Connections:
         """Write ``package`` once the write buffer has room: a burst slows the caller
         down, and never counts against the peer."""
         if socket.write_paused:
+            conn = self._conns.get(socket.id)
+            if conn is not None:
+                self._watch(conn)
             await socket.drain()
         self.send_package(socket, package, waited=True)
+
+    def _watch(self, conn: PeerConnection) -> None:
+        """Watch a connection whose write buffer is full, once."""
+        if conn.stall is None and not conn.socket.closed:
+            conn.stall = self._node.tasks.spawn(
+                self._watch_stall(conn), f"stall watch {conn.socket.peer}"
+            )
 
     async def _watch_stall(self, conn: PeerConnection) -> None:
         """While data waits for the peer, close it if it takes nothing for

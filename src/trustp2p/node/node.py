@@ -47,6 +47,7 @@ from .dispatch import call_thread
 from .gossip import Gossip, GossipHandler
 from .gossip_thread import GossipThread
 from .handlers import HandlerRegistry
+from .liveness import Heartbeat
 from .peer import PeerConnection
 from .requests import Requests
 from .roles import ClientRole, ServerRole
@@ -101,6 +102,8 @@ class Node:
         """Which thread handles which (package type, event), once threads are loaded."""
         self.connections = Connections(self)
         """The open connections; iterate for :class:`PeerConnection` objects."""
+        self.heartbeat = Heartbeat(self)
+        """The heartbeat round: liveness of every connection, on both sides."""
         self.address_budget = AddressBudget(
             rate=options.address_rate,
             burst=options.address_burst,
@@ -266,6 +269,7 @@ class Node:
         if self.gossip is not None:
             await self.gossip.start()
         self.state = NodeState.RUNNING
+        self.tasks.spawn(self.heartbeat.run(), "heartbeat")
         for thread in self.threads:
             await call_thread(thread, "start")
         try:

@@ -159,11 +159,12 @@ class Role:
         """
         Send one package to many peers: all of this role's peers by default.
 
-        With ``package_type=PackageType.TALK`` it sends a talk to each peer without waiting for
-        slow ones (a peer that doesn't read is disconnected past ``max_send_queue``);
-        with ``REQUEST`` it sends a request to each peer concurrently and collects the
-        responses. It never raises because of one peer: each peer's outcome is in the
-        result.
+        With ``package_type=PackageType.TALK`` it sends a talk to each peer; with
+        ``REQUEST`` it sends a request to each peer and collects the responses. Peers are
+        served concurrently: a peer whose write buffer is full is waited for (the
+        broadcast returns when every talk was written, or a peer that reads nothing is
+        disconnected after ``send_stall_timeout``) while the others get theirs at once.
+        It never raises because of one peer: each peer's outcome is in the result.
 
         Returns:
             Per socket: ``None`` when the talk was sent, the response body of a request,
@@ -174,23 +175,17 @@ class Role:
         results: BroadcastResult = {}
         if package_type is PackageType.TALK:
             package = build_package(package_type, event, body, alt=self.node.options.alt)
-            for socket in targets:
-                # No waiting for a slow peer here: one that doesn't read is disconnected
-                # once max_send_queue packages wait for it, and the others go on.
-                try:
-                    self.node.send_package(socket, package)
-                except Exception as exc:
-                    results[socket] = exc
-                else:
-                    results[socket] = None
-            return results
-        outcomes = await asyncio.gather(
-            *(
-                self.node.request(s, event, body, package_type=package_type, timeout=timeout)
-                for s in targets
-            ),
-            return_exceptions=True,
-        )
+            outcomes: list[Body | BaseException | None] = await asyncio.gather(
+                *(self.node.send(s, package) for s in targets), return_exceptions=True
+            )
+        else:
+            outcomes = await asyncio.gather(
+                *(
+                    self.node.request(s, event, body, package_type=package_type, timeout=timeout)
+                    for s in targets
+                ),
+                return_exceptions=True,
+            )
         for socket, outcome in zip(targets, outcomes, strict=True):
             if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
                 raise outcome  # CancelledError and friends

@@ -20,7 +20,9 @@ one connection:
 * the request budget: a peer over it is throttled (reading pauses until the budget has
   refilled), never answered with errors for it;
 * the invalid-package count and how loudly each is logged;
-* the heartbeat bookkeeping: when the peer was last heard, and the ping outstanding;
+* liveness (:mod:`~trustp2p.protocol.liveness`): our pings on a schedule, the pongs
+  that answer them, the verdict on a peer that doesn't answer; and the answer to the
+  peer's pings, sent at once when no thread handles them;
 * the shape and size of error answers (:func:`error_answer`).
 
 """
@@ -30,6 +32,8 @@ from __future__ import annotations
 __all__ = [
     "MAX_ERROR_EVENT_CHARS",
     "MAX_ERROR_TEXT_CHARS",
+    "PING_EVENT",
+    "PONG_EVENT",
     "WARN_INVALID",
     "Action",
     "Block",
@@ -41,11 +45,12 @@ __all__ = [
     "Dispatch",
     "Ignore",
     "Introduced",
+    "Lost",
     "Penalty",
+    "PingAnswered",
     "SelfDial",
     "Send",
     "Throttle",
-    "WriteStall",
     "error_answer",
 ]
 
@@ -66,6 +71,7 @@ from .handshake import (
     major_version,
 )
 from .limits import TokenBucket
+from .liveness import Liveness, LivenessTimings, Verdict
 from .package import (
     DEFAULT_ALT,
     PROTOCOL_VERSION,
@@ -84,6 +90,12 @@ from .urls import MAX_URLS_PER_PEER, validate_urls
 WARN_INVALID = 10
 """A connection's first invalid packages are reported at WARNING, the rest at DEBUG, so
 that a peer can't flood the log."""
+
+PING_EVENT = "ping"
+"""The event of a heartbeat ping (``HEARTBEAT_PING``, body ``{}``), as the original's."""
+
+PONG_EVENT = "pong"
+"""The event of a heartbeat pong (``HEARTBEAT_PONG``, body ``{"sleep": false}``)."""
 
 MAX_ERROR_EVENT_CHARS = 128
 """An error answer repeats at most this many characters of the request's event name."""
@@ -198,6 +210,21 @@ class Block:
 
 
 @dataclass(frozen=True, slots=True)
+class Lost:
+    """The peer left our ping unanswered (:mod:`~trustp2p.protocol.liveness`): drop the
+    connection at once; a dead link can't complete a closing handshake."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PingAnswered:
+    """The peer answered our ping after ``rtt`` seconds."""
+
+    rtt: float
+
+
+@dataclass(frozen=True, slots=True)
 class Ignore:
     """Nothing to do; ``reason`` is worth a DEBUG line."""
 
@@ -206,7 +233,7 @@ class Ignore:
 
 Action = (
     Send | Dispatch | DeliverResponse | DeliverGossip | Introduced | Penalty | Throttle | Close
-) | (SelfDial | Block | Ignore)
+) | (SelfDial | Block | Lost | PingAnswered | Ignore)
 """What :class:`ConnectionProtocol` asks the node to do."""
 
 
@@ -235,39 +262,6 @@ def error_answer(
     )
 
 
-class WriteStall:
-    """
-    Tells a peer that reads nothing from one that reads slowly.
-
-    While data waits for a peer (its write buffer is above the limit), the node samples
-    the buffer's size. Any decrease is progress: the peer took bytes, however few, so a
-    large frame crawling over a slow link is never taken for a stall. A peer whose buffer
-    hasn't shrunk for ``timeout`` seconds reads nothing.
-
-    Args:
-        timeout: Seconds without progress that make a stall.
-        now: When the buffer was first seen above the limit.
-        size: Its size then, in bytes.
-
-    """
-
-    __slots__ = ("_lowest", "_since", "timeout")
-
-    def __init__(self, timeout: float, now: float, size: int) -> None:
-        self.timeout = timeout
-        self._lowest = size
-        self._since = now
-
-    def stalled(self, now: float, size: int) -> bool:
-        """Record the buffer's ``size`` at ``now``; True once there was no progress for
-        :attr:`timeout` seconds."""
-        if size < self._lowest:
-            self._lowest = size
-            self._since = now
-            return False
-        return now - self._since >= self.timeout
-
-
 class ConnectionProtocol:
     """
     The rules of one connection, free of I/O.
@@ -284,6 +278,9 @@ class ConnectionProtocol:
         alt: Our network id; packages and introductions must carry it.
         protocol_version: Our protocol version; packages must share its major.
         max_package_size: Bytes; larger messages are invalid. ``None``: no limit.
+        liveness: The timings of the liveness rules.
+        inbound: The peer dialled us: we lead the pinging (see
+            :mod:`~trustp2p.protocol.liveness`).
         nonce: Our node's nonce (in our version body): an introduction carrying it
             means we dialled ourselves. ``None``: no such check.
 
@@ -293,8 +290,8 @@ class ConnectionProtocol:
         listen_urls: What the peer said it listens on (hello or ``my_url``).
         invalid: Invalid packages received on this connection.
         valid: Valid packages received on this connection (by :meth:`receive_data`).
-        last_seen: When the peer was last heard from (clock seconds).
-        ping_outstanding: When our unanswered heartbeat ping was sent, or ``None``.
+        last_seen: When the last complete message arrived from the peer (clock seconds).
+        liveness: The connection's :class:`~trustp2p.protocol.liveness.Liveness` state.
         last_valid: Whether the last message received was a valid package.
         last_package: The last package decoded, valid or not (for logging).
 
@@ -312,6 +309,8 @@ class ConnectionProtocol:
         alt: str = DEFAULT_ALT,
         protocol_version: str = PROTOCOL_VERSION,
         max_package_size: int | None = 2**20,
+        liveness: LivenessTimings | None = None,
+        inbound: bool = True,
         nonce: str | None = None,
     ) -> None:
         self.secure = secure
@@ -331,7 +330,8 @@ class ConnectionProtocol:
         self.invalid = 0
         self.valid = 0
         self.last_seen = clock()
-        self.ping_outstanding: float | None = None
+        self.liveness = Liveness(self.last_seen, liveness or LivenessTimings(), leads=inbound)
+        self._ping: Package | None = None
         self.last_valid = False
         self.last_package: Package | None = None
 
@@ -353,22 +353,47 @@ class ConnectionProtocol:
         """The connection is gone."""
         self.state = ConnectionState.CLOSED
 
-    # Heartbeat bookkeeping
+    # Liveness
 
-    def ping_due(self, now: float, idle: float) -> bool:
-        """Whether to ping: no ping is outstanding and the peer was silent for ``idle``
-        seconds."""
-        return self.ping_outstanding is None and now - self.last_seen >= idle
+    def heartbeat(
+        self, *, last_bytes: float, backlog: Callable[[], int], reading_paused: bool
+    ) -> list[Action]:
+        """
+        Check the peer's liveness now (the node's heartbeat round calls this).
 
-    def ping_sent(self, now: float) -> None:
-        """We sent a heartbeat ping at ``now``."""
-        self.ping_outstanding = now
+        Args:
+            last_bytes: When bytes last arrived from the peer, a partial frame too.
+            backlog: Returns the bytes we wrote that the peer hasn't taken yet; called
+                only while a ping is outstanding or about to be sent.
+            reading_paused: We are not reading from the peer.
 
-    def ping_answered(self, now: float) -> float | None:
-        """The ping was answered (or given up on); returns its round trip, if one was
-        outstanding."""
-        sent, self.ping_outstanding = self.ping_outstanding, None
-        return None if sent is None else now - sent
+        Returns:
+            ``[Send(ping)]`` when a ping is due, ``[Lost(reason)]`` when the peer is
+            to be dropped, else nothing.
+
+        """
+        if self.state not in (ConnectionState.INTRODUCED, ConnectionState.OPEN):
+            return []
+        liveness = self.liveness
+        now = self._clock()
+        verdict = liveness.check(
+            now,
+            last_bytes=last_bytes,
+            last_package=self.last_seen,
+            backlog=backlog() if liveness.outstanding is not None else 0,
+            reading_paused=reading_paused,
+        )
+        if verdict is Verdict.PING:
+            liveness.ping_sent(now, backlog())
+            if self._ping is None:
+                self._ping = build_package(
+                    PackageType.HEARTBEAT_PING, PING_EVENT, {}, alt=self._alt
+                )
+            return [Send(self._ping)]
+        if verdict is Verdict.DEAD:
+            self.state = ConnectionState.CLOSING
+            return [Lost(f"no pong within {liveness.timings.timeout:g} s")]
+        return []
 
     # Receiving
 
@@ -434,8 +459,14 @@ class ConnectionProtocol:
                 )
             self.state = ConnectionState.OPEN  # plain mode: the original never introduces
         if package_type in RESPONSE_TYPES:
-            if package_type is PackageType.HEARTBEAT_PONG:
-                self.ping_outstanding = None
+            if package_type is PackageType.HEARTBEAT_PONG and self._ping is not None:
+                # Every ping {} has one tag (a content hash): this pong answers ours,
+                # and any thread's ping too.
+                rtt = None
+                if package.tag == self._ping.tag:
+                    rtt = self.liveness.pong_received(self._clock())
+                if rtt is not None:
+                    return [PingAnswered(rtt), DeliverResponse(package)]
             return [DeliverResponse(package)]
         if package_type is PackageType.GOSSIP:
             return [DeliverGossip(package)]
@@ -467,8 +498,15 @@ class ConnectionProtocol:
 
     def _request(self, package: Package) -> list[Action]:
         actions: list[Action]
+        ping = package.type is PackageType.HEARTBEAT_PING and package.event == PING_EVENT
+        if ping:
+            self.liveness.ping_received(self._clock())
         if self._is_handled(package.type, package.event):
             actions = [Dispatch(package)]
+        elif ping:
+            # Liveness needs no thread: answer at once, ahead of the packages waiting
+            # for handlers, with the original's pong (shared/protocol/README.md).
+            actions = [Send(self._pong(package.tag))]
         else:
             answer = error_answer(
                 package.type,
@@ -483,6 +521,11 @@ class ConnectionProtocol:
             if delay > 0:
                 actions.append(Throttle(delay))
         return actions
+
+    def _pong(self, tag: str) -> Package:
+        return build_package(
+            PackageType.HEARTBEAT_PONG, PONG_EVENT, {"sleep": False}, tag=Tag(tag), alt=self._alt
+        )
 
     def _introduce(self, package: Package) -> list[Action]:
         body = package.body

@@ -20,6 +20,7 @@ __all__ = [
     "BudgetTable",
     "TokenBucket",
     "UnprovenDials",
+    "WriteStall",
     "is_loopback",
     "netgroup",
 ]
@@ -377,3 +378,36 @@ class UnprovenDials:
         bucket = self._bucket
         level = float(self.burst) if bucket is None else bucket.level(now)
         return 0.0 if level >= 1 else (1 - level) / self.rate
+
+
+class WriteStall:
+    """
+    Tells a peer that reads nothing from one that reads slowly.
+
+    While data waits for a peer (its write buffer is above the limit), the node samples
+    the buffer's size. Any decrease is progress: the peer took bytes, however few, so a
+    large frame crawling over a slow link is never taken for a stall. A peer whose buffer
+    hasn't shrunk for ``timeout`` seconds reads nothing.
+
+    Args:
+        timeout: Seconds without progress that make a stall.
+        now: When the buffer was first seen above the limit.
+        size: Its size then, in bytes.
+
+    """
+
+    __slots__ = ("_lowest", "_since", "timeout")
+
+    def __init__(self, timeout: float, now: float, size: int) -> None:
+        self.timeout = timeout
+        self._lowest = size
+        self._since = now
+
+    def stalled(self, now: float, size: int) -> bool:
+        """Record the buffer's ``size`` at ``now``; True once there was no progress for
+        :attr:`timeout` seconds."""
+        if size < self._lowest:
+            self._lowest = size
+            self._since = now
+            return False
+        return now - self._since >= self.timeout

@@ -78,8 +78,21 @@ class SecureSocket(Socket):
         self._max_size = max_size
 
     @property
+    def last_seen(self) -> float:
+        """When bytes last arrived on the raw connection: every Noise message of a
+        package in progress counts, as any read does."""
+        return self.raw.last_seen
+
+    @last_seen.setter
+    def last_seen(self, value: float) -> None:
+        pass  # the raw socket keeps it
+
+    @property
     def closed(self) -> bool:
         return self.raw.closed
+
+    def bytes_in_flight(self) -> int:
+        return self.raw.bytes_in_flight()
 
     @property
     def write_paused(self) -> bool:

@@ -1,0 +1,82 @@
+"""
+The node's heartbeat round: it carries out the liveness rules of
+:mod:`trustp2p.protocol.liveness` on every connection, on both sides, whatever threads
+run.
+
+Every ``heartbeat_interval`` seconds plus up to ``heartbeat_jitter``, each connection's
+protocol is asked for its verdict: a ping is sent, or a peer that left its ping
+unanswered is dropped at once (the connection is aborted: a dead link can't complete a
+closing handshake, and aborting fails or reroutes its pending requests right away).
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["LOST_PEER", "Heartbeat"]
+
+import asyncio
+import random
+from typing import TYPE_CHECKING
+
+from ..exceptions import ConnectionClosed
+from ..protocol.close import CloseCode
+from ..protocol.connection import Lost, Send
+
+if TYPE_CHECKING:
+    from .node import Node
+    from .peer import PeerConnection
+
+LOST_PEER = "lost peer"
+"""The close reason sent to a peer we give up for dead (the original's)."""
+
+
+class Heartbeat:
+    """
+    Runs the heartbeat round of a node (``node.tasks`` owns the task).
+
+    Args:
+        node: The node whose connections are checked.
+
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def run(self) -> None:
+        """Check every connection each round, until cancelled."""
+        options = self._node.options
+        while True:
+            await asyncio.sleep(
+                options.heartbeat_interval + random.uniform(0, options.heartbeat_jitter)
+            )
+            if self._node.running:
+                self.check()
+
+    def check(self) -> None:
+        """One round: carry out each connection's liveness verdict."""
+        node = self._node
+        for conn in node.connections:
+            socket = conn.socket
+            worker = conn.worker
+            actions = conn.protocol.heartbeat(
+                last_bytes=socket.last_seen,
+                backlog=socket.bytes_in_flight,
+                reading_paused=conn.throttle is not None or (worker is not None and worker.paused),
+            )
+            for action in actions:
+                if type(action) is Send:
+                    try:
+                        node.send_package(socket, action.package)
+                    except ConnectionClosed:
+                        pass  # on_close tells the rest
+                elif type(action) is Lost:
+                    self._drop(conn, action.reason)
+
+    @staticmethod
+    def _drop(conn: PeerConnection, reason: str) -> None:
+        socket = conn.socket
+        conn.log.info("x lost peer: %s", reason)
+        # Tell a peer that is alive but doesn't answer why, if the close frame gets
+        # through; then drop the connection without waiting for an answer.
+        socket.close_soon(CloseCode.GOING_AWAY, LOST_PEER)
+        socket.abort()

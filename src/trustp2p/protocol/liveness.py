@@ -1,0 +1,223 @@
+"""
+Liveness: when to ping a peer, and when to give it up for dead. No I/O.
+
+Every connection, on both sides and whatever threads run, follows these rules; the
+node checks each connection at most ``period`` seconds apart (its heartbeat round) and
+carries out the :class:`Verdict`:
+
+1. **Ping on a schedule.** A connection with no ping outstanding gets one ``interval``
+   seconds after the last ping it sent or received (at first, after it opened),
+   whether the peer talks or not: a peer that talks but never answers is found too.
+   The side that accepted the connection leads, as the original's server did; the side
+   that dialled waits one ``period`` longer, so the leader's ping comes first and
+   puts its own off. A ping from the peer shows the link works both ways, since under
+   these rules a peer sends its next ping only once we answered its last. The two
+   sides thus share one ping per ``interval`` instead of sending one each (idle peers
+   cost half as much), and the side that dialled takes over when the leader's pings
+   stop coming.
+2. **Charge the silence.** While a ping is outstanding, the time between two checks is
+   charged against it, unless the link showed progress in that time:
+
+   * bytes of a package not yet complete arrived: the peer's large frame is in flight
+     and the pong waits behind it;
+   * our own bytes still on their way to the peer went down: our large frame, ahead of
+     the ping, is being read;
+   * we had paused reading ourselves (throttling, a full inbox): the pong may be
+     waiting in what we haven't read.
+
+   Complete packages are no excuse: a peer that sends them but doesn't answer is
+   charged like a silent one.
+3. **Dead.** A peer whose ping has been charged ``timeout`` seconds is dead: the node
+   drops the connection at once, which fails or reroutes its pending requests.
+4. **Answered.** A pong (``HEARTBEAT_PONG`` with the ping's tag) ends the ping: its
+   round trip is known and nothing is charged any more.
+
+A link that dies is found within :attr:`LivenessTimings.detection_bound` seconds on
+both sides: ``interval + timeout + 3 * period`` (the next ping waits up to ``interval``,
+one ``period`` more on the side that dialled, plus one round; it is charged ``timeout``,
+seen at most one round late; and the round in which the link died may have shown
+progress). Shipped defaults (10 s, 10 s, rounds of 2 s plus up to 1 s of jitter) make
+that 29 s.
+
+The rules replace the original's, under which only the server pinged, and only clients
+silent for ``heartbeat_timeout``: a client never noticed a dead server, and a busy
+client was never pinged (``shared/protocol/README.md``, known defects).
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["Liveness", "LivenessTimings", "Verdict"]
+
+import enum
+import math
+from dataclasses import dataclass
+
+
+class Verdict(enum.Enum):
+    """What to do about a connection after a check."""
+
+    NOTHING = "nothing"
+    PING = "ping"  # send a ping, then call Liveness.ping_sent()
+    DEAD = "dead"  # the peer left our ping unanswered: drop the connection
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessTimings:
+    """
+    The timings of the liveness rules, in seconds.
+
+    Attributes:
+        interval: Time from one ping to the next (``heartbeat_timeout``).
+        timeout: Charged time after which an unanswered ping means a dead peer
+            (``heartbeat_response_timeout``).
+        period: Longest time between two checks of a connection (``heartbeat_interval``
+            plus ``heartbeat_jitter``).
+
+    Raises:
+        ValueError: If a timing is not a positive finite number (``period`` may be 0).
+
+    """
+
+    interval: float = 10.0
+    timeout: float = 10.0
+    period: float = 3.0
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "timeout", "period"):
+            value = getattr(self, name)
+            positive = value > 0 if name != "period" else value >= 0
+            if not (isinstance(value, int | float) and positive and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+
+    @property
+    def detection_bound(self) -> float:
+        """The longest time, in seconds, from a link's death to the verdict DEAD, on
+        either side."""
+        return self.interval + self.timeout + 3 * self.period
+
+
+class Liveness:
+    """
+    One connection's liveness state.
+
+    Args:
+        opened: When the connection opened (clock seconds).
+        timings: The rules' timings.
+        leads: This side accepted the connection and pings first; the side that
+            dialled waits one ``period`` longer.
+
+    Attributes:
+        last_ping: When the last ping was sent (or the connection opened).
+        outstanding: When the ping that awaits its pong was sent, or ``None``.
+        charged: Seconds charged against the outstanding ping.
+        last_rtt: Round trip of the last answered ping, in seconds, or ``None``.
+
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_due_after",
+        "_last_check",
+        "charged",
+        "last_ping",
+        "last_rtt",
+        "outstanding",
+        "timings",
+    )
+
+    def __init__(self, opened: float, timings: LivenessTimings, *, leads: bool = True) -> None:
+        self.timings = timings
+        self._due_after = timings.interval + (0.0 if leads else timings.period)
+        self.last_ping = opened
+        self.outstanding: float | None = None
+        self.charged = 0.0
+        self.last_rtt: float | None = None
+        self._last_check = opened
+        self._backlog = 0
+
+    def check(
+        self,
+        now: float,
+        *,
+        last_bytes: float,
+        last_package: float,
+        backlog: int = 0,
+        reading_paused: bool = False,
+    ) -> Verdict:
+        """
+        Check the connection at ``now``: charge the outstanding ping, or say a ping is due.
+
+        Args:
+            now: The time (clock seconds).
+            last_bytes: When bytes last arrived from the peer, a partial frame too.
+            last_package: When the last complete package arrived from the peer.
+            backlog: Bytes we wrote that the peer hasn't taken yet (our buffers and the
+                kernel's unacknowledged ones); only looked at while a ping is
+                outstanding.
+            reading_paused: We are not reading from the peer.
+
+        Returns:
+            :attr:`Verdict.PING` when a ping is due (send it, then call
+            :meth:`ping_sent`), :attr:`Verdict.DEAD` when the peer is to be dropped,
+            else :attr:`Verdict.NOTHING`.
+
+        """
+        sent = self.outstanding
+        if sent is None:
+            self._last_check = now
+            if now - self.last_ping >= self._due_after:
+                return Verdict.PING
+            return Verdict.NOTHING
+        since = max(self._last_check, sent)
+        progress = (
+            reading_paused
+            or (last_bytes > since and last_bytes > last_package)
+            or backlog < self._backlog
+        )
+        if not progress and now > since:
+            self.charged += now - since
+        self._last_check = now
+        self._backlog = backlog
+        if self.charged >= self.timings.timeout:
+            return Verdict.DEAD
+        return Verdict.NOTHING
+
+    def ping_sent(self, now: float, backlog: int = 0) -> None:
+        """
+        We sent a ping at ``now``.
+
+        Args:
+            now: The time (clock seconds).
+            backlog: Bytes on their way to the peer just before the ping was written
+                (see :meth:`check`).
+
+        """
+        self.last_ping = self.outstanding = self._last_check = now
+        self.charged = 0.0
+        self._backlog = backlog
+
+    def ping_received(self, now: float) -> None:
+        """
+        The peer pinged us at ``now``: with no ping of ours outstanding, ours is put off
+        (it is due ``interval`` from now, one ``period`` more if we dialled).
+        """
+        if self.outstanding is None and now > self.last_ping:
+            self.last_ping = now
+
+    def pong_received(self, now: float) -> float | None:
+        """
+        A pong arrived at ``now``: the ping is answered.
+
+        Returns:
+            The ping's round trip in seconds, or ``None`` if no ping was outstanding
+            (a pong to a ping a thread sent, or a late one).
+
+        """
+        sent = self.outstanding
+        if sent is None:
+            return None
+        self.outstanding = None
+        self.charged = 0.0
+        self.last_rtt = rtt = max(0.0, now - sent)
+        return rtt

@@ -1,0 +1,86 @@
+"""
+A node in a process of its own, for the fault tests: ``python peer.py OPTIONS_JSON``.
+
+The JSON object holds :class:`trustp2p.NodeOptions` and, prefixed with ``_``, what this
+program does besides:
+
+- ``_ask``: on each connection it opens, send a ``hang`` request (never answered, not
+  reroutable) and log how it ends.
+- ``_log_level``: the root logger's level (default ``INFO``).
+
+It prints ``listening <url>`` (server) and ``started`` on stdout once started, logs to
+stderr, and stops on SIGTERM. Its ``Service`` thread answers ``echo`` and never answers
+``hang`` (its handler returns when the node stops).
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
+
+log = logging.getLogger("peer")
+
+
+class Service(Thread):
+    ask = False
+
+    def start(self) -> None:
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()  # hang requests end unanswered
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"echo": self._echo, "hang": self._hang}}
+
+    def _echo(self, socket: Socket, package: Package) -> dict[str, Any]:
+        return {"echo": package.body}
+
+    async def _hang(self, socket: Socket, package: Package) -> None:
+        await self._stopping.wait()
+
+    def on_socket_open(self, socket: Socket) -> None:
+        if self.ask:
+            self.create_task(self._ask(socket), name="ask")
+
+    async def _ask(self, socket: Socket) -> None:
+        assert self.client is not None
+        log.info("hang request sent")
+        try:
+            await self.client.request(socket, "hang", {}, timeout=300.0)
+        except Exception as exc:
+            log.info("hang request ended: %s %s", type(exc).__name__, exc)
+
+
+async def main(options: dict[str, Any]) -> None:
+    Service.ask = bool(options.pop("_ask", False))
+    node = Node(threads=(Service,), **options)
+    await node.start()
+    if node.url is not None:
+        print("listening", node.url, flush=True)
+    print("started", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await node.stop()
+    print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    options = json.loads(sys.argv[1])
+    logging.basicConfig(
+        level=options.pop("_log_level", "INFO"),
+        stream=sys.stderr,
+        format="%(created).3f %(name)s %(levelname)s %(message)s",
+    )
+    asyncio.run(main(options))

@@ -1,0 +1,314 @@
+"""The liveness rules, on a fake clock: when to ping, when a peer is dead."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from trustp2p.options import NodeOptions
+from trustp2p.protocol.liveness import Liveness, LivenessTimings, Verdict
+
+TIMINGS = LivenessTimings(interval=10.0, timeout=10.0, period=4.0)
+
+
+class Peer:
+    """One connection's liveness and what the node would see of the peer."""
+
+    def __init__(self, timings: LivenessTimings = TIMINGS, now: float = 1000.0) -> None:
+        self.now = now
+        self.liveness = Liveness(now, timings)
+        self.last_bytes = now
+        self.last_package = now
+        self.backlog = 0
+        self.reading_paused = False
+
+    def check(self) -> Verdict:
+        verdict = self.liveness.check(
+            self.now,
+            last_bytes=self.last_bytes,
+            last_package=self.last_package,
+            backlog=self.backlog,
+            reading_paused=self.reading_paused,
+        )
+        if verdict is Verdict.PING:
+            self.liveness.ping_sent(self.now, self.backlog)
+        return verdict
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def package(self) -> None:
+        """A complete package arrives now."""
+        self.last_bytes = self.last_package = self.now
+
+    def partial(self) -> None:
+        """Bytes of a package not complete yet arrive now."""
+        self.last_bytes = self.now
+
+    def pong(self) -> float | None:
+        self.package()
+        return self.liveness.pong_received(self.now)
+
+
+def test_first_ping_is_one_interval_after_the_connection_opened() -> None:
+    peer = Peer()
+    peer.advance(9.9)
+    assert peer.check() is Verdict.NOTHING
+    peer.advance(0.1)
+    assert peer.check() is Verdict.PING
+    assert peer.liveness.outstanding == peer.now
+
+
+def test_pings_follow_the_schedule_even_while_the_peer_talks() -> None:
+    peer = Peer()
+    pings = []
+    for _ in range(100):  # 50 s of rounds 0.5 s apart, a package in each
+        peer.advance(0.5)
+        peer.package()
+        if peer.check() is Verdict.PING:
+            pings.append(peer.now - 1000.0)
+            peer.advance(0.01)
+            assert peer.pong() == pytest.approx(0.01)
+    # Every 10 s, give or take the 10 ms pongs that shift the rounds.
+    assert pings == pytest.approx([10.0, 20.0, 30.0, 40.0, 50.0], abs=0.05)
+
+
+def test_one_ping_outstanding_at_a_time() -> None:
+    peer = Peer()
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    peer.advance(9.0)
+    peer.partial()  # keeps it from being charged
+    assert peer.check() is Verdict.NOTHING
+    peer.advance(9.0)
+    peer.partial()
+    assert peer.check() is Verdict.NOTHING
+
+
+def test_a_silent_peer_is_dead_once_its_ping_is_charged_the_timeout() -> None:
+    peer = Peer()
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    for _ in range(4):
+        peer.advance(2.0)
+        assert peer.check() is Verdict.NOTHING
+    assert peer.liveness.charged == pytest.approx(8.0)
+    peer.advance(2.0)
+    assert peer.check() is Verdict.DEAD
+
+
+def test_a_peer_that_talks_but_never_answers_is_dead_as_soon() -> None:
+    peer = Peer()
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    verdicts = []
+    for _ in range(5):
+        peer.advance(1.0)
+        peer.package()  # right before the check: complete packages are no excuse
+        peer.advance(1.0)
+        peer.package()
+        verdicts.append(peer.check())
+    assert verdicts == [Verdict.NOTHING] * 4 + [Verdict.DEAD]
+
+
+def test_a_large_frame_in_flight_never_trips_the_heartbeat() -> None:
+    """The pong waits behind a frame that takes a minute to arrive: each read of it
+    (a partial frame) is progress."""
+    peer = Peer()
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    for _ in range(30):
+        peer.advance(1.0)
+        peer.partial()
+        peer.advance(1.0)
+        assert peer.check() is Verdict.NOTHING
+    assert peer.liveness.charged == 0.0
+    peer.package()  # the frame is complete; the pong follows
+    peer.advance(0.01)
+    assert peer.pong() == pytest.approx(60.01)
+
+
+def test_a_frame_that_stops_arriving_is_charged_from_then_on() -> None:
+    peer = Peer()
+    peer.advance(10.0)
+    peer.check()
+    peer.advance(2.0)
+    peer.partial()
+    assert peer.check() is Verdict.NOTHING
+    verdicts = []
+    for _ in range(4):
+        peer.advance(2.5)
+        verdicts.append(peer.check())
+    assert verdicts == [Verdict.NOTHING] * 3 + [Verdict.DEAD]
+
+
+def test_our_own_frame_draining_ahead_of_the_ping_is_progress() -> None:
+    """Our 1 MiB frame is read slowly by the peer; the ping waits behind it."""
+    peer = Peer()
+    peer.advance(10.0)
+    peer.backlog = 2**20
+    assert peer.check() is Verdict.PING
+    while peer.backlog > 0:
+        peer.advance(2.0)
+        peer.backlog = max(0, peer.backlog - 2**20 // 20)
+        assert peer.check() is Verdict.NOTHING
+    assert peer.liveness.charged == 0.0
+    assert peer.pong() is not None
+
+
+def test_our_frame_stuck_on_its_way_is_no_excuse() -> None:
+    """The peer stopped reading (or the link is a black hole): the backlog stays."""
+    peer = Peer()
+    peer.advance(10.0)
+    peer.backlog = 2**20
+    peer.check()
+    verdicts = []
+    for _ in range(5):
+        peer.advance(2.0)
+        verdicts.append(peer.check())
+    assert verdicts == [Verdict.NOTHING] * 4 + [Verdict.DEAD]
+
+
+def test_time_we_are_not_reading_is_not_charged() -> None:
+    peer = Peer()
+    peer.advance(10.0)
+    peer.check()
+    peer.reading_paused = True
+    for _ in range(10):
+        peer.advance(4.0)
+        assert peer.check() is Verdict.NOTHING
+    peer.reading_paused = False
+    peer.advance(4.0)
+    assert peer.check() is Verdict.NOTHING
+    assert peer.liveness.charged == pytest.approx(4.0)
+
+
+def test_a_pong_ends_the_ping_and_its_charge() -> None:
+    peer = Peer()
+    assert peer.liveness.pong_received(peer.now) is None  # no ping outstanding
+    peer.advance(10.0)
+    peer.check()
+    peer.advance(6.0)
+    assert peer.check() is Verdict.NOTHING
+    assert peer.pong() == pytest.approx(6.0)
+    assert (peer.liveness.outstanding, peer.liveness.charged) == (None, 0.0)
+    assert peer.liveness.last_rtt == pytest.approx(6.0)
+    peer.advance(4.0)  # the next ping is one interval after this one was sent
+    assert peer.check() is Verdict.PING
+
+
+def test_the_peers_ping_puts_ours_off() -> None:
+    peer = Peer()
+    peer.advance(6.0)
+    peer.liveness.ping_received(peer.now)  # it shows the link works both ways
+    peer.advance(9.0)
+    assert peer.check() is Verdict.NOTHING
+    peer.advance(1.0)
+    assert peer.check() is Verdict.PING
+    # With a ping of ours outstanding, theirs is no answer to it.
+    peer.advance(1.0)
+    peer.liveness.ping_received(peer.now)
+    assert peer.liveness.outstanding is not None
+
+
+def test_the_side_that_dialled_waits_one_period_longer() -> None:
+    follower = Liveness(1000.0, TIMINGS, leads=False)
+    kwargs = {"last_bytes": 1000.0, "last_package": 1000.0}
+    assert follower.check(1010.0, **kwargs) is Verdict.NOTHING
+    assert follower.check(1013.9, **kwargs) is Verdict.NOTHING
+    assert follower.check(1014.0, **kwargs) is Verdict.PING
+
+
+class Side:
+    """One end of a simulated connection: its liveness and its jittered rounds."""
+
+    def __init__(self, timings: LivenessTimings, jitter: float, rng: random.Random, *, leads: bool):
+        self.liveness = Liveness(0.0, timings, leads=leads)
+        self.timings, self.jitter, self.rng = timings, jitter, rng
+        self.next_round = self.round_length()
+        self.dead_at: float | None = None
+        self.pings = 0
+
+    def round_length(self) -> float:
+        return self.rng.uniform(self.timings.period - self.jitter, self.timings.period)
+
+
+def simulate(timings: LivenessTimings, jitter: float, seed: int) -> tuple[float, float, int]:
+    """
+    Two sides running the rules on jittered rounds, over a link with no delay that dies
+    at a random time; answers are instant until then. Returns how long after the death
+    each side (leader, follower) reached DEAD, and how many pings went out before it.
+    """
+    rng = random.Random(seed)
+    leader = Side(timings, jitter, rng, leads=True)
+    follower = Side(timings, jitter, rng, leads=False)
+    death = rng.uniform(3 * timings.interval, 6 * timings.interval)
+    while leader.dead_at is None or follower.dead_at is None:
+        side = min((leader, follower), key=lambda s: s.next_round)
+        other = follower if side is leader else leader
+        now = side.next_round
+        side.next_round += side.round_length()
+        if side.dead_at is not None:
+            continue
+        last = min(now, death)  # what the side last heard, in this model
+        verdict = side.liveness.check(now, last_bytes=last, last_package=last)
+        if verdict is Verdict.PING:
+            side.liveness.ping_sent(now)
+            if now < death:
+                side.pings += 1
+                other.liveness.ping_received(now)
+                side.liveness.pong_received(now)
+        elif verdict is Verdict.DEAD:
+            side.dead_at = now
+    assert leader.dead_at is not None and follower.dead_at is not None
+    return leader.dead_at - death, follower.dead_at - death, leader.pings + follower.pings
+
+
+def test_default_options_find_a_dead_link_within_30_s_on_both_sides() -> None:
+    """The requirement, checked on the rules with the shipped options: a link that
+    dies is found within 30 s by each side."""
+    options = NodeOptions(server=True, client=True)
+    timings = options.liveness_timings()
+    assert timings == LivenessTimings(interval=10.0, timeout=10.0, period=3.0)
+    assert timings.detection_bound == 29.0
+    worst = 0.0
+    for seed in range(300):
+        leader, follower, _ = simulate(timings, options.heartbeat_jitter, seed)
+        worst = max(worst, leader, follower)
+    assert worst <= timings.detection_bound <= 30.0
+
+
+def test_the_two_sides_share_one_ping_per_interval() -> None:
+    """Idle peers cost one ping per interval and connection, not one per side."""
+    options = NodeOptions(server=True, client=True)
+    timings = options.liveness_timings()
+    rng = random.Random(1)
+    leader = Side(timings, options.heartbeat_jitter, rng, leads=True)
+    follower = Side(timings, options.heartbeat_jitter, rng, leads=False)
+    for _ in range(400):  # about 15 minutes
+        side = min((leader, follower), key=lambda s: s.next_round)
+        other = follower if side is leader else leader
+        now = side.next_round
+        side.next_round += side.round_length()
+        if side.liveness.check(now, last_bytes=now, last_package=now) is Verdict.PING:
+            side.liveness.ping_sent(now)
+            side.pings += 1
+            other.liveness.ping_received(now)
+            side.liveness.pong_received(now)
+    assert follower.pings == 0
+    minutes = leader.next_round / 60
+    assert 4 <= leader.pings / minutes <= 6  # one every 10 to 12 s
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"interval": 0}, "interval must be a positive number of seconds, not 0"),
+        ({"timeout": -1.0}, "timeout must be a positive number of seconds, not -1.0"),
+        ({"period": float("inf")}, "period must be a positive number of seconds, not inf"),
+    ],
+)
+def test_timings_check_themselves(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LivenessTimings(**kwargs)

@@ -1,0 +1,81 @@
+"""Backpressure, not self-harm: the application's bursts wait for the socket to drain;
+only a peer that reads nothing is disconnected."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from trustp2p import CloseCode, ConnectionClosed, EventMap, Package, PackageType, Socket, Thread
+from trustp2p.protocol.package import build_package
+
+from .nodes import MakeNode, wait_for
+
+
+class Echo(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"echo": self.echo}}
+
+    async def echo(self, socket: Socket, package: Package) -> dict[str, Any]:
+        return {"size": len(package.body["data"])}
+
+
+async def test_a_burst_of_large_requests_never_disconnects_the_sender(
+    make_node: MakeNode,
+) -> None:
+    """Default send queue and write limit: 100 outstanding 128 KiB requests."""
+    server = await make_node(server=True, threads=[Echo])
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    data = "x" * 128 * 1024
+    answers = await asyncio.gather(
+        *(client.client.request(socket, "echo", {"data": data, "n": n}) for n in range(100))
+    )
+    assert answers == [{"size": len(data)}] * 100
+    assert not socket.closed
+
+
+async def test_a_broadcast_reaches_every_peer_of_a_burst(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    clients = [await make_node(client=True, peers=[server.url]) for _ in range(3)]
+    assert server.server is not None
+    await server.server.wait_connected(3)
+    for n in range(200):
+        results = await server.server.broadcast("news", {"n": n, "pad": "y" * 4096})
+        assert set(results.values()) == {None}
+    assert all(not s.closed for s in server.server.sockets)
+    assert all(c.client is not None and c.client.sockets for c in clients)
+
+
+async def test_a_peer_that_reads_nothing_is_closed_once(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trustp2p.node")
+    server = await make_node(server=True, secure=False, send_stall_timeout=0.3, write_limit=1024)
+    assert server.url is not None and server.server is not None
+    async with connect(server.url, compression=None, max_queue=1) as ws:
+        await server.server.wait_connected()
+        inbound = server.server.sockets[0]
+        talk = build_package(PackageType.TALK, "news", {"pad": "z" * 8192})
+
+        async def flood() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await server.send(inbound, talk)  # waits: this peer never reads
+
+        task = asyncio.ensure_future(flood())
+        await wait_for(lambda: inbound.closed, timeout=10)
+        await asyncio.wait_for(task, 5)
+        # Aborted at once: a peer that reads nothing would never read a close frame.
+        assert inbound.close_code == CloseCode.ABNORMAL_CLOSURE
+        ws.transport.abort()
+    stalls = [r for r in caplog.records if "peer read nothing for 0.3 s" in r.getMessage()]
+    assert len(stalls) == 1
