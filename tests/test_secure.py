@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.protocol import State
 
 from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
 from trustp2p.identity import Identity, short_id
@@ -268,7 +269,7 @@ async def test_one_connection_per_peer_when_both_dial(make_node: MakeNode) -> No
 # Limits
 
 
-async def test_max_inbound_counts_half_open_and_refuses_quickly(
+async def test_half_open_handshakes_count_and_the_oldest_make_room(
     make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[bool] = []  # every Noise handshake the nodes begin: initiator?
@@ -283,24 +284,51 @@ async def test_max_inbound_counts_half_open_and_refuses_quickly(
     client = await make_node(client=True, peers=[server.url])
     assert server.url is not None and client.client is not None
     await client.client.wait_connected()
+    await wait_for(lambda: server.connections.admission.handshaking == 0)  # it said hello
     # 99 more connections that never finish their handshake: half-open.
     half_open = [await connect(server.url, compression=None) for _ in range(99)]
+    newer: list[ClientConnection] = []
     try:
         await wait_for(lambda: started.count(False) == 100)
-        refused = 0
+        assert len(server.connections.admission) == 100
+        # Every slot is taken: each new connection drops the oldest half-open one.
         for _ in range(50):
-            async with connect(server.url, compression=None) as ws:
-                # Refused before any cryptography: no handshake message arrives.
-                assert await closed_by_peer(ws) == (1013, "inbound connections maxed out")
-                refused += 1
-        assert refused == 50
-        # The server began a handshake (keys, state) for the first 100 only.
-        assert started.count(False) == 100
+            newer.append(await connect(server.url, compression=None))
+        for ws in half_open[:50]:
+            await ws.wait_closed()
+        assert all(ws.state is State.OPEN for ws in half_open[50:] + newer)
+        assert len(server.connections.admission) == 100
+        # The client that finished its handshake was never in danger.
         answer = await client.client.request(client.client.sockets[0], "echo", {"still": 1})
         assert answer["echo"] == {"still": 1}
     finally:
-        for ws in half_open:
+        for ws in half_open + newer:
             await ws.close()
+
+
+async def test_full_of_finished_connections_refuses_before_any_cryptography(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[bool] = []
+
+    class Counted(NoiseHandshake):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(bool(kwargs.get("initiator", args[1] if len(args) > 1 else False)))
+
+    monkeypatch.setattr("trustp2p.security.channel.NoiseHandshake", Counted)
+    server = await make_node(server=True, threads=[Recorder], max_inbound=2)
+    for _ in range(2):
+        client = await make_node(client=True, peers=[server.url])
+        assert client.client is not None
+        await client.client.wait_connected()
+    await wait_for(lambda: server.connections.admission.handshaking == 0)
+    assert server.url is not None
+    for _ in range(5):
+        async with connect(server.url, compression=None) as ws:
+            # Refused at accept; told why once upgraded; no handshake message arrives.
+            assert await closed_by_peer(ws) == (1013, "inbound connections maxed out")
+    assert started.count(False) == 2  # the server began a handshake for the two only
 
 
 async def test_per_address_limits(make_node: MakeNode) -> None:

@@ -43,8 +43,10 @@ class NodeOptions:
         program_version: Its version, sent in the version talk.
         max_package_size: Largest package accepted; a larger frame closes the
             connection with code 1009. ``None`` disables the limit.
-        max_inbound: Most clients connected at once; the next one is closed with code
-            1013. ``None`` disables the limit.
+        max_inbound: Most clients connected at once, counted from TCP accept. When all
+            are taken, the oldest still in its handshake is dropped for a new one; when
+            all finished theirs, the next one is closed with code 1013. ``None``
+            disables the limit.
         max_concurrent_requests: Requests of one connection whose (coroutine) handlers
             run at once; each response goes out as its handler finishes. Talks, gossip
             and socket hooks are handled one at a time, in order.
@@ -76,7 +78,11 @@ class NodeOptions:
             ``False`` speaks the original's plain protocol; the two refuse each other.
         identity: The node's identity; by default loaded from (or created in)
             ``<cwd>/identity/node.key``, or made up for this run when ``cwd`` is None.
-        handshake_timeout: Time allowed for the secure handshake.
+        handshake_timeout: Time an inbound connection has, from TCP accept, to finish
+            its handshakes: the WebSocket upgrade, the Noise handshake and its hello
+            (in plain mode, its version talk or first message); also the Noise
+            deadline of our dials. It counts against ``max_inbound`` and the
+            per-address limits meanwhile.
         listen_urls: URLs this node announces to peers; by default the URL it listens on.
         peer_store: Keep the peer store in ``<cwd>/data/peers.sqlite`` (in memory when
             ``cwd`` is None or this is False).
@@ -98,6 +104,10 @@ class NodeOptions:
         max_per_ip: Inbound connections at once from one address; ``None``: no limit.
         ip_rate: New inbound connections per second from one address...
         ip_burst: ...with this burst.
+        address_rate: New addresses per second a peer may make us store (from its
+            hello, ``my_url`` and ``get_peers`` answers); a new peer may add 100 at
+            once...
+        address_burst: ...and save up to this many.
         limit_loopback: Apply the per-address limits to loopback addresses too.
         target_outbound: Outbound connections the client keeps, drawing on the peer
             store when its bootstrap ``peers`` aren't enough.
@@ -181,6 +191,8 @@ class NodeOptions:
     max_per_ip: int | None = 8
     ip_rate: float = 0.2
     ip_burst: int = 16
+    address_rate: float = 0.1
+    address_burst: int = 1000
     limit_loopback: bool = False
     target_outbound: int = 8
     anchor_age: float = 600.0
@@ -320,6 +332,7 @@ _DURATIONS = (
     "send_stall_timeout",
     "request_rate",
     "ip_rate",
+    "address_rate",
     "exchange_interval",
     "anchor_age",
     "gossip_interval",
@@ -333,6 +346,7 @@ _AT_LEAST_ONE = (
     "max_send_queue",
     "request_burst",
     "ip_burst",
+    "address_burst",
     "min_packages",
     "max_pending_packages",
     "max_concurrent_requests",

@@ -39,6 +39,7 @@ from trustp2p.exceptions import ConnectionClosed, DriverError
 
 __all__ = [
     "TIMEOUT",
+    "AcceptingListener",
     "DriverConformance",
     "DriverFactory",
     "DriverHarness",
@@ -173,6 +174,23 @@ class RecordingListener:
         ]
 
 
+class AcceptingListener(RecordingListener):
+    """
+    A :class:`RecordingListener` that is also an
+    :class:`~trustp2p.drivers.base.AcceptListener`: it records ``on_accept`` as
+    ``DriverEvent.ACCEPT``, then runs ``on_accept_hook`` (close or abort the socket).
+    """
+
+    def __init__(self, on_accept_hook: Callable[[Socket], None] | None = None) -> None:
+        super().__init__()
+        self.on_accept_hook = on_accept_hook
+
+    def on_accept(self, socket: Socket) -> None:
+        self._record(DriverEvent.ACCEPT, socket, None)
+        if self.on_accept_hook is not None:
+            self.on_accept_hook(socket)
+
+
 @dataclass
 class Pair:
     """Both ends of one connection and what their listeners recorded."""
@@ -211,6 +229,14 @@ class DriverHarness:
     def recorder(self) -> RecordingListener:
         """A new recording listener whose sockets get closed at teardown."""
         listener = RecordingListener()
+        self._listeners.append(listener)
+        return listener
+
+    def accepting_recorder(
+        self, on_accept_hook: Callable[[Socket], None] | None = None
+    ) -> AcceptingListener:
+        """A new :class:`AcceptingListener` whose sockets get closed at teardown."""
+        listener = AcceptingListener(on_accept_hook)
         self._listeners.append(listener)
         return listener
 
@@ -351,6 +377,59 @@ class DriverConformance:
         assert server.id != client.id
         assert server.stats == SocketStats()
         assert server_events.records[1:] == [Record(DriverEvent.CONNECTION, server, None)]
+
+    # Accepting: a listener that hears of connections before any handshake
+
+    async def test_accept_comes_first_and_close_follows(self, harness: DriverHarness) -> None:
+        events = harness.accepting_recorder()
+        listening, _ = await harness.listen(listener=events)
+        client, _ = await harness.connect(listening.url)
+        server = (await events.next(DriverEvent.CONNECTION)).socket
+        assert server is not None
+        accepted = (await events.next(DriverEvent.ACCEPT)).socket
+        assert accepted is server and server.inbound
+        await client.close()
+        await events.next(DriverEvent.CLOSE, server)
+        assert events.events(server) == [
+            DriverEvent.ACCEPT,
+            DriverEvent.CONNECTION,
+            DriverEvent.CLOSE,
+        ]
+
+    async def test_close_on_accept_is_delivered_and_never_opens(
+        self, harness: DriverHarness
+    ) -> None:
+        events = harness.accepting_recorder(
+            lambda socket: socket.close_soon(CloseCode.TRY_AGAIN_LATER, "try again later")
+        )
+        listening, _ = await harness.listen(listener=events)
+        client, _ = await harness.connect(listening.url)
+        async with asyncio.timeout(TIMEOUT):
+            await client.wait_closed()
+        assert (client.close_code, client.close_reason) == (
+            CloseCode.TRY_AGAIN_LATER,
+            "try again later",
+        )
+        server = (await events.next(DriverEvent.ACCEPT)).socket
+        assert server is not None
+        await events.next(DriverEvent.CLOSE, server)
+        assert events.events(server) == [DriverEvent.ACCEPT, DriverEvent.CLOSE]
+
+    async def test_abort_on_accept(self, harness: DriverHarness) -> None:
+        events = harness.accepting_recorder(lambda socket: socket.abort())
+        listening, _ = await harness.listen(listener=events)
+        try:
+            client, _ = await harness.connect(listening.url)
+        except DriverError:
+            pass  # a driver with a handshake (ws) fails it; others open, then drop
+        else:
+            async with asyncio.timeout(TIMEOUT):
+                await client.wait_closed()
+            assert client.close_code == CloseCode.ABNORMAL_CLOSURE
+        server = (await events.next(DriverEvent.ACCEPT)).socket
+        assert server is not None
+        await events.next(DriverEvent.CLOSE, server)
+        assert events.events(server) == [DriverEvent.ACCEPT, DriverEvent.CLOSE]
 
     async def test_connect_nothing_listening(
         self, harness: DriverHarness, unreachable_url: str

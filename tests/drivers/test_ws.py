@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.datastructures import HeadersLike
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import MS
 from tests.drivers.conformance import (
@@ -234,6 +234,45 @@ async def test_handshake_timeout_drops_client(harness: DriverHarness) -> None:
         writer.close()
         await writer.wait_closed()
     assert [record.event for record in events.records] == [DriverEvent.START]
+
+
+async def test_accept_before_the_upgrade_and_close_without_it(harness: DriverHarness) -> None:
+    """An accepting listener hears of a connection at TCP accept, and of its end even if
+    it never upgrades (the peer leaves, or the open timeout drops it)."""
+    events = harness.accepting_recorder()
+    listening, _ = await harness.listen(DriverOptions(open_timeout=100 * MS), listener=events)
+    host, port = listening.url.removeprefix("ws://").rsplit(":", 1)
+    for leave in (True, False):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            accepted = (await events.next(DriverEvent.ACCEPT)).socket
+            assert accepted is not None and accepted.host == "127.0.0.1"
+            if leave:
+                writer.close()
+            else:
+                async with asyncio.timeout(TIMEOUT):
+                    assert await reader.read() == b""  # dropped at the open timeout
+            await events.next(DriverEvent.CLOSE, accepted)
+            assert events.events(accepted) == [DriverEvent.ACCEPT, DriverEvent.CLOSE]
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+async def test_close_on_accept_waits_for_the_upgrade_to_say_why(
+    harness: DriverHarness,
+) -> None:
+    events = harness.accepting_recorder(
+        lambda socket: socket.close_soon(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out")
+    )
+    listening, _ = await harness.listen(listener=events)
+    async with ws_connect(listening.url) as client:
+        with pytest.raises(ConnectionClosed):
+            await client.recv()
+    assert (client.close_code, client.close_reason) == (1013, "inbound connections maxed out")
+    accepted = (await events.next(DriverEvent.ACCEPT)).socket
+    await events.next(DriverEvent.CLOSE, accepted)
+    assert events.events(accepted) == [DriverEvent.ACCEPT, DriverEvent.CLOSE]
 
 
 async def _connect_with_headers(

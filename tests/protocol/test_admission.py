@@ -6,6 +6,7 @@ import pytest
 
 from trustp2p.protocol.admission import (
     Admission,
+    Admitted,
     BlockScope,
     Refusal,
     block_scope,
@@ -18,10 +19,19 @@ from ..conftest import FakeClock
 
 
 def admission(
-    *, max_inbound: int | None = 3, blocked: frozenset[str] = frozenset(), **limits: object
+    *,
+    max_inbound: int | None = 3,
+    blocked: frozenset[str] = frozenset(),
+    handshake_timeout: float | None = None,
+    **limits: object,
 ) -> Admission:
     limiter = AddressLimiter(exempt_loopback=False, **limits)  # type: ignore[arg-type]
-    return Admission(max_inbound=max_inbound, limiter=limiter, is_blocked=blocked.__contains__)
+    return Admission(
+        max_inbound=max_inbound,
+        limiter=limiter,
+        is_blocked=blocked.__contains__,
+        handshake_timeout=handshake_timeout,
+    )
 
 
 def test_blocked_address_is_refused_quietly(clock: FakeClock) -> None:
@@ -34,44 +44,144 @@ def test_blocked_address_is_refused_quietly(clock: FakeClock) -> None:
 
 def test_max_inbound_then_release_frees_a_slot(clock: FakeClock) -> None:
     rules = admission(max_inbound=2)
-    assert rules.admit(1, "10.0.0.1", clock()) is None
-    assert rules.admit(2, "10.0.0.2", clock()) is None
+    assert rules.admit(1, "10.0.0.1", clock()) == Admitted()
+    assert rules.admit(2, "10.0.0.2", clock()) == Admitted()
+    rules.finish(1)
+    rules.finish(2)
     refusal = rules.admit(3, "10.0.0.3", clock())
     assert refusal == Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
     rules.release(1)
     rules.release(1)  # twice is harmless
     assert len(rules) == 1
-    assert rules.admit(3, "10.0.0.3", clock()) is None
+    assert rules.admit(3, "10.0.0.3", clock()) == Admitted()
 
 
 def test_per_address_concurrency(clock: FakeClock) -> None:
     rules = admission(max_inbound=None, max_concurrent=1)
-    assert rules.admit(1, "10.0.0.1", clock()) is None
+    assert rules.admit(1, "10.0.0.1", clock()) == Admitted()
     refusal = rules.admit(2, "10.0.0.1", clock())
     assert refusal is not None and refusal.reason == (
         "too many connections from your address (limit 1)"
     )
-    assert rules.admit(3, "10.0.0.2", clock()) is None
+    assert rules.admit(3, "10.0.0.2", clock()) == Admitted()
     rules.release(1)
-    assert rules.admit(4, "10.0.0.1", clock()) is None
+    assert rules.admit(4, "10.0.0.1", clock()) == Admitted()
 
 
 def test_per_address_rate_refills_with_time(clock: FakeClock) -> None:
     rules = admission(max_inbound=None, max_concurrent=None, rate=1.0, burst=2)
-    assert rules.admit(1, "10.0.0.1", clock()) is None
-    assert rules.admit(2, "10.0.0.1", clock()) is None
+    assert rules.admit(1, "10.0.0.1", clock()) == Admitted()
+    assert rules.admit(2, "10.0.0.1", clock()) == Admitted()
     refusal = rules.admit(3, "10.0.0.1", clock())
     assert refusal is not None and refusal.reason == "connecting too often (limit 1/s, burst 2)"
     clock.advance(1.0)
-    assert rules.admit(4, "10.0.0.1", clock()) is None
+    assert rules.admit(4, "10.0.0.1", clock()) == Admitted()
 
 
 def test_release_of_a_refused_connection_changes_nothing(clock: FakeClock) -> None:
     rules = admission(max_inbound=1)
-    assert rules.admit(1, "10.0.0.1", clock()) is None
+    assert rules.admit(1, "10.0.0.1", clock()) == Admitted()
+    rules.finish(1)
     assert rules.admit(2, "10.0.0.2", clock()) is not None
     rules.release(2)
     assert len(rules) == 1
+
+
+def test_a_connection_counts_from_admission_until_release(clock: FakeClock) -> None:
+    rules = admission(max_inbound=None, max_concurrent=2)
+    assert rules.admit(1, "10.0.0.1", clock()) == Admitted()  # at accept: no handshake yet
+    assert (len(rules), rules.handshaking, rules.open_from("10.0.0.1")) == (1, 1, 1)
+    assert not rules.finished(1)
+    rules.finish(1)
+    assert (len(rules), rules.handshaking, rules.finished(1)) == (1, 0, True)
+    rules.release(1)
+    assert (len(rules), rules.open_from("10.0.0.1"), rules.finished(1)) == (0, 0, False)
+
+
+def test_full_slots_evict_the_oldest_unfinished_handshake(clock: FakeClock) -> None:
+    rules = admission(max_inbound=3)
+    for conn_id in (1, 2, 3):
+        assert rules.admit(conn_id, f"10.0.0.{conn_id}", clock()) == Admitted()
+        clock.advance(1.0)
+    rules.finish(1)  # finished: never evicted
+    assert rules.admit(4, "10.0.0.4", clock()) == Admitted(evicted=2)
+    assert rules.admit(5, "10.0.0.5", clock()) == Admitted(evicted=3)
+    assert len(rules) == 3 and rules.open_from("10.0.0.2") == 0
+    rules.release(2)  # the evicted one closing later changes nothing
+    assert len(rules) == 3
+    assert rules.admit(6, "10.0.0.6", clock()) == Admitted(evicted=4)
+    rules.finish(5)
+    rules.finish(6)
+    refusal = rules.admit(7, "10.0.0.7", clock())
+    assert refusal == Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
+
+
+def test_no_eviction_for_a_connection_over_its_address_limits(clock: FakeClock) -> None:
+    rules = admission(max_inbound=2, max_concurrent=1)
+    assert rules.admit(1, "10.0.0.1", clock()) == Admitted()
+    assert rules.admit(2, "10.0.0.2", clock()) == Admitted()
+    refusal = rules.admit(3, "10.0.0.1", clock())
+    assert refusal is not None and refusal.reason == (
+        "too many connections from your address (limit 1)"
+    )
+    assert rules.handshaking == 2  # nobody was evicted for it
+
+
+def test_handshake_deadline_from_admission(clock: FakeClock) -> None:
+    rules = admission(max_inbound=None, handshake_timeout=10.0)
+    assert rules.next_deadline() is None
+    rules.admit(1, "10.0.0.1", clock())
+    clock.advance(4.0)
+    rules.admit(2, "10.0.0.2", clock())
+    clock.advance(4.0)
+    rules.admit(3, "10.0.0.3", clock())
+    assert rules.next_deadline() == 1010.0
+    assert rules.expired(1009.9) == []
+    rules.finish(2)  # in time: no deadline any more
+    assert rules.expired(1014.0) == [1]
+    assert rules.expired(1014.0) == []  # once
+    assert rules.next_deadline() == 1018.0  # 2 finished: 3 is next
+    assert len(rules) == 3  # expired connections count until they close
+    rules.release(3)
+    assert rules.next_deadline() is None
+    assert rules.expired(2000.0) == []
+
+
+def test_an_expired_connection_may_still_be_evicted(clock: FakeClock) -> None:
+    rules = admission(max_inbound=1, handshake_timeout=1.0)
+    rules.admit(1, "10.0.0.1", clock())
+    clock.advance(2.0)
+    assert rules.expired(clock()) == [1]  # being closed, slowly: it doesn't answer
+    assert rules.admit(2, "10.0.0.2", clock()) == Admitted(evicted=1)
+
+
+def test_no_deadline_without_handshake_timeout(clock: FakeClock) -> None:
+    rules = admission(max_inbound=None)
+    rules.admit(1, "10.0.0.1", clock())
+    assert rules.next_deadline() is None
+    assert rules.expired(clock() + 1e9) == []
+
+
+def test_a_proxied_connection_counts_against_its_real_address(clock: FakeClock) -> None:
+    rules = admission(max_inbound=10, max_concurrent=1, blocked=frozenset({"10.0.0.9"}))
+    rules.admit(1, "10.0.0.1", clock())  # the proxy's address at accept
+    assert rules.readdress(1, "10.0.0.1", clock()) is None  # the same: nothing to do
+    assert rules.readdress(1, "203.0.113.7", clock()) is None
+    assert (rules.open_from("10.0.0.1"), rules.open_from("203.0.113.7")) == (0, 1)
+    rules.admit(2, "10.0.0.1", clock())
+    refusal = rules.readdress(2, "203.0.113.7", clock())
+    assert refusal is not None and refusal.reason == (
+        "too many connections from your address (limit 1)"
+    )
+    rules.admit(3, "10.0.0.1", clock())
+    assert rules.readdress(3, "10.0.0.9", clock()) == Refusal(
+        CloseCode.POLICY_VIOLATION, "blocked", warn=False
+    )
+    assert len(rules) == 3  # refused ones hold their slot until they close
+    for conn_id in (1, 2, 3):
+        rules.release(conn_id)
+    assert (len(rules), rules.open_from("203.0.113.7"), rules.open_from("10.0.0.1")) == (0, 0, 0)
+    assert rules.readdress(4, "10.0.0.1", clock()) is None  # unknown: nothing happens
 
 
 A, B, C = "tpa", "tpb", "tpc"

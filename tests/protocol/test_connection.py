@@ -25,6 +25,7 @@ from trustp2p.protocol.connection import (
     Lost,
     Penalty,
     PingAnswered,
+    SelfDial,
     Send,
     Throttle,
     error_answer,
@@ -126,6 +127,53 @@ def test_empty_text_frame_of_the_original_is_ignored(clock: FakeClock) -> None:
     [action] = connection.receive_data("")
     assert type(action) is Ignore and "empty text frame" in action.reason
     assert connection.invalid == 0 and not connection.last_valid
+    # It is the original's introduction: the peer finished its handshake.
+    assert connection.state is ConnectionState.OPEN
+
+
+NONCE = "5f1c9a7e2b3d4c6a"
+
+
+def test_our_own_nonce_means_we_dialled_ourselves(clock: FakeClock) -> None:
+    ours_with_nonce = build_package(
+        PackageType.TALK, VERSION_EVENT, version_body(library_version="0.1.0", nonce=NONCE)
+    )
+    connection = ConnectionProtocol(
+        secure=False,
+        peer_id=None,
+        introduction=ours_with_nonce,
+        clock=clock,
+        is_handled=lambda *_: True,
+        nonce=NONCE,
+    )
+    connection.start()
+    # Our own version talk comes back: the other end of this connection is us.
+    assert connection.receive_data(encode(ours_with_nonce)) == [
+        SelfDial(CloseCode.NORMAL_CLOSURE, "dialled ourselves")
+    ]
+    assert connection.state is ConnectionState.CLOSING
+    assert connection.invalid == 0  # nobody is at fault
+    assert connection.receive_data(request()) == []
+
+
+def test_another_nonce_or_none_is_another_node(clock: FakeClock) -> None:
+    for body in (version_body(library_version="0.1.0", nonce="0123456789abcdef"), VERSION):
+        connection = ConnectionProtocol(
+            secure=False,
+            peer_id=None,
+            introduction=ours(),
+            clock=clock,
+            is_handled=lambda *_: True,
+            nonce=NONCE,
+        )
+        connection.start()
+        talk = build_package(PackageType.TALK, VERSION_EVENT, body)
+        assert connection.receive_data(encode(talk)) == [Introduced(body, [])]
+
+
+def test_the_nonce_is_a_new_key_of_the_version_body() -> None:
+    assert version_body(library_version="0.1.0", nonce=NONCE) == {**VERSION, "nonce": NONCE}
+    assert "nonce" not in VERSION
 
 
 def test_empty_text_frame_on_a_secure_connection_is_invalid(clock: FakeClock) -> None:

@@ -12,11 +12,16 @@ connection: ``on_connection`` (inbound) or ``on_open`` (outbound) first, then
 ``on_close`` exactly once. Writing is synchronous (:meth:`Socket.write` buffers one
 message); :meth:`Socket.drain` waits for the buffer to go down, as asyncio streams do.
 
+A listener may also hear of an inbound connection as soon as the transport accepts it
+(TCP accept), before the driver's own handshake (the WebSocket upgrade): see
+:class:`AcceptListener`. Limits then count every connection from its first byte.
+
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AcceptListener",
     "CloseCode",
     "Driver",
     "DriverEvent",
@@ -25,6 +30,7 @@ __all__ = [
     "Listening",
     "Socket",
     "SocketStats",
+    "accept_hook",
     "fit_reason",
 ]
 
@@ -33,6 +39,7 @@ import asyncio
 import enum
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -47,6 +54,7 @@ class DriverEvent(enum.Enum):
     """What a driver reports to its :class:`Listener`."""
 
     START = "start"  # a server started listening
+    ACCEPT = "accept"  # a server accepted a connection, before any handshake
     CONNECTION = "connection"  # a peer connected to us
     OPEN = "open"  # we connected to a peer
     MESSAGE = "message"  # a message arrived
@@ -113,6 +121,33 @@ class Listener(Protocol):
     def on_error(self, socket: Socket, error: Exception) -> None: ...
 
     def on_close(self, socket: Socket) -> None: ...
+
+
+class AcceptListener(Listener, Protocol):
+    """
+    A listener that hears of inbound connections at accept, before any handshake.
+
+    Every driver calls :meth:`on_accept` as soon as the transport accepts a connection
+    (its ``host`` and ``peer`` are known), before its own opening handshake if it has
+    one (``ws``: the HTTP upgrade). The listener may then:
+
+    * leave it: ``on_connection`` follows once the driver's handshake is done;
+    * :meth:`Socket.close_soon` it: ``on_connection`` never comes. A driver with a
+      handshake completes it first, within ``open_timeout``, to deliver the close code
+      and reason (``ws``: the upgrade, then a close frame); others send it at once;
+    * :meth:`Socket.abort` it, now or at any later time.
+
+    From :meth:`on_accept` on, the listener hears ``on_close`` exactly once for that
+    socket, whether it ever opened or not (``on_error`` only after ``on_connection``).
+    """
+
+    def on_accept(self, socket: Socket) -> None: ...
+
+
+def accept_hook(listener: Listener) -> Callable[[Socket], None] | None:
+    """The listener's ``on_accept`` if it is an :class:`AcceptListener`, else ``None``."""
+    hook = getattr(listener, "on_accept", None)
+    return hook if callable(hook) else None
 
 
 _socket_ids = itertools.count(1)
@@ -248,6 +283,19 @@ class Socket(abc.ABC):
             self._listener.on_message(self, data)
         except Exception:  # a bug in the listener must not break the transport
             logger.error("! listener failed on a message from %s", self.peer, exc_info=True)
+
+    def _report_accept(self) -> bool:
+        """For drivers: tell the listener of this inbound connection at accept, if it is
+        an :class:`AcceptListener`. Returns whether it was: it must then hear
+        ``on_close`` for this socket whatever happens."""
+        hook = accept_hook(self._listener)
+        if hook is None:
+            return False
+        try:
+            hook(self)
+        except Exception:
+            logger.error("! listener failed in on_accept for %s", self.peer, exc_info=True)
+        return True
 
     def _report(self, name: str, *args: object) -> None:
         """Call a listener callback, logging a failure instead of raising it."""

@@ -227,6 +227,7 @@ class MemorySocket(Socket):
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._lost_waiter: asyncio.Future[None] = self._loop.create_future()
+        self._announced = False  # the listener heard of it: it hears on_close too
 
     @property
     def closed(self) -> bool:
@@ -294,8 +295,14 @@ class MemorySocket(Socket):
         self._other = other
 
     def announce(self) -> None:
-        """Report the new connection to the listener (``on_connection`` on the server
-        end, ``on_open`` on the client end); the driver calls it once on each end."""
+        """Report the new connection to the listener (``on_accept`` then
+        ``on_connection`` on the server end, ``on_open`` on the client end); the driver
+        calls it once on each end."""
+        self._announced = True
+        if self.inbound:
+            self._report_accept()
+            if self._state != _OPEN:
+                return  # the listener closed it on accept
         self._report("on_connection" if self.inbound else "on_open")
 
     @property
@@ -423,7 +430,8 @@ class MemorySocket(Socket):
             if not waiter.done():
                 waiter.set_result(None)
         self._drain_waiters.clear()
-        self._report("on_close")
+        if self._announced:
+            self._report("on_close")
         self._lost_waiter.set_result(None)
 
 
@@ -504,5 +512,7 @@ class MemoryDriver(Driver):
         if delay:
             await asyncio.sleep(delay)
         server.announce()
+        if client.closed:  # the server dropped it on accept
+            raise DriverError(f"can't connect to {url}: connection closed during handshake")
         client.announce()
         return client

@@ -209,6 +209,12 @@ class TcpSocket(StreamSocket):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.last_seen = self._loop.time()
+        if self.inbound:
+            # There is no handshake: accepted and open at once, unless the listener
+            # closed it on accept (connection_lost() reports on_close either way).
+            self._report_accept()
+            if self._state != _OPEN or self._aborted:
+                return
         self._report("on_connection" if self.inbound else "on_open")
 
     def buffer_updated(self, nbytes: int) -> None:

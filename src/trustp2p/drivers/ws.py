@@ -73,6 +73,9 @@ class WsSocket(StreamSocket):
         self._fragment_text = False
         self._closing = False  # we sent a close frame: drop what arrives after it
         self._held: deque[Frame] = deque()  # frames read before a pause_reading()
+        self._accepted = False  # the listener heard on_accept: it hears on_close too
+        # close_soon() before the upgrade (server side): sent right after the upgrade.
+        self._close_on_open: tuple[int, str] | None = None
 
     # Socket API
 
@@ -95,13 +98,21 @@ class WsSocket(StreamSocket):
             self._flush()
             self._set_close_timer()
         elif state is State.CONNECTING:
-            self.abort()
+            if self.inbound and not self._aborted:
+                # Finish the upgrade to deliver the code and reason: a client that can't
+                # be served learns why (within open_timeout, else it is dropped).
+                if self._close_on_open is None:
+                    self._close_on_open = (code, reason)
+            else:
+                self.abort()
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._timer = self._loop.call_later(self._options.open_timeout, self._open_timed_out)
+        if self.inbound:
+            self._accepted = self._report_accept()
         if self._request is not None:
             assert isinstance(self._protocol, ClientProtocol)
             self._protocol.send_request(self._request)
@@ -164,6 +175,7 @@ class WsSocket(StreamSocket):
             error = None if self._aborted else protocol.parser_exc or exc
             if error is not None:
                 self._report("on_error", self._describe_error(error))
+        if self._opened or self._accepted:
             self._report("on_close")
         self._lost_waiter.set_result(None)
 
@@ -231,14 +243,32 @@ class WsSocket(StreamSocket):
                     response = protocol.reject(400, "Invalid X-Real-IP header.\n")
         protocol.send_response(response)
         self._flush()
-        if response.status_code == 101:
+        if response.status_code != 101:
+            return
+        if self._close_on_open is not None:
+            self._close_after_upgrade(*self._close_on_open)
+        else:
             self._handshake_done()
 
+    def _close_after_upgrade(self, code: int, reason: str) -> None:
+        """The listener closed this connection before its upgrade: close it now, without
+        reporting it open."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closing = True
+        self._protocol.send_close(code, reason)
+        self._flush()
+        self._set_close_timer()
+
     def _handshake_done(self) -> None:
-        if self._protocol.state is not State.OPEN:
+        protocol = self._protocol
+        if protocol.handshake_exc is not None or protocol.state is State.CONNECTING:
             # The server sent a bad response; connection_lost() reports it.
             self.abort()
             return
+        # Open, or closing already: a server may close right after the upgrade (one
+        # that can't take us says why); the close then completes as usual.
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -30,6 +30,7 @@ from ..protocol.connection import (
     Block,
     Close,
     ConnectionProtocol,
+    ConnectionState,
     DeliverGossip,
     DeliverResponse,
     Dispatch,
@@ -37,15 +38,17 @@ from ..protocol.connection import (
     Introduced,
     Penalty,
     PingAnswered,
+    SelfDial,
     Send,
     Throttle,
 )
-from ..protocol.limits import AddressLimiter, BudgetTable, WriteStall, is_loopback
+from ..protocol.limits import BudgetTable, WriteStall, is_loopback
 from ..protocol.package import Package, PackageType, encode
 from ..protocol.peers import peer_key
 from ..security.channel import SecureSocket
 from ..storage.peerstore import PeerSource
 from .dispatch import Hook, Worker
+from .inbound import Inbound
 from .peer import PeerConnection, PeerLog
 from .penalties import Penalties
 
@@ -58,8 +61,11 @@ class Connections:
     """
     The open connections of a node, and the driver callbacks that feed them.
 
-    This is the :class:`~trustp2p.drivers.base.Listener` of the node's drivers (behind
-    the secure layer in secure mode). Not for applications: use the node's API.
+    This is the :class:`~trustp2p.drivers.base.AcceptListener` of the node's drivers
+    (behind the secure layer in secure mode). Not for applications: use the node's API.
+
+    Attributes:
+        inbound: Inbound connections from accept to introduction (limits, deadline).
 
     """
 
@@ -70,15 +76,7 @@ class Connections:
         self._conns: dict[int, PeerConnection] = {}
         self._by_peer_id: dict[str, PeerConnection] = {}
         self._refused: dict[int, Socket] = {}  # plain mode: refused, not closed yet
-        limiter = AddressLimiter(
-            max_concurrent=options.max_per_ip,
-            rate=options.ip_rate,
-            burst=options.ip_burst,
-            exempt_loopback=not options.limit_loopback,
-        )
-        self.admission = Admission(
-            max_inbound=options.max_inbound, limiter=limiter, is_blocked=self._address_blocked
-        )
+        self.inbound = Inbound(node, self)
         self._budgets = BudgetTable(options.request_rate, options.request_burst)
         self.penalties = Penalties(node, self)
         self._workers: set[asyncio.Task[None]] = set()
@@ -86,6 +84,11 @@ class Connections:
 
     def __len__(self) -> int:
         return len(self._conns)
+
+    @property
+    def admission(self) -> Admission:
+        """The inbound admission rules (``inbound.admission``)."""
+        return self.inbound.admission
 
     def __iter__(self) -> Iterator[PeerConnection]:
         """The open connections, oldest first (a snapshot: safe to close them)."""
@@ -107,24 +110,24 @@ class Connections:
         """The authenticated peer ids of the open connections."""
         return set(self._by_peer_id)
 
-    def _budget_key(self, socket: Socket) -> str:
-        """Whose request budget a connection spends: its peer's (by id), else its
-        address's, so that reconnecting doesn't refill it. Local peers without an id
-        (plain mode, loopback, not ``limit_loopback``) each have their connection's."""
+    def budget_key(self, socket: Socket) -> str:
+        """Whose request (and address) budget a connection spends: its peer's (by id),
+        else its address's, so that reconnecting doesn't refill it. Local peers without
+        an id (plain mode, loopback, not ``limit_loopback``) each have their
+        connection's."""
         if socket.peer_id is not None:
             return socket.peer_id
         if self._options.limit_loopback or not is_loopback(socket.host):
             return peer_key(None, socket.host)
         return f"connection:{socket.id}"
 
-    def _address_blocked(self, host: str) -> bool:
-        store = self._node.store
-        return store is not None and store.is_blocked(address=host)
-
-    # Driver callbacks (the Listener protocol)
+    # Driver callbacks (the AcceptListener protocol)
 
     def on_start(self, listening: Listening) -> None:
         self._logger.info("= listening on %s", listening.url)
+
+    def on_accept(self, socket: Socket) -> None:
+        self.inbound.accept(socket)
 
     def on_connection(self, socket: Socket) -> None:
         node = self._node
@@ -132,7 +135,7 @@ class Connections:
         if node.secure_layer is None:
             # Plain mode: admit here. In secure mode the secure layer did, before any
             # cryptography.
-            refusal = self.admit(socket)
+            refusal = self.inbound.admit(socket)
             if refusal is not None:
                 self._refuse(socket, *refusal)
                 return
@@ -148,6 +151,8 @@ class Connections:
             return  # refused, or the node is stopping
         protocol = conn.protocol
         actions = protocol.receive_data(data)
+        if socket.id in self.inbound.awaiting and protocol.state is ConnectionState.OPEN:
+            self.inbound.introduced(socket)
         if self._debug and protocol.last_package is not None:
             conn.log.debug("< %s", protocol.last_package)
         if protocol.last_valid:
@@ -174,7 +179,7 @@ class Connections:
     def on_close(self, socket: Socket) -> None:
         node = self._node
         self._refused.pop(socket.id, None)
-        self.admission.release(socket.raw.id if isinstance(socket, SecureSocket) else socket.id)
+        self.inbound.closed(socket)
         conn = self._conns.pop(socket.id, None)
         if conn is None:
             return
@@ -190,27 +195,11 @@ class Connections:
         node.requests.connection_lost(socket)
         self._enqueue(conn, Hook("on_socket_close", socket))
 
-    # Admission (also called by the secure layer, before any cryptography)
-
-    def admit(self, raw: Socket) -> tuple[int, str] | None:
-        """Admit an inbound connection, or say why not: limits, blocks. No crypto."""
-        if not self._node.running:
-            return CloseCode.GOING_AWAY, "node stopping"
-        refusal = self.admission.admit(raw.id, raw.host, asyncio.get_running_loop().time())
-        if refusal is None:
-            return None
-        if refusal.warn:
-            self._logger.warning("! refused %s: %s", raw.peer, refusal.reason)
-        else:
-            self._logger.debug("! refused %s: %s", raw.peer, refusal.reason)
-        return refusal.code, refusal.reason
-
     def handshake_failed(self, raw: Socket, error: HandshakeError) -> None:
         """The secure layer reports a failed handshake."""
         node = self._node
-        self.admission.release(raw.id)
-        if not node.running:
-            return
+        if not node.running or self.inbound.evicted(raw):
+            return  # stopping, or we dropped it to make room: not the peer's fault
         self._logger.warning("! secure handshake with %s failed: %s", raw.peer, error)
         # Count it against the address of a peer that dialled us and failed; not our
         # own dials (the server may just be full) nor a dial of ourselves.
@@ -270,6 +259,8 @@ class Connections:
             if self._duplicate(socket, peer_id):
                 return
         conn = self._new_connection(socket, role)
+        if socket.inbound:
+            self.inbound.opened(socket)
         role.connection_opened(socket)
         who = f" (peer {short_id(peer_id)})" if peer_id is not None else ""
         conn.log.info("= %s%s", "connected to us" if socket.inbound else "connected", who)
@@ -298,11 +289,12 @@ class Connections:
             introduction=node.introduction(),
             clock=now,
             is_handled=node.handlers.handles,
-            request_budget=self._budgets.get(self._budget_key(socket), now()),
+            request_budget=self._budgets.get(self.budget_key(socket), now()),
             alt=options.alt,
             max_package_size=options.max_package_size,
             liveness=options.liveness_timings(),
             inbound=socket.inbound,
+            nonce=node.nonce,
         )
         log = PeerLog(self._logger, {"peer": socket.peer})
         conn = self._conns[socket.id] = PeerConnection(socket, role, protocol, log)
@@ -338,6 +330,8 @@ class Connections:
         elif kind is Close:
             conn.log.warning("! closing: %s", action.reason)  # type: ignore[union-attr]
             self.close(conn, action.code, action.reason)  # type: ignore[union-attr]
+        elif kind is SelfDial:
+            self._self_dial(conn, action)  # type: ignore[arg-type]
         elif kind is Block:
             socket = conn.socket
             self.penalties.block(socket.peer_id, socket.host, action.reason, socket=socket)  # type: ignore[union-attr]
@@ -361,13 +355,25 @@ class Connections:
         socket = conn.socket
         store = self._node.store
         if store is not None and introduced.listen_urls and socket.peer_id is not None:
+            urls = self._node.learned_urls(socket, introduced.listen_urls)
             source = PeerSource.INBOUND if socket.inbound else PeerSource.EXCHANGE
             self._node.tasks.spawn(
-                store.add_urls(introduced.listen_urls, source, peer_id=socket.peer_id),
-                "record urls",
+                store.add_urls(urls, source, peer_id=socket.peer_id), "record urls"
             )
         body = introduced.body
         conn.log.debug("= peer runs %s %s", body.get("library"), body.get("library_version"))
+
+    def _self_dial(self, conn: PeerConnection, self_dial: SelfDial) -> None:
+        """Both ends of this connection are us: close it. Nobody is at fault, and the
+        client doesn't dial that URL again soon."""
+        socket = conn.socket
+        conn.log.info("= %s: closing", self_dial.reason)
+        self.close(conn, self_dial.code, self_dial.reason)
+        node = self._node
+        if node.client is not None and not socket.inbound:
+            if node.peer_id is not None:
+                node.client.remember_peer(socket.peer, node.peer_id)  # never a candidate
+            node.client.dial_failed(socket.peer, SelfDialError(self_dial.reason))
 
     def close(self, conn: PeerConnection, code: int, reason: str) -> None:
         """Close a connection; a throttled one reads again to see the close through."""

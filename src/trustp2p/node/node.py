@@ -17,6 +17,7 @@ __all__ = ["Node", "NodeState", "PeerConnection", "create_client", "create_node"
 import asyncio
 import enum
 import logging
+import secrets
 from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +31,7 @@ from ..options import NodeOptions
 from ..protocol.close import CloseCode
 from ..protocol.deliver import ConnId
 from ..protocol.handshake import HELLO_EVENT, VERSION_EVENT, version_body
+from ..protocol.limits import FIRST_ADDRESSES, AddressBudget
 from ..protocol.package import Body, Package, PackageType, build_package
 from ..protocol.scoring import BlockPolicy
 from ..protocol.urls import split_peer_url
@@ -86,11 +88,15 @@ class Node:
         self.gossip = Gossip(self) if options.gossip else None
         self.threads: list[Thread] = []
         self.state = NodeState.NEW
+        self.nonce = secrets.token_hex(8)
+        """Random, drawn once per node and sent in its version talk: a connection whose
+        peer sends it back is a connection to ourselves."""
         self.version_body = version_body(
             library_version=__version__,
             alt=options.alt,
             program=options.program,
             program_version=options.program_version,
+            nonce=self.nonce,
         )
         self.handlers = HandlerRegistry()
         """Which thread handles which (package type, event), once threads are loaded."""
@@ -98,6 +104,12 @@ class Node:
         """The open connections; iterate for :class:`PeerConnection` objects."""
         self.heartbeat = Heartbeat(self)
         """The heartbeat round: liveness of every connection, on both sides."""
+        self.address_budget = AddressBudget(
+            rate=options.address_rate,
+            burst=options.address_burst,
+            initial=min(FIRST_ADDRESSES, options.address_burst),
+        )
+        """How many new addresses each peer may make us store (:meth:`learned_urls`)."""
         self._requests: Requests | None = None
         self._drivers: dict[str, Driver] = {}
         self._listening: Listening | None = None
@@ -247,9 +259,10 @@ class Node:
             self._secure = SecureLayer(
                 self.connections,
                 self.identity,
-                admit=self.connections.admit,
+                admit=self.connections.inbound.admit,
                 failed=self.connections.handshake_failed,
                 handshake_timeout=options.handshake_timeout,
+                time_inbound=False,  # the inbound deadline runs from TCP accept
                 max_package_size=options.max_package_size,
             )
         self.store = await self._open_store()
@@ -306,6 +319,7 @@ class Node:
             await self.client.stop()
         if self._secure is not None:
             self._secure.close_all(CloseCode.GOING_AWAY, "node stopping")
+        self.connections.inbound.close_unfinished()
         for thread in self.threads:
             await call_thread(thread, "stop")
             await thread.cancel_tasks()
@@ -403,6 +417,22 @@ class Node:
         """Call hook ``name`` (e.g. ``on_socket_error``) of every thread, in load order."""
         for thread in self.threads:
             await call_thread(thread, name, *args)
+
+    def learned_urls(self, socket: Socket, urls: list[str]) -> list[str]:
+        """
+        Of URLs the peer on ``socket`` gave us (hello, ``my_url``, a ``get_peers``
+        answer), those to store: the ones the store knows already, and new ones within
+        the peer's budget (``address_rate`` per second, up to ``address_burst``). Call
+        it just before ``store.add_urls()``; the others are dropped.
+        """
+        store = self.store
+        known = store.knows_url if store is not None else frozenset[str]().__contains__
+        key = self.connections.budget_key(socket)
+        now = asyncio.get_running_loop().time()
+        kept = self.address_budget.take(key, urls, now, known=known)
+        if len(kept) < len(urls):
+            self.log.debug("! %s: kept %d of %d new URLs", socket.peer, len(kept), len(urls))
+        return kept
 
     def penalize(self, socket: Socket, reason: str) -> None:
         """

@@ -2,12 +2,26 @@
 Who may connect, which of two connections to one peer stays, and what a block covers.
 No I/O: the node asks, these rules answer; time comes from the caller.
 
+An inbound connection counts from the moment the transport accepts it (TCP accept),
+before the WebSocket upgrade, the Noise handshake and the peer's hello: connections
+that never finish their handshake take slots too, so they can't pile up beyond the
+limits. One deadline, ``handshake_timeout`` from accept, covers the whole handshake;
+when every slot is taken, the oldest unfinished handshake makes room for a new one.
+
 """
 
 from __future__ import annotations
 
-__all__ = ["Admission", "BlockScope", "Refusal", "block_scope", "keep_new_connection"]
+__all__ = [
+    "Admission",
+    "Admitted",
+    "BlockScope",
+    "Refusal",
+    "block_scope",
+    "keep_new_connection",
+]
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,16 +46,37 @@ class Refusal:
     warn: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """
+    An inbound connection is admitted.
+
+    Attributes:
+        evicted: The connection to drop to make room for it, if every slot was taken:
+            the oldest whose handshake isn't finished. It no longer counts.
+
+    """
+
+    evicted: int | None = None
+
+
 class Admission:
     """
-    The inbound connection rules, applied before any cryptography: the node is running,
-    the address is not blocked, at most ``max_inbound`` connections, and the per-address
-    limits of ``limiter``.
+    The inbound connection rules, applied at accept, before any handshake: the node is
+    running, the address is not blocked, the per-address limits of ``limiter``, and at
+    most ``max_inbound`` connections. When all ``max_inbound`` are taken, the oldest
+    connection still in its handshake is evicted for the new one; a new connection is
+    refused only when every slot holds a connection that finished its handshake.
+
+    A connection is in its handshake from :meth:`admit` until :meth:`finish`; past
+    ``handshake_timeout`` it is :meth:`expired`. It counts until :meth:`release`.
 
     Args:
         max_inbound: Inbound connections at once; ``None`` for no limit.
         limiter: Per-address concurrency and rate.
         is_blocked: Whether an address is blocked (the peer store answers).
+        handshake_timeout: Seconds from accept to the end of the handshake; ``None``
+            for no deadline.
 
     """
 
@@ -51,38 +86,114 @@ class Admission:
         max_inbound: int | None,
         limiter: AddressLimiter,
         is_blocked: Callable[[str], bool],
+        handshake_timeout: float | None = None,
     ) -> None:
         self.max_inbound = max_inbound
+        self.handshake_timeout = handshake_timeout
         self._limiter = limiter
         self._is_blocked = is_blocked
         self._admitted: dict[int, str] = {}  # connection id -> address
+        # Connections in their handshake -> when admitted; oldest first (admission
+        # times never decrease).
+        self._handshaking: dict[int, float] = {}
+        self._deadlines: deque[tuple[float, int]] = deque()  # (deadline, id), in order
 
     def __len__(self) -> int:
         """Connections admitted and not released."""
         return len(self._admitted)
 
+    @property
+    def handshaking(self) -> int:
+        """Connections admitted whose handshake isn't finished."""
+        return len(self._handshaking)
+
     def open_from(self, host: str) -> int:
         """Connections admitted from ``host`` and not released."""
         return self._limiter.open_from(host)
 
-    def admit(self, conn_id: int, host: str, now: float) -> Refusal | None:
-        """Admit connection ``conn_id`` from ``host``, or say why not. An admitted
-        connection must be :meth:`release`\\ d when it closes."""
+    def finished(self, conn_id: int) -> bool:
+        """Whether connection ``conn_id`` is admitted and finished its handshake."""
+        return conn_id in self._admitted and conn_id not in self._handshaking
+
+    def admit(self, conn_id: int, host: str, now: float) -> Admitted | Refusal:
+        """
+        Admit connection ``conn_id`` from ``host``, accepted at ``now``, or say why not.
+
+        An admitted connection must be :meth:`release`\\ d when it closes, and
+        :meth:`finish`\\ ed when its handshake is done. If the answer names a connection
+        to evict, the caller drops it: it no longer counts.
+        """
         if self._is_blocked(host):
             return Refusal(CloseCode.POLICY_VIOLATION, "blocked", warn=False)
-        if self.max_inbound is not None and len(self._admitted) >= self.max_inbound:
+        full = self.max_inbound is not None and len(self._admitted) >= self.max_inbound
+        if full and not self._handshaking:
             return Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
+        why = self._limiter.admit(host, now)
+        if why is not None:
+            return Refusal(CloseCode.TRY_AGAIN_LATER, why, warn=True)
+        evicted = None
+        if full:
+            evicted = next(iter(self._handshaking))
+            self.release(evicted)
+        self._admitted[conn_id] = host
+        self._handshaking[conn_id] = now
+        if self.handshake_timeout is not None:
+            self._deadlines.append((now + self.handshake_timeout, conn_id))
+        return Admitted(evicted)
+
+    def readdress(self, conn_id: int, host: str, now: float) -> Refusal | None:
+        """
+        Connection ``conn_id`` turned out to come from ``host`` (a proxy on a loopback
+        address named the client's in ``X-Real-IP``, during the upgrade): apply the
+        block and the per-address limits to that address instead. On a refusal the
+        connection still holds its slot until released.
+        """
+        old = self._admitted.get(conn_id)
+        if old is None or old == host:
+            return None
+        if old:
+            self._limiter.release(old)
+        self._admitted[conn_id] = ""  # counts against no address while refused
+        if self._is_blocked(host):
+            return Refusal(CloseCode.POLICY_VIOLATION, "blocked", warn=False)
         why = self._limiter.admit(host, now)
         if why is not None:
             return Refusal(CloseCode.TRY_AGAIN_LATER, why, warn=True)
         self._admitted[conn_id] = host
         return None
 
+    def finish(self, conn_id: int) -> None:
+        """Connection ``conn_id`` finished its handshake: it has no deadline any more
+        and is never evicted. Nothing happens if it isn't admitted."""
+        self._handshaking.pop(conn_id, None)
+
     def release(self, conn_id: int) -> None:
         """Connection ``conn_id`` closed; nothing happens if it wasn't admitted."""
+        self._handshaking.pop(conn_id, None)
         host = self._admitted.pop(conn_id, None)
-        if host is not None:
+        if host:
             self._limiter.release(host)
+
+    def expired(self, now: float) -> list[int]:
+        """
+        The connections whose handshake deadline passed by ``now``, oldest first; each
+        is returned once. They still count (and may still be evicted) until released:
+        the caller closes them.
+        """
+        deadlines = self._deadlines
+        expired = []
+        while deadlines and deadlines[0][0] <= now:
+            _, conn_id = deadlines.popleft()
+            if conn_id in self._handshaking:
+                expired.append(conn_id)
+        return expired
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expired` may next return something, or ``None`` if never."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1] not in self._handshaking:
+            deadlines.popleft()
+        return deadlines[0][0] if deadlines else None
 
 
 def keep_new_connection(

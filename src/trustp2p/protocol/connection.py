@@ -13,7 +13,8 @@ one connection:
   against our protocol version and network (``alt``). In secure mode nothing but
   ``hello`` is accepted before ``hello``. In plain mode a peer that never sends a
   decodable ``version`` still works: the shipped original never does (it sends an empty
-  text frame instead, which is ignored);
+  text frame instead, which counts as its introduction). An introduction that carries
+  our own ``nonce`` comes from this very node: we dialled ourselves (:class:`SelfDial`);
 * the checks every package passes: it decodes within the size limit, and its own
   ``version`` major and ``alt`` are the connection's;
 * the request budget: a peer over it is throttled (reading pauses until the budget has
@@ -47,6 +48,7 @@ __all__ = [
     "Lost",
     "Penalty",
     "PingAnswered",
+    "SelfDial",
     "Send",
     "Throttle",
     "error_answer",
@@ -61,7 +63,9 @@ from .close import CloseCode, fit_reason
 from .handshake import (
     HANDSHAKE_MAGIC,
     HELLO_EVENT,
+    NONCE_KEY,
     SECURE_PEER,
+    SELF_DIAL,
     VERSION_EVENT,
     check_version,
     major_version,
@@ -189,6 +193,15 @@ class Close:
 
 
 @dataclass(frozen=True, slots=True)
+class SelfDial:
+    """The peer is this node (its introduction carries our nonce): close with ``code``
+    and ``reason``. Nobody is at fault; a dialler shouldn't dial that URL again soon."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
     """Block the peer (by id and address, as the policy allows) and close: it broke the
     protocol in a way no honest peer does."""
@@ -220,7 +233,7 @@ class Ignore:
 
 Action = (
     Send | Dispatch | DeliverResponse | DeliverGossip | Introduced | Penalty | Throttle | Close
-) | (Block | Lost | PingAnswered | Ignore)
+) | (SelfDial | Block | Lost | PingAnswered | Ignore)
 """What :class:`ConnectionProtocol` asks the node to do."""
 
 
@@ -268,6 +281,8 @@ class ConnectionProtocol:
         liveness: The timings of the liveness rules.
         inbound: The peer dialled us: we lead the pinging (see
             :mod:`~trustp2p.protocol.liveness`).
+        nonce: Our node's nonce (in our version body): an introduction carrying it
+            means we dialled ourselves. ``None``: no such check.
 
     Attributes:
         state: The :class:`ConnectionState`.
@@ -296,8 +311,10 @@ class ConnectionProtocol:
         max_package_size: int | None = 2**20,
         liveness: LivenessTimings | None = None,
         inbound: bool = True,
+        nonce: str | None = None,
     ) -> None:
         self.secure = secure
+        self._nonce = nonce
         self.peer_id = peer_id
         self._introduction = introduction
         self._clock = clock
@@ -394,6 +411,7 @@ class ConnectionProtocol:
         self.last_seen = self._clock()
         if type(data) is str and not data and not self.secure:
             # The shipped original's version talk: it can't encode it and sends "".
+            self.state = ConnectionState.OPEN
             return [Ignore("empty text frame (the original's version talk)")]
         try:
             package = decode(data, max_size=self._max_size)
@@ -521,6 +539,9 @@ class ConnectionProtocol:
         except HandshakeError as exc:
             self.last_valid = False
             return self._close(CloseCode.PROTOCOL_ERROR, str(exc))
+        if self._nonce is not None and body.get(NONCE_KEY) == self._nonce:
+            self.state = ConnectionState.CLOSING
+            return [SelfDial(CloseCode.NORMAL_CLOSURE, SELF_DIAL)]
         actions: list[Action] = []
         urls: list[str] = []
         if package.event == HELLO_EVENT:

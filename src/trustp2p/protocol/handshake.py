@@ -14,8 +14,10 @@ __all__ = [
     "HANDSHAKE_MAGIC",
     "HELLO_EVENT",
     "LIBRARY_NAME",
+    "NONCE_KEY",
     "PLAIN_PEER",
     "SECURE_PEER",
+    "SELF_DIAL",
     "VERSION_EVENT",
     "check_version",
     "major_version",
@@ -29,6 +31,12 @@ LIBRARY_NAME = "trustp2p"
 VERSION_EVENT = "version"
 HELLO_EVENT = "hello"
 """Secure mode's version talk: the version body plus ``peer_id`` and ``listen_urls``."""
+
+NONCE_KEY = "nonce"
+"""The version body's key for the node's random nonce (self-dial detection)."""
+
+SELF_DIAL = "dialled ourselves"
+"""The close reason of a connection whose two ends are the same node."""
 
 HANDSHAKE_MAGIC = b"\x00tp-noise/1\n"
 """Prefix of the first secure handshake message. A node running without the secure
@@ -48,9 +56,16 @@ def version_body(
     protocol_version: str = PROTOCOL_VERSION,
     program: str | None = None,
     program_version: str | None = None,
+    nonce: str | None = None,
 ) -> Body:
-    """The body of our version talk, with the original's keys."""
-    return {
+    """
+    The body of our version talk, with the original's keys, and ``nonce`` if given.
+
+    ``nonce`` is trustp2p's addition: a random string drawn once per node, by which a
+    node that meets its own nonce knows it dialled itself (as Bitcoin's ``version``
+    message does). The original ignores keys it doesn't know.
+    """
+    body: Body = {
         "protocol_version": protocol_version,
         "alt": alt,
         "library": LIBRARY_NAME,
@@ -58,6 +73,9 @@ def version_body(
         "program": program,
         "program_version": program_version,
     }
+    if nonce is not None:
+        body[NONCE_KEY] = nonce
+    return body
 
 
 def major_version(version: str) -> str:

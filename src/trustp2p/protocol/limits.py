@@ -1,16 +1,25 @@
 """
 Rate limits and network groups, free of I/O: token buckets, per-address connection
-accounting, and the netgroup of an address (for eclipse resistance). Time comes from
-the caller.
+accounting, the netgroup of an address (for eclipse resistance), and the limits on
+addresses learned from peers (how many a peer may make us store, and how many dials go
+to addresses nobody has proven). Time comes from the caller.
 
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ADDRESS_BURST",
+    "ADDRESS_RATE",
+    "FIRST_ADDRESSES",
+    "UNPROVEN_DIALS",
+    "UNPROVEN_DIAL_BURST",
+    "UNPROVEN_DIAL_RATE",
+    "AddressBudget",
     "AddressLimiter",
     "BudgetTable",
     "TokenBucket",
+    "UnprovenDials",
     "WriteStall",
     "is_loopback",
     "netgroup",
@@ -18,6 +27,7 @@ __all__ = [
 
 import ipaddress
 from collections import Counter
+from collections.abc import Callable, Iterable
 
 
 class TokenBucket:
@@ -75,6 +85,10 @@ class TokenBucket:
     def full(self, now: float) -> bool:
         """True if the bucket has refilled completely by ``now``."""
         return self.tokens + (now - self._last) * self.rate >= self.burst
+
+    def level(self, now: float) -> float:
+        """The tokens in the bucket at ``now`` (negative while in debt); spends none."""
+        return min(self.burst, self.tokens + max(now - self._last, 0.0) * self.rate)
 
 
 def is_loopback(host: str) -> bool:
@@ -192,6 +206,178 @@ class BudgetTable:
                         del self._buckets[other]
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
         return bucket
+
+
+ADDRESS_RATE = 0.1
+"""New addresses per second a peer may make us store: Bitcoin Core's rate for the
+addresses a peer relays (``MAX_ADDR_RATE_PER_SECOND``)."""
+
+ADDRESS_BURST = 1000
+"""...up to this many saved up (Bitcoin Core's ``MAX_ADDR_PROCESSING_TOKEN_BUCKET``)."""
+
+FIRST_ADDRESSES = 100
+"""What a peer's bucket holds when we first hear from it: one full ``get_peers`` answer.
+Bitcoin Core starts a peer at 1 and credits 1,000 when it asks for addresses; we ask
+every server we dial, so a new peer starts with one answer's worth."""
+
+
+class AddressBudget:
+    """
+    How many new addresses each peer may make us store: one token bucket per peer (by
+    peer id, or by address in plain mode), of ``rate`` tokens per second up to
+    ``burst``, starting at ``initial``. A URL we already know costs nothing; each new
+    one costs a token; the rest are dropped, whatever their source (``get_peers``
+    answers, ``my_url``, hello). An honest peer loses nothing that matters: a network's
+    addresses repeat from answer to answer, and the new ones keep coming at ``rate``.
+
+    Buckets outlive connections (reconnecting doesn't refill one). Past ``max_tracked``
+    peers, buckets holding at least ``initial`` tokens are forgotten: a new one would
+    hold no more.
+
+    Args:
+        rate: Tokens per second (:data:`ADDRESS_RATE`).
+        burst: Most tokens a bucket holds (:data:`ADDRESS_BURST`).
+        initial: Tokens of a new bucket (:data:`FIRST_ADDRESSES`), at most ``burst``.
+        max_tracked: Peers tracked before full-enough buckets are forgotten.
+
+    Raises:
+        ValueError: If ``rate`` isn't positive, ``burst`` is under 1 or ``initial`` is
+            out of ``[0, burst]``.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        rate: float = ADDRESS_RATE,
+        burst: int = ADDRESS_BURST,
+        initial: int = FIRST_ADDRESSES,
+        max_tracked: int = 100_000,
+    ) -> None:
+        if rate <= 0 or not 0 <= initial <= burst or burst < 1:
+            raise ValueError(
+                f"need rate > 0 and 0 <= initial <= burst >= 1, not {rate}, {initial} and {burst}"
+            )
+        self.rate = rate
+        self.burst = burst
+        self.initial = initial
+        self._buckets: dict[str, TokenBucket] = {}
+        self._max_tracked = max_tracked
+
+    def __len__(self) -> int:
+        """Peers tracked."""
+        return len(self._buckets)
+
+    def level(self, key: str, now: float) -> float:
+        """The tokens of peer ``key`` at ``now``: new addresses it may still add."""
+        bucket = self._buckets.get(key)
+        return float(self.initial) if bucket is None else bucket.level(now)
+
+    def take(
+        self, key: str, urls: Iterable[str], now: float, *, known: Callable[[str], bool]
+    ) -> list[str]:
+        """
+        Of ``urls`` that peer ``key`` gave us, those to store, in order: the ones
+        ``known`` already, and new ones while the peer has tokens (one each).
+        """
+        bucket = self._bucket(key, now)
+        return [url for url in urls if known(url) or bucket.take(now)]
+
+    def _bucket(self, key: str, now: float) -> TokenBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._max_tracked:
+                for other, old in list(self._buckets.items()):
+                    if old.level(now) >= self.initial:
+                        del self._buckets[other]
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+            bucket.tokens = float(self.initial)
+        return bucket
+
+
+UNPROVEN_DIALS = 8
+"""Dials to unproven addresses under way at once."""
+
+UNPROVEN_DIAL_RATE = 0.5
+"""Dials to unproven addresses started per second..."""
+
+UNPROVEN_DIAL_BURST = 8
+"""...with bursts of this many: a new node still dials a full outbound set at once."""
+
+
+class UnprovenDials:
+    """
+    Bounds the dials to addresses nobody has proven: URLs learned from peers that we
+    never connected to (not bootstrap peers, not ``connect()`` URLs, not URLs of peers
+    we met there before). At most ``max_concurrent`` such dials are under way, and they
+    start at ``rate`` per second with a burst of ``burst``, so that a peer's list of
+    addresses (a hundred that don't answer, or a victim's) costs a bounded number of
+    dials, however often the dialler is woken up.
+
+    The dialler asks :meth:`start` before each such dial, and reports its end (success
+    or not) with :meth:`ended`; :meth:`wait` says when to try again.
+
+    Args:
+        max_concurrent: Dials under way at once (:data:`UNPROVEN_DIALS`).
+        rate: Dials started per second (:data:`UNPROVEN_DIAL_RATE`).
+        burst: Dials that may start at once (:data:`UNPROVEN_DIAL_BURST`).
+
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrent: int = UNPROVEN_DIALS,
+        rate: float = UNPROVEN_DIAL_RATE,
+        burst: int = UNPROVEN_DIAL_BURST,
+    ) -> None:
+        if max_concurrent < 1 or rate <= 0 or burst < 1:
+            raise ValueError(
+                "need max_concurrent >= 1, rate > 0 and burst >= 1, "
+                f"not {max_concurrent}, {rate} and {burst}"
+            )
+        self.max_concurrent = max_concurrent
+        self.rate = rate
+        self.burst = burst
+        self._bucket: TokenBucket | None = None  # made at the first start()
+        self._under_way: set[str] = set()
+
+    def __len__(self) -> int:
+        """Dials under way."""
+        return len(self._under_way)
+
+    def start(self, url: str, now: float) -> bool:
+        """
+        Whether to dial the unproven ``url`` now; if so, it counts as under way until
+        :meth:`ended`. A URL already under way is allowed again at no cost.
+        """
+        if url in self._under_way:
+            return True
+        if len(self._under_way) >= self.max_concurrent:
+            return False
+        bucket = self._bucket
+        if bucket is None:
+            bucket = self._bucket = TokenBucket(self.rate, self.burst, now)
+        if bucket.level(now) < 1:
+            return False  # not take(): a refusal here is no debt
+        bucket.take(now)
+        self._under_way.add(url)
+        return True
+
+    def ended(self, url: str) -> None:
+        """The dial of ``url`` ended, however; nothing happens if it wasn't started."""
+        self._under_way.discard(url)
+
+    def wait(self, now: float) -> float | None:
+        """
+        Seconds from ``now`` before :meth:`start` may allow a new dial: ``0.0`` now,
+        ``None`` while ``max_concurrent`` dials are under way (one must end first).
+        """
+        if len(self._under_way) >= self.max_concurrent:
+            return None
+        bucket = self._bucket
+        level = float(self.burst) if bucket is None else bucket.level(now)
+        return 0.0 if level >= 1 else (1 - level) / self.rate
 
 
 class WriteStall:

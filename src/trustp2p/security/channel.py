@@ -2,10 +2,11 @@
 The secure channel over any driver: a Noise XX handshake, then encrypted packages.
 
 :class:`SecureLayer` sits between a driver and the node. It is the driver's listener:
-it admits or refuses each raw connection before any cryptography (the node's limits and
-blocks), runs the handshake, and only then tells the node about the connection, as a
-:class:`SecureSocket` that knows the peer's authenticated id. Nothing reaches the node,
-and so no thread, before the handshake completes.
+it passes each accepted raw connection on to the node at once (``on_accept``, so that
+limits count it from its first byte), has the node admit or refuse it before any
+cryptography, runs the handshake, and only then tells the node about the connection, as
+a :class:`SecureSocket` that knows the peer's authenticated id. Nothing else reaches the
+node, and so no thread, before the handshake completes.
 
 The dialler speaks first: ``HANDSHAKE_MAGIC`` + Noise message 1. A node running without
 the secure channel recognises the magic, and a secure node recognises a plain package,
@@ -27,7 +28,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..drivers.base import CloseCode, Listener, Listening, Socket, fit_reason
+from ..drivers.base import CloseCode, Listener, Listening, Socket, accept_hook, fit_reason
 from ..exceptions import (
     ChannelError,
     ConnectionClosed,
@@ -38,7 +39,7 @@ from ..exceptions import (
 )
 from ..identity import Identity, PeerId
 from ..protocol.deliver import ConnId
-from ..protocol.handshake import HANDSHAKE_MAGIC, PLAIN_PEER
+from ..protocol.handshake import HANDSHAKE_MAGIC, PLAIN_PEER, SELF_DIAL
 from ..protocol.package import decode
 from .noise import NoiseHandshake, NoiseTransport
 
@@ -155,7 +156,9 @@ class SecureSocket(Socket):
 class _Handshake:
     __slots__ = ("noise", "raw", "timer")
 
-    def __init__(self, raw: Socket, noise: NoiseHandshake, timer: asyncio.TimerHandle) -> None:
+    def __init__(
+        self, raw: Socket, noise: NoiseHandshake, timer: asyncio.TimerHandle | None
+    ) -> None:
         self.raw = raw
         self.noise = noise
         self.timer = timer
@@ -165,14 +168,23 @@ class SecureLayer:
     """
     The driver-side listener of a secure node.
 
+    If ``listener`` is an :class:`~trustp2p.drivers.base.AcceptListener`, it hears
+    ``on_accept`` for each inbound raw connection as the driver accepts it, and
+    ``on_close`` for every inbound raw socket that closes before it is secure (for a
+    secure one, ``on_close`` names the :class:`SecureSocket`).
+
     Args:
         listener: The node: it hears of connections once they are secure.
         identity: Our identity, proven in each handshake.
-        admit: Called for each inbound raw connection before anything else; returns
-            ``None`` to go on, or ``(code, reason)`` to close it at once.
+        admit: Called for each inbound raw connection once the driver opened it, before
+            any cryptography; returns ``None`` to go on, or ``(code, reason)`` to close
+            it at once.
         failed: Called when a handshake fails, with the raw socket and the error (its
             ``peer`` set to the raw socket's).
         handshake_timeout: Seconds a handshake may take.
+        time_inbound: Run that deadline on inbound handshakes too. A node passes
+            ``False``: its own deadline, from TCP accept, covers them (it calls
+            :meth:`fail` when it passes).
         max_package_size: Limit on a reassembled package, in bytes.
 
     """
@@ -185,9 +197,12 @@ class SecureLayer:
         admit: Callable[[Socket], tuple[int, str] | None],
         failed: Callable[[Socket, HandshakeError], None],
         handshake_timeout: float = 10.0,
+        time_inbound: bool = True,
         max_package_size: int | None = 2**20,
     ) -> None:
         self._listener = listener
+        self._on_accept = accept_hook(listener)
+        self._time_inbound = time_inbound
         self._identity = identity
         self._admit = admit
         self._failed = failed
@@ -208,7 +223,8 @@ class SecureLayer:
         handshakes = list(self._handshakes.values())
         self._handshakes.clear()
         for handshake in handshakes:
-            handshake.timer.cancel()
+            if handshake.timer is not None:
+                handshake.timer.cancel()
             handshake.raw.close_soon(code, reason)
 
     def expect(self, url: str, peer_id: PeerId | None) -> None:
@@ -227,6 +243,11 @@ class SecureLayer:
     def raw_sockets(self) -> list[Socket]:
         """Every connection not closed yet: refused, in handshake, or secure."""
         return list(self._raw.values())
+
+    def on_accept(self, raw: Socket) -> None:
+        self._raw[raw.id] = raw
+        if self._on_accept is not None:
+            self._on_accept(raw)
 
     def on_connection(self, raw: Socket) -> None:
         self._raw[raw.id] = raw
@@ -279,16 +300,21 @@ class SecureLayer:
             return
         handshake = self._handshakes.pop(raw.id, None)
         if handshake is not None:
-            handshake.timer.cancel()
+            if handshake.timer is not None:
+                handshake.timer.cancel()
             reason = raw.close_reason or f"code {raw.close_code}"
             error = HandshakeError(f"connection closed during handshake ({reason})")
             self._failed(raw, _with_peer(raw, error))
+        if raw.inbound and self._on_accept is not None:
+            self._listener.on_close(raw)  # it counted the connection: it hears the end
 
     # Handshake
 
     def _begin(self, raw: Socket, noise: NoiseHandshake) -> None:
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self._timeout, self._timed_out, raw)
+        timer = None
+        if self._time_inbound or not raw.inbound:
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(self._timeout, self._timed_out, raw)
         self._handshakes[raw.id] = _Handshake(raw, noise, timer)
 
     def _step(self, raw: Socket, noise: NoiseHandshake, data: bytes | str) -> None:
@@ -311,11 +337,12 @@ class SecureLayer:
 
     def _complete(self, raw: Socket, noise: NoiseHandshake) -> None:
         handshake = self._handshakes.pop(raw.id)
-        handshake.timer.cancel()
+        if handshake.timer is not None:
+            handshake.timer.cancel()
         assert noise.remote_peer_id is not None
         assert noise.remote_public_key is not None
         if noise.remote_peer_id == self._identity.peer_id:
-            self._fail(raw, SelfDialError("dialled ourselves"))
+            self._fail(raw, SelfDialError(SELF_DIAL))
             return
         secure = SecureSocket(
             raw,
@@ -332,12 +359,25 @@ class SecureLayer:
             self._listener.on_open(secure)
 
     def _timed_out(self, raw: Socket) -> None:
-        if raw.id in self._handshakes:
-            self._fail(raw, HandshakeError(f"handshake not complete within {self._timeout:g} s"))
+        self.fail(raw, HandshakeError(f"handshake not complete within {self._timeout:g} s"))
+
+    def fail(self, raw: Socket, error: HandshakeError) -> bool:
+        """
+        Fail the handshake under way on ``raw`` (its deadline passed, say): report
+        ``error`` to ``failed`` and close with code 1008 and the error's text.
+
+        Returns:
+            Whether a handshake was under way on ``raw``; if not, nothing happens.
+
+        """
+        if raw.id not in self._handshakes:
+            return False
+        self._fail(raw, error)
+        return True
 
     def _fail(self, raw: Socket, exc: HandshakeError) -> None:
         handshake = self._handshakes.pop(raw.id, None)
-        if handshake is not None:
+        if handshake is not None and handshake.timer is not None:
             handshake.timer.cancel()
         self._failed(raw, _with_peer(raw, exc))
         raw.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(str(exc)))

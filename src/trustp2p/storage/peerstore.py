@@ -376,6 +376,10 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         entry = self._table.by_url.get(url)
         return entry.peer.peer_id if entry is not None else None
 
+    def knows_url(self, url: str) -> bool:
+        """Whether the store holds ``url`` (exactly as given). SYNC, a dict lookup."""
+        return url in self._table.by_url
+
     def verified_peer_id(self, url: str) -> str | None:
         """The peer id that proved itself when we dialled ``url``, if we ever connected
         there (not one a peer only announced). SYNC, a dict lookup."""

@@ -9,7 +9,8 @@ but never shipped).
 A client asks each server it connects to, and asks again every ``exchange_interval``
 while it has fewer than ``target_outbound`` servers. Lists received are validated
 (scheme, host, port, length, no credentials, no duplicates, not ourselves); anything
-else counts against the peer that sent it.
+else counts against the peer that sent it. Of the valid URLs, only as many new ones as
+the peer's address budget allows are stored (:meth:`~trustp2p.Node.learned_urls`).
 
 """
 
@@ -118,6 +119,7 @@ class PeerExchangeThread(Thread):
         store = self.node.store
         if store is not None and urls:
             source = PeerSource.INBOUND if socket.inbound else PeerSource.EXCHANGE
+            urls = self.node.learned_urls(socket, urls)  # within the peer's budget
             self.create_task(store.add_urls(urls, source, peer_id=socket.peer_id))
 
     async def on_socket_open(self, socket: Socket) -> None:
@@ -178,8 +180,11 @@ class PeerExchangeThread(Thread):
         # must prove when we dial that entry; a wrong one fails that entry only.
         store = self.node.store
         if fresh and store is not None:
-            await store.add_urls(fresh, PeerSource.EXCHANGE)
-            self.client.wake()
+            # At most what the peer's budget allows (Bitcoin Core's 0.1 address/s).
+            fresh = self.node.learned_urls(socket, fresh)
+            if fresh:
+                await store.add_urls(fresh, PeerSource.EXCHANGE)
+                self.client.wake()
 
 
 def _same_host(url: str, host: str) -> bool:

@@ -1,0 +1,212 @@
+"""
+Inbound connections from their first byte: the asyncio shell of
+:class:`~trustp2p.protocol.admission.Admission`.
+
+A connection counts against ``max_inbound`` and the per-address limits from the moment
+the transport accepts it (the drivers' ``on_accept``), before the WebSocket upgrade, the
+Noise handshake and the peer's introduction. One deadline, ``handshake_timeout`` from
+accept, covers all three; a connection past it is closed. When every slot is taken, the
+oldest connection still in its handshake is dropped to make room for a new one, so
+half-finished handshakes can't hold the node's slots against honest peers.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["Inbound"]
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ..drivers.base import Socket
+from ..exceptions import HandshakeError
+from ..protocol.admission import Admission, Refusal
+from ..protocol.close import CloseCode
+from ..protocol.limits import AddressLimiter
+from ..security.channel import SecureSocket
+
+if TYPE_CHECKING:
+    from .connections import Connections
+    from .node import Node
+
+
+def _raw_id(socket: Socket) -> int:
+    """The id of the driver's socket under ``socket`` (itself in plain mode)."""
+    return socket.raw.id if isinstance(socket, SecureSocket) else socket.id
+
+
+class Inbound:
+    """
+    The inbound connections of a node, from accept until they introduce themselves.
+
+    :class:`~trustp2p.node.connections.Connections` feeds it the drivers' (or the
+    secure layer's) ``on_accept`` and ``on_close``, asks it to admit each connection
+    once its driver opened it, and reports each introduction. Not for applications.
+
+    Attributes:
+        admission: The rules (pure), keyed by the driver's socket ids.
+        awaiting: Inbound connections open and not introduced yet: socket id -> the
+            driver's socket id.
+
+    """
+
+    def __init__(self, node: Node, connections: Connections) -> None:
+        self._node = node
+        self._connections = connections
+        options = node.options
+        self._timeout = options.handshake_timeout
+        self._logger = logging.getLogger("trustp2p.node")
+        limiter = AddressLimiter(
+            max_concurrent=options.max_per_ip,
+            rate=options.ip_rate,
+            burst=options.ip_burst,
+            exempt_loopback=not options.limit_loopback,
+        )
+        self.admission = Admission(
+            max_inbound=options.max_inbound,
+            limiter=limiter,
+            is_blocked=self._address_blocked,
+            handshake_timeout=options.handshake_timeout,
+        )
+        self._accepted: dict[int, Socket] = {}  # driver sockets, accept to close
+        self._evicted: set[int] = set()  # dropped by us to make room: not their fault
+        self.awaiting: dict[int, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _address_blocked(self, host: str) -> bool:
+        store = self._node.store
+        return store is not None and store.is_blocked(address=host)
+
+    @property
+    def accepted(self) -> int:
+        """Inbound connections accepted and not closed, refused ones included."""
+        return len(self._accepted)
+
+    def evicted(self, raw: Socket) -> bool:
+        """Whether we dropped ``raw`` to make room for another connection."""
+        return raw.id in self._evicted
+
+    # What Connections reports
+
+    def accept(self, raw: Socket) -> None:
+        """A driver accepted ``raw``: it counts from now, or is refused (the reason is
+        sent once the driver's own handshake is done)."""
+        self._accepted[raw.id] = raw
+        refusal = self._admit(raw)
+        if refusal is not None:
+            raw.close_soon(*refusal)
+
+    def admit(self, raw: Socket) -> tuple[int, str] | None:
+        """
+        The driver opened ``raw`` (the secure layer asks before any cryptography):
+        ``None`` to go on, or the close code and reason. A connection accepted before
+        is checked again only if a proxy named its real address; one from a driver that
+        doesn't report accepts is admitted now.
+        """
+        if not self._node.running:
+            return CloseCode.GOING_AWAY, "node stopping"
+        if raw.id not in self._accepted:
+            self._accepted[raw.id] = raw
+            return self._admit(raw)
+        now = asyncio.get_running_loop().time()
+        return self._refused(raw, self.admission.readdress(raw.id, raw.host, now))
+
+    def opened(self, socket: Socket) -> None:
+        """An inbound connection opened (secure, in secure mode): its introduction is
+        awaited."""
+        self.awaiting[socket.id] = _raw_id(socket)
+
+    def introduced(self, socket: Socket) -> None:
+        """``socket``'s peer introduced itself: its handshake is over."""
+        conn_id = self.awaiting.pop(socket.id, None)
+        if conn_id is not None:
+            self.admission.finish(conn_id)
+
+    def closed(self, socket: Socket) -> None:
+        """``socket`` closed (a driver's, or a secure one): its slot is free."""
+        conn_id = _raw_id(socket)
+        self.awaiting.pop(socket.id, None)
+        self._accepted.pop(conn_id, None)
+        self._evicted.discard(conn_id)
+        self.admission.release(conn_id)
+
+    def close_unfinished(self) -> None:
+        """
+        The node is stopping: stop the deadline, and drop at once the connections that
+        can't take a close frame (still in their WebSocket upgrade) or are closing.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for conn_id, raw in list(self._accepted.items()):
+            if raw.closed and not self.admission.finished(conn_id):
+                raw.abort()
+
+    # Rules carried out
+
+    def _admit(self, raw: Socket) -> tuple[int, str] | None:
+        if not self._node.running:
+            return CloseCode.GOING_AWAY, "node stopping"
+        decision = self.admission.admit(raw.id, raw.host, asyncio.get_running_loop().time())
+        if isinstance(decision, Refusal):
+            return self._refused(raw, decision)
+        if decision.evicted is not None:
+            self._evict(decision.evicted)
+        if self._timer is None:
+            self._arm()
+        return None
+
+    def _refused(self, raw: Socket, refusal: Refusal | None) -> tuple[int, str] | None:
+        if refusal is None:
+            return None
+        if refusal.warn:
+            self._logger.warning("! refused %s: %s", raw.peer, refusal.reason)
+        else:
+            self._logger.debug("! refused %s: %s", raw.peer, refusal.reason)
+        return refusal.code, refusal.reason
+
+    def _evict(self, conn_id: int) -> None:
+        raw = self._accepted.get(conn_id)
+        if raw is None:
+            return
+        self._evicted.add(conn_id)
+        self._logger.info(
+            "! dropped %s: inbound connections maxed out, and its handshake was the "
+            "oldest unfinished",
+            raw.peer,
+        )
+        raw.abort()  # at once: it may be an attacker's, holding the slot
+
+    def _arm(self) -> None:
+        deadline = self.admission.next_deadline()
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._deadline)
+
+    def _deadline(self) -> None:
+        self._timer = None
+        for conn_id in self.admission.expired(asyncio.get_running_loop().time()):
+            self._expire(conn_id)
+        self._arm()
+
+    def _expire(self, conn_id: int) -> None:
+        raw = self._accepted.get(conn_id)
+        if raw is None:
+            return
+        reason = f"handshake not complete within {self._timeout:g} s"
+        secure = self._node.secure_layer
+        if secure is not None and secure.fail(raw, HandshakeError(reason)):
+            return  # in the Noise handshake: a failed handshake, as ever
+        if raw.closed:
+            # Still in the WebSocket upgrade (it can't take a close frame), or closing.
+            self._logger.debug("! dropped %s: %s", raw.peer, reason)
+            raw.abort()
+            return
+        self._logger.warning("! closing %s: %s", raw.peer, reason)
+        # The open connection on it (rare: a linear search is fine).
+        socket_id = next((s for s, r in self.awaiting.items() if r == conn_id), conn_id)
+        conn = self._connections.get(socket_id)
+        if conn is not None:
+            self._connections.close(conn, CloseCode.POLICY_VIOLATION, reason)
+        else:
+            raw.close_soon(CloseCode.POLICY_VIOLATION, reason)

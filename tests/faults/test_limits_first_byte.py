@@ -1,0 +1,224 @@
+"""
+Limits from the first byte, against a real ``python -m trustp2p`` process with its
+default options: connections that never finish their HTTP upgrade or their Noise
+handshake count against ``max_inbound`` (100) from TCP accept, the oldest make room for
+an honest client, and the handshake deadline ends them; a plain node that dials itself
+lets go instead of staying connected to itself.
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+import trustp2p
+from trustp2p import Node
+from trustp2p.identity import Identity
+from trustp2p.protocol.handshake import HANDSHAKE_MAGIC
+from trustp2p.security.noise import NoiseHandshake
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class NodeProcess:
+    """``python -m trustp2p <args>`` with this tree's package; output collected."""
+
+    def __init__(self, *args: str) -> None:
+        src = str(Path(trustp2p.__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": src}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "trustp2p", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    async def wait_for(self, text: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                pytest.fail(f"{text!r} never appeared in:\n{self.output}")
+            await asyncio.sleep(0.01)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout=5)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[list[NodeProcess]]:
+    processes: list[NodeProcess] = []
+    yield processes
+    for process in processes:
+        process.stop()
+        assert "Traceback" not in process.output, process.output
+
+
+async def start_server(spawn: list[NodeProcess], tmp_path: Path, *args: str) -> str:
+    port = free_port()
+    cwd = tmp_path / f"server-{port}"
+    cwd.mkdir()
+    server = NodeProcess("server", "--cwd", str(cwd), "--port", str(port), *args)
+    spawn.append(server)
+    await server.wait_for("= node started")
+    return f"ws://127.0.0.1:{port}"
+
+
+class Raw:
+    """A TCP connection that never sends its HTTP upgrade."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def dropped(self, timeout: float = 3.0) -> bool:
+        """Whether the server ends the connection within ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.reader.read(1) == b""
+        except ConnectionError:
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_connections(url: str, count: int) -> AsyncIterator[list[Raw]]:
+    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    raws: list[Raw] = []
+    try:
+        for _ in range(count):
+            raws.append(Raw(*await asyncio.open_connection(host, int(port))))
+        yield raws
+    finally:
+        for raw in raws:
+            raw.close()
+
+
+@contextlib.asynccontextmanager
+async def honest_client(url: str) -> AsyncIterator[Node]:
+    """An in-process client with the default options, connected to ``url``."""
+    async with Node(client=True, peers=[url]) as client:
+        assert client.client is not None
+        async with asyncio.timeout(5):
+            await client.client.wait_connected()
+        yield client
+
+
+async def test_upgrades_never_finished_count_from_accept(
+    spawn: list[NodeProcess], tmp_path: Path
+) -> None:
+    url = await start_server(spawn, tmp_path)
+    async with raw_connections(url, 200) as raws:
+        # The server holds 100 at most: each of the last 100 pushed the oldest out.
+        dropped = await asyncio.gather(*(raw.dropped() for raw in raws[:100]))
+        assert all(dropped)
+        async with honest_client(url) as client:
+            # It took the slot of the oldest raw connection left, and stays.
+            assert await raws[100].dropped()
+            assert client.client is not None
+            [server] = client.client.sockets
+            assert await client.client.request(server, "get_peers", {}) == {"peers": []}
+    assert "inbound connections maxed out, and its handshake was the oldest" in spawn[0].output
+
+
+async def test_the_handshake_deadline_ends_unfinished_upgrades(
+    spawn: list[NodeProcess], tmp_path: Path
+) -> None:
+    url = await start_server(spawn, tmp_path, "--handshake-timeout", "0.5")
+    async with raw_connections(url, 150) as raws:
+        dropped = await asyncio.gather(*(raw.dropped() for raw in raws))
+        assert all(dropped)  # the oldest 50 pushed out, the other 100 at 0.5 s
+        async with honest_client(url) as client:
+            assert client.client is not None and client.client.sockets
+
+
+async def half_finished_noise(url: str) -> ClientConnection:
+    """Upgrade, send Noise message 1, read message 2, and stop there."""
+    ws = await connect(url, compression=None)
+    noise = NoiseHandshake(Identity.generate(), initiator=True)
+    await ws.send(HANDSHAKE_MAGIC + noise.write_message())
+    await ws.recv()
+    return ws
+
+
+async def test_half_finished_noise_handshakes_make_room(
+    spawn: list[NodeProcess], tmp_path: Path
+) -> None:
+    url = await start_server(spawn, tmp_path)
+    stalled = [await half_finished_noise(url) for _ in range(100)]
+    try:
+        # Every slot is held by a handshake that will never finish; an honest client
+        # still connects (the original code answered it 1013 "maxed out").
+        async with honest_client(url) as client:
+            assert client.client is not None and client.client.sockets
+        await stalled[0].wait_closed()
+    finally:
+        for ws in stalled:
+            ws.transport.abort()
+
+
+async def test_a_plain_node_that_dials_itself_lets_go(
+    spawn: list[NodeProcess], tmp_path: Path
+) -> None:
+    port = free_port()
+    node = NodeProcess(
+        "node",
+        "--insecure",
+        "--cwd",
+        str(tmp_path),
+        "--port",
+        str(port),
+        "--connect",
+        f"ws://127.0.0.1:{port}",
+    )
+    spawn.append(node)
+    await node.wait_for("dialled ourselves")
+    # Real time passing: with the default reconnect_initial (1 s), 2.5 s see at most 3
+    # dials, each closed at its introduction; the original stayed connected to itself.
+    await asyncio.sleep(2.5)
+    lines = node.output.splitlines()
+    dials = [line for line in lines if line.endswith(f"[ws://127.0.0.1:{port}] = connected")]
+    closes = [line for line in lines if "connection closed (1000 dialled ourselves)" in line]
+    assert 1 <= len(dials) <= 3, node.output
+    assert len(closes) >= 2 * len(dials) - 1, node.output  # both ends of each

@@ -1,0 +1,266 @@
+"""
+Limits from the first byte, over loopback with default options: inbound connections count
+from TCP accept, one deadline covers the upgrade, the Noise handshake and hello, the
+oldest unfinished handshake makes room when the node is full; addresses learned from a
+peer are rate limited; a plain node that dials itself notices.
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket as socket_module
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from trustp2p import EventMap, Package, PackageType, Socket, Thread
+from trustp2p.identity import Identity
+from trustp2p.protocol.handshake import HANDSHAKE_MAGIC
+from trustp2p.security.noise import NoiseHandshake
+
+from .conftest import MS
+from .nodes import MakeNode, node_factory, wait_for
+
+
+@pytest.fixture
+async def make_node() -> AsyncIterator[MakeNode]:
+    """Nodes with the default options (on ephemeral ports), stopped after the test."""
+    async for make in node_factory({}):
+        yield make
+
+
+class RawPeer:
+    """A TCP connection that says nothing: it never sends its HTTP upgrade."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, url: str) -> RawPeer:
+        host, port = url.removeprefix("ws://").rsplit(":", 1)
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    async def dropped(self) -> bool:
+        """Whether the server ended the connection (EOF or reset), within 2 s."""
+        try:
+            async with asyncio.timeout(2):
+                return await self.reader.read(1) == b""
+        except ConnectionError:
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+async def closed_by_peer(ws: ClientConnection) -> tuple[int | None, str | None]:
+    with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+        async with asyncio.timeout(3):
+            async for _ in ws:
+                pass
+    return ws.close_code, ws.close_reason
+
+
+async def test_connections_in_their_upgrade_count_and_the_oldest_make_room(
+    make_node: MakeNode,
+) -> None:
+    server = await make_node(server=True)  # max_inbound=100, handshake_timeout=10 s
+    assert server.url is not None
+    admission = server.connections.admission
+    inbound = server.connections.inbound
+    raw = [await RawPeer.open(server.url) for _ in range(200)]
+    more: list[RawPeer] = []
+    try:
+        # The node never holds more than 100: each of the last 100 dropped the oldest.
+        assert all([await peer.dropped() for peer in raw[:100]])
+        await wait_for(lambda: inbound.accepted == 100)
+        assert len(admission) == admission.handshaking == 100
+        # An honest client still gets in: it takes the slot of the oldest raw one...
+        client = await make_node(client=True, peers=[server.url])
+        assert client.client is not None
+        await client.client.wait_connected()
+        assert await raw[100].dropped()
+        # ...and, its handshake finished, newcomers can't push it out.
+        await wait_for(lambda: admission.handshaking == 99)
+        more = [await RawPeer.open(server.url) for _ in range(100)]
+        assert all([await peer.dropped() for peer in raw[101:] + more[:1]])
+        await wait_for(lambda: inbound.accepted == 100)
+        assert len(admission) == 100 and admission.handshaking == 99
+        [socket] = client.client.sockets
+        assert not socket.closed
+        assert await client.client.request(socket, "get_peers", {}) == {"peers": []}
+    finally:
+        for peer in raw + more:
+            await peer.close()
+
+
+async def test_per_address_limits_count_connections_still_in_their_upgrade(
+    make_node: MakeNode,
+) -> None:
+    server = await make_node(server=True, limit_loopback=True)  # max_per_ip=8
+    assert server.url is not None
+    raw = [await RawPeer.open(server.url) for _ in range(8)]
+    try:
+        await wait_for(lambda: server.connections.admission.open_from("127.0.0.1") == 8)
+        async with connect(server.url, compression=None) as ws:
+            assert await closed_by_peer(ws) == (
+                1013,
+                "too many connections from your address (limit 8)",
+            )
+    finally:
+        for peer in raw:
+            await peer.close()
+    await wait_for(lambda: server.connections.admission.open_from("127.0.0.1") == 0)
+
+
+async def test_one_deadline_from_accept_covers_upgrade_and_noise(make_node: MakeNode) -> None:
+    server = await make_node(server=True, handshake_timeout=200 * MS)
+    assert server.url is not None
+    host, port = server.url.removeprefix("ws://").rsplit(":", 1)
+    sock = socket_module.socket()
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    # Real time passing: a slow upgrade, then a slow Noise handshake, each within the
+    # 200 ms on its own (as separate deadlines would allow), not both.
+    await asyncio.sleep(120 * MS)
+    async with connect(server.url, sock=sock, compression=None) as ws:
+        await asyncio.sleep(120 * MS)
+        noise = NoiseHandshake(Identity.generate(), initiator=True)
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            await ws.send(HANDSHAKE_MAGIC + noise.write_message())
+        code, reason = await closed_by_peer(ws)
+    assert (code, reason) == (1008, f"handshake not complete within {200 * MS:g} s")
+
+
+async def test_a_peer_that_never_says_hello_is_closed_at_the_deadline(
+    make_node: MakeNode,
+) -> None:
+    server = await make_node(server=True, handshake_timeout=200 * MS)
+    assert server.url is not None
+    async with connect(server.url, compression=None) as ws:
+        noise = NoiseHandshake(Identity.generate(), initiator=True)
+        await ws.send(HANDSHAKE_MAGIC + noise.write_message())
+        message = await ws.recv()
+        assert isinstance(message, bytes)
+        noise.read_message(message)
+        await ws.send(noise.write_message())  # Noise done; no hello follows
+        code, reason = await closed_by_peer(ws)
+    assert (code, reason) == (1008, f"handshake not complete within {200 * MS:g} s")
+    await wait_for(lambda: len(server.connections.admission) == 0)
+
+
+class LotsOfPeers(Thread):
+    """Answers every get_peers with 100 URLs nobody ever heard of."""
+
+    asked = 0
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"get_peers": self.get_peers}}
+
+    def get_peers(self, socket: Socket, package: Package) -> dict[str, Any]:
+        first = type(self).asked * 100
+        type(self).asked += 1
+        return {"peers": unknown_urls(first, 100)}
+
+
+def unknown_urls(first: int, count: int) -> list[str]:
+    """URLs on loopback where nothing listens (port 1): dials fail at once."""
+    return [f"ws://127.7.{n // 250}.{n % 250 + 1}:1" for n in range(first, first + count)]
+
+
+async def test_addresses_learned_from_a_peer_are_rate_limited(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trustp2p.node")
+    LotsOfPeers.asked = 0
+    server = await make_node(server=True, peer_exchange=False, threads=[LotsOfPeers])
+    client = await make_node(client=True, peers=[server.url])
+    assert client.store is not None and server.url is not None
+    # The client asks on connecting, then 1 s later (short of its 8 outbound peers).
+    await wait_for(lambda: any("kept 0 of 100 new URLs" in r.getMessage() for r in caplog.records))
+    offered = unknown_urls(0, LotsOfPeers.asked * 100)
+    stored = [url for url in offered if client.store.knows_url(url)]
+    # One answer's worth, and 0.1 address/s since: not 200.
+    assert len(offered) >= 200
+    assert stored == offered[:100]
+
+
+async def test_a_plain_node_that_dials_itself_lets_go(make_node: MakeNode) -> None:
+    opened: list[Socket] = []
+
+    class Opens(Thread):
+        @property
+        def event_map(self) -> EventMap:
+            return {PackageType.TALK: {"note": lambda socket, package: None}}
+
+        def on_socket_open(self, socket: Socket) -> None:
+            opened.append(socket)
+
+    node = await make_node(server=True, client=True, secure=False, threads=[Opens])
+    assert node.client is not None and node.url is not None and node.peer_id is not None
+    node.client.connect(node.url)
+    await wait_for(lambda: len(opened) == 1)
+    first = opened[0]
+    await first.wait_closed()
+    assert (first.close_code, first.close_reason) == (1000, "dialled ourselves")
+    await wait_for(lambda: node.sockets == [])
+    assert node.client.dialer.policy.known_peer(node.url, node.store) == node.peer_id
+    # Real time passing: the redial waits reconnect_initial (1 s), not a tight loop.
+    await asyncio.sleep(300 * MS)
+    assert len(opened) == 1
+    assert node.sockets == []
+
+
+async def test_a_proxied_client_counts_against_its_real_address(make_node: MakeNode) -> None:
+    server = await make_node(server=True, handshake_timeout=30)
+    assert server.url is not None
+    admission = server.connections.admission
+    headers = {"X-Real-IP": "203.0.113.7"}
+    async with connect(server.url, compression=None, additional_headers=headers):
+        await wait_for(lambda: admission.open_from("203.0.113.7") == 1)
+        assert admission.open_from("127.0.0.1") == 0  # the proxy's address: not counted
+    await wait_for(lambda: admission.open_from("203.0.113.7") == 0)
+
+
+async def test_stop_drops_connections_still_in_their_upgrade(make_node: MakeNode) -> None:
+    server = await make_node(server=True)
+    assert server.url is not None
+    peer = await RawPeer.open(server.url)
+    try:
+        await wait_for(lambda: server.connections.inbound.accepted == 1)
+        # Not left to the 10 s open timeout: stop() returns once they are dropped.
+        async with asyncio.timeout(5):
+            await server.stop()
+        assert await peer.dropped()
+    finally:
+        await peer.close()
+
+
+async def test_a_plain_peer_that_never_speaks_is_closed_at_the_deadline(
+    make_node: MakeNode,
+) -> None:
+    server = await make_node(server=True, secure=False, handshake_timeout=200 * MS)
+    assert server.url is not None
+    async with connect(server.url, compression=None) as silent:
+        # Our version talk arrives; the peer never sends a package, not even the
+        # original's empty text frame.
+        assert isinstance(await silent.recv(), bytes)
+        assert await closed_by_peer(silent) == (
+            1008,
+            f"handshake not complete within {200 * MS:g} s",
+        )
+    async with connect(server.url, compression=None) as original:
+        await original.send("")  # the original's version talk: its handshake is done
+        await wait_for(lambda: server.connections.admission.handshaking == 0)
+        assert len(server.connections.admission) == 1
