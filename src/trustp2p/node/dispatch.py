@@ -12,8 +12,9 @@ import asyncio
 import inspect
 import logging
 import sys
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConnectionClosed
@@ -63,15 +64,13 @@ class Worker:
     """
 
     __slots__ = (
-        "_busy",
         "_can_resume",
-        "_helpers",
         "_inbox",
         "_max_pending",
         "_node",
+        "_running",
         "_socket",
         "_task",
-        "_waiting",
         "paused",
     )
 
@@ -84,10 +83,7 @@ class Worker:
         self._task: asyncio.Task[None] | None = None
         self._max_pending = max_pending
         self._can_resume = can_resume
-        # Request handlers started (coroutines) and waiting for a helper to run them.
-        self._waiting: deque[tuple[Thread, Package, Awaitable[Any]]] = deque()
-        self._helpers = 0  # tasks running request handlers: max_concurrent_requests - 1
-        self._busy = 0  # helpers running a handler now (the others take the next one)
+        self._running: set[asyncio.Task[Any]] = set()  # suspended request handlers
         self.paused = False
 
     def put(self, item: Package | Hook) -> asyncio.Task[None] | None:
@@ -131,11 +127,13 @@ class Worker:
 
     async def _request(self, package: Package) -> None:
         """
-        Start a request's handler. A coroutine handler runs beside the others, up to
-        ``max_concurrent_requests`` per connection: helper tasks run up to one less, and
-        when they are all busy this worker runs the handler itself (so the inbox fills
-        and reading pauses rather than handlers piling up). Its response goes out when
-        it finishes. A plain function answers at once.
+        Run a request's handler; its response goes out when it finishes.
+
+        A coroutine handler runs at once, up to its first suspension, as Python 3.12's
+        eager tasks do: most finish there and are answered without a task. One that
+        suspends (it waits for I/O) goes on in a task of its own, beside the next
+        requests of the connection, up to ``max_concurrent_requests`` at once; past that,
+        this worker waits for it, so that the inbox fills and reading pauses.
         """
         entries = self._node.handlers.get(package.type, package.event)
         if not entries:
@@ -143,44 +141,33 @@ class Worker:
         thread, handler = entries[0]  # one handler per request event
         try:
             result = handler(self._socket, package)
+            if result is None or type(result) is dict or not inspect.isawaitable(result):
+                await self._answer(thread, package, result)
+                return
+            if not inspect.iscoroutine(result):
+                result = _awaited(result)
+            try:
+                yielded = result.send(None)
+            except StopIteration as stop:
+                await self._answer(thread, package, stop.value)
+                return
         except Exception:
             _log_failure(thread, package)
             await self._answer(thread, package, None, failed=True)
             return
-        if result is None or type(result) is dict or not inspect.isawaitable(result):
-            await self._answer(thread, package, result)
+        rest = _resume(result, yielded)
+        if len(self._running) + 1 >= self._node.options.max_concurrent_requests:
+            await self._finish(thread, package, rest)  # the last slot: this worker's
             return
-        limit = self._node.options.max_concurrent_requests
-        if self._helpers >= limit - 1:
-            # Every helper is busy: this worker is the last runner (``limit`` in all).
-            await self._finish(thread, package, result)
-            return
-        self._waiting.append((thread, package, result))
-        if len(self._waiting) > self._helpers - self._busy:  # no helper free to take it
-            # Helpers live while requests wait: under load, not a task per request.
-            self._helpers += 1
-            self._node.tasks.spawn(self._help(), f"requests of {self._socket.peer}")
+        task = self._node.tasks.spawn(
+            self._finish(thread, package, rest), f"request {package.event!r}"
+        )
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
-    async def _help(self) -> None:
-        """Run waiting request handlers, one after the other, while there are any."""
-        waiting = self._waiting
-        try:
-            while waiting:
-                thread, package, pending = waiting.popleft()
-                self._busy += 1
-                try:
-                    await self._finish(thread, package, pending)
-                finally:
-                    self._busy -= 1
-        finally:
-            self._helpers -= 1
-            if self._helpers == 0:
-                for _, _, pending in waiting:  # cancelled: the node stops
-                    if inspect.iscoroutine(pending):
-                        pending.close()
-                waiting.clear()
-
-    async def _finish(self, thread: Thread, package: Package, pending: Awaitable[Any]) -> None:
+    async def _finish(
+        self, thread: Thread, package: Package, pending: Coroutine[Any, Any, Any]
+    ) -> None:
         try:
             result = await pending
         except Exception:
@@ -234,6 +221,34 @@ class Worker:
                 await node.send(self._socket, response)
             except ConnectionClosed:
                 pass
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    """A coroutine for any awaitable (a future, an object with ``__await__``)."""
+    return await awaitable
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """
+    Go on with a coroutine that was stepped once by hand and yielded ``yielded``: what
+    ``await`` does after its first step (``yield from``, with that step already taken).
+    The task that awaits this gets ``yielded`` (the future the coroutine waits for) and
+    sends or throws into it what it would have sent or thrown into the coroutine.
+    """
+    try:
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                yielded = coro.throw(exc)
+            else:
+                yielded = coro.send(sent)
+    except StopIteration as stop:
+        return stop.value
 
 
 def _log_failure(thread: Thread, package: Package) -> None:
