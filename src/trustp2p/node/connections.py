@@ -183,6 +183,7 @@ class Connections:
         conn = self._conns.pop(socket.id, None)
         if conn is None:
             return
+        self.penalties.forget(socket)
         conn.protocol.connection_lost()
         if conn.throttle is not None:
             conn.throttle.cancel()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ..drivers.base import Socket
 from ..protocol.admission import block_scope
 from ..protocol.close import CloseCode, fit_reason
-from ..protocol.peers import peer_key
+from ..protocol.peers import PeerKey, peer_key
 from ..protocol.scoring import Offences, PackageCounts
 
 if TYPE_CHECKING:
@@ -34,6 +34,11 @@ class Penalties:
         self._node = node
         self._connections = connections
         self.offences = Offences()
+        self._keys: dict[int, PeerKey] = {}  # connection id -> its peer key, made once
+
+    def forget(self, socket: Socket) -> None:
+        """A connection closed."""
+        self._keys.pop(socket.id, None)
 
     def crossed(
         self, socket: Socket, *, good: int = 0, invalid: int = 0, by_address: bool = False
@@ -44,7 +49,12 @@ class Penalties:
         store = self._node.store
         if store is None:
             return False
-        key = peer_key(None if by_address else socket.peer_id, socket.host)
+        if by_address:
+            key = peer_key(None, socket.host)
+        else:
+            key = self._keys.get(socket.id) or self._keys.setdefault(
+                socket.id, peer_key(socket.peer_id, socket.host)
+            )
         counts = store.record_packages(key, good=good, invalid=invalid)
         if (socket.peer_id is None and not by_address) or not store.policy.crossed(counts):
             return False

@@ -120,38 +120,40 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"  # the connection is gone
 
 
-# Actions: what the node must do, in the order given.
+# Actions: what the node must do, in the order given. Plain slotted dataclasses (not
+# frozen: one or two are made per package, and a frozen dataclass's __init__ costs three
+# times as much); treat them as values.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Send ``package`` to the peer."""
 
     package: Package
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Dispatch:
     """Hand ``package`` to its thread handlers, in this connection's order."""
 
     package: Package
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeliverResponse:
     """Give a RESPONSE or HEARTBEAT_PONG to the request table."""
 
     package: Package
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeliverGossip:
     """Give a GOSSIP package to the gossip service."""
 
     package: Package
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Introduced:
     """The peer introduced itself: ``body`` is its version or hello, ``listen_urls``
     the valid URLs it says it listens on (hello only)."""
@@ -160,7 +162,7 @@ class Introduced:
     listen_urls: list[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Penalty:
     """
     Count one invalid package against the peer (the block policy may then block it).
@@ -177,14 +179,14 @@ class Penalty:
     last_warning: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Throttle:
     """Stop reading from the peer for ``delay`` seconds: it is over its request budget."""
 
     delay: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Close:
     """Close the connection with ``code`` and ``reason`` (already fit to 123 bytes)."""
 
@@ -192,7 +194,7 @@ class Close:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SelfDial:
     """The peer is this node (its introduction carries our nonce): close with ``code``
     and ``reason``. Nobody is at fault; a dialler shouldn't dial that URL again soon."""
@@ -201,7 +203,7 @@ class SelfDial:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Block:
     """Block the peer (by id and address, as the policy allows) and close: it broke the
     protocol in a way no honest peer does."""
@@ -209,7 +211,7 @@ class Block:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Lost:
     """The peer left our ping unanswered (:mod:`~trustp2p.protocol.liveness`): drop the
     connection at once; a dead link can't complete a closing handshake."""
@@ -217,14 +219,14 @@ class Lost:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PingAnswered:
     """The peer answered our ping after ``rtt`` seconds."""
 
     rtt: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ignore:
     """Nothing to do; ``reason`` is worth a DEBUG line."""
 
@@ -420,7 +422,7 @@ class ConnectionProtocol:
                 return self._close(CloseCode.POLICY_VIOLATION, SECURE_PEER)
             return self.receive_invalid(exc)
         self.last_package = package
-        actions = self.receive_package(package)
+        actions = self._receive(package)
         if self.last_valid:
             self.valid += 1
         return actions
@@ -434,6 +436,9 @@ class ConnectionProtocol:
         self.last_valid = False
         if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
             return []
+        return self._receive(package)
+
+    def _receive(self, package: Package) -> list[Action]:
         if package.alt != self._alt or (
             package.version != self._protocol_version
             and major_version(package.version) != self._major
