@@ -513,6 +513,7 @@ async def test_stalled_frame_closed_at_deadline(
 
 async def test_deadline_is_per_frame(harness: DriverHarness, raw_peers: list[RawPeer]) -> None:
     # Two frames, each completed within the deadline, together take longer than it.
+    # The sleeps are the test: real time passing against the frame deadline.
     timeout = 250 * MS
     raw, events = await serve_raw(harness, raw_peers, DriverOptions(frame_timeout=timeout))
     await raw.send(b"\x00\x00\x00\x02a")
@@ -521,7 +522,7 @@ async def test_deadline_is_per_frame(harness: DriverHarness, raw_peers: list[Raw
     await asyncio.sleep(0.6 * timeout)
     await raw.send(b"\x00\x02cd")
     assert await events.wait_messages(raw.server, 2) == [b"ab", b"cd"]
-    await asyncio.sleep(1.2 * timeout)
+    await asyncio.sleep(1.2 * timeout)  # idle between frames: no deadline runs
     assert not raw.server.closed
     assert events.errors(raw.server) == []
 
@@ -534,7 +535,7 @@ async def test_pause_reading_suspends_the_deadline(
     await raw.send(b"\x00\x00\x00\x04ab")
     await asyncio.sleep(QUIET)  # the server reads the first half
     raw.server.pause_reading()
-    await asyncio.sleep(1.5 * timeout)
+    await asyncio.sleep(1.5 * timeout)  # real time: past the deadline, while paused
     await raw.send(b"cd")
     assert not raw.server.closed
     raw.server.resume_reading()
