@@ -2,6 +2,11 @@
 Shared test helpers: one time unit, a fake clock, and the only two ways an integration
 test waits: :func:`wait_for` a condition, and :func:`stays` for "nothing happens".
 
+Temporary files (``tmp_path``, and the directories that nodes, simulations and the
+demo make with :mod:`tempfile`) go to ``/dev/shm`` when the machine has it and
+``TMPDIR`` is not set: every node opens two SQLite databases, whose commits wait for
+the disk; on a busy disk that made starting and stopping nodes most of the suite's time.
+
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
@@ -20,6 +26,10 @@ from trustp2p import Node
 # "generation is slow" checks fail for reasons that have nothing to do with the code.
 settings.register_profile("trustp2p", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("trustp2p")
+
+if "TMPDIR" not in os.environ and os.access("/dev/shm", os.W_OK | os.X_OK):
+    os.environ["TMPDIR"] = "/dev/shm"  # subprocesses too
+    tempfile.tempdir = None  # gettempdir() looks again
 
 MS = 0.001 * float(os.environ.get("TRUSTP2P_TESTS_TIMEOUT_FACTOR", "1"))
 """One millisecond, scaled by TRUSTP2P_TESTS_TIMEOUT_FACTOR on slow machines."""
