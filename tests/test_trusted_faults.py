@@ -224,14 +224,13 @@ async def test_full_disk_does_not_stop_the_node(
     cwd = tmp_path / "node"
     (cwd / "threads-enabled").mkdir(parents=True)  # no warning about it
     path = cwd / STORE_PATH
-    # A first run creates the identity and the store.
-    first = await NodeProcess.start("server", cwd, "--port", "0")
-    processes.append(first)
-    url = await first.started()
+    # The identity and a store with a peer in it, as a first run leaves them.
     node_id = peer_id_of(cwd)
-    await visit(f"{url}/p2p/{node_id}", 0)
-    assert await first.stop() == 0
-    assert path.exists()
+    store = await PeerStore.open(path)
+    await store.record_connected(
+        peer_id=Identity.generate().peer_id, url="ws://127.0.0.1:20000", address="127.0.0.1"
+    )
+    await store.close()
 
     # Then a run where files can't grow past what they are: the store's first writes
     # fail. (CPython ignores SIGXFSZ: the write fails with EFBIG.)
