@@ -687,7 +687,7 @@ class DriverConformance:
         assert this_events.events(this).count(DriverEvent.CLOSE) == 1
 
     async def test_close_times_out_when_peer_does_not_answer(self, harness: DriverHarness) -> None:
-        options = DriverOptions(close_timeout=100 * MS)
+        options = DriverOptions(close_timeout=50 * MS)
         pair = await harness.pair(options)
         pair.server.pause_reading()  # the server won't see the close frame
         pair.client.close_soon()

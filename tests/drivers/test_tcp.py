@@ -211,7 +211,7 @@ async def test_connect_times_out(harness: DriverHarness) -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen(0)
         url = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
-        options = DriverOptions(open_timeout=100 * MS)
+        options = DriverOptions(open_timeout=50 * MS)
         errors: list[DriverError] = []
         for _ in range(8):
             events = harness.recorder()
@@ -221,7 +221,7 @@ async def test_connect_times_out(harness: DriverHarness) -> None:
                 errors.append(exc)
                 break
         assert [str(exc) for exc in errors] == [
-            f"can't connect to {url}: timed out after {100 * MS:g} s"
+            f"can't connect to {url}: timed out after {50 * MS:g} s"
         ]
         assert events.records == []
 
@@ -340,7 +340,7 @@ async def test_peer_drops_without_close(
 async def test_close_times_out_when_raw_peer_is_silent(
     harness: DriverHarness, raw_peers: list[RawPeer]
 ) -> None:
-    raw, events = await serve_raw(harness, raw_peers, DriverOptions(close_timeout=100 * MS))
+    raw, events = await serve_raw(harness, raw_peers, DriverOptions(close_timeout=50 * MS))
     raw.server.close_soon(CloseCode.GOING_AWAY, "bye")
     assert await raw.read_frame() == close_frame(CloseCode.GOING_AWAY, "bye")
     # No answer, no FIN: the server drops the connection after close_timeout.
@@ -431,7 +431,7 @@ async def test_huge_frame_without_limit_is_not_preallocated(
 ) -> None:
     # With no message size limit, 2 GiB - 1 is a valid length: memory grows only with
     # what actually arrives, and the stalled frame is dropped at its deadline.
-    options = DriverOptions(max_message_size=None, frame_timeout=100 * MS)
+    options = DriverOptions(max_message_size=None, frame_timeout=50 * MS)
     raw, events = await serve_raw(harness, raw_peers, options)
     started = not tracemalloc.is_tracing()
     if started:
@@ -450,7 +450,7 @@ async def test_huge_frame_without_limit_is_not_preallocated(
         events,
         CloseCode.POLICY_VIOLATION,
         "frame stalled",
-        f"frame stalled: 1000 of 2147483647 payload bytes received in {100 * MS:g} s",
+        f"frame stalled: 1000 of 2147483647 payload bytes received in {50 * MS:g} s",
     )
 
 
@@ -490,7 +490,7 @@ async def test_bad_control_frame(
 async def test_stalled_frame_closed_at_deadline(
     harness: DriverHarness, raw_peers: list[RawPeer], sent: bytes, error: str
 ) -> None:
-    timeout = 100 * MS
+    timeout = 50 * MS
     listening, events = await harness.listen(DriverOptions(frame_timeout=timeout))
     idle = await connect_raw(listening.url, events, raw_peers)
     stalled = await connect_raw(listening.url, events, raw_peers)
