@@ -576,14 +576,13 @@ async def test_one_connection_per_url(make_node: MakeNode) -> None:
     assert server.url is not None
     client = await make_node(client=True, peers=[server.url, server.url])
     assert client.client is not None and server.server is not None
-    client.client.connect(server.url)
-    await client.client.wait_connected()
-    await server.server.wait_connected()
+    dialler, accepter = client.client, server.server
+    dialler.connect(server.url)
+    await dialler.wait_connected()
+    await accepter.wait_connected()
     # A second dial would have started with the first: its connection shows within a
     # handshake's time.
-    assert await stays(
-        lambda: len(client.client.sockets) == 1 and len(server.server.sockets) == 1, 50 * MS
-    )
+    assert await stays(lambda: len(dialler.sockets) == 1 and len(accepter.sockets) == 1, 50 * MS)
 
 
 async def test_broadcast_reports_each_peer(make_node: MakeNode) -> None:

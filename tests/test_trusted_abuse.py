@@ -125,8 +125,9 @@ async def test_urls_a_peer_announces_for_itself_are_bounded(make_node: MakeNode)
     # Handled in order after every talk before it; the first talk's URLs are the
     # ones kept, and their store write (a task) is the last thing to wait for.
     await client.client.request(socket, "get_peers", {})
-    await wait_for(lambda: server.store.peer_id_of("ws://192.0.2.1:1000") == client.peer_id)
-    records = [r for r in await server.store.peers() if r.peer_id == client.peer_id]
+    store = server.store
+    await wait_for(lambda: store.peer_id_of("ws://192.0.2.1:1000") == client.peer_id)
+    records = [r for r in await store.peers() if r.peer_id == client.peer_id]
     assert records and "ws://192.0.2.1:1000" in records[0].urls
     assert len(records[0].urls) <= 8, len(records[0].urls)
 
