@@ -1,9 +1,20 @@
-"""Shared test helpers: one time unit, a fake clock."""
+"""
+Shared test helpers: one time unit, a fake clock, and the only two ways an integration
+test waits: :func:`wait_for` a condition, and :func:`stays` for "nothing happens".
+
+Temporary files (``tmp_path``, and the directories that nodes, simulations and the
+demo make with :mod:`tempfile`) go to ``/dev/shm`` when the machine has it and
+``TMPDIR`` is not set: every node opens two SQLite databases, whose commits wait for
+the disk; on a busy disk that made starting and stopping nodes most of the suite's time.
+
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
@@ -16,8 +27,52 @@ from trustp2p import Node
 settings.register_profile("trustp2p", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("trustp2p")
 
+if "TMPDIR" not in os.environ and os.access("/dev/shm", os.W_OK | os.X_OK):
+    os.environ["TMPDIR"] = "/dev/shm"  # subprocesses too
+    tempfile.tempdir = None  # gettempdir() looks again
+
 MS = 0.001 * float(os.environ.get("TRUSTP2P_TESTS_TIMEOUT_FACTOR", "1"))
 """One millisecond, scaled by TRUSTP2P_TESTS_TIMEOUT_FACTOR on slow machines."""
+
+
+async def wait_for(
+    predicate: Callable[[], object], timeout: float = 5000 * MS, *, interval: float = MS
+) -> None:
+    """
+    Wait until ``predicate()`` is true, checking it every ``interval`` seconds.
+
+    This is how a test waits for something to happen: on the condition itself (a
+    counter, a socket's state, a log record), never for a fixed time. ``timeout``
+    (seconds) only bounds a failing test; a passing one never waits it out. Give a
+    longer ``interval`` only to a predicate that costs something (a database query).
+
+    Raises:
+        TimeoutError: If ``predicate()`` is still false after ``timeout`` seconds.
+
+    """
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - conditions on plain attributes
+            await asyncio.sleep(interval)
+
+
+async def stays(predicate: Callable[[], object], duration: float) -> bool:
+    """
+    Whether ``predicate()`` holds all through the next ``duration`` seconds (checked
+    every millisecond); returns False as soon as it fails.
+
+    Unlike :func:`wait_for`, this is about real time passing: when all is well it
+    waits the whole ``duration``. Use it only to check that something does *not*
+    happen, and make ``duration`` what the rule under test needs (a few periods of
+    the timer behind it), not a guess at "long enough".
+
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + duration
+    while predicate():
+        if loop.time() >= deadline:
+            return True
+        await asyncio.sleep(MS)
+    return False
 
 
 class FakeClock:
@@ -40,9 +95,9 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def make_node() -> AsyncIterator[Callable[..., Awaitable[Node]]]:
-    """Start nodes with fast options (``tests.nodes.FAST``); stopped after the test.
-    Modules with a ``make_node`` of their own use theirs."""
-    from .nodes import node_factory  # here: tests.nodes imports MS from this module
+    """Start nodes with the fast options (``tests.nodes.FAST``) and the given ones;
+    stopped after the test."""
+    from .nodes import node_factory  # here: tests.nodes imports from this module
 
     async for make in node_factory():
         yield make

@@ -1,19 +1,20 @@
 """
-Shared by the tests of trusted peers: fast options for nodes on 127.0.0.1, the
-factory behind the ``make_node`` fixture (``conftest.py``) that starts nodes and stops
-them after the test, and ``wait_for``.
+Nodes in tests: ``FAST``, the one set of fast options (tests that need other timings
+derive from it: ``{**FAST, ...}``), and the factory behind the ``make_node`` fixture
+(``conftest.py``) that starts nodes and stops them after the test.
 
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from trustp2p import Node
 
-from .conftest import MS
+from .conftest import MS, wait_for
+
+__all__ = ["FAST", "MakeNode", "node_factory", "wait_for"]  # wait_for: from .conftest
 
 FAST: dict[str, Any] = {
     "peer_exchange": False,
@@ -30,8 +31,8 @@ MakeNode = Callable[..., Awaitable[Node]]
 
 
 async def node_factory(defaults: dict[str, Any] = FAST) -> AsyncIterator[MakeNode]:
-    """Start nodes with ``defaults`` and the given options on ephemeral ports; stop
-    them all at the end."""
+    """Start nodes with ``defaults`` (``FAST``; ``{}`` for the documented defaults) and
+    the given options on ephemeral ports; stop them all at the end."""
     nodes: list[Node] = []
 
     async def make(**options: Any) -> Node:
@@ -45,10 +46,3 @@ async def node_factory(defaults: dict[str, Any] = FAST) -> AsyncIterator[MakeNod
     yield make
     for node in reversed(nodes):
         await node.stop()
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` every millisecond until it holds; TimeoutError after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - conditions on plain attributes
-            await asyncio.sleep(MS)

@@ -121,7 +121,7 @@ class Spawned:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_for(self, text: str, timeout: float = 10.0) -> None:
+    def wait_for_output(self, text: str, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.output:
             if time.monotonic() > deadline or self.process.poll() is not None:
@@ -175,8 +175,8 @@ def test_server_and_client_subprocesses_exchange_heartbeats(tmp_path: Path) -> N
     )
     try:
         # The client retries until the server listens, then pings flow.
-        client.wait_for("> HEARTBEAT_PONG 'pong'")
-        server.wait_for("< HEARTBEAT_PONG 'pong'")
+        client.wait_for_output("> HEARTBEAT_PONG 'pong'")
+        server.wait_for_output("< HEARTBEAT_PONG 'pong'")
     finally:
         client_code = client.stop()
         server_code = server.stop()

@@ -21,8 +21,9 @@ def test_demo_runs_a_healthy_network_in_80_columns(
 ) -> None:
     # A wide console, so that nothing is cut to fit: the demo itself must fit 80.
     monkeypatch.setenv("COLUMNS", "200")
-    # 3 s at speed 4: the chat, the stop, the restart and the catch-up of 12 s.
-    assert main(["demo", "--nodes", "3", "--duration", "3", "--speed", "4"]) == 0
+    # 1.2 s at speed 10 (the most): the chat, the stop, the restart and the catch-up
+    # of 12 s.
+    assert main(["demo", "--nodes", "3", "--duration", "1.2", "--speed", "10"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     for line in HEALTHY:
@@ -40,8 +41,9 @@ def test_demo_runs_a_healthy_network_in_80_columns(
 
 
 def test_demo_with_a_node_down_fails_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
-    # Node 1 stops half a second in and isn't restarted: it misses the chat after that.
-    argv = ["demo", "--nodes", "3", "--duration", "1.5", "--speed", "6", "--no-restart"]
+    # Node 1 stops a third of a second in and isn't restarted: it misses the chat after
+    # that (9 s of the demo's time at speed 10).
+    argv = ["demo", "--nodes", "3", "--duration", "0.9", "--speed", "10", "--no-restart"]
     assert main(argv) == 1
     out = capsys.readouterr().out
     lines = out.splitlines()

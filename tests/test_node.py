@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,33 +27,8 @@ from trustp2p import (
 from trustp2p.protocol.package import build_package, decode, encode
 from trustp2p.threads.heartbeat import HeartbeatThread
 
-from .conftest import MS
-from .nodes import node_factory
-
-FAST: dict[str, Any] = {
-    "peer_exchange": False,  # its own traffic would blur counts; tested on its own
-    "open_timeout": 2000 * MS,
-    "close_timeout": 500 * MS,
-    "reconnect_initial": 20 * MS,
-    "reconnect_max": 100 * MS,
-    "heartbeat_interval": 60.0,  # tests that want pings set their own
-}
-
-MakeNode = Callable[..., Awaitable[Node]]
-
-
-@pytest.fixture
-async def make_node() -> AsyncIterator[MakeNode]:
-    """Start nodes with short timings (this module's ``FAST``); stop them at the end."""
-    async for make in node_factory(FAST):
-        yield make
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Poll until ``predicate()`` holds; fail the test after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - conditions on plain attributes
-            await asyncio.sleep(MS)
+from .conftest import MS, stays, wait_for
+from .nodes import FAST, MakeNode
 
 
 async def raw_client(url: str) -> ClientConnection:
@@ -114,9 +88,15 @@ class Recorder(Thread):
     def fail(self, socket: Socket, package: Package) -> dict[str, Any]:
         raise RuntimeError("secret detail")
 
-    async def slow(self, socket: Socket, package: Package) -> dict[str, Any]:
-        await asyncio.sleep(package.body["seconds"])
-        return {"slept": package.body["seconds"]}
+    async def slow(self, socket: Socket, package: Package) -> dict[str, Any] | None:
+        """Work for ``seconds``; stop without an answer if the peer leaves meanwhile
+        (so that no test waits out a handler nobody listens to any more)."""
+        try:
+            async with asyncio.timeout(package.body["seconds"]):
+                await socket.wait_closed()
+        except TimeoutError:
+            return {"slept": package.body["seconds"]}
+        return None
 
     def bad_body(self, socket: Socket, package: Package) -> Any:
         return ["not", "a", "dict"]
@@ -250,9 +230,11 @@ async def test_default_response_timeout_is_an_option(make_node: MakeNode) -> Non
 async def test_pending_request_fails_when_connection_closes(make_node: MakeNode) -> None:
     server, client, socket = await pair(make_node)
     assert client.client is not None and server.server is not None
+    inbound = server.server.sockets[0]
+    before = inbound.stats.messages_in
     pending = asyncio.create_task(client.client.request(socket, "slow", {"seconds": 5}))
-    await asyncio.sleep(20 * MS)
-    await server.server.sockets[0].close(1000, "bye")
+    await wait_for(lambda: inbound.stats.messages_in > before)  # the request is there
+    await inbound.close(1000, "bye")
     with pytest.raises(ConnectionClosed) as info:
         await pending
     assert (info.value.code, info.value.reason) == (1000, "bye")
@@ -325,7 +307,8 @@ async def test_without_reroute_a_stalled_request_waits(make_node: MakeNode) -> N
     first = client.client.socket_for(stalling.url or "")
     assert first is not None
     with pytest.raises(RequestTimeout):
-        await client.client.request(first, "work", {"job": 2}, timeout=150 * MS)
+        # Real time: the request outlives several stalled_timeout periods, unrerouted.
+        await client.client.request(first, "work", {"job": 2}, timeout=100 * MS)
 
 
 async def test_reroute_at_once_when_the_connection_is_lost(make_node: MakeNode) -> None:
@@ -568,12 +551,16 @@ async def test_slow_handler_does_not_stall_other_connections(make_node: MakeNode
     assert slow.client is not None and fast.client is not None
     await slow.client.wait_connected()
     await fast.client.wait_connected()
+    assert server.server is not None
+    await server.server.wait_connected(2)
+    slow_inbound = next(s for s in server.server.sockets if s.peer_id == slow.peer_id)
+    before = slow_inbound.stats.messages_in
+    # The handler works until the slow client leaves at the end of the test.
     sleeping = asyncio.create_task(
-        slow.client.request(slow.client.sockets[0], "slow", {"seconds": 1.0})
+        slow.client.request(slow.client.sockets[0], "slow", {"seconds": 60})
     )
-    await asyncio.sleep(10 * MS)
-    async with asyncio.timeout(0.5):
-        assert await fast.client.request(fast.client.sockets[0], "echo", {}) == {"echo": {}}
+    await wait_for(lambda: slow_inbound.stats.messages_in > before)
+    assert await fast.client.request(fast.client.sockets[0], "echo", {}) == {"echo": {}}
     assert not sleeping.done()
     sleeping.cancel()
 
@@ -595,11 +582,13 @@ async def test_one_connection_per_url(make_node: MakeNode) -> None:
     assert server.url is not None
     client = await make_node(client=True, peers=[server.url, server.url])
     assert client.client is not None and server.server is not None
-    client.client.connect(server.url)
-    await client.client.wait_connected()
-    await asyncio.sleep(50 * MS)
-    assert len(client.client.sockets) == 1
-    assert len(server.server.sockets) == 1
+    dialler, accepter = client.client, server.server
+    dialler.connect(server.url)
+    await dialler.wait_connected()
+    await accepter.wait_connected()
+    # A second dial would have started with the first: its connection shows within a
+    # handshake's time.
+    assert await stays(lambda: len(dialler.sockets) == 1 and len(accepter.sockets) == 1, 50 * MS)
 
 
 async def test_broadcast_reports_each_peer(make_node: MakeNode) -> None:

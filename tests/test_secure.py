@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ from trustp2p.protocol.handshake import HANDSHAKE_MAGIC, PLAIN_PEER, SECURE_PEER
 from trustp2p.protocol.package import build_package, encode
 from trustp2p.security.noise import NoiseHandshake
 
-from .conftest import MS
-from .nodes import MakeNode, wait_for as _wait_for
+from .conftest import MS, stays, wait_for
+from .nodes import MakeNode
 
 
 async def closed_by_peer(ws: ClientConnection) -> tuple[int | None, str | None]:
@@ -68,10 +67,6 @@ class Recorder(Thread):
 
 def recorder(node: Node) -> Recorder:
     return next(t for t in node.threads if isinstance(t, Recorder))
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    await _wait_for(predicate, timeout)
 
 
 # The channel
@@ -249,18 +244,26 @@ async def test_self_dial_is_detected(make_node: MakeNode) -> None:
 
 
 async def test_one_connection_per_peer_when_both_dial(make_node: MakeNode) -> None:
-    a = await make_node(server=True, client=True)
-    b = await make_node(server=True, client=True)
+    # Quick redials, so that a short wait sees several of them.
+    redial = {"reconnect_initial": 5 * MS, "reconnect_max": 10 * MS}
+    a = await make_node(server=True, client=True, **redial)
+    b = await make_node(server=True, client=True, **redial)
     assert a.client is not None and b.client is not None and a.url and b.url
     a.client.connect(b.url)
     b.client.connect(a.url)
 
     def settled() -> bool:
-        return len(a.sockets) == 1 and len(b.sockets) == 1
+        """One connection, seen from both ends: outbound at one, inbound at the other
+        (while the two dials are resolved, each end may see its own outbound one)."""
+        return (
+            len(a.sockets) == 1
+            and len(b.sockets) == 1
+            and a.sockets[0].inbound != b.sockets[0].inbound
+        )
 
     await wait_for(settled)
-    await asyncio.sleep(100 * MS)  # redials of the loser must not bring a second one
-    assert settled()
+    # The loser's redials (every 5 to 10 ms) must not bring a second connection.
+    assert await stays(settled, 50 * MS)
     kept_a, kept_b = a.sockets[0], b.sockets[0]
     assert kept_a.peer_id == b.peer_id and kept_b.peer_id == a.peer_id
     assert kept_a.inbound != kept_b.inbound  # the same connection, seen from both ends
@@ -382,7 +385,7 @@ async def test_request_budget_throttles_and_answers_everything(
     """A peer over its request budget is slowed down (reading from it pauses until the
     budget refills), never answered with errors, counted invalid or disconnected."""
     caplog.set_level(logging.DEBUG, logger="trustp2p.node")
-    server = await make_node(server=True, threads=[Flood], request_rate=50, request_burst=5)
+    server = await make_node(server=True, threads=[Flood], request_rate=500, request_burst=5)
     client = await make_node(client=True, peers=[server.url])
     assert client.client is not None and server.server is not None
     await client.client.wait_connected()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,8 @@ from trustp2p.protocol.peers import peer_key
 from trustp2p.storage.peerstore import PeerSource, PeerStore
 from trustp2p.threads.heartbeat import HeartbeatThread
 
-from .conftest import MS
-from .nodes import FAST, MakeNode, wait_for
-
-
-async def stays(predicate: Callable[[], bool], duration: float) -> bool:
-    """Whether ``predicate`` holds during ``duration`` seconds."""
-    with contextlib.suppress(TimeoutError):
-        await wait_for(lambda: not predicate(), timeout=duration)
-    return predicate()
+from .conftest import MS, stays, wait_for
+from .nodes import FAST, MakeNode
 
 
 async def connected_pair(make_node: MakeNode, **server_options: Any) -> tuple[Node, Node, Socket]:
@@ -91,10 +83,15 @@ async def test_a_server_without_peer_exchange_is_not_penalized(make_node: MakeNo
     assert client.client is not None and client.store is not None
     await client.client.wait_connected()
     socket = client.client.sockets[0]
-    await asyncio.sleep(100 * MS)  # some 20 exchange rounds
-    assert socket.stats.invalid_in == 0
-    assert not socket.closed
-    assert not client.store.is_blocked(peer_id=server.peer_id)
+    # The hello, then the error answer to get_peers.
+    await wait_for(lambda: socket.stats.messages_in >= 2)
+
+    def unpunished() -> bool:
+        assert client.store is not None
+        blocked = client.store.is_blocked(peer_id=server.peer_id)
+        return socket.stats.invalid_in == 0 and not socket.closed and not blocked
+
+    assert await stays(unpunished, 25 * MS)  # and some 5 exchange rounds after it
 
 
 async def test_the_block_policy_cannot_be_dodged(make_node: MakeNode) -> None:
@@ -126,18 +123,28 @@ async def test_urls_a_peer_announces_for_itself_are_bounded(make_node: MakeNode)
         urls = [f"ws://192.0.2.{n + 1}:{port}" for port in range(1000, 1008)]
         await client.client.send_talk(socket, "my_url", {"urls": urls})
 
-    # Handled in order after every talk before it (the store writes are tasks).
+    # Handled in order after every talk before it; the first talk's URLs are the
+    # ones kept, and their store write (a task) is the last thing to wait for.
     await client.client.request(socket, "get_peers", {})
-    await asyncio.sleep(50 * MS)
-    records = [r for r in await server.store.peers() if r.peer_id == client.peer_id]
+    store = server.store
+    await wait_for(lambda: store.peer_id_of("ws://192.0.2.1:1000") == client.peer_id)
+    records = [r for r in await store.peers() if r.peer_id == client.peer_id]
     assert records and "ws://192.0.2.1:1000" in records[0].urls
     assert len(records[0].urls) <= 8, len(records[0].urls)
 
 
 async def test_a_duplicate_is_not_dialled_again_and_again(make_node: MakeNode) -> None:
     small, big = sorted((Identity.generate(), Identity.generate()), key=lambda i: i.peer_id)
-    # a's own dials lose against b's connection: b has the smaller id.
-    a = await make_node(server=True, client=True, identity=big, target_outbound=2)
+    # a's own dials lose against b's connection: b has the smaller id. Quick redials,
+    # so that a short wait would see several.
+    a = await make_node(
+        server=True,
+        client=True,
+        identity=big,
+        target_outbound=2,
+        reconnect_initial=5 * MS,
+        reconnect_max=10 * MS,
+    )
     b = await make_node(server=True, client=True, identity=small, peers=[a.url])
     assert a.server is not None and a.client is not None and a.store is not None
     assert b.url is not None
@@ -153,8 +160,7 @@ async def test_a_duplicate_is_not_dialled_again_and_again(make_node: MakeNode) -
     await a.store.add_urls([b.url], PeerSource.EXCHANGE)  # learnt without its id
     a.client.wake()
     await wait_for(lambda: len(dials) >= 1)
-    await asyncio.sleep(300 * MS)
-    assert len(dials) <= 2, f"{len(dials)} dials of {b.url} in 300 ms"
+    assert await stays(lambda: len(dials) <= 2, 50 * MS), f"{len(dials)} dials of {b.url}"
     # Still one connection between the two.
     assert [s.peer_id for s in a.sockets] == [b.peer_id]
 
@@ -221,7 +227,8 @@ async def test_a_blocked_peer_is_not_dialled_after_a_restart(
     client = await make_node(client=True, cwd=cwd, peers=[target.url])
     assert client.store is not None and client.store.is_blocked(peer_id=target.peer_id)
     seen = next(t for t in target.threads if isinstance(t, Seen))
-    assert await stays(lambda: seen.connections == 0, 200 * MS), seen.connections
+    # A dial would start at once, and again every 20 to 100 ms.
+    assert await stays(lambda: seen.connections == 0, 50 * MS), seen.connections
 
 
 class Seen(Thread):

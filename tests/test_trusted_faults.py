@@ -23,20 +23,13 @@ from typing import Any
 import pytest
 
 from trustp2p import Node, RemoteError
+from trustp2p.identity import KEY_FILE, Identity
 from trustp2p.storage.peerstore import STORE_PATH, PeerStore
 
-from .conftest import MS
+from .conftest import MS, wait_for
+from .nodes import FAST
 
-CLIENT: dict[str, Any] = {
-    "client": True,
-    "peer_exchange": False,
-    "target_outbound": 0,
-    "open_timeout": 2000 * MS,
-    "close_timeout": 500 * MS,
-    "reconnect_initial": 20 * MS,
-    "reconnect_max": 100 * MS,
-    "heartbeat_interval": 60.0,
-}
+CLIENT: dict[str, Any] = {**FAST, "client": True}
 
 # Generous: a loaded CI machine starts Python slowly.
 START_TIMEOUT = 20.0
@@ -120,24 +113,10 @@ async def processes() -> AsyncIterator[list[NodeProcess]]:
             await process.stop(signal.SIGKILL)
 
 
-async def run_cli(*args: str) -> str:
-    """Run ``python -m trustp2p ARGS``; its stdout."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "trustp2p",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(START_TIMEOUT):
-        out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    return out.decode()
-
-
-async def peer_id_of(cwd: Path) -> str:
-    return (await run_cli("id", "--cwd", str(cwd))).strip()
+def peer_id_of(cwd: Path) -> str:
+    """The peer id of the node in ``cwd``, read from its key file (``trustp2p id`` has
+    tests of its own; a subprocess here would only cost a Python start)."""
+    return Identity.load_or_create(cwd / KEY_FILE).peer_id
 
 
 def stored_peer_ids(path: Path) -> set[str]:
@@ -148,12 +127,6 @@ def stored_peer_ids(path: Path) -> set[str]:
     except sqlite3.OperationalError:  # not created yet
         return set()
     return {row[0] for row in rows}
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - conditions on plain attributes
-            await asyncio.sleep(10 * MS)
 
 
 async def visit(url: str, n: int) -> str:
@@ -194,7 +167,7 @@ async def test_store_survives_kill_9_of_a_node_mid_run(
     node = await NodeProcess.start("server", cwd, "--port", "0")
     processes.append(node)
     url = await node.started()
-    node_id = await peer_id_of(cwd)
+    node_id = peer_id_of(cwd)
     visited: list[str] = []
 
     async def churn() -> None:
@@ -204,7 +177,9 @@ async def test_store_survives_kill_9_of_a_node_mid_run(
 
     task = asyncio.create_task(churn())
     try:
-        await wait_for(lambda: len(stored_peer_ids(path) & set(visited)) >= 5)
+        await wait_for(
+            lambda: len(stored_peer_ids(path) & set(visited)) >= 5, 10.0, interval=10 * MS
+        )
         recorded = stored_peer_ids(path) & set(visited)
         # Mid-run: a client is connecting or talking. One signal only: a second one
         # would reap the process behind asyncio's back (Popen.send_signal polls first).
@@ -221,7 +196,7 @@ async def test_store_survives_kill_9_of_a_node_mid_run(
     restarted = await NodeProcess.start("server", cwd, "--port", "0")
     processes.append(restarted)
     url = await restarted.started()
-    assert await peer_id_of(cwd) == node_id
+    assert peer_id_of(cwd) == node_id
     # Clients that dial it by its id still get in: it proves the same key.
     visited.append(await visit(f"{url}/p2p/{node_id}", 999))
     assert await restarted.stop() == 0
@@ -249,14 +224,13 @@ async def test_full_disk_does_not_stop_the_node(
     cwd = tmp_path / "node"
     (cwd / "threads-enabled").mkdir(parents=True)  # no warning about it
     path = cwd / STORE_PATH
-    # A first run creates the identity and the store.
-    first = await NodeProcess.start("server", cwd, "--port", "0")
-    processes.append(first)
-    url = await first.started()
-    node_id = await peer_id_of(cwd)
-    await visit(f"{url}/p2p/{node_id}", 0)
-    assert await first.stop() == 0
-    assert path.exists()
+    # The identity and a store with a peer in it, as a first run leaves them.
+    node_id = peer_id_of(cwd)
+    store = await PeerStore.open(path)
+    await store.record_connected(
+        peer_id=Identity.generate().peer_id, url="ws://127.0.0.1:20000", address="127.0.0.1"
+    )
+    await store.close()
 
     # Then a run where files can't grow past what they are: the store's first writes
     # fail. (CPython ignores SIGXFSZ: the write fails with EFBIG.)

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import MS
+from tests.conftest import MS, stays
 from trustp2p.drivers import (
     CloseCode,
     Driver,
@@ -288,11 +288,6 @@ class DriverHarness:
                 await socket.wait_closed()
             for listening in self._listenings:
                 await listening.wait_closed()
-
-
-async def quiet() -> None:
-    """Let the event loop run for a short while, to check that nothing happens."""
-    await asyncio.sleep(QUIET)
 
 
 class DriverConformance:
@@ -590,8 +585,7 @@ class DriverConformance:
         pair.server.write(message)
         drain = asyncio.create_task(pair.server.drain())
         try:
-            await quiet()
-            assert not drain.done()
+            assert await stays(lambda: not drain.done(), QUIET)
             pair.client.resume_reading()
             async with asyncio.timeout(TIMEOUT):
                 await drain
@@ -606,8 +600,7 @@ class DriverConformance:
         pair.server.write(b"x" * (16 * 2**20))
         drain = asyncio.create_task(pair.server.drain())
         try:
-            await quiet()
-            assert not drain.done()
+            assert await stays(lambda: not drain.done(), QUIET)
             pair.server.abort()
             async with asyncio.timeout(TIMEOUT):
                 with pytest.raises(ConnectionClosed) as exc_info:
@@ -662,8 +655,7 @@ class DriverConformance:
         messages = [b"one", b"", b"three"]
         for message in messages:
             other.write(message)
-        await quiet()
-        assert this_events.messages(this) == []
+        assert await stays(lambda: this_events.messages(this) == [], QUIET)
         this.resume_reading()
         this.resume_reading()  # idempotent
         assert await this_events.wait_messages(this, 3) == messages
@@ -680,9 +672,8 @@ class DriverConformance:
         for message in (b"one", b"two", b"three"):
             pair.client.write(message)
         await pair.server_events.wait_messages(pair.server, 1)
-        await quiet()
         # pause_reading() inside on_message stops the next on_message calls.
-        assert pair.server_events.messages(pair.server) == [b"one"]
+        assert await stays(lambda: pair.server_events.messages(pair.server) == [b"one"], QUIET)
         pair.server_events.on_message_hook = None
         pair.server.resume_reading()
         assert await pair.server_events.wait_messages(pair.server, 3) == [
@@ -785,7 +776,7 @@ class DriverConformance:
         assert this_events.events(this).count(DriverEvent.CLOSE) == 1
 
     async def test_close_times_out_when_peer_does_not_answer(self, harness: DriverHarness) -> None:
-        options = DriverOptions(close_timeout=100 * MS)
+        options = DriverOptions(close_timeout=50 * MS)
         pair = await harness.pair(options)
         pair.server.pause_reading()  # the server won't see the close frame
         pair.client.close_soon()

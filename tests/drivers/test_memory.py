@@ -88,7 +88,7 @@ class TestMemoryOnly:
             await harness.aclose()
 
     async def test_delay(self) -> None:
-        hub = MemoryHub(delay=50 * MS)
+        hub = MemoryHub(delay=10 * MS)
         harness = DriverHarness(lambda options: MemoryDriver(options, hub=hub), "127.0.0.1")
         try:
             pair = await harness.pair()

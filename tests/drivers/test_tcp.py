@@ -211,7 +211,7 @@ async def test_connect_times_out(harness: DriverHarness) -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen(0)
         url = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
-        options = DriverOptions(open_timeout=100 * MS)
+        options = DriverOptions(open_timeout=50 * MS)
         errors: list[DriverError] = []
         for _ in range(8):
             events = harness.recorder()
@@ -221,7 +221,7 @@ async def test_connect_times_out(harness: DriverHarness) -> None:
                 errors.append(exc)
                 break
         assert [str(exc) for exc in errors] == [
-            f"can't connect to {url}: timed out after {100 * MS:g} s"
+            f"can't connect to {url}: timed out after {50 * MS:g} s"
         ]
         assert events.records == []
 
@@ -340,7 +340,7 @@ async def test_peer_drops_without_close(
 async def test_close_times_out_when_raw_peer_is_silent(
     harness: DriverHarness, raw_peers: list[RawPeer]
 ) -> None:
-    raw, events = await serve_raw(harness, raw_peers, DriverOptions(close_timeout=100 * MS))
+    raw, events = await serve_raw(harness, raw_peers, DriverOptions(close_timeout=50 * MS))
     raw.server.close_soon(CloseCode.GOING_AWAY, "bye")
     assert await raw.read_frame() == close_frame(CloseCode.GOING_AWAY, "bye")
     # No answer, no FIN: the server drops the connection after close_timeout.
@@ -431,7 +431,7 @@ async def test_huge_frame_without_limit_is_not_preallocated(
 ) -> None:
     # With no message size limit, 2 GiB - 1 is a valid length: memory grows only with
     # what actually arrives, and the stalled frame is dropped at its deadline.
-    options = DriverOptions(max_message_size=None, frame_timeout=100 * MS)
+    options = DriverOptions(max_message_size=None, frame_timeout=50 * MS)
     raw, events = await serve_raw(harness, raw_peers, options)
     started = not tracemalloc.is_tracing()
     if started:
@@ -450,7 +450,7 @@ async def test_huge_frame_without_limit_is_not_preallocated(
         events,
         CloseCode.POLICY_VIOLATION,
         "frame stalled",
-        f"frame stalled: 1000 of 2147483647 payload bytes received in {100 * MS:g} s",
+        f"frame stalled: 1000 of 2147483647 payload bytes received in {50 * MS:g} s",
     )
 
 
@@ -490,7 +490,7 @@ async def test_bad_control_frame(
 async def test_stalled_frame_closed_at_deadline(
     harness: DriverHarness, raw_peers: list[RawPeer], sent: bytes, error: str
 ) -> None:
-    timeout = 100 * MS
+    timeout = 50 * MS
     listening, events = await harness.listen(DriverOptions(frame_timeout=timeout))
     idle = await connect_raw(listening.url, events, raw_peers)
     stalled = await connect_raw(listening.url, events, raw_peers)
@@ -513,6 +513,7 @@ async def test_stalled_frame_closed_at_deadline(
 
 async def test_deadline_is_per_frame(harness: DriverHarness, raw_peers: list[RawPeer]) -> None:
     # Two frames, each completed within the deadline, together take longer than it.
+    # The sleeps are the test: real time passing against the frame deadline.
     timeout = 250 * MS
     raw, events = await serve_raw(harness, raw_peers, DriverOptions(frame_timeout=timeout))
     await raw.send(b"\x00\x00\x00\x02a")
@@ -521,7 +522,7 @@ async def test_deadline_is_per_frame(harness: DriverHarness, raw_peers: list[Raw
     await asyncio.sleep(0.6 * timeout)
     await raw.send(b"\x00\x02cd")
     assert await events.wait_messages(raw.server, 2) == [b"ab", b"cd"]
-    await asyncio.sleep(1.2 * timeout)
+    await asyncio.sleep(1.2 * timeout)  # idle between frames: no deadline runs
     assert not raw.server.closed
     assert events.errors(raw.server) == []
 
@@ -534,7 +535,7 @@ async def test_pause_reading_suspends_the_deadline(
     await raw.send(b"\x00\x00\x00\x04ab")
     await asyncio.sleep(QUIET)  # the server reads the first half
     raw.server.pause_reading()
-    await asyncio.sleep(1.5 * timeout)
+    await asyncio.sleep(1.5 * timeout)  # real time: past the deadline, while paused
     await raw.send(b"cd")
     assert not raw.server.closed
     raw.server.resume_reading()

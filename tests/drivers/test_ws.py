@@ -123,7 +123,7 @@ async def test_connect_times_out_when_handshake_never_answered(harness: DriverHa
     try:
         port = server.sockets[0].getsockname()[1]
         url = f"ws://127.0.0.1:{port}"
-        open_timeout = 100 * MS
+        open_timeout = 50 * MS
         events = harness.recorder()
         with pytest.raises(DriverError) as exc_info:
             await harness.connect(url, DriverOptions(open_timeout=open_timeout), events)
@@ -223,7 +223,7 @@ async def test_plain_http_request_rejected(harness: DriverHarness) -> None:
 
 
 async def test_handshake_timeout_drops_client(harness: DriverHarness) -> None:
-    listening, events = await harness.listen(DriverOptions(open_timeout=100 * MS))
+    listening, events = await harness.listen(DriverOptions(open_timeout=50 * MS))
     host, port = listening.url.removeprefix("ws://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     try:

@@ -483,10 +483,14 @@ _json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | _utf8_text,
-    lambda children: st.lists(children) | st.dictionaries(_utf8_text, children),
-    max_leaves=20,
+    # Small containers: unbounded ones overshoot max_leaves and hypothesis retries the
+    # draw, which made generating the examples take seconds.
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(_utf8_text, children, max_size=4)
+    ),
+    max_leaves=12,
 )
-_json_bodies = st.dictionaries(_utf8_text, _json_values, max_size=8)
+_json_bodies = st.dictionaries(_utf8_text, _json_values, max_size=6)
 
 
 def _decode_or_error(data: bytes) -> Package | PackageError:

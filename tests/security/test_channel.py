@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.conftest import MS
+from tests.conftest import MS, wait_for
 from tests.drivers.conformance import RecordingListener
-from tests.nodes import wait_for
 from trustp2p.drivers import DriverEvent, Listening, Socket
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from trustp2p.exceptions import ChannelError, HandshakeError, SelfDialError
