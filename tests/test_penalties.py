@@ -81,3 +81,31 @@ async def test_a_well_behaved_plain_peer_is_never_judged_by_its_neighbours(
                 await bystander.client.request(good, "anything", {})
         assert ws.close_code is None  # one invalid package of 1: under min_packages
     assert not good.closed
+
+
+async def test_valid_packages_are_counted_in_batches_and_all_by_close(
+    make_node: MakeNode,
+) -> None:
+    """Valid packages reach the peer store in batches of ``GOOD_BATCH`` (per package,
+    counting was a tenth of the framework's cost per round trip); an invalid package
+    or the connection's close counts the rest, so nothing is lost."""
+    from trustp2p.node.connections import GOOD_BATCH
+    from trustp2p.protocol.peers import peer_key
+
+    server = await make_node(server=True)
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None and server.store is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    for _ in range(GOOD_BATCH + 5):
+        with pytest.raises(RemoteError):  # nobody handles it: valid, answered with an error
+            await client.client.request(socket, "anything", {})
+    key = peer_key(client.peer_id, "127.0.0.1")
+    good, invalid = server.store.record_packages(key)
+    assert GOOD_BATCH <= good < GOOD_BATCH + 5 + 1 + GOOD_BATCH  # + hello; batched
+    assert invalid == 0
+    await client.stop()
+    await wait_for(lambda: not server.server or not server.server.sockets)
+    good, invalid = server.store.record_packages(key)
+    assert good == GOOD_BATCH + 5 + 1  # every request, and the hello
+    assert invalid == 0

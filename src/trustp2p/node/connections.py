@@ -56,6 +56,10 @@ if TYPE_CHECKING:
     from .node import Node
     from .roles import Role
 
+GOOD_BATCH = 32
+"""Valid packages are counted in the peer store (and judged by the block policy) in
+batches of this many, and when an invalid one arrives or the connection closes."""
+
 
 class Connections:
     """
@@ -155,9 +159,9 @@ class Connections:
             self.inbound.introduced(socket)
         if self._debug and protocol.last_package is not None:
             conn.log.debug("< %s", protocol.last_package)
-        if protocol.last_valid:
-            if self.penalties.crossed(socket, good=1):
-                # Past the policy, even if this package was a good one: a peer mixing
+        if protocol.last_valid and protocol.valid - conn.counted >= GOOD_BATCH:
+            if self.count_good(conn):
+                # Past the policy, even if these packages were good ones: a peer mixing
                 # good packages among its bad ones must not slip through.
                 self.penalties.offended(conn)
                 return
@@ -183,6 +187,7 @@ class Connections:
         conn = self._conns.pop(socket.id, None)
         if conn is None:
             return
+        self.count_good(conn)  # the rest of the batch; the peer left, no verdict
         self.penalties.forget(socket)
         conn.protocol.connection_lost()
         if conn.throttle is not None:
@@ -347,10 +352,23 @@ class Connections:
             conn.log.warning("! %s%s", penalty.reason, suffix)
         else:
             conn.log.debug("! %s", penalty.reason)
-        if self.penalties.crossed(socket, invalid=1) or (
-            socket.peer_id is None and self.penalties.judge(conn.protocol.counts())
+        if (
+            self.count_good(conn)
+            or self.penalties.crossed(socket, invalid=1)
+            or (socket.peer_id is None and self.penalties.judge(conn.protocol.counts()))
         ):
             self.penalties.offended(conn)
+
+    def count_good(self, conn: PeerConnection) -> bool:
+        """Count the connection's valid packages not yet counted in the peer store
+        (batched: per package, that was a tenth of the framework's cost); True if that
+        crossed the block policy."""
+        valid = conn.protocol.valid
+        good = valid - conn.counted
+        if not good:
+            return False
+        conn.counted = valid
+        return self.penalties.crossed(conn.socket, good=good)
 
     def _introduced(self, conn: PeerConnection, introduced: Introduced) -> None:
         socket = conn.socket

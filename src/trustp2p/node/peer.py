@@ -44,7 +44,17 @@ class PeerConnection:
 
     """
 
-    __slots__ = ("backlog", "log", "protocol", "role", "socket", "stall", "throttle", "worker")
+    __slots__ = (
+        "backlog",
+        "counted",
+        "log",
+        "protocol",
+        "role",
+        "socket",
+        "stall",
+        "throttle",
+        "worker",
+    )
 
     def __init__(
         self, socket: Socket, role: Role, protocol: ConnectionProtocol, log: PeerLog
@@ -55,6 +65,7 @@ class PeerConnection:
         self.log = log
         self.worker: Worker | None = None
         self.backlog = 0  # packages written while the peer wasn't reading
+        self.counted = 0  # valid packages already counted in the peer store
         self.throttle: asyncio.TimerHandle | None = None  # over the request budget
         self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
 
