@@ -6,12 +6,14 @@ from __future__ import annotations
 import re
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from trustp2p.identity import Identity
 from trustp2p.protocol.limits import AddressLimiter, TokenBucket, is_loopback, netgroup
 from trustp2p.protocol.urls import MAX_URL_LENGTH, split_peer_url, validate_url, validate_urls
 
-PEER_ID = Identity.generate().peer_id
+# A fixed key: test ids must be the same in every pytest-xdist worker.
+PEER_ID = Identity(Ed25519PrivateKey.from_private_bytes(bytes(range(32)))).peer_id
 
 
 # TokenBucket
