@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -61,17 +62,27 @@ def ours() -> Package:
 
 
 def protocol(
-    clock: FakeClock, *, secure: bool = False, budget: TokenBucket | None = None
+    clock: FakeClock,
+    *,
+    secure: bool = False,
+    budget: TokenBucket | None = None,
+    start: bool = True,
+    **options: Any,
 ) -> ConnectionProtocol:
-    connection = ConnectionProtocol(
-        secure=secure,
-        peer_id=PEER if secure else None,
-        introduction=ours(),
-        clock=clock,
-        is_handled=lambda package_type, event: (package_type, event) in HANDLED,
-        request_budget=budget,
-    )
-    assert connection.start() == [Send(ours())]
+    """A connection on ``clock``, started unless ``start`` is false; ``options``
+    override the other arguments of :class:`ConnectionProtocol`."""
+    arguments: dict[str, Any] = {
+        "secure": secure,
+        "peer_id": PEER if secure else None,
+        "introduction": ours(),
+        "clock": clock,
+        "is_handled": lambda package_type, event: (package_type, event) in HANDLED,
+        "request_budget": budget,
+    }
+    arguments.update(options)
+    connection = ConnectionProtocol(**arguments)
+    if start:
+        assert connection.start() == [Send(arguments["introduction"])]
     return connection
 
 
@@ -85,13 +96,7 @@ def request(event: str = "echo", body: dict[str, object] | None = None) -> bytes
 
 
 def test_states_from_start_to_closed(clock: FakeClock) -> None:
-    connection = ConnectionProtocol(
-        secure=False,
-        peer_id=None,
-        introduction=ours(),
-        clock=clock,
-        is_handled=lambda *_: False,
-    )
+    connection = protocol(clock, start=False, is_handled=lambda *_: False)
     assert connection.state is ConnectionState.HANDSHAKING
     assert connection.start() == [Send(ours())]
     assert connection.state is ConnectionState.INTRODUCED
@@ -138,13 +143,8 @@ def test_our_own_nonce_means_we_dialled_ourselves(clock: FakeClock) -> None:
     ours_with_nonce = build_package(
         PackageType.TALK, VERSION_EVENT, version_body(library_version="0.1.0", nonce=NONCE)
     )
-    connection = ConnectionProtocol(
-        secure=False,
-        peer_id=None,
-        introduction=ours_with_nonce,
-        clock=clock,
-        is_handled=lambda *_: True,
-        nonce=NONCE,
+    connection = protocol(
+        clock, start=False, introduction=ours_with_nonce, is_handled=lambda *_: True, nonce=NONCE
     )
     connection.start()
     # Our own version talk comes back: the other end of this connection is us.
@@ -158,14 +158,7 @@ def test_our_own_nonce_means_we_dialled_ourselves(clock: FakeClock) -> None:
 
 def test_another_nonce_or_none_is_another_node(clock: FakeClock) -> None:
     for body in (version_body(library_version="0.1.0", nonce="0123456789abcdef"), VERSION):
-        connection = ConnectionProtocol(
-            secure=False,
-            peer_id=None,
-            introduction=ours(),
-            clock=clock,
-            is_handled=lambda *_: True,
-            nonce=NONCE,
-        )
+        connection = protocol(clock, start=False, is_handled=lambda *_: True, nonce=NONCE)
         connection.start()
         talk = build_package(PackageType.TALK, VERSION_EVENT, body)
         assert connection.receive_data(encode(talk)) == [Introduced(body, [])]
@@ -319,14 +312,7 @@ def test_invalid_packages_warn_then_go_quiet(clock: FakeClock) -> None:
 
 
 def test_oversized_package_is_invalid(clock: FakeClock) -> None:
-    connection = ConnectionProtocol(
-        secure=False,
-        peer_id=None,
-        introduction=ours(),
-        clock=clock,
-        is_handled=lambda *_: True,
-        max_package_size=100,
-    )
+    connection = protocol(clock, start=False, is_handled=lambda *_: True, max_package_size=100)
     [penalty, *_] = connection.receive_data(request(body={"x": "y" * 200}))
     assert isinstance(penalty, Penalty) and "exceeds" in penalty.reason
 
@@ -437,11 +423,9 @@ def test_a_ping_nobody_handles_is_answered_at_once_with_the_originals_pong(
 
 
 def test_a_ping_a_thread_handles_goes_to_the_thread(clock: FakeClock) -> None:
-    connection = ConnectionProtocol(
-        secure=False,
-        peer_id=None,
-        introduction=ours(),
-        clock=clock,
+    connection = protocol(
+        clock,
+        start=False,
         is_handled=lambda package_type, event: package_type is PackageType.HEARTBEAT_PING,
     )
     ping = build_package(PackageType.HEARTBEAT_PING, "ping", {})

@@ -126,31 +126,43 @@ class ConnectionState(enum.Enum):
 
 
 @dataclass(slots=True)
-class Send:
+class _PackageAction:
+    package: Package
+
+
+@dataclass(slots=True)
+class _Reason:
+    reason: str
+
+
+@dataclass(slots=True)
+class _CodeReason:
+    code: int
+    reason: str
+
+
+class Send(_PackageAction):
     """Send ``package`` to the peer."""
 
-    package: Package
+    __slots__ = ()
 
 
-@dataclass(slots=True)
-class Dispatch:
+class Dispatch(_PackageAction):
     """Hand ``package`` to its thread handlers, in this connection's order."""
 
-    package: Package
+    __slots__ = ()
 
 
-@dataclass(slots=True)
-class DeliverResponse:
+class DeliverResponse(_PackageAction):
     """Give a RESPONSE or HEARTBEAT_PONG to the request table."""
 
-    package: Package
+    __slots__ = ()
 
 
-@dataclass(slots=True)
-class DeliverGossip:
+class DeliverGossip(_PackageAction):
     """Give a GOSSIP package to the gossip service."""
 
-    package: Package
+    __slots__ = ()
 
 
 @dataclass(slots=True)
@@ -186,37 +198,31 @@ class Throttle:
     delay: float
 
 
-@dataclass(slots=True)
-class Close:
+class Close(_CodeReason):
     """Close the connection with ``code`` and ``reason`` (already fit to 123 bytes)."""
 
-    code: int
-    reason: str
+    __slots__ = ()
 
 
-@dataclass(slots=True)
-class SelfDial:
+class SelfDial(_CodeReason):
     """The peer is this node (its introduction carries our nonce): close with ``code``
     and ``reason``. Nobody is at fault; a dialler shouldn't dial that URL again soon."""
 
-    code: int
-    reason: str
+    __slots__ = ()
 
 
-@dataclass(slots=True)
-class Block:
+class Block(_Reason):
     """Block the peer (by id and address, as the policy allows) and close: it broke the
     protocol in a way no honest peer does."""
 
-    reason: str
+    __slots__ = ()
 
 
-@dataclass(slots=True)
-class Lost:
+class Lost(_Reason):
     """The peer left our ping unanswered (:mod:`~trustp2p.protocol.liveness`): drop the
     connection at once; a dead link can't complete a closing handshake."""
 
-    reason: str
+    __slots__ = ()
 
 
 @dataclass(slots=True)
@@ -226,11 +232,10 @@ class PingAnswered:
     rtt: float
 
 
-@dataclass(slots=True)
-class Ignore:
+class Ignore(_Reason):
     """Nothing to do; ``reason`` is worth a DEBUG line."""
 
-    reason: str
+    __slots__ = ()
 
 
 Action = (
