@@ -19,7 +19,7 @@ from trustp2p.protocol.package import build_package
 from trustp2p.storage.msglog import LOG_FILE
 from trustp2p.testing import Delivery, Network
 
-from .conftest import MS, FakeClock
+from .conftest import MS, FakeClock, stays, wait_for
 from .protocol.test_gossip_router import _raw_body
 
 
@@ -256,7 +256,7 @@ async def test_hop_limit_and_seen_cache_bounds_under_a_flood() -> None:
         await asyncio.sleep(50 * MS)
         for n in range(200):
             await network.nodes[0].gossip.publish("chat", {"n": n})  # type: ignore[union-attr]
-        await asyncio.sleep(500 * MS)
+        await wait_for(lambda: len(network.received[0]) == 200)
         for node in network.nodes:
             router = node.gossip.router  # type: ignore[union-attr]
             assert len(router._seen) <= 50
@@ -373,3 +373,39 @@ async def test_the_shell_takes_its_clocks_from_the_caller() -> None:
                 await asyncio.sleep(MS)
         assert got[1].id == second.id
         assert node.gossip.delivered_seq("chat", second.origin) == 2
+
+
+async def test_messages_logged_before_a_crash_are_delivered_at_start(tmp_path: Any) -> None:
+    """Messages in the log past the delivered marks (a kill -9 came after they were
+    logged and before their handlers ran or their marks were written) are delivered
+    when the node starts, in order, and once: the marks are written as they go."""
+    from trustp2p.node.gossip_log import to_logged
+    from trustp2p.storage.msglog import MessageLog
+
+    (tmp_path / "data").mkdir()
+    origin = Identity.generate()
+    messages = [
+        sign_message(origin, "chat", seq, 1_700_000_000_000, {"n": seq}) for seq in (1, 2, 3)
+    ]
+    log = await MessageLog.open(
+        tmp_path / "data" / LOG_FILE, max_messages=100, max_age=1e9, clock=time.time
+    )
+    for message in messages:
+        log.add(to_logged(message))
+    await log.close()
+
+    got: list[int] = []
+    for run in range(2):
+        got.clear()
+        node = Node(cwd=tmp_path, server=True, port=0, secure=False, log_max_age=1e9)
+        await node.start()
+        try:
+            assert node.gossip is not None
+            node.gossip.subscribe("chat", lambda message: got.append(message.seq))
+            if run == 0:
+                await wait_for(lambda: got == [1, 2, 3])
+            else:
+                # The replay is queued at subscribe and runs within a few loop turns.
+                assert await stays(lambda: got == [], 50 * MS)  # the marks were written
+        finally:
+            await node.stop()

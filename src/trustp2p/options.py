@@ -143,6 +143,12 @@ class NodeOptions:
         catchup_batch: Most messages in one ``gossip/fetch`` answer.
         gap_timeout: A gap in an origin's sequence that nobody fills is skipped after
             this long.
+        durable_delivery: Write each message's delivered mark to the message log once
+            its handlers return, before the next message is delivered: a node killed
+            (``kill -9``) and restarted delivers again at most the one message whose
+            handlers were running, and never misses one. False: marks are written with
+            the log's periodic flush (every second), faster under heavy load, and a
+            crash may deliver up to a second of messages again.
 
     """
 
@@ -216,6 +222,7 @@ class NodeOptions:
     catchup_interval: float = 30.0
     catchup_batch: int = 100
     gap_timeout: float = 30.0
+    durable_delivery: bool = True
 
     def __post_init__(self) -> None:
         if self.cwd is not None and not isinstance(self.cwd, Path):

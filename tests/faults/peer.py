@@ -7,6 +7,9 @@ program does besides:
 - ``_ask``: on each connection it opens, send a ``hang`` request (never answered, not
   reroutable) and log how it ends.
 - ``_log_level``: the root logger's level (default ``INFO``).
+- ``_record``: ``[path, topic]``: subscribe to ``topic`` before starting, and append
+  ``"<origin> <seq>"`` to ``path`` for each message delivered (one ``write`` per line,
+  ``O_APPEND``: a line is whole or absent after ``kill -9``), after a line ``start``.
 
 It prints ``listening <url>`` (server) and ``started`` on stdout once started, logs to
 stderr, and stops on SIGTERM. Its ``Service`` thread answers ``echo`` and never answers
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -60,9 +64,22 @@ class Service(Thread):
             log.info("hang request ended: %s %s", type(exc).__name__, exc)
 
 
+def record(node: Node, path: str, topic: str) -> None:
+    """Subscribe ``node`` to ``topic``, appending each delivery to ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, b"start\n")
+    assert node.gossip is not None
+    node.gossip.subscribe(
+        topic, lambda message: os.write(fd, f"{message.origin} {message.seq}\n".encode())
+    )
+
+
 async def main(options: dict[str, Any]) -> None:
     Service.ask = bool(options.pop("_ask", False))
+    recording = options.pop("_record", None)
     node = Node(threads=(Service,), **options)
+    if recording is not None:
+        record(node, *recording)
     await node.start()
     if node.url is not None:
         print("listening", node.url, flush=True)

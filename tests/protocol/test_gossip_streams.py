@@ -18,6 +18,7 @@ from trustp2p.protocol.gossip import (
     Deliver,
     GapSkipped,
     GossipMessage,
+    ReleaseMarks,
     StreamEvent,
     Streams,
     sign_message,
@@ -348,3 +349,43 @@ def test_any_arrival_order_delivers_each_once_in_order(
     # Every number of 1..12 was delivered, refused or given up; nothing is left waiting.
     assert set(delivered) | refused | set(skipped) == set(range(1, 13))
     assert (streams.held, streams.held_bytes, streams.gaps) == (0, 0, [])
+
+
+def test_release_marks_move_the_order_and_leave_the_durable_marks_to_settle() -> None:
+    """Released messages move the order at once; the durable marks (what a restarted
+    node delivered) move only when the handlers are done."""
+    durable = Marks()
+    durable.marks[stream_key(TOPIC, ALICE.peer_id)] = 2  # delivered before a restart
+    marks = ReleaseMarks(durable)
+    streams, _, _ = _streams(marks)  # type: ignore[arg-type]
+    stream = stream_key(TOPIC, ALICE.peer_id)
+    assert _seqs(streams.add(_message(2), None)) == []  # delivered before the restart
+    assert _seqs(streams.add(_message(3), None)) == [3]
+    assert _seqs(streams.add(_message(4), None)) == [4]
+    assert marks.delivered(stream) == 4  # the order's view: 3 and 4 are released
+    assert durable.marks[stream] == 2  # a crash now delivers 3 and 4 again
+    marks.settle(stream, 3)  # 3's handlers returned
+    assert durable.marks[stream] == 3
+    assert marks.delivered(stream) == 4
+    assert _seqs(streams.add(_message(3), None)) == []  # never twice in one run
+    marks.settle(stream, 4)
+    assert durable.marks[stream] == 4 and marks.delivered(stream) == 4
+
+
+def test_settle_all_makes_skips_and_refusals_durable() -> None:
+    """A gap skipped or a refused message moves no handler: once nothing waits for its
+    handlers, every released mark is made durable."""
+    durable = Marks()
+    marks = ReleaseMarks(durable)
+    streams, _, clock = _streams(marks)  # type: ignore[arg-type]
+    stream = stream_key(TOPIC, ALICE.peer_id)
+    streams.add(_message(2), None)
+    clock.advance(GAP_TIMEOUT)
+    events, _ = streams.tick()
+    assert [type(event) for event in events] == [GapSkipped, Deliver]
+    streams.pass_over(_message(3))  # refused by a validator
+    assert marks.delivered(stream) == 3 and durable.delivered(stream) == 0
+    marks.settle(stream, 2)  # message 2's handlers returned
+    assert durable.marks[stream] == 2 and marks.delivered(stream) == 3
+    marks.settle_all()
+    assert durable.marks[stream] == 3 and marks.delivered(stream) == 3

@@ -25,7 +25,6 @@ from __future__ import annotations
 __all__ = ["Gossip", "GossipHandler", "Validation", "Validator"]
 
 import asyncio
-import base64
 import enum
 import inspect
 import logging
@@ -52,6 +51,7 @@ from ..protocol.gossip import (
     FetchRange,
     GossipMessage,
     GossipRouter,
+    ReleaseMarks,
     RouterAction,
     StreamEvent,
     Streams,
@@ -66,8 +66,9 @@ from ..protocol.gossip import (
     wire_size,
 )
 from ..protocol.package import Body, Package, PackageType, build_package
-from ..storage.msglog import LOG_FILE, LoggedMessage, MessageLog
+from ..storage.msglog import LOG_FILE, MessageLog
 from ..tasks import TaskOwner
+from .gossip_log import to_logged, undelivered
 
 if TYPE_CHECKING:
     from .node import Node
@@ -144,6 +145,8 @@ class Gossip:
         self.catchup = CatchUp(batch=options.catchup_batch, rng=self._rng)
         self.message_log: MessageLog | None = None
         self._streams: Streams[Socket | None] | None = None
+        self._marks: ReleaseMarks | None = None
+        self._published: set[str] = set()  # topics this node published to
         self.tasks = TaskOwner(logger)
         self.delivered = 0
         self.caught_up = 0
@@ -204,17 +207,32 @@ class Gossip:
                 "max_package_size (so that catch-up answers always fit in a package)"
             )
         seq = log.next_seq(stream_key(topic, identity.peer_id))
+        self._published.add(topic)
         message = sign_message(identity, topic, seq, int(self._wall_clock() * 1000), data)
-        log.add(_logged(message))
+        log.add(to_logged(message))
         self.router.publish(message)
         self._accepted(None, message, logged=True)
         return message.id
+
+    @property
+    def served_topics(self) -> set[str]:
+        """The topics whose messages catch-up serves to peers: those carried, and those
+        this node published to (a publisher need not subscribe to its own topic)."""
+        return self.router.topics | self._published
 
     def subscribe(self, topic: str, handler: GossipHandler | None = None) -> None:
         """Receive ``topic``'s messages; ``handler(message)`` is called for each."""
         if handler is not None:
             self._handlers.setdefault(topic, []).append(handler)
         self.router.subscribe(topic)
+        if self._streams is not None:
+            self._replay(topic)
+
+    def _replay(self, topic: str) -> None:
+        """Deliver what the log holds of ``topic`` past the delivered marks: messages
+        logged before a crash (or a stop) let their handlers run."""
+        for message in undelivered(self._log, topic, self._log):
+            self._carry_out(self._order.add(message, None))
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic``: its handlers are forgotten."""
@@ -245,8 +263,14 @@ class Gossip:
             max_age=options.log_max_age,
             clock=self._wall_clock,
         )
+        self._marks = ReleaseMarks(self.message_log)
+        own = self.node.peer_id
+        for stream in self.message_log.high_water():
+            topic, origin = split_stream_key(stream)
+            if origin == own:
+                self._published.add(topic)
         self._streams = Streams(
-            self.message_log,
+            self._marks,
             clock=self._now,
             wall_clock=self._wall_clock,
             gap_timeout=options.gap_timeout,
@@ -254,6 +278,8 @@ class Gossip:
         )
         for topic in self.node.handlers.events(PackageType.GOSSIP):
             self.router.subscribe(topic)
+        for topic in self.router.topics:
+            self._replay(topic)
         self.tasks.spawn(self._heartbeat(), "gossip heartbeat")
         self.tasks.spawn(self._deliver_forever(), "gossip delivery")
         if options.catchup_interval > 0:
@@ -369,7 +395,7 @@ class Gossip:
     ) -> None:
         """A message passed validation: log it, send it on, deliver it in turn."""
         if not logged:
-            self._log.add(_logged(message))
+            self._log.add(to_logged(message))
         if forward:
             self.router.forward(socket.id if socket is not None else None, message)
         self._carry_out(self._order.add(message, socket))
@@ -400,6 +426,17 @@ class Gossip:
                     await self._validate(message, socket)
                 else:
                     await self._call_handlers(message, socket)
+                    await self._delivered(message)
+            if self._marks is not None:
+                self._marks.settle_all()
+
+    async def _delivered(self, message: GossipMessage) -> None:
+        """The message's handlers ran: its delivered mark may reach the disk, before
+        the next message is delivered with ``durable_delivery``."""
+        if self._marks is not None:
+            self._marks.settle(stream_key(message.topic, message.origin), message.seq)
+        if self.node.options.durable_delivery:
+            await self._log.flush()
 
     async def _validate(self, message: GossipMessage, socket: Socket | None) -> None:
         validator = self._validators.get(message.topic)  # None: removed since queued
@@ -497,7 +534,8 @@ class Gossip:
             self.node.penalize(socket, f"invalid gossip/hwm answer: {exc}")
             return
         log = self._log
-        for wanted in plan_fetches(marks, self.router.topics, log.high_water, log.delivered):
+        delivered = self._marks.delivered if self._marks is not None else log.delivered
+        for wanted in plan_fetches(marks, self.router.topics, log.high_water, delivered):
             fetch = self.catchup.begin(wanted)
             if fetch is not None:
                 await self._fill(socket, fetch)
@@ -542,17 +580,3 @@ class Gossip:
         role = self.node.server if socket.inbound else self.node.client
         assert role is not None
         return await role.request(socket, event, body, timeout=self.node.options.open_timeout)
-
-
-def _logged(message: GossipMessage) -> LoggedMessage:
-    # The log knows streams, not origins: its "origin" is the stream key.
-    return LoggedMessage(
-        topic=message.topic,
-        origin=stream_key(message.topic, message.origin),
-        seq=message.seq,
-        timestamp=float(message.timestamp),
-        data=message.data,
-        key=base64.b64encode(message.key).decode("ascii"),
-        signature=base64.b64encode(message.signature).decode("ascii"),
-        id=message.id,
-    )

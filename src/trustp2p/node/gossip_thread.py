@@ -9,7 +9,6 @@ from __future__ import annotations
 
 __all__ = ["GossipThread"]
 
-import base64
 
 from ..drivers.base import Socket
 from ..exceptions import GossipError
@@ -17,18 +16,16 @@ from ..protocol.gossip import (
     FETCH,
     GOSSIP_EVENTS,
     HWM,
-    GossipMessage,
     answer_size_limit,
     decode_fetch_request,
     decode_hwm_request,
     fetch_answer,
     hwm_answer,
-    split_stream_key,
 )
 from ..protocol.package import Body, Package, PackageType
-from ..storage.msglog import LoggedMessage
 from ..threads.base import EventMap, Thread
 from .gossip import Gossip
+from .gossip_log import from_logged
 
 
 class GossipThread(Thread):
@@ -57,7 +54,7 @@ class GossipThread(Thread):
         except GossipError as exc:
             self.node.penalize(socket, f"invalid gossip/hwm request: {exc}")
             return {"error": "invalid request"}
-        return hwm_answer(topics, gossip.router.topics, gossip.message_log.high_water)
+        return hwm_answer(topics, gossip.served_topics, gossip.message_log.high_water)
 
     def serve_fetch(self, socket: Socket, package: Package) -> Body:
         """``gossip/fetch``: a stream's messages ``from..to`` (bounded), oldest first."""
@@ -68,7 +65,7 @@ class GossipThread(Thread):
         except GossipError as exc:
             self.node.penalize(socket, f"invalid gossip/fetch request: {exc}")
             return {"error": "invalid request"}
-        if wanted.topic not in gossip.router.topics:
+        if wanted.topic not in gossip.served_topics:
             return {"messages": []}
         options = self.node.options
         max_bytes = answer_size_limit(options.max_package_size)
@@ -81,18 +78,4 @@ class GossipThread(Thread):
             limit=options.catchup_batch,
             max_bytes=max_bytes,
         )
-        return fetch_answer(map(_from_logged, logged), max_bytes)
-
-
-def _from_logged(logged: LoggedMessage) -> GossipMessage:
-    # The log knows streams, not origins: its "origin" is the stream key.
-    return GossipMessage(
-        logged.topic,
-        split_stream_key(logged.origin)[1],
-        logged.seq,
-        int(logged.timestamp),
-        logged.data,
-        base64.b64decode(logged.key),
-        base64.b64decode(logged.signature),
-        logged.id,
-    )
+        return fetch_answer(map(from_logged, logged), max_bytes)

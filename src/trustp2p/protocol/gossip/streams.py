@@ -34,6 +34,7 @@ __all__ = [
     "Deliver",
     "DeliveryMarks",
     "GapSkipped",
+    "ReleaseMarks",
     "StreamEvent",
     "Streams",
     "split_stream_key",
@@ -75,6 +76,44 @@ class DeliveryMarks(Protocol):
     def delivered(self, stream: str, /) -> int: ...
 
     def mark_delivered(self, stream: str, seq: int, /) -> None: ...
+
+
+class ReleaseMarks:
+    """
+    The release marks of :class:`Streams` in memory, over the durable marks of the log.
+
+    A message is *released* (queued for the handlers) before it is *delivered* (its
+    handlers ran). The order moves on at release; the durable marks (what a restarted
+    node has delivered) move only once the handlers are done (:meth:`settle`), so that a
+    crash in between delivers the message again rather than never. A stream's entry
+    here is dropped once the durable mark reaches it.
+    """
+
+    __slots__ = ("_durable", "_released")
+
+    def __init__(self, durable: DeliveryMarks) -> None:
+        self._durable = durable
+        self._released: dict[str, int] = {}
+
+    def delivered(self, stream: str, /) -> int:
+        """The highest ``seq`` released or skipped (the order's view)."""
+        return self._released.get(stream) or self._durable.delivered(stream)
+
+    def mark_delivered(self, stream: str, seq: int, /) -> None:
+        if seq > self.delivered(stream):
+            self._released[stream] = seq
+
+    def settle(self, stream: str, seq: int) -> None:
+        """Every message of ``stream`` up to ``seq`` was handled: make it durable."""
+        self._durable.mark_delivered(stream, seq)
+        if self._released.get(stream, 0) <= seq:
+            self._released.pop(stream, None)
+
+    def settle_all(self) -> None:
+        """Nothing released waits for its handlers: every mark is durable."""
+        for stream, seq in self._released.items():
+            self._durable.mark_delivered(stream, seq)
+        self._released.clear()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,57 @@
+"""
+Gossip messages in and out of the message log: the log knows streams (topic and origin
+in one key), the router knows messages.
+"""
+
+from __future__ import annotations
+
+__all__ = ["from_logged", "to_logged", "undelivered"]
+
+import base64
+from collections.abc import Iterator
+
+from ..protocol.gossip import DeliveryMarks, GossipMessage, split_stream_key, stream_key
+from ..storage.msglog import LoggedMessage, MessageLog
+
+_ALL = 2**63 - 1  # past any seq
+
+
+def to_logged(message: GossipMessage) -> LoggedMessage:
+    """A message as the log keeps it."""
+    return LoggedMessage(
+        topic=message.topic,
+        origin=stream_key(message.topic, message.origin),
+        seq=message.seq,
+        timestamp=float(message.timestamp),
+        data=message.data,
+        key=base64.b64encode(message.key).decode("ascii"),
+        signature=base64.b64encode(message.signature).decode("ascii"),
+        id=message.id,
+    )
+
+
+def from_logged(logged: LoggedMessage) -> GossipMessage:
+    """A logged message as the router knows it."""
+    return GossipMessage(
+        logged.topic,
+        split_stream_key(logged.origin)[1],
+        logged.seq,
+        int(logged.timestamp),
+        logged.data,
+        base64.b64decode(logged.key),
+        base64.b64decode(logged.signature),
+        logged.id,
+    )
+
+
+def undelivered(log: MessageLog, topic: str, marks: DeliveryMarks) -> Iterator[GossipMessage]:
+    """The messages of ``topic`` kept in ``log`` past the delivered ``marks``, in seq
+    order per stream: what a node killed before their handlers ran must deliver."""
+    for stream in log.high_water(topic):
+        first = marks.delivered(stream) + 1
+        while True:
+            batch = log.range(stream, first, _ALL)
+            yield from (from_logged(logged) for logged in batch if logged.topic == topic)
+            if not batch:
+                break
+            first = batch[-1].seq + 1
