@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint docs bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trustp2p needs Python >= 3.11; set PYTHON=python3.11 or newer")'
@@ -15,7 +15,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m pip install -q -e '.[test,bench,docs]'
 	touch $@ $(VENV)/.installed-run
 
 demo: $(VENV)/.installed-run
@@ -26,7 +26,11 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The API reference and the pages in docs/, warnings as errors.
+docs: $(VENV)/.installed-test
+	$(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
 	$(BIN)/pytest
 	$(BIN)/pytest -m slow
 
@@ -34,4 +38,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/request_response.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache .hypothesis
