@@ -11,92 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-import trustp2p
 from trustp2p import Node
 from trustp2p.identity import Identity
 from trustp2p.protocol.handshake import HANDSHAKE_MAGIC
 from trustp2p.security.noise import NoiseHandshake
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class NodeProcess:
-    """``python -m trustp2p <args>`` with this tree's package; output collected."""
-
-    def __init__(self, *args: str) -> None:
-        src = str(Path(trustp2p.__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": src}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "trustp2p", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    async def wait_for(self, text: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                pytest.fail(f"{text!r} never appeared in:\n{self.output}")
-            await asyncio.sleep(0.01)
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._reader.join(timeout=5)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
+from ..processes import Spawned, free_port
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[list[NodeProcess]]:
-    processes: list[NodeProcess] = []
+def spawn(tmp_path: Path) -> Iterator[list[Spawned]]:
+    processes: list[Spawned] = []
     yield processes
     for process in processes:
         process.stop()
         assert "Traceback" not in process.output, process.output
 
 
-async def start_server(spawn: list[NodeProcess], tmp_path: Path, *args: str) -> str:
+async def start_server(spawn: list[Spawned], tmp_path: Path, *args: str) -> str:
     port = free_port()
     cwd = tmp_path / f"server-{port}"
     cwd.mkdir()
-    server = NodeProcess("server", "--cwd", str(cwd), "--port", str(port), *args)
+    server = Spawned("server", "--cwd", str(cwd), "--port", str(port), *args)
     spawn.append(server)
     await server.wait_for("= node started")
     return f"ws://127.0.0.1:{port}"
@@ -146,7 +88,7 @@ async def honest_client(url: str) -> AsyncIterator[Node]:
 
 
 async def test_upgrades_never_finished_count_from_accept(
-    spawn: list[NodeProcess], tmp_path: Path
+    spawn: list[Spawned], tmp_path: Path
 ) -> None:
     url = await start_server(spawn, tmp_path)
     async with raw_connections(url, 200) as raws:
@@ -163,7 +105,7 @@ async def test_upgrades_never_finished_count_from_accept(
 
 
 async def test_the_handshake_deadline_ends_unfinished_upgrades(
-    spawn: list[NodeProcess], tmp_path: Path
+    spawn: list[Spawned], tmp_path: Path
 ) -> None:
     url = await start_server(spawn, tmp_path, "--handshake-timeout", "0.5")
     async with raw_connections(url, 150) as raws:
@@ -183,7 +125,7 @@ async def half_finished_noise(url: str) -> ClientConnection:
 
 
 async def test_half_finished_noise_handshakes_make_room(
-    spawn: list[NodeProcess], tmp_path: Path
+    spawn: list[Spawned], tmp_path: Path
 ) -> None:
     url = await start_server(spawn, tmp_path)
     stalled = [await half_finished_noise(url) for _ in range(100)]
@@ -198,11 +140,9 @@ async def test_half_finished_noise_handshakes_make_room(
             ws.transport.abort()
 
 
-async def test_a_plain_node_that_dials_itself_lets_go(
-    spawn: list[NodeProcess], tmp_path: Path
-) -> None:
+async def test_a_plain_node_that_dials_itself_lets_go(spawn: list[Spawned], tmp_path: Path) -> None:
     port = free_port()
-    node = NodeProcess(
+    node = Spawned(
         "node",
         "--insecure",
         "--cwd",
