@@ -23,6 +23,7 @@ from trustp2p.protocol.package import (
     RESPONSE_TYPES,
     Package,
     PackageType,
+    Tag,
     body_to_json,
     build_package,
     compute_tag,
@@ -105,18 +106,26 @@ def test_compute_tag_reproduces_vector(vector: dict[str, Any]) -> None:
 def test_compute_tag_hashes_the_source_string(
     vector: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hashed: list[bytes] = []
+    hashed: list[bytes] = []  # what was hashed, in the parts it was given
     real_sha256 = hashlib.sha256
 
-    def spy(data: bytes) -> Any:
-        hashed.append(data)
-        return real_sha256(data)
+    class Spy:
+        def __init__(self, data: bytes) -> None:
+            self._hash = real_sha256(data)
+            hashed.append(data)
 
-    monkeypatch.setattr(package_module.hashlib, "sha256", spy)
+        def update(self, data: bytes) -> None:
+            hashed.append(data)
+            self._hash.update(data)
+
+        def digest(self) -> bytes:
+            return self._hash.digest()
+
+    monkeypatch.setattr(package_module.hashlib, "sha256", Spy)
     tag = compute_tag(PackageType(vector["type"]), vector["event"], vector["body_json"])
 
     source = _source(vector).encode()
-    assert hashed == [source]
+    assert b"".join(hashed) == source
     if "source_hex" in vector:
         assert source == bytes.fromhex(vector["source_hex"])
     digest = real_sha256(source).digest()
@@ -566,3 +575,42 @@ def test_round_trip_arbitrary_json_body(
     assert decoded.tag == package.tag
     if type_ in REQUEST_TYPES:
         assert decoded.tag == compute_tag(type_, event, package.body_json)
+
+
+@given(
+    type_=st.sampled_from(list(PackageType)),
+    version=_utf8_text,
+    alt=_utf8_text,
+    event=_utf8_text,
+    body=_json_bodies,
+    tag=_utf8_text,
+    padding=st.integers(min_value=0, max_value=20_000),
+)
+def test_encode_is_protobuf_byte_for_byte(
+    type_: PackageType,
+    version: str,
+    alt: str,
+    event: str,
+    body: dict[str, Any],
+    tag: str,
+    padding: int,
+) -> None:
+    """The hand-written encoder writes what ``protobuf`` writes, lengths of one to three
+    varint bytes included."""
+    package = Package(type_, event + "x" * padding, body, Tag(tag), version, alt)
+    expected = TrustNoteP2p(
+        version=version,
+        alt=alt,
+        type=type_,
+        event=package.event,
+        body=body_to_json(body),
+        tag=tag,
+    ).SerializeToString()
+    assert encode(package) == expected
+
+
+def test_encode_refuses_what_utf8_cannot_hold() -> None:
+    with pytest.raises(ValueError, match="valid Unicode"):
+        encode(Package(PackageType.TALK, "\ud800", {}))
+    with pytest.raises(ValueError, match="unknown package type"):
+        encode(Package(99, "x", {}))  # type: ignore[arg-type]

@@ -1,0 +1,144 @@
+"""
+Compact JSON text for package bodies, fast.
+
+``orjson`` (a dependency) writes and reads the text when it can: on a 256 KiB body it is
+about 50 times faster than the standard library at writing and twice as fast at reading.
+The standard library's ``json`` takes over for what orjson refuses (integers beyond 64
+bits, non-string keys, nesting past 255 levels, lone surrogates) and gives the error
+messages, so that every body either side accepts is accepted the same way.
+
+What the text looks like (``shared/protocol/README.md`` asks an implementation to say):
+compact, in the caller's key order, non-ASCII characters kept as UTF-8; floats in the
+shortest form that reads back the same, ``1.0`` as ``1.0``, ``-0.0`` as ``-0.0``,
+``1e16`` as ``1e+16``, ``1e-7`` as ``1e-7``, ``1e-5`` as ``0.00001`` (JavaScript writes
+``1``, ``0``, ``10000000000000000``, ``1e-7``, ``0.00001``). Only a request's tag depends
+on it, and receivers never recompute tags. Integers of any size are written and read
+exactly (JavaScript reads those beyond 2**53 as the nearest float); NaN and the
+infinities are refused both ways.
+"""
+
+from __future__ import annotations
+
+__all__ = ["dumps", "loads"]
+
+import json
+from typing import Any
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; this is a safety net
+    orjson = None  # type: ignore[assignment]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _not_serializable(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_json_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ORJSON_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS if orjson else 0
+)
+
+# json.dumps() and JSONDecoder.decode() wrap C functions in several Python calls: the
+# fallback calls the C parts directly, as JSONEncoder.iterencode(_one_shot=True) does.
+_c_encode = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None,  # no cycle check: a cycle ends in RecursionError, reported as ValueError
+        _not_serializable,
+        json.encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+    if getattr(json.encoder, "c_make_encoder", None) is not None
+    else None
+)
+_scan_once = _json_decoder.scan_once  # type: ignore[attr-defined]
+
+
+def dumps(value: dict[str, Any]) -> str:
+    """
+    ``value`` as compact JSON text.
+
+    Raises:
+        TypeError: If it holds something JSON can't represent.
+        ValueError: If it holds NaN or an infinity, or is nested too deeply, or holds a
+            reference cycle.
+
+    """
+    if orjson is not None:
+        try:
+            data = orjson.dumps(value, option=_ORJSON_OPTIONS)
+        except TypeError:  # orjson.JSONEncodeError: let the standard library say
+            pass
+        else:
+            if b"null" in data:
+                # orjson writes NaN and the infinities as null: refuse them.
+                _stdlib_dumps(value)
+            return data.decode()
+    return _stdlib_dumps(value)
+
+
+def _stdlib_dumps(value: dict[str, Any]) -> str:
+    if _c_encode is None:  # pragma: no cover - interpreters without the C encoder
+        text: str = _json_encoder.encode(value)
+        return text
+    try:
+        return "".join(_c_encode(value, 0))
+    except RecursionError:
+        raise ValueError("body is nested too deeply, or holds a reference cycle") from None
+
+
+_HUGE = float(2**63)
+
+
+def _has_huge_float(value: Any) -> bool:
+    """Whether ``value`` holds a float of magnitude 2**63 or more (which may have been
+    written as an integer)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is float and not -_HUGE < item < _HUGE:
+            return True
+    return False
+
+
+def loads(text: str) -> Any:
+    """
+    The value of JSON text.
+
+    Raises:
+        json.JSONDecodeError: If it isn't JSON.
+        ValueError: If it holds NaN or an infinity.
+        RecursionError: If it is nested too deeply.
+
+    """
+    if orjson is not None:
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # the standard library reads what orjson refuses, or says why not
+        else:
+            if not _has_huge_float(value):
+                return value
+            # orjson reads an integer beyond 64 bits as a float: read it exactly.
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:
+        end = -1
+    if end != len(text):  # leading or trailing space, or an error: decode() tells
+        value = _json_decoder.decode(text)
+    return value

@@ -1,0 +1,121 @@
+"""Body JSON text: orjson's fast path and the standard library's, one behaviour."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, strategies as st
+
+from trustp2p.protocol import jsontext
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@pytest.fixture(params=["orjson", "stdlib"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on both paths: with orjson, and as where it isn't installed."""
+    if request.param == "stdlib":
+        monkeypatch.setattr(jsontext, "orjson", None)
+    return str(request.param)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1.0, "1.0"),
+        (-0.0, "-0.0"),
+        (1e16, "1e+16"),
+        (1.2345678901234568e20, "1.2345678901234568e+20"),
+        ("é/\u2028\n\x01", '"é/\u2028\\n\\u0001"'),
+        (2**70, str(2**70)),
+        (-(2**63) - 1, str(-(2**63) - 1)),
+        (None, "null"),
+    ],
+)
+def test_the_documented_text(value: Any, text: str) -> None:
+    assert jsontext.dumps({"v": value}) == f'{{"v":{text}}}'
+
+
+@pytest.mark.parametrize(("value", "orjson_text"), [(1e-7, "1e-7"), (1e-5, "0.00001")])
+def test_small_floats_are_written_as_javascript_does(value: float, orjson_text: str) -> None:
+    assert jsontext.dumps({"v": value}) == f'{{"v":{orjson_text}}}'
+
+
+@given(st.dictionaries(st.text(max_size=8), JSON, max_size=5))
+def test_both_paths_read_back_what_either_writes(body: dict[str, Any]) -> None:
+    text = jsontext.dumps(body)
+    assert jsontext.loads(text) == body
+    assert json.loads(text) == body  # the standard library reads it the same
+    stdlib = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    assert jsontext.loads(stdlib) == body
+
+
+@pytest.mark.usefixtures("path")
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nan_and_infinities_are_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match=r"not JSON compliant|Out of range"):
+        jsontext.dumps({"v": [1, None, bad]})
+
+
+@pytest.mark.usefixtures("path")
+def test_what_json_cannot_represent_is_a_type_error() -> None:
+    for value in (datetime.datetime(2026, 1, 1), object(), {1, 2}, b"bytes"):
+        with pytest.raises(TypeError, match="not JSON serializable"):
+            jsontext.dumps({"v": value})
+
+
+@pytest.mark.usefixtures("path")
+def test_nesting_and_cycles() -> None:
+    deep: Any = []
+    for _ in range(300):  # past orjson's 255 levels, within the standard library's
+        deep = [deep]
+    assert jsontext.loads(jsontext.dumps({"v": deep})) == {"v": deep}
+    cycle: dict[str, Any] = {}
+    cycle["self"] = cycle
+    with pytest.raises(ValueError, match="nested too deeply"):
+        jsontext.dumps(cycle)
+
+
+@pytest.mark.usefixtures("path")
+def test_integers_beyond_64_bits_read_exactly() -> None:
+    text = '{"a":123456789012345678901234567890,"b":[-9223372036854775809],"c":1e300}'
+    assert jsontext.loads(text) == {
+        "a": 123456789012345678901234567890,
+        "b": [-9223372036854775809],
+        "c": 1e300,
+    }
+
+
+@pytest.mark.usefixtures("path")
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('{"a":NaN}', ValueError),
+        ('{"a":Infinity}', ValueError),
+        ('{"a":1', json.JSONDecodeError),
+        ('{"a":"\x01"}', json.JSONDecodeError),
+    ],
+)
+def test_bad_text_raises_the_standard_library_errors(text: str, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        jsontext.loads(text)
+
+
+@pytest.mark.usefixtures("path")
+def test_whitespace_and_lone_surrogate_escapes_are_read() -> None:
+    assert jsontext.loads(' {"a": 1} ') == {"a": 1}
+    assert jsontext.loads('{"a":"\\ud800"}') == {"a": "\ud800"}
