@@ -196,6 +196,27 @@ async def test_addresses_learned_from_a_peer_are_rate_limited(
     assert stored == offered[:100]
 
 
+async def test_dials_to_unproven_addresses_are_bounded(make_node: MakeNode) -> None:
+    """One peer list of 100 URLs nobody has proven (nothing listens there: each dial
+    fails at once) leads to 8 dials at once, then one per 2 s."""
+    LotsOfPeers.asked = 0
+    server = await make_node(server=True, peer_exchange=False, threads=[LotsOfPeers])
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None and client.store is not None
+    policy = client.client.dialer.policy
+    offered = unknown_urls(0, 100)
+
+    def dials() -> int:  # failed (each fails at once, retries included), and under way
+        return sum(policy.failures(url) for url in offered) + len(policy.unproven)
+
+    await wait_for(lambda: dials() >= 8)
+    await asyncio.sleep(3.0)  # real time passing: the bound is a rate
+    assert all(client.store.knows_url(url) for url in offered)
+    assert 8 <= dials() <= 8 + 0.5 * (loop.time() - start)
+
+
 async def test_a_plain_node_that_dials_itself_lets_go(make_node: MakeNode) -> None:
     opened: list[Socket] = []
 

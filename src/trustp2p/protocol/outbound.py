@@ -13,7 +13,9 @@ A client dials two kinds of URLs:
   per address whatever its spelling, not before a failed URL's retry time, and never a
   peer that is connected or blocked. When no outbound connection goes to a bootstrap
   peer, a peer known before this run or a long-lived one, an anchor round dials one
-  such peer, even past the target (eclipse resistance).
+  such peer, even past the target (eclipse resistance). Dials to addresses nobody has
+  proven (learned from peers, never connected to) are bounded in number and rate
+  (:class:`~trustp2p.protocol.limits.UnprovenDials`).
 
 The asyncio shell (:mod:`trustp2p.node.dialer`) reports what happens (dials started and
 ended, failures, connections opened and closed) and carries the decisions out. Time
@@ -48,7 +50,7 @@ from urllib.parse import urlsplit
 from ..identity import PeerId
 from .backoff import backoff
 from .deliver import ConnId
-from .limits import is_loopback, netgroup
+from .limits import UnprovenDials, is_loopback, netgroup
 from .peers import is_address_key
 from .urls import address_of, split_peer_url
 
@@ -73,6 +75,11 @@ class PeerView(Protocol):
 
     def is_anchor(self, peer_id: str) -> bool:
         """Whether a connected peer anchors us: bootstrap, or known before this run."""
+        ...
+
+    def proven(self, url: str) -> bool:
+        """Whether the store's ``url`` is a bootstrap peer's, or one where we connected
+        (a peer proved its id there; in plain mode, answered)."""
         ...
 
 
@@ -213,6 +220,14 @@ class OutboundPolicy:
         bootstrap: The bootstrap URLs (the node's ``peers``).
         shuffle: Shuffles a list in place; managed candidates are picked at random among
             the best the store offers (tests pass one that keeps the order).
+        unproven: The bound on dials to unproven addresses (default:
+            :class:`~trustp2p.protocol.limits.UnprovenDials` with its defaults).
+
+    Attributes:
+        unproven: Dials to addresses nobody has proven: neither a bootstrap or
+            persistent URL, nor one where a peer proved itself (in this run, or
+            :meth:`PeerView.proven`). Managed rounds start them only as it allows;
+            anchor rounds dial proven peers only.
 
     """
 
@@ -228,8 +243,11 @@ class OutboundPolicy:
         retry_factor: float = 2.0,
         bootstrap: Iterable[str] = (),
         shuffle: Callable[[list[str]], None] = random.shuffle,
+        unproven: UnprovenDials | None = None,
     ) -> None:
         self.clock = clock
+        self.unproven = unproven if unproven is not None else UnprovenDials()
+        self._deferred = False  # a round left out unproven URLs for the bound
         self.target = target
         self.max_per_netgroup = max_per_netgroup
         self.anchor_age = anchor_age
@@ -260,8 +278,18 @@ class OutboundPolicy:
         """Stop dialling ``url`` for good; returns the URL as it was added, if it was."""
         return self._persistent.pop(address_of(url), None)
 
+    def dial_done(self, url: str) -> bool:
+        """
+        The dial of the store's ``url`` (:attr:`Dial.url`) connected or failed: if it
+        was unproven, it no longer counts as under way. Returns whether a round left
+        unproven URLs out since (run one: one may start now).
+        """
+        self.unproven.ended(url)
+        return self._deferred
+
     def dial_ended(self, url: str) -> None:
         """A managed dial (its task) ended, however: ``url`` is :attr:`Dial.url`."""
+        self.unproven.ended(url)
         dial = self._dials.pop(url, None)
         if dial is not None and self._store_url.get(dial.dial_url) == url:
             del self._store_url[dial.dial_url]
@@ -404,6 +432,40 @@ class OutboundPolicy:
                 return False
         return True
 
+    def is_proven(self, url: str, view: PeerView | None) -> bool:
+        """Whether the store's ``url`` is proven: a bootstrap or persistent URL's
+        address, a URL where a peer proved its id in this run, or one the store says
+        is proven."""
+        address = address_of(url)
+        if address in self.bootstrap or address in self._persistent:
+            return True
+        if split_peer_url(url)[0] in self._peer_of_url:
+            return True
+        return view is not None and view.proven(url)
+
+    def may_dial(self, url: str, view: PeerView | None) -> bool:
+        """
+        Whether the store's ``url`` may be dialled now as far as
+        :attr:`unproven` is concerned: a proven one always; an unproven one if the
+        bound allows it (it then counts as under way until :meth:`dial_done`).
+        """
+        if self.is_proven(url, view):
+            return True
+        if self.unproven.start(url, self.clock()):
+            return True
+        self._deferred = True
+        return False
+
+    def wake_in(self) -> float | None:
+        """
+        Seconds before a round should run again to dial the unproven URLs the last
+        rounds left out: ``None`` if none was left out, or while dials under way must
+        end first (:meth:`dial_done` says when).
+        """
+        if not self._deferred:
+            return None
+        return self.unproven.wait(self.clock())
+
     def excluded(self, connected_ids: Collection[str]) -> set[str]:
         """Store URLs known to fail :meth:`dialable` now, whatever the store says:
         waiting for a retry, or where a connected peer answers."""
@@ -433,6 +495,7 @@ class OutboundPolicy:
             view: The peer store, if the node has one.
 
         """
+        self._deferred = False  # this round says again if it leaves some out
         missing = self.missing()
         if missing <= 0:
             return None
@@ -533,9 +596,11 @@ class Selection:
             if not self.policy.dialable(url, self._busy, self._connected, self.view):
                 continue
             group = None if self.anchors else netgroup_of(url)
+            if group is not None and self._groups[group] >= self.policy.max_per_netgroup:
+                continue
+            if not self.anchors and not self.policy.may_dial(url, self.view):
+                continue  # unproven, over the bound: a later round may dial it
             if group is not None:
-                if self._groups[group] >= self.policy.max_per_netgroup:
-                    continue
                 self._groups[group] += 1
             self.wanted -= 1
             self._busy.add(address_of(url))  # one dial per address, whatever the id
