@@ -18,6 +18,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from trustp2p import EventMap, Package, PackageType, Socket, Thread
+from trustp2p.storage.peerstore import PeerSource
 
 from .conftest import stays
 from .nodes import MakeNode, node_factory, wait_for
@@ -136,3 +137,25 @@ async def test_a_peer_reconnecting_in_a_storm_is_refused_by_its_peer_id(
     await wait_for(lambda: server.connections.by_peer_id(peer_id) is not None)
     assert asyncio.get_running_loop().time() - refused_at > 0.9
     assert not kept.closed
+
+
+async def test_a_server_that_refuses_us_is_not_redialled_at_once(
+    make_default: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outbound manager's dial of a plain server that is full: refused after the
+    upgrade (the connection opens, then closes with 1013). It waits like a failed dial
+    (1 s, then 2, 4, ...); before, it redialled at once, 450 times a second, and would
+    have made a reconnect storm."""
+    caplog.set_level(logging.INFO, logger="trustp2p.node")
+    server = await make_default(server=True, secure=False, max_inbound=0)
+    client = await make_default(client=True, secure=False)
+    assert client.store is not None and client.client is not None and server.url
+    await client.store.add_urls([server.url], PeerSource.EXCHANGE)
+    client.client.wake()
+
+    def refusals() -> int:
+        return sum(r.getMessage().startswith("! refused") for r in caplog.records)
+
+    await wait_for(lambda: refusals() >= 1)
+    client.client.wake()  # another round at once: the URL waits its retry delay
+    assert await stays(lambda: refusals() == 1, 0.5)

@@ -286,6 +286,45 @@ def test_a_connection_forgets_the_failures(clock: FakeClock, policy: OutboundPol
     assert policy.failing_urls == set()
 
 
+def test_a_connection_closed_at_once_waits_like_a_failed_dial(
+    clock: FakeClock, policy: OutboundPolicy
+) -> None:
+    # A server that refuses us after the handshake (full, or a reconnect storm): the
+    # connection opens and closes at once. It is not redialled at once (before: 450
+    # dials a second), but after 1, 2, 4, ... s.
+    store = FakeStore([url(1)])
+    for delay in (1.0, 2.0, 4.0, 8.0):
+        assert round_(policy, store) == [url(1)]
+        conn = connect(policy, url(1))
+        clock.advance(0.01)
+        policy.connection_closed(conn)
+        policy.dial_ended(url(1))
+        clock.advance(delay - 0.001)  # from the close
+        assert round_(policy, store) == []
+        clock.advance(0.001)
+    # One that stays up as long as the next delay starts the delays over.
+    assert round_(policy, store) == [url(1)]
+    conn = connect(policy, url(1))
+    clock.advance(16.0)
+    policy.connection_closed(conn)
+    policy.dial_ended(url(1))
+    assert round_(policy, store) == [url(1)]
+    conn = connect(policy, url(1))
+    policy.connection_closed(conn)
+    policy.dial_ended(url(1))
+    clock.advance(0.999)
+    assert round_(policy, store) == []
+    assert policy.failures(url(1)) == 0  # not failures: nothing counts in the store
+
+
+def test_a_persistent_connection_closed_at_once_is_left_to_its_reconnect(
+    clock: FakeClock, policy: OutboundPolicy
+) -> None:
+    policy.add_persistent(url(1))
+    policy.connection_closed(connect(policy, url(1)))
+    assert policy.excluded(()) == set()
+
+
 def test_a_failure_counts_against_the_entry_being_dialled(policy: OutboundPolicy) -> None:
     entry = f"{url(1)}/p2p/{A}"
     assert round_(policy, FakeStore([entry])) == [entry]

@@ -261,6 +261,7 @@ class OutboundPolicy:
         self._peer_of_url: dict[str, str] = {}  # dial URL -> peer id met there
         self._failures: dict[str, int] = {}  # store URL -> failures in a row
         self._retry_at: dict[str, float] = {}  # store URL -> earliest next managed try
+        self._early_closes: dict[str, int] = {}  # store URL -> closed soon, in a row
         self._anchoring: str | None = None  # the store URL last dialled as an anchor
 
     # What the shell reports.
@@ -316,7 +317,27 @@ class OutboundPolicy:
         self._retry_at.pop(store_url, None)
 
     def connection_closed(self, conn: ConnId) -> None:
-        self._conns.pop(conn, None)
+        """
+        An outbound connection closed. A managed one that closed sooner than the next
+        retry delay (:func:`retry_delay`, counting such closes in a row) waits that
+        delay before it is dialled again, as a failed dial would: a server that
+        refuses us after the handshake (full, or we reconnect too often) isn't
+        redialled at once, again and again. One that lived as long starts over.
+        """
+        out = self._conns.pop(conn, None)
+        if out is None:
+            return
+        url = self._store_url.get(out.url)
+        if url is None or url not in self._dials:
+            return  # not a managed dial: Reconnect paces persistent URLs
+        now = self.clock()
+        closes = self._early_closes.get(url, 0) + 1
+        delay = retry_delay(closes, *self._retry)
+        if now - out.opened_at >= delay:
+            self._early_closes.pop(url, None)
+            return
+        self._early_closes[url] = closes
+        self._retry_at[url] = max(self._retry_at.get(url, 0.0), now + delay)
 
     def remember_peer(self, url: str, peer_id: str) -> None:
         """``peer_id`` answers at ``url`` (a duplicate connection, refused): don't dial
