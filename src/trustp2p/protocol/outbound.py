@@ -39,16 +39,15 @@ __all__ = [
 ]
 
 import enum
-import math
 import random
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from ..identity import PeerId
-from .backoff import backoff
+from .backoff import Reconnect, retry_delay
 from .deliver import ConnId
 from .limits import UnprovenDials, is_loopback, netgroup
 from .peers import is_address_key
@@ -93,18 +92,6 @@ def netgroup_of(url: str) -> str | None:
     if is_loopback(host) or host in ("", "memory"):
         return None
     return netgroup(host)
-
-
-def retry_delay(failures: int, initial: float, maximum: float, factor: float) -> float:
-    """
-    Seconds before a managed URL that failed ``failures`` times in a row may be dialled
-    again: ``initial * factor ** (failures - 1)``, at most ``maximum``. No jitter: the
-    store's candidates are shuffled already. Never overflows, however many failures.
-    """
-    steps = max(failures - 1, 0)
-    if factor > 1 and steps > math.log(maximum / initial, factor):
-        return maximum
-    return min(maximum, initial * factor**steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,55 +141,6 @@ class _Outbound:
     url: str  # as dialled
     peer_id: str | None
     opened_at: float
-
-
-class Reconnect:
-    """
-    The delays of one persistent URL, from :func:`~trustp2p.protocol.backoff.backoff`:
-    they grow with each failure and start over once a connection stayed up at least as
-    long as the next delay.
-
-    Args:
-        clock: Current time in seconds.
-        initial, maximum, factor, jitter: As for :func:`~trustp2p.protocol.backoff.backoff`.
-        rng: Returns a float in [0, 1); for tests.
-
-    """
-
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float],
-        initial: float = 1.0,
-        maximum: float = 60.0,
-        factor: float = 2.0,
-        jitter: float = 0.25,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        self._clock = clock
-        self._new_delays: Callable[[], Iterator[float]] = lambda: backoff(
-            initial, maximum, factor, jitter, rng=rng
-        )
-        self._delays = self._new_delays()
-        self._opened_at: float | None = None
-
-    def failed(self) -> float:
-        """A dial failed, or the URL may not be dialled now: the delay before the next."""
-        return next(self._delays)
-
-    def opened(self) -> None:
-        """A connection opened."""
-        self._opened_at = self._clock()
-
-    def closed(self) -> float:
-        """The connection closed: the delay before dialling again (the shortest again
-        if it stayed up long enough)."""
-        delay = next(self._delays)
-        opened_at, self._opened_at = self._opened_at, None
-        if opened_at is not None and self._clock() - opened_at >= delay:
-            self._delays = self._new_delays()
-            delay = next(self._delays)
-        return delay
 
 
 class OutboundPolicy:
