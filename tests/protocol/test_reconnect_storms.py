@@ -10,13 +10,14 @@ from collections.abc import Callable
 import pytest
 
 from trustp2p.options import NodeOptions
+from trustp2p.protocol.deliver import ConnId
 from trustp2p.protocol.limits import (
     STORM_CONNECTIONS,
     STORM_COOLDOWN,
     STORM_WINDOW,
     ReconnectStorms,
 )
-from trustp2p.protocol.outbound import Reconnect
+from trustp2p.protocol.outbound import OutboundPolicy, Reconnect
 
 from ..conftest import FakeClock
 
@@ -149,3 +150,43 @@ def test_the_default_back_off_is_never_refused_whatever_its_luck() -> None:
         rule = NodeOptions(server=True).reconnect_storms()
         assert rule is not None
         _redial(rule, rng.random, lambda: rng.choice(lifetimes), horizon=600.0)
+
+
+@pytest.mark.parametrize("lived", [None, 0.0, 0.5, 2.0, 2.01, 4.0])
+def test_the_outbound_manager_is_never_refused(lived: float | None) -> None:
+    # The manager woken every 50 ms (as often as peer exchange and closes could), its
+    # one store URL's connections each dropped after ``lived`` s (None: the dial fails)
+    # by a server with the default rule; default retry options. The URL is a bootstrap
+    # peer's (proven), so the bound on unproven dials doesn't pace it.
+    options = NodeOptions(client=True)
+    clock = FakeClock(0.0)
+    server = "ws://10.0.0.1:1107"
+    policy = OutboundPolicy(
+        clock=clock,
+        bootstrap=[server],
+        target=1,
+        retry_initial=options.reconnect_initial,
+        retry_max=options.reconnect_max,
+        retry_factor=options.reconnect_factor,
+    )
+    rule = NodeOptions(server=True).reconnect_storms()
+    assert rule is not None
+    conns = iter(range(1_000_000))
+    dials = 0
+    while clock() < 600.0:
+        selection = policy.selection(set(), (), None)
+        if selection is not None and selection.query() is not None:
+            for dial in selection.offer([server]):
+                dials += 1
+                assert rule.arrive("address:10.0.0.1", clock()) is None, clock()
+                policy.dial_done(dial.url)
+                if lived is None:
+                    policy.dial_failed(dial.dial_url)
+                else:
+                    conn = ConnId(next(conns))
+                    policy.connection_opened(conn, dial.dial_url, None)
+                    clock.advance(lived)
+                    policy.connection_closed(conn)
+                policy.dial_ended(dial.url)
+        clock.advance(0.05)
+    assert dials > 10
