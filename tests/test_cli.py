@@ -72,6 +72,7 @@ def test_limit_flags_reach_the_node_options(
     argv = ["node", "--cwd", str(tmp_path), "--request-rate", "50", "--request-burst", "60"]
     argv += ["--ip-rate", "1.5", "--ip-burst", "4", "--max-send-queue", "8", "--limit-loopback"]
     argv += ["--invalid-ratio", "0.2", "--block-duration", "60", "--gossip-fanout", "2"]
+    argv += ["--storm-connections", "30", "--storm-window", "5", "--storm-cooldown", "20"]
     assert main(argv) == 0
     assert {k: seen[k] for k in ("request_rate", "request_burst", "ip_rate", "ip_burst")} == {
         "request_rate": 50.0,
@@ -81,6 +82,8 @@ def test_limit_flags_reach_the_node_options(
     }
     assert (seen["max_send_queue"], seen["limit_loopback"], seen["invalid_ratio"]) == (8, True, 0.2)
     assert (seen["block_duration"], seen["gossip_fanout"]) == (60.0, 2)
+    storm = (seen["storm_connections"], seen["storm_window"], seen["storm_cooldown"])
+    assert storm == (30, 5.0, 20.0)
 
 
 def test_broken_thread_stops_the_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,9 +19,10 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from trustp2p import EventMap, Package, PackageType, Socket, Thread
+from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
 from trustp2p.identity import Identity
 from trustp2p.protocol.handshake import HANDSHAKE_MAGIC
+from trustp2p.protocol.package import build_package, decode, encode
 from trustp2p.security.noise import NoiseHandshake
 
 from .conftest import MS
@@ -196,6 +197,27 @@ async def test_addresses_learned_from_a_peer_are_rate_limited(
     assert stored == offered[:100]
 
 
+async def test_dials_to_unproven_addresses_are_bounded(make_node: MakeNode) -> None:
+    """One peer list of 100 URLs nobody has proven (nothing listens there: each dial
+    fails at once) leads to 8 dials at once, then one per 2 s."""
+    LotsOfPeers.asked = 0
+    server = await make_node(server=True, peer_exchange=False, threads=[LotsOfPeers])
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None and client.store is not None
+    policy = client.client.dialer.policy
+    offered = unknown_urls(0, 100)
+
+    def dials() -> int:  # failed (each fails at once, retries included), and under way
+        return sum(policy.failures(url) for url in offered) + len(policy.unproven)
+
+    await wait_for(lambda: dials() >= 8)
+    await asyncio.sleep(3.0)  # real time passing: the bound is a rate
+    assert all(client.store.knows_url(url) for url in offered)
+    assert 8 <= dials() <= 8 + 0.5 * (loop.time() - start)
+
+
 async def test_a_plain_node_that_dials_itself_lets_go(make_node: MakeNode) -> None:
     opened: list[Socket] = []
 
@@ -264,3 +286,64 @@ async def test_a_plain_peer_that_never_speaks_is_closed_at_the_deadline(
         await original.send("")  # the original's version talk: its handshake is done
         await wait_for(lambda: server.connections.admission.handshaking == 0)
         assert len(server.connections.admission) == 1
+
+
+async def answer_to(ws: ClientConnection, tag: str) -> tuple[bytes, Package]:
+    """The node's answer to our request ``tag`` (its version talk, pings, skipped)."""
+    while True:
+        data = await ws.recv()
+        assert isinstance(data, bytes)
+        package = decode(data)
+        if package.type is PackageType.RESPONSE and package.tag == tag:
+            return data, package
+
+
+async def plain_peer(make_node: MakeNode) -> tuple[Node, ClientConnection]:
+    server = await make_node(server=True, secure=False, threads=[Echo])
+    assert server.url is not None
+    ws = await connect(server.url, compression=None)
+    version = {"protocol_version": "1.0", "alt": "1", "library": "raw"}
+    await ws.send(encode(build_package(PackageType.TALK, "version", version)))
+    return server, ws
+
+
+class Echo(Thread):
+    calls = 0
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"echo": self.echo}}
+
+    def echo(self, socket: Socket, package: Package) -> dict[str, Any]:
+        type(self).calls += 1
+        return {"echo": package.body}
+
+
+async def test_an_error_answer_fits_the_peers_limit(make_node: MakeNode) -> None:
+    _, ws = await plain_peer(make_node)
+    async with ws:
+        # Nobody handles it, and its event name is 900 KB: the answer names it cut short.
+        request = build_package(PackageType.REQUEST, "e" * 900_000, {})
+        await ws.send(encode(request))
+        data, answer = await answer_to(ws, request.tag)
+        assert len(data) < 2048  # before: 1.8 MB, over the 1 MiB peers accept
+        assert answer.body["error"].startswith("no handler for REQUEST 'eee")
+        assert answer.event == "e" * len(answer.event) and len(answer.event) < 1000
+
+
+async def test_a_package_of_another_version_or_network_is_invalid(make_node: MakeNode) -> None:
+    Echo.calls = 0
+    server, ws = await plain_peer(make_node)
+    async with ws:
+        for version, alt in (("2.0", "1"), ("1.0", "2")):
+            request = build_package(PackageType.REQUEST, "echo", {}, version=version, alt=alt)
+            await ws.send(encode(request))
+            _, answer = await answer_to(ws, request.tag)
+            assert answer.body["error"].startswith("package of protocol version")
+        request = build_package(PackageType.REQUEST, "echo", {"n": 1})
+        await ws.send(encode(request))
+        _, answer = await answer_to(ws, request.tag)
+        assert answer.body == {"echo": {"n": 1}}
+        assert server.server is not None
+        assert server.server.sockets[0].stats.invalid_in == 2  # and the link stays
+    assert Echo.calls == 1  # the two others never reached a handler

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .drivers import Driver, DriverOptions, scheme_of
 from .identity import Identity
 from .protocol.handshake import HANDSHAKE_MAGIC
+from .protocol.limits import ReconnectStorms
 from .protocol.liveness import LivenessTimings
 from .protocol.package import DEFAULT_ALT, DEFAULT_MAX_PACKAGE_SIZE
 from .security.noise import MAX_NOISE_MESSAGE
@@ -104,6 +105,14 @@ class NodeOptions:
         max_per_ip: Inbound connections at once from one address; ``None``: no limit.
         ip_rate: New inbound connections per second from one address...
         ip_burst: ...with this burst.
+        storm_connections: A peer (by peer id, or by address in plain mode; loopback
+            addresses only with ``limit_loopback``) that opens this many connections
+            within ``storm_window`` reconnects in a storm: that connection and every
+            new one of that peer for ``storm_cooldown`` are refused with 1013. Open
+            connections are kept. The default back-off (``reconnect_*``) makes at most
+            5 in any 10 s. ``None``: no such rule.
+        storm_window: Seconds over which ``storm_connections`` are counted.
+        storm_cooldown: Seconds a storming peer is refused new connections.
         address_rate: New addresses per second a peer may make us store (from its
             hello, ``my_url`` and ``get_peers`` answers); a new peer may add 100 at
             once...
@@ -197,6 +206,9 @@ class NodeOptions:
     max_per_ip: int | None = 8
     ip_rate: float = 0.2
     ip_burst: int = 16
+    storm_connections: int | None = 20
+    storm_window: float = 10.0
+    storm_cooldown: float = 60.0
     address_rate: float = 0.1
     address_burst: int = 1000
     limit_loopback: bool = False
@@ -264,6 +276,10 @@ class NodeOptions:
             raise ValueError(f"invalid_ratio must not be negative, not {self.invalid_ratio}")
         if self.max_per_ip is not None and self.max_per_ip < 1:
             raise ValueError(f"max_per_ip must be at least 1 or None, not {self.max_per_ip}")
+        if self.storm_connections is not None and self.storm_connections < 2:
+            raise ValueError(
+                f"storm_connections must be at least 2 or None, not {self.storm_connections}"
+            )
         if self.max_hops > 255:
             raise ValueError(f"max_hops must be at most 255, not {self.max_hops}")
         if self.catchup_interval < 0:
@@ -298,6 +314,16 @@ class NodeOptions:
             values = {name: getattr(base, name) for name in known}
         values.update(kwargs)
         return cls(**values)
+
+    def reconnect_storms(self) -> ReconnectStorms | None:
+        """A new reconnect storm rule with these options (``None`` if there is none)."""
+        if self.storm_connections is None:
+            return None
+        return ReconnectStorms(
+            connections=self.storm_connections,
+            window=self.storm_window,
+            cooldown=self.storm_cooldown,
+        )
 
     def liveness_timings(self) -> LivenessTimings:
         """The timings of the liveness rules that these options give."""
@@ -339,6 +365,8 @@ _DURATIONS = (
     "send_stall_timeout",
     "request_rate",
     "ip_rate",
+    "storm_window",
+    "storm_cooldown",
     "address_rate",
     "exchange_interval",
     "anchor_age",

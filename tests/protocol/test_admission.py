@@ -13,7 +13,7 @@ from trustp2p.protocol.admission import (
     keep_new_connection,
 )
 from trustp2p.protocol.close import CloseCode
-from trustp2p.protocol.limits import AddressLimiter
+from trustp2p.protocol.limits import AddressLimiter, ReconnectStorms
 
 from ..conftest import FakeClock
 
@@ -182,6 +182,71 @@ def test_a_proxied_connection_counts_against_its_real_address(clock: FakeClock) 
         rules.release(conn_id)
     assert (len(rules), rules.open_from("203.0.113.7"), rules.open_from("10.0.0.1")) == (0, 0, 0)
     assert rules.readdress(4, "10.0.0.1", clock()) is None  # unknown: nothing happens
+
+
+def storm_rules(*, exempt_loopback: bool = False) -> Admission:
+    return Admission(
+        max_inbound=None,
+        limiter=AddressLimiter(
+            max_concurrent=None, rate=1000.0, burst=1000, exempt_loopback=exempt_loopback
+        ),
+        is_blocked=frozenset[str]().__contains__,
+        storms=ReconnectStorms(connections=5, window=10.0, cooldown=60.0),
+    )
+
+
+def test_an_address_reconnecting_in_a_storm_is_refused_for_the_cooldown(
+    clock: FakeClock,
+) -> None:
+    rules = storm_rules()
+    for conn_id in range(4):
+        assert rules.admit(conn_id, "10.0.0.1", clock()) == Admitted()
+        rules.release(conn_id)  # each closes at once and comes back
+        clock.advance(0.1)
+    refusal = rules.admit(4, "10.0.0.1", clock())
+    assert refusal == Refusal(
+        CloseCode.TRY_AGAIN_LATER, "reconnecting too often: try again in 60 s", warn=True
+    )
+    clock.advance(30.0)
+    assert rules.admit(5, "10.0.0.1", clock()) == Refusal(
+        CloseCode.TRY_AGAIN_LATER, "reconnecting too often: try again in 30 s", warn=False
+    )
+    assert rules.admit(6, "10.0.0.2", clock()) == Admitted()  # another address
+    assert len(rules) == 1  # refused ones never took a slot
+    clock.advance(30.0)
+    assert rules.admit(7, "10.0.0.1", clock()) == Admitted()
+
+
+def test_loopback_storms_count_by_peer_id_only_unless_limited(clock: FakeClock) -> None:
+    rules = storm_rules(exempt_loopback=True)
+    for conn_id in range(10):  # many local peers share 127.0.0.1
+        assert rules.admit(conn_id, "127.0.0.1", clock()) == Admitted()
+    for _ in range(4):
+        assert rules.identified("tpa", clock()) is None
+    refusal = rules.identified("tpa", clock())
+    assert refusal is not None and refusal.warn
+    assert rules.identified("tpb", clock()) is None
+    limited = storm_rules(exempt_loopback=False)
+    for conn_id in range(4):
+        assert limited.admit(conn_id, "127.0.0.1", clock()) == Admitted()
+    assert isinstance(limited.admit(4, "127.0.0.1", clock()), Refusal)
+
+
+def test_a_proxied_storm_counts_against_the_real_address(clock: FakeClock) -> None:
+    rules = storm_rules(exempt_loopback=True)
+    for conn_id in range(4):
+        rules.admit(conn_id, "127.0.0.1", clock())  # the proxy
+        assert rules.readdress(conn_id, "203.0.113.7", clock()) is None
+    rules.admit(4, "127.0.0.1", clock())
+    refusal = rules.readdress(4, "203.0.113.7", clock())
+    assert refusal is not None and refusal.reason.startswith("reconnecting too often")
+
+
+def test_no_storm_rule_without_one(clock: FakeClock) -> None:
+    rules = admission(max_inbound=None, rate=1000.0, burst=1000, max_concurrent=None)
+    for conn_id in range(100):
+        assert rules.admit(conn_id, "10.0.0.1", clock()) == Admitted()
+    assert rules.identified("tpa", clock()) is None
 
 
 A, B, C = "tpa", "tpb", "tpc"

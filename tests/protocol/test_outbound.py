@@ -8,6 +8,7 @@ import pytest
 
 from trustp2p.identity import Identity
 from trustp2p.protocol.deliver import ConnId
+from trustp2p.protocol.limits import UnprovenDials
 from trustp2p.protocol.outbound import (
     Dial,
     Gate,
@@ -37,8 +38,11 @@ class FakeStore:
         *,
         ids: dict[str, str] | None = None,
         anchors: Iterable[str] = (),
+        proven: Iterable[str] | None = None,
     ) -> None:
         self.ranked = list(ranked)
+        # URLs proven (bootstrap, or connected there); None: all of them.
+        self.proven_urls = None if proven is None else set(proven)
         self.ids = ids or {}  # URL -> the id of the record holding it
         self.anchor_urls = list(anchors)
         self.anchor_ids: set[str] = set()
@@ -54,6 +58,9 @@ class FakeStore:
 
     def is_anchor(self, peer_id: str) -> bool:
         return peer_id in self.anchor_ids
+
+    def proven(self, url: str) -> bool:
+        return self.proven_urls is None or url in self.proven_urls
 
     def candidates(
         self, limit: int, *, exclude_urls: Collection[str], exclude_ids: Collection[str]
@@ -277,6 +284,45 @@ def test_a_connection_forgets_the_failures(clock: FakeClock, policy: OutboundPol
     connect(policy, url(1), A)
     assert policy.failures(url(1)) == 0
     assert policy.failing_urls == set()
+
+
+def test_a_connection_closed_at_once_waits_like_a_failed_dial(
+    clock: FakeClock, policy: OutboundPolicy
+) -> None:
+    # A server that refuses us after the handshake (full, or a reconnect storm): the
+    # connection opens and closes at once. It is not redialled at once (before: 450
+    # dials a second), but after 1, 2, 4, ... s.
+    store = FakeStore([url(1)])
+    for delay in (1.0, 2.0, 4.0, 8.0):
+        assert round_(policy, store) == [url(1)]
+        conn = connect(policy, url(1))
+        clock.advance(0.01)
+        policy.connection_closed(conn)
+        policy.dial_ended(url(1))
+        clock.advance(delay - 0.001)  # from the close
+        assert round_(policy, store) == []
+        clock.advance(0.001)
+    # One that stays up as long as the next delay starts the delays over.
+    assert round_(policy, store) == [url(1)]
+    conn = connect(policy, url(1))
+    clock.advance(16.0)
+    policy.connection_closed(conn)
+    policy.dial_ended(url(1))
+    assert round_(policy, store) == [url(1)]
+    conn = connect(policy, url(1))
+    policy.connection_closed(conn)
+    policy.dial_ended(url(1))
+    clock.advance(0.999)
+    assert round_(policy, store) == []
+    assert policy.failures(url(1)) == 0  # not failures: nothing counts in the store
+
+
+def test_a_persistent_connection_closed_at_once_is_left_to_its_reconnect(
+    clock: FakeClock, policy: OutboundPolicy
+) -> None:
+    policy.add_persistent(url(1))
+    policy.connection_closed(connect(policy, url(1)))
+    assert policy.excluded(()) == set()
 
 
 def test_a_failure_counts_against_the_entry_being_dialled(policy: OutboundPolicy) -> None:
@@ -524,3 +570,68 @@ def test_reconnect_checks_its_arguments_at_once(clock: FakeClock) -> None:
 def test_reconnect_jitter_shortens_delays(clock: FakeClock) -> None:
     reconnect = Reconnect(clock=clock, initial=1.0, maximum=8.0, jitter=0.5, rng=lambda: 0.5)
     assert [reconnect.failed() for _ in range(2)] == [0.75, 1.5]
+
+
+# Dials to unproven addresses (learned from peers, never connected to) are bounded.
+
+
+def test_unproven_dials_are_bounded_in_number_and_rate(clock: FakeClock) -> None:
+    policy = make_policy(clock, target=100)
+    store = FakeStore([url(i) for i in range(100)], proven=())
+    first = round_(policy, store)
+    assert first == [url(i) for i in range(8)]  # the burst: a full outbound set at once
+    assert policy.wake_in() is None  # 8 under way: one must end first
+    for dialled in first:  # all fail at once
+        assert policy.dial_done(dialled)  # a round left some out: run one
+        policy.dial_failed(dialled)
+        policy.dial_ended(dialled)
+    assert policy.wake_in() == 2.0  # the bucket is empty: 0.5/s
+    assert round_(policy, store) == []
+    clock.advance(2.0)
+    assert len(round_(policy, store)) == 1
+    clock.advance(10.0)
+    assert len(round_(policy, store)) == 5
+
+
+def test_dials_in_a_window_never_exceed_the_bound(clock: FakeClock) -> None:
+    # Woken as often as it likes (every 0.1 s), each dial failing at once: at most the
+    # burst plus 0.5/s, whatever the list.
+    policy = make_policy(clock, target=100)
+    store = FakeStore([url(i) for i in range(100)], proven=())
+    dials = 0
+    for _ in range(120):  # 12 s
+        for dialled in round_(policy, store):
+            dials += 1
+            policy.dial_done(dialled)
+            policy.dial_failed(dialled)
+            policy.dial_ended(dialled)
+        clock.advance(0.1)
+    # 8 at once, then one per 2 s (before the bound: 300 dials in 12 s were measured).
+    assert dials == 13
+
+
+def test_proven_urls_are_not_bounded(clock: FakeClock) -> None:
+    bootstrap = url(0)
+    policy = make_policy(
+        clock, target=20, bootstrap=[bootstrap], unproven=UnprovenDials(max_concurrent=1)
+    )
+    met = url(1)
+    conn = connect(policy, met, A)  # a peer proved its id there in this run
+    policy.connection_closed(conn)
+    connected_before = url(2)
+    store = FakeStore([bootstrap, met, connected_before, url(3), url(4)], proven=[connected_before])
+    assert round_(policy, store) == [bootstrap, met, connected_before, url(3)]
+    assert policy.is_proven(f"{url(2)}", store)
+    assert not policy.is_proven(url(4), store)
+    assert policy.wake_in() is None  # url(4) waits for url(3)'s dial to end
+    assert policy.dial_done(url(3))
+    assert policy.wake_in() == 0.0
+    assert round_(policy, store) == [url(4)]
+
+
+def test_a_url_claiming_an_id_is_not_proven_by_the_claim(clock: FakeClock) -> None:
+    policy = make_policy(clock, unproven=UnprovenDials(max_concurrent=1))
+    claimed = f"{url(1)}/p2p/{B}"
+    store = FakeStore([f"{url(0)}/p2p/{A}", claimed], proven=())
+    assert round_(policy, store) == [f"{url(0)}/p2p/{A}"]
+    assert not policy.is_proven(claimed, store)

@@ -218,6 +218,20 @@ async def test_a_peer_known_by_its_address(store: PeerStore) -> None:
     assert store.verified_peer_id("ws://unknown:1") is None
 
 
+async def test_proven_urls(store: PeerStore) -> None:
+    await store.add_urls(["ws://boot:1"], PeerSource.BOOTSTRAP)
+    await store.add_urls(["ws://heard:1", "ws://met:1", "ws://plain:1"], PeerSource.EXCHANGE)
+    await store.add_urls(["ws://claimed:1"], PeerSource.EXCHANGE, peer_id="tpc")
+    await store.record_connected(peer_id="tpm", url="ws://met:1", address="10.0.0.2")
+    key = peer_key(None, "10.0.0.3")
+    await store.record_connected(peer_id=key, url="ws://plain:1", address="10.0.0.3")
+    proven = {u: store.proven(u) for u in ("ws://boot:1", "ws://heard:1", "ws://met:1")}
+    assert proven == {"ws://boot:1": True, "ws://heard:1": False, "ws://met:1": True}
+    assert store.proven("ws://plain:1")  # it answered there, in plain mode
+    assert not store.proven("ws://claimed:1")  # announced, never connected to
+    assert not store.proven("ws://unknown:1")
+
+
 async def test_record_failure(store: PeerStore) -> None:
     await store.add_urls(["ws://a:1"], PeerSource.EXCHANGE)
     await store.record_failure("ws://a:1")

@@ -262,6 +262,10 @@ class Connections:
                 )
                 self._refuse(socket, CloseCode.POLICY_VIOLATION, "blocked")
                 return
+            storm = self.inbound.identified(socket) if socket.inbound else None
+            if storm is not None:
+                self._refuse(socket, *storm)
+                return
             if self._duplicate(socket, peer_id):
                 return
         conn = self._new_connection(socket, role)

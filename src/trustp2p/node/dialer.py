@@ -36,7 +36,9 @@ class Dialer:
     grows from ``reconnect_initial`` to ``reconnect_max`` (with jitter) when a dial
     fails or a connection drops. The outbound manager wakes on :meth:`wake` (peer
     exchange learnt URLs, a connection or a dial ended) or every
-    ``exchange_interval``, and dials what the policy selects.
+    ``exchange_interval`` (sooner when URLs nobody has proven wait for their bound,
+    :class:`~trustp2p.protocol.limits.UnprovenDials`), and dials what the policy
+    selects.
 
     Args:
         node: The node whose client dials.
@@ -192,6 +194,11 @@ class Dialer:
                 self.dial_failed(dial.dial_url, exc)
                 logger.debug("! %s", exc)
                 return
+            finally:
+                # No longer under way as an unproven dial: if a round left some out,
+                # one may start now.
+                if self.policy.dial_done(dial.url):
+                    self._wakeup.set()
             await socket.wait_closed()
         finally:
             self.policy.dial_ended(dial.url)
@@ -203,8 +210,11 @@ class Dialer:
         """Keep ``target_outbound`` servers, drawing on the peer store."""
         interval = self.node.options.exchange_interval
         while True:
+            # Sooner when the last round left unproven URLs out for their bound.
+            wake_in = self.policy.wake_in()
+            timeout = interval if wake_in is None else min(interval, wake_in)
             try:
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
             except TimeoutError:
                 pass

@@ -68,6 +68,7 @@ class Inbound:
             limiter=limiter,
             is_blocked=self._address_blocked,
             handshake_timeout=options.handshake_timeout,
+            storms=options.reconnect_storms(),
         )
         self._accepted: dict[int, Socket] = {}  # driver sockets, accept to close
         self._evicted: set[int] = set()  # dropped by us to make room: not their fault
@@ -111,6 +112,16 @@ class Inbound:
             return self._admit(raw)
         now = asyncio.get_running_loop().time()
         return self._refused(raw, self.admission.readdress(raw.id, raw.host, now))
+
+    def identified(self, socket: Socket) -> tuple[int, str] | None:
+        """
+        An inbound connection opened with a proven peer id (secure mode): ``None`` to
+        go on, or the close code and reason if that peer reconnects in a storm.
+        """
+        if socket.peer_id is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        return self._refused(socket, self.admission.identified(socket.peer_id, now))
 
     def opened(self, socket: Socket) -> None:
         """An inbound connection opened (secure, in secure mode): its introduction is

@@ -7,6 +7,9 @@ before the WebSocket upgrade, the Noise handshake and the peer's hello: connecti
 that never finish their handshake take slots too, so they can't pile up beyond the
 limits. One deadline, ``handshake_timeout`` from accept, covers the whole handshake;
 when every slot is taken, the oldest unfinished handshake makes room for a new one.
+A peer that reconnects in a storm (:class:`~trustp2p.protocol.limits.ReconnectStorms`)
+is refused new connections for a while: counted by address from accept, and by peer id
+once it proved one.
 
 """
 
@@ -26,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .close import CloseCode
-from .limits import AddressLimiter, is_loopback
+from .limits import AddressLimiter, Cooldown, ReconnectStorms, is_loopback
+from .peers import peer_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +67,11 @@ class Admitted:
 class Admission:
     """
     The inbound connection rules, applied at accept, before any handshake: the node is
-    running, the address is not blocked, the per-address limits of ``limiter``, and at
-    most ``max_inbound`` connections. When all ``max_inbound`` are taken, the oldest
-    connection still in its handshake is evicted for the new one; a new connection is
-    refused only when every slot holds a connection that finished its handshake.
+    running, the address is not blocked nor reconnecting in a storm (``storms``), the
+    per-address limits of ``limiter``, and at most ``max_inbound`` connections. When
+    all ``max_inbound`` are taken, the oldest connection still in its handshake is
+    evicted for the new one; a new connection is refused only when every slot holds a
+    connection that finished its handshake.
 
     A connection is in its handshake from :meth:`admit` until :meth:`finish`; past
     ``handshake_timeout`` it is :meth:`expired`. It counts until :meth:`release`.
@@ -77,6 +82,8 @@ class Admission:
         is_blocked: Whether an address is blocked (the peer store answers).
         handshake_timeout: Seconds from accept to the end of the handshake; ``None``
             for no deadline.
+        storms: The reconnect storm rule, shared by address and peer id keys; addresses
+            the ``limiter`` exempts (loopback) are counted by peer id only.
 
     """
 
@@ -87,9 +94,11 @@ class Admission:
         limiter: AddressLimiter,
         is_blocked: Callable[[str], bool],
         handshake_timeout: float | None = None,
+        storms: ReconnectStorms | None = None,
     ) -> None:
         self.max_inbound = max_inbound
         self.handshake_timeout = handshake_timeout
+        self.storms = storms
         self._limiter = limiter
         self._is_blocked = is_blocked
         self._admitted: dict[int, str] = {}  # connection id -> address
@@ -125,6 +134,9 @@ class Admission:
         """
         if self._is_blocked(host):
             return Refusal(CloseCode.POLICY_VIOLATION, "blocked", warn=False)
+        storm = self._storm(host, now)
+        if storm is not None:
+            return storm
         full = self.max_inbound is not None and len(self._admitted) >= self.max_inbound
         if full and not self._handshaking:
             return Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
@@ -156,11 +168,30 @@ class Admission:
         self._admitted[conn_id] = ""  # counts against no address while refused
         if self._is_blocked(host):
             return Refusal(CloseCode.POLICY_VIOLATION, "blocked", warn=False)
+        storm = self._storm(host, now)
+        if storm is not None:
+            return storm
         why = self._limiter.admit(host, now)
         if why is not None:
             return Refusal(CloseCode.TRY_AGAIN_LATER, why, warn=True)
         self._admitted[conn_id] = host
         return None
+
+    def identified(self, peer_id: str, now: float) -> Refusal | None:
+        """
+        An inbound connection proved it comes from ``peer_id`` (secure mode, after the
+        Noise handshake): count it for that peer's reconnect storms, wherever it comes
+        from; a refusal closes it.
+        """
+        if self.storms is None:
+            return None
+        return _refusal(self.storms.arrive(peer_key(peer_id, ""), now))
+
+    def _storm(self, host: str, now: float) -> Refusal | None:
+        """Count a connection from ``host`` for its reconnect storms, unless exempt."""
+        if self.storms is None or (self._limiter.exempt_loopback and is_loopback(host)):
+            return None
+        return _refusal(self.storms.arrive(peer_key(None, host), now))
 
     def finish(self, conn_id: int) -> None:
         """Connection ``conn_id`` finished its handshake: it has no deadline any more
@@ -194,6 +225,13 @@ class Admission:
         while deadlines and deadlines[0][1] not in self._handshaking:
             deadlines.popleft()
         return deadlines[0][0] if deadlines else None
+
+
+def _refusal(cooldown: Cooldown | None) -> Refusal | None:
+    if cooldown is None:
+        return None
+    # A WARNING when a storm starts; its refusals during the cooldown are DEBUG noise.
+    return Refusal(CloseCode.TRY_AGAIN_LATER, cooldown.reason, warn=cooldown.started)
 
 
 def keep_new_connection(

@@ -1,9 +1,15 @@
-"""Reconnection delays, as a generator (cf. websockets' ``client.backoff``). No I/O."""
+"""
+Reconnection delays, free of I/O: the generator of growing delays (cf. websockets'
+``client.backoff``), the delays of one persistent URL (:class:`Reconnect`), and the
+retry delay of a managed one (:func:`retry_delay`).
+
+"""
 
 from __future__ import annotations
 
-__all__ = ["backoff"]
+__all__ = ["Reconnect", "backoff", "retry_delay"]
 
+import math
 import random
 from collections.abc import Callable, Iterator
 
@@ -47,3 +53,64 @@ def _delays(
     while True:
         yield delay * (1 - jitter * rng())
         delay = min(delay * factor, maximum)
+
+
+def retry_delay(failures: int, initial: float, maximum: float, factor: float) -> float:
+    """
+    Seconds before a managed URL that failed ``failures`` times in a row may be dialled
+    again: ``initial * factor ** (failures - 1)``, at most ``maximum``. No jitter: the
+    store's candidates are shuffled already. Never overflows, however many failures.
+    """
+    steps = max(failures - 1, 0)
+    if factor > 1 and steps > math.log(maximum / initial, factor):
+        return maximum
+    return min(maximum, initial * factor**steps)
+
+
+class Reconnect:
+    """
+    The delays of one persistent URL, from :func:`backoff`:
+    they grow with each failure and start over once a connection stayed up at least as
+    long as the next delay.
+
+    Args:
+        clock: Current time in seconds.
+        initial, maximum, factor, jitter: As for :func:`backoff`.
+        rng: Returns a float in [0, 1); for tests.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        initial: float = 1.0,
+        maximum: float = 60.0,
+        factor: float = 2.0,
+        jitter: float = 0.25,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._clock = clock
+        self._new_delays: Callable[[], Iterator[float]] = lambda: backoff(
+            initial, maximum, factor, jitter, rng=rng
+        )
+        self._delays = self._new_delays()
+        self._opened_at: float | None = None
+
+    def failed(self) -> float:
+        """A dial failed, or the URL may not be dialled now: the delay before the next."""
+        return next(self._delays)
+
+    def opened(self) -> None:
+        """A connection opened."""
+        self._opened_at = self._clock()
+
+    def closed(self) -> float:
+        """The connection closed: the delay before dialling again (the shortest again
+        if it stayed up long enough)."""
+        delay = next(self._delays)
+        opened_at, self._opened_at = self._opened_at, None
+        if opened_at is not None and self._clock() - opened_at >= delay:
+            self._delays = self._new_delays()
+            delay = next(self._delays)
+        return delay

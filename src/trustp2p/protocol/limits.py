@@ -12,12 +12,17 @@ __all__ = [
     "ADDRESS_BURST",
     "ADDRESS_RATE",
     "FIRST_ADDRESSES",
+    "STORM_CONNECTIONS",
+    "STORM_COOLDOWN",
+    "STORM_WINDOW",
     "UNPROVEN_DIALS",
     "UNPROVEN_DIAL_BURST",
     "UNPROVEN_DIAL_RATE",
     "AddressBudget",
     "AddressLimiter",
     "BudgetTable",
+    "Cooldown",
+    "ReconnectStorms",
     "TokenBucket",
     "UnprovenDials",
     "WriteStall",
@@ -26,8 +31,10 @@ __all__ = [
 ]
 
 import ipaddress
-from collections import Counter
+import math
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 
 class TokenBucket:
@@ -206,6 +213,125 @@ class BudgetTable:
                         del self._buckets[other]
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
         return bucket
+
+
+STORM_CONNECTIONS = 20
+"""Connections from one peer within :data:`STORM_WINDOW` that make a reconnect storm:
+four times what the default reconnect back-off can make (5 in any 10 s)."""
+
+STORM_WINDOW = 10.0
+"""Seconds over which connections are counted for a storm."""
+
+STORM_COOLDOWN = 60.0
+"""Seconds a peer that reconnected in a storm is refused new connections."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cooldown:
+    """
+    A new connection is refused: its peer reconnected in a storm.
+
+    Attributes:
+        left: Seconds before the peer may connect again.
+        started: This connection set the cooldown off (the first refusal of a storm).
+
+    """
+
+    left: float
+    started: bool
+
+    @property
+    def reason(self) -> str:
+        """The close reason to send."""
+        return f"reconnecting too often: try again in {math.ceil(self.left)} s"
+
+
+class ReconnectStorms:
+    """
+    A peer that reconnects in a storm is refused new connections for a while.
+
+    Each new connection of a peer (by peer id, or by address in plain mode) is counted
+    at :meth:`arrive`. The one that makes ``connections`` within ``window`` seconds is
+    refused, and so is every new connection of that peer for ``cooldown`` seconds; then
+    the count starts over. Refused connections don't count, so a peer that keeps
+    knocking during its cooldown doesn't lengthen it. Connections already open are not
+    touched: this only slows a reconnecting peer down.
+
+    Peers whose last connection left the window and whose cooldown is over carry no
+    information: past ``max_tracked`` peers, they are forgotten.
+
+    Args:
+        connections: Connections within ``window`` that make a storm
+            (:data:`STORM_CONNECTIONS`), at least 2.
+        window: Seconds over which they are counted (:data:`STORM_WINDOW`).
+        cooldown: Seconds of refusals after a storm (:data:`STORM_COOLDOWN`).
+        max_tracked: Peers tracked before the idle ones are forgotten.
+
+    Raises:
+        ValueError: If ``connections`` is under 2, or ``window`` or ``cooldown`` isn't
+            positive.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        connections: int = STORM_CONNECTIONS,
+        window: float = STORM_WINDOW,
+        cooldown: float = STORM_COOLDOWN,
+        max_tracked: int = 100_000,
+    ) -> None:
+        if connections < 2 or window <= 0 or cooldown <= 0:
+            raise ValueError(
+                "need connections >= 2, window > 0 and cooldown > 0, "
+                f"not {connections}, {window} and {cooldown}"
+            )
+        self.connections = connections
+        self.window = window
+        self.cooldown = cooldown
+        self._max_tracked = max_tracked
+        self._arrivals: dict[str, deque[float]] = {}  # the last few, oldest first
+        self._until: dict[str, float] = {}  # peer -> end of its cooldown
+
+    def __len__(self) -> int:
+        """Peers tracked."""
+        return len(self._arrivals.keys() | self._until.keys())
+
+    def arrive(self, key: str, now: float) -> Cooldown | None:
+        """
+        Count a new connection of peer ``key`` at ``now``: ``None`` to let it in, or
+        the :class:`Cooldown` that refuses it.
+        """
+        until = self._until.get(key)
+        if until is not None:
+            if now < until:
+                return Cooldown(until - now, started=False)
+            del self._until[key]
+        arrivals = self._arrivals.get(key)
+        if arrivals is None:
+            if len(self._arrivals) + len(self._until) >= self._max_tracked:
+                self._forget(now)
+            arrivals = self._arrivals[key] = deque(maxlen=self.connections - 1)
+        while arrivals and arrivals[0] <= now - self.window:
+            arrivals.popleft()
+        if len(arrivals) < self.connections - 1:
+            arrivals.append(now)
+            return None
+        del self._arrivals[key]  # the count starts over after the cooldown
+        self._until[key] = now + self.cooldown
+        return Cooldown(self.cooldown, started=True)
+
+    def cooling(self, key: str, now: float) -> float:
+        """Seconds of cooldown left to peer ``key`` at ``now`` (``0.0``: none)."""
+        return max(self._until.get(key, now) - now, 0.0)
+
+    def _forget(self, now: float) -> None:
+        for key, arrivals in list(self._arrivals.items()):
+            if not arrivals or arrivals[-1] <= now - self.window:
+                del self._arrivals[key]
+        for key, until in list(self._until.items()):
+            if until <= now:
+                del self._until[key]
 
 
 ADDRESS_RATE = 0.1

@@ -13,7 +13,9 @@ A client dials two kinds of URLs:
   per address whatever its spelling, not before a failed URL's retry time, and never a
   peer that is connected or blocked. When no outbound connection goes to a bootstrap
   peer, a peer known before this run or a long-lived one, an anchor round dials one
-  such peer, even past the target (eclipse resistance).
+  such peer, even past the target (eclipse resistance). Dials to addresses nobody has
+  proven (learned from peers, never connected to) are bounded in number and rate
+  (:class:`~trustp2p.protocol.limits.UnprovenDials`).
 
 The asyncio shell (:mod:`trustp2p.node.dialer`) reports what happens (dials started and
 ended, failures, connections opened and closed) and carries the decisions out. Time
@@ -37,18 +39,17 @@ __all__ = [
 ]
 
 import enum
-import math
 import random
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from ..identity import PeerId
-from .backoff import backoff
+from .backoff import Reconnect, retry_delay
 from .deliver import ConnId
-from .limits import is_loopback, netgroup
+from .limits import UnprovenDials, is_loopback, netgroup
 from .peers import is_address_key
 from .urls import address_of, split_peer_url
 
@@ -75,6 +76,11 @@ class PeerView(Protocol):
         """Whether a connected peer anchors us: bootstrap, or known before this run."""
         ...
 
+    def proven(self, url: str) -> bool:
+        """Whether the store's ``url`` is a bootstrap peer's, or one where we connected
+        (a peer proved its id there; in plain mode, answered)."""
+        ...
+
 
 def netgroup_of(url: str) -> str | None:
     """The network group of a URL's host (:func:`~trustp2p.protocol.limits.netgroup`);
@@ -86,18 +92,6 @@ def netgroup_of(url: str) -> str | None:
     if is_loopback(host) or host in ("", "memory"):
         return None
     return netgroup(host)
-
-
-def retry_delay(failures: int, initial: float, maximum: float, factor: float) -> float:
-    """
-    Seconds before a managed URL that failed ``failures`` times in a row may be dialled
-    again: ``initial * factor ** (failures - 1)``, at most ``maximum``. No jitter: the
-    store's candidates are shuffled already. Never overflows, however many failures.
-    """
-    steps = max(failures - 1, 0)
-    if factor > 1 and steps > math.log(maximum / initial, factor):
-        return maximum
-    return min(maximum, initial * factor**steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,55 +143,6 @@ class _Outbound:
     opened_at: float
 
 
-class Reconnect:
-    """
-    The delays of one persistent URL, from :func:`~trustp2p.protocol.backoff.backoff`:
-    they grow with each failure and start over once a connection stayed up at least as
-    long as the next delay.
-
-    Args:
-        clock: Current time in seconds.
-        initial, maximum, factor, jitter: As for :func:`~trustp2p.protocol.backoff.backoff`.
-        rng: Returns a float in [0, 1); for tests.
-
-    """
-
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float],
-        initial: float = 1.0,
-        maximum: float = 60.0,
-        factor: float = 2.0,
-        jitter: float = 0.25,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        self._clock = clock
-        self._new_delays: Callable[[], Iterator[float]] = lambda: backoff(
-            initial, maximum, factor, jitter, rng=rng
-        )
-        self._delays = self._new_delays()
-        self._opened_at: float | None = None
-
-    def failed(self) -> float:
-        """A dial failed, or the URL may not be dialled now: the delay before the next."""
-        return next(self._delays)
-
-    def opened(self) -> None:
-        """A connection opened."""
-        self._opened_at = self._clock()
-
-    def closed(self) -> float:
-        """The connection closed: the delay before dialling again (the shortest again
-        if it stayed up long enough)."""
-        delay = next(self._delays)
-        opened_at, self._opened_at = self._opened_at, None
-        if opened_at is not None and self._clock() - opened_at >= delay:
-            self._delays = self._new_delays()
-            delay = next(self._delays)
-        return delay
-
-
 class OutboundPolicy:
     """
     Whom to dial, and when. Does no I/O: the shell reports events and asks.
@@ -213,6 +158,14 @@ class OutboundPolicy:
         bootstrap: The bootstrap URLs (the node's ``peers``).
         shuffle: Shuffles a list in place; managed candidates are picked at random among
             the best the store offers (tests pass one that keeps the order).
+        unproven: The bound on dials to unproven addresses (default:
+            :class:`~trustp2p.protocol.limits.UnprovenDials` with its defaults).
+
+    Attributes:
+        unproven: Dials to addresses nobody has proven: neither a bootstrap or
+            persistent URL, nor one where a peer proved itself (in this run, or
+            :meth:`PeerView.proven`). Managed rounds start them only as it allows;
+            anchor rounds dial proven peers only.
 
     """
 
@@ -228,8 +181,11 @@ class OutboundPolicy:
         retry_factor: float = 2.0,
         bootstrap: Iterable[str] = (),
         shuffle: Callable[[list[str]], None] = random.shuffle,
+        unproven: UnprovenDials | None = None,
     ) -> None:
         self.clock = clock
+        self.unproven = unproven if unproven is not None else UnprovenDials()
+        self._deferred = False  # a round left out unproven URLs for the bound
         self.target = target
         self.max_per_netgroup = max_per_netgroup
         self.anchor_age = anchor_age
@@ -243,6 +199,7 @@ class OutboundPolicy:
         self._peer_of_url: dict[str, str] = {}  # dial URL -> peer id met there
         self._failures: dict[str, int] = {}  # store URL -> failures in a row
         self._retry_at: dict[str, float] = {}  # store URL -> earliest next managed try
+        self._early_closes: dict[str, int] = {}  # store URL -> closed soon, in a row
         self._anchoring: str | None = None  # the store URL last dialled as an anchor
 
     # What the shell reports.
@@ -260,8 +217,18 @@ class OutboundPolicy:
         """Stop dialling ``url`` for good; returns the URL as it was added, if it was."""
         return self._persistent.pop(address_of(url), None)
 
+    def dial_done(self, url: str) -> bool:
+        """
+        The dial of the store's ``url`` (:attr:`Dial.url`) connected or failed: if it
+        was unproven, it no longer counts as under way. Returns whether a round left
+        unproven URLs out since (run one: one may start now).
+        """
+        self.unproven.ended(url)
+        return self._deferred
+
     def dial_ended(self, url: str) -> None:
         """A managed dial (its task) ended, however: ``url`` is :attr:`Dial.url`."""
+        self.unproven.ended(url)
         dial = self._dials.pop(url, None)
         if dial is not None and self._store_url.get(dial.dial_url) == url:
             del self._store_url[dial.dial_url]
@@ -288,7 +255,27 @@ class OutboundPolicy:
         self._retry_at.pop(store_url, None)
 
     def connection_closed(self, conn: ConnId) -> None:
-        self._conns.pop(conn, None)
+        """
+        An outbound connection closed. A managed one that closed sooner than the next
+        retry delay (:func:`retry_delay`, counting such closes in a row) waits that
+        delay before it is dialled again, as a failed dial would: a server that
+        refuses us after the handshake (full, or we reconnect too often) isn't
+        redialled at once, again and again. One that lived as long starts over.
+        """
+        out = self._conns.pop(conn, None)
+        if out is None:
+            return
+        url = self._store_url.get(out.url)
+        if url is None or url not in self._dials:
+            return  # not a managed dial: Reconnect paces persistent URLs
+        now = self.clock()
+        closes = self._early_closes.get(url, 0) + 1
+        delay = retry_delay(closes, *self._retry)
+        if now - out.opened_at >= delay:
+            self._early_closes.pop(url, None)
+            return
+        self._early_closes[url] = closes
+        self._retry_at[url] = max(self._retry_at.get(url, 0.0), now + delay)
 
     def remember_peer(self, url: str, peer_id: str) -> None:
         """``peer_id`` answers at ``url`` (a duplicate connection, refused): don't dial
@@ -404,6 +391,40 @@ class OutboundPolicy:
                 return False
         return True
 
+    def is_proven(self, url: str, view: PeerView | None) -> bool:
+        """Whether the store's ``url`` is proven: a bootstrap or persistent URL's
+        address, a URL where a peer proved its id in this run, or one the store says
+        is proven."""
+        address = address_of(url)
+        if address in self.bootstrap or address in self._persistent:
+            return True
+        if split_peer_url(url)[0] in self._peer_of_url:
+            return True
+        return view is not None and view.proven(url)
+
+    def may_dial(self, url: str, view: PeerView | None) -> bool:
+        """
+        Whether the store's ``url`` may be dialled now as far as
+        :attr:`unproven` is concerned: a proven one always; an unproven one if the
+        bound allows it (it then counts as under way until :meth:`dial_done`).
+        """
+        if self.is_proven(url, view):
+            return True
+        if self.unproven.start(url, self.clock()):
+            return True
+        self._deferred = True
+        return False
+
+    def wake_in(self) -> float | None:
+        """
+        Seconds before a round should run again to dial the unproven URLs the last
+        rounds left out: ``None`` if none was left out, or while dials under way must
+        end first (:meth:`dial_done` says when).
+        """
+        if not self._deferred:
+            return None
+        return self.unproven.wait(self.clock())
+
     def excluded(self, connected_ids: Collection[str]) -> set[str]:
         """Store URLs known to fail :meth:`dialable` now, whatever the store says:
         waiting for a retry, or where a connected peer answers."""
@@ -433,6 +454,7 @@ class OutboundPolicy:
             view: The peer store, if the node has one.
 
         """
+        self._deferred = False  # this round says again if it leaves some out
         missing = self.missing()
         if missing <= 0:
             return None
@@ -533,9 +555,11 @@ class Selection:
             if not self.policy.dialable(url, self._busy, self._connected, self.view):
                 continue
             group = None if self.anchors else netgroup_of(url)
+            if group is not None and self._groups[group] >= self.policy.max_per_netgroup:
+                continue
+            if not self.anchors and not self.policy.may_dial(url, self.view):
+                continue  # unproven, over the bound: a later round may dial it
             if group is not None:
-                if self._groups[group] >= self.policy.max_per_netgroup:
-                    continue
                 self._groups[group] += 1
             self.wanted -= 1
             self._busy.add(address_of(url))  # one dial per address, whatever the id

@@ -389,6 +389,18 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         peer_id = entry.peer.peer_id
         return None if peer_id is None or is_address_key(peer_id) else peer_id
 
+    def proven(self, url: str) -> bool:
+        """
+        Whether ``url`` (exactly as stored) is proven: a bootstrap peer's, or one where
+        we connected (the peer proved its id there; in plain mode, it answered). URLs
+        only learned from peers are not: dials to them are bounded. SYNC, a dict
+        lookup.
+        """
+        entry = self._table.by_url.get(url)
+        if entry is None:
+            return False
+        return entry.last_connected is not None or entry.peer.source is PeerSource.BOOTSTRAP
+
     def is_blocked(self, *, peer_id: str | None = None, address: str | None = None) -> bool:
         """
         Whether ``peer_id`` or ``address`` is blocked now. Costs a dict lookup or two.
