@@ -107,8 +107,9 @@ from trustp2p.protocol.handshake import HANDSHAKE_MAGIC, HELLO_EVENT, VERSION_EV
 from trustp2p.protocol.package import body_to_json, build_package, decode, encode
 from trustp2p.security.noise import NoiseHandshake
 
-BODY_SIZE = 100
-"""Size of each request body, as compact JSON text, in bytes."""
+BODY_SIZE = int(os.environ.get("TRUSTP2P_BENCH_BODY_SIZE", "100"))
+"""Size of each request body, as compact JSON text, in bytes (``--body-size``; the child
+processes read it from the environment)."""
 
 PIPELINE_DEPTH = 100
 """Requests in flight in the pipelined mode."""
@@ -352,16 +353,28 @@ async def _client_baseline(
                 counter.done += 1
 
         async def pipelined(counter: _Counter) -> None:
-            for _ in range(PIPELINE_DEPTH):
-                await ws.send(message)
-            in_flight = PIPELINE_DEPTH
-            while in_flight:
-                await ws.recv()
-                counter.done += 1
-                if counter.stop:
-                    in_flight -= 1
-                else:
+            # Sending and receiving side by side, PIPELINE_DEPTH in flight: a sender
+            # that sent them all before reading would deadlock on large bodies (both
+            # write buffers full).
+            window = asyncio.Semaphore(PIPELINE_DEPTH)
+
+            async def receive() -> None:
+                while True:
+                    await ws.recv()
+                    counter.done += 1
+                    window.release()
+
+            receiver = asyncio.create_task(receive())
+            try:
+                while not counter.stop:
+                    await window.acquire()
                     await ws.send(message)
+                for _ in range(PIPELINE_DEPTH):  # every answer in
+                    await window.acquire()
+            finally:
+                receiver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await receiver
 
         results = {}
         for mode, loop in (("sequential", sequential), ("pipelined", pipelined)):
@@ -771,6 +784,17 @@ def format_table(results: Results) -> str:
                 )
         lines += [
             "",
+            "The same in MB/s of bodies (request and response): "
+            + "; ".join(
+                f"{layout} {mode} "
+                + ", ".join(
+                    f"{impl} {row[impl]['rate'] * 2 * settings['body_bytes'] / 1e6:,.1f}"
+                    for impl in impls
+                )
+                for layout, modes in medians.items()
+                for mode, row in modes.items()
+            ),
+            "",
             "CPU time per round trip, server + client, in us (median of the rounds)",
             "",
             f"{'layout':<16}{'mode':<12}" + "".join(f"{impl:>14}" for impl in impls),
@@ -807,8 +831,14 @@ def format_table(results: Results) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    global BODY_SIZE  # --body-size; the children read it from the environment
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short run: 1 round, 0.5 s")
+    parser.add_argument(
+        "--body-size",
+        type=int,
+        help=f"bytes of JSON per request body, at least 12 (default: {BODY_SIZE})",
+    )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument(
         "--from-json", metavar="FILE", help="print the table of a run saved with --json, only"
@@ -870,6 +900,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="client: comma-separated modes to measure (default: %(default)s)",
     )
     args = parser.parse_args(argv)
+    if args.body_size is not None:
+        if args.body_size < 12:
+            parser.error("--body-size must be at least 12")
+        BODY_SIZE = args.body_size
+        os.environ["TRUSTP2P_BENCH_BODY_SIZE"] = str(args.body_size)
     if args.role in ("client", "rss-client") and args.url is None:
         parser.error(f"--role {args.role} needs --url")
     if args.role == "client" and args.server_pid is None:

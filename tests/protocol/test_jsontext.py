@@ -69,6 +69,8 @@ def test_both_paths_read_back_what_either_writes(body: dict[str, Any]) -> None:
 def test_nan_and_infinities_are_refused(bad: float) -> None:
     with pytest.raises(ValueError, match=r"not JSON compliant|Out of range"):
         jsontext.dumps({"v": [1, None, bad]})
+    with pytest.raises(ValueError, match=r"not JSON compliant|Out of range"):
+        jsontext.dumps({"v": {"w": (None, bad)}})
 
 
 @pytest.mark.usefixtures("path")

@@ -80,7 +80,7 @@ def dumps(value: dict[str, Any]) -> str:
         except TypeError:  # orjson.JSONEncodeError: let the standard library say
             pass
         else:
-            if b"null" in data:
+            if _has_float(value, _INF):
                 # orjson writes NaN and the infinities as null: refuse them.
                 _stdlib_dumps(value)
             return data.decode()
@@ -98,20 +98,21 @@ def _stdlib_dumps(value: dict[str, Any]) -> str:
 
 
 _HUGE = float(2**63)
+_INF = float("inf")
 
 
-def _has_huge_float(value: Any) -> bool:
-    """Whether ``value`` holds a float of magnitude 2**63 or more (which may have been
-    written as an integer)."""
+def _has_float(value: Any, limit: float) -> bool:
+    """Whether ``value`` holds a float that isn't strictly between ``-limit`` and
+    ``limit`` (NaN included). Walks the containers, not the text: cheap for a large
+    string, and no dearer than the text for many small values."""
     stack = [value]
     while stack:
         item = stack.pop()
-        kind = type(item)
-        if kind is dict:
+        if isinstance(item, dict):
             stack.extend(item.values())
-        elif kind is list:
+        elif isinstance(item, list | tuple):
             stack.extend(item)
-        elif kind is float and not -_HUGE < item < _HUGE:
+        elif isinstance(item, float) and not -limit < item < limit:
             return True
     return False
 
@@ -132,7 +133,7 @@ def loads(text: str) -> Any:
         except orjson.JSONDecodeError:
             pass  # the standard library reads what orjson refuses, or says why not
         else:
-            if not _has_huge_float(value):
+            if not _has_float(value, _HUGE):
                 return value
             # orjson reads an integer beyond 64 bits as a float: read it exactly.
     try:
