@@ -70,7 +70,7 @@ def main() -> None:
     ).stdout.strip()
     document = {
         "comment": (
-            "Made by tools/noise_interop_vector.py with trustp2p's noiseprotocol-based "
+            "Made by tools/noise_interop_vector.py with trustp2p's implementation "
             f"implementation (commit {commit}). Keys are sha256('trustp2p-interop-<name>'): "
             "*_identity Ed25519 private keys, the others X25519. Packages of 1000 bytes or "
             "more are checked by sha256 only (b'x' * 65518, bytes(range(251)) * 400)."
