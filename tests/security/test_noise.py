@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from trustp2p.exceptions import ChannelError, HandshakeError, UsageError
 from trustp2p.identity import Identity
-from trustp2p.security.noise import MAX_NOISE_MESSAGE, NoiseHandshake, NoiseTransport
+from trustp2p.security.noise import MAX_NOISE_MESSAGE, NoiseHandshake, NoiseKey, NoiseTransport
 
 HERE = Path(__file__).parent
 # The published Noise_XX_25519_ChaChaPoly_SHA256 vectors (cacophony, snow): sources and
@@ -266,3 +266,22 @@ def test_exhausted_nonces_are_a_channel_error() -> None:
     with pytest.raises(ChannelError) as info:
         receiver.decrypt(bytes(17))
     assert str(info.value) == "nonces exhausted: 2**64 - 1 messages received"
+
+
+def test_one_noise_key_serves_every_handshake() -> None:
+    """A node's static key and signed payload are made once and reused: each handshake
+    draws a fresh ephemeral key only."""
+    key = NoiseKey(Identity.generate())
+    seen = set()
+    for _ in range(2):
+        initiator = NoiseHandshake(key, initiator=True)
+        responder = NoiseHandshake(Identity.generate(), initiator=False)
+        message1 = initiator.write_message()
+        responder.read_message(message1)
+        initiator.read_message(responder.write_message())
+        responder.read_message(initiator.write_message())
+        assert responder.remote_peer_id == key.identity.peer_id
+        seen.add(message1)
+    assert len(seen) == 2  # a fresh ephemeral key each time
+    with pytest.raises(UsageError, match="static_key goes with an Identity"):
+        NoiseHandshake(key, initiator=True, static_key=bytes(32))
