@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -285,3 +286,9 @@ def test_one_noise_key_serves_every_handshake() -> None:
     assert len(seen) == 2  # a fresh ephemeral key each time
     with pytest.raises(UsageError, match="static_key goes with an Identity"):
         NoiseHandshake(key, initiator=True, static_key=bytes(32))
+
+
+def test_noiseprotocol_is_not_used() -> None:
+    import trustp2p.security.channel  # noqa: F401
+
+    assert "noise" not in sys.modules  # the noiseprotocol package's top-level module

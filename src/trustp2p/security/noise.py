@@ -295,8 +295,15 @@ class NoiseTransport:
             ChannelError: If the nonces are used up (see :meth:`encrypt`).
 
         """
-        if len(data) <= _MAX_CHUNK:
-            return [self.encrypt(_LAST + data)]
+        if len(data) > _MAX_CHUNK:
+            return self._seal_chunks(data)
+        nonce = self._send_nonce  # encrypt(), inlined: most packages are one message
+        if nonce >= MAX_NONCE:
+            raise ChannelError("nonces exhausted: 2**64 - 1 messages sent")
+        self._send_nonce = nonce + 1
+        return [self._encrypt(pack_nonce(nonce), _LAST + data, None)]
+
+    def _seal_chunks(self, data: bytes) -> list[bytes]:
         messages = []
         view = memoryview(data)
         while len(view) > _MAX_CHUNK:
@@ -315,7 +322,23 @@ class NoiseTransport:
                 beyond ``max_size`` bytes.
 
         """
-        plaintext = self.decrypt(message)
+        if len(message) > MAX_NOISE_MESSAGE:  # decrypt(), inlined
+            raise ChannelError(f"Noise message of {len(message)} bytes exceeds {MAX_NOISE_MESSAGE}")
+        nonce = self._receive_nonce
+        if nonce >= MAX_NONCE:
+            raise ChannelError("nonces exhausted: 2**64 - 1 messages received")
+        try:
+            plaintext = self._decrypt(pack_nonce(nonce), message, None)
+        except InvalidTag:
+            raise ChannelError("transport message doesn't decrypt") from None
+        self._receive_nonce = nonce + 1
+        if plaintext[:1] == _LAST and not self._chunks:  # a whole package: most are
+            if max_size is not None and len(plaintext) - 1 > max_size:
+                raise ChannelError(f"package of more than {max_size} bytes exceeds the limit")
+            return plaintext[1:]
+        return self._reassemble(plaintext, max_size)
+
+    def _reassemble(self, plaintext: bytes, max_size: int | None) -> bytes | None:
         if not plaintext:
             raise ChannelError("empty transport message")
         flag, chunk = plaintext[0], plaintext[1:]
@@ -327,9 +350,8 @@ class NoiseTransport:
             return None
         if flag != _LAST_FLAG:
             raise ChannelError(f"invalid chunk flag {flag}")
-        if self._chunks:
-            self._chunks.append(chunk)
-            chunk = b"".join(self._chunks)
-            self._chunks = []
+        self._chunks.append(chunk)
+        package = b"".join(self._chunks)
+        self._chunks = []
         self._size = 0
-        return chunk
+        return package
