@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -17,6 +18,7 @@ from trustp2p.security.noise_state import (
     HandshakeState,
     SymmetricState,
     hkdf,
+    hmac_sha256,
     pack_nonce,
     x25519_public,
 )
@@ -190,3 +192,10 @@ def test_calls_out_of_turn_are_usage_errors() -> None:
         initiator.write_message()
     with pytest.raises(UsageError, match="the handshake is complete"):
         responder.read_message(bytes(64))
+
+
+@pytest.mark.parametrize("key_size", [0, 1, 32, 64])
+def test_hmac_sha256_is_the_standard_one(key_size: int) -> None:
+    key = bytes(range(key_size))
+    for data in (b"", b"\x01", bytes(range(200))):
+        assert hmac_sha256(key, data) == hmac.digest(key, data, "sha256")

@@ -5,7 +5,7 @@ specification, §5): :class:`CipherState`, :class:`SymmetricState`, :class:`Hand
 Only what trustp2p speaks is here: DH 25519, cipher ChaChaPoly, hash SHA256 (so
 ``Noise_XX_25519_ChaChaPoly_SHA256``), handshake patterns without pre-messages or PSKs.
 The primitives come from ``cryptography`` (X25519, ChaCha20-Poly1305) and from the
-standard library's OpenSSL-backed ``hashlib``/``hmac`` (SHA-256, HMAC-SHA256 for the
+standard library's OpenSSL-backed ``hashlib`` (SHA-256, and HMAC-SHA256 over it for the
 specification's HKDF, §4.3). The published cacophony and snow test vectors check it
 (``tests/security/noise-xx-vectors.json``).
 
@@ -28,12 +28,12 @@ __all__ = [
     "HandshakeState",
     "SymmetricState",
     "hkdf",
+    "hmac_sha256",
     "pack_nonce",
     "x25519_public",
 ]
 
 import hashlib
-import hmac
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -62,11 +62,24 @@ def x25519_public(private: X25519PrivateKey) -> bytes:
     return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+_IPAD = bytes(byte ^ 0x36 for byte in range(256))
+_OPAD = bytes(byte ^ 0x5C for byte in range(256))
+_sha256 = hashlib.sha256
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104) of ``data`` under a key of at most 64 bytes: the
+    construction written out over ``hashlib``, which costs less than ``hmac.digest``
+    for the short inputs of a handshake."""
+    key = key.ljust(64, b"\x00")
+    return _sha256(key.translate(_OPAD) + _sha256(key.translate(_IPAD) + data).digest()).digest()
+
+
 def hkdf(chaining_key: bytes, input_key_material: bytes) -> tuple[bytes, bytes]:
     """The specification's ``HKDF(ck, ikm, 2)`` (§4.3) on HMAC-SHA256."""
-    temp_key = hmac.digest(chaining_key, input_key_material, "sha256")
-    output1 = hmac.digest(temp_key, b"\x01", "sha256")
-    return output1, hmac.digest(temp_key, output1 + b"\x02", "sha256")
+    temp_key = hmac_sha256(chaining_key, input_key_material)
+    output1 = hmac_sha256(temp_key, b"\x01")
+    return output1, hmac_sha256(temp_key, output1 + b"\x02")
 
 
 class CipherState:
