@@ -104,19 +104,17 @@ class SecureSocket(Socket):
         return self.raw.write_buffer_size
 
     def write(self, data: bytes) -> None:
-        raw = self.raw
-        if raw.closed:
-            raise ConnectionClosed(raw.close_code, raw.close_reason)
-        stats = self.stats
-        stats.messages_out += 1
-        stats.bytes_out += len(data)
         try:
             messages = self._transport.seal(data)
         except ChannelError as exc:
             exc.peer = self.peer
             raise
+        raw = self.raw
         for message in messages:
-            raw.write(message)
+            raw.write(message)  # raises ConnectionClosed once closed
+        stats = self.stats
+        stats.messages_out += 1
+        stats.bytes_out += len(data)
 
     async def drain(self) -> None:
         await self.raw.drain()
