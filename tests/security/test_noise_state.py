@@ -199,3 +199,12 @@ def test_hmac_sha256_is_the_standard_one(key_size: int) -> None:
     key = bytes(range(key_size))
     for data in (b"", b"\x01", bytes(range(200))):
         assert hmac_sha256(key, data) == hmac.digest(key, data, "sha256")
+
+
+def test_another_suite_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="only the _25519_ChaChaPoly_SHA256 suite"):
+        HandshakeState(
+            initiator=True,
+            static=X25519PrivateKey.generate(),
+            protocol_name=b"Noise_XX_25519_AESGCM_SHA256",
+        )

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_MESSAGE",
     "MAX_NONCE",
     "PATTERN_XX",
+    "SUITE",
     "TAGLEN",
     "CipherState",
     "HandshakeState",
@@ -50,6 +51,8 @@ MAX_MESSAGE = 65535
 """The longest Noise message, handshake or transport (§3)."""
 MAX_NONCE = 2**64 - 1
 """Reserved by the specification (§5.1): a cipher state that reaches it is used up."""
+SUITE = b"_25519_ChaChaPoly_SHA256"
+"""The DH, cipher and hash functions implemented here, as a protocol name ends."""
 PATTERN_XX: tuple[tuple[str, ...], ...] = (("e",), ("e", "ee", "s", "es"), ("s", "se"))
 """The XX pattern (§7.5): initiator first, then alternating."""
 
@@ -195,6 +198,11 @@ class HandshakeState:
             by default (a fixed one is for test vectors only).
         protocol_name: The full protocol name; its suite must be 25519_ChaChaPoly_SHA256.
         pattern: The message patterns, without pre-messages (XX by default).
+        static_public: The public key of ``static``, if known already (saves a
+            derivation per handshake).
+
+    Raises:
+        UsageError: If ``protocol_name`` names another suite.
 
     """
 
@@ -209,6 +217,8 @@ class HandshakeState:
         pattern: tuple[tuple[str, ...], ...] = PATTERN_XX,
         static_public: bytes | None = None,
     ) -> None:
+        if not protocol_name.endswith(SUITE):
+            raise UsageError(f"only the {SUITE.decode()} suite is implemented")
         self.initiator = initiator
         self.symmetric = SymmetricState(protocol_name)
         self.symmetric.mix_hash(prologue)
