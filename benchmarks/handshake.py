@@ -11,24 +11,24 @@ Methodology
 
 Sans-I/O (``--part sansio``). One process, pinned to one CPU, plays both sides of
 :class:`trustp2p.security.noise.NoiseHandshake` exactly as the secure layer does for a
-connection: each side is built with the node's long-term Ed25519 identity and draws a
-fresh X25519 static key (as ``SecureLayer`` does per connection), then
-``write_message``/``read_message`` in turn: message 1 (``e``), message 2 (``e, ee, s,
-es`` + the responder's signed identity payload), message 3 (``s, se`` + the initiator's
-payload); each side checks the other's signature and derives its peer id, then
-``transport()`` splits the ciphers. The loop runs for a fixed time and counts complete
-handshakes; ``perf_counter`` around each call splits the time between initiator and
-responder. The process is repeated (``--repeats``), and the median is reported. The same
-process times the primitives the handshake is made of with :mod:`timeit` (X25519 key
-generation and DH, Ed25519 sign and verify, peer id, ``NoiseConnection`` set-up) and the
-per-message cost of the transport, which is what the secure channel adds to every
-package: ``NoiseTransport.seal`` then ``open`` of the request/response benchmark's
-164-byte package (165 bytes of plaintext with the chunk flag); ``ChaCha20Poly1305`` of
-``cryptography`` called directly (encrypt, decrypt); and *lean* seal + open, the AEAD
-called directly with a nonce counter of our own, what a transport without the
-noiseprotocol layers would cost. Last, the memory the secure channel keeps per
-connection: VmRSS and Python allocations per ``NoiseTransport`` kept alive, and VmRSS
-per pair of used ``ChaCha20Poly1305`` objects.
+connection: each side is built with its node's :class:`~trustp2p.security.noise.NoiseKey`
+(the Ed25519 identity and the X25519 static key it signed, made once per node as
+``SecureLayer`` does), then ``write_message``/``read_message`` in turn: message 1 (``e``,
+a fresh ephemeral key), message 2 (``e, ee, s, es`` + the responder's signed identity
+payload), message 3 (``s, se`` + the initiator's payload); each side checks the other's
+signature and derives its peer id, then ``transport()`` splits the ciphers. The loop
+runs for a fixed time and counts complete handshakes; ``perf_counter`` around each call
+splits the time between initiator and responder. The process is repeated
+(``--repeats``), and the median is reported. The same process times the primitives the
+handshake is made of with :mod:`timeit` (X25519 key generation and DH, Ed25519 sign and
+verify, peer id, ``HandshakeState`` set-up) and the per-message cost of the transport,
+which is what the secure channel adds to every package: ``NoiseTransport.seal`` then
+``open`` of the request/response benchmark's 164-byte package (165 bytes of plaintext
+with the chunk flag); ``ChaCha20Poly1305`` of ``cryptography`` called directly
+(encrypt, decrypt); and *lean* seal + open, the AEAD called directly with a nonce
+counter of our own, the floor of a transport. Last, the memory the secure channel keeps
+per connection: VmRSS and Python allocations per ``NoiseTransport`` kept alive, and
+VmRSS per pair of used ``ChaCha20Poly1305`` objects.
 
 End to end (``--part e2e``). The server is ``request_response.py --role server`` (a
 trustp2p server node, ``max_inbound=None``, per-IP limits exempt for loopback by
@@ -37,7 +37,8 @@ both alive for the whole layout. A client process opens connections one after an
 (*sequential*) or ``--concurrency`` at a time (*concurrent*) with the node's own
 machinery, without a whole client node per connection:
 
-- secure: another :class:`Identity` for each connection (the server keeps one connection
+- secure: another :class:`Identity` (with its ``NoiseKey``, made before measuring)
+  for each connection (the server keeps one connection
   per peer id), taken in turn from a pool of 4096 made before measuring (a real node has
   its identity already), and a :class:`SecureLayer` over the ``ws`` driver, exactly as a
   client node dials. The pool is the same in every client process, so the server's peer
@@ -95,7 +96,6 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
 )
-from noise.connection import Keypair, NoiseConnection
 from request_response import (
     LAYOUTS,
     Snapshot,
@@ -119,7 +119,8 @@ from trustp2p.identity import Identity, peer_id_from_public_key, verify_signatur
 from trustp2p.protocol.handshake import HELLO_EVENT, VERSION_EVENT, version_body
 from trustp2p.protocol.package import build_package, encode
 from trustp2p.security.channel import SecureLayer
-from trustp2p.security.noise import PROLOGUE, PROTOCOL_NAME, NoiseHandshake, NoiseTransport
+from trustp2p.security.noise import PROLOGUE, NoiseHandshake, NoiseKey, NoiseTransport
+from trustp2p.security.noise_state import HandshakeState
 
 E2E_IMPLS = ("plain", "secure")
 """plain: trustp2p with ``secure=False``; secure: with the Noise channel."""
@@ -154,8 +155,8 @@ def pool_identity(index: int, *, fresh: bool = False) -> Identity:
 # Sans-I/O
 
 
-def _handshake_once(a: Identity, b: Identity, clock: Callable[[], float]) -> tuple[float, float]:
-    """One full XX handshake between identities ``a`` (dials) and ``b``; seconds per side."""
+def _handshake_once(a: NoiseKey, b: NoiseKey, clock: Callable[[], float]) -> tuple[float, float]:
+    """One full XX handshake between nodes ``a`` (dials) and ``b``; seconds per side."""
     t0 = clock()
     initiator = NoiseHandshake(a, initiator=True)
     message1 = initiator.write_message()
@@ -171,14 +172,17 @@ def _handshake_once(a: Identity, b: Identity, clock: Callable[[], float]) -> tup
     responder.read_message(message3)
     responder.transport()
     t4 = clock()
-    if responder.remote_peer_id != a.peer_id or initiator.remote_peer_id != b.peer_id:
+    if (
+        responder.remote_peer_id != a.identity.peer_id
+        or initiator.remote_peer_id != b.identity.peer_id
+    ):
         raise RuntimeError("handshake authenticated the wrong peers")
     return (t1 - t0) + (t3 - t2), (t2 - t1) + (t4 - t3)
 
 
 def measure_handshakes(seconds: float) -> Figures:
     """Complete handshakes per second in this process, and microseconds per side."""
-    a, b = Identity.generate(), Identity.generate()
+    a, b = NoiseKey(Identity.generate()), NoiseKey(Identity.generate())  # once per node
     clock = time.perf_counter
     for _ in range(20):
         _handshake_once(a, b, clock)
@@ -218,15 +222,10 @@ def measure_primitives() -> dict[str, float]:
             Encoding.Raw, PrivateFormat.Raw, NoEncryption()
         )
 
-    private = x25519_generate()
-
-    def noise_setup() -> NoiseConnection:
-        connection = NoiseConnection.from_name(PROTOCOL_NAME)
-        connection.set_as_initiator()
-        connection.set_prologue(PROLOGUE)
-        connection.set_keypair_from_private_bytes(Keypair.STATIC, private)
-        connection.start_handshake()
-        return connection
+    def noise_setup() -> HandshakeState:
+        return HandshakeState(
+            initiator=True, static=key, static_public=static_public, prologue=PROLOGUE
+        )
 
     # A transport pair, and one package as the request/response benchmark sends it.
     a, b = Identity.generate(), Identity.generate()
@@ -246,8 +245,8 @@ def measure_primitives() -> dict[str, float]:
         (message,) = sender.seal(package)
         return receiver.open(message, max_size=None)
 
-    # What seal + open could cost with the AEAD called directly: a nonce counter of our
-    # own, the chunk flag prepended, no noiseprotocol layers (a lever, not trustp2p code).
+    # The floor of seal + open: the AEAD called directly, a nonce counter of our own,
+    # the chunk flag prepended, no method around it (a reference, not trustp2p code).
     aead_key = os.urandom(32)
     encryptor, decryptor = ChaCha20Poly1305(aead_key), ChaCha20Poly1305(aead_key)
     nonces = itertools.count()
@@ -267,7 +266,7 @@ def measure_primitives() -> dict[str, float]:
             lambda: verify_signature(identity.public_key, signature, signed), 500
         ),
         "peer_id_us": _per_call_us(lambda: peer_id_from_public_key(identity.public_key), n),
-        "noise_connection_setup_us": _per_call_us(noise_setup, 500),
+        "handshake_state_setup_us": _per_call_us(noise_setup, 500),
         "transport_seal_open_us": _per_call_us(seal_open, n * 10),
         "lean_seal_open_us": _per_call_us(lean_seal_open, n * 10),
         "chacha20poly1305_encrypt_us": _per_call_us(
@@ -439,22 +438,24 @@ class _Dialler:
         version = version_body(library_version=trustp2p.__version__)
         self._version = encode(build_package(PackageType.TALK, VERSION_EVENT, version))
         self._version_body = version
-        self._identities = [
-            pool_identity(index, fresh=fresh) for index in range(pool if secure else 0)
+        # Each client node has its identity and its Noise static key already.
+        self._keys = [
+            NoiseKey(pool_identity(index, fresh=fresh)) for index in range(pool if secure else 0)
         ]
         self._next = 0
 
-    def _identity(self) -> Identity:
-        identity = self._identities[self._next % len(self._identities)]
+    def _key(self) -> NoiseKey:
+        key = self._keys[self._next % len(self._keys)]
         self._next += 1
-        return identity
+        return key
 
     async def open_one(self, counter: _Counter) -> None:
         """Open a connection, wait for the server's first package, close it."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         if self.secure:
-            identity = self._identity()
+            key = self._key()
+            identity = key.identity
             body = {**self._version_body, "peer_id": identity.peer_id, "listen_urls": []}
 
             def hello() -> bytes:
@@ -467,6 +468,7 @@ class _Dialler:
                 admit=lambda raw: None,
                 failed=conn.failed,
                 max_package_size=self.options.max_package_size,
+                noise_key=key,
             )
             dial_listener: Any = layer
         else:

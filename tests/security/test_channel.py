@@ -7,16 +7,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.conftest import MS, wait_for
 from tests.drivers.conformance import RecordingListener
 from trustp2p.drivers import DriverEvent, Listening, Socket
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
-from trustp2p.exceptions import ChannelError, HandshakeError, SelfDialError
+from trustp2p.exceptions import ChannelError, HandshakeError, SelfDialError, UsageError
 from trustp2p.identity import Identity
 from trustp2p.protocol.handshake import PLAIN_PEER
 from trustp2p.protocol.package import PackageType, build_package, encode
 from trustp2p.security.channel import SecureLayer, SecureSocket
+from trustp2p.security.noise import NoiseKey
 
 
 @dataclass
@@ -211,3 +213,36 @@ async def test_exhausted_nonces_on_write_are_a_channel_error(net: Net) -> None:
         opened.write(b"one too many")
     assert str(info.value) == "nonces exhausted: 2**64 - 1 messages sent"
     assert info.value.peer == net.listening.url
+
+
+class CountingIdentity(Identity):
+    """An identity that counts its signatures."""
+
+    signatures = 0
+
+    def sign(self, data: bytes) -> bytes:
+        self.signatures += 1
+        return super().sign(data)
+
+
+async def test_the_static_key_is_made_and_signed_once_per_layer(net: Net) -> None:
+    """Per connection, a handshake draws an ephemeral key only: the node's Noise static
+    key and the identity signature over it are made with the layer."""
+    client = Side(CountingIdentity(Ed25519PrivateKey.generate()))
+    assert isinstance(client.identity, CountingIdentity)
+    assert client.identity.signatures == 1
+    for _ in range(3):
+        _, accepted = await connect_secure(net, client)
+        assert accepted.peer_id == client.identity.peer_id
+    assert client.identity.signatures == 1
+
+
+def test_a_noise_key_of_another_identity_is_refused() -> None:
+    with pytest.raises(UsageError, match="noise_key is signed by another identity"):
+        SecureLayer(
+            RecordingListener(),
+            Identity.generate(),
+            admit=lambda raw: None,
+            failed=lambda raw, error: None,
+            noise_key=NoiseKey(Identity.generate()),
+        )

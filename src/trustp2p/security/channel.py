@@ -36,12 +36,13 @@ from ..exceptions import (
     PackageError,
     ProtocolError,
     SelfDialError,
+    UsageError,
 )
 from ..identity import Identity, PeerId
 from ..protocol.deliver import ConnId
 from ..protocol.handshake import HANDSHAKE_MAGIC, PLAIN_PEER, SELF_DIAL
 from ..protocol.package import decode
-from .noise import NoiseHandshake, NoiseTransport
+from .noise import NoiseHandshake, NoiseKey, NoiseTransport
 
 logger = logging.getLogger("trustp2p.security")
 
@@ -103,19 +104,17 @@ class SecureSocket(Socket):
         return self.raw.write_buffer_size
 
     def write(self, data: bytes) -> None:
-        raw = self.raw
-        if raw.closed:
-            raise ConnectionClosed(raw.close_code, raw.close_reason)
-        stats = self.stats
-        stats.messages_out += 1
-        stats.bytes_out += len(data)
         try:
             messages = self._transport.seal(data)
         except ChannelError as exc:
             exc.peer = self.peer
             raise
+        raw = self.raw
         for message in messages:
-            raw.write(message)
+            raw.write(message)  # raises ConnectionClosed once closed
+        stats = self.stats
+        stats.messages_out += 1
+        stats.bytes_out += len(data)
 
     async def drain(self) -> None:
         await self.raw.drain()
@@ -152,6 +151,16 @@ class SecureSocket(Socket):
         if data is not None:
             self._deliver(data)
 
+    def _deliver(self, data: bytes | str) -> None:
+        # As Socket._deliver, less the clock: the raw socket keeps last_seen.
+        stats = self.stats
+        stats.messages_in += 1
+        stats.bytes_in += len(data)
+        try:
+            self._listener.on_message(self, data)
+        except Exception:  # a bug in the listener must not break the transport
+            logger.error("! listener failed on a message from %s", self.peer, exc_info=True)
+
 
 class _Handshake:
     __slots__ = ("noise", "raw", "timer")
@@ -175,7 +184,8 @@ class SecureLayer:
 
     Args:
         listener: The node: it hears of connections once they are secure.
-        identity: Our identity, proven in each handshake.
+        identity: Our identity, proven in each handshake. The layer makes the node's
+            Noise static key and signs it with ``identity`` once, for all handshakes.
         admit: Called for each inbound raw connection once the driver opened it, before
             any cryptography; returns ``None`` to go on, or ``(code, reason)`` to close
             it at once.
@@ -186,6 +196,8 @@ class SecureLayer:
             ``False``: its own deadline, from TCP accept, covers them (it calls
             :meth:`fail` when it passes).
         max_package_size: Limit on a reassembled package, in bytes.
+        noise_key: The node's Noise static key, signed by ``identity``, if made
+            already; the layer makes one otherwise.
 
     """
 
@@ -199,11 +211,17 @@ class SecureLayer:
         handshake_timeout: float = 10.0,
         time_inbound: bool = True,
         max_package_size: int | None = 2**20,
+        noise_key: NoiseKey | None = None,
     ) -> None:
         self._listener = listener
         self._on_accept = accept_hook(listener)
         self._time_inbound = time_inbound
         self._identity = identity
+        if noise_key is None:
+            noise_key = NoiseKey(identity)  # once per node: its static key, signed
+        elif noise_key.identity is not identity:
+            raise UsageError("noise_key is signed by another identity")
+        self._key = noise_key
         self._admit = admit
         self._failed = failed
         self._timeout = handshake_timeout
@@ -255,12 +273,12 @@ class SecureLayer:
         if refusal is not None:
             raw.close_soon(*refusal)
             return
-        self._begin(raw, NoiseHandshake(self._identity, initiator=False))
+        self._begin(raw, NoiseHandshake(self._key, initiator=False))
 
     def on_open(self, raw: Socket) -> None:
         self._raw[raw.id] = raw
         noise = NoiseHandshake(
-            self._identity, initiator=True, expected_peer_id=self._expected.get(raw.peer)
+            self._key, initiator=True, expected_peer_id=self._expected.get(raw.peer)
         )
         self._begin(raw, noise)
         try:

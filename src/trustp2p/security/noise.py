@@ -1,8 +1,8 @@
 """
 The secure channel: Noise XX (``Noise_XX_25519_ChaChaPoly_SHA256``), without I/O.
 
-The cryptography comes from the ``noiseprotocol`` package; this module is the small
-interface trustp2p uses, so that the implementation can be replaced.
+The Noise state machines are in :mod:`.noise_state`, on ``cryptography``'s primitives;
+this module binds them to trustp2p's identities and frames packages.
 
 XX takes three messages, the dialler (initiator) first::
 
@@ -12,7 +12,9 @@ XX takes three messages, the dialler (initiator) first::
 
 Each identity payload binds the sender's Noise static key to its Ed25519 identity, as
 libp2p does: ``public key (32 bytes) || signature (64 bytes)`` over
-``b"trustp2p-noise-static-key:" + noise static public key``. After the handshake, each
+``b"trustp2p-noise-static-key:" + noise static public key``. A node makes its static key
+and that signature once (:class:`NoiseKey`), not per connection: a connection costs an
+ephemeral key, three DH and one signature check per side. After the handshake, each
 package travels as one or more Noise transport messages (at most 65 535 bytes each):
 each plaintext starts with one byte, ``0x01`` when more chunks of the same package
 follow and ``0x00`` on its last chunk.
@@ -26,24 +28,13 @@ __all__ = [
     "PROLOGUE",
     "PROTOCOL_NAME",
     "NoiseHandshake",
+    "NoiseKey",
     "NoiseTransport",
 ]
-
-import struct
-import warnings
-from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
-from noise.connection import Keypair, NoiseConnection
-from noise.exceptions import NoiseInvalidMessage, NoiseValueError
 
 from ..exceptions import ChannelError, HandshakeError, UsageError
 from ..identity import (
@@ -54,50 +45,81 @@ from ..identity import (
     peer_id_from_public_key,
     verify_signature,
 )
+from .noise_state import MAX_MESSAGE, MAX_NONCE, TAGLEN, HandshakeState, pack_nonce, x25519_public
 
 PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
 PROLOGUE = b"trustp2p/1"
 """Mixed into the handshake hash: both sides must agree on it."""
 
 
-MAX_NOISE_MESSAGE = 65535
-_TAG_SIZE = 16
-_MAX_CHUNK = MAX_NOISE_MESSAGE - _TAG_SIZE - 1  # plaintext bytes of a package per message
+MAX_NOISE_MESSAGE = MAX_MESSAGE
+_MAX_CHUNK = MAX_NOISE_MESSAGE - TAGLEN - 1  # plaintext bytes of a package per message
 _MORE, _LAST = b"\x01", b"\x00"
-_MAX_NONCE = 2**64 - 1  # reserved by the Noise specification
-_pack_nonce = struct.Struct("<4xQ").pack  # 32 zero bits, then the counter little-endian
+_MORE_FLAG, _LAST_FLAG = 1, 0
 _SIGNATURE_PREFIX = b"trustp2p-noise-static-key:"
 _PAYLOAD_SIZE = PUBLIC_KEY_SIZE + SIGNATURE_SIZE
 
 
-def _static_public(private: bytes) -> bytes:
-    return (
-        X25519PrivateKey.from_private_bytes(private)
-        .public_key()
-        .public_bytes(Encoding.Raw, PublicFormat.Raw)
-    )
+class NoiseKey:
+    """
+    A node's Noise static key pair and the identity payload that proves it is ours.
+
+    Made once per node (the :class:`~trustp2p.security.channel.SecureLayer` does), and
+    shared by all its handshakes: the X25519 key generation and the Ed25519 signature
+    are paid once, not per connection.
+
+    Args:
+        identity: The node's long-term identity, which signs the static key.
+        private_key: The X25519 private key (32 bytes); a fresh one by default.
+
+    Attributes:
+        identity: The identity.
+        public_key: The raw 32-byte X25519 public key.
+        payload: ``identity public key || signature`` over the static public key.
+
+    """
+
+    __slots__ = ("_private", "identity", "payload", "public_key")
+
+    def __init__(self, identity: Identity, private_key: bytes | None = None) -> None:
+        self.identity = identity
+        if private_key is None:
+            self._private = X25519PrivateKey.generate()
+        else:
+            self._private = X25519PrivateKey.from_private_bytes(private_key)
+        self.public_key = x25519_public(self._private)
+        signature = identity.sign(_SIGNATURE_PREFIX + self.public_key)
+        self.payload = identity.public_key + signature
+
+    @property
+    def private(self) -> X25519PrivateKey:
+        """The X25519 private key."""
+        return self._private
 
 
 class NoiseHandshake:
     """
-    One side of a Noise XX handshake.
+    One side of a Noise XX handshake, with trustp2p's identity payloads.
 
     Call :meth:`write_message` and :meth:`read_message` in turn (the initiator writes
     first) until :attr:`complete`; then :meth:`transport` gives the ciphers.
 
     Args:
-        identity: Our long-term identity, proven to the peer in our payload.
+        key: Our static key and identity payload (:class:`NoiseKey`); an
+            :class:`~trustp2p.identity.Identity` makes a fresh one (for tests).
         initiator: True for the side that dialled.
         expected_peer_id: The peer id the remote must prove, when known (from a
             ``/p2p/<peer-id>`` URL); meeting another key raises :exc:`HandshakeError`.
-        static_key: Our Noise static private key (32 bytes); a fresh one by default.
+        prologue: Mixed into the handshake hash; both sides must pass the same.
+        static_key: Our Noise static private key (32 bytes), with an ``Identity``
+            ``key`` only: for test vectors.
         ephemeral_key: Our ephemeral private key, for test vectors only.
 
     """
 
     def __init__(
         self,
-        identity: Identity,
+        key: NoiseKey | Identity,
         *,
         initiator: bool,
         expected_peer_id: PeerId | None = None,
@@ -105,51 +127,39 @@ class NoiseHandshake:
         static_key: bytes | None = None,
         ephemeral_key: bytes | None = None,
     ) -> None:
+        if isinstance(key, Identity):
+            key = NoiseKey(key, static_key)
+        elif static_key is not None:
+            raise UsageError("static_key goes with an Identity, not a NoiseKey")
         self.initiator = initiator
         self.remote_peer_id: PeerId | None = None
         self.remote_public_key: bytes | None = None
-        self._identity = identity
+        self._key = key
         self._expected = expected_peer_id
-        if static_key is None:
-            static_key = X25519PrivateKey.generate().private_bytes(
-                Encoding.Raw, PrivateFormat.Raw, NoEncryption()
-            )
-        self._static_public = _static_public(static_key)
-        connection = NoiseConnection.from_name(PROTOCOL_NAME)
-        if initiator:
-            connection.set_as_initiator()
-        else:
-            connection.set_as_responder()
-        connection.set_prologue(prologue)
-        connection.set_keypair_from_private_bytes(Keypair.STATIC, static_key)
+        ephemeral = None
         if ephemeral_key is not None:
-            connection.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral_key)
-            with warnings.catch_warnings():
-                # noiseprotocol warns that a fixed ephemeral key is for tests only.
-                warnings.simplefilter("ignore", UserWarning)
-                connection.start_handshake()
-        else:
-            connection.start_handshake()
-        self._connection = connection
-        self._step = 0  # messages processed so far
-        self._state: Any = None
+            ephemeral = X25519PrivateKey.from_private_bytes(ephemeral_key)
+        self._state = HandshakeState(
+            initiator=initiator,
+            static=key.private,
+            static_public=key.public_key,
+            prologue=prologue,
+            ephemeral=ephemeral,
+            protocol_name=PROTOCOL_NAME,
+        )
 
     @property
     def step(self) -> int:
         """How many handshake messages this side has written or read."""
-        return self._step
+        return self._state.step
 
     @property
     def complete(self) -> bool:
-        return bool(self._connection.handshake_finished)
+        return self._state.complete
 
     @property
     def handshake_hash(self) -> bytes:
-        return bytes(self._connection.get_handshake_hash())
-
-    def _our_payload(self) -> bytes:
-        signature = self._identity.sign(_SIGNATURE_PREFIX + self._static_public)
-        return self._identity.public_key + signature
+        return self._state.handshake_hash
 
     def write_message(self, payload: bytes | None = None) -> bytes:
         """
@@ -159,17 +169,13 @@ class NoiseHandshake:
         ``payload`` only to reproduce test vectors.
 
         Raises:
-            HandshakeError: If the handshake state doesn't allow writing now.
+            HandshakeError: If the peer's ephemeral key is invalid.
+            UsageError: If it is not our turn to write.
 
         """
         if payload is None:
-            payload = b"" if self._step == 0 else self._our_payload()
-        try:
-            message = bytes(self._connection.write_message(payload))
-        except (NoiseValueError, NoiseInvalidMessage) as exc:
-            raise HandshakeError(f"can't write handshake message {self._step + 1}: {exc}") from exc
-        self._step += 1
-        return message
+            payload = b"" if self._state.step == 0 else self._key.payload
+        return self._state.write_message(payload)
 
     def read_message(self, message: bytes, *, verify_identity: bool = True) -> bytes:
         """
@@ -180,22 +186,12 @@ class NoiseHandshake:
         Raises:
             HandshakeError: If the message is malformed or tampered with, or the peer's
                 identity payload is invalid or not the expected peer id.
+            UsageError: If it is not our turn to read.
 
         """
-        # noiseprotocol drops its handshake state once the handshake completes, and the
-        # peer's static key with it: keep a reference to read the key afterwards.
-        self._state = self._connection.noise_protocol.handshake_state
-        try:
-            payload = bytes(self._connection.read_message(message))
-        except Exception as exc:  # noiseprotocol raises a mix of types on bad input
-            raise HandshakeError(
-                f"handshake message {self._step + 1} is invalid: "
-                f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''}"
-            ) from exc
-        self._step += 1
-        if self._step >= 2 and verify_identity:
+        payload = self._state.read_message(message)
+        if self._state.step >= 2 and verify_identity:
             self._check_payload(payload)
-        self._state = None
         return payload
 
     def _check_payload(self, payload: bytes) -> None:
@@ -204,7 +200,8 @@ class NoiseHandshake:
                 f"identity payload of {len(payload)} bytes, expected {_PAYLOAD_SIZE}"
             )
         public_key, signature = payload[:PUBLIC_KEY_SIZE], payload[PUBLIC_KEY_SIZE:]
-        remote_static = bytes(self._state.rs.public_bytes)
+        remote_static = self._state.remote_static
+        assert remote_static is not None  # the s token came before the payload
         if not verify_signature(public_key, signature, _SIGNATURE_PREFIX + remote_static):
             raise HandshakeError("identity signature doesn't match the peer's Noise static key")
         peer_id = peer_id_from_public_key(public_key)
@@ -221,29 +218,37 @@ class NoiseHandshake:
             UsageError: If the handshake is not complete yet.
 
         """
-        if not self.complete:
+        ciphers = self._state.transport
+        if ciphers is None:
             raise UsageError("the handshake is not complete")
-        return NoiseTransport(self._connection)
+        first, second = ciphers
+        sending, receiving = (first, second) if self.initiator else (second, first)
+        assert sending.key is not None
+        assert receiving.key is not None
+        return NoiseTransport(sending.key, receiving.key)
 
 
 class NoiseTransport:
     """
     Encrypts and decrypts packages after the handshake; splits large ones.
 
-    The handshake runs in ``noiseprotocol``; the transport messages, one AEAD call each,
-    are sealed here with the two ChaCha20-Poly1305 keys it derived and the nonces of
-    the Noise specification (§5.1: a counter from 0, as 32 zero bits then 64 bits
-    little-endian). Per message that saves the layers of ``noiseprotocol`` around the
-    call, which cost as much again as the cipher on small packages.
+    One ChaCha20-Poly1305 object per direction, built once, and a nonce counter each
+    (§5.1: from 0; on the wire 32 zero bits then 64 bits little-endian): a transport
+    message is one AEAD call and no other copy.
+
+    Args:
+        send_key: The key of the messages we send.
+        receive_key: The key of the messages we receive.
+
     """
 
-    def __init__(self, connection: NoiseConnection) -> None:
-        protocol = connection.noise_protocol
-        sending, receiving = protocol.cipher_state_encrypt, protocol.cipher_state_decrypt
-        self._send_cipher = ChaCha20Poly1305(bytes(sending.k))
-        self._receive_cipher = ChaCha20Poly1305(bytes(receiving.k))
-        self._send_nonce: int = sending.n
-        self._receive_nonce: int = receiving.n
+    __slots__ = ("_chunks", "_decrypt", "_encrypt", "_receive_nonce", "_send_nonce", "_size")
+
+    def __init__(self, send_key: bytes, receive_key: bytes) -> None:
+        self._encrypt = ChaCha20Poly1305(send_key).encrypt
+        self._decrypt = ChaCha20Poly1305(receive_key).decrypt
+        self._send_nonce = 0
+        self._receive_nonce = 0
         self._chunks: list[bytes] = []
         self._size = 0
 
@@ -256,10 +261,10 @@ class NoiseTransport:
 
         """
         nonce = self._send_nonce
-        if nonce >= _MAX_NONCE:
+        if nonce >= MAX_NONCE:
             raise ChannelError("nonces exhausted: 2**64 - 1 messages sent")
         self._send_nonce = nonce + 1
-        return self._send_cipher.encrypt(_pack_nonce(nonce), plaintext, None)
+        return self._encrypt(pack_nonce(nonce), plaintext, None)
 
     def decrypt(self, message: bytes) -> bytes:
         """
@@ -273,10 +278,10 @@ class NoiseTransport:
         if len(message) > MAX_NOISE_MESSAGE:
             raise ChannelError(f"Noise message of {len(message)} bytes exceeds {MAX_NOISE_MESSAGE}")
         nonce = self._receive_nonce
-        if nonce >= _MAX_NONCE:
+        if nonce >= MAX_NONCE:
             raise ChannelError("nonces exhausted: 2**64 - 1 messages received")
         try:
-            plaintext = self._receive_cipher.decrypt(_pack_nonce(nonce), message, None)
+            plaintext = self._decrypt(pack_nonce(nonce), message, None)
         except InvalidTag:
             raise ChannelError("transport message doesn't decrypt") from None
         self._receive_nonce = nonce + 1
@@ -290,8 +295,15 @@ class NoiseTransport:
             ChannelError: If the nonces are used up (see :meth:`encrypt`).
 
         """
-        if len(data) <= _MAX_CHUNK:
-            return [self.encrypt(_LAST + data)]
+        if len(data) > _MAX_CHUNK:
+            return self._seal_chunks(data)
+        nonce = self._send_nonce  # encrypt(), inlined: most packages are one message
+        if nonce >= MAX_NONCE:
+            raise ChannelError("nonces exhausted: 2**64 - 1 messages sent")
+        self._send_nonce = nonce + 1
+        return [self._encrypt(pack_nonce(nonce), _LAST + data, None)]
+
+    def _seal_chunks(self, data: bytes) -> list[bytes]:
         messages = []
         view = memoryview(data)
         while len(view) > _MAX_CHUNK:
@@ -310,21 +322,36 @@ class NoiseTransport:
                 beyond ``max_size`` bytes.
 
         """
-        plaintext = self.decrypt(message)
+        if len(message) > MAX_NOISE_MESSAGE:  # decrypt(), inlined
+            raise ChannelError(f"Noise message of {len(message)} bytes exceeds {MAX_NOISE_MESSAGE}")
+        nonce = self._receive_nonce
+        if nonce >= MAX_NONCE:
+            raise ChannelError("nonces exhausted: 2**64 - 1 messages received")
+        try:
+            plaintext = self._decrypt(pack_nonce(nonce), message, None)
+        except InvalidTag:
+            raise ChannelError("transport message doesn't decrypt") from None
+        self._receive_nonce = nonce + 1
+        if plaintext[:1] == _LAST and not self._chunks:  # a whole package: most are
+            if max_size is not None and len(plaintext) - 1 > max_size:
+                raise ChannelError(f"package of more than {max_size} bytes exceeds the limit")
+            return plaintext[1:]
+        return self._reassemble(plaintext, max_size)
+
+    def _reassemble(self, plaintext: bytes, max_size: int | None) -> bytes | None:
         if not plaintext:
             raise ChannelError("empty transport message")
         flag, chunk = plaintext[0], plaintext[1:]
         self._size += len(chunk)
         if max_size is not None and self._size > max_size:
             raise ChannelError(f"package of more than {max_size} bytes exceeds the limit")
-        if flag == _MORE[0]:
+        if flag == _MORE_FLAG:
             self._chunks.append(chunk)
             return None
-        if flag != _LAST[0]:
+        if flag != _LAST_FLAG:
             raise ChannelError(f"invalid chunk flag {flag}")
-        if self._chunks:
-            self._chunks.append(chunk)
-            chunk = b"".join(self._chunks)
-            self._chunks = []
+        self._chunks.append(chunk)
+        package = b"".join(self._chunks)
+        self._chunks = []
         self._size = 0
-        return chunk
+        return package
