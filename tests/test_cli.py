@@ -239,3 +239,23 @@ def test_insecure_server_speaks_the_plain_protocol(tmp_path: Path) -> None:
     assert answer == {"error": "no handler for REQUEST 'hello?'"}
     assert code == 0
     assert "< TALK 'version'" in server.output
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ws://", "has no host"),
+        ("ws://127.0.0.1:99999", "Port out of range"),
+        ("ws://localhost", "names no port: write it, e.g. ws://localhost:1107"),
+        ("ws://127.0.0.1:0", "out of range (1..65535)"),
+        ("http://127.0.0.1:1107", "has scheme 'http'"),
+        ("ws://user:pw@127.0.0.1:1107", "holds credentials"),
+    ],
+)
+def test_bad_urls_are_refused_before_the_node_starts(
+    url: str, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["client", "--cwd", str(tmp_path), "--connect", url]) == 2
+    err = capsys.readouterr().err
+    assert reason in err
+    assert not (tmp_path / "identity").exists()  # nothing started

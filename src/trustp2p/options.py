@@ -15,6 +15,7 @@ from .protocol.handshake import HANDSHAKE_MAGIC
 from .protocol.limits import ReconnectStorms
 from .protocol.liveness import LivenessTimings
 from .protocol.package import DEFAULT_ALT, DEFAULT_MAX_PACKAGE_SIZE
+from .protocol.urls import check_dial_url
 from .security.noise import MAX_NOISE_MESSAGE
 
 if TYPE_CHECKING:
@@ -246,6 +247,9 @@ class NodeOptions:
         object.__setattr__(self, "listen_urls", tuple(self.listen_urls))
         for url in self.peers:
             scheme_of(url)  # raises DriverError for a URL without a scheme
+            reason = check_dial_url(url)
+            if reason is not None:
+                raise ValueError(f"peers: {reason}")
         if not self.server and not self.client:
             raise ValueError("a node must be a server, a client or both")
         if not 0 <= self.port <= 65535:

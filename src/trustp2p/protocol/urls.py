@@ -13,6 +13,7 @@ __all__ = [
     "PEER_SCHEMES",
     "address_of",
     "canonical_url",
+    "check_dial_url",
     "split_peer_url",
     "validate_url",
     "validate_urls",
@@ -76,6 +77,29 @@ def validate_url(url: object) -> str | None:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         return f"URL {url!r} has a path, query or fragment"
     return None
+
+
+def check_dial_url(url: object) -> str | None:
+    """
+    Why a URL given to dial (``NodeOptions.peers``, ``--connect``) is not usable, or
+    ``None``. The rules of :func:`validate_url`, with a port required: WebSocket's
+    default, 80, is rarely what was meant.
+    """
+    reason = validate_url(url)
+    if reason is None:
+        return None
+    if isinstance(url, str) and reason.endswith("has no valid port"):
+        try:
+            port = urlsplit(split_peer_url(url)[0]).port
+        except ValueError:
+            return f"URL {url!r} has a port out of range (1..65535)"
+        if port is None:
+            return (
+                f"URL {url!r} names no port: write it, e.g. {url.rstrip('/')}:1107 "
+                "(WebSocket's default, 80, is rarely what was meant)"
+            )
+        return f"URL {url!r} has port {port}, out of range (1..65535)"
+    return reason
 
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
