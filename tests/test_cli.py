@@ -259,3 +259,16 @@ def test_bad_urls_are_refused_before_the_node_starts(
     err = capsys.readouterr().err
     assert reason in err
     assert not (tmp_path / "identity").exists()  # nothing started
+
+
+@pytest.mark.parametrize("moment", ["threads-enabled", "listening on", "node started"])
+def test_ctrl_c_at_any_moment_exits_130_quietly(tmp_path: Path, moment: str) -> None:
+    """SIGINT while the node starts (loading threads, binding) or once it runs: exit
+    status 130, as shells expect of Ctrl-C, and no traceback."""
+    process = Spawned("server", "--cwd", str(tmp_path), "--port", "0")
+    process.wait_for_output(moment)
+    process.process.send_signal(signal.SIGINT)
+    code = process.process.wait(timeout=20)
+    process.stop()
+    assert code == 130, process.output
+    assert "Traceback" not in process.output

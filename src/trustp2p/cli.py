@@ -132,11 +132,10 @@ def _run_node(log_level: str, **kwargs: Any) -> int:
     except (TypeError, ValueError, TrustP2PError) as exc:
         raise click.UsageError(str(exc)) from exc
     try:
-        asyncio.run(serve(node_options))
+        return asyncio.run(serve(node_options))
     except TrustP2PError as exc:
         click.echo(f"trustp2p: error: {exc}", err=True)
         return 1
-    return 0
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -439,9 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     try:
         result = cli.main(args=argv, prog_name="trustp2p", standalone_mode=False)
+    except KeyboardInterrupt:  # between click's handler and ours
+        return 130
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 1
+        return 130  # Ctrl-C (or end of input at a prompt): quietly, as shells expect
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
