@@ -10,6 +10,7 @@ __all__ = ["PeerConnection", "PeerLog"]
 
 import asyncio
 import logging
+import time
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -41,10 +42,21 @@ class PeerConnection:
         role: The role it belongs to (``node.server`` or ``node.client``).
         protocol: Its sans-I/O protocol state (introduction, counts, heartbeat).
         log: A logger that names the peer.
+        opened: When it opened, in seconds since the epoch.
 
     """
 
-    __slots__ = ("backlog", "log", "protocol", "role", "socket", "stall", "throttle", "worker")
+    __slots__ = (
+        "backlog",
+        "log",
+        "opened",
+        "protocol",
+        "role",
+        "socket",
+        "stall",
+        "throttle",
+        "worker",
+    )
 
     def __init__(
         self, socket: Socket, role: Role, protocol: ConnectionProtocol, log: PeerLog
@@ -54,6 +66,7 @@ class PeerConnection:
         self.protocol = protocol
         self.log = log
         self.worker: Worker | None = None
+        self.opened = time.time()
         self.backlog = 0  # packages written while the peer wasn't reading
         self.throttle: asyncio.TimerHandle | None = None  # over the request budget
         self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
