@@ -437,6 +437,8 @@ def status(admin: str, token: str | None, as_json: bool) -> int:
         click.echo(json.dumps(answer, indent=2))
         return 0
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # don't wrap rows for scripts and pagers
     for table in status_tables(answer):
         console.print(table)
     return 0
