@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from trustp2p import Node
+from trustp2p import Node, PackageType
 from trustp2p.admin.collector import node_registry
 from trustp2p.admin.counters import MAX_LABELS, Histogram, Metrics, count, reason_label
 
@@ -56,9 +56,9 @@ def test_collector_reads_the_counters_at_scrape_time() -> None:
     assert before["trustp2p_requests_sent_total", ()] == 0
     metrics: Metrics = node.metrics
     metrics.requests_sent += 3
-    metrics.package_in("REQUEST", 100)
-    metrics.package_in("REQUEST", 50)
-    metrics.package_out("RESPONSE", 70)
+    metrics.package_in(PackageType.REQUEST, 100)
+    metrics.package_in(PackageType.REQUEST, 50)
+    metrics.package_out(PackageType.RESPONSE, 70)
     metrics.invalid_package("package too large: 123 bytes")
     metrics.request_seconds.observe(0.003)
     count(metrics.handshakes, "ok")

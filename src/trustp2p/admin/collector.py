@@ -24,7 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .._version import __version__
-from .counters import Histogram
+from .counters import Histogram, type_label
 
 if TYPE_CHECKING:
     from ..node.node import Node
@@ -108,16 +108,14 @@ class NodeCollector(Collector):
 
     def _traffic(self) -> Iterator[Metric]:
         m = self._node.metrics
-        yield _labelled(
-            "trustp2p_packages_received", "Packages received, by type.", "type", m.packages_in
-        )
-        yield _labelled("trustp2p_packages_sent", "Packages sent, by type.", "type", m.packages_out)
-        yield _labelled(
-            "trustp2p_received_bytes", "Bytes of packages received, by type.", "type", m.bytes_in
-        )
-        yield _labelled(
-            "trustp2p_sent_bytes", "Bytes of packages sent, by type.", "type", m.bytes_out
-        )
+        for name, text, slots in (
+            ("packages_received", "Packages received, by type.", m.packages_in),
+            ("packages_sent", "Packages sent, by type.", m.packages_out),
+            ("received_bytes", "Bytes of packages received, by type.", m.bytes_in),
+            ("sent_bytes", "Bytes of packages sent, by type.", m.bytes_out),
+        ):
+            by_type = {type_label(i): n for i, n in enumerate(slots) if n}
+            yield _labelled(f"trustp2p_{name}", text, "type", by_type)
         yield _labelled(
             "trustp2p_invalid_packages",
             "Invalid packages received (counted against the peer), by reason.",

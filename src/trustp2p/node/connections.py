@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ..admin.counters import count
+from ..admin.counters import INVALID, count
 from ..drivers.base import Listening, Socket
 from ..exceptions import ChannelError, ConnectionClosed, HandshakeError, SelfDialError
 from ..identity import short_id
@@ -157,11 +157,11 @@ class Connections:
             self.inbound.introduced(socket)
         if self._debug and protocol.last_package is not None:
             conn.log.debug("< %s", protocol.last_package)
-        package = protocol.last_package
-        self._metrics.package_in(
-            package.type.name if protocol.last_valid and package is not None else "INVALID",
-            len(data),
-        )
+        package = protocol.last_package  # counted inline: this runs for every package
+        slot = package.type if protocol.last_valid and package is not None else INVALID
+        metrics = self._metrics
+        metrics.packages_in[slot] += 1
+        metrics.bytes_in[slot] += len(data)
         if protocol.last_valid:
             if self.penalties.crossed(socket, good=1):
                 # Past the policy, even if this package was a good one: a peer mixing
@@ -496,7 +496,9 @@ class Connections:
             else:
                 conn.backlog = 0
         data = encode(package)
-        self._metrics.package_out(package.type.name, len(data))
+        metrics = self._metrics
+        metrics.packages_out[package.type] += 1
+        metrics.bytes_out[package.type] += len(data)
         socket.write(data)
 
     def _send_queue_full(self, conn: PeerConnection) -> None:
