@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from trustp2p import Node, NodeOptions, PackageType, Thread
 from trustp2p.cli import main
 from trustp2p.drivers.base import Socket
-from trustp2p.exceptions import ConfigError
+from trustp2p.exceptions import ConfigError, DriverError
+from trustp2p.node.gossip import Validation
 from trustp2p.protocol.package import Package
 from trustp2p.threads.base import EventMap
 
@@ -227,3 +228,42 @@ async def test_trustp2p_status_with_a_token(
 def test_trustp2p_status_of_nothing_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--admin", "http://127.0.0.1:1/"]) == 1
     assert "can't get the status from http://127.0.0.1:1/" in capsys.readouterr().err
+
+
+async def test_limits_penalties_and_validation_are_counted(make_node: MakeNode) -> None:
+    server, client = await pair(make_node, request_rate=5, request_burst=1)
+    assert client.client is not None and server.gossip is not None
+    socket = client.client.sockets[0]
+    await asyncio.gather(*(client.client.request(socket, "echo", {"n": n}) for n in range(3)))
+    assert server.metrics.throttles >= 1  # over its budget: reading paused, not refused
+    [inbound] = server.sockets
+    server.penalize(inbound, "made-up reason: 42")
+    assert server.metrics.invalid == {"made-up reason": 1}
+    server.gossip.set_validator("news", lambda message: Validation.REJECT)
+    server.subscribe("news")
+    assert client.gossip is not None
+    await wait_for(lambda: "news" in client.gossip.router.peer_topics(socket.id))
+    await client.publish("news", {"text": "spam"})
+    await wait_for(lambda: server.metrics.validation.get("reject") == 1)
+    metrics = await scrape(server)
+    assert metrics["trustp2p_gossip_validations_total", (("outcome", "reject"),)] == 1
+    assert metrics["trustp2p_throttles_total", ()] >= 1
+    assert metrics["trustp2p_invalid_packages_total", (("reason", "made-up reason"),)] >= 1
+
+
+async def test_failed_handshakes_are_counted_by_reason(make_node: MakeNode) -> None:
+    server = await make_node(server=True, admin="127.0.0.1:0")
+    assert server.url is not None
+    await make_node(client=True, peers=[server.url], secure=False)
+    await wait_for(lambda: any(key != "ok" for key in server.metrics.handshakes))
+    metrics = await scrape(server)
+    failed = [key for key in metrics if key[0] == "trustp2p_handshakes_total"]
+    assert any(dict(labels)["outcome"] == "failed" for _, labels in failed)
+
+
+async def test_a_taken_admin_port_fails_the_start(make_node: MakeNode) -> None:
+    first = await make_node(server=True, admin="127.0.0.1:0")
+    assert first.admin_url is not None
+    taken = first.admin_url.rstrip("/").removeprefix("http://")
+    with pytest.raises(DriverError, match="admin listener can't listen"):
+        await make_node(server=True, admin=taken)

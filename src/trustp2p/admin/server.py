@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..exceptions import DriverError
 from ..options import parse_admin_address
 from .collector import node_registry
 from .logs import WarningLog
@@ -68,11 +69,20 @@ class AdminServer:
         self.url: str | None = None
 
     async def start(self) -> None:
-        """Listen on ``options.admin``."""
+        """
+        Listen on ``options.admin``.
+
+        Raises:
+            DriverError: If it can't (the port is taken, the address isn't ours).
+
+        """
         assert self._node.options.admin is not None
         host, port = parse_admin_address(self._node.options.admin)
+        try:
+            self._server = await asyncio.start_server(self._accept, host, port, limit=MAX_REQUEST)
+        except OSError as exc:
+            raise DriverError(f"admin listener can't listen on {host}:{port}: {exc}") from exc
         self._warnings.attach()
-        self._server = await asyncio.start_server(self._accept, host, port, limit=MAX_REQUEST)
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
         logger.info("= admin listener on %s", self.url)
