@@ -34,6 +34,8 @@ def test_demo_runs_a_healthy_network_in_80_columns(
     assert re.search(r"^pings: round trip median \d+\.\d\d ms, max \d+\.\d\d ms$", out, re.M)
     assert "problem" not in out
     assert max(len(line) for line in lines) <= 80, out
+    admin = re.findall(r"^  node (\d) +http://127\.0\.0\.1:\d+/$", out, re.M)
+    assert admin == ["0", "1", "2"], out  # each node's admin listener
     heading = next(line for line in lines if "node" in line and "fetched" in line)
     assert re.findall(r"[a-zA-Z]+(?: ms)?", heading) == list(COLUMNS)
     legend = " ".join(line.strip() for line in lines[lines.index(heading) :])

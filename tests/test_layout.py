@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "storage": 3,
     "threads": 3,  # threads see the node only through the object they are given
     "node": 4,
+    "admin": 4,  # the operator's view: the node starts it, it sees the node only in types
     "testing": 5,
     "apps": 5,
     "cli": 6,

@@ -18,7 +18,7 @@ from .processes import SRC
 def test_import_without_fcntl_or_termios() -> None:
     code = (
         "import sys; sys.modules['fcntl'] = None; sys.modules['termios'] = None; "
-        "sys.platform = 'darwin'; import trustp2p, trustp2p.node, trustp2p.drivers.tcp; "
+        "sys.platform = 'freebsd14'; import trustp2p, trustp2p.node, trustp2p.drivers.tcp; "
         "print(trustp2p.__version__)"
     )
     result = subprocess.run(

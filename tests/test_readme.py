@@ -225,3 +225,24 @@ async def test_the_gossip_fragment_runs_on_a_node(tmp_path: Path) -> None:
             await result
         assert isinstance(namespace["message_id"], str)
         assert node.gossip is not None and "chat" not in node.gossip.topics
+
+
+@checks("Watching a running node")
+def test_watching_a_running_node(tmp_path: Path) -> None:
+    """The command as written (DIR and the port filled in: 9107 may be taken here),
+    then ``trustp2p status`` against it, as the text says."""
+    (line,) = block("Watching a running node").text.split("\n")[:1]
+    port = free_port()
+    args = shlex.split(line.replace("DIR", str(tmp_path)).replace("9107", str(port)))
+    assert args[:2] == ["trustp2p", "server"]
+    server = Spawned(*args[1:], "--port", "0")
+    try:
+        server.wait_for_output("node started")
+        status = run(
+            [sys.executable, "-m", "trustp2p", "status", "--admin", f"127.0.0.1:{port}", "--json"],
+            tmp_path,
+        )
+        assert status.returncode == 0, status.stderr
+        assert '"peer_id"' in status.stdout
+    finally:
+        assert server.stop() == 0

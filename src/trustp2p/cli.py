@@ -79,6 +79,8 @@ _TUNING: list[tuple[str, str, Any, str]] = [
     ("--block-duration", "block_duration", float, "How long a block lasts (s)."),
     ("--exchange-interval", "exchange_interval", float, "Seconds between peer exchange rounds."),
     ("--gossip-fanout", "gossip_fanout", int, "Mesh peers a relay pushes a message to."),
+    ("--admin", "admin", str, "HOST:PORT of the admin listener (metrics, status page)."),
+    ("--admin-token", "admin_token", str, "Token every admin request must carry."),
 ]
 
 
@@ -413,6 +415,34 @@ def peers(cwd: Path, as_json: bool, log_level: str) -> int:
     if not console.is_terminal:
         console = Console(width=200)  # don't wrap rows for scripts and pagers
     console.print(peers_table(records))
+    return 0
+
+
+@cli.command()
+@click.option("--admin", "admin", required=True, help="The node's admin URL or HOST:PORT.")
+@click.option("--token", default=None, help="The admin token, if the node has one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status.json.")
+def status(admin: str, token: str | None, as_json: bool) -> int:
+    """Show a running node's status (its /status.json) through its admin listener."""
+    import json
+
+    from rich.console import Console
+
+    from .admin.client import fetch_status, status_tables
+
+    try:
+        answer = fetch_status(admin, token=token)
+    except (OSError, ValueError) as exc:
+        click.echo(f"trustp2p: error: can't get the status from {admin}: {exc}", err=True)
+        return 1
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return 0
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # don't wrap rows for scripts and pagers
+    for table in status_tables(answer):
+        console.print(table)
     return 0
 
 

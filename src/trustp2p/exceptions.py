@@ -15,7 +15,8 @@ Every error trustp2p raises derives from :exc:`TrustP2PError`::
     ├── ThreadLoadError         # a file in threads-enabled/ can't be loaded
     ├── IdentityError           # the node's key file is unsafe, corrupt or unreadable
     └── UsageError              # what the CALLER did wrong; also a RuntimeError
-        └── NodeStateError      # the node (or a part of it) isn't in a state for that call
+        ├── NodeStateError      # the node (or a part of it) isn't in a state for that call
+        └── ConfigError         # options that can't work together; also a ValueError
 
 Errors caused by a peer (:exc:`ProtocolError`) are counted against the peer and logged;
 the node carries on. Errors caused by misusing the API are raised at once: a
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 __all__ = [
     "ChannelError",
+    "ConfigError",
     "ConnectionClosed",
     "DriverError",
     "GossipError",
@@ -185,3 +187,8 @@ class UsageError(TrustP2PError, RuntimeError):
 class NodeStateError(UsageError):
     """The node, or one of its parts, is not in a state for that call: not started,
     stopping, or running without the feature asked for."""
+
+
+class ConfigError(UsageError, ValueError):
+    """Options that are each valid but can't be used as given, e.g. an admin listener
+    on a non-loopback address without a token."""

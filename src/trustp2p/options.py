@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_PORT", "NodeOptions"]
+__all__ = ["DEFAULT_PORT", "NodeOptions", "parse_admin_address"]
 
 import math
 from dataclasses import dataclass, fields
@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .drivers import Driver, DriverOptions, scheme_of
+from .exceptions import ConfigError
 from .identity import Identity
 from .protocol.handshake import HANDSHAKE_MAGIC
-from .protocol.limits import ReconnectStorms
+from .protocol.limits import ReconnectStorms, is_loopback
 from .protocol.liveness import LivenessTimings
 from .protocol.package import DEFAULT_ALT, DEFAULT_MAX_PACKAGE_SIZE
 from .protocol.urls import check_dial_url
@@ -159,6 +160,11 @@ class NodeOptions:
             handlers were running, and never misses one. False: marks are written with
             the log's periodic flush (every second), faster under heavy load, and a
             crash may deliver up to a second of messages again.
+        admin: ``"HOST:PORT"`` of the admin listener (``/metrics``, ``/status.json``,
+            the status page); ``None`` (the default) runs none. Port 0 picks a free one
+            (``node.admin_url``). A host other than loopback needs ``admin_token``.
+        admin_token: When set, every admin request must carry it
+            (``Authorization: Bearer <token>`` or ``?token=<token>``), else 401.
 
     """
 
@@ -236,6 +242,8 @@ class NodeOptions:
     catchup_batch: int = 100
     gap_timeout: float = 30.0
     durable_delivery: bool = True
+    admin: str | None = None
+    admin_token: str | None = None
 
     def __post_init__(self) -> None:
         if self.cwd is not None and not isinstance(self.cwd, Path):
@@ -256,6 +264,7 @@ class NodeOptions:
             raise ValueError(f"port must be in 0..65535, not {self.port}")
         self._check_numbers()
         self._check_relations()
+        self._check_admin()
 
     def _check_numbers(self) -> None:
         """Each number within its own range."""
@@ -299,6 +308,19 @@ class NodeOptions:
             raise ValueError("need gossip_degree_low <= gossip_degree <= gossip_degree_high")
         if self.gossip_mode not in ("gossip", "flood"):
             raise ValueError(f"gossip_mode must be 'gossip' or 'flood', not {self.gossip_mode!r}")
+
+    def _check_admin(self) -> None:
+        """The admin listener: a valid address, loopback unless a token is set."""
+        if self.admin is None:
+            return
+        host, _ = parse_admin_address(self.admin)
+        if self.admin_token is not None and not self.admin_token:
+            raise ConfigError("admin_token must not be empty")
+        if not is_loopback(host) and self.admin_token is None:
+            raise ConfigError(
+                f"the admin listener would be reachable from other machines ({self.admin}): "
+                "set an admin token (--admin-token) or listen on 127.0.0.1"
+            )
 
     @classmethod
     def from_kwargs(cls, base: NodeOptions | None = None, **kwargs: Any) -> NodeOptions:
@@ -399,3 +421,19 @@ _AT_LEAST_ONE = (
     "gossip_fanout",
 )
 """Counts that must be at least 1."""
+
+
+def parse_admin_address(address: str) -> tuple[str, int]:
+    """
+    ``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6) as ``(host, port)``.
+
+    Raises:
+        ConfigError: If it isn't of that form, or the port is out of range.
+
+    """
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"admin address must be HOST:PORT, e.g. 127.0.0.1:9107, not {address!r}")
+    return host, int(port_text)

@@ -526,6 +526,8 @@ async def test_a_failing_disk_is_tried_once_per_flush(
         assert await store.flush() is False
         # One try by the first change, none by the others, one per flush.
         assert disk.tries == 3
+        assert store.write_failures == 3  # trustp2p_store_write_failures_total
+        assert store.size() == 2 and store.active_blocks() == 1
         assert store.is_blocked(address="10.0.0.1")
         assert [r.urls for r in await store.peers()] == [("ws://b:1",), ("ws://a:1",)]
         disk.stop()

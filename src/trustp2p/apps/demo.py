@@ -108,6 +108,7 @@ async def run_demo(
         try:
             for index in range(nodes):
                 await demo.start(index)
+            demo.show_admin_urls()
             loop = asyncio.get_running_loop()
             started = loop.time()
             if await _connect(demo):
@@ -153,6 +154,7 @@ class _Demo:
         self.restarted = False
         self.links = _links(size)
         self.trouble: list[str] = []  # problems found on the way
+        self.admin_ports: dict[int, int] = {}  # a restarted node's admin listens there again
 
     # Running the nodes
 
@@ -163,9 +165,16 @@ class _Demo:
             server=True,
             client=index > 0,
             port=self.ports[index],
+            admin=f"127.0.0.1:{self.admin_ports.get(index, 0)}",
             program="trustp2p-demo",
             **timings,  # type: ignore[arg-type]
         )
+
+    def show_admin_urls(self) -> None:
+        """Where to watch each node: its status page, /status.json and /metrics."""
+        self.console.print("Watch a node in a browser (status page), or scrape /metrics:")
+        for index, node in enumerate(self.nodes):
+            self.console.print(f"  node {index:<2} {node.admin_url}", highlight=False)
 
     async def start(self, index: int) -> Node:
         app = self.directory / f"node{index}"
@@ -178,6 +187,8 @@ class _Demo:
         await node.start()
         assert node.url is not None
         self.ports[index] = int(node.url.rsplit(":", 1)[1])  # a restart listens there again
+        assert node.admin_url is not None
+        self.admin_ports[index] = int(node.admin_url.rstrip("/").rsplit(":", 1)[1])
         if index < len(self.nodes):
             self.nodes[index] = node
             self.dial(index)  # a restart: dial its servers again

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from ..admin.counters import INVALID, count
 from ..drivers.base import Listening, Socket
 from ..exceptions import ChannelError, ConnectionClosed, HandshakeError, SelfDialError
 from ..identity import short_id
@@ -58,7 +59,8 @@ if TYPE_CHECKING:
 
 GOOD_BATCH = 32
 """Valid packages are counted in the peer store (and judged by the block policy) in
-batches of this many, and when an invalid one arrives or the connection closes."""
+batches of this many after the first, and when an invalid one arrives or the connection
+closes."""
 
 
 class Connections:
@@ -85,6 +87,7 @@ class Connections:
         self.penalties = Penalties(node, self)
         self._workers: set[asyncio.Task[None]] = set()
         self._debug = self._logger.isEnabledFor(logging.DEBUG)
+        self._metrics = node.metrics
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -159,7 +162,14 @@ class Connections:
             self.inbound.introduced(socket)
         if self._debug and protocol.last_package is not None:
             conn.log.debug("< %s", protocol.last_package)
-        if protocol.last_valid and protocol.valid - conn.counted >= GOOD_BATCH:
+        package = protocol.last_package  # counted inline: this runs for every package
+        slot = package.type if protocol.last_valid and package is not None else INVALID
+        metrics = self._metrics
+        metrics.packages_in[slot] += 1
+        metrics.bytes_in[slot] += len(data)
+        if protocol.last_valid and (
+            protocol.valid - conn.counted >= GOOD_BATCH or not conn.counted
+        ):  # the first package at once: the peer store knows the peer from then on
             if self.count_good(conn):
                 # Past the policy, even if these packages were good ones: a peer mixing
                 # good packages among its bad ones must not slip through.
@@ -173,6 +183,7 @@ class Connections:
         if conn is None:
             return
         socket.stats.invalid_in += 1
+        self._metrics.invalid_package(type(error).__name__)
         conn.log.warning("! connection failed: %s", error)
         if isinstance(error, ChannelError):
             # A message that doesn't decrypt on an authenticated channel: tampering.
@@ -207,6 +218,7 @@ class Connections:
         if not node.running or self.inbound.evicted(raw):
             return  # stopping, or we dropped it to make room: not the peer's fault
         self._logger.warning("! secure handshake with %s failed: %s", raw.peer, error)
+        count(self._metrics.handshakes, type(error).__name__)
         # Count it against the address of a peer that dialled us and failed; not our
         # own dials (the server may just be full) nor a dial of ourselves.
         if (
@@ -269,6 +281,7 @@ class Connections:
             if self._duplicate(socket, peer_id):
                 return
         conn = self._new_connection(socket, role)
+        count(self._metrics.handshakes, "ok")
         if socket.inbound:
             self.inbound.opened(socket)
         role.connection_opened(socket)
@@ -331,6 +344,7 @@ class Connections:
                 pass
         elif kind is PingAnswered:
             conn.socket.stats.last_rtt = action.rtt  # type: ignore[union-attr]
+            self._metrics.heartbeat_rtt.observe(action.rtt)  # type: ignore[union-attr]
         elif kind is Throttle:
             self._throttle(conn, action.delay)  # type: ignore[union-attr]
         elif kind is Penalty:
@@ -351,6 +365,7 @@ class Connections:
     def _penalty(self, conn: PeerConnection, penalty: Penalty) -> None:
         socket = conn.socket
         socket.stats.invalid_in += 1
+        self._metrics.invalid_package(penalty.reason)
         if penalty.warn:
             suffix = "; more are logged at debug level" if penalty.last_warning else ""
             conn.log.warning("! %s%s", penalty.reason, suffix)
@@ -412,6 +427,7 @@ class Connections:
             conn.throttle.cancel()
         else:
             conn.log.debug("= over the request budget: reading paused for %.3f s", delay)
+            self._metrics.throttles += 1
             conn.socket.pause_reading()
         conn.throttle = asyncio.get_running_loop().call_later(delay, self._unthrottle, conn)
 
@@ -504,7 +520,11 @@ class Connections:
                         self._send_queue_full(conn)
             else:
                 conn.backlog = 0
-        socket.write(encode(package))
+        data = encode(package)
+        metrics = self._metrics
+        metrics.packages_out[package.type] += 1
+        metrics.bytes_out[package.type] += len(data)
+        socket.write(data)
 
     def _send_queue_full(self, conn: PeerConnection) -> None:
         socket = conn.socket
@@ -512,6 +532,7 @@ class Connections:
         reason = f"send queue full: {limit} packages unread"
         if not socket.closed:
             conn.log.warning("! %s: disconnecting", reason)
+            self._metrics.stall_disconnects += 1
             self.close(conn, CloseCode.POLICY_VIOLATION, reason)
         raise ConnectionClosed(CloseCode.POLICY_VIOLATION, reason)
 
@@ -528,6 +549,7 @@ class Connections:
     def _watch(self, conn: PeerConnection) -> None:
         """Watch a connection whose write buffer is full, once."""
         if conn.stall is None and not conn.socket.closed:
+            self._metrics.send_stalls += 1
             conn.stall = self._node.tasks.spawn(
                 self._watch_stall(conn), f"stall watch {conn.socket.peer}"
             )
@@ -546,6 +568,7 @@ class Connections:
                 if stall.stalled(loop.time(), socket.write_buffer_size):
                     reason = f"peer read nothing for {timeout:g} s"
                     conn.log.warning("! %s: disconnecting", reason)
+                    self._metrics.stall_disconnects += 1
                     self.close(conn, CloseCode.POLICY_VIOLATION, reason)
                     socket.abort()  # it won't read our close frame either
                     return

@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import sys
+import time
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -139,42 +140,47 @@ class Worker:
         if not entries:
             return
         thread, handler = entries[0]  # one handler per request event
+        started = time.monotonic()
         try:
             result = handler(self._socket, package)
             if result is None or type(result) is dict or not inspect.isawaitable(result):
-                await self._answer(thread, package, result)
+                await self._answer(thread, package, result, started)
                 return
             if not inspect.iscoroutine(result):
                 result = _awaited(result)
             try:
                 yielded = result.send(None)
             except StopIteration as stop:
-                await self._answer(thread, package, stop.value)
+                await self._answer(thread, package, stop.value, started)
                 return
         except Exception:
             _log_failure(thread, package)
-            await self._answer(thread, package, None, failed=True)
+            await self._answer(thread, package, None, started, failed=True)
             return
         rest = _resume(result, yielded)
         if len(self._running) + 1 >= self._node.options.max_concurrent_requests:
-            await self._finish(thread, package, rest)  # the last slot: this worker's
+            await self._finish(thread, package, rest, started)  # the last slot: this worker's
             return
         task = self._node.tasks.spawn(
-            self._finish(thread, package, rest), f"request {package.event!r}"
+            self._finish(thread, package, rest, started), f"request {package.event!r}"
         )
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
     async def _finish(
-        self, thread: Thread, package: Package, pending: Coroutine[Any, Any, Any]
+        self,
+        thread: Thread,
+        package: Package,
+        pending: Coroutine[Any, Any, Any],
+        started: float,
     ) -> None:
         try:
             result = await pending
         except Exception:
             _log_failure(thread, package)
-            await self._answer(thread, package, None, failed=True)
+            await self._answer(thread, package, None, started, failed=True)
         else:
-            await self._answer(thread, package, result)
+            await self._answer(thread, package, result, started)
 
     async def _run(self, thread: Thread, handler: Handler, package: Package) -> None:
         """Run a talk's (or response's, or gossip's) handler to its end."""
@@ -186,12 +192,13 @@ class Worker:
             _log_failure(thread, package)
 
     async def _answer(
-        self, thread: Thread, package: Package, result: Any, *, failed: bool = False
+        self, thread: Thread, package: Package, result: Any, started: float, *, failed: bool = False
     ) -> None:
         """Send a request's response: the handler's dict, or an error answer when it
         raised or returned no JSON object. ``None`` sends nothing (the handler answers
-        itself, or not at all)."""
+        itself, or not at all). The handler ran since ``started`` (loop time)."""
         node = self._node
+        node.metrics.handler_seconds.observe(time.monotonic() - started)
         package_type = package.type
         response = None
         if not failed and result is not None:

@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from ..admin.counters import MAX_TOPICS, count
 from ..drivers.base import Socket
 from ..exceptions import (
     ConnectionClosed,
@@ -211,6 +212,7 @@ class Gossip:
         message = sign_message(identity, topic, seq, int(self._wall_clock() * 1000), data)
         log.add(to_logged(message))
         self.router.publish(message)
+        count(self.node.metrics.topic_published, topic, limit=MAX_TOPICS)
         self._accepted(None, message, logged=True)
         return message.id
 
@@ -407,6 +409,7 @@ class Gossip:
         for event in events:
             if isinstance(event, Deliver):
                 self.delivered += 1
+                count(self.node.metrics.topic_delivered, event.message.topic, limit=MAX_TOPICS)
                 self._queue.append(("deliver", event.message, event.source))
                 self._wakeup.set()
             else:
@@ -447,6 +450,7 @@ class Gossip:
         except Exception:
             logger.error("! validator of %r failed", message.topic, exc_info=True)
             verdict = Validation.IGNORE
+        count(self.node.metrics.validation, verdict.value)
         if verdict is Validation.ACCEPT:
             self.router.accept(socket.id if socket is not None else None, message)
             self._accepted(socket, message, forward=socket is not None)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .._version import __version__
+from ..admin import AdminServer, Metrics, current_node
 from ..drivers import Driver, driver_class, scheme_of
 from ..drivers.base import Listener, Listening, Socket
 from ..exceptions import ConnectionClosed, NodeStateError, ThreadLoadError
@@ -75,6 +76,8 @@ class Node:
         threads: The running threads, in load order.
         log: The node's logger, ``trustp2p.node``.
         state: Where the node is in its lifecycle.
+        metrics: The node's counters (:class:`~trustp2p.admin.counters.Metrics`).
+        admin: The admin listener, if ``options.admin`` is set, once started.
 
     """
 
@@ -83,6 +86,8 @@ class Node:
             options = NodeOptions.from_kwargs(options, **kwargs)
         self.options = options
         self.log = logging.getLogger("trustp2p.node")
+        self.metrics = Metrics()
+        self.admin = AdminServer(self) if options.admin is not None else None
         self.server = ServerRole(self) if options.server else None
         self.client = ClientRole(self) if options.client else None
         self.gossip = Gossip(self) if options.gossip else None
@@ -131,6 +136,11 @@ class Node:
     def url(self) -> str | None:
         """The URL peers dial to reach this node, once it listens."""
         return self._listening.url if self._listening is not None else None
+
+    @property
+    def admin_url(self) -> str | None:
+        """The URL of the admin listener (its real port), once it listens."""
+        return self.admin.url if self.admin is not None else None
 
     @property
     def running(self) -> bool:
@@ -244,6 +254,7 @@ class Node:
         if self.state is not NodeState.NEW:
             raise NodeStateError(f"can't start a node that is {self.state.value}")
         options = self.options
+        current_node.set(self)  # the tasks and transports started here are this node's
         self._requests = Requests(
             send=self.connections.send_nowait,
             unmatched=self.connections.unmatched,
@@ -251,6 +262,7 @@ class Node:
             response_timeout=options.response_timeout,
             stalled_timeout=options.stalled_timeout,
             alt=options.alt,
+            metrics=self.metrics,
         )
         self.threads = self._load_threads()
         self.identity = options.identity or self._load_identity()
@@ -274,13 +286,12 @@ class Node:
             await call_thread(thread, "start")
         try:
             if self.server is not None:
-                name = options.driver if isinstance(options.driver, str) else "ws"
-                driver = self._driver(
-                    options.driver if isinstance(options.driver, Driver) else name
-                )
+                driver = self._driver(options.driver or "ws")
                 self._listening = await driver.listen(options.host, options.port, self.listener)
             if self.client is not None:
                 self.client.start()
+            if self.admin is not None:
+                await self.admin.start()
         except BaseException:
             await self.stop()
             raise
@@ -313,6 +324,8 @@ class Node:
             return
         self.state = NodeState.STOPPING
         self.log.info("x stopping node")
+        if self.admin is not None:
+            await self.admin.close()
         if self._listening is not None:
             self._listening.close()
         if self.client is not None:

@@ -10,6 +10,7 @@ __all__ = ["PeerConnection", "PeerLog"]
 
 import asyncio
 import logging
+import time
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ class PeerConnection:
         role: The role it belongs to (``node.server`` or ``node.client``).
         protocol: Its sans-I/O protocol state (introduction, counts, heartbeat).
         log: A logger that names the peer.
+        opened: When it opened, in seconds since the epoch.
 
     """
 
@@ -48,6 +50,7 @@ class PeerConnection:
         "backlog",
         "counted",
         "log",
+        "opened",
         "protocol",
         "role",
         "socket",
@@ -64,6 +67,7 @@ class PeerConnection:
         self.protocol = protocol
         self.log = log
         self.worker: Worker | None = None
+        self.opened = time.time()
         self.backlog = 0  # packages written while the peer wasn't reading
         self.counted = 0  # valid packages already counted in the peer store
         self.throttle: asyncio.TimerHandle | None = None  # over the request budget

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
+from ..admin.counters import Metrics
 from ..exceptions import ConnectionClosed, RemoteError, RequestTimeout
 from ..protocol.close import CloseCode
 from ..protocol.deliver import (
@@ -54,6 +55,7 @@ class Requests:
         response_timeout: Seconds a request waits by default.
         stalled_timeout: Seconds before a reroutable request is sent elsewhere.
         alt: Our network id, written in each request.
+        metrics: The node's counters (requests and their round trips).
 
     """
 
@@ -66,6 +68,7 @@ class Requests:
         response_timeout: float,
         stalled_timeout: float,
         alt: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self._loop = loop = asyncio.get_running_loop()
         self._table = RequestTable(
@@ -80,6 +83,7 @@ class Requests:
         self._futures: dict[WaiterId, asyncio.Future[Body]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
+        self._metrics = metrics if metrics is not None else Metrics()
 
     async def request(
         self,
@@ -121,13 +125,24 @@ class Requests:
             deadline = min(deadline, now + table.stalled_timeout)
         if self._timer is None or deadline < self._timer_when:
             self._schedule_timer()
+        metrics = self._metrics
+        metrics.requests_sent += 1
         try:
             answer = await future
+        except RequestTimeout:
+            metrics.requests_timed_out += 1
+            raise
+        except ConnectionClosed:
+            metrics.requests_failed += 1
+            raise
         finally:
             if self._futures.pop(waiter, None) is not None:
                 table.cancel(waiter)  # cancelled: nobody waits any more
         if is_error_answer(answer):
+            metrics.requests_failed += 1
             raise RemoteError(event, package.tag, answer)
+        metrics.requests_answered += 1
+        metrics.request_seconds.observe(self._loop.time() - now)
         return answer
 
     def receive_response(self, socket: Socket, package: Package) -> None:
@@ -195,6 +210,8 @@ class Requests:
                     if future is not None and not future.done():
                         future.set_exception(ConnectionClosed(code, reason))
             else:
+                if type(event) is RequestRerouted:
+                    self._metrics.requests_rerouted += 1
                 _log_reroute(event)
 
 

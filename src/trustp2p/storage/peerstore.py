@@ -487,6 +487,22 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         """
         return self._ranked(limit, exclude_urls, exclude_ids, good=True, anchors=False)
 
+    def size(self) -> int:
+        """How many peers the store knows."""
+        return len(self._table.peers)
+
+    def active_blocks(self) -> int:
+        """How many blocks (of peer ids and of addresses) are in force now."""
+        now = self._clock()
+        table = self._table
+        blocks = [*table.blocked_ids.values(), *table.blocked_addresses.values()]
+        return sum(1 for block in blocks if block.active(now))
+
+    def score_of(self, peer_id: str) -> float | None:
+        """The score of the peer with this id, if the store knows it."""
+        peer = self._table.by_id.get(peer_id)
+        return peer.score() if peer is not None else None
+
     async def peers(self) -> list[PeerRecord]:
         """Every peer the store knows, best score first, then most recently seen."""
         return records(self._table, self._clock())

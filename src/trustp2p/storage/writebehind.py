@@ -235,6 +235,8 @@ class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
         self._db_open = False
         self._failing = False
         self._lock = asyncio.Lock()
+        self.write_failures = 0
+        """Times opening or writing the database failed (each retry counts)."""
         self._wake = asyncio.Event()
         self._tasks: TaskOwner | None = None
         self._closed = False
@@ -342,6 +344,7 @@ class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
 
     def _storage_failed(self, action: str, exc: BaseException) -> None:
         assert self._db is not None
+        self.write_failures += 1
         if self._failing:
             self._logger.debug("! can't %s %s %s: %s", action, self._name, self._db.path, exc)
             return

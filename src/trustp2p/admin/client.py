@@ -1,0 +1,98 @@
+"""
+``trustp2p status``: fetch a running node's ``/status.json`` from its admin listener
+(standard library only) and show it as tables.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["fetch_status", "status_tables", "status_url"]
+
+import json
+import time
+import urllib.request
+from typing import Any
+
+from rich.table import Table
+
+from ..identity import short_id
+
+
+def status_url(admin: str) -> str:
+    """The ``/status.json`` URL of an admin listener given as a URL or ``HOST:PORT``."""
+    if "://" not in admin:
+        admin = f"http://{admin}"
+    return admin.rstrip("/") + "/status.json"
+
+
+def fetch_status(admin: str, *, token: str | None = None, timeout: float = 5.0) -> Any:
+    """
+    The status of the node whose admin listener is at ``admin``.
+
+    Raises:
+        OSError: If it can't be reached (``urllib.error.URLError``), or answers with an
+            HTTP error (``urllib.error.HTTPError``, e.g. 401 without the right token).
+        ValueError: If the URL is not http(s), or the answer is not JSON.
+
+    """
+    url = status_url(admin)
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http URL: {admin}")
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _number(value: Any, scale: float = 1.0, digits: int = 2) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _peers_table(peers: list[dict[str, Any]]) -> Table:
+    table = Table("peer", "address", "role", "since", "RTT ms", "in", "out", "score", "state")
+    table.title = f"{len(peers)} peer(s)"
+    for p in peers:
+        peer_id = p.get("peer_id")
+        table.add_row(
+            short_id(peer_id) if peer_id else "-",
+            str(p["address"]),
+            f"{p['role']} {'<-' if p['direction'] == 'inbound' else '->'}",
+            time.strftime("%H:%M:%S", time.localtime(p["connected_since"])),
+            _number(p.get("rtt_s"), 1000.0),
+            str(p["packages_in"]),
+            str(p["packages_out"]),
+            _number(p.get("score")),
+            str(p["state"]),
+        )
+    return table
+
+
+def status_tables(status: dict[str, Any]) -> list[Table]:
+    """The node, its peers, its topics and its latest warnings, as rich tables."""
+    node = status["node"]
+    about = Table("node", "", show_header=False)
+    about.add_row("peer id", str(node.get("peer_id") or "-"))
+    about.add_row("version", str(node["version"]))
+    about.add_row("mode", f"{node['mode']} ({'secure' if node['secure'] else 'plain'})")
+    about.add_row("uptime", f"{node['uptime_s']:.0f} s")
+    about.add_row("listening", " ".join(node["listen_urls"]) or "-")
+    tables = [about, _peers_table(status["peers"])]
+    if status["topics"]:
+        topics = Table("topic", "subscribed", "published", "delivered", "per s")
+        for t in status["topics"]:
+            topics.add_row(
+                t["topic"],
+                "yes" if t["subscribed"] else "no",
+                str(t["published"]),
+                str(t["delivered"]),
+                f"{t['rate_per_s']:.2f}",
+            )
+        tables.append(topics)
+    if status["warnings"]:
+        warnings = Table("time", "level", "message", title="latest warnings")
+        for w in status["warnings"][-10:]:
+            moment = time.strftime("%H:%M:%S", time.localtime(w["time"]))
+            warnings.add_row(moment, w["level"], w["message"])
+        tables.append(warnings)
+    return tables

@@ -1,0 +1,223 @@
+"""
+``/metrics``: a ``prometheus_client`` collector that reads a node's plain counters at
+scrape time, and one registry per node (many nodes in one process don't collide).
+
+Names follow Prometheus conventions: the ``trustp2p_`` prefix, ``_total`` on counters,
+seconds and bytes as units, bounded label values (no peer ids). ``docs/operations.md``
+lists every family.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["NodeCollector", "node_registry"]
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from .._version import __version__
+from .counters import Histogram, type_label
+
+if TYPE_CHECKING:
+    from ..node.node import Node
+
+
+def node_registry(node: Node) -> CollectorRegistry:
+    """A registry of its own for ``node``, holding its :class:`NodeCollector`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node))
+    return registry
+
+
+def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, text, value=value)
+
+
+def _labelled(
+    name: str, text: str, label: str, values: dict[str, int], kind: type = CounterMetricFamily
+) -> Metric:
+    family = kind(name, text, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family  # type: ignore[no-any-return]
+
+
+def _histogram(name: str, text: str, histogram: Histogram) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, text)
+    family.add_metric([], histogram.cumulative(), histogram.sum)
+    return family
+
+
+class NodeCollector(Collector):
+    """Reads one node's counters (``node.metrics``, its sockets, peer store and gossip
+    router) each time it is scraped."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._node_families()
+        yield from self._traffic()
+        yield from self._requests()
+        yield from self._limits()
+        yield from self._gossip()
+
+    def _node_families(self) -> Iterator[Metric]:
+        node = self._node
+        info = GaugeMetricFamily(
+            "trustp2p_info", "The library version and the node's mode.", labels=["version", "mode"]
+        )
+        mode = "+".join(r for r, on in (("server", node.server), ("client", node.client)) if on)
+        info.add_metric([__version__, mode], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "trustp2p_start_time_seconds",
+            "When the node was created, in seconds since the epoch.",
+            value=node.metrics.started,
+        )
+        connections = GaugeMetricFamily(
+            "trustp2p_connections",
+            "Open connections, by role and direction.",
+            labels=["role", "direction"],
+        )
+        counts = {("server", "inbound"): 0, ("client", "outbound"): 0}
+        for conn in node.connections:
+            role = "server" if conn.role is node.server else "client"
+            key = (role, "inbound" if conn.socket.inbound else "outbound")
+            counts[key] = counts.get(key, 0) + 1
+        for (role, direction), value in sorted(counts.items()):
+            connections.add_metric([role, direction], value)
+        yield connections
+        handshakes = CounterMetricFamily(
+            "trustp2p_handshakes",
+            "Connections established (outcome ok) or whose handshake failed, by reason.",
+            labels=["outcome", "reason"],
+        )
+        for reason, value in sorted(node.metrics.handshakes.items()):
+            ok = reason == "ok"
+            handshakes.add_metric(["ok" if ok else "failed", "" if ok else reason], value)
+        yield handshakes
+
+    def _traffic(self) -> Iterator[Metric]:
+        m = self._node.metrics
+        for name, text, slots in (
+            ("packages_received", "Packages received, by type.", m.packages_in),
+            ("packages_sent", "Packages sent, by type.", m.packages_out),
+            ("received_bytes", "Bytes of packages received, by type.", m.bytes_in),
+            ("sent_bytes", "Bytes of packages sent, by type.", m.bytes_out),
+        ):
+            by_type = {type_label(i): n for i, n in enumerate(slots) if n}
+            yield _labelled(f"trustp2p_{name}", text, "type", by_type)
+        yield _labelled(
+            "trustp2p_invalid_packages",
+            "Invalid packages received (counted against the peer), by reason.",
+            "reason",
+            m.invalid,
+        )
+        yield _histogram(
+            "trustp2p_heartbeat_rtt_seconds", "Round trip of heartbeat pings.", m.heartbeat_rtt
+        )
+
+    def _requests(self) -> Iterator[Metric]:
+        m = self._node.metrics
+        yield _counter("trustp2p_requests_sent", "Requests this node sent.", m.requests_sent)
+        yield _counter(
+            "trustp2p_requests_answered",
+            "Requests answered (not with an error).",
+            m.requests_answered,
+        )
+        yield _counter(
+            "trustp2p_requests_failed",
+            "Requests answered with an error, or whose connection was lost.",
+            m.requests_failed,
+        )
+        yield _counter(
+            "trustp2p_requests_timed_out", "Requests with no answer in time.", m.requests_timed_out
+        )
+        yield _counter(
+            "trustp2p_requests_rerouted",
+            "Stalled requests sent again to another server.",
+            m.requests_rerouted,
+        )
+        yield _histogram(
+            "trustp2p_request_duration_seconds",
+            "Round trip of answered requests.",
+            m.request_seconds,
+        )
+        yield _histogram(
+            "trustp2p_handler_duration_seconds",
+            "Time from a request's dispatch to its handler's answer.",
+            m.handler_seconds,
+        )
+
+    def _limits(self) -> Iterator[Metric]:
+        node = self._node
+        m = node.metrics
+        throttled = sum(1 for conn in node.connections if conn.throttle is not None)
+        yield GaugeMetricFamily(
+            "trustp2p_throttled_peers", "Peers over their request budget now.", value=throttled
+        )
+        yield _counter(
+            "trustp2p_throttles", "Times a peer over its request budget was paused.", m.throttles
+        )
+        yield _counter(
+            "trustp2p_send_stalls", "Times a peer's write buffer filled up.", m.send_stalls
+        )
+        yield _counter(
+            "trustp2p_send_stall_disconnects",
+            "Peers disconnected for not reading what was sent to them.",
+            m.stall_disconnects,
+        )
+        store = node.store
+        yield GaugeMetricFamily(
+            "trustp2p_blocks_active",
+            "Blocks of peer ids and addresses in force.",
+            value=store.active_blocks() if store is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "trustp2p_peer_store_peers",
+            "Peers the peer store knows.",
+            value=store.size() if store is not None else 0,
+        )
+        failures = {"peers": store.write_failures if store is not None else 0}
+        if node.gossip is not None and node.gossip.message_log is not None:
+            failures["messages"] = node.gossip.message_log.write_failures
+        yield _labelled(
+            "trustp2p_store_write_failures",
+            "Failed opens or writes of the node's databases, by store.",
+            "store",
+            failures,
+        )
+
+    def _gossip(self) -> Iterator[Metric]:
+        gossip = self._node.gossip
+        if gossip is None:
+            return
+        stats = gossip.router.stats
+        for name, text, value in (
+            ("published", "Messages this node published.", stats.published),
+            ("received", "Messages received, new or not.", stats.received),
+            ("duplicates", "Messages received again.", stats.duplicates),
+            ("delivered", "Messages handed to threads and subscribers.", gossip.delivered),
+            ("caught_up", "Messages obtained by catch-up.", gossip.caught_up),
+            ("forwarded", "Copies sent on eagerly.", stats.forwarded),
+            ("invalid", "Forged, altered, malformed or rejected messages.", stats.invalid),
+        ):
+            yield _counter(f"trustp2p_gossip_{name}", text, value)
+        yield _labelled(
+            "trustp2p_gossip_validations",
+            "Validator verdicts, by outcome (accept, ignore, reject).",
+            "outcome",
+            self._node.metrics.validation,
+        )
+        yield GaugeMetricFamily(
+            "trustp2p_gossip_topics", "Topics subscribed to.", value=len(gossip.router.topics)
+        )

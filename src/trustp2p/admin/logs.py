@@ -1,0 +1,54 @@
+"""
+The latest warnings of one node, for ``/status.json``.
+
+Several nodes may run in one process and share the ``trustp2p`` loggers. A node sets
+:data:`current_node` when it starts, so the tasks and transports it starts carry it in
+their context; a record logged there is that node's.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["WarningLog", "current_node"]
+
+import contextvars
+import logging
+from collections import deque
+from typing import Any
+
+current_node: contextvars.ContextVar[object] = contextvars.ContextVar("trustp2p_node")
+"""The node whose tasks run in this context (set by ``Node.start``)."""
+
+MAX_WARNINGS = 50
+
+
+class WarningLog(logging.Handler):
+    """Keeps the latest :data:`MAX_WARNINGS` WARNING-or-worse records of one node."""
+
+    def __init__(self, node: object, size: int = MAX_WARNINGS) -> None:
+        super().__init__(logging.WARNING)
+        self._node = node
+        self.records: deque[dict[str, Any]] = deque(maxlen=size)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if current_node.get(None) is not self._node:
+            return
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not break logging
+            message = str(record.msg)
+        self.records.append(
+            {
+                "time": record.created,
+                "level": record.levelname,
+                "logger": record.name,
+                "message": message,
+            }
+        )
+
+    def attach(self) -> None:
+        """Listen to the ``trustp2p`` loggers."""
+        logging.getLogger("trustp2p").addHandler(self)
+
+    def detach(self) -> None:
+        logging.getLogger("trustp2p").removeHandler(self)

@@ -1,0 +1,166 @@
+"""
+The admin listener: a small HTTP/1.1 server (GET and HEAD only, one request per
+connection) serving ``/`` (the status page), ``/status.json`` and ``/metrics``.
+
+It starts and stops with its node (``NodeOptions.admin``), and its request tasks belong
+to the node's :class:`~trustp2p.tasks.TaskOwner`. With ``admin_token`` set, every
+request must carry it (``Authorization: Bearer <token>`` or ``?token=<token>``).
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["AdminServer"]
+
+import asyncio
+import hmac
+import json
+import logging
+from importlib import resources
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..exceptions import DriverError
+from ..options import parse_admin_address
+from .collector import node_registry
+from .logs import WarningLog
+from .status import TopicRates, node_status
+
+if TYPE_CHECKING:
+    from ..node.node import Node
+
+logger = logging.getLogger("trustp2p.admin")
+
+MAX_REQUEST = 8192
+"""Largest request head accepted, in bytes."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a client has to send its request."""
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    431: "Request Header Fields Too Large",
+}
+
+Response = tuple[int, str, bytes]
+
+
+class AdminServer:
+    """
+    One node's admin listener. The node makes it when ``options.admin`` is set.
+
+    Attributes:
+        url: Where it listens, e.g. ``http://127.0.0.1:9107/``, once started.
+
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._token = node.options.admin_token
+        self._registry = node_registry(node)
+        self._warnings = WarningLog(node)
+        self._rates = TopicRates(node.metrics.started)
+        self._server: asyncio.Server | None = None
+        self.url: str | None = None
+
+    async def start(self) -> None:
+        """
+        Listen on ``options.admin``.
+
+        Raises:
+            DriverError: If it can't (the port is taken, the address isn't ours).
+
+        """
+        assert self._node.options.admin is not None
+        host, port = parse_admin_address(self._node.options.admin)
+        try:
+            self._server = await asyncio.start_server(self._accept, host, port, limit=MAX_REQUEST)
+        except OSError as exc:
+            raise DriverError(f"admin listener can't listen on {host}:{port}: {exc}") from exc
+        self._warnings.attach()
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+        logger.info("= admin listener on %s", self.url)
+
+    async def close(self) -> None:
+        """Stop listening; requests in progress end with the node's tasks."""
+        self._warnings.detach()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._node.tasks.spawn(self._serve(reader, writer), "admin request")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        method = b"GET"
+        try:
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.LimitOverrunError, ValueError):
+                response: Response = _text(431, "request too large")
+            except (asyncio.IncompleteReadError, TimeoutError):
+                return
+            else:
+                method = head.split(b" ", 1)[0]
+                response = self.respond(head)
+            status, content_type, body = response
+            writer.write(
+                (
+                    f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+                    f"Content-Type: {content_type}\r\n"
+                    f"Content-Length: {len(body)}\r\n"
+                    "Cache-Control: no-store\r\n"
+                    "Connection: close\r\n\r\n"
+                ).encode("ascii")
+                + (b"" if method == b"HEAD" else body)
+            )
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def respond(self, head: bytes) -> Response:
+        """The response to one request head (request line and headers)."""
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return _text(400, "bad request line")
+        method, target, _ = parts
+        if method not in ("GET", "HEAD"):
+            return _text(405, "only GET and HEAD")
+        url = urlsplit(target)
+        if self._token is not None and not self._authorized(lines[1:], url.query):
+            return _text(401, "admin token required")
+        if url.path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+        if url.path == "/status.json":
+            status = node_status(self._node, self._rates, self._warnings)
+            return 200, "application/json", json.dumps(status).encode()
+        if url.path in ("/", "/index.html"):
+            page = resources.files(__package__).joinpath("page.html").read_bytes()
+            return 200, "text/html; charset=utf-8", page
+        return _text(404, "not found")
+
+    def _authorized(self, headers: list[str], query: str) -> bool:
+        assert self._token is not None
+        token = self._token.encode()
+        for line in headers:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "authorization":
+                scheme, _, given = value.strip().partition(" ")
+                if scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token):
+                    return True
+        given_list = parse_qs(query).get("token", [])
+        return any(hmac.compare_digest(given.encode(), token) for given in given_list)
+
+
+def _text(status: int, text: str) -> Response:
+    return status, "text/plain; charset=utf-8", f"{text}\n".encode()

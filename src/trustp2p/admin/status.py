@@ -1,0 +1,105 @@
+"""
+``/status.json``: what a node is, whom it is connected to, its topics and its latest
+warnings, as one JSON object. ``docs/operations.md`` describes the schema.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["TopicRates", "node_status"]
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .._version import __version__
+
+if TYPE_CHECKING:
+    from ..node.node import Node
+    from ..node.peer import PeerConnection
+    from .logs import WarningLog
+
+
+class TopicRates:
+    """Messages per second on each topic, between two status requests (the first one:
+    since the node started)."""
+
+    def __init__(self, started: float) -> None:
+        self._when = started
+        self._seen: dict[str, int] = {}
+
+    def update(self, counts: dict[str, int], now: float) -> dict[str, float]:
+        elapsed = max(now - self._when, 1e-3)
+        rates = {t: (n - self._seen.get(t, 0)) / elapsed for t, n in counts.items()}
+        self._when, self._seen = now, dict(counts)
+        return rates
+
+
+def _mode(node: Node) -> str:
+    if node.server is not None and node.client is not None:
+        return "node"
+    return "server" if node.server is not None else "client"
+
+
+def _peer(node: Node, conn: PeerConnection) -> dict[str, Any]:
+    socket = conn.socket
+    stats = socket.stats
+    score = None
+    if socket.peer_id is not None and node.store is not None:
+        score = node.store.score_of(socket.peer_id)
+    return {
+        "socket_id": socket.id,
+        "peer_id": socket.peer_id,
+        "address": socket.peer,
+        "role": "server" if conn.role is node.server else "client",
+        "direction": "inbound" if socket.inbound else "outbound",
+        "connected_since": round(conn.opened, 3),
+        "rtt_s": stats.last_rtt,
+        "packages_in": stats.messages_in,
+        "packages_out": stats.messages_out,
+        "bytes_in": stats.bytes_in,
+        "bytes_out": stats.bytes_out,
+        "invalid_in": stats.invalid_in,
+        "score": score,
+        "state": conn.protocol.state.value,
+        "throttled": conn.throttle is not None,
+    }
+
+
+def _topics(node: Node, rates: TopicRates, now: float) -> list[dict[str, Any]]:
+    metrics = node.metrics
+    subscribed = node.gossip.topics if node.gossip is not None else set()
+    delivered = metrics.topic_delivered
+    per_second = rates.update(delivered, now)
+    names = sorted(subscribed | set(metrics.topic_published) | set(delivered))
+    return [
+        {
+            "topic": topic,
+            "subscribed": topic in subscribed,
+            "published": metrics.topic_published.get(topic, 0),
+            "delivered": delivered.get(topic, 0),
+            "rate_per_s": round(per_second.get(topic, 0.0), 3),
+        }
+        for topic in names
+    ]
+
+
+def node_status(
+    node: Node, rates: TopicRates, warnings: WarningLog | None = None
+) -> dict[str, Any]:
+    """The status of ``node``, as ``/status.json`` serves it."""
+    now = time.time()
+    return {
+        "node": {
+            "peer_id": node.peer_id,
+            "version": __version__,
+            "uptime_s": round(now - node.metrics.started, 3),
+            "listen_urls": node.listen_urls,
+            "mode": _mode(node),
+            "secure": node.options.secure,
+            "state": node.state.value,
+            "admin_url": node.admin_url,
+        },
+        "peers": [_peer(node, conn) for conn in node.connections],
+        "topics": _topics(node, rates, now),
+        "warnings": list(warnings.records) if warnings is not None else [],
+    }

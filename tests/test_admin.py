@@ -1,0 +1,269 @@
+"""The admin listener of a running node: /metrics, /status.json, the page, the token,
+and ``trustp2p status``, over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from trustp2p import Node, NodeOptions, PackageType, Thread
+from trustp2p.cli import main
+from trustp2p.drivers.base import Socket
+from trustp2p.exceptions import ConfigError, DriverError
+from trustp2p.node.gossip import Validation
+from trustp2p.protocol.package import Package
+from trustp2p.threads.base import EventMap
+
+from .nodes import MakeNode, wait_for
+
+# Pings every 20-40 ms, so that the heartbeat's histogram moves within a test.
+PINGS = {"heartbeat_interval": 0.02, "heartbeat_jitter": 0.0, "heartbeat_timeout": 0.04}
+
+
+class Echo(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"echo": self.echo, "warn": self.warn}}
+
+    async def echo(self, socket: Socket, package: Package) -> dict[str, Any]:
+        return {"n": package.body["n"]}
+
+    async def warn(self, socket: Socket, package: Package) -> dict[str, Any]:
+        logging.getLogger("trustp2p.test").warning("something odd: %s", package.body["n"])
+        return {}
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    return await asyncio.to_thread(http_get, url, headers)
+
+
+async def scrape(node: Node) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = await get(f"{node.admin_url}metrics")
+    assert status == 200
+    found = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+async def status_of(node: Node) -> Any:
+    status, body = await get(f"{node.admin_url}status.json")
+    assert status == 200
+    return json.loads(body)
+
+
+async def pair(make_node: MakeNode, **options: Any) -> tuple[Node, Node]:
+    server = await make_node(server=True, threads=[Echo], admin="127.0.0.1:0", **options)
+    assert server.url is not None
+    client = await make_node(client=True, peers=[server.url], admin="127.0.0.1:0", **options)
+    assert client.client is not None
+    await client.client.wait_connected()
+    await wait_for(lambda: len(server.connections) == 1)
+    return server, client
+
+
+async def test_counters_move_as_peers_exchange_requests_gossip_and_pings(
+    make_node: MakeNode,
+) -> None:
+    server, client = await pair(make_node, **PINGS)
+    assert server.admin_url is not None and server.admin_url.startswith("http://127.0.0.1:")
+    assert server.admin_url != client.admin_url
+    server.subscribe("news")
+    client.subscribe("news")
+    first = await scrape(server)
+    first_client = await scrape(client)
+    assert client.client is not None
+    socket = client.client.sockets[0]
+    for n in range(5):
+        assert await client.client.request(socket, "echo", {"n": n}) == {"n": n}
+    assert client.gossip is not None
+    await wait_for(lambda: "news" in client.gossip.router.peer_topics(socket.id))
+    await client.publish("news", {"text": "hello"})
+    await wait_for(lambda: server.metrics.topic_delivered.get("news", 0) >= 1)
+    await wait_for(
+        lambda: server.metrics.heartbeat_rtt.count + client.metrics.heartbeat_rtt.count >= 2
+    )
+    second = await scrape(server)
+    second_client = await scrape(client)
+
+    def moved(before: dict[Any, float], after: dict[Any, float], key: Any) -> bool:
+        return after[key] > before.get(key, 0)
+
+    request = ("trustp2p_packages_received_total", (("type", "REQUEST"),))
+    assert moved(first, second, request)
+    assert moved(first, second, ("trustp2p_handler_duration_seconds_count", ()))
+    assert moved(first_client, second_client, ("trustp2p_requests_sent_total", ()))
+    assert second_client["trustp2p_requests_answered_total", ()] == 5
+    assert second_client["trustp2p_request_duration_seconds_count", ()] == 5
+    assert moved(first_client, second_client, ("trustp2p_gossip_published_total", ()))
+    assert moved(first, second, ("trustp2p_gossip_delivered_total", ()))
+    rtt = ("trustp2p_heartbeat_rtt_seconds_count", ())
+    assert moved(first, second, rtt) or moved(first_client, second_client, rtt)
+    assert second["trustp2p_connections", (("direction", "inbound"), ("role", "server"))] == 1
+    assert (
+        second_client["trustp2p_connections", (("direction", "outbound"), ("role", "client"))] == 1
+    )
+    assert second["trustp2p_handshakes_total", (("outcome", "ok"), ("reason", ""))] == 1
+    assert second["trustp2p_peer_store_peers", ()] >= 1
+
+
+async def test_status_lists_the_connected_peers_and_topics(make_node: MakeNode) -> None:
+    server, client = await pair(make_node)
+    server.subscribe("news")
+    status = await status_of(server)
+    node = status["node"]
+    assert node["peer_id"] == server.peer_id
+    assert node["mode"] == "server" and node["secure"] is True
+    assert node["listen_urls"] == [server.url]
+    assert node["uptime_s"] >= 0
+    [peer] = status["peers"]
+    assert peer["peer_id"] == client.peer_id
+    assert peer["role"] == "server" and peer["direction"] == "inbound"
+    assert peer["state"] == "open"
+    assert peer["packages_in"] >= 1 and peer["bytes_in"] > 0
+    assert [t["topic"] for t in status["topics"]] == ["news"]
+    assert status["topics"][0]["subscribed"] is True
+    [seen] = (await status_of(client))["peers"]
+    assert seen["peer_id"] == server.peer_id and seen["direction"] == "outbound"
+
+
+async def test_status_keeps_the_warnings_of_its_own_node(make_node: MakeNode) -> None:
+    server, client = await pair(make_node)
+    assert client.client is not None
+    await client.client.request(client.client.sockets[0], "warn", {"n": 7})
+    warnings = (await status_of(server))["warnings"]
+    assert [w["message"] for w in warnings] == ["something odd: 7"]
+    assert warnings[0]["level"] == "WARNING" and warnings[0]["logger"] == "trustp2p.test"
+    assert (await status_of(client))["warnings"] == []
+
+
+async def test_the_page_and_errors(make_node: MakeNode) -> None:
+    server = await make_node(server=True, admin="127.0.0.1:0")
+    status, page = await get(f"{server.admin_url}")
+    assert status == 200 and b"status.json" in page and b"<svg" in page
+    # Nothing fetched from elsewhere (the one http:// is the SVG namespace's name).
+    assert not re.search(rb"(src|href|url)\s*[=(]\s*[\"']?(https?:)?//", page)
+    assert page.count(b"http://") == page.count(b"http://www.w3.org/2000/svg") == 1
+    assert (await get(f"{server.admin_url}nothing"))[0] == 404
+    big = {"X-Filler": "x" * 10_000}
+    assert (await get(f"{server.admin_url}metrics", big))[0] == 431
+
+
+async def test_a_token_is_required_when_set(make_node: MakeNode) -> None:
+    server = await make_node(server=True, admin="127.0.0.1:0", admin_token="s3cret")
+    url = server.admin_url
+    assert url is not None
+    for path in ("", "metrics", "status.json"):
+        assert (await get(url + path))[0] == 401
+    assert (await get(url + "metrics", {"Authorization": "Bearer wrong"}))[0] == 401
+    assert (await get(url + "metrics", {"Authorization": "Bearer s3cret"}))[0] == 200
+    assert (await get(url + "status.json?token=s3cret"))[0] == 200
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1", "[::]", "example.com"])
+def test_an_admin_listener_beyond_loopback_needs_a_token(host: str) -> None:
+    with pytest.raises(ConfigError, match="admin-token"):
+        NodeOptions(server=True, admin=f"{host}:9107")
+    NodeOptions(server=True, admin=f"{host}:9107", admin_token="t")  # allowed with one
+    NodeOptions(server=True, admin="localhost:9107")
+    NodeOptions(server=True, admin="[::1]:9107")
+
+
+@pytest.mark.parametrize("address", ["9107", "127.0.0.1", "127.0.0.1:x", ":9107", "h:70000"])
+def test_a_malformed_admin_address_is_refused(address: str) -> None:
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        NodeOptions(server=True, admin=address)
+
+
+def test_the_cli_refuses_a_public_admin_without_token(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["server", "--port", "0", "--admin", "0.0.0.0:0"]) == 2
+    assert "--admin-token" in capsys.readouterr().err
+
+
+async def test_trustp2p_status_prints_the_peers(
+    make_node: MakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, client = await pair(make_node)
+    assert server.admin_url is not None
+    code = await asyncio.to_thread(main, ["status", "--admin", server.admin_url, "--json"])
+    assert code == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [p["peer_id"] for p in status["peers"]] == [client.peer_id]
+    address = server.admin_url.removeprefix("http://").rstrip("/")
+    assert await asyncio.to_thread(main, ["status", "--admin", address]) == 0
+    out = capsys.readouterr().out
+    assert "1 peer(s)" in out and "server <-" in out
+    assert f"{server.peer_id}" in out
+
+
+async def test_trustp2p_status_with_a_token(
+    make_node: MakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = await make_node(server=True, admin="127.0.0.1:0", admin_token="t0k")
+    assert server.admin_url is not None
+    args = ["status", "--admin", server.admin_url, "--json"]
+    assert await asyncio.to_thread(main, args) == 1
+    assert "401" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, [*args, "--token", "t0k"]) == 0
+
+
+def test_trustp2p_status_of_nothing_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--admin", "http://127.0.0.1:1/"]) == 1
+    assert "can't get the status from http://127.0.0.1:1/" in capsys.readouterr().err
+
+
+async def test_limits_penalties_and_validation_are_counted(make_node: MakeNode) -> None:
+    server, client = await pair(make_node, request_rate=5, request_burst=1)
+    assert client.client is not None and server.gossip is not None
+    socket = client.client.sockets[0]
+    await asyncio.gather(*(client.client.request(socket, "echo", {"n": n}) for n in range(3)))
+    assert server.metrics.throttles >= 1  # over its budget: reading paused, not refused
+    [inbound] = server.sockets
+    server.penalize(inbound, "made-up reason: 42")
+    assert server.metrics.invalid == {"made-up reason": 1}
+    server.gossip.set_validator("news", lambda message: Validation.REJECT)
+    server.subscribe("news")
+    assert client.gossip is not None
+    await wait_for(lambda: "news" in client.gossip.router.peer_topics(socket.id))
+    await client.publish("news", {"text": "spam"})
+    await wait_for(lambda: server.metrics.validation.get("reject") == 1)
+    metrics = await scrape(server)
+    assert metrics["trustp2p_gossip_validations_total", (("outcome", "reject"),)] == 1
+    assert metrics["trustp2p_throttles_total", ()] >= 1
+    assert metrics["trustp2p_invalid_packages_total", (("reason", "made-up reason"),)] >= 1
+
+
+async def test_failed_handshakes_are_counted_by_reason(make_node: MakeNode) -> None:
+    server = await make_node(server=True, admin="127.0.0.1:0")
+    assert server.url is not None
+    await make_node(client=True, peers=[server.url], secure=False)
+    await wait_for(lambda: any(key != "ok" for key in server.metrics.handshakes))
+    metrics = await scrape(server)
+    failed = [key for key in metrics if key[0] == "trustp2p_handshakes_total"]
+    assert any(dict(labels)["outcome"] == "failed" for _, labels in failed)
+
+
+async def test_a_taken_admin_port_fails_the_start(make_node: MakeNode) -> None:
+    first = await make_node(server=True, admin="127.0.0.1:0")
+    assert first.admin_url is not None
+    taken = first.admin_url.rstrip("/").removeprefix("http://")
+    with pytest.raises(DriverError, match="admin listener can't listen"):
+        await make_node(server=True, admin=taken)
