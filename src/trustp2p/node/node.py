@@ -525,6 +525,9 @@ class Node:
     def driver_for_url(self, url: str) -> Driver:
         scheme = scheme_of(split_peer_url(url)[0])
         configured = self.options.driver
+        if isinstance(configured, str) and configured != scheme:
+            # A named driver of this scheme (``picows`` for ws://) dials it too.
+            configured = self._driver(configured)
         if isinstance(configured, Driver) and scheme in (
             configured.scheme,
             f"{configured.scheme}s",
