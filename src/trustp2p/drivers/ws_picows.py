@@ -10,7 +10,8 @@ and dials ``ws://`` and ``wss://`` URLs with it. It speaks the same protocol as 
 asks for and ``picows`` leaves to its user: the closing handshake (echo the peer's close
 frame, close the TCP connection, a deadline), messages in fragments, UTF-8 checks of text
 messages, ``pause_reading`` (``picows`` delivers every frame of one read; what comes after
-a pause is held), messages written in one event loop iteration sent together at its end,
+a pause is held), messages written in one event loop iteration sent together at its end
+(picows sends each message with a system call of its own: several are framed here),
 and the accept hook and accept loop of the other stream drivers (:mod:`._accept`).
 
 Unlike ``ws``, ``last_seen`` moves when a whole frame has arrived, not with each read.
@@ -24,7 +25,9 @@ __all__ = ["PicowsDriver", "PicowsSocket"]
 import asyncio
 import ipaddress
 import logging
+import os
 import re
+import struct
 from collections import deque
 from typing import Any, cast
 
@@ -44,8 +47,13 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
 from ..exceptions import DriverError
-from ._stream import ServerListening, _kernel_backlog, format_address, serve
+from ._stream import COALESCE_LIMIT, ServerListening, _kernel_backlog, format_address, serve
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket, fit_reason
 
 logger = logging.getLogger("trustp2p.drivers.picows")
@@ -53,6 +61,9 @@ logger = logging.getLogger("trustp2p.drivers.picows")
 _NO_LIMIT = 2**62  # picows wants a number for its frame size limit
 _NO_STATUS_RCVD = 1005  # a close frame without a code, as websockets reports it
 _INVALID_DATA = 1007
+_HEADER = struct.Struct("!BB")  # FIN + opcode, mask bit + length
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
 _TOO_BIG = re.compile(r"(\d+) > (\d+)$")  # the end of picows' reason for code 1009
 
 
@@ -72,6 +83,30 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _frames(messages: list[bytes], *, masked: bool) -> bytes:
+    """Binary frames carrying ``messages``, in one piece; a client's are masked
+    (RFC 6455 §5.3), with keys from :func:`os.urandom`."""
+    mask_bit = 0x80 if masked else 0
+    keys = os.urandom(4 * len(messages)) if masked else b""
+    parts: list[bytes] = []
+    append = parts.append
+    for index, data in enumerate(messages):
+        size = len(data)
+        if size < 126:
+            append(_HEADER.pack(0x82, mask_bit | size))
+        elif size < 65536:
+            append(_HEADER_16.pack(0x82, mask_bit | 126, size))
+        else:
+            append(_HEADER_64.pack(0x82, mask_bit | 127, size))
+        if masked:
+            key = keys[4 * index : 4 * index + 4]
+            append(key)
+            append(apply_mask(data, key))
+        else:
+            append(data)
+    return b"".join(parts)
 
 
 def _retrieve_failure(ws: WSTransport) -> None:
@@ -181,6 +216,9 @@ class PicowsSocket(Socket, WSListener):
         else:
             out.append(data)
             self._out_size += len(data)
+            if self._out_size > COALESCE_LIMIT:
+                # Send now: the peer can start, and drain() sees the transport's buffer.
+                self._write_out()
 
     async def drain(self) -> None:
         if self._lost_waiter.done():
@@ -471,17 +509,21 @@ class PicowsSocket(Socket, WSListener):
             self.close_code = CloseCode.ABNORMAL_CLOSURE
 
     def _write_out(self) -> None:
-        """Send the messages written in this event loop iteration."""
+        """Send the messages written in this event loop iteration: one alone through
+        picows, several framed here and written at once (one system call, not one
+        each)."""
         out = self._out
         if out is None:
             return
         self._out = None
         self._out_size = 0
-        ws = self._ws
-        if ws is not None and not self._close_sent and not self._lost_waiter.done():
-            send = ws.send
-            for data in out:
-                send(WSMsgType.BINARY, data)
+        ws, tcp = self._ws, self._tcp
+        if ws is None or tcp is None or ws.is_close_frame_sent or self._lost_waiter.done():
+            return
+        if len(out) == 1:
+            ws.send(WSMsgType.BINARY, out[0])
+        else:
+            tcp.write(_frames(out, masked=not self.inbound))
 
     def _deliver_held(self) -> None:
         held = self._held
