@@ -369,8 +369,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--impl", choices=IMPLS, default="picows")
     parser.add_argument("--url")
     parser.add_argument("--server-pid", type=int)
+    parser.add_argument("--modes", default=",".join(MODES), help="client: modes to measure")
     args = parser.parse_args(argv)
     args.impls = args.impls.split(",")
+    for mode in set(MODES) - set(args.modes.split(",")):
+        del MODES[mode]  # for a profile of one mode (see BENCHMARKS.md)
     if not set(args.impls) <= set(IMPLS):
         parser.error("--impls takes " + ", ".join(IMPLS))
     if args.quick:
