@@ -58,6 +58,9 @@ from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket,
 
 logger = logging.getLogger("trustp2p.drivers.picows")
 
+# picows' first read buffer per connection (16 KiB by default); it doubles when a read
+# fills it, so a pipeline or a big message grows it, and idle peers cost little.
+_READ_BUFFER = 4096
 _NO_LIMIT = 2**62  # picows wants a number for its frame size limit
 _NO_STATUS_RCVD = 1005  # a close frame without a code, as websockets reports it
 _INVALID_DATA = 1007
@@ -145,7 +148,7 @@ class _Protocol(WSProtocol):  # type: ignore[misc]
             True,  # enable_auto_pong
             _NO_LIMIT if limit is None else limit,
             {"User-Agent": "trustp2p"} if not socket.inbound else None,
-            16 * 1024,
+            _READ_BUFFER,
         )
         self.socket = socket
 
