@@ -296,8 +296,15 @@ class PicowsSocket(Socket, WSListener):
         self._report("on_connection" if self.inbound else "on_open")
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        self.last_seen = self._loop.time()
         kind = frame.msg_type
+        if (
+            kind is WSMsgType.BINARY
+            and frame.fin
+            and not (self._fragments or self._paused_reading or transport.is_close_frame_sent)
+        ):
+            self._deliver(frame.get_payload_as_bytes())  # the common case; sets last_seen
+            return
+        self.last_seen = self._loop.time()
         if kind is WSMsgType.CLOSE:
             self._close_received(transport)
         elif transport.is_close_frame_sent and self._dropping(frame):
