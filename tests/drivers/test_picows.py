@@ -227,3 +227,22 @@ async def test_invalid_utf8_in_a_text_message(harness: DriverHarness) -> None:
         await server.wait_closed()
     assert server.close_code == 1007
     assert events.messages(server) == []
+
+
+async def test_last_seen_advances_on_a_partial_frame(harness: DriverHarness) -> None:
+    """Any bytes are life: a large frame in flight keeps its sender alive (liveness)."""
+    listening, events = await harness.listen()
+    async with ws_connect(listening.url) as client:
+        server = (await events.next(DriverEvent.CONNECTION)).socket
+        assert server is not None
+        before = server.last_seen
+        await asyncio.sleep(MS)  # let the event loop clock move on
+        # Half of a masked binary frame of 1000 bytes (mask key 0: the payload as is).
+        header = b"\x82" + bytes([0x80 | 126]) + (1000).to_bytes(2, "big") + b"\0\0\0\0"
+        client.transport.write(header + b"x" * 500)
+        async with asyncio.timeout(TIMEOUT):
+            while server.last_seen <= before:  # noqa: ASYNC110 - a plain attribute
+                await asyncio.sleep(MS)
+        assert events.messages(server) == []
+        client.transport.write(b"x" * 500)
+        assert await events.wait_messages(server, 1) == [b"x" * 1000]

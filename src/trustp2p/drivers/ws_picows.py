@@ -12,9 +12,8 @@ frame, close the TCP connection, a deadline), messages in fragments, UTF-8 check
 messages, ``pause_reading`` (``picows`` delivers every frame of one read; what comes after
 a pause is held), messages written in one event loop iteration sent together at its end
 (picows sends each message with a system call of its own: several are framed here),
-and the accept hook and accept loop of the other stream drivers (:mod:`._accept`).
-
-Unlike ``ws``, ``last_seen`` moves when a whole frame has arrived, not with each read.
+``last_seen`` on every read (a partial frame too), and the accept hook and accept loop
+of the other stream drivers (:mod:`._accept`).
 
 """
 
@@ -25,9 +24,7 @@ __all__ = ["PicowsDriver", "PicowsSocket"]
 import asyncio
 import ipaddress
 import logging
-import os
 import re
-import struct
 from collections import deque
 from typing import Any, cast
 
@@ -47,13 +44,9 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets built without its C extension
-    from websockets.utils import apply_mask
-
 from ..exceptions import DriverError
 from ._stream import COALESCE_LIMIT, ServerListening, _kernel_backlog, format_address, serve
+from ._wsframes import binary_frames
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket, fit_reason
 
 logger = logging.getLogger("trustp2p.drivers.picows")
@@ -64,9 +57,6 @@ _READ_BUFFER = 4096
 _NO_LIMIT = 2**62  # picows wants a number for its frame size limit
 _NO_STATUS_RCVD = 1005  # a close frame without a code, as websockets reports it
 _INVALID_DATA = 1007
-_HEADER = struct.Struct("!BB")  # FIN + opcode, mask bit + length
-_HEADER_16 = struct.Struct("!BBH")
-_HEADER_64 = struct.Struct("!BBQ")
 _TOO_BIG = re.compile(r"(\d+) > (\d+)$")  # the end of picows' reason for code 1009
 
 
@@ -86,30 +76,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _frames(messages: list[bytes], *, masked: bool) -> bytes:
-    """Binary frames carrying ``messages``, in one piece; a client's are masked
-    (RFC 6455 §5.3), with keys from :func:`os.urandom`."""
-    mask_bit = 0x80 if masked else 0
-    keys = os.urandom(4 * len(messages)) if masked else b""
-    parts: list[bytes] = []
-    append = parts.append
-    for index, data in enumerate(messages):
-        size = len(data)
-        if size < 126:
-            append(_HEADER.pack(0x82, mask_bit | size))
-        elif size < 65536:
-            append(_HEADER_16.pack(0x82, mask_bit | 126, size))
-        else:
-            append(_HEADER_64.pack(0x82, mask_bit | 127, size))
-        if masked:
-            key = keys[4 * index : 4 * index + 4]
-            append(key)
-            append(apply_mask(data, key))
-        else:
-            append(data)
-    return b"".join(parts)
 
 
 def _retrieve_failure(ws: WSTransport) -> None:
@@ -151,6 +117,7 @@ class _Protocol(WSProtocol):  # type: ignore[misc]
             _READ_BUFFER,
         )
         self.socket = socket
+        self._loop_time = asyncio.get_running_loop().time
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -159,6 +126,10 @@ class _Protocol(WSProtocol):  # type: ignore[misc]
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.socket.transport_lost(exc)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.socket.last_seen = self._loop_time()  # any bytes are life, a partial frame too
+        super().buffer_updated(nbytes)
 
 
 class PicowsSocket(Socket, WSListener):
@@ -533,7 +504,7 @@ class PicowsSocket(Socket, WSListener):
         if len(out) == 1:
             ws.send(WSMsgType.BINARY, out[0])
         else:
-            tcp.write(_frames(out, masked=not self.inbound))
+            tcp.write(binary_frames(out, masked=not self.inbound))
 
     def _deliver_held(self) -> None:
         held = self._held
