@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo test lint docs bench bench-fast clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trustp2p needs Python >= 3.11; set PYTHON=python3.11 or newer")'
@@ -15,7 +15,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test,bench,docs]'
+	$(BIN)/python -m pip install -q -e '.[test,bench,docs,fast]'
 	touch $@ $(VENV)/.installed-run
 
 demo: $(VENV)/.installed-run
@@ -36,6 +36,10 @@ test: lint docs
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/request_response.py
+
+# The fast path: uvloop + the picows driver against a raw uvloop TCP echo (BENCHMARKS.md).
+bench-fast: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/fast_path.py
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache .hypothesis

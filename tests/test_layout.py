@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "tasks": 2,
     "exceptions": 0,
     "identity": 1,
+    "loop": 1,
     "protocol": 1,
     "drivers": 2,
     "security": 2,

@@ -23,6 +23,7 @@ from .exceptions import (
     TrustP2PError,
     UsageError,
 )
+from .loop import run
 from .node import (
     BroadcastResult,
     ClientRole,
@@ -79,6 +80,7 @@ __all__ = [
     "create_client",
     "create_node",
     "create_server",
+    "run",
 ]
 
 # A library adds no handler of its own but this one, so that its records go nowhere

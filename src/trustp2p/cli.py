@@ -7,16 +7,18 @@ __all__ = ["main"]
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from .exceptions import TrustP2PError
+from .loop import LOOPS, loop_factory, run
 from .options import DEFAULT_PORT, NodeOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
@@ -113,6 +115,44 @@ def _tuning_options(f: F) -> F:
     return f
 
 
+def _check_loop(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        loop_factory(value)
+    except TrustP2PError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+    return value
+
+
+def _fast_options(*, driver: bool = False) -> Callable[[F], F]:
+    """``--loop`` (and ``--driver`` with ``driver=True``) for the commands that run
+    nodes; run them with :func:`_run`."""
+
+    def decorate(f: F) -> F:
+        if driver:
+            f = click.option(
+                "--driver",
+                type=click.Choice(["ws", "tcp", "picows"]),
+                default=None,
+                help="Driver to listen with and to dial its URLs' scheme with; picows "
+                "(ws://, needs trustp2p[fast]) is a faster WebSocket driver.  [default: ws]",
+            )(f)
+        return click.option(
+            "--loop",
+            type=click.Choice(LOOPS),
+            default="asyncio",
+            show_default=True,
+            callback=_check_loop,
+            help="Event loop; uvloop (needs trustp2p[fast]) is faster.",
+        )(f)
+
+    return decorate
+
+
+def _run(main: Coroutine[Any, Any, T], loop: str) -> T:
+    """Run ``main`` on the event loop ``--loop`` named (checked when parsed)."""
+    return run(main, loop=loop)
+
+
 def _cwd_option(f: F) -> F:
     return click.option(
         "--cwd",
@@ -123,7 +163,7 @@ def _cwd_option(f: F) -> F:
     )(f)
 
 
-def _run_node(log_level: str, **kwargs: Any) -> int:
+def _run_node(log_level: str, loop: str, **kwargs: Any) -> int:
     """Run a node until Ctrl-C or SIGTERM; return the exit code."""
     from .apps.serve import serve
 
@@ -134,7 +174,7 @@ def _run_node(log_level: str, **kwargs: Any) -> int:
     except (TypeError, ValueError, TrustP2PError) as exc:
         raise click.UsageError(str(exc)) from exc
     try:
-        return asyncio.run(serve(node_options))
+        return _run(serve(node_options), loop)
     except TrustP2PError as exc:
         click.echo(f"trustp2p: error: {exc}", err=True)
         return 1
@@ -167,6 +207,7 @@ def init(directory: Path, log_level: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port (0: any).")
 @_tuning_options
+@_fast_options(driver=True)
 @_log_level_option
 def server(**kwargs: Any) -> int:
     """Run a node that accepts peers."""
@@ -184,6 +225,7 @@ def server(**kwargs: Any) -> int:
     help="Server to dial, e.g. ws://127.0.0.1:1107; repeat for several.",
 )
 @_tuning_options
+@_fast_options(driver=True)
 @_log_level_option
 def client(**kwargs: Any) -> int:
     """Run a node that dials servers."""
@@ -198,6 +240,7 @@ def client(**kwargs: Any) -> int:
     "--connect", "peers", multiple=True, metavar="URL", help="Server to dial; repeatable."
 )
 @_tuning_options
+@_fast_options(driver=True)
 @_log_level_option
 def node(**kwargs: Any) -> int:
     """Run a node that both accepts peers and dials servers."""
@@ -227,8 +270,11 @@ def node(**kwargs: Any) -> int:
     help="Start the node stopped a third of the way in again two thirds of the way in "
     "(--no-restart: it stays down and misses the chat, and the demo fails).",
 )
+@_fast_options()
 @_log_level_option
-def demo(nodes: int, duration: float, speed: float, restart: bool, log_level: str) -> int:
+def demo(
+    nodes: int, duration: float, speed: float, restart: bool, log_level: str, loop: str
+) -> int:
     """Run a local network of NODES nodes on 127.0.0.1 with a live table.
 
     Node 0 is a server; the others are server and client at once, each dialling node 0
@@ -240,7 +286,7 @@ def demo(nodes: int, duration: float, speed: float, restart: bool, log_level: st
     from .apps.demo import run_demo
 
     _setup_logging(log_level if log_level != "info" else "warning")
-    return asyncio.run(run_demo(nodes=nodes, duration=duration, speed=speed, restart=restart))
+    return _run(run_demo(nodes=nodes, duration=duration, speed=speed, restart=restart), loop)
 
 
 _SIMULATION_OPTIONS = [
@@ -329,7 +375,8 @@ def _simulation_options(f: F) -> F:
 
 @cli.command()
 @_simulation_options
-def simulate(plot: Path | None, as_json: bool, log_level: str, **kwargs: Any) -> int:
+@_fast_options()
+def simulate(plot: Path | None, as_json: bool, log_level: str, loop: str, **kwargs: Any) -> int:
     """Simulate a network of NODES in-process nodes and measure its gossip.
 
     Nodes run in this process on the memory driver. Once they are connected, MESSAGES
@@ -362,7 +409,7 @@ def simulate(plot: Path | None, as_json: bool, log_level: str, **kwargs: Any) ->
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
-        report = asyncio.run(simulate_with_progress(sim))
+        report = _run(simulate_with_progress(sim), loop)
     except TimeoutError as exc:
         click.echo(f"trustp2p: error: {exc}", err=True)
         return 1

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .drivers import Driver, DriverOptions, scheme_of
+from .drivers import Driver, DriverOptions, driver_class, scheme_of
 from .exceptions import ConfigError
 from .identity import Identity
 from .protocol.handshake import HANDSHAKE_MAGIC
@@ -38,8 +38,10 @@ class NodeOptions:
         host: Address to listen on.
         port: Port to listen on; 0 picks a free one.
         peers: URLs of servers to dial, e.g. ``ws://127.0.0.1:1107``.
-        driver: Driver for listening, by name (``"ws"``, ``"memory"``) or instance.
-            Dialling picks the driver from each URL's scheme, or uses this instance.
+        driver: Driver for listening, by name (``"ws"``, ``"tcp"``, ``"memory"``,
+            ``"picows"``) or instance. Dialling picks the driver from each URL's scheme,
+            or uses this one for the URLs of its scheme (``"picows"``: ``ws://``,
+            ``wss://``). ``"picows"`` needs ``pip install 'trustp2p[fast]'``.
         threads: Thread classes to run besides those loaded from ``cwd``.
         alt: Network id; peers on another network are refused.
         program: Name of the program, sent in the version talk.
@@ -258,6 +260,8 @@ class NodeOptions:
             reason = check_dial_url(url)
             if reason is not None:
                 raise ValueError(f"peers: {reason}")
+        if isinstance(self.driver, str):
+            driver_class(self.driver)  # raises DriverError: unknown, or not installed
         if not self.server and not self.client:
             raise ValueError("a node must be a server, a client or both")
         if not 0 <= self.port <= 65535:

@@ -42,7 +42,12 @@ _DRIVERS: dict[str, tuple[str, str]] = {
     "wss": ("trustp2p.drivers.ws", "WsDriver"),
     "memory": ("trustp2p.drivers.memory", "MemoryDriver"),
     "tcp": ("trustp2p.drivers.tcp", "TcpDriver"),
+    # Optional, with trustp2p[fast]: WebSocket on picows, for ws:// and wss:// URLs.
+    "picows": ("trustp2p.drivers.ws_picows", "PicowsDriver"),
 }
+
+# Drivers that need an optional package: name -> (package, extra that installs it)
+_OPTIONAL: dict[str, tuple[str, str]] = {"picows": ("picows", "fast")}
 
 
 def driver_class(name: str) -> type[Driver]:
@@ -50,7 +55,8 @@ def driver_class(name: str) -> type[Driver]:
     Return the driver class for a name or URL scheme, e.g. ``"ws"``.
 
     Raises:
-        DriverError: If no driver has that name.
+        DriverError: If no driver has that name, or it needs a package that isn't
+            installed (``picows``: ``pip install 'trustp2p[fast]'``).
 
     """
     try:
@@ -58,7 +64,16 @@ def driver_class(name: str) -> type[Driver]:
     except KeyError:
         known = ", ".join(sorted(_DRIVERS))
         raise DriverError(f"unknown driver {name!r}; known drivers: {known}") from None
-    cls: type[Driver] = getattr(importlib.import_module(module_name), class_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        package, extra = _OPTIONAL.get(name, ("", ""))
+        if not package or exc.name != package:
+            raise
+        raise DriverError(
+            f"the {name!r} driver needs the {package} package: pip install 'trustp2p[{extra}]'"
+        ) from exc
+    cls: type[Driver] = getattr(module, class_name)
     return cls
 
 

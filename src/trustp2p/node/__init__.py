@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .node import Node, NodeState, PeerConnection, create_client, create_node, create_server
+from .create import create_client, create_node, create_server
+from .node import Node, NodeState, PeerConnection
 from .roles import BroadcastResult, ClientRole, Role, ServerRole
 
 __all__ = [

@@ -1,0 +1,570 @@
+"""
+A WebSocket driver on ``picows``, a WebSocket library written in Cython.
+
+Optional: ``pip install 'trustp2p[fast]'`` installs ``picows`` (and ``uvloop``). Ask for it
+by name, ``NodeOptions(driver="picows")`` or ``--driver picows``: the node then listens
+and dials ``ws://`` and ``wss://`` URLs with it. It speaks the same protocol as the
+``ws`` driver, so either end may use either driver.
+
+``picows`` parses frames and writes them in C; this module adds what the driver contract
+asks for and ``picows`` leaves to its user: the closing handshake (echo the peer's close
+frame, close the TCP connection, a deadline), messages in fragments, UTF-8 checks of text
+messages, ``pause_reading`` (``picows`` delivers every frame of one read; what comes after
+a pause is held), messages written in one event loop iteration sent together at its end
+(picows sends each message with a system call of its own: several are framed here),
+``last_seen`` on every read (a partial frame too), and the accept hook and accept loop
+of the other stream drivers (:mod:`._accept`).
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["PicowsDriver", "PicowsSocket"]
+
+import asyncio
+import ipaddress
+import logging
+import re
+from collections import deque
+from typing import Any, cast
+
+from picows import (
+    WSAutoPingStrategy,
+    WSCloseCode,
+    WSError,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
+
+from ..exceptions import DriverError
+from ._stream import COALESCE_LIMIT, ServerListening, _kernel_backlog, format_address, serve
+from ._wsframes import binary_frames
+from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket, fit_reason
+
+logger = logging.getLogger("trustp2p.drivers.picows")
+
+# picows' first read buffer per connection (16 KiB by default); it doubles when a read
+# fills it, so a pipeline or a big message grows it, and idle peers cost little.
+_READ_BUFFER = 4096
+_NO_LIMIT = 2**62  # picows wants a number for its frame size limit
+_NO_STATUS_RCVD = 1005  # a close frame without a code, as websockets reports it
+_INVALID_DATA = 1007
+_TOO_BIG = re.compile(r"(\d+) > (\d+)$")  # the end of picows' reason for code 1009
+
+
+class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """picows' log, at DEBUG: it logs each connection at INFO, and a peer's protocol
+    error at ERROR; the driver reports both its own way."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.logger.log(min(level, logging.DEBUG), msg, *args, **kwargs)
+
+
+_picows_log = _QuietLog(logger, {})
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _retrieve_failure(ws: WSTransport) -> None:
+    """Take the exception picows keeps for ``wait_disconnected()`` when it failed an
+    outbound connection, so that asyncio doesn't log it as never retrieved; the socket
+    reports the failure from the close frame picows sent."""
+    waiting = ws.wait_disconnected()
+    try:
+        waiting.send(None)  # the connection is lost: the future is done
+    except BaseException:  # StopIteration, or picows' error
+        pass
+    finally:
+        waiting.close()
+
+
+class _Protocol(WSProtocol):  # type: ignore[misc]
+    """picows' protocol, telling its socket when the TCP connection starts and ends."""
+
+    def __init__(
+        self, socket: PicowsSocket, host_port: str | None, path: str, factory: object
+    ) -> None:
+        options = socket.options
+        limit = options.max_message_size
+        super().__init__(
+            host_port,
+            path,
+            not socket.inbound,
+            factory,
+            _picows_log,
+            True,  # disconnect_on_exception; the socket catches them all
+            options.open_timeout,
+            False,  # enable_auto_ping: the node runs a heartbeat
+            10,
+            10,
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,  # enable_auto_pong
+            _NO_LIMIT if limit is None else limit,
+            {"User-Agent": "trustp2p"} if not socket.inbound else None,
+            _READ_BUFFER,
+        )
+        self.socket = socket
+        self._loop_time = asyncio.get_running_loop().time
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.socket.transport_made(cast(asyncio.Transport, transport), self.transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.socket.transport_lost(exc)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.socket.last_seen = self._loop_time()  # any bytes are life, a partial frame too
+        super().buffer_updated(nbytes)
+
+
+class PicowsSocket(Socket, WSListener):
+    """A WebSocket connection on picows; also the picows listener of its connection."""
+
+    def __init__(
+        self, *, listener: Listener, options: DriverOptions, inbound: bool, peer: str = ""
+    ) -> None:
+        super().__init__(listener=listener, inbound=inbound, peer=peer, host="")
+        self.options = options
+        self._ws: WSTransport | None = None
+        self._tcp: asyncio.Transport | None = None
+        self._open = False  # open and neither side sent a close frame: writable
+        self._opened = False  # the listener heard on_connection / on_open
+        self._accepted = False  # the listener heard on_accept: it hears on_close too
+        self._aborted = False
+        self._close_sent = False  # by this driver (picows sends one on its own errors)
+        self._close_on_open: tuple[int, str] | None = None
+        self._error: DriverError | None = None  # why this driver failed the connection
+        self._timer: asyncio.TimerHandle | None = None  # the closing deadline
+        self._lost_waiter: asyncio.Future[None] = self._loop.create_future()
+        self._paused_reading = False
+        self._paused_writing = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drop_all = False  # a close frame went out: drop data frames
+        self._held: deque[bytes | str] = deque()  # messages read before pause_reading()
+        self._fragments: list[bytes] = []
+        self._fragment_text = False
+        self._out: list[bytes] | None = None  # written in this event loop iteration
+        self._out_size = 0
+
+    # Socket API
+
+    @property
+    def closed(self) -> bool:
+        return not self._open
+
+    @property
+    def write_paused(self) -> bool:
+        return self._paused_writing
+
+    @property
+    def write_buffer_size(self) -> int:
+        tcp = self._tcp
+        return self._out_size + (tcp.get_write_buffer_size() if tcp is not None else 0)
+
+    def write(self, data: bytes) -> None:
+        if not self._open:
+            raise self._closed_exc()
+        stats = self.stats
+        stats.messages_out += 1
+        stats.bytes_out += len(data)
+        out = self._out
+        if out is None:
+            self._out = [data]
+            self._out_size = len(data)
+            self._loop.call_soon(self._write_out)
+        else:
+            out.append(data)
+            self._out_size += len(data)
+            if self._out_size > COALESCE_LIMIT:
+                # Send now: the peer can start, and drain() sees the transport's buffer.
+                self._write_out()
+
+    async def drain(self) -> None:
+        if self._lost_waiter.done():
+            raise self._closed_exc()
+        if self._paused_writing:
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._drain_waiters.remove(waiter)
+        if self.closed:
+            raise self._closed_exc()
+
+    def bytes_in_flight(self) -> int:
+        tcp = self._tcp
+        if tcp is None or tcp.is_closing():
+            return 0
+        size = tcp.get_write_buffer_size() + self._out_size
+        sock = tcp.get_extra_info("socket")
+        if sock is not None:
+            size += _kernel_backlog(sock.fileno())
+        return size
+
+    def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        if self._open:
+            self._send_close(code, reason)
+        elif not self._opened and not self._lost_waiter.done():
+            if self.inbound and not self._aborted and self._tcp is not None:
+                # Finish the upgrade to deliver the code and reason: a client that can't
+                # be served learns why (within open_timeout, else it is dropped).
+                if self._close_on_open is None:
+                    self._close_on_open = (code, reason)
+            else:
+                self.abort()
+
+    def abort(self) -> None:
+        self._aborted = True
+        self._open = False
+        if self._tcp is not None:
+            self._tcp.abort()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._lost_waiter)
+
+    def pause_reading(self) -> None:
+        self._paused_reading = True
+        tcp = self._tcp
+        if tcp is not None and tcp.is_reading():
+            tcp.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._paused_reading:
+            return
+        self._paused_reading = False
+        if self._held:
+            # Deliver what was read before the pause first, outside the caller's frame.
+            self._loop.call_soon(self._deliver_held)
+        else:
+            self._resume_transport()
+
+    # picows' WSListener
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        if self._close_on_open is not None:
+            # The listener closed it at accept: close now, without reporting it open.
+            self._open = True
+            self._send_close(*self._close_on_open)
+            return
+        self._open = self._opened = True
+        self.last_seen = self._loop.time()
+        self._report("on_connection" if self.inbound else "on_open")
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if (
+            kind is WSMsgType.BINARY
+            and frame.fin
+            and not (self._fragments or self._paused_reading or transport.is_close_frame_sent)
+        ):
+            self._deliver(frame.get_payload_as_bytes())  # the common case; sets last_seen
+            return
+        self.last_seen = self._loop.time()
+        if kind is WSMsgType.CLOSE:
+            self._close_received(transport)
+        elif transport.is_close_frame_sent and self._dropping(frame):
+            return
+        elif kind is WSMsgType.BINARY and frame.fin and not self._fragments:
+            self._receive(frame.get_payload_as_bytes())
+        elif kind in (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION):
+            self._receive_fragment(frame)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        self._wake_drain_waiters()
+
+    def _dropping(self, frame: WSFrame) -> bool:
+        """Once a close frame went out, whether to drop this data frame: all of them
+        after ours; after picows failed the connection for a frame over the size limit,
+        that frame (it parses on and delivers it) and all that follow. The frame it
+        parsed before that one comes first, and arrives."""
+        if not self._drop_all:
+            limit = self.options.max_message_size
+            too_big = limit is not None and frame.payload_size > limit
+            self._drop_all = self._close_sent or too_big
+        return self._drop_all
+
+    # For the protocol and the driver
+
+    def transport_made(self, tcp: asyncio.Transport, ws: WSTransport) -> None:
+        """The TCP connection is up (``connection_made``): the handshake starts."""
+        self._tcp = tcp
+        self._ws = ws
+        tcp.set_write_buffer_limits(high=self.options.write_limit)
+        peername = tcp.get_extra_info("peername")
+        if peername is not None:
+            self.host = peername[0]
+            if self.inbound:
+                self.peer = format_address(peername[0], peername[1])
+        if self.inbound:
+            self._accepted = self._report_accept()
+
+    def transport_lost(self, exc: Exception | None) -> None:
+        """The TCP connection ended (``connection_lost``): report the close."""
+        self._open = False
+        self._paused_writing = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake_drain_waiters()
+        self._set_close_code()
+        self._held.clear()
+        if self._ws is not None and not self.inbound:
+            _retrieve_failure(self._ws)
+        if self._opened:
+            error = None if self._aborted else self._error or self._picows_error(exc)
+            if error is not None:
+                self._report("on_error", error)
+        if self._opened or self._accepted:
+            self._report("on_close")
+        self._lost_waiter.set_result(None)
+
+    def server_listener(self, request: WSUpgradeRequest) -> Any:
+        """picows' listener factory, server side: check ``X-Real-IP`` and upgrade."""
+        if self.options.trust_real_ip and _is_loopback(self.host):
+            real_ips = request.headers.getall("X-Real-IP", [])
+            if real_ips:
+                try:
+                    if len(real_ips) > 1:
+                        raise ValueError("repeated header")
+                    self.host = str(ipaddress.ip_address(real_ips[0].strip()))
+                except ValueError:
+                    response = WSUpgradeResponse.create_error_response(
+                        400, b"Invalid X-Real-IP header.\n"
+                    )
+                    return WSUpgradeResponseWithListener(response, None)
+        return self
+
+    def client_listener(self) -> PicowsSocket:
+        """picows' listener factory, client side."""
+        return self
+
+    async def dial(self, protocol: _Protocol, host: str, port: int, ssl: bool | None) -> None:
+        """Connect to ``host`` and ``port`` and wait for the upgrade, within
+        ``open_timeout``. Errors name the URL it dials.
+
+        Raises:
+            DriverError: If the connection fails or times out.
+
+        """
+        url, timeout = self.peer, self.options.open_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._loop.create_connection(lambda: protocol, host, port, ssl=ssl)
+                await protocol.wait_until_handshake_complete()
+        except TimeoutError:
+            self.abort()
+            raise DriverError(f"can't connect to {url}: timed out after {timeout:g} s") from None
+        except OSError as exc:
+            raise DriverError(f"can't connect to {url}: {exc.strerror or exc}") from exc
+        except WSError as exc:
+            raise DriverError(f"can't connect to {url}: {exc}") from exc
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+        if not self._opened:
+            raise DriverError(f"can't connect to {url}: connection closed during handshake")
+
+    # Internals
+
+    def _receive(self, data: bytes | str) -> None:
+        if self._close_sent:
+            return  # drop what the peer sent after our close frame
+        if self._paused_reading:
+            self._held.append(data)
+        else:
+            self._deliver(data)
+
+    def _receive_fragment(self, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        continued = kind is WSMsgType.CONTINUATION
+        if continued != bool(self._fragments):
+            what = "continuation without a message" if continued else "interleaved message"
+            self._fail(CloseCode.PROTOCOL_ERROR, f"protocol error: {what}")
+            return
+        if not continued:
+            self._fragment_text = kind is WSMsgType.TEXT
+        self._fragments.append(frame.get_payload_as_bytes())
+        size = sum(map(len, self._fragments))
+        limit = self.options.max_message_size
+        if limit is not None and size > limit:
+            self._fail(CloseCode.MESSAGE_TOO_BIG, f"{size} bytes exceeds limit of {limit} bytes")
+            return
+        if not frame.fin:
+            return
+        data = self._fragments[0] if len(self._fragments) == 1 else b"".join(self._fragments)
+        self._fragments = []
+        if not self._fragment_text:
+            self._receive(data)
+            return
+        try:
+            self._receive(data.decode())
+        except UnicodeDecodeError:
+            self._fail(_INVALID_DATA, "invalid UTF-8 in a text message")
+
+    def _close_received(self, ws: WSTransport) -> None:
+        self._open = False
+        if not self._close_sent and ws.close_handshake.sent is None:
+            received = ws.close_handshake.recv
+            code = received.code.value if received is not None else 0
+            reason = (received.reason if received is not None else "") or ""
+            self._write_out()
+            self._close_sent = True  # nothing more reaches the listener
+            ws.send_close(WSCloseCode(code), reason.encode())
+        if self.inbound:
+            ws.disconnect()  # the server closes the TCP connection first (RFC 6455 §7.1.1)
+        else:
+            self._set_close_timer()
+
+    def _send_close(self, code: int, reason: str) -> None:
+        ws = self._ws
+        assert ws is not None
+        self._open = False
+        self._write_out()
+        self._close_sent = True
+        ws.send_close(WSCloseCode(code), fit_reason(reason).encode())
+        self._set_close_timer()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection for a peer's error: close frame, then TCP close."""
+        message = f"message too big: {reason}" if code == CloseCode.MESSAGE_TOO_BIG else reason
+        self._error = DriverError(message)
+        self._fragments = []
+        ws = self._ws
+        assert ws is not None
+        self._open = False
+        self._write_out()
+        self._close_sent = True
+        ws.send_close(WSCloseCode(code), fit_reason(reason).encode())
+        ws.disconnect()
+
+    def _picows_error(self, exc: Exception | None) -> DriverError | None:
+        """The error picows failed the connection for (it sent a close frame that this
+        driver didn't), or the transport's own, if any."""
+        ws = self._ws
+        sent = ws.close_handshake.sent if ws is not None and ws.close_handshake else None
+        if sent is not None and not self._close_sent:
+            reason = sent.reason or ""
+            if sent.code.value == CloseCode.MESSAGE_TOO_BIG:
+                match = _TOO_BIG.search(reason)
+                if match:
+                    reason = f"{match[1]} bytes exceeds limit of {match[2]} bytes"
+                return DriverError(f"message too big: {reason}")
+            return DriverError(reason or f"protocol error (close code {sent.code.value})")
+        if exc is not None:
+            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return DriverError(message)
+        return None
+
+    def _set_close_code(self) -> None:
+        ws = self._ws
+        handshake = ws.close_handshake if ws is not None else None
+        if handshake is not None and handshake.recv is not None:
+            self.close_code = handshake.recv.code.value or _NO_STATUS_RCVD
+            self.close_reason = handshake.recv.reason or ""
+        elif handshake is not None and handshake.sent is not None and not self._aborted:
+            # We failed the connection (e.g. message too big) and it ended before the
+            # peer's answer, or the peer dropped it.
+            self.close_code = handshake.sent.code.value
+            self.close_reason = handshake.sent.reason or ""
+        else:  # no closing handshake: dropped, aborted, or the close timed out
+            self.close_code = CloseCode.ABNORMAL_CLOSURE
+
+    def _write_out(self) -> None:
+        """Send the messages written in this event loop iteration: one alone through
+        picows, several framed here and written at once (one system call, not one
+        each)."""
+        out = self._out
+        if out is None:
+            return
+        self._out = None
+        self._out_size = 0
+        ws, tcp = self._ws, self._tcp
+        if ws is None or tcp is None or ws.is_close_frame_sent or self._lost_waiter.done():
+            return
+        if len(out) == 1:
+            ws.send(WSMsgType.BINARY, out[0])
+        else:
+            tcp.write(binary_frames(out, masked=not self.inbound))
+
+    def _deliver_held(self) -> None:
+        held = self._held
+        while held and not self._paused_reading:
+            self._deliver(held.popleft())
+        if not self._paused_reading:
+            self._resume_transport()
+
+    def _resume_transport(self) -> None:
+        tcp = self._tcp
+        if tcp is not None and not tcp.is_reading() and not tcp.is_closing():
+            tcp.resume_reading()
+
+    def _wake_drain_waiters(self) -> None:
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _set_close_timer(self) -> None:
+        if self._timer is None and not self._lost_waiter.done():
+            self._timer = self._loop.call_later(self.options.close_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        logger.debug("! closing handshake with %s timed out", self.peer)
+        self.abort()
+
+
+class PicowsDriver(Driver):
+    """
+    WebSocket (``ws://``, ``wss://``) driver on ``picows``; needs ``trustp2p[fast]``.
+
+    The same contract as :class:`~trustp2p.drivers.ws.WsDriver`: a message over
+    ``max_message_size`` closes the connection with code 1009.
+
+    """
+
+    scheme = "ws"
+
+    async def listen(self, host: str, port: int, listener: Listener) -> Listening:
+        options = self.options
+
+        def factory() -> _Protocol:
+            socket = PicowsSocket(listener=listener, options=options, inbound=True)
+            return _Protocol(socket, None, "/", socket.server_listener)
+
+        server, address = await serve(
+            factory, host, port, accept_retry_max=options.accept_retry_max
+        )
+        listening = ServerListening(server, f"ws://{address}")
+        listener.on_start(listening)
+        return listening
+
+    async def connect(self, url: str, listener: Listener) -> Socket:
+        try:
+            uri = parse_uri(url)
+        except (InvalidURI, ValueError) as exc:  # parse_uri() raises both
+            raise DriverError(f"invalid WebSocket URL {url!r}: {exc}") from exc
+        socket = PicowsSocket(listener=listener, options=self.options, inbound=False, peer=url)
+        host_port = format_address(uri.host, uri.port)
+        protocol = _Protocol(socket, host_port, uri.resource_name, socket.client_listener)
+        await socket.dial(protocol, uri.host, uri.port, ssl=True if uri.secure else None)
+        return socket

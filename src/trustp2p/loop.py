@@ -1,0 +1,74 @@
+"""
+Running trustp2p on an event loop of your choice: asyncio's own, or uvloop.
+
+uvloop (``pip install 'trustp2p[fast]'``) is a drop-in event loop written in Cython on
+libuv. :func:`run` runs a coroutine on either, as :func:`asyncio.run` does::
+
+    trustp2p.run(main(), loop="uvloop")
+
+which is the same as ``asyncio.Runner(loop_factory=uvloop.new_event_loop)``, or
+``uvloop.run(main())``. The command line takes ``--loop uvloop``.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["LOOPS", "loop_factory", "run"]
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from .exceptions import UsageError
+
+T = TypeVar("T")
+
+LOOPS = ("asyncio", "uvloop")
+"""The event loops :func:`run` knows, by name."""
+
+
+def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """
+    Return what makes the event loop named ``loop`` (for :class:`asyncio.Runner`);
+    ``None`` for asyncio's default.
+
+    Raises:
+        UsageError: If ``loop`` names no known loop, or uvloop isn't installed.
+
+    """
+    if loop == "asyncio":
+        return None
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ModuleNotFoundError as exc:
+            raise UsageError(
+                "the uvloop event loop needs the uvloop package: pip install 'trustp2p[fast]'"
+            ) from exc
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+    raise UsageError(f"unknown event loop {loop!r}; known loops: {', '.join(LOOPS)}")
+
+
+def run(main: Coroutine[Any, Any, T], *, loop: str = "asyncio", debug: bool | None = None) -> T:
+    """
+    Run ``main`` on a new event loop of the kind ``loop`` names and return its result,
+    as :func:`asyncio.run` does.
+
+    Args:
+        main: The coroutine to run.
+        loop: ``"asyncio"`` (the default) or ``"uvloop"``.
+        debug: asyncio's debug mode, as in :func:`asyncio.run`.
+
+    Raises:
+        UsageError: If ``loop`` names no known loop, or uvloop isn't installed; ``main``
+            is then closed without running.
+
+    """
+    try:
+        factory = loop_factory(loop)
+    except UsageError:
+        main.close()
+        raise
+    with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
+        return runner.run(main)
