@@ -15,6 +15,7 @@ import pytest
 
 from trustp2p import RemoteError
 from trustp2p.cli import main
+from trustp2p.options import NodeOptions
 
 COMMANDS = ["init", "server", "client", "node", "demo"]
 
@@ -60,15 +61,17 @@ def test_invalid_option_value_is_a_usage_error(
 def test_limit_flags_reach_the_node_options(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trustp2p.cli
+    import dataclasses
+
+    import trustp2p.apps.serve
 
     seen: dict[str, object] = {}
 
-    def fake_run(**kwargs: object) -> int:
-        seen.update({k: v for k, v in kwargs.items() if v is not None})
+    async def fake_serve(options: NodeOptions) -> int:
+        seen.update(dataclasses.asdict(options))
         return 0
 
-    monkeypatch.setattr(trustp2p.cli, "_run_node", fake_run)
+    monkeypatch.setattr(trustp2p.apps.serve, "serve", fake_serve)
     argv = ["node", "--cwd", str(tmp_path), "--request-rate", "50", "--request-burst", "60"]
     argv += ["--ip-rate", "1.5", "--ip-burst", "4", "--max-send-queue", "8", "--limit-loopback"]
     argv += ["--invalid-ratio", "0.2", "--block-duration", "60", "--gossip-fanout", "2"]

@@ -26,6 +26,8 @@ LAYERS: dict[str, int] = {
     "drivers": 2,
     "security": 2,
     "options": 3,
+    "config": 3,  # options from flags, the environment and trustp2p.toml
+    "logs": 1,  # the command line's log formats
     "storage": 3,
     "threads": 3,  # threads see the node only through the object they are given
     "node": 4,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 import os
 import re
 import shlex
@@ -246,3 +247,25 @@ def test_watching_a_running_node(tmp_path: Path) -> None:
         assert '"peer_id"' in status.stdout
     finally:
         assert server.stop() == 0
+
+
+@checks("Configuration and logs")
+def test_the_configuration_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The file as written, the variable the text sets, and ``trustp2p config``."""
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "trustp2p.toml").write_text(block("Configuration and logs").text)
+    result = subprocess.run(
+        [sys.executable, "-m", "trustp2p", "config", "--cwd", "myapp", "--json"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": SRC, "TRUSTP2P_REQUEST_RATE": "30"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows["max_inbound"] == {"value": 50, "source": "file"}
+    assert rows["request_rate"] == {"value": 30.0, "source": "env"}
+    assert rows["peers"] == {"value": ["ws://127.0.0.1:1107"], "source": "file"}
+    assert rows["gossip_mode"] == {"value": "flood", "source": "file"}

@@ -1,0 +1,225 @@
+"""The ``trustp2p`` command: the group, shared options and running a node."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_PORT",
+    "LOG_LEVELS",
+    "F",
+    "cli",
+    "cwd_option",
+    "fast_options",
+    "log_options",
+    "run_node",
+    "run_on_loop",
+    "setup_cli_logging",
+    "tuning_options",
+]
+
+import os
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from ..exceptions import TrustP2PError
+from ..logs import setup_logging
+from ..loop import LOOPS, loop_factory, run
+from ..options import DEFAULT_PORT, NodeOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def setup_cli_logging(level: str) -> None:
+    context = click.get_current_context(silent=True)
+    log_format = context.meta.get(_LOG_FORMAT, "text") if context is not None else "text"
+    setup_logging(level, log_format)
+
+
+_LOG_FORMAT = "trustp2p.log_format"
+
+
+def _remember_log_format(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    ctx.meta[_LOG_FORMAT] = value
+    return value
+
+
+def log_options(f: F) -> F:
+    f = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_remember_log_format,
+        help="Logs as text, or one JSON object per line (time, level, logger, peer, "
+        "message and the record's fields).",
+    )(f)
+    return click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default="info",
+        show_default=True,
+        help="Logging level (logs go to stderr).",
+    )(f)
+
+
+# Options shared by server, client and node: (flag, NodeOptions field, type, help).
+_TUNING: list[tuple[str, str, Any, str]] = [
+    ("--alt", "alt", str, "Network id; peers on another network are refused."),
+    ("--max-inbound", "max_inbound", int, "Most clients connected at once."),
+    ("--max-package-size", "max_package_size", int, "Largest package accepted, in bytes."),
+    ("--heartbeat-interval", "heartbeat_interval", float, "Seconds between heartbeat rounds."),
+    ("--heartbeat-jitter", "heartbeat_jitter", float, "Up to this many seconds of jitter."),
+    ("--heartbeat-timeout", "heartbeat_timeout", float, "Ping each peer this often (s)."),
+    (
+        "--heartbeat-response-timeout",
+        "heartbeat_response_timeout",
+        float,
+        "Drop peers that don't answer a ping within this (s).",
+    ),
+    ("--response-timeout", "response_timeout", float, "Default request timeout (s)."),
+    ("--stalled-timeout", "stalled_timeout", float, "Reroute stalled requests after (s)."),
+    ("--reconnect-initial", "reconnect_initial", float, "First redial delay (s)."),
+    ("--reconnect-max", "reconnect_max", float, "Largest redial delay (s)."),
+    ("--close-timeout", "close_timeout", float, "Time allowed for a closing handshake (s)."),
+    ("--handshake-timeout", "handshake_timeout", float, "Time allowed for the Noise handshake."),
+    ("--target-outbound", "target_outbound", int, "Outbound connections to keep."),
+    ("--anchor-age", "anchor_age", float, "An outbound connection this old is an anchor (s)."),
+    ("--max-per-ip", "max_per_ip", int, "Inbound connections at once from one address."),
+    ("--ip-rate", "ip_rate", float, "New inbound connections per second from one address."),
+    ("--ip-burst", "ip_burst", int, "...with bursts of this many."),
+    ("--storm-connections", "storm_connections", int, "Connections of a peer that make a storm."),
+    ("--storm-window", "storm_window", float, "...within this many seconds."),
+    ("--storm-cooldown", "storm_cooldown", float, "Seconds a storming peer is refused."),
+    ("--request-rate", "request_rate", float, "Requests per second a peer may send."),
+    ("--request-burst", "request_burst", int, "...with bursts of this many."),
+    ("--max-send-queue", "max_send_queue", int, "Packages waiting for a slow peer, at most."),
+    ("--invalid-ratio", "invalid_ratio", float, "Invalid/good package ratio that blocks a peer."),
+    ("--block-duration", "block_duration", float, "How long a block lasts (s)."),
+    ("--exchange-interval", "exchange_interval", float, "Seconds between peer exchange rounds."),
+    ("--gossip-fanout", "gossip_fanout", int, "Mesh peers a relay pushes a message to."),
+    ("--admin", "admin", str, "HOST:PORT of the admin listener (metrics, status page)."),
+    ("--admin-token", "admin_token", str, "Token every admin request must carry."),
+]
+
+
+def tuning_options(f: F) -> F:
+    defaults = NodeOptions(server=True)
+    f = click.option(
+        "--insecure",
+        "secure",
+        flag_value=False,
+        default=None,
+        help="Speak the original's plain protocol, without the Noise secure channel "
+        "(to talk to an original-implementation peer). Secure and plain nodes refuse "
+        "each other.",
+    )(f)
+    f = click.option(
+        "--limit-loopback",
+        "limit_loopback",
+        flag_value=True,
+        default=None,
+        help="Apply per-address limits and blocks to loopback addresses too.",
+    )(f)
+    for flag, name, kind, text in reversed(_TUNING):
+        f = click.option(
+            flag,
+            name,
+            type=kind,
+            default=None,
+            help=f"{text}  [default: {getattr(defaults, name)}]",
+        )(f)
+    return f
+
+
+def _check_loop(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        loop_factory(value)
+    except TrustP2PError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+    return value
+
+
+def fast_options(*, driver: bool = False) -> Callable[[F], F]:
+    """``--loop`` (and ``--driver`` with ``driver=True``) for the commands that run
+    nodes; run them with :func:`_run`."""
+
+    def decorate(f: F) -> F:
+        if driver:
+            f = click.option(
+                "--driver",
+                type=click.Choice(["ws", "tcp", "picows"]),
+                default=None,
+                help="Driver to listen with and to dial its URLs' scheme with; picows "
+                "(ws://, needs trustp2p[fast]) is a faster WebSocket driver.  [default: ws]",
+            )(f)
+        return click.option(
+            "--loop",
+            type=click.Choice(LOOPS),
+            default="asyncio",
+            show_default=True,
+            callback=_check_loop,
+            help="Event loop; uvloop (needs trustp2p[fast]) is faster.",
+        )(f)
+
+    return decorate
+
+
+def run_on_loop(main: Coroutine[Any, Any, T], loop: str) -> T:
+    """Run ``main`` on the event loop ``--loop`` named (checked when parsed)."""
+    return run(main, loop=loop)
+
+
+def cwd_option(f: F) -> F:
+    return click.option(
+        "--cwd",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("."),
+        show_default=True,
+        help="Directory holding threads-enabled/.",
+    )(f)
+
+
+def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
+    """Run a node until Ctrl-C or SIGTERM; return the exit code."""
+    from ..apps.serve import serve
+    from ..config import Source, load_settings
+
+    setup_cli_logging(log_level)
+    context = click.get_current_context()
+    # Flags given on the command line win over the environment and the file; a flag
+    # left at its default doesn't.
+    flags = {
+        name: value
+        for name, value in kwargs.items()
+        if value is not None and context.get_parameter_source(name) is not ParameterSource.DEFAULT
+    }
+    roles = {name: kwargs.pop(name) for name in ("server", "client") if name in kwargs}
+    try:
+        settings = load_settings(kwargs.get("cwd"), os.environ, flags)
+        options = {s.name: s.value for s in settings.values() if s.source is not Source.DEFAULT}
+        node_options = NodeOptions.from_kwargs(cwd=kwargs.get("cwd"), **roles, **options)
+    except (TypeError, ValueError, TrustP2PError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        return run_on_loop(serve(node_options), loop)
+    except TrustP2PError as exc:
+        click.echo(f"trustp2p: error: {exc}", err=True)
+        return 1
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="trustp2p")
+def cli() -> None:
+    """trustp2p: a peer-to-peer network framework.
+
+    Run `trustp2p init DIR` to make an application directory, then start a server
+    and clients in it. `trustp2p demo` runs a small local network.
+    """

@@ -1,0 +1,137 @@
+"""The commands that look at a node: peers, status, config, id."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..exceptions import TrustP2PError
+from .base import (
+    F,
+    cli,
+    log_options,
+    setup_cli_logging,
+)
+
+
+def app_dir_option(f: F) -> F:
+    return click.option(
+        "--cwd",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("."),
+        show_default=True,
+        help="The node's application directory.",
+    )(f)
+
+
+@cli.command()
+@app_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, for scripts.")
+@log_options
+def peers(cwd: Path, as_json: bool, log_level: str) -> int:
+    """List the peers the node remembers (its peer store, data/peers.sqlite).
+
+    The table shows each peer's URLs, short peer id, score, when it was last seen and
+    until when it is blocked (UTC). --json prints every field of every peer.
+    """
+    import json
+
+    from rich.console import Console
+
+    from ..apps.peers import peers_json, peers_table, read_peers
+
+    setup_cli_logging(log_level)
+    records = asyncio.run(read_peers(cwd))
+    if as_json:
+        click.echo(json.dumps(peers_json(records), indent=2))
+        return 0
+    if not records:
+        click.echo("no peers known yet")
+        return 0
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # don't wrap rows for scripts and pagers
+    console.print(peers_table(records))
+    return 0
+
+
+@cli.command()
+@click.option("--admin", "admin", required=True, help="The node's admin URL or HOST:PORT.")
+@click.option("--token", default=None, help="The admin token, if the node has one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status.json.")
+def status(admin: str, token: str | None, as_json: bool) -> int:
+    """Show a running node's status (its /status.json) through its admin listener."""
+    import json
+
+    from rich.console import Console
+
+    from ..admin.client import fetch_status, status_tables
+
+    try:
+        answer = fetch_status(admin, token=token)
+    except (OSError, ValueError) as exc:
+        click.echo(f"trustp2p: error: can't get the status from {admin}: {exc}", err=True)
+        return 1
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return 0
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # don't wrap rows for scripts and pagers
+    for table in status_tables(answer):
+        console.print(table)
+    return 0
+
+
+@cli.command("config")
+@app_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object, for scripts.")
+def config_(cwd: Path, as_json: bool) -> int:
+    """Print each node option's effective value and where it came from.
+
+    Sources, the first found winning: a flag on the command line (of server, client
+    or node), a TRUSTP2P_<NAME> environment variable, <cwd>/trustp2p.toml, the
+    default. An unknown key in the file or the environment is an error (exit 2).
+    """
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..config import load_settings
+
+    try:
+        settings = load_settings(cwd, os.environ, {})
+    except TrustP2PError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if as_json:
+        rows = {s.name: {"value": s.value, "source": s.source.value} for s in settings.values()}
+        click.echo(json.dumps(rows, indent=2, default=list))
+        return 0
+    table = Table("option", "value", "source", "from", box=None)
+    for setting in settings.values():
+        table.add_row(setting.name, repr(setting.value), setting.source.value, setting.origin)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    return 0
+
+
+@cli.command("id")
+@app_dir_option
+@log_options
+def id_(cwd: Path, log_level: str) -> int:
+    """Print the node's peer id, creating its key (identity/node.key) if needed."""
+    from ..exceptions import IdentityError
+    from ..identity import KEY_FILE, Identity
+
+    setup_cli_logging(log_level)
+    try:
+        identity = Identity.load_or_create(cwd / KEY_FILE)
+    except IdentityError as exc:
+        click.echo(f"trustp2p: error: {exc}", err=True)
+        return 1
+    click.echo(identity.peer_id)
+    return 0

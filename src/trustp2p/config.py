@@ -1,0 +1,170 @@
+"""
+Where a node's options come from: command-line flags, ``TRUSTP2P_*`` environment
+variables, ``<cwd>/trustp2p.toml``, and the defaults of :class:`NodeOptions`, in that
+order of precedence.
+
+Every :class:`NodeOptions` field that a text can hold is configurable this way. The
+command decides the role (``server``, ``client``), ``--cwd`` the directory; thread
+classes and an identity object exist only in Python. In the file, keys are the field
+names (``max_inbound``, or ``max-inbound``); in the environment, ``TRUSTP2P_`` and the
+name in capitals (``TRUSTP2P_MAX_INBOUND``). Environment values are text: booleans are
+``true``/``false`` (also ``1``/``0``, ``yes``/``no``, ``on``/``off``), lists are
+comma-separated (``TRUSTP2P_PEERS=ws://a:1107,ws://b:1107``), and ``none`` clears an
+option that may be unset (``TRUSTP2P_MAX_INBOUND=none``), as the string ``"none"``
+does in the file. An unknown key is an error that names the closest valid one.
+Variables starting with ``TRUSTP2P_TESTS_`` or ``TRUSTP2P_BENCH_`` belong to the test
+suite and the benchmarks, not to nodes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CONFIG_FILE", "ENV_PREFIX", "Setting", "Source", "configurable", "load_settings"]
+
+import dataclasses
+import difflib
+import enum
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .exceptions import ConfigError
+from .options import NodeOptions
+
+CONFIG_FILE = "trustp2p.toml"
+"""The configuration file, in a node's working directory."""
+
+ENV_PREFIX = "TRUSTP2P_"
+"""The prefix of the environment variables that set options."""
+
+NOT_OPTIONS = ("TRUSTP2P_TESTS_", "TRUSTP2P_BENCH_")
+"""Prefixes of ``TRUSTP2P_*`` variables that are not node options."""
+
+_NOT_CONFIGURABLE = frozenset({"cwd", "server", "client", "threads", "identity"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class Source(enum.Enum):
+    """Where an option's value came from."""
+
+    DEFAULT = "default"
+    FILE = "file"
+    ENV = "env"
+    FLAG = "flag"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Setting:
+    """One option's effective value, and where it came from (``origin``: the file's
+    path or the variable's name, for messages)."""
+
+    name: str
+    value: Any
+    source: Source
+    origin: str = ""
+
+
+def configurable() -> dict[str, str]:
+    """The configurable options: name -> the kind of value (``int``, ``float``,
+    ``bool``, ``str`` or ``list``), with ``?`` appended when it may be unset."""
+    kinds: dict[str, str] = {}
+    for field in dataclasses.fields(NodeOptions):
+        if field.name in _NOT_CONFIGURABLE:
+            continue
+        hint = str(field.type)
+        optional = hint.endswith("| None")
+        base = hint.split("|")[0].strip()
+        kind = "list" if base.startswith("tuple[str") else base
+        kind = "str" if kind.startswith("Literal") else kind
+        kinds[field.name] = kind + ("?" if optional else "")
+    return kinds
+
+
+def load_settings(
+    cwd: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]
+) -> dict[str, Setting]:
+    """
+    Every configurable option's effective value and its source.
+
+    Args:
+        cwd: The node's directory, holding :data:`CONFIG_FILE` (optional).
+        env: The environment (``os.environ``).
+        flags: Options given on the command line, by field name.
+
+    Raises:
+        ConfigError: For an unreadable file, an unknown key (naming the closest valid
+            one) or a value of the wrong kind (naming the option and the kind).
+
+    """
+    kinds = configurable()
+    defaults = NodeOptions(server=True)
+    settings = {name: Setting(name, getattr(defaults, name), Source.DEFAULT) for name in kinds}
+    if cwd is not None and (cwd / CONFIG_FILE).is_file():
+        path = cwd / CONFIG_FILE
+        for key, raw in _read_file(path).items():
+            name = _known(key.replace("-", "_"), kinds, f"key {key!r} in {path}")
+            value = _from_file(raw, kinds[name], f"{name} in {path}")
+            settings[name] = Setting(name, value, Source.FILE, str(path))
+    for variable, text in env.items():
+        if not variable.startswith(ENV_PREFIX) or variable.startswith(NOT_OPTIONS):
+            continue
+        key = variable.removeprefix(ENV_PREFIX).lower()
+        name = _known(key, kinds, f"environment variable {variable}", prefix=ENV_PREFIX)
+        value = _from_env(text, kinds[name], variable)
+        settings[name] = Setting(name, value, Source.ENV, variable)
+    for name, value in flags.items():
+        if name in kinds:
+            settings[name] = Setting(name, value, Source.FLAG, "--" + name.replace("_", "-"))
+    return settings
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"can't read {path}: {exc}") from None
+
+
+def _known(key: str, kinds: Mapping[str, str], where: str, prefix: str = "") -> str:
+    if key in kinds:
+        return key
+    close = difflib.get_close_matches(key, list(kinds), n=1, cutoff=0.6)
+    hint = f"; did you mean {prefix}{close[0].upper() if prefix else close[0]}?" if close else ""
+    raise ConfigError(f"unknown option: {where}{hint}")
+
+
+def _from_file(raw: Any, kind: str, where: str) -> Any:
+    base, optional = kind.rstrip("?"), kind.endswith("?")
+    if optional and raw == "none":
+        return None
+    if base == "list" and isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        return tuple(raw)
+    if base == "float" and type(raw) in (int, float):
+        return float(raw)
+    if base in ("int", "bool", "str") and type(raw).__name__ == base:
+        return raw
+    expected = "a list of strings" if base == "list" else f"a {base}"
+    raise ConfigError(f"{where} must be {expected}, not {raw!r}")
+
+
+def _from_env(text: str, kind: str, variable: str) -> Any:
+    base, optional = kind.rstrip("?"), kind.endswith("?")
+    value = text.strip()
+    if optional and value.lower() == "none":
+        return None
+    try:
+        if base == "int":
+            return int(value)
+        if base == "float":
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"{variable} must be a {base}, not {text!r}") from None
+    if base == "bool":
+        if value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"{variable} must be true or false, not {text!r}")
+    if base == "list":
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return text

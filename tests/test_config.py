@@ -1,0 +1,142 @@
+"""Options from flags, TRUSTP2P_* variables and <cwd>/trustp2p.toml; JSON logs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import trustp2p.apps.serve
+from trustp2p.cli import main
+from trustp2p.config import Source, configurable, load_settings
+from trustp2p.exceptions import ConfigError
+from trustp2p.logs import JsonFormatter
+from trustp2p.options import NodeOptions
+
+
+def write(cwd: Path, text: str) -> None:
+    (cwd / "trustp2p.toml").write_text(text)
+
+
+def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
+    write(tmp_path, 'max_inbound = 50\nmax-per-ip = 4\nrequest_rate = 20\ngossip_mode = "flood"\n')
+    env = {"TRUSTP2P_REQUEST_RATE": "30", "TRUSTP2P_MAX_PER_IP": "5", "PATH": "/bin"}
+    settings = load_settings(tmp_path, env, {"max_per_ip": 6})
+    found = {name: (s.value, s.source) for name, s in settings.items()}
+    assert found["max_inbound"] == (50, Source.FILE)
+    assert found["request_rate"] == (30.0, Source.ENV)
+    assert found["max_per_ip"] == (6, Source.FLAG)
+    assert found["gossip_mode"] == ("flood", Source.FILE)
+    assert found["port"] == (1107, Source.DEFAULT)
+
+
+def test_every_text_field_of_node_options_is_configurable() -> None:
+    names = {field.name for field in dataclasses.fields(NodeOptions)}
+    assert set(configurable()) == names - {"cwd", "server", "client", "threads", "identity"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "value"),
+    [
+        ("TRUSTP2P_SECURE", "false", False),
+        ("TRUSTP2P_LIMIT_LOOPBACK", "on", True),
+        ("TRUSTP2P_PEERS", "ws://a:1, ws://b:2", ("ws://a:1", "ws://b:2")),
+        ("TRUSTP2P_MAX_INBOUND", "none", None),
+        ("TRUSTP2P_HEARTBEAT_INTERVAL", "0.5", 0.5),
+        ("TRUSTP2P_ADMIN", "127.0.0.1:9180", "127.0.0.1:9180"),
+    ],
+)
+def test_environment_values_are_parsed_by_kind(
+    tmp_path: Path, variable: str, text: str, value: Any
+) -> None:
+    name = variable.removeprefix("TRUSTP2P_").lower()
+    assert load_settings(tmp_path, {variable: text}, {})[name].value == value
+
+
+@pytest.mark.parametrize(
+    ("file", "env", "message"),
+    [
+        ("max_inbund = 3\n", {}, "did you mean max_inbound?"),
+        ("", {"TRUSTP2P_PROT": "5"}, "did you mean TRUSTP2P_PORT?"),
+        ("port = 'x'\n", {}, "port in"),
+        ("peers = 'ws://a:1'\n", {}, "must be a list of strings"),
+        ("secure = 1\n", {}, "must be a bool"),
+        ("", {"TRUSTP2P_PORT": "eighty"}, "TRUSTP2P_PORT must be a int"),
+        ("", {"TRUSTP2P_SECURE": "maybe"}, "must be true or false"),
+        ("port = \n", {}, "can't read"),
+    ],
+)
+def test_unknown_keys_and_bad_values_are_errors_that_say_why(
+    tmp_path: Path, file: str, env: dict[str, str], message: str
+) -> None:
+    write(tmp_path, file)
+    with pytest.raises(ConfigError, match=message.replace("?", r"\?")):
+        load_settings(tmp_path, env, {})
+
+
+def test_test_and_benchmark_variables_are_not_options(tmp_path: Path) -> None:
+    env = {"TRUSTP2P_TESTS_TIMEOUT_FACTOR": "2", "TRUSTP2P_BENCH_BODY_SIZE": "100"}
+    assert all(s.source is Source.DEFAULT for s in load_settings(tmp_path, env, {}).values())
+
+
+def test_the_server_command_uses_file_env_and_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, "max_inbound = 50\nrequest_rate = 20\n")
+    monkeypatch.setenv("TRUSTP2P_REQUEST_RATE", "30")
+    seen: list[NodeOptions] = []
+
+    async def fake_serve(options: NodeOptions) -> int:
+        seen.append(options)
+        return 0
+
+    monkeypatch.setattr(trustp2p.apps.serve, "serve", fake_serve)
+    assert main(["server", "--cwd", str(tmp_path), "--port", "1200"]) == 0
+    (options,) = seen
+    assert (options.max_inbound, options.request_rate, options.port) == (50, 30.0, 1200)
+    assert options.server and not options.client
+    write(tmp_path, "max_inbund = 3\n")
+    assert main(["server", "--cwd", str(tmp_path)]) == 2  # unknown key: usage error
+
+
+def test_config_command_shows_values_and_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path, "max_inbound = 50\n")
+    monkeypatch.setenv("TRUSTP2P_REQUEST_RATE", "30")
+    assert main(["config", "--cwd", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows["max_inbound"] == {"value": 50, "source": "file"}
+    assert rows["request_rate"] == {"value": 30.0, "source": "env"}
+    assert rows["port"] == {"value": 1107, "source": "default"}
+    assert main(["config", "--cwd", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.split()[:1] == ["max_inbound"])
+    assert row.split()[1:3] == ["50", "file"] and "trustp2p.toml" in row
+    assert "TRUSTP2P_REQUEST_RATE" in table
+    monkeypatch.setenv("TRUSTP2P_MAX_INBUND", "1")
+    assert main(["config", "--cwd", str(tmp_path)]) == 2
+    assert "did you mean TRUSTP2P_MAX_INBOUND?" in capsys.readouterr().err
+
+
+def test_json_log_lines_carry_the_peer_and_the_structured_fields() -> None:
+    record = logging.LogRecord("trustp2p.node", logging.WARNING, "f.py", 1, "! %s", ("x",), None)
+    record.peer = "tpabc@127.0.0.1:5"
+    record.reason = "too many"
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["level"] == "WARNING" and entry["logger"] == "trustp2p.node"
+    assert entry["peer"] == "tpabc@127.0.0.1:5" and entry["message"] == "! x"
+    assert entry["reason"] == "too many"
+    assert entry["time"].endswith("+00:00")
+
+
+def test_log_format_json_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["id", "--cwd", str(tmp_path), "--log-format", "json", "--log-level", "debug"]) == 0
+    for line in capsys.readouterr().err.splitlines():
+        assert {"time", "level", "logger", "message"} <= set(json.loads(line))
