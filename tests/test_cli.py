@@ -161,14 +161,11 @@ def test_server_and_client_subprocesses_exchange_heartbeats(tmp_path: Path) -> N
         "0",
         "--heartbeat-timeout",
         "0.05",
-        "--reconnect-initial",
-        "0.05",
-        "--reconnect-max",
-        "0.2",
     ]
     server = Spawned(
         "server", "--cwd", str(server_app), "--port", str(port), "--log-level", "debug", *timings
     )
+    timings += ["--reconnect-initial", "0.05", "--reconnect-max", "0.2"]  # client options
     client = Spawned(
         "client",
         "--cwd",
@@ -275,3 +272,25 @@ def test_ctrl_c_at_any_moment_exits_130_quietly(tmp_path: Path, moment: str) -> 
     process.stop()
     assert code == 130, process.output
     assert "Traceback" not in process.output
+
+
+@pytest.mark.parametrize(
+    ("command", "own", "foreign"),
+    [
+        ("server", ["--port", "--max-inbound", "--storm-window"], ["--connect", "--reconnect-max"]),
+        ("client", ["--connect", "--reconnect-max"], ["--port", "--max-inbound", "--ip-rate"]),
+        ("node", ["--port", "--connect", "--max-inbound", "--reconnect-max"], []),
+    ],
+)
+def test_help_groups_options_and_shows_each_role_its_own(
+    command: str, own: list[str], foreign: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    for heading in ("Node options:", "Limits and blocks options:", "Logging options:"):
+        assert heading in text
+    assert text.index("Node options:") < text.index("Logging options:")
+    for flag in own:
+        assert flag in text
+    for flag in foreign:
+        assert f"{flag} " not in text, flag

@@ -6,6 +6,7 @@ __all__ = [
     "DEFAULT_PORT",
     "LOG_LEVELS",
     "F",
+    "GroupedCommand",
     "cli",
     "cwd_option",
     "fast_options",
@@ -110,33 +111,119 @@ _TUNING: list[tuple[str, str, Any, str]] = [
 ]
 
 
-def tuning_options(f: F) -> F:
-    defaults = NodeOptions(server=True)
-    f = click.option(
-        "--insecure",
-        "secure",
-        flag_value=False,
-        default=None,
-        help="Speak the original's plain protocol, without the Noise secure channel "
-        "(to talk to an original-implementation peer). Secure and plain nodes refuse "
-        "each other.",
-    )(f)
-    f = click.option(
-        "--limit-loopback",
-        "limit_loopback",
-        flag_value=True,
-        default=None,
-        help="Apply per-address limits and blocks to loopback addresses too.",
-    )(f)
-    for flag, name, kind, text in reversed(_TUNING):
+SERVER_ONLY = frozenset(
+    {"max_inbound", "max_per_ip", "ip_rate", "ip_burst", "limit_loopback"}
+    | {"storm_connections", "storm_window", "storm_cooldown"}
+)
+"""Options about accepting peers: ``client --help`` doesn't offer them."""
+
+CLIENT_ONLY = frozenset(
+    {"reconnect_initial", "reconnect_max", "target_outbound", "anchor_age"}
+    | {"exchange_interval", "stalled_timeout"}
+)
+"""Options about dialling servers: ``server --help`` doesn't offer them."""
+
+GROUPS: dict[str, str] = {
+    **dict.fromkeys(["cwd", "host", "port", "peers", "alt", "secure", "driver", "loop"], "Node"),
+    **dict.fromkeys(
+        [
+            "max_inbound",
+            "max_package_size",
+            "max_per_ip",
+            "ip_rate",
+            "ip_burst",
+            "storm_connections",
+            "storm_window",
+            "storm_cooldown",
+            "request_rate",
+            "request_burst",
+            "max_send_queue",
+            "invalid_ratio",
+            "block_duration",
+            "limit_loopback",
+        ],
+        "Limits and blocks",
+    ),
+    **dict.fromkeys(
+        [
+            "heartbeat_interval",
+            "heartbeat_jitter",
+            "heartbeat_timeout",
+            "heartbeat_response_timeout",
+            "response_timeout",
+            "stalled_timeout",
+            "close_timeout",
+            "handshake_timeout",
+        ],
+        "Liveness and timeouts",
+    ),
+    **dict.fromkeys(
+        [
+            "reconnect_initial",
+            "reconnect_max",
+            "target_outbound",
+            "anchor_age",
+            "exchange_interval",
+        ],
+        "Dialling",
+    ),
+    "gossip_fanout": "Gossip",
+    **dict.fromkeys(["admin", "admin_token"], "Admin listener"),
+    **dict.fromkeys(["log_level", "log_format"], "Logging"),
+}
+"""The ``--help`` section of each option of the commands that run nodes."""
+
+
+class GroupedCommand(click.Command):
+    """A command whose ``--help`` lists its options under headings (:data:`GROUPS`)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                group = GROUPS.get(param.name or "", "Other")
+                sections.setdefault(group, []).append(record)
+        order = [*dict.fromkeys(GROUPS.values()), "Other"]
+        for group in order:
+            if group in sections:
+                with formatter.section(f"{group} options"):
+                    formatter.write_dl(sections[group])
+
+
+def tuning_options(role: str) -> Callable[[F], F]:
+    """The timing and limit options of the commands that run nodes, those of ``role``
+    (``server``, ``client`` or ``node``) only."""
+    skip = {"server": CLIENT_ONLY, "client": SERVER_ONLY}.get(role, frozenset())
+
+    def decorate(f: F) -> F:
+        defaults = NodeOptions(server=True)
         f = click.option(
-            flag,
-            name,
-            type=kind,
+            "--insecure",
+            "secure",
+            flag_value=False,
             default=None,
-            help=f"{text}  [default: {getattr(defaults, name)}]",
+            help="Speak the original's plain protocol, without the Noise secure channel "
+            "(to talk to an original-implementation peer). Secure and plain nodes refuse "
+            "each other.",
         )(f)
-    return f
+        if "limit_loopback" not in skip:
+            f = click.option(
+                "--limit-loopback",
+                "limit_loopback",
+                flag_value=True,
+                default=None,
+                help="Apply per-address limits and blocks to loopback addresses too.",
+            )(f)
+        for flag, name, kind, text in reversed(_TUNING):
+            if name in skip:
+                continue
+            default = getattr(defaults, name)
+            shown = "" if default is None else f"  [default: {default}]"
+            f = click.option(flag, name, type=kind, default=None, help=text + shown)(f)
+        return f
+
+    return decorate
 
 
 def _check_loop(ctx: click.Context, param: click.Parameter, value: str) -> str:

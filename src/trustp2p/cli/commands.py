@@ -11,6 +11,7 @@ from .base import (
     DEFAULT_PORT,
     LOG_LEVELS,
     F,
+    GroupedCommand,
     cli,
     cwd_option,
     fast_options,
@@ -34,11 +35,11 @@ def init(directory: Path, log_level: str) -> None:
         click.echo(line)
 
 
-@cli.command()
+@cli.command(cls=GroupedCommand)
 @cwd_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port (0: any).")
-@tuning_options
+@tuning_options("server")
 @fast_options(driver=True)
 @log_options
 def server(**kwargs: Any) -> int:
@@ -46,7 +47,7 @@ def server(**kwargs: Any) -> int:
     return run_node(server=True, **kwargs)
 
 
-@cli.command()
+@cli.command(cls=GroupedCommand)
 @cwd_option
 @click.option(
     "--connect",
@@ -56,7 +57,7 @@ def server(**kwargs: Any) -> int:
     metavar="URL",
     help="Server to dial, e.g. ws://127.0.0.1:1107; repeat for several.",
 )
-@tuning_options
+@tuning_options("client")
 @fast_options(driver=True)
 @log_options
 def client(**kwargs: Any) -> int:
@@ -64,14 +65,14 @@ def client(**kwargs: Any) -> int:
     return run_node(client=True, **kwargs)
 
 
-@cli.command()
+@cli.command(cls=GroupedCommand)
 @cwd_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port (0: any).")
 @click.option(
     "--connect", "peers", multiple=True, metavar="URL", help="Server to dial; repeatable."
 )
-@tuning_options
+@tuning_options("node")
 @fast_options(driver=True)
 @log_options
 def node(**kwargs: Any) -> int:
