@@ -487,3 +487,27 @@ async def test_blocked_peer_stays_refused_after_restart(
     await wait_for(lambda: caplog.text.count(refusals) >= 3)
     assert restarted.server is not None and restarted.server.sockets == []
     assert all(kind != "connection" for kind, _ in recorder(restarted).seen)
+
+
+async def test_a_secure_plain_mismatch_is_reported_once_and_not_redialled_soon(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A secure client dialling a plain server can't succeed until one side changes:
+    it says so once and waits ``reconnect_max`` (default 60 s), not 1 s doubling."""
+    caplog.set_level(logging.INFO)
+    server = await make_node(server=True, secure=False)
+    client = await make_node(
+        client=True, peers=[server.url], reconnect_initial=1.0, reconnect_max=60.0
+    )
+    assert client.client is not None
+
+    def refusals() -> int:
+        return sum("disagree on the secure channel" in r.getMessage() for r in caplog.records)
+
+    await wait_for(lambda: refusals() == 1)
+    # Real time: with the old 1 s back-off it would have dialled twice more by now.
+    assert await stays(lambda: refusals() == 1 and not client.client.sockets, 2.5)
+    attempts = sum(
+        "closing: peer speaks the secure channel" in r.getMessage() for r in caplog.records
+    )
+    assert attempts == 1

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ..drivers.base import Socket
 from ..exceptions import DriverError, NodeStateError
 from ..identity import PeerId
+from ..protocol.handshake import is_mode_mismatch
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
 from ..protocol.urls import split_peer_url
 from ..tasks import TaskOwner
@@ -148,6 +149,7 @@ class Dialer:
             jitter=options.reconnect_jitter,
         )
         dial_url, expected = split_peer_url(url)
+        mismatched = False  # the last connection closed on a secure/plain mismatch
         while True:
             gate, peer_id = self.policy.gate(url, self._connected_ids(), self.node.store)
             if gate is Gate.WAIT_FOR_PEER:
@@ -172,6 +174,20 @@ class Dialer:
             reconnect.opened()
             await socket.wait_closed()
             delay = reconnect.closed()
+            if is_mode_mismatch(socket.close_reason):
+                # It can't work until one side changes `secure`: say so once, and try
+                # again only as often as the slowest redial.
+                delay = max(delay, options.reconnect_max)
+                if not mismatched:
+                    logger.warning(
+                        "! %s and this node disagree on the secure channel (%s): "
+                        "redialling every %.0f s until one side changes `secure`",
+                        dial_url, socket.close_reason, delay,
+                    )  # fmt: skip
+                mismatched = True
+                await asyncio.sleep(delay)
+                continue
+            mismatched = False
             logger.info(
                 "= connection to %s closed (%s %s); redialling in %.1f s",
                 dial_url,

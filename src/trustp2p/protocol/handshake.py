@@ -20,6 +20,7 @@ __all__ = [
     "SELF_DIAL",
     "VERSION_EVENT",
     "check_version",
+    "is_mode_mismatch",
     "major_version",
     "version_body",
 ]
@@ -105,3 +106,9 @@ def check_version(
     their_alt = body.get("alt")
     if their_alt != alt:
         raise HandshakeError(f"network alt {their_alt!r} differs from ours ({alt!r})")
+
+
+def is_mode_mismatch(reason: str | None) -> bool:
+    """Whether a close reason says the two ends disagree on ``secure``: a dial that can
+    never work until one side's configuration changes."""
+    return reason is not None and (PLAIN_PEER in reason or SECURE_PEER in reason)
