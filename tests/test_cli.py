@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +11,8 @@ import pytest
 from trustp2p import RemoteError
 from trustp2p.cli import main
 from trustp2p.options import NodeOptions
+
+from .processes import Spawned, free_port
 
 COMMANDS = ["init", "server", "client", "node", "demo"]
 
@@ -97,63 +94,12 @@ def test_broken_thread_stops_the_start(tmp_path: Path, capsys: pytest.CaptureFix
     assert "broken.py: import failed: ModuleNotFoundError" in err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Spawned:
-    """A ``python -m trustp2p`` subprocess whose output is collected as it comes."""
-
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "trustp2p", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_output(self, text: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                pytest.fail(f"{text!r} never appeared in:\n{self.output}")
-            time.sleep(0.01)
-
-    def stop(self) -> int:
-        """SIGTERM, as Ctrl-C or a service manager would; return the exit code."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            pytest.fail(f"process didn't stop on SIGTERM:\n{self.output}")
-        self._reader.join(timeout=5)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-        return code
-
-
 def test_server_and_client_subprocesses_exchange_heartbeats(tmp_path: Path) -> None:
     # Two application directories: each node has its own identity (identity/node.key).
     server_app, client_app = tmp_path / "server", tmp_path / "client"
     assert main(["init", str(server_app)]) == 0
     assert main(["init", str(client_app)]) == 0
-    port = _free_port()
+    port = free_port()
     timings = [
         "--heartbeat-interval",
         "0.05",
@@ -202,7 +148,7 @@ def test_insecure_server_speaks_the_plain_protocol(tmp_path: Path) -> None:
 
     from trustp2p import Node
 
-    port = _free_port()
+    port = free_port()
     server = Spawned(
         "server",
         "--cwd",
