@@ -30,6 +30,7 @@ import enum
 import inspect
 import logging
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -553,7 +554,8 @@ def _logged(message: GossipMessage) -> LoggedMessage:
         seq=message.seq,
         timestamp=float(message.timestamp),
         data=message.data,
-        key=base64.b64encode(message.key).decode("ascii"),
-        signature=base64.b64encode(message.signature).decode("ascii"),
+        # Interned: the nodes of one process (a simulation) keep one copy between them.
+        key=sys.intern(base64.b64encode(message.key).decode("ascii")),
+        signature=sys.intern(base64.b64encode(message.signature).decode("ascii")),
         id=message.id,
     )
