@@ -308,7 +308,7 @@ async def test_a_seq_past_64_bits_is_refused_and_the_log_keeps_persisting() -> N
     with seq 2**63 used to be taken, and every later flush of the log failed
     (OverflowError): nothing was persisted any more. It is refused when decoded now.
     """
-    async with Network(2, degree=1, seed=1) as network:
+    async with Network(2, degree=1, seed=1, stores="sqlite") as network:
         await network.wait_connected()
         sender, receiver = network.nodes
         assert sender.gossip is not None and receiver.gossip is not None

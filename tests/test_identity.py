@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 
+from trustp2p import identity
 from trustp2p.identity import (
     KEY_FILE,
     PUBLIC_KEY_SIZE,
@@ -153,3 +155,27 @@ def test_sign_and_verify() -> None:
     assert not verify_signature(alice.public_key[:-1], signature, b"hello")
     tampered = bytes([signature[0] ^ 1]) + signature[1:]
     assert not verify_signature(alice.public_key, tampered, b"hello")
+
+
+def test_a_good_signature_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nodes of one process share the check of a good signature, and only of that
+    exact key, signature and data; big data is checked every time."""
+    alice = Identity.generate()
+    small, big = b"hello again", b"x" * 5000
+    signatures = {data: alice.sign(data) for data in (small, big)}
+    checks: list[bytes] = []
+    original = identity.Ed25519PublicKey.from_public_bytes
+
+    def counted(key: bytes) -> Any:
+        checks.append(key)
+        return original(key)
+
+    monkeypatch.setattr(identity.Ed25519PublicKey, "from_public_bytes", counted)
+    for _ in range(3):
+        assert verify_signature(alice.public_key, signatures[small], small)
+    assert len(checks) == 1
+    assert not verify_signature(alice.public_key, signatures[small], small + b"!")
+    assert len(checks) == 2
+    for _ in range(2):
+        assert verify_signature(alice.public_key, signatures[big], big)
+    assert len(checks) == 4

@@ -1,10 +1,15 @@
-"""The public ``trustp2p.testing.Network`` helper: what it refuses."""
+"""The public ``trustp2p.testing.Network`` helper: what it refuses, its stores in
+memory, and its stop."""
 
 from __future__ import annotations
+
+import asyncio
+import threading
 
 import pytest
 
 from trustp2p.exceptions import UsageError
+from trustp2p.node import Node, NodeState
 from trustp2p.testing import Network
 
 
@@ -16,3 +21,52 @@ def test_network_faults_need_the_memory_driver() -> None:
         network.heal()
     with pytest.raises(UsageError, match=r"^set_delay\(\) needs the memory driver$"):
         network.set_delay(0.1)
+
+
+def test_network_stores_are_memory_or_sqlite() -> None:
+    with pytest.raises(ValueError, match="stores must be 'memory' or 'sqlite'"):
+        Network(2, stores="disk")
+
+
+async def test_network_nodes_keep_their_stores_in_memory() -> None:
+    """No SQLite file and no store thread per node; a restarted node takes its stores
+    back from its shelf, so it continues its sequence numbers."""
+    async with Network(3, degree=2, seed=1) as network:
+        await network.wait_connected()
+        assert [t for t in threading.enumerate() if t.name.startswith("trustp2p-")] == []
+        assert list(network.directory.rglob("*.sqlite")) == []
+        node = network.nodes[0]
+        assert node.gossip is not None
+        first = await node.gossip.publish("chat", {"n": 1})
+        await network.wait_delivered(1)
+        await network.kill(0)
+        node = await network.restart(0)
+        assert node.gossip is not None and node.gossip.message_log is not None
+        assert len(node.gossip.message_log) == 1
+        await network.wait_connected()
+        second = await node.gossip.publish("chat", {"n": 2})
+        await network.wait_delivered(2)
+        for deliveries in network.received:
+            assert [(d.id, d.seq) for d in deliveries] == [(first, 1), (second, 2)]
+
+
+async def test_network_stop_stops_its_nodes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    stopping: set[int] = set()
+    most = 0
+    stop = Node.stop
+
+    async def counted(self: Node) -> None:
+        nonlocal most
+        stopping.add(id(self))
+        most = max(most, len(stopping))
+        await asyncio.sleep(0)  # every node starts stopping before any finishes
+        await stop(self)
+
+    monkeypatch.setattr(Node, "stop", counted)
+    network = Network(5, degree=2, seed=1)
+    await network.start()
+    await network.wait_connected()
+    await network.stop()
+    assert most == 5
+    assert all(node.state is NodeState.STOPPED for node in network.nodes)
+    assert not any(network.alive(i) for i in range(5))

@@ -18,6 +18,7 @@ from .protocol.liveness import LivenessTimings
 from .protocol.package import DEFAULT_ALT, DEFAULT_MAX_PACKAGE_SIZE
 from .protocol.urls import check_dial_url
 from .security.noise import MAX_NOISE_MESSAGE
+from .storage.memory import MemoryShelf
 
 if TYPE_CHECKING:
     from .threads.base import Thread
@@ -91,6 +92,10 @@ class NodeOptions:
         listen_urls: URLs this node announces to peers; by default the URL it listens on.
         peer_store: Keep the peer store in ``<cwd>/data/peers.sqlite`` (in memory when
             ``cwd`` is None or this is False).
+        store_shelf: Keep the peer store and the message log in memory, with no file
+            and no worker thread, and on this shelf while the node is stopped, so that
+            a node started again with it takes them back
+            (:class:`~trustp2p.storage.memory.MemoryShelf`; simulations do).
         block_duration: How long a misbehaving peer stays blocked.
         invalid_ratio: Block a peer whose invalid/good package ratio exceeds this...
         min_packages: ...once it sent at least this many packages.
@@ -205,6 +210,7 @@ class NodeOptions:
     handshake_timeout: float = 10.0
     listen_urls: tuple[str, ...] = ()
     peer_store: bool = True
+    store_shelf: MemoryShelf | None = None
     block_duration: float = 3600.0
     invalid_ratio: float = 0.1
     min_packages: int = 10

@@ -36,6 +36,7 @@ from .exceptions import UsageError
 from .identity import Identity
 from .node import Node
 from .protocol.gossip import GossipMessage
+from .storage.memory import MemoryShelf
 
 # Timings for a simulated network: reconnect fast, catch up often, no idle pings.
 SIMULATION_OPTIONS: dict[str, Any] = {
@@ -79,6 +80,10 @@ class Network:
         driver: ``"memory"`` (default), or ``"ws"`` / ``"tcp"`` on 127.0.0.1.
         directory: Where the nodes' directories go; a temporary one by default.
         seed: Seed of the random topology.
+        stores: ``"memory"`` (default): each node keeps its peer store and message log
+            in memory, on a :class:`~trustp2p.storage.memory.MemoryShelf` of its own
+            while it is killed, with no SQLite file and no worker thread;
+            ``"sqlite"``: in its directory, as a node run on its own does.
         **options: Node options, on top of :data:`SIMULATION_OPTIONS`.
 
     """
@@ -92,10 +97,13 @@ class Network:
         driver: str = "memory",
         directory: Path | None = None,
         seed: int | None = None,
+        stores: str = "memory",
         **options: Any,
     ) -> None:
         if size < 1:
             raise ValueError("a network needs at least one node")
+        if stores not in ("memory", "sqlite"):
+            raise ValueError(f"stores must be 'memory' or 'sqlite', not {stores!r}")
         self.size = size
         self.degree = min(degree, size - 1)
         self.topics = list(topics)
@@ -111,6 +119,7 @@ class Network:
         self._urls: list[str] = []
         self._links: list[list[int]] = []
         self._alive = [False] * size
+        self._shelves = [MemoryShelf() if stores == "memory" else None for _ in range(size)]
 
     async def __aenter__(self) -> Network:
         await self.start()
@@ -148,10 +157,11 @@ class Network:
             self._dial(index)
 
     async def stop(self) -> None:
-        for index, node in enumerate(self.nodes):
-            if self._alive[index]:
-                await node.stop()
-                self._alive[index] = False
+        """Stop every live node, all at once."""
+        live = [index for index in range(len(self.nodes)) if self._alive[index]]
+        for index in live:
+            self._alive[index] = False
+        await asyncio.gather(*(self.nodes[index].stop() for index in live))
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -181,6 +191,7 @@ class Network:
             options.update(host=f"n{index}", port=1)
         else:
             options.update(driver=self.driver, host="127.0.0.1", port=port)
+        options.setdefault("store_shelf", self._shelves[index])
         node = Node(
             server=True,
             client=True,

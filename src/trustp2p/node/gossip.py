@@ -257,13 +257,14 @@ class Gossip:
     async def start(self) -> None:
         options = self.node.options
         path = None
-        if options.peer_store and self.node.data_dir is not None:
+        if options.peer_store and self.node.data_dir is not None and options.store_shelf is None:
             path = self.node.data_dir / LOG_FILE
         self.message_log = await MessageLog.open(
             path,
             max_messages=options.log_max_messages,
             max_age=options.log_max_age,
             clock=self._wall_clock,
+            shelf=options.store_shelf,
         )
         self._marks = ReleaseMarks(self.message_log)
         own = self.node.peer_id

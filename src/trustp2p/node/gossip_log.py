@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = ["from_logged", "to_logged", "undelivered"]
 
 import base64
+import sys
 from collections.abc import Iterator
 
 from ..protocol.gossip import DeliveryMarks, GossipMessage, split_stream_key, stream_key
@@ -24,8 +25,9 @@ def to_logged(message: GossipMessage) -> LoggedMessage:
         seq=message.seq,
         timestamp=float(message.timestamp),
         data=message.data,
-        key=base64.b64encode(message.key).decode("ascii"),
-        signature=base64.b64encode(message.signature).decode("ascii"),
+        # Interned: the nodes of one process (a simulation) keep one copy between them.
+        key=sys.intern(base64.b64encode(message.key).decode("ascii")),
+        signature=sys.intern(base64.b64encode(message.signature).decode("ascii")),
         id=message.id,
     )
 

@@ -300,14 +300,14 @@ class Node:
     async def _open_store(self) -> PeerStore:
         options = self.options
         path = None
-        if options.peer_store and self.data_dir is not None:
+        if options.peer_store and self.data_dir is not None and options.store_shelf is None:
             path = self.data_dir / STORE_FILE
         policy = BlockPolicy(
             invalid_ratio=options.invalid_ratio,
             min_packages=options.min_packages,
             block_duration=options.block_duration,
         )
-        store = await PeerStore.open(path, policy=policy)
+        store = await PeerStore.open(path, policy=policy, shelf=options.store_shelf)
         if self.client is not None and options.peers:
             await store.add_urls(
                 [split_peer_url(url)[0] for url in options.peers], PeerSource.BOOTSTRAP

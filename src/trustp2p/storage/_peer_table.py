@@ -291,6 +291,19 @@ class PeerTable:
                 batch.blocks.append((kind, key, block.until, block.reason))
         return batch
 
+    def snapshot(self) -> Loaded:
+        """Every row, as the database would hand them back at open (for a shelf)."""
+        urls = [
+            (url, entry.peer.key, entry.first_seen, entry.last_connected, entry.failures)
+            for url, entry in self.by_url.items()
+        ]
+        blocks = [
+            (kind, key, block.until, block.reason)
+            for kind, kept in self.blocks.items()
+            for key, block in kept.items()
+        ]
+        return [peer_row(peer) for peer in self.peers.values()], urls, blocks
+
     def discard_changes(self) -> None:
         self.dirty_peers.clear()
         self.dirty_urls.clear()

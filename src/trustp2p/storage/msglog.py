@@ -72,6 +72,7 @@ from ._msglog_records import (
     Seqs,
     Topic,
 )
+from .memory import MemoryShelf
 from .writebehind import WriteBehind
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         *,
         clock: Callable[[], float],
         flush_interval: float,
+        shelf: MemoryShelf | None = None,
         max_messages: int | None,
         max_age: float | None,
     ) -> None:
@@ -134,7 +136,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         db = None
         if path is not None:
             db = MessageDatabase(path, max_messages=self._max_messages, max_age=self._max_age)
-        super().__init__(db, clock=clock, flush_interval=flush_interval)
+        super().__init__(db, clock=clock, flush_interval=flush_interval, shelf=shelf)
         self._origins: dict[str, Origin] = {}
         self._topics: dict[str, Topic] = {}
         self._size = 0
@@ -158,6 +160,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         max_age: float | None = 86_400.0,
         clock: Callable[[], float] = time.time,
         flush_interval: float = 1.0,
+        shelf: MemoryShelf | None = None,
     ) -> MessageLog:
         """
         Open the log at ``path``, creating the file and its directory (mode 0700), and
@@ -180,6 +183,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             clock: Wall-clock time in seconds; the time a message is received.
             flush_interval: Seconds between writes (and retries after a failed write);
                 1000 waiting messages start a write sooner.
+            shelf: With ``path`` None, where the log takes back what it held at its
+                last close, and leaves what it holds at this one
+                (:class:`~trustp2p.storage.memory.MemoryShelf`).
 
         Raises:
             ValueError: If a limit or ``flush_interval`` is out of range.
@@ -194,6 +200,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             None if path is None else Path(path),
             clock=clock,
             flush_interval=flush_interval,
+            shelf=shelf,
             max_messages=max_messages,
             max_age=max_age,
         )
@@ -514,6 +521,16 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         self._deletes = batch.deletes + self._deletes
         self._dirty_delivered |= batch.delivered_keys
         self._dirty_sequences |= batch.sequence_keys
+
+    def _snapshot(self) -> Loaded:
+        delivered = [(origin, seq, self._marked[origin]) for origin, seq in self._delivered.items()]
+        return Loaded(
+            entries=sorted(self._entries(), key=_position),
+            deletes=[],
+            last_position=self._next_position - 1,
+            delivered=delivered,
+            sequences=list(self._sequences.items()),
+        )
 
     def _unsaved(self) -> int:
         return (

@@ -59,6 +59,7 @@ from . import DATA_DIR
 from ._peer_queries import is_anchor, ranked_urls, records
 from ._peer_records import ADDRESS, PEER, Batch, Loaded, PeerDatabase, PeerRecord, PeerSource
 from ._peer_table import PeerTable
+from .memory import MemoryShelf
 from .writebehind import WriteBehind
 
 logger = logging.getLogger(__name__)
@@ -95,11 +96,12 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         clock: Callable[[], float],
         policy: BlockPolicy,
         flush_interval: float,
+        shelf: MemoryShelf | None = None,
         max_peers: int | None,
     ) -> None:
         # Use open(): it also reads the database and starts the flushes.
         db = PeerDatabase(path) if path is not None else None
-        super().__init__(db, clock=clock, flush_interval=flush_interval)
+        super().__init__(db, clock=clock, flush_interval=flush_interval, shelf=shelf)
         self.policy = policy
         """The block policy the store was opened with (read it, don't set it):
         ``policy.crossed(counts)`` tells whether the counts :meth:`record_packages`
@@ -116,6 +118,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         policy: BlockPolicy = _DEFAULT_POLICY,
         flush_interval: float = 5.0,
         max_peers: int | None = 10_000,
+        shelf: MemoryShelf | None = None,
     ) -> PeerStore:
         """
         Open the store at ``path``, creating the file and its directory (mode 0700).
@@ -132,6 +135,9 @@ class PeerStore(WriteBehind[Batch, Loaded]):
                 after a failed write). The async methods write their changes at once.
             max_peers: Most peers kept; past it, the least useful ones are forgotten
                 (never-connected peers learned from others first). None: no limit.
+            shelf: With ``path`` None, where the store takes back what it held at its
+                last close, and leaves what it holds at this one
+                (:class:`~trustp2p.storage.memory.MemoryShelf`).
 
         Raises:
             ValueError: If ``flush_interval`` or ``max_peers`` is out of range.
@@ -145,6 +151,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
             clock=clock,
             policy=policy,
             flush_interval=flush_interval,
+            shelf=shelf,
             max_peers=max_peers,
         )
         await store._start()
@@ -547,6 +554,9 @@ class PeerStore(WriteBehind[Batch, Loaded]):
 
     def _restore(self, batch: Batch) -> None:
         self._table.restore(batch)
+
+    def _snapshot(self) -> Loaded:
+        return self._table.snapshot()
 
     def _unsaved(self) -> int:
         return self._table.unsaved()

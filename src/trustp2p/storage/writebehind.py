@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
 from ..tasks import TaskOwner
+from .memory import MemoryShelf
 
 _T = TypeVar("_T")
 _Batch = TypeVar("_Batch")  # a batch of changes, taken on the loop, written on the worker
@@ -227,8 +228,10 @@ class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
         *,
         clock: Callable[[], float],
         flush_interval: float,
+        shelf: MemoryShelf | None = None,
     ) -> None:
         self._clock = clock
+        self._shelf = shelf if db is None else None
         self._flush_interval = flush_interval
         self._db = db
         self._executor: ThreadPoolExecutor | None = None
@@ -250,7 +253,12 @@ class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
             )
 
     async def _start(self) -> None:
-        """Start the worker thread, open the database, then the periodic flushes."""
+        """Start the worker thread, open the database (or take back what the shelf
+        kept), then the periodic flushes."""
+        if self._shelf is not None:
+            kept = self._shelf.take(self._name)
+            if kept is not None:
+                self._absorb(kept)
         if self._db is not None:
             executor = self._executor = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix=self._thread_name
@@ -272,6 +280,9 @@ class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
         self._closed = True
         if self._tasks is not None:
             await self._tasks.aclose()
+        if self._shelf is not None:
+            self._prune()
+            self._shelf.put(self._name, self._snapshot())
         db, executor = self._db, self._executor
         if db is None or executor is None:
             return
@@ -378,6 +389,10 @@ class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
     @abc.abstractmethod
     def _absorb(self, loaded: _Loaded) -> None:
         """Take in what the database holds, merging it with what memory learned meanwhile."""
+
+    @abc.abstractmethod
+    def _snapshot(self) -> _Loaded:
+        """Everything kept, as the database would hand it back at open (for a shelf)."""
 
     @abc.abstractmethod
     def _unsaved(self) -> int:

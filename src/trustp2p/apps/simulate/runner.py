@@ -13,6 +13,7 @@ from __future__ import annotations
 __all__ = ["Progress", "simulate"]
 
 import asyncio
+import gc
 import random
 import time
 from collections.abc import Callable
@@ -123,6 +124,12 @@ class _Runner:
                     f"the nodes didn't connect and form their meshes within {timeout:g} s"
                 ) from None
             bytes_before = sum(stats.bytes_out for stats in self.traffic)
+            # While publishing, the cycle collector finds nothing to free (measured at
+            # 1,000 nodes), yet its full passes walk every node's state again and again:
+            # a quarter of the CPU. Leave the nodes' state out of it, and pause it.
+            gc.collect()
+            gc.freeze()
+            gc.disable()
             self.start = time.monotonic()
             monitor = asyncio.create_task(self._monitor())
             try:
@@ -130,6 +137,8 @@ class _Runner:
             finally:
                 monitor.cancel()
                 await asyncio.gather(monitor, return_exceptions=True)
+                gc.enable()
+                gc.unfreeze()
             seen = self.seen
             seen.bytes_total = sum(stats.bytes_out for stats in self.traffic) - bytes_before
             seen.live = [i for i in range(sim.nodes) if network.alive(i)]

@@ -33,6 +33,7 @@ import base64
 import binascii
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,9 +66,10 @@ _SIGNATURE_PREFIX = b"trustp2p-gossip/1\0"
 
 def message_id(origin: str, seq: int, topic: str, data: str) -> str:
     """The id of a message: 16 bytes of SHA-256 over (origin, seq, topic, payload),
-    in base64url without padding (22 characters)."""
+    in base64url without padding (22 characters), interned: the router, the log and the
+    streams keep it, and the nodes of one process (a simulation) share it."""
     digest = hashlib.sha256(f"{origin}\0{seq}\0{topic}\0{data}".encode()).digest()[:16]
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return sys.intern(base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii"))
 
 
 def _signed_bytes(topic: str, origin: str, seq: int, timestamp: int, data: str) -> bytes:
@@ -221,6 +223,8 @@ class GossipMessage:
         if type(parsed) is not dict:
             raise GossipError("data is not a JSON object")
         message_key = message_id(origin, seq, topic, data)
+        # Interned, like the id: the nodes of one process (a simulation) share them.
+        origin, data = sys.intern(origin), sys.intern(data)
         return cls(topic, origin, seq, timestamp, data, key, signature, message_key, hops, parsed)
 
 

@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 import heapq
+import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
@@ -59,8 +60,11 @@ DEFAULT_MAX_HELD_BYTES = 64 * 2**20
 
 
 def stream_key(topic: str, origin: str) -> str:
-    """The key of ``origin``'s messages on ``topic`` (the message log's "origin")."""
-    return f"{topic}\0{origin}"
+    """The key of ``origin``'s messages on ``topic`` (the message log's "origin").
+
+    Interned: every message of a stream keeps its key, and so does every node of one
+    process (a simulation), so they share one string."""
+    return sys.intern(f"{topic}\0{origin}")
 
 
 def split_stream_key(stream: str) -> tuple[str, str]:
