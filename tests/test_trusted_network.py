@@ -99,7 +99,7 @@ def peer_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.levelno == logging.WARNING and r.name == "trustp2p.node"
+        if r.levelno == logging.WARNING and r.name.startswith("trustp2p.node")
     ]
 
 

@@ -31,7 +31,7 @@ from .status import TopicRates, node_status
 if TYPE_CHECKING:
     from ..node.node import Node
 
-logger = logging.getLogger("trustp2p.admin")
+logger = logging.getLogger(__name__)
 
 MAX_REQUEST = 8192
 """Largest request head accepted, in bytes."""

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 
 from ..protocol.backoff import backoff
 
-logger = logging.getLogger("trustp2p.drivers")
+logger = logging.getLogger(__name__)
 
 ACCEPT_BACKLOG = 100
 """The ``listen()`` backlog, and the most connections accepted per readiness event (as

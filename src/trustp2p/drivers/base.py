@@ -47,7 +47,7 @@ from ..exceptions import ConnectionClosed
 from ..protocol.close import CloseCode, fit_reason
 from ..protocol.deliver import ConnId
 
-logger = logging.getLogger("trustp2p.drivers")
+logger = logging.getLogger(__name__)
 
 
 class DriverEvent(enum.Enum):

@@ -79,7 +79,7 @@ from ..exceptions import DriverError
 from ._stream import ReceiveBuffer, ServerListening, StreamSocket, serve
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
-logger = logging.getLogger("trustp2p.drivers.tcp")
+logger = logging.getLogger(__name__)
 
 
 class ControlType(enum.IntEnum):

@@ -31,7 +31,7 @@ from ..exceptions import DriverError
 from ._stream import ReceiveBuffer, ServerListening, StreamSocket, serve
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
-logger = logging.getLogger("trustp2p.drivers.ws")
+logger = logging.getLogger(__name__)
 
 _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY)
 

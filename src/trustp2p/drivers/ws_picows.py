@@ -49,7 +49,7 @@ from ._stream import COALESCE_LIMIT, ServerListening, _kernel_backlog, format_ad
 from ._wsframes import binary_frames
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket, fit_reason
 
-logger = logging.getLogger("trustp2p.drivers.picows")
+logger = logging.getLogger(__name__)
 
 # picows' first read buffer per connection (16 KiB by default); it doubles when a read
 # fills it, so a pipeline or a big message grows it, and idle peers cost little.

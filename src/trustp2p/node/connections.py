@@ -78,7 +78,7 @@ class Connections:
     def __init__(self, node: Node) -> None:
         self._node = node
         self._options = options = node.options
-        self._logger = logging.getLogger("trustp2p.node")
+        self._logger = logging.getLogger(__name__)
         self._conns: dict[int, PeerConnection] = {}
         self._by_peer_id: dict[str, PeerConnection] = {}
         self._refused: dict[int, Socket] = {}  # plain mode: refused, not closed yet

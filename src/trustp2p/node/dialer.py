@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..storage.peerstore import PeerStore
     from .node import Node
 
-logger = logging.getLogger("trustp2p.node")
+logger = logging.getLogger(__name__)
 
 
 class Dialer:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..threads.base import Handler, Thread
     from .node import Node
 
-logger = logging.getLogger("trustp2p.node")
+logger = logging.getLogger(__name__)
 
 _RESPONSE_TYPE = {
     PackageType.REQUEST: PackageType.RESPONSE,

@@ -74,7 +74,7 @@ from .gossip_log import to_logged, undelivered
 if TYPE_CHECKING:
     from .node import Node
 
-logger = logging.getLogger("trustp2p.gossip")
+logger = logging.getLogger(__name__)
 
 _JITTER = 0.1
 """Heartbeats and catch-up rounds come every interval, give or take 10 %, so that nodes

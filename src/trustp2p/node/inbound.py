@@ -56,7 +56,7 @@ class Inbound:
         self._connections = connections
         options = node.options
         self._timeout = options.handshake_timeout
-        self._logger = logging.getLogger("trustp2p.node")
+        self._logger = logging.getLogger(__name__)
         limiter = AddressLimiter(
             max_concurrent=options.max_per_ip,
             rate=options.ip_rate,

@@ -85,7 +85,7 @@ class Node:
         if options is None or kwargs:
             options = NodeOptions.from_kwargs(options, **kwargs)
         self.options = options
-        self.log = logging.getLogger("trustp2p.node")
+        self.log = logging.getLogger(__name__)
         self.metrics = Metrics()
         self.admin = AdminServer(self) if options.admin is not None else None
         self.server = ServerRole(self) if options.server else None

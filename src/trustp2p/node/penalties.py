@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .node import Node
     from .peer import PeerConnection
 
-logger = logging.getLogger("trustp2p.node")
+logger = logging.getLogger(__name__)
 
 
 class Penalties:

@@ -34,7 +34,7 @@ from ..protocol.package import REQUEST_TYPES, Body, Package, PackageType, build_
 if TYPE_CHECKING:
     from ..drivers.base import Socket
 
-logger = logging.getLogger("trustp2p.deliver")
+logger = logging.getLogger(__name__)
 
 
 def is_error_answer(body: Body) -> bool:

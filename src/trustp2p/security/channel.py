@@ -44,7 +44,7 @@ from ..protocol.handshake import HANDSHAKE_MAGIC, PLAIN_PEER, SELF_DIAL
 from ..protocol.package import decode
 from .noise import NoiseHandshake, NoiseKey, NoiseTransport
 
-logger = logging.getLogger("trustp2p.security")
+logger = logging.getLogger(__name__)
 
 
 _E = TypeVar("_E", bound=ProtocolError)
