@@ -108,12 +108,20 @@ def _has_float(value: Any, limit: float) -> bool:
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-        elif isinstance(item, float) and not -limit < item < limit:
-            return True
+        kind = type(item)
+        if kind is dict or (kind is not list and isinstance(item, dict)):
+            items: Any = item.values()
+        elif kind is list or isinstance(item, list | tuple):
+            items = item
+        elif isinstance(item, float):
+            if not -limit < item < limit:
+                return True
+            continue
+        else:
+            continue
+        for child in items:  # strings and integers, the common values, stay off the stack
+            if type(child) is not str and type(child) is not int:
+                stack.append(child)
     return False
 
 

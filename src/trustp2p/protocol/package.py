@@ -254,35 +254,45 @@ def encode(package: Package) -> bytes:
     if type_key is None:
         raise ValueError(f"unknown package type {package.type!r}")
     try:
-        return b"".join(
-            (
-                *_field(b"\x0a", package.version.encode()),
-                *_field(b"\x12", package.alt.encode()),
-                type_key,
-                *_field(b"\x22", package.event.encode()),
-                *_field(b"\x2a", body.encode()),
-                *_field(b"\x32", package.tag.encode()),
-            )
-        )
+        version, alt = package.version.encode(), package.alt.encode()
+        event, data, tag = package.event.encode(), body.encode(), package.tag.encode()
     except UnicodeEncodeError as exc:
         raise ValueError(f"package holds a string that isn't valid Unicode: {exc}") from None
+    small = _SMALL_LENGTHS  # lengths below 128 take one byte: no call for them
+    return b"".join(
+        (
+            b"\x0a",
+            small[len(version)] if len(version) < 0x80 else _varint(len(version)),
+            version,
+            b"\x12",
+            small[len(alt)] if len(alt) < 0x80 else _varint(len(alt)),
+            alt,
+            type_key,
+            b"\x22",
+            small[len(event)] if len(event) < 0x80 else _varint(len(event)),
+            event,
+            b"\x2a",
+            small[len(data)] if len(data) < 0x80 else _varint(len(data)),
+            data,
+            b"\x32",
+            small[len(tag)] if len(tag) < 0x80 else _varint(len(tag)),
+            tag,
+        )
+    )
 
 
 # The key and value of the type field (field 3, varint), per type: all are below 128.
 _TYPE_KEYS = {member: bytes((0x18, member.value)) for member in PackageType}
 
 
-def _field(key: bytes, value: bytes) -> tuple[bytes, bytes, bytes]:
-    """A length-delimited field: its key, the length as a varint, the bytes."""
-    size = len(value)
-    if size < 0x80:
-        return key, _SMALL_LENGTHS[size], value
+def _varint(size: int) -> bytes:
+    """A length of 128 or more as a protobuf varint."""
     length = bytearray()
     while size >= 0x80:
         length.append(size & 0x7F | 0x80)
         size >>= 7
     length.append(size)
-    return key, bytes(length), value
+    return bytes(length)
 
 
 _SMALL_LENGTHS = [bytes((n,)) for n in range(0x80)]
