@@ -19,6 +19,7 @@ from tests.drivers.conformance import (
     DriverHarness,
     RecordingListener,
 )
+from tests.drivers.websocket import WebSocketUrls
 from trustp2p.drivers import CloseCode, DriverEvent, DriverOptions, Socket, driver_class
 from trustp2p.drivers.ws import WsDriver
 
@@ -35,32 +36,10 @@ def _closed_port() -> int:
     return port
 
 
-class TestPicowsConformance(DriverConformance):
-    scheme = "ws"
-
+class TestPicowsConformance(WebSocketUrls, DriverConformance):
     @pytest.fixture
     def driver_factory(self) -> DriverFactory:
         return PicowsDriver
-
-    @pytest.fixture
-    def unreachable_url(self) -> str:
-        return f"ws://127.0.0.1:{_closed_port()}"
-
-    @pytest.fixture(
-        params=[
-            "not a url",
-            "http://127.0.0.1:1/",
-            "memory://127.0.0.1:1",
-            "ws://",
-            "ws://127.0.0.1:1/#fragment",
-            "ws://127.0.0.1:99999/",
-            "ws://127.0.0.1:port/",
-            "ws://[::1",
-        ]
-    )
-    def invalid_url(self, request: pytest.FixtureRequest) -> str:
-        url: str = request.param
-        return url
 
 
 # Interop with the ws driver, on either side

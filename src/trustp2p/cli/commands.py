@@ -35,10 +35,19 @@ def init(directory: Path, log_level: str) -> None:
         click.echo(line)
 
 
+def listen_options(f: F) -> F:
+    """``--host`` and ``--port``, for the commands that accept peers."""
+    f = click.option(
+        "--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port (0: any)."
+    )(f)
+    return click.option(
+        "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
+    )(f)
+
+
 @cli.command(cls=GroupedCommand)
 @cwd_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port (0: any).")
+@listen_options
 @tuning_options("server")
 @fast_options(driver=True)
 @log_options
@@ -67,8 +76,7 @@ def client(**kwargs: Any) -> int:
 
 @cli.command(cls=GroupedCommand)
 @cwd_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port (0: any).")
+@listen_options
 @click.option(
     "--connect", "peers", multiple=True, metavar="URL", help="Server to dial; repeatable."
 )
