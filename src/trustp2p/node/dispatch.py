@@ -223,11 +223,16 @@ class Worker:
                 f"handler of {package.event!r} failed",
                 alt=node.options.alt,
             )
-        if response is not None:
-            try:
-                await node.send(self._socket, response)
-            except ConnectionClosed:
-                pass
+        if response is None:
+            return
+        socket = self._socket
+        try:
+            if socket.write_paused:
+                await node.send(socket, response)  # waits for room
+            else:
+                node.connections.send_package(socket, response, waited=True)
+        except ConnectionClosed:
+            pass
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:

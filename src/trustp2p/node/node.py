@@ -509,15 +509,26 @@ class Node:
             NodeStateError: If the node was never started.
 
         """
-        if self.state is NodeState.NEW:
-            raise NodeStateError("the node is not started")
-        if self.state is not NodeState.RUNNING:
-            raise ConnectionClosed(CloseCode.GOING_AWAY, "node stopping")
-        if self.connections.get(socket.id) is None:
-            raise ConnectionClosed(socket.close_code, socket.close_reason)
+        self.check_open(socket)
         return await self.requests.request(
             socket, event, body, package_type=package_type, reroute=reroute, timeout=timeout
         )
+
+    def check_open(self, socket: Socket) -> None:
+        """
+        Raise unless a request may go out on ``socket`` now.
+
+        Raises:
+            ConnectionClosed: If the connection is closed, or the node is stopping.
+            NodeStateError: If the node was never started.
+
+        """
+        if self.state is not NodeState.RUNNING:
+            if self.state is NodeState.NEW:
+                raise NodeStateError("the node is not started")
+            raise ConnectionClosed(CloseCode.GOING_AWAY, "node stopping")
+        if self.connections.get(socket.id) is None:
+            raise ConnectionClosed(socket.close_code, socket.close_reason)
 
     def _reroute_target(self, tried: Collection[ConnId]) -> ConnId | None:
         assert self.client is not None

@@ -1,0 +1,54 @@
+"""
+Instructions per request/response round trip, counted by valgrind's callgrind: a
+deterministic figure for comparing two builds on a busy machine (rates and CPU times
+are not). Both nodes run in this process over ws:// on 127.0.0.1, plain, 100 requests
+outstanding, 100-byte bodies.
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python benchmarks/instructions.py 500
+    (the same with 2500)
+
+The difference of the two totals ("Collected"), divided by 2000, is the cost of one
+round trip, both sides, start-up and shutdown cancelled out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from request_response import NO_RATE_LIMIT, EchoThread, make_body
+
+import trustp2p
+
+
+async def main(count: int) -> None:
+    server = await trustp2p.create_server(
+        host="127.0.0.1", port=0, threads=(EchoThread,), max_inbound=None, secure=False,
+        **NO_RATE_LIMIT,
+    )  # fmt: skip
+    assert server.url is not None
+    client = await trustp2p.create_client(peers=[server.url], secure=False)
+    assert client.client is not None
+    await asyncio.wait_for(client.client.wait_connected(), 30)
+    socket = client.client.sockets[0]
+    numbers = itertools.count()
+    left = [count]
+
+    async def loop() -> None:
+        assert client.client is not None
+        while left[0] > 0:
+            left[0] -= 1
+            await client.client.request(socket, "echo", make_body(next(numbers)))
+
+    await asyncio.gather(*(loop() for _ in range(100)))
+    await client.stop()
+    await server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))
