@@ -240,3 +240,13 @@ def test_help_groups_options_and_shows_each_role_its_own(
         assert flag in text
     for flag in foreign:
         assert f"{flag} " not in text, flag
+
+
+@pytest.mark.parametrize("command", ["id", "peers", "config"])
+def test_a_missing_directory_is_an_error_not_a_new_node(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope"
+    assert main([command, "--cwd", str(missing)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not missing.exists()  # no identity made in a directory nobody meant

@@ -21,10 +21,12 @@ from .base import (
 def app_dir_option(f: F) -> F:
     return click.option(
         "--cwd",
-        type=click.Path(file_okay=False, path_type=Path),
+        # It must exist: `id` would otherwise make a key in a directory nobody meant,
+        # and `peers` report an empty store for a typo.
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
         default=Path("."),
         show_default=True,
-        help="The node's application directory.",
+        help="The node's application directory (it must exist).",
     )(f)
 
 

@@ -6,7 +6,7 @@ UTF-8 checks, size limits); this module is the asyncio glue, in the way the webs
 guide "Integrate the Sans-I/O layer" describes. Running the Sans-I/O layer directly
 rather than the library's asyncio connection lets each message go to the node from
 ``data_received`` without a task switch, and writes happen synchronously. One package
-travels per binary frame; compression is off (``shared/protocol/README.md``).
+travels per binary frame; compression is off (``docs/original-wire-format.md``).
 
 """
 

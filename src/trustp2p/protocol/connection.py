@@ -515,7 +515,7 @@ class ConnectionProtocol:
             actions = [Dispatch(package)]
         elif ping:
             # Liveness needs no thread: answer at once, ahead of the packages waiting
-            # for handlers, with the original's pong (shared/protocol/README.md).
+            # for handlers, with the original's pong (docs/original-wire-format.md).
             actions = [Send(self._pong(package.tag))]
         else:
             answer = error_answer(

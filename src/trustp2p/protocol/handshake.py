@@ -2,7 +2,7 @@
 The version talk peers exchange when a connection opens, and its compatibility check.
 
 On connection the server sends a TALK ``version``; the client sends its own on open
-(``shared/protocol/README.md``). Peers whose protocol major versions differ, or that are
+(``docs/original-wire-format.md``). Peers whose protocol major versions differ, or that are
 on another network (``alt``), can't talk: the node closes the connection with the reason
 this module gives. No I/O here.
 

@@ -7,7 +7,7 @@ The standard library's ``json`` takes over for what orjson refuses (integers bey
 bits, non-string keys, nesting past 255 levels, lone surrogates) and gives the error
 messages, so that every body either side accepts is accepted the same way.
 
-What the text looks like (``shared/protocol/README.md`` asks an implementation to say):
+What the text looks like (``docs/original-wire-format.md`` asks an implementation to say):
 compact, in the caller's key order, non-ASCII characters kept as UTF-8; floats in the
 shortest form that reads back the same, ``1.0`` as ``1.0``, ``-0.0`` as ``-0.0``,
 ``1e16`` as ``1e+16``, ``1e-7`` as ``1e-7``, ``1e-5`` as ``0.00001`` (JavaScript writes

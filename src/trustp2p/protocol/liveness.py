@@ -41,7 +41,7 @@ that 29 s.
 
 The rules replace the original's, under which only the server pinged, and only clients
 silent for ``heartbeat_timeout``: a client never noticed a dead server, and a busy
-client was never pinged (``shared/protocol/README.md``, known defects).
+client was never pinged (``docs/original-wire-format.md``, known defects).
 
 """
 

@@ -1,7 +1,7 @@
 """
 Packages: the one message trustp2p peers exchange, and its wire encoding.
 
-The wire format is the original implementation's (``shared/protocol/README.md``): one
+The wire format is the original implementation's (``docs/original-wire-format.md``): one
 Protocol Buffers message per binary frame, fields version=1, alt=2, type=3, event=4,
 body=5 (a JSON object as text) and tag=6. This module does no I/O.
 
@@ -175,7 +175,7 @@ def compute_tag(
     alt: str = DEFAULT_ALT,
 ) -> Tag:
     """
-    Compute the tag of a request, as the original does (``shared/protocol/README.md``).
+    Compute the tag of a request, as the original does (``docs/original-wire-format.md``).
 
     The tag is ``base64(sha256(S))`` of the "source string" ``S`` of the object
     ``{version, alt, type, event, body}``: keys sorted, each value prefixed with its kind

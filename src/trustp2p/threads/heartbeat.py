@@ -31,5 +31,5 @@ class HeartbeatThread(Thread):
 
     def _handle_ping(self, socket: Socket, package: Package) -> Body:
         # Returned bodies go back as a HEARTBEAT_PONG "pong" with the ping's tag: the
-        # original's bytes, {"sleep":false} (shared/protocol/README.md).
+        # original's bytes, {"sleep":false} (docs/original-wire-format.md).
         return {"sleep": self.sleep}
