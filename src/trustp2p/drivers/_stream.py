@@ -84,7 +84,38 @@ class ReceiveBuffer(threading.local):
         self.view = memoryview(bytearray(size))
 
 
-class StreamSocket(Socket, asyncio.BufferedProtocol):
+class DrainWaiters(Socket):
+    """
+    ``drain()`` for a socket over an asyncio transport: callers wait while writing is
+    paused (``_paused_writing``, set and cleared by the transport's flow control) and
+    are woken by :meth:`_wake_drain_waiters`; they raise ConnectionClosed once the
+    connection is lost (``_lost_waiter`` done). Shared by the stream drivers and picows.
+    """
+
+    _lost_waiter: asyncio.Future[None]
+    _paused_writing: bool
+    _drain_waiters: list[asyncio.Future[None]]
+
+    async def drain(self) -> None:
+        if self._lost_waiter.done():
+            raise self._closed_exc()
+        if self._paused_writing:
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._drain_waiters.remove(waiter)
+        if self.closed:
+            raise self._closed_exc()
+
+    def _wake_drain_waiters(self) -> None:
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class StreamSocket(DrainWaiters, asyncio.BufferedProtocol):
     """
     A connection over an asyncio transport; also the transport's protocol.
 
@@ -129,19 +160,6 @@ class StreamSocket(Socket, asyncio.BufferedProtocol):
         transport = self._transport
         buffered = transport.get_write_buffer_size() if transport is not None else 0
         return buffered + self._out_size
-
-    async def drain(self) -> None:
-        if self._lost_waiter.done():
-            raise self._closed_exc()
-        if self._paused_writing:
-            waiter = self._loop.create_future()
-            self._drain_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                self._drain_waiters.remove(waiter)
-        if self.closed:
-            raise self._closed_exc()
 
     def bytes_in_flight(self) -> int:
         transport = self._transport
@@ -275,11 +293,6 @@ class StreamSocket(Socket, asyncio.BufferedProtocol):
         transport = self._transport
         if transport is not None and not transport.is_closing() and not self._eof_sent:
             transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def _wake_drain_waiters(self) -> None:
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _connection_ended(self) -> None:
         """For ``connection_lost()``: stop the deadline, and let drain() see the end."""

@@ -45,7 +45,14 @@ from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
-from ._stream import COALESCE_LIMIT, ServerListening, _kernel_backlog, format_address, serve
+from ._stream import (
+    COALESCE_LIMIT,
+    DrainWaiters,
+    ServerListening,
+    _kernel_backlog,
+    format_address,
+    serve,
+)
 from ._wsframes import binary_frames
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket, fit_reason
 
@@ -132,7 +139,7 @@ class _Protocol(WSProtocol):  # type: ignore[misc]
         super().buffer_updated(nbytes)
 
 
-class PicowsSocket(Socket, WSListener):
+class PicowsSocket(DrainWaiters, WSListener):
     """A WebSocket connection on picows; also the picows listener of its connection."""
 
     def __init__(
@@ -193,19 +200,6 @@ class PicowsSocket(Socket, WSListener):
             if self._out_size > COALESCE_LIMIT:
                 # Send now: the peer can start, and drain() sees the transport's buffer.
                 self._write_out()
-
-    async def drain(self) -> None:
-        if self._lost_waiter.done():
-            raise self._closed_exc()
-        if self._paused_writing:
-            waiter = self._loop.create_future()
-            self._drain_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                self._drain_waiters.remove(waiter)
-        if self.closed:
-            raise self._closed_exc()
 
     def bytes_in_flight(self) -> int:
         tcp = self._tcp
@@ -517,11 +511,6 @@ class PicowsSocket(Socket, WSListener):
         tcp = self._tcp
         if tcp is not None and not tcp.is_reading() and not tcp.is_closing():
             tcp.resume_reading()
-
-    def _wake_drain_waiters(self) -> None:
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _set_close_timer(self) -> None:
         if self._timer is None and not self._lost_waiter.done():
