@@ -11,7 +11,6 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.datastructures import HeadersLike
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import MS
 from tests.drivers.conformance import (
     TIMEOUT,
     DriverConformance,
@@ -19,7 +18,7 @@ from tests.drivers.conformance import (
     DriverHarness,
     RecordingListener,
 )
-from tests.drivers.websocket import WebSocketUrls
+from tests.drivers.websocket import WebSocketChecks, WebSocketUrls
 from trustp2p.drivers import CloseCode, DriverEvent, DriverOptions, Socket, driver_class
 from trustp2p.drivers.ws import WsDriver
 
@@ -132,20 +131,6 @@ async def test_fragmented_message_too_big(harness: DriverHarness) -> None:
     assert events.messages(server) == []
 
 
-async def test_handshake_timeout_drops_client(harness: DriverHarness) -> None:
-    listening, events = await harness.listen(DriverOptions(open_timeout=50 * MS))
-    host, port = listening.url.removeprefix("ws://").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(b"GET / HTTP/1.1\r\n")  # and never the rest
-        async with asyncio.timeout(TIMEOUT):
-            assert await reader.read() == b""  # dropped by the server
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    assert [record.event for record in events.records] == [DriverEvent.START]
-
-
 async def _connect_with_headers(
     harness: DriverHarness, options: DriverOptions, headers: HeadersLike
 ) -> Socket:
@@ -208,20 +193,5 @@ async def test_invalid_utf8_in_a_text_message(harness: DriverHarness) -> None:
     assert events.messages(server) == []
 
 
-async def test_last_seen_advances_on_a_partial_frame(harness: DriverHarness) -> None:
-    """Any bytes are life: a large frame in flight keeps its sender alive (liveness)."""
-    listening, events = await harness.listen()
-    async with ws_connect(listening.url) as client:
-        server = (await events.next(DriverEvent.CONNECTION)).socket
-        assert server is not None
-        before = server.last_seen
-        await asyncio.sleep(MS)  # let the event loop clock move on
-        # Half of a masked binary frame of 1000 bytes (mask key 0: the payload as is).
-        header = b"\x82" + bytes([0x80 | 126]) + (1000).to_bytes(2, "big") + b"\0\0\0\0"
-        client.transport.write(header + b"x" * 500)
-        async with asyncio.timeout(TIMEOUT):
-            while server.last_seen <= before:  # noqa: ASYNC110 - a plain attribute
-                await asyncio.sleep(MS)
-        assert events.messages(server) == []
-        client.transport.write(b"x" * 500)
-        assert await events.wait_messages(server, 1) == [b"x" * 1000]
+class TestPicowsWebSocket(WebSocketChecks):
+    """The shared WebSocket checks, on this driver (``harness`` above)."""

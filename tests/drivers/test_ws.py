@@ -18,7 +18,7 @@ from tests.drivers.conformance import (
     DriverFactory,
     DriverHarness,
 )
-from tests.drivers.websocket import WebSocketUrls
+from tests.drivers.websocket import WebSocketChecks, WebSocketUrls
 from trustp2p.drivers import CloseCode, DriverEvent, DriverOptions, Socket, driver_class
 from trustp2p.drivers.ws import WsDriver
 from trustp2p.exceptions import DriverError
@@ -201,20 +201,6 @@ async def test_plain_http_request_rejected(harness: DriverHarness) -> None:
     assert [record.event for record in events.records] == [DriverEvent.START]
 
 
-async def test_handshake_timeout_drops_client(harness: DriverHarness) -> None:
-    listening, events = await harness.listen(DriverOptions(open_timeout=50 * MS))
-    host, port = listening.url.removeprefix("ws://").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(b"GET / HTTP/1.1\r\n")  # and never the rest
-        async with asyncio.timeout(TIMEOUT):
-            assert await reader.read() == b""  # dropped by the server
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    assert [record.event for record in events.records] == [DriverEvent.START]
-
-
 async def test_accept_before_the_upgrade_and_close_without_it(harness: DriverHarness) -> None:
     """An accepting listener hears of a connection at TCP accept, and of its end even if
     it never upgrades (the peer leaves, or the open timeout drops it)."""
@@ -307,20 +293,5 @@ async def test_repeated_real_ip_rejected(harness: DriverHarness) -> None:
     assert [record.event for record in events.records] == [DriverEvent.START]
 
 
-async def test_last_seen_advances_on_a_partial_frame(harness: DriverHarness) -> None:
-    """Any bytes are life: a large frame in flight keeps its sender alive (liveness)."""
-    listening, events = await harness.listen()
-    async with ws_connect(listening.url) as client:
-        server = (await events.next(DriverEvent.CONNECTION)).socket
-        assert server is not None
-        before = server.last_seen
-        await asyncio.sleep(MS)  # let the event loop clock move on
-        # Half of a masked binary frame of 1000 bytes (mask key 0: the payload as is).
-        header = b"\x82" + bytes([0x80 | 126]) + (1000).to_bytes(2, "big") + b"\0\0\0\0"
-        client.transport.write(header + b"x" * 500)
-        async with asyncio.timeout(TIMEOUT):
-            while server.last_seen <= before:  # noqa: ASYNC110 - a plain attribute
-                await asyncio.sleep(MS)
-        assert events.messages(server) == []
-        client.transport.write(b"x" * 500)
-        assert await events.wait_messages(server, 1) == [b"x" * 1000]
+class TestWsWebSocket(WebSocketChecks):
+    """The shared WebSocket checks, on this driver (``harness`` above)."""

@@ -430,26 +430,26 @@ class PicowsSocket(DrainWaiters, WSListener):
             self._set_close_timer()
 
     def _send_close(self, code: int, reason: str) -> None:
+        self._write_close(code, reason)
+        self._set_close_timer()
+
+    def _write_close(self, code: int, reason: str) -> None:
+        """What is queued, then the close frame; nothing more is sent after it."""
         ws = self._ws
         assert ws is not None
         self._open = False
         self._write_out()
         self._close_sent = True
         ws.send_close(WSCloseCode(code), fit_reason(reason).encode())
-        self._set_close_timer()
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection for a peer's error: close frame, then TCP close."""
         message = f"message too big: {reason}" if code == CloseCode.MESSAGE_TOO_BIG else reason
         self._error = DriverError(message)
         self._fragments = []
-        ws = self._ws
-        assert ws is not None
-        self._open = False
-        self._write_out()
-        self._close_sent = True
-        ws.send_close(WSCloseCode(code), fit_reason(reason).encode())
-        ws.disconnect()
+        self._write_close(code, reason)
+        assert self._ws is not None
+        self._ws.disconnect()
 
     def _picows_error(self, exc: Exception | None) -> DriverError | None:
         """The error picows failed the connection for (it sent a close frame that this
