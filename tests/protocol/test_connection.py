@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -62,7 +63,7 @@ def ours() -> Package:
 
 
 def protocol(
-    clock: FakeClock,
+    clock: Callable[[], float],
     *,
     secure: bool = False,
     budget: TokenBucket | None = None,
@@ -345,6 +346,27 @@ def test_request_budget_throttles_and_never_refuses(clock: FakeClock) -> None:
     clock.advance(1.0)
     assert [type(a) for a in connection.receive_data(request())] == [Dispatch]
     assert connection.invalid == 0
+
+
+def test_the_clock_is_read_once_per_message(clock: FakeClock) -> None:
+    """last_seen is the arrival time, and the request budget goes by it."""
+    readings: list[float] = []
+
+    def counting_clock() -> float:
+        readings.append(clock())
+        return clock()
+
+    budget = TokenBucket(rate=10.0, burst=1, now=clock())
+    connection = protocol(counting_clock, budget=budget)
+    clock.advance(5.0)
+    readings.clear()
+    assert [type(a) for a in connection.receive_data(request())] == [Dispatch]
+    assert connection.receive_data(request())[1] == Throttle(pytest.approx(0.1))
+    assert readings == [clock(), clock()]
+    assert connection.last_seen == clock()
+    clock.advance(1.0)
+    connection.receive_package(decode(request()))
+    assert connection.last_seen == clock()
 
 
 def test_budget_is_shared_by_a_peers_connections(clock: FakeClock) -> None:
