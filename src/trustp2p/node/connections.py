@@ -318,7 +318,7 @@ class Connections:
             peer_id=socket.peer_id,
             introduction=node.introduction(),
             clock=now,
-            is_handled=node.handlers.handles,
+            handled=node.handlers.handled,
             request_budget=self._budgets.get(self.budget_key(socket), now()),
             alt=options.alt,
             max_package_size=options.max_package_size,

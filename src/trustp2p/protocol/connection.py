@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 from ..exceptions import HandshakeError, PackageError
@@ -275,7 +275,8 @@ class ConnectionProtocol:
         peer_id: The peer's authenticated id (secure mode), else ``None``.
         introduction: Our version talk or hello, sent by :meth:`start`.
         clock: Returns the current time in seconds (the event loop's clock).
-        is_handled: Whether a thread handles ``(package type, event)``.
+        handled: The ``(package type, event)`` pairs some thread handles: a live view
+            (only ``in`` is used), so that threads loaded later count.
         request_budget: The peer's request budget, shared by its connections; ``None``
             for no limit.
         alt: Our network id; packages and introductions must carry it.
@@ -307,7 +308,7 @@ class ConnectionProtocol:
         peer_id: str | None,
         introduction: Package,
         clock: Callable[[], float],
-        is_handled: Callable[[PackageType, str], bool],
+        handled: Container[tuple[PackageType, str]],
         request_budget: TokenBucket | None = None,
         alt: str = DEFAULT_ALT,
         protocol_version: str = PROTOCOL_VERSION,
@@ -321,7 +322,7 @@ class ConnectionProtocol:
         self.peer_id = peer_id
         self._introduction = introduction
         self._clock = clock
-        self._is_handled = is_handled
+        self._handled = handled
         self._budget = request_budget
         self._alt = alt
         self._major = major_version(protocol_version)
@@ -480,7 +481,7 @@ class ConnectionProtocol:
             return [DeliverGossip(package)]
         if package_type in REQUEST_TYPES:
             return self._request(package)
-        if self._is_handled(package_type, package.event):
+        if (package_type, package.event) in self._handled:
             return [Dispatch(package)]
         return [Ignore(f"no handler for {package_type.name} {package.event[:40]!r}")]
 
@@ -509,7 +510,7 @@ class ConnectionProtocol:
         ping = package.type is PackageType.HEARTBEAT_PING and package.event == PING_EVENT
         if ping:
             self.liveness.ping_received(self.last_seen)
-        if self._is_handled(package.type, package.event):
+        if (package.type, package.event) in self._handled:
             actions = [Dispatch(package)]
         elif ping:
             # Liveness needs no thread: answer at once, ahead of the packages waiting

@@ -412,7 +412,8 @@ def _canonical_fields(data: bytes) -> _Fields | None:
         if package_type is None or data[start - 2] != 0x22 or size >= 0x80 or data[end] != 0x2A:
             return None
         event = data[start:end]
-        start, size = _read_varint(data, end + 1)
+        size = data[end + 1]
+        start, size = (end + 2, size) if size < 0x80 else _read_varint(data, end + 1)
         end = start + size
         if size < 0 or data[end] != 0x32:
             return None
