@@ -166,6 +166,12 @@ class Tally:
     lost: int = 0
     closed: int = 0
 
+    def take(self) -> dict[str, int]:
+        """The counts so far; they start again from 0."""
+        counts = asdict(self)
+        self.pongs_sent = self.pings_sent = self.lost = self.closed = 0
+        return counts
+
 
 class StandIn:
     """
@@ -345,8 +351,7 @@ async def run_client(impl: str, url: str, peers: int) -> None:
         await client.open(peers)
         _print_line("ready")
         while await _read_line():
-            _print_line(json.dumps({**asdict(client.tally), "open": client.still_open()}))
-            client.tally = Tally()
+            _print_line(json.dumps({**client.tally.take(), "open": client.still_open()}))
     finally:
         if heartbeat is not None:
             heartbeat.cancel()
