@@ -46,18 +46,22 @@ fit on the client's core: 300 of them in one process took 6.6 % of a CPU with th
 Against the ``websockets`` servers the stand-in is the bare ``ws`` driver, which answers
 the server's WebSocket pings; it pings nothing itself.
 
-Measurement, per server: the client opens one connection and says ``warm``; after 0.5 s
-the orchestrator reads the server's VmRSS (*before*); the client opens the others, 50 at
-a time, and says ``ready`` once every one is open (secure: handshake done and the
-server's ``hello`` in). After ``--settle`` seconds (15: every peer has been pinged once)
-the orchestrator reads VmRSS again (*after*): (after - before) / peers is the memory per
-idle peer. Then over ``--window`` seconds (30) it reads the CPU time of both processes
-(every thread, ``/proc/<pid>/task/*/schedstat``) and of the machine (``/proc/stat``:
-how busy the other CPUs were, how much the hypervisor stole); CPU % is CPU seconds per
-wall second. Last, the client reports how many connections are still open and how many
-pings it answered and sent in the window (trustp2p servers only). ``--rounds`` repeats
-the servers in turn; the table shows the median, and each trustp2p figure over the
-``websockets`` one of the same run.
+Measurement, side by side. Every server measured runs at once, each on CPU 0 with its
+client on CPU 1, so that the noise of a shared machine falls on all of them alike (an
+idle server takes a few % of a CPU: they hardly disturb one another). One after another,
+each server starts, its client opens one connection and says ``warm``; after 0.5 s the
+orchestrator reads the server's VmRSS (*before*); the client opens the others, 50 at a
+time, and says ``ready`` once every one is open (secure: handshake done and the server's
+``hello`` in). ``--settle`` seconds (15: every peer pinged at least once) after the last
+one is ready, the orchestrator reads each server's VmRSS again (*after*): (after -
+before) / peers is the memory per idle peer. Then, over one ``--window`` (30 s) for all,
+it reads the CPU time of every process (every thread, ``/proc/<pid>/task/*/schedstat``)
+and of the machine (``/proc/stat``: how busy the CPUs were outside these processes, how
+much the hypervisor stole); CPU % is CPU seconds per wall second. Last, each client
+reports how many of its connections are still open and how many pings it answered and
+sent in the window (trustp2p servers only). ``--rounds`` measures again, the servers
+opening in the reverse order every other round; the table shows the median, and each
+figure over the ``websockets`` one of the same round.
 
 """
 
@@ -363,27 +367,27 @@ async def run_client(impl: str, url: str, peers: int) -> None:
 
 @dataclass(frozen=True)
 class _Reading:
+    """CPU seconds of each measured process (by pid) and of the machine, at one time."""
+
     wall: float
-    server: float
-    client: float
+    cpu: dict[int, float]
     machine: tuple[float, float, float]
 
     @classmethod
-    def take(cls, server_pid: int, client_pid: int) -> _Reading:
-        return cls(
-            time.monotonic(), _process_cpu(server_pid), _process_cpu(client_pid), _machine_cpu()
-        )
+    def take(cls, pids: list[int]) -> _Reading:
+        return cls(time.monotonic(), {pid: _process_cpu(pid) for pid in pids}, _machine_cpu())
 
 
-def _cpu_figures(first: _Reading, last: _Reading) -> dict[str, float]:
+def _cpu_figures(first: _Reading, last: _Reading, server: int, client: int) -> dict[str, float]:
+    """CPU % of one server and its client between two readings, and the machine's noise
+    (busy CPUs outside every measured process, stolen time)."""
     wall = last.wall - first.wall
-    server = last.server - first.server
-    client = last.client - first.client
+    ours = sum(last.cpu.values()) - sum(first.cpu.values())
     busy, steal, total = (b - a for a, b in zip(first.machine, last.machine, strict=True))
     return {
-        "server_cpu_pct": server / wall * 100,
-        "client_cpu_pct": client / wall * 100,
-        "other_cpus": max(0.0, busy - server - client) / wall,
+        "server_cpu_pct": (last.cpu[server] - first.cpu[server]) / wall * 100,
+        "client_cpu_pct": (last.cpu[client] - first.cpu[client]) / wall * 100,
+        "other_cpus": max(0.0, busy - ours) / wall,
         "steal": steal / total if total else 0.0,
     }
 
@@ -412,44 +416,73 @@ def _process(*args: str, stdin: bool = False) -> Iterator[subprocess.Popen[str]]
             process.wait()
 
 
-def measure(impl: str, peers: int, settle: float, window: float) -> dict[str, float]:
-    """One server with ``peers`` idle peers: memory per peer and CPU over ``window``."""
-    with _process("--role", "server", "--impl", impl, "--cpu", str(SERVER_CPU)) as server:
-        url = _expect_line(server)
-        client_args = ("--role", "client", "--impl", impl, "--url", url, "--peers", str(peers))
-        with _process(*client_args, "--cpu", str(CLIENT_CPU), stdin=True) as client:
-            if _expect_line(client) != "warm":
-                raise RuntimeError("the client misbehaved")
-            time.sleep(0.5)
-            before = _vm_rss_kib(server.pid)
-            started = time.monotonic()
-            _send_line(client)
-            if _expect_line(client) != "ready":
-                raise RuntimeError("the client misbehaved")
-            connect_s = time.monotonic() - started
-            time.sleep(settle)
-            after = _vm_rss_kib(server.pid)
-            _send_line(client)
-            _expect_line(client)  # the tally so far, started again
-            first = _Reading.take(server.pid, client.pid)
-            time.sleep(window)
-            last = _Reading.take(server.pid, client.pid)
-            _send_line(client)
-            tally = json.loads(_expect_line(client))
-            end = _vm_rss_kib(server.pid)
-    if tally["open"] != peers + 1:
-        raise RuntimeError(f"{impl}: {tally['open']} of {peers + 1} connections stayed open")
-    return {
-        **_cpu_figures(first, last),
-        "kib_per_peer": (after - before) / peers,
-        "rss_before_kib": before,
-        "rss_after_kib": after,
-        "rss_end_kib": end,
-        "connect_s": connect_s,
-        "pongs_per_s": tally["pongs_sent"] / window,
-        "pings_per_s": tally["pings_sent"] / window,
-        "lost": tally["lost"],
-    }
+@dataclass
+class _Pair:
+    """One server process and its client process, and what was read of them."""
+
+    server: subprocess.Popen[str]
+    client: subprocess.Popen[str]
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+def _connect(stack: contextlib.ExitStack, impl: str, peers: int) -> _Pair:
+    """Start ``impl``'s server and a client that opens ``peers`` idle connections to it;
+    read the server's VmRSS before (one connection open) and time the opening."""
+    server = stack.enter_context(
+        _process("--role", "server", "--impl", impl, "--cpu", str(SERVER_CPU))
+    )
+    url = _expect_line(server)
+    client = stack.enter_context(
+        _process("--role", "client", "--impl", impl, "--url", url, "--peers", str(peers),
+                 "--cpu", str(CLIENT_CPU), stdin=True)
+    )  # fmt: skip
+    if _expect_line(client) != "warm":
+        raise RuntimeError(f"{impl}: the client misbehaved")
+    time.sleep(0.5)
+    before = _vm_rss_kib(server.pid)
+    started = time.monotonic()
+    _send_line(client)
+    if _expect_line(client) != "ready":
+        raise RuntimeError(f"{impl}: the client misbehaved")
+    return _Pair(server, client, {"rss_before_kib": before,
+                                  "connect_s": time.monotonic() - started})  # fmt: skip
+
+
+def _tally(pair: _Pair) -> dict[str, int]:
+    """The client's counts since the last call."""
+    _send_line(pair.client)
+    counts: dict[str, int] = json.loads(_expect_line(pair.client))
+    return counts
+
+
+def measure(impls: list[str], peers: int, settle: float, window: float) -> dict[str, Any]:
+    """
+    Every server of ``impls`` with ``peers`` idle peers each, side by side: opened one
+    after another, then after ``settle`` seconds their memory per peer, and their CPU
+    over the same ``window`` (so the machine's noise falls on all alike).
+    """
+    with contextlib.ExitStack() as stack:
+        pairs = {impl: _connect(stack, impl, peers) for impl in impls}
+        time.sleep(settle)
+        for pair in pairs.values():
+            pair.figures["rss_after_kib"] = _vm_rss_kib(pair.server.pid)
+            _tally(pair)  # counting starts now
+        pids = [p.pid for pair in pairs.values() for p in (pair.server, pair.client)]
+        first = _Reading.take(pids)
+        time.sleep(window)
+        last = _Reading.take(pids)
+        for impl, pair in pairs.items():
+            tally = _tally(pair)
+            if tally["open"] != peers + 1:
+                raise RuntimeError(f"{impl}: {tally['open']} of {peers + 1} connections open")
+            figures = pair.figures
+            figures.update(_cpu_figures(first, last, pair.server.pid, pair.client.pid))
+            figures["rss_end_kib"] = _vm_rss_kib(pair.server.pid)
+            figures["kib_per_peer"] = (figures["rss_after_kib"] - figures["rss_before_kib"]) / peers
+            figures["pongs_per_s"] = tally["pongs_sent"] / window
+            figures["pings_per_s"] = tally["pings_sent"] / window
+            figures["lost"] = tally["lost"]
+    return {impl: pair.figures for impl, pair in pairs.items()}
 
 
 def _ratio(a: float, b: float) -> float:
@@ -467,15 +500,20 @@ class Results:
         return statistics.median(figures[key] for figures in self.rounds[impl])
 
     def ratios(self) -> dict[str, dict[str, float]]:
-        """CPU % and KiB per peer of each implementation over the reference's."""
-        if REFERENCE not in self.rounds:
+        """CPU % and KiB per peer of each implementation over the reference's: the median
+        of the ratios of each round (the servers of a round ran side by side)."""
+        reference = self.rounds.get(REFERENCE)
+        if reference is None:
             return {}
         return {
             impl: {
-                key: _ratio(self.median(impl, figure), self.median(REFERENCE, figure))
+                key: statistics.median(
+                    _ratio(ours[figure], theirs[figure])
+                    for ours, theirs in zip(rounds, reference, strict=True)
+                )
                 for key, figure in (("cpu", "server_cpu_pct"), ("rss", "kib_per_peer"))
             }
-            for impl in self.rounds
+            for impl, rounds in self.rounds.items()
         }
 
     def verdicts(self) -> dict[str, dict[str, bool]]:
@@ -516,8 +554,8 @@ def run_all(args: argparse.Namespace) -> Results:
         },
     )
     for number in range(1, args.rounds + 1):
-        for impl in args.impls:
-            figures = measure(impl, args.peers, args.settle, args.window)
+        impls = args.impls if number % 2 else args.impls[::-1]  # who opens first alternates
+        for impl, figures in measure(impls, args.peers, args.settle, args.window).items():
             results.rounds.setdefault(impl, []).append(figures)
             _progress(
                 f"round {number}/{args.rounds}, {impl:<13}: server {figures['server_cpu_pct']:.2f} "
@@ -537,8 +575,9 @@ def format_table(results: Results) -> str:
         f"{results.source['commit']}, src/ sha256 {results.source['src_sha256']}",
         "",
         f"{settings['peers']:,} idle peers, server on CPU {SERVER_CPU}, client on CPU "
-        f"{CLIENT_CPU}; CPU over {settings['window_s']:g} s after {settings['settle_s']:g} s "
-        f"of settling, median of {settings['rounds']} round(s); ratios over {REFERENCE}",
+        f"{CLIENT_CPU}, all servers side by side; CPU over {settings['window_s']:g} s after "
+        f"{settings['settle_s']:g} s of settling, median of {settings['rounds']} round(s); "
+        f"ratios over {REFERENCE}",
         "",
         f"{'server':<15}{'server CPU':>11}{'ratio':>7}{'KiB/peer':>10}{'ratio':>7}"
         f"{'client CPU':>12}{'pongs/s':>9}{'connect':>9}",
@@ -557,7 +596,7 @@ def format_table(results: Results) -> str:
     every = [figures for rounds in results.rounds.values() for figures in rounds]
     lines += [
         "",
-        f"Noise: at worst {max(f['other_cpus'] for f in every):.2f} CPU busy outside the two "
+        f"Noise: at worst {max(f['other_cpus'] for f in every):.2f} CPU busy outside the measured "
         f"processes, {max(f['steal'] for f in every):.0%} stolen by the hypervisor.",
     ]
     for impl, verdict in results.verdicts().items():
