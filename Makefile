@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint docs bench bench-fast clean
+.PHONY: demo test lint docs bench bench-fast bench-idle clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trustp2p needs Python >= 3.11; set PYTHON=python3.11 or newer")'
@@ -40,6 +40,10 @@ bench: $(VENV)/.installed-test
 # The fast path: uvloop + the picows driver against a raw uvloop TCP echo (BENCHMARKS.md).
 bench-fast: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/fast_path.py
+
+# 5,000 idle peers: trustp2p's heartbeat against websockets' keepalive (BENCHMARKS.md).
+bench-idle: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/idle.py
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -537,9 +537,10 @@ class Results:
         return {**asdict(self), "medians": self.medians()}
 
 
-def _child(*args: str, stdin: bool = False) -> subprocess.Popen[str]:
+def _child(*args: str, stdin: bool = False, script: str = __file__) -> subprocess.Popen[str]:
+    """``script`` (this one by default) run again as a child process with ``args``."""
     return subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), *args],
+        [sys.executable, os.path.abspath(script), *args],
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,

@@ -220,6 +220,56 @@ def test_the_side_that_dialled_waits_one_period_longer() -> None:
     assert follower.check(1014.0, **kwargs) is Verdict.PING
 
 
+def test_next_check_is_when_the_next_ping_falls_due() -> None:
+    peer = Peer()
+    liveness = peer.liveness
+    assert liveness.next_check == peer.now + 10.0  # one interval after opening
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    assert liveness.next_check == peer.now  # outstanding: every check charges it
+    peer.advance(0.5)
+    peer.pong()
+    assert liveness.next_check == peer.now - 0.5 + 10.0  # one interval after our ping
+    peer.advance(3.0)
+    liveness.ping_received(peer.now)  # theirs puts ours off
+    assert liveness.next_check == peer.now + 10.0
+    follower = Liveness(1000.0, TIMINGS, leads=False)
+    assert follower.next_check == 1014.0  # one period more on the side that dialled
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_skipping_checks_before_next_check_changes_nothing(seed: int) -> None:
+    """A round that skips connections before ``next_check`` (as the node's does) sees
+    the same verdicts, charges and pings as one that checks every connection, whatever
+    the peer does: pings of its own, pongs late or never, partial frames, backlog."""
+    rng = random.Random(seed)
+    every, skipping = Peer(), Peer()
+    for _ in range(300):
+        step = rng.uniform(0.5, 3.0)
+        event = rng.random()
+        for peer in (every, skipping):
+            peer.advance(step)
+            if event < 0.15:
+                peer.liveness.ping_received(peer.now)
+            elif event < 0.45:
+                peer.pong()
+            elif event < 0.55:
+                peer.partial()
+            elif event < 0.65:
+                peer.package()
+            peer.backlog = int(event * 1000) % 7
+            peer.reading_paused = event > 0.97
+        verdict = every.check()
+        if skipping.now < skipping.liveness.next_check:
+            assert verdict is Verdict.NOTHING
+        else:
+            assert skipping.check() is verdict
+        a, b = every.liveness, skipping.liveness
+        assert (a.outstanding, a.last_ping, a.charged) == (b.outstanding, b.last_ping, b.charged)
+        if verdict is Verdict.DEAD:
+            break
+
+
 class Side:
     """One end of a simulated connection: its liveness and its jittered rounds."""
 

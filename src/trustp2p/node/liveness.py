@@ -3,8 +3,9 @@ The node's heartbeat round: it carries out the liveness rules of
 :mod:`trustp2p.protocol.liveness` on every connection, on both sides, whatever threads
 run.
 
-Every ``heartbeat_interval`` seconds plus up to ``heartbeat_jitter``, each connection's
-protocol is asked for its verdict: a ping is sent, or a peer that left its ping
+Every ``heartbeat_interval`` seconds plus up to ``heartbeat_jitter``, each connection
+that may have something to do (a ping due or outstanding: ``Liveness.next_check``) is
+asked for its verdict: a ping is sent, or a peer that left its ping
 unanswered is dropped at once (the connection is aborted: a dead link can't complete a
 closing handshake, and aborting fails or reroutes its pending requests right away).
 
@@ -55,7 +56,10 @@ class Heartbeat:
     def check(self) -> None:
         """One round: carry out each connection's liveness verdict."""
         node = self._node
+        now = asyncio.get_running_loop().time()  # the protocols' clock
         for conn in node.connections:
+            if now < conn.protocol.liveness.next_check:
+                continue  # no ping due or outstanding: its check would do nothing
             socket = conn.socket
             worker = conn.worker
             actions = conn.protocol.heartbeat(

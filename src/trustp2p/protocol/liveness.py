@@ -32,6 +32,11 @@ carries out the :class:`Verdict`:
 4. **Answered.** A pong (``HEARTBEAT_PONG`` with the ping's tag) ends the ping: its
    round trip is known and nothing is charged any more.
 
+Skipping. Until :attr:`Liveness.next_check` a check can only say NOTHING and change
+nothing (no ping is outstanding, and the next one isn't due yet), so the node's round
+skips such a connection without asking: with thousands of idle peers, most of a round
+is one comparison each.
+
 A link that dies is found within :attr:`LivenessTimings.detection_bound` seconds on
 both sides: ``interval + timeout + 3 * period`` (the next ping waits up to ``interval``,
 one ``period`` more on the side that dialled, plus one round; it is charged ``timeout``,
@@ -112,6 +117,10 @@ class Liveness:
         outstanding: When the ping that awaits its pong was sent, or ``None``.
         charged: Seconds charged against the outstanding ping.
         last_rtt: Round trip of the last answered ping, in seconds, or ``None``.
+        next_check: Before this time (clock seconds) :meth:`check` would return
+            :attr:`Verdict.NOTHING` and change nothing: no ping is outstanding and the
+            next one is not due. A caller may skip the check until then. While a ping is
+            outstanding, every check counts (it charges the silence).
 
     """
 
@@ -122,6 +131,7 @@ class Liveness:
         "charged",
         "last_ping",
         "last_rtt",
+        "next_check",
         "outstanding",
         "timings",
     )
@@ -135,6 +145,7 @@ class Liveness:
         self.last_rtt: float | None = None
         self._last_check = opened
         self._backlog = 0
+        self.next_check = opened + self._due_after
 
     def check(
         self,
@@ -193,7 +204,7 @@ class Liveness:
                 (see :meth:`check`).
 
         """
-        self.last_ping = self.outstanding = self._last_check = now
+        self.last_ping = self.outstanding = self._last_check = self.next_check = now
         self.charged = 0.0
         self._backlog = backlog
 
@@ -204,6 +215,7 @@ class Liveness:
         """
         if self.outstanding is None and now > self.last_ping:
             self.last_ping = now
+            self.next_check = now + self._due_after
 
     def pong_received(self, now: float) -> float | None:
         """
@@ -219,5 +231,6 @@ class Liveness:
             return None
         self.outstanding = None
         self.charged = 0.0
+        self.next_check = self.last_ping + self._due_after
         self.last_rtt = rtt = max(0.0, now - sent)
         return rtt
