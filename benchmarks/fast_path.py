@@ -24,6 +24,9 @@ fresh client process per round, rounds interleaved:
 - *ws-uvloop*: the same with the default ``ws`` driver, on uvloop: what the driver
   changes.
 - *picows-secure*: *picows* over the Noise channel (``secure=True``); not by default.
+- *raw-tcp* and *tcp*: the raw echo (as *raw-uvloop-tcp*) and trustp2p with the ``tcp``
+  driver, on the loop ``--loop`` names (``uvloop`` by default, or ``asyncio``); not by
+  default: ``benchmarks/framework_cost.py`` runs them on asyncio's loop (issue 11, goal 1).
 
 Each measurement warms up, then counts round trips over a fixed window and reads the
 CPU time of both processes (``/proc/<pid>/schedstat``) and of the machine (``/proc/stat``,
@@ -48,7 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import uvloop
 from request_response import (
     NO_RATE_LIMIT,
     EchoThread,
@@ -62,10 +64,19 @@ from request_response import (
 )
 
 import trustp2p
+from trustp2p.loop import LOOPS
 
-IMPLS = ("raw-uvloop-tcp", "raw-batched", "picows", "ws-uvloop", "picows-secure")
+OURS: dict[str, tuple[str, bool]] = {
+    "picows": ("picows", False),
+    "ws-uvloop": ("ws", False),
+    "picows-secure": ("picows", True),
+    "tcp": ("tcp", False),
+}
+"""trustp2p's implementations: name -> (driver, secure)."""
+IMPLS = ("raw-uvloop-tcp", "raw-batched", "raw-tcp", *OURS)
 DEFAULT_IMPLS = ("raw-uvloop-tcp", "raw-batched", "picows", "ws-uvloop")
 REFERENCE = "raw-uvloop-tcp"
+UVLOOP_ONLY = ("raw-uvloop-tcp", "ws-uvloop")
 MODES = {"sequential": 1, "pipelined": 100}
 SERVER_CPU, CLIENT_CPU = 0, 1
 _LENGTH = struct.Struct(">I")
@@ -170,6 +181,7 @@ class BatchedRawClient(RawClient):
 RAW: dict[str, tuple[type[RawEcho], type[RawClient]]] = {
     "raw-uvloop-tcp": (RawEcho, RawClient),
     "raw-batched": (BatchedRawEcho, BatchedRawClient),
+    "raw-tcp": (RawEcho, RawClient),  # on whichever loop --loop names
 }
 
 
@@ -200,12 +212,13 @@ async def run_server(impl: str) -> None:
         await _until_stdin_closes()
         server.close()
         return
+    driver, secure = OURS[impl]
     node = await trustp2p.create_server(
         port=0,
         threads=(EchoThread,),
         max_inbound=None,
-        secure=impl == "picows-secure",
-        driver="ws" if impl == "ws-uvloop" else "picows",
+        secure=secure,
+        driver=driver,
         **NO_RATE_LIMIT,
     )
     try:
@@ -245,8 +258,7 @@ async def _client_raw(impl: str, url: str, server_pid: int, warmup: float, durat
 
 
 async def _client_ours(impl: str, url: str, server_pid: int, warmup: float, duration: float) -> Any:
-    driver = "ws" if impl == "ws-uvloop" else "picows"
-    secure = impl == "picows-secure"
+    driver, secure = OURS[impl]
     node = await trustp2p.create_client(peers=[url], secure=secure, driver=driver)
     try:
         assert node.client is not None
@@ -289,15 +301,19 @@ def _line(process: subprocess.Popen[str]) -> str:
     return line.strip()
 
 
-def run_all(impls: list[str], rounds: int, warmup: float, duration: float) -> dict[str, Any]:
-    servers = {impl: _child("--role", "server", "--impl", impl) for impl in impls}
+def run_all(
+    impls: list[str], rounds: int, warmup: float, duration: float, loop: str = "uvloop"
+) -> dict[str, Any]:
+    """Measure ``impls`` in interleaved rounds on the event loop ``loop``; every round's
+    figures, and the facts of the machine and the source."""
+    servers = {impl: _child("--role", "server", "--impl", impl, "--loop", loop) for impl in impls}
     results: dict[str, dict[str, list[Figures]]] = {i: {m: [] for m in MODES} for i in impls}
     try:
         urls = {impl: _line(process) for impl, process in servers.items()}
         for number in range(1, rounds + 1):
             for impl in impls:
                 client = _child(
-                    "--role", "client", "--impl", impl, "--url", urls[impl],
+                    "--role", "client", "--impl", impl, "--url", urls[impl], "--loop", loop,
                     "--server-pid", str(servers[impl].pid),
                     "--warmup", str(warmup), "--duration", str(duration),
                 )  # fmt: skip
@@ -315,29 +331,35 @@ def run_all(impls: list[str], rounds: int, warmup: float, duration: float) -> di
             assert process.stdin is not None
             process.stdin.close()
             process.wait(timeout=30)
+    machine = machine_facts()
+    if loop == "uvloop":
+        machine["uvloop"] = importlib.metadata.version("uvloop")
     return {
-        "machine": {**machine_facts(), "uvloop": importlib.metadata.version("uvloop")},
+        "machine": machine,
         "source": source_facts(),
-        "settings": {"rounds": rounds, "warmup_s": warmup, "duration_s": duration},
+        "settings": {"rounds": rounds, "warmup_s": warmup, "duration_s": duration, "loop": loop},
         "rounds": results,
     }
 
 
-def format_table(run: dict[str, Any]) -> str:
+def format_table(run: dict[str, Any], reference: str = REFERENCE) -> str:
+    """The medians of each implementation and mode, and their rates over ``reference``'s."""
     rounds = run["rounds"]
     machine = run["machine"]
+    loop = run["settings"].get("loop", "uvloop")
+    loop_name = f"uvloop {machine['uvloop']}" if loop == "uvloop" else "asyncio's loop"
     lines = [
-        f"{machine['cpu']}; Python {machine['python']}, uvloop {machine['uvloop']}; "
+        f"{machine['cpu']}; Python {machine['python']}, {loop_name}; "
         f"trustp2p at {run['source']['commit']} (src/ sha256 {run['source']['src_sha256']})",
         f"median of {run['settings']['rounds']} rounds of {run['settings']['duration_s']:g} s,"
         f" server on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}; CPU us per round trip",
         "",
         f"{'impl':<16}{'mode':<12}{'round trips/s':>14} {'(min-max)':<19}{'server':>7}"
-        f"{'client':>7}{'other':>7}{'/' + REFERENCE:>16}",
+        f"{'client':>7}{'other':>7}{'/' + reference:>16}",
     ]
     for mode in MODES:
-        reference = rounds.get(REFERENCE, {}).get(mode)
-        ref_rate = statistics.median(f["rate"] for f in reference) if reference else None
+        ref_rounds = rounds.get(reference, {}).get(mode)
+        ref_rate = statistics.median(f["rate"] for f in ref_rounds) if ref_rounds else None
         for impl, modes in rounds.items():
             figures = modes[mode]
             rate = statistics.median(f["rate"] for f in figures)
@@ -367,6 +389,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help="of: " + ", ".join(IMPLS))
     parser.add_argument("--role", choices=("server", "client"), help="run only this process")
     parser.add_argument("--impl", choices=IMPLS, default="picows")
+    parser.add_argument("--loop", choices=LOOPS, default="uvloop", help="%(default)s")
     parser.add_argument("--url")
     parser.add_argument("--server-pid", type=int)
     parser.add_argument("--modes", default=",".join(MODES), help="client: modes to measure")
@@ -376,6 +399,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         del MODES[mode]  # for a profile of one mode (see BENCHMARKS.md)
     if not set(args.impls) <= set(IMPLS):
         parser.error("--impls takes " + ", ".join(IMPLS))
+    chosen = {args.impl} if args.role else set(args.impls)
+    if args.loop != "uvloop" and chosen & set(UVLOOP_ONLY):
+        parser.error(f"{' and '.join(UVLOOP_ONLY)} run on uvloop: --impls raw-tcp,... instead")
     if args.quick:
         args.rounds, args.warmup, args.duration = 1, 0.2, 0.5
     return args
@@ -387,17 +413,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role == "server":
         os.sched_setaffinity(0, {SERVER_CPU})
-        uvloop.run(run_server(args.impl))
+        trustp2p.run(run_server(args.impl), loop=args.loop)
     elif args.role == "client":
         os.sched_setaffinity(0, {CLIENT_CPU})
         if args.impl in RAW:
             main_ = _client_raw(args.impl, args.url, args.server_pid, args.warmup, args.duration)
         else:
             main_ = _client_ours(args.impl, args.url, args.server_pid, args.warmup, args.duration)
-        _print_line(json.dumps(uvloop.run(main_)))
+        _print_line(json.dumps(trustp2p.run(main_, loop=args.loop)))
     else:
-        run = run_all(args.impls, args.rounds, args.warmup, args.duration)
-        print(json.dumps(run, indent=2) if args.json else format_table(run))
+        run = run_all(args.impls, args.rounds, args.warmup, args.duration, args.loop)
+        reference = REFERENCE if REFERENCE in args.impls else "raw-tcp"
+        print(json.dumps(run, indent=2) if args.json else format_table(run, reference))
     return 0
 
 
