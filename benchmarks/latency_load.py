@@ -21,8 +21,8 @@ on CPU 1 (the machine has two cores), this script again with ``--role``:
   To the trustp2p servers it is a trustp2p peer: it sends the ``version`` talk first
   (plain), or runs the Noise handshake and ``hello`` and seals every package (secure);
   it reads and counts the RESPONSE packages (secure: after opening them). The same
-  client for all three servers, so that what it costs on CPU 1 is alike. It reports what it actually sent
-  and what was answered, over its whole run: the achieved load.
+  client for all three servers, so that what it costs on CPU 1 is alike. It reports
+  what it actually sent and what was answered, over its whole run: the achieved load.
 - *probe*: one connection sending one request at a time, every ``--interval`` (5 ms)
   on a fixed schedule (at once if the previous answer came later), and timing each
   round trip from before the send to the answer (``time.perf_counter_ns``). For ours
