@@ -34,7 +34,10 @@ on CPU 1 (the machine has two cores), this script again with ``--role``:
   CPUs busy with anything else).
 
 Each round measures every implementation at every load rate (``--rates``, default 0
-and 5000 requests/s: without load, then under it), one after the other. The table gives
+and 5000 requests/s: without load, then under it), one after the other. A measurement
+during which more than ``--max-other`` CPUs (0.3) were busy outside the three processes
+is made again, three attempts at most (``--attempts``), and the quietest is kept; its
+``other`` is in the table. The table gives
 p50, p90 and p99 of all the rounds' samples together, the range of the rounds' p90s,
 the achieved load, and the CPU share of the server, the load and the rest of the
 machine. The goal: under 5,000 requests/s, ours' p90 at most 1.5 times the baseline's.
@@ -261,6 +264,26 @@ def measure(impl: str, url: str, server_pid: int, rate: float, args: argparse.Na
     return figures
 
 
+def _measure_quietly(impl: str, server: tuple[str, int], rate: float, args: Any) -> Any:
+    """``measure``, again (``args.attempts`` times at most) while more than
+    ``args.max_other`` CPUs were busy with other work; the quietest attempt."""
+    attempts = []
+    for _ in range(args.attempts):
+        figures = measure(impl, *server, rate, args)
+        attempts.append(figures)
+        p50, p90, p99 = percentiles(figures["latencies_us"])
+        load = figures.get("load", {"rate": 0.0})
+        _progress(
+            f"  {impl:<8} load {load['rate']:>6,.0f}/s: p50 {p50:,.0f} p90 {p90:,.0f} "
+            f"p99 {p99:,.0f} us (other {figures['other_cpus']:.2f} CPU)"
+        )
+        if figures["other_cpus"] <= args.max_other:
+            break
+    quietest = min(attempts, key=lambda figures: figures["other_cpus"])
+    quietest["attempts"] = len(attempts)
+    return quietest
+
+
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     """Every implementation at every rate, ``args.rounds`` times, interleaved."""
     rounds: dict[str, dict[str, list[Any]]] = {
@@ -269,24 +292,16 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         servers = {impl: stack.enter_context(_server(impl, SERVER_CPU)) for impl in args.impls}
         for number in range(1, args.rounds + 1):
+            _progress(f"round {number}/{args.rounds}")
             for impl in args.impls:
                 for rate in args.rates:
-                    figures = measure(impl, *servers[impl], rate, args)
+                    figures = _measure_quietly(impl, servers[impl], rate, args)
                     rounds[impl][str(rate)].append(figures)
-                    p50, p90, p99 = percentiles(figures["latencies_us"])
-                    load = figures.get("load", {"rate": 0.0})
-                    _progress(
-                        f"round {number}/{args.rounds} {impl:<8} load {load['rate']:>6,.0f}/s: "
-                        f"p50 {p50:,.0f} p90 {p90:,.0f} p99 {p99:,.0f} us "
-                        f"(other {figures['other_cpus']:.2f} CPU)"
-                    )
-    settings = {
-        key: getattr(args, key) for key in ("rounds", "warmup", "duration", "interval", "rates")
-    }
+    keys = ("rounds", "warmup", "duration", "interval", "rates", "max_other", "attempts")
     return {
         "machine": machine_facts(),
         "source": source_facts(),
-        "settings": settings,
+        "settings": {key: getattr(args, key) for key in keys},
         "rounds": rounds,
     }
 
@@ -379,6 +394,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interval", type=float, default=0.005, help="seconds between probes")
     parser.add_argument("--rates", default="0,5000", help="loads, requests/s: %(default)s")
     parser.add_argument("--impls", default=",".join(IMPLS), help="of: %(default)s")
+    parser.add_argument(
+        "--max-other",
+        type=float,
+        default=0.3,
+        help="measure again while more CPUs than this were busy elsewhere (%(default)s)",
+    )
+    parser.add_argument("--attempts", type=int, default=3, help="at most; %(default)s")
     single = parser.add_argument_group("one process (the orchestrator starts these)")
     single.add_argument("--role", choices=("load", "probe"))
     single.add_argument("--impl", choices=IMPLS, default="ours")
