@@ -85,8 +85,9 @@ def test_latency_summary_pools_the_rounds_and_compares_p90s() -> None:
     assert row["samples"] == 200
     assert row["p90_us"] == pytest.approx(2 * 90.1)
     assert row["load_rate"] == 5000
-    assert summary["p90_ratios"]["5000"]["ours/baseline"] == pytest.approx(2.0)
-    assert summary["p90_ratios"]["0"]["ours/baseline"] == 1.0
+    assert summary["p90_ratios"]["5000"]["ours/baseline"]["median"] == pytest.approx(2.0)
+    assert summary["p90_ratios"]["5000"]["ours/baseline"]["pooled"] == pytest.approx(2.0)
+    assert summary["p90_ratios"]["0"]["ours/baseline"]["median"] == 1.0
     assert "ours/baseline p90 <= 1.5x under load: missed" in latency_load.format_table(run, summary)
 
 
