@@ -60,6 +60,7 @@ from request_response import (
     make_body,
     rate_figures,
     request_bytes,
+    run_arguments,
     source_facts,
 )
 
@@ -381,11 +382,7 @@ def format_table(run: dict[str, Any], reference: str = REFERENCE) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="1 round, short windows")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=float, default=0.5)
-    parser.add_argument("--duration", type=float, default=2.0)
+    run_arguments(parser, rounds=5, warmup=0.5, duration=2.0)
     parser.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help="of: " + ", ".join(IMPLS))
     parser.add_argument("--role", choices=("server", "client"), help="run only this process")
     parser.add_argument("--impl", choices=IMPLS, default="picows")

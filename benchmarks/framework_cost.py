@@ -37,6 +37,7 @@ import sys
 from typing import Any
 
 from fast_path import MODES, format_table, run_all
+from request_response import run_arguments
 
 from trustp2p.loop import LOOPS
 
@@ -107,11 +108,7 @@ def format_cost(figures: dict[str, dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="1 round, short windows")
-    parser.add_argument("--json", action="store_true", help="print every round as JSON")
-    parser.add_argument("--rounds", type=int, default=5, help="default: %(default)s")
-    parser.add_argument("--warmup", type=float, default=0.5, help="seconds; %(default)s")
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds; %(default)s")
+    run_arguments(parser, rounds=5, warmup=0.5, duration=2.0)
     parser.add_argument("--loop", choices=LOOPS, default="asyncio", help="default: %(default)s")
     args = parser.parse_args(argv)
     if args.quick:

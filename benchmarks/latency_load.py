@@ -73,6 +73,7 @@ from request_response import (
     machine_facts,
     make_body,
     request_bytes,
+    run_arguments,
     source_facts,
 )
 from websockets.asyncio.client import ClientConnection, connect
@@ -409,11 +410,7 @@ def format_table(run: dict[str, Any], summary: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="1 round, short windows")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--rounds", type=int, default=3, help="default: %(default)s")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds; %(default)s")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds; %(default)s")
+    run_arguments(parser, rounds=3, warmup=1.0, duration=5.0)
     parser.add_argument("--interval", type=float, default=0.005, help="seconds between probes")
     parser.add_argument("--rates", default="0,5000", help="loads, requests/s: %(default)s")
     parser.add_argument("--impls", default=",".join(IMPLS), help="of: %(default)s")

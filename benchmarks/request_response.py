@@ -664,6 +664,19 @@ def source_facts() -> dict[str, str]:
     return facts
 
 
+def run_arguments(
+    parser: argparse.ArgumentParser, *, rounds: int, warmup: float, duration: float
+) -> argparse.ArgumentParser:
+    """Add the options the other benchmarks share: ``--quick``, ``--json``, ``--rounds``,
+    ``--warmup`` and ``--duration`` (with these defaults); return ``parser``."""
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, short")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--rounds", type=int, default=rounds, help="default: %(default)s")
+    parser.add_argument("--warmup", type=float, default=warmup, help="seconds; %(default)s")
+    parser.add_argument("--duration", type=float, default=duration, help="seconds; %(default)s")
+    return parser
+
+
 def machine_facts() -> dict[str, Any]:
     return {
         "nproc": len(os.sched_getaffinity(0)),
