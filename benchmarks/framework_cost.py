@@ -122,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.warmup, args.duration = 1, 0.2, 0.5
+        args.attempts = 1
     return args
 
 

@@ -439,6 +439,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--role {args.role} needs --url")
     if args.quick:
         args.rounds, args.warmup, args.duration = 1, 0.3, 1.0
+        args.attempts = 1
     return args
 
 
