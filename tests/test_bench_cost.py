@@ -18,7 +18,7 @@ import pytest
 from .processes import SRC
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other by module name
+sys.path.append(str(BENCHMARKS))  # the scripts import each other by module name
 
 import framework_cost  # noqa: E402
 import latency_load  # noqa: E402
