@@ -48,6 +48,8 @@ SIDES = ("server", "client")
 GOAL_US = {"server": 2.5, "client": 3.5}
 """The goal: CPU µs per pipelined round trip beyond the raw echo, per side."""
 GOAL_MODE = "pipelined"
+MAX_QUIET = 0.3
+"""CPUs busy elsewhere above which a measurement is noisy (``--max-other``'s default)."""
 
 
 def cost_figures(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -105,6 +107,11 @@ def format_cost(figures: dict[str, dict[str, Any]]) -> str:
             for side in SIDES
         ),
     ]
+    worst = goal["other_cpus"]
+    if worst > MAX_QUIET:
+        lines.append(
+            f"  (with up to {worst:.2f} CPU busy elsewhere: CPU times grow with the noise)"
+        )
     return "\n".join(lines)
 
 
@@ -115,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-other",
         type=float,
-        default=0.3,
+        default=MAX_QUIET,
         help="run a client again while more CPUs than this were busy elsewhere (%(default)s)",
     )
     parser.add_argument("--attempts", type=int, default=3, help="at most; %(default)s")

@@ -367,6 +367,13 @@ def _ratio(ours: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _noisy(run: dict[str, Any], rate: str) -> tuple[int, int]:
+    """How many of the ours and baseline measurements at ``rate`` were noisy, of how many."""
+    kept = [f for impl in ("ours", "baseline") for f in run["rounds"].get(impl, {}).get(rate, [])]
+    limit = run["settings"].get("max_other", 0.3)
+    return sum(f["other_cpus"] > limit for f in kept), len(kept)
+
+
 def format_table(run: dict[str, Any], summary: dict[str, Any]) -> str:
     machine, settings = run["machine"], run["settings"]
     lines = [
@@ -405,6 +412,12 @@ def format_table(run: dict[str, Any], summary: dict[str, Any]) -> str:
     if "ours/baseline" in top:
         verdict = "met" if top["ours/baseline"]["median"] <= GOAL else "missed"
         lines.append(f"Goal: ours/baseline p90 <= {GOAL}x under load: {verdict}")
+        noisy, total = _noisy(run, str(max(settings["rates"])))
+        if noisy:
+            lines.append(
+                f"  but {noisy} of {total} of those measurements had more than "
+                f"{settings.get('max_other', 0.3):g} CPU busy elsewhere: not conclusive"
+            )
     return "\n".join(lines)
 
 
