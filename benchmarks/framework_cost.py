@@ -39,7 +39,7 @@ import sys
 from typing import Any
 
 from fast_path import MODES, format_table, run_all
-from request_response import run_arguments
+from request_response import QUIET, run_arguments
 
 from trustp2p.loop import LOOPS
 
@@ -48,8 +48,6 @@ SIDES = ("server", "client")
 GOAL_US = {"server": 2.5, "client": 3.5}
 """The goal: CPU µs per pipelined round trip beyond the raw echo, per side."""
 GOAL_MODE = "pipelined"
-MAX_QUIET = 0.3
-"""CPUs busy elsewhere above which a measurement is noisy (``--max-other``'s default)."""
 
 
 def cost_figures(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -108,7 +106,7 @@ def format_cost(figures: dict[str, dict[str, Any]]) -> str:
         ),
     ]
     worst = goal["other_cpus"]
-    if worst > MAX_QUIET:
+    if worst > QUIET:
         lines.append(
             f"  (with up to {worst:.2f} CPU busy elsewhere: CPU times grow with the noise)"
         )
@@ -117,15 +115,8 @@ def format_cost(figures: dict[str, dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1] if __doc__ else None)
-    run_arguments(parser, rounds=5, warmup=0.5, duration=2.0)
+    run_arguments(parser, rounds=5, warmup=0.5, duration=2.0, remeasure=True)
     parser.add_argument("--loop", choices=LOOPS, default="asyncio", help="default: %(default)s")
-    parser.add_argument(
-        "--max-other",
-        type=float,
-        default=MAX_QUIET,
-        help="run a client again while more CPUs than this were busy elsewhere (%(default)s)",
-    )
-    parser.add_argument("--attempts", type=int, default=3, help="at most; %(default)s")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.warmup, args.duration = 1, 0.2, 0.5

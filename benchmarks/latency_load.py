@@ -423,17 +423,10 @@ def format_table(run: dict[str, Any], summary: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1] if __doc__ else None)
-    run_arguments(parser, rounds=3, warmup=1.0, duration=5.0)
+    run_arguments(parser, rounds=3, warmup=1.0, duration=5.0, remeasure=True)
     parser.add_argument("--interval", type=float, default=0.005, help="seconds between probes")
     parser.add_argument("--rates", default="0,5000", help="loads, requests/s: %(default)s")
     parser.add_argument("--impls", default=",".join(IMPLS), help="of: %(default)s")
-    parser.add_argument(
-        "--max-other",
-        type=float,
-        default=0.3,
-        help="measure again while more CPUs than this were busy elsewhere (%(default)s)",
-    )
-    parser.add_argument("--attempts", type=int, default=3, help="at most; %(default)s")
     single = parser.add_argument_group("one process (the orchestrator starts these)")
     single.add_argument("--role", choices=("load", "probe"))
     single.add_argument("--impl", choices=IMPLS, default="ours")

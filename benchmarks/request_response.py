@@ -664,16 +664,35 @@ def source_facts() -> dict[str, str]:
     return facts
 
 
+QUIET = 0.3
+"""The other benchmarks' ``--max-other`` default: CPUs busy elsewhere above which a
+measurement is made again."""
+
+
 def run_arguments(
-    parser: argparse.ArgumentParser, *, rounds: int, warmup: float, duration: float
+    parser: argparse.ArgumentParser,
+    *,
+    rounds: int,
+    warmup: float,
+    duration: float,
+    remeasure: bool = False,
 ) -> argparse.ArgumentParser:
     """Add the options the other benchmarks share: ``--quick``, ``--json``, ``--rounds``,
-    ``--warmup`` and ``--duration`` (with these defaults); return ``parser``."""
+    ``--warmup`` and ``--duration`` (with these defaults), and with ``remeasure``
+    ``--max-other`` and ``--attempts``; return ``parser``."""
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, short")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--rounds", type=int, default=rounds, help="default: %(default)s")
     parser.add_argument("--warmup", type=float, default=warmup, help="seconds; %(default)s")
     parser.add_argument("--duration", type=float, default=duration, help="seconds; %(default)s")
+    if remeasure:
+        parser.add_argument(
+            "--max-other",
+            type=float,
+            default=QUIET,
+            help="measure again while more CPUs than this were busy elsewhere (%(default)s)",
+        )
+        parser.add_argument("--attempts", type=int, default=3, help="at most; %(default)s")
     return parser
 
 
