@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint docs bench bench-fast bench-idle clean
+.PHONY: demo test lint docs bench bench-fast bench-cost bench-latency bench-idle clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trustp2p needs Python >= 3.11; set PYTHON=python3.11 or newer")'
@@ -44,6 +44,14 @@ bench-fast: $(VENV)/.installed-test
 # 5,000 idle peers: trustp2p's heartbeat against websockets' keepalive (BENCHMARKS.md).
 bench-idle: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/idle.py
+
+# Issue 11, goal 1: trustp2p tcp:// minus a raw asyncio TCP echo, CPU us per round trip.
+bench-cost: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/framework_cost.py
+
+# Issue 11, goal 5: p90 of a sequential request under 5,000 requests/s of other load.
+bench-latency: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/latency_load.py
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache .hypothesis

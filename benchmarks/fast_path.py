@@ -24,6 +24,9 @@ fresh client process per round, rounds interleaved:
 - *ws-uvloop*: the same with the default ``ws`` driver, on uvloop: what the driver
   changes.
 - *picows-secure*: *picows* over the Noise channel (``secure=True``); not by default.
+- *raw-tcp* and *tcp*: the raw echo (as *raw-uvloop-tcp*) and trustp2p with the ``tcp``
+  driver, on the loop ``--loop`` names (``uvloop`` by default, or ``asyncio``); not by
+  default: ``benchmarks/framework_cost.py`` runs them on asyncio's loop (issue 11, goal 1).
 
 Each measurement warms up, then counts round trips over a fixed window and reads the
 CPU time of both processes (``/proc/<pid>/schedstat``) and of the machine (``/proc/stat``,
@@ -48,7 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import uvloop
 from request_response import (
     NO_RATE_LIMIT,
     EchoThread,
@@ -58,14 +60,24 @@ from request_response import (
     make_body,
     rate_figures,
     request_bytes,
+    run_arguments,
     source_facts,
 )
 
 import trustp2p
+from trustp2p.loop import LOOPS
 
-IMPLS = ("raw-uvloop-tcp", "raw-batched", "picows", "ws-uvloop", "picows-secure")
+OURS: dict[str, tuple[str, bool]] = {
+    "picows": ("picows", False),
+    "ws-uvloop": ("ws", False),
+    "picows-secure": ("picows", True),
+    "tcp": ("tcp", False),
+}
+"""trustp2p's implementations: name -> (driver, secure)."""
+IMPLS = ("raw-uvloop-tcp", "raw-batched", "raw-tcp", *OURS)
 DEFAULT_IMPLS = ("raw-uvloop-tcp", "raw-batched", "picows", "ws-uvloop")
 REFERENCE = "raw-uvloop-tcp"
+UVLOOP_ONLY = ("raw-uvloop-tcp", "ws-uvloop")
 MODES = {"sequential": 1, "pipelined": 100}
 SERVER_CPU, CLIENT_CPU = 0, 1
 _LENGTH = struct.Struct(">I")
@@ -170,6 +182,7 @@ class BatchedRawClient(RawClient):
 RAW: dict[str, tuple[type[RawEcho], type[RawClient]]] = {
     "raw-uvloop-tcp": (RawEcho, RawClient),
     "raw-batched": (BatchedRawEcho, BatchedRawClient),
+    "raw-tcp": (RawEcho, RawClient),  # on whichever loop --loop names
 }
 
 
@@ -200,12 +213,13 @@ async def run_server(impl: str) -> None:
         await _until_stdin_closes()
         server.close()
         return
+    driver, secure = OURS[impl]
     node = await trustp2p.create_server(
         port=0,
         threads=(EchoThread,),
         max_inbound=None,
-        secure=impl == "picows-secure",
-        driver="ws" if impl == "ws-uvloop" else "picows",
+        secure=secure,
+        driver=driver,
         **NO_RATE_LIMIT,
     )
     try:
@@ -245,8 +259,7 @@ async def _client_raw(impl: str, url: str, server_pid: int, warmup: float, durat
 
 
 async def _client_ours(impl: str, url: str, server_pid: int, warmup: float, duration: float) -> Any:
-    driver = "ws" if impl == "ws-uvloop" else "picows"
-    secure = impl == "picows-secure"
+    driver, secure = OURS[impl]
     node = await trustp2p.create_client(peers=[url], secure=secure, driver=driver)
     try:
         assert node.client is not None
@@ -289,55 +302,100 @@ def _line(process: subprocess.Popen[str]) -> str:
     return line.strip()
 
 
-def run_all(impls: list[str], rounds: int, warmup: float, duration: float) -> dict[str, Any]:
-    servers = {impl: _child("--role", "server", "--impl", impl) for impl in impls}
+def _client_run(
+    impl: str, url: str, server_pid: int, loop: str, warmup: float, duration: float
+) -> dict[str, Figures]:
+    """One client process's figures, by mode."""
+    client = _child(
+        "--role", "client", "--impl", impl, "--url", url, "--loop", loop,
+        "--server-pid", str(server_pid), "--warmup", str(warmup), "--duration", str(duration),
+    )  # fmt: skip
+    figures: dict[str, Figures] = json.loads(_line(client))
+    client.wait()
+    return figures
+
+
+def run_all(
+    impls: list[str],
+    rounds: int,
+    warmup: float,
+    duration: float,
+    loop: str = "uvloop",
+    *,
+    attempts: int = 1,
+    max_other: float = 0.3,
+) -> dict[str, Any]:
+    """Measure ``impls`` in interleaved rounds on the event loop ``loop``; every round's
+    figures, and the facts of the machine and the source. A client run during which
+    more than ``max_other`` CPUs were busy elsewhere is made again, ``attempts`` runs at
+    most, and the quietest is kept."""
+    servers = {impl: _child("--role", "server", "--impl", impl, "--loop", loop) for impl in impls}
     results: dict[str, dict[str, list[Figures]]] = {i: {m: [] for m in MODES} for i in impls}
     try:
         urls = {impl: _line(process) for impl, process in servers.items()}
         for number in range(1, rounds + 1):
             for impl in impls:
-                client = _child(
-                    "--role", "client", "--impl", impl, "--url", urls[impl],
-                    "--server-pid", str(servers[impl].pid),
-                    "--warmup", str(warmup), "--duration", str(duration),
-                )  # fmt: skip
-                figures = json.loads(_line(client))
-                client.wait()
+                tries = []
+                for _ in range(attempts):
+                    figures = _client_run(
+                        impl, urls[impl], servers[impl].pid, loop, warmup, duration
+                    )
+                    tries.append(figures)
+                    print(f"round {number}/{rounds} {impl:<15}" + "".join(
+                        f" {mode} {figures[mode]['rate']:>9,.0f}/s"
+                        f" (other {figures[mode]['other_cpus']:.2f} CPU)"
+                        for mode in MODES
+                    ), file=sys.stderr, flush=True)  # fmt: skip
+                    if _noise(figures) <= max_other:
+                        break
+                figures = min(tries, key=_noise)
                 for mode in MODES:
                     results[impl][mode].append(figures[mode])
-                print(f"round {number}/{rounds} {impl:<15}" + "".join(
-                    f" {mode} {figures[mode]['rate']:>9,.0f}/s"
-                    f" (other {figures[mode]['other_cpus']:.2f} CPU)"
-                    for mode in MODES
-                ), file=sys.stderr, flush=True)  # fmt: skip
     finally:
         for process in servers.values():
             assert process.stdin is not None
             process.stdin.close()
             process.wait(timeout=30)
+    machine = machine_facts()
+    if loop == "uvloop":
+        machine["uvloop"] = importlib.metadata.version("uvloop")
     return {
-        "machine": {**machine_facts(), "uvloop": importlib.metadata.version("uvloop")},
+        "machine": machine,
         "source": source_facts(),
-        "settings": {"rounds": rounds, "warmup_s": warmup, "duration_s": duration},
+        "settings": {
+            "rounds": rounds,
+            "warmup_s": warmup,
+            "duration_s": duration,
+            "loop": loop,
+            "attempts": attempts,
+            "max_other": max_other,
+        },
         "rounds": results,
     }
 
 
-def format_table(run: dict[str, Any]) -> str:
+def _noise(figures: dict[str, Figures]) -> float:
+    return max(f["other_cpus"] for f in figures.values())
+
+
+def format_table(run: dict[str, Any], reference: str = REFERENCE) -> str:
+    """The medians of each implementation and mode, and their rates over ``reference``'s."""
     rounds = run["rounds"]
     machine = run["machine"]
+    loop = run["settings"].get("loop", "uvloop")
+    loop_name = f"uvloop {machine['uvloop']}" if loop == "uvloop" else "asyncio's loop"
     lines = [
-        f"{machine['cpu']}; Python {machine['python']}, uvloop {machine['uvloop']}; "
+        f"{machine['cpu']}; Python {machine['python']}, {loop_name}; "
         f"trustp2p at {run['source']['commit']} (src/ sha256 {run['source']['src_sha256']})",
         f"median of {run['settings']['rounds']} rounds of {run['settings']['duration_s']:g} s,"
         f" server on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}; CPU us per round trip",
         "",
         f"{'impl':<16}{'mode':<12}{'round trips/s':>14} {'(min-max)':<19}{'server':>7}"
-        f"{'client':>7}{'other':>7}{'/' + REFERENCE:>16}",
+        f"{'client':>7}{'other':>7}{'/' + reference:>16}",
     ]
     for mode in MODES:
-        reference = rounds.get(REFERENCE, {}).get(mode)
-        ref_rate = statistics.median(f["rate"] for f in reference) if reference else None
+        ref_rounds = rounds.get(reference, {}).get(mode)
+        ref_rate = statistics.median(f["rate"] for f in ref_rounds) if ref_rounds else None
         for impl, modes in rounds.items():
             figures = modes[mode]
             rate = statistics.median(f["rate"] for f in figures)
@@ -359,14 +417,11 @@ def format_table(run: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="1 round, short windows")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=float, default=0.5)
-    parser.add_argument("--duration", type=float, default=2.0)
+    run_arguments(parser, rounds=5, warmup=0.5, duration=2.0)
     parser.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help="of: " + ", ".join(IMPLS))
     parser.add_argument("--role", choices=("server", "client"), help="run only this process")
     parser.add_argument("--impl", choices=IMPLS, default="picows")
+    parser.add_argument("--loop", choices=LOOPS, default="uvloop", help="%(default)s")
     parser.add_argument("--url")
     parser.add_argument("--server-pid", type=int)
     parser.add_argument("--modes", default=",".join(MODES), help="client: modes to measure")
@@ -376,6 +431,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         del MODES[mode]  # for a profile of one mode (see BENCHMARKS.md)
     if not set(args.impls) <= set(IMPLS):
         parser.error("--impls takes " + ", ".join(IMPLS))
+    chosen = {args.impl} if args.role else set(args.impls)
+    if args.loop != "uvloop" and chosen & set(UVLOOP_ONLY):
+        parser.error(f"{' and '.join(UVLOOP_ONLY)} run on uvloop: --impls raw-tcp,... instead")
     if args.quick:
         args.rounds, args.warmup, args.duration = 1, 0.2, 0.5
     return args
@@ -387,17 +445,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role == "server":
         os.sched_setaffinity(0, {SERVER_CPU})
-        uvloop.run(run_server(args.impl))
+        trustp2p.run(run_server(args.impl), loop=args.loop)
     elif args.role == "client":
         os.sched_setaffinity(0, {CLIENT_CPU})
         if args.impl in RAW:
             main_ = _client_raw(args.impl, args.url, args.server_pid, args.warmup, args.duration)
         else:
             main_ = _client_ours(args.impl, args.url, args.server_pid, args.warmup, args.duration)
-        _print_line(json.dumps(uvloop.run(main_)))
+        _print_line(json.dumps(trustp2p.run(main_, loop=args.loop)))
     else:
-        run = run_all(args.impls, args.rounds, args.warmup, args.duration)
-        print(json.dumps(run, indent=2) if args.json else format_table(run))
+        run = run_all(args.impls, args.rounds, args.warmup, args.duration, args.loop)
+        reference = REFERENCE if REFERENCE in args.impls else "raw-tcp"
+        print(json.dumps(run, indent=2) if args.json else format_table(run, reference))
     return 0
 
 

@@ -105,7 +105,7 @@ from trustp2p import Body, EventMap, Package, PackageType, Socket, Thread
 from trustp2p.identity import Identity
 from trustp2p.protocol.handshake import HANDSHAKE_MAGIC, HELLO_EVENT, VERSION_EVENT, version_body
 from trustp2p.protocol.package import body_to_json, build_package, decode, encode
-from trustp2p.security.noise import NoiseHandshake
+from trustp2p.security.noise import NoiseHandshake, NoiseTransport
 
 BODY_SIZE = int(os.environ.get("TRUSTP2P_BENCH_BODY_SIZE", "100"))
 """Size of each request body, as compact JSON text, in bytes (``--body-size``; the child
@@ -403,10 +403,11 @@ async def _read_line() -> str:
     return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
-async def _secure_handshake(ws: ClientConnection) -> None:
+async def _secure_handshake(ws: ClientConnection) -> NoiseTransport:
     """
     What a secure trustp2p client does on a new connection, over a raw ``websockets``
     connection: the Noise XX handshake with a fresh identity, then the ``hello`` talks.
+    Return the channel's transport, to seal and open what follows.
     """
     identity = Identity.generate()
     noise = NoiseHandshake(identity, initiator=True)
@@ -428,6 +429,7 @@ async def _secure_handshake(ws: ClientConnection) -> None:
     }
     for sealed in transport.seal(encode(build_package(PackageType.TALK, HELLO_EVENT, body))):
         await ws.send(sealed)
+    return transport
 
 
 async def run_rss_client(impl: str, url: str, clients: int) -> None:
@@ -538,7 +540,7 @@ class Results:
 
 
 def _child(*args: str, stdin: bool = False, script: str = __file__) -> subprocess.Popen[str]:
-    """``script`` (this one by default) run again as a child process with ``args``."""
+    """Start ``script`` (this one by default) with ``args``; read its stdout as text."""
     return subprocess.Popen(
         [sys.executable, os.path.abspath(script), *args],
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
@@ -660,6 +662,38 @@ def source_facts() -> dict[str, str]:
         facts["commit"] = "unknown"
         facts["package"] = str(package)
     return facts
+
+
+QUIET = 0.3
+"""The other benchmarks' ``--max-other`` default: CPUs busy elsewhere above which a
+measurement is made again."""
+
+
+def run_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    rounds: int,
+    warmup: float,
+    duration: float,
+    remeasure: bool = False,
+) -> argparse.ArgumentParser:
+    """Add the options the other benchmarks share: ``--quick``, ``--json``, ``--rounds``,
+    ``--warmup`` and ``--duration`` (with these defaults), and with ``remeasure``
+    ``--max-other`` and ``--attempts``; return ``parser``."""
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, short")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--rounds", type=int, default=rounds, help="default: %(default)s")
+    parser.add_argument("--warmup", type=float, default=warmup, help="seconds; %(default)s")
+    parser.add_argument("--duration", type=float, default=duration, help="seconds; %(default)s")
+    if remeasure:
+        parser.add_argument(
+            "--max-other",
+            type=float,
+            default=QUIET,
+            help="measure again while more CPUs than this were busy elsewhere (%(default)s)",
+        )
+        parser.add_argument("--attempts", type=int, default=3, help="at most; %(default)s")
+    return parser
 
 
 def machine_facts() -> dict[str, Any]:
