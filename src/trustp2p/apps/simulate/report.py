@@ -32,6 +32,7 @@ def to_json(report: SimulationReport) -> dict[str, Any]:
         "partition_at": sim.partition_at,
         "partition_for": sim.partition_for if sim.partition_at is not None else None,
         "seed": sim.seed,
+        "workers": sim.workers,
         "ok": report.ok,
         "problems": report.problems,
         "published": report.published,
@@ -58,6 +59,17 @@ def to_json(report: SimulationReport) -> dict[str, Any]:
         "caught_up": report.caught_up,
         "after_heal": _rounded(report.partition),
         "after_restart": _rounded(report.churn),
+        "peak_rss_mib": _peak_rss(report.peak_rss_mib),
+    }
+
+
+def _peak_rss(rss: dict[str, Any] | None) -> dict[str, Any] | None:
+    if rss is None:
+        return None
+    return {
+        "parent": _round(rss["parent"], 1),
+        "workers": [_round(mib, 1) for mib in rss["workers"]],
+        "total": _round(rss["total"], 1),
     }
 
 
@@ -88,6 +100,8 @@ def report_table(report: SimulationReport) -> Table:
         f"{sim.mode}: {sim.nodes} nodes, degree {sim.degree}, {report.published} messages "
         f"in {report.publish_seconds:.1f} s"
     )
+    if sim.workers > 1:
+        title += f", {sim.workers} worker processes over tcp://"
     table = Table("figure", "value", title=title, title_justify="left")
     for figure, value in (
         *_coverage_rows(report),
@@ -132,7 +146,17 @@ def _traffic_rows(report: SimulationReport) -> list[tuple[str, str]]:
         ("copies received per message per node", f"{report.copies_per_message_per_node:.2f}"),
         ("bytes per message (all traffic)", f"{report.bytes_per_message:,.0f} {one_copy}"),
         ("messages obtained by catch-up", str(report.caught_up)),
+        ("peak RSS (summed over processes)", _mib(report.peak_rss_mib)),
     ]
+
+
+def _mib(rss: dict[str, Any] | None) -> str:
+    if rss is None or rss["total"] is None:
+        return "-"
+    if not rss["workers"]:
+        return f"{rss['total']:.0f} MiB"
+    workers = " + ".join(f"{mib:.0f}" if mib is not None else "?" for mib in rss["workers"])
+    return f"{rss['total']:.0f} MiB (parent {rss['parent']:.0f} + workers {workers})"
 
 
 def _catch_up_rows(report: SimulationReport) -> list[tuple[str, str]]:
