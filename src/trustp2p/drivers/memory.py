@@ -218,7 +218,8 @@ class MemorySocket(Socket):
         self._hub = hub
         self.local_node = local
         self.remote_node = remote
-        self._in_flight: deque[tuple[float, bytes | _Close]] = deque()  # delayed items
+        # Delayed items; made on the first delay (a simulation holds thousands of ends).
+        self._in_flight: deque[tuple[float, bytes | _Close]] | None = None
         self._other: MemorySocket | None = None
         self._state = _OPEN
         self._inbox: deque[bytes | _Close] = deque()
@@ -314,7 +315,8 @@ class MemorySocket(Socket):
     def pending_bytes(self) -> int:
         """Bytes the other end wrote that this end hasn't delivered: still on the
         link (delayed) or waiting in the inbox."""
-        flying = sum(len(item) for _, item in self._in_flight if not isinstance(item, _Close))
+        flights = self._in_flight or ()
+        flying = sum(len(item) for _, item in flights if not isinstance(item, _Close))
         return self._inbox_size + flying
 
     async def wait_drained(self) -> None:
@@ -350,6 +352,8 @@ class MemorySocket(Socket):
         if not delay and not flights:
             self._arrive(item)
             return
+        if flights is None:
+            flights = self._in_flight = deque()
         when = self._loop.time() + delay
         if flights:
             when = max(when, flights[-1][0])
@@ -425,7 +429,8 @@ class MemorySocket(Socket):
         self.close_code, self.close_reason = code, reason
         self._inbox.clear()
         self._inbox_size = 0
-        self._in_flight.clear()  # a pending _land() then finds nothing
+        if self._in_flight:
+            self._in_flight.clear()  # a pending _land() then finds nothing
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_result(None)

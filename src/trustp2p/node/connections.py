@@ -163,6 +163,7 @@ class Connections:
         if self._debug and protocol.last_package is not None:
             conn.log.debug("< %s", protocol.last_package)
         package = protocol.last_package  # counted inline: this runs for every package
+        protocol.last_package = None  # read once: an idle connection holds no package
         slot = package.type if protocol.last_valid and package is not None else INVALID
         metrics = self._metrics
         metrics.packages_in[slot] += 1

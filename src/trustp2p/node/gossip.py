@@ -142,6 +142,7 @@ class Gossip:
             seen_ttl=options.seen_ttl,
             max_hops=options.max_hops,
             mode=options.gossip_mode,
+            rng=self._rng,  # one generator a node: each holds 2.5 KiB of state
         )
         self.catchup = CatchUp(batch=options.catchup_batch, rng=self._rng)
         self.message_log: MessageLog | None = None
