@@ -222,7 +222,9 @@ class MemorySocket(Socket):
         self._in_flight: deque[tuple[float, bytes | _Close]] | None = None
         self._other: MemorySocket | None = None
         self._state = _OPEN
-        self._inbox: deque[bytes | _Close] = deque()
+        # What arrived and isn't delivered; None while empty (a deque holds 760 bytes
+        # even when empty, and a simulation has thousands of idle ends).
+        self._inbox: deque[bytes | _Close] | None = None
         self._inbox_size = 0
         self._flush_scheduled = False
         self._paused = False
@@ -374,6 +376,8 @@ class MemorySocket(Socket):
             self._loop.call_at(flights[0][0], self._land)
 
     def _arrive(self, item: bytes | _Close) -> None:
+        if self._inbox is None:
+            self._inbox = deque()
         self._inbox.append(item)
         if not isinstance(item, _Close):
             self._inbox_size += len(item)
@@ -387,6 +391,8 @@ class MemorySocket(Socket):
     def _flush(self) -> None:
         self._flush_scheduled = False
         inbox = self._inbox
+        if inbox is None:
+            return
         limit = self._options.max_message_size
         while inbox and not self._paused and self._state != _CLOSED:
             item = inbox.popleft()
@@ -404,6 +410,8 @@ class MemorySocket(Socket):
                 self.close_soon(CloseCode.MESSAGE_TOO_BIG, "message too big")
                 continue
             self._deliver(item)
+        if not inbox and self._inbox is inbox:
+            self._inbox = None
         if self._drain_waiters and self._inbox_size <= self._options.write_limit:
             for waiter in self._drain_waiters:
                 if not waiter.done():
@@ -427,7 +435,7 @@ class MemorySocket(Socket):
             return
         self._state = _CLOSED
         self.close_code, self.close_reason = code, reason
-        self._inbox.clear()
+        self._inbox = None
         self._inbox_size = 0
         if self._in_flight:
             self._in_flight.clear()  # a pending _land() then finds nothing
