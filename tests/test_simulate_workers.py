@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from trustp2p.apps.simulate import Simulation, runner, simulate
-from trustp2p.apps.simulate.plan import dial_plan, owner, split
+from trustp2p.apps.simulate.plan import SPARE_DESCRIPTORS, descriptors, dial_plan, owner, split
 from trustp2p.cli import main
-from trustp2p.exceptions import WorkerError
+from trustp2p.exceptions import UsageError, WorkerError
 from trustp2p.testing import Network, random_links
 
 WORKER = "trustp2p.apps.simulate.worker"
@@ -58,6 +58,17 @@ def test_dial_plan_gives_each_node_of_a_share_the_urls_it_dials() -> None:
     assert dial_plan(range(2, 4), links, urls) == [[], [urls[0]]]
 
 
+def test_descriptors_count_listeners_and_connection_ends() -> None:
+    # 0 -> 1 inside the first share (two ends there), 1 -> 2 and 3 -> 0 across.
+    links = [[1], [2], [], [0]]
+    assert descriptors(range(0, 2), links) == 2 + 4 + SPARE_DESCRIPTORS
+    assert descriptors(range(2, 4), links) == 2 + 2 + SPARE_DESCRIPTORS
+    # 3,000 nodes of degree 6 over 2 workers: a connection end per link end, 12 a node.
+    shares = split(3000, 2)
+    links = random_links(3000, 6, random.Random(1))
+    assert sum(descriptors(share, links) for share in shares) == 3000 * 13 + 2 * 64
+
+
 def test_random_links_are_those_of_a_network_with_the_same_seed() -> None:
     links = random_links(50, 6, random.Random(7))
     assert links == random_links(50, 6, random.Random(7))
@@ -81,6 +92,15 @@ def test_workers_are_checked() -> None:
 
 
 # Real runs
+
+
+async def test_a_plan_over_the_open_files_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    resource = pytest.importorskip("resource")
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (100, 100))
+    sim = Simulation(nodes=20, degree=4, messages=1, workers=2)
+    with pytest.raises(UsageError, match=r"needs about 1\d\d open files, over the limit of 100"):
+        await simulate(sim)
+    assert children() == []
 
 
 def children() -> list[int]:

@@ -247,7 +247,7 @@ def simulate(plot: Path | None, as_json: bool, log_level: str, loop: str, **kwar
         simulate_with_progress,
         to_json,
     )
-    from ..exceptions import WorkerError
+    from ..exceptions import UsageError, WorkerError
 
     setup_cli_logging(log_level)
     if plot is not None:
@@ -262,7 +262,7 @@ def simulate(plot: Path | None, as_json: bool, log_level: str, loop: str, **kwar
         raise click.UsageError(str(exc)) from exc
     try:
         report = run_on_loop(simulate_with_progress(sim), loop)
-    except (TimeoutError, WorkerError) as exc:
+    except (TimeoutError, WorkerError, UsageError) as exc:
         click.echo(f"trustp2p: error: {exc}", err=True)
         return 1
     if plot is not None:

@@ -12,7 +12,7 @@ on the machine can collide with them.
 
 from __future__ import annotations
 
-__all__ = ["dial_plan", "owner", "split"]
+__all__ = ["SPARE_DESCRIPTORS", "descriptors", "dial_plan", "owner", "split"]
 
 import bisect
 from collections.abc import Sequence
@@ -45,6 +45,25 @@ def owner(shares: Sequence[range], index: int) -> int:
     if worker < 0 or index not in shares[worker]:
         raise ValueError(f"node {index} is in no share")
     return worker
+
+
+SPARE_DESCRIPTORS = 64
+"""File descriptors a worker needs beyond its nodes' (the interpreter, the event loop,
+its pipes to the parent), counted generously."""
+
+
+def descriptors(share: range, links: Sequence[Sequence[int]]) -> int:
+    """
+    File descriptors the worker running ``share`` needs: a listening socket per node,
+    a socket per connection end of its nodes (both ends of a connection inside the
+    share, one of a connection to another worker), and :data:`SPARE_DESCRIPTORS`.
+    """
+    ends = 0
+    for index, dialled in enumerate(links):
+        mine = index in share
+        for other in dialled:
+            ends += mine + (other in share)
+    return len(share) + ends + SPARE_DESCRIPTORS
 
 
 def dial_plan(share: range, links: Sequence[Sequence[int]], urls: Sequence[str]) -> list[list[str]]:

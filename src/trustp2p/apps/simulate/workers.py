@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...exceptions import WorkerError
+from ...exceptions import UsageError, WorkerError
 from ...testing import Delivery, random_links
 from . import runner
 from .config import TOPIC, Simulation
@@ -47,7 +47,7 @@ from .metrics import (
     measure,
     peak_rss_summary,
 )
-from .plan import dial_plan, owner, split
+from .plan import descriptors, dial_plan, owner, split
 from .runner import Progress, peak_rss_mib
 
 _LINE_LIMIT = 1 << 26  # bytes: the longest answer (the deliveries of one node)
@@ -100,6 +100,8 @@ async def simulate_workers(
     Raises:
         TimeoutError: If the nodes don't connect and form their meshes in time.
         WorkerError: If a worker process dies or fails.
+        UsageError: If a worker would need more open files than the system allows
+            (``ulimit -n``); the message says how many.
 
     """
     return await _Parent(sim, progress).run()
@@ -142,7 +144,26 @@ class _Parent:
         report.peak_rss_mib = peak_rss_summary(peak_rss_mib(), workers)
         return report
 
+    def _check_descriptors(self) -> None:
+        """Raise the soft limit on open files to the hard one (the workers inherit it),
+        and refuse a plan that needs more."""
+        try:
+            import resource
+        except ImportError:  # not on Unix: nothing to check
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        limit = hard if hard != resource.RLIM_INFINITY else None
+        need = max(descriptors(share, self.links) for share in self.shares)
+        if limit is not None and need > limit:
+            raise UsageError(
+                f"a worker of {len(self.shares[0])} nodes needs about {need:,} open files, "
+                f"over the limit of {limit:,} (ulimit -n): use more workers"
+            )
+
     async def _spawn(self) -> None:
+        self._check_descriptors()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SRC, env.get("PYTHONPATH")]))
         loop = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
