@@ -135,6 +135,8 @@ def test_two_workers_reach_every_node(capsys: pytest.CaptureFixture[str]) -> Non
     rss = report["peak_rss_mib"]
     assert len(rss["workers"]) == 2
     assert rss["total"] == pytest.approx(rss["parent"] + sum(rss["workers"]), abs=0.2)
+    cpu = report["cpu_seconds"]
+    assert len(cpu["workers"]) == 2 and all(seconds > 0 for seconds in cpu["workers"])
     assert children() == []
 
 

@@ -59,17 +59,18 @@ def to_json(report: SimulationReport) -> dict[str, Any]:
         "caught_up": report.caught_up,
         "after_heal": _rounded(report.partition),
         "after_restart": _rounded(report.churn),
-        "peak_rss_mib": _peak_rss(report.peak_rss_mib),
+        "peak_rss_mib": _per_process(report.peak_rss_mib),
+        "cpu_seconds": _per_process(report.cpu_seconds),
     }
 
 
-def _peak_rss(rss: dict[str, Any] | None) -> dict[str, Any] | None:
-    if rss is None:
+def _per_process(figures: dict[str, Any] | None) -> dict[str, Any] | None:
+    if figures is None:
         return None
     return {
-        "parent": _round(rss["parent"], 1),
-        "workers": [_round(mib, 1) for mib in rss["workers"]],
-        "total": _round(rss["total"], 1),
+        "parent": _round(figures["parent"], 1),
+        "workers": [_round(value, 1) for value in figures["workers"]],
+        "total": _round(figures["total"], 1),
     }
 
 
@@ -146,17 +147,18 @@ def _traffic_rows(report: SimulationReport) -> list[tuple[str, str]]:
         ("copies received per message per node", f"{report.copies_per_message_per_node:.2f}"),
         ("bytes per message (all traffic)", f"{report.bytes_per_message:,.0f} {one_copy}"),
         ("messages obtained by catch-up", str(report.caught_up)),
-        ("peak RSS (summed over processes)", _mib(report.peak_rss_mib)),
+        ("peak RSS (summed over processes)", _sum(report.peak_rss_mib, " MiB")),
+        ("CPU time (summed over processes)", _sum(report.cpu_seconds, " s")),
     ]
 
 
-def _mib(rss: dict[str, Any] | None) -> str:
-    if rss is None or rss["total"] is None:
+def _sum(figures: dict[str, Any] | None, unit: str) -> str:
+    if figures is None or figures["total"] is None:
         return "-"
-    if not rss["workers"]:
-        return f"{rss['total']:.0f} MiB"
-    workers = " + ".join(f"{mib:.0f}" if mib is not None else "?" for mib in rss["workers"])
-    return f"{rss['total']:.0f} MiB (parent {rss['parent']:.0f} + workers {workers})"
+    if not figures["workers"]:
+        return f"{figures['total']:.0f}{unit}"
+    workers = " + ".join(f"{v:.0f}" if v is not None else "?" for v in figures["workers"])
+    return f"{figures['total']:.0f}{unit} (parent {figures['parent']:.0f} + workers {workers})"
 
 
 def _catch_up_rows(report: SimulationReport) -> list[tuple[str, str]]:

@@ -10,10 +10,19 @@ schedules run, waits for the messages to settle, and hands what it recorded to
 
 from __future__ import annotations
 
-__all__ = ["LATE", "Progress", "peak_rss_mib", "router_counts", "simulate", "traffic_thread"]
+__all__ = [
+    "LATE",
+    "Progress",
+    "cpu_seconds",
+    "peak_rss_mib",
+    "router_counts",
+    "simulate",
+    "traffic_thread",
+]
 
 import asyncio
 import gc
+import os
 import random
 import time
 from collections.abc import Callable
@@ -31,7 +40,7 @@ from .metrics import (
     RouterCounts,
     SimulationReport,
     measure,
-    peak_rss_summary,
+    per_process,
 )
 
 Progress = Callable[[int, int, int, int], None]
@@ -152,7 +161,8 @@ class _Runner:
             seen.counts = [router_counts(index, node) for index, node in self.instances]
         report = measure(sim, self.seen)
         report.wall_seconds = time.monotonic() - wall
-        report.peak_rss_mib = peak_rss_summary(peak_rss_mib(), [])
+        report.peak_rss_mib = per_process(peak_rss_mib(), [])
+        report.cpu_seconds = per_process(cpu_seconds(), [])
         return report
 
     async def _drive(self) -> None:
@@ -246,6 +256,12 @@ def router_counts(index: int, node: Node) -> RouterCounts:
     assert node.gossip is not None
     stats = node.gossip.router.stats
     return RouterCounts(index, stats.duplicates, stats.received, node.gossip.caught_up)
+
+
+def cpu_seconds() -> float:
+    """CPU time this process used so far (user and system), in seconds."""
+    times = os.times()
+    return times.user + times.system
 
 
 def peak_rss_mib() -> float | None:

@@ -44,7 +44,7 @@ from ...drivers.base import SocketStats
 from ...loop import run
 from ...testing import Network
 from .config import TOPIC
-from .runner import peak_rss_mib, router_counts, traffic_thread
+from .runner import cpu_seconds, peak_rss_mib, router_counts, traffic_thread
 
 _LINE_LIMIT = 1 << 24  # bytes: the longest command (the dial plan of a big share)
 _LATE_CONNECT = "the nodes didn't connect within {:g} s"
@@ -167,7 +167,7 @@ class _Worker:
                 counts=[counts.duplicates, counts.received, counts.caught_up],
             )
         bytes_out = sum(stats.bytes_out for stats in self.traffic) - self.bytes_before
-        _send(op="report", bytes=bytes_out, peak_rss_mib=peak_rss_mib())
+        _send(op="report", bytes=bytes_out, peak_rss_mib=peak_rss_mib(), cpu=cpu_seconds())
 
 
 def _send(**message: Any) -> None:

@@ -45,10 +45,10 @@ from .metrics import (
     RouterCounts,
     SimulationReport,
     measure,
-    peak_rss_summary,
+    per_process,
 )
 from .plan import descriptors, dial_plan, owner, split
-from .runner import Progress, peak_rss_mib
+from .runner import Progress, cpu_seconds, peak_rss_mib
 
 _LINE_LIMIT = 1 << 26  # bytes: the longest answer (the deliveries of one node)
 _SRC = str(Path(__file__).resolve().parents[3])  # where the trustp2p package is
@@ -137,11 +137,9 @@ class _Parent:
         seen.live = list(range(self.sim.nodes))
         report = measure(self.sim, seen)
         report.wall_seconds = time.monotonic() - wall
-        workers: list[float | None] = [
-            child.reported["peak_rss_mib"] if child.reported is not None else None
-            for child in self.children
-        ]
-        report.peak_rss_mib = peak_rss_summary(peak_rss_mib(), workers)
+        reports = [child.reported or {} for child in self.children]
+        report.peak_rss_mib = per_process(peak_rss_mib(), [r.get("peak_rss_mib") for r in reports])
+        report.cpu_seconds = per_process(cpu_seconds(), [r.get("cpu") for r in reports])
         return report
 
     def _check_descriptors(self) -> None:
