@@ -409,3 +409,35 @@ async def test_messages_logged_before_a_crash_are_delivered_at_start(tmp_path: A
                 assert await stays(lambda: got == [], 50 * MS)  # the marks were written
         finally:
             await node.stop()
+
+
+async def test_a_message_sent_to_several_peers_is_encoded_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The router hands one message to each target in turn: one package, encoded once,
+    the same bytes written to every peer."""
+    from trustp2p.node import connections
+
+    gossip_encoded: list[bytes] = []
+    real = connections.encode
+
+    def counting(package: Any) -> bytes:
+        data = real(package)
+        if package.type is PackageType.GOSSIP:
+            gossip_encoded.append(data)
+        return data
+
+    # A star: node 0 pushes its message to each of the four others, which have no one
+    # else to pass it to.
+    async with Network(5, degree=0, topics=["chat"], gossip_mode="flood") as network:
+        center = network.nodes[0]
+        assert center.client is not None and center.gossip is not None
+        for other in network.nodes[1:]:
+            assert other.url is not None
+            center.client.connect(other.url)
+        await wait_for(lambda: len(center.sockets) == 4)
+        await network.wait_meshes("chat")
+        monkeypatch.setattr(connections, "encode", counting)
+        await center.gossip.publish("chat", {"text": "hello"})
+        await network.wait_delivered(1)
+    assert len(gossip_encoded) == 1

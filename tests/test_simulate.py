@@ -30,7 +30,7 @@ def _short_late_window(monkeypatch: pytest.MonkeyPatch) -> None:
     """After every node has every message, the runner goes on counting late copies for
     0.5 s; on one memory hub, a tenth of that is plenty (and the figures the tests
     check don't depend on it)."""
-    monkeypatch.setattr(runner, "_LATE", 0.1)
+    monkeypatch.setattr(runner, "LATE", 0.1)
 
 
 def simulate(capsys: pytest.CaptureFixture[str], *args: str, code: int = 0) -> dict[str, Any]:

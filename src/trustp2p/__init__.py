@@ -22,6 +22,7 @@ from .exceptions import (
     ThreadLoadError,
     TrustP2PError,
     UsageError,
+    WorkerError,
 )
 from .loop import run
 from .node import (
@@ -76,6 +77,7 @@ __all__ = [
     "ThreadLoadError",
     "TrustP2PError",
     "UsageError",
+    "WorkerError",
     "__version__",
     "create_client",
     "create_node",

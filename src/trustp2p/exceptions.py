@@ -14,6 +14,7 @@ Every error trustp2p raises derives from :exc:`TrustP2PError`::
     ├── DriverError             # unknown scheme, dial or listen failure
     ├── ThreadLoadError         # a file in threads-enabled/ can't be loaded
     ├── IdentityError           # the node's key file is unsafe, corrupt or unreadable
+    ├── WorkerError             # a worker process of `simulate --workers` died or failed
     └── UsageError              # what the CALLER did wrong; also a RuntimeError
         ├── NodeStateError      # the node (or a part of it) isn't in a state for that call
         └── ConfigError         # options that can't work together; also a ValueError
@@ -44,6 +45,7 @@ __all__ = [
     "ThreadLoadError",
     "TrustP2PError",
     "UsageError",
+    "WorkerError",
 ]
 
 from pathlib import Path
@@ -178,6 +180,11 @@ class ThreadLoadError(TrustP2PError):
 
 class IdentityError(TrustP2PError):
     """The node's key file is unsafe, corrupt or unreadable; the node doesn't start."""
+
+
+class WorkerError(TrustP2PError):
+    """A worker process of ``simulate --workers N`` died or failed; the message says
+    which one (its nodes and process id) and how. The simulation stops."""
 
 
 class UsageError(TrustP2PError, RuntimeError):

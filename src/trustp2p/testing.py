@@ -20,7 +20,7 @@ Every message a node delivers is recorded in :attr:`Network.received`: per node,
 
 from __future__ import annotations
 
-__all__ = ["Delivery", "Network"]
+__all__ = ["Delivery", "Network", "random_links"]
 
 import asyncio
 import random
@@ -56,6 +56,27 @@ SIMULATION_OPTIONS: dict[str, Any] = {
     "request_rate": 10_000.0,
     "request_burst": 10_000,
 }
+
+
+def random_links(size: int, degree: int, rng: random.Random) -> list[list[int]]:
+    """
+    Who dials whom in a random network of ``size`` nodes: per node, ``degree`` distinct
+    others (fewer if there aren't enough), never a pair both ways. The same ``rng``
+    state gives the same links (``simulate --workers`` plans them in the parent).
+    """
+    links: list[list[int]] = [[] for _ in range(size)]
+    pairs: set[frozenset[int]] = set()
+    for index in range(size):
+        others = [i for i in range(size) if i != index]
+        rng.shuffle(others)
+        for other in others:
+            if len(links[index]) >= degree:
+                break
+            pair = frozenset((index, other))
+            if pair not in pairs:
+                pairs.add(pair)
+                links[index].append(other)
+    return links
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,20 +188,7 @@ class Network:
             self._tmp = None
 
     def _topology(self) -> list[list[int]]:
-        """Who dials whom: ``degree`` distinct others each, never both ways."""
-        links: list[list[int]] = [[] for _ in range(self.size)]
-        pairs: set[frozenset[int]] = set()
-        for index in range(self.size):
-            others = [i for i in range(self.size) if i != index]
-            self.rng.shuffle(others)
-            for other in others:
-                if len(links[index]) >= self.degree:
-                    break
-                pair = frozenset((index, other))
-                if pair not in pairs:
-                    pairs.add(pair)
-                    links[index].append(other)
-        return links
+        return random_links(self.size, self.degree, self.rng)
 
     def _make_node(self, index: int, port: int) -> Node:
         directory = self.directory / f"node{index}"

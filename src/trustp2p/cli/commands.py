@@ -191,6 +191,15 @@ SIMULATION_OPTIONS = [
         help="Seconds to wait, after publishing, for every live node to have every message.",
     ),
     click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="Processes to spread the nodes over, connected over tcp:// on 127.0.0.1 "
+        "(1: every node in this process, on the memory driver; no churn nor partition "
+        "with more).",
+    ),
+    click.option(
         "--plot",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
@@ -220,7 +229,8 @@ def simulation_options(f: F) -> F:
 def simulate(plot: Path | None, as_json: bool, log_level: str, loop: str, **kwargs: Any) -> int:
     """Simulate a network of NODES in-process nodes and measure its gossip.
 
-    Nodes run in this process on the memory driver. Once they are connected, MESSAGES
+    Nodes run in this process on the memory driver, or with --workers N in N worker
+    processes on tcp:// over 127.0.0.1. Once they are connected, MESSAGES
     messages are published at RATE from random live nodes; --churn kills and restarts
     nodes meanwhile, --partition-at cuts the network in two for a while. Reports
     coverage, time to full coverage (p50/p99), duplicates and bytes per message, and
@@ -237,6 +247,7 @@ def simulate(plot: Path | None, as_json: bool, log_level: str, loop: str, **kwar
         simulate_with_progress,
         to_json,
     )
+    from ..exceptions import UsageError, WorkerError
 
     setup_cli_logging(log_level)
     if plot is not None:
@@ -251,7 +262,7 @@ def simulate(plot: Path | None, as_json: bool, log_level: str, loop: str, **kwar
         raise click.UsageError(str(exc)) from exc
     try:
         report = run_on_loop(simulate_with_progress(sim), loop)
-    except TimeoutError as exc:
+    except (TimeoutError, WorkerError, UsageError) as exc:
         click.echo(f"trustp2p: error: {exc}", err=True)
         return 1
     if plot is not None:

@@ -218,10 +218,13 @@ class MemorySocket(Socket):
         self._hub = hub
         self.local_node = local
         self.remote_node = remote
-        self._in_flight: deque[tuple[float, bytes | _Close]] = deque()  # delayed items
+        # Delayed items; made on the first delay (a simulation holds thousands of ends).
+        self._in_flight: deque[tuple[float, bytes | _Close]] | None = None
         self._other: MemorySocket | None = None
         self._state = _OPEN
-        self._inbox: deque[bytes | _Close] = deque()
+        # What arrived and isn't delivered; None while empty (a deque holds 760 bytes
+        # even when empty, and a simulation has thousands of idle ends).
+        self._inbox: deque[bytes | _Close] | None = None
         self._inbox_size = 0
         self._flush_scheduled = False
         self._paused = False
@@ -314,7 +317,8 @@ class MemorySocket(Socket):
     def pending_bytes(self) -> int:
         """Bytes the other end wrote that this end hasn't delivered: still on the
         link (delayed) or waiting in the inbox."""
-        flying = sum(len(item) for _, item in self._in_flight if not isinstance(item, _Close))
+        flights = self._in_flight or ()
+        flying = sum(len(item) for _, item in flights if not isinstance(item, _Close))
         return self._inbox_size + flying
 
     async def wait_drained(self) -> None:
@@ -350,6 +354,8 @@ class MemorySocket(Socket):
         if not delay and not flights:
             self._arrive(item)
             return
+        if flights is None:
+            flights = self._in_flight = deque()
         when = self._loop.time() + delay
         if flights:
             when = max(when, flights[-1][0])
@@ -370,6 +376,8 @@ class MemorySocket(Socket):
             self._loop.call_at(flights[0][0], self._land)
 
     def _arrive(self, item: bytes | _Close) -> None:
+        if self._inbox is None:
+            self._inbox = deque()
         self._inbox.append(item)
         if not isinstance(item, _Close):
             self._inbox_size += len(item)
@@ -384,6 +392,8 @@ class MemorySocket(Socket):
     def _flush(self) -> None:
         self._flush_scheduled = False
         inbox = self._inbox
+        if inbox is None:
+            return
         limit = self._options.max_message_size
         while inbox and not self._paused and self._state != _CLOSED:
             item = inbox.popleft()
@@ -401,6 +411,8 @@ class MemorySocket(Socket):
                 self.close_soon(CloseCode.MESSAGE_TOO_BIG, "message too big")
                 continue
             self._deliver(item)
+        if not inbox and self._inbox is inbox:
+            self._inbox = None
         if self._drain_waiters and self._inbox_size <= self._options.write_limit:
             for waiter in self._drain_waiters:
                 if not waiter.done():
@@ -424,9 +436,10 @@ class MemorySocket(Socket):
             return
         self._state = _CLOSED
         self.close_code, self.close_reason = code, reason
-        self._inbox.clear()
+        self._inbox = None
         self._inbox_size = 0
-        self._in_flight.clear()  # a pending _land() then finds nothing
+        if self._in_flight:
+            self._in_flight.clear()  # a pending _land() then finds nothing
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_result(None)

@@ -88,6 +88,9 @@ class Connections:
         self._workers: set[asyncio.Task[None]] = set()
         self._debug = self._logger.isEnabledFor(logging.DEBUG)
         self._metrics = node.metrics
+        # The last gossip package written and its bytes: a message forwarded to several
+        # peers is one package (see Gossip._send), encoded once, its bytes shared.
+        self._last_gossip: tuple[Package | None, bytes] = (None, b"")
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -163,6 +166,7 @@ class Connections:
         if self._debug and protocol.last_package is not None:
             conn.log.debug("< %s", protocol.last_package)
         package = protocol.last_package  # counted inline: this runs for every package
+        protocol.last_package = None  # read once: an idle connection holds no package
         slot = package.type if protocol.last_valid and package is not None else INVALID
         metrics = self._metrics
         metrics.packages_in[slot] += 1
@@ -527,7 +531,11 @@ class Connections:
                         self._send_queue_full(conn)
             else:
                 conn.backlog = 0
-        data = encode(package)
+        last, data = self._last_gossip
+        if package is not last:
+            data = encode(package)
+            if package.type is PackageType.GOSSIP:
+                self._last_gossip = (package, data)
         metrics = self._metrics
         metrics.packages_out[package.type] += 1
         metrics.bytes_out[package.type] += len(data)

@@ -80,7 +80,9 @@ class Worker:
     ) -> None:
         self._socket = socket
         self._node = node
-        self._inbox: deque[Package | Hook] = deque()
+        # None while empty and not draining: a deque holds 760 bytes even when empty,
+        # and a node with thousands of mostly idle connections has one each.
+        self._inbox: deque[Package | Hook] | None = None
         self._task: asyncio.Task[None] | None = None
         self._max_pending = max_pending
         self._can_resume = can_resume
@@ -90,6 +92,8 @@ class Worker:
     def put(self, item: Package | Hook) -> asyncio.Task[None] | None:
         """Queue ``item``; returns the worker task if this call started one."""
         inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = deque()
         inbox.append(item)
         if self._task is None:
             task = _start_task(self._work())
@@ -105,6 +109,7 @@ class Worker:
 
     async def _work(self) -> None:
         inbox = self._inbox
+        assert inbox is not None
         resume_at = self._max_pending // 2
         threads = self._node.threads
         try:
@@ -125,6 +130,8 @@ class Worker:
                         await self._run(thread, handler, item)
         finally:
             self._task = None
+            if not inbox:
+                self._inbox = None
 
     async def _request(self, package: Package) -> None:
         """

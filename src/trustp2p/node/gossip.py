@@ -142,12 +142,16 @@ class Gossip:
             seen_ttl=options.seen_ttl,
             max_hops=options.max_hops,
             mode=options.gossip_mode,
+            rng=self._rng,  # one generator a node: each holds 2.5 KiB of state
         )
         self.catchup = CatchUp(batch=options.catchup_batch, rng=self._rng)
         self.message_log: MessageLog | None = None
         self._streams: Streams[Socket | None] | None = None
         self._marks: ReleaseMarks | None = None
         self._published: set[str] = set()  # topics this node published to
+        # The last message sent and its package: the router sends one message object to
+        # each of its targets in turn, and they all get the same package.
+        self._last_sent: tuple[GossipMessage | None, Package | None] = (None, None)
         self.tasks = TaskOwner(logger)
         self.delivered = 0
         self.caught_up = 0
@@ -309,13 +313,19 @@ class Gossip:
         if action.kind == "talk":
             package = build_package(PackageType.TALK, action.event, action.body)
         else:
-            assert action.message is not None
-            message = action.message
-            package = build_package(PackageType.GOSSIP, message.topic, message.to_body())
+            package = self._message_package(action.message)
         try:
             self.node.send_package(socket, package)
         except ConnectionClosed:
             pass
+
+    def _message_package(self, message: GossipMessage | None) -> Package:
+        last, package = self._last_sent
+        if message is not last or package is None:
+            assert message is not None
+            package = build_package(PackageType.GOSSIP, message.topic, message.to_body())
+            self._last_sent = (message, package)
+        return package
 
     # Receiving
 

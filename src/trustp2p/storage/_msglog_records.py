@@ -126,7 +126,11 @@ class Seqs:
 
     def add(self, seq: int) -> None:
         seqs = self._seqs
-        if not seqs or seq > seqs[-1]:
+        if not seqs:
+            # A list of one, not an empty one grown: 24 bytes less, and a simulated node
+            # keeps two of these for each origin, which publish a message or two each.
+            self._seqs = [seq]
+        elif seq > seqs[-1]:
             seqs.append(seq)
         else:
             bisect.insort(seqs, seq, lo=self._head)

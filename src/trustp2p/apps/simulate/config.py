@@ -32,6 +32,10 @@ class Simulation:
         seed: Seed of the topology, the publishers and the churn schedule.
         timeout: After publishing (and the last restart and heal), seconds to wait for
             every live node to deliver every message.
+        workers: Processes the nodes are spread over. 1 (the default): every node in
+            this process, on the memory driver. More: that many worker processes, each
+            running its share of the nodes on tcp:// over 127.0.0.1 (no churn nor
+            partition then: those need the memory driver).
 
     Raises:
         ValueError: If a parameter is out of its range; the message names it and gives
@@ -50,6 +54,7 @@ class Simulation:
     mesh_degree: int = 6
     seed: int | None = None
     timeout: float = 30.0
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -66,6 +71,10 @@ class Simulation:
             raise ValueError(f"churn must be in [0, 1), not {self.churn}")
         if self.partition_at is not None and not 0 <= self.partition_at < math.inf:
             raise ValueError(f"partition_at must not be negative, not {self.partition_at}")
+        if not 1 <= self.workers <= self.nodes:
+            raise ValueError(f"workers must be in [1, nodes], not {self.workers}")
+        if self.workers > 1 and (self.churn or self.partition_at is not None):
+            raise ValueError("churn and partitions need the memory driver: use them with 1 worker")
         if self.mode not in ("gossip", "flood"):
             raise ValueError(f"mode must be 'gossip' or 'flood', not {self.mode!r}")
 

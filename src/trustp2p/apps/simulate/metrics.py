@@ -18,6 +18,7 @@ __all__ = [
     "latency_summary",
     "measure",
     "message_package_bytes",
+    "per_process",
     "quantile",
 ]
 
@@ -136,6 +137,8 @@ class SimulationReport:
     caught_up: int = 0
     partition: dict[str, Any] | None = None
     churn: dict[str, Any] | None = None
+    peak_rss_mib: dict[str, Any] | None = None
+    cpu_seconds: dict[str, Any] | None = None
     # For plots, not in to_json(): per message, the delays (s) of its first delivery to
     # each live node, sorted; and per node, duplicates received per message.
     delays: list[list[float]] = field(default_factory=list, repr=False)
@@ -162,6 +165,14 @@ def latency_summary(values: Sequence[float]) -> dict[str, float | int | None]:
         "max": max(values) if values else None,
         "messages": len(values),
     }
+
+
+def per_process(parent: float | None, workers: Sequence[float | None]) -> dict[str, Any]:
+    """A figure of each process (peak RSS in MiB, CPU seconds): the parent's, each
+    worker's (none in a one-process run), and their sum (of those known; ``None`` if
+    none is)."""
+    known = [mib for mib in (parent, *workers) if mib is not None]
+    return {"parent": parent, "workers": list(workers), "total": sum(known) if known else None}
 
 
 def message_package_bytes() -> int:

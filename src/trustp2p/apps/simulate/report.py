@@ -32,6 +32,7 @@ def to_json(report: SimulationReport) -> dict[str, Any]:
         "partition_at": sim.partition_at,
         "partition_for": sim.partition_for if sim.partition_at is not None else None,
         "seed": sim.seed,
+        "workers": sim.workers,
         "ok": report.ok,
         "problems": report.problems,
         "published": report.published,
@@ -58,6 +59,18 @@ def to_json(report: SimulationReport) -> dict[str, Any]:
         "caught_up": report.caught_up,
         "after_heal": _rounded(report.partition),
         "after_restart": _rounded(report.churn),
+        "peak_rss_mib": _per_process(report.peak_rss_mib),
+        "cpu_seconds": _per_process(report.cpu_seconds),
+    }
+
+
+def _per_process(figures: dict[str, Any] | None) -> dict[str, Any] | None:
+    if figures is None:
+        return None
+    return {
+        "parent": _round(figures["parent"], 1),
+        "workers": [_round(value, 1) for value in figures["workers"]],
+        "total": _round(figures["total"], 1),
     }
 
 
@@ -88,6 +101,8 @@ def report_table(report: SimulationReport) -> Table:
         f"{sim.mode}: {sim.nodes} nodes, degree {sim.degree}, {report.published} messages "
         f"in {report.publish_seconds:.1f} s"
     )
+    if sim.workers > 1:
+        title += f", {sim.workers} worker processes over tcp://"
     table = Table("figure", "value", title=title, title_justify="left")
     for figure, value in (
         *_coverage_rows(report),
@@ -132,7 +147,18 @@ def _traffic_rows(report: SimulationReport) -> list[tuple[str, str]]:
         ("copies received per message per node", f"{report.copies_per_message_per_node:.2f}"),
         ("bytes per message (all traffic)", f"{report.bytes_per_message:,.0f} {one_copy}"),
         ("messages obtained by catch-up", str(report.caught_up)),
+        ("peak RSS (summed over processes)", _sum(report.peak_rss_mib, " MiB")),
+        ("CPU time (summed over processes)", _sum(report.cpu_seconds, " s")),
     ]
+
+
+def _sum(figures: dict[str, Any] | None, unit: str) -> str:
+    if figures is None or figures["total"] is None:
+        return "-"
+    if not figures["workers"]:
+        return f"{figures['total']:.0f}{unit}"
+    workers = " + ".join(f"{v:.0f}" if v is not None else "?" for v in figures["workers"])
+    return f"{figures['total']:.0f}{unit} (parent {figures['parent']:.0f} + workers {workers})"
 
 
 def _catch_up_rows(report: SimulationReport) -> list[tuple[str, str]]:

@@ -10,10 +10,19 @@ schedules run, waits for the messages to settle, and hands what it recorded to
 
 from __future__ import annotations
 
-__all__ = ["Progress", "simulate"]
+__all__ = [
+    "LATE",
+    "Progress",
+    "cpu_seconds",
+    "peak_rss_mib",
+    "router_counts",
+    "simulate",
+    "traffic_thread",
+]
 
 import asyncio
 import gc
+import os
 import random
 import time
 from collections.abc import Callable
@@ -31,14 +40,16 @@ from .metrics import (
     RouterCounts,
     SimulationReport,
     measure,
+    per_process,
 )
 
 Progress = Callable[[int, int, int, int], None]
 """``progress(published, messages, delivered, expected)``: messages published so far,
 and (live node, message) pairs delivered out of those expected."""
 
-# After every live node has every message, late duplicates and announcements still count.
-_LATE = 0.5  # s
+LATE = 0.5
+"""Seconds the run goes on after every live node has every message: late duplicates
+and announcements still count."""
 
 
 async def simulate(sim: Simulation, *, progress: Progress | None = None) -> SimulationReport:
@@ -57,12 +68,17 @@ async def simulate(sim: Simulation, *, progress: Progress | None = None) -> Simu
     Raises:
         TimeoutError: If the nodes don't connect and form their meshes in time
             (30 s plus 0.1 s per node).
+        WorkerError: With ``sim.workers`` > 1, if a worker process dies or fails.
 
     """
+    if sim.workers > 1:
+        from .workers import simulate_workers  # it builds on this module
+
+        return await simulate_workers(sim, progress=progress)
     return await _Runner(sim, progress).run()
 
 
-def _traffic_thread(traffic: list[SocketStats]) -> type[Thread]:
+def traffic_thread(traffic: list[SocketStats]) -> type[Thread]:
     """A thread that notes the counters of every connection its node makes."""
 
     class TrafficThread(Thread):
@@ -100,7 +116,7 @@ class _Runner:
             gossip_degree=sim.mesh_degree,
             gossip_degree_low=min(4, sim.mesh_degree),
             gossip_degree_high=max(12, sim.mesh_degree),
-            threads=(_traffic_thread(self.traffic),),
+            threads=(traffic_thread(self.traffic),),
         )
         self.instances: list[tuple[int, Node]] = []  # every node started, by index
         self.seen = Observations(published={}, received=self.network.received, live=[])
@@ -142,9 +158,11 @@ class _Runner:
             seen = self.seen
             seen.bytes_total = sum(stats.bytes_out for stats in self.traffic) - bytes_before
             seen.live = [i for i in range(sim.nodes) if network.alive(i)]
-            seen.counts = [_router_counts(index, node) for index, node in self.instances]
+            seen.counts = [router_counts(index, node) for index, node in self.instances]
         report = measure(sim, self.seen)
         report.wall_seconds = time.monotonic() - wall
+        report.peak_rss_mib = per_process(peak_rss_mib(), [])
+        report.cpu_seconds = per_process(cpu_seconds(), [])
         return report
 
     async def _drive(self) -> None:
@@ -167,7 +185,7 @@ class _Runner:
         self.seen.settle_seconds = time.monotonic() - published_end
         last_publish = max((p.when for p in self.seen.published.values()), default=self.start)
         self.seen.publish_seconds = last_publish - self.start
-        await asyncio.sleep(min(_LATE, sim.timeout))
+        await asyncio.sleep(min(LATE, sim.timeout))
         self._scan()
 
     # Phases
@@ -234,7 +252,26 @@ class _Runner:
         )
 
 
-def _router_counts(index: int, node: Node) -> RouterCounts:
+def router_counts(index: int, node: Node) -> RouterCounts:
     assert node.gossip is not None
     stats = node.gossip.router.stats
     return RouterCounts(index, stats.duplicates, stats.received, node.gossip.caught_up)
+
+
+def cpu_seconds() -> float:
+    """CPU time this process used so far (user and system), in seconds."""
+    times = os.times()
+    return times.user + times.system
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident set size so far (Linux's ``VmHWM``), in MiB;
+    ``None`` where ``/proc`` doesn't say."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None

@@ -224,7 +224,7 @@ class GossipMessage:
             raise GossipError("data is not a JSON object")
         message_key = message_id(origin, seq, topic, data)
         # Interned, like the id: the nodes of one process (a simulation) share them.
-        origin, data = sys.intern(origin), sys.intern(data)
+        topic, origin, data = sys.intern(topic), sys.intern(origin), sys.intern(data)
         return cls(topic, origin, seq, timestamp, data, key, signature, message_key, hops, parsed)
 
 
