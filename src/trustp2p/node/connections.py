@@ -88,8 +88,7 @@ class Connections:
         self._workers: set[asyncio.Task[None]] = set()
         self._debug = self._logger.isEnabledFor(logging.DEBUG)
         self._metrics = node.metrics
-        # The last gossip package written and its bytes: a message forwarded to several
-        # peers is one package (see Gossip._send), encoded once, its bytes shared.
+        # The last gossip package written and its bytes: one encoding per forwarded message.
         self._last_gossip: tuple[Package | None, bytes] = (None, b"")
 
     def __len__(self) -> int:
