@@ -218,7 +218,7 @@ class StandIn:
             peer_id=socket.peer_id,
             introduction=self._introduction,
             clock=asyncio.get_running_loop().time,
-            is_handled=lambda package_type, event: False,
+            handled=(),  # no threads: pings are answered by the protocol itself
             alt=options.alt,
             max_package_size=options.max_package_size,
             liveness=options.liveness_timings(),

@@ -4,12 +4,14 @@ deterministic figure for comparing two builds on a busy machine (rates and CPU t
 are not). Both nodes run in this process over ws:// on 127.0.0.1, plain, 100 requests
 outstanding, 100-byte bodies.
 
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-        .venv/bin/python benchmarks/instructions.py 500
+    PYTHONHASHSEED=0 PYTHONPATH=src valgrind --tool=callgrind \
+        --callgrind-out-file=/dev/null .venv/bin/python benchmarks/instructions.py 500
     (the same with 2500)
 
 The difference of the two totals ("Collected"), divided by 2000, is the cost of one
-round trip, both sides, start-up and shutdown cancelled out.
+round trip, both sides, start-up and shutdown cancelled out. Runs of one build still
+differ by about ±0.5 % (how many messages one read takes depends on scheduling): compare
+medians of three.
 """
 
 from __future__ import annotations

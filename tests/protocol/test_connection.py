@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -46,6 +47,20 @@ from ..conftest import FakeClock
 PEER = "tpaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 VERSION = version_body(library_version="0.1.0")
 HANDLED = {(PackageType.REQUEST, "echo"), (PackageType.TALK, "chat")}
+
+
+class Matching:
+    """A container of the (package type, event) pairs ``predicate`` accepts."""
+
+    def __init__(self, predicate: Callable[[PackageType, str], bool]) -> None:
+        self.predicate = predicate
+
+    def __contains__(self, key: object) -> bool:
+        package_type, event = key  # type: ignore[misc]
+        return self.predicate(package_type, event)
+
+
+EVERYTHING = Matching(lambda package_type, event: True)
 # The original's heartbeat, as captured (shared/protocol/README.md).
 ORIGINAL_PING = (
     "0a03312e30120131180a220470696e672a027b7d"
@@ -62,7 +77,7 @@ def ours() -> Package:
 
 
 def protocol(
-    clock: FakeClock,
+    clock: Callable[[], float],
     *,
     secure: bool = False,
     budget: TokenBucket | None = None,
@@ -76,7 +91,7 @@ def protocol(
         "peer_id": PEER if secure else None,
         "introduction": ours(),
         "clock": clock,
-        "is_handled": lambda package_type, event: (package_type, event) in HANDLED,
+        "handled": HANDLED,
         "request_budget": budget,
     }
     arguments.update(options)
@@ -96,7 +111,7 @@ def request(event: str = "echo", body: dict[str, object] | None = None) -> bytes
 
 
 def test_states_from_start_to_closed(clock: FakeClock) -> None:
-    connection = protocol(clock, start=False, is_handled=lambda *_: False)
+    connection = protocol(clock, start=False, handled=())
     assert connection.state is ConnectionState.HANDSHAKING
     assert connection.start() == [Send(ours())]
     assert connection.state is ConnectionState.INTRODUCED
@@ -144,7 +159,7 @@ def test_our_own_nonce_means_we_dialled_ourselves(clock: FakeClock) -> None:
         PackageType.TALK, VERSION_EVENT, version_body(library_version="0.1.0", nonce=NONCE)
     )
     connection = protocol(
-        clock, start=False, introduction=ours_with_nonce, is_handled=lambda *_: True, nonce=NONCE
+        clock, start=False, introduction=ours_with_nonce, handled=EVERYTHING, nonce=NONCE
     )
     connection.start()
     # Our own version talk comes back: the other end of this connection is us.
@@ -158,7 +173,7 @@ def test_our_own_nonce_means_we_dialled_ourselves(clock: FakeClock) -> None:
 
 def test_another_nonce_or_none_is_another_node(clock: FakeClock) -> None:
     for body in (version_body(library_version="0.1.0", nonce="0123456789abcdef"), VERSION):
-        connection = protocol(clock, start=False, is_handled=lambda *_: True, nonce=NONCE)
+        connection = protocol(clock, start=False, handled=EVERYTHING, nonce=NONCE)
         connection.start()
         talk = build_package(PackageType.TALK, VERSION_EVENT, body)
         assert connection.receive_data(encode(talk)) == [Introduced(body, [])]
@@ -312,7 +327,7 @@ def test_invalid_packages_warn_then_go_quiet(clock: FakeClock) -> None:
 
 
 def test_oversized_package_is_invalid(clock: FakeClock) -> None:
-    connection = protocol(clock, start=False, is_handled=lambda *_: True, max_package_size=100)
+    connection = protocol(clock, start=False, handled=EVERYTHING, max_package_size=100)
     [penalty, *_] = connection.receive_data(request(body={"x": "y" * 200}))
     assert isinstance(penalty, Penalty) and "exceeds" in penalty.reason
 
@@ -345,6 +360,27 @@ def test_request_budget_throttles_and_never_refuses(clock: FakeClock) -> None:
     clock.advance(1.0)
     assert [type(a) for a in connection.receive_data(request())] == [Dispatch]
     assert connection.invalid == 0
+
+
+def test_the_clock_is_read_once_per_message(clock: FakeClock) -> None:
+    """last_seen is the arrival time, and the request budget goes by it."""
+    readings: list[float] = []
+
+    def counting_clock() -> float:
+        readings.append(clock())
+        return clock()
+
+    budget = TokenBucket(rate=10.0, burst=1, now=clock())
+    connection = protocol(counting_clock, budget=budget)
+    clock.advance(5.0)
+    readings.clear()
+    assert [type(a) for a in connection.receive_data(request())] == [Dispatch]
+    assert connection.receive_data(request())[1] == Throttle(pytest.approx(0.1))
+    assert readings == [clock(), clock()]
+    assert connection.last_seen == clock()
+    clock.advance(1.0)
+    connection.receive_package(decode(request()))
+    assert connection.last_seen == clock()
 
 
 def test_budget_is_shared_by_a_peers_connections(clock: FakeClock) -> None:
@@ -426,7 +462,7 @@ def test_a_ping_a_thread_handles_goes_to_the_thread(clock: FakeClock) -> None:
     connection = protocol(
         clock,
         start=False,
-        is_handled=lambda package_type, event: package_type is PackageType.HEARTBEAT_PING,
+        handled=Matching(lambda package_type, event: package_type is PackageType.HEARTBEAT_PING),
     )
     ping = build_package(PackageType.HEARTBEAT_PING, "ping", {})
     assert connection.receive_package(ping) == [Dispatch(ping)]

@@ -39,6 +39,8 @@ from trustp2p.protocol.gossip import (
     wire_size,
 )
 
+from ..strategies import json_values
+
 TOPIC = "chat"
 
 
@@ -345,11 +347,7 @@ def test_payload_size_never_underestimates_the_wire_size(
 # Arbitrary input raises only GossipError
 
 
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
-    max_leaves=8,
-)
+_json = json_values()
 _keys = st.sampled_from(["topics", "hwm", "topic", "origin", "from", "to", "messages"])
 _bodies = st.dictionaries(_keys | st.text(max_size=6), _json, max_size=6)
 

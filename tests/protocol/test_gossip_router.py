@@ -31,6 +31,7 @@ from trustp2p.protocol.gossip import (
 )
 
 from ..conftest import FakeClock
+from ..strategies import json_values
 
 SUBSCRIPTIONS, GRAFT, PRUNE, IHAVE, IWANT = GOSSIP_EVENTS
 TOPIC = "chat"
@@ -297,11 +298,7 @@ def test_hops_are_not_signed() -> None:
     assert GossipMessage.from_body(TOPIC, body).hops == 0  # hops are optional
 
 
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
-    max_leaves=6,
-)
+_json = json_values(max_leaves=6)
 _FIELDS = ("origin", "seq", "ts", "data", "key", "sig", "hops")
 
 

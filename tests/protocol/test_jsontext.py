@@ -12,16 +12,10 @@ from hypothesis import given, strategies as st
 
 from trustp2p.protocol import jsontext
 
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=20,
+from ..strategies import json_values
+
+JSON = json_values(
+    floats=st.floats(allow_nan=False, allow_infinity=False), text=st.text(), max_leaves=20
 )
 
 

@@ -87,19 +87,20 @@ class ReceiveBuffer(threading.local):
 class DrainWaiters(Socket):
     """
     ``drain()`` for a socket over an asyncio transport: callers wait while writing is
-    paused (``_paused_writing``, set and cleared by the transport's flow control) and
+    paused (:attr:`write_paused`, set and cleared by the transport's flow control) and
     are woken by :meth:`_wake_drain_waiters`; they raise ConnectionClosed once the
     connection is lost (``_lost_waiter`` done). Shared by the stream drivers and picows.
     """
 
     _lost_waiter: asyncio.Future[None]
-    _paused_writing: bool
+    # An attribute, not the base class's property: it is read several times per package.
+    write_paused: bool = False
     _drain_waiters: list[asyncio.Future[None]]
 
     async def drain(self) -> None:
         if self._lost_waiter.done():
             raise self._closed_exc()
-        if self._paused_writing:
+        if self.write_paused:
             waiter = self._loop.create_future()
             self._drain_waiters.append(waiter)
             try:
@@ -143,17 +144,13 @@ class StreamSocket(DrainWaiters, asyncio.BufferedProtocol):
         self._aborted = False
         self._eof_sent = False  # we shut down our writing side: nothing more goes out
         self._paused_reading = False
-        self._paused_writing = False
+        self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         # Frames written during one event loop iteration go out in one system call.
         self._out: list[bytes] | None = None
         self._out_size = 0
 
     # Socket API
-
-    @property
-    def write_paused(self) -> bool:
-        return self._paused_writing
 
     @property
     def write_buffer_size(self) -> int:
@@ -211,10 +208,10 @@ class StreamSocket(DrainWaiters, asyncio.BufferedProtocol):
         return self._receive_buffer.view
 
     def pause_writing(self) -> None:
-        self._paused_writing = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._paused_writing = False
+        self.write_paused = False
         self._wake_drain_waiters()
 
     # For the driver
@@ -299,7 +296,7 @@ class StreamSocket(DrainWaiters, asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._paused_writing = False
+        self.write_paused = False
         self._wake_drain_waiters()
 
     def _set_close_timer(self) -> None:

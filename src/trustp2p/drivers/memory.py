@@ -373,6 +373,7 @@ class MemorySocket(Socket):
         self._inbox.append(item)
         if not isinstance(item, _Close):
             self._inbox_size += len(item)
+            self.last_seen = self._loop.time()  # any bytes are life
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:

@@ -159,7 +159,7 @@ class PicowsSocket(DrainWaiters, WSListener):
         self._timer: asyncio.TimerHandle | None = None  # the closing deadline
         self._lost_waiter: asyncio.Future[None] = self._loop.create_future()
         self._paused_reading = False
-        self._paused_writing = False
+        self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._drop_all = False  # a close frame went out: drop data frames
         self._held: deque[bytes | str] = deque()  # messages read before pause_reading()
@@ -173,10 +173,6 @@ class PicowsSocket(DrainWaiters, WSListener):
     @property
     def closed(self) -> bool:
         return not self._open
-
-    @property
-    def write_paused(self) -> bool:
-        return self._paused_writing
 
     @property
     def write_buffer_size(self) -> int:
@@ -267,7 +263,7 @@ class PicowsSocket(DrainWaiters, WSListener):
             and frame.fin
             and not (self._fragments or self._paused_reading or transport.is_close_frame_sent)
         ):
-            self._deliver(frame.get_payload_as_bytes())  # the common case; sets last_seen
+            self._deliver(frame.get_payload_as_bytes())  # the common case
             return
         self.last_seen = self._loop.time()
         if kind is WSMsgType.CLOSE:
@@ -280,10 +276,10 @@ class PicowsSocket(DrainWaiters, WSListener):
             self._receive_fragment(frame)
 
     def pause_writing(self) -> None:
-        self._paused_writing = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._paused_writing = False
+        self.write_paused = False
         self._wake_drain_waiters()
 
     def _dropping(self, frame: WSFrame) -> bool:
@@ -315,7 +311,7 @@ class PicowsSocket(DrainWaiters, WSListener):
     def transport_lost(self, exc: Exception | None) -> None:
         """The TCP connection ended (``connection_lost``): report the close."""
         self._open = False
-        self._paused_writing = False
+        self.write_paused = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -176,7 +176,14 @@ class Connections:
                 self.penalties.offended(conn)
                 return
         for action in actions:
-            self._carry_out(conn, action)
+            # The two actions of nearly every package, without _carry_out's frame.
+            kind = type(action)
+            if kind is Dispatch:
+                self._enqueue(conn, action.package)  # type: ignore[union-attr]
+            elif kind is DeliverResponse:
+                self._node.requests.receive_response(socket, action.package)  # type: ignore[union-attr]
+            else:
+                self._carry_out(conn, action)
 
     def on_error(self, socket: Socket, error: Exception) -> None:
         conn = self._conns.get(socket.id)
@@ -311,7 +318,7 @@ class Connections:
             peer_id=socket.peer_id,
             introduction=node.introduction(),
             clock=now,
-            is_handled=node.handlers.handles,
+            handled=node.handlers.handled,
             request_budget=self._budgets.get(self.budget_key(socket), now()),
             alt=options.alt,
             max_package_size=options.max_package_size,

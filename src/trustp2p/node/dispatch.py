@@ -143,10 +143,10 @@ class Worker:
         started = time.monotonic()
         try:
             result = handler(self._socket, package)
-            if result is None or type(result) is dict or not inspect.isawaitable(result):
-                await self._answer(thread, package, result, started)
-                return
-            if not inspect.iscoroutine(result):
+            if type(result) is not types.CoroutineType:  # an async def's: the usual
+                if result is None or type(result) is dict or not inspect.isawaitable(result):
+                    await self._answer(thread, package, result, started)
+                    return
                 result = _awaited(result)
             try:
                 yielded = result.send(None)

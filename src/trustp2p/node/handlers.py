@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __all__ = ["RESERVED_TALKS", "HandlerEntry", "HandlerRegistry"]
 
-from collections.abc import Iterator
+from collections.abc import Iterator, KeysView
 
 from ..exceptions import ThreadLoadError
 from ..protocol.handshake import HELLO_EVENT, VERSION_EVENT
@@ -45,6 +45,12 @@ class HandlerRegistry:
 
     def __iter__(self) -> Iterator[_Key]:
         return iter(self._entries)
+
+    @property
+    def handled(self) -> KeysView[_Key]:
+        """The ``(package type, event)`` pairs some thread handles: a live view, for the
+        per-connection protocol's checks (``in`` on it costs no Python call)."""
+        return self._entries.keys()
 
     def handles(self, package_type: PackageType, event: str) -> bool:
         """Whether some thread handles ``event`` for ``package_type``."""

@@ -114,12 +114,12 @@ class Requests:
             raise ConnectionClosed(socket.close_code, socket.close_reason)
         table = self._table
         package = build_package(package_type, event, body, alt=self._alt)
-        waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout)
+        now = self._loop.time()
+        waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout, now=now)
         future: asyncio.Future[Body] = self._loop.create_future()
         self._futures[waiter] = future
         # The timer must fire by the earliest deadline; this request's is usually later
         # than the one already scheduled, so nothing needs to be computed.
-        now = self._loop.time()
         deadline = now + (table.response_timeout if timeout is None else timeout)
         if reroute:
             deadline = min(deadline, now + table.stalled_timeout)
@@ -138,7 +138,7 @@ class Requests:
         finally:
             if self._futures.pop(waiter, None) is not None:
                 table.cancel(waiter)  # cancelled: nobody waits any more
-        if is_error_answer(answer):
+        if "error" in answer and is_error_answer(answer):
             metrics.requests_failed += 1
             raise RemoteError(event, package.tag, answer)
         metrics.requests_answered += 1

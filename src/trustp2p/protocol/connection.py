@@ -1,14 +1,12 @@
 """
 The per-connection protocol: one peer's messages in, what to do about them out.
 
-Like websockets' ``Protocol`` and h11's ``Connection``, :class:`ConnectionProtocol`
-does no I/O: the node feeds it what the driver received (:meth:`~ConnectionProtocol.
-receive_data`) and carries out the :class:`Action` objects it returns, in order. Time
-comes from an injected clock. It owns the rules that decide what happens to a peer on
-one connection:
+Like websockets' ``Protocol`` and h11's ``Connection``, :class:`ConnectionProtocol` does
+no I/O: the node feeds it what the driver received (:meth:`~ConnectionProtocol.receive_data`)
+and carries out the :class:`Action` objects it returns, in order, on an injected clock.
+It owns the rules that decide what happens to a peer on one connection:
 
-* the connection's state, ``HANDSHAKING`` → ``INTRODUCED`` → ``OPEN`` → ``CLOSING`` →
-  ``CLOSED``;
+* the connection's state: ``HANDSHAKING`` → ``INTRODUCED`` → ``OPEN`` → ``CLOSING`` → ``CLOSED``;
 * the introduction: the ``version`` talk (plain mode) or ``hello`` (secure mode), checked
   against our protocol version and network (``alt``). In secure mode nothing but
   ``hello`` is accepted before ``hello``. In plain mode a peer that never sends a
@@ -17,12 +15,10 @@ one connection:
   our own ``nonce`` comes from this very node: we dialled ourselves (:class:`SelfDial`);
 * the checks every package passes: it decodes within the size limit, and its own
   ``version`` major and ``alt`` are the connection's;
-* the request budget: a peer over it is throttled (reading pauses until the budget has
-  refilled), never answered with errors for it;
+* the request budget: a peer over it is throttled (reading pauses until it refills);
 * the invalid-package count and how loudly each is logged;
-* liveness (:mod:`~trustp2p.protocol.liveness`): our pings on a schedule, the pongs
-  that answer them, the verdict on a peer that doesn't answer; and the answer to the
-  peer's pings, sent at once when no thread handles them;
+* liveness (:mod:`~trustp2p.protocol.liveness`): our pings, their pongs, the verdict on
+  a peer that doesn't answer; the answer to the peer's pings when no thread takes them;
 * the shape and size of error answers (:func:`error_answer`).
 
 """
@@ -55,7 +51,7 @@ __all__ = [
 ]
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 from ..exceptions import HandshakeError, PackageError
@@ -279,7 +275,8 @@ class ConnectionProtocol:
         peer_id: The peer's authenticated id (secure mode), else ``None``.
         introduction: Our version talk or hello, sent by :meth:`start`.
         clock: Returns the current time in seconds (the event loop's clock).
-        is_handled: Whether a thread handles ``(package type, event)``.
+        handled: The ``(package type, event)`` pairs some thread handles: a live view
+            (only ``in`` is used), so that threads loaded later count.
         request_budget: The peer's request budget, shared by its connections; ``None``
             for no limit.
         alt: Our network id; packages and introductions must carry it.
@@ -311,7 +308,7 @@ class ConnectionProtocol:
         peer_id: str | None,
         introduction: Package,
         clock: Callable[[], float],
-        is_handled: Callable[[PackageType, str], bool],
+        handled: Container[tuple[PackageType, str]],
         request_budget: TokenBucket | None = None,
         alt: str = DEFAULT_ALT,
         protocol_version: str = PROTOCOL_VERSION,
@@ -325,7 +322,7 @@ class ConnectionProtocol:
         self.peer_id = peer_id
         self._introduction = introduction
         self._clock = clock
-        self._is_handled = is_handled
+        self._handled = handled
         self._budget = request_budget
         self._alt = alt
         self._major = major_version(protocol_version)
@@ -406,7 +403,8 @@ class ConnectionProtocol:
 
     def receive_data(self, data: bytes | str) -> list[Action]:
         """
-        Take one message from the driver.
+        Take one message from the driver. The clock is read once: the rules that need
+        the time (liveness, the request budget) go by :attr:`last_seen`.
 
         Returns:
             What to do, in order. :attr:`last_valid` tells whether it was a valid package.
@@ -441,6 +439,7 @@ class ConnectionProtocol:
         self.last_valid = False
         if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
             return []
+        self.last_seen = self._clock()
         return self._receive(package)
 
     def _receive(self, package: Package) -> list[Action]:
@@ -474,7 +473,7 @@ class ConnectionProtocol:
                 # and any thread's ping too.
                 rtt = None
                 if package.tag == self._ping.tag:
-                    rtt = self.liveness.pong_received(self._clock())
+                    rtt = self.liveness.pong_received(self.last_seen)
                 if rtt is not None:
                     return [PingAnswered(rtt), DeliverResponse(package)]
             return [DeliverResponse(package)]
@@ -482,7 +481,7 @@ class ConnectionProtocol:
             return [DeliverGossip(package)]
         if package_type in REQUEST_TYPES:
             return self._request(package)
-        if self._is_handled(package_type, package.event):
+        if (package_type, package.event) in self._handled:
             return [Dispatch(package)]
         return [Ignore(f"no handler for {package_type.name} {package.event[:40]!r}")]
 
@@ -510,8 +509,8 @@ class ConnectionProtocol:
         actions: list[Action]
         ping = package.type is PackageType.HEARTBEAT_PING and package.event == PING_EVENT
         if ping:
-            self.liveness.ping_received(self._clock())
-        if self._is_handled(package.type, package.event):
+            self.liveness.ping_received(self.last_seen)
+        if (package.type, package.event) in self._handled:
             actions = [Dispatch(package)]
         elif ping:
             # Liveness needs no thread: answer at once, ahead of the packages waiting
@@ -527,7 +526,7 @@ class ConnectionProtocol:
             )
             actions = [] if answer is None else [Send(answer)]
         if self._budget is not None:
-            delay = self._budget.spend(self._clock())
+            delay = self._budget.spend(self.last_seen)  # read on arrival, just now
             if delay > 0:
                 actions.append(Throttle(delay))
         return actions

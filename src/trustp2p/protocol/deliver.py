@@ -228,6 +228,7 @@ class RequestTable:
         *,
         reroute: bool = False,
         timeout: float | None = None,
+        now: float | None = None,
     ) -> WaiterId:
         """
         Send a request, or join an identical one already pending on ``conn``.
@@ -240,6 +241,7 @@ class RequestTable:
                 for it.
             timeout: How long this waiter waits, in seconds; defaults to
                 ``response_timeout``.
+            now: The time on this table's clock, if the caller has just read it.
 
         Returns:
             The waiter, to match with the events that resolve it.
@@ -253,7 +255,8 @@ class RequestTable:
             raise ValueError("a request needs a tag")
         if reroute and self._reroute_target is None:
             raise ValueError("this table can't reroute: it has no reroute_target")
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         table = self._by_conn.get(conn)
         if table is None:
             table = self._by_conn[conn] = {}

@@ -80,9 +80,13 @@ def dumps(value: dict[str, Any]) -> str:
         except TypeError:  # orjson.JSONEncodeError: let the standard library say
             pass
         else:
-            if _has_float(value, _INF):
-                # orjson writes NaN and the infinities as null: refuse them.
-                _stdlib_dumps(value)
+            # orjson writes NaN and the infinities as null: refuse them. The loop, inline
+            # (this runs per package), passes the usual body: strings and integers only.
+            for child in value.values():
+                if type(child) is not str and type(child) is not int:
+                    if _has_float(value, _INF):
+                        _stdlib_dumps(value)
+                    break
             return data.decode()
     return _stdlib_dumps(value)
 
@@ -141,9 +145,16 @@ def loads(text: str) -> Any:
         except orjson.JSONDecodeError:
             pass  # the standard library reads what orjson refuses, or says why not
         else:
+            # orjson reads an integer beyond 64 bits as a float: read it exactly. As in
+            # dumps(), the usual body passes without a call.
+            if type(value) is dict:
+                for child in value.values():
+                    if type(child) is not str and type(child) is not int:
+                        break
+                else:
+                    return value
             if not _has_float(value, _HUGE):
                 return value
-            # orjson reads an integer beyond 64 bits as a float: read it exactly.
     try:
         value, end = _scan_once(text, 0)
     except StopIteration:
