@@ -388,7 +388,7 @@ def test_decode_type_with_wrong_wire_type_has_clean_message(field: bytes, wire_t
 
 
 def test_decode_ignores_unknown_fields() -> None:
-    data = bytes.fromhex(PING_HEX) + _string_field(7, b"extra") + _varint_field(99, 5)
+    data = bytes.fromhex(PING_HEX) + _string_field(8, b"extra") + _varint_field(99, 5)
     assert decode(data) == decode(bytes.fromhex(PING_HEX))
 
 

@@ -63,6 +63,7 @@ def test_fields_match_wire_format_table() -> None:
         ("event", 4, Field.TYPE_STRING, Field.LABEL_REQUIRED, ""),
         ("body", 5, Field.TYPE_STRING, Field.LABEL_REQUIRED, ""),
         ("tag", 6, Field.TYPE_STRING, Field.LABEL_REQUIRED, ""),
+        ("payload", 7, Field.TYPE_BYTES, Field.LABEL_OPTIONAL, ""),  # trustp2p's addition
     ]
     assert message.field[2].type_name == ".trust_note_p2p_package.TrustNoteP2p.PackageType"
     assert not any(field.HasField("default_value") for field in message.field[3:])

@@ -1,7 +1,8 @@
 """
 The two readers of a frame agree: the hand-written one for the canonical layout and
-``protobuf`` for everything else (``package._canonical_fields`` and
-``package._protobuf_fields``). Whatever the first one reads, the second reads the same.
+``protobuf`` for everything else (``package_reader.canonical_fields`` and
+``package_reader.protobuf_fields``). Whatever the first one reads, the second reads the
+same, payload (field 7) included.
 """
 
 from __future__ import annotations
@@ -16,19 +17,24 @@ from trustp2p.protocol.package import (
     Package,
     PackageType,
     Tag,
-    _canonical_fields,
-    _protobuf_fields,
     build_package,
     decode,
     encode,
 )
+from trustp2p.protocol.package_reader import canonical_fields, protobuf_fields
 
 _text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+# Absent, small, and past one, two and three varint bytes of length.
+_payloads = st.one_of(
+    st.just(b""),
+    st.binary(max_size=40),
+    st.builds(bytes, st.sampled_from([127, 128, 16_383, 16_384, 70_000])),
+)
 
 
 def _protobuf_or_error(data: bytes) -> object:
     try:
-        return _protobuf_fields(data, None)
+        return protobuf_fields(data, None)
     except PackageError as exc:
         return exc
 
@@ -36,7 +42,7 @@ def _protobuf_or_error(data: bytes) -> object:
 def _assert_agree(data: bytes) -> bool:
     """Both readers read the same, if the hand-written one reads anything; returns
     whether it did."""
-    fields = _canonical_fields(data)
+    fields = canonical_fields(data)
     if fields is not None:
         assert fields == _protobuf_or_error(data)
     return fields is not None
@@ -52,6 +58,7 @@ def _packages(draw: st.DrawFn) -> Package:
         draw(_text),
         draw(_text),
         body_json=draw(_text) + "x" * draw(st.sampled_from([0, 100, 200, 5000, 20_000])),
+        payload=draw(_payloads),
     )
 
 
@@ -130,7 +137,7 @@ def test_utf8_edge_cases_are_read_as_protobuf_reads_them(sequence: bytes, field:
     ids=["long-length", "type-twice", "out-of-order"],
 )
 def test_other_layouts_are_left_to_protobuf_and_still_read(frame: bytes) -> None:
-    assert _canonical_fields(frame) is None
+    assert canonical_fields(frame) is None
     assert decode(frame).event == "e"
 
 
@@ -139,3 +146,31 @@ def test_a_large_body_is_read_by_hand() -> None:
     frame = encode(package)
     assert _assert_agree(frame)
     assert decode(frame, max_size=None) == package
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        # The payload before the tag.
+        b"\x0a\x031.0\x12\x011\x18\x14\x22\x01e\x2a\x02{}\x3a\x01p\x32\x01t",
+        # Something after the payload.
+        b"\x0a\x031.0\x12\x011\x18\x14\x22\x01e\x2a\x02{}\x32\x01t\x3a\x01p\x40\x01",
+        # The payload twice: protobuf keeps the last value.
+        b"\x0a\x031.0\x12\x011\x18\x14\x22\x01e\x2a\x02{}\x32\x01t\x3a\x01p\x3a\x01q",
+        # The payload's length in two bytes where one would do.
+        b"\x0a\x031.0\x12\x011\x18\x14\x22\x01e\x2a\x02{}\x32\x01t\x3a\x81\x00p",
+    ],
+    ids=["before-tag", "field-after", "twice", "long-length"],
+)
+def test_other_payload_layouts_are_left_to_protobuf_and_still_read(frame: bytes) -> None:
+    assert canonical_fields(frame) is None
+    assert decode(frame).payload in (b"p", b"q")
+
+
+def test_a_large_payload_is_read_by_hand() -> None:
+    package = build_package(PackageType.REQUEST, "big", {}, payload=bytes(range(256)) * 1024)
+    frame = encode(package)
+    assert _assert_agree(frame)
+    decoded = decode(frame)
+    assert decoded == package
+    assert type(decoded.payload) is bytes

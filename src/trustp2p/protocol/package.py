@@ -3,7 +3,8 @@ Packages: the one message trustp2p peers exchange, and its wire encoding.
 
 The wire format is the original implementation's (``docs/original-wire-format.md``): one
 Protocol Buffers message per binary frame, fields version=1, alt=2, type=3, event=4,
-body=5 (a JSON object as text) and tag=6. This module does no I/O.
+body=5 (a JSON object as text) and tag=6; trustp2p adds payload=7 (binary data, which the
+original skips as an unknown field: ``docs/protocol.md``). This module does no I/O.
 
 """
 
@@ -24,20 +25,19 @@ __all__ = [
     "compute_tag",
     "decode",
     "encode",
+    "random_tag",
 ]
 
 import binascii
 import enum
 import hashlib
 import json
+import os
 from typing import Any, NewType
-
-from google.protobuf.message import DecodeError
-from google.protobuf.unknown_fields import UnknownFieldSet
 
 from ..exceptions import PackageError
 from .jsontext import dumps as _dumps, loads as _loads
-from .package_pb2 import TrustNoteP2p
+from .package_reader import canonical_fields, protobuf_fields
 
 PROTOCOL_VERSION = "1.0"
 """The protocol version we speak; peers must share its major number."""
@@ -49,7 +49,8 @@ DEFAULT_MAX_PACKAGE_SIZE = 2**20
 """Default limit on the size of one encoded package, in bytes (1 MiB)."""
 
 Tag = NewType("Tag", str)
-"""A request correlation id: the content hash of the request (see :func:`compute_tag`)."""
+"""A request correlation id: the content hash of the request (see :func:`compute_tag`), or
+a random one for a request with a payload (:func:`random_tag`)."""
 
 Body = dict[str, Any]
 """A package body: a JSON object."""
@@ -77,9 +78,6 @@ RESPONSE_TYPES = frozenset({PackageType.HEARTBEAT_PONG, PackageType.RESPONSE})
 # faster, and decode() runs once per received frame.
 _TYPES: dict[int, PackageType] = {member.value: member for member in PackageType}
 
-_TYPE_FIELD_NUMBER = TrustNoteP2p.DESCRIPTOR.fields_by_name["type"].number
-_WIRETYPE_VARINT = 0
-
 
 class Package:
     """
@@ -99,10 +97,12 @@ class Package:
         version: The sender's protocol version.
         alt: The sender's network id.
         body_json: The body as JSON text, as it travels on the wire.
+        payload: Binary data beside the body (trustp2p's wire field 7, which the original
+            ignores); ``b""`` when there is none.
 
     """
 
-    __slots__ = ("alt", "body", "body_json", "event", "tag", "type", "version")
+    __slots__ = ("alt", "body", "body_json", "event", "payload", "tag", "type", "version")
 
     def __init__(
         self,
@@ -113,6 +113,7 @@ class Package:
         version: str = PROTOCOL_VERSION,
         alt: str = DEFAULT_ALT,
         body_json: str = "",
+        payload: bytes = b"",
     ) -> None:
         self.type = type
         self.event = event
@@ -121,30 +122,43 @@ class Package:
         self.version = version
         self.alt = alt
         self.body_json = body_json
+        self.payload = payload
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Package):
             return NotImplemented
-        return (self.type, self.event, self.body, self.tag, self.version, self.alt) == (
+        return (
+            self.type,
+            self.event,
+            self.body,
+            self.tag,
+            self.version,
+            self.alt,
+            self.payload,
+        ) == (
             other.type,
             other.event,
             other.body,
             other.tag,
             other.version,
             other.alt,
+            other.payload,
         )
 
     __hash__ = None  # type: ignore[assignment]  # the body is a dict
 
     def __repr__(self) -> str:
+        payload = f", payload=<{len(self.payload)} bytes>" if self.payload else ""
         return (
             f"Package(type={self.type!r}, event={self.event!r}, body={self.body!r}, "
-            f"tag={self.tag!r}, version={self.version!r}, alt={self.alt!r})"
+            f"tag={self.tag!r}, version={self.version!r}, alt={self.alt!r}{payload})"
         )
 
     def __str__(self) -> str:
         tag = f" tag={self.tag}" if self.tag else ""
-        return f"{self.type.name} {self.event!r}{tag} {self.body_json or body_to_json(self.body)}"
+        payload = f" +{len(self.payload)} bytes" if self.payload else ""
+        body = self.body_json or body_to_json(self.body)
+        return f"{self.type.name} {self.event!r}{tag} {body}{payload}"
 
 
 def body_to_json(body: Body) -> str:
@@ -203,6 +217,17 @@ def compute_tag(
 _DEFAULT_ALT_HEAD = f"alt\0s\0{DEFAULT_ALT}\0body\0s\0".encode()
 
 
+def random_tag() -> Tag:
+    """
+    A random tag, for a request with a payload: 24 random bytes in base64 (32 characters).
+
+    Not a content hash: hashing a large payload would cost what the payload saves, and
+    hashing the body alone would give two requests with different payloads one tag. So
+    requests with a payload are never merged (each goes on the wire).
+    """
+    return Tag(binascii.b2a_base64(os.urandom(24), newline=False).decode("ascii"))
+
+
 def build_package(
     package_type: PackageType,
     event: str,
@@ -211,16 +236,23 @@ def build_package(
     tag: str | None = None,
     version: str = PROTOCOL_VERSION,
     alt: str = DEFAULT_ALT,
+    payload: bytes = b"",
 ) -> Package:
     """
     Build a package to send.
 
     A request (``HEARTBEAT_PING`` or ``REQUEST``) gets its content hash as tag unless
-    ``tag`` is given. A response must be given the tag of the request it answers.
-    Other types carry ``tag`` or ``""``.
+    ``tag`` is given, or a random tag if it carries a payload (:func:`random_tag`). A
+    response must be given the tag of the request it answers. Other types carry ``tag``
+    or ``""``.
+
+    Args:
+        payload: Binary data to send beside the body (``b""``: none). Only trustp2p
+            peers read it; the original ignores it.
 
     Raises:
-        TypeError: If ``body`` is not a JSON-serializable dict, or ``event`` not a str.
+        TypeError: If ``body`` is not a JSON-serializable dict, ``event`` not a str, or
+            ``payload`` not bytes.
         ValueError: If a response is built without a tag.
 
     """
@@ -228,17 +260,23 @@ def build_package(
         raise TypeError(f"event must be a str, not {event.__class__.__name__}")
     if type(body) is not dict:  # as body_to_json(), without its frame: this runs per package
         raise TypeError(f"body must be a dict, not {type(body).__name__}")
+    if type(payload) is not bytes:
+        raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
     body_json = _dumps(body)
     if tag is None:
         if package_type in REQUEST_TYPES:
-            tag = compute_tag(package_type, event, body_json, version=version, alt=alt)
+            tag = (
+                random_tag()
+                if payload
+                else compute_tag(package_type, event, body_json, version=version, alt=alt)
+            )
         elif package_type in RESPONSE_TYPES:
             raise ValueError(
                 f"a {package_type.name} package needs the tag of the request it answers"
             )
         else:
             tag = ""
-    return Package(package_type, event, body, Tag(tag), version, alt, body_json)
+    return Package(package_type, event, body, Tag(tag), version, alt, body_json, payload)
 
 
 def encode(package: Package) -> bytes:
@@ -246,7 +284,8 @@ def encode(package: Package) -> bytes:
     Encode a package for the wire.
 
     Fields are written in number order and version, alt and tag always, as the original
-    does, so our pings and pongs are byte for byte the original's.
+    does, so our pings and pongs are byte for byte the original's. The payload (field 7)
+    is written only when there is one: a package without one is the original's bytes.
 
     Written by hand, not through ``protobuf``: for six fields the bytes are simple, and
     setting a 256 KiB string on a protobuf message costs ten times what copying it
@@ -266,19 +305,21 @@ def encode(package: Package) -> bytes:
         raise ValueError(f"package holds a string that isn't valid Unicode: {exc}") from None
     small = _SMALL_LENGTHS  # lengths below 128 take one byte: no call for them
     size_event, size_data, size_tag = len(event), len(data), len(tag)
-    return b"".join(
-        (
-            head,
-            small[size_event] if size_event < 0x80 else _varint(size_event),
-            event,
-            b"\x2a",
-            small[size_data] if size_data < 0x80 else _varint(size_data),
-            data,
-            b"\x32",
-            small[size_tag] if size_tag < 0x80 else _varint(size_tag),
-            tag,
-        )
-    )
+    parts = [
+        head,
+        small[size_event] if size_event < 0x80 else _varint(size_event),
+        event,
+        b"\x2a",
+        small[size_data] if size_data < 0x80 else _varint(size_data),
+        data,
+        b"\x32",
+        small[size_tag] if size_tag < 0x80 else _varint(size_tag),
+        tag,
+    ]
+    payload = package.payload
+    if payload:
+        parts += (b"\x3a", _varint(len(payload)), payload)
+    return b"".join(parts)
 
 
 def _head(version: str, alt: str, package_type: PackageType) -> bytes:
@@ -342,6 +383,7 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
     Decoding is strict: unlike the original, which drops bad frames silently, every
     problem raises :exc:`~trustp2p.exceptions.PackageError` with a message that says
     what was wrong. Unknown field numbers are ignored, as Protocol Buffers intends.
+    ``max_size`` bounds the whole frame, payload included.
 
     Args:
         data: One frame. A text frame (``str``) is refused: packages travel in binary
@@ -354,12 +396,13 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
             that a broken request can still be answered.
 
     """
-    fields: _Fields | None = None
+    fields = None
     if type(data) is bytes and (max_size is None or len(data) <= max_size):
-        fields = _canonical_fields(data)
+        fields = canonical_fields(data)
     if fields is None:
-        fields = _protobuf_fields(data, max_size)
-    type_, event, body_json, tag, version, alt = fields
+        fields = protobuf_fields(data, max_size)
+    number, event, body_json, tag, version, alt, payload = fields
+    type_ = _TYPES[number]
     if not tag and type_ in REQUEST_TYPES:
         raise PackageError(
             f"{type_.name} package {event!r} has no tag", package_type=type_, event=event
@@ -373,137 +416,7 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
     if type(body) is not dict:
         reason = f"body is not a JSON object but {_json_kind(body)}"
         raise PackageError(reason, package_type=type_, event=event, tag=tag)
-    return Package(type_, event, body, Tag(tag), version, alt, body_json)
-
-
-_Fields = tuple[PackageType, str, "str | bytes", str, str, str]
-"""A package's type, event, body text (bytes if not UTF-8), tag, version and alt."""
-
-
-def _canonical_fields(data: bytes) -> _Fields | None:
-    """
-    The fields of a frame in the layout both the original and :func:`encode` write, read
-    without ``protobuf``; ``None`` for any other frame, which :func:`_protobuf_fields`
-    then reads (and explains, if it is wrong).
-
-    The layout: the six fields once each, in number order, the type a known one, each
-    length a minimal varint (one byte but the body's), the strings valid UTF-8, nothing
-    after the tag. Such a frame can hold no unknown field and no second value of a
-    field, so ``protobuf`` would read the same six values: ``tests/protocol`` checks it
-    on arbitrary bytes. A third of the cost of a ``protobuf`` message for a small
-    package, and one copy of a large body instead of two.
-    """
-    try:
-        if data[0] != 0x0A:
-            return None
-        size = data[1]
-        end = 2 + size
-        if size >= 0x80 or data[end] != 0x12:
-            return None
-        version = data[2:end]
-        size = data[end + 1]
-        start, end = end + 2, end + 2 + size
-        if size >= 0x80 or data[end] != 0x18:
-            return None
-        alt = data[start:end]
-        package_type = _TYPES.get(data[end + 1])
-        size = data[end + 3]
-        start, end = end + 4, end + 4 + size
-        if package_type is None or data[start - 2] != 0x22 or size >= 0x80 or data[end] != 0x2A:
-            return None
-        event = data[start:end]
-        size = data[end + 1]
-        start, size = (end + 2, size) if size < 0x80 else _read_varint(data, end + 1)
-        end = start + size
-        if size < 0 or data[end] != 0x32:
-            return None
-        body = data[start:end] if size < _COPY_LIMIT else memoryview(data)[start:end]
-        size = data[end + 1]
-        if size >= 0x80 or end + 2 + size != len(data):
-            return None
-        return (
-            package_type,
-            event.decode(),
-            str(body, "utf-8"),
-            data[end + 2 :].decode(),
-            version.decode(),
-            alt.decode(),
-        )
-    except (IndexError, UnicodeDecodeError):
-        return None
-
-
-_COPY_LIMIT = 4096  # past this, a body is decoded from a view of the frame, not a copy
-
-
-def _read_varint(data: bytes, start: int) -> tuple[int, int]:
-    """The minimal varint at ``start``, up to 4 bytes: (where its value's bytes start,
-    the value); the value is -1 if the varint isn't one of those."""
-    value = data[start]
-    if value < 0x80:
-        return start + 1, value
-    value &= 0x7F
-    for index in range(1, 4):
-        byte = data[start + index]
-        value |= (byte & 0x7F) << (7 * index)
-        if byte < 0x80:
-            return start + index + 1, (value if byte else -1)  # a 0 last byte: not minimal
-    return start, -1
-
-
-def _protobuf_fields(data: bytes | str, max_size: int | None) -> _Fields:
-    """The fields of any frame, read by ``protobuf``; see :func:`decode`."""
-    message = _parse(data, max_size)
-    type_ = _package_type(message)
-    # proto2 doesn't validate UTF-8: an invalid string field reads as bytes.
-    event, body_json, tag = message.event, message.body, message.tag
-    version, alt = message.version, message.alt
-    if not isinstance(event, str):
-        raise PackageError("event is not valid UTF-8", package_type=type_)
-    if not isinstance(tag, str):
-        raise PackageError("tag is not valid UTF-8", package_type=type_, event=event)
-    if not isinstance(version, str) or not isinstance(alt, str):
-        raise PackageError(
-            "version or alt is not valid UTF-8", package_type=type_, event=event, tag=tag
-        )
-    return type_, event, body_json, tag, version, alt
-
-
-def _parse(data: bytes | str, max_size: int | None) -> TrustNoteP2p:
-    """The protobuf message in a frame, with its required fields."""
-    if isinstance(data, str):
-        raise PackageError(
-            f"text frame of {len(data)} characters refused: packages travel in binary frames"
-        )
-    size = len(data)
-    if max_size is not None and size > max_size:
-        raise PackageError(f"package of {size} bytes exceeds limit of {max_size} bytes")
-    message = TrustNoteP2p()
-    try:
-        message.ParseFromString(data)
-    except DecodeError:
-        raise PackageError(f"malformed protobuf message of {size} bytes") from None
-    if not message.IsInitialized():
-        missing = ", ".join(message.FindInitializationErrors())
-        raise PackageError(f"package lacks required field(s): {missing}")
-    return message
-
-
-def _package_type(message: TrustNoteP2p) -> PackageType:
-    """
-    The message's package type.
-
-    proto2 enums are closed: an unknown value lands in the unknown fields, and the field
-    keeps its earlier value or reads as its default, SYSTEM. The original never
-    validated the type; we refuse the package.
-    """
-    for unknown in UnknownFieldSet(message):
-        if unknown.field_number == _TYPE_FIELD_NUMBER:
-            if unknown.wire_type != _WIRETYPE_VARINT:
-                raise PackageError(f"package type has wire type {unknown.wire_type}, not varint")
-            value = unknown.data - 2**64 if unknown.data >= 2**63 else unknown.data
-            raise PackageError(f"unknown package type {value}")
-    return _TYPES[message.type]
+    return Package(type_, event, body, Tag(tag), version, alt, body_json, payload)
 
 
 def _body_error(

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftrustp2p/protocol/package.proto\x12\x16trust_note_p2p_package\"\x9a\x02\n\x0cTrustNoteP2p\x12\x14\n\x07version\x18\x01 \x01(\t:\x03\x31.0\x12\x0e\n\x03\x61lt\x18\x02 \x01(\t:\x01\x31\x12\x46\n\x04type\x18\x03 \x01(\x0e\x32\x30.trust_note_p2p_package.TrustNoteP2p.PackageType:\x06SYSTEM\x12\r\n\x05\x65vent\x18\x04 \x02(\t\x12\x0c\n\x04\x62ody\x18\x05 \x02(\t\x12\x0b\n\x03tag\x18\x06 \x02(\t\"r\n\x0bPackageType\x12\n\n\x06SYSTEM\x10\x00\x12\x12\n\x0eHEARTBEAT_PING\x10\n\x12\x12\n\x0eHEARTBEAT_PONG\x10\x0b\x12\x08\n\x04TALK\x10\x14\x12\x0b\n\x07REQUEST\x10\x1e\x12\x0c\n\x08RESPONSE\x10\x1f\x12\n\n\x06GOSSIP\x10(')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftrustp2p/protocol/package.proto\x12\x16trust_note_p2p_package\"\xab\x02\n\x0cTrustNoteP2p\x12\x14\n\x07version\x18\x01 \x01(\t:\x03\x31.0\x12\x0e\n\x03\x61lt\x18\x02 \x01(\t:\x01\x31\x12\x46\n\x04type\x18\x03 \x01(\x0e\x32\x30.trust_note_p2p_package.TrustNoteP2p.PackageType:\x06SYSTEM\x12\r\n\x05\x65vent\x18\x04 \x02(\t\x12\x0c\n\x04\x62ody\x18\x05 \x02(\t\x12\x0b\n\x03tag\x18\x06 \x02(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\"r\n\x0bPackageType\x12\n\n\x06SYSTEM\x10\x00\x12\x12\n\x0eHEARTBEAT_PING\x10\n\x12\x12\n\x0eHEARTBEAT_PONG\x10\x0b\x12\x08\n\x04TALK\x10\x14\x12\x0b\n\x07REQUEST\x10\x1e\x12\x0c\n\x08RESPONSE\x10\x1f\x12\n\n\x06GOSSIP\x10(')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trustp2p.protocol.package_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRUSTNOTEP2P']._serialized_start=60
-  _globals['_TRUSTNOTEP2P']._serialized_end=342
-  _globals['_TRUSTNOTEP2P_PACKAGETYPE']._serialized_start=228
-  _globals['_TRUSTNOTEP2P_PACKAGETYPE']._serialized_end=342
+  _globals['_TRUSTNOTEP2P']._serialized_end=359
+  _globals['_TRUSTNOTEP2P_PACKAGETYPE']._serialized_start=245
+  _globals['_TRUSTNOTEP2P_PACKAGETYPE']._serialized_end=359
 # @@protoc_insertion_point(module_scope)
