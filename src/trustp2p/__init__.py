@@ -39,7 +39,7 @@ from .node import (
 )
 from .options import NodeOptions
 from .protocol.package import Body, Package, PackageType, Tag
-from .threads.base import EventMap, Handler, Thread
+from .threads.base import EventMap, Handler, Reply, Thread
 
 __all__ = [
     "Body",
@@ -66,6 +66,7 @@ __all__ = [
     "PeerConnection",
     "ProtocolError",
     "RemoteError",
+    "Reply",
     "RequestTimeout",
     "Role",
     "SelfDialError",

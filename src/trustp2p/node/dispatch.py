@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..exceptions import ConnectionClosed
 from ..protocol.connection import error_answer
 from ..protocol.package import REQUEST_TYPES, Package, PackageType, build_package
+from ..threads.base import Reply
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
@@ -151,7 +152,7 @@ class Worker:
         try:
             result = handler(self._socket, package)
             if type(result) is not types.CoroutineType:  # an async def's: the usual
-                if result is None or type(result) is dict or not inspect.isawaitable(result):
+                if type(result) is dict or result is None or not inspect.isawaitable(result):
                     await self._answer(thread, package, result, started)
                     return
                 result = _awaited(result)
@@ -201,14 +202,18 @@ class Worker:
     async def _answer(
         self, thread: Thread, package: Package, result: Any, started: float, *, failed: bool = False
     ) -> None:
-        """Send a request's response: the handler's dict, or an error answer when it
-        raised or returned no JSON object. ``None`` sends nothing (the handler answers
-        itself, or not at all). The handler ran since ``started`` (loop time)."""
+        """Send a request's response: the handler's dict or :class:`Reply`, or an error
+        answer (never with a payload) when it raised or returned neither. ``None`` sends
+        nothing (the handler answers itself, or not at all). The handler ran since
+        ``started`` (loop time)."""
         node = self._node
         node.metrics.handler_seconds.observe(time.monotonic() - started)
         package_type = package.type
         response = None
         if not failed and result is not None:
+            payload = b""
+            if type(result) is Reply:
+                result, payload = result
             try:
                 # Raises TypeError or ValueError if the handler returned no JSON object.
                 response = build_package(
@@ -217,6 +222,7 @@ class Worker:
                     result,
                     tag=package.tag,
                     alt=node.options.alt,
+                    payload=payload,
                 )
             except (TypeError, ValueError):
                 _log_failure(thread, package)

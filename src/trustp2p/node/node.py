@@ -497,6 +497,7 @@ class Node:
         package_type: PackageType = PackageType.REQUEST,
         reroute: bool = False,
         timeout: float | None = None,
+        payload: bytes | None = None,
     ) -> Body:
         """
         Send a request on ``socket`` and return its response's body. The roles'
@@ -509,9 +510,42 @@ class Node:
             NodeStateError: If the node was never started.
 
         """
+        response = await self.request_package(
+            socket,
+            event,
+            body,
+            package_type=package_type,
+            reroute=reroute,
+            timeout=timeout,
+            payload=payload,
+        )
+        return response.body
+
+    async def request_package(
+        self,
+        socket: Socket,
+        event: str,
+        body: Body,
+        *,
+        package_type: PackageType = PackageType.REQUEST,
+        reroute: bool = False,
+        timeout: float | None = None,
+        payload: bytes | None = None,
+    ) -> Package:
+        """
+        Send a request on ``socket`` and return its whole response (body and payload);
+        :meth:`~trustp2p.node.roles.Role.request_package` documents it. Raises what
+        :meth:`request` raises.
+        """
         self.check_open(socket)
-        return await self.requests.request(
-            socket, event, body, package_type=package_type, reroute=reroute, timeout=timeout
+        return await self.requests.request_package(
+            socket,
+            event,
+            body,
+            package_type=package_type,
+            reroute=reroute,
+            timeout=timeout,
+            payload=payload,
         )
 
     def check_open(self, socket: Socket) -> None:

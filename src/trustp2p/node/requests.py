@@ -80,7 +80,7 @@ class Requests:
         )
         self._unmatched = unmatched
         self._alt = alt
-        self._futures: dict[WaiterId, asyncio.Future[Body]] = {}
+        self._futures: dict[WaiterId, asyncio.Future[Package]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._metrics = metrics if metrics is not None else Metrics()
@@ -94,9 +94,36 @@ class Requests:
         package_type: PackageType = PackageType.REQUEST,
         reroute: bool = False,
         timeout: float | None = None,
+        payload: bytes | None = None,
     ) -> Body:
         """
-        Send a request on ``socket`` and wait for its response's body.
+        Send a request on ``socket`` and wait for its response's body; see
+        :meth:`request_package`.
+        """
+        response = await self.request_package(
+            socket,
+            event,
+            body,
+            package_type=package_type,
+            reroute=reroute,
+            timeout=timeout,
+            payload=payload,
+        )
+        return response.body
+
+    async def request_package(
+        self,
+        socket: Socket,
+        event: str,
+        body: Body,
+        *,
+        package_type: PackageType = PackageType.REQUEST,
+        reroute: bool = False,
+        timeout: float | None = None,
+        payload: bytes | None = None,
+    ) -> Package:
+        """
+        Send a request on ``socket``, ``payload`` beside its body, and wait for the response.
 
         Raises:
             RemoteError: If the peer answered with an error (``exc.body`` is raw).
@@ -113,10 +140,10 @@ class Requests:
         if socket.closed:
             raise ConnectionClosed(socket.close_code, socket.close_reason)
         table = self._table
-        package = build_package(package_type, event, body, alt=self._alt)
+        package = build_package(package_type, event, body, alt=self._alt, payload=payload or b"")
         now = self._loop.time()
         waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout, now=now)
-        future: asyncio.Future[Body] = self._loop.create_future()
+        future: asyncio.Future[Package] = self._loop.create_future()
         self._futures[waiter] = future
         # The timer must fire by the earliest deadline; this request's is usually later
         # than the one already scheduled, so nothing needs to be computed.
@@ -138,9 +165,9 @@ class Requests:
         finally:
             if self._futures.pop(waiter, None) is not None:
                 table.cancel(waiter)  # cancelled: nobody waits any more
-        if "error" in answer and is_error_answer(answer):
+        if "error" in answer.body and is_error_answer(answer.body):
             metrics.requests_failed += 1
-            raise RemoteError(event, package.tag, answer)
+            raise RemoteError(event, package.tag, answer.body)
         metrics.requests_answered += 1
         metrics.request_seconds.observe(self._loop.time() - now)
         return answer
@@ -192,8 +219,8 @@ class Requests:
                     future = futures.pop(waiter, None)
                     if future is not None and not future.done():
                         # Each caller gets its own copy of the body.
-                        body = event.package.body if first else _copy_body(event.package)
-                        future.set_result(body)
+                        package = event.package
+                        future.set_result(package if first else _copy(package))
                         first = False
             elif type(event) is ResponseUnmatched:
                 self._unmatched(event.conn, event.package)
@@ -234,7 +261,16 @@ def _log_reroute(event: DeliverEvent) -> None:
         )
 
 
-def _copy_body(package: Package) -> Body:
-    """A fresh copy of a package's body."""
+def _copy(package: Package) -> Package:
+    """A package with a fresh copy of ``package``'s body."""
     body: Body = json.loads(package.body_json) if package.body_json else dict(package.body)
-    return body
+    return Package(
+        package.type,
+        package.event,
+        body,
+        package.tag,
+        package.version,
+        package.alt,
+        package.body_json,
+        package.payload,
+    )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..drivers.base import Socket
 from ..protocol.deliver import ConnId
 from ..protocol.handshake import VERSION_EVENT
-from ..protocol.package import Body, PackageType, build_package
+from ..protocol.package import Body, Package, PackageType, build_package
 from ..protocol.urls import address_of
 from .dialer import Dialer
 
@@ -62,12 +62,14 @@ class Role:
         package_type: PackageType = PackageType.REQUEST,
         reroute: bool = False,
         timeout: float | None = None,
+        payload: bytes | None = None,
     ) -> Body:
         """
         Send a request and return the body of its response.
 
-        Identical requests (same type, event and body) to the same peer while one is
-        pending go on the wire once; every caller gets the response.
+        Identical requests (same type, event and body, no payload) to the same peer while
+        one is pending go on the wire once; every caller gets the response. A request
+        with a payload has a random tag and is never merged with another.
 
         Args:
             socket: The peer to ask.
@@ -78,6 +80,10 @@ class Role:
                 ``stalled_timeout``, or the connection is lost, send the request to the
                 next connected server not yet tried; the first response wins.
             timeout: Seconds to wait; defaults to ``response_timeout``.
+            payload: Binary data to send beside the body (wire field 7), for a trustp2p
+                peer: the original ignores it. The handler reads it as
+                ``package.payload``. To get the response's payload, use
+                :meth:`request_package`.
 
         Returns:
             The response body.
@@ -97,8 +103,51 @@ class Role:
             raise ValueError("reroute is only available on the client role")
         node = self.node
         node.check_open(socket)  # what Node.request checks, one call frame fewer
-        return await node.requests.request(
-            socket, event, body, package_type=package_type, reroute=reroute, timeout=timeout
+        response = await node.requests.request_package(
+            socket,
+            event,
+            body,
+            package_type=package_type,
+            reroute=reroute,
+            timeout=timeout,
+            payload=payload,
+        )
+        return response.body
+
+    async def request_package(
+        self,
+        socket: Socket,
+        event: str,
+        body: Body,
+        *,
+        package_type: PackageType = PackageType.REQUEST,
+        reroute: bool = False,
+        timeout: float | None = None,
+        payload: bytes | None = None,
+    ) -> Package:
+        """
+        Send a request and return its whole response: body, payload and the rest.
+
+        The same as :meth:`request` (same arguments and errors) but for what it returns.
+        A method of its own rather than a flag on :meth:`request`: each returns one type,
+        which the type checker sees, and :meth:`request` stays as it was.
+
+        Returns:
+            The response package; its ``payload`` is ``b""`` when the peer sent none.
+
+        """
+        if reroute and self.inbound:
+            raise ValueError("reroute is only available on the client role")
+        node = self.node
+        node.check_open(socket)
+        return await node.requests.request_package(
+            socket,
+            event,
+            body,
+            package_type=package_type,
+            reroute=reroute,
+            timeout=timeout,
+            payload=payload,
         )
 
     async def send_response(
@@ -109,29 +158,45 @@ class Role:
         tag: str,
         *,
         package_type: PackageType = PackageType.RESPONSE,
+        payload: bytes | None = None,
     ) -> None:
         """
-        Answer a request explicitly, with its tag.
+        Answer a request explicitly, with its tag, and ``payload`` beside the body if
+        given.
 
         Raises:
             ConnectionClosed: If the connection is closed.
 
         """
-        await self.node.send(
-            socket, build_package(package_type, event, body, tag=tag, alt=self.node.options.alt)
+        package = build_package(
+            package_type,
+            event,
+            body,
+            tag=tag,
+            alt=self.node.options.alt,
+            payload=payload or b"",
         )
+        await self.node.send(socket, package)
 
-    async def send_talk(self, socket: Socket, subject: str, body: Body) -> None:
+    async def send_talk(
+        self, socket: Socket, subject: str, body: Body, *, payload: bytes | None = None
+    ) -> None:
         """
-        Send a TALK: a message that expects no answer.
+        Send a TALK: a message that expects no answer; ``payload``, if given, goes beside
+        its body (a trustp2p peer's handler reads it as ``package.payload``).
 
         Raises:
             ConnectionClosed: If the connection is closed.
 
         """
-        await self.node.send(
-            socket, build_package(PackageType.TALK, subject, body, alt=self.node.options.alt)
+        package = build_package(
+            PackageType.TALK,
+            subject,
+            body,
+            alt=self.node.options.alt,
+            payload=payload or b"",
         )
+        await self.node.send(socket, package)
 
     async def send_error(self, socket: Socket, error: str) -> None:
         """Send the TALK ``error`` with body ``{"error": error}``."""
@@ -157,9 +222,13 @@ class Role:
         sockets: Iterable[Socket] | None = None,
         package_type: PackageType = PackageType.TALK,
         timeout: float | None = None,
+        payload: bytes | None = None,
     ) -> BroadcastResult:
         """
         Send one package to many peers: all of this role's peers by default.
+
+        ``payload``, if given, goes beside the body to every peer (the results hold the
+        response bodies, not their payloads).
 
         With ``package_type=PackageType.TALK`` it sends a talk to each peer; with
         ``REQUEST`` it sends a request to each peer and collects the responses. Peers are
@@ -175,15 +244,20 @@ class Role:
         """
         targets = list(self._sockets.values() if sockets is None else sockets)
         results: BroadcastResult = {}
+        data = payload or b""
         if package_type is PackageType.TALK:
-            package = build_package(package_type, event, body, alt=self.node.options.alt)
+            package = build_package(
+                package_type, event, body, alt=self.node.options.alt, payload=data
+            )
             outcomes: list[Body | BaseException | None] = await asyncio.gather(
                 *(self.node.send(s, package) for s in targets), return_exceptions=True
             )
         else:
             outcomes = await asyncio.gather(
                 *(
-                    self.node.request(s, event, body, package_type=package_type, timeout=timeout)
+                    self.node.request(
+                        s, event, body, package_type=package_type, timeout=timeout, payload=data
+                    )
                     for s in targets
                 ),
                 return_exceptions=True,

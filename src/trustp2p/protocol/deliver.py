@@ -8,7 +8,8 @@ and exceptions for the callers waiting on :meth:`~trustp2p.Role.request`.
 
 Each caller of :meth:`RequestTable.request` gets a :data:`WaiterId`. Identical requests
 (same tag) to the same connection while one is pending share one entry and go on the
-wire once; every waiter gets the response. Each waiter has its own deadline.
+wire once; every waiter gets the response. Each waiter has its own deadline. (A request
+with a payload has a random tag: it is never merged.)
 
 """
 

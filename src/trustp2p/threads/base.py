@@ -9,12 +9,12 @@ handler, and may implement lifecycle hooks. The node calls a handler as
 
 from __future__ import annotations
 
-__all__ = ["EventMap", "Handler", "HandlerResult", "Thread"]
+__all__ = ["EventMap", "Handler", "HandlerResult", "Reply", "Thread"]
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..drivers.base import Socket
 from ..protocol.package import Body, Package, PackageType
@@ -24,8 +24,23 @@ if TYPE_CHECKING:
     from ..node import Node
     from ..node.roles import ClientRole, ServerRole
 
-HandlerResult = Body | None | Awaitable[Body | None]
-"""A request handler's return value: a body to send back as the response, or ``None``."""
+
+class Reply(NamedTuple):
+    """
+    A request handler's answer with a payload: ``return Reply({"ok": True}, data)``
+    sends ``data`` beside the response's body (wire field 7; the original ignores it).
+    A handler that needs no payload returns the body dict alone.
+    """
+
+    body: Body
+    """The response body, a JSON object."""
+    payload: bytes = b""
+    """Binary data beside the body; ``b""``: none."""
+
+
+HandlerResult = Body | Reply | None | Awaitable[Body | Reply | None]
+"""A request handler's return value: a body to send back as the response, a
+:class:`Reply` (a body and a payload), or ``None``."""
 
 Handler = Callable[[Socket, Package], HandlerResult]
 """``handler(socket, package)``; sync or async."""
