@@ -28,6 +28,12 @@ implementations answer:
   the bytes of an encoded trustp2p REQUEST package of the same body and awaiting
   ``recv()``. The response has the same size in both cases.
 
+With ``--payload``, ours and secure carry the ``--body-size`` bytes as a binary payload
+(wire field 7, ``request_package(..., payload=...)``) beside an empty JSON body ``{}``,
+and the server's handler answers ``Reply(package.body, package.payload)``; the baseline
+is unchanged (the same number of bytes over bare ``websockets``). Payload requests carry
+random tags, so they need no counter to stay apart.
+
 Two modes: *sequential* (one request outstanding) and *pipelined* (100 outstanding:
 ours runs 100 tasks that each loop on ``request()``; the baseline sends 100 messages,
 then one more after each ``recv()``). Each measurement warms up, then counts the round
@@ -101,7 +107,7 @@ from websockets.protocol import State
 from websockets.version import version as websockets_version
 
 import trustp2p
-from trustp2p import Body, EventMap, Package, PackageType, Socket, Thread
+from trustp2p import Body, EventMap, Package, PackageType, Reply, Socket, Thread
 from trustp2p.identity import Identity
 from trustp2p.protocol.handshake import HANDSHAKE_MAGIC, HELLO_EVENT, VERSION_EVENT, version_body
 from trustp2p.protocol.package import body_to_json, build_package, decode, encode
@@ -110,6 +116,9 @@ from trustp2p.security.noise import NoiseHandshake, NoiseTransport
 BODY_SIZE = int(os.environ.get("TRUSTP2P_BENCH_BODY_SIZE", "100"))
 """Size of each request body, as compact JSON text, in bytes (``--body-size``; the child
 processes read it from the environment)."""
+
+PAYLOAD = os.environ.get("TRUSTP2P_BENCH_PAYLOAD") == "1"
+"""Ours and secure send ``BODY_SIZE`` bytes as a payload beside ``{}`` (``--payload``)."""
 
 PIPELINE_DEPTH = 100
 """Requests in flight in the pipelined mode."""
@@ -163,13 +172,15 @@ def _print_line(line: str) -> None:
 
 
 class EchoThread(Thread):
-    """Answers the REQUEST ``echo`` with the request's body."""
+    """Answers the REQUEST ``echo`` with the request's body (and payload, if any)."""
 
     @property
     def event_map(self) -> EventMap:
         return {PackageType.REQUEST: {"echo": self._handle_echo}}
 
-    async def _handle_echo(self, socket: Socket, package: Package) -> Body:
+    async def _handle_echo(self, socket: Socket, package: Package) -> Body | Reply:
+        if package.payload:
+            return Reply(package.body, package.payload)
         return package.body
 
 
@@ -310,17 +321,10 @@ async def _client_ours(
         assert node.client is not None
         await asyncio.wait_for(node.client.wait_connected(), 10)
         socket = node.client.sockets[0]
-        request = node.client.request
-        numbers = itertools.count()
-        first = make_body(next(numbers))
-        answer = await request(socket, "echo", first, timeout=10)
-        if answer != first:
-            raise RuntimeError(f"unexpected answer {answer!r}")
-
-        async def loop(counter: _Counter) -> None:
-            while not counter.stop:
-                await request(socket, "echo", make_body(next(numbers)))
-                counter.done += 1
+        if PAYLOAD:
+            loop = await _payload_loop(node.client, socket)
+        else:
+            loop = await _body_loop(node.client, socket)
 
         results = {}
         for mode, depth in (("sequential", 1), ("pipelined", PIPELINE_DEPTH)):
@@ -335,6 +339,43 @@ async def _client_ours(
         return results
     finally:
         await node.stop()
+
+
+async def _body_loop(
+    client: trustp2p.ClientRole, socket: Socket
+) -> Callable[[_Counter], Awaitable[None]]:
+    """A coroutine function that asks ``echo`` with a JSON body until ``counter.stop``."""
+    request = client.request
+    numbers = itertools.count()
+    first = make_body(next(numbers))
+    answer = await request(socket, "echo", first, timeout=10)
+    if answer != first:
+        raise RuntimeError(f"unexpected answer {answer!r}")
+
+    async def loop(counter: _Counter) -> None:
+        while not counter.stop:
+            await request(socket, "echo", make_body(next(numbers)))
+            counter.done += 1
+
+    return loop
+
+
+async def _payload_loop(
+    client: trustp2p.ClientRole, socket: Socket
+) -> Callable[[_Counter], Awaitable[None]]:
+    """The same with ``BODY_SIZE`` bytes of payload beside ``{}``."""
+    request = client.request_package
+    payload = os.urandom(BODY_SIZE)
+    answer = await request(socket, "echo", {}, payload=payload, timeout=10)
+    if answer.body != {} or answer.payload != payload:
+        raise RuntimeError(f"unexpected answer {answer!r}")
+
+    async def loop(counter: _Counter) -> None:
+        while not counter.stop:
+            await request(socket, "echo", {}, payload=payload)
+            counter.done += 1
+
+    return loop
 
 
 async def _client_baseline(
@@ -724,6 +765,7 @@ def run_all(args: argparse.Namespace) -> Results:
         source=source_facts(),
         settings={
             "body_bytes": BODY_SIZE,
+            "payload": PAYLOAD,
             "package_bytes": len(request_bytes()),
             "pipeline_depth": PIPELINE_DEPTH,
             "rounds": args.rounds,
@@ -799,7 +841,12 @@ def format_table(results: Results) -> str:
         lines += [
             "",
             f"Round trips per second over one connection on 127.0.0.1: {settings['body_bytes']}"
-            f"-byte JSON bodies ({settings['package_bytes']}-byte packages), median of "
+            + (
+                "-byte payloads beside {} (baseline: JSON bodies of that size, "
+                if settings.get("payload")
+                else "-byte JSON bodies ("
+            )
+            + f"{settings['package_bytes']}-byte packages), median of "
             f"{settings['rounds']} rounds of {settings['duration_s']:g} s (min-max). ours is "
             "trustp2p with secure=False, secure is trustp2p over its Noise channel.",
             "",
@@ -866,13 +913,19 @@ def format_table(results: Results) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    global BODY_SIZE  # --body-size; the children read it from the environment
+    global BODY_SIZE, PAYLOAD  # --body-size, --payload; the children read the environment
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short run: 1 round, 0.5 s")
     parser.add_argument(
         "--body-size",
         type=int,
         help=f"bytes of JSON per request body, at least 12 (default: {BODY_SIZE})",
+    )
+    parser.add_argument(
+        "--payload",
+        action="store_true",
+        help="ours and secure carry the body's bytes as a binary payload beside {} "
+        "(the baseline is unchanged)",
     )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument(
@@ -940,6 +993,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("--body-size must be at least 12")
         BODY_SIZE = args.body_size
         os.environ["TRUSTP2P_BENCH_BODY_SIZE"] = str(args.body_size)
+    if args.payload:
+        PAYLOAD = True
+        os.environ["TRUSTP2P_BENCH_PAYLOAD"] = "1"
     if args.role in ("client", "rss-client") and args.url is None:
         parser.error(f"--role {args.role} needs --url")
     if args.role == "client" and args.server_pid is None:
