@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
+from websockets.asyncio.server import ServerConnection, serve as ws_serve
 from websockets.datastructures import HeadersLike
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -295,3 +296,50 @@ async def test_repeated_real_ip_rejected(harness: DriverHarness) -> None:
 
 class TestWsWebSocket(WebSocketChecks):
     """The shared WebSocket checks, on this driver (``harness`` above)."""
+
+
+# Messages from 16 KiB up are framed by the driver (header and data queued apart):
+# 16-bit and 64-bit lengths, masked from a client, read by bare websockets.
+_LARGE_SIZES = [2**14, 2**16 - 1, 2**16, 2**18 + 3]
+
+
+@pytest.mark.parametrize("size", _LARGE_SIZES)
+async def test_large_messages_from_the_server_reach_a_websockets_client(
+    harness: DriverHarness, size: int
+) -> None:
+    message = bytes(i % 253 for i in range(size))
+    listening, events = await harness.listen()
+    async with ws_connect(listening.url, compression=None, max_size=None) as client:
+        await client.send(message)
+        server = (await events.next(DriverEvent.CONNECTION)).socket
+        assert server is not None
+        assert await events.wait_messages(server, 1) == [message]
+        server.write(message)
+        server.write(b"after")
+        assert await client.recv() == message
+        assert await client.recv() == b"after"
+
+
+@pytest.mark.parametrize("size", _LARGE_SIZES)
+async def test_large_messages_from_the_client_reach_a_websockets_server(
+    harness: DriverHarness, size: int
+) -> None:
+    message = bytes(i % 253 for i in range(size))
+    received: asyncio.Queue[str | bytes] = asyncio.Queue()
+
+    async def handler(ws: ServerConnection) -> None:
+        async for data in ws:
+            await received.put(data)
+            await ws.send(data)
+
+    async with ws_serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        client, events = await harness.connect(f"ws://127.0.0.1:{port}")
+        client.write(b"before")
+        client.write(message)
+        assert await received.get() == b"before"
+        assert await received.get() == message
+        assert await events.wait_messages(client, 2) == [b"before", message]
+        client.close_soon()
+        async with asyncio.timeout(TIMEOUT):
+            await client.wait_closed()

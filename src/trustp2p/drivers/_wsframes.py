@@ -1,12 +1,12 @@
 """
 WebSocket binary frames written by hand (RFC 6455 §5.2), for a driver that sends
-several messages in one write.
+several messages in one write, or a large message without copying it into its frame.
 
 """
 
 from __future__ import annotations
 
-__all__ = ["binary_frames"]
+__all__ = ["binary_frame_parts", "binary_frames"]
 
 import os
 import struct
@@ -21,6 +21,15 @@ _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
 
 
+def _header(size: int, mask_bit: int) -> bytes:
+    """A final binary frame's header for ``size`` bytes of data, without the mask key."""
+    if size < 126:
+        return _HEADER.pack(0x82, mask_bit | size)
+    if size < 65536:
+        return _HEADER_16.pack(0x82, mask_bit | 126, size)
+    return _HEADER_64.pack(0x82, mask_bit | 127, size)
+
+
 def binary_frames(messages: list[bytes], *, masked: bool) -> bytes:
     """Binary frames carrying ``messages``, in one piece; a client's are masked
     (RFC 6455 §5.3), with keys from :func:`os.urandom`."""
@@ -29,13 +38,7 @@ def binary_frames(messages: list[bytes], *, masked: bool) -> bytes:
     parts: list[bytes] = []
     append = parts.append
     for index, data in enumerate(messages):
-        size = len(data)
-        if size < 126:
-            append(_HEADER.pack(0x82, mask_bit | size))
-        elif size < 65536:
-            append(_HEADER_16.pack(0x82, mask_bit | 126, size))
-        else:
-            append(_HEADER_64.pack(0x82, mask_bit | 127, size))
+        append(_header(len(data), mask_bit))
         if masked:
             key = keys[4 * index : 4 * index + 4]
             append(key)
@@ -43,3 +46,15 @@ def binary_frames(messages: list[bytes], *, masked: bool) -> bytes:
         else:
             append(data)
     return b"".join(parts)
+
+
+def binary_frame_parts(data: bytes, *, masked: bool) -> list[bytes]:
+    """
+    One binary frame carrying ``data``, as its header (with the mask key, if masked)
+    and its data: ``data`` itself when unmasked, so that a large message is written
+    without a copy into its frame.
+    """
+    if not masked:
+        return [_header(len(data), 0), data]
+    key = os.urandom(4)
+    return [_header(len(data), 0x80) + key, apply_mask(data, key)]

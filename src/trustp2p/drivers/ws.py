@@ -23,12 +23,13 @@ from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI, PayloadTooBig
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import Side, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
 from ._stream import ReceiveBuffer, ServerListening, StreamSocket, serve
+from ._wsframes import binary_frame_parts
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,13 @@ def _is_loopback(host: str) -> bool:
 
 
 # The receive buffer of this thread's WebSocket connections; buffer_updated() hands
-# websockets a copy of what it reads.
-_receive_buffer = ReceiveBuffer(2**16)
+# websockets a view of what it read, which websockets copies into its own buffer. As
+# large as asyncio's reads for a plain protocol: a large message in few reads.
+_receive_buffer = ReceiveBuffer(2**18)
+
+# Messages from this size up are framed here and queued as header and data (see
+# write()); smaller ones go through websockets, which copies them into one frame.
+_OWN_FRAMING = 2**14
 
 
 class WsSocket(StreamSocket):
@@ -87,8 +93,19 @@ class WsSocket(StreamSocket):
         protocol = self._protocol
         if protocol.state is not State.OPEN:
             raise self._closed_exc()
-        protocol.send_binary(data)
-        self._queue(protocol.data_to_send(), len(data))
+        size = len(data)
+        if size < _OWN_FRAMING:
+            protocol.send_binary(data)
+            self._queue(protocol.data_to_send(), size)
+            return
+        # A large message: its frame header is written here and its data queued as it
+        # is (masked, from a client), not copied into one frame. It is one final binary
+        # frame, as websockets would write (we never fragment; no extension is on).
+        if type(data) is not bytes:
+            data = bytes(data)  # it is sent later: don't let the caller change it
+        frames = protocol.data_to_send()  # control frames queued before it go first
+        frames += binary_frame_parts(data, masked=protocol.side is Side.CLIENT)
+        self._queue(frames, size)
 
     def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         state = self._protocol.state
@@ -120,12 +137,13 @@ class WsSocket(StreamSocket):
             self._flush()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(_receive_buffer.view[:nbytes]))
+        self.data_received(_receive_buffer.view[:nbytes])
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         self.last_seen = self._loop.time()  # any bytes are life, a partial frame too
         protocol = self._protocol
-        protocol.receive_data(data)
+        # websockets copies what it gets (bytearray += data): a view does as well.
+        protocol.receive_data(data)  # type: ignore[arg-type]
         events = protocol.events_received()
         self._flush()
         for event in events:
