@@ -208,6 +208,7 @@ def test_the_library_example_exits_0_with_no_warning(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == [
         "True",
         "{'echo': {'hi': 1}}",
+        "{'size': 3} b'cba'",
         "the server answered: no handler for REQUEST 'nobody'",
     ]
     assert "WARNING" not in result.stderr and "Traceback" not in result.stderr, result.stderr
