@@ -298,13 +298,13 @@ class TestWsWebSocket(WebSocketChecks):
     """The shared WebSocket checks, on this driver (``harness`` above)."""
 
 
-# Messages from 16 KiB up are framed by the driver (header and data queued apart):
-# 16-bit and 64-bit lengths, masked from a client, read by bare websockets.
-_LARGE_SIZES = [2**14, 2**16 - 1, 2**16, 2**18 + 3]
+# The driver frames its messages itself (header and data queued apart): 7-bit, 16-bit
+# and 64-bit lengths, masked from a client, read by bare websockets.
+_SIZES = [0, 1, 125, 126, 2**16 - 1, 2**16, 2**18 + 3]
 
 
-@pytest.mark.parametrize("size", _LARGE_SIZES)
-async def test_large_messages_from_the_server_reach_a_websockets_client(
+@pytest.mark.parametrize("size", _SIZES)
+async def test_messages_from_the_server_reach_a_websockets_client(
     harness: DriverHarness, size: int
 ) -> None:
     message = bytes(i % 253 for i in range(size))
@@ -314,14 +314,17 @@ async def test_large_messages_from_the_server_reach_a_websockets_client(
         server = (await events.next(DriverEvent.CONNECTION)).socket
         assert server is not None
         assert await events.wait_messages(server, 1) == [message]
+        pong = await client.ping()  # a control frame among the driver's frames
         server.write(message)
         server.write(b"after")
         assert await client.recv() == message
         assert await client.recv() == b"after"
+        async with asyncio.timeout(TIMEOUT):
+            await pong
 
 
-@pytest.mark.parametrize("size", _LARGE_SIZES)
-async def test_large_messages_from_the_client_reach_a_websockets_server(
+@pytest.mark.parametrize("size", _SIZES)
+async def test_messages_from_the_client_reach_a_websockets_server(
     harness: DriverHarness, size: int
 ) -> None:
     message = bytes(i % 253 for i in range(size))
