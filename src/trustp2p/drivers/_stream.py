@@ -103,7 +103,10 @@ class DrainWaiters(Socket):
     async def drain(self) -> None:
         if self._lost_waiter.done():
             raise self._closed_exc()
-        if self.write_paused:
+        # Every waiter wakes when the buffer empties; the first to write may fill it
+        # again, and then the others wait on rather than pile their messages into it
+        # (a burst of large messages cost a copy of each into the transport's buffer).
+        while self.write_paused and not self._lost_waiter.done():
             waiter = self._loop.create_future()
             self._drain_waiters.append(waiter)
             try:
@@ -299,9 +302,10 @@ class StreamSocket(DrainWaiters, asyncio.BufferedProtocol):
             transport.write(b"".join(out))
         else:
             # A large message: a write per part (its header, its data) costs less than
-            # copying the data into one piece, which the transport may copy again.
+            # copying the data into one piece. A view, so that what the socket doesn't
+            # take at once is copied once into the transport's buffer, not sliced first.
             for part in out:
-                transport.write(part)
+                transport.write(memoryview(part))
 
     def _connection_ended(self) -> None:
         """For ``connection_lost()``: stop the deadline, and let drain() see the end."""
