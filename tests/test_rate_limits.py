@@ -40,6 +40,9 @@ class Work(Thread):
         return {"n": package.body["n"]}
 
 
+# About real time passing: the default request budget paces 1,000 requests over about
+# 8 s. With the slow tests (`pytest -m slow`, which .ci/run and `make test` run too).
+@pytest.mark.slow
 async def test_1000_requests_outstanding_against_a_default_server_are_all_answered(
     make_default: MakeNode, make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
