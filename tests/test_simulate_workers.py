@@ -107,7 +107,11 @@ def children() -> list[int]:
     """This process's children that are simulation workers."""
     found = []
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        for pid in (task / "children").read_text().split():
+        try:
+            pids = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue  # a thread (an executor's) ended since the listing
+        for pid in pids:
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except FileNotFoundError:
