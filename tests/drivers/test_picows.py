@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket as socket_module
 from collections.abc import AsyncIterator
 
 import pytest
@@ -25,14 +24,6 @@ from trustp2p.drivers.ws import WsDriver
 pytest.importorskip("picows", reason="picows isn't installed (pip install 'trustp2p[fast]')")
 
 from trustp2p.drivers.ws_picows import PicowsDriver
-
-
-def _closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (it was free a moment ago)."""
-    with socket_module.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 class TestPicowsConformance(WebSocketUrls, DriverConformance):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket as socket_module
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,17 +19,10 @@ from tests.drivers.conformance import (
     DriverHarness,
 )
 from tests.drivers.websocket import WebSocketChecks, WebSocketUrls
+from tests.processes import free_port  # nothing listens there: it was free a moment ago
 from trustp2p.drivers import CloseCode, DriverEvent, DriverOptions, Socket, driver_class
 from trustp2p.drivers.ws import WsDriver
 from trustp2p.exceptions import DriverError
-
-
-def _closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (it was free a moment ago)."""
-    with socket_module.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 class TestWsConformance(WebSocketUrls, DriverConformance):
@@ -81,7 +73,7 @@ async def test_listening_url(harness: DriverHarness) -> None:
 
 
 async def test_connect_refused_message(harness: DriverHarness) -> None:
-    url = f"ws://127.0.0.1:{_closed_port()}"
+    url = f"ws://127.0.0.1:{free_port()}"
     with pytest.raises(DriverError) as exc_info:
         await harness.connect(url)
     assert str(exc_info.value).startswith(f"can't connect to {url}: ")
