@@ -410,6 +410,7 @@ def test_decode_refuses_invalid_utf8(
     error = _decode_error(data)
     assert str(error) == message
     assert (error.package_type, error.event, error.tag) == attributes
+    assert error.package_type is PackageType.TALK
 
 
 @pytest.mark.parametrize("type_", sorted(REQUEST_TYPES))

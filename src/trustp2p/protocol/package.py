@@ -400,7 +400,12 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
     if type(data) is bytes and (max_size is None or len(data) <= max_size):
         fields = canonical_fields(data)
     if fields is None:
-        fields = protobuf_fields(data, max_size)
+        try:
+            fields = protobuf_fields(data, max_size)
+        except PackageError as exc:  # the reader knows type numbers, not PackageType
+            if exc.package_type is not None:
+                exc.package_type = _TYPES.get(exc.package_type, exc.package_type)
+            raise
     number, event, body_json, tag, version, alt, payload = fields
     type_ = _TYPES[number]
     if not tag and type_ in REQUEST_TYPES:
