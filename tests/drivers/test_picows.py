@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
@@ -17,7 +16,7 @@ from tests.drivers.conformance import (
     DriverHarness,
     RecordingListener,
 )
-from tests.drivers.websocket import WebSocketChecks, WebSocketUrls
+from tests.drivers.websocket import WebSocketChecks, WebSocketUrls, harness_fixture
 from trustp2p.drivers import CloseCode, DriverEvent, DriverOptions, Socket, driver_class
 from trustp2p.drivers.ws import WsDriver
 
@@ -75,13 +74,7 @@ async def test_interop_with_the_ws_driver(
 # WebSocket details, against the websockets client
 
 
-@pytest.fixture
-async def harness() -> AsyncIterator[DriverHarness]:
-    harness = DriverHarness(PicowsDriver, "127.0.0.1")
-    try:
-        yield harness
-    finally:
-        await harness.aclose()
+harness = harness_fixture(PicowsDriver)
 
 
 def test_driver_class() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
@@ -18,7 +17,7 @@ from tests.drivers.conformance import (
     DriverFactory,
     DriverHarness,
 )
-from tests.drivers.websocket import WebSocketChecks, WebSocketUrls
+from tests.drivers.websocket import WebSocketChecks, WebSocketUrls, harness_fixture
 from tests.processes import free_port  # nothing listens there: it was free a moment ago
 from trustp2p.drivers import CloseCode, DriverEvent, DriverOptions, Socket, driver_class
 from trustp2p.drivers.ws import WsDriver
@@ -52,13 +51,7 @@ class TestWsConformance(WebSocketUrls, DriverConformance):
         await super().test_drain_after_connection_lost_raises(harness)
 
 
-@pytest.fixture
-async def harness() -> AsyncIterator[DriverHarness]:
-    harness = DriverHarness(WsDriver, "127.0.0.1")
-    try:
-        yield harness
-    finally:
-        await harness.aclose()
+harness = harness_fixture(WsDriver)
 
 
 def test_driver_class() -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from trustp2p.drivers import DriverEvent, DriverOptions
+from trustp2p.drivers import Driver, DriverEvent, DriverOptions
 
 from ..conftest import MS
 from ..processes import free_port
@@ -75,3 +77,18 @@ class WebSocketChecks:
             assert events.messages(server) == []
             client.transport.write(b"x" * 500)
             assert await events.wait_messages(server, 1) == [b"x" * 1000]
+
+
+def harness_fixture(driver: type[Driver]) -> Callable[[], Any]:
+    """A ``harness`` fixture: a :class:`DriverHarness` of ``driver`` on 127.0.0.1, closed
+    after the test. A module assigns it: ``harness = harness_fixture(WsDriver)``."""
+
+    @pytest.fixture
+    async def harness() -> AsyncIterator[DriverHarness]:
+        made = DriverHarness(driver, "127.0.0.1")
+        try:
+            yield made
+        finally:
+            await made.aclose()
+
+    return harness
