@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint docs bench bench-fast bench-cost bench-latency bench-idle clean
+.PHONY: demo test lint docs bench bench-fast bench-cost bench-bodies bench-secure bench-latency bench-idle bench-sim clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trustp2p needs Python >= 3.11; set PYTHON=python3.11 or newer")'
@@ -49,9 +49,28 @@ bench-idle: $(VENV)/.installed-test
 bench-cost: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/framework_cost.py
 
+# Issue 11, goal 3: 10 KiB and 256 KiB bodies, pipelined, against bare websockets' MB/s:
+# JSON bodies, then the same bytes as a binary payload (wire field 7).
+bench-bodies: $(VENV)/.installed-test
+	for size in 10240 262144; do \
+		$(BIN)/python benchmarks/request_response.py --impls baseline,ours --no-rss --body-size $$size && \
+		$(BIN)/python benchmarks/request_response.py --impls baseline,ours --no-rss --body-size $$size --payload || exit 1; \
+	done
+
+# Issue 11, goal 4: secure against plain, connection set-ups and round trips.
+bench-secure: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/handshake.py --part e2e
+	$(BIN)/python benchmarks/request_response.py --impls ours,secure --no-rss
+
 # Issue 11, goal 5: p90 of a sequential request under 5,000 requests/s of other load.
 bench-latency: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/latency_load.py
+
+# Issue 11, goal 7: the in-process simulation at 300 and 1,000 nodes (p50 coverage,
+# peak RSS and wall time are in its report).
+bench-sim: $(VENV)/.installed-run
+	$(BIN)/python -m trustp2p simulate --nodes 300
+	$(BIN)/python -m trustp2p simulate --nodes 1000 --messages 100
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache .hypothesis
