@@ -402,6 +402,8 @@ async def test_the_logs_of_one_process_share_the_record_of_a_message() -> None:
         assert other.id == message.id
         assert to_logged(other) is not first
         assert from_logged(to_logged(other)) == other
+        big = sign_message(origin, "chat", 2, 1_700_000_000_000, {"text": "x" * 5000})
+        assert to_logged(big) is not to_logged(big)  # not remembered: 4096 characters at most
     finally:
         for log in logs:
             await log.close()
