@@ -382,6 +382,33 @@ async def test_the_shell_takes_its_clocks_from_the_caller() -> None:
         assert node.gossip.delivered_seq("chat", second.origin) == 2
 
 
+async def test_the_logs_of_one_process_share_the_record_of_a_message() -> None:
+    """Each node decodes its own copy; the logs keep one (frozen) record of it, which
+    reads back as the message, and a message with the same id but another timestamp
+    (its origin signed two) gets its own."""
+    from trustp2p.node.gossip_log import from_logged, to_logged
+    from trustp2p.storage.msglog import MessageLog
+
+    origin = Identity.generate()
+    message = sign_message(origin, "chat", 1, 1_700_000_000_000, {"n": 1})
+    copy = GossipMessage.from_body("chat", message.to_body(hops=2))  # another node's
+    logs = [await MessageLog.open(None) for _ in range(2)]
+    try:
+        assert logs[0].add(to_logged(message)) and logs[1].add(to_logged(copy))
+        (first,), (second,) = (log.range(to_logged(copy).origin, 1, 1) for log in logs)
+        assert first is second
+        assert from_logged(first) == message
+        other = sign_message(origin, "chat", 1, 1_700_000_000_001, {"n": 1})
+        assert other.id == message.id
+        assert to_logged(other) is not first
+        assert from_logged(to_logged(other)) == other
+        big = sign_message(origin, "chat", 2, 1_700_000_000_000, {"text": "x" * 5000})
+        assert to_logged(big) is not to_logged(big)  # not remembered: 4096 characters at most
+    finally:
+        for log in logs:
+            await log.close()
+
+
 async def test_messages_logged_before_a_crash_are_delivered_at_start(tmp_path: Any) -> None:
     """Messages in the log past the delivered marks (a kill -9 came after they were
     logged and before their handlers ran or their marks were written) are delivered

@@ -248,3 +248,29 @@ def test_figures_from_recorded_deliveries() -> None:
         "2 deliveries came after a later message of the same origin (per-origin order was broken)",
     ]
     assert report.ok is False
+
+
+def test_the_runner_counts_each_nodes_published_messages_once() -> None:
+    """Completion: every live node delivered every message published so far (a repeat
+    counts once); a delivery of a message whose publish isn't recorded yet is looked
+    at again at the next scan."""
+    run = runner._Runner(Simulation(nodes=2, messages=3, seed=1), None)
+    received = run.network.received
+    published = run.seen.published
+
+    def got(node: int, message_id: str) -> None:
+        received[node].append(Delivery("o", 1, message_id, "sim", 0.0))
+
+    published["a"] = Published(0, origin=0, when=0.0)
+    got(0, "a")
+    got(0, "a")
+    got(1, "b")  # published, not recorded yet
+    got(1, "a")
+    run.network._alive = [True, True]
+    assert not run._complete()
+    assert [bytes(g) for g in run.got] == [b"\1\0\0", b"\0\0\0"]
+    published["b"] = Published(1, origin=1, when=0.0)
+    assert not run._complete()  # node 0 lacks b
+    assert [bytes(g) for g in run.got] == [b"\1\0\0", b"\1\1\0"]
+    got(0, "b")
+    assert run._complete()

@@ -846,6 +846,32 @@ def test_ihave_leaves_out_what_the_peer_is_known_to_have() -> None:
     assert _messages(sent) == [(outside[2], mine)]
 
 
+def test_a_peer_is_noted_once_as_holder_of_a_message() -> None:
+    # Holders are a list (smaller than a set): copies, forwards and announcements to the
+    # same peer don't repeat it, and every holder is still left out of ihave.
+    router, sent, _ = _meshed(10, lazy=10, fanout=3)
+    message = _message()
+    assert router.receive(0, message)
+    for _ in range(3):
+        assert not router.receive(1, message)
+        assert router.duplicate(1, message.id)
+    router.forward(0, message)
+    pushed = {p for p, _ in _messages(sent)}
+    router.forward(0, message)  # again: the same targets or others, each noted once
+    holders = list(router._holders[message.id])
+    assert len(holders) == len(set(holders))
+    assert {0, 1} | pushed <= set(holders)
+    sent.clear()
+    router.heartbeat()
+    told = {p for p, _, _ in _talks(sent, IHAVE)}
+    assert told.isdisjoint(holders)
+    assert told | set(holders) == set(range(10))
+    assert sorted(router._holders[message.id]) == list(range(10))  # the told too
+    sent.clear()
+    router.heartbeat()
+    assert _talks(sent, IHAVE) == []  # told once is enough
+
+
 def test_ihave_leaves_out_the_peers_a_message_was_forwarded_to() -> None:
     router, sent, _ = _meshed(10, lazy=10, fanout=3)
     message = _message()

@@ -15,6 +15,7 @@ from hypothesis import given, strategies as st
 
 from tests.conftest import MS, FakeClock
 from tests.nodes import wait_for
+from trustp2p.storage._msglog_records import Origin
 from trustp2p.storage.msglog import LOG_PATH, LoggedMessage, MessageLog
 
 from .adapters import MessageLogAdapter, message
@@ -329,6 +330,26 @@ def test_the_indexes_match_a_plain_list(adds: list[tuple[str, str, int]], limit:
             if present:
                 expected[origin] = model_high(present)
         assert log.high_water(only) == expected
+
+
+def test_an_origin_keeps_its_entries_in_seq_order_and_lets_go_of_the_removed() -> None:
+    # One list per origin (no dict by seq beside it): lookups bisect it.
+    origin = Origin()
+    entries = {seq: (message(seq), 0.0, seq) for seq in range(1, 201)}
+    for seq in [5, 3, 4, 1, 2, *range(6, 201)]:
+        assert origin.get(seq) is None
+        origin.add(entries[seq])
+    assert [entry[0].seq for entry in origin.values()] == list(range(1, 201))
+    assert origin.get(7) is entries[7]
+    assert origin.get(0) is None and origin.get(201) is None
+    for seq in range(1, 101):  # the oldest first, as a log drops them
+        origin.remove(seq)
+        assert all(entry is not entries[seq] for entry in origin.values())  # let go
+    origin.remove(150)  # from the middle
+    assert len(origin) == 99
+    assert (origin.first(), origin.last(), origin.high()) == (101, 200, 149)
+    assert origin.get(150) is None and origin.get(151) is entries[151]
+    assert origin.values()[origin.index(150)] is entries[151]
 
 
 async def test_a_closed_log(clock: FakeClock, path: Path) -> None:

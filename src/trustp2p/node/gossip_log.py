@@ -16,20 +16,46 @@ from ..storage.msglog import LoggedMessage, MessageLog
 
 _ALL = 2**63 - 1  # past any seq
 
+_RECENT_MAX = 1024
+_RECENT_DATA_MAX = 4096  # characters: a node with small log limits pins at most 4 MiB
+# The records made last, by message id (oldest first): see to_logged().
+_recent: dict[str, LoggedMessage] = {}
+
 
 def to_logged(message: GossipMessage) -> LoggedMessage:
-    """A message as the log keeps it."""
-    return LoggedMessage(
+    """
+    A message as the log keeps it.
+
+    The records of the last 1024 messages (of up to 4096 characters of data) are
+    remembered by id, and a message with the same id, timestamp and signature gets the
+    same record (it is frozen): the nodes of one process (a simulation) log one record
+    of each message between them, not one each. The id stands for the topic, origin,
+    seq and data; the origin for the key.
+    """
+    signature = base64.b64encode(message.signature).decode("ascii")
+    logged = _recent.get(message.id)
+    if (
+        logged is not None
+        and logged.signature == signature
+        and logged.timestamp == message.timestamp
+    ):
+        return logged
+    logged = LoggedMessage(
         topic=message.topic,
         origin=stream_key(message.topic, message.origin),
         seq=message.seq,
         timestamp=float(message.timestamp),
         data=message.data,
-        # Interned: the nodes of one process (a simulation) keep one copy between them.
+        # Interned: the nodes of one process keep one copy between them.
         key=sys.intern(base64.b64encode(message.key).decode("ascii")),
-        signature=sys.intern(base64.b64encode(message.signature).decode("ascii")),
+        signature=sys.intern(signature),
         id=message.id,
     )
+    if len(message.data) <= _RECENT_DATA_MAX:
+        if len(_recent) >= _RECENT_MAX:
+            del _recent[next(iter(_recent))]
+        _recent[message.id] = logged
+    return logged
 
 
 def from_logged(logged: LoggedMessage) -> GossipMessage:

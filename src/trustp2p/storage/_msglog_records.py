@@ -28,6 +28,7 @@ import sqlite3
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from .writebehind import Database
 
@@ -38,8 +39,9 @@ _WAL_SIZE_LIMIT = 4 * 1024 * 1024
 """Bytes the WAL file is cut back to after a checkpoint: a big batch grows it."""
 
 _COMPACT_AFTER = 64
-"""Removed numbers at the head of a :class:`Seqs` list before it is compacted (then only
-once they are half of it), so that dropping the oldest stays O(1) amortised."""
+"""Removed items at the head of a :class:`Seqs` or :class:`Origin` list before it is
+compacted (then only once they are half of it), so that dropping the oldest stays O(1)
+amortised."""
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: the first schema. ``position`` numbers messages in the order they were logged,
@@ -105,90 +107,123 @@ class LoggedMessage:
 # A kept message: the message, when it was received (this node's clock), its position.
 Entry = tuple[LoggedMessage, float, int]
 
+T = TypeVar("T")
 
-class Seqs:
+
+class _Numbered(Generic[T]):
     """
-    Distinct sequence numbers in ascending order.
+    Items with distinct sequence numbers, in ascending order of them; a subclass says
+    how an item gives its number (:meth:`seq`).
 
-    Adding the next highest number and removing the lowest are O(1) (the usual case: an
+    Adding past the highest number and removing the lowest are O(1) (the usual case: an
     origin's messages arrive about in order, and the oldest are dropped first); other
     changes cost a bisection and a move of part of the list.
     """
 
-    __slots__ = ("_head", "_seqs")
+    __slots__ = ("_head", "_items")
 
     def __init__(self) -> None:
-        self._seqs: list[int] = []
-        self._head = 0  # _seqs[:_head] were removed already
+        self._items: list[T] = []
+        self._head = 0  # _items[:_head] were removed already
+
+    @staticmethod
+    def seq(item: T) -> int:
+        """The sequence number of ``item``."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
-        return len(self._seqs) - self._head
+        return len(self._items) - self._head
 
-    def add(self, seq: int) -> None:
-        seqs = self._seqs
-        if not seqs:
+    def add(self, item: T) -> None:
+        """Add an item whose number isn't here yet."""
+        items = self._items
+        if not items:
             # A list of one, not an empty one grown: 24 bytes less, and a simulated node
             # keeps two of these for each origin, which publish a message or two each.
-            self._seqs = [seq]
-        elif seq > seqs[-1]:
-            seqs.append(seq)
+            self._items = [item]
+        elif self.seq(item) > self.seq(items[-1]):
+            items.append(item)
         else:
-            bisect.insort(seqs, seq, lo=self._head)
+            bisect.insort(items, item, lo=self._head, key=self.seq)
 
     def remove(self, seq: int) -> None:
-        seqs, head = self._seqs, self._head
-        if seqs[head] != seq:
-            del seqs[bisect.bisect_left(seqs, seq, head)]
+        """Remove the item numbered ``seq``, which is here."""
+        items, head = self._items, self._head
+        if self.seq(items[head]) != seq:
+            del items[bisect.bisect_left(items, seq, head, key=self.seq)]
             return
+        items[head] = items[-1]  # let go of it now (the slots before the head aren't read)
         head += 1
-        if head == len(seqs):
-            seqs.clear()
+        if head == len(items):
+            items.clear()
             head = 0
-        elif head >= _COMPACT_AFTER and 2 * head >= len(seqs):
-            del seqs[:head]
+        elif head >= _COMPACT_AFTER and 2 * head >= len(items):
+            del items[:head]
             head = 0
         self._head = head
 
+    def get(self, seq: int) -> T | None:
+        """The item numbered ``seq``, or None."""
+        items = self._items
+        if not items or seq > self.seq(items[-1]):
+            return None  # the usual question: a new message
+        i = self.index(seq)
+        return items[i] if i < len(items) and self.seq(items[i]) == seq else None
+
     def first(self) -> int:
-        return self._seqs[self._head]
+        return self.seq(self._items[self._head])
 
     def last(self) -> int:
-        return self._seqs[-1]
+        return self.seq(self._items[-1])
 
     def high(self) -> int:
         """The highest S such that every number from the first up to S is here."""
-        seqs, head = self._seqs, self._head
-        first = seqs[head]
-        if seqs[-1] - first == len(seqs) - 1 - head:
-            return seqs[-1]  # no gap: the usual case
-        # The numbers are distinct and sorted, so seqs[head + k] - first == k holds for
-        # k up to the first gap and never after it: bisect on k.
-        low, high = 0, len(seqs) - 1 - head  # holds at low, not at high
+        items, head, seq = self._items, self._head, self.seq
+        first, last = seq(items[head]), seq(items[-1])
+        if last - first == len(items) - 1 - head:
+            return last  # no gap: the usual case
+        # The numbers are distinct and sorted, so seq(items[head + k]) - first == k
+        # holds for k up to the first gap and never after it: bisect on k.
+        low, high = 0, len(items) - 1 - head  # holds at low, not at high
         while high - low > 1:
             middle = (low + high) // 2
-            if seqs[head + middle] - first == middle:
+            if seq(items[head + middle]) - first == middle:
                 low = middle
             else:
                 high = middle
         return first + low
 
     def index(self, seq: int) -> int:
-        """Where the first number >= ``seq`` is in :meth:`values`."""
-        return bisect.bisect_left(self._seqs, seq, self._head)
+        """Where the first item numbered >= ``seq`` is in :meth:`values`."""
+        return bisect.bisect_left(self._items, seq, self._head, key=self.seq)
 
-    def values(self) -> list[int]:
+    def values(self) -> list[T]:
         """The underlying list; valid from ``index(...)`` on, until the next change."""
-        return self._seqs
+        return self._items
 
 
-class Origin:
-    """An origin's kept messages, in all topics."""
+class Seqs(_Numbered[int]):
+    """Distinct sequence numbers in ascending order."""
 
-    __slots__ = ("entries", "seqs")
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self.entries: dict[int, Entry] = {}
-        self.seqs = Seqs()
+    @staticmethod
+    def seq(item: int) -> int:
+        return item
+
+
+class Origin(_Numbered[Entry]):
+    """
+    An origin's kept messages, in all topics, in ``seq`` order: one list (a dict by
+    ``seq`` beside it took 220 bytes more per origin, and a simulated node keeps about
+    one message from each of hundreds of origins).
+    """
+
+    __slots__ = ()
+
+    @staticmethod
+    def seq(item: Entry) -> int:
+        return item[0].seq
 
 
 class Topic:

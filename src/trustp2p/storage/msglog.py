@@ -268,7 +268,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
     def has(self, origin: str, seq: int) -> bool:
         """Whether the message ``(origin, seq)`` is logged, in any topic."""
         logged = self._origins.get(origin)
-        return logged is not None and seq in logged.entries
+        return logged is not None and logged.get(seq) is not None
 
     def high_water(self, topic: str | None = None) -> dict[str, int]:
         """
@@ -286,7 +286,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
 
         """
         if topic is None:
-            return {origin: logged.seqs.high() for origin, logged in self._origins.items()}
+            return {origin: logged.high() for origin, logged in self._origins.items()}
         kept = self._topics.get(topic)
         if kept is None:
             return {}
@@ -298,7 +298,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         it were dropped, or never received. None if nothing of it is kept.
         """
         logged = self._origins.get(origin)
-        return None if logged is None else logged.seqs.first()
+        return None if logged is None else logged.first()
 
     def range(
         self,
@@ -330,15 +330,13 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         logged = self._origins.get(origin)
         if logged is None:
             return []
-        seqs = logged.seqs.values()
-        entries = logged.entries
+        entries = logged.values()
         found: list[LoggedMessage] = []
         size = 0
-        for i in range(logged.seqs.index(first), len(seqs)):
-            seq = seqs[i]
-            if seq > last or len(found) >= limit:
+        for i in range(logged.index(first), len(entries)):
+            message = entries[i][0]
+            if message.seq > last or len(found) >= limit:
                 break
-            message = entries[seq][0]
             size += len(message.data)
             if size > max_bytes and found:
                 break
@@ -378,7 +376,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         last = self._sequences.get(origin, 0)
         logged = self._origins.get(origin)
         if logged is not None:
-            last = max(last, logged.seqs.last())
+            last = max(last, logged.last())
         last = max(last, self._delivered.get(origin, 0)) + 1
         self._sequences[origin] = last
         self._dirty_sequences.add(origin)
@@ -397,10 +395,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         logged = self._origins.get(origin)
         if logged is None:
             logged = self._origins[origin] = Origin()
-        elif seq in logged.entries:
+        elif logged.get(seq) is not None:
             return None
-        logged.entries[seq] = entry
-        logged.seqs.add(seq)
+        logged.add(entry)
         topic = self._topics.get(message.topic)
         if topic is None:
             topic = self._topics[message.topic] = Topic()
@@ -419,9 +416,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         message, _, position = topic.entries.popleft()
         origin, seq = message.origin, message.seq
         logged = self._origins[origin]
-        del logged.entries[seq]
-        if logged.entries:
-            logged.seqs.remove(seq)
+        if len(logged) > 1:
+            logged.remove(seq)
         else:
             del self._origins[origin]
         seqs = topic.origins[origin]
@@ -455,7 +451,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
 
     def _kept(self, entry: Entry) -> bool:
         logged = self._origins.get(entry[0].origin)
-        return logged is not None and logged.entries.get(entry[0].seq) is entry
+        return logged is not None and logged.get(entry[0].seq) is entry
 
     def _entries(self) -> Iterator[Entry]:
         for topic in self._topics.values():

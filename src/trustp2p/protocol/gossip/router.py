@@ -201,8 +201,10 @@ class GossipRouter:
         # Recent messages, for ihave and iwant: one window per heartbeat.
         self._windows: list[dict[str, GossipMessage]] = [{} for _ in range(history)]
         # Peers known to have each recent message (sent it to us, or got it from us):
-        # no use announcing it to them.
-        self._holders: dict[str, set[PeerKey]] = {}
+        # no use announcing it to them. Lists, not sets: a message has a handful of
+        # holders, and a set of more than four takes 700 bytes, a list of twelve 180 (a
+        # simulation holds one per node and recent message, thousands while it runs late).
+        self._holders: dict[str, list[PeerKey]] = {}
         self._asked: dict[str, float] = {}  # ids we sent iwant for -> when
 
     # Peers and subscriptions
@@ -256,7 +258,7 @@ class GossipRouter:
             subscribed = [p for p, topics in self._peers.items() if message.topic in topics]
             targets = self._sample(subscribed, self.degree)
         for peer in targets:
-            self._holders[message.id].add(peer)
+            _hold(self._holders[message.id], peer)
             self._send(RouterAction("message", peer, message=message))
 
     def receive(self, peer: PeerKey, message: GossipMessage, *, pending: bool = False) -> bool:
@@ -282,13 +284,13 @@ class GossipRouter:
             stats.duplicates += 1
             holders = self._holders.get(message.id)
             if holders is not None:
-                holders.add(peer)
+                _hold(holders, peer)
             return False
         stats.new += 1
         if pending:
             self._seen.add(message.id, self._clock())
             # Who sent copies meanwhile: once it is accepted, they aren't told of it.
-            self._holders[message.id] = {peer} if peer is not None else set()
+            self._holders[message.id] = [peer] if peer is not None else []
         else:
             self._remember(message, peer)
         return True
@@ -296,9 +298,9 @@ class GossipRouter:
     def accept(self, peer: PeerKey | None, message: GossipMessage) -> None:
         """A message received ``pending`` passed validation: announce and serve it now."""
         self._windows[0][message.id] = message
-        holders = self._holders.setdefault(message.id, set())
+        holders = self._holders.setdefault(message.id, [])
         if peer is not None:
-            holders.add(peer)
+            _hold(holders, peer)
 
     def refuse(self, message_id: str) -> None:
         """A message received ``pending`` was refused: it stays seen, and goes no further."""
@@ -321,7 +323,7 @@ class GossipRouter:
         self._asked.pop(message_id, None)
         holders = self._holders.get(message_id)
         if holders is not None:
-            holders.add(peer)
+            _hold(holders, peer)
         return True
 
     def forward(self, peer: PeerKey | None, message: GossipMessage) -> None:
@@ -339,7 +341,7 @@ class GossipRouter:
             targets = self._sample(targets, self.fanout)
         for target in targets:
             self.stats.forwarded += 1
-            self._holders.setdefault(message.id, set()).add(target)
+            _hold(self._holders.setdefault(message.id, []), target)
             self._send(RouterAction("message", target, message=relayed))
 
     def _targets(self, topic: str, exclude: Collection[PeerKey | None]) -> list[PeerKey]:
@@ -350,7 +352,7 @@ class GossipRouter:
     def _remember(self, message: GossipMessage, peer: PeerKey | None = None) -> None:
         self._seen.add(message.id, self._clock())
         self._windows[0][message.id] = message
-        self._holders[message.id] = {peer} if peer is not None else set()
+        self._holders[message.id] = [peer] if peer is not None else []
 
     def cached(self, message_id: str) -> GossipMessage | None:
         for window in self._windows:
@@ -481,7 +483,7 @@ class GossipRouter:
             if missing:
                 self.stats.ihave_sent += 1
                 for message_id in missing:  # told once is enough: it asks if it wants
-                    holders.setdefault(message_id, set()).add(peer)
+                    holders.setdefault(message_id, []).append(peer)  # it wasn't one
                 self._talk(peer, IHAVE, {"topic": topic, "ids": missing})
 
     # Helpers
@@ -495,6 +497,12 @@ class GossipRouter:
         if len(items) <= count:
             return list(items)
         return self._rng.sample(items, count)
+
+
+def _hold(holders: list[PeerKey], peer: PeerKey | None) -> None:
+    """Note that ``peer`` has a message: once in its list of holders."""
+    if peer not in holders:
+        holders.append(peer)
 
 
 def _topics(value: object) -> list[str]:
