@@ -17,7 +17,7 @@ what keeps them alive. Servers:
 
 - *plain*: ``trustp2p.create_server(port=0, secure=False, max_inbound=None)``: every
   other option at its default, the heartbeat too (a round every ``heartbeat_interval``
-  2 s plus up to ``heartbeat_jitter`` 1 s, each peer pinged ``heartbeat_timeout`` 10 s
+  2 s plus up to ``heartbeat_jitter`` 1 s, each peer pinged ``heartbeat_timeout`` 20 s
   after its last ping, dropped when a ping stays unanswered for
   ``heartbeat_response_timeout`` 10 s). ``max_inbound`` (default 100) is lifted, or
   4,900 peers would be refused;
@@ -28,8 +28,9 @@ what keeps them alive. Servers:
   to close, ``compression=None`` as in ``request_response.py`` (trustp2p doesn't
   compress; the client offers no compression anyway). The reference of the goal;
 - *websockets-10*: the same with ``ping_interval=10``, the period at which trustp2p
-  pings each peer (``heartbeat_timeout``; the 2 s ``heartbeat_interval`` is how often
-  its round looks, not how often a peer is pinged). Optional, for a like-for-like rate.
+  pinged each peer before its ``heartbeat_timeout`` went to 20 s (the 2 s
+  ``heartbeat_interval`` is how often its round looks, not how often a peer is pinged).
+  Optional, for the rate of the former default.
 
 The client is a faithful stand-in for 5,000 trustp2p client nodes, not 5,000 nodes: each
 connection is dialled with trustp2p's own ``ws`` driver (and, secure, a

@@ -67,7 +67,7 @@ class NodeOptions:
         heartbeat_response_timeout: A peer whose ping stays unanswered this long is
             dropped as a lost peer; time in which the link shows progress (a large
             frame arriving, ours leaving) doesn't count. With the defaults a dead link
-            is found within 29 s on both sides (``liveness_timings().detection_bound``).
+            is found within 39 s on both sides (``liveness_timings().detection_bound``).
         response_timeout: Default time to wait for a response.
         stalled_timeout: Time after which a rerouting request goes to the next server.
         reconnect_initial: First delay before redialling a server.
@@ -192,7 +192,7 @@ class NodeOptions:
     max_concurrent_requests: int = 16
     heartbeat_interval: float = 2.0
     heartbeat_jitter: float = 1.0
-    heartbeat_timeout: float = 10.0
+    heartbeat_timeout: float = 20.0
     heartbeat_response_timeout: float = 10.0
     response_timeout: float = 300.0
     stalled_timeout: float = 5.0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import ServerConnection, serve as ws_serve
 from websockets.datastructures import HeadersLike
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Request
 
 from tests.conftest import MS
 from tests.drivers.conformance import (
@@ -20,7 +22,8 @@ from tests.drivers.conformance import (
 from tests.drivers.websocket import WebSocketChecks, WebSocketUrls, harness_fixture
 from tests.processes import free_port  # nothing listens there: it was free a moment ago
 from trustp2p.drivers import CloseCode, DriverEvent, DriverOptions, Socket, driver_class
-from trustp2p.drivers.ws import WsDriver
+from trustp2p.drivers.tcp import TcpSocket
+from trustp2p.drivers.ws import WsDriver, WsSocket
 from trustp2p.exceptions import DriverError
 
 
@@ -331,3 +334,22 @@ async def test_messages_from_the_client_reach_a_websockets_server(
         client.close_soon()
         async with asyncio.timeout(TIMEOUT):
             await client.wait_closed()
+
+
+async def test_an_open_connection_keeps_no_handshake_headers(harness: DriverHarness) -> None:
+    """websockets' parser holds the upgrade request for the connection's life; the driver
+    lets go of its headers once read (2 KiB a peer on a server with thousands)."""
+    pair = await harness.pair()
+    pair.client.write(b"hi")
+    await pair.server_events.wait_messages(pair.server, 1)
+    gc.collect()
+    requests = [o for o in gc.get_objects() if isinstance(o, Request)]
+    assert requests  # the server's, still referenced by the parser
+    assert all(not request.headers for request in requests)
+
+
+@pytest.mark.parametrize("socket_class", [WsSocket, TcpSocket])
+def test_stream_sockets_have_no_instance_dict(socket_class: type[Socket]) -> None:
+    """One socket per peer: slots, not a dict of 1.5 KiB (a subclass without
+    ``__slots__`` in the chain would bring the dict back)."""
+    assert socket_class.__dictoffset__ == 0

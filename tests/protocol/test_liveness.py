@@ -315,22 +315,24 @@ def simulate(timings: LivenessTimings, jitter: float, seed: int) -> tuple[float,
     return leader.dead_at - death, follower.dead_at - death, leader.pings + follower.pings
 
 
-def test_default_options_find_a_dead_link_within_30_s_on_both_sides() -> None:
+def test_default_options_find_a_dead_link_within_40_s_on_both_sides() -> None:
     """The requirement, checked on the rules with the shipped options: a link that
-    dies is found within 30 s by each side."""
+    dies is found within 40 s by each side (websockets' keepalive bound: a 20 s ping
+    interval plus a 20 s ping timeout)."""
     options = NodeOptions(server=True, client=True)
     timings = options.liveness_timings()
-    assert timings == LivenessTimings(interval=10.0, timeout=10.0, period=3.0)
-    assert timings.detection_bound == 29.0
+    assert timings == LivenessTimings(interval=20.0, timeout=10.0, period=3.0)
+    assert timings.detection_bound == 39.0
     worst = 0.0
     for seed in range(300):
         leader, follower, _ = simulate(timings, options.heartbeat_jitter, seed)
         worst = max(worst, leader, follower)
-    assert worst <= timings.detection_bound <= 30.0
+    assert worst <= timings.detection_bound <= 40.0
 
 
 def test_the_two_sides_share_one_ping_per_interval() -> None:
-    """Idle peers cost one ping per interval and connection, not one per side."""
+    """Idle peers cost one ping per interval and connection, not one per side: with
+    the defaults, about one per 20 s, websockets' keepalive rate."""
     options = NodeOptions(server=True, client=True)
     timings = options.liveness_timings()
     rng = random.Random(1)
@@ -348,7 +350,7 @@ def test_the_two_sides_share_one_ping_per_interval() -> None:
             side.liveness.pong_received(now)
     assert follower.pings == 0
     minutes = leader.next_round / 60
-    assert 4 <= leader.pings / minutes <= 6  # one every 10 to 12 s
+    assert 2.5 <= leader.pings / minutes <= 3  # one every 20 to 23 s
 
 
 @pytest.mark.parametrize(

@@ -95,8 +95,10 @@ class DrainWaiters(Socket):
     connection is lost (``_lost_waiter`` done). Shared by the stream drivers and picows.
     """
 
+    __slots__ = ()
     _lost_waiter: asyncio.Future[None]
-    # An attribute, not the base class's property: it is read several times per package.
+    # An attribute, not the base class's property: it is read several times per package
+    # (StreamSocket makes it a slot).
     write_paused: bool = False
     _drain_waiters: list[asyncio.Future[None]]
 
@@ -135,6 +137,23 @@ class StreamSocket(DrainWaiters, asyncio.BufferedProtocol):
     handshake.
     """
 
+    # Slots: a server holds one socket per peer, and an instance dict of their
+    # thirty-odd attributes took 1.5 KiB each. The first two lines are Socket's.
+    __slots__ = (
+        *("__weakref__", "_listener", "_loop", "close_code", "close_reason", "host"),
+        *("id", "inbound", "last_seen", "peer", "peer_id", "stats"),
+        "_aborted",
+        "_drain_waiters",
+        "_eof_sent",
+        "_lost_waiter",
+        "_options",
+        "_out",
+        "_out_size",
+        "_paused_reading",
+        "_timer",
+        "_transport",
+        "write_paused",
+    )
     _receive_buffer: ClassVar[ReceiveBuffer]
     """The buffer that ``get_buffer()`` returns."""
     _logger: ClassVar[logging.Logger]

@@ -41,7 +41,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from ..exceptions import ConnectionClosed
 from ..protocol.close import CloseCode, fit_reason
@@ -171,6 +171,13 @@ class Socket(abc.ABC):
         close_reason: The close reason once closed.
 
     """
+
+    # No instance dict where a subclass has slots (the stream drivers' sockets, which
+    # declare the attributes below among theirs), and no instance layout of its own
+    # (picows's sockets also derive from a C type). Hidden from mypy, which would take
+    # the attributes assigned here for ones missing from the slots.
+    if not TYPE_CHECKING:
+        __slots__ = ()
 
     def __init__(self, *, listener: Listener, inbound: bool, peer: str, host: str) -> None:
         self.id = ConnId(next(_socket_ids))

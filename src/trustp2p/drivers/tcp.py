@@ -118,6 +118,11 @@ _receive_buffer = ReceiveBuffer(2**18)
 class TcpSocket(StreamSocket):
     """A TCP connection; also the asyncio protocol of its transport."""
 
+    __slots__ = (
+        *("_chunks", "_close_rcvd", "_close_sent", "_control", "_discarding", "_drop_error"),
+        *("_error_reported", "_failed", "_frame_started", "_frame_timer", "_got", "_head"),
+        *("_limit", "_pending", "_size", "_state"),
+    )
     _receive_buffer = _receive_buffer
     _logger = logger
 

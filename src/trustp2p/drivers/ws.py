@@ -53,6 +53,18 @@ _receive_buffer = ReceiveBuffer(2**18)
 class WsSocket(StreamSocket):
     """A WebSocket connection; also the asyncio protocol of its transport."""
 
+    __slots__ = (
+        "_accepted",
+        "_close_on_open",
+        "_closing",
+        "_fragment_text",
+        "_fragments",
+        "_held",
+        "_open_waiter",
+        "_opened",
+        "_protocol",
+        "_request",
+    )
     _receive_buffer = _receive_buffer
     _logger = logger
 
@@ -259,6 +271,9 @@ class WsSocket(StreamSocket):
                 except ValueError:
                     response = protocol.reject(400, "Invalid X-Real-IP header.\n")
         protocol.send_response(response)
+        # websockets' parser keeps the request for the connection's life (a local of its
+        # generator); its headers are read: 2 KiB a peer, let go of them.
+        request.headers.clear()
         self._flush()
         if response.status_code != 101:
             return

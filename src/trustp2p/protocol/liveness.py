@@ -41,8 +41,9 @@ A link that dies is found within :attr:`LivenessTimings.detection_bound` seconds
 both sides: ``interval + timeout + 3 * period`` (the next ping waits up to ``interval``,
 one ``period`` more on the side that dialled, plus one round; it is charged ``timeout``,
 seen at most one round late; and the round in which the link died may have shown
-progress). Shipped defaults (10 s, 10 s, rounds of 2 s plus up to 1 s of jitter) make
-that 29 s.
+progress). Shipped defaults (20 s, 10 s, rounds of 2 s plus up to 1 s of jitter) make
+that 39 s, within websockets' keepalive bound (a 20 s ping interval plus a 20 s ping
+timeout: 40 s) and at its cost (one ping per 20 s, shared by the two sides).
 
 The rules replace the original's, under which only the server pinged, and only clients
 silent for ``heartbeat_timeout``: a client never noticed a dead server, and a busy
