@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.conftest import MS, wait_for
+from tests.conftest import MS, stays, wait_for
 from tests.drivers.conformance import RecordingListener
 from trustp2p.drivers import DriverEvent, DriverOptions, Listening, Socket
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
@@ -271,6 +271,29 @@ async def test_packages_written_together_go_in_one_noise_message(net: Net) -> No
     assert await net.server.events.wait_messages(accepted, 50) == packages
     assert accepted.raw.stats.messages_in == raw_in + 1
     assert opened.stats.messages_out == accepted.stats.messages_in == 50
+
+
+async def test_a_pause_within_a_batch_holds_the_rest_until_resumed(net: Net) -> None:
+    """Reading paused by a handler (a full inbox) means no more packages, even those
+    that arrived in the same batch: they wait, in order, for resume_reading()."""
+    client = Side(Identity.generate())
+    opened, accepted = await connect_secure(net, client)
+    events = net.server.events
+
+    def pause_at_two(socket: Socket, data: bytes | str) -> None:
+        if len(events.messages(socket)) == 2:
+            socket.pause_reading()
+
+    events.on_message_hook = pause_at_two
+    packages = [b"%d" % i for i in range(6)]
+    for package in packages:
+        opened.write(package)
+    assert await events.wait_messages(accepted, 2) == packages[:2]
+    assert await stays(lambda: len(events.messages(accepted)) == 2, 50 * MS)
+    opened.write(b"after")  # a later message waits behind the held ones
+    assert await stays(lambda: len(events.messages(accepted)) == 2, 50 * MS)
+    accepted.resume_reading()
+    assert await events.wait_messages(accepted, 7) == [*packages, b"after"]
 
 
 async def test_close_soon_sends_what_was_written_first(net: Net) -> None:

@@ -25,6 +25,7 @@ __all__ = ["SecureLayer", "SecureSocket"]
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -57,7 +58,9 @@ class SecureSocket(Socket):
     Where the handshake agreed on batches, the packages written in one iteration of the
     event loop are sealed together at its end, as few batch messages as hold them (one
     AEAD call and one frame for many), and handed to the raw socket, which sends them at
-    once (:meth:`Socket.flush`): no later than it would have sent them one by one.
+    once (:meth:`Socket.flush`): no later than it would have sent them one by one. A
+    batch received while reading is paused keeps the packages not yet delivered until
+    reading resumes, as the drivers keep the frames they read.
 
     Attributes:
         raw: The driver's socket underneath.
@@ -84,6 +87,8 @@ class SecureSocket(Socket):
         self._max_size = max_size
         self._pending: list[bytes] | None = None  # written this iteration, to batch
         self._pending_size = 0
+        self._paused = False
+        self._held: deque[bytes] | None = None  # received in a batch, while paused
 
     @property
     def last_seen(self) -> float:
@@ -176,10 +181,18 @@ class SecureSocket(Socket):
         await self.raw.wait_closed()
 
     def pause_reading(self) -> None:
+        self._paused = True
         self.raw.pause_reading()
 
     def resume_reading(self) -> None:
-        self.raw.resume_reading()
+        self._paused = False
+        held = self._held
+        while held and not self._paused:
+            self._deliver(held.popleft())
+        if not held:
+            self._held = None
+        if not self._paused:
+            self.raw.resume_reading()
 
     def feed_data(self, message: bytes | str) -> None:
         """
@@ -194,7 +207,14 @@ class SecureSocket(Socket):
         """
         if isinstance(message, str):
             raise ChannelError("text frame on a secure connection")
-        for data in self._transport.open(message, max_size=self._max_size):
+        packages = self._transport.open(message, max_size=self._max_size)
+        if self._held is not None:  # still paused: behind what waits
+            self._held.extend(packages)
+            return
+        for i, data in enumerate(packages):
+            if self._paused:  # a handler paused reading within a batch
+                self._held = deque(packages[i:])
+                return
             self._deliver(data)
 
     def _deliver(self, data: bytes | str) -> None:
