@@ -241,7 +241,7 @@ def measure_primitives() -> dict[str, float]:
     nonce = bytes(12)
     sealed = chacha.encrypt(nonce, plaintext, None)
 
-    def seal_open() -> bytes | None:
+    def seal_open() -> list[bytes]:
         (message,) = sender.seal(package)
         return receiver.open(message, max_size=None)
 

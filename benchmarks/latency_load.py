@@ -137,9 +137,9 @@ async def run_load(impl: str, url: str, rate: float) -> None:
         nonlocal answered
         async for message in ws:
             assert isinstance(message, bytes)
-            data = transport.open(message, max_size=None) if transport else message
-            if data and decode(data).type == answer:
-                answered += 1
+            for data in transport.open(message, max_size=None) if transport else [message]:
+                if decode(data).type == answer:
+                    answered += 1
 
     receiver = asyncio.create_task(receive())
     _print_line("ready")

@@ -460,8 +460,8 @@ async def _secure_handshake(ws: ClientConnection) -> NoiseTransport:
     transport = noise.transport()
     message = await ws.recv()
     assert isinstance(message, bytes)
-    data = transport.open(message, max_size=None)
-    if data is None or decode(data).event != HELLO_EVENT:
+    packages = transport.open(message, max_size=None)
+    if len(packages) != 1 or decode(packages[0]).event != HELLO_EVENT:
         raise RuntimeError("the secure server didn't say hello")
     body = {
         **version_body(library_version=trustp2p.__version__),

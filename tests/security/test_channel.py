@@ -3,17 +3,25 @@ names the peer."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.conftest import MS, wait_for
+from tests.conftest import MS, stays, wait_for
 from tests.drivers.conformance import RecordingListener
-from trustp2p.drivers import DriverEvent, Listening, Socket
+from trustp2p.drivers import DriverEvent, DriverOptions, Listening, Socket
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
-from trustp2p.exceptions import ChannelError, HandshakeError, SelfDialError, UsageError
+from trustp2p.drivers.ws import WsDriver
+from trustp2p.exceptions import (
+    ChannelError,
+    ConnectionClosed,
+    HandshakeError,
+    SelfDialError,
+    UsageError,
+)
 from trustp2p.identity import Identity
 from trustp2p.protocol.handshake import PLAIN_PEER
 from trustp2p.protocol.package import PackageType, build_package, encode
@@ -246,3 +254,97 @@ def test_a_noise_key_of_another_identity_is_refused() -> None:
             failed=lambda raw, error: None,
             noise_key=NoiseKey(Identity.generate()),
         )
+
+
+# Batches: what is written in one iteration of the loop goes out sealed together
+
+
+async def test_packages_written_together_go_in_one_noise_message(net: Net) -> None:
+    client = Side(Identity.generate())
+    opened, accepted = await connect_secure(net, client)
+    assert opened._transport.batches  # both sides are of this version
+    raw_in = accepted.raw.stats.messages_in
+    packages = [bytes([i]) * (i + 1) for i in range(50)]
+    for package in packages:
+        opened.write(package)
+    assert opened.write_buffer_size >= sum(map(len, packages))  # held until flushed
+    assert await net.server.events.wait_messages(accepted, 50) == packages
+    assert accepted.raw.stats.messages_in == raw_in + 1
+    assert opened.stats.messages_out == accepted.stats.messages_in == 50
+
+
+async def test_a_pause_within_a_batch_holds_the_rest_until_resumed(net: Net) -> None:
+    """Reading paused by a handler (a full inbox) means no more packages, even those
+    that arrived in the same batch: they wait, in order, for resume_reading()."""
+    client = Side(Identity.generate())
+    opened, accepted = await connect_secure(net, client)
+    events = net.server.events
+
+    def pause_at_two(socket: Socket, data: bytes | str) -> None:
+        if len(events.messages(socket)) == 2:
+            socket.pause_reading()
+
+    events.on_message_hook = pause_at_two
+    packages = [b"%d" % i for i in range(6)]
+    for package in packages:
+        opened.write(package)
+    assert await events.wait_messages(accepted, 2) == packages[:2]
+    assert await stays(lambda: len(events.messages(accepted)) == 2, 50 * MS)
+    opened.write(b"after")  # a later message waits behind the held ones
+    assert await stays(lambda: len(events.messages(accepted)) == 2, 50 * MS)
+    accepted.resume_reading()
+    assert await events.wait_messages(accepted, 7) == [*packages, b"after"]
+
+
+async def test_close_soon_sends_what_was_written_first(net: Net) -> None:
+    client = Side(Identity.generate())
+    opened, accepted = await connect_secure(net, client)
+    for i in range(20):
+        opened.write(b"%d" % i)
+    opened.close_soon()
+    assert await net.server.events.wait_messages(accepted, 20) == [b"%d" % i for i in range(20)]
+    await net.server.events.next(DriverEvent.CLOSE, accepted)
+
+
+async def test_abort_drops_what_was_not_sent(net: Net) -> None:
+    client = Side(Identity.generate())
+    opened, accepted = await connect_secure(net, client)
+    opened.write(b"never sent")
+    opened.abort()
+    await net.server.events.next(DriverEvent.CLOSE, accepted)
+    assert net.server.events.messages(accepted) == []
+    assert opened.write_buffer_size == 0
+
+
+async def test_write_after_close_raises_at_once(net: Net) -> None:
+    client = Side(Identity.generate())
+    opened, _ = await connect_secure(net, client)
+    opened.close_soon()
+    with pytest.raises(ConnectionClosed):
+        opened.write(b"too late")
+
+
+async def test_pipelined_packages_over_websocket_arrive_whole_and_in_order() -> None:
+    """Over real loopback: bursts of packages of every size, batches and chunks mixed,
+    written across many iterations of the loop."""
+    driver = WsDriver(DriverOptions())
+    server, client = Side(Identity.generate()), Side(Identity.generate())
+    listening = await driver.listen("127.0.0.1", 0, server.layer)
+    try:
+        await driver.connect(listening.url, client.layer)
+        opened = (await client.events.next(DriverEvent.OPEN)).socket
+        accepted = (await server.events.next(DriverEvent.CONNECTION)).socket
+        assert isinstance(opened, SecureSocket) and opened._transport.batches
+        rng = random.Random(7)
+        sizes = [rng.choice((1, 100, 5_000, 65_515, 70_000)) for _ in range(600)]
+        packages = [i.to_bytes(4, "big") * (size // 4 + 1) for i, size in enumerate(sizes)]
+        for start in range(0, len(packages), 40):
+            for package in packages[start : start + 40]:
+                opened.write(package)
+            await opened.drain()
+        received = await server.events.wait_messages(accepted, len(packages))
+        assert received == packages
+    finally:
+        listening.close()
+        for raw in server.layer.raw_sockets + client.layer.raw_sockets:
+            raw.abort()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings, strategies as st
 
 from trustp2p.exceptions import ChannelError, HandshakeError, UsageError
 from trustp2p.identity import Identity
@@ -60,7 +61,8 @@ def test_published_vector(vector: dict[str, Any]) -> None:
 
 def test_wire_compatible_with_the_noiseprotocol_implementation() -> None:
     """Fixed keys and identities reproduce, byte for byte, what the previous
-    implementation (on ``noiseprotocol``) sent: handshake, identity payloads, packages."""
+    implementation (on ``noiseprotocol``) sent: handshake, identity payloads, packages.
+    It negotiated no features: ``features=False`` is a peer of that time."""
     keys = {name: bytes.fromhex(key) for name, key in INTEROP["keys"].items()}
     sides = {
         side: NoiseHandshake(
@@ -69,6 +71,7 @@ def test_wire_compatible_with_the_noiseprotocol_implementation() -> None:
             prologue=bytes.fromhex(INTEROP["prologue"]),
             static_key=keys[f"{side}_static"],
             ephemeral_key=keys[f"{side}_ephemeral"],
+            features=False,
         )
         for side in ("init", "resp")
     }
@@ -88,7 +91,7 @@ def test_wire_compatible_with_the_noiseprotocol_implementation() -> None:
         if "messages" in entry:
             assert [m.hex() for m in messages] == entry["messages"]
         receiver = transports[other[entry["writer"]]]
-        assert [receiver.open(m, max_size=None) for m in messages][-1] == data
+        assert [p for m in messages for p in receiver.open(m, max_size=None)] == [data]
 
 
 def _interop_package(entry: dict[str, Any]) -> bytes:
@@ -198,14 +201,14 @@ def test_packages_are_split_and_reassembled(size: int) -> None:
     assert all(len(m) <= MAX_NOISE_MESSAGE for m in messages)
     assert len(messages) == max(1, -(-size // 65518))
     opened = [receiver.open(m, max_size=None) for m in messages]
-    assert opened[:-1] == [None] * (len(messages) - 1)
-    assert opened[-1] == data
+    assert opened[:-1] == [[]] * (len(messages) - 1)
+    assert opened[-1] == [data]
 
 
 def test_reassembly_is_bounded() -> None:
     sender, receiver = pair()
     first, second, _ = sender.seal(bytes(150_000))
-    assert receiver.open(first, max_size=100_000) is None
+    assert receiver.open(first, max_size=100_000) == []
     with pytest.raises(ChannelError, match="exceeds the limit"):
         receiver.open(second, max_size=100_000)
 
@@ -213,7 +216,7 @@ def test_reassembly_is_bounded() -> None:
 def test_transport_replay_and_tampering_fail() -> None:
     sender, receiver = pair()
     message = sender.seal(b"hello")[0]
-    assert receiver.open(message, max_size=None) == b"hello"
+    assert receiver.open(message, max_size=None) == [b"hello"]
     with pytest.raises(ChannelError, match="doesn't decrypt"):
         receiver.open(message, max_size=None)  # replayed: the nonce moved on
     sender2, receiver2 = pair()
@@ -242,7 +245,15 @@ def test_handshake_failures_are_handshake_errors_only() -> None:
 
 @pytest.mark.parametrize(
     ("plaintext", "reason"),
-    [(b"", "empty transport message"), (b"\x02chunk", "invalid chunk flag 2")],
+    [
+        (b"", "empty transport message"),
+        (b"\x03chunk", "invalid chunk flag 3"),
+        (b"\x02", "empty batch"),
+        (b"\x02\x00\x00\x00", "truncated package length in a batch"),
+        (b"\x02\x00\x00\x00\x00x", "empty package in a batch"),
+        (b"\x02\x00\x00\x00\x02x", "package of 2 bytes overruns its batch"),
+        (b"\x02\x00\x00\x00\x01xy", "truncated package length in a batch"),
+    ],
 )
 def test_malformed_transport_plaintext_is_a_channel_error(plaintext: bytes, reason: str) -> None:
     sender, receiver = pair()
@@ -292,3 +303,102 @@ def test_noiseprotocol_is_not_used() -> None:
     import trustp2p.security.channel  # noqa: F401
 
     assert "noise" not in sys.modules  # the noiseprotocol package's top-level module
+
+
+# Batches: negotiated in the handshake, several packages in one transport message
+
+
+def test_batches_are_agreed_when_both_sides_offer_them() -> None:
+    initiator, responder = handshake(Identity.generate(), Identity.generate())
+    assert initiator.batches and responder.batches
+    assert initiator.transport().batches and responder.transport().batches
+
+
+@pytest.mark.parametrize(
+    ("initiator_features", "responder_features"), [(True, False), (False, True)]
+)
+def test_a_peer_from_before_batches_gets_none(
+    initiator_features: bool, responder_features: bool
+) -> None:
+    """A side without features (the previous implementation) completes the handshake
+    with one that has them, and neither sends batches: the new side's features byte
+    goes where the old one ignores it, and it answers only an offer."""
+    initiator = NoiseHandshake(Identity.generate(), initiator=True, features=initiator_features)
+    responder = NoiseHandshake(Identity.generate(), initiator=False, features=responder_features)
+    responder.read_message(initiator.write_message())
+    initiator.read_message(responder.write_message())
+    responder.read_message(initiator.write_message())
+    assert initiator.complete and responder.complete
+    assert not initiator.batches and not responder.batches
+    sender, receiver = initiator.transport(), responder.transport()
+    messages = sender.seal_all([b"one", b"two"])
+    assert len(messages) == 2  # one by one
+    assert [p for m in messages for p in receiver.open(m, max_size=None)] == [b"one", b"two"]
+
+
+def test_a_batch_where_none_was_agreed_is_refused() -> None:
+    initiator = NoiseHandshake(Identity.generate(), initiator=True, features=False)
+    responder = NoiseHandshake(Identity.generate(), initiator=False, features=False)
+    responder.read_message(initiator.write_message())
+    initiator.read_message(responder.write_message())
+    responder.read_message(initiator.write_message())
+    sender, receiver = initiator.transport(), responder.transport()
+    with pytest.raises(ChannelError, match="invalid chunk flag 2"):
+        receiver.open(sender.encrypt(b"\x02\x00\x00\x00\x01x"), max_size=None)
+
+
+def test_packages_written_together_travel_in_one_message() -> None:
+    sender, receiver = pair()
+    packages = [b"a" * 100, b"b" * 200, b"c"]
+    (message,) = sender.seal_all(packages)
+    assert len(message) == 1 + 3 * 4 + 301 + 16  # flag, lengths, packages, AEAD tag
+    assert receiver.open(message, max_size=None) == packages
+
+
+def test_a_batch_of_one_is_an_ordinary_message() -> None:
+    sender, receiver = pair()
+    batched = sender.seal_all([b"alone"])
+    other, _ = pair()
+    assert len(batched) == 1 and len(batched[0]) == len(other.seal(b"alone")[0])
+    assert receiver.open(batched[0], max_size=None) == [b"alone"]
+
+
+def test_batches_fill_messages_and_large_packages_go_alone_in_order() -> None:
+    sender, receiver = pair()
+    big = bytes(range(256)) * 400  # 102,400 bytes: two chunks of its own
+    packages = [b"x" * 40_000, b"y" * 40_000, big, b"z" * 10, b"w" * 65_510]
+    messages = sender.seal_all(packages)
+    assert all(len(m) <= MAX_NOISE_MESSAGE for m in messages)
+    # x alone (y doesn't fit beside it), y alone, big in two chunks, z alone (w
+    # doesn't fit beside it), w alone (its length and it fill a message but for 1 byte).
+    assert len(messages) == 6
+    assert [p for m in messages for p in receiver.open(m, max_size=None)] == packages
+
+
+def test_a_package_in_a_batch_is_bounded() -> None:
+    sender, receiver = pair()
+    (message,) = sender.seal_all([b"small", b"x" * 1000])
+    with pytest.raises(ChannelError, match="package of more than 999 bytes exceeds the limit"):
+        receiver.open(message, max_size=999)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=70_000), min_size=1, max_size=12))
+@settings(max_examples=40, deadline=None)
+def test_any_packages_written_together_arrive_whole_and_in_order(packages: list[bytes]) -> None:
+    sender, receiver = pair()
+    messages = sender.seal_all(packages)
+    assert all(len(m) <= MAX_NOISE_MESSAGE for m in messages)
+    assert [p for m in messages for p in receiver.open(m, max_size=None)] == packages
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=300)
+def test_any_batch_plaintext_opens_or_is_a_channel_error(body: bytes) -> None:
+    """Whatever a peer seals as a batch, opening it gives packages or a ChannelError."""
+    sender, receiver = pair()
+    try:
+        packages = receiver.open(sender.encrypt(b"\x02" + body), max_size=100)
+    except ChannelError:
+        return
+    assert all(0 < len(p) <= 100 for p in packages)
+    assert sum(len(p) + 4 for p in packages) == len(body)

@@ -306,6 +306,9 @@ class StreamSocket(DrainWaiters, asyncio.BufferedProtocol):
                 # Send now: the peer can start, and drain() sees the transport's buffer.
                 self._write_out()
 
+    def flush(self) -> None:
+        self._write_out()
+
     def _write_out(self) -> None:
         """Send the queued frames now."""
         out = self._out

@@ -222,6 +222,16 @@ class Socket(abc.ABC):
 
         """
 
+    def flush(self) -> None:
+        """
+        Send what :meth:`write` queued now, not at the end of this iteration of the
+        event loop (where a driver gathers the messages of an iteration into one system
+        call). For a layer that itself writes at the end of an iteration: its messages
+        then go out in that iteration, not the next. A driver that writes at once does
+        nothing.
+        """
+        return  # not abstract: a driver that writes at once has nothing to do
+
     @abc.abstractmethod
     async def drain(self) -> None:
         """Wait until the write buffer is below its limit."""

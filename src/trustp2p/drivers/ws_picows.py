@@ -479,6 +479,9 @@ class PicowsSocket(DrainWaiters, WSListener):
         else:  # no closing handshake: dropped, aborted, or the close timed out
             self.close_code = CloseCode.ABNORMAL_CLOSURE
 
+    def flush(self) -> None:
+        self._write_out()
+
     def _write_out(self) -> None:
         """Send the messages written in this event loop iteration: one alone through
         picows, several framed here and written at once (one system call, not one

@@ -25,6 +25,7 @@ __all__ = ["SecureLayer", "SecureSocket"]
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -42,7 +43,7 @@ from ..identity import Identity, PeerId
 from ..protocol.deliver import ConnId
 from ..protocol.handshake import HANDSHAKE_MAGIC, PLAIN_PEER, SELF_DIAL
 from ..protocol.package import decode
-from .noise import NoiseHandshake, NoiseKey, NoiseTransport
+from .noise import MAX_NOISE_MESSAGE, NoiseHandshake, NoiseKey, NoiseTransport
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,13 @@ _E = TypeVar("_E", bound=ProtocolError)
 class SecureSocket(Socket):
     """
     A connection after the secure handshake: packages in and out are encrypted.
+
+    Where the handshake agreed on batches, the packages written in one iteration of the
+    event loop are sealed together at its end, as few batch messages as hold them (one
+    AEAD call and one frame for many), and handed to the raw socket, which sends them at
+    once (:meth:`Socket.flush`): no later than it would have sent them one by one. A
+    batch received while reading is paused keeps the packages not yet delivered until
+    reading resumes, as the drivers keep the frames they read.
 
     Attributes:
         raw: The driver's socket underneath.
@@ -77,6 +85,10 @@ class SecureSocket(Socket):
         self.public_key = public_key
         self._transport = transport
         self._max_size = max_size
+        self._pending: list[bytes] | None = None  # written this iteration, to batch
+        self._pending_size = 0
+        self._paused = False
+        self._held: deque[bytes] | None = None  # received in a batch, while paused
 
     @property
     def last_seen(self) -> float:
@@ -93,7 +105,7 @@ class SecureSocket(Socket):
         return self.raw.closed
 
     def bytes_in_flight(self) -> int:
-        return self.raw.bytes_in_flight()
+        return self.raw.bytes_in_flight() + self._pending_size
 
     @property
     def write_paused(self) -> bool:
@@ -101,38 +113,86 @@ class SecureSocket(Socket):
 
     @property
     def write_buffer_size(self) -> int:
-        return self.raw.write_buffer_size
+        return self.raw.write_buffer_size + self._pending_size
 
     def write(self, data: bytes) -> None:
-        try:
-            messages = self._transport.seal(data)
-        except ChannelError as exc:
-            exc.peer = self.peer
-            raise
+        transport = self._transport
         raw = self.raw
-        for message in messages:
-            raw.write(message)  # raises ConnectionClosed once closed
+        if transport.batches:
+            if raw.closed:
+                raise ConnectionClosed(raw.close_code, raw.close_reason)
+            if transport.exhausted:
+                raise _with_peer(raw, ChannelError("nonces exhausted: 2**64 - 1 messages sent"))
+            pending = self._pending
+            if pending is None:
+                self._pending = [data]
+                self._pending_size = len(data)
+                self._loop.call_soon(self.flush)
+            else:
+                pending.append(data)
+                self._pending_size += len(data)
+                if self._pending_size >= MAX_NOISE_MESSAGE:
+                    self.flush()  # a full batch: the peer can start on it
+        else:
+            try:
+                messages = transport.seal(data)
+            except ChannelError as exc:
+                exc.peer = self.peer
+                raise
+            for message in messages:
+                raw.write(message)  # raises ConnectionClosed once closed
         stats = self.stats
         stats.messages_out += 1
         stats.bytes_out += len(data)
+
+    def flush(self) -> None:
+        """Seal the packages written so far and send them now."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        self._pending_size = 0
+        raw = self.raw
+        if raw.closed:
+            return  # aborted or lost meanwhile: the raw socket drops what it holds too
+        try:
+            messages = self._transport.seal_all(pending)
+        except ChannelError as exc:  # nonces ran out within the batch
+            logger.error("! can't send to %s: %s", self.peer, exc)
+            raw.close_soon(CloseCode.INTERNAL_ERROR, fit_reason(str(exc)))
+            return
+        for message in messages:
+            raw.write(message)
+        raw.flush()
 
     async def drain(self) -> None:
         await self.raw.drain()
 
     def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        self.flush()  # what was written goes out before the close
         self.raw.close_soon(code, reason)
 
     def abort(self) -> None:
+        self._pending = None
+        self._pending_size = 0
         self.raw.abort()
 
     async def wait_closed(self) -> None:
         await self.raw.wait_closed()
 
     def pause_reading(self) -> None:
+        self._paused = True
         self.raw.pause_reading()
 
     def resume_reading(self) -> None:
-        self.raw.resume_reading()
+        self._paused = False
+        held = self._held
+        while held and not self._paused:
+            self._deliver(held.popleft())
+        if not held:
+            self._held = None
+        if not self._paused:
+            self.raw.resume_reading()
 
     def feed_data(self, message: bytes | str) -> None:
         """
@@ -147,8 +207,14 @@ class SecureSocket(Socket):
         """
         if isinstance(message, str):
             raise ChannelError("text frame on a secure connection")
-        data = self._transport.open(message, max_size=self._max_size)
-        if data is not None:
+        packages = self._transport.open(message, max_size=self._max_size)
+        if self._held is not None:  # still paused: behind what waits
+            self._held.extend(packages)
+            return
+        for i, data in enumerate(packages):
+            if self._paused:  # a handler paused reading within a batch
+                self._held = deque(packages[i:])
+                return
             self._deliver(data)
 
     def _deliver(self, data: bytes | str) -> None:

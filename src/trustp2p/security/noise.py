@@ -17,7 +17,14 @@ and that signature once (:class:`NoiseKey`), not per connection: a connection co
 ephemeral key, three DH and one signature check per side. After the handshake, each
 package travels as one or more Noise transport messages (at most 65 535 bytes each):
 each plaintext starts with one byte, ``0x01`` when more chunks of the same package
-follow and ``0x00`` on its last chunk.
+follow and ``0x00`` on its last chunk. Where both sides support it, packages written
+together travel as one *batch* message: ``0x02``, then each package as a 4-byte
+big-endian length and its bytes (one AEAD call and one frame for many packages).
+
+Features are negotiated in the handshake, so that peers without them keep working: the
+initiator's first message carries a features byte as its payload (a peer without
+features ignores that payload), and a responder that read one appends its own to its
+identity payload. Bit ``0x01`` is batches; a side sends batches only when both set it.
 
 """
 
@@ -54,8 +61,13 @@ PROLOGUE = b"trustp2p/1"
 
 MAX_NOISE_MESSAGE = MAX_MESSAGE
 _MAX_CHUNK = MAX_NOISE_MESSAGE - TAGLEN - 1  # plaintext bytes of a package per message
-_MORE, _LAST = b"\x01", b"\x00"
-_MORE_FLAG, _LAST_FLAG = 1, 0
+_MORE, _LAST, _BATCH = b"\x01", b"\x00", b"\x02"
+_MORE_FLAG, _LAST_FLAG, _BATCH_FLAG = 1, 0, 2
+_LENGTH = 4  # bytes of a package's length in a batch
+FEATURE_BATCHES = 0x01
+"""Features bit: this side reads batch messages."""
+_FEATURES = bytes([FEATURE_BATCHES])
+_MAX_FEATURES = 8  # bytes of features a peer may send (later versions may use more)
 _SIGNATURE_PREFIX = b"trustp2p-noise-static-key:"
 _PAYLOAD_SIZE = PUBLIC_KEY_SIZE + SIGNATURE_SIZE
 
@@ -114,6 +126,12 @@ class NoiseHandshake:
         static_key: Our Noise static private key (32 bytes), with an ``Identity``
             ``key`` only: for test vectors.
         ephemeral_key: Our ephemeral private key, for test vectors only.
+        features: Negotiate features (batches); False behaves as a peer from before
+            they existed (for tests of that case).
+
+    Attributes:
+        batches: True once the handshake agreed on batch messages (both sides set
+            :data:`FEATURE_BATCHES`).
 
     """
 
@@ -126,6 +144,7 @@ class NoiseHandshake:
         prologue: bytes = PROLOGUE,
         static_key: bytes | None = None,
         ephemeral_key: bytes | None = None,
+        features: bool = True,
     ) -> None:
         if isinstance(key, Identity):
             key = NoiseKey(key, static_key)
@@ -136,6 +155,8 @@ class NoiseHandshake:
         self.remote_public_key: bytes | None = None
         self._key = key
         self._expected = expected_peer_id
+        self._features = features
+        self._peer_features: int | None = None  # None: the peer sent no features byte
         ephemeral = None
         if ephemeral_key is not None:
             ephemeral = X25519PrivateKey.from_private_bytes(ephemeral_key)
@@ -174,7 +195,13 @@ class NoiseHandshake:
 
         """
         if payload is None:
-            payload = b"" if self._state.step == 0 else self._key.payload
+            step = self._state.step
+            if step == 0:
+                payload = _FEATURES if self._features else b""
+            elif step == 1 and self._features and self._peer_features is not None:
+                payload = self._key.payload + _FEATURES  # an answer to its features
+            else:
+                payload = self._key.payload
         return self._state.write_message(payload)
 
     def read_message(self, message: bytes, *, verify_identity: bool = True) -> bytes:
@@ -190,16 +217,27 @@ class NoiseHandshake:
 
         """
         payload = self._state.read_message(message)
-        if self._state.step >= 2 and verify_identity:
+        step = self._state.step
+        if step == 1 and payload and self._features:  # message 1: the initiator's features
+            self._peer_features = payload[0]
+        elif step >= 2 and verify_identity:
             self._check_payload(payload)
         return payload
 
+    @property
+    def batches(self) -> bool:
+        """True when both sides set :data:`FEATURE_BATCHES` (known once complete)."""
+        return self._features and bool((self._peer_features or 0) & FEATURE_BATCHES)
+
     def _check_payload(self, payload: bytes) -> None:
-        if len(payload) != _PAYLOAD_SIZE:
-            raise HandshakeError(
-                f"identity payload of {len(payload)} bytes, expected {_PAYLOAD_SIZE}"
-            )
-        public_key, signature = payload[:PUBLIC_KEY_SIZE], payload[PUBLIC_KEY_SIZE:]
+        size = len(payload)
+        extra = _MAX_FEATURES if self._features else 0
+        if not _PAYLOAD_SIZE <= size <= _PAYLOAD_SIZE + extra:
+            raise HandshakeError(f"identity payload of {size} bytes, expected {_PAYLOAD_SIZE}")
+        if size > _PAYLOAD_SIZE and self.initiator:  # the responder's answer to ours
+            self._peer_features = payload[_PAYLOAD_SIZE]
+        public_key = payload[:PUBLIC_KEY_SIZE]
+        signature = payload[PUBLIC_KEY_SIZE:_PAYLOAD_SIZE]
         remote_static = self._state.remote_static
         assert remote_static is not None  # the s token came before the payload
         if not verify_signature(public_key, signature, _SIGNATURE_PREFIX + remote_static):
@@ -225,7 +263,7 @@ class NoiseHandshake:
         sending, receiving = (first, second) if self.initiator else (second, first)
         assert sending.key is not None
         assert receiving.key is not None
-        return NoiseTransport(sending.key, receiving.key)
+        return NoiseTransport(sending.key, receiving.key, batches=self.batches)
 
 
 class NoiseTransport:
@@ -239,12 +277,21 @@ class NoiseTransport:
     Args:
         send_key: The key of the messages we send.
         receive_key: The key of the messages we receive.
+        batches: Both sides agreed on batch messages (:meth:`seal_all` makes them;
+            :meth:`open` refuses them otherwise).
+
+    Attributes:
+        batches: As the argument.
 
     """
 
-    __slots__ = ("_chunks", "_decrypt", "_encrypt", "_receive_nonce", "_send_nonce", "_size")
+    __slots__ = (
+        *("_chunks", "_decrypt", "_encrypt", "_receive_nonce", "_send_nonce", "_size"),
+        "batches",
+    )
 
-    def __init__(self, send_key: bytes, receive_key: bytes) -> None:
+    def __init__(self, send_key: bytes, receive_key: bytes, *, batches: bool = False) -> None:
+        self.batches = batches
         self._encrypt = ChaCha20Poly1305(send_key).encrypt
         self._decrypt = ChaCha20Poly1305(receive_key).decrypt
         self._send_nonce = 0
@@ -287,6 +334,11 @@ class NoiseTransport:
         self._receive_nonce = nonce + 1
         return plaintext
 
+    @property
+    def exhausted(self) -> bool:
+        """True once this side's nonces are used up: nothing more can be sent."""
+        return self._send_nonce >= MAX_NONCE
+
     def seal(self, data: bytes) -> list[bytes]:
         """
         Encrypt one package into Noise messages of at most 65 535 bytes.
@@ -312,14 +364,52 @@ class NoiseTransport:
         messages.append(self.encrypt(_LAST + view))
         return messages
 
-    def open(self, message: bytes, *, max_size: int | None) -> bytes | None:
+    def seal_all(self, packages: list[bytes]) -> list[bytes]:
         """
-        Decrypt one Noise message; return the package once its last chunk arrived.
+        Encrypt packages written together, in order: where :attr:`batches`, as few
+        batch messages as hold them (a package too large for one goes on its own, as
+        :meth:`seal` makes it; a batch of one is an ordinary message); else one by one.
+
+        Raises:
+            ChannelError: If the nonces are used up (see :meth:`encrypt`).
+
+        """
+        if not self.batches or len(packages) == 1:
+            return [message for data in packages for message in self.seal(data)]
+        messages: list[bytes] = []
+        batch: list[bytes] = []  # lengths and packages, in turn
+        room = _MAX_CHUNK
+        for data in packages:
+            need = _LENGTH + len(data)
+            if need > room and batch:
+                messages.append(self._seal_batch(batch))
+                batch = []
+                room = _MAX_CHUNK
+            if need > room:
+                messages += self.seal(data)
+                continue
+            batch += (len(data).to_bytes(_LENGTH, "big"), data)
+            room -= need
+        if batch:
+            messages.append(self._seal_batch(batch))
+        return messages
+
+    def _seal_batch(self, batch: list[bytes]) -> bytes:
+        if len(batch) == 2:
+            return self.encrypt(_LAST + batch[1])
+        return self.encrypt(b"".join((_BATCH, *batch)))
+
+    def open(self, message: bytes, *, max_size: int | None) -> list[bytes]:
+        """
+        Decrypt one Noise message; return the packages it completes: none while a
+        package's chunks arrive, one on its last chunk, those of a batch.
 
         Raises:
             ChannelError: If the message doesn't decrypt (tampered, replayed, out of
-                order), is empty or has an invalid chunk flag, or the package grows
-                beyond ``max_size`` bytes.
+                order), is empty, has an invalid chunk flag (a batch where
+                :attr:`batches` is false, or between the chunks of a package), is a
+                malformed batch (empty, a truncated length, a package empty or beyond
+                the batch's end), or a package grows beyond ``max_size`` bytes.
 
         """
         if len(message) > MAX_NOISE_MESSAGE:  # decrypt(), inlined
@@ -332,11 +422,15 @@ class NoiseTransport:
         except InvalidTag:
             raise ChannelError("transport message doesn't decrypt") from None
         self._receive_nonce = nonce + 1
-        if plaintext[:1] == _LAST and not self._chunks:  # a whole package: most are
+        flag = plaintext[:1]
+        if flag == _LAST and not self._chunks:  # a whole package: most are
             if max_size is not None and len(plaintext) - 1 > max_size:
                 raise ChannelError(f"package of more than {max_size} bytes exceeds the limit")
-            return plaintext[1:]
-        return self._reassemble(plaintext, max_size)
+            return [plaintext[1:]]
+        if flag == _BATCH and self.batches and not self._chunks:
+            return _unbatch(plaintext, max_size)
+        package = self._reassemble(plaintext, max_size)
+        return [] if package is None else [package]
 
     def _reassemble(self, plaintext: bytes, max_size: int | None) -> bytes | None:
         if not plaintext:
@@ -355,3 +449,26 @@ class NoiseTransport:
         self._chunks = []
         self._size = 0
         return package
+
+
+def _unbatch(plaintext: bytes, max_size: int | None) -> list[bytes]:
+    """The packages of a batch message's plaintext (its flag first)."""
+    end = len(plaintext)
+    if end == 1:
+        raise ChannelError("empty batch")
+    packages = []
+    start = 1
+    while start < end:
+        if end - start < _LENGTH:
+            raise ChannelError("truncated package length in a batch")
+        size = int.from_bytes(plaintext[start : start + _LENGTH], "big")
+        start += _LENGTH
+        if size == 0:
+            raise ChannelError("empty package in a batch")
+        if size > end - start:
+            raise ChannelError(f"package of {size} bytes overruns its batch")
+        if max_size is not None and size > max_size:
+            raise ChannelError(f"package of more than {max_size} bytes exceeds the limit")
+        packages.append(plaintext[start : start + size])
+        start += size
+    return packages
