@@ -110,6 +110,14 @@ def test_sign_message_builds_the_body_and_from_body_reads_it_back() -> None:
     assert GossipMessage.from_body(TOPIC, message.to_body(hops=3)).hops == 3
 
 
+def test_from_body_takes_the_id_peek_id_gave_for_the_same_body() -> None:
+    body = _message(1).to_body(hops=2)
+    peeked = GossipMessage.peek_id(TOPIC, body)
+    assert peeked is not None
+    decoded = GossipMessage.from_body(TOPIC, body, peeked_id=peeked)
+    assert decoded.id == peeked == GossipMessage.from_body(TOPIC, body).id
+
+
 def test_a_topic_of_256_characters_is_the_longest() -> None:
     topic = "t" * 256
     message = sign_message(ALICE, topic, 1, 0, {})
