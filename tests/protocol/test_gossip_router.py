@@ -110,6 +110,14 @@ def test_sign_message_builds_the_body_and_from_body_reads_it_back() -> None:
     assert GossipMessage.from_body(TOPIC, message.to_body(hops=3)).hops == 3
 
 
+def test_from_body_takes_the_id_peek_id_gave_for_the_same_body() -> None:
+    body = _message(1).to_body(hops=2)
+    peeked = GossipMessage.peek_id(TOPIC, body)
+    assert peeked is not None
+    decoded = GossipMessage.from_body(TOPIC, body, peeked_id=peeked)
+    assert decoded.id == peeked == GossipMessage.from_body(TOPIC, body).id
+
+
 def test_a_topic_of_256_characters_is_the_longest() -> None:
     topic = "t" * 256
     message = sign_message(ALICE, topic, 1, 0, {})
@@ -986,17 +994,55 @@ def test_ihave_with_unseen_ids_asks_for_them_once() -> None:
     router.control(2, IHAVE, {"topic": TOPIC, "ids": ids})
     assert sent == []
 
-    clock.advance(10.0)
+    clock.advance(3.0)
     router.heartbeat()
     sent.clear()
     router.control(2, IHAVE, {"topic": TOPIC, "ids": ids})
-    assert sent == []  # asked 10 s ago: still waiting
+    assert sent == []  # asked 3 s ago: still waiting
     clock.advance(0.5)
     router.heartbeat()
+    # Peer 2 announced "a" and "b" meanwhile: asked now. Nobody else announced "c":
+    # forgotten, so that the next announcement is answered.
+    assert sent == [RouterAction("talk", 2, IWANT, {"ids": ["a", "b"]})]
     sent.clear()
-    router.control(2, IHAVE, {"topic": TOPIC, "ids": ids})
-    assert sent == [RouterAction("talk", 2, IWANT, {"ids": ["a", "b"]})]  # ask someone else
-    assert router.stats.iwant_sent == 3
+    router.control(2, IHAVE, {"topic": TOPIC, "ids": [*ids, "c"]})
+    assert sent == [RouterAction("talk", 2, IWANT, {"ids": ["c"]})]
+    assert router.stats.iwant_sent == 4
+
+
+def test_an_unanswered_iwant_is_sent_to_the_last_other_peer_that_announced_the_id() -> None:
+    # Peer 0 announced "a" and "b" but served neither (they left its history while the
+    # iwant was on its way): peers 1 and 2, which announced them meanwhile, are asked in
+    # turn, without waiting for another announcement (there may be none: every peer's
+    # history is as short), then the ask is forgotten.
+    router, sent, clock = _meshed(4)
+    router.control(0, IHAVE, {"topic": TOPIC, "ids": ["a", "b"]})
+    router.control(1, IHAVE, {"topic": TOPIC, "ids": ["a", "b"]})
+    router.control(1, IHAVE, {"topic": TOPIC, "ids": ["a"]})  # counted once
+    router.control(2, IHAVE, {"topic": TOPIC, "ids": ["a"]})
+    router.control(3, IHAVE, {"topic": TOPIC, "ids": ["b"]})
+    router.remove_peer(3)  # gone: not asked
+    sent.clear()
+    clock.advance(3.5)
+    router.heartbeat()
+    assert _talks(sent, IWANT) == [(2, IWANT, {"ids": ["a"]}), (1, IWANT, {"ids": ["b"]})]
+    sent.clear()
+    message = _message()
+    router.control(0, IHAVE, {"topic": TOPIC, "ids": [message.id]})
+    router.control(1, IHAVE, {"topic": TOPIC, "ids": [message.id]})
+    assert router.receive(2, message)  # received: nobody else is asked for it
+    clock.advance(3.5)
+    router.heartbeat()
+    assert _talks(sent, IWANT) == [
+        (0, IWANT, {"ids": [message.id]}),
+        (1, IWANT, {"ids": ["a"]}),
+    ]
+    sent.clear()
+    clock.advance(3.5)
+    router.heartbeat()
+    assert _talks(sent, IWANT) == []  # nobody left to ask
+    router.control(2, IHAVE, {"topic": TOPIC, "ids": ["a", "b"]})
+    assert _talks(sent, IWANT) == [(2, IWANT, {"ids": ["a", "b"]})]
 
 
 def test_ihave_asks_again_only_after_a_heartbeat() -> None:
@@ -1020,7 +1066,7 @@ def test_ihave_for_messages_received_meanwhile_is_not_answered() -> None:
 
 def test_receiving_an_asked_for_message_forgets_the_ask() -> None:
     # Seen-cache shorter than the 10 s ask window: once forgotten, the id is asked for again.
-    router, sent, clock = _meshed(2, seen_ttl=5.0)
+    router, sent, clock = _meshed(2, seen_ttl=5.0, iwant_timeout=10.0)
     message = _message()
     router.control(0, IHAVE, {"topic": TOPIC, "ids": [message.id]})
     assert router.receive(0, message)

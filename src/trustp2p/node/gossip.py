@@ -339,7 +339,10 @@ class Gossip:
             return
         try:
             message = GossipMessage.from_body(
-                package.event, package.body, max_data=self.node.options.max_package_size
+                package.event,
+                package.body,
+                max_data=self.node.options.max_package_size,
+                peeked_id=message_id,
             )
         except GossipError as exc:
             self.router.stats.invalid += 1

@@ -182,7 +182,12 @@ class GossipMessage:
 
     @classmethod
     def from_body(
-        cls, topic: str, body: dict[str, Any], *, max_data: int | None = None
+        cls,
+        topic: str,
+        body: dict[str, Any],
+        *,
+        max_data: int | None = None,
+        peeked_id: str | None = None,
     ) -> GossipMessage:
         """
         Read and verify a message received from a peer.
@@ -193,6 +198,9 @@ class GossipMessage:
             max_data: Most characters of payload (``data``); checked before the
                 signature, so that an oversized forgery costs no verification. None: no
                 limit.
+            peeked_id: What :meth:`peek_id` returned for this topic and body, if the
+                caller asked it first (the router drops duplicates by id): the id isn't
+                hashed twice.
 
         Raises:
             GossipError: If it is malformed, a number in it is out of bounds, or its key
@@ -222,7 +230,7 @@ class GossipMessage:
             raise GossipError("data is not valid JSON") from None
         if type(parsed) is not dict:
             raise GossipError("data is not a JSON object")
-        message_key = message_id(origin, seq, topic, data)
+        message_key = peeked_id or message_id(origin, seq, topic, data)
         # Interned, like the id: the nodes of one process (a simulation) share them.
         topic, origin, data = sys.intern(topic), sys.intern(origin), sys.intern(data)
         return cls(topic, origin, seq, timestamp, data, key, signature, message_key, hops, parsed)

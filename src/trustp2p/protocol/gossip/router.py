@@ -147,8 +147,10 @@ class GossipRouter:
             (one that arrives with ``max_hops - 1`` is delivered, not forwarded); at
             most :data:`~trustp2p.protocol.gossip.message.MAX_HOPS`, which peers check.
         max_ihave: Most ids in one ``ihave`` or ``iwant``.
-        iwant_timeout: Seconds before an id asked for and not received may be asked for
-            again, of another peer.
+        iwant_timeout: Seconds before an id asked for and not received is asked for
+            again, of another peer that announced it meanwhile (the last one). A peer
+            serves an id for ``history`` heartbeats after announcing it: waiting much
+            longer than that leaves nobody to ask, and the message to catch-up.
         mode: ``"gossip"`` (mesh plus lazy announcements) or ``"flood"`` (every copy to
             every subscribed peer), the baseline.
         rng: Random source, for tests.
@@ -170,7 +172,7 @@ class GossipRouter:
         seen_ttl: float = 120.0,
         max_hops: int = 16,
         max_ihave: int = 500,
-        iwant_timeout: float = 10.0,
+        iwant_timeout: float = 3.0,
         mode: Literal["gossip", "flood"] = "gossip",
         rng: random.Random | None = None,
     ) -> None:
@@ -206,6 +208,8 @@ class GossipRouter:
         # simulation holds one per node and recent message, thousands while it runs late).
         self._holders: dict[str, list[PeerKey]] = {}
         self._asked: dict[str, float] = {}  # ids we sent iwant for -> when
+        # Other peers that announced an id while it was asked for: whom to ask next.
+        self._offers: dict[str, list[PeerKey]] = {}
 
     # Peers and subscriptions
 
@@ -279,7 +283,7 @@ class GossipRouter:
         """
         stats = self.stats
         stats.received += 1
-        self._asked.pop(message.id, None)
+        self._forget_ask(message.id)
         if message.id in self._seen:
             stats.duplicates += 1
             holders = self._holders.get(message.id)
@@ -320,7 +324,7 @@ class GossipRouter:
             return False
         self.stats.received += 1
         self.stats.duplicates += 1
-        self._asked.pop(message_id, None)
+        self._forget_ask(message_id)
         holders = self._holders.get(message_id)
         if holders is not None:
             _hold(holders, peer)
@@ -430,7 +434,16 @@ class GossipRouter:
         if announced not in self.topics:
             return
         now = self._clock()
-        wanted = [i for i in ids if i not in self._seen and i not in self._asked]
+        wanted = []
+        for i in ids:
+            if i in self._seen:
+                continue
+            if i in self._asked:  # someone else to ask if the first doesn't answer
+                offers = self._offers.setdefault(i, [])
+                if peer not in offers and len(offers) < self.degree:
+                    offers.append(peer)
+            else:
+                wanted.append(i)
         if wanted:
             for i in wanted:
                 self._asked[i] = now
@@ -443,9 +456,7 @@ class GossipRouter:
         """Maintain the meshes, announce recent messages, age the caches."""
         now = self._clock()
         self._seen.expire(now)
-        for message_id, asked in list(self._asked.items()):
-            if now - asked > self.iwant_timeout:
-                del self._asked[message_id]  # ask someone else next time
+        self._ask_again(now)
         if self.mode == "gossip":
             for topic in self.topics:
                 self._fill_mesh(topic)
@@ -453,6 +464,32 @@ class GossipRouter:
         self._windows.insert(0, {})
         for message_id in self._windows.pop():
             self._holders.pop(message_id, None)
+
+    def _forget_ask(self, message_id: str) -> None:
+        self._asked.pop(message_id, None)
+        self._offers.pop(message_id, None)
+
+    def _ask_again(self, now: float) -> None:
+        """Ids asked for ``iwant_timeout`` ago and not received: ask the last other peer
+        that announced each (it is the likeliest to serve it still), or forget the ask,
+        so that the next announcement is answered."""
+        again: dict[PeerKey, list[str]] = {}
+        for message_id, asked in list(self._asked.items()):
+            if now - asked <= self.iwant_timeout:
+                continue
+            offers = [p for p in self._offers.pop(message_id, ()) if p in self._peers]
+            if not offers:
+                del self._asked[message_id]
+                continue
+            peer = offers.pop()
+            if offers:
+                self._offers[message_id] = offers
+            self._asked[message_id] = now
+            again.setdefault(peer, []).append(message_id)
+        for peer, ids in again.items():
+            for start in range(0, len(ids), self.max_ihave):
+                self.stats.iwant_sent += 1
+                self._talk(peer, IWANT, {"ids": ids[start : start + self.max_ihave]})
 
     def _fill_mesh(self, topic: str) -> None:
         if self.mode != "gossip":
