@@ -296,6 +296,22 @@ async def test_a_pause_within_a_batch_holds_the_rest_until_resumed(net: Net) -> 
     assert await events.wait_messages(accepted, 7) == [*packages, b"after"]
 
 
+async def test_a_close_within_a_batch_drops_the_rest(net: Net) -> None:
+    client = Side(Identity.generate())
+    opened, accepted = await connect_secure(net, client)
+    events = net.server.events
+
+    def close_at_two(socket: Socket, data: bytes | str) -> None:
+        if len(events.messages(socket)) == 2:
+            socket.close_soon()
+
+    events.on_message_hook = close_at_two
+    for i in range(6):
+        opened.write(b"%d" % i)
+    await events.next(DriverEvent.CLOSE, accepted)
+    assert events.messages(accepted) == [b"0", b"1"]
+
+
 async def test_close_soon_sends_what_was_written_first(net: Net) -> None:
     client = Side(Identity.generate())
     opened, accepted = await connect_secure(net, client)

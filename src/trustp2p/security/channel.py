@@ -60,7 +60,8 @@ class SecureSocket(Socket):
     AEAD call and one frame for many), and handed to the raw socket, which sends them at
     once (:meth:`Socket.flush`): no later than it would have sent them one by one. A
     batch received while reading is paused keeps the packages not yet delivered until
-    reading resumes, as the drivers keep the frames they read.
+    reading resumes, as the drivers keep the frames they read; once we close, the rest
+    of a batch is dropped, as the drivers drop what arrives after our close.
 
     Attributes:
         raw: The driver's socket underneath.
@@ -188,6 +189,9 @@ class SecureSocket(Socket):
         self._paused = False
         held = self._held
         while held and not self._paused:
+            if self.raw.closed:  # we closed meanwhile: drop the rest, as drivers do
+                held.clear()
+                break
             self._deliver(held.popleft())
         if not held:
             self._held = None
@@ -215,6 +219,8 @@ class SecureSocket(Socket):
             if self._paused:  # a handler paused reading within a batch
                 self._held = deque(packages[i:])
                 return
+            if i and self.raw.closed:  # a handler closed the connection within a batch
+                return  # the rest is dropped, as a driver drops what follows our close
             self._deliver(data)
 
     def _deliver(self, data: bytes | str) -> None:
