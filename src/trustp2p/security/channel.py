@@ -187,6 +187,14 @@ class SecureSocket(Socket):
 
     def resume_reading(self) -> None:
         self._paused = False
+        if self._held is None:
+            self.raw.resume_reading()
+        else:
+            # Deliver what waits first, outside the caller's frame (as the drivers do):
+            # the handler that resumed finishes, and its answers go out, before more come.
+            self._loop.call_soon(self._deliver_held)
+
+    def _deliver_held(self) -> None:
         held = self._held
         while held and not self._paused:
             if self.raw.closed:  # we closed meanwhile: drop the rest, as drivers do
