@@ -6,7 +6,7 @@ outstanding, 100-byte bodies.
 
     PYTHONHASHSEED=0 PYTHONPATH=src valgrind --tool=callgrind \
         --callgrind-out-file=/dev/null .venv/bin/python benchmarks/instructions.py 500
-    (the same with 2500)
+    (the same with 2500; ``--secure`` over the Noise channel, ``--depth 1`` sequential)
 
 The difference of the two totals ("Collected"), divided by 2000, is the cost of one
 round trip, both sides, start-up and shutdown cancelled out. Runs of one build still
@@ -16,6 +16,7 @@ medians of three.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import sys
@@ -28,13 +29,13 @@ from request_response import NO_RATE_LIMIT, EchoThread, make_body
 import trustp2p
 
 
-async def main(count: int) -> None:
+async def main(count: int, *, secure: bool = False, depth: int = 100) -> None:
     server = await trustp2p.create_server(
-        host="127.0.0.1", port=0, threads=(EchoThread,), max_inbound=None, secure=False,
+        host="127.0.0.1", port=0, threads=(EchoThread,), max_inbound=None, secure=secure,
         **NO_RATE_LIMIT,
     )  # fmt: skip
     assert server.url is not None
-    client = await trustp2p.create_client(peers=[server.url], secure=False)
+    client = await trustp2p.create_client(peers=[server.url], secure=secure)
     assert client.client is not None
     await asyncio.wait_for(client.client.wait_connected(), 30)
     socket = client.client.sockets[0]
@@ -47,10 +48,15 @@ async def main(count: int) -> None:
             left[0] -= 1
             await client.client.request(socket, "echo", make_body(next(numbers)))
 
-    await asyncio.gather(*(loop() for _ in range(100)))
+    await asyncio.gather(*(loop() for _ in range(depth)))
     await client.stop()
     await server.stop()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("count", type=int, help="round trips")
+    parser.add_argument("--secure", action="store_true", help="over the Noise channel")
+    parser.add_argument("--depth", type=int, default=100, help="requests outstanding")
+    args = parser.parse_args()
+    asyncio.run(main(args.count, secure=args.secure, depth=args.depth))
