@@ -4,7 +4,7 @@ names the peer."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -273,18 +273,23 @@ async def test_packages_written_together_go_in_one_noise_message(net: Net) -> No
     assert opened.stats.messages_out == accepted.stats.messages_in == 50
 
 
+def at_second_message(events: RecordingListener, act: Callable[[Socket], None]) -> None:
+    """Have the server's listener ``act`` on the socket as its second message arrives."""
+
+    def hook(socket: Socket, data: bytes | str) -> None:
+        if len(events.messages(socket)) == 2:
+            act(socket)
+
+    events.on_message_hook = hook
+
+
 async def test_a_pause_within_a_batch_holds_the_rest_until_resumed(net: Net) -> None:
     """Reading paused by a handler (a full inbox) means no more packages, even those
     that arrived in the same batch: they wait, in order, for resume_reading()."""
     client = Side(Identity.generate())
     opened, accepted = await connect_secure(net, client)
     events = net.server.events
-
-    def pause_at_two(socket: Socket, data: bytes | str) -> None:
-        if len(events.messages(socket)) == 2:
-            socket.pause_reading()
-
-    events.on_message_hook = pause_at_two
+    at_second_message(events, lambda socket: socket.pause_reading())
     packages = [b"%d" % i for i in range(6)]
     for package in packages:
         opened.write(package)
@@ -300,12 +305,7 @@ async def test_a_close_within_a_batch_drops_the_rest(net: Net) -> None:
     client = Side(Identity.generate())
     opened, accepted = await connect_secure(net, client)
     events = net.server.events
-
-    def close_at_two(socket: Socket, data: bytes | str) -> None:
-        if len(events.messages(socket)) == 2:
-            socket.close_soon()
-
-    events.on_message_hook = close_at_two
+    at_second_message(events, lambda socket: socket.close_soon())
     for i in range(6):
         opened.write(b"%d" % i)
     await events.next(DriverEvent.CLOSE, accepted)
