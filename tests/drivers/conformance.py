@@ -526,6 +526,32 @@ class DriverConformance:
         assert received == messages
         assert all(type(message) is bytes for message in received)
 
+    async def test_write_soon_writes_after_the_iterations_messages(
+        self, harness: DriverHarness
+    ) -> None:
+        pair = await harness.pair()
+        calls: list[int] = []
+
+        def late() -> None:
+            calls.append(len(calls))
+            if len(calls) == 1:
+                pair.client.write(b"late")
+
+        pair.client.write(b"first")
+        pair.client.write_soon(late)
+        pair.client.write(b"second")
+        assert calls == []  # never inside write_soon()
+        received = await pair.server_events.wait_messages(pair.server, 3)
+        assert received == [b"first", b"second", b"late"]
+        assert calls == [0]
+
+    async def test_write_soon_with_nothing_written(self, harness: DriverHarness) -> None:
+        pair = await harness.pair()
+        pair.server.write_soon(lambda: pair.server.write(b"alone"))
+        assert await pair.client_events.wait_messages(pair.client, 1) == [b"alone"]
+        pair.server.write(b"next")  # the driver writes on as before
+        assert await pair.client_events.wait_messages(pair.client, 2) == [b"alone", b"next"]
+
     async def test_messages_both_ways_and_stats(self, harness: DriverHarness) -> None:
         pair = await harness.pair()
         to_server = [b"ping", b"", BIG_MESSAGE]

@@ -143,6 +143,7 @@ class StreamSocket(DrainWaiters, asyncio.BufferedProtocol):
         *("__weakref__", "_listener", "_loop", "close_code", "close_reason", "host"),
         *("id", "inbound", "last_seen", "peer", "peer_id", "stats"),
         "_aborted",
+        "_before_out",
         "_drain_waiters",
         "_eof_sent",
         "_lost_waiter",
@@ -174,6 +175,7 @@ class StreamSocket(DrainWaiters, asyncio.BufferedProtocol):
         # Frames written during one event loop iteration go out in one system call.
         self._out: list[bytes] | None = None
         self._out_size = 0
+        self._before_out: Callable[[], object] | None = None  # see write_soon()
 
     # Socket API
 
@@ -306,13 +308,22 @@ class StreamSocket(DrainWaiters, asyncio.BufferedProtocol):
                 # Send now: the peer can start, and drain() sees the transport's buffer.
                 self._write_out()
 
-    def flush(self) -> None:
-        self._write_out()
+    def write_soon(self, callback: Callable[[], object]) -> None:
+        self._before_out = callback
+        if self._out is None:
+            self._out = []  # what is written next joins it, with no write-out of its own
+            self._out_size = 0
+            self._loop.call_soon(self._write_out)
 
     def _write_out(self) -> None:
         """Send the queued frames now."""
+        before = self._before_out
+        if before is not None:  # see write_soon()
+            self._before_out = None
+            before()
         out = self._out
-        if out is None:
+        if not out:  # None, or write_now() wrote nothing
+            self._out = None
             return
         self._out = None
         transport = self._transport

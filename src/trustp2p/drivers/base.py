@@ -222,15 +222,19 @@ class Socket(abc.ABC):
 
         """
 
-    def flush(self) -> None:
+    def write_soon(self, callback: Callable[[], object]) -> None:
         """
-        Send what :meth:`write` queued now, not at the end of this iteration of the
-        event loop (where a driver gathers the messages of an iteration into one system
-        call). For a layer that itself writes at the end of an iteration: its messages
-        then go out in that iteration, not the next. A driver that writes at once does
-        nothing.
+        Call ``callback`` once, at the end of this iteration of the event loop, just
+        before the driver sends what was written in it (where a driver gathers the
+        messages of an iteration into one system call): what ``callback`` writes goes
+        out with them. For a layer that gathers its own messages until the end of an
+        iteration (the secure channel's batches). A driver that writes at once calls it
+        in the next iteration (``loop.call_soon``), as does this default.
+
+        Several calls in one iteration may call ``callback`` once or once each: it
+        should do nothing when it has nothing left to write.
         """
-        return  # not abstract: a driver that writes at once has nothing to do
+        self._loop.call_soon(callback)
 
     @abc.abstractmethod
     async def drain(self) -> None:

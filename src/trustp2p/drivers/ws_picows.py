@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import re
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 from picows import (
@@ -167,6 +168,7 @@ class PicowsSocket(DrainWaiters, WSListener):
         self._fragment_text = False
         self._out: list[bytes] | None = None  # written in this event loop iteration
         self._out_size = 0
+        self._before_out: Callable[[], object] | None = None  # see write_soon()
 
     # Socket API
 
@@ -479,15 +481,24 @@ class PicowsSocket(DrainWaiters, WSListener):
         else:  # no closing handshake: dropped, aborted, or the close timed out
             self.close_code = CloseCode.ABNORMAL_CLOSURE
 
-    def flush(self) -> None:
-        self._write_out()
+    def write_soon(self, callback: Callable[[], object]) -> None:
+        self._before_out = callback
+        if self._out is None:
+            self._out = []  # what is written next joins it, with no write-out of its own
+            self._out_size = 0
+            self._loop.call_soon(self._write_out)
 
     def _write_out(self) -> None:
         """Send the messages written in this event loop iteration: one alone through
         picows, several framed here and written at once (one system call, not one
         each)."""
+        before = self._before_out
+        if before is not None:  # see write_soon()
+            self._before_out = None
+            before()
         out = self._out
-        if out is None:
+        if not out:  # None, or write_now() wrote nothing
+            self._out = None
             return
         self._out = None
         self._out_size = 0

@@ -57,8 +57,9 @@ class SecureSocket(Socket):
 
     Where the handshake agreed on batches, the packages written in one iteration of the
     event loop are sealed together at its end, as few batch messages as hold them (one
-    AEAD call and one frame for many), and handed to the raw socket, which sends them at
-    once (:meth:`Socket.flush`): no later than it would have sent them one by one. A
+    AEAD call and one frame for many), just before the raw socket sends what was
+    written in that iteration (:meth:`Socket.write_soon`): in the same system call, no
+    later than it would have sent them one by one. A
     batch received while reading is paused keeps the packages not yet delivered until
     reading resumes, as the drivers keep the frames they read; once we close, the rest
     of a batch is dropped, as the drivers drop what arrives after our close.
@@ -128,7 +129,7 @@ class SecureSocket(Socket):
             if pending is None:
                 self._pending = [data]
                 self._pending_size = len(data)
-                self._loop.call_soon(self.flush)
+                raw.write_soon(self.flush)
             else:
                 pending.append(data)
                 self._pending_size += len(data)
@@ -147,24 +148,25 @@ class SecureSocket(Socket):
         stats.bytes_out += len(data)
 
     def flush(self) -> None:
-        """Seal the packages written so far and send them now."""
+        """Seal the packages written so far and write them to the raw socket, which
+        sends them with what else was written in this iteration."""
         pending = self._pending
         if pending is None:
             return
         self._pending = None
         self._pending_size = 0
         raw = self.raw
-        if raw.closed:
-            return  # aborted or lost meanwhile: the raw socket drops what it holds too
         try:
             messages = self._transport.seal_all(pending)
         except ChannelError as exc:  # nonces ran out within the batch
             logger.error("! can't send to %s: %s", self.peer, exc)
             raw.close_soon(CloseCode.INTERNAL_ERROR, fit_reason(str(exc)))
             return
-        for message in messages:
-            raw.write(message)
-        raw.flush()
+        try:
+            for message in messages:
+                raw.write(message)
+        except ConnectionClosed:
+            pass  # aborted or lost meanwhile: the raw socket drops what it holds too
 
     async def drain(self) -> None:
         await self.raw.drain()
