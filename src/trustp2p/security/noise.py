@@ -374,7 +374,9 @@ class NoiseTransport:
             ChannelError: If the nonces are used up (see :meth:`encrypt`).
 
         """
-        if not self.batches or len(packages) == 1:
+        if len(packages) == 1:
+            return self.seal(packages[0])
+        if not self.batches:
             return [message for data in packages for message in self.seal(data)]
         messages: list[bytes] = []
         batch: list[bytes] = []  # lengths and packages, in turn
