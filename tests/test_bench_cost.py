@@ -1,7 +1,8 @@
 """
 The issue 11 benchmarks of framework cost (``benchmarks/framework_cost.py``) and latency
 under load (``benchmarks/latency_load.py``): their arithmetic on made-up rounds, and
-(slow: each starts a dozen processes) a ``--quick`` run of each.
+(slow: each starts a dozen processes) a ``--quick`` run of each. Also a short run of
+``benchmarks/aead_cold.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .processes import SRC
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.append(str(BENCHMARKS))  # the scripts import each other by module name
 
+import aead_cold  # noqa: E402
 import framework_cost  # noqa: E402
 import latency_load  # noqa: E402
 
@@ -113,3 +115,12 @@ def test_latency_load_quick_run() -> None:
     assert result["table"]["ours"]["500"]["samples"] > 0
     assert result["table"]["ours"]["500"]["load_rate"] > 400
     assert "ours/baseline" in result["p90_ratios"]["500"]
+
+
+def test_aead_cold_prints_hot_and_cold_per_call(capsys: pytest.CaptureFixture[str]) -> None:
+    assert aead_cold.main(["--count", "3"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split("  ")[0].split(" (")[0] for row in rows] == ["seal", "open", "copy"]
+    for row in rows:
+        hot, cold = map(float, row.split()[-2:])
+        assert hot > 0 and cold > 0
