@@ -12,6 +12,18 @@ The difference of the two totals ("Collected"), divided by 2000, is the cost of 
 round trip, both sides, start-up and shutdown cancelled out. Runs of one build still
 differ by about ±0.5 % (how many messages one read takes depends on scheduling): compare
 medians of three.
+
+``--connections`` counts connection set-ups instead, as ``handshake.py --part e2e``
+makes them one after another: a server node (``max_inbound=None``), and a client that
+dials with the ``ws`` driver (plain) or a ``SecureLayer`` over it (``--secure``), sends
+its ``version`` or ``hello`` talk, waits for the server's first package and closes.
+The secure client takes each connection's identity from a pool made before measuring
+(``--pool``, 1,100 by default, the same size whatever the count, so that its cost
+cancels out; no identity is used twice if the count stays below it):
+
+    PYTHONHASHSEED=0 PYTHONPATH=src valgrind --tool=callgrind \
+        --callgrind-out-file=/dev/null .venv/bin/python benchmarks/instructions.py \
+        --connections [--secure] 200    (then 1000; the difference divided by 800)
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from handshake import _Counter, _Dialler
 from request_response import NO_RATE_LIMIT, EchoThread, make_body
 
 import trustp2p
@@ -53,10 +66,36 @@ async def main(count: int, *, secure: bool = False, depth: int = 100) -> None:
     await server.stop()
 
 
+async def connections(count: int, *, secure: bool, pool: int) -> None:
+    """Open ``count`` connections one after another to a server node in this process."""
+    server = await trustp2p.create_server(
+        host="127.0.0.1", port=0, threads=(EchoThread,), max_inbound=None, secure=secure,
+        **NO_RATE_LIMIT,
+    )  # fmt: skip
+    assert server.url is not None
+    if secure and count > pool:
+        raise SystemExit(f"--pool {pool} is smaller than {count} connections")
+    dialler = _Dialler(server.url, secure, pool)
+    counter = _Counter()
+    for _ in range(count):
+        await dialler.open_one(counter)
+    if counter.failed:
+        raise SystemExit(f"{counter.failed} connections failed")
+    await asyncio.sleep(0.2)  # the last closing handshake
+    await server.stop()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("count", type=int, help="round trips")
     parser.add_argument("--secure", action="store_true", help="over the Noise channel")
     parser.add_argument("--depth", type=int, default=100, help="requests outstanding")
+    parser.add_argument(
+        "--connections", action="store_true", help="count connection set-ups, not round trips"
+    )
+    parser.add_argument("--pool", type=int, default=1100, help="secure client identities")
     args = parser.parse_args()
-    asyncio.run(main(args.count, secure=args.secure, depth=args.depth))
+    if args.connections:
+        asyncio.run(connections(args.count, secure=args.secure, pool=args.pool))
+    else:
+        asyncio.run(main(args.count, secure=args.secure, depth=args.depth))
