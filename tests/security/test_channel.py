@@ -141,6 +141,51 @@ async def test_plain_package_is_a_handshake_error_naming_the_peer(net: Net) -> N
     assert (raw.close_code, raw.close_reason) == (1008, PLAIN_PEER)
 
 
+async def dial_plain_server(net: Net, answer: bytes) -> tuple[Side, Socket]:
+    """Dial a listener without the secure layer, which answers message 1 with
+    ``answer``; return the dialler and its raw socket once its handshake failed."""
+    plain = RecordingListener()
+    listening = await net.driver.listen("127.0.0.1", 0, plain)
+    client = Side(Identity.generate())
+    try:
+        raw = await net.driver.connect(listening.url, client.layer)
+        accepted = (await plain.next(DriverEvent.CONNECTION)).socket
+        await plain.wait_messages(accepted, 1)  # the magic and message 1
+        accepted.write(answer)
+        await wait_for(lambda: bool(client.failures))
+    finally:
+        listening.close()
+    return client, raw
+
+
+async def test_plain_answer_to_message_1_is_a_handshake_error(net: Net) -> None:
+    client, raw = await dial_plain_server(net, encode(build_package(PackageType.TALK, "x", {})))
+    [(failed_raw, error)] = client.failures
+    assert failed_raw is raw
+    assert type(error) is HandshakeError
+    assert str(error) == PLAIN_PEER
+    assert error.peer == raw.peer
+    await raw.wait_closed()
+    assert (raw.close_code, raw.close_reason) == (1008, PLAIN_PEER)
+
+
+async def test_invalid_message_2_that_is_no_package_says_so(net: Net) -> None:
+    client, _ = await dial_plain_server(net, b"\xff" * 100)
+    [(_, error)] = client.failures
+    assert type(error) is HandshakeError
+    assert str(error).startswith("handshake message 2 is invalid: ")
+
+
+async def test_a_valid_message_2_is_not_decoded_as_a_package(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a message 2 that fails is checked for a plain peer's package."""
+    decoded: list[bytes] = []
+    monkeypatch.setattr("trustp2p.security.channel.decode", decoded.append)
+    await connect_secure(net, Side(Identity.generate()))
+    assert decoded == []
+
+
 async def test_text_frame_during_handshake_is_a_handshake_error(net: Net) -> None:
     raw = await net.driver.connect(net.listening.url, RecordingListener())
     await wait_for(lambda: net.server.layer.handshaking == 1)

@@ -60,6 +60,22 @@ def test_cipher_state_round_trip_and_nonces() -> None:
     assert pack_nonce(3) == bytes(4) + (3).to_bytes(8, "little")
 
 
+def test_cipher_state_builds_its_aead_on_first_use_and_again_for_a_new_key() -> None:
+    cipher = CipherState(KEY)
+    assert cipher.has_key and cipher._aead is None  # split()'s keys may never be used here
+    first = cipher.encrypt_with_ad(b"ad", b"data")
+    assert first == CipherState(KEY).encrypt_with_ad(b"ad", b"data")
+    other = bytes(32)
+    cipher.initialize_key(other)
+    assert cipher.nonce == 0
+    assert cipher.encrypt_with_ad(b"ad", b"data") == CipherState(other).encrypt_with_ad(
+        b"ad", b"data"
+    )
+    cipher.initialize_key(None)
+    assert not cipher.has_key
+    assert cipher.encrypt_with_ad(b"ad", b"data") == b"data"
+
+
 @pytest.mark.parametrize("change", ["ciphertext", "tag", "ad", "truncated"])
 def test_bad_mac_is_a_clear_error_and_keeps_the_nonce(change: str) -> None:
     sender, receiver = CipherState(KEY), CipherState(KEY)

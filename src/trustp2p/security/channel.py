@@ -424,10 +424,15 @@ class SecureLayer:
             if not data.startswith(HANDSHAKE_MAGIC):
                 raise HandshakeError(PLAIN_PEER if _is_package(data) else "invalid handshake")
             data = data[len(HANDSHAKE_MAGIC) :]
-        elif noise.initiator and noise.step == 1 and _is_package(data):
-            raise HandshakeError(PLAIN_PEER)
         try:
-            noise.read_message(data)  # raises HandshakeError
+            try:
+                noise.read_message(data)
+            except HandshakeError:
+                # A plain node answers our message 1 with a package, which can't be a
+                # valid message 2: look for one only then, not in every message 2.
+                if noise.initiator and noise.step == 1 and _is_package(data):
+                    raise HandshakeError(PLAIN_PEER) from None
+                raise
             if not noise.complete:
                 raw.write(noise.write_message())
         except ConnectionClosed:

@@ -90,7 +90,9 @@ class CipherState:
     A key (or none yet) and its nonce counter (§5.1).
 
     Without a key, encryption and decryption return the data unchanged, as the
-    specification says. The ChaCha20-Poly1305 object is built once per key.
+    specification says. The ChaCha20-Poly1305 object is built once per key, when the
+    key is first used: the transport keys of :meth:`SymmetricState.split` usually go to
+    a :class:`~trustp2p.security.noise.NoiseTransport`, which builds its own.
 
     """
 
@@ -106,11 +108,17 @@ class CipherState:
         """Use ``key`` from now on, with the nonce back at 0."""
         self.key = key
         self.nonce = 0
-        self._aead = None if key is None else ChaCha20Poly1305(key)
+        self._aead = None
 
     @property
     def has_key(self) -> bool:
-        return self._aead is not None
+        return self.key is not None
+
+    def _cipher(self, key: bytes) -> ChaCha20Poly1305:
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = ChaCha20Poly1305(key)
+        return aead
 
     def _next_nonce(self) -> bytes:
         if self.nonce >= MAX_NONCE:
@@ -125,9 +133,9 @@ class CipherState:
             ChannelError: If the nonces are used up.
 
         """
-        if self._aead is None:
+        if self.key is None:
             return bytes(plaintext)
-        ciphertext = self._aead.encrypt(self._next_nonce(), plaintext, ad)
+        ciphertext = self._cipher(self.key).encrypt(self._next_nonce(), plaintext, ad)
         self.nonce += 1
         return ciphertext
 
@@ -140,10 +148,10 @@ class CipherState:
                 another key or nonce), or the nonces are used up.
 
         """
-        if self._aead is None:
+        if self.key is None:
             return bytes(ciphertext)
         try:
-            plaintext = self._aead.decrypt(self._next_nonce(), ciphertext, ad)
+            plaintext = self._cipher(self.key).decrypt(self._next_nonce(), ciphertext, ad)
         except InvalidTag:
             raise ChannelError("bad MAC: the message doesn't decrypt") from None
         self.nonce += 1
@@ -227,6 +235,8 @@ class HandshakeState:
         self._e = ephemeral
         self.remote_static: bytes | None = None
         self.remote_ephemeral: bytes | None = None
+        # The peer's keys as X25519 objects, each parsed once: XX uses its "e" twice.
+        self._remote_keys: dict[str, X25519PublicKey] = {}
         self._pattern = pattern
         self.step = 0
         """Messages written or read so far."""
@@ -340,6 +350,9 @@ class HandshakeState:
         if local is None or remote is None:
             raise UsageError(f"token {token} before the keys it needs")
         try:
-            return local.exchange(X25519PublicKey.from_public_bytes(remote))
+            public = self._remote_keys.get(theirs)
+            if public is None:
+                public = self._remote_keys[theirs] = X25519PublicKey.from_public_bytes(remote)
+            return local.exchange(public)
         except ValueError:  # an all-zero result: a low-order point (§12.1 allows refusing)
             raise ValueError("the peer's public key is invalid") from None
