@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import MS, stays
+from tests.conftest import MS, stays, wait_for
 from trustp2p.drivers import (
     CloseCode,
     Driver,
@@ -551,6 +551,15 @@ class DriverConformance:
         assert await pair.client_events.wait_messages(pair.client, 1) == [b"alone"]
         pair.server.write(b"next")  # the driver writes on as before
         assert await pair.client_events.wait_messages(pair.client, 2) == [b"alone", b"next"]
+
+    async def test_write_buffer_size_is_zero_once_all_is_sent(self, harness: DriverHarness) -> None:
+        pair = await harness.pair()
+        assert pair.client.write_buffer_size == 0
+        for message in (b"first", BIG_MESSAGE, b"last"):
+            pair.client.write(message)
+        await pair.server_events.wait_messages(pair.server, 3)
+        # Everything arrived: nothing is left to count (not the last batch's size).
+        await wait_for(lambda: pair.client.write_buffer_size == 0)
 
     async def test_messages_both_ways_and_stats(self, harness: DriverHarness) -> None:
         pair = await harness.pair()

@@ -3,10 +3,11 @@ What the ``tcp`` and ``ws`` drivers share: a :class:`StreamSocket` that is also 
 :class:`asyncio.BufferedProtocol` of its transport, and listening on an asyncio server.
 
 :class:`StreamSocket` keeps the transport, coalesces the messages written in one event
-loop iteration into one system call, makes :meth:`~StreamSocket.drain` wait while the
-transport's buffer is above ``write_limit``, hands what was read before a
-:meth:`~StreamSocket.pause_reading` back to the subclass on resume, and runs the
-opening or closing deadline. A driver adds its framing, handshake and close frames.
+loop iteration into one system call (:class:`WriteBatches`, which picows shares), makes
+:meth:`~StreamSocket.drain` wait while the transport's buffer is above ``write_limit``,
+hands what was read before a :meth:`~StreamSocket.pause_reading` back to the subclass on
+resume, and runs the opening or closing deadline. A driver adds its framing, handshake
+and close frames.
 
 """
 
@@ -17,6 +18,7 @@ __all__ = [
     "ReceiveBuffer",
     "ServerListening",
     "StreamSocket",
+    "WriteBatches",
     "format_address",
     "serve",
 ]
@@ -124,7 +126,62 @@ class DrainWaiters(Socket):
                 waiter.set_result(None)
 
 
-class StreamSocket(DrainWaiters, asyncio.BufferedProtocol):
+class WriteBatches(Socket):
+    """
+    The messages written in one iteration of the event loop, sent together at its end
+    (one system call for many; at once past :data:`COALESCE_LIMIT` bytes), and
+    :meth:`write_soon`'s callback just before them. A subclass queues each message's
+    frames with :meth:`_queue` and sends them in :meth:`_send_out`. Shared by the stream
+    drivers and picows.
+    """
+
+    __slots__ = ()
+    _out: list[bytes] | None  # None: nothing queued, no write-out scheduled
+    _out_size: int
+    _before_out: Callable[[], object] | None  # see write_soon()
+
+    def _queue(self, frames: list[bytes], size: int) -> None:
+        """Count a message of ``size`` bytes and send its ``frames`` soon, with others."""
+        stats = self.stats
+        stats.messages_out += 1
+        stats.bytes_out += size
+        out = self._out
+        if out is None:
+            self._out = frames
+            self._out_size = size
+            self._loop.call_soon(self._write_out)
+        else:
+            out += frames
+            self._out_size += size
+            if self._out_size > COALESCE_LIMIT:
+                # Send now: the peer can start, and drain() sees the transport's buffer.
+                self._write_out()
+
+    def write_soon(self, callback: Callable[[], object]) -> None:
+        self._before_out = callback
+        if self._out is None:
+            self._out = []  # what is written next joins it, with no write-out of its own
+            self._out_size = 0
+            self._loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        """Send what was queued now, after what write_soon()'s callback adds."""
+        before = self._before_out
+        if before is not None:
+            self._before_out = None
+            before()
+        out, size = self._out, self._out_size
+        self._out = None
+        self._out_size = 0
+        if out:  # write_soon() alone queues nothing
+            self._send_out(out, size)
+
+    @abc.abstractmethod
+    def _send_out(self, out: list[bytes], size: int) -> None:
+        """Send ``out``, the frames of ``size`` bytes of messages, now."""
+
+
+class StreamSocket(DrainWaiters, WriteBatches, asyncio.BufferedProtocol):
     """
     A connection over an asyncio transport; also the transport's protocol.
 
@@ -291,47 +348,13 @@ class StreamSocket(DrainWaiters, asyncio.BufferedProtocol):
         if transport is not None and not transport.is_reading() and not transport.is_closing():
             transport.resume_reading()
 
-    def _queue(self, frames: list[bytes], size: int) -> None:
-        """Count a message of ``size`` bytes and send its ``frames`` soon, with others."""
-        stats = self.stats
-        stats.messages_out += 1
-        stats.bytes_out += size
-        out = self._out
-        if out is None:
-            self._out = frames
-            self._out_size = size
-            self._loop.call_soon(self._write_out)
-        else:
-            out += frames
-            self._out_size += size
-            if self._out_size > COALESCE_LIMIT:
-                # Send now: the peer can start, and drain() sees the transport's buffer.
-                self._write_out()
-
-    def write_soon(self, callback: Callable[[], object]) -> None:
-        self._before_out = callback
-        if self._out is None:
-            self._out = []  # what is written next joins it, with no write-out of its own
-            self._out_size = 0
-            self._loop.call_soon(self._write_out)
-
-    def _write_out(self) -> None:
-        """Send the queued frames now."""
-        before = self._before_out
-        if before is not None:  # see write_soon()
-            self._before_out = None
-            before()
-        out = self._out
-        if not out:  # None, or write_now() wrote nothing
-            self._out = None
-            return
-        self._out = None
+    def _send_out(self, out: list[bytes], size: int) -> None:
         transport = self._transport
         if transport is None or transport.is_closing() or self._eof_sent:
             return
         if len(out) == 1:
             transport.write(out[0])
-        elif self._out_size < _SEPARATE_WRITES:
+        elif size < _SEPARATE_WRITES:
             transport.write(b"".join(out))
         else:
             # A large message: a write per part (its header, its data) costs less than

@@ -47,9 +47,9 @@ from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
 from ._stream import (
-    COALESCE_LIMIT,
     DrainWaiters,
     ServerListening,
+    WriteBatches,
     _kernel_backlog,
     format_address,
     serve,
@@ -140,7 +140,7 @@ class _Protocol(WSProtocol):  # type: ignore[misc]
         super().buffer_updated(nbytes)
 
 
-class PicowsSocket(DrainWaiters, WSListener):
+class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
     """A WebSocket connection on picows; also the picows listener of its connection."""
 
     def __init__(
@@ -184,20 +184,7 @@ class PicowsSocket(DrainWaiters, WSListener):
     def write(self, data: bytes) -> None:
         if not self._open:
             raise self._closed_exc()
-        stats = self.stats
-        stats.messages_out += 1
-        stats.bytes_out += len(data)
-        out = self._out
-        if out is None:
-            self._out = [data]
-            self._out_size = len(data)
-            self._loop.call_soon(self._write_out)
-        else:
-            out.append(data)
-            self._out_size += len(data)
-            if self._out_size > COALESCE_LIMIT:
-                # Send now: the peer can start, and drain() sees the transport's buffer.
-                self._write_out()
+        self._queue([data], len(data))
 
     def bytes_in_flight(self) -> int:
         tcp = self._tcp
@@ -481,27 +468,9 @@ class PicowsSocket(DrainWaiters, WSListener):
         else:  # no closing handshake: dropped, aborted, or the close timed out
             self.close_code = CloseCode.ABNORMAL_CLOSURE
 
-    def write_soon(self, callback: Callable[[], object]) -> None:
-        self._before_out = callback
-        if self._out is None:
-            self._out = []  # what is written next joins it, with no write-out of its own
-            self._out_size = 0
-            self._loop.call_soon(self._write_out)
-
-    def _write_out(self) -> None:
-        """Send the messages written in this event loop iteration: one alone through
-        picows, several framed here and written at once (one system call, not one
-        each)."""
-        before = self._before_out
-        if before is not None:  # see write_soon()
-            self._before_out = None
-            before()
-        out = self._out
-        if not out:  # None, or write_now() wrote nothing
-            self._out = None
-            return
-        self._out = None
-        self._out_size = 0
+    def _send_out(self, out: list[bytes], size: int) -> None:
+        """One message alone through picows, several framed here and written at once
+        (one system call, not one each)."""
         ws, tcp = self._ws, self._tcp
         if ws is None or tcp is None or ws.is_close_frame_sent or self._lost_waiter.done():
             return
