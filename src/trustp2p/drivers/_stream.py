@@ -36,6 +36,8 @@ from ..exceptions import DriverError
 from ._accept import StreamServer, bind
 from .base import DriverOptions, Listener, Listening, Socket
 
+logger = logging.getLogger(__name__)
+
 if sys.platform == "linux":
     import fcntl
     import termios
@@ -138,7 +140,7 @@ class WriteBatches(Socket):
     __slots__ = ()
     _out: list[bytes] | None  # None: nothing queued, no write-out scheduled
     _out_size: int
-    _before_out: Callable[[], object] | None  # see write_soon()
+    _before_out: list[Callable[[], object]] | None  # see write_soon()
 
     def _queue(self, frames: list[bytes], size: int) -> None:
         """Count a message of ``size`` bytes and send its ``frames`` soon, with others."""
@@ -158,23 +160,38 @@ class WriteBatches(Socket):
                 self._write_out()
 
     def write_soon(self, callback: Callable[[], object]) -> None:
-        self._before_out = callback
+        callbacks = self._before_out
+        if callbacks is None:
+            self._before_out = [callback]
+        elif callback not in callbacks:
+            callbacks.append(callback)
         if self._out is None:
             self._out = []  # what is written next joins it, with no write-out of its own
             self._out_size = 0
             self._loop.call_soon(self._write_out)
 
     def _write_out(self) -> None:
-        """Send what was queued now, after what write_soon()'s callback adds."""
-        before = self._before_out
-        if before is not None:
-            self._before_out = None
-            before()
+        """Send what was queued now, after what write_soon()'s callbacks add."""
+        self._run_before_out()
         out, size = self._out, self._out_size
         self._out = None
         self._out_size = 0
         if out:  # write_soon() alone queues nothing
             self._send_out(out, size)
+
+    def _run_before_out(self) -> None:
+        """Call write_soon()'s callbacks now, once each. A driver calls it before it
+        closes too, while it still takes writes: what they write goes before the close
+        frame."""
+        callbacks = self._before_out
+        if callbacks is None:
+            return
+        self._before_out = None
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a bug in the layer above must not stop this socket
+                logger.error("! write_soon callback failed on %s", self.peer, exc_info=True)
 
     @abc.abstractmethod
     def _send_out(self, out: list[bytes], size: int) -> None:
@@ -232,7 +249,7 @@ class StreamSocket(DrainWaiters, WriteBatches, asyncio.BufferedProtocol):
         # Frames written during one event loop iteration go out in one system call.
         self._out: list[bytes] | None = None
         self._out_size = 0
-        self._before_out: Callable[[], object] | None = None  # see write_soon()
+        self._before_out: list[Callable[[], object]] | None = None  # see write_soon()
 
     # Socket API
 

@@ -224,15 +224,19 @@ class Socket(abc.ABC):
 
     def write_soon(self, callback: Callable[[], object]) -> None:
         """
-        Call ``callback`` once, at the end of this iteration of the event loop, just
-        before the driver sends what was written in it (where a driver gathers the
-        messages of an iteration into one system call): what ``callback`` writes goes
-        out with them. For a layer that gathers its own messages until the end of an
-        iteration (the secure channel's batches). A driver that writes at once calls it
-        in the next iteration (``loop.call_soon``), as does this default.
+        Call ``callback`` once, just before the driver next sends what was written, so
+        that what ``callback`` writes goes out with it: at the end of this iteration of
+        the event loop, where a driver gathers the messages of an iteration into one
+        system call; earlier when something makes it send at once (a write that fills
+        its batch, a control frame to answer), and before it sends a close frame. For a
+        layer that gathers its own messages until the end of an iteration (the secure
+        channel's batches); ``callback`` may thus run inside that layer's own writes. A
+        driver that writes at once calls it in the next iteration (``loop.call_soon``),
+        as does this default.
 
-        Several calls in one iteration may call ``callback`` once or once each: it
-        should do nothing when it has nothing left to write.
+        Several calls with one callback before it runs may call it once or once each:
+        it should do nothing when it has nothing left to write. Different callbacks are
+        each called. An exception from ``callback`` is logged; the driver goes on.
         """
         self._loop.call_soon(callback)
 

@@ -261,6 +261,7 @@ class TcpSocket(StreamSocket):
         else:  # no closing handshake: dropped, aborted, or the close timed out
             self.close_code = CloseCode.ABNORMAL_CLOSURE
         self._out = None
+        self._out_size = 0
         self._pending = self._head = b""
         self._chunks = []
         # When we dropped it ourselves, or the closing handshake completed, the end of
@@ -440,6 +441,7 @@ class TcpSocket(StreamSocket):
     # Writing and closing
 
     def _send_close(self, code: int, reason: str, encoded: bytes) -> None:
+        self._run_before_out()  # while it still takes writes: they go before the close
         self._state = _CLOSING
         self._close_sent = (code, reason)
         frame = _close_frame(code, encoded)

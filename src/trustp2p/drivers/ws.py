@@ -117,6 +117,7 @@ class WsSocket(StreamSocket):
     def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         state = self._protocol.state
         if state is State.OPEN:
+            self._run_before_out()  # while it still takes writes: they go before the close
             self._closing = True
             self._protocol.send_close(code, reason)
             self._flush()
@@ -240,8 +241,8 @@ class WsSocket(StreamSocket):
         else:
             data = bytes(frame.data)
             text = frame.opcode is Opcode.TEXT
-        if self._closing:
-            return  # drop what the peer sent after our close frame
+        if self._closing or self._aborted:
+            return  # drop what the peer sent after our close frame, or once we aborted
         # websockets checked that a text message is valid UTF-8.
         self._deliver(data.decode() if text else data)
 

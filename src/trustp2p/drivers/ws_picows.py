@@ -164,11 +164,12 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._drop_all = False  # a close frame went out: drop data frames
         self._held: deque[bytes | str] = deque()  # messages read before pause_reading()
+        self._held_close: WSTransport | None = None  # the peer's close, behind them
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self._out: list[bytes] | None = None  # written in this event loop iteration
         self._out_size = 0
-        self._before_out: Callable[[], object] | None = None  # see write_soon()
+        self._before_out: list[Callable[[], object]] | None = None  # see write_soon()
 
     # Socket API
 
@@ -184,6 +185,8 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
     def write(self, data: bytes) -> None:
         if not self._open:
             raise self._closed_exc()
+        if type(data) is not bytes:
+            data = bytes(data)  # it is sent later: don't let the caller change it
         self._queue([data], len(data))
 
     def bytes_in_flight(self) -> int:
@@ -250,13 +253,17 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
         if (
             kind is WSMsgType.BINARY
             and frame.fin
+            and self._open  # not aborted, no close frame from us or the peer
             and not (self._fragments or self._paused_reading or transport.is_close_frame_sent)
         ):
             self._deliver(frame.get_payload_as_bytes())  # the common case
             return
         self.last_seen = self._loop.time()
         if kind is WSMsgType.CLOSE:
-            self._close_received(transport)
+            if self._held:  # read with messages still held: it comes after them
+                self._held_close = transport
+            else:
+                self._close_received(transport)
         elif transport.is_close_frame_sent and self._dropping(frame):
             return
         elif kind is WSMsgType.BINARY and frame.fin and not self._fragments:
@@ -366,8 +373,8 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
     # Internals
 
     def _receive(self, data: bytes | str) -> None:
-        if self._close_sent:
-            return  # drop what the peer sent after our close frame
+        if self._close_sent or self._aborted:
+            return  # drop what the peer sent after our close frame, or once we aborted
         if self._paused_reading:
             self._held.append(data)
         else:
@@ -401,6 +408,7 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
             self._fail(_INVALID_DATA, "invalid UTF-8 in a text message")
 
     def _close_received(self, ws: WSTransport) -> None:
+        self._run_before_out()  # answers to what came before the close go before ours
         self._open = False
         if not self._close_sent and ws.close_handshake.sent is None:
             received = ws.close_handshake.recv
@@ -422,6 +430,7 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
         """What is queued, then the close frame; nothing more is sent after it."""
         ws = self._ws
         assert ws is not None
+        self._run_before_out()  # while it still takes writes
         self._open = False
         self._write_out()
         self._close_sent = True
@@ -483,6 +492,9 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
         held = self._held
         while held and not self._paused_reading:
             self._deliver(held.popleft())
+        if not held and self._held_close is not None:
+            ws, self._held_close = self._held_close, None
+            self._close_received(ws)
         if not self._paused_reading:
             self._resume_transport()
 

@@ -59,10 +59,12 @@ class SecureSocket(Socket):
     event loop are sealed together at its end, as few batch messages as hold them (one
     AEAD call and one frame for many), just before the raw socket sends what was
     written in that iteration (:meth:`Socket.write_soon`): in the same system call, no
-    later than it would have sent them one by one. A
-    batch received while reading is paused keeps the packages not yet delivered until
-    reading resumes, as the drivers keep the frames they read; once we close, the rest
-    of a batch is dropped, as the drivers drop what arrives after our close.
+    later than it would have sent them one by one (with the drivers that gather an
+    iteration's writes; the memory driver seals them in the next iteration). A batch
+    received while reading is paused keeps the packages not yet delivered until reading
+    resumes, as the drivers keep the frames they read; once we close or abort, the rest
+    of a batch is dropped, as the drivers drop what arrives after our close. The peer's
+    close doesn't drop what it sent before it.
 
     Attributes:
         raw: The driver's socket underneath.
@@ -91,6 +93,7 @@ class SecureSocket(Socket):
         self._pending_size = 0
         self._paused = False
         self._held: deque[bytes] | None = None  # received in a batch, while paused
+        self._closing = False  # we closed or aborted: deliver no more
 
     @property
     def last_seen(self) -> float:
@@ -125,6 +128,8 @@ class SecureSocket(Socket):
                 raise ConnectionClosed(raw.close_code, raw.close_reason)
             if transport.exhausted:
                 raise _with_peer(raw, ChannelError("nonces exhausted: 2**64 - 1 messages sent"))
+            if type(data) is not bytes:
+                data = bytes(data)  # sealed later: don't let the caller change it
             pending = self._pending
             if pending is None:
                 self._pending = [data]
@@ -160,6 +165,7 @@ class SecureSocket(Socket):
             messages = self._transport.seal_all(pending)
         except ChannelError as exc:  # nonces ran out within the batch
             logger.error("! can't send to %s: %s", self.peer, exc)
+            self._closing = True
             raw.close_soon(CloseCode.INTERNAL_ERROR, fit_reason(str(exc)))
             return
         try:
@@ -173,9 +179,11 @@ class SecureSocket(Socket):
 
     def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         self.flush()  # what was written goes out before the close
+        self._closing = True
         self.raw.close_soon(code, reason)
 
     def abort(self) -> None:
+        self._closing = True
         self._pending = None
         self._pending_size = 0
         self.raw.abort()
@@ -199,7 +207,7 @@ class SecureSocket(Socket):
     def _deliver_held(self) -> None:
         held = self._held
         while held and not self._paused:
-            if self.raw.closed:  # we closed meanwhile: drop the rest, as drivers do
+            if self._closing:  # we closed meanwhile: drop the rest, as drivers do
                 held.clear()
                 break
             self._deliver(held.popleft())
@@ -229,7 +237,7 @@ class SecureSocket(Socket):
             if self._paused:  # a handler paused reading within a batch
                 self._held = deque(packages[i:])
                 return
-            if i and self.raw.closed:  # a handler closed the connection within a batch
+            if i and self._closing:  # a handler closed the connection within a batch
                 return  # the rest is dropped, as a driver drops what follows our close
             self._deliver(data)
 
@@ -489,7 +497,8 @@ class SecureLayer:
 
     def _violation(self, raw: Socket, secure: SecureSocket, exc: ChannelError) -> None:
         self._listener.on_error(secure, _with_peer(raw, exc))
-        raw.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(str(exc)))
+        # Through the secure socket: what was written before goes out first.
+        secure.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(str(exc)))
 
 
 def _with_peer(raw: Socket, error: _E) -> _E:

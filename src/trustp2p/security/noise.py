@@ -368,7 +368,8 @@ class NoiseTransport:
         """
         Encrypt packages written together, in order: where :attr:`batches`, as few
         batch messages as hold them (a package too large for one goes on its own, as
-        :meth:`seal` makes it; a batch of one is an ordinary message); else one by one.
+        :meth:`seal` makes it, and so does an empty one, which a batch can't hold; a
+        batch of one is an ordinary message); else one by one.
 
         Raises:
             ChannelError: If the nonces are used up (see :meth:`encrypt`).
@@ -387,7 +388,7 @@ class NoiseTransport:
                 messages.append(self._seal_batch(batch))
                 batch = []
                 room = _MAX_CHUNK
-            if need > room:
+            if need > room or not data:
                 messages += self.seal(data)
                 continue
             batch += (len(data).to_bytes(_LENGTH, "big"), data)
