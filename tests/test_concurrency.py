@@ -105,3 +105,26 @@ async def test_one_at_a_time_when_asked(make_node: MakeNode) -> None:
     gate.gate.set()
     assert await asyncio.gather(first, second) == [{"slow": 1}, {"slow": 2}]
     assert gate.most == 1
+
+
+async def test_the_slots_of_finished_handlers_are_free_at_once(make_node: MakeNode) -> None:
+    # Round after round of slow requests each run max_concurrent_requests at a time,
+    # not that many, then one alone while the finished ones' slots are still counted.
+    server = await make_node(server=True, threads=[Gate], max_concurrent_requests=3)
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    requests = [
+        asyncio.ensure_future(client.client.request(socket, "slow", {"n": n})) for n in range(9)
+    ]
+    gate = gate_of(server)
+    for done in (3, 6):
+        await wait_for(lambda: gate.running == 3)
+        gate.gate.set()  # the three running finish; the next three wait at the gate
+        gate.gate.clear()
+        await wait_for(lambda: sum(r.done() for r in requests) == done)  # noqa: B023
+    await wait_for(lambda: gate.running == 3)
+    gate.gate.set()
+    assert await asyncio.gather(*requests) == [{"slow": n} for n in range(9)]
+    assert gate.most == 3

@@ -166,7 +166,14 @@ class Worker:
             await self._answer(thread, package, None, started, failed=True)
             return
         rest = _resume(result, yielded)
-        if len(self._running) + 1 >= self._node.options.max_concurrent_requests:
+        running = self._running
+        limit = self._node.options.max_concurrent_requests
+        if len(running) + 1 >= limit:
+            # Tasks that finished in this iteration hold their slots until their done
+            # callbacks run, in the next one: free them now.
+            for task in [task for task in running if task.done()]:
+                running.discard(task)
+        if len(running) + 1 >= limit:
             await self._finish(thread, package, rest, started)  # the last slot: this worker's
             return
         task = self._node.tasks.spawn(
