@@ -17,7 +17,8 @@ Every error trustp2p raises derives from :exc:`TrustP2PError`::
     ├── WorkerError             # a worker process of `simulate --workers` died or failed
     └── UsageError              # what the CALLER did wrong; also a RuntimeError
         ├── NodeStateError      # the node (or a part of it) isn't in a state for that call
-        └── ConfigError         # options that can't work together; also a ValueError
+        ├── ConfigError         # options that can't work together; also a ValueError
+        └── PackageTooLarge     # a package to send over max_package_size; also a ValueError
 
 Errors caused by a peer (:exc:`ProtocolError`) are counted against the peer and logged;
 the node carries on. Errors caused by misusing the API are raised at once: a
@@ -38,6 +39,7 @@ __all__ = [
     "IdentityError",
     "NodeStateError",
     "PackageError",
+    "PackageTooLarge",
     "ProtocolError",
     "RemoteError",
     "RequestTimeout",
@@ -194,6 +196,11 @@ class UsageError(TrustP2PError, RuntimeError):
 class NodeStateError(UsageError):
     """The node, or one of its parts, is not in a state for that call: not started,
     stopping, or running without the feature asked for."""
+
+
+class PackageTooLarge(UsageError, ValueError):
+    """A package to send is larger than ``max_package_size``: the peer would refuse it
+    (and count it against us), so it is not sent. Nothing was sent."""
 
 
 class ConfigError(UsageError, ValueError):

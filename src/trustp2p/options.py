@@ -48,7 +48,9 @@ class NodeOptions:
         program: Name of the program, sent in the version talk.
         program_version: Its version, sent in the version talk.
         max_package_size: Largest package accepted; a larger frame closes the
-            connection with code 1009. ``None`` disables the limit.
+            connection with code 1009. A package to send over it is not sent: a
+            request or talk raises :exc:`PackageTooLarge`, a handler's answer becomes
+            an error answer. ``None`` disables the limit.
         max_inbound: Most clients connected at once, counted from TCP accept. When all
             are taken, the oldest still in its handshake is dropped for a new one; when
             all finished theirs, the next one is closed with code 1013. ``None``

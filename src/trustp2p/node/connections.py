@@ -44,7 +44,7 @@ from ..protocol.connection import (
     Throttle,
 )
 from ..protocol.limits import BudgetTable, WriteStall, is_loopback
-from ..protocol.package import Package, PackageType, encode
+from ..protocol.package import Package, PackageType, check_encoded_size, encode
 from ..protocol.peers import peer_key
 from ..security.channel import SecureSocket
 from ..storage.peerstore import PeerSource
@@ -509,15 +509,21 @@ class Connections:
 
         Args:
             waited: The caller waited for the write buffer to drain first (or is the
-                request table, whose callers do): the package doesn't count against
-                ``max_send_queue``.
+                request table, whose callers do): it doesn't count to ``max_send_queue``.
 
         Raises:
             ConnectionClosed: If the socket is closed, or more than ``max_send_queue``
                 packages were written without waiting while the peer wasn't reading (it
                 is then disconnected).
+            PackageTooLarge: If it is over ``max_package_size`` (nothing is sent).
 
         """
+        last, data = self._last_gossip
+        if package is not last:
+            data = encode(package)
+            check_encoded_size(package, len(data), self._options.max_package_size)
+            if package.type is PackageType.GOSSIP:
+                self._last_gossip = (package, data)
         conn = self._conns.get(socket.id)
         if self._debug:
             (conn.log if conn is not None else self._logger).debug("> %s", package)
@@ -530,14 +536,8 @@ class Connections:
                         self._send_queue_full(conn)
             else:
                 conn.backlog = 0
-        last, data = self._last_gossip
-        if package is not last:
-            data = encode(package)
-            if package.type is PackageType.GOSSIP:
-                self._last_gossip = (package, data)
-        metrics = self._metrics
-        metrics.packages_out[package.type] += 1
-        metrics.bytes_out[package.type] += len(data)
+        self._metrics.packages_out[package.type] += 1
+        self._metrics.bytes_out[package.type] += len(data)
         socket.write(data)
 
     def _send_queue_full(self, conn: PeerConnection) -> None:

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ConnectionClosed
+from ..exceptions import ConnectionClosed, PackageTooLarge
 from ..protocol.connection import error_answer
 from ..protocol.package import REQUEST_TYPES, Package, PackageType, build_package
 from ..threads.base import Reply
@@ -245,14 +245,29 @@ class Worker:
             )
         if response is None:
             return
-        socket = self._socket
         try:
-            if socket.write_paused:
-                await node.send(socket, response)  # waits for room
-            else:
-                node.connections.send_package(socket, response, waited=True)
+            await self._send(response)
+        except PackageTooLarge as exc:
+            # The peer would refuse it, and hold it against us: it gets an error.
+            logger.warning("! answer to %r not sent: %s", package.event, exc)
+            error = error_answer(
+                package_type,
+                package.event,
+                package.tag,
+                f"response to {package.event!r} too large",
+                alt=node.options.alt,
+            )
+            if error is not None:
+                await self._send(error)
         except ConnectionClosed:
             pass
+
+    async def _send(self, response: Package) -> None:
+        socket = self._socket
+        if socket.write_paused:
+            await self._node.send(socket, response)  # waits for room
+        else:
+            self._node.connections.send_package(socket, response, waited=True)
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:

@@ -263,6 +263,7 @@ class Node:
             stalled_timeout=options.stalled_timeout,
             alt=options.alt,
             metrics=self.metrics,
+            max_package_size=options.max_package_size,
         )
         self.threads = self._load_threads()
         self.identity = options.identity or self._load_identity()
@@ -473,6 +474,7 @@ class Node:
         Raises:
             ConnectionClosed: If the socket is closed, or the peer left more than
                 ``max_send_queue`` packages unread (it is then disconnected).
+            PackageTooLarge: If the package is over ``max_package_size`` (not sent).
 
         """
         self.connections.send_package(socket, package)

@@ -29,7 +29,14 @@ from ..protocol.deliver import (
     ResponseUnmatched,
     WaiterId,
 )
-from ..protocol.package import REQUEST_TYPES, Body, Package, PackageType, build_package
+from ..protocol.package import (
+    REQUEST_TYPES,
+    Body,
+    Package,
+    PackageType,
+    build_package,
+    check_size,
+)
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
@@ -69,6 +76,7 @@ class Requests:
         stalled_timeout: float,
         alt: str,
         metrics: Metrics | None = None,
+        max_package_size: int | None = None,
     ) -> None:
         self._loop = loop = asyncio.get_running_loop()
         self._table = RequestTable(
@@ -80,6 +88,7 @@ class Requests:
         )
         self._unmatched = unmatched
         self._alt = alt
+        self._max_package_size = max_package_size
         self._futures: dict[WaiterId, asyncio.Future[Package]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
@@ -129,24 +138,24 @@ class Requests:
             RemoteError: If the peer answered with an error (``exc.body`` is raw).
             RequestTimeout: If no response arrives within the timeout.
             ConnectionClosed: If the connection is lost first (and can't be rerouted).
+            PackageTooLarge: If the request is over ``max_package_size`` (not sent).
             ValueError: If ``package_type`` is not a request type.
 
         """
         if package_type not in REQUEST_TYPES:
             raise ValueError(f"{package_type!r} is not a request type")
-        if socket.write_paused:
-            # Wait for room rather than pile up: the caller's burst slows it down.
+        if socket.write_paused:  # wait for room: the caller's burst slows it down
             await socket.drain()
         if socket.closed:
             raise ConnectionClosed(socket.close_code, socket.close_reason)
         table = self._table
         package = build_package(package_type, event, body, alt=self._alt, payload=payload or b"")
+        check_size(package, self._max_package_size)  # before the table holds it
         now = self._loop.time()
         waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout, now=now)
         future: asyncio.Future[Package] = self._loop.create_future()
         self._futures[waiter] = future
-        # The timer must fire by the earliest deadline; this request's is usually later
-        # than the one already scheduled, so nothing needs to be computed.
+        # The timer fires by the earliest deadline; this one's is usually later.
         deadline = now + (table.response_timeout if timeout is None else timeout)
         if reroute:
             deadline = min(deadline, now + table.stalled_timeout)

@@ -22,6 +22,8 @@ __all__ = [
     "Tag",
     "body_to_json",
     "build_package",
+    "check_encoded_size",
+    "check_size",
     "compute_tag",
     "decode",
     "encode",
@@ -35,7 +37,7 @@ import json
 import os
 from typing import Any, NewType
 
-from ..exceptions import PackageError
+from ..exceptions import PackageError, PackageTooLarge
 from .jsontext import dumps as _dumps, loads as _loads
 from .package_reader import canonical_fields, protobuf_fields
 
@@ -320,6 +322,38 @@ def encode(package: Package) -> bytes:
     if payload:
         parts += (b"\x3a", _varint(len(payload)), payload)
     return b"".join(parts)
+
+
+def check_size(package: Package, limit: int | None) -> None:
+    """
+    Make sure ``encode(package)`` takes at most ``limit`` bytes (``None``: no limit),
+    without encoding a package that is clearly under it.
+
+    Raises:
+        PackageTooLarge: If it takes more.
+
+    """
+    if limit is None:
+        return
+    body = package.body_json
+    if body:
+        # At most 4 bytes a character, 64 for the field headers, the type and lengths.
+        strings = len(package.event) + len(package.tag) + len(package.version) + len(package.alt)
+        size = (len(body) if body.isascii() else 4 * len(body)) + len(package.payload)
+        if size + 4 * strings + 64 <= limit:
+            return
+    check_encoded_size(package, len(encode(package)), limit)
+
+
+def check_encoded_size(package: Package, size: int, limit: int | None) -> None:
+    """Raise :exc:`PackageTooLarge` if ``package``, ``size`` bytes encoded, is over
+    ``limit``."""
+    if limit is None or size <= limit:
+        return
+    what = f"{package.type.name} {package.event[:64]!r}"
+    raise PackageTooLarge(
+        f"{what} of {size} bytes is over max_package_size ({limit}): the peer would refuse it"
+    )
 
 
 def _head(version: str, alt: str, package_type: PackageType) -> bytes:

@@ -1,0 +1,80 @@
+"""A package over ``max_package_size`` is never sent: the peer would refuse it and hold
+it against the sender (a secure peer blocks it for an hour). A request or talk raises
+:exc:`PackageTooLarge`; a handler's answer becomes an error answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trustp2p import (
+    EventMap,
+    Package,
+    PackageTooLarge,
+    PackageType,
+    RemoteError,
+    Socket,
+    Thread,
+)
+from trustp2p.protocol.package import DEFAULT_MAX_PACKAGE_SIZE, build_package, check_size, encode
+
+from .nodes import MakeNode
+
+
+class Echo(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"echo": self.echo, "grow": self.grow}}
+
+    def echo(self, socket: Socket, package: Package) -> dict[str, Any]:
+        return package.body
+
+    def grow(self, socket: Socket, package: Package) -> dict[str, Any]:
+        return {"p": "x" * package.body["size"]}
+
+
+async def connected(make_node: MakeNode) -> tuple[Any, Socket]:
+    server = await make_node(server=True, threads=[Echo])
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    return client, client.client.sockets[0]
+
+
+async def test_a_request_over_the_limit_raises_and_is_not_sent(make_node: MakeNode) -> None:
+    client, socket = await connected(make_node)  # the default limit, 1 MiB
+    body = {"p": "x" * DEFAULT_MAX_PACKAGE_SIZE}
+    for _ in range(2):  # and again: nothing was left pending
+        with pytest.raises(PackageTooLarge, match="over max_package_size"):
+            await client.client.request(socket, "echo", body)
+    assert not socket.closed
+    assert await client.client.request(socket, "echo", {"n": 1}) == {"n": 1}
+
+
+async def test_an_answer_over_the_limit_is_an_error_answer(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, socket = await connected(make_node)
+    with pytest.raises(RemoteError, match="too large"):
+        await client.client.request(socket, "grow", {"size": DEFAULT_MAX_PACKAGE_SIZE})
+    assert "answer to 'grow' not sent" in caplog.text
+    assert not socket.closed  # the client didn't take it for the server's violation
+    assert await client.client.request(socket, "grow", {"size": 3}) == {"p": "xxx"}
+
+
+async def test_a_talk_over_the_limit_raises(make_node: MakeNode) -> None:
+    client, socket = await connected(make_node)
+    with pytest.raises(PackageTooLarge):
+        await client.client.send_talk(socket, "note", {"p": "x" * DEFAULT_MAX_PACKAGE_SIZE})
+    assert await client.client.request(socket, "echo", {"n": 2}) == {"n": 2}
+
+
+@pytest.mark.parametrize("text", ["x", "é", "\U0001f600"])
+def test_check_size_is_exact_at_the_limit(text: str) -> None:
+    package = build_package(PackageType.REQUEST, "echo", {"p": text * 1000})
+    size = len(encode(package))
+    check_size(package, size)  # at the limit: fine
+    check_size(package, None)
+    with pytest.raises(PackageTooLarge, match=f"REQUEST 'echo' of {size} bytes"):
+        check_size(package, size - 1)
