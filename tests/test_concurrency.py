@@ -128,3 +128,29 @@ async def test_the_slots_of_finished_handlers_are_free_at_once(make_node: MakeNo
     gate.gate.set()
     assert await asyncio.gather(*requests) == [{"slow": n} for n in range(9)]
     assert gate.most == 3
+
+
+async def test_a_threads_pong_goes_ahead_of_requests_waiting(make_node: MakeNode) -> None:
+    # `trustp2p init` enables the heartbeat thread, which answers pings: its pong must
+    # not wait behind a slow handler, or the peer drops us as lost.
+    from trustp2p.threads.heartbeat import HeartbeatThread
+
+    server = await make_node(
+        server=True, threads=[Gate, HeartbeatThread], max_concurrent_requests=1
+    )
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    slow = [
+        asyncio.ensure_future(client.client.request(socket, "slow", {"n": n})) for n in range(3)
+    ]
+    gate = gate_of(server)
+    await wait_for(lambda: gate.running == 1)  # the worker waits for it; two more queue
+    pong = await client.client.request(
+        socket, "ping", {}, package_type=PackageType.HEARTBEAT_PING, timeout=5
+    )
+    assert pong == {"sleep": False}
+    assert not any(request.done() for request in slow)
+    gate.gate.set()
+    assert await asyncio.gather(*slow) == [{"slow": n} for n in range(3)]

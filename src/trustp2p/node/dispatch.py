@@ -91,7 +91,12 @@ class Worker:
         self.paused = False
 
     def put(self, item: Package | Hook) -> asyncio.Task[None] | None:
-        """Queue ``item``; returns the worker task if this call started one."""
+        """Queue ``item``; returns the worker task if this call started one. A ping is
+        not queued: its handler runs now, beside the queue, so that its pong goes ahead
+        of what waits for handlers (the peer drops us without it)."""
+        if type(item) is Package and item.type is PackageType.HEARTBEAT_PING:
+            self._node.tasks.spawn(self._request(item), f"ping from {self._socket.peer}")
+            return None
         inbox = self._inbox
         if inbox is None:
             inbox = self._inbox = deque()

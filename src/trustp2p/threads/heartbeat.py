@@ -8,9 +8,10 @@ Liveness itself needs no thread: every node pings each of its peers, on both sid
 answers their pings at once, and drops a peer that doesn't answer (see
 ``trustp2p.protocol.liveness`` and the ``heartbeat_*`` options). A thread that maps
 ``HEARTBEAT_PING`` ``"ping"``, like this one, takes over the answer: its handler's
-return value is the pong's body, sent with the ping's tag. Keep such a handler quick:
-its pong waits behind the packages of that connection still queued for handlers, and a
-peer waits ``heartbeat_response_timeout`` (10 s) for it.
+return value is the pong's body, sent with the ping's tag. Such a handler runs as soon
+as the ping is read, beside the packages of that connection queued for handlers, not
+behind them; keep it quick all the same: a peer waits ``heartbeat_response_timeout``
+(10 s) for the pong.
 
 The round trip of each connection's last ping is in ``socket.stats.last_rtt``.
 
