@@ -90,7 +90,12 @@ _TUNING: list[tuple[str, str, Any, str]] = [
     ("--reconnect-initial", "reconnect_initial", float, "First redial delay (s)."),
     ("--reconnect-max", "reconnect_max", float, "Largest redial delay (s)."),
     ("--close-timeout", "close_timeout", float, "Time allowed for a closing handshake (s)."),
-    ("--handshake-timeout", "handshake_timeout", float, "Time allowed for the Noise handshake."),
+    (
+        "--handshake-timeout",
+        "handshake_timeout",
+        float,
+        "Time from TCP accept to the peer's hello: upgrade, Noise handshake, hello (s).",
+    ),
     ("--target-outbound", "target_outbound", int, "Outbound connections to keep."),
     ("--anchor-age", "anchor_age", float, "An outbound connection this old is an anchor (s)."),
     ("--max-per-ip", "max_per_ip", int, "Inbound connections at once from one address."),

@@ -466,7 +466,9 @@ def _body_error(
         reason = f"body is not valid JSON: {error.msg} at position {error.pos}"
     elif isinstance(error, RecursionError):
         reason = "body is nested too deeply"
-    else:  # NaN, Infinity; integers too long to convert
+    elif "integer string conversion" in str(error):  # Python's message names its API
+        reason = "body is not valid JSON: an integer of more than 4300 digits"
+    else:  # NaN, Infinity
         reason = f"body is not valid JSON: {error}"
     return PackageError(reason, package_type=type_, event=event, tag=tag)
 
