@@ -108,7 +108,7 @@ class NodeOptions:
             a burst slows the application and never disconnects a peer.
         send_stall_timeout: A peer that takes nothing from its write buffer for this
             long while data waits (it reads nothing) is disconnected with 1008.
-        request_rate: Requests per second a peer may send us...
+        request_rate: Requests and talks per second a peer may send us...
         request_burst: ...with this burst. A peer over its budget (shared by its
             connections: reconnecting doesn't refill it) is throttled: the node stops
             reading from it until the budget has refilled. It is never refused, counted

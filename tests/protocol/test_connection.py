@@ -362,6 +362,19 @@ def test_request_budget_throttles_and_never_refuses(clock: FakeClock) -> None:
     assert connection.invalid == 0
 
 
+def test_talks_spend_the_request_budget(clock: FakeClock) -> None:
+    # A flood of talks, handled or not, slows the peer down as a flood of requests does.
+    budget = TokenBucket(rate=10.0, burst=2, now=clock())
+    connection = protocol(clock, budget=budget, handled={(PackageType.TALK, "note")})
+    note = encode(build_package(PackageType.TALK, "note", {}))
+    unknown = encode(build_package(PackageType.TALK, "unknown", {}))
+    assert [type(a) for a in connection.receive_data(note)] == [Dispatch]
+    assert [type(a) for a in connection.receive_data(unknown)] == [Ignore]
+    assert connection.receive_data(note)[1] == Throttle(pytest.approx(0.1))
+    assert connection.receive_data(request())[1] == Throttle(pytest.approx(0.2))  # shared
+    assert connection.invalid == 0
+
+
 def test_the_clock_is_read_once_per_message(clock: FakeClock) -> None:
     """last_seen is the arrival time, and the request budget goes by it."""
     readings: list[float] = []

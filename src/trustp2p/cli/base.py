@@ -104,7 +104,7 @@ _TUNING: list[tuple[str, str, Any, str]] = [
     ("--storm-connections", "storm_connections", int, "Connections of a peer that make a storm."),
     ("--storm-window", "storm_window", float, "...within this many seconds."),
     ("--storm-cooldown", "storm_cooldown", float, "Seconds a storming peer is refused."),
-    ("--request-rate", "request_rate", float, "Requests per second a peer may send."),
+    ("--request-rate", "request_rate", float, "Requests and talks per second a peer may send."),
     ("--request-burst", "request_burst", int, "...with bursts of this many."),
     ("--max-send-queue", "max_send_queue", int, "Packages waiting for a slow peer, at most."),
     ("--invalid-ratio", "invalid_ratio", float, "Invalid/good package ratio that blocks a peer."),

@@ -15,7 +15,7 @@ It owns the rules that decide what happens to a peer on one connection:
   our own ``nonce`` comes from this very node: we dialled ourselves (:class:`SelfDial`);
 * the checks every package passes: it decodes within the size limit, and its own
   ``version`` major and ``alt`` are the connection's;
-* the request budget: a peer over it is throttled (reading pauses until it refills);
+* the request budget, spent by requests and talks: a peer over it is throttled;
 * the invalid-package count and how loudly each is logged;
 * liveness (:mod:`~trustp2p.protocol.liveness`): our pings, their pongs, the verdict on
   a peer that doesn't answer; the answer to the peer's pings when no thread takes them;
@@ -277,8 +277,8 @@ class ConnectionProtocol:
         clock: Returns the current time in seconds (the event loop's clock).
         handled: The ``(package type, event)`` pairs some thread handles: a live view
             (only ``in`` is used), so that threads loaded later count.
-        request_budget: The peer's request budget, shared by its connections; ``None``
-            for no limit.
+        request_budget: The peer's request budget, shared by its connections, spent by
+            its requests and talks; ``None`` for no limit.
         alt: Our network id; packages and introductions must carry it.
         protocol_version: Our protocol version; packages must share its major.
         max_package_size: Bytes; larger messages are invalid. ``None``: no limit.
@@ -482,8 +482,12 @@ class ConnectionProtocol:
         if package_type in REQUEST_TYPES:
             return self._request(package)
         if (package_type, package.event) in self._handled:
-            return [Dispatch(package)]
-        return [Ignore(f"no handler for {package_type.name} {package.event[:40]!r}")]
+            actions: list[Action] = [Dispatch(package)]
+        else:
+            actions = [Ignore(f"no handler for {package_type.name} {package.event[:40]!r}")]
+        if package_type is PackageType.TALK:  # talks spend the budget requests do
+            self._spend(actions)
+        return actions
 
     def receive_invalid(self, error: PackageError) -> list[Action]:
         """Take a message that didn't decode: count it, and answer it if it was a
@@ -517,19 +521,16 @@ class ConnectionProtocol:
             # for handlers, with the original's pong (docs/original-wire-format.md).
             actions = [Send(self._pong(package.tag))]
         else:
-            answer = error_answer(
-                package.type,
-                package.event,
-                package.tag,
-                f"no handler for {package.type.name} {package.event!r}",
-                alt=self._alt,
-            )
+            why = f"no handler for {package.type.name} {package.event!r}"
+            answer = error_answer(package.type, package.event, package.tag, why, alt=self._alt)
             actions = [] if answer is None else [Send(answer)]
-        if self._budget is not None:
-            delay = self._budget.spend(self.last_seen)  # read on arrival, just now
-            if delay > 0:
-                actions.append(Throttle(delay))
+        self._spend(actions)
         return actions
+
+    def _spend(self, actions: list[Action]) -> None:  # a request's or talk's, on arrival
+        delay = 0.0 if self._budget is None else self._budget.spend(self.last_seen)
+        if delay > 0:
+            actions.append(Throttle(delay))
 
     def _pong(self, tag: str) -> Package:
         return build_package(
