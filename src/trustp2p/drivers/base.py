@@ -232,7 +232,8 @@ class Socket(abc.ABC):
         layer that gathers its own messages until the end of an iteration (the secure
         channel's batches); ``callback`` may thus run inside that layer's own writes. A
         driver that writes at once calls it in the next iteration (``loop.call_soon``),
-        as does this default.
+        as does this default (a close in between then refuses what it writes: the
+        secure channel writes its batch itself before it closes).
 
         Several calls with one callback before it runs may call it once or once each:
         it should do nothing when it has nothing left to write. Different callbacks are

@@ -239,33 +239,26 @@ class Worker:
             except (TypeError, ValueError):
                 _log_failure(thread, package)
                 failed = True
-        if failed:
-            # No details: they may be sensitive (as websockets does).
-            response = error_answer(
-                package_type,
-                package.event,
-                package.tag,
-                f"handler of {package.event!r} failed",
-                alt=node.options.alt,
-            )
+        if failed:  # no details: they may be sensitive (as websockets does)
+            response = self._error(package, f"handler of {package.event!r} failed")
         if response is None:
             return
         try:
-            await self._send(response)
-        except PackageTooLarge as exc:
-            # The peer would refuse it, and hold it against us: it gets an error.
-            logger.warning("! answer to %r not sent: %s", package.event, exc)
-            error = error_answer(
-                package_type,
-                package.event,
-                package.tag,
-                f"response to {package.event!r} too large",
-                alt=node.options.alt,
-            )
-            if error is not None:
-                await self._send(error)
+            try:
+                await self._send(response)
+            except PackageTooLarge as exc:
+                # The peer would refuse it, and hold it against us: it gets an error.
+                logger.warning("! answer to %r not sent: %s", package.event, exc)
+                response = self._error(package, f"response to {package.event!r} too large")
+                if response is not None:
+                    await self._send(response)
         except ConnectionClosed:
             pass
+
+    def _error(self, request: Package, text: str) -> Package | None:
+        return error_answer(
+            request.type, request.event, request.tag, text, alt=self._node.options.alt
+        )
 
     async def _send(self, response: Package) -> None:
         socket = self._socket
