@@ -62,8 +62,12 @@ async def secure(request: pytest.FixtureRequest) -> AsyncIterator[Secure]:
     pair.stop()
 
 
-async def test_reply_written_before_a_violation_close_is_sent(secure: Secure) -> None:
+@pytest.mark.parametrize("batches", [True, False])
+async def test_reply_written_before_a_violation_close_is_sent(
+    secure: Secure, batches: bool
+) -> None:
     opened, accepted = await secure.start()
+    accepted._transport.batches = batches  # False: as with a peer from before batches
 
     def reply(socket: Socket, data: bytes | str) -> None:
         socket.write(b"reply to " + bytes(data))  # type: ignore[arg-type]
@@ -80,35 +84,22 @@ async def test_reply_written_before_a_violation_close_is_sent(secure: Secure) ->
     assert secure.client.events.messages(opened) == [b"reply to request"]
 
 
-async def test_reply_before_a_violation_close_without_batches(secure: Secure) -> None:
-    """Control for 1: the same exchange when the server side doesn't batch."""
-    opened, accepted = await secure.start()
-    accepted._transport.batches = False  # as with a peer from before batches
-
-    def reply(socket: Socket, data: bytes | str) -> None:
-        socket.write(b"reply to " + bytes(data))  # type: ignore[arg-type]
-
-    secure.server.events.on_message_hook = reply
-    [message] = opened._transport.seal(b"request")
-    opened.raw.write(message)
-    opened.raw.write(b"garbage that doesn't decrypt")
-    await secure.client.events.next(DriverEvent.CLOSE, opened)
-    assert secure.client.events.messages(opened) == [b"reply to request"]
-
-
-async def test_abort_within_a_batch_delivers_no_more(secure: Secure) -> None:
+@pytest.mark.parametrize("close", ["abort", "close_soon"])
+async def test_a_close_within_a_batch_delivers_no_more(secure: Secure, close: str) -> None:
     opened, accepted = await secure.start()
     events = secure.server.events
 
     def hook(socket: Socket, data: bytes | str) -> None:
         if len(events.messages(socket)) == 2:
-            socket.abort()
+            getattr(socket, close)()
 
     events.on_message_hook = hook
     for i in range(6):
         opened.write(b"%d" % i)
     await events.next(DriverEvent.CLOSE, accepted)
     assert events.messages(accepted) == [b"0", b"1"]
+    if close == "close_soon":
+        assert accepted.close_code == 1000
 
 
 async def test_empty_packages_in_one_iteration(secure: Secure) -> None:
@@ -171,22 +162,6 @@ async def test_pause_within_a_batch(secure: Secure) -> None:
     assert await stays(lambda: len(events.messages(accepted)) == 4, 30 * MS)
     accepted.resume_reading()
     assert await events.wait_messages(accepted, 9) == [*packages, b"after"]
-
-
-async def test_close_within_a_batch(secure: Secure) -> None:
-    opened, accepted = await secure.start()
-    events = secure.server.events
-
-    def hook(socket: Socket, data: bytes | str) -> None:
-        if len(events.messages(socket)) == 2:
-            socket.close_soon()
-
-    events.on_message_hook = hook
-    for i in range(6):
-        opened.write(b"%d" % i)
-    await events.next(DriverEvent.CLOSE, accepted)
-    assert events.messages(accepted) == [b"0", b"1"]
-    assert accepted.close_code == 1000
 
 
 async def test_close_while_paused_with_held(secure: Secure) -> None:
