@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint docs bench bench-fast bench-cost bench-bodies bench-secure bench-latency bench-idle bench-sim clean
+.PHONY: demo test test-compiled compiled pure lint docs bench bench-fast bench-cost bench-bodies bench-secure bench-latency bench-idle bench-sim clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trustp2p needs Python >= 3.11; set PYTHON=python3.11 or newer")'
@@ -33,6 +33,28 @@ docs: $(VENV)/.installed-test
 test: lint docs
 	$(BIN)/pytest
 	$(BIN)/pytest -m slow
+	$(MAKE) test-compiled
+
+# The compiled build (setup.py): the hot modules compiled by mypyc, built in a copy of the
+# sources (build/compiled) so that this checkout stays as it is; then the fast suite on it.
+# It needs a C compiler and Python's headers, and says so if they are missing.
+test-compiled: $(VENV)/.installed-test
+	@$(BIN)/python -c 'import os, shutil, sys, sysconfig; cc = shutil.which(os.environ.get("CC", "cc")); h = os.path.join(sysconfig.get_paths()["include"], "Python.h"); sys.exit(0 if cc and os.path.exists(h) else "test-compiled: needs a C compiler (cc) and Python.h (python3-dev)")'
+	rm -rf build/compiled && mkdir -p build/compiled
+	cp -r src setup.py pyproject.toml README.md LICENSE build/compiled/
+	find build/compiled/src -name '*.so' -delete
+	cd build/compiled && TRUSTP2P_COMPILE=1 $(CURDIR)/$(BIN)/python setup.py -q build_ext --inplace
+	PYTHONPATH=build/compiled/src $(BIN)/python -c 'import sys, trustp2p; print(trustp2p.build_name()); sys.exit(not trustp2p.compiled_modules())'
+	PYTHONPATH=build/compiled/src $(BIN)/pytest
+
+# The compiled build in place, for this checkout's benchmarks and `trustp2p` command
+# (`trustp2p --version` names the build); `make pure` goes back to pure Python.
+compiled: $(VENV)/.installed-test
+	TRUSTP2P_COMPILE=1 $(BIN)/python setup.py -q build_ext --inplace
+	$(BIN)/trustp2p --version
+
+pure:
+	find src -name '*.so' -delete
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/request_response.py

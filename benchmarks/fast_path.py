@@ -386,7 +386,8 @@ def format_table(run: dict[str, Any], reference: str = REFERENCE) -> str:
     loop_name = f"uvloop {machine['uvloop']}" if loop == "uvloop" else "asyncio's loop"
     lines = [
         f"{machine['cpu']}; Python {machine['python']}, {loop_name}; "
-        f"trustp2p at {run['source']['commit']} (src/ sha256 {run['source']['src_sha256']})",
+        f"trustp2p at {run['source']['commit']} (src/ sha256 {run['source']['src_sha256']}),"
+        f" {machine.get('trustp2p_build', 'pure Python')}",
         f"median of {run['settings']['rounds']} rounds of {run['settings']['duration_s']:g} s,"
         f" server on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}; CPU us per round trip",
         "",

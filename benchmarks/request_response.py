@@ -745,6 +745,7 @@ def machine_facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "trustp2p": trustp2p.__version__,
+        "trustp2p_build": trustp2p.build_name(),
         "websockets": websockets_version,
         "protobuf": protobuf_version,
         "protobuf_backend": api_implementation.Type(),

@@ -19,6 +19,7 @@ from trustp2p.protocol.package import build_package
 from trustp2p.storage.msglog import LOG_FILE
 from trustp2p.testing import Delivery, Network
 
+from .compiled import pure_only
 from .conftest import MS, FakeClock, stays, wait_for
 from .protocol.test_gossip_router import _raw_body
 
@@ -445,6 +446,7 @@ async def test_messages_logged_before_a_crash_are_delivered_at_start(tmp_path: A
             await node.stop()
 
 
+@pure_only("trustp2p.node.connections", "the test counts encode() calls by patching it")
 async def test_a_message_sent_to_several_peers_is_encoded_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

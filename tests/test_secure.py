@@ -20,6 +20,7 @@ from trustp2p.protocol.handshake import HANDSHAKE_MAGIC, PLAIN_PEER, SECURE_PEER
 from trustp2p.protocol.package import build_package, encode
 from trustp2p.security.noise import NoiseHandshake
 
+from .compiled import pure_only
 from .conftest import MS, stays, wait_for
 from .nodes import MakeNode
 
@@ -272,6 +273,7 @@ async def test_one_connection_per_peer_when_both_dial(make_node: MakeNode) -> No
 # Limits
 
 
+@pure_only("trustp2p.security.noise", "counts handshakes with a subclass of NoiseHandshake")
 async def test_half_open_handshakes_count_and_the_oldest_make_room(
     make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -309,6 +311,7 @@ async def test_half_open_handshakes_count_and_the_oldest_make_room(
             await ws.close()
 
 
+@pure_only("trustp2p.security.noise", "counts handshakes with a subclass of NoiseHandshake")
 async def test_full_of_finished_connections_refuses_before_any_cryptography(
     make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:

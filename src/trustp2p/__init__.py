@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging as _logging
 
+from ._build import build_name, compiled_modules
 from ._version import __version__
 from .drivers.base import CloseCode, Driver, DriverOptions, Socket, SocketStats
 from .exceptions import (
@@ -82,6 +83,8 @@ __all__ = [
     "UsageError",
     "WorkerError",
     "__version__",
+    "build_name",
+    "compiled_modules",
     "create_client",
     "create_node",
     "create_server",

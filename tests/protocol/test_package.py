@@ -32,6 +32,8 @@ from trustp2p.protocol.package import (
 )
 from trustp2p.protocol.package_pb2 import TrustNoteP2p
 
+from ..compiled import refused_type
+
 # A verbatim copy of shared/protocol/tag-vectors.json, so that tests run on a clean clone.
 VECTORS = json.loads((Path(__file__).parent / "vectors.json").read_text(encoding="utf-8"))
 PING_HEX = VECTORS["captures"]["ping_hex"]
@@ -240,12 +242,11 @@ def test_body_to_json_refuses_non_finite_floats(value: float) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "name"), [([], "list"), (None, "NoneType"), ("{}", "str"), ((), "tuple")]
+    ("body", "name"), [([], "list"), (None, "NoneType|None"), ("{}", "str"), ((), "tuple")]
 )
 def test_body_to_json_refuses_non_dict(body: Any, name: str) -> None:
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(TypeError, match=refused_type("body", "dict", name)):
         body_to_json(body)
-    assert str(info.value) == f"body must be a dict, not {name}"
 
 
 def test_body_to_json_refuses_unserializable_value() -> None:
@@ -288,15 +289,13 @@ def test_build_other_types_get_empty_tag(type_: PackageType) -> None:
 
 
 def test_build_package_refuses_non_str_event() -> None:
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(TypeError, match=refused_type("event", "str", "bytes")):
         build_package(PackageType.TALK, b"e", {})  # type: ignore[arg-type]
-    assert str(info.value) == "event must be a str, not bytes"
 
 
 def test_build_package_refuses_non_dict_body() -> None:
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(TypeError, match=refused_type("body", "dict", "list")):
         build_package(PackageType.TALK, "e", [1])  # type: ignore[arg-type]
-    assert str(info.value) == "body must be a dict, not list"
 
 
 # decode: strictness
@@ -614,5 +613,6 @@ def test_encode_is_protobuf_byte_for_byte(
 def test_encode_refuses_what_utf8_cannot_hold() -> None:
     with pytest.raises(ValueError, match="valid Unicode"):
         encode(Package(PackageType.TALK, "\ud800", {}))
-    with pytest.raises(ValueError, match="unknown package type"):
+    # (the compiled build refuses the int at Package(): "PackageType object expected")
+    with pytest.raises((ValueError, TypeError), match=r"unknown package type|PackageType object"):
         encode(Package(99, "x", {}))  # type: ignore[arg-type]

@@ -21,6 +21,8 @@ from trustp2p.protocol.package import (
 )
 from trustp2p.protocol.package_pb2 import TrustNoteP2p
 
+from ..compiled import refused_type
+
 _KIB_256 = bytes(range(256)) * 1024
 
 
@@ -114,7 +116,8 @@ def test_given_tags_and_other_types_keep_their_tags_with_a_payload() -> None:
 
 @pytest.mark.parametrize("payload", [bytearray(b"p"), memoryview(b"p"), "p"])
 def test_build_package_refuses_a_payload_that_is_not_bytes(payload: object) -> None:
-    with pytest.raises(TypeError, match="payload must be bytes"):
+    got = type(payload).__name__
+    with pytest.raises(TypeError, match=refused_type("payload", "bytes", got)):
         build_package(PackageType.TALK, "e", {}, payload=payload)  # type: ignore[arg-type]
 
 

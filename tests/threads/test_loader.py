@@ -296,7 +296,7 @@ def test_reserved_talks_are_refused_with_the_file_and_the_names(tmp_path: Path, 
     from trustp2p.node.handlers import HandlerRegistry
 
     class Greeter(Thread):
-        path = tmp_path / "greeter.py"
+        path = str(tmp_path / "greeter.py")
 
         @property
         def event_map(self) -> EventMap:

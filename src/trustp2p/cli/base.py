@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from .._build import build_name
+from .._version import __version__
 from ..exceptions import TrustP2PError
 from ..logs import setup_logging
 from ..loop import LOOPS, loop_factory, run
@@ -308,7 +310,8 @@ def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="trustp2p")
+# The build (pure Python or compiled with mypyc) is part of what a bug report needs.
+@click.version_option(__version__, message=f"%(prog)s %(version)s, {build_name()}")
 def cli() -> None:
     """trustp2p: a peer-to-peer network framework.
 

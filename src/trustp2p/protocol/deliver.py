@@ -200,9 +200,9 @@ class RequestTable:
         stalled_timeout: float = 5.0,
     ) -> None:
         if response_timeout <= 0:
-            raise ValueError(f"response_timeout must be positive, not {response_timeout}")
+            raise ValueError(f"response_timeout must be positive, not {response_timeout:g}")
         if stalled_timeout <= 0:
-            raise ValueError(f"stalled_timeout must be positive, not {stalled_timeout}")
+            raise ValueError(f"stalled_timeout must be positive, not {stalled_timeout:g}")
         self._clock = clock
         self._send = send
         self._reroute_target = reroute_target
@@ -251,7 +251,7 @@ class RequestTable:
         if timeout is None:
             timeout = self.response_timeout
         elif not timeout > 0:
-            raise ValueError(f"timeout must be positive, not {timeout}")
+            raise ValueError(f"timeout must be positive, not {timeout:g}")
         if not package.tag:
             raise ValueError("a request needs a tag")
         if reroute and self._reroute_target is None:

@@ -51,7 +51,7 @@ class TokenBucket:
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         if rate <= 0 or burst < 1:
-            raise ValueError(f"need rate > 0 and burst >= 1, not {rate} and {burst}")
+            raise ValueError(f"need rate > 0 and burst >= 1, not {rate:g} and {burst:g}")
         self.rate = rate
         self.burst = burst
         self.tokens = float(burst)
@@ -382,7 +382,8 @@ class AddressBudget:
     ) -> None:
         if rate <= 0 or not 0 <= initial <= burst or burst < 1:
             raise ValueError(
-                f"need rate > 0 and 0 <= initial <= burst >= 1, not {rate}, {initial} and {burst}"
+                "need rate > 0 and 0 <= initial <= burst >= 1,"
+                f" not {rate:g}, {initial:g} and {burst:g}"
             )
         self.rate = rate
         self.burst = burst

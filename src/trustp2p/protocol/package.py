@@ -437,8 +437,12 @@ def decode(data: bytes | str, *, max_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
         try:
             fields = protobuf_fields(data, max_size)
         except PackageError as exc:  # the reader knows type numbers, not PackageType
+            # (a variable of type PackageType: compiled, an int-typed one loses the enum)
+            known: PackageType | None = None
             if exc.package_type is not None:
-                exc.package_type = _TYPES.get(exc.package_type, exc.package_type)
+                known = _TYPES.get(exc.package_type)
+            if known is not None:
+                exc.package_type = known
             raise
     number, event, body_json, tag, version, alt, payload = fields
     type_ = _TYPES[number]
