@@ -9,12 +9,14 @@ for; mypyc ships with mypy, so a compiled build has to ask for it, and a pure on
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F403 (the rest of the backend, unchanged)
 
 _MYPYC = "mypy>=1.11"
+_ASKING = "TRUSTP2P_BUILD_REQUIRES"  # setup.py compiles nothing while it is set
 
 
 def _compiled() -> bool:
@@ -22,10 +24,22 @@ def _compiled() -> bool:
 
 
 def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) -> list[str]:
-    requires = _setuptools.get_requires_for_build_wheel(config_settings)
-    return [*requires, _MYPYC] if _compiled() else requires
+    return _requires(_setuptools.get_requires_for_build_wheel, config_settings)
 
 
 def get_requires_for_build_editable(config_settings: dict[str, Any] | None = None) -> list[str]:
-    requires = _setuptools.get_requires_for_build_editable(config_settings)
-    return [*requires, _MYPYC] if _compiled() else requires
+    return _requires(_setuptools.get_requires_for_build_editable, config_settings)
+
+
+def _requires(
+    hook: Callable[[dict[str, Any] | None], list[str]], config_settings: dict[str, Any] | None
+) -> list[str]:
+    if not _compiled():
+        return hook(config_settings)
+    # setuptools runs setup.py to find its requirements, before mypy is there to import
+    os.environ[_ASKING] = "1"
+    try:
+        requires = hook(config_settings)
+    finally:
+        del os.environ[_ASKING]
+    return [*requires, _MYPYC]
