@@ -9,6 +9,7 @@ for; mypyc ships with mypy, so a compiled build has to ask for it, and a pure on
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,8 @@ from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F403 (the rest of the backend, unchanged)
 
 _MYPYC = "mypy>=1.11"
+"""mypyc ships with mypy; it type-checks the package with its dependencies' types, so
+the compiled build asks for those too (``_typed_dependencies``)."""
 _ASKING = "TRUSTP2P_BUILD_REQUIRES"  # setup.py compiles nothing while it is set
 
 
@@ -42,4 +45,12 @@ def _requires(
         requires = hook(config_settings)
     finally:
         del os.environ[_ASKING]
-    return [*requires, _MYPYC]
+    return [*requires, _MYPYC, *_typed_dependencies()]
+
+
+def _typed_dependencies() -> list[str]:
+    """The project's dependencies and its fast extra (uvloop and picows), from
+    pyproject.toml: mypy follows the compiled modules' imports into them."""
+    with open("pyproject.toml", "rb") as file:
+        project = tomllib.load(file)["project"]
+    return [*project["dependencies"], *project["optional-dependencies"]["fast"]]
