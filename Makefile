@@ -50,7 +50,7 @@ test-compiled: $(VENV)/.installed-test
 # The compiled build in place, for this checkout's benchmarks and `trustp2p` command
 # (`trustp2p --version` names the build); `make pure` goes back to pure Python.
 compiled: $(VENV)/.installed-test
-	rm -rf build/lib.* build/temp.*  # a module dropped from the list must not linger
+	find src -name '*.so' -delete; rm -rf build/lib.* build/temp.*  # none dropped lingers
 	TRUSTP2P_COMPILE=1 $(BIN)/python setup.py -q build_ext --inplace
 	$(BIN)/trustp2p --version
 

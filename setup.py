@@ -23,6 +23,7 @@ COMPILED = [
     "protocol/deliver.py",
     "protocol/limits.py",
     # the node's per-message paths
+    "node/node.py",
     "node/connections.py",
     "node/requests.py",
     "node/dispatch.py",
