@@ -7,12 +7,11 @@ and carries out the :class:`Action` objects it returns, in order, on an injected
 It owns the rules that decide what happens to a peer on one connection:
 
 * the connection's state: ``HANDSHAKING`` → ``INTRODUCED`` → ``OPEN`` → ``CLOSING`` → ``CLOSED``;
-* the introduction: the ``version`` talk (plain mode) or ``hello`` (secure mode), checked
-  against our protocol version and network (``alt``). In secure mode nothing but
-  ``hello`` is accepted before ``hello``. In plain mode a peer that never sends a
-  decodable ``version`` still works: the shipped original never does (it sends an empty
-  text frame instead, which counts as its introduction). An introduction that carries
-  our own ``nonce`` comes from this very node: we dialled ourselves (:class:`SelfDial`);
+* the introduction: the ``version`` talk (plain mode) or ``hello`` (secure mode, where
+  nothing else is accepted before it), checked against our protocol version and network
+  (``alt``). In plain mode a peer that never sends a decodable ``version`` still works:
+  the shipped original sends an empty text frame instead, which counts as its
+  introduction. One that carries our own ``nonce`` is a dial to ourselves (:class:`SelfDial`);
 * the checks every package passes: it decodes within the size limit, and its own
   ``version`` major and ``alt`` are the connection's;
 * the request budget, spent by requests and talks: a peer over it is throttled;
@@ -118,12 +117,16 @@ class ConnectionState(enum.Enum):
 
 # Actions: what the node must do, in the order given. Plain slotted dataclasses (not
 # frozen: one or two are made per package, and a frozen dataclass's __init__ costs three
-# times as much); treat them as values.
+# times as much); treat them as values. _PackageAction's __init__ is written out so that
+# the compiled build (setup.py) compiles it: the generated one would run as Python.
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _PackageAction:
     package: Package
+
+    def __init__(self, package: Package) -> None:
+        self.package = package
 
 
 @dataclass(slots=True)
@@ -172,15 +175,10 @@ class Introduced:
 
 @dataclass(slots=True)
 class Penalty:
-    """
-    Count one invalid package against the peer (the block policy may then block it).
-
-    Attributes:
-        reason: What was wrong, for the log.
-        warn: Log at WARNING (the connection's first :data:`WARN_INVALID`), else DEBUG.
-        last_warning: This is the last one logged at WARNING.
-
-    """
+    """Count one invalid package against the peer (the block policy may then block it):
+    ``reason`` says what was wrong, for the log, which is at WARNING if ``warn`` (the
+    connection's first :data:`WARN_INVALID`), else DEBUG; ``last_warning`` marks the
+    last one at WARNING."""
 
     reason: str
     warn: bool = True
@@ -201,8 +199,8 @@ class Close(_CodeReason):
 
 
 class SelfDial(_CodeReason):
-    """The peer is this node (its introduction carries our nonce): close with ``code``
-    and ``reason``. Nobody is at fault; a dialler shouldn't dial that URL again soon."""
+    """The peer is this node (its introduction carries our nonce): close; nobody is at
+    fault, but a dialler shouldn't dial that URL again soon."""
 
     __slots__ = ()
 
@@ -216,7 +214,7 @@ class Block(_Reason):
 
 class Lost(_Reason):
     """The peer left our ping unanswered (:mod:`~trustp2p.protocol.liveness`): drop the
-    connection at once; a dead link can't complete a closing handshake."""
+    connection at once (a dead link can't complete a closing handshake)."""
 
     __slots__ = ()
 

@@ -43,13 +43,19 @@ WaiterId = NewType("WaiterId", int)
 """One caller waiting for a response."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ResponseReceived:
     """A response arrived; every waiter gets ``package.body``."""
 
     waiters: tuple[WaiterId, ...]
     conn: ConnId
     package: Package
+
+    # Written out, as connection.py's actions are: compiled, once per response.
+    def __init__(self, waiters: tuple[WaiterId, ...], conn: ConnId, package: Package) -> None:
+        object.__setattr__(self, "waiters", waiters)
+        object.__setattr__(self, "conn", conn)
+        object.__setattr__(self, "package", package)
 
 
 @dataclass(frozen=True, slots=True)
