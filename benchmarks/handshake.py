@@ -619,7 +619,7 @@ def format_report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"{machine['cpu']}, {machine['nproc']} CPUs; Python {machine['python']}, "
         f"websockets {machine['websockets']}",
         f"trustp2p {machine['trustp2p']} at commit {source['commit']}, "
-        f"src/ sha256 {source['src_sha256']}"
+        f"src/ sha256 {source['src_sha256']}, {machine.get('trustp2p_build', 'pure Python')}"
         + (f", imported from {source['package']}" if "package" in source else ""),
     ]
     sansio = results.get("sansio")

@@ -580,7 +580,8 @@ def format_table(results: Results) -> str:
     lines = [
         f"{machine['cpu']}, {machine['nproc']} CPUs; Python {machine['python']}, "
         f"websockets {machine['websockets']}; trustp2p {machine['trustp2p']} at commit "
-        f"{results.source['commit']}, src/ sha256 {results.source['src_sha256']}",
+        f"{results.source['commit']}, src/ sha256 {results.source['src_sha256']}, "
+        f"{machine.get('trustp2p_build', 'pure Python')}",
         "",
         f"{settings['peers']:,} idle peers, server on CPU {SERVER_CPU}, client on CPU "
         f"{CLIENT_CPU}, all servers side by side; CPU over {settings['window_s']:g} s after "

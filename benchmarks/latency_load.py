@@ -378,7 +378,8 @@ def format_table(run: dict[str, Any], summary: dict[str, Any]) -> str:
     machine, settings = run["machine"], run["settings"]
     lines = [
         f"{machine['cpu']}; Python {machine['python']}, websockets {machine['websockets']}; "
-        f"trustp2p at {run['source']['commit']} (src/ sha256 {run['source']['src_sha256']})",
+        f"trustp2p at {run['source']['commit']} (src/ sha256 {run['source']['src_sha256']}),"
+        f" {machine.get('trustp2p_build', 'pure Python')}",
         f"{settings['rounds']} rounds of {settings['duration']:g} s, a probe every "
         f"{settings['interval'] * 1e3:g} ms; server on CPU {SERVER_CPU}, load and probe on "
         f"CPU {CLIENT_CPU}; round trip in us, all rounds' samples together",

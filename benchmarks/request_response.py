@@ -832,7 +832,8 @@ def format_table(results: Results) -> str:
         f"websockets {machine['websockets']}, protobuf {machine['protobuf']} "
         f"({machine['protobuf_backend']})",
         f"trustp2p {machine['trustp2p']} at commit {results.source['commit']}, "
-        f"src/ sha256 {results.source['src_sha256']}"
+        f"src/ sha256 {results.source['src_sha256']}, "
+        f"{machine.get('trustp2p_build', 'pure Python')}"
         + (f", imported from {results.source['package']}" if "package" in results.source else ""),
     ]
     if results.rounds:
