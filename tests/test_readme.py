@@ -202,7 +202,13 @@ def test_the_complete_thread_works_between_a_server_and_a_client(tmp_path: Path)
 
 @checks("Using it as a library")
 def test_the_library_example_exits_0_with_no_warning(tmp_path: Path) -> None:
-    (tmp_path / "example.py").write_text(block("Using it as a library").text)
+    # The README's ports, 1107 and 1108, may be taken on a developer's machine.
+    example = block("Using it as a library").text
+    assert "port=1107" in example and "port=1108" in example
+    server_port = free_port()
+    node_port = next(port for port in iter(free_port, None) if port != server_port)
+    example = example.replace("1107", str(server_port)).replace("1108", str(node_port))
+    (tmp_path / "example.py").write_text(example)
     result = run([sys.executable, "example.py"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
