@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from trustp2p.drivers import Driver, DriverEvent, DriverOptions
+from trustp2p.drivers import CloseCode, Driver, DriverEvent, DriverOptions, Socket
 
 from ..conftest import MS
 from ..processes import free_port
@@ -41,6 +41,20 @@ class WebSocketUrls:
     def invalid_url(self, request: pytest.FixtureRequest) -> str:
         url: str = request.param
         return url
+
+
+def _masked_frame_start(size: int) -> bytes:
+    """The start of a client's final binary frame of ``size`` (< 126) bytes: its header
+    and mask key, no payload yet (a zero key: the payload goes as it is)."""
+    return bytes((0x82, 0x80 | size)) + b"\0\0\0\0"
+
+
+async def _raw_client(harness: DriverHarness, options: DriverOptions) -> tuple[Any, Any, Socket]:
+    listening, events = await harness.listen(options)
+    client = await ws_connect(listening.url, compression=None)
+    server = (await events.next(DriverEvent.CONNECTION)).socket
+    assert server is not None
+    return client, events, server
 
 
 class WebSocketChecks:
@@ -77,6 +91,54 @@ class WebSocketChecks:
             assert events.messages(server) == []
             client.transport.write(b"x" * 500)
             assert await events.wait_messages(server, 1) == [b"x" * 1000]
+
+    async def test_a_dribbled_frame_is_closed_at_the_deadline(self, harness: DriverHarness) -> None:
+        # A byte every 10 ms keeps the connection busy but never finishes the frame.
+        # (The client's answer to the close frame lands inside the unfinished frame: the
+        # server stops waiting for it after close_timeout.)
+        timeout = 100 * MS
+        options = DriverOptions(frame_timeout=timeout, close_timeout=timeout)
+        client, events, server = await _raw_client(harness, options)
+        try:
+            transport = client.transport
+            transport.write(_masked_frame_start(100))
+            async with asyncio.timeout(TIMEOUT):
+                while not server.closed:
+                    transport.write(b"x")
+                    await asyncio.sleep(10 * MS)
+                await events.next(DriverEvent.CLOSE, server)
+                await client.wait_closed()
+            [error] = events.errors(server)
+            assert str(error) == f"frame stalled: no frame completed in {timeout:g} s"
+            assert client.close_code == CloseCode.POLICY_VIOLATION
+            assert client.close_reason == "frame stalled"
+            assert events.messages(server) == []
+        finally:
+            client.transport.abort()
+
+    async def test_frames_each_within_the_deadline_are_not_closed(
+        self, harness: DriverHarness
+    ) -> None:
+        # Two frames, each completed within the deadline, together take longer than it; then
+        # the connection idles past it. The sleeps are the test: real time against the
+        # deadline.
+        timeout = 250 * MS
+        client, events, server = await _raw_client(harness, DriverOptions(frame_timeout=timeout))
+        try:
+            transport = client.transport
+            transport.write(_masked_frame_start(2) + b"a")
+            await asyncio.sleep(0.6 * timeout)
+            transport.write(b"b" + _masked_frame_start(2))
+            await asyncio.sleep(0.6 * timeout)
+            transport.write(b"cd")
+            assert await events.wait_messages(server, 2) == [b"ab", b"cd"]
+            await asyncio.sleep(1.2 * timeout)  # idle between frames: no deadline runs
+            assert not server.closed
+            assert events.errors(server) == []
+            server.write(b"still open")
+            assert await client.recv() == b"still open"
+        finally:
+            client.transport.abort()
 
 
 def harness_fixture(driver: type[Driver]) -> Callable[[], Any]:

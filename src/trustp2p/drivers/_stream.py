@@ -15,6 +15,7 @@ from __future__ import annotations
 
 __all__ = [
     "COALESCE_LIMIT",
+    "FrameDeadline",
     "ReceiveBuffer",
     "ServerListening",
     "StreamSocket",
@@ -34,7 +35,7 @@ from typing import ClassVar, cast
 
 from ..exceptions import DriverError
 from ._accept import StreamServer, bind
-from .base import DriverOptions, Listener, Listening, Socket
+from .base import CloseCode, DriverOptions, Listener, Listening, Socket
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,56 @@ class WriteBatches(Socket):
     @abc.abstractmethod
     def _send_out(self, out: list[bytes], size: int) -> None:
         """Send ``out``, the frames of ``size`` bytes of messages, now."""
+
+
+class FrameDeadline(Socket):
+    """
+    The deadline of a frame in progress (:attr:`DriverOptions.frame_timeout`, as the
+    tcp driver's) for the WebSocket drivers, whose parsers don't say where a frame
+    starts: a read that completes no frame starts the deadline, unless it runs; a read
+    that completes one stops it. Bytes that end a read without completing a frame start
+    it at the next read: if none comes, the connection is idle, which the heartbeat
+    watches. Past the deadline the connection is closed with code 1008. A subclass
+    calls :meth:`_watch_frames` after each read, :meth:`_stop_frame_clock` when reading
+    pauses and when the connection ends, and sets both slots to ``None`` at first.
+    """
+
+    __slots__ = ()
+    _options: DriverOptions
+    _frame_started: float | None  # loop time; None: no deadline runs
+    _frame_timer: asyncio.TimerHandle | None
+
+    def _watch_frames(self, completed: bool, now: float) -> None:
+        if completed:
+            self._frame_started = None  # (inline this case in a hot path)
+        elif self._frame_started is None and not self.closed:
+            self._frame_started = now
+            if self._frame_timer is None:
+                deadline = now + self._options.frame_timeout
+                self._frame_timer = self._loop.call_at(deadline, self._frame_timed_out)
+
+    def _stop_frame_clock(self, *, cancel: bool = False) -> None:
+        """Our pause is not the peer's stall; ``cancel``: the connection ended."""
+        self._frame_started = None
+        if cancel and self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
+
+    def _frame_timed_out(self) -> None:
+        # One timer serves every frame: when it fires for a frame that has completed
+        # since, it moves to the deadline of the frame in progress, if any.
+        timer, self._frame_timer = self._frame_timer, None
+        started = self._frame_started
+        if started is None or self.closed:
+            return
+        deadline = started + self._options.frame_timeout
+        if timer is not None and deadline > timer.when():
+            self._frame_timer = self._loop.call_at(deadline, self._frame_timed_out)
+            return
+        timeout = self._options.frame_timeout
+        logger.debug("! frame from %s stalled", self.peer)
+        self._report("on_error", DriverError(f"frame stalled: no frame completed in {timeout:g} s"))
+        self.close_soon(CloseCode.POLICY_VIOLATION, "frame stalled")
 
 
 class StreamSocket(DrainWaiters, WriteBatches, asyncio.BufferedProtocol):

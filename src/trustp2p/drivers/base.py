@@ -73,8 +73,10 @@ class DriverOptions:
         open_timeout: Time allowed to open a connection (TCP and handshake), in seconds.
         close_timeout: Time allowed for the closing handshake before the connection is
             dropped, in seconds.
-        frame_timeout: Time allowed for a message to arrive in full once it has started,
-            in seconds (``tcp``); a stalled message closes the connection with code 1008.
+        frame_timeout: Time allowed for a frame to arrive in full once it has started,
+            in seconds; a stalled frame closes the connection with code 1008. (``ws``
+            and ``picows``, whose parsers don't say where a frame starts, count from the
+            first read after the last complete frame that completes none.)
         write_limit: Size of the write buffer above which :meth:`Socket.drain` waits, in
             bytes.
         trust_real_ip: Take a client's address from the ``X-Real-IP`` header when the

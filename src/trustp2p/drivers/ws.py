@@ -28,7 +28,7 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
-from ._stream import ReceiveBuffer, ServerListening, StreamSocket, serve
+from ._stream import FrameDeadline, ReceiveBuffer, ServerListening, StreamSocket, serve
 from ._wsframes import binary_frame_parts
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
@@ -50,7 +50,7 @@ def _is_loopback(host: str) -> bool:
 _receive_buffer = ReceiveBuffer(2**18)
 
 
-class WsSocket(StreamSocket):
+class WsSocket(FrameDeadline, StreamSocket):
     """A WebSocket connection; also the asyncio protocol of its transport."""
 
     __slots__ = (
@@ -59,6 +59,8 @@ class WsSocket(StreamSocket):
         "_closing",
         "_fragment_text",
         "_fragments",
+        "_frame_started",
+        "_frame_timer",
         "_held",
         "_open_waiter",
         "_opened",
@@ -86,6 +88,8 @@ class WsSocket(StreamSocket):
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self._closing = False  # we sent a close frame: drop what arrives after it
+        self._frame_started: float | None = None  # see FrameDeadline
+        self._frame_timer: asyncio.TimerHandle | None = None
         # Frames read before a pause_reading(); made on the first (an empty deque per
         # idle connection was about 0.6 KiB).
         self._held: deque[Frame] | None = None
@@ -131,6 +135,10 @@ class WsSocket(StreamSocket):
             else:
                 self.abort()
 
+    def pause_reading(self) -> None:
+        self._stop_frame_clock()
+        super().pause_reading()
+
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,12 +156,16 @@ class WsSocket(StreamSocket):
         self.data_received(_receive_buffer.view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
-        self.last_seen = self._loop.time()  # any bytes are life, a partial frame too
+        self.last_seen = now = self._loop.time()  # any bytes are life, a partial frame too
         protocol = self._protocol
         # websockets copies what it gets (bytearray += data): a view does as well.
         protocol.receive_data(data)  # type: ignore[arg-type]
         events = protocol.events_received()
         self._flush()
+        if events:
+            self._frame_started = None  # _watch_frames(True, now), inline: once a read
+        elif self._opened:
+            self._watch_frames(False, now)
         for event in events:
             if type(event) is Frame:
                 if event.opcode in _DATA_OPCODES or event.opcode is Opcode.CONT:
@@ -179,6 +191,7 @@ class WsSocket(StreamSocket):
         protocol = self._protocol
         protocol.receive_eof()  # idempotent; makes the state CLOSED
         self._connection_ended()
+        self._stop_frame_clock(cancel=True)
         if protocol.close_rcvd is not None:
             self.close_code = protocol.close_rcvd.code
             self.close_reason = protocol.close_rcvd.reason

@@ -48,6 +48,7 @@ from websockets.uri import parse_uri
 from ..exceptions import DriverError
 from ._stream import (
     DrainWaiters,
+    FrameDeadline,
     ServerListening,
     WriteBatches,
     _kernel_backlog,
@@ -105,7 +106,7 @@ class _Protocol(WSProtocol):  # type: ignore[misc]
     def __init__(
         self, socket: PicowsSocket, host_port: str | None, path: str, factory: object
     ) -> None:
-        options = socket.options
+        options = socket.driver_options
         limit = options.max_message_size
         super().__init__(
             host_port,
@@ -136,18 +137,27 @@ class _Protocol(WSProtocol):  # type: ignore[misc]
         self.socket.transport_lost(exc)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.socket.last_seen = self._loop_time()  # any bytes are life, a partial frame too
-        super().buffer_updated(nbytes)
+        socket = self.socket
+        socket.last_seen = now = self._loop_time()  # any bytes are life, a partial frame too
+        before = socket.frames_read
+        super().buffer_updated(nbytes)  # on_ws_frame() for each frame completed
+        if socket.frames_read == before:
+            socket.read_incomplete(now)
+        else:
+            socket.read_complete()
 
 
-class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
+class PicowsSocket(FrameDeadline, DrainWaiters, WriteBatches, WSListener):
     """A WebSocket connection on picows; also the picows listener of its connection."""
 
     def __init__(
         self, *, listener: Listener, options: DriverOptions, inbound: bool, peer: str = ""
     ) -> None:
         super().__init__(listener=listener, inbound=inbound, peer=peer, host="")
-        self.options = options
+        self._options = options
+        self._frame_started: float | None = None  # see FrameDeadline
+        self._frame_timer: asyncio.TimerHandle | None = None
+        self.frames_read = 0  # frames picows handed over (on_ws_frame), control ones too
         self._ws: WSTransport | None = None
         self._tcp: asyncio.Transport | None = None
         self._open = False  # open and neither side sent a close frame: writable
@@ -221,6 +231,7 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
         await asyncio.shield(self._lost_waiter)
 
     def pause_reading(self) -> None:
+        self._stop_frame_clock()
         self._paused_reading = True
         tcp = self._tcp
         if tcp is not None and tcp.is_reading():
@@ -249,6 +260,7 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
         self._report("on_connection" if self.inbound else "on_open")
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self.frames_read += 1
         kind = frame.msg_type
         if (
             kind is WSMsgType.BINARY
@@ -284,7 +296,7 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
         that frame (it parses on and delivers it) and all that follow. The frame it
         parsed before that one comes first, and arrives."""
         if not self._drop_all:
-            limit = self.options.max_message_size
+            limit = self._options.max_message_size
             too_big = limit is not None and frame.payload_size > limit
             self._drop_all = self._close_sent or too_big
         return self._drop_all
@@ -295,7 +307,7 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
         """The TCP connection is up (``connection_made``): the handshake starts."""
         self._tcp = tcp
         self._ws = ws
-        tcp.set_write_buffer_limits(high=self.options.write_limit)
+        tcp.set_write_buffer_limits(high=self._options.write_limit)
         peername = tcp.get_extra_info("peername")
         if peername is not None:
             self.host = peername[0]
@@ -304,9 +316,24 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
         if self.inbound:
             self._accepted = self._report_accept()
 
+    @property
+    def driver_options(self) -> DriverOptions:
+        """The options it was made with."""
+        return self._options
+
+    def read_complete(self) -> None:
+        """A read (``buffer_updated``) completed a frame: no frame deadline runs."""
+        self._frame_started = None
+
+    def read_incomplete(self, now: float) -> None:
+        """A read (``buffer_updated``) completed no frame: start the frame deadline."""
+        if not self._paused_reading:
+            self._watch_frames(False, now)
+
     def transport_lost(self, exc: Exception | None) -> None:
         """The TCP connection ended (``connection_lost``): report the close."""
         self._open = False
+        self._stop_frame_clock(cancel=True)
         self.write_paused = False
         if self._timer is not None:
             self._timer.cancel()
@@ -326,7 +353,7 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
 
     def server_listener(self, request: WSUpgradeRequest) -> Any:
         """picows' listener factory, server side: check ``X-Real-IP`` and upgrade."""
-        if self.options.trust_real_ip and _is_loopback(self.host):
+        if self._options.trust_real_ip and _is_loopback(self.host):
             real_ips = request.headers.getall("X-Real-IP", [])
             if real_ips:
                 try:
@@ -352,7 +379,7 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
             DriverError: If the connection fails or times out.
 
         """
-        url, timeout = self.peer, self.options.open_timeout
+        url, timeout = self.peer, self._options.open_timeout
         try:
             async with asyncio.timeout(timeout):
                 await self._loop.create_connection(lambda: protocol, host, port, ssl=ssl)
@@ -391,7 +418,7 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
             self._fragment_text = kind is WSMsgType.TEXT
         self._fragments.append(frame.get_payload_as_bytes())
         size = sum(map(len, self._fragments))
-        limit = self.options.max_message_size
+        limit = self._options.max_message_size
         if limit is not None and size > limit:
             self._fail(CloseCode.MESSAGE_TOO_BIG, f"{size} bytes exceeds limit of {limit} bytes")
             return
@@ -505,7 +532,7 @@ class PicowsSocket(DrainWaiters, WriteBatches, WSListener):
 
     def _set_close_timer(self) -> None:
         if self._timer is None and not self._lost_waiter.done():
-            self._timer = self._loop.call_later(self.options.close_timeout, self._timed_out)
+            self._timer = self._loop.call_later(self._options.close_timeout, self._timed_out)
 
     def _timed_out(self) -> None:
         self._timer = None
