@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 import ipaddress
+import itertools
 import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -189,15 +190,20 @@ class BudgetTable:
     Token buckets by key (a peer id, or an address in plain mode) that outlive the
     connections: a peer that reconnects finds its budget as it left it.
 
-    Buckets that have refilled completely carry no information and are forgotten when
-    more than ``max_tracked`` keys are held.
+    At most ``max_tracked`` keys are held. When the table is full, the buckets that
+    have refilled completely (they carry no information) are forgotten; if that frees
+    less than a tenth of it, the least recently used go too, down to nine tenths, so
+    that a peer churning through identities neither grows the table nor makes every
+    new key scan it. A connection keeps its bucket while it lasts, forgotten or not.
 
     """
 
-    def __init__(self, rate: float, burst: float, *, max_tracked: int = 100_000) -> None:
+    def __init__(self, rate: float, burst: float, *, max_tracked: int = 10_000) -> None:
+        if max_tracked < 1:
+            raise ValueError(f"max_tracked must be at least 1, not {max_tracked}")
         self.rate = rate
         self.burst = burst
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}  # the least recently used first
         self._max_tracked = max_tracked
 
     def __len__(self) -> int:
@@ -205,14 +211,22 @@ class BudgetTable:
 
     def get(self, key: str, now: float) -> TokenBucket:
         """The bucket of ``key``, full if it has none yet."""
-        bucket = self._buckets.get(key)
+        buckets = self._buckets
+        bucket = buckets.pop(key, None)
         if bucket is None:
-            if len(self._buckets) >= self._max_tracked:
-                for other, old in list(self._buckets.items()):
-                    if old.full(now):
-                        del self._buckets[other]
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+            if len(buckets) >= self._max_tracked:
+                self._make_room(now)
+            bucket = TokenBucket(self.rate, self.burst, now)
+        buckets[key] = bucket  # the most recently used, last
         return bucket
+
+    def _make_room(self, now: float) -> None:
+        buckets = self._buckets
+        for key in [key for key, bucket in buckets.items() if bucket.full(now)]:
+            del buckets[key]
+        keep = self._max_tracked - max(1, self._max_tracked // 10)
+        for key in list(itertools.islice(buckets, max(0, len(buckets) - keep))):
+            del buckets[key]
 
 
 STORM_CONNECTIONS = 20
