@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,16 @@ from trustp2p.identity import (
     SIGNATURE_SIZE,
     Identity,
     IdentityError,
+    IdentityStopping,
+    claim_identity,
     is_peer_id,
+    mark_stopping,
     peer_id_from_public_key,
     short_id,
     verify_signature,
 )
+
+from .conftest import wait_for
 
 
 @pytest.fixture
@@ -179,3 +187,62 @@ def test_a_good_signature_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> No
     for _ in range(2):
         assert verify_signature(alice.public_key, signatures[big], big)
     assert len(checks) == 4
+
+
+def test_an_identity_held_by_a_stopping_node_is_not_passed_over(tmp_path: Path) -> None:
+    first, number, lock = Identity.claim(tmp_path)
+    locks = [lock]
+    try:
+        assert number == 1
+        _, number, second = Identity.claim(tmp_path, pass_stopping=False)  # running
+        locks.append(second)
+        assert number == 2
+        mark_stopping(lock)
+        with pytest.raises(IdentityStopping) as caught:
+            Identity.claim(tmp_path, pass_stopping=False)
+        assert caught.value.pid == os.getpid()
+        assert caught.value.path == tmp_path / KEY_FILE
+        # Nodes that share the directory on purpose still get the next one free.
+        _, number, third = Identity.claim(tmp_path)
+        locks.append(third)
+        assert number == 3
+    finally:
+        for held in locks:
+            held.close()
+    again, number, lock = Identity.claim(tmp_path, pass_stopping=False)
+    lock.close()
+    assert (number, again.peer_id) == (1, first.peer_id)
+
+
+async def test_claim_identity_waits_for_a_stopping_node(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, _, lock = Identity.claim(tmp_path)
+    mark_stopping(lock)
+    log = logging.getLogger("test.identity")
+    with caplog.at_level(logging.INFO, logger="test.identity"):
+        claiming = asyncio.create_task(claim_identity(tmp_path, log))
+        await wait_for(lambda: "waiting for the node stopping" in caplog.text)
+        assert not claiming.done()
+        lock.close()  # the stopping node is gone
+        identity, number, held = await claiming
+    held.close()
+    assert (number, identity.peer_id) == (1, first.peer_id)
+
+
+async def test_claim_identity_gives_up_on_a_stuck_node_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(identity, "STOPPING_WAIT", 0.2)
+    _, _, lock = Identity.claim(tmp_path)
+    mark_stopping(lock)
+    try:
+        with caplog.at_level(logging.INFO, logger="test.identity"):
+            _, number, held = await claim_identity(tmp_path, logging.getLogger("test.identity"))
+        held.close()
+    finally:
+        lock.close()
+    assert number == 2
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "is held by a node that is stopping" in warning.getMessage()
+    assert "taking another identity" in warning.getMessage()

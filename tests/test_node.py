@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -701,3 +702,40 @@ async def test_nodes_sharing_a_directory_get_their_own_identities(tmp_path: Path
         assert again.peer_id == server.peer_id
     finally:
         await again.stop()
+
+
+class SlowToStop(Thread):
+    """A thread whose stop() waits for the test to let it finish."""
+
+    released: ClassVar[asyncio.Event]
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"unused": lambda socket, package: None}}
+
+    async def stop(self) -> None:
+        await self.released.wait()
+
+
+async def test_a_node_restarted_while_still_stopping_keeps_its_identity(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A restart (Ctrl-C, then start again at once) while the old node still drains:
+    # the new one waits for the identity instead of taking node-2's.
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    SlowToStop.released = asyncio.Event()
+    old = await trustp2p.create_server(cwd=tmp_path, port=0, threads=[SlowToStop], **FAST)
+    stopping = asyncio.create_task(old.stop())
+    await wait_for(lambda: old.state is trustp2p.NodeState.STOPPING)
+    starting = asyncio.create_task(trustp2p.create_server(cwd=tmp_path, port=0, **FAST))
+    await wait_for(lambda: "waiting for the node stopping" in caplog.text)
+    assert not starting.done()
+    SlowToStop.released.set()
+    await stopping
+    new = await starting
+    try:
+        assert new.peer_id == old.peer_id
+        assert new.data_dir == tmp_path / "data"
+        assert not (tmp_path / "identity" / "node-2.key").exists()
+    finally:
+        await new.stop()

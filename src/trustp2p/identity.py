@@ -14,16 +14,22 @@ __all__ = [
     "KEY_FILE",
     "PUBLIC_KEY_SIZE",
     "SIGNATURE_SIZE",
+    "STOPPING_WAIT",
     "Identity",
+    "IdentityStopping",
     "PeerId",
+    "claim_identity",
     "is_peer_id",
+    "mark_stopping",
     "peer_id_from_public_key",
     "short_id",
     "verify_signature",
 ]
 
+import asyncio
 import base64
 import hashlib
+import logging
 import os
 import stat
 import sys
@@ -181,13 +187,18 @@ class Identity:
         return cls(key)
 
     @classmethod
-    def claim(cls, cwd: Path, *, limit: int = 64) -> tuple[Identity, int, IO[bytes]]:
+    def claim(
+        cls, cwd: Path, *, limit: int = 64, pass_stopping: bool = True
+    ) -> tuple[Identity, int, IO[bytes]]:
         """
         Load or create the identity of a node running in ``cwd``, and lock it.
 
         The first node of a directory takes ``identity/node.key``. Nodes started in the
         same directory while it runs (e.g. a server and a client of one application) get
         ``identity/node-2.key``, ``node-3.key``..., so that each has its own identity.
+        With ``pass_stopping=False``, an identity held by a node that is stopping
+        (:func:`mark_stopping`) raises :exc:`IdentityStopping` instead of being passed
+        over: a node restarted at once gets its identity back (:func:`claim_identity`).
 
         Returns:
             The identity, its number (1 for ``node.key``), and the open lock file, to
@@ -195,6 +206,7 @@ class Identity:
 
         Raises:
             IdentityError: See :meth:`load_or_create`.
+            IdentityStopping: See ``pass_stopping``.
 
         """
         directory = cwd / KEY_FILE.parent
@@ -208,18 +220,87 @@ class Identity:
             lock = open(path.with_name(name + ".lock"), "ab")  # kept open: holds the lock
             if not _try_lock(lock):
                 lock.close()
+                holder = None if pass_stopping else _stopping_holder(path)
+                if holder is not None:
+                    raise IdentityStopping(path, holder)
                 continue  # another running node has it
             try:
-                return cls.load_or_create(path), number, lock
+                identity = cls.load_or_create(path)
+                _write_state(lock, "running")
             except BaseException:
                 lock.close()
                 raise
+            return identity, number, lock
         raise IdentityError(f"{limit} nodes already run in {cwd}")
 
     def sign(self, data: bytes) -> bytes:
         """Sign ``data``; 64 bytes."""
         signature: bytes = self._private_key.sign(data)
         return signature
+
+
+class IdentityStopping(IdentityError):
+    """The identity at ``path`` is held by a node that is stopping, in process ``pid``."""
+
+    def __init__(self, path: Path, pid: int) -> None:
+        super().__init__(f"{path} is held by a node that is stopping (process {pid})")
+        self.path = path
+        self.pid = pid
+
+
+STOPPING_WAIT = 30.0
+"""Seconds a starting node waits for a stopping one to release its identity."""
+
+
+async def claim_identity(
+    cwd: Path, log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+) -> tuple[Identity, int, IO[bytes]]:
+    """
+    :meth:`Identity.claim`, waiting up to :data:`STOPPING_WAIT` seconds for a node that
+    is stopping in ``cwd`` to release its identity (a restart: the node stopping is the
+    one starting again), and then taking the next identity free with a warning.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STOPPING_WAIT
+    waiting: IdentityStopping | None = None
+    while loop.time() < deadline:
+        try:
+            return Identity.claim(cwd, pass_stopping=False)
+        except IdentityStopping as exc:
+            if waiting is None:
+                log.info(
+                    "= waiting for the node stopping in process %d to release %s", exc.pid, exc.path
+                )
+            waiting = exc
+        await asyncio.sleep(0.05)
+    log.warning("! %s after %g s: taking another identity", waiting, STOPPING_WAIT)
+    return Identity.claim(cwd)
+
+
+def mark_stopping(lock: IO[bytes]) -> None:
+    """Say in the lock file of this node's identity that the node is stopping: a node
+    that starts meanwhile waits for it (:func:`claim_identity`)."""
+    _write_state(lock, "stopping")
+
+
+def _write_state(lock: IO[bytes], state: str) -> None:
+    try:
+        lock.truncate(0)
+        lock.write(f"{os.getpid()} {state}\n".encode())
+        lock.flush()
+    except OSError:  # a full disk: the lock still holds, the note is lost
+        pass
+
+
+def _stopping_holder(path: Path) -> int | None:
+    """The process id that holds ``path``'s lock, if its note says it is stopping."""
+    try:
+        words = path.with_name(path.name + ".lock").read_text(encoding="ascii").split()
+    except (OSError, ValueError):  # Windows: the locked byte can't be read
+        return None
+    if len(words) == 2 and words[1] == "stopping" and words[0].isdigit():
+        return int(words[0])
+    return None
 
 
 def _try_lock(file: IO[bytes]) -> bool:

@@ -27,7 +27,7 @@ from ..admin import AdminServer, Metrics, current_node
 from ..drivers import Driver, driver_class, scheme_of
 from ..drivers.base import Listener, Listening, Socket
 from ..exceptions import ConnectionClosed, NodeStateError, ThreadLoadError
-from ..identity import Identity
+from ..identity import Identity, claim_identity, mark_stopping
 from ..options import NodeOptions
 from ..protocol.close import CloseCode
 from ..protocol.deliver import ConnId
@@ -266,7 +266,7 @@ class Node:
             max_package_size=options.max_package_size,
         )
         self.threads = self._load_threads()
-        self.identity = options.identity or self._load_identity()
+        self.identity = options.identity or await self._load_identity()
         self.data_dir = self._data_dir()
         if options.secure:
             self._secure = SecureLayer(
@@ -325,6 +325,8 @@ class Node:
             return
         self.state = NodeState.STOPPING
         self.log.info("x stopping node")
+        if self._identity_lock is not None:
+            mark_stopping(self._identity_lock)  # a node restarted meanwhile waits
         if self.admin is not None:
             await self.admin.close()
         if self._listening is not None:
@@ -375,10 +377,11 @@ class Node:
         """What the drivers report to: the secure layer, or the node's connections."""
         return self._secure if self._secure is not None else self.connections
 
-    def _load_identity(self) -> Identity:
+    async def _load_identity(self) -> Identity:
         if self.options.cwd is None:
             return Identity.generate()
-        identity, self._identity_number, self._identity_lock = Identity.claim(self.options.cwd)
+        claimed = await claim_identity(self.options.cwd, self.log)
+        identity, self._identity_number, self._identity_lock = claimed
         if self._identity_number > 1:
             self.log.info(
                 "= another node runs in %s: this one is identity/node-%d.key",
