@@ -203,6 +203,19 @@ async def test_failed_handshakes_from_loopback_block_nothing(
     await client.client.wait_connected()
 
 
+async def test_a_flood_of_failed_handshakes_logs_ten_warnings_and_counts_them_all(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    server = await make_node(server=True)  # loopback isn't blocked by default
+    assert server.url is not None
+    for _ in range(25):
+        assert await garbage_handshake(server.url) == 1008
+    failed = [r for r in caplog.records if r.getMessage().startswith("! secure handshake with")]
+    assert [r.levelno for r in failed] == [logging.WARNING] * 10 + [logging.DEBUG] * 15
+    assert server.metrics.handshakes["HandshakeError"] == 25
+
+
 # Address blocks at node level (loopback counted as any address: limit_loopback)
 
 

@@ -3,11 +3,11 @@ The node's connections: the drivers' listener, each connection's protocol, inbox
 worker, and the send path.
 
 Each received message goes through the connection's
-:class:`~trustp2p.protocol.connection.ConnectionProtocol`; this module carries out
-the actions it returns. Responses resolve waiting requests at once; other packages go to
-a per-connection inbox that one worker task drains in order, calling thread handlers. A
-slow handler delays only its own connection; when too many packages wait, or the peer is
-over its request budget, the node stops reading from that peer for a while.
+:class:`~trustp2p.protocol.connection.ConnectionProtocol`, whose actions this module
+carries out. Responses resolve requests at once; other packages go to a per-connection
+inbox that one worker drains in order, calling thread handlers. A slow handler delays
+only its connection; when too many packages wait, or the peer is over its budget, the
+node stops reading from it a while.
 
 """
 
@@ -88,8 +88,7 @@ class Connections:
         self._workers: set[asyncio.Task[None]] = set()
         self._debug = self._logger.isEnabledFor(logging.DEBUG)
         self._metrics = node.metrics
-        # The last gossip package written and its bytes: one encoding per forwarded message.
-        self._last_gossip: tuple[Package | None, bytes] = (None, b"")
+        self._last_gossip: tuple[Package | None, bytes] = (None, b"")  # one encoding a message
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -194,7 +193,7 @@ class Connections:
             return
         socket.stats.invalid_in += 1
         self._metrics.invalid_package(type(error).__name__)
-        conn.log.warning("! connection failed: %s", error)
+        self.inbound.warn(conn.log, "connection failed", "! connection failed: %s", error)
         if isinstance(error, ChannelError):
             # A message that doesn't decrypt on an authenticated channel: tampering.
             reason = f"protocol violation: {error}"
@@ -227,10 +226,10 @@ class Connections:
         node = self._node
         if not node.running or self.inbound.evicted(raw):
             return  # stopping, or we dropped it to make room: not the peer's fault
-        self._logger.warning("! secure handshake with %s failed: %s", raw.peer, error)
+        message = "! secure handshake with %s failed: %s"
+        self.inbound.warn(self._logger, "handshake failed", message, raw.peer, error)
         count(self._metrics.handshakes, type(error).__name__)
-        # Count it against the address of a peer that dialled us and failed; not our
-        # own dials (the server may just be full) nor a dial of ourselves.
+        # Against the address of a peer that dialled us: not our dials, nor ourselves.
         if (
             raw.inbound
             and not isinstance(error, SelfDialError)
@@ -362,7 +361,8 @@ class Connections:
         elif kind is Introduced:
             self._introduced(conn, action)  # type: ignore[arg-type]
         elif kind is Close:
-            conn.log.warning("! closing: %s", action.reason)  # type: ignore[union-attr]
+            reason = action.reason  # type: ignore[union-attr]
+            self.inbound.warn(conn.log, "closing", "! closing: %s", reason)
             self.close(conn, action.code, action.reason)  # type: ignore[union-attr]
         elif kind is SelfDial:
             self._self_dial(conn, action)  # type: ignore[arg-type]

@@ -17,13 +17,14 @@ __all__ = ["Inbound"]
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..drivers.base import Socket
 from ..exceptions import HandshakeError
 from ..protocol.admission import Admission, Refusal
 from ..protocol.close import CloseCode
 from ..protocol.limits import AddressLimiter
+from ..protocol.log_budget import LogBudget
 from ..security.channel import SecureSocket
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class Inbound:
         admission: The rules (pure), keyed by the driver's socket ids.
         awaiting: Inbound connections open and not introduced yet: socket id -> the
             driver's socket id.
+        log_budget: How many lines each kind of failed or refused connection may log
+            (10 a minute, the rest at DEBUG), for the node's connections too.
 
     """
 
@@ -57,6 +60,7 @@ class Inbound:
         options = node.options
         self._timeout = options.handshake_timeout
         self._logger = logging.getLogger(__name__)
+        self.log_budget = LogBudget()
         limiter = AddressLimiter(
             max_concurrent=options.max_per_ip,
             rate=options.ip_rate,
@@ -168,11 +172,22 @@ class Inbound:
             self._arm()
         return None
 
+    def warn(self, log: Any, kind: str, message: str, *args: object) -> None:
+        """A WARNING within :attr:`log_budget` for ``kind`` (else DEBUG)."""
+        self.log_budget.log(log, logging.WARNING, kind, message, *args)
+
     def _refused(self, raw: Socket, refusal: Refusal | None) -> tuple[int, str] | None:
         if refusal is None:
             return None
         if refusal.warn:
-            self._logger.warning("! refused %s: %s", raw.peer, refusal.reason)
+            self.log_budget.log(
+                self._logger,
+                logging.WARNING,
+                "refused",
+                "! refused %s: %s",
+                raw.peer,
+                refusal.reason,
+            )
         else:
             self._logger.debug("! refused %s: %s", raw.peer, refusal.reason)
         return refusal.code, refusal.reason
@@ -182,7 +197,10 @@ class Inbound:
         if raw is None:
             return
         self._evicted.add(conn_id)
-        self._logger.info(
+        self.log_budget.log(
+            self._logger,
+            logging.INFO,
+            "evicted",
             "! dropped %s: inbound connections maxed out, and its handshake was the "
             "oldest unfinished",
             raw.peer,
@@ -213,7 +231,9 @@ class Inbound:
             self._logger.debug("! dropped %s: %s", raw.peer, reason)
             raw.abort()
             return
-        self._logger.warning("! closing %s: %s", raw.peer, reason)
+        self.log_budget.log(
+            self._logger, logging.WARNING, "handshake timeout", "! closing %s: %s", raw.peer, reason
+        )
         # The open connection on it (rare: a linear search is fine).
         socket_id = next((s for s, r in self.awaiting.items() if r == conn_id), conn_id)
         conn = self._connections.get(socket_id)

@@ -1,0 +1,67 @@
+"""
+How many log lines each kind of event may make: a flood of bad connections must not
+become a flood of log lines, which would be a denial of service of its own (on the
+disk, and on the operator who reads them). No I/O but the logging call it wraps.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["LogBudget"]
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+_Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+class LogBudget:
+    """
+    At most ``lines`` lines for each kind of event in a ``window`` of seconds (the first
+    ``lines`` of the window); the events past that are logged at DEBUG only and counted,
+    and the next line of that kind let through says how many there were.
+
+    The kinds are a few fixed strings ("handshake failed", "refused"...), chosen by the
+    caller: the table holds one entry per kind.
+    """
+
+    def __init__(
+        self, lines: int = 10, window: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if lines < 1 or window <= 0:
+            raise ValueError(f"need lines >= 1 and window > 0, not {lines} and {window:g}")
+        self.lines = lines
+        self.window = window
+        self._clock = clock
+        self._kinds: dict[str, list[float]] = {}  # kind: [window start, lines, unlogged]
+
+    def allow(self, kind: str) -> int | None:
+        """
+        Whether an event of ``kind`` may be logged now: ``None`` if not (log it at DEBUG),
+        else how many of its kind were not logged since the last line (0 usually).
+        """
+        now = self._clock()
+        entry = self._kinds.get(kind)
+        if entry is None:
+            entry = self._kinds[kind] = [now, 0, 0]
+        elif now - entry[0] >= self.window:
+            entry[0], entry[1] = now, 0
+        if entry[1] >= self.lines:
+            entry[2] += 1
+            return None
+        entry[1] += 1
+        unlogged, entry[2] = int(entry[2]), 0
+        return unlogged
+
+    def log(self, logger: _Logger, level: int, kind: str, message: str, *args: object) -> None:
+        """Log ``message % args`` at ``level`` within the budget of ``kind``, else at
+        DEBUG; a line let through after some weren't says how many."""
+        unlogged = self.allow(kind)
+        if unlogged is None:
+            logger.debug(message, *args)
+        elif unlogged:
+            logger.log(level, message + " (and %d more since, at DEBUG)", *args, unlogged)
+        else:
+            logger.log(level, message, *args)
