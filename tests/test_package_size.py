@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from trustp2p import (
+    CloseCode,
+    ConnectionClosed,
     EventMap,
     Package,
     PackageTooLarge,
@@ -19,6 +21,7 @@ from trustp2p import (
 )
 from trustp2p.protocol.package import DEFAULT_MAX_PACKAGE_SIZE, build_package, check_size, encode
 
+from .conftest import wait_for
 from .nodes import MakeNode
 
 
@@ -61,6 +64,26 @@ async def test_an_answer_over_the_limit_is_an_error_answer(
     assert "answer to 'grow' not sent" in caplog.text
     assert not socket.closed  # the client didn't take it for the server's violation
     assert await client.client.request(socket, "grow", {"size": 3}) == {"p": "xxx"}
+
+
+async def test_a_peer_with_a_larger_limit_is_closed_not_blocked(make_node: MakeNode) -> None:
+    # An honest peer configured with a larger max_package_size sends what ours refuses:
+    # a configuration mismatch, not tampering. The connection closes with 1009 and the
+    # peer reconnects; before, a secure node blocked it for an hour.
+    server = await make_node(server=True, threads=[Echo], secure=True)
+    client = await make_node(
+        client=True, peers=[server.url], secure=True, max_package_size=2 * DEFAULT_MAX_PACKAGE_SIZE
+    )
+    assert client.client is not None and server.store is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    with pytest.raises(ConnectionClosed):
+        await client.client.request(socket, "echo", {"p": "x" * DEFAULT_MAX_PACKAGE_SIZE})
+    assert socket.close_code == CloseCode.MESSAGE_TOO_BIG
+    assert not server.store.is_blocked(peer_id=client.peer_id, address="127.0.0.1")
+    await wait_for(lambda: client.client is not None and client.client.sockets != [socket])
+    await client.client.wait_connected()
+    assert await client.client.request(client.client.sockets[0], "echo", {"n": 3}) == {"n": 3}
 
 
 async def test_a_talk_over_the_limit_raises(make_node: MakeNode) -> None:

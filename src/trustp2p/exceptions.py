@@ -7,6 +7,7 @@ Every error trustp2p raises derives from :exc:`TrustP2PError`::
     │   ├── HandshakeError      # incompatible version/hello, or a failed secure handshake
     │   │   └── SelfDialError   # the peer we dialled is ourselves (nobody is at fault)
     │   ├── ChannelError        # a secure transport message doesn't decrypt or parse
+    │   │   └── OversizedPackage  # over max_package_size: closed (1009), not blocked
     │   └── GossipError         # an invalid gossip message or control talk
     ├── RemoteError             # the peer answered a request with an error; .body is raw
     ├── ConnectionClosed        # using a closed socket, or a request's connection was lost
@@ -14,6 +15,7 @@ Every error trustp2p raises derives from :exc:`TrustP2PError`::
     ├── DriverError             # unknown scheme, dial or listen failure
     ├── ThreadLoadError         # a file in threads-enabled/ can't be loaded
     ├── IdentityError           # the node's key file is unsafe, corrupt or unreadable
+    │   └── IdentityStopping    # (trustp2p.identity) held by a node that is stopping
     ├── WorkerError             # a worker process of `simulate --workers` died or failed
     └── UsageError              # what the CALLER did wrong; also a RuntimeError
         ├── NodeStateError      # the node (or a part of it) isn't in a state for that call
@@ -38,6 +40,7 @@ __all__ = [
     "HandshakeError",
     "IdentityError",
     "NodeStateError",
+    "OversizedPackage",
     "PackageError",
     "PackageTooLarge",
     "ProtocolError",
@@ -107,6 +110,17 @@ class SelfDialError(HandshakeError):
 class ChannelError(ProtocolError):
     """A transport message on an established secure channel doesn't decrypt or parse:
     tampering, or a broken peer."""
+
+    tampering: bool = True
+    """Whether no honest peer does this: the node then blocks the peer (the default)."""
+
+
+class OversizedPackage(ChannelError):
+    """A package over ``max_package_size`` arrived on a secure channel. Not tampering:
+    the peer may be honest with a larger ``max_package_size``. The connection closes
+    with code 1009, as a driver closes a message too big; the peer is not blocked."""
+
+    tampering = False
 
 
 class GossipError(ProtocolError):

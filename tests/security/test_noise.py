@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings, strategies as st
 
-from trustp2p.exceptions import ChannelError, HandshakeError, UsageError
+from trustp2p.exceptions import ChannelError, HandshakeError, OversizedPackage, UsageError
 from trustp2p.identity import Identity
 from trustp2p.security.noise import MAX_NOISE_MESSAGE, NoiseHandshake, NoiseKey, NoiseTransport
 
@@ -209,7 +209,7 @@ def test_reassembly_is_bounded() -> None:
     sender, receiver = pair()
     first, second, _ = sender.seal(bytes(150_000))
     assert receiver.open(first, max_size=100_000) == []
-    with pytest.raises(ChannelError, match="exceeds the limit"):
+    with pytest.raises(OversizedPackage, match="exceeds the limit"):
         receiver.open(second, max_size=100_000)
 
 
@@ -378,7 +378,7 @@ def test_batches_fill_messages_and_large_packages_go_alone_in_order() -> None:
 def test_a_package_in_a_batch_is_bounded() -> None:
     sender, receiver = pair()
     (message,) = sender.seal_all([b"small", b"x" * 1000])
-    with pytest.raises(ChannelError, match="package of more than 999 bytes exceeds the limit"):
+    with pytest.raises(OversizedPackage, match="package of more than 999 bytes exceeds the limit"):
         receiver.open(message, max_size=999)
 
 

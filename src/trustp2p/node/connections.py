@@ -194,7 +194,7 @@ class Connections:
         socket.stats.invalid_in += 1
         self._metrics.invalid_package(type(error).__name__)
         self.inbound.warn(conn.log, "connection failed", "! connection failed: %s", error)
-        if isinstance(error, ChannelError):
+        if isinstance(error, ChannelError) and error.tampering:
             # A message that doesn't decrypt on an authenticated channel: tampering.
             reason = f"protocol violation: {error}"
             self.penalties.block(socket.peer_id, socket.host, reason, socket=socket)

@@ -498,7 +498,8 @@ class SecureLayer:
     def _violation(self, raw: Socket, secure: SecureSocket, exc: ChannelError) -> None:
         self._listener.on_error(secure, _with_peer(raw, exc))
         # Through the secure socket: what was written before goes out first.
-        secure.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(str(exc)))
+        code = CloseCode.POLICY_VIOLATION if exc.tampering else CloseCode.MESSAGE_TOO_BIG
+        secure.close_soon(code, fit_reason(str(exc)))
 
 
 def _with_peer(raw: Socket, error: _E) -> _E:

@@ -43,7 +43,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from ..exceptions import ChannelError, HandshakeError, UsageError
+from ..exceptions import ChannelError, HandshakeError, OversizedPackage, UsageError
 from ..identity import (
     PUBLIC_KEY_SIZE,
     SIGNATURE_SIZE,
@@ -428,7 +428,7 @@ class NoiseTransport:
         flag = plaintext[:1]
         if flag == _LAST and not self._chunks:  # a whole package: most are
             if max_size is not None and len(plaintext) - 1 > max_size:
-                raise ChannelError(f"package of more than {max_size} bytes exceeds the limit")
+                raise OversizedPackage(f"package of more than {max_size} bytes exceeds the limit")
             return [plaintext[1:]]
         if flag == _BATCH and self.batches and not self._chunks:
             return _unbatch(plaintext, max_size)
@@ -441,7 +441,7 @@ class NoiseTransport:
         flag, chunk = plaintext[0], plaintext[1:]
         self._size += len(chunk)
         if max_size is not None and self._size > max_size:
-            raise ChannelError(f"package of more than {max_size} bytes exceeds the limit")
+            raise OversizedPackage(f"package of more than {max_size} bytes exceeds the limit")
         if flag == _MORE_FLAG:
             self._chunks.append(chunk)
             return None
@@ -471,7 +471,7 @@ def _unbatch(plaintext: bytes, max_size: int | None) -> list[bytes]:
         if size > end - start:
             raise ChannelError(f"package of {size} bytes overruns its batch")
         if max_size is not None and size > max_size:
-            raise ChannelError(f"package of more than {max_size} bytes exceeds the limit")
+            raise OversizedPackage(f"package of more than {max_size} bytes exceeds the limit")
         packages.append(plaintext[start : start + size])
         start += size
     return packages
