@@ -208,7 +208,8 @@ class FrameDeadline(Socket):
     it at the next read: if none comes, the connection is idle, which the heartbeat
     watches. Past the deadline the connection is closed with code 1008. A subclass
     calls :meth:`_watch_frames` after each read, :meth:`_stop_frame_clock` when reading
-    pauses and when the connection ends, and sets both slots to ``None`` at first.
+    pauses and when the connection ends, and sets both slots to ``None`` at first. The
+    tcp driver, which knows where its frames start, shares the timer alone.
     """
 
     __slots__ = ()
@@ -237,15 +238,23 @@ class FrameDeadline(Socket):
         # since, it moves to the deadline of the frame in progress, if any.
         timer, self._frame_timer = self._frame_timer, None
         started = self._frame_started
-        if started is None or self.closed:
+        if started is None or not self._frames_watched():
             return
         deadline = started + self._options.frame_timeout
         if timer is not None and deadline > timer.when():
             self._frame_timer = self._loop.call_at(deadline, self._frame_timed_out)
             return
-        timeout = self._options.frame_timeout
         logger.debug("! frame from %s stalled", self.peer)
-        self._report("on_error", DriverError(f"frame stalled: no frame completed in {timeout:g} s"))
+        self._frame_stalled(self._options.frame_timeout)
+
+    def _frames_watched(self) -> bool:
+        """Whether a stalled frame still matters (not once we closed)."""
+        return not self.closed
+
+    def _frame_stalled(self, timeout: float) -> None:
+        """Past the deadline: report it and close with code 1008."""
+        error = DriverError(f"frame stalled: no frame completed in {timeout:g} s")
+        self._report("on_error", error)
         self.close_soon(CloseCode.POLICY_VIOLATION, "frame stalled")
 
 

@@ -76,7 +76,7 @@ import struct
 from urllib.parse import urlsplit
 
 from ..exceptions import DriverError
-from ._stream import ReceiveBuffer, ServerListening, StreamSocket, serve
+from ._stream import FrameDeadline, ReceiveBuffer, ServerListening, StreamSocket, serve
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def _close_frame(code: int, reason: bytes) -> bytes:
 _receive_buffer = ReceiveBuffer(2**18)
 
 
-class TcpSocket(StreamSocket):
+class TcpSocket(FrameDeadline, StreamSocket):
     """A TCP connection; also the asyncio protocol of its transport."""
 
     __slots__ = (
@@ -417,25 +417,15 @@ class TcpSocket(StreamSocket):
                 now + self._options.frame_timeout, self._frame_timed_out
             )
 
-    def _frame_timed_out(self) -> None:
-        # One timer serves consecutive frames: when it fires for a frame that has
-        # completed since, it moves to the deadline of the frame in progress, if any.
-        timer = self._frame_timer
-        self._frame_timer = None
-        started = self._frame_started
-        if started is None or self._discarding:
-            return
-        deadline = started + self._options.frame_timeout
-        if timer is not None and deadline > timer.when():
-            self._frame_timer = self._loop.call_at(deadline, self._frame_timed_out)
-            return
-        timeout = self._options.frame_timeout
+    def _frames_watched(self) -> bool:
+        return not self._discarding
+
+    def _frame_stalled(self, timeout: float) -> None:
         if self._size >= 0:
             detail = f"{self._got} of {self._size} payload bytes received"
         else:
             detail = f"{len(self._head)} of 4 header bytes received"
         error = DriverError(f"frame stalled: {detail} in {timeout:g} s")
-        logger.debug("! frame from %s stalled", self.peer)
         self._fail(CloseCode.POLICY_VIOLATION, "frame stalled", error)
 
     # Writing and closing
