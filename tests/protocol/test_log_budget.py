@@ -40,6 +40,7 @@ def test_log_goes_to_debug_past_the_budget_and_says_how_many(
         (logging.DEBUG, "! bad peer 2"),
         (logging.WARNING, "! bad peer 3 (and 2 more since, at DEBUG)"),
     ]
+    assert {record.filename for record in caplog.records} == {"test_log_budget.py"}
 
 
 @pytest.mark.parametrize(("lines", "window"), [(0, 1.0), (1, 0.0)])

@@ -174,7 +174,7 @@ class Inbound:
 
     def warn(self, log: Any, kind: str, message: str, *args: object) -> None:
         """A WARNING within :attr:`log_budget` for ``kind`` (else DEBUG)."""
-        self.log_budget.log(log, logging.WARNING, kind, message, *args)
+        self.log_budget.log(log, logging.WARNING, kind, message, *args, stacklevel=2)
 
     def _refused(self, raw: Socket, refusal: Refusal | None) -> tuple[int, str] | None:
         if refusal is None:

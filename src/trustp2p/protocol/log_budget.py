@@ -55,13 +55,25 @@ class LogBudget:
         unlogged, entry[2] = int(entry[2]), 0
         return unlogged
 
-    def log(self, logger: _Logger, level: int, kind: str, message: str, *args: object) -> None:
+    def log(
+        self,
+        logger: _Logger,
+        level: int,
+        kind: str,
+        message: str,
+        *args: object,
+        stacklevel: int = 1,
+    ) -> None:
         """Log ``message % args`` at ``level`` within the budget of ``kind``, else at
-        DEBUG; a line let through after some weren't says how many."""
+        DEBUG; a line let through after some weren't says how many. The record names
+        the caller's line (``stacklevel`` as :meth:`logging.Logger.log`'s, counted from
+        the caller of this method)."""
         unlogged = self.allow(kind)
+        stacklevel += 1
         if unlogged is None:
-            logger.debug(message, *args)
+            logger.debug(message, *args, stacklevel=stacklevel)
         elif unlogged:
-            logger.log(level, message + " (and %d more since, at DEBUG)", *args, unlogged)
+            message += " (and %d more since, at DEBUG)"
+            logger.log(level, message, *args, unlogged, stacklevel=stacklevel)
         else:
-            logger.log(level, message, *args)
+            logger.log(level, message, *args, stacklevel=stacklevel)
