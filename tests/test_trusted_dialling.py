@@ -213,7 +213,6 @@ async def test_a_flood_of_failed_handshakes_logs_ten_warnings_and_counts_them_al
         assert await garbage_handshake(server.url) == 1008
     failed = [r for r in caplog.records if r.getMessage().startswith("! secure handshake with")]
     assert [r.levelno for r in failed] == [logging.WARNING] * 10 + [logging.DEBUG] * 15
-    assert {r.filename for r in failed} == {"connections.py"}  # where it happened
     assert server.metrics.handshakes["HandshakeError"] == 25
 
 
