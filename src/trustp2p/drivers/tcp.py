@@ -206,7 +206,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
     def pause_reading(self) -> None:
         if self._discarding:
             return  # nothing left to deliver; keep reading to see the peer's FIN
-        self._frame_started = None  # our pause is not the peer's stall
+        self._stop_frame_clock()
         super().pause_reading()
 
     # asyncio.Protocol
@@ -250,10 +250,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
         self._state = _CLOSED
         self._discarding = True
         self._connection_ended()
-        if self._frame_timer is not None:
-            self._frame_timer.cancel()
-            self._frame_timer = None
-        self._frame_started = None
+        self._stop_frame_clock(cancel=True)
         if self._close_rcvd is not None:
             self.close_code, self.close_reason = self._close_rcvd
         elif self._failed and self._close_sent is not None and not self._aborted:
