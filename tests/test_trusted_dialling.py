@@ -25,6 +25,7 @@ from trustp2p.exceptions import IdentityError
 from trustp2p.identity import Identity
 from trustp2p.options import NodeOptions
 from trustp2p.protocol.handshake import HANDSHAKE_MAGIC
+from trustp2p.protocol.log_budget import LogBudget
 from trustp2p.protocol.urls import validate_urls
 from trustp2p.storage.peerstore import PeerSource
 
@@ -214,6 +215,34 @@ async def test_a_flood_of_failed_handshakes_logs_ten_warnings_and_counts_them_al
     failed = [r for r in caplog.records if r.getMessage().startswith("! secure handshake with")]
     assert [r.levelno for r in failed] == [logging.WARNING] * 10 + [logging.DEBUG] * 15
     assert server.metrics.handshakes["HandshakeError"] == 25
+    # The flood stopped: the node says how many it left out when it stops.
+    await server.stop()
+    summaries = [r for r in caplog.records if "more 'handshake failed' events" in r.getMessage()]
+    assert [r.levelno for r in summaries] == [logging.WARNING]
+    assert summaries[0].getMessage().startswith("! 15 more 'handshake failed' events in the last ")
+
+
+async def test_the_count_of_unlogged_failures_is_logged_when_their_window_ends(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trustp2p")
+    server = await make_node(server=True)
+    assert server.url is not None
+    server.connections.inbound.log_budget = LogBudget(lines=2, window=0.5)
+    for _ in range(5):
+        assert await garbage_handshake(server.url) == 1008
+
+    def summaries() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records]
+        return [line for line in lines if "more 'handshake failed'" in line]
+
+    await wait_for(lambda: summaries() != [])  # with no more failures to carry it
+    assert summaries()[0].startswith("! 3 more 'handshake failed' events in the last ")
+    assert summaries()[0].endswith(" s, logged at DEBUG only")
+    for _ in range(3):  # the next window starts afresh
+        assert await garbage_handshake(server.url) == 1008
+    await wait_for(lambda: len(summaries()) == 2)
+    assert summaries()[1].startswith("! 1 more 'handshake failed' events")
 
 
 # Address blocks at node level (loopback counted as any address: limit_loopback)

@@ -43,6 +43,61 @@ def test_log_goes_to_debug_past_the_budget_and_says_how_many(
     assert {record.filename for record in caplog.records} == {"test_log_budget.py"}
 
 
+def test_a_flood_that_stops_is_counted_once_its_window_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    budget = LogBudget(lines=1, window=10.0, clock=clock)
+    logger = logging.getLogger("test.log_budget")
+    assert budget.next_summary() is None
+    with caplog.at_level(logging.INFO, logger="test.log_budget"):
+        clock.advance(5.0)
+        for n in range(4):
+            budget.log(logger, logging.WARNING, "refused", "! refused %d", n)
+        clock.advance(1.0)
+        budget.log(logger, logging.INFO, "evicted", "! evicted")  # within budget
+        assert budget.next_summary() == 1015.0  # the end of the window of "refused"
+        clock.advance(8.5)
+        budget.summarise()  # early: nothing yet
+        assert len(caplog.records) == 2
+        clock.advance(0.5)
+        budget.summarise()
+        budget.summarise()  # once
+        assert budget.next_summary() is None
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "! refused 0"),
+        (logging.INFO, "! evicted"),
+        (logging.WARNING, "! 3 more 'refused' events in the last 10 s, logged at DEBUG only"),
+    ]
+    caplog.clear()
+    clock.advance(1.0)  # a new window: the next line has nothing to add
+    budget.log(logger, logging.WARNING, "refused", "! refused %d", 4)
+    assert [r.getMessage() for r in caplog.records] == ["! refused 4"]
+
+
+def test_summarise_every_counts_windows_not_ended_yet(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    budget = LogBudget(lines=1, window=60.0, clock=clock)
+    logger = logging.getLogger("test.log_budget")
+    with caplog.at_level(logging.INFO, logger="test.log_budget"):
+        for _ in range(3):
+            budget.log(logger, logging.INFO, "closing", "! closing")
+        clock.advance(2.0)
+        budget.summarise(every=True)  # its owner stops
+    assert [r.getMessage() for r in caplog.records] == [
+        "! closing",
+        "! 2 more 'closing' events in the last 2 s, logged at DEBUG only",
+    ]
+    assert budget.next_summary() is None
+
+
+def test_events_counted_by_allow_alone_are_for_its_caller_to_log() -> None:
+    clock = FakeClock()
+    budget = LogBudget(lines=1, window=1.0, clock=clock)
+    assert [budget.allow("kind") for _ in range(3)] == [0, None, None]
+    assert budget.next_summary() is None
+
+
 @pytest.mark.parametrize(("lines", "window"), [(0, 1.0), (1, 0.0)])
 def test_the_budget_checks_its_arguments(lines: int, window: float) -> None:
     with pytest.raises(ValueError, match="need lines >= 1 and window > 0"):

@@ -78,6 +78,7 @@ class Inbound:
         self._evicted: set[int] = set()  # dropped by us to make room: not their fault
         self.awaiting: dict[int, int] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._log_timer: asyncio.TimerHandle | None = None  # the log budget's summary
 
     def _address_blocked(self, host: str) -> bool:
         store = self._node.store
@@ -154,6 +155,10 @@ class Inbound:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._log_timer is not None:
+            self._log_timer.cancel()
+            self._log_timer = None
+        self.log_budget.summarise(every=True)
         for conn_id, raw in list(self._accepted.items()):
             if raw.closed and not self.admission.finished(conn_id):
                 raw.abort()
@@ -174,13 +179,34 @@ class Inbound:
 
     def warn(self, log: Any, kind: str, message: str, *args: object) -> None:
         """A WARNING within :attr:`log_budget` for ``kind`` (else DEBUG)."""
-        self.log_budget.log(log, logging.WARNING, kind, message, *args, stacklevel=2)
+        self.log(log, logging.WARNING, kind, message, *args, stacklevel=2)
+
+    def log(
+        self, log: Any, level: int, kind: str, message: str, *args: object, stacklevel: int = 1
+    ) -> None:
+        """Log within :attr:`log_budget` (see :meth:`LogBudget.log`); the events it
+        leaves unlogged are counted in a line at the end of their window."""
+        self.log_budget.log(log, level, kind, message, *args, stacklevel=stacklevel + 1)
+        if self._log_timer is None:
+            self._arm_summary()
+
+    def _arm_summary(self) -> None:
+        budget = self.log_budget
+        due = budget.next_summary()
+        if due is not None:
+            delay = max(0.0, due - budget.now())
+            self._log_timer = asyncio.get_running_loop().call_later(delay, self._summarise)
+
+    def _summarise(self) -> None:
+        self._log_timer = None
+        self.log_budget.summarise()
+        self._arm_summary()
 
     def _refused(self, raw: Socket, refusal: Refusal | None) -> tuple[int, str] | None:
         if refusal is None:
             return None
         if refusal.warn:
-            self.log_budget.log(
+            self.log(
                 self._logger,
                 logging.WARNING,
                 "refused",
@@ -197,7 +223,7 @@ class Inbound:
         if raw is None:
             return
         self._evicted.add(conn_id)
-        self.log_budget.log(
+        self.log(
             self._logger,
             logging.INFO,
             "evicted",
@@ -231,7 +257,7 @@ class Inbound:
             self._logger.debug("! dropped %s: %s", raw.peer, reason)
             raw.abort()
             return
-        self.log_budget.log(
+        self.log(
             self._logger, logging.WARNING, "handshake timeout", "! closing %s: %s", raw.peer, reason
         )
         # The open connection on it (rare: a linear search is fine).

@@ -21,7 +21,9 @@ class LogBudget:
     """
     At most ``lines`` lines for each kind of event in a ``window`` of seconds (the first
     ``lines`` of the window); the events past that are logged at DEBUG only and counted,
-    and the next line of that kind let through says how many there were.
+    and the next line of that kind let through says how many there were. If none comes,
+    :meth:`summarise` says it, once their window ended (its owner calls it at
+    :meth:`next_summary`, and when it stops).
 
     The kinds are a few fixed strings ("handshake failed", "refused"...), chosen by the
     caller: the table holds one entry per kind.
@@ -36,6 +38,12 @@ class LogBudget:
         self.window = window
         self._clock = clock
         self._kinds: dict[str, list[float]] = {}  # kind: [window start, lines, unlogged]
+        # Where the events of a kind that went to DEBUG would have been logged.
+        self._where: dict[str, tuple[_Logger, int]] = {}
+
+    def now(self) -> float:
+        """The budget's clock."""
+        return self._clock()
 
     def allow(self, kind: str) -> int | None:
         """
@@ -71,9 +79,39 @@ class LogBudget:
         unlogged = self.allow(kind)
         stacklevel += 1
         if unlogged is None:
+            self._where[kind] = (logger, level)
             logger.debug(message, *args, stacklevel=stacklevel)
         elif unlogged:
             message += " (and %d more since, at DEBUG)"
             logger.log(level, message, *args, unlogged, stacklevel=stacklevel)
         else:
             logger.log(level, message, *args, stacklevel=stacklevel)
+
+    def next_summary(self) -> float | None:
+        """When (on the budget's clock) the first window with events left unlogged by
+        :meth:`log` ends; ``None`` if there are none."""
+        kinds = self._kinds
+        ends = [kinds[kind][0] + self.window for kind in self._where if kinds[kind][2]]
+        return min(ends) if ends else None
+
+    def summarise(self, *, every: bool = False) -> None:
+        """
+        For each kind whose window ended with events :meth:`log` left unlogged, log how
+        many, at the level they missed; the count starts over. ``every``: each kind with
+        such events, whether its window ended or not (its owner stops).
+        """
+        now = self._clock()
+        for kind, entry in self._kinds.items():
+            if not entry[2] or kind not in self._where:
+                continue  # (counted by allow() alone: its caller logs)
+            if not every and now - entry[0] < self.window:
+                continue
+            logger, level = self._where[kind]
+            logger.log(
+                level,
+                "! %d more %r events in the last %.3g s, logged at DEBUG only",
+                entry[2],
+                kind,
+                now - entry[0],
+            )
+            entry[2] = 0
