@@ -303,6 +303,10 @@ class DriverConformance:
 
     scheme: ClassVar[str]
     host: ClassVar[str] = "127.0.0.1"
+    lost_ends_after_held: ClassVar[bool] = True
+    """Whether messages read while paused arrive when the peer aborts meanwhile: on a
+    real stream the end comes after them; the memory driver's abort is a reset that
+    loses them, as a kernel does what it hadn't handed over."""
 
     @pytest.fixture
     def driver_factory(self) -> DriverFactory:
@@ -627,6 +631,80 @@ class DriverConformance:
         pair.server.resume_reading()
         await events.next(DriverEvent.CLOSE, pair.server)
         assert events.messages(pair.server) == packages
+
+    async def test_messages_held_when_the_peer_aborts_arrive_before_the_end(
+        self, harness: DriverHarness
+    ) -> None:
+        pair = await harness.pair()
+        events = pair.server_events
+
+        def pause_at_second(socket: Socket, data: bytes | str) -> None:
+            if len(events.messages(socket)) == 2:
+                socket.pause_reading()
+
+        events.on_message_hook = pause_at_second
+        packages = [b"%d" % i for i in range(6)]
+        for package in packages:
+            pair.client.write(package)  # one write: the server reads them at once
+        await events.wait_messages(pair.server, 2)
+        pair.client.abort()
+        # The server learns of it when it writes (the peer's kernel answers a reset),
+        # or at once (memory).
+        async with asyncio.timeout(TIMEOUT):
+            while not pair.server.closed:
+                pair.server.write(b"are you there?")
+                await asyncio.sleep(MS)
+        with pytest.raises(ConnectionClosed):
+            pair.server.write(b"no")
+        with pytest.raises(ConnectionClosed):
+            await pair.server.drain()
+        if not self.lost_ends_after_held:
+            await events.next(DriverEvent.CLOSE, pair.server)
+            assert events.messages(pair.server) == packages[:2]
+            return
+        assert await stays(lambda: DriverEvent.CLOSE not in events.events(pair.server), QUIET)
+        assert events.messages(pair.server) == packages[:2]
+        pair.server.resume_reading()
+        await events.next(DriverEvent.CLOSE, pair.server)
+        assert events.messages(pair.server) == packages
+        assert pair.server.close_code == CloseCode.ABNORMAL_CLOSURE
+
+    async def test_an_end_waiting_for_held_messages_comes_at_once_when_we_let_go(
+        self, harness: DriverHarness
+    ) -> None:
+        pair = await harness.pair()
+        events = pair.server_events
+        events.on_message_hook = lambda socket, data: socket.pause_reading()
+        for package in (b"one", b"two", b"three"):
+            pair.client.write(package)
+        await events.wait_messages(pair.server, 1)
+        pair.client.abort()
+        async with asyncio.timeout(TIMEOUT):
+            while not pair.server.closed:
+                pair.server.write(b"are you there?")
+                await asyncio.sleep(MS)
+        pair.server.close_soon()  # the held messages are ours to drop
+        await events.next(DriverEvent.CLOSE, pair.server)
+        assert events.messages(pair.server) == [b"one"]
+
+    async def test_held_messages_are_dropped_with_a_warning_when_reading_stays_paused(
+        self, harness: DriverHarness, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        pair = await harness.pair(DriverOptions(close_timeout=50 * MS))
+        events = pair.server_events
+        events.on_message_hook = lambda socket, data: socket.pause_reading()
+        for package in (b"one", b"two", b"three"):
+            pair.client.write(package)
+        await events.wait_messages(pair.server, 1)
+        pair.client.abort()
+        async with asyncio.timeout(TIMEOUT):
+            while not pair.server.closed:
+                pair.server.write(b"are you there?")
+                await asyncio.sleep(MS)
+        await events.next(DriverEvent.CLOSE, pair.server)  # never resumed
+        assert events.messages(pair.server) == [b"one"]
+        if self.lost_ends_after_held:
+            assert "read before the connection ended: reading stayed paused" in caplog.text
 
     async def test_messages_both_ways_and_stats(self, harness: DriverHarness) -> None:
         pair = await harness.pair()

@@ -21,6 +21,7 @@ from trustp2p.exceptions import DriverError
 
 class TestMemoryConformance(DriverConformance):
     scheme = "memory"
+    lost_ends_after_held = False
 
     @pytest.fixture
     def hub(self) -> MemoryHub:

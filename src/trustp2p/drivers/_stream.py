@@ -15,6 +15,7 @@ from __future__ import annotations
 
 __all__ = [
     "COALESCE_LIMIT",
+    "EndAfterHeld",
     "FrameDeadline",
     "ReceiveBuffer",
     "ServerListening",
@@ -258,7 +259,67 @@ class FrameDeadline(Socket):
         self.close_soon(CloseCode.POLICY_VIOLATION, "frame stalled")
 
 
-class StreamSocket(DrainWaiters, WriteBatches, asyncio.BufferedProtocol):
+class EndAfterHeld(Socket):
+    """
+    The end of a connection reported after the messages read before it: while reading
+    is paused, a driver holds what it read, and if the connection ends meanwhile (the
+    peer sent them, then went away; we learn it when a write fails), they are still the
+    peer's. The driver's ``connection_lost()`` asks :meth:`_end_waits` first; if it
+    does, the socket is closed to writes, ``resume_reading()`` delivers what is held and
+    then the end (:meth:`_end_now`, which calls :meth:`_ended`). Aborting or closing the
+    socket meanwhile ends it at once: we let go of it. If reading stays paused
+    ``close_timeout`` past the end, what is held is dropped with a WARNING. Shared by
+    the stream drivers and picows; the subclass sets ``_end`` to ``None`` at first.
+    """
+
+    __slots__ = ()
+    _aborted: bool
+    _options: DriverOptions
+    _end: tuple[Exception | None, asyncio.TimerHandle] | None  # a lost connection's end
+
+    def _end_waits(self, exc: Exception | None) -> bool:
+        """For ``connection_lost(exc)``: whether the end waits for held messages."""
+        if self._aborted or not self._has_held():
+            return False
+        timer = self._loop.call_later(self._options.close_timeout, self._held_too_long)
+        self._end = (exc, timer)
+        return True
+
+    def _end_now(self) -> None:
+        """Report the end that waits, if any (when nothing is held any more, or we let
+        go of the socket)."""
+        end = self._end
+        if end is not None:
+            self._end = None
+            end[1].cancel()
+            self._ended(end[0])
+
+    def _held_too_long(self) -> None:
+        if self._end is not None:
+            logger.warning(
+                "! dropped %s from %s read before the connection ended: reading stayed "
+                "paused %g s after it",
+                self._held_description(),
+                self.peer,
+                self._options.close_timeout,
+            )
+            self._end_now()
+
+    @abc.abstractmethod
+    def _has_held(self) -> bool:
+        """True if something read before :meth:`pause_reading` waits to be delivered."""
+
+    @abc.abstractmethod
+    def _held_description(self) -> str:
+        """What is held, for a log line ("3 messages")."""
+
+    @abc.abstractmethod
+    def _ended(self, exc: Exception | None) -> None:
+        """Report the end of the connection (what ``connection_lost()`` does unless the
+        end waits); nothing held is delivered after it."""
+
+
+class StreamSocket(EndAfterHeld, DrainWaiters, WriteBatches, asyncio.BufferedProtocol):
     """
     A connection over an asyncio transport; also the transport's protocol.
 
@@ -266,9 +327,9 @@ class StreamSocket(DrainWaiters, WriteBatches, asyncio.BufferedProtocol):
     ``buffer_updated()``, queues each message's frames with :meth:`_queue`, and calls
     :meth:`_set_close_timer` once it sent or received a close frame. While reading is
     paused, it keeps what it already read (:meth:`_has_held`) and delivers it in
-    :meth:`_deliver_held`, which ends with :meth:`_resume_transport` unless it paused
-    again. Its driver dials with :meth:`dial`, which awaits :meth:`_opening` for a
-    handshake.
+    :meth:`_deliver_held`, which ends with :meth:`_resume_transport` and
+    :meth:`_end_now` (:class:`EndAfterHeld`) unless it paused again. Its driver dials
+    with :meth:`dial`, which awaits :meth:`_opening` for a handshake.
     """
 
     # Slots: a server holds one socket per peer, and an instance dict of their
@@ -279,6 +340,7 @@ class StreamSocket(DrainWaiters, WriteBatches, asyncio.BufferedProtocol):
         "_aborted",
         "_before_out",
         "_drain_waiters",
+        "_end",
         "_eof_sent",
         "_lost_waiter",
         "_options",
@@ -302,6 +364,7 @@ class StreamSocket(DrainWaiters, WriteBatches, asyncio.BufferedProtocol):
         self._lost_waiter: asyncio.Future[None] = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None  # the opening or closing deadline
         self._aborted = False
+        self._end: tuple[Exception | None, asyncio.TimerHandle] | None = None
         self._eof_sent = False  # we shut down our writing side: nothing more goes out
         self._paused_reading = False
         self.write_paused = False
@@ -335,6 +398,7 @@ class StreamSocket(DrainWaiters, WriteBatches, asyncio.BufferedProtocol):
         self._aborted = True
         if self._transport is not None:
             self._transport.abort()
+        self._end_now()  # if the connection ended already: we let go of what it held
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._lost_waiter)
@@ -411,10 +475,6 @@ class StreamSocket(DrainWaiters, WriteBatches, asyncio.BufferedProtocol):
 
     async def _opening(self) -> None:
         """Wait for the opening handshake, once connected; there is none by default."""
-
-    @abc.abstractmethod
-    def _has_held(self) -> bool:
-        """True if something read before :meth:`pause_reading` waits to be delivered."""
 
     @abc.abstractmethod
     def _deliver_held(self) -> None:

@@ -96,7 +96,9 @@ MAX_LENGTH = _LENGTH_MASK
 _MAX_CONTROL_LENGTH = 126  # type byte + close code + 123 bytes of reason
 _MAX_REASON_LENGTH = 123
 
-_OPEN, _CLOSING, _CLOSED = range(3)
+# _ENDING: the connection ended with messages held by a pause (EndAfterHeld): they are
+# delivered, nothing can be sent.
+_OPEN, _ENDING, _CLOSING, _CLOSED = range(4)
 
 
 def _is_valid_close_code(code: int) -> bool:
@@ -183,6 +185,8 @@ class TcpSocket(FrameDeadline, StreamSocket):
 
         """
         if self._state != _OPEN:
+            if self._state == _ENDING:
+                self._end_now()  # we let go of what it held
             return
         if not _is_valid_close_code(code):
             raise ValueError(f"invalid close code {code}")
@@ -247,6 +251,14 @@ class TcpSocket(FrameDeadline, StreamSocket):
         # Returning None closes the transport, after the write buffer is flushed.
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._state == _OPEN and self._end_waits(exc):
+            self._state = _ENDING
+            self._connection_ended()  # drain() raises: closed
+            self._stop_frame_clock(cancel=True)
+        else:
+            self._ended(exc)
+
+    def _ended(self, exc: Exception | None) -> None:
         self._state = _CLOSED
         self._discarding = True
         self._connection_ended()
@@ -303,7 +315,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
             pos = stop
             if length > _LENGTH_MASK:
                 self._receive_control(bytes(view[start:stop]))
-            elif self._state == _OPEN:  # else we sent a close: drop what follows
+            elif self._state <= _ENDING:  # else we sent a close: drop what follows
                 self._deliver(bytes(view[start:stop]))
         self._frame_started = None
 
@@ -342,7 +354,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
         self._frame_started = None
         if self._control:
             self._receive_control(payload)
-        elif self._state == _OPEN:  # else we sent a close: drop what follows
+        elif self._state <= _ENDING:  # else we sent a close: drop what follows
             self._deliver(payload)
         return pos + missing
 
@@ -391,6 +403,9 @@ class TcpSocket(FrameDeadline, StreamSocket):
     def _has_held(self) -> bool:
         return bool(self._pending)
 
+    def _held_description(self) -> str:
+        return f"{len(self._pending)} bytes of frames"
+
     def _deliver_held(self) -> None:
         if self._paused_reading:
             return
@@ -400,6 +415,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
             self._parse(memoryview(pending), 0, len(pending))
         if not self._paused_reading:
             self._resume_transport()
+            self._end_now()  # if the connection ended meanwhile
 
     def _resume_transport(self) -> None:
         if self._size >= 0 or self._head:

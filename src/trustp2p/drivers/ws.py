@@ -134,6 +134,8 @@ class WsSocket(FrameDeadline, StreamSocket):
                     self._close_on_open = (code, reason)
             else:
                 self.abort()
+        elif self._end is not None:
+            self._end_now()  # it ended with messages held: we let go of them
 
     def pause_reading(self) -> None:
         self._stop_frame_clock()
@@ -188,6 +190,14 @@ class WsSocket(FrameDeadline, StreamSocket):
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._opened and self._end_waits(exc):
+            self._protocol.receive_eof()  # closed: write() raises
+            self._connection_ended()  # drain() raises
+            self._stop_frame_clock(cancel=True)
+        else:
+            self._ended(exc)
+
+    def _ended(self, exc: Exception | None) -> None:
         protocol = self._protocol
         protocol.receive_eof()  # idempotent; makes the state CLOSED
         self._connection_ended()
@@ -262,6 +272,9 @@ class WsSocket(FrameDeadline, StreamSocket):
     def _has_held(self) -> bool:
         return bool(self._held)
 
+    def _held_description(self) -> str:
+        return f"{len(self._held or ())} frames"
+
     def _deliver_held(self) -> None:
         held = self._held
         while held and not self._paused_reading:
@@ -270,6 +283,7 @@ class WsSocket(FrameDeadline, StreamSocket):
             self._held = None
         if not self._paused_reading:
             self._resume_transport()
+            self._end_now()  # if the connection ended meanwhile
 
     def _accept(self, request: Request) -> None:
         protocol = self._protocol

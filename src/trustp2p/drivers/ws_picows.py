@@ -48,6 +48,7 @@ from websockets.uri import parse_uri
 from ..exceptions import DriverError
 from ._stream import (
     DrainWaiters,
+    EndAfterHeld,
     FrameDeadline,
     ServerListening,
     WriteBatches,
@@ -147,7 +148,7 @@ class _Protocol(WSProtocol):  # type: ignore[misc]
             socket.read_complete()
 
 
-class PicowsSocket(FrameDeadline, DrainWaiters, WriteBatches, WSListener):
+class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSListener):
     """A WebSocket connection on picows; also the picows listener of its connection."""
 
     def __init__(
@@ -164,6 +165,7 @@ class PicowsSocket(FrameDeadline, DrainWaiters, WriteBatches, WSListener):
         self._opened = False  # the listener heard on_connection / on_open
         self._accepted = False  # the listener heard on_accept: it hears on_close too
         self._aborted = False
+        self._end: tuple[Exception | None, asyncio.TimerHandle] | None = None  # EndAfterHeld
         self._close_sent = False  # by this driver (picows sends one on its own errors)
         self._close_on_open: tuple[int, str] | None = None
         self._error: DriverError | None = None  # why this driver failed the connection
@@ -220,12 +222,15 @@ class PicowsSocket(FrameDeadline, DrainWaiters, WriteBatches, WSListener):
                     self._close_on_open = (code, reason)
             else:
                 self.abort()
+        elif self._end is not None:
+            self._end_now()  # it ended with messages held: we let go of them
 
     def abort(self) -> None:
         self._aborted = True
         self._open = False
         if self._tcp is not None:
             self._tcp.abort()
+        self._end_now()  # if the connection ended already: we let go of what it held
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._lost_waiter)
@@ -331,8 +336,17 @@ class PicowsSocket(FrameDeadline, DrainWaiters, WriteBatches, WSListener):
             self._watch_frames(False, now)
 
     def transport_lost(self, exc: Exception | None) -> None:
-        """The TCP connection ended (``connection_lost``): report the close."""
+        """The TCP connection ended (``connection_lost``): report the close, after the
+        messages held by a pause (:class:`EndAfterHeld`)."""
         self._open = False
+        if self._opened and self._end_waits(exc):
+            self._stop_frame_clock(cancel=True)
+            self.write_paused = False
+            self._wake_drain_waiters()  # drain() raises: closed
+        else:
+            self._ended(exc)
+
+    def _ended(self, exc: Exception | None) -> None:
         self._stop_frame_clock(cancel=True)
         self.write_paused = False
         if self._timer is not None:
@@ -515,15 +529,23 @@ class PicowsSocket(FrameDeadline, DrainWaiters, WriteBatches, WSListener):
         else:
             tcp.write(binary_frames(out, masked=not self.inbound))
 
+    def _has_held(self) -> bool:
+        return bool(self._held)
+
+    def _held_description(self) -> str:
+        return f"{len(self._held)} messages"
+
     def _deliver_held(self) -> None:
         held = self._held
         while held and not self._paused_reading:
             self._deliver(held.popleft())
         if not held and self._held_close is not None:
             ws, self._held_close = self._held_close, None
-            self._close_received(ws)
+            if self._end is None:  # else the connection ended: nothing to answer on
+                self._close_received(ws)
         if not self._paused_reading:
             self._resume_transport()
+            self._end_now()  # if the connection ended meanwhile
 
     def _resume_transport(self) -> None:
         tcp = self._tcp
