@@ -266,8 +266,9 @@ class EndAfterHeld(Socket):
     peer sent them, then went away; we learn it when a write fails), they are still the
     peer's. The driver's ``connection_lost()`` asks :meth:`_end_waits` first; if it
     does, the socket is closed to writes, ``resume_reading()`` delivers what is held and
-    then the end (:meth:`_end_now`, which calls :meth:`_ended`). Aborting or closing the
-    socket meanwhile ends it at once: we let go of it. If reading stays paused
+    then the end (:meth:`_end_now`, which calls :meth:`_ended`). Not once we closed it
+    (what follows our close is dropped); aborting or closing the socket meanwhile ends
+    it at once: we let go of it. If reading stays paused
     ``close_timeout`` past the end, what is held is dropped with a WARNING. Shared by
     the stream drivers and picows; the subclass sets ``_end`` to ``None`` at first.
     """

@@ -190,7 +190,7 @@ class WsSocket(FrameDeadline, StreamSocket):
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._opened and self._end_waits(exc):
+        if self._opened and not self._closing and self._end_waits(exc):
             self._protocol.receive_eof()  # closed: write() raises
             self._connection_ended()  # drain() raises
             self._stop_frame_clock(cancel=True)

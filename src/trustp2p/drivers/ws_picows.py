@@ -339,7 +339,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         """The TCP connection ended (``connection_lost``): report the close, after the
         messages held by a pause (:class:`EndAfterHeld`)."""
         self._open = False
-        if self._opened and self._end_waits(exc):
+        if self._opened and not self._close_sent and self._end_waits(exc):
             self._stop_frame_clock(cancel=True)
             self.write_paused = False
             self._wake_drain_waiters()  # drain() raises: closed
