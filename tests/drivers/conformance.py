@@ -290,6 +290,37 @@ class DriverHarness:
                 await listening.wait_closed()
 
 
+def pause_at(events: RecordingListener, count: int) -> Callable[[Socket, bytes | str], None]:
+    """An ``on_message_hook`` that pauses reading at the ``count``-th message."""
+
+    def pause(socket: Socket, data: bytes | str) -> None:
+        if len(events.messages(socket)) == count:
+            socket.pause_reading()
+
+    return pause
+
+
+async def held_then_lost(pair: Pair, count: int) -> list[bytes]:
+    """
+    The server pauses at the ``count``-th of six messages, which the client sends in
+    one write (the server reads them at once) before it aborts; the server learns of
+    it when it writes (the client's kernel answers a reset), or at once (memory).
+    Returns the messages sent.
+    """
+    events = pair.server_events
+    events.on_message_hook = pause_at(events, count)
+    packages = [b"%d" % i for i in range(6)]
+    for package in packages:
+        pair.client.write(package)
+    await events.wait_messages(pair.server, count)
+    pair.client.abort()
+    async with asyncio.timeout(TIMEOUT):
+        while not pair.server.closed:
+            pair.server.write(b"are you there?")
+            await asyncio.sleep(MS)
+    return packages
+
+
 class DriverConformance:
     """
     Every driver passes these tests. Subclasses provide the fixtures below.
@@ -614,12 +645,7 @@ class DriverConformance:
     ) -> None:
         pair = await harness.pair()
         events = pair.server_events
-
-        def pause_at_second(socket: Socket, data: bytes | str) -> None:
-            if len(events.messages(socket)) == 2:
-                socket.pause_reading()
-
-        events.on_message_hook = pause_at_second
+        events.on_message_hook = pause_at(events, 2)
         packages = [b"%d" % i for i in range(6)]
         for package in packages:
             pair.client.write(package)
@@ -637,23 +663,7 @@ class DriverConformance:
     ) -> None:
         pair = await harness.pair()
         events = pair.server_events
-
-        def pause_at_second(socket: Socket, data: bytes | str) -> None:
-            if len(events.messages(socket)) == 2:
-                socket.pause_reading()
-
-        events.on_message_hook = pause_at_second
-        packages = [b"%d" % i for i in range(6)]
-        for package in packages:
-            pair.client.write(package)  # one write: the server reads them at once
-        await events.wait_messages(pair.server, 2)
-        pair.client.abort()
-        # The server learns of it when it writes (the peer's kernel answers a reset),
-        # or at once (memory).
-        async with asyncio.timeout(TIMEOUT):
-            while not pair.server.closed:
-                pair.server.write(b"are you there?")
-                await asyncio.sleep(MS)
+        packages = await held_then_lost(pair, 2)
         with pytest.raises(ConnectionClosed):
             pair.server.write(b"no")
         with pytest.raises(ConnectionClosed):
@@ -673,36 +683,18 @@ class DriverConformance:
         self, harness: DriverHarness
     ) -> None:
         pair = await harness.pair()
-        events = pair.server_events
-        events.on_message_hook = lambda socket, data: socket.pause_reading()
-        for package in (b"one", b"two", b"three"):
-            pair.client.write(package)
-        await events.wait_messages(pair.server, 1)
-        pair.client.abort()
-        async with asyncio.timeout(TIMEOUT):
-            while not pair.server.closed:
-                pair.server.write(b"are you there?")
-                await asyncio.sleep(MS)
+        packages = await held_then_lost(pair, 1)
         pair.server.close_soon()  # the held messages are ours to drop
-        await events.next(DriverEvent.CLOSE, pair.server)
-        assert events.messages(pair.server) == [b"one"]
+        await pair.server_events.next(DriverEvent.CLOSE, pair.server)
+        assert pair.server_events.messages(pair.server) == packages[:1]
 
     async def test_held_messages_are_dropped_with_a_warning_when_reading_stays_paused(
         self, harness: DriverHarness, caplog: pytest.LogCaptureFixture
     ) -> None:
         pair = await harness.pair(DriverOptions(close_timeout=50 * MS))
-        events = pair.server_events
-        events.on_message_hook = lambda socket, data: socket.pause_reading()
-        for package in (b"one", b"two", b"three"):
-            pair.client.write(package)
-        await events.wait_messages(pair.server, 1)
-        pair.client.abort()
-        async with asyncio.timeout(TIMEOUT):
-            while not pair.server.closed:
-                pair.server.write(b"are you there?")
-                await asyncio.sleep(MS)
-        await events.next(DriverEvent.CLOSE, pair.server)  # never resumed
-        assert events.messages(pair.server) == [b"one"]
+        packages = await held_then_lost(pair, 1)
+        await pair.server_events.next(DriverEvent.CLOSE, pair.server)  # never resumed
+        assert pair.server_events.messages(pair.server) == packages[:1]
         if self.lost_ends_after_held:
             assert "read before the connection ended: reading stayed paused" in caplog.text
 
