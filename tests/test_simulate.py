@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from trustp2p.apps.simulate import Simulation, runner
 from trustp2p.apps.simulate.metrics import (
@@ -18,6 +20,7 @@ from trustp2p.apps.simulate.metrics import (
     measure,
     quantile,
 )
+from trustp2p.apps.simulate.report import report_table
 from trustp2p.cli import main
 from trustp2p.testing import Delivery
 
@@ -242,6 +245,11 @@ def test_figures_from_recorded_deliveries() -> None:
         "seconds_max": None,
     }
     assert report.partition is None
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(report_table(report))
+    lines = console.export_text().splitlines()
+    row = next(line for line in lines if "churn: restarted nodes with every message" in line)
+    assert "0 of 1 (2 messages to catch up on)" in row
     assert report.problems == [
         "1 of 3 live nodes miss messages (1 (node, message) pairs) after waiting 1 s",
         "1 deliveries repeated a message to a node (exactly once was broken)",

@@ -168,7 +168,7 @@ def _catch_up_rows(report: SimulationReport) -> list[tuple[str, str]]:
         rows += [
             (
                 "after the heal: nodes with every message",
-                f"{part['nodes_complete']:.3f} of {part['nodes']} "
+                f"{round(part['nodes_complete'] * part['nodes'])} of {part['nodes']} "
                 f"({part['missing']} (node, message) pairs missing at the heal)",
             ),
             (
@@ -181,8 +181,8 @@ def _catch_up_rows(report: SimulationReport) -> list[tuple[str, str]]:
         rows += [
             (
                 "churn: restarted nodes with every message",
-                f"{churn['nodes_complete']:.3f} of {churn['restarted']} "
-                f"({churn['missing']} messages missed)",
+                f"{round(churn['nodes_complete'] * churn['restarted'])} of "
+                f"{churn['restarted']} ({churn['missing']} messages to catch up on)",
             ),
             ("churn: catch-up time p50 / max", _spread(churn, "seconds_p50", "seconds_max")),
         ]
