@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
@@ -60,6 +61,17 @@ harness = harness_fixture(WsDriver)
 def test_driver_class() -> None:
     assert driver_class("ws") is WsDriver
     assert driver_class("wss") is WsDriver
+
+
+async def test_websockets_line_per_closed_connection_is_at_debug(
+    harness: DriverHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="websockets")
+    pair = await harness.pair()
+    await pair.client.close()
+    await pair.server.wait_closed()
+    closed = [r for r in caplog.records if r.getMessage() == "connection closed"]
+    assert [(r.name, r.levelno) for r in closed] == [("websockets.server", logging.DEBUG)]
 
 
 async def test_listening_url(harness: DriverHarness) -> None:

@@ -18,6 +18,7 @@ import asyncio
 import ipaddress
 import logging
 from collections import deque
+from typing import Any
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI, PayloadTooBig
@@ -35,6 +36,17 @@ from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 logger = logging.getLogger(__name__)
 
 _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY)
+
+
+class _InfoAtDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets' server protocol logs "connection closed" at INFO for each connection;
+    the node logs its closes itself, with the peer and the code: that line goes to DEBUG."""
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
+
+
+_SERVER_PROTOCOL_LOGGER = _InfoAtDebug(logging.getLogger("websockets.server"), {})
 
 
 def _is_loopback(host: str) -> bool:
@@ -373,7 +385,9 @@ class WsDriver(Driver):
         options = self.options
 
         def factory() -> WsSocket:
-            protocol = ServerProtocol(max_size=options.max_message_size)
+            protocol = ServerProtocol(
+                max_size=options.max_message_size, logger=_SERVER_PROTOCOL_LOGGER
+            )
             return WsSocket(listener=listener, options=options, inbound=True, protocol=protocol)
 
         server, address = await serve(
