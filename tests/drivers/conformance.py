@@ -27,6 +27,7 @@ import pytest
 
 from tests.conftest import MS, stays, wait_for
 from trustp2p.drivers import (
+    DROPPED,
     CloseCode,
     Driver,
     DriverEvent,
@@ -946,6 +947,20 @@ class DriverConformance:
         assert exc_info.value.code == CloseCode.ABNORMAL_CLOSURE
         this.abort()  # does nothing when closed
         assert this_events.events(this).count(DriverEvent.CLOSE) == 1
+
+    @pytest.mark.parametrize("aborter", ["client", "server"])
+    async def test_a_peer_that_drops_the_connection_is_reported_as_such(
+        self, harness: DriverHarness, aborter: str
+    ) -> None:
+        pair = await harness.pair()
+        this, _, other, other_events = pair.ends(aborter)
+        this.abort()
+        await other_events.next(DriverEvent.CLOSE, other)
+        if self.lost_ends_after_held:  # a stream; the memory driver's abort is a reset
+            assert [str(error) for error in other_events.errors(other)] == [DROPPED]
+        else:
+            assert other_events.errors(other) == []
+        assert other.close_code == CloseCode.ABNORMAL_CLOSURE
 
     async def test_close_times_out_when_peer_does_not_answer(self, harness: DriverHarness) -> None:
         options = DriverOptions(close_timeout=50 * MS)

@@ -9,6 +9,7 @@ only when used.
 from __future__ import annotations
 
 __all__ = [
+    "DROPPED",
     "CloseCode",
     "Driver",
     "DriverEvent",
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 
 from ..exceptions import DriverError
 from .base import (
+    DROPPED,
     CloseCode,
     Driver,
     DriverEvent,

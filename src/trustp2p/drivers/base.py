@@ -21,6 +21,7 @@ A listener may also hear of an inbound connection as soon as the transport accep
 from __future__ import annotations
 
 __all__ = [
+    "DROPPED",
     "AcceptListener",
     "CloseCode",
     "Driver",
@@ -48,6 +49,10 @@ from ..protocol.close import CloseCode, fit_reason
 from ..protocol.deliver import ConnId
 
 logger = logging.getLogger(__name__)
+
+DROPPED = "connection closed without a close frame"
+"""What every driver reports (``on_error``) when the peer drops an open connection: the
+TCP connection ended without a closing handshake (the peer crashed, or aborted)."""
 
 
 class DriverEvent(enum.Enum):

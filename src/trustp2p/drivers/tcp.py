@@ -77,7 +77,7 @@ from urllib.parse import urlsplit
 
 from ..exceptions import DriverError
 from ._stream import FrameDeadline, ReceiveBuffer, ServerListening, StreamSocket, serve
-from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
+from .base import DROPPED, CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
                 detail = f": {len(self._head)} of 4 header bytes received"
             else:
                 detail = ""
-            self._drop_error = DriverError(f"connection closed without a close frame{detail}")
+            self._drop_error = DriverError(f"{DROPPED}{detail}")
         # Returning None closes the transport, after the write buffer is flushed.
 
     def connection_lost(self, exc: Exception | None) -> None:

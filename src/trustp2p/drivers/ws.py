@@ -31,7 +31,7 @@ from websockets.uri import parse_uri
 from ..exceptions import DriverError
 from ._stream import FrameDeadline, ReceiveBuffer, ServerListening, StreamSocket, serve
 from ._wsframes import binary_frame_parts
-from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
+from .base import DROPPED, CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
 logger = logging.getLogger(__name__)
 
@@ -358,6 +358,8 @@ class WsSocket(FrameDeadline, StreamSocket):
     def _describe_error(self, error: Exception) -> DriverError:
         if isinstance(error, PayloadTooBig):
             message = f"message too big: {error}"
+        elif isinstance(error, EOFError):  # websockets': "unexpected end of stream"
+            message = DROPPED
         else:
             message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         exc = DriverError(message)

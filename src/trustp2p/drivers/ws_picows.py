@@ -57,7 +57,7 @@ from ._stream import (
     serve,
 )
 from ._wsframes import binary_frames
-from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket, fit_reason
+from .base import DROPPED, CloseCode, Driver, DriverOptions, Listener, Listening, Socket, fit_reason
 
 logger = logging.getLogger(__name__)
 
@@ -488,9 +488,10 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
 
     def _picows_error(self, exc: Exception | None) -> DriverError | None:
         """The error picows failed the connection for (it sent a close frame that this
-        driver didn't), or the transport's own, if any."""
+        driver didn't), or the transport's own, or the peer's dropping it, if any."""
         ws = self._ws
-        sent = ws.close_handshake.sent if ws is not None and ws.close_handshake else None
+        handshake = ws.close_handshake if ws is not None else None
+        sent = handshake.sent if handshake else None
         if sent is not None and not self._close_sent:
             reason = sent.reason or ""
             if sent.code.value == CloseCode.MESSAGE_TOO_BIG:
@@ -502,7 +503,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         if exc is not None:
             message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return DriverError(message)
-        return None
+        return DriverError(DROPPED) if handshake is None or handshake.recv is None else None
 
     def _set_close_code(self) -> None:
         ws = self._ws
