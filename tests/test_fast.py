@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from trustp2p import EventMap, Node, NodeOptions, Package, PackageType, Socket, 
 from trustp2p.cli import cli
 from trustp2p.drivers import driver_class
 from trustp2p.exceptions import DriverError, UsageError
+from trustp2p.loop import loop_clock
 from trustp2p.security.channel import SecureSocket
 
 from .nodes import MakeNode
@@ -41,6 +43,23 @@ def test_run_on_asyncio_and_uvloop() -> None:
     pytest.importorskip("uvloop")
     assert run(_loop_name()) == "asyncio"
     assert run(_loop_name(), loop="uvloop") == "uvloop"
+
+
+async def _clock_of_running_loop() -> tuple[bool, float, float, float]:
+    loop = asyncio.get_running_loop()
+    clock = loop_clock(loop)
+    before, now, after = loop.time(), clock(), loop.time()
+    return clock is time.monotonic, before, now, after
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_loop_clock_is_the_loops_time(loop: str) -> None:
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    direct, before, now, after = run(_clock_of_running_loop(), loop=loop)
+    # asyncio's loop.time() is time.monotonic(), read directly; uvloop's is its own.
+    assert direct is (loop == "asyncio")
+    assert before <= now <= after
 
 
 def test_unknown_loop_is_a_usage_error() -> None:

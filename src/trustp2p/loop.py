@@ -13,9 +13,10 @@ which is the same as ``asyncio.Runner(loop_factory=uvloop.new_event_loop)``, or
 
 from __future__ import annotations
 
-__all__ = ["LOOPS", "loop_factory", "run"]
+__all__ = ["LOOPS", "loop_clock", "loop_factory", "run"]
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -48,6 +49,17 @@ def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
         factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
         return factory
     raise UsageError(f"unknown event loop {loop!r}; known loops: {', '.join(LOOPS)}")
+
+
+def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """
+    The clock of ``loop`` (its ``time()``), as cheap to read as can be: asyncio's own
+    loops' ``time()`` is :func:`time.monotonic` behind a Python call, which a package's
+    path reads a few times; other loops' (uvloop's) as they are.
+    """
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
 
 
 def run(main: Coroutine[Any, Any, T], *, loop: str = "asyncio", debug: bool | None = None) -> T:

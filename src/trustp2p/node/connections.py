@@ -24,6 +24,7 @@ from ..admin.counters import INVALID, count
 from ..drivers.base import Listening, Socket
 from ..exceptions import ChannelError, ConnectionClosed, HandshakeError, SelfDialError
 from ..identity import short_id
+from ..loop import loop_clock
 from ..protocol.admission import Admission, keep_new_connection
 from ..protocol.close import CloseCode
 from ..protocol.connection import (
@@ -59,8 +60,7 @@ if TYPE_CHECKING:
 
 GOOD_BATCH = 32
 """Valid packages are counted in the peer store (and judged by the block policy) in
-batches of this many after the first, and when an invalid one arrives or the connection
-closes."""
+batches of this many after the first, when an invalid one arrives, and at the close."""
 
 
 class Connections:
@@ -314,7 +314,7 @@ class Connections:
     def _new_connection(self, socket: Socket, role: Role) -> PeerConnection:
         node = self._node
         options = self._options
-        now = asyncio.get_running_loop().time
+        now = loop_clock(asyncio.get_running_loop())
         protocol = ConnectionProtocol(
             secure=node.secure_layer is not None,
             peer_id=socket.peer_id,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..admin.counters import Metrics
 from ..exceptions import ConnectionClosed, RemoteError, RequestTimeout
+from ..loop import loop_clock
 from ..protocol.close import CloseCode
 from ..protocol.deliver import (
     ConnId,
@@ -79,8 +80,9 @@ class Requests:
         max_package_size: int | None = None,
     ) -> None:
         self._loop = loop = asyncio.get_running_loop()
+        self._clock = clock = loop_clock(loop)
         self._table = RequestTable(
-            clock=loop.time,
+            clock=clock,
             send=send,
             reroute_target=reroute_target,
             response_timeout=response_timeout,
@@ -151,7 +153,7 @@ class Requests:
         table = self._table
         package = build_package(package_type, event, body, alt=self._alt, payload=payload or b"")
         check_size(package, self._max_package_size)  # before the table holds it
-        now = self._loop.time()
+        now = self._clock()
         waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout, now=now)
         future: asyncio.Future[Package] = self._loop.create_future()
         self._futures[waiter] = future
@@ -178,7 +180,7 @@ class Requests:
             metrics.requests_failed += 1
             raise RemoteError(event, package.tag, answer.body)
         metrics.requests_answered += 1
-        metrics.request_seconds.observe(self._loop.time() - now)
+        metrics.request_seconds.observe(self._clock() - now)
         return answer
 
     def receive_response(self, socket: Socket, package: Package) -> None:
