@@ -301,18 +301,20 @@ def pause_at(events: RecordingListener, count: int) -> Callable[[Socket, bytes |
     return pause
 
 
-async def held_then_lost(pair: Pair, count: int) -> list[bytes]:
+async def held_then_lost(pair: Pair, count: int, *, close_first: bool = False) -> list[bytes]:
     """
     The server pauses at the ``count``-th of six messages, which the client sends in
-    one write (the server reads them at once) before it aborts; the server learns of
-    it when it writes (the client's kernel answers a reset), or at once (memory).
-    Returns the messages sent.
+    one write (the server reads them at once) before it aborts (``close_first``: right
+    after its close frame); the server learns of it when it writes (the client's kernel
+    answers a reset), or at once (memory). Returns the messages sent.
     """
     events = pair.server_events
     events.on_message_hook = pause_at(events, count)
     packages = [b"%d" % i for i in range(6)]
     for package in packages:
         pair.client.write(package)
+    if close_first:
+        pair.client.close_soon()
     await events.wait_messages(pair.server, count)
     pair.client.abort()
     async with asyncio.timeout(TIMEOUT):
@@ -688,6 +690,26 @@ class DriverConformance:
         pair.server.close_soon()  # the held messages are ours to drop
         await pair.server_events.next(DriverEvent.CLOSE, pair.server)
         assert pair.server_events.messages(pair.server) == packages[:1]
+
+    @pytest.mark.parametrize("how", ["close_soon", "abort"])
+    @pytest.mark.parametrize("peer_closed", [False, True])
+    async def test_closing_while_the_held_messages_of_a_lost_connection_arrive(
+        self, harness: DriverHarness, how: str, peer_closed: bool
+    ) -> None:
+        pair = await harness.pair()
+        events = pair.server_events
+        packages = await held_then_lost(pair, 2, close_first=peer_closed)
+
+        def let_go_at_third(socket: Socket, data: bytes | str) -> None:
+            if len(events.messages(socket)) == 3:
+                getattr(socket, how)()
+
+        events.on_message_hook = let_go_at_third
+        pair.server.resume_reading()
+        await events.next(DriverEvent.CLOSE, pair.server)
+        assert await stays(lambda: events.events(pair.server)[-1] is DriverEvent.CLOSE, QUIET)
+        expected = packages[:3] if self.lost_ends_after_held else packages[:2]
+        assert events.messages(pair.server) == expected
 
     async def test_held_messages_are_dropped_with_a_warning_when_reading_stays_paused(
         self, harness: DriverHarness, caplog: pytest.LogCaptureFixture

@@ -146,8 +146,9 @@ class WsSocket(FrameDeadline, StreamSocket):
                     self._close_on_open = (code, reason)
             else:
                 self.abort()
-        elif self._end is not None:
-            self._end_now()  # it ended with messages held: we let go of them
+        else:  # the peer closed, or the connection ended: deliver no more of what is held
+            self._closing = True
+            self._end_now()
 
     def pause_reading(self) -> None:
         self._stop_frame_clock()
@@ -224,7 +225,9 @@ class WsSocket(FrameDeadline, StreamSocket):
             self.close_reason = protocol.close_sent.reason
         else:  # no closing handshake: dropped, aborted, or the close timed out
             self.close_code = CloseCode.ABNORMAL_CLOSURE
-        self._held = None
+        if self._held is not None:
+            self._held.clear()  # in place: a _deliver_held() under way stops
+            self._held = None
         if not self._open_waiter.done():
             error = protocol.handshake_exc or exc
             reason = f": {error}" if error is not None else ""

@@ -3,8 +3,7 @@ A WebSocket driver on ``picows``, a WebSocket library written in Cython.
 
 Optional: ``pip install 'trustp2p[fast]'`` installs ``picows`` (and ``uvloop``). Ask for it
 by name, ``NodeOptions(driver="picows")`` or ``--driver picows``: the node then listens
-and dials ``ws://`` and ``wss://`` URLs with it. It speaks the same protocol as the
-``ws`` driver, so either end may use either driver.
+and dials ``ws://`` and ``wss://`` URLs with it. Either end may use either WebSocket driver.
 
 ``picows`` parses frames and writes them in C; this module adds what the driver contract
 asks for and ``picows`` leaves to its user: the closing handshake (echo the peer's close
@@ -354,7 +353,8 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             self._timer = None
         self._wake_drain_waiters()
         self._set_close_code()
-        self._held.clear()
+        self._held.clear()  # in place: a _deliver_held() under way stops
+        self._held_close = None
         if self._ws is not None and not self.inbound:
             _retrieve_failure(self._ws)
         if self._opened:
