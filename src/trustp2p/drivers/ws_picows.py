@@ -523,7 +523,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         """One message alone through picows, several framed here and written at once
         (one system call, not one each)."""
         ws, tcp = self._ws, self._tcp
-        if ws is None or tcp is None or ws.is_close_frame_sent or self._lost_waiter.done():
+        if ws is None or tcp is None or ws.is_close_frame_sent or tcp.is_closing():
             return
         if len(out) == 1:
             ws.send(WSMsgType.BINARY, out[0])
