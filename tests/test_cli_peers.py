@@ -13,6 +13,7 @@ import pytest
 
 from trustp2p.cli import main
 from trustp2p.identity import KEY_FILE, Identity, is_peer_id
+from trustp2p.protocol.peers import peer_key
 from trustp2p.storage.peerstore import STORE_PATH, PeerRecord, PeerSource, PeerStore
 
 from .conftest import FakeClock
@@ -82,6 +83,23 @@ def test_table(tmp_path: Path, now: float, capsys: pytest.CaptureFixture[str]) -
         " last seen            ",
         " blocked until        ",
     ]
+
+
+def test_a_peer_known_by_its_address_alone_shows_it(
+    tmp_path: Path, now: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def count_an_address() -> None:
+        store = await PeerStore.open(tmp_path / STORE_PATH, clock=FakeClock(now))
+        try:
+            store.record_packages(peer_key(None, "10.0.0.9"), invalid=5)
+        finally:
+            await store.close()
+
+    asyncio.run(count_an_address())
+    assert main(["peers", "--cwd", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if "│" in line]
+    assert [row[:2] for row in rows] == [["-", "address 10.0.0.9"]]
 
 
 def test_json(tmp_path: Path, now: float, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from ..identity import short_id
+from ..protocol.peers import address_of_key
 from ..storage.peerstore import STORE_PATH, PeerRecord, PeerStore
 
 
@@ -40,12 +41,21 @@ def peers_table(records: list[PeerRecord]) -> Table:
     for record in records:
         table.add_row(
             "\n".join(record.urls) or "-",
-            short_id(record.peer_id) if record.peer_id is not None else "-",
+            _who(record.peer_id),
             f"{record.score:.2f}",
             utc(record.last_seen),
             utc(record.blocked_until),
         )
     return table
+
+
+def _who(key: str | None) -> str:
+    """A short peer id; for a peer known by its address alone (it proved no id, but its
+    packages were counted or it was blocked), that address."""
+    if key is None:
+        return "-"
+    address = address_of_key(key)
+    return short_id(key) if address is None else f"address {address}"
 
 
 def utc(timestamp: float | None) -> str:
