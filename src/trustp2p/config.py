@@ -145,8 +145,17 @@ def _from_file(raw: Any, kind: str, where: str) -> Any:
         return float(raw)
     if base in ("int", "bool", "str") and type(raw).__name__ == base:
         return raw
-    expected = "a list of strings" if base == "list" else f"a {base}"
-    raise ConfigError(f"{where} must be {expected}, not {raw!r}")
+    raise ConfigError(f"{where} must be {_EXPECTED[base]}, not {raw!r}")
+
+
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "list": "a list of strings",
+}
+"""What a value of each kind must be, for error messages."""
 
 
 def _from_env(text: str, kind: str, variable: str) -> Any:
@@ -160,7 +169,7 @@ def _from_env(text: str, kind: str, variable: str) -> Any:
         if base == "float":
             return float(value)
     except ValueError:
-        raise ConfigError(f"{variable} must be a {base}, not {text!r}") from None
+        raise ConfigError(f"{variable} must be {_EXPECTED[base]}, not {text!r}") from None
     if base == "bool":
         if value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
