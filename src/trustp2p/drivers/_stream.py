@@ -22,12 +22,14 @@ __all__ = [
     "StreamSocket",
     "WriteBatches",
     "format_address",
+    "os_error_reason",
     "serve",
 ]
 
 import abc
 import asyncio
 import logging
+import os
 import struct
 import sys
 import threading
@@ -67,6 +69,14 @@ COALESCE_LIMIT = 4096
 
 # From this many bytes queued, the frames are written one by one rather than joined.
 _SEPARATE_WRITES = 2**16
+
+
+def os_error_reason(exc: OSError) -> str:
+    """Why a system call failed, in the system's words ("Connection refused"): asyncio
+    words a failed connect as "Connect call failed ('127.0.0.1', 1)"."""
+    if exc.errno is not None and exc.errno > 0:  # (a resolver's errors are negative)
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
 
 
 def format_address(host: str, port: int) -> str:
@@ -465,7 +475,7 @@ class StreamSocket(EndAfterHeld, DrainWaiters, WriteBatches, asyncio.BufferedPro
             self.abort()
             raise DriverError(f"can't connect to {url}: timed out after {timeout:g} s") from None
         except OSError as exc:
-            raise DriverError(f"can't connect to {url}: {exc.strerror or exc}") from exc
+            raise DriverError(f"can't connect to {url}: {os_error_reason(exc)}") from exc
         except DriverError as exc:
             raise DriverError(f"can't connect to {url}: {exc}") from exc
         except asyncio.CancelledError:

@@ -53,6 +53,7 @@ from ._stream import (
     WriteBatches,
     _kernel_backlog,
     format_address,
+    os_error_reason,
     serve,
 )
 from ._wsframes import binary_frames
@@ -89,8 +90,7 @@ def _is_loopback(host: str) -> bool:
 
 def _retrieve_failure(ws: WSTransport) -> None:
     """Take the exception picows keeps for ``wait_disconnected()`` when it failed an
-    outbound connection, so that asyncio doesn't log it as never retrieved; the socket
-    reports the failure from the close frame picows sent."""
+    outbound connection (else asyncio logs it); the socket reports the failure itself."""
     waiting = ws.wait_disconnected()
     try:
         waiting.send(None)  # the connection is lost: the future is done
@@ -402,7 +402,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             self.abort()
             raise DriverError(f"can't connect to {url}: timed out after {timeout:g} s") from None
         except OSError as exc:
-            raise DriverError(f"can't connect to {url}: {exc.strerror or exc}") from exc
+            raise DriverError(f"can't connect to {url}: {os_error_reason(exc)}") from exc
         except WSError as exc:
             raise DriverError(f"can't connect to {url}: {exc}") from exc
         except asyncio.CancelledError:
