@@ -97,7 +97,8 @@ async def test_a_reconnect_storm_is_refused_then_let_in_after_the_cooldown(
     assert server.url is not None
     start = asyncio.get_running_loop().time()
     outcomes = await asyncio.gather(*(knock(server.url) for _ in range(50)))
-    assert asyncio.get_running_loop().time() - start < 1.0  # 50 connections in 1 s
+    # All within the storm window (10 s by default), or the rule has nothing to count.
+    assert asyncio.get_running_loop().time() - start < 10.0
     refused = [o for o in outcomes if o != (None, None)]
     assert len(refused) == 50 - 19
     assert {code for code, _ in refused} == {1013}

@@ -24,6 +24,7 @@ from __future__ import annotations
 __all__ = ["SecureLayer", "SecureSocket"]
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -94,6 +95,8 @@ class SecureSocket(Socket):
         self._paused = False
         self._held: deque[bytes] | None = None  # received in a batch, while paused
         self._closing = False  # we closed or aborted: deliver no more
+        # The raw connection's end, waiting for the packages held (end_after_held()).
+        self._end: tuple[Callable[[], None], asyncio.TimerHandle] | None = None
 
     @property
     def last_seen(self) -> float:
@@ -181,12 +184,48 @@ class SecureSocket(Socket):
         self.flush()  # what was written goes out before the close
         self._closing = True
         self.raw.close_soon(code, reason)
+        self._end_now()  # if the raw connection ended already: we let go of what is held
 
     def abort(self) -> None:
         self._closing = True
         self._pending = None
         self._pending_size = 0
         self.raw.abort()
+        self._end_now()
+
+    def end_after_held(self, report: Callable[[], None], *, within: float) -> None:
+        """
+        The raw connection ended: call ``report`` now or, if packages of a batch are
+        held by a pause, once :meth:`resume_reading` delivered them, as the drivers do
+        with what they read (:class:`~trustp2p.drivers._stream.EndAfterHeld`). At once
+        if we close or abort meanwhile; past ``within`` seconds, they are dropped with
+        a WARNING. The :class:`SecureLayer` calls it.
+        """
+        if not self._held or self._closing:
+            self._held = None
+            report()
+            return
+        timer = self._loop.call_later(within, self._held_too_long, within)
+        self._end = (report, timer)
+
+    def _end_now(self) -> None:
+        end = self._end
+        if end is not None:
+            self._end = None
+            end[1].cancel()
+            self._held = None
+            end[0]()
+
+    def _held_too_long(self, waited: float) -> None:
+        held = len(self._held or ())
+        logger.warning(
+            "! dropped %d packages from %s read before the connection ended: reading "
+            "stayed paused %g s after it",
+            held,
+            self.peer,
+            waited,
+        )
+        self._end_now()
 
     async def wait_closed(self) -> None:
         await self.raw.wait_closed()
@@ -213,6 +252,7 @@ class SecureSocket(Socket):
             self._deliver(held.popleft())
         if not held:
             self._held = None
+            self._end_now()  # if the raw connection ended meanwhile
         if not self._paused:
             self.raw.resume_reading()
 
@@ -281,7 +321,9 @@ class SecureLayer:
             it at once.
         failed: Called when a handshake fails, with the raw socket and the error (its
             ``peer`` set to the raw socket's).
-        handshake_timeout: Seconds a handshake may take.
+        handshake_timeout: Seconds a handshake may take; also how long the end of a
+            connection waits for the packages of a batch held by a pause
+            (:meth:`SecureSocket.end_after_held`).
         time_inbound: Run that deadline on inbound handshakes too. A node passes
             ``False``: its own deadline, from TCP accept, covers them (it calls
             :meth:`fail` when it passes).
@@ -404,7 +446,9 @@ class SecureLayer:
         secure = self._secure.pop(raw.id, None)
         if secure is not None:
             secure.close_code, secure.close_reason = raw.close_code, raw.close_reason
-            self._listener.on_close(secure)
+            # After what a batch holds for a paused reader, as a driver would.
+            report = functools.partial(self._listener.on_close, secure)
+            secure.end_after_held(report, within=self._timeout)
             return
         handshake = self._handshakes.pop(raw.id, None)
         if handshake is not None:
