@@ -692,6 +692,20 @@ class DriverConformance:
         await pair.server_events.next(DriverEvent.CLOSE, pair.server)
         assert pair.server_events.messages(pair.server) == packages[:1]
 
+    async def test_a_pause_at_the_last_held_message_doesnt_hold_the_end_back(
+        self, harness: DriverHarness, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        pair = await harness.pair(DriverOptions(close_timeout=10.0))
+        events = pair.server_events
+        packages = await held_then_lost(pair, 2)
+        events.on_message_hook = pause_at(events, 6)  # the last one: nothing is held after
+        pair.server.resume_reading()
+        async with asyncio.timeout(TIMEOUT):  # not the close timeout
+            await events.next(DriverEvent.CLOSE, pair.server)
+        expected = packages if self.lost_ends_after_held else packages[:2]
+        assert events.messages(pair.server) == expected
+        assert "read before the connection ended" not in caplog.text
+
     @pytest.mark.parametrize("how", ["close_soon", "abort"])
     @pytest.mark.parametrize("peer_closed", [False, True])
     async def test_closing_while_the_held_messages_of_a_lost_connection_arrive(

@@ -338,9 +338,9 @@ class StreamSocket(EndAfterHeld, DrainWaiters, WriteBatches, asyncio.BufferedPro
     ``buffer_updated()``, queues each message's frames with :meth:`_queue`, and calls
     :meth:`_set_close_timer` once it sent or received a close frame. While reading is
     paused, it keeps what it already read (:meth:`_has_held`) and delivers it in
-    :meth:`_deliver_held`, which ends with :meth:`_resume_transport` and
-    :meth:`_end_now` (:class:`EndAfterHeld`) unless it paused again. Its driver dials
-    with :meth:`dial`, which awaits :meth:`_opening` for a handshake.
+    :meth:`_deliver_held`, which calls :meth:`_end_now` (:class:`EndAfterHeld`) once
+    nothing is held, and ends with :meth:`_resume_transport` unless it paused again.
+    Its driver dials with :meth:`dial`, which awaits :meth:`_opening` for a handshake.
     """
 
     # Slots: a server holds one socket per peer, and an instance dict of their

@@ -413,9 +413,10 @@ class TcpSocket(FrameDeadline, StreamSocket):
         if pending and not self._discarding:
             self._pending = b""
             self._parse(memoryview(pending), 0, len(pending))
+        if not self._pending:
+            self._end_now()  # if the connection ended meanwhile: nothing is held now
         if not self._paused_reading:
             self._resume_transport()
-            self._end_now()  # if the connection ended meanwhile
 
     def _resume_transport(self) -> None:
         if self._size >= 0 or self._head:

@@ -296,9 +296,9 @@ class WsSocket(FrameDeadline, StreamSocket):
             self._receive_frame(held.popleft())
         if not held:
             self._held = None
+            self._end_now()  # if the connection ended meanwhile: nothing is held now
         if not self._paused_reading:
             self._resume_transport()
-            self._end_now()  # if the connection ended meanwhile
 
     def _accept(self, request: Request) -> None:
         protocol = self._protocol

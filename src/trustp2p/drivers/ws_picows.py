@@ -338,20 +338,16 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         """The TCP connection ended (``connection_lost``): report the close, after the
         messages held by a pause (:class:`EndAfterHeld`)."""
         self._open = False
-        if self._opened and not self._close_sent and self._end_waits(exc):
-            self._stop_frame_clock(cancel=True)
-            self.write_paused = False
-            self._wake_drain_waiters()  # drain() raises: closed
-        else:
+        self._stop_frame_clock(cancel=True)
+        self.write_paused = False
+        self._wake_drain_waiters()  # drain() raises: closed
+        if not (self._opened and not self._close_sent and self._end_waits(exc)):
             self._ended(exc)
 
     def _ended(self, exc: Exception | None) -> None:
-        self._stop_frame_clock(cancel=True)
-        self.write_paused = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._wake_drain_waiters()
         self._set_close_code()
         self._held.clear()  # in place: a _deliver_held() under way stops
         self._held_close = None
@@ -544,9 +540,10 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             ws, self._held_close = self._held_close, None
             if self._end is None:  # else the connection ended: nothing to answer on
                 self._close_received(ws)
+        if not held:
+            self._end_now()  # if the connection ended meanwhile: nothing is held now
         if not self._paused_reading:
             self._resume_transport()
-            self._end_now()  # if the connection ended meanwhile
 
     def _resume_transport(self) -> None:
         tcp = self._tcp
