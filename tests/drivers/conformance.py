@@ -692,6 +692,26 @@ class DriverConformance:
         await pair.server_events.next(DriverEvent.CLOSE, pair.server)
         assert pair.server_events.messages(pair.server) == packages[:1]
 
+    @pytest.mark.parametrize("how", ["close_soon", "abort"])
+    async def test_closing_while_held_messages_arrive_delivers_no_more(
+        self, harness: DriverHarness, how: str
+    ) -> None:
+        pair = await harness.pair()
+        events = pair.server_events
+        events.on_message_hook = pause_at(events, 2)
+        for i in range(6):
+            pair.client.write(b"%d" % i)  # one write: the server reads them at once
+        await events.wait_messages(pair.server, 2)
+
+        def let_go_at_third(socket: Socket, data: bytes | str) -> None:
+            if len(events.messages(socket)) == 3:
+                getattr(socket, how)()
+
+        events.on_message_hook = let_go_at_third
+        pair.server.resume_reading()
+        await events.next(DriverEvent.CLOSE, pair.server)
+        assert events.messages(pair.server) == [b"0", b"1", b"2"]
+
     async def test_a_pause_at_the_last_held_message_doesnt_hold_the_end_back(
         self, harness: DriverHarness, caplog: pytest.LogCaptureFixture
     ) -> None:

@@ -535,6 +535,9 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
     def _deliver_held(self) -> None:
         held = self._held
         while held and not self._paused_reading:
+            if self._close_sent or self._aborted:  # we closed: drop the rest, as _receive
+                held.clear()
+                break
             self._deliver(held.popleft())
         if not held and self._held_close is not None:
             ws, self._held_close = self._held_close, None
