@@ -682,6 +682,11 @@ class DriverConformance:
         await events.next(DriverEvent.CLOSE, pair.server)
         assert events.messages(pair.server) == packages
         assert pair.server.close_code == CloseCode.ABNORMAL_CLOSURE
+        # Learnt from a failed write: the system's reason ("Broken pipe", "Connection
+        # reset by peer") after DROPPED, the same words on every driver.
+        [error] = events.errors(pair.server)
+        assert str(error).startswith(f"{DROPPED}: ")
+        assert isinstance(error.__cause__, OSError)
 
     async def test_an_end_waiting_for_held_messages_comes_at_once_when_we_let_go(
         self, harness: DriverHarness

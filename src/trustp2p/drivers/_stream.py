@@ -22,6 +22,7 @@ __all__ = [
     "StreamSocket",
     "WriteBatches",
     "format_address",
+    "lost_error",
     "os_error_reason",
     "serve",
 ]
@@ -38,7 +39,7 @@ from typing import ClassVar, cast
 
 from ..exceptions import DriverError
 from ._accept import StreamServer, bind
-from .base import CloseCode, DriverOptions, Listener, Listening, Socket
+from .base import DROPPED, CloseCode, DriverOptions, Listener, Listening, Socket
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,23 @@ def os_error_reason(exc: OSError) -> str:
     if exc.errno is not None and exc.errno > 0:  # (a resolver's errors are negative)
         return os.strerror(exc.errno)
     return exc.strerror or str(exc)
+
+
+def lost_error(exc: BaseException | None) -> DriverError:
+    """
+    What a driver reports when the connection ended without a close frame, for ``exc``
+    (``connection_lost()``'s, or a parser's end of stream): :data:`~.base.DROPPED`, with
+    the system's reason for a reset or a broken pipe.
+    """
+    if isinstance(exc, OSError):
+        message = f"{DROPPED}: {os_error_reason(exc)}"
+    elif exc is None or isinstance(exc, EOFError):
+        message = DROPPED
+    else:
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    error = DriverError(message)
+    error.__cause__ = exc
+    return error
 
 
 def format_address(host: str, port: int) -> str:

@@ -76,7 +76,7 @@ import struct
 from urllib.parse import urlsplit
 
 from ..exceptions import DriverError
-from ._stream import FrameDeadline, ReceiveBuffer, ServerListening, StreamSocket, serve
+from ._stream import FrameDeadline, ReceiveBuffer, ServerListening, StreamSocket, lost_error, serve
 from .base import DROPPED, CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
 logger = logging.getLogger(__name__)
@@ -278,8 +278,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
         if not (self._aborted or self._error_reported or self._close_rcvd is not None):
             error = self._drop_error
             if error is None and exc is not None:
-                error = DriverError(f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc))
-                error.__cause__ = exc
+                error = lost_error(exc)
             if error is not None:
                 self._report("on_error", error)
         self._report("on_close")

@@ -29,9 +29,9 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
-from ._stream import FrameDeadline, ReceiveBuffer, ServerListening, StreamSocket, serve
+from ._stream import FrameDeadline, ReceiveBuffer, ServerListening, StreamSocket, lost_error, serve
 from ._wsframes import binary_frame_parts
-from .base import DROPPED, CloseCode, Driver, DriverOptions, Listener, Listening, Socket
+from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,10 @@ class WsSocket(FrameDeadline, StreamSocket):
             self._open_waiter.exception()
         if self._opened:
             # When we dropped it ourselves, the abrupt end is no news.
-            error = None if self._aborted else protocol.parser_exc or exc
+            parsed = protocol.parser_exc  # websockets' EOFError once the connection ends
+            if isinstance(parsed, EOFError) and exc is not None:
+                parsed = exc  # the system's reason (a reset) says more
+            error = None if self._aborted else parsed or exc
             if error is not None:
                 self._report("on_error", self._describe_error(error))
         if self._opened or self._accepted:
@@ -359,13 +362,9 @@ class WsSocket(FrameDeadline, StreamSocket):
         self.abort()
 
     def _describe_error(self, error: Exception) -> DriverError:
-        if isinstance(error, PayloadTooBig):
-            message = f"message too big: {error}"
-        elif isinstance(error, EOFError):  # websockets': "unexpected end of stream"
-            message = DROPPED
-        else:
-            message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        exc = DriverError(message)
+        if not isinstance(error, PayloadTooBig):
+            return lost_error(error)  # (websockets' EOFError: "unexpected end of stream")
+        exc = DriverError(f"message too big: {error}")
         exc.__cause__ = error
         return exc
 

@@ -53,11 +53,12 @@ from ._stream import (
     WriteBatches,
     _kernel_backlog,
     format_address,
+    lost_error,
     os_error_reason,
     serve,
 )
 from ._wsframes import binary_frames
-from .base import DROPPED, CloseCode, Driver, DriverOptions, Listener, Listening, Socket, fit_reason
+from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket, fit_reason
 
 logger = logging.getLogger(__name__)
 
@@ -496,10 +497,9 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
                     reason = f"{match[1]} bytes exceeds limit of {match[2]} bytes"
                 return DriverError(f"message too big: {reason}")
             return DriverError(reason or f"protocol error (close code {sent.code.value})")
-        if exc is not None:
-            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return DriverError(message)
-        return DriverError(DROPPED) if handshake is None or handshake.recv is None else None
+        if exc is not None or handshake is None or handshake.recv is None:
+            return lost_error(exc)
+        return None
 
     def _set_close_code(self) -> None:
         ws = self._ws
