@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +245,41 @@ async def test_the_count_of_unlogged_failures_is_logged_when_their_window_ends(
         assert await garbage_handshake(server.url) == 1008
     await wait_for(lambda: len(summaries()) == 2)
     assert summaries()[1].startswith("! 1 more 'handshake failed' events")
+
+
+async def drop_at_the_close_frame(url: str) -> None:
+    """Connect to a plain ``tcp://`` node, read its frames until its close frame, then
+    reset the connection instead of answering (a peer that crashes as the node stops)."""
+    host, port = url.removeprefix("tcp://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    while True:
+        (header,) = struct.unpack(">I", await reader.readexactly(4))
+        await reader.readexactly(header & 0x7FFFFFFF)
+        if header & 0x80000000:  # a control frame: the close
+            break
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def test_the_stop_summarises_what_it_left_unlogged_itself(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    server = await make_node(server=True, secure=False, driver="tcp")
+    assert server.url is not None
+    server.connections.inbound.log_budget = LogBudget(lines=1, window=30.0)
+    peers = [asyncio.ensure_future(drop_at_the_close_frame(server.url)) for _ in range(3)]
+    await wait_for(lambda: server.connections.inbound.accepted == 3)
+    await server.stop()  # the three drop as it closes their connections
+    await asyncio.gather(*peers)
+    lines = [r.getMessage() for r in caplog.records]
+    failed = [line for line in lines if "! connection failed" in line]
+    assert len(failed) == 3  # one WARNING, two at DEBUG
+    summary = [i for i, line in enumerate(lines) if "more 'connection failed'" in line]
+    assert len(summary) == 1
+    assert lines[summary[0]].startswith("! 2 more 'connection failed' events in the last")
+    assert summary[0] < lines.index("x node stopped")
 
 
 # Address blocks at node level (loopback counted as any address: limit_loopback)

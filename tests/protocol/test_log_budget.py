@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -89,6 +90,25 @@ def test_summarise_every_counts_windows_not_ended_yet(caplog: pytest.LogCaptureF
         "! 2 more 'closing' events in the last 2 s, logged at DEBUG only",
     ]
     assert budget.next_summary() is None
+
+
+def test_the_summary_names_no_one_peer(caplog: pytest.LogCaptureFixture) -> None:
+    class PeerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+        def process(self, msg: object, kwargs: Any) -> tuple[object, Any]:
+            return f"[{self.extra['peer'] if self.extra else '?'}] {msg}", kwargs
+
+    clock = FakeClock()
+    budget = LogBudget(lines=1, window=1.0, clock=clock)
+    logger = logging.getLogger("test.log_budget")
+    with caplog.at_level(logging.INFO, logger="test.log_budget"):
+        for peer in ("a", "b", "c"):
+            budget.log(PeerLog(logger, {"peer": peer}), logging.INFO, "closing", "! closing")
+        clock.advance(1.0)
+        budget.summarise()
+    assert [r.getMessage() for r in caplog.records] == [
+        "[a] ! closing",
+        "! 2 more 'closing' events in the last 1 s, logged at DEBUG only",
+    ]
 
 
 def test_events_counted_by_allow_alone_are_for_its_caller_to_log() -> None:

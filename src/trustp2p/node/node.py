@@ -361,6 +361,7 @@ class Node:
         if self._identity_lock is not None:
             self._identity_lock.close()  # another node may take this identity now
             self._identity_lock = None
+        self.connections.inbound.stop_logging()
         self.state = NodeState.STOPPED
         self.log.info("x node stopped")
 

@@ -79,7 +79,9 @@ class LogBudget:
         unlogged = self.allow(kind)
         stacklevel += 1
         if unlogged is None:
-            self._where[kind] = (logger, level)
+            # The summary is of every peer's events: not in one peer's adapter.
+            plain = logger.logger if isinstance(logger, logging.LoggerAdapter) else logger
+            self._where[kind] = (plain, level)
             logger.debug(message, *args, stacklevel=stacklevel)
         elif unlogged:
             message += " (and %d more since, at DEBUG)"
