@@ -200,7 +200,9 @@ class Inbound:
         budget = self.log_budget
         due = budget.next_summary()
         if due is not None:
-            delay = max(0.0, due - budget.now())
+            # At least 10 ms: a loop whose clock is not the budget's (uvloop's is cached,
+            # and rounds delays to ms) may wake early, and must not spin until it is due.
+            delay = max(0.01, due - budget.now())
             self._log_timer = asyncio.get_running_loop().call_later(delay, self._summarise)
 
     def _summarise(self) -> None:
