@@ -1036,6 +1036,8 @@ class DriverConformance:
         pair.server.resume_reading()
         await pair.server_events.next(DriverEvent.CLOSE, pair.server)
         assert pair.server_events.events(pair.server).count(DriverEvent.CLOSE) == 1
+        # It read the peer's close frame: whatever its answer met, no error to report.
+        assert pair.server_events.errors(pair.server) == []
 
     # Limits
 

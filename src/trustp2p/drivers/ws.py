@@ -241,7 +241,9 @@ class WsSocket(FrameDeadline, StreamSocket):
             parsed = protocol.parser_exc  # websockets' EOFError once the connection ends
             if isinstance(parsed, EOFError) and exc is not None:
                 parsed = exc  # the system's reason (a reset) says more
-            error = None if self._aborted else parsed or exc
+            # Once the peer's close arrived, how its answer fared is no news (as tcp).
+            quiet = self._aborted or protocol.close_rcvd is not None
+            error = None if quiet else parsed or exc
             if error is not None:
                 self._report("on_error", self._describe_error(error))
         if self._opened or self._accepted:
