@@ -324,7 +324,7 @@ class EndAfterHeld(Socket):
             self._ended(end[0])
 
     def _held_too_long(self) -> None:
-        if self._end is not None:
+        if self._end is not None and self._has_held():
             logger.warning(
                 "! dropped %s from %s read before the connection ended: reading stayed "
                 "paused %g s after it",
@@ -332,7 +332,7 @@ class EndAfterHeld(Socket):
                 self.peer,
                 self._options.close_timeout,
             )
-            self._end_now()
+        self._end_now()
 
     @abc.abstractmethod
     def _has_held(self) -> bool:
