@@ -304,6 +304,7 @@ class EndAfterHeld(Socket):
     __slots__ = ()
     _aborted: bool
     _options: DriverOptions
+    _paused_reading: bool
     _end: tuple[Exception | None, asyncio.TimerHandle] | None  # a lost connection's end
 
     def _end_waits(self, exc: Exception | None) -> bool:
@@ -325,6 +326,8 @@ class EndAfterHeld(Socket):
 
     def _held_too_long(self) -> None:
         if self._end is not None and self._has_held():
+            if not self._paused_reading:
+                return  # just resumed: the _deliver_held() scheduled delivers, then ends
             logger.warning(
                 "! dropped %s from %s read before the connection ended: reading stayed "
                 "paused %g s after it",
