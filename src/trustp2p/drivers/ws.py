@@ -29,6 +29,7 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
+from ..protocol.limits import is_loopback
 from ._stream import FrameDeadline, ReceiveBuffer, ServerListening, StreamSocket, lost_error, serve
 from ._wsframes import binary_frame_parts
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
@@ -47,13 +48,6 @@ class _InfoAtDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 _SERVER_PROTOCOL_LOGGER = _InfoAtDebug(logging.getLogger("websockets.server"), {})
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # The receive buffer of this thread's WebSocket connections; buffer_updated() hands
@@ -309,7 +303,7 @@ class WsSocket(FrameDeadline, StreamSocket):
         protocol = self._protocol
         assert isinstance(protocol, ServerProtocol)
         response = protocol.accept(request)
-        if response.status_code == 101 and self._options.trust_real_ip and _is_loopback(self.host):
+        if response.status_code == 101 and self._options.trust_real_ip and is_loopback(self.host):
             real_ips = request.headers.get_all("X-Real-IP")
             if real_ips:
                 try:

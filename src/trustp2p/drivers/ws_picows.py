@@ -45,6 +45,7 @@ from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
+from ..protocol.limits import is_loopback
 from ._stream import (
     DrainWaiters,
     EndAfterHeld,
@@ -80,13 +81,6 @@ class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 _picows_log = _QuietLog(logger, {})
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _retrieve_failure(ws: WSTransport) -> None:
@@ -364,7 +358,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
 
     def server_listener(self, request: WSUpgradeRequest) -> Any:
         """picows' listener factory, server side: check ``X-Real-IP`` and upgrade."""
-        if self._options.trust_real_ip and _is_loopback(self.host):
+        if self._options.trust_real_ip and is_loopback(self.host):
             real_ips = request.headers.getall("X-Real-IP", [])
             if real_ips:
                 try:
