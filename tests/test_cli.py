@@ -55,6 +55,20 @@ def test_invalid_option_value_is_a_usage_error(
     assert "heartbeat_interval must be a positive number of seconds" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--request-rate", "-1"], "request_rate must be a positive number per second, not -1"),
+        (["--max-package-size", "10"], "max_package_size must be an int of at least 1024"),
+    ],
+)
+def test_option_errors_say_what_a_value_must_be(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    assert main(["server", "--cwd", str(tmp_path), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_limit_flags_reach_the_node_options(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -477,10 +477,10 @@ async def test_bad_input_is_answered_counted_and_harmless(make_node: MakeNode) -
 
 
 async def test_oversized_frame_closes_that_peer_only(make_node: MakeNode) -> None:
-    server, client, socket = await pair(make_node, max_package_size=1000, secure=False)
+    server, client, socket = await pair(make_node, max_package_size=1024, secure=False)
     assert server.url is not None and client.client is not None
     async with await connect(server.url, compression=None, max_size=None) as ws:
-        await ws.send(b"\x00" * 1001)
+        await ws.send(b"\x00" * 1025)
         code, _ = await closed_by_peer(ws)
         assert code == 1009
     assert await client.client.request(socket, "echo", {"n": 3}) == {"echo": {"n": 3}}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_PORT", "NodeOptions", "parse_admin_address"]
+__all__ = ["DEFAULT_PORT", "MIN_PACKAGE_SIZE", "NodeOptions", "parse_admin_address"]
 
 import math
 from dataclasses import dataclass, fields
@@ -50,7 +50,8 @@ class NodeOptions:
         max_package_size: Largest package accepted; a larger frame closes the
             connection with code 1009. A package to send over it is not sent: a
             request or talk raises :exc:`PackageTooLarge`, a handler's answer becomes
-            an error answer. ``None`` disables the limit.
+            an error answer. ``None`` disables the limit; at least
+            :data:`MIN_PACKAGE_SIZE` (1 KiB: the node's own ``hello`` must fit).
         max_inbound: Most clients connected at once, counted from TCP accept. When all
             are taken, the oldest still in its handshake is dropped for a new one; when
             all finished theirs, the next one is closed with code 1013. ``None``
@@ -283,14 +284,17 @@ class NodeOptions:
         for name in _DURATIONS:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+                unit = "per second" if name.endswith("_rate") else "of seconds"
+                raise ValueError(f"{name} must be a positive number {unit}, not {value!r}")
         for name in _AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("max_package_size", "max_inbound"):
+        for name, least in (("max_package_size", MIN_PACKAGE_SIZE), ("max_inbound", 0)):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} must be a non-negative int or None, not {value!r}")
+            if value is not None and (not isinstance(value, int) or value < least):
+                raise ValueError(
+                    f"{name} must be an int of at least {least} or None, not {value!r}"
+                )
         if self.heartbeat_jitter < 0:
             raise ValueError(f"heartbeat_jitter must not be negative, not {self.heartbeat_jitter}")
         if self.reconnect_factor < 1:
@@ -414,6 +418,10 @@ _DURATIONS = (
     "gap_timeout",
 )
 """Options that must be positive, finite numbers (seconds, or per second for rates)."""
+
+MIN_PACKAGE_SIZE = 1024
+"""The least ``max_package_size``: the node's introduction (``hello`` or ``version``,
+its listen URLs) and its heartbeats must fit, with room."""
 
 _AT_LEAST_ONE = (
     "max_send_queue",

@@ -77,7 +77,7 @@ def log_options(f: F) -> F:
 _TUNING: list[tuple[str, str, Any, str]] = [
     ("--alt", "alt", str, "Network id; peers on another network are refused."),
     ("--max-inbound", "max_inbound", int, "Most clients connected at once."),
-    ("--max-package-size", "max_package_size", int, "Largest package accepted, in bytes."),
+    ("--max-package-size", "max_package_size", int, "Largest package accepted, bytes (>= 1024)."),
     ("--heartbeat-interval", "heartbeat_interval", float, "Seconds between heartbeat rounds."),
     ("--heartbeat-jitter", "heartbeat_jitter", float, "Up to this many seconds of jitter."),
     ("--heartbeat-timeout", "heartbeat_timeout", float, "Ping each peer this often (s)."),
