@@ -135,6 +135,23 @@ async def test_announcing_a_known_url_does_not_claim_it(store: PeerStore) -> Non
     assert owners == {"tpa": ("ws://a:1",), None: ("ws://b:1",), "tpm": ("ws://m:1",)}
 
 
+async def test_a_url_naming_the_peer_it_is_known_for_is_not_stored_twice(
+    store: PeerStore,
+) -> None:
+    peer_id = "tpmzuhvlpymk6xo3epygfy5h4oeaejofef"
+    other = "tpb6r4o4qtxxxxxxxxxxxxxxxxxxxxxxxx"
+    await store.record_connected(peer_id=peer_id, url="ws://a:1", address="10.0.0.1")
+    # A peer's get_peers answer names it in the /p2p/ form: the same peer at the same URL.
+    await store.add_urls([f"ws://a:1/p2p/{peer_id}"], PeerSource.EXCHANGE)
+    assert [(r.peer_id, r.urls) for r in await store.peers()] == [(peer_id, ("ws://a:1",))]
+    # Another id at that URL is another claim, kept apart until a dial proves it.
+    await store.add_urls([f"ws://a:1/p2p/{other}"], PeerSource.EXCHANGE)
+    assert sorted((r.peer_id or "-", r.urls) for r in await store.peers()) == [
+        ("-", (f"ws://a:1/p2p/{other}",)),
+        (peer_id, ("ws://a:1",)),
+    ]
+
+
 async def test_a_peer_keeps_its_newest_urls(store: PeerStore, clock: FakeClock) -> None:
     urls = [f"ws://a:{port}" for port in range(1, MAX_URLS_PER_PEER + 3)]
     for url in urls:

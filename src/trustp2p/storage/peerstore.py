@@ -55,6 +55,7 @@ from pathlib import Path
 from ..exceptions import NodeStateError
 from ..protocol.peers import PeerKey, is_address_key
 from ..protocol.scoring import BlockPolicy, PackageCounts
+from ..protocol.urls import split_peer_url
 from . import DATA_DIR
 from ._peer_queries import is_anchor, ranked_urls, records
 from ._peer_records import ADDRESS, PEER, Batch, Loaded, PeerDatabase, PeerRecord, PeerSource
@@ -183,7 +184,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         """
         Remember URLs to dial.
 
-        A URL already known keeps its peer: only a successful connection
+        A URL ``ws://host:port/p2p/<id>`` whose ``ws://host:port`` is already that
+        peer's is not stored twice. A URL already known keeps its peer: only a successful connection
         (:meth:`record_connected`) moves it to another peer id, so that a peer can't
         claim other peers' URLs. A bootstrap URL makes its peer a bootstrap peer. A
         peer keeps at most :data:`~trustp2p.protocol.urls.MAX_URLS_PER_PEER` URLs: a
@@ -213,6 +215,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
             owner = table.by_id.get(peer_id) or table.new_peer(peer_id, source, now)
         for url in urls:
             entry = table.by_url.get(url)
+            if entry is None and _names_its_owner(table, url):
+                continue  # ws://h:p/p2p/<id> where ws://h:p is <id>'s already: the same
             if entry is None:
                 peer = owner if owner is not None else table.new_peer(None, source, now)
                 entry = table.attach(url, peer, now)
@@ -560,3 +564,13 @@ class PeerStore(WriteBehind[Batch, Loaded]):
 
     def _unsaved(self) -> int:
         return self._table.unsaved()
+
+
+def _names_its_owner(table: PeerTable, url: str) -> bool:
+    """Whether ``url`` is ``<known URL>/p2p/<id>`` and that URL is ``<id>``'s already."""
+    try:
+        dial_url, expected = split_peer_url(url)
+    except ValueError:
+        return False
+    entry = table.by_url.get(dial_url) if expected is not None else None
+    return entry is not None and entry.peer.peer_id == expected
