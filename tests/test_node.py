@@ -187,12 +187,18 @@ async def test_handler_exception_answers_error_and_node_goes_on(make_node: MakeN
     assert await client.client.request(socket, "echo", {"after": 1}) == {"echo": {"after": 1}}
 
 
-async def test_handler_returning_a_non_dict_answers_error(make_node: MakeNode) -> None:
+async def test_handler_returning_a_non_dict_answers_error(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
     _, client, socket = await pair(make_node)
     assert client.client is not None
     with pytest.raises(RemoteError) as caught:
         await client.client.request(socket, "bad_body", {})
     assert caught.value.body == {"error": "handler of 'bad_body' failed"}
+    # The log says what the handler did wrong, without a traceback into trustp2p.
+    [record] = [r for r in caplog.records if "bad_body" in r.getMessage()]
+    assert record.levelno == logging.ERROR and record.exc_info is None
+    assert "returned no JSON object: body must be a dict, not " in record.getMessage()
 
 
 async def test_identical_concurrent_requests_go_on_the_wire_once(make_node: MakeNode) -> None:
@@ -533,6 +539,16 @@ async def test_hooks_and_order(make_node: MakeNode) -> None:
     await client.stop()
     assert client_recorder.calls[-2:] == [("stop", None), ("close", 1001)]
     await wait_for(lambda: server_recorder.calls[-1] == ("close", 1001))
+
+
+@pytest.mark.parametrize("threads", [[], [Recorder]])
+async def test_a_missing_threads_enabled_directory_is_a_warning_when_no_thread_runs(
+    make_node: MakeNode, tmp_path: Path, caplog: pytest.LogCaptureFixture, threads: list[Any]
+) -> None:
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    await make_node(server=True, cwd=tmp_path, threads=threads)
+    [record] = [r for r in caplog.records if "doesn't exist: no thread loaded" in r.getMessage()]
+    assert record.levelno == (logging.INFO if threads else logging.WARNING)
 
 
 async def test_stop_calls_every_thread_stop_and_closes_with_1001(make_node: MakeNode) -> None:

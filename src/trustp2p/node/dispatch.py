@@ -236,8 +236,14 @@ class Worker:
                     alt=node.options.alt,
                     payload=payload,
                 )
-            except (TypeError, ValueError):
-                _log_failure(thread, package)
+            except (TypeError, ValueError) as exc:  # the handler's mistake, not ours
+                logger.error(
+                    "! handler of %s %r in %s returned no JSON object: %s",
+                    package.type.name,
+                    package.event,
+                    thread.path or type(thread).__name__,
+                    exc,
+                )
                 failed = True
         if failed:  # no details: they may be sensitive (as websockets does)
             response = self._error(package, f"handler of {package.event!r} failed")

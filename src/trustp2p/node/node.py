@@ -411,7 +411,8 @@ class Node:
             if enabled.is_dir():
                 classes.extend(load_thread_classes(enabled))
             else:
-                self.log.info("= %s doesn't exist: no thread loaded from it", enabled)
+                level = logging.INFO if self.options.threads else logging.WARNING  # none at all
+                self.log.log(level, "! %s doesn't exist: no thread loaded from it", enabled)
         classes.extend(self.options.threads)
         if self.options.peer_exchange:
             classes.append(PeerExchangeThread)
