@@ -74,6 +74,22 @@ class WebSocketChecks:
             await writer.wait_closed()
         assert [record.event for record in events.records] == [DriverEvent.START]
 
+    async def test_invalid_utf8_in_a_text_message(self, harness: DriverHarness) -> None:
+        listening, events = await harness.listen()
+        async with ws_connect(listening.url) as client:
+            await client.send(b"\xff\xfe", text=True)  # websockets sends it as it is
+            async with asyncio.timeout(TIMEOUT):
+                await client.wait_closed()
+            assert client.close_code == 1007
+        server = (await events.next(DriverEvent.CONNECTION)).socket
+        assert server is not None
+        error = (await events.next(DriverEvent.ERROR, server)).payload
+        assert str(error) == "invalid UTF-8 in a text message"
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_closed()
+        assert server.close_code == 1007
+        assert events.messages(server) == []
+
     async def test_last_seen_advances_on_a_partial_frame(self, harness: DriverHarness) -> None:
         """Any bytes are life: a large frame in flight keeps its sender alive (liveness)."""
         listening, events = await harness.listen()

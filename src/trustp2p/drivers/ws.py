@@ -280,8 +280,20 @@ class WsSocket(FrameDeadline, StreamSocket):
             text = frame.opcode is Opcode.TEXT
         if self._closing or self._aborted:
             return  # drop what the peer sent after our close frame, or once we aborted
-        # websockets checked that a text message is valid UTF-8.
-        self._deliver(data.decode() if text else data)
+        if not text:
+            self._deliver(data)
+            return
+        try:
+            message = data.decode()  # websockets' protocol doesn't check it
+        except UnicodeDecodeError:
+            reason = "invalid UTF-8 in a text message"
+            self._report("on_error", DriverError(reason))
+            self._closing = True  # what follows is dropped
+            self._protocol.fail(CloseCode.INVALID_DATA, reason)
+            self._flush()
+            self._set_close_timer()
+            return
+        self._deliver(message)
 
     def _has_held(self) -> bool:
         return bool(self._held)

@@ -68,7 +68,6 @@ logger = logging.getLogger(__name__)
 _READ_BUFFER = 4096
 _NO_LIMIT = 2**62  # picows wants a number for its frame size limit
 _NO_STATUS_RCVD = 1005  # a close frame without a code, as websockets reports it
-_INVALID_DATA = 1007
 _TOO_BIG = re.compile(r"(\d+) > (\d+)$")  # the end of picows' reason for code 1009
 
 
@@ -437,7 +436,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         try:
             self._receive(data.decode())
         except UnicodeDecodeError:
-            self._fail(_INVALID_DATA, "invalid UTF-8 in a text message")
+            self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
 
     def _close_received(self, ws: WSTransport) -> None:
         self._run_before_out()  # answers to what came before the close go before ours

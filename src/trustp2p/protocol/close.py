@@ -18,6 +18,7 @@ class CloseCode(enum.IntEnum):
     GOING_AWAY = 1001
     PROTOCOL_ERROR = 1002
     ABNORMAL_CLOSURE = 1006  # never sent: the connection dropped without a close
+    INVALID_DATA = 1007  # a WebSocket text message that isn't UTF-8
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
