@@ -74,6 +74,29 @@ class WebSocketChecks:
             await writer.wait_closed()
         assert [record.event for record in events.records] == [DriverEvent.START]
 
+    async def test_pings_are_answered(self, harness: DriverHarness) -> None:
+        listening, _ = await harness.listen()
+        async with ws_connect(listening.url) as client:
+            async with asyncio.timeout(TIMEOUT):
+                await (await client.ping(b"are you there?"))
+
+    async def test_a_ping_flood_from_a_peer_that_reads_nothing_buffers_no_pongs(
+        self, harness: DriverHarness
+    ) -> None:
+        """Pongs to a peer that doesn't read them are skipped (RFC 6455 allows it) once
+        the write buffer is over ``write_limit``: they would pile up without bound."""
+        client, events, server = await _raw_client(harness, DriverOptions())
+        client.transport.pause_reading()  # it reads nothing from now on
+        ping = bytes((0x89, 0x80 | 125)) + b"\0\0\0\0" + b"p" * 125  # masked, a zero key
+        for _ in range(200):  # 26 MB of pings: their pongs would be 26 MB
+            client.transport.write(ping * 1000)
+        client.transport.write(_masked_frame_start(4) + b"last")
+        async with asyncio.timeout(60):  # read behind all the pings
+            await events.wait_messages(server, 1)
+        # The kernel's buffers take a few MB of pongs; the rest would have stayed here.
+        assert server.write_buffer_size < 2**20
+        client.transport.abort()
+
     async def test_invalid_utf8_in_a_text_message(self, harness: DriverHarness) -> None:
         listening, events = await harness.listen()
         async with ws_connect(listening.url) as client:

@@ -170,7 +170,12 @@ class WsSocket(FrameDeadline, StreamSocket):
         # websockets copies what it gets (bytearray += data): a view does as well.
         protocol.receive_data(data)  # type: ignore[arg-type]
         events = protocol.events_received()
-        self._flush()
+        if self.write_paused and protocol.state is State.OPEN:
+            # All it has to send is pongs, to a peer that doesn't read what we send:
+            # not buffered without bound (RFC 6455 lets an endpoint skip pongs).
+            protocol.data_to_send()
+        else:
+            self._flush()
         if events:
             self._frame_started = None  # _watch_frames(True, now), inline: once a read
         elif self._opened:

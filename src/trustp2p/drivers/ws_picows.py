@@ -114,7 +114,7 @@ class _Protocol(WSProtocol):  # type: ignore[misc]
             10,
             10,
             WSAutoPingStrategy.PING_WHEN_IDLE,
-            True,  # enable_auto_pong
+            False,  # enable_auto_pong: PicowsSocket answers, unless its peer doesn't read
             _NO_LIMIT if limit is None else limit,
             {"User-Agent": "trustp2p"} if not socket.inbound else None,
             _READ_BUFFER,
@@ -274,6 +274,9 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
                 self._held_close = transport
             else:
                 self._close_received(transport)
+        elif kind is WSMsgType.PING:
+            if self._open and not self.write_paused:  # (RFC 6455 lets us skip pongs)
+                transport.send_pong(frame.get_payload_as_bytes())
         elif transport.is_close_frame_sent and self._dropping(frame):
             return
         elif kind is WSMsgType.BINARY and frame.fin and not self._fragments:
