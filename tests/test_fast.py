@@ -62,6 +62,15 @@ def test_the_loop_clock_is_the_loops_time(loop: str) -> None:
     assert before <= now <= after
 
 
+async def test_a_loop_time_patched_on_the_instance_is_the_loop_clock() -> None:
+    loop = asyncio.get_running_loop()
+    loop.time = lambda: 12345.0  # type: ignore[method-assign] # as a test's fake clock
+    try:
+        assert loop_clock(loop)() == 12345.0
+    finally:
+        del loop.time  # type: ignore[method-assign]
+
+
 def test_unknown_loop_is_a_usage_error() -> None:
     main = _loop_name()
     with pytest.raises(UsageError, match="unknown event loop 'trio'"):

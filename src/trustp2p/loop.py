@@ -57,9 +57,10 @@ def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     loops' ``time()`` is :func:`time.monotonic` behind a Python call, which a package's
     path reads a few times; other loops' (uvloop's) as they are.
     """
-    if type(loop).time is asyncio.BaseEventLoop.time:
+    clock = loop.time
+    if getattr(clock, "__func__", None) is asyncio.BaseEventLoop.time:  # (not patched)
         return time.monotonic
-    return loop.time
+    return clock
 
 
 def run(main: Coroutine[Any, Any, T], *, loop: str = "asyncio", debug: bool | None = None) -> T:

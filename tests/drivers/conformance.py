@@ -717,6 +717,21 @@ class DriverConformance:
         await events.next(DriverEvent.CLOSE, pair.server)
         assert events.messages(pair.server) == [b"0", b"1", b"2"]
 
+    async def test_no_error_when_the_peer_closed_after_the_messages_held(
+        self, harness: DriverHarness
+    ) -> None:
+        """Its close frame arrived (held behind the messages, or read), then the connection
+        broke: the peer closed properly, whatever our answer met."""
+        pair = await harness.pair(DriverOptions(close_timeout=2.0))
+        events = pair.server_events
+        packages = await held_then_lost(pair, 2, close_first=True)
+        events.on_message_hook = None
+        pair.server.resume_reading()
+        await events.next(DriverEvent.CLOSE, pair.server)
+        if self.lost_ends_after_held:
+            assert events.messages(pair.server) == packages
+            assert events.errors(pair.server) == []
+
     async def test_a_pause_at_the_last_held_message_doesnt_hold_the_end_back(
         self, harness: DriverHarness, caplog: pytest.LogCaptureFixture
     ) -> None:

@@ -740,3 +740,17 @@ async def wait_last_seen(socket: Socket, before: float) -> None:
     async with asyncio.timeout(TIMEOUT):
         while socket.last_seen <= before:  # noqa: ASYNC110 - a plain attribute
             await asyncio.sleep(MS)
+
+
+def test_os_error_reasons_are_the_systems_words_but_openssls_are_its_own() -> None:
+    import errno
+    import ssl
+
+    from trustp2p.drivers._stream import os_error_reason
+
+    refused = OSError(errno.ECONNREFUSED, "Connect call failed ('127.0.0.1', 1)")
+    assert os_error_reason(refused) == "Connection refused"
+    tls = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1000)")
+    assert os_error_reason(tls) == "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1000)"
+    resolver = OSError(-2, "Name or service not known")
+    assert os_error_reason(resolver) == "Name or service not known"

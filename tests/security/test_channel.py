@@ -3,6 +3,7 @@ names the peer."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -366,6 +367,25 @@ async def test_packages_held_from_a_batch_arrive_before_the_end_of_a_lost_connec
     accepted.resume_reading()
     await events.next(DriverEvent.CLOSE, accepted)
     assert events.messages(accepted) == packages
+    assert events.events(accepted)[-1] is DriverEvent.CLOSE
+
+
+async def test_wait_closed_waits_for_the_end_the_held_packages_keep_back(net: Net) -> None:
+    """A dialler awaits wait_closed() to redial: it must not return while the node still
+    has the connection (it would spin)."""
+    client = Side(Identity.generate())
+    opened, accepted = await connect_secure(net, client)
+    events = net.server.events
+    at_second_message(events, lambda socket: socket.pause_reading())
+    for i in range(6):
+        opened.write(b"%d" % i)
+    await events.wait_messages(accepted, 2)
+    opened.raw.abort()
+    await wait_for(lambda: accepted.closed)
+    waiting = asyncio.ensure_future(accepted.wait_closed())
+    assert await stays(lambda: not waiting.done(), 50 * MS)
+    accepted.resume_reading()
+    await asyncio.wait_for(waiting, 2)
     assert events.events(accepted)[-1] is DriverEvent.CLOSE
 
 

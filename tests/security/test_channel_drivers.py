@@ -7,6 +7,7 @@ failures. Found by a review of the batches; each case failed on at least one dri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -224,3 +225,37 @@ async def test_batch_then_peer_close_arrive_whole(secure: Secure) -> None:
     opened.close_soon()
     await secure.server.events.next(DriverEvent.CLOSE, accepted)
     assert secure.server.events.messages(accepted) == packages
+
+
+async def test_a_lost_connections_error_and_end_come_after_the_held_packages(
+    secure: Secure,
+) -> None:
+    """Messages, then the error, then the close: the raw driver's order, kept by the
+    secure socket for the packages of a batch it holds for a paused reader."""
+    opened, accepted = await secure.start()
+    events = secure.server.events
+
+    def pause_at_second(socket: Socket, data: bytes | str) -> None:
+        if len(events.messages(socket)) == 2:
+            socket.pause_reading()
+
+    events.on_message_hook = pause_at_second
+    packages = [b"%d" % i for i in range(6)]
+    for package in packages:
+        opened.write(package)
+    await events.wait_messages(accepted, 2)
+    opened.raw.abort()
+    async with asyncio.timeout(2):  # learnt at once (memory) or from a failed write
+        while not accepted.closed:
+            with contextlib.suppress(ConnectionClosed):
+                accepted.write(b"are you there?")
+            await asyncio.sleep(MS)
+    events.on_message_hook = None
+    accepted.resume_reading()
+    await events.next(DriverEvent.CLOSE, accepted)
+    assert events.messages(accepted) == packages
+    kinds = events.events(accepted)
+    last = max(i for i, kind in enumerate(kinds) if kind is DriverEvent.MESSAGE)
+    assert DriverEvent.ERROR not in kinds[:last]
+    # The tcp, ws and picows drivers report the drop; the memory driver's abort doesn't.
+    assert kinds[last + 1 :] in ([DriverEvent.ERROR, DriverEvent.CLOSE], [DriverEvent.CLOSE])

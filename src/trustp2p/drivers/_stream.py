@@ -31,6 +31,7 @@ import abc
 import asyncio
 import logging
 import os
+import ssl
 import struct
 import sys
 import threading
@@ -75,8 +76,8 @@ _SEPARATE_WRITES = 2**16
 def os_error_reason(exc: OSError) -> str:
     """Why a system call failed, in the system's words ("Connection refused"): asyncio
     words a failed connect as "Connect call failed ('127.0.0.1', 1)"."""
-    if exc.errno is not None and exc.errno > 0:  # (a resolver's errors are negative)
-        return os.strerror(exc.errno)
+    if exc.errno is not None and exc.errno > 0 and not isinstance(exc, ssl.SSLError):
+        return os.strerror(exc.errno)  # (a resolver's are negative, OpenSSL's its own)
     return exc.strerror or str(exc)
 
 
@@ -325,9 +326,12 @@ class EndAfterHeld(Socket):
             self._ended(end[0])
 
     def _held_too_long(self) -> None:
-        if self._end is not None and self._has_held():
-            if not self._paused_reading:
-                return  # just resumed: the _deliver_held() scheduled delivers, then ends
+        end = self._end
+        if end is not None and self._has_held():
+            if not self._paused_reading:  # just resumed: its _deliver_held() ends it
+                timer = self._loop.call_later(self._options.close_timeout, self._held_too_long)
+                self._end = (end[0], timer)
+                return
             logger.warning(
                 "! dropped %s from %s read before the connection ended: reading stayed "
                 "paused %g s after it",

@@ -493,9 +493,9 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
                     reason = f"{match[1]} bytes exceeds limit of {match[2]} bytes"
                 return DriverError(f"message too big: {reason}")
             return DriverError(reason or f"protocol error (close code {sent.code.value})")
-        if exc is not None or handshake is None or handshake.recv is None:
-            return lost_error(exc)
-        return None
+        if handshake is not None and handshake.recv is not None:
+            return None  # the peer closed: how our answer fared is no news (as tcp)
+        return lost_error(exc)
 
     def _set_close_code(self) -> None:
         ws = self._ws

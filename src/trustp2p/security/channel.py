@@ -97,6 +97,8 @@ class SecureSocket(Socket):
         self._closing = False  # we closed or aborted: deliver no more
         # The raw connection's end, waiting for the packages held (end_after_held()).
         self._end: tuple[Callable[[], None], asyncio.TimerHandle] | None = None
+        self._ended: asyncio.Future[None] = self._loop.create_future()  # on_close forwarded
+        self._errors: list[Callable[[], None]] = []  # the raw's, behind the held packages
 
     @property
     def last_seen(self) -> float:
@@ -201,12 +203,21 @@ class SecureSocket(Socket):
         if we close or abort meanwhile; past ``within`` seconds, they are dropped with
         a WARNING. The :class:`SecureLayer` calls it.
         """
+        report = functools.partial(self._report_end, report)
         if not self._held or self._closing:
             self._held = None
+            self._report_errors()  # (any the held packages kept back)
             report()
             return
         timer = self._loop.call_later(within, self._held_too_long, within)
         self._end = (report, timer)
+
+    def _report_end(self, report: Callable[[], None]) -> None:
+        try:
+            report()
+        finally:
+            if not self._ended.done():
+                self._ended.set_result(None)
 
     def _end_now(self) -> None:
         end = self._end
@@ -214,21 +225,41 @@ class SecureSocket(Socket):
             self._end = None
             end[1].cancel()
             self._held = None
+            self._report_errors()
             end[0]()
 
     def _held_too_long(self, waited: float) -> None:
-        held = len(self._held or ())
+        end = self._end
+        if end is None:
+            return
+        if self._held and not self._paused:  # just resumed: its _deliver_held() ends it
+            self._end = (end[0], self._loop.call_later(waited, self._held_too_long, waited))
+            return
         logger.warning(
             "! dropped %d packages from %s read before the connection ended: reading "
             "stayed paused %g s after it",
-            held,
+            len(self._held or ()),
             self.peer,
             waited,
         )
         self._end_now()
 
+    def report_error(self, report: Callable[[], None]) -> None:
+        """Report an error of the raw connection (``report`` it) after the packages of a
+        batch held by a pause, which came before it; at once if none are held."""
+        if self._held:
+            self._errors.append(report)
+        else:
+            report()
+
+    def _report_errors(self) -> None:
+        errors, self._errors = self._errors, []
+        for report in errors:
+            report()
+
     async def wait_closed(self) -> None:
         await self.raw.wait_closed()
+        await asyncio.shield(self._ended)
 
     def pause_reading(self) -> None:
         self._paused = True
@@ -252,6 +283,7 @@ class SecureSocket(Socket):
             self._deliver(held.popleft())
         if not held:
             self._held = None
+            self._report_errors()  # of the raw connection, after what came before them
             self._end_now()  # if the raw connection ended meanwhile
         if not self._paused:
             self.raw.resume_reading()
@@ -437,7 +469,7 @@ class SecureLayer:
     def on_error(self, raw: Socket, error: Exception) -> None:
         secure = self._secure.get(raw.id)
         if secure is not None:
-            self._listener.on_error(secure, error)
+            secure.report_error(functools.partial(self._listener.on_error, secure, error))
         elif raw.id in self._handshakes:
             logger.debug("! handshake with %s: %s", raw.peer, error)
 
