@@ -159,6 +159,8 @@ class Dialer:
                     # One connection per peer (maybe it dialled us): dial again when
                     # that one closes.
                     await other.wait_closed()
+                    if self.node.socket_for_peer(peer_id) is other:
+                        await asyncio.sleep(1.0)  # closed, not forgotten yet: never spin
                     continue
             elif gate is Gate.BACK_OFF:
                 await asyncio.sleep(reconnect.failed())
