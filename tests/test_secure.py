@@ -508,6 +508,8 @@ async def test_a_secure_plain_mismatch_is_reported_once_and_not_redialled_soon(
         return sum("disagree on the secure channel" in r.getMessage() for r in caplog.records)
 
     await wait_for(lambda: refusals() == 1)
+    [line] = [r.getMessage() for r in caplog.records if "disagree on" in r.getMessage()]
+    assert "(this node runs with secure=True; the close said 'peer speaks plain" in line
     # Real time: with the old 1 s back-off it would have dialled twice more by now.
     assert await stays(lambda: refusals() == 1 and not client.client.sockets, 2.5)
     attempts = sum(

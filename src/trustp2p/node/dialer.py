@@ -181,10 +181,13 @@ class Dialer:
                 # again only as often as the slowest redial.
                 delay = max(delay, options.reconnect_max)
                 if not mismatched:
+                    # The reason may be the peer's, in its words: say which side we are.
                     logger.warning(
-                        "! %s and this node disagree on the secure channel (%s): "
-                        "redialling every %.0f s until one side changes `secure`",
-                        dial_url, socket.close_reason, delay,
+                        "! %s and this node disagree on the secure channel (this node "
+                        "runs with secure=%s; the close said %r): redialling every %.0f s "
+                        "until one side changes `secure`",
+                        dial_url, self.node.secure_layer is not None, socket.close_reason,
+                        delay,
                     )  # fmt: skip
                 mismatched = True
                 await asyncio.sleep(delay)
