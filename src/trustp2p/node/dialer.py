@@ -181,14 +181,7 @@ class Dialer:
                 # again only as often as the slowest redial.
                 delay = max(delay, options.reconnect_max)
                 if not mismatched:
-                    # The reason may be the peer's, in its words: say which side we are.
-                    logger.warning(
-                        "! %s and this node disagree on the secure channel (this node "
-                        "runs with secure=%s; the close said %r): redialling every %.0f s "
-                        "until one side changes `secure`",
-                        dial_url, self.node.secure_layer is not None, socket.close_reason,
-                        delay,
-                    )  # fmt: skip
+                    self._mismatch(dial_url, socket.close_reason, delay)
                 mismatched = True
                 await asyncio.sleep(delay)
                 continue
@@ -202,6 +195,15 @@ class Dialer:
             )
             await asyncio.sleep(delay)
 
+
+    def _mismatch(self, url: str, reason: str, delay: float) -> None:
+        # The reason may be the peer's, in its words: say which side this node is.
+        logger.warning(
+            "! %s and this node disagree on the secure channel (this node runs with "
+            "secure=%s; the close said %r): redialling every %.0f s until one side "
+            "changes `secure`",
+            url, self.node.secure_layer is not None, reason, delay,
+        )  # fmt: skip
     async def _dial_once(self, dial: Dial) -> None:
         """
         Dial a URL from the store once, and stay until the connection closes. A URL
