@@ -195,7 +195,6 @@ class Dialer:
             )
             await asyncio.sleep(delay)
 
-
     def _mismatch(self, url: str, reason: str, delay: float) -> None:
         # The reason may be the peer's, in its words: say which side this node is.
         logger.warning(
@@ -204,6 +203,7 @@ class Dialer:
             "changes `secure`",
             url, self.node.secure_layer is not None, reason, delay,
         )  # fmt: skip
+
     async def _dial_once(self, dial: Dial) -> None:
         """
         Dial a URL from the store once, and stay until the connection closes. A URL
