@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +29,7 @@ from trustp2p import (
 from trustp2p.protocol.package import build_package, decode, encode
 from trustp2p.threads.heartbeat import HeartbeatThread
 
+from .compiled import refused_type
 from .conftest import MS, stays, wait_for
 from .nodes import FAST, MakeNode
 
@@ -198,7 +200,9 @@ async def test_handler_returning_a_non_dict_answers_error(
     # The log says what the handler did wrong, without a traceback into trustp2p.
     [record] = [r for r in caplog.records if "bad_body" in r.getMessage()]
     assert record.levelno == logging.ERROR and record.exc_info is None
-    assert "returned no JSON object: body must be a dict, not " in record.getMessage()
+    prefix, reason = record.getMessage().split(" returned no JSON object: ")
+    assert prefix == "! handler of REQUEST 'bad_body' in Recorder"
+    assert re.match(refused_type("body", "dict", "list"), reason)
 
 
 async def test_identical_concurrent_requests_go_on_the_wire_once(make_node: MakeNode) -> None:

@@ -155,7 +155,9 @@ class Worker:
         thread, handler = entries[0]  # one handler per request event
         started = time.monotonic()
         try:
-            result = handler(self._socket, package)
+            # Any: what the handler returns is checked below, not by a compiled build's
+            # check of the declared type (it would fail as the handler, not its answer).
+            result: Any = handler(self._socket, package)
             if type(result) is not types.CoroutineType:  # an async def's: the usual
                 if type(result) is dict or result is None or not inspect.isawaitable(result):
                     await self._answer(thread, package, result, started)
