@@ -427,7 +427,7 @@ async def test_packages_held_from_a_batch_are_dropped_with_a_warning_if_never_re
     opened.raw.abort()
     await events.next(DriverEvent.CLOSE, accepted)  # within the layer's timeout
     assert events.messages(accepted) == [b"0", b"1"]
-    assert "dropped 4 packages" in caplog.text
+    assert "dropped 4 package(s)" in caplog.text
     listening.close()
 
 

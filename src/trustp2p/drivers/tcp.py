@@ -403,7 +403,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
         return bool(self._pending)
 
     def _held_description(self) -> str:
-        return f"{len(self._pending)} bytes of frames"
+        return f"{len(self._pending)} byte(s) of frames"
 
     def _deliver_held(self) -> None:
         if self._paused_reading:

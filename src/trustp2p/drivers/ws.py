@@ -304,7 +304,7 @@ class WsSocket(FrameDeadline, StreamSocket):
         return bool(self._held)
 
     def _held_description(self) -> str:
-        return f"{len(self._held or ())} frames"
+        return f"{len(self._held or ())} frame(s)"
 
     def _deliver_held(self) -> None:
         held = self._held

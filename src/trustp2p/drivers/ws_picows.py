@@ -526,7 +526,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         return bool(self._held)
 
     def _held_description(self) -> str:
-        return f"{len(self._held)} messages"
+        return f"{len(self._held)} message(s)"
 
     def _deliver_held(self) -> None:
         held = self._held

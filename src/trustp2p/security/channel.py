@@ -236,7 +236,7 @@ class SecureSocket(Socket):
             self._end = (end[0], self._loop.call_later(waited, self._held_too_long, waited))
             return
         logger.warning(
-            "! dropped %d packages from %s read before the connection ended: reading "
+            "! dropped %d package(s) from %s read before the connection ended: reading "
             "stayed paused %g s after it",
             len(self._held or ()),
             self.peer,
