@@ -79,7 +79,6 @@ class Inbound:
         self.awaiting: dict[int, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._log_timer: asyncio.TimerHandle | None = None  # the log budget's summary
-        self._log_stopped = False  # the node stopped: no more summaries due later
 
     def _address_blocked(self, host: str) -> bool:
         store = self._node.store
@@ -184,13 +183,12 @@ class Inbound:
         """Log within :attr:`log_budget` (see :meth:`LogBudget.log`); the events it
         leaves unlogged are counted in a line at the end of their window."""
         self.log_budget.log(log, level, kind, message, *args, stacklevel=stacklevel + 1)
-        if self._log_timer is None and not self._log_stopped:
+        if self._log_timer is None and self._node.running:  # (stopping: stop_logging())
             self._arm_summary()
 
     def stop_logging(self) -> None:
         """The node stopped (its connections too): say how many events of each kind
         went unlogged, those of the stop included, and arm no more summaries."""
-        self._log_stopped = True
         if self._log_timer is not None:
             self._log_timer.cancel()
             self._log_timer = None
