@@ -273,6 +273,9 @@ class SecureSocket(Socket):
             # Deliver what waits first, outside the caller's frame (as the drivers do):
             # the handler that resumed finishes, and its answers go out, before more come.
             self._loop.call_soon(self._deliver_held)
+            # The raw socket resumes now: what it delivers next comes in a later callback,
+            # behind these (or waits in _held); its timers see a reader that resumed.
+            self.raw.resume_reading()
 
     def _deliver_held(self) -> None:
         held = self._held
