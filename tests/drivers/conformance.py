@@ -301,6 +301,19 @@ def pause_at(events: RecordingListener, count: int) -> Callable[[Socket, bytes |
     return pause
 
 
+def act_at(
+    events: RecordingListener, count: int, how: str
+) -> Callable[[Socket, bytes | str], None]:
+    """An ``on_message_hook`` that calls the socket's method ``how`` (``close_soon``,
+    ``abort``) at the ``count``-th message."""
+
+    def act(socket: Socket, data: bytes | str) -> None:
+        if len(events.messages(socket)) == count:
+            getattr(socket, how)()
+
+    return act
+
+
 async def held_then_lost(pair: Pair, count: int, *, close_first: bool = False) -> list[bytes]:
     """
     The server pauses at the ``count``-th of six messages, which the client sends in
@@ -707,12 +720,7 @@ class DriverConformance:
         for i in range(6):
             pair.client.write(b"%d" % i)  # one write: the server reads them at once
         await events.wait_messages(pair.server, 2)
-
-        def let_go_at_third(socket: Socket, data: bytes | str) -> None:
-            if len(events.messages(socket)) == 3:
-                getattr(socket, how)()
-
-        events.on_message_hook = let_go_at_third
+        events.on_message_hook = act_at(events, 3, how)
         pair.server.resume_reading()
         await events.next(DriverEvent.CLOSE, pair.server)
         assert events.messages(pair.server) == [b"0", b"1", b"2"]
@@ -754,12 +762,7 @@ class DriverConformance:
         pair = await harness.pair()
         events = pair.server_events
         packages = await held_then_lost(pair, 2, close_first=peer_closed)
-
-        def let_go_at_third(socket: Socket, data: bytes | str) -> None:
-            if len(events.messages(socket)) == 3:
-                getattr(socket, how)()
-
-        events.on_message_hook = let_go_at_third
+        events.on_message_hook = act_at(events, 3, how)
         pair.server.resume_reading()
         await events.next(DriverEvent.CLOSE, pair.server)
         assert await stays(lambda: events.events(pair.server)[-1] is DriverEvent.CLOSE, QUIET)

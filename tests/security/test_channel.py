@@ -347,20 +347,27 @@ async def test_a_pause_within_a_batch_holds_the_rest_until_resumed(net: Net) -> 
     assert await events.wait_messages(accepted, 7) == [*packages, b"after"]
 
 
+async def held_then_lost(net: Net) -> tuple[SecureSocket, list[bytes]]:
+    """The server pauses at the second of six packages the client writes in one batch,
+    then the client's raw connection ends (the memory driver: at once). Returns the
+    server's secure socket, closed to writes, and the packages."""
+    opened, accepted = await connect_secure(net, Side(Identity.generate()))
+    at_second_message(net.server.events, lambda socket: socket.pause_reading())
+    packages = [b"%d" % i for i in range(6)]
+    for package in packages:
+        opened.write(package)
+    await net.server.events.wait_messages(accepted, 2)
+    opened.raw.abort()
+    await wait_for(lambda: accepted.closed)
+    return accepted, packages
+
+
 async def test_packages_held_from_a_batch_arrive_before_the_end_of_a_lost_connection(
     net: Net,
 ) -> None:
     """As the drivers do with what they read (EndAfterHeld): the end waits for them."""
-    client = Side(Identity.generate())
-    opened, accepted = await connect_secure(net, client)
+    accepted, packages = await held_then_lost(net)
     events = net.server.events
-    at_second_message(events, lambda socket: socket.pause_reading())
-    packages = [b"%d" % i for i in range(6)]
-    for package in packages:
-        opened.write(package)
-    assert await events.wait_messages(accepted, 2) == packages[:2]
-    opened.raw.abort()  # the raw connection ends (the memory driver: at once)
-    await wait_for(lambda: accepted.closed)
     with pytest.raises(ConnectionClosed):
         accepted.write(b"no")
     assert await stays(lambda: DriverEvent.CLOSE not in events.events(accepted), 50 * MS)
@@ -373,40 +380,25 @@ async def test_packages_held_from_a_batch_arrive_before_the_end_of_a_lost_connec
 async def test_wait_closed_waits_for_the_end_the_held_packages_keep_back(net: Net) -> None:
     """A dialler awaits wait_closed() to redial: it must not return while the node still
     has the connection (it would spin)."""
-    client = Side(Identity.generate())
-    opened, accepted = await connect_secure(net, client)
-    events = net.server.events
-    at_second_message(events, lambda socket: socket.pause_reading())
-    for i in range(6):
-        opened.write(b"%d" % i)
-    await events.wait_messages(accepted, 2)
-    opened.raw.abort()
-    await wait_for(lambda: accepted.closed)
+    accepted, _ = await held_then_lost(net)
     waiting = asyncio.ensure_future(accepted.wait_closed())
     assert await stays(lambda: not waiting.done(), 50 * MS)
     accepted.resume_reading()
     await asyncio.wait_for(waiting, 2)
-    assert events.events(accepted)[-1] is DriverEvent.CLOSE
+    assert net.server.events.events(accepted)[-1] is DriverEvent.CLOSE
 
 
 @pytest.mark.parametrize("how", ["close_soon", "abort"])
 async def test_letting_go_of_a_lost_connection_drops_the_packages_held_from_a_batch(
     net: Net, how: str
 ) -> None:
-    client = Side(Identity.generate())
-    opened, accepted = await connect_secure(net, client)
+    accepted, packages = await held_then_lost(net)
     events = net.server.events
-    at_second_message(events, lambda socket: socket.pause_reading())
-    for i in range(6):
-        opened.write(b"%d" % i)
-    await events.wait_messages(accepted, 2)
-    opened.raw.abort()
-    await wait_for(lambda: accepted.closed)
     getattr(accepted, how)()
     await events.next(DriverEvent.CLOSE, accepted)
     accepted.resume_reading()  # nothing more
     assert await stays(lambda: events.events(accepted)[-1] is DriverEvent.CLOSE, 50 * MS)
-    assert events.messages(accepted) == [b"0", b"1"]
+    assert events.messages(accepted) == packages[:2]
 
 
 async def test_packages_held_from_a_batch_are_dropped_with_a_warning_if_never_resumed(
@@ -417,16 +409,9 @@ async def test_packages_held_from_a_batch_are_dropped_with_a_warning_if_never_re
     server.layer = server.make_layer(handshake_timeout=50 * MS)
     listening = await driver.listen("127.0.0.1", 0, server.layer)
     net = Net(driver, server, listening)
-    client = Side(Identity.generate())
-    opened, accepted = await connect_secure(net, client)
-    events = server.events
-    at_second_message(events, lambda socket: socket.pause_reading())
-    for i in range(6):
-        opened.write(b"%d" % i)
-    await events.wait_messages(accepted, 2)
-    opened.raw.abort()
-    await events.next(DriverEvent.CLOSE, accepted)  # within the layer's timeout
-    assert events.messages(accepted) == [b"0", b"1"]
+    accepted, packages = await held_then_lost(net)
+    await server.events.next(DriverEvent.CLOSE, accepted)  # within the layer's timeout
+    assert server.events.messages(accepted) == packages[:2]
     assert "dropped 4 package(s)" in caplog.text
     listening.close()
 
