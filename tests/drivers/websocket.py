@@ -11,7 +11,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from trustp2p.drivers import CloseCode, Driver, DriverEvent, DriverOptions, Socket
 
-from ..conftest import MS
+from ..conftest import MS, stays
 from ..processes import free_port
 from .conformance import TIMEOUT, DriverHarness
 
@@ -95,6 +95,11 @@ class WebSocketChecks:
             await events.wait_messages(server, 1)
         # The kernel's buffers take a few MB of pongs; the rest would have stayed here.
         assert server.write_buffer_size < 2**20
+        # Once we closed (its close frame never read), the flood goes on: still none.
+        server.close_soon()
+        for _ in range(200):
+            client.transport.write(ping * 1000)
+        assert await stays(lambda: server.write_buffer_size < 2**20, 0.5)
         client.transport.abort()
 
     async def test_invalid_utf8_in_a_text_message(self, harness: DriverHarness) -> None:

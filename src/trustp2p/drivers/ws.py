@@ -170,12 +170,10 @@ class WsSocket(FrameDeadline, StreamSocket):
         # websockets copies what it gets (bytearray += data): a view does as well.
         protocol.receive_data(data)  # type: ignore[arg-type]
         events = protocol.events_received()
-        if self.write_paused and protocol.state is State.OPEN:
-            # All it has to send is pongs, to a peer that doesn't read what we send:
-            # not buffered without bound (RFC 6455 lets an endpoint skip pongs).
-            protocol.data_to_send()
-        else:
-            self._flush()
+        # To a peer that doesn't read what we send, what websockets has to send now is
+        # pongs (and, once we closed, an EOF): skipped, not buffered without bound (RFC
+        # 6455 lets an endpoint skip pongs).
+        self._flush(pongs=self.write_paused and (protocol.state is State.OPEN or self._closing))
         if events:
             self._frame_started = None  # _watch_frames(True, now), inline: once a read
         elif self._opened:
@@ -254,14 +252,16 @@ class WsSocket(FrameDeadline, StreamSocket):
     async def _opening(self) -> None:
         await self._open_waiter
 
-    def _flush(self) -> None:
-        """Write what the protocol has to send now (handshake, control frames, EOF)."""
+    def _flush(self, *, pongs: bool = False) -> None:
+        """Write what the protocol has to send now (handshake, control frames, EOF);
+        ``pongs``: it is pongs, to skip, and maybe an EOF."""
         transport = self._transport
         assert transport is not None
         self._write_out()  # frames written before go first
         for data in self._protocol.data_to_send():
             if data:
-                transport.write(data)
+                if not pongs:
+                    transport.write(data)
             elif transport.can_write_eof():
                 self._eof_sent = True
                 transport.write_eof()
