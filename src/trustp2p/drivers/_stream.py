@@ -297,9 +297,9 @@ class EndAfterHeld(Socket):
     does, the socket is closed to writes, ``resume_reading()`` delivers what is held and
     then the end (:meth:`_end_now`, which calls :meth:`_ended`). Not once we closed it
     (what follows our close is dropped); aborting or closing the socket meanwhile ends
-    it at once: we let go of it. If reading stays paused
-    ``close_timeout`` past the end, what is held is dropped with a WARNING. Shared by
-    the stream drivers and picows; the subclass sets ``_end`` to ``None`` at first.
+    it at once: we let go of it. If reading stays paused ``close_timeout`` past the
+    end, what is held is dropped with a WARNING. Shared by the stream drivers and
+    picows; the subclass sets ``_end`` to ``None`` at first.
     """
 
     __slots__ = ()
@@ -347,7 +347,7 @@ class EndAfterHeld(Socket):
 
     @abc.abstractmethod
     def _held_description(self) -> str:
-        """What is held, for a log line ("3 messages")."""
+        """What is held, for a log line ("3 message(s)")."""
 
     @abc.abstractmethod
     def _ended(self, exc: Exception | None) -> None:
