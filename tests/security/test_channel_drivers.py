@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from tests.conftest import MS, stays, wait_for
+from tests.drivers.conformance import pause_at
 from tests.security.test_channel import Side
 from trustp2p.drivers import Driver, DriverEvent, DriverOptions, Socket
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
@@ -168,12 +169,7 @@ async def test_pause_within_a_batch(secure: Secure) -> None:
 async def test_close_while_paused_with_held(secure: Secure) -> None:
     opened, accepted = await secure.start()
     events = secure.server.events
-
-    def hook(socket: Socket, data: bytes | str) -> None:
-        if len(events.messages(socket)) == 2:
-            socket.pause_reading()
-
-    events.on_message_hook = hook
+    events.on_message_hook = pause_at(events, 2)
     for i in range(6):
         opened.write(b"%d" % i)
     await events.wait_messages(accepted, 2)
@@ -234,12 +230,7 @@ async def test_a_lost_connections_error_and_end_come_after_the_held_packages(
     secure socket for the packages of a batch it holds for a paused reader."""
     opened, accepted = await secure.start()
     events = secure.server.events
-
-    def pause_at_second(socket: Socket, data: bytes | str) -> None:
-        if len(events.messages(socket)) == 2:
-            socket.pause_reading()
-
-    events.on_message_hook = pause_at_second
+    events.on_message_hook = pause_at(events, 2)
     packages = [b"%d" % i for i in range(6)]
     for package in packages:
         opened.write(package)
