@@ -6,7 +6,8 @@ outstanding, 100-byte bodies.
 
     PYTHONHASHSEED=0 PYTHONPATH=src valgrind --tool=callgrind \
         --callgrind-out-file=/dev/null .venv/bin/python benchmarks/instructions.py 500
-    (the same with 2500; ``--secure`` over the Noise channel, ``--depth 1`` sequential)
+    (the same with 2500; ``--secure`` over the Noise channel, ``--depth 1`` sequential,
+    ``--driver tcp`` over tcp://)
 
 The difference of the two totals ("Collected"), divided by 2000, is the cost of one
 round trip, both sides, start-up and shutdown cancelled out. Runs of one build still
@@ -42,13 +43,13 @@ from request_response import NO_RATE_LIMIT, EchoThread, make_body
 import trustp2p
 
 
-async def main(count: int, *, secure: bool = False, depth: int = 100) -> None:
+async def main(count: int, *, secure: bool = False, depth: int = 100, driver: str = "ws") -> None:
     server = await trustp2p.create_server(
         host="127.0.0.1", port=0, threads=(EchoThread,), max_inbound=None, secure=secure,
-        **NO_RATE_LIMIT,
+        driver=driver, **NO_RATE_LIMIT,
     )  # fmt: skip
     assert server.url is not None
-    client = await trustp2p.create_client(peers=[server.url], secure=secure)
+    client = await trustp2p.create_client(peers=[server.url], secure=secure, driver=driver)
     assert client.client is not None
     await asyncio.wait_for(client.client.wait_connected(), 30)
     socket = client.client.sockets[0]
@@ -94,8 +95,9 @@ if __name__ == "__main__":
         "--connections", action="store_true", help="count connection set-ups, not round trips"
     )
     parser.add_argument("--pool", type=int, default=1100, help="secure client identities")
+    parser.add_argument("--driver", default="ws", help="round trips over this driver (ws, tcp)")
     args = parser.parse_args()
     if args.connections:
         asyncio.run(connections(args.count, secure=args.secure, pool=args.pool))
     else:
-        asyncio.run(main(args.count, secure=args.secure, depth=args.depth))
+        asyncio.run(main(args.count, secure=args.secure, depth=args.depth, driver=args.driver))
