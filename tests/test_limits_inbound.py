@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
 from trustp2p.identity import Identity
 from trustp2p.protocol.handshake import HANDSHAKE_MAGIC
+from trustp2p.protocol.log_budget import LogBudget
 from trustp2p.protocol.package import build_package, decode, encode
 from trustp2p.security.noise import NoiseHandshake
 
@@ -347,3 +348,38 @@ async def test_a_package_of_another_version_or_network_is_invalid(make_node: Mak
         assert server.server is not None
         assert server.server.sockets[0].stats.invalid_in == 2  # and the link stays
     assert Echo.calls == 1  # the two others never reached a handler
+
+
+async def test_a_flood_of_plain_connections_logs_ten_lines_of_each_kind(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    server = await make_node(server=True, secure=False)  # loopback isn't limited by default
+    assert server.url is not None
+    hello = {"protocol_version": "1.0", "alt": "1", "library": "raw"}
+    version = encode(build_package(PackageType.TALK, "version", hello))
+
+    def lines(text: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if text in r.getMessage()]
+
+    for n in range(1, 26):
+        async with connect(server.url, compression=None) as ws:
+            await ws.send(version)
+            await wait_for(lambda: len(lines("= connected to us")) == n)  # noqa: B023
+        await wait_for(lambda: len(lines("= connection closed")) == n)  # noqa: B023
+    for text in ("= connected to us", "= connection closed"):
+        assert [r.levelno for r in lines(text)] == [logging.INFO] * 10 + [logging.DEBUG] * 15
+    # A node's own dials are logged whatever its budget: they are not a peer's flood.
+    spent = LogBudget(lines=1)
+    spent.allow("connected")
+    monkeypatch.setattr("trustp2p.node.inbound.LogBudget", lambda: spent)
+    client = await make_node(client=True, secure=False, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    dialled = [r for r in caplog.records if r.getMessage().endswith("= connected")]
+    assert [r.levelno for r in dialled] == [logging.INFO]
+    await server.stop()  # the rest of the flood is counted when the node stops
+    summaries = [r for r in caplog.records if "more 'connected' events" in r.getMessage()]
+    assert [r.levelno for r in summaries] == [logging.INFO]
+    # The 15 of the flood, and the client node's connection (the server's 26th).
+    assert summaries[0].getMessage().startswith("= 16 more 'connected' events in the last ")

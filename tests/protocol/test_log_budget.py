@@ -122,3 +122,19 @@ def test_events_counted_by_allow_alone_are_for_its_caller_to_log() -> None:
 def test_the_budget_checks_its_arguments(lines: int, window: float) -> None:
     with pytest.raises(ValueError, match="need lines >= 1 and window > 0"):
         LogBudget(lines=lines, window=window)
+
+
+def test_the_summary_starts_with_the_mark_of_its_kind(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    budget = LogBudget(lines=1, window=1.0, clock=clock)
+    logger = logging.getLogger("test.log_budget")
+    with caplog.at_level(logging.INFO, logger="test.log_budget"):
+        for _ in range(2):
+            budget.log(logger, logging.INFO, "connected", "= connected to us")
+            budget.log(logger, logging.INFO, "odd", "no mark")
+        clock.advance(1.0)
+        budget.summarise()
+    assert [r.getMessage() for r in caplog.records][2:] == [
+        "= 1 more 'connected' events in the last 1 s, logged at DEBUG only",
+        "! 1 more 'odd' events in the last 1 s, logged at DEBUG only",
+    ]

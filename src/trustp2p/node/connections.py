@@ -141,8 +141,7 @@ class Connections:
         node = self._node
         assert node.server is not None
         if node.secure_layer is None:
-            # Plain mode: admit here. In secure mode the secure layer did, before any
-            # cryptography.
+            # Plain mode: admit here (in secure mode, the secure layer did, before any crypto)
             refusal = self.inbound.admit(socket)
             if refusal is not None:
                 self._refuse(socket, *refusal)
@@ -173,8 +172,7 @@ class Connections:
             protocol.valid - conn.counted >= GOOD_BATCH or not conn.counted
         ):  # the first package at once: the peer store knows the peer from then on
             if self.count_good(conn):
-                # Past the policy, even if these packages were good ones: a peer mixing
-                # good packages among its bad ones must not slip through.
+                # Past the policy, even if these packages were good: bad ones mixed in count
                 self.penalties.offended(conn)
                 return
         for action in actions:
@@ -217,7 +215,8 @@ class Connections:
         conn.role.connection_closed(socket)
         if node.gossip is not None:
             node.gossip.connection_closed(socket)
-        conn.log.info("= connection closed (%s %s)", socket.close_code, socket.close_reason or "-")
+        closed = (socket.close_code, socket.close_reason or "-")
+        self.inbound.info(conn.log, socket, "closed", "= connection closed (%s %s)", *closed)
         node.requests.connection_lost(socket)
         self._enqueue(conn, Hook("on_socket_close", socket))
 
@@ -295,7 +294,8 @@ class Connections:
             self.inbound.opened(socket)
         role.connection_opened(socket)
         who = f" (peer {short_id(peer_id)})" if peer_id is not None else ""
-        conn.log.info("= %s%s", "connected to us" if socket.inbound else "connected", who)
+        how = "connected to us" if socket.inbound else "connected"
+        self.inbound.info(conn.log, socket, "connected", "= %s%s", how, who)
         if not socket.inbound and node.client is not None and store is not None:
             node.tasks.spawn(
                 store.record_connected(

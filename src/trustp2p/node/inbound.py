@@ -49,8 +49,9 @@ class Inbound:
         admission: The rules (pure), keyed by the driver's socket ids.
         awaiting: Inbound connections open and not introduced yet: socket id -> the
             driver's socket id.
-        log_budget: How many lines each kind of failed or refused connection may log
-            (10 a minute, the rest at DEBUG), for the node's connections too.
+        log_budget: How many lines each kind of failed or refused connection, and of
+            inbound connections opened and closed, may log (10 a minute, the rest at
+            DEBUG), for the node's connections too.
 
     """
 
@@ -176,6 +177,14 @@ class Inbound:
     def warn(self, log: Any, kind: str, message: str, *args: object) -> None:
         """A WARNING within :attr:`log_budget` for ``kind`` (else DEBUG)."""
         self.log(log, logging.WARNING, kind, message, *args, stacklevel=2)
+
+    def info(self, log: Any, socket: Socket, kind: str, message: str, *args: object) -> None:
+        """An INFO line about ``socket``: within :attr:`log_budget` for ``kind`` if the
+        peer dialled us (a flood of connections must not flood the log), else always."""
+        if socket.inbound:
+            self.log(log, logging.INFO, kind, message, *args, stacklevel=2)
+        else:
+            log.info(message, *args, stacklevel=2)
 
     def log(
         self, log: Any, level: int, kind: str, message: str, *args: object, stacklevel: int = 1

@@ -38,8 +38,9 @@ class LogBudget:
         self.window = window
         self._clock = clock
         self._kinds: dict[str, list[float]] = {}  # kind: [window start, lines, unlogged]
-        # Where the events of a kind that went to DEBUG would have been logged.
-        self._where: dict[str, tuple[_Logger, int]] = {}
+        # Where the events of a kind that went to DEBUG would have been logged, and the
+        # first character of their lines (README, "Configuration and logs").
+        self._where: dict[str, tuple[_Logger, int, str]] = {}
 
     def now(self) -> float:
         """The budget's clock."""
@@ -81,7 +82,8 @@ class LogBudget:
         if unlogged is None:
             # The summary is of every peer's events: not in one peer's adapter.
             plain = logger.logger if isinstance(logger, logging.LoggerAdapter) else logger
-            self._where[kind] = (plain, level)
+            mark = message[0] if message[:1] in ("=", "!", "x") else "!"
+            self._where[kind] = (plain, level, mark)
             logger.debug(message, *args, stacklevel=stacklevel)
         elif unlogged:
             message += " (and %d more since, at DEBUG)"
@@ -108,10 +110,11 @@ class LogBudget:
                 continue  # (counted by allow() alone: its caller logs)
             if not every and now - entry[0] < self.window:
                 continue
-            logger, level = self._where[kind]
+            logger, level, mark = self._where[kind]
             logger.log(
                 level,
-                "! %d more %r events in the last %.3g s, logged at DEBUG only",
+                "%s %d more %r events in the last %.3g s, logged at DEBUG only",
+                mark,
                 entry[2],
                 kind,
                 now - entry[0],
