@@ -154,3 +154,46 @@ async def test_a_threads_pong_goes_ahead_of_requests_waiting(make_node: MakeNode
     assert not any(request.done() for request in slow)
     gate.gate.set()
     assert await asyncio.gather(*slow) == [{"slow": n} for n in range(3)]
+
+
+class Gates(Thread):
+    """``slow`` requests each wait for their own gate, opened one at a time."""
+
+    def start(self) -> None:
+        self.gates: dict[int, asyncio.Event] = {}
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"slow": self.slow}}
+
+    async def slow(self, socket: Socket, package: Package) -> dict[str, Any]:
+        n = package.body["n"]
+        await self.gates.setdefault(n, asyncio.Event()).wait()
+        return {"slow": n}
+
+    def running(self) -> set[int]:
+        return {n for n, gate in self.gates.items() if not gate.is_set()}
+
+
+async def test_a_slot_freed_by_any_handler_takes_the_next_request(make_node: MakeNode) -> None:
+    # Before, the request that took the last slot ran in the connection's worker: slots
+    # freed while it ran stayed unused, and the next requests waited for that one.
+    server = await make_node(server=True, threads=[Gates], max_concurrent_requests=3)
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    requests = [
+        asyncio.ensure_future(client.client.request(socket, "slow", {"n": n})) for n in range(6)
+    ]
+    gates = next(t for t in server.threads if isinstance(t, Gates))
+    await wait_for(lambda: gates.running() == {0, 1, 2})
+    gates.gates[2].set()  # the last one to start finishes first
+    await wait_for(lambda: gates.running() == {0, 1, 3})
+    gates.gates[0].set()  # 3 still runs: 4 takes the slot of 0
+    await wait_for(lambda: gates.running() == {1, 3, 4})
+    for n in (1, 3, 4):
+        gates.gates[n].set()
+    await wait_for(lambda: gates.running() == {5})
+    gates.gates[5].set()
+    assert await asyncio.gather(*requests) == [{"slow": n} for n in range(6)]

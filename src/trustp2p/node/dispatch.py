@@ -146,8 +146,9 @@ class Worker:
         A coroutine handler runs at once, up to its first suspension, as Python 3.12's
         eager tasks do: most finish there and are answered without a task. One that
         suspends (it waits for I/O) goes on in a task of its own, beside the next
-        requests of the connection, up to ``max_concurrent_requests`` at once; past that,
-        this worker waits for it, so that the inbox fills and reading pauses.
+        requests of the connection, up to ``max_concurrent_requests`` at once; with every
+        slot taken, this worker waits for the first to free, so that the inbox fills and
+        reading pauses.
         """
         entries = self._node.handlers.get(package.type, package.event)
         if not entries:
@@ -174,20 +175,15 @@ class Worker:
             return
         rest = _resume(result, yielded)
         running = self._running
-        limit = self._node.options.max_concurrent_requests
-        if len(running) + 1 >= limit:
-            # Tasks that finished in this iteration hold their slots until their done
-            # callbacks run, in the next one: free them now.
-            for task in [task for task in running if task.done()]:
-                running.discard(task)
-        if len(running) + 1 >= limit:
-            await self._finish(thread, package, rest, started)  # the last slot: this worker's
-            return
         task = self._node.tasks.spawn(
             self._finish(thread, package, rest, started), f"request {package.event!r}"
         )
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        running.add(task)
+        task.add_done_callback(running.discard)
+        if len(running) >= self._node.options.max_concurrent_requests:
+            # Every slot taken: the next package waits for the first to free (the inbox
+            # fills meanwhile, and reading pauses).
+            await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
 
     async def _finish(
         self,
