@@ -383,3 +383,23 @@ async def test_a_flood_of_plain_connections_logs_ten_lines_of_each_kind(
     assert [r.levelno for r in summaries] == [logging.INFO]
     # The 15 of the flood, and the client node's connection (the server's 26th).
     assert summaries[0].getMessage().startswith("= 16 more 'connected' events in the last ")
+
+
+@pytest.mark.parametrize("secure", [True, False])
+async def test_a_peer_that_vanishes_is_no_offence(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, secure: bool
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trustp2p")
+    server = await make_node(server=True, secure=secure)
+    client = await make_node(client=True, secure=secure, peers=[server.url])
+    assert client.client is not None and server.server is not None
+    await client.client.wait_connected()
+    await wait_for(lambda: server.server is not None and len(server.server.sockets) == 1)
+    inbound = server.server.sockets[0]
+    client.client.sockets[0].abort()  # as a killed process: no close frame
+    await wait_for(lambda: inbound.closed and not server.server.sockets)  # type: ignore[union-attr]
+    dropped = [
+        r for r in caplog.records if "connection closed without a close frame" in r.getMessage()
+    ]
+    assert dropped and dropped[0].levelno == logging.WARNING
+    assert (inbound.stats.invalid_in, server.metrics.invalid) == (0, {})

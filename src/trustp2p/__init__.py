@@ -10,6 +10,7 @@ from .drivers.base import CloseCode, Driver, DriverOptions, Socket, SocketStats
 from .exceptions import (
     ChannelError,
     ConnectionClosed,
+    ConnectionDropped,
     DriverError,
     GossipError,
     HandshakeError,
@@ -50,6 +51,7 @@ __all__ = [
     "ClientRole",
     "CloseCode",
     "ConnectionClosed",
+    "ConnectionDropped",
     "Driver",
     "DriverError",
     "DriverOptions",

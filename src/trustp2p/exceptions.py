@@ -12,7 +12,8 @@ Every error trustp2p raises derives from :exc:`TrustP2PError`::
     ├── RemoteError             # the peer answered a request with an error; .body is raw
     ├── ConnectionClosed        # using a closed socket, or a request's connection was lost
     ├── RequestTimeout          # no response in time; also a TimeoutError
-    ├── DriverError             # unknown scheme, dial or listen failure
+    ├── DriverError             # unknown scheme, dial or listen failure, a broken frame
+    │   └── ConnectionDropped   # the connection ended without a close frame (no offence)
     ├── ThreadLoadError         # a file in threads-enabled/ can't be loaded
     ├── IdentityError           # the node's key file is unsafe, corrupt or unreadable
     │   └── IdentityStopping    # (trustp2p.identity) held by a node that is stopping
@@ -35,6 +36,7 @@ __all__ = [
     "ChannelError",
     "ConfigError",
     "ConnectionClosed",
+    "ConnectionDropped",
     "DriverError",
     "GossipError",
     "HandshakeError",
@@ -182,7 +184,18 @@ class RequestTimeout(TrustP2PError, TimeoutError):
 
 
 class DriverError(TrustP2PError):
-    """Raised for an unknown driver or URL scheme, or when dialling or listening fails."""
+    """Raised for an unknown driver or URL scheme, or when dialling or listening fails;
+    reported (``on_error``) when a connection breaks the transport's rules (a frame too
+    big, stalled or malformed), which counts as an invalid package of the peer's."""
+
+
+class ConnectionDropped(DriverError):
+    """
+    Reported (``on_error``) when a connection ended without a close frame: the peer's
+    process or machine died, the network went away, or it reset the connection. The
+    message says so (:data:`trustp2p.drivers.DROPPED`), then the system's reason if any.
+    Not an offence: it isn't counted as an invalid package.
+    """
 
 
 class ThreadLoadError(TrustP2PError):

@@ -36,7 +36,7 @@ from trustp2p.drivers import (
     Socket,
     SocketStats,
 )
-from trustp2p.exceptions import ConnectionClosed, DriverError
+from trustp2p.exceptions import ConnectionClosed, ConnectionDropped, DriverError
 
 __all__ = [
     "TIMEOUT",
@@ -699,6 +699,7 @@ class DriverConformance:
         # reset by peer") after DROPPED, the same words on every driver.
         [error] = events.errors(pair.server)
         assert str(error).startswith(f"{DROPPED}: ")
+        assert isinstance(error, ConnectionDropped)  # not the peer's offence
         assert isinstance(error.__cause__, OSError)
 
     async def test_an_end_waiting_for_held_messages_comes_at_once_when_we_let_go(
@@ -1038,6 +1039,7 @@ class DriverConformance:
         await other_events.next(DriverEvent.CLOSE, other)
         if self.lost_ends_after_held:  # a stream; the memory driver's abort is a reset
             assert [str(error) for error in other_events.errors(other)] == [DROPPED]
+            assert isinstance(other_events.errors(other)[0], ConnectionDropped)
         else:
             assert other_events.errors(other) == []
         assert other.close_code == CloseCode.ABNORMAL_CLOSURE

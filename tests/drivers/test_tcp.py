@@ -23,7 +23,7 @@ from tests.drivers.conformance import (
 )
 from trustp2p.drivers import CloseCode, DriverEvent, DriverOptions, Socket, driver_class
 from trustp2p.drivers.tcp import TcpDriver, TcpSocket
-from trustp2p.exceptions import DriverError
+from trustp2p.exceptions import ConnectionDropped, DriverError
 
 
 def _closed_port() -> int:
@@ -333,6 +333,7 @@ async def test_peer_drops_without_close(
         await raw.server.wait_closed()
     assert raw.server.close_code == CloseCode.ABNORMAL_CLOSURE
     assert [str(exc) for exc in events.errors(raw.server)] == [error]
+    assert isinstance(events.errors(raw.server)[0], ConnectionDropped)
     assert events.events(raw.server)[-2:] == [DriverEvent.ERROR, DriverEvent.CLOSE]
     assert events.messages(raw.server) == ([b"whole"] if before == frame(b"whole") else [])
 

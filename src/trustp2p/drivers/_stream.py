@@ -38,7 +38,7 @@ import threading
 from collections.abc import Callable
 from typing import ClassVar, cast
 
-from ..exceptions import DriverError
+from ..exceptions import ConnectionDropped, DriverError
 from ._accept import StreamServer, bind
 from .base import DROPPED, CloseCode, DriverOptions, Listener, Listening, Socket
 
@@ -84,16 +84,16 @@ def os_error_reason(exc: OSError) -> str:
 def lost_error(exc: BaseException | None) -> DriverError:
     """
     What a driver reports when the connection ended without a close frame, for ``exc``
-    (``connection_lost()``'s, or a parser's end of stream): :data:`~.base.DROPPED`, with
-    the system's reason for a reset or a broken pipe.
+    (``connection_lost()``'s, or a parser's end of stream): :exc:`ConnectionDropped`,
+    :data:`~.base.DROPPED` with the system's reason for a reset or a broken pipe.
     """
+    error: DriverError
     if isinstance(exc, OSError):
-        message = f"{DROPPED}: {os_error_reason(exc)}"
+        error = ConnectionDropped(f"{DROPPED}: {os_error_reason(exc)}")
     elif exc is None or isinstance(exc, EOFError):
-        message = DROPPED
-    else:
-        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    error = DriverError(message)
+        error = ConnectionDropped(DROPPED)
+    else:  # (a parser's error: the peer broke the rules)
+        error = DriverError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     error.__cause__ = exc
     return error
 

@@ -75,7 +75,7 @@ import logging
 import struct
 from urllib.parse import urlsplit
 
-from ..exceptions import DriverError
+from ..exceptions import ConnectionDropped, DriverError
 from ._stream import FrameDeadline, ReceiveBuffer, ServerListening, StreamSocket, lost_error, serve
 from .base import DROPPED, CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
@@ -247,7 +247,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
                 detail = f": {len(self._head)} of 4 header bytes received"
             else:
                 detail = ""
-            self._drop_error = DriverError(f"{DROPPED}{detail}")
+            self._drop_error = ConnectionDropped(f"{DROPPED}{detail}")
         # Returning None closes the transport, after the write buffer is flushed.
 
     def connection_lost(self, exc: Exception | None) -> None:

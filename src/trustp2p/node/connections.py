@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING
 
 from ..admin.counters import INVALID, count
 from ..drivers.base import Listening, Socket
-from ..exceptions import ChannelError, ConnectionClosed, HandshakeError, SelfDialError
+from ..exceptions import (
+    ChannelError,
+    ConnectionClosed,
+    ConnectionDropped,
+    HandshakeError,
+    SelfDialError,
+)
 from ..identity import short_id
 from ..loop import loop_clock
 from ..protocol.admission import Admission, keep_new_connection
@@ -44,14 +50,14 @@ from ..protocol.connection import (
     Send,
     Throttle,
 )
-from ..protocol.limits import BudgetTable, WriteStall, is_loopback
+from ..protocol.limits import BudgetTable, is_loopback
 from ..protocol.package import Package, PackageType, check_encoded_size, encode
 from ..protocol.peers import peer_key
 from ..security.channel import SecureSocket
 from ..storage.peerstore import PeerSource
 from .dispatch import Hook, Worker
 from .inbound import Inbound
-from .peer import PeerConnection, PeerLog
+from .peer import PeerConnection, PeerLog, watch_stall
 from .penalties import Penalties
 
 if TYPE_CHECKING:
@@ -189,8 +195,9 @@ class Connections:
         conn = self._conns.get(socket.id)
         if conn is None:
             return
-        socket.stats.invalid_in += 1
-        self._metrics.invalid_package(type(error).__name__)
+        if not isinstance(error, ConnectionDropped):  # (the peer's end, not its offence)
+            socket.stats.invalid_in += 1
+            self._metrics.invalid_package(type(error).__name__)
         self.inbound.warn(conn.log, "connection failed", "! connection failed: %s", error)
         if isinstance(error, ChannelError) and error.tampering:
             # A message that doesn't decrypt on an authenticated channel: tampering.
@@ -564,30 +571,14 @@ class Connections:
         """Watch a connection whose write buffer is full, once."""
         if conn.stall is None and not conn.socket.closed:
             self._metrics.send_stalls += 1
-            conn.stall = self._node.tasks.spawn(
-                self._watch_stall(conn), f"stall watch {conn.socket.peer}"
-            )
+            watch = watch_stall(conn, self._options.send_stall_timeout, self._stalled)
+            conn.stall = self._node.tasks.spawn(watch, f"stall watch {conn.socket.peer}")
 
-    async def _watch_stall(self, conn: PeerConnection) -> None:
-        """While data waits for the peer, close it if it takes nothing for
-        ``send_stall_timeout``: it reads nothing (see :class:`WriteStall`)."""
-        socket = conn.socket
-        loop = asyncio.get_running_loop()
-        timeout = self._options.send_stall_timeout
-        stall = WriteStall(timeout, loop.time(), socket.write_buffer_size)
-        try:
-            while socket.write_paused and not socket.closed:
-                # Sampling a buffer is about real time passing: 8 samples per timeout.
-                await asyncio.sleep(timeout / 8)
-                if stall.stalled(loop.time(), socket.write_buffer_size):
-                    reason = f"peer read nothing for {timeout:g} s"
-                    conn.log.warning("! %s: disconnecting", reason)
-                    self._metrics.stall_disconnects += 1
-                    self.close(conn, CloseCode.POLICY_VIOLATION, reason)
-                    socket.abort()  # it won't read our close frame either
-                    return
-        finally:
-            conn.stall = None
+    def _stalled(self, conn: PeerConnection, reason: str) -> None:
+        conn.log.warning("! %s: disconnecting", reason)
+        self._metrics.stall_disconnects += 1
+        self.close(conn, CloseCode.POLICY_VIOLATION, reason)
+        conn.socket.abort()  # it won't read our close frame either
 
     def send_nowait(self, conn_id: int, package: Package) -> None:
         """The request table's ``send``: never raises."""

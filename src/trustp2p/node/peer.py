@@ -1,18 +1,20 @@
 """
-What the node keeps per open connection: :class:`PeerConnection`, and a logger that
-names the peer.
+What the node keeps per open connection: :class:`PeerConnection`, a logger that names
+the peer, and the watch on a peer that doesn't read (:func:`watch_stall`).
 
 """
 
 from __future__ import annotations
 
-__all__ = ["PeerConnection", "PeerLog"]
+__all__ = ["PeerConnection", "PeerLog", "watch_stall"]
 
 import asyncio
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
+
+from ..protocol.limits import WriteStall
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
@@ -86,3 +88,22 @@ class PeerConnection:
     def peer_version(self) -> Body | None:
         """The peer's version or hello body, once received."""
         return self.protocol.peer_version
+
+
+async def watch_stall(
+    conn: PeerConnection, timeout: float, disconnect: Callable[[PeerConnection, str], None]
+) -> None:
+    """While data waits for the peer, call ``disconnect(conn, reason)`` if it takes
+    nothing for ``timeout`` seconds: it reads nothing (see :class:`WriteStall`)."""
+    socket = conn.socket
+    loop = asyncio.get_running_loop()
+    stall = WriteStall(timeout, loop.time(), socket.write_buffer_size)
+    try:
+        while socket.write_paused and not socket.closed:
+            # Sampling a buffer is about real time passing: 8 samples per timeout.
+            await asyncio.sleep(timeout / 8)
+            if stall.stalled(loop.time(), socket.write_buffer_size):
+                disconnect(conn, f"peer read nothing for {timeout:g} s")
+                return
+    finally:
+        conn.stall = None
