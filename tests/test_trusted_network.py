@@ -16,6 +16,7 @@ import pytest
 
 from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
 from trustp2p.identity import Identity
+from trustp2p.node.connections import GOOD_BATCH
 from trustp2p.protocol.limits import is_loopback, netgroup
 from trustp2p.storage.peerstore import PeerSource
 from trustp2p.threads.heartbeat import HeartbeatThread
@@ -378,3 +379,36 @@ async def test_wrong_p2p_id_over_tcp_is_refused(make_node: MakeNode) -> None:
     assert {kind for kind, _ in errors} == {"error"}
     assert client.client.sockets == []
     assert [kind for kind, _ in recorder(server).seen if kind != "error"] == []
+
+
+async def test_an_idle_peers_last_seen_follows_its_heartbeats(make_node: MakeNode) -> None:
+    # Valid packages are counted in the peer store 32 at a time; a heartbeat counts at
+    # once, so that `trustp2p peers` doesn't show a connected peer last seen when it
+    # connected (with the defaults, 32 pings took about 10 minutes).
+    timings = {
+        "heartbeat_interval": 10 * MS,
+        "heartbeat_jitter": 0.0,
+        "heartbeat_timeout": 50 * MS,
+        "heartbeat_response_timeout": 5.0,
+    }
+    server = await make_node(server=True, **timings)
+    client = await make_node(client=True, peers=[server.url], **timings)
+    assert client.client is not None and server.server is not None
+    await client.client.wait_connected()
+    await wait_for(lambda: server.socket_for_peer(client.peer_id or "") is not None)
+    sides = [(client, server.peer_id), (server, client.peer_id)]
+    conns = [node.connection(node.sockets[0]) for node, _ in sides]
+    assert conns[0] is not None and conns[1] is not None
+
+    async def last_seen(node: Node, peer_id: str | None) -> float:
+        assert node.store is not None
+        [record] = [r for r in await node.store.peers() if r.peer_id == peer_id]
+        assert record.last_seen is not None
+        return record.last_seen
+
+    for (node, peer_id), conn in zip(sides, conns, strict=True):
+        seen, valid = await last_seen(node, peer_id), conn.protocol.valid
+        async with asyncio.timeout(5):
+            while await last_seen(node, peer_id) == seen:  # noqa: ASYNC110 - the store
+                await asyncio.sleep(5 * MS)
+        assert conn.protocol.valid - valid < GOOD_BATCH  # counted before a batch filled

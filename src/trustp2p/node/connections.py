@@ -66,7 +66,10 @@ if TYPE_CHECKING:
 
 GOOD_BATCH = 32
 """Valid packages are counted in the peer store (and judged by the block policy) in
-batches of this many after the first, when an invalid one arrives, and at the close."""
+batches of this many after the first, when an invalid one arrives, at a heartbeat (so
+that an idle peer's ``last_seen`` is at most ``heartbeat_timeout`` old) and at the close."""
+
+_HEARTBEATS = frozenset({int(PackageType.HEARTBEAT_PING), int(PackageType.HEARTBEAT_PONG)})
 
 
 class Connections:
@@ -175,7 +178,7 @@ class Connections:
         metrics.packages_in[slot] += 1
         metrics.bytes_in[slot] += len(data)
         if protocol.last_valid and (
-            protocol.valid - conn.counted >= GOOD_BATCH or not conn.counted
+            protocol.valid - conn.counted >= GOOD_BATCH or not conn.counted or slot in _HEARTBEATS
         ):  # the first package at once: the peer store knows the peer from then on
             if self.count_good(conn):
                 # Past the policy, even if these packages were good: bad ones mixed in count
