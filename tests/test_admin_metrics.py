@@ -63,6 +63,8 @@ def test_collector_reads_the_counters_at_scrape_time() -> None:
     metrics.request_seconds.observe(0.003)
     count(metrics.handshakes, "ok")
     count(metrics.handshakes, "HandshakeError")
+    metrics.lost_peers += 1
+    metrics.dropped += 2
     after = samples(generate_latest(registry).decode())
     assert after["trustp2p_requests_sent_total", ()] == 3
     assert after["trustp2p_packages_received_total", (("type", "REQUEST"),)] == 2
@@ -77,6 +79,8 @@ def test_collector_reads_the_counters_at_scrape_time() -> None:
     assert after["trustp2p_handshakes_total", failed] == 1
     assert after["trustp2p_gossip_published_total", ()] == 0
     assert after["trustp2p_peer_store_peers", ()] == 0
+    assert after["trustp2p_heartbeat_lost_peers_total", ()] == 1
+    assert after["trustp2p_connections_dropped_total", ()] == 2
 
 
 def test_every_family_is_named_by_the_conventions() -> None:

@@ -125,6 +125,31 @@ def test_config_command_shows_values_and_sources(
     assert "did you mean TRUSTP2P_MAX_INBOUND?" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "error"),
+    [
+        ("TRUSTP2P_PORT", "99999", "port must be in 0..65535, not 99999"),
+        ("TRUSTP2P_GOSSIP_MODE", "bogus", "gossip_mode must be 'gossip' or 'flood'"),
+        ("TRUSTP2P_HEARTBEAT_INTERVAL", "nan", "heartbeat_interval must be a positive number"),
+        ("TRUSTP2P_ADMIN", "0.0.0.0:9000", "set an admin token"),
+    ],
+)
+def test_config_command_refuses_what_a_node_would_refuse(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    error: str,
+) -> None:
+    # Before, it listed these as the effective values (exit 0); `server` refused them.
+    monkeypatch.setenv(variable, value)
+    assert main(["config", "--cwd", str(tmp_path)]) == 2
+    assert error in capsys.readouterr().err
+    assert main(["server", "--cwd", str(tmp_path)]) == 2
+    assert error in capsys.readouterr().err
+
+
 def test_json_log_lines_carry_the_peer_and_the_structured_fields() -> None:
     record = logging.LogRecord("trustp2p.node", logging.WARNING, "f.py", 1, "! %s", ("x",), None)
     record.peer = "tpabc@127.0.0.1:5"

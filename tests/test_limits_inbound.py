@@ -403,3 +403,4 @@ async def test_a_peer_that_vanishes_is_no_offence(
     ]
     assert dropped and dropped[0].levelno == logging.WARNING
     assert (inbound.stats.invalid_in, server.metrics.invalid) == (0, {})
+    assert server.metrics.dropped == 1  # trustp2p_connections_dropped_total

@@ -10,6 +10,7 @@ so that each byte's timing is the test's to choose.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 import time
@@ -164,7 +165,9 @@ async def test_a_ping_behind_our_own_large_frame_is_waited_for(server: Node) -> 
         await peer.aclose()
 
 
-async def test_a_peer_that_stops_answering_is_dropped(server: Node) -> None:
+async def test_a_peer_that_stops_answering_is_dropped(
+    server: Node, caplog: pytest.LogCaptureFixture
+) -> None:
     assert server.url is not None
     peer = await RawPeer.dial(server.url)
     try:
@@ -173,3 +176,7 @@ async def test_a_peer_that_stops_answering_is_dropped(server: Node) -> None:
         await wait_for(lambda: server.sockets == [], timeout=5)
     finally:
         await peer.aclose()
+    # Something wrong, said as such, and counted (`trustp2p_heartbeat_lost_peers_total`).
+    [lost] = [r for r in caplog.records if "lost peer: no pong within" in r.getMessage()]
+    assert lost.levelno == logging.WARNING and "] ! lost peer" in lost.getMessage()
+    assert server.metrics.lost_peers == 1

@@ -76,7 +76,7 @@ async def test_both_sides_find_a_black_holed_link(
         await wait_for(lambda: server.sockets == [], timeout=PATIENCE)
         # ...and so does the client, which can't hear of the server's close: its own
         # heartbeat drops the link, and its pending request fails at once.
-        await wait_for(lambda: "x lost peer: no pong within" in client.log, PATIENCE)
+        await wait_for(lambda: "! lost peer: no pong within" in client.log, PATIENCE)
         await wait_for(lambda: "hang request ended: ConnectionClosed" in client.log, PATIENCE)
 
         namespace.heal()

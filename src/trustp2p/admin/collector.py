@@ -176,6 +176,16 @@ class NodeCollector(Collector):
             "Peers disconnected for not reading what was sent to them.",
             m.stall_disconnects,
         )
+        yield _counter(
+            "trustp2p_heartbeat_lost_peers",
+            "Peers dropped for leaving a heartbeat ping unanswered.",
+            m.lost_peers,
+        )
+        yield _counter(
+            "trustp2p_connections_dropped",
+            "Connections that ended without a close frame (the peer vanished).",
+            m.dropped,
+        )
         store = node.store
         yield GaugeMetricFamily(
             "trustp2p_blocks_active",

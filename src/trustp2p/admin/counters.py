@@ -130,6 +130,8 @@ class Metrics:
         throttles: Times a peer over its request budget had its reading paused.
         send_stalls: Times a peer's write buffer filled up (backpressure episodes).
         stall_disconnects: Peers disconnected for reading nothing, or too far behind.
+        lost_peers: Peers dropped for leaving a heartbeat ping unanswered.
+        dropped: Connections that ended without a close frame (the peer vanished).
         validation: Gossip validator verdicts (accept, ignore, reject).
         topic_published, topic_delivered: Gossip messages by topic (status only, never
             a label).
@@ -155,6 +157,8 @@ class Metrics:
         self.throttles = 0
         self.send_stalls = 0
         self.stall_disconnects = 0
+        self.lost_peers = 0
+        self.dropped = 0
         self.validation: dict[str, int] = {}
         self.topic_published: dict[str, int] = {}
         self.topic_delivered: dict[str, int] = {}

@@ -104,11 +104,16 @@ def config_(cwd: Path, as_json: bool) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..config import load_settings
+    from ..config import Source, load_settings
+    from ..options import NodeOptions
 
     try:
         settings = load_settings(cwd, os.environ, {})
-    except TrustP2PError as exc:
+        # The checks a node's start makes (ranges, choices, what goes together), as a
+        # node with both roles: what this prints, `trustp2p node` would run with.
+        options = {s.name: s.value for s in settings.values() if s.source is not Source.DEFAULT}
+        NodeOptions.from_kwargs(cwd=cwd, server=True, client=True, **options)
+    except (TypeError, ValueError, TrustP2PError) as exc:
         raise click.UsageError(str(exc)) from exc
     if as_json:
         rows = {s.name: {"value": s.value, "source": s.source.value} for s in settings.values()}

@@ -198,7 +198,9 @@ class Connections:
         conn = self._conns.get(socket.id)
         if conn is None:
             return
-        if not isinstance(error, ConnectionDropped):  # (the peer's end, not its offence)
+        if isinstance(error, ConnectionDropped):  # the peer's end, not its offence
+            self._metrics.dropped += 1
+        else:
             socket.stats.invalid_in += 1
             self._metrics.invalid_package(type(error).__name__)
         self.inbound.warn(conn.log, "connection failed", "! connection failed: %s", error)

@@ -76,10 +76,10 @@ class Heartbeat:
                 elif type(action) is Lost:
                     self._drop(conn, action.reason)
 
-    @staticmethod
-    def _drop(conn: PeerConnection, reason: str) -> None:
+    def _drop(self, conn: PeerConnection, reason: str) -> None:
         socket = conn.socket
-        conn.log.info("x lost peer: %s", reason)
+        conn.log.warning("! lost peer: %s", reason)
+        self._node.metrics.lost_peers += 1
         # Tell a peer that is alive but doesn't answer why, if the close frame gets
         # through; then drop the connection without waiting for an answer.
         socket.close_soon(CloseCode.GOING_AWAY, LOST_PEER)
