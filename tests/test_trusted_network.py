@@ -16,6 +16,7 @@ import pytest
 
 from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
 from trustp2p.identity import Identity
+from trustp2p.node import connections
 from trustp2p.node.connections import GOOD_BATCH
 from trustp2p.protocol.limits import is_loopback, netgroup
 from trustp2p.storage.peerstore import PeerSource
@@ -382,6 +383,10 @@ async def test_wrong_p2p_id_over_tcp_is_refused(make_node: MakeNode) -> None:
 
 
 async def test_an_idle_peers_last_seen_follows_its_heartbeats(make_node: MakeNode) -> None:
+    assert (connections._PING, connections._PONG) == (  # its plain ints for the types
+        PackageType.HEARTBEAT_PING,
+        PackageType.HEARTBEAT_PONG,
+    )
     # Valid packages are counted in the peer store 32 at a time; a heartbeat counts at
     # once, so that `trustp2p peers` doesn't show a connected peer last seen when it
     # connected (with the defaults, 32 pings took about 10 minutes).

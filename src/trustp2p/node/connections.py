@@ -18,7 +18,7 @@ __all__ = ["Connections"]
 import asyncio
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..admin.counters import INVALID, count
 from ..drivers.base import Listening, Socket
@@ -69,7 +69,8 @@ GOOD_BATCH = 32
 batches of this many after the first, when an invalid one arrives, at a heartbeat (so
 that an idle peer's ``last_seen`` is at most ``heartbeat_timeout`` old) and at the close."""
 
-_HEARTBEATS = frozenset({int(PackageType.HEARTBEAT_PING), int(PackageType.HEARTBEAT_PONG)})
+_PING: Final = 10  # PackageType.HEARTBEAT_PING as a plain int: compared per package
+_PONG: Final = 11  # (a set lookup of the enum cost 0.4 % of a round trip, compiled)
 
 
 class Connections:
@@ -178,7 +179,10 @@ class Connections:
         metrics.packages_in[slot] += 1
         metrics.bytes_in[slot] += len(data)
         if protocol.last_valid and (
-            protocol.valid - conn.counted >= GOOD_BATCH or not conn.counted or slot in _HEARTBEATS
+            protocol.valid - conn.counted >= GOOD_BATCH
+            or not conn.counted
+            or slot == _PING
+            or slot == _PONG
         ):  # the first package at once: the peer store knows the peer from then on
             if self.count_good(conn):
                 # Past the policy, even if these packages were good: bad ones mixed in count
