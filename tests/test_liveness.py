@@ -180,3 +180,21 @@ async def test_a_peer_that_stops_answering_is_dropped(
     [lost] = [r for r in caplog.records if "lost peer: no pong within" in r.getMessage()]
     assert lost.levelno == logging.WARNING and "] ! lost peer" in lost.getMessage()
     assert server.metrics.lost_peers == 1
+
+
+async def test_a_flood_of_silent_peers_logs_ten_warnings_and_counts_them_all(
+    server: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found in review: the lost-peer WARNING was outside the log budget that holds the
+    # same connections' "connected to us" and "connection closed" lines.
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    assert server.url is not None
+    peers = [await RawPeer.dial(server.url) for _ in range(25)]
+    for peer in peers:
+        peer.answering = False
+    try:
+        await wait_for(lambda: server.metrics.lost_peers == 25, timeout=10)
+    finally:
+        await asyncio.gather(*(peer.aclose() for peer in peers))
+    lost = [r.levelno for r in caplog.records if "! lost peer: no pong" in r.getMessage()]
+    assert lost == [logging.WARNING] * 10 + [logging.DEBUG] * 15

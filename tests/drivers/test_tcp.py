@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket as socket_module
+import ssl
 import struct
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -755,3 +756,34 @@ def test_os_error_reasons_are_the_systems_words_but_openssls_are_its_own() -> No
     assert os_error_reason(tls) == "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1000)"
     resolver = OSError(-2, "Name or service not known")
     assert os_error_reason(resolver) == "Name or service not known"
+
+
+@pytest.mark.parametrize(
+    ("exc", "dropped", "message"),
+    [
+        (None, True, "connection closed without a close frame"),
+        (EOFError(), True, "connection closed without a close frame"),
+        (ConnectionResetError(104, "x"), True, "...frame: Connection reset by peer"),
+        (BrokenPipeError(32, "x"), True, "...frame: Broken pipe"),
+        (  # a peer that vanished without TLS's close_notify: dropped
+            ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)"),
+            True,
+            "...frame: EOF occurred in violation of protocol (_ssl.c:2427)",
+        ),
+        (  # a record that fails its check: the bytes are wrong, the peer didn't vanish
+            ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] bad (_ssl.c:2580)"),
+            False,
+            "TLS error: [SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] bad (_ssl.c:2580)",
+        ),
+        (ValueError("bad frame"), False, "ValueError: bad frame"),
+    ],
+)
+def test_lost_errors_say_whether_the_peer_vanished(
+    exc: BaseException | None, dropped: bool, message: str
+) -> None:
+    from trustp2p.drivers._stream import lost_error
+
+    error = lost_error(exc)
+    assert isinstance(error, ConnectionDropped) is dropped and isinstance(error, DriverError)
+    expected = message.replace("...frame", "connection closed without a close frame")
+    assert (str(error), error.__cause__) == (expected, exc)

@@ -97,7 +97,8 @@ def config_(cwd: Path, as_json: bool) -> int:
 
     Sources, the first found winning: a flag on the command line (of server, client
     or node), a TRUSTP2P_<NAME> environment variable, <cwd>/trustp2p.toml, the
-    default. An unknown key in the file or the environment is an error (exit 2).
+    default. An unknown key in the file or the environment is an error (exit 2), as is
+    a value a node would refuse to start with.
     """
     import json
 

@@ -85,10 +85,13 @@ def lost_error(exc: BaseException | None) -> DriverError:
     """
     What a driver reports when the connection ended without a close frame, for ``exc``
     (``connection_lost()``'s, or a parser's end of stream): :exc:`ConnectionDropped`,
-    :data:`~.base.DROPPED` with the system's reason for a reset or a broken pipe.
+    :data:`~.base.DROPPED` with the system's reason for a reset or a broken pipe; a TLS
+    record that fails (not the end of the stream) is a :exc:`DriverError`.
     """
     error: DriverError
-    if isinstance(exc, OSError):
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+        error = DriverError(f"TLS error: {os_error_reason(exc)}")
+    elif isinstance(exc, OSError):
         error = ConnectionDropped(f"{DROPPED}: {os_error_reason(exc)}")
     elif exc is None or isinstance(exc, EOFError):
         error = ConnectionDropped(DROPPED)
@@ -110,8 +113,7 @@ class ReceiveBuffer(threading.local):
     With a plain ``asyncio.Protocol``, every read allocates a 256 KiB ``bytes`` object
     and shrinks it (``mmap`` / ``mremap`` / ``munmap`` for each message). asyncio calls
     ``get_buffer()``, ``recv_into()`` and ``buffer_updated()`` back to back, and the
-    protocol copies out what it keeps before returning, so one buffer per thread is
-    enough.
+    protocol copies out what it keeps before returning: one buffer per thread will do.
 
     Args:
         size: The buffer's size in bytes: at most what one read returns.

@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 GOOD_BATCH = 32
 """Valid packages are counted in the peer store (and judged by the block policy) in
 batches of this many after the first, when an invalid one arrives, at a heartbeat (so
-that an idle peer's ``last_seen`` is at most ``heartbeat_timeout`` old) and at the close."""
+that an idle peer's ``last_seen`` is about ``heartbeat_timeout`` old) and at the close."""
 
 _PING: Final = 10  # PackageType.HEARTBEAT_PING as a plain int: compared per package
 _PONG: Final = 11  # (a set lookup of the enum cost 0.4 % of a round trip, compiled)
@@ -232,7 +232,7 @@ class Connections:
         if node.gossip is not None:
             node.gossip.connection_closed(socket)
         closed = (socket.close_code, socket.close_reason or "-")
-        self.inbound.info(conn.log, socket, "closed", "= connection closed (%s %s)", *closed)
+        self.inbound.note(conn.log, socket, "closed", "= connection closed (%s %s)", *closed)
         node.requests.connection_lost(socket)
         self._enqueue(conn, Hook("on_socket_close", socket))
 
@@ -311,7 +311,7 @@ class Connections:
         role.connection_opened(socket)
         who = f" (peer {short_id(peer_id)})" if peer_id is not None else ""
         how = "connected to us" if socket.inbound else "connected"
-        self.inbound.info(conn.log, socket, "connected", "= %s%s", how, who)
+        self.inbound.note(conn.log, socket, "connected", "= %s%s", how, who)
         if not socket.inbound and node.client is not None and store is not None:
             node.tasks.spawn(
                 store.record_connected(

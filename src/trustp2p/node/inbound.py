@@ -178,13 +178,22 @@ class Inbound:
         """A WARNING within :attr:`log_budget` for ``kind`` (else DEBUG)."""
         self.log(log, logging.WARNING, kind, message, *args, stacklevel=2)
 
-    def info(self, log: Any, socket: Socket, kind: str, message: str, *args: object) -> None:
-        """An INFO line about ``socket``: within :attr:`log_budget` for ``kind`` if the
-        peer dialled us (a flood of connections must not flood the log), else always."""
+    def note(
+        self,
+        log: Any,
+        socket: Socket,
+        kind: str,
+        message: str,
+        *args: object,
+        level: int = logging.INFO,
+    ) -> None:
+        """A line about ``socket`` (INFO unless ``level``): within :attr:`log_budget` for
+        ``kind`` if the peer dialled us (a flood of connections must not flood the log),
+        else always."""
         if socket.inbound:
-            self.log(log, logging.INFO, kind, message, *args, stacklevel=2)
+            self.log(log, level, kind, message, *args, stacklevel=2)
         else:
-            log.info(message, *args, stacklevel=2)
+            log.log(level, message, *args, stacklevel=2)
 
     def log(
         self, log: Any, level: int, kind: str, message: str, *args: object, stacklevel: int = 1

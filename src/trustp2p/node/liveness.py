@@ -16,6 +16,7 @@ from __future__ import annotations
 __all__ = ["LOST_PEER", "Heartbeat"]
 
 import asyncio
+import logging
 import random
 from typing import TYPE_CHECKING
 
@@ -78,8 +79,10 @@ class Heartbeat:
 
     def _drop(self, conn: PeerConnection, reason: str) -> None:
         socket = conn.socket
-        conn.log.warning("! lost peer: %s", reason)
-        self._node.metrics.lost_peers += 1
+        node = self._node
+        node.metrics.lost_peers += 1  # every one; the lines of a flood of them are bounded
+        message, level = "! lost peer: %s", logging.WARNING
+        node.connections.inbound.note(conn.log, socket, "lost peer", message, reason, level=level)
         # Tell a peer that is alive but doesn't answer why, if the close frame gets
         # through; then drop the connection without waiting for an answer.
         socket.close_soon(CloseCode.GOING_AWAY, LOST_PEER)
