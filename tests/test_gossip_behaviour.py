@@ -303,6 +303,59 @@ async def test_a_validator_removed_while_messages_await_it_lets_them_through() -
         assert [d.seq for d in network.received[1]] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("verdict", [True, None, "accept"])
+async def test_a_validator_returning_no_validation_ignores_the_message_and_no_more(
+    caplog: pytest.LogCaptureFixture, verdict: object
+) -> None:
+    # Found by a new user's test: `lambda m: True` raised in the delivery task, which
+    # ended it: the node delivered nothing more, on any topic, its own messages neither.
+    async with Network(2, degree=1, seed=1) as network:
+        await network.wait_connected()
+        sender, receiver = network.nodes
+        await wait_for(lambda: subscribed(sender, "chat", 1))
+        gossip(receiver).set_validator("chat", lambda message: verdict)  # type: ignore[arg-type,return-value]
+        await sender.publish("chat", {"n": 1})
+        await wait_for(lambda: receiver.metrics.validation.get("ignore") == 1)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert [r.getMessage() for r in errors] == ["! validator of 'chat' failed"]
+        assert errors[0].exc_info is not None
+        assert f"returned {verdict!r}, not a Validation" in str(errors[0].exc_info[1])
+        gossip(receiver).set_validator("chat", None)
+        await sender.publish("chat", {"n": 2})
+        await receiver.publish("chat", {"n": 3})
+        await network.wait_delivered(2)
+        delivered = {(d.origin, d.seq) for d in network.received[1]}
+        assert delivered == {(sender.peer_id, 2), (receiver.peer_id, 1)}
+
+
+async def test_a_bug_in_one_delivery_doesnt_end_delivery(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Network(2, degree=1, seed=1) as network:
+        await network.wait_connected()
+        sender, receiver = network.nodes
+        await wait_for(lambda: subscribed(sender, "chat", 1))
+        service = gossip(receiver)
+        validate = service._validate
+        failed: list[int] = []
+
+        async def buggy(message: GossipMessage, socket: Socket | None) -> None:
+            if not failed:
+                failed.append(message.seq)
+                raise RuntimeError("a bug")
+            await validate(message, socket)
+
+        monkeypatch.setattr(service, "_validate", buggy)
+        service.set_validator("chat", lambda message: Validation.ACCEPT)
+        lost = await sender.publish("chat", {"n": 1})
+        await wait_for(lambda: failed == [1])
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == [f"! gossip delivery of {lost} failed"]
+        # The service goes on (its own message; the sender's stream waits for the gap).
+        await receiver.publish("chat", {"n": 2})
+        await wait_for(lambda: [d.origin for d in network.received[1]] == [receiver.peer_id])
+
+
 def test_the_router_withholds_a_message_awaiting_validation() -> None:
     router, sent, _ = _meshed(4, lazy=4)
     message = _message()

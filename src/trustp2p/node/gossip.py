@@ -36,13 +36,7 @@ from typing import TYPE_CHECKING
 
 from ..admin.counters import MAX_TOPICS, count
 from ..drivers.base import Socket
-from ..exceptions import (
-    ConnectionClosed,
-    GossipError,
-    NodeStateError,
-    RemoteError,
-    RequestTimeout,
-)
+from ..exceptions import ConnectionClosed, GossipError, NodeStateError, RemoteError, RequestTimeout
 from ..protocol.gossip import (
     FETCH,
     HWM,
@@ -439,11 +433,14 @@ class Gossip:
             self._wakeup.clear()
             while queue:
                 kind, message, socket = queue.popleft()
-                if kind == "validate":
-                    await self._validate(message, socket)
-                else:
-                    await self._call_handlers(message, socket)
-                    await self._delivered(message)
+                try:
+                    if kind == "validate":
+                        await self._validate(message, socket)
+                    else:
+                        await self._call_handlers(message, socket)
+                        await self._delivered(message)
+                except Exception:  # one message's failure must not end delivery for all
+                    logger.error("! gossip delivery of %s failed", message.id, exc_info=True)
             if self._marks is not None:
                 self._marks.settle_all()
 
@@ -461,6 +458,8 @@ class Gossip:
             verdict = validator(message) if validator is not None else Validation.ACCEPT
             if inspect.isawaitable(verdict):
                 verdict = await verdict
+            if type(verdict) is not Validation:  # (True, None...): ignored, as a failure
+                raise TypeError(f"returned {verdict!r}, not a Validation")
         except Exception:
             logger.error("! validator of %r failed", message.topic, exc_info=True)
             verdict = Validation.IGNORE
