@@ -19,6 +19,7 @@ from trustp2p import (
     ConnectionClosed,
     EventMap,
     Node,
+    NodeState,
     Package,
     PackageType,
     RemoteError,
@@ -759,3 +760,49 @@ async def test_a_node_restarted_while_still_stopping_keeps_its_identity(
         assert not (tmp_path / "identity" / "node-2.key").exists()
     finally:
         await new.stop()
+
+
+class StopHangs(Thread):
+    """A thread whose ``stop()`` never returns."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"note": lambda socket, package: None}}
+
+    async def stop(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_stop_cancelled_at_once_goes_on_and_a_second_stop_waits_for_it(
+    make_node: MakeNode,
+) -> None:
+    # Before, the node stayed STOPPING for good: its tasks, store threads and files kept.
+    server = await make_node(server=True)
+    stopping = asyncio.ensure_future(server.stop())
+    await asyncio.sleep(0)  # the stop has begun
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping  # the caller is cancelled...
+    assert server.state is NodeState.STOPPING
+    await server.stop()  # ...the stop isn't: this waits for its end
+    assert server.state is NodeState.STOPPED and not server.tasks
+
+
+async def test_cancelling_a_caller_of_stop_reaches_it(make_node: MakeNode) -> None:
+    # Before, stop() swallowed a cancellation that came once it was past its first step.
+    server = await make_node(server=True, threads=[StopHangs], close_timeout=200 * MS)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(server.stop(), 50 * MS)
+    await server.stop()
+    assert server.state is NodeState.STOPPED
+
+
+async def test_a_threads_stop_that_never_returns_is_given_close_timeout(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await make_node(server=True, threads=[StopHangs], close_timeout=100 * MS)
+    await server.stop()
+    assert server.state is NodeState.STOPPED
+    [line] = [r for r in caplog.records if "didn't return within" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert line.getMessage() == "! stop of StopHangs didn't return within 0.1 s: going on"

@@ -6,7 +6,7 @@ run one at a time, in the order their packages arrived.
 
 from __future__ import annotations
 
-__all__ = ["Hook", "Worker", "call_thread"]
+__all__ = ["Hook", "Worker", "call_thread", "stop_thread"]
 
 import asyncio
 import inspect
@@ -56,6 +56,17 @@ async def call_thread(thread: Thread, name: str, *args: Any) -> None:
         logger.error("! %s of %s failed", name, thread.path or type(thread).__name__, exc_info=True)
 
 
+async def stop_thread(thread: Thread, timeout: float) -> None:
+    """Call a thread's ``stop()``, for ``timeout`` seconds at most; then cancel its tasks."""
+    try:
+        async with asyncio.timeout(timeout):
+            await call_thread(thread, "stop")
+    except TimeoutError:
+        where = thread.path or type(thread).__name__
+        logger.warning("! stop of %s didn't return within %g s: going on", where, timeout)
+    await thread.cancel_tasks()
+
+
 class Worker:
     """
     The inbox of one connection and the task that drains it.
@@ -67,6 +78,7 @@ class Worker:
 
     __slots__ = (
         "_can_resume",
+        "_freed",
         "_inbox",
         "_max_pending",
         "_node",
@@ -88,6 +100,7 @@ class Worker:
         self._max_pending = max_pending
         self._can_resume = can_resume
         self._running: set[asyncio.Task[Any]] = set()  # suspended request handlers
+        self._freed: asyncio.Future[None] | None = None  # set when one of them ends
         self.paused = False
 
     def put(self, item: Package | Hook) -> asyncio.Task[None] | None:
@@ -179,11 +192,21 @@ class Worker:
             self._finish(thread, package, rest, started), f"request {package.event!r}"
         )
         running.add(task)
-        task.add_done_callback(running.discard)
+        task.add_done_callback(self._slot_freed)
         if len(running) >= self._node.options.max_concurrent_requests:
             # Every slot taken: the next package waits for the first to free (the inbox
             # fills meanwhile, and reading pauses).
-            await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
+            self._freed = freed = asyncio.get_running_loop().create_future()
+            try:
+                await freed
+            finally:
+                self._freed = None
+
+    def _slot_freed(self, task: asyncio.Task[Any]) -> None:
+        self._running.discard(task)
+        freed = self._freed
+        if freed is not None and not freed.done():
+            freed.set_result(None)
 
     async def _finish(
         self,

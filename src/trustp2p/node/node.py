@@ -41,10 +41,10 @@ from ..storage import DATA_DIR
 from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
 from ..tasks import TaskOwner
 from ..threads.base import Thread
-from ..threads.loader import THREADS_ENABLED, load_thread_classes
+from ..threads.loader import enabled_thread_classes
 from ..threads.peer_exchange import PeerExchangeThread
 from .connections import Connections
-from .dispatch import call_thread
+from .dispatch import call_thread, stop_thread
 from .gossip import Gossip, GossipHandler
 from .gossip_thread import GossipThread
 from .handlers import HandlerRegistry
@@ -122,6 +122,7 @@ class Node:
         self.data_dir: Path | None = None
         self._identity_number = 1
         self._identity_lock: IO[bytes] | None = None
+        self._stopping: asyncio.Future[None] | None = None  # stop()'s work, once begun
         self.store: PeerStore | None = None
         self._secure: SecureLayer | None = None
         self.tasks = TaskOwner(self.log)
@@ -317,13 +318,19 @@ class Node:
 
     async def stop(self) -> None:
         """
-        Stop the node: stop accepting and dialling, call every thread's ``stop()``,
-        close every connection with code 1001, then cancel and await remaining tasks.
-        Safe to call more than once.
+        Stop the node: stop accepting and dialling, call every thread's ``stop()`` (for
+        ``close_timeout`` each at most), close every connection with code 1001, then
+        cancel and await remaining tasks. Safe to call more than once, from any task:
+        each call waits for the same stop. Cancelling a caller doesn't cancel the stop,
+        which goes on to its end; the caller gets its :exc:`asyncio.CancelledError`.
         """
-        if self.state is not NodeState.RUNNING:
-            return
-        self.state = NodeState.STOPPING
+        if self.state is NodeState.RUNNING:
+            self.state = NodeState.STOPPING
+            self._stopping = asyncio.ensure_future(self._stop())
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         self.log.info("x stopping node")
         if self._identity_lock is not None:
             mark_stopping(self._identity_lock)  # a node restarted meanwhile waits
@@ -337,8 +344,7 @@ class Node:
             self._secure.close_all(CloseCode.GOING_AWAY, "node stopping")
         self.connections.inbound.close_unfinished()
         for thread in self.threads:
-            await call_thread(thread, "stop")
-            await thread.cancel_tasks()
+            await stop_thread(thread, self.options.close_timeout)
         # Every connection, those refused or still in their handshake included, so
         # that no transport outlives the node.
         raw = self._secure.raw_sockets if self._secure is not None else []
@@ -402,18 +408,9 @@ class Node:
         return cwd / DATA_DIR
 
     def _load_threads(self) -> list[Thread]:
-        classes: list[type[Thread]] = []
-        cwd = self.options.cwd
-        if cwd is not None:
-            if not cwd.is_dir():
-                raise ThreadLoadError(cwd, "cwd is not a directory")
-            enabled = cwd / THREADS_ENABLED
-            if enabled.is_dir():
-                classes.extend(load_thread_classes(enabled))
-            else:
-                level = logging.INFO if self.options.threads else logging.WARNING  # none at all
-                self.log.log(level, "! %s doesn't exist: no thread loaded from it", enabled)
-        classes.extend(self.options.threads)
+        options = self.options
+        classes = enabled_thread_classes(options.cwd, self.log, others=bool(options.threads))
+        classes.extend(options.threads)
         if self.options.peer_exchange:
             classes.append(PeerExchangeThread)
         if self.gossip is not None:

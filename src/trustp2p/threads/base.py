@@ -56,11 +56,14 @@ class Thread:
     The node instantiates each thread once as ``ThreadClass(node)``, then calls
     :meth:`start` once every thread is loaded, and :meth:`stop` on shutdown.
 
-    Handlers of one connection run one at a time, in the order the packages arrived;
-    connection hooks run in the same order (``on_socket_connection`` before the first
-    handler of a connection, ``on_socket_close`` after its last). Another connection's
-    handlers run concurrently. An exception in a handler or hook is logged with the
-    thread's file and doesn't disturb other threads.
+    Handlers of one connection start in the order the packages arrived; talk, gossip and
+    response handlers and the connection hooks run one at a time, in that order
+    (``on_socket_connection`` before the first handler, ``on_socket_close`` after the
+    last to start). A coroutine request handler that waits (for I/O) goes on beside the
+    next packages, up to ``max_concurrent_requests`` (16) at once: it may still run when
+    ``on_socket_close`` is called. Another connection's handlers run concurrently. An
+    exception in a handler or hook is logged with the thread's file and doesn't disturb
+    other threads.
 
     A request handler (``REQUEST`` or ``HEARTBEAT_PING``) may return a dict: the node
     sends it back as the response, with the request's tag. Returning ``None`` sends

@@ -15,12 +15,14 @@ __all__ = [
     "THREADS_AVAILABLE",
     "THREADS_ENABLED",
     "check_event_map",
+    "enabled_thread_classes",
     "load_thread_classes",
     "thread_files",
 ]
 
 import importlib.util
 import inspect
+import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +42,30 @@ def thread_files(directory: Path) -> list[Path]:
         for path in directory.iterdir()
         if path.suffix == ".py" and not path.name.startswith(("_", "."))
     )
+
+
+def enabled_thread_classes(
+    cwd: Path | None, log: logging.Logger, *, others: bool
+) -> list[type[Thread]]:
+    """
+    The thread classes of ``<cwd>/threads-enabled/`` (none without a ``cwd``). A missing
+    directory is logged: a WARNING when no thread comes from elsewhere (not ``others``),
+    as with a mistyped ``--cwd``, else INFO.
+
+    Raises:
+        ThreadLoadError: If ``cwd`` is not a directory, or a file can't be loaded.
+
+    """
+    if cwd is None:
+        return []
+    if not cwd.is_dir():
+        raise ThreadLoadError(cwd, "cwd is not a directory")
+    enabled = cwd / THREADS_ENABLED
+    if enabled.is_dir():
+        return load_thread_classes(enabled)
+    level = logging.INFO if others else logging.WARNING
+    log.log(level, "! %s doesn't exist: no thread loaded from it", enabled)
+    return []
 
 
 def load_thread_classes(directory: Path) -> list[type[Thread]]:
