@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
-from trustp2p import EventMap, Package, PackageType, Socket, Thread
+import pytest
+
+from trustp2p import EventMap, Package, PackageType, RemoteError, Socket, Thread
 
 from .nodes import MakeNode, wait_for
 
@@ -197,3 +200,41 @@ async def test_a_slot_freed_by_any_handler_takes_the_next_request(make_node: Mak
     await wait_for(lambda: gates.running() == {5})
     gates.gates[5].set()
     assert await asyncio.gather(*requests) == [{"slow": n} for n in range(6)]
+
+
+class Cancels(Thread):
+    """Request handlers that raise ``CancelledError`` of their own: at once, or after
+    waiting (a helper task of theirs was cancelled)."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"at once": self.at_once, "later": self.later}}
+
+    async def at_once(self, socket: Socket, package: Package) -> dict[str, Any]:
+        raise asyncio.CancelledError
+
+    async def later(self, socket: Socket, package: Package) -> dict[str, Any]:
+        helper = asyncio.ensure_future(asyncio.sleep(10))
+        asyncio.get_running_loop().call_soon(helper.cancel)
+        await helper  # raises CancelledError: the helper's, not this task's
+        return {}
+
+
+@pytest.mark.parametrize("event", ["at once", "later"])
+async def test_a_handler_raising_cancelled_error_is_a_failing_handler(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, event: str
+) -> None:
+    # Before, the request was never answered (the peer waited response_timeout, 300 s)
+    # and nothing was logged.
+    server = await make_node(server=True, threads=[Cancels])
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    with pytest.raises(RemoteError, match=f"handler of '{event}' failed"):
+        await client.client.request(socket, event, {})
+    failures = [r for r in caplog.records if r.getMessage().startswith("! handler of REQUEST")]
+    assert [r.levelno for r in failures] == [logging.ERROR]
+    assert server.running  # and it goes on
+    with pytest.raises(RemoteError):
+        await client.client.request(socket, event, {"again": True})

@@ -182,7 +182,9 @@ class Worker:
             except StopIteration as stop:
                 await self._answer(thread, package, stop.value, started)
                 return
-        except Exception:
+        except (Exception, asyncio.CancelledError) as exc:
+            if _cancelled(exc):
+                raise
             _log_failure(thread, package)
             await self._answer(thread, package, None, started, failed=True)
             return
@@ -217,7 +219,9 @@ class Worker:
     ) -> None:
         try:
             result = await pending
-        except Exception:
+        except (Exception, asyncio.CancelledError) as exc:
+            if _cancelled(exc):
+                raise
             _log_failure(thread, package)
             await self._answer(thread, package, None, started, failed=True)
         else:
@@ -321,6 +325,14 @@ def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any,
                 yielded = coro.send(sent)
     except StopIteration as stop:
         return stop.value
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` cancels the running task; a ``CancelledError`` a handler raises
+    while its task isn't being cancelled (a task of its own was) is its failure."""
+    task = asyncio.current_task()
+    cancelling = task is not None and task.cancelling() > 0
+    return cancelling and isinstance(exc, asyncio.CancelledError)
 
 
 def _log_failure(thread: Thread, package: Package) -> None:
