@@ -128,7 +128,7 @@ def test_config_command_shows_values_and_sources(
 @pytest.mark.parametrize(
     ("variable", "value", "error"),
     [
-        ("TRUSTP2P_PORT", "99999", "port must be in 0..65535, not 99999"),
+        ("TRUSTP2P_PORT", "99999", "port must be an integer in 0..65535, not 99999"),
         ("TRUSTP2P_GOSSIP_MODE", "bogus", "gossip_mode must be 'gossip' or 'flood'"),
         ("TRUSTP2P_HEARTBEAT_INTERVAL", "nan", "heartbeat_interval must be a positive number"),
         ("TRUSTP2P_ADMIN", "0.0.0.0:9000", "set an admin token"),

@@ -806,3 +806,30 @@ async def test_a_threads_stop_that_never_returns_is_given_close_timeout(
     [line] = [r for r in caplog.records if "didn't return within" in r.getMessage()]
     assert line.levelno == logging.WARNING
     assert line.getMessage() == "! stop of StopHangs didn't return within 0.1 s: going on"
+
+
+async def test_a_socket_of_another_node_is_a_usage_error(make_node: MakeNode) -> None:
+    # Before: "ConnectionClosed: connection closed", though the connection was open.
+    server, _, socket = await pair(make_node)
+    other = await make_node(client=True, peers=[server.url])
+    assert other.client is not None
+    with pytest.raises(trustp2p.UsageError, match=r"is not a connection of this node"):
+        await other.client.request(socket, "echo", {})
+    assert not socket.closed
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"peers": "ws://127.0.0.1:1107"}, TypeError, "peers must be a sequence of URLs"),
+        ({"port": "0"}, ValueError, "port must be an integer in 0..65535, not '0'"),
+        ({"port": True}, ValueError, "port must be an integer in 0..65535, not True"),
+    ],
+)
+async def test_mistaken_arguments_say_what_is_wrong(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    # Before: a str of peers was read as one URL per character ("peer URL 'w' lacks a
+    # scheme"), and port="0" failed inside a comparison of int and str.
+    with pytest.raises(error, match=re.escape(match)):
+        await trustp2p.create_node(**options)

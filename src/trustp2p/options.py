@@ -273,8 +273,8 @@ class NodeOptions:
             driver_class(self.driver)  # raises DriverError: unknown, or not installed
         if not self.server and not self.client:
             raise ValueError("a node must be a server, a client or both")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, not {self.port}")
+        if type(self.port) is not int or not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be an integer in 0..65535, not {self.port!r}")
         self._check_numbers()
         self._check_relations()
         self._check_admin()

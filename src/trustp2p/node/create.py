@@ -46,9 +46,7 @@ async def create_client(
     Use ``await node.client.wait_connected()`` to wait for the first connection.
 
     """
-    return await _create(
-        NodeOptions.from_kwargs(cwd=cwd, client=True, peers=tuple(peers), **options)
-    )
+    return await _create(NodeOptions.from_kwargs(cwd=cwd, client=True, peers=peers, **options))
 
 
 async def create_node(
@@ -62,6 +60,6 @@ async def create_node(
     """Create and start a node that is both server and client."""
     return await _create(
         NodeOptions.from_kwargs(
-            cwd=cwd, server=True, client=True, host=host, port=port, peers=tuple(peers), **options
+            cwd=cwd, server=True, client=True, host=host, port=port, peers=peers, **options
         )
     )

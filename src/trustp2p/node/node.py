@@ -26,7 +26,7 @@ from .._version import __version__
 from ..admin import AdminServer, Metrics, current_node
 from ..drivers import Driver, driver_class, scheme_of
 from ..drivers.base import Listener, Listening, Socket
-from ..exceptions import ConnectionClosed, NodeStateError, ThreadLoadError
+from ..exceptions import ConnectionClosed, NodeStateError, ThreadLoadError, UsageError
 from ..identity import Identity, claim_identity, mark_stopping
 from ..options import NodeOptions
 from ..protocol.close import CloseCode
@@ -559,6 +559,7 @@ class Node:
         Raises:
             ConnectionClosed: If the connection is closed, or the node is stopping.
             NodeStateError: If the node was never started.
+            UsageError: If ``socket`` is open but not a connection of this node.
 
         """
         if self.state is not NodeState.RUNNING:
@@ -566,6 +567,8 @@ class Node:
                 raise NodeStateError("the node is not started")
             raise ConnectionClosed(CloseCode.GOING_AWAY, "node stopping")
         if self.connections.get(socket.id) is None:
+            if not socket.closed:  # (another node's)
+                raise UsageError(f"{socket!r} is not a connection of this node")
             raise ConnectionClosed(socket.close_code, socket.close_reason)
 
     def _reroute_target(self, tried: Collection[ConnId]) -> ConnId | None:
