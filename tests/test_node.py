@@ -345,6 +345,23 @@ async def test_reroute_at_once_when_the_connection_is_lost(make_node: MakeNode) 
     assert await pending == {"done_by": working.url}
 
 
+async def test_reroute_when_the_connection_was_lost_before_the_call(make_node: MakeNode) -> None:
+    # Before, check_open raised ConnectionClosed though another server was connected.
+    gone = await make_node(server=True, threads=[Working])
+    working = await make_node(server=True, threads=[Working])
+    client = await make_node(client=True, peers=[gone.url, working.url])
+    assert client.client is not None
+    await client.client.wait_connected(2)
+    first = client.client.socket_for(gone.url or "")
+    assert first is not None
+    await gone.stop()
+    await wait_for(lambda: first.closed)
+    answer = await client.client.request(first, "work", {}, reroute=True, timeout=2)
+    assert answer == {"done_by": working.url}
+    with pytest.raises(ConnectionClosed):  # without reroute, as before
+        await client.client.request(first, "work", {}, timeout=2)
+
+
 # Heartbeat
 
 

@@ -505,14 +505,8 @@ class Node:
     ) -> Body:
         """
         Send a request on ``socket`` and return its response's body. The roles'
-        :meth:`~trustp2p.node.roles.Role.request` documents the arguments.
-
-        Raises:
-            RemoteError: If the peer answered with an error.
-            RequestTimeout: If no response arrives within the timeout.
-            ConnectionClosed: If the connection is lost first, or the node is stopping.
-            NodeStateError: If the node was never started.
-
+        :meth:`~trustp2p.node.roles.Role.request` documents the arguments and errors;
+        this raises :exc:`NodeStateError` too if the node was never started.
         """
         response = await self.request_package(
             socket,
@@ -541,7 +535,7 @@ class Node:
         :meth:`~trustp2p.node.roles.Role.request_package` documents it. Raises what
         :meth:`request` raises.
         """
-        self.check_open(socket)
+        socket = self.check_open(socket, reroute=reroute)
         return await self.requests.request_package(
             socket,
             event,
@@ -552,9 +546,10 @@ class Node:
             payload=payload,
         )
 
-    def check_open(self, socket: Socket) -> None:
+    def check_open(self, socket: Socket, *, reroute: bool = False) -> Socket:
         """
-        Raise unless a request may go out on ``socket`` now.
+        Raise unless a request may go out on ``socket`` now; return the socket it goes
+        out on: with ``reroute``, the next server if ``socket`` closed before the call.
 
         Raises:
             ConnectionClosed: If the connection is closed, or the node is stopping.
@@ -566,10 +561,13 @@ class Node:
             if self.state is NodeState.NEW:
                 raise NodeStateError("the node is not started")
             raise ConnectionClosed(CloseCode.GOING_AWAY, "node stopping")
+        if reroute and socket.closed and self.client is not None:
+            socket = self.client.find_next_server((socket.id,)) or socket
         if self.connections.get(socket.id) is None:
             if not socket.closed:  # (another node's)
                 raise UsageError(f"{socket!r} is not a connection of this node")
             raise ConnectionClosed(socket.close_code, socket.close_reason)
+        return socket
 
     def _reroute_target(self, tried: Collection[ConnId]) -> ConnId | None:
         assert self.client is not None

@@ -77,8 +77,9 @@ class Role:
             body: The request body, a JSON object.
             package_type: ``REQUEST`` or ``HEARTBEAT_PING``.
             reroute: Client side only: when no response arrives within
-                ``stalled_timeout``, or the connection is lost, send the request to the
-                next connected server not yet tried; the first response wins.
+                ``stalled_timeout``, or the connection is lost (before the call too),
+                send the request to the next connected server not yet tried; the first
+                response wins.
             timeout: Seconds to wait; defaults to ``response_timeout``.
             payload: Binary data to send beside the body (wire field 7), for a trustp2p
                 peer: the original ignores it. The handler reads it as
@@ -102,7 +103,7 @@ class Role:
         if reroute and self.inbound:
             raise ValueError("reroute is only available on the client role")
         node = self.node
-        node.check_open(socket)  # what Node.request checks, one call frame fewer
+        socket = node.check_open(socket, reroute=reroute)  # Node.request's, a frame fewer
         response = await node.requests.request_package(
             socket,
             event,
@@ -139,7 +140,7 @@ class Role:
         if reroute and self.inbound:
             raise ValueError("reroute is only available on the client role")
         node = self.node
-        node.check_open(socket)
+        socket = node.check_open(socket, reroute=reroute)
         return await node.requests.request_package(
             socket,
             event,
