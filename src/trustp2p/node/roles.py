@@ -76,10 +76,9 @@ class Role:
             event: The event name.
             body: The request body, a JSON object.
             package_type: ``REQUEST`` or ``HEARTBEAT_PING``.
-            reroute: Client side only: when no response arrives within
-                ``stalled_timeout``, or the connection is lost (before the call too),
-                send the request to the next connected server not yet tried; the first
-                response wins.
+            reroute: Client side only: when no response comes in ``stalled_timeout``,
+                or the connection is lost (before the call too), send it to the next
+                connected server not yet tried; the first response wins.
             timeout: Seconds to wait; defaults to ``response_timeout``.
             payload: Binary data to send beside the body (wire field 7), for a trustp2p
                 peer: the original ignores it. The handler reads it as
