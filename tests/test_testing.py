@@ -4,6 +4,7 @@ memory, and its stop."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pytest
@@ -70,3 +71,10 @@ async def test_network_stop_stops_its_nodes_at_once(monkeypatch: pytest.MonkeyPa
     assert most == 5
     assert all(node.state is NodeState.STOPPED for node in network.nodes)
     assert not any(network.alive(i) for i in range(5))
+
+
+async def test_network_nodes_start_without_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    # Before, each node warned that its threads-enabled/ didn't exist, at every start.
+    async with Network(3) as network:
+        await network.wait_connected()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -37,6 +37,7 @@ from .identity import Identity
 from .node import Node
 from .protocol.gossip import GossipMessage
 from .storage.memory import MemoryShelf
+from .threads.loader import THREADS_ENABLED
 
 # Timings for a simulated network: reconnect fast, catch up often, no idle pings.
 SIMULATION_OPTIONS: dict[str, Any] = {
@@ -197,7 +198,7 @@ class Network:
 
     def _make_node(self, index: int, port: int) -> Node:
         directory = self.directory / f"node{index}"
-        directory.mkdir(parents=True, exist_ok=True)
+        (directory / THREADS_ENABLED).mkdir(parents=True, exist_ok=True)  # none: no warning
         options = dict(self.options)
         if self.driver == "memory":
             options["driver"] = MemoryDriver(hub=self.hub, name=f"n{index}")
