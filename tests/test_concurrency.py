@@ -238,3 +238,38 @@ async def test_a_handler_raising_cancelled_error_is_a_failing_handler(
     assert server.running  # and it goes on
     with pytest.raises(RemoteError):
         await client.client.request(socket, event, {"again": True})
+
+
+class TalkCancels(Thread):
+    """A talk handler that raises ``CancelledError`` of its own, then one that counts."""
+
+    def start(self) -> None:
+        self.noted: list[int] = []
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"cancel": self.cancel, "note": self.note}}
+
+    async def cancel(self, socket: Socket, package: Package) -> None:
+        raise asyncio.CancelledError
+
+    def note(self, socket: Socket, package: Package) -> None:
+        self.noted.append(package.body["n"])
+
+
+async def test_a_talk_handler_raising_cancelled_error_holds_up_nothing(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, it ended the connection's worker: the talks after it waited for the next
+    # package to arrive, and nothing was logged.
+    server = await make_node(server=True, threads=[TalkCancels])
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    await client.client.send_talk(socket, "cancel", {})
+    await client.client.send_talk(socket, "note", {"n": 1})
+    thread = next(t for t in server.threads if isinstance(t, TalkCancels))
+    await wait_for(lambda: thread.noted == [1])
+    failures = [r for r in caplog.records if r.getMessage().startswith("! handler of TALK")]
+    assert [r.levelno for r in failures] == [logging.ERROR]

@@ -356,6 +356,26 @@ async def test_a_bug_in_one_delivery_doesnt_end_delivery(
         await wait_for(lambda: [d.origin for d in network.received[1]] == [receiver.peer_id])
 
 
+async def test_a_subscriber_raising_cancelled_error_is_a_failing_subscriber(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before, it ended the node's delivery task, without a line logged.
+    async with Network(2, degree=1, seed=1) as network:
+        await network.wait_connected()
+        sender, receiver = network.nodes
+        await wait_for(lambda: subscribed(sender, "chat", 1))
+
+        async def cancelled(message: GossipMessage) -> None:
+            raise asyncio.CancelledError
+
+        gossip(receiver).subscribe("chat", cancelled)
+        for n in range(2):
+            await sender.publish("chat", {"n": n})
+        await network.wait_delivered(2)  # both, to the Network's recorder too
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == ["! gossip subscriber of 'chat' failed"] * 2
+
+
 def test_the_router_withholds_a_message_awaiting_validation() -> None:
     router, sent, _ = _meshed(4, lazy=4)
     message = _message()

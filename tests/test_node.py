@@ -850,3 +850,28 @@ async def test_mistaken_arguments_say_what_is_wrong(
     # scheme"), and port="0" failed inside a comparison of int and str.
     with pytest.raises(error, match=re.escape(match)):
         await trustp2p.create_node(**options)
+
+
+class Shutdown(Thread):
+    """An admin command: a request that stops the node it runs in."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"shutdown": self.shutdown}}
+
+    async def shutdown(self, socket: Socket, package: Package) -> dict[str, Any]:
+        await self.node.stop()
+        return {}
+
+
+async def test_a_handler_can_stop_its_node(make_node: MakeNode) -> None:
+    # Before: a RecursionError in asyncio (the stop cancelled and awaited the very task
+    # it ran in), the node stuck STOPPING, and asyncio.run() crashing at its exit.
+    server = await make_node(server=True, threads=[Shutdown])
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    with pytest.raises(ConnectionClosed):  # the stop cancels the handler: no answer
+        await client.client.request(client.client.sockets[0], "shutdown", {})
+    await wait_for(lambda: server.state is NodeState.STOPPED)
+    assert not server.tasks

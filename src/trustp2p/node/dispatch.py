@@ -6,7 +6,7 @@ run one at a time, in the order their packages arrived.
 
 from __future__ import annotations
 
-__all__ = ["Hook", "Worker", "call_thread", "stop_thread"]
+__all__ = ["Hook", "Worker", "call_logged", "call_thread", "cancelled", "stop_thread"]
 
 import asyncio
 import inspect
@@ -52,8 +52,22 @@ async def call_thread(thread: Thread, name: str, *args: Any) -> None:
         result = getattr(thread, name)(*args)
         if inspect.isawaitable(result):
             await result
-    except Exception:
+    except (Exception, asyncio.CancelledError) as exc:
+        if cancelled(exc):
+            raise
         logger.error("! %s of %s failed", name, thread.path or type(thread).__name__, exc_info=True)
+
+
+async def call_logged(what: str, function: Callable[..., object], *args: object) -> None:
+    """Call ``function(*args)``, sync or async; log what it raises as ``what`` failing."""
+    try:
+        result = function(*args)
+        if inspect.isawaitable(result):
+            await result
+    except (Exception, asyncio.CancelledError) as exc:
+        if cancelled(exc):
+            raise
+        logger.error("! %s failed", what, exc_info=True)
 
 
 async def stop_thread(thread: Thread, timeout: float) -> None:
@@ -183,7 +197,7 @@ class Worker:
                 await self._answer(thread, package, stop.value, started)
                 return
         except (Exception, asyncio.CancelledError) as exc:
-            if _cancelled(exc):
+            if cancelled(exc):
                 raise
             _log_failure(thread, package)
             await self._answer(thread, package, None, started, failed=True)
@@ -220,7 +234,7 @@ class Worker:
         try:
             result = await pending
         except (Exception, asyncio.CancelledError) as exc:
-            if _cancelled(exc):
+            if cancelled(exc):
                 raise
             _log_failure(thread, package)
             await self._answer(thread, package, None, started, failed=True)
@@ -233,7 +247,9 @@ class Worker:
             result = handler(self._socket, package)
             if result is not None and type(result) is not dict and inspect.isawaitable(result):
                 await result
-        except Exception:
+        except (Exception, asyncio.CancelledError) as exc:
+            if cancelled(exc):
+                raise
             _log_failure(thread, package)
 
     async def _answer(
@@ -327,7 +343,7 @@ def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any,
         return stop.value
 
 
-def _cancelled(exc: BaseException) -> bool:
+def cancelled(exc: BaseException) -> bool:
     """Whether ``exc`` cancels the running task; a ``CancelledError`` a handler raises
     while its task isn't being cancelled (a task of its own was) is its failure."""
     task = asyncio.current_task()

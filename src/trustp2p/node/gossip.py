@@ -63,6 +63,7 @@ from ..protocol.gossip import (
 from ..protocol.package import Body, Package, PackageType, build_package
 from ..storage.msglog import LOG_FILE, MessageLog
 from ..tasks import TaskOwner
+from .dispatch import call_logged, cancelled
 from .gossip_log import to_logged, undelivered
 
 if TYPE_CHECKING:
@@ -439,7 +440,9 @@ class Gossip:
                     else:
                         await self._call_handlers(message, socket)
                         await self._delivered(message)
-                except Exception:  # one message's failure must not end delivery for all
+                except (Exception, asyncio.CancelledError) as exc:  # not the end of delivery
+                    if cancelled(exc):
+                        raise
                     logger.error("! gossip delivery of %s failed", message.id, exc_info=True)
             if self._marks is not None:
                 self._marks.settle_all()
@@ -477,23 +480,12 @@ class Gossip:
             self.node.penalize(socket, why)
 
     async def _call_handlers(self, message: GossipMessage, socket: Socket | None) -> None:
-        for thread, handler in self.node.handlers.get(PackageType.GOSSIP, message.topic):
-            try:
-                result = handler(socket, message)  # type: ignore[arg-type]
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                where = thread.path or type(thread).__name__
-                logger.error(
-                    "! gossip handler of %r in %s failed", message.topic, where, exc_info=True
-                )
-        for callback in self._handlers.get(message.topic, ()):
-            try:
-                result = callback(message)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.error("! gossip subscriber of %r failed", message.topic, exc_info=True)
+        topic = message.topic
+        for thread, handler in self.node.handlers.get(PackageType.GOSSIP, topic):
+            where = thread.path or type(thread).__name__
+            await call_logged(f"gossip handler of {topic!r} in {where}", handler, socket, message)
+        for callback in self._handlers.get(topic, ()):
+            await call_logged(f"gossip subscriber of {topic!r}", callback, message)
 
     # Heartbeat: the router's, and the gaps'
 
