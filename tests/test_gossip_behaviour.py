@@ -376,6 +376,24 @@ async def test_a_subscriber_raising_cancelled_error_is_a_failing_subscriber(
         assert errors == ["! gossip subscriber of 'chat' failed"] * 2
 
 
+async def test_the_publishers_own_subscribers_get_what_every_node_gets() -> None:
+    # Before, they got the caller's dict itself: int keys, tuples, and changes made after
+    # publish() returned, which no other node saw.
+    async with Network(2, degree=1, seed=1) as network:
+        await network.wait_connected()
+        sender, receiver = network.nodes
+        await wait_for(lambda: subscribed(sender, "chat", 1))
+        bodies: dict[str, list[Any]] = {"sender": [], "receiver": []}
+        gossip(sender).subscribe("chat", lambda m: bodies["sender"].append(m.body))
+        gossip(receiver).subscribe("chat", lambda m: bodies["receiver"].append(m.body))
+        body: dict[Any, Any] = {1: "int key", "tuple": (1, 2), "list": [1]}
+        await sender.publish("chat", body)
+        body["list"].append("changed after publish()")
+        await wait_for(lambda: bool(bodies["sender"] and bodies["receiver"]))
+        expected = {"1": "int key", "tuple": [1, 2], "list": [1]}
+        assert bodies == {"sender": [expected], "receiver": [expected]}
+
+
 def test_the_router_withholds_a_message_awaiting_validation() -> None:
     router, sent, _ = _meshed(4, lazy=4)
     message = _message()

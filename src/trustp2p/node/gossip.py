@@ -27,6 +27,7 @@ __all__ = ["Gossip", "GossipHandler", "Validation", "Validator"]
 import asyncio
 import enum
 import inspect
+import json
 import logging
 import random
 import time
@@ -200,6 +201,7 @@ class Gossip:
         # Check everything before taking a sequence number: one taken and not used is a
         # gap that subscribers wait for.
         text = payload_text(topic, data)
+        data = json.loads(text)  # what every node receives, this one too: not the caller's
         cap = message_size_limit(self.node.options.max_package_size)
         if cap is not None and (size := payload_size(text)) > cap:
             raise ValueError(
