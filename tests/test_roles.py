@@ -24,7 +24,7 @@ from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from trustp2p.exceptions import NodeStateError, RequestTimeout
 from trustp2p.identity import Identity
 
-from .conftest import MS
+from .conftest import MS, stays
 from .nodes import FAST, MakeNode, node_factory, wait_for
 
 
@@ -221,6 +221,25 @@ async def test_connect_and_disconnect(make_node: MakeNode) -> None:
     await wait_for(lambda: server.server is not None and server.server.sockets == [])
     await asyncio.sleep(50 * MS)  # real time: more than reconnect_max, no redial
     assert role.sockets == [] and server.server.sockets == []
+
+
+async def test_a_disconnected_bootstrap_peer_is_not_dialled_again_by_the_manager(
+    make_node: MakeNode,
+) -> None:
+    # Before, the outbound manager (target_outbound 8 by default) dialled it again from
+    # the peer store about 10 ms later.
+    server = await make_node(server=True)
+    assert server.url is not None and server.server is not None
+    client = await make_node(client=True, peers=[server.url], target_outbound=8)
+    role = client.client
+    assert role is not None
+    await role.wait_connected()
+    await role.disconnect(server.url)
+    await wait_for(lambda: server.server is not None and server.server.sockets == [])
+    role.wake()  # a round of the manager now
+    assert await stays(lambda: role.sockets == [], 200 * MS)
+    role.connect(server.url)  # until the application asks for it again
+    await role.wait_connected()
 
 
 async def test_a_url_with_its_id_is_dialled_expecting_it(make_node: MakeNode) -> None:

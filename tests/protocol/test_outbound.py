@@ -362,6 +362,18 @@ def test_a_persistent_address_is_added_once(policy: OutboundPolicy) -> None:
     assert policy.remove_persistent(url(1)) is None
 
 
+def test_an_address_the_application_disconnected_from_is_not_dialled_again(
+    policy: OutboundPolicy,
+) -> None:
+    # Before, the manager picked a disconnected bootstrap URL again from the store.
+    store = FakeStore(url(i) for i in range(1, 4))
+    policy.remove_persistent(f"WS://127.0.0.1:4001/p2p/{A}")  # any spelling
+    assert round_(policy, store) == [url(2), url(3)]
+    assert policy.add_persistent(url(1))  # connect() again: dialled for good...
+    assert policy.remove_persistent(url(1)) == url(1)  # ...until disconnected again
+    assert round_(policy, FakeStore([url(1), url(4)])) == [url(4)]
+
+
 # Peer ids
 
 

@@ -193,6 +193,7 @@ class OutboundPolicy:
         self.bootstrap = frozenset(address_of(url) for url in bootstrap)
         self.shuffle = shuffle
         self._persistent: dict[str, str] = {}  # address -> URL as given
+        self._dropped: set[str] = set()  # addresses the application disconnected from
         self._dials: dict[str, Dial] = {}  # store URL -> managed dial under way
         self._store_url: dict[str, str] = {}  # dial URL -> store URL dialled there
         self._conns: dict[ConnId, _Outbound] = {}
@@ -208,14 +209,18 @@ class OutboundPolicy:
         """Dial ``url`` for good; False (nothing to do) if its address already is,
         whatever the spelling."""
         address = address_of(url)
+        self._dropped.discard(address)
         if address in self._persistent:
             return False
         self._persistent[address] = url
         return True
 
     def remove_persistent(self, url: str) -> str | None:
-        """Stop dialling ``url`` for good; returns the URL as it was added, if it was."""
-        return self._persistent.pop(address_of(url), None)
+        """Stop dialling ``url`` for good, the manager too, until :meth:`add_persistent`
+        adds it again; returns the URL as it was added, if it was."""
+        address = address_of(url)
+        self._dropped.add(address)
+        return self._persistent.pop(address, None)
 
     def dial_done(self, url: str) -> bool:
         """
@@ -351,9 +356,11 @@ class OutboundPolicy:
 
     def busy(self, own_urls: Iterable[str]) -> set[str]:
         """Addresses (:func:`~trustp2p.protocol.urls.address_of`) not to dial from the
-        store: dialled for good, dialled by the manager, connected, or our own."""
+        store: dialled for good, dialled by the manager, connected, our own, or ones
+        the application disconnected from."""
         urls = (
             *self._persistent,
+            *self._dropped,
             *self._dials,
             *(c.url for c in self._conns.values()),
             *own_urls,
