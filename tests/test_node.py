@@ -525,7 +525,10 @@ async def test_incompatible_version_is_closed_with_a_reason(make_node: MakeNode)
         )
 
 
-async def test_other_network_is_closed(make_node: MakeNode) -> None:
+async def test_other_network_is_closed(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trustp2p")
     server = await make_node(server=True, alt="1")
     client = await make_node(
         client=True, peers=[server.url], alt="2", reconnect_initial=10.0, reconnect_max=10.0
@@ -539,6 +542,11 @@ async def test_other_network_is_closed(make_node: MakeNode) -> None:
             and server.server.sockets == []
         )
     )
+    # With the reason, on both sides (before: invalid packages, a handshake timeout, and
+    # each side blocking the other for an hour).
+    reason = "network alt '2' differs from ours ('1')"
+    await wait_for(lambda: sum(reason in r.getMessage() for r in caplog.records) >= 2)
+    assert not any("blocking" in r.getMessage() for r in caplog.records)
 
 
 # Threads and lifecycle

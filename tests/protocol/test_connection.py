@@ -257,6 +257,20 @@ def test_incompatible_version_closes_with_the_reason(clock: FakeClock) -> None:
     ]
 
 
+@pytest.mark.parametrize("secure", [False, True])
+def test_an_introduction_from_another_network_closes_with_the_reason(
+    clock: FakeClock, secure: bool
+) -> None:
+    # Before, the package's own alt made it an invalid package like any other: the peer
+    # was counted against, never told why, and blocked in the end.
+    connection = protocol(clock, secure=secure)
+    event = HELLO_EVENT if secure else VERSION_EVENT
+    body = {**VERSION, "alt": "2"}
+    data = encode(build_package(PackageType.TALK, event, body, alt="2"))
+    actions = connection.receive_data(data)
+    assert actions == [Close(CloseCode.PROTOCOL_ERROR, "network alt '2' differs from ours ('1')")]
+
+
 def test_a_second_introduction_is_ignored(clock: FakeClock) -> None:
     connection = protocol(clock, secure=True)
     connection.receive_data(hello())

@@ -445,6 +445,9 @@ class ConnectionProtocol:
             package.version != self._protocol_version
             and major_version(package.version) != self._major
         ):
+            introducing = package.type is PackageType.TALK and self.peer_version is None
+            if introducing and package.event in (VERSION_EVENT, HELLO_EVENT):
+                return self._introduce(package)  # a peer of another network: says why
             return self._invalid(
                 f"package of protocol version {package.version!r}, network {package.alt!r}: "
                 f"the connection's are {self._protocol_version!r}, {self._alt!r}",
