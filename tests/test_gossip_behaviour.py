@@ -394,6 +394,20 @@ async def test_the_publishers_own_subscribers_get_what_every_node_gets() -> None
         assert bodies == {"sender": [expected], "receiver": [expected]}
 
 
+async def test_a_burst_of_own_publishes_disconnects_no_peer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Found by a new user's test: publish() returned at once while the packages piled
+    # up, and the node dropped its own mesh peers ("send queue full"), for seconds.
+    async with Network(5, seed=1) as network:  # memory driver, default options
+        await network.wait_connected()
+        await wait_for(lambda: subscribed(network.nodes[0], "chat", 1))
+        for n in range(3000):
+            await network.nodes[0].publish("chat", {"n": n})
+        await network.wait_delivered(3000)
+    assert not [r for r in caplog.records if "send queue full" in r.getMessage()]
+
+
 def test_the_router_withholds_a_message_awaiting_validation() -> None:
     router, sent, _ = _meshed(4, lazy=4)
     message = _message()

@@ -25,6 +25,7 @@ from __future__ import annotations
 __all__ = ["Gossip", "GossipHandler", "Validation", "Validator"]
 
 import asyncio
+import contextlib
 import enum
 import inspect
 import json
@@ -215,6 +216,11 @@ class Gossip:
         self.router.publish(message)
         count(self.node.metrics.topic_published, topic, limit=MAX_TOPICS)
         self._accepted(None, message, logged=True)
+        # The application's own burst waits for its peers to take it, as send() does: it
+        # never fills a send queue (a peer that reads nothing is the stall watch's).
+        for socket in [s for s in self.node.sockets if s.write_paused and not s.closed]:
+            with contextlib.suppress(ConnectionClosed):
+                await socket.drain()
         return message.id
 
     @property
