@@ -43,7 +43,9 @@ class Role:
         return list(self._sockets.values())
 
     async def wait_connected(self, count: int = 1) -> None:
-        """Wait until this role has at least ``count`` open connections."""
+        """Wait until this role has at least ``count`` open connections (a peer that
+        dialled this node too may keep its connection to us instead: that one is the
+        server role's)."""
         if len(self._sockets) >= count:
             return
         future = asyncio.get_running_loop().create_future()
