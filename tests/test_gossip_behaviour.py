@@ -760,6 +760,11 @@ async def test_a_payload_that_is_not_valid_unicode_is_refused_before_taking_a_se
         node.subscribe("chat", got.append)
         with pytest.raises(ValueError, match="isn't valid Unicode"):
             await node.publish("chat", {"text": "\ud800"})
+        deep: dict[str, Any] = {}
+        for _ in range(100_000):  # before: a RecursionError from inside json
+            deep = {"d": deep}
+        with pytest.raises(ValueError, match="nested too deeply to be JSON"):
+            await node.publish("chat", deep)
         await node.publish("chat", {"text": "fine"})
         await wait_for(lambda: len(got) == 1)
         assert got[0].seq == 1  # no number was used up: no gap

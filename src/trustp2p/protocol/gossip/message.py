@@ -254,7 +254,7 @@ def payload_text(topic: str, data: dict[str, Any]) -> str:
 
     Raises:
         ValueError: If the topic is empty or too long, or ``data`` holds NaN or a string
-            that isn't valid Unicode.
+            that isn't valid Unicode, or nests too deeply.
         TypeError: If ``data`` is not a JSON-serializable dict.
 
     """
@@ -262,7 +262,10 @@ def payload_text(topic: str, data: dict[str, Any]) -> str:
         raise ValueError(f"a topic is a string of 1 to {MAX_TOPIC_LENGTH} characters")
     if type(data) is not dict:
         raise TypeError(f"data must be a dict, not {type(data).__name__}")
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise ValueError("data is nested too deeply to be JSON") from None
     try:
         text.encode()
     except UnicodeEncodeError as exc:  # a lone surrogate: not text any peer can read
