@@ -95,12 +95,14 @@ class Thread:
         raise NotImplementedError(f"{type(self).__name__} must define event_map")
 
     def start(self) -> Awaitable[None] | None:
-        """Called once all threads are loaded, before the node accepts or dials peers."""
+        """Called once all threads are loaded, before the node accepts or dials peers.
+        What it raises is logged (ERROR) and the node starts anyway, this thread's
+        handlers included: a thread that can't work without its start checks for it."""
         return None
 
     def stop(self) -> Awaitable[None] | None:
         """
-        Called on shutdown, before connections close.
+        Called on shutdown, before connections close, for ``close_timeout`` at most.
 
         Tasks made with :meth:`create_task` that are still running afterwards are
         cancelled and awaited.
