@@ -883,3 +883,26 @@ async def test_a_handler_can_stop_its_node(make_node: MakeNode) -> None:
         await client.client.request(client.client.sockets[0], "shutdown", {})
     await wait_for(lambda: server.state is NodeState.STOPPED)
     assert not server.tasks
+
+
+class ShutdownTalk(Thread):
+    """An admin command as a talk: it stops the node it runs in."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"shutdown": self.shutdown}}
+
+    async def shutdown(self, socket: Socket, package: Package) -> None:
+        await self.node.stop()
+
+
+async def test_a_talk_handler_can_stop_its_node_without_waiting_for_itself(
+    make_node: MakeNode,
+) -> None:
+    # Before, the stop waited close_timeout for the worker running that very handler.
+    server = await make_node(server=True, threads=[ShutdownTalk], close_timeout=30.0)
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    await client.client.send_talk(client.client.sockets[0], "shutdown", {})
+    await wait_for(lambda: server.state is NodeState.STOPPED)  # 5 s at most, not 30

@@ -499,18 +499,18 @@ class Connections:
         elif self._debug and not pong:
             conn.log.debug("- dropped %s: it matches no pending request", package)
 
-    async def wait_workers(self, timeout: float) -> None:
-        """Let the workers finish (``on_socket_close`` hooks), then cancel the rest."""
-        if self._workers:
-            await asyncio.wait(set(self._workers), timeout=timeout)
-        for task in list(self._workers):
-            task.cancel()
-        if self._workers:
-            await asyncio.gather(*self._workers, return_exceptions=True)
+    async def wait_workers(self, timeout: float, caller: object = None) -> None:
+        """Let the workers finish (``on_socket_close`` hooks), then cancel the rest; not
+        ``caller``, a worker whose handler stops the node (it waits for the stop)."""
+        workers = [task for task in self._workers if task is not caller]
+        if workers:
+            await asyncio.wait(workers, timeout=timeout)
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
 
     def all_sockets(self) -> list[Socket]:
-        """Every connection, those refused and not closed yet included. Throttled ones
-        read again, so that their closing handshake can complete."""
+        """Every connection, refused ones not closed yet too; throttled ones read again."""
         for conn in self._conns.values():
             if conn.throttle is not None:
                 conn.throttle.cancel()

@@ -326,11 +326,11 @@ class Node:
         """
         if self.state is NodeState.RUNNING:
             self.state = NodeState.STOPPING
-            self._stopping = asyncio.ensure_future(self._stop())
+            self._stopping = asyncio.ensure_future(self._stop(asyncio.current_task()))
         if self._stopping is not None:
             await asyncio.shield(self._stopping)
 
-    async def _stop(self) -> None:
+    async def _stop(self, caller: asyncio.Task[Any] | None) -> None:
         self.log.info("x stopping node")
         if self._identity_lock is not None:
             mark_stopping(self._identity_lock)  # a node restarted meanwhile waits
@@ -354,7 +354,7 @@ class Node:
         if sockets:
             await asyncio.gather(*(socket.wait_closed() for socket in sockets))
         # Let on_socket_close hooks run, within reason.
-        await self.connections.wait_workers(self.options.close_timeout)
+        await self.connections.wait_workers(self.options.close_timeout, caller)
         if self._requests is not None:
             self._requests.close()
         await self.tasks.aclose()
