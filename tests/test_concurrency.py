@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from trustp2p import EventMap, Package, PackageType, RemoteError, Socket, Thread
+from trustp2p import EventMap, Node, Package, PackageType, RemoteError, Socket, Thread
 
 from .nodes import MakeNode, wait_for
 
@@ -48,16 +48,23 @@ class Gate(Thread):
         self.talks.append(package.body["n"])
 
 
+async def connected(
+    make_node: MakeNode, thread: type[Thread], **options: Any
+) -> tuple[Node, Node, Socket]:
+    """A server running ``thread`` (with ``options``), and a client connected to it."""
+    server = await make_node(server=True, threads=[thread], **options)
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    return server, client, client.client.sockets[0]
+
+
 def gate_of(node: Any) -> Gate:
     return next(t for t in node.threads if isinstance(t, Gate))
 
 
 async def test_a_slow_handler_does_not_hold_up_the_next_request(make_node: MakeNode) -> None:
-    server = await make_node(server=True, threads=[Gate])
-    client = await make_node(client=True, peers=[server.url])
-    assert client.client is not None
-    await client.client.wait_connected()
-    socket = client.client.sockets[0]
+    server, client, socket = await connected(make_node, Gate)
     slow = asyncio.ensure_future(client.client.request(socket, "slow", {"n": 1}))
     await wait_for(lambda: gate_of(server).running == 1)
     # The slow one is still running: the fast one is answered anyway.
@@ -68,11 +75,7 @@ async def test_a_slow_handler_does_not_hold_up_the_next_request(make_node: MakeN
 
 
 async def test_concurrency_is_bounded_per_connection(make_node: MakeNode) -> None:
-    server = await make_node(server=True, threads=[Gate], max_concurrent_requests=3)
-    client = await make_node(client=True, peers=[server.url])
-    assert client.client is not None
-    await client.client.wait_connected()
-    socket = client.client.sockets[0]
+    server, client, socket = await connected(make_node, Gate, max_concurrent_requests=3)
     requests = [
         asyncio.ensure_future(client.client.request(socket, "slow", {"n": n})) for n in range(8)
     ]
@@ -84,11 +87,7 @@ async def test_concurrency_is_bounded_per_connection(make_node: MakeNode) -> Non
 
 
 async def test_talks_keep_their_order(make_node: MakeNode) -> None:
-    server = await make_node(server=True, threads=[Gate])
-    client = await make_node(client=True, peers=[server.url])
-    assert client.client is not None
-    await client.client.wait_connected()
-    socket = client.client.sockets[0]
+    server, client, socket = await connected(make_node, Gate)
     for n in range(50):
         await client.client.send_talk(socket, "note", {"n": n})
     await wait_for(lambda: len(gate_of(server).talks) == 50)
@@ -96,11 +95,7 @@ async def test_talks_keep_their_order(make_node: MakeNode) -> None:
 
 
 async def test_one_at_a_time_when_asked(make_node: MakeNode) -> None:
-    server = await make_node(server=True, threads=[Gate], max_concurrent_requests=1)
-    client = await make_node(client=True, peers=[server.url])
-    assert client.client is not None
-    await client.client.wait_connected()
-    socket = client.client.sockets[0]
+    server, client, socket = await connected(make_node, Gate, max_concurrent_requests=1)
     first = asyncio.ensure_future(client.client.request(socket, "slow", {"n": 1}))
     second = asyncio.ensure_future(client.client.request(socket, "slow", {"n": 2}))
     gate = gate_of(server)
@@ -113,11 +108,7 @@ async def test_one_at_a_time_when_asked(make_node: MakeNode) -> None:
 async def test_the_slots_of_finished_handlers_are_free_at_once(make_node: MakeNode) -> None:
     # Round after round of slow requests each run max_concurrent_requests at a time,
     # not that many, then one alone while the finished ones' slots are still counted.
-    server = await make_node(server=True, threads=[Gate], max_concurrent_requests=3)
-    client = await make_node(client=True, peers=[server.url])
-    assert client.client is not None
-    await client.client.wait_connected()
-    socket = client.client.sockets[0]
+    server, client, socket = await connected(make_node, Gate, max_concurrent_requests=3)
     requests = [
         asyncio.ensure_future(client.client.request(socket, "slow", {"n": n})) for n in range(9)
     ]
@@ -181,11 +172,7 @@ class Gates(Thread):
 async def test_a_slot_freed_by_any_handler_takes_the_next_request(make_node: MakeNode) -> None:
     # Before, the request that took the last slot ran in the connection's worker: slots
     # freed while it ran stayed unused, and the next requests waited for that one.
-    server = await make_node(server=True, threads=[Gates], max_concurrent_requests=3)
-    client = await make_node(client=True, peers=[server.url])
-    assert client.client is not None
-    await client.client.wait_connected()
-    socket = client.client.sockets[0]
+    server, client, socket = await connected(make_node, Gates, max_concurrent_requests=3)
     requests = [
         asyncio.ensure_future(client.client.request(socket, "slow", {"n": n})) for n in range(6)
     ]
@@ -226,11 +213,7 @@ async def test_a_handler_raising_cancelled_error_is_a_failing_handler(
 ) -> None:
     # Before, the request was never answered (the peer waited response_timeout, 300 s)
     # and nothing was logged.
-    server = await make_node(server=True, threads=[Cancels])
-    client = await make_node(client=True, peers=[server.url])
-    assert client.client is not None
-    await client.client.wait_connected()
-    socket = client.client.sockets[0]
+    server, client, socket = await connected(make_node, Cancels)
     with pytest.raises(RemoteError, match=f"handler of '{event}' failed"):
         await client.client.request(socket, event, {})
     failures = [r for r in caplog.records if r.getMessage().startswith("! handler of REQUEST")]
@@ -262,11 +245,7 @@ async def test_a_talk_handler_raising_cancelled_error_holds_up_nothing(
 ) -> None:
     # Before, it ended the connection's worker: the talks after it waited for the next
     # package to arrive, and nothing was logged.
-    server = await make_node(server=True, threads=[TalkCancels])
-    client = await make_node(client=True, peers=[server.url])
-    assert client.client is not None
-    await client.client.wait_connected()
-    socket = client.client.sockets[0]
+    server, client, socket = await connected(make_node, TalkCancels)
     await client.client.send_talk(socket, "cancel", {})
     await client.client.send_talk(socket, "note", {"n": 1})
     thread = next(t for t in server.threads if isinstance(t, TalkCancels))
