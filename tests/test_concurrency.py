@@ -252,3 +252,45 @@ async def test_a_talk_handler_raising_cancelled_error_holds_up_nothing(
     await wait_for(lambda: thread.noted == [1])
     failures = [r for r in caplog.records if r.getMessage().startswith("! handler of TALK")]
     assert [r.levelno for r in failures] == [logging.ERROR]
+
+
+class SlowPings(Thread):
+    """A request and a ping handler that both wait for the gate."""
+
+    def start(self) -> None:
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    @property
+    def event_map(self) -> EventMap:
+        return {
+            PackageType.REQUEST: {"slow": self.slow, "fast": self.fast},
+            PackageType.HEARTBEAT_PING: {"ping": self.slow},
+        }
+
+    async def slow(self, socket: Socket, package: Package) -> dict[str, Any]:
+        self.waiting += 1
+        await self.gate.wait()
+        return {}
+
+    async def fast(self, socket: Socket, package: Package) -> dict[str, Any]:
+        return {"fast": True}
+
+
+async def test_a_ping_waiting_for_a_slot_beside_the_worker_strands_neither(
+    make_node: MakeNode,
+) -> None:
+    # Found in review of the slot wait: a ping's task waiting for a slot took the
+    # worker's future; the worker was never woken, and the connection's requests hung.
+    server, client, socket = await connected(make_node, SlowPings, max_concurrent_requests=1)
+    assert client.client is not None
+    thread = next(t for t in server.threads if isinstance(t, SlowPings))
+    slow = asyncio.ensure_future(client.client.request(socket, "slow", {}))
+    await wait_for(lambda: thread.waiting == 1)  # the worker waits for the slot
+    ping = asyncio.ensure_future(
+        client.client.request(socket, "ping", {}, package_type=PackageType.HEARTBEAT_PING)
+    )
+    await wait_for(lambda: thread.waiting == 2)
+    fast = asyncio.ensure_future(client.client.request(socket, "fast", {}))
+    thread.gate.set()
+    assert await asyncio.wait_for(asyncio.gather(slow, ping, fast), 5) == [{}, {}, {"fast": True}]

@@ -211,12 +211,15 @@ class Worker:
         task.add_done_callback(self._slot_freed)
         if len(running) >= self._node.options.max_concurrent_requests:
             # Every slot taken: the next package waits for the first to free (the inbox
-            # fills meanwhile, and reading pauses).
-            self._freed = freed = asyncio.get_running_loop().create_future()
+            # fills meanwhile, and reading pauses). A ping's task may wait too: one future.
+            freed = self._freed
+            if freed is None or freed.done():
+                self._freed = freed = asyncio.get_running_loop().create_future()
             try:
                 await freed
             finally:
-                self._freed = None
+                if self._freed is freed:
+                    self._freed = None
 
     def _slot_freed(self, task: asyncio.Task[Any]) -> None:
         self._running.discard(task)
