@@ -11,6 +11,14 @@ from trustp2p.protocol.log_budget import LogBudget
 
 from ..conftest import FakeClock
 
+LOGGER = logging.getLogger("test.log_budget")
+
+
+def budget_on_fake_clock(lines: int, window: float) -> tuple[FakeClock, LogBudget, logging.Logger]:
+    """A budget on a fake clock, and the logger the tests log to."""
+    clock = FakeClock()
+    return clock, LogBudget(lines=lines, window=window, clock=clock), LOGGER
+
 
 def test_the_first_lines_of_a_window_pass_then_the_rest_are_counted() -> None:
     clock = FakeClock()
@@ -27,9 +35,7 @@ def test_the_first_lines_of_a_window_pass_then_the_rest_are_counted() -> None:
 def test_log_goes_to_debug_past_the_budget_and_says_how_many(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = FakeClock()
-    budget = LogBudget(lines=1, window=10.0, clock=clock)
-    logger = logging.getLogger("test.log_budget")
+    clock, budget, logger = budget_on_fake_clock(lines=1, window=10.0)
     with caplog.at_level(logging.DEBUG, logger="test.log_budget"):
         for n in range(3):
             budget.log(logger, logging.WARNING, "kind", "! bad peer %d", n)
@@ -47,9 +53,7 @@ def test_log_goes_to_debug_past_the_budget_and_says_how_many(
 def test_a_flood_that_stops_is_counted_once_its_window_ends(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = FakeClock()
-    budget = LogBudget(lines=1, window=10.0, clock=clock)
-    logger = logging.getLogger("test.log_budget")
+    clock, budget, logger = budget_on_fake_clock(lines=1, window=10.0)
     assert budget.next_summary() is None
     with caplog.at_level(logging.INFO, logger="test.log_budget"):
         clock.advance(5.0)
@@ -77,9 +81,7 @@ def test_a_flood_that_stops_is_counted_once_its_window_ends(
 
 
 def test_summarise_every_counts_windows_not_ended_yet(caplog: pytest.LogCaptureFixture) -> None:
-    clock = FakeClock()
-    budget = LogBudget(lines=1, window=60.0, clock=clock)
-    logger = logging.getLogger("test.log_budget")
+    clock, budget, logger = budget_on_fake_clock(lines=1, window=60.0)
     with caplog.at_level(logging.INFO, logger="test.log_budget"):
         for _ in range(3):
             budget.log(logger, logging.INFO, "closing", "! closing")
@@ -97,9 +99,7 @@ def test_the_summary_names_no_one_peer(caplog: pytest.LogCaptureFixture) -> None
         def process(self, msg: object, kwargs: Any) -> tuple[object, Any]:
             return f"[{self.extra['peer'] if self.extra else '?'}] {msg}", kwargs
 
-    clock = FakeClock()
-    budget = LogBudget(lines=1, window=1.0, clock=clock)
-    logger = logging.getLogger("test.log_budget")
+    clock, budget, logger = budget_on_fake_clock(lines=1, window=1.0)
     with caplog.at_level(logging.INFO, logger="test.log_budget"):
         for peer in ("a", "b", "c"):
             budget.log(PeerLog(logger, {"peer": peer}), logging.INFO, "closing", "! closing")
@@ -125,9 +125,7 @@ def test_the_budget_checks_its_arguments(lines: int, window: float) -> None:
 
 
 def test_the_summary_starts_with_the_mark_of_its_kind(caplog: pytest.LogCaptureFixture) -> None:
-    clock = FakeClock()
-    budget = LogBudget(lines=1, window=1.0, clock=clock)
-    logger = logging.getLogger("test.log_budget")
+    clock, budget, logger = budget_on_fake_clock(lines=1, window=1.0)
     with caplog.at_level(logging.INFO, logger="test.log_budget"):
         for _ in range(2):
             budget.log(logger, logging.INFO, "connected", "= connected to us")
