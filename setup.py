@@ -20,6 +20,7 @@ COMPILED = [
     "protocol/package_reader.py",
     "protocol/jsontext.py",
     "protocol/connection.py",
+    "protocol/actions.py",
     "protocol/deliver.py",
     "protocol/limits.py",
     # the node's per-message paths

@@ -112,7 +112,8 @@ from trustp2p.drivers.base import Listening, Socket
 from trustp2p.drivers.ws import WsDriver
 from trustp2p.exceptions import ConnectionClosed, HandshakeError
 from trustp2p.identity import Identity
-from trustp2p.protocol.connection import Action, ConnectionProtocol, Introduced, Lost, Send
+from trustp2p.protocol.actions import Action, Introduced, Lost, Send
+from trustp2p.protocol.connection import ConnectionProtocol
 from trustp2p.protocol.handshake import HELLO_EVENT, VERSION_EVENT, version_body
 from trustp2p.protocol.package import Package, build_package, encode
 from trustp2p.security.channel import SecureLayer

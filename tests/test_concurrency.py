@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from trustp2p import EventMap, Node, Package, PackageType, RemoteError, Socket, Thread
+from trustp2p import (
+    ConnectionClosed,
+    EventMap,
+    Node,
+    Package,
+    PackageType,
+    RemoteError,
+    Socket,
+    Thread,
+)
 
 from .nodes import MakeNode, wait_for
 
@@ -21,6 +30,8 @@ class Gate(Thread):
     def start(self) -> None:
         self.gate = asyncio.Event()
         self.running = 0
+        self.started = 0
+        self.cancelled = 0
         self.most = 0
         self.talks: list[int] = []
 
@@ -33,9 +44,13 @@ class Gate(Thread):
 
     async def slow(self, socket: Socket, package: Package) -> dict[str, Any]:
         self.running += 1
+        self.started += 1
         self.most = max(self.most, self.running)
         try:
             await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         finally:
             self.running -= 1
         return {"slow": package.body["n"]}
@@ -84,6 +99,31 @@ async def test_concurrency_is_bounded_per_connection(make_node: MakeNode) -> Non
     gate.gate.set()
     assert await asyncio.gather(*requests) == [{"slow": n} for n in range(8)]
     assert gate.most == 3
+
+
+async def test_the_requests_of_a_closed_connection_are_abandoned(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Default options (16 slots). The requester was told the connection closed, and may
+    # ask another peer: the handlers still running are cancelled (they would do the work
+    # twice, and a peer could keep tasks busy by dropping connections), the requests still
+    # queued never start; the talk queued behind them still runs, then the close hook.
+    server, client, socket = await connected(make_node, Gate)
+    requests = [
+        asyncio.ensure_future(client.client.request(socket, "slow", {"n": n})) for n in range(18)
+    ]
+    await client.client.send_talk(socket, "note", {"n": 1})
+    gate = gate_of(server)
+    await wait_for(lambda: gate.running == 16 and server.metrics.packages_in[PackageType.TALK] >= 2)
+    with caplog.at_level(logging.INFO, logger="trustp2p"):
+        await socket.close()
+        await wait_for(lambda: gate.running == 0 and gate.talks == [1])
+    assert server.metrics.requests_abandoned == 18
+    assert (gate.started, gate.cancelled) == (16, 16)
+    assert "connection closed: 16 request handlers cancelled, 2 not started" in caplog.text
+    for request in requests:
+        with pytest.raises(ConnectionClosed):
+            await request
 
 
 async def test_talks_keep_their_order(make_node: MakeNode) -> None:

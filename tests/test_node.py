@@ -181,6 +181,24 @@ async def test_unhandled_request_is_answered_at_once(make_node: MakeNode) -> Non
     )
 
 
+async def test_a_talk_no_thread_handles_is_counted_and_said_within_the_budget(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A talk has no answer: dropped, but not silently (a peer of another application, or
+    # of another version of ours, says so in the log and the metrics).
+    server, client, socket = await pair(make_node)
+    assert client.client is not None
+    with caplog.at_level(logging.INFO, logger="trustp2p"):
+        for n in range(25):
+            await client.client.send_talk(socket, "nobody", {"n": n})
+        await wait_for(lambda: server.metrics.unhandled.get("TALK") == 25)
+    lines = [r for r in caplog.records if "no thread handles it" in r.getMessage()]
+    assert len(lines) == 10  # the log budget's lines for a kind in its window
+    assert lines[0].levelno == logging.INFO
+    assert lines[0].getMessage().endswith("dropped TALK 'nobody': no thread handles it")
+    assert await client.client.request(socket, "echo", {"after": 1}) == {"echo": {"after": 1}}
+
+
 async def test_handler_exception_answers_error_and_node_goes_on(make_node: MakeNode) -> None:
     _, client, socket = await pair(make_node)
     assert client.client is not None

@@ -9,16 +9,10 @@ from typing import Any
 import pytest
 
 from trustp2p.exceptions import PackageError
-from trustp2p.protocol.close import CloseCode
-from trustp2p.protocol.connection import (
-    MAX_ERROR_EVENT_CHARS,
-    MAX_ERROR_TEXT_CHARS,
-    WARN_INVALID,
+from trustp2p.protocol.actions import (
     Action,
     Block,
     Close,
-    ConnectionProtocol,
-    ConnectionState,
     DeliverGossip,
     DeliverResponse,
     Dispatch,
@@ -30,6 +24,15 @@ from trustp2p.protocol.connection import (
     SelfDial,
     Send,
     Throttle,
+    Unhandled,
+)
+from trustp2p.protocol.close import CloseCode
+from trustp2p.protocol.connection import (
+    MAX_ERROR_EVENT_CHARS,
+    MAX_ERROR_TEXT_CHARS,
+    WARN_INVALID,
+    ConnectionProtocol,
+    ConnectionState,
     error_answer,
 )
 from trustp2p.protocol.handshake import (
@@ -308,7 +311,8 @@ def test_routing_by_type(clock: FakeClock) -> None:
     assert connection.receive_package(response) == [DeliverResponse(response)]
     assert connection.receive_package(gossip) == [DeliverGossip(gossip)]
     assert connection.receive_package(talk) == [Dispatch(talk)]
-    assert connection.receive_package(unknown_talk) == [Ignore("no handler for TALK 'other'")]
+    # Dropped, but not silently: the node counts and logs an Unhandled.
+    assert connection.receive_package(unknown_talk) == [Unhandled(unknown_talk)]
 
 
 def test_unhandled_request_is_answered_with_an_error(clock: FakeClock) -> None:
@@ -389,7 +393,7 @@ def test_talks_spend_the_request_budget(clock: FakeClock) -> None:
     note = encode(build_package(PackageType.TALK, "note", {}))
     unknown = encode(build_package(PackageType.TALK, "unknown", {}))
     assert [type(a) for a in connection.receive_data(note)] == [Dispatch]
-    assert [type(a) for a in connection.receive_data(unknown)] == [Ignore]
+    assert [type(a) for a in connection.receive_data(unknown)] == [Unhandled]
     assert throttle_delay(connection.receive_data(note)[1]) == pytest.approx(0.1)
     assert throttle_delay(connection.receive_data(request())[1]) == pytest.approx(0.2)  # shared
     assert connection.invalid == 0

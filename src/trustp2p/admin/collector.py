@@ -147,6 +147,17 @@ class NodeCollector(Collector):
             "Stalled requests sent again to another server.",
             m.requests_rerouted,
         )
+        yield _counter(
+            "trustp2p_requests_abandoned",
+            "Requests received whose connection closed before their handler answered.",
+            m.requests_abandoned,
+        )
+        yield _labelled(
+            "trustp2p_unhandled_packages",
+            "Packages dropped because no thread handles them, by type.",
+            "type",
+            m.unhandled,
+        )
         yield _histogram(
             "trustp2p_request_duration_seconds",
             "Round trip of answered requests.",

@@ -125,6 +125,9 @@ class Metrics:
         requests_sent, requests_answered, requests_failed, requests_timed_out,
         requests_rerouted: Requests this node made and what became of them.
         request_seconds: Round trip of answered requests.
+        requests_abandoned: Requests received whose connection closed before their
+            handler answered (the handler cancelled, or not started).
+        unhandled: Packages no thread handles (dropped), by type name.
         handler_seconds: Time from a request's dispatch to its handler's answer.
         heartbeat_rtt: Round trip of heartbeat pings.
         throttles: Times a peer over its request budget had its reading paused.
@@ -152,6 +155,8 @@ class Metrics:
         self.requests_timed_out = 0
         self.requests_rerouted = 0
         self.request_seconds = Histogram()
+        self.requests_abandoned = 0
+        self.unhandled: dict[str, int] = {}
         self.handler_seconds = Histogram()
         self.heartbeat_rtt = Histogram()
         self.throttles = 0

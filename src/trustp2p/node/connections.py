@@ -31,14 +31,10 @@ from ..exceptions import (
 )
 from ..identity import short_id
 from ..loop import loop_clock
-from ..protocol.admission import Admission, keep_new_connection
-from ..protocol.close import CloseCode
-from ..protocol.connection import (
+from ..protocol.actions import (
     Action,
     Block,
     Close,
-    ConnectionProtocol,
-    ConnectionState,
     DeliverGossip,
     DeliverResponse,
     Dispatch,
@@ -49,13 +45,17 @@ from ..protocol.connection import (
     SelfDial,
     Send,
     Throttle,
+    Unhandled,
 )
+from ..protocol.admission import Admission, keep_new_connection
+from ..protocol.close import CloseCode
+from ..protocol.connection import ConnectionProtocol, ConnectionState
 from ..protocol.limits import BudgetTable, is_loopback
 from ..protocol.package import Package, PackageType, check_encoded_size, encode
 from ..protocol.peers import peer_key
 from ..security.channel import SecureSocket
 from ..storage.peerstore import PeerSource
-from .dispatch import Hook, Worker
+from .dispatch import Hook, Workers
 from .inbound import Inbound
 from .peer import PeerConnection, PeerLog, watch_stall
 from .penalties import Penalties
@@ -82,6 +82,7 @@ class Connections:
 
     Attributes:
         inbound: Inbound connections from accept to introduction (limits, deadline).
+        workers: The connections' workers, which run thread handlers and hooks.
 
     """
 
@@ -95,7 +96,7 @@ class Connections:
         self.inbound = Inbound(node, self)
         self._budgets = BudgetTable(options.request_rate, options.request_burst)
         self.penalties = Penalties(node, self)
-        self._workers: set[asyncio.Task[None]] = set()
+        self.workers = Workers(node)
         self._debug = self._logger.isEnabledFor(logging.DEBUG)
         self._metrics = node.metrics
         self._last_gossip: tuple[Package | None, bytes] = (None, b"")  # one encoding a message
@@ -192,7 +193,7 @@ class Connections:
             # The two actions of nearly every package, without _carry_out's frame.
             kind = type(action)
             if kind is Dispatch:
-                self._enqueue(conn, action.package)  # type: ignore[union-attr]
+                self.workers.put(conn, action.package)  # type: ignore[union-attr]
             elif kind is DeliverResponse:
                 self._node.requests.receive_response(socket, action.package)  # type: ignore[union-attr]
             else:
@@ -212,7 +213,7 @@ class Connections:
             # A message that doesn't decrypt on an authenticated channel: tampering.
             reason = f"protocol violation: {error}"
             self.penalties.block(socket.peer_id, socket.host, reason, socket=socket)
-        self._enqueue(conn, Hook("on_socket_error", socket, error))
+        self.workers.put(conn, Hook("on_socket_error", socket, error))
 
     def on_close(self, socket: Socket) -> None:
         node = self._node
@@ -234,7 +235,9 @@ class Connections:
         closed = (socket.close_code, socket.close_reason or "-")
         self.inbound.note(conn.log, socket, "closed", "= connection closed (%s %s)", *closed)
         node.requests.connection_lost(socket)
-        self._enqueue(conn, Hook("on_socket_close", socket))
+        if conn.worker is not None:
+            conn.worker.connection_lost(conn.log)  # its requests can't be answered now
+        self.workers.put(conn, Hook("on_socket_close", socket))
 
     def handshake_failed(self, raw: Socket, error: HandshakeError) -> None:
         """The secure layer reports a failed handshake."""
@@ -321,7 +324,7 @@ class Connections:
                 ),
                 "record connection",
             )
-        self._enqueue(conn, Hook(hook, socket))
+        self.workers.put(conn, Hook(hook, socket))
         for action in conn.protocol.start():
             self._carry_out(conn, action)
         if node.gossip is not None and not socket.closed:
@@ -355,7 +358,7 @@ class Connections:
     def _carry_out(self, conn: PeerConnection, action: Action) -> None:
         kind = type(action)
         if kind is Dispatch:
-            self._enqueue(conn, action.package)  # type: ignore[union-attr]
+            self.workers.put(conn, action.package)  # type: ignore[union-attr]
         elif kind is DeliverResponse:
             self._node.requests.receive_response(conn.socket, action.package)  # type: ignore[union-attr]
         elif kind is DeliverGossip:
@@ -385,8 +388,18 @@ class Connections:
         elif kind is Block:
             socket = conn.socket
             self.penalties.block(socket.peer_id, socket.host, action.reason, socket=socket)  # type: ignore[union-attr]
+        elif kind is Unhandled:
+            self._unhandled(conn, action.package)  # type: ignore[union-attr]
         elif kind is Ignore and self._debug:
             conn.log.debug("- %s", action.reason)  # type: ignore[union-attr]
+
+    def _unhandled(self, conn: PeerConnection, package: Package) -> None:
+        """A package no thread handles: dropped, counted, and said (within the budget:
+        a peer of another application may send many)."""
+        name = package.type.name
+        count(self._metrics.unhandled, name)
+        message = "- dropped %s %r: no thread handles it"
+        self.inbound.log(conn.log, logging.INFO, "unhandled", message, name, package.event[:40])
 
     def _penalty(self, conn: PeerConnection, penalty: Penalty) -> None:
         socket = conn.socket
@@ -471,20 +484,6 @@ class Connections:
 
     # Inboxes
 
-    def _enqueue(self, conn: PeerConnection, item: Package | Hook) -> None:
-        worker = conn.worker
-        if worker is None:
-            worker = conn.worker = Worker(
-                conn.socket,
-                self._node,
-                max_pending=self._options.max_pending_packages,
-                can_resume=lambda: conn.throttle is None,
-            )
-        task = worker.put(item)
-        if task is not None:
-            self._workers.add(task)
-            task.add_done_callback(self._workers.discard)
-
     def unmatched(self, conn_id: int, package: Package) -> None:
         """A response that matches no pending request: its handler, if any, gets it."""
         conn = self._conns.get(conn_id)
@@ -495,19 +494,9 @@ class Connections:
         if not pong:
             conn.socket.stats.unmatched_in += 1
         if self._node.handlers.handles(package.type, package.event):
-            self._enqueue(conn, package)
+            self.workers.put(conn, package)
         elif self._debug and not pong:
             conn.log.debug("- dropped %s: it matches no pending request", package)
-
-    async def wait_workers(self, timeout: float, caller: object = None) -> None:
-        """Let the workers finish (``on_socket_close`` hooks), then cancel the rest; not
-        ``caller``, a worker whose handler stops the node (it waits for the stop)."""
-        workers = [task for task in self._workers if task is not caller]
-        if workers:
-            await asyncio.wait(workers, timeout=timeout)
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
 
     def all_sockets(self) -> list[Socket]:
         """Every connection, refused ones not closed yet too; throttled ones read again."""

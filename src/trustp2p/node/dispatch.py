@@ -6,7 +6,7 @@ run one at a time, in the order their packages arrived.
 
 from __future__ import annotations
 
-__all__ = ["Hook", "Worker", "call_logged", "call_thread", "cancelled", "stop_thread"]
+__all__ = ["Hook", "Worker", "Workers", "call_logged", "call_thread", "cancelled", "stop_thread"]
 
 import asyncio
 import inspect
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..drivers.base import Socket
     from ..threads.base import Handler, Thread
     from .node import Node
+    from .peer import PeerConnection
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,41 @@ async def stop_thread(thread: Thread, timeout: float) -> None:
     await thread.cancel_tasks()
 
 
+class Workers:
+    """Every connection's :class:`Worker`, made at its first item, and their tasks."""
+
+    __slots__ = ("_node", "_tasks")
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def put(self, conn: PeerConnection, item: Package | Hook) -> None:
+        """Queue ``item`` in the inbox of ``conn``."""
+        worker = conn.worker
+        if worker is None:
+            worker = conn.worker = Worker(
+                conn.socket,
+                self._node,
+                max_pending=self._node.options.max_pending_packages,
+                can_resume=lambda: conn.throttle is None,
+            )
+        task = worker.put(item)
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def wait(self, timeout: float, caller: object = None) -> None:
+        """Let the workers finish (``on_socket_close`` hooks), then cancel the rest; not
+        ``caller``, a worker whose handler stops the node (it waits for the stop)."""
+        workers = [task for task in self._tasks if task is not caller]
+        if workers:
+            await asyncio.wait(workers, timeout=timeout)
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+
 class Worker:
     """
     The inbox of one connection and the task that drains it.
@@ -92,6 +128,7 @@ class Worker:
 
     __slots__ = (
         "_can_resume",
+        "_closed",
         "_freed",
         "_inbox",
         "_max_pending",
@@ -115,6 +152,7 @@ class Worker:
         self._can_resume = can_resume
         self._running: set[asyncio.Task[Any]] = set()  # suspended request handlers
         self._freed: asyncio.Future[None] | None = None  # set when one of them ends
+        self._closed = False
         self.paused = False
 
     def put(self, item: Package | Hook) -> asyncio.Task[None] | None:
@@ -139,6 +177,30 @@ class Worker:
             self._socket.pause_reading()
             logger.debug("= %d packages waiting for handlers: reading paused", len(inbox))
         return None
+
+    def connection_lost(self, log: logging.LoggerAdapter[logging.Logger]) -> None:
+        """
+        The connection closed: its requests can't be answered any more. Cancel the
+        request handlers still running and leave the requests still queued unstarted;
+        talks and hooks queued go on. What is abandoned is counted, and said in ``log``.
+
+        A requester learns of the close (``ConnectionClosed``) and may ask another peer:
+        a handler left running would do the work twice, and a peer that sends slow
+        requests and drops the connection would keep tasks busy for nothing.
+        """
+        self._closed = True
+        running = list(self._running)
+        for task in running:
+            task.cancel("connection closed")
+        inbox = self._inbox or ()
+        queued = sum(1 for item in inbox if type(item) is Package and item.type in REQUEST_TYPES)
+        if running or queued:
+            node = self._node
+            node.metrics.requests_abandoned += len(running) + queued
+            message = "= connection closed: %d request handlers cancelled, %d not started"
+            node.connections.inbound.note(
+                log, self._socket, "abandoned", message, len(running), queued
+            )
 
     async def _work(self) -> None:
         inbox = self._inbox
@@ -178,7 +240,7 @@ class Worker:
         reading pauses.
         """
         entries = self._node.handlers.get(package.type, package.event)
-        if not entries:
+        if not entries or self._closed:
             return
         thread, handler = entries[0]  # one handler per request event
         started = time.monotonic()

@@ -21,8 +21,8 @@ import random
 from typing import TYPE_CHECKING
 
 from ..exceptions import ConnectionClosed
+from ..protocol.actions import Lost, Send
 from ..protocol.close import CloseCode
-from ..protocol.connection import Lost, Send
 
 if TYPE_CHECKING:
     from .node import Node

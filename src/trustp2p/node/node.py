@@ -354,7 +354,7 @@ class Node:
         if sockets:
             await asyncio.gather(*(socket.wait_closed() for socket in sockets))
         # Let on_socket_close hooks run, within reason.
-        await self.connections.wait_workers(self.options.close_timeout, caller)
+        await self.connections.workers.wait(self.options.close_timeout, caller)
         if self._requests is not None:
             self._requests.close()
         await self.tasks.aclose()

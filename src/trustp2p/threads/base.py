@@ -60,8 +60,10 @@ class Thread:
     response handlers and the connection hooks run one at a time, in that order
     (``on_socket_connection`` before the first handler, ``on_socket_close`` after the
     last to start). A coroutine request handler that waits (for I/O) goes on beside the
-    next packages, up to ``max_concurrent_requests`` (16) at once: it may still run when
-    ``on_socket_close`` is called. Another connection's handlers run concurrently. An
+    next packages, up to ``max_concurrent_requests`` (16) at once. When the connection
+    closes, the request handlers still running are cancelled (their answer can't be
+    sent) and the requests still queued never start. Another connection's handlers run
+    concurrently. An
     exception in a handler or hook is logged with the thread's file and doesn't disturb
     other threads.
 
