@@ -376,6 +376,32 @@ async def test_a_subscriber_raising_cancelled_error_is_a_failing_subscriber(
         assert errors == ["! gossip subscriber of 'chat' failed"] * 2
 
 
+async def test_a_slow_subscriber_holds_up_its_own_topic_only() -> None:
+    # Before, one delivery task served every topic in turn: a subscriber waiting for I/O
+    # on one topic held up every other topic's messages.
+    async with Network(2, degree=1, seed=1, topics=["slow", "fast"]) as network:
+        await network.wait_connected()
+        sender, receiver = network.nodes
+        await wait_for(lambda: subscribed(sender, "slow", 1) and subscribed(sender, "fast", 1))
+        gate = asyncio.Event()
+        slow: list[int] = []
+        fast: list[int] = []
+
+        async def waits(message: GossipMessage) -> None:
+            await gate.wait()
+            slow.append(message.body["n"])
+
+        gossip(receiver).subscribe("slow", waits)
+        gossip(receiver).subscribe("fast", lambda m: fast.append(m.body["n"]))
+        for n in range(3):
+            await sender.publish("slow", {"n": n})
+            await sender.publish("fast", {"n": n})
+        await wait_for(lambda: fast == [0, 1, 2])
+        assert slow == []  # still waiting at the gate: the other topic went on meanwhile
+        gate.set()
+        await wait_for(lambda: slow == [0, 1, 2])  # and its own order held
+
+
 async def test_the_publishers_own_subscribers_get_what_every_node_gets() -> None:
     # Before, they got the caller's dict itself: int keys, tuples, and changes made after
     # publish() returned, which no other node saw.

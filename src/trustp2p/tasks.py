@@ -39,6 +39,11 @@ class TaskOwner:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called: :meth:`spawn` refuses new tasks."""
+        return self._closed
+
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """
         Run ``coro`` in a task this owner keeps until it ends.

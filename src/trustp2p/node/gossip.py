@@ -9,7 +9,8 @@ its threads and its message log (:mod:`trustp2p.storage.msglog`), and owns the t
   ``socket`` is None for the node's own messages and caught-up ones) or
   ``node.gossip.subscribe(topic, handler)`` (``handler(message)``). Each message reaches
   them exactly once, in order per origin and topic: each origin numbers its messages
-  per topic (a *stream*).
+  per topic (a *stream*). Topics are delivered side by side
+  (:mod:`~trustp2p.node.gossip_delivery`): a slow handler holds up its own topic only.
 - Validators (``set_validator``) may accept, ignore or reject a message before it is
   delivered, forwarded or announced; a rejected message counts against the peer that
   sent it.
@@ -32,7 +33,6 @@ import json
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -65,7 +65,8 @@ from ..protocol.gossip import (
 from ..protocol.package import Body, Package, PackageType, build_package
 from ..storage.msglog import LOG_FILE, MessageLog
 from ..tasks import TaskOwner
-from .dispatch import call_logged, cancelled
+from .dispatch import call_logged
+from .gossip_delivery import TopicQueues
 from .gossip_log import to_logged, undelivered
 
 if TYPE_CHECKING:
@@ -154,9 +155,7 @@ class Gossip:
         self.caught_up = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._validators: dict[str, Validator] = {}
-        # ("validate" | "deliver", message, the peer it came from or None)
-        self._queue: deque[tuple[str, GossipMessage, Socket | None]] = deque()
-        self._wakeup = asyncio.Event()
+        self._delivery = TopicQueues(self.tasks, self._work, self._settle)
 
     def _now(self) -> float:
         if self._clock is None:
@@ -291,7 +290,6 @@ class Gossip:
         for topic in self.router.topics:
             self._replay(topic)
         self.tasks.spawn(self._heartbeat(), "gossip heartbeat")
-        self.tasks.spawn(self._deliver_forever(), "gossip delivery")
         if options.catchup_interval > 0:
             self.tasks.spawn(self._catch_up_forever(), "gossip catch-up")
 
@@ -398,8 +396,7 @@ class Gossip:
             return False
         source = socket if live else None
         if message.topic in self._validators:
-            self._queue.append(("validate", message, source))
-            self._wakeup.set()
+            self._delivery.put("validate", message, source)
         else:
             self._accepted(source, message, forward=live)
         return True
@@ -427,33 +424,23 @@ class Gossip:
             if isinstance(event, Deliver):
                 self.delivered += 1
                 count(self.node.metrics.topic_delivered, event.message.topic, limit=MAX_TOPICS)
-                self._queue.append(("deliver", event.message, event.source))
-                self._wakeup.set()
+                self._delivery.put("deliver", event.message, event.source)
             else:
                 skipped = (event.count, event.origin, event.topic, event.last + 1, event.reason)
                 logger.info("! %d messages of %s on %r before seq %d skipped (%s)", *skipped)
 
-    # Validators and handlers, one message at a time, in order
+    # Validators and handlers, one message of a topic at a time, in order
 
-    async def _deliver_forever(self) -> None:
-        queue = self._queue
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while queue:
-                kind, message, socket = queue.popleft()
-                try:
-                    if kind == "validate":
-                        await self._validate(message, socket)
-                    else:
-                        await self._call_handlers(message, socket)
-                        await self._delivered(message)
-                except (Exception, asyncio.CancelledError) as exc:  # not the end of delivery
-                    if cancelled(exc):
-                        raise
-                    logger.error("! gossip delivery of %s failed", message.id, exc_info=True)
-            if self._marks is not None:
-                self._marks.settle_all()
+    async def _work(self, kind: str, message: GossipMessage, socket: Socket | None) -> None:
+        if kind == "validate":
+            await self._validate(message, socket)
+        else:
+            await self._call_handlers(message, socket)
+            await self._delivered(message)
+
+    def _settle(self) -> None:  # no topic has messages waiting
+        if self._marks is not None:
+            self._marks.settle_all()
 
     async def _delivered(self, message: GossipMessage) -> None:
         """The message's handlers ran: its delivered mark may reach the disk, before
