@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from trustp2p.drivers import CloseCode, Driver, DriverEvent, DriverOptions, Socket
+from trustp2p.drivers import CloseCode, Driver, DriverError, DriverEvent, DriverOptions, Socket
 
 from ..conftest import MS, stays
 from ..processes import free_port
@@ -99,6 +99,33 @@ class WebSocketChecks:
         for _ in range(200):
             client.transport.write(ping * 1000)
         assert await stays(lambda: server.write_buffer_size < 2**20, 0.5)
+        client.transport.abort()
+
+    @pytest.mark.parametrize(
+        "frame",
+        [
+            bytes((0xC2, 0x84)) + b"\0\0\0\0data",  # RSV1 set, no extension negotiated
+            bytes((0xA2, 0x84)) + b"\0\0\0\0data",  # RSV2
+            bytes((0x83, 0x84)) + b"\0\0\0\0data",  # a reserved opcode
+            bytes((0x82, 0x04)) + b"data",  # unmasked, from a client
+        ],
+        ids=["rsv1", "rsv2", "opcode", "unmasked"],
+    )
+    async def test_a_frame_breaking_the_protocol_is_reported_though_our_close_is_ignored(
+        self, harness: DriverHarness, frame: bytes
+    ) -> None:
+        # Found in review: when the peer then ignored our close frame, the ws driver
+        # aborted at the close timeout and reported nothing (the violation went
+        # uncounted); picows delivered RSV1 frames as messages.
+        client, events, server = await _raw_client(harness, DriverOptions(close_timeout=0.1))
+        client.transport.pause_reading()  # it never reads our close frame, nor answers it
+        client.transport.write(frame)
+        error = (await events.next(DriverEvent.ERROR, server)).payload
+        assert type(error) is DriverError  # the peer's offence, not a dropped connection
+        assert any(word in str(error).lower() for word in ("protocol", "opcode", "masked")), error
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_closed()
+        assert events.messages(server) == []
         client.transport.abort()
 
     async def test_invalid_utf8_in_a_text_message(self, harness: DriverHarness) -> None:

@@ -21,7 +21,7 @@ from collections import deque
 from typing import Any
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidURI, PayloadTooBig
+from websockets.exceptions import InvalidURI, PayloadTooBig, ProtocolError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Side, State
@@ -238,8 +238,11 @@ class WsSocket(FrameDeadline, StreamSocket):
             parsed = protocol.parser_exc  # websockets' EOFError once the connection ends
             if isinstance(parsed, EOFError) and exc is not None:
                 parsed = exc  # the system's reason (a reset) says more
-            # Once the peer's close arrived, how its answer fared is no news (as tcp).
-            quiet = self._aborted or protocol.close_rcvd is not None
+            # Once the peer's close arrived, how its answer fared is no news (as tcp); a
+            # frame that broke the protocol is news, even if the peer then ignored our
+            # close and we aborted at the close timeout.
+            broke = isinstance(parsed, (ProtocolError, PayloadTooBig))
+            quiet = (self._aborted and not broke) or protocol.close_rcvd is not None
             error = None if quiet else parsed or exc
             if error is not None:
                 self._report("on_error", self._describe_error(error))

@@ -260,6 +260,10 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         self.frames_read += 1
         kind = frame.msg_type
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:  # no extension is negotiated (§5.2)
+            if self._open:  # picows leaves this check to us
+                self._fail(CloseCode.PROTOCOL_ERROR, "protocol error: reserved bits set")
+            return
         if (
             kind is WSMsgType.BINARY
             and frame.fin
