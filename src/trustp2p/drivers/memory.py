@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from ..exceptions import DriverError
-from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
+from ..exceptions import ConnectionDropped, DriverError
+from .base import DROPPED, CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
 _OPEN, _CLOSING, _CLOSED = range(3)
 
@@ -339,7 +339,14 @@ class MemorySocket(Socket):
         self._enqueue(_Close(code, reason))
 
     def peer_aborted(self) -> None:
-        """The other end aborted: this end is closed at once, with code 1006."""
+        """The other end aborted: this end is closed at once, with code 1006; while it
+        was open and the peer's close frame wasn't on its way, that is a
+        :exc:`ConnectionDropped`, as a reset is on a stream."""
+        flying = (item for _, item in self._in_flight or ())
+        waiting = itertools.chain(self._inbox or (), flying)
+        closed = any(type(item) is _Close for item in waiting)
+        if self._state == _OPEN and self._announced and not closed:
+            self._report("on_error", ConnectionDropped(DROPPED))
         self._connection_lost(CloseCode.ABNORMAL_CLOSURE, "")
 
     # Internals
