@@ -26,6 +26,7 @@ from trustp2p import (
     RequestTimeout,
     Socket,
     Thread,
+    ThreadLoadError,
 )
 from trustp2p.protocol.package import build_package, decode, encode
 from trustp2p.threads.heartbeat import HeartbeatThread
@@ -673,6 +674,61 @@ async def test_broadcast_reports_each_peer(make_node: MakeNode) -> None:
     answers = await server.server.broadcast("echo", {"q": 1}, package_type=PackageType.REQUEST)
     assert list(answers.values()) == [{"echo": {"q": 1}}] * 2
     del clients
+
+
+class Started(Thread):
+    """Records its start and stop in ``calls``; ``fails`` makes its start raise."""
+
+    calls: ClassVar[list[tuple[str, str]]] = []
+    fails = False
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {type(self).__name__: lambda socket, package: None}}
+
+    def start(self) -> None:
+        if self.fails:
+            raise RuntimeError("no database")
+        self.calls.append(("start", type(self).__name__))
+
+    def stop(self) -> None:
+        self.calls.append(("stop", type(self).__name__))
+
+
+class First(Started):
+    pass
+
+
+class NeedsADatabase(Started):
+    fails = True
+
+
+class Last(Started):
+    pass
+
+
+class BrokenConstructor(Recorder):
+    def __init__(self, node: Node) -> None:
+        raise ValueError("bad configuration")
+
+
+async def test_a_thread_whose_start_raises_stops_the_start() -> None:
+    # Before, it was logged and the node ran without it, its handlers answering as if it
+    # worked. Now Node.start() raises; the threads started before it are stopped again.
+    Started.calls.clear()
+    node = Node(server=True, port=0, threads=[First, NeedsADatabase, Last], **FAST)
+    with pytest.raises(ThreadLoadError, match=r"start\(\) failed: RuntimeError\('no database'\)"):
+        await node.start()
+    assert node.state is trustp2p.NodeState.STOPPED and node.url is None  # never listened
+    # The failing one isn't stopped (its start didn't finish), the last never started.
+    assert Started.calls == [("start", "First"), ("stop", "First")]
+
+
+async def test_a_thread_whose_constructor_raises_stops_the_start() -> None:
+    node = Node(server=True, port=0, threads=[BrokenConstructor], **FAST)
+    with pytest.raises(ThreadLoadError, match=r"BrokenConstructor\(node\) failed") as caught:
+        await node.start()
+    assert isinstance(caught.value.__cause__, ValueError)
 
 
 async def test_async_with_starts_and_stops() -> None:

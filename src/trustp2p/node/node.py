@@ -26,7 +26,7 @@ from .._version import __version__
 from ..admin import AdminServer, Metrics, current_node
 from ..drivers import Driver, driver_class, scheme_of
 from ..drivers.base import Listener, Listening, Socket
-from ..exceptions import ConnectionClosed, NodeStateError, ThreadLoadError, UsageError
+from ..exceptions import ConnectionClosed, NodeStateError, UsageError
 from ..identity import Identity, claim_identity, mark_stopping
 from ..options import NodeOptions
 from ..protocol.close import CloseCode
@@ -41,7 +41,7 @@ from ..storage import DATA_DIR
 from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
 from ..tasks import TaskOwner
 from ..threads.base import Thread
-from ..threads.loader import enabled_thread_classes
+from ..threads.loader import enabled_thread_classes, make_thread, start_thread
 from ..threads.peer_exchange import PeerExchangeThread
 from .connections import Connections
 from .dispatch import call_thread, stop_thread
@@ -247,7 +247,8 @@ class Node:
         Load the threads, start them, then listen and dial.
 
         Raises:
-            ThreadLoadError: If a thread file can't be loaded; nothing is started.
+            ThreadLoadError: If a thread file can't be loaded (nothing is started), or a
+                thread's ``start()`` raises (the threads started before it are stopped).
             DriverError: If listening fails; the threads are stopped again.
             NodeStateError: If the node was already started.
 
@@ -284,9 +285,11 @@ class Node:
             await self.gossip.start()
         self.state = NodeState.RUNNING
         self.tasks.spawn(self.heartbeat.run(), "heartbeat")
-        for thread in self.threads:
-            await call_thread(thread, "start")
+        started = 0
         try:
+            for thread in self.threads:
+                await start_thread(thread)
+                started += 1
             if self.server is not None:
                 driver = self._driver(options.driver or "ws")
                 self._listening = await driver.listen(options.host, options.port, self.listener)
@@ -295,6 +298,7 @@ class Node:
             if self.admin is not None:
                 await self.admin.start()
         except BaseException:
+            del self.threads[started:]  # a thread whose start() didn't return isn't stopped
             await self.stop()
             raise
         self.log.info("= node started%s", f" on {self.url}" if self.url else "")
@@ -417,14 +421,10 @@ class Node:
             classes.append(GossipThread)
         threads = []
         for cls in classes:
-            where = cls.path or cls.__qualname__
-            try:
-                thread = cls(self)
-            except Exception as exc:
-                raise ThreadLoadError(where, f"{cls.__name__}(node) failed: {exc!r}") from exc
+            thread = make_thread(cls, self)
             self.handlers.add_thread(thread)
             threads.append(thread)
-            self.log.debug("= loaded thread %s from %s", cls.__name__, where)
+            self.log.debug("= loaded thread %s from %s", cls.__name__, cls.path or cls.__module__)
         return threads
 
     # Threads and connections: the API threads use

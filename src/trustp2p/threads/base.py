@@ -97,9 +97,10 @@ class Thread:
         raise NotImplementedError(f"{type(self).__name__} must define event_map")
 
     def start(self) -> Awaitable[None] | None:
-        """Called once all threads are loaded, before the node accepts or dials peers.
-        What it raises is logged (ERROR) and the node starts anyway, this thread's
-        handlers included: a thread that can't work without its start checks for it."""
+        """Called once all threads are loaded, in load order, before the node accepts or
+        dials peers. If it raises, the node doesn't start: ``Node.start()`` raises
+        :exc:`~trustp2p.ThreadLoadError` (its ``__cause__`` is what ``start()`` raised)
+        after stopping the threads started before this one (not this one)."""
         return None
 
     def stop(self) -> Awaitable[None] | None:

@@ -5,7 +5,8 @@ Files are loaded in name order; symlinks are followed (``threads-enabled`` usual
 links into ``threads-available``); names starting with ``_`` or ``.`` and files not
 ending in ``.py`` are skipped. Each file must define exactly one :class:`Thread`
 subclass with a valid, non-empty event map. Anything else stops the node from starting
-with a :exc:`ThreadLoadError` naming the file and the reason.
+with a :exc:`ThreadLoadError` naming the file and the reason; so does a thread whose
+:meth:`~Thread.start` raises (:func:`start_thread`).
 
 """
 
@@ -17,6 +18,8 @@ __all__ = [
     "check_event_map",
     "enabled_thread_classes",
     "load_thread_classes",
+    "make_thread",
+    "start_thread",
     "thread_files",
 ]
 
@@ -26,6 +29,7 @@ import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..exceptions import ThreadLoadError
 from ..protocol.package import PackageType
@@ -156,3 +160,36 @@ def check_event_map(thread: Thread) -> dict[PackageType, dict[str, object]]:
                 )
         checked[package_type] = dict(events)
     return checked
+
+
+def make_thread(cls: type[Thread], node: Any) -> Thread:
+    """
+    ``cls(node)``: the thread a node runs.
+
+    Raises:
+        ThreadLoadError: If the constructor raises (``__cause__`` is what it raised).
+
+    """
+    try:
+        return cls(node)
+    except Exception as exc:
+        where = cls.path or cls.__qualname__
+        raise ThreadLoadError(where, f"{cls.__name__}(node) failed: {exc!r}") from exc
+
+
+async def start_thread(thread: Thread) -> None:
+    """
+    Call ``thread.start()``, sync or async.
+
+    Raises:
+        ThreadLoadError: If it raises: the thread can't work, and the node doesn't start
+            (``__cause__`` is what it raised).
+
+    """
+    try:
+        result = thread.start()
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        where = thread.path or type(thread).__qualname__
+        raise ThreadLoadError(where, f"start() failed: {exc!r}") from exc
