@@ -610,6 +610,25 @@ async def test_stop_calls_every_thread_stop_and_closes_with_1001(make_node: Make
             assert ("stop", None) in recorder.calls
 
 
+@pytest.mark.parametrize("driver", ["ws", "tcp"])
+async def test_a_server_stopped_as_a_client_connects_closes_with_1001(
+    make_node: MakeNode, driver: str
+) -> None:
+    # Found by a library user's test: the server's end was still in its handshake (the
+    # client's hello on its way); its closing handshake was cut short at once, and the
+    # client saw a reset (1006) and a WARNING.
+    # Peer exchange on, as by default: the client's first request follows its hello.
+    server = await make_node(server=True, driver=driver, peer_exchange=True)
+    client = await make_node(client=True, peers=[server.url], driver=driver, peer_exchange=True)
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    await server.stop()
+    async with asyncio.timeout(5):
+        await socket.wait_closed()
+    assert (socket.close_code, socket.close_reason) == (1001, "node stopping")
+
+
 async def test_slow_handler_does_not_stall_other_connections(make_node: MakeNode) -> None:
     server = await make_node(server=True, threads=[Recorder])
     slow = await make_node(client=True, peers=[server.url])

@@ -344,9 +344,11 @@ class Node:
             self._listening.close()
         if self.client is not None:
             await self.client.stop()
+        # Those closing or in their upgrade first: the close_all() below starts closing
+        # handshakes, which close_unfinished() would cut short (a reset for the peer).
+        self.connections.inbound.close_unfinished()
         if self._secure is not None:
             self._secure.close_all(CloseCode.GOING_AWAY, "node stopping")
-        self.connections.inbound.close_unfinished()
         for thread in self.threads:
             await stop_thread(thread, self.options.close_timeout)
         # Every connection, those refused or still in their handshake included, so
