@@ -10,7 +10,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from trustp2p.identity import Identity
 from trustp2p.protocol.limits import AddressLimiter, TokenBucket, is_loopback, netgroup
-from trustp2p.protocol.urls import MAX_URL_LENGTH, split_peer_url, validate_url, validate_urls
+from trustp2p.protocol.urls import (
+    MAX_URL_LENGTH,
+    is_unspecified,
+    split_peer_url,
+    validate_url,
+    validate_urls,
+)
 
 # A fixed key: test ids must be the same in every pytest-xdist worker.
 PEER_ID = Identity(Ed25519PrivateKey.from_private_bytes(bytes(range(32)))).peer_id
@@ -294,10 +300,34 @@ def test_validate_url_accepts(url: str) -> None:
         ),
         ("ws://h:1?a=b", "URL 'ws://h:1?a=b' has a path, query or fragment"),
         ("ws://h:1#f", "URL 'ws://h:1#f' has a path, query or fragment"),
+        # What a node bound to every interface announced before listen_urls: its peers
+        # stored and passed it on, and a dial of it reaches the dialler's own host.
+        (
+            "ws://0.0.0.0:1107",
+            "URL 'ws://0.0.0.0:1107' names the unspecified address, which nobody can dial",
+        ),
+        (
+            "tcp://[::]:1107",
+            "URL 'tcp://[::]:1107' names the unspecified address, which nobody can dial",
+        ),
     ],
 )
 def test_validate_url_rejects(url: object, why: str) -> None:
     assert validate_url(url) == why
+
+
+@pytest.mark.parametrize(
+    ("url", "unspecified"),
+    [
+        ("ws://0.0.0.0:1107", True),
+        ("ws://[::]:1107/p2p/" + PEER_ID, True),
+        ("ws://127.0.0.1:1107", False),
+        ("ws://example.org:1107", False),
+        ("not a url", False),
+    ],
+)
+def test_is_unspecified(url: str, unspecified: bool) -> None:
+    assert is_unspecified(url) is unspecified
 
 
 def test_validate_url_length_limit() -> None:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
+from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from trustp2p.identity import Identity
 from trustp2p.node import connections
 from trustp2p.node.connections import GOOD_BATCH
@@ -23,7 +24,7 @@ from trustp2p.storage.peerstore import PeerSource
 from trustp2p.threads.heartbeat import HeartbeatThread
 
 from .conftest import MS
-from .nodes import MakeNode, wait_for
+from .nodes import FAST, MakeNode, wait_for
 
 
 class Recorder(Thread):
@@ -417,3 +418,25 @@ async def test_an_idle_peers_last_seen_follows_its_heartbeats(make_node: MakeNod
             while await last_seen(node, peer_id) == seen:  # noqa: ASYNC110 - the store
                 await asyncio.sleep(5 * MS)
         assert conn.protocol.valid - valid < GOOD_BATCH  # counted before a batch filled
+
+
+async def test_a_node_on_the_unspecified_address_announces_nothing_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Found by a new user following docs/deploy.md (--host 0.0.0.0): every hello said
+    # ws://0.0.0.0:1107, which peers stored and passed on (validate_url refuses it now).
+    caplog.set_level(logging.WARNING)
+    driver = MemoryDriver(hub=MemoryHub(), name="n")
+    async with Node(server=True, host="0.0.0.0", port=1, driver=driver, **FAST) as node:
+        assert node.url == "memory://0.0.0.0:1" and node.listen_urls == []
+    assert caplog.messages == [
+        "! listening on the unspecified address, memory://0.0.0.0:1: peers can't dial it "
+        "and won't learn this node's address: set listen_urls"
+    ]
+    caplog.clear()
+    named = ["ws://node.example:1107"]
+    driver = MemoryDriver(hub=MemoryHub(), name="n")
+    options = {**FAST, "listen_urls": named}
+    async with Node(server=True, host="0.0.0.0", port=1, driver=driver, **options) as node:
+        assert node.listen_urls == named
+    assert caplog.messages == []

@@ -14,6 +14,7 @@ __all__ = [
     "Driver",
     "DriverEvent",
     "DriverOptions",
+    "DriverSet",
     "Listener",
     "Listening",
     "Socket",
@@ -91,3 +92,46 @@ def scheme_of(url: str) -> str:
     if not scheme:
         raise DriverError(f"peer URL {url!r} lacks a scheme such as ws://")
     return scheme
+
+
+class DriverSet:
+    """
+    The drivers of one node, each made on first use with ``options``: by name, or the
+    one a URL's scheme needs. ``configured`` is the node's ``driver`` option: a name or
+    a driver object, which dials the URLs of its scheme (a named driver, such as
+    ``picows``, dials ``ws://`` too); ``None`` picks by scheme.
+    """
+
+    def __init__(self, configured: str | Driver | None, options: DriverOptions) -> None:
+        self._configured = configured
+        self._options = options
+        self._drivers: dict[str, Driver] = {}
+
+    def get(self, name_or_driver: str | Driver) -> Driver:
+        """The driver of that name (made now if it is the first use), or the driver."""
+        if isinstance(name_or_driver, Driver):
+            return name_or_driver
+        driver = self._drivers.get(name_or_driver)
+        if driver is None:
+            cls = driver_class(name_or_driver)
+            driver = self._drivers[name_or_driver] = cls(self._options)
+        return driver
+
+    def for_url(self, url: str) -> Driver:
+        """
+        The driver that dials ``url`` (without its ``/p2p/`` part).
+
+        Raises:
+            DriverError: If no driver serves its scheme, or the URL has none.
+
+        """
+        scheme = scheme_of(url)
+        configured = self._configured
+        if isinstance(configured, str) and configured != scheme:
+            configured = self.get(configured)  # a named driver (picows) dials ws:// too
+        if isinstance(configured, Driver) and scheme in {
+            configured.scheme,
+            f"{configured.scheme}s",
+        }:
+            return configured
+        return self.get(scheme)

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from .._version import __version__
 from ..admin import AdminServer, Metrics, current_node
-from ..drivers import Driver, driver_class, scheme_of
+from ..drivers import Driver, DriverSet
 from ..drivers.base import Listener, Listening, Socket
 from ..exceptions import ConnectionClosed, NodeStateError, UsageError
 from ..identity import Identity, claim_identity, mark_stopping
@@ -35,7 +35,7 @@ from ..protocol.handshake import HELLO_EVENT, VERSION_EVENT, version_body
 from ..protocol.limits import FIRST_ADDRESSES, AddressBudget
 from ..protocol.package import Body, Package, PackageType, build_package
 from ..protocol.scoring import BlockPolicy
-from ..protocol.urls import split_peer_url
+from ..protocol.urls import is_unspecified, split_peer_url
 from ..security.channel import SecureLayer
 from ..storage import DATA_DIR
 from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
@@ -116,7 +116,8 @@ class Node:
         )
         """How many new addresses each peer may make us store (:meth:`learned_urls`)."""
         self._requests: Requests | None = None
-        self._drivers: dict[str, Driver] = {}
+        self.drivers = DriverSet(options.driver, options.driver_options())
+        """The node's drivers, each made when first used."""
         self._listening: Listening | None = None
         self.identity: Identity | None = None
         self.data_dir: Path | None = None
@@ -172,10 +173,11 @@ class Node:
 
     @property
     def listen_urls(self) -> list[str]:
-        """The URLs this node announces to its peers."""
+        """The URLs this node announces to its peers: ``listen_urls``, or the URL it
+        listens on unless that is the unspecified address (``0.0.0.0``, ``::``)."""
         if self.options.listen_urls:
             return list(self.options.listen_urls)
-        return [self.url] if self.url is not None else []
+        return [self.url] if self.url is not None and not is_unspecified(self.url) else []
 
     # Publish/subscribe (the node's gossip service)
 
@@ -291,7 +293,7 @@ class Node:
                 await start_thread(thread)
                 started += 1
             if self.server is not None:
-                driver = self._driver(options.driver or "ws")
+                driver = self.drivers.get(options.driver or "ws")
                 self._listening = await driver.listen(options.host, options.port, self.listener)
             if self.client is not None:
                 self.client.start()
@@ -301,7 +303,13 @@ class Node:
             del self.threads[started:]  # a thread whose start() didn't return isn't stopped
             await self.stop()
             raise
+        self._started()
+
+    def _started(self) -> None:
         self.log.info("= node started%s", f" on {self.url}" if self.url else "")
+        if self.url is not None and not self.listen_urls:
+            what = "peers can't dial it and won't learn this node's address: set listen_urls"
+            self.log.warning("! listening on the unspecified address, %s: %s", self.url, what)
 
     async def _open_store(self) -> PeerStore:
         options = self.options
@@ -578,23 +586,6 @@ class Node:
 
     # Drivers
 
-    def _driver(self, name_or_driver: str | Driver) -> Driver:
-        if isinstance(name_or_driver, Driver):
-            return name_or_driver
-        driver = self._drivers.get(name_or_driver)
-        if driver is None:
-            cls = driver_class(name_or_driver)
-            driver = self._drivers[name_or_driver] = cls(self.options.driver_options())
-        return driver
-
     def driver_for_url(self, url: str) -> Driver:
-        scheme = scheme_of(split_peer_url(url)[0])
-        configured = self.options.driver
-        if isinstance(configured, str) and configured != scheme:
-            configured = self._driver(configured)  # a named driver (picows) dials ws:// too
-        if isinstance(configured, Driver) and scheme in {
-            configured.scheme,
-            f"{configured.scheme}s",
-        }:
-            return configured
-        return self._driver(scheme)
+        """The driver that dials ``url`` (see :class:`~trustp2p.drivers.DriverSet`)."""
+        return self.drivers.for_url(split_peer_url(url)[0])

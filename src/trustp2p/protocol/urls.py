@@ -14,6 +14,7 @@ __all__ = [
     "address_of",
     "canonical_url",
     "check_dial_url",
+    "is_unspecified",
     "split_peer_url",
     "validate_url",
     "validate_urls",
@@ -72,6 +73,8 @@ def validate_url(url: object) -> str | None:
         return f"URL {url!r} has no host"
     if not _valid_host(parts.hostname):
         return f"URL {url!r} has an invalid host"
+    if _unspecified(parts.hostname):
+        return f"URL {url!r} names the unspecified address, which nobody can dial"
     if port is None or not 0 < port < 65536:
         return f"URL {url!r} has no valid port"
     if parts.path not in ("", "/") or parts.query or parts.fragment:
@@ -115,6 +118,23 @@ def _valid_host(host: str) -> bool:
         return True
     labels = host.rstrip(".").split(".")
     return len(host) <= 253 and all(_LABEL.match(label) for label in labels)
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def is_unspecified(url: str) -> bool:
+    """Whether ``url``'s host is the unspecified address (``0.0.0.0``, ``::``): a node
+    listening there is reached at its other addresses, never at that one."""
+    try:
+        host = urlsplit(split_peer_url(url)[0]).hostname
+    except ValueError:
+        return False
+    return host is not None and _unspecified(host)
 
 
 def canonical_url(url: str) -> str:
