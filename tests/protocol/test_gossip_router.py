@@ -854,6 +854,22 @@ def test_ihave_leaves_out_what_the_peer_is_known_to_have() -> None:
     assert _messages(sent) == [(outside[2], mine)]
 
 
+def test_iwant_serves_a_message_once_to_a_peer_however_often_it_asks() -> None:
+    # Found by an attacker's test: [id] * 500 in one iwant, 20 times, drew 56.9 MB of
+    # copies of one 200 KB message for 240 KB of talks. Once to a peer while held.
+    router, sent, _ = _meshed(3)
+    mine, theirs = _message(1), _message(2)
+    router.publish(mine)
+    assert router.receive(0, theirs)
+    sent.clear()
+    for _ in range(3):
+        router.control(2, IWANT, {"ids": [mine.id] * 250 + [theirs.id] * 250})
+    assert _messages(sent) == [(2, mine), (2, theirs)]  # each once
+    router.control(1, IWANT, {"ids": [mine.id]})  # another peer: its own once
+    assert _messages(sent)[2:] == [(1, mine)]
+    assert router.stats.served == 3
+
+
 def test_a_peer_is_noted_once_as_holder_of_a_message() -> None:
     # Holders are a list (smaller than a set): copies, forwards and announcements to the
     # same peer don't repeat it, and every holder is still left out of ihave.

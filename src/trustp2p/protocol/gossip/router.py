@@ -208,6 +208,7 @@ class GossipRouter:
         # simulation holds one per node and recent message, thousands while it runs late).
         self._holders: dict[str, list[PeerKey]] = {}
         self._asked: dict[str, float] = {}  # ids we sent iwant for -> when
+        self._served: dict[str, list[PeerKey]] = {}  # recent ids -> peers sent them on iwant
         # Other peers that announced an id while it was asked for: whom to ask next.
         self._offers: dict[str, list[PeerKey]] = {}
 
@@ -388,11 +389,21 @@ class GossipRouter:
         elif event == IHAVE:
             self._on_ihave(peer, body)
         elif event == IWANT:
-            for message_id in _ids(body.get("ids", []), self.max_ihave):
-                message = self.cached(message_id)
-                if message is not None:
-                    self.stats.served += 1
-                    self._send(RouterAction("message", peer, message=message))
+            self._on_iwant(peer, body)
+
+    def _on_iwant(self, peer: PeerKey, body: dict[str, Any]) -> None:
+        """Send the messages asked for that we hold, each at most once to a peer while
+        we hold it, so that a repeated id can't multiply what we send."""
+        for message_id in _ids(body.get("ids", []), self.max_ihave):
+            message = self.cached(message_id)
+            if message is None:
+                continue
+            served = self._served.setdefault(message_id, [])
+            if peer in served:
+                continue
+            served.append(peer)
+            self.stats.served += 1
+            self._send(RouterAction("message", peer, message=message))
 
     def _on_subscriptions(self, peer: PeerKey, body: dict[str, Any]) -> None:
         subscribe = _topics(body.get("subscribe", []))
@@ -464,6 +475,7 @@ class GossipRouter:
         self._windows.insert(0, {})
         for message_id in self._windows.pop():
             self._holders.pop(message_id, None)
+            self._served.pop(message_id, None)
 
     def _forget_ask(self, message_id: str) -> None:
         self._asked.pop(message_id, None)
