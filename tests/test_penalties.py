@@ -3,6 +3,7 @@ an address is blocked only when several of its connections offend (plain mode)."
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -109,3 +110,39 @@ async def test_valid_packages_are_counted_in_batches_and_all_by_close(
     good, invalid = server.store.record_packages(key)
     assert good == GOOD_BATCH + 5 + 1  # every request, and the hello
     assert invalid == 0
+
+
+async def test_a_secure_peer_is_blocked_by_its_id_and_its_address_only_after_several(
+    make_node: MakeNode,
+) -> None:
+    """Found by an attacker's test: in secure mode, one offender's block took its
+    address too, for an hour, and every other peer behind it (a NAT, a shared host) was
+    refused. The id is what the handshake proves: it is blocked; the address only once
+    ``OFFENDING_CONNECTIONS`` peers of it offended, as in plain mode."""
+    server = await make_node(server=True, limit_loopback=True)  # secure, by default
+    assert server.server is not None and server.store is not None
+    store = server.store
+
+    async def offend() -> str:
+        client = await make_node(client=True, peers=[server.url])  # a fresh identity
+        assert client.client is not None and client.peer_id is not None
+        await client.client.wait_connected()
+        peer_id = client.peer_id
+        await wait_for(lambda: server.socket_for_peer(peer_id) is not None)
+        inbound = server.socket_for_peer(peer_id)
+        assert inbound is not None
+        while not inbound.closed:  # a thread finds its packages invalid, again and again
+            server.penalize(inbound, "test offence")
+            await asyncio.sleep(0)
+        await wait_for(lambda: store.is_blocked(peer_id=peer_id))
+        return peer_id
+
+    await offend()
+    assert not store.is_blocked(address="127.0.0.1")
+    bystander = await make_node(client=True, peers=[server.url])  # same address, admitted
+    assert bystander.client is not None
+    await bystander.client.wait_connected()
+    for _ in range(OFFENDING_CONNECTIONS - 1):
+        await offend()
+    await wait_for(lambda: store.is_blocked(address="127.0.0.1"))
+    assert not bystander.client.sockets[0].closed  # an address block refuses new ones only

@@ -88,12 +88,19 @@ class Penalties:
         self, peer_id: str | None, address: str | None, reason: str, *, socket: Socket | None = None
     ) -> None:
         """
-        Block a peer by id and address for ``block_duration``; close its connections,
-        and ``socket``, the one that crossed the policy.
+        Block a peer by id, or an address, for ``block_duration``; close the peer's
+        connections, and ``socket``, the one that crossed the policy.
 
-        Loopback addresses are not blocked (unless ``limit_loopback``): every local peer
-        shares them. A local peer without a peer id (plain mode) is only disconnected.
+        A peer with an id is blocked by its id; its address too only once several peers
+        of that address offended (:class:`Offences`): peers sharing it, behind one NAT,
+        don't pay for one another. Loopback addresses are not blocked (unless
+        ``limit_loopback``): every local peer shares them. A local peer without a peer
+        id (plain mode) is only disconnected.
         """
+        if peer_id is not None and address is not None:
+            now = asyncio.get_running_loop().time()
+            if not self.offences.offended(address, now):
+                address = None
         scope = block_scope(peer_id, address, limit_loopback=self._node.options.limit_loopback)
         if scope is None:
             if socket is not None and not socket.closed:
