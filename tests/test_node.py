@@ -209,6 +209,22 @@ async def test_handler_exception_answers_error_and_node_goes_on(make_node: MakeN
     assert await client.client.request(socket, "echo", {"after": 1}) == {"echo": {"after": 1}}
 
 
+async def test_a_flood_of_failing_requests_logs_ten_tracebacks_and_answers_all(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by an attacker's test: a peer chooses how often a handler fails on its input,
+    # and each failure was an ERROR with a traceback (15,001 lines in 18 s). Within the
+    # log budget now: the first 10 of a minute, the rest counted.
+    _, client, socket = await pair(make_node)
+    assert client.client is not None
+    for _ in range(25):
+        with pytest.raises(RemoteError, match="handler of 'fail' failed"):
+            await client.client.request(socket, "fail", {})
+    failures = [r for r in caplog.records if r.getMessage().startswith("! handler of")]
+    assert len(failures) == 10
+    assert all(r.levelno == logging.ERROR and r.exc_info is not None for r in failures)
+
+
 async def test_handler_returning_a_non_dict_answers_error(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:

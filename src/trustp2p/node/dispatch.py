@@ -261,7 +261,7 @@ class Worker:
         except (Exception, asyncio.CancelledError) as exc:
             if cancelled(exc):
                 raise
-            _log_failure(thread, package)
+            _log_failure(self._node, thread, package)
             await self._answer(thread, package, None, started, failed=True)
             return
         rest = _resume(result, yielded)
@@ -301,7 +301,7 @@ class Worker:
         except (Exception, asyncio.CancelledError) as exc:
             if cancelled(exc):
                 raise
-            _log_failure(thread, package)
+            _log_failure(self._node, thread, package)
             await self._answer(thread, package, None, started, failed=True)
         else:
             await self._answer(thread, package, result, started)
@@ -315,7 +315,7 @@ class Worker:
         except (Exception, asyncio.CancelledError) as exc:
             if cancelled(exc):
                 raise
-            _log_failure(thread, package)
+            _log_failure(self._node, thread, package)
 
     async def _answer(
         self, thread: Thread, package: Package, result: Any, started: float, *, failed: bool = False
@@ -343,7 +343,10 @@ class Worker:
                     payload=payload,
                 )
             except (TypeError, ValueError) as exc:  # the handler's mistake, not ours
-                logger.error(
+                node.connections.inbound.log(
+                    logger,
+                    logging.ERROR,
+                    "handler failed",
                     "! handler of %s %r in %s returned no JSON object: %s",
                     package.type.name,
                     package.event,
@@ -416,8 +419,13 @@ def cancelled(exc: BaseException) -> bool:
     return cancelling and isinstance(exc, asyncio.CancelledError)
 
 
-def _log_failure(thread: Thread, package: Package) -> None:
-    logger.error(
+def _log_failure(node: Node, thread: Thread, package: Package) -> None:
+    """A handler failed, on a peer's package: within the log budget (a peer chooses how
+    often), with the traceback."""
+    node.connections.inbound.log(
+        logger,
+        logging.ERROR,
+        "handler failed",
         "! handler of %s %r in %s failed",
         package.type.name,
         package.event,

@@ -196,11 +196,20 @@ class Inbound:
             log.log(level, message, *args, stacklevel=2)
 
     def log(
-        self, log: Any, level: int, kind: str, message: str, *args: object, stacklevel: int = 1
+        self,
+        log: Any,
+        level: int,
+        kind: str,
+        message: str,
+        *args: object,
+        stacklevel: int = 1,
+        exc_info: bool = False,
     ) -> None:
         """Log within :attr:`log_budget` (see :meth:`LogBudget.log`); the events it
         leaves unlogged are counted in a line at the end of their window."""
-        self.log_budget.log(log, level, kind, message, *args, stacklevel=stacklevel + 1)
+        self.log_budget.log(
+            log, level, kind, message, *args, stacklevel=stacklevel + 1, exc_info=exc_info
+        )
         if self._log_timer is None and self._node.running:  # (stopping: stop_logging())
             self._arm_summary()
 

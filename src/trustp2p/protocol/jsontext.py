@@ -19,7 +19,7 @@ infinities are refused both ways.
 
 from __future__ import annotations
 
-__all__ = ["dumps", "loads"]
+__all__ = ["Unwritable", "dumps", "loads"]
 
 import json
 from typing import Any
@@ -28,6 +28,10 @@ try:
     import orjson
 except ImportError:  # pragma: no cover - orjson is a dependency; this is a safety net
     orjson = None  # type: ignore[assignment]
+
+
+class Unwritable(ValueError):
+    """JSON text that reads, but whose value :func:`dumps` can't write back as UTF-8."""
 
 
 def _reject_constant(name: str) -> Any:
@@ -135,7 +139,10 @@ def loads(text: str) -> Any:
 
     Raises:
         json.JSONDecodeError: If it isn't JSON.
-        ValueError: If it holds NaN or an infinity.
+        ValueError: If it holds NaN or an infinity; :exc:`Unwritable` if it holds what
+            :func:`dumps` can't write back as UTF-8: a number too large for a float
+            (``1e999``), a lone surrogate (``"\\ud800"``), nesting deeper than the
+            writer takes.
         RecursionError: If it is nested too deeply.
 
     """
@@ -161,4 +168,17 @@ def loads(text: str) -> Any:
         end = -1
     if end != len(text):  # leading or trailing space, or an error: decode() tells
         value = _json_decoder.decode(text)
+    _check_writable(value)
     return value
+
+
+def _check_writable(value: Any) -> None:
+    """Raise :exc:`Unwritable` unless ``value`` can be written back (what orjson refused
+    and the standard library read: a body accepted is one a handler can send back)."""
+    try:
+        _stdlib_dumps(value).encode()
+    except UnicodeEncodeError:
+        raise Unwritable("a string holds a lone surrogate, which UTF-8 can't hold") from None
+    except ValueError as exc:  # 1e999 read as an infinity, or nested too deeply to write
+        reason = "a number out of range" if "Out of range" in str(exc) else str(exc)
+        raise Unwritable(reason) from None

@@ -72,24 +72,26 @@ class LogBudget:
         message: str,
         *args: object,
         stacklevel: int = 1,
+        exc_info: bool = False,
     ) -> None:
         """Log ``message % args`` at ``level`` within the budget of ``kind``, else at
         DEBUG; a line let through after some weren't says how many. The record names
         the caller's line (``stacklevel`` as :meth:`logging.Logger.log`'s, counted from
-        the caller of this method)."""
+        the caller of this method); ``exc_info`` adds the exception being handled."""
         unlogged = self.allow(kind)
         stacklevel += 1
+        info = True if exc_info else None  # (False would be kept in the record)
         if unlogged is None:
             # The summary is of every peer's events: not in one peer's adapter.
             plain = logger.logger if isinstance(logger, logging.LoggerAdapter) else logger
             mark = message[0] if message[:1] in ("=", "!", "x") else "!"
             self._where[kind] = (plain, level, mark)
-            logger.debug(message, *args, stacklevel=stacklevel)
+            logger.debug(message, *args, exc_info=info, stacklevel=stacklevel)
         elif unlogged:
             message += " (and %d more since, at DEBUG)"
-            logger.log(level, message, *args, unlogged, stacklevel=stacklevel)
+            logger.log(level, message, *args, unlogged, exc_info=info, stacklevel=stacklevel)
         else:
-            logger.log(level, message, *args, stacklevel=stacklevel)
+            logger.log(level, message, *args, exc_info=info, stacklevel=stacklevel)
 
     def next_summary(self) -> float | None:
         """When (on the budget's clock) the first window with events left unlogged by

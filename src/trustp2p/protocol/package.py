@@ -38,7 +38,7 @@ import os
 from typing import Any, NewType
 
 from ..exceptions import PackageError, PackageTooLarge
-from .jsontext import dumps as _dumps, loads as _loads
+from .jsontext import Unwritable, dumps as _dumps, loads as _loads
 from .package_reader import canonical_fields, protobuf_fields
 
 PROTOCOL_VERSION = "1.0"
@@ -470,6 +470,8 @@ def _body_error(
         reason = f"body is not valid JSON: {error.msg} at position {error.pos}"
     elif isinstance(error, RecursionError):
         reason = "body is nested too deeply"
+    elif isinstance(error, Unwritable):
+        reason = f"body can't be sent back: {error}"
     elif "integer string conversion" in str(error):  # Python's message names its API
         reason = "body is not valid JSON: an integer of more than 4300 digits"
     else:  # NaN, Infinity
