@@ -95,7 +95,7 @@ def dumps(value: dict[str, Any]) -> str:
     return _stdlib_dumps(value)
 
 
-def _stdlib_dumps(value: dict[str, Any]) -> str:
+def _stdlib_dumps(value: Any) -> str:
     if _c_encode is None:  # pragma: no cover - interpreters without the C encoder
         text: str = _json_encoder.encode(value)
         return text
