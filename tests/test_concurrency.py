@@ -20,6 +20,7 @@ from trustp2p import (
     Thread,
 )
 
+from .conftest import stays
 from .nodes import MakeNode, wait_for
 
 
@@ -124,6 +125,26 @@ async def test_the_requests_of_a_closed_connection_are_abandoned(
     for request in requests:
         with pytest.raises(ConnectionClosed):
             await request
+
+
+async def test_large_requests_are_bounded_by_bytes_too(make_node: MakeNode) -> None:
+    # Found by an attacker's test: the bounds counted packages, so 60 requests of 1 MB
+    # to a slow handler held about 94 MB per connection (16 running, 32 queued). Default
+    # options: max_pending_bytes (4 MiB) bounds what runs and waits, whatever the count.
+    server, client, socket = await connected(make_node, Gate)
+    pad = "x" * 400_000
+    requests = [
+        asyncio.ensure_future(client.client.request(socket, "slow", {"n": n, "pad": pad}))
+        for n in range(40)
+    ]
+    gate = gate_of(server)
+    # 4 MiB holds 10 of these: at most one more runs (the one that crossed the bound).
+    await wait_for(lambda: gate.running >= 9)
+    assert await stays(lambda: gate.running <= 11, 0.3)
+    gate.gate.set()
+    answers = await asyncio.gather(*requests)
+    assert [answer["slow"] for answer in answers] == list(range(40))
+    assert gate.most <= 11
 
 
 async def test_talks_keep_their_order(make_node: MakeNode) -> None:

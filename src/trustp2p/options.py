@@ -61,6 +61,9 @@ class NodeOptions:
             and socket hooks are handled one at a time, in order.
         max_pending_packages: Packages of one connection waiting for its handlers;
             beyond this, the node stops reading from that peer until they catch up.
+        max_pending_bytes: Bytes of one connection's packages waiting for its handlers
+            or held by its request handlers running; beyond this, the node stops reading
+            from that peer, and its next request waits for a running one to finish.
         heartbeat_interval: Time between two heartbeat rounds: each round checks every
             connection's liveness, on both sides (:mod:`trustp2p.protocol.liveness`).
         heartbeat_jitter: Up to this much is added at random to each interval.
@@ -192,6 +195,7 @@ class NodeOptions:
     max_package_size: int | None = DEFAULT_MAX_PACKAGE_SIZE
     max_inbound: int | None = 100
     max_pending_packages: int = 32
+    max_pending_bytes: int = 4 * 2**20
     max_concurrent_requests: int = 16
     heartbeat_interval: float = 2.0
     heartbeat_jitter: float = 1.0
@@ -430,6 +434,7 @@ _AT_LEAST_ONE = (
     "address_burst",
     "min_packages",
     "max_pending_packages",
+    "max_pending_bytes",
     "max_concurrent_requests",
     "write_limit",
     "gossip_degree_low",

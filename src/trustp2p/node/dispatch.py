@@ -99,6 +99,7 @@ class Workers:
                 conn.socket,
                 self._node,
                 max_pending=self._node.options.max_pending_packages,
+                max_bytes=self._node.options.max_pending_bytes,
                 can_resume=lambda: conn.throttle is None,
             )
         task = worker.put(item)
@@ -121,16 +122,21 @@ class Worker:
     """
     The inbox of one connection and the task that drains it.
 
-    When more than ``max_pending`` items wait, reading from the peer pauses; it resumes
-    when half of them are done and ``can_resume()`` agrees (the peer isn't throttled).
+    When more than ``max_pending`` items wait, or their packages and those of the
+    request handlers running take more than ``max_bytes``, reading from the peer
+    pauses; it resumes when both are down to half and ``can_resume()`` agrees (the peer
+    isn't throttled). While over ``max_bytes``, the next request waits for a running
+    one to finish, as when every slot is taken.
 
     """
 
     __slots__ = (
+        "_bytes",
         "_can_resume",
         "_closed",
         "_freed",
         "_inbox",
+        "_max_bytes",
         "_max_pending",
         "_node",
         "_running",
@@ -140,7 +146,13 @@ class Worker:
     )
 
     def __init__(
-        self, socket: Socket, node: Node, *, max_pending: int, can_resume: Callable[[], bool]
+        self,
+        socket: Socket,
+        node: Node,
+        *,
+        max_pending: int,
+        max_bytes: int,
+        can_resume: Callable[[], bool],
     ) -> None:
         self._socket = socket
         self._node = node
@@ -149,8 +161,10 @@ class Worker:
         self._inbox: deque[Package | Hook] | None = None
         self._task: asyncio.Task[None] | None = None
         self._max_pending = max_pending
+        self._max_bytes = max_bytes
+        self._bytes = 0  # of the packages queued, and of the requests running
         self._can_resume = can_resume
-        self._running: set[asyncio.Task[Any]] = set()  # suspended request handlers
+        self._running: dict[asyncio.Task[Any], int] = {}  # suspended request handlers: bytes
         self._freed: asyncio.Future[None] | None = None  # set when one of them ends
         self._closed = False
         self.paused = False
@@ -166,17 +180,32 @@ class Worker:
         if inbox is None:
             inbox = self._inbox = deque()
         inbox.append(item)
+        if type(item) is Package:
+            self._bytes += _size(item)
         if self._task is None:
             task = _start_task(self._work())
             if not task.done():  # an eager task may have finished already
                 self._task = task
                 return task
             return None
-        if len(inbox) > self._max_pending and not self.paused:
+        if (len(inbox) > self._max_pending or self._bytes > self._max_bytes) and not self.paused:
             self.paused = True
             self._socket.pause_reading()
-            logger.debug("= %d packages waiting for handlers: reading paused", len(inbox))
+            waiting = (len(inbox), self._bytes)
+            logger.debug("= %d packages, %d bytes for handlers: reading paused", *waiting)
         return None
+
+    def _resume(self) -> None:
+        """Read again if what waits is down to half (and the peer isn't throttled)."""
+        inbox = self._inbox
+        if (
+            self.paused
+            and (inbox is None or len(inbox) <= self._max_pending // 2)
+            and self._bytes <= self._max_bytes // 2
+        ):
+            self.paused = False
+            if self._can_resume():
+                self._socket.resume_reading()
 
     def connection_lost(self, log: logging.LoggerAdapter[logging.Logger]) -> None:
         """
@@ -205,30 +234,28 @@ class Worker:
     async def _work(self) -> None:
         inbox = self._inbox
         assert inbox is not None
-        resume_at = self._max_pending // 2
         threads = self._node.threads
         try:
             while inbox:
                 item = inbox.popleft()
-                if self.paused and len(inbox) <= resume_at:
-                    self.paused = False
-                    if self._can_resume():
-                        self._socket.resume_reading()
+                if self.paused:
+                    self._resume()
                 if type(item) is not Package:
                     assert isinstance(item, Hook)
                     for thread in threads:
                         await call_thread(thread, item.name, *item.args)
                 elif item.type in REQUEST_TYPES:
-                    await self._request(item)
+                    await self._request(item, _size(item))
                 else:
                     for thread, handler in self._node.handlers.get(item.type, item.event):
                         await self._run(thread, handler, item)
+                    self._bytes -= _size(item)
         finally:
             self._task = None
             if not inbox:
                 self._inbox = None
 
-    async def _request(self, package: Package) -> None:
+    async def _request(self, package: Package, size: int = 0) -> None:
         """
         Run a request's handler; its response goes out when it finishes.
 
@@ -236,9 +263,11 @@ class Worker:
         eager tasks do: most finish there and are answered without a task. One that
         suspends (it waits for I/O) goes on in a task of its own, beside the next
         requests of the connection, up to ``max_concurrent_requests`` at once; with every
-        slot taken, this worker waits for the first to free, so that the inbox fills and
-        reading pauses.
+        slot taken, or the running ones' packages over ``max_bytes``, this worker waits
+        for the first to free, so that the inbox fills and reading pauses. ``size``: the
+        package's bytes, counted while it waits (and while its handler runs on).
         """
+        self._bytes -= size  # counted again if its handler runs on in a task
         entries = self._node.handlers.get(package.type, package.event)
         if not entries or self._closed:
             return
@@ -269,9 +298,12 @@ class Worker:
         task = self._node.tasks.spawn(
             self._finish(thread, package, rest, started), f"request {package.event!r}"
         )
-        running.add(task)
+        running[task] = size
+        self._bytes += size
         task.add_done_callback(self._slot_freed)
-        if len(running) >= self._node.options.max_concurrent_requests:
+        if len(running) >= self._node.options.max_concurrent_requests or (
+            self._bytes > self._max_bytes
+        ):
             # Every slot taken: the next package waits for the first to free (the inbox
             # fills meanwhile, and reading pauses). A ping's task may wait too: one future.
             freed = self._freed
@@ -284,7 +316,9 @@ class Worker:
                     self._freed = None
 
     def _slot_freed(self, task: asyncio.Task[Any]) -> None:
-        self._running.discard(task)
+        self._bytes -= self._running.pop(task, 0)
+        if self.paused:
+            self._resume()
         freed = self._freed
         if freed is not None and not freed.done():
             freed.set_result(None)
@@ -417,6 +451,11 @@ def cancelled(exc: BaseException) -> bool:
     task = asyncio.current_task()
     cancelling = task is not None and task.cancelling() > 0
     return cancelling and isinstance(exc, asyncio.CancelledError)
+
+
+def _size(package: Package) -> int:
+    """About the bytes a package holds while it waits: its body's text and payload."""
+    return len(package.body_json) + len(package.payload)
 
 
 def _log_failure(node: Node, thread: Thread, package: Package) -> None:
