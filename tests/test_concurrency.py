@@ -147,6 +147,36 @@ async def test_large_requests_are_bounded_by_bytes_too(make_node: MakeNode) -> N
     assert gate.most <= 11
 
 
+@pytest.mark.parametrize("driver", ["tcp", "ws"])
+async def test_a_peer_that_leaves_while_we_read_nothing_is_found(
+    make_node: MakeNode, driver: str
+) -> None:
+    # Found by an attacker's test: a peer that queued more slow requests than the node
+    # takes (reading paused) and died was never noticed (nothing read, nothing written):
+    # its connection, its slot of max_inbound and its handlers stayed for good. The
+    # heartbeat pings it again while paused; a write that fails ends the connection.
+    heartbeat = {"heartbeat_interval": 0.05, "heartbeat_jitter": 0.01, "heartbeat_timeout": 0.3}
+    server = await make_node(server=True, threads=[Gate], driver=driver, **heartbeat)
+    client = await make_node(client=True, peers=[server.url], driver=driver)
+    assert client.client is not None and server.server is not None
+    await client.client.wait_connected()
+    await server.server.wait_connected()
+    socket = client.client.sockets[0]
+    requests = [
+        asyncio.ensure_future(client.client.request(socket, "slow", {"n": n})) for n in range(80)
+    ]
+    gate = gate_of(server)
+    inbound = server.server.sockets[0]
+    conn = server.connection(inbound)
+    assert conn is not None
+    await wait_for(lambda: gate.running == 16 and conn.worker is not None and conn.worker.paused)
+    socket.abort()  # the client vanishes (as killed: a reset, no close frame)
+    await wait_for(lambda: inbound.closed, timeout=10)
+    await wait_for(lambda: server.connection(inbound) is None, timeout=10)
+    await wait_for(lambda: gate.running == 0)  # its handlers are cancelled
+    await asyncio.gather(*requests, return_exceptions=True)
+
+
 async def test_talks_keep_their_order(make_node: MakeNode) -> None:
     server, client, socket = await connected(make_node, Gate)
     for n in range(50):

@@ -42,13 +42,16 @@ class Side:
     def __post_init__(self) -> None:
         self.layer = self.make_layer()
 
-    def make_layer(self, handshake_timeout: float = 10.0) -> SecureLayer:
+    def make_layer(
+        self, handshake_timeout: float = 10.0, close_timeout: float = 10.0
+    ) -> SecureLayer:
         return SecureLayer(
             self.events,
             self.identity,
             admit=lambda raw: None,
             failed=lambda raw, error: self.failures.append((raw, error)),
             handshake_timeout=handshake_timeout,
+            close_timeout=close_timeout,
         )
 
 
@@ -406,11 +409,11 @@ async def test_packages_held_from_a_batch_are_dropped_with_a_warning_if_never_re
 ) -> None:
     driver = MemoryDriver(hub=MemoryHub())
     server = Side(Identity.generate())
-    server.layer = server.make_layer(handshake_timeout=50 * MS)
+    server.layer = server.make_layer(close_timeout=50 * MS)  # (it was handshake_timeout)
     listening = await driver.listen("127.0.0.1", 0, server.layer)
     net = Net(driver, server, listening)
     accepted, packages = await held_then_lost(net)
-    await server.events.next(DriverEvent.CLOSE, accepted)  # within the layer's timeout
+    await server.events.next(DriverEvent.CLOSE, accepted)  # within the layer's close_timeout
     assert server.events.messages(accepted) == packages[:2]
     assert "dropped 4 package(s)" in caplog.text
     listening.close()

@@ -273,15 +273,7 @@ class Node:
         self.identity = options.identity or await self._load_identity()
         self.data_dir = self._data_dir()
         if options.secure:
-            self._secure = SecureLayer(
-                self.connections,
-                self.identity,
-                admit=self.connections.inbound.admit,
-                failed=self.connections.handshake_failed,
-                handshake_timeout=options.handshake_timeout,
-                time_inbound=False,  # the inbound deadline runs from TCP accept
-                max_package_size=options.max_package_size,
-            )
+            self._secure = self._secure_layer(self.identity)
         self.store = await self._open_store()
         if self.gossip is not None:
             await self.gossip.start()
@@ -304,6 +296,19 @@ class Node:
             await self.stop()
             raise
         self._started()
+
+    def _secure_layer(self, identity: Identity) -> SecureLayer:
+        options = self.options
+        return SecureLayer(
+            self.connections,
+            identity,
+            admit=self.connections.inbound.admit,
+            failed=self.connections.handshake_failed,
+            handshake_timeout=options.handshake_timeout,
+            close_timeout=options.close_timeout,
+            time_inbound=False,  # the inbound deadline runs from TCP accept
+            max_package_size=options.max_package_size,
+        )
 
     def _started(self) -> None:
         self.log.info("= node started%s", f" on {self.url}" if self.url else "")

@@ -23,7 +23,8 @@ carries out the :class:`Verdict`:
    * our own bytes still on their way to the peer went down: our large frame, ahead of
      the ping, is being read;
    * we had paused reading ourselves (throttling, a full inbox): the pong may be
-     waiting in what we haven't read.
+     waiting in what we haven't read. While that lasts, a ping is sent again every
+     ``interval``: nothing is read, so only a write that fails finds a peer that left.
 
    Complete packages are no excuse: a peer that sends them but doesn't answer is
    charged like a silent one.
@@ -181,6 +182,11 @@ class Liveness:
             if now - self.last_ping >= self._due_after:
                 return Verdict.PING
             return Verdict.NOTHING
+        if reading_paused and now - self.last_ping >= self._due_after:
+            # No pong can come while we read nothing: ping again instead, so that a peer
+            # that left is found when a write to it fails (with reading paused, nothing
+            # else would notice its end).
+            return Verdict.PING
         since = max(self._last_check, sent)
         progress = (
             reading_paused

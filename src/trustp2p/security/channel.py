@@ -356,9 +356,10 @@ class SecureLayer:
             it at once.
         failed: Called when a handshake fails, with the raw socket and the error (its
             ``peer`` set to the raw socket's).
-        handshake_timeout: Seconds a handshake may take; also how long the end of a
-            connection waits for the packages of a batch held by a pause
-            (:meth:`SecureSocket.end_after_held`).
+        handshake_timeout: Seconds a handshake may take.
+        close_timeout: How long the end of a connection waits for the packages of a
+            batch held by a pause (:meth:`SecureSocket.end_after_held`), as the drivers
+            wait for what they hold (the node's ``close_timeout``).
         time_inbound: Run that deadline on inbound handshakes too. A node passes
             ``False``: its own deadline, from TCP accept, covers them (it calls
             :meth:`fail` when it passes).
@@ -376,6 +377,7 @@ class SecureLayer:
         admit: Callable[[Socket], tuple[int, str] | None],
         failed: Callable[[Socket, HandshakeError], None],
         handshake_timeout: float = 10.0,
+        close_timeout: float = 10.0,
         time_inbound: bool = True,
         max_package_size: int | None = 2**20,
         noise_key: NoiseKey | None = None,
@@ -392,6 +394,7 @@ class SecureLayer:
         self._admit = admit
         self._failed = failed
         self._timeout = handshake_timeout
+        self._close_timeout = close_timeout
         self._max_size = max_package_size
         self._handshakes: dict[ConnId, _Handshake] = {}
         self._secure: dict[ConnId, SecureSocket] = {}
@@ -483,7 +486,7 @@ class SecureLayer:
             secure.close_code, secure.close_reason = raw.close_code, raw.close_reason
             # After what a batch holds for a paused reader, as a driver would.
             report = functools.partial(self._listener.on_close, secure)
-            secure.end_after_held(report, within=self._timeout)
+            secure.end_after_held(report, within=self._close_timeout)
             return
         handshake = self._handshakes.pop(raw.id, None)
         if handshake is not None:
