@@ -240,6 +240,8 @@ async def test_self_dial_is_detected(make_node: MakeNode) -> None:
     # Both ends of the connection fail: ours as dialler, then ours as server.
     await wait_for(lambda: recorder(node).seen.count(("error", "dialled ourselves")) == 2)
     assert node.sockets == []
+    # Said at INFO (no WARNING, nobody is at fault) and not dialled again.
+    assert await stays(lambda: recorder(node).seen.count(("error", "dialled ourselves")) == 2, 0.3)
     # Nobody is at fault: nothing counts against the address that dialled us.
     assert sum(record.invalid_packages for record in await node.store.peers()) == 0
 

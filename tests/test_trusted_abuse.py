@@ -208,9 +208,12 @@ async def test_dialling_ourselves_does_not_block_our_address(make_node: MakeNode
     node = await make_node(server=True, client=True, reconnect_initial=2 * MS, reconnect_max=5 * MS)
     assert node.client is not None and node.store is not None and node.url is not None
     node.client.connect(node.url)
-    policy = node.client.dialer.policy
-    await wait_for(lambda: policy.failures(node.url or "") >= 8)
+    handshakes = node.metrics.handshakes
+    await wait_for(lambda: handshakes.get("SelfDialError") == 2)  # both ends, once
+    # Nothing blocked, nothing counted as a failed dial, and no redial (quick as it is).
+    assert await stays(lambda: handshakes.get("SelfDialError") == 2, 50 * MS)
     assert not node.store.is_blocked(address="127.0.0.1")
+    assert node.client.dialer.policy.failures(node.url) == 0
 
 
 async def test_a_blocked_peer_is_not_dialled_after_a_restart(

@@ -9,6 +9,7 @@ from ._version import __version__
 from .drivers.base import CloseCode, Driver, DriverOptions, Socket, SocketStats
 from .exceptions import (
     ChannelError,
+    ConfigError,
     ConnectionClosed,
     ConnectionDropped,
     DriverError,
@@ -50,6 +51,7 @@ __all__ = [
     "ChannelError",
     "ClientRole",
     "CloseCode",
+    "ConfigError",
     "ConnectionClosed",
     "ConnectionDropped",
     "Driver",

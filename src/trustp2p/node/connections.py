@@ -244,8 +244,11 @@ class Connections:
         node = self._node
         if not node.running or self.inbound.evicted(raw):
             return  # stopping, or we dropped it to make room: not the peer's fault
-        message = "! secure handshake with %s failed: %s"
-        self.inbound.warn(self._logger, "handshake failed", message, raw.peer, error)
+        if isinstance(error, SelfDialError):  # nobody's fault: both ends are this node
+            self._logger.info("= %s: %s", raw.peer, error)
+        else:
+            message = "! secure handshake with %s failed: %s"
+            self.inbound.warn(self._logger, "handshake failed", message, raw.peer, error)
         count(self._metrics.handshakes, type(error).__name__)
         # Against the address of a peer that dialled us: not our dials, nor ourselves.
         if (

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
-from ..exceptions import DriverError, NodeStateError
+from ..exceptions import DriverError, NodeStateError, SelfDialError
 from ..identity import PeerId
 from ..protocol.handshake import is_mode_mismatch
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
@@ -61,6 +61,7 @@ class Dialer:
         )
         self.tasks = TaskOwner(logger)
         self._persistent: dict[str, asyncio.Task[None]] = {}  # URL as given -> task
+        self._ourselves: set[str] = set()  # URLs (as stored) found to be this node
         self._wakeup = asyncio.Event()
 
     @staticmethod
@@ -116,8 +117,14 @@ class Dialer:
         self._wakeup.set()
 
     def dial_failed(self, url: str, error: Exception) -> None:
-        """A dial of ``url`` or its handshake failed: count it; the store remembers it."""
+        """A dial of ``url`` or its handshake failed: count it; the store remembers it.
+        A URL found to be this node isn't dialled again while it runs."""
         url = self.policy.store_url(url)
+        if isinstance(error, SelfDialError):
+            if url not in self._ourselves:
+                self._ourselves.add(url)
+                logger.info("= %s is this node: not dialled again", url)
+            return
         self.policy.dial_failed(url)
         store = self.node.store
         if store is not None:
@@ -169,12 +176,16 @@ class Dialer:
                 socket = await self.dial(dial_url, expected)
             except DriverError as exc:
                 self.dial_failed(dial_url, exc)
+                if self.policy.store_url(dial_url) in self._ourselves:
+                    return
                 delay = reconnect.failed()
                 logger.info("! %s; retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             reconnect.opened()
             await socket.wait_closed()
+            if self.policy.store_url(dial_url) in self._ourselves:
+                return
             delay = reconnect.closed()
             if is_mode_mismatch(socket.close_reason):
                 # It can't work until one side changes `secure`: say so once, and try
@@ -248,7 +259,7 @@ class Dialer:
             if store is None:
                 continue
             policy = self.policy
-            own = self.node.listen_urls
+            own = [*self.node.listen_urls, *self._ourselves]
             anchor = policy.anchor_selection(self._connected_ids(), own, store)
             if anchor is not None:
                 await self._carry_out(anchor, store)
