@@ -278,6 +278,25 @@ async def test_idle_delivery_marks_are_bounded(clock: FakeClock) -> None:
         await log.close()
 
 
+async def test_idle_marks_are_looked_at_once_a_second_at_most(clock: FakeClock) -> None:
+    # A flush follows every message delivered; scanning every origin's mark each time
+    # made a flood of messages from fresh origins cost the square of its size (found by
+    # an attacker's test: a core busy for minutes after 50,000 messages).
+    log = await MessageLog.open(None, clock=clock, max_age=100)
+    try:
+        log.mark_delivered("tpa", 5)
+        clock.advance(99.8)
+        assert await log.flush() is True  # a scan: tpa's mark is young enough
+        clock.advance(0.5)  # now past max_age, half a second after the scan
+        assert await log.flush() is True
+        assert log.delivered("tpa") == 5  # not looked at yet
+        clock.advance(0.5)
+        assert await log.flush() is True
+        assert log.delivered("tpa") == 0
+    finally:
+        await log.close()
+
+
 async def test_next_seq(log: MessageLog) -> None:
     assert [log.next_seq("tpme") for _ in range(3)] == [1, 2, 3]
     assert log.next_seq("tpother") == 1

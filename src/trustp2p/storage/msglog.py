@@ -143,6 +143,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         self._next_position = 1
         self._delivered: dict[str, int] = {}
         self._marked: dict[str, float] = {}  # when each delivered mark last moved
+        self._marks_pruned = -math.inf  # when _prune() last looked at every mark
         self._sequences: dict[str, int] = {}
         # What changed since the last flush: messages to insert (by position), positions
         # to delete, and origins whose mark or counter changed (deleted if gone).
@@ -431,7 +432,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
 
     def _prune(self) -> None:
         """Drop what is past ``max_age``: messages in every topic, and idle marks."""
-        cutoff = self._clock() - self._max_age
+        now = self._clock()
+        cutoff = now - self._max_age
         for name, topic in list(self._topics.items()):
             entries = topic.entries
             while entries and entries[0][1] < cutoff:
@@ -439,6 +441,12 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             if not entries:
                 del self._topics[name]
         kept = self._origins
+        # Every mark is looked at once a second at most, or when they may be too many:
+        # a flush comes after each message delivered, and with thousands of origins a
+        # scan each time made a flood of them cost the square of its size.
+        if len(self._marked) - len(kept) <= self._max_idle_marks and now - self._marks_pruned < 1.0:
+            return
+        self._marks_pruned = now
         idle = [(marked, origin) for origin, marked in self._marked.items() if origin not in kept]
         excess = len(idle) - self._max_idle_marks
         if excess > 0:
