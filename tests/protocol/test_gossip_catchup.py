@@ -18,6 +18,7 @@ from hypothesis import given, settings, strategies as st
 from trustp2p.exceptions import GossipError
 from trustp2p.identity import Identity
 from trustp2p.protocol.gossip import (
+    MAX_FETCHES,
     MAX_HWM_ORIGINS,
     MAX_HWM_TOPICS,
     MAX_SEQ,
@@ -123,6 +124,20 @@ def test_one_fetch_per_stream_at_a_time() -> None:
     catchup.end(first)
     assert catchup.fetching == {stream_key(TOPIC, B)}
     assert catchup.begin(FetchRange(TOPIC, A, 4, 9)) is not None
+
+
+def test_at_most_max_fetches_streams_at_once() -> None:
+    # Found by an attacker's test: 5,000 messages from fresh origins, each far ahead of
+    # its stream, made 18,369 catch-up requests in 30 s to honest peers, past their
+    # request budget (they stopped reading us, and we dropped one as lost).
+    catchup = CatchUp(batch=5)
+    origins = [f"tp{i}" for i in range(MAX_FETCHES + 1)]
+    fetches = [catchup.begin(FetchRange(TOPIC, origin, 1, 2**62)) for origin in origins]
+    assert [f is not None for f in fetches] == [True] * MAX_FETCHES + [False]
+    first = fetches[0]
+    assert first is not None
+    catchup.end(first)  # a slot frees: the gap that waited is fetched at the next round
+    assert catchup.begin(FetchRange(TOPIC, origins[-1], 1, 2**62)) is not None
 
 
 def test_choose_picks_a_peer_at_random_or_none() -> None:

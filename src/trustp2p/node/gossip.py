@@ -427,7 +427,10 @@ class Gossip:
                 self._delivery.put("deliver", event.message, event.source)
             else:
                 skipped = (event.count, event.origin, event.topic, event.last + 1, event.reason)
-                logger.info("! %d messages of %s on %r before seq %d skipped (%s)", *skipped)
+                message = "! %d messages of %s on %r before seq %d skipped (%s)"
+                self.node.connections.inbound.log(
+                    logger, logging.INFO, "gap skipped", message, *skipped
+                )
 
     # Validators and handlers, one message of a topic at a time, in order
 

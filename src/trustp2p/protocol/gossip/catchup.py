@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_ANSWER_BYTES",
     "FETCH",
     "HWM",
+    "MAX_FETCHES",
     "MAX_HWM_ORIGINS",
     "MAX_HWM_TOPICS",
     "MESSAGE_OVERHEAD",
@@ -76,6 +77,12 @@ about a random sample of them each time."""
 
 MAX_HWM_ORIGINS = 2000
 """Most origins per topic in a ``gossip/hwm`` answer; a node serves the highest marks."""
+
+MAX_FETCHES = 8
+"""Most streams a node fetches at once; the gaps of others wait for a later heartbeat.
+Each gap a peer reveals (a message far ahead of its stream) would start a fetch: without
+a bound, a peer sending thousands of such messages made the node send thousands of
+requests to its honest peers, past their request budget."""
 
 MESSAGE_OVERHEAD = 320
 """Bytes of a message's package body besides its payload: field names, origin, seq,
@@ -336,14 +343,18 @@ class CatchUp:
 
     Args:
         batch: Most messages in one ``gossip/fetch`` (the ``catchup_batch`` option).
+        max_fetches: Most streams fetched at once.
         rng: Random source, for tests.
 
     """
 
-    def __init__(self, *, batch: int, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, *, batch: int, max_fetches: int = MAX_FETCHES, rng: random.Random | None = None
+    ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         self.batch = batch
+        self.max_fetches = max_fetches
         self._rng = rng or random.Random()
         self._fetching: set[str] = set()
 
@@ -372,11 +383,16 @@ class CatchUp:
         Start fetching ``wanted``; call :meth:`end` when done, whatever happens.
 
         Returns:
-            The fetch, or None if the range is empty or its stream is being fetched
-            already (its gap waits for that fetch).
+            The fetch, or None if the range is empty, its stream is being fetched
+            already (its gap waits for that fetch), or ``max_fetches`` streams are
+            (it waits for a later heartbeat or catch-up round).
 
         """
-        if wanted.first > wanted.last or wanted.stream in self._fetching:
+        if (
+            wanted.first > wanted.last
+            or wanted.stream in self._fetching
+            or len(self._fetching) >= self.max_fetches
+        ):
             return None
         self._fetching.add(wanted.stream)
         return Fetch(wanted, self.batch)
