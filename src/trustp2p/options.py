@@ -117,6 +117,9 @@ class NodeOptions:
             connections: reconnecting doesn't refill it) is throttled: the node stops
             reading from it until the budget has refilled. It is never refused, counted
             invalid or blocked for it.
+        gossip_rate: Gossip messages per second a peer may send us (each costs a
+            signature check), in a budget of its own, as ``request_rate``...
+        gossip_burst: ...with this burst.
         max_per_ip: Inbound connections at once from one address; ``None``: no limit.
         ip_rate: New inbound connections per second from one address...
         ip_burst: ...with this burst.
@@ -225,6 +228,8 @@ class NodeOptions:
     send_stall_timeout: float = 20.0
     request_rate: float = 100.0
     request_burst: int = 200
+    gossip_rate: float = 1000.0
+    gossip_burst: int = 2000
     max_per_ip: int | None = 8
     ip_rate: float = 0.2
     ip_burst: int = 16
@@ -410,6 +415,7 @@ _DURATIONS = (
     "block_duration",
     "send_stall_timeout",
     "request_rate",
+    "gossip_rate",
     "ip_rate",
     "storm_window",
     "storm_cooldown",
@@ -430,6 +436,7 @@ its listen URLs) and its heartbeats must fit, with room."""
 _AT_LEAST_ONE = (
     "max_send_queue",
     "request_burst",
+    "gossip_burst",
     "ip_burst",
     "address_burst",
     "min_packages",

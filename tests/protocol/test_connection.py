@@ -386,6 +386,23 @@ def test_request_budget_throttles_and_never_refuses(clock: FakeClock) -> None:
     assert connection.invalid == 0
 
 
+def test_gossip_spends_a_budget_of_its_own(clock: FakeClock) -> None:
+    # Found by an attacker's test: one connection sent 50,000 validly signed messages
+    # in 6.5 s (a signature check each), with no budget at all. Gossip has its own
+    # (gossip_rate 1000/s by default): a busy relay isn't slowed by its requests' one.
+    requests = TokenBucket(rate=10.0, burst=1, now=clock())
+    gossip = TokenBucket(rate=10.0, burst=2, now=clock())
+    connection = protocol(clock, budget=requests, gossip_budget=gossip)
+    message = encode(build_package(PackageType.GOSSIP, "chat", {}))
+    assert [type(a) for a in connection.receive_data(message)] == [DeliverGossip]
+    assert [type(a) for a in connection.receive_data(message)] == [DeliverGossip]
+    actions = connection.receive_data(message)
+    assert [type(a) for a in actions] == [DeliverGossip, Throttle]
+    assert throttle_delay(actions[1]) == pytest.approx(0.1)
+    assert [type(a) for a in connection.receive_data(request())] == [Dispatch]  # untouched
+    assert connection.invalid == 0
+
+
 def test_talks_spend_the_request_budget(clock: FakeClock) -> None:
     # A flood of talks, handled or not, slows the peer down as a flood of requests does.
     budget = TokenBucket(rate=10.0, burst=2, now=clock())

@@ -95,6 +95,7 @@ class Connections:
         self._refused: dict[int, Socket] = {}  # plain mode: refused, not closed yet
         self.inbound = Inbound(node, self)
         self._budgets = BudgetTable(options.request_rate, options.request_burst)
+        self._gossip_budgets = BudgetTable(options.gossip_rate, options.gossip_burst)
         self.penalties = Penalties(node, self)
         self.workers = Workers(node)
         self._debug = self._logger.isEnabledFor(logging.DEBUG)
@@ -337,13 +338,15 @@ class Connections:
         node = self._node
         options = self._options
         now = loop_clock(asyncio.get_running_loop())
+        key = self.budget_key(socket)
         protocol = ConnectionProtocol(
             secure=node.secure_layer is not None,
             peer_id=socket.peer_id,
             introduction=node.introduction(),
             clock=now,
             handled=node.handlers.handled,
-            request_budget=self._budgets.get(self.budget_key(socket), now()),
+            request_budget=self._budgets.get(key, now()),
+            gossip_budget=self._gossip_budgets.get(key, now()),
             alt=options.alt,
             max_package_size=options.max_package_size,
             liveness=options.liveness_timings(),

@@ -156,6 +156,7 @@ class ConnectionProtocol:
             (only ``in`` is used), so that threads loaded later count.
         request_budget: The peer's request budget, shared by its connections, spent by
             its requests and talks; ``None`` for no limit.
+        gossip_budget: The peer's budget of gossip messages, as ``request_budget``.
         alt: Our network id; packages and introductions must carry it.
         protocol_version: Our protocol version; packages must share its major.
         max_package_size: Bytes; larger messages are invalid. ``None``: no limit.
@@ -187,6 +188,7 @@ class ConnectionProtocol:
         clock: Callable[[], float],
         handled: Container[tuple[PackageType, str]],
         request_budget: TokenBucket | None = None,
+        gossip_budget: TokenBucket | None = None,
         alt: str = DEFAULT_ALT,
         protocol_version: str = PROTOCOL_VERSION,
         max_package_size: int | None = 2**20,
@@ -201,6 +203,7 @@ class ConnectionProtocol:
         self._clock = clock
         self._handled = handled
         self._budget = request_budget
+        self._gossip_budget = gossip_budget
         self._alt = alt
         self._major = major_version(protocol_version)
         self._protocol_version = protocol_version
@@ -357,12 +360,17 @@ class ConnectionProtocol:
                 if rtt is not None:
                     return [PingAnswered(rtt), DeliverResponse(package)]
             return [DeliverResponse(package)]
+        actions: list[Action]
         if package_type is PackageType.GOSSIP:
-            return [DeliverGossip(package)]
+            actions = [DeliverGossip(package)]
+            gossip_budget = self._gossip_budget  # a message costs a signature check
+            if gossip_budget is not None and (delay := gossip_budget.spend(self.last_seen)) > 0:
+                actions.append(Throttle(delay))
+            return actions
         if package_type in REQUEST_TYPES:
             return self._request(package)
         if (package_type, package.event) in self._handled:
-            actions: list[Action] = [Dispatch(package)]
+            actions = [Dispatch(package)]
         else:
             actions = [Unhandled(package)]
         if package_type is PackageType.TALK:  # talks spend the budget requests do
