@@ -9,6 +9,7 @@ import logging
 import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,6 +154,16 @@ async def test_status_keeps_the_warnings_of_its_own_node(make_node: MakeNode) ->
     assert [w["message"] for w in warnings] == ["something odd: 7"]
     assert warnings[0]["level"] == "WARNING" and warnings[0]["logger"] == "trustp2p.test"
     assert (await status_of(client))["warnings"] == []
+
+
+async def test_status_keeps_the_warnings_of_the_start_too(
+    make_node: MakeNode, tmp_path: Path
+) -> None:
+    # Found by a new user: "threads-enabled doesn't exist", the warning an operator most
+    # needs at start, never reached the page (the listener attached later).
+    node = await make_node(server=True, admin="127.0.0.1:0", cwd=tmp_path)
+    messages = [w["message"] for w in (await status_of(node))["warnings"]]
+    assert any("threads-enabled doesn't exist" in m for m in messages), messages
 
 
 async def test_the_page_and_errors(make_node: MakeNode) -> None:

@@ -68,6 +68,11 @@ class AdminServer:
         self._server: asyncio.Server | None = None
         self.url: str | None = None
 
+    def collect_warnings(self) -> None:
+        """Keep the node's warnings from now on (``start()`` does, if not done before):
+        a node calls it first thing, so that its start-up warnings are kept too."""
+        self._warnings.attach()
+
     async def start(self) -> None:
         """
         Listen on ``options.admin``.

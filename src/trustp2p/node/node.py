@@ -259,6 +259,8 @@ class Node:
             raise NodeStateError(f"can't start a node that is {self.state.value}")
         options = self.options
         current_node.set(self)  # the tasks and transports started here are this node's
+        if self.admin is not None:
+            self.admin.collect_warnings()  # the start's own too
         self._requests = Requests(
             send=self.connections.send_nowait,
             unmatched=self.connections.unmatched,
