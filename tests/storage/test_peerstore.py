@@ -395,6 +395,21 @@ async def test_max_peers_forgets_the_least_useful(clock: FakeClock) -> None:
         await store.close()
 
 
+async def test_a_full_store_makes_room_for_a_tenth_at_once(clock: FakeClock) -> None:
+    # Ranking every peer for each one added to a full store made each new peer cost ten
+    # times as much (an attacker's test, 12,000 identities): room is made in batches.
+    store = await PeerStore.open(None, clock=clock, max_peers=100)
+    try:
+        await store.add_urls([f"ws://p{i}:1" for i in range(100)], PeerSource.EXCHANGE)
+        assert store.size() == 100
+        await store.add_urls(["ws://one-more:1"], PeerSource.EXCHANGE)
+        assert store.size() == 90  # at most max_peers, and room for the next 10
+        await store.add_urls([f"ws://q{i}:1" for i in range(10)], PeerSource.EXCHANGE)
+        assert store.size() == 100
+    finally:
+        await store.close()
+
+
 async def test_a_closed_store(clock: FakeClock) -> None:
     store = await PeerStore.open(None, clock=clock)
     await store.close()

@@ -171,10 +171,12 @@ class PeerTable:
         self.dirty_peers.add(keeper.key)
 
     def evict(self) -> None:
-        """Forget the least useful peers past ``max_peers``."""
+        """Forget the least useful peers past ``max_peers``, and a tenth more: ranking
+        every peer each time one is added to a full store made each new peer cost ten
+        times as much (found by an attacker's test of 12,000 identities)."""
         if self.max_peers is None or len(self.peers) <= self.max_peers:
             return
-        excess = len(self.peers) - self.max_peers
+        excess = len(self.peers) - self.max_peers + self.max_peers // 10
         for peer in heapq.nsmallest(excess, self.peers.values(), key=_eviction_rank):
             del self.peers[peer.key]
             if peer.peer_id is not None:
