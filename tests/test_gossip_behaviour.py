@@ -794,3 +794,29 @@ async def test_a_payload_that_is_not_valid_unicode_is_refused_before_taking_a_se
         await node.publish("chat", {"text": "fine"})
         await wait_for(lambda: len(got) == 1)
         assert got[0].seq == 1  # no number was used up: no gap
+
+
+async def test_large_catch_up_answers_cost_the_asker_its_request_budget() -> None:
+    # Found by an attacker's test: 1,000 fetches of one stream drew 521 MB in 8 s, the
+    # request budget counting requests, not what answering them cost. An answer costs
+    # one token per 64 KiB: forty answers of about 512 KiB are far past the burst (200).
+    # (The default request budget; Network's lifts it for simulations.)
+    async with Network(2, degree=1, seed=1, request_rate=100.0, request_burst=200) as network:
+        await network.wait_connected()
+        server, asker = network.nodes
+        for n in range(12):
+            await server.publish("chat", {"text": "x" * 60_000, "n": n})
+        await network.wait_delivered(12)
+        socket = socket_to(asker, server.url.split("//")[1].split(":")[0])
+        body = {"topic": "chat", "origin": server.peer_id, "from": 1, "to": 12}
+        role = (
+            asker.client
+            if asker.client is not None and socket in asker.client.sockets
+            else asker.server
+        )
+        assert role is not None
+        before = server.metrics.throttles
+        for _ in range(40):
+            answer = await role.request(socket, FETCH, body)
+            assert len(answer["messages"]) >= 1
+        assert server.metrics.throttles > before  # the asker was slowed down

@@ -403,6 +403,15 @@ def test_gossip_spends_a_budget_of_its_own(clock: FakeClock) -> None:
     assert connection.invalid == 0
 
 
+def test_a_costly_answer_charges_the_request_budget(clock: FakeClock) -> None:
+    budget = TokenBucket(rate=10.0, burst=5, now=clock())
+    connection = protocol(clock, budget=budget)
+    assert connection.charge(4.0) == []  # 1 token left
+    [throttle] = connection.charge(3.0)
+    assert throttle_delay(throttle) == pytest.approx(0.2)
+    assert protocol(clock).charge(100.0) == []  # no budget: no limit
+
+
 def test_talks_spend_the_request_budget(clock: FakeClock) -> None:
     # A flood of talks, handled or not, slows the peer down as a flood of requests does.
     budget = TokenBucket(rate=10.0, burst=2, now=clock())

@@ -400,10 +400,8 @@ class Connections:
             conn.log.debug("- %s", action.reason)  # type: ignore[union-attr]
 
     def _unhandled(self, conn: PeerConnection, package: Package) -> None:
-        """A package no thread handles: dropped, counted, and said (within the budget:
-        a peer of another application may send many)."""
-        name = package.type.name
-        count(self._metrics.unhandled, name)
+        """A package no thread handles: dropped, counted, said within the log budget."""
+        count(self._metrics.unhandled, name := package.type.name)
         message = "- dropped %s %r: no thread handles it"
         self.inbound.log(conn.log, logging.INFO, "unhandled", message, name, package.event[:40])
 
@@ -480,6 +478,12 @@ class Connections:
         conn.throttle = None
         if conn.worker is None or not conn.worker.paused:
             conn.socket.resume_reading()
+
+    def charge(self, socket: Socket, tokens: float) -> None:
+        """Spend ``tokens`` more of a peer's request budget (see ``protocol.charge``)."""
+        if (conn := self._conns.get(socket.id)) is not None:
+            for action in conn.protocol.charge(tokens):
+                self._carry_out(conn, action)
 
     def penalize(self, socket: Socket, reason: str) -> None:
         """Count one invalid package against a peer, found invalid by a thread."""

@@ -391,6 +391,14 @@ class ConnectionProtocol:
             answer=f"invalid request: {error.reason}",
         )
 
+    def charge(self, tokens: float) -> list[Action]:
+        """Spend ``tokens`` more of the peer's request budget, for a request that cost
+        more than one to serve (a large answer): a Throttle if that puts it in debt."""
+        if self._budget is None or self.state is ConnectionState.CLOSED:
+            return []
+        delay = self._budget.spend(self._clock(), tokens)
+        return [Throttle(delay)] if delay > 0 else []
+
     def penalise(self, reason: str) -> list[Action]:
         """Count an invalid package found invalid above this layer (by a thread)."""
         return self._invalid(reason, None, "", "")

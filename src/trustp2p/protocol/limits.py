@@ -76,10 +76,10 @@ class TokenBucket:
         self.debt += 1
         return False
 
-    def spend(self, now: float) -> float:
+    def spend(self, now: float, tokens: float = 1.0) -> float:
         """
-        Spend one token, going into debt when there is none: for rates that slow a peer
-        down rather than refuse it.
+        Spend ``tokens`` (one by default), going into debt when there are too few: for
+        rates that slow a peer down rather than refuse it.
 
         Returns:
             The seconds until the balance is back at zero: ``0.0`` while the peer is
@@ -87,7 +87,7 @@ class TokenBucket:
 
         """
         self._refill(now)
-        self.tokens -= 1
+        self.tokens -= tokens
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
     def full(self, now: float) -> bool:
