@@ -155,7 +155,12 @@ async def test_a_peer_that_leaves_while_we_read_nothing_is_found(
     # takes (reading paused) and died was never noticed (nothing read, nothing written):
     # its connection, its slot of max_inbound and its handlers stayed for good. The
     # heartbeat pings it again while paused; a write that fails ends the connection.
-    heartbeat = {"heartbeat_interval": 0.05, "heartbeat_jitter": 0.01, "heartbeat_timeout": 0.3}
+    heartbeat = {
+        "heartbeat_interval": 0.05,
+        "heartbeat_jitter": 0.01,
+        "heartbeat_timeout": 0.3,
+        "heartbeat_response_timeout": 0.2,
+    }
     server = await make_node(server=True, threads=[Gate], driver=driver, **heartbeat)
     client = await make_node(client=True, peers=[server.url], driver=driver)
     assert client.client is not None and server.server is not None

@@ -171,7 +171,7 @@ def test_our_frame_stuck_on_its_way_is_no_excuse() -> None:
 
 
 def test_time_we_are_not_reading_is_not_charged_and_a_ping_probes_it() -> None:
-    peer = Peer()
+    peer = Peer(LivenessTimings(interval=10.0, timeout=6.0, period=4.0))
     peer.advance(10.0)
     assert peer.check() is Verdict.PING
     peer.reading_paused = True
@@ -179,11 +179,11 @@ def test_time_we_are_not_reading_is_not_charged_and_a_ping_probes_it() -> None:
     for _ in range(10):
         peer.advance(4.0)
         verdicts.append(peer.check())
-    # Nothing charged: the pong may wait in what we don't read. A ping every interval:
-    # with nothing read, only a write that fails finds a peer that left (found by an
-    # attacker's test: a peer that died with its requests queued was kept for good).
+    # Nothing charged: the pong may wait in what we don't read. A ping every timeout
+    # (6 s): with nothing read, only a write that fails finds a peer that left (found by
+    # an attacker's test: a peer that died with its requests queued was kept for good).
     nothing, ping = Verdict.NOTHING, Verdict.PING
-    assert verdicts == [nothing, nothing, ping] * 3 + [nothing]
+    assert verdicts == [nothing, ping] * 5
     peer.reading_paused = False
     peer.advance(4.0)
     assert peer.check() is Verdict.NOTHING

@@ -24,7 +24,8 @@ carries out the :class:`Verdict`:
      the ping, is being read;
    * we had paused reading ourselves (throttling, a full inbox): the pong may be
      waiting in what we haven't read. While that lasts, a ping is sent again every
-     ``interval``: nothing is read, so only a write that fails finds a peer that left.
+     ``timeout``: nothing is read, so only a write that fails finds a peer that left
+     (the first write after it left draws a reset, the next one fails).
 
    Complete packages are no excuse: a peer that sends them but doesn't answer is
    charged like a silent one.
@@ -182,7 +183,7 @@ class Liveness:
             if now - self.last_ping >= self._due_after:
                 return Verdict.PING
             return Verdict.NOTHING
-        if reading_paused and now - self.last_ping >= self._due_after:
+        if reading_paused and now - self.last_ping >= self.timings.timeout:
             # No pong can come while we read nothing: ping again instead, so that a peer
             # that left is found when a write to it fails (with reading paused, nothing
             # else would notice its end).
