@@ -61,6 +61,8 @@ class Gate(Thread):
 
     async def note(self, socket: Socket, package: Package) -> None:
         await asyncio.sleep(0)  # a suspension: order must hold across it
+        if package.body.get("wait"):  # holds up the connection's next packages
+            await self.gate.wait()
         self.talks.append(package.body["n"])
 
 
@@ -70,8 +72,9 @@ async def connected(
     """A server running ``thread`` (with ``options``), and a client connected to it."""
     server = await make_node(server=True, threads=[thread], **options)
     client = await make_node(client=True, peers=[server.url])
-    assert client.client is not None
+    assert client.client is not None and server.server is not None
     await client.client.wait_connected()
+    await server.server.wait_connected()
     return server, client, client.client.sockets[0]
 
 
@@ -145,6 +148,26 @@ async def test_large_requests_are_bounded_by_bytes_too(make_node: MakeNode) -> N
     answers = await asyncio.gather(*requests)
     assert [answer["slow"] for answer in answers] == list(range(40))
     assert gate.most <= 11
+
+
+async def test_reading_resumes_once_the_large_packages_that_paused_it_are_handled(
+    make_node: MakeNode,
+) -> None:
+    # Found in review: the check to read again came before the package just taken had
+    # its bytes counted off, and never after the last one: a connection paused by a few
+    # large packages was never read again once they were handled.
+    server, client, socket = await connected(make_node, Gate, max_pending_bytes=64_000)
+    gate = gate_of(server)
+    pad = "x" * 40_000
+    await client.client.send_talk(socket, "note", {"n": 0, "wait": True})
+    await client.client.send_talk(socket, "note", {"n": 1, "pad": pad})
+    await client.client.send_talk(socket, "note", {"n": 2, "pad": pad})  # 80 KB: paused
+    conn = server.connection(server.server.sockets[0])
+    assert conn is not None
+    await wait_for(lambda: conn.worker is not None and conn.worker.paused)
+    gate.gate.set()
+    await wait_for(lambda: gate.talks == [0, 1, 2])
+    assert await client.client.request(socket, "fast", {}, timeout=5) == {"fast": True}
 
 
 @pytest.mark.parametrize("driver", ["tcp", "ws"])

@@ -234,13 +234,14 @@ async def test_secure_and_plain_refuse_each_other(make_node: MakeNode) -> None:
 
 
 async def test_self_dial_is_detected(make_node: MakeNode) -> None:
-    node = await make_node(server=True, client=True, threads=[Recorder])
+    node = await make_node(server=True, client=True, threads=[Recorder], reconnect_max=60.0)
     assert node.client is not None and node.url is not None and node.store is not None
     node.client.connect(node.url)
     # Both ends of the connection fail: ours as dialler, then ours as server.
     await wait_for(lambda: recorder(node).seen.count(("error", "dialled ourselves")) == 2)
     assert node.sockets == []
-    # Said at INFO (no WARNING, nobody is at fault) and not dialled again.
+    # Said at INFO (no WARNING, nobody is at fault); dialled again only every
+    # reconnect_max.
     assert await stays(lambda: recorder(node).seen.count(("error", "dialled ourselves")) == 2, 0.3)
     # Nobody is at fault: nothing counts against the address that dialled us.
     assert sum(record.invalid_packages for record in await node.store.peers()) == 0

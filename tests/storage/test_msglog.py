@@ -265,7 +265,9 @@ async def test_idle_delivery_marks_are_forgotten(clock: FakeClock) -> None:
 
 
 async def test_idle_delivery_marks_are_bounded(clock: FakeClock) -> None:
-    # At most 10 * max_messages marks of origins with no message kept.
+    # At most 10 * max_messages marks of origins with no message kept; past it, down to
+    # 9 * max_messages (found in review: one over the bound at every new origin made
+    # every flush scan and sort them all).
     log = await MessageLog.open(None, clock=clock, max_messages=1)
     try:
         for i in range(12):
@@ -273,7 +275,7 @@ async def test_idle_delivery_marks_are_bounded(clock: FakeClock) -> None:
             clock.advance(1)
         log.add(message(1, origin="tp0"))  # tp0 isn't idle
         assert await log.flush() is True
-        assert [log.delivered(f"tp{i}") for i in range(12)] == [1, 0, *[1] * 10]
+        assert [log.delivered(f"tp{i}") for i in range(12)] == [1, 0, 0, *[1] * 9]
     finally:
         await log.close()
 

@@ -111,6 +111,8 @@ class Dialer:
 
     def connection_opened(self, socket: Socket) -> None:
         self.policy.connection_opened(socket.id, socket.peer, socket.peer_id)
+        if not socket.inbound:  # it led to another node: not (only) ourselves
+            self._ourselves.discard(self.policy.store_url(socket.peer))
 
     def connection_closed(self, socket: Socket) -> None:
         self.policy.connection_closed(socket.id)
@@ -118,12 +120,14 @@ class Dialer:
 
     def dial_failed(self, url: str, error: Exception) -> None:
         """A dial of ``url`` or its handshake failed: count it; the store remembers it.
-        A URL found to be this node isn't dialled again while it runs."""
+        A URL found to be this node is no failure: it is dialled again only every
+        ``reconnect_max`` (a name may lead to other nodes too), until it reaches one."""
         url = self.policy.store_url(url)
         if isinstance(error, SelfDialError):
             if url not in self._ourselves:
                 self._ourselves.add(url)
-                logger.info("= %s is this node: not dialled again", url)
+                delay = self.node.options.reconnect_max
+                logger.info("= %s is this node: dialled again only every %g s", url, delay)
             return
         self.policy.dial_failed(url)
         store = self.node.store
@@ -176,17 +180,18 @@ class Dialer:
                 socket = await self.dial(dial_url, expected)
             except DriverError as exc:
                 self.dial_failed(dial_url, exc)
-                if self.policy.store_url(dial_url) in self._ourselves:
-                    return
                 delay = reconnect.failed()
+                if self.policy.store_url(dial_url) in self._ourselves:
+                    delay = max(delay, options.reconnect_max)
                 logger.info("! %s; retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 continue
             reconnect.opened()
             await socket.wait_closed()
-            if self.policy.store_url(dial_url) in self._ourselves:
-                return
             delay = reconnect.closed()
+            if self.policy.store_url(dial_url) in self._ourselves:
+                await asyncio.sleep(max(delay, options.reconnect_max))  # said once
+                continue
             if is_mode_mismatch(socket.close_reason):
                 # It can't work until one side changes `secure`: say so once, and try
                 # again only as often as the slowest redial.

@@ -250,6 +250,8 @@ class Worker:
                     for thread, handler in self._node.handlers.get(item.type, item.event):
                         await self._run(thread, handler, item)
                     self._bytes -= _size(item)
+                if self.paused:  # (its bytes are off now: a large one held it paused)
+                    self._resume()
         finally:
             self._task = None
             if not inbox:

@@ -56,12 +56,11 @@ class TopicQueues:
         """Queue ``message`` behind its topic's; nothing once the tasks are closed."""
         topic = message.topic
         queue = self._queues.get(topic)
-        if queue is None:
-            if self._tasks.closed:
-                return  # stopping: what wasn't delivered is in the log, delivered at start
-            queue = self._queues[topic] = deque()
+        if queue is not None:
+            queue.append((kind, message, source))
+        elif not self._tasks.closed:  # (stopping: what wasn't delivered is in the log)
+            queue = self._queues[topic] = deque([(kind, message, source)])
             self._tasks.spawn(self._drain(topic, queue), f"gossip delivery of {topic!r}")
-        queue.append((kind, message, source))
 
     async def _drain(
         self, topic: str, queue: deque[tuple[str, GossipMessage, Socket | None]]

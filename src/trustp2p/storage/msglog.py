@@ -450,6 +450,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         idle = [(marked, origin) for origin, marked in self._marked.items() if origin not in kept]
         excess = len(idle) - self._max_idle_marks
         if excess > 0:
+            # A tenth more: each new origin would be over the bound again, and scan.
+            excess += self._max_idle_marks // 10
             idle.sort()
         for i, (marked, origin) in enumerate(idle):
             if i < excess or marked < cutoff:
