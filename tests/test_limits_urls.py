@@ -330,6 +330,13 @@ def test_is_unspecified(url: str, unspecified: bool) -> None:
     assert is_unspecified(url) is unspecified
 
 
+def test_an_announced_unspecified_address_is_dropped_without_blame() -> None:
+    # Earlier builds announced ws://0.0.0.0:P when listening on every interface: such
+    # peers mustn't be penalised while a network upgrades (found in review).
+    urls = ["ws://0.0.0.0:1107", "ws://node.example:1107", "tcp://[::]:1107"]
+    assert validate_urls(urls, limit=8) == (["ws://node.example:1107"], None)
+
+
 def test_validate_url_length_limit() -> None:
     base = "ws://h:1/p2p/"
     assert MAX_URL_LENGTH == 256

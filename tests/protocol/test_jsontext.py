@@ -134,6 +134,19 @@ def test_what_could_not_be_written_back_is_refused(text: str, reason: str) -> No
         jsontext.loads(text)
 
 
+@pytest.mark.usefixtures("path")
+@pytest.mark.parametrize("depth", [256, 300, 1000, 1010, 1023])
+def test_deep_nesting_is_read_only_if_it_can_be_written(depth: int) -> None:
+    # Found in review: orjson reads up to 1,024 levels, the writer's fallback (the
+    # standard library's, past orjson's 255) recurses and may fail sooner.
+    text = '{"a":' + "[" * depth + "]" * depth + "}"
+    try:
+        value = jsontext.loads(text)
+    except (ValueError, RecursionError):
+        return
+    assert jsontext.loads(jsontext.dumps(value)) == value
+
+
 _LEAVES = ['"x"', '"\\ud800"', '"\\udc00x"', "1", "1e308", "1e999", "-1e999", "2e-400", "123" * 30]
 
 

@@ -109,10 +109,18 @@ _HUGE = float(2**63)
 _INF = float("inf")
 
 
-def _has_float(value: Any, limit: float) -> bool:
+ORJSON_MAX_DEPTH = 255
+"""Nesting orjson writes; deeper values go to the standard library, whose writer
+recurses (and may fail before the 1,024 levels orjson reads)."""
+
+
+def _has_float(value: Any, limit: float, max_depth: int | None = None) -> bool:
     """Whether ``value`` holds a float that isn't strictly between ``-limit`` and
-    ``limit`` (NaN included). Walks the containers, not the text: cheap for a large
-    string, and no dearer than the text for many small values."""
+    ``limit`` (NaN included), or containers nested deeper than ``max_depth`` if given.
+    Walks the containers, not the text: cheap for a large string, and no dearer than
+    the text for many small values."""
+    if max_depth is not None:
+        return _has_float_or_depth(value, limit, max_depth)
     stack = [value]
     while stack:
         item = stack.pop()
@@ -130,6 +138,20 @@ def _has_float(value: Any, limit: float) -> bool:
         for child in items:  # strings and integers, the common values, stay off the stack
             if type(child) is not str and type(child) is not int:
                 stack.append(child)
+    return False
+
+
+def _has_float_or_depth(value: Any, limit: float, max_depth: int) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= max_depth:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if type(child) is not str)
+        elif isinstance(item, float) and not -limit < item < limit:
+            return True
     return False
 
 
@@ -160,7 +182,8 @@ def loads(text: str) -> Any:
                         break
                 else:
                     return value
-            if not _has_float(value, _HUGE):
+            # Deep nesting goes the slow way too: what it reads must be written back.
+            if not _has_float(value, _HUGE, ORJSON_MAX_DEPTH):
                 return value
     try:
         value, end = _scan_once(text, 0)

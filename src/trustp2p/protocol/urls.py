@@ -170,6 +170,9 @@ def validate_urls(value: object, *, limit: int) -> tuple[list[str], str | None]:
     Returns:
         The acceptable URLs in canonical form (:func:`canonical_url`; none when the
         list itself is invalid, e.g. too long), and the first problem found, or ``None``.
+        A URL naming the unspecified address is dropped without being a problem:
+        earlier builds announced their ``0.0.0.0`` listener, and peers mustn't be
+        penalised for it while a network upgrades.
 
     """
     if not isinstance(value, list):
@@ -179,6 +182,8 @@ def validate_urls(value: object, *, limit: int) -> tuple[list[str], str | None]:
     urls: list[str] = []
     problem: str | None = None
     for url in value:
+        if isinstance(url, str) and is_unspecified(url):
+            continue  # what a node listening on every interface announced before
         why = validate_url(url)
         if why is None:
             url = canonical_url(url)
