@@ -503,6 +503,7 @@ class Gossip:
         every gossip heartbeat."""
         events, waiting = self._order.tick(busy=self.catchup.fetching)
         self._carry_out(events)
+        self._rng.shuffle(waiting)  # a peer's many gaps don't always come first
         for stream in waiting:
             socket = self.catchup.choose(self.node.sockets)
             if socket is None:
@@ -517,7 +518,7 @@ class Gossip:
         if gap is None:
             return
         topic, origin = split_stream_key(stream)
-        fetch = self.catchup.begin(FetchRange(topic, origin, *gap))
+        fetch = self.catchup.begin(FetchRange(topic, origin, *gap), socket.id)
         if fetch is not None:
             self.tasks.spawn(self._fill(socket, fetch), f"fill {topic!r} of {origin}")
 
@@ -543,7 +544,7 @@ class Gossip:
         log = self._log
         delivered = self._marks.delivered if self._marks is not None else log.delivered
         for wanted in plan_fetches(marks, self.router.topics, log.high_water, delivered):
-            fetch = self.catchup.begin(wanted)
+            fetch = self.catchup.begin(wanted, socket.id)
             if fetch is not None:
                 await self._fill(socket, fetch)
 

@@ -56,6 +56,7 @@ __all__ = [
 
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -79,10 +80,11 @@ MAX_HWM_ORIGINS = 2000
 """Most origins per topic in a ``gossip/hwm`` answer; a node serves the highest marks."""
 
 MAX_FETCHES = 8
-"""Most streams a node fetches at once; the gaps of others wait for a later heartbeat.
-Each gap a peer reveals (a message far ahead of its stream) would start a fetch: without
-a bound, a peer sending thousands of such messages made the node send thousands of
-requests to its honest peers, past their request budget."""
+"""Most streams a node fetches from one peer at once; the gaps of others wait for a
+later heartbeat. Each gap a peer reveals (a message far ahead of its stream) would start
+a fetch: without a bound, a peer sending thousands of such messages made the node send
+thousands of requests to its honest peers, past their request budget. Per peer, so that
+a peer that doesn't answer holds only its own slots."""
 
 MESSAGE_OVERHEAD = 320
 """Bytes of a message's package body besides its payload: field names, origin, seq,
@@ -343,7 +345,7 @@ class CatchUp:
 
     Args:
         batch: Most messages in one ``gossip/fetch`` (the ``catchup_batch`` option).
-        max_fetches: Most streams fetched at once.
+        max_fetches: Most streams fetched from one peer at once.
         rng: Random source, for tests.
 
     """
@@ -356,7 +358,8 @@ class CatchUp:
         self.batch = batch
         self.max_fetches = max_fetches
         self._rng = rng or random.Random()
-        self._fetching: set[str] = set()
+        self._fetching: dict[str, object] = {}  # stream -> the peer asked
+        self._asked: Counter[object] = Counter()  # peer -> its fetches under way
 
     @property
     def fetching(self) -> frozenset[str]:
@@ -378,25 +381,30 @@ class CatchUp:
             asked = sorted(self._rng.sample(asked, MAX_HWM_TOPICS))
         return {"topics": asked}
 
-    def begin(self, wanted: FetchRange) -> Fetch | None:
+    def begin(self, wanted: FetchRange, peer: object = None) -> Fetch | None:
         """
         Start fetching ``wanted``; call :meth:`end` when done, whatever happens.
 
         Returns:
-            The fetch, or None if the range is empty, its stream is being fetched
-            already (its gap waits for that fetch), or ``max_fetches`` streams are
-            (it waits for a later heartbeat or catch-up round).
+            The fetch from ``peer``, or None if the range is empty, its stream is being
+            fetched already (its gap waits for that fetch), or ``max_fetches`` streams
+            are from that peer (it waits for a later heartbeat or catch-up round).
 
         """
         if (
             wanted.first > wanted.last
             or wanted.stream in self._fetching
-            or len(self._fetching) >= self.max_fetches
+            or self._asked[peer] >= self.max_fetches
         ):
             return None
-        self._fetching.add(wanted.stream)
+        self._fetching[wanted.stream] = peer
+        self._asked[peer] += 1
         return Fetch(wanted, self.batch)
 
     def end(self, fetch: Fetch) -> None:
         """The fetch is over (done, failed or cancelled)."""
-        self._fetching.discard(fetch.wanted.stream)
+        if fetch.wanted.stream in self._fetching:
+            peer = self._fetching.pop(fetch.wanted.stream)
+            self._asked[peer] -= 1
+            if not self._asked[peer]:
+                del self._asked[peer]
