@@ -114,13 +114,10 @@ ORJSON_MAX_DEPTH = 255
 recurses (and may fail before the 1,024 levels orjson reads)."""
 
 
-def _has_float(value: Any, limit: float, max_depth: int | None = None) -> bool:
+def _has_float(value: Any, limit: float) -> bool:
     """Whether ``value`` holds a float that isn't strictly between ``-limit`` and
-    ``limit`` (NaN included), or containers nested deeper than ``max_depth`` if given.
-    Walks the containers, not the text: cheap for a large string, and no dearer than
-    the text for many small values."""
-    if max_depth is not None:
-        return _has_float_or_depth(value, limit, max_depth)
+    ``limit`` (NaN included). Walks the containers, not the text: cheap for a large
+    string, and no dearer than the text for many small values."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -142,6 +139,7 @@ def _has_float(value: Any, limit: float, max_depth: int | None = None) -> bool:
 
 
 def _has_float_or_depth(value: Any, limit: float, max_depth: int) -> bool:
+    """As :func:`_has_float`, or containers nested deeper than ``max_depth``."""
     stack = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -183,7 +181,7 @@ def loads(text: str) -> Any:
                 else:
                     return value
             # Deep nesting goes the slow way too: what it reads must be written back.
-            if not _has_float(value, _HUGE, ORJSON_MAX_DEPTH):
+            if not _has_float_or_depth(value, _HUGE, ORJSON_MAX_DEPTH):
                 return value
     try:
         value, end = _scan_once(text, 0)
