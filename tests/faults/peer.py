@@ -5,7 +5,7 @@ The JSON object holds :class:`trustp2p.NodeOptions` and, prefixed with ``_``, wh
 program does besides:
 
 - ``_ask``: on each connection it opens, send a ``hang`` request (never answered, not
-  reroutable) and log how it ends.
+  reroutable) and log how it ends; ``_hangs``: how many (default 1), all at once.
 - ``_log_level``: the root logger's level (default ``INFO``).
 - ``_record``: ``[path, topic]``: subscribe to ``topic`` before starting, and append
   ``"<origin> <seq>"`` to ``path`` for each message delivered (one ``write`` per line,
@@ -34,6 +34,7 @@ log = logging.getLogger("peer")
 
 class Service(Thread):
     ask = False
+    hangs = 1
 
     def start(self) -> None:
         self._stopping = asyncio.Event()
@@ -57,10 +58,14 @@ class Service(Thread):
 
     async def _ask(self, socket: Socket) -> None:
         assert self.client is not None
+        client = self.client
+        requests = [
+            # Bodies differ: equal requests would share a tag (de-duplication).
+            asyncio.ensure_future(client.request(socket, "hang", {"n": n}, timeout=300.0))
+            for n in range(self.hangs)
+        ]
         log.info("hang request sent")
-        try:
-            await self.client.request(socket, "hang", {}, timeout=300.0)
-        except Exception as exc:
+        for exc in await asyncio.gather(*requests, return_exceptions=True):
             log.info("hang request ended: %s %s", type(exc).__name__, exc)
 
 
@@ -76,6 +81,7 @@ def record(node: Node, path: str, topic: str) -> None:
 
 async def main(options: dict[str, Any]) -> None:
     Service.ask = bool(options.pop("_ask", False))
+    Service.hangs = int(options.pop("_hangs", 1))
     recording = options.pop("_record", None)
     node = Node(threads=(Service,), **options)
     if recording is not None:

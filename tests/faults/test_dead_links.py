@@ -84,3 +84,30 @@ async def test_both_sides_find_a_black_holed_link(
     finally:
         await server.stop()
     assert "Traceback" not in client.log, client.log
+
+
+async def test_a_client_we_read_nothing_from_is_found_when_its_host_vanishes(
+    children: Callable[..., Child], namespace: Namespace
+) -> None:
+    # Its 60 requests fill the server's handlers and queue (16 + 32): the server reads
+    # nothing from it, so no pong can come. Then its host vanishes without a reset. Found
+    # by a review: the server's pings sat unacknowledged in the kernel and the connection
+    # was kept until TCP gave up retransmitting (about 15 minutes on Linux).
+    server = await start_server(namespace.host_ip)
+    try:
+        assert server.url is not None
+        options = {**client_options(server.url), "_hangs": 60}
+        client = children(options, prefix=namespace.exec_prefix)
+        await wait_for(lambda: len(server.sockets) == 1, timeout=PATIENCE)
+        inbound = server.sockets[0]
+        conn = server.connection(inbound)
+        assert conn is not None
+        await wait_for(lambda: conn.worker is not None and conn.worker.paused, PATIENCE)
+
+        namespace.black_hole()
+        await wait_for(lambda: server.sockets == [], timeout=PATIENCE)
+        assert server.metrics.lost_peers == 1
+        await wait_for(lambda: "! lost peer: no pong within" in client.log, PATIENCE)
+    finally:
+        await server.stop()
+    assert "Traceback" not in client.log, client.log

@@ -170,7 +170,7 @@ def test_our_frame_stuck_on_its_way_is_no_excuse() -> None:
     assert verdicts == [Verdict.NOTHING] * 4 + [Verdict.DEAD]
 
 
-def test_time_we_are_not_reading_is_not_charged_and_a_ping_probes_it() -> None:
+def test_time_we_are_not_reading_is_not_charged_if_the_peer_takes_our_bytes() -> None:
     peer = Peer(LivenessTimings(interval=10.0, timeout=6.0, period=4.0))
     peer.advance(10.0)
     assert peer.check() is Verdict.PING
@@ -188,6 +188,60 @@ def test_time_we_are_not_reading_is_not_charged_and_a_ping_probes_it() -> None:
     peer.advance(4.0)
     assert peer.check() is Verdict.NOTHING
     assert peer.liveness.charged == pytest.approx(4.0)
+
+
+def test_a_peer_that_takes_none_of_our_bytes_while_we_read_nothing_is_dead() -> None:
+    # A host that vanished without a reset while its requests kept our reading paused:
+    # our pings stay unacknowledged in the kernel (found by a review: it was kept until
+    # TCP gave up retransmitting, about 15 minutes).
+    peer = Peer(LivenessTimings(interval=10.0, timeout=6.0, period=4.0))
+    peer.reading_paused = True
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    peer.backlog = 40  # the ping, never acknowledged
+    peer.advance(4.0)
+    assert peer.check() is Verdict.NOTHING
+    peer.advance(1.0)
+    assert peer.check() is Verdict.NOTHING
+    peer.advance(1.0)  # the ping is sent again at 6 s, and the charge goes on
+    assert peer.check() is Verdict.DEAD
+    assert peer.liveness.charged == pytest.approx(6.0)
+
+
+def test_a_ping_sent_again_while_reading_is_paused_goes_on_charging() -> None:
+    peer = Peer(LivenessTimings(interval=10.0, timeout=6.0, period=4.0))
+    peer.reading_paused = True
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    peer.advance(5.0)
+    assert peer.check() is Verdict.NOTHING  # backlog 0: the peer took the ping
+    peer.backlog = 40
+    peer.advance(1.0)
+    assert peer.check() is Verdict.PING  # 6 s since the ping; 1 s charged
+    assert peer.liveness.charged == pytest.approx(1.0)
+    peer.backlog = 80  # both pings, unacknowledged
+    peer.advance(5.0)
+    assert peer.check() is Verdict.DEAD
+
+
+def test_our_bytes_going_down_while_we_read_nothing_is_progress() -> None:
+    # A large response crawling to a peer whose requests keep our reading paused.
+    peer = Peer(LivenessTimings(interval=10.0, timeout=6.0, period=4.0))
+    peer.reading_paused = True
+    peer.backlog = 100_000
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    verdicts = []
+    for _ in range(10):
+        peer.advance(3.0)
+        peer.backlog -= 5_000
+        verdicts.append(peer.check())
+    assert Verdict.DEAD not in verdicts
+    assert peer.liveness.charged == 0.0
+    peer.advance(3.0)  # it stopped taking them
+    peer.check()
+    peer.advance(3.0)
+    assert peer.check() is Verdict.DEAD
 
 
 def test_a_pong_ends_the_ping_and_its_charge() -> None:

@@ -22,10 +22,13 @@ carries out the :class:`Verdict`:
      and the pong waits behind it;
    * our own bytes still on their way to the peer went down: our large frame, ahead of
      the ping, is being read;
-   * we had paused reading ourselves (throttling, a full inbox): the pong may be
-     waiting in what we haven't read. While that lasts, a ping is sent again every
-     ``timeout``: nothing is read, so only a write that fails finds a peer that left
-     (the first write after it left draws a reset, the next one fails).
+   * we had paused reading ourselves (throttling, a full inbox), and the peer took
+     what we sent: our bytes on their way to it went down or are all taken (over TCP,
+     its host acknowledged them). The pong may be waiting in what we haven't read, so
+     only our bytes show it is there; a host that vanished without a reset takes none
+     and is charged. While reading stays paused, a ping is sent again every
+     ``timeout`` (the charge goes on): a peer that left with a reset is found when a
+     write fails (the first write after it left draws the reset, the next one fails).
 
    Complete packages are no excuse: a peer that sends them but doesn't answer is
    charged like a silent one.
@@ -183,23 +186,25 @@ class Liveness:
             if now - self.last_ping >= self._due_after:
                 return Verdict.PING
             return Verdict.NOTHING
-        if reading_paused and now - self.last_ping >= self.timings.timeout:
-            # No pong can come while we read nothing: ping again instead, so that a peer
-            # that left is found when a write to it fails (with reading paused, nothing
-            # else would notice its end).
-            return Verdict.PING
         since = max(self._last_check, sent)
-        progress = (
-            reading_paused
-            or (last_bytes > since and last_bytes > last_package)
-            or backlog < self._backlog
-        )
+        if reading_paused:
+            # No pong can come while we read nothing: the peer shows it is there by
+            # taking what we send.
+            progress = backlog == 0 or backlog < self._backlog
+        else:
+            progress = (last_bytes > since and last_bytes > last_package) or (
+                backlog < self._backlog
+            )
         if not progress and now > since:
             self.charged += now - since
         self._last_check = now
         self._backlog = backlog
         if self.charged >= self.timings.timeout:
             return Verdict.DEAD
+        if reading_paused and now - self.last_ping >= self.timings.timeout:
+            # Ping again, so that a peer that left with a reset is found when a write
+            # to it fails (with reading paused, nothing else would notice its end).
+            return Verdict.PING
         return Verdict.NOTHING
 
     def ping_sent(self, now: float, backlog: int = 0) -> None:
@@ -212,8 +217,9 @@ class Liveness:
                 (see :meth:`check`).
 
         """
+        if self.outstanding is None:
+            self.charged = 0.0  # a ping sent again while reading is paused goes on charging
         self.last_ping = self.outstanding = self._last_check = self.next_check = now
-        self.charged = 0.0
         self._backlog = backlog
 
     def ping_received(self, now: float) -> None:
