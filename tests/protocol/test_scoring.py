@@ -95,6 +95,24 @@ def test_an_address_is_blocked_when_several_connections_offend(clock: FakeClock)
     assert not offences.offended("10.0.0.1", clock())
 
 
+def test_one_peer_id_counts_once_however_often_it_offends(clock: FakeClock) -> None:
+    # Found in review: with a short block_duration, one id blocked, unblocked and
+    # offending again got its address (and every peer behind it) blocked alone.
+    offences = Offences(threshold=3, window=600.0)
+    for _ in range(5):
+        assert not offences.offended("10.0.0.1", clock(), "peer-a")
+        clock.advance(10)
+    assert not offences.offended("10.0.0.1", clock(), "peer-b")
+    assert offences.offended("10.0.0.1", clock(), "peer-c")  # three distinct peers
+
+
+def test_offences_without_an_id_count_each(clock: FakeClock) -> None:
+    offences = Offences(threshold=3, window=600.0)
+    assert not offences.offended("10.0.0.1", clock(), "peer-a")
+    assert not offences.offended("10.0.0.1", clock())
+    assert offences.offended("10.0.0.1", clock())
+
+
 def test_old_offences_leave_the_window(clock: FakeClock) -> None:
     offences = Offences(threshold=2, window=60.0)
     assert not offences.offended("10.0.0.1", clock())

@@ -99,7 +99,7 @@ class Penalties:
         """
         if peer_id is not None and address is not None:
             now = asyncio.get_running_loop().time()
-            if not self.offences.offended(address, now):
+            if not self.offences.offended(address, now, peer_id):
                 address = None
         scope = block_scope(peer_id, address, limit_loopback=self._node.options.limit_loopback)
         if scope is None:

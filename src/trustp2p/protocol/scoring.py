@@ -137,10 +137,10 @@ class Offences:
     the address only when several of its connections offend.
 
     A connection whose own packages cross the :class:`BlockPolicy` is closed; its
-    address is blocked only once ``threshold`` of its connections did so within
-    ``window`` seconds. Peers sharing an address (behind one NAT, or all on loopback)
-    don't pay for one another's bad input, and an address that keeps sending it is
-    still shut out.
+    address is blocked only once ``threshold`` of its connections (of distinct peers,
+    where they have ids) did so within ``window`` seconds. Peers sharing an address
+    (behind one NAT, or all on loopback) don't pay for one another's bad input, and an
+    address that keeps sending it is still shut out.
 
     Args:
         threshold: Offending connections that get an address blocked.
@@ -161,13 +161,23 @@ class Offences:
         self.threshold = threshold
         self.window = window
         self._max_tracked = max_tracked
-        self._times: dict[str, list[float]] = {}
+        self._times: dict[str, list[tuple[float, str | None]]] = {}
 
-    def offended(self, address: str, now: float) -> bool:
-        """A connection from ``address`` crossed the policy at ``now``; True when the
-        address is to be blocked (its count then starts afresh)."""
-        times = [t for t in self._times.pop(address, ()) if now - t < self.window]
-        times.append(now)
+    def offended(self, address: str, now: float, offender: str | None = None) -> bool:
+        """
+        A connection from ``address`` crossed the policy at ``now``; True when the
+        address is to be blocked (its count then starts afresh).
+
+        ``offender`` is the peer's id, if it has one: the offences of one id count
+        once, so that a peer blocked, unblocked and offending again doesn't get its
+        address blocked alone. Offences without an id count each.
+        """
+        times = [
+            (t, who)
+            for t, who in self._times.pop(address, ())
+            if now - t < self.window and (who is None or who != offender)
+        ]
+        times.append((now, offender))
         if len(times) >= self.threshold:
             return True
         if len(self._times) >= self._max_tracked:
