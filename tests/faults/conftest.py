@@ -156,6 +156,29 @@ class Namespace:
     def heal(self) -> None:
         _run(*self.exec_prefix, "iptables", "-F")
 
+    def shape(self, rate: str) -> None:
+        """Limit what leaves the namespace to ``rate`` (``tc``'s token bucket filter,
+        e.g. ``"400kbit"``)."""
+        if shutil.which("tc") is None:
+            pytest.skip("needs tc (iproute2: .ci/run installs it with apt-get)")
+        device = f"tpb{self.name.removeprefix('tp2p-')}"
+        _run(
+            *self.exec_prefix,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            device,
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            "16kbit",
+            "latency",
+            "400ms",
+        )
+
 
 def _run(*command: str) -> None:
     subprocess.run(command, check=True, capture_output=True, timeout=10)

@@ -6,6 +6,8 @@ program does besides:
 
 - ``_ask``: on each connection it opens, send a ``hang`` request (never answered, not
   reroutable) and log how it ends; ``_hangs``: how many (default 1), all at once.
+- ``_big``: ``[count, size]``: on each connection it opens, send ``count`` ``echo``
+  requests of ``size`` bytes at once, and log ``big requests ended: <outcomes>``.
 - ``_log_level``: the root logger's level (default ``INFO``).
 - ``_record``: ``[path, topic]``: subscribe to ``topic`` before starting, and append
   ``"<origin> <seq>"`` to ``path`` for each message delivered (one ``write`` per line,
@@ -35,6 +37,7 @@ log = logging.getLogger("peer")
 class Service(Thread):
     ask = False
     hangs = 1
+    big: tuple[int, int] | None = None
 
     def start(self) -> None:
         self._stopping = asyncio.Event()
@@ -55,6 +58,18 @@ class Service(Thread):
     def on_socket_open(self, socket: Socket) -> None:
         if self.ask:
             self.create_task(self._ask(socket), name="ask")
+        if self.big is not None:
+            self.create_task(self._big(socket, *self.big), name="big")
+
+    async def _big(self, socket: Socket, count: int, size: int) -> None:
+        assert self.client is not None
+        client = self.client
+        requests = [
+            client.request(socket, "echo", {"n": n, "data": "x" * size}) for n in range(count)
+        ]
+        outcomes = await asyncio.gather(*requests, return_exceptions=True)
+        said = [type(x).__name__ if isinstance(x, BaseException) else "ok" for x in outcomes]
+        log.info("big requests ended: %s", " ".join(said))
 
     async def _ask(self, socket: Socket) -> None:
         assert self.client is not None
@@ -82,6 +97,8 @@ def record(node: Node, path: str, topic: str) -> None:
 async def main(options: dict[str, Any]) -> None:
     Service.ask = bool(options.pop("_ask", False))
     Service.hangs = int(options.pop("_hangs", 1))
+    big = options.pop("_big", None)
+    Service.big = None if big is None else (int(big[0]), int(big[1]))
     recording = options.pop("_record", None)
     node = Node(threads=(Service,), **options)
     if recording is not None:

@@ -554,24 +554,40 @@ def test_unanswerable_invalid_package_gets_no_answer(clock: FakeClock) -> None:
 
 
 def test_write_stall_needs_no_progress_for_the_whole_timeout(clock: FakeClock) -> None:
-    stall = WriteStall(10.0, clock(), size=100_000)
+    stall = WriteStall(10.0, clock(), taken=5_000)
     clock.advance(9.9)
-    assert not stall.stalled(clock(), 100_000)
+    assert not stall.stalled(clock(), 5_000)
     clock.advance(0.1)
-    assert stall.stalled(clock(), 100_000)
+    assert stall.stalled(clock(), 5_000)
 
 
 def test_a_slow_reader_is_not_a_stall(clock: FakeClock) -> None:
-    """A 1 MiB frame crawling out: the buffer shrinks a little at a time."""
-    stall = WriteStall(10.0, clock(), size=2**20)
+    """A 1 MiB frame crawling out: the peer takes a little at a time."""
+    stall = WriteStall(10.0, clock(), taken=0)
     for taken in range(1, 60):
         clock.advance(5.0)
-        assert not stall.stalled(clock(), 2**20 - taken * 1000)
+        assert not stall.stalled(clock(), taken * 1000)
 
 
-def test_a_buffer_that_grows_without_shrinking_is_a_stall(clock: FakeClock) -> None:
-    stall = WriteStall(10.0, clock(), size=1000)
+def test_a_slow_reader_is_not_a_stall_while_writes_refill_the_buffer(clock: FakeClock) -> None:
+    # Found by a tester: four 256 KiB requests over a 100 kbit/s link. Each time the
+    # buffer drained below the limit the next request refilled it, so it never went
+    # below its lowest size and the peer, reading all along, was cut after 20 s.
+    stall = WriteStall(20.0, clock(), taken=0)
+    written, buffered = 4 * 2**18, 4 * 2**18
+    for _ in range(40):
+        clock.advance(2.5)
+        buffered -= 30_000  # taken by the peer...
+        written += 30_000  # ...and written again by the next request
+        buffered += 30_000 + 64  # (with its framing)
+        assert not stall.stalled(clock(), written - buffered)
+    # The same samples, taken as the buffer's size, never shrink: no progress seen.
+
+
+def test_a_buffer_that_grows_without_draining_is_a_stall(clock: FakeClock) -> None:
+    stall = WriteStall(10.0, clock(), taken=0)
     clock.advance(5.0)
-    assert not stall.stalled(clock(), 5000)
+    # 4,000 bytes written, 4,010 more in the buffer (framing): nothing taken.
+    assert not stall.stalled(clock(), 4_000 - 4_010)
     clock.advance(5.0)
-    assert stall.stalled(clock(), 9000)
+    assert stall.stalled(clock(), 8_000 - 8_020)

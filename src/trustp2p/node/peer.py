@@ -96,13 +96,17 @@ async def watch_stall(
     """While data waits for the peer, call ``disconnect(conn, reason)`` if it takes
     nothing for ``timeout`` seconds: it reads nothing (see :class:`WriteStall`)."""
     socket = conn.socket
+    stats = socket.stats
     loop = asyncio.get_running_loop()
-    stall = WriteStall(timeout, loop.time(), socket.write_buffer_size)
+    # What the peer took: what we wrote, less what is still on its way (our buffers and
+    # the kernel's; the kernel takes bytes from our buffer in large steps, as room
+    # frees in its own, and sends them on at the link's pace).
+    stall = WriteStall(timeout, loop.time(), stats.bytes_out - socket.bytes_in_flight())
     try:
         while socket.write_paused and not socket.closed:
             # Sampling a buffer is about real time passing: 8 samples per timeout.
             await asyncio.sleep(timeout / 8)
-            if stall.stalled(loop.time(), socket.write_buffer_size):
+            if stall.stalled(loop.time(), stats.bytes_out - socket.bytes_in_flight()):
                 disconnect(conn, f"peer read nothing for {timeout:g} s")
                 return
     finally:

@@ -526,29 +526,34 @@ class WriteStall:
     Tells a peer that reads nothing from one that reads slowly.
 
     While data waits for a peer (its write buffer is above the limit), the node samples
-    the buffer's size. Any decrease is progress: the peer took bytes, however few, so a
-    large frame crawling over a slow link is never taken for a stall. A peer whose buffer
-    hasn't shrunk for ``timeout`` seconds reads nothing.
+    how many bytes the peer has taken so far: the bytes written to the connection minus
+    those still in its write buffer. Any rise is progress: the peer took bytes, however
+    few, so a large frame crawling over a slow link is never taken for a stall, even
+    while other writes refill the buffer as fast as it drains. A peer that has taken
+    nothing more for ``timeout`` seconds reads nothing.
+
+    A write adds at least as much to the buffer as to the bytes written (framing and
+    encryption only add to it), so a write never looks like progress.
 
     Args:
         timeout: Seconds without progress that make a stall.
         now: When the buffer was first seen above the limit.
-        size: Its size then, in bytes.
+        taken: The bytes the peer had taken then.
 
     """
 
-    __slots__ = ("_lowest", "_since", "timeout")
+    __slots__ = ("_most", "_since", "timeout")
 
-    def __init__(self, timeout: float, now: float, size: int) -> None:
+    def __init__(self, timeout: float, now: float, taken: int) -> None:
         self.timeout = timeout
-        self._lowest = size
+        self._most = taken
         self._since = now
 
-    def stalled(self, now: float, size: int) -> bool:
-        """Record the buffer's ``size`` at ``now``; True once there was no progress for
-        :attr:`timeout` seconds."""
-        if size < self._lowest:
-            self._lowest = size
+    def stalled(self, now: float, taken: int) -> bool:
+        """Record the bytes the peer has ``taken`` by ``now``; True once it took none
+        for :attr:`timeout` seconds."""
+        if taken > self._most:
+            self._most = taken
             self._since = now
             return False
         return now - self._since >= self.timeout
