@@ -420,3 +420,23 @@ async def test_get_peers_answers_list_an_address_once(make_node: MakeNode) -> No
     answer = await asker.client.request(asker.client.sockets[0], "get_peers", {})
     assert answer["peers"] == [f"ws://192.0.2.9:1107/p2p/{checked}"]
     assert validate_urls(answer["peers"], limit=100)[1] is None
+
+
+async def test_a_node_restarted_with_its_bootstrap_down_dials_the_peers_of_its_store(
+    make_node: MakeNode, tmp_path: Path
+) -> None:
+    # Found by a tester: the outbound manager's first round came exchange_interval
+    # (60 s) after start, and a failing bootstrap dial didn't wake it: a node restarted
+    # while its seed was down stayed alone for a minute, its store full of live peers.
+    peer = await make_node(server=True)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = f"ws://127.0.0.1:{closed.getsockname()[1]}"
+    options: dict[str, Any] = {"client": True, "cwd": tmp_path, "target_outbound": 2}
+    first = await make_node(peers=[peer.url], **options)
+    assert first.client is not None
+    await first.client.wait_connected()
+    await first.stop()
+
+    again = await make_node(peers=[down], exchange_interval=3600.0, **options)
+    await wait_for(lambda: again.socket_for_peer(peer.peer_id or "") is not None, timeout=10)

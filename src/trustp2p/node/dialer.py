@@ -35,8 +35,9 @@ class Dialer:
 
     Persistent URLs are dialled for as long as the node runs, again after a delay that
     grows from ``reconnect_initial`` to ``reconnect_max`` (with jitter) when a dial
-    fails or a connection drops. The outbound manager wakes on :meth:`wake` (peer
-    exchange learnt URLs, a connection or a dial ended) or every
+    fails or a connection drops. The outbound manager runs a round at start, and wakes
+    on :meth:`wake` (peer exchange learnt URLs, a connection or a dial ended or
+    failed) or every
     ``exchange_interval`` (sooner when URLs nobody has proven wait for their bound,
     :class:`~trustp2p.protocol.limits.UnprovenDials`), and dials what the policy
     selects.
@@ -101,6 +102,9 @@ class Dialer:
         for url in self.node.options.peers:
             self.connect(url)
         if self.policy.target > 0:
+            # A first round at once: a node restarted with its bootstrap peers down (or
+            # none given) has the peers of its store to dial.
+            self._wakeup.set()
             self.tasks.spawn(self._manage(), "outbound manager")
 
     async def stop(self) -> None:
@@ -133,6 +137,7 @@ class Dialer:
         store = self.node.store
         if store is not None:
             self.node.tasks.spawn(store.record_failure(url), f"record failure {url}")
+        self._wakeup.set()  # a bootstrap peer that can't be reached: the store may help
 
     # Dialling
 
