@@ -274,11 +274,11 @@ async def test_the_stop_summarises_what_it_left_unlogged_itself(
     await server.stop()  # the three drop as it closes their connections
     await asyncio.gather(*peers)
     lines = [r.getMessage() for r in caplog.records]
-    failed = [line for line in lines if "! connection failed" in line]
-    assert len(failed) == 3  # one WARNING, two at DEBUG
-    summary = [i for i, line in enumerate(lines) if "more 'connection failed'" in line]
+    dropped = [line for line in lines if "= connection dropped" in line]
+    assert len(dropped) == 3  # one at INFO, two at DEBUG
+    summary = [i for i, line in enumerate(lines) if "more 'dropped'" in line]
     assert len(summary) == 1
-    assert lines[summary[0]].startswith("! 2 more 'connection failed' events in the last")
+    assert lines[summary[0]].startswith("= 2 more 'dropped' events in the last")
     assert summary[0] < lines.index("x node stopped")
 
 

@@ -204,11 +204,12 @@ class Connections:
         conn = self._conns.get(socket.id)
         if conn is None:
             return
-        if isinstance(error, ConnectionDropped):  # the peer's end, not its offence
+        if isinstance(error, ConnectionDropped):  # the peer's end: churn, not an offence
             self._metrics.dropped += 1
-        else:
-            socket.stats.invalid_in += 1
-            self._metrics.invalid_package(type(error).__name__)
+            self.inbound.log(conn.log, logging.INFO, "dropped", "= connection dropped: %s", error)
+            return
+        socket.stats.invalid_in += 1
+        self._metrics.invalid_package(type(error).__name__)
         self.inbound.warn(conn.log, "connection failed", "! connection failed: %s", error)
         if isinstance(error, ChannelError) and error.tampering:
             # A message that doesn't decrypt on an authenticated channel: tampering.
