@@ -169,7 +169,8 @@ class NodeOptions:
             when a connection opens).
         catchup_batch: Most messages in one ``gossip/fetch`` answer.
         gap_timeout: A gap in an origin's sequence that nobody fills is skipped after
-            this long.
+            this long, once a peer asked for it answered without it (ten times as long
+            while no peer answered).
         durable_delivery: Write each message's delivered mark to the message log once
             its handlers return, before the next message is delivered: a node killed
             (``kill -9``) and restarted delivers again at most the one message whose

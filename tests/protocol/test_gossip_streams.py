@@ -25,6 +25,7 @@ from trustp2p.protocol.gossip import (
     split_stream_key,
     stream_key,
 )
+from trustp2p.protocol.gossip.streams import UNANSWERED_GAP_FACTOR
 
 from ..conftest import FakeClock
 
@@ -174,8 +175,9 @@ def test_a_gap_is_skipped_at_exactly_gap_timeout() -> None:
     streams.add(_message(1), None)
     streams.add(_message(4), "p")
     streams.add(_message(5), "p")
+    streams.answered(STREAM)  # a peer asked for 2..3 doesn't have them
     clock.advance(GAP_TIMEOUT - 0.001)
-    assert streams.tick() == ([], [STREAM])  # still waits: ask someone for 2..3
+    assert streams.tick() == ([], [STREAM])  # still waits: ask someone else for 2..3
     clock.advance(0.001)
     events, waiting = streams.tick()
     assert events == [
@@ -192,11 +194,36 @@ def test_a_gap_is_skipped_at_exactly_gap_timeout() -> None:
     assert streams.add(_message(2), None) == []
 
 
+def test_a_gap_no_peer_answered_for_waits_longer() -> None:
+    # Found by a tester: over a saturated slow link, catch-up's fetches timed out and
+    # the gaps were skipped after gap_timeout, their messages lost for good though the
+    # peers had them. A gap is given up at gap_timeout only once a peer answered
+    # without it; unanswered, it waits UNANSWERED_GAP_FACTOR times as long.
+    streams, _, clock = _streams()
+    streams.add(_message(2), None)
+    clock.advance(GAP_TIMEOUT * UNANSWERED_GAP_FACTOR - 0.001)
+    assert streams.tick() == ([], [STREAM])
+    assert _seqs(streams.add(_message(1), None)) == [1, 2]  # it came at last
+    streams.add(_message(4), None)
+    clock.advance(GAP_TIMEOUT * UNANSWERED_GAP_FACTOR)
+    events, _ = streams.tick()
+    assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 3, 3, "timeout")]
+
+
+def test_an_answer_for_a_stream_without_a_gap_counts_for_nothing() -> None:
+    streams, _, clock = _streams()
+    streams.answered(STREAM)  # no gap yet
+    streams.add(_message(2), None)
+    clock.advance(GAP_TIMEOUT)
+    assert streams.tick() == ([], [STREAM])
+
+
 def test_a_gap_being_fetched_waits_for_the_fetch() -> None:
     streams, _, clock = _streams()
     streams.add(_message(2), None)
     clock.advance(GAP_TIMEOUT * 2)
     assert streams.tick(busy={STREAM}) == ([], [])
+    streams.answered(STREAM)  # the fetch ended
     events, _ = streams.tick(busy=set())
     assert _seqs(events) == [2]
 
@@ -205,11 +232,14 @@ def test_the_gap_clock_restarts_when_part_of_the_gap_fills() -> None:
     streams, _, clock = _streams()
     streams.add(_message(2), None)
     streams.add(_message(4), None)
+    streams.answered(STREAM)
     clock.advance(GAP_TIMEOUT - 1)
     assert _seqs(streams.add(_message(1), None)) == [1, 2]  # a new gap: 3
     clock.advance(GAP_TIMEOUT - 1)
     assert streams.tick() == ([], [STREAM])
     clock.advance(1)
+    assert streams.tick() == ([], [STREAM])  # nobody answered for the new gap yet
+    streams.answered(STREAM)
     events, _ = streams.tick()
     assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 3, 3, "timeout")]
     assert _seqs(events) == [4]
@@ -224,6 +254,8 @@ def test_ticks_skip_the_oldest_gaps_and_list_the_rest_oldest_first() -> None:
     streams.add(_message(2, topic="news"), None)
     bob, news = stream_key(TOPIC, BOB.peer_id), stream_key("news", ALICE.peer_id)
     assert streams.gaps == [STREAM, bob, news]
+    for stream in streams.gaps:
+        streams.answered(stream)
     clock.advance(GAP_TIMEOUT - 15)
     events, waiting = streams.tick()
     assert [(e.origin, e.topic) for e in _skipped(events)] == [(ALICE.peer_id, TOPIC)]
@@ -380,6 +412,7 @@ def test_settle_all_makes_skips_and_refusals_durable() -> None:
     streams, _, clock = _streams(marks)  # type: ignore[arg-type]
     stream = stream_key(TOPIC, ALICE.peer_id)
     streams.add(_message(2), None)
+    streams.answered(stream)
     clock.advance(GAP_TIMEOUT)
     events, _ = streams.tick()
     assert [type(event) for event in events] == [GapSkipped, Deliver]

@@ -563,6 +563,7 @@ class Gossip:
                     return
                 for message in messages:
                     self._take_fetched(socket, message)
+            self._order.answered(fetch.wanted.stream)  # what is still missing, it lacks
         finally:
             self.catchup.end(fetch)
 

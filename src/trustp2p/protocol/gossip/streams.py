@@ -8,10 +8,13 @@ releases them in sequence order, each once:
 
 - a message next in sequence is released at once, with the held ones that follow it;
 - one further on is *held*, and the numbers before it are a *gap*. The caller fetches
-  what is missing (:meth:`Streams.missing`); a gap that nobody fills within
-  ``gap_timeout`` seconds is skipped (:meth:`Streams.tick`), and what follows it is
-  released. The timeout counts from when the gap opened: when part of it fills and the
-  rest remains, it counts again from then;
+  what is missing (:meth:`Streams.missing`) and says when a peer answered a fetch of it
+  in full (:meth:`Streams.answered`); a gap that nobody fills within ``gap_timeout``
+  seconds, once a peer answered without it, is skipped (:meth:`Streams.tick`), and what
+  follows it is released. A gap that no peer answered for (the fetches timed out over
+  a slow link, or no peer could be asked) waits :data:`UNANSWERED_GAP_FACTOR` times as
+  long: the messages may be on their way. The timeout counts from when the gap opened:
+  when part of it fills and the rest remains, it counts again from then;
 - one at or below the stream's *delivered mark* was released or skipped before: it is
   dropped, so that nothing is delivered twice or out of order.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 __all__ = [
     "DEFAULT_MAX_HELD",
     "DEFAULT_MAX_HELD_BYTES",
+    "UNANSWERED_GAP_FACTOR",
     "Deliver",
     "DeliveryMarks",
     "GapSkipped",
@@ -50,6 +54,9 @@ from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
 from .message import GossipMessage
 
 S = TypeVar("S")
+
+UNANSWERED_GAP_FACTOR = 10
+r"""A gap no peer answered a fetch for is skipped after this many ``gap_timeout``\s."""
 
 DEFAULT_MAX_HELD = 10_000
 """Most messages held in one stream, waiting for a gap before them to fill (as many as
@@ -219,6 +226,7 @@ class Streams(Generic[S]):
         self._held: dict[str, _Held[S]] = {}
         # Streams with a gap -> when it opened; in that order (oldest first).
         self._gap_since: dict[str, float] = {}
+        self._answered: set[str] = set()  # streams whose gap a peer answered without
         self._held_count = 0
         self._held_bytes = 0
         self.skipped = 0
@@ -306,14 +314,25 @@ class Streams(Generic[S]):
         now = self._clock()
         events: list[StreamEvent[S]] = []
         waiting = []
+        timeout = self.gap_timeout
         for stream, since in list(self._gap_since.items()):
             if stream in busy:
                 continue
-            if now - since >= self.gap_timeout:
+            age = now - since
+            if age >= timeout and (
+                stream in self._answered or age >= timeout * UNANSWERED_GAP_FACTOR
+            ):
                 events += self.skip_gap(stream)
             else:
                 waiting.append(stream)
         return events, waiting
+
+    def answered(self, stream: str) -> None:
+        """A peer answered a fetch of ``stream``'s numbers in full: what its gap still
+        misses, that peer doesn't have. The gap may be skipped once it is
+        ``gap_timeout`` old."""
+        if stream in self._gap_since:
+            self._answered.add(stream)
 
     def skip_gap(
         self, stream: str, reason: Literal["timeout", "held"] = "timeout"
@@ -330,6 +349,7 @@ class Streams(Generic[S]):
         events: list[StreamEvent[S]] = []
         if stream not in self._held:
             self._gap_since.pop(stream, None)
+            self._answered.discard(stream)
             return events
         gap = self.missing(stream)
         if gap is None:  # the mark moved past the gap elsewhere: catch up with it
@@ -380,10 +400,12 @@ class Streams(Generic[S]):
         if not held.entries:
             del self._held[stream]
             self._gap_since.pop(stream, None)
+            self._answered.discard(stream)
         elif following > start or stream not in self._gap_since:
             # A new gap (or the first): it waits gap_timeout from now, behind the others.
             self._gap_since.pop(stream, None)
             self._gap_since[stream] = self._clock()
+            self._answered.discard(stream)
 
     def _forget(self, entry: tuple[GossipMessage, S] | None) -> None:
         self._held_count -= 1
