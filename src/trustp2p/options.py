@@ -82,7 +82,8 @@ class NodeOptions:
         reconnect_jitter: Largest random fraction taken off a delay.
         open_timeout: Time allowed to open a connection.
         close_timeout: Time allowed for a closing handshake.
-        frame_timeout: Once a frame has started, time allowed to finish it.
+        frame_timeout: Once a frame has started, time allowed to finish it (raise it
+            for links too slow to carry the largest frame in that time).
         write_limit: Write buffer size above which senders wait.
         trust_real_ip: Take a client's address from ``X-Real-IP`` when it connects
             through a proxy on a loopback address.
