@@ -19,6 +19,7 @@ from trustp2p import (
     Socket,
     Thread,
 )
+from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 
 from .conftest import stays
 from .nodes import MakeNode, wait_for
@@ -203,6 +204,55 @@ async def test_a_peer_that_leaves_while_we_read_nothing_is_found(
     await wait_for(lambda: server.connection(inbound) is None, timeout=10)
     await wait_for(lambda: gate.running == 0)  # its handlers are cancelled
     await asyncio.gather(*requests, return_exceptions=True)
+
+
+@pytest.mark.parametrize("driver", ["memory", "tcp", "ws"])
+async def test_two_nodes_that_read_nothing_from_each_other_stay_connected(
+    make_node: MakeNode, driver: str
+) -> None:
+    # Each queues more slow requests than the other takes: both pause reading, so no
+    # pong can come either way. Over TCP each kernel takes the other's pings; the
+    # memory driver counts its paused inbox as taken up to RECEIVE_WINDOW likewise
+    # (found in review: it counted it all, and both peers were dropped as vanished).
+    heartbeat = {
+        "heartbeat_interval": 0.05,
+        "heartbeat_jitter": 0.01,
+        "heartbeat_timeout": 0.3,
+        "heartbeat_response_timeout": 0.2,
+    }
+    if driver == "memory":
+        hub = MemoryHub()
+        server = await make_node(
+            server=True,
+            host="a",
+            port=1,
+            driver=MemoryDriver(hub=hub, name="a"),
+            threads=[Gate],
+            **heartbeat,
+        )
+        peers, dialler = ["memory://a:1"], MemoryDriver(hub=hub, name="b")
+    else:
+        server = await make_node(server=True, threads=[Gate], driver=driver, **heartbeat)
+        peers, dialler = [server.url or ""], driver  # type: ignore[assignment]
+    client = await make_node(client=True, peers=peers, driver=dialler, threads=[Gate], **heartbeat)
+    assert client.client is not None and server.server is not None
+    await client.client.wait_connected()
+    await server.server.wait_connected()
+    outbound, inbound = client.client.sockets[0], server.server.sockets[0]
+    requests = [
+        asyncio.ensure_future(role.request(socket, "slow", {"n": n}))
+        for role, socket in ((client.client, outbound), (server.server, inbound))
+        for n in range(60)
+    ]
+    conns = [server.connection(inbound), client.connection(outbound)]
+    await wait_for(lambda: all(c is not None and c.worker and c.worker.paused for c in conns))
+    # Ten response timeouts, both paused all along.
+    assert await stays(lambda: not outbound.closed and not inbound.closed, 2.0)
+    assert (server.metrics.lost_peers, client.metrics.lost_peers) == (0, 0)
+    gate_of(server).gate.set()
+    gate_of(client).gate.set()
+    answers = await asyncio.gather(*requests)
+    assert len(answers) == 120
 
 
 async def test_talks_keep_their_order(make_node: MakeNode) -> None:

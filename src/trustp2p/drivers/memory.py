@@ -15,7 +15,14 @@ socket's ``host`` is the name of the dialling node's driver.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_HUB", "MemoryDriver", "MemoryHub", "MemoryListening", "MemorySocket"]
+__all__ = [
+    "DEFAULT_HUB",
+    "RECEIVE_WINDOW",
+    "MemoryDriver",
+    "MemoryHub",
+    "MemoryListening",
+    "MemorySocket",
+]
 
 import asyncio
 import itertools
@@ -28,6 +35,11 @@ from ..exceptions import ConnectionDropped, DriverError
 from .base import DROPPED, CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
 _OPEN, _CLOSING, _CLOSED = range(3)
+
+RECEIVE_WINDOW = 2**18
+"""Bytes of the inbox of an end that paused reading that count as taken by it, as a TCP
+receiver's kernel takes (and acknowledges) what its application doesn't read, until its
+window closes: :meth:`MemorySocket.bytes_in_flight` counts only what is past it."""
 
 
 class _Close:
@@ -256,6 +268,8 @@ class MemorySocket(Socket):
         self._other.feed_data(bytes(data))
 
     def bytes_in_flight(self) -> int:
+        """What is still on the link (delayed), and what waits in the other end's inbox
+        (past :data:`RECEIVE_WINDOW` while it has paused reading)."""
         other = self._other
         return 0 if other is None or self._state == _CLOSED else other.pending_bytes()
 
@@ -315,11 +329,13 @@ class MemorySocket(Socket):
         return self._inbox_size
 
     def pending_bytes(self) -> int:
-        """Bytes the other end wrote that this end hasn't delivered: still on the
-        link (delayed) or waiting in the inbox."""
+        """Bytes the other end wrote that this end hasn't taken: still on the link
+        (delayed), or waiting in the inbox (past :data:`RECEIVE_WINDOW` while this end
+        has paused reading)."""
         flights = self._in_flight or ()
         flying = sum(len(item) for _, item in flights if not isinstance(item, _Close))
-        return self._inbox_size + flying
+        inbox = self._inbox_size
+        return flying + (max(0, inbox - RECEIVE_WINDOW) if self._paused else inbox)
 
     async def wait_drained(self) -> None:
         """Wait until :attr:`buffered` is at most this end's ``write_limit``, or the
