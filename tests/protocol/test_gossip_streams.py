@@ -175,7 +175,7 @@ def test_a_gap_is_skipped_at_exactly_gap_timeout() -> None:
     streams.add(_message(1), None)
     streams.add(_message(4), "p")
     streams.add(_message(5), "p")
-    streams.answered(STREAM)  # a peer asked for 2..3 doesn't have them
+    streams.answered(STREAM, 1, 100)  # a peer asked for 2..3 doesn't have them
     clock.advance(GAP_TIMEOUT - 0.001)
     assert streams.tick() == ([], [STREAM])  # still waits: ask someone else for 2..3
     clock.advance(0.001)
@@ -210,9 +210,24 @@ def test_a_gap_no_peer_answered_for_waits_longer() -> None:
     assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 3, 3, "timeout")]
 
 
+def test_an_answer_counts_only_if_it_covered_the_gap() -> None:
+    # Found in review: a fetch of an earlier gap, answered once a later gap had opened,
+    # credited the later one, which no peer had been asked for.
+    streams, _, clock = _streams()
+    streams.add(_message(2), None)
+    streams.add(_message(5), None)
+    streams.answered(STREAM, 3, 4)  # not the gap's first number (1)
+    streams.answered(STREAM, 5, 9)
+    clock.advance(GAP_TIMEOUT)
+    assert streams.tick() == ([], [STREAM])
+    streams.answered(STREAM, 1, 1)
+    events, _ = streams.tick()
+    assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 1, 1, "timeout")]
+
+
 def test_an_answer_for_a_stream_without_a_gap_counts_for_nothing() -> None:
     streams, _, clock = _streams()
-    streams.answered(STREAM)  # no gap yet
+    streams.answered(STREAM, 1, 100)  # no gap yet
     streams.add(_message(2), None)
     clock.advance(GAP_TIMEOUT)
     assert streams.tick() == ([], [STREAM])
@@ -223,7 +238,7 @@ def test_a_gap_being_fetched_waits_for_the_fetch() -> None:
     streams.add(_message(2), None)
     clock.advance(GAP_TIMEOUT * 2)
     assert streams.tick(busy={STREAM}) == ([], [])
-    streams.answered(STREAM)  # the fetch ended
+    streams.answered(STREAM, 1, 100)  # the fetch ended
     events, _ = streams.tick(busy=set())
     assert _seqs(events) == [2]
 
@@ -232,14 +247,14 @@ def test_the_gap_clock_restarts_when_part_of_the_gap_fills() -> None:
     streams, _, clock = _streams()
     streams.add(_message(2), None)
     streams.add(_message(4), None)
-    streams.answered(STREAM)
+    streams.answered(STREAM, 1, 100)
     clock.advance(GAP_TIMEOUT - 1)
     assert _seqs(streams.add(_message(1), None)) == [1, 2]  # a new gap: 3
     clock.advance(GAP_TIMEOUT - 1)
     assert streams.tick() == ([], [STREAM])
     clock.advance(1)
     assert streams.tick() == ([], [STREAM])  # nobody answered for the new gap yet
-    streams.answered(STREAM)
+    streams.answered(STREAM, 1, 100)
     events, _ = streams.tick()
     assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 3, 3, "timeout")]
     assert _seqs(events) == [4]
@@ -255,7 +270,7 @@ def test_ticks_skip_the_oldest_gaps_and_list_the_rest_oldest_first() -> None:
     bob, news = stream_key(TOPIC, BOB.peer_id), stream_key("news", ALICE.peer_id)
     assert streams.gaps == [STREAM, bob, news]
     for stream in streams.gaps:
-        streams.answered(stream)
+        streams.answered(stream, 1, 100)
     clock.advance(GAP_TIMEOUT - 15)
     events, waiting = streams.tick()
     assert [(e.origin, e.topic) for e in _skipped(events)] == [(ALICE.peer_id, TOPIC)]
@@ -412,7 +427,7 @@ def test_settle_all_makes_skips_and_refusals_durable() -> None:
     streams, _, clock = _streams(marks)  # type: ignore[arg-type]
     stream = stream_key(TOPIC, ALICE.peer_id)
     streams.add(_message(2), None)
-    streams.answered(stream)
+    streams.answered(stream, 1, 100)
     clock.advance(GAP_TIMEOUT)
     events, _ = streams.tick()
     assert [type(event) for event in events] == [GapSkipped, Deliver]

@@ -224,6 +224,57 @@ def test_a_ping_sent_again_while_reading_is_paused_goes_on_charging() -> None:
     assert peer.check() is Verdict.DEAD
 
 
+def test_a_peer_taking_our_bytes_as_fast_as_we_write_them_is_alive() -> None:
+    # Found in review: while reading is paused we go on writing (pings, gossip, answers);
+    # a peer that takes them as fast as they come keeps our backlog level, not falling,
+    # and was dropped. What counts is what it took: written less the backlog.
+    peer = Peer(LivenessTimings(interval=10.0, timeout=6.0, period=4.0))
+    peer.reading_paused = True
+    written = 1_000_000
+    peer.backlog = 100_000
+    peer.advance(10.0)
+    assert (
+        peer.liveness.check(
+            peer.now,
+            last_bytes=0,
+            last_package=0,
+            backlog=peer.backlog,
+            written=written,
+            reading_paused=True,
+        )
+        is Verdict.PING
+    )
+    peer.liveness.ping_sent(peer.now, peer.backlog, written)
+    for _ in range(10):
+        peer.advance(3.0)
+        written += 30_000  # as much written as taken: the backlog stays at 100,000
+        verdict = peer.liveness.check(
+            peer.now,
+            last_bytes=0,
+            last_package=0,
+            backlog=peer.backlog,
+            written=written,
+            reading_paused=True,
+        )
+        assert verdict is not Verdict.DEAD
+        if verdict is Verdict.PING:
+            peer.liveness.ping_sent(peer.now, peer.backlog, written)
+    assert peer.liveness.charged == 0.0
+    for _ in range(2):  # it stops taking them: what we write only adds to the backlog
+        peer.advance(3.0)
+        written += 30_000
+        peer.backlog += 30_000
+        verdict = peer.liveness.check(
+            peer.now,
+            last_bytes=0,
+            last_package=0,
+            backlog=peer.backlog,
+            written=written,
+            reading_paused=True,
+        )
+    assert verdict is Verdict.DEAD
+
+
 def test_our_bytes_going_down_while_we_read_nothing_is_progress() -> None:
     # A large response crawling to a peer whose requests keep our reading paused.
     peer = Peer(LivenessTimings(interval=10.0, timeout=6.0, period=4.0))

@@ -563,7 +563,8 @@ class Gossip:
                     return
                 for message in messages:
                     self._take_fetched(socket, message)
-            self._order.answered(fetch.wanted.stream)  # what is still missing, it lacks
+            wanted = fetch.wanted  # the peer lacks what is still missing of it
+            self._order.answered(wanted.stream, wanted.first, wanted.last)
         finally:
             self.catchup.end(fetch)
 

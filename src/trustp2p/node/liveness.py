@@ -66,6 +66,7 @@ class Heartbeat:
             actions = conn.protocol.heartbeat(
                 last_bytes=socket.last_seen,
                 backlog=socket.bytes_in_flight,
+                written=socket.stats.bytes_out,
                 reading_paused=conn.throttle is not None or (worker is not None and worker.paused),
             )
             for action in actions:

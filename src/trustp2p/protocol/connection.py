@@ -240,7 +240,12 @@ class ConnectionProtocol:
     # Liveness
 
     def heartbeat(
-        self, *, last_bytes: float, backlog: Callable[[], int], reading_paused: bool
+        self,
+        *,
+        last_bytes: float,
+        backlog: Callable[[], int],
+        reading_paused: bool,
+        written: int = 0,
     ) -> list[Action]:
         """
         Check the peer's liveness now (the node's heartbeat round calls this).
@@ -250,6 +255,8 @@ class ConnectionProtocol:
             backlog: Returns the bytes we wrote that the peer hasn't taken yet; called
                 only while a ping is outstanding or about to be sent.
             reading_paused: We are not reading from the peer.
+            written: Bytes written to the connection so far (see
+                :meth:`Liveness.check`).
 
         Returns:
             ``[Send(ping)]`` when a ping is due, ``[Lost(reason)]`` when the peer is
@@ -265,10 +272,11 @@ class ConnectionProtocol:
             last_bytes=last_bytes,
             last_package=self.last_seen,
             backlog=backlog() if liveness.outstanding is not None else 0,
+            written=written,
             reading_paused=reading_paused,
         )
         if verdict is Verdict.PING:
-            liveness.ping_sent(now, backlog())
+            liveness.ping_sent(now, backlog(), written)
             if self._ping is None:
                 self._ping = build_package(
                     PackageType.HEARTBEAT_PING, PING_EVENT, {}, alt=self._alt

@@ -20,15 +20,15 @@ carries out the :class:`Verdict`:
 
    * bytes of a package not yet complete arrived: the peer's large frame is in flight
      and the pong waits behind it;
-   * our own bytes still on their way to the peer went down: our large frame, ahead of
-     the ping, is being read;
+   * the peer took more of our bytes (what we wrote less what is still on its way):
+     our large frame, ahead of the ping, is being read, even while we write more;
    * we had paused reading ourselves (throttling, a full inbox), and the peer took
-     what we sent: our bytes on their way to it went down or are all taken (over TCP,
-     its host acknowledged them). The pong may be waiting in what we haven't read, so
-     only our bytes show it is there; a host that vanished without a reset takes none
-     and is charged. While reading stays paused, a ping is sent again every
-     ``timeout`` (the charge goes on): a peer that left with a reset is found when a
-     write fails (the first write after it left draws the reset, the next one fails).
+     more of our bytes, or has them all (over TCP, its host acknowledged them). The
+     pong may be waiting in what we haven't read, so only our bytes show it is there;
+     a host that vanished without a reset takes none and is charged. While reading
+     stays paused, a ping is sent again every ``timeout`` (the charge goes on): a peer
+     that left with a reset is found when a write fails (the first write after it left
+     draws the reset, the next one fails).
 
    Complete packages are no excuse: a peer that sends them but doesn't answer is
    charged like a silent one.
@@ -131,9 +131,9 @@ class Liveness:
     """
 
     __slots__ = (
-        "_backlog",
         "_due_after",
         "_last_check",
+        "_taken",
         "charged",
         "last_ping",
         "last_rtt",
@@ -150,7 +150,7 @@ class Liveness:
         self.charged = 0.0
         self.last_rtt: float | None = None
         self._last_check = opened
-        self._backlog = 0
+        self._taken = 0  # bytes the peer had taken at the last check
         self.next_check = opened + self._due_after
 
     def check(
@@ -160,6 +160,7 @@ class Liveness:
         last_bytes: float,
         last_package: float,
         backlog: int = 0,
+        written: int = 0,
         reading_paused: bool = False,
     ) -> Verdict:
         """
@@ -172,6 +173,9 @@ class Liveness:
             backlog: Bytes we wrote that the peer hasn't taken yet (our buffers and the
                 kernel's unacknowledged ones); only looked at while a ping is
                 outstanding.
+            written: Bytes written to the connection so far: ``written - backlog``
+                is what the peer has taken (a write adds at least as much to the
+                backlog, so it is never taken for progress).
             reading_paused: We are not reading from the peer.
 
         Returns:
@@ -187,18 +191,17 @@ class Liveness:
                 return Verdict.PING
             return Verdict.NOTHING
         since = max(self._last_check, sent)
+        taken = written - backlog
         if reading_paused:
             # No pong can come while we read nothing: the peer shows it is there by
             # taking what we send.
-            progress = backlog == 0 or backlog < self._backlog
+            progress = backlog == 0 or taken > self._taken
         else:
-            progress = (last_bytes > since and last_bytes > last_package) or (
-                backlog < self._backlog
-            )
+            progress = (last_bytes > since and last_bytes > last_package) or (taken > self._taken)
         if not progress and now > since:
             self.charged += now - since
         self._last_check = now
-        self._backlog = backlog
+        self._taken = taken
         if self.charged >= self.timings.timeout:
             return Verdict.DEAD
         if reading_paused and now - self.last_ping >= self.timings.timeout:
@@ -207,7 +210,7 @@ class Liveness:
             return Verdict.PING
         return Verdict.NOTHING
 
-    def ping_sent(self, now: float, backlog: int = 0) -> None:
+    def ping_sent(self, now: float, backlog: int = 0, written: int = 0) -> None:
         """
         We sent a ping at ``now``.
 
@@ -215,12 +218,13 @@ class Liveness:
             now: The time (clock seconds).
             backlog: Bytes on their way to the peer just before the ping was written
                 (see :meth:`check`).
+            written: Bytes written to the connection by then (see :meth:`check`).
 
         """
         if self.outstanding is None:
             self.charged = 0.0  # a ping sent again while reading is paused goes on charging
         self.last_ping = self.outstanding = self._last_check = self.next_check = now
-        self._backlog = backlog
+        self._taken = written - backlog
 
     def ping_received(self, now: float) -> None:
         """

@@ -327,11 +327,12 @@ class Streams(Generic[S]):
                 waiting.append(stream)
         return events, waiting
 
-    def answered(self, stream: str) -> None:
-        """A peer answered a fetch of ``stream``'s numbers in full: what its gap still
-        misses, that peer doesn't have. The gap may be skipped once it is
-        ``gap_timeout`` old."""
-        if stream in self._gap_since:
+    def answered(self, stream: str, first: int, last: int) -> None:
+        """A peer answered a fetch of ``stream``'s numbers ``first`` to ``last`` in full.
+        If that range held the first number of the stream's gap (now), the peer doesn't
+        have it: the gap may be skipped once it is ``gap_timeout`` old."""
+        gap = self.missing(stream) if stream in self._gap_since else None
+        if gap is not None and first <= gap[0] <= last:
             self._answered.add(stream)
 
     def skip_gap(
