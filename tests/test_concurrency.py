@@ -24,6 +24,14 @@ from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from .conftest import stays
 from .nodes import MakeNode, wait_for
 
+HEARTBEAT = {
+    "heartbeat_interval": 0.05,
+    "heartbeat_jitter": 0.01,
+    "heartbeat_timeout": 0.3,
+    "heartbeat_response_timeout": 0.2,
+}
+"""Short liveness timings: a peer is pinged every 0.3 s and has 0.2 s to answer."""
+
 
 class Gate(Thread):
     """``slow`` requests wait for the gate; ``fast`` ones answer at once; talks are
@@ -179,13 +187,7 @@ async def test_a_peer_that_leaves_while_we_read_nothing_is_found(
     # takes (reading paused) and died was never noticed (nothing read, nothing written):
     # its connection, its slot of max_inbound and its handlers stayed for good. The
     # heartbeat pings it again while paused; a write that fails ends the connection.
-    heartbeat = {
-        "heartbeat_interval": 0.05,
-        "heartbeat_jitter": 0.01,
-        "heartbeat_timeout": 0.3,
-        "heartbeat_response_timeout": 0.2,
-    }
-    server = await make_node(server=True, threads=[Gate], driver=driver, **heartbeat)
+    server = await make_node(server=True, threads=[Gate], driver=driver, **HEARTBEAT)
     client = await make_node(client=True, peers=[server.url], driver=driver)
     assert client.client is not None and server.server is not None
     await client.client.wait_connected()
@@ -214,12 +216,6 @@ async def test_two_nodes_that_read_nothing_from_each_other_stay_connected(
     # pong can come either way. Over TCP each kernel takes the other's pings; the
     # memory driver counts its paused inbox as taken up to RECEIVE_WINDOW likewise
     # (found in review: it counted it all, and both peers were dropped as vanished).
-    heartbeat = {
-        "heartbeat_interval": 0.05,
-        "heartbeat_jitter": 0.01,
-        "heartbeat_timeout": 0.3,
-        "heartbeat_response_timeout": 0.2,
-    }
     if driver == "memory":
         hub = MemoryHub()
         server = await make_node(
@@ -228,13 +224,13 @@ async def test_two_nodes_that_read_nothing_from_each_other_stay_connected(
             port=1,
             driver=MemoryDriver(hub=hub, name="a"),
             threads=[Gate],
-            **heartbeat,
+            **HEARTBEAT,
         )
         peers, dialler = ["memory://a:1"], MemoryDriver(hub=hub, name="b")
     else:
-        server = await make_node(server=True, threads=[Gate], driver=driver, **heartbeat)
+        server = await make_node(server=True, threads=[Gate], driver=driver, **HEARTBEAT)
         peers, dialler = [server.url or ""], driver  # type: ignore[assignment]
-    client = await make_node(client=True, peers=peers, driver=dialler, threads=[Gate], **heartbeat)
+    client = await make_node(client=True, peers=peers, driver=dialler, threads=[Gate], **HEARTBEAT)
     assert client.client is not None and server.server is not None
     await client.client.wait_connected()
     await server.server.wait_connected()

@@ -21,6 +21,7 @@ class Peer:
         self.last_bytes = now
         self.last_package = now
         self.backlog = 0
+        self.written = 0
         self.reading_paused = False
 
     def check(self) -> Verdict:
@@ -29,10 +30,11 @@ class Peer:
             last_bytes=self.last_bytes,
             last_package=self.last_package,
             backlog=self.backlog,
+            written=self.written,
             reading_paused=self.reading_paused,
         )
         if verdict is Verdict.PING:
-            self.liveness.ping_sent(self.now, self.backlog)
+            self.liveness.ping_sent(self.now, self.backlog, self.written)
         return verdict
 
     def advance(self, seconds: float) -> None:
@@ -230,48 +232,19 @@ def test_a_peer_taking_our_bytes_as_fast_as_we_write_them_is_alive() -> None:
     # and was dropped. What counts is what it took: written less the backlog.
     peer = Peer(LivenessTimings(interval=10.0, timeout=6.0, period=4.0))
     peer.reading_paused = True
-    written = 1_000_000
-    peer.backlog = 100_000
+    peer.written, peer.backlog = 1_000_000, 100_000
     peer.advance(10.0)
-    assert (
-        peer.liveness.check(
-            peer.now,
-            last_bytes=0,
-            last_package=0,
-            backlog=peer.backlog,
-            written=written,
-            reading_paused=True,
-        )
-        is Verdict.PING
-    )
-    peer.liveness.ping_sent(peer.now, peer.backlog, written)
+    assert peer.check() is Verdict.PING
     for _ in range(10):
         peer.advance(3.0)
-        written += 30_000  # as much written as taken: the backlog stays at 100,000
-        verdict = peer.liveness.check(
-            peer.now,
-            last_bytes=0,
-            last_package=0,
-            backlog=peer.backlog,
-            written=written,
-            reading_paused=True,
-        )
-        assert verdict is not Verdict.DEAD
-        if verdict is Verdict.PING:
-            peer.liveness.ping_sent(peer.now, peer.backlog, written)
+        peer.written += 30_000  # as much written as taken: the backlog stays at 100,000
+        assert peer.check() is not Verdict.DEAD
     assert peer.liveness.charged == 0.0
     for _ in range(2):  # it stops taking them: what we write only adds to the backlog
         peer.advance(3.0)
-        written += 30_000
+        peer.written += 30_000
         peer.backlog += 30_000
-        verdict = peer.liveness.check(
-            peer.now,
-            last_bytes=0,
-            last_package=0,
-            backlog=peer.backlog,
-            written=written,
-            reading_paused=True,
-        )
+        verdict = peer.check()
     assert verdict is Verdict.DEAD
 
 
