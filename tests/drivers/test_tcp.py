@@ -22,7 +22,14 @@ from tests.drivers.conformance import (
     DriverHarness,
     RecordingListener,
 )
-from trustp2p.drivers import CloseCode, DriverEvent, DriverOptions, Socket, driver_class
+from trustp2p.drivers import (
+    FRAME_PROGRESS,
+    CloseCode,
+    DriverEvent,
+    DriverOptions,
+    Socket,
+    driver_class,
+)
 from trustp2p.drivers.tcp import TcpDriver, TcpSocket
 from trustp2p.exceptions import ConnectionDropped, DriverError
 
@@ -452,7 +459,8 @@ async def test_huge_frame_without_limit_is_not_preallocated(
         events,
         CloseCode.POLICY_VIOLATION,
         "frame stalled",
-        f"frame stalled: 1000 of 2147483647 payload bytes received in {50 * MS:g} s",
+        "frame stalled: 1000 of 2147483647 payload bytes received,"
+        f" under {FRAME_PROGRESS} more in {50 * MS:g} s",
     )
 
 
@@ -482,11 +490,8 @@ async def test_bad_control_frame(
 @pytest.mark.parametrize(
     ("sent", "error"),
     [
-        (b"\x00\x00", "frame stalled: 2 of 4 header bytes received in {timeout:g} s"),
-        (
-            b"\x00\x00\x00\x0afive!",
-            "frame stalled: 5 of 10 payload bytes received in {timeout:g} s",
-        ),
+        (b"\x00\x00", "frame stalled: 2 of 4 header bytes received, under {more}"),
+        (b"\x00\x00\x00\x0afive!", "frame stalled: 5 of 10 payload bytes received, under {more}"),
     ],
 )
 async def test_stalled_frame_closed_at_deadline(
@@ -502,7 +507,7 @@ async def test_stalled_frame_closed_at_deadline(
         events,
         CloseCode.POLICY_VIOLATION,
         "frame stalled",
-        error.format(timeout=timeout),
+        error.format(more=f"{FRAME_PROGRESS} more in {timeout:g} s"),
     )
     # The idle connection has been idle for longer than frame_timeout and still works.
     assert not idle.server.closed
@@ -527,6 +532,35 @@ async def test_deadline_is_per_frame(harness: DriverHarness, raw_peers: list[Raw
     await asyncio.sleep(1.2 * timeout)  # idle between frames: no deadline runs
     assert not raw.server.closed
     assert events.errors(raw.server) == []
+
+
+async def test_a_frame_that_keeps_coming_is_not_stalled(
+    harness: DriverHarness, raw_peers: list[RawPeer]
+) -> None:
+    # A frame on a slow link: it takes four deadlines to arrive, but each brings
+    # FRAME_PROGRESS bytes. (A deadline for the whole frame cut a 256 KiB package on any
+    # link under 210 kbit/s.) The sleeps are the test: real time against the deadline.
+    timeout = 250 * MS
+    raw, events = await serve_raw(harness, raw_peers, DriverOptions(frame_timeout=timeout))
+    size = 4 * FRAME_PROGRESS + 10
+    await raw.send(struct.pack(">I", size))
+    for chunk in range(4):
+        await raw.send(bytes([chunk]) * FRAME_PROGRESS)
+        await asyncio.sleep(0.6 * timeout)
+    await raw.send(b"0123456789")
+    [message] = await events.wait_messages(raw.server, 1)
+    assert len(message) == size and message.endswith(b"\x03" + b"0123456789")
+    assert events.errors(raw.server) == []
+    # Then a frame that stops coming is cut at its deadline, as ever.
+    await raw.send(struct.pack(">I", 100) + b"x" * 10)
+    await _expect_failure(
+        raw,
+        events,
+        CloseCode.POLICY_VIOLATION,
+        "frame stalled",
+        f"frame stalled: 10 of 100 payload bytes received, under {FRAME_PROGRESS} more"
+        f" in {timeout:g} s",
+    )
 
 
 async def test_pause_reading_suspends_the_deadline(

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from trustp2p.drivers import CloseCode, Driver, DriverError, DriverEvent, DriverOptions, Socket
+from trustp2p.drivers import (
+    FRAME_PROGRESS,
+    CloseCode,
+    Driver,
+    DriverError,
+    DriverEvent,
+    DriverOptions,
+    Socket,
+)
 
 from ..conftest import MS, stays
 from ..processes import free_port
@@ -179,10 +187,34 @@ class WebSocketChecks:
                 await events.next(DriverEvent.CLOSE, server)
                 await client.wait_closed()
             [error] = events.errors(server)
-            assert str(error) == f"frame stalled: no frame completed in {timeout:g} s"
+            detail = f"no frame completed, under {FRAME_PROGRESS} bytes in {timeout:g} s"
+            assert str(error) == f"frame stalled: {detail}"
             assert client.close_code == CloseCode.POLICY_VIOLATION
             assert client.close_reason == "frame stalled"
             assert events.messages(server) == []
+        finally:
+            client.transport.abort()
+
+    async def test_a_frame_that_keeps_coming_is_not_stalled(self, harness: DriverHarness) -> None:
+        # A frame on a slow link: it takes four deadlines to arrive, but each brings
+        # FRAME_PROGRESS bytes. (A deadline for the whole frame cut a 256 KiB package on
+        # any link under 210 kbit/s.) The sleeps are the test: real time against it.
+        timeout = 250 * MS
+        client, events, server = await _raw_client(harness, DriverOptions(frame_timeout=timeout))
+        try:
+            transport = client.transport
+            size = 4 * FRAME_PROGRESS + 10
+            # A masked binary frame with an 8-byte length and a zero mask key.
+            transport.write(b"\x82\xff" + size.to_bytes(8, "big") + b"\0\0\0\0")
+            for chunk in range(4):
+                transport.write(bytes([chunk]) * FRAME_PROGRESS)
+                await asyncio.sleep(0.6 * timeout)
+            transport.write(b"0123456789")
+            [message] = await events.wait_messages(server, 1)
+            assert len(message) == size and message.endswith(b"\x03" + b"0123456789")
+            assert events.errors(server) == []
+            server.write(b"still open")
+            assert await client.recv() == b"still open"
         finally:
             client.transport.abort()
 

@@ -50,3 +50,33 @@ async def test_large_requests_crossing_a_slow_link_are_not_a_stall(
     finally:
         await server.stop()
     assert "Traceback" not in client.log, client.log
+
+
+async def test_a_large_package_crossing_a_slow_link_is_not_a_stalled_frame(
+    children: Callable[..., Child], namespace: Namespace
+) -> None:
+    # Found by a tester: frame_timeout was a deadline for the whole frame, so at
+    # 100 kbit/s a plain package of more than about 120 KB could never arrive, however
+    # honest its sender. Now a frame must only make progress (16 KiB per frame_timeout).
+    # Here: plain mode (a package is one frame), one 256 KiB request at 1 Mbit/s (about
+    # 2 s to cross), a 1 s frame deadline on the server, other options the defaults.
+    server = Node(
+        server=True,
+        host=namespace.host_ip,
+        port=0,
+        threads=(Service,),
+        secure=False,
+        frame_timeout=1.0,
+    )
+    await server.start()
+    try:
+        assert server.url is not None
+        namespace.shape("1mbit")
+        options = {"client": True, "peers": [server.url], "secure": False, "_big": [1, 2**18]}
+        client = children(options, prefix=namespace.exec_prefix)
+        await wait_for(lambda: "big requests ended" in client.log, timeout=60)
+        assert "big requests ended: ok" in client.log, client.log
+        assert "frame stalled" not in client.log, client.log
+    finally:
+        await server.stop()
+    assert "Traceback" not in client.log, client.log

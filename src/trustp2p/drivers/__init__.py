@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "DROPPED",
+    "FRAME_PROGRESS",
     "CloseCode",
     "Driver",
     "DriverEvent",
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 from ..exceptions import DriverError
 from .base import (
     DROPPED,
+    FRAME_PROGRESS,
     CloseCode,
     Driver,
     DriverEvent,

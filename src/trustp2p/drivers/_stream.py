@@ -16,12 +16,12 @@ from __future__ import annotations
 __all__ = [
     "COALESCE_LIMIT",
     "EndAfterHeld",
-    "FrameDeadline",
     "ReceiveBuffer",
     "ServerListening",
     "StreamSocket",
     "WriteBatches",
     "format_address",
+    "in_flight",
     "lost_error",
     "os_error_reason",
     "serve",
@@ -40,7 +40,7 @@ from typing import ClassVar, cast
 
 from ..exceptions import ConnectionDropped, DriverError
 from ._accept import StreamServer, bind
-from .base import DROPPED, CloseCode, DriverOptions, Listener, Listening, Socket
+from .base import DROPPED, DriverOptions, Listener, Listening, Socket
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ if sys.platform == "linux":
     import fcntl
     import termios
 
-    def _kernel_backlog(fd: int) -> int:
+    def kernel_backlog(fd: int) -> int:
         """Bytes in the kernel's send queue not acknowledged by the peer (SIOCOUTQ,
         tcp(7)); 0 if it can't be read."""
         try:
@@ -60,8 +60,23 @@ if sys.platform == "linux":
 
 else:  # pragma: no cover - Linux only
 
-    def _kernel_backlog(fd: int) -> int:
+    def kernel_backlog(fd: int) -> int:
         return 0
+
+
+def in_flight(transport: asyncio.BaseTransport | None, queued: int) -> int:
+    """
+    Bytes written to ``transport`` that its peer hasn't taken: ``queued`` (not yet given
+    to the transport), the transport's buffer and the kernel's unacknowledged bytes; 0
+    once the transport is closing.
+    """
+    if transport is None or transport.is_closing():
+        return 0
+    size = cast(asyncio.WriteTransport, transport).get_write_buffer_size() + queued
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        size += kernel_backlog(sock.fileno())
+    return size
 
 
 # Frames written in one event loop iteration are sent in one system call, up to this many
@@ -231,65 +246,6 @@ class WriteBatches(Socket):
         """Send ``out``, the frames of ``size`` bytes of messages, now."""
 
 
-class FrameDeadline(Socket):
-    """
-    The deadline of a frame in progress (:attr:`DriverOptions.frame_timeout`, as the
-    tcp driver's) for the WebSocket drivers, whose parsers don't say where a frame
-    starts: a read that completes no frame starts the deadline, unless it runs; a read
-    that completes one stops it. Bytes that end a read without completing a frame start
-    it at the next read: if none comes, the connection is idle, which the heartbeat
-    watches. Past the deadline the connection is closed with code 1008. A subclass
-    calls :meth:`_watch_frames` after each read, :meth:`_stop_frame_clock` when reading
-    pauses and when the connection ends, and sets both slots to ``None`` at first. The
-    tcp driver, which knows where its frames start, shares the timer alone.
-    """
-
-    __slots__ = ()
-    _options: DriverOptions
-    _frame_started: float | None  # loop time; None: no deadline runs
-    _frame_timer: asyncio.TimerHandle | None
-
-    def _watch_frames(self, completed: bool, now: float) -> None:
-        if completed:
-            self._frame_started = None  # (inline this case in a hot path)
-        elif self._frame_started is None and not self.closed:
-            self._frame_started = now
-            if self._frame_timer is None:
-                deadline = now + self._options.frame_timeout
-                self._frame_timer = self._loop.call_at(deadline, self._frame_timed_out)
-
-    def _stop_frame_clock(self, *, cancel: bool = False) -> None:
-        """Our pause is not the peer's stall; ``cancel``: the connection ended."""
-        self._frame_started = None
-        if cancel and self._frame_timer is not None:
-            self._frame_timer.cancel()
-            self._frame_timer = None
-
-    def _frame_timed_out(self) -> None:
-        # One timer serves every frame: when it fires for a frame that has completed
-        # since, it moves to the deadline of the frame in progress, if any.
-        timer, self._frame_timer = self._frame_timer, None
-        started = self._frame_started
-        if started is None or not self._frames_watched():
-            return
-        deadline = started + self._options.frame_timeout
-        if timer is not None and deadline > timer.when():
-            self._frame_timer = self._loop.call_at(deadline, self._frame_timed_out)
-            return
-        logger.debug("! frame from %s stalled", self.peer)
-        self._frame_stalled(self._options.frame_timeout)
-
-    def _frames_watched(self) -> bool:
-        """Whether a stalled frame still matters (not once we closed)."""
-        return not self.closed
-
-    def _frame_stalled(self, timeout: float) -> None:
-        """Past the deadline: report it and close with code 1008."""
-        error = DriverError(f"frame stalled: no frame completed in {timeout:g} s")
-        self._report("on_error", error)
-        self.close_soon(CloseCode.POLICY_VIOLATION, "frame stalled")
-
-
 class EndAfterHeld(Socket):
     """
     The end of a connection reported after the messages read before it: while reading
@@ -421,16 +377,7 @@ class StreamSocket(EndAfterHeld, DrainWaiters, WriteBatches, asyncio.BufferedPro
         return buffered + self._out_size
 
     def bytes_in_flight(self) -> int:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return 0
-        size = transport.get_write_buffer_size()
-        if self._out is not None:
-            size += self._out_size
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            size += _kernel_backlog(sock.fileno())
-        return size
+        return in_flight(self._transport, self._out_size if self._out is not None else 0)
 
     def abort(self) -> None:
         self._aborted = True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "DROPPED",
+    "FRAME_PROGRESS",
     "AcceptListener",
     "CloseCode",
     "Driver",
@@ -54,6 +55,10 @@ DROPPED = "connection closed without a close frame"
 """What every driver reports (``on_error``) when the peer drops an open connection: the
 TCP connection ended without a closing handshake (the peer crashed, or aborted)."""
 
+FRAME_PROGRESS = 16 * 1024
+"""Bytes of a frame in progress that earn it another ``frame_timeout``
+(:attr:`DriverOptions.frame_timeout`)."""
+
 
 class DriverEvent(enum.Enum):
     """What a driver reports to its :class:`Listener`."""
@@ -78,9 +83,11 @@ class DriverOptions:
         open_timeout: Time allowed to open a connection (TCP and handshake), in seconds.
         close_timeout: Time allowed for the closing handshake before the connection is
             dropped, in seconds.
-        frame_timeout: Time allowed for a frame to arrive in full once it has started,
-            in seconds; a stalled frame closes the connection with code 1008. (``ws``
-            and ``picows``, whose parsers don't say where a frame starts, count from the
+        frame_timeout: Once a frame has started, time in which it must complete or
+            bring :data:`FRAME_PROGRESS` (16 KiB) more bytes, in seconds; a stalled
+            frame closes the connection with code 1008. 16 KiB in each 10 s is about
+            13 kbit/s: an honest peer's large frame on a slow link arrives. (``ws`` and
+            ``picows``, whose parsers don't say where a frame starts, count from the
             first read after the last complete frame that completes none.)
         write_limit: Size of the write buffer above which :meth:`Socket.drain` waits, in
             bytes.

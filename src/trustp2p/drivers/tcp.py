@@ -57,9 +57,10 @@ reason, shuts down its writing side, and discards everything it reads afterwards
 close code is the one it sent, or 1006 if the peer doesn't end the connection within
 ``close_timeout``.
 
-**Frame deadline.** Once the first byte of a frame has arrived, the whole frame must
-arrive within ``frame_timeout`` (default 10 s), else the connection fails with code 1008
-(policy violation: the bytes are well-formed, the peer is just too slow). Time between
+**Frame deadline.** Once the first byte of a frame has arrived, the frame must complete
+or bring 16 KiB more within each ``frame_timeout`` (default 10 s; ``_deadline.py``),
+else the connection fails with code 1008 (policy violation: the bytes are well-formed,
+the peer is just too slow). Time between
 frames is unlimited, and the deadline is suspended while :meth:`TcpSocket.pause_reading`
 holds the connection.
 
@@ -76,8 +77,18 @@ import struct
 from urllib.parse import urlsplit
 
 from ..exceptions import ConnectionDropped, DriverError
-from ._stream import FrameDeadline, ReceiveBuffer, ServerListening, StreamSocket, lost_error, serve
-from .base import DROPPED, CloseCode, Driver, DriverOptions, Listener, Listening, Socket
+from ._deadline import FrameDeadline
+from ._stream import ReceiveBuffer, ServerListening, StreamSocket, lost_error, serve
+from .base import (
+    DROPPED,
+    FRAME_PROGRESS,
+    CloseCode,
+    Driver,
+    DriverOptions,
+    Listener,
+    Listening,
+    Socket,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +133,8 @@ class TcpSocket(FrameDeadline, StreamSocket):
 
     __slots__ = (
         *("_chunks", "_close_rcvd", "_close_sent", "_control", "_discarding", "_drop_error"),
-        *("_error_reported", "_failed", "_frame_started", "_frame_timer", "_got", "_head"),
-        *("_limit", "_pending", "_size", "_state"),
+        *("_error_reported", "_failed", "_frame_bytes", "_frame_started", "_frame_timer", "_got"),
+        *("_head", "_limit", "_pending", "_size", "_state"),
     )
     _receive_buffer = _receive_buffer
     _logger = logger
@@ -147,7 +158,8 @@ class TcpSocket(FrameDeadline, StreamSocket):
         self._control = False
         self._chunks: list[bytes] = []
         self._got = 0
-        self._frame_started: float | None = None  # loop time; None: no deadline running
+        self._frame_started: float | None = None  # see FrameDeadline
+        self._frame_bytes = 0
         self._frame_timer: asyncio.TimerHandle | None = None
         self._pending = b""  # bytes read before a pause_reading(), from a frame boundary
 
@@ -297,7 +309,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
                 return
             if end - pos < 4:
                 self._head = bytes(view[pos:end])
-                self._start_frame_clock()
+                self._start_frame_clock(self._loop.time())
                 return
             (length,) = unpack(view, pos)
             if length > limit and not self._check_header(length):
@@ -309,7 +321,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
                 self._control = length > _LENGTH_MASK
                 self._chunks = [bytes(view[start:end])]
                 self._got = end - start
-                self._start_frame_clock()
+                self._start_frame_clock(self._loop.time())
                 return
             pos = stop
             if length > _LENGTH_MASK:
@@ -344,6 +356,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
         if end - pos < missing:
             self._chunks.append(bytes(view[pos:end]))
             self._got += end - pos
+            self._frame_progress(end - pos, self.last_seen)
             return -1
         chunks = self._chunks
         chunks.append(bytes(view[pos : pos + missing]))
@@ -419,16 +432,8 @@ class TcpSocket(FrameDeadline, StreamSocket):
 
     def _resume_transport(self) -> None:
         if self._size >= 0 or self._head:
-            self._start_frame_clock()  # the frame's deadline starts over
+            self._start_frame_clock(self._loop.time())  # the frame's deadline starts over
         super()._resume_transport()
-
-    def _start_frame_clock(self) -> None:
-        now = self._loop.time()
-        self._frame_started = now
-        if self._frame_timer is None:
-            self._frame_timer = self._loop.call_at(
-                now + self._options.frame_timeout, self._frame_timed_out
-            )
 
     def _frames_watched(self) -> bool:
         return not self._discarding
@@ -438,7 +443,8 @@ class TcpSocket(FrameDeadline, StreamSocket):
             detail = f"{self._got} of {self._size} payload bytes received"
         else:
             detail = f"{len(self._head)} of 4 header bytes received"
-        error = DriverError(f"frame stalled: {detail} in {timeout:g} s")
+        detail += f", under {FRAME_PROGRESS} more in {timeout:g} s"
+        error = DriverError(f"frame stalled: {detail}")
         self._fail(CloseCode.POLICY_VIOLATION, "frame stalled", error)
 
     # Writing and closing

@@ -30,7 +30,8 @@ from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
 from ..protocol.limits import is_loopback
-from ._stream import FrameDeadline, ReceiveBuffer, ServerListening, StreamSocket, lost_error, serve
+from ._deadline import FrameDeadline
+from ._stream import ReceiveBuffer, ServerListening, StreamSocket, lost_error, serve
 from ._wsframes import binary_frame_parts
 from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket
 
@@ -65,6 +66,7 @@ class WsSocket(FrameDeadline, StreamSocket):
         "_closing",
         "_fragment_text",
         "_fragments",
+        "_frame_bytes",
         "_frame_started",
         "_frame_timer",
         "_held",
@@ -95,6 +97,7 @@ class WsSocket(FrameDeadline, StreamSocket):
         self._fragment_text = False
         self._closing = False  # we sent a close frame: drop what arrives after it
         self._frame_started: float | None = None  # see FrameDeadline
+        self._frame_bytes = 0
         self._frame_timer: asyncio.TimerHandle | None = None
         # Frames read before a pause_reading(); made on the first (an empty deque per
         # idle connection was about 0.6 KiB).
@@ -177,7 +180,7 @@ class WsSocket(FrameDeadline, StreamSocket):
         if events:
             self._frame_started = None  # _watch_frames(True, now), inline: once a read
         elif self._opened:
-            self._watch_frames(False, now)
+            self._watch_frames(False, now, len(data))
         for event in events:
             if type(event) is Frame:
                 if event.opcode in _DATA_OPCODES or event.opcode is Opcode.CONT:

@@ -46,14 +46,14 @@ from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
 from ..protocol.limits import is_loopback
+from ._deadline import FrameDeadline
 from ._stream import (
     DrainWaiters,
     EndAfterHeld,
-    FrameDeadline,
     ServerListening,
     WriteBatches,
-    _kernel_backlog,
     format_address,
+    in_flight,
     lost_error,
     os_error_reason,
     serve,
@@ -136,7 +136,7 @@ class _Protocol(WSProtocol):  # type: ignore[misc]
         before = socket.frames_read
         super().buffer_updated(nbytes)  # on_ws_frame() for each frame completed
         if socket.frames_read == before:
-            socket.read_incomplete(now)
+            socket.read_incomplete(now, nbytes)
         else:
             socket.read_complete()
 
@@ -150,6 +150,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         super().__init__(listener=listener, inbound=inbound, peer=peer, host="")
         self._options = options
         self._frame_started: float | None = None  # see FrameDeadline
+        self._frame_bytes = 0
         self._frame_timer: asyncio.TimerHandle | None = None
         self.frames_read = 0  # frames picows handed over (on_ws_frame), control ones too
         self._ws: WSTransport | None = None
@@ -195,14 +196,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         self._queue([data], len(data))
 
     def bytes_in_flight(self) -> int:
-        tcp = self._tcp
-        if tcp is None or tcp.is_closing():
-            return 0
-        size = tcp.get_write_buffer_size() + self._out_size
-        sock = tcp.get_extra_info("socket")
-        if sock is not None:
-            size += _kernel_backlog(sock.fileno())
-        return size
+        return in_flight(self._tcp, self._out_size)
 
     def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         if self._open:
@@ -330,10 +324,10 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         """A read (``buffer_updated``) completed a frame: no frame deadline runs."""
         self._frame_started = None
 
-    def read_incomplete(self, now: float) -> None:
+    def read_incomplete(self, now: float, nbytes: int) -> None:
         """A read (``buffer_updated``) completed no frame: start the frame deadline."""
         if not self._paused_reading:
-            self._watch_frames(False, now)
+            self._watch_frames(False, now, nbytes)
 
     def transport_lost(self, exc: Exception | None) -> None:
         """The TCP connection ended (``connection_lost``): report the close, after the

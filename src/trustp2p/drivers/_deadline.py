@@ -1,0 +1,103 @@
+"""
+The deadline of a frame in progress, which every network driver runs (``tcp``, ``ws``,
+``picows``; :attr:`DriverOptions.frame_timeout`).
+
+A frame that has started must, within each ``frame_timeout``, either complete or bring
+:data:`FRAME_PROGRESS` more of its bytes; else the connection is closed with code 1008
+("frame stalled"). A peer that dribbles a frame a few bytes at a time doesn't hold a
+connection and the frame's buffer, while an honest peer on a slow link is not cut for a
+large frame: 16 KiB in each 10 s (the defaults) is about 13 kbit/s, where a deadline for
+the whole frame cut a 256 KiB package at anything under 210 kbit/s.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["FrameDeadline"]
+
+import asyncio
+import logging
+
+from ..exceptions import DriverError
+from .base import FRAME_PROGRESS, CloseCode, DriverOptions, Socket
+
+logger = logging.getLogger(__name__)
+
+
+class FrameDeadline(Socket):
+    """
+    The deadline of a frame in progress. The tcp driver knows where its frames start
+    and calls :meth:`_start_frame_clock` there and :meth:`_frame_progress` as the rest
+    arrives. The WebSocket drivers' parsers don't say where a frame starts: they call
+    :meth:`_watch_frames` after each read. A read that completes no frame starts the
+    deadline unless it runs; a read that completes one stops it. Bytes that end a read
+    without completing a frame start it at the next read: if none comes, the connection
+    is idle, which the heartbeat watches. A subclass calls :meth:`_stop_frame_clock`
+    when reading pauses and when the connection ends, and sets the three slots to
+    ``None``, 0 and ``None`` at first.
+    """
+
+    __slots__ = ()
+    _options: DriverOptions
+    _frame_started: float | None  # loop time the deadline last started; None: none runs
+    _frame_bytes: int  # bytes of the frame in progress since then
+    _frame_timer: asyncio.TimerHandle | None
+
+    def _watch_frames(self, completed: bool, now: float, nbytes: int) -> None:
+        """A read of ``nbytes`` at ``now`` completed a frame, or didn't."""
+        if completed:
+            self._frame_started = None  # (inline this case in a hot path)
+        elif self._frame_started is not None:
+            self._frame_progress(nbytes, now)
+        elif not self.closed:
+            self._start_frame_clock(now)
+
+    def _start_frame_clock(self, now: float) -> None:
+        """A frame started at ``now``, or its deadline starts over (reading resumed)."""
+        self._frame_started = now
+        self._frame_bytes = 0
+        if self._frame_timer is None:
+            deadline = now + self._options.frame_timeout
+            self._frame_timer = self._loop.call_at(deadline, self._frame_timed_out)
+
+    def _frame_progress(self, nbytes: int, now: float) -> None:
+        """``nbytes`` more of the frame in progress arrived at ``now``."""
+        if self._frame_started is None:  # reading paused: no deadline runs
+            return
+        got = self._frame_bytes + nbytes
+        if got >= FRAME_PROGRESS:
+            self._frame_started = now  # the timer moves when it fires
+            got = 0
+        self._frame_bytes = got
+
+    def _stop_frame_clock(self, *, cancel: bool = False) -> None:
+        """Our pause is not the peer's stall; ``cancel``: the connection ended."""
+        self._frame_started = None
+        if cancel and self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
+
+    def _frame_timed_out(self) -> None:
+        # One timer serves every frame: when it fires for a frame that has completed or
+        # made progress since, it moves to the deadline of the frame in progress, if any.
+        timer, self._frame_timer = self._frame_timer, None
+        started = self._frame_started
+        if started is None or not self._frames_watched():
+            return
+        deadline = started + self._options.frame_timeout
+        if timer is not None and deadline > timer.when():
+            self._frame_timer = self._loop.call_at(deadline, self._frame_timed_out)
+            return
+        logger.debug("! frame from %s stalled", self.peer)
+        self._frame_stalled(self._options.frame_timeout)
+
+    def _frames_watched(self) -> bool:
+        """Whether a stalled frame still matters (not once we closed)."""
+        return not self.closed
+
+    def _frame_stalled(self, timeout: float) -> None:
+        """Past the deadline: report it and close with code 1008."""
+        detail = f"no frame completed, under {FRAME_PROGRESS} bytes in {timeout:g} s"
+        error = DriverError(f"frame stalled: {detail}")
+        self._report("on_error", error)
+        self.close_soon(CloseCode.POLICY_VIOLATION, "frame stalled")
