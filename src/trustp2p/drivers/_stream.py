@@ -377,7 +377,7 @@ class StreamSocket(EndAfterHeld, DrainWaiters, WriteBatches, asyncio.BufferedPro
         return buffered + self._out_size
 
     def bytes_in_flight(self) -> int:
-        return in_flight(self._transport, self._out_size if self._out is not None else 0)
+        return in_flight(self._transport, self._out_size)
 
     def abort(self) -> None:
         self._aborted = True
