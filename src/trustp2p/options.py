@@ -82,9 +82,9 @@ class NodeOptions:
         reconnect_jitter: Largest random fraction taken off a delay.
         open_timeout: Time allowed to open a connection.
         close_timeout: Time allowed for a closing handshake.
-        frame_timeout: Once a frame has started, time in which it must complete or
-            bring 16 KiB more, else the connection closes with code 1008 (16 KiB per
-            10 s serves links down to about 13 kbit/s).
+        frame_timeout: Once a frame has started, time in which it must complete;
+            each 16 KiB of it earns it that time again, else the connection closes
+            with code 1008 (16 KiB per 10 s serves links down to about 13 kbit/s).
         write_limit: Write buffer size above which senders wait.
         trust_real_ip: Take a client's address from ``X-Real-IP`` when it connects
             through a proxy on a loopback address.

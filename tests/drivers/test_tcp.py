@@ -563,6 +563,25 @@ async def test_a_frame_that_keeps_coming_is_not_stalled(
     )
 
 
+async def test_a_frame_earns_time_in_proportion_to_its_bytes(
+    harness: DriverHarness, raw_peers: list[RawPeer]
+) -> None:
+    # A bursty slow link (found in review): bursts of 3/4 FRAME_PROGRESS every 0.7
+    # deadline. Each burst earns 0.75 of a deadline: the frame keeps its pace and
+    # arrives; counted only in whole FRAME_PROGRESS steps, it was cut at the first
+    # deadline. The sleeps are the test: real time against the deadline.
+    timeout = 250 * MS
+    raw, events = await serve_raw(harness, raw_peers, DriverOptions(frame_timeout=timeout))
+    burst = 3 * FRAME_PROGRESS // 4
+    await raw.send(struct.pack(">I", 6 * burst) + b"a" * burst)
+    for _ in range(5):
+        await asyncio.sleep(0.7 * timeout)
+        await raw.send(b"b" * burst)
+    [message] = await events.wait_messages(raw.server, 1)
+    assert len(message) == 6 * burst
+    assert events.errors(raw.server) == []
+
+
 async def test_pause_reading_suspends_the_deadline(
     harness: DriverHarness, raw_peers: list[RawPeer]
 ) -> None:

@@ -57,6 +57,18 @@ def _masked_frame_start(size: int) -> bytes:
     return bytes((0x82, 0x80 | size)) + b"\0\0\0\0"
 
 
+def _masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """A client's whole frame (a zero mask key: the payload goes as it is)."""
+    size = len(payload)
+    if size < 126:
+        length = bytes((0x80 | size,))
+    elif size < 65536:
+        length = bytes((0x80 | 126,)) + size.to_bytes(2, "big")
+    else:
+        length = bytes((0x80 | 127,)) + size.to_bytes(8, "big")
+    return bytes(((0x80 if fin else 0) | opcode,)) + length + b"\0\0\0\0" + payload
+
+
 async def _raw_client(harness: DriverHarness, options: DriverOptions) -> tuple[Any, Any, Socket]:
     listening, events = await harness.listen(options)
     client = await ws_connect(listening.url, compression=None)
@@ -215,6 +227,58 @@ class WebSocketChecks:
             assert events.errors(server) == []
             server.write(b"still open")
             assert await client.recv() == b"still open"
+        finally:
+            client.transport.abort()
+
+    @pytest.mark.parametrize("pings", [False, True], ids=["fragments", "fragments-and-pings"])
+    async def test_a_message_dribbled_as_tiny_fragments_is_closed_at_the_deadline(
+        self, harness: DriverHarness, pings: bool
+    ) -> None:
+        # Found in review: each fragment is a complete frame, so a deadline per frame
+        # never ran, and a peer held the connection and the message's buffer with a byte
+        # per fragment (pings between them answered too). The open message is a frame in
+        # progress now: its fragments' bytes are its progress, pings are none.
+        timeout = 100 * MS
+        options = DriverOptions(frame_timeout=timeout, close_timeout=timeout)
+        client, events, server = await _raw_client(harness, options)
+        try:
+            transport = client.transport
+            transport.write(_masked_frame(0x2, b"a", fin=False))
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    await asyncio.sleep(0.4 * timeout)
+                    if server.closed:
+                        break
+                    if pings:
+                        transport.write(_masked_frame(0x9, b"p"))
+                    transport.write(_masked_frame(0x0, b"b", fin=False))
+                await events.next(DriverEvent.CLOSE, server)
+            [error] = events.errors(server)
+            assert str(error).startswith("frame stalled: no frame completed")
+            assert events.messages(server) == []
+        finally:
+            client.transport.abort()
+
+    async def test_a_fragmented_message_that_keeps_coming_is_not_stalled(
+        self, harness: DriverHarness
+    ) -> None:
+        # Five fragments of FRAME_PROGRESS bytes, 0.6 deadline apart, with a ping
+        # between them: the message takes three deadlines and arrives. The sleeps are
+        # the test: real time against the deadline.
+        timeout = 250 * MS
+        client, events, server = await _raw_client(harness, DriverOptions(frame_timeout=timeout))
+        try:
+            transport = client.transport
+            for n in range(5):
+                fragment = bytes([n]) * FRAME_PROGRESS
+                transport.write(_masked_frame(0x0 if n else 0x2, fragment, fin=n == 4))
+                transport.write(_masked_frame(0x9, b"p"))
+                if n < 4:
+                    await asyncio.sleep(0.6 * timeout)
+            [message] = await events.wait_messages(server, 1)
+            assert len(message) == 5 * FRAME_PROGRESS and message[-1] == 4
+            assert events.errors(server) == []
+            assert not server.closed
         finally:
             client.transport.abort()
 

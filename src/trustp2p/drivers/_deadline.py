@@ -2,12 +2,15 @@
 The deadline of a frame in progress, which every network driver runs (``tcp``, ``ws``,
 ``picows``; :attr:`DriverOptions.frame_timeout`).
 
-A frame that has started must, within each ``frame_timeout``, either complete or bring
-:data:`FRAME_PROGRESS` more of its bytes; else the connection is closed with code 1008
-("frame stalled"). A peer that dribbles a frame a few bytes at a time doesn't hold a
-connection and the frame's buffer, while an honest peer on a slow link is not cut for a
-large frame: 16 KiB in each 10 s (the defaults) is about 13 kbit/s, where a deadline for
-the whole frame cut a 256 KiB package at anything under 210 kbit/s.
+A frame that has started must complete within ``frame_timeout``, and each
+:data:`FRAME_PROGRESS` bytes of it that arrive earn it another ``frame_timeout`` (a byte
+earns ``frame_timeout / FRAME_PROGRESS``, never more than ``frame_timeout`` ahead of
+now): it must keep to 16 KiB per ``frame_timeout`` on average, with ``frame_timeout`` of
+slack, else the connection is closed with code 1008 ("frame stalled"). A peer that
+dribbles a frame a few bytes at a time doesn't hold a connection and the frame's buffer,
+while an honest peer's large frame crosses a slow link: 16 KiB per 10 s (the defaults)
+is about 13 kbit/s, where a deadline for the whole frame cut a 256 KiB package at
+anything under 210 kbit/s.
 
 """
 
@@ -32,15 +35,17 @@ class FrameDeadline(Socket):
     :meth:`_watch_frames` after each read. A read that completes no frame starts the
     deadline unless it runs; a read that completes one stops it. Bytes that end a read
     without completing a frame start it at the next read: if none comes, the connection
-    is idle, which the heartbeat watches. A subclass calls :meth:`_stop_frame_clock`
-    when reading pauses and when the connection ends, and sets the three slots to
-    ``None``, 0 and ``None`` at first.
+    is idle, which the heartbeat watches. A fragmented WebSocket message counts as one
+    frame: while it is open the deadline runs, and only its own frames' bytes are
+    progress (a peer can't hold it open with tiny fragments or pings between them). A
+    subclass calls :meth:`_stop_frame_clock` when reading pauses and when the connection
+    ends, and sets both slots to ``None`` at first.
     """
 
     __slots__ = ()
     _options: DriverOptions
-    _frame_started: float | None  # loop time the deadline last started; None: none runs
-    _frame_bytes: int  # bytes of the frame in progress since then
+    # When the deadline started, moved on by what the frame earned; None: none runs.
+    _frame_started: float | None
     _frame_timer: asyncio.TimerHandle | None
 
     def _watch_frames(self, completed: bool, now: float, nbytes: int) -> None:
@@ -55,20 +60,18 @@ class FrameDeadline(Socket):
     def _start_frame_clock(self, now: float) -> None:
         """A frame started at ``now``, or its deadline starts over (reading resumed)."""
         self._frame_started = now
-        self._frame_bytes = 0
         if self._frame_timer is None:
             deadline = now + self._options.frame_timeout
             self._frame_timer = self._loop.call_at(deadline, self._frame_timed_out)
 
     def _frame_progress(self, nbytes: int, now: float) -> None:
         """``nbytes`` more of the frame in progress arrived at ``now``."""
-        if self._frame_started is None:  # reading paused: no deadline runs
+        started = self._frame_started
+        if started is None:  # reading paused: no deadline runs
             return
-        got = self._frame_bytes + nbytes
-        if got >= FRAME_PROGRESS:
-            self._frame_started = now  # the timer moves when it fires
-            got = 0
-        self._frame_bytes = got
+        # (The timer moves when it fires.)
+        started += nbytes * self._options.frame_timeout / FRAME_PROGRESS
+        self._frame_started = started if started < now else now
 
     def _stop_frame_clock(self, *, cancel: bool = False) -> None:
         """Our pause is not the peer's stall; ``cancel``: the connection ended."""

@@ -57,7 +57,7 @@ TCP connection ended without a closing handshake (the peer crashed, or aborted).
 
 FRAME_PROGRESS = 16 * 1024
 """Bytes of a frame in progress that earn it another ``frame_timeout``
-(:attr:`DriverOptions.frame_timeout`)."""
+(:attr:`DriverOptions.frame_timeout`), a byte its share."""
 
 
 class DriverEvent(enum.Enum):
@@ -83,12 +83,13 @@ class DriverOptions:
         open_timeout: Time allowed to open a connection (TCP and handshake), in seconds.
         close_timeout: Time allowed for the closing handshake before the connection is
             dropped, in seconds.
-        frame_timeout: Once a frame has started, time in which it must complete or
-            bring :data:`FRAME_PROGRESS` (16 KiB) more bytes, in seconds; a stalled
-            frame closes the connection with code 1008. 16 KiB in each 10 s is about
-            13 kbit/s: an honest peer's large frame on a slow link arrives. (``ws`` and
-            ``picows``, whose parsers don't say where a frame starts, count from the
-            first read after the last complete frame that completes none.)
+        frame_timeout: Once a frame has started, time in which it must complete, in
+            seconds, and what each :data:`FRAME_PROGRESS` (16 KiB) of its bytes earns
+            it (up to ``frame_timeout`` ahead); a stalled frame closes the connection
+            with code 1008. 16 KiB per 10 s is about 13 kbit/s: an honest peer's large
+            frame on a slow link arrives. (``ws`` and ``picows``, whose parsers don't
+            say where a frame starts, count from the first read after the last
+            complete frame that completes none; a fragmented message is one frame.)
         write_limit: Size of the write buffer above which :meth:`Socket.drain` waits, in
             bytes.
         trust_real_ip: Take a client's address from the ``X-Real-IP`` header when the

@@ -57,12 +57,12 @@ reason, shuts down its writing side, and discards everything it reads afterwards
 close code is the one it sent, or 1006 if the peer doesn't end the connection within
 ``close_timeout``.
 
-**Frame deadline.** Once the first byte of a frame has arrived, the frame must complete
-or bring 16 KiB more within each ``frame_timeout`` (default 10 s; ``_deadline.py``),
-else the connection fails with code 1008 (policy violation: the bytes are well-formed,
-the peer is just too slow). Time between
-frames is unlimited, and the deadline is suspended while :meth:`TcpSocket.pause_reading`
-holds the connection.
+**Frame deadline.** Once the first byte of a frame has arrived, the frame must keep to
+16 KiB per ``frame_timeout`` (default 10 s) on average, with ``frame_timeout`` of slack
+(``_deadline.py``), else the connection fails with code 1008 (policy violation: the
+bytes are well-formed, the peer is just too slow). Time between frames is unlimited,
+and the deadline is suspended while :meth:`TcpSocket.pause_reading` holds the
+connection.
 
 """
 
@@ -133,8 +133,8 @@ class TcpSocket(FrameDeadline, StreamSocket):
 
     __slots__ = (
         *("_chunks", "_close_rcvd", "_close_sent", "_control", "_discarding", "_drop_error"),
-        *("_error_reported", "_failed", "_frame_bytes", "_frame_started", "_frame_timer", "_got"),
-        *("_head", "_limit", "_pending", "_size", "_state"),
+        *("_error_reported", "_failed", "_frame_started", "_frame_timer", "_got", "_head"),
+        *("_limit", "_pending", "_size", "_state"),
     )
     _receive_buffer = _receive_buffer
     _logger = logger
@@ -159,7 +159,6 @@ class TcpSocket(FrameDeadline, StreamSocket):
         self._chunks: list[bytes] = []
         self._got = 0
         self._frame_started: float | None = None  # see FrameDeadline
-        self._frame_bytes = 0
         self._frame_timer: asyncio.TimerHandle | None = None
         self._pending = b""  # bytes read before a pause_reading(), from a frame boundary
 
@@ -525,7 +524,8 @@ class TcpDriver(Driver):
 
     The limits of :class:`DriverOptions` apply: a message over ``max_message_size``
     closes the connection with code 1009 as soon as its length is read, and a message
-    that takes longer than ``frame_timeout`` to arrive closes it with code 1008. A URL
+    that neither completes nor brings 16 KiB more within ``frame_timeout`` closes it
+    with code 1008. A URL
     may have a path (such as ``/p2p/<peer-id>``); the driver ignores it.
 
     Raises:

@@ -66,7 +66,6 @@ class WsSocket(FrameDeadline, StreamSocket):
         "_closing",
         "_fragment_text",
         "_fragments",
-        "_frame_bytes",
         "_frame_started",
         "_frame_timer",
         "_held",
@@ -97,7 +96,6 @@ class WsSocket(FrameDeadline, StreamSocket):
         self._fragment_text = False
         self._closing = False  # we sent a close frame: drop what arrives after it
         self._frame_started: float | None = None  # see FrameDeadline
-        self._frame_bytes = 0
         self._frame_timer: asyncio.TimerHandle | None = None
         # Frames read before a pause_reading(); made on the first (an empty deque per
         # idle connection was about 0.6 KiB).
@@ -177,10 +175,6 @@ class WsSocket(FrameDeadline, StreamSocket):
         # pongs (and, once we closed, an EOF): skipped, not buffered without bound (RFC
         # 6455 lets an endpoint skip pongs).
         self._flush(pongs=self.write_paused and (protocol.state is State.OPEN or self._closing))
-        if events:
-            self._frame_started = None  # _watch_frames(True, now), inline: once a read
-        elif self._opened:
-            self._watch_frames(False, now, len(data))
         for event in events:
             if type(event) is Frame:
                 if event.opcode in _DATA_OPCODES or event.opcode is Opcode.CONT:
@@ -194,6 +188,12 @@ class WsSocket(FrameDeadline, StreamSocket):
                 self._accept(event)
             elif isinstance(event, Response):
                 self._handshake_done()
+        if events and not self._fragments:
+            self._frame_started = None  # _watch_frames(True, ...), inline: once a read
+        elif self._opened and not self._paused_reading:
+            # A frame in progress, or a fragmented message: its frames count as its
+            # progress (_receive_frame), pings between them don't.
+            self._watch_frames(False, now, 0 if events else len(data))
         if self._timer is None and protocol.close_expected():
             self._set_close_timer()
 
@@ -278,6 +278,7 @@ class WsSocket(FrameDeadline, StreamSocket):
         if frame.opcode is Opcode.CONT:
             self._fragments.append(bytes(frame.data))
             if not frame.fin:
+                self._frame_progress(len(frame.data), self.last_seen)  # see FrameDeadline
                 return
             data = b"".join(self._fragments)
             self._fragments = []

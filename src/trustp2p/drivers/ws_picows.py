@@ -138,7 +138,7 @@ class _Protocol(WSProtocol):  # type: ignore[misc]
         if socket.frames_read == before:
             socket.read_incomplete(now, nbytes)
         else:
-            socket.read_complete()
+            socket.read_complete(now)
 
 
 class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSListener):
@@ -150,7 +150,6 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         super().__init__(listener=listener, inbound=inbound, peer=peer, host="")
         self._options = options
         self._frame_started: float | None = None  # see FrameDeadline
-        self._frame_bytes = 0
         self._frame_timer: asyncio.TimerHandle | None = None
         self.frames_read = 0  # frames picows handed over (on_ws_frame), control ones too
         self._ws: WSTransport | None = None
@@ -320,12 +319,16 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         """The options it was made with."""
         return self._options
 
-    def read_complete(self) -> None:
-        """A read (``buffer_updated``) completed a frame: no frame deadline runs."""
-        self._frame_started = None
+    def read_complete(self, now: float) -> None:
+        """A read (``buffer_updated``) completed a frame: no frame deadline runs, unless
+        a fragmented message is still open (its frames are its progress, pings aren't)."""
+        if not self._fragments:
+            self._frame_started = None
+        elif not self._paused_reading:
+            self._watch_frames(False, now, 0)
 
     def read_incomplete(self, now: float, nbytes: int) -> None:
-        """A read (``buffer_updated``) completed no frame: start the frame deadline."""
+        """A read (``buffer_updated``) completed no frame: progress, or a new deadline."""
         if not self._paused_reading:
             self._watch_frames(False, now, nbytes)
 
@@ -428,6 +431,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             self._fail(CloseCode.MESSAGE_TOO_BIG, f"{size} bytes exceeds limit of {limit} bytes")
             return
         if not frame.fin:
+            self._frame_progress(frame.payload_size, self.last_seen)  # see FrameDeadline
             return
         data = self._fragments[0] if len(self._fragments) == 1 else b"".join(self._fragments)
         self._fragments = []
