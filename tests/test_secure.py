@@ -154,29 +154,30 @@ async def test_tampered_handshake_message_fails(make_node: MakeNode) -> None:
     assert [kind for kind, _ in recorder(server).seen] == ["error"]
 
 
-async def test_undecryptable_message_after_the_handshake_blocks_the_peer(
+async def test_an_undecryptable_message_closes_the_connection_not_blocking_the_peer(
     make_node: MakeNode,
 ) -> None:
+    # Found by a fault tester: a segment changed on the way in a way TCP's checksum
+    # misses (or injected by anyone on the path) made a secure node block its honest
+    # peer for an hour, across restarts. The connection closes; the peer is not blocked
+    # and connects again.
     server = await make_node(server=True, threads=[Recorder])
     assert server.url is not None and server.store is not None
     identity = Identity.generate()
-    noise = NoiseHandshake(identity, initiator=True)
-    async with connect(server.url, compression=None) as ws:
-        await ws.send(HANDSHAKE_MAGIC + noise.write_message())
-        message2 = await ws.recv()
-        assert isinstance(message2, bytes)
-        noise.read_message(message2)
-        await ws.send(noise.write_message())
-        await ws.send(b"tampered" * 4)
-        code, reason = await closed_by_peer(ws)
-    assert (code, reason) == (
-        1008,
-        "blocked: protocol violation: transport message doesn't decrypt",
-    )
-    await wait_for(
-        lambda: server.store is not None and server.store.is_blocked(peer_id=identity.peer_id)
-    )
-    assert ("error", "transport message doesn't decrypt") in recorder(server).seen
+    for attempt in range(2):
+        noise = NoiseHandshake(identity, initiator=True)
+        async with connect(server.url, compression=None) as ws:
+            await ws.send(HANDSHAKE_MAGIC + noise.write_message())
+            message2 = await ws.recv()
+            assert isinstance(message2, bytes)
+            noise.read_message(message2)
+            await ws.send(noise.write_message())
+            await ws.send(b"tampered" * 4)
+            code, reason = await closed_by_peer(ws)
+        assert (code, reason) == (1008, "transport message doesn't decrypt"), attempt
+        assert not server.store.is_blocked(peer_id=identity.peer_id, address="127.0.0.1")
+    errors = [seen for seen in recorder(server).seen if seen[0] == "error"]
+    assert errors == [("error", "transport message doesn't decrypt")] * 2
 
 
 async def test_replayed_handshake_fails(make_node: MakeNode) -> None:

@@ -17,7 +17,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from trustp2p import ConnectionClosed, EventMap, Node, PackageType, RemoteError, Socket, Thread
-from trustp2p.identity import Identity
+from trustp2p.identity import Identity, short_id
 from trustp2p.protocol.peers import peer_key
 from trustp2p.storage.peerstore import PeerSource, PeerStore
 from trustp2p.threads.heartbeat import HeartbeatThread
@@ -218,8 +218,9 @@ async def test_dialling_ourselves_does_not_block_our_address(make_node: MakeNode
 
 
 async def test_a_blocked_peer_is_not_dialled_after_a_restart(
-    make_node: MakeNode, tmp_path: Path
+    make_node: MakeNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="trustp2p.node.dialer")
     target = await make_node(server=True, threads=[Seen])
     assert target.url is not None and target.peer_id is not None
     cwd = tmp_path / "client"
@@ -233,6 +234,11 @@ async def test_a_blocked_peer_is_not_dialled_after_a_restart(
     seen = next(t for t in target.threads if isinstance(t, Seen))
     # A dial would start at once, and again every 20 to 100 ms.
     assert await stays(lambda: seen.connections == 0, 50 * MS), seen.connections
+    # Said once, at WARNING (found by a fault tester: a node whose only server it had
+    # blocked sat alone, its last word "redialling in 0.9 s").
+    said = [r for r in caplog.records if "not dialling" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING, caplog.text
+    assert f"the peer there ({short_id(target.peer_id)}) is blocked here" in said[0].getMessage()
 
 
 class Seen(Thread):

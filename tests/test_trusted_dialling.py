@@ -348,7 +348,10 @@ def test_the_documented_defaults() -> None:
     )
 
 
-async def test_blocking_one_peer_leaves_the_others_connected(make_node: MakeNode) -> None:
+async def test_blocking_one_peer_leaves_the_others_connected(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trustp2p.node.dialer")
     server = await make_node(server=True)
     offender = await make_node(client=True, peers=[server.url])
     innocent = await make_node(client=True, peers=[server.url])
@@ -365,6 +368,10 @@ async def test_blocking_one_peer_leaves_the_others_connected(make_node: MakeNode
     async with asyncio.timeout(5):
         await bad.wait_closed()
     assert (bad.close_code, bad.close_reason) == (1008, "blocked: too many invalid packages")
+    # The blocked node hears it at WARNING: it is no routine close.
+    await wait_for(lambda: "closed (1008 blocked: too many invalid packages)" in caplog.text)
+    [record, *_] = [r for r in caplog.records if "1008 blocked: too many" in r.getMessage()]
+    assert record.levelno == logging.WARNING
     assert not good.closed
     with pytest.raises(RemoteError):  # answered: the connection works
         await innocent.client.request(good, "nothing", {})

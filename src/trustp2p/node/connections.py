@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Final
 from ..admin.counters import INVALID, count
 from ..drivers.base import Listening, Socket
 from ..exceptions import (
-    ChannelError,
     ConnectionClosed,
     ConnectionDropped,
     HandshakeError,
@@ -210,11 +209,10 @@ class Connections:
             return
         socket.stats.invalid_in += 1
         self._metrics.invalid_package(type(error).__name__)
+        # A message that doesn't decrypt on a secure channel closes it (1008), and is not
+        # held against the peer: bytes changed on the way (TCP's checksum misses some
+        # changes; anyone on the path can inject a segment) are not the peer's doing.
         self.inbound.warn(conn.log, "connection failed", "! connection failed: %s", error)
-        if isinstance(error, ChannelError) and error.tampering:
-            # A message that doesn't decrypt on an authenticated channel: tampering.
-            reason = f"protocol violation: {error}"
-            self.penalties.block(socket.peer_id, socket.host, reason, socket=socket)
         self.workers.put(conn, Hook("on_socket_error", socket, error))
 
     def on_close(self, socket: Socket) -> None:

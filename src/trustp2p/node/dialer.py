@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
 from ..exceptions import DriverError, NodeStateError, SelfDialError
-from ..identity import PeerId
+from ..identity import PeerId, short_id
 from ..protocol.handshake import is_mode_mismatch
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
 from ..protocol.urls import split_peer_url
@@ -166,6 +166,7 @@ class Dialer:
         )
         dial_url, expected = split_peer_url(url)
         mismatched = False  # the last connection closed on a secure/plain mismatch
+        blocked = False  # said that we block the peer there (once per block)
         while True:
             gate, peer_id = self.policy.gate(url, self._connected_ids(), self.node.store)
             if gate is Gate.WAIT_FOR_PEER:
@@ -179,8 +180,13 @@ class Dialer:
                         await asyncio.sleep(1.0)  # closed, not forgotten yet: never spin
                     continue
             elif gate is Gate.BACK_OFF:
-                await asyncio.sleep(reconnect.failed())
+                delay = reconnect.failed()
+                if not blocked:
+                    self._blocked(url, peer_id, delay)
+                blocked = True
+                await asyncio.sleep(delay)
                 continue
+            blocked = False
             try:
                 socket = await self.dial(dial_url, expected)
             except DriverError as exc:
@@ -193,28 +199,43 @@ class Dialer:
                 continue
             reconnect.opened()
             await socket.wait_closed()
-            delay = reconnect.closed()
-            if self.policy.store_url(dial_url) in self._ourselves:
-                await asyncio.sleep(max(delay, options.reconnect_max))  # said once
-                continue
-            if is_mode_mismatch(socket.close_reason):
-                # It can't work until one side changes `secure`: say so once, and try
-                # again only as often as the slowest redial.
-                delay = max(delay, options.reconnect_max)
-                if not mismatched:
-                    self._mismatch(dial_url, socket.close_reason, delay)
-                mismatched = True
-                await asyncio.sleep(delay)
-                continue
-            mismatched = False
-            logger.info(
-                "= connection to %s closed (%s %s); redialling in %.1f s",
-                dial_url,
-                socket.close_code,
-                socket.close_reason or "-",
-                delay,
-            )
+            delay, mismatched = self._closed(dial_url, socket, reconnect.closed(), mismatched)
             await asyncio.sleep(delay)
+
+    def _closed(
+        self, dial_url: str, socket: Socket, delay: float, mismatched: bool
+    ) -> tuple[float, bool]:
+        """A persistent URL's connection closed: say so, and return the delay before the
+        next dial and whether the close was a secure/plain mismatch."""
+        options = self.node.options
+        if self.policy.store_url(dial_url) in self._ourselves:
+            return max(delay, options.reconnect_max), mismatched  # said once
+        if is_mode_mismatch(socket.close_reason):
+            # It can't work until one side changes `secure`: say so once, and try
+            # again only as often as the slowest redial.
+            delay = max(delay, options.reconnect_max)
+            if not mismatched:
+                self._mismatch(dial_url, socket.close_reason, delay)
+            return delay, True
+        # The peer blocked us (its close says "blocked..."): not routine churn.
+        level = logging.WARNING if _blocked_us(socket.close_reason) else logging.INFO
+        logger.log(
+            level,
+            "= connection to %s closed (%s %s); redialling in %.1f s",
+            dial_url,
+            socket.close_code,
+            socket.close_reason or "-",
+            delay,
+        )
+        return delay, False
+
+    def _blocked(self, url: str, peer_id: str | None, delay: float) -> None:
+        what = f"the peer there ({short_id(peer_id)})" if peer_id else "its address"
+        logger.warning(
+            "! not dialling %s: %s is blocked here (for block_duration from its offence);"
+            " checking again in %.1f s",
+            url, what, delay,
+        )  # fmt: skip
 
     def _mismatch(self, url: str, reason: str, delay: float) -> None:
         # The reason may be the peer's, in its words: say which side this node is.
@@ -298,3 +319,9 @@ class Dialer:
         if self.node.peer_id is not None:
             ids.add(self.node.peer_id)
         return ids
+
+
+def _blocked_us(reason: str | None) -> bool:
+    """Whether a close reason says the peer blocked this node (penalties' "blocked: ...",
+    or a refusal "blocked")."""
+    return reason is not None and reason.startswith("blocked")
