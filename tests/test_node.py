@@ -236,7 +236,7 @@ async def test_handler_returning_a_non_dict_answers_error(
     # The log says what the handler did wrong, without a traceback into trustp2p.
     [record] = [r for r in caplog.records if "bad_body" in r.getMessage()]
     assert record.levelno == logging.ERROR and record.exc_info is None
-    prefix, reason = record.getMessage().split(" returned no JSON object: ")
+    prefix, reason = record.getMessage().split(" returned what can't be sent: ")
     assert prefix == "! handler of REQUEST 'bad_body' in Recorder"
     assert re.match(refused_type("body", "dict", "list"), reason)
 

@@ -33,6 +33,7 @@ class Store(Thread):
                 "echo": self.echo,
                 "count": self.count,
                 "body-only": self.body_only,
+                "none": self.no_payload,
                 "bad": self.bad,
             },
             PackageType.TALK: {"note": self.note},
@@ -53,6 +54,9 @@ class Store(Thread):
 
     def body_only(self, socket: Socket, package: Package) -> dict[str, Any]:
         return {"size": len(package.payload)}
+
+    def no_payload(self, socket: Socket, package: Package) -> Reply:
+        return Reply({"size": len(package.payload)}, None)  # as request(payload=None)
 
     def bad(self, socket: Socket, package: Package) -> Reply:
         return Reply({"x": {1, 2}}, b"never sent")  # a set: not JSON
@@ -105,6 +109,15 @@ async def test_concurrent_identical_payload_requests_are_both_answered(
     assert store(server).seen == 2  # both went on the wire: not merged
     assert first.tag != second.tag
     assert first.payload == second.payload == b"same"
+
+
+async def test_a_reply_with_payload_none_has_no_payload(make_node: MakeNode) -> None:
+    # Found by a tester: Reply(body, None) failed as "returned no JSON object", though
+    # request_package(payload=None) means no payload.
+    _, client, socket = await pair(make_node, "ws", secure=False)
+    assert client.client is not None
+    response = await client.client.request_package(socket, "none", {}, payload=None)
+    assert (response.body, response.payload) == ({"size": 0}, b"")
 
 
 async def test_request_returns_the_body_and_handlers_may_answer_without_payload(

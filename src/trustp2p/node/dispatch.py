@@ -367,9 +367,10 @@ class Worker:
         if not failed and result is not None:
             payload = b""
             if type(result) is Reply:
-                result, payload = result
+                result, given = result
+                payload = b"" if given is None else given
             try:
-                # Raises TypeError or ValueError if the handler returned no JSON object.
+                # Raises TypeError or ValueError for an answer that can't be sent.
                 response = build_package(
                     _RESPONSE_TYPE[package_type],
                     "pong" if package_type is PackageType.HEARTBEAT_PING else package.event,
@@ -383,7 +384,7 @@ class Worker:
                     logger,
                     logging.ERROR,
                     "handler failed",
-                    "! handler of %s %r in %s returned no JSON object: %s",
+                    "! handler of %s %r in %s returned what can't be sent: %s",
                     package.type.name,
                     package.event,
                     thread.path or type(thread).__name__,

@@ -34,8 +34,8 @@ class Reply(NamedTuple):
 
     body: Body
     """The response body, a JSON object."""
-    payload: bytes = b""
-    """Binary data beside the body; ``b""``: none."""
+    payload: bytes | None = b""
+    """Binary data beside the body; ``b""`` or ``None``: none (as ``request(payload=)``)."""
 
 
 HandlerResult = Body | Reply | None | Awaitable[Body | Reply | None]
