@@ -14,7 +14,7 @@ import logging
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
+from trustp2p import EventMap, Node, Package, PackageType, RemoteError, Socket, Thread
 from trustp2p.protocol.package import build_package, decode, encode
 from trustp2p.threads.heartbeat import HeartbeatThread
 
@@ -96,3 +96,31 @@ async def test_our_client_stays_connected_to_an_original_server() -> None:
             assert socket.stats.invalid_in == 0
             assert {p.body["sleep"] for p in pongs} == {False}
             assert len(pongs) == EXCHANGES
+
+
+async def test_an_array_answer_of_an_original_server_fails_the_request_at_once() -> None:
+    """The original's encoder takes any JSON object *or array* as a body; ours refuses
+    an array. Found by a tester: the request then waited for its timeout (300 s by
+    default). It fails at once with RemoteError, saying why."""
+
+    async def original_server(ws: ServerConnection) -> None:
+        await ws.send("")
+        async for message in ws:
+            if isinstance(message, bytes):
+                request = decode(message)
+                answer = Package(
+                    PackageType.RESPONSE, request.event, {}, tag=request.tag, body_json="[1,2]"
+                )
+                await ws.send(encode(answer))
+
+    async with serve(original_server, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with Node(client=True, secure=False, peers=[f"ws://127.0.0.1:{port}"]) as node:
+            assert node.client is not None
+            await node.client.wait_connected()
+            socket = node.client.sockets[0]
+            with pytest.raises(RemoteError) as caught:
+                await node.client.request(socket, "list", {}, timeout=30)
+            assert caught.value.body == {
+                "error": "invalid response: body is not a JSON object but an array"
+            }

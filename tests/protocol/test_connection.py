@@ -337,6 +337,24 @@ def test_invalid_packages_are_counted_and_requests_answered(clock: FakeClock) ->
     assert answer.tag == good.tag
 
 
+def test_an_invalid_response_fails_its_request_at_once(clock: FakeClock) -> None:
+    # Found by a tester against the original, whose RESPONSE bodies may be JSON arrays:
+    # the response was refused and the request waited for its timeout (300 s by
+    # default). The request fails now, saying why; the response still counts invalid.
+    connection = protocol(clock)
+    broken = Package(PackageType.RESPONSE, "echo", {}, tag="T", body_json="[1]")
+    actions = connection.receive_data(encode(broken))
+    assert [type(a) for a in actions] == [Penalty, DeliverResponse]
+    answer = actions[1].package  # type: ignore[union-attr]
+    assert (answer.type, answer.event, answer.tag) == (PackageType.RESPONSE, "echo", "T")
+    assert answer.body == {"error": "invalid response: body is not a JSON object but an array"}
+    assert connection.invalid == 1
+    # A pong, a talk or a response without a tag: nothing to fail.
+    for package_type, tag in ((PackageType.HEARTBEAT_PONG, "T"), (PackageType.RESPONSE, "")):
+        broken = Package(package_type, "echo", {}, tag=tag, body_json="[1]")
+        assert [type(a) for a in connection.receive_data(encode(broken))] == [Penalty]
+
+
 def test_invalid_packages_warn_then_go_quiet(clock: FakeClock) -> None:
     connection = protocol(clock)
     penalties = []

@@ -493,6 +493,12 @@ class ConnectionProtocol:
             )
             if package is not None:
                 actions.append(Send(package))
+        elif package_type == PackageType.RESPONSE and tag:
+            # The request it answers fails now, saying why, rather than at its timeout.
+            text = reason.replace("invalid package", "invalid response", 1)
+            package = error_answer(PackageType.REQUEST, event, tag, text, alt=self._alt)
+            if package is not None:
+                actions.append(DeliverResponse(package))
         return actions
 
     def _close(self, code: int, reason: str, *, penalty: bool = False) -> list[Action]:

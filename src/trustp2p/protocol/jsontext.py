@@ -14,7 +14,9 @@ shortest form that reads back the same, ``1.0`` as ``1.0``, ``-0.0`` as ``-0.0``
 ``1``, ``0``, ``10000000000000000``, ``1e-7``, ``0.00001``). Only a request's tag depends
 on it, and receivers never recompute tags. Integers of any size are written and read
 exactly (JavaScript reads those beyond 2**53 as the nearest float); NaN and the
-infinities are refused both ways.
+infinities are refused both ways. A lone surrogate read (``"\\ud800"``: JavaScript's
+``JSON.stringify`` writes one for a string that holds it) becomes U+FFFD, as
+JavaScript's ``TextEncoder`` writes it in UTF-8, so that what is read can be written.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 __all__ = ["Unwritable", "dumps", "loads"]
 
 import json
+import re
 from typing import Any
 
 try:
@@ -161,8 +164,8 @@ def loads(text: str) -> Any:
         json.JSONDecodeError: If it isn't JSON.
         ValueError: If it holds NaN or an infinity; :exc:`Unwritable` if it holds what
             :func:`dumps` can't write back as UTF-8: a number too large for a float
-            (``1e999``), a lone surrogate (``"\\ud800"``), nesting deeper than the
-            writer takes.
+            (``1e999``), nesting deeper than the writer takes. (A lone surrogate,
+            ``"\\ud800"``, is read as U+FFFD.)
         RecursionError: If it is nested too deeply.
 
     """
@@ -189,17 +192,22 @@ def loads(text: str) -> Any:
         end = -1
     if end != len(text):  # leading or trailing space, or an error: decode() tells
         value = _json_decoder.decode(text)
-    _check_writable(value)
-    return value
+    return _writable(value)
 
 
-def _check_writable(value: Any) -> None:
-    """Raise :exc:`Unwritable` unless ``value`` can be written back (what orjson refused
-    and the standard library read: a body accepted is one a handler can send back)."""
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # (re reads the escapes)
+
+
+def _writable(value: Any) -> Any:
+    """``value``, its lone surrogates made U+FFFD; raise :exc:`Unwritable` unless it
+    can then be written back (what orjson refused and the standard library read: a body
+    accepted is one a handler can send back)."""
     try:
         _stdlib_dumps(value).encode()
-    except UnicodeEncodeError:
-        raise Unwritable("a string holds a lone surrogate, which UTF-8 can't hold") from None
+    except UnicodeEncodeError:  # a lone surrogate: the stdlib's text escapes it
+        text = json.dumps(value, ensure_ascii=False)  # (an infinity: refused below)
+        return _writable(json.loads(_SURROGATE.sub("\ufffd", text)))
     except ValueError as exc:  # 1e999 read as an infinity, or nested too deeply to write
         reason = "a number out of range" if "Out of range" in str(exc) else str(exc)
         raise Unwritable(reason) from None
+    return value
