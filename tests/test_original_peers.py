@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from trustp2p import EventMap, Node, Package, PackageType, RemoteError, Socket, Thread
+from trustp2p.admin.counters import INVALID
 from trustp2p.protocol.package import build_package, decode, encode
 from trustp2p.threads.heartbeat import HeartbeatThread
 
@@ -59,6 +60,9 @@ async def test_an_original_client_stays_connected_to_our_server(
             inbound = node.server.sockets[0]
             assert not inbound.closed
             assert inbound.stats.invalid_in == 0
+            # Not a package, nor an invalid one (found by a tester: each of the
+            # original's empty text frames was counted as an INVALID package).
+            assert node.metrics.packages_in[INVALID] == 0
     assert any("empty text frame" in r.getMessage() for r in caplog.records)
 
 
@@ -124,3 +128,7 @@ async def test_an_array_answer_of_an_original_server_fails_the_request_at_once()
             assert caught.value.body == {
                 "error": "invalid response: body is not a JSON object but an array"
             }
+            # Labelled by what was wrong (found by the same tester: every decoder
+            # error was labelled "invalid package"). (It answers our node's own
+            # requests, such as peer exchange, with arrays too.)
+            assert list(node.metrics.invalid) == ["body is not a json object but an array"]

@@ -177,8 +177,9 @@ class Connections:
         protocol.last_package = None  # read once: an idle connection holds no package
         slot = package.type if protocol.last_valid and package is not None else INVALID
         metrics = self._metrics
-        metrics.packages_in[slot] += 1
-        metrics.bytes_in[slot] += len(data)
+        if data:  # (the original's empty text frame is no package, nor invalid)
+            metrics.packages_in[slot] += 1
+            metrics.bytes_in[slot] += len(data)
         if protocol.last_valid and (
             protocol.valid - conn.counted >= GOOD_BATCH
             or not conn.counted
@@ -407,7 +408,8 @@ class Connections:
     def _penalty(self, conn: PeerConnection, penalty: Penalty) -> None:
         socket = conn.socket
         socket.stats.invalid_in += 1
-        self._metrics.invalid_package(penalty.reason)
+        # Labelled by what was wrong: every reason of a decoder error starts alike.
+        self._metrics.invalid_package(penalty.reason.removeprefix("invalid package: "))
         if penalty.warn:
             suffix = "; more are logged at debug level" if penalty.last_warning else ""
             conn.log.warning("! %s%s", penalty.reason, suffix)
