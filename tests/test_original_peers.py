@@ -19,6 +19,7 @@ from trustp2p.admin.counters import INVALID
 from trustp2p.protocol.package import build_package, decode, encode
 from trustp2p.threads.heartbeat import HeartbeatThread
 
+from .conftest import stays
 from .nodes import wait_for
 
 # Enough to cross every per-peer threshold of the old rules (10 packages, ratio 0.1).
@@ -132,3 +133,30 @@ async def test_an_array_answer_of_an_original_server_fails_the_request_at_once()
             # error was labelled "invalid package"). (It answers our node's own
             # requests, such as peer exchange, with arrays too.)
             assert list(node.metrics.invalid) == ["body is not a json object but an array"]
+
+
+async def test_an_original_server_that_drops_get_peers_is_not_asked_again() -> None:
+    """The original drops requests it doesn't know. Found by a tester: peer exchange
+    asked an original server for peers every ~70 s for as long as it ran, each a
+    timeout in the metrics. After one timeout on a plain connection, not again."""
+    asked: list[str] = []
+
+    async def original_server(ws: ServerConnection) -> None:
+        await ws.send("")
+        async for message in ws:
+            if isinstance(message, bytes) and decode(message).event == "get_peers":
+                asked.append("get_peers")  # and no answer, as the original
+
+    async with serve(original_server, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with Node(
+            client=True,
+            secure=False,
+            peers=[f"ws://127.0.0.1:{port}"],
+            open_timeout=0.2,  # the request's timeout
+            exchange_interval=0.1,  # asked again every 0.1 s while short of peers
+        ) as node:
+            assert node.client is not None
+            await node.client.wait_connected()
+            await wait_for(lambda: node.metrics.requests_timed_out >= 1)
+            assert await stays(lambda: len(asked) == 1, 0.5), asked
