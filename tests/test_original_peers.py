@@ -160,3 +160,21 @@ async def test_an_original_server_that_drops_get_peers_is_not_asked_again() -> N
             await node.client.wait_connected()
             await wait_for(lambda: node.metrics.requests_timed_out >= 1)
             assert await stays(lambda: len(asked) == 1, 0.5), asked
+
+
+async def test_bytes_that_are_not_a_package_are_logged_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by a tester: what a peer sent that wasn't a package was never shown, not
+    even at DEBUG, so an interoperability problem couldn't be seen. Its first 64 bytes
+    are logged at DEBUG."""
+    from websockets.asyncio.client import connect
+
+    caplog.set_level(logging.DEBUG, logger="trustp2p.node")
+    async with Node(server=True, secure=False, port=0) as node:
+        assert node.url is not None and node.server is not None
+        async with connect(node.url, compression=None) as ws:
+            await ws.send(b"\xff\x00not protobuf" + b"x" * 100)
+            await wait_for(lambda: "not read: " in caplog.text)
+    [line] = [r.getMessage() for r in caplog.records if "not read: " in r.getMessage()]
+    assert line.endswith("< not read: " + repr(b"\xff\x00not protobuf" + b"x" * 50)), line

@@ -171,8 +171,8 @@ class Connections:
         actions = protocol.receive_data(data)
         if socket.id in self.inbound.awaiting and protocol.state is ConnectionState.OPEN:
             self.inbound.introduced(socket)
-        if self._debug and protocol.last_package is not None:
-            conn.log.debug("< %s", protocol.last_package)
+        if self._debug:  # the package, or the start of what wasn't read as one
+            conn.log.debug("< %s", protocol.last_package or f"not read: {data[:64]!r}")
         package = protocol.last_package  # counted inline: this runs for every package
         protocol.last_package = None  # read once: an idle connection holds no package
         slot = package.type if protocol.last_valid and package is not None else INVALID
