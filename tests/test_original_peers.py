@@ -178,3 +178,31 @@ async def test_bytes_that_are_not_a_package_are_logged_at_debug(
             await wait_for(lambda: "not read: " in caplog.text)
     [line] = [r.getMessage() for r in caplog.records if "not read: " in r.getMessage()]
     assert line.endswith("< not read: " + repr(b"\xff\x00not protobuf" + b"x" * 50)), line
+
+
+async def test_an_original_peer_is_not_asked_for_gossip_catch_up() -> None:
+    """The original has no gossip and drops what it doesn't know. Found by a tester:
+    every catch-up round (30 s) could ask it for high-water marks, each a timeout in
+    the metrics. The rounds ask only peers that share one of our topics."""
+    asked: list[str] = []
+
+    async def original_server(ws: ServerConnection) -> None:
+        await ws.send("")
+        async for message in ws:
+            if isinstance(message, bytes) and decode(message).event == "gossip/hwm":
+                asked.append("gossip/hwm")  # and no answer, as the original
+
+    async with serve(original_server, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with Node(
+            client=True,
+            secure=False,
+            peers=[f"ws://127.0.0.1:{port}"],
+            open_timeout=0.2,  # the request's timeout
+            catchup_interval=0.05,
+        ) as node:
+            node.subscribe("chat")
+            assert node.client is not None
+            await node.client.wait_connected()
+            # (the catch-up as the connection opens may ask once)
+            assert await stays(lambda: len(asked) <= 1, 1.0), asked

@@ -167,8 +167,8 @@ class NodeOptions:
         max_hops: Relays a message may go through before it is no longer forwarded.
         log_max_messages: Messages kept per topic for catch-up...
         log_max_age: ...and for how long (``<cwd>/data/gossip.sqlite``).
-        catchup_interval: Time between two catch-up rounds with a random peer (0: only
-            when a connection opens).
+        catchup_interval: Time between two catch-up rounds with a random peer that
+            shares one of our topics (0: only when a connection opens).
         catchup_batch: Most messages in one ``gossip/fetch`` answer.
         gap_timeout: A gap in an origin's sequence that nobody fills is skipped after
             this long, once a peer asked for it answered without it (ten times as long

@@ -525,7 +525,11 @@ class Gossip:
     async def _catch_up_forever(self) -> None:
         while True:
             await asyncio.sleep(self._jittered(self.node.options.catchup_interval))
-            socket = self.catchup.choose(self.node.sockets)
+            # A peer that shares one of our topics: others have nothing of them (an
+            # original, which has no gossip, let each request time out; found by a tester).
+            topics, peer_topics = self.router.topics, self.router.peer_topics
+            peers = [s for s in self.node.sockets if not topics.isdisjoint(peer_topics(s.id))]
+            socket = self.catchup.choose(peers)
             if socket is not None:
                 await self._catch_up(socket)
 
