@@ -445,7 +445,7 @@ BAD_JSON = "body is not valid JSON: "
         ('{"n":-Infinity}', BAD_JSON + "-Infinity is not valid JSON"),
         ("[" * 100_000 + "]" * 100_000, "body is nested too deeply"),
         ('{"a":' * 50_000 + "1" + "}" * 50_000, "body is nested too deeply"),
-        ('{"a":1e999}', "body can't be sent back: a number out of range"),
+        ('{"a":1e999}', "body can't be written again as JSON: a number out of range"),
     ],
     ids=lambda value: value[:12],
 )

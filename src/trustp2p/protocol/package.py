@@ -471,7 +471,7 @@ def _body_error(
     elif isinstance(error, RecursionError):
         reason = "body is nested too deeply"
     elif isinstance(error, Unwritable):
-        reason = f"body can't be sent back: {error}"
+        reason = f"body can't be written again as JSON: {error}"
     elif "integer string conversion" in str(error):  # Python's message names its API
         reason = "body is not valid JSON: an integer of more than 4300 digits"
     else:  # NaN, Infinity
