@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
@@ -135,31 +136,40 @@ async def test_an_array_answer_of_an_original_server_fails_the_request_at_once()
             assert list(node.metrics.invalid) == ["body is not a json object but an array"]
 
 
-async def test_an_original_server_that_drops_get_peers_is_not_asked_again() -> None:
-    """The original drops requests it doesn't know. Found by a tester: peer exchange
-    asked an original server for peers every ~70 s for as long as it ran, each a
-    timeout in the metrics. After one timeout on a plain connection, not again."""
+@contextlib.asynccontextmanager
+async def silent_original(event: str) -> AsyncIterator[tuple[str, list[str]]]:
+    """An original server that drops requests for ``event`` unanswered, as the original
+    drops what it doesn't know: its URL, and the list of those it got."""
     asked: list[str] = []
 
     async def original_server(ws: ServerConnection) -> None:
         await ws.send("")
         async for message in ws:
-            if isinstance(message, bytes) and decode(message).event == "get_peers":
-                asked.append("get_peers")  # and no answer, as the original
+            if isinstance(message, bytes) and decode(message).event == event:
+                asked.append(event)
 
     async with serve(original_server, "127.0.0.1", 0, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]
-        async with Node(
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", asked
+
+
+async def test_an_original_server_that_drops_get_peers_is_not_asked_again() -> None:
+    """Found by a tester: peer exchange asked an original server for peers every ~70 s
+    for as long as it ran, each a timeout in the metrics. After one timeout on a plain
+    connection, not again."""
+    async with (
+        silent_original("get_peers") as (url, asked),
+        Node(
             client=True,
             secure=False,
-            peers=[f"ws://127.0.0.1:{port}"],
+            peers=[url],
             open_timeout=0.2,  # the request's timeout
             exchange_interval=0.1,  # asked again every 0.1 s while short of peers
-        ) as node:
-            assert node.client is not None
-            await node.client.wait_connected()
-            await wait_for(lambda: node.metrics.requests_timed_out >= 1)
-            assert await stays(lambda: len(asked) == 1, 0.5), asked
+        ) as node,
+    ):
+        assert node.client is not None
+        await node.client.wait_connected()
+        await wait_for(lambda: node.metrics.requests_timed_out >= 1)
+        assert await stays(lambda: len(asked) == 1, 0.5), asked
 
 
 async def test_bytes_that_are_not_a_package_are_logged_at_debug(
@@ -181,28 +191,21 @@ async def test_bytes_that_are_not_a_package_are_logged_at_debug(
 
 
 async def test_an_original_peer_is_not_asked_for_gossip_catch_up() -> None:
-    """The original has no gossip and drops what it doesn't know. Found by a tester:
-    every catch-up round (30 s) could ask it for high-water marks, each a timeout in
-    the metrics. The rounds ask only peers that share one of our topics."""
-    asked: list[str] = []
-
-    async def original_server(ws: ServerConnection) -> None:
-        await ws.send("")
-        async for message in ws:
-            if isinstance(message, bytes) and decode(message).event == "gossip/hwm":
-                asked.append("gossip/hwm")  # and no answer, as the original
-
-    async with serve(original_server, "127.0.0.1", 0, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]
-        async with Node(
+    """Found by a tester: every catch-up round (30 s) could ask an original, which has
+    no gossip, for high-water marks, each a timeout in the metrics. The rounds ask only
+    peers that share one of our topics."""
+    async with (
+        silent_original("gossip/hwm") as (url, asked),
+        Node(
             client=True,
             secure=False,
-            peers=[f"ws://127.0.0.1:{port}"],
+            peers=[url],
             open_timeout=0.2,  # the request's timeout
             catchup_interval=0.05,
-        ) as node:
-            node.subscribe("chat")
-            assert node.client is not None
-            await node.client.wait_connected()
-            # (the catch-up as the connection opens may ask once)
-            assert await stays(lambda: len(asked) <= 1, 1.0), asked
+        ) as node,
+    ):
+        node.subscribe("chat")
+        assert node.client is not None
+        await node.client.wait_connected()
+        # (the catch-up as the connection opens may ask once)
+        assert await stays(lambda: len(asked) <= 1, 1.0), asked
