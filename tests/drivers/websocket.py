@@ -237,7 +237,7 @@ class WebSocketChecks:
         # Found in review: each fragment is a complete frame, so a deadline per frame
         # never ran, and a peer held the connection and the message's buffer with a byte
         # per fragment (pings between them answered too). The open message is a frame in
-        # progress now: its fragments' bytes are its progress, pings are none.
+        # progress now: the bytes read are its progress, but for the pings among them.
         timeout = 100 * MS
         options = DriverOptions(frame_timeout=timeout, close_timeout=timeout)
         client, events, server = await _raw_client(harness, options)
@@ -256,6 +256,35 @@ class WebSocketChecks:
             [error] = events.errors(server)
             assert str(error).startswith("frame stalled: no frame completed")
             assert events.messages(server) == []
+        finally:
+            client.transport.abort()
+
+    async def test_pings_split_across_reads_are_no_progress_of_a_message(
+        self, harness: DriverHarness
+    ) -> None:
+        # Found in a second review: while a message is open the bytes of a read that
+        # completes no frame count, and a peer sent each ping in two writes (all but
+        # its last byte, then that byte) to keep its one-byte message open for ever.
+        # A ping's bytes are taken back when it completes. (About 60 KB/s of pings,
+        # against 16 KiB per deadline: the sleeps are the test.)
+        timeout = 500 * MS
+        options = DriverOptions(frame_timeout=timeout, close_timeout=timeout)
+        client, events, server = await _raw_client(harness, options)
+        ping = _masked_frame(0x9, b"p" * 125)
+        try:
+            transport = client.transport
+            transport.write(_masked_frame(0x2, b"a", fin=False))  # and no more of it
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 4 * timeout
+            while loop.time() < end and not server.closed:
+                transport.write(ping[:-1])  # a read that completes no frame
+                await asyncio.sleep(MS)
+                transport.write(ping[-1:])  # one that completes the ping
+                await asyncio.sleep(MS)
+            assert server.closed, "split pings held a message open for 4 deadlines"
+            await events.next(DriverEvent.CLOSE, server)
+            [error] = events.errors(server)
+            assert str(error).startswith("frame stalled: no frame completed")
         finally:
             client.transport.abort()
 

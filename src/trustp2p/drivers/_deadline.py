@@ -36,8 +36,9 @@ class FrameDeadline(Socket):
     deadline unless it runs; a read that completes one stops it. Bytes that end a read
     without completing a frame start it at the next read: if none comes, the connection
     is idle, which the heartbeat watches. A fragmented WebSocket message counts as one
-    frame: while it is open the deadline runs, and only its own frames' bytes are
-    progress (a peer can't hold it open with tiny fragments or pings between them). A
+    frame: while it is open the deadline runs, and the bytes read are its progress, but
+    for the control frames among them (:meth:`_control_frame_read`): a peer can't hold
+    it open with tiny fragments, nor with pings between them, whole or split. A
     subclass calls :meth:`_stop_frame_clock` when reading pauses and when the connection
     ends, and sets both slots to ``None`` at first.
     """
@@ -69,9 +70,16 @@ class FrameDeadline(Socket):
         started = self._frame_started
         if started is None:  # reading paused: no deadline runs
             return
+        # (A control frame's bytes are taken back: nbytes < 0.)
         # (The timer moves when it fires.)
         started += nbytes * self._options.frame_timeout / FRAME_PROGRESS
         self._frame_started = started if started < now else now
+
+    def _control_frame_read(self, size: int, now: float) -> None:
+        """A WebSocket control frame of ``size`` payload bytes (a ping) was read while a
+        fragmented message is open: its bytes, counted with the reads', are no progress
+        of the message. (A control frame's header is 2 bytes, and a client's mask 4.)"""
+        self._frame_progress(-(size + (6 if self.inbound else 2)), now)
 
     def _stop_frame_clock(self, *, cancel: bool = False) -> None:
         """Our pause is not the peer's stall; ``cancel``: the connection ended."""

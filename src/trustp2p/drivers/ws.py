@@ -184,6 +184,8 @@ class WsSocket(FrameDeadline, StreamSocket):
                         self._held.append(event)
                     else:
                         self._receive_frame(event)
+                elif self._fragments:  # a ping inside a message: no progress of it
+                    self._control_frame_read(len(event.data), now)
             elif isinstance(event, Request):
                 self._accept(event)
             elif isinstance(event, Response):
@@ -191,9 +193,8 @@ class WsSocket(FrameDeadline, StreamSocket):
         if events and not self._fragments:
             self._frame_started = None  # _watch_frames(True, ...), inline: once a read
         elif self._opened and not self._paused_reading:
-            # A frame in progress, or a fragmented message: its frames count as its
-            # progress (_receive_frame), pings between them don't.
-            self._watch_frames(False, now, 0 if events else len(data))
+            # A frame in progress, or a fragmented message (see FrameDeadline).
+            self._watch_frames(False, now, len(data))
         if self._timer is None and protocol.close_expected():
             self._set_close_timer()
 
@@ -278,7 +279,6 @@ class WsSocket(FrameDeadline, StreamSocket):
         if frame.opcode is Opcode.CONT:
             self._fragments.append(bytes(frame.data))
             if not frame.fin:
-                self._frame_progress(len(frame.data), self.last_seen)  # see FrameDeadline
                 return
             data = b"".join(self._fragments)
             self._fragments = []

@@ -67,6 +67,7 @@ logger = logging.getLogger(__name__)
 # fills it, so a pipeline or a big message grows it, and idle peers cost little.
 _READ_BUFFER = 4096
 _NO_LIMIT = 2**62  # picows wants a number for its frame size limit
+_CONTROL = (WSMsgType.PING, WSMsgType.PONG, WSMsgType.CLOSE)
 _NO_STATUS_RCVD = 1005  # a close frame without a code, as websockets reports it
 _TOO_BIG = re.compile(r"(\d+) > (\d+)$")  # the end of picows' reason for code 1009
 
@@ -138,7 +139,7 @@ class _Protocol(WSProtocol):  # type: ignore[misc]
         if socket.frames_read == before:
             socket.read_incomplete(now, nbytes)
         else:
-            socket.read_complete(now)
+            socket.read_complete(now, nbytes)
 
 
 class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSListener):
@@ -266,6 +267,8 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             self._deliver(frame.get_payload_as_bytes())  # the common case
             return
         self.last_seen = self._loop.time()
+        if self._fragments and kind in _CONTROL:  # a ping inside a message: no progress
+            self._control_frame_read(frame.payload_size, self.last_seen)
         if kind is WSMsgType.CLOSE:
             if self._held:  # read with messages still held: it comes after them
                 self._held_close = transport
@@ -319,13 +322,13 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         """The options it was made with."""
         return self._options
 
-    def read_complete(self, now: float) -> None:
+    def read_complete(self, now: float, nbytes: int) -> None:
         """A read (``buffer_updated``) completed a frame: no frame deadline runs, unless
-        a fragmented message is still open (its frames are its progress, pings aren't)."""
+        a fragmented message is still open (see FrameDeadline)."""
         if not self._fragments:
             self._frame_started = None
         elif not self._paused_reading:
-            self._watch_frames(False, now, 0)
+            self._watch_frames(False, now, nbytes)
 
     def read_incomplete(self, now: float, nbytes: int) -> None:
         """A read (``buffer_updated``) completed no frame: progress, or a new deadline."""
@@ -431,7 +434,6 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             self._fail(CloseCode.MESSAGE_TOO_BIG, f"{size} bytes exceeds limit of {limit} bytes")
             return
         if not frame.fin:
-            self._frame_progress(frame.payload_size, self.last_seen)  # see FrameDeadline
             return
         data = self._fragments[0] if len(self._fragments) == 1 else b"".join(self._fragments)
         self._fragments = []
