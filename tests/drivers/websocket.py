@@ -311,6 +311,29 @@ class WebSocketChecks:
         finally:
             client.transport.abort()
 
+    async def test_a_message_opened_in_the_read_that_ends_another_has_its_own_deadline(
+        self, harness: DriverHarness
+    ) -> None:
+        # Found in a second review: it inherited the deadline of the message that ended
+        # in the same read. Message A opens, 0.6 deadline passes, one write ends A and
+        # opens B, B ends 0.6 deadline later (inherited, its deadline was at 1.0): both
+        # arrive. The sleeps are the test.
+        timeout = 400 * MS
+        client, events, server = await _raw_client(harness, DriverOptions(frame_timeout=timeout))
+        try:
+            transport = client.transport
+            transport.write(_masked_frame(0x2, b"a", fin=False))
+            await asyncio.sleep(0.6 * timeout)
+            transport.write(
+                _masked_frame(0x0, b"A", fin=True) + _masked_frame(0x2, b"b", fin=False)
+            )
+            await asyncio.sleep(0.6 * timeout)
+            transport.write(_masked_frame(0x0, b"B", fin=True))
+            assert await events.wait_messages(server, 2) == [b"aA", b"bB"]
+            assert events.errors(server) == []
+        finally:
+            client.transport.abort()
+
     async def test_frames_each_within_the_deadline_are_not_closed(
         self, harness: DriverHarness
     ) -> None:

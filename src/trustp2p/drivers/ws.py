@@ -281,7 +281,7 @@ class WsSocket(FrameDeadline, StreamSocket):
             if not frame.fin:
                 return
             data = b"".join(self._fragments)
-            self._fragments = []
+            self._fragments, self._frame_started = [], None  # the next: its own deadline
             text = self._fragment_text
         elif not frame.fin:
             self._fragments = [bytes(frame.data)]

@@ -436,7 +436,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         if not frame.fin:
             return
         data = self._fragments[0] if len(self._fragments) == 1 else b"".join(self._fragments)
-        self._fragments = []
+        self._fragments, self._frame_started = [], None  # the next message: its own deadline
         if not self._fragment_text:
             self._receive(data)
             return
