@@ -12,6 +12,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from trustp2p import RemoteError
+from trustp2p.protocol.package import PackageType, build_package, encode
 from trustp2p.protocol.scoring import OFFENDING_CONNECTIONS
 
 from .nodes import MakeNode, wait_for
@@ -82,6 +83,30 @@ async def test_a_well_behaved_plain_peer_is_never_judged_by_its_neighbours(
                 await bystander.client.request(good, "anything", {})
         assert ws.close_code is None  # one invalid package of 1: under min_packages
     assert not good.closed
+
+
+async def test_invalid_packages_before_min_packages_are_judged_when_good_ones_follow(
+    make_node: MakeNode,
+) -> None:
+    """Found by an interop tester: a plain peer that sent 5 invalid packages among its
+    first 7 was never closed, because its counts were judged only when an invalid one
+    arrived, and then it hadn't sent ``min_packages`` (10) yet. Its good packages are
+    judged against the same counts now: the tenth crosses the policy (5 of 10 invalid)."""
+    server = await make_node(server=True, secure=False)  # the default block policy
+    assert server.url is not None
+    ping = [encode(build_package(PackageType.HEARTBEAT_PING, "ping", {"n": n})) for n in range(30)]
+    async with connect(server.url, compression=None) as ws:
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            for data in [b"\xff garbage"] * 5 + ping[:2]:  # 5 invalid in 7: not judged yet
+                await ws.send(data)
+            await ws.send(ping[2])
+            assert isinstance(await ws.recv(), bytes)  # the pongs: still open
+            for data in ping[3:]:
+                await ws.send(data)
+            async with asyncio.timeout(5):  # (before: open for ever)
+                async for _ in ws:
+                    pass
+    assert (ws.close_code, ws.close_reason) == (1008, "too many invalid packages")
 
 
 async def test_valid_packages_are_counted_in_batches_and_all_by_close(

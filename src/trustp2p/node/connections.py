@@ -415,23 +415,20 @@ class Connections:
             conn.log.warning("! %s%s", penalty.reason, suffix)
         else:
             conn.log.debug("! %s", penalty.reason)
-        if (
-            self.count_good(conn)
-            or self.penalties.crossed(socket, invalid=1)
-            or (socket.peer_id is None and self.penalties.judge(conn.protocol.counts()))
-        ):
-            self.penalties.offended(conn)
+        judge = self.penalties
+        if self.count_good(conn) or judge.crossed(socket, invalid=1) or judge.judged(conn):
+            judge.offended(conn)
 
     def count_good(self, conn: PeerConnection) -> bool:
         """Count the connection's valid packages not yet counted in the peer store
         (batched: per package, that was a tenth of the framework's cost); True if that
-        crossed the block policy."""
+        crossed the block policy (a plain connection: its own counts did)."""
         valid = conn.protocol.valid
         good = valid - conn.counted
         if not good:
             return False
         conn.counted = valid
-        return self.penalties.crossed(conn.socket, good=good)
+        return self.penalties.crossed(conn.socket, good=good) or self.penalties.judged(conn)
 
     def _introduced(self, conn: PeerConnection, introduced: Introduced) -> None:
         socket = conn.socket

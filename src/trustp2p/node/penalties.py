@@ -17,7 +17,7 @@ from ..drivers.base import Socket
 from ..protocol.admission import block_scope
 from ..protocol.close import CloseCode, fit_reason
 from ..protocol.peers import PeerKey, peer_key
-from ..protocol.scoring import Offences, PackageCounts
+from ..protocol.scoring import Offences
 
 if TYPE_CHECKING:
     from .connections import Connections
@@ -61,10 +61,16 @@ class Penalties:
         store.restart_window(key)
         return True
 
-    def judge(self, counts: PackageCounts) -> bool:
-        """Whether one connection's own counts cross the block policy (plain mode)."""
+    def judged(self, conn: PeerConnection) -> bool:
+        """Whether a plain connection's own counts cross the block policy; asked at each
+        count, good packages too, so that invalid ones sent before ``min_packages`` are
+        judged once the connection gets there."""
         store = self._node.store
-        return store is not None and store.policy.crossed(counts)
+        return (
+            conn.socket.peer_id is None
+            and store is not None
+            and store.policy.crossed(conn.protocol.counts())
+        )
 
     def offended(self, conn: PeerConnection) -> None:
         """A peer crossed the block policy. With a peer id, that peer is blocked. Without
