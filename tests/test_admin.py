@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
 
+import trustp2p
 from trustp2p import Node, NodeOptions, PackageType, Thread
 from trustp2p.cli import main
 from trustp2p.drivers.base import Socket
@@ -144,6 +146,24 @@ async def test_status_lists_the_connected_peers_and_topics(make_node: MakeNode) 
     assert status["topics"][0]["subscribed"] is True
     [seen] = (await status_of(client))["peers"]
     assert seen["peer_id"] == server.peer_id and seen["direction"] == "outbound"
+
+
+async def test_status_says_what_each_peer_runs_and_none_for_one_that_never_said(
+    make_node: MakeNode,
+) -> None:
+    """An operator of a mixed network wants to know which peers are originals (found
+    by an interop tester): ours say what they run in their version talk, even in plain
+    mode; the original never introduces itself (its version talk is an empty frame)."""
+    server, _ = await pair(make_node, secure=False, program="chat", program_version="2.1")
+    assert server.url is not None
+    [peer] = (await status_of(server))["peers"]
+    assert peer["runs"] == f"trustp2p {trustp2p.__version__} (chat 2.1)"
+    async with connect(server.url, compression=None) as ws:  # says nothing, as the original
+        await ws.send(b"")
+        await wait_for(lambda: len(server.connections) == 2)
+        peers = (await status_of(server))["peers"]
+        assert sorted(p["runs"] or "" for p in peers) == ["", peer["runs"]]
+        assert [p["runs"] for p in peers if p["socket_id"] != peer["socket_id"]] == [None]
 
 
 async def test_status_keeps_the_warnings_of_its_own_node(make_node: MakeNode) -> None:

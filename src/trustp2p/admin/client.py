@@ -50,13 +50,15 @@ def _number(value: Any, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def _peers_table(peers: list[dict[str, Any]]) -> Table:
-    table = Table("peer", "address", "role", "since", "RTT ms", "in", "out", "score", "state")
+    columns = ("peer", "address", "runs", "role", "since", "RTT ms", "in", "out", "score", "state")
+    table = Table(*columns)
     table.title = f"{len(peers)} peer(s)"
     for p in peers:
         peer_id = p.get("peer_id")
         table.add_row(
             short_id(peer_id) if peer_id else "-",
             str(p["address"]),
+            str(p.get("runs") or "-"),
             f"{p['role']} {'<-' if p['direction'] == 'inbound' else '->'}",
             time.strftime("%H:%M:%S", time.localtime(p["connected_since"])),
             _number(p.get("rtt_s"), 1000.0),

@@ -40,6 +40,17 @@ def _mode(node: Node) -> str:
     return "server" if node.server is not None else "client"
 
 
+def _runs(conn: PeerConnection) -> str | None:
+    """What the peer said it runs in its version or hello ("trustp2p 0.1.0", with its
+    program if it named one); None if it didn't introduce itself (the original)."""
+    body = conn.protocol.peer_version
+    if body is None:
+        return None
+    words = [str(body.get(key)) for key in ("library", "library_version") if body.get(key)]
+    program = " ".join(str(body[key]) for key in ("program", "program_version") if body.get(key))
+    return " ".join(words + ([f"({program})"] if program else [])) or None
+
+
 def _peer(node: Node, conn: PeerConnection) -> dict[str, Any]:
     socket = conn.socket
     stats = socket.stats
@@ -50,6 +61,7 @@ def _peer(node: Node, conn: PeerConnection) -> dict[str, Any]:
         "socket_id": socket.id,
         "peer_id": socket.peer_id,
         "address": socket.peer,
+        "runs": _runs(conn),
         "role": "server" if conn.role is node.server else "client",
         "direction": "inbound" if socket.inbound else "outbound",
         "connected_since": round(conn.opened, 3),
