@@ -168,6 +168,7 @@ async def test_a_ping_behind_our_own_large_frame_is_waited_for(server: Node) -> 
 async def test_a_peer_that_stops_answering_is_dropped(
     server: Node, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="trustp2p")
     assert server.url is not None
     peer = await RawPeer.dial(server.url)
     try:
@@ -180,6 +181,11 @@ async def test_a_peer_that_stops_answering_is_dropped(
     [lost] = [r for r in caplog.records if "lost peer: no pong within" in r.getMessage()]
     assert lost.levelno == logging.WARNING and "] ! lost peer" in lost.getMessage()
     assert server.metrics.lost_peers == 1
+    # The close says what the peer was sent: "closed (1006 -)" said nothing of it.
+    [closed] = [r.getMessage() for r in caplog.records if "= connection closed" in r.getMessage()]
+    assert closed.endswith(
+        "= connection closed (1006 no close frame received; sent 1001 lost peer)"
+    )
 
 
 async def test_a_flood_of_silent_peers_logs_ten_warnings_and_counts_them_all(

@@ -1019,6 +1019,7 @@ class DriverConformance:
         assert other.closed
         assert this.close_code == CloseCode.ABNORMAL_CLOSURE
         assert other.close_code == CloseCode.ABNORMAL_CLOSURE
+        assert this.close_reason == other.close_reason == ""  # no close frame either way
         assert this_events.events(this).count(DriverEvent.CLOSE) == 1
         assert other_events.events(other).count(DriverEvent.CLOSE) == 1
         assert this_events.events(this)[-1] is DriverEvent.CLOSE
@@ -1028,6 +1029,22 @@ class DriverConformance:
         assert exc_info.value.code == CloseCode.ABNORMAL_CLOSURE
         this.abort()  # does nothing when closed
         assert this_events.events(this).count(DriverEvent.CLOSE) == 1
+
+    @pytest.mark.parametrize("aborter", ["client", "server"])
+    async def test_abort_after_close_soon_says_what_was_sent(
+        self, harness: DriverHarness, aborter: str
+    ) -> None:
+        """A node drops a peer that doesn't answer pings so: the close frame if it gets
+        through, then no wait for the answer."""
+        pair = await harness.pair()
+        this, _, other, other_events = pair.ends(aborter)
+        this.close_soon(CloseCode.GOING_AWAY, "lost peer")
+        this.abort()
+        async with asyncio.timeout(TIMEOUT):
+            await this.wait_closed()
+            await other_events.next(DriverEvent.CLOSE, other)
+        assert this.close_code == CloseCode.ABNORMAL_CLOSURE
+        assert this.close_reason == "no close frame received; sent 1001 lost peer"
 
     @pytest.mark.parametrize("aborter", ["client", "server"])
     async def test_a_peer_that_drops_the_connection_is_reported_as_such(
@@ -1047,10 +1064,13 @@ class DriverConformance:
         options = DriverOptions(close_timeout=50 * MS)
         pair = await harness.pair(options)
         pair.server.pause_reading()  # the server won't see the close frame
-        pair.client.close_soon()
+        pair.client.close_soon(CloseCode.GOING_AWAY, "lost peer")
         async with asyncio.timeout(TIMEOUT):
             await pair.client.wait_closed()
         assert pair.client.close_code == CloseCode.ABNORMAL_CLOSURE
+        # No reason on the wire: it says what we sent (the log said "1006 -" of a peer
+        # dropped for not answering pings, which got "1001 lost peer"; a tester's find).
+        assert pair.client.close_reason == "no close frame received; sent 1001 lost peer"
         assert pair.client_events.events(pair.client) == [DriverEvent.OPEN, DriverEvent.CLOSE]
         pair.server.resume_reading()
         await pair.server_events.next(DriverEvent.CLOSE, pair.server)

@@ -33,6 +33,7 @@ __all__ = [
     "Socket",
     "SocketStats",
     "accept_hook",
+    "dropped_reason",
     "fit_reason",
 ]
 
@@ -159,6 +160,17 @@ class AcceptListener(Listener, Protocol):
     def on_accept(self, socket: Socket) -> None: ...
 
 
+def dropped_reason(sent: tuple[int, str] | None) -> str:
+    """
+    The close reason of a connection that ended without a closing handshake (its code
+    1006): what this side sent, if it sent a close frame (``"no close frame received;
+    sent 1001 lost peer"``), else ``""``.
+    """
+    if sent is None:
+        return ""
+    return f"no close frame received; sent {sent[0]} {sent[1]}".rstrip()
+
+
 def accept_hook(listener: Listener) -> Callable[[Socket], None] | None:
     """The listener's ``on_accept`` if it is an :class:`AcceptListener`, else ``None``."""
     hook = getattr(listener, "on_accept", None)
@@ -183,7 +195,9 @@ class Socket(abc.ABC):
             connection opened. Liveness counts any bytes as a sign of life.
         stats: Counters for this connection.
         close_code: The close code once closed, else ``None``.
-        close_reason: The close reason once closed.
+        close_reason: The close reason once closed. A connection that ended without a
+            closing handshake (1006) has none on the wire: if we had sent a close frame,
+            it says so (:func:`dropped_reason`).
 
     """
 
@@ -206,6 +220,12 @@ class Socket(abc.ABC):
         self.close_reason = ""
         self.peer_id: str | None = None
         self._listener = listener
+
+    def _ended_abnormally(self, sent: tuple[int, str] | None) -> None:
+        """For drivers: the connection ended without a closing handshake (dropped,
+        aborted, or the close timed out); ``sent`` is the close frame we had sent."""
+        self.close_code = CloseCode.ABNORMAL_CLOSURE
+        self.close_reason = dropped_reason(sent)
 
     def __repr__(self) -> str:
         direction = "from" if self.inbound else "to"

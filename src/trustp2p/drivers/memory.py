@@ -32,7 +32,16 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from ..exceptions import ConnectionDropped, DriverError
-from .base import DROPPED, CloseCode, Driver, DriverOptions, Listener, Listening, Socket
+from .base import (
+    DROPPED,
+    CloseCode,
+    Driver,
+    DriverOptions,
+    Listener,
+    Listening,
+    Socket,
+    dropped_reason,
+)
 
 _OPEN, _CLOSING, _CLOSED = range(3)
 
@@ -234,6 +243,7 @@ class MemorySocket(Socket):
         self._in_flight: deque[tuple[float, bytes | _Close]] | None = None
         self._other: MemorySocket | None = None
         self._state = _OPEN
+        self._close_sent: tuple[int, str] | None = None
         # What arrived and isn't delivered; None while empty (a deque holds 760 bytes
         # even when empty, and a simulation has thousands of idle ends).
         self._inbox: deque[bytes | _Close] | None = None
@@ -284,13 +294,14 @@ class MemorySocket(Socket):
         if self._state != _OPEN:
             return
         self._state = _CLOSING
+        self._close_sent = (code, reason)
         assert self._other is not None
         self._other.feed_close(code, reason)
         self._loop.call_later(self._options.close_timeout, self._close_timed_out)
 
     def abort(self) -> None:
         other = self._other
-        self._connection_lost(CloseCode.ABNORMAL_CLOSURE, "")
+        self._connection_lost(CloseCode.ABNORMAL_CLOSURE, dropped_reason(self._close_sent))
         if other is not None:
             other.peer_aborted()
 
@@ -363,7 +374,7 @@ class MemorySocket(Socket):
         closed = any(type(item) is _Close for item in waiting)
         if self._state == _OPEN and self._announced and not closed:
             self._report("on_error", ConnectionDropped(DROPPED))
-        self._connection_lost(CloseCode.ABNORMAL_CLOSURE, "")
+        self._connection_lost(CloseCode.ABNORMAL_CLOSURE, dropped_reason(self._close_sent))
 
     # Internals
 

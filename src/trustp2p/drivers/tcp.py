@@ -278,8 +278,8 @@ class TcpSocket(FrameDeadline, StreamSocket):
             self.close_code, self.close_reason = self._close_rcvd
         elif self._failed and self._close_sent is not None and not self._aborted:
             self.close_code, self.close_reason = self._close_sent
-        else:  # no closing handshake: dropped, aborted, or the close timed out
-            self.close_code = CloseCode.ABNORMAL_CLOSURE
+        else:
+            self._ended_abnormally(self._close_sent)
         self._out = None
         self._out_size = 0
         self._pending = self._head = b""

@@ -224,8 +224,9 @@ class WsSocket(FrameDeadline, StreamSocket):
             # what follows, including the peer's answer, and the TCP connection ends.
             self.close_code = protocol.close_sent.code
             self.close_reason = protocol.close_sent.reason
-        else:  # no closing handshake: dropped, aborted, or the close timed out
-            self.close_code = CloseCode.ABNORMAL_CLOSURE
+        else:
+            sent = protocol.close_sent
+            self._ended_abnormally(None if sent is None else (sent.code, sent.reason))
         if self._held is not None:
             self._held.clear()  # in place: a _deliver_held() under way stops
             self._held = None

@@ -504,16 +504,16 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
     def _set_close_code(self) -> None:
         ws = self._ws
         handshake = ws.close_handshake if ws is not None else None
-        if handshake is not None and handshake.recv is not None:
-            self.close_code = handshake.recv.code.value or _NO_STATUS_RCVD
-            self.close_reason = handshake.recv.reason or ""
-        elif handshake is not None and handshake.sent is not None and not self._aborted:
+        recv, sent = (handshake.recv, handshake.sent) if handshake is not None else (None, None)
+        if recv is not None:
+            self.close_code = recv.code.value or _NO_STATUS_RCVD
+            self.close_reason = recv.reason or ""
+        elif sent is not None and not self._aborted:
             # We failed the connection (e.g. message too big) and it ended before the
             # peer's answer, or the peer dropped it.
-            self.close_code = handshake.sent.code.value
-            self.close_reason = handshake.sent.reason or ""
-        else:  # no closing handshake: dropped, aborted, or the close timed out
-            self.close_code = CloseCode.ABNORMAL_CLOSURE
+            self.close_code, self.close_reason = sent.code.value, sent.reason or ""
+        else:
+            self._ended_abnormally(None if sent is None else (sent.code.value, sent.reason or ""))
 
     def _send_out(self, out: list[bytes], size: int) -> None:
         """One message alone through picows, several framed here and written at once
