@@ -248,9 +248,12 @@ async def test_self_dial_is_detected(make_node: MakeNode) -> None:
     assert sum(record.invalid_packages for record in await node.store.peers()) == 0
 
 
-async def test_one_connection_per_peer_when_both_dial(make_node: MakeNode) -> None:
+@pytest.mark.parametrize("secure", [True, False])
+async def test_one_connection_per_peer_when_both_dial(make_node: MakeNode, secure: bool) -> None:
+    """Plain nodes know each other by the nonce of their version talks: they kept both
+    connections (found by an interop tester)."""
     # Quick redials, so that a short wait sees several of them.
-    redial = {"reconnect_initial": 5 * MS, "reconnect_max": 10 * MS}
+    redial = {"reconnect_initial": 5 * MS, "reconnect_max": 10 * MS, "secure": secure}
     a = await make_node(server=True, client=True, **redial)
     b = await make_node(server=True, client=True, **redial)
     assert a.client is not None and b.client is not None and a.url and b.url
@@ -270,8 +273,13 @@ async def test_one_connection_per_peer_when_both_dial(make_node: MakeNode) -> No
     # The loser's redials (every 5 to 10 ms) must not bring a second connection.
     assert await stays(settled, 50 * MS)
     kept_a, kept_b = a.sockets[0], b.sockets[0]
-    assert kept_a.peer_id == b.peer_id and kept_b.peer_id == a.peer_id
+    if secure:
+        assert kept_a.peer_id == b.peer_id and kept_b.peer_id == a.peer_id
     assert kept_a.inbound != kept_b.inbound  # the same connection, seen from both ends
+    # When it closes, the two connect again, once.
+    await kept_a.close()
+    await wait_for(lambda: settled() and a.sockets[0] is not kept_a)
+    assert await stays(settled, 50 * MS)
 
 
 # Limits

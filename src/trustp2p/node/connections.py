@@ -22,12 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..admin.counters import INVALID, count
 from ..drivers.base import Listening, Socket
-from ..exceptions import (
-    ConnectionClosed,
-    ConnectionDropped,
-    HandshakeError,
-    SelfDialError,
-)
+from ..exceptions import ConnectionClosed, ConnectionDropped, HandshakeError, SelfDialError
 from ..identity import short_id
 from ..loop import loop_clock
 from ..protocol.actions import (
@@ -58,6 +53,7 @@ from .dispatch import Hook, Workers
 from .inbound import Inbound
 from .peer import PeerConnection, PeerLog, watch_stall
 from .penalties import Penalties
+from .twins import DUPLICATE, Twins
 
 if TYPE_CHECKING:
     from .node import Node
@@ -97,6 +93,7 @@ class Connections:
         self._gossip_budgets = BudgetTable(options.gossip_rate, options.gossip_burst)
         self.penalties = Penalties(node, self)
         self.workers = Workers(node)
+        self.twins = Twins(self, node.nonce)
         self._debug = self._logger.isEnabledFor(logging.DEBUG)
         self._metrics = node.metrics
         self._last_gossip: tuple[Package | None, bytes] = (None, b"")  # one encoding a message
@@ -230,6 +227,7 @@ class Connections:
             conn.throttle.cancel()
         if socket.peer_id is not None and self._by_peer_id.get(socket.peer_id) is conn:
             del self._by_peer_id[socket.peer_id]
+        self.twins.closed(conn)
         conn.role.connection_closed(socket)
         if node.gossip is not None:
             node.gossip.connection_closed(socket)
@@ -283,12 +281,12 @@ class Connections:
             existing_peer_id=peer_id,
         )
         if keep:
-            existing.socket.close_soon(CloseCode.NORMAL_CLOSURE, "duplicate connection")
+            existing.socket.close_soon(CloseCode.NORMAL_CLOSURE, DUPLICATE)
             return False
         self._logger.debug("= %s duplicates a connection to %s", socket.peer, peer_id)
         if node.client is not None and not socket.inbound:
             node.client.remember_peer(socket.peer, peer_id)
-        self._refuse(socket, CloseCode.NORMAL_CLOSURE, "duplicate connection")
+        self._refuse(socket, CloseCode.NORMAL_CLOSURE, DUPLICATE)
         return True
 
     def _opened(self, socket: Socket, role: Role, hook: str) -> None:
@@ -441,6 +439,7 @@ class Connections:
             )
         body = introduced.body
         conn.log.debug("= peer runs %s %s", body.get("library"), body.get("library_version"))
+        self.twins.introduced(conn, body)
 
     def _self_dial(self, conn: PeerConnection, self_dial: SelfDial) -> None:
         """Both ends of this connection are us: close it. Nobody is at fault, and the

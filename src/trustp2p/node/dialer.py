@@ -199,6 +199,14 @@ class Dialer:
                 continue
             reconnect.opened()
             await socket.wait_closed()
+            kept = self.node.connections.twins.kept_instead(socket)
+            if kept is not None:  # plain mode: the peer dialled us too, and that one stays
+                logger.info(
+                    "= %s: the peer's connection to us stays; redialling once it closes", dial_url
+                )
+                await kept.wait_closed()
+                await asyncio.sleep(reconnect.closed())
+                continue
             delay, mismatched = self._closed(dial_url, socket, reconnect.closed(), mismatched)
             await asyncio.sleep(delay)
 

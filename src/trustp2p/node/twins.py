@@ -1,0 +1,82 @@
+"""
+One connection per peer in plain mode: two of our plain nodes that dialled each other
+know each other by the nonce of their version talks, as secure nodes do by their ids.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["DUPLICATE", "Twins"]
+
+from typing import TYPE_CHECKING
+
+from ..drivers.base import Socket
+from ..protocol.admission import keep_new_connection
+from ..protocol.close import CloseCode
+from ..protocol.handshake import NONCE_KEY
+from ..protocol.package import Body
+
+if TYPE_CHECKING:
+    from .connections import Connections
+    from .peer import PeerConnection
+
+DUPLICATE = "duplicate connection"
+"""The close reason of the connection of two to one peer that both ends drop."""
+
+
+class Twins:
+    """
+    Plain connections by the nonce their peer's version talk carried.
+
+    When a second connection brings a nonce that an open one brought, both ends keep
+    the connection :func:`~trustp2p.protocol.admission.keep_new_connection` keeps (the
+    nonces for ids: the one dialled by the node of the smaller nonce) and close the
+    other with 1000 "duplicate connection". A nonce is only a claim: one from another
+    address than the open connection's is ignored, so that nobody far away can drop a
+    peer's connection by naming its nonce. The original sends no nonce.
+    """
+
+    def __init__(self, connections: Connections, our_nonce: str) -> None:
+        self._connections = connections
+        self._our_nonce = our_nonce
+        self._by_nonce: dict[str, PeerConnection] = {}
+        self._kept: dict[int, Socket] = {}  # our dial dropped as a twin -> the one kept
+
+    def introduced(self, conn: PeerConnection, body: Body) -> None:
+        """A peer introduced itself on ``conn``: drop one of two connections to it."""
+        nonce = body.get(NONCE_KEY)
+        socket = conn.socket
+        if socket.peer_id is not None or not isinstance(nonce, str) or nonce == "":
+            return  # secure (one per peer id), or the original
+        existing = self._by_nonce.get(nonce)
+        if existing is None or existing.socket.closed:
+            self._by_nonce[nonce] = conn
+            return
+        if existing.socket.host != socket.host:
+            return  # not its twin: a claim
+        keep = keep_new_connection(
+            our_id=self._our_nonce,
+            new_inbound=socket.inbound,
+            new_peer_id=nonce,
+            existing_inbound=existing.socket.inbound,
+            existing_peer_id=nonce,
+        )
+        kept, dropped = (conn, existing) if keep else (existing, conn)
+        self._by_nonce[nonce] = kept
+        if not dropped.socket.inbound:
+            self._kept[dropped.socket.id] = kept.socket  # for the dialer: wait for it
+        dropped.log.debug("= duplicates the connection to %s: closing", kept.socket.peer)
+        self._connections.close(dropped, CloseCode.NORMAL_CLOSURE, DUPLICATE)
+
+    def closed(self, conn: PeerConnection) -> None:
+        """``conn`` closed."""
+        nonce = (conn.protocol.peer_version or {}).get(NONCE_KEY)
+        if isinstance(nonce, str) and self._by_nonce.get(nonce) is conn:
+            del self._by_nonce[nonce]
+            if self._kept:  # the dialer no longer waits for it: let go
+                self._kept = {k: v for k, v in self._kept.items() if v is not conn.socket}
+
+    def kept_instead(self, socket: Socket) -> Socket | None:
+        """The connection kept when the one we dialled, ``socket``, was dropped as its
+        twin (asked once, by the dialer, once ``socket`` closed), else None."""
+        return self._kept.pop(socket.id, None)
