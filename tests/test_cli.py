@@ -234,6 +234,33 @@ def test_ctrl_c_at_any_moment_exits_130_quietly(tmp_path: Path, moment: str) -> 
     assert "Traceback" not in process.output
 
 
+@pytest.mark.parametrize("mode", [[], ["--insecure"]])
+def test_a_second_ctrl_c_drops_a_frozen_peer_at_once(tmp_path: Path, mode: list[str]) -> None:
+    """A frozen peer never answers our close frame: the stop waits ``close_timeout``
+    for it (a minute here). A second Ctrl-C drops the connections (found by a tester:
+    a node with a frozen peer took 12 s to stop, saying nothing)."""
+    port = free_port()
+    for name in "sc":
+        (tmp_path / name).mkdir()
+    server = Spawned("server", "--cwd", str(tmp_path / "s"), "--port", str(port),
+                     "--close-timeout", "60", *mode)  # fmt: skip
+    client = Spawned("client", "--cwd", str(tmp_path / "c"), "--connect",
+                     f"ws://127.0.0.1:{port}", *mode)  # fmt: skip
+    try:
+        server.wait_for_output("= connected to us")
+        client.process.send_signal(signal.SIGSTOP)
+        server.process.send_signal(signal.SIGINT)
+        server.wait_for_output("closing 1 connection(s), each within close_timeout (60 s)")
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(timeout=20) == 130, server.output  # not 60 s
+        assert "Ctrl-C again: dropping the connections not closed yet" in server.output
+        assert "Traceback" not in server.output
+    finally:
+        client.process.send_signal(signal.SIGCONT)
+        client.stop()
+        server.stop()
+
+
 @pytest.mark.parametrize(
     ("command", "own", "foreign"),
     [

@@ -13,7 +13,9 @@ from ..options import NodeOptions
 
 async def serve(options: NodeOptions) -> int:
     """
-    Start a node with ``options``, run it until SIGINT or SIGTERM, then stop it.
+    Start a node with ``options``, run it until SIGINT or SIGTERM, then stop it. A
+    second signal while it stops drops the connections that haven't closed yet (a
+    frozen peer holds a closing handshake for ``close_timeout``).
 
     Returns:
         The exit status: 130 after SIGINT (Ctrl-C, at any moment, start-up included),
@@ -31,15 +33,34 @@ async def serve(options: NodeOptions) -> int:
 
     def on_signal(signum: int) -> None:
         received.append(signum)
-        stop.set()
+        if not stop.is_set():
+            stop.set()
+            return
+        # Again while stopping: a peer that doesn't answer our close (frozen, or its
+        # link dead) would hold the stop for close_timeout. Drop the connections.
+        layer = node.secure_layer  # in secure mode, its transports: handshakes too
+        transports = layer.raw_sockets if layer is not None else node.sockets
+        node.log.warning("x %s again: dropping the connections not closed yet", _name(signum))
+        for socket in transports:
+            socket.abort()  # (nothing if it is closed)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await node.start()
         await stop.wait()
+        if node.sockets:
+            node.log.info(
+                "x %s: closing %d connection(s), each within close_timeout (%g s); %s again"
+                " drops them",
+                _name(received[0]), len(node.sockets), options.close_timeout, _name(received[0]),
+            )  # fmt: skip
         await node.stop()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     return 130 if received[0] == signal.SIGINT else 0
+
+
+def _name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
