@@ -269,27 +269,16 @@ A, B, C = "tpa", "tpb", "tpc"
 def test_both_sides_keep_the_same_connection(
     our_id: str, new: tuple[bool, str], existing: tuple[bool, str], keep: bool
 ) -> None:
-    assert (
-        keep_new_connection(
-            our_id=our_id,
-            new_inbound=new[0],
-            new_peer_id=new[1],
-            existing_inbound=existing[0],
-            existing_peer_id=existing[1],
-        )
-        is keep
-    )
+    assert new[1] == existing[1]  # two connections to one peer
+    keep_new = keep_new_connection(our_id, new[1], new_inbound=new[0], existing_inbound=existing[0])
+    assert keep_new is keep
 
 
 def test_the_two_ends_agree() -> None:
     """A's view of the A-B pair and B's view pick the same physical connection."""
     # Connection 1: A dialled B; connection 2: B dialled A. At A, 1 is outbound.
-    at_a = keep_new_connection(
-        our_id=A, new_inbound=True, new_peer_id=B, existing_inbound=False, existing_peer_id=B
-    )
-    at_b = keep_new_connection(
-        our_id=B, new_inbound=False, new_peer_id=A, existing_inbound=True, existing_peer_id=A
-    )
+    at_a = keep_new_connection(A, B, new_inbound=True, existing_inbound=False)
+    at_b = keep_new_connection(B, A, new_inbound=False, existing_inbound=True)
     # A keeps connection 1 (drops the new one, 2); B, whose new one is 2, drops it too.
     assert at_a is False and at_b is False
 

@@ -274,11 +274,10 @@ class Connections:
         node = self._node
         assert node.peer_id is not None
         keep = keep_new_connection(
-            our_id=node.peer_id,
+            node.peer_id,
+            peer_id,
             new_inbound=socket.inbound,
-            new_peer_id=peer_id,
             existing_inbound=existing.socket.inbound,
-            existing_peer_id=peer_id,
         )
         if keep:
             existing.socket.close_soon(CloseCode.NORMAL_CLOSURE, DUPLICATE)

@@ -55,11 +55,10 @@ class Twins:
         if existing.socket.host != socket.host:
             return  # not its twin: a claim
         keep = keep_new_connection(
-            our_id=self._our_nonce,
+            self._our_nonce,
+            nonce,
             new_inbound=socket.inbound,
-            new_peer_id=nonce,
             existing_inbound=existing.socket.inbound,
-            existing_peer_id=nonce,
         )
         kept, dropped = (conn, existing) if keep else (existing, conn)
         self._by_nonce[nonce] = kept

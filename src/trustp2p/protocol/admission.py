@@ -235,24 +235,19 @@ def _refusal(cooldown: Cooldown | None) -> Refusal | None:
 
 
 def keep_new_connection(
-    *,
-    our_id: str,
-    new_inbound: bool,
-    new_peer_id: str,
-    existing_inbound: bool,
-    existing_peer_id: str,
+    our_id: str, peer_id: str, *, new_inbound: bool, existing_inbound: bool
 ) -> bool:
     """
-    Of two connections to one peer, whether to keep the new one.
+    Of two connections to the peer ``peer_id``, whether to keep the new one.
 
-    Both sides decide alike without talking: keep the connection dialled by the peer
-    with the smaller id; of two dialled by the same peer, keep the older (the existing).
+    Both sides decide alike without talking: keep the connection dialled by the node
+    with the smaller id; of two dialled by the same node, keep the older (the existing).
     """
 
-    def dialler(inbound: bool, peer_id: str) -> str:
+    def dialler(inbound: bool) -> str:
         return peer_id if inbound else our_id
 
-    return dialler(new_inbound, new_peer_id) < dialler(existing_inbound, existing_peer_id)
+    return dialler(new_inbound) < dialler(existing_inbound)
 
 
 @dataclass(frozen=True, slots=True)
