@@ -94,6 +94,10 @@ class RawPeer:
                 )
                 self.writer.write(frame(encode(pong)))
 
+    def task_cancel(self) -> None:
+        """Stop reading (and so answering): frozen."""
+        self._task.cancel()
+
     async def aclose(self) -> None:
         self._task.cancel()
         self.writer.close()
@@ -186,6 +190,28 @@ async def test_a_peer_that_stops_answering_is_dropped(
     assert closed.endswith(
         "= connection closed (1006 no close frame received; sent 1001 lost peer)"
     )
+
+
+async def test_a_frozen_peer_we_keep_writing_to_is_dropped(server: Node) -> None:
+    """Found by a tester: a frozen peer (SIGSTOP) that we sent a talk every second was
+    never dropped: its host took (and acknowledged) each write, which counted as the
+    peer reading. Here the peer stops reading; its kernel's buffer takes our talks."""
+    assert server.url is not None and server.server is not None
+    peer = await RawPeer.dial(server.url)
+    try:
+        await wait_for(lambda: len(peer.pings) >= 1)
+        inbound = server.sockets[0]
+        peer.task_cancel()  # frozen: reads nothing, answers nothing
+        sent = 0
+        async with asyncio.timeout(5):  # (before: dropped only by chance, or never)
+            while not inbound.closed:  # a talk every 5 ms, for its host to take
+                await server.server.send_talk(inbound, "news", {"n": sent})
+                sent += 1
+                await asyncio.sleep(0.005)  # real time passing: a steady flow of writes
+                assert inbound.bytes_in_flight() < 2**16  # all taken, still
+        assert server.metrics.lost_peers == 1
+    finally:
+        await peer.aclose()
 
 
 async def test_a_flood_of_silent_peers_logs_ten_warnings_and_counts_them_all(

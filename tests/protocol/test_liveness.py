@@ -159,6 +159,26 @@ def test_our_own_frame_draining_ahead_of_the_ping_is_progress() -> None:
     assert peer.pong() is not None
 
 
+def test_bytes_written_after_the_ping_are_no_excuse() -> None:
+    """Found by a tester: a frozen peer (SIGSTOP) that we sent a talk and a gossip
+    message every second was never dropped (4 min): its host took and acknowledged each
+    write, which counted as the peer reading. Only bytes ahead of the ping count."""
+    peer = Peer()
+    peer.written, peer.backlog = 5_000, 3_000  # 3,000 bytes of ours ahead of the ping
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    peer.advance(2.0)
+    peer.backlog = 0  # those taken: progress; the ping is with the peer's host now
+    assert peer.check() is Verdict.NOTHING
+    assert peer.liveness.charged == 0.0
+    verdicts = []
+    for _ in range(5):  # we write on; its host takes everything at once
+        peer.advance(2.0)
+        peer.written += 500
+        verdicts.append(peer.check())
+    assert verdicts == [Verdict.NOTHING] * 4 + [Verdict.DEAD]
+
+
 def test_our_frame_stuck_on_its_way_is_no_excuse() -> None:
     """The peer stopped reading (or the link is a black hole): the backlog stays."""
     peer = Peer()

@@ -20,8 +20,11 @@ carries out the :class:`Verdict`:
 
    * bytes of a package not yet complete arrived: the peer's large frame is in flight
      and the pong waits behind it;
-   * the peer took more of our bytes (what we wrote less what is still on its way):
-     our large frame, ahead of the ping, is being read, even while we write more;
+   * the peer took more of the bytes we wrote before the ping (what we wrote less
+     what is still on its way): our large frame, ahead of the ping, is being read.
+     Bytes we write after the ping are no excuse: once all before it are taken, the
+     ping is with the peer's host, and a frozen process's host still takes (and TCP
+     acknowledges) what we send it, until its buffer fills;
    * we had paused reading ourselves (throttling, a full inbox), and the peer took
      more of our bytes, or has them all (over TCP, its host acknowledged them). The
      pong may be waiting in what we haven't read, so only our bytes show it is there;
@@ -133,6 +136,7 @@ class Liveness:
     __slots__ = (
         "_due_after",
         "_last_check",
+        "_ping_at",
         "_taken",
         "charged",
         "last_ping",
@@ -151,6 +155,7 @@ class Liveness:
         self.last_rtt: float | None = None
         self._last_check = opened
         self._taken = 0  # bytes the peer had taken at the last check
+        self._ping_at = 0  # bytes written before the outstanding ping
         self.next_check = opened + self._due_after
 
     def check(
@@ -196,8 +201,10 @@ class Liveness:
             # No pong can come while we read nothing: the peer shows it is there by
             # taking what we send.
             progress = backlog == 0 or taken > self._taken
-        else:
-            progress = (last_bytes > since and last_bytes > last_package) or (taken > self._taken)
+        else:  # only our bytes ahead of the ping count (a frozen peer's host takes more)
+            ping_at = self._ping_at
+            ahead = min(taken, ping_at) > min(self._taken, ping_at)
+            progress = (last_bytes > since and last_bytes > last_package) or ahead
         if not progress and now > since:
             self.charged += now - since
         self._last_check = now
@@ -225,6 +232,7 @@ class Liveness:
             self.charged = 0.0  # a ping sent again while reading is paused goes on charging
         self.last_ping = self.outstanding = self._last_check = self.next_check = now
         self._taken = written - backlog
+        self._ping_at = written
 
     def ping_received(self, now: float) -> None:
         """
