@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -232,6 +233,19 @@ def test_ctrl_c_at_any_moment_exits_130_quietly(tmp_path: Path, moment: str) -> 
     process.stop()
     assert code == 130, process.output
     assert "Traceback" not in process.output
+
+
+def test_a_node_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
+    """A node a shell starts in the background (``trustp2p server ... &``) inherits an
+    ignored SIGINT: a Ctrl-C in that terminal is for the foreground job. It stopped the
+    node (found by a tester); SIGTERM stops it."""
+    command = f"trap '' INT; exec {sys.executable} -m trustp2p server --cwd {tmp_path} --port 0"
+    process = Spawned("sh", "-c", command, command=True)
+    process.wait_for_output("node started")
+    process.process.send_signal(signal.SIGINT)
+    code = process.stop()  # SIGTERM: 0; had the SIGINT stopped it, 130
+    assert code == 0, process.output
+    assert "Ctrl-C" not in process.output
 
 
 @pytest.mark.parametrize("mode", [[], ["--insecure"]])

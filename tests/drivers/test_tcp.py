@@ -406,6 +406,12 @@ def _traced_peak() -> int:
             "protocol error",
             "control frame of 2147483647 bytes exceeds limit of 126 bytes",
         ),
+        (  # a ws:// client's upgrade request: it was "message too big" (a tester's find)
+            b"GET ",
+            CloseCode.PROTOCOL_ERROR,
+            "protocol error",
+            "HTTP, not a tcp:// frame: does the peer dial ws://?",
+        ),
     ],
 )
 async def test_huge_length_prefix_refused_without_allocating(
@@ -809,6 +815,9 @@ def test_os_error_reasons_are_the_systems_words_but_openssls_are_its_own() -> No
     assert os_error_reason(tls) == "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1000)"
     resolver = OSError(-2, "Name or service not known")
     assert os_error_reason(resolver) == "Name or service not known"
+    # No words at all (asyncio's TLS handshake, reset): named by its class.
+    assert os_error_reason(ConnectionResetError()) == "connection reset"
+    assert os_error_reason(OSError()) == "os"
 
 
 @pytest.mark.parametrize(

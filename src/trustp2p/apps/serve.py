@@ -44,7 +44,11 @@ async def serve(options: NodeOptions) -> int:
         for socket in transports:
             socket.abort()  # (nothing if it is closed)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # A node a shell started in the background inherits an ignored SIGINT, as every
+    # program does: it keeps ignoring it (a Ctrl-C is for the shell's foreground job).
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    signals = (signal.SIGTERM,) if ignored else (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await node.start()
@@ -57,7 +61,7 @@ async def serve(options: NodeOptions) -> int:
             )  # fmt: skip
         await node.stop()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in signals:
             loop.remove_signal_handler(signum)
     return 130 if received[0] == signal.SIGINT else 0
 

@@ -31,6 +31,7 @@ import abc
 import asyncio
 import logging
 import os
+import re
 import ssl
 import struct
 import sys
@@ -90,10 +91,16 @@ _SEPARATE_WRITES = 2**16
 
 def os_error_reason(exc: OSError) -> str:
     """Why a system call failed, in the system's words ("Connection refused"): asyncio
-    words a failed connect as "Connect call failed ('127.0.0.1', 1)"."""
+    words a failed connect as "Connect call failed ('127.0.0.1', 1)". An error with no
+    words (asyncio's TLS handshake raises a bare ``ConnectionResetError()``) is named
+    by its class ("connection reset")."""
     if exc.errno is not None and exc.errno > 0 and not isinstance(exc, ssl.SSLError):
         return os.strerror(exc.errno)  # (a resolver's are negative, OpenSSL's its own)
-    return exc.strerror or str(exc)
+    words = exc.strerror or str(exc)
+    if words:
+        return words
+    name = type(exc).__name__.removesuffix("Error")  # ConnectionReset -> connection reset
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower()
 
 
 def lost_error(exc: BaseException | None) -> DriverError:
@@ -449,7 +456,9 @@ class StreamSocket(EndAfterHeld, DrainWaiters, WriteBatches, asyncio.BufferedPro
             self.abort()
             raise DriverError(f"can't connect to {url}: timed out after {timeout:g} s") from None
         except OSError as exc:
-            raise DriverError(f"can't connect to {url}: {os_error_reason(exc)}") from exc
+            # (connect's own errors have an errno; a TLS handshake that fails, none)
+            hint = " in the TLS handshake: does it serve TLS?" if ssl and not exc.errno else ""
+            raise DriverError(f"can't connect to {url}: {os_error_reason(exc)}{hint}") from exc
         except DriverError as exc:
             raise DriverError(f"can't connect to {url}: {exc}") from exc
         except asyncio.CancelledError:

@@ -106,6 +106,7 @@ MAX_LENGTH = _LENGTH_MASK
 """Largest payload a data frame can carry, in bytes."""
 _MAX_CONTROL_LENGTH = 126  # type byte + close code + 123 bytes of reason
 _MAX_REASON_LENGTH = 123
+_HTTP = (b"GET ", b"HTTP", b"POST", b"HEAD", b"PUT ")  # read as a header: a WebSocket peer
 
 # _ENDING: the connection ended with messages held by a pause (EndAfterHeld): they are
 # delivered, nothing can be sent.
@@ -372,6 +373,9 @@ class TcpSocket(FrameDeadline, StreamSocket):
     def _check_header(self, length: int) -> bool:
         """Check a header over the data limit: True for a well-formed control frame."""
         if length <= _LENGTH_MASK:
+            if _HEADER.pack(length) in _HTTP:
+                self._protocol_error("HTTP, not a tcp:// frame: does the peer dial ws://?")
+                return False
             limit = self._limit
             error = DriverError(f"message too big: {length} bytes exceeds limit of {limit} bytes")
             self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big", error)
