@@ -528,3 +528,44 @@ async def test_a_secure_plain_mismatch_is_reported_once_and_not_redialled_soon(
         "closing: peer speaks the secure channel" in r.getMessage() for r in caplog.records
     )
     assert attempts == 1
+
+
+@pytest.mark.parametrize("client_secure", [True, False])
+async def test_a_store_url_of_the_other_mode_is_not_redialled_soon(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, client_secure: bool
+) -> None:
+    """Found by a new-user tester: a server of the other mode that the store held was
+    dialled again after each failure (1 s doubling: 4 dials in 14 s), and a plain
+    client refused by a secure server counted the dial a success. The outbound
+    manager waits ``reconnect_max`` too, and the store counts a failure."""
+    from trustp2p.storage.peerstore import PeerSource
+
+    caplog.set_level(logging.INFO)
+    server = await make_node(server=True, secure=not client_secure)
+    client = await make_node(
+        client=True,
+        secure=client_secure,
+        target_outbound=1,
+        reconnect_initial=20 * MS,  # (before: a dial every 20, 40, 80 ms...)
+        reconnect_max=60.0,
+    )
+    assert client.client is not None and client.store is not None and server.url
+    refusal = (
+        "closing: peer speaks the secure channel" if client_secure else f"failed: {PLAIN_PEER}"
+    )
+
+    def attempts() -> int:
+        return sum(refusal in r.getMessage() for r in caplog.records)
+
+    await client.store.add_urls([server.url], PeerSource.EXCHANGE)
+    client.client.wake()
+    await wait_for(lambda: attempts() >= 1)
+    for _ in range(25):  # rounds woken as a failing bootstrap dial wakes them
+        client.client.wake()
+        await asyncio.sleep(0.02)  # real time passing: the back-off's
+    assert attempts() == 1
+    for _ in range(500):  # the failure reaches the store (written behind)
+        if any(record.failures for record in await client.store.peers()):
+            break
+        await asyncio.sleep(0.01)
+    assert any(record.failures for record in await client.store.peers())

@@ -267,6 +267,21 @@ def test_a_failed_url_waits_longer_after_each_failure(
     assert policy.failures(url(1)) == 4
 
 
+def test_a_lasting_failure_waits_the_longest_delay_at_once(
+    clock: FakeClock, policy: OutboundPolicy
+) -> None:
+    """The peer there runs the other mode (secure vs plain): it can't work until a
+    configuration changes. A new-user tester saw 4 dials of such a URL in 14 s."""
+    store = FakeStore([url(1)])
+    assert round_(policy, store) == [url(1)]
+    assert policy.dial_failed(url(1), lasting=True) == 60.0
+    policy.dial_ended(url(1))
+    clock.advance(59.999)
+    assert round_(policy, store) == []
+    clock.advance(0.001)
+    assert round_(policy, store) == [url(1)]
+
+
 def test_retry_delay_is_capped_and_never_overflows() -> None:
     assert [retry_delay(n, 1.0, 60.0, 2.0) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert retry_delay(10_000, 1.0, 60.0, 2.0) == 60.0

@@ -133,7 +133,7 @@ class Dialer:
                 delay = self.node.options.reconnect_max
                 logger.info("= %s is this node: dialled again only every %g s", url, delay)
             return
-        self.policy.dial_failed(url)
+        self.policy.dial_failed(url, lasting=is_mode_mismatch(str(error)))
         store = self.node.store
         if store is not None:
             self.node.tasks.spawn(store.record_failure(url), f"record failure {url}")
@@ -273,6 +273,8 @@ class Dialer:
                 if self.policy.dial_done(dial.url):
                     self._wakeup.set()
             await socket.wait_closed()
+            if is_mode_mismatch(socket.close_reason):  # plain: the peer refused us after
+                self.dial_failed(dial.dial_url, DriverError(socket.close_reason))
         finally:
             self.policy.dial_ended(dial.url)
             self._wakeup.set()

@@ -238,14 +238,16 @@ class OutboundPolicy:
         if dial is not None and self._store_url.get(dial.dial_url) == url:
             del self._store_url[dial.dial_url]
 
-    def dial_failed(self, url: str) -> float:
+    def dial_failed(self, url: str, *, lasting: bool = False) -> float:
         """
         A dial of ``url`` (or its handshake) failed: count it against the store's URL
-        being dialled there, and return the seconds before it may be tried again.
+        being dialled there, and return the seconds before it may be tried again: the
+        longest retry delay at once if the failure is ``lasting`` (the peer there runs
+        the other mode: it can't work until a configuration changes).
         """
         url = self.store_url(url)
         failures = self._failures[url] = self._failures.get(url, 0) + 1
-        delay = retry_delay(failures, *self._retry)
+        delay = self._retry[1] if lasting else retry_delay(failures, *self._retry)
         self._retry_at[url] = self.clock() + delay
         return delay
 
