@@ -606,6 +606,41 @@ async def test_hooks_and_order(make_node: MakeNode) -> None:
     await wait_for(lambda: server_recorder.calls[-1] == ("close", 1001))
 
 
+class LateWriter(Thread):
+    """Writes to a connection as it closes: what the README's echo thread met when a
+    secure server refused a plain one right after its ``on_socket_open``."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"note": self.note}}
+
+    async def note(self, socket: Socket, package: Package) -> None:
+        pass
+
+    async def on_socket_close(self, socket: Socket) -> None:
+        socket.write(b"too late")
+
+
+async def test_a_hook_that_meets_its_connection_closed_is_no_error(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A closed connection is the network's doing, not a bug in the thread: said at
+    INFO, without a traceback (found by a new-user tester: an ERROR and a traceback)."""
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    server = await make_node(server=True)
+    client = await make_node(client=True, peers=[server.url], threads=[LateWriter])
+    assert client.client is not None
+    await client.client.wait_connected()
+    await client.stop()
+    [line] = [r for r in caplog.records if "on_socket_close of LateWriter" in r.getMessage()]
+    assert (
+        line.getMessage()
+        == "! on_socket_close of LateWriter ended: connection closed with code 1001: node stopping"
+    )
+    assert line.levelno == logging.INFO and line.exc_info is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 @pytest.mark.parametrize("threads", [[], [Recorder]])
 async def test_a_missing_threads_enabled_directory_is_a_warning_when_no_thread_runs(
     make_node: MakeNode, tmp_path: Path, caplog: pytest.LogCaptureFixture, threads: list[Any]

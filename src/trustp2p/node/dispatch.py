@@ -56,7 +56,11 @@ async def call_thread(thread: Thread, name: str, *args: Any) -> None:
     except (Exception, asyncio.CancelledError) as exc:
         if cancelled(exc):
             raise
-        logger.error("! %s of %s failed", name, thread.path or type(thread).__name__, exc_info=True)
+        where = thread.path or type(thread).__name__
+        if isinstance(exc, ConnectionClosed):  # the network's doing, not a bug: no traceback
+            logger.info("! %s of %s ended: %s", name, where, exc)
+            return
+        logger.error("! %s of %s failed", name, where, exc_info=True)
 
 
 async def call_logged(what: str, function: Callable[..., object], *args: object) -> None:
