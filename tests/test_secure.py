@@ -252,8 +252,11 @@ async def test_self_dial_is_detected(make_node: MakeNode) -> None:
 async def test_one_connection_per_peer_when_both_dial(make_node: MakeNode, secure: bool) -> None:
     """Plain nodes know each other by the nonce of their version talks: they kept both
     connections (found by an interop tester)."""
-    # Quick redials, so that a short wait sees several of them.
-    redial = {"reconnect_initial": 5 * MS, "reconnect_max": 10 * MS, "secure": secure}
+    # Quick redials, so that a short wait sees several of them (plain: the dialer that
+    # lost waits twice the other's delay once the kept connection closes: time enough
+    # for the other's connection to arrive).
+    quick = 5 * MS if secure else 50 * MS
+    redial = {"reconnect_initial": quick, "reconnect_max": 2 * quick, "secure": secure}
     a = await make_node(server=True, client=True, **redial)
     b = await make_node(server=True, client=True, **redial)
     assert a.client is not None and b.client is not None and a.url and b.url

@@ -73,9 +73,10 @@ def test_of_two_connections_the_one_dialled_by_the_smaller_nonce_stays(
     dropped = inbound if kept_ours else outbound
     kept = outbound if kept_ours else inbound
     assert connections.closed == [(dropped, 1000, DUPLICATE)]
-    # The dialer learns which one stays when its own dial was dropped, once.
-    assert twins.kept_instead(cast(Any, outbound.socket)) == (None if kept_ours else kept.socket)
-    assert twins.kept_instead(cast(Any, outbound.socket)) is None
+    # The dialer learns its own dial was dropped, once, and finds the one that stays.
+    assert twins.dropped(cast(Any, outbound.socket)) == (None if kept_ours else theirs)
+    assert twins.dropped(cast(Any, outbound.socket)) is None
+    assert twins.connection_to(theirs) is kept.socket
 
 
 def test_a_nonce_from_another_address_is_a_claim_not_a_twin() -> None:
@@ -102,9 +103,10 @@ def test_a_closed_connection_is_forgotten_with_what_the_dialer_would_wait_for() 
     introduce(twins, inbound, "a")
     introduce(twins, outbound, "a")  # dialled by "b": dropped, the inbound one stays
     assert connections.closed == [(outbound, 1000, DUPLICATE)]
+    assert twins.connection_to("a") is inbound.socket
     inbound.socket.closed = True
     twins.closed(cast(Any, inbound))
-    assert twins.kept_instead(cast(Any, outbound.socket)) is None
+    assert twins.connection_to("a") is None  # the dialer may dial again
     again = FakeConn(FakeSocket(inbound=False))
     introduce(twins, again, "a")  # the peer's first connection now
     assert connections.closed == [(outbound, 1000, DUPLICATE)]

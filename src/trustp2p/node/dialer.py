@@ -199,13 +199,17 @@ class Dialer:
                 continue
             reconnect.opened()
             await socket.wait_closed()
-            kept = self.node.connections.twins.kept_instead(socket)
-            if kept is not None:  # plain mode: the peer dialled us too, and that one stays
+            twins = self.node.connections.twins
+            nonce = twins.dropped(socket)
+            if nonce is not None:  # plain mode: the peer dialled us too, and that one stays
                 logger.info(
                     "= %s: the peer's connection to us stays; redialling once it closes", dial_url
                 )
-                await kept.wait_closed()
-                await asyncio.sleep(reconnect.closed())
+                while (kept := twins.connection_to(nonce)) is not None:
+                    await kept.wait_closed()
+                    # After the peer's dialer, which dials after one such delay: its
+                    # connection, if it comes, stays (it won before), and we wait again.
+                    await asyncio.sleep(2 * reconnect.closed())
                 continue
             delay, mismatched = self._closed(dial_url, socket, reconnect.closed(), mismatched)
             await asyncio.sleep(delay)
@@ -273,6 +277,7 @@ class Dialer:
                 if self.policy.dial_done(dial.url):
                     self._wakeup.set()
             await socket.wait_closed()
+            self.node.connections.twins.dropped(socket)  # (the peer's stays: nothing to do)
             if is_mode_mismatch(socket.close_reason):  # plain: the peer refused us after
                 self.dial_failed(dial.dial_url, DriverError(socket.close_reason))
         finally:

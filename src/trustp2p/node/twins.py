@@ -40,7 +40,7 @@ class Twins:
         self._connections = connections
         self._our_nonce = our_nonce
         self._by_nonce: dict[str, PeerConnection] = {}
-        self._kept: dict[int, Socket] = {}  # our dial dropped as a twin -> the one kept
+        self._dropped: dict[int, str] = {}  # our dial dropped as a twin -> the peer's nonce
 
     def introduced(self, conn: PeerConnection, body: Body) -> None:
         """A peer introduced itself on ``conn``: drop one of two connections to it."""
@@ -63,7 +63,7 @@ class Twins:
         kept, dropped = (conn, existing) if keep else (existing, conn)
         self._by_nonce[nonce] = kept
         if not dropped.socket.inbound:
-            self._kept[dropped.socket.id] = kept.socket  # for the dialer: wait for it
+            self._dropped[dropped.socket.id] = nonce  # for the dialer: wait for the other
         dropped.log.debug("= duplicates the connection to %s: closing", kept.socket.peer)
         self._connections.close(dropped, CloseCode.NORMAL_CLOSURE, DUPLICATE)
 
@@ -72,10 +72,14 @@ class Twins:
         nonce = (conn.protocol.peer_version or {}).get(NONCE_KEY)
         if isinstance(nonce, str) and self._by_nonce.get(nonce) is conn:
             del self._by_nonce[nonce]
-            if self._kept:  # the dialer no longer waits for it: let go
-                self._kept = {k: v for k, v in self._kept.items() if v is not conn.socket}
 
-    def kept_instead(self, socket: Socket) -> Socket | None:
-        """The connection kept when the one we dialled, ``socket``, was dropped as its
-        twin (asked once, by the dialer, once ``socket`` closed), else None."""
-        return self._kept.pop(socket.id, None)
+    def dropped(self, socket: Socket) -> str | None:
+        """The peer's nonce if the connection we dialled, ``socket``, was dropped as a
+        twin, else None. Asked once, by the dialer (each of its dials), once ``socket``
+        closed: the answer is let go."""
+        return self._dropped.pop(socket.id, None)
+
+    def connection_to(self, nonce: str) -> Socket | None:
+        """The open connection to the peer of ``nonce``, if any."""
+        conn = self._by_nonce.get(nonce)
+        return None if conn is None or conn.socket.closed else conn.socket

@@ -234,7 +234,10 @@ class PeerStore(WriteBehind[Batch, Loaded]):
 
         Sets ``last_connected`` and ``last_seen``, counts a success, and links ``url``
         to ``peer_id``: a URL known without an id takes the id (merging the two records
-        if the id was known too); a URL recorded for another id moves to this one.
+        if the id was known too); a URL recorded for another id moves to this one. A
+        plain peer (an address key) proves no id: the URL keeps a record of its own,
+        since every plain peer of one address shares that key (an original and one of
+        ours on one host were one record, with one score).
 
         Args:
             peer_id: The peer's id, or its address key in plain mode
@@ -252,7 +255,12 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         if url is None:
             peer = table.by_id.get(peer_id) or table.new_peer(peer_id, PeerSource.INBOUND, now)
         else:
-            entry = table.claim(url, peer_id, now)
+            if is_address_key(peer_id):
+                entry = table.by_url.get(url) or table.attach(
+                    url, table.new_peer(None, PeerSource.BOOTSTRAP, now), now
+                )
+            else:
+                entry = table.claim(url, peer_id, now)
             entry.last_connected = now
             entry.failures = 0
             table.dirty_urls.add(url)
