@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import sqlite3
 import time
 from typing import Any
@@ -338,8 +339,11 @@ async def test_a_seq_past_64_bits_is_refused_and_the_log_keeps_persisting() -> N
         assert rows == [(f"chat\0{sender.peer_id}", 1)]
 
 
-async def test_the_shell_takes_its_clocks_from_the_caller() -> None:
-    """Gossip(node, clock=..., wall_clock=...): timestamps and gap timeouts follow them."""
+async def test_the_shell_takes_its_clocks_from_the_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Gossip(node, clock=..., wall_clock=...): timestamps and gap timeouts follow them.
+    A gap skipped (messages never delivered) is said at WARNING."""
     from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 
     hub = MemoryHub()
@@ -381,6 +385,11 @@ async def test_the_shell_takes_its_clocks_from_the_caller() -> None:
                 await asyncio.sleep(MS)
         assert got[1].id == second.id
         assert node.gossip.delivered_seq("chat", second.origin) == 2
+    [skipped] = [r for r in caplog.records if "skipped (timeout)" in r.getMessage()]
+    assert skipped.levelno == logging.WARNING
+    assert skipped.getMessage() == (
+        f"! 1 messages of {second.origin} on 'chat' before seq 2 skipped (timeout)"
+    )
 
 
 async def test_the_logs_of_one_process_share_the_record_of_a_message() -> None:
