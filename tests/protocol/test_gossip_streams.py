@@ -194,6 +194,25 @@ def test_a_gap_is_skipped_at_exactly_gap_timeout() -> None:
     assert streams.add(_message(2), None) == []
 
 
+def test_the_gaps_below_what_the_answering_peer_keeps_are_skipped_together() -> None:
+    """Found by a tester: a burst left thousands of one-message gaps, below what the
+    relays' logs still kept; each was skipped gap_timeout after the one before it, so
+    the messages held behind them waited hours. The peer that answered keeps nothing
+    below 9: the gaps before 9 go with the first, the one after waits its turn."""
+    streams, _, clock = _streams()
+    for seq in (1, 3, 5, 7, 10, 12):
+        streams.add(_message(seq), "p")
+    streams.answered(STREAM, 2, 2, kept_from=9)  # asked for 2: it keeps 9 and after
+    clock.advance(GAP_TIMEOUT)
+    events, waiting = streams.tick()
+    assert [(s.first, s.last) for s in _skipped(events)] == [(2, 2), (4, 4), (6, 6)]
+    assert _seqs(events) == [3, 5, 7]
+    assert waiting == []  # 8..9 is a new gap: it waits gap_timeout from now
+    assert streams.missing(STREAM) == (8, 9)
+    clock.advance(GAP_TIMEOUT)
+    assert streams.tick() == ([], [STREAM])  # nobody answered for it yet
+
+
 def test_a_gap_no_peer_answered_for_waits_longer() -> None:
     # Found by a tester: over a saturated slow link, catch-up's fetches timed out and
     # the gaps were skipped after gap_timeout, their messages lost for good though the

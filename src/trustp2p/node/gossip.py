@@ -569,8 +569,9 @@ class Gossip:
                     return
                 for message in messages:
                     self._take_fetched(socket, message)
-            wanted = fetch.wanted  # the peer lacks what is still missing of it
-            self._order.answered(wanted.stream, wanted.first, wanted.last)
+            wanted = fetch.wanted  # the peer lacks what is still missing of it...
+            if not fetch.behind:  # ...unless it hasn't got that far yet
+                self._order.answered(wanted.stream, wanted.first, wanted.last, fetch.kept_from)
         finally:
             self.catchup.end(fetch)
 

@@ -301,6 +301,11 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         logged = self._origins.get(origin)
         return None if logged is None else logged.first()
 
+    def last_seq(self, origin: str) -> int | None:
+        """The highest sequence number kept for ``origin``; None if nothing is kept."""
+        logged = self._origins.get(origin)
+        return None if logged is None else logged.last()
+
     def range(
         self,
         origin: str,

@@ -196,11 +196,16 @@ def decode_fetch_request(body: Body) -> FetchRange:
     return FetchRange(topic, origin, first, last)
 
 
-def fetch_answer(messages: Iterable[GossipMessage], max_bytes: int) -> Body:
+def fetch_answer(
+    messages: Iterable[GossipMessage], max_bytes: int, last: int = 0, first: int = 0
+) -> Body:
     """
     The answer to a ``gossip/fetch`` request: ``messages`` (oldest first) up to
     ``max_bytes`` bytes as they go on the wire. The first is always in it, so that the
-    asker moves on; it asks again from the last seq it got + 1.
+    asker moves on; it asks again from the last seq it got + 1. ``last`` is the highest
+    seq we keep of the stream (0: none): with no message, it tells a peer that lacks
+    them (we are past them) from one that hasn't got them yet; ``first`` the lowest (we
+    lack every one before it).
     """
     bodies: list[Body] = []
     size = 0
@@ -210,7 +215,7 @@ def fetch_answer(messages: Iterable[GossipMessage], max_bytes: int) -> Body:
         if size > max_bytes and bodies:
             break
         bodies.append(body)
-    return {"messages": bodies}
+    return {"messages": bodies, "first": first, "last": last}
 
 
 # Asking: what we want of a peer, and its answers.
@@ -291,6 +296,11 @@ class Fetch:
         """The first seq not received yet."""
         self.done = wanted.first > wanted.last
         """Whether to stop: everything came, or the peer has nothing more."""
+        self.behind = False
+        """The peer answered nothing and keeps nothing of the stream from :attr:`next`
+        on: it hasn't got that far (yet), rather than lacking what is missing."""
+        self.kept_from = 0
+        """The first seq of the stream the peer keeps, as it last said (0: unknown)."""
         self._to = 0
 
     def request(self) -> Body:
@@ -335,6 +345,11 @@ class Fetch:
             messages.append(message)
         self.next = first
         self.done = not messages or first > wanted.last
+        # Nothing, from a peer whose stream ends before them: it hasn't got them yet
+        # (a relay behind in a burst), which says nothing of whether anyone has them.
+        peer_last, peer_first = answer.get("last"), answer.get("first")
+        self.behind = not messages and type(peer_last) is int and peer_last < self.next
+        self.kept_from = peer_first if type(peer_first) is int and peer_first > 0 else 0
         return messages
 
 
