@@ -18,6 +18,7 @@ import asyncio
 import enum
 import logging
 import secrets
+import weakref
 from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
@@ -258,7 +259,7 @@ class Node:
         if self.state is not NodeState.NEW:
             raise NodeStateError(f"can't start a node that is {self.state.value}")
         options = self.options
-        current_node.set(self)  # the tasks and transports started here are this node's
+        current_node.set(weakref.ref(self))  # the tasks and transports started here are ours
         if self.admin is not None:
             self.admin.collect_warnings()  # the start's own too
         self._requests = Requests(
