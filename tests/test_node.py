@@ -31,7 +31,7 @@ from trustp2p import (
 from trustp2p.protocol.package import build_package, decode, encode
 from trustp2p.threads.heartbeat import HeartbeatThread
 
-from .compiled import refused_type
+from .compiled import pure_only, refused_type
 from .conftest import MS, stays, wait_for
 from .nodes import FAST, MakeNode
 
@@ -1052,6 +1052,7 @@ async def test_a_talk_handler_can_stop_its_node_without_waiting_for_itself(
     await wait_for(lambda: server.state is NodeState.STOPPED)  # 5 s at most, not 30
 
 
+@pure_only("trustp2p.node.node", "a compiled Node takes no weak reference to watch it with")
 async def test_a_stopped_node_is_freed_at_once() -> None:
     """Found by a soak tester: a stopped node stayed in memory for up to a minute (its
     context, which named it, lives on in the cancelled timers asyncio keeps until they

@@ -180,7 +180,7 @@ def test_an_empty_answer_ends_the_fetch() -> None:
 
 @pytest.mark.parametrize(
     ("last", "behind"),
-    [(3, True), (4, True), (5, False), (9, False), (None, False), (True, False)],
+    [(3, True), (4, True), (5, False), (9, False), (0, False), (None, False), (True, False)],
 )
 def test_an_empty_answer_from_a_peer_whose_stream_ends_before_is_behind(
     last: Any, behind: bool
@@ -188,8 +188,9 @@ def test_an_empty_answer_from_a_peer_whose_stream_ends_before_is_behind(
     """Found by a tester: in a burst, relays behind the burst answered "nothing" for
     messages they hadn't received yet, which started the gap's skip clock; the gap was
     skipped 30 s later and the messages never delivered. A peer that keeps nothing from
-    ``from`` on hasn't got there: its answer says nothing of the gap. An answer without
-    ``last`` (an older peer) counts as before."""
+    ``from`` on hasn't got there: its answer says nothing of the gap. One that keeps
+    nothing of the stream (0), or an answer without ``last`` (an older peer), counts as
+    before: it lacks them."""
     fetch = Fetch(FetchRange(TOPIC, A, 5, 100), batch=10)
     fetch.request()
     answer: dict[str, Any] = {"messages": []}
@@ -197,19 +198,6 @@ def test_an_empty_answer_from_a_peer_whose_stream_ends_before_is_behind(
         answer["last"] = last
     assert fetch.receive(answer) == []
     assert fetch.done and fetch.behind is behind
-
-
-@pytest.mark.parametrize(("first", "kept_from"), [(9, 9), (0, 0), (-3, 0), ("9", 0), (None, 0)])
-def test_a_fetch_answer_says_from_which_seq_the_peer_keeps_the_stream(
-    first: Any, kept_from: int
-) -> None:
-    fetch = Fetch(FetchRange(TOPIC, A, 2, 2), batch=10)
-    fetch.request()
-    answer: dict[str, Any] = {"messages": [], "last": 40}
-    if first is not None:
-        answer["first"] = first
-    fetch.receive(answer)
-    assert fetch.kept_from == kept_from and not fetch.behind
 
 
 def test_an_empty_range_is_done_at_once() -> None:
@@ -362,15 +350,14 @@ def _encoded(body: dict[str, Any]) -> int:
 def test_a_fetch_answer_fits_its_byte_budget_but_always_holds_one_message() -> None:
     messages = [_message(seq) for seq in range(1, 6)]
     one = _encoded(messages[0].to_body()) + 1
-    assert fetch_answer(messages, 10**6, 7, 1) == {
+    assert fetch_answer(messages, 10**6, 7) == {
         "messages": [m.to_body() for m in messages],
-        "first": 1,
         "last": 7,
     }
     assert len(fetch_answer(messages, 2 * one)["messages"]) == 2
     assert len(fetch_answer(messages, 2 * one - 1)["messages"]) == 1
     assert len(fetch_answer(messages, 1)["messages"]) == 1  # moves on regardless
-    assert fetch_answer([], 100) == {"messages": [], "first": 0, "last": 0}
+    assert fetch_answer([], 100) == {"messages": [], "last": 0}
 
 
 def test_size_limits() -> None:

@@ -13,14 +13,15 @@ __all__ = ["WarningLog", "current_node"]
 
 import contextvars
 import logging
-import weakref
 from collections import deque
 from typing import Any
 
-current_node: contextvars.ContextVar[weakref.ref[Any]] = contextvars.ContextVar("trustp2p_node")
-"""A weak reference to the node whose tasks run in this context (set by ``Node.start``).
-Weak: asyncio keeps a cancelled timer, and its context, until it falls due, and a
-stopped node stayed in memory for up to a minute through it (found by a soak tester)."""
+current_node: contextvars.ContextVar[object] = contextvars.ContextVar("trustp2p_node")
+"""The key (``Node.context_key``) of the node whose tasks run in this context (set by
+``Node.start``). A key, not the node: asyncio keeps a cancelled timer, and its context,
+until it falls due, and a stopped node stayed in memory for up to a minute through it
+(found by a soak tester). (A weak reference would do, but the compiled ``Node`` takes
+none.)"""
 
 MAX_WARNINGS = 50
 
@@ -28,14 +29,13 @@ MAX_WARNINGS = 50
 class WarningLog(logging.Handler):
     """Keeps the latest :data:`MAX_WARNINGS` WARNING-or-worse records of one node."""
 
-    def __init__(self, node: object, size: int = MAX_WARNINGS) -> None:
+    def __init__(self, key: object, size: int = MAX_WARNINGS) -> None:
         super().__init__(logging.WARNING)
-        self._node = node
+        self._key = key  # the node's context_key
         self.records: deque[dict[str, Any]] = deque(maxlen=size)
 
     def emit(self, record: logging.LogRecord) -> None:
-        ref = current_node.get(None)
-        if ref is None or ref() is not self._node:
+        if current_node.get(None) is not self._key:
             return
         try:
             message = record.getMessage()

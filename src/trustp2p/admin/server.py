@@ -63,7 +63,7 @@ class AdminServer:
         self._node = node
         self._token = node.options.admin_token
         self._registry = node_registry(node)
-        self._warnings = WarningLog(node)
+        self._warnings = WarningLog(node.context_key)
         self._rates = TopicRates(node.metrics.started)
         self._server: asyncio.Server | None = None
         self.url: str | None = None

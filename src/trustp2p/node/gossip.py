@@ -571,7 +571,7 @@ class Gossip:
                     self._take_fetched(socket, message)
             wanted = fetch.wanted  # the peer lacks what is still missing of it...
             if not fetch.behind:  # ...unless it hasn't got that far yet
-                self._order.answered(wanted.stream, wanted.first, wanted.last, fetch.kept_from)
+                self._order.answered(wanted.stream, wanted.first, wanted.last)
         finally:
             self.catchup.end(fetch)
 

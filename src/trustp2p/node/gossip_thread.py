@@ -89,6 +89,5 @@ class GossipThread(Thread):
         size = sum(map(wire_size, messages))
         if size > FETCH_BYTES_PER_TOKEN:
             self.node.connections.charge(socket, size / FETCH_BYTES_PER_TOKEN - 1)
-        log = gossip.message_log
-        first, last = log.first_seq(wanted.stream) or 0, log.last_seq(wanted.stream) or 0
-        return fetch_answer(messages, max_bytes, last, first)
+        last = gossip.message_log.last_seq(wanted.stream) or 0
+        return fetch_answer(messages, max_bytes, last)

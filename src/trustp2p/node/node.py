@@ -18,7 +18,6 @@ import asyncio
 import enum
 import logging
 import secrets
-import weakref
 from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
@@ -87,6 +86,7 @@ class Node:
             options = NodeOptions.from_kwargs(options, **kwargs)
         self.options = options
         self.log = logging.getLogger(__name__)
+        self.context_key = object()  # what its tasks' contexts carry (admin.current_node)
         self.metrics = Metrics()
         self.admin = AdminServer(self) if options.admin is not None else None
         self.server = ServerRole(self) if options.server else None
@@ -259,7 +259,7 @@ class Node:
         if self.state is not NodeState.NEW:
             raise NodeStateError(f"can't start a node that is {self.state.value}")
         options = self.options
-        current_node.set(weakref.ref(self))  # the tasks and transports started here are ours
+        current_node.set(self.context_key)  # the tasks and transports started here are ours
         if self.admin is not None:
             self.admin.collect_warnings()  # the start's own too
         self._requests = Requests(

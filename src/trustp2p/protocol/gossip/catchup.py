@@ -196,16 +196,13 @@ def decode_fetch_request(body: Body) -> FetchRange:
     return FetchRange(topic, origin, first, last)
 
 
-def fetch_answer(
-    messages: Iterable[GossipMessage], max_bytes: int, last: int = 0, first: int = 0
-) -> Body:
+def fetch_answer(messages: Iterable[GossipMessage], max_bytes: int, last: int = 0) -> Body:
     """
     The answer to a ``gossip/fetch`` request: ``messages`` (oldest first) up to
     ``max_bytes`` bytes as they go on the wire. The first is always in it, so that the
     asker moves on; it asks again from the last seq it got + 1. ``last`` is the highest
     seq we keep of the stream (0: none): with no message, it tells a peer that lacks
-    them (we are past them) from one that hasn't got them yet; ``first`` the lowest (we
-    lack every one before it).
+    them (we are past them) from one that hasn't got them yet.
     """
     bodies: list[Body] = []
     size = 0
@@ -215,7 +212,7 @@ def fetch_answer(
         if size > max_bytes and bodies:
             break
         bodies.append(body)
-    return {"messages": bodies, "first": first, "last": last}
+    return {"messages": bodies, "last": last}
 
 
 # Asking: what we want of a peer, and its answers.
@@ -299,8 +296,6 @@ class Fetch:
         self.behind = False
         """The peer answered nothing and keeps nothing of the stream from :attr:`next`
         on: it hasn't got that far (yet), rather than lacking what is missing."""
-        self.kept_from = 0
-        """The first seq of the stream the peer keeps, as it last said (0: unknown)."""
         self._to = 0
 
     def request(self) -> Body:
@@ -347,9 +342,9 @@ class Fetch:
         self.done = not messages or first > wanted.last
         # Nothing, from a peer whose stream ends before them: it hasn't got them yet
         # (a relay behind in a burst), which says nothing of whether anyone has them.
-        peer_last, peer_first = answer.get("last"), answer.get("first")
-        self.behind = not messages and type(peer_last) is int and peer_last < self.next
-        self.kept_from = peer_first if type(peer_first) is int and peer_first > 0 else 0
+        # (A peer that keeps nothing of it, 0, lacks them as far as we can tell.)
+        peer_last = answer.get("last")
+        self.behind = not messages and type(peer_last) is int and 0 < peer_last < self.next
         return messages
 
 

@@ -227,8 +227,6 @@ class Streams(Generic[S]):
         # Streams with a gap -> when it opened; in that order (oldest first).
         self._gap_since: dict[str, float] = {}
         self._answered: set[str] = set()  # streams whose gap a peer answered without
-        # Streams -> the first seq the peer that answered keeps: it lacks all below.
-        self._kept_from: dict[str, int] = {}
         self._held_count = 0
         self._held_bytes = 0
         self.skipped = 0
@@ -321,31 +319,27 @@ class Streams(Generic[S]):
             if stream in busy:
                 continue
             age = now - since
-            if age >= timeout and (
-                stream in self._answered or age >= timeout * UNANSWERED_GAP_FACTOR
-            ):
+            answered = stream in self._answered
+            if age >= timeout and (answered or age >= timeout * UNANSWERED_GAP_FACTOR):
                 events += self.skip_gap(stream)
-                # The gaps after it that the peer lacks too (it keeps nothing below
-                # kept_from): as old, and as answered. One each gap_timeout drained a
-                # burst's thousands of gaps in hours (found by a tester).
-                kept_from = self._kept_from.get(stream, 0)
-                while (gap := self.missing(stream)) is not None and gap[1] < kept_from:
-                    events += self.skip_gap(stream)
+                if answered and stream in self._gap_since:
+                    # The next gap has been missing as long: it waits no new
+                    # gap_timeout, only for a peer to answer without it (asked now).
+                    # A burst's thousands of one-message gaps were skipped one per
+                    # gap_timeout, holding what followed for hours (found by a tester).
+                    self._gap_since[stream] = since
+                    waiting.append(stream)
             else:
                 waiting.append(stream)
         return events, waiting
 
-    def answered(self, stream: str, first: int, last: int, kept_from: int = 0) -> None:
+    def answered(self, stream: str, first: int, last: int) -> None:
         """A peer answered a fetch of ``stream``'s numbers ``first`` to ``last`` in full.
         If that range held the first number of the stream's gap (now), the peer doesn't
-        have it: the gap may be skipped once it is ``gap_timeout`` old. ``kept_from`` is
-        the first number the peer keeps of the stream (0: unknown): when the gap is
-        skipped, so are the ones after it below that number, which it lacks too."""
+        have it: the gap may be skipped once it is ``gap_timeout`` old."""
         gap = self.missing(stream) if stream in self._gap_since else None
         if gap is not None and first <= gap[0] <= last:
             self._answered.add(stream)
-            if kept_from > self._kept_from.get(stream, 0):
-                self._kept_from[stream] = kept_from
 
     def skip_gap(
         self, stream: str, reason: Literal["timeout", "held"] = "timeout"
@@ -363,7 +357,6 @@ class Streams(Generic[S]):
         if stream not in self._held:
             self._gap_since.pop(stream, None)
             self._answered.discard(stream)
-            self._kept_from.pop(stream, None)
             return events
         gap = self.missing(stream)
         if gap is None:  # the mark moved past the gap elsewhere: catch up with it
@@ -415,7 +408,6 @@ class Streams(Generic[S]):
             del self._held[stream]
             self._gap_since.pop(stream, None)
             self._answered.discard(stream)
-            self._kept_from.pop(stream, None)
         elif following > start or stream not in self._gap_since:
             # A new gap (or the first): it waits gap_timeout from now, behind the others.
             self._gap_since.pop(stream, None)
