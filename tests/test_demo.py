@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+import signal
+import sys
+from pathlib import Path
 
 import pytest
 
 from trustp2p.apps.demo import COLUMNS
 from trustp2p.cli import main
+
+from .processes import Spawned
 
 # Three nodes: 1 and 2 dial 0, and 1 dials 2; node 1 stops and restarts.
 HEALTHY = [
@@ -68,3 +73,20 @@ def test_demo_runs_a_healthy_network_at_the_shipped_timings(
     lines = capsys.readouterr().out.splitlines()
     for line in HEALTHY:
         assert line in lines, lines
+
+
+def test_sigterm_ends_the_demo_as_ctrl_c_does(tmp_path: Path) -> None:
+    """Found by a new-user tester: SIGTERM killed the demo mid-table (exit 143), its
+    nodes unstopped and their directory left behind. Now the nodes stop, the directory
+    goes, and the exit status is still 143, without a traceback."""
+    env_tmp = tmp_path / "tmp"
+    env_tmp.mkdir()
+    command = f"TMPDIR={env_tmp} exec {sys.executable} -m trustp2p demo --duration 30"
+    process = Spawned("sh", "-c", command, command=True)
+    process.wait_for_output("in/out", timeout=30)  # the table: the nodes run
+    assert list(env_tmp.iterdir())  # their directory
+    process.process.send_signal(signal.SIGTERM)
+    assert process.process.wait(timeout=20) == 143, process.output
+    assert "Traceback" not in process.output
+    assert list(env_tmp.iterdir()) == []  # removed
+    process.stop()

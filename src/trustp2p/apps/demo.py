@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import signal
 import statistics
 import tempfile
 from collections.abc import Callable, Iterator
@@ -92,7 +93,8 @@ async def run_demo(
         console: Where the table and summary go; stdout by default.
 
     Returns:
-        0 if the network is healthy (see the module's docstring), else 1.
+        0 if the network is healthy (see the module's docstring), else 1; 143 after
+        SIGTERM, which stops the nodes and removes their directory, as Ctrl-C does.
 
     Raises:
         ValueError: If ``nodes``, ``duration`` or ``speed`` is out of range.
@@ -103,8 +105,34 @@ async def run_demo(
     for name, value in (("duration", duration), ("speed", speed)):
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be a positive number, not {value!r}")
+    loop = asyncio.get_running_loop()
+    main, terminated = asyncio.current_task(), asyncio.Event()
+
+    def on_sigterm() -> None:
+        terminated.set()
+        if main is not None:
+            main.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # (Windows; a thread)
+        # SIGTERM killed the demo mid-table, its nodes' directory left behind (found by
+        # a new-user tester): it ends as Ctrl-C does.
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await _run_demo(nodes, duration, speed, restart, console or Console())
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+        return 143
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _run_demo(
+    nodes: int, duration: float, speed: float, restart: bool, console: Console
+) -> int:
     with tempfile.TemporaryDirectory(prefix="trustp2p-demo-") as tmp:
-        demo = _Demo(Path(tmp), nodes, speed, console or Console())
+        demo = _Demo(Path(tmp), nodes, speed, console)
         try:
             for index in range(nodes):
                 await demo.start(index)
