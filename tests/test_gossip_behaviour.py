@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,20 @@ import pytest
 
 from trustp2p import Node, RemoteError, Socket
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
+from trustp2p.identity import Identity
 from trustp2p.node.gossip import Gossip, Validation
-from trustp2p.protocol.gossip import FETCH, HWM, IHAVE, IWANT, GossipMessage
+from trustp2p.node.gossip_log import to_logged
+from trustp2p.node.gossip_thread import GossipThread
+from trustp2p.protocol.gossip import (
+    FETCH,
+    HWM,
+    IHAVE,
+    IWANT,
+    GossipMessage,
+    catchup,
+    sign_message,
+    stream_key,
+)
 from trustp2p.protocol.package import Body, Package, PackageType, build_package, encode
 from trustp2p.storage.peerstore import PeerRecord
 from trustp2p.testing import Network
@@ -582,6 +595,88 @@ async def test_a_restarted_node_catches_up_in_batches_exactly_once(spy: RequestS
         fetched = [m["seq"] for _, answer in fetches for m in answer["messages"]]
         assert fetched == list(range(4, 27))
         assert len(fetches) >= 5
+
+
+async def test_the_gaps_between_held_messages_are_fetched_together(spy: RequestSpy) -> None:
+    """Found by a tester: a burst from several origins left thousands of small gaps
+    between the messages a node held, and a gap fetch asked for the first gap only:
+    one gap per heartbeat and fetch, minutes to drain. A gap fetch asks for every
+    missing number (``seqs``), and the peer answers with the ones it has."""
+    hub = MemoryHub()
+    origin = Identity.generate()
+    now = int(time.time() * 1000)
+    messages = [sign_message(origin, "chat", seq, now, {"n": seq}) for seq in range(1, 31)]
+    async with memory_node(hub, "relay") as relay, memory_node(hub, "asker") as asker:
+        got: list[GossipMessage] = []
+        relay.subscribe("chat")
+        asker.subscribe("chat", got.append)
+        assert asker.client is not None and relay.url is not None
+        asker.client.connect(relay.url)
+        await wait_for(lambda: bool(spy.answers(asker, HWM)))  # catch-up: nothing yet
+        log = gossip(relay).message_log
+        assert log is not None
+        for message in messages:
+            log.add(to_logged(message))
+        # The asker gets every third message live: nine gaps of two, held behind.
+        for message in messages[2::3]:
+            package = build_package(PackageType.GOSSIP, "chat", message.to_body())
+            relay.send_package(socket_to(relay, "asker"), package)
+        await wait_for(lambda: all(gossip(asker).router.seen(m.id) for m in messages[2::3]))
+        await wait_for(lambda: gossip(asker).check_gaps() or len(got) == 30)
+        assert [m.seq for m in got] == list(range(1, 31))
+        asked = [body for n, e, body, _ in spy.calls if n is asker and e == FETCH]
+        # The first gap (1, 2) when 3 came; then the rest, in one or two more.
+        assert asked[0]["seqs"] == [1, 2]
+        assert 2 <= len(asked) <= 3
+        assert sorted(seq for body in asked for seq in body["seqs"]) == [
+            seq for seq in range(1, 31) if seq % 3
+        ]
+        assert gossip(asker).caught_up == 20
+
+
+async def test_a_peer_answering_fetches_slowly_holds_a_stream_for_a_while_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by an attacker's test: a peer that answered each fetch just inside
+    open_timeout with one message held the stream's catch-up for as long as it liked
+    (8 of 500 messages in 80 s), its fetch keeping every other peer from being asked.
+    After FETCH_ALONE (here 0.2 s) another peer is asked too."""
+    monkeypatch.setattr(catchup, "FETCH_ALONE", 0.2)
+    serve = GossipThread.serve_fetch
+
+    async def trickle(thread: GossipThread, socket: Socket, package: Package) -> Body:
+        answer = serve(thread, socket, package)
+        if thread.node.url == "memory://slow:1":
+            await asyncio.sleep(2.0)
+            answer["messages"] = answer["messages"][:1]
+        return answer
+
+    monkeypatch.setattr(GossipThread, "serve_fetch", trickle)
+    hub = MemoryHub()
+    quiet = 3600.0  # no ihave: what the asker misses, only a fetch brings
+    async with (
+        memory_node(hub, "pub", gossip_interval=quiet) as pub,
+        memory_node(hub, "slow", gossip_interval=quiet) as slow,
+        memory_node(hub, "asker") as asker,
+    ):
+        got: list[GossipMessage] = []
+        slow.subscribe("chat")
+        assert slow.client is not None and asker.client is not None and pub.url is not None
+        slow.client.connect(pub.url)
+        await wait_for(lambda: subscribed(pub, "chat", 1))
+        for n in range(20):
+            await pub.publish("chat", {"n": n})
+        await wait_for(lambda: gossip(slow).delivered == 20)
+        asker.subscribe("chat", got.append)
+        assert slow.url is not None
+        asker.client.connect(slow.url)  # catch-up asks the slow peer first
+        stream = stream_key("chat", pub.peer_id or "")
+        await wait_for(lambda: gossip(asker).catchup.is_fetching(stream))
+        asker.client.connect(pub.url)
+        await wait_for(lambda: subscribed(pub, "chat", 2))
+        await pub.publish("chat", {"n": 20})  # held: 1..20 are a gap, fetched from pub
+        await wait_for(lambda: len(got) == 21, timeout=5.0)  # 2 s a message from slow
+        assert [m.body["n"] for m in got] == list(range(21))
 
 
 async def test_a_fetch_answer_is_capped_at_half_the_package_size(spy: RequestSpy) -> None:

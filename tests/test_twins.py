@@ -10,8 +10,10 @@ from typing import Any, cast
 
 import pytest
 
-from trustp2p.node.twins import DUPLICATE, Twins
+from trustp2p.node.twins import CROSSING, DUPLICATE, Twins
 from trustp2p.protocol.handshake import NONCE_KEY
+
+from .conftest import FakeClock
 
 _ids = itertools.count(1)
 
@@ -56,9 +58,9 @@ def introduce(twins: Twins, conn: FakeConn, nonce: str | None) -> None:
     twins.introduced(cast(Any, conn), body)
 
 
-def make(our_nonce: str) -> tuple[Twins, FakeConnections]:
+def make(our_nonce: str, clock: FakeClock | None = None) -> tuple[Twins, FakeConnections]:
     connections = FakeConnections()
-    return Twins(cast(Any, connections), our_nonce), connections
+    return Twins(cast(Any, connections), our_nonce, clock or FakeClock()), connections
 
 
 @pytest.mark.parametrize(("ours", "theirs", "kept_ours"), [("a", "b", True), ("b", "a", False)])
@@ -77,6 +79,41 @@ def test_of_two_connections_the_one_dialled_by_the_smaller_nonce_stays(
     assert twins.dropped(cast(Any, outbound.socket)) == (None if kept_ours else theirs)
     assert twins.dropped(cast(Any, outbound.socket)) is None
     assert twins.connection_to(theirs) is kept.socket
+
+
+@pytest.mark.parametrize("ours", ["a", "c"])
+def test_a_claim_made_once_a_link_is_up_closes_the_claimant_not_the_link(ours: str) -> None:
+    """Found by an attacker's test: a process on the peer's host that replayed its
+    nonce after the link was up got the link closed whenever the nonces favoured the
+    claim, and our dialer waited for the claimant to leave (60 s, as long as it
+    stayed). Two connections introduced more than CROSSING apart: the older stays."""
+    clock = FakeClock()
+    twins, connections = make(ours, clock)
+    link = FakeConn(FakeSocket(inbound=False))
+    introduce(twins, link, "b")
+    clock.advance(CROSSING + 0.001)
+    claim = FakeConn(FakeSocket(inbound=True))
+    introduce(twins, claim, "b")
+    assert connections.closed == [(claim, 1000, DUPLICATE)]
+    assert twins.connection_to("b") is link.socket
+    assert twins.dropped(cast(Any, link.socket)) is None  # our dialer waits for nothing
+
+
+def test_both_ends_keep_the_same_of_two_connections_far_apart() -> None:
+    # A dialled B; B's own dial came later: both ends drop B's, whatever the nonces.
+    clock = FakeClock()
+    a, a_closed = make("b", clock)
+    b, b_closed = make("a", clock)
+    first_at_a, first_at_b = FakeConn(FakeSocket(False)), FakeConn(FakeSocket(True))
+    introduce(a, first_at_a, "a")
+    introduce(b, first_at_b, "b")
+    clock.advance(CROSSING * 3)
+    second_at_a, second_at_b = FakeConn(FakeSocket(True)), FakeConn(FakeSocket(False))
+    introduce(a, second_at_a, "a")
+    introduce(b, second_at_b, "b")
+    assert a_closed.closed == [(second_at_a, 1000, DUPLICATE)]
+    assert b_closed.closed == [(second_at_b, 1000, DUPLICATE)]
+    assert b.dropped(cast(Any, second_at_b.socket)) == "b"  # B's dialer waits for A's
 
 
 def test_a_nonce_from_another_address_is_a_claim_not_a_twin() -> None:

@@ -18,6 +18,8 @@ from hypothesis import given, settings, strategies as st
 from trustp2p.exceptions import GossipError
 from trustp2p.identity import Identity
 from trustp2p.protocol.gossip import (
+    FETCH_ALONE,
+    MAX_FETCH_SEQS,
     MAX_FETCHES,
     MAX_HWM_ORIGINS,
     MAX_HWM_TOPICS,
@@ -40,6 +42,7 @@ from trustp2p.protocol.gossip import (
     wire_size,
 )
 
+from ..conftest import FakeClock
 from ..strategies import json_values
 
 TOPIC = "chat"
@@ -126,6 +129,32 @@ def test_one_fetch_per_stream_at_a_time() -> None:
     assert catchup.begin(FetchRange(TOPIC, A, 4, 9)) is not None
 
 
+def test_a_fetch_has_its_stream_to_itself_for_fetch_alone_seconds() -> None:
+    """Found by an attacker's test: a peer that answered each fetch just inside
+    open_timeout with one message held the stream for as long as it liked. After
+    FETCH_ALONE its fetch no longer holds the gaps, and another peer may be asked."""
+    clock = FakeClock()
+    catchup = CatchUp(batch=5, clock=clock)
+    stream = stream_key(TOPIC, A)
+    slow = catchup.begin(FetchRange(TOPIC, A, 1, 9), "slow")
+    assert slow is not None
+    clock.advance(FETCH_ALONE - 0.001)
+    assert catchup.fetching == {stream}
+    assert catchup.begin(FetchRange(TOPIC, A, 1, 9), "other") is None
+    clock.advance(0.001)
+    assert catchup.fetching == frozenset()  # tick may skip its gap, or list it to ask
+    assert not catchup.may_begin(stream, "slow")  # not the same slow peer again
+    other = catchup.begin(FetchRange(TOPIC, A, 1, 9), "other")
+    assert other is not None
+    assert catchup.fetching == {stream}
+    catchup.end(slow)  # the older fetch ends: the newer one still holds the stream
+    catchup.end(slow)  # twice: nothing more
+    assert catchup.fetching == {stream}
+    assert catchup.begin(FetchRange(TOPIC, B, 1, 9), "slow") is not None  # its slot freed
+    catchup.end(other)
+    assert catchup.fetching == {stream_key(TOPIC, B)}
+
+
 def test_at_most_max_fetches_streams_at_once_from_a_peer() -> None:
     # Found by an attacker's test: 5,000 messages from fresh origins, each far ahead of
     # its stream, made 18,369 catch-up requests in 30 s to honest peers, past their
@@ -198,6 +227,61 @@ def test_an_empty_answer_from_a_peer_whose_stream_ends_before_is_behind(
         answer["last"] = last
     assert fetch.receive(answer) == []
     assert fetch.done and fetch.behind is behind
+
+
+def test_a_fetch_of_seqs_asks_for_them_only_and_moves_past_what_came() -> None:
+    """Found by a tester: a burst left thousands of one-message gaps between the
+    messages a node held, and a fetch asked for the first gap only: they drained one
+    per heartbeat. A gap fetch asks for every missing number, ``batch`` at a time."""
+    seqs = (2, 4, 5, 9, 11, 12, 20)
+    fetch = Fetch(FetchRange.of_seqs(TOPIC, A, seqs), batch=3)
+    body = {"topic": TOPIC, "origin": A, "from": 2, "to": 5, "seqs": [2, 4, 5]}
+    assert fetch.request() == body
+    assert decode_fetch_request(body) == FetchRange(TOPIC, A, 2, 5, (2, 4, 5))
+    assert [m.seq for m in fetch.receive(_answer(2, 4))] == [2, 4]  # a full answer
+    assert not fetch.done
+    assert fetch.request() == {"topic": TOPIC, "origin": A, "from": 5, "to": 11, "seqs": [5, 9, 11]}
+    # The peer lacks 5 (it would have come first) and 11; the next batch moves past 9.
+    assert [m.seq for m in fetch.receive(_answer(9))] == [9]
+    assert fetch.request()["seqs"] == [11, 12, 20]
+    assert [m.seq for m in fetch.receive(_answer(12, 20))] == [12, 20]
+    assert fetch.done and fetch.answered_to == 20
+
+
+def test_a_fetch_of_seqs_takes_a_range_answer_from_a_peer_without_seqs() -> None:
+    # A peer of an earlier version answers the whole range, messages we hold included.
+    fetch = Fetch(FetchRange.of_seqs(TOPIC, A, (2, 5)), batch=10)
+    assert fetch.request()["seqs"] == [2, 5]
+    assert [m.seq for m in fetch.receive(_answer(2, 3, 4))] == [2, 3, 4]
+    assert fetch.request() == {"topic": TOPIC, "origin": A, "from": 5, "to": 5, "seqs": [5]}
+    assert fetch.receive(_answer()) == []
+    assert fetch.done and fetch.answered_to == 5
+
+
+def test_a_fetch_of_seqs_asks_at_most_max_fetch_seqs_at_once() -> None:
+    seqs = range(1, 2 * MAX_FETCH_SEQS, 2)
+    fetch = Fetch(FetchRange.of_seqs(TOPIC, A, seqs), batch=10 * MAX_FETCH_SEQS)
+    assert len(fetch.request()["seqs"]) == MAX_FETCH_SEQS
+
+
+@pytest.mark.parametrize(
+    ("answer", "answered_to"),
+    [
+        ({"messages": []}, 14),  # lacks all it was asked for in the last batch
+        ({"messages": [], "last": 4}, 4),  # behind: answered for what it has only
+        ({"messages": [], "last": 2}, 0),  # behind all of it: answered for nothing
+    ],
+)
+def test_what_a_done_fetch_was_answered_for(answer: dict[str, Any], answered_to: int) -> None:
+    fetch = Fetch(FetchRange(TOPIC, A, 3, 100), batch=5)
+    fetch.request()
+    fetch.receive(_answer(3, 4))  # the answer was full
+    assert fetch.answered_to == 0  # not done
+    assert fetch.request() == {"topic": TOPIC, "origin": A, "from": 5, "to": 9}
+    fetch.receive(_answer(5, 6, 7, 8, 9))
+    assert fetch.request()["to"] == 14
+    fetch.receive(answer)
+    assert fetch.done and fetch.answered_to == answered_to
 
 
 def test_an_empty_range_is_done_at_once() -> None:
@@ -334,6 +418,17 @@ def test_decode_fetch_request() -> None:
         ({"to": 2**63}, "to outside 1..9223372036854775807"),
         ({"to": False}, "invalid to"),
         ({"from": 5, "to": 4}, "from 5 exceeds to 4"),
+        ({"seqs": 2}, f"seqs must be a list of 1 to {MAX_FETCH_SEQS} numbers"),
+        ({"seqs": []}, f"seqs must be a list of 1 to {MAX_FETCH_SEQS} numbers"),
+        (
+            {"seqs": [1] * (MAX_FETCH_SEQS + 1)},
+            f"seqs must be a list of 1 to {MAX_FETCH_SEQS} numbers",
+        ),
+        ({"seqs": [1, True]}, "invalid seq"),
+        ({"seqs": [2, 2]}, "seq outside 3..3"),
+        ({"seqs": [3, 2]}, "seq outside 4..3"),
+        ({"seqs": [4]}, "seq outside 1..3"),
+        ({"from": 2, "seqs": [1]}, "seq outside 2..3"),
     ],
 )
 def test_a_malformed_fetch_request_is_a_protocol_error(changes: dict[str, Any], text: str) -> None:
@@ -390,7 +485,7 @@ def test_payload_size_never_underestimates_the_wire_size(
 
 
 _json = json_values()
-_keys = st.sampled_from(["topics", "hwm", "topic", "origin", "from", "to", "messages"])
+_keys = st.sampled_from(["topics", "hwm", "topic", "origin", "from", "to", "messages", "seqs"])
 _bodies = st.dictionaries(_keys | st.text(max_size=6), _json, max_size=6)
 
 
@@ -402,6 +497,26 @@ def test_decoding_arbitrary_dicts_raises_only_gossip_error(body: dict[str, Any])
             decode(body)
         except GossipError:
             pass
+
+
+@given(
+    first=st.integers(1, 50),
+    last=st.integers(1, 50),
+    seqs=st.lists(st.integers(-2, 60) | st.booleans() | st.none(), max_size=12) | _json,
+)
+@settings(max_examples=200)
+def test_decoding_arbitrary_seqs_raises_only_gossip_error(first: int, last: int, seqs: Any) -> None:
+    body = {"topic": TOPIC, "origin": A, "from": first, "to": last, "seqs": seqs}
+    try:
+        wanted = decode_fetch_request(body)
+    except GossipError:
+        return
+    if seqs is None:  # null: no seqs, the range
+        assert wanted.seqs is None
+        return
+    assert wanted.seqs is not None and 0 < len(wanted.seqs) <= MAX_FETCH_SEQS
+    assert list(wanted.seqs) == sorted(set(wanted.seqs))
+    assert first <= wanted.seqs[0] and wanted.seqs[-1] <= last
 
 
 _peer_ids = st.sampled_from([A, B, "tp" + "a" * 32, "x"])

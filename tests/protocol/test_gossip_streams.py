@@ -217,6 +217,51 @@ def test_the_gap_after_one_skipped_waits_only_for_an_answer() -> None:
     assert _seqs(events) == [5]
 
 
+def test_missing_seqs_lists_every_gap_up_to_the_last_held_message() -> None:
+    streams, _, _ = _streams()
+    assert streams.missing_seqs(STREAM, 100) == []
+    for seq in (1, 3, 4, 7, 10):
+        streams.add(_message(seq), "p")
+    assert streams.missing_seqs(STREAM, 100) == [2, 5, 6, 8, 9]
+    assert streams.missing_seqs(STREAM, 3) == [2, 5, 6]
+    streams.add(_message(10**9), "p")  # an origin far ahead: bounded by the limit
+    assert streams.missing_seqs(STREAM, 7) == [2, 5, 6, 8, 9, 11, 12]
+
+
+def test_the_gaps_an_answer_covered_are_skipped_with_the_first() -> None:
+    """Found by a tester: after a burst, the thousands of gaps no log kept any more were
+    skipped one per heartbeat and fetch (minutes). The gaps a peer answered without go
+    together; the ones it wasn't asked for wait for an answer."""
+    streams, _, clock = _streams()
+    for seq in (1, 3, 5, 7, 9, 11):
+        streams.add(_message(seq), "p")
+    streams.answered(STREAM, 2, 8)  # a fetch of 2, 4, 6 and 8
+    clock.advance(GAP_TIMEOUT)
+    events, waiting = streams.tick()
+    assert [(s.first, s.last) for s in _skipped(events)] == [(2, 2), (4, 4), (6, 6), (8, 8)]
+    assert _seqs(events) == [3, 5, 7, 9]
+    assert waiting == [STREAM]  # 10 was never asked for: ask a peer now
+    assert streams.tick() == ([], [STREAM])  # ...and wait for its answer
+    streams.answered(STREAM, 10, 10)
+    events, _ = streams.tick()
+    assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 10, 10, "timeout")]
+
+
+def test_a_gap_an_answer_covered_counts_as_answered_when_it_comes_first() -> None:
+    # Another peer filled the first gap; the first answer covered the next one too.
+    streams, _, clock = _streams()
+    for seq in (2, 4):
+        streams.add(_message(seq), "p")
+    streams.answered(STREAM, 1, 3)
+    clock.advance(GAP_TIMEOUT)
+    assert _seqs(streams.add(_message(1), "q")) == [1, 2]  # gap 3 opens now
+    clock.advance(GAP_TIMEOUT - 0.001)
+    assert streams.tick() == ([], [STREAM])
+    clock.advance(0.001)
+    events, _ = streams.tick()
+    assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 3, 3, "timeout")]
+
+
 def test_a_gap_skipped_unanswered_gives_the_next_one_its_own_time() -> None:
     streams, _, clock = _streams()
     for seq in (1, 3, 5):
@@ -282,7 +327,7 @@ def test_the_gap_clock_restarts_when_part_of_the_gap_fills() -> None:
     streams, _, clock = _streams()
     streams.add(_message(2), None)
     streams.add(_message(4), None)
-    streams.answered(STREAM, 1, 100)
+    streams.answered(STREAM, 1, 2)  # a fetch of 1..2 only
     clock.advance(GAP_TIMEOUT - 1)
     assert _seqs(streams.add(_message(1), None)) == [1, 2]  # a new gap: 3
     clock.advance(GAP_TIMEOUT - 1)

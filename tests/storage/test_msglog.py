@@ -147,6 +147,26 @@ async def test_range(log: MessageLog) -> None:
     assert log.range("tpa", 6, 6) == [message(6, topic="chat")]
 
 
+async def test_pick(log: MessageLog) -> None:
+    for seq in (7, 1, 2, 3, 4, 6, 8, 9, 10):  # no 5
+        log.add(message(seq, topic="news" if seq % 2 else "chat"))
+    log.add(message(5, origin="tpb"))
+    assert seqs(log.pick("tpa", [2, 5, 7, 11])) == [2, 7]
+    assert seqs(log.pick("tpa", [1, 3, 5, 6, 8], limit=3)) == [1, 3, 6]
+    assert log.pick("tpa", [5, 11, 2**62]) == []
+    assert log.pick("tpa", []) == []
+    assert log.pick("tpc", [1]) == []
+    assert log.pick("tpa", [6]) == [message(6, topic="chat")]
+
+
+async def test_pick_max_bytes(log: MessageLog) -> None:
+    for seq in range(1, 6):
+        log.add(message(seq, data="x" * 10))
+    assert seqs(log.pick("tpa", [1, 3, 5], max_bytes=30)) == [1, 3, 5]
+    assert seqs(log.pick("tpa", [1, 3, 5], max_bytes=29)) == [1, 3]
+    assert seqs(log.pick("tpa", [4, 5], max_bytes=1)) == [4]  # the first always
+
+
 async def test_range_max_bytes(log: MessageLog) -> None:
     for seq in range(1, 6):
         log.add(message(seq, data="x" * 10))

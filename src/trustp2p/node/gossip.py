@@ -42,6 +42,7 @@ from ..exceptions import ConnectionClosed, GossipError, NodeStateError, RemoteEr
 from ..protocol.gossip import (
     FETCH,
     HWM,
+    MAX_GAP_SEQS,
     CatchUp,
     Deliver,
     Fetch,
@@ -142,7 +143,7 @@ class Gossip:
             mode=options.gossip_mode,
             rng=self._rng,  # one generator a node: each holds 2.5 KiB of state
         )
-        self.catchup = CatchUp(batch=options.catchup_batch, rng=self._rng)
+        self.catchup = CatchUp(batch=options.catchup_batch, clock=self._now, rng=self._rng)
         self.message_log: MessageLog | None = None
         self._streams: Streams[Socket | None] | None = None
         self._marks: ReleaseMarks | None = None
@@ -515,14 +516,14 @@ class Gossip:
     # Catch-up
 
     def _refill(self, socket: Socket, stream: str) -> None:
-        """Fetch, in a task, what is missing before ``stream``'s first held message."""
-        gap = self._order.missing(stream)
-        if gap is None:
+        """Fetch, in a task, what is missing before ``stream``'s last held message."""
+        if self._order.missing(stream) is None or not self.catchup.may_begin(stream, socket.id):
             return
-        topic, origin = split_stream_key(stream)
-        fetch = self.catchup.begin(FetchRange(topic, origin, *gap), socket.id)
+        seqs = self._order.missing_seqs(stream, MAX_GAP_SEQS)
+        fetch = self.catchup.begin(FetchRange.of_seqs(*split_stream_key(stream), seqs), socket.id)
         if fetch is not None:
-            self.tasks.spawn(self._fill(socket, fetch), f"fill {topic!r} of {origin}")
+            wanted = fetch.wanted
+            self.tasks.spawn(self._fill(socket, fetch), f"fill {wanted.topic!r} of {wanted.origin}")
 
     async def _catch_up_forever(self) -> None:
         while True:
@@ -569,9 +570,8 @@ class Gossip:
                     return
                 for message in messages:
                     self._take_fetched(socket, message)
-            wanted = fetch.wanted  # the peer lacks what is still missing of it...
-            if not fetch.behind:  # ...unless it hasn't got that far yet
-                self._order.answered(wanted.stream, wanted.first, wanted.last)
+            if fetch.answered_to:  # the peer lacks what is still missing up to it
+                self._order.answered(fetch.wanted.stream, fetch.wanted.first, fetch.answered_to)
         finally:
             self.catchup.end(fetch)
 

@@ -6,8 +6,10 @@ know each other by the nonce of their version talks, as secure nodes do by their
 
 from __future__ import annotations
 
-__all__ = ["DUPLICATE", "Twins"]
+__all__ = ["CROSSING", "DUPLICATE", "Twins"]
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
@@ -23,6 +25,13 @@ if TYPE_CHECKING:
 DUPLICATE = "duplicate connection"
 """The close reason of the connection of two to one peer that both ends drop."""
 
+CROSSING = 2.0
+"""Seconds between the introductions of two connections to one peer within which they
+are two dials that crossed: the nonces pick the one to keep. Of two further apart, the
+older stays (both ends see about the same gap), so that a claim made once a link is
+up can't close it (found by an attacker's test: a process on the peer's host replaying
+its nonce held the link down for as long as it stayed connected)."""
+
 
 class Twins:
     """
@@ -30,16 +39,25 @@ class Twins:
 
     When a second connection brings a nonce that an open one brought, both ends keep
     the connection :func:`~trustp2p.protocol.admission.keep_new_connection` keeps (the
-    nonces for ids: the one dialled by the node of the smaller nonce) and close the
-    other with 1000 "duplicate connection". A nonce is only a claim: one from another
+    nonces for ids: the one dialled by the node of the smaller nonce), or the older if
+    they were introduced more than :data:`CROSSING` seconds apart, and close the other
+    with 1000 "duplicate connection". A nonce is only a claim: one from another
     address than the open connection's is ignored, so that nobody far away can drop a
-    peer's connection by naming its nonce. The original sends no nonce.
+    peer's connection by naming its nonce; one on the same address can do so only
+    within :data:`CROSSING` of the link's start, or before it. The original sends no
+    nonce.
     """
 
-    def __init__(self, connections: Connections, our_nonce: str) -> None:
+    def __init__(
+        self,
+        connections: Connections,
+        our_nonce: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._connections = connections
         self._our_nonce = our_nonce
-        self._by_nonce: dict[str, PeerConnection] = {}
+        self._clock = clock
+        self._by_nonce: dict[str, tuple[PeerConnection, float]] = {}  # and when introduced
         self._dropped: dict[int, str] = {}  # our dial dropped as a twin -> the peer's nonce
 
     def introduced(self, conn: PeerConnection, body: Body) -> None:
@@ -48,20 +66,21 @@ class Twins:
         socket = conn.socket
         if socket.peer_id is not None or not isinstance(nonce, str) or nonce == "":
             return  # secure (one per peer id), or the original
-        existing = self._by_nonce.get(nonce)
+        now = self._clock()
+        existing, since = self._by_nonce.get(nonce, (None, now))
         if existing is None or existing.socket.closed:
-            self._by_nonce[nonce] = conn
+            self._by_nonce[nonce] = (conn, now)
             return
         if existing.socket.host != socket.host:
             return  # not its twin: a claim
-        keep = keep_new_connection(
+        keep = now - since <= CROSSING and keep_new_connection(
             self._our_nonce,
             nonce,
             new_inbound=socket.inbound,
             existing_inbound=existing.socket.inbound,
         )
         kept, dropped = (conn, existing) if keep else (existing, conn)
-        self._by_nonce[nonce] = kept
+        self._by_nonce[nonce] = (kept, now if keep else since)
         if not dropped.socket.inbound:
             self._dropped[dropped.socket.id] = nonce  # for the dialer: wait for the other
         dropped.log.debug("= duplicates the connection to %s: closing", kept.socket.peer)
@@ -70,7 +89,7 @@ class Twins:
     def closed(self, conn: PeerConnection) -> None:
         """``conn`` closed."""
         nonce = (conn.protocol.peer_version or {}).get(NONCE_KEY)
-        if isinstance(nonce, str) and self._by_nonce.get(nonce) is conn:
+        if isinstance(nonce, str) and self._by_nonce.get(nonce, (None,))[0] is conn:
             del self._by_nonce[nonce]
 
     def dropped(self, socket: Socket) -> str | None:
@@ -81,5 +100,5 @@ class Twins:
 
     def connection_to(self, nonce: str) -> Socket | None:
         """The open connection to the peer of ``nonce``, if any."""
-        conn = self._by_nonce.get(nonce)
+        conn = self._by_nonce.get(nonce, (None,))[0]
         return None if conn is None or conn.socket.closed else conn.socket

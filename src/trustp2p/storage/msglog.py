@@ -58,7 +58,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import DATA_DIR
@@ -343,6 +343,37 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             message = entries[i][0]
             if message.seq > last or len(found) >= limit:
                 break
+            size += len(message.data)
+            if size > max_bytes and found:
+                break
+            found.append(message)
+        return found
+
+    def pick(
+        self,
+        origin: str,
+        seqs: Iterable[int],
+        *,
+        limit: int = RANGE_LIMIT,
+        max_bytes: int = RANGE_MAX_BYTES,
+    ) -> list[LoggedMessage]:
+        """
+        The kept messages of ``origin`` numbered ``seqs`` (ascending), as :meth:`range`
+        returns them: missing numbers skipped, at most ``limit`` messages and
+        ``max_bytes`` of payload (the first always).
+        """
+        logged = self._origins.get(origin)
+        if logged is None:
+            return []
+        found: list[LoggedMessage] = []
+        size = 0
+        for seq in seqs:
+            entry = logged.get(seq)
+            if entry is None:
+                continue
+            if len(found) >= limit:
+                break
+            message = entry[0]
             size += len(message.data)
             if size > max_bytes and found:
                 break

@@ -9,8 +9,10 @@ Two requests (REQUEST packages, see ``docs/protocol.md``):
   with nothing missing before it; at most :data:`MAX_HWM_TOPICS` topics and
   :data:`MAX_HWM_ORIGINS` origins per topic (the highest marks first).
 - ``gossip/fetch`` ``{"topic", "origin", "from", "to"}`` answered ``{"messages":
-  [message body]}``: that stream's messages ``from..to`` the peer still has, oldest
-  first, at most the peer's ``catchup_batch`` and half its package limit.
+  [message body], "last": seq}``: that stream's messages ``from..to`` the peer still
+  has, oldest first, at most the peer's ``catchup_batch`` and half its package limit.
+  With ``"seqs"`` (at most :data:`MAX_FETCH_SEQS` ascending numbers from ``from`` to
+  ``to``), only those: the gaps of a stream, between the messages the asker holds.
 
 When to catch up and whom to ask (the node carries it out):
 
@@ -19,8 +21,10 @@ When to catch up and whom to ask (the node carries it out):
 - from those, each stream where the peer has more than we logged or delivered
   (:func:`plan_fetches`), in batches (:class:`Fetch`), one fetch per stream at a time
   (:meth:`CatchUp.begin`);
-- a gap in a live stream (see :mod:`.streams`): from the peer whose message revealed
-  it, then, at each gossip heartbeat until it is filled or skipped, from a random peer.
+- the gaps in a live stream (see :mod:`.streams`): from the peer whose message revealed
+  one, then, at each gossip heartbeat until they are filled or skipped, from a random
+  peer; all of the stream's missing numbers at once (up to :data:`MAX_GAP_SEQS`), by
+  ``seqs``, so that the thousands of small gaps a burst leaves fill in a few requests.
 
 A peer that answers with an error (it runs without gossip; the node's request raises
 :exc:`~trustp2p.exceptions.RemoteError`) is not at fault: another is asked later. A
@@ -34,8 +38,11 @@ from __future__ import annotations
 __all__ = [
     "DEFAULT_ANSWER_BYTES",
     "FETCH",
+    "FETCH_ALONE",
     "HWM",
     "MAX_FETCHES",
+    "MAX_FETCH_SEQS",
+    "MAX_GAP_SEQS",
     "MAX_HWM_ORIGINS",
     "MAX_HWM_TOPICS",
     "MESSAGE_OVERHEAD",
@@ -56,6 +63,7 @@ __all__ = [
 
 import json
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -85,6 +93,20 @@ later heartbeat. Each gap a peer reveals (a message far ahead of its stream) wou
 a fetch: without a bound, a peer sending thousands of such messages made the node send
 thousands of requests to its honest peers, past their request budget. Per peer, so that
 a peer that doesn't answer holds only its own slots."""
+
+FETCH_ALONE = 5.0
+"""Seconds a fetch has its stream to itself; after them, its gaps may be skipped and
+another peer asked too. A peer that answered each fetch request just inside
+``open_timeout`` with one message held a stream's catch-up for as long as it liked, the
+messages of that origin held behind it (found by an attacker's test)."""
+
+MAX_FETCH_SEQS = 1000
+"""Most numbers in a ``gossip/fetch`` request's ``seqs``. A node asks for at most its
+``catchup_batch`` at a time (this many if that is larger)."""
+
+MAX_GAP_SEQS = 1000
+"""Most missing numbers of one stream a gap fetch goes after (in requests of
+``catchup_batch``); the ones after them wait for the next heartbeat."""
 
 MESSAGE_OVERHEAD = 320
 """Bytes of a message's package body besides its payload: field names, origin, seq,
@@ -120,12 +142,19 @@ def wire_size(message: GossipMessage) -> int:
 
 @dataclass(frozen=True, slots=True)
 class FetchRange:
-    """Messages ``first`` to ``last`` of ``origin`` on ``topic``."""
+    """Messages ``first`` to ``last`` of ``origin`` on ``topic``; only the numbers
+    ``seqs`` (ascending, from ``first`` to ``last``) if they are given."""
 
     topic: str
     origin: str
     first: int
     last: int
+    seqs: tuple[int, ...] | None = None
+
+    @classmethod
+    def of_seqs(cls, topic: str, origin: str, seqs: Sequence[int]) -> FetchRange:
+        """The messages numbered ``seqs`` (ascending, at least one)."""
+        return cls(topic, origin, seqs[0], seqs[-1], tuple(seqs))
 
     @property
     def stream(self) -> str:
@@ -181,8 +210,9 @@ def decode_fetch_request(body: Body) -> FetchRange:
     The messages a ``gossip/fetch`` request asks for.
 
     Raises:
-        GossipError: If a field is missing or malformed, or ``from..to`` is not a range
-            within ``1..MAX_SEQ``.
+        GossipError: If a field is missing or malformed, ``from..to`` is not a range
+            within ``1..MAX_SEQ``, or ``seqs`` (optional) is not a list of at most
+            :data:`MAX_FETCH_SEQS` ascending numbers within it.
 
     """
     topic = check_topic(body.get("topic"))
@@ -193,7 +223,15 @@ def decode_fetch_request(body: Body) -> FetchRange:
     last = check_int(body.get("to"), "to", 1, MAX_SEQ)
     if first > last:
         raise GossipError(f"from {first} exceeds to {last}")
-    return FetchRange(topic, origin, first, last)
+    seqs = body.get("seqs")
+    if seqs is None:
+        return FetchRange(topic, origin, first, last)
+    if not isinstance(seqs, list) or not 0 < len(seqs) <= MAX_FETCH_SEQS:
+        raise GossipError(f"seqs must be a list of 1 to {MAX_FETCH_SEQS} numbers")
+    below = first - 1
+    for seq in seqs:
+        below = check_int(seq, "seq", below + 1, last)  # ascending, within from..to
+    return FetchRange(topic, origin, first, last, tuple(seqs))
 
 
 def fetch_answer(messages: Iterable[GossipMessage], max_bytes: int, last: int = 0) -> Body:
@@ -281,33 +319,52 @@ class Fetch:
     :meth:`request`, pass the answer to :meth:`receive`, until :attr:`done`.
 
     Args:
-        wanted: The range.
+        wanted: The range (only its ``seqs`` if it has them).
         batch: Most messages asked for at once.
 
     """
 
     def __init__(self, wanted: FetchRange, batch: int) -> None:
         self.wanted = wanted
-        self.batch = batch
+        self.batch = batch if wanted.seqs is None else min(batch, MAX_FETCH_SEQS)
         self.next = wanted.first
-        """The first seq not received yet."""
+        """The first seq not received yet (of ``wanted.seqs``, if given)."""
         self.done = wanted.first > wanted.last
         """Whether to stop: everything came, or the peer has nothing more."""
         self.behind = False
         """The peer answered nothing and keeps nothing of the stream from :attr:`next`
         on: it hasn't got that far (yet), rather than lacking what is missing."""
+        self.answered_to = 0
+        """Once :attr:`done`: the highest seq asked for that the peer answered for in
+        full (those asked for up to it that didn't come, it lacks); 0 for none."""
         self._to = 0
+        self._pos = 0  # wanted.seqs[_pos] is next
+        self.peer: object = None
+        """The peer asked (set by :meth:`CatchUp.begin`)."""
+        self.began = 0.0
+        """When it began, on :class:`CatchUp`'s clock."""
+        self.ended = False
 
     def request(self) -> Body:
         """The next ``gossip/fetch`` request: from :attr:`next`, at most ``batch``."""
-        self._to = min(self.wanted.last, self.next + self.batch - 1)
         wanted = self.wanted
-        return {"topic": wanted.topic, "origin": wanted.origin, "from": self.next, "to": self._to}
+        body: Body = {"topic": wanted.topic, "origin": wanted.origin, "from": self.next}
+        if wanted.seqs is None:
+            self._to = min(wanted.last, self.next + self.batch - 1)
+        else:
+            asked = wanted.seqs[self._pos : self._pos + self.batch]
+            self._to = asked[-1]
+            body["seqs"] = list(asked)
+        body["to"] = self._to
+        return body
 
     def receive(self, answer: Body, *, max_data: int | None = None) -> list[GossipMessage]:
         """
         Read the answer to the last :meth:`request`. An empty answer ends the fetch: the
         peer doesn't have those messages (yet); others may.
+
+        A message in the range that wasn't among the ``seqs`` asked for is taken (a
+        peer that doesn't know ``seqs`` answers the range).
 
         Args:
             answer: The answer's body (an error answer raised
@@ -340,11 +397,22 @@ class Fetch:
             messages.append(message)
         self.next = first
         self.done = not messages or first > wanted.last
+        if wanted.seqs is not None and not self.done:
+            seqs = wanted.seqs
+            while self._pos < len(seqs) and seqs[self._pos] < first:
+                self._pos += 1
+            self.done = self._pos == len(seqs)
+            if not self.done:
+                self.next = seqs[self._pos]
         # Nothing, from a peer whose stream ends before them: it hasn't got them yet
         # (a relay behind in a burst), which says nothing of whether anyone has them.
         # (A peer that keeps nothing of it, 0, lacks them as far as we can tell.)
         peer_last = answer.get("last")
-        self.behind = not messages and type(peer_last) is int and 0 < peer_last < self.next
+        if not messages and type(peer_last) is int and 0 < peer_last < self.next:
+            self.behind = True
+            last = peer_last  # what it has, it answered for
+        if self.done and last >= wanted.first:
+            self.answered_to = last
         return messages
 
 
@@ -353,31 +421,44 @@ class CatchUp:
     The catch-up decisions of one node: whom to ask, about which topics, and which
     streams are being fetched.
 
+    A stream is fetched from one peer at a time, for :data:`FETCH_ALONE` seconds: a
+    fetch still running then no longer holds the stream's gaps (they may be skipped)
+    nor keeps other peers from being asked for them.
+
     Args:
         batch: Most messages in one ``gossip/fetch`` (the ``catchup_batch`` option).
         max_fetches: Most streams fetched from one peer at once.
+        clock: Monotonic seconds.
         rng: Random source, for tests.
 
     """
 
     def __init__(
-        self, *, batch: int, max_fetches: int = MAX_FETCHES, rng: random.Random | None = None
+        self,
+        *,
+        batch: int,
+        max_fetches: int = MAX_FETCHES,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         self.batch = batch
         self.max_fetches = max_fetches
+        self._clock = clock
         self._rng = rng or random.Random()
-        self._fetching: dict[str, object] = {}  # stream -> the peer asked
+        self._fetching: dict[str, Fetch] = {}  # stream -> its latest fetch
         self._asked: Counter[object] = Counter()  # peer -> its fetches under way
 
     @property
     def fetching(self) -> frozenset[str]:
-        """The streams being fetched now."""
-        return frozenset(self._fetching)
+        """The streams being fetched now (by a fetch less than :data:`FETCH_ALONE`
+        seconds old)."""
+        return frozenset(stream for stream in self._fetching if self.is_fetching(stream))
 
     def is_fetching(self, stream: str) -> bool:
-        return stream in self._fetching
+        fetch = self._fetching.get(stream)
+        return fetch is not None and self._clock() - fetch.began < FETCH_ALONE
 
     def choose(self, peers: Sequence[P]) -> P | None:
         """A peer to ask, at random; None if there is none."""
@@ -401,20 +482,28 @@ class CatchUp:
             are from that peer (it waits for a later heartbeat or catch-up round).
 
         """
-        if (
-            wanted.first > wanted.last
-            or wanted.stream in self._fetching
-            or self._asked[peer] >= self.max_fetches
-        ):
+        if wanted.first > wanted.last or not self.may_begin(wanted.stream, peer):
             return None
-        self._fetching[wanted.stream] = peer
+        fetch = self._fetching[wanted.stream] = Fetch(wanted, self.batch)
+        fetch.peer, fetch.began = peer, self._clock()
         self._asked[peer] += 1
-        return Fetch(wanted, self.batch)
+        return fetch
+
+    def may_begin(self, stream: str, peer: object = None) -> bool:
+        """Whether :meth:`begin` would start a fetch of ``stream`` from ``peer`` (of a
+        range that isn't empty)."""
+        if self._asked[peer] >= self.max_fetches or self.is_fetching(stream):
+            return False
+        fetch = self._fetching.get(stream)
+        return fetch is None or fetch.peer != peer  # a slow peer isn't asked twice
 
     def end(self, fetch: Fetch) -> None:
         """The fetch is over (done, failed or cancelled)."""
-        if fetch.wanted.stream in self._fetching:
-            peer = self._fetching.pop(fetch.wanted.stream)
-            self._asked[peer] -= 1
-            if not self._asked[peer]:
-                del self._asked[peer]
+        if fetch.ended:
+            return
+        fetch.ended = True
+        if self._fetching.get(fetch.wanted.stream) is fetch:
+            del self._fetching[fetch.wanted.stream]
+        self._asked[fetch.peer] -= 1
+        if not self._asked[fetch.peer]:
+            del self._asked[fetch.peer]

@@ -8,12 +8,14 @@ releases them in sequence order, each once:
 
 - a message next in sequence is released at once, with the held ones that follow it;
 - one further on is *held*, and the numbers before it are a *gap*. The caller fetches
-  what is missing (:meth:`Streams.missing`) and says when a peer answered a fetch of it
-  in full (:meth:`Streams.answered`); a gap that nobody fills within ``gap_timeout``
-  seconds, once a peer answered without it, is skipped (:meth:`Streams.tick`), and what
-  follows it is released. A gap that no peer answered for (the fetches timed out over
-  a slow link, or no peer could be asked) waits :data:`UNANSWERED_GAP_FACTOR` times as
-  long: the messages may be on their way. The timeout counts from when the gap opened:
+  what is missing (:meth:`Streams.missing_seqs`: every gap of the stream, not only the
+  first) and says when a peer answered a fetch of it in full (:meth:`Streams.answered`);
+  a gap that nobody fills within ``gap_timeout`` seconds, once a peer answered without
+  it, is skipped (:meth:`Streams.tick`), and what follows it is released, with the gaps
+  after it that a peer answered without (they have been missing as long: a burst
+  leaves thousands, given up together). A gap that no peer answered for (the fetches timed out
+  over a slow link, or no peer could be asked) waits :data:`UNANSWERED_GAP_FACTOR` times
+  as long: the messages may be on their way. The timeout counts from when the gap opened:
   when part of it fills and the rest remains, it counts again from then;
 - one at or below the stream's *delivered mark* was released or skipped before: it is
   dropped, so that nothing is delivered twice or out of order.
@@ -227,6 +229,9 @@ class Streams(Generic[S]):
         # Streams with a gap -> when it opened; in that order (oldest first).
         self._gap_since: dict[str, float] = {}
         self._answered: set[str] = set()  # streams whose gap a peer answered without
+        # Stream -> the highest seq up to which peers answered without every missing
+        # number: the gaps after a skipped one that an answer covered go with it.
+        self._answered_to: dict[str, int] = {}
         self._held_count = 0
         self._held_bytes = 0
         self.skipped = 0
@@ -298,6 +303,23 @@ class Streams(Generic[S]):
         first, last = self._marks.delivered(stream) + 1, held.seqs[0] - 1
         return (first, last) if first <= last else None
 
+    def missing_seqs(self, stream: str, limit: int) -> list[int]:
+        """The numbers missing before ``stream``'s last held message, ascending: those of
+        its first gap, then of the gaps between held ones; at most ``limit``."""
+        held = self._held.get(stream)
+        if held is None:
+            return []
+        entries = held.entries
+        seqs: list[int] = []
+        seq, remaining = self._marks.delivered(stream) + 1, len(entries)
+        while len(seqs) < limit:
+            if seq not in entries:
+                seqs.append(seq)
+            elif (remaining := remaining - 1) == 0:
+                break
+            seq += 1
+        return seqs
+
     def tick(self, busy: Collection[str] = ()) -> tuple[list[StreamEvent[S]], list[str]]:
         """
         Skip the gaps that have waited ``gap_timeout`` seconds or more (call it every
@@ -322,6 +344,9 @@ class Streams(Generic[S]):
             answered = stream in self._answered
             if age >= timeout and (answered or age >= timeout * UNANSWERED_GAP_FACTOR):
                 events += self.skip_gap(stream)
+                # The gaps after it that a peer answered without: missing as long.
+                while stream in self._answered and stream in self._gap_since:
+                    events += self.skip_gap(stream)
                 if answered and stream in self._gap_since:
                     # The next gap has been missing as long: it waits no new
                     # gap_timeout, only for a peer to answer without it (asked now).
@@ -340,6 +365,8 @@ class Streams(Generic[S]):
         gap = self.missing(stream) if stream in self._gap_since else None
         if gap is not None and first <= gap[0] <= last:
             self._answered.add(stream)
+            # Every number missing from the gap to last was asked for and didn't come.
+            self._answered_to[stream] = max(last, self._answered_to.get(stream, 0))
 
     def skip_gap(
         self, stream: str, reason: Literal["timeout", "held"] = "timeout"
@@ -357,6 +384,7 @@ class Streams(Generic[S]):
         if stream not in self._held:
             self._gap_since.pop(stream, None)
             self._answered.discard(stream)
+            self._answered_to.pop(stream, None)
             return events
         gap = self.missing(stream)
         if gap is None:  # the mark moved past the gap elsewhere: catch up with it
@@ -408,11 +436,17 @@ class Streams(Generic[S]):
             del self._held[stream]
             self._gap_since.pop(stream, None)
             self._answered.discard(stream)
+            self._answered_to.pop(stream, None)
         elif following > start or stream not in self._gap_since:
-            # A new gap (or the first): it waits gap_timeout from now, behind the others.
+            # A new gap (or the first): it waits gap_timeout from now, behind the others;
+            # answered already if a peer answered without its first number.
             self._gap_since.pop(stream, None)
             self._gap_since[stream] = self._clock()
-            self._answered.discard(stream)
+            if following <= self._answered_to.get(stream, 0):
+                self._answered.add(stream)
+            else:
+                self._answered.discard(stream)
+                self._answered_to.pop(stream, None)
 
     def _forget(self, entry: tuple[GossipMessage, S] | None) -> None:
         self._held_count -= 1
