@@ -7,7 +7,7 @@ import random
 import pytest
 
 from trustp2p.options import NodeOptions
-from trustp2p.protocol.liveness import Liveness, LivenessTimings, Verdict
+from trustp2p.protocol.liveness import PUT_OFF_INTERVALS, Liveness, LivenessTimings, Verdict
 
 TIMINGS = LivenessTimings(interval=10.0, timeout=10.0, period=4.0)
 
@@ -316,6 +316,27 @@ def test_the_peers_ping_puts_ours_off() -> None:
     assert peer.liveness.outstanding is not None
 
 
+def test_a_peer_that_pings_without_reading_gets_our_ping_and_is_found_dead() -> None:
+    """Found by an attacker's test: a peer that read nothing and sent a ping every 15 s
+    put ours off for good and stayed connected (120 s and counting). Its pings put ours
+    off PUT_OFF_INTERVALS intervals at most."""
+    peer = Peer()
+    verdicts = []
+    for _ in range(40):  # a ping from it every 7.5 s, checks every 2.5 s, for 100 s
+        for _ in range(3):
+            peer.advance(2.5)
+            verdicts.append(peer.check())
+        peer.package()
+        peer.liveness.ping_received(peer.now)
+        if Verdict.DEAD in verdicts:
+            break
+    assert verdicts.count(Verdict.PING) == 1
+    ping_at = 1000.0 + 2.5 * (verdicts.index(Verdict.PING) + 1)
+    assert ping_at == 1000.0 + TIMINGS.interval * PUT_OFF_INTERVALS
+    assert verdicts[-1] is Verdict.DEAD
+    assert peer.now - ping_at == TIMINGS.timeout
+
+
 def test_the_side_that_dialled_waits_one_period_longer() -> None:
     follower = Liveness(1000.0, TIMINGS, leads=False)
     kwargs = {"last_bytes": 1000.0, "last_package": 1000.0}
@@ -436,7 +457,8 @@ def test_default_options_find_a_dead_link_within_40_s_on_both_sides() -> None:
 
 def test_the_two_sides_share_one_ping_per_interval() -> None:
     """Idle peers cost one ping per interval and connection, not one per side: with
-    the defaults, about one per 20 s, websockets' keepalive rate."""
+    the defaults, about one per 20 s, websockets' keepalive rate (one in five or so from
+    the side that dialled, see PUT_OFF_INTERVALS: it puts the leader's off)."""
     options = NodeOptions(server=True, client=True)
     timings = options.liveness_timings()
     rng = random.Random(1)
@@ -452,9 +474,11 @@ def test_the_two_sides_share_one_ping_per_interval() -> None:
             side.pings += 1
             other.liveness.ping_received(now)
             side.liveness.pong_received(now)
-    assert follower.pings == 0
     minutes = leader.next_round / 60
-    assert 2.5 <= leader.pings / minutes <= 3  # one every 20 to 23 s
+    # One every 20 to 23 s; one per PUT_OFF_INTERVALS (100 s) from the side that
+    # dialled, which puts the leader's next one off in turn.
+    assert 2.5 <= (leader.pings + follower.pings) / minutes <= 3
+    assert 0.4 <= follower.pings / minutes <= 0.6
 
 
 @pytest.mark.parametrize(

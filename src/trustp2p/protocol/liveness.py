@@ -14,7 +14,9 @@ carries out the :class:`Verdict`:
    these rules a peer sends its next ping only once we answered its last. The two
    sides thus share one ping per ``interval`` instead of sending one each (idle peers
    cost half as much), and the side that dialled takes over when the leader's pings
-   stop coming.
+   stop coming. Not for longer than :data:`PUT_OFF_INTERVALS` intervals, though: a
+   peer that pings without reading our pongs (found by an attacker's test: a ping
+   every 15 s, nothing read, connected for good) meets a ping of ours by then.
 2. **Charge the silence.** While a ping is outstanding, the time between two checks is
    charged against it, unless the link showed progress in that time:
 
@@ -61,11 +63,15 @@ client was never pinged (``docs/original-wire-format.md``, known defects).
 
 from __future__ import annotations
 
-__all__ = ["Liveness", "LivenessTimings", "Verdict"]
+__all__ = ["PUT_OFF_INTERVALS", "Liveness", "LivenessTimings", "Verdict"]
 
 import enum
 import math
 from dataclasses import dataclass
+
+PUT_OFF_INTERVALS = 5
+"""Most intervals the peer's pings put ours off: a side pings at least this often (so the
+side that dialled, whose pings the leader's put off, sends about one in six)."""
 
 
 class Verdict(enum.Enum):
@@ -137,6 +143,7 @@ class Liveness:
         "_due_after",
         "_last_check",
         "_ping_at",
+        "_put_off_until",
         "_taken",
         "charged",
         "last_ping",
@@ -149,6 +156,7 @@ class Liveness:
     def __init__(self, opened: float, timings: LivenessTimings, *, leads: bool = True) -> None:
         self.timings = timings
         self._due_after = timings.interval + (0.0 if leads else timings.period)
+        self._put_off_until = opened + timings.interval * PUT_OFF_INTERVALS
         self.last_ping = opened
         self.outstanding: float | None = None
         self.charged = 0.0
@@ -156,7 +164,7 @@ class Liveness:
         self._last_check = opened
         self._taken = 0  # bytes the peer had taken at the last check
         self._ping_at = 0  # bytes written before the outstanding ping
-        self.next_check = opened + self._due_after
+        self.next_check = min(opened + self._due_after, self._put_off_until)
 
     def check(
         self,
@@ -192,7 +200,7 @@ class Liveness:
         sent = self.outstanding
         if sent is None:
             self._last_check = now
-            if now - self.last_ping >= self._due_after:
+            if now - self.last_ping >= self._due_after or now >= self._put_off_until:
                 return Verdict.PING
             return Verdict.NOTHING
         since = max(self._last_check, sent)
@@ -231,17 +239,19 @@ class Liveness:
         if self.outstanding is None:
             self.charged = 0.0  # a ping sent again while reading is paused goes on charging
         self.last_ping = self.outstanding = self._last_check = self.next_check = now
+        self._put_off_until = now + self.timings.interval * PUT_OFF_INTERVALS
         self._taken = written - backlog
         self._ping_at = written
 
     def ping_received(self, now: float) -> None:
         """
         The peer pinged us at ``now``: with no ping of ours outstanding, ours is put off
-        (it is due ``interval`` from now, one ``period`` more if we dialled).
+        (it is due ``interval`` from now, one ``period`` more if we dialled), up to
+        :data:`PUT_OFF_INTERVALS` intervals after our last ping.
         """
         if self.outstanding is None and now > self.last_ping:
             self.last_ping = now
-            self.next_check = now + self._due_after
+            self.next_check = min(now + self._due_after, self._put_off_until)
 
     def pong_received(self, now: float) -> float | None:
         """
@@ -257,6 +267,6 @@ class Liveness:
             return None
         self.outstanding = None
         self.charged = 0.0
-        self.next_check = self.last_ping + self._due_after
+        self.next_check = min(self.last_ping + self._due_after, self._put_off_until)
         self.last_rtt = rtt = max(0.0, now - sent)
         return rtt
