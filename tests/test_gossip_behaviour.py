@@ -634,6 +634,41 @@ async def test_the_gaps_between_held_messages_are_fetched_together(spy: RequestS
         assert gossip(asker).caught_up == 20
 
 
+async def test_fetched_messages_awaiting_validation_are_not_skipped() -> None:
+    """Found in review: a slow validator held the messages a gap fetch brought, the
+    fetch counted them as lacking, and once the gap was gap_timeout old they were
+    skipped with it, then dropped as too old when validated."""
+    hub = MemoryHub()
+    origin = Identity.generate()
+    now = int(time.time() * 1000)
+    messages = [sign_message(origin, "chat", seq, now, {"n": seq}) for seq in range(1, 31)]
+    async with (
+        memory_node(hub, "relay") as relay,
+        memory_node(hub, "asker", gap_timeout=0.3) as asker,
+    ):
+        got: list[GossipMessage] = []
+        relay.subscribe("chat")
+        asker.subscribe("chat", got.append)
+
+        async def slow(message: GossipMessage) -> Validation:
+            await asyncio.sleep(0.05)
+            return Validation.ACCEPT
+
+        gossip(asker).set_validator("chat", slow)
+        assert asker.client is not None and relay.url is not None
+        asker.client.connect(relay.url)
+        await wait_for(lambda: bool(gossip(asker).router.peers))
+        log = gossip(relay).message_log
+        assert log is not None
+        for message in messages:
+            log.add(to_logged(message))
+        for message in messages[2::3]:
+            package = build_package(PackageType.GOSSIP, "chat", message.to_body())
+            relay.send_package(socket_to(relay, "asker"), package)
+        await wait_for(lambda: len(got) == 30)
+        assert [m.seq for m in got] == list(range(1, 31))
+
+
 async def test_a_peer_answering_fetches_slowly_holds_a_stream_for_a_while_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

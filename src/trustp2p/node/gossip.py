@@ -570,8 +570,9 @@ class Gossip:
                     return
                 for message in messages:
                     self._take_fetched(socket, message)
-            if fetch.answered_to:  # the peer lacks what is still missing up to it
-                self._order.answered(fetch.wanted.stream, fetch.wanted.first, fetch.answered_to)
+            to = fetch.lacking_to(held_back=fetch.wanted.topic in self._validators)
+            if to:  # the peer lacks what is still missing up to it
+                self._order.answered(fetch.wanted.stream, fetch.wanted.first, to)
         finally:
             self.catchup.end(fetch)
 

@@ -337,6 +337,8 @@ class Fetch:
         self.answered_to = 0
         """Once :attr:`done`: the highest seq asked for that the peer answered for in
         full (those asked for up to it that didn't come, it lacks); 0 for none."""
+        self.first_received = 0
+        """The seq of the first message received; 0 for none yet."""
         self._to = 0
         self._pos = 0  # wanted.seqs[_pos] is next
         self.peer: object = None
@@ -344,6 +346,23 @@ class Fetch:
         self.began = 0.0
         """When it began, on :class:`CatchUp`'s clock."""
         self.ended = False
+
+    def lacking_to(self, *, held_back: bool = False) -> int:
+        """
+        Once :attr:`done`: the highest seq up to which the peer lacks the numbers still
+        missing (:attr:`answered_to`); 0 for none.
+
+        Args:
+            held_back: What came isn't in the stream's order yet (a validator has it):
+                only the numbers before the first that came count as lacking (found in
+                review: a slow validator's messages were skipped as lacking, then
+                dropped as too old once validated).
+
+        """
+        to = self.answered_to
+        if held_back and self.first_received:
+            to = min(to, self.first_received - 1)
+        return to if to >= self.wanted.first else 0
 
     def request(self) -> Body:
         """The next ``gossip/fetch`` request: from :attr:`next`, at most ``batch``."""
@@ -397,6 +416,8 @@ class Fetch:
             messages.append(message)
         self.next = first
         self.done = not messages or first > wanted.last
+        if messages and not self.first_received:
+            self.first_received = messages[0].seq
         if wanted.seqs is not None and not self.done:
             seqs = wanted.seqs
             while self._pos < len(seqs) and seqs[self._pos] < first:
