@@ -597,15 +597,27 @@ async def test_a_restarted_node_catches_up_in_batches_exactly_once(spy: RequestS
         assert len(fetches) >= 5
 
 
+def log_and_send_every_third(relay: Node, to: str) -> list[GossipMessage]:
+    """30 messages of a new origin on "chat" into ``relay``'s log, every third of them
+    sent live to the node ``to``: nine gaps of two there, held behind."""
+    origin, now = Identity.generate(), int(time.time() * 1000)
+    messages = [sign_message(origin, "chat", seq, now, {"n": seq}) for seq in range(1, 31)]
+    log = gossip(relay).message_log
+    assert log is not None
+    for message in messages:
+        log.add(to_logged(message))
+    for message in messages[2::3]:
+        package = build_package(PackageType.GOSSIP, "chat", message.to_body())
+        relay.send_package(socket_to(relay, to), package)
+    return messages
+
+
 async def test_the_gaps_between_held_messages_are_fetched_together(spy: RequestSpy) -> None:
     """Found by a tester: a burst from several origins left thousands of small gaps
     between the messages a node held, and a gap fetch asked for the first gap only:
     one gap per heartbeat and fetch, minutes to drain. A gap fetch asks for every
     missing number (``seqs``), and the peer answers with the ones it has."""
     hub = MemoryHub()
-    origin = Identity.generate()
-    now = int(time.time() * 1000)
-    messages = [sign_message(origin, "chat", seq, now, {"n": seq}) for seq in range(1, 31)]
     async with memory_node(hub, "relay") as relay, memory_node(hub, "asker") as asker:
         got: list[GossipMessage] = []
         relay.subscribe("chat")
@@ -613,14 +625,7 @@ async def test_the_gaps_between_held_messages_are_fetched_together(spy: RequestS
         assert asker.client is not None and relay.url is not None
         asker.client.connect(relay.url)
         await wait_for(lambda: bool(spy.answers(asker, HWM)))  # catch-up: nothing yet
-        log = gossip(relay).message_log
-        assert log is not None
-        for message in messages:
-            log.add(to_logged(message))
-        # The asker gets every third message live: nine gaps of two, held behind.
-        for message in messages[2::3]:
-            package = build_package(PackageType.GOSSIP, "chat", message.to_body())
-            relay.send_package(socket_to(relay, "asker"), package)
+        messages = log_and_send_every_third(relay, "asker")
         await wait_for(lambda: all(gossip(asker).router.seen(m.id) for m in messages[2::3]))
         await wait_for(lambda: gossip(asker).check_gaps() or len(got) == 30)
         assert [m.seq for m in got] == list(range(1, 31))
@@ -639,9 +644,6 @@ async def test_fetched_messages_awaiting_validation_are_not_skipped() -> None:
     fetch counted them as lacking, and once the gap was gap_timeout old they were
     skipped with it, then dropped as too old when validated."""
     hub = MemoryHub()
-    origin = Identity.generate()
-    now = int(time.time() * 1000)
-    messages = [sign_message(origin, "chat", seq, now, {"n": seq}) for seq in range(1, 31)]
     async with (
         memory_node(hub, "relay") as relay,
         memory_node(hub, "asker", gap_timeout=0.3) as asker,
@@ -658,13 +660,7 @@ async def test_fetched_messages_awaiting_validation_are_not_skipped() -> None:
         assert asker.client is not None and relay.url is not None
         asker.client.connect(relay.url)
         await wait_for(lambda: bool(gossip(asker).router.peers))
-        log = gossip(relay).message_log
-        assert log is not None
-        for message in messages:
-            log.add(to_logged(message))
-        for message in messages[2::3]:
-            package = build_package(PackageType.GOSSIP, "chat", message.to_body())
-            relay.send_package(socket_to(relay, "asker"), package)
+        log_and_send_every_third(relay, "asker")
         await wait_for(lambda: len(got) == 30)
         assert [m.seq for m in got] == list(range(1, 31))
 
