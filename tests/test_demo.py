@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from trustp2p.apps import demo
 from trustp2p.apps.demo import COLUMNS
 from trustp2p.cli import main
+from trustp2p.node import Node
 
 from .processes import Spawned
 
@@ -90,3 +94,42 @@ def test_sigterm_ends_the_demo_as_ctrl_c_does(tmp_path: Path) -> None:
     assert "Traceback" not in process.output
     assert list(env_tmp.iterdir()) == []  # removed
     process.stop()
+
+
+@pytest.fixture
+def ports_taken_on_stop(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[socket.socket]]:
+    """The first demo node to stop has its listening port taken by another socket at
+    once, as another program's connection may take an ephemeral port."""
+    taken: list[socket.socket] = []
+
+    class PortTakenOnStop(Node):
+        async def stop(self) -> None:
+            url = self.url
+            await super().stop()
+            if url is not None and not taken:
+                squatter = socket.socket()
+                taken.append(squatter)
+                squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT
+                squatter.bind(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+                squatter.listen()
+
+    monkeypatch.setattr(demo, "Node", PortTakenOnStop)
+    yield taken
+    for squatter in taken:
+        squatter.close()
+
+
+def test_a_restarted_node_whose_port_was_taken_listens_on_a_new_one(
+    capsys: pytest.CaptureFixture[str], ports_taken_on_stop: list[socket.socket]
+) -> None:
+    """Found by CI: the restarted node's port (from the ephemeral range) was taken by
+    another test's connection meanwhile, and the demo failed with "Address already in
+    use". Now the node takes new ports, and the node that dials it (node 1 dials node 2 of
+    four) dials the new address."""
+    argv = ["demo", "--nodes", "4", "--duration", "1.2", "--speed", "10"]
+    assert main(argv) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "node 2: its old ports are taken; it takes new ones" in out.splitlines(), out
+    assert "summary: 4 nodes, 4 up; 6 connections, 6 of 6 planned ones up" in out, out
+    assert "the network is healthy" in out.splitlines()
+    assert len(ports_taken_on_stop) == 1

@@ -26,6 +26,7 @@ __all__ = ["run_demo"]
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import math
 import signal
@@ -38,6 +39,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ..exceptions import DriverError
 from ..node import Node
 from ..options import NodeOptions
 from ..protocol.gossip import GossipMessage
@@ -209,21 +211,51 @@ class _Demo:
         if not app.exists():
             # One directory per node: its identity, peer store and message log.
             init_app_dir(app)
-        node = Node(self._options(index))
-        assert node.gossip is not None
-        node.gossip.subscribe(TOPIC, self._recorder(index))
-        await node.start()
+        node = await self._start_node(index)
         assert node.url is not None
         self.ports[index] = int(node.url.rsplit(":", 1)[1])  # a restart listens there again
         assert node.admin_url is not None
         self.admin_ports[index] = int(node.admin_url.rstrip("/").rsplit(":", 1)[1])
         if index < len(self.nodes):
+            old_url = self.nodes[index].url
             self.nodes[index] = node
             self.dial(index)  # a restart: dial its servers again
+            if node.url != old_url:
+                await self._redirect(index, old_url)
         else:
             self.nodes.append(node)
         self.running[index] = True
         return node
+
+    async def _start_node(self, index: int) -> Node:
+        """Start node ``index``, on the ports it had if it ran before. Those came from the
+        ephemeral range, so while the node was down another program's connection may have
+        taken one: then the node listens on new ports, and says so."""
+        while True:
+            node = Node(self._options(index))
+            assert node.gossip is not None
+            node.gossip.subscribe(TOPIC, self._recorder(index))
+            try:
+                await node.start()
+            except DriverError as exc:
+                cause = exc.__cause__
+                taken = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
+                if not taken or (self.ports[index] == 0 and index not in self.admin_ports):
+                    raise
+                self.console.print(f"node {index}: its old ports are taken; it takes new ones")
+                self.ports[index] = 0
+                self.admin_ports.pop(index, None)
+            else:
+                return node
+
+    async def _redirect(self, index: int, old_url: str | None) -> None:
+        """Node ``index`` came back on a new address: the nodes that dial it dial that."""
+        for other, targets in self.links.items():
+            client = self.nodes[other].client
+            if index in targets and self.running[other] and client is not None:
+                if old_url is not None:
+                    await client.disconnect(old_url)
+                client.connect(self.nodes[index].url or "")
 
     def _recorder(self, index: int) -> Callable[[GossipMessage], None]:
         received = self.received[index]
