@@ -16,6 +16,7 @@ from trustp2p.apps.demo import COLUMNS
 from trustp2p.cli import main
 from trustp2p.node import Node
 
+from .compiled import pure_only
 from .processes import Spawned
 
 # Three nodes: 1 and 2 dial 0, and 1 dials 2; node 1 stops and restarts.
@@ -119,6 +120,7 @@ def ports_taken_on_stop(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[socket
         squatter.close()
 
 
+@pure_only("trustp2p.node.node", "the test takes the port through a subclass of Node")
 def test_a_restarted_node_whose_port_was_taken_listens_on_a_new_one(
     capsys: pytest.CaptureFixture[str], ports_taken_on_stop: list[socket.socket]
 ) -> None:
