@@ -12,6 +12,7 @@ the disk; on a busy disk that made starting and stopping nodes most of the suite
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -72,6 +73,25 @@ async def stays(predicate: Callable[[], object], duration: float) -> bool:
         if loop.time() >= deadline:
             return True
         await asyncio.sleep(MS)
+    return False
+
+
+async def settles(
+    predicate: Callable[[], object], duration: float, timeout: float = 5000 * MS
+) -> bool:
+    """
+    Whether ``predicate()`` comes to hold for a whole ``duration`` within ``timeout``:
+    for a state that may flicker on its way (two dials crossing, resolved to one
+    connection) but must then stay. A state that keeps breaking at shorter intervals
+    than ``duration`` never settles.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        with contextlib.suppress(TimeoutError):
+            await wait_for(predicate, max(deadline - loop.time(), MS))
+            if await stays(predicate, duration):
+                return True
     return False
 
 

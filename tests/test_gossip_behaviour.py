@@ -597,9 +597,11 @@ async def test_a_restarted_node_catches_up_in_batches_exactly_once(spy: RequestS
         assert len(fetches) >= 5
 
 
-def log_and_send_every_third(relay: Node, to: str) -> list[GossipMessage]:
+async def log_and_send_every_third(relay: Node, to: str) -> list[GossipMessage]:
     """30 messages of a new origin on "chat" into ``relay``'s log, every third of them
     sent live to the node ``to``: nine gaps of two there, held behind."""
+    # The dialler may see the link up before the relay has its end (flaky under load).
+    await wait_for(lambda: any(s.host == to for s in relay.sockets))
     origin, now = Identity.generate(), int(time.time() * 1000)
     messages = [sign_message(origin, "chat", seq, now, {"n": seq}) for seq in range(1, 31)]
     log = gossip(relay).message_log
@@ -625,7 +627,7 @@ async def test_the_gaps_between_held_messages_are_fetched_together(spy: RequestS
         assert asker.client is not None and relay.url is not None
         asker.client.connect(relay.url)
         await wait_for(lambda: bool(spy.answers(asker, HWM)))  # catch-up: nothing yet
-        messages = log_and_send_every_third(relay, "asker")
+        messages = await log_and_send_every_third(relay, "asker")
         await wait_for(lambda: all(gossip(asker).router.seen(m.id) for m in messages[2::3]))
         await wait_for(lambda: gossip(asker).check_gaps() or len(got) == 30)
         assert [m.seq for m in got] == list(range(1, 31))
@@ -660,7 +662,7 @@ async def test_fetched_messages_awaiting_validation_are_not_skipped() -> None:
         assert asker.client is not None and relay.url is not None
         asker.client.connect(relay.url)
         await wait_for(lambda: bool(gossip(asker).router.peers))
-        log_and_send_every_third(relay, "asker")
+        await log_and_send_every_third(relay, "asker")
         await wait_for(lambda: len(got) == 30)
         assert [m.seq for m in got] == list(range(1, 31))
 

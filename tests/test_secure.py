@@ -21,7 +21,7 @@ from trustp2p.protocol.package import build_package, encode
 from trustp2p.security.noise import NoiseHandshake
 
 from .compiled import pure_only
-from .conftest import MS, stays, wait_for
+from .conftest import MS, settles, stays, wait_for
 from .nodes import MakeNode
 
 
@@ -272,17 +272,17 @@ async def test_one_connection_per_peer_when_both_dial(make_node: MakeNode, secur
             and a.sockets[0].inbound != b.sockets[0].inbound
         )
 
-    await wait_for(settled)
-    # The loser's redials (every 5 to 10 ms) must not bring a second connection.
-    assert await stays(settled, 50 * MS)
+    # The loser's redials (every 5 to 10 ms) must not bring a second connection. (Two
+    # dials crossing may each see one connection for a moment before they meet: found
+    # flaky on a loaded machine.)
+    assert await settles(settled, 50 * MS)
     kept_a, kept_b = a.sockets[0], b.sockets[0]
     if secure:
         assert kept_a.peer_id == b.peer_id and kept_b.peer_id == a.peer_id
     assert kept_a.inbound != kept_b.inbound  # the same connection, seen from both ends
     # When it closes, the two connect again, once.
     await kept_a.close()
-    await wait_for(lambda: settled() and a.sockets[0] is not kept_a)
-    assert await stays(settled, 50 * MS)
+    assert await settles(lambda: settled() and a.sockets[0] is not kept_a, 50 * MS)
 
 
 # Limits
