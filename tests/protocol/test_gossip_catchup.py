@@ -282,6 +282,31 @@ def test_a_peer_without_seqs_is_asked_one_run_of_missing_numbers_at_a_time() -> 
     assert long.request() == {"topic": TOPIC, "origin": A, "from": 3, "to": 5}
 
 
+def test_a_fetch_of_seqs_goes_on_past_a_batch_the_peer_lacks() -> None:
+    # Found in review: it stopped there, and the numbers after it waited for the gaps'
+    # timeout before anyone was asked for them.
+    fetch = Fetch(FetchRange.of_seqs(TOPIC, A, (2, 4, 6, 8, 10)), batch=2)
+    assert fetch.request()["seqs"] == [2, 4]
+    assert fetch.receive({"messages": [], "last": 20}) == []  # it lacks both
+    assert not fetch.done
+    assert fetch.request()["seqs"] == [6, 8]
+    assert [m.seq for m in fetch.receive(_answer(6))] == [6]
+    assert fetch.request()["seqs"] == [8, 10]
+    assert fetch.receive(_answer()) == []  # no "last" (an earlier version): it lacks them
+    assert fetch.done and fetch.answered_to == 10 and not fetch.behind
+
+
+@pytest.mark.parametrize(("last", "answered_to"), [(0, 4), (1, 0)])
+def test_a_fetch_of_seqs_stops_at_a_peer_that_keeps_nothing_or_is_behind(
+    last: int, answered_to: int
+) -> None:
+    fetch = Fetch(FetchRange.of_seqs(TOPIC, A, (2, 4, 6, 8)), batch=2)
+    fetch.request()
+    assert fetch.receive({"messages": [], "last": last}) == []
+    assert fetch.done and fetch.answered_to == answered_to
+    assert fetch.behind is (last > 0)
+
+
 def test_a_peer_that_answers_seqs_stays_asked_for_seqs() -> None:
     fetch = Fetch(FetchRange.of_seqs(TOPIC, A, (2, 4, 6, 8)), batch=2)
     fetch.request()

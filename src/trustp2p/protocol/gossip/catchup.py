@@ -393,7 +393,9 @@ class Fetch:
     def receive(self, answer: Body, *, max_data: int | None = None) -> list[GossipMessage]:
         """
         Read the answer to the last :meth:`request`. An empty answer ends the fetch: the
-        peer doesn't have those messages (yet); others may.
+        peer doesn't have those messages (yet); others may. (Of a fetch of ``seqs``, it
+        moves on to the next batch, unless the peer keeps nothing of the stream or is
+        behind.)
 
         A message in the range that wasn't among the ``seqs`` asked for is taken: the
         peer doesn't know ``seqs`` and answers the range (then :attr:`ranges`).
@@ -413,7 +415,43 @@ class Fetch:
                 seq outside the request or not after the previous one).
 
         """
-        items = answer.get("messages")
+        messages = self._read(answer.get("messages"), max_data)
+        wanted, last = self.wanted, self._to
+        first = messages[-1].seq + 1 if messages else self.next
+        peer_last = answer.get("last")
+        if messages:
+            self.done = first > wanted.last
+        elif type(peer_last) is int and 0 < peer_last < first:
+            # Nothing, from a peer whose stream ends before them: it hasn't got them yet
+            # (a relay behind in a burst), which says nothing of whether anyone has them.
+            self.behind = self.done = True
+            last = peer_last  # what it has, it answered for
+        elif wanted.seqs is not None and peer_last != 0:
+            # It lacks every number of this batch: on to the next (found in review: the
+            # numbers after a batch the peer lacked waited for the gaps' timeout). A
+            # peer that keeps nothing of the stream (0) lacks them all.
+            first = last + 1
+            self.done = first > wanted.last
+        else:
+            self.done = True
+        self.next = first
+        if messages and not self.first_received:
+            self.first_received = messages[0].seq
+        if wanted.seqs is not None and not self.ranges:
+            self.ranges = not self._asked.issuperset(message.seq for message in messages)
+        if wanted.seqs is not None and not self.done:
+            seqs = wanted.seqs
+            while self._pos < len(seqs) and seqs[self._pos] < first:
+                self._pos += 1
+            self.done = self._pos == len(seqs)
+            if not self.done:
+                self.next = seqs[self._pos]
+        if self.done and last >= wanted.first:
+            self.answered_to = last
+        return messages
+
+    def _read(self, items: object, max_data: int | None) -> list[GossipMessage]:
+        """The messages of an answer to the last request, checked and verified."""
         first, last = self.next, self._to
         if not isinstance(items, list) or len(items) > last - first + 1:
             raise GossipError(f"messages must be a list of at most {last - first + 1}")
@@ -427,28 +465,6 @@ class Fetch:
                 raise GossipError(f"a message that wasn't asked for (seq {message.seq})")
             first = message.seq + 1
             messages.append(message)
-        self.next = first
-        self.done = not messages or first > wanted.last
-        if messages and not self.first_received:
-            self.first_received = messages[0].seq
-        if wanted.seqs is not None and not self.ranges:
-            self.ranges = not self._asked.issuperset(message.seq for message in messages)
-        if wanted.seqs is not None and not self.done:
-            seqs = wanted.seqs
-            while self._pos < len(seqs) and seqs[self._pos] < first:
-                self._pos += 1
-            self.done = self._pos == len(seqs)
-            if not self.done:
-                self.next = seqs[self._pos]
-        # Nothing, from a peer whose stream ends before them: it hasn't got them yet
-        # (a relay behind in a burst), which says nothing of whether anyone has them.
-        # (A peer that keeps nothing of it, 0, lacks them as far as we can tell.)
-        peer_last = answer.get("last")
-        if not messages and type(peer_last) is int and 0 < peer_last < self.next:
-            self.behind = True
-            last = peer_last  # what it has, it answered for
-        if self.done and last >= wanted.first:
-            self.answered_to = last
         return messages
 
 
