@@ -155,6 +155,26 @@ def test_a_fetch_has_its_stream_to_itself_for_fetch_alone_seconds() -> None:
     assert catchup.fetching == {stream_key(TOPIC, B)}
 
 
+def test_a_slow_peer_is_not_asked_again_while_its_fetch_runs() -> None:
+    # Found in review: once another peer's fetch had replaced the slow one's and ended,
+    # the slow peer could be asked for the stream again, its first fetch still running.
+    clock = FakeClock()
+    catchup = CatchUp(batch=5, clock=clock)
+    stream = stream_key(TOPIC, A)
+    slow = catchup.begin(FetchRange(TOPIC, A, 1, 9), "slow")
+    assert slow is not None
+    clock.advance(FETCH_ALONE)
+    other = catchup.begin(FetchRange(TOPIC, A, 1, 9), "other")
+    assert other is not None
+    catchup.end(other)
+    assert catchup.fetching == frozenset()
+    assert not catchup.may_begin(stream, "slow")
+    assert catchup.begin(FetchRange(TOPIC, A, 1, 9), "slow") is None
+    assert catchup.may_begin(stream, "third")
+    catchup.end(slow)
+    assert catchup.may_begin(stream, "slow")
+
+
 def test_at_most_max_fetches_streams_at_once_from_a_peer() -> None:
     # Found by an attacker's test: 5,000 messages from fresh origins, each far ahead of
     # its stream, made 18,369 catch-up requests in 30 s to honest peers, past their

@@ -501,6 +501,7 @@ class CatchUp:
         self._rng = rng or random.Random()
         self._fetching: dict[str, Fetch] = {}  # stream -> its latest fetch
         self._asked: Counter[object] = Counter()  # peer -> its fetches under way
+        self._running: dict[str, set[object]] = {}  # stream -> peers fetching it
 
     @property
     def fetching(self) -> frozenset[str]:
@@ -539,6 +540,7 @@ class CatchUp:
         fetch = self._fetching[wanted.stream] = Fetch(wanted, self.batch)
         fetch.peer, fetch.began = peer, self._clock()
         self._asked[peer] += 1
+        self._running.setdefault(wanted.stream, set()).add(peer)
         return fetch
 
     def may_begin(self, stream: str, peer: object = None) -> bool:
@@ -546,16 +548,22 @@ class CatchUp:
         range that isn't empty)."""
         if self._asked[peer] >= self.max_fetches or self.is_fetching(stream):
             return False
-        fetch = self._fetching.get(stream)
-        return fetch is None or fetch.peer != peer  # a slow peer isn't asked twice
+        # A slow peer isn't asked twice, even once another peer's fetch that replaced
+        # its own has ended (found in review).
+        return peer not in self._running.get(stream, ())
 
     def end(self, fetch: Fetch) -> None:
         """The fetch is over (done, failed or cancelled)."""
         if fetch.ended:
             return
         fetch.ended = True
-        if self._fetching.get(fetch.wanted.stream) is fetch:
-            del self._fetching[fetch.wanted.stream]
+        stream = fetch.wanted.stream
+        if self._fetching.get(stream) is fetch:
+            del self._fetching[stream]
+        peers = self._running[stream]
+        peers.discard(fetch.peer)
+        if not peers:
+            del self._running[stream]
         self._asked[fetch.peer] -= 1
         if not self._asked[fetch.peer]:
             del self._asked[fetch.peer]
