@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from trustp2p import Node, NodeOptions
 from trustp2p.cli import main
 from trustp2p.identity import KEY_FILE, Identity, is_peer_id
 from trustp2p.protocol.peers import peer_key
@@ -148,3 +149,38 @@ def test_id_refuses_an_unsafe_key(tmp_path: Path, capsys: pytest.CaptureFixture[
         f"trustp2p: error: {key} is accessible by group or others (mode 644); "
         f"run: chmod 600 {key}\n"
     )
+
+
+async def _two_nodes_in(cwd: Path) -> tuple[str, str]:
+    """Run two nodes in ``cwd`` at once, the second dialling the first; their peer ids."""
+    first = Node(NodeOptions(cwd=cwd, server=True, port=0))
+    async with first:
+        assert first.url is not None and first.identity is not None
+        second = Node(NodeOptions(cwd=cwd, client=True, peers=[first.url]))
+        async with second:
+            assert second.client is not None and second.identity is not None
+            await second.client.wait_connected(1)
+        return first.identity.peer_id, second.identity.peer_id
+
+
+def test_id_and_peers_of_the_second_node_of_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a tester: the README says a second node started in a directory while the
+    first runs is identity/node-2.key with data/node-2/, but `id` and `peers` could only
+    show the first. --node 2 shows the second."""
+    first, second = asyncio.run(_two_nodes_in(tmp_path))
+    assert first != second
+    cwd = ["--cwd", str(tmp_path)]
+    assert main(["id", *cwd]) == 0
+    assert main(["id", *cwd, "--node", "1"]) == 0
+    assert main(["id", *cwd, "--node", "2"]) == 0
+    assert capsys.readouterr().out.split() == [first, first, second]
+    assert main(["peers", *cwd, "--json"]) == 0
+    assert [peer["peer_id"] for peer in json.loads(capsys.readouterr().out)] == [second]
+    assert main(["peers", *cwd, "--node", "2", "--json"]) == 0
+    assert [peer["peer_id"] for peer in json.loads(capsys.readouterr().out)] == [first]
+    assert main(["peers", *cwd, "--node", "3"]) == 0
+    assert capsys.readouterr().out == "no peers known yet\n"
+    assert main(["id", *cwd, "--node", "0"]) == 2  # click's usage error
+    assert "Invalid value for '--node'" in capsys.readouterr().err

@@ -20,6 +20,7 @@ __all__ = [
     "PeerId",
     "claim_identity",
     "is_peer_id",
+    "key_path",
     "mark_stopping",
     "peer_id_from_public_key",
     "short_id",
@@ -215,9 +216,8 @@ class Identity:
         except OSError as exc:
             raise IdentityError(f"can't create {directory}: {exc.strerror or exc}") from exc
         for number in range(1, limit + 1):
-            name = KEY_FILE.name if number == 1 else f"{KEY_FILE.stem}-{number}{KEY_FILE.suffix}"
-            path = directory / name
-            lock = open(path.with_name(name + ".lock"), "ab")  # kept open: holds the lock
+            path = key_path(cwd, number)
+            lock = open(path.with_name(path.name + ".lock"), "ab")  # kept open: the lock
             if not _try_lock(lock):
                 lock.close()
                 holder = None if pass_stopping else _stopping_holder(path)
@@ -237,6 +237,13 @@ class Identity:
         """Sign ``data``; 64 bytes."""
         signature: bytes = self._private_key.sign(data)
         return signature
+
+
+def key_path(cwd: Path, number: int = 1) -> Path:
+    """The key of the ``number``-th node running in ``cwd`` (see
+    :meth:`Identity.claim`): ``identity/node.key``, then ``identity/node-2.key``..."""
+    name = KEY_FILE.name if number == 1 else f"{KEY_FILE.stem}-{number}{KEY_FILE.suffix}"
+    return cwd / KEY_FILE.parent / name
 
 
 class IdentityStopping(IdentityError):

@@ -13,13 +13,14 @@ from rich.table import Table
 
 from ..identity import short_id
 from ..protocol.peers import address_of_key
-from ..storage.peerstore import STORE_PATH, PeerRecord, PeerStore
+from ..storage import data_dir
+from ..storage.peerstore import STORE_FILE, PeerRecord, PeerStore
 
 
-async def read_peers(cwd: Path) -> list[PeerRecord]:
-    """Every peer in the store of the application directory ``cwd``; none if it has no
-    store yet (listing doesn't create one)."""
-    path = cwd / STORE_PATH
+async def read_peers(cwd: Path, node: int = 1) -> list[PeerRecord]:
+    """Every peer in the store of the ``node``-th node of the application directory
+    ``cwd``; none if it has no store yet (listing doesn't create one)."""
+    path = data_dir(cwd, node) / STORE_FILE
     if not path.exists():
         return []
     store = await PeerStore.open(path)

@@ -30,11 +30,23 @@ def app_dir_option(f: F) -> F:
     )(f)
 
 
+def node_number_option(f: F) -> F:
+    return click.option(
+        "--node",
+        type=click.IntRange(1, 64),
+        default=1,
+        show_default=True,
+        help="Which node of the directory: 1 is the first to run there (identity/node.key,"
+        " data/), 2 the one started while it ran (identity/node-2.key, data/node-2/)...",
+    )(f)
+
+
 @cli.command()
 @app_dir_option
+@node_number_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, for scripts.")
 @log_options
-def peers(cwd: Path, as_json: bool, log_level: str) -> int:
+def peers(cwd: Path, node: int, as_json: bool, log_level: str) -> int:
     """List the peers the node remembers (its peer store, data/peers.sqlite).
 
     The table shows each peer's URLs, short peer id, score, when it was last seen and
@@ -47,7 +59,7 @@ def peers(cwd: Path, as_json: bool, log_level: str) -> int:
     from ..apps.peers import peers_json, peers_table, read_peers
 
     setup_cli_logging(log_level)
-    records = asyncio.run(read_peers(cwd))
+    records = asyncio.run(read_peers(cwd, node))
     if as_json:
         click.echo(json.dumps(peers_json(records), indent=2))
         return 0
@@ -129,15 +141,16 @@ def config_(cwd: Path, as_json: bool) -> int:
 
 @cli.command("id")
 @app_dir_option
+@node_number_option
 @log_options
-def id_(cwd: Path, log_level: str) -> int:
+def id_(cwd: Path, node: int, log_level: str) -> int:
     """Print the node's peer id, creating its key (identity/node.key) if needed."""
     from ..exceptions import IdentityError
-    from ..identity import KEY_FILE, Identity
+    from ..identity import Identity, key_path
 
     setup_cli_logging(log_level)
     try:
-        identity = Identity.load_or_create(cwd / KEY_FILE)
+        identity = Identity.load_or_create(key_path(cwd, node))
     except IdentityError as exc:
         click.echo(f"trustp2p: error: {exc}", err=True)
         return 1

@@ -37,7 +37,7 @@ from ..protocol.package import Body, Package, PackageType, build_package
 from ..protocol.scoring import BlockPolicy
 from ..protocol.urls import is_unspecified, split_peer_url
 from ..security.channel import SecureLayer
-from ..storage import DATA_DIR
+from ..storage import data_dir
 from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
 from ..tasks import TaskOwner
 from ..threads.base import Thread
@@ -423,11 +423,7 @@ class Node:
         """Where the peer store and message log live: ``<cwd>/data``, or
         ``<cwd>/data/node-<n>`` for the n-th node running in one directory."""
         cwd = self.options.cwd
-        if cwd is None:
-            return None
-        if self._identity_number > 1:
-            return cwd / DATA_DIR / f"node-{self._identity_number}"
-        return cwd / DATA_DIR
+        return data_dir(cwd, self._identity_number) if cwd is not None else None
 
     def _load_threads(self) -> list[Thread]:
         options = self.options

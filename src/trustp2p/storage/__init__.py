@@ -10,7 +10,16 @@ What a node keeps on disk, in ``<cwd>/data/`` (:data:`DATA_DIR`):
 
 from __future__ import annotations
 
-__all__ = ["DATA_DIR"]
+__all__ = ["DATA_DIR", "data_dir"]
+
+from pathlib import Path
 
 DATA_DIR = "data"
 """The directory of the node's data, relative to its cwd."""
+
+
+def data_dir(cwd: Path, number: int = 1) -> Path:
+    """The data directory of the ``number``-th node running in the application directory
+    ``cwd`` (see :meth:`trustp2p.identity.Identity.claim`): ``data/``, then
+    ``data/node-2/``, ``data/node-3/``..."""
+    return cwd / DATA_DIR if number == 1 else cwd / DATA_DIR / f"node-{number}"
