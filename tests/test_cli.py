@@ -88,7 +88,9 @@ def test_limit_flags_reach_the_node_options(
     argv += ["--ip-rate", "1.5", "--ip-burst", "4", "--max-send-queue", "8", "--limit-loopback"]
     argv += ["--invalid-ratio", "0.2", "--block-duration", "60", "--gossip-fanout", "2"]
     argv += ["--storm-connections", "30", "--storm-window", "5", "--storm-cooldown", "20"]
+    argv += ["--name", "relay"]
     assert main(argv) == 0
+    assert seen["name"] == "relay"
     assert {k: seen[k] for k in ("request_rate", "request_burst", "ip_rate", "ip_burst")} == {
         "request_rate": 50.0,
         "request_burst": 60,

@@ -8,6 +8,7 @@ import datetime
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,36 +152,38 @@ def test_id_refuses_an_unsafe_key(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
 
 
-async def _two_nodes_in(cwd: Path) -> tuple[str, str]:
+async def _two_nodes_in(cwd: Path, **second_options: Any) -> tuple[str, str]:
     """Run two nodes in ``cwd`` at once, the second dialling the first; their peer ids."""
     first = Node(NodeOptions(cwd=cwd, server=True, port=0))
     async with first:
         assert first.url is not None and first.identity is not None
-        second = Node(NodeOptions(cwd=cwd, client=True, peers=[first.url]))
+        second = Node(NodeOptions(cwd=cwd, client=True, peers=[first.url], **second_options))
         async with second:
             assert second.client is not None and second.identity is not None
             await second.client.wait_connected(1)
         return first.identity.peer_id, second.identity.peer_id
 
 
+@pytest.mark.parametrize("name", [None, "relay"])
 def test_id_and_peers_of_the_second_node_of_a_directory(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str | None
 ) -> None:
     """Found by a tester: the README says a second node started in a directory while the
     first runs is identity/node-2.key with data/node-2/, but `id` and `peers` could only
-    show the first. --node 2 shows the second."""
-    first, second = asyncio.run(_two_nodes_in(tmp_path))
+    show the first. --name node-2 shows the second (or --name NAME, a named one)."""
+    first, second = asyncio.run(_two_nodes_in(tmp_path, name=name))
     assert first != second
     cwd = ["--cwd", str(tmp_path)]
+    name = name or "node-2"
     assert main(["id", *cwd]) == 0
-    assert main(["id", *cwd, "--node", "1"]) == 0
-    assert main(["id", *cwd, "--node", "2"]) == 0
+    assert main(["id", *cwd, "--name", "node"]) == 0
+    assert main(["id", *cwd, "--name", name]) == 0
     assert capsys.readouterr().out.split() == [first, first, second]
     assert main(["peers", *cwd, "--json"]) == 0
     assert [peer["peer_id"] for peer in json.loads(capsys.readouterr().out)] == [second]
-    assert main(["peers", *cwd, "--node", "2", "--json"]) == 0
+    assert main(["peers", *cwd, "--name", name, "--json"]) == 0
     assert [peer["peer_id"] for peer in json.loads(capsys.readouterr().out)] == [first]
-    assert main(["peers", *cwd, "--node", "3"]) == 0
+    assert main(["peers", *cwd, "--name", "node-3"]) == 0
     assert capsys.readouterr().out == "no peers known yet\n"
-    assert main(["id", *cwd, "--node", "0"]) == 2  # click's usage error
-    assert "Invalid value for '--node'" in capsys.readouterr().err
+    assert main(["id", *cwd, "--name", "../x"]) == 2  # click's usage error
+    assert "Invalid value for '--name'" in capsys.readouterr().err

@@ -22,8 +22,11 @@ from trustp2p.identity import (
     IdentityError,
     IdentityStopping,
     claim_identity,
+    is_node_name,
     is_peer_id,
+    key_path as key_path_of,
     mark_stopping,
+    numbered_name,
     peer_id_from_public_key,
     short_id,
     verify_signature,
@@ -190,28 +193,65 @@ def test_a_good_signature_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_an_identity_held_by_a_stopping_node_is_not_passed_over(tmp_path: Path) -> None:
-    first, number, lock = Identity.claim(tmp_path)
+    first, name, lock = Identity.claim(tmp_path)
     locks = [lock]
     try:
-        assert number == 1
-        _, number, second = Identity.claim(tmp_path, pass_stopping=False)  # running
+        assert name == "node"
+        _, name, second = Identity.claim(tmp_path, pass_stopping=False)  # running
         locks.append(second)
-        assert number == 2
+        assert name == "node-2"
         mark_stopping(lock)
         with pytest.raises(IdentityStopping) as caught:
             Identity.claim(tmp_path, pass_stopping=False)
         assert caught.value.pid == os.getpid()
         assert caught.value.path == tmp_path / KEY_FILE
         # Nodes that share the directory on purpose still get the next one free.
-        _, number, third = Identity.claim(tmp_path)
+        _, name, third = Identity.claim(tmp_path)
         locks.append(third)
-        assert number == 3
+        assert name == "node-3"
     finally:
         for held in locks:
             held.close()
-    again, number, lock = Identity.claim(tmp_path, pass_stopping=False)
+    again, name, lock = Identity.claim(tmp_path, pass_stopping=False)
     lock.close()
-    assert (number, again.peer_id) == (1, first.peer_id)
+    assert (name, again.peer_id) == ("node", first.peer_id)
+
+
+def test_a_named_identity_is_that_one_or_none(tmp_path: Path) -> None:
+    """Found by a new-user tester: nodes sharing a directory took node.key, node-2.key...
+    in the order they started, so two restarted in the other order swapped identities,
+    peer stores and message logs. A node with a name takes identity/<name>.key only."""
+    relay, name, lock = Identity.claim(tmp_path, name="relay")
+    try:
+        assert name == "relay"
+        assert (tmp_path / "identity" / "relay.key").exists()
+        with pytest.raises(IdentityError, match=r"relay\.key is held by another node running in"):
+            Identity.claim(tmp_path, name="relay")
+        mark_stopping(lock)
+        with pytest.raises(IdentityStopping):
+            Identity.claim(tmp_path, name="relay", pass_stopping=False)
+        first, name, other = Identity.claim(tmp_path)  # an unnamed node: node.key
+        other.close()
+        assert name == "node" and first.peer_id != relay.peer_id
+    finally:
+        lock.close()
+    again, _, lock = Identity.claim(tmp_path, name="relay")
+    lock.close()
+    assert again.peer_id == relay.peer_id
+    assert key_path_of(tmp_path, "node-2") == tmp_path / "identity" / "node-2.key"
+    assert [numbered_name(n) for n in (1, 2, 3)] == ["node", "node-2", "node-3"]
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        *[("relay", True), ("node-2", True), ("a_b-9", True), ("x" * 64, True)],
+        *[("", False), ("x" * 65, False), ("-a", False), ("_a", False), ("a.b", False)],
+        *[("a/b", False), ("..", False), ("a b", False), ("é", False), ("a\n", False)],
+    ],
+)
+def test_node_names(name: str, valid: bool) -> None:
+    assert is_node_name(name) is valid
 
 
 async def test_claim_identity_waits_for_a_stopping_node(
@@ -225,9 +265,9 @@ async def test_claim_identity_waits_for_a_stopping_node(
         await wait_for(lambda: "waiting for the node stopping" in caplog.text)
         assert not claiming.done()
         lock.close()  # the stopping node is gone
-        identity, number, held = await claiming
+        identity, name, held = await claiming
     held.close()
-    assert (number, identity.peer_id) == (1, first.peer_id)
+    assert (name, identity.peer_id) == ("node", first.peer_id)
 
 
 async def test_claim_identity_gives_up_on_a_stuck_node_with_a_warning(
@@ -238,11 +278,24 @@ async def test_claim_identity_gives_up_on_a_stuck_node_with_a_warning(
     mark_stopping(lock)
     try:
         with caplog.at_level(logging.INFO, logger="test.identity"):
-            _, number, held = await claim_identity(tmp_path, logging.getLogger("test.identity"))
+            _, name, held = await claim_identity(tmp_path, logging.getLogger("test.identity"))
         held.close()
     finally:
         lock.close()
-    assert number == 2
+    assert name == "node-2"
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "is held by a node that is stopping" in warning.getMessage()
     assert "taking another identity" in warning.getMessage()
+
+
+async def test_a_named_node_waits_for_its_stopping_self_then_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(identity, "STOPPING_WAIT", 0.2)
+    _, _, lock = Identity.claim(tmp_path, name="relay")
+    mark_stopping(lock)
+    try:
+        with pytest.raises(IdentityError, match=r"held by a node that is stopping .* after 0.2 s"):
+            await claim_identity(tmp_path, logging.getLogger("test.identity"), "relay")
+    finally:
+        lock.close()

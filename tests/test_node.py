@@ -894,6 +894,28 @@ async def test_nodes_sharing_a_directory_get_their_own_identities(tmp_path: Path
         await again.stop()
 
 
+async def test_named_nodes_keep_their_identities_whatever_order_they_start_in(
+    tmp_path: Path,
+) -> None:
+    """Found by a new-user tester: two nodes of one directory restarted in the other
+    order swapped identities, peer stores and message logs (node-2 and node-3). Named,
+    each gets its own back."""
+    peer_ids = {}
+    for names in (["relay", "edge"], ["edge", "relay"]):
+        nodes = [
+            await trustp2p.create_server(cwd=tmp_path, port=0, name=name, **FAST) for name in names
+        ]
+        try:
+            for name, node in zip(names, nodes, strict=True):
+                assert peer_ids.setdefault(name, node.peer_id) == node.peer_id
+                assert node.data_dir == tmp_path / "data" / name
+        finally:
+            for node in nodes:
+                await node.stop()
+    assert len(set(peer_ids.values())) == 2
+    assert not (tmp_path / "identity" / "node.key").exists()
+
+
 class SlowToStop(Thread):
     """A thread whose stop() waits for the test to let it finish."""
 
@@ -987,12 +1009,17 @@ async def test_a_socket_of_another_node_is_a_usage_error(make_node: MakeNode) ->
     assert not socket.closed
 
 
+NAME_RULE = "1 to 64 letters, digits, '-' and '_', starting with a letter or digit"
+
+
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
         ({"peers": "ws://127.0.0.1:1107"}, TypeError, "peers must be a sequence of URLs"),
         ({"port": "0"}, ValueError, "port must be an integer in 0..65535, not '0'"),
         ({"port": True}, ValueError, "port must be an integer in 0..65535, not True"),
+        ({"name": "../x"}, ValueError, f"name must be {NAME_RULE}, not '../x'"),
+        ({"name": 2}, ValueError, f"name must be {NAME_RULE}, not 2"),
     ],
 )
 async def test_mistaken_arguments_say_what_is_wrong(

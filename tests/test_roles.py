@@ -202,6 +202,31 @@ async def test_wait_connected_waits_for_the_count(make_node: MakeNode) -> None:
         await waiting
 
 
+async def test_connection_to_waits_for_that_server(make_node: MakeNode) -> None:
+    """Found by a new-user tester: the README's example took ``sockets[0]`` after
+    wait_connected(), and a client whose peer store knew another server talked to that
+    one. connection_to(url) waits for the connection to the server named."""
+    first = await make_node(server=True)
+    second = await make_node(server=True)
+    assert first.url is not None and second.url is not None
+    client = await make_node(client=True, peers=[first.url])
+    role = client.client
+    assert role is not None
+    waiting = asyncio.create_task(role.connection_to(second.url))
+    gone = asyncio.create_task(role.connection_to("ws://127.0.0.1:9"))
+    await role.wait_connected(1)
+    assert not waiting.done()  # the first server's connection isn't it
+    role.connect(second.url)
+    async with asyncio.timeout(2):
+        socket = await waiting
+    assert socket is role.socket_for(second.url) and socket.peer_id == second.peer_id
+    assert await role.connection_to(second.url) is socket  # open: at once
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert len(role.sockets) == 2
+
+
 async def test_connect_and_disconnect(make_node: MakeNode) -> None:
     server = await make_node(server=True)
     client = await make_node(client=True)

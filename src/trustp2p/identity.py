@@ -19,9 +19,11 @@ __all__ = [
     "IdentityStopping",
     "PeerId",
     "claim_identity",
+    "is_node_name",
     "is_peer_id",
     "key_path",
     "mark_stopping",
+    "numbered_name",
     "peer_id_from_public_key",
     "short_id",
     "verify_signature",
@@ -32,6 +34,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -189,24 +192,27 @@ class Identity:
 
     @classmethod
     def claim(
-        cls, cwd: Path, *, limit: int = 64, pass_stopping: bool = True
-    ) -> tuple[Identity, int, IO[bytes]]:
+        cls, cwd: Path, *, name: str | None = None, limit: int = 64, pass_stopping: bool = True
+    ) -> tuple[Identity, str, IO[bytes]]:
         """
         Load or create the identity of a node running in ``cwd``, and lock it.
 
         The first node of a directory takes ``identity/node.key``. Nodes started in the
         same directory while it runs (e.g. a server and a client of one application) get
-        ``identity/node-2.key``, ``node-3.key``..., so that each has its own identity.
+        ``identity/node-2.key``, ``node-3.key``..., so that each has its own identity:
+        which one depends on the order they start in. A node with a ``name`` takes
+        ``identity/<name>.key`` and no other (``node-2`` names the second's).
         With ``pass_stopping=False``, an identity held by a node that is stopping
         (:func:`mark_stopping`) raises :exc:`IdentityStopping` instead of being passed
         over: a node restarted at once gets its identity back (:func:`claim_identity`).
 
         Returns:
-            The identity, its number (1 for ``node.key``), and the open lock file, to
-            close when the node stops.
+            The identity, its name (``node``, ``node-2``..., or ``name``), and the open
+            lock file, to close when the node stops.
 
         Raises:
-            IdentityError: See :meth:`load_or_create`.
+            IdentityError: See :meth:`load_or_create`; or the identity ``name`` is held
+                by another node running in ``cwd``.
             IdentityStopping: See ``pass_stopping``.
 
         """
@@ -215,14 +221,17 @@ class Identity:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise IdentityError(f"can't create {directory}: {exc.strerror or exc}") from exc
-        for number in range(1, limit + 1):
-            path = key_path(cwd, number)
+        names = [name] if name is not None else [numbered_name(n) for n in range(1, limit + 1)]
+        for candidate in names:
+            path = key_path(cwd, candidate)
             lock = open(path.with_name(path.name + ".lock"), "ab")  # kept open: the lock
             if not _try_lock(lock):
                 lock.close()
                 holder = None if pass_stopping else _stopping_holder(path)
                 if holder is not None:
                     raise IdentityStopping(path, holder)
+                if name is not None:
+                    raise IdentityError(f"{path} is held by another node running in {cwd}")
                 continue  # another running node has it
             try:
                 identity = cls.load_or_create(path)
@@ -230,7 +239,7 @@ class Identity:
             except BaseException:
                 lock.close()
                 raise
-            return identity, number, lock
+            return identity, candidate, lock
         raise IdentityError(f"{limit} nodes already run in {cwd}")
 
     def sign(self, data: bytes) -> bytes:
@@ -239,11 +248,25 @@ class Identity:
         return signature
 
 
-def key_path(cwd: Path, number: int = 1) -> Path:
-    """The key of the ``number``-th node running in ``cwd`` (see
-    :meth:`Identity.claim`): ``identity/node.key``, then ``identity/node-2.key``..."""
-    name = KEY_FILE.name if number == 1 else f"{KEY_FILE.stem}-{number}{KEY_FILE.suffix}"
-    return cwd / KEY_FILE.parent / name
+def numbered_name(number: int) -> str:
+    """The name of the ``number``-th node running in a directory that has no name of its
+    own: ``node``, ``node-2``, ``node-3``..."""
+    return KEY_FILE.stem if number == 1 else f"{KEY_FILE.stem}-{number}"
+
+
+def is_node_name(name: str) -> bool:
+    """Whether ``name`` may name a node in its directory (``NodeOptions.name``): 1 to 64
+    letters, digits, ``-`` and ``_``, starting with a letter or digit."""
+    return _NAME.fullmatch(name) is not None
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def key_path(cwd: Path, name: str = "node") -> Path:
+    """The key of the node called ``name`` in ``cwd`` (see :meth:`Identity.claim`):
+    ``identity/<name>.key``."""
+    return cwd / KEY_FILE.parent / f"{name}{KEY_FILE.suffix}"
 
 
 class IdentityStopping(IdentityError):
@@ -260,19 +283,22 @@ STOPPING_WAIT = 30.0
 
 
 async def claim_identity(
-    cwd: Path, log: logging.Logger | logging.LoggerAdapter[logging.Logger]
-) -> tuple[Identity, int, IO[bytes]]:
+    cwd: Path,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    name: str | None = None,
+) -> tuple[Identity, str, IO[bytes]]:
     """
     :meth:`Identity.claim`, waiting up to :data:`STOPPING_WAIT` seconds for a node that
     is stopping in ``cwd`` to release its identity (a restart: the node stopping is the
-    one starting again), and then taking the next identity free with a warning.
+    one starting again), and then taking the next identity free with a warning (or, for
+    a node with a ``name``, raising :exc:`IdentityError`).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STOPPING_WAIT
     waiting: IdentityStopping | None = None
     while loop.time() < deadline:
         try:
-            return Identity.claim(cwd, pass_stopping=False)
+            return Identity.claim(cwd, name=name, pass_stopping=False)
         except IdentityStopping as exc:
             if waiting is None:
                 log.info(
@@ -280,6 +306,8 @@ async def claim_identity(
                 )
             waiting = exc
         await asyncio.sleep(0.05)
+    if name is not None:
+        raise IdentityError(f"{waiting} after {STOPPING_WAIT:g} s")
     log.warning("! %s after %g s: taking another identity", waiting, STOPPING_WAIT)
     return Identity.claim(cwd)
 

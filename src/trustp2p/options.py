@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .drivers import Driver, DriverOptions, driver_class, scheme_of
 from .exceptions import ConfigError
-from .identity import Identity
+from .identity import Identity, is_node_name
 from .protocol.handshake import HANDSHAKE_MAGIC
 from .protocol.limits import ReconnectStorms, is_loopback
 from .protocol.liveness import LivenessTimings
@@ -92,6 +92,11 @@ class NodeOptions:
             ``False`` speaks the original's plain protocol; the two refuse each other.
         identity: The node's identity; by default loaded from (or created in)
             ``<cwd>/identity/node.key``, or made up for this run when ``cwd`` is None.
+        name: The node's name in ``cwd``: its identity is ``identity/<name>.key`` and
+            its data ``data/<name>/``, whatever other nodes run there (1 to 64 letters,
+            digits, ``-`` and ``_``). Without one, the first node running in ``cwd``
+            takes ``identity/node.key`` and ``data/``, the next ``node-2``, and so on,
+            in the order they start.
         handshake_timeout: Time an inbound connection has, from TCP accept, to finish
             its handshakes: the WebSocket upgrade, the Noise handshake and its hello
             (in plain mode, its version talk or first message); also the Noise
@@ -220,6 +225,7 @@ class NodeOptions:
     trust_real_ip: bool = True
     secure: bool = True
     identity: Identity | None = None
+    name: str | None = None
     handshake_timeout: float = 10.0
     listen_urls: tuple[str, ...] = ()
     peer_store: bool = True
@@ -287,6 +293,9 @@ class NodeOptions:
             raise ValueError("a node must be a server, a client or both")
         if type(self.port) is not int or not 0 <= self.port <= 65535:
             raise ValueError(f"port must be an integer in 0..65535, not {self.port!r}")
+        if self.name is not None and not (isinstance(self.name, str) and is_node_name(self.name)):
+            what = "1 to 64 letters, digits, '-' and '_', starting with a letter or digit"
+            raise ValueError(f"name must be {what}, not {self.name!r}")
         self._check_numbers()
         self._check_relations()
         self._check_admin()

@@ -17,10 +17,10 @@ from ..storage import data_dir
 from ..storage.peerstore import STORE_FILE, PeerRecord, PeerStore
 
 
-async def read_peers(cwd: Path, node: int = 1) -> list[PeerRecord]:
-    """Every peer in the store of the ``node``-th node of the application directory
+async def read_peers(cwd: Path, name: str = "node") -> list[PeerRecord]:
+    """Every peer in the store of the node called ``name`` in the application directory
     ``cwd``; none if it has no store yet (listing doesn't create one)."""
-    path = data_dir(cwd, node) / STORE_FILE
+    path = data_dir(cwd, name) / STORE_FILE
     if not path.exists():
         return []
     store = await PeerStore.open(path)

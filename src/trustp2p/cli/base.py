@@ -76,6 +76,13 @@ def log_options(f: F) -> F:
 # Options shared by server, client and node: (flag, NodeOptions field, type, help).
 _TUNING: list[tuple[str, str, Any, str]] = [
     ("--alt", "alt", str, "Network id; peers on another network are refused."),
+    (
+        "--name",
+        "name",
+        str,
+        "The node's name in its --cwd: identity/NAME.key, data/NAME/ (default: the first"
+        " of node, node-2... free).",
+    ),
     ("--max-inbound", "max_inbound", int, "Most clients connected at once."),
     ("--max-package-size", "max_package_size", int, "Largest package accepted, bytes (>= 1024)."),
     ("--heartbeat-interval", "heartbeat_interval", float, "Seconds between heartbeat rounds."),
@@ -131,7 +138,9 @@ CLIENT_ONLY = frozenset(
 """Options about dialling servers: ``server --help`` doesn't offer them."""
 
 GROUPS: dict[str, str] = {
-    **dict.fromkeys(["cwd", "host", "port", "peers", "alt", "secure", "driver", "loop"], "Node"),
+    **dict.fromkeys(
+        ["cwd", "name", "host", "port", "peers", "alt", "secure", "driver", "loop"], "Node"
+    ),
     **dict.fromkeys(
         [
             "max_inbound",

@@ -30,23 +30,31 @@ def app_dir_option(f: F) -> F:
     )(f)
 
 
-def node_number_option(f: F) -> F:
+def node_name_option(f: F) -> F:
     return click.option(
-        "--node",
-        type=click.IntRange(1, 64),
-        default=1,
+        "--name",
+        default="node",
         show_default=True,
-        help="Which node of the directory: 1 is the first to run there (identity/node.key,"
-        " data/), 2 the one started while it ran (identity/node-2.key, data/node-2/)...",
+        callback=_check_name,
+        help="Which node of the directory: its --name, or node-2, node-3... for the second,"
+        " third... started there without one (node: the first).",
     )(f)
+
+
+def _check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from ..identity import is_node_name
+
+    if not is_node_name(value):
+        raise click.BadParameter("1 to 64 letters, digits, '-' and '_'", ctx, param)
+    return value
 
 
 @cli.command()
 @app_dir_option
-@node_number_option
+@node_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, for scripts.")
 @log_options
-def peers(cwd: Path, node: int, as_json: bool, log_level: str) -> int:
+def peers(cwd: Path, name: str, as_json: bool, log_level: str) -> int:
     """List the peers the node remembers (its peer store, data/peers.sqlite).
 
     The table shows each peer's URLs, short peer id, score, when it was last seen and
@@ -59,7 +67,7 @@ def peers(cwd: Path, node: int, as_json: bool, log_level: str) -> int:
     from ..apps.peers import peers_json, peers_table, read_peers
 
     setup_cli_logging(log_level)
-    records = asyncio.run(read_peers(cwd, node))
+    records = asyncio.run(read_peers(cwd, name))
     if as_json:
         click.echo(json.dumps(peers_json(records), indent=2))
         return 0
@@ -141,16 +149,16 @@ def config_(cwd: Path, as_json: bool) -> int:
 
 @cli.command("id")
 @app_dir_option
-@node_number_option
+@node_name_option
 @log_options
-def id_(cwd: Path, node: int, log_level: str) -> int:
+def id_(cwd: Path, name: str, log_level: str) -> int:
     """Print the node's peer id, creating its key (identity/node.key) if needed."""
     from ..exceptions import IdentityError
     from ..identity import Identity, key_path
 
     setup_cli_logging(log_level)
     try:
-        identity = Identity.load_or_create(key_path(cwd, node))
+        identity = Identity.load_or_create(key_path(cwd, name))
     except IdentityError as exc:
         click.echo(f"trustp2p: error: {exc}", err=True)
         return 1

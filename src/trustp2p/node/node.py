@@ -122,7 +122,7 @@ class Node:
         self._listening: Listening | None = None
         self.identity: Identity | None = None
         self.data_dir: Path | None = None
-        self._identity_number = 1
+        self._identity_name = options.name or "node"  # its key: identity/<name>.key
         self._identity_lock: IO[bytes] | None = None
         self._stopping: asyncio.Future[None] | None = None  # stop()'s work, once begun
         self.store: PeerStore | None = None
@@ -407,15 +407,17 @@ class Node:
         return self._secure if self._secure is not None else self.connections
 
     async def _load_identity(self) -> Identity:
-        if self.options.cwd is None:
+        options = self.options
+        if options.cwd is None:
             return Identity.generate()
-        claimed = await claim_identity(self.options.cwd, self.log)
-        identity, self._identity_number, self._identity_lock = claimed
-        if self._identity_number > 1:
+        claimed = await claim_identity(options.cwd, self.log, options.name)
+        identity, self._identity_name, self._identity_lock = claimed
+        if options.name is None and self._identity_name != "node":
             self.log.info(
-                "= another node runs in %s: this one is identity/node-%d.key",
-                self.options.cwd,
-                self._identity_number,
+                "= another node runs in %s: this one is identity/%s.key (give each node a"
+                " name to keep it from depending on the order they start in)",
+                options.cwd,
+                self._identity_name,
             )
         return identity
 
@@ -423,7 +425,7 @@ class Node:
         """Where the peer store and message log live: ``<cwd>/data``, or
         ``<cwd>/data/node-<n>`` for the n-th node running in one directory."""
         cwd = self.options.cwd
-        return data_dir(cwd, self._identity_number) if cwd is not None else None
+        return data_dir(cwd, self._identity_name) if cwd is not None else None
 
     def _load_threads(self) -> list[Thread]:
         options = self.options

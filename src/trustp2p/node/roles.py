@@ -318,6 +318,7 @@ class ClientRole(Role):
         super().__init__(node)
         self.dialer = Dialer(node)
         self._by_url: dict[str, Socket] = {}  # by address (address_of)
+        self._url_waiters: dict[str, list[asyncio.Future[Socket]]] = {}  # by address
 
     @property
     def urls(self) -> list[str]:
@@ -328,6 +329,28 @@ class ClientRole(Role):
     def socket_for(self, url: str) -> Socket | None:
         """The open connection to ``url`` (any spelling of its address), if any."""
         return self._by_url.get(address_of(url))
+
+    async def connection_to(self, url: str) -> Socket:
+        """
+        Wait for an open connection to ``url`` (any spelling of its address; dial it
+        with :meth:`connect` or the node's ``peers``) and return it. After
+        :meth:`wait_connected`, ``sockets[0]`` is whichever server connected first,
+        maybe one the peer store led to (found by a new-user tester).
+        """
+        address = address_of(url)
+        socket = self._by_url.get(address)
+        if socket is not None:
+            return socket
+        future: asyncio.Future[Socket] = asyncio.get_running_loop().create_future()
+        waiters = self._url_waiters.setdefault(address, [])
+        waiters.append(future)
+        try:
+            return await future
+        finally:
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters and self._url_waiters.get(address) is waiters:
+                del self._url_waiters[address]
 
     def connect(self, url: str) -> None:
         """
@@ -377,9 +400,13 @@ class ClientRole(Role):
     # Bookkeeping: the node reports its connections and dials here.
 
     def connection_opened(self, socket: Socket) -> None:
-        self._by_url[address_of(socket.peer)] = socket
+        address = address_of(socket.peer)
+        self._by_url[address] = socket
         self.dialer.connection_opened(socket)
         super().connection_opened(socket)
+        for future in self._url_waiters.pop(address, ()):
+            if not future.done():
+                future.set_result(socket)
 
     def connection_closed(self, socket: Socket) -> None:
         address = address_of(socket.peer)

@@ -18,8 +18,8 @@ DATA_DIR = "data"
 """The directory of the node's data, relative to its cwd."""
 
 
-def data_dir(cwd: Path, number: int = 1) -> Path:
-    """The data directory of the ``number``-th node running in the application directory
-    ``cwd`` (see :meth:`trustp2p.identity.Identity.claim`): ``data/``, then
-    ``data/node-2/``, ``data/node-3/``..."""
-    return cwd / DATA_DIR if number == 1 else cwd / DATA_DIR / f"node-{number}"
+def data_dir(cwd: Path, name: str = "node") -> Path:
+    """The data directory of the node called ``name`` in the application directory
+    ``cwd`` (see :meth:`trustp2p.identity.Identity.claim`): ``data/`` for ``node``, the
+    first, else ``data/<name>/`` (``data/node-2/``...)."""
+    return cwd / DATA_DIR if name == "node" else cwd / DATA_DIR / name
