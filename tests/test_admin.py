@@ -243,6 +243,10 @@ async def test_trustp2p_status_prints_the_peers(
     out = capsys.readouterr().out
     assert "1 peer(s)" in out and "server <-" in out
     assert f"{server.peer_id}" in out
+    # The status.json URL itself: found by a tester, a 404 before.
+    for admin in (f"{address}/status.json", f"{server.admin_url}status.json"):
+        assert await asyncio.to_thread(main, ["status", "--admin", admin, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["peers"][0]["peer_id"] == client.peer_id
 
 
 async def test_trustp2p_status_with_a_token(

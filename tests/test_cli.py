@@ -221,6 +221,7 @@ def test_bad_urls_are_refused_before_the_node_starts(
     assert main(["client", "--cwd", str(tmp_path), "--connect", url]) == 2
     err = capsys.readouterr().err
     assert reason in err
+    assert "Error: --connect: " in err  # the flag typed, not the option "peers"
     assert not (tmp_path / "identity").exists()  # nothing started
 
 

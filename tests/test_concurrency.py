@@ -133,7 +133,7 @@ async def test_the_requests_of_a_closed_connection_are_abandoned(
         await wait_for(lambda: gate.running == 0 and gate.talks == [1])
     assert server.metrics.requests_abandoned == 18
     assert (gate.started, gate.cancelled) == (16, 16)
-    assert "connection closed: 16 request handlers cancelled, 2 not started" in caplog.text
+    assert "requests left unanswered by the close: 16 running (cancelled), 2 queued" in caplog.text
     for request in requests:
         with pytest.raises(ConnectionClosed):
             await request

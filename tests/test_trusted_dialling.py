@@ -447,3 +447,24 @@ async def test_a_node_restarted_with_its_bootstrap_down_dials_the_peers_of_its_s
 
     again = await make_node(peers=[down], exchange_interval=3600.0, **options)
     await wait_for(lambda: again.socket_for_peer(peer.peer_id or "") is not None, timeout=10)
+
+
+async def test_a_failed_dial_of_a_store_address_is_logged(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a new-user tester: a client's redials of a lost peer it knew from its
+    store failed at DEBUG only, and for a minute its log said nothing of them (the
+    README: "the node's own dials are always logged")."""
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = f"ws://127.0.0.1:{closed.getsockname()[1]}"
+    client = await make_node(client=True, target_outbound=1)
+    assert client.store is not None and client.client is not None
+    await client.store.add_urls([down], PeerSource.EXCHANGE)
+    client.client.wake()
+    await wait_for(
+        lambda: any(r.levelno == logging.INFO and down in r.getMessage() for r in caplog.records)
+    )
+    [line] = [r.getMessage() for r in caplog.records if down in r.getMessage()]
+    assert line.startswith("! ") and line.endswith("(a peer-store address)"), line

@@ -431,7 +431,8 @@ async def test_a_node_on_the_unspecified_address_announces_nothing_and_says_so(
         assert node.url == "memory://0.0.0.0:1" and node.listen_urls == []
     assert caplog.messages == [
         "! listening on the unspecified address, memory://0.0.0.0:1: peers can't dial it "
-        "and won't learn this node's address: set listen_urls"
+        "and won't learn this node's address: set listen_urls (TRUSTP2P_LISTEN_URLS, or "
+        "listen_urls in trustp2p.toml)"
     ]
     caplog.clear()
     named = ["ws://node.example:1107"]

@@ -286,8 +286,10 @@ class WebSocketChecks:
                     break
             assert server.closed, "split pings held a message open for 4 deadlines"
             await events.next(DriverEvent.CLOSE, server)
-            [error] = events.errors(server)
-            assert str(error).startswith("frame stalled: no frame completed")
+            # The stall first; on a loaded machine the close may fail after it too (the
+            # client writes on and never answers the close): seen once in a full run.
+            errors = events.errors(server)
+            assert str(errors[0]).startswith("frame stalled: no frame completed"), errors
         finally:
             client.transport.abort()
 

@@ -19,10 +19,11 @@ from ..identity import short_id
 
 
 def status_url(admin: str) -> str:
-    """The ``/status.json`` URL of an admin listener given as a URL or ``HOST:PORT``."""
+    """The ``/status.json`` URL of an admin listener given as a URL or ``HOST:PORT``
+    (with or without ``/status.json``: a tester gave it and got a 404)."""
     if "://" not in admin:
         admin = f"http://{admin}"
-    return admin.rstrip("/") + "/status.json"
+    return admin.rstrip("/").removesuffix("/status.json") + "/status.json"
 
 
 def fetch_status(admin: str, *, token: str | None = None, timeout: float = 5.0) -> Any:

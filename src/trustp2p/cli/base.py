@@ -310,7 +310,10 @@ def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
         options = {s.name: s.value for s in settings.values() if s.source is not Source.DEFAULT}
         node_options = NodeOptions.from_kwargs(cwd=kwargs.get("cwd"), **roles, **options)
     except (TypeError, ValueError, TrustP2PError) as exc:
-        raise click.UsageError(str(exc)) from exc
+        message = str(exc)
+        if message.startswith("peers: ") and "peers" in flags:
+            message = "--connect: " + message.removeprefix("peers: ")  # the flag typed
+        raise click.UsageError(message) from exc
     try:
         return run_on_loop(serve(node_options), loop)
     except TrustP2PError as exc:

@@ -269,7 +269,12 @@ class Dialer:
                 socket = await self.dial(dial.dial_url, dial.expected)
             except DriverError as exc:
                 self.dial_failed(dial.dial_url, exc)
-                logger.debug("! %s", exc)
+                # Logged (found by a new-user tester: at DEBUG, a lost peer's redials
+                # said nothing for a minute), within a budget: a store may hold many
+                # stale addresses.
+                self.node.connections.inbound.log(
+                    logger, logging.INFO, "store dial failed", "! %s (a peer-store address)", exc
+                )
                 return
             finally:
                 # No longer under way as an unproven dial: if a round left some out,

@@ -230,7 +230,8 @@ class Worker:
         if running or queued:
             node = self._node
             node.metrics.requests_abandoned += len(running) + queued
-            message = "= connection closed: %d request handlers cancelled, %d not started"
+            # (The "= connection closed" line came just before: this one isn't another.)
+            message = "= requests left unanswered by the close: %d running (cancelled), %d queued"
             node.connections.inbound.note(
                 log, self._socket, "abandoned", message, len(running), queued
             )

@@ -316,7 +316,10 @@ class Node:
     def _started(self) -> None:
         self.log.info("= node started%s", f" on {self.url}" if self.url else "")
         if self.url is not None and not self.listen_urls:
-            what = "peers can't dial it and won't learn this node's address: set listen_urls"
+            what = (
+                "peers can't dial it and won't learn this node's address: set listen_urls"
+                " (TRUSTP2P_LISTEN_URLS, or listen_urls in trustp2p.toml)"
+            )
             self.log.warning("! listening on the unspecified address, %s: %s", self.url, what)
 
     async def _open_store(self) -> PeerStore:
