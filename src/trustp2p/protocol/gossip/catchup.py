@@ -332,8 +332,8 @@ class Fetch:
         self.done = wanted.first > wanted.last
         """Whether to stop: everything came, or the peer has nothing more."""
         self.behind = False
-        """The peer answered nothing and keeps nothing of the stream from :attr:`next`
-        on: it hasn't got that far (yet), rather than lacking what is missing."""
+        """The peer answered nothing and keeps nothing of the stream past some of what
+        was asked: it hasn't got that far (yet), rather than lacking it."""
         self.answered_to = 0
         """Once :attr:`done`: the highest seq asked for that the peer answered for in
         full (those asked for up to it that didn't come, it lacks); 0 for none."""
@@ -394,8 +394,8 @@ class Fetch:
         """
         Read the answer to the last :meth:`request`. An empty answer ends the fetch: the
         peer doesn't have those messages (yet); others may. (Of a fetch of ``seqs``, it
-        moves on to the next batch, unless the peer keeps nothing of the stream or is
-        behind.)
+        moves on to the next batch, unless the peer keeps nothing of the stream, is
+        behind, or doesn't know ``seqs``.)
 
         A message in the range that wasn't among the ``seqs`` asked for is taken: the
         peer doesn't know ``seqs`` and answers the range (then :attr:`ranges`).
@@ -421,15 +421,19 @@ class Fetch:
         peer_last = answer.get("last")
         if messages:
             self.done = first > wanted.last
-        elif type(peer_last) is int and 0 < peer_last < first:
-            # Nothing, from a peer whose stream ends before them: it hasn't got them yet
-            # (a relay behind in a burst), which says nothing of whether anyone has them.
+        elif type(peer_last) is int and 0 < peer_last < last:
+            # Nothing, from a peer whose stream ends before the end of what was asked:
+            # it hasn't got those after its last yet (a relay behind in a burst), which
+            # says nothing of whether anyone has them; those up to it, it lacks (found
+            # in review: the whole batch counted as lacking).
             self.behind = self.done = True
             last = peer_last  # what it has, it answered for
-        elif wanted.seqs is not None and peer_last != 0:
+        elif wanted.seqs is not None and not self.ranges and peer_last != 0:
             # It lacks every number of this batch: on to the next (found in review: the
             # numbers after a batch the peer lacked waited for the gaps' timeout). A
-            # peer that keeps nothing of the stream (0) lacks them all.
+            # peer that keeps nothing of the stream (0) lacks them all. (A peer without
+            # seqs is asked a run at a time: an empty answer ends it, or it could make
+            # us ask for each missing number in turn, found in review.)
             first = last + 1
             self.done = first > wanted.last
         else:
@@ -440,15 +444,19 @@ class Fetch:
         if wanted.seqs is not None and not self.ranges:
             self.ranges = not self._asked.issuperset(message.seq for message in messages)
         if wanted.seqs is not None and not self.done:
-            seqs = wanted.seqs
-            while self._pos < len(seqs) and seqs[self._pos] < first:
-                self._pos += 1
-            self.done = self._pos == len(seqs)
-            if not self.done:
-                self.next = seqs[self._pos]
+            self._move_past(wanted.seqs, first)
         if self.done and last >= wanted.first:
             self.answered_to = last
         return messages
+
+    def _move_past(self, seqs: tuple[int, ...], first: int) -> None:
+        """On to the first of ``seqs`` from ``first`` on (those before came, or the peer
+        lacks them); done if there is none."""
+        while self._pos < len(seqs) and seqs[self._pos] < first:
+            self._pos += 1
+        self.done = self._pos == len(seqs)
+        if not self.done:
+            self.next = seqs[self._pos]
 
     def _read(self, items: object, max_data: int | None) -> list[GossipMessage]:
         """The messages of an answer to the last request, checked and verified."""
@@ -560,10 +568,11 @@ class CatchUp:
         stream = fetch.wanted.stream
         if self._fetching.get(stream) is fetch:
             del self._fetching[stream]
-        peers = self._running[stream]
-        peers.discard(fetch.peer)
-        if not peers:
-            del self._running[stream]
+        peers = self._running.get(stream)
+        if peers is not None:
+            peers.discard(fetch.peer)
+            if not peers:
+                del self._running[stream]
         self._asked[fetch.peer] -= 1
         if not self._asked[fetch.peer]:
             del self._asked[fetch.peer]
