@@ -132,7 +132,7 @@ def test_config_command_shows_values_and_sources(
         ("TRUSTP2P_GOSSIP_MODE", "bogus", "gossip_mode must be 'gossip' or 'flood'"),
         ("TRUSTP2P_HEARTBEAT_INTERVAL", "nan", "heartbeat_interval must be a positive number"),
         ("TRUSTP2P_ADMIN", "0.0.0.0:9000", "set an admin token"),
-        ("TRUSTP2P_NAME", "a/b", "name must be 1 to 64 letters"),
+        ("TRUSTP2P_NAME", "a/b", "name must be 1 to 64 lowercase letters"),
     ],
 )
 def test_config_command_refuses_what_a_node_would_refuse(

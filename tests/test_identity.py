@@ -248,6 +248,7 @@ def test_a_named_identity_is_that_one_or_none(tmp_path: Path) -> None:
         *[("relay", True), ("node-2", True), ("a_b-9", True), ("x" * 64, True)],
         *[("", False), ("x" * 65, False), ("-a", False), ("_a", False), ("a.b", False)],
         *[("a/b", False), ("..", False), ("a b", False), ("é", False), ("a\n", False)],
+        *[("Node", False), ("rElay", False)],
     ],
 )
 def test_node_names(name: str, valid: bool) -> None:

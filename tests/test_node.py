@@ -1009,7 +1009,7 @@ async def test_a_socket_of_another_node_is_a_usage_error(make_node: MakeNode) ->
     assert not socket.closed
 
 
-NAME_RULE = "1 to 64 letters, digits, '-' and '_', starting with a letter or digit"
+NAME_RULE = "1 to 64 lowercase letters, digits, '-' and '_', starting with a letter or digit"
 
 
 @pytest.mark.parametrize(
@@ -1020,6 +1020,7 @@ NAME_RULE = "1 to 64 letters, digits, '-' and '_', starting with a letter or dig
         ({"port": True}, ValueError, "port must be an integer in 0..65535, not True"),
         ({"name": "../x"}, ValueError, f"name must be {NAME_RULE}, not '../x'"),
         ({"name": 2}, ValueError, f"name must be {NAME_RULE}, not 2"),
+        ({"name": "Relay"}, ValueError, f"name must be {NAME_RULE}, not 'Relay'"),
     ],
 )
 async def test_mistaken_arguments_say_what_is_wrong(

@@ -256,11 +256,12 @@ def numbered_name(number: int) -> str:
 
 def is_node_name(name: str) -> bool:
     """Whether ``name`` may name a node in its directory (``NodeOptions.name``): 1 to 64
-    letters, digits, ``-`` and ``_``, starting with a letter or digit."""
+    lowercase letters, digits, ``-`` and ``_``, starting with a letter or digit (lowercase:
+    on a case-insensitive file system ``Node`` would be ``node``'s key, found in review)."""
     return _NAME.fullmatch(name) is not None
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 def key_path(cwd: Path, name: str = "node") -> Path:

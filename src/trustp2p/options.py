@@ -93,8 +93,8 @@ class NodeOptions:
         identity: The node's identity; by default loaded from (or created in)
             ``<cwd>/identity/node.key``, or made up for this run when ``cwd`` is None.
         name: The node's name in ``cwd``: its identity is ``identity/<name>.key`` and
-            its data ``data/<name>/``, whatever other nodes run there (1 to 64 letters,
-            digits, ``-`` and ``_``). Without one, the first node running in ``cwd``
+            its data ``data/<name>/``, whatever other nodes run there (1 to 64 lowercase
+            letters, digits, ``-`` and ``_``). Without one, the first node running in ``cwd``
             takes ``identity/node.key`` and ``data/``, the next ``node-2``, and so on,
             in the order they start.
         handshake_timeout: Time an inbound connection has, from TCP accept, to finish
@@ -294,7 +294,7 @@ class NodeOptions:
         if type(self.port) is not int or not 0 <= self.port <= 65535:
             raise ValueError(f"port must be an integer in 0..65535, not {self.port!r}")
         if self.name is not None and not (isinstance(self.name, str) and is_node_name(self.name)):
-            what = "1 to 64 letters, digits, '-' and '_', starting with a letter or digit"
+            what = "1 to 64 lowercase letters, digits, '-' and '_', starting with a letter or digit"
             raise ValueError(f"name must be {what}, not {self.name!r}")
         self._check_numbers()
         self._check_relations()

@@ -45,7 +45,7 @@ def _check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     from ..identity import is_node_name
 
     if not is_node_name(value):
-        raise click.BadParameter("1 to 64 letters, digits, '-' and '_'", ctx, param)
+        raise click.BadParameter("1 to 64 lowercase letters, digits, '-' and '_'", ctx, param)
     return value
 
 
