@@ -20,6 +20,7 @@ from trustp2p.identity import Identity
 from trustp2p.node import connections
 from trustp2p.node.connections import GOOD_BATCH
 from trustp2p.protocol.limits import is_loopback, netgroup
+from trustp2p.protocol.urls import address_of
 from trustp2p.storage.peerstore import PeerSource
 from trustp2p.threads.heartbeat import HeartbeatThread
 
@@ -156,13 +157,36 @@ async def test_bad_entries_are_dropped_and_counted(
     ]
 
 
-async def test_our_own_url_counts_against_the_sender(make_node: MakeNode) -> None:
+async def test_our_own_url_is_dropped_not_held_against_the_sender(make_node: MakeNode) -> None:
+    """Found by an attacker's test: a third peer announced our URL (with our id) to an
+    honest server, whose answers then listed it; each counted against the server, and
+    we blocked it for an hour. A server can't know every spelling of ours."""
     own = "ws://127.0.0.1:1"
     client, socket = await ask_liar(make_node, [own, "ws://192.0.2.1:1107"], listen_urls=[own])
     assert client.store is not None
     await wait_stored(client, "ws://192.0.2.1:1107")
     assert own not in await stored_urls(client)
-    assert socket.stats.invalid_in == 1
+    assert socket.stats.invalid_in == 0
+
+
+async def test_get_peers_leaves_out_the_askers_address_however_spelled(
+    make_node: MakeNode,
+) -> None:
+    """Found by an attacker's test: a client announced the asker's URL with the asker's
+    id (``url/p2p/<id>``), which didn't match the asker's own spelling, so the server
+    answered the asker with its own address."""
+    seed = await make_node(server=True, peer_exchange=True)
+    asker = await make_node(server=True, client=True, peers=[seed.url], port=0)
+    assert asker.url is not None and asker.client is not None
+    await asker.client.wait_connected()
+    framer = await make_node(
+        client=True, peers=[seed.url], listen_urls=[f"{asker.url}/p2p/{asker.peer_id}"]
+    )
+    assert framer.client is not None
+    await framer.client.wait_connected()
+    await wait_for(lambda: all(conn.listen_urls for conn in seed.connections))
+    answer = await asker.client.request(asker.client.sockets[0], "get_peers", {})
+    assert all(address_of(url) != address_of(asker.url) for url in answer["peers"]), answer
 
 
 @pytest.mark.parametrize(
