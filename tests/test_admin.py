@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 
 import trustp2p
 from trustp2p import Node, NodeOptions, PackageType, Thread
+from trustp2p.admin.server import MAX_CONNECTIONS
 from trustp2p.cli import main
 from trustp2p.drivers.base import Socket
 from trustp2p.exceptions import ConfigError, DriverError
@@ -196,6 +197,59 @@ async def test_the_page_and_errors(make_node: MakeNode) -> None:
     assert (await get(f"{server.admin_url}nothing"))[0] == 404
     big = {"X-Filler": "x" * 10_000}
     assert (await get(f"{server.admin_url}metrics", big))[0] == 431
+
+
+async def _raw(port: int, head: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_a_malformed_request_target_is_a_400(make_node: MakeNode) -> None:
+    """Found by an attacker's test: ``GET //[x`` closed the connection with no answer
+    and logged a traceback at ERROR each time, before any token check."""
+    server = await make_node(server=True, admin="127.0.0.1:0", admin_token="s3cret")
+    assert server.admin is not None and server.admin_url is not None
+    port = int(server.admin_url.rstrip("/").rsplit(":", 1)[1])
+    for target in (b"//[x", b"http://[::1/"):
+        answer = await _raw(port, b"GET " + target + b" HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+        assert answer.endswith(b"bad request target\n")
+
+
+async def test_admin_connections_are_capped(make_node: MakeNode) -> None:
+    """Found by an attacker's test: idle admin connections, each kept 10 s, had no cap,
+    and took the file descriptors the node's peers needed. Past MAX_CONNECTIONS, new
+    ones are closed at once; those open are served."""
+    server = await make_node(server=True, admin="127.0.0.1:0")
+    assert server.admin_url is not None
+    port = int(server.admin_url.rstrip("/").rsplit(":", 1)[1])
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(MAX_CONNECTIONS)]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(2):
+            assert await reader.read() == b""  # closed unanswered
+        writer.close()
+        first_reader, first_writer = idle[0]
+        first_writer.write(b"GET /status.json HTTP/1.1\r\n\r\n")
+        async with asyncio.timeout(2):
+            assert (await first_reader.read()).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        for _, writer in idle:
+            writer.close()
+
+    async def served() -> bool:
+        try:
+            return (await get(f"{server.admin_url}status.json"))[0] == 200
+        except OSError:  # not yet: the idle ones' closes still on their way
+            return False
+
+    async with asyncio.timeout(5):
+        while not await served():  # noqa: ASYNC110 - a request per try
+            await asyncio.sleep(0.01)
 
 
 async def test_a_token_is_required_when_set(make_node: MakeNode) -> None:

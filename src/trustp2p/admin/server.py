@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..drivers import serve_streams
 from ..exceptions import DriverError
 from ..options import parse_admin_address
 from .collector import node_registry
@@ -29,6 +30,7 @@ from .logs import WarningLog
 from .status import TopicRates, node_status
 
 if TYPE_CHECKING:
+    from ..drivers._accept import StreamServer
     from ..node.node import Node
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,10 @@ MAX_REQUEST = 8192
 """Largest request head accepted, in bytes."""
 REQUEST_TIMEOUT = 10.0
 """Seconds a client has to send its request."""
+MAX_CONNECTIONS = 32
+"""Admin connections open at once, at most; more are closed as they come (found by an
+attacker's test: idle ones, each kept ``REQUEST_TIMEOUT``, took the node's file
+descriptors from its peers)."""
 
 _REASONS = {
     200: "OK",
@@ -65,7 +71,8 @@ class AdminServer:
         self._registry = node_registry(node)
         self._warnings = WarningLog(node.context_key)
         self._rates = TopicRates(node.metrics.started)
-        self._server: asyncio.Server | None = None
+        self._server: StreamServer | None = None
+        self._open = 0  # connections being served
         self.url: str | None = None
 
     def collect_warnings(self) -> None:
@@ -84,9 +91,11 @@ class AdminServer:
         assert self._node.options.admin is not None
         host, port = parse_admin_address(self._node.options.admin)
         try:
-            self._server = await asyncio.start_server(self._accept, host, port, limit=MAX_REQUEST)
-        except OSError as exc:
-            raise DriverError(f"admin listener can't listen on {host}:{port}: {exc}") from exc
+            # Our accept loop, not asyncio's: out of file descriptors, asyncio's logged
+            # thousands of tracebacks a second (found by an attacker's test).
+            self._server, _ = await serve_streams(self._protocol, host, port)
+        except DriverError as exc:
+            raise DriverError(f"admin listener {exc}") from exc.__cause__
         self._warnings.attach()
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
@@ -99,7 +108,16 @@ class AdminServer:
             self._server.close()
             self._server = None
 
+    def _protocol(self) -> asyncio.BaseProtocol:
+        reader = asyncio.StreamReader(limit=MAX_REQUEST)
+        return asyncio.StreamReaderProtocol(reader, self._accept)
+
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= MAX_CONNECTIONS:
+            logger.debug("! admin connection closed: %d open already", self._open)
+            writer.transport.abort()
+            return
+        self._open += 1
         self._node.tasks.spawn(self._serve(reader, writer), "admin request")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -130,6 +148,7 @@ class AdminServer:
         except ConnectionError:
             pass
         finally:
+            self._open -= 1
             writer.close()
 
     def respond(self, head: bytes) -> Response:
@@ -141,7 +160,10 @@ class AdminServer:
         method, target, _ = parts
         if method not in ("GET", "HEAD"):
             return _text(405, "only GET and HEAD")
-        url = urlsplit(target)
+        try:
+            url = urlsplit(target)
+        except ValueError:  # e.g. "//[x": found by an attacker's test (a traceback)
+            return _text(400, "bad request target")
         if self._token is not None and not self._authorized(lines[1:], url.query):
             return _text(401, "admin token required")
         if url.path == "/metrics":

@@ -22,9 +22,13 @@ __all__ = [
     "SocketStats",
     "driver_class",
     "scheme_of",
+    "serve_streams",
 ]
 
+import asyncio
 import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..exceptions import DriverError
@@ -40,6 +44,31 @@ from .base import (
     Socket,
     SocketStats,
 )
+
+if TYPE_CHECKING:
+    from ._accept import StreamServer
+
+
+async def serve_streams(
+    factory: Callable[[], asyncio.BaseProtocol], host: str, port: int
+) -> tuple[StreamServer, str]:
+    """
+    Accept stream connections on ``host`` and ``port`` as the tcp and ws drivers do,
+    surviving a lack of file descriptors (one warning, accepting paused and tried again;
+    asyncio's own accept loop logs a traceback per attempt, ever more of them): for a
+    listener beside the drivers, the admin listener's.
+
+    Returns:
+        The server (``close()`` it), and the address it listens on, as ``host:port``.
+
+    Raises:
+        DriverError: If listening fails (its cause the ``OSError``).
+
+    """
+    from ._stream import serve
+
+    return await serve(factory, host, port)
+
 
 # name or URL scheme -> (module, class)
 _DRIVERS: dict[str, tuple[str, str]] = {
