@@ -9,6 +9,7 @@ peer already connected, and accept again once the burst is gone.
 from __future__ import annotations
 
 import asyncio
+import re
 import resource
 import signal
 import socket
@@ -91,4 +92,33 @@ async def test_a_server_out_of_file_descriptors_pauses_and_recovers(
     assert server.stop() == 0, server.log
     log = server.log
     assert log.count(PAUSED) == 1, log
+    assert "Traceback" not in log and "out of system resource" not in log, log
+
+
+async def test_the_admin_listener_out_of_file_descriptors_pauses_too(
+    children: Callable[..., Child],
+) -> None:
+    """Found by an attacker's test: out of file descriptors, one request to the admin
+    listener (asyncio's accept loop) logged 28,700 tracebacks in 16 s, ever more a
+    second. It accepts as the peer listener does: one warning, paused."""
+    server = children({"server": True, "port": 0, "admin": "127.0.0.1:0"}, preexec_fn=limit_files)
+    # (Its URL comes on stdout, the admin listener's line on stderr: both.)
+    await wait_for(
+        lambda: ("admin listener on" in server.log and server.url) or not server.alive, timeout=10
+    )
+    url = server.url
+    found = re.search(r"admin listener on http://127\.0\.0\.1:(\d+)/", server.log)
+    assert url is not None and found is not None, server.log
+    try:
+        with burst(url):
+            await wait_for(lambda: PAUSED in server.log, timeout=10)
+            with burst(f"ws://127.0.0.1:{found[1]}"):
+                await wait_for(lambda: server.log.count(PAUSED) == 2, timeout=10)
+                before = server.cpu_seconds()
+                await asyncio.sleep(1.0)  # real time: how busy the paused server is
+                assert server.cpu_seconds() - before < 0.3
+    finally:
+        server.signal(signal.SIGTERM)
+    assert server.stop() == 0, server.log
+    log = server.log
     assert "Traceback" not in log and "out of system resource" not in log, log
