@@ -217,6 +217,14 @@ def test_an_identity_held_by_a_stopping_node_is_not_passed_over(tmp_path: Path) 
     assert (name, again.peer_id) == ("node", first.peer_id)
 
 
+def test_a_lock_that_cant_be_opened_is_an_identity_error(tmp_path: Path) -> None:
+    """Found by an attacker's test: on a read-only file system the start ended in a
+    raw traceback (OSError) where a full disk gave a clear error."""
+    (tmp_path / "identity" / "node.key.lock").mkdir(parents=True)  # can't be opened
+    with pytest.raises(IdentityError, match=r"^can't open .*node\.key\.lock: Is a directory$"):
+        Identity.claim(tmp_path)
+
+
 def test_a_named_identity_is_that_one_or_none(tmp_path: Path) -> None:
     """Found by a new-user tester: nodes sharing a directory took node.key, node-2.key...
     in the order they started, so two restarted in the other order swapped identities,

@@ -224,7 +224,11 @@ class Identity:
         names = [name] if name is not None else [numbered_name(n) for n in range(1, limit + 1)]
         for candidate in names:
             path = key_path(cwd, candidate)
-            lock = open(path.with_name(path.name + ".lock"), "ab")  # kept open: the lock
+            lock_path = path.with_name(path.name + ".lock")
+            try:
+                lock = open(lock_path, "ab")  # kept open: the lock
+            except OSError as exc:  # e.g. a read-only file system (found by a tester)
+                raise IdentityError(f"can't open {lock_path}: {exc.strerror or exc}") from exc
             if not _try_lock(lock):
                 lock.close()
                 holder = None if pass_stopping else _stopping_holder(path)
