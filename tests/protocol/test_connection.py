@@ -337,6 +337,19 @@ def test_invalid_packages_are_counted_and_requests_answered(clock: FakeClock) ->
     assert answer.tag == good.tag
 
 
+def test_a_request_whose_event_is_not_utf8_is_answered(clock: FakeClock) -> None:
+    # Found by an attacker's test: no answer, and the requester waited its whole
+    # response_timeout (300 s by default).
+    connection = protocol(clock)
+    good = decode(request())
+    frame = encode(Package(PackageType.REQUEST, "ab", {}, tag=good.tag))
+    actions = connection.receive_data(frame.replace(b"\x22\x02ab", b"\x22\x02\xff\xfe", 1))
+    assert [type(a) for a in actions] == [Penalty, Send]
+    answer = actions[1].package  # type: ignore[union-attr]
+    assert answer.body == {"error": "invalid request: event is not valid UTF-8"}
+    assert answer.tag == good.tag
+
+
 def test_an_invalid_response_fails_its_request_at_once(clock: FakeClock) -> None:
     # Found by a tester against the original, whose RESPONSE bodies may be JSON arrays:
     # the response was refused and the request waited for its timeout (300 s by

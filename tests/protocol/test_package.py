@@ -394,7 +394,8 @@ def test_decode_ignores_unknown_fields() -> None:
 @pytest.mark.parametrize(
     ("number", "message", "attributes"),
     [
-        (4, "event is not valid UTF-8", (PackageType.TALK, None, None)),
+        # With the tag, so that a request is answered (found by an attacker's test).
+        (4, "event is not valid UTF-8", (PackageType.TALK, None, "t")),
         (6, "tag is not valid UTF-8", (PackageType.TALK, "e", None)),
         (1, "version or alt is not valid UTF-8", (PackageType.TALK, "e", "t")),
         (2, "version or alt is not valid UTF-8", (PackageType.TALK, "e", "t")),

@@ -130,7 +130,10 @@ def protobuf_fields(data: bytes | str, max_size: int | None) -> Fields:
     event, body_json, tag = message.event, message.body, message.tag
     version, alt = message.version, message.alt
     if not isinstance(event, str):
-        raise PackageError("event is not valid UTF-8", package_type=type_)
+        # With the tag if it reads: a request is answered, not left to time out (found
+        # by an attacker's test: the requester waited its whole response_timeout).
+        readable = tag if isinstance(tag, str) else None
+        raise PackageError("event is not valid UTF-8", package_type=type_, tag=readable)
     if not isinstance(tag, str):
         raise PackageError("tag is not valid UTF-8", package_type=type_, event=event)
     if not isinstance(version, str) or not isinstance(alt, str):
