@@ -213,6 +213,8 @@ def test_insecure_server_speaks_the_plain_protocol(tmp_path: Path) -> None:
         ("ws://127.0.0.1:0", "out of range (1..65535)"),
         ("http://127.0.0.1:1107", "has scheme 'http'"),
         ("ws://user:pw@127.0.0.1:1107", "holds credentials"),
+        # Found by an attacker's test: "Error: Invalid IPv6 URL", naming neither.
+        ("ws://[::1", "peer URL 'ws://[::1' is invalid: Invalid IPv6 URL"),
     ],
 )
 def test_bad_urls_are_refused_before_the_node_starts(

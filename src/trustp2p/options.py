@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .drivers import Driver, DriverOptions, driver_class, scheme_of
-from .exceptions import ConfigError
+from .exceptions import ConfigError, DriverError
 from .identity import Identity, is_node_name
 from .protocol.handshake import HANDSHAKE_MAGIC
 from .protocol.limits import ReconnectStorms, is_loopback
@@ -283,7 +283,10 @@ class NodeOptions:
         object.__setattr__(self, "threads", tuple(self.threads))
         object.__setattr__(self, "listen_urls", tuple(self.listen_urls))
         for url in self.peers:
-            scheme_of(url)  # raises DriverError for a URL without a scheme
+            try:
+                scheme_of(url)  # a URL without a scheme, or one that can't be read
+            except DriverError as exc:
+                raise DriverError(f"peers: {exc}") from exc
             reason = check_dial_url(url)
             if reason is not None:
                 raise ValueError(f"peers: {reason}")

@@ -116,10 +116,13 @@ def scheme_of(url: str) -> str:
     Return the scheme of a peer URL, which names its driver.
 
     Raises:
-        DriverError: If the URL has no scheme.
+        DriverError: If the URL has no scheme, or can't be read (``ws://[::1``).
 
     """
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as exc:  # it named neither the URL nor where it came from
+        raise DriverError(f"peer URL {url!r} is invalid: {exc}") from exc
     if not scheme:
         raise DriverError(f"peer URL {url!r} lacks a scheme such as ws://")
     return scheme
