@@ -30,7 +30,7 @@ from .logs import WarningLog
 from .status import TopicRates, node_status
 
 if TYPE_CHECKING:
-    from ..drivers._accept import StreamServer
+    from ..drivers import StreamServer
     from ..node.node import Node
 
 logger = logging.getLogger(__name__)

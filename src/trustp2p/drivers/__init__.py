@@ -46,7 +46,7 @@ from .base import (
 )
 
 if TYPE_CHECKING:
-    from ._accept import StreamServer
+    from ._accept import StreamServer as StreamServer  # serve_streams' result
 
 
 async def serve_streams(
