@@ -486,3 +486,22 @@ async def test_a_message_sent_to_several_peers_is_encoded_once(
         await center.gossip.publish("chat", {"text": "hello"})
         await network.wait_delivered(1)
     assert len(gossip_encoded) == 1
+
+
+async def test_a_topic_a_peer_would_refuse_is_refused_at_subscribe() -> None:
+    async with Network(2, topics=[]) as network:
+        await network.wait_connected()
+        node, peer = network.nodes
+        assert node.gossip is not None and peer.gossip is not None
+        got: list[GossipMessage] = []
+        with pytest.raises(ValueError, match=r"^a topic is a string of 1 to 256 characters$"):
+            node.subscribe("x" * 257, got.append)
+        for i in range(1000):
+            node.subscribe(f"t{i}")
+        with pytest.raises(ValueError, match=r"^a node subscribes to 1000 topics at most$"):
+            node.subscribe("one more", got.append)
+        assert node.gossip.router.topics == {f"t{i}" for i in range(1000)}
+        # The peer heard of every topic and held none of it against us.
+        await wait_for(lambda: len(peer.gossip.router.peer_topics(peer.sockets[0].id)) == 1000)
+        assert node.sockets and peer.sockets
+        assert peer.gossip.router.stats.invalid == 0

@@ -1172,22 +1172,48 @@ def test_ids_of_64_characters_and_1000_topics_are_the_limits() -> None:
     assert sent == [RouterAction("talk", 0, IWANT, {"ids": ["x" * 64]})]
     with pytest.raises(GossipError, match=r"^ids must be a list of at most 3 strings$"):
         router.control(0, IWANT, {"ids": ["x"] * 4})
-    router.control(0, SUBSCRIPTIONS, {"subscribe": [f"t{i}" for i in range(1000)]})
-    assert len(router.peer_topics(0)) == 1001
+    router.control(0, SUBSCRIPTIONS, {"subscribe": [f"t{i}" for i in range(999)]})
+    assert len(router.peer_topics(0)) == 1000
 
 
-def test_a_peer_subscribes_to_at_most_10000_topics() -> None:
+def test_a_peer_subscribes_to_at_most_1000_topics() -> None:
+    # 10,000 topics of 256 characters held about 4 MB a peer (an attacker's test).
     router, _, _ = _router()
     router.add_peer(0)
-    for batch in range(10):
-        router.control(0, SUBSCRIPTIONS, {"subscribe": [f"{batch}/{i}" for i in range(1000)]})
-    assert len(router.peer_topics(0)) == 10_000
-    with pytest.raises(GossipError, match=r"^10000 \+ 1 subscriptions exceed 10000$"):
+    for batch in range(2):
+        router.control(0, SUBSCRIPTIONS, {"subscribe": [f"{batch}/{i}" for i in range(500)]})
+    assert len(router.peer_topics(0)) == 1000
+    with pytest.raises(GossipError, match=r"^1000 \+ 1 subscriptions exceed 1000$"):
         router.control(0, SUBSCRIPTIONS, {"subscribe": ["one more"]})
-    assert len(router.peer_topics(0)) == 10_000
-    router.control(0, SUBSCRIPTIONS, {"unsubscribe": ["0/0"]})
-    router.control(0, SUBSCRIPTIONS, {"subscribe": ["one more"]})
+    assert len(router.peer_topics(0)) == 1000
+    assert "one more" not in router.peer_topics(0)
+    # Topics held already count once; one unsubscribed makes room in the same talk.
+    router.control(0, SUBSCRIPTIONS, {"subscribe": ["0/1", "1/2"]})
+    router.control(0, SUBSCRIPTIONS, {"subscribe": ["one more"], "unsubscribe": ["0/0"]})
     assert "one more" in router.peer_topics(0)
+    assert "0/0" not in router.peer_topics(0)
+    assert len(router.peer_topics(0)) == 1000
+
+
+def test_a_node_subscribes_to_at_most_what_peers_accept() -> None:
+    router, sent, _ = _router()
+    for i in range(1000):
+        router.subscribe(f"t{i}")
+    with pytest.raises(ValueError, match=r"^a node subscribes to 1000 topics at most$"):
+        router.subscribe("one more")
+    router.subscribe("t1")  # subscribed already: nothing to refuse
+    assert len(router.topics) == 1000 and "one more" not in router.topics
+    for topic in ("", "x" * 257, 5):
+        with pytest.raises(ValueError, match=r"^a topic is a string of 1 to 256 characters$"):
+            router.subscribe(topic)  # type: ignore[arg-type]
+    # A new peer hears of them in talks of at most 1,000 topics, which it accepts.
+    router.add_peer("p")
+    other, _, _ = _router()
+    other.add_peer("us")
+    for action in sent:
+        assert action.kind == "talk" and action.event == SUBSCRIPTIONS
+        other.control("us", action.event, action.body)
+    assert other.peer_topics("us") == router.topics
 
 
 @pytest.mark.parametrize("topic", [[TOPIC], {"t": 1}])

@@ -231,9 +231,9 @@ class Gossip:
 
     def subscribe(self, topic: str, handler: GossipHandler | None = None) -> None:
         """Receive ``topic``'s messages; ``handler(message)`` is called for each."""
+        self.router.subscribe(topic)  # first: it refuses an invalid topic
         if handler is not None:
             self._handlers.setdefault(topic, []).append(handler)
-        self.router.subscribe(topic)
         if self._streams is not None:
             self._replay(topic)
 

@@ -207,8 +207,8 @@ class Node:
     def subscribe(self, topic: str, handler: GossipHandler | None = None) -> None:
         """
         Receive ``topic``'s messages: ``handler(message)`` (sync or async) is called once
-        for each, in per-origin order. Threads may instead name the topic in their event
-        map under ``PackageType.GOSSIP``.
+        for each, in per-origin order (ValueError: an invalid topic, or past 1,000, what
+        peers accept). Threads may name the topic in their event map: ``GOSSIP`` type.
         """
         if self.gossip is None:
             raise NodeStateError("this node runs without gossip (gossip=False)")
