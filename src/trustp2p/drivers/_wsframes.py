@@ -34,18 +34,28 @@ def _header(size: int, mask_bit: int) -> bytes:
 def binary_frames(messages: list[bytes], *, masked: bool) -> bytes:
     """Binary frames carrying ``messages``, in one piece; a client's are masked
     (RFC 6455 §5.3), with keys from :func:`os.urandom`."""
-    mask_bit = 0x80 if masked else 0
-    keys = os.urandom(4 * len(messages)) if masked else b""
     parts: list[bytes] = []
     append = parts.append
-    for index, data in enumerate(messages):
-        append(_header(len(data), mask_bit))
-        if masked:
-            key = keys[4 * index : 4 * index + 4]
-            append(key)
-            append(apply_mask(data, key))
-        else:
+    pack, pack_16 = _HEADER.pack, _HEADER_16.pack  # _header(), written out: per message
+    if not masked:
+        for data in messages:
+            size = len(data)
+            if size < 126:
+                append(pack(0x82, size))
+            else:
+                append(pack_16(0x82, 126, size) if size < 65536 else _header(size, 0))
             append(data)
+        return b"".join(parts)
+    keys = os.urandom(4 * len(messages))
+    for start, data in zip(range(0, len(keys), 4), messages, strict=True):
+        size = len(data)
+        if size < 126:
+            append(pack(0x82, 0x80 | size))
+        else:
+            append(pack_16(0x82, 0xFE, size) if size < 65536 else _header(size, 0x80))
+        key = keys[start : start + 4]
+        append(key)
+        append(apply_mask(data, key))
     return b"".join(parts)
 
 

@@ -26,10 +26,9 @@ import logging
 import re
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from picows import (
-    WSAutoPingStrategy,
     WSCloseCode,
     WSError,
     WSFrame,
@@ -40,14 +39,15 @@ from picows import (
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
 )
-from picows.picows import WSProtocol  # type: ignore[attr-defined]
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
 from ..protocol.limits import is_loopback
 from ._deadline import FrameDeadline
+from ._picows_protocol import PicowsProtocol, retrieve_failure
 from ._stream import (
+    COALESCE_LIMIT,
     DrainWaiters,
     EndAfterHeld,
     ServerListening,
@@ -63,83 +63,9 @@ from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket,
 
 logger = logging.getLogger(__name__)
 
-# picows' first read buffer per connection (16 KiB by default); it doubles when a read
-# fills it, so a pipeline or a big message grows it, and idle peers cost little.
-_READ_BUFFER = 4096
-_NO_LIMIT = 2**62  # picows wants a number for its frame size limit
 _CONTROL = (WSMsgType.PING, WSMsgType.PONG, WSMsgType.CLOSE)
 _NO_STATUS_RCVD = 1005  # a close frame without a code, as websockets reports it
 _TOO_BIG = re.compile(r"(\d+) > (\d+)$")  # the end of picows' reason for code 1009
-
-
-class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """picows' log, at DEBUG: it logs each connection at INFO, and a peer's protocol
-    error at ERROR; the driver reports both its own way."""
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.logger.log(min(level, logging.DEBUG), msg, *args, **kwargs)
-
-
-_picows_log = _QuietLog(logger, {})
-
-
-def _retrieve_failure(ws: WSTransport) -> None:
-    """Take the exception picows keeps for ``wait_disconnected()`` when it failed an
-    outbound connection (else asyncio logs it); the socket reports the failure itself."""
-    waiting = ws.wait_disconnected()
-    try:
-        waiting.send(None)  # the connection is lost: the future is done
-    except BaseException:  # StopIteration, or picows' error
-        pass
-    finally:
-        waiting.close()
-
-
-class _Protocol(WSProtocol):  # type: ignore[misc]
-    """picows' protocol, telling its socket when the TCP connection starts and ends."""
-
-    def __init__(
-        self, socket: PicowsSocket, host_port: str | None, path: str, factory: object
-    ) -> None:
-        options = socket.driver_options
-        limit = options.max_message_size
-        super().__init__(
-            host_port,
-            path,
-            not socket.inbound,
-            factory,
-            _picows_log,
-            True,  # disconnect_on_exception; the socket catches them all
-            options.open_timeout,
-            False,  # enable_auto_ping: the node runs a heartbeat
-            10,
-            10,
-            WSAutoPingStrategy.PING_WHEN_IDLE,
-            False,  # enable_auto_pong: PicowsSocket answers, unless its peer doesn't read
-            _NO_LIMIT if limit is None else limit,
-            {"User-Agent": "trustp2p"} if not socket.inbound else None,
-            _READ_BUFFER,
-        )
-        self.socket = socket
-        self._loop_time = asyncio.get_running_loop().time
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.socket.transport_made(cast(asyncio.Transport, transport), self.transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self.socket.transport_lost(exc)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        socket = self.socket
-        socket.last_seen = now = self._loop_time()  # any bytes are life, a partial frame too
-        before = socket.frames_read
-        super().buffer_updated(nbytes)  # on_ws_frame() for each frame completed
-        if socket.frames_read == before:
-            socket.read_incomplete(now, nbytes)
-        else:
-            socket.read_complete(now, nbytes)
 
 
 class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSListener):
@@ -193,7 +119,21 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             raise self._closed_exc()
         if type(data) is not bytes:
             data = bytes(data)  # it is sent later: don't let the caller change it
-        self._queue([data], len(data))
+        # _StreamOut._queue, written out (a call less per message).
+        size = len(data)
+        stats = self.stats
+        stats.messages_out += 1
+        stats.bytes_out += size
+        out = self._out
+        if out is None:
+            self._out = [data]
+            self._out_size = size
+            self._loop.call_soon(self._write_out)
+        else:
+            out.append(data)
+            self._out_size += size
+            if self._out_size > COALESCE_LIMIT:
+                self._write_out()  # send now: the peer can start, drain() sees the buffer
 
     def bytes_in_flight(self) -> int:
         return in_flight(self._tcp, self._out_size)
@@ -264,7 +204,15 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             and self._open  # not aborted, no close frame from us or the peer
             and not (self._fragments or self._paused_reading or transport.is_close_frame_sent)
         ):
-            self._deliver(frame.get_payload_as_bytes())  # the common case
+            # The common case: Socket._deliver, written out (a call less per message).
+            data = frame.get_payload_as_bytes()
+            stats = self.stats
+            stats.messages_in += 1
+            stats.bytes_in += len(data)
+            try:
+                self._listener.on_message(self, data)
+            except Exception:  # a bug in the listener must not break the transport
+                logger.error("! listener failed on a message from %s", self.peer, exc_info=True)
             return
         self.last_seen = self._loop.time()
         if self._fragments and kind in _CONTROL:  # a ping inside a message: no progress
@@ -353,7 +301,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         self._held.clear()  # in place: a _deliver_held() under way stops
         self._held_close = None
         if self._ws is not None and not self.inbound:
-            _retrieve_failure(self._ws)
+            retrieve_failure(self._ws)
         if self._opened:
             error = None if self._aborted else self._error or self._picows_error(exc)
             if error is not None:
@@ -382,7 +330,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         """picows' listener factory, client side."""
         return self
 
-    async def dial(self, protocol: _Protocol, host: str, port: int, ssl: bool | None) -> None:
+    async def dial(self, protocol: PicowsProtocol, host: str, port: int, ssl: bool | None) -> None:
         """Connect to ``host`` and ``port`` and wait for the upgrade, within
         ``open_timeout``. Errors name the URL it dials.
 
@@ -577,9 +525,9 @@ class PicowsDriver(Driver):
     async def listen(self, host: str, port: int, listener: Listener) -> Listening:
         options = self.options
 
-        def factory() -> _Protocol:
+        def factory() -> PicowsProtocol:
             socket = PicowsSocket(listener=listener, options=options, inbound=True)
-            return _Protocol(socket, None, "/", socket.server_listener)
+            return PicowsProtocol(socket, None, "/", socket.server_listener)
 
         server, address = await serve(
             factory, host, port, accept_retry_max=options.accept_retry_max
@@ -595,6 +543,6 @@ class PicowsDriver(Driver):
             raise DriverError(f"invalid WebSocket URL {url!r}: {exc}") from exc
         socket = PicowsSocket(listener=listener, options=self.options, inbound=False, peer=url)
         host_port = format_address(uri.host, uri.port)
-        protocol = _Protocol(socket, host_port, uri.resource_name, socket.client_listener)
+        protocol = PicowsProtocol(socket, host_port, uri.resource_name, socket.client_listener)
         await socket.dial(protocol, uri.host, uri.port, ssl=True if uri.secure else None)
         return socket

@@ -1,0 +1,96 @@
+"""
+picows' protocol for :mod:`.ws_picows`: it tells its socket when the TCP connection
+starts and ends and when bytes arrive, and keeps picows' own log at DEBUG.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["PicowsProtocol", "retrieve_failure"]
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, cast
+
+from picows import WSAutoPingStrategy, WSTransport
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
+
+if TYPE_CHECKING:
+    from .ws_picows import PicowsSocket
+
+logger = logging.getLogger("trustp2p.drivers.ws_picows")
+
+# picows' first read buffer per connection (16 KiB by default); it doubles when a read
+# fills it, so a pipeline or a big message grows it, and idle peers cost little.
+_READ_BUFFER = 4096
+_NO_LIMIT = 2**62  # picows wants a number for its frame size limit
+
+
+class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """picows' log, at DEBUG: it logs each connection at INFO, and a peer's protocol
+    error at ERROR; the driver reports both its own way."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.logger.log(min(level, logging.DEBUG), msg, *args, **kwargs)
+
+
+_picows_log = _QuietLog(logger, {})
+
+
+def retrieve_failure(ws: WSTransport) -> None:
+    """Take the exception picows keeps for ``wait_disconnected()`` when it failed an
+    outbound connection (else asyncio logs it); the socket reports the failure itself."""
+    waiting = ws.wait_disconnected()
+    try:
+        waiting.send(None)  # the connection is lost: the future is done
+    except BaseException:  # StopIteration, or picows' error
+        pass
+    finally:
+        waiting.close()
+
+
+class PicowsProtocol(WSProtocol):  # type: ignore[misc]
+    """picows' protocol, telling its socket when the TCP connection starts and ends."""
+
+    def __init__(
+        self, socket: PicowsSocket, host_port: str | None, path: str, factory: object
+    ) -> None:
+        options = socket.driver_options
+        limit = options.max_message_size
+        super().__init__(
+            host_port,
+            path,
+            not socket.inbound,
+            factory,
+            _picows_log,
+            True,  # disconnect_on_exception; the socket catches them all
+            options.open_timeout,
+            False,  # enable_auto_ping: the node runs a heartbeat
+            10,
+            10,
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            False,  # enable_auto_pong: PicowsSocket answers, unless its peer doesn't read
+            _NO_LIMIT if limit is None else limit,
+            {"User-Agent": "trustp2p"} if not socket.inbound else None,
+            _READ_BUFFER,
+        )
+        self.socket = socket
+        self._loop_time = asyncio.get_running_loop().time
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.socket.transport_made(cast(asyncio.Transport, transport), self.transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.socket.transport_lost(exc)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        socket = self.socket
+        socket.last_seen = now = self._loop_time()  # any bytes are life, a partial frame too
+        before = socket.frames_read
+        super().buffer_updated(nbytes)  # on_ws_frame() for each frame completed
+        if socket.frames_read == before:
+            socket.read_incomplete(now, nbytes)
+        else:
+            socket.read_complete(now, nbytes)
