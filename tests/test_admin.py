@@ -220,6 +220,31 @@ async def test_a_malformed_request_target_is_a_400(make_node: MakeNode) -> None:
         assert answer.endswith(b"bad request target\n")
 
 
+async def test_bare_lf_line_ends_are_read(make_node: MakeNode) -> None:
+    """Found by independent testers: a request whose lines end with a bare LF waited the
+    whole REQUEST_TIMEOUT and was closed unanswered. RFC 9112 §2.2 lets a recipient take
+    a single LF as a line end; CRLF and LF may mix, and empty lines before the request
+    line are skipped."""
+    server = await make_node(server=True, admin="127.0.0.1:0", admin_token="s3cret")
+    assert server.admin_url is not None
+    port = int(server.admin_url.rstrip("/").rsplit(":", 1)[1])
+    for head in (
+        b"GET /status.json HTTP/1.1\nAuthorization: Bearer s3cret\n\n",
+        b"GET /status.json HTTP/1.1\r\nAuthorization: Bearer s3cret\n\r\n",
+        b"\r\n\nGET /status.json HTTP/1.1\nHost: x\r\nAuthorization: Bearer s3cret\r\n\n",
+    ):
+        async with asyncio.timeout(5):  # bounds a failing test only
+            answer = await _raw(port, head)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), (head, answer)
+    async with asyncio.timeout(5):
+        answer = await _raw(port, b"GET /metrics HTTP/1.1\n\n")
+    assert answer.startswith(b"HTTP/1.1 401 Unauthorized\r\n"), answer
+    # Short lines still add up to the head's limit.
+    async with asyncio.timeout(5):
+        answer = await _raw(port, b"GET / HTTP/1.1\n" + b"X: y\n" * 2000 + b"\n")
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer
+
+
 async def test_admin_connections_are_capped(make_node: MakeNode) -> None:
     """Found by an attacker's test: idle admin connections, each kept 10 s, had no cap,
     and took the file descriptors the node's peers needed. Past MAX_CONNECTIONS, new

@@ -56,3 +56,24 @@ def test_the_package_s_docstrings_keep_no_role() -> None:
             left.append(obj.path)
         stack.extend(obj.members.values())
     assert left == []
+
+
+def test_broadcast_result_says_what_its_keys_and_values_mean() -> None:
+    """Found by independent testers: ``BroadcastResult`` (an alias of a dict type)
+    said too little for a reader of the API reference. What mkdocstrings renders for
+    it names the keys and every kind of value, with the exceptions a peer can meet."""
+    package = griffe.load("trustp2p", search_paths=[ROOT / "src"])
+    docstring = package["BroadcastResult"].docstring
+    assert docstring is not None
+    text = docstring.value
+    for fact in (
+        "keyed by its socket",
+        "``None``: a talk",
+        "the response body",
+        "ConnectionClosed",
+        "RequestTimeout",
+        "RemoteError",
+        "PackageTooLarge",
+        "never raises",
+    ):
+        assert fact in text, fact

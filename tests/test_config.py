@@ -14,6 +14,7 @@ import trustp2p.apps.serve
 from trustp2p.cli import main
 from trustp2p.config import Source, configurable, load_settings
 from trustp2p.exceptions import ConfigError
+from trustp2p.identity import Identity
 from trustp2p.logs import JsonFormatter
 from trustp2p.options import NodeOptions
 
@@ -133,6 +134,11 @@ def test_config_command_shows_values_and_sources(
         ("TRUSTP2P_HEARTBEAT_INTERVAL", "nan", "heartbeat_interval must be a positive number"),
         ("TRUSTP2P_ADMIN", "0.0.0.0:9000", "set an admin token"),
         ("TRUSTP2P_NAME", "a/b", "name must be 1 to 64 lowercase letters"),
+        (
+            "TRUSTP2P_LISTEN_URLS",
+            "ws://node.example:1107,ws://0.0.0.0:1107",
+            "listen_urls: URL 'ws://0.0.0.0:1107' names the unspecified address",
+        ),
     ],
 )
 def test_config_command_refuses_what_a_node_would_refuse(
@@ -168,3 +174,34 @@ def test_log_format_json_on_the_command_line(
     assert main(["id", "--cwd", str(tmp_path), "--log-format", "json", "--log-level", "debug"]) == 0
     for line in capsys.readouterr().err.splitlines():
         assert {"time", "level", "logger", "message"} <= set(json.loads(line))
+
+
+def test_listen_urls_are_urls_peers_can_dial_and_accept() -> None:
+    """Found by independent testers: any text was announced in the hello, where peers
+    refused it and held it against the node (``ws://0.0.0.0:1107``, a path, another
+    node's id)."""
+    me, other = Identity.generate(), Identity.generate()
+    refused = {
+        "ws://0.0.0.0:1107": "names the unspecified address, which nobody can dial",
+        "ws://[::]:1107": "names the unspecified address, which nobody can dial",
+        "ws://node.example:1107/x": "has a path, query or fragment",
+        "node.example:1107": "has scheme 'node.example'",
+        f"ws://node.example:1107/p2p/{other.peer_id}": (
+            f"names peer {other.peer_id}, not this node's id {me.peer_id}"
+        ),
+    }
+    for url, why in refused.items():
+        with pytest.raises(ValueError, match=r"^listen_urls: URL ") as info:
+            NodeOptions(server=True, identity=me, listen_urls=[url])
+        assert why in str(info.value), (url, info.value)
+    with pytest.raises(ValueError, match=r"^listen_urls: URL 'ws://A.example:1' appears twice$"):
+        NodeOptions(server=True, listen_urls=["ws://a.example:1", "ws://A.example:1"])
+    many = [f"ws://n{i}.example:1107" for i in range(9)]
+    with pytest.raises(ValueError, match=r"^listen_urls: 9 URLs exceed the limit of 8 "):
+        NodeOptions(server=True, listen_urls=many)
+    with pytest.raises(TypeError, match=r"^listen_urls must be a sequence of URLs, not a str$"):
+        NodeOptions(server=True, listen_urls="ws://node.example:1107")  # type: ignore[arg-type]
+    # This node's own id, or none, is fine.
+    mine = [f"ws://node.example:1107/p2p/{me.peer_id}", "tcp://192.0.2.1:1108"]
+    assert NodeOptions(server=True, identity=me, listen_urls=mine).listen_urls == tuple(mine)
+    assert NodeOptions(server=True, listen_urls=many[:8]).listen_urls == tuple(many[:8])

@@ -258,6 +258,42 @@ async def test_identical_concurrent_requests_go_on_the_wire_once(make_node: Make
     assert answers[1] == {"echo": {"same": True}}
 
 
+async def test_only_the_answer_type_answers_a_request(make_node: MakeNode) -> None:
+    # A REQUEST is answered by a RESPONSE only, a HEARTBEAT_PING by a HEARTBEAT_PONG only:
+    # the other type with its tag is counted as unmatched, and the request waits on.
+    server = await make_node(server=True, secure=False)
+    assert server.url is not None and server.server is not None
+    role = server.server
+    async with await raw_client(server.url) as ws:
+        await ws.send(version_talk())
+        assert decode(await ws.recv()).event == "version"
+        await wait_for(lambda: role.sockets)
+        inbound = role.sockets[-1]
+
+        async def received(package_type: PackageType, event: str) -> Package:
+            while True:  # skips the node's own heartbeat pings
+                package = decode(await ws.recv())
+                if (package.type, package.event) == (package_type, event):
+                    return package
+
+        async def answered_after_the_wrong_type(
+            request_type: PackageType, wrong: PackageType, right: PackageType, unmatched: int
+        ) -> None:
+            pending = asyncio.create_task(
+                role.request(inbound, "ask", {}, package_type=request_type)
+            )
+            request = await received(request_type, "ask")
+            await ws.send(encode(build_package(wrong, "ask", {"wrong": 1}, tag=request.tag)))
+            await wait_for(lambda: inbound.stats.unmatched_in == unmatched)
+            assert not pending.done()
+            await ws.send(encode(build_package(right, "ask", {"right": 1}, tag=request.tag)))
+            assert await pending == {"right": 1}
+
+        pong, response = PackageType.HEARTBEAT_PONG, PackageType.RESPONSE
+        await answered_after_the_wrong_type(PackageType.REQUEST, pong, response, 1)
+        await answered_after_the_wrong_type(PackageType.HEARTBEAT_PING, response, pong, 2)
+
+
 async def test_request_timeout(make_node: MakeNode) -> None:
     _, client, socket = await pair(make_node)
     assert client.client is not None

@@ -161,6 +161,10 @@ async def test_broadcast_gives_each_peer_its_result(make_node: MakeNode) -> None
     # Requests: each peer's answer, or its error; one slow peer fails alone.
     answers = await role.broadcast("echo", {"q": 1}, package_type=PackageType.REQUEST)
     assert answers == {socket: {"echo": {"q": 1}, "from": socket.peer_id} for socket in sockets[1:]}
+    # A peer that answers with an error: its RemoteError, not raised.
+    refused = await role.broadcast("nobody", {}, package_type=PackageType.REQUEST)
+    assert list(refused) == sockets[1:]
+    assert all(isinstance(refused[socket], RemoteError) for socket in sockets[1:])
     timed = await role.broadcast(
         "silent", {}, sockets=sockets, package_type=PackageType.REQUEST, timeout=20 * MS
     )

@@ -16,7 +16,7 @@ from .protocol.handshake import HANDSHAKE_MAGIC
 from .protocol.limits import ReconnectStorms, is_loopback
 from .protocol.liveness import LivenessTimings
 from .protocol.package import DEFAULT_ALT, DEFAULT_MAX_PACKAGE_SIZE
-from .protocol.urls import check_dial_url
+from .protocol.urls import MAX_URLS_PER_PEER, canonical_url, check_dial_url, split_peer_url
 from .security.noise import MAX_NOISE_MESSAGE
 from .storage.memory import MemoryShelf
 
@@ -103,6 +103,10 @@ class NodeOptions:
             deadline of our dials. It counts against ``max_inbound`` and the
             per-address limits meanwhile.
         listen_urls: URLs this node announces to peers; by default the URL it listens on.
+            At most 8, each one peers can dial: a port, no unspecified host (``0.0.0.0``,
+            ``::``), no path; a ``/p2p/<id>`` suffix, if any, must name this node's
+            ``identity`` when one is given (peers refuse, and hold against the node, a
+            hello whose URLs they can't use).
         peer_store: Keep the peer store in ``<cwd>/data/peers.sqlite`` (in memory when
             ``cwd`` is None or this is False).
         store_shelf: Keep the peer store and the message log in memory, with no file
@@ -281,6 +285,8 @@ class NodeOptions:
             raise TypeError("peers must be a sequence of URLs, not a str")
         object.__setattr__(self, "peers", tuple(self.peers))
         object.__setattr__(self, "threads", tuple(self.threads))
+        if isinstance(self.listen_urls, str):
+            raise TypeError("listen_urls must be a sequence of URLs, not a str")
         object.__setattr__(self, "listen_urls", tuple(self.listen_urls))
         for url in self.peers:
             try:
@@ -299,9 +305,35 @@ class NodeOptions:
         if self.name is not None and not (isinstance(self.name, str) and is_node_name(self.name)):
             what = "1 to 64 lowercase letters, digits, '-' and '_', starting with a letter or digit"
             raise ValueError(f"name must be {what}, not {self.name!r}")
+        self._check_listen_urls()
         self._check_numbers()
         self._check_relations()
         self._check_admin()
+
+    def _check_listen_urls(self) -> None:
+        """What the hello announces: URLs its peers accept (``validate_urls``, which
+        penalises the others) and can dial, naming no other node's id."""
+        urls = self.listen_urls
+        if len(urls) > MAX_URLS_PER_PEER:
+            raise ValueError(
+                f"listen_urls: {len(urls)} URLs exceed the limit of {MAX_URLS_PER_PEER} "
+                "that peers accept"
+            )
+        seen: set[str] = set()
+        for url in urls:
+            reason = check_dial_url(url)
+            if reason is not None:
+                raise ValueError(f"listen_urls: {reason}")
+            if canonical_url(url) in seen:
+                raise ValueError(f"listen_urls: URL {url!r} appears twice")
+            seen.add(canonical_url(url))
+            peer_id = split_peer_url(url)[1]
+            if peer_id is not None and self.identity is not None:
+                if peer_id != self.identity.peer_id:
+                    raise ValueError(
+                        f"listen_urls: URL {url!r} names peer {peer_id}, "
+                        f"not this node's id {self.identity.peer_id}"
+                    )
 
     def _check_numbers(self) -> None:
         """Each number within its own range."""

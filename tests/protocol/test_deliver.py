@@ -135,6 +135,26 @@ def test_unmatched_responses(table: RequestTable) -> None:
     assert (len(table), table.pending_on(C1)) == (1, 1)
 
 
+def test_only_the_answer_type_answers(table: RequestTable) -> None:
+    ping = build_package(PackageType.HEARTBEAT_PING, "ping", {})
+    request_waiter = table.request(C1, REQ)
+    ping_waiter = table.request(C1, ping)
+    # A pong with the request's tag, a response with the ping's: neither answers.
+    pong = build_package(PackageType.HEARTBEAT_PONG, "pong", {"sleep": False}, tag=REQ.tag)
+    assert table.receive_response(C1, pong) == [ResponseUnmatched(C1, pong, PackageType.RESPONSE)]
+    response = build_package(PackageType.RESPONSE, "ping", {}, tag=ping.tag)
+    assert table.receive_response(C1, response) == [
+        ResponseUnmatched(C1, response, PackageType.HEARTBEAT_PONG)
+    ]
+    assert (len(table), table.pending_on(C1)) == (2, 2)  # both wait on
+    # Their own answer types still answer them.
+    right = answer(REQ)
+    assert table.receive_response(C1, right) == [ResponseReceived((request_waiter,), C1, right)]
+    pong = build_package(PackageType.HEARTBEAT_PONG, "pong", {"sleep": False}, tag=ping.tag)
+    assert table.receive_response(C1, pong) == [ResponseReceived((ping_waiter,), C1, pong)]
+    assert_empty(table, C1)
+
+
 # Deadlines
 
 
@@ -404,6 +424,13 @@ def test_request_needs_tag(table: RequestTable, sent: list[Any]) -> None:
     talk = build_package(PackageType.TALK, "hi", {})
     with pytest.raises(ValueError, match=r"^a request needs a tag$"):
         table.request(C1, talk)
+    assert (sent, len(table)) == ([], 0)
+
+
+def test_request_needs_request_type(table: RequestTable, sent: list[Any]) -> None:
+    response = answer(REQ)
+    with pytest.raises(ValueError, match=r"^RESPONSE is not a request type$"):
+        table.request(C1, response)
     assert (sent, len(table)) == ([], 0)
 
 

@@ -1,6 +1,8 @@
 """
 The admin listener: a small HTTP/1.1 server (GET and HEAD only, one request per
-connection) serving ``/`` (the status page), ``/status.json`` and ``/metrics``.
+connection) serving ``/`` (the status page), ``/status.json`` and ``/metrics``. Lines
+may end with CRLF or a bare LF (RFC 9112 §2.2: "a recipient MAY recognize a single LF as a
+line terminator and ignore any preceding CR").
 
 It starts and stops with its node (``NodeOptions.admin``), and its request tasks belong
 to the node's :class:`~trustp2p.tasks.TaskOwner`. With ``admin_token`` set, every
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST = 8192
-"""Largest request head accepted, in bytes."""
+"""Largest request head accepted, in bytes (empty lines before the request line count)."""
 REQUEST_TIMEOUT = 10.0
 """Seconds a client has to send its request."""
 MAX_CONNECTIONS = 32
@@ -125,7 +127,7 @@ class AdminServer:
         try:
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    head = await _read_head(reader)
             except (asyncio.LimitOverrunError, ValueError):
                 response: Response = _text(431, "request too large")
             except (asyncio.IncompleteReadError, TimeoutError):
@@ -152,8 +154,9 @@ class AdminServer:
             writer.close()
 
     def respond(self, head: bytes) -> Response:
-        """The response to one request head (request line and headers)."""
-        lines = head.decode("latin-1").split("\r\n")
+        """The response to one request head (request line and headers, each ending with
+        CRLF or LF)."""
+        lines = [line.removesuffix("\r") for line in head.decode("latin-1").split("\n")]
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             return _text(400, "bad request line")
@@ -187,6 +190,33 @@ class AdminServer:
                     return True
         given_list = parse_qs(query).get("token", [])
         return any(hmac.compare_digest(given.encode(), token) for given in given_list)
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    """
+    Read a request head up to the empty line that ends it, without that line.
+
+    A line ends with LF, with or without a CR before it (RFC 9112 §2.2); empty lines
+    before the request line are skipped, as RFC 9112 §2.2 advises a server to.
+
+    Raises:
+        ValueError: If the head is over :data:`MAX_REQUEST` bytes.
+        asyncio.LimitOverrunError: If one line is.
+        asyncio.IncompleteReadError: If the client closes first.
+
+    """
+    lines: list[bytes] = []
+    size = 0
+    while True:
+        line = await reader.readuntil(b"\n")
+        size += len(line)
+        if size > MAX_REQUEST:
+            raise ValueError(f"request head over {MAX_REQUEST} bytes")
+        if line == b"\n" or line == b"\r\n":
+            if lines:
+                return b"".join(lines)
+        else:
+            lines.append(line)
 
 
 def _text(status: int, text: str) -> Response:

@@ -490,19 +490,24 @@ class Connections:
 
     # Inboxes
 
-    def unmatched(self, conn_id: int, package: Package) -> None:
-        """A response that matches no pending request: its handler, if any, gets it."""
+    def unmatched(
+        self, conn_id: int, package: Package, expected: PackageType | None = None
+    ) -> None:
+        """A response matching no pending request (or not of its ``expected`` type): to handlers."""
         conn = self._conns.get(conn_id)
         if conn is None:
             return
         # A pong nobody waits for answers the node's own ping (its heartbeat round).
-        pong = package.type is PackageType.HEARTBEAT_PONG
+        pong = package.type is PackageType.HEARTBEAT_PONG and expected is None
         if not pong:
             conn.socket.stats.unmatched_in += 1
         if self._node.handlers.handles(package.type, package.event):
             self.workers.put(conn, package)
         elif self._debug and not pong:
-            conn.log.debug("- dropped %s: it matches no pending request", package)
+            why = (
+                "no pending request" if expected is None else f"a request a {expected.name} answers"
+            )
+            conn.log.debug("- dropped %s: it matches %s", package, why)
 
     def all_sockets(self) -> list[Socket]:
         """Every connection, refused ones not closed yet too; throttled ones read again."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConnectionClosed, PackageTooLarge
 from ..protocol.connection import error_answer
-from ..protocol.package import REQUEST_TYPES, Package, PackageType, build_package
+from ..protocol.package import ANSWER_TYPE, REQUEST_TYPES, Package, PackageType, build_package
 from ..threads.base import Reply
 
 if TYPE_CHECKING:
@@ -30,11 +30,6 @@ if TYPE_CHECKING:
     from .peer import PeerConnection
 
 logger = logging.getLogger(__name__)
-
-_RESPONSE_TYPE = {
-    PackageType.REQUEST: PackageType.RESPONSE,
-    PackageType.HEARTBEAT_PING: PackageType.HEARTBEAT_PONG,
-}
 
 
 class Hook:
@@ -377,7 +372,7 @@ class Worker:
             try:
                 # Raises TypeError or ValueError for an answer that can't be sent.
                 response = build_package(
-                    _RESPONSE_TYPE[package_type],
+                    ANSWER_TYPE[package_type],
                     "pong" if package_type is PackageType.HEARTBEAT_PING else package.event,
                     result,
                     tag=package.tag,

@@ -57,7 +57,9 @@ class Requests:
 
     Args:
         send: Writes a package to a connection without waiting; never raises.
-        unmatched: Gets responses that match no pending request.
+        unmatched: Gets responses that match no pending request, with the type the
+            request with their tag waits for when they are of another type (a
+            HEARTBEAT_PONG with a REQUEST's tag), else ``None``.
         reroute_target: Picks the next connection to reroute a stalled request to, or
             ``None`` on a node without a client role.
         response_timeout: Seconds a request waits by default.
@@ -71,7 +73,7 @@ class Requests:
         self,
         *,
         send: Callable[[ConnId, Package], None],
-        unmatched: Callable[[ConnId, Package], None],
+        unmatched: Callable[[ConnId, Package, PackageType | None], None],
         reroute_target: Callable[[Collection[ConnId]], ConnId | None] | None,
         response_timeout: float,
         stalled_timeout: float,
@@ -184,7 +186,8 @@ class Requests:
         return answer
 
     def receive_response(self, socket: Socket, package: Package) -> None:
-        """A RESPONSE or HEARTBEAT_PONG arrived on ``socket``."""
+        """A RESPONSE or HEARTBEAT_PONG arrived on ``socket``: only a RESPONSE answers a
+        REQUEST, only a HEARTBEAT_PONG a HEARTBEAT_PING."""
         self._process(self._table.receive_response(socket.id, package))
 
     def connection_lost(self, socket: Socket) -> None:
@@ -234,7 +237,7 @@ class Requests:
                         future.set_result(package if first else _copy(package))
                         first = False
             elif type(event) is ResponseUnmatched:
-                self._unmatched(event.conn, event.package)
+                self._unmatched(event.conn, event.package, event.expected)
             elif type(event) is RequestExpired:
                 future = futures.pop(event.waiter, None)
                 if future is not None and not future.done():

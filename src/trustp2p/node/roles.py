@@ -23,7 +23,29 @@ if TYPE_CHECKING:
     from .node import Node
 
 BroadcastResult = dict[Socket, Body | Exception | None]
-"""Per peer: ``None`` (talk sent), the response body (request answered), or the error."""
+"""
+What :meth:`Role.broadcast` returns: each peer's outcome, keyed by its socket.
+
+A plain ``dict`` (this name is an alias: ``help()`` shows dict's help). It has one key
+per socket broadcast to (a socket given twice is one key), in the order they were
+given, or the role's connections at the call when ``sockets`` is ``None``; an empty
+dict when there was none. Each value is:
+
+- ``None``: a talk (``PackageType.TALK``) was written to that peer;
+- the response body (a ``dict``): a request (``REQUEST`` or ``HEARTBEAT_PING``) was
+  answered;
+- the exception that peer's talk or request met, which ``broadcast()`` never raises:
+  :exc:`~trustp2p.ConnectionClosed` (closed or lost), :exc:`~trustp2p.RequestTimeout`,
+  :exc:`~trustp2p.RemoteError` (the peer answered ``{"error": ...}``),
+  :exc:`~trustp2p.PackageTooLarge` (a request over ``max_package_size``, not sent), or
+  whatever else :meth:`Role.request` raises for that socket.
+
+Check a value with ``isinstance(outcome, Exception)`` before reading it as a body::
+
+    results = await node.server.broadcast("status", {}, package_type=PackageType.REQUEST)
+    answers = {s: r for s, r in results.items() if not isinstance(r, Exception)}
+
+"""
 
 
 class Role:
@@ -240,8 +262,10 @@ class Role:
         It never raises because of one peer: each peer's outcome is in the result.
 
         Returns:
-            Per socket: ``None`` when the talk was sent, the response body of a request,
-            or the exception that peer met (e.g. :exc:`ConnectionClosed`).
+            A :data:`BroadcastResult`, a dict with one entry per socket: ``None`` when
+            the talk was written, the response body when the request was answered, or
+            the exception that peer met (e.g. :exc:`ConnectionClosed`,
+            :exc:`RequestTimeout`, :exc:`RemoteError`), never raised.
 
         """
         targets = list(self._sockets.values() if sockets is None else sockets)

@@ -70,6 +70,7 @@ from .handshake import (
 from .limits import TokenBucket
 from .liveness import Liveness, LivenessTimings, Verdict
 from .package import (
+    ANSWER_TYPE,
     DEFAULT_ALT,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
@@ -101,11 +102,6 @@ MAX_ERROR_TEXT_CHARS = 256
 """An error answer's text is cut to this many characters: with the event, a 44-character
 tag and the framing, every error answer fits in 2 KiB, far below any peer's limit."""
 
-_ANSWER_TYPE = {
-    PackageType.REQUEST: PackageType.RESPONSE,
-    PackageType.HEARTBEAT_PING: PackageType.HEARTBEAT_PONG,
-}
-
 
 class ConnectionState(enum.Enum):
     """Where a connection is in its life."""
@@ -132,7 +128,7 @@ def error_answer(
         type or there is no tag to answer with.
 
     """
-    answer_type = _ANSWER_TYPE.get(request_type)
+    answer_type = ANSWER_TYPE.get(request_type)
     if answer_type is None or not tag:
         return None
     if len(text) > MAX_ERROR_TEXT_CHARS:

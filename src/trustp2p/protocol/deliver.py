@@ -11,6 +11,10 @@ Each caller of :meth:`RequestTable.request` gets a :data:`WaiterId`. Identical r
 wire once; every waiter gets the response. Each waiter has its own deadline. (A request
 with a payload has a random tag: it is never merged.)
 
+Only the request's answer type answers it (:data:`~trustp2p.protocol.package.ANSWER_TYPE`:
+a RESPONSE a REQUEST, a HEARTBEAT_PONG a HEARTBEAT_PING). A response of the other type with
+a pending request's tag is unmatched, and the request waits on.
+
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Generic, NewType, TypeVar
 
-from .package import Package, Tag
+from .package import ANSWER_TYPE, Package, PackageType, Tag
 
 ConnId = NewType("ConnId", int)
 """An opaque connection handle; the node uses :attr:`Socket.id`."""
@@ -96,10 +100,18 @@ class RerouteUnavailable:
 
 @dataclass(frozen=True, slots=True)
 class ResponseUnmatched:
-    """A response whose tag matches no pending request on its connection."""
+    """
+    A response whose tag matches no pending request on its connection, or whose type
+    doesn't answer the request with its tag.
+
+    ``expected`` is the type that request waits for (the response's type is another),
+    or ``None`` when the tag matches no pending request.
+
+    """
 
     conn: ConnId
     package: Package
+    expected: PackageType | None = None
 
 
 DeliverEvent = (
@@ -164,11 +176,14 @@ class _Deadlines(Generic[K]):
 class _Entry:
     """One request on the wire, with everyone waiting for its response."""
 
-    __slots__ = ("id", "package", "pending", "reroute", "tried", "waiters")
+    __slots__ = ("answer", "id", "package", "pending", "reroute", "tried", "waiters")
 
-    def __init__(self, id: int, package: Package, conn: ConnId, reroute: bool) -> None:
+    def __init__(
+        self, id: int, package: Package, answer: PackageType, conn: ConnId, reroute: bool
+    ) -> None:
         self.id = id
         self.package = package
+        self.answer = answer  # the only type that answers it
         self.reroute = reroute
         self.tried: list[ConnId] = [conn]  # in the order they were tried
         self.pending: set[ConnId] = {conn}  # connections it is outstanding on
@@ -253,6 +268,10 @@ class RequestTable:
         Returns:
             The waiter, to match with the events that resolve it.
 
+        Raises:
+            ValueError: If ``package`` is not a request with a tag, or ``timeout`` is not
+                positive.
+
         """
         if timeout is None:
             timeout = self.response_timeout
@@ -260,6 +279,9 @@ class RequestTable:
             raise ValueError(f"timeout must be positive, not {timeout:g}")
         if not package.tag:
             raise ValueError("a request needs a tag")
+        answer = ANSWER_TYPE.get(package.type)
+        if answer is None:
+            raise ValueError(f"{package.type.name} is not a request type")
         if reroute and self._reroute_target is None:
             raise ValueError("this table can't reroute: it has no reroute_target")
         if now is None:
@@ -269,7 +291,7 @@ class RequestTable:
             table = self._by_conn[conn] = {}
         entry = table.get(package.tag)
         if entry is None:
-            entry = table[package.tag] = _Entry(next(self._ids), package, conn, reroute)
+            entry = table[package.tag] = _Entry(next(self._ids), package, answer, conn, reroute)
             if reroute:
                 self._stall_deadlines.add(entry, now + self.stalled_timeout, self.stalled_timeout)
             self._send(conn, package)
@@ -300,15 +322,20 @@ class RequestTable:
 
     def receive_response(self, conn: ConnId, package: Package) -> list[DeliverEvent]:
         """
-        Match a response received on ``conn`` by its tag.
+        Match a response received on ``conn`` by its tag and type.
 
-        The first response wins: the request is no longer pending anywhere.
+        The first response wins: the request is no longer pending anywhere. A response
+        whose type doesn't answer the request with its tag (a HEARTBEAT_PONG with a
+        REQUEST's tag, a RESPONSE with a HEARTBEAT_PING's) is unmatched; the request
+        waits on.
 
         """
         table = self._by_conn.get(conn)
         entry = table.get(package.tag) if table is not None else None
         if entry is None:
             return [ResponseUnmatched(conn, package)]
+        if package.type is not entry.answer:
+            return [ResponseUnmatched(conn, package, entry.answer)]
         waiters = tuple(entry.waiters)
         self._forget(entry)
         return [ResponseReceived(waiters, conn, package)]

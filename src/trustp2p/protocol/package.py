@@ -11,6 +11,7 @@ original skips as an unknown field: ``docs/protocol.md``). This module does no I
 from __future__ import annotations
 
 __all__ = [
+    "ANSWER_TYPE",
     "DEFAULT_ALT",
     "DEFAULT_MAX_PACKAGE_SIZE",
     "PROTOCOL_VERSION",
@@ -35,7 +36,8 @@ import enum
 import hashlib
 import json
 import os
-from typing import Any, NewType
+from collections.abc import Mapping
+from typing import Any, Final, NewType
 
 from ..exceptions import PackageError, PackageTooLarge
 from .jsontext import Unwritable, dumps as _dumps, loads as _loads
@@ -75,6 +77,14 @@ REQUEST_TYPES = frozenset({PackageType.HEARTBEAT_PING, PackageType.REQUEST})
 
 RESPONSE_TYPES = frozenset({PackageType.HEARTBEAT_PONG, PackageType.RESPONSE})
 """Types that answer a request and copy its tag."""
+
+# A plain dict (read-only by its type): looked up once per request sent or answered.
+ANSWER_TYPE: Final[Mapping[PackageType, PackageType]] = {
+    PackageType.REQUEST: PackageType.RESPONSE,
+    PackageType.HEARTBEAT_PING: PackageType.HEARTBEAT_PONG,
+}
+"""The type that answers each request type: only a RESPONSE answers a REQUEST, and only a
+HEARTBEAT_PONG a HEARTBEAT_PING (the original's pairs, ``shared/protocol/README.md``)."""
 
 # PackageType(value) goes through the enum machinery; a dict lookup is several times
 # faster, and decode() runs once per received frame.
