@@ -170,6 +170,10 @@ async def test_broadcast_gives_each_peer_its_result(make_node: MakeNode) -> None
     )
     assert isinstance(timed[sockets[0]], ConnectionClosed)
     assert all(isinstance(timed[socket], RequestTimeout) for socket in sockets[1:])
+    # A type that is neither a talk nor a request is the caller's mistake: raised.
+    for wrong in (PackageType.RESPONSE, PackageType.HEARTBEAT_PONG, PackageType.GOSSIP):
+        with pytest.raises(ValueError, match=r"^broadcast sends a TALK or a request type, not "):
+            await role.broadcast("note", {}, package_type=wrong)
 
 
 # The client's connections

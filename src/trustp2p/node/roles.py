@@ -22,6 +22,8 @@ from .dialer import Dialer
 if TYPE_CHECKING:
     from .node import Node
 
+_BROADCAST_TYPES = frozenset({PackageType.TALK, PackageType.REQUEST, PackageType.HEARTBEAT_PING})
+
 BroadcastResult = dict[Socket, Body | Exception | None]
 """
 What :meth:`Role.broadcast` returns: each peer's outcome, keyed by its socket.
@@ -267,7 +269,13 @@ class Role:
             the exception that peer met (e.g. :exc:`ConnectionClosed`,
             :exc:`RequestTimeout`, :exc:`RemoteError`), never raised.
 
+        Raises:
+            ValueError: If ``package_type`` is neither ``TALK`` nor a request type
+                (``REQUEST``, ``HEARTBEAT_PING``).
+
         """
+        if package_type not in _BROADCAST_TYPES:
+            raise ValueError(f"broadcast sends a TALK or a request type, not {package_type!r}")
         targets = list(self._sockets.values() if sockets is None else sockets)
         results: BroadcastResult = {}
         data = payload or b""
