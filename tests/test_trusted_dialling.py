@@ -314,6 +314,28 @@ async def test_failed_handshakes_block_the_address_before_any_cryptography(
     assert began == []
 
 
+async def test_dials_given_up_in_the_handshake_block_nothing(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client whose dials time out while this node is paused (SIGSTOP, a VM suspended)
+    # closes them; resumed, the node finds them closed in the handshake. They sent
+    # nothing invalid: counted, logged at INFO, not held against the address.
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    server = await make_node(server=True, limit_loopback=True, ip_burst=64, max_per_ip=64)
+    assert server.url is not None and server.store is not None
+    for _ in range(15):  # past the block policy's 10 packages
+        async with connect(server.url, compression=None):
+            pass  # closed at once, before the first handshake message
+    await wait_for(lambda: server.metrics.handshakes.get("HandshakeClosed") == 15)
+    ended = [r for r in caplog.records if "connection closed during handshake" in r.getMessage()]
+    assert ended and {r.levelno for r in ended} <= {logging.INFO, logging.DEBUG}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert not server.store.is_blocked(address="127.0.0.1")
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+
+
 # The identity file, checked at start
 
 

@@ -5,7 +5,8 @@ Every error trustp2p raises derives from :exc:`TrustP2PError`::
     ├── ProtocolError           # what a PEER did wrong; .peer names it when known
     │   ├── PackageError        # bytes that are not a valid package; decode() raises only this
     │   ├── HandshakeError      # incompatible version/hello, or a failed secure handshake
-    │   │   └── SelfDialError   # the peer we dialled is ourselves (nobody is at fault)
+    │   │   ├── SelfDialError   # the peer we dialled is ourselves (nobody is at fault)
+    │   │   └── HandshakeClosed # the peer closed during the handshake (no offence)
     │   ├── ChannelError        # a secure transport message doesn't decrypt or parse
     │   │   └── OversizedPackage  # over max_package_size: closed (1009), not blocked
     │   └── GossipError         # an invalid gossip message or control talk
@@ -39,6 +40,7 @@ __all__ = [
     "ConnectionDropped",
     "DriverError",
     "GossipError",
+    "HandshakeClosed",
     "HandshakeError",
     "IdentityError",
     "NodeStateError",
@@ -56,7 +58,7 @@ __all__ = [
 ]
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 class TrustP2PError(Exception):
@@ -104,9 +106,22 @@ class HandshakeError(ProtocolError):
     """Raised when a peer's version or hello is incompatible with ours, or the secure
     handshake fails; the message says why (it is also the close reason)."""
 
+    offence: ClassVar[bool] = True
+    """Whether it counts against the peer's address (False: nobody's fault)."""
+
 
 class SelfDialError(HandshakeError):
     """The peer at the URL we dialled is this node: nobody is penalised for it."""
+
+    offence = False
+
+
+class HandshakeClosed(HandshakeError):
+    """The peer closed the connection before the secure handshake completed, having sent
+    nothing invalid: not held against it (a dial it gave up, e.g. while this node was
+    paused)."""
+
+    offence = False
 
 
 class ChannelError(ProtocolError):

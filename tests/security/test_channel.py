@@ -19,6 +19,7 @@ from trustp2p.drivers.ws import WsDriver
 from trustp2p.exceptions import (
     ChannelError,
     ConnectionClosed,
+    HandshakeClosed,
     HandshakeError,
     SelfDialError,
     UsageError,
@@ -217,13 +218,14 @@ async def test_handshake_deadline_is_a_handshake_error(net: Net) -> None:
         listening.close()
 
 
-async def test_close_during_handshake_is_a_handshake_error(net: Net) -> None:
+async def test_close_during_handshake_is_a_handshake_error_of_no_offence(net: Net) -> None:
     raw = await net.driver.connect(net.listening.url, RecordingListener())
     await wait_for(lambda: net.server.layer.handshaking == 1)
     await raw.close(1000, "bye")
     await wait_for(lambda: bool(net.server.failures))
     [(failed_raw, error)] = net.server.failures
-    assert type(error) is HandshakeError
+    assert type(error) is HandshakeClosed and isinstance(error, HandshakeError)
+    assert not error.offence  # the peer sent nothing invalid
     assert str(error) == "connection closed during handshake (bye)"
     assert error.peer == failed_raw.peer
 

@@ -243,8 +243,8 @@ class Connections:
         node = self._node
         if not node.running or self.inbound.evicted(raw):
             return  # stopping, or we dropped it to make room: not the peer's fault
-        if isinstance(error, SelfDialError):  # nobody's fault: both ends are this node
-            self._logger.info("= %s: %s", raw.peer, error)
+        if not error.offence:  # both ends are this node, or the peer gave up
+            self.inbound.log(self._logger, logging.INFO, "ended", "= %s: %s", raw.peer, error)
         else:
             message = "! secure handshake with %s failed: %s"
             self.inbound.warn(self._logger, "handshake failed", message, raw.peer, error)
@@ -252,7 +252,7 @@ class Connections:
         # Against the address of a peer that dialled us: not our dials, nor ourselves.
         if (
             raw.inbound
-            and not isinstance(error, SelfDialError)
+            and error.offence
             and self.penalties.crossed(raw, invalid=1, by_address=True)
         ):
             self.penalties.block(None, raw.host, "too many failed handshakes")

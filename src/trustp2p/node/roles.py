@@ -270,8 +270,7 @@ class Role:
             :exc:`RequestTimeout`, :exc:`RemoteError`), never raised.
 
         Raises:
-            ValueError: If ``package_type`` is neither ``TALK`` nor a request type
-                (``REQUEST``, ``HEARTBEAT_PING``).
+            ValueError: If ``package_type`` is neither ``TALK`` nor a request type.
 
         """
         if package_type not in _BROADCAST_TYPES:

@@ -34,6 +34,7 @@ from ..drivers.base import CloseCode, Listener, Listening, Socket, accept_hook, 
 from ..exceptions import (
     ChannelError,
     ConnectionClosed,
+    HandshakeClosed,
     HandshakeError,
     PackageError,
     ProtocolError,
@@ -493,7 +494,7 @@ class SecureLayer:
             if handshake.timer is not None:
                 handshake.timer.cancel()
             reason = raw.close_reason or f"code {raw.close_code}"
-            error = HandshakeError(f"connection closed during handshake ({reason})")
+            error = HandshakeClosed(f"connection closed during handshake ({reason})")
             self._failed(raw, _with_peer(raw, error))
         if raw.inbound and self._on_accept is not None:
             self._listener.on_close(raw)  # it counted the connection: it hears the end
