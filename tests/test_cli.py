@@ -210,6 +210,8 @@ def test_insecure_server_speaks_the_plain_protocol(tmp_path: Path) -> None:
         ("ws://", "has no host"),
         ("ws://127.0.0.1:99999", "Port out of range"),
         ("ws://localhost", "names no port: write it, e.g. ws://localhost:1107"),
+        ("ws://localhost", "(WebSocket's default, 80, is rarely what was meant)"),
+        ("wss://example.org", "(WebSocket's default, 443, is rarely what was meant)"),
         ("ws://127.0.0.1:0", "out of range (1..65535)"),
         ("http://127.0.0.1:1107", "has scheme 'http'"),
         ("ws://user:pw@127.0.0.1:1107", "holds credentials"),

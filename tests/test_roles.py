@@ -153,7 +153,8 @@ async def test_broadcast_gives_each_peer_its_result(make_node: MakeNode) -> None
     # Talks: None for each peer reached; the closed one left the role...
     assert await role.broadcast("note", {"all": 1}) == dict.fromkeys(sockets[1:])
     # ...and, when named, gets its error.
-    results = await role.broadcast("note", {}, sockets=sockets)
+    results = await role.broadcast("note", {}, sockets=[*sockets, sockets[1]])
+    assert list(results) == sockets  # a socket named twice: one key, one talk
     assert isinstance(results[sockets[0]], ConnectionClosed)
     assert results[sockets[1]] is None and results[sockets[2]] is None
     for client in clients[1:]:
@@ -161,6 +162,8 @@ async def test_broadcast_gives_each_peer_its_result(make_node: MakeNode) -> None
     # Requests: each peer's answer, or its error; one slow peer fails alone.
     answers = await role.broadcast("echo", {"q": 1}, package_type=PackageType.REQUEST)
     assert answers == {socket: {"echo": {"q": 1}, "from": socket.peer_id} for socket in sockets[1:]}
+    # (Answered on the same connections after the talks: no second talk came.)
+    assert [len(peer(client).talks) for client in clients[1:]] == [2, 2]
     # A peer that answers with an error: its RemoteError, not raised.
     refused = await role.broadcast("nobody", {}, package_type=PackageType.REQUEST)
     assert list(refused) == sockets[1:]

@@ -105,8 +105,8 @@ class NodeOptions:
         listen_urls: URLs this node announces to peers; by default the URL it listens on.
             At most 8, each one peers can dial: a port, no unspecified host (``0.0.0.0``,
             ``::``), no path; a ``/p2p/<id>`` suffix, if any, must name this node's
-            ``identity`` when one is given (peers refuse, and hold against the node, a
-            hello whose URLs they can't use).
+            ``identity`` when one is given (peers hold against the node the URLs they
+            can't use, and drop an unspecified host, which nobody can dial).
         peer_store: Keep the peer store in ``<cwd>/data/peers.sqlite`` (in memory when
             ``cwd`` is None or this is False).
         store_shelf: Keep the peer store and the message log in memory, with no file
@@ -311,8 +311,8 @@ class NodeOptions:
         self._check_admin()
 
     def _check_listen_urls(self) -> None:
-        """What the hello announces: URLs its peers accept (``validate_urls``, which
-        penalises the others) and can dial, naming no other node's id."""
+        """What the hello announces: URLs its peers accept (``validate_urls`` penalises
+        the others, and drops an unspecified host) and can dial, naming no other id."""
         urls = self.listen_urls
         if len(urls) > MAX_URLS_PER_PEER:
             raise ValueError(

@@ -800,6 +800,20 @@ class DriverConformance:
             messages_in=3, messages_out=4, bytes_in=up, bytes_out=down
         )
 
+    async def test_a_burst_past_the_coalescing_limit_arrives_in_order(
+        self, harness: DriverHarness
+    ) -> None:
+        # Written in one go: the stream drivers send what they hold once it passes
+        # 4 KiB (COALESCE_LIMIT), then batch the rest again.
+        pair = await harness.pair()
+        burst = [bytes([n]) * (300 + 7 * n) for n in range(40)]
+        for message in burst:
+            pair.client.write(message)
+        assert await pair.server_events.wait_messages(pair.server, len(burst)) == burst
+        assert pair.client.stats.messages_out == len(burst)
+        assert pair.client.stats.bytes_out == sum(map(len, burst))
+        assert pair.server.stats.bytes_in == sum(map(len, burst))
+
     async def test_last_seen_advances(self, harness: DriverHarness) -> None:
         pair = await harness.pair()
         before = pair.server.last_seen

@@ -20,7 +20,14 @@ from trustp2p.protocol.deliver import (
     ResponseReceived,
     ResponseUnmatched,
 )
-from trustp2p.protocol.package import Package, PackageType, build_package
+from trustp2p.protocol.package import (
+    ANSWER_TYPE,
+    REQUEST_TYPES,
+    RESPONSE_TYPES,
+    Package,
+    PackageType,
+    build_package,
+)
 
 C1, C2, C3 = ConnId(1), ConnId(2), ConnId(3)
 REQ = build_package(PackageType.REQUEST, "ask", {"q": 1})
@@ -153,6 +160,20 @@ def test_only_the_answer_type_answers(table: RequestTable) -> None:
     pong = build_package(PackageType.HEARTBEAT_PONG, "pong", {"sleep": False}, tag=ping.tag)
     assert table.receive_response(C1, pong) == [ResponseReceived((ping_waiter,), C1, pong)]
     assert_empty(table, C1)
+
+
+def test_each_request_type_is_answered_by_its_answer_type(table: RequestTable) -> None:
+    # The table's own comparisons agree with the ANSWER_TYPE the rest of the node reads.
+    for request_type, answer_type in ANSWER_TYPE.items():
+        request = build_package(request_type, "e", {"for": request_type.name})
+        waiter = table.request(C1, request)
+        others = [t for t in RESPONSE_TYPES if t is not answer_type]
+        for other in others:
+            wrong = build_package(other, "e", {}, tag=request.tag)
+            assert table.receive_response(C1, wrong) == [ResponseUnmatched(C1, wrong, answer_type)]
+        right = build_package(answer_type, "e", {}, tag=request.tag)
+        assert table.receive_response(C1, right) == [ResponseReceived((waiter,), C1, right)]
+    assert set(ANSWER_TYPE) == REQUEST_TYPES and set(ANSWER_TYPE.values()) == RESPONSE_TYPES
 
 
 # Deadlines

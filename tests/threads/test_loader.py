@@ -309,3 +309,28 @@ def test_reserved_talks_are_refused_with_the_file_and_the_names(tmp_path: Path, 
         f"{tmp_path / 'greeter.py'}: TALK {event!r} is reserved by the node "
         "(reserved: hello, version)"
     )
+
+
+def test_gossip_topics_peers_refuse_are_refused_at_load() -> None:
+    from trustp2p.node.handlers import HandlerRegistry
+
+    def topics_thread(topics: list[str]) -> Thread:
+        class Listener(Thread):
+            path = "listener.py"
+
+            @property
+            def event_map(self) -> EventMap:
+                return {PackageType.GOSSIP: {t: lambda message: None for t in topics}}
+
+        return Listener.__new__(Listener)
+
+    registry = HandlerRegistry()
+    with pytest.raises(ThreadLoadError) as caught:
+        registry.add_thread(topics_thread(["x" * 257]))
+    assert str(caught.value) == "listener.py: GOSSIP topic of 257 characters: 1 to 256"
+    # 1,000 topics, all threads together; one handled twice counts once.
+    registry.add_thread(topics_thread([f"t{i}" for i in range(600)]))
+    registry.add_thread(topics_thread([f"t{i}" for i in range(400, 1000)]))
+    with pytest.raises(ThreadLoadError) as caught:
+        registry.add_thread(topics_thread(["t1", "one more"]))
+    assert str(caught.value) == "listener.py: more than 1000 GOSSIP topics, all threads together"

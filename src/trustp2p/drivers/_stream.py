@@ -198,7 +198,8 @@ class WriteBatches(Socket):
     _before_out: list[Callable[[], object]] | None  # see write_soon()
 
     def _queue(self, frames: list[bytes], size: int) -> None:
-        """Count a message of ``size`` bytes and send its ``frames`` soon, with others."""
+        """Count a message of ``size`` bytes and send its ``frames`` soon, with others.
+        (The tcp and picows drivers' ``write`` has a copy of it: change them together.)"""
         stats = self.stats
         stats.messages_out += 1
         stats.bytes_out += size

@@ -192,7 +192,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
             raise ValueError(f"message of {size} bytes exceeds limit of {MAX_LENGTH} bytes")
         if type(data) is not bytes:
             data = bytes(data)  # it is sent later: don't let the caller change it
-        # _StreamOut._queue, written out (a call less per message).
+        # WriteBatches._queue, written out (a call less per message).
         stats = self.stats
         stats.messages_out += 1
         stats.bytes_out += size

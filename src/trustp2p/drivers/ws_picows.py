@@ -119,7 +119,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             raise self._closed_exc()
         if type(data) is not bytes:
             data = bytes(data)  # it is sent later: don't let the caller change it
-        # _StreamOut._queue, written out (a call less per message).
+        # WriteBatches._queue, written out (a call less per message).
         size = len(data)
         stats = self.stats
         stats.messages_out += 1

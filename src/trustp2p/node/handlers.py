@@ -13,6 +13,7 @@ __all__ = ["RESERVED_TALKS", "HandlerEntry", "HandlerRegistry"]
 from collections.abc import Iterator, KeysView
 
 from ..exceptions import ThreadLoadError
+from ..protocol.gossip import MAX_PEER_TOPICS, MAX_TOPIC_LENGTH
 from ..protocol.handshake import HELLO_EVENT, VERSION_EVENT
 from ..protocol.package import REQUEST_TYPES, RESPONSE_TYPES, PackageType
 from ..threads.base import Handler, Thread
@@ -39,6 +40,7 @@ class HandlerRegistry:
 
     def __init__(self) -> None:
         self._entries: dict[_Key, list[HandlerEntry]] = {}
+        self._topics = 0  # GOSSIP topics handled
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
@@ -64,14 +66,28 @@ class HandlerRegistry:
         """The events handled for ``package_type``, in registration order."""
         return [event for kind, event in self._entries if kind is package_type]
 
+    def _check_topic(self, where: str, topic: str) -> None:
+        """A GOSSIP topic the node can subscribe to (what its peers accept)."""
+        if not 0 < len(topic) <= MAX_TOPIC_LENGTH:
+            raise ThreadLoadError(
+                where, f"GOSSIP topic of {len(topic)} characters: 1 to {MAX_TOPIC_LENGTH}"
+            )
+        if (PackageType.GOSSIP, topic) not in self._entries:
+            if self._topics >= MAX_PEER_TOPICS:
+                raise ThreadLoadError(
+                    where, f"more than {MAX_PEER_TOPICS} GOSSIP topics, all threads together"
+                )
+            self._topics += 1
+
     def add_thread(self, thread: Thread) -> None:
         """
         Register every handler of ``thread``'s event map.
 
         Raises:
             ThreadLoadError: If the event map is malformed, names a TALK the node
-                reserves (:data:`RESERVED_TALKS`), or a request or response event another
-                thread already handles.
+                reserves (:data:`RESERVED_TALKS`), a request or response event another
+                thread already handles, or a GOSSIP topic peers refuse (empty, over 256
+                characters, past the 1,000th).
 
         """
         where = thread.path or type(thread).__qualname__
@@ -82,6 +98,8 @@ class HandlerRegistry:
                     raise ThreadLoadError(
                         where, f"TALK {event!r} is reserved by the node (reserved: {reserved})"
                     )
+                if package_type is PackageType.GOSSIP:
+                    self._check_topic(where, event)
                 entries = self._entries.setdefault((package_type, event), [])
                 if entries and (package_type in REQUEST_TYPES or package_type in RESPONSE_TYPES):
                     other = entries[0][0]

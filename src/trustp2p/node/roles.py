@@ -29,7 +29,7 @@ BroadcastResult = dict[Socket, Body | Exception | None]
 What :meth:`Role.broadcast` returns: each peer's outcome, keyed by its socket.
 
 A plain ``dict`` (this name is an alias: ``help()`` shows dict's help). It has one key
-per socket broadcast to (a socket given twice is one key), in the order they were
+per socket broadcast to (a socket given twice gets one package), in the order they were
 given, or the role's connections at the call when ``sockets`` is ``None``; an empty
 dict when there was none. Each value is:
 
@@ -275,7 +275,7 @@ class Role:
         """
         if package_type not in _BROADCAST_TYPES:
             raise ValueError(f"broadcast sends a TALK or a request type, not {package_type!r}")
-        targets = list(self._sockets.values() if sockets is None else sockets)
+        targets = list(dict.fromkeys(self._sockets.values() if sockets is None else sockets))
         results: BroadcastResult = {}
         data = payload or b""
         if package_type is PackageType.TALK:

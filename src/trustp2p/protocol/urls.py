@@ -97,9 +97,10 @@ def check_dial_url(url: object) -> str | None:
         except ValueError:
             return f"URL {url!r} has a port out of range (1..65535)"
         if port is None:
+            default = 443 if url.lower().startswith("wss:") else 80
             return (
                 f"URL {url!r} names no port: write it, e.g. {url.rstrip('/')}:1107 "
-                "(WebSocket's default, 80, is rarely what was meant)"
+                f"(WebSocket's default, {default}, is rarely what was meant)"
             )
         return f"URL {url!r} has port {port}, out of range (1..65535)"
     return reason

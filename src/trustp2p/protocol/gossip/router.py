@@ -60,8 +60,8 @@ MAX_TOPICS_PER_TALK = 1000
 MAX_PEER_TOPICS = 1000
 """Most topics a peer may subscribe to, all talks together: past it, a subscription is
 a protocol error, so that a peer can't grow our memory without bound (at most about
-0.4 MB a peer with the longest topics; 10,000 before, 4 MB). A node subscribes to this
-many topics at most itself."""
+0.4 MB a peer with the longest topics). A node subscribes to this many topics at most
+itself."""
 
 MAX_MESSAGE_ID_LENGTH = 64
 """Longest message id a peer may send in ``ihave`` or ``iwant``, in characters (ours
