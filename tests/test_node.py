@@ -1131,3 +1131,26 @@ async def test_a_stopped_node_is_freed_at_once() -> None:
     del node
     gc.collect()
     assert ref() is None
+
+
+async def test_a_start_that_fails_after_claiming_the_identity_undoes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found in review: a failure between the identity's claim and the threads' start
+    # left the node NEW, its identity locked and its peer store open.
+    async def broken(self: object) -> None:
+        raise RuntimeError("gossip can't start")
+
+    monkeypatch.setattr("trustp2p.node.gossip.Gossip.start", broken)
+    node = Node(server=True, port=0, cwd=tmp_path)
+    with pytest.raises(RuntimeError, match="gossip can't start"):
+        await node.start()
+    assert node.state is NodeState.STOPPED
+    assert node.store is not None
+    with pytest.raises(trustp2p.NodeStateError, match=r"^the peer store is closed$"):
+        await node.store.record_failure("ws://127.0.0.1:1")
+    monkeypatch.undo()
+    async with Node(server=True, port=0, cwd=tmp_path) as again:
+        # identity/node.key again, not node-2.key: the failed start doesn't hold it.
+        assert again.peer_id == node.peer_id
+        assert again.data_dir == tmp_path / "data"

@@ -273,17 +273,17 @@ class Node:
             max_package_size=options.max_package_size,
         )
         self.threads = self._load_threads()
-        self.identity = options.identity or await self._load_identity()
-        self.data_dir = self._data_dir()
-        if options.secure:
-            self._secure = self._secure_layer(self.identity)
-        self.store = await self._open_store()
-        if self.gossip is not None:
-            await self.gossip.start()
-        self.state = NodeState.RUNNING
-        self.tasks.spawn(self.heartbeat.run(), "heartbeat")
+        self.state = NodeState.RUNNING  # from here, a failure is undone by stop()
         started = 0
         try:
+            self.identity = options.identity or await self._load_identity()
+            self.data_dir = self._data_dir()
+            if options.secure:
+                self._secure = self._secure_layer(self.identity)
+            self.store = await self._open_store()
+            if self.gossip is not None:
+                await self.gossip.start()
+            self.tasks.spawn(self.heartbeat.run(), "heartbeat")
             for thread in self.threads:
                 await start_thread(thread)
                 started += 1
