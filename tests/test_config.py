@@ -205,3 +205,39 @@ def test_listen_urls_are_urls_peers_can_dial_and_accept() -> None:
     mine = [f"ws://node.example:1107/p2p/{me.peer_id}", "tcp://192.0.2.1:1108"]
     assert NodeOptions(server=True, identity=me, listen_urls=mine).listen_urls == tuple(mine)
     assert NodeOptions(server=True, listen_urls=many[:8]).listen_urls == tuple(many[:8])
+
+
+async def test_a_listen_url_naming_another_id_stops_a_start_that_loads_the_identity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by a tester: the check ran only for NodeOptions(identity=...), not for the
+    # identity a node loads from <cwd>/identity/ (the CLI, the config file).
+    from trustp2p import Node, NodeState
+
+    first = Node(server=True, port=0, cwd=tmp_path)
+    await first.start()
+    mine = first.peer_id
+    await first.stop()
+    other = Identity.generate().peer_id
+    url = f"ws://node.example:1107/p2p/{other}"
+    node = Node(server=True, port=0, cwd=tmp_path, listen_urls=[url])
+    with pytest.raises(ConfigError) as info:
+        await node.start()
+    assert (
+        str(info.value) == f"listen_urls: URL {url!r} names peer {other}, not this node's id {mine}"
+    )
+    assert node.state is NodeState.STOPPED  # and its identity let go:
+    async with Node(
+        server=True, port=0, cwd=tmp_path, listen_urls=[f"ws://n.example:1/p2p/{mine}"]
+    ):
+        pass
+
+
+def test_the_cli_refuses_a_listen_url_naming_another_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = Identity.generate().peer_id
+    monkeypatch.setenv("TRUSTP2P_LISTEN_URLS", f"ws://node.example:1107/p2p/{other}")
+    assert main(["server", "--cwd", str(tmp_path), "--port", "0"]) == 1  # found at start
+    err = capsys.readouterr().err
+    assert f"listen_urls: URL 'ws://node.example:1107/p2p/{other}' names peer {other}" in err

@@ -327,13 +327,24 @@ class NodeOptions:
             if canonical_url(url) in seen:
                 raise ValueError(f"listen_urls: URL {url!r} appears twice")
             seen.add(canonical_url(url))
-            peer_id = split_peer_url(url)[1]
-            if peer_id is not None and self.identity is not None:
-                if peer_id != self.identity.peer_id:
-                    raise ValueError(
-                        f"listen_urls: URL {url!r} names peer {peer_id}, "
-                        f"not this node's id {self.identity.peer_id}"
-                    )
+        if self.identity is not None:
+            self.check_own_urls(self.identity.peer_id)
+
+    def check_own_urls(self, peer_id: str) -> None:
+        """
+        Check that no URL of ``listen_urls`` names another node's id (``/p2p/<id>``):
+        the node calls it once its identity is loaded.
+
+        Raises:
+            ConfigError: If one does.
+
+        """
+        for url in self.listen_urls:
+            named = split_peer_url(url)[1]
+            if named is not None and named != peer_id:
+                raise ConfigError(
+                    f"listen_urls: URL {url!r} names peer {named}, not this node's id {peer_id}"
+                )
 
     def _check_numbers(self) -> None:
         """Each number within its own range."""

@@ -419,9 +419,9 @@ class Node:
             self.log.info(
                 "= another node runs in %s: this one is identity/%s.key (give each node a"
                 " name to keep it from depending on the order they start in)",
-                options.cwd,
-                self._identity_name,
+                *(options.cwd, self._identity_name),
             )
+        options.check_own_urls(identity.peer_id)  # (the CLI's and the config file's)
         return identity
 
     def _data_dir(self) -> Path | None:
