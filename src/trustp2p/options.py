@@ -104,9 +104,9 @@ class NodeOptions:
             per-address limits meanwhile.
         listen_urls: URLs this node announces to peers; by default the URL it listens on.
             At most 8, each one peers can dial: a port, no unspecified host (``0.0.0.0``,
-            ``::``), no path; a ``/p2p/<id>`` suffix, if any, must name this node's
-            ``identity`` when one is given (peers hold against the node the URLs they
-            can't use, and drop an unspecified host, which nobody can dial).
+            ``::``), no path; a ``/p2p/<id>`` suffix, if any, must name this node's id
+            (checked at start when the identity is loaded then). Peers hold against the
+            node the URLs they can't use, and drop an unspecified host.
         peer_store: Keep the peer store in ``<cwd>/data/peers.sqlite`` (in memory when
             ``cwd`` is None or this is False).
         store_shelf: Keep the peer store and the message log in memory, with no file
