@@ -505,3 +505,21 @@ async def test_a_topic_a_peer_would_refuse_is_refused_at_subscribe() -> None:
         await wait_for(lambda: len(peer.gossip.router.peer_topics(peer.sockets[0].id)) == 1000)
         assert node.sockets and peer.sockets
         assert peer.gossip.router.stats.invalid == 0
+
+
+async def test_a_thousand_subscribes_in_a_row_are_one_talk_to_each_peer() -> None:
+    # Found by a tester: a talk a topic, each charged to the peer's request budget
+    # (100/s, burst 200): a get_peers request behind them waited 18 s.
+    async with Network(2, topics=[]) as network:
+        await network.wait_connected()
+        node, peer = network.nodes
+        assert peer.gossip is not None
+        link = peer.sockets[0]
+        for rounds, subscribe in enumerate((node.subscribe, node.unsubscribe), 1):
+            before = link.stats.messages_in
+            for i in range(1000):
+                subscribe(f"t{i}")
+            known = 1000 if rounds == 1 else 0
+            await wait_for(lambda: len(peer.gossip.router.peer_topics(link.id)) == known)  # type: ignore[union-attr]  # noqa: B023
+            # One talk (and maybe a heartbeat), not 1,000.
+            assert link.stats.messages_in - before <= 3

@@ -1453,3 +1453,80 @@ def test_the_send_callable_is_called_with_one_action() -> None:
     assert calls == [
         (RouterAction("talk", "p", SUBSCRIPTIONS, {"subscribe": [TOPIC], "unsubscribe": []}),)
     ]
+
+
+# Subscription talks merged (defer): one talk per peer for many subscribe() calls
+
+
+def _deferred(**options: Any) -> tuple[GossipRouter, Recorded, list[Any]]:
+    later: list[Any] = []
+    router, sent, _ = _router(defer=later.append, **options)
+    return router, sent, later
+
+
+def _release(later: list[Any]) -> None:
+    while later:
+        later.pop(0)()
+
+
+def test_many_subscribes_in_one_go_make_one_talk_a_peer() -> None:
+    # Found by a tester: one talk a topic, each charged to the peer's request budget
+    # (100/s): 1,000 subscribes stalled the link 18 s.
+    router, sent, later = _deferred()
+    _with_peers(router, sent, range(2), [])
+    for i in range(1000):
+        router.subscribe(f"t{i}")
+    assert sent == [] and len(later) == 1  # held till the end of the caller's work
+    _release(later)
+    topics = [f"t{i}" for i in range(1000)]
+    assert _talks(sent) == [
+        (peer, SUBSCRIPTIONS, {"subscribe": topics, "unsubscribe": []}) for peer in (0, 1)
+    ]
+    # Each peer's router takes it: one talk, 1,000 topics, the limit.
+    other, _, _ = _router()
+    other.add_peer("us")
+    other.control("us", SUBSCRIPTIONS, _talks(sent)[0][2])
+    assert other.peer_topics("us") == set(topics)
+
+
+def test_merged_talks_keep_their_meaning() -> None:
+    router, sent, later = _deferred(degree=2, degree_low=2, degree_high=3)
+    _with_peers(router, sent, range(2), ["a", "b"])
+    router.subscribe("old")
+    _release(later)
+    sent.clear()
+    # Subscribed and unsubscribed in one go: neither is said; an unsubscription
+    # undone says nothing either; the graft undone by the prune leaves the prune.
+    router.subscribe("a")  # grafts 0 and 1 (they subscribe to a)
+    router.subscribe("new")
+    router.unsubscribe("new")
+    router.unsubscribe("old")
+    router.subscribe("old")
+    router.unsubscribe("a")  # prunes 0 and 1 again
+    router.subscribe("b")
+    _release(later)
+    for peer in (0, 1):
+        assert [(e, b) for p, e, b in _talks(sent) if p == peer] == [
+            (SUBSCRIPTIONS, {"subscribe": ["b"], "unsubscribe": []}),
+            (GRAFT, {"topics": ["b"]}),  # (each kind in the order it first came)
+            (PRUNE, {"topics": ["a"]}),
+        ]
+
+
+def test_talks_are_sent_at_once_without_peers_or_defer() -> None:
+    router, sent, later = _deferred()
+    router.subscribe("a")  # nobody to tell: nothing held
+    assert later == []
+    plain, sent, _ = _router()
+    _with_peers(plain, sent, range(1), [])
+    plain.subscribe("a")
+    assert _talks(sent) == [(0, SUBSCRIPTIONS, {"subscribe": ["a"], "unsubscribe": []})]
+
+
+def test_a_peer_gone_before_the_release_is_told_nothing() -> None:
+    router, sent, later = _deferred()
+    _with_peers(router, sent, range(2), [])
+    router.subscribe("a")
+    router.remove_peer(0)
+    _release(later)
+    assert _talks(sent) == [(1, SUBSCRIPTIONS, {"subscribe": ["a"], "unsubscribe": []})]

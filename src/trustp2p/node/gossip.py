@@ -142,6 +142,7 @@ class Gossip:
             max_hops=options.max_hops,
             mode=options.gossip_mode,
             rng=self._rng,  # one generator a node: each holds 2.5 KiB of state
+            defer=lambda callback: asyncio.get_running_loop().call_soon(callback),
         )
         self.catchup = CatchUp(batch=options.catchup_batch, clock=self._now, rng=self._rng)
         self.message_log: MessageLog | None = None
@@ -152,8 +153,7 @@ class Gossip:
         # each of its targets in turn, and they all get the same package.
         self._last_sent: tuple[GossipMessage | None, Package | None] = (None, None)
         self.tasks = TaskOwner(logger)
-        self.delivered = 0
-        self.caught_up = 0
+        self.delivered = self.caught_up = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._validators: dict[str, Validator] = {}
         self._delivery = TopicQueues(self.tasks, self._work, self._settle)

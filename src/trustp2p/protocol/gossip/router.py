@@ -39,23 +39,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ...exceptions import GossipError
+from .batch import GRAFT, MAX_TOPICS_PER_TALK, PRUNE, SUBSCRIPTIONS, ControlBatch
 from .message import MAX_HOPS, MAX_TOPIC_LENGTH, GossipMessage, check_topic
 
 PeerKey = Hashable
 """How the router names a peer: the node uses the connection id."""
 
-# Control talks of the router (TALK packages).
-SUBSCRIPTIONS = "gossip/subscriptions"  # {"subscribe": [topic], "unsubscribe": [topic]}
-GRAFT = "gossip/graft"  # {"topics": [topic]}
-PRUNE = "gossip/prune"  # {"topics": [topic]}
+# Control talks of the router (TALK packages); the first three are in .batch.
 IHAVE = "gossip/ihave"  # {"topic": topic, "ids": [id]}
 IWANT = "gossip/iwant"  # {"ids": [id]}
 GOSSIP_EVENTS = (SUBSCRIPTIONS, GRAFT, PRUNE, IHAVE, IWANT)
 """The events of the router's control talks, in this order."""
-
-MAX_TOPICS_PER_TALK = 1000
-"""Most topics in one control talk (each list of ``gossip/subscriptions``, and
-``gossip/graft`` or ``gossip/prune``); a longer list is a protocol error."""
 
 MAX_PEER_TOPICS = 1000
 """Most topics a peer may subscribe to, all talks together: past it, a subscription is
@@ -156,6 +150,8 @@ class GossipRouter:
         mode: ``"gossip"`` (mesh plus lazy announcements) or ``"flood"`` (every copy to
             every subscribed peer), the baseline.
         rng: Random source, for tests.
+        defer: ``defer(callback)`` calls back at the end of the caller's work (its event
+            loop iteration): until then subscription talks are merged (:mod:`.batch`).
 
     """
 
@@ -177,6 +173,7 @@ class GossipRouter:
         iwant_timeout: float = 3.0,
         mode: Literal["gossip", "flood"] = "gossip",
         rng: random.Random | None = None,
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         if not 1 <= degree_low <= degree <= degree_high:
             raise ValueError(
@@ -189,6 +186,7 @@ class GossipRouter:
             raise ValueError(f"max_hops must be from 1 to {MAX_HOPS}, not {max_hops}")
         self._send = send
         self._clock = clock
+        self._defer, self.batch = defer, ControlBatch(self._talk_now)
         self.degree, self.degree_low, self.degree_high = degree, degree_low, degree_high
         self.fanout = fanout
         self.lazy = lazy
@@ -233,6 +231,7 @@ class GossipRouter:
 
     def remove_peer(self, peer: PeerKey) -> None:
         self._peers.pop(peer, None)
+        self.batch.forget(peer)
         for members in self.mesh.values():
             members.discard(peer)
 
@@ -251,6 +250,7 @@ class GossipRouter:
             raise ValueError(f"a topic is a string of 1 to {MAX_TOPIC_LENGTH} characters")
         if len(self.topics) >= MAX_PEER_TOPICS:
             raise ValueError(f"a node subscribes to {MAX_PEER_TOPICS} topics at most")
+        self._merge_talks()
         self.topics.add(topic)
         self.mesh[topic] = set()
         for peer in self._peers:
@@ -260,6 +260,7 @@ class GossipRouter:
     def unsubscribe(self, topic: str) -> None:
         if topic not in self.topics:
             return
+        self._merge_talks()
         self.topics.discard(topic)
         for peer in self.mesh.pop(topic, set()):
             self._talk(peer, PRUNE, {"topics": [topic]})
@@ -552,7 +553,15 @@ class GossipRouter:
 
     # Helpers
 
+    def _merge_talks(self) -> None:
+        if self._defer is not None and self._peers and not self.batch.holding:
+            self.batch.hold()
+            self._defer(self.batch.release)
+
     def _talk(self, peer: PeerKey, event: str, body: dict[str, Any]) -> None:
+        self.batch.talk(peer, event, body)
+
+    def _talk_now(self, peer: PeerKey, event: str, body: dict[str, Any]) -> None:
         self._send(RouterAction("talk", peer, event=event, body=body))
 
     def _sample(self, items: list[PeerKey], count: int) -> list[PeerKey]:
