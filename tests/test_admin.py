@@ -297,6 +297,15 @@ def test_an_admin_listener_beyond_loopback_needs_a_token(host: str) -> None:
     NodeOptions(server=True, admin="[::1]:9107")
 
 
+@pytest.mark.parametrize("token", ["", "pässword", "two words", "tab\there", "nl\n"])
+def test_an_admin_token_is_printable_ascii_without_spaces(token: str) -> None:
+    # Found by a tester: a non-ASCII token never matched in the Authorization header
+    # (clients send what isn't ASCII as they see fit); one with a space can't either.
+    with pytest.raises(ConfigError, match=r"^admin_token must (not be empty|be printable ASCII)"):
+        NodeOptions(server=True, admin="127.0.0.1:9107", admin_token=token)
+    NodeOptions(server=True, admin="127.0.0.1:9107", admin_token="Zm9v+/=_-.~!")
+
+
 @pytest.mark.parametrize("address", ["9107", "127.0.0.1", "127.0.0.1:x", ":9107", "h:70000"])
 def test_a_malformed_admin_address_is_refused(address: str) -> None:
     with pytest.raises(ConfigError, match="HOST:PORT"):
@@ -381,3 +390,43 @@ async def test_a_taken_admin_port_fails_the_start(make_node: MakeNode) -> None:
     taken = first.admin_url.rstrip("/").removeprefix("http://")
     with pytest.raises(DriverError, match="admin listener can't listen"):
         await make_node(server=True, admin=taken)
+
+
+def test_status_tables_print_brackets_as_text() -> None:
+    # Found by a tester: rich read "[fe80::1]" as markup and printed "ws://:1107"; a
+    # peer's words in a warning could restyle the table the same way.
+    from rich.console import Console
+
+    from trustp2p.admin.client import status_tables
+
+    status: dict[str, Any] = {
+        "node": {
+            "peer_id": None,
+            "version": "1.0.0",
+            "mode": "server",
+            "secure": False,
+            "uptime_s": 1.0,
+            "listen_urls": ["ws://[fe80::1]:1107"],
+        },
+        "peers": [
+            {
+                "address": "[fe80::2]:5000",
+                "role": "server",
+                "direction": "inbound",
+                "connected_since": 0,
+                "packages_in": 1,
+                "packages_out": 1,
+                "state": "open",
+            }
+        ],
+        "topics": [
+            {"topic": "[red]t", "subscribed": True, "published": 0, "delivered": 0, "rate_per_s": 0}
+        ],
+        "warnings": [{"time": 0, "level": "WARNING", "message": "closed ([bold]bye[/bold])"}],
+    }
+    console = Console(record=True, width=200)
+    for table in status_tables(status):
+        console.print(table)
+    text = console.export_text()
+    for shown in ("ws://[fe80::1]:1107", "[fe80::2]:5000", "[red]t", "closed ([bold]bye[/bold])"):
+        assert shown in text

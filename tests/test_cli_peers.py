@@ -187,3 +187,12 @@ def test_id_and_peers_of_the_second_node_of_a_directory(
     assert capsys.readouterr().out == "no peers known yet\n"
     assert main(["id", *cwd, "--name", "../x"]) == 2  # click's usage error
     assert "Invalid value for '--name'" in capsys.readouterr().err
+
+
+def test_an_ipv6_url_is_shown_as_it_is(
+    tmp_path: Path, now: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by a tester: rich read "[fe80::1]" as markup and printed "ws://:1107".
+    asyncio.run(fill(tmp_path, FakeClock(now), ["ws://[fe80::1]:1107"]))
+    assert main(["peers", "--cwd", str(tmp_path)]) == 0
+    assert "ws://[fe80::1]:1107" in capsys.readouterr().out

@@ -121,6 +121,11 @@ def test_config_command_shows_values_and_sources(
     row = next(line for line in table.splitlines() if line.split()[:1] == ["max_inbound"])
     assert row.split()[1:3] == ["50", "file"] and "trustp2p.toml" in row
     assert "TRUSTP2P_REQUEST_RATE" in table
+    # A bracketed IPv6 host is text, not rich markup (found by a tester: "ws://:1107").
+    monkeypatch.setenv("TRUSTP2P_LISTEN_URLS", "ws://[fe80::1]:1107")
+    assert main(["config", "--cwd", str(tmp_path)]) == 0
+    assert "ws://[fe80::1]:1107" in capsys.readouterr().out
+    monkeypatch.delenv("TRUSTP2P_LISTEN_URLS")
     monkeypatch.setenv("TRUSTP2P_MAX_INBUND", "1")
     assert main(["config", "--cwd", str(tmp_path)]) == 2
     assert "did you mean TRUSTP2P_MAX_INBOUND?" in capsys.readouterr().err

@@ -251,6 +251,7 @@ def test_split_peer_url_refuses_a_bad_id(url: str, tail: str) -> None:
         "tcp://10.1.2.3:1",
         "tcp://10.1.2.3:65535",
         "ws://[2001:db8::1]:1107",
+        "ws://my_service:1107",  # a Docker Compose service's name (found by a tester)
         f"ws://127.0.0.1:1107/p2p/{PEER_ID}",
         f"tcp://127.0.0.1:1107/p2p/{PEER_ID}/",
     ],
@@ -291,6 +292,8 @@ def test_validate_url_accepts(url: str) -> None:
         ("ws://user@h:1", "URL 'ws://user@h:1' holds credentials"),
         ("ws://:pw@h:1", "URL 'ws://:pw@h:1' holds credentials"),
         ("ws://:1107", "URL 'ws://:1107' has no host"),
+        ("ws://a b:1107", "URL 'ws://a b:1107' has an invalid host"),
+        ("ws://-a:1107", "URL 'ws://-a:1107' has an invalid host"),
         ("ws://h", "URL 'ws://h' has no valid port"),
         ("ws://h:0", "URL 'ws://h:0' has no valid port"),
         ("ws://h:1/x", "URL 'ws://h:1/x' has a path, query or fragment"),

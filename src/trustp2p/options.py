@@ -193,6 +193,7 @@ class NodeOptions:
             (``node.admin_url``). A host other than loopback needs ``admin_token``.
         admin_token: When set, every admin request must carry it
             (``Authorization: Bearer <token>`` or ``?token=<token>``), else 401.
+            Printable ASCII, without spaces.
 
     """
 
@@ -399,6 +400,11 @@ class NodeOptions:
         host, _ = parse_admin_address(self.admin)
         if self.admin_token is not None and not self.admin_token:
             raise ConfigError("admin_token must not be empty")
+        token = self.admin_token
+        if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
+            # It travels in an HTTP header, where clients send other characters as
+            # they see fit (found by a tester: a non-ASCII token never matched).
+            raise ConfigError("admin_token must be printable ASCII, without spaces")
         if not is_loopback(host) and self.admin_token is None:
             raise ConfigError(
                 f"the admin listener would be reachable from other machines ({self.admin}): "

@@ -14,6 +14,7 @@ import urllib.request
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from ..identity import short_id
 
@@ -46,6 +47,12 @@ def fetch_status(admin: str, *, token: str | None = None, timeout: float = 5.0) 
         return json.loads(response.read())
 
 
+def _add_row(table: Table, *cells: str) -> None:
+    """A row of plain text: rich would read ``[...]`` in a cell (``ws://[fe80::1]:1107``,
+    a peer's words in a warning) as markup, and drop or restyle it."""
+    table.add_row(*(Text(cell) for cell in cells))
+
+
 def _number(value: Any, scale: float = 1.0, digits: int = 2) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
@@ -56,7 +63,8 @@ def _peers_table(peers: list[dict[str, Any]]) -> Table:
     table.title = f"{len(peers)} peer(s)"
     for p in peers:
         peer_id = p.get("peer_id")
-        table.add_row(
+        _add_row(
+            table,
             short_id(peer_id) if peer_id else "-",
             str(p["address"]),
             str(p.get("runs") or "-"),
@@ -75,16 +83,17 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
     """The node, its peers, its topics and its latest warnings, as rich tables."""
     node = status["node"]
     about = Table("node", "", show_header=False)
-    about.add_row("peer id", str(node.get("peer_id") or "-"))
-    about.add_row("version", str(node["version"]))
-    about.add_row("mode", f"{node['mode']} ({'secure' if node['secure'] else 'plain'})")
-    about.add_row("uptime", f"{node['uptime_s']:.0f} s")
-    about.add_row("listening", " ".join(node["listen_urls"]) or "-")
+    _add_row(about, "peer id", str(node.get("peer_id") or "-"))
+    _add_row(about, "version", str(node["version"]))
+    _add_row(about, "mode", f"{node['mode']} ({'secure' if node['secure'] else 'plain'})")
+    _add_row(about, "uptime", f"{node['uptime_s']:.0f} s")
+    _add_row(about, "listening", " ".join(node["listen_urls"]) or "-")
     tables = [about, _peers_table(status["peers"])]
     if status["topics"]:
         topics = Table("topic", "subscribed", "published", "delivered", "per s")
         for t in status["topics"]:
-            topics.add_row(
+            _add_row(
+                topics,
                 t["topic"],
                 "yes" if t["subscribed"] else "no",
                 str(t["published"]),
@@ -96,6 +105,6 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
         warnings = Table("time", "level", "message", title="latest warnings")
         for w in status["warnings"][-10:]:
             moment = time.strftime("%H:%M:%S", time.localtime(w["time"]))
-            warnings.add_row(moment, w["level"], w["message"])
+            _add_row(warnings, moment, w["level"], w["message"])
         tables.append(warnings)
     return tables

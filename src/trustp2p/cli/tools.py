@@ -124,6 +124,7 @@ def config_(cwd: Path, as_json: bool) -> int:
 
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from ..config import Source, load_settings
     from ..options import NodeOptions
@@ -142,7 +143,8 @@ def config_(cwd: Path, as_json: bool) -> int:
         return 0
     table = Table("option", "value", "source", "from", box=None)
     for setting in settings.values():
-        table.add_row(setting.name, repr(setting.value), setting.source.value, setting.origin)
+        cells = (setting.name, repr(setting.value), setting.source.value, setting.origin)
+        table.add_row(*(Text(cell) for cell in cells))  # not markup: ws://[fe80::1]:1107
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0
 

@@ -106,11 +106,14 @@ def check_dial_url(url: object) -> str | None:
     return reason
 
 
-_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+# Underscores too: DNS carries them, and container names (Docker Compose's services,
+# e.g. my_service) are often written with one.
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
 
 
 def _valid_host(host: str) -> bool:
-    """An IP address or a DNS name (letters, digits and hyphens, dot-separated)."""
+    """An IP address or a DNS name (letters, digits, hyphens and underscores,
+    dot-separated)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
