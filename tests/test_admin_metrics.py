@@ -54,8 +54,10 @@ def test_collector_reads_the_counters_at_scrape_time() -> None:
     registry = node_registry(node)
     before = samples(generate_latest(registry).decode())
     assert before["trustp2p_requests_sent_total", ()] == 0
+    assert before["trustp2p_unmatched_responses_total", ()] == 0
     metrics: Metrics = node.metrics
     metrics.requests_sent += 3
+    metrics.unmatched += 2
     metrics.package_in(PackageType.REQUEST, 100)
     metrics.package_in(PackageType.REQUEST, 50)
     metrics.package_out(PackageType.RESPONSE, 70)
@@ -67,6 +69,7 @@ def test_collector_reads_the_counters_at_scrape_time() -> None:
     metrics.dropped += 2
     after = samples(generate_latest(registry).decode())
     assert after["trustp2p_requests_sent_total", ()] == 3
+    assert after["trustp2p_unmatched_responses_total", ()] == 2
     assert after["trustp2p_packages_received_total", (("type", "REQUEST"),)] == 2
     assert after["trustp2p_received_bytes_total", (("type", "REQUEST"),)] == 150
     assert after["trustp2p_sent_bytes_total", (("type", "RESPONSE"),)] == 70

@@ -292,6 +292,7 @@ async def test_only_the_answer_type_answers_a_request(make_node: MakeNode) -> No
         pong, response = PackageType.HEARTBEAT_PONG, PackageType.RESPONSE
         await answered_after_the_wrong_type(PackageType.REQUEST, pong, response, 1)
         await answered_after_the_wrong_type(PackageType.HEARTBEAT_PING, response, pong, 2)
+        assert server.metrics.unmatched == 2  # node-wide too, for operators
 
 
 async def test_request_timeout(make_node: MakeNode) -> None:

@@ -158,6 +158,11 @@ class NodeCollector(Collector):
             "type",
             m.unhandled,
         )
+        yield _counter(
+            "trustp2p_unmatched_responses",
+            "Responses answering no pending request (late, unasked, or of the wrong type).",
+            m.unmatched,
+        )
         yield _histogram(
             "trustp2p_request_duration_seconds",
             "Round trip of answered requests.",

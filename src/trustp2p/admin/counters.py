@@ -128,6 +128,8 @@ class Metrics:
         requests_abandoned: Requests received whose connection closed before their
             handler answered (the handler cancelled, or not started).
         unhandled: Packages no thread handles (dropped), by type name.
+        unmatched: Responses that answer no pending request (late, unasked, or of the
+            wrong type), heartbeat pongs aside.
         handler_seconds: Time from a request's dispatch to its handler's answer.
         heartbeat_rtt: Round trip of heartbeat pings.
         throttles: Times a peer over its request budget had its reading paused.
@@ -150,6 +152,7 @@ class Metrics:
         self.bytes_out = [0] * TYPE_SLOTS
         self.invalid: dict[str, int] = {}
         self.requests_sent = 0
+        self.unmatched = 0
         self.requests_answered = 0
         self.requests_failed = 0
         self.requests_timed_out = 0

@@ -501,12 +501,11 @@ class Connections:
         pong = package.type is PackageType.HEARTBEAT_PONG and expected is None
         if not pong:
             conn.socket.stats.unmatched_in += 1
+            self._metrics.unmatched += 1
         if self._node.handlers.handles(package.type, package.event):
             self.workers.put(conn, package)
         elif self._debug and not pong:
-            why = (
-                "no pending request" if expected is None else f"a request a {expected.name} answers"
-            )
+            why = f"a request a {expected.name} answers" if expected else "no pending request"
             conn.log.debug("- dropped %s: it matches %s", package, why)
 
     def all_sockets(self) -> list[Socket]:
