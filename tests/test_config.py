@@ -183,8 +183,8 @@ def test_log_format_json_on_the_command_line(
 
 def test_listen_urls_are_urls_peers_can_dial_and_accept() -> None:
     """Found by independent testers: any text was announced in the hello, where peers
-    refused it and held it against the node (``ws://0.0.0.0:1107``, a path, another
-    node's id)."""
+    held it against the node (a path, another node's id) or dropped it unused
+    (``ws://0.0.0.0:1107``)."""
     me, other = Identity.generate(), Identity.generate()
     refused = {
         "ws://0.0.0.0:1107": "names the unspecified address, which nobody can dial",
