@@ -422,7 +422,10 @@ def test_status_tables_print_brackets_as_text() -> None:
         "topics": [
             {"topic": "[red]t", "subscribed": True, "published": 0, "delivered": 0, "rate_per_s": 0}
         ],
-        "warnings": [{"time": 0, "level": "WARNING", "message": "closed ([bold]bye[/bold])"}],
+        "warnings": [
+            {"time": 0, "level": "WARNING", "message": "closed ([bold]bye[/bold])"},
+            {"time": 0, "level": "WARNING", "message": "closed (\x1b]0;pwned\x07)"},
+        ],
     }
     console = Console(record=True, width=200)
     for table in status_tables(status):
@@ -430,3 +433,5 @@ def test_status_tables_print_brackets_as_text() -> None:
     text = console.export_text()
     for shown in ("ws://[fe80::1]:1107", "[fe80::2]:5000", "[red]t", "closed ([bold]bye[/bold])"):
         assert shown in text
+    # A peer's escape sequence (here: set the terminal's title) is shown, not obeyed.
+    assert "closed (\\x1b]0;pwned\\x07)" in text and "\x1b" not in text

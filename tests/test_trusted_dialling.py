@@ -336,6 +336,26 @@ async def test_dials_given_up_in_the_handshake_block_nothing(
     await client.client.wait_connected()
 
 
+async def test_a_frame_too_big_in_the_handshake_is_still_an_offence(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Review 12: the driver closes such a connection itself; that close isn't the peer
+    # giving up (HandshakeClosed), it is a broken rule, counted against the address.
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    server = await make_node(server=True, limit_loopback=True, ip_burst=64, max_per_ip=64)
+    assert server.url is not None
+    async with connect(server.url, compression=None, max_size=None) as ws:
+        await ws.send(b"\0" * 200_000)
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            async with asyncio.timeout(3):
+                async for _ in ws:
+                    pass
+    await wait_for(lambda: server.metrics.handshakes.get("HandshakeError") == 1)
+    assert "HandshakeClosed" not in server.metrics.handshakes
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(w.startswith("! secure handshake with") and "failed" in w for w in warnings)
+
+
 # The identity file, checked at start
 
 

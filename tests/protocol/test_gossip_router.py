@@ -10,6 +10,7 @@ import base64
 import collections
 import functools
 import hashlib
+import json
 import random
 from collections.abc import Iterable
 from typing import Any, Literal, cast
@@ -29,6 +30,7 @@ from trustp2p.protocol.gossip import (
     message_id,
     sign_message,
 )
+from trustp2p.protocol.gossip.batch import topic_chunks
 
 from ..conftest import FakeClock
 from ..strategies import json_values
@@ -1489,28 +1491,71 @@ def test_many_subscribes_in_one_go_make_one_talk_a_peer() -> None:
     assert other.peer_topics("us") == set(topics)
 
 
-def test_merged_talks_keep_their_meaning() -> None:
+def test_merged_talks_keep_each_topics_order() -> None:
+    # Review 12: talks sent by kind (all subscriptions, then grafts, then prunes) let an
+    # old prune of "a" reach the peer after a later subscription to "a", and changed
+    # its mesh. An entry joins an earlier talk only if nothing after it names the topic.
     router, sent, later = _deferred(degree=2, degree_low=2, degree_high=3)
     _with_peers(router, sent, range(2), ["a", "b"])
-    router.subscribe("old")
-    _release(later)
-    sent.clear()
-    # Subscribed and unsubscribed in one go: neither is said; an unsubscription
-    # undone says nothing either; the graft undone by the prune leaves the prune.
     router.subscribe("a")  # grafts 0 and 1 (they subscribe to a)
-    router.subscribe("new")
-    router.unsubscribe("new")
-    router.unsubscribe("old")
-    router.subscribe("old")
-    router.unsubscribe("a")  # prunes 0 and 1 again
-    router.subscribe("b")
+    router.unsubscribe("a")  # prunes them
+    router.subscribe("a")  # grafts them again
+    router.subscribe("b")  # joins the last talks of each kind: nothing after them names b
     _release(later)
     for peer in (0, 1):
         assert [(e, b) for p, e, b in _talks(sent) if p == peer] == [
-            (SUBSCRIPTIONS, {"subscribe": ["b"], "unsubscribe": []}),
-            (GRAFT, {"topics": ["b"]}),  # (each kind in the order it first came)
+            (SUBSCRIPTIONS, {"subscribe": ["a"], "unsubscribe": []}),
+            (GRAFT, {"topics": ["a"]}),
             (PRUNE, {"topics": ["a"]}),
+            (SUBSCRIPTIONS, {"subscribe": [], "unsubscribe": ["a"]}),
+            (SUBSCRIPTIONS, {"subscribe": ["a", "b"], "unsubscribe": []}),
+            (GRAFT, {"topics": ["a", "b"]}),
         ]
+
+
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from("abcd")), max_size=30), st.integers(0, 9))
+def test_a_peer_ends_up_as_if_each_talk_went_at_once(
+    ops: list[tuple[bool, str]], seed: int
+) -> None:
+    # What the peer believes of our topics, and whether we are in its mesh, per topic.
+    def run(defer: bool) -> tuple[set[str], dict[str, bool]]:
+        later: list[Any] = []
+        options: dict[str, Any] = {"defer": later.append} if defer else {}
+        ours, sent, _ = _router(seed=seed, degree=1, degree_low=1, degree_high=2, **options)
+        peer, _, _ = _router(seed=seed, degree=1, degree_low=1, degree_high=2)
+        for topic in "abcd":
+            peer.subscribe(topic)
+        peer.add_peer("us")
+        _with_peers(ours, sent, range(2), list("abcd"))  # we graft 0 or 1: a sample
+        for subscribe, topic in ops:
+            (ours.subscribe if subscribe else ours.unsubscribe)(topic)
+        _release(later)
+        for _, event, body in (talk for talk in _talks(sent) if talk[0] == 0):
+            peer.control("us", event, body)
+        return peer.peer_topics("us"), {t: "us" in peer.mesh[t] for t in "abcd"}
+
+    assert run(defer=True) == run(defer=False)
+
+
+def test_merged_talks_stay_within_the_size_peers_take() -> None:
+    # Review 12: merged, 200 topics of 100 characters made a 20 KB talk, over a 16 KiB
+    # max_package_size; the send failed and the peers heard of none.
+    router, sent, later = _deferred()
+    router.batch.max_bytes = 4096
+    _with_peers(router, sent, range(1), [])
+    topics = [f"{i:03}" + "t" * 97 for i in range(200)]  # 103 bytes each, quoted
+    for topic in topics:
+        router.subscribe(topic)
+    _release(later)
+    bodies = [body for _, _, body in _talks(sent)]
+    assert [t for body in bodies for t in body["subscribe"]] == topics
+    assert all(len(json.dumps(body)) <= 4096 + 100 for body in bodies)
+    assert len(bodies) == 6  # 39 topics a talk
+    # Unheld, a new peer's full list is cut the same way; non-ASCII counted in bytes.
+    sent.clear()
+    router.add_peer("new")
+    assert [len(body["subscribe"]) for _, _, body in _talks(sent)] == [39] * 5 + [5]
+    assert [len(c) for c in topic_chunks(["日本" * 100] * 10, 4096)] == [6, 4]
 
 
 def test_talks_are_sent_at_once_without_peers_or_defer() -> None:

@@ -49,8 +49,15 @@ def fetch_status(admin: str, *, token: str | None = None, timeout: float = 5.0) 
 
 def _add_row(table: Table, *cells: str) -> None:
     """A row of plain text: rich would read ``[...]`` in a cell (``ws://[fe80::1]:1107``,
-    a peer's words in a warning) as markup, and drop or restyle it."""
-    table.add_row(*(Text(cell) for cell in cells))
+    a peer's words in a warning) as markup, and a terminal the control characters a peer
+    put there (escape sequences) as commands: they are shown escaped."""
+    table.add_row(*(Text(_printable(cell)) for cell in cells))
+
+
+def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _number(value: Any, scale: float = 1.0, digits: int = 2) -> str:

@@ -11,9 +11,8 @@ its threads and its message log (:mod:`trustp2p.storage.msglog`), and owns the t
   them exactly once, in order per origin and topic: each origin numbers its messages
   per topic (a *stream*). Topics are delivered side by side
   (:mod:`~trustp2p.node.gossip_delivery`): a slow handler holds up its own topic only.
-- Validators (``set_validator``) may accept, ignore or reject a message before it is
-  delivered, forwarded or announced; a rejected message counts against the peer that
-  sent it.
+- Validators (``set_validator``) accept, ignore or reject a message before it goes
+  further; a rejected one counts against the peer that sent it.
 - Catch-up: when a connection opens, and every ``catchup_interval``, peers exchange
   per-stream high-water marks of their logs (``gossip/hwm``) and fetch what they miss in
   bounded batches (``gossip/fetch``). A gap in a live stream is fetched from the peer
@@ -100,9 +99,8 @@ class Gossip:
         node: The node it serves.
         clock: Monotonic seconds, for the router's caches and gap timeouts; the running
             event loop's ``time()`` by default.
-        wall_clock: Seconds since 1970, for the timestamps of the messages published,
-            how old a received message is, and the message log; ``time.time`` by
-            default.
+        wall_clock: Seconds since 1970, for the messages' timestamps, how old a received
+            message is, and the message log; ``time.time`` by default.
         rng: Random source for whom to ask and jitter, for tests.
 
     Attributes:
@@ -144,13 +142,14 @@ class Gossip:
             rng=self._rng,  # one generator a node: each holds 2.5 KiB of state
             defer=lambda callback: asyncio.get_running_loop().call_soon(callback),
         )
+        if (limit := options.max_package_size) is not None:  # a talk's topics: a quarter
+            self.router.batch.max_bytes = min(self.router.batch.max_bytes, limit // 4)
         self.catchup = CatchUp(batch=options.catchup_batch, clock=self._now, rng=self._rng)
         self.message_log: MessageLog | None = None
         self._streams: Streams[Socket | None] | None = None
         self._marks: ReleaseMarks | None = None
         self._published: set[str] = set()  # topics this node published to
-        # The last message sent and its package: the router sends one message object to
-        # each of its targets in turn, and they all get the same package.
+        # The last message sent and its package, which each of its targets gets in turn.
         self._last_sent: tuple[GossipMessage | None, Package | None] = (None, None)
         self.tasks = TaskOwner(logger)
         self.delivered = self.caught_up = 0
@@ -320,6 +319,8 @@ class Gossip:
             self.node.send_package(socket, package)
         except ConnectionClosed:
             pass
+        except ValueError as exc:  # PackageTooLarge (a talk's topics are bounded: batch.py)
+            logger.warning("! %s to %s not sent: %s", action.event, socket.peer, exc)
 
     def _message_package(self, message: GossipMessage | None) -> Package:
         last, package = self._last_sent
@@ -528,8 +529,7 @@ class Gossip:
     async def _catch_up_forever(self) -> None:
         while True:
             await asyncio.sleep(self._jittered(self.node.options.catchup_interval))
-            # A peer that shares one of our topics: others have nothing of them (an
-            # original, which has no gossip, let each request time out; found by a tester).
+            # Peers sharing a topic (an original, without gossip, let each ask time out).
             topics, peer_topics = self.router.topics, self.router.peer_topics
             peers = [s for s in self.node.sockets if not topics.isdisjoint(peer_topics(s.id))]
             socket = self.catchup.choose(peers)

@@ -273,16 +273,17 @@ class Node:
             max_package_size=options.max_package_size,
         )
         self.threads = self._load_threads()
-        self.state = NodeState.RUNNING  # from here, a failure is undone by stop()
         started = 0
         try:
             self.identity = options.identity or await self._load_identity()
+            options.check_own_urls(self.identity.peer_id)  # (one loaded from cwd too)
             self.data_dir = self._data_dir()
             if options.secure:
                 self._secure = self._secure_layer(self.identity)
             self.store = await self._open_store()
             if self.gossip is not None:
                 await self.gossip.start()
+            self.state = NodeState.RUNNING
             self.tasks.spawn(self.heartbeat.run(), "heartbeat")
             for thread in self.threads:
                 await start_thread(thread)
@@ -296,6 +297,8 @@ class Node:
                 await self.admin.start()
         except BaseException:
             del self.threads[started:]  # a thread whose start() didn't return isn't stopped
+            if self.state is NodeState.NEW:  # what started before RUNNING: stop() undoes it
+                self.state = NodeState.RUNNING
             await self.stop()
             raise
         self._started()
@@ -327,11 +330,8 @@ class Node:
         path = None
         if options.peer_store and self.data_dir is not None and options.store_shelf is None:
             path = self.data_dir / STORE_FILE
-        policy = BlockPolicy(
-            invalid_ratio=options.invalid_ratio,
-            min_packages=options.min_packages,
-            block_duration=options.block_duration,
-        )
+        o = options
+        policy = BlockPolicy(o.invalid_ratio, o.min_packages, block_duration=o.block_duration)
         store = await PeerStore.open(path, policy=policy, shelf=options.store_shelf)
         if self.client is not None and options.peers:
             await store.add_urls(
@@ -421,7 +421,6 @@ class Node:
                 " name to keep it from depending on the order they start in)",
                 *(options.cwd, self._identity_name),
             )
-        options.check_own_urls(identity.peer_id)  # (the CLI's and the config file's)
         return identity
 
     def _data_dir(self) -> Path | None:

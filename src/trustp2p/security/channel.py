@@ -8,14 +8,12 @@ cryptography, runs the handshake, and only then tells the node about the connect
 a :class:`SecureSocket` that knows the peer's authenticated id. Nothing else reaches the
 node, and so no thread, before the handshake completes.
 
-The dialler speaks first: ``HANDSHAKE_MAGIC`` + Noise message 1. A node running without
-the secure channel recognises the magic, and a secure node recognises a plain package,
-so the two modes refuse each other with a clear reason instead of exchanging garbage.
+The dialler speaks first: ``HANDSHAKE_MAGIC`` + Noise message 1. A plain node knows the
+magic, a secure node a plain package: the two modes refuse each other with a reason.
 
-A failed handshake is a :exc:`~trustp2p.exceptions.HandshakeError` (a
-:exc:`~trustp2p.exceptions.SelfDialError` when we dialled ourselves); a transport
-message that breaks the channel afterwards is a :exc:`~trustp2p.exceptions.ChannelError`.
-Both are protocol errors whose ``peer`` is the connection's peer (URL or ``host:port``).
+A failed handshake is a :exc:`~trustp2p.exceptions.HandshakeError` (``SelfDialError``:
+we dialled ourselves; ``HandshakeClosed``: the peer closed); a transport message that
+breaks the channel afterwards is a ``ChannelError``. Both have the ``peer``.
 
 """
 
@@ -34,6 +32,7 @@ from ..drivers.base import CloseCode, Listener, Listening, Socket, accept_hook, 
 from ..exceptions import (
     ChannelError,
     ConnectionClosed,
+    ConnectionDropped,
     HandshakeClosed,
     HandshakeError,
     PackageError,
@@ -479,6 +478,8 @@ class SecureLayer:
             secure.report_error(functools.partial(self._listener.on_error, secure, error))
         elif raw.id in self._handshakes:
             logger.debug("! handshake with %s: %s", raw.peer, error)
+            if not isinstance(error, ConnectionDropped):  # it broke a rule: an offence
+                self._fail(raw, HandshakeError(f"handshake failed: {error}"))
 
     def on_close(self, raw: Socket) -> None:
         self._raw.pop(raw.id, None)

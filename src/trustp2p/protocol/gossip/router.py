@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ...exceptions import GossipError
-from .batch import GRAFT, MAX_TOPICS_PER_TALK, PRUNE, SUBSCRIPTIONS, ControlBatch
+from .batch import GRAFT, MAX_TOPICS_PER_TALK, PRUNE, SUBSCRIPTIONS, ControlBatch, topic_chunks
 from .message import MAX_HOPS, MAX_TOPIC_LENGTH, GossipMessage, check_topic
 
 PeerKey = Hashable
@@ -224,9 +224,7 @@ class GossipRouter:
     def add_peer(self, peer: PeerKey) -> None:
         """A connection opened: tell the peer what we subscribe to."""
         self._peers[peer] = set()
-        topics = sorted(self.topics)
-        for start in range(0, len(topics), MAX_TOPICS_PER_TALK):
-            chunk = topics[start : start + MAX_TOPICS_PER_TALK]
+        for chunk in topic_chunks(sorted(self.topics), self.batch.max_bytes):
             self._talk(peer, SUBSCRIPTIONS, {"subscribe": chunk, "unsubscribe": []})
 
     def remove_peer(self, peer: PeerKey) -> None:
@@ -555,8 +553,8 @@ class GossipRouter:
 
     def _merge_talks(self) -> None:
         if self._defer is not None and self._peers and not self.batch.holding:
+            self._defer(self.batch.release)  # first: if it fails, nothing is held
             self.batch.hold()
-            self._defer(self.batch.release)
 
     def _talk(self, peer: PeerKey, event: str, body: dict[str, Any]) -> None:
         self.batch.talk(peer, event, body)
