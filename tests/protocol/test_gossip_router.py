@@ -1575,3 +1575,28 @@ def test_a_peer_gone_before_the_release_is_told_nothing() -> None:
     router.remove_peer(0)
     _release(later)
     assert _talks(sent) == [(1, SUBSCRIPTIONS, {"subscribe": ["a"], "unsubscribe": []})]
+
+
+def test_a_peers_subscriptions_are_grafted_in_one_talk() -> None:
+    # Found by a tester: one graft a topic, each charged to the peer's request budget.
+    router, sent, _ = _router()
+    for topic in ("a", "b", "c"):
+        router.subscribe(topic)
+    router.add_peer(0)
+    sent.clear()
+    router.control(0, SUBSCRIPTIONS, {"subscribe": ["a", "b", "c", "d"], "unsubscribe": []})
+    assert _talks(sent) == [(0, GRAFT, {"topics": ["a", "b", "c"]})]
+
+
+def test_the_heartbeats_grafts_are_one_talk_a_peer() -> None:
+    router, sent, later = _deferred(degree=1, degree_low=1, degree_high=2)
+    for topic in ("a", "b", "c"):
+        router.subscribe(topic)  # no peers yet: nothing held
+    _with_peers(router, sent, range(1), ["a", "b", "c"])  # grafted at once...
+    router.control(0, PRUNE, {"topics": ["a", "b", "c"]})  # ...then pruned by the peer
+    assert all(not router.mesh[topic] for topic in "abc")
+    router.heartbeat()
+    assert _talks(sent, GRAFT) == []  # held till the end of the caller's work
+    _release(later)
+    [(peer, _, body)] = _talks(sent, GRAFT)
+    assert (peer, sorted(body["topics"])) == (0, ["a", "b", "c"])

@@ -433,11 +433,14 @@ class GossipRouter:
         topics.difference_update(unsubscribe)
         for topic in unsubscribe:
             self.mesh.get(topic, set()).discard(peer)
+        grafted = []  # answered in one talk (a talk a topic spent the peer's budget)
         for topic in subscribe:
             mesh = self.mesh.get(topic)
             if mesh is not None and len(mesh) < self.degree_low and self.mode == "gossip":
                 mesh.add(peer)
-                self._talk(peer, GRAFT, {"topics": [topic]})
+                grafted.append(topic)
+        for chunk in topic_chunks(grafted, self.batch.max_bytes):
+            self._talk(peer, GRAFT, {"topics": chunk})
 
     def _on_graft(self, peer: PeerKey, body: dict[str, Any]) -> None:
         refused = []
@@ -483,6 +486,7 @@ class GossipRouter:
         self._seen.expire(now)
         self._ask_again(now)
         if self.mode == "gossip":
+            self._merge_talks()  # each peer's grafts and prunes of every topic: one talk
             for topic in self.topics:
                 self._fill_mesh(topic)
                 self._announce(topic)
