@@ -23,6 +23,7 @@ __all__ = [
     "MAX_TOPIC_LENGTH",
     "GossipMessage",
     "check_int",
+    "check_own_topic",
     "check_topic",
     "message_id",
     "payload_text",
@@ -87,6 +88,19 @@ def check_topic(topic: object) -> str:
     """
     if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
         raise GossipError("invalid topic")
+    return topic
+
+
+def check_own_topic(topic: object) -> str:
+    """
+    Return ``topic`` if this node may publish or subscribe to it (what peers accept).
+
+    Raises:
+        ValueError: If it is not a string of 1 to :data:`MAX_TOPIC_LENGTH` characters.
+
+    """
+    if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
+        raise ValueError(f"a topic is a string of 1 to {MAX_TOPIC_LENGTH} characters")
     return topic
 
 
@@ -258,8 +272,7 @@ def payload_text(topic: str, data: dict[str, Any]) -> str:
         TypeError: If ``data`` is not a JSON-serializable dict.
 
     """
-    if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
-        raise ValueError(f"a topic is a string of 1 to {MAX_TOPIC_LENGTH} characters")
+    check_own_topic(topic)
     if type(data) is not dict:
         raise TypeError(f"data must be a dict, not {type(data).__name__}")
     try:

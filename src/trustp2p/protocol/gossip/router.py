@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from ...exceptions import GossipError
 from .batch import GRAFT, MAX_TOPICS_PER_TALK, PRUNE, SUBSCRIPTIONS, ControlBatch, topic_chunks
-from .message import MAX_HOPS, MAX_TOPIC_LENGTH, GossipMessage, check_topic
+from .message import MAX_HOPS, GossipMessage, check_own_topic, check_topic
 
 PeerKey = Hashable
 """How the router names a peer: the node uses the connection id."""
@@ -244,8 +244,7 @@ class GossipRouter:
         """
         if topic in self.topics:
             return
-        if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
-            raise ValueError(f"a topic is a string of 1 to {MAX_TOPIC_LENGTH} characters")
+        check_own_topic(topic)
         if len(self.topics) >= MAX_PEER_TOPICS:
             raise ValueError(f"a node subscribes to {MAX_PEER_TOPICS} topics at most")
         self._merge_talks()
