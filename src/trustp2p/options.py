@@ -16,6 +16,7 @@ from .protocol.handshake import HANDSHAKE_MAGIC
 from .protocol.limits import ReconnectStorms, is_loopback
 from .protocol.liveness import LivenessTimings
 from .protocol.package import DEFAULT_ALT, DEFAULT_MAX_PACKAGE_SIZE
+from .protocol.scoring import BlockPolicy
 from .protocol.urls import MAX_URLS_PER_PEER, canonical_url, check_dial_url, split_peer_url
 from .security.noise import MAX_NOISE_MESSAGE
 from .storage.memory import MemoryShelf
@@ -438,6 +439,14 @@ class NodeOptions:
             connections=self.storm_connections,
             window=self.storm_window,
             cooldown=self.storm_cooldown,
+        )
+
+    def block_policy(self) -> BlockPolicy:
+        """The peer store's block policy that these options give."""
+        return BlockPolicy(
+            invalid_ratio=self.invalid_ratio,
+            min_packages=self.min_packages,
+            block_duration=self.block_duration,
         )
 
     def liveness_timings(self) -> LivenessTimings:

@@ -34,7 +34,6 @@ from ..protocol.deliver import ConnId
 from ..protocol.handshake import HELLO_EVENT, VERSION_EVENT, version_body
 from ..protocol.limits import FIRST_ADDRESSES, AddressBudget
 from ..protocol.package import Body, Package, PackageType, build_package
-from ..protocol.scoring import BlockPolicy
 from ..protocol.urls import is_unspecified, split_peer_url
 from ..security.channel import SecureLayer
 from ..storage import data_dir
@@ -330,8 +329,7 @@ class Node:
         path = None
         if options.peer_store and self.data_dir is not None and options.store_shelf is None:
             path = self.data_dir / STORE_FILE
-        o = options
-        policy = BlockPolicy(o.invalid_ratio, o.min_packages, block_duration=o.block_duration)
+        policy = options.block_policy()
         store = await PeerStore.open(path, policy=policy, shelf=options.store_shelf)
         if self.client is not None and options.peers:
             await store.add_urls(
@@ -419,7 +417,8 @@ class Node:
             self.log.info(
                 "= another node runs in %s: this one is identity/%s.key (give each node a"
                 " name to keep it from depending on the order they start in)",
-                *(options.cwd, self._identity_name),
+                options.cwd,
+                self._identity_name,
             )
         return identity
 
