@@ -396,8 +396,9 @@ def test_status_tables_print_brackets_as_text() -> None:
     # Found by a tester: rich read "[fe80::1]" as markup and printed "ws://:1107"; a
     # peer's words in a warning could restyle the table the same way.
     from rich.console import Console
+    from rich.table import Table
 
-    from trustp2p.admin.client import status_tables
+    from trustp2p.admin.client import add_plain_row, status_tables
 
     status: dict[str, Any] = {
         "node": {
@@ -435,3 +436,10 @@ def test_status_tables_print_brackets_as_text() -> None:
         assert shown in text
     # A peer's escape sequence (here: set the terminal's title) is shown, not obeyed.
     assert "closed (\\x1b]0;pwned\\x07)" in text and "\x1b" not in text
+    table = Table("urls")
+    add_plain_row(table, "ws://a:1\nws://[::1]:2")
+    console = Console(record=True, width=200)
+    console.print(table)
+    assert ["ws://a:1", "ws://[::1]:2"] == [
+        line.strip("│ ") for line in console.export_text().splitlines() if "ws://" in line
+    ]

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-__all__ = ["fetch_status", "status_tables", "status_url"]
+__all__ = ["add_plain_row", "fetch_status", "status_tables", "status_url"]
 
 import json
 import time
@@ -47,7 +47,7 @@ def fetch_status(admin: str, *, token: str | None = None, timeout: float = 5.0) 
         return json.loads(response.read())
 
 
-def _add_row(table: Table, *cells: str) -> None:
+def add_plain_row(table: Table, *cells: str) -> None:
     """A row of plain text: rich would read ``[...]`` in a cell (``ws://[fe80::1]:1107``,
     a peer's words in a warning) as markup, and a terminal the control characters a peer
     put there (escape sequences) as commands: they are shown escaped."""
@@ -55,9 +55,12 @@ def _add_row(table: Table, *cells: str) -> None:
 
 
 def _printable(text: str) -> str:
+    """``text`` with its control characters escaped, line breaks kept."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return "".join(
+        c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode() for c in text
+    )
 
 
 def _number(value: Any, scale: float = 1.0, digits: int = 2) -> str:
@@ -70,7 +73,7 @@ def _peers_table(peers: list[dict[str, Any]]) -> Table:
     table.title = f"{len(peers)} peer(s)"
     for p in peers:
         peer_id = p.get("peer_id")
-        _add_row(
+        add_plain_row(
             table,
             short_id(peer_id) if peer_id else "-",
             str(p["address"]),
@@ -90,16 +93,16 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
     """The node, its peers, its topics and its latest warnings, as rich tables."""
     node = status["node"]
     about = Table("node", "", show_header=False)
-    _add_row(about, "peer id", str(node.get("peer_id") or "-"))
-    _add_row(about, "version", str(node["version"]))
-    _add_row(about, "mode", f"{node['mode']} ({'secure' if node['secure'] else 'plain'})")
-    _add_row(about, "uptime", f"{node['uptime_s']:.0f} s")
-    _add_row(about, "listening", " ".join(node["listen_urls"]) or "-")
+    add_plain_row(about, "peer id", str(node.get("peer_id") or "-"))
+    add_plain_row(about, "version", str(node["version"]))
+    add_plain_row(about, "mode", f"{node['mode']} ({'secure' if node['secure'] else 'plain'})")
+    add_plain_row(about, "uptime", f"{node['uptime_s']:.0f} s")
+    add_plain_row(about, "listening", " ".join(node["listen_urls"]) or "-")
     tables = [about, _peers_table(status["peers"])]
     if status["topics"]:
         topics = Table("topic", "subscribed", "published", "delivered", "per s")
         for t in status["topics"]:
-            _add_row(
+            add_plain_row(
                 topics,
                 t["topic"],
                 "yes" if t["subscribed"] else "no",
@@ -112,6 +115,6 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
         warnings = Table("time", "level", "message", title="latest warnings")
         for w in status["warnings"][-10:]:
             moment = time.strftime("%H:%M:%S", time.localtime(w["time"]))
-            _add_row(warnings, moment, w["level"], w["message"])
+            add_plain_row(warnings, moment, w["level"], w["message"])
         tables.append(warnings)
     return tables

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
-from rich.text import Text
 
+from ..admin.client import add_plain_row
 from ..identity import short_id
 from ..protocol.peers import address_of_key
 from ..storage import data_dir
@@ -41,8 +41,9 @@ def peers_table(records: list[PeerRecord]) -> Table:
     is blocked (UTC)."""
     table = Table("url", "peer id", "score", "last seen", "blocked until")
     for record in records:
-        table.add_row(  # as Text, not markup: ws://[fe80::1]:1107 is a URL
-            Text("\n".join(record.urls) or "-"),
+        add_plain_row(
+            table,
+            "\n".join(record.urls) or "-",
             _who(record.peer_id),
             f"{record.score:.2f}",
             utc(record.last_seen),

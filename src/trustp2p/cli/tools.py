@@ -124,8 +124,8 @@ def config_(cwd: Path, as_json: bool) -> int:
 
     from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
 
+    from ..admin.client import add_plain_row
     from ..config import Source, load_settings
     from ..options import NodeOptions
 
@@ -143,8 +143,8 @@ def config_(cwd: Path, as_json: bool) -> int:
         return 0
     table = Table("option", "value", "source", "from", box=None)
     for setting in settings.values():
-        cells = (setting.name, repr(setting.value), setting.source.value, setting.origin)
-        table.add_row(*(Text(cell) for cell in cells))  # not markup: ws://[fe80::1]:1107
+        values = (setting.name, repr(setting.value), setting.source.value, setting.origin)
+        add_plain_row(table, *values)
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0
 

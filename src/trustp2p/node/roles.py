@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 from ..drivers.base import Socket
 from ..protocol.deliver import ConnId
 from ..protocol.handshake import VERSION_EVENT
-from ..protocol.package import Body, Package, PackageType, build_package
+from ..protocol.package import REQUEST_TYPES, Body, Package, PackageType, build_package
 from ..protocol.urls import address_of
 from .dialer import Dialer
 
 if TYPE_CHECKING:
     from .node import Node
 
-_BROADCAST_TYPES = frozenset({PackageType.TALK, PackageType.REQUEST, PackageType.HEARTBEAT_PING})
+_BROADCAST_TYPES = REQUEST_TYPES | {PackageType.TALK}
 
 BroadcastResult = dict[Socket, Body | Exception | None]
 """
