@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 import sys
@@ -13,6 +15,7 @@ from trustp2p import RemoteError
 from trustp2p.cli import main
 from trustp2p.options import NodeOptions
 
+from .conftest import wait_for
 from .processes import Spawned, free_port
 
 COMMANDS = ["init", "server", "client", "node", "demo"]
@@ -312,3 +315,20 @@ def test_a_missing_directory_is_an_error_not_a_new_node(
     assert main([command, "--cwd", str(missing)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not missing.exists()  # no identity made in a directory nobody meant
+
+
+async def test_one_sigterm_delivered_twice_is_one_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``timeout 10 trustp2p server`` signals the node, then its process group: two
+    SIGTERMs before the stop began. The node logged a WARNING "SIGTERM again: dropping
+    the connections not closed yet" and dropped them (found running as a user would)."""
+    from trustp2p.apps.serve import serve
+
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    running = asyncio.ensure_future(serve(NodeOptions(server=True, port=0, cwd=tmp_path)))
+    await wait_for(lambda: any("node started" in r.getMessage() for r in caplog.records))
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)  # both handled before the stop begins
+    assert await running == 0
+    assert not [r.getMessage() for r in caplog.records if "again" in r.getMessage()]

@@ -31,11 +31,15 @@ async def serve(options: NodeOptions) -> int:
     received: list[int] = []
     loop = asyncio.get_running_loop()
 
+    stopping = False  # the stop began: a signal now is a second request
+
     def on_signal(signum: int) -> None:
         received.append(signum)
         if not stop.is_set():
             stop.set()
             return
+        if not stopping:  # one request delivered twice (timeout(1) signals the process,
+            return  # then its group) before the stop began: not a second Ctrl-C
         # Again while stopping: a peer that doesn't answer our close (frozen, or its
         # link dead) would hold the stop for close_timeout. Drop the connections.
         layer = node.secure_layer  # in secure mode, its transports: handshakes too
@@ -53,6 +57,7 @@ async def serve(options: NodeOptions) -> int:
     try:
         await node.start()
         await stop.wait()
+        stopping = True
         if node.sockets:
             node.log.info(
                 "x %s: closing %d connection(s), each within close_timeout (%g s); %s again"
