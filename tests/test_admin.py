@@ -245,6 +245,42 @@ async def test_bare_lf_line_ends_are_read(make_node: MakeNode) -> None:
     assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer
 
 
+async def test_a_bare_cr_or_a_folded_header_line_is_a_400(make_node: MakeNode) -> None:
+    """Found by independent testers: a request whose lines end with a bare CR waited the
+    whole REQUEST_TIMEOUT unanswered (no LF ever came), and a folded header line was read
+    as a header of its own. RFC 9112 §2.2 calls a bare CR invalid and §5.2 lets a server
+    refuse obs-fold with a 400: both are answered at once, before the token check."""
+    server = await make_node(server=True, admin="127.0.0.1:0", admin_token="s3cret")
+    assert server.admin_url is not None
+    port = int(server.admin_url.rstrip("/").rsplit(":", 1)[1])
+    for head, reason in (
+        (b"GET /status.json HTTP/1.1\rAuthorization: Bearer s3cret\r\r", b"bare CR"),
+        (b"GET / HTTP/1.1\r\nHost: x\rY\r\n\r\n", b"bare CR"),
+        (b"GET / HTTP/1.1\r\nX-A: 1\r\n Authorization: Bearer s3cret\r\n\r\n", b"folded"),
+        (b"GET / HTTP/1.1\nX-A: 1\n\tmore\n\n", b"folded"),
+    ):
+        async with asyncio.timeout(2):  # REQUEST_TIMEOUT is 10 s: a wait fails the test
+            answer = await _raw(port, head)
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), (head, answer)
+        assert reason in answer, answer
+    # A CR before LF, and CRLF split across writes, are still line ends.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for part in (
+        b"\r",
+        b"\nGET /status.json HTTP/1.1\r",
+        b"\nAuthorization: Bearer s3cret\r",
+        b"\n\r",
+        b"\n",
+    ):
+        writer.write(part)
+        await writer.drain()
+        await asyncio.sleep(0.01)  # separate reads on the server, not a wait on a result
+    async with asyncio.timeout(2):
+        answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+
+
 async def test_admin_connections_are_capped(make_node: MakeNode) -> None:
     """Found by an attacker's test: idle admin connections, each kept 10 s, had no cap,
     and took the file descriptors the node's peers needed. Past MAX_CONNECTIONS, new

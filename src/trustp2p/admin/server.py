@@ -2,7 +2,8 @@
 The admin listener: a small HTTP/1.1 server (GET and HEAD only, one request per
 connection) serving ``/`` (the status page), ``/status.json`` and ``/metrics``. Lines
 may end with CRLF or a bare LF (RFC 9112 §2.2: "a recipient MAY recognize a single LF as a
-line terminator and ignore any preceding CR").
+line terminator and ignore any preceding CR"); a bare CR elsewhere and a folded header
+line are answered with a 400 (§2.2, §5.2).
 
 It starts and stops with its node (``NodeOptions.admin``), and its request tasks belong
 to the node's :class:`~trustp2p.tasks.TaskOwner`. With ``admin_token`` set, every
@@ -18,6 +19,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 from importlib import resources
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
@@ -128,8 +130,10 @@ class AdminServer:
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     head = await _read_head(reader)
-            except (asyncio.LimitOverrunError, ValueError):
+            except ValueError:
                 response: Response = _text(431, "request too large")
+            except _MalformedHead as error:
+                response = _text(400, str(error))
             except (asyncio.IncompleteReadError, TimeoutError):
                 return
             else:
@@ -161,6 +165,10 @@ class AdminServer:
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             return _text(400, "bad request line")
         method, target, _ = parts
+        if any(line[:1] in (" ", "\t") for line in lines[1:]):
+            # RFC 9112 §5.2: obs-fold is refused with a 400 (or unfolded): read as a
+            # header of its own, a folded line could be taken for another field.
+            return _text(400, "folded header line")
         if method not in ("GET", "HEAD"):
             return _text(405, "only GET and HEAD")
         try:
@@ -192,31 +200,45 @@ class AdminServer:
         return any(hmac.compare_digest(given.encode(), token) for given in given_list)
 
 
+class _MalformedHead(Exception):
+    """A request head no HTTP/1.1 server may read as it stands."""
+
+
+_LEADING_EMPTY_LINES = re.compile(rb"\A(?:\r?\n)+")
+_HEAD_END = re.compile(rb"\n\r?\n")
+_BARE_CR = re.compile(rb"\r[^\n]")
+
+
 async def _read_head(reader: asyncio.StreamReader) -> bytes:
     """
     Read a request head up to the empty line that ends it, without that line.
 
     A line ends with LF, with or without a CR before it (RFC 9112 §2.2); empty lines
-    before the request line are skipped, as RFC 9112 §2.2 advises a server to.
+    before the request line are skipped, as RFC 9112 §2.2 advises a server to. A CR
+    anywhere else is refused at once (§2.2: a bare CR is invalid), rather than waited
+    on until the timeout for a line end that may never come.
 
     Raises:
         ValueError: If the head is over :data:`MAX_REQUEST` bytes.
-        asyncio.LimitOverrunError: If one line is.
+        _MalformedHead: If it has a bare CR.
         asyncio.IncompleteReadError: If the client closes first.
 
     """
-    lines: list[bytes] = []
-    size = 0
+    buffer = b""
     while True:
-        line = await reader.readuntil(b"\n")
-        size += len(line)
-        if size > MAX_REQUEST:
+        data = await reader.read(MAX_REQUEST)
+        if not data:
+            raise asyncio.IncompleteReadError(buffer, None)
+        buffer += data
+        buffer = _LEADING_EMPTY_LINES.sub(b"", buffer, count=1)
+        end = _HEAD_END.search(buffer)
+        head = buffer if end is None else buffer[: end.start() + 1]
+        if _BARE_CR.search(head):
+            raise _MalformedHead("a bare CR in the request head")
+        if len(head) > MAX_REQUEST:
             raise ValueError(f"request head over {MAX_REQUEST} bytes")
-        if line == b"\n" or line == b"\r\n":
-            if lines:
-                return b"".join(lines)
-        else:
-            lines.append(line)
+        if end is not None:
+            return head
 
 
 def _text(status: int, text: str) -> Response:
