@@ -159,7 +159,36 @@ def test_config_command_refuses_what_a_node_would_refuse(
     assert main(["config", "--cwd", str(tmp_path)]) == 2
     assert error in capsys.readouterr().err
     assert main(["server", "--cwd", str(tmp_path)]) == 2
-    assert error in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert error in err and f"(set by {variable})" in " ".join(err.split())
+
+
+def test_a_refused_value_names_where_it_was_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a helper's review: the error named the option only, and an operator
+    whose unit sets TRUSTP2P_* and whose directory holds a trustp2p.toml had to look for
+    the value in both. The file, the variable or the flag is named with it."""
+    write(tmp_path, "reconnect_initial = 500.0\n")
+
+    def refused(*args: str) -> str:
+        assert main([*args, "--cwd", str(tmp_path)]) == 2
+        return " ".join(capsys.readouterr().err.split())  # click wraps long lines
+
+    path = tmp_path / "trustp2p.toml"
+    err = refused("config")
+    assert "reconnect_initial must not exceed reconnect_max" in err
+    assert f"(set in {path})" in err
+    monkeypatch.setenv("TRUSTP2P_RECONNECT_MAX", "10")
+    err = refused("client", "--connect", "ws://127.0.0.1:1")
+    assert f"(reconnect_initial set in {path}; reconnect_max set by TRUSTP2P_RECONNECT_MAX)" in err
+    err = refused("client", "--connect", "ws://127.0.0.1:1", "--reconnect-max", "20")
+    assert "reconnect_max set by --reconnect-max)" in err
+    # A one-word option is named only where the message starts with it: a listen URL
+    # with no port is not about --port.
+    monkeypatch.setenv("TRUSTP2P_LISTEN_URLS", "ws://node.example")
+    err = refused("server", "--port", "1200")
+    assert "names no port" in err and err.endswith("(set by TRUSTP2P_LISTEN_URLS)")
 
 
 def test_json_log_lines_carry_the_peer_and_the_structured_fields() -> None:

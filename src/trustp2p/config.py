@@ -18,11 +18,20 @@ suite and the benchmarks, not to nodes.
 
 from __future__ import annotations
 
-__all__ = ["CONFIG_FILE", "ENV_PREFIX", "Setting", "Source", "configurable", "load_settings"]
+__all__ = [
+    "CONFIG_FILE",
+    "ENV_PREFIX",
+    "Setting",
+    "Source",
+    "configurable",
+    "load_settings",
+    "with_origins",
+]
 
 import dataclasses
 import difflib
 import enum
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -82,7 +91,10 @@ def configurable() -> dict[str, str]:
 
 
 def load_settings(
-    cwd: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]
+    cwd: Path | None,
+    env: Mapping[str, str],
+    flags: Mapping[str, Any],
+    flag_names: Mapping[str, str] | None = None,
 ) -> dict[str, Setting]:
     """
     Every configurable option's effective value and its source.
@@ -91,6 +103,8 @@ def load_settings(
         cwd: The node's directory, holding :data:`CONFIG_FILE` (optional).
         env: The environment (``os.environ``).
         flags: Options given on the command line, by field name.
+        flag_names: The flag each option was given with, where it isn't ``--`` and the
+            name with dashes (``peers``: ``--connect``).
 
     Raises:
         ConfigError: For an unreadable file, an unknown key (naming the closest valid
@@ -115,8 +129,36 @@ def load_settings(
         settings[name] = Setting(name, value, Source.ENV, variable)
     for name, value in flags.items():
         if name in kinds:
-            settings[name] = Setting(name, value, Source.FLAG, "--" + name.replace("_", "-"))
+            flag = (flag_names or {}).get(name, "--" + name.replace("_", "-"))
+            settings[name] = Setting(name, value, Source.FLAG, flag)
     return settings
+
+
+def with_origins(message: str, settings: Mapping[str, Setting]) -> str:
+    """
+    An option's error message followed by where each option it names was set, for an
+    operator who set it in a file or a unit's environment long ago:
+    ``port must be an integer in 0..65535, not 99999 (set by TRUSTP2P_PORT)``.
+
+    An option is named by its name as a word; a name of one word (``port``, ``name``)
+    only where the message starts with it. Options at their defaults add nothing.
+    """
+    origins = []
+    for name, setting in settings.items():
+        if setting.source is Source.DEFAULT:
+            continue
+        if "_" in name:
+            named = re.search(rf"\b{name}\b", message) is not None
+        else:
+            named = re.match(rf"{name}[ :]", message) is not None
+        if named:
+            where = "in" if setting.source is Source.FILE else "by"
+            origins.append(f"{name} set {where} {setting.origin}")
+    if not origins:
+        return message
+    if len(origins) == 1:
+        return f"{message} ({origins[0].split(' ', 1)[1]})"
+    return f"{message} ({'; '.join(origins)})"
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -408,7 +408,7 @@ class NodeOptions:
             raise ConfigError("admin_token must be printable ASCII, without spaces")
         if not is_loopback(host) and self.admin_token is None:
             raise ConfigError(
-                f"the admin listener would be reachable from other machines ({self.admin}): "
+                f"admin: the listener would be reachable from other machines ({self.admin}): "
                 "set an admin token (--admin-token) or listen on 127.0.0.1"
             )
 

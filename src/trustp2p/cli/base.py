@@ -293,7 +293,7 @@ def cwd_option(f: F) -> F:
 def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
     """Run a node until Ctrl-C or SIGTERM; return the exit code."""
     from ..apps.serve import serve
-    from ..config import Source, load_settings
+    from ..config import Source, load_settings, with_origins
 
     setup_cli_logging(log_level)
     context = click.get_current_context()
@@ -305,15 +305,17 @@ def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
         if value is not None and context.get_parameter_source(name) is not ParameterSource.DEFAULT
     }
     roles = {name: kwargs.pop(name) for name in ("server", "client") if name in kwargs}
+    typed = {param.name: param.opts[0] for param in context.command.params if param.name}
+    settings = {}
     try:
-        settings = load_settings(kwargs.get("cwd"), os.environ, flags)
+        settings = load_settings(kwargs.get("cwd"), os.environ, flags, typed)
         options = {s.name: s.value for s in settings.values() if s.source is not Source.DEFAULT}
         node_options = NodeOptions.from_kwargs(cwd=kwargs.get("cwd"), **roles, **options)
     except (TypeError, ValueError, TrustP2PError) as exc:
         message = str(exc)
         if message.startswith("peers: ") and "peers" in flags:
             message = "--connect: " + message.removeprefix("peers: ")  # the flag typed
-        raise click.UsageError(message) from exc
+        raise click.UsageError(with_origins(message, settings)) from exc
     try:
         return run_on_loop(serve(node_options), loop)
     except TrustP2PError as exc:

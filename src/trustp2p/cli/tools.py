@@ -126,9 +126,10 @@ def config_(cwd: Path, as_json: bool) -> int:
     from rich.table import Table
 
     from ..admin.client import add_plain_row
-    from ..config import Source, load_settings
+    from ..config import Source, load_settings, with_origins
     from ..options import NodeOptions
 
+    settings = {}
     try:
         settings = load_settings(cwd, os.environ, {})
         # The checks a node's start makes (ranges, choices, what goes together), as a
@@ -136,7 +137,7 @@ def config_(cwd: Path, as_json: bool) -> int:
         options = {s.name: s.value for s in settings.values() if s.source is not Source.DEFAULT}
         NodeOptions.from_kwargs(cwd=cwd, server=True, client=True, **options)
     except (TypeError, ValueError, TrustP2PError) as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(with_origins(str(exc), settings)) from exc
     if as_json:
         rows = {s.name: {"value": s.value, "source": s.source.value} for s in settings.values()}
         click.echo(json.dumps(rows, indent=2, default=list))
