@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from trustp2p import ConnectionClosed, EventMap, Node, PackageType, RemoteError, Socket, Thread
 from trustp2p.identity import Identity, short_id
+from trustp2p.protocol.package import Tag, build_package, decode, encode
 from trustp2p.protocol.peers import peer_key
 from trustp2p.storage.peerstore import PeerSource, PeerStore
 from trustp2p.threads.heartbeat import HeartbeatThread
@@ -52,6 +53,53 @@ async def test_a_ping_flood_is_throttled(
     assert answers == [{"sleep": False}] * 20
     assert any("over the request budget: reading paused" in r.message for r in caplog.records)
     assert server.server.sockets[0].stats.invalid_in == 0
+
+
+async def test_a_flood_of_unmatched_responses_is_throttled(make_node: MakeNode) -> None:
+    """Found by a tester: responses and pongs that answer nothing cost a peer nothing
+    (20,000 taken in 0.36 s). Each costs a request's share of the budget now, so a flood
+    of them is slowed as a flood of requests is; the pong that answers the node's own
+    heartbeat ping costs nothing and isn't counted as unmatched."""
+    server = await make_node(
+        server=True,
+        secure=False,
+        request_rate=100,
+        request_burst=5,
+        heartbeat_interval=0.05,
+        heartbeat_jitter=0.0,
+        heartbeat_timeout=0.1,
+        heartbeat_response_timeout=5.0,
+    )
+    assert server.url is not None and server.server is not None
+    pings = 0
+
+    async def answer_pings(ws: ClientConnection) -> None:
+        nonlocal pings
+        async for message in ws:
+            package = decode(message)  # type: ignore[arg-type]
+            if package.type is PackageType.HEARTBEAT_PING:
+                pong = build_package(
+                    PackageType.HEARTBEAT_PONG, "pong", {"sleep": False}, tag=package.tag
+                )
+                await ws.send(encode(pong))
+                pings += 1
+
+    async with connect(server.url, compression=None) as ws:
+        body = {"protocol_version": "1.0", "alt": "1", "library": "raw"}
+        await ws.send(encode(build_package(PackageType.TALK, "version", body)))
+        answering = asyncio.create_task(answer_pings(ws))
+        await wait_for(lambda: server.server is not None and len(server.server.sockets) == 1)
+        stats = server.server.sockets[0].stats
+        await wait_for(lambda: pings >= 3 and stats.last_rtt is not None)
+        assert (stats.unmatched_in, server.metrics.throttles) == (0, 0)  # pongs to its pings
+        for n in range(20):
+            for package_type in (PackageType.RESPONSE, PackageType.HEARTBEAT_PONG):
+                tag = Tag(f"{n:064x}")  # answers nothing the node asked
+                await ws.send(encode(build_package(package_type, "nothing", {"n": n}, tag=tag)))
+        await wait_for(lambda: stats.unmatched_in == 40)
+        assert server.metrics.throttles >= 1 and server.metrics.unmatched == 40
+        assert stats.invalid_in == 0  # slowed, not penalised: a late answer is honest
+        answering.cancel()
 
 
 async def test_a_busy_server_is_not_blocked_by_its_clients(make_node: MakeNode) -> None:

@@ -522,8 +522,15 @@ def test_a_pong_answers_our_ping_and_reaches_the_request_table(clock: FakeClock)
     assert actions[0] == PingAnswered(0.25)
     assert connection.liveness.outstanding is None
     assert connection.last_seen == clock()
-    # Another pong (to a thread's ping, or a late one) goes to the request table only.
+    assert connection.answered_ping  # the node charges the peer nothing for it
+    # Another pong (to a thread's ping, or a late one) goes to the request table only,
+    # as does a pong before any ping of ours.
     assert [type(a) for a in connection.receive_data(encode(pong))] == [DeliverResponse]
+    assert not connection.answered_ping
+    fresh = protocol(clock)
+    fresh.start()
+    assert [type(a) for a in fresh.receive_data(encode(pong))] == [DeliverResponse]
+    assert not fresh.answered_ping
 
 
 def test_a_peer_that_leaves_our_ping_unanswered_is_lost(clock: FakeClock) -> None:

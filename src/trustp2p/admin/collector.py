@@ -160,7 +160,7 @@ class NodeCollector(Collector):
         )
         yield _counter(
             "trustp2p_unmatched_responses",
-            "Responses answering no pending request (late, unasked, or of the wrong type).",
+            "Responses and pongs answering no pending request (late, unasked, of the wrong type).",
             m.unmatched,
         )
         yield _histogram(

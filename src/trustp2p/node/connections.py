@@ -493,15 +493,15 @@ class Connections:
     def unmatched(
         self, conn_id: int, package: Package, expected: PackageType | None = None
     ) -> None:
-        """A response matching no pending request (or not of its ``expected`` type): to handlers."""
-        conn = self._conns.get(conn_id)
-        if conn is None:
+        """A response matching no request (or not its ``expected`` type): to handlers."""
+        if (conn := self._conns.get(conn_id)) is None:
             return
-        # A pong nobody waits for answers the node's own ping (its heartbeat round).
-        pong = package.type is PackageType.HEARTBEAT_PONG and expected is None
+        # The pong to the node's own ping (its heartbeat) waits in no request table.
+        pong = package.type is PackageType.HEARTBEAT_PONG and conn.protocol.answered_ping
         if not pong:
             conn.socket.stats.unmatched_in += 1
             self._metrics.unmatched += 1
+            self.charge(conn.socket, 1)  # as a request's: a flood of them is throttled
         if self._node.handlers.handles(package.type, package.event):
             self.workers.put(conn, package)
         elif self._debug and not pong:

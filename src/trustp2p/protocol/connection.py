@@ -172,6 +172,9 @@ class ConnectionProtocol:
         liveness: The connection's :class:`~trustp2p.protocol.liveness.Liveness` state.
         last_valid: Whether the last message received was a valid package.
         last_package: The last package decoded, valid or not (for logging).
+        answered_ping: Whether the last HEARTBEAT_PONG received answered our own
+            heartbeat ping (such a pong waits in no request table, and costs the peer
+            nothing; any other pong nobody waits for is unmatched).
 
     """
 
@@ -214,6 +217,7 @@ class ConnectionProtocol:
         self._ping: Package | None = None
         self.last_valid = False
         self.last_package: Package | None = None
+        self.answered_ping = False
 
     # Connection events
 
@@ -357,12 +361,13 @@ class ConnectionProtocol:
                 )
             self.state = ConnectionState.OPEN  # plain mode: the original never introduces
         if package_type in RESPONSE_TYPES:
-            if package_type is PackageType.HEARTBEAT_PONG and self._ping is not None:
+            if package_type is PackageType.HEARTBEAT_PONG:
                 # Every ping {} has one tag (a content hash): this pong answers ours,
                 # and any thread's ping too.
                 rtt = None
-                if package.tag == self._ping.tag:
+                if self._ping is not None and package.tag == self._ping.tag:
                     rtt = self.liveness.pong_received(self.last_seen)
+                self.answered_ping = rtt is not None
                 if rtt is not None:
                     return [PingAnswered(rtt), DeliverResponse(package)]
             return [DeliverResponse(package)]
