@@ -92,6 +92,23 @@ async def test_peers_authenticate_and_talk(make_node: MakeNode) -> None:
     assert hello is not None and hello["peer_id"] == client.peer_id
 
 
+async def test_byte_counters_count_packages_as_in_plain_mode(make_node: MakeNode) -> None:
+    """A secure connection's ``stats.bytes_in``/``bytes_out`` (the status page's) count
+    the packages' bytes, as a plain one's do: not the ciphertext or the framing."""
+    server = await make_node(server=True, threads=[Recorder])
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None and server.server is not None
+    await client.client.wait_connected()
+    await server.server.wait_connected()
+    sent, received = client.client.sockets[0].stats, server.server.sockets[0].stats
+    await wait_for(lambda: received.bytes_in == sent.bytes_out)  # the hellos
+    before = received.bytes_in, sent.bytes_out
+    talk = build_package(PackageType.TALK, "note", {"n": "x" * 1000})
+    client.send_package(client.client.sockets[0], talk)
+    await wait_for(lambda: ("note", {"n": "x" * 1000}) in recorder(server).seen)
+    assert received.bytes_in - before[0] == sent.bytes_out - before[1] == len(encode(talk))
+
+
 async def test_large_packages_are_split_and_reassembled(make_node: MakeNode) -> None:
     server = await make_node(server=True, threads=[Recorder])
     client = await make_node(client=True, peers=[server.url])

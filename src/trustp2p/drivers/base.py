@@ -112,7 +112,9 @@ class DriverOptions:
 
 @dataclass(slots=True)
 class SocketStats:
-    """Counters kept per connection; the node fills the package-level ones."""
+    """Counters kept per connection; the node fills the package-level ones. Bytes are
+    the messages' (packages'): on a secure connection, before encryption; never the
+    framing."""
 
     messages_in: int = 0
     messages_out: int = 0
