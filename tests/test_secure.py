@@ -541,11 +541,11 @@ async def test_a_secure_plain_mismatch_is_reported_once_and_not_redialled_soon(
 
     await wait_for(lambda: refusals() == 1)
     [line] = [r.getMessage() for r in caplog.records if "disagree on" in r.getMessage()]
-    assert "(this node runs with secure=True; the close said 'peer speaks plain" in line
+    assert "(this node runs with secure=True; the close said 'secure channel required" in line
     # Real time: with the old 1 s back-off it would have dialled twice more by now.
     assert await stays(lambda: refusals() == 1 and not client.client.sockets, 2.5)
     attempts = sum(
-        "closing: peer speaks the secure channel" in r.getMessage() for r in caplog.records
+        "closing: no secure channel: the closing node" in r.getMessage() for r in caplog.records
     )
     assert attempts == 1
 
@@ -571,7 +571,7 @@ async def test_a_store_url_of_the_other_mode_is_not_redialled_soon(
     )
     assert client.client is not None and client.store is not None and server.url
     refusal = (
-        "closing: peer speaks the secure channel" if client_secure else f"failed: {PLAIN_PEER}"
+        "closing: no secure channel: the closing node" if client_secure else f"failed: {PLAIN_PEER}"
     )
 
     def attempts() -> int:

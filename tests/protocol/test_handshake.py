@@ -9,8 +9,11 @@ import pytest
 from trustp2p.exceptions import HandshakeError, TrustP2PError
 from trustp2p.protocol.handshake import (
     LIBRARY_NAME,
+    PLAIN_PEER,
+    SECURE_PEER,
     VERSION_EVENT,
     check_version,
+    is_mode_mismatch,
     major_version,
     version_body,
 )
@@ -135,3 +138,21 @@ def test_version_is_checked_before_alt() -> None:
 )
 def test_major_version(version: str, major: str) -> None:
     assert major_version(version) == major
+
+
+def test_mode_mismatch_reasons_name_the_sides_and_the_old_ones_still_count() -> None:
+    """Both ends log the close reason: it says "the closing node" and "the other", not
+    "this node", which the node that received it read as itself (found by a tester).
+    0.1.0's reasons still count as a mismatch (a dial not retried soon)."""
+    for reason in (PLAIN_PEER, SECURE_PEER):
+        assert "the closing node" in reason and "this node" not in reason
+        assert len(reason.encode()) <= 123  # a WebSocket close reason's limit
+    for reason in (
+        PLAIN_PEER,
+        SECURE_PEER,
+        "peer speaks plain trustp2p (secure=False); this node requires the secure channel",
+        "peer speaks the secure channel; this node runs with secure=False",
+        f"secure handshake failed: {PLAIN_PEER}",
+    ):
+        assert is_mode_mismatch(reason)
+    assert not is_mode_mismatch("invalid handshake") and not is_mode_mismatch(None)

@@ -43,11 +43,27 @@ HANDSHAKE_MAGIC = b"\x00tp-noise/1\n"
 """Prefix of the first secure handshake message. A node running without the secure
 channel recognises it and refuses with a clear reason, rather than reading it as a package."""
 
-PLAIN_PEER = "peer speaks plain trustp2p (secure=False); this node requires the secure channel"
-"""The close reason for a plain peer dialling a secure node."""
+PLAIN_PEER = (
+    "secure channel required: the closing node runs with secure=True; "
+    "the other speaks plain trustp2p (secure=False)"
+)
+"""The close reason for a plain peer dialling a secure node. Both ends log it, so it
+names the sides by what they did, not as "this node" and "peer" (the peer read them as
+its own)."""
 
-SECURE_PEER = "peer speaks the secure channel; this node runs with secure=False"
+SECURE_PEER = (
+    "no secure channel: the closing node runs with secure=False; "
+    "the other speaks the secure channel"
+)
 """The close reason for a secure peer dialling a plain node."""
+
+_MODE_MISMATCHES = (
+    PLAIN_PEER,
+    SECURE_PEER,
+    # Sent by 0.1.0:
+    "peer speaks plain trustp2p (secure=False); this node requires the secure channel",
+    "peer speaks the secure channel; this node runs with secure=False",
+)
 
 
 def version_body(
@@ -111,4 +127,4 @@ def check_version(
 def is_mode_mismatch(reason: str | None) -> bool:
     """Whether a close reason says the two ends disagree on ``secure``: a dial that can
     never work until one side's configuration changes."""
-    return reason is not None and (PLAIN_PEER in reason or SECURE_PEER in reason)
+    return reason is not None and any(known in reason for known in _MODE_MISMATCHES)
