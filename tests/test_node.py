@@ -1155,3 +1155,52 @@ async def test_a_start_that_fails_after_claiming_the_identity_undoes_it(
         # identity/node.key again, not node-2.key: the failed start doesn't hold it.
         assert again.peer_id == node.peer_id
         assert again.data_dir == tmp_path / "data"
+
+
+@pytest.mark.parametrize("phase", ["opening the store and gossip", "starting threads"])
+async def test_a_stop_during_start_waits_for_it_then_stops_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, phase: str
+) -> None:
+    """Found running a stop() beside a start(): once the start had marked the node
+    running (its threads starting), the stop ran beside it and the start then listened:
+    a STOPPED node accepting connections on its port. Before that (identity, store,
+    gossip), stop() did nothing and the node then ran. Now stop() waits for the start
+    to end, then stops the node; a second start() meanwhile is refused."""
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    async def held() -> None:
+        reached.set()
+        await gate.wait()
+
+    class SlowStart(Recorder):
+        async def start(self) -> None:
+            await held()
+
+    if phase == "starting threads":
+        threads: list[type[Thread]] = [SlowStart]
+    else:
+        threads = []
+        gossip_start = trustp2p.node.gossip.Gossip.start
+
+        async def slow_gossip(self: trustp2p.node.gossip.Gossip) -> None:
+            await held()
+            await gossip_start(self)
+
+        monkeypatch.setattr("trustp2p.node.gossip.Gossip.start", slow_gossip)
+    node = Node(server=True, port=0, cwd=tmp_path, threads=threads, **FAST)
+    starting = asyncio.create_task(node.start())
+    await reached.wait()
+    with pytest.raises(trustp2p.NodeStateError, match="can't start a node that is starting"):
+        await node.start()
+    stopping = asyncio.create_task(node.stop())
+    assert await stays(lambda: not stopping.done(), 0.05)
+    gate.set()
+    await starting  # the start ends as it would have
+    await stopping
+    assert node.state is NodeState.STOPPED
+    assert node.url is not None
+    port = int(node.url.rsplit(":", 1)[1])
+    with pytest.raises(ConnectionRefusedError):  # nothing listens any more
+        await asyncio.open_connection("127.0.0.1", port)
+    async with Node(server=True, port=0, cwd=tmp_path) as again:
+        assert again.peer_id == node.peer_id  # the identity was released

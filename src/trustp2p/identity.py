@@ -296,8 +296,25 @@ async def claim_identity(
     :meth:`Identity.claim`, waiting up to :data:`STOPPING_WAIT` seconds for a node that
     is stopping in ``cwd`` to release its identity (a restart: the node stopping is the
     one starting again), and then taking the next identity free with a warning (or, for
-    a node with a ``name``, raising :exc:`IdentityError`).
+    a node with a ``name``, raising :exc:`IdentityError`). A node without a name that
+    gets another identity than ``node`` (another node runs in ``cwd``) is told so.
     """
+    claimed = await _claim_waiting(cwd, log, name)
+    if name is None and claimed[1] != "node":
+        log.info(
+            "= another node runs in %s: this one is identity/%s.key (give each node a"
+            " name to keep it from depending on the order they start in)",
+            cwd,
+            claimed[1],
+        )
+    return claimed
+
+
+async def _claim_waiting(
+    cwd: Path,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    name: str | None,
+) -> tuple[Identity, str, IO[bytes]]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STOPPING_WAIT
     waiting: IdentityStopping | None = None

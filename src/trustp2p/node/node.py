@@ -18,7 +18,6 @@ import asyncio
 import enum
 import logging
 import secrets
-from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -124,6 +123,8 @@ class Node:
         self._identity_name = options.name or "node"  # its key: identity/<name>.key
         self._identity_lock: IO[bytes] | None = None
         self._stopping: asyncio.Future[None] | None = None  # stop()'s work, once begun
+        self._start_ended: asyncio.Future[None] | None = None  # start()'s end, once begun
+        self._starter: asyncio.Task[Any] | None = None
         self.store: PeerStore | None = None
         self._secure: SecureLayer | None = None
         self.tasks = TaskOwner(self.log)
@@ -252,11 +253,21 @@ class Node:
             ThreadLoadError: If a thread file can't be loaded (nothing is started), or a
                 thread's ``start()`` raises (the threads started before it are stopped).
             DriverError: If listening fails; the threads are stopped again.
-            NodeStateError: If the node was already started.
+            NodeStateError: If the node was already started, or is starting.
 
         """
+        if self._start_ended is not None and not self._start_ended.done():
+            raise NodeStateError("can't start a node that is starting")
         if self.state is not NodeState.NEW:
             raise NodeStateError(f"can't start a node that is {self.state.value}")
+        self._start_ended = asyncio.get_running_loop().create_future()
+        self._starter = asyncio.current_task()
+        try:
+            await self._start()
+        finally:
+            self._start_ended.set_result(None)
+
+    async def _start(self) -> None:
         options = self.options
         current_node.set(self.context_key)  # the tasks and transports started here are ours
         if self.admin is not None:
@@ -264,7 +275,7 @@ class Node:
         self._requests = Requests(
             send=self.connections.send_nowait,
             unmatched=self.connections.unmatched,
-            reroute_target=self._reroute_target if self.client is not None else None,
+            reroute_target=self.client.reroute_target if self.client is not None else None,
             response_timeout=options.response_timeout,
             stalled_timeout=options.stalled_timeout,
             alt=options.alt,
@@ -329,8 +340,7 @@ class Node:
         path = None
         if options.peer_store and self.data_dir is not None and options.store_shelf is None:
             path = self.data_dir / STORE_FILE
-        policy = options.block_policy()
-        store = await PeerStore.open(path, policy=policy, shelf=options.store_shelf)
+        store = await PeerStore.open(path, policy=options.block_policy(), shelf=options.store_shelf)
         if self.client is not None and options.peers:
             await store.add_urls(
                 [split_peer_url(url)[0] for url in options.peers], PeerSource.BOOTSTRAP
@@ -344,7 +354,11 @@ class Node:
         cancel and await remaining tasks. Safe to call more than once, from any task:
         each call waits for the same stop. Cancelling a caller doesn't cancel the stop,
         which goes on to its end; the caller gets its :exc:`asyncio.CancelledError`.
+        Called while :meth:`start` runs, it waits for the start to end first.
         """
+        ended = self._start_ended
+        if ended is not None and not ended.done() and asyncio.current_task() is not self._starter:
+            await asyncio.shield(ended)  # (a failed start stops the node itself)
         if self.state is NodeState.RUNNING:
             self.state = NodeState.STOPPING
             self._stopping = asyncio.ensure_future(self._stop(asyncio.current_task()))
@@ -413,13 +427,6 @@ class Node:
             return Identity.generate()
         claimed = await claim_identity(options.cwd, self.log, options.name)
         identity, self._identity_name, self._identity_lock = claimed
-        if options.name is None and self._identity_name != "node":
-            self.log.info(
-                "= another node runs in %s: this one is identity/%s.key (give each node a"
-                " name to keep it from depending on the order they start in)",
-                options.cwd,
-                self._identity_name,
-            )
         return identity
 
     def _data_dir(self) -> Path | None:
@@ -585,11 +592,6 @@ class Node:
                 raise UsageError(f"{socket!r} is not a connection of this node")
             raise ConnectionClosed(socket.close_code, socket.close_reason)
         return socket
-
-    def _reroute_target(self, tried: Collection[ConnId]) -> ConnId | None:
-        assert self.client is not None
-        socket = self.client.find_next_server(tried)
-        return socket.id if socket is not None else None
 
     # Drivers
 

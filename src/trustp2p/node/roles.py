@@ -418,6 +418,12 @@ class ClientRole(Role):
             return socket
         return None
 
+    def reroute_target(self, tried: Collection[ConnId]) -> ConnId | None:
+        """The connection a request tried on ``tried`` goes to next (the request table's
+        ``reroute_target``), if any."""
+        socket = self.find_next_server(tried)
+        return socket.id if socket is not None else None
+
     def wake(self) -> None:
         """Look for more servers now (peer exchange calls this when it learns some)."""
         self.dialer.wake()
