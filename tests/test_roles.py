@@ -179,6 +179,24 @@ async def test_broadcast_gives_each_peer_its_result(make_node: MakeNode) -> None
             await role.broadcast("note", {}, package_type=wrong)
 
 
+async def test_broadcast_on_a_node_not_running_raises(make_node: MakeNode) -> None:
+    # Found running the API as a user might: before start() and after stop(), a
+    # broadcast returned {} as if the node had no peers, where publish() and request()
+    # say the node isn't running.
+    new = Node(server=True, port=0, **FAST)
+    assert new.server is not None
+    with pytest.raises(NodeStateError, match=r"^the node is new, not running$"):
+        await new.server.broadcast("note", {})
+    server = await make_node(server=True, threads=[Peer])
+    node = await make_node(client=True, peers=[server.url])
+    assert node.client is not None
+    await node.client.wait_connected()
+    assert await node.client.broadcast("note", {}) == dict.fromkeys(node.client.sockets)
+    await node.stop()
+    with pytest.raises(NodeStateError, match=r"^the node is stopped, not running$"):
+        await node.client.broadcast("echo", {}, package_type=PackageType.REQUEST)
+
+
 # The client's connections
 
 

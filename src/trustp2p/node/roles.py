@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
+from ..exceptions import NodeStateError
 from ..protocol.deliver import ConnId
 from ..protocol.handshake import VERSION_EVENT
 from ..protocol.package import REQUEST_TYPES, Body, Package, PackageType, build_package
@@ -251,10 +252,9 @@ class Role:
         payload: bytes | None = None,
     ) -> BroadcastResult:
         """
-        Send one package to many peers: all of this role's peers by default.
-
-        ``payload``, if given, goes beside the body to every peer (the results hold the
-        response bodies, not their payloads).
+        Send one package to many peers: all of this role's peers by default. ``payload``,
+        if given, goes beside the body to every peer (the results hold the response
+        bodies, not their payloads).
 
         With ``package_type=PackageType.TALK`` it sends a talk to each peer; with
         ``REQUEST`` it sends a request to each peer and collects the responses. Peers are
@@ -266,29 +266,30 @@ class Role:
         Returns:
             A :data:`BroadcastResult`, a dict with one entry per socket: ``None`` when
             the talk was written, the response body when the request was answered, or
-            the exception that peer met (e.g. :exc:`ConnectionClosed`,
-            :exc:`RequestTimeout`, :exc:`RemoteError`), never raised.
+            the exception that peer met (:exc:`ConnectionClosed`, :exc:`RequestTimeout`,
+            :exc:`RemoteError`...), never raised.
 
         Raises:
             ValueError: If ``package_type`` is neither ``TALK`` nor a request type.
-
+            NodeStateError: If the node isn't running (an empty result would hide it).
         """
         if package_type not in _BROADCAST_TYPES:
             raise ValueError(f"broadcast sends a TALK or a request type, not {package_type!r}")
+        node = self.node
+        if not node.running:
+            raise NodeStateError(f"the node is {node.state.value}, not running")
         targets = list(dict.fromkeys(self._sockets.values() if sockets is None else sockets))
         results: BroadcastResult = {}
         data = payload or b""
         if package_type is PackageType.TALK:
-            package = build_package(
-                package_type, event, body, alt=self.node.options.alt, payload=data
-            )
+            package = build_package(package_type, event, body, alt=node.options.alt, payload=data)
             outcomes: list[Body | BaseException | None] = await asyncio.gather(
-                *(self.node.send(s, package) for s in targets), return_exceptions=True
+                *(node.send(s, package) for s in targets), return_exceptions=True
             )
         else:
             outcomes = await asyncio.gather(
                 *(
-                    self.node.request(
+                    node.request(
                         s, event, body, package_type=package_type, timeout=timeout, payload=data
                     )
                     for s in targets
