@@ -1204,3 +1204,21 @@ async def test_a_stop_during_start_waits_for_it_then_stops_the_node(
         await asyncio.open_connection("127.0.0.1", port)
     async with Node(server=True, port=0, cwd=tmp_path) as again:
         assert again.peer_id == node.peer_id  # the identity was released
+
+
+async def test_a_thread_that_stops_its_node_in_its_start_fails_the_start(
+    tmp_path: Path,
+) -> None:
+    """A thread's start() can't wait for a stop that waits for the start: its stop()
+    raises, which fails the start (a thread that can't work raises in its start()).
+    Before, the stop ran and the start then listened: a STOPPED node accepting
+    connections on its port."""
+
+    class Quitter(Recorder):
+        async def start(self) -> None:
+            await self.node.stop()
+
+    node = Node(server=True, port=0, cwd=tmp_path, threads=[Quitter], **FAST)
+    with pytest.raises(ThreadLoadError, match=r"NodeStateError\(\"stop\(\) within start\(\)"):
+        await node.start()
+    assert node.state is NodeState.STOPPED and node.url is None  # never listened

@@ -39,7 +39,7 @@ from ..storage import data_dir
 from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
 from ..tasks import TaskOwner
 from ..threads.base import Thread
-from ..threads.loader import enabled_thread_classes, make_thread, start_thread
+from ..threads.loader import enabled_thread_classes, make_threads, start_thread
 from ..threads.peer_exchange import PeerExchangeThread
 from .connections import Connections
 from .dispatch import call_thread, stop_thread
@@ -263,11 +263,12 @@ class Node:
         self._start_ended = asyncio.get_running_loop().create_future()
         self._starter = asyncio.current_task()
         try:
-            await self._start()
+            await self._start(self._start_ended)
         finally:
-            self._start_ended.set_result(None)
+            if not self._start_ended.done():  # (a failed start ends it before its stop)
+                self._start_ended.set_result(None)
 
-    async def _start(self) -> None:
+    async def _start(self, ended: asyncio.Future[None]) -> None:
         options = self.options
         current_node.set(self.context_key)  # the tasks and transports started here are ours
         if self.admin is not None:
@@ -309,6 +310,7 @@ class Node:
             del self.threads[started:]  # a thread whose start() didn't return isn't stopped
             if self.state is NodeState.NEW:  # what started before RUNNING: stop() undoes it
                 self.state = NodeState.RUNNING
+            ended.set_result(None)  # for stop()
             await self.stop()
             raise
         self._started()
@@ -354,11 +356,14 @@ class Node:
         cancel and await remaining tasks. Safe to call more than once, from any task:
         each call waits for the same stop. Cancelling a caller doesn't cancel the stop,
         which goes on to its end; the caller gets its :exc:`asyncio.CancelledError`.
-        Called while :meth:`start` runs, it waits for the start to end first.
+        Called during :meth:`start`, it waits for the start to end, then stops; called
+        within the start (by a thread's ``start()``), it raises :exc:`NodeStateError`.
         """
         ended = self._start_ended
-        if ended is not None and not ended.done() and asyncio.current_task() is not self._starter:
-            await asyncio.shield(ended)  # (a failed start stops the node itself)
+        if ended is not None and not ended.done():
+            if asyncio.current_task() is self._starter:  # (it would wait for itself)
+                raise NodeStateError("stop() within start(): raise in the thread's start()")
+            await asyncio.shield(ended)
         if self.state is NodeState.RUNNING:
             self.state = NodeState.STOPPING
             self._stopping = asyncio.ensure_future(self._stop(asyncio.current_task()))
@@ -443,13 +448,7 @@ class Node:
             classes.append(PeerExchangeThread)
         if self.gossip is not None:
             classes.append(GossipThread)
-        threads = []
-        for cls in classes:
-            thread = make_thread(cls, self)
-            self.handlers.add_thread(thread)
-            threads.append(thread)
-            self.log.debug("= loaded thread %s from %s", cls.__name__, cls.path or cls.__module__)
-        return threads
+        return make_threads(self, classes)
 
     # Threads and connections: the API threads use
 

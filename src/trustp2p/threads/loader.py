@@ -19,6 +19,7 @@ __all__ = [
     "enabled_thread_classes",
     "load_thread_classes",
     "make_thread",
+    "make_threads",
     "start_thread",
     "thread_files",
 ]
@@ -175,6 +176,24 @@ def make_thread(cls: type[Thread], node: Any) -> Thread:
     except Exception as exc:
         where = cls.path or cls.__qualname__
         raise ThreadLoadError(where, f"{cls.__name__}(node) failed: {exc!r}") from exc
+
+
+def make_threads(node: Any, classes: list[type[Thread]]) -> list[Thread]:
+    """
+    The threads of ``classes`` made for ``node``, in order, their handlers registered
+    (``node.handlers``).
+
+    Raises:
+        ThreadLoadError: If a constructor raises, or an event map is invalid.
+
+    """
+    threads = []
+    for cls in classes:
+        thread = make_thread(cls, node)
+        node.handlers.add_thread(thread)
+        threads.append(thread)
+        node.log.debug("= loaded thread %s from %s", cls.__name__, cls.path or cls.__module__)
+    return threads
 
 
 async def start_thread(thread: Thread) -> None:
