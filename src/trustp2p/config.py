@@ -143,7 +143,7 @@ def with_origins(message: str, settings: Mapping[str, Setting]) -> str:
     An option is named by its name as a word; a name of one word (``port``, ``name``)
     only where the message starts with it. Options at their defaults add nothing.
     """
-    origins = []
+    origins: dict[str, str] = {}  # name -> "set by X" / "set in FILE"
     for name, setting in settings.items():
         if setting.source is Source.DEFAULT:
             continue
@@ -153,12 +153,14 @@ def with_origins(message: str, settings: Mapping[str, Setting]) -> str:
             named = re.match(rf"{name}[ :]", message) is not None
         if named:
             where = "in" if setting.source is Source.FILE else "by"
-            origins.append(f"{name} set {where} {setting.origin}")
+            origins[name] = f"set {where} {setting.origin}"
     if not origins:
         return message
     if len(origins) == 1:
-        return f"{message} ({origins[0].split(' ', 1)[1]})"
-    return f"{message} ({'; '.join(origins)})"
+        [origin] = origins.values()
+        return f"{message} ({origin})"
+    each = "; ".join(f"{name} {origin}" for name, origin in origins.items())
+    return f"{message} ({each})"
 
 
 def _read_file(path: Path) -> dict[str, Any]:
