@@ -4,6 +4,7 @@ and the client's connections (connect, disconnect, find_next_server, wait_connec
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -329,12 +330,37 @@ async def test_the_server_role_knows_its_url(make_node: MakeNode) -> None:
     assert server.url.startswith("memory://127.0.0.1:")
 
 
+async def test_connect_before_start_dials_from_the_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found running the API: connect() before start() dialled at once; the node, not
+    started, closed each connection it got ("node stopping") and redialled with its
+    back-off, so the start waited for the next redial. Now the URL waits for the start."""
+    caplog.set_level(logging.INFO)
+    async with Node(server=True, port=0, **FAST) as server:
+        assert server.url is not None
+        client = Node(client=True, port=0, **FAST)
+        assert client.client is not None
+        client.client.connect(server.url)
+        assert client.client.urls == [server.url]  # queued
+        assert len(client.client.dialer.tasks) == 0  # no dial before the start
+        async with client:
+            await client.client.wait_connected()
+            assert not any("node stopping" in r.getMessage() for r in caplog.records)
+
+
 async def test_connect_after_stop_raises(make_node: MakeNode) -> None:
     server = await make_node(server=True)
     client = await make_node(client=True)
     role = client.client
     assert role is not None and server.url is not None
     await client.stop()
-    with pytest.raises(NodeStateError):
+    with pytest.raises(NodeStateError, match=r"^can't dial .*: the node has stopped$"):
         role.connect(server.url)
     assert role.urls == []
+    # A URL it dialled before the stop too (found running the API: that returned quietly).
+    dialled = await make_node(client=True, peers=[server.url])
+    assert dialled.client is not None
+    await dialled.stop()
+    with pytest.raises(NodeStateError, match=r"^can't dial .*: the node has stopped$"):
+        dialled.client.connect(server.url)

@@ -64,6 +64,7 @@ class Dialer:
         self._persistent: dict[str, asyncio.Task[None]] = {}  # URL as given -> task
         self._ourselves: set[str] = set()  # URLs (as stored) found to be this node
         self._wakeup = asyncio.Event()
+        self._started = False  # connect() before start() dials from the start
 
     @staticmethod
     def _now() -> float:
@@ -78,13 +79,13 @@ class Dialer:
         """Dial ``url`` for good (see :meth:`~trustp2p.ClientRole.connect`)."""
         split_peer_url(url)  # a bad /p2p/ part raises ValueError now
         self.node.driver_for_url(url)  # fail now on an unknown scheme
-        if not self.policy.add_persistent(url):
-            return
-        try:
-            self._persistent[url] = self.tasks.spawn(self._dial_forever(url), f"dial {url}")
-        except NodeStateError:
-            self.policy.remove_persistent(url)
-            raise
+        if self.tasks.closed:  # (a URL dialled already would say nothing)
+            raise NodeStateError(f"can't dial {url}: the node has stopped")
+        if self.policy.add_persistent(url) and self._started:
+            self._dial_for_good(url)
+
+    def _dial_for_good(self, url: str) -> None:
+        self._persistent[url] = self.tasks.spawn(self._dial_forever(url), f"dial {url}")
 
     async def disconnect(self, url: str) -> None:
         """Stop dialling ``url`` for good (any spelling of its address)."""
@@ -99,8 +100,12 @@ class Dialer:
         self._wakeup.set()
 
     def start(self) -> None:
+        self._started = True
         for url in self.node.options.peers:
             self.connect(url)
+        for url in self.policy.persistent_urls:
+            if url not in self._persistent:  # given to connect() before the start
+                self._dial_for_good(url)
         if self.policy.target > 0:
             # A first round at once: a node restarted with its bootstrap peers down (or
             # none given) has the peers of its store to dial.

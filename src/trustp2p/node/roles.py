@@ -387,7 +387,8 @@ class ClientRole(Role):
     def connect(self, url: str) -> None:
         """
         Start dialling ``url`` and keep connected to it; does nothing if its address is
-        dialled already (whatever the spelling).
+        dialled already (whatever the spelling). Before :meth:`~trustp2p.Node.start`, the
+        dialling begins when the node starts.
 
         Raises:
             DriverError: If no driver handles the URL's scheme.
