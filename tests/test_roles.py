@@ -149,7 +149,11 @@ async def test_broadcast_gives_each_peer_its_result(make_node: MakeNode) -> None
     assert role is not None
     await role.wait_connected(3)
     sockets = role.sockets
-    await sockets[0].close()
+    # Its client stopped, not only the connection: a client redials a closed one (found
+    # flaky by a tester: the redial joined the role before a later broadcast).
+    gone = next(client for client in clients if client.peer_id == sockets[0].peer_id)
+    clients = [client for client in clients if client is not gone]
+    await gone.stop()
     await wait_for(lambda: len(role.sockets) == 2)
     # Talks: None for each peer reached; the closed one left the role...
     assert await role.broadcast("note", {"all": 1}) == dict.fromkeys(sockets[1:])
@@ -158,13 +162,13 @@ async def test_broadcast_gives_each_peer_its_result(make_node: MakeNode) -> None
     assert list(results) == sockets  # a socket named twice: one key, one talk
     assert isinstance(results[sockets[0]], ConnectionClosed)
     assert results[sockets[1]] is None and results[sockets[2]] is None
-    for client in clients[1:]:
+    for client in clients:
         await wait_for(lambda client=client: len(peer(client).talks) == 2)
     # Requests: each peer's answer, or its error; one slow peer fails alone.
     answers = await role.broadcast("echo", {"q": 1}, package_type=PackageType.REQUEST)
     assert answers == {socket: {"echo": {"q": 1}, "from": socket.peer_id} for socket in sockets[1:]}
     # (Answered on the same connections after the talks: no second talk came.)
-    assert [len(peer(client).talks) for client in clients[1:]] == [2, 2]
+    assert [len(peer(client).talks) for client in clients] == [2, 2]
     # A peer that answers with an error: its RemoteError, not raised.
     refused = await role.broadcast("nobody", {}, package_type=PackageType.REQUEST)
     assert list(refused) == sockets[1:]
