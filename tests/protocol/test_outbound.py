@@ -352,6 +352,24 @@ def test_a_failure_counts_against_the_entry_being_dialled(policy: OutboundPolicy
     assert policy.failing_urls == {entry, url(1)}
 
 
+def test_a_failed_address_waits_its_retry_under_any_spelling(
+    clock: FakeClock, policy: OutboundPolicy
+) -> None:
+    """Found by a tester: a store holding a peer's URL with its /p2p/ id and without it
+    dialled the down peer twice a round (the anchor round, then the regular one, the
+    first dial failed by then), and counted two failures against it each time."""
+    entry, bare = f"{url(1)}/p2p/{A}", url(1)
+    assert round_(policy, FakeStore([entry])) == [entry]
+    policy.dial_failed(url(1))
+    policy.dial_ended(entry)
+    assert round_(policy, FakeStore([bare])) == []  # the address waits its retry
+    assert policy.failing_urls == {entry}  # one failure a round, not two
+    clock.advance(1.0)
+    assert round_(policy, FakeStore([bare])) == [bare]
+    connect(policy, url(1), A)  # a connection there forgets the wait
+    assert policy.excluded(()) == set()
+
+
 # Busy and duplicate addresses
 
 

@@ -200,6 +200,7 @@ class OutboundPolicy:
         self._peer_of_url: dict[str, str] = {}  # dial URL -> peer id met there
         self._failures: dict[str, int] = {}  # store URL -> failures in a row
         self._retry_at: dict[str, float] = {}  # store URL -> earliest next managed try
+        self._address_retry_at: dict[str, float] = {}  # the same by address, any spelling
         self._early_closes: dict[str, int] = {}  # store URL -> closed soon, in a row
         self._anchoring: str | None = None  # the store URL last dialled as an anchor
 
@@ -248,7 +249,7 @@ class OutboundPolicy:
         url = self.store_url(url)
         failures = self._failures[url] = self._failures.get(url, 0) + 1
         delay = self._retry[1] if lasting else retry_delay(failures, *self._retry)
-        self._retry_at[url] = self.clock() + delay
+        self._retry_at[url] = self._address_retry_at[address_of(url)] = self.clock() + delay
         return delay
 
     def connection_opened(self, conn: ConnId, url: str, peer_id: str | None) -> None:
@@ -260,6 +261,7 @@ class OutboundPolicy:
         store_url = self.store_url(url)
         self._failures.pop(store_url, None)
         self._retry_at.pop(store_url, None)
+        self._address_retry_at.pop(address_of(store_url), None)
 
     def connection_closed(self, conn: ConnId) -> None:
         """
@@ -283,6 +285,8 @@ class OutboundPolicy:
             return
         self._early_closes[url] = closes
         self._retry_at[url] = max(self._retry_at.get(url, 0.0), now + delay)
+        address = address_of(url)
+        self._address_retry_at[address] = max(self._address_retry_at.get(address, 0.0), now + delay)
 
     def remember_peer(self, url: str, peer_id: str) -> None:
         """``peer_id`` answers at ``url`` (a duplicate connection, refused): don't dial
@@ -380,10 +384,13 @@ class OutboundPolicy:
     ) -> bool:
         """
         Whether the store's ``url`` may be dialled now: its address is not busy, it is
-        not waiting for a retry, its host is not a blocked address, and neither the
-        peer met there nor the one its ``/p2p/`` part names is connected or blocked.
+        not waiting for a retry (of any spelling of its address: the store may hold one
+        with the peer's ``/p2p/`` id and one without), its host is not a blocked
+        address, and neither the peer met there nor the one its ``/p2p/`` part names is
+        connected or blocked.
         """
-        if address_of(url) in busy or self._retry_at.get(url, 0.0) > self.clock():
+        address = address_of(url)
+        if address in busy or self._address_retry_at.get(address, 0.0) > self.clock():
             return False
         try:
             dial_url, claimed = split_peer_url(url)
