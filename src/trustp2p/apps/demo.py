@@ -72,7 +72,8 @@ COLUMNS = ("node", "port", "state", "in", "out", "rx", "tx", "RTT ms", "chat", "
 LEGEND = (
     "in/out: connections accepted/dialled; rx/tx: packages received/sent;\n"
     "RTT ms: mean ping round trip to its clients; chat: chat messages\n"
-    "delivered to it; fetched: chat messages it got by catch-up"
+    "delivered to it; fetched: those it got by catch-up (published while\n"
+    "it was down, or before its subscription reached the publisher)"
 )
 
 
@@ -411,7 +412,7 @@ class _Demo:
         complete = sum(1 for index in range(self.size) if self.has_everything(index))
         twice = sum(1 for ids in self.received if len(ids) != len(set(ids)))
         rtts = [rtt * 1000 for rtt in self.rtts()]
-        return [
+        lines = [
             f"summary: {self.size} nodes, {up} up; {_count(connections, 'connection')}, "
             f"{self.planned_up()} of {planned} planned ones up",
             f"chat: {len(self.published)} messages published; {complete} of {self.size} nodes "
@@ -420,6 +421,9 @@ class _Demo:
             if rtts
             else "pings: no round trip measured",
         ]
+        if (extra := connections - self.planned_up()) > 0:
+            lines.insert(1, f"  and {extra} more: dialled after peer exchange named more peers")
+        return lines
 
     def report(self, elapsed: float, duration: float) -> bool:
         """Print the table, the summary and the problems; return whether it is healthy."""
