@@ -1063,6 +1063,64 @@ def test_an_unanswered_iwant_is_sent_to_the_last_other_peer_that_announced_the_i
     assert _talks(sent, IWANT) == [(2, IWANT, {"ids": ["a", "b"]})]
 
 
+def test_a_peer_has_at_most_max_asks_ids_asked_of_it_at_a_time() -> None:
+    # Found by an attacker: ihave with 500 made-up ids, 100 times a second, had each id
+    # recorded and echoed in an iwant; 16 such peers took the node from 117 to 537 MB.
+    router, sent, clock = _meshed(2, max_asks=3)
+    router.control(0, IHAVE, {"topic": TOPIC, "ids": ["a", "b", "c", "d", "e"]})
+    assert _talks(sent, IWANT) == [(0, IWANT, {"ids": ["a", "b", "c"]})]
+    assert router.stats.ihave_ignored == 2
+    sent.clear()
+    router.control(0, IHAVE, {"topic": TOPIC, "ids": ["f"]})
+    assert sent == []  # ignored, not answered
+    router.control(1, IHAVE, {"topic": TOPIC, "ids": ["d"]})
+    assert _talks(sent, IWANT) == [(1, IWANT, {"ids": ["d"]})]  # each peer its own room
+    sent.clear()
+
+    message = _message()
+    router.control(1, IHAVE, {"topic": TOPIC, "ids": [message.id]})
+    router.receive(1, message)  # an answered ask makes room
+    router.control(1, IHAVE, {"topic": TOPIC, "ids": ["g", "h", "i"]})
+    assert _talks(sent, IWANT) == [
+        (1, IWANT, {"ids": [message.id]}),
+        (1, IWANT, {"ids": ["g", "h"]}),
+    ]
+    sent.clear()
+    clock.advance(3.5)
+    router.heartbeat()  # given up: room again
+    router.control(0, IHAVE, {"topic": TOPIC, "ids": ["j", "k", "l", "m"]})
+    assert _talks(sent, IWANT) == [(0, IWANT, {"ids": ["j", "k", "l"]})]
+    assert router.stats.ihave_ignored == 2 + 1 + 1 + 1
+
+
+def test_a_flood_of_made_up_ids_is_asked_for_at_most_max_asks_at_a_time() -> None:
+    router, sent, clock = _meshed(1)
+    for round_ in range(3):
+        for n in range(100):
+            ids = [f"{round_}-{n}-{i}" for i in range(500)]
+            router.control(0, IHAVE, {"topic": TOPIC, "ids": ids})
+        asked = [i for _, _, body in _talks(sent, IWANT) for i in body["ids"]]
+        assert len(asked) == router.max_asks == 500
+        assert router.stats.ihave_ignored == (round_ + 1) * (100 * 500 - 500)
+        sent.clear()
+        clock.advance(3.5)
+        router.heartbeat()
+        assert _talks(sent, IWANT) == []  # nobody else to ask: all given up
+
+
+def test_an_unanswered_id_is_asked_again_only_of_a_peer_with_room() -> None:
+    router, sent, clock = _meshed(3, max_asks=2)
+    router.control(0, IHAVE, {"topic": TOPIC, "ids": ["a"]})
+    router.control(1, IHAVE, {"topic": TOPIC, "ids": ["a"]})
+    router.control(2, IHAVE, {"topic": TOPIC, "ids": ["a"]})
+    clock.advance(1.0)
+    router.control(2, IHAVE, {"topic": TOPIC, "ids": ["b", "c"]})  # peer 2 is full
+    sent.clear()
+    clock.advance(2.5)
+    router.heartbeat()  # peer 2 announced "a" last, but has no room: peer 1 is asked
+    assert _talks(sent, IWANT) == [(1, IWANT, {"ids": ["a"]})]
+
+
 def test_ihave_asks_again_only_after_a_heartbeat() -> None:
     router, sent, clock = _meshed(2)
     router.control(0, IHAVE, {"topic": TOPIC, "ids": ["a"]})

@@ -236,6 +236,11 @@ class NodeCollector(Collector):
             ("caught_up", "Messages obtained by catch-up.", gossip.caught_up),
             ("forwarded", "Copies sent on eagerly.", stats.forwarded),
             ("invalid", "Forged, altered, malformed or rejected messages.", stats.invalid),
+            (
+                "ihave_ignored",
+                "Ids announced by a peer and not asked for: it had the most asks open.",
+                stats.ihave_ignored,
+            ),
         ):
             yield _counter(f"trustp2p_gossip_{name}", text, value)
         yield _labelled(

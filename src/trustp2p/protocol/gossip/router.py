@@ -33,7 +33,6 @@ __all__ = [
 ]
 
 import random
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +40,7 @@ from typing import Any, Literal
 from ...exceptions import GossipError
 from .batch import GRAFT, MAX_TOPICS_PER_TALK, PRUNE, SUBSCRIPTIONS, ControlBatch, topic_chunks
 from .message import MAX_HOPS, GossipMessage, check_own_topic, check_topic
+from .seen import SeenIds
 
 PeerKey = Hashable
 """How the router names a peer: the node uses the connection id."""
@@ -77,6 +77,7 @@ class GossipStats:
     ihave_sent: int = 0
     iwant_sent: int = 0
     served: int = 0  # messages sent in answer to iwant
+    ihave_ignored: int = 0  # ids announced and not asked for: the peer had max_asks open
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,38 +89,6 @@ class RouterAction:
     event: str = ""
     body: dict[str, Any] = field(default_factory=dict)
     message: GossipMessage | None = None
-
-
-class _Seen:
-    """Message ids seen recently, bounded by count and age."""
-
-    __slots__ = ("_ids", "max_age", "max_size")
-
-    def __init__(self, max_size: int, max_age: float) -> None:
-        self._ids: OrderedDict[str, float] = OrderedDict()
-        self.max_size = max_size
-        self.max_age = max_age
-
-    def __contains__(self, item: str) -> bool:
-        return item in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def add(self, item: str, now: float) -> None:
-        self._ids[item] = now
-        self._ids.move_to_end(item)
-        if len(self._ids) > self.max_size:
-            self._ids.popitem(last=False)
-
-    def expire(self, now: float) -> None:
-        ids = self._ids
-        limit = now - self.max_age
-        while ids:
-            item, when = next(iter(ids.items()))
-            if when > limit:
-                break
-            del ids[item]
 
 
 class GossipRouter:
@@ -143,6 +112,10 @@ class GossipRouter:
             (one that arrives with ``max_hops - 1`` is delivered, not forwarded); at
             most :data:`~trustp2p.protocol.gossip.message.MAX_HOPS`, which peers check.
         max_ihave: Most ids in one ``ihave`` or ``iwant``.
+        max_asks: Most ids asked of one peer at a time (in ``iwant``, neither received
+            nor given up yet): the unseen ids of its ``ihave`` beyond that are ignored,
+            not asked for, so that a peer announcing ids it never serves can't grow our
+            memory or have us echo them (GossipSub bounds the same per heartbeat).
         iwant_timeout: Seconds before an id asked for and not received is asked for
             again, of another peer that announced it meanwhile (the last one). A peer
             serves an id for ``history`` heartbeats after announcing it: waiting much
@@ -170,6 +143,7 @@ class GossipRouter:
         seen_ttl: float = 120.0,
         max_hops: int = 16,
         max_ihave: int = 500,
+        max_asks: int = 500,
         iwant_timeout: float = 3.0,
         mode: Literal["gossip", "flood"] = "gossip",
         rng: random.Random | None = None,
@@ -192,6 +166,7 @@ class GossipRouter:
         self.lazy = lazy
         self.max_hops = max_hops
         self.max_ihave = max_ihave
+        self.max_asks = max_asks
         self.iwant_timeout = iwant_timeout
         self.mode = mode
         self._rng = rng or random.Random()
@@ -199,7 +174,7 @@ class GossipRouter:
         self.topics: set[str] = set()  # ours
         self._peers: dict[PeerKey, set[str]] = {}  # peer -> its topics
         self.mesh: dict[str, set[PeerKey]] = {}
-        self._seen = _Seen(seen_max, seen_ttl)
+        self._seen = SeenIds(seen_max, seen_ttl)
         # Recent messages, for ihave and iwant: one window per heartbeat.
         self._windows: list[dict[str, GossipMessage]] = [{} for _ in range(history)]
         # Peers known to have each recent message (sent it to us, or got it from us):
@@ -207,7 +182,8 @@ class GossipRouter:
         # holders, and a set of more than four takes 700 bytes, a list of twelve 180 (a
         # simulation holds one per node and recent message, thousands while it runs late).
         self._holders: dict[str, list[PeerKey]] = {}
-        self._asked: dict[str, float] = {}  # ids we sent iwant for -> when
+        self._asked: dict[str, tuple[float, PeerKey]] = {}  # id in an iwant -> when, whom
+        self._asking: dict[PeerKey, int] = {}  # peer -> how many of those it was asked
         self._served: dict[str, list[PeerKey]] = {}  # recent ids -> peers sent them on iwant
         # Other peers that announced an id while it was asked for: whom to ask next.
         self._offers: dict[str, list[PeerKey]] = {}
@@ -224,11 +200,13 @@ class GossipRouter:
     def add_peer(self, peer: PeerKey) -> None:
         """A connection opened: tell the peer what we subscribe to."""
         self._peers[peer] = set()
+        self._asking[peer] = 0
         for chunk in topic_chunks(sorted(self.topics), self.batch.max_bytes):
             self._talk(peer, SUBSCRIPTIONS, {"subscribe": chunk, "unsubscribe": []})
 
     def remove_peer(self, peer: PeerKey) -> None:
         self._peers.pop(peer, None)
+        self._asking.pop(peer, None)  # its asks are given up at their timeout
         self.batch.forget(peer)
         for members in self.mesh.values():
             members.discard(peer)
@@ -461,7 +439,8 @@ class GossipRouter:
         if announced not in self.topics:
             return
         now = self._clock()
-        wanted = []
+        wanted: list[str] = []
+        room = self.max_asks - self._asking[peer]
         for i in ids:
             if i in self._seen:
                 continue
@@ -469,11 +448,14 @@ class GossipRouter:
                 offers = self._offers.setdefault(i, [])
                 if peer not in offers and len(offers) < self.degree:
                     offers.append(peer)
-            else:
+            elif len(wanted) < room:
                 wanted.append(i)
+            else:
+                self.stats.ihave_ignored += 1
         if wanted:
             for i in wanted:
-                self._asked[i] = now
+                self._asked[i] = (now, peer)
+            self._asking[peer] += len(wanted)
             self.stats.iwant_sent += 1
             self._talk(peer, IWANT, {"ids": wanted})
 
@@ -495,25 +477,38 @@ class GossipRouter:
             self._served.pop(message_id, None)
 
     def _forget_ask(self, message_id: str) -> None:
-        self._asked.pop(message_id, None)
+        asked = self._asked.pop(message_id, None)
+        if asked is not None:
+            self._unask(asked[1])
         self._offers.pop(message_id, None)
+
+    def _unask(self, peer: PeerKey) -> None:
+        count = self._asking.get(peer)
+        if count is not None:
+            self._asking[peer] = count - 1
 
     def _ask_again(self, now: float) -> None:
         """Ids asked for ``iwant_timeout`` ago and not received: ask the last other peer
-        that announced each (it is the likeliest to serve it still), or forget the ask,
-        so that the next announcement is answered."""
+        that announced each (it is the likeliest to serve it still) and has room for
+        the ask, or forget the ask, so that the next announcement is answered."""
         again: dict[PeerKey, list[str]] = {}
-        for message_id, asked in list(self._asked.items()):
+        for message_id, (asked, whom) in list(self._asked.items()):
             if now - asked <= self.iwant_timeout:
                 continue
-            offers = [p for p in self._offers.pop(message_id, ()) if p in self._peers]
+            self._unask(whom)
+            offers = [
+                p
+                for p in self._offers.pop(message_id, ())
+                if self._asking.get(p, self.max_asks) < self.max_asks  # connected, has room
+            ]
             if not offers:
                 del self._asked[message_id]
                 continue
             peer = offers.pop()
             if offers:
                 self._offers[message_id] = offers
-            self._asked[message_id] = now
+            self._asked[message_id] = (now, peer)
+            self._asking[peer] += 1
             again.setdefault(peer, []).append(message_id)
         for peer, ids in again.items():
             for start in range(0, len(ids), self.max_ihave):
