@@ -4,6 +4,7 @@ and persistence."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import sqlite3
@@ -176,25 +177,58 @@ async def test_range_max_bytes(log: MessageLog) -> None:
     assert seqs(log.range("tpa", 2, 5, max_bytes=1)) == [2]
 
 
-async def test_max_messages_drops_the_oldest_received(clock: FakeClock) -> None:
-    log = await MessageLog.open(None, clock=clock, max_messages=3)
+async def test_max_messages_drops_the_oldest_received_or_the_largest_origins(
+    clock: FakeClock,
+) -> None:
+    log = await MessageLog.open(None, clock=clock, max_messages=4)
     try:
         for seq in (1, 3, 2):
             log.add(message(seq))
-        log.add(message(1, origin="tpb", topic="news"))
-        log.add(message(4))  # drops 1, the oldest received
-        assert seqs(log.range("tpa", 1, 10)) == [2, 3, 4]
-        assert log.high_water() == {"tpa": 4, "tpb": 1}
-        log.add(message(5))  # drops 3, received before 2
-        assert seqs(log.range("tpa", 1, 10)) == [2, 4, 5]
-        assert log.high_water() == {"tpa": 2, "tpb": 1}
-        assert log.high_water("chat") == {"tpa": 2}
-        assert log.first_seq("tpa") == 2
+        log.add(message(1, origin="tpb"))
+        log.add(message(1, origin="tpc", topic="news"))
+        log.add(message(2, origin="tpb"))  # drops 1, the oldest: tpa has more than 4 / 2
+        assert seqs(log.range("tpa", 1, 10)) == [2, 3]
+        assert log.high_water() == {"tpa": 3, "tpb": 2, "tpc": 1}
+        log.add(message(1, origin="tpd"))  # drops 3, received before 2
+        assert seqs(log.range("tpa", 1, 10)) == [2]
+        assert log.high_water("chat") == {"tpa": 2, "tpb": 2, "tpd": 1}
+        # The oldest now is tpa's 2, within its share (1 of 4 / 4): tpb, with the most,
+        # loses its lowest number.
+        log.add(message(1, origin="tpe"))
+        assert seqs(log.range("tpa", 1, 10)) == [2]
+        assert seqs(log.range("tpb", 1, 10)) == [2]
+        assert log.first_seq("tpb") == 2
         assert not log.has("tpa", 1)
-        assert len(log) == 4  # the limit is per topic
+        assert len(log) == 5  # the limit is per topic
         # A dropped message can come back; the delivery marks tell it was seen.
         assert log.add(message(1)) is True
-        assert seqs(log.range("tpa", 1, 10)) == [1, 4, 5]
+        assert seqs(log.range("tpa", 1, 10)) == [1]  # tpa's 2 was the oldest, over 4 / 4
+    finally:
+        await log.close()
+
+
+async def test_a_flood_can_not_push_other_origins_out_of_their_share(clock: FakeClock) -> None:
+    # Found by an attacker: one peer's messages from 200 new origins, 27,811 in 15 s,
+    # pushed every older message out of the topic's log (10,000) in 6 s, so that none
+    # could be caught up. An origin within its share of the topic now keeps its messages.
+    log = await MessageLog.open(None, clock=clock, max_messages=100)
+    try:
+        for seq in range(1, 51):
+            log.add(message(seq, origin="tphonest"))
+        for seq in range(1, 10_001):  # one origin: it pushes out only its own
+            log.add(message(seq, origin="tpflood"))
+        assert seqs(log.range("tphonest", 1, 100)) == list(range(1, 51))
+        assert seqs(log.range("tpflood", 1, 10_000)) == list(range(9951, 10_001))
+        for seq in range(1, 5001):  # four new origins: the honest one keeps its share
+            for origin in ("tpf1", "tpf2", "tpf3", "tpf4"):
+                log.add(message(seq, origin=origin))
+        assert seqs(log.range("tphonest", 1, 100)) == list(range(35, 51))  # 16 of 100 / 6
+        assert len(log) == 100
+        # A single origin is over its share whatever it sends: the oldest received goes.
+        log = await MessageLog.open(None, clock=clock, max_messages=3)
+        for seq in (5, 3, 4, 1):
+            log.add(message(seq))
+        assert seqs(log.range("tpa", 1, 10)) == [1, 3, 4]
     finally:
         await log.close()
 
@@ -340,7 +374,7 @@ def model_high(present: list[int]) -> int:
 
 @given(
     st.lists(
-        st.tuples(st.sampled_from("ab"), st.sampled_from(["chat", "news"]), st.integers(1, 30)),
+        st.tuples(st.sampled_from("abcd"), st.sampled_from(["chat", "news"]), st.integers(1, 30)),
         max_size=200,
     ),
     st.integers(1, 12),
@@ -357,20 +391,40 @@ def test_the_indexes_match_a_plain_list(adds: list[tuple[str, str, int]], limit:
             kept.append(m)
             in_topic = [k for k in kept if k.topic == topic]
             if len(in_topic) > limit:
-                kept.remove(in_topic[0])
+                kept.remove(_dropped(log, in_topic, limit))
         assert len(log) == len(kept)
-    for origin in "ab":
+    for origin in "abcd":
         mine = sorted(k.seq for k in kept if k.origin == origin)
         assert log.first_seq(origin) == (mine[0] if mine else None)
         assert seqs(log.range(origin, 5, 20, limit=7)) == [s for s in mine if 5 <= s <= 20][:7]
         assert [log.has(origin, s) for s in range(32)] == [s in mine for s in range(32)]
     for only in ("chat", "news", None):
         expected = {}
-        for origin in "ab":
+        for origin in "abcd":
             present = sorted(k.seq for k in kept if k.origin == origin and only in (None, k.topic))
             if present:
                 expected[origin] = model_high(present)
         assert log.high_water(only) == expected
+
+
+def _dropped(log: MessageLog, in_topic: list[LoggedMessage], limit: int) -> LoggedMessage:
+    """The message the log dropped from a full topic (``in_topic``, in the order logged):
+    the oldest if its origin has more than its share, else the lowest-numbered of an
+    origin with the most (which one of those is the log's choice)."""
+    counts = collections.Counter(k.origin for k in in_topic)
+    oldest = in_topic[0]
+    if counts[oldest.origin] * len(counts) > limit:
+        allowed = [oldest]
+    else:
+        most = max(counts.values())
+        allowed = [
+            min((k for k in in_topic if k.origin == o), key=lambda k: k.seq)
+            for o, n in counts.items()
+            if n == most
+        ]
+    gone = [k for k in allowed if not log.has(k.origin, k.seq)]
+    assert len(gone) == 1
+    return gone[0]
 
 
 def test_an_origin_keeps_its_entries_in_seq_order_and_lets_go_of_the_removed() -> None:

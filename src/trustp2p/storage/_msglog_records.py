@@ -26,6 +26,7 @@ import bisect
 import logging
 import sqlite3
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -227,13 +228,113 @@ class Origin(_Numbered[Entry]):
 
 
 class Topic:
-    """A topic's kept messages, in the order they were logged, and their numbers by origin."""
+    """
+    A topic's kept messages, in the order they were logged, and their numbers by origin.
 
-    __slots__ = ("entries", "origins")
+    A message dropped before older ones (of the origin with the most messages) stays in
+    ``entries`` until it reaches the front or the entries are compacted: its position
+    is in ``dropped`` meanwhile. ``len()`` counts the rest.
+    """
+
+    __slots__ = ("dropped", "entries", "origins", "sizes")
 
     def __init__(self) -> None:
         self.entries: deque[Entry] = deque()
         self.origins: dict[str, Seqs] = {}
+        self.dropped: set[int] = set()
+        self.sizes: Sizes | None = None  # made when the topic first fills up
+
+    def add(self, entry: Entry) -> None:
+        """Keep ``entry``, the newest."""
+        self.entries.append(entry)
+        origin = entry[0].origin
+        seqs = self.origins.get(origin)
+        if seqs is None:
+            seqs = self.origins[origin] = Seqs()
+        seqs.add(entry[0].seq)
+        if self.sizes is not None:
+            self.sizes.move(origin, len(seqs) - 1, len(seqs))
+
+    def remove(self, origin: str, seq: int) -> None:
+        """Forget the number of a message dropped (:meth:`oldest` or :meth:`drop`)."""
+        seqs = self.origins[origin]
+        size = len(seqs)
+        if size > 1:
+            seqs.remove(seq)
+        else:
+            del self.origins[origin]
+        if self.sizes is not None:
+            self.sizes.move(origin, size, size - 1)
+
+    def over_share(self, origin: str, max_messages: int) -> bool:
+        """Whether ``origin`` has more than ``max_messages`` over the number of origins."""
+        return len(self.origins[origin]) * len(self.origins) > max_messages
+
+    def largest(self) -> tuple[str, int]:
+        """The origin with the most messages here, and its lowest number."""
+        if self.sizes is None:
+            self.sizes = Sizes(self.origins)
+        origin = self.sizes.largest()
+        return origin, self.origins[origin].first()
+
+    def __len__(self) -> int:
+        return len(self.entries) - len(self.dropped)
+
+    def oldest(self) -> Entry | None:
+        """The oldest message kept (None if none), letting go of dropped ones before it."""
+        entries, dropped = self.entries, self.dropped
+        while entries:
+            entry = entries[0]
+            if entry[2] not in dropped:
+                return entry
+            entries.popleft()
+            dropped.remove(entry[2])
+        return None
+
+    def drop(self, entry: Entry) -> None:
+        """Count ``entry`` out, wherever it is; compact once half the entries are out."""
+        dropped = self.dropped
+        dropped.add(entry[2])
+        if len(dropped) >= _COMPACT_AFTER and 2 * len(dropped) >= len(self.entries):
+            self.entries = deque(e for e in self.entries if e[2] not in dropped)
+            dropped.clear()
+
+    def kept(self) -> Iterator[Entry]:
+        """The messages kept, oldest first."""
+        dropped = self.dropped
+        return (entry for entry in self.entries if entry[2] not in dropped)
+
+
+class Sizes:
+    """How many numbers each origin of a topic has, grouped by size: the largest in O(1)."""
+
+    __slots__ = ("_by_size", "_most")
+
+    def __init__(self, origins: dict[str, Seqs]) -> None:
+        # Each group a dict, not a set: the same origin is the largest in every run.
+        self._by_size: dict[int, dict[str, None]] = {}
+        for origin, seqs in origins.items():
+            self._by_size.setdefault(len(seqs), {})[origin] = None
+        self._most = max(self._by_size, default=0)
+
+    def move(self, origin: str, before: int, after: int) -> None:
+        """``origin`` had ``before`` numbers and has ``after`` (one more or one fewer)."""
+        by_size = self._by_size
+        if before:
+            group = by_size[before]
+            del group[origin]
+            if not group:
+                del by_size[before]
+        if after:
+            by_size.setdefault(after, {})[origin] = None
+        if after > self._most:
+            self._most = after
+        elif self._most not in by_size:  # the one with the most moved down
+            self._most = after or max(by_size, default=0)
+
+    def largest(self) -> str:
+        """An origin with the most numbers; there is one."""
+        return next(iter(self._by_size[self._most]))
 
 
 @dataclass(slots=True)

@@ -19,7 +19,8 @@ every ``flush_interval`` seconds, sooner when many messages are waiting, and at
 :meth:`~MessageLog.close`.
 
 **Bounded.** Each topic keeps at most ``max_messages`` messages, the oldest received
-dropped first, and none received more than ``max_age`` seconds ago. *Received* is the
+dropped first unless an origin holds more than its share (see :meth:`~MessageLog.add`),
+and none received more than ``max_age`` seconds ago. *Received* is the
 time this node logged a message (its ``clock``), not the origin's timestamp: the origin's
 clock may be wrong, and a message that arrives late (after a partition) should still be
 kept for a while for the nodes that missed it too. The count is enforced at each
@@ -69,7 +70,6 @@ from ._msglog_records import (
     LoggedMessage,
     MessageDatabase,
     Origin,
-    Seqs,
     Topic,
 )
 from .memory import MemoryShelf
@@ -236,8 +236,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         per message.
 
         The message is stored as given: verify it first. Past ``max_messages`` in its
-        topic, the topic's oldest message is dropped; so are the topic's messages
-        received more than ``max_age`` seconds ago.
+        topic, one message is dropped, the topic's oldest or, if its origin is within
+        its share, the lowest-numbered of the origin with the most (possibly this one);
+        so are the topic's messages received more than ``max_age`` seconds ago.
 
         A message dropped from the log can be added again: True doesn't mean this node
         never saw the message; compare ``message.seq`` with :meth:`delivered` for that.
@@ -257,10 +258,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         if topic is None:
             return False
         self._next_position = position + 1
-        self._pending[position] = entry
-        entries = topic.entries
         cutoff = received - self._max_age
-        while entries[0][1] < cutoff:  # never the new one: it was received now
+        while (oldest := topic.oldest()) is not None and oldest[1] < cutoff:
             self._drop(topic)
         if len(self._pending) >= _WRITE_SOON:
             self._wake.set()
@@ -425,8 +424,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
 
     # In-memory bookkeeping.
 
-    def _insert(self, entry: Entry) -> Topic | None:
-        """Keep ``entry``, dropping its topic's oldest past ``max_messages``."""
+    def _insert(self, entry: Entry, *, new: bool = True) -> Topic | None:
+        """Keep ``entry`` (to be written if ``new``), and drop one of its topic's
+        messages past ``max_messages`` (see :meth:`_evict`)."""
         message = entry[0]
         origin, seq = message.origin, message.seq
         logged = self._origins.get(origin)
@@ -438,30 +438,49 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         topic = self._topics.get(message.topic)
         if topic is None:
             topic = self._topics[message.topic] = Topic()
-        topic.entries.append(entry)
-        seqs = topic.origins.get(origin)
-        if seqs is None:
-            seqs = topic.origins[origin] = Seqs()
-        seqs.add(seq)
+        topic.add(entry)
         self._size += 1
-        if len(topic.entries) > self._max_messages:
-            self._drop(topic)
+        if new:
+            self._pending[entry[2]] = entry
+        if len(topic) > self._max_messages:
+            self._evict(topic)
         return topic
+
+    def _evict(self, topic: Topic) -> None:
+        """
+        Make room in a full ``topic``: drop its oldest message if its origin has more
+        than its share of the topic (``max_messages`` over the number of origins), else
+        the lowest-numbered message of the origin with the most. Then a flood, from one
+        origin or many new ones, can't push everyone else's messages out: an origin
+        within its share keeps all its messages.
+        """
+        oldest = topic.oldest()
+        assert oldest is not None  # a full topic
+        if topic.over_share(oldest[0].origin, self._max_messages):
+            self._drop(topic)
+            return
+        origin, seq = topic.largest()
+        entry = self._origins[origin].get(seq)
+        assert entry is not None  # each kept number has its entry
+        topic.drop(entry)
+        self._forget(topic, entry)
 
     def _drop(self, topic: Topic) -> None:
         """Drop the oldest message of ``topic``; the caller forgets the topic if empty."""
-        message, _, position = topic.entries.popleft()
+        entry = topic.oldest()
+        assert entry is not None  # called on a topic with messages
+        topic.entries.popleft()
+        self._forget(topic, entry)
+
+    def _forget(self, topic: Topic, entry: Entry) -> None:
+        message, _, position = entry
         origin, seq = message.origin, message.seq
         logged = self._origins[origin]
         if len(logged) > 1:
             logged.remove(seq)
         else:
             del self._origins[origin]
-        seqs = topic.origins[origin]
-        if len(seqs) > 1:
-            seqs.remove(seq)
-        else:
-            del topic.origins[origin]
+        topic.remove(origin, seq)
         self._size -= 1
         if self._pending.pop(position, None) is None:
             self._deletes.append(position)
@@ -471,10 +490,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         now = self._clock()
         cutoff = now - self._max_age
         for name, topic in list(self._topics.items()):
-            entries = topic.entries
-            while entries and entries[0][1] < cutoff:
+            while (oldest := topic.oldest()) is not None and oldest[1] < cutoff:
                 self._drop(topic)
-            if not entries:
+            if not topic:
                 del self._topics[name]
         kept = self._origins
         # Every mark is looked at once a second at most, or when they may be too many:
@@ -501,7 +519,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
 
     def _entries(self) -> Iterator[Entry]:
         for topic in self._topics.values():
-            yield from topic.entries
+            yield from topic.kept()
 
     # Persistence. The loop side: what changed goes to the worker thread in a batch.
 
@@ -515,13 +533,11 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         self._origins, self._topics, self._size = {}, {}, 0
         self._pending, self._deletes = {}, loaded.deletes
         for entry in loaded.entries:
-            if self._insert(entry) is None:  # a duplicate row
+            if self._insert(entry, new=False) is None:  # a duplicate row
                 self._deletes.append(entry[2])
         position = loaded.last_position + 1
         for message, received, _ in meanwhile:
-            entry = (message, received, position)
-            if self._insert(entry) is not None:
-                self._pending[position] = entry
+            if self._insert((message, received, position)) is not None:
                 position += 1
         self._next_position = position
         self._prune()
