@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 from trustp2p.identity import Identity
 from trustp2p.protocol.gossip import (
+    HELD_MESSAGE_OVERHEAD,
     Deliver,
     GapSkipped,
     GossipMessage,
@@ -373,7 +374,7 @@ def test_a_stream_holds_at_most_max_held_messages() -> None:
 
 def test_past_max_held_bytes_the_oldest_gaps_are_skipped() -> None:
     text = "x" * 100
-    size = len(_message(2, text=text).data)
+    size = len(_message(2, text=text).data) + HELD_MESSAGE_OVERHEAD
     streams, _, clock = _streams(max_held_bytes=2 * size)
     streams.add(_message(2, text=text), None)
     clock.advance(1)
@@ -388,6 +389,23 @@ def test_past_max_held_bytes_the_oldest_gaps_are_skipped() -> None:
     ]
     assert streams.held_bytes == 2 * size
     assert streams.gaps == [stream_key(TOPIC, BOB.peer_id)]
+
+
+def test_tiny_messages_count_their_overhead_against_max_held_bytes() -> None:
+    # Found by a review of an attacker's run: messages from new origins, each numbered
+    # past a gap, were held counted by their payload alone (9 characters for 740 bytes
+    # of memory each), so that 64 MiB allowed millions of them.
+    size = len(_message(2).data) + HELD_MESSAGE_OVERHEAD
+    streams, _, clock = _streams(max_held_bytes=10 * size)
+    origins = [_identity(n) for n in range(3, 33)]
+    skipped = []
+    for identity in origins:
+        clock.advance(1)
+        skipped += _skipped(streams.add(_message(2, identity=identity), None))
+        assert streams.held_bytes <= 10 * size
+    assert streams.held == 10
+    # The gaps that opened first went first.
+    assert [event.origin for event in skipped] == [i.peer_id for i in origins[:20]]
 
 
 def test_a_message_bigger_than_max_held_bytes_is_not_waited_for() -> None:

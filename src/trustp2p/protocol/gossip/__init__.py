@@ -70,6 +70,7 @@ from .router import (
 from .streams import (
     DEFAULT_MAX_HELD,
     DEFAULT_MAX_HELD_BYTES,
+    HELD_MESSAGE_OVERHEAD,
     Deliver,
     DeliveryMarks,
     GapSkipped,
@@ -88,6 +89,7 @@ __all__ = [
     "FETCH_ALONE",
     "GOSSIP_EVENTS",
     "GRAFT",
+    "HELD_MESSAGE_OVERHEAD",
     "HWM",
     "IHAVE",
     "IWANT",
