@@ -408,14 +408,26 @@ def test_tiny_messages_count_their_overhead_against_max_held_bytes() -> None:
     assert [event.origin for event in skipped] == [i.peer_id for i in origins[:20]]
 
 
+def test_refused_messages_held_for_their_turn_count_their_overhead() -> None:
+    # Found in review: a number passed over (its message refused by a validator) was
+    # held counting 0 bytes, so that 20,000 were held within a 1 KiB limit.
+    streams, _, clock = _streams(max_held_bytes=3 * HELD_MESSAGE_OVERHEAD)
+    for n in range(3, 13):
+        clock.advance(1)
+        streams.pass_over(_message(2, identity=_identity(n)))
+        assert streams.held_bytes <= 3 * HELD_MESSAGE_OVERHEAD
+    assert streams.held == 3
+    assert streams.skipped == 7
+
+
 def test_a_message_bigger_than_max_held_bytes_is_not_waited_for() -> None:
     streams, _, _ = _streams(max_held_bytes=0)
     events = streams.add(_message(5), None)
     assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 1, 4, "held")]
     assert _seqs(events) == [5]
-    # A passed-over number holds no payload: it waits within the bytes limit.
-    assert streams.pass_over(_message(7)) == []
-    assert (streams.held, streams.held_bytes, streams.missing(STREAM)) == (1, 0, (6, 6))
+    # A passed-over number holds no payload, but takes memory: no room for it either.
+    assert streams.pass_over(_message(7)) == [GapSkipped(TOPIC, ALICE.peer_id, 6, 6, "held")]
+    assert (streams.held, streams.held_bytes, streams.missing(STREAM)) == (0, 0, None)
 
 
 def test_staleness_by_mark_and_by_age() -> None:

@@ -224,8 +224,14 @@ async def test_a_flood_can_not_push_other_origins_out_of_their_share(clock: Fake
                 log.add(message(seq, origin=origin))
         assert seqs(log.range("tphonest", 1, 100)) == list(range(35, 51))  # 16 of 100 / 6
         assert len(log) == 100
-        # A single origin is over its share whatever it sends: the oldest received goes.
-        log = await MessageLog.open(None, clock=clock, max_messages=3)
+    finally:
+        await log.close()
+
+
+async def test_a_single_origin_drops_its_oldest_received(clock: FakeClock) -> None:
+    # Past its share whatever it sends: the oldest received goes, not the lowest number.
+    log = await MessageLog.open(None, clock=clock, max_messages=3)
+    try:
         for seq in (5, 3, 4, 1):
             log.add(message(seq))
         assert seqs(log.range("tpa", 1, 10)) == [1, 3, 4]

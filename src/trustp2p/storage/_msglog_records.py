@@ -322,7 +322,10 @@ class Sizes:
         by_size = self._by_size
         if before:
             group = by_size[before]
-            del group[origin]
+            if next(reversed(group)) == origin:  # the usual: largest() named it
+                group.popitem()  # unlike del, lets go of the slot: no scan grows
+            else:
+                del group[origin]
             if not group:
                 del by_size[before]
         if after:
@@ -333,8 +336,8 @@ class Sizes:
             self._most = after or max(by_size, default=0)
 
     def largest(self) -> str:
-        """An origin with the most numbers; there is one."""
-        return next(iter(self._by_size[self._most]))
+        """An origin with the most numbers (the last to get there); there is one."""
+        return next(reversed(self._by_size[self._most]))
 
 
 @dataclass(slots=True)

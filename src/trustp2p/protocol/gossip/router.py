@@ -183,7 +183,7 @@ class GossipRouter:
         # simulation holds one per node and recent message, thousands while it runs late).
         self._holders: dict[str, list[PeerKey]] = {}
         self._asked: dict[str, tuple[float, PeerKey]] = {}  # id in an iwant -> when, whom
-        self._asking: dict[PeerKey, int] = {}  # peer -> how many of those it was asked
+        self._asking: dict[PeerKey, set[str]] = {}  # peer -> those of the ids it was asked
         self._served: dict[str, list[PeerKey]] = {}  # recent ids -> peers sent them on iwant
         # Other peers that announced an id while it was asked for: whom to ask next.
         self._offers: dict[str, list[PeerKey]] = {}
@@ -200,13 +200,15 @@ class GossipRouter:
     def add_peer(self, peer: PeerKey) -> None:
         """A connection opened: tell the peer what we subscribe to."""
         self._peers[peer] = set()
-        self._asking[peer] = 0
+        self._asking.setdefault(peer, set())
         for chunk in topic_chunks(sorted(self.topics), self.batch.max_bytes):
             self._talk(peer, SUBSCRIPTIONS, {"subscribe": chunk, "unsubscribe": []})
 
     def remove_peer(self, peer: PeerKey) -> None:
         self._peers.pop(peer, None)
-        self._asking.pop(peer, None)  # its asks are given up at their timeout
+        for message_id in self._asking.pop(peer, ()):  # its asks are given up
+            self._asked.pop(message_id, None)
+            self._offers.pop(message_id, None)
         self.batch.forget(peer)
         for members in self.mesh.values():
             members.discard(peer)
@@ -440,7 +442,8 @@ class GossipRouter:
             return
         now = self._clock()
         wanted: list[str] = []
-        room = self.max_asks - self._asking[peer]
+        asking = self._asking[peer]
+        room = self.max_asks - len(asking)
         for i in ids:
             if i in self._seen:
                 continue
@@ -455,7 +458,7 @@ class GossipRouter:
         if wanted:
             for i in wanted:
                 self._asked[i] = (now, peer)
-            self._asking[peer] += len(wanted)
+            asking.update(wanted)
             self.stats.iwant_sent += 1
             self._talk(peer, IWANT, {"ids": wanted})
 
@@ -479,13 +482,8 @@ class GossipRouter:
     def _forget_ask(self, message_id: str) -> None:
         asked = self._asked.pop(message_id, None)
         if asked is not None:
-            self._unask(asked[1])
+            self._asking[asked[1]].discard(message_id)  # asks of a peer gone went with it
         self._offers.pop(message_id, None)
-
-    def _unask(self, peer: PeerKey) -> None:
-        count = self._asking.get(peer)
-        if count is not None:
-            self._asking[peer] = count - 1
 
     def _ask_again(self, now: float) -> None:
         """Ids asked for ``iwant_timeout`` ago and not received: ask the last other peer
@@ -495,11 +493,11 @@ class GossipRouter:
         for message_id, (asked, whom) in list(self._asked.items()):
             if now - asked <= self.iwant_timeout:
                 continue
-            self._unask(whom)
+            self._asking[whom].discard(message_id)
             offers = [
                 p
                 for p in self._offers.pop(message_id, ())
-                if self._asking.get(p, self.max_asks) < self.max_asks  # connected, has room
+                if p in self._asking and len(self._asking[p]) < self.max_asks  # has room
             ]
             if not offers:
                 del self._asked[message_id]
@@ -508,7 +506,7 @@ class GossipRouter:
             if offers:
                 self._offers[message_id] = offers
             self._asked[message_id] = (now, peer)
-            self._asking[peer] += 1
+            self._asking[peer].add(message_id)
             again.setdefault(peer, []).append(message_id)
         for peer, ids in again.items():
             for start in range(0, len(ids), self.max_ihave):

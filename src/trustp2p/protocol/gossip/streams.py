@@ -71,10 +71,11 @@ DEFAULT_MAX_HELD_BYTES = 64 * 2**20
 :data:`HELD_MESSAGE_OVERHEAD` per message."""
 
 HELD_MESSAGE_OVERHEAD = 768
-"""What a held message takes beside its payload, in bytes (740 measured with
-``tracemalloc``: the message object, its id, key and signature, its place in the stream).
-Counted so that tiny messages can't be held by the million: an attacker's messages from
-new origins, each with a gap before it, were counted 9 bytes apiece."""
+"""What a held number takes beside its payload, in bytes (740 measured with
+``tracemalloc`` for a message: the object, its id, key and signature, its place in the
+stream; about 490 for a refused one, held without its message). Counted so that tiny
+or refused messages can't be held by the million: an attacker's messages from new
+origins, each with a gap before it, were counted 9 bytes apiece, refused ones 0."""
 
 
 def stream_key(topic: str, origin: str) -> str:
@@ -186,7 +187,9 @@ class _Held(Generic[S]):
 
 
 def _size(entry: tuple[GossipMessage, object] | None) -> int:
-    return 0 if entry is None else len(entry[0].data) + HELD_MESSAGE_OVERHEAD
+    """What a held number counts against ``max_held_bytes``: a message refused (by a
+    validator, or too large to keep) waits its turn too, without its payload."""
+    return HELD_MESSAGE_OVERHEAD if entry is None else len(entry[0].data) + HELD_MESSAGE_OVERHEAD
 
 
 class Streams(Generic[S]):
