@@ -6,6 +6,7 @@ Every error trustp2p raises derives from :exc:`TrustP2PError`::
     │   ├── PackageError        # bytes that are not a valid package; decode() raises only this
     │   ├── HandshakeError      # incompatible version/hello, or a failed secure handshake
     │   │   ├── SelfDialError   # the peer we dialled is ourselves (nobody is at fault)
+    │   │   ├── PeerIdMismatch  # the peer we dialled isn't the one its URL names
     │   │   └── HandshakeClosed # the peer closed during the handshake (no offence)
     │   ├── ChannelError        # a secure transport message doesn't decrypt or parse
     │   │   └── OversizedPackage  # over max_package_size: closed (1009), not blocked
@@ -47,6 +48,7 @@ __all__ = [
     "OversizedPackage",
     "PackageError",
     "PackageTooLarge",
+    "PeerIdMismatch",
     "ProtocolError",
     "RemoteError",
     "RequestTimeout",
@@ -114,6 +116,12 @@ class SelfDialError(HandshakeError):
     """The peer at the URL we dialled is this node: nobody is penalised for it."""
 
     offence = False
+
+
+class PeerIdMismatch(HandshakeError):
+    """The peer at the URL we dialled proved another peer id than the URL names
+    (``/p2p/<id>``): the URL is wrong, not the address, which may serve a URL naming
+    the right id."""
 
 
 class HandshakeClosed(HandshakeError):

@@ -370,6 +370,20 @@ def test_a_failed_address_waits_its_retry_under_any_spelling(
     assert policy.excluded(()) == set()
 
 
+def test_a_url_naming_the_wrong_peer_id_does_not_hold_its_address(
+    clock: FakeClock, policy: OutboundPolicy
+) -> None:
+    """Found by CI (a race since the address-wide wait): of two URLs listed for one
+    address, one with the wrong /p2p/ id, the wrong one's failure held the address, and
+    the right one waited its retry."""
+    wrong, right = f"{url(1)}/p2p/{A}", f"{url(1)}/p2p/{B}"
+    assert round_(policy, FakeStore([wrong])) == [wrong]
+    policy.dial_failed(wrong, address=False)
+    policy.dial_ended(wrong)
+    assert round_(policy, FakeStore([wrong, right])) == [right]
+    assert policy.failing_urls == {wrong}
+
+
 # Busy and duplicate addresses
 
 

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
-from ..exceptions import DriverError, NodeStateError, SelfDialError
+from ..exceptions import DriverError, NodeStateError, PeerIdMismatch, SelfDialError
 from ..identity import PeerId, short_id
 from ..protocol.handshake import is_mode_mismatch
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
@@ -138,7 +138,11 @@ class Dialer:
                 delay = self.node.options.reconnect_max
                 logger.info("= %s is this node: dialled again only every %g s", url, delay)
             return
-        self.policy.dial_failed(url, lasting=is_mode_mismatch(str(error)))
+        self.policy.dial_failed(
+            url,
+            lasting=is_mode_mismatch(str(error)),
+            address=not isinstance(error, PeerIdMismatch),  # another id may answer there
+        )
         store = self.node.store
         if store is not None:
             self.node.tasks.spawn(store.record_failure(url), f"record failure {url}")

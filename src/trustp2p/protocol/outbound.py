@@ -239,17 +239,21 @@ class OutboundPolicy:
         if dial is not None and self._store_url.get(dial.dial_url) == url:
             del self._store_url[dial.dial_url]
 
-    def dial_failed(self, url: str, *, lasting: bool = False) -> float:
+    def dial_failed(self, url: str, *, lasting: bool = False, address: bool = True) -> float:
         """
         A dial of ``url`` (or its handshake) failed: count it against the store's URL
         being dialled there, and return the seconds before it may be tried again: the
         longest retry delay at once if the failure is ``lasting`` (the peer there runs
-        the other mode: it can't work until a configuration changes).
+        the other mode: it can't work until a configuration changes). The wait holds
+        for every spelling of the address, unless the failure was the URL's own
+        (``address=False``: the peer there isn't the one its ``/p2p/`` id names).
         """
         url = self.store_url(url)
         failures = self._failures[url] = self._failures.get(url, 0) + 1
         delay = self._retry[1] if lasting else retry_delay(failures, *self._retry)
-        self._retry_at[url] = self._address_retry_at[address_of(url)] = self.clock() + delay
+        self._retry_at[url] = self.clock() + delay
+        if address:
+            self._address_retry_at[address_of(url)] = self._retry_at[url]
         return delay
 
     def connection_opened(self, conn: ConnId, url: str, peer_id: str | None) -> None:

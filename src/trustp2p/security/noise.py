@@ -43,7 +43,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from ..exceptions import ChannelError, HandshakeError, OversizedPackage, UsageError
+from ..exceptions import ChannelError, HandshakeError, OversizedPackage, PeerIdMismatch, UsageError
 from ..identity import (
     PUBLIC_KEY_SIZE,
     SIGNATURE_SIZE,
@@ -244,7 +244,7 @@ class NoiseHandshake:
             raise HandshakeError("identity signature doesn't match the peer's Noise static key")
         peer_id = peer_id_from_public_key(public_key)
         if self._expected is not None and peer_id != self._expected:
-            raise HandshakeError(f"peer is {peer_id}, not the expected {self._expected}")
+            raise PeerIdMismatch(f"peer is {peer_id}, not the expected {self._expected}")
         self.remote_public_key = public_key
         self.remote_peer_id = peer_id
 
