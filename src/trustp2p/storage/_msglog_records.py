@@ -244,9 +244,10 @@ class Topic:
         self.dropped: set[int] = set()
         self.sizes: Sizes | None = None  # made when the topic first fills up
 
-    def add(self, entry: Entry) -> None:
-        """Keep ``entry``, the newest."""
-        self.entries.append(entry)
+    def add(self, entry: Entry) -> int:
+        """Keep ``entry``, the newest; return how many are kept now."""
+        entries = self.entries
+        entries.append(entry)
         origin = entry[0].origin
         seqs = self.origins.get(origin)
         if seqs is None:
@@ -254,6 +255,7 @@ class Topic:
         seqs.add(entry[0].seq)
         if self.sizes is not None:
             self.sizes.move(origin, len(seqs) - 1, len(seqs))
+        return len(entries) - len(self.dropped)
 
     def remove(self, origin: str, seq: int) -> None:
         """Forget the number of a message dropped (:meth:`oldest` or :meth:`drop`)."""

@@ -259,8 +259,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             return False
         self._next_position = position + 1
         cutoff = received - self._max_age
-        while (oldest := topic.oldest()) is not None and oldest[1] < cutoff:
-            self._drop(topic)
+        if topic.entries[0][1] < cutoff:  # kept or dropped: a look is enough, usually
+            while (oldest := topic.oldest()) is not None and oldest[1] < cutoff:
+                self._drop(topic)
         if len(self._pending) >= _WRITE_SOON:
             self._wake.set()
         return True
@@ -438,26 +439,24 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         topic = self._topics.get(message.topic)
         if topic is None:
             topic = self._topics[message.topic] = Topic()
-        topic.add(entry)
+        kept = topic.add(entry)
         self._size += 1
         if new:
             self._pending[entry[2]] = entry
-        if len(topic) > self._max_messages:
+        if kept > self._max_messages:
             self._evict(topic)
         return topic
 
     def _evict(self, topic: Topic) -> None:
-        """
-        Make room in a full ``topic``: drop its oldest message if its origin has more
-        than its share of the topic (``max_messages`` over the number of origins), else
-        the lowest-numbered message of the origin with the most. Then a flood, from one
-        origin or many new ones, can't push everyone else's messages out: an origin
-        within its share keeps all its messages.
-        """
+        """Make room in a full ``topic``: drop its oldest message if its origin has more
+        than its share (``max_messages`` over the number of origins), else the lowest-
+        numbered of the origin with the most. Then a flood, from one origin or many new
+        ones, can't push out the messages of an origin within its share."""
         oldest = topic.oldest()
         assert oldest is not None  # a full topic
         if topic.over_share(oldest[0].origin, self._max_messages):
-            self._drop(topic)
+            topic.entries.popleft()
+            self._forget(topic, oldest)
             return
         origin, seq = topic.largest()
         entry = self._origins[origin].get(seq)
