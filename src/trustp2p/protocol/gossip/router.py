@@ -32,6 +32,7 @@ __all__ = [
     "RouterAction",
 ]
 
+import math
 import random
 from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
@@ -182,7 +183,8 @@ class GossipRouter:
         # holders, and a set of more than four takes 700 bytes, a list of twelve 180 (a
         # simulation holds one per node and recent message, thousands while it runs late).
         self._holders: dict[str, list[PeerKey]] = {}
-        self._asked: dict[str, tuple[float, PeerKey]] = {}  # id in an iwant -> when, whom
+        # Ids in an iwant -> when, and whom (None: it left, ask another at the heartbeat).
+        self._asked: dict[str, tuple[float, PeerKey | None]] = {}
         self._asking: dict[PeerKey, set[str]] = {}  # peer -> those of the ids it was asked
         self._served: dict[str, list[PeerKey]] = {}  # recent ids -> peers sent them on iwant
         # Other peers that announced an id while it was asked for: whom to ask next.
@@ -206,9 +208,8 @@ class GossipRouter:
 
     def remove_peer(self, peer: PeerKey) -> None:
         self._peers.pop(peer, None)
-        for message_id in self._asking.pop(peer, ()):  # its asks are given up
-            self._asked.pop(message_id, None)
-            self._offers.pop(message_id, None)
+        for message_id in self._asking.pop(peer, ()):  # asked of another at the heartbeat
+            self._asked[message_id] = (-math.inf, None)
         self.batch.forget(peer)
         for members in self.mesh.values():
             members.discard(peer)
@@ -481,8 +482,8 @@ class GossipRouter:
 
     def _forget_ask(self, message_id: str) -> None:
         asked = self._asked.pop(message_id, None)
-        if asked is not None:
-            self._asking[asked[1]].discard(message_id)  # asks of a peer gone went with it
+        if asked is not None and asked[1] is not None:
+            self._asking[asked[1]].discard(message_id)
         self._offers.pop(message_id, None)
 
     def _ask_again(self, now: float) -> None:
@@ -493,7 +494,8 @@ class GossipRouter:
         for message_id, (asked, whom) in list(self._asked.items()):
             if now - asked <= self.iwant_timeout:
                 continue
-            self._asking[whom].discard(message_id)
+            if whom is not None:
+                self._asking[whom].discard(message_id)
             offers = [
                 p
                 for p in self._offers.pop(message_id, ())
