@@ -470,6 +470,27 @@ async def test_a_closed_log(clock: FakeClock, path: Path) -> None:
 # Persistence.
 
 
+async def test_a_lower_limit_at_a_restart_keeps_each_origins_share(
+    path: Path, clock: FakeClock
+) -> None:
+    # Found in review: the newest rows were read up to the new limit, not by the rule,
+    # so the origin within its share lost all its messages.
+    log = await MessageLog.open(path, clock=clock, max_messages=100)
+    for seq in range(1, 31):
+        log.add(message(seq, origin="tphonest"))
+    for seq in range(1, 1001):
+        log.add(message(seq, origin="tpflood"))
+    await log.close()
+    log = await MessageLog.open(path, clock=clock, max_messages=50)
+    try:
+        assert seqs(log.range("tphonest", 1, 100)) == list(range(6, 31))  # 50 / 2
+        assert seqs(log.range("tpflood", 1, 1000)) == list(range(976, 1001))
+        await log.flush()
+        assert len(stored(path)) == 50  # the others are deleted
+    finally:
+        await log.close()
+
+
 async def test_everything_survives_a_restart(path: Path, clock: FakeClock) -> None:
     log = await MessageLog.open(path, clock=clock, max_age=100)
     for seq in (1, 2, 4):

@@ -44,6 +44,11 @@ _COMPACT_AFTER = 64
 compacted (then only once they are half of it), so that dropping the oldest stays O(1)
 amortised."""
 
+# At open, a topic's rows are read up to this many times max_messages: more than it
+# keeps, so that its rule picks which (the limit may be lower than in the last run), but
+# bounded (a log written with no limit may hold any number).
+_LOAD_FACTOR = 4
+
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: the first schema. ``position`` numbers messages in the order they were logged,
     # which is the order they are dropped in (per topic). ``received`` is this node's
@@ -383,9 +388,12 @@ class MessageDatabase(Database[Batch, Loaded]):
     def _read(self, conn: sqlite3.Connection, now: float) -> Loaded:
         """
         Read the messages received at most ``max_age`` seconds before ``now``, the last
-        ``max_messages`` of each topic, and the other tables.
+        ``_LOAD_FACTOR`` times ``max_messages`` of each topic (the log then keeps
+        ``max_messages`` of them by its rule: a limit lowered since the last run keeps
+        each origin's share), and the other tables.
         """
-        cutoff, max_messages = now - self._max_age, self._max_messages
+        cutoff = now - self._max_age
+        max_messages = self._max_messages * _LOAD_FACTOR
         (last_position,) = conn.execute("SELECT max(position) FROM messages").fetchone()
         loaded = Loaded([], [], last_position or 0, [], [])
         # Newest first, to count each topic's messages up to the limit. (A window
