@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.protocol import State
 
 from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
 from trustp2p.identity import Identity
@@ -256,6 +257,40 @@ async def test_a_proxied_client_counts_against_its_real_address(make_node: MakeN
         await wait_for(lambda: admission.open_from("203.0.113.7") == 1)
         assert admission.open_from("127.0.0.1") == 0  # the proxy's address: not counted
     await wait_for(lambda: admission.open_from("203.0.113.7") == 0)
+
+
+async def test_one_network_cannot_hold_every_slot(make_node: MakeNode) -> None:
+    """Plain peers that finished their handshake hold every slot: one from another
+    network group makes room (the newest of the largest group is closed), one from
+    the crowded group is refused, and nothing else changes."""
+    server = await make_node(server=True, secure=False, max_inbound=3, limit_loopback=True)
+    assert server.url is not None
+    admission = server.connections.admission
+    hello = {"protocol_version": "1.0", "alt": "1", "library": "raw"}
+    version = encode(build_package(PackageType.TALK, "version", hello))
+
+    async def finished(source: str) -> ClientConnection:
+        ws = await connect(server.url, compression=None, local_addr=(source, 0))
+        await ws.send(version)
+        return ws
+
+    peers = [await finished("127.0.0.1"), await finished("127.0.0.2")]
+    peers.append(await finished("127.1.0.1"))
+    try:
+        await wait_for(lambda: admission.handshaking == 0 and len(admission) == 3)
+        newcomer = await finished("127.2.0.1")
+        peers.append(newcomer)
+        reason = "inbound connections maxed out: room made for a peer from another network"
+        assert await closed_by_peer(peers[1]) == (1013, reason)  # 127.0/16's newest
+        await wait_for(lambda: admission.handshaking == 0)
+        async with connect(server.url, compression=None, local_addr=("127.0.0.3", 0)) as ws:
+            assert await closed_by_peer(ws) == (1013, "inbound connections maxed out")
+        for ws in (peers[0], peers[2], newcomer):
+            assert ws.state is State.OPEN
+        assert len(server.server.sockets if server.server else ()) == 3
+    finally:
+        for ws in peers:
+            await ws.close()
 
 
 async def test_stop_drops_connections_still_in_their_upgrade(make_node: MakeNode) -> None:

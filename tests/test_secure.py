@@ -369,6 +369,40 @@ async def test_full_of_finished_connections_refuses_before_any_cryptography(
     assert started.count(False) == 2  # the server began a handshake for the two only
 
 
+async def test_a_crowded_network_gives_up_its_newest_finished_connection(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every slot holds a finished connection from 127.0/16 (loopback limited here, as
+    a remote network would be): a connection from 127.1/16 makes room, the newest of
+    the crowded network's connections closing with 1013 and the reason."""
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    server = await make_node(server=True, threads=[Recorder], max_inbound=2, limit_loopback=True)
+    clients = []
+    for _ in range(2):
+        client = await make_node(client=True, peers=[server.url])
+        assert client.client is not None
+        await client.client.wait_connected()
+        clients.append(client)
+    await wait_for(lambda: server.connections.admission.handshaking == 0)
+    assert server.url is not None
+    assert server.server is not None
+    (newest,) = [s for s in server.server.sockets if s.peer_id == clients[1].peer_id]
+    reason = "inbound connections maxed out: room made for a peer from another network"
+    async with connect(server.url, compression=None, local_addr=("127.1.0.1", 0)):
+        await wait_for(lambda: any(reason in r.getMessage() for r in caplog.records))
+    closing = [r.getMessage() for r in caplog.records if r.name == "trustp2p.node.inbound"]
+    assert len(closing) == 1
+    assert closing[0].startswith(
+        f"! closing {newest.peer}: inbound connections maxed out, its network group holds "
+        "the most, and 127.1.0.1:"
+    )
+    redial = f"= connection to {server.url} closed (1013 {reason}); redialling in "
+    assert [r.name for r in caplog.records if r.getMessage().startswith(redial)] == [
+        "trustp2p.node.dialer"
+    ]  # the newest client's: the other stays
+    assert clients[0].client is not None and len(clients[0].client.sockets) == 1
+
+
 async def test_per_address_limits(make_node: MakeNode) -> None:
     server = await make_node(
         server=True,

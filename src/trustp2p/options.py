@@ -132,7 +132,9 @@ class NodeOptions:
         gossip_rate: Gossip messages per second a peer may send us (each costs a
             signature check), in a budget of its own, as ``request_rate``...
         gossip_burst: ...with this burst.
-        max_per_ip: Inbound connections at once from one address; ``None``: no limit.
+        max_per_ip: Inbound connections at once from one address (an IPv6 address
+            counts as its /64, as for ``ip_rate`` and reconnect storms); ``None``: no
+            limit.
         ip_rate: New inbound connections per second from one address...
         ip_burst: ...with this burst.
         storm_connections: A peer (by peer id, or by address in plain mode; loopback

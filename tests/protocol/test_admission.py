@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from trustp2p.protocol.admission import (
     Admission,
@@ -13,7 +14,7 @@ from trustp2p.protocol.admission import (
     keep_new_connection,
 )
 from trustp2p.protocol.close import CloseCode
-from trustp2p.protocol.limits import AddressLimiter, ReconnectStorms
+from trustp2p.protocol.limits import AddressLimiter, ReconnectStorms, netgroup
 
 from ..conftest import FakeClock
 
@@ -114,6 +115,167 @@ def test_full_slots_evict_the_oldest_unfinished_handshake(clock: FakeClock) -> N
     rules.finish(6)
     refusal = rules.admit(7, "10.0.0.7", clock())
     assert refusal == Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
+
+
+def finished_from(rules: Admission, clock: FakeClock, hosts: dict[int, str]) -> None:
+    for conn_id, host in hosts.items():
+        assert rules.admit(conn_id, host, clock()) == Admitted()
+        rules.finish(conn_id)
+
+
+def test_a_network_holding_the_most_finished_slots_makes_room_for_another(
+    clock: FakeClock,
+) -> None:
+    rules = admission(max_inbound=4)
+    # Three slots held from 10.0/16, one from 10.1/16; all handshakes finished.
+    finished_from(rules, clock, {1: "10.0.0.1", 2: "10.0.0.2", 3: "10.0.0.3", 4: "10.1.0.1"})
+    # One from a network without a slot: the newest of the largest network goes.
+    assert rules.admit(5, "10.2.0.1", clock()) == Admitted(evicted=3, finished=True)
+    assert (len(rules), rules.finished(3), rules.open_from("10.0.0.3")) == (4, False, 0)
+    rules.finish(5)
+    assert rules.admit(6, "10.3.0.1", clock()) == Admitted(evicted=2, finished=True)
+    rules.finish(6)
+    # One slot per network now: nobody is dropped for a fifth.
+    refusal = rules.admit(7, "10.4.0.1", clock())
+    assert refusal == Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
+    rules.release(3)  # the evicted ones closing later change nothing
+    rules.release(2)
+    assert len(rules) == 4
+
+
+def test_a_swap_never_leaves_the_networks_less_even(clock: FakeClock) -> None:
+    rules = admission(max_inbound=5)
+    finished_from(
+        rules, clock, {1: "10.0.0.1", 2: "10.0.0.2", 3: "10.0.0.3", 4: "10.1.0.1", 5: "10.1.0.2"}
+    )
+    # From the largest network itself, or one holding just one fewer: refused (a peer
+    # of a crowded network can't push out its neighbour, to be pushed out in turn).
+    assert isinstance(rules.admit(6, "10.0.0.9", clock()), Refusal)
+    assert isinstance(rules.admit(7, "10.1.0.9", clock()), Refusal)
+    assert rules.admit(8, "10.2.0.1", clock()) == Admitted(evicted=3, finished=True)
+
+
+def test_of_networks_as_large_the_one_whose_newest_finished_last_gives_way(
+    clock: FakeClock,
+) -> None:
+    rules = admission(max_inbound=4)
+    for conn_id, host in ((1, "10.0.0.1"), (2, "10.1.0.1"), (3, "10.1.0.2"), (4, "10.0.0.2")):
+        assert rules.admit(conn_id, host, clock()) == Admitted()
+    for conn_id in (1, 2, 4, 3):  # 3 finishes last
+        rules.finish(conn_id)
+    assert rules.admit(5, "10.2.0.1", clock()) == Admitted(evicted=3, finished=True)
+
+
+def test_unfinished_handshakes_make_room_before_finished_connections(clock: FakeClock) -> None:
+    rules = admission(max_inbound=3)
+    finished_from(rules, clock, {1: "10.0.0.1", 2: "10.0.0.2"})
+    assert rules.admit(3, "10.0.0.3", clock()) == Admitted()  # still in its handshake
+    assert rules.admit(4, "10.2.0.1", clock()) == Admitted(evicted=3)
+    rules.finish(4)
+    assert rules.admit(5, "10.3.0.1", clock()) == Admitted(evicted=2, finished=True)
+
+
+def test_loopback_is_neither_grouped_nor_evicted_while_exempt(clock: FakeClock) -> None:
+    rules = Admission(
+        max_inbound=3,
+        limiter=AddressLimiter(exempt_loopback=True),
+        is_blocked=frozenset[str]().__contains__,
+    )
+    finished_from(rules, clock, {1: "127.0.0.1", 2: "127.0.0.1", 3: "10.0.0.1"})
+    assert isinstance(rules.admit(4, "10.1.0.1", clock()), Refusal)  # no group of 2
+    rules.release(3)
+    finished_from(rules, clock, {5: "10.0.0.1"})
+    # A local peer doesn't push out a remote one either.
+    assert isinstance(rules.admit(6, "127.0.0.1", clock()), Refusal)
+    limited = admission(max_inbound=2)
+    finished_from(limited, clock, {1: "127.0.0.1", 2: "127.0.0.2"})
+    assert limited.admit(3, "::1", clock()) == Admitted(evicted=2, finished=True)
+
+
+def test_an_ipv6_address_counts_as_its_slash_64(clock: FakeClock) -> None:
+    rules = admission(max_inbound=None, max_concurrent=2, rate=1.0, burst=2)
+    assert rules.admit(1, "2001:db8::1", clock()) == Admitted()
+    assert rules.admit(2, "2001:db8::ffff:2", clock()) == Admitted()
+    refusal = rules.admit(3, "2001:db8::3", clock())
+    assert refusal is not None and refusal.reason == (
+        "too many connections from your address (limit 2)"
+    )
+    assert rules.open_from("2001:db8::1234") == 2
+    assert rules.admit(4, "2001:db8:0:1::1", clock()) == Admitted()  # another /64
+    rules.release(1)
+    refusal = rules.admit(5, "2001:db8::5", clock())  # the /64's burst of 2 is spent
+    assert refusal is not None and refusal.reason.startswith("connecting too often")
+    assert rules.admit(6, "::ffff:10.0.0.1", clock()) == Admitted()
+    assert rules.open_from("10.0.0.1") == 1  # an IPv4-mapped address is the IPv4 one
+
+
+def test_an_ipv6_storm_counts_against_the_slash_64(clock: FakeClock) -> None:
+    rules = storm_rules()
+    for conn_id in range(4):
+        assert rules.admit(conn_id, f"2001:db8::{conn_id + 1}", clock()) == Admitted()
+        rules.release(conn_id)
+    refusal = rules.admit(4, "2001:db8::99", clock())
+    assert refusal is not None and refusal.reason.startswith("reconnecting too often")
+
+
+_HOSTS = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.1.0.1", "10.1.0.2", "10.2.0.1", "127.0.0.1"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["admit", "finish", "release"]), st.integers(0, 11)),
+        max_size=80,
+    ),
+    st.lists(st.sampled_from(_HOSTS), min_size=12, max_size=12),
+    st.booleans(),
+)
+def test_eviction_keeps_its_books(
+    steps: list[tuple[str, int]], hosts: list[str], exempt: bool
+) -> None:
+    """Whatever the order of admissions, handshakes and closes: at most max_inbound
+    count, and a finished connection is evicted only from the largest network group,
+    for a connection whose group holds at least two fewer."""
+    rules = Admission(
+        max_inbound=4,
+        limiter=AddressLimiter(max_concurrent=None, rate=1e9, burst=10**9, exempt_loopback=exempt),
+        is_blocked=frozenset[str]().__contains__,
+    )
+    admitted: dict[int, str] = {}
+    finished: dict[int, str] = {}  # in the order they finished
+    now = 0.0
+    for action, conn_id in steps:
+        now += 1.0
+        if action == "admit" and conn_id not in admitted:
+            host = hosts[conn_id]
+            groups: dict[str, list[int]] = {}
+            for other, other_host in finished.items():
+                if not (exempt and other_host.startswith("127.")):
+                    groups.setdefault(netgroup(other_host), []).append(other)
+            decision = rules.admit(conn_id, host, now)
+            if isinstance(decision, Admitted):
+                if decision.finished:
+                    assert decision.evicted is not None
+                    largest = max(len(members) for members in groups.values())
+                    assert decision.evicted in finished
+                    victim_group = groups[netgroup(finished[decision.evicted])]
+                    assert len(victim_group) == largest
+                    assert victim_group[-1] == decision.evicted  # its newest
+                    assert len(groups.get(netgroup(host), [])) + 2 <= largest
+                    assert not (exempt and host.startswith("127."))
+                if decision.evicted is not None:
+                    admitted.pop(decision.evicted)
+                    finished.pop(decision.evicted, None)
+                admitted[conn_id] = host
+        elif action == "finish" and conn_id in admitted and conn_id not in finished:
+            rules.finish(conn_id)
+            finished[conn_id] = admitted[conn_id]
+        elif action == "release":
+            rules.release(conn_id)
+            admitted.pop(conn_id, None)
+            finished.pop(conn_id, None)
+        assert len(rules) == len(admitted) <= 4
+        assert all(rules.finished(c) == (c in finished) for c in range(12))
 
 
 def test_no_eviction_for_a_connection_over_its_address_limits(clock: FakeClock) -> None:

@@ -78,6 +78,7 @@ class Inbound:
         self._accepted: dict[int, Socket] = {}  # driver sockets, accept to close
         self._evicted: set[int] = set()  # dropped by us to make room: not their fault
         self.awaiting: dict[int, int] = {}
+        self._introduced: dict[int, int] = {}  # raw connection id -> its socket's id
         self._timer: asyncio.TimerHandle | None = None
         self._log_timer: asyncio.TimerHandle | None = None  # the log budget's summary
 
@@ -138,6 +139,7 @@ class Inbound:
         """``socket``'s peer introduced itself: its handshake is over."""
         conn_id = self.awaiting.pop(socket.id, None)
         if conn_id is not None:
+            self._introduced[conn_id] = socket.id
             self.admission.finish(conn_id)
 
     def closed(self, socket: Socket) -> None:
@@ -145,6 +147,7 @@ class Inbound:
         conn_id = _raw_id(socket)
         self.awaiting.pop(socket.id, None)
         self._accepted.pop(conn_id, None)
+        self._introduced.pop(conn_id, None)
         self._evicted.discard(conn_id)
         self.admission.release(conn_id)
 
@@ -169,7 +172,7 @@ class Inbound:
         if isinstance(decision, Refusal):
             return self._refused(raw, decision)
         if decision.evicted is not None:
-            self._evict(decision.evicted)
+            self._evict(decision.evicted, raw, finished=decision.finished)
         if self._timer is None:
             self._arm()
         return None
@@ -251,20 +254,31 @@ class Inbound:
             self._logger.debug("! refused %s: %s", raw.peer, refusal.reason)
         return refusal.code, refusal.reason
 
-    def _evict(self, conn_id: int) -> None:
+    def _evict(self, conn_id: int, new: Socket, *, finished: bool) -> None:
         raw = self._accepted.get(conn_id)
         if raw is None:
             return
         self._evicted.add(conn_id)
-        self.log(
-            self._logger,
-            logging.INFO,
-            "evicted",
-            "! dropped %s: inbound connections maxed out, and its handshake was the "
-            "oldest unfinished",
-            raw.peer,
+        if not finished:
+            message = (
+                "! dropped %s: inbound connections maxed out, and its handshake was the "
+                "oldest unfinished"
+            )
+            self.log(self._logger, logging.INFO, "evicted", message, raw.peer)
+            raw.abort()  # at once: it may be an attacker's, holding the slot
+            return
+        # Its network holds the most slots; the new one comes from a network with fewer.
+        message = (
+            "! closing %s: inbound connections maxed out, its network group holds the "
+            "most, and %s comes from another"
         )
-        raw.abort()  # at once: it may be an attacker's, holding the slot
+        self.log(self._logger, logging.INFO, "evicted", message, raw.peer, new.peer)
+        reason = "inbound connections maxed out: room made for a peer from another network"
+        conn = self._connections.get(self._introduced.get(conn_id, conn_id))
+        if conn is not None:
+            self._connections.close(conn, CloseCode.TRY_AGAIN_LATER, reason)
+        else:
+            raw.close_soon(CloseCode.TRY_AGAIN_LATER, reason)
 
     def _arm(self) -> None:
         deadline = self.admission.next_deadline()

@@ -7,6 +7,11 @@ before the WebSocket upgrade, the Noise handshake and the peer's hello: connecti
 that never finish their handshake take slots too, so they can't pile up beyond the
 limits. One deadline, ``handshake_timeout`` from accept, covers the whole handshake;
 when every slot is taken, the oldest unfinished handshake makes room for a new one.
+When every slot holds a finished connection, a connection from a network group
+(:func:`~trustp2p.protocol.limits.netgroup`: a /16 or an IPv6 /32) holding at least two
+fewer slots than the largest group makes room: the largest group's newest connection is
+dropped. So one network can't hold every slot against the rest, and no swap leaves the
+groups less even than it found them (no churn among peers of one network).
 A peer that reconnects in a storm (:class:`~trustp2p.protocol.limits.ReconnectStorms`)
 is refused new connections for a while: counted by address from accept, and by peer id
 once it proved one.
@@ -24,12 +29,13 @@ __all__ = [
     "keep_new_connection",
 ]
 
+import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .close import CloseCode
-from .limits import AddressLimiter, Cooldown, ReconnectStorms, is_loopback
+from .limits import AddressLimiter, Cooldown, ReconnectStorms, address_key, is_loopback, netgroup
 from .peers import peer_key
 
 
@@ -57,11 +63,14 @@ class Admitted:
 
     Attributes:
         evicted: The connection to drop to make room for it, if every slot was taken:
-            the oldest whose handshake isn't finished. It no longer counts.
+            the oldest whose handshake isn't finished, else (``finished``) the newest
+            of the largest network group. It no longer counts.
+        finished: Whether ``evicted`` had finished its handshake (it gets a close frame).
 
     """
 
     evicted: int | None = None
+    finished: bool = False
 
 
 class Admission:
@@ -70,8 +79,11 @@ class Admission:
     running, the address is not blocked nor reconnecting in a storm (``storms``), the
     per-address limits of ``limiter``, and at most ``max_inbound`` connections. When
     all ``max_inbound`` are taken, the oldest connection still in its handshake is
-    evicted for the new one; a new connection is refused only when every slot holds a
-    connection that finished its handshake.
+    evicted for the new one. When every slot holds a connection that finished its
+    handshake, the newest connection of the largest network group is evicted for a new
+    connection whose group holds at least two fewer; else the new one is refused.
+    Connections from the addresses the ``limiter`` exempts (loopback) are neither
+    counted in a group nor evicted, and don't evict finished ones.
 
     A connection is in its handshake from :meth:`admit` until :meth:`finish`; past
     ``handshake_timeout`` it is :meth:`expired`. It counts until :meth:`release`.
@@ -106,6 +118,11 @@ class Admission:
         # times never decrease).
         self._handshaking: dict[int, float] = {}
         self._deadlines: deque[tuple[float, int]] = deque()  # (deadline, id), in order
+        # Finished connections by network group -> the order they finished in, oldest
+        # first; and each one's group.
+        self._groups: dict[str, dict[int, int]] = {}
+        self._group_of: dict[int, str] = {}
+        self._finishes = itertools.count()
 
     def __len__(self) -> int:
         """Connections admitted and not released."""
@@ -138,20 +155,39 @@ class Admission:
         if storm is not None:
             return storm
         full = self.max_inbound is not None and len(self._admitted) >= self.max_inbound
-        if full and not self._handshaking:
-            return Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
+        evicted = None
+        if full:
+            evicted = next(iter(self._handshaking), None)
+            if evicted is None and (evicted := self._crowded(host)) is None:
+                return Refusal(
+                    CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
+                )
         why = self._limiter.admit(host, now)
         if why is not None:
             return Refusal(CloseCode.TRY_AGAIN_LATER, why, warn=True)
-        evicted = None
-        if full:
-            evicted = next(iter(self._handshaking))
+        finished = False
+        if evicted is not None:
+            finished = evicted not in self._handshaking
             self.release(evicted)
         self._admitted[conn_id] = host
         self._handshaking[conn_id] = now
         if self.handshake_timeout is not None:
             self._deadlines.append((now + self.handshake_timeout, conn_id))
-        return Admitted(evicted)
+        return Admitted(evicted, finished)
+
+    def _crowded(self, host: str) -> int | None:
+        """The finished connection to evict for a new one from ``host``: the newest of
+        the largest group, if ``host``'s group holds at least two fewer; else None."""
+        if self._limiter.exempts(host) or not self._groups:
+            return None
+        # The largest group; of groups as large, the one whose newest finished last.
+        largest = max(
+            self._groups.values(), key=lambda group: (len(group), group[next(reversed(group))])
+        )
+        ours = self._groups.get(netgroup(host), {})
+        if len(ours) + 2 > len(largest):
+            return None
+        return next(reversed(largest))
 
     def readdress(self, conn_id: int, host: str, now: float) -> Refusal | None:
         """
@@ -189,14 +225,20 @@ class Admission:
 
     def _storm(self, host: str, now: float) -> Refusal | None:
         """Count a connection from ``host`` for its reconnect storms, unless exempt."""
-        if self.storms is None or (self._limiter.exempt_loopback and is_loopback(host)):
+        if self.storms is None or self._limiter.exempts(host):
             return None
-        return _refusal(self.storms.arrive(peer_key(None, host), now))
+        return _refusal(self.storms.arrive(peer_key(None, address_key(host)), now))
 
     def finish(self, conn_id: int) -> None:
-        """Connection ``conn_id`` finished its handshake: it has no deadline any more
-        and is never evicted. Nothing happens if it isn't admitted."""
-        self._handshaking.pop(conn_id, None)
+        """Connection ``conn_id`` finished its handshake: it has no deadline any more,
+        and counts in its network group. Nothing happens if it isn't admitted."""
+        if self._handshaking.pop(conn_id, None) is None:
+            return
+        host = self._admitted.get(conn_id)
+        if host and not self._limiter.exempts(host):
+            group = netgroup(host)
+            self._groups.setdefault(group, {})[conn_id] = next(self._finishes)
+            self._group_of[conn_id] = group
 
     def release(self, conn_id: int) -> None:
         """Connection ``conn_id`` closed; nothing happens if it wasn't admitted."""
@@ -204,6 +246,12 @@ class Admission:
         host = self._admitted.pop(conn_id, None)
         if host:
             self._limiter.release(host)
+        group = self._group_of.pop(conn_id, None)
+        if group is not None:
+            members = self._groups[group]
+            del members[conn_id]
+            if not members:
+                del self._groups[group]
 
     def expired(self, now: float) -> list[int]:
         """

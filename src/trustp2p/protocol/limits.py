@@ -26,6 +26,7 @@ __all__ = [
     "TokenBucket",
     "UnprovenDials",
     "WriteStall",
+    "address_key",
     "is_loopback",
     "netgroup",
 ]
@@ -109,6 +110,23 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
+def address_key(host: str) -> str:
+    """
+    What the per-address limits count ``host`` as: an IPv4 address as itself, an IPv6
+    address as its /64 (one subscriber's network: anyone with one has 2**64 addresses
+    to rotate through). Names that aren't addresses are themselves.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv4Address):
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{address}/64", strict=False))
+
+
 def netgroup(host: str) -> str:
     """
     The network group of an address: its /16 for IPv4, its /32 for IPv6, as Bitcoin
@@ -128,7 +146,8 @@ def netgroup(host: str) -> str:
 class AddressLimiter:
     """
     Per-address limits on inbound connections: at most ``max_concurrent`` at once, and
-    new ones at ``rate`` per second with a burst of ``burst``.
+    new ones at ``rate`` per second with a burst of ``burst``. An IPv6 address counts
+    as its /64 (:func:`address_key`).
 
     Args:
         exempt_loopback: Loopback addresses skip both limits.
@@ -153,13 +172,19 @@ class AddressLimiter:
         self._max_tracked = max_tracked
 
     def open_from(self, host: str) -> int:
-        return self._open[host]
+        """Connections open from ``host`` (from its /64, for IPv6)."""
+        return self._open[address_key(host)]
+
+    def exempts(self, host: str) -> bool:
+        """Whether connections from ``host`` skip the limits (loopback, if exempt)."""
+        return self.exempt_loopback and is_loopback(host)
 
     def admit(self, host: str, now: float) -> str | None:
         """Account for a new connection from ``host``; return why it is refused, if so."""
-        if self.exempt_loopback and is_loopback(host):
-            self._open[host] += 1
+        if self.exempts(host):
+            self._open[address_key(host)] += 1
             return None
+        host = address_key(host)
         if self.max_concurrent is not None and self._open[host] >= self.max_concurrent:
             return f"too many connections from your address (limit {self.max_concurrent})"
         bucket = self._buckets.get(host)
@@ -174,6 +199,7 @@ class AddressLimiter:
 
     def release(self, host: str) -> None:
         """A connection admitted from ``host`` closed."""
+        host = address_key(host)
         self._open[host] -= 1
         if self._open[host] <= 0:
             del self._open[host]
