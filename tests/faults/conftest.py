@@ -42,6 +42,7 @@ class Child:
     Args:
         options: ``peer.py``'s JSON options.
         prefix: Command words before the interpreter (e.g. ``ip netns exec NS``).
+        argv: The interpreter's arguments instead of ``peer.py`` and ``options``.
         preexec_fn: Run in the child before it starts (e.g. to lower a limit).
 
     """
@@ -52,9 +53,11 @@ class Child:
         *,
         prefix: tuple[str, ...] = (),
         preexec_fn: Callable[[], None] | None = None,
+        argv: tuple[str, ...] | None = None,
     ) -> None:
+        argv = (str(PEER), json.dumps(options)) if argv is None else argv
         self.process = subprocess.Popen(
-            [*prefix, sys.executable, str(PEER), json.dumps(options)],
+            [*prefix, sys.executable, *argv],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -148,6 +151,23 @@ class Namespace:
     def exec_prefix(self) -> tuple[str, ...]:
         return ("ip", "netns", "exec", self.name)
 
+    @property
+    def host_device(self) -> str:
+        """Our end of the veth pair."""
+        return f"tpa{self.name.removeprefix('tp2p-')}"
+
+    @property
+    def ns_device(self) -> str:
+        """The namespace's end of the veth pair."""
+        return f"tpb{self.name.removeprefix('tp2p-')}"
+
+    def add_addresses(self, host: str | None, ns: str) -> None:
+        """Give our end ``host`` and the namespace's end ``ns`` (each ``address/len``)
+        as more addresses, as a peer with several would have."""
+        if host is not None:
+            _run("ip", "addr", "add", host, "dev", self.host_device)
+        _run("ip", "-n", self.name, "addr", "add", ns, "dev", self.ns_device)
+
     def black_hole(self) -> None:
         """Drop every packet in and out of the namespace, silently (no RST, no ICMP)."""
         for chain in ("INPUT", "OUTPUT"):
@@ -161,14 +181,13 @@ class Namespace:
         e.g. ``"400kbit"``)."""
         if shutil.which("tc") is None:
             pytest.skip("needs tc (iproute2: .ci/run installs it with apt-get)")
-        device = f"tpb{self.name.removeprefix('tp2p-')}"
         _run(
             *self.exec_prefix,
             "tc",
             "qdisc",
             "add",
             "dev",
-            device,
+            self.ns_device,
             "root",
             "tbf",
             "rate",
