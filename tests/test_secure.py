@@ -22,6 +22,7 @@ from trustp2p.security.noise import NoiseHandshake
 
 from .compiled import pure_only
 from .conftest import MS, settles, stays, wait_for
+from .faults.crowd import SOURCE, from_sources
 from .nodes import MakeNode
 
 
@@ -370,13 +371,17 @@ async def test_full_of_finished_connections_refuses_before_any_cryptography(
 
 
 async def test_a_crowded_network_gives_up_its_newest_finished_connection(
-    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every slot holds a finished connection from 127.0/16 (loopback limited here, as
-    a remote network would be): a connection from 127.1/16 makes room, the newest of
-    the crowded network's connections closing with 1013 and the reason."""
+    a remote network would be): a client from 127.1/16 comes in as a candidate and,
+    once introduced, takes the slot of the crowded network's newest connection, which
+    closes with 1013 and the reason. A connection that never finishes closes nobody."""
     caplog.set_level(logging.INFO, logger="trustp2p")
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "create_connection", from_sources(loop.create_connection))
     server = await make_node(server=True, threads=[Recorder], max_inbound=2, limit_loopback=True)
+    assert server.url is not None and server.server is not None
     clients = []
     for _ in range(2):
         client = await make_node(client=True, peers=[server.url])
@@ -384,23 +389,35 @@ async def test_a_crowded_network_gives_up_its_newest_finished_connection(
         await client.client.wait_connected()
         clients.append(client)
     await wait_for(lambda: server.connections.admission.handshaking == 0)
-    assert server.url is not None
-    assert server.server is not None
     (newest,) = [s for s in server.server.sockets if s.peer_id == clients[1].peer_id]
     reason = "inbound connections maxed out: room made for a peer from another network"
-    async with connect(server.url, compression=None, local_addr=("127.1.0.1", 0)):
-        await wait_for(lambda: any(reason in r.getMessage() for r in caplog.records))
+    async with connect(server.url, compression=None, local_addr=("127.1.0.1", 0)) as ws:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(100 * MS):
+                await ws.recv()  # a candidate, waiting for our handshake, which never comes
+        assert reason not in caplog.text and len(server.server.sockets) == 2
+    token = SOURCE.set("127.1.0.1")
+    try:
+        newcomer = await make_node(client=True, peers=[server.url])
+    finally:
+        SOURCE.reset(token)
+    assert newcomer.client is not None
+    await newcomer.client.wait_connected()
+    redial = f"= connection to {server.url} closed (1013 {reason}); redialling in "
+    await wait_for(lambda: redial in caplog.text)
     closing = [r.getMessage() for r in caplog.records if r.name == "trustp2p.node.inbound"]
     assert len(closing) == 1
     assert closing[0].startswith(
         f"! closing {newest.peer}: inbound connections maxed out, its network group holds "
         "the most, and 127.1.0.1:"
     )
-    redial = f"= connection to {server.url} closed (1013 {reason}); redialling in "
     assert [r.name for r in caplog.records if r.getMessage().startswith(redial)] == [
         "trustp2p.node.dialer"
     ]  # the newest client's: the other stays
     assert clients[0].client is not None and len(clients[0].client.sockets) == 1
+    await wait_for(lambda: {s.peer_id for s in server.server.sockets} == {
+        clients[0].peer_id, newcomer.peer_id
+    })  # fmt: skip
 
 
 async def test_per_address_limits(make_node: MakeNode) -> None:

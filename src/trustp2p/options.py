@@ -55,8 +55,10 @@ class NodeOptions:
             :data:`MIN_PACKAGE_SIZE` (1 KiB: the node's own ``hello`` must fit).
         max_inbound: Most clients connected at once, counted from TCP accept. When all
             are taken, the oldest still in its handshake is dropped for a new one; when
-            all finished theirs, the next one is closed with code 1013. ``None``
-            disables the limit.
+            all finished theirs, the next one is closed with code 1013, unless its
+            network group holds at least two fewer than the largest: then, once its
+            handshake is done, the largest group's newest connection is closed for it
+            (README, "Limits from the first byte"). ``None`` disables the limit.
         max_concurrent_requests: Requests of one connection whose (coroutine) handlers
             run at once; each response goes out as its handler finishes. Talks, gossip
             and socket hooks are handled one at a time, in order.

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -41,18 +42,24 @@ def reporter(index: int) -> type[Thread]:
 
 SOURCE: ContextVar[str | None] = ContextVar("SOURCE", default=None)
 """The source address of the node whose task dials (its tasks copy the context that
-started it)."""
+started it); ``None``: the kernel's choice."""
+
+
+def from_sources(dial: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``loop.create_connection`` as ``dial``, from :data:`SOURCE`'s address if set."""
+
+    async def create_connection(*args: Any, **kwargs: Any) -> Any:
+        source = SOURCE.get()
+        if source is not None:
+            kwargs.setdefault("local_addr", (source, 0))
+        return await dial(*args, **kwargs)
+
+    return create_connection
 
 
 async def main(url: str, count: int, sources: list[str]) -> None:
     loop = asyncio.get_running_loop()
-    dial = loop.create_connection
-
-    async def create_connection(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("local_addr", (SOURCE.get(), 0))
-        return await dial(*args, **kwargs)
-
-    loop.create_connection = create_connection  # type: ignore[method-assign]
+    loop.create_connection = from_sources(loop.create_connection)  # type: ignore[method-assign]
     nodes = []
     for index in range(count):
         SOURCE.set(sources[index % len(sources)])

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from trustp2p.protocol.admission import (
+    MAX_CANDIDATES,
     Admission,
     Admitted,
     BlockScope,
@@ -129,12 +130,14 @@ def test_a_network_holding_the_most_finished_slots_makes_room_for_another(
     rules = admission(max_inbound=4)
     # Three slots held from 10.0/16, one from 10.1/16; all handshakes finished.
     finished_from(rules, clock, {1: "10.0.0.1", 2: "10.0.0.2", 3: "10.0.0.3", 4: "10.1.0.1"})
-    # One from a network without a slot: the newest of the largest network goes.
-    assert rules.admit(5, "10.2.0.1", clock()) == Admitted(evicted=3, finished=True)
+    # One from a network without a slot: a candidate, above the limit, until it is
+    # introduced; then the newest of the largest network goes.
+    assert rules.admit(5, "10.2.0.1", clock()) == Admitted()
+    assert (len(rules), rules.finished(3)) == (5, True)
+    assert rules.finish(5) == Admitted(evicted=3, finished=True)
     assert (len(rules), rules.finished(3), rules.open_from("10.0.0.3")) == (4, False, 0)
-    rules.finish(5)
-    assert rules.admit(6, "10.3.0.1", clock()) == Admitted(evicted=2, finished=True)
-    rules.finish(6)
+    assert rules.admit(6, "10.3.0.1", clock()) == Admitted()
+    assert rules.finish(6) == Admitted(evicted=2, finished=True)
     # One slot per network now: nobody is dropped for a fifth.
     refusal = rules.admit(7, "10.4.0.1", clock())
     assert refusal == Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
@@ -152,7 +155,8 @@ def test_a_swap_never_leaves_the_networks_less_even(clock: FakeClock) -> None:
     # of a crowded network can't push out its neighbour, to be pushed out in turn).
     assert isinstance(rules.admit(6, "10.0.0.9", clock()), Refusal)
     assert isinstance(rules.admit(7, "10.1.0.9", clock()), Refusal)
-    assert rules.admit(8, "10.2.0.1", clock()) == Admitted(evicted=3, finished=True)
+    assert rules.admit(8, "10.2.0.1", clock()) == Admitted()
+    assert rules.finish(8) == Admitted(evicted=3, finished=True)
 
 
 def test_of_networks_as_large_the_one_whose_newest_finished_last_gives_way(
@@ -163,7 +167,53 @@ def test_of_networks_as_large_the_one_whose_newest_finished_last_gives_way(
         assert rules.admit(conn_id, host, clock()) == Admitted()
     for conn_id in (1, 2, 4, 3):  # 3 finishes last
         rules.finish(conn_id)
-    assert rules.admit(5, "10.2.0.1", clock()) == Admitted(evicted=3, finished=True)
+    assert rules.admit(5, "10.2.0.1", clock()) == Admitted()
+    assert rules.finish(5) == Admitted(evicted=3, finished=True)
+
+
+def test_a_connection_that_never_finishes_its_handshake_drops_no_finished_one(
+    clock: FakeClock,
+) -> None:
+    rules = admission(max_inbound=3, handshake_timeout=10.0)
+    finished_from(rules, clock, {1: "10.0.0.1", 2: "10.0.0.2", 3: "10.0.0.3"})
+    # Bare connects from another network: candidates, four at most, the oldest giving
+    # way to a fifth; they time out; every finished connection stays.
+    for conn_id in range(10, 14):
+        assert rules.admit(conn_id, "203.0.113.66", clock()) == Admitted()
+    assert rules.admit(14, "203.0.113.67", clock()) == Admitted(evicted=10)
+    assert len(rules) == 3 + MAX_CANDIDATES
+    clock.advance(10.0)
+    assert rules.expired(clock()) == [11, 12, 13, 14]
+    for conn_id in range(11, 15):
+        rules.release(conn_id)
+    assert len(rules) == 3 and all(rules.finished(conn_id) for conn_id in (1, 2, 3))
+
+
+def test_a_candidate_is_judged_again_when_introduced(clock: FakeClock) -> None:
+    rules = admission(max_inbound=3)
+    finished_from(rules, clock, {1: "10.0.0.1", 2: "10.0.0.2", 3: "10.1.0.1"})
+    assert rules.admit(4, "10.2.0.1", clock()) == Admitted()
+    assert rules.admit(5, "10.3.0.1", clock()) == Admitted()
+    assert rules.finish(4) == Admitted(evicted=2, finished=True)  # one slot a network now
+    refusal = rules.finish(5)
+    assert refusal == Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
+    assert len(rules) == 3 and not rules.finished(5) and rules.open_from("10.3.0.1") == 0
+    # A slot freed meanwhile: a candidate takes it, and nobody is dropped.
+    assert rules.admit(6, "10.4.0.1", clock()) is not None
+    rules.release(3)
+    assert rules.admit(7, "10.4.0.2", clock()) == Admitted()  # a slot: not a candidate
+    assert rules.finish(7) is None
+
+
+def test_a_proxied_candidate_is_judged_by_its_real_address(clock: FakeClock) -> None:
+    rules = admission(max_inbound=3)  # loopback not exempt (limit_loopback)
+    finished_from(rules, clock, {1: "198.51.0.1", 2: "198.51.0.2", 3: "10.9.0.1"})
+    assert rules.admit(4, "127.0.0.1", clock()) == Admitted()  # the proxy's address
+    assert rules.readdress(4, "198.51.0.3", clock()) is None
+    assert isinstance(rules.finish(4), Refusal)  # from the crowded network, as it turns out
+    assert rules.admit(5, "127.0.0.1", clock()) == Admitted()
+    assert rules.readdress(5, "203.0.113.9", clock()) is None
+    assert rules.finish(5) == Admitted(evicted=2, finished=True)
 
 
 def test_unfinished_handshakes_make_room_before_finished_connections(clock: FakeClock) -> None:
@@ -171,8 +221,9 @@ def test_unfinished_handshakes_make_room_before_finished_connections(clock: Fake
     finished_from(rules, clock, {1: "10.0.0.1", 2: "10.0.0.2"})
     assert rules.admit(3, "10.0.0.3", clock()) == Admitted()  # still in its handshake
     assert rules.admit(4, "10.2.0.1", clock()) == Admitted(evicted=3)
-    rules.finish(4)
-    assert rules.admit(5, "10.3.0.1", clock()) == Admitted(evicted=2, finished=True)
+    assert rules.finish(4) is None  # it took 3's slot
+    assert rules.admit(5, "10.3.0.1", clock()) == Admitted()
+    assert rules.finish(5) == Admitted(evicted=2, finished=True)
 
 
 def test_loopback_is_neither_grouped_nor_evicted_while_exempt(clock: FakeClock) -> None:
@@ -185,11 +236,12 @@ def test_loopback_is_neither_grouped_nor_evicted_while_exempt(clock: FakeClock) 
     assert isinstance(rules.admit(4, "10.1.0.1", clock()), Refusal)  # no group of 2
     rules.release(3)
     finished_from(rules, clock, {5: "10.0.0.1"})
-    # A local peer doesn't push out a remote one either.
+    # A local peer is never a candidate either.
     assert isinstance(rules.admit(6, "127.0.0.1", clock()), Refusal)
     limited = admission(max_inbound=2)
     finished_from(limited, clock, {1: "127.0.0.1", 2: "127.0.0.2"})
-    assert limited.admit(3, "::1", clock()) == Admitted(evicted=2, finished=True)
+    assert limited.admit(3, "::1", clock()) == Admitted()
+    assert limited.finish(3) == Admitted(evicted=2, finished=True)
 
 
 def test_an_ipv6_address_counts_as_its_slash_64(clock: FakeClock) -> None:
@@ -207,6 +259,11 @@ def test_an_ipv6_address_counts_as_its_slash_64(clock: FakeClock) -> None:
     assert refusal is not None and refusal.reason.startswith("connecting too often")
     assert rules.admit(6, "::ffff:10.0.0.1", clock()) == Admitted()
     assert rules.open_from("10.0.0.1") == 1  # an IPv4-mapped address is the IPv4 one
+    # Link-local addresses share their /64 with every link: each counts as itself.
+    for conn_id, host in enumerate(("fe80::1%eth0", "fe80::1%eth1", "fe80::2%eth0"), 7):
+        assert rules.admit(conn_id, host, clock()) == Admitted()
+        clock.advance(1.0)
+    assert rules.open_from("fe80::1%eth0") == 1
 
 
 def test_an_ipv6_storm_counts_against_the_slash_64(clock: FakeClock) -> None:
@@ -234,8 +291,9 @@ def test_eviction_keeps_its_books(
     steps: list[tuple[str, int]], hosts: list[str], exempt: bool
 ) -> None:
     """Whatever the order of admissions, handshakes and closes: at most max_inbound
-    count, and a finished connection is evicted only from the largest network group,
-    for a connection whose group holds at least two fewer."""
+    finished connections, and MAX_CANDIDATES more in their handshake; an admission
+    drops no finished connection; one finishing drops one only from the largest
+    network group, for a connection whose group holds at least two fewer."""
     rules = Admission(
         max_inbound=4,
         limiter=AddressLimiter(max_concurrent=None, rate=1e9, burst=10**9, exempt_loopback=exempt),
@@ -244,37 +302,46 @@ def test_eviction_keeps_its_books(
     admitted: dict[int, str] = {}
     finished: dict[int, str] = {}  # in the order they finished
     now = 0.0
+
+    def gone(conn_id: int) -> None:
+        admitted.pop(conn_id)
+        finished.pop(conn_id, None)
+
     for action, conn_id in steps:
         now += 1.0
         if action == "admit" and conn_id not in admitted:
-            host = hosts[conn_id]
+            decision = rules.admit(conn_id, hosts[conn_id], now)
+            if isinstance(decision, Admitted):
+                assert not decision.finished and decision.evicted not in finished
+                if decision.evicted is not None:
+                    gone(decision.evicted)
+                admitted[conn_id] = hosts[conn_id]
+        elif action == "finish" and conn_id in admitted and conn_id not in finished:
+            host = admitted[conn_id]
             groups: dict[str, list[int]] = {}
             for other, other_host in finished.items():
                 if not (exempt and other_host.startswith("127.")):
                     groups.setdefault(netgroup(other_host), []).append(other)
-            decision = rules.admit(conn_id, host, now)
-            if isinstance(decision, Admitted):
-                if decision.finished:
-                    assert decision.evicted is not None
-                    largest = max(len(members) for members in groups.values())
-                    assert decision.evicted in finished
-                    victim_group = groups[netgroup(finished[decision.evicted])]
-                    assert len(victim_group) == largest
-                    assert victim_group[-1] == decision.evicted  # its newest
-                    assert len(groups.get(netgroup(host), [])) + 2 <= largest
-                    assert not (exempt and host.startswith("127."))
-                if decision.evicted is not None:
-                    admitted.pop(decision.evicted)
-                    finished.pop(decision.evicted, None)
-                admitted[conn_id] = host
-        elif action == "finish" and conn_id in admitted and conn_id not in finished:
-            rules.finish(conn_id)
-            finished[conn_id] = admitted[conn_id]
+            decision = rules.finish(conn_id)
+            if isinstance(decision, Refusal):
+                gone(conn_id)
+                continue
+            if decision is not None:
+                assert decision.finished and decision.evicted in finished
+                largest = max(len(members) for members in groups.values())
+                victim_group = groups[netgroup(finished[decision.evicted])]
+                assert len(victim_group) == largest
+                assert victim_group[-1] == decision.evicted  # its newest
+                assert len(groups.get(netgroup(host), [])) + 2 <= largest
+                assert not (exempt and host.startswith("127."))
+                gone(decision.evicted)
+            finished[conn_id] = host
         elif action == "release":
             rules.release(conn_id)
-            admitted.pop(conn_id, None)
-            finished.pop(conn_id, None)
-        assert len(rules) == len(admitted) <= 4
+            if conn_id in admitted:
+                gone(conn_id)
+        assert len(rules) == len(admitted) <= 4 + MAX_CANDIDATES
+        assert len(finished) <= 4
         assert all(rules.finished(c) == (c in finished) for c in range(12))
 
 

@@ -7,7 +7,10 @@ the transport accepts it (the drivers' ``on_accept``), before the WebSocket upgr
 Noise handshake and the peer's introduction. One deadline, ``handshake_timeout`` from
 accept, covers all three; a connection past it is closed. When every slot is taken, the
 oldest connection still in its handshake is dropped to make room for a new one, so
-half-finished handshakes can't hold the node's slots against honest peers.
+half-finished handshakes can't hold the node's slots against honest peers. When every
+slot holds a finished connection, one from a less crowded network group may come in as
+a candidate and, once introduced, take the slot of the newest connection of the most
+crowded group (closed with 1013), so that one network can't hold them all.
 
 """
 
@@ -138,9 +141,17 @@ class Inbound:
     def introduced(self, socket: Socket) -> None:
         """``socket``'s peer introduced itself: its handshake is over."""
         conn_id = self.awaiting.pop(socket.id, None)
-        if conn_id is not None:
-            self._introduced[conn_id] = socket.id
-            self.admission.finish(conn_id)
+        if conn_id is None:
+            return
+        self._introduced[conn_id] = socket.id
+        decision = self.admission.finish(conn_id)
+        if isinstance(decision, Refusal):  # a candidate, and the rule no longer holds
+            refused = self._refused(socket, decision)
+            conn = self._connections.get(socket.id)
+            if conn is not None and refused is not None:
+                self._connections.close(conn, *refused)
+        elif decision is not None and decision.evicted is not None:
+            self._evict(decision.evicted, socket, finished=True)
 
     def closed(self, socket: Socket) -> None:
         """``socket`` closed (a driver's, or a secure one): its slot is free."""
@@ -270,7 +281,7 @@ class Inbound:
         # Its network holds the most slots; the new one comes from a network with fewer.
         message = (
             "! closing %s: inbound connections maxed out, its network group holds the "
-            "most, and %s comes from another"
+            "most, and %s, from another, is introduced"
         )
         self.log(self._logger, logging.INFO, "evicted", message, raw.peer, new.peer)
         reason = "inbound connections maxed out: room made for a peer from another network"

@@ -9,9 +9,13 @@ limits. One deadline, ``handshake_timeout`` from accept, covers the whole handsh
 when every slot is taken, the oldest unfinished handshake makes room for a new one.
 When every slot holds a finished connection, a connection from a network group
 (:func:`~trustp2p.protocol.limits.netgroup`: a /16 or an IPv6 /32) holding at least two
-fewer slots than the largest group makes room: the largest group's newest connection is
-dropped. So one network can't hold every slot against the rest, and no swap leaves the
-groups less even than it found them (no churn among peers of one network).
+fewer slots than the largest group is let in above ``max_inbound`` as a *candidate*
+(:data:`MAX_CANDIDATES` at once); once its handshake is finished, the rule is checked
+again (the peer's real address known by then, behind a proxy) and the largest group's
+newest connection is dropped for it, or the candidate is. So one network can't hold
+every slot against the rest; a connection that never finishes its handshake drops no
+finished one; and no swap leaves the groups less even than it found them (no churn
+among peers of one network).
 A peer that reconnects in a storm (:class:`~trustp2p.protocol.limits.ReconnectStorms`)
 is refused new connections for a while: counted by address from accept, and by peer id
 once it proved one.
@@ -21,6 +25,7 @@ once it proved one.
 from __future__ import annotations
 
 __all__ = [
+    "MAX_CANDIDATES",
     "Admission",
     "Admitted",
     "BlockScope",
@@ -37,6 +42,10 @@ from dataclasses import dataclass
 from .close import CloseCode
 from .limits import AddressLimiter, Cooldown, ReconnectStorms, address_key, is_loopback, netgroup
 from .peers import peer_key
+
+MAX_CANDIDATES = 4
+"""Connections let in above ``max_inbound`` at once, each to take a crowded network
+group's slot once its handshake is finished; a fifth makes the oldest give way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +71,10 @@ class Admitted:
     An inbound connection is admitted.
 
     Attributes:
-        evicted: The connection to drop to make room for it, if every slot was taken:
-            the oldest whose handshake isn't finished, else (``finished``) the newest
-            of the largest network group. It no longer counts.
+        evicted: The connection to drop to make room for it: at :meth:`Admission.admit`,
+            the oldest whose handshake isn't finished (dropped at once); at
+            :meth:`Admission.finish` (``finished``), the newest of the largest network
+            group (closed). It no longer counts.
         finished: Whether ``evicted`` had finished its handshake (it gets a close frame).
 
     """
@@ -80,10 +90,12 @@ class Admission:
     per-address limits of ``limiter``, and at most ``max_inbound`` connections. When
     all ``max_inbound`` are taken, the oldest connection still in its handshake is
     evicted for the new one. When every slot holds a connection that finished its
-    handshake, the newest connection of the largest network group is evicted for a new
-    connection whose group holds at least two fewer; else the new one is refused.
-    Connections from the addresses the ``limiter`` exempts (loopback) are neither
-    counted in a group nor evicted, and don't evict finished ones.
+    handshake, a new connection whose network group holds at least two fewer than the
+    largest is a candidate above ``max_inbound``; else it is refused. When a candidate
+    finishes its handshake, the newest connection of the largest network group is
+    evicted for it if the rule still holds, else it is refused then. Connections from
+    the addresses the ``limiter`` exempts (loopback) are neither counted in a group nor
+    evicted, and are never candidates.
 
     A connection is in its handshake from :meth:`admit` until :meth:`finish`; past
     ``handshake_timeout`` it is :meth:`expired`. It counts until :meth:`release`.
@@ -123,9 +135,11 @@ class Admission:
         self._groups: dict[str, dict[int, int]] = {}
         self._group_of: dict[int, str] = {}
         self._finishes = itertools.count()
+        self._candidates: dict[int, None] = {}  # above max_inbound, oldest first
 
     def __len__(self) -> int:
-        """Connections admitted and not released."""
+        """Connections admitted and not released (candidates above ``max_inbound``
+        included)."""
         return len(self._admitted)
 
     @property
@@ -154,26 +168,37 @@ class Admission:
         storm = self._storm(host, now)
         if storm is not None:
             return storm
-        full = self.max_inbound is not None and len(self._admitted) >= self.max_inbound
-        evicted = None
-        if full:
-            evicted = next(iter(self._handshaking), None)
-            if evicted is None and (evicted := self._crowded(host)) is None:
-                return Refusal(
-                    CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
-                )
+        candidates = self._candidates
+        evicted = candidate = None
+        if self._full():
+            # The oldest unfinished handshake in a slot (candidates are a few, first).
+            evicted = next((c for c in self._handshaking if c not in candidates), None)
+            if evicted is None:
+                if self._crowded(host) is None:
+                    return Refusal(
+                        CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
+                    )
+                candidate = conn_id
         why = self._limiter.admit(host, now)
         if why is not None:
             return Refusal(CloseCode.TRY_AGAIN_LATER, why, warn=True)
-        finished = False
+        if candidate is not None and len(candidates) >= MAX_CANDIDATES:
+            evicted = next(iter(candidates))
         if evicted is not None:
-            finished = evicted not in self._handshaking
             self.release(evicted)
+        if candidate is not None:
+            candidates[conn_id] = None
         self._admitted[conn_id] = host
         self._handshaking[conn_id] = now
         if self.handshake_timeout is not None:
             self._deadlines.append((now + self.handshake_timeout, conn_id))
-        return Admitted(evicted, finished)
+        return Admitted(evicted)
+
+    def _full(self, beyond: int = 0) -> bool:
+        """Whether the connections in slots (candidates are in none) number at least
+        ``max_inbound`` and ``beyond``."""
+        taken = len(self._admitted) - len(self._candidates)
+        return self.max_inbound is not None and taken >= self.max_inbound + beyond
 
     def _crowded(self, host: str) -> int | None:
         """The finished connection to evict for a new one from ``host``: the newest of
@@ -229,20 +254,41 @@ class Admission:
             return None
         return _refusal(self.storms.arrive(peer_key(None, address_key(host)), now))
 
-    def finish(self, conn_id: int) -> None:
-        """Connection ``conn_id`` finished its handshake: it has no deadline any more,
-        and counts in its network group. Nothing happens if it isn't admitted."""
+    def finish(self, conn_id: int) -> Admitted | Refusal | None:
+        """
+        Connection ``conn_id`` finished its handshake: it has no deadline any more, and
+        counts in its network group. Nothing happens if it isn't admitted.
+
+        Returns:
+            For a candidate while every slot is still taken: the connection evicted for
+            it (:class:`Admitted`, ``finished``: the caller closes it), or why it is
+            refused now (the caller closes it; it no longer counts). Else ``None``.
+
+        """
         if self._handshaking.pop(conn_id, None) is None:
-            return
-        host = self._admitted.get(conn_id)
+            return None
+        host = self._admitted.get(conn_id, "")
+        decision: Admitted | Refusal | None = None
+        candidate = conn_id in self._candidates
+        if candidate:
+            del self._candidates[conn_id]
+        if candidate and self._full(beyond=1):
+            evicted = self._crowded(host) if host else None  # by its real address now
+            if evicted is None:
+                self.release(conn_id)
+                return Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", True)
+            self.release(evicted)
+            decision = Admitted(evicted, finished=True)
         if host and not self._limiter.exempts(host):
             group = netgroup(host)
             self._groups.setdefault(group, {})[conn_id] = next(self._finishes)
             self._group_of[conn_id] = group
+        return decision
 
     def release(self, conn_id: int) -> None:
         """Connection ``conn_id`` closed; nothing happens if it wasn't admitted."""
         self._handshaking.pop(conn_id, None)
+        self._candidates.pop(conn_id, None)
         host = self._admitted.pop(conn_id, None)
         if host:
             self._limiter.release(host)

@@ -114,13 +114,14 @@ def address_key(host: str) -> str:
     """
     What the per-address limits count ``host`` as: an IPv4 address as itself, an IPv6
     address as its /64 (one subscriber's network: anyone with one has 2**64 addresses
-    to rotate through). Names that aren't addresses are themselves.
+    to rotate through), except a link-local one (``fe80::/10``: every link has the same
+    /64), which is itself, scope included. Names that aren't addresses are themselves.
     """
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host
-    if isinstance(address, ipaddress.IPv4Address):
+    if isinstance(address, ipaddress.IPv4Address) or address.is_link_local:
         return host
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
