@@ -368,6 +368,21 @@ async def test_candidates_leave_out_blocked_peers(store: PeerStore) -> None:
     assert await store.good_urls(100) == []
 
 
+async def test_an_ipv6_address_blocks_its_slash_64(
+    store: PeerStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    await store.block(address="2001:db8::1", reason="bad packages", duration=60)
+    assert logged(caplog) == [("INFO", "= blocked 2001:db8::/64 for 60 s: bad packages")]
+    assert store.is_blocked(address="2001:db8::1")
+    assert store.is_blocked(address="2001:db8::abcd:2")  # the next address of the /64
+    assert not store.is_blocked(address="2001:db8:0:1::1")  # another /64
+    await store.add_urls(
+        ["ws://[2001:db8::77]:1107", "ws://[2001:db8:0:1::1]:1107"], PeerSource.EXCHANGE
+    )
+    assert await store.candidates(10) == ["ws://[2001:db8:0:1::1]:1107"]
+
+
 async def test_candidates_give_one_url_per_peer(store: PeerStore, clock: FakeClock) -> None:
     await store.add_urls(["ws://a:1"], PeerSource.INBOUND, peer_id="tpa")
     clock.advance(1)
@@ -527,6 +542,26 @@ async def test_package_counts_are_written_by_the_periodic_flush(path: Path) -> N
         )
     finally:
         await store.close()
+
+
+async def test_an_ipv6_address_blocked_before_blocks_its_slash_64_after(
+    path: Path, clock: FakeClock
+) -> None:
+    store = await PeerStore.open(path, clock=clock)
+    await store.block(address="10.0.0.1", reason="test", duration=60)
+    await store.close()
+    with sqlite3.connect(path) as db:  # as 0.1.0 stored it: the address alone
+        db.execute("INSERT INTO blocks VALUES ('address', '2001:db8::1', 1060.0, 'old')")
+    store = await PeerStore.open(path, clock=clock)
+    try:
+        assert store.is_blocked(address="2001:db8::2")
+        assert store.is_blocked(address="10.0.0.1")
+    finally:
+        await store.close()
+    assert query(path, "SELECT kind, key, until FROM blocks ORDER BY key") == [
+        ("address", "10.0.0.1", 1060.0),
+        ("address", "2001:db8::/64", 1060.0),
+    ]
 
 
 async def test_restarting_a_window_writes_soon(path: Path) -> None:

@@ -13,6 +13,7 @@ __all__ = ["MAX_GOOD_URL_FAILURES", "is_anchor", "ranked_urls", "records"]
 from collections.abc import Collection, Iterator
 from urllib.parse import urlsplit
 
+from ..protocol.limits import address_key
 from ..protocol.urls import split_peer_url
 from ._peer_records import Peer, PeerRecord, PeerSource, Url, url_age
 from ._peer_table import PeerTable
@@ -27,6 +28,12 @@ def _host(url: str) -> str | None:
         return urlsplit(url).hostname
     except ValueError:
         return None
+
+
+def _blocked_host(url: str, blocked_addresses: Collection[str]) -> bool:
+    """Whether ``url``'s host is in a blocked address (an IPv6 address: in its /64)."""
+    host = _host(url)
+    return host is not None and address_key(host) in blocked_addresses
 
 
 def _excluded_by_its_id(
@@ -108,7 +115,7 @@ def ranked_urls(
             for entry in peer.urls.values()
             if entry.url not in exclude_urls
             and not (good and entry.failures >= MAX_GOOD_URL_FAILURES)
-            and not (blocked_addresses and _host(entry.url) in blocked_addresses)
+            and not (blocked_addresses and _blocked_host(entry.url, blocked_addresses))
             and not _excluded_by_its_id(entry.url, exclude_urls, exclude_ids)
         ]
         if urls:

@@ -15,6 +15,7 @@ __all__ = ["PeerTable"]
 import heapq
 import secrets
 
+from ..protocol.limits import address_key
 from ..protocol.scoring import Block
 from ..protocol.urls import MAX_URLS_PER_PEER
 from ._peer_records import (
@@ -234,6 +235,10 @@ class PeerTable:
             if kind not in self.blocks or until <= now:
                 self.dirty_blocks.add((kind, key))
                 continue
+            if kind == ADDRESS and (wider := address_key(key)) != key:
+                # An IPv6 address blocked before blocks covered its /64: its /64 now.
+                self.dirty_blocks |= {(kind, key), (kind, wider)}
+                key = wider
             _keep_longer(self.blocks[kind], key, Block(until, reason))
         self.evict()
 

@@ -53,6 +53,7 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 from ..exceptions import NodeStateError
+from ..protocol.limits import address_key
 from ..protocol.peers import PeerKey, is_address_key
 from ..protocol.scoring import BlockPolicy, PackageCounts
 from ..protocol.urls import split_peer_url
@@ -364,7 +365,9 @@ class PeerStore(WriteBehind[Batch, Loaded]):
 
         Args:
             peer_id: The peer id to block.
-            address: The IP address to block, as the drivers report it (``socket.host``).
+            address: The IP address to block, as the drivers report it (``socket.host``);
+                an IPv6 address blocks its /64, as the per-address limits count it
+                (:func:`~trustp2p.protocol.limits.address_key`).
             reason: Why, for the record.
             duration: Seconds; by default the policy's ``block_duration``.
 
@@ -379,6 +382,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
             raise ValueError("block() needs a peer_id, an address or both")
         now = self._clock()
         block = self.policy.block(reason, now, duration)
+        if address is not None:
+            address = address_key(address)
         for kind, key in ((PEER, peer_id), (ADDRESS, address)):
             if key is not None:
                 self._table.add_block(kind, key, block)
@@ -427,7 +432,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
 
         Args:
             peer_id: A peer id.
-            address: An IP address, as the drivers report it.
+            address: An IP address, as the drivers report it (in a blocked IPv6 /64,
+                it is blocked).
 
         """
         if peer_id is not None:
@@ -435,7 +441,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
             if block is not None and block.active(self._clock()):
                 return True
         if address is not None:
-            block = self._table.blocked_addresses.get(address)
+            block = self._table.blocked_addresses.get(address_key(address))
             if block is not None and block.active(self._clock()):
                 return True
         return False
