@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from trustp2p.protocol.admission import (
     MAX_CANDIDATES,
+    PROTECTED_SHARE,
     Admission,
     Admitted,
     BlockScope,
@@ -171,6 +172,18 @@ def test_of_networks_as_large_the_one_whose_newest_finished_last_gives_way(
     assert rules.finish(5) == Admitted(evicted=3, finished=True)
 
 
+def test_the_longest_connected_are_never_dropped_for_a_candidate(clock: FakeClock) -> None:
+    rules = admission(max_inbound=8)  # a quarter: the first 2 to finish are protected
+    hosts = {1: "10.0.0.1", 2: "10.0.0.2"} | {n: f"10.{n - 2}.0.1" for n in range(3, 9)}
+    finished_from(rules, clock, hosts)
+    # 10.0/16 holds the most, but both its connections are the longest connected.
+    assert isinstance(rules.admit(9, "10.20.0.1", clock()), Refusal)
+    rules.release(8)
+    finished_from(rules, clock, {10: "10.0.0.3"})
+    assert rules.admit(11, "10.20.0.1", clock()) == Admitted()
+    assert rules.finish(11) == Admitted(evicted=10, finished=True)
+
+
 def test_a_connection_that_never_finishes_its_handshake_drops_no_finished_one(
     clock: FakeClock,
 ) -> None:
@@ -281,10 +294,10 @@ _HOSTS = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.1.0.1", "10.1.0.2", "10.2.0.1"
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["admit", "finish", "release"]), st.integers(0, 11)),
+        st.tuples(st.sampled_from(["admit", "finish", "release"]), st.integers(0, 15)),
         max_size=80,
     ),
-    st.lists(st.sampled_from(_HOSTS), min_size=12, max_size=12),
+    st.lists(st.sampled_from(_HOSTS), min_size=16, max_size=16),
     st.booleans(),
 )
 def test_eviction_keeps_its_books(
@@ -295,7 +308,7 @@ def test_eviction_keeps_its_books(
     drops no finished connection; one finishing drops one only from the largest
     network group, for a connection whose group holds at least two fewer."""
     rules = Admission(
-        max_inbound=4,
+        max_inbound=8,
         limiter=AddressLimiter(max_concurrent=None, rate=1e9, burst=10**9, exempt_loopback=exempt),
         is_blocked=frozenset[str]().__contains__,
     )
@@ -322,16 +335,23 @@ def test_eviction_keeps_its_books(
             for other, other_host in finished.items():
                 if not (exempt and other_host.startswith("127.")):
                     groups.setdefault(netgroup(other_host), []).append(other)
+            # The first 2 to finish (8 // PROTECTED_SHARE) of those still open, grouped.
+            protected = [c for members in groups.values() for c in members]
+            protected = sorted(protected, key=list(finished).index)[: 8 // PROTECTED_SHARE]
             decision = rules.finish(conn_id)
             if isinstance(decision, Refusal):
                 gone(conn_id)
                 continue
             if decision is not None:
                 assert decision.finished and decision.evicted in finished
-                largest = max(len(members) for members in groups.values())
+                if len(protected) < 8 // PROTECTED_SHARE:
+                    protected = []
+                open_groups = [m for m in groups.values() if m[-1] not in protected]
+                largest = max(len(members) for members in open_groups)
                 victim_group = groups[netgroup(finished[decision.evicted])]
                 assert len(victim_group) == largest
                 assert victim_group[-1] == decision.evicted  # its newest
+                assert decision.evicted not in protected
                 assert len(groups.get(netgroup(host), [])) + 2 <= largest
                 assert not (exempt and host.startswith("127."))
                 gone(decision.evicted)
@@ -340,9 +360,9 @@ def test_eviction_keeps_its_books(
             rules.release(conn_id)
             if conn_id in admitted:
                 gone(conn_id)
-        assert len(rules) == len(admitted) <= 4 + MAX_CANDIDATES
-        assert len(finished) <= 4
-        assert all(rules.finished(c) == (c in finished) for c in range(12))
+        assert len(rules) == len(admitted) <= 8 + MAX_CANDIDATES
+        assert len(finished) <= 8
+        assert all(rules.finished(c) == (c in finished) for c in range(16))
 
 
 def test_no_eviction_for_a_connection_over_its_address_limits(clock: FakeClock) -> None:

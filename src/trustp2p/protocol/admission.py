@@ -12,8 +12,11 @@ When every slot holds a finished connection, a connection from a network group
 fewer slots than the largest group is let in above ``max_inbound`` as a *candidate*
 (:data:`MAX_CANDIDATES` at once); once its handshake is finished, the rule is checked
 again (the peer's real address known by then, behind a proxy) and the largest group's
-newest connection is dropped for it, or the candidate is. So one network can't hold
-every slot against the rest; a connection that never finishes its handshake drops no
+newest connection is dropped for it, or the candidate is. The connections that finished
+first, a quarter of the slots (:data:`PROTECTED_SHARE`), are never dropped for one: a
+group whose newest is one of them is passed over. So one network can't hold
+every slot against the rest; a peer with many networks can't push out the longest
+connected; a connection that never finishes its handshake drops no
 finished one; and no swap leaves the groups less even than it found them (no churn
 among peers of one network).
 A peer that reconnects in a storm (:class:`~trustp2p.protocol.limits.ReconnectStorms`)
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 __all__ = [
     "MAX_CANDIDATES",
+    "PROTECTED_SHARE",
     "Admission",
     "Admitted",
     "BlockScope",
@@ -34,6 +38,7 @@ __all__ = [
     "keep_new_connection",
 ]
 
+import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable
@@ -46,6 +51,11 @@ from .peers import peer_key
 MAX_CANDIDATES = 4
 """Connections let in above ``max_inbound`` at once, each to take a crowded network
 group's slot once its handshake is finished; a fifth makes the oldest give way."""
+
+
+PROTECTED_SHARE = 4
+"""One in this many of ``max_inbound`` slots, those of the connections that finished
+their handshake first, are never taken for a candidate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,17 +212,26 @@ class Admission:
 
     def _crowded(self, host: str) -> int | None:
         """The finished connection to evict for a new one from ``host``: the newest of
-        the largest group, if ``host``'s group holds at least two fewer; else None."""
+        the largest group with one not protected, if ``host``'s group holds at least
+        two fewer; else None."""
         if self._limiter.exempts(host) or not self._groups:
             return None
-        # The largest group; of groups as large, the one whose newest finished last.
+        # The first to finish, a share of the slots, are protected: an attacker with
+        # many networks can push out newer peers, never the longest connected.
+        protect = (self.max_inbound or 0) // PROTECTED_SHARE
+        finishes = (n for group in self._groups.values() for n in group.values())
+        oldest = heapq.nsmallest(protect, finishes)
+        cutoff = oldest[-1] if len(oldest) == protect and protect else -1
+        # Of groups as large, the one whose newest finished last.
         largest = max(
-            self._groups.values(), key=lambda group: (len(group), group[next(reversed(group))])
-        )
+            ((len(group), group[newest], newest) for group in self._groups.values()
+             if group[newest := next(reversed(group))] > cutoff),
+            default=None,
+        )  # fmt: skip
         ours = self._groups.get(netgroup(host), {})
-        if len(ours) + 2 > len(largest):
+        if largest is None or len(ours) + 2 > largest[0]:
             return None
-        return next(reversed(largest))
+        return largest[2]
 
     def readdress(self, conn_id: int, host: str, now: float) -> Refusal | None:
         """
