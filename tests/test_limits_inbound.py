@@ -293,6 +293,44 @@ async def test_one_network_cannot_hold_every_slot(make_node: MakeNode) -> None:
             await ws.close()
 
 
+async def test_a_candidate_is_closed_if_the_groups_changed_before_its_hello(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two newcomers from two other networks come in as candidates; the first to say
+    hello takes the crowded network's slot, and the groups are even then: the second is
+    closed once it says hello, with no error logged."""
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    server = await make_node(server=True, secure=False, max_inbound=3, limit_loopback=True)
+    assert server.url is not None
+    admission = server.connections.admission
+    hello = {"protocol_version": "1.0", "alt": "1", "library": "raw"}
+    version = encode(build_package(PackageType.TALK, "version", hello))
+
+    async def opened(source: str) -> ClientConnection:
+        return await connect(server.url, compression=None, local_addr=(source, 0))
+
+    peers = [await opened(source) for source in ("127.0.0.1", "127.0.0.2", "127.1.0.1")]
+    try:
+        for ws in peers:
+            await ws.send(version)
+        await wait_for(lambda: admission.handshaking == 0 and len(admission) == 3)
+        first, second = await opened("127.2.0.1"), await opened("127.3.0.1")
+        peers += [first, second]
+        await wait_for(lambda: len(admission) == 5)  # two candidates above the limit
+        await first.send(version)
+        reason = "inbound connections maxed out: room made for a peer from another network"
+        assert await closed_by_peer(peers[1]) == (1013, reason)
+        await second.send(version)
+        assert await closed_by_peer(second) == (1013, "inbound connections maxed out")
+        await wait_for(lambda: len(admission) == 3 and admission.handshaking == 0)
+        for ws in (peers[0], peers[2], first):
+            assert ws.state is State.OPEN
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        for ws in peers:
+            await ws.close()
+
+
 async def test_stop_drops_connections_still_in_their_upgrade(make_node: MakeNode) -> None:
     server = await make_node(server=True)
     assert server.url is not None
