@@ -183,7 +183,7 @@ class Inbound:
         if isinstance(decision, Refusal):
             return self._refused(raw, decision)
         if decision.evicted is not None:
-            self._evict(decision.evicted, raw, finished=decision.finished)
+            self._evict(decision.evicted, raw, finished=False)  # at accept: unfinished
         if self._timer is None:
             self._arm()
         return None

@@ -205,8 +205,8 @@ class Admission:
         return Admitted(evicted)
 
     def _full(self, beyond: int = 0) -> bool:
-        """Whether the connections in slots (candidates are in none) number at least
-        ``max_inbound`` and ``beyond``."""
+        """Whether at least ``max_inbound + beyond`` connections hold slots
+        (candidates hold none)."""
         taken = len(self._admitted) - len(self._candidates)
         return self.max_inbound is not None and taken >= self.max_inbound + beyond
 
@@ -295,7 +295,9 @@ class Admission:
             evicted = self._crowded(host) if host else None  # by its real address now
             if evicted is None:
                 self.release(conn_id)
-                return Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", True)
+                return Refusal(
+                    CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
+                )
             self.release(evicted)
             decision = Admitted(evicted, finished=True)
         if host and not self._limiter.exempts(host):
