@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 import websockets
+from prometheus_client import generate_latest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.protocol import State
 
 from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
+from trustp2p.admin.collector import node_registry
 from trustp2p.identity import Identity
 from trustp2p.protocol.handshake import HANDSHAKE_MAGIC
 from trustp2p.protocol.log_budget import LogBudget
@@ -288,6 +290,12 @@ async def test_one_network_cannot_hold_every_slot(make_node: MakeNode) -> None:
         for ws in (peers[0], peers[2], newcomer):
             assert ws.state is State.OPEN
         assert len(server.server.sockets if server.server else ()) == 3
+        metrics = server.metrics
+        assert metrics.inbound_evicted == {"crowded": 1}
+        assert metrics.inbound_refused == {"inbound connections maxed out": 1}
+        text = generate_latest(node_registry(server)).decode()  # as /metrics shows them
+        assert 'trustp2p_inbound_evicted_total{kind="crowded"} 1.0' in text
+        assert 'trustp2p_inbound_refused_total{reason="inbound connections maxed out"} 1.0' in text
     finally:
         for ws in peers:
             await ws.close()

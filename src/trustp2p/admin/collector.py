@@ -105,6 +105,19 @@ class NodeCollector(Collector):
             ok = reason == "ok"
             handshakes.add_metric(["ok" if ok else "failed", "" if ok else reason], value)
         yield handshakes
+        m = node.metrics
+        yield _labelled(
+            "trustp2p_inbound_refused",
+            "Inbound connections refused by the admission rules, by reason.",
+            "reason",
+            m.inbound_refused,
+        )
+        yield _labelled(
+            "trustp2p_inbound_evicted",
+            "Inbound connections dropped to make room for another, by kind.",
+            "kind",
+            m.inbound_evicted,
+        )
 
     def _traffic(self) -> Iterator[Metric]:
         m = self._node.metrics

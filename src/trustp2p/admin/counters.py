@@ -118,6 +118,11 @@ class Metrics:
     Attributes:
         started: Wall-clock time the node was created (seconds since the epoch).
         handshakes: Connections established (``"ok"``) or failed, by reason.
+        inbound_refused: Inbound connections refused by the admission rules, by the
+            first words of the reason (``"inbound connections maxed out"``...).
+        inbound_evicted: Inbound connections dropped to make room: ``"unfinished"``
+            (the oldest still in its handshake) or ``"crowded"`` (the newest of the
+            largest network group, for a candidate).
         packages_in, packages_out, bytes_in, bytes_out: Lists indexed by package type
             (its wire number; :data:`INVALID` for what wasn't a valid package): a list
             index is the cheapest count on the path of every package.
@@ -146,6 +151,8 @@ class Metrics:
     def __init__(self) -> None:
         self.started = time.time()
         self.handshakes: dict[str, int] = {}
+        self.inbound_refused: dict[str, int] = {}
+        self.inbound_evicted: dict[str, int] = {}
         self.packages_in = [0] * TYPE_SLOTS
         self.packages_out = [0] * TYPE_SLOTS
         self.bytes_in = [0] * TYPE_SLOTS

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..admin.counters import count
 from ..drivers.base import Socket
 from ..exceptions import HandshakeError
 from ..protocol.admission import Admission, Refusal
@@ -252,6 +253,8 @@ class Inbound:
     def _refused(self, raw: Socket, refusal: Refusal | None) -> tuple[int, str] | None:
         if refusal is None:
             return None
+        # By the reason's first words: its numbers (limits, seconds) would make labels.
+        count(self._node.metrics.inbound_refused, refusal.reason.split(":")[0].split(" (")[0])
         if refusal.warn:
             self.log(
                 self._logger,
@@ -270,6 +273,7 @@ class Inbound:
         if raw is None:
             return
         self._evicted.add(conn_id)
+        count(self._node.metrics.inbound_evicted, "crowded" if finished else "unfinished")
         if not finished:
             message = (
                 "! dropped %s: inbound connections maxed out, and its handshake was the "
