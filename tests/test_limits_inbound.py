@@ -76,6 +76,23 @@ async def closed_by_peer(ws: ClientConnection) -> tuple[int | None, str | None]:
     return ws.close_code, ws.close_reason
 
 
+VERSION = encode(
+    build_package(
+        PackageType.TALK, "version", {"protocol_version": "1.0", "alt": "1", "library": "raw"}
+    )
+)
+"""A plain peer's introduction: its version talk."""
+
+
+async def raw_plain_peer(url: str, source: str, *, introduced: bool = True) -> ClientConnection:
+    """A raw plain-mode peer dialling ``url`` from the address ``source``; it sends its
+    version talk if ``introduced``."""
+    ws = await connect(url, compression=None, local_addr=(source, 0))
+    if introduced:
+        await ws.send(VERSION)
+    return ws
+
+
 async def test_connections_in_their_upgrade_count_and_the_oldest_make_room(
     make_node: MakeNode,
 ) -> None:
@@ -268,19 +285,10 @@ async def test_one_network_cannot_hold_every_slot(make_node: MakeNode) -> None:
     server = await make_node(server=True, secure=False, max_inbound=3, limit_loopback=True)
     assert server.url is not None
     admission = server.connections.admission
-    hello = {"protocol_version": "1.0", "alt": "1", "library": "raw"}
-    version = encode(build_package(PackageType.TALK, "version", hello))
-
-    async def finished(source: str) -> ClientConnection:
-        ws = await connect(server.url, compression=None, local_addr=(source, 0))
-        await ws.send(version)
-        return ws
-
-    peers = [await finished("127.0.0.1"), await finished("127.0.0.2")]
-    peers.append(await finished("127.1.0.1"))
+    peers = [await raw_plain_peer(server.url, a) for a in ("127.0.0.1", "127.0.0.2", "127.1.0.1")]
     try:
         await wait_for(lambda: admission.handshaking == 0 and len(admission) == 3)
-        newcomer = await finished("127.2.0.1")
+        newcomer = await raw_plain_peer(server.url, "127.2.0.1")
         peers.append(newcomer)
         reason = "inbound connections maxed out: room made for a peer from another network"
         assert await closed_by_peer(peers[1]) == (1013, reason)  # 127.0/16's newest
@@ -311,24 +319,17 @@ async def test_a_candidate_is_closed_if_the_groups_changed_before_its_hello(
     server = await make_node(server=True, secure=False, max_inbound=3, limit_loopback=True)
     assert server.url is not None
     admission = server.connections.admission
-    hello = {"protocol_version": "1.0", "alt": "1", "library": "raw"}
-    version = encode(build_package(PackageType.TALK, "version", hello))
-
-    async def opened(source: str) -> ClientConnection:
-        return await connect(server.url, compression=None, local_addr=(source, 0))
-
-    peers = [await opened(source) for source in ("127.0.0.1", "127.0.0.2", "127.1.0.1")]
+    peers = [await raw_plain_peer(server.url, a) for a in ("127.0.0.1", "127.0.0.2", "127.1.0.1")]
     try:
-        for ws in peers:
-            await ws.send(version)
         await wait_for(lambda: admission.handshaking == 0 and len(admission) == 3)
-        first, second = await opened("127.2.0.1"), await opened("127.3.0.1")
+        first = await raw_plain_peer(server.url, "127.2.0.1", introduced=False)
+        second = await raw_plain_peer(server.url, "127.3.0.1", introduced=False)
         peers += [first, second]
         await wait_for(lambda: len(admission) == 5)  # two candidates above the limit
-        await first.send(version)
+        await first.send(VERSION)
         reason = "inbound connections maxed out: room made for a peer from another network"
         assert await closed_by_peer(peers[1]) == (1013, reason)
-        await second.send(version)
+        await second.send(VERSION)
         assert await closed_by_peer(second) == (1013, "inbound connections maxed out")
         await wait_for(lambda: len(admission) == 3 and admission.handshaking == 0)
         for ws in (peers[0], peers[2], first):
