@@ -309,6 +309,37 @@ async def test_one_network_cannot_hold_every_slot(make_node: MakeNode) -> None:
             await ws.close()
 
 
+async def test_behind_a_proxy_a_peer_of_another_network_makes_room(make_node: MakeNode) -> None:
+    """Default limits (loopback exempt), a proxy on loopback naming each client in
+    X-Real-IP: the crowded network gives up its newest connection for a client of
+    another, judged by the address the proxy names."""
+    server = await make_node(server=True, secure=False, max_inbound=3, handshake_timeout=30)
+    assert server.url is not None
+    admission = server.connections.admission
+
+    async def proxied(real: str) -> ClientConnection:
+        headers = {"X-Real-IP": real}
+        ws = await connect(server.url, compression=None, additional_headers=headers)
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):  # refused
+            await ws.send(VERSION)
+        return ws
+
+    peers = [await proxied(a) for a in ("198.51.0.1", "198.51.0.2", "203.0.113.7")]
+    try:
+        await wait_for(lambda: admission.handshaking == 0 and len(admission) == 3)
+        peers.append(await proxied("192.0.2.1"))
+        reason = "inbound connections maxed out: room made for a peer from another network"
+        assert await closed_by_peer(peers[1]) == (1013, reason)  # 198.51/16's newest
+        await wait_for(lambda: admission.handshaking == 0 and len(admission) == 3)
+        late = await proxied("198.51.0.3")  # from the crowded network again
+        assert await closed_by_peer(late) == (1013, "inbound connections maxed out")
+        for ws in (peers[0], peers[2], peers[3]):
+            assert ws.state is State.OPEN
+    finally:
+        for ws in peers:
+            await ws.close()
+
+
 async def test_a_candidate_is_closed_if_the_groups_changed_before_its_hello(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:

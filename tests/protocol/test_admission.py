@@ -229,6 +229,24 @@ def test_a_proxied_candidate_is_judged_by_its_real_address(clock: FakeClock) -> 
     assert rules.finish(5) == Admitted(evicted=2, finished=True)
 
 
+def test_behind_a_loopback_proxy_a_candidate_is_judged_by_its_real_address(
+    clock: FakeClock,
+) -> None:
+    rules = Admission(
+        max_inbound=4,
+        limiter=AddressLimiter(exempt_loopback=True),  # the default: loopback exempt
+        is_blocked=frozenset[str]().__contains__,
+    )
+    hosts = {1: "198.51.0.1", 2: "198.51.0.2", 3: "198.51.0.3", 4: "10.9.0.1"}
+    finished_from(rules, clock, hosts)
+    assert rules.admit(5, "127.0.0.1", clock()) == Admitted()  # the proxy: a candidate
+    assert rules.readdress(5, "203.0.113.9", clock()) is None  # X-Real-IP
+    assert rules.finish(5) == Admitted(evicted=3, finished=True)
+    assert rules.admit(6, "127.0.0.1", clock()) == Admitted()
+    assert isinstance(rules.finish(6), Refusal)  # a local peer after all: no slot
+    assert len(rules) == 4
+
+
 def test_unfinished_handshakes_make_room_before_finished_connections(clock: FakeClock) -> None:
     rules = admission(max_inbound=3)
     finished_from(rules, clock, {1: "10.0.0.1", 2: "10.0.0.2"})
@@ -249,7 +267,7 @@ def test_loopback_is_neither_grouped_nor_evicted_while_exempt(clock: FakeClock) 
     assert isinstance(rules.admit(4, "10.1.0.1", clock()), Refusal)  # no group of 2
     rules.release(3)
     finished_from(rules, clock, {5: "10.0.0.1"})
-    # A local peer is never a candidate either.
+    # Nor a candidate while no group could give up a slot.
     assert isinstance(rules.admit(6, "127.0.0.1", clock()), Refusal)
     limited = admission(max_inbound=2)
     finished_from(limited, clock, {1: "127.0.0.1", 2: "127.0.0.2"})

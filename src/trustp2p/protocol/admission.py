@@ -11,7 +11,8 @@ When every slot holds a finished connection, a connection from a network group
 (:func:`~trustp2p.protocol.limits.netgroup`: a /16 or an IPv6 /32) holding at least two
 fewer slots than the largest group is let in above ``max_inbound`` as a *candidate*
 (:data:`MAX_CANDIDATES` at once); once its handshake is finished, the rule is checked
-again (the peer's real address known by then, behind a proxy) and the largest group's
+again (the peer's real address known by then, behind a proxy: a connection from an
+exempt loopback address, a proxy's, may be a candidate) and the largest group's
 newest connection is dropped for it, or the candidate is. The connections that finished
 first, a quarter of the slots (:data:`PROTECTED_SHARE`), are never dropped for one: a
 group whose newest is one of them is passed over. So one network can't hold
@@ -105,7 +106,9 @@ class Admission:
     finishes its handshake, the newest connection of the largest network group is
     evicted for it if the rule still holds, else it is refused then. Connections from
     the addresses the ``limiter`` exempts (loopback) are neither counted in a group nor
-    evicted, and are never candidates.
+    evicted; one from such an address comes in as a candidate (it may be a proxy's,
+    which names the peer's address during the upgrade) but takes no slot unless its
+    real address, once known, is another.
 
     A connection is in its handshake from :meth:`admit` until :meth:`finish`; past
     ``handshake_timeout`` it is :meth:`expired`. It counts until :meth:`release`.
@@ -184,7 +187,7 @@ class Admission:
             # The oldest unfinished handshake in a slot (candidates are a few, first).
             evicted = next((c for c in self._handshaking if c not in candidates), None)
             if evicted is None:
-                if self._crowded(host) is None:
+                if self._crowded(host, proxied=True) is None:
                     return Refusal(
                         CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
                     )
@@ -210,11 +213,16 @@ class Admission:
         taken = len(self._admitted) - len(self._candidates)
         return self.max_inbound is not None and taken >= self.max_inbound + beyond
 
-    def _crowded(self, host: str) -> int | None:
-        """The finished connection to evict for a new one from ``host``: the newest of
-        the largest group with one not protected, if ``host``'s group holds at least
-        two fewer; else None."""
-        if self._limiter.exempts(host) or not self._groups:
+    def _crowded(self, host: str, *, proxied: bool = False) -> int | None:
+        """
+        The finished connection to evict for a new one from ``host``: the newest of the
+        largest group with one not protected, if ``host``'s group holds at least two
+        fewer; else None. An exempt (loopback) host evicts nobody, unless ``proxied``:
+        at accept, it may be a proxy's for a peer whose address comes with the upgrade,
+        from a group of its own then (judged again by that address at :meth:`finish`).
+        """
+        exempt = self._limiter.exempts(host)
+        if (exempt and not proxied) or not self._groups:
             return None
         # The first to finish, a share of the slots, are protected: an attacker with
         # many networks can push out newer peers, never the longest connected.
@@ -228,7 +236,7 @@ class Admission:
              if group[newest := next(reversed(group))] > cutoff),
             default=None,
         )  # fmt: skip
-        ours = self._groups.get(netgroup(host), {})
+        ours = {} if exempt else self._groups.get(netgroup(host), {})
         if largest is None or len(ours) + 2 > largest[0]:
             return None
         return largest[2]
