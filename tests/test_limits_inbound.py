@@ -278,16 +278,25 @@ async def test_a_proxied_client_counts_against_its_real_address(make_node: MakeN
     await wait_for(lambda: admission.open_from("203.0.113.7") == 0)
 
 
+async def crowded_server(make_node: MakeNode) -> tuple[Node, list[ClientConnection]]:
+    """A plain server with 3 slots (loopback limited, as remote networks would be), full
+    of raw peers introduced from 127.0/16 (two) and 127.1/16 (one)."""
+    server = await make_node(server=True, secure=False, max_inbound=3, limit_loopback=True)
+    assert server.url is not None
+    peers = [await raw_plain_peer(server.url, a) for a in ("127.0.0.1", "127.0.0.2", "127.1.0.1")]
+    admission = server.connections.admission
+    await wait_for(lambda: admission.handshaking == 0 and len(admission) == 3)
+    return server, peers
+
+
 async def test_one_network_cannot_hold_every_slot(make_node: MakeNode) -> None:
     """Plain peers that finished their handshake hold every slot: one from another
     network group makes room (the newest of the largest group is closed), one from
     the crowded group is refused, and nothing else changes."""
-    server = await make_node(server=True, secure=False, max_inbound=3, limit_loopback=True)
+    server, peers = await crowded_server(make_node)
     assert server.url is not None
     admission = server.connections.admission
-    peers = [await raw_plain_peer(server.url, a) for a in ("127.0.0.1", "127.0.0.2", "127.1.0.1")]
     try:
-        await wait_for(lambda: admission.handshaking == 0 and len(admission) == 3)
         newcomer = await raw_plain_peer(server.url, "127.2.0.1")
         peers.append(newcomer)
         reason = "inbound connections maxed out: room made for a peer from another network"
@@ -347,12 +356,10 @@ async def test_a_candidate_is_closed_if_the_groups_changed_before_its_hello(
     hello takes the crowded network's slot, and the groups are even then: the second is
     closed once it says hello, with no error logged."""
     caplog.set_level(logging.INFO, logger="trustp2p")
-    server = await make_node(server=True, secure=False, max_inbound=3, limit_loopback=True)
+    server, peers = await crowded_server(make_node)
     assert server.url is not None
     admission = server.connections.admission
-    peers = [await raw_plain_peer(server.url, a) for a in ("127.0.0.1", "127.0.0.2", "127.1.0.1")]
     try:
-        await wait_for(lambda: admission.handshaking == 0 and len(admission) == 3)
         first = await raw_plain_peer(server.url, "127.2.0.1", introduced=False)
         second = await raw_plain_peer(server.url, "127.3.0.1", introduced=False)
         peers += [first, second]
