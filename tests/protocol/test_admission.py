@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 from trustp2p.protocol.admission import (
     MAX_CANDIDATES,
     PROTECTED_SHARE,
+    ROOM_HOLD,
     Admission,
     Admitted,
     BlockScope,
@@ -49,8 +50,8 @@ def test_max_inbound_then_release_frees_a_slot(clock: FakeClock) -> None:
     rules = admission(max_inbound=2)
     assert rules.admit(1, "10.0.0.1", clock()) == Admitted()
     assert rules.admit(2, "10.0.0.2", clock()) == Admitted()
-    rules.finish(1)
-    rules.finish(2)
+    rules.finish(1, clock())
+    rules.finish(2, clock())
     refusal = rules.admit(3, "10.0.0.3", clock())
     assert refusal == Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
     rules.release(1)
@@ -84,7 +85,7 @@ def test_per_address_rate_refills_with_time(clock: FakeClock) -> None:
 def test_release_of_a_refused_connection_changes_nothing(clock: FakeClock) -> None:
     rules = admission(max_inbound=1)
     assert rules.admit(1, "10.0.0.1", clock()) == Admitted()
-    rules.finish(1)
+    rules.finish(1, clock())
     assert rules.admit(2, "10.0.0.2", clock()) is not None
     rules.release(2)
     assert len(rules) == 1
@@ -95,7 +96,7 @@ def test_a_connection_counts_from_admission_until_release(clock: FakeClock) -> N
     assert rules.admit(1, "10.0.0.1", clock()) == Admitted()  # at accept: no handshake yet
     assert (len(rules), rules.handshaking, rules.open_from("10.0.0.1")) == (1, 1, 1)
     assert not rules.finished(1)
-    rules.finish(1)
+    rules.finish(1, clock())
     assert (len(rules), rules.handshaking, rules.finished(1)) == (1, 0, True)
     rules.release(1)
     assert (len(rules), rules.open_from("10.0.0.1"), rules.finished(1)) == (0, 0, False)
@@ -106,15 +107,15 @@ def test_full_slots_evict_the_oldest_unfinished_handshake(clock: FakeClock) -> N
     for conn_id in (1, 2, 3):
         assert rules.admit(conn_id, f"10.0.0.{conn_id}", clock()) == Admitted()
         clock.advance(1.0)
-    rules.finish(1)  # finished: never evicted
+    rules.finish(1, clock())  # finished: never evicted
     assert rules.admit(4, "10.0.0.4", clock()) == Admitted(evicted=2)
     assert rules.admit(5, "10.0.0.5", clock()) == Admitted(evicted=3)
     assert len(rules) == 3 and rules.open_from("10.0.0.2") == 0
     rules.release(2)  # the evicted one closing later changes nothing
     assert len(rules) == 3
     assert rules.admit(6, "10.0.0.6", clock()) == Admitted(evicted=4)
-    rules.finish(5)
-    rules.finish(6)
+    rules.finish(5, clock())
+    rules.finish(6, clock())
     refusal = rules.admit(7, "10.0.0.7", clock())
     assert refusal == Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
 
@@ -122,7 +123,7 @@ def test_full_slots_evict_the_oldest_unfinished_handshake(clock: FakeClock) -> N
 def finished_from(rules: Admission, clock: FakeClock, hosts: dict[int, str]) -> None:
     for conn_id, host in hosts.items():
         assert rules.admit(conn_id, host, clock()) == Admitted()
-        rules.finish(conn_id)
+        rules.finish(conn_id, clock())
 
 
 def test_a_network_holding_the_most_finished_slots_makes_room_for_another(
@@ -135,10 +136,10 @@ def test_a_network_holding_the_most_finished_slots_makes_room_for_another(
     # introduced; then the newest of the largest network goes.
     assert rules.admit(5, "10.2.0.1", clock()) == Admitted()
     assert (len(rules), rules.finished(3)) == (5, True)
-    assert rules.finish(5) == Admitted(evicted=3, finished=True)
+    assert rules.finish(5, clock()) == Admitted(evicted=3, finished=True)
     assert (len(rules), rules.finished(3), rules.open_from("10.0.0.3")) == (4, False, 0)
     assert rules.admit(6, "10.3.0.1", clock()) == Admitted()
-    assert rules.finish(6) == Admitted(evicted=2, finished=True)
+    assert rules.finish(6, clock()) == Admitted(evicted=2, finished=True)
     # One slot per network now: nobody is dropped for a fifth.
     refusal = rules.admit(7, "10.4.0.1", clock())
     assert refusal == Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
@@ -157,7 +158,7 @@ def test_a_swap_never_leaves_the_networks_less_even(clock: FakeClock) -> None:
     assert isinstance(rules.admit(6, "10.0.0.9", clock()), Refusal)
     assert isinstance(rules.admit(7, "10.1.0.9", clock()), Refusal)
     assert rules.admit(8, "10.2.0.1", clock()) == Admitted()
-    assert rules.finish(8) == Admitted(evicted=3, finished=True)
+    assert rules.finish(8, clock()) == Admitted(evicted=3, finished=True)
 
 
 def test_of_networks_as_large_the_one_whose_newest_finished_last_gives_way(
@@ -167,9 +168,9 @@ def test_of_networks_as_large_the_one_whose_newest_finished_last_gives_way(
     for conn_id, host in ((1, "10.0.0.1"), (2, "10.1.0.1"), (3, "10.1.0.2"), (4, "10.0.0.2")):
         assert rules.admit(conn_id, host, clock()) == Admitted()
     for conn_id in (1, 2, 4, 3):  # 3 finishes last
-        rules.finish(conn_id)
+        rules.finish(conn_id, clock())
     assert rules.admit(5, "10.2.0.1", clock()) == Admitted()
-    assert rules.finish(5) == Admitted(evicted=3, finished=True)
+    assert rules.finish(5, clock()) == Admitted(evicted=3, finished=True)
 
 
 def test_the_longest_connected_are_never_dropped_for_a_candidate(clock: FakeClock) -> None:
@@ -181,7 +182,7 @@ def test_the_longest_connected_are_never_dropped_for_a_candidate(clock: FakeCloc
     rules.release(8)
     finished_from(rules, clock, {10: "10.0.0.3"})
     assert rules.admit(11, "10.20.0.1", clock()) == Admitted()
-    assert rules.finish(11) == Admitted(evicted=10, finished=True)
+    assert rules.finish(11, clock()) == Admitted(evicted=10, finished=True)
 
 
 def test_a_connection_that_never_finishes_its_handshake_drops_no_finished_one(
@@ -189,11 +190,11 @@ def test_a_connection_that_never_finishes_its_handshake_drops_no_finished_one(
 ) -> None:
     rules = admission(max_inbound=3, handshake_timeout=10.0)
     finished_from(rules, clock, {1: "10.0.0.1", 2: "10.0.0.2", 3: "10.0.0.3"})
-    # Bare connects from another network: candidates, four at most, the oldest giving
+    # Bare connects from other networks: candidates, four at most, the oldest giving
     # way to a fifth; they time out; every finished connection stays.
     for conn_id in range(10, 14):
-        assert rules.admit(conn_id, "203.0.113.66", clock()) == Admitted()
-    assert rules.admit(14, "203.0.113.67", clock()) == Admitted(evicted=10)
+        assert rules.admit(conn_id, f"203.{conn_id}.0.66", clock()) == Admitted()
+    assert rules.admit(14, "203.14.0.66", clock()) == Admitted(evicted=10)
     assert len(rules) == 3 + MAX_CANDIDATES
     clock.advance(10.0)
     assert rules.expired(clock()) == [11, 12, 13, 14]
@@ -202,20 +203,88 @@ def test_a_connection_that_never_finishes_its_handshake_drops_no_finished_one(
     assert len(rules) == 3 and all(rules.finished(conn_id) for conn_id in (1, 2, 3))
 
 
+def test_one_candidate_a_network_group(clock: FakeClock) -> None:
+    rules = admission(max_inbound=4, rate=1e9, burst=10**9)
+    finished_from(rules, clock, {n: f"10.0.0.{n}" for n in range(1, 5)})
+    assert rules.admit(5, "198.51.0.1", clock()) == Admitted()  # an honest candidate
+    # Bare connects from one other network replace each other, never the honest one.
+    assert rules.admit(6, "203.0.113.66", clock()) == Admitted()
+    for conn_id in range(7, 12):
+        assert rules.admit(conn_id, "203.0.113.66", clock()) == Admitted(evicted=conn_id - 1)
+    assert rules.finish(5, clock()) == Admitted(evicted=4, finished=True)
+    # From the honest one's own network, a newer candidate takes its place.
+    rules.release(11)
+    assert rules.admit(12, "198.51.0.2", clock()) == Admitted()
+    assert rules.admit(13, "198.51.0.3", clock()) == Admitted(evicted=12)
+
+
+def test_a_network_that_made_room_and_left_makes_none_for_a_while(clock: FakeClock) -> None:
+    rules = admission(max_inbound=4, rate=1e9, burst=10**9)
+    crowd = {n: f"10.0.0.{n}" for n in range(1, 5)}
+    finished_from(rules, clock, crowd)
+    # Connect, finish, leave: one peer of the crowded network closed, and its slot
+    # taken back by the crowd.
+    assert rules.admit(5, "203.0.113.9", clock()) == Admitted()
+    assert rules.finish(5, clock()) == Admitted(evicted=4, finished=True)
+    rules.release(5, clock())
+    finished_from(rules, clock, {6: "10.0.0.4"})
+    # Again, from the same network: refused for ROOM_HOLD, nobody closed.
+    refusal = rules.admit(7, "203.0.113.9", clock())
+    assert isinstance(refusal, Refusal) and refusal.code == CloseCode.TRY_AGAIN_LATER
+    assert isinstance(rules.admit(8, "203.0.200.1", clock()), Refusal)  # its /16
+    assert rules.admit(9, "198.51.0.1", clock()) == Admitted()  # another network may
+    rules.release(9)
+    clock.advance(ROOM_HOLD)
+    assert rules.admit(10, "203.0.113.9", clock()) == Admitted()
+    assert rules.finish(10, clock()) == Admitted(evicted=6, finished=True)
+
+
+def test_a_peer_dropped_by_the_rules_bars_nobody(clock: FakeClock) -> None:
+    rules = admission(max_inbound=4)
+    finished_from(rules, clock, {n: f"10.0.0.{n}" for n in range(1, 5)})
+    assert rules.admit(5, "203.0.113.9", clock()) == Admitted()
+    assert rules.finish(5, clock()) == Admitted(evicted=4, finished=True)
+    rules.release(5)  # dropped by the rules, not its leaving: no bar
+    finished_from(rules, clock, {6: "10.0.0.4"})
+    assert rules.admit(7, "203.0.113.9", clock()) == Admitted()
+
+
+def test_a_freed_slot_taken_by_a_bare_connect_gives_way_first(clock: FakeClock) -> None:
+    rules = admission(max_inbound=4)
+    finished_from(rules, clock, {n: f"10.0.0.{n}" for n in range(1, 5)})
+    assert rules.admit(5, "198.51.0.1", clock()) == Admitted()  # a candidate
+    rules.release(2, clock())  # a peer leaves; a bare connect takes its slot
+    assert rules.admit(6, "203.0.113.9", clock()) == Admitted()
+    assert rules.finish(5, clock()) == Admitted(evicted=6)  # not a finished peer
+    assert all(rules.finished(conn_id) for conn_id in (1, 3, 4, 5))
+
+
+def test_the_first_to_finish_stay_when_the_newer_left(clock: FakeClock) -> None:
+    rules = admission(max_inbound=12)  # the first 3 to finish are protected
+    finished_from(rules, clock, {n: f"10.0.0.{n}" for n in range(1, 5)})
+    finished_from(rules, clock, {n: f"10.{n}.0.1" for n in range(5, 13)})
+    assert rules.admit(13, "198.51.0.1", clock()) == Admitted()  # a candidate
+    for conn_id in range(3, 13):  # the newer leave; bare connects take their slots
+        rules.release(conn_id, clock())
+        assert rules.admit(conn_id + 20, f"10.{conn_id}.0.2", clock()) == Admitted()
+    assert rules.finish(13, clock()) == Admitted(evicted=23)
+    assert rules.finished(1) and rules.finished(2)
+
+
 def test_a_candidate_is_judged_again_when_introduced(clock: FakeClock) -> None:
     rules = admission(max_inbound=3)
     finished_from(rules, clock, {1: "10.0.0.1", 2: "10.0.0.2", 3: "10.1.0.1"})
     assert rules.admit(4, "10.2.0.1", clock()) == Admitted()
     assert rules.admit(5, "10.3.0.1", clock()) == Admitted()
-    assert rules.finish(4) == Admitted(evicted=2, finished=True)  # one slot a network now
-    refusal = rules.finish(5)
+    assert rules.finish(4, clock()) == Admitted(evicted=2, finished=True)  # one slot a network now
+    refusal = rules.finish(5, clock())
     assert refusal == Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
     assert len(rules) == 3 and not rules.finished(5) and rules.open_from("10.3.0.1") == 0
     # A slot freed meanwhile: a candidate takes it, and nobody is dropped.
     assert rules.admit(6, "10.4.0.1", clock()) is not None
     rules.release(3)
     assert rules.admit(7, "10.4.0.2", clock()) == Admitted()  # a slot: not a candidate
-    assert rules.finish(7) is None
+    assert rules.finish(7, clock()) is None
 
 
 def test_a_proxied_candidate_is_judged_by_its_real_address(clock: FakeClock) -> None:
@@ -223,10 +292,10 @@ def test_a_proxied_candidate_is_judged_by_its_real_address(clock: FakeClock) -> 
     finished_from(rules, clock, {1: "198.51.0.1", 2: "198.51.0.2", 3: "10.9.0.1"})
     assert rules.admit(4, "127.0.0.1", clock()) == Admitted()  # the proxy's address
     assert rules.readdress(4, "198.51.0.3", clock()) is None
-    assert isinstance(rules.finish(4), Refusal)  # from the crowded network, as it turns out
+    assert isinstance(rules.finish(4, clock()), Refusal)  # from the crowded network, after all
     assert rules.admit(5, "127.0.0.1", clock()) == Admitted()
     assert rules.readdress(5, "203.0.113.9", clock()) is None
-    assert rules.finish(5) == Admitted(evicted=2, finished=True)
+    assert rules.finish(5, clock()) == Admitted(evicted=2, finished=True)
 
 
 def test_behind_a_loopback_proxy_a_candidate_is_judged_by_its_real_address(
@@ -241,9 +310,9 @@ def test_behind_a_loopback_proxy_a_candidate_is_judged_by_its_real_address(
     finished_from(rules, clock, hosts)
     assert rules.admit(5, "127.0.0.1", clock()) == Admitted()  # the proxy: a candidate
     assert rules.readdress(5, "203.0.113.9", clock()) is None  # X-Real-IP
-    assert rules.finish(5) == Admitted(evicted=3, finished=True)
+    assert rules.finish(5, clock()) == Admitted(evicted=3, finished=True)
     assert rules.admit(6, "127.0.0.1", clock()) == Admitted()
-    assert isinstance(rules.finish(6), Refusal)  # a local peer after all: no slot
+    assert isinstance(rules.finish(6, clock()), Refusal)  # a local peer after all: no slot
     assert len(rules) == 4
 
 
@@ -252,9 +321,9 @@ def test_unfinished_handshakes_make_room_before_finished_connections(clock: Fake
     finished_from(rules, clock, {1: "10.0.0.1", 2: "10.0.0.2"})
     assert rules.admit(3, "10.0.0.3", clock()) == Admitted()  # still in its handshake
     assert rules.admit(4, "10.2.0.1", clock()) == Admitted(evicted=3)
-    assert rules.finish(4) is None  # it took 3's slot
+    assert rules.finish(4, clock()) is None  # it took 3's slot
     assert rules.admit(5, "10.3.0.1", clock()) == Admitted()
-    assert rules.finish(5) == Admitted(evicted=2, finished=True)
+    assert rules.finish(5, clock()) == Admitted(evicted=2, finished=True)
 
 
 def test_loopback_is_neither_grouped_nor_evicted_while_exempt(clock: FakeClock) -> None:
@@ -272,7 +341,7 @@ def test_loopback_is_neither_grouped_nor_evicted_while_exempt(clock: FakeClock) 
     limited = admission(max_inbound=2)
     finished_from(limited, clock, {1: "127.0.0.1", 2: "127.0.0.2"})
     assert limited.admit(3, "::1", clock()) == Admitted()
-    assert limited.finish(3) == Admitted(evicted=2, finished=True)
+    assert limited.finish(3, clock()) == Admitted(evicted=2, finished=True)
 
 
 def test_an_ipv6_address_counts_as_its_slash_64(clock: FakeClock) -> None:
@@ -322,9 +391,10 @@ def test_eviction_keeps_its_books(
     steps: list[tuple[str, int]], hosts: list[str], exempt: bool
 ) -> None:
     """Whatever the order of admissions, handshakes and closes: at most max_inbound
-    finished connections, and MAX_CANDIDATES more in their handshake; an admission
-    drops no finished connection; one finishing drops one only from the largest
-    network group, for a connection whose group holds at least two fewer."""
+    finished connections, and MAX_CANDIDATES more in their handshake, one a network
+    group; an admission drops no finished connection; one finishing drops an
+    unfinished one if any holds a slot, else one only from the largest network group,
+    for a connection whose group holds at least two fewer and made no room of late."""
     rules = Admission(
         max_inbound=8,
         limiter=AddressLimiter(max_concurrent=None, rate=1e9, burst=10**9, exempt_loopback=exempt),
@@ -332,11 +402,14 @@ def test_eviction_keeps_its_books(
     )
     admitted: dict[int, str] = {}
     finished: dict[int, str] = {}  # in the order they finished
+    room_makers: set[int] = set()
+    barred: set[str] = set()  # (ROOM_HOLD outlasts the steps)
     now = 0.0
 
     def gone(conn_id: int) -> None:
         admitted.pop(conn_id)
         finished.pop(conn_id, None)
+        room_makers.discard(conn_id)
 
     for action, conn_id in steps:
         now += 1.0
@@ -356,14 +429,15 @@ def test_eviction_keeps_its_books(
             # The first 2 to finish (8 // PROTECTED_SHARE) of those still open, grouped.
             protected = [c for members in groups.values() for c in members]
             protected = sorted(protected, key=list(finished).index)[: 8 // PROTECTED_SHARE]
-            decision = rules.finish(conn_id)
+            decision = rules.finish(conn_id, now)
             if isinstance(decision, Refusal):
                 gone(conn_id)
                 continue
-            if decision is not None:
-                assert decision.finished and decision.evicted in finished
-                if len(protected) < 8 // PROTECTED_SHARE:
-                    protected = []
+            if decision is not None and not decision.finished:
+                assert decision.evicted in admitted and decision.evicted not in finished
+                gone(decision.evicted)
+            elif decision is not None:
+                assert decision.evicted in finished
                 open_groups = [m for m in groups.values() if m[-1] not in protected]
                 largest = max(len(members) for members in open_groups)
                 victim_group = groups[netgroup(finished[decision.evicted])]
@@ -372,10 +446,14 @@ def test_eviction_keeps_its_books(
                 assert decision.evicted not in protected
                 assert len(groups.get(netgroup(host), [])) + 2 <= largest
                 assert not (exempt and host.startswith("127."))
+                assert netgroup(host) not in barred
+                room_makers.add(conn_id)
                 gone(decision.evicted)
             finished[conn_id] = host
         elif action == "release":
-            rules.release(conn_id)
+            rules.release(conn_id, now)
+            if conn_id in room_makers:
+                barred.add(netgroup(admitted[conn_id]))
             if conn_id in admitted:
                 gone(conn_id)
         assert len(rules) == len(admitted) <= 8 + MAX_CANDIDATES
@@ -404,7 +482,7 @@ def test_handshake_deadline_from_admission(clock: FakeClock) -> None:
     rules.admit(3, "10.0.0.3", clock())
     assert rules.next_deadline() == 1010.0
     assert rules.expired(1009.9) == []
-    rules.finish(2)  # in time: no deadline any more
+    rules.finish(2, clock())  # in time: no deadline any more
     assert rules.expired(1014.0) == [1]
     assert rules.expired(1014.0) == []  # once
     assert rules.next_deadline() == 1018.0  # 2 finished: 3 is next

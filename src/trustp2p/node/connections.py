@@ -167,7 +167,8 @@ class Connections:
         protocol = conn.protocol
         actions = protocol.receive_data(data)
         if socket.id in self.inbound.awaiting and protocol.state is ConnectionState.OPEN:
-            self.inbound.introduced(socket)
+            if not self.inbound.introduced(socket):
+                return  # refused: nothing of its package is carried out
         if self._debug:  # the package, or the start of what wasn't read as one
             conn.log.debug("< %s", protocol.last_package or f"not read: {data[:64]!r}")
         package = protocol.last_package  # counted inline: this runs for every package

@@ -139,20 +139,23 @@ class Inbound:
         awaited."""
         self.awaiting[socket.id] = _raw_id(socket)
 
-    def introduced(self, socket: Socket) -> None:
-        """``socket``'s peer introduced itself: its handshake is over."""
+    def introduced(self, socket: Socket) -> bool:
+        """``socket``'s peer introduced itself: its handshake is over. False if it is
+        refused now (a candidate, and the rule no longer holds): it is being closed."""
         conn_id = self.awaiting.pop(socket.id, None)
         if conn_id is None:
-            return
+            return True
         self._introduced[conn_id] = socket.id
-        decision = self.admission.finish(conn_id)
-        if isinstance(decision, Refusal):  # a candidate, and the rule no longer holds
+        decision = self.admission.finish(conn_id, asyncio.get_running_loop().time())
+        if isinstance(decision, Refusal):
             refused = self._refused(socket, decision)
             conn = self._connections.get(socket.id)
             if conn is not None and refused is not None:
                 self._connections.close(conn, *refused)
-        elif decision is not None and decision.evicted is not None:
-            self._evict(decision.evicted, socket, finished=True)
+            return False
+        if decision is not None and decision.evicted is not None:
+            self._evict(decision.evicted, socket, finished=decision.finished)
+        return True
 
     def closed(self, socket: Socket) -> None:
         """``socket`` closed (a driver's, or a secure one): its slot is free."""
@@ -161,7 +164,7 @@ class Inbound:
         self._accepted.pop(conn_id, None)
         self._introduced.pop(conn_id, None)
         self._evicted.discard(conn_id)
-        self.admission.release(conn_id)
+        self.admission.release(conn_id, asyncio.get_running_loop().time())
 
     def close_unfinished(self) -> None:
         """

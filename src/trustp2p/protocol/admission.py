@@ -10,16 +10,19 @@ when every slot is taken, the oldest unfinished handshake makes room for a new o
 When every slot holds a finished connection, a connection from a network group
 (:func:`~trustp2p.protocol.limits.netgroup`: a /16 or an IPv6 /32) holding at least two
 fewer slots than the largest group is let in above ``max_inbound`` as a *candidate*
-(:data:`MAX_CANDIDATES` at once); once its handshake is finished, the rule is checked
-again (the peer's real address known by then, behind a proxy: a connection from an
-exempt loopback address, a proxy's, may be a candidate) and the largest group's
-newest connection is dropped for it, or the candidate is. The connections that finished
-first, a quarter of the slots (:data:`PROTECTED_SHARE`), are never dropped for one: a
-group whose newest is one of them is passed over. So one network can't hold
-every slot against the rest; a peer with many networks can't push out the longest
-connected; a connection that never finishes its handshake drops no
-finished one; and no swap leaves the groups less even than it found them (no churn
-among peers of one network).
+(one a network group, :data:`MAX_CANDIDATES` at once); once its handshake is finished,
+the rule is checked again (the peer's real address known by then, behind a proxy: a
+connection from an exempt loopback address, a proxy's, may be a candidate) and a
+connection still in its handshake, or else the largest group's newest connection, is
+dropped for it, or the candidate is. The connections that finished first, a quarter of
+the slots (:data:`PROTECTED_SHARE`), are never dropped for one: a group whose newest is
+one of them is passed over. Once a connection that made room closes, its network group
+makes no more room for :data:`ROOM_HOLD`. So one network can't hold every slot against
+the rest; a peer with many networks can't push out the longest connected; a
+connection that never finishes its handshake drops no finished one; one that finishes
+and leaves, over and over, closes one peer per network group it has each
+:data:`ROOM_HOLD`, not one per handshake; and no swap leaves the groups less even than
+it found them (no churn among peers of one network).
 A peer that reconnects in a storm (:class:`~trustp2p.protocol.limits.ReconnectStorms`)
 is refused new connections for a while: counted by address from accept, and by peer id
 once it proved one.
@@ -31,6 +34,7 @@ from __future__ import annotations
 __all__ = [
     "MAX_CANDIDATES",
     "PROTECTED_SHARE",
+    "ROOM_HOLD",
     "Admission",
     "Admitted",
     "BlockScope",
@@ -57,6 +61,13 @@ group's slot once its handshake is finished; a fifth makes the oldest give way."
 PROTECTED_SHARE = 4
 """One in this many of ``max_inbound`` slots, those of the connections that finished
 their handshake first, are never taken for a candidate."""
+
+ROOM_HOLD = 600.0
+"""Seconds a network group makes no more room after a connection of it that made room
+closed: connecting, finishing a handshake and leaving, over and over, closes one peer
+of a crowded network per this many seconds at most, not one per handshake."""
+
+_MAX_BARS = 4096  # network groups barred from making room, remembered at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +113,11 @@ class Admission:
     all ``max_inbound`` are taken, the oldest connection still in its handshake is
     evicted for the new one. When every slot holds a connection that finished its
     handshake, a new connection whose network group holds at least two fewer than the
-    largest is a candidate above ``max_inbound``; else it is refused. When a candidate
-    finishes its handshake, the newest connection of the largest network group is
-    evicted for it if the rule still holds, else it is refused then. Connections from
+    largest, and made no room of late (:data:`ROOM_HOLD`), is a candidate above
+    ``max_inbound``; else it is refused. When a candidate finishes its handshake, a
+    connection still in its handshake in a slot, or else the newest connection of the
+    largest network group, is evicted for it if the rule still holds, else it is
+    refused then. Connections from
     the addresses the ``limiter`` exempts (loopback) are neither counted in a group nor
     evicted; one from such an address comes in as a candidate (it may be a proxy's,
     which names the peer's address during the upgrade) but takes no slot unless its
@@ -148,7 +161,11 @@ class Admission:
         self._groups: dict[str, dict[int, int]] = {}
         self._group_of: dict[int, str] = {}
         self._finishes = itertools.count()
-        self._candidates: dict[int, None] = {}  # above max_inbound, oldest first
+        # Above max_inbound, oldest first -> the network group each stands for (one a
+        # group; an exempt address's, each its own).
+        self._candidates: dict[int, str] = {}
+        self._room_makers: dict[int, str] = {}  # finished candidates that made room
+        self._bars: dict[str, float] = {}  # network group -> making no room until then
 
     def __len__(self) -> int:
         """Connections admitted and not released (candidates above ``max_inbound``
@@ -187,7 +204,7 @@ class Admission:
             # The oldest unfinished handshake in a slot (candidates are a few, first).
             evicted = next((c for c in self._handshaking if c not in candidates), None)
             if evicted is None:
-                if self._crowded(host, proxied=True) is None:
+                if self._crowded(host, now, proxied=True) is None:
                     return Refusal(
                         CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
                     )
@@ -195,12 +212,17 @@ class Admission:
         why = self._limiter.admit(host, now)
         if why is not None:
             return Refusal(CloseCode.TRY_AGAIN_LATER, why, warn=True)
-        if candidate is not None and len(candidates) >= MAX_CANDIDATES:
-            evicted = next(iter(candidates))
+        if candidate is not None:
+            # One candidate a network group: a newer takes its place (bare connects from
+            # one network can't push out another's); a fifth in all, the oldest's.
+            key = f"#{conn_id}" if self._limiter.exempts(host) else netgroup(host)
+            evicted = next((c for c, k in candidates.items() if k == key), None)
+            if evicted is None and len(candidates) >= MAX_CANDIDATES:
+                evicted = next(iter(candidates))
         if evicted is not None:
             self.release(evicted)
         if candidate is not None:
-            candidates[conn_id] = None
+            candidates[conn_id] = key
         self._admitted[conn_id] = host
         self._handshaking[conn_id] = now
         if self.handshake_timeout is not None:
@@ -213,23 +235,26 @@ class Admission:
         taken = len(self._admitted) - len(self._candidates)
         return self.max_inbound is not None and taken >= self.max_inbound + beyond
 
-    def _crowded(self, host: str, *, proxied: bool = False) -> int | None:
+    def _crowded(self, host: str, now: float, *, proxied: bool = False) -> int | None:
         """
         The finished connection to evict for a new one from ``host``: the newest of the
         largest group with one not protected, if ``host``'s group holds at least two
-        fewer; else None. An exempt (loopback) host evicts nobody, unless ``proxied``:
-        at accept, it may be a proxy's for a peer whose address comes with the upgrade,
-        from a group of its own then (judged again by that address at :meth:`finish`).
+        fewer and isn't barred (:data:`ROOM_HOLD`); else None. An exempt (loopback) host
+        evicts nobody, unless ``proxied``: at accept, it may be a proxy's for a peer
+        whose address comes with the upgrade, from a group of its own then (judged again
+        by that address at :meth:`finish`).
         """
         exempt = self._limiter.exempts(host)
         if (exempt and not proxied) or not self._groups:
+            return None
+        if not exempt and self._barred(netgroup(host), now):
             return None
         # The first to finish, a share of the slots, are protected: an attacker with
         # many networks can push out newer peers, never the longest connected.
         protect = (self.max_inbound or 0) // PROTECTED_SHARE
         finishes = (n for group in self._groups.values() for n in group.values())
         oldest = heapq.nsmallest(protect, finishes)
-        cutoff = oldest[-1] if len(oldest) == protect and protect else -1
+        cutoff = oldest[-1] if oldest and protect else -1  # fewer: all protected
         # Of groups as large, the one whose newest finished last.
         largest = max(
             ((len(group), group[newest], newest) for group in self._groups.values()
@@ -281,41 +306,70 @@ class Admission:
             return None
         return _refusal(self.storms.arrive(peer_key(None, address_key(host)), now))
 
-    def finish(self, conn_id: int) -> Admitted | Refusal | None:
+    def finish(self, conn_id: int, now: float) -> Admitted | Refusal | None:
         """
-        Connection ``conn_id`` finished its handshake: it has no deadline any more, and
-        counts in its network group. Nothing happens if it isn't admitted.
+        Connection ``conn_id`` finished its handshake at ``now``: it has no deadline any
+        more, and counts in its network group. Nothing happens if it isn't admitted.
 
         Returns:
             For a candidate while every slot is still taken: the connection evicted for
-            it (:class:`Admitted`, ``finished``: the caller closes it), or why it is
-            refused now (the caller closes it; it no longer counts). Else ``None``.
+            it (:class:`Admitted`; the oldest unfinished handshake in a slot if any, else
+            a crowded group's newest, ``finished``), or why it is refused now (the
+            caller closes it; it no longer counts). Else ``None``.
 
         """
         if self._handshaking.pop(conn_id, None) is None:
             return None
         host = self._admitted.get(conn_id, "")
         decision: Admitted | Refusal | None = None
-        candidate = conn_id in self._candidates
-        if candidate:
-            del self._candidates[conn_id]
-        if candidate and self._full(beyond=1):
-            evicted = self._crowded(host) if host else None  # by its real address now
-            if evicted is None:
-                self.release(conn_id)
-                return Refusal(
-                    CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
-                )
-            self.release(evicted)
-            decision = Admitted(evicted, finished=True)
+        if self._candidates.pop(conn_id, None) is not None and self._full(beyond=1):
+            decision = self._make_room(conn_id, host, now)  # by its real address now
+            if isinstance(decision, Refusal):
+                return decision
         if host and not self._limiter.exempts(host):
             group = netgroup(host)
             self._groups.setdefault(group, {})[conn_id] = next(self._finishes)
             self._group_of[conn_id] = group
         return decision
 
-    def release(self, conn_id: int) -> None:
-        """Connection ``conn_id`` closed; nothing happens if it wasn't admitted."""
+    def _make_room(self, conn_id: int, host: str, now: float) -> Admitted | Refusal:
+        """Candidate ``conn_id`` from ``host`` finished while every slot is still taken:
+        the connection dropped for it, or its refusal."""
+        # A slot freed meanwhile and taken by a connection still in its handshake: that
+        # one gives way, as at admission, before any finished connection.
+        unfinished = next((c for c in self._handshaking if c not in self._candidates), None)
+        if unfinished is not None:
+            self.release(unfinished)
+            return Admitted(unfinished)
+        evicted = self._crowded(host, now) if host else None
+        if evicted is None:
+            self.release(conn_id)
+            return Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
+        self.release(evicted)
+        self._room_makers[conn_id] = netgroup(host)
+        return Admitted(evicted, finished=True)
+
+    def _barred(self, group: str, now: float) -> bool:
+        """Whether network group ``group`` makes no room at ``now``."""
+        until = self._bars.get(group)
+        if until is not None and until <= now:
+            del self._bars[group]
+            return False
+        return until is not None
+
+    def release(self, conn_id: int, now: float | None = None) -> None:
+        """
+        Connection ``conn_id`` closed at ``now``; nothing happens if it wasn't admitted.
+        If it made room for itself, its network group makes no more room for
+        :data:`ROOM_HOLD` seconds (``now`` ``None``: dropped by these rules, no bar).
+        """
+        group = self._room_makers.pop(conn_id, None)
+        if group is not None and now is not None:
+            bars = self._bars
+            bars.pop(group, None)
+            bars[group] = now + ROOM_HOLD  # in the order they end
+            while bars and (len(bars) > _MAX_BARS or next(iter(bars.values())) <= now):
+                del bars[next(iter(bars))]
         self._handshaking.pop(conn_id, None)
         self._candidates.pop(conn_id, None)
         host = self._admitted.pop(conn_id, None)
