@@ -15,8 +15,12 @@ from trustp2p.tasks import TaskOwner
 from .conftest import wait_for
 
 
-def message(topic: str, n: int) -> Any:
-    return SimpleNamespace(topic=topic, id=f"{topic}-{n}")
+def message(topic: str, n: int | str, size: int = 10) -> Any:
+    return SimpleNamespace(topic=topic, id=f"{topic}-{n}", data="x" * size)
+
+
+def no_connection(source: object) -> None:
+    return None
 
 
 class Recorder:
@@ -43,7 +47,7 @@ async def test_one_topic_waits_the_other_goes_on_and_idle_waits_for_both() -> No
     tasks = TaskOwner(logging.getLogger("test"))
     recorder = Recorder()
     recorder.gates["a"] = asyncio.Event()
-    queues = TopicQueues(tasks, recorder.work, recorder.settled)
+    queues = TopicQueues(tasks, recorder.work, recorder.settled, no_connection)
     for n in range(3):
         queues.put("deliver", message("a", n), None)
         queues.put("deliver", message("b", n), None)
@@ -61,7 +65,7 @@ async def test_a_failing_message_is_logged_and_the_next_goes_on(
 ) -> None:
     tasks = TaskOwner(logging.getLogger("test"))
     recorder = Recorder()
-    queues = TopicQueues(tasks, recorder.work, recorder.settled)
+    queues = TopicQueues(tasks, recorder.work, recorder.settled, no_connection)
     queues.put("deliver", message("a", "bad"), None)
     queues.put("deliver", message("a", 1), None)
     await wait_for(lambda: recorder.idle == 1)
@@ -74,10 +78,63 @@ async def test_cancelled_delivery_settles_nothing_and_closed_queues_take_nothing
     tasks = TaskOwner(logging.getLogger("test"))
     recorder = Recorder()
     recorder.gates["a"] = asyncio.Event()
-    queues = TopicQueues(tasks, recorder.work, recorder.settled)
+    queues = TopicQueues(tasks, recorder.work, recorder.settled, no_connection)
     queues.put("deliver", message("a", 0), None)
     await asyncio.sleep(0)  # the topic's task waits at the gate
     await tasks.aclose()  # the node stops: what wasn't handled stays undelivered
     assert recorder.idle == 0 and len(queues) == 0
     queues.put("deliver", message("a", 1), None)  # a late arrival while stopping
     assert len(queues) == 0 and len(tasks) == 0
+
+
+class Peer:
+    """A connection's hold, as PeerConnection.hold takes it, and its socket."""
+
+    def __init__(self, name: str) -> None:
+        self.holds: list[bool] = []
+        self.socket = self
+        self.peer = name
+
+    def hold(self, held: bool) -> None:
+        self.holds.append(held)
+
+
+async def test_a_backlog_past_its_bound_holds_the_peers_that_send_more() -> None:
+    # Found measuring a flood of 250 KB messages: the queue between the read path and
+    # the handlers grew to 1.2 GB (the handlers, with durable delivery, took about 100
+    # a second).
+    tasks = TaskOwner(logging.getLogger("test"))
+    recorder = Recorder()
+    recorder.gates["a"] = asyncio.Event()
+    p1, p2 = Peer("p1"), Peer("p2")
+    queues = TopicQueues(tasks, recorder.work, recorder.settled, lambda p: p, max_bytes=100)
+    for n in range(10):  # 100 bytes: at the bound, nobody held
+        queues.put("deliver", message("a", n), p1)
+    assert queues.waiting == 100 and p1.holds == []
+    queues.put("deliver", message("a", 10), p1)  # one more: p1 held, once
+    queues.put("deliver", message("a", 11), p1)
+    queues.put("deliver", message("a", 12), None)  # the node's own: nobody to hold
+    queues.put("deliver", message("a", 13), p2)
+    assert p1.holds == [True] and p2.holds == [True]
+    room = asyncio.ensure_future(queues.room())  # catch-up waits too
+    await asyncio.sleep(0)
+    assert not room.done()
+    recorder.gates["a"].set()
+    await wait_for(lambda: p1.holds == [True, False])  # down to half
+    assert p2.holds == [True, False] and queues.waiting <= 50
+    await room
+    await wait_for(lambda: queues.waiting == 0)
+    await tasks.aclose()
+
+
+async def test_a_cancelled_delivery_lets_its_held_peers_go() -> None:
+    tasks = TaskOwner(logging.getLogger("test"))
+    recorder = Recorder()
+    recorder.gates["a"] = asyncio.Event()
+    peer = Peer("p")
+    queues = TopicQueues(tasks, recorder.work, recorder.settled, lambda p: p, max_bytes=10)
+    queues.put("deliver", message("a", 0), peer)
+    queues.put("deliver", message("a", 1), peer)
+    await asyncio.sleep(0)
+    await tasks.aclose()
+    assert peer.holds == [True, False] and queues.waiting == 0

@@ -180,7 +180,9 @@ class NodeOptions:
         seen_ttl: ...and for how long.
         max_hops: Relays a message may go through before it is no longer forwarded.
         log_max_messages: Messages kept per topic for catch-up...
-        log_max_age: ...and for how long (``<cwd>/data/gossip.sqlite``).
+        log_max_age: ...and for how long (``<cwd>/data/gossip.sqlite``)...
+        log_max_bytes: ...and their payload, in all topics, at most (the log is held in
+            memory): past it, the topic holding the most gives way, by its share rule.
         catchup_interval: Time between two catch-up rounds with a random peer that
             shares one of our topics (0: only when a connection opens).
         catchup_batch: Most messages in one ``gossip/fetch`` answer.
@@ -277,6 +279,7 @@ class NodeOptions:
     max_hops: int = 16
     log_max_messages: int = 10_000
     log_max_age: float = 86_400.0
+    log_max_bytes: int = 64 * 1024 * 1024
     catchup_interval: float = 30.0
     catchup_batch: int = 100
     gap_timeout: float = 30.0
@@ -525,6 +528,7 @@ _AT_LEAST_ONE = (
     "seen_max",
     "max_hops",
     "log_max_messages",
+    "log_max_bytes",
     "catchup_batch",
     "gossip_history",
     "gossip_fanout",

@@ -28,6 +28,7 @@ from trustp2p.protocol.gossip import (
     PeerKey,
     RouterAction,
     message_id,
+    router as router_module,
     sign_message,
 )
 from trustp2p.protocol.gossip.batch import topic_chunks
@@ -870,6 +871,28 @@ def test_iwant_serves_a_message_once_to_a_peer_however_often_it_asks() -> None:
     router.control(1, IWANT, {"ids": [mine.id]})  # another peer: its own once
     assert _messages(sent)[2:] == [(1, mine)]
     assert router.stats.served == 3
+
+
+def test_the_recent_messages_kept_to_serve_are_bounded_in_payload(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A flood of large messages held about history x rate x size for iwant (a few
+    # hundred MB at 250 KB a message): past the bound, a message is passed on only.
+    size = len(_message(1).data)
+    monkeypatch.setattr(router_module, "MAX_CACHE_BYTES", 2 * size)
+    router, sent, _ = _meshed(3, history=2)
+    first, second, third = _message(1), _message(2), _message(3)
+    for message in (first, second, third):
+        assert router.receive(0, message)
+        router.forward(0, message)
+    assert [router.cached(m.id) for m in (first, second, third)] == [first, second, None]
+    sent.clear()
+    router.control(2, IWANT, {"ids": [first.id, third.id]})
+    assert _messages(sent) == [(2, first)]
+    router.heartbeat()
+    router.heartbeat()  # the windows of 2 heartbeats are gone: room again
+    fourth = _message(4)
+    assert router.receive(0, fourth) and router.cached(fourth.id) is fourth
 
 
 def test_a_peer_is_noted_once_as_holder_of_a_message() -> None:

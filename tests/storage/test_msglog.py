@@ -387,7 +387,9 @@ def model_high(present: list[int]) -> int:
 )
 def test_the_indexes_match_a_plain_list(adds: list[tuple[str, str, int]], limit: int) -> None:
     """Compare the log with a list of what it should keep, after each add."""
-    log = MessageLog(None, clock=lambda: 0.0, flush_interval=1, max_messages=limit, max_age=10)
+    log = MessageLog(
+        None, clock=lambda: 0.0, flush_interval=1, max_messages=limit, max_age=10, max_bytes=None
+    )
     kept: list[LoggedMessage] = []  # in the order logged
     for origin, topic, seq in adds:
         m = message(seq, origin=origin, topic=topic)

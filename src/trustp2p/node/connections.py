@@ -473,7 +473,7 @@ class Connections:
 
     def _unthrottle(self, conn: PeerConnection) -> None:
         conn.throttle = None
-        if conn.worker is None or not conn.worker.paused:
+        if conn.can_read():
             conn.socket.resume_reading()
 
     def charge(self, socket: Socket, tokens: float) -> None:

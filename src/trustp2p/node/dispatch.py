@@ -99,7 +99,7 @@ class Workers:
                 self._node,
                 max_pending=self._node.options.max_pending_packages,
                 max_bytes=self._node.options.max_pending_bytes,
-                can_resume=lambda: conn.throttle is None,
+                can_resume=conn.can_read,
             )
         task = worker.put(item)
         if task is not None:

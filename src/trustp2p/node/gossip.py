@@ -155,7 +155,7 @@ class Gossip:
         self.delivered = self.caught_up = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._validators: dict[str, Validator] = {}
-        self._delivery = TopicQueues(self.tasks, self._work, self._settle)
+        self._delivery = TopicQueues(self.tasks, self._work, self._settle, node.connection)
 
     def _now(self) -> float:
         if self._clock is None:
@@ -261,14 +261,14 @@ class Gossip:
     # Lifecycle, called by the node
 
     async def start(self) -> None:
-        options = self.node.options
-        path = None
-        if options.peer_store and self.node.data_dir is not None and options.store_shelf is None:
-            path = self.node.data_dir / LOG_FILE
+        node, options = self.node, self.node.options
+        data_dir = node.data_dir if options.peer_store and options.store_shelf is None else None
+        path = None if data_dir is None else data_dir / LOG_FILE
         self.message_log = await MessageLog.open(
             path,
             max_messages=options.log_max_messages,
             max_age=options.log_max_age,
+            max_bytes=options.log_max_bytes,
             clock=self._wall_clock,
             shelf=options.store_shelf,
         )
@@ -557,14 +557,14 @@ class Gossip:
 
     async def _fill(self, socket: Socket, fetch: Fetch) -> None:
         """Carry out a fetch begun with ``catchup.begin()``, batch by batch."""
-        max_data = self.node.options.max_package_size
         try:
             while not fetch.done:
+                await self._delivery.room()  # (a batch's worth waits for handlers at most)
                 answer = await self._ask(socket, FETCH, fetch.request())
                 if answer is None:
                     return
                 try:
-                    messages = fetch.receive(answer, max_data=max_data)
+                    messages = fetch.receive(answer, max_data=self.node.options.max_package_size)
                 except GossipError as exc:
                     self.node.penalize(socket, f"invalid gossip/fetch answer: {exc}")
                     return

@@ -51,6 +51,7 @@ class PeerConnection:
     __slots__ = (
         "backlog",
         "counted",
+        "held",
         "log",
         "opened",
         "protocol",
@@ -74,6 +75,22 @@ class PeerConnection:
         self.counted = 0  # valid packages already counted in the peer store
         self.throttle: asyncio.TimerHandle | None = None  # over the request budget
         self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
+        self.held = False  # reading paused: too much of its gossip waits for handlers
+
+    def can_read(self) -> bool:
+        """Whether nothing holds reading from the peer: its request budget
+        (``throttle``), its handlers (``worker``), the gossip delivery (``held``)."""
+        worker = self.worker
+        return self.throttle is None and not self.held and (worker is None or not worker.paused)
+
+    def hold(self, held: bool) -> None:
+        """Pause reading from the peer while gossip it sent waits for the node's handlers
+        beyond their bound (``held``), or read again if nothing else holds it."""
+        if held and not self.held:
+            self.socket.pause_reading()
+        was, self.held = self.held, held
+        if was and not held and self.can_read():
+            self.socket.resume_reading()
 
     @property
     def listen_urls(self) -> list[str]:

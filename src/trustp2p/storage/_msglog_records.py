@@ -20,13 +20,16 @@ __all__ = [
     "Origin",
     "Seqs",
     "Topic",
+    "stale_marks",
+    "take",
 ]
 
 import bisect
+import heapq
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -238,32 +241,41 @@ class Topic:
 
     A message dropped before older ones (of the origin with the most messages) stays in
     ``entries`` until it reaches the front or the entries are compacted: its position
-    is in ``dropped`` meanwhile. ``len()`` counts the rest.
+    is in ``dropped`` meanwhile. ``len()`` counts the rest. ``weight`` is the payload
+    (``len(data)``) of the messages kept, in all and by origin (``weights``).
     """
 
-    __slots__ = ("dropped", "entries", "origins", "sizes")
+    __slots__ = ("dropped", "entries", "heavy", "name", "origins", "sizes", "weight", "weights")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.entries: deque[Entry] = deque()
         self.origins: dict[str, Seqs] = {}
         self.dropped: set[int] = set()
         self.sizes: Sizes | None = None  # made when the topic first fills up
+        self.weight = 0
+        self.weights: dict[str, int] = {}
+        # (-weight, origin), some stale: made when the topic is first too heavy.
+        self.heavy: list[tuple[int, str]] | None = None
 
     def add(self, entry: Entry) -> int:
         """Keep ``entry``, the newest; return how many are kept now."""
         entries = self.entries
         entries.append(entry)
-        origin = entry[0].origin
+        message = entry[0]
+        origin = message.origin
         seqs = self.origins.get(origin)
         if seqs is None:
             seqs = self.origins[origin] = Seqs()
-        seqs.add(entry[0].seq)
+        seqs.add(message.seq)
         if self.sizes is not None:
             self.sizes.move(origin, len(seqs) - 1, len(seqs))
+        self._weigh(origin, len(message.data))
         return len(entries) - len(self.dropped)
 
-    def remove(self, origin: str, seq: int) -> None:
-        """Forget the number of a message dropped (:meth:`oldest` or :meth:`drop`)."""
+    def remove(self, origin: str, seq: int, weight: int) -> None:
+        """Forget the number (and the ``weight``) of a message dropped (:meth:`oldest`
+        or :meth:`drop`)."""
         seqs = self.origins[origin]
         size = len(seqs)
         if size > 1:
@@ -272,6 +284,44 @@ class Topic:
             del self.origins[origin]
         if self.sizes is not None:
             self.sizes.move(origin, size, size - 1)
+        self._weigh(origin, -weight)
+
+    def _weigh(self, origin: str, change: int) -> None:
+        weights = self.weights
+        weight = weights.get(origin, 0) + change
+        self.weight += change
+        if origin in self.origins:
+            weights[origin] = weight
+        else:
+            del weights[origin]
+        heavy = self.heavy
+        if heavy is None or origin not in self.origins:
+            return
+        if len(heavy) > 2 * len(weights) + 64:  # mostly stale: made again
+            self.heavy = [(-w, o) for o, w in weights.items()]
+            heapq.heapify(self.heavy)
+        else:
+            heapq.heappush(heavy, (-weight, origin))
+
+    def heaviest(self) -> tuple[str, int] | None:
+        """
+        What to drop to make the topic lighter: None for its oldest message, if its
+        origin holds more than its share of the payload (the weight over the number of
+        origins); else the origin holding the most (more than its share) and its lowest
+        number. Call it on a topic with messages.
+        """
+        oldest = self.oldest()
+        assert oldest is not None  # a topic with messages
+        if self.weights[oldest[0].origin] * len(self.origins) > self.weight:
+            return None
+        heavy, weights = self.heavy, self.weights
+        if heavy is None:
+            heavy = self.heavy = [(-w, o) for o, w in weights.items()]
+            heapq.heapify(heavy)
+        while weights.get(heavy[0][1]) != -heavy[0][0]:
+            heapq.heappop(heavy)  # stale
+        origin = heavy[0][1]
+        return origin, self.origins[origin].first()
 
     def over_share(self, origin: str, max_messages: int) -> bool:
         """Whether ``origin`` has more than ``max_messages`` over the number of origins."""
@@ -310,6 +360,42 @@ class Topic:
         """The messages kept, oldest first."""
         dropped = self.dropped
         return (entry for entry in self.entries if entry[2] not in dropped)
+
+
+def take(
+    messages: Iterable[LoggedMessage], last: int, limit: int, max_bytes: int
+) -> list[LoggedMessage]:
+    """
+    The first of ``messages`` (in ``seq`` order) up to ``seq`` ``last``: at most
+    ``limit`` of them and ``max_bytes`` of payload (``len(data)``), the first always,
+    so that a range always moves on.
+    """
+    found: list[LoggedMessage] = []
+    size = 0
+    for message in messages:
+        if message.seq > last or len(found) >= limit:
+            break
+        size += len(message.data)
+        if size > max_bytes and found:
+            break
+        found.append(message)
+    return found
+
+
+def stale_marks(
+    marked: dict[str, float], kept: Container[str], max_idle: int, cutoff: float
+) -> list[str]:
+    """
+    The delivery marks to forget: of the origins not ``kept`` (no message left), those
+    that last moved before ``cutoff``, and the least recently moved past ``max_idle``
+    of them (a tenth more: each new origin would be over the bound again, and scan).
+    """
+    idle = [(when, origin) for origin, when in marked.items() if origin not in kept]
+    excess = len(idle) - max_idle
+    if excess > 0:
+        excess += max_idle // 10
+        idle.sort()
+    return [origin for i, (when, origin) in enumerate(idle) if i < excess or when < cutoff]
 
 
 class Sizes:
@@ -380,20 +466,22 @@ class MessageDatabase(Database[Batch, Loaded]):
     # A big batch grows the WAL; cut it back after each checkpoint.
     pragmas = (f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}",)
 
-    def __init__(self, path: Path, *, max_messages: int, max_age: float) -> None:
+    def __init__(self, path: Path, max_messages: int, max_age: float, max_bytes: int) -> None:
         super().__init__(path)
         self._max_messages = max_messages
         self._max_age = max_age
+        self._max_bytes = max_bytes
 
     def _read(self, conn: sqlite3.Connection, now: float) -> Loaded:
         """
         Read the messages received at most ``max_age`` seconds before ``now``, the last
-        ``_LOAD_FACTOR`` times ``max_messages`` of each topic (the log then keeps
-        ``max_messages`` of them by its rule: a limit lowered since the last run keeps
-        each origin's share), and the other tables.
+        ``_LOAD_FACTOR`` times ``max_messages`` of each topic and ``max_bytes`` of
+        payload in all (the log then keeps what its limits allow by its rules: a limit
+        lowered since the last run keeps each origin's share), and the other tables.
         """
         cutoff = now - self._max_age
         max_messages = self._max_messages * _LOAD_FACTOR
+        max_bytes, weight = self._max_bytes * _LOAD_FACTOR, 0
         (last_position,) = conn.execute("SELECT max(position) FROM messages").fetchone()
         loaded = Loaded([], [], last_position or 0, [], [])
         # Newest first, to count each topic's messages up to the limit. (A window
@@ -418,7 +506,8 @@ class MessageDatabase(Database[Batch, Loaded]):
                 loaded.deletes.append(row[0])
                 continue
             count = counts.get(message.topic, 0)
-            if count >= max_messages or received < cutoff:
+            weight += len(message.data)
+            if count >= max_messages or received < cutoff or weight > max_bytes:
                 loaded.deletes.append(row[0])
                 continue
             counts[message.topic] = count + 1

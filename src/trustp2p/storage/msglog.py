@@ -20,11 +20,13 @@ every ``flush_interval`` seconds, sooner when many messages are waiting, and at
 
 **Bounded.** Each topic keeps at most ``max_messages`` messages, the oldest received
 dropped first unless an origin holds more than its share (see :meth:`~MessageLog.add`),
-and none received more than ``max_age`` seconds ago. *Received* is the
+and none received more than ``max_age`` seconds ago; all topics keep ``max_bytes`` of
+payload at most, the topic holding the most giving way. *Received* is the
 time this node logged a message (its ``clock``), not the origin's timestamp: the origin's
 clock may be wrong, and a message that arrives late (after a partition) should still be
-kept for a while for the nodes that missed it too. The count is enforced at each
-:meth:`~MessageLog.add`; the age on each add (for that topic) and at each flush (for all
+kept for a while for the nodes that missed it too. The count and the payload are enforced at
+each :meth:`~MessageLog.add` (and at open: a database from a run with higher limits is
+not read whole); the age on each add (for that topic) and at each flush (for all
 topics). What is dropped from memory is deleted from the disk at the next flush.
 
 **Off the event loop.** ``sqlite3`` runs only on one worker thread owned by the log (a
@@ -55,6 +57,7 @@ __all__ = [
     "MessageLog",
 ]
 
+import itertools
 import logging
 import math
 import sys
@@ -71,6 +74,8 @@ from ._msglog_records import (
     MessageDatabase,
     Origin,
     Topic,
+    stale_marks,
+    take,
 )
 from .memory import MemoryShelf
 from .writebehind import WriteBehind
@@ -126,20 +131,21 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         shelf: MemoryShelf | None = None,
         max_messages: int | None,
         max_age: float | None,
+        max_bytes: int | None,
     ) -> None:
         # Use open(): it also reads the database and starts the flushes.
+        self._max_bytes = sys.maxsize if max_bytes is None else max_bytes
         self._max_messages = sys.maxsize if max_messages is None else max_messages
         self._max_idle_marks = (
             sys.maxsize if max_messages is None else _IDLE_MARKS_FACTOR * max_messages
         )
         self._max_age = math.inf if max_age is None else max_age
-        db = None
-        if path is not None:
-            db = MessageDatabase(path, max_messages=self._max_messages, max_age=self._max_age)
+        limits = (self._max_messages, self._max_age, self._max_bytes)
+        db = None if path is None else MessageDatabase(path, *limits)
         super().__init__(db, clock=clock, flush_interval=flush_interval, shelf=shelf)
         self._origins: dict[str, Origin] = {}
         self._topics: dict[str, Topic] = {}
-        self._size = 0
+        self._size = self._weight = 0  # messages, and their payload, in all topics
         self._next_position = 1
         self._delivered: dict[str, int] = {}
         self._marked: dict[str, float] = {}  # when each delivered mark last moved
@@ -159,6 +165,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         *,
         max_messages: int | None = 10_000,
         max_age: float | None = 86_400.0,
+        max_bytes: int | None = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
         flush_interval: float = 1.0,
         shelf: MemoryShelf | None = None,
@@ -181,6 +188,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             max_age: Seconds a message is kept after it was received (a day); older
                 ones are dropped, and so are the delivery marks of origins that have no
                 message left and no mark newer than this. None: no limit.
+            max_bytes: Most payload kept in all topics (64 MiB), counted as
+                ``len(data)``; past it, the topic holding the most drops a message by
+                its share rule (see :meth:`add`). None: no limit.
             clock: Wall-clock time in seconds; the time a message is received.
             flush_interval: Seconds between writes (and retries after a failed write);
                 1000 waiting messages start a write sooner.
@@ -193,8 +203,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
 
         """
         cls._check_flush_interval(flush_interval)
-        if max_messages is not None and max_messages < 1:
-            raise ValueError(f"max_messages must be at least 1 or None, not {max_messages}")
+        for name, limit in (("max_messages", max_messages), ("max_bytes", max_bytes)):
+            if limit is not None and limit < 1:
+                raise ValueError(f"{name} must be at least 1 or None, not {limit}")
         if max_age is not None and not (max_age > 0 and math.isfinite(max_age)):
             raise ValueError(f"max_age must be a positive number of seconds or None, not {max_age}")
         log = cls(
@@ -204,6 +215,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             shelf=shelf,
             max_messages=max_messages,
             max_age=max_age,
+            max_bytes=max_bytes,
         )
         await log._start()
         return log
@@ -238,7 +250,11 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         The message is stored as given: verify it first. Past ``max_messages`` in its
         topic, one message is dropped, the topic's oldest or, if its origin is within
         its share, the lowest-numbered of the origin with the most (possibly this one);
-        so are the topic's messages received more than ``max_age`` seconds ago.
+        so are the topic's messages received more than ``max_age`` seconds ago. Past
+        ``max_bytes`` in all topics, the topic holding the most payload drops messages
+        until under it: its oldest if its origin holds more than its share of the
+        topic's payload, else the lowest-numbered of the origin holding the most (one
+        bigger than ``max_bytes`` alone is kept by none).
 
         A message dropped from the log can be added again: True doesn't mean this node
         never saw the message; compare ``message.seq`` with :meth:`delivered` for that.
@@ -259,7 +275,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             return False
         self._next_position = position + 1
         cutoff = received - self._max_age
-        if topic.entries[0][1] < cutoff:  # kept or dropped: a look is enough, usually
+        if topic and topic.entries[0][1] < cutoff:  # kept or dropped: a look is enough, usually
             while (oldest := topic.oldest()) is not None and oldest[1] < cutoff:
                 self._drop(topic)
         if len(self._pending) >= _WRITE_SOON:
@@ -336,18 +352,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         logged = self._origins.get(origin)
         if logged is None:
             return []
-        entries = logged.values()
-        found: list[LoggedMessage] = []
-        size = 0
-        for i in range(logged.index(first), len(entries)):
-            message = entries[i][0]
-            if message.seq > last or len(found) >= limit:
-                break
-            size += len(message.data)
-            if size > max_bytes and found:
-                break
-            found.append(message)
-        return found
+        entries = itertools.islice(logged.values(), logged.index(first), None)
+        return take((entry[0] for entry in entries), last, limit, max_bytes)
 
     def pick(
         self,
@@ -365,20 +371,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         logged = self._origins.get(origin)
         if logged is None:
             return []
-        found: list[LoggedMessage] = []
-        size = 0
-        for seq in seqs:
-            entry = logged.get(seq)
-            if entry is None:
-                continue
-            if len(found) >= limit:
-                break
-            message = entry[0]
-            size += len(message.data)
-            if size > max_bytes and found:
-                break
-            found.append(message)
-        return found
+        entries = (entry for entry in map(logged.get, seqs) if entry is not None)
+        return take((entry[0] for entry in entries), sys.maxsize, limit, max_bytes)
 
     def delivered(self, origin: str) -> int:
         """The highest sequence number of ``origin`` delivered to this node's threads, or 0."""
@@ -438,14 +432,26 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         logged.add(entry)
         topic = self._topics.get(message.topic)
         if topic is None:
-            topic = self._topics[message.topic] = Topic()
+            topic = self._topics[message.topic] = Topic(message.topic)
         kept = topic.add(entry)
         self._size += 1
         if new:
             self._pending[entry[2]] = entry
         if kept > self._max_messages:
             self._evict(topic)
+        self._weight += len(message.data)
+        while self._weight > self._max_bytes:
+            self._lighten()
         return topic
+
+    def _lighten(self) -> None:
+        """Drop a message of the topic holding the most payload, by its share rule."""
+        topic = max(self._topics.values(), key=lambda kept: kept.weight)
+        heaviest = topic.heaviest()
+        if heaviest is None:
+            self._drop(topic)  # (an empty topic is let go of at the next prune)
+        else:
+            self._drop_number(topic, *heaviest)
 
     def _evict(self, topic: Topic) -> None:
         """Make room in a full ``topic``: drop its oldest message if its origin has more
@@ -458,7 +464,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             topic.entries.popleft()
             self._forget(topic, oldest)
             return
-        origin, seq = topic.largest()
+        self._drop_number(topic, *topic.largest())
+
+    def _drop_number(self, topic: Topic, origin: str, seq: int) -> None:
         entry = self._origins[origin].get(seq)
         assert entry is not None  # each kept number has its entry
         topic.drop(entry)
@@ -479,8 +487,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             logged.remove(seq)
         else:
             del self._origins[origin]
-        topic.remove(origin, seq)
+        topic.remove(origin, seq, len(message.data))
         self._size -= 1
+        self._weight -= len(message.data)
         if self._pending.pop(position, None) is None:
             self._deletes.append(position)
 
@@ -500,17 +509,10 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         if len(self._marked) - len(kept) <= self._max_idle_marks and now - self._marks_pruned < 1.0:
             return
         self._marks_pruned = now
-        idle = [(marked, origin) for origin, marked in self._marked.items() if origin not in kept]
-        excess = len(idle) - self._max_idle_marks
-        if excess > 0:
-            # A tenth more: each new origin would be over the bound again, and scan.
-            excess += self._max_idle_marks // 10
-            idle.sort()
-        for i, (marked, origin) in enumerate(idle):
-            if i < excess or marked < cutoff:
-                del self._delivered[origin]
-                del self._marked[origin]
-                self._dirty_delivered.add(origin)
+        for origin in stale_marks(self._marked, kept, self._max_idle_marks, cutoff):
+            del self._delivered[origin]
+            del self._marked[origin]
+            self._dirty_delivered.add(origin)
 
     def _kept(self, entry: Entry) -> bool:
         logged = self._origins.get(entry[0].origin)
@@ -529,7 +531,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         ones (they were received later), renumbered, and the higher mark or counter wins.
         """
         meanwhile = sorted(self._entries(), key=_position)
-        self._origins, self._topics, self._size = {}, {}, 0
+        self._origins, self._topics, self._size, self._weight = {}, {}, 0, 0
         self._pending, self._deletes = {}, loaded.deletes
         for entry in loaded.entries:
             if self._insert(entry, new=False) is None:  # a duplicate row

@@ -21,6 +21,7 @@ __all__ = [
     "GRAFT",
     "IHAVE",
     "IWANT",
+    "MAX_CACHE_BYTES",
     "MAX_MESSAGE_ID_LENGTH",
     "MAX_PEER_TOPICS",
     "MAX_TOPICS_PER_TALK",
@@ -51,6 +52,10 @@ IHAVE = "gossip/ihave"  # {"topic": topic, "ids": [id]}
 IWANT = "gossip/iwant"  # {"ids": [id]}
 GOSSIP_EVENTS = (SUBSCRIPTIONS, GRAFT, PRUNE, IHAVE, IWANT)
 """The events of the router's control talks, in this order."""
+
+MAX_CACHE_BYTES = 32 * 2**20
+"""Most payload of the recent messages kept to announce and serve: past it, a new one is
+passed on, not announced nor served (catch-up serves it from the message log)."""
 
 MAX_PEER_TOPICS = 1000
 """Most topics a peer may subscribe to, all talks together: past it, a subscription is
@@ -163,8 +168,7 @@ class GossipRouter:
         self._clock = clock
         self._defer, self.batch = defer, ControlBatch(self._talk_now)
         self.degree, self.degree_low, self.degree_high = degree, degree_low, degree_high
-        self.fanout = fanout
-        self.lazy = lazy
+        self.fanout, self.lazy = fanout, lazy
         self.max_hops = max_hops
         self.max_ihave = max_ihave
         self.max_asks = max_asks
@@ -176,8 +180,9 @@ class GossipRouter:
         self._peers: dict[PeerKey, set[str]] = {}  # peer -> its topics
         self.mesh: dict[str, set[PeerKey]] = {}
         self._seen = SeenIds(seen_max, seen_ttl)
-        # Recent messages, for ihave and iwant: one window per heartbeat.
+        # Recent messages, for ihave and iwant: one window per heartbeat; their payload.
         self._windows: list[dict[str, GossipMessage]] = [{} for _ in range(history)]
+        self._cached = 0
         # Peers known to have each recent message (sent it to us, or got it from us):
         # no use announcing it to them. Lists, not sets: a message has a handful of
         # holders, and a set of more than four takes 700 bytes, a list of twelve 180 (a
@@ -297,7 +302,7 @@ class GossipRouter:
 
     def accept(self, peer: PeerKey | None, message: GossipMessage) -> None:
         """A message received ``pending`` passed validation: announce and serve it now."""
-        self._windows[0][message.id] = message
+        self._cache(message)
         holders = self._holders.setdefault(message.id, [])
         if peer is not None:
             _hold(holders, peer)
@@ -351,15 +356,16 @@ class GossipRouter:
 
     def _remember(self, message: GossipMessage, peer: PeerKey | None = None) -> None:
         self._seen.add(message.id, self._clock())
-        self._windows[0][message.id] = message
+        self._cache(message)
         self._holders[message.id] = [peer] if peer is not None else []
 
+    def _cache(self, message: GossipMessage) -> None:
+        if self._cached + len(message.data) <= MAX_CACHE_BYTES:
+            self._windows[0][message.id] = message
+            self._cached += len(message.data)
+
     def cached(self, message_id: str) -> GossipMessage | None:
-        for window in self._windows:
-            message = window.get(message_id)
-            if message is not None:
-                return message
-        return None
+        return next((m for w in self._windows if (m := w.get(message_id)) is not None), None)
 
     # Control talks from peers
 
@@ -476,7 +482,8 @@ class GossipRouter:
                 self._fill_mesh(topic)
                 self._announce(topic)
         self._windows.insert(0, {})
-        for message_id in self._windows.pop():
+        for message_id, message in self._windows.pop().items():
+            self._cached -= len(message.data)
             self._holders.pop(message_id, None)
             self._served.pop(message_id, None)
 
