@@ -79,3 +79,27 @@ async def test_a_peer_that_reads_nothing_is_closed_once(
         ws.transport.abort()
     stalls = [r for r in caplog.records if "peer read nothing for 0.3 s" in r.getMessage()]
     assert len(stalls) == 1
+
+
+async def test_unwaited_writes_to_a_peer_that_reads_nothing_are_bounded_in_bytes(
+    make_node: MakeNode,
+) -> None:
+    # Found by an attacker's test: the queue counted packages only, so 256 gossip
+    # messages of 200 KB waited for each frozen subscriber, 40-64 MB a peer.
+    server = await make_node(server=True, secure=False, write_limit=1024, max_send_bytes=2**20)
+    assert server.url is not None and server.server is not None
+    async with connect(server.url, compression=None, max_queue=1) as ws:
+        await server.server.wait_connected()
+        inbound = server.server.sockets[0]
+        talk = build_package(PackageType.TALK, "news", {"pad": "z" * 100_000})
+        sent, reason = 0, None
+        while reason is None:
+            try:
+                server.send_package(inbound, talk)  # no waiting: as gossip is sent
+            except ConnectionClosed as exc:
+                reason = exc.reason
+            sent += 1
+            await asyncio.sleep(0)
+        assert reason == f"send queue full: over {2**20} bytes unread"
+        assert sent < 256  # the bytes' bound, long before max_send_queue's
+        ws.transport.abort()

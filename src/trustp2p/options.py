@@ -124,6 +124,8 @@ class NodeOptions:
             it. The application's own sends (``request()``, ``send_*()``,
             ``broadcast()``, handler responses) wait for the buffer to drain instead, so
             a burst slows the application and never disconnects a peer.
+        max_send_bytes: ...and their bytes, at most (16 MiB): 256 gossip messages of
+            256 KiB to each peer that stopped reading would hold 64 MiB each.
         send_stall_timeout: A peer that takes nothing from its write buffer for this
             long while data waits (it reads nothing) is disconnected with 1008.
         request_rate: Requests and talks per second a peer may send us...
@@ -246,6 +248,7 @@ class NodeOptions:
     invalid_ratio: float = 0.1
     min_packages: int = 10
     max_send_queue: int = 256
+    max_send_bytes: int = 16 * 2**20
     send_stall_timeout: float = 20.0
     request_rate: float = 100.0
     request_burst: int = 200
@@ -515,6 +518,7 @@ its listen URLs) and its heartbeats must fit, with room."""
 
 _AT_LEAST_ONE = (
     "max_send_queue",
+    "max_send_bytes",
     "request_burst",
     "gossip_burst",
     "ip_burst",

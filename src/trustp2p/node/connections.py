@@ -546,20 +546,19 @@ class Connections:
         if conn is not None:
             if socket.write_paused:
                 self._watch(conn)
-                if not waited:
-                    conn.backlog += 1
-                    if conn.backlog > self._options.max_send_queue:
-                        self._send_queue_full(conn)
+                options = self._options
+                if not waited and (
+                    full := conn.queued(len(data), options.max_send_queue, options.max_send_bytes)
+                ):
+                    self._send_queue_full(conn, full)
             else:
-                conn.backlog = 0
+                conn.backlog = conn.backlog_bytes = 0
         self._metrics.packages_out[package.type] += 1
         self._metrics.bytes_out[package.type] += len(data)
         socket.write(data)
 
-    def _send_queue_full(self, conn: PeerConnection) -> None:
+    def _send_queue_full(self, conn: PeerConnection, reason: str) -> None:
         socket = conn.socket
-        limit = self._options.max_send_queue
-        reason = f"send queue full: {limit} packages unread"
         if not socket.closed:
             conn.log.warning("! %s: disconnecting", reason)
             self._metrics.stall_disconnects += 1

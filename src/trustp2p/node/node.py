@@ -498,7 +498,8 @@ class Node:
 
         Raises:
             ConnectionClosed: If the socket is closed, or the peer left more than
-                ``max_send_queue`` packages unread (it is then disconnected).
+                ``max_send_queue`` packages, or ``max_send_bytes``, unread (it is then
+                disconnected).
             PackageTooLarge: If the package is over ``max_package_size`` (not sent).
 
         """

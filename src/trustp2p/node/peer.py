@@ -50,6 +50,7 @@ class PeerConnection:
 
     __slots__ = (
         "backlog",
+        "backlog_bytes",
         "counted",
         "held",
         "log",
@@ -71,11 +72,23 @@ class PeerConnection:
         self.log = log
         self.worker: Worker | None = None
         self.opened = time.time()
-        self.backlog = 0  # packages written while the peer wasn't reading
+        self.backlog = 0  # packages written while the peer wasn't reading...
+        self.backlog_bytes = 0  # ...and their bytes
         self.counted = 0  # valid packages already counted in the peer store
         self.throttle: asyncio.TimerHandle | None = None  # over the request budget
         self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
         self.held = False  # reading paused: too much of its gossip waits for handlers
+
+    def queued(self, size: int, max_packages: int, max_bytes: int) -> str | None:
+        """A package of ``size`` bytes was written without waiting while the peer isn't
+        reading: why the send queue is full now (the peer is disconnected), or None."""
+        self.backlog += 1
+        self.backlog_bytes += size
+        if self.backlog > max_packages:
+            return f"send queue full: {max_packages} packages unread"
+        if self.backlog_bytes > max_bytes:
+            return f"send queue full: over {max_bytes} bytes unread"
+        return None
 
     def can_read(self) -> bool:
         """Whether nothing holds reading from the peer: its request budget
