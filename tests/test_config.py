@@ -275,3 +275,10 @@ def test_the_cli_refuses_a_listen_url_naming_another_id(
     assert main(["server", "--cwd", str(tmp_path), "--port", "0"]) == 1  # found at start
     err = capsys.readouterr().err
     assert f"listen_urls: URL 'ws://node.example:1107/p2p/{other}' names peer {other}" in err
+
+
+def test_the_send_queue_s_bytes_hold_one_package_at_least() -> None:
+    with pytest.raises(ValueError, match=r"^max_send_bytes \(1024\) must be at least max_package"):
+        NodeOptions(server=True, max_send_bytes=1024)
+    assert NodeOptions(server=True, max_send_bytes=2**20).max_send_bytes == 2**20
+    assert NodeOptions(server=True, max_send_bytes=1, max_package_size=None).max_send_bytes == 1

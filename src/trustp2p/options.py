@@ -403,6 +403,11 @@ class NodeOptions:
             raise ValueError("need gossip_degree_low <= gossip_degree <= gossip_degree_high")
         if self.gossip_mode not in ("gossip", "flood"):
             raise ValueError(f"gossip_mode must be 'gossip' or 'flood', not {self.gossip_mode!r}")
+        if self.max_package_size is not None and self.max_send_bytes < self.max_package_size:
+            raise ValueError(
+                f"max_send_bytes ({self.max_send_bytes}) must be at least max_package_size "
+                f"({self.max_package_size}): one package to a slow peer would close it"
+            )
 
     def _check_admin(self) -> None:
         """The admin listener: a valid address, loopback unless a token is set."""
