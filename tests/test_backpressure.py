@@ -6,12 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 
-from trustp2p import CloseCode, ConnectionClosed, EventMap, Package, PackageType, Socket, Thread
+from trustp2p import (
+    CloseCode,
+    ConnectionClosed,
+    EventMap,
+    Node,
+    Package,
+    PackageType,
+    Socket,
+    Thread,
+)
 from trustp2p.protocol.package import build_package
 
 from .nodes import MakeNode, wait_for
@@ -81,25 +91,46 @@ async def test_a_peer_that_reads_nothing_is_closed_once(
     assert len(stalls) == 1
 
 
+@contextlib.asynccontextmanager
+async def a_peer_that_reads_nothing(make_node: MakeNode) -> AsyncIterator[tuple[Node, Socket]]:
+    """A server (1 MiB of send queue) and its connection to a raw peer that reads nothing."""
+    server = await make_node(server=True, secure=False, write_limit=1024, max_send_bytes=2**20)
+    assert server.url is not None and server.server is not None
+    async with connect(server.url, compression=None, max_queue=1) as ws:
+        await server.server.wait_connected()
+        yield server, server.server.sockets[0]
+        ws.transport.abort()
+
+
 async def test_unwaited_writes_to_a_peer_that_reads_nothing_are_bounded_in_bytes(
     make_node: MakeNode,
 ) -> None:
     # Found by an attacker's test: the queue counted packages only, so 256 gossip
     # messages of 200 KB waited for each frozen subscriber, 40-64 MB a peer.
-    server = await make_node(server=True, secure=False, write_limit=1024, max_send_bytes=2**20)
-    assert server.url is not None and server.server is not None
-    async with connect(server.url, compression=None, max_queue=1) as ws:
-        await server.server.wait_connected()
-        inbound = server.server.sockets[0]
+    async with a_peer_that_reads_nothing(make_node) as (server, inbound):
         talk = build_package(PackageType.TALK, "news", {"pad": "z" * 100_000})
         sent, reason = 0, None
         while reason is None:
             try:
-                server.send_package(inbound, talk)  # no waiting: as gossip is sent
+                server.send_package(inbound, talk)  # no waiting: as error answers are
             except ConnectionClosed as exc:
                 reason = exc.reason
             sent += 1
             await asyncio.sleep(0)
         assert reason == f"send queue full: over {2**20} bytes unread"
         assert sent < 256  # the bytes' bound, long before max_send_queue's
-        ws.transport.abort()
+
+
+async def test_gossip_pushes_past_the_send_queue_are_dropped_not_the_peer(
+    make_node: MakeNode,
+) -> None:
+    # A subscriber whose handlers are slow stops reading (its gossip backlog is bounded):
+    # a relay's pushes past its send queue are dropped, and it fetches them when it
+    # catches up, rather than being disconnected for them.
+    async with a_peer_that_reads_nothing(make_node) as (server, inbound):
+        message = build_package(PackageType.GOSSIP, "chat", {"pad": "z" * 100_000})
+        for _ in range(100):  # 10 MB: ten times the queue's bytes
+            server.send_package(inbound, message)  # no error: as the router sends
+            await asyncio.sleep(0)
+        assert server.metrics.send_dropped > 0 and not inbound.closed
+        assert server.metrics.stall_disconnects == 0

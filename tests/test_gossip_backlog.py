@@ -35,3 +35,38 @@ async def test_a_flood_faster_than_the_handlers_pauses_its_sender(make_node: Mak
     await wait_for(lambda: len(got) == count, timeout=20)
     await publishing
     assert got == list(range(1, count + 1)) and not conn.held and conn.can_read()
+
+
+async def test_a_slow_subscriber_behind_a_relay_gets_everything_and_keeps_its_link(
+    make_node: MakeNode,
+) -> None:
+    """The relay drops its pushes to the subscriber that stopped reading (its handlers
+    are slow) rather than disconnecting it, and the subscriber catches up with the relay
+    once it reads again. (A smaller send queue on the relay than its default 16 MiB, so
+    that the drops come soon; measured with the defaults in docs/reliability.md.)"""
+    got: list[int] = []
+    gate = asyncio.Event()
+
+    async def slow(message: GossipMessage) -> None:
+        await gate.wait()  # all of it published first: the subscriber stops reading
+        got.append(message.seq)
+
+    relay = await make_node(server=True, max_send_bytes=2**21)
+    relay.subscribe("chat")
+    subscriber = await make_node(client=True, peers=[relay.url])
+    subscriber.subscribe("chat", slow)
+    publisher = await make_node(client=True, peers=[relay.url])
+    publisher.subscribe("chat")
+    for node in (subscriber, publisher):
+        await node.client.wait_connected()  # type: ignore[union-attr]
+    await wait_for(lambda: len(relay.sockets) == 2)
+    link = subscriber.sockets[0]
+    count = 320  # 32 MB: more than the subscriber's backlog (16 MiB), the relay's queue
+    for _ in range(count):  # (2 MiB) and the kernel's buffers between them
+        await publisher.publish("chat", {"x": "a" * 100_000})
+    await wait_for(lambda: relay.metrics.send_dropped > 0)
+    gate.set()
+    await wait_for(lambda: len(got) == count, timeout=30)
+    assert got == list(range(1, count + 1))
+    assert relay.metrics.stall_disconnects == 0
+    assert subscriber.sockets == [link] and not link.closed

@@ -206,6 +206,11 @@ class NodeCollector(Collector):
             m.stall_disconnects,
         )
         yield _counter(
+            "trustp2p_send_dropped",
+            "Gossip messages not pushed to a peer whose send queue was full.",
+            m.send_dropped,
+        )
+        yield _counter(
             "trustp2p_heartbeat_lost_peers",
             "Peers dropped for leaving a heartbeat ping unanswered.",
             m.lost_peers,

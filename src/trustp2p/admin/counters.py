@@ -140,6 +140,8 @@ class Metrics:
         throttles: Times a peer over its request budget had its reading paused.
         send_stalls: Times a peer's write buffer filled up (backpressure episodes).
         stall_disconnects: Peers disconnected for reading nothing, or too far behind.
+        send_dropped: Gossip messages not pushed to a peer whose send queue was full
+            (it fetches them when it catches up).
         lost_peers: Peers dropped for leaving a heartbeat ping unanswered.
         dropped: Connections that ended without a close frame (the peer vanished).
         validation: Gossip validator verdicts (accept, ignore, reject).
@@ -172,6 +174,7 @@ class Metrics:
         self.throttles = 0
         self.send_stalls = 0
         self.stall_disconnects = 0
+        self.send_dropped = 0
         self.lost_peers = 0
         self.dropped = 0
         self.validation: dict[str, int] = {}

@@ -546,10 +546,10 @@ class Connections:
         if conn is not None:
             if socket.write_paused:
                 self._watch(conn)
-                options = self._options
-                if not waited and (
-                    full := conn.queued(len(data), options.max_send_queue, options.max_send_bytes)
-                ):
+                if not waited and (full := conn.queued(len(data), self._options)):
+                    if package.type is PackageType.GOSSIP:  # it catches up (gaps, catch-up)
+                        self._metrics.send_dropped += 1
+                        return
                     self._send_queue_full(conn, full)
             else:
                 conn.backlog = conn.backlog_bytes = 0

@@ -155,7 +155,9 @@ class Gossip:
         self.delivered = self.caught_up = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._validators: dict[str, Validator] = {}
-        self._delivery = TopicQueues(self.tasks, self._work, self._settle, node.connection)
+        self._delivery = TopicQueues(
+            self.tasks, self._work, self._settle, node.connection, self._catch_up
+        )
 
     def _now(self) -> float:
         if self._clock is None:
@@ -340,12 +342,10 @@ class Gossip:
         message_id = GossipMessage.peek_id(package.event, package.body)
         if message_id is not None and self.router.duplicate(socket.id, message_id):
             return
+        max_data = self.node.options.max_package_size
         try:
             message = GossipMessage.from_body(
-                package.event,
-                package.body,
-                max_data=self.node.options.max_package_size,
-                peeked_id=message_id,
+                package.event, package.body, max_data=max_data, peeked_id=message_id
             )
         except GossipError as exc:
             self.router.stats.invalid += 1

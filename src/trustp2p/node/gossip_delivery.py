@@ -16,8 +16,8 @@ __all__ = ["MAX_WAITING_BYTES", "Item", "TopicQueues", "Work"]
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from .dispatch import cancelled
 
@@ -46,7 +46,10 @@ class TopicQueues:
     Per topic, the messages waiting, each an :data:`Item`; ``work`` is
     called on each in turn, in a task of ``tasks`` per topic with messages waiting. When
     no topic has any left, ``idle()`` is called (not when the tasks are cancelled).
-    ``connection(source)`` finds the peer to hold (see :data:`MAX_WAITING_BYTES`).
+    ``connection(source)`` finds the peer to hold (see :data:`MAX_WAITING_BYTES`);
+    once it is let go, ``catch_up(source)`` runs in a task: what that peer sent while it
+    was held may have been dropped (its send queue full), and nothing after it may come
+    to reveal the gap.
 
     Attributes:
         waiting: The payload waiting, in all topics.
@@ -54,6 +57,7 @@ class TopicQueues:
     """
 
     __slots__ = (
+        "_catch_up",
         "_connection",
         "_held",
         "_idle",
@@ -71,12 +75,14 @@ class TopicQueues:
         work: Work,
         idle: Callable[[], None],
         connection: Callable[[Socket], PeerConnection | None],
+        catch_up: Callable[[Socket], Coroutine[Any, Any, None]] | None = None,
         max_bytes: int = MAX_WAITING_BYTES,
     ) -> None:
         self._tasks = tasks
         self._work = work
         self._idle = idle
         self._connection = connection
+        self._catch_up = catch_up
         self._max_bytes = max_bytes
         self._queues: dict[str, deque[Item]] = {}
         self._held: dict[Socket, None] = {}
@@ -124,6 +130,8 @@ class TopicQueues:
                 conn = self._connection(source)
                 if conn is not None:
                     conn.hold(False)
+                    if self._catch_up is not None and not self._tasks.closed:
+                        self._tasks.spawn(self._catch_up(source), f"catch-up {source.peer}")
             self._held.clear()
 
     async def _drain(

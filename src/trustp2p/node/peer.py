@@ -18,6 +18,7 @@ from ..protocol.limits import WriteStall
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
+    from ..options import NodeOptions
     from ..protocol.connection import ConnectionProtocol
     from ..protocol.package import Body
     from .dispatch import Worker
@@ -79,15 +80,17 @@ class PeerConnection:
         self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
         self.held = False  # reading paused: too much of its gossip waits for handlers
 
-    def queued(self, size: int, max_packages: int, max_bytes: int) -> str | None:
-        """A package of ``size`` bytes was written without waiting while the peer isn't
-        reading: why the send queue is full now (the peer is disconnected), or None."""
+    def queued(self, size: int, options: NodeOptions) -> str | None:
+        """A package of ``size`` bytes is to be written without waiting while the peer
+        isn't reading: None if the send queue has room for it (it counts), else why not
+        (``max_send_queue``, ``max_send_bytes``)."""
+        max_packages, max_bytes = options.max_send_queue, options.max_send_bytes
+        if self.backlog >= max_packages:
+            return f"send queue full: {max_packages} packages unread"
+        if self.backlog_bytes + size > max_bytes:
+            return f"send queue full: over {max_bytes} bytes unread"
         self.backlog += 1
         self.backlog_bytes += size
-        if self.backlog > max_packages:
-            return f"send queue full: {max_packages} packages unread"
-        if self.backlog_bytes > max_bytes:
-            return f"send queue full: over {max_bytes} bytes unread"
         return None
 
     def can_read(self) -> bool:

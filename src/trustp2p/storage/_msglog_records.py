@@ -270,7 +270,11 @@ class Topic:
         seqs.add(message.seq)
         if self.sizes is not None:
             self.sizes.move(origin, len(seqs) - 1, len(seqs))
-        self._weigh(origin, len(message.data))
+        size = len(message.data)  # (inline: this runs for every message logged)
+        weight = self.weights[origin] = self.weights.get(origin, 0) + size
+        self.weight += size
+        if self.heavy is not None:
+            self._push(origin, weight)
         return len(entries) - len(self.dropped)
 
     def remove(self, origin: str, seq: int, weight: int) -> None:
@@ -284,21 +288,19 @@ class Topic:
             del self.origins[origin]
         if self.sizes is not None:
             self.sizes.move(origin, size, size - 1)
-        self._weigh(origin, -weight)
-
-    def _weigh(self, origin: str, change: int) -> None:
-        weights = self.weights
-        weight = weights.get(origin, 0) + change
-        self.weight += change
-        if origin in self.origins:
-            weights[origin] = weight
+        self.weight -= weight
+        if size > 1:
+            left = self.weights[origin] = self.weights[origin] - weight
+            if self.heavy is not None:
+                self._push(origin, left)
         else:
-            del weights[origin]
+            del self.weights[origin]
+
+    def _push(self, origin: str, weight: int) -> None:
         heavy = self.heavy
-        if heavy is None or origin not in self.origins:
-            return
-        if len(heavy) > 2 * len(weights) + 64:  # mostly stale: made again
-            self.heavy = [(-w, o) for o, w in weights.items()]
+        assert heavy is not None  # made by heaviest()
+        if len(heavy) > 2 * len(self.weights) + 64:  # mostly stale: made again
+            self.heavy = [(-w, o) for o, w in self.weights.items()]
             heapq.heapify(self.heavy)
         else:
             heapq.heappush(heavy, (-weight, origin))
