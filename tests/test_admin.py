@@ -283,34 +283,26 @@ async def test_a_bare_cr_or_a_folded_header_line_is_a_400(make_node: MakeNode) -
 
 async def test_admin_connections_are_capped(make_node: MakeNode) -> None:
     """Found by an attacker's test: idle admin connections, each kept 10 s, had no cap,
-    and took the file descriptors the node's peers needed. Past MAX_CONNECTIONS, new
-    ones are closed at once; those open are served."""
+    and took the file descriptors the node's peers needed. Past MAX_CONNECTIONS, a new
+    one drops the oldest still sending its request (found by another: 40 connections
+    sending their head a byte at a time made 32 of 50 scrapes fail); those answered
+    stay."""
     server = await make_node(server=True, admin="127.0.0.1:0")
     assert server.admin_url is not None
     port = int(server.admin_url.rstrip("/").rsplit(":", 1)[1])
     idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(MAX_CONNECTIONS)]
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        idle[0][1].write(b"G")  # a slow request: the oldest
+        assert (await get(f"{server.admin_url}status.json"))[0] == 200  # in its place
         async with asyncio.timeout(2):
-            assert await reader.read() == b""  # closed unanswered
-        writer.close()
-        first_reader, first_writer = idle[0]
-        first_writer.write(b"GET /status.json HTTP/1.1\r\n\r\n")
+            assert await idle[0][0].read() == b""  # dropped unanswered
+        reader, writer = idle[1]
+        writer.write(b"GET /status.json HTTP/1.1\r\n\r\n")
         async with asyncio.timeout(2):
-            assert (await first_reader.read()).startswith(b"HTTP/1.1 200 OK")
+            assert (await reader.read()).startswith(b"HTTP/1.1 200 OK")
     finally:
         for _, writer in idle:
             writer.close()
-
-    async def served() -> bool:
-        try:
-            return (await get(f"{server.admin_url}status.json"))[0] == 200
-        except OSError:  # not yet: the idle ones' closes still on their way
-            return False
-
-    async with asyncio.timeout(5):
-        while not await served():  # noqa: ASYNC110 - a request per try
-            await asyncio.sleep(0.01)
 
 
 async def test_a_token_is_required_when_set(make_node: MakeNode) -> None:

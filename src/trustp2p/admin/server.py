@@ -44,9 +44,11 @@ MAX_REQUEST = 8192
 REQUEST_TIMEOUT = 10.0
 """Seconds a client has to send its request."""
 MAX_CONNECTIONS = 32
-"""Admin connections open at once, at most; more are closed as they come (found by an
-attacker's test: idle ones, each kept ``REQUEST_TIMEOUT``, took the node's file
-descriptors from its peers)."""
+"""Admin connections open at once, at most (found by an attacker's test: idle ones, each
+kept ``REQUEST_TIMEOUT``, took the node's file descriptors from its peers). Past it, a
+new connection drops the oldest one still sending its request head, or is closed if
+every one is being answered: connections that send their head a byte at a time can't
+keep a scraper out (found by another: 40 of them made 32 of 50 scrapes fail)."""
 
 _REASONS = {
     200: "OK",
@@ -77,6 +79,7 @@ class AdminServer:
         self._rates = TopicRates(node.metrics.started)
         self._server: StreamServer | None = None
         self._open = 0  # connections being served
+        self._reading: dict[asyncio.StreamWriter, None] = {}  # ...still reading, oldest first
         self.url: str | None = None
 
     def collect_warnings(self) -> None:
@@ -118,10 +121,16 @@ class AdminServer:
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._open >= MAX_CONNECTIONS:
-            logger.debug("! admin connection closed: %d open already", self._open)
-            writer.transport.abort()
-            return
+            oldest = next(iter(self._reading), None)
+            if oldest is None:
+                logger.debug("! admin connection closed: %d open already", self._open)
+                writer.transport.abort()
+                return
+            logger.debug("! admin connection dropped: the oldest still sending its request")
+            del self._reading[oldest]
+            oldest.transport.abort()  # (it stops counting once its task sees it)
         self._open += 1
+        self._reading[writer] = None
         self._node.tasks.spawn(self._serve(reader, writer), "admin request")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -139,6 +148,8 @@ class AdminServer:
             else:
                 method = head.split(b" ", 1)[0]
                 response = self.respond(head)
+            finally:
+                self._reading.pop(writer, None)
             status, content_type, body = response
             writer.write(
                 (
