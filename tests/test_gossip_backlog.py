@@ -8,7 +8,9 @@ import asyncio
 from trustp2p.node.gossip_delivery import MAX_WAITING_BYTES
 from trustp2p.protocol.gossip import GossipMessage
 
+from .conftest import stays
 from .nodes import MakeNode, wait_for
+from .test_concurrency import HEARTBEAT
 
 
 async def test_a_flood_faster_than_the_handlers_pauses_its_sender(make_node: MakeNode) -> None:
@@ -19,7 +21,9 @@ async def test_a_flood_faster_than_the_handlers_pauses_its_sender(make_node: Mak
         await gate.wait()
         got.append(message.seq)
 
-    server = await make_node(server=True)
+    # A short heartbeat (a ping every 0.3 s): held longer than that, the client is
+    # still not taken for gone (its pongs wait unread, as a paused inbox's do).
+    server = await make_node(server=True, **HEARTBEAT)
     server.subscribe("chat", slow)
     client = await make_node(client=True, peers=[server.url])
     await client.client.wait_connected()  # type: ignore[union-attr]
@@ -31,6 +35,8 @@ async def test_a_flood_faster_than_the_handlers_pauses_its_sender(make_node: Mak
     conn = server.connection(server.sockets[0])
     assert conn is not None
     await wait_for(lambda: conn.held, timeout=10)
+    assert await stays(lambda: conn.held and not conn.socket.closed, 1.0)
+    assert server.metrics.lost_peers == 0
     gate.set()
     await wait_for(lambda: len(got) == count, timeout=20)
     await publishing

@@ -62,12 +62,11 @@ class Heartbeat:
             if now < conn.protocol.liveness.next_check:
                 continue  # no ping due or outstanding: its check would do nothing
             socket = conn.socket
-            worker = conn.worker
             actions = conn.protocol.heartbeat(
                 last_bytes=socket.last_seen,
                 backlog=socket.bytes_in_flight,
                 written=socket.stats.bytes_out,
-                reading_paused=conn.throttle is not None or (worker is not None and worker.paused),
+                reading_paused=not conn.can_read(),  # throttled, inbox full, or held
             )
             for action in actions:
                 if type(action) is Send:
