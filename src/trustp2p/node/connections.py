@@ -454,10 +454,8 @@ class Connections:
             node.client.dial_failed(socket.peer, SelfDialError(self_dial.reason))
 
     def close(self, conn: PeerConnection, code: int, reason: str) -> None:
-        """Close a connection; a throttled one reads again to see the close through."""
-        if conn.throttle is not None:
-            conn.throttle.cancel()
-            self._unthrottle(conn)
+        """Close a connection; a throttled or held one reads again to see the close through."""
+        conn.read_again()
         conn.protocol.close()
         conn.socket.close_soon(code, reason)
 
@@ -510,11 +508,10 @@ class Connections:
             conn.log.debug("- dropped %s: it matches %s", package, why)
 
     def all_sockets(self) -> list[Socket]:
-        """Every connection, refused ones not closed yet too; throttled ones read again."""
+        """Every connection, refused ones not closed yet too; throttled or held ones read
+        again."""
         for conn in self._conns.values():
-            if conn.throttle is not None:
-                conn.throttle.cancel()
-                self._unthrottle(conn)
+            conn.read_again()
         return [conn.socket for conn in self._conns.values()] + list(self._refused.values())
 
     # Sending

@@ -99,6 +99,18 @@ class PeerConnection:
         worker = self.worker
         return self.throttle is None and not self.held and (worker is None or not worker.paused)
 
+    def read_again(self) -> None:
+        """Read from the peer again whatever its request budget and its gossip (it is
+        closing: its close must be read); only its handlers' full inbox still holds it."""
+        if self.throttle is None and not self.held:
+            return
+        if self.throttle is not None:
+            self.throttle.cancel()
+            self.throttle = None
+        self.held = False
+        if self.can_read():
+            self.socket.resume_reading()
+
     def hold(self, held: bool) -> None:
         """Pause reading from the peer while gossip it sent waits for the node's handlers
         beyond their bound (``held``), or read again if nothing else holds it."""
