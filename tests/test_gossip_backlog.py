@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import generate_latest
+
+from trustp2p.admin.collector import node_registry
+from trustp2p.admin.status import TopicRates, node_status
 from trustp2p.node.gossip_delivery import MAX_WAITING_BYTES
 from trustp2p.protocol.gossip import GossipMessage
 
@@ -37,6 +41,10 @@ async def test_a_flood_faster_than_the_handlers_pauses_its_sender(make_node: Mak
     await wait_for(lambda: conn.held, timeout=10)
     assert await stays(lambda: conn.held and not conn.socket.closed, 1.0)
     assert server.metrics.lost_peers == 0
+    # What an operator sees: /metrics and /status.json.
+    assert "trustp2p_held_peers 1.0" in generate_latest(node_registry(server)).decode()
+    (peer,) = node_status(server, TopicRates(server.metrics.started))["peers"]
+    assert peer["held"] is True
     gate.set()
     await wait_for(lambda: len(got) == count, timeout=20)
     await publishing

@@ -194,6 +194,12 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily(
             "trustp2p_throttled_peers", "Peers over their request budget now.", value=throttled
         )
+        held = sum(1 for conn in node.connections if conn.held)
+        yield GaugeMetricFamily(
+            "trustp2p_held_peers",
+            "Peers not read from now: too much of their gossip waits for handlers.",
+            value=held,
+        )
         yield _counter(
             "trustp2p_throttles", "Times a peer over its request budget was paused.", m.throttles
         )

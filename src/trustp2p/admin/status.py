@@ -74,6 +74,7 @@ def _peer(node: Node, conn: PeerConnection) -> dict[str, Any]:
         "score": score,
         "state": conn.protocol.state.value,
         "throttled": conn.throttle is not None,
+        "held": conn.held,
     }
 
 
