@@ -149,3 +149,25 @@ def test_the_payload_bound_matches_a_plain_list(
 
 def seq_of(m: LoggedMessage) -> int:
     return m.seq
+
+
+async def test_rows_left_out_at_open_take_none_of_the_payload_read(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # Found at the before-stop review: rows past a topic's count were counted against
+    # the payload read at open, and left other topics' rows unread.
+    path = tmp_path / LOG_PATH
+    log = await MessageLog.open(path, clock=clock, max_messages=None, max_bytes=None)
+    for seq in range(1, 6):
+        log.add(message(seq, origin="tpnews", topic="news"))
+    for seq in range(1, 101):
+        log.add(big(seq, 1000))
+    await log.close()
+    # Read: the newest 40 of chat (4 x max_messages), 40,000 of the 80,000 characters
+    # allowed (4 x max_bytes); its 60 older rows are left out by count, and news fits.
+    log = await MessageLog.open(path, clock=clock, max_messages=10, max_bytes=20_000)
+    try:
+        assert [m.seq for m in log.range("tpnews", 1, 10)] == [1, 2, 3, 4, 5]
+        assert [m.seq for m in log.range("tpa", 1, 100)] == list(range(91, 101))
+    finally:
+        await log.close()

@@ -507,12 +507,12 @@ class MessageDatabase(Database[Batch, Loaded]):
                 logger.warning("! dropped malformed message log row %d", row[0])
                 loaded.deletes.append(row[0])
                 continue
-            count = counts.get(message.topic, 0)
-            weight += len(message.data)
-            if count >= max_messages or received < cutoff or weight > max_bytes:
+            count, size = counts.get(message.topic, 0), len(message.data)
+            if count >= max_messages or received < cutoff or weight + size > max_bytes:
                 loaded.deletes.append(row[0])
                 continue
             counts[message.topic] = count + 1
+            weight += size
             loaded.entries.append((message, received, row[0]))
         loaded.entries.reverse()
         for origin, seq, marked in conn.execute("SELECT origin, seq, marked FROM delivered"):
