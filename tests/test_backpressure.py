@@ -92,9 +92,12 @@ async def test_a_peer_that_reads_nothing_is_closed_once(
 
 
 @contextlib.asynccontextmanager
-async def a_peer_that_reads_nothing(make_node: MakeNode) -> AsyncIterator[tuple[Node, Socket]]:
+async def a_peer_that_reads_nothing(
+    make_node: MakeNode, **options: Any
+) -> AsyncIterator[tuple[Node, Socket]]:
     """A server (1 MiB of send queue) and its connection to a raw peer that reads nothing."""
-    server = await make_node(server=True, secure=False, write_limit=1024, max_send_bytes=2**20)
+    options = {"write_limit": 1024, "max_send_bytes": 2**20} | options
+    server = await make_node(server=True, secure=False, **options)
     assert server.url is not None and server.server is not None
     async with connect(server.url, compression=None, max_queue=1) as ws:
         await server.server.wait_connected()
@@ -134,3 +137,15 @@ async def test_gossip_pushes_past_the_send_queue_are_dropped_not_the_peer(
             await asyncio.sleep(0)
         assert server.metrics.send_dropped > 0 and not inbound.closed
         assert server.metrics.stall_disconnects == 0
+
+
+async def test_one_package_always_fits_the_send_queue(make_node: MakeNode) -> None:
+    # max_package_size above max_send_bytes: one package to a slow peer closes nobody.
+    async with a_peer_that_reads_nothing(make_node, max_package_size=2**22) as (server, inbound):
+        talk = build_package(PackageType.TALK, "news", {"pad": "z" * 100_000})
+        while not inbound.write_paused:  # the peer's buffers full first
+            server.send_package(inbound, talk)
+            await asyncio.sleep(0)
+        big = build_package(PackageType.TALK, "news", {"pad": "z" * 3_000_000})
+        server.send_package(inbound, big)  # 3 MB, over max_send_bytes (1 MiB): it fits
+        assert not inbound.closed

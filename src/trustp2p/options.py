@@ -124,8 +124,9 @@ class NodeOptions:
             it. The application's own sends (``request()``, ``send_*()``,
             ``broadcast()``, handler responses) wait for the buffer to drain instead, so
             a burst slows the application and never disconnects a peer.
-        max_send_bytes: ...and their bytes, at most (16 MiB): 256 gossip messages of
-            256 KiB to each peer that stopped reading would hold 64 MiB each.
+        max_send_bytes: ...and their bytes, at most (16 MiB, or ``max_package_size``
+            if larger: one package always fits): 256 gossip messages of 256 KiB to each
+            peer that stopped reading would hold 64 MiB each.
         send_stall_timeout: A peer that takes nothing from its write buffer for this
             long while data waits (it reads nothing) is disconnected with 1008.
         request_rate: Requests and talks per second a peer may send us...
@@ -403,11 +404,6 @@ class NodeOptions:
             raise ValueError("need gossip_degree_low <= gossip_degree <= gossip_degree_high")
         if self.gossip_mode not in ("gossip", "flood"):
             raise ValueError(f"gossip_mode must be 'gossip' or 'flood', not {self.gossip_mode!r}")
-        if self.max_package_size is not None and self.max_send_bytes < self.max_package_size:
-            raise ValueError(
-                f"max_send_bytes ({self.max_send_bytes}) must be at least max_package_size "
-                f"({self.max_package_size}): one package to a slow peer would close it"
-            )
 
     def _check_admin(self) -> None:
         """The admin listener: a valid address, loopback unless a token is set."""

@@ -84,7 +84,8 @@ class PeerConnection:
         """A package of ``size`` bytes is to be written without waiting while the peer
         isn't reading: None if the send queue has room for it (it counts), else why not
         (``max_send_queue``, ``max_send_bytes``)."""
-        max_packages, max_bytes = options.max_send_queue, options.max_send_bytes
+        max_packages = options.max_send_queue
+        max_bytes = max(options.max_send_bytes, options.max_package_size or 0)  # one fits
         if self.backlog >= max_packages:
             return f"send queue full: {max_packages} packages unread"
         if self.backlog_bytes + size > max_bytes:
