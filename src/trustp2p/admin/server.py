@@ -9,6 +9,15 @@ It starts and stops with its node (``NodeOptions.admin``), and its request tasks
 to the node's :class:`~trustp2p.tasks.TaskOwner`. With ``admin_token`` set, every
 request must carry it (``Authorization: Bearer <token>`` or ``?token=<token>``).
 
+Connections take slots from accept, before any request or token: at most
+:data:`~trustp2p.admin.slots.MAX_CONNECTIONS` (32) at once, at most
+:data:`~trustp2p.admin.slots.MAX_PER_ADDRESS` (8) from one address, all of loopback
+being one. Past a cap a new connection is let in, and the oldest connection still
+sending its request head is dropped for it (:class:`~trustp2p.admin.slots.AdminSlots`
+has the rule and why): a scraper sends its head at once, so connections sending
+theirs a byte at a time can't keep it out, even from the same address. Each
+connection has :data:`REQUEST_TIMEOUT` to send its request and take its answer.
+
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ __all__ = ["AdminServer"]
 
 import asyncio
 import hmac
+import itertools
 import json
 import logging
 import re
@@ -31,6 +41,7 @@ from ..exceptions import DriverError
 from ..options import parse_admin_address
 from .collector import node_registry
 from .logs import WarningLog
+from .slots import MAX_CONNECTIONS, MAX_PER_ADDRESS, AdminSlots
 from .status import TopicRates, node_status
 
 if TYPE_CHECKING:
@@ -42,14 +53,7 @@ logger = logging.getLogger(__name__)
 MAX_REQUEST = 8192
 """Largest request head accepted, in bytes (empty lines before the request line count)."""
 REQUEST_TIMEOUT = 10.0
-"""Seconds a client has to send its request."""
-MAX_CONNECTIONS = 32
-"""Admin connections open at once, at most (found by an attacker's test: idle ones, each
-kept ``REQUEST_TIMEOUT``, took the node's file descriptors from its peers). Past it, a
-new connection drops the oldest one still sending its request head, or is closed if
-every one is being answered: connections that send their head a byte at a time can't
-keep a scraper out (found by another: 40 of them made 32 of 50 scrapes fail)."""
-
+"""Seconds a connection may stay open: to send its request and take its answer."""
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -78,8 +82,9 @@ class AdminServer:
         self._warnings = WarningLog(node.context_key)
         self._rates = TopicRates(node.metrics.started)
         self._server: StreamServer | None = None
-        self._open = 0  # connections being served
-        self._reading: dict[asyncio.StreamWriter, None] = {}  # ...still reading, oldest first
+        self._slots = AdminSlots(limit=MAX_CONNECTIONS, per_address=MAX_PER_ADDRESS)
+        self._writers: dict[int, asyncio.StreamWriter] = {}  # by connection id, in a slot
+        self._ids = itertools.count()
         self.url: str | None = None
 
     def collect_warnings(self) -> None:
@@ -120,53 +125,53 @@ class AdminServer:
         return asyncio.StreamReaderProtocol(reader, self._accept)
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._open >= MAX_CONNECTIONS:
-            oldest = next(iter(self._reading), None)
-            if oldest is None:
-                logger.debug("! admin connection closed: %d open already", self._open)
-                writer.transport.abort()
-                return
-            logger.debug("! admin connection dropped: the oldest still sending its request")
-            del self._reading[oldest]
-            oldest.transport.abort()  # (it stops counting once its task sees it)
-        self._open += 1
-        self._reading[writer] = None
-        self._node.tasks.spawn(self._serve(reader, writer), "admin request")
+        conn = next(self._ids)
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) else ""
+        decision = self._slots.admit(conn, host)
+        if decision.evicted is not None:
+            logger.debug("! admin connection dropped for a new one: still sending its request")
+            self._writers.pop(decision.evicted).transport.abort()
+        if not decision.admitted:
+            logger.debug("! admin connection from %s refused: every slot it may take answers", host)
+            writer.transport.abort()
+            return
+        self._writers[conn] = writer
+        self._node.tasks.spawn(self._serve(conn, reader, writer), "admin request")
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        method = b"GET"
+    async def _serve(
+        self, conn: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
-            try:
-                async with asyncio.timeout(REQUEST_TIMEOUT):
-                    head = await _read_head(reader)
-            except ValueError:
-                response: Response = _text(431, "request too large")
-            except _MalformedHead as error:
-                response = _text(400, str(error))
-            except (asyncio.IncompleteReadError, TimeoutError):
-                return
-            else:
-                method = head.split(b" ", 1)[0]
-                response = self.respond(head)
-            finally:
-                self._reading.pop(writer, None)
-            status, content_type, body = response
-            writer.write(
-                (
-                    f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
-                    f"Content-Type: {content_type}\r\n"
-                    f"Content-Length: {len(body)}\r\n"
-                    "Cache-Control: no-store\r\n"
-                    "Connection: close\r\n\r\n"
-                ).encode("ascii")
-                + (b"" if method == b"HEAD" else body)
-            )
-            await writer.drain()
-        except ConnectionError:
-            pass
+            # One deadline for the whole exchange, the answer's sending included: asyncio
+            # sends what it holds before it closes, so a client that doesn't read an
+            # answer larger than the socket buffers would keep its descriptor for good.
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                request = await self._request(reader)
+                self._slots.head_read(conn)  # answering: no new connection drops it
+                if request is not None:
+                    writer.write(_encode(*request))
+                    await writer.drain()
+                    writer.close()
+                    await writer.wait_closed()  # the answer is all sent
+        except (ConnectionError, TimeoutError):
+            writer.transport.abort()
         finally:
-            self._open -= 1
+            self._slots.release(conn)
+            self._writers.pop(conn, None)
             writer.close()
+
+    async def _request(self, reader: asyncio.StreamReader) -> tuple[bytes, Response] | None:
+        """The request's method and the response to it; None if the client left first."""
+        try:
+            head = await _read_head(reader)
+        except ValueError:
+            return b"GET", _text(431, "request too large")
+        except _MalformedHead as error:
+            return b"GET", _text(400, str(error))
+        except asyncio.IncompleteReadError:
+            return None
+        return head.split(b" ", 1)[0], self.respond(head)
 
     def respond(self, head: bytes) -> Response:
         """The response to one request head (request line and headers, each ending with
@@ -250,6 +255,17 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes:
             raise ValueError(f"request head over {MAX_REQUEST} bytes")
         if end is not None:
             return head
+
+
+def _encode(method: bytes, response: Response) -> bytes:
+    status, content_type, body = response
+    return (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Cache-Control: no-store\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii") + (b"" if method == b"HEAD" else body)
 
 
 def _text(status: int, text: str) -> Response:
