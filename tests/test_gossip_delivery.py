@@ -10,9 +10,14 @@ from typing import Any
 import pytest
 
 from trustp2p.node.gossip_delivery import TopicQueues
+from trustp2p.protocol.gossip import HELD_MESSAGE_OVERHEAD
 from trustp2p.tasks import TaskOwner
 
 from .conftest import wait_for
+
+EACH = 10 + HELD_MESSAGE_OVERHEAD
+"""What a message of 10 bytes of payload counts for (its payload and what it takes
+besides: found in review, tiny messages counted 2 bytes and never held anybody)."""
 
 
 def message(topic: str, n: int | str, size: int = 10) -> Any:
@@ -113,11 +118,11 @@ async def test_a_backlog_past_its_bound_holds_the_peers_that_send_more() -> None
         caught_up.append(peer.peer)
 
     queues = TopicQueues(
-        tasks, recorder.work, recorder.settled, lambda p: p, catch_up, max_bytes=100
+        tasks, recorder.work, recorder.settled, lambda p: p, catch_up, max_bytes=10 * EACH
     )
-    for n in range(10):  # 100 bytes: at the bound, nobody held
+    for n in range(10):  # at the bound, nobody held
         queues.put("deliver", message("a", n), p1)
-    assert queues.waiting == 100 and p1.holds == []
+    assert queues.waiting == 10 * EACH and p1.holds == []
     queues.put("deliver", message("a", 10), p1)  # one more: p1 held, once
     queues.put("deliver", message("a", 11), p1)
     queues.put("deliver", message("a", 12), None)  # the node's own: nobody to hold
@@ -128,7 +133,7 @@ async def test_a_backlog_past_its_bound_holds_the_peers_that_send_more() -> None
     assert not room.done()
     recorder.gates["a"].set()
     await wait_for(lambda: p1.holds == [True, False])  # down to half
-    assert p2.holds == [True, False] and queues.waiting <= 50
+    assert p2.holds == [True, False] and queues.waiting <= 5 * EACH
     await wait_for(lambda: sorted(caught_up) == ["p1", "p2"])
     await room
     await wait_for(lambda: queues.waiting == 0)
@@ -146,3 +151,21 @@ async def test_a_cancelled_delivery_lets_its_held_peers_go() -> None:
     await asyncio.sleep(0)
     await tasks.aclose()
     assert peer.holds == [True, False] and queues.waiting == 0
+
+
+async def test_tiny_messages_count_what_they_take() -> None:
+    # Found in review: counted by payload only, 100,000 messages of "{}" counted 200 KB
+    # against 16 MiB, and held nobody.
+    tasks = TaskOwner(logging.getLogger("test"))
+    recorder = Recorder()
+    recorder.gates["a"] = asyncio.Event()
+    peer = Peer("p")
+    queues = TopicQueues(
+        tasks, recorder.work, recorder.settled, lambda p: p, max_bytes=100 * HELD_MESSAGE_OVERHEAD
+    )
+    for n in range(200):
+        queues.put("deliver", message("a", n, size=2), peer)
+    assert peer.holds == [True]
+    recorder.gates["a"].set()
+    await wait_for(lambda: peer.holds == [True, False])
+    await tasks.aclose()

@@ -10,7 +10,7 @@ its threads and its message log (:mod:`trustp2p.storage.msglog`), and owns the t
   ``node.gossip.subscribe(topic, handler)`` (``handler(message)``). Each message reaches
   them exactly once, in order per origin and topic: each origin numbers its messages
   per topic (a *stream*). Topics are delivered side by side
-  (:mod:`~trustp2p.node.gossip_delivery`): a slow handler holds up its own topic only.
+  (:mod:`~trustp2p.node.gossip_delivery`): a slow handler holds its topic, past 16 MiB its peers.
 - Validators (``set_validator``) accept, ignore or reject a message before it goes
   further; a rejected one counts against the peer that sent it.
 - Catch-up: when a connection opens, and every ``catchup_interval``, peers exchange

@@ -1,7 +1,8 @@
 """
 Gossip delivery, topic by topic: the messages waiting for their validator or their
 handlers, and while a topic has some, a task that works through them in order. A slow
-validator, thread handler or subscriber holds up its own topic, no other. Past
+validator, thread handler or subscriber holds up its own topic, no other, until the
+backlog is over its bound (all topics together): past
 :data:`MAX_WAITING_BYTES` of payload waiting in all topics, the node stops reading from
 each peer that sends one more, until half of it is delivered: a flood of messages
 faster than the handlers (and, with ``durable_delivery``, the disk) take them waits in
@@ -19,6 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from ..protocol.gossip import HELD_MESSAGE_OVERHEAD
 from .dispatch import cancelled
 
 if TYPE_CHECKING:
@@ -30,8 +32,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_WAITING_BYTES = 16 * 2**20
-"""Payload (``len(data)``) waiting for validators and handlers, in all topics, past which
-reading from the peers that send more pauses until half of it is delivered."""
+"""Messages waiting for validators and handlers, in all topics, each counted as its
+payload (``len(data)``) plus :data:`~trustp2p.protocol.gossip.HELD_MESSAGE_OVERHEAD`
+(what it takes in memory besides), past which reading from the peers that send more
+pauses until half of it is delivered."""
+
+
+def _weight(message: GossipMessage) -> int:
+    return len(message.data) + HELD_MESSAGE_OVERHEAD
+
 
 Item = tuple[str, "GossipMessage", "Socket | None"]
 """``(kind, message, source)``: ``"validate"`` or ``"deliver"``, the message, and the
@@ -104,7 +113,7 @@ class TopicQueues:
             self._tasks.spawn(self._drain(topic, queue), f"gossip delivery of {topic!r}")
         else:
             return
-        self.waiting += len(message.data)
+        self.waiting += _weight(message)
         if self.waiting > self._max_bytes and source is not None and source not in self._held:
             conn = self._connection(source)
             if conn is not None:
@@ -141,7 +150,7 @@ class TopicQueues:
         try:
             while queue:
                 kind, message, source = queue.popleft()
-                size = len(message.data)
+                size = _weight(message)
                 try:
                     await self._work(kind, message, source)
                 except (Exception, asyncio.CancelledError) as exc:  # not the end of delivery
@@ -152,6 +161,6 @@ class TopicQueues:
                 size = 0
         finally:
             del self._queues[topic]
-            self._delivered(size + sum(len(message.data) for _, message, _ in queue))
+            self._delivered(size + sum(_weight(message) for _, message, _ in queue))
         if not self._queues:
             self._idle()

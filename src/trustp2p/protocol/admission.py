@@ -20,8 +20,9 @@ one of them is passed over. Once a connection that made room closes, its network
 makes no more room for :data:`ROOM_HOLD`. So one network can't hold every slot against
 the rest; a peer with many networks can't push out the longest connected; a
 connection that never finishes its handshake drops no finished one; one that finishes
-and leaves, over and over, closes one peer per network group it has each
-:data:`ROOM_HOLD`, not one per handshake; and no swap leaves the groups less even than
+and leaves, over and over, closes at most as many peers each :data:`ROOM_HOLD` as its
+network group made room for before leaving (the +2 rule bounds them), not one per
+handshake; and no swap leaves the groups less even than
 it found them (no churn among peers of one network).
 A peer that reconnects in a storm (:class:`~trustp2p.protocol.limits.ReconnectStorms`)
 is refused new connections for a while: counted by address from accept, and by peer id
@@ -64,8 +65,8 @@ their handshake first, are never taken for a candidate."""
 
 ROOM_HOLD = 600.0
 """Seconds a network group makes no more room after a connection of it that made room
-closed: connecting, finishing a handshake and leaving, over and over, closes one peer
-of a crowded network per this many seconds at most, not one per handshake."""
+closed: connecting, finishing a handshake and leaving, over and over, closes a round of
+peers of a crowded network per this many seconds, not one per handshake."""
 
 _MAX_BARS = 4096  # network groups barred from making room, remembered at once
 
