@@ -85,3 +85,37 @@ async def test_a_slow_subscriber_behind_a_relay_gets_everything_and_keeps_its_li
     assert got == list(range(1, count + 1))
     assert relay.metrics.stall_disconnects == 0
     assert subscriber.sockets == [link] and not link.closed
+
+
+async def test_a_stuck_topic_holds_no_honest_peer_of_another_topic(make_node: MakeNode) -> None:
+    # Found in review and by a tester: with one bound for all topics, a topic whose
+    # handler waits held every peer that sent gossip of any topic, until it drained.
+    gate = asyncio.Event()
+    fast: list[int] = []
+
+    async def stuck(message: GossipMessage) -> None:
+        await gate.wait()
+
+    server = await make_node(server=True)
+    server.subscribe("slow", stuck)
+    server.subscribe("fast", lambda message: fast.append(message.seq))
+    flooder = await make_node(client=True, peers=[server.url])
+    honest = await make_node(client=True, peers=[server.url])
+    for node in (flooder, honest):
+        await node.client.wait_connected()  # type: ignore[union-attr]
+    flooder.subscribe("slow")
+    honest.subscribe("fast")
+    await wait_for(lambda: len(server.sockets) == 2)
+    count, size = 200, 100_000
+    publishing = asyncio.gather(*(flooder.publish("slow", {"x": "a" * size}) for _ in range(count)))
+
+    def held() -> int:
+        return sum(1 for s in server.sockets if (c := server.connection(s)) and c.held)
+
+    await wait_for(lambda: held() == 1, timeout=20)  # the flooder
+    for n in range(5):
+        await honest.publish("fast", {"n": n})
+    await wait_for(lambda: fast == [1, 2, 3, 4, 5], timeout=10)
+    assert held() == 1
+    gate.set()
+    await publishing

@@ -128,14 +128,74 @@ async def test_a_backlog_past_its_bound_holds_the_peers_that_send_more() -> None
     queues.put("deliver", message("a", 12), None)  # the node's own: nobody to hold
     queues.put("deliver", message("a", 13), p2)
     assert p1.holds == [True] and p2.holds == [True]
-    room = asyncio.ensure_future(queues.room())  # catch-up waits too
+    batch = asyncio.ensure_future(enter(queues.batch("a", EACH)))  # catch-up waits too
     await asyncio.sleep(0)
-    assert not room.done()
+    assert not batch.done()
     recorder.gates["a"].set()
     await wait_for(lambda: p1.holds == [True, False])  # down to half
     assert p2.holds == [True, False] and queues.waiting <= 5 * EACH
     await wait_for(lambda: sorted(caught_up) == ["p1", "p2"])
-    await room
+    await batch
+    await wait_for(lambda: queues.waiting == 0)
+    await tasks.aclose()
+
+
+async def enter(batch: Any) -> None:
+    async with batch:
+        pass
+
+
+async def test_a_topic_over_its_share_holds_its_own_senders_only() -> None:
+    # Found by a tester: with one bound for all topics, a stuck topic (or catch-up of a
+    # slow one) held every peer that sent gossip of any topic; a fast topic through an
+    # honest relay delivered nothing for 62 s.
+    tasks = TaskOwner(logging.getLogger("test"))
+    recorder = Recorder()
+    recorder.gates["slow"] = asyncio.Event()
+    flooder, honest, other = Peer("flooder"), Peer("honest"), Peer("other")
+    queues = TopicQueues(tasks, recorder.work, recorder.settled, lambda p: p, max_bytes=10 * EACH)
+    for n in range(12):
+        queues.put("deliver", message("slow", n), flooder)
+    assert flooder.holds == [True] and queues.waiting == 12 * EACH
+    # Another topic, past the bound: its senders go on while it is within its share
+    # (half the bound, with two topics waiting).
+    recorder.gates["fast"] = asyncio.Event()
+    for n in range(5):
+        queues.put("deliver", message("fast", n), honest)
+    assert honest.holds == [] and queues.over("slow") and not queues.over("fast")
+    queues.put("deliver", message("fast", 5), other)  # 6 of 17: over its share
+    assert other.holds == [True]
+    recorder.gates["fast"].set()  # the fast topic drains: its sender goes on
+    await wait_for(lambda: other.holds == [True, False])
+    assert flooder.holds == [True] and len(queues) == 11  # (and one at its handler)
+    recorder.gates["slow"].set()
+    await wait_for(lambda: flooder.holds == [True, False])
+    await tasks.aclose()
+
+
+async def test_catch_up_of_a_topic_waits_for_its_own_room_only() -> None:
+    tasks = TaskOwner(logging.getLogger("test"))
+    recorder = Recorder()
+    recorder.gates["slow"] = asyncio.Event()
+    recorder.gates["other"] = asyncio.Event()
+    queues = TopicQueues(tasks, recorder.work, recorder.settled, no_connection, max_bytes=10 * EACH)
+    for n in range(30):  # a stuck topic, far past the bound (the node's own messages)
+        queues.put("deliver", message("slow", n), None)
+    async with queues.batch("other", 4 * EACH):  # a topic with nothing waiting goes on
+        assert queues.waiting == 34 * EACH and queues.share("other") == 4 * EACH
+        for n in range(4):
+            queues.put("deliver", message("other", n), None)
+    assert queues.share("other") == 4 * EACH  # the batch came: it counts once
+    # One batch at a time past the bound, once the topic has some waiting.
+    second = asyncio.ensure_future(enter(queues.batch("other", 4 * EACH)))
+    slow = asyncio.ensure_future(enter(queues.batch("slow", EACH)))
+    await asyncio.sleep(0)
+    assert not second.done() and not slow.done()
+    recorder.gates["other"].set()
+    await second
+    assert not slow.done()
+    recorder.gates["slow"].set()
+    await slow
     await wait_for(lambda: queues.waiting == 0)
     await tasks.aclose()
 

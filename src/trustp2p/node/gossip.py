@@ -49,9 +49,10 @@ from ..protocol.gossip import (
     GossipMessage,
     GossipRouter,
     ReleaseMarks,
-    RouterAction,
+    RoundBudget,
     StreamEvent,
     Streams,
+    answer_size_limit,
     decode_hwm_answer,
     message_size_limit,
     payload_size,
@@ -62,12 +63,13 @@ from ..protocol.gossip import (
     stream_key,
     wire_size,
 )
-from ..protocol.package import Body, Package, PackageType, build_package
+from ..protocol.package import Body, Package, PackageType
 from ..storage.msglog import LOG_FILE, MessageLog
 from ..tasks import TaskOwner
 from .dispatch import call_logged
 from .gossip_delivery import TopicQueues
 from .gossip_log import to_logged, undelivered
+from .gossip_send import ActionSender
 
 if TYPE_CHECKING:
     from .node import Node
@@ -127,7 +129,7 @@ class Gossip:
         self._wall_clock = wall_clock
         self._rng = rng or random.Random()
         self.router = GossipRouter(
-            send=self._send,
+            send=ActionSender(node),
             clock=self._now,
             degree=options.gossip_degree,
             degree_low=options.gossip_degree_low,
@@ -149,8 +151,6 @@ class Gossip:
         self._streams: Streams[Socket | None] | None = None
         self._marks: ReleaseMarks | None = None
         self._published: set[str] = set()  # topics this node published to
-        # The last message sent and its package, which each of its targets gets in turn.
-        self._last_sent: tuple[GossipMessage | None, Package | None] = (None, None)
         self.tasks = TaskOwner(logger)
         self.delivered = self.caught_up = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
@@ -306,31 +306,6 @@ class Gossip:
 
     def connection_closed(self, socket: Socket) -> None:
         self.router.remove_peer(socket.id)
-
-    # Sending
-
-    def _send(self, action: RouterAction) -> None:
-        socket = self.node.socket_by_id(action.peer)  # type: ignore[arg-type]
-        if socket is None:
-            return
-        if action.kind == "talk":
-            package = build_package(PackageType.TALK, action.event, action.body)
-        else:
-            package = self._message_package(action.message)
-        try:
-            self.node.send_package(socket, package)
-        except ConnectionClosed:
-            pass
-        except ValueError as exc:  # PackageTooLarge (a talk's topics are bounded: batch.py)
-            logger.warning("! %s to %s not sent: %s", action.event, socket.peer, exc)
-
-    def _message_package(self, message: GossipMessage | None) -> Package:
-        last, package = self._last_sent
-        if message is not last or package is None:
-            assert message is not None
-            package = build_package(PackageType.GOSSIP, message.topic, message.to_body())
-            self._last_sent = (message, package)
-        return package
 
     # Receiving
 
@@ -533,8 +508,9 @@ class Gossip:
             topics, peer_topics = self.router.topics, self.router.peer_topics
             peers = [s for s in self.node.sockets if not topics.isdisjoint(peer_topics(s.id))]
             socket = self.catchup.choose(peers)
-            if socket is not None:
-                await self._catch_up(socket)
+            if socket is not None:  # (in a task: a peer whose messages never end
+                # stopped every later round, found by a tester)
+                self.tasks.spawn(self._catch_up(socket), f"catch-up {socket.peer}")
 
     async def _catch_up(self, socket: Socket) -> None:
         """Ask a peer what it has of our topics, and fetch what we miss."""
@@ -550,38 +526,53 @@ class Gossip:
             return
         log = self._log
         delivered = self._marks.delivered if self._marks is not None else log.delivered
-        for wanted in plan_fetches(marks, self.router.topics, log.high_water, delivered):
+        planned = plan_fetches(marks, self.router.topics, log.high_water, delivered)
+        self._rng.shuffle(planned)  # the same streams aren't always left for later
+        budget = RoundBudget(self.node.options.log_max_bytes)
+        for wanted in planned:
             fetch = self.catchup.begin(wanted, socket.id)
             if fetch is not None:
-                await self._fill(socket, fetch)
+                await self._fill(socket, fetch, budget)
+            if budget.spent:
+                logger.info("= catch-up from %s took %d bytes: the rest waits for a later "
+                            "round", socket.peer, budget.size)  # fmt: skip
+                return
 
-    async def _fill(self, socket: Socket, fetch: Fetch) -> None:
-        """Carry out a fetch begun with ``catchup.begin()``, batch by batch."""
+    async def _fill(self, socket: Socket, fetch: Fetch, budget: RoundBudget | None = None) -> None:
+        """Carry out a fetch begun with ``catchup.begin()``, batch by batch (until
+        ``budget`` is spent)."""
+        size = answer_size_limit(self.node.options.max_package_size)
         try:
-            while not fetch.done:
-                await self._delivery.room()  # (a batch's worth waits for handlers at most)
-                answer = await self._ask(socket, FETCH, fetch.request())
-                if answer is None:
+            while not fetch.done and not (budget is not None and budget.spent):
+                async with self._delivery.batch(fetch.wanted.topic, size):  # (room for it)
+                    messages = await self._fetch_batch(socket, fetch)
+                if messages is None:
                     return
-                try:
-                    messages = fetch.receive(answer, max_data=self.node.options.max_package_size)
-                except GossipError as exc:
-                    self.node.penalize(socket, f"invalid gossip/fetch answer: {exc}")
-                    return
-                for message in messages:
-                    self._take_fetched(socket, message)
+                if budget is not None:
+                    budget.spend(messages)
             to = fetch.lacking_to(held_back=fetch.wanted.topic in self._validators)
             if to:  # the peer lacks what is still missing up to it
                 self._order.answered(fetch.wanted.stream, fetch.wanted.first, to)
         finally:
             self.catchup.end(fetch)
 
-    def _take_fetched(self, socket: Socket, message: GossipMessage) -> None:
+    async def _fetch_batch(self, socket: Socket, fetch: Fetch) -> list[GossipMessage] | None:
+        """Ask for the fetch's next batch and take it; None if there is no answer."""
+        answer = await self._ask(socket, FETCH, fetch.request())
+        if answer is None:
+            return None
+        try:
+            messages = fetch.receive(answer, max_data=self.node.options.max_package_size)
+        except GossipError as exc:
+            self.node.penalize(socket, f"invalid gossip/fetch answer: {exc}")
+            return None
         cap = message_size_limit(self.node.options.max_package_size)
-        if cap is not None and (size := wire_size(message)) > cap:
-            self._oversized(message, size, cap)
-        elif self._ingest(socket, message, live=False):
-            self.caught_up += 1
+        for message in messages:
+            if cap is not None and (size := wire_size(message)) > cap:
+                self._oversized(message, size, cap)
+            elif self._ingest(socket, message, live=False):
+                self.caught_up += 1
+        return messages
 
     async def _ask(self, socket: Socket, event: str, body: Body) -> Body | None:
         """A catch-up request's answer; None if there is none, or it is a refusal."""

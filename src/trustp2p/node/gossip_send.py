@@ -1,0 +1,57 @@
+"""
+Gossip sending: the router's actions (:class:`~trustp2p.protocol.gossip.RouterAction`)
+carried out on the node's connections. A message sent to many peers is built into a
+package once, and each of them gets that package in turn.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["ActionSender"]
+
+import logging
+from typing import TYPE_CHECKING
+
+from ..exceptions import ConnectionClosed
+from ..protocol.package import Package, PackageType, build_package
+
+if TYPE_CHECKING:
+    from ..protocol.gossip import GossipMessage, RouterAction
+    from .node import Node
+
+logger = logging.getLogger(__name__)
+
+
+class ActionSender:
+    """Sends each router action to its peer on ``node`` (called as ``send(action)``); a
+    peer gone since is left out, and a package too large is logged, not raised."""
+
+    __slots__ = ("_last", "_node")
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        # The last message sent and its package, which each of its targets gets in turn.
+        self._last: tuple[GossipMessage | None, Package | None] = (None, None)
+
+    def __call__(self, action: RouterAction) -> None:
+        socket = self._node.socket_by_id(action.peer)  # type: ignore[arg-type]
+        if socket is None:
+            return
+        if action.kind == "talk":
+            package = build_package(PackageType.TALK, action.event, action.body)
+        else:
+            package = self._package(action.message)
+        try:
+            self._node.send_package(socket, package)
+        except ConnectionClosed:
+            pass
+        except ValueError as exc:  # PackageTooLarge (a talk's topics are bounded: batch.py)
+            logger.warning("! %s to %s not sent: %s", action.event, socket.peer, exc)
+
+    def _package(self, message: GossipMessage | None) -> Package:
+        last, package = self._last
+        if message is not last or package is None:
+            assert message is not None
+            package = build_package(PackageType.GOSSIP, message.topic, message.to_body())
+            self._last = (message, package)
+        return package

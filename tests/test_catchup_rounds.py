@@ -1,0 +1,132 @@
+"""Catch-up rounds against a peer whose marks have no end: a round takes at most its
+budget (``log_max_bytes``), and the periodic rounds go on (found by a tester: one
+peer claiming seq 2**40 and serving valid messages held one round for good, no
+periodic round came after it, and the node downloaded 7.2 GB in 130 s)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from trustp2p import Socket
+from trustp2p.drivers.memory import MemoryHub
+from trustp2p.identity import Identity
+from trustp2p.node.gossip_thread import GossipThread
+from trustp2p.protocol.gossip import (
+    GossipMessage,
+    RoundBudget,
+    answer_size_limit,
+    decode_fetch_request,
+    fetch_answer,
+    sign_message,
+    wire_size,
+)
+from trustp2p.protocol.package import Body, Package
+
+from .conftest import stays
+from .test_gossip_behaviour import gossip, memory_node, wait_for
+
+ENDLESS = "memory://endless:1"
+
+
+class Endless:
+    """Patches ``GossipThread`` so that the node at :data:`ENDLESS` claims seq 2**40 of
+    ``origins`` origins on ``chat`` and answers every fetch with a full batch of valid
+    messages."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, origins: int = 1) -> None:
+        identities = [Identity.generate() for _ in range(origins)]
+        self.origins = {identity.peer_id: identity for identity in identities}
+        self.served = 0  # bytes of messages
+        self.rounds = 0  # hwm requests answered
+        serve_hwm, serve_fetch = GossipThread.serve_hwm, GossipThread.serve_fetch
+
+        def hwm(thread: GossipThread, socket: Socket, package: Package) -> Body:
+            if thread.node.url != ENDLESS:
+                return serve_hwm(thread, socket, package)
+            self.rounds += 1
+            return {"hwm": {"chat": dict.fromkeys(self.origins, 2**40)}}
+
+        def fetch(thread: GossipThread, socket: Socket, package: Package) -> Body:
+            if thread.node.url != ENDLESS:
+                return serve_fetch(thread, socket, package)
+            wanted = decode_fetch_request(package.body)
+            origin = self.origins[wanted.origin]
+            now = int(time.time() * 1000)
+            messages = [
+                sign_message(origin, "chat", seq, now, {"x": "a" * 10_000})
+                for seq in range(wanted.first, min(wanted.last, wanted.first + 60) + 1)
+            ]
+            answer = fetch_answer(messages, answer_size_limit(None))
+            self.served += sum(
+                wire_size(GossipMessage.from_body("chat", body)) for body in answer["messages"]
+            )
+            return answer
+
+        monkeypatch.setattr(GossipThread, "serve_hwm", hwm)
+        monkeypatch.setattr(GossipThread, "serve_fetch", fetch)
+
+
+def test_a_round_budget_is_spent_by_the_bytes_of_the_messages_taken() -> None:
+    identity = Identity.generate()
+    messages = [sign_message(identity, "chat", n, 0, {"x": "a" * 100}) for n in (1, 2)]
+    budget = RoundBudget(2 * wire_size(messages[0]))
+    budget.spend(messages[:1])
+    assert not budget.spent and budget.left == wire_size(messages[0])
+    budget.spend(messages[1:])
+    assert budget.spent and budget.size == 2 * wire_size(messages[0])
+    with pytest.raises(ValueError, match="at least 1 byte"):
+        RoundBudget(0)
+
+
+async def test_a_round_with_a_peer_without_end_stops_at_its_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endless = Endless(monkeypatch)
+    hub = MemoryHub()
+    budget = 2 * 2**20
+    async with (
+        memory_node(hub, "endless") as server,
+        memory_node(hub, "asker", log_max_bytes=budget) as asker,
+    ):
+        server.subscribe("chat")
+        got: list[GossipMessage] = []
+        asker.subscribe("chat", got.append)
+        assert asker.client is not None
+        asker.client.connect(ENDLESS)
+        await wait_for(lambda: len(got) > 0)
+        # The round ends: nothing more is asked for (catch-up only when a connection
+        # opens), once its budget and at most one more answer came.
+        await wait_for(lambda: not gossip(asker).catchup.fetching)
+        served = endless.served
+        assert await stays(lambda: endless.served == served, 1.0)
+        assert budget <= served <= budget + answer_size_limit(None)
+
+
+async def test_the_periodic_rounds_go_on_beside_a_peer_without_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endless = Endless(monkeypatch, origins=2)  # one for each of the first two rounds
+    hub = MemoryHub()
+    fast = {"catchup_interval": 0.2, "log_max_bytes": 2**20}
+    async with (
+        memory_node(hub, "endless") as server,
+        memory_node(hub, "pub", gossip_interval=3600.0) as pub,  # no ihave
+        memory_node(hub, "asker", **fast) as asker,
+    ):
+        server.subscribe("chat")
+        pub.subscribe("late")
+        for n in range(5):
+            await pub.publish("late", {"n": n})
+        late: list[GossipMessage] = []
+        asker.subscribe("chat")
+        assert asker.client is not None and pub.url is not None
+        asker.client.connect(ENDLESS)
+        asker.client.connect(pub.url)
+        # The round when the connection opened, and a periodic one: the endless peer is
+        # the only one that shares a topic.
+        await wait_for(lambda: endless.rounds >= 2)
+        # A topic subscribed to later: only a periodic round with pub brings it.
+        asker.subscribe("late", late.append)
+        await wait_for(lambda: len(late) == 5, timeout=20)
