@@ -212,8 +212,10 @@ def test_one_candidate_a_network_group(clock: FakeClock) -> None:
     for conn_id in range(7, 12):
         assert rules.admit(conn_id, "203.0.113.66", clock()) == Admitted(evicted=conn_id - 1)
     assert rules.finish(5, clock()) == Admitted(evicted=4, finished=True)
-    # From the honest one's own network, a newer candidate takes its place.
+    # From the honest one's own network (once it may make room again), a newer
+    # candidate takes the place of the one before it.
     rules.release(11)
+    clock.advance(ROOM_HOLD)
     assert rules.admit(12, "198.51.0.2", clock()) == Admitted()
     assert rules.admit(13, "198.51.0.3", clock()) == Admitted(evicted=12)
 
@@ -239,14 +241,35 @@ def test_a_network_that_made_room_and_left_makes_none_for_a_while(clock: FakeClo
     assert rules.finish(10, clock()) == Admitted(evicted=6, finished=True)
 
 
-def test_a_peer_dropped_by_the_rules_bars_nobody(clock: FakeClock) -> None:
-    rules = admission(max_inbound=4)
+def test_a_network_that_made_room_makes_none_for_a_while_though_it_stays(
+    clock: FakeClock,
+) -> None:
+    # Found in review: barred only once its room-makers closed, one IPv4 address made
+    # room 8 times (within the +2 rule) before leaving: 8 honest peers closed each
+    # ROOM_HOLD, where one was claimed.
+    rules = admission(max_inbound=4, rate=1e9, burst=10**9)
     finished_from(rules, clock, {n: f"10.0.0.{n}" for n in range(1, 5)})
     assert rules.admit(5, "203.0.113.9", clock()) == Admitted()
     assert rules.finish(5, clock()) == Admitted(evicted=4, finished=True)
-    rules.release(5)  # dropped by the rules, not its leaving: no bar
-    finished_from(rules, clock, {6: "10.0.0.4"})
+    # It stays; the same address again: refused, nobody closed.
+    refusal = rules.admit(6, "203.0.113.9", clock())
+    assert isinstance(refusal, Refusal) and refusal.code == CloseCode.TRY_AGAIN_LATER
+    clock.advance(ROOM_HOLD)
     assert rules.admit(7, "203.0.113.9", clock()) == Admitted()
+    assert rules.finish(7, clock()) == Admitted(evicted=3, finished=True)
+
+
+def test_a_peer_dropped_by_the_rules_renews_no_bar(clock: FakeClock) -> None:
+    rules = admission(max_inbound=4, rate=1e9, burst=10**9)
+    finished_from(rules, clock, {n: f"10.0.0.{n}" for n in range(1, 5)})
+    assert rules.admit(5, "203.0.113.9", clock()) == Admitted()
+    assert rules.finish(5, clock()) == Admitted(evicted=4, finished=True)
+    clock.advance(ROOM_HOLD / 2)
+    rules.release(5)  # dropped by the rules, not its leaving: the bar stays as it was
+    finished_from(rules, clock, {6: "10.0.0.4"})
+    assert isinstance(rules.admit(7, "203.0.113.9", clock()), Refusal)
+    clock.advance(ROOM_HOLD / 2)
+    assert rules.admit(8, "203.0.113.9", clock()) == Admitted()
 
 
 def test_a_freed_slot_taken_by_a_bare_connect_gives_way_first(clock: FakeClock) -> None:

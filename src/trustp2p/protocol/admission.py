@@ -16,13 +16,12 @@ connection from an exempt loopback address, a proxy's, may be a candidate) and a
 connection still in its handshake, or else the largest group's newest connection, is
 dropped for it, or the candidate is. The connections that finished first, a quarter of
 the slots (:data:`PROTECTED_SHARE`), are never dropped for one: a group whose newest is
-one of them is passed over. Once a connection that made room closes, its network group
-makes no more room for :data:`ROOM_HOLD`. So one network can't hold every slot against
-the rest; a peer with many networks can't push out the longest connected; a
-connection that never finishes its handshake drops no finished one; one that finishes
-and leaves, over and over, closes at most as many peers each :data:`ROOM_HOLD` as its
-network group made room for before leaving (the +2 rule bounds them), not one per
-handshake; and no swap leaves the groups less even than
+one of them is passed over. A network group that made room makes no more for
+:data:`ROOM_HOLD`, and, once that connection closes, for :data:`ROOM_HOLD` after it. So
+one network can't hold every slot against the rest; a peer with many networks can't
+push out the longest connected; a connection that never finishes its handshake drops
+no finished one; a network closes at most one peer each :data:`ROOM_HOLD`, however its
+connections come and go; and no swap leaves the groups less even than
 it found them (no churn among peers of one network).
 A peer that reconnects in a storm (:class:`~trustp2p.protocol.limits.ReconnectStorms`)
 is refused new connections for a while: counted by address from accept, and by peer id
@@ -64,9 +63,11 @@ PROTECTED_SHARE = 4
 their handshake first, are never taken for a candidate."""
 
 ROOM_HOLD = 600.0
-"""Seconds a network group makes no more room after a connection of it that made room
-closed: connecting, finishing a handshake and leaving, over and over, closes a round of
-peers of a crowded network per this many seconds, not one per handshake."""
+"""Seconds a network group makes no more room after a connection of it made room, and
+after that connection closed: connecting, finishing a handshake and leaving, over and
+over, closes one peer of a crowded network per this many seconds, not one per handshake
+(found in review: barred only once its room-makers left, a network that made room
+several times first closed 8 peers each 10 minutes from one IPv4 address)."""
 
 _MAX_BARS = 4096  # network groups barred from making room, remembered at once
 
@@ -347,7 +348,8 @@ class Admission:
             self.release(conn_id)
             return Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
         self.release(evicted)
-        self._room_makers[conn_id] = netgroup(host)
+        group = self._room_makers[conn_id] = netgroup(host)
+        self._bar(group, now)
         return Admitted(evicted, finished=True)
 
     def _barred(self, group: str, now: float) -> bool:
@@ -358,6 +360,14 @@ class Admission:
             return False
         return until is not None
 
+    def _bar(self, group: str, now: float) -> None:
+        """Network group ``group`` makes no room for :data:`ROOM_HOLD` from ``now``."""
+        bars = self._bars
+        bars.pop(group, None)
+        bars[group] = now + ROOM_HOLD  # in the order they end
+        while bars and (len(bars) > _MAX_BARS or next(iter(bars.values())) <= now):
+            del bars[next(iter(bars))]
+
     def release(self, conn_id: int, now: float | None = None) -> None:
         """
         Connection ``conn_id`` closed at ``now``; nothing happens if it wasn't admitted.
@@ -366,11 +376,7 @@ class Admission:
         """
         group = self._room_makers.pop(conn_id, None)
         if group is not None and now is not None:
-            bars = self._bars
-            bars.pop(group, None)
-            bars[group] = now + ROOM_HOLD  # in the order they end
-            while bars and (len(bars) > _MAX_BARS or next(iter(bars.values())) <= now):
-                del bars[next(iter(bars))]
+            self._bar(group, now)
         self._handshaking.pop(conn_id, None)
         self._candidates.pop(conn_id, None)
         host = self._admitted.pop(conn_id, None)
