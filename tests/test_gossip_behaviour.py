@@ -447,6 +447,29 @@ async def test_a_burst_of_own_publishes_disconnects_no_peer(
     assert not [r for r in caplog.records if "send queue full" in r.getMessage()]
 
 
+async def test_a_loop_of_publishes_lets_the_event_loop_run() -> None:
+    # Found by a tester: publish() waited only when a write buffer was full, so a loop of
+    # large publishes held the event loop for 2.4 to 12 s (signing, sealing); pongs went
+    # unsent, and a relay closed 56 of 60 publishers ("no pong within 10 s").
+    ran = 0
+
+    async def other_task() -> None:
+        nonlocal ran
+        while True:
+            ran += 1
+            await asyncio.sleep(0)
+
+    async with Network(2, seed=1) as network:
+        await network.wait_connected()
+        task = asyncio.create_task(other_task())
+        await asyncio.sleep(0)
+        for n in range(20):
+            before = ran
+            await network.nodes[0].publish("chat", {"n": n})
+            assert ran > before
+        task.cancel()
+
+
 def test_the_router_withholds_a_message_awaiting_validation() -> None:
     router, sent, _ = _meshed(4, lazy=4)
     message = _message()

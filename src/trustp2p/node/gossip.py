@@ -222,6 +222,9 @@ class Gossip:
         for socket in [s for s in self.node.sockets if s.write_paused and not s.closed]:
             with contextlib.suppress(ConnectionClosed):
                 await socket.drain()
+        # Signing and sealing take time: a loop of publish() that never waited held the
+        # event loop for seconds, pongs unsent, and peers closed the node (a tester).
+        await asyncio.sleep(0)
         return message.id
 
     @property
