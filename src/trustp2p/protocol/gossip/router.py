@@ -42,6 +42,7 @@ from typing import Any, Literal
 from ...exceptions import GossipError
 from .batch import GRAFT, MAX_TOPICS_PER_TALK, PRUNE, SUBSCRIPTIONS, ControlBatch, topic_chunks
 from .message import MAX_HOPS, GossipMessage, check_own_topic, check_topic
+from .recent import MAX_CACHE_BYTES, RecentMessages
 from .seen import SeenIds
 
 PeerKey = Hashable
@@ -52,10 +53,6 @@ IHAVE = "gossip/ihave"  # {"topic": topic, "ids": [id]}
 IWANT = "gossip/iwant"  # {"ids": [id]}
 GOSSIP_EVENTS = (SUBSCRIPTIONS, GRAFT, PRUNE, IHAVE, IWANT)
 """The events of the router's control talks, in this order."""
-
-MAX_CACHE_BYTES = 32 * 2**20
-"""Most payload of the recent messages kept to announce and serve: past it, a new one is
-passed on, not announced nor served (catch-up serves it from the message log)."""
 
 MAX_PEER_TOPICS = 1000
 """Most topics a peer may subscribe to, all talks together: past it, a subscription is
@@ -180,9 +177,7 @@ class GossipRouter:
         self._peers: dict[PeerKey, set[str]] = {}  # peer -> its topics
         self.mesh: dict[str, set[PeerKey]] = {}
         self._seen = SeenIds(seen_max, seen_ttl)
-        # Recent messages, for ihave and iwant: one window per heartbeat; their payload.
-        self._windows: list[dict[str, GossipMessage]] = [{} for _ in range(history)]
-        self._cached = 0
+        self._recent = RecentMessages(history)  # for ihave and iwant
         # Peers known to have each recent message (sent it to us, or got it from us):
         # no use announcing it to them. Lists, not sets: a message has a handful of
         # holders, and a set of more than four takes 700 bytes, a list of twelve 180 (a
@@ -302,7 +297,7 @@ class GossipRouter:
 
     def accept(self, peer: PeerKey | None, message: GossipMessage) -> None:
         """A message received ``pending`` passed validation: announce and serve it now."""
-        self._cache(message)
+        self._recent.add(message)
         holders = self._holders.setdefault(message.id, [])
         if peer is not None:
             _hold(holders, peer)
@@ -356,16 +351,11 @@ class GossipRouter:
 
     def _remember(self, message: GossipMessage, peer: PeerKey | None = None) -> None:
         self._seen.add(message.id, self._clock())
-        self._cache(message)
+        self._recent.add(message)
         self._holders[message.id] = [peer] if peer is not None else []
 
-    def _cache(self, message: GossipMessage) -> None:
-        if self._cached + len(message.data) <= MAX_CACHE_BYTES:
-            self._windows[0][message.id] = message
-            self._cached += len(message.data)
-
     def cached(self, message_id: str) -> GossipMessage | None:
-        return next((m for w in self._windows if (m := w.get(message_id)) is not None), None)
+        return self._recent.get(message_id)
 
     # Control talks from peers
 
@@ -481,9 +471,7 @@ class GossipRouter:
             for topic in self.topics:
                 self._fill_mesh(topic)
                 self._announce(topic)
-        self._windows.insert(0, {})
-        for message_id, message in self._windows.pop().items():
-            self._cached -= len(message.data)
+        for message_id in self._recent.roll():
             self._holders.pop(message_id, None)
             self._served.pop(message_id, None)
 
@@ -540,7 +528,7 @@ class GossipRouter:
                 self._talk(peer, PRUNE, {"topics": [topic]})
 
     def _announce(self, topic: str) -> None:
-        ids = [i for window in self._windows for i, m in window.items() if m.topic == topic]
+        ids = self._recent.ids(topic)
         if not ids:
             return
         holders = self._holders

@@ -1,0 +1,86 @@
+"""
+The recent messages a router announces (``ihave``) and serves (``iwant``): those of the
+last ``history`` heartbeats, one window each, with at most :data:`MAX_CACHE_BYTES` of
+payload held. No I/O.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_CACHE_BYTES", "RecentMessages"]
+
+from .message import GossipMessage
+
+MAX_CACHE_BYTES = 32 * 2**20
+"""Most payload of the recent messages held to announce and serve: past it, the oldest
+is let go (neither announced nor served any more; catch-up serves it from the message
+log). It kept the first that came, and refused the newest: a sender of about 11 MB/s
+kept every other message, the node's own too, out (found in review)."""
+
+
+class RecentMessages:
+    """
+    The ids of the messages of the last ``history`` windows, and the payload of the
+    newest of them, within ``max_bytes``.
+
+    Args:
+        history: Windows kept (one a heartbeat).
+        max_bytes: Most payload held; :data:`MAX_CACHE_BYTES` by default.
+
+    Attributes:
+        size: The payload held, in bytes (``len(data)``).
+
+    """
+
+    __slots__ = ("_held", "_max_bytes", "_window", "_windows", "size")
+
+    def __init__(self, history: int, max_bytes: int | None = None) -> None:
+        self._windows: list[list[str]] = [[] for _ in range(history)]
+        self._window = 0  # the number of the newest window
+        # Held, in the order they came, and the window each is in (one let go may come
+        # again in a later window: the earlier window's end doesn't let it go).
+        self._held: dict[str, tuple[GossipMessage, int]] = {}
+        self._max_bytes = MAX_CACHE_BYTES if max_bytes is None else max_bytes
+        self.size = 0
+
+    def add(self, message: GossipMessage) -> None:
+        """Hold ``message`` in the newest window (again: nothing), letting go of the
+        oldest held past the bound; one larger than the bound is not held."""
+        if message.id in self._held or len(message.data) > self._max_bytes:
+            return
+        self._windows[0].append(message.id)
+        self._held[message.id] = (message, self._window)
+        self.size += len(message.data)
+        while self.size > self._max_bytes:
+            self._let_go(next(iter(self._held)))
+
+    def get(self, message_id: str) -> GossipMessage | None:
+        held = self._held.get(message_id)
+        return None if held is None else held[0]
+
+    def ids(self, topic: str) -> list[str]:
+        """The ids of ``topic``'s messages held, the newest window first."""
+        held = self._held
+        return [
+            i for window in self._windows for i in window
+            if (h := held.get(i)) is not None and h[0].topic == topic
+        ]  # fmt: skip
+
+    def roll(self) -> list[str]:
+        """A heartbeat: a new window; returns the ids of the oldest window, gone now
+        (but those that came again in a later one)."""
+        oldest = self._window - len(self._windows) + 1
+        self._window += 1
+        self._windows.insert(0, [])
+        gone = []
+        for message_id in self._windows.pop():
+            held = self._held.get(message_id)
+            if held is None or held[1] == oldest:
+                self._let_go(message_id)
+                gone.append(message_id)
+        return gone
+
+    def _let_go(self, message_id: str) -> None:
+        held = self._held.pop(message_id, None)
+        if held is not None:
+            self.size -= len(held[0].data)

@@ -1,0 +1,62 @@
+"""RecentMessages: what a router announces and serves, bounded in payload."""
+
+from __future__ import annotations
+
+from trustp2p.identity import Identity
+from trustp2p.protocol.gossip import GossipMessage, sign_message
+from trustp2p.protocol.gossip.recent import RecentMessages
+
+IDENTITY = Identity.generate()
+
+
+def message(seq: int, size: int = 10, topic: str = "chat") -> GossipMessage:
+    return sign_message(IDENTITY, topic, seq, 0, {"x": "a" * size})
+
+
+def test_the_oldest_held_gives_way_past_the_bound() -> None:
+    one, two, three = message(1), message(2), message(3)
+    recent = RecentMessages(history=3, max_bytes=2 * len(one.data))
+    for each in (one, two, three):
+        recent.add(each)
+    assert [recent.get(m.id) for m in (one, two, three)] == [None, two, three]
+    assert recent.size == 2 * len(one.data) and recent.ids("chat") == [two.id, three.id]
+
+
+def test_adding_again_counts_once() -> None:
+    one = message(1)
+    recent = RecentMessages(history=2)
+    recent.add(one)
+    recent.add(one)
+    assert recent.size == len(one.data) and recent.ids("chat") == [one.id]
+
+
+def test_a_window_that_ends_lets_its_messages_go() -> None:
+    one, two = message(1), message(2, topic="news")
+    recent = RecentMessages(history=2)
+    recent.add(one)
+    assert recent.roll() == []
+    recent.add(two)
+    assert recent.ids("chat") == [one.id] and recent.ids("news") == [two.id]
+    assert recent.roll() == [one.id]
+    assert recent.get(one.id) is None and recent.size == len(two.data)
+    assert recent.roll() == [two.id] and recent.size == 0
+
+
+def test_one_let_go_and_added_again_stays_for_its_new_window() -> None:
+    one, two = message(1), message(2)
+    recent = RecentMessages(history=2, max_bytes=len(one.data))
+    recent.add(one)
+    recent.add(two)  # one gives way
+    recent.roll()
+    recent.add(one)  # again, in the newer window (two gives way)
+    assert recent.roll() == [two.id]  # the first window's end: one stays
+    assert recent.get(one.id) is one
+    assert recent.roll() == [one.id]
+
+
+def test_a_message_larger_than_the_bound_is_not_held() -> None:
+    small, large = message(1), message(2, size=100)
+    recent = RecentMessages(history=2, max_bytes=50)
+    recent.add(small)
+    recent.add(large)
+    assert recent.get(small.id) is small and recent.get(large.id) is None
