@@ -339,6 +339,33 @@ def test_behind_a_loopback_proxy_a_candidate_is_judged_by_its_real_address(
     assert len(rules) == 4
 
 
+def test_behind_a_loopback_proxy_one_candidate_a_network_and_none_barred(
+    clock: FakeClock,
+) -> None:
+    # Found in review: behind a proxy, candidates were keyed by connection, not by the
+    # network the proxy names: one address pushed out an honest candidate with four
+    # upgrades, and a network barred from making room was let in as a candidate.
+    rules = Admission(
+        max_inbound=4,
+        limiter=AddressLimiter(exempt_loopback=True, rate=1e9, burst=10**9),
+        is_blocked=frozenset[str]().__contains__,
+    )
+    finished_from(rules, clock, {n: f"198.51.0.{n}" for n in range(1, 5)})
+    assert rules.admit(5, "127.0.0.1", clock()) == Admitted()
+    assert rules.readdress(5, "10.1.0.1", clock()) is None  # an honest candidate
+    for conn_id in (6, 7):  # more from one other network: one candidate, no more
+        assert rules.admit(conn_id, "127.0.0.1", clock()) == Admitted()
+    assert rules.readdress(6, "203.0.113.9", clock()) is None
+    refusal = rules.readdress(7, "203.0.113.9", clock())
+    assert refusal == Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
+    rules.release(7, clock())
+    assert rules.finish(6, clock()) == Admitted(evicted=4, finished=True)  # makes room
+    assert rules.admit(8, "127.0.0.1", clock()) == Admitted()
+    assert isinstance(rules.readdress(8, "203.0.113.10", clock()), Refusal)  # barred
+    rules.release(8, clock())
+    assert rules.finish(5, clock()) == Admitted(evicted=3, finished=True)  # still there
+
+
 def test_unfinished_handshakes_make_room_before_finished_connections(clock: FakeClock) -> None:
     rules = admission(max_inbound=3)
     finished_from(rules, clock, {1: "10.0.0.1", 2: "10.0.0.2"})

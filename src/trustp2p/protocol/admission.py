@@ -272,8 +272,9 @@ class Admission:
         """
         Connection ``conn_id`` turned out to come from ``host`` (a proxy on a loopback
         address named the client's in ``X-Real-IP``, during the upgrade): apply the
-        block and the per-address limits to that address instead. On a refusal the
-        connection still holds its slot until released.
+        block and the per-address limits to that address instead, and to a candidate
+        the rules of candidates (one a network group; none from a group that may make
+        no room). On a refusal the connection still holds its slot until released.
         """
         old = self._admitted.get(conn_id)
         if old is None or old == host:
@@ -290,6 +291,16 @@ class Admission:
         if why is not None:
             return Refusal(CloseCode.TRY_AGAIN_LATER, why, warn=True)
         self._admitted[conn_id] = host
+        if conn_id in self._candidates and not self._limiter.exempts(host):
+            # A proxy's candidate is one of its network's now: one a network group, and
+            # none from a group barred from making room (found in review: behind a
+            # proxy, one address pushed out an honest candidate with four upgrades).
+            group = netgroup(host)
+            if self._barred(group, now) or group in self._candidates.values():
+                return Refusal(
+                    CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
+                )
+            self._candidates[conn_id] = group
         return None
 
     def identified(self, peer_id: str, now: float) -> Refusal | None:
