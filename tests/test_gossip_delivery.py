@@ -200,6 +200,31 @@ async def test_catch_up_of_a_topic_waits_for_its_own_room_only() -> None:
     await tasks.aclose()
 
 
+async def test_first_batches_of_many_topics_stop_at_the_bound() -> None:
+    # One batch for each topic with nothing waiting, whatever the rest held, would be
+    # a batch per subscribed topic at once (a thousand topics, 512 MiB).
+    tasks = TaskOwner(logging.getLogger("test"))
+    queues = TopicQueues(tasks, Recorder().work, lambda: None, no_connection, max_bytes=10)
+    inside = 0
+    release = asyncio.Event()
+
+    async def take(topic: str) -> None:
+        nonlocal inside
+        async with queues.batch(topic, 4):
+            inside += 1
+            await release.wait()
+
+    batches = [asyncio.ensure_future(take(f"t{n}")) for n in range(8)]
+    await wait_for(lambda: inside == 2)  # 8 bytes asked for: a third would pass 10
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert inside == 2 and queues.waiting == 8  # the other six wait for room
+    release.set()
+    await asyncio.gather(*batches)
+    assert inside == 8 and queues.waiting == 0
+    await tasks.aclose()
+
+
 async def test_a_cancelled_delivery_lets_its_held_peers_go() -> None:
     tasks = TaskOwner(logging.getLogger("test"))
     recorder = Recorder()

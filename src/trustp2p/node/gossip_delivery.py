@@ -156,11 +156,13 @@ class TopicQueues:
         Wait for room for a catch-up batch of ``topic`` of at most ``size`` bytes, which
         counts as waiting until the block ends (the batch is queued by then): while the
         topic is over its share (see :meth:`over`), until it is down to half of it. A
-        topic with nothing waiting or asked for may take one batch whatever the others
-        hold (a stuck topic doesn't stop the catch-up of another).
+        topic with nothing waiting or asked for may take one batch while the batches
+        asked for in all topics are within the bound (a stuck topic doesn't stop the
+        catch-up of another, and a node subscribed to many topics doesn't take a batch
+        for each at once).
         """
         bound = self._max_bytes
-        while self.share(topic) and self.over(topic, bound, size):
+        while self._no_room(topic, bound, size):
             bound = self._max_bytes // 2
             self._room.clear()
             await self._room.wait()
@@ -173,6 +175,11 @@ class TopicQueues:
             if not self._coming[topic]:
                 del self._coming[topic]
             self._delivered(topic, size)
+
+    def _no_room(self, topic: str, bound: int, size: int) -> bool:
+        if not self.share(topic):
+            return sum(self._coming.values()) + size > self._max_bytes
+        return self.over(topic, bound, size)
 
     def _delivered(self, topic: str, size: int) -> None:
         """``size`` bytes of ``topic`` are no longer waiting: let go the peers held for
