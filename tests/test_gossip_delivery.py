@@ -145,7 +145,9 @@ async def enter(batch: Any) -> None:
         pass
 
 
-async def test_a_topic_over_its_share_holds_its_own_senders_only() -> None:
+async def test_a_topic_over_its_share_holds_its_own_senders_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # Found by a tester: with one bound for all topics, a stuck topic (or catch-up of a
     # slow one) held every peer that sent gossip of any topic; a fast topic through an
     # honest relay delivered nothing for 62 s.
@@ -154,9 +156,12 @@ async def test_a_topic_over_its_share_holds_its_own_senders_only() -> None:
     recorder.gates["slow"] = asyncio.Event()
     flooder, honest, other = Peer("flooder"), Peer("honest"), Peer("other")
     queues = TopicQueues(tasks, recorder.work, recorder.settled, lambda p: p, max_bytes=10 * EACH)
-    for n in range(12):
-        queues.put("deliver", message("slow", n), flooder)
+    with caplog.at_level(logging.INFO, "trustp2p.node.gossip_delivery"):
+        for n in range(12):
+            queues.put("deliver", message("slow", n), flooder)
     assert flooder.holds == [True] and queues.waiting == 12 * EACH
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert "of 'slow' wait for its handlers: reading paused" in line  # once a round
     # Another topic, past the bound: its senders go on while it is within its share
     # (half the bound, with two topics waiting).
     recorder.gates["fast"] = asyncio.Event()

@@ -142,10 +142,13 @@ class TopicQueues:
         if source is not None and self.over(topic) and not self._holds(source):
             conn = self._connection(source)
             if conn is not None:
+                if topic not in self._held:  # once a round: an operator's business
+                    logger.info("! %d bytes of gossip of %r wait for its handlers: reading "
+                                "paused from the peers that send more", self.share(topic),
+                                topic)  # fmt: skip
                 self._held.setdefault(topic, {})[source] = None
                 conn.hold(True)
-                logger.debug("= %d bytes of gossip of %r wait for handlers: reading from %s "
-                             "paused", self.share(topic), topic, source.peer)  # fmt: skip
+                logger.debug("= reading from %s paused (%r)", source.peer, topic)
 
     def _holds(self, source: Socket) -> bool:
         return any(source in held for held in self._held.values())
