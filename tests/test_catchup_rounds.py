@@ -25,7 +25,7 @@ from trustp2p.protocol.gossip import (
 from trustp2p.protocol.package import Body, Package
 
 from .conftest import stays
-from .test_gossip_behaviour import gossip, memory_node, wait_for
+from .test_gossip_behaviour import gossip, memory_node, subscribed, wait_for
 
 ENDLESS = "memory://endless:1"
 
@@ -130,3 +130,23 @@ async def test_the_periodic_rounds_go_on_beside_a_peer_without_end(
         # A topic subscribed to later: only a periodic round with pub brings it.
         asker.subscribe("late", late.append)
         await wait_for(lambda: len(late) == 5, timeout=20)
+
+
+async def test_a_topic_subscribed_to_while_running_is_caught_up_at_once() -> None:
+    # Found measuring the rounds above: a topic subscribed to late waited for a periodic
+    # round to pick, at random, a peer that carries it (81 s with six peers).
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "pub", gossip_interval=3600.0) as pub,  # no ihave
+        memory_node(hub, "asker") as asker,  # no periodic round
+    ):
+        pub.subscribe("late")
+        for n in range(5):
+            await pub.publish("late", {"n": n})
+        assert asker.client is not None and pub.url is not None
+        asker.client.connect(pub.url)
+        await wait_for(lambda: subscribed(asker, "late", 1))
+        late: list[GossipMessage] = []
+        asker.subscribe("late", late.append)
+        await wait_for(lambda: len(late) == 5)
+        assert [m.body["n"] for m in late] == list(range(5))

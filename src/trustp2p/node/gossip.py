@@ -9,14 +9,14 @@ its threads and its message log (:mod:`trustp2p.storage.msglog`), and owns the t
   ``socket`` is None for the node's own messages and caught-up ones) or
   ``node.gossip.subscribe(topic, handler)`` (``handler(message)``). Each message reaches
   them exactly once, in order per origin and topic: each origin numbers its messages
-  per topic (a *stream*). Topics are delivered side by side
-  (:mod:`~trustp2p.node.gossip_delivery`): a slow handler holds its topic, past 16 MiB its peers.
+  per topic (a *stream*). Topics are delivered side by side (:mod:`.gossip_delivery`).
 - Validators (``set_validator``) accept, ignore or reject a message before it goes
   further; a rejected one counts against the peer that sent it.
-- Catch-up: when a connection opens, and every ``catchup_interval``, peers exchange
-  per-stream high-water marks of their logs (``gossip/hwm``) and fetch what they miss in
-  bounded batches (``gossip/fetch``). A gap in a live stream is fetched from the peer
-  that revealed it; one that nobody can fill is skipped after ``gap_timeout``.
+- Catch-up: when a connection opens (or a topic is new), and every ``catchup_interval``,
+  peers exchange per-stream high-water marks of their logs (``gossip/hwm``) and fetch
+  what they miss in bounded batches (``gossip/fetch``). A gap in a live stream is
+  fetched from the peer that revealed it; one nobody can fill is skipped after
+  ``gap_timeout``.
 
 """
 
@@ -79,6 +79,7 @@ logger = logging.getLogger(__name__)
 _JITTER = 0.1
 """Heartbeats and catch-up rounds come every interval, give or take 10 %, so that nodes
 started together don't stay in step."""
+_NEW_TOPIC_PEERS = 3  # peers asked at once about a topic subscribed to while running
 
 
 class Validation(enum.Enum):
@@ -234,12 +235,17 @@ class Gossip:
         return self.router.topics | self._published
 
     def subscribe(self, topic: str, handler: GossipHandler | None = None) -> None:
-        """Receive ``topic``'s messages; ``handler(message)`` is called for each."""
+        """Receive ``topic``'s messages; ``handler(message)`` is called for each. A topic
+        new to a running node is caught up at once from a few peers that carry it."""
+        new = topic not in self.router.topics
         self.router.subscribe(topic)  # first: it refuses an invalid topic
         if handler is not None:
             self._handlers.setdefault(topic, []).append(handler)
         if self._streams is not None:
             self._replay(topic)
+            peers = [s for s in self.node.sockets if new and topic in self.router.peer_topics(s.id)]
+            for socket in self._rng.sample(peers, min(len(peers), _NEW_TOPIC_PEERS)):
+                self.tasks.spawn(self._catch_up(socket, {topic}), f"catch-up {socket.peer}")
 
     def _replay(self, topic: str) -> None:
         """Deliver what the log holds of ``topic`` past the delivered marks: messages
@@ -515,11 +521,12 @@ class Gossip:
                 # stopped every later round, found by a tester)
                 self.tasks.spawn(self._catch_up(socket), f"catch-up {socket.peer}")
 
-    async def _catch_up(self, socket: Socket) -> None:
-        """Ask a peer what it has of our topics, and fetch what we miss."""
-        if not self.router.topics:
+    async def _catch_up(self, socket: Socket, topics: set[str] | None = None) -> None:
+        """Ask a peer what it has of our topics (or ``topics``), and fetch what we miss."""
+        topics = self.router.topics if topics is None else topics
+        if not topics:
             return
-        answer = await self._ask(socket, HWM, self.catchup.hwm_request(self.router.topics))
+        answer = await self._ask(socket, HWM, self.catchup.hwm_request(topics))
         if answer is None:
             return
         try:
@@ -542,8 +549,7 @@ class Gossip:
                 return
 
     async def _fill(self, socket: Socket, fetch: Fetch, budget: RoundBudget | None = None) -> None:
-        """Carry out a fetch begun with ``catchup.begin()``, batch by batch (until
-        ``budget`` is spent)."""
+        """Carry out a fetch begun with ``catchup.begin()``, until ``budget`` is spent."""
         size = answer_size_limit(self.node.options.max_package_size)
         try:
             while not fetch.done and not (budget is not None and budget.spent):
