@@ -545,7 +545,7 @@ class Gossip:
                 await self._fill(socket, fetch, budget)
             if budget.spent:
                 logger.info("= catch-up from %s took %d bytes: the rest waits for a later "
-                            "round", socket.peer, budget.size)  # fmt: skip
+                            "round", socket.peer, budget.size - budget.left)  # fmt: skip
                 return
 
     async def _fill(self, socket: Socket, fetch: Fetch, budget: RoundBudget | None = None) -> None:
@@ -554,7 +554,8 @@ class Gossip:
         try:
             while not fetch.done and not (budget is not None and budget.spent):
                 async with self._delivery.batch(fetch.wanted.topic, size):  # (room for it)
-                    messages = await self._fetch_batch(socket, fetch)
+                    answer = await self._ask(socket, FETCH, fetch.request())
+                messages = None if answer is None else self._take_batch(socket, fetch, answer)
                 if messages is None:
                     return
                 if budget is not None:
@@ -565,11 +566,8 @@ class Gossip:
         finally:
             self.catchup.end(fetch)
 
-    async def _fetch_batch(self, socket: Socket, fetch: Fetch) -> list[GossipMessage] | None:
-        """Ask for the fetch's next batch and take it; None if there is no answer."""
-        answer = await self._ask(socket, FETCH, fetch.request())
-        if answer is None:
-            return None
+    def _take_batch(self, socket: Socket, fetch: Fetch, answer: Body) -> list[GossipMessage] | None:
+        """Take the answer to the fetch's last request; None if it is invalid."""
         try:
             messages = fetch.receive(answer, max_data=self.node.options.max_package_size)
         except GossipError as exc:

@@ -1,15 +1,23 @@
 """
 Gossip delivery, topic by topic: the messages waiting for their validator or their
 handlers, and while a topic has some, a task that works through them in order. A slow
-validator, thread handler or subscriber holds up its own topic, no other: past
-:data:`MAX_WAITING_BYTES` waiting in all topics, the node stops reading from a peer
-that sends one more message of a topic over its share of the bound (the bound split
-evenly between the topics with messages waiting), until that topic is down to half its
-share or the backlog to half the bound; and catching up on such a topic waits the same
-way. A flood of messages faster than the handlers (and, with ``durable_delivery``, the
-disk) take them waits in the peers' buffers, not in the node's memory, and a topic
-whose handlers keep up goes on meanwhile (found by a tester: one shared bound let a
-stuck topic, or catch-up of a slow one, hold every peer that sent gossip of any topic).
+validator, thread handler or subscriber holds up its own topic, no other.
+
+The messages waiting are bounded (:data:`MAX_WAITING_BYTES`) by holding peers: the node
+stops reading from a peer that sends one more message of a topic over its share, until
+that topic is within its share of half the bound. Past the bound, a topic's share is
+the max-min fair level: the level ``L`` where the topics' waiting bytes, each counted up
+to ``L``, add up to the bound; so the topics that hold the most are held first and a
+topic that waits for little goes on. Past twice the bound every peer that sends a
+message is held: slow topics one after another each fill to a smaller level, so
+together they may hold up to twice the bound (and a message for each peer held).
+Catch-up batches, which come from no peer to hold, are asked for only while the topic
+is within its share and all that waits, with the batches asked for, is within one and a
+half times the bound; a batch asked for counts for catch-up only, never to hold a peer.
+Found by a tester and in review: one shared bound let a stuck topic, or catch-up of a
+slow one, hold every peer that sent gossip of any topic; an even split let slow topics
+grow the backlog to 16 MiB times the harmonic number of their count; and batches asked
+of silent peers, counted as waiting, held honest peers while nothing waited.
 
 """
 
@@ -20,7 +28,7 @@ __all__ = ["MAX_WAITING_BYTES", "Item", "TopicQueues", "Work"]
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +48,13 @@ MAX_WAITING_BYTES = 16 * 2**20
 payload (``len(data)``) plus :data:`~trustp2p.protocol.gossip.HELD_MESSAGE_OVERHEAD`
 (what it takes in memory besides), past which reading pauses from the peers that send
 more of a topic over its share (see the module)."""
+
+_CATCH_UP_ROOM = 3
+"""Catch-up batches are asked for while what waits and what is asked for is within
+this many halves of the bound: a stuck topic at the bound leaves the others half of it."""
+
+_ALL_HELD = 2
+"""Past this many times the bound, every peer that sends a message is held."""
 
 
 def _weight(message: GossipMessage) -> int:
@@ -64,12 +79,12 @@ class TopicQueues:
     been dropped (its send queue full), and nothing after it may come to reveal the gap.
 
     Attributes:
-        waiting: What waits in all topics, in bytes (see :data:`MAX_WAITING_BYTES`),
-            and the catch-up batches asked for (:meth:`batch`).
+        waiting: What waits in all topics, in bytes (see :data:`MAX_WAITING_BYTES`).
 
     """
 
     __slots__ = (
+        "_asked",
         "_bytes",
         "_catch_up",
         "_coming",
@@ -102,6 +117,7 @@ class TopicQueues:
         self._queues: dict[str, deque[Item]] = {}
         self._bytes: dict[str, int] = {}  # per topic with messages waiting
         self._coming: Counter[str] = Counter()  # per topic, catch-up batches asked for
+        self._asked = 0  # all of those
         self._held: dict[str, dict[Socket, None]] = {}  # topic -> peers held for it
         self._room = asyncio.Event()
         self.waiting = 0
@@ -111,18 +127,17 @@ class TopicQueues:
         return sum(len(queue) for queue in self._queues.values())
 
     def share(self, topic: str) -> int:
-        """What ``topic`` waits for, in bytes, and its catch-up batches asked for."""
-        return self._bytes.get(topic, 0) + self._coming[topic]
+        """What ``topic`` waits for, in bytes."""
+        return self._bytes.get(topic, 0)
 
-    def over(self, topic: str, bound: int | None = None, more: int = 0) -> bool:
-        """Whether, with ``more`` bytes of ``topic``, more than ``bound``
-        (:data:`MAX_WAITING_BYTES`) waits and ``topic`` has more than its share of it:
-        ``bound`` split evenly between the topics with messages waiting or asked for."""
+    def over(self, topic: str, bound: int | None = None) -> bool:
+        """Whether a peer that sends a message of ``topic`` is held: more than ``bound``
+        (:data:`MAX_WAITING_BYTES`) waits and ``topic`` is over its share (see the
+        module), or more than twice ``bound`` waits."""
         bound = self._max_bytes if bound is None else bound
-        if self.waiting + more <= bound:
+        if self.waiting <= bound:
             return False
-        topics = len(self._bytes.keys() | self._coming.keys() | {topic})
-        return (self.share(topic) + more) * topics > bound
+        return self.waiting > _ALL_HELD * bound or _over_level(self._bytes, topic, bound)
 
     def put(self, kind: str, message: GossipMessage, source: Socket | None) -> None:
         """Queue ``message`` behind its topic's; nothing once the tasks are closed."""
@@ -156,41 +171,51 @@ class TopicQueues:
     @asynccontextmanager
     async def batch(self, topic: str, size: int) -> AsyncIterator[None]:
         """
-        Wait for room for a catch-up batch of ``topic`` of at most ``size`` bytes, which
-        counts as waiting until the block ends (the batch is queued by then): while the
-        topic is over its share (see :meth:`over`), until it is down to half of it. A
-        topic with nothing waiting or asked for may take one batch while the batches
-        asked for in all topics are within the bound (a stuck topic doesn't stop the
-        catch-up of another, and a node subscribed to many topics doesn't take a batch
-        for each at once).
+        Wait for room to ask for a catch-up batch of ``topic`` of at most ``size``
+        bytes, counted as asked for until the block ends (queue the batch after it): while
+        the topic is over its share of what waits and is asked for, or that is over one
+        and a half times the bound (see the module).
         """
-        bound = self._max_bytes
-        while self._no_room(topic, bound, size):
-            bound = self._max_bytes // 2
+        while self._no_room(topic, size):
             self._room.clear()
             await self._room.wait()
         self._coming[topic] += size
-        self.waiting += size
+        self._asked += size
         try:
             yield
         finally:
+            self._asked -= size
             self._coming[topic] -= size
             if not self._coming[topic]:
                 del self._coming[topic]
-            self._delivered(topic, size)
+            self._room.set()
 
-    def _no_room(self, topic: str, bound: int, size: int) -> bool:
-        if not self.share(topic):
-            return sum(self._coming.values()) + size > self._max_bytes
-        return self.over(topic, bound, size)
+    def _no_room(self, topic: str, size: int) -> bool:
+        bound = self._max_bytes
+        total = self.waiting + self._asked + size
+        if total <= bound:
+            return False
+        if 2 * total > _CATCH_UP_ROOM * bound:
+            return True
+        sizes = Counter(self._bytes)
+        sizes.update(self._coming)
+        sizes[topic] += size
+        return _over_level(sizes, topic, bound)
 
-    def _delivered(self, topic: str, size: int) -> None:
-        """``size`` bytes of ``topic`` are no longer waiting: let go the peers held for
-        a topic now down to half its share (or the backlog to half the bound)."""
+    def _may_go(self, topic: str) -> bool:
+        """Whether the peers held for ``topic`` are let go: half the bound waits at
+        most, or at most twice the bound and ``topic`` is within its share of half."""
+        bound, waiting = self._max_bytes, self.waiting
+        if waiting <= bound // 2:
+            return True
+        return waiting <= _ALL_HELD * bound and not _over_level(self._bytes, topic, bound // 2)
+
+    def _delivered(self, size: int) -> None:
+        """``size`` bytes are no longer waiting: let go the peers held for a topic now
+        within its share of half the bound."""
         self.waiting -= size
         self._room.set()
-        half = self._max_bytes // 2
-        for held in [topic for topic in self._held if not self.over(topic, half)]:
+        for held in [topic for topic in self._held if self._may_go(topic)]:
             for source in self._held.pop(held):
                 conn = self._connection(source)
                 if conn is not None:
@@ -201,23 +226,27 @@ class TopicQueues:
     async def _drain(
         self, topic: str, queue: deque[tuple[str, GossipMessage, Socket | None]]
     ) -> None:
-        size = 0  # the weight of the message being worked on
         try:
             while queue:
                 kind, message, source = queue.popleft()
-                size = _weight(message)
                 try:
                     await self._work(kind, message, source)
                 except (Exception, asyncio.CancelledError) as exc:  # not the end of delivery
                     if cancelled(exc):
                         raise
                     logger.error("! gossip delivery of %s failed", message.id, exc_info=True)
+                size = _weight(message)
                 self._bytes[topic] -= size
-                self._delivered(topic, size)
-                size = 0
+                self._delivered(size)
         finally:
             del self._queues[topic]
-            left = self._bytes.pop(topic)
-            self._delivered(topic, left)
+            self._delivered(self._bytes.pop(topic))
         if not self._queues:
             self._idle()
+
+
+def _over_level(sizes: Mapping[str, int], topic: str, bound: int) -> bool:
+    """Whether ``topic`` waits for more than the max-min fair level of ``bound``: the
+    level ``L`` where ``sizes``, each counted up to ``L``, add up to ``bound``."""
+    mine = sizes.get(topic, 0)
+    return sum(min(size, mine) for size in sizes.values()) > bound
