@@ -467,6 +467,11 @@ async def test_a_loop_of_publishes_lets_the_event_loop_run() -> None:
             before = ran
             await network.nodes[0].publish("chat", {"n": n})
             assert ran > before
+        # Gathered (found in review: each did its work in its first step, all of them
+        # in one loop iteration): one a loop iteration.
+        before = ran
+        await asyncio.gather(*(network.nodes[0].publish("chat", {"n": n}) for n in range(20)))
+        assert ran - before >= 20
         task.cancel()
 
 

@@ -366,6 +366,31 @@ def test_behind_a_loopback_proxy_one_candidate_a_network_and_none_barred(
     assert rules.finish(5, clock()) == Admitted(evicted=3, finished=True)  # still there
 
 
+def test_behind_a_proxy_no_upgrade_pushes_out_a_readdressed_candidate(clock: FakeClock) -> None:
+    # Found in review: refused candidates still closing kept their places, and upgrades
+    # that had not named their address yet pushed out the oldest: an honest one.
+    rules = Admission(
+        max_inbound=4,
+        limiter=AddressLimiter(exempt_loopback=True, rate=1e9, burst=10**9),
+        is_blocked=frozenset[str]().__contains__,
+    )
+    finished_from(rules, clock, {n: f"198.51.0.{n}" for n in range(1, 5)})
+    assert rules.admit(10, "127.0.0.1", clock()) == Admitted()
+    assert rules.readdress(10, "10.1.0.1", clock()) is None  # an honest candidate
+    assert rules.admit(11, "127.0.0.1", clock()) == Admitted()
+    assert rules.readdress(11, "203.0.113.9", clock()) is None
+    for conn_id in (12, 13):  # refused, and still closing (not released)
+        assert rules.admit(conn_id, "127.0.0.1", clock()) == Admitted()
+        assert isinstance(rules.readdress(conn_id, "203.0.113.9", clock()), Refusal)
+    # Upgrades not named yet: the places left, then only one another's.
+    assert rules.admit(14, "127.0.0.1", clock()) == Admitted()
+    assert rules.admit(15, "127.0.0.1", clock()) == Admitted()
+    assert rules.admit(16, "127.0.0.1", clock()) == Admitted(evicted=14)
+    rules.release(16, clock())
+    rules.release(15, clock())
+    assert rules.finish(10, clock()) == Admitted(evicted=4, finished=True)
+
+
 def test_unfinished_handshakes_make_room_before_finished_connections(clock: FakeClock) -> None:
     rules = admission(max_inbound=3)
     finished_from(rules, clock, {1: "10.0.0.1", 2: "10.0.0.2"})

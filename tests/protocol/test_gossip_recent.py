@@ -49,6 +49,7 @@ def test_one_let_go_and_added_again_stays_for_its_new_window() -> None:
     recent.add(two)  # one gives way
     recent.roll()
     recent.add(one)  # again, in the newer window (two gives way)
+    assert recent.ids("chat") == [one.id]  # once (found in review: once a window)
     assert recent.roll() == [two.id]  # the first window's end: one stays
     assert recent.get(one.id) is one
     assert recent.roll() == [one.id]
@@ -60,3 +61,6 @@ def test_a_message_larger_than_the_bound_is_not_held() -> None:
     recent.add(small)
     recent.add(large)
     assert recent.get(small.id) is small and recent.get(large.id) is None
+    # Its id still ends with its window: what the router keeps of it goes then (found
+    # in review: it was never dropped).
+    assert sorted(recent.roll() + recent.roll()) == sorted([small.id, large.id])

@@ -155,6 +155,7 @@ class Gossip:
         self.tasks = TaskOwner(logger)
         self.delivered = self.caught_up = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
+        self._publishing = asyncio.Lock()
         self._validators: dict[str, Validator] = {}
         self._delivery = TopicQueues(
             self.tasks, self._work, self._settle, node.connection, self._catch_up
@@ -186,7 +187,7 @@ class Gossip:
 
     async def publish(self, topic: str, data: Body) -> str:
         """
-        Sign and publish a message.
+        Sign and publish a message; publishes run one a loop iteration.
 
         Returns:
             Its message id.
@@ -198,6 +199,10 @@ class Gossip:
             TypeError: If ``data`` is not a JSON-serializable dict.
 
         """
+        async with self._publishing:  # (1,000 gathered held the loop 1.3 s: review)
+            return await self._publish(topic, data)
+
+    async def _publish(self, topic: str, data: Body) -> str:
         identity = self.node.identity
         assert identity is not None
         log = self._log
@@ -223,15 +228,12 @@ class Gossip:
         for socket in [s for s in self.node.sockets if s.write_paused and not s.closed]:
             with contextlib.suppress(ConnectionClosed):
                 await socket.drain()
-        # Signing and sealing take time: a loop of publish() that never waited held the
-        # event loop for seconds, pongs unsent, and peers closed the node (a tester).
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # (a loop of publish() held the event loop for seconds)
         return message.id
 
     @property
     def served_topics(self) -> set[str]:
-        """The topics whose messages catch-up serves to peers: those carried, and those
-        this node published to (a publisher need not subscribe to its own topic)."""
+        """The topics catch-up serves: those carried, and those this node published to."""
         return self.router.topics | self._published
 
     def subscribe(self, topic: str, handler: GossipHandler | None = None) -> None:

@@ -62,6 +62,9 @@ PROTECTED_SHARE = 4
 """One in this many of ``max_inbound`` slots, those of the connections that finished
 their handshake first, are never taken for a candidate."""
 
+_REFUSED = "!"
+"""The key of a candidate refused once its address came (behind a proxy), still closing."""
+
 ROOM_HOLD = 600.0
 """Seconds a network group makes no more room after a connection of it made room, and
 after that connection closed: connecting, finishing a handshake and leaving, over and
@@ -201,7 +204,7 @@ class Admission:
         if storm is not None:
             return storm
         candidates = self._candidates
-        evicted = candidate = None
+        evicted = key = None
         if self._full():
             # The oldest unfinished handshake in a slot (candidates are a few, first).
             evicted = next((c for c in self._handshaking if c not in candidates), None)
@@ -210,26 +213,39 @@ class Admission:
                     return Refusal(
                         CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
                     )
-                candidate = conn_id
+                key = f"#{conn_id}" if self._limiter.exempts(host) else netgroup(host)
+                evicted = self._candidate_place(key)
+                if evicted == -1:
+                    return Refusal(
+                        CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
+                    )
         why = self._limiter.admit(host, now)
         if why is not None:
             return Refusal(CloseCode.TRY_AGAIN_LATER, why, warn=True)
-        if candidate is not None:
-            # One candidate a network group: a newer takes its place (bare connects from
-            # one network can't push out another's); a fifth in all, the oldest's.
-            key = f"#{conn_id}" if self._limiter.exempts(host) else netgroup(host)
-            evicted = next((c for c, k in candidates.items() if k == key), None)
-            if evicted is None and len(candidates) >= MAX_CANDIDATES:
-                evicted = next(iter(candidates))
         if evicted is not None:
             self.release(evicted)
-        if candidate is not None:
+        if key is not None:
             candidates[conn_id] = key
         self._admitted[conn_id] = host
         self._handshaking[conn_id] = now
         if self.handshake_timeout is not None:
             self._deadlines.append((now + self.handshake_timeout, conn_id))
         return Admitted(evicted)
+
+    def _candidate_place(self, key: str) -> int | None:
+        """
+        The candidate a new one keyed ``key`` takes the place of (None: a free place;
+        -1: none, refused). One a network group: a newer takes its place (bare connects
+        from one network can't push out another's); a fifth in all, the oldest's. One
+        that came through a proxy (``#``: its address not known yet) pushes out only such
+        a one (found in review: one address behind a proxy pushed out an honest one).
+        """
+        places = [(c, k) for c, k in self._candidates.items() if k != _REFUSED]
+        same = next((c for c, k in places if k == key), None)
+        if same is not None or len(places) < MAX_CANDIDATES:
+            return same
+        proxied = key.startswith("#")
+        return next((c for c, k in places if k.startswith("#") or not proxied), -1)
 
     def _full(self, beyond: int = 0) -> bool:
         """Whether at least ``max_inbound + beyond`` connections hold slots
@@ -279,6 +295,14 @@ class Admission:
         old = self._admitted.get(conn_id)
         if old is None or old == host:
             return None
+        refusal = self._readdress(conn_id, old, host, now)
+        if refusal is not None and conn_id in self._candidates:
+            # It holds no candidate's place while it closes (found in review: refused
+            # ones behind a proxy, still closing, let a newcomer push out an honest one).
+            self._candidates[conn_id] = _REFUSED
+        return refusal
+
+    def _readdress(self, conn_id: int, old: str, host: str, now: float) -> Refusal | None:
         if old:
             self._limiter.release(old)
         self._admitted[conn_id] = ""  # counts against no address while refused

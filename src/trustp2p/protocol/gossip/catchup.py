@@ -479,9 +479,9 @@ class Fetch:
 class RoundBudget:
     """What one catch-up round (the fetches planned from one peer's marks) may still
     take, in bytes of messages (:func:`wire_size`); then the round ends, and the rest
-    waits for a later one. The node gives a round its ``log_max_bytes`` (an honest peer
-    keeps no more): a peer claiming seq 2**40 and serving valid batches held a round for
-    good, no periodic round came after it, 7.2 GB in 130 s (found by a tester)."""
+    waits for a later one. The node gives a round its ``log_max_bytes`` (a log of small
+    messages takes a few): a peer claiming seq 2**40 and serving valid batches held a
+    round for good, no periodic round after it, 7.2 GB in 130 s (found by a tester)."""
 
     __slots__ = ("left", "size")
 

@@ -46,9 +46,11 @@ class RecentMessages:
     def add(self, message: GossipMessage) -> None:
         """Hold ``message`` in the newest window (again: nothing), letting go of the
         oldest held past the bound; one larger than the bound is not held."""
-        if message.id in self._held or len(message.data) > self._max_bytes:
+        if message.id in self._held:
             return
-        self._windows[0].append(message.id)
+        self._windows[0].append(message.id)  # (its id goes with the window, held or not)
+        if len(message.data) > self._max_bytes:
+            return
         self._held[message.id] = (message, self._window)
         self.size += len(message.data)
         while self.size > self._max_bytes:
@@ -60,10 +62,10 @@ class RecentMessages:
 
     def ids(self, topic: str) -> list[str]:
         """The ids of ``topic``'s messages held, the newest window first."""
-        held = self._held
+        held, newest = self._held, self._window
         return [
-            i for window in self._windows for i in window
-            if (h := held.get(i)) is not None and h[0].topic == topic
+            i for age, window in enumerate(self._windows) for i in window
+            if (h := held.get(i)) is not None and h[1] == newest - age and h[0].topic == topic
         ]  # fmt: skip
 
     def roll(self) -> list[str]:
