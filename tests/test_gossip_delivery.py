@@ -220,6 +220,29 @@ async def test_batches_asked_for_hold_no_peer() -> None:
     await tasks.aclose()
 
 
+async def test_a_peer_is_asked_for_two_batches_at_once_at_most() -> None:
+    # Found by a tester: five peers answering each fetch just inside open_timeout held
+    # 16 MiB of room asked for, and the catch-up of honest peers waited.
+    tasks = TaskOwner(logging.getLogger("test"))
+    queues = TopicQueues(tasks, Recorder().work, lambda: None, no_connection, max_bytes=100)
+    inside: list[str] = []
+    release = asyncio.Event()
+
+    async def take(peer: str, topic: str) -> None:
+        async with queues.batch(topic, 1, peer):
+            inside.append(peer)
+            await release.wait()
+
+    batches = [asyncio.ensure_future(take("slow", f"t{n}")) for n in range(4)]
+    batches.append(asyncio.ensure_future(take("honest", "t0")))
+    await wait_for(lambda: len(inside) == 3)
+    assert sorted(inside) == ["honest", "slow", "slow"]
+    release.set()
+    await asyncio.gather(*batches)
+    assert len(inside) == 5
+    await tasks.aclose()
+
+
 async def test_the_share_is_the_max_min_fair_level() -> None:
     # Found in review: with the bound split evenly, slow topics one after another held
     # 16 MiB times the harmonic number of their count (95 MiB with 100 topics).

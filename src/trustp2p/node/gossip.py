@@ -555,7 +555,7 @@ class Gossip:
         size = answer_size_limit(self.node.options.max_package_size)
         try:
             while not fetch.done and not (budget is not None and budget.spent):
-                async with self._delivery.batch(fetch.wanted.topic, size):  # (room for it)
+                async with self._delivery.batch(fetch.wanted.topic, size, socket.id):
                     answer = await self._ask(socket, FETCH, fetch.request())
                 messages = None if answer is None else self._take_batch(socket, fetch, answer)
                 if messages is None:

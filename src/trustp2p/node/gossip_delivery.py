@@ -56,6 +56,11 @@ this many halves of the bound: a stuck topic at the bound leaves the others half
 _ALL_HELD = 2
 """Past this many times the bound, every peer that sends a message is held."""
 
+_ASKED_PER_PEER = 2
+"""Catch-up batches asked of one peer at once: a peer that answers each just inside
+``open_timeout`` holds no more room than this (found by a tester: five such peers held
+16 MiB of room, and the catch-up of honest peers waited)."""
+
 
 def _weight(message: GossipMessage) -> int:
     return len(message.data) + HELD_MESSAGE_OVERHEAD
@@ -85,6 +90,7 @@ class TopicQueues:
 
     __slots__ = (
         "_asked",
+        "_asking",
         "_bytes",
         "_catch_up",
         "_coming",
@@ -118,6 +124,7 @@ class TopicQueues:
         self._bytes: dict[str, int] = {}  # per topic with messages waiting
         self._coming: Counter[str] = Counter()  # per topic, catch-up batches asked for
         self._asked = 0  # all of those
+        self._asking: Counter[object] = Counter()  # per peer, the batches asked of it
         self._held: dict[str, dict[Socket, None]] = {}  # topic -> peers held for it
         self._room = asyncio.Event()
         self.waiting = 0
@@ -169,21 +176,28 @@ class TopicQueues:
         return any(source in held for held in self._held.values())
 
     @asynccontextmanager
-    async def batch(self, topic: str, size: int) -> AsyncIterator[None]:
+    async def batch(self, topic: str, size: int, peer: object = None) -> AsyncIterator[None]:
         """
-        Wait for room to ask for a catch-up batch of ``topic`` of at most ``size``
-        bytes, counted as asked for until the block ends (queue the batch after it): while
-        the topic is over its share of what waits and is asked for, or that is over one
-        and a half times the bound (see the module).
+        Wait for room to ask ``peer`` for a catch-up batch of ``topic`` of at most
+        ``size`` bytes, counted as asked for until the block ends (queue the batch after
+        it): while the topic is over its share of what waits and is asked for, or that is
+        over one and a half times the bound (see the module), or
+        :data:`_ASKED_PER_PEER` batches are asked of ``peer``.
         """
-        while self._no_room(topic, size):
+        busy = peer is not None and self._asking[peer] >= _ASKED_PER_PEER
+        while busy or self._no_room(topic, size):
             self._room.clear()
             await self._room.wait()
+            busy = peer is not None and self._asking[peer] >= _ASKED_PER_PEER
         self._coming[topic] += size
         self._asked += size
+        self._asking[peer] += 1
         try:
             yield
         finally:
+            self._asking[peer] -= 1
+            if not self._asking[peer]:
+                del self._asking[peer]
             self._asked -= size
             self._coming[topic] -= size
             if not self._coming[topic]:
