@@ -15,6 +15,7 @@ from trustp2p.identity import Identity
 from trustp2p.node.gossip_thread import GossipThread
 from trustp2p.protocol.gossip import (
     GossipMessage,
+    PeerBudgets,
     RoundBudget,
     answer_size_limit,
     decode_fetch_request,
@@ -22,7 +23,7 @@ from trustp2p.protocol.gossip import (
     sign_message,
     wire_size,
 )
-from trustp2p.protocol.package import Body, Package
+from trustp2p.protocol.package import Body, Package, PackageType, build_package
 
 from .conftest import stays
 from .test_gossip_behaviour import gossip, memory_node, subscribed, wait_for
@@ -35,7 +36,9 @@ class Endless:
     ``origins`` origins on ``chat`` and answers every fetch with a full batch of valid
     messages."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, origins: int = 1) -> None:
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, origins: int = 1, claim: bool = True
+    ) -> None:
         identities = [Identity.generate() for _ in range(origins)]
         self.origins = {identity.peer_id: identity for identity in identities}
         self.served = 0  # bytes of messages
@@ -46,7 +49,7 @@ class Endless:
             if thread.node.url != ENDLESS:
                 return serve_hwm(thread, socket, package)
             self.rounds += 1
-            return {"hwm": {"chat": dict.fromkeys(self.origins, 2**40)}}
+            return {"hwm": {"chat": dict.fromkeys(self.origins, 2**40) if claim else {}}}
 
         def fetch(thread: GossipThread, socket: Socket, package: Package) -> Body:
             if thread.node.url != ENDLESS:
@@ -78,6 +81,17 @@ def test_a_round_budget_is_spent_by_the_bytes_of_the_messages_taken() -> None:
     assert budget.spent and budget.size == 2 * wire_size(messages[0])
     with pytest.raises(ValueError, match="at least 1 byte"):
         RoundBudget(0)
+
+
+def test_a_peers_budget_for_gaps_is_renewed_each_interval() -> None:
+    budgets = PeerBudgets(100, interval=30.0)
+    first = budgets.get("peer", now=0.0)
+    first.left = 0
+    assert budgets.get("peer", now=29.0).spent  # the same, spent
+    assert not budgets.get("other", now=29.0).spent  # each peer its own
+    assert not budgets.get("peer", now=30.0).spent  # renewed
+    budgets.forget("peer")
+    assert budgets.get("peer", now=31.0).left == 100
 
 
 async def test_a_round_with_a_peer_without_end_stops_at_its_budget(
@@ -150,3 +164,33 @@ async def test_a_topic_subscribed_to_while_running_is_caught_up_at_once() -> Non
         asker.subscribe("late", late.append)
         await wait_for(lambda: len(late) == 5)
         assert [m.body["n"] for m in late] == list(range(5))
+
+
+async def test_the_gaps_a_peer_reveals_are_fetched_within_its_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by a tester: gap fills were outside the rounds' budget; a peer sending one
+    # message of a new origin far ahead, each second, and serving the gap's 1,000
+    # messages made a node download 1.68 GB in 60 s from two connections.
+    endless = Endless(monkeypatch, origins=4, claim=False)
+    hub = MemoryHub()
+    budget = 2**20
+    async with (
+        memory_node(hub, "endless") as server,
+        memory_node(hub, "asker", log_max_bytes=budget) as asker,
+    ):
+        server.subscribe("chat")
+        asker.subscribe("chat")
+        assert asker.client is not None
+        asker.client.connect(ENDLESS)
+        await wait_for(lambda: len(server.sockets) == 1 and subscribed(server, "chat", 1))
+        (socket,) = server.sockets
+        for identity in endless.origins.values():  # each reveals 999 missing messages
+            ahead = sign_message(identity, "chat", 1000, int(time.time() * 1000), {"x": 1})
+            server.send_package(socket, build_package(PackageType.GOSSIP, "chat", ahead.to_body()))
+        await wait_for(lambda: endless.served > 0)
+        await wait_for(lambda: not gossip(asker).catchup.fetching)
+        served = endless.served
+        assert await stays(lambda: endless.served == served, 1.0)
+        # The budget, and the batches asked for at once (two) when it ran out.
+        assert budget <= served <= budget + 2 * answer_size_limit(None)

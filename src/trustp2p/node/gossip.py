@@ -48,6 +48,7 @@ from ..protocol.gossip import (
     FetchRange,
     GossipMessage,
     GossipRouter,
+    PeerBudgets,
     ReleaseMarks,
     RoundBudget,
     StreamEvent,
@@ -76,10 +77,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_JITTER = 0.1
-"""Heartbeats and catch-up rounds come every interval, give or take 10 %, so that nodes
-started together don't stay in step."""
-_NEW_TOPIC_PEERS = 3  # peers asked at once about a topic subscribed to while running
+_JITTER = 0.1  # heartbeats and rounds every interval, give or take 10 %: not in step
 
 
 class Validation(enum.Enum):
@@ -148,6 +146,7 @@ class Gossip:
         if (limit := options.max_package_size) is not None:  # a talk's topics: a quarter
             self.router.batch.max_bytes = min(self.router.batch.max_bytes, limit // 4)
         self.catchup = CatchUp(batch=options.catchup_batch, clock=self._now, rng=self._rng)
+        self._gap_budgets = PeerBudgets(options.log_max_bytes, options.catchup_interval or 30)
         self.message_log: MessageLog | None = None
         self._streams: Streams[Socket | None] | None = None
         self._marks: ReleaseMarks | None = None
@@ -246,7 +245,7 @@ class Gossip:
         if self._streams is not None:
             self._replay(topic)
             peers = [s for s in self.node.sockets if new and topic in self.router.peer_topics(s.id)]
-            for socket in self._rng.sample(peers, min(len(peers), _NEW_TOPIC_PEERS)):
+            for socket in self._rng.sample(peers, min(len(peers), 3)):  # (a few of them)
                 self.tasks.spawn(self._catch_up(socket, {topic}), f"catch-up {socket.peer}")
 
     def _replay(self, topic: str) -> None:
@@ -317,6 +316,7 @@ class Gossip:
 
     def connection_closed(self, socket: Socket) -> None:
         self.router.remove_peer(socket.id)
+        self._gap_budgets.forget(socket.id)
 
     # Receiving
 
@@ -504,13 +504,14 @@ class Gossip:
 
     def _refill(self, socket: Socket, stream: str) -> None:
         """Fetch, in a task, what is missing before ``stream``'s last held message."""
-        if self._order.missing(stream) is None or not self.catchup.may_begin(stream, socket.id):
+        budget = self._gap_budgets.get(socket.id, self._now())
+        missing = self._order.missing(stream) is not None
+        if budget.spent or not missing or not self.catchup.may_begin(stream, socket.id):
             return
         seqs = self._order.missing_seqs(stream, MAX_GAP_SEQS)
         fetch = self.catchup.begin(FetchRange.of_seqs(*split_stream_key(stream), seqs), socket.id)
         if fetch is not None:
-            wanted = fetch.wanted
-            self.tasks.spawn(self._fill(socket, fetch), f"fill {wanted.topic!r} of {wanted.origin}")
+            self.tasks.spawn(self._fill(socket, fetch, budget), f"fill {stream}")
 
     async def _catch_up_forever(self) -> None:
         while True:
@@ -528,8 +529,7 @@ class Gossip:
         topics = self.router.topics if topics is None else topics
         if not topics:
             return
-        answer = await self._ask(socket, HWM, self.catchup.hwm_request(topics))
-        if answer is None:
+        if (answer := await self._ask(socket, HWM, self.catchup.hwm_request(topics))) is None:
             return
         try:
             marks = decode_hwm_answer(answer)
@@ -550,18 +550,18 @@ class Gossip:
                             "round", socket.peer, budget.size - budget.left)  # fmt: skip
                 return
 
-    async def _fill(self, socket: Socket, fetch: Fetch, budget: RoundBudget | None = None) -> None:
+    async def _fill(self, socket: Socket, fetch: Fetch, budget: RoundBudget) -> None:
         """Carry out a fetch begun with ``catchup.begin()``, until ``budget`` is spent."""
         size = answer_size_limit(self.node.options.max_package_size)
         try:
-            while not fetch.done and not (budget is not None and budget.spent):
+            while not fetch.done and not budget.spent:
                 async with self._delivery.batch(fetch.wanted.topic, size, socket.id):
-                    answer = await self._ask(socket, FETCH, fetch.request())
+                    ask = not budget.spent  # (another fetch may have spent it meanwhile)
+                    answer = await self._ask(socket, FETCH, fetch.request()) if ask else None
                 messages = None if answer is None else self._take_batch(socket, fetch, answer)
                 if messages is None:
                     return
-                if budget is not None:
-                    budget.spend(messages)
+                budget.spend(messages)
             to = fetch.lacking_to(held_back=fetch.wanted.topic in self._validators)
             if to:  # the peer lacks what is still missing up to it
                 self._order.answered(fetch.wanted.stream, fetch.wanted.first, to)

@@ -15,6 +15,7 @@ Every module takes its clocks from the caller and never awaits.
 
 from __future__ import annotations
 
+from .budget import PeerBudgets, RoundBudget
 from .catchup import (
     DEFAULT_ANSWER_BYTES,
     FETCH,
@@ -29,7 +30,6 @@ from .catchup import (
     CatchUp,
     Fetch,
     FetchRange,
-    RoundBudget,
     answer_size_limit,
     decode_fetch_request,
     decode_hwm_answer,
@@ -118,6 +118,7 @@ __all__ = [
     "GossipMessage",
     "GossipRouter",
     "GossipStats",
+    "PeerBudgets",
     "PeerKey",
     "ReleaseMarks",
     "RoundBudget",

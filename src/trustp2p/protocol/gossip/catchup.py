@@ -20,7 +20,7 @@ When to catch up and whom to ask (the node carries it out):
   peer's (:meth:`CatchUp.choose`);
 - from those, each stream where the peer has more than we logged or delivered
   (:func:`plan_fetches`), in batches (:class:`Fetch`), one fetch per stream at a time
-  (:meth:`CatchUp.begin`), at most a :class:`RoundBudget` of bytes a round;
+  (:meth:`CatchUp.begin`), at most a :class:`~.budget.RoundBudget` of bytes a round;
 - the gaps in a live stream (see :mod:`.streams`): from the peer whose message revealed
   one, then, at each gossip heartbeat until they are filled or skipped, from a random
   peer; all of the stream's missing numbers at once (up to :data:`MAX_GAP_SEQS`), by
@@ -49,7 +49,6 @@ __all__ = [
     "CatchUp",
     "Fetch",
     "FetchRange",
-    "RoundBudget",
     "answer_size_limit",
     "decode_fetch_request",
     "decode_hwm_answer",
@@ -474,28 +473,6 @@ class Fetch:
             first = message.seq + 1
             messages.append(message)
         return messages
-
-
-class RoundBudget:
-    """What one catch-up round (the fetches planned from one peer's marks) may still
-    take, in bytes of messages (:func:`wire_size`); then the round ends, and the rest
-    waits for a later one. The node gives a round its ``log_max_bytes`` (a log of small
-    messages takes a few): a peer claiming seq 2**40 and serving valid batches held a
-    round for good, no periodic round after it, 7.2 GB in 130 s (found by a tester)."""
-
-    __slots__ = ("left", "size")
-
-    def __init__(self, size: int) -> None:
-        if size < 1:
-            raise ValueError(f"a round's budget must be at least 1 byte, not {size}")
-        self.size = self.left = size  # the bytes it began with, and those left
-
-    @property
-    def spent(self) -> bool:
-        return self.left <= 0
-
-    def spend(self, messages: Iterable[GossipMessage]) -> None:  # those a batch brought
-        self.left -= sum(wire_size(message) for message in messages)
 
 
 class CatchUp:

@@ -1,0 +1,74 @@
+"""
+What catch-up may fetch from a peer, in bytes of messages as they go on the wire
+(:func:`~.catchup.wire_size`): a round (the fetches planned from one peer's marks) at
+most a :class:`RoundBudget`; the gaps a peer's live messages reveal, at most a budget a
+peer renewed every interval (:class:`PeerBudgets`). No I/O.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["PeerBudgets", "RoundBudget"]
+
+from collections.abc import Hashable, Iterable
+
+from .catchup import wire_size
+from .message import GossipMessage
+
+
+class RoundBudget:
+    """
+    What a round of fetches may still take, in bytes of messages (:func:`wire_size`);
+    then the round ends, and the rest waits for a later one. The node gives a round its
+    ``log_max_bytes`` (a log of small messages takes a few): a peer claiming seq 2**40
+    and serving valid batches held a round for good, no periodic round came after it,
+    and the node downloaded 7.2 GB in 130 s (found by a tester).
+
+    Args:
+        size: The bytes it begins with.
+        began: When it began (for :class:`PeerBudgets`).
+
+    """
+
+    __slots__ = ("began", "left", "size")
+
+    def __init__(self, size: int, began: float = 0.0) -> None:
+        if size < 1:
+            raise ValueError(f"a round's budget must be at least 1 byte, not {size}")
+        self.size = self.left = size  # the bytes it began with, and those left
+        self.began = began
+
+    @property
+    def spent(self) -> bool:
+        return self.left <= 0
+
+    def spend(self, messages: Iterable[GossipMessage]) -> None:
+        """Count the messages a batch brought."""
+        self.left -= sum(wire_size(message) for message in messages)
+
+
+class PeerBudgets:
+    """
+    Per peer, what the gaps it reveals may make the node fetch from it: ``size`` bytes
+    every ``interval`` seconds. A peer that sent one message of a new origin far ahead,
+    each second, and served the gap's 1,000 messages, made a node download 1.68 GB in
+    60 s from two connections (found by a tester).
+    """
+
+    __slots__ = ("_budgets", "interval", "size")
+
+    def __init__(self, size: int, interval: float) -> None:
+        self.size = size
+        self.interval = interval
+        self._budgets: dict[Hashable, RoundBudget] = {}
+
+    def get(self, peer: Hashable, now: float) -> RoundBudget:
+        """``peer``'s budget at ``now``: a new one once ``interval`` passed."""
+        budget = self._budgets.get(peer)
+        if budget is None or now - budget.began >= self.interval:
+            budget = self._budgets[peer] = RoundBudget(self.size, began=now)
+        return budget
+
+    def forget(self, peer: Hashable) -> None:
+        """``peer`` left."""
+        self._budgets.pop(peer, None)
