@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from trustp2p.node.gossip_delivery import TopicQueues
 from trustp2p.protocol.gossip import HELD_MESSAGE_OVERHEAD
@@ -334,4 +336,67 @@ async def test_tiny_messages_count_what_they_take() -> None:
     assert peer.holds == [True]
     recorder.gates["a"].set()
     await wait_for(lambda: peer.holds == [True, False])
+    await tasks.aclose()
+
+
+# A model: peers send while they are read, handlers take their topic's messages when
+# their gate opens; the books and the bound hold at every step.
+
+TOPICS = ("a", "b", "c")
+PEERS = 4
+Step = tuple[str, str, int, int]
+
+step = st.one_of(
+    st.tuples(
+        st.just("put"), st.sampled_from(TOPICS), st.integers(0, PEERS - 1), st.integers(0, 6 * EACH)
+    ),
+    st.tuples(st.just("gate"), st.sampled_from(TOPICS), st.booleans(), st.just(0)),
+    st.tuples(st.just("run"), st.just(""), st.just(0), st.just(0)),
+)
+
+
+@given(st.lists(step, max_size=60))
+@settings(max_examples=150)
+def test_the_books_and_the_bound_hold_whatever_comes(
+    steps: list[tuple[str, str, int, int]],
+) -> None:
+    asyncio.run(_play(steps))
+
+
+async def _play(steps: list[Step]) -> None:
+    bound = 20 * EACH
+    tasks = TaskOwner(logging.getLogger("test"))
+    recorder = Recorder()
+    for topic in TOPICS:
+        recorder.gates[topic] = asyncio.Event()
+    peers = [Peer(f"p{n}") for n in range(PEERS)]
+    queues = TopicQueues(tasks, recorder.work, lambda: None, lambda p: p, max_bytes=bound)
+    sent: list[Any] = []
+    largest = 0
+    for n, (kind, topic, peer, size) in enumerate(steps):
+        if kind == "put":
+            if peers[peer].holds[-1:] == [True]:
+                continue  # held: not read
+            msg = message(topic, n, size)
+            largest = max(largest, HELD_MESSAGE_OVERHEAD + size)
+            sent.append(msg)
+            queues.put("deliver", msg, peers[peer])
+        elif kind == "gate":
+            gate = recorder.gates[topic]
+            gate.set() if peer else gate.clear()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        waiting = sum(
+            HELD_MESSAGE_OVERHEAD + len(m.data) for m in sent if m.id not in recorder.done
+        )
+        # The one at its handler counts until it is done.
+        assert queues.waiting == waiting
+        assert queues.waiting <= 2 * bound + PEERS * largest
+        for each in peers:  # holds and releases alternate; none held at half the bound
+            assert all(a != b for a, b in itertools.pairwise(each.holds))
+            assert queues.waiting > bound // 2 or each.holds[-1:] != [True]
+    for topic in TOPICS:
+        recorder.gates[topic].set()
+    await wait_for(lambda: queues.waiting == 0)
+    assert all(each.holds[-1:] != [True] for each in peers)  # every held peer let go
     await tasks.aclose()
