@@ -5,6 +5,7 @@ periodic round came after it, and the node downloaded 7.2 GB in 130 s)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -194,3 +195,34 @@ async def test_the_gaps_a_peer_reveals_are_fetched_within_its_budget(
         assert await stays(lambda: endless.served == served, 1.0)
         # The budget, and the batches asked for at once (two) when it ran out.
         assert budget <= served <= budget + 2 * answer_size_limit(None)
+
+
+async def test_a_round_ends_when_its_peer_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found in review: a silent peer claiming 2,000 origins held a round for about
+    # 2,000 times open_timeout, one unanswered fetch after another.
+    Endless(monkeypatch, origins=3)
+    asked = 0
+    serve_fetch = GossipThread.serve_fetch
+
+    async def silent(thread: GossipThread, socket: Socket, package: Package) -> Body:
+        nonlocal asked
+        if thread.node.url != ENDLESS:
+            return serve_fetch(thread, socket, package)
+        asked += 1
+        await asyncio.sleep(3600)
+        return {}
+
+    monkeypatch.setattr(GossipThread, "serve_fetch", silent)
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "endless") as server,
+        memory_node(hub, "asker", open_timeout=0.3) as asker,
+    ):
+        server.subscribe("chat")
+        asker.subscribe("chat")
+        assert asker.client is not None
+        asker.client.connect(ENDLESS)
+        await wait_for(lambda: asked == 1)
+        assert await stays(lambda: asked == 1, 1.5)  # not the next origin's stream

@@ -542,12 +542,12 @@ class Gossip:
         self._rng.shuffle(planned)  # the same streams aren't always left for later
         budget = RoundBudget(self.node.options.log_max_bytes)
         for wanted in planned:
-            fetch = self.catchup.begin(wanted, socket.id)
-            if fetch is not None:
-                await self._fill(socket, fetch, budget)
-            if budget.spent:
-                logger.info("= catch-up from %s took %d bytes: the rest waits for a later "
-                            "round", socket.peer, budget.size - budget.left)  # fmt: skip
+            if (fetch := self.catchup.begin(wanted, socket.id)) is None:
+                continue
+            await self._fill(socket, fetch, budget)
+            if not fetch.done:  # the budget spent, or no answer: the rest waits till later
+                logger.info("= catch-up from %s stopped after %d bytes", socket.peer,
+                            budget.size - budget.left)  # fmt: skip
                 return
 
     async def _fill(self, socket: Socket, fetch: Fetch, budget: RoundBudget) -> None:
