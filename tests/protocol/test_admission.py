@@ -339,18 +339,24 @@ def test_behind_a_loopback_proxy_a_candidate_is_judged_by_its_real_address(
     assert len(rules) == 4
 
 
-def test_behind_a_loopback_proxy_one_candidate_a_network_and_none_barred(
-    clock: FakeClock,
-) -> None:
-    # Found in review: behind a proxy, candidates were keyed by connection, not by the
-    # network the proxy names: one address pushed out an honest candidate with four
-    # upgrades, and a network barred from making room was let in as a candidate.
+def behind_a_proxy(clock: FakeClock) -> Admission:
+    """Rules with loopback exempt (a proxy's address), 4 slots taken by one network."""
     rules = Admission(
         max_inbound=4,
         limiter=AddressLimiter(exempt_loopback=True, rate=1e9, burst=10**9),
         is_blocked=frozenset[str]().__contains__,
     )
     finished_from(rules, clock, {n: f"198.51.0.{n}" for n in range(1, 5)})
+    return rules
+
+
+def test_behind_a_loopback_proxy_one_candidate_a_network_and_none_barred(
+    clock: FakeClock,
+) -> None:
+    # Found in review: behind a proxy, candidates were keyed by connection, not by the
+    # network the proxy names: one address pushed out an honest candidate with four
+    # upgrades, and a network barred from making room was let in as a candidate.
+    rules = behind_a_proxy(clock)
     assert rules.admit(5, "127.0.0.1", clock()) == Admitted()
     assert rules.readdress(5, "10.1.0.1", clock()) is None  # an honest candidate
     for conn_id in (6, 7):  # more from one other network: one candidate, no more
@@ -369,12 +375,7 @@ def test_behind_a_loopback_proxy_one_candidate_a_network_and_none_barred(
 def test_behind_a_proxy_no_upgrade_pushes_out_a_readdressed_candidate(clock: FakeClock) -> None:
     # Found in review: refused candidates still closing kept their places, and upgrades
     # that had not named their address yet pushed out the oldest: an honest one.
-    rules = Admission(
-        max_inbound=4,
-        limiter=AddressLimiter(exempt_loopback=True, rate=1e9, burst=10**9),
-        is_blocked=frozenset[str]().__contains__,
-    )
-    finished_from(rules, clock, {n: f"198.51.0.{n}" for n in range(1, 5)})
+    rules = behind_a_proxy(clock)
     assert rules.admit(10, "127.0.0.1", clock()) == Admitted()
     assert rules.readdress(10, "10.1.0.1", clock()) is None  # an honest candidate
     assert rules.admit(11, "127.0.0.1", clock()) == Admitted()
