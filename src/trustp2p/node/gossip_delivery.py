@@ -229,6 +229,8 @@ class TopicQueues:
         within its share of half the bound."""
         self.waiting -= size
         self._room.set()
+        if not self._held:  # (each message delivered: nothing more to do, mostly)
+            return
         for held in [topic for topic in self._held if self._may_go(topic)]:
             for source in self._held.pop(held):
                 conn = self._connection(source)

@@ -92,6 +92,9 @@ class Refusal:
     warn: bool
 
 
+_MAXED_OUT = Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Admitted:
     """
@@ -210,15 +213,12 @@ class Admission:
             evicted = next((c for c in self._handshaking if c not in candidates), None)
             if evicted is None:
                 if self._crowded(host, now, proxied=True) is None:
-                    return Refusal(
-                        CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
-                    )
+                    return _MAXED_OUT
                 key = f"#{conn_id}" if self._limiter.exempts(host) else netgroup(host)
-                evicted = self._candidate_place(key)
-                if evicted == -1:
-                    return Refusal(
-                        CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
-                    )
+                place = self._candidate_place(key)
+                if isinstance(place, Refusal):
+                    return place
+                evicted = place
         why = self._limiter.admit(host, now)
         if why is not None:
             return Refusal(CloseCode.TRY_AGAIN_LATER, why, warn=True)
@@ -232,10 +232,10 @@ class Admission:
             self._deadlines.append((now + self.handshake_timeout, conn_id))
         return Admitted(evicted)
 
-    def _candidate_place(self, key: str) -> int | None:
+    def _candidate_place(self, key: str) -> int | Refusal | None:
         """
-        The candidate a new one keyed ``key`` takes the place of (None: a free place;
-        -1: none, refused). One a network group: a newer takes its place (bare connects
+        The candidate a new one keyed ``key`` takes the place of (None: a free place), or
+        its refusal. One a network group: a newer takes its place (bare connects
         from one network can't push out another's); a fifth in all, the oldest's. One
         that came through a proxy (``#``: its address not known yet) pushes out only such
         a one (found in review: one address behind a proxy pushed out an honest one).
@@ -245,7 +245,7 @@ class Admission:
         if same is not None or len(places) < MAX_CANDIDATES:
             return same
         proxied = key.startswith("#")
-        return next((c for c, k in places if k.startswith("#") or not proxied), -1)
+        return next((c for c, k in places if k.startswith("#") or not proxied), _MAXED_OUT)
 
     def _full(self, beyond: int = 0) -> bool:
         """Whether at least ``max_inbound + beyond`` connections hold slots
@@ -321,9 +321,7 @@ class Admission:
             # proxy, one address pushed out an honest candidate with four upgrades).
             group = netgroup(host)
             if self._barred(group, now) or group in self._candidates.values():
-                return Refusal(
-                    CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True
-                )
+                return _MAXED_OUT
             self._candidates[conn_id] = group
         return None
 
@@ -381,7 +379,7 @@ class Admission:
         evicted = self._crowded(host, now) if host else None
         if evicted is None:
             self.release(conn_id)
-            return Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
+            return _MAXED_OUT
         self.release(evicted)
         group = self._room_makers[conn_id] = netgroup(host)
         self._bar(group, now)
