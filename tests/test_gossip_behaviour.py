@@ -21,6 +21,7 @@ from trustp2p.identity import Identity
 from trustp2p.node.gossip import Gossip, Validation
 from trustp2p.node.gossip_log import to_logged
 from trustp2p.node.gossip_thread import GossipThread
+from trustp2p.node.roles import Role
 from trustp2p.protocol.gossip import (
     FETCH,
     HWM,
@@ -516,18 +517,20 @@ class RequestSpy:
         self.calls: list[tuple[Node, str, Body, Body]] = []
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        original = Gossip._request
+        original = Role.request
 
-        async def request(gossip: Gossip, socket: Socket, event: str, body: Body) -> Body:
+        async def request(
+            role: Role, socket: Socket, event: str, body: Body, **options: Any
+        ) -> Body:
             try:
-                answer = await original(gossip, socket, event, body)
+                answer = await original(role, socket, event, body, **options)
             except RemoteError as exc:
-                self.calls.append((gossip.node, event, body, exc.body))
+                self.calls.append((role.node, event, body, exc.body))
                 raise
-            self.calls.append((gossip.node, event, body, answer))
+            self.calls.append((role.node, event, body, answer))
             return answer
 
-        monkeypatch.setattr(Gossip, "_request", request)
+        monkeypatch.setattr(Role, "request", request)
 
     def answers(self, node: Node, event: str) -> list[Body]:
         return [answer for n, e, _, answer in self.calls if n is node and e == event]

@@ -16,7 +16,7 @@ its threads and its message log (:mod:`trustp2p.storage.msglog`), and owns the t
   peers exchange per-stream high-water marks of their logs (``gossip/hwm``) and fetch
   what they miss in bounded batches (``gossip/fetch``). A gap in a live stream is
   fetched from the peer that revealed it; one nobody can fill is skipped after
-  ``gap_timeout``.
+  ``gap_timeout``. :mod:`.gossip_catchup` asks the peers.
 
 """
 
@@ -37,28 +37,18 @@ from typing import TYPE_CHECKING
 
 from ..admin.counters import MAX_TOPICS, count
 from ..drivers.base import Socket
-from ..exceptions import ConnectionClosed, GossipError, NodeStateError, RemoteError, RequestTimeout
+from ..exceptions import ConnectionClosed, GossipError, NodeStateError
 from ..protocol.gossip import (
-    FETCH,
-    HWM,
-    MAX_GAP_SEQS,
     CatchUp,
     Deliver,
-    Fetch,
-    FetchRange,
     GossipMessage,
     GossipRouter,
-    PeerBudgets,
     ReleaseMarks,
-    RoundBudget,
     StreamEvent,
     Streams,
-    answer_size_limit,
-    decode_hwm_answer,
     message_size_limit,
     payload_size,
     payload_text,
-    plan_fetches,
     sign_message,
     split_stream_key,
     stream_key,
@@ -68,6 +58,7 @@ from ..protocol.package import Body, Package, PackageType
 from ..storage.msglog import LOG_FILE, MessageLog
 from ..tasks import TaskOwner
 from .dispatch import call_logged
+from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
 from .gossip_log import to_logged, undelivered
 from .gossip_send import ActionSender
@@ -76,8 +67,6 @@ if TYPE_CHECKING:
     from .node import Node
 
 logger = logging.getLogger(__name__)
-
-_JITTER = 0.1  # heartbeats and rounds every interval, give or take 10 %: not in step
 
 
 class Validation(enum.Enum):
@@ -146,7 +135,7 @@ class Gossip:
         if (limit := options.max_package_size) is not None:  # a talk's topics: a quarter
             self.router.batch.max_bytes = min(self.router.batch.max_bytes, limit // 4)
         self.catchup = CatchUp(batch=options.catchup_batch, clock=self._now, rng=self._rng)
-        self._gap_budgets = PeerBudgets(options.log_max_bytes, options.catchup_interval or 30)
+        self._fetcher: Fetcher | None = None  # once started
         self.message_log: MessageLog | None = None
         self._streams: Streams[Socket | None] | None = None
         self._marks: ReleaseMarks | None = None
@@ -242,11 +231,11 @@ class Gossip:
         self.router.subscribe(topic)  # first: it refuses an invalid topic
         if handler is not None:
             self._handlers.setdefault(topic, []).append(handler)
-        if self._streams is not None:
+        if self._fetcher is not None:
             self._replay(topic)
             peers = [s for s in self.node.sockets if new and topic in self.router.peer_topics(s.id)]
             for socket in self._rng.sample(peers, min(len(peers), 3)):  # (a few of them)
-                self.tasks.spawn(self._catch_up(socket, {topic}), f"catch-up {socket.peer}")
+                self._fetcher.spawn_round(socket, {topic})
 
     def _replay(self, topic: str) -> None:
         """Deliver what the log holds of ``topic`` past the delivered marks: messages
@@ -297,13 +286,24 @@ class Gossip:
             gap_timeout=options.gap_timeout,
             max_age=options.log_max_age,
         )
+        self._fetcher = Fetcher(
+            self,
+            streams=self._streams,
+            marks=self._marks,
+            log=self.message_log,
+            queues=self._delivery,
+            rng=self._rng,
+            take=self._take,
+            held_back=self._validators.__contains__,
+            clock=self._now,
+        )
         for topic in self.node.handlers.events(PackageType.GOSSIP):
             self.router.subscribe(topic)
         for topic in self.router.topics:
             self._replay(topic)
         self.tasks.spawn(self._heartbeat(), "gossip heartbeat")
         if options.catchup_interval > 0:
-            self.tasks.spawn(self._catch_up_forever(), "gossip catch-up")
+            self.tasks.spawn(self._fetcher.run_forever(), "gossip catch-up")
 
     async def stop(self) -> None:
         await self.tasks.aclose()
@@ -312,11 +312,13 @@ class Gossip:
 
     def connection_opened(self, socket: Socket) -> None:
         self.router.add_peer(socket.id)
-        self.tasks.spawn(self._catch_up(socket), f"catch-up {socket.peer}")
+        if self._fetcher is not None:
+            self._fetcher.spawn_round(socket)
 
     def connection_closed(self, socket: Socket) -> None:
         self.router.remove_peer(socket.id)
-        self._gap_budgets.forget(socket.id)
+        if self._fetcher is not None:
+            self._fetcher.forget(socket.id)
 
     # Receiving
 
@@ -403,8 +405,9 @@ class Gossip:
         if forward:
             self.router.forward(socket.id if socket is not None else None, message)
         self._carry_out(self._order.add(message, socket))
-        if socket is not None:  # a gap before it: ask the peer that revealed it
-            self._refill(socket, stream_key(message.topic, message.origin))
+        if socket is not None and self._fetcher is not None:  # a gap before it: ask the
+            # peer that revealed it
+            self._fetcher.refill(socket, stream_key(message.topic, message.origin))
 
     def _carry_out(self, events: list[StreamEvent[Socket | None]]) -> None:
         """Queue the messages released for the handlers; report the gaps skipped."""
@@ -477,13 +480,10 @@ class Gossip:
 
     # Heartbeat: the router's, and the gaps'
 
-    def _jittered(self, interval: float) -> float:
-        return interval * self._rng.uniform(1 - _JITTER, 1 + _JITTER)
-
     async def _heartbeat(self) -> None:
         interval = self.node.options.gossip_interval
         while True:
-            await asyncio.sleep(self._jittered(interval))
+            await asyncio.sleep(jittered(self._rng, interval))
             self.router.heartbeat()
             self.check_gaps()
 
@@ -496,105 +496,21 @@ class Gossip:
         self._rng.shuffle(waiting)  # a peer's many gaps don't always come first
         for stream in waiting:
             socket = self.catchup.choose(self.node.sockets)
-            if socket is None:
+            if socket is None or self._fetcher is None:
                 break
-            self._refill(socket, stream)
+            self._fetcher.refill(socket, stream)
 
-    # Catch-up
+    # Catch-up (:mod:`.gossip_catchup` asks the peers)
 
-    def _refill(self, socket: Socket, stream: str) -> None:
-        """Fetch, in a task, what is missing before ``stream``'s last held message."""
-        budget = self._gap_budgets.get(socket.id, self._now())
-        missing = self._order.missing(stream) is not None
-        if budget.spent or not missing or not self.catchup.may_begin(stream, socket.id):
-            return
-        seqs = self._order.missing_seqs(stream, MAX_GAP_SEQS)
-        fetch = self.catchup.begin(FetchRange.of_seqs(*split_stream_key(stream), seqs), socket.id)
-        if fetch is not None:
-            self.tasks.spawn(self._fill(socket, fetch, budget), f"fill {stream}")
+    async def _catch_up(self, socket: Socket) -> None:
+        if self._fetcher is not None:
+            await self._fetcher.round(socket)
 
-    async def _catch_up_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._jittered(self.node.options.catchup_interval))
-            # Peers sharing a topic (an original, without gossip, let each ask time out).
-            topics, peer_topics = self.router.topics, self.router.peer_topics
-            peers = [s for s in self.node.sockets if not topics.isdisjoint(peer_topics(s.id))]
-            socket = self.catchup.choose(peers)
-            if socket is not None:  # (in a task: a peer whose messages never end
-                # stopped every later round, found by a tester)
-                self.tasks.spawn(self._catch_up(socket), f"catch-up {socket.peer}")
-
-    async def _catch_up(self, socket: Socket, topics: set[str] | None = None) -> None:
-        """Ask a peer what it has of our topics (or ``topics``), and fetch what we miss."""
-        topics = self.router.topics if topics is None else topics
-        if not topics:
-            return
-        if (answer := await self._ask(socket, HWM, self.catchup.hwm_request(topics))) is None:
-            return
-        try:
-            marks = decode_hwm_answer(answer)
-        except GossipError as exc:
-            self.node.penalize(socket, f"invalid gossip/hwm answer: {exc}")
-            return
-        log = self._log
-        delivered = self._marks.delivered if self._marks is not None else log.delivered
-        planned = plan_fetches(marks, self.router.topics, log.high_water, delivered)
-        self._rng.shuffle(planned)  # the same streams aren't always left for later
-        budget = RoundBudget(self.node.options.log_max_bytes)
-        for wanted in planned:
-            if (fetch := self.catchup.begin(wanted, socket.id)) is None:
-                continue
-            await self._fill(socket, fetch, budget)
-            if not fetch.done:  # the budget spent, or no answer: the rest waits till later
-                logger.info("= catch-up from %s stopped after %d bytes", socket.peer,
-                            budget.size - budget.left)  # fmt: skip
-                return
-
-    async def _fill(self, socket: Socket, fetch: Fetch, budget: RoundBudget) -> None:
-        """Carry out a fetch begun with ``catchup.begin()``, until ``budget`` is spent."""
-        size = answer_size_limit(self.node.options.max_package_size)
-        try:
-            while not fetch.done and not budget.spent:
-                async with self._delivery.batch(fetch.wanted.topic, size, socket.id):
-                    ask = not budget.spent  # (another fetch may have spent it meanwhile)
-                    answer = await self._ask(socket, FETCH, fetch.request()) if ask else None
-                messages = None if answer is None else self._take_batch(socket, fetch, answer)
-                if messages is None:
-                    return
-                budget.spend(messages)
-            to = fetch.lacking_to(held_back=fetch.wanted.topic in self._validators)
-            if to:  # the peer lacks what is still missing up to it
-                self._order.answered(fetch.wanted.stream, fetch.wanted.first, to)
-        finally:
-            self.catchup.end(fetch)
-
-    def _take_batch(self, socket: Socket, fetch: Fetch, answer: Body) -> list[GossipMessage] | None:
-        """Take the answer to the fetch's last request; None if it is invalid."""
-        try:
-            messages = fetch.receive(answer, max_data=self.node.options.max_package_size)
-        except GossipError as exc:
-            self.node.penalize(socket, f"invalid gossip/fetch answer: {exc}")
-            return None
+    def _take(self, socket: Socket, messages: list[GossipMessage]) -> None:
+        """Take the messages of a catch-up answer from ``socket``."""
         cap = message_size_limit(self.node.options.max_package_size)
         for message in messages:
             if cap is not None and (size := wire_size(message)) > cap:
                 self._oversized(message, size, cap)
             elif self._ingest(socket, message, live=False):
                 self.caught_up += 1
-        return messages
-
-    async def _ask(self, socket: Socket, event: str, body: Body) -> Body | None:
-        """A catch-up request's answer; None if there is none, or it is a refusal."""
-        try:
-            return await self._request(socket, event, body)
-        except (ConnectionClosed, RequestTimeout):
-            return None
-        except RemoteError as exc:
-            # It may run without gossip: not a fault; we ask another peer later.
-            logger.debug("! %s answered %s with an error: %.200s", socket.peer, event, exc.error)
-            return None
-
-    async def _request(self, socket: Socket, event: str, body: Body) -> Body:
-        role = self.node.server if socket.inbound else self.node.client
-        assert role is not None
-        return await role.request(socket, event, body, timeout=self.node.options.open_timeout)

@@ -1,0 +1,220 @@
+"""
+Catch-up on a node: what :mod:`trustp2p.protocol.gossip.catchup` decides to fetch, asked
+of the node's peers. Part of ``node.gossip`` (:mod:`.gossip`), which makes one
+:class:`Fetcher` when it starts.
+
+- A *round* with one peer: its per-stream high-water marks (``gossip/hwm``) for our topics,
+  then the streams we miss, shuffled, fetched in batches (``gossip/fetch``) until the
+  round's :class:`~trustp2p.protocol.gossip.RoundBudget` (``log_max_bytes`` of messages) is
+  spent or a fetch goes unanswered; the rest waits for a later round. A round runs when a
+  connection opens, when a topic is new, after a held peer is let go, and every
+  ``catchup_interval`` with a random peer that carries one of our topics.
+- A *gap* in a live stream is fetched from the peer that revealed it, within that peer's
+  share (:class:`~trustp2p.protocol.gossip.PeerBudgets`: ``log_max_bytes`` each
+  ``catchup_interval``).
+
+Each batch asked for is booked with the delivery queues first
+(:meth:`~.gossip_delivery.TopicQueues.batch`), so that what is fetched never outgrows
+what the handlers can take.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["JITTER", "Fetcher", "jittered"]
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..exceptions import ConnectionClosed, GossipError, RemoteError, RequestTimeout
+from ..protocol.gossip import (
+    FETCH,
+    HWM,
+    MAX_GAP_SEQS,
+    Fetch,
+    FetchRange,
+    GossipMessage,
+    PeerBudgets,
+    ReleaseMarks,
+    RoundBudget,
+    Streams,
+    answer_size_limit,
+    decode_hwm_answer,
+    plan_fetches,
+    split_stream_key,
+)
+from ..protocol.package import Body
+
+if TYPE_CHECKING:
+    from ..drivers.base import Socket
+    from ..storage.msglog import MessageLog
+    from .gossip import Gossip
+    from .gossip_delivery import TopicQueues
+
+logger = logging.getLogger(__name__)
+
+JITTER = 0.1
+"""Heartbeats and rounds come every interval, give or take 10 %: nodes not in step."""
+
+
+def jittered(rng: random.Random, interval: float) -> float:
+    """``interval`` give or take :data:`JITTER`."""
+    return interval * rng.uniform(1 - JITTER, 1 + JITTER)
+
+
+class Fetcher:
+    """
+    Catch-up rounds and gap fills for ``gossip``, in tasks of ``gossip.tasks``.
+
+    Args:
+        gossip: The service it fetches for (its node, router, ``catchup`` and tasks).
+        streams: The order of delivery, which says what is missing.
+        marks: What was released to the handlers, per stream.
+        log: The message log, whose high-water marks say what we hold.
+        queues: The delivery queues, which book each batch before it is asked for.
+        rng: Whom to ask, and in which order to fetch.
+        take: Called with the messages of each valid answer, and the peer that sent them.
+        held_back: Whether a topic's messages wait for a validator before they are logged.
+        clock: Monotonic seconds, for the peers' shares of gap fills.
+
+    """
+
+    __slots__ = (
+        "_budgets",
+        "_clock",
+        "_gossip",
+        "_held_back",
+        "_log",
+        "_marks",
+        "_queues",
+        "_rng",
+        "_streams",
+        "_take",
+    )
+
+    def __init__(
+        self,
+        gossip: Gossip,
+        *,
+        streams: Streams[Socket | None],
+        marks: ReleaseMarks,
+        log: MessageLog,
+        queues: TopicQueues,
+        rng: random.Random,
+        take: Callable[[Socket, list[GossipMessage]], None],
+        held_back: Callable[[str], bool],
+        clock: Callable[[], float],
+    ) -> None:
+        self._gossip = gossip
+        self._streams = streams
+        self._marks = marks
+        self._log = log
+        self._queues = queues
+        self._rng = rng
+        self._take = take
+        self._held_back = held_back
+        self._clock = clock
+        options = gossip.node.options
+        self._budgets = PeerBudgets(options.log_max_bytes, options.catchup_interval or 30)
+
+    def forget(self, peer: object) -> None:
+        """A connection closed: its share of gap fills goes with it."""
+        self._budgets.forget(peer)
+
+    def refill(self, socket: Socket, stream: str) -> None:
+        """Fetch, in a task, what is missing before ``stream``'s last held message."""
+        catchup = self._gossip.catchup
+        budget = self._budgets.get(socket.id, self._clock())
+        missing = self._streams.missing(stream) is not None
+        if budget.spent or not missing or not catchup.may_begin(stream, socket.id):
+            return
+        seqs = self._streams.missing_seqs(stream, MAX_GAP_SEQS)
+        fetch = catchup.begin(FetchRange.of_seqs(*split_stream_key(stream), seqs), socket.id)
+        if fetch is not None:
+            self._gossip.tasks.spawn(self._fill(socket, fetch, budget), f"fill {stream}")
+
+    async def run_forever(self) -> None:
+        """A round with a random peer that carries one of our topics, every
+        ``catchup_interval``."""
+        gossip = self._gossip
+        while True:
+            await asyncio.sleep(jittered(self._rng, gossip.node.options.catchup_interval))
+            # Peers sharing a topic (an original, without gossip, let each ask time out).
+            topics, peer_topics = gossip.router.topics, gossip.router.peer_topics
+            peers = [s for s in gossip.node.sockets if not topics.isdisjoint(peer_topics(s.id))]
+            socket = gossip.catchup.choose(peers)
+            if socket is not None:  # (in a task: a peer whose messages never end
+                # stopped every later round, found by a tester)
+                self.spawn_round(socket)
+
+    def spawn_round(self, socket: Socket, topics: set[str] | None = None) -> None:
+        """Run :meth:`round` in a task."""
+        self._gossip.tasks.spawn(self.round(socket, topics), f"catch-up {socket.peer}")
+
+    async def round(self, socket: Socket, topics: set[str] | None = None) -> None:
+        """Ask a peer what it has of our topics (or ``topics``), and fetch what we miss."""
+        gossip = self._gossip
+        topics = gossip.router.topics if topics is None else topics
+        if not topics:
+            return
+        if (answer := await self.ask(socket, HWM, gossip.catchup.hwm_request(topics))) is None:
+            return
+        try:
+            marks = decode_hwm_answer(answer)
+        except GossipError as exc:
+            gossip.node.penalize(socket, f"invalid gossip/hwm answer: {exc}")
+            return
+        high_water, delivered = self._log.high_water, self._marks.delivered
+        planned = plan_fetches(marks, gossip.router.topics, high_water, delivered)
+        self._rng.shuffle(planned)  # the same streams aren't always left for later
+        budget = RoundBudget(gossip.node.options.log_max_bytes)
+        for wanted in planned:
+            if (fetch := gossip.catchup.begin(wanted, socket.id)) is None:
+                continue
+            await self._fill(socket, fetch, budget)
+            if not fetch.done:  # the budget spent, or no answer: the rest waits till later
+                logger.info("= catch-up from %s stopped after %d bytes", socket.peer,
+                            budget.size - budget.left)  # fmt: skip
+                return
+
+    async def _fill(self, socket: Socket, fetch: Fetch, budget: RoundBudget) -> None:
+        """Carry out a fetch begun with ``catchup.begin()``, until ``budget`` is spent."""
+        options = self._gossip.node.options
+        size = answer_size_limit(options.max_package_size)
+        topic = fetch.wanted.topic
+        try:
+            while not fetch.done and not budget.spent:
+                async with self._queues.batch(topic, size, socket.id):
+                    ask = not budget.spent  # (another fetch may have spent it meanwhile)
+                    answer = await self.ask(socket, FETCH, fetch.request()) if ask else None
+                if answer is None:
+                    return
+                try:
+                    messages = fetch.receive(answer, max_data=options.max_package_size)
+                except GossipError as exc:
+                    self._gossip.node.penalize(socket, f"invalid gossip/fetch answer: {exc}")
+                    return
+                self._take(socket, messages)
+                budget.spend(messages)
+            if to := fetch.lacking_to(held_back=self._held_back(topic)):
+                # the peer lacks what is still missing up to it
+                self._streams.answered(fetch.wanted.stream, fetch.wanted.first, to)
+        finally:
+            self._gossip.catchup.end(fetch)
+
+    async def ask(self, socket: Socket, event: str, body: Body) -> Body | None:
+        """A catch-up request's answer; None if there is none, or it is a refusal."""
+        node = self._gossip.node
+        role = node.server if socket.inbound else node.client
+        assert role is not None
+        try:
+            return await role.request(socket, event, body, timeout=node.options.open_timeout)
+        except (ConnectionClosed, RequestTimeout):
+            return None
+        except RemoteError as exc:
+            # It may run without gossip: not a fault; we ask another peer later.
+            logger.debug("! %s answered %s with an error: %.200s", socket.peer, event, exc.error)
+            return None
