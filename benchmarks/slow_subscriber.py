@@ -10,7 +10,8 @@ subscriber's handler takes DELAY seconds a message.
 Prints, every 2 s, how many messages the subscriber got and whether its link to the
 relay is the one it started with; then whether every message came in order, once, and
 what the relay counted (gossip pushes dropped for a full send queue, peers closed for
-not reading). Not a ratio: a behaviour under load, recorded in docs/reliability.md.
+not reading) and the subscriber (peers lost, messages shed after a hold of 5 s). Not a
+ratio: a behaviour under load, recorded in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ async def main(count: int, size: int, delay: float, timeout: float) -> None:
     print("in order, once:", got == list(range(1, count + 1)), f"({len(got)} of {count})")
     metrics = relay.metrics
     print(f"relay: {metrics.send_dropped} pushes dropped, {metrics.stall_disconnects} closed")
+    shed = getattr(subscriber.gossip, "shed", "-")  # (not counted before 2026-12-05)
+    print(f"subscriber: {subscriber.metrics.lost_peers} peers lost, {shed} messages shed")
     for node in (publisher, subscriber, relay):
         await node.stop()
 
