@@ -5,19 +5,23 @@ one process. The publisher sends COUNT messages of SIZE bytes as fast as it may;
 subscriber's handler takes DELAY seconds a message.
 
     PYTHONPATH=src .venv/bin/python benchmarks/slow_subscriber.py [--count 1000]
-        [--size 100000] [--delay 0.02] [--timeout 120]
+        [--size 100000] [--delay 0.02] [--timeout 120] [--fast-every 0.1]
 
 Prints, every 2 s, how many messages the subscriber got and whether its link to the
 relay is the one it started with; then whether every message came in order, once, and
 what the relay counted (gossip pushes dropped for a full send queue, peers closed for
 not reading) and the subscriber (peers lost, messages shed after a hold of 5 s). Not a
-ratio: a behaviour under load, recorded in docs/reliability.md.
+ratio: a behaviour under load, recorded in docs/reliability.md. With ``--fast-every``,
+the publisher also publishes a small message on a second topic ("fast", whose handler
+takes no time) every that many seconds while the subscriber works through the first,
+and the fast messages' latency (published to handled) is printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import tempfile
 import time
@@ -27,7 +31,7 @@ import trustp2p
 from trustp2p.protocol.gossip import GossipMessage
 
 
-async def main(count: int, size: int, delay: float, timeout: float) -> None:
+async def main(count: int, size: int, delay: float, timeout: float, fast_every: float) -> None:
     base = Path(tempfile.mkdtemp(prefix="trustp2p-slow-"))
     for name in ("relay", "subscriber", "publisher"):
         (base / name / "threads-enabled").mkdir(parents=True)
@@ -40,16 +44,34 @@ async def main(count: int, size: int, delay: float, timeout: float) -> None:
         await asyncio.sleep(delay)
         got.append(message.seq)
 
+    latencies: list[float] = []
+
+    def fast(message: GossipMessage) -> None:
+        latencies.append(time.time() - json.loads(message.data)["t"])
+
     subscriber = await trustp2p.create_client(cwd=base / "subscriber", peers=[relay.url])
     subscriber.subscribe("chat", slow)
     publisher = await trustp2p.create_client(cwd=base / "publisher", peers=[relay.url])
     publisher.subscribe("chat")
+    if fast_every:
+        for node in (relay, subscriber, publisher):
+            node.subscribe("fast", fast if node is subscriber else None)
     for node in (subscriber, publisher):
         assert node.client is not None
         await node.client.wait_connected()
     await asyncio.sleep(3)  # the mesh forms
     link = subscriber.sockets[0]
     start = time.monotonic()
+    sent = 0
+
+    async def publish_fast() -> None:
+        nonlocal sent
+        while True:
+            await publisher.publish("fast", {"t": time.time()})
+            sent += 1
+            await asyncio.sleep(fast_every)
+
+    fast_task = asyncio.create_task(publish_fast()) if fast_every else None
     for n in range(count):
         await publisher.publish("chat", {"n": n, "x": "a" * size})
     print(f"published {count} in {time.monotonic() - start:.1f} s", flush=True)
@@ -58,6 +80,12 @@ async def main(count: int, size: int, delay: float, timeout: float) -> None:
         same = subscriber.sockets == [link]
         print(f"{time.monotonic() - start:6.1f} s: got {len(got)}, same link {same}", flush=True)
     print("in order, once:", got == list(range(1, count + 1)), f"({len(got)} of {count})")
+    if fast_task is not None:
+        fast_task.cancel()
+        ordered = sorted(latencies) or [float("nan")]
+        p50, p99 = ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.99)]
+        print(f"fast topic: {len(latencies)} of {sent} handled, latency p50 {p50 * 1000:.0f} ms, "
+              f"p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms")  # fmt: skip
     metrics = relay.metrics
     print(f"relay: {metrics.send_dropped} pushes dropped, {metrics.stall_disconnects} closed")
     shed = getattr(subscriber.gossip, "shed", "-")  # (not counted before 2026-12-05)
@@ -72,6 +100,7 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--delay", type=float, default=0.02)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--fast-every", type=float, default=0.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(main(args.count, args.size, args.delay, args.timeout))
+    asyncio.run(main(args.count, args.size, args.delay, args.timeout, args.fast_every))

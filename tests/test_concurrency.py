@@ -159,6 +159,25 @@ async def test_large_requests_are_bounded_by_bytes_too(make_node: MakeNode) -> N
     assert gate.most <= 11
 
 
+async def test_requests_are_bounded_by_what_their_bodies_take_read(make_node: MakeNode) -> None:
+    # Found by an attacker: 1 MB of [{},{},...] takes 24 MB once read, and counted 1 MB
+    # against max_pending_bytes: 30 connections each sending 8 grew a node to 1.4 GB.
+    # Each bracket and comma counts too: 60 KB of text, about 2 MB held.
+    server, client, socket = await connected(make_node, Gate)
+    pad = [{}] * 20_000
+    requests = [
+        asyncio.ensure_future(client.client.request(socket, "slow", {"n": n, "pad": pad}))
+        for n in range(12)
+    ]
+    gate = gate_of(server)
+    await wait_for(lambda: gate.running >= 1)
+    assert await stays(lambda: gate.running <= 3, 0.3)  # counted as text: all 12
+    gate.gate.set()
+    answers = await asyncio.gather(*requests)
+    assert [answer["slow"] for answer in answers] == list(range(12))
+    assert gate.most <= 3
+
+
 async def test_reading_resumes_once_the_large_packages_that_paused_it_are_handled(
     make_node: MakeNode,
 ) -> None:
