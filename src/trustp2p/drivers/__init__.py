@@ -9,6 +9,8 @@ only when used.
 from __future__ import annotations
 
 __all__ = [
+    "CONTROL_BURST",
+    "CONTROL_RATE",
     "DROPPED",
     "FRAME_PROGRESS",
     "CloseCode",
@@ -33,6 +35,8 @@ from urllib.parse import urlsplit
 
 from ..exceptions import DriverError
 from .base import (
+    CONTROL_BURST,
+    CONTROL_RATE,
     DROPPED,
     FRAME_PROGRESS,
     CloseCode,

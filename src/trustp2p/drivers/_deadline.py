@@ -12,6 +12,15 @@ while an honest peer's large frame crosses a slow link: 16 KiB per 10 s (the def
 is about 13 kbit/s, where a deadline for the whole frame cut a 256 KiB package at
 anything under 210 kbit/s.
 
+The WebSocket drivers also budget the frames that carry no package: control frames
+(pings, pongs) and fragments under :data:`FRAME_PROGRESS` bytes that don't end their
+message, :data:`CONTROL_RATE` a second with a burst of :data:`CONTROL_BURST`; past it the
+connection is closed with code 1008 ("too many control frames"). Each such frame costs
+the parser as much as a package, and no budget of the node's sees it (found by an
+attacker: 5 connections writing 6-byte pings took the event loop; honest p50 1 ms ->
+4 s). A node's own peers send none (the heartbeat is a package); a WebSocket library's
+keepalive pings one every few seconds.
+
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ import asyncio
 import logging
 
 from ..exceptions import DriverError
-from .base import FRAME_PROGRESS, CloseCode, DriverOptions, Socket
+from ..protocol.limits import TokenBucket
+from .base import CONTROL_BURST, CONTROL_RATE, FRAME_PROGRESS, CloseCode, DriverOptions, Socket
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +50,16 @@ class FrameDeadline(Socket):
     for the control frames among them (:meth:`_control_frame_read`): a peer can't hold
     it open with tiny fragments, nor with pings between them, whole or split. A
     subclass calls :meth:`_stop_frame_clock` when reading pauses and when the connection
-    ends, and sets both slots to ``None`` at first.
+    ends, and sets both slots to ``None`` at first. A WebSocket driver calls
+    :meth:`_small_frame` for each frame that carries no package (see the module), sets
+    ``_control_budget`` to ``None`` and ``_flooded`` to False at first, and reads nothing
+    more once ``_flooded`` (:meth:`_stop_reading`).
     """
 
     __slots__ = ()
     _options: DriverOptions
+    _control_budget: TokenBucket | None
+    _flooded: bool
     # When the deadline started, moved on by what the frame earned; None: none runs.
     _frame_started: float | None
     _frame_timer: asyncio.TimerHandle | None
@@ -80,6 +95,28 @@ class FrameDeadline(Socket):
         fragmented message is open: its bytes, counted with the reads', are no progress
         of the message. (A control frame's header is 2 bytes, and a client's mask 4.)"""
         self._frame_progress(-(size + (6 if self.inbound else 2)), now)
+
+    def _small_frame(self, now: float) -> bool:
+        """A frame that carries no package arrived at ``now``: whether the peer is within
+        its budget; if it isn't, the connection is reported and closed with 1008."""
+        budget = self._control_budget
+        if budget is None:
+            budget = self._control_budget = TokenBucket(CONTROL_RATE, CONTROL_BURST, now)
+        if budget.take(now):
+            return True
+        if not self._flooded:
+            self._flooded = True
+            rate = f"{CONTROL_RATE:g} a second, {CONTROL_BURST} at once"
+            self._report("on_error", DriverError(f"too many control frames (over {rate})"))
+            self.close_soon(CloseCode.POLICY_VIOLATION, "too many control frames")
+            # Nothing more is read: the flood would go on while our close waits for an
+            # answer (parsed frame by frame, 8 s of CPU in close_timeout's 10 s).
+            self._stop_reading()
+        return False
+
+    def _stop_reading(self) -> None:
+        """Read nothing more from the connection (it is closing)."""
+        raise NotImplementedError
 
     def _stop_frame_clock(self, *, cancel: bool = False) -> None:
         """Our pause is not the peer's stall; ``cancel``: the connection ended."""

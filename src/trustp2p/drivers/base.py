@@ -21,6 +21,8 @@ A listener may also hear of an inbound connection as soon as the transport accep
 from __future__ import annotations
 
 __all__ = [
+    "CONTROL_BURST",
+    "CONTROL_RATE",
     "DROPPED",
     "FRAME_PROGRESS",
     "AcceptListener",
@@ -59,6 +61,14 @@ TCP connection ended without a closing handshake (the peer crashed, or aborted).
 FRAME_PROGRESS = 16 * 1024
 """Bytes of a frame in progress that earn it another ``frame_timeout``
 (:attr:`DriverOptions.frame_timeout`), a byte its share."""
+
+CONTROL_RATE = 20.0
+"""WebSocket frames that carry no package (control frames, fragments under
+:data:`FRAME_PROGRESS` bytes that don't end their message) a peer may send a second..."""
+
+CONTROL_BURST = 200
+"""...with this burst; past it the connection is closed with 1008 ("too many control
+frames")."""
 
 
 class DriverEvent(enum.Enum):

@@ -43,7 +43,7 @@ from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
-from ..protocol.limits import is_loopback
+from ..protocol.limits import TokenBucket, is_loopback
 from ._deadline import FrameDeadline
 from ._picows_protocol import PicowsProtocol, retrieve_failure
 from ._stream import (
@@ -59,7 +59,16 @@ from ._stream import (
     serve,
 )
 from ._wsframes import binary_frames
-from .base import CloseCode, Driver, DriverOptions, Listener, Listening, Socket, fit_reason
+from .base import (
+    FRAME_PROGRESS,
+    CloseCode,
+    Driver,
+    DriverOptions,
+    Listener,
+    Listening,
+    Socket,
+    fit_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +87,8 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         self._options = options
         self._frame_started: float | None = None  # see FrameDeadline
         self._frame_timer: asyncio.TimerHandle | None = None
+        self._control_budget: TokenBucket | None = None  # see FrameDeadline
+        self._flooded = False
         self.frames_read = 0  # frames picows handed over (on_ws_frame), control ones too
         self._ws: WSTransport | None = None
         self._tcp: asyncio.Transport | None = None
@@ -214,7 +225,10 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             except Exception:  # a bug in the listener must not break the transport
                 logger.error("! listener failed on a message from %s", self.peer, exc_info=True)
             return
-        self.last_seen = self._loop.time()
+        self.last_seen = now = self._loop.time()
+        small = kind in _CONTROL or (not frame.fin and frame.payload_size < FRAME_PROGRESS)
+        if small and kind is not WSMsgType.CLOSE and not self._small_frame(now):
+            return  # (closing: what follows is dropped)
         if self._fragments and kind in _CONTROL:  # a ping inside a message: no progress
             self._control_frame_read(frame.payload_size, self.last_seen)
         if kind is WSMsgType.CLOSE:
@@ -499,7 +513,12 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
     def _resume_transport(self) -> None:
         tcp = self._tcp
         if tcp is not None and not tcp.is_reading() and not tcp.is_closing():
-            tcp.resume_reading()
+            if not self._flooded:
+                tcp.resume_reading()
+
+    def _stop_reading(self) -> None:
+        if self._tcp is not None and self._tcp.is_reading():
+            self._tcp.pause_reading()
 
     def _set_close_timer(self) -> None:
         if self._timer is None and not self._lost_waiter.done():
