@@ -507,6 +507,37 @@ async def test_a_flood_of_plain_connections_logs_ten_lines_of_each_kind(
     assert summaries[0].getMessage().startswith("= 16 more 'connected' events in the last ")
 
 
+async def test_invalid_packages_from_many_connections_log_ten_lines(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by an attacker and a tester: the warnings on invalid packages were bounded
+    # per connection only, and the block (or, on loopback, the disconnection) said once
+    # per offender: 11 lines per throwaway identity, 2,600 a second. Within the log
+    # budget of the node now, as the other floods' lines.
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    server = await make_node(server=True, secure=False)
+    assert server.url is not None
+    hello = {"protocol_version": "1.0", "alt": "1", "library": "raw"}
+    version = encode(build_package(PackageType.TALK, "version", hello))
+
+    def lines(text: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if text in r.getMessage()]
+
+    for _ in range(15):
+        async with connect(server.url, compression=None) as ws:
+            await ws.send(version)
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for _ in range(12):
+                    await ws.send(b"\xff\xff garbage")
+            async with asyncio.timeout(5):
+                await ws.wait_closed()  # disconnected: an offender (plain mode)
+    disconnected = lines("! too many invalid packages: disconnecting")
+    assert len(disconnected) == 15
+    assert [r.levelno for r in disconnected] == [logging.WARNING] * 10 + [logging.DEBUG] * 5
+    invalid = lines("! invalid package")
+    assert len(invalid) > 15 and len([r for r in invalid if r.levelno == logging.WARNING]) == 10
+
+
 @pytest.mark.parametrize("secure", [True, False])
 async def test_a_peer_that_vanishes_is_no_offence(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture, secure: bool

@@ -408,9 +408,10 @@ class Connections:
         socket.stats.invalid_in += 1
         # Labelled by what was wrong: every reason of a decoder error starts alike.
         self._metrics.invalid_package(penalty.reason.removeprefix("invalid package: "))
-        if penalty.warn:
+        if penalty.warn:  # (a connection's first few, within the budget of all)
             suffix = "; more are logged at debug level" if penalty.last_warning else ""
-            conn.log.warning("! %s%s", penalty.reason, suffix)
+            message = "! %s%s"
+            self.inbound.log(conn.log, logging.WARNING, "invalid", message, penalty.reason, suffix)
         else:
             conn.log.debug("! %s", penalty.reason)
         judge = self.penalties
@@ -580,7 +581,7 @@ class Connections:
             conn.stall = self._node.tasks.spawn(watch, f"stall watch {conn.socket.peer}")
 
     def _stalled(self, conn: PeerConnection, reason: str) -> None:
-        conn.log.warning("! %s: disconnecting", reason)
+        self.inbound.log(conn.log, logging.WARNING, "stalled", "! %s: disconnecting", reason)
         self._metrics.stall_disconnects += 1
         self.close(conn, CloseCode.POLICY_VIOLATION, reason)
         conn.socket.abort()  # it won't read our close frame either

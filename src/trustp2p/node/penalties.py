@@ -82,7 +82,8 @@ class Penalties:
         if socket.peer_id is not None:
             self.block(socket.peer_id, socket.host, reason, socket=socket)
             return
-        conn.log.warning("! %s: disconnecting", reason)
+        inbound = self._connections.inbound
+        inbound.log(conn.log, logging.WARNING, "block", "! %s: disconnecting", reason)
         self._connections.close(conn, CloseCode.POLICY_VIOLATION, reason)
         scope = block_scope(None, socket.host, limit_loopback=self._node.options.limit_loopback)
         now = asyncio.get_running_loop().time()
@@ -110,14 +111,21 @@ class Penalties:
         scope = block_scope(peer_id, address, limit_loopback=self._node.options.limit_loopback)
         if scope is None:
             if socket is not None and not socket.closed:
-                logger.warning(
+                self._node.connections.inbound.log(
+                    logger,
+                    logging.WARNING,
+                    "block",
                     "! disconnecting %s: %s (loopback addresses are not blocked)",
                     socket.peer,
                     reason,
                 )
                 socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"disconnected: {reason}"))
             return
-        logger.warning(
+        self._node.connections.inbound.log(  # (identities cost a key generation: a
+            # flood of them made 11 lines each, found by an attacker)
+            logger,
+            logging.WARNING,
+            "block",
             "! blocking %s for %g s: %s",
             " and ".join(x for x in (scope.peer_id, scope.address) if x),
             self._node.options.block_duration,
@@ -126,7 +134,9 @@ class Penalties:
         node = self._node
         if node.store is not None and node.running:
             node.tasks.spawn(
-                node.store.block(peer_id=scope.peer_id, address=scope.address, reason=reason),
+                node.store.block(
+                    peer_id=scope.peer_id, address=scope.address, reason=reason, log=False
+                ),
                 f"block {scope.peer_id or scope.address}",
             )
         # The peer's connections close; other connections from its address stay: an

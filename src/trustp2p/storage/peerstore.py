@@ -357,6 +357,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         address: str | None = None,
         reason: str,
         duration: float | None = None,
+        log: bool = True,
     ) -> None:
         """
         Block a peer id, an IP address, or both, and write it down at once.
@@ -370,6 +371,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
                 (:func:`~trustp2p.protocol.limits.address_key`).
             reason: Why, for the record.
             duration: Seconds; by default the policy's ``block_duration``.
+            log: Whether to log the block (INFO); a node logs its blocks itself, within
+                its log budget.
 
         Raises:
             NodeStateError: If the store is closed.
@@ -387,12 +390,9 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         for kind, key in ((PEER, peer_id), (ADDRESS, address)):
             if key is not None:
                 self._table.add_block(kind, key, block)
-        logger.info(
-            "= blocked %s for %g s: %s",
-            " and ".join(x for x in (peer_id, address) if x is not None),
-            block.until - now,
-            reason,
-        )
+        if log:
+            keys = " and ".join(x for x in (peer_id, address) if x is not None)
+            logger.info("= blocked %s for %g s: %s", keys, block.until - now, reason)
         await self._save()
 
     def peer_id_of(self, url: str) -> str | None:
