@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -332,3 +333,50 @@ async def test_one_sigterm_delivered_twice_is_one_request(
     os.kill(os.getpid(), signal.SIGTERM)  # both handled before the stop begins
     assert await running == 0
     assert not [r.getMessage() for r in caplog.records if "again" in r.getMessage()]
+
+
+_LEFT_BEHIND = """
+import asyncio, time
+from trustp2p import PackageType, Thread
+
+class LeftBehind(Thread):
+    @property
+    def event_map(self):
+        return {PackageType.TALK: {"x": lambda socket, package: None}}
+
+    async def start(self):
+        self.create_task(self._stubborn())
+        self.create_task(asyncio.to_thread(time.sleep, 60))  # blocking work, off the loop
+
+    async def _stubborn(self):
+        while True:
+            try:
+                await asyncio.sleep(100)
+            except asyncio.CancelledError:  # as a bare except: does
+                pass
+"""
+
+
+def test_a_node_exits_after_its_stop_whatever_its_threads_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: a thread task that catches its CancelledError held the stop for
+    ever (SIGTERM, again, Ctrl-C: nothing), and work in asyncio.to_thread kept the
+    process 120 s after "x node stopped", without a word. Waited close_timeout at most
+    each, then said and left."""
+    (tmp_path / "threads-enabled").mkdir()
+    (tmp_path / "threads-enabled" / "left.py").write_text(_LEFT_BEHIND)
+    monkeypatch.setenv("TRUSTP2P_CLOSE_TIMEOUT", "1")
+    process = Spawned("server", "--cwd", str(tmp_path), "--port", "0")
+    process.wait_for_output("node started")
+    assert process.stop() == 0, process.output  # within 10 s
+    assert "tasks of" in process.output and "didn't end within 1 s of being cancelled" in (
+        process.output
+    )
+    assert "x node stopped" in process.output
+    said = (
+        r"x exiting without what the threads left running 1 s after the stop: 1 task\(s\)"
+        r" that didn't end when cancelled \(LeftBehind._stubborn\); \d thread\(s\) still at"
+        r" work \(asyncio.to_thread, run_in_executor\)"
+    )
+    assert re.search(said, process.output), process.output

@@ -76,11 +76,14 @@ class TaskOwner:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 
     async def aclose(self) -> None:
-        """Refuse new tasks, cancel the running ones and wait until they have ended."""
+        """Refuse new tasks, cancel the running ones and wait until they have ended (a
+        caller may bound the wait: a task can catch its CancelledError and go on)."""
         self._closed = True
         while self._tasks:
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Not gather(): cancelled, it waits for its tasks to end, and a task that
+            # caught its CancelledError held the node's stop for ever (a tester).
+            await asyncio.wait(tasks)
             self._tasks.difference_update(tasks)

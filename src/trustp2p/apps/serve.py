@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["serve"]
+__all__ = ["serve", "serve_process"]
 
 import asyncio
+import logging
+import os
 import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from ..node import Node
 from ..options import NodeOptions
@@ -69,6 +73,64 @@ async def serve(options: NodeOptions) -> int:
         for signum in signals:
             loop.remove_signal_handler(signum)
     return 130 if received[0] == signal.SIGINT else 0
+
+
+async def serve_process(options: NodeOptions) -> int:
+    """
+    :func:`serve` as the main coroutine of a process (the CLI's): once the node stopped,
+    what its threads left running (tasks, work in asyncio's thread pool) has
+    ``close_timeout`` to end; then the process says what is left and exits without it.
+    """
+    # asyncio.to_thread's pool, ours: its threads are told from others' at the end
+    pool = ThreadPoolExecutor(thread_name_prefix=_POOL)
+    asyncio.get_running_loop().set_default_executor(pool)
+    code = await serve(options)
+    if not await _left_behind(pool, options.close_timeout):
+        logging.shutdown()  # (the log's last lines written)
+        os._exit(code)
+    return code
+
+
+_POOL = "trustp2p-pool"
+logger = logging.getLogger(__name__)
+
+
+async def _left_behind(pool: ThreadPoolExecutor, timeout: float) -> bool:
+    """
+    Wait ``timeout`` at most for what the node's threads left running once it stopped:
+    the loop's other tasks, cancelled, and work in ``pool``, asyncio's thread pool
+    (``asyncio.to_thread``). Return whether all of it ended; if not, say what is left.
+
+    The process would wait for them without a word, for ever (a task that catches its
+    CancelledError) or as long as the work takes: found by a tester, a node said
+    "x node stopped" and lived 120 s on, until a service manager's SIGKILL.
+    """
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = (await asyncio.wait(tasks, timeout=timeout))[1] if tasks else set()
+    # (Not loop.shutdown_default_executor(): on 3.11, cancelled, it joins the thread.)
+    pool.shutdown(wait=False)  # its idle threads end; the busy ones once their work does
+
+    def busy() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith(_POOL)]
+
+    while busy() and loop.time() < deadline:  # noqa: ASYNC110 (threads set no event)
+        await asyncio.sleep(0.05)
+    left = []
+    if pending:
+        names = ", ".join(task.get_coro().__qualname__ for task in pending)  # type: ignore[union-attr]
+        left.append(f"{len(pending)} task(s) that didn't end when cancelled ({names})")
+    if threads := busy():
+        left.append(f"{len(threads)} thread(s) still at work (asyncio.to_thread, run_in_executor)")
+    if not left:
+        return True
+    message = "x exiting without what the threads left running %g s after the stop: %s"
+    logger.warning(message, timeout, "; ".join(left))
+    return False
 
 
 def _name(signum: int) -> str:

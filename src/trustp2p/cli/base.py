@@ -294,7 +294,7 @@ def cwd_option(f: F) -> F:
 
 def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
     """Run a node until Ctrl-C or SIGTERM; return the exit code."""
-    from ..apps.serve import serve
+    from ..apps.serve import serve_process
     from ..config import Source, load_settings, with_origins
 
     setup_cli_logging(log_level)
@@ -319,7 +319,7 @@ def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
             message = "--connect: " + message.removeprefix("peers: ")  # the flag typed
         raise click.UsageError(with_origins(message, settings)) from exc
     try:
-        return run_on_loop(serve(node_options), loop)
+        return run_on_loop(serve_process(node_options), loop)
     except TrustP2PError as exc:
         click.echo(f"trustp2p: error: {exc}", err=True)
         return 1
