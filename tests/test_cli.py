@@ -48,9 +48,29 @@ def test_init_lays_out_an_application(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "left as it is" in capsys.readouterr().out
 
 
-def test_client_needs_a_peer(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["client"]) == 2
-    assert "Missing option '--connect'" in capsys.readouterr().err
+def test_client_needs_a_peer(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["client", "--cwd", str(tmp_path)]) == 2
+    assert "no server to dial: give --connect URL, or peers in" in capsys.readouterr().err
+
+
+def test_peers_from_the_file_or_the_environment_serve_a_client_and_warn_a_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by a tester: `client` refused to start without --connect (click required
+    # it before the file or the environment was read), and `server` ignored them
+    # without a word while `trustp2p config` showed them in effect.
+    url = f"ws://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("TRUSTP2P_PEERS", url)
+    client = Spawned("client", "--cwd", str(tmp_path))
+    client.wait_for_output("node started")
+    assert client.stop() == 0, client.output
+    monkeypatch.delenv("TRUSTP2P_PEERS")
+    (tmp_path / "trustp2p.toml").write_text(f'peers = ["{url}"]\n')
+    server = Spawned("server", "--cwd", str(tmp_path), "--port", "0")
+    server.wait_for_output("node started")
+    assert server.stop() == 0, server.output
+    warning = "! peers are ignored: a server dials nothing (`trustp2p node` accepts and dials)"
+    assert warning in server.output and "trustp2p.toml" in server.output, server.output
 
 
 def test_invalid_option_value_is_a_usage_error(

@@ -17,6 +17,7 @@ __all__ = [
     "tuning_options",
 ]
 
+import logging
 import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -318,6 +319,15 @@ def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
         if message.startswith("peers: ") and "peers" in flags:
             message = "--connect: " + message.removeprefix("peers: ")  # the flag typed
         raise click.UsageError(with_origins(message, settings)) from exc
+    # (Found by a tester: peers from the file or the environment were refused by
+    # `client`, whose --connect click required, and ignored by `server` without a word.)
+    if node_options.client and not node_options.server and not node_options.peers:
+        raise click.UsageError(
+            "no server to dial: give --connect URL, or peers in trustp2p.toml or TRUSTP2P_PEERS"
+        )
+    if node_options.peers and not node_options.client:
+        message = "peers are ignored: a server dials nothing (`trustp2p node` accepts and dials)"
+        logging.getLogger("trustp2p.cli").warning("! %s", with_origins(message, settings))
     try:
         return run_on_loop(serve_process(node_options), loop)
     except TrustP2PError as exc:

@@ -62,9 +62,9 @@ def server(**kwargs: Any) -> int:
     "--connect",
     "peers",
     multiple=True,
-    required=True,
     metavar="URL",
-    help="Server to dial, e.g. ws://127.0.0.1:1107; repeat for several.",
+    help="Server to dial, e.g. ws://127.0.0.1:1107; repeat for several (or `peers` in "
+    "trustp2p.toml, TRUSTP2P_PEERS). At least one.",
 )
 @tuning_options("client")
 @fast_options(driver=True)
