@@ -142,49 +142,6 @@ async def test_a_backlog_past_its_bound_holds_the_peers_that_send_more() -> None
     await tasks.aclose()
 
 
-async def test_a_peer_held_past_max_hold_is_read_again_and_its_flood_shed(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    # Found by a tester: a relay held for a slow topic sent nothing else (a fast topic,
-    # requests, pongs) for as long, and closed the link once the hold outlasted its
-    # send_stall_timeout (20 s). Held max_hold at most, the peer is read again; what it
-    # sends of the topics over their share is dropped and fetched from it later.
-    tasks = TaskOwner(logging.getLogger("test"))
-    recorder = Recorder()
-    recorder.gates["slow"] = asyncio.Event()
-    relay, other = Peer("relay"), Peer("other")
-    caught_up: list[str] = []
-
-    async def catch_up(peer: Any) -> None:
-        caught_up.append(peer.peer)
-
-    queues = TopicQueues(
-        tasks, recorder.work, recorder.settled, lambda p: p, catch_up,
-        max_bytes=10 * EACH, max_hold=0.05,
-    )  # fmt: skip
-    for n in range(11):
-        queues.put("deliver", message("slow", n), relay)
-    assert relay.holds == [True] and not queues.shed(relay, "slow")  # held, not shedding
-    with caplog.at_level(logging.INFO, "trustp2p.node.gossip_delivery"):
-        await wait_for(lambda: relay.holds == [True, False])
-    assert any("reading from relay again after 0.05 s paused" in r.getMessage()
-               for r in caplog.records)  # fmt: skip
-    assert queues.shed(relay, "slow") and queues.shed(relay, "slow")  # over its share
-    assert not queues.shed(relay, "fast") and not queues.shed(other, "slow")
-    assert queues.shed_count == 2
-    queues.put("deliver", message("fast", 0), relay)  # its other topics go on
-    await wait_for(lambda: "fast-0" in recorder.done)
-    assert relay.holds == [True, False] and caught_up == []  # never held again meanwhile
-    recorder.gates["slow"].set()  # room again: caught up with, once
-    await wait_for(lambda: caught_up == ["relay"] and queues.waiting == 0)
-    assert not queues.shed(relay, "slow")  # all calm: no longer shedding
-    for n in range(11, 22):  # over again: held first again
-        queues.put("deliver", message("slow", n), relay)
-    assert relay.holds == [True, False, True] and not queues.shed(relay, "slow")
-    await wait_for(lambda: relay.holds == [True, False, True, False] and not queues.waiting)
-    await tasks.aclose()
-
-
 async def enter(batch: Any) -> None:
     async with batch:
         pass

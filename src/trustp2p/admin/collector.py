@@ -258,7 +258,6 @@ class NodeCollector(Collector):
             ("duplicates", "Messages received again.", stats.duplicates),
             ("delivered", "Messages handed to threads and subscribers.", gossip.delivered),
             ("caught_up", "Messages obtained by catch-up.", gossip.caught_up),
-            ("shed", "Messages dropped from peers held too long, to catch up.", gossip.shed),
             ("forwarded", "Copies sent on eagerly.", stats.forwarded),
             ("invalid", "Forged, altered, malformed or rejected messages.", stats.invalid),
             (

@@ -100,8 +100,6 @@ class Gossip:
         tasks: The owner of the service's tasks.
         delivered: Messages handed to threads and subscribers.
         caught_up: Messages obtained by catch-up.
-        shed: Messages dropped from peers held too long (:mod:`.gossip_delivery`), to be
-            caught up.
 
     """
 
@@ -148,19 +146,8 @@ class Gossip:
         self._publishing = asyncio.Lock()
         self._validators: dict[str, Validator] = {}
         self._delivery = TopicQueues(
-            self.tasks,
-            self._work,
-            self._settle,
-            node.connection,
-            self._catch_up,
-            # (the peer's stall and heartbeat timeouts, if they are ours)
-            max_hold=min(options.send_stall_timeout, options.heartbeat_response_timeout) / 2,
+            self.tasks, self._work, self._settle, node.connection, self._catch_up
         )
-
-    @property
-    def shed(self) -> int:
-        """Messages dropped from peers held too long, to be caught up."""
-        return self._delivery.shed_count
 
     def _now(self) -> float:
         if self._clock is None:
@@ -343,8 +330,6 @@ class Gossip:
         message_id = GossipMessage.peek_id(package.event, package.body)
         if message_id is not None and self.router.duplicate(socket.id, message_id):
             return
-        if self._delivery.shed(socket, package.event):
-            return  # held too long: what it sends of a topic over its share comes later
         max_data = self.node.options.max_package_size
         try:
             message = GossipMessage.from_body(

@@ -19,17 +19,6 @@ slow one, hold every peer that sent gossip of any topic; an even split let slow 
 grow the backlog to 16 MiB times the harmonic number of their count; and batches asked
 of silent peers, counted as waiting, held honest peers while nothing waited.
 
-A peer is held ``max_hold`` seconds at most (half the smaller of ``send_stall_timeout``
-and ``heartbeat_response_timeout``): a held peer sends nothing else meanwhile (its
-requests, pongs, other topics), and one held past its own stall or heartbeat timeout
-closes the connection (found by a tester). Then the node reads from it again and *sheds*
-what it sends of the topics it was held for, and of any topic over its share
-(:meth:`TopicQueues.shed`: dropped unseen, before any check), until a catch-up round with
-that peer, begun once those topics have room, has ended: the peer logged what it sent,
-and the round fetches it at the handlers' pace. (Shedding until the topic had room, and
-no longer, was tried first: the messages after the dropped ones came faster than the gap
-was fetched, and waited behind it past ``DEFAULT_MAX_HELD_BYTES``.)
-
 """
 
 from __future__ import annotations
@@ -90,14 +79,12 @@ class TopicQueues:
     Per topic, the messages waiting, each an :data:`Item`; ``work`` is
     called on each in turn, in a task of ``tasks`` per topic with messages waiting. When
     no topic has any left, ``idle()`` is called (not when the tasks are cancelled).
-    ``connection(source)`` finds the peer to hold (see the module), for ``max_hold``
-    seconds at most (``None``: until its topic has room); once it is let go,
+    ``connection(source)`` finds the peer to hold (see the module); once it is let go,
     ``catch_up(source)`` runs in a task: what that peer sent while it was held may have
     been dropped (its send queue full), and nothing after it may come to reveal the gap.
 
     Attributes:
         waiting: What waits in all topics, in bytes (see :data:`MAX_WAITING_BYTES`).
-        shed_count: Messages shed (:meth:`shed`).
 
     """
 
@@ -111,15 +98,10 @@ class TopicQueues:
         "_held",
         "_idle",
         "_max_bytes",
-        "_max_hold",
         "_queues",
         "_room",
-        "_rounds",
-        "_shedding",
         "_tasks",
-        "_timers",
         "_work",
-        "shed_count",
         "waiting",
     )
 
@@ -131,7 +113,6 @@ class TopicQueues:
         connection: Callable[[Socket], PeerConnection | None],
         catch_up: Callable[[Socket], Coroutine[Any, Any, None]] | None = None,
         max_bytes: int = MAX_WAITING_BYTES,
-        max_hold: float | None = None,
     ) -> None:
         self._tasks = tasks
         self._work = work
@@ -145,12 +126,6 @@ class TopicQueues:
         self._asked = 0  # all of those
         self._asking: Counter[object] = Counter()  # per peer, the batches asked of it
         self._held: dict[str, dict[Socket, None]] = {}  # topic -> peers held for it
-        self._max_hold = max_hold
-        self._timers: dict[Socket, asyncio.TimerHandle] = {}  # the held peers' deadlines
-        self._shedding: dict[Socket, set[str]] = {}  # peers held past max_hold: the topics
-        # shed from each
-        self._rounds: set[Socket] = set()  # shedding peers being caught up with
-        self.shed_count = 0
         self._room = asyncio.Event()
         self.waiting = 0
 
@@ -186,51 +161,19 @@ class TopicQueues:
         size = _weight(message)
         self.waiting += size
         self._bytes[topic] += size
-        if source is None or source in self._shedding or not self.over(topic):
-            return
-        if not self._holds(source) and (conn := self._connection(source)) is not None:
-            if topic not in self._held:  # once a round: an operator's business
-                logger.info("! %d bytes of gossip of %r wait for its handlers: reading "
-                            "paused from the peers that send more", self.share(topic),
-                            topic)  # fmt: skip
-            self._held.setdefault(topic, {})[source] = None
-            conn.hold(True)
-            logger.debug("= reading from %s paused (%r)", source.peer, topic)
-            if self._max_hold is not None:
-                loop = asyncio.get_running_loop()
-                self._timers[source] = loop.call_later(self._max_hold, self._overdue, source)
+        if source is not None and self.over(topic) and not self._holds(source):
+            conn = self._connection(source)
+            if conn is not None:
+                if topic not in self._held:  # once a round: an operator's business
+                    logger.info("! %d bytes of gossip of %r wait for its handlers: reading "
+                                "paused from the peers that send more", self.share(topic),
+                                topic)  # fmt: skip
+                self._held.setdefault(topic, {})[source] = None
+                conn.hold(True)
+                logger.debug("= reading from %s paused (%r)", source.peer, topic)
 
     def _holds(self, source: Socket) -> bool:
         return any(source in held for held in self._held.values())
-
-    def shed(self, source: Socket, topic: str) -> bool:
-        """Whether to drop a message of ``topic`` that ``source`` sends: the peer was
-        held past ``max_hold``, and the topic is one it was held for, or is over its
-        share, until a catch-up round with the peer has ended (see the module)."""
-        topics = self._shedding.get(source)
-        if topics is None or (topic not in topics and not self.over(topic)):
-            return False
-        topics.add(topic)
-        self.shed_count += 1
-        return True
-
-    def _overdue(self, source: Socket) -> None:
-        """``source`` was held ``max_hold``: read from it again, shedding (see the module)."""
-        del self._timers[source]
-        if self._tasks.closed:
-            return
-        topics = [topic for topic, held in self._held.items() if source in held]
-        for topic in topics:
-            del self._held[topic][source]
-            if not self._held[topic]:
-                del self._held[topic]
-        self._shedding[source] = set(topics)
-        if (conn := self._connection(source)) is not None:
-            conn.hold(False)
-            logger.info("! reading from %s again after %g s paused: its gossip of %s is "
-                        "dropped, then fetched from it as the handlers take it",
-                        source.peer, self._max_hold, ", ".join(map(repr, topics)))  # fmt: skip
-        self._let_go()
 
     @asynccontextmanager
     async def batch(self, topic: str, size: int, peer: object = None) -> AsyncIterator[None]:
@@ -286,42 +229,15 @@ class TopicQueues:
         within its share of half the bound."""
         self.waiting -= size
         self._room.set()
-        if self._held or self._shedding:  # (each message delivered: nothing to do, mostly)
-            self._let_go()
-
-    def _let_go(self) -> None:
-        """Read again from the peers held for a topic that may go, and catch up with
-        those whose messages of it were dropped."""
-        for topic in [topic for topic in self._held if self._may_go(topic)]:
-            for source in self._held.pop(topic):
-                if (timer := self._timers.pop(source, None)) is not None:
-                    timer.cancel()
-                if (conn := self._connection(source)) is not None:
+        if not self._held:  # (each message delivered: nothing more to do, mostly)
+            return
+        for held in [topic for topic in self._held if self._may_go(topic)]:
+            for source in self._held.pop(held):
+                conn = self._connection(source)
+                if conn is not None:
                     conn.hold(False)
-                    self._caught_up_with(source)
-        for source, topics in list(self._shedding.items()):
-            if source in self._rounds or not all(map(self._may_go, topics)):
-                continue
-            if self._connection(source) is None or self._catch_up is None:
-                del self._shedding[source]
-            elif not self._tasks.closed:
-                self._rounds.add(source)
-                self._tasks.spawn(self._round(source), f"catch-up {source.peer}")
-
-    def _caught_up_with(self, source: Socket) -> None:
-        # What it sent while held may be lost: nothing after it may come to reveal
-        # the gap.
-        if self._catch_up is not None and not self._tasks.closed:
-            self._tasks.spawn(self._catch_up(source), f"catch-up {source.peer}")
-
-    async def _round(self, source: Socket) -> None:
-        """Catch up with a shedding peer; then take what it sends again."""
-        assert self._catch_up is not None
-        try:
-            await self._catch_up(source)
-        finally:
-            self._rounds.discard(source)
-            self._shedding.pop(source, None)
+                    if self._catch_up is not None and not self._tasks.closed:
+                        self._tasks.spawn(self._catch_up(source), f"catch-up {source.peer}")
 
     async def _drain(
         self, topic: str, queue: deque[tuple[str, GossipMessage, Socket | None]]
