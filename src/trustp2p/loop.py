@@ -1,8 +1,8 @@
 """
 Running trustp2p on an event loop of your choice: asyncio's own, or uvloop.
 
-uvloop (``pip install 'trustp2p[fast]'``) is a drop-in event loop written in Cython on
-libuv. :func:`run` runs a coroutine on either, as :func:`asyncio.run` does::
+uvloop (trustp2p's ``fast`` extra, or ``pip install uvloop``) is a drop-in event loop
+written in Cython on libuv. :func:`run` runs a coroutine on either, as :func:`asyncio.run` does::
 
     trustp2p.run(main(), loop="uvloop")
 
@@ -44,7 +44,8 @@ def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
             import uvloop
         except ModuleNotFoundError as exc:
             raise UsageError(
-                "the uvloop event loop needs the uvloop package: pip install 'trustp2p[fast]'"
+                "the uvloop event loop needs the uvloop package (trustp2p's fast extra): "
+                "pip install uvloop"
             ) from exc
         factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
         return factory

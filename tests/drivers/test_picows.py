@@ -20,7 +20,7 @@ from tests.drivers.websocket import WebSocketChecks, WebSocketUrls, harness_fixt
 from trustp2p.drivers import CloseCode, DriverEvent, DriverOptions, Socket, driver_class
 from trustp2p.drivers.ws import WsDriver
 
-pytest.importorskip("picows", reason="picows isn't installed (pip install 'trustp2p[fast]')")
+pytest.importorskip("picows", reason="picows isn't installed (the fast extra)")
 
 from trustp2p.drivers.ws_picows import PicowsDriver
 

@@ -94,7 +94,7 @@ def driver_class(name: str) -> type[Driver]:
 
     Raises:
         DriverError: If no driver has that name, or it needs a package that isn't
-            installed (``picows``: ``pip install 'trustp2p[fast]'``).
+            installed (``picows``: the ``fast`` extra, or ``pip install picows``).
 
     """
     try:
@@ -109,7 +109,8 @@ def driver_class(name: str) -> type[Driver]:
         if not package or exc.name != package:
             raise
         raise DriverError(
-            f"the {name!r} driver needs the {package} package: pip install 'trustp2p[{extra}]'"
+            f"the {name!r} driver needs the {package} package (trustp2p's {extra} extra): "
+            f"pip install {package}"
         ) from exc
     cls: type[Driver] = getattr(module, class_name)
     return cls

@@ -15,7 +15,7 @@ from typing import Any
 
 from .metrics import SimulationReport
 
-PLOT_MISSING = "--plot needs matplotlib: pip install 'trustp2p[plot]'"
+PLOT_MISSING = "--plot needs matplotlib (trustp2p's plot extra): pip install matplotlib"
 
 
 def plot_report(report: SimulationReport, path: Path) -> None:
