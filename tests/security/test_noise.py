@@ -253,6 +253,10 @@ def test_handshake_failures_are_handshake_errors_only() -> None:
         (b"\x02\x00\x00\x00\x00x", "empty package in a batch"),
         (b"\x02\x00\x00\x00\x02x", "package of 2 bytes overruns its batch"),
         (b"\x02\x00\x00\x00\x01xy", "truncated package length in a batch"),
+        # Found by an attacker: empty chunks were taken without end (26 MB in 25 s from
+        # one connection, and each kept a peer that answered no ping alive).
+        (b"\x01", "a chunk before the last of 0 bytes, not full"),
+        (b"\x01" + bytes(65_517), "a chunk before the last of 65517 bytes, not full"),
     ],
 )
 def test_malformed_transport_plaintext_is_a_channel_error(plaintext: bytes, reason: str) -> None:

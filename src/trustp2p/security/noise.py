@@ -17,9 +17,11 @@ and that signature once (:class:`NoiseKey`), not per connection: a connection co
 ephemeral key, three DH and one signature check per side. After the handshake, each
 package travels as one or more Noise transport messages (at most 65 535 bytes each):
 each plaintext starts with one byte, ``0x01`` when more chunks of the same package
-follow and ``0x00`` on its last chunk. Where both sides support it, packages written
-together travel as one *batch* message: ``0x02``, then each package as a 4-byte
-big-endian length and its bytes (one AEAD call and one frame for many packages).
+follow and ``0x00`` on its last chunk; a chunk before the last is full (else a channel
+error: empty ones were taken without end, found by an attacker). Where both sides
+support it, packages written together travel as one *batch* message: ``0x02``, then
+each package as a 4-byte big-endian length and its bytes (one AEAD call and one frame
+for many packages).
 
 Features are negotiated in the handshake, so that peers without them keep working: the
 initiator's first message carries a features byte as its payload (a peer without
@@ -409,7 +411,8 @@ class NoiseTransport:
 
         Raises:
             ChannelError: If the message doesn't decrypt (tampered, replayed, out of
-                order), is empty, has an invalid chunk flag (a batch where
+                order), is empty, is a chunk before the last that isn't full, has an
+                invalid chunk flag (a batch where
                 :attr:`batches` is false, or between the chunks of a package), is a
                 malformed batch (empty, a truncated length, a package empty or beyond
                 the batch's end), or a package grows beyond ``max_size`` bytes.
@@ -443,6 +446,8 @@ class NoiseTransport:
         if max_size is not None and self._size > max_size:
             raise OversizedPackage(f"package of more than {max_size} bytes exceeds the limit")
         if flag == _MORE_FLAG:
+            if len(chunk) != _MAX_CHUNK:  # (as seal() writes them: see the module)
+                raise ChannelError(f"a chunk before the last of {len(chunk)} bytes, not full")
             self._chunks.append(chunk)
             return None
         if flag != _LAST_FLAG:
