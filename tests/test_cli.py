@@ -389,6 +389,8 @@ def test_a_node_exits_after_its_stop_whatever_its_threads_left_running(
     monkeypatch.setenv("TRUSTP2P_CLOSE_TIMEOUT", "1")
     process = Spawned("server", "--cwd", str(tmp_path), "--port", "0")
     process.wait_for_output("node started")
+    # A thread file loaded is said at INFO (a tester: did the symlink take?).
+    assert "INFO    trustp2p.node.node: = loaded thread LeftBehind from " in process.output
     assert process.stop() == 0, process.output  # within 10 s
     assert "tasks of" in process.output and "didn't end within 1 s of being cancelled" in (
         process.output

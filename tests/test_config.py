@@ -131,6 +131,19 @@ def test_config_command_shows_values_and_sources(
     assert "did you mean TRUSTP2P_MAX_INBOUND?" in capsys.readouterr().err
 
 
+def test_config_command_shows_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by a tester: its output goes into tickets, and it printed the admin token.
+    monkeypatch.setenv("TRUSTP2P_ADMIN_TOKEN", "s3cret-token")
+    assert main(["config", "--cwd", str(tmp_path), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["admin_token"] == {"value": "(set, not shown)", "source": "env"}
+    assert main(["config", "--cwd", str(tmp_path)]) == 0
+    out += capsys.readouterr().out
+    assert "s3cret-token" not in out and "(set, not shown)" in out
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "error"),
     [

@@ -109,6 +109,10 @@ def status(admin: str, token: str | None, as_json: bool) -> int:
     return 0
 
 
+_SECRETS = frozenset({"admin_token"})
+_SECRET = "(set, not shown)"
+
+
 @cli.command("config")
 @app_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object, for scripts.")
@@ -138,13 +142,22 @@ def config_(cwd: Path, as_json: bool) -> int:
         NodeOptions.from_kwargs(cwd=cwd, server=True, client=True, **options)
     except (TypeError, ValueError, TrustP2PError) as exc:
         raise click.UsageError(with_origins(str(exc), settings)) from exc
+    # A secret isn't printed (this output goes into tickets: a tester): only that it is set.
+    shown = {
+        name: _SECRET if name in _SECRETS and setting.value else setting.value
+        for name, setting in settings.items()
+    }
     if as_json:
-        rows = {s.name: {"value": s.value, "source": s.source.value} for s in settings.values()}
+        rows = {
+            name: {"value": shown[name], "source": s.source.value} for name, s in settings.items()
+        }
         click.echo(json.dumps(rows, indent=2, default=list))
         return 0
     table = Table("option", "value", "source", "from", box=None)
     for setting in settings.values():
-        values = (setting.name, repr(setting.value), setting.source.value, setting.origin)
+        value = shown[setting.name]
+        values = (setting.name, value if value is _SECRET else repr(value), setting.source.value,
+                  setting.origin)  # fmt: skip
         add_plain_row(table, *values)
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0

@@ -192,7 +192,9 @@ def make_threads(node: Any, classes: list[type[Thread]]) -> list[Thread]:
         thread = make_thread(cls, node)
         node.handlers.add_thread(thread)
         threads.append(thread)
-        node.log.debug("= loaded thread %s from %s", cls.__name__, cls.path or cls.__module__)
+        # A thread file's at INFO: an operator sees that a symlink took (a tester).
+        level = logging.INFO if cls.path else logging.DEBUG
+        node.log.log(level, "= loaded thread %s from %s", cls.__name__, cls.path or cls.__module__)
     return threads
 
 
