@@ -507,6 +507,28 @@ async def test_a_flood_of_plain_connections_logs_ten_lines_of_each_kind(
     assert summaries[0].getMessage().startswith("= 16 more 'connected' events in the last ")
 
 
+@pytest.mark.parametrize("secure", [True, False])
+async def test_a_failed_websocket_upgrade_is_said_and_counted(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, secure: bool
+) -> None:
+    # Found by a tester: a peer dialling a ws:// server with tcp:// (a length-prefixed
+    # frame where an HTTP request belongs) left no line and no count on the server.
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    server = await make_node(server=True, secure=secure)
+    assert server.url is not None
+    host, port = server.url.removeprefix("ws://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(len(b"\x08\x01").to_bytes(4, "big") + b"\x08\x01\r\n\r\n")
+    await writer.drain()
+    with contextlib.suppress(ConnectionError):
+        await reader.read()  # the server closes it
+    writer.close()
+    await wait_for(lambda: server.metrics.handshakes.get("UpgradeFailed") == 1)
+    [line] = [r for r in caplog.records if "WebSocket upgrade failed" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert line.getMessage().startswith("! 127.0.0.1:")
+
+
 async def test_invalid_packages_from_many_connections_log_ten_lines(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "CONTROL_RATE",
     "DROPPED",
     "FRAME_PROGRESS",
+    "UPGRADE_FAILED",
     "AcceptListener",
     "CloseCode",
     "Driver",
@@ -57,6 +58,10 @@ logger = logging.getLogger(__name__)
 DROPPED = "connection closed without a close frame"
 """What every driver reports (``on_error``) when the peer drops an open connection: the
 TCP connection ended without a closing handshake (the peer crashed, or aborted)."""
+
+UPGRADE_FAILED = "WebSocket upgrade failed"
+"""How a WebSocket driver's ``close_reason`` starts for an accepted connection whose
+upgrade failed (not HTTP, not a WebSocket request: a peer dialling with ``tcp://``)."""
 
 FRAME_PROGRESS = 16 * 1024
 """Bytes of a frame in progress that earn it another ``frame_timeout``

@@ -33,7 +33,16 @@ from ..protocol.limits import TokenBucket, is_loopback
 from ._deadline import FrameDeadline
 from ._stream import ReceiveBuffer, ServerListening, StreamSocket, lost_error, serve
 from ._wsframes import binary_frame_parts
-from .base import FRAME_PROGRESS, CloseCode, Driver, DriverOptions, Listener, Listening, Socket
+from .base import (
+    FRAME_PROGRESS,
+    UPGRADE_FAILED,
+    CloseCode,
+    Driver,
+    DriverOptions,
+    Listener,
+    Listening,
+    Socket,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +268,9 @@ class WsSocket(FrameDeadline, StreamSocket):
         else:
             sent = protocol.close_sent
             self._ended_abnormally(None if sent is None else (sent.code, sent.reason))
+            failed = protocol.handshake_exc
+            if self.inbound and self._accepted and not self._opened and failed is not None:
+                self.close_reason = f"{UPGRADE_FAILED}: {failed}"  # (the node says it)
         if self._held is not None:
             self._held.clear()  # in place: a _deliver_held() under way stops
             self._held = None

@@ -23,7 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..admin.counters import count
-from ..drivers.base import Socket
+from ..drivers.base import UPGRADE_FAILED, Socket
 from ..exceptions import HandshakeError
 from ..protocol.admission import Admission, Refusal
 from ..protocol.close import CloseCode
@@ -158,7 +158,13 @@ class Inbound:
         return True
 
     def closed(self, socket: Socket) -> None:
-        """``socket`` closed (a driver's, or a secure one): its slot is free."""
+        """``socket`` closed (a driver's, or a secure one): its slot is free. A failed
+        WebSocket upgrade is said, within the log budget, and counted (found by a
+        tester: a peer dialling a ws:// server with tcp:// left no trace)."""
+        reason = socket.close_reason
+        if reason is not None and reason.startswith(UPGRADE_FAILED) and self._node.running:
+            self.warn(self._logger, "handshake failed", "! %s: %s", socket.peer, reason)
+            count(self._node.metrics.handshakes, "UpgradeFailed")
         conn_id = _raw_id(socket)
         self.awaiting.pop(socket.id, None)
         self._accepted.pop(conn_id, None)
