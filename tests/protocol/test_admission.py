@@ -120,6 +120,31 @@ def test_full_slots_evict_the_oldest_unfinished_handshake(clock: FakeClock) -> N
     assert refusal == Refusal(CloseCode.TRY_AGAIN_LATER, "inbound connections maxed out", warn=True)
 
 
+def test_a_handshake_that_progressed_makes_room_after_those_that_did_not(
+    clock: FakeClock,
+) -> None:
+    # Found by an attacker: 3,200 bare connects a second (sending nothing) dropped the
+    # oldest handshakes, honest newcomers half way through theirs: 24 of 30 failed.
+    rules = admission(max_inbound=4)
+    for conn_id in (1, 2, 3, 4):
+        assert rules.admit(conn_id, f"10.0.0.{conn_id}", clock()) == Admitted()
+        clock.advance(1.0)
+    rules.progressed(1)  # upgraded: the oldest, yet not the first to go
+    rules.progressed(3)
+    rules.progressed(99)  # not in its handshake: nothing
+    assert rules.admit(5, "10.0.1.5", clock()) == Admitted(evicted=2)
+    assert rules.admit(6, "10.0.1.6", clock()) == Admitted(evicted=4)
+    assert rules.admit(7, "10.0.1.7", clock()) == Admitted(evicted=5)
+    assert rules.admit(8, "10.0.1.8", clock()) == Admitted(evicted=6)
+    rules.progressed(7)
+    rules.progressed(8)
+    # Every one progressed: the oldest, as ever; finishing forgets the mark.
+    assert rules.admit(9, "10.0.1.9", clock()) == Admitted(evicted=1)
+    rules.finish(3, clock())
+    rules.progressed(3)  # finished: nothing
+    assert rules.admit(10, "10.0.1.10", clock()) == Admitted(evicted=9)
+
+
 def finished_from(rules: Admission, clock: FakeClock, hosts: dict[int, str]) -> None:
     for conn_id, host in hosts.items():
         assert rules.admit(conn_id, host, clock()) == Admitted()

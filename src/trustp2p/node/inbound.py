@@ -121,6 +121,7 @@ class Inbound:
         if raw.id not in self._accepted:
             self._accepted[raw.id] = raw
             return self._admit(raw)
+        self.admission.progressed(raw.id)  # upgraded: before bare connects in eviction
         now = asyncio.get_running_loop().time()
         return self._refused(raw, self.admission.readdress(raw.id, raw.host, now))
 
