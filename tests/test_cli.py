@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -296,6 +297,7 @@ def test_a_second_ctrl_c_drops_a_frozen_peer_at_once(tmp_path: Path, mode: list[
         client.process.send_signal(signal.SIGSTOP)
         server.process.send_signal(signal.SIGINT)
         server.wait_for_output("closing 1 connection(s), each within close_timeout (60 s)")
+        time.sleep(0.1)  # (within 0.05 s of the first, a signal is the same request)
         server.process.send_signal(signal.SIGINT)
         assert server.process.wait(timeout=20) == 130, server.output  # not 60 s
         assert "Ctrl-C again: dropping the connections not closed yet" in server.output
@@ -402,3 +404,20 @@ def test_a_node_exits_after_its_stop_whatever_its_threads_left_running(
         r" work \(asyncio.to_thread, run_in_executor\)"
     )
     assert re.search(said, process.output), process.output
+
+
+def test_sighup_stops_a_node_cleanly(tmp_path: Path) -> None:
+    """A closed terminal or a dropped ssh session sends SIGHUP: it killed the node as
+    kill -9 would (no stop, no line, the stores' last counts lost; found by a tester).
+    A clean stop now, exit status 129; a node started under nohup keeps ignoring it."""
+    process = Spawned("server", "--cwd", str(tmp_path), "--port", "0")
+    process.wait_for_output("node started")
+    process.process.send_signal(signal.SIGHUP)
+    assert process.process.wait(timeout=20) == 129, process.output
+    process.stop()
+    assert "x node stopped" in process.output and "Traceback" not in process.output
+    command = f"trap '' HUP; exec {sys.executable} -m trustp2p server --cwd {tmp_path} --port 0"
+    ignoring = Spawned("sh", "-c", command, command=True)
+    ignoring.wait_for_output("node started")
+    ignoring.process.send_signal(signal.SIGHUP)
+    assert ignoring.stop() == 0, ignoring.output  # SIGTERM's status: the SIGHUP did nothing

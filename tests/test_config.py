@@ -131,6 +131,17 @@ def test_config_command_shows_values_and_sources(
     assert "did you mean TRUSTP2P_MAX_INBOUND?" in capsys.readouterr().err
 
 
+def test_the_build_switches_are_not_node_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by a tester: an exported TRUSTP2P_COMPILE=1 (README's build switch, in a
+    # Dockerfile's ENV) made every node command refuse to start: "unknown option".
+    monkeypatch.setenv("TRUSTP2P_COMPILE", "1")
+    monkeypatch.setenv("TRUSTP2P_BUILD_REQUIRES", "1")
+    assert main(["config", "--cwd", str(tmp_path), "--json"]) == 0
+    assert "compile" not in json.loads(capsys.readouterr().out)
+
+
 def test_config_command_shows_no_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

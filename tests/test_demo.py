@@ -135,3 +135,13 @@ def test_a_restarted_node_whose_port_was_taken_listens_on_a_new_one(
     assert "summary: 4 nodes, 4 up; 6 connections, 6 of 6 planned ones up" in out, out
     assert "the network is healthy" in out.splitlines()
     assert len(ports_taken_on_stop) == 1
+
+
+def test_a_demo_too_short_for_its_schedule_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Found by a tester: --duration 1 was taken, and always ended "NOT healthy" (exit 1).
+    assert main(["demo", "--duration", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--duration 1 at --speed 1 is too short for the demo's stop, restart and" in err
+    assert "give --duration 2 or more" in err

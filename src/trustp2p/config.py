@@ -46,7 +46,7 @@ CONFIG_FILE = "trustp2p.toml"
 ENV_PREFIX = "TRUSTP2P_"
 """The prefix of the environment variables that set options."""
 
-NOT_OPTIONS = ("TRUSTP2P_TESTS_", "TRUSTP2P_BENCH_")
+NOT_OPTIONS = ("TRUSTP2P_TESTS_", "TRUSTP2P_BENCH_", "TRUSTP2P_COMPILE", "TRUSTP2P_BUILD_")
 """Prefixes of ``TRUSTP2P_*`` variables that are not node options."""
 
 _NOT_CONFIGURABLE = frozenset({"cwd", "server", "client", "threads", "identity"})

@@ -88,6 +88,9 @@ def node(**kwargs: Any) -> int:
     return run_node(server=True, client=True, **kwargs)
 
 
+_DEMO_MIN_RUN = 2.0  # seconds of the demo's schedule at --speed 1
+
+
 @cli.command()
 @click.option("--nodes", type=click.IntRange(2, 50), default=5, show_default=True)
 @click.option(
@@ -95,7 +98,8 @@ def node(**kwargs: Any) -> int:
     type=click.FloatRange(min=0.5),
     default=20.0,
     show_default=True,
-    help="Seconds to run (then up to 5 s more for the last chat messages).",
+    help="Seconds to run (then up to 5 s more for the last chat messages); at least 2 "
+    "at --speed 1 (its stop, restart and catch-up need them).",
 )
 @click.option(
     "--speed",
@@ -126,6 +130,12 @@ def demo(
     """
     from ..apps.demo import run_demo
 
+    # (Found by a tester: --duration 1 was taken, and always ended "NOT healthy".)
+    if duration * speed < _DEMO_MIN_RUN:
+        raise click.UsageError(
+            f"--duration {duration:g} at --speed {speed:g} is too short for the demo's stop, "
+            f"restart and catch-up: give --duration {_DEMO_MIN_RUN / speed:g} or more"
+        )
     setup_cli_logging(log_level if log_level != "info" else "warning")
     return run_on_loop(run_demo(nodes=nodes, duration=duration, speed=speed, restart=restart), loop)
 
