@@ -408,6 +408,11 @@ async def test_trustp2p_status_with_a_token(
     assert await asyncio.to_thread(main, args) == 1
     assert "401" in capsys.readouterr().err
     assert await asyncio.to_thread(main, [*args, "--token", "t0k"]) == 0
+    # The browser's URL, pasted: its token is taken (a tester: the page was fetched).
+    browser = ["status", "--admin", f"{server.admin_url.rstrip('/')}/?token=t0k", "--json"]
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, browser) == 0
+    assert json.loads(capsys.readouterr().out)["node"]["peer_id"] == server.peer_id
 
 
 def test_trustp2p_status_of_nothing_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:

@@ -183,8 +183,15 @@ def test_id_and_peers_of_the_second_node_of_a_directory(
     assert [peer["peer_id"] for peer in json.loads(capsys.readouterr().out)] == [second]
     assert main(["peers", *cwd, "--name", name, "--json"]) == 0
     assert [peer["peer_id"] for peer in json.loads(capsys.readouterr().out)] == [first]
-    assert main(["peers", *cwd, "--name", "node-3"]) == 0
-    assert capsys.readouterr().out == "no peers known yet\n"
+    # A name with no key where others are: said (a tester's typo read as an empty
+    # store, or printed a new, wrong peer id).
+    assert main(["peers", *cwd, "--name", "node-3"]) == 1
+    known = ", ".join(sorted(["node", name]))
+    assert f"no node named 'node-3' in {tmp_path} (known: {known})" in capsys.readouterr().err
+    assert main(["id", *cwd, "--name", "node-3"]) == 0
+    out, err = capsys.readouterr()
+    assert f"no node named 'node-3' in {tmp_path} yet (known: {known}): its key is made" in err
+    assert out.strip() not in (first, second)
     assert main(["id", *cwd, "--name", "../x"]) == 2  # click's usage error
     assert "Invalid value for '--name'" in capsys.readouterr().err
 

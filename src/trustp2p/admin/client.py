@@ -10,6 +10,7 @@ __all__ = ["add_plain_row", "fetch_status", "status_tables", "status_url"]
 
 import json
 import time
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -21,10 +22,20 @@ from ..identity import short_id
 
 def status_url(admin: str) -> str:
     """The ``/status.json`` URL of an admin listener given as a URL or ``HOST:PORT``
-    (with or without ``/status.json``: a tester gave it and got a 404)."""
+    (with or without ``/status.json``: a tester gave it and got a 404; a browser's URL
+    with its ``?token=``, the query and fragment dropped: see :func:`url_token`)."""
     if "://" not in admin:
         admin = f"http://{admin}"
-    return admin.rstrip("/").removesuffix("/status.json") + "/status.json"
+    parts = urllib.parse.urlsplit(admin)
+    path = parts.path.rstrip("/").removesuffix("/status.json") + "/status.json"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def url_token(admin: str) -> str | None:
+    """The ``token`` of a browser's admin URL (``http://HOST:PORT/?token=T``), if any:
+    pasted into ``trustp2p status``, it fetched the page instead (a tester)."""
+    tokens = urllib.parse.parse_qs(urllib.parse.urlsplit(admin).query).get("token")
+    return tokens[0] if tokens else None
 
 
 def fetch_status(admin: str, *, token: str | None = None, timeout: float = 5.0) -> Any:
@@ -40,6 +51,7 @@ def fetch_status(admin: str, *, token: str | None = None, timeout: float = 5.0) 
     url = status_url(admin)
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an http URL: {admin}")
+    token = url_token(admin) if token is None else token
     request = urllib.request.Request(url)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")

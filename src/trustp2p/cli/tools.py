@@ -67,6 +67,10 @@ def peers(cwd: Path, name: str, as_json: bool, log_level: str) -> int:
     from ..apps.peers import peers_json, peers_table, read_peers
 
     setup_cli_logging(log_level)
+    others = _other_nodes(cwd, name)
+    if others:  # (a tester's typo read as an empty store)
+        click.echo(f"trustp2p: error: no node named {name!r} in {cwd} (known: {others})", err=True)
+        return 1
     records = asyncio.run(read_peers(cwd, name))
     if as_json:
         click.echo(json.dumps(peers_json(records), indent=2))
@@ -107,6 +111,16 @@ def status(admin: str, token: str | None, as_json: bool) -> int:
     for table in status_tables(answer):
         console.print(table)
     return 0
+
+
+def _other_nodes(cwd: Path, name: str) -> str:
+    """The names of the other nodes of ``cwd``, if ``name`` has no key there yet."""
+    from ..identity import key_path
+
+    path = key_path(cwd, name)
+    if path.exists():
+        return ""
+    return ", ".join(sorted(p.stem for p in path.parent.glob(f"*{path.suffix}")))
 
 
 _SECRETS = frozenset({"admin_token"})
@@ -173,6 +187,9 @@ def id_(cwd: Path, name: str, log_level: str) -> int:
     from ..identity import Identity, key_path
 
     setup_cli_logging(log_level)
+    if others := _other_nodes(cwd, name):  # (a tester's typo printed a new, wrong id)
+        click.echo(f"trustp2p: no node named {name!r} in {cwd} yet (known: {others}): "
+                   "its key is made now", err=True)  # fmt: skip
     try:
         identity = Identity.load_or_create(key_path(cwd, name))
     except IdentityError as exc:
