@@ -593,7 +593,8 @@ async def test_incompatible_version_is_closed_with_a_reason(make_node: MakeNode)
         await ws.send(version_talk(protocol_version="2.0"))
         assert await closed_by_peer(ws) == (
             1002,
-            "protocol version 2.0 is incompatible: major version 2 differs from ours (1)",
+            "protocol version 2.0 is incompatible: the closing node speaks major version 1,"
+            " the other 2",
         )
 
 
@@ -616,7 +617,7 @@ async def test_other_network_is_closed(
     )
     # With the reason, on both sides (before: invalid packages, a handshake timeout, and
     # each side blocking the other for an hour).
-    reason = "network alt '2' differs from ours ('1')"
+    reason = "network alt '2' is another network: the closing node runs on '1'"
     await wait_for(lambda: sum(reason in r.getMessage() for r in caplog.records) >= 2)
     assert not any("blocking" in r.getMessage() for r in caplog.records)
 

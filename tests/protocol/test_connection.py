@@ -255,7 +255,8 @@ def test_incompatible_version_closes_with_the_reason(clock: FakeClock) -> None:
     assert actions == [
         Close(
             CloseCode.PROTOCOL_ERROR,
-            "protocol version 2.0 is incompatible: major version 2 differs from ours (1)",
+            "protocol version 2.0 is incompatible: the closing node speaks major version 1,"
+            " the other 2",
         )
     ]
 
@@ -271,7 +272,8 @@ def test_an_introduction_from_another_network_closes_with_the_reason(
     body = {**VERSION, "alt": "2"}
     data = encode(build_package(PackageType.TALK, event, body, alt="2"))
     actions = connection.receive_data(data)
-    assert actions == [Close(CloseCode.PROTOCOL_ERROR, "network alt '2' differs from ours ('1')")]
+    reason = "network alt '2' is another network: the closing node runs on '1'"
+    assert actions == [Close(CloseCode.PROTOCOL_ERROR, reason)]
 
 
 def test_a_second_introduction_is_ignored(clock: FakeClock) -> None:

@@ -78,9 +78,21 @@ def test_own_version_body_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("theirs", "message"),
     [
-        ("2.0", "protocol version 2.0 is incompatible: major version 2 differs from ours (1)"),
-        ("0.9", "protocol version 0.9 is incompatible: major version 0 differs from ours (1)"),
-        ("10.0", "protocol version 10.0 is incompatible: major version 10 differs from ours (1)"),
+        (
+            "2.0",
+            "protocol version 2.0 is incompatible: the closing node speaks major"
+            " version 1, the other 2",
+        ),
+        (
+            "0.9",
+            "protocol version 0.9 is incompatible: the closing node speaks major"
+            " version 1, the other 0",
+        ),
+        (
+            "10.0",
+            "protocol version 10.0 is incompatible: the closing node speaks major"
+            " version 1, the other 10",
+        ),
     ],
 )
 def test_other_major_version_is_refused(theirs: str, message: str) -> None:
@@ -89,7 +101,9 @@ def test_other_major_version_is_refused(theirs: str, message: str) -> None:
 
 def test_major_version_is_compared_with_ours() -> None:
     message = _refused({"protocol_version": "1.0", "alt": "1"}, protocol_version="2.0")
-    assert message == "protocol version 1.0 is incompatible: major version 1 differs from ours (2)"
+    assert message == (
+        "protocol version 1.0 is incompatible: the closing node speaks major version 2, the other 1"
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,9 +124,9 @@ def test_missing_protocol_version_is_refused(body: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("alt", "message"),
     [
-        ("2", "network alt '2' differs from ours ('1')"),
-        (1, "network alt 1 differs from ours ('1')"),
-        (None, "network alt None differs from ours ('1')"),
+        ("2", "network alt '2' is another network: the closing node runs on '1'"),
+        (1, "network alt 1 is another network: the closing node runs on '1'"),
+        (None, "network alt None is another network: the closing node runs on '1'"),
     ],
 )
 def test_other_alt_is_refused(alt: Any, message: str) -> None:
@@ -120,12 +134,13 @@ def test_other_alt_is_refused(alt: Any, message: str) -> None:
 
 
 def test_missing_alt_is_refused() -> None:
-    assert _refused({"protocol_version": "1.0"}) == "network alt None differs from ours ('1')"
+    refusal = "network alt None is another network: the closing node runs on '1'"
+    assert _refused({"protocol_version": "1.0"}) == refusal
 
 
 def test_alt_is_compared_with_ours() -> None:
     message = _refused({"protocol_version": "1.0", "alt": "1"}, alt="3")
-    assert message == "network alt '1' differs from ours ('3')"
+    assert message == "network alt '1' is another network: the closing node runs on '3'"
 
 
 def test_version_is_checked_before_alt() -> None:

@@ -115,13 +115,17 @@ def check_version(
     if not isinstance(theirs, str) or not theirs:
         raise HandshakeError("version talk lacks protocol_version")
     if major_version(theirs) != major_version(protocol_version):
+        # Said from no side (the peer logs it as its close reason: "ours" contradicted
+        # its own log, found by a tester), as PLAIN_PEER and SECURE_PEER are.
         raise HandshakeError(
-            f"protocol version {theirs} is incompatible: major version "
-            f"{major_version(theirs)} differs from ours ({major_version(protocol_version)})"
+            f"protocol version {theirs} is incompatible: the closing node speaks major "
+            f"version {major_version(protocol_version)}, the other {major_version(theirs)}"
         )
     their_alt = body.get("alt")
     if their_alt != alt:
-        raise HandshakeError(f"network alt {their_alt!r} differs from ours ({alt!r})")
+        raise HandshakeError(
+            f"network alt {their_alt!r} is another network: the closing node runs on {alt!r}"
+        )
 
 
 def is_mode_mismatch(reason: str | None) -> bool:
