@@ -330,7 +330,7 @@ def test_help_groups_options_and_shows_each_role_its_own(
         assert f"{flag} " not in text, flag
 
 
-@pytest.mark.parametrize("command", ["id", "peers", "config"])
+@pytest.mark.parametrize("command", ["id", "peers", "config", "server", "client", "node"])
 def test_a_missing_directory_is_an_error_not_a_new_node(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -286,10 +286,12 @@ def run_on_loop(main: Coroutine[Any, Any, T], loop: str) -> T:
 def cwd_option(f: F) -> F:
     return click.option(
         "--cwd",
-        type=click.Path(file_okay=False, path_type=Path),
+        # It must exist: a usage error (2) as for id, peers and config (a tester: a
+        # node command's "cwd is not a directory" exited 1).
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
         default=Path("."),
         show_default=True,
-        help="Directory holding threads-enabled/.",
+        help="Directory holding threads-enabled/ (it must exist).",
     )(f)
 
 
