@@ -517,9 +517,12 @@ async def test_a_failed_websocket_upgrade_is_said_and_counted(
     server = await make_node(server=True, secure=secure)
     assert server.url is not None
     host, port = server.url.removeprefix("ws://").rsplit(":", 1)
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.close()  # a TCP health check: connects and closes, no failed upgrade
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(len(b"\x08\x01").to_bytes(4, "big") + b"\x08\x01\r\n\r\n")
+    writer.write(len(b"\x08\x01").to_bytes(4, "big") + b"\x08\x01")  # a tcp:// frame
     await writer.drain()
+    writer.write_eof()  # (no line end: the server waits for the rest of a request line)
     with contextlib.suppress(ConnectionError):
         await reader.read()  # the server closes it
     writer.close()
@@ -527,6 +530,10 @@ async def test_a_failed_websocket_upgrade_is_said_and_counted(
     [line] = [r for r in caplog.records if "WebSocket upgrade failed" in r.getMessage()]
     assert line.levelno == logging.WARNING
     assert line.getMessage().startswith("! 127.0.0.1:")
+    assert line.getMessage().endswith(
+        "WebSocket upgrade failed: did not receive a valid HTTP request (does the peer dial"
+        " tcp://?)"
+    )
 
 
 async def test_invalid_packages_from_many_connections_log_ten_lines(

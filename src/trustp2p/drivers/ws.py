@@ -67,6 +67,21 @@ _receive_buffer = ReceiveBuffer(2**18)
 _SLICE = 2**16  # bytes of a read parsed before the frames' budget is checked
 
 
+_NOT_HTTP = "did not receive a valid HTTP request"  # websockets' words
+
+
+def _sent(failed: BaseException | None) -> bool:
+    """Whether a failed upgrade had bytes from the peer: not a TCP health check, which
+    connects and closes (websockets says how many bytes came before the end of the
+    stream: "stream ends after 0 bytes, before end of line")."""
+    if failed is None:
+        return False
+    ended = failed.__cause__
+    if not isinstance(ended, EOFError):
+        return True
+    return not str(ended.__cause__ or "").startswith("stream ends after 0 bytes")
+
+
 class WsSocket(FrameDeadline, StreamSocket):
     """A WebSocket connection; also the asyncio protocol of its transport."""
 
@@ -269,8 +284,9 @@ class WsSocket(FrameDeadline, StreamSocket):
             sent = protocol.close_sent
             self._ended_abnormally(None if sent is None else (sent.code, sent.reason))
             failed = protocol.handshake_exc
-            if self.inbound and self._accepted and not self._opened and failed is not None:
-                self.close_reason = f"{UPGRADE_FAILED}: {failed}"  # (the node says it)
+            if self.inbound and self._accepted and not self._opened and _sent(failed):
+                hint = " (does the peer dial tcp://?)" if _NOT_HTTP in str(failed) else ""
+                self.close_reason = f"{UPGRADE_FAILED}: {failed}{hint}"  # (the node says it)
         if self._held is not None:
             self._held.clear()  # in place: a _deliver_held() under way stops
             self._held = None
