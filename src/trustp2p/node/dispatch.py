@@ -73,17 +73,16 @@ async def call_logged(what: str, function: Callable[..., object], *args: object)
 async def stop_thread(thread: Thread, timeout: float) -> None:
     """Call a thread's ``stop()``, for ``timeout`` seconds at most; then cancel its tasks,
     and wait ``timeout`` at most for them to end."""
+    where = thread.path or type(thread).__name__
     try:
         async with asyncio.timeout(timeout):
             await call_thread(thread, "stop")
     except TimeoutError:
-        where = thread.path or type(thread).__name__
         logger.warning("! stop of %s didn't return within %g s: going on", where, timeout)
     try:  # (a task that catches its CancelledError held the stop for ever: a tester)
         async with asyncio.timeout(timeout):
             await thread.cancel_tasks()
     except TimeoutError:
-        where = thread.path or type(thread).__name__
         logger.warning("! tasks of %s didn't end within %g s of being cancelled: going on",
                        where, timeout)  # fmt: skip
 
