@@ -314,12 +314,19 @@ def plan_fetches(
 
 class Fetch:
     """
-    One range of one stream fetched from one peer, a batch at a time: send
+    One range of one stream fetched from one peer, an answer at a time: send
     :meth:`request`, pass the answer to :meth:`receive`, until :attr:`done`.
+
+    A range is asked for to its end each time; the peer answers what it keeps of it,
+    oldest first, at most its own ``catchup_batch``. So a peer whose log starts past
+    the range's first numbers answers from its first message (found in review: asked a
+    window of ``batch`` at a time, such a peer answered the first window with nothing,
+    which ended the fetch, and each later round asked the same window: the stream
+    stalled until its origin published again).
 
     Args:
         wanted: The range (only its ``seqs`` if it has them).
-        batch: Most messages asked for at once.
+        batch: Most of ``seqs`` asked for at once.
 
     """
 
@@ -370,12 +377,13 @@ class Fetch:
         return to if to >= self.wanted.first else 0
 
     def request(self) -> Body:
-        """The next ``gossip/fetch`` request: from :attr:`next`, at most ``batch``."""
+        """The next ``gossip/fetch`` request: from :attr:`next` to the range's end (of
+        ``seqs``, at most ``batch`` of them)."""
         wanted = self.wanted
         body: Body = {"topic": wanted.topic, "origin": wanted.origin, "from": self.next}
         seqs = wanted.seqs
         if seqs is None:
-            self._to = min(wanted.last, self.next + self.batch - 1)
+            self._to = wanted.last  # the peer's batch bounds the answer
         elif self.ranges:
             end, limit = self._pos, min(len(seqs), self._pos + self.batch)
             while end + 1 < limit and seqs[end + 1] == seqs[end] + 1:
@@ -485,7 +493,8 @@ class CatchUp:
     nor keeps other peers from being asked for them.
 
     Args:
-        batch: Most messages in one ``gossip/fetch`` (the ``catchup_batch`` option).
+        batch: Most of the numbers a gap fetch asks for at once (the
+            ``catchup_batch`` option).
         max_fetches: Most streams fetched from one peer at once.
         clock: Monotonic seconds.
         rng: Random source, for tests.
