@@ -451,12 +451,20 @@ async def test_failed_handshakes_are_counted_by_reason(make_node: MakeNode) -> N
     assert any(dict(labels)["outcome"] == "failed" for _, labels in failed)
 
 
-async def test_a_taken_admin_port_fails_the_start(make_node: MakeNode) -> None:
+async def test_a_taken_admin_port_fails_the_start(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
     first = await make_node(server=True, admin="127.0.0.1:0")
     assert first.admin_url is not None
     taken = first.admin_url.rstrip("/").removeprefix("http://")
+    caplog.set_level(logging.INFO, "trustp2p.node")
+    caplog.clear()
     with pytest.raises(DriverError, match="admin listener can't listen"):
         await make_node(server=True, admin=taken)
+    # Found by a tester: a start that failed was logged as a stop ("x stopping node",
+    # "x node stopped") before its error, like a node that had run.
+    said = [r.getMessage() for r in caplog.records if r.name == "trustp2p.node.node"]
+    assert said == ["x undoing a failed start", "x failed start undone"]
 
 
 def test_status_tables_print_brackets_as_text() -> None:

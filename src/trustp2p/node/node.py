@@ -123,7 +123,7 @@ class Node:
         self._identity_name = options.name or "node"  # its key: identity/<name>.key
         self._identity_lock: IO[bytes] | None = None
         self._stopping: asyncio.Future[None] | None = None  # stop()'s work, once begun
-        self._start_ended: asyncio.Future[None] | None = None  # start()'s end, once begun
+        self._start_ended: asyncio.Future[bool] | None = None  # start()'s end: ok?
         self._starter: asyncio.Task[Any] | None = None
         self.store: PeerStore | None = None
         self._secure: SecureLayer | None = None
@@ -266,9 +266,9 @@ class Node:
             await self._start(self._start_ended)
         finally:
             if not self._start_ended.done():  # (a failed start ends it before its stop)
-                self._start_ended.set_result(None)
+                self._start_ended.set_result(True)
 
-    async def _start(self, ended: asyncio.Future[None]) -> None:
+    async def _start(self, ended: asyncio.Future[bool]) -> None:
         options = self.options
         current_node.set(self.context_key)  # the tasks and transports started here are ours
         if self.admin is not None:
@@ -310,7 +310,7 @@ class Node:
             del self.threads[started:]  # a thread whose start() didn't return isn't stopped
             if self.state is NodeState.NEW:  # what started before RUNNING: stop() undoes it
                 self.state = NodeState.RUNNING
-            ended.set_result(None)  # for stop()
+            ended.set_result(False)  # for stop(): no "stopping node" (found by a tester)
             await self.stop()
             raise
         self._started()
@@ -371,7 +371,8 @@ class Node:
             await asyncio.shield(self._stopping)
 
     async def _stop(self, caller: asyncio.Task[Any] | None) -> None:
-        self.log.info("x stopping node")
+        started = self._start_ended is None or self._start_ended.result()
+        self.log.info("x stopping node" if started else "x undoing a failed start")
         if self._identity_lock is not None:
             mark_stopping(self._identity_lock)  # a node restarted meanwhile waits
         if self.admin is not None:
@@ -395,8 +396,7 @@ class Node:
             socket.close_soon(CloseCode.GOING_AWAY, "node stopping")
         if sockets:
             await asyncio.gather(*(socket.wait_closed() for socket in sockets))
-        # Let on_socket_close hooks run, within reason.
-        await self.connections.workers.wait(self.options.close_timeout, caller)
+        await self.connections.workers.wait(self.options.close_timeout, caller)  # the hooks
         if self._requests is not None:
             self._requests.close()
         await self.tasks.aclose()
@@ -411,7 +411,7 @@ class Node:
             self._identity_lock = None
         self.connections.inbound.stop_logging()
         self.state = NodeState.STOPPED
-        self.log.info("x node stopped")
+        self.log.info("x node stopped" if started else "x failed start undone")
 
     async def __aenter__(self) -> Node:
         if self.state is NodeState.NEW:
