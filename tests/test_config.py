@@ -131,6 +131,27 @@ def test_config_command_shows_values_and_sources(
     assert "did you mean TRUSTP2P_MAX_INBOUND?" in capsys.readouterr().err
 
 
+def test_config_command_takes_the_flags_of_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by a tester: its help and the README named a "flag" source it could never
+    # print (`config --request-rate 40`: "No such option").
+    write(tmp_path, "request_rate = 20\nport = 1300\n")
+    monkeypatch.setenv("TRUSTP2P_REQUEST_RATE", "30")
+    args = ["--request-rate", "40", "--connect", "ws://127.0.0.1:1107", "--insecure"]
+    assert main(["config", "--cwd", str(tmp_path), "--json", *args]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows["request_rate"] == {"value": 40.0, "source": "flag"}
+    assert rows["peers"] == {"value": ["ws://127.0.0.1:1107"], "source": "flag"}
+    assert rows["secure"] == {"value": False, "source": "flag"}
+    assert rows["port"] == {"value": 1300, "source": "file"}  # --port left at its default
+    assert main(["config", "--cwd", str(tmp_path), "--request-rate", "40"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "request_rate" in line)
+    assert row.split()[1:] == ["40.0", "flag", "--request-rate"]
+    assert main(["config", "--cwd", str(tmp_path), "--port", "99999"]) == 2
+    assert "(set by --port)" in " ".join(capsys.readouterr().err.split())
+
+
 def test_the_build_switches_are_not_node_options(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,7 +10,10 @@ __all__ = [
     "cli",
     "cwd_option",
     "fast_options",
+    "given_flags",
+    "listen_options",
     "log_options",
+    "node_options",
     "run_node",
     "run_on_loop",
     "setup_cli_logging",
@@ -278,6 +281,40 @@ def fast_options(*, driver: bool = False) -> Callable[[F], F]:
     return decorate
 
 
+def listen_options(f: F) -> F:
+    """``--host`` and ``--port``, for the commands that accept peers."""
+    f = click.option(
+        "--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port (0: any)."
+    )(f)
+    return click.option(
+        "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
+    )(f)
+
+
+def node_options(f: F) -> F:
+    """The options of ``trustp2p node`` after ``--cwd`` (``config`` takes them too)."""
+    f = tuning_options("node")(fast_options(driver=True)(log_options(f)))
+    f = click.option(
+        "--connect", "peers", multiple=True, metavar="URL", help="Server to dial; repeatable."
+    )(f)
+    return listen_options(f)
+
+
+def given_flags(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """
+    The options of ``kwargs`` given on the command line (a flag left at its default
+    isn't), and the flag each parameter of the command is given with.
+    """
+    context = click.get_current_context()
+    flags = {
+        name: value
+        for name, value in kwargs.items()
+        if value is not None and context.get_parameter_source(name) is not ParameterSource.DEFAULT
+    }
+    typed = {param.name: param.opts[0] for param in context.command.params if param.name}
+    return flags, typed
+
+
 def run_on_loop(main: Coroutine[Any, Any, T], loop: str) -> T:
     """Run ``main`` on the event loop ``--loop`` named (checked when parsed)."""
     return run(main, loop=loop)
@@ -301,16 +338,9 @@ def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
     from ..config import Source, load_settings, with_origins
 
     setup_cli_logging(log_level)
-    context = click.get_current_context()
-    # Flags given on the command line win over the environment and the file; a flag
-    # left at its default doesn't.
-    flags = {
-        name: value
-        for name, value in kwargs.items()
-        if value is not None and context.get_parameter_source(name) is not ParameterSource.DEFAULT
-    }
+    # Flags given on the command line win over the environment and the file.
+    flags, typed = given_flags(kwargs)
     roles = {name: kwargs.pop(name) for name in ("server", "client") if name in kwargs}
-    typed = {param.name: param.opts[0] for param in context.command.params if param.name}
     settings = {}
     try:
         settings = load_settings(kwargs.get("cwd"), os.environ, flags, typed)

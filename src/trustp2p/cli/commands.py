@@ -8,14 +8,15 @@ from typing import Any
 import click
 
 from .base import (
-    DEFAULT_PORT,
     LOG_LEVELS,
     F,
     GroupedCommand,
     cli,
     cwd_option,
     fast_options,
+    listen_options,
     log_options,
+    node_options,
     run_node,
     run_on_loop,
     setup_cli_logging,
@@ -33,16 +34,6 @@ def init(directory: Path, log_level: str) -> None:
     setup_cli_logging(log_level)
     for line in init_app_dir(directory):
         click.echo(line)
-
-
-def listen_options(f: F) -> F:
-    """``--host`` and ``--port``, for the commands that accept peers."""
-    f = click.option(
-        "--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port (0: any)."
-    )(f)
-    return click.option(
-        "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
-    )(f)
 
 
 @cli.command(cls=GroupedCommand)
@@ -76,13 +67,7 @@ def client(**kwargs: Any) -> int:
 
 @cli.command(cls=GroupedCommand)
 @cwd_option
-@listen_options
-@click.option(
-    "--connect", "peers", multiple=True, metavar="URL", help="Server to dial; repeatable."
-)
-@tuning_options("node")
-@fast_options(driver=True)
-@log_options
+@node_options
 def node(**kwargs: Any) -> int:
     """Run a node that both accepts peers and dials servers."""
     return run_node(server=True, client=True, **kwargs)

@@ -6,14 +6,18 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..exceptions import TrustP2PError
 from .base import (
     F,
+    GroupedCommand,
     cli,
+    given_flags,
     log_options,
+    node_options,
     setup_cli_logging,
 )
 
@@ -127,16 +131,18 @@ _SECRETS = frozenset({"admin_token"})
 _SECRET = "(set, not shown)"
 
 
-@cli.command("config")
+@cli.command("config", cls=GroupedCommand)
 @app_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object, for scripts.")
-def config_(cwd: Path, as_json: bool) -> int:
+@node_options
+def config_(cwd: Path, as_json: bool, log_level: str, loop: str, **kwargs: Any) -> int:
     """Print each node option's effective value and where it came from.
 
-    Sources, the first found winning: a flag on the command line (of server, client
-    or node), a TRUSTP2P_<NAME> environment variable, <cwd>/trustp2p.toml, the
-    default. An unknown key in the file or the environment is an error (exit 2), as is
-    a value a node would refuse to start with.
+    Sources, the first found winning: a flag on the command line, a TRUSTP2P_<NAME>
+    environment variable, <cwd>/trustp2p.toml, the default. It takes the flags of
+    `trustp2p node`: put `config` in place of `server`, `client` or `node` in a command
+    line to see what it runs with. An unknown key in the file or the environment is an
+    error (exit 2), as is a value a node would refuse to start with.
     """
     import json
 
@@ -149,7 +155,7 @@ def config_(cwd: Path, as_json: bool) -> int:
 
     settings = {}
     try:
-        settings = load_settings(cwd, os.environ, {})
+        settings = load_settings(cwd, os.environ, *given_flags(kwargs))
         # The checks a node's start makes (ranges, choices, what goes together), as a
         # node with both roles: what this prints, `trustp2p node` would run with.
         options = {s.name: s.value for s in settings.values() if s.source is not Source.DEFAULT}
