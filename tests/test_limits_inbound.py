@@ -507,14 +507,16 @@ async def test_a_flood_of_plain_connections_logs_ten_lines_of_each_kind(
     assert summaries[0].getMessage().startswith("= 16 more 'connected' events in the last ")
 
 
-@pytest.mark.parametrize("secure", [True, False])
+@pytest.mark.parametrize(("secure", "driver"), [(True, "ws"), (False, "ws"), (False, "picows")])
 async def test_a_failed_websocket_upgrade_is_said_and_counted(
-    make_node: MakeNode, caplog: pytest.LogCaptureFixture, secure: bool
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, secure: bool, driver: str
 ) -> None:
     # Found by a tester: a peer dialling a ws:// server with tcp:// (a length-prefixed
     # frame where an HTTP request belongs) left no line and no count on the server.
+    if driver == "picows":
+        pytest.importorskip("picows")
     caplog.set_level(logging.INFO, logger="trustp2p")
-    server = await make_node(server=True, secure=secure)
+    server = await make_node(server=True, secure=secure, driver=driver)
     assert server.url is not None
     host, port = server.url.removeprefix("ws://").rsplit(":", 1)
     _, writer = await asyncio.open_connection(host, int(port))
@@ -530,10 +532,12 @@ async def test_a_failed_websocket_upgrade_is_said_and_counted(
     [line] = [r for r in caplog.records if "WebSocket upgrade failed" in r.getMessage()]
     assert line.levelno == logging.WARNING
     assert line.getMessage().startswith("! 127.0.0.1:")
-    assert line.getMessage().endswith(
-        "WebSocket upgrade failed: did not receive a valid HTTP request (does the peer dial"
-        " tcp://?)"
-    )
+    said = {
+        "ws": "did not receive a valid HTTP request (does the peer dial tcp://?)",
+        "picows": "6 bytes and no WebSocket upgrade (an HTTP client, or does the peer dial"
+        " tcp://?)",
+    }
+    assert line.getMessage().endswith(f"WebSocket upgrade failed: {said[driver]}")
 
 
 async def test_invalid_packages_from_many_connections_log_ten_lines(

@@ -61,6 +61,7 @@ from ._stream import (
 from ._wsframes import binary_frames
 from .base import (
     FRAME_PROGRESS,
+    UPGRADE_FAILED,
     CloseCode,
     Driver,
     DriverOptions,
@@ -95,6 +96,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         self._open = False  # open and neither side sent a close frame: writable
         self._opened = False  # the listener heard on_connection / on_open
         self._accepted = False  # the listener heard on_accept: it hears on_close too
+        self._upgrade_bytes = 0  # read while not open (a failed upgrade's, if it stays so)
         self._aborted = False
         self._end: tuple[Exception | None, asyncio.TimerHandle] | None = None  # EndAfterHeld
         self._close_sent = False  # by this driver (picows sends one on its own errors)
@@ -294,6 +296,8 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
 
     def read_incomplete(self, now: float, nbytes: int) -> None:
         """A read (``buffer_updated``) completed no frame: progress, or a new deadline."""
+        if not self._opened:
+            self._upgrade_bytes += nbytes
         if not self._paused_reading:
             self._watch_frames(False, now, nbytes)
 
@@ -312,6 +316,8 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             self._timer.cancel()
             self._timer = None
         self._set_close_code()
+        if self._accepted and not self._opened and self._close_on_open is None:
+            self._upgrade_failed()
         self._held.clear()  # in place: a _deliver_held() under way stops
         self._held_close = None
         if self._ws is not None and not self.inbound:
@@ -323,6 +329,17 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         if self._opened or self._accepted:
             self._report("on_close")
         self._lost_waiter.set_result(None)
+
+    def _upgrade_failed(self) -> None:
+        """An accepted connection ended before its upgrade: if the peer sent bytes (a
+        TCP health check connects and closes), say so in the close reason, which the
+        node reports (as the ws driver does; found by a tester: a peer dialling with
+        tcp:// left no trace). picows doesn't say what was wrong with them."""
+        if self._upgrade_bytes:
+            self.close_reason = (
+                f"{UPGRADE_FAILED}: {self._upgrade_bytes} bytes and no WebSocket upgrade"
+                " (an HTTP client, or does the peer dial tcp://?)"
+            )
 
     def server_listener(self, request: WSUpgradeRequest) -> Any:
         """picows' listener factory, server side: check ``X-Real-IP`` and upgrade."""
