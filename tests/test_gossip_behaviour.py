@@ -1011,3 +1011,31 @@ async def test_large_catch_up_answers_cost_the_asker_its_request_budget() -> Non
             answer = await role.request(socket, FETCH, body)
             assert len(answer["messages"]) >= 1
         assert server.metrics.throttles > before  # the asker was slowed down
+
+
+async def test_large_hwm_answers_cost_the_asker_its_request_budget() -> None:
+    # Found by an attacker: with 12,000 origins in a topic's log, a 78-byte hwm request
+    # drew a 78 KB answer for one token of the request budget (170 MB out for 172 KB
+    # in, in 20 s). An answer's marks cost a token per 64 KiB, as a fetch's messages.
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "server", request_rate=1.0, request_burst=150) as server,
+        memory_node(hub, "asker") as asker,  # it carries no topic: no catch-up of its own
+    ):
+        server.subscribe("chat")
+        log = gossip(server).message_log
+        assert log is not None
+        now = int(time.time() * 1000)
+        for _ in range(2000):  # 78 KB of marks: 1.19 tokens an answer
+            log.add(to_logged(sign_message(Identity.generate(), "chat", 1, now, {})))
+        assert asker.client is not None and server.url is not None
+        asker.client.connect(server.url)
+        await asker.client.wait_connected()
+        socket = socket_to(asker, "server")
+        before = server.metrics.throttles
+        for _ in range(140):  # 140 tokens would be within the burst
+            answer = await asker.client.request(socket, HWM, {"topics": ["chat"]})
+            assert len(answer["hwm"]["chat"]) == 2000
+            if server.metrics.throttles > before:
+                break
+        assert server.metrics.throttles > before  # the asker was slowed down

@@ -29,7 +29,9 @@ from trustp2p.protocol.gossip import (
     Fetch,
     FetchRange,
     GossipMessage,
+    HwmMarks,
     answer_size_limit,
+    best_marks,
     decode_fetch_request,
     decode_hwm_answer,
     decode_hwm_request,
@@ -484,19 +486,48 @@ def test_a_fetched_message_is_limited_by_max_data() -> None:
 
 def test_hwm_answer_serves_carried_topics_highest_marks_first() -> None:
     streams = {stream_key(TOPIC, _peer(i)): i for i in range(1, MAX_HWM_ORIGINS + 11)}
-    answer = hwm_answer(
-        [TOPIC, "other", "news"], {TOPIC, "news"}, lambda t: streams if t == TOPIC else {}
-    )
-    marks = answer["hwm"]
-    assert list(marks) == [TOPIC, "news"] and marks["news"] == {}
-    assert len(marks[TOPIC]) == MAX_HWM_ORIGINS
-    assert min(marks[TOPIC].values()) == 11  # the 10 lowest are left out
-    assert marks[TOPIC][_peer(MAX_HWM_ORIGINS + 10)] == MAX_HWM_ORIGINS + 10
+    marks = HwmMarks(lambda t: streams if t == TOPIC else {})
+    answer = hwm_answer([TOPIC, "other", "news"], {TOPIC, "news"}, marks)["hwm"]
+    assert list(answer) == [TOPIC, "news"] and answer["news"] == {}
+    assert len(answer[TOPIC]) == MAX_HWM_ORIGINS
+    assert min(answer[TOPIC].values()) == 11  # the 10 lowest are left out
+    assert answer[TOPIC][_peer(MAX_HWM_ORIGINS + 10)] == MAX_HWM_ORIGINS + 10
+    assert best_marks(streams) == answer[TOPIC]
+
+
+def test_past_its_read_budget_a_topics_marks_are_answered_as_last_read() -> None:
+    """Found by an attacker: with 12,000 origins in a topic's log, each hwm answer read
+    and sorted them all (6 ms for one token of the request budget): one peer took 14 s
+    of CPU in 23 s, four saturated the node. The log is read for each request while a
+    node-wide budget of streams read a second allows (honest peers don't reach it)."""
+    now, reads = [0.0], []
+    streams = {stream_key(TOPIC, _peer(i)): i for i in range(1, 30)}
+
+    def high_water(topic: str) -> dict[str, int]:
+        reads.append(topic)
+        return streams if topic == TOPIC else {}
+
+    marks = HwmMarks(high_water, rate=2000.0, burst=3000, clock=lambda: now[0])
+    first = marks(TOPIC)  # a read counts MIN_READ (1,000) streams at least
+    assert len(first) == 29 and reads == [TOPIC]
+    streams[stream_key(TOPIC, _peer(99))] = 99
+    assert marks(TOPIC)[_peer(99)] == 99  # read again: 2,000 spent
+    assert marks("news") == {} and reads == [TOPIC, TOPIC, "news"]  # 3,000 spent
+    streams[stream_key(TOPIC, _peer(98))] = 98
+    assert _peer(98) not in marks(TOPIC) and len(reads) == 3  # as last read
+    now[0] = 0.5  # 1,000 more: one read
+    assert marks(TOPIC)[_peer(98)] == 98 and len(reads) == 4
+    # A topic never read is read whatever the budget.
+    assert marks("sport") == {} and reads[-1] == "sport"
+    # What an answer is charged by: the marks' bytes in it.
+    text = json.dumps(marks(TOPIC), separators=(",", ":"))
+    assert marks.size(TOPIC) == len(text) - 1  # without the braces, with a comma each
+    assert marks.size("news") == 0
 
 
 def test_hwm_answer_reads_origins_of_topics_holding_nul() -> None:
     topic = "a\0b"
-    answer = hwm_answer([topic], {topic}, lambda t: {stream_key(t, A): 3})
+    answer = hwm_answer([topic], {topic}, HwmMarks(lambda t: {stream_key(t, A): 3}))
     assert answer == {"hwm": {topic: {A: 3}}}
     assert decode_hwm_answer(answer) == {topic: {A: 3}}
 

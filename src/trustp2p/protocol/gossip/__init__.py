@@ -41,6 +41,7 @@ from .catchup import (
     plan_fetches,
     wire_size,
 )
+from .hwm import HwmMarks, best_marks
 from .message import (
     MAX_HOPS,
     MAX_SEQ,
@@ -118,6 +119,7 @@ __all__ = [
     "GossipMessage",
     "GossipRouter",
     "GossipStats",
+    "HwmMarks",
     "PeerBudgets",
     "PeerKey",
     "ReleaseMarks",
@@ -126,6 +128,7 @@ __all__ = [
     "StreamEvent",
     "Streams",
     "answer_size_limit",
+    "best_marks",
     "check_int",
     "check_topic",
     "decode_fetch_request",

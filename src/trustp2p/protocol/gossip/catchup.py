@@ -73,7 +73,7 @@ from ...exceptions import GossipError
 from ...identity import is_peer_id
 from ..package import Body
 from .message import MAX_SEQ, GossipMessage, check_int, check_topic
-from .streams import split_stream_key, stream_key
+from .streams import stream_key
 
 P = TypeVar("P")
 
@@ -181,9 +181,7 @@ def decode_hwm_request(body: Body) -> list[str]:
 
 
 def hwm_answer(
-    topics: Iterable[str],
-    carried: Collection[str],
-    high_water: Callable[[str], Mapping[str, int]],
+    topics: Iterable[str], carried: Collection[str], marks: Callable[[str], Mapping[str, int]]
 ) -> Body:
     """
     The answer to a ``gossip/hwm`` request.
@@ -191,17 +189,11 @@ def hwm_answer(
     Args:
         topics: The topics asked about.
         carried: The topics we carry; the others are left out.
-        high_water: Per topic, the high-water mark of each of its streams in our log
-            (by stream key).
+        marks: Per topic, the highest :data:`MAX_HWM_ORIGINS` marks of its streams in
+            our log, by origin (:class:`.hwm.HwmMarks`).
 
     """
-    marks: dict[str, dict[str, int]] = {}
-    for topic in topics:
-        if topic in carried:
-            streams = high_water(topic)
-            best = sorted(streams.items(), key=lambda item: -item[1])[:MAX_HWM_ORIGINS]
-            marks[topic] = {split_stream_key(stream)[1]: seq for stream, seq in best}
-    return {"hwm": marks}
+    return {"hwm": {topic: marks(topic) for topic in topics if topic in carried}}
 
 
 def decode_fetch_request(body: Body) -> FetchRange:
