@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import trustp2p.node.gossip
 from trustp2p import Node, RemoteError, Socket
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from trustp2p.identity import Identity
@@ -446,6 +447,41 @@ async def test_a_burst_of_own_publishes_disconnects_no_peer(
             await network.nodes[0].publish("chat", {"n": n})
         await network.wait_delivered(3000)
     assert not [r for r in caplog.records if "send queue full" in r.getMessage()]
+
+
+async def test_publish_waits_for_no_peer_that_reads_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by an attacker: every publish() waited for every connection whose write
+    buffer was full, carrying the topic or not, until the stall watch closed it (20 s):
+    a peer that asked for large answers and read nothing held the node to 8 messages a
+    minute. It waits for the peers that carry the topic, PUBLISH_WAIT at most, then no
+    more for those still behind."""
+    monkeypatch.setattr(trustp2p.node.gossip, "PUBLISH_WAIT", 0.2)
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "pub") as pub,
+        memory_node(hub, "slow") as slow,
+        memory_node(hub, "idle") as idle,
+    ):
+        slow.subscribe("chat")
+        for node in (slow, idle):
+            assert node.client is not None and pub.url is not None
+            node.client.connect(pub.url)
+            await node.client.wait_connected()
+        await wait_for(lambda: subscribed(pub, "chat", 1))
+        for node in (slow, idle):
+            socket_to(node, "pub").pause_reading()
+        assert pub.server is not None
+        to_idle = socket_to(pub, "idle")  # it carries no topic; its answers fill up
+        pub.send_package(to_idle, build_package(PackageType.TALK, "x", {"x": "y" * 100_000}))
+        assert to_idle.write_paused
+        async with asyncio.timeout(10):  # (the stall watch closes them after 20 s)
+            for n in range(20):  # 60 KB each: the second fills the slow peer's buffer
+                await pub.publish("chat", {"n": n, "text": "x" * 60_000})
+        assert socket_to(pub, "slow").write_paused and not to_idle.closed
+        for node in (slow, idle):
+            socket_to(node, "pub").resume_reading()  # (for a prompt stop)
 
 
 async def test_a_loop_of_publishes_lets_the_event_loop_run() -> None:

@@ -22,7 +22,7 @@ its threads and its message log (:mod:`trustp2p.storage.msglog`), and owns the t
 
 from __future__ import annotations
 
-__all__ = ["Gossip", "GossipHandler", "Validation", "Validator"]
+__all__ = ["PUBLISH_WAIT", "Gossip", "GossipHandler", "Validation", "Validator"]
 
 import asyncio
 import contextlib
@@ -67,6 +67,10 @@ if TYPE_CHECKING:
     from .node import Node
 
 logger = logging.getLogger(__name__)
+
+PUBLISH_WAIT = 1.0
+"""Seconds ``publish()`` waits at most for the write buffers of the peers that carry its
+topic to drain (see :meth:`Gossip._wait_for_peers`)."""
 
 
 class Validation(enum.Enum):
@@ -140,6 +144,7 @@ class Gossip:
         self._streams: Streams[Socket | None] | None = None
         self._marks: ReleaseMarks | None = None
         self._published: set[str] = set()  # topics this node published to
+        self._slow: set[Socket] = set()  # peers publish() no longer waits for (yet)
         self.tasks = TaskOwner(logger)
         self.delivered = self.caught_up = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
@@ -211,13 +216,35 @@ class Gossip:
         self.router.publish(message)
         count(self.node.metrics.topic_published, topic, limit=MAX_TOPICS)
         self._accepted(None, message, logged=True)
-        # The application's own burst waits for its peers to take it, as send() does: it
-        # never fills a send queue (a peer that reads nothing is the stall watch's).
-        for socket in [s for s in self.node.sockets if s.write_paused and not s.closed]:
-            with contextlib.suppress(ConnectionClosed):
-                await socket.drain()
+        await self._wait_for_peers(topic)
         await asyncio.sleep(0)  # (a loop of publish() held the event loop for seconds)
         return message.id
+
+    async def _wait_for_peers(self, topic: str) -> None:
+        """
+        The application's own burst waits for the peers that carry ``topic`` to take
+        it, as send() does, so that it doesn't fill their send queues; for
+        :data:`PUBLISH_WAIT` seconds at most, after which the peers still behind aren't
+        waited for until they have drained (what they miss meanwhile, they catch up).
+        Found by an attacker: every publish() waited for every connection whose write
+        buffer was full, carrying the topic or not, until the stall watch closed it
+        (20 s): one peer that asked for large answers and read nothing held a node to
+        8 messages a minute.
+        """
+        carry = self.router.peer_topics
+        self._slow = {s for s in self._slow if s.write_paused and not s.closed}
+        waited = [
+            s
+            for s in self.node.sockets
+            if s.write_paused and not s.closed and s not in self._slow and topic in carry(s.id)
+        ]
+        try:
+            async with asyncio.timeout(PUBLISH_WAIT):
+                for socket in waited:
+                    with contextlib.suppress(ConnectionClosed):
+                        await socket.drain()
+        except TimeoutError:
+            self._slow.update(s for s in waited if s.write_paused and not s.closed)
 
     @property
     def served_topics(self) -> set[str]:
