@@ -1049,6 +1049,34 @@ async def test_large_catch_up_answers_cost_the_asker_its_request_budget() -> Non
         assert server.metrics.throttles > before  # the asker was slowed down
 
 
+async def test_a_node_with_a_smaller_package_limit_catches_up_from_default_peers() -> None:
+    """Found by a tester: a node restarted with --max-package-size 65536 was sent
+    catch-up answers sized by its peers' limit (half of 1 MiB), and closed each of those
+    connections with 1009, on every redial: nothing replicated either way. Requests say
+    the most bytes (and messages) the asker takes; hwm answers are cut to fit too."""
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "big") as big,
+        memory_node(hub, "small", max_package_size=65536) as small,
+    ):
+        big.subscribe("chat")
+        for n in range(150):  # 200 KB of messages: a batch of 100 is over 64 KiB
+            await big.publish("chat", {"n": n, "text": "x" * 1000})
+        log = gossip(big).message_log
+        assert log is not None
+        now = int(time.time() * 1000)
+        for _ in range(2000):  # 78 KB of marks, over what the small node takes
+            log.add(to_logged(sign_message(Identity.generate(), "other", 1, now, {})))
+        got: list[GossipMessage] = []
+        small.subscribe("chat", got.append)
+        small.subscribe("other")
+        assert small.client is not None and big.url is not None
+        small.client.connect(big.url)
+        await wait_for(lambda: len(got) == 150, timeout=10)
+        assert [m.seq for m in got] == list(range(1, 151))
+        assert socket_to(small, "big").close_code is None  # the same connection
+
+
 async def test_large_hwm_answers_cost_the_asker_its_request_budget() -> None:
     # Found by an attacker: with 12,000 origins in a topic's log, a 78-byte hwm request
     # drew a 78 KB answer for one token of the request budget (170 MB out for 172 KB

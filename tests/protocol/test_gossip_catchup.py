@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 from typing import Any
 
 import pytest
@@ -32,10 +33,12 @@ from trustp2p.protocol.gossip import (
     HwmMarks,
     answer_size_limit,
     best_marks,
+    decode_answer_bounds,
     decode_fetch_request,
     decode_hwm_answer,
     decode_hwm_request,
     fetch_answer,
+    fit_marks,
     hwm_answer,
     message_size_limit,
     payload_size,
@@ -523,6 +526,47 @@ def test_past_its_read_budget_a_topics_marks_are_answered_as_last_read() -> None
     text = json.dumps(marks(TOPIC), separators=(",", ":"))
     assert marks.size(TOPIC) == len(text) - 1  # without the braces, with a comma each
     assert marks.size("news") == 0
+
+
+def test_marks_are_cut_to_what_the_asker_takes_the_highest_kept() -> None:
+    marks = {"a": {_peer(i): 90 - i for i in range(10)}, "b": {_peer(20): 50}}
+    entry = len(_peer(0)) + 2 + 4  # "origin":NN,
+    whole = sum(len(t) + 7 for t in marks) + 11 * entry
+    assert fit_marks(marks, whole) == (marks, whole)
+    fitted, size = fit_marks(marks, len("a") + 7 + 3 * entry + len("b") + 7)
+    assert fitted == {"a": dict(list(marks["a"].items())[:3]), "b": {}}
+    assert size == len("a") + 7 + 3 * entry + len("b") + 7
+    assert fit_marks(marks, 1) == ({"a": {}, "b": {}}, 16)  # (over: the names alone)
+    text = json.dumps({"hwm": marks}, separators=(",", ":"))
+    assert abs(len(text) - whole) < 12  # about the answer's size
+
+
+@pytest.mark.parametrize(
+    ("body", "bounds"),
+    [
+        ({}, (None, None)),
+        ({"max_bytes": 32768, "limit": 50}, (32768, 50)),
+        ({"limit": 1}, (None, 1)),
+    ],
+)
+def test_a_catch_up_request_may_say_what_the_asker_takes(
+    body: dict[str, Any], bounds: tuple[int | None, int | None]
+) -> None:
+    assert decode_answer_bounds({"topics": [], **body}) == bounds
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ({"max_bytes": 0}, "max_bytes outside 1..9223372036854775807"),
+        ({"max_bytes": "1"}, "invalid max_bytes"),
+        ({"limit": True}, "invalid limit"),
+        ({"limit": 2**63}, "limit outside 1..9223372036854775807"),
+    ],
+)
+def test_malformed_answer_bounds_are_a_protocol_error(body: dict[str, Any], text: str) -> None:
+    with pytest.raises(GossipError, match=f"^{re.escape(text)}$"):
+        decode_answer_bounds(body)
 
 
 def test_hwm_answer_reads_origins_of_topics_holding_nul() -> None:

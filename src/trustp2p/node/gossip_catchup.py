@@ -160,7 +160,9 @@ class Fetcher:
         topics = gossip.router.topics if topics is None else topics
         if not topics:
             return
-        if (answer := await self.ask(socket, HWM, gossip.catchup.hwm_request(topics))) is None:
+        asked = gossip.catchup.hwm_request(topics)
+        asked["max_bytes"] = answer_size_limit(gossip.node.options.max_package_size)
+        if (answer := await self.ask(socket, HWM, asked)) is None:
             return
         try:
             marks = decode_hwm_answer(answer)
@@ -189,7 +191,7 @@ class Fetcher:
             while not fetch.done and not budget.spent:
                 async with self._queues.batch(topic, size, socket.id):
                     ask = not budget.spent  # (another fetch may have spent it meanwhile)
-                    answer = await self.ask(socket, FETCH, fetch.request()) if ask else None
+                    answer = await self.ask(socket, FETCH, self._request(fetch)) if ask else None
                 if answer is None:
                     return
                 try:
@@ -204,6 +206,16 @@ class Fetcher:
                 self._streams.answered(fetch.wanted.stream, fetch.wanted.first, to)
         finally:
             self._gossip.catchup.end(fetch)
+
+    def _request(self, fetch: Fetch) -> Body:
+        """The next request of ``fetch``, with the most the answer may hold: half our
+        package limit, and ``catchup_batch`` messages (peers of earlier versions
+        answer at most their own)."""
+        options = self._gossip.node.options
+        body = fetch.request()
+        body["max_bytes"] = answer_size_limit(options.max_package_size)
+        body["limit"] = options.catchup_batch
+        return body
 
     async def ask(self, socket: Socket, event: str, body: Body) -> Body | None:
         """A catch-up request's answer; None if there is none, or it is a refusal."""

@@ -18,9 +18,11 @@ from ..protocol.gossip import (
     HWM,
     HwmMarks,
     answer_size_limit,
+    decode_answer_bounds,
     decode_fetch_request,
     decode_hwm_request,
     fetch_answer,
+    fit_marks,
     hwm_answer,
     wire_size,
 )
@@ -60,15 +62,27 @@ class GossipThread(Thread):
         assert gossip.message_log is not None
         try:
             topics = decode_hwm_request(package.body)
+            asked_bytes, _ = decode_answer_bounds(package.body)
         except GossipError as exc:
             self.node.penalize(socket, f"invalid gossip/hwm request: {exc}")
             return {"error": "invalid request"}
         if self._marks is None:
             self._marks = HwmMarks(gossip.message_log.high_water)
-        carried = gossip.served_topics
-        answer = hwm_answer(topics, carried, self._marks)
-        self._charge(socket, sum(self._marks.size(t) for t in topics if t in carried))
+        answer = hwm_answer(topics, gossip.served_topics, self._marks)
+        size = sum(self._marks.size(topic) for topic in answer["hwm"])
+        max_bytes = self._answer_bytes(asked_bytes)
+        if size > max_bytes:  # (the asker's packages are smaller than ours)
+            answer["hwm"], size = fit_marks(answer["hwm"], max_bytes)
+        self._charge(socket, size)
         return answer
+
+    def _answer_bytes(self, asked: int | None) -> int:
+        """The most bytes of marks or messages in an answer: half our package limit, or
+        what the asker takes if less (found by a tester: a node with a smaller
+        ``max_package_size`` than its peers' was sent answers over it, and closed each
+        such connection with 1009, on every redial)."""
+        ours = answer_size_limit(self.node.options.max_package_size)
+        return ours if asked is None else min(ours, asked)
 
     def _charge(self, socket: Socket, size: int) -> None:
         """A large answer costs the asker more of its request budget: one token per
@@ -84,16 +98,17 @@ class GossipThread(Thread):
         assert gossip.message_log is not None
         try:
             wanted = decode_fetch_request(package.body)
+            asked_bytes, asked_limit = decode_answer_bounds(package.body)
         except GossipError as exc:
             self.node.penalize(socket, f"invalid gossip/fetch request: {exc}")
             return {"error": "invalid request"}
         if wanted.topic not in gossip.served_topics:
             return {"messages": []}
-        options = self.node.options
-        max_bytes = answer_size_limit(options.max_package_size)
+        max_bytes = self._answer_bytes(asked_bytes)
         # The log counts payload characters only; fetch_answer counts the bytes on the
         # wire (key, signature, the payload JSON-escaped and UTF-8 encoded).
-        log, limit = gossip.message_log, options.catchup_batch
+        log, limit = gossip.message_log, self.node.options.catchup_batch
+        limit = limit if asked_limit is None else min(limit, asked_limit)
         if wanted.seqs is None:
             logged = log.range(
                 wanted.stream, wanted.first, wanted.last, limit=limit, max_bytes=max_bytes

@@ -31,6 +31,7 @@ from .catchup import (
     Fetch,
     FetchRange,
     answer_size_limit,
+    decode_answer_bounds,
     decode_fetch_request,
     decode_hwm_answer,
     decode_hwm_request,
@@ -41,7 +42,7 @@ from .catchup import (
     plan_fetches,
     wire_size,
 )
-from .hwm import HwmMarks, best_marks
+from .hwm import HwmMarks, best_marks, fit_marks
 from .message import (
     MAX_HOPS,
     MAX_SEQ,
@@ -131,10 +132,12 @@ __all__ = [
     "best_marks",
     "check_int",
     "check_topic",
+    "decode_answer_bounds",
     "decode_fetch_request",
     "decode_hwm_answer",
     "decode_hwm_request",
     "fetch_answer",
+    "fit_marks",
     "hwm_answer",
     "message_id",
     "message_size_limit",

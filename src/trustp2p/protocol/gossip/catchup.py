@@ -50,6 +50,7 @@ __all__ = [
     "Fetch",
     "FetchRange",
     "answer_size_limit",
+    "decode_answer_bounds",
     "decode_fetch_request",
     "decode_hwm_answer",
     "decode_hwm_request",
@@ -162,6 +163,23 @@ class FetchRange:
 
 
 # Serving: what a peer asks of us.
+
+
+def decode_answer_bounds(body: Body) -> tuple[int | None, int | None]:
+    """
+    The optional ``max_bytes`` and ``limit`` of a ``gossip/hwm`` or ``gossip/fetch``
+    request: the most bytes of marks or messages, and the most messages, the asker takes
+    in an answer (None where not given: a peer of an earlier version).
+
+    Raises:
+        GossipError: If one is not an integer within ``1..MAX_SEQ``.
+
+    """
+    max_bytes, limit = body.get("max_bytes"), body.get("limit")
+    return (
+        None if max_bytes is None else check_int(max_bytes, "max_bytes", 1, MAX_SEQ),
+        None if limit is None else check_int(limit, "limit", 1, MAX_SEQ),
+    )
 
 
 def decode_hwm_request(body: Body) -> list[str]:

@@ -15,7 +15,7 @@ this round, and the rest the next. An answer's size is charged as a fetch's is.
 
 from __future__ import annotations
 
-__all__ = ["HWM_READ_BURST", "HWM_READ_RATE", "MIN_READ", "HwmMarks", "best_marks"]
+__all__ = ["HWM_READ_BURST", "HWM_READ_RATE", "MIN_READ", "HwmMarks", "best_marks", "fit_marks"]
 
 import heapq
 import time
@@ -36,6 +36,7 @@ HWM_READ_BURST = 200_000
 MIN_READ = 1000
 
 _ENTRY_BYTES = 4  # the quotes, colon and comma of an origin's entry in the answer
+_TOPIC_BYTES = 7  # the quotes, colon, braces and comma of a topic's
 
 
 def best_marks(streams: Mapping[str, int]) -> dict[str, int]:
@@ -43,6 +44,39 @@ def best_marks(streams: Mapping[str, int]) -> dict[str, int]:
     stream key), by origin."""
     best = heapq.nlargest(MAX_HWM_ORIGINS, streams.items(), key=itemgetter(1))
     return {split_stream_key(stream)[1]: seq for stream, seq in best}
+
+
+def fit_marks(
+    marks: Mapping[str, Mapping[str, int]], max_bytes: int
+) -> tuple[dict[str, Mapping[str, int]], int]:
+    """
+    ``marks`` (per topic, by origin, the highest first) cut to about ``max_bytes`` of
+    an answer, the highest of each topic kept, in topic order; and their size.
+
+    Found by a tester: a node with a smaller ``max_package_size`` than its peers' was
+    sent answers over it, and closed each such connection with 1009, on every redial.
+    """
+    fitted: dict[str, Mapping[str, int]] = {}
+    size = 0
+    for topic, origins in marks.items():
+        size += len(topic) + _TOPIC_BYTES
+        entries = sum(_entry_size(origin, seq) for origin, seq in origins.items())
+        if size + entries <= max_bytes:
+            fitted[topic] = origins
+            size += entries
+            continue
+        kept = fitted[topic] = {}
+        for origin, seq in origins.items():
+            entry = _entry_size(origin, seq)
+            if size + entry > max_bytes:
+                break
+            kept[origin] = seq
+            size += entry
+    return fitted, size
+
+
+def _entry_size(origin: str, seq: int) -> int:
+    return len(origin) + len(str(seq)) + _ENTRY_BYTES
 
 
 class HwmMarks:
@@ -91,6 +125,6 @@ class HwmMarks:
         streams = self._high_water(topic)
         self._reads.spend(now, max(len(streams), MIN_READ))
         marks = best_marks(streams)
-        size = sum(len(origin) + len(str(seq)) + _ENTRY_BYTES for origin, seq in marks.items())
+        size = sum(_entry_size(origin, seq) for origin, seq in marks.items())
         kept = self._topics[topic] = (marks, size)
         return kept
