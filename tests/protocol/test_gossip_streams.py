@@ -248,6 +248,21 @@ def test_the_gaps_an_answer_covered_are_skipped_with_the_first() -> None:
     assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 10, 10, "timeout")]
 
 
+def test_an_answer_covers_no_gap_past_the_last_held_message() -> None:
+    """Found in review: a peer that claimed a mark far ahead and answered a fetch of it
+    with nothing counted as having answered every later gap of the stream: they were
+    skipped the moment they opened, with the first."""
+    streams, _, clock = _streams()
+    for seq in (1, 3, 5):
+        streams.add(_message(seq), "p")
+    streams.answered(STREAM, 2, 10**12)
+    clock.advance(GAP_TIMEOUT)
+    assert streams.add(_message(8), "p") == []  # gaps 6 and 7 open: nobody answered them
+    events, waiting = streams.tick()
+    assert [(s.first, s.last) for s in _skipped(events)] == [(2, 2), (4, 4)]
+    assert _seqs(events) == [3, 5] and waiting == [STREAM]
+
+
 def test_a_gap_an_answer_covered_counts_as_answered_when_it_comes_first() -> None:
     # Another peer filled the first gap; the first answer covered the next one too.
     streams, _, clock = _streams()

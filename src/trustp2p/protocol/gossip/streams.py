@@ -378,7 +378,10 @@ class Streams(Generic[S]):
         gap = self.missing(stream) if stream in self._gap_since else None
         if gap is not None and first <= gap[0] <= last:
             self._answered.add(stream)
-            # Every number missing from the gap to last was asked for and didn't come.
+            # Every number missing from the gap to last was asked for and didn't come;
+            # past the last held message there is no gap yet (found in review: a peer
+            # claiming a mark far ahead pre-answered every later gap of the stream).
+            last = min(last, max(self._held[stream].entries))
             self._answered_to[stream] = max(last, self._answered_to.get(stream, 0))
 
     def skip_gap(
