@@ -150,6 +150,9 @@ def test_config_command_takes_the_flags_of_node(
     assert row.split()[1:] == ["40.0", "flag", "--request-rate"]
     assert main(["config", "--cwd", str(tmp_path), "--port", "99999"]) == 2
     assert "(set by --port)" in " ".join(capsys.readouterr().err.split())
+    for command in ("config", "node"):  # the flag as typed (found in review)
+        assert main([command, "--cwd", str(tmp_path), "--connect", "bad"]) == 2
+        assert "--connect: " in capsys.readouterr().err
 
 
 def test_the_build_switches_are_not_node_options(

@@ -14,6 +14,7 @@ __all__ = [
     "listen_options",
     "log_options",
     "node_options",
+    "resolve_options",
     "run_node",
     "run_on_loop",
     "setup_cli_logging",
@@ -24,7 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -35,6 +36,9 @@ from ..exceptions import TrustP2PError
 from ..logs import setup_logging
 from ..loop import LOOPS, loop_factory, run
 from ..options import DEFAULT_PORT, NodeOptions
+
+if TYPE_CHECKING:
+    from ..config import Setting
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -315,6 +319,34 @@ def given_flags(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]
     return flags, typed
 
 
+def resolve_options(
+    cwd: Path | None, kwargs: dict[str, Any], **roles: Any
+) -> tuple[NodeOptions, dict[str, Setting]]:
+    """
+    The options a node runs with: the command's flags (``kwargs``), the TRUSTP2P_*
+    variables, ``<cwd>/trustp2p.toml`` and the defaults, the first found winning; and
+    each one's :class:`~trustp2p.config.Setting` (where it came from).
+
+    Raises:
+        click.UsageError: For an unknown key or a value a node would refuse, naming
+            where it was set.
+
+    """
+    from ..config import Source, load_settings, with_origins
+
+    flags, typed = given_flags(kwargs)
+    settings = {}
+    try:
+        settings = load_settings(cwd, os.environ, flags, typed)
+        options = {s.name: s.value for s in settings.values() if s.source is not Source.DEFAULT}
+        return NodeOptions.from_kwargs(cwd=cwd, **roles, **options), settings
+    except (TypeError, ValueError, TrustP2PError) as exc:
+        message = str(exc)
+        if message.startswith("peers: ") and "peers" in flags:
+            message = "--connect: " + message.removeprefix("peers: ")  # the flag typed
+        raise click.UsageError(with_origins(message, settings)) from exc
+
+
 def run_on_loop(main: Coroutine[Any, Any, T], loop: str) -> T:
     """Run ``main`` on the event loop ``--loop`` named (checked when parsed)."""
     return run(main, loop=loop)
@@ -335,22 +367,11 @@ def cwd_option(f: F) -> F:
 def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
     """Run a node until Ctrl-C or SIGTERM; return the exit code."""
     from ..apps.serve import serve_process
-    from ..config import Source, load_settings, with_origins
+    from ..config import with_origins
 
     setup_cli_logging(log_level)
-    # Flags given on the command line win over the environment and the file.
-    flags, typed = given_flags(kwargs)
     roles = {name: kwargs.pop(name) for name in ("server", "client") if name in kwargs}
-    settings = {}
-    try:
-        settings = load_settings(kwargs.get("cwd"), os.environ, flags, typed)
-        options = {s.name: s.value for s in settings.values() if s.source is not Source.DEFAULT}
-        node_options = NodeOptions.from_kwargs(cwd=kwargs.get("cwd"), **roles, **options)
-    except (TypeError, ValueError, TrustP2PError) as exc:
-        message = str(exc)
-        if message.startswith("peers: ") and "peers" in flags:
-            message = "--connect: " + message.removeprefix("peers: ")  # the flag typed
-        raise click.UsageError(with_origins(message, settings)) from exc
+    node_options, settings = resolve_options(kwargs.get("cwd"), kwargs, **roles)
     # (Found by a tester: peers from the file or the environment were refused by
     # `client`, whose --connect click required, and ignored by `server` without a word.)
     if node_options.client and not node_options.server and not node_options.peers:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..exceptions import TrustP2PError
 from .base import (
     F,
     GroupedCommand,
     cli,
-    given_flags,
     log_options,
     node_options,
+    resolve_options,
     setup_cli_logging,
 )
 
@@ -150,18 +148,10 @@ def config_(cwd: Path, as_json: bool, log_level: str, loop: str, **kwargs: Any) 
     from rich.table import Table
 
     from ..admin.client import add_plain_row
-    from ..config import Source, load_settings, with_origins
-    from ..options import NodeOptions
 
-    settings = {}
-    try:
-        settings = load_settings(cwd, os.environ, *given_flags(kwargs))
-        # The checks a node's start makes (ranges, choices, what goes together), as a
-        # node with both roles: what this prints, `trustp2p node` would run with.
-        options = {s.name: s.value for s in settings.values() if s.source is not Source.DEFAULT}
-        NodeOptions.from_kwargs(cwd=cwd, server=True, client=True, **options)
-    except (TypeError, ValueError, TrustP2PError) as exc:
-        raise click.UsageError(with_origins(str(exc), settings)) from exc
+    # The checks a node's start makes (ranges, choices, what goes together), as a node
+    # with both roles: what this prints, `trustp2p node` would run with.
+    _, settings = resolve_options(cwd, kwargs, server=True, client=True)
     # A secret isn't printed (this output goes into tickets: a tester): only that it is set.
     shown = {
         name: _SECRET if name in _SECRETS and setting.value else setting.value
