@@ -713,6 +713,44 @@ async def log_and_send_every_third(relay: Node, to: str) -> list[GossipMessage]:
     return messages
 
 
+async def test_old_messages_are_not_delivered_again_after_their_mark_was_pushed_out() -> None:
+    """Found by an attacker: 125,000 one-message origins pushed an honest origin's
+    delivery mark out of the log (and its ids out of the seen cache); its old messages,
+    replayed verbatim, were delivered again, across restarts too."""
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "relay") as relay,
+        memory_node(hub, "node", log_max_messages=1, seen_max=5) as node,
+    ):
+        got: list[GossipMessage] = []
+        node.subscribe("chat", got.append)
+        assert relay.client is not None and node.url is not None
+        relay.client.connect(node.url)
+        await relay.client.wait_connected()
+        socket = socket_to(relay, "node")
+
+        def send(message: GossipMessage) -> None:
+            relay.send_package(socket, build_package(PackageType.GOSSIP, "chat", message.to_body()))
+
+        honest, now = Identity.generate(), int(time.time() * 1000)
+        old = [sign_message(honest, "chat", seq, now - 60_000, {"n": seq}) for seq in (1, 2, 3)]
+        for message in old:
+            send(message)
+        await wait_for(lambda: len(got) == 3)
+        log = gossip(node).message_log
+        assert log is not None
+        for _ in range(15):  # idle marks: 10 at most here, the least recently moved go
+            send(sign_message(Identity.generate(), "chat", 1, now, {}))
+        await wait_for(lambda: log.delivered(stream_key("chat", honest.peer_id)) == 0)
+        for message in old:  # replayed verbatim
+            send(message)
+        # A new origin's message, newer than the marks forgotten, is taken.
+        fresh = int(log.forgotten_before * 1000) + 1
+        send(last := sign_message(Identity.generate(), "chat", 1, fresh, {}))
+        await wait_for(lambda: got[-1] == last)
+        assert [m for m in got if m.origin == honest.peer_id] == old
+
+
 async def test_the_gaps_between_held_messages_are_fetched_together(spy: RequestSpy) -> None:
     """Found by a tester: a burst from several origins left thousands of small gaps
     between the messages a node held, and a gap fetch asked for the first gap only:

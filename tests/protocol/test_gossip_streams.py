@@ -56,6 +56,7 @@ class Marks:
     def __init__(self) -> None:
         self.marks: dict[str, int] = {}
         self.calls: list[tuple[str, int]] = []
+        self.forgotten_before = 0.0
 
     def delivered(self, stream: str) -> int:
         return self.marks.get(stream, 0)
@@ -169,6 +170,21 @@ def test_a_passed_over_number_takes_its_turn_unseen() -> None:
     assert marks.marks == {STREAM: 3}
     assert streams.pass_over(_message(2)) == []  # behind the mark: nothing to do
     assert streams.held == 0
+
+
+def test_a_message_of_a_stream_without_a_mark_older_than_forgotten_marks_is_stale() -> None:
+    """Found by an attacker: after a flood of new origins pushed an honest origin's
+    mark out of the log, its old messages, replayed, were delivered again."""
+    streams, marks, _ = _streams(max_age=None)
+    old = _message(5, ts=1_000_000)
+    assert not streams.is_stale(old)
+    marks.forgotten_before = 1000.0  # (seconds; the message's ts is in milliseconds)
+    assert not streams.is_stale(old)  # as old as the floor: it may be new
+    marks.forgotten_before = 1000.001
+    assert streams.is_stale(old)
+    marks.marks[STREAM] = 2  # a stream with a mark: its seq says
+    assert not streams.is_stale(old)
+    assert streams.is_stale(_message(2, ts=1_000_000))
 
 
 def test_a_gap_is_skipped_at_exactly_gap_timeout() -> None:

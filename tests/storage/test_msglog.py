@@ -340,6 +340,33 @@ async def test_idle_delivery_marks_are_bounded(clock: FakeClock) -> None:
         await log.close()
 
 
+async def test_marks_forgotten_for_their_number_leave_a_floor(clock: FakeClock, path: Path) -> None:
+    """Found by an attacker: 125,000 one-message origins pushed an honest origin's mark
+    out, and its old messages, replayed, were delivered again. The log keeps when the
+    forgotten marks had last moved (across a restart): a message of an origin without
+    a mark, older than that, may be one it delivered."""
+    log = await MessageLog.open(path, clock=clock, max_messages=1)
+    try:
+        assert log.forgotten_before == 0.0
+        for i in range(12):  # tp0 at 1000 s, tp1 at 1001 s...
+            log.mark_delivered(f"tp{i}", 1)
+            clock.advance(1)
+        assert await log.flush() is True
+        assert [log.delivered(f"tp{i}") for i in range(4)] == [0, 0, 0, 1]
+        assert log.forgotten_before == 1002.0  # tp0's to tp2's, forgotten
+        log.mark_delivered("tp12", 1)  # within the bound: nothing more forgotten
+        assert await log.flush() is True
+        assert log.forgotten_before == 1002.0
+    finally:
+        await log.close()
+    again = await MessageLog.open(path, clock=clock, max_messages=1)
+    try:
+        assert again.forgotten_before == 1002.0
+        assert again.next_seq("tp3") == 2  # (the counters are as they were)
+    finally:
+        await again.close()
+
+
 async def test_idle_marks_are_looked_at_once_a_second_at_most(clock: FakeClock) -> None:
     # A flush follows every message delivered; scanning every origin's mark each time
     # made a flood of messages from fresh origins cost the square of its size (found by

@@ -102,6 +102,10 @@ _WRITE_SOON = 1000
 # the least recently moved forgotten first.
 _IDLE_MARKS_FACTOR = 10
 
+# The key, among the sequence counters, of forgotten_before (in milliseconds): no stream
+# key is empty, and the counters are written and read back as the others.
+_FORGOTTEN = ""
+
 
 def _position(entry: Entry) -> int:
     return entry[2]
@@ -219,28 +223,6 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         )
         await log._start()
         return log
-
-    async def close(self) -> None:
-        """
-        Write what is left, then close the database and stop the worker thread.
-
-        If the last write fails, the changes since the last good one are lost and a
-        WARNING says how many. Calling it again does nothing. The synchronous methods go
-        on working in memory after it, but nothing is written any more.
-        """
-        await super().close()
-
-    async def flush(self) -> bool:
-        """
-        Drop the messages past ``max_age`` in every topic, and write every change now,
-        rather than at the next periodic flush.
-
-        Returns:
-            True if everything is written (always, for a log in memory or closed);
-            False if the write failed: it is retried at the next flush.
-
-        """
-        return await super().flush()
 
     def add(self, message: LoggedMessage) -> bool:
         """
@@ -387,12 +369,20 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         and the mark hasn't moved for ``max_age`` seconds, or when there are more than
         10 times ``max_messages`` such marks, so that the marks stay bounded too. Then the
         origin is one this node never heard of: check the origin's timestamp to refuse
-        a message older than ``max_age``.
+        a message older than ``max_age``, or than :attr:`forgotten_before`.
         """
         if seq > self._delivered.get(origin, 0):
             self._delivered[origin] = seq
             self._marked[origin] = self._clock()
             self._dirty_delivered.add(origin)
+
+    @property
+    def forgotten_before(self) -> float:
+        """Wall-clock seconds: every mark forgotten so far had last moved by then (0.0:
+        none was). A message of an origin without a mark, timestamped before it, may be
+        one this node delivered: found by an attacker, who flooded 125,000 origins to
+        push an honest origin's mark out, then replayed its messages, delivered again."""
+        return self._sequences.get(_FORGOTTEN, 0) / 1000
 
     def next_seq(self, origin: str) -> int:
         """
@@ -509,10 +499,14 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         if len(self._marked) - len(kept) <= self._max_idle_marks and now - self._marks_pruned < 1.0:
             return
         self._marks_pruned = now
+        before = floor = self._sequences.get(_FORGOTTEN, 0)
         for origin in stale_marks(self._marked, kept, self._max_idle_marks, cutoff):
             del self._delivered[origin]
-            del self._marked[origin]
+            floor = max(floor, math.ceil(self._marked.pop(origin) * 1000))
             self._dirty_delivered.add(origin)
+        if floor > before:
+            self._sequences[_FORGOTTEN] = floor
+            self._dirty_sequences.add(_FORGOTTEN)
 
     def _kept(self, entry: Entry) -> bool:
         logged = self._origins.get(entry[0].origin)

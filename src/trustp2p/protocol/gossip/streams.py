@@ -100,6 +100,11 @@ class DeliveryMarks(Protocol):
 
     def mark_delivered(self, stream: str, seq: int, /) -> None: ...
 
+    @property
+    def forgotten_before(self) -> float:
+        """Wall-clock seconds: the marks forgotten so far had last moved by then."""
+        ...
+
 
 class ReleaseMarks:
     """
@@ -125,6 +130,10 @@ class ReleaseMarks:
     def mark_delivered(self, stream: str, seq: int, /) -> None:
         if seq > self.delivered(stream):
             self._released[stream] = seq
+
+    @property
+    def forgotten_before(self) -> float:
+        return self._durable.forgotten_before
 
     def settle(self, stream: str, seq: int) -> None:
         """Every message of ``stream`` up to ``seq`` was handled: make it durable."""
@@ -273,13 +282,17 @@ class Streams(Generic[S]):
     def is_stale(self, message: GossipMessage) -> bool:
         """
         Whether ``message`` is one to drop unseen: released or skipped already, or older
-        than ``max_age`` (past it, the message log may have forgotten delivering it).
+        than ``max_age`` (past it, the message log may have forgotten delivering it), or,
+        of a stream without a mark, older than the marks the log forgot for their number
+        (found by an attacker: old messages replayed after a flood of new origins).
         """
-        if message.seq <= self._marks.delivered(stream_key(message.topic, message.origin)):
+        delivered = self._marks.delivered(stream_key(message.topic, message.origin))
+        if message.seq <= delivered:
             return True
-        if self.max_age is None:
-            return False
-        return message.timestamp < (self._wall_clock() - self.max_age) * 1000
+        floor = self._marks.forgotten_before if not delivered else 0.0
+        if self.max_age is not None:
+            floor = max(floor, self._wall_clock() - self.max_age)
+        return message.timestamp < floor * 1000
 
     def add(self, message: GossipMessage, source: S) -> list[StreamEvent[S]]:
         """
