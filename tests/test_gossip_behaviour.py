@@ -1042,6 +1042,16 @@ async def test_a_message_too_large_for_catch_up_is_refused_or_dropped() -> None:
         assert got[1].id == after and got[1].seq == 2
         assert socket_to(small, "large").stats.invalid_in == 0
         assert gossip(small).router.stats.invalid == 0
+        # Found by an attacker: a message padded with a key nobody signs, sent first,
+        # was dropped as too large, and the honest copies after it as duplicates. It
+        # is measured as it is logged and served.
+        message = sign_message(Identity.generate(), "chat", 1, int(time.time() * 1000), {})
+        padded = {**message.to_body(), "zz": "x" * 2000}  # over 1024, within 4096
+        large.send_package(
+            socket_to(large, "small"), build_package(PackageType.GOSSIP, "chat", padded)
+        )
+        await wait_for(lambda: len(got) == 3)
+        assert got[2].id == message.id and gossip(small).router.stats.oversized == 1
 
 
 async def test_a_payload_that_is_not_valid_unicode_is_refused_before_taking_a_seq() -> None:

@@ -368,10 +368,14 @@ class Gossip:
             return
         cap = message_size_limit(self.node.options.max_package_size)
         text = package.body_json
-        # A character takes 1 to 4 bytes: encode only bodies that may be too large.
-        if cap is not None and len(text) * 4 > cap and (size := len(text.encode())) > cap:
-            self._oversized(message, size, cap)
-            return
+        # A character takes 1 to 4 bytes: encode only bodies that may be too large, and
+        # measure the message as logged and served, not the body as it came (found by
+        # an attacker: an honest message padded with a key nobody signs, sent first,
+        # was dropped as too large, its copies with it, for good).
+        if cap is not None and len(text) * 4 > cap and len(text.encode()) > cap:
+            if (size := wire_size(message)) > cap:
+                self._oversized(message, size, cap)
+                return
         self._ingest(socket, message, live=True)
 
     def on_control(self, socket: Socket, package: Package) -> None:
