@@ -77,6 +77,7 @@ class Recorder(Thread):
                 "fail": self.fail,
                 "slow": self.slow,
                 "bad_body": self.bad_body,
+                "silent": self.silent,
             },
             PackageType.TALK: {"note": self.note},
         }
@@ -102,6 +103,9 @@ class Recorder(Thread):
         except TimeoutError:
             return {"slept": package.body["seconds"]}
         return None
+
+    async def silent(self, socket: Socket, package: Package) -> None:
+        pass  # a forgotten return
 
     def bad_body(self, socket: Socket, package: Package) -> Any:
         return ["not", "a", "dict"]
@@ -158,6 +162,24 @@ async def test_explicit_send_response(make_node: MakeNode) -> None:
     _, client, socket = await pair(make_node)
     assert client.client is not None
     assert await client.client.request(socket, "explicit", {}) == {"explicit": True}
+
+
+async def test_a_request_handler_that_answers_nothing_is_said_once(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by a tester: a handler that forgot its return made the requester wait
+    # response_timeout (300 s), with nothing logged on either side.
+    _, client, socket = await pair(make_node)
+    assert client.client is not None
+    for _ in range(2):
+        with pytest.raises(RequestTimeout):
+            await client.client.request(socket, "silent", {}, timeout=0.2)
+    said = [r for r in caplog.records if "returned None and sent no response" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.WARNING]
+    assert "REQUEST 'silent' in Recorder returned None" in said[0].getMessage()
+    # One that answered with send_response() isn't said.
+    assert await client.client.request(socket, "explicit", {}) == {"explicit": True}
+    assert len([r for r in caplog.records if "'explicit'" in r.getMessage()]) == 0
 
 
 async def test_server_requests_client(make_node: MakeNode) -> None:

@@ -400,6 +400,8 @@ class Worker:
         if failed:  # no details: they may be sensitive (as websockets does)
             response = self._error(package, f"handler of {package.event!r} failed")
         if response is None:
+            if result is None:
+                self._silent(thread, package)
             return
         try:
             try:
@@ -412,6 +414,21 @@ class Worker:
                     await self._send(response)
         except ConnectionClosed:
             pass
+
+    def _silent(self, thread: Thread, request: Package) -> None:
+        """A request handler returned None: said once if nothing answered it."""
+        name = thread.path or type(thread).__name__
+        if self._socket.closed:
+            return  # (nobody waits)
+        if self._node.handlers.explicit.first_silence(name, request.event, request.tag):
+            logger.warning(
+                "! handler of %s %r in %s returned None and sent no response: the peer"
+                " waits for its response_timeout unless send_response() answers later"
+                " (said once)",
+                request.type.name,
+                request.event,
+                name,
+            )
 
     def _error(self, request: Package, text: str) -> Package | None:
         return error_answer(

@@ -8,7 +8,7 @@ any user thread look handlers up here.
 
 from __future__ import annotations
 
-__all__ = ["RESERVED_TALKS", "HandlerEntry", "HandlerRegistry"]
+__all__ = ["RESERVED_TALKS", "ExplicitAnswers", "HandlerEntry", "HandlerRegistry"]
 
 from collections.abc import Iterator, KeysView
 
@@ -41,6 +41,8 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._entries: dict[_Key, list[HandlerEntry]] = {}
         self._topics = 0  # GOSSIP topics handled
+        self.explicit = ExplicitAnswers()
+        """The requests answered with ``send_response()`` lately."""
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
@@ -109,3 +111,34 @@ class HandlerRegistry:
                         f"{other.path or type(other).__name__}",
                     )
                 entries.append((thread, handler))  # type: ignore[arg-type]
+
+
+class ExplicitAnswers:
+    """
+    The tags of the requests answered with ``send_response()`` lately (the last
+    ``keep``), to tell a request handler that returned None and answers later (or
+    answered already) from one that forgot its ``return``: found by a tester, whose
+    requester waited ``response_timeout`` (300 s) with nothing logged on either side.
+    """
+
+    __slots__ = ("_keep", "_said", "_tags")
+
+    def __init__(self, keep: int = 1024) -> None:
+        self._keep = keep
+        self._tags: dict[str, None] = {}
+        self._said: set[tuple[str, str]] = set()
+
+    def add(self, tag: str) -> None:
+        """A response with ``tag`` was sent with ``send_response()``."""
+        self._tags[tag] = None
+        if len(self._tags) > self._keep:
+            del self._tags[next(iter(self._tags))]
+
+    def first_silence(self, thread: str, event: str, tag: str) -> bool:
+        """A request handler of ``thread`` returned None for ``event``'s request
+        ``tag``: True if nothing answered it, the first time for that thread and event
+        (said once: a handler that always answers later isn't told each time)."""
+        if tag in self._tags or (thread, event) in self._said:
+            return False
+        self._said.add((thread, event))
+        return True

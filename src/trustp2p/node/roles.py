@@ -203,6 +203,7 @@ class Role:
             alt=self.node.options.alt,
             payload=payload or b"",
         )
+        self.node.handlers.explicit.add(tag)
         await self.node.send(socket, package)
 
     async def send_talk(
