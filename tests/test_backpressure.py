@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from websockets.asyncio.client import connect
@@ -22,6 +22,8 @@ from trustp2p import (
     Socket,
     Thread,
 )
+from trustp2p.node.peer import PeerConnection, SendBacklog
+from trustp2p.options import NodeOptions
 from trustp2p.protocol.package import build_package
 
 from .nodes import MakeNode, wait_for
@@ -137,6 +139,25 @@ async def test_gossip_pushes_past_the_send_queue_are_dropped_not_the_peer(
             await asyncio.sleep(0)
         assert server.metrics.send_dropped > 0 and not inbound.closed
         assert server.metrics.stall_disconnects == 0
+
+
+def test_gossip_unread_by_all_peers_together_is_bounded() -> None:
+    """Found by an attacker: each connection may hold max_send_bytes (16 MiB) unread,
+    and any connection may ask for the recent messages (iwant): 90 connections that
+    read nothing took a node from 243 MB to 1.73 GB of RSS. Past the node's bound, no
+    more gossip is written to a peer that isn't reading; other packages still are."""
+    options = NodeOptions(server=True, max_send_bytes=1024, max_package_size=1024)
+    shared = SendBacklog(limit=1500)
+    nothing = cast(Any, None)  # (what queued() doesn't look at)
+    a, b = (PeerConnection(nothing, nothing, nothing, nothing, shared) for _ in "ab")
+    assert a.queued(800, options, gossip=True) is None
+    assert b.queued(600, options, gossip=True) is None
+    assert shared.bytes == 1400
+    assert b.queued(200, options, gossip=True) == "the node's peers hold over 1500 bytes unread"
+    assert b.queued(200, options) is None  # not gossip: its own queue's bound only
+    assert a.queued(300, options) == "send queue full: over 1024 bytes unread"
+    a.drained()  # it reads again (or is gone)
+    assert shared.bytes == 800 and b.queued(100, options, gossip=True) is None
 
 
 async def test_one_package_always_fits_the_send_queue(make_node: MakeNode) -> None:

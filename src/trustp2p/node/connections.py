@@ -51,7 +51,7 @@ from ..security.channel import SecureSocket
 from ..storage.peerstore import PeerSource
 from .dispatch import Hook, Workers
 from .inbound import Inbound
-from .peer import PeerConnection, PeerLog, watch_stall
+from .peer import PeerConnection, PeerLog, SendBacklog, watch_stall
 from .penalties import Penalties
 from .twins import DUPLICATE, Twins
 
@@ -97,6 +97,7 @@ class Connections:
         self._debug = self._logger.isEnabledFor(logging.DEBUG)
         self._metrics = node.metrics
         self._last_gossip: tuple[Package | None, bytes] = (None, b"")  # one encoding a message
+        self._backlog = SendBacklog()  # bytes written unread, all connections together
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -222,6 +223,7 @@ class Connections:
         if conn is None:
             return
         self.count_good(conn)  # the rest of the batch; the peer left, no verdict
+        conn.drained()
         self.penalties.forget(socket)
         conn.protocol.connection_lost()
         if conn.throttle is not None:
@@ -352,7 +354,7 @@ class Connections:
             nonce=node.nonce,
         )
         log = PeerLog(self._logger, {"peer": socket.peer})
-        conn = self._conns[socket.id] = PeerConnection(socket, role, protocol, log)
+        conn = self._conns[socket.id] = PeerConnection(socket, role, protocol, log, self._backlog)
         if socket.peer_id is not None:
             self._by_peer_id[socket.peer_id] = conn
         return conn
@@ -544,13 +546,14 @@ class Connections:
         if conn is not None:
             if socket.write_paused:
                 self._watch(conn)
-                if not waited and (full := conn.queued(len(data), self._options)):
-                    if package.type is PackageType.GOSSIP:  # it catches up (gaps, catch-up)
+                gossip = package.type is PackageType.GOSSIP
+                if not waited and (full := conn.queued(len(data), self._options, gossip=gossip)):
+                    if gossip:  # it catches up (gaps, catch-up)
                         self._metrics.send_dropped += 1
                         return
                     self._send_queue_full(conn, full)
-            else:
-                conn.backlog = conn.backlog_bytes = 0
+            elif conn.backlog:
+                conn.drained()
         self._metrics.packages_out[package.type] += 1
         self._metrics.bytes_out[package.type] += len(data)
         socket.write(data)
