@@ -259,6 +259,10 @@ async def test_connection_to_waits_for_that_server(make_node: MakeNode) -> None:
     with pytest.raises(asyncio.CancelledError):
         await gone
     assert len(role.sockets) == 2
+    # A URL nobody dials is waited for for ever, unless told how long (found by a
+    # tester: a script pointed at a server that was down sat there without a word).
+    with pytest.raises(TimeoutError, match=r"^no connection to ws://127.0.0.1:9 within 0.05 s$"):
+        await role.connection_to("ws://127.0.0.1:9", timeout=0.05)
 
 
 async def test_connect_and_disconnect(make_node: MakeNode) -> None:

@@ -363,12 +363,18 @@ class ClientRole(Role):
         """The open connection to ``url`` (any spelling of its address), if any."""
         return self._by_url.get(address_of(url))
 
-    async def connection_to(self, url: str) -> Socket:
+    async def connection_to(self, url: str, *, timeout: float | None = None) -> Socket:
         """
         Wait for an open connection to ``url`` (any spelling of its address; dial it
         with :meth:`connect` or the node's ``peers``) and return it. After
         :meth:`wait_connected`, ``sockets[0]`` is whichever server connected first,
         maybe one the peer store led to (found by a new-user tester).
+
+        Raises:
+            TimeoutError: If there is none within ``timeout`` seconds (None: wait as
+                long as it takes; a URL nobody dials, or a server that is down, is
+                waited for for ever: found by a tester).
+
         """
         address = address_of(url)
         socket = self._by_url.get(address)
@@ -378,7 +384,10 @@ class ClientRole(Role):
         waiters = self._url_waiters.setdefault(address, [])
         waiters.append(future)
         try:
-            return await future
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise TimeoutError(f"no connection to {url} within {timeout} s") from None
         finally:
             if future in waiters:
                 waiters.remove(future)
