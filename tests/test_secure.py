@@ -601,6 +601,24 @@ async def test_a_secure_plain_mismatch_is_reported_once_and_not_redialled_soon(
     assert attempts == 1
 
 
+async def test_each_side_warns_of_a_mode_mismatch_once_per_address(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a tester: the dialler said it once, but each redial (every
+    reconnect_max) logged a WARNING on both sides, for ever."""
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    server = await make_node(server=True, secure=False)
+    await make_node(client=True, peers=[server.url], reconnect_initial=0.05, reconnect_max=0.05)
+
+    def said(text: str, level: int = logging.WARNING) -> int:
+        return sum(text in r.getMessage() and r.levelno == level for r in caplog.records)
+
+    await wait_for(lambda: said("closing: no secure channel", logging.DEBUG) >= 3)
+    assert said("closing: no secure channel") == 1  # the plain server
+    assert said("secure handshake with") == 1  # the secure client
+    assert said("secure handshake with", logging.DEBUG) >= 2
+
+
 @pytest.mark.parametrize("client_secure", [True, False])
 async def test_a_store_url_of_the_other_mode_is_not_redialled_soon(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture, client_secure: bool

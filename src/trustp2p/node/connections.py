@@ -249,8 +249,7 @@ class Connections:
         if not error.offence:  # both ends are this node, or the peer gave up
             self.inbound.log(self._logger, logging.INFO, "ended", "= %s: %s", raw.peer, error)
         else:
-            message = "! secure handshake with %s failed: %s"
-            self.inbound.warn(self._logger, "handshake failed", message, raw.peer, error)
+            self.inbound.failed_handshake(self._logger, raw, error)
         count(self._metrics.handshakes, type(error).__name__)
         # Against the address of a peer that dialled us: not our dials, nor ourselves.
         if (
@@ -386,8 +385,7 @@ class Connections:
         elif kind is Introduced:
             self._introduced(conn, action)  # type: ignore[arg-type]
         elif kind is Close:
-            reason = action.reason  # type: ignore[union-attr]
-            self.inbound.warn(conn.log, "closing", "! closing: %s", reason)
+            self.inbound.closing(conn.log, conn.socket, action.reason)  # type: ignore[union-attr]
             self.close(conn, action.code, action.reason)  # type: ignore[union-attr]
         elif kind is SelfDial:
             self._self_dial(conn, action)  # type: ignore[arg-type]

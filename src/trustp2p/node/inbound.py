@@ -27,6 +27,7 @@ from ..drivers.base import UPGRADE_FAILED, Socket
 from ..exceptions import HandshakeError
 from ..protocol.admission import Admission, Refusal
 from ..protocol.close import CloseCode
+from ..protocol.handshake import is_mode_mismatch
 from ..protocol.limits import AddressLimiter
 from ..protocol.log_budget import LogBudget
 from ..security.channel import SecureSocket
@@ -34,6 +35,9 @@ from ..security.channel import SecureSocket
 if TYPE_CHECKING:
     from .connections import Connections
     from .node import Node
+
+
+_MAX_MISMATCHED = 1000  # addresses remembered as disagreeing on `secure`
 
 
 def _raw_id(socket: Socket) -> int:
@@ -85,6 +89,7 @@ class Inbound:
         self._introduced: dict[int, int] = {}  # raw connection id -> its socket's id
         self._timer: asyncio.TimerHandle | None = None
         self._log_timer: asyncio.TimerHandle | None = None  # the log budget's summary
+        self._mismatched: set[tuple[str, bool]] = set()  # (host, inbound) said to disagree
 
     def _address_blocked(self, host: str) -> bool:
         store = self._node.store
@@ -202,6 +207,34 @@ class Inbound:
     def warn(self, log: Any, kind: str, message: str, *args: object) -> None:
         """A WARNING within :attr:`log_budget` for ``kind`` (else DEBUG)."""
         self.log(log, logging.WARNING, kind, message, *args, stacklevel=2)
+
+    def closing(self, log: Any, socket: Socket, reason: str) -> None:
+        """The node closes ``socket`` for ``reason`` (the protocol's verdict): said
+        within the budget, a disagreement on ``secure`` once (see :meth:`_say`)."""
+        self._say(log, socket, reason, "closing", "! closing: %s", reason)
+
+    def failed_handshake(self, log: Any, raw: Socket, error: HandshakeError) -> None:
+        """A secure handshake failed by the peer's fault: as :meth:`closing`."""
+        message = "! secure handshake with %s failed: %s"
+        self._say(log, raw, str(error), "handshake failed", message, raw.peer, error)
+
+    def _say(
+        self, log: Any, socket: Socket, reason: str, kind: str, message: str, *args: object
+    ) -> None:
+        """A WARNING within the budget of ``kind``; a disagreement on ``secure``
+        (``reason``) only the first time per peer address and side, at DEBUG after: the
+        peer redials every ``reconnect_max`` until one side changes (found by a tester: a
+        WARNING a minute on each side for ever, where the README says it is reported
+        once)."""
+        if is_mode_mismatch(reason):
+            key = (socket.host, socket.inbound)
+            if key in self._mismatched:
+                log.debug(message, *args)
+                return
+            if len(self._mismatched) >= _MAX_MISMATCHED:
+                self._mismatched.clear()
+            self._mismatched.add(key)
+        self.log(log, logging.WARNING, kind, message, *args, stacklevel=3)
 
     def note(
         self,
