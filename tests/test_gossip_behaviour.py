@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 import trustp2p.node.gossip
-from trustp2p import Node, RemoteError, Socket
+from trustp2p import EventMap, Node, RemoteError, Socket, Thread
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from trustp2p.identity import Identity
 from trustp2p.node.gossip import Gossip, Validation
+from trustp2p.node.gossip_catchup import MAX_EMPTY_FETCHES
 from trustp2p.node.gossip_log import to_logged
 from trustp2p.node.gossip_thread import GossipThread
 from trustp2p.node.roles import Role
@@ -591,6 +592,45 @@ async def test_a_peer_without_gossip_is_not_penalised_for_refusing_catch_up(
         assert spy.answers(asker, HWM) == [{"error": "no handler for REQUEST 'gossip/hwm'"}]
         assert socket_to(asker, "plain").stats.invalid_in == 0
         assert (await record_of(asker, plain.peer_id)).invalid_packages == 0
+
+
+class Liar(Thread):
+    """Claims 200 made-up origins on "chat" ahead of everyone, and serves none."""
+
+    fetches = 0
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {HWM: self.hwm, FETCH: self.fetch}}
+
+    def hwm(self, socket: Socket, package: Package) -> Body:
+        made_up = {Identity.generate().peer_id: 10**12 for _ in range(200)}
+        return {"hwm": {"chat": made_up}}
+
+    def fetch(self, socket: Socket, package: Package) -> Body:
+        type(self).fetches += 1
+        return {"messages": [], "last": 10**12}
+
+
+async def test_a_round_stops_after_streams_the_peer_claimed_bring_nothing() -> None:
+    """Found by an attacker: marks of 2,000 made-up origins, each fetch answered with
+    nothing, cost the node 2,000 requests a connection (5,300 a second from fresh
+    identities). A round stops after MAX_EMPTY_FETCHES of them in a row."""
+    Liar.fetches = 0
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "liar", gossip=False, threads=[Liar]) as liar,
+        memory_node(hub, "asker") as asker,
+    ):
+        asker.subscribe("chat")
+        assert asker.client is not None and liar.url is not None
+        asker.client.connect(liar.url)
+        await wait_for(lambda: Liar.fetches >= MAX_EMPTY_FETCHES)
+        socket = socket_to(asker, "liar")
+        for _ in range(3):  # round trips behind the last fetch: the round is over
+            with pytest.raises(RemoteError):
+                await asker.client.request(socket, "nobody", {})
+        assert Liar.fetches == MAX_EMPTY_FETCHES
 
 
 async def test_a_throttling_peer_still_serves_catch_up_and_nobody_is_penalised(
