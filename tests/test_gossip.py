@@ -114,6 +114,13 @@ async def test_restarted_node_catches_up_from_the_persisted_log() -> None:
         await network.wait_delivered(30, timeout=30)
         check_exactly_once_in_order(network.received[5], first | later)
         assert restarted.gossip.caught_up >= 20
+        # What was delivered before the restart isn't delivered again, but a thread
+        # that kept its state in memory rebuilds it from the log (a new user's finding).
+        history = restarted.gossip.history("chat")
+        assert {(m.origin, m.seq) for m in history} == first | later
+        for origin in {m.origin for m in history}:
+            seqs = [m.seq for m in history if m.origin == origin]
+            assert seqs == sorted(seqs)
 
 
 class Mallory(Thread):

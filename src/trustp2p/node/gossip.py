@@ -60,7 +60,7 @@ from ..tasks import TaskOwner
 from .dispatch import call_logged
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
-from .gossip_log import to_logged, undelivered
+from .gossip_log import kept, to_logged, undelivered
 from .gossip_send import ActionSender
 
 if TYPE_CHECKING:
@@ -281,6 +281,16 @@ class Gossip:
             self._validators.pop(topic, None)
         else:
             self._validators[topic] = validator
+
+    def history(self, topic: str) -> list[GossipMessage]:
+        """
+        The messages of ``topic`` this node's log keeps, delivered or not, in seq order
+        per origin: the last ``log_max_messages`` of the topic, received within
+        ``log_max_age``. Messages are delivered once, across restarts too: a thread that
+        builds state in memory from them rebuilds it from here at its start (found by a
+        new user, whose key/value store lost everything delivered before a restart).
+        """
+        return list(kept(self._log, topic))
 
     def delivered_seq(self, topic: str, origin: str) -> int:
         """The last seq of ``origin``'s messages on ``topic`` delivered here (0: none)."""

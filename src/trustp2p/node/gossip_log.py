@@ -5,11 +5,11 @@ in one key), the router knows messages.
 
 from __future__ import annotations
 
-__all__ = ["from_logged", "to_logged", "undelivered"]
+__all__ = ["from_logged", "kept", "to_logged", "undelivered"]
 
 import base64
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..protocol.gossip import DeliveryMarks, GossipMessage, split_stream_key, stream_key
 from ..storage.msglog import LoggedMessage, MessageLog
@@ -75,8 +75,17 @@ def from_logged(logged: LoggedMessage) -> GossipMessage:
 def undelivered(log: MessageLog, topic: str, marks: DeliveryMarks) -> Iterator[GossipMessage]:
     """The messages of ``topic`` kept in ``log`` past the delivered ``marks``, in seq
     order per stream: what a node killed before their handlers ran must deliver."""
+    return _kept_from(log, topic, lambda stream: marks.delivered(stream) + 1)
+
+
+def kept(log: MessageLog, topic: str) -> Iterator[GossipMessage]:
+    """Every message of ``topic`` kept in ``log``, in seq order per stream."""
+    return _kept_from(log, topic, lambda stream: 1)
+
+
+def _kept_from(log: MessageLog, topic: str, start: Callable[[str], int]) -> Iterator[GossipMessage]:
     for stream in log.high_water(topic):
-        first = marks.delivered(stream) + 1
+        first = start(stream)
         while True:
             batch = log.range(stream, first, _ALL)
             yield from (from_logged(logged) for logged in batch if logged.topic == topic)
