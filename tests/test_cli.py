@@ -72,6 +72,15 @@ def test_peers_from_the_file_or_the_environment_serve_a_client_and_warn_a_server
     assert server.stop() == 0, server.output
     warning = "! peers are ignored: a server dials nothing (`trustp2p node` accepts and dials)"
     assert warning in server.output and "trustp2p.toml" in server.output, server.output
+    assert "admin token" not in server.output
+
+
+def test_an_admin_token_without_an_admin_listener_is_warned_of(tmp_path: Path) -> None:
+    # Found by a tester, who meant to turn the admin listener on: it started in silence.
+    server = Spawned("server", "--cwd", str(tmp_path), "--port", "0", "--admin-token", "x" * 16)
+    server.wait_for_output("node started")
+    assert server.stop() == 0, server.output
+    assert "! the admin token protects nothing: no admin listener (--admin)" in server.output
 
 
 def test_invalid_option_value_is_a_usage_error(

@@ -43,7 +43,9 @@ from .node import (
     create_node,
     create_server,
 )
+from .node.gossip import Validation, Validator
 from .options import NodeOptions
+from .protocol.gossip import GossipMessage
 from .protocol.package import Body, Package, PackageType, Tag
 from .threads.base import EventMap, Handler, Reply, Thread
 
@@ -61,6 +63,7 @@ __all__ = [
     "DriverOptions",
     "EventMap",
     "GossipError",
+    "GossipMessage",
     "Handler",
     "HandshakeClosed",
     "HandshakeError",
@@ -89,6 +92,8 @@ __all__ = [
     "ThreadLoadError",
     "TrustP2PError",
     "UsageError",
+    "Validation",
+    "Validator",
     "WorkerError",
     "__version__",
     "build_name",

@@ -378,9 +378,12 @@ def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
         raise click.UsageError(
             "no server to dial: give --connect URL, or peers in trustp2p.toml or TRUSTP2P_PEERS"
         )
+    cli_log = logging.getLogger("trustp2p.cli")
     if node_options.peers and not node_options.client:
         message = "peers are ignored: a server dials nothing (`trustp2p node` accepts and dials)"
-        logging.getLogger("trustp2p.cli").warning("! %s", with_origins(message, settings))
+        cli_log.warning("! %s", with_origins(message, settings))
+    if node_options.admin_token and node_options.admin is None:  # (a tester meant --admin)
+        cli_log.warning("! the admin token protects nothing: no admin listener (--admin)")
     try:
         return run_on_loop(serve_process(node_options), loop)
     except TrustP2PError as exc:
