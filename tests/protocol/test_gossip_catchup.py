@@ -20,6 +20,7 @@ from trustp2p.exceptions import GossipError
 from trustp2p.identity import Identity
 from trustp2p.protocol.gossip import (
     FETCH_ALONE,
+    HWM_STALE,
     MAX_FETCH_SEQS,
     MAX_FETCHES,
     MAX_GAP_SEQS,
@@ -520,6 +521,7 @@ def test_past_its_read_budget_a_topics_marks_are_answered_as_last_read() -> None
     assert _peer(98) not in marks(TOPIC) and len(reads) == 3  # as last read
     now[0] = 0.5  # 1,000 more: one read
     assert marks(TOPIC)[_peer(98)] == 98 and len(reads) == 4
+
     # A topic never read is read whatever the budget.
     assert marks("sport") == {} and reads[-1] == "sport"
     # What an answer is charged by: the marks' bytes in it.
@@ -567,6 +569,19 @@ def test_a_catch_up_request_may_say_what_the_asker_takes(
 def test_malformed_answer_bounds_are_a_protocol_error(body: dict[str, Any], text: str) -> None:
     with pytest.raises(GossipError, match=f"^{re.escape(text)}$"):
         decode_answer_bounds(body)
+
+
+def test_past_its_read_budget_a_topic_is_read_again_once_stale() -> None:
+    """Found in review: a peer asking about another topic a hundred times a second kept
+    the budget spent, and this topic's answers frozen at their last read."""
+    now, streams = [0.0], {stream_key(TOPIC, _peer(1)): 1}
+    marks = HwmMarks(lambda topic: streams, rate=1.0, burst=1, clock=lambda: now[0])
+    marks(TOPIC)  # the whole budget, and more: it stays spent
+    streams[stream_key(TOPIC, _peer(2))] = 2
+    now[0] = HWM_STALE - 0.01
+    assert _peer(2) not in marks(TOPIC)  # as last read
+    now[0] = HWM_STALE
+    assert marks(TOPIC)[_peer(2)] == 2  # read again, though the budget is spent
 
 
 def test_hwm_answer_reads_origins_of_topics_holding_nul() -> None:

@@ -42,7 +42,7 @@ from .catchup import (
     plan_fetches,
     wire_size,
 )
-from .hwm import HwmMarks, best_marks, fit_marks
+from .hwm import HWM_STALE, HwmMarks, best_marks, fit_marks
 from .message import (
     MAX_HOPS,
     MAX_SEQ,
@@ -94,6 +94,7 @@ __all__ = [
     "GRAFT",
     "HELD_MESSAGE_OVERHEAD",
     "HWM",
+    "HWM_STALE",
     "IHAVE",
     "IWANT",
     "MAX_FETCHES",

@@ -15,7 +15,15 @@ this round, and the rest the next. An answer's size is charged as a fetch's is.
 
 from __future__ import annotations
 
-__all__ = ["HWM_READ_BURST", "HWM_READ_RATE", "MIN_READ", "HwmMarks", "best_marks", "fit_marks"]
+__all__ = [
+    "HWM_READ_BURST",
+    "HWM_READ_RATE",
+    "HWM_STALE",
+    "MIN_READ",
+    "HwmMarks",
+    "best_marks",
+    "fit_marks",
+]
 
 import heapq
 import time
@@ -34,6 +42,11 @@ streams took 8 to 16 ms on the 2-core machine of BENCHMARKS.md: about a tenth of
 HWM_READ_BURST = 200_000
 
 MIN_READ = 1000
+
+HWM_STALE = 1.0
+"""Seconds after which a topic's marks are read again whatever the budget (found in
+review: a peer asking about another topic a hundred times a second kept the budget
+spent, and a topic's answers frozen at their last read)."""
 
 _ENTRY_BYTES = 4  # the quotes, colon and comma of an origin's entry in the answer
 _TOPIC_BYTES = 7  # the quotes, colon, braces and comma of a topic's
@@ -104,7 +117,7 @@ class HwmMarks:
         self._high_water = high_water
         self._clock = clock
         self._reads = TokenBucket(rate, burst, clock())
-        self._topics: dict[str, tuple[dict[str, int], int]] = {}  # marks, size
+        self._topics: dict[str, tuple[dict[str, int], int, float]] = {}  # marks, size, read
 
     def __call__(self, topic: str) -> dict[str, int]:
         """``topic``'s marks (not to be changed: they may answer later requests too)."""
@@ -116,15 +129,15 @@ class HwmMarks:
         return 0 if kept is None else kept[1]
 
     def read(self, topic: str) -> tuple[dict[str, int], int]:
-        """``topic``'s marks and their size, read from the log if the budget allows or
-        they were never read, else as last read."""
+        """``topic``'s marks and their size, read from the log if the budget allows,
+        they were never read or are :data:`HWM_STALE` old, else as last read."""
         now = self._clock()
         kept = self._topics.get(topic)
-        if kept is not None and self._reads.level(now) <= 0:
-            return kept
+        if kept is not None and self._reads.level(now) <= 0 and now - kept[2] < HWM_STALE:
+            return kept[0], kept[1]
         streams = self._high_water(topic)
         self._reads.spend(now, max(len(streams), MIN_READ))
         marks = best_marks(streams)
         size = sum(_entry_size(origin, seq) for origin, seq in marks.items())
-        kept = self._topics[topic] = (marks, size)
-        return kept
+        self._topics[topic] = (marks, size, now)
+        return marks, size
