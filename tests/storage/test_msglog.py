@@ -17,7 +17,7 @@ from hypothesis import given, strategies as st
 from tests.conftest import MS, FakeClock
 from tests.nodes import wait_for
 from trustp2p.storage._msglog_records import Origin
-from trustp2p.storage.msglog import LOG_PATH, LoggedMessage, MessageLog
+from trustp2p.storage.msglog import LOG_PATH, MARK_GRACE, LoggedMessage, MessageLog
 
 from .adapters import MessageLogAdapter, message
 from .faults import HOUR, FailingWrites, StoreFaults, open_fails_once
@@ -334,8 +334,14 @@ async def test_idle_delivery_marks_are_bounded(clock: FakeClock) -> None:
             log.mark_delivered(f"tp{i}", 1)
             clock.advance(1)
         log.add(message(1, origin="tp0"))  # tp0 isn't idle
+        assert await log.flush() is True  # all moved within MARK_GRACE: none forgotten
+        assert [log.delivered(f"tp{i}") for i in range(12)] == [1] * 12
+        clock.advance(MARK_GRACE - 10)  # tp1 moved over MARK_GRACE ago, tp2 just that
         assert await log.flush() is True
-        assert [log.delivered(f"tp{i}") for i in range(12)] == [1, 0, 0, *[1] * 9]
+        assert [log.delivered(f"tp{i}") for i in range(12)] == [1, 0, 1, *[1] * 9]
+        clock.advance(MARK_GRACE)
+        assert await log.flush() is True  # within the bound now
+        assert [log.delivered(f"tp{i}") for i in range(12)] == [1, 0, 1, *[1] * 9]
     finally:
         await log.close()
 
@@ -351,10 +357,12 @@ async def test_marks_forgotten_for_their_number_leave_a_floor(clock: FakeClock, 
         for i in range(12):  # tp0 at 1000 s, tp1 at 1001 s...
             log.mark_delivered(f"tp{i}", 1)
             clock.advance(1)
+        clock.advance(MARK_GRACE)  # (marks that moved within it are kept)
         assert await log.flush() is True
         assert [log.delivered(f"tp{i}") for i in range(4)] == [0, 0, 0, 1]
         assert log.forgotten_before == 1002.0  # tp0's to tp2's, forgotten
         log.mark_delivered("tp12", 1)  # within the bound: nothing more forgotten
+        clock.advance(1)
         assert await log.flush() is True
         assert log.forgotten_before == 1002.0
     finally:

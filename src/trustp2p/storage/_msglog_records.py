@@ -11,6 +11,8 @@ Private to :mod:`trustp2p.storage`: users see :class:`LoggedMessage` through
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "Batch",
     "Entry",
@@ -20,6 +22,7 @@ __all__ = [
     "Origin",
     "Seqs",
     "Topic",
+    "entry_position",
     "stale_marks",
     "take",
 ]
@@ -384,20 +387,34 @@ def take(
     return found
 
 
+def entry_position(entry: Entry) -> int:
+    """An entry's position in the log: the order it was logged in."""
+    return entry[2]
+
+
 def stale_marks(
-    marked: dict[str, float], kept: Container[str], max_idle: int, cutoff: float
+    marked: dict[str, float],
+    kept: Container[str],
+    max_idle: int,
+    cutoff: float,
+    young: float = math.inf,
 ) -> list[str]:
     """
     The delivery marks to forget: of the origins not ``kept`` (no message left), those
     that last moved before ``cutoff``, and the least recently moved past ``max_idle``
-    of them (a tenth more: each new origin would be over the bound again, and scan).
+    of them (a tenth more: each new origin would be over the bound again, and scan),
+    none that moved at ``young`` or later.
     """
     idle = [(when, origin) for origin, when in marked.items() if origin not in kept]
     excess = len(idle) - max_idle
     if excess > 0:
         excess += max_idle // 10
         idle.sort()
-    return [origin for i, (when, origin) in enumerate(idle) if i < excess or when < cutoff]
+    return [
+        origin
+        for i, (when, origin) in enumerate(idle)
+        if (i < excess and when < young) or when < cutoff
+    ]
 
 
 class Sizes:
