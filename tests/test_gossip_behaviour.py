@@ -1169,6 +1169,27 @@ async def test_a_node_with_a_smaller_package_limit_catches_up_from_default_peers
         assert socket_to(small, "big").close_code is None  # the same connection
 
 
+async def test_a_message_over_the_askers_limit_is_left_out_of_its_catch_up() -> None:
+    """Found in review: a message a default node takes (up to 256 KiB) but over a
+    smaller-limit asker's, always first in its answer, made the asker close the
+    connection, on every redial, and nothing after it came either."""
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "big") as big,
+        memory_node(hub, "small", max_package_size=65536, gap_timeout=0.2) as small,
+    ):
+        big.subscribe("chat")
+        await big.publish("chat", {"text": "x" * 70_000})
+        await big.publish("chat", {"text": "small"})
+        got: list[GossipMessage] = []
+        small.subscribe("chat", got.append)
+        assert small.client is not None and big.url is not None
+        small.client.connect(big.url)
+        await wait_for(lambda: len(got) == 1)
+        assert got[0].seq == 2  # the first, too large for it, lacking and skipped
+        assert socket_to(small, "big").close_code is None  # the same connection
+
+
 async def test_large_hwm_answers_cost_the_asker_its_request_budget() -> None:
     # Found by an attacker: with 12,000 origins in a topic's log, a 78-byte hwm request
     # drew a 78 KB answer for one token of the request budget (170 MB out for 172 KB
