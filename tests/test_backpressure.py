@@ -155,7 +155,10 @@ def test_gossip_unread_by_all_peers_together_is_bounded() -> None:
     assert shared.bytes == 1400
     assert b.queued(200, options, gossip=True) == "the node's peers hold over 1500 bytes unread"
     assert b.queued(200, options) is None  # not gossip: its own queue's bound only
-    assert a.queued(300, options) == "send queue full: over 1024 bytes unread"
+    # Gossip and the rest are counted apart (found in review: a publisher's burst
+    # filled a slow peer's queue with gossip, and the next control talk disconnected it).
+    assert a.queued(300, options) is None
+    assert a.queued(800, options) == "send queue full: over 1024 bytes unread"
     a.drained()  # it reads again (or is gone)
     assert shared.bytes == 800 and b.queued(100, options, gossip=True) is None
 

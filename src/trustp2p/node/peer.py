@@ -72,9 +72,11 @@ class PeerConnection:
         "backlog",
         "backlog_bytes",
         "counted",
+        "gossip_backlog",
         "held",
         "log",
         "opened",
+        "other_backlog",
         "protocol",
         "role",
         "shared",
@@ -101,6 +103,7 @@ class PeerConnection:
         self.opened = time.time()
         self.backlog = 0  # packages written while the peer wasn't reading...
         self.backlog_bytes = 0  # ...and their bytes
+        self.gossip_backlog = self.other_backlog = (0, 0)  # of them: packages, bytes
         self.counted = 0  # valid packages already counted in the peer store
         self.throttle: asyncio.TimerHandle | None = None  # over the request budget
         self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
@@ -113,13 +116,21 @@ class PeerConnection:
         :data:`MAX_GOSSIP_BACKLOG` too)."""
         max_packages = options.max_send_queue
         max_bytes = max(options.max_send_bytes, options.max_package_size or 0)  # one fits
-        if self.backlog >= max_packages:
+        # Gossip and the rest are counted apart: gossip past the bound is dropped, and
+        # must not leave the rest none (found in review: a publisher's burst filled a
+        # slow peer's queue, and the next control talk disconnected it).
+        count, total = self.gossip_backlog if gossip else self.other_backlog
+        if count >= max_packages:
             return f"send queue full: {max_packages} packages unread"
-        if self.backlog_bytes + size > max_bytes:
+        if total + size > max_bytes:
             return f"send queue full: over {max_bytes} bytes unread"
         shared = self.shared
         if gossip and shared.bytes + size > shared.limit:
             return f"the node's peers hold over {shared.limit} bytes unread"
+        if gossip:
+            self.gossip_backlog = (count + 1, total + size)
+        else:
+            self.other_backlog = (count + 1, total + size)
         self.backlog += 1
         self.backlog_bytes += size
         shared.bytes += size
@@ -129,6 +140,7 @@ class PeerConnection:
         """The peer reads again (or is gone): what it held unread no longer counts."""
         self.shared.bytes -= self.backlog_bytes
         self.backlog = self.backlog_bytes = 0
+        self.gossip_backlog = self.other_backlog = (0, 0)
 
     def can_read(self) -> bool:
         """Whether nothing holds reading from the peer: its request budget
@@ -193,3 +205,5 @@ async def watch_stall(
                 return
     finally:
         conn.stall = None
+    if not socket.write_paused:  # it reads again: its backlog no longer counts (review)
+        conn.drained()
