@@ -222,12 +222,13 @@ class Inbound:
         self, log: Any, socket: Socket, reason: str, kind: str, message: str, *args: object
     ) -> None:
         """A WARNING within the budget of ``kind``; a disagreement on ``secure``
-        (``reason``) only the first time per peer address and side, at DEBUG after: the
-        peer redials every ``reconnect_max`` until one side changes (found by a tester: a
-        WARNING a minute on each side for ever, where the README says it is reported
-        once)."""
+        (``reason``) only the first time per peer (address, or URL dialled), at DEBUG
+        after: the peer redials every ``reconnect_max`` until one side changes (found by
+        a tester: a WARNING a minute on each side for ever, where the README says it is
+        reported once)."""
         if is_mode_mismatch(reason):
-            key = (socket.host, socket.inbound)
+            # Inbound, by address (a redial comes from a new port); outbound, by URL.
+            key = (socket.host if socket.inbound else socket.peer, socket.inbound)
             if key in self._mismatched:
                 log.debug(message, *args)
                 return
