@@ -112,7 +112,7 @@ class GossipThread(Thread):
         # wire (key, signature, the payload JSON-escaped and UTF-8 encoded).
         log, limit = gossip.message_log, self.node.options.catchup_batch
         limit = limit if asked_limit is None else min(limit, asked_limit)
-        first, messages = wanted.first, []
+        first, sized = wanted.first, []
         for _ in range(_OVERSIZED_READS):
             if wanted.seqs is None:
                 logged = log.range(
@@ -122,10 +122,11 @@ class GossipThread(Thread):
                 logged = log.pick(wanted.stream, wanted.seqs, limit=limit, max_bytes=max_bytes)
             # One over what the asker takes is left out (it lacks it): it would close
             # the connection (found in review: each redial's catch-up did it again).
-            messages = [m for m in map(from_logged, logged) if wire_size(m) <= max_bytes]
-            if messages or not logged or wanted.seqs is not None:
+            sized = [(m, n) for m in map(from_logged, logged) if (n := wire_size(m)) <= max_bytes]
+            if sized or not logged or wanted.seqs is not None:
                 break
             first = logged[-1].seq + 1
-        self._charge(socket, sum(map(wire_size, messages)))
+        self._charge(socket, sum(n for _, n in sized))
+        messages = [m for m, _ in sized]
         last = gossip.message_log.last_seq(wanted.stream) or 0
         return fetch_answer(messages, max_bytes, last)
