@@ -9,6 +9,7 @@ __all__ = [
     "GroupedCommand",
     "cli",
     "cwd_option",
+    "dir_option",
     "fast_options",
     "given_flags",
     "listen_options",
@@ -352,16 +353,20 @@ def run_on_loop(main: Coroutine[Any, Any, T], loop: str) -> T:
     return run(main, loop=loop)
 
 
-def cwd_option(f: F) -> F:
+def dir_option(text: str) -> Callable[[F], F]:
+    """``--cwd``, a directory that must exist (a usage error, 2): `id` would otherwise
+    make a key in a directory nobody meant, `peers` report an empty store for a typo, and
+    a node command said "cwd is not a directory" with 1 (a tester)."""
     return click.option(
         "--cwd",
-        # It must exist: a usage error (2) as for id, peers and config (a tester: a
-        # node command's "cwd is not a directory" exited 1).
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         default=Path("."),
         show_default=True,
-        help="Directory holding threads-enabled/ (it must exist).",
-    )(f)
+        help=text,
+    )
+
+
+cwd_option = dir_option("Directory holding threads-enabled/ (it must exist).")
 
 
 def run_node(log_level: str, loop: str, **kwargs: Any) -> int:

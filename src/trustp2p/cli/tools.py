@@ -13,23 +13,14 @@ from .base import (
     F,
     GroupedCommand,
     cli,
+    dir_option,
     log_options,
     node_options,
     resolve_options,
     setup_cli_logging,
 )
 
-
-def app_dir_option(f: F) -> F:
-    return click.option(
-        "--cwd",
-        # It must exist: `id` would otherwise make a key in a directory nobody meant,
-        # and `peers` report an empty store for a typo.
-        type=click.Path(exists=True, file_okay=False, path_type=Path),
-        default=Path("."),
-        show_default=True,
-        help="The node's application directory (it must exist).",
-    )(f)
+app_dir_option = dir_option("The node's application directory (it must exist).")
 
 
 def node_name_option(f: F) -> F:
