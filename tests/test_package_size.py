@@ -4,6 +4,7 @@ it against the sender (a secure peer blocks it for an hour). A request or talk r
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -19,10 +20,13 @@ from trustp2p import (
     Socket,
     Thread,
 )
+from trustp2p.drivers.memory import MemoryHub
+from trustp2p.protocol.handshake import MAX_PACKAGE_SIZE_KEY
 from trustp2p.protocol.package import DEFAULT_MAX_PACKAGE_SIZE, build_package, check_size, encode
 
 from .conftest import wait_for
 from .nodes import MakeNode
+from .test_gossip_behaviour import memory_node, socket_to
 
 
 class Echo(Thread):
@@ -69,8 +73,10 @@ async def test_an_answer_over_the_limit_is_an_error_answer(
 async def test_a_peer_with_a_larger_limit_is_closed_not_blocked(make_node: MakeNode) -> None:
     # An honest peer configured with a larger max_package_size sends what ours refuses:
     # a configuration mismatch, not tampering. The connection closes with 1009 and the
-    # peer reconnects; before, a secure node blocked it for an hour.
+    # peer reconnects; before, a secure node blocked it for an hour. (A peer that knows
+    # our limit sends nothing over it: this server doesn't say it, as the original.)
     server = await make_node(server=True, threads=[Echo], secure=True)
+    del server.version_body[MAX_PACKAGE_SIZE_KEY]
     client = await make_node(
         client=True, peers=[server.url], secure=True, max_package_size=2 * DEFAULT_MAX_PACKAGE_SIZE
     )
@@ -101,3 +107,92 @@ def test_check_size_is_exact_at_the_limit(text: str) -> None:
     check_size(package, None)
     with pytest.raises(PackageTooLarge, match=f"REQUEST 'echo' of {size} bytes"):
         check_size(package, size - 1)
+
+
+SMALL = 65536
+
+
+async def introduced(make_node: MakeNode, **server: Any) -> tuple[Any, Socket]:
+    """A default client connected to a server with ``server``'s options, once the
+    server's introduction (and the limit it says) has arrived."""
+    client, socket = await connected_to(make_node, **server)
+    await wait_for(lambda: client.connection(socket).peer_version is not None)
+    return client, socket
+
+
+async def connected_to(make_node: MakeNode, **server_options: Any) -> tuple[Any, Socket]:
+    server = await make_node(server=True, threads=[Echo], **server_options)
+    client = await make_node(
+        client=True,
+        peers=[server.url],
+        **{k: v for k, v in server_options.items() if k == "secure"},
+    )
+    assert client.client is not None
+    await client.client.wait_connected()
+    return client, client.client.sockets[0]
+
+
+@pytest.mark.parametrize("secure", [False, True])
+async def test_a_request_over_the_peers_limit_raises_and_is_not_sent(
+    make_node: MakeNode, secure: bool
+) -> None:
+    # Found by a tester: a node with a smaller max_package_size than its peer's closed
+    # the connection (1009) on whatever of the peer's limit was over its own. Both
+    # introductions say the limit now, and the sender keeps to it.
+    client, socket = await introduced(make_node, max_package_size=SMALL, secure=secure)
+    assert client.connection(socket).protocol.peer_max_size == SMALL
+    body = {"p": "x" * SMALL}
+    for _ in range(2):  # and again: nothing was left pending
+        with pytest.raises(PackageTooLarge, match=r"over the peer's max_package_size \(65536\)"):
+            await client.client.request(socket, "echo", body)
+    assert not socket.closed
+    assert await client.client.request(socket, "echo", {"n": 1}) == {"n": 1}
+
+
+async def test_a_talk_over_the_peers_limit_raises(make_node: MakeNode) -> None:
+    client, socket = await introduced(make_node, max_package_size=SMALL)
+    with pytest.raises(PackageTooLarge, match="the peer's max_package_size"):
+        await client.client.send_talk(socket, "note", {"p": "x" * SMALL})
+    assert not socket.closed
+    assert await client.client.request(socket, "echo", {"n": 2}) == {"n": 2}
+
+
+async def test_an_answer_over_the_askers_limit_is_an_error_answer(make_node: MakeNode) -> None:
+    server = await make_node(server=True, threads=[Echo])
+    client = await make_node(client=True, peers=[server.url], max_package_size=SMALL)
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    with pytest.raises(RemoteError, match="too large"):
+        await client.client.request(socket, "grow", {"size": SMALL})
+    assert not socket.closed  # before: the client closed it (1009) on the answer
+    assert await client.client.request(socket, "grow", {"size": 3}) == {"p": "xxx"}
+
+
+async def test_gossip_over_a_peers_limit_is_not_pushed_to_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Found by a tester: a default node pushed a 70 KB message (within its own quarter
+    # of 1 MiB) to a peer running with 64 KiB, which closed the connection on it, and
+    # again after each redial. It is left out for that peer now (said once, counted).
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "big") as big,
+        memory_node(hub, "small", max_package_size=SMALL, gap_timeout=0.2) as small,
+    ):
+        big.subscribe("chat")
+        got: list[Any] = []
+        small.subscribe("chat", got.append)
+        assert small.client is not None and big.url is not None
+        small.client.connect(big.url)
+        await wait_for(
+            lambda: any("chat" in big.gossip.router.peer_topics(p) for p in big.gossip.router.peers)
+        )
+        for n in range(3):
+            await big.publish("chat", {"text": "x" * 70_000, "n": n})
+        await big.publish("chat", {"text": "small"})
+        await wait_for(lambda: len(got) == 1)
+        assert got[0].seq == 4 and json.loads(got[0].data) == {"text": "small"}
+        assert socket_to(small, "big").close_code is None  # the same connection
+        assert big.metrics.send_oversized == 3
+        assert caplog.text.count("not sent: over the peer's max_package_size (65536)") == 1

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .drivers import Driver, DriverOptions, driver_class, scheme_of
 from .exceptions import ConfigError, DriverError
 from .identity import Identity, is_node_name
-from .protocol.handshake import HANDSHAKE_MAGIC
+from .protocol.handshake import HANDSHAKE_MAGIC, LEAST_PACKAGE_LIMIT
 from .protocol.limits import ReconnectStorms, is_loopback
 from .protocol.liveness import LivenessTimings
 from .protocol.package import DEFAULT_ALT, DEFAULT_MAX_PACKAGE_SIZE
@@ -513,7 +513,7 @@ _DURATIONS = (
 )
 """Options that must be positive, finite numbers (seconds, or per second for rates)."""
 
-MIN_PACKAGE_SIZE = 1024
+MIN_PACKAGE_SIZE = LEAST_PACKAGE_LIMIT
 """The least ``max_package_size``: the node's introduction (``hello`` or ``version``,
 its listen URLs) and its heartbeats must fit, with room."""
 

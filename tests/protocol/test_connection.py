@@ -141,6 +141,14 @@ def test_plain_version_talk_introduces_the_peer(clock: FakeClock) -> None:
     actions = connection.receive_data(encode(ours()))
     assert actions == [Introduced(VERSION, [])]
     assert connection.peer_version == VERSION and connection.last_valid
+    assert connection.peer_max_size is None  # it didn't say
+
+
+def test_the_peers_introduction_says_its_largest_package(clock: FakeClock) -> None:
+    connection = protocol(clock)
+    body = version_body(library_version="0.1.0", max_package_size=4096)
+    connection.receive_data(encode(build_package(PackageType.TALK, VERSION_EVENT, body)))
+    assert connection.peer_max_size == 4096
 
 
 def test_plain_peer_that_never_introduces_itself_still_works(clock: FakeClock) -> None:

@@ -8,13 +8,16 @@ import pytest
 
 from trustp2p.exceptions import HandshakeError, TrustP2PError
 from trustp2p.protocol.handshake import (
+    LEAST_PACKAGE_LIMIT,
     LIBRARY_NAME,
+    MAX_PACKAGE_SIZE_KEY,
     PLAIN_PEER,
     SECURE_PEER,
     VERSION_EVENT,
     check_version,
     is_mode_mismatch,
     major_version,
+    peer_package_limit,
     version_body,
 )
 from trustp2p.protocol.package import PackageType, body_to_json, build_package
@@ -46,6 +49,32 @@ def test_version_body_has_the_original_keys() -> None:
         "program_version": None,
     }
     assert LIBRARY_NAME == "trustp2p"
+
+
+def test_the_version_body_says_the_largest_package_the_node_takes() -> None:
+    body = version_body(library_version="1.0.0", max_package_size=65536)
+    assert body == {**version_body(library_version="1.0.0"), MAX_PACKAGE_SIZE_KEY: 65536}
+    assert peer_package_limit(body) == 65536
+    assert MAX_PACKAGE_SIZE_KEY not in version_body(library_version="1.0.0", max_package_size=None)
+
+
+@pytest.mark.parametrize(
+    ("said", "taken"),
+    [
+        (None, None),  # not said: the original, an older trustp2p, no limit
+        ("65536", None),
+        (65536.0, None),
+        (True, None),
+        (2**20, 2**20),
+        (10, LEAST_PACKAGE_LIMIT),  # no less than an introduction needs
+        (-1, LEAST_PACKAGE_LIMIT),
+    ],
+)
+def test_a_peers_limit_is_a_whole_number_of_at_least_1024(said: Any, taken: int | None) -> None:
+    body = version_body(library_version="1.0.0")
+    if said is not None:
+        body[MAX_PACKAGE_SIZE_KEY] = said
+    assert peer_package_limit(body) == taken
 
 
 def test_version_talk_as_readme_describes() -> None:

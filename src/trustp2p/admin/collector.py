@@ -267,6 +267,11 @@ class NodeCollector(Collector):
             ),
         ):
             yield _counter(f"trustp2p_gossip_{name}", text, value)
+        yield _counter(
+            "trustp2p_send_oversized",
+            "Gossip messages not pushed to a peer: over its max_package_size.",
+            self._node.metrics.send_oversized,
+        )
         yield _labelled(
             "trustp2p_gossip_validations",
             "Validator verdicts, by outcome (accept, ignore, reject).",

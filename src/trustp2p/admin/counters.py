@@ -142,6 +142,8 @@ class Metrics:
         stall_disconnects: Peers disconnected for reading nothing, or too far behind.
         send_dropped: Gossip messages not pushed to a peer whose send queue was full
             (it fetches them when it catches up).
+        send_oversized: Gossip messages not pushed to a peer because they are over the
+            largest package it takes (its ``max_package_size``, said when it connects).
         lost_peers: Peers dropped for leaving a heartbeat ping unanswered.
         dropped: Connections that ended without a close frame (the peer vanished).
         validation: Gossip validator verdicts (accept, ignore, reject).
@@ -175,6 +177,7 @@ class Metrics:
         self.send_stalls = 0
         self.stall_disconnects = 0
         self.send_dropped = 0
+        self.send_oversized = 0
         self.lost_peers = 0
         self.dropped = 0
         self.validation: dict[str, int] = {}

@@ -111,10 +111,6 @@ class Connections:
         """The open connections, oldest first (a snapshot: safe to close them)."""
         return iter(list(self._conns.values()))
 
-    def values(self) -> list[PeerConnection]:
-        """The open connections, oldest first."""
-        return list(self._conns.values())
-
     def get(self, conn_id: int) -> PeerConnection | None:
         """The open connection with this id, if any."""
         return self._conns.get(conn_id)
@@ -529,7 +525,8 @@ class Connections:
             ConnectionClosed: If the socket is closed, or more than ``max_send_queue``
                 packages were written without waiting while the peer wasn't reading (it
                 is then disconnected).
-            PackageTooLarge: If it is over ``max_package_size`` (nothing is sent).
+            PackageTooLarge: If it is over ``max_package_size`` or the peer's (not sent;
+                gossip over the peer's is left out: :meth:`PeerConnection.fits`).
 
         """
         last, data = self._last_gossip
@@ -542,6 +539,9 @@ class Connections:
         if self._debug:
             (conn.log if conn is not None else self._logger).debug("> %s", package)
         if conn is not None:
+            if not conn.fits(package, len(data)):
+                self._metrics.send_oversized += 1
+                return
             if socket.write_paused:
                 self._watch(conn)
                 gossip = package.type is PackageType.GOSSIP
@@ -596,3 +596,5 @@ class Connections:
             self.send_package(conn.socket, package, waited=True)
         except ConnectionClosed:
             pass  # on_close will report the loss to the table
+        except ValueError as exc:  # PackageTooLarge: rerouted to a peer that takes less
+            conn.log.warning("! request not sent (it will time out): %s", exc)

@@ -101,6 +101,7 @@ class Node:
             program=options.program,
             program_version=options.program_version,
             nonce=self.nonce,
+            max_package_size=options.max_package_size,
         )
         self.handlers = HandlerRegistry()
         """Which thread handles which (package type, event), once threads are loaded."""
@@ -274,8 +275,7 @@ class Node:
         if self.admin is not None:
             self.admin.collect_warnings()  # the start's own too
         self._requests = Requests(
-            send=self.connections.send_nowait,
-            unmatched=self.connections.unmatched,
+            self.connections,
             reroute_target=self.client.reroute_target if self.client is not None else None,
             response_timeout=options.response_timeout,
             stalled_timeout=options.stalled_timeout,

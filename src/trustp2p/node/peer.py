@@ -15,12 +15,13 @@ from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ..protocol.limits import WriteStall
+from ..protocol.package import PackageType, check_encoded_size
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
     from ..options import NodeOptions
     from ..protocol.connection import ConnectionProtocol
-    from ..protocol.package import Body
+    from ..protocol.package import Body, Package
     from .dispatch import Worker
     from .roles import Role
 
@@ -77,6 +78,7 @@ class PeerConnection:
         "log",
         "opened",
         "other_backlog",
+        "oversized",
         "protocol",
         "role",
         "shared",
@@ -108,6 +110,7 @@ class PeerConnection:
         self.throttle: asyncio.TimerHandle | None = None  # over the request budget
         self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
         self.held = False  # reading paused: too much of its gossip waits for handlers
+        self.oversized = 0  # gossip messages not sent: over the peer's max_package_size
 
     def queued(self, size: int, options: NodeOptions, *, gossip: bool = False) -> str | None:
         """A package of ``size`` bytes is to be written without waiting while the peer
@@ -135,6 +138,36 @@ class PeerConnection:
         self.backlog_bytes += size
         shared.bytes += size
         return None
+
+    def fits(self, package: Package, size: int) -> bool:
+        """
+        Whether ``package``, ``size`` bytes encoded, is within the largest package the
+        peer takes (its introduction says it; see ``ConnectionProtocol.peer_max_size``).
+
+        A gossip message over it is left out (counted in ``oversized``, said once): the
+        peer couldn't catch it up either. Found by a tester: a node with a larger limit
+        pushed its messages to a smaller-limit peer, which closed the connection (1009)
+        on each one, and again after each redial.
+
+        Raises:
+            PackageTooLarge: If ``package`` is no gossip message and is over the limit.
+
+        """
+        limit = self.protocol.peer_max_size
+        if limit is None or size <= limit:
+            return True
+        if package.type is not PackageType.GOSSIP:
+            check_encoded_size(package, size, limit, peer=True)
+        self.oversized += 1
+        if self.oversized == 1:
+            self.log.warning(
+                "! gossip %r of %d bytes not sent: over the peer's max_package_size (%d);"
+                " no gossip over it is sent to this peer (counted in send_oversized)",
+                package.event[:64],
+                size,
+                limit,
+            )
+        return False
 
     def drained(self) -> None:
         """The peer reads again (or is gone): what it held unread no longer counts."""

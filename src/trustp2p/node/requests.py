@@ -41,6 +41,7 @@ from ..protocol.package import (
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
+    from .connections import Connections
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +57,11 @@ class Requests:
     The requests a node sent and waits for.
 
     Args:
-        send: Writes a package to a connection without waiting; never raises.
-        unmatched: Gets responses that match no pending request, with the type the
-            request with their tag waits for when they are of another type (a
-            HEARTBEAT_PONG with a REQUEST's tag), else ``None``.
+        connections: The node's connections: ``send_nowait`` writes a package without
+            waiting and never raises; ``unmatched`` gets responses that match no pending
+            request, with the type the request with their tag waits for when they are
+            of another type (a HEARTBEAT_PONG with a REQUEST's tag), else ``None``;
+            ``get`` gives a connection's peer (the largest package it takes).
         reroute_target: Picks the next connection to reroute a stalled request to, or
             ``None`` on a node without a client role.
         response_timeout: Seconds a request waits by default.
@@ -71,9 +73,8 @@ class Requests:
 
     def __init__(
         self,
+        connections: Connections,
         *,
-        send: Callable[[ConnId, Package], None],
-        unmatched: Callable[[ConnId, Package, PackageType | None], None],
         reroute_target: Callable[[Collection[ConnId]], ConnId | None] | None,
         response_timeout: float,
         stalled_timeout: float,
@@ -85,12 +86,13 @@ class Requests:
         self._clock = clock = loop_clock(loop)
         self._table = RequestTable(
             clock=clock,
-            send=send,
+            send=connections.send_nowait,
             reroute_target=reroute_target,
             response_timeout=response_timeout,
             stalled_timeout=stalled_timeout,
         )
-        self._unmatched = unmatched
+        self._unmatched = connections.unmatched
+        self._connections = connections
         self._alt = alt
         self._max_package_size = max_package_size
         self._futures: dict[WaiterId, asyncio.Future[Package]] = {}
@@ -142,7 +144,8 @@ class Requests:
             RemoteError: If the peer answered with an error (``exc.body`` is raw).
             RequestTimeout: If no response arrives within the timeout.
             ConnectionClosed: If the connection is lost first (and can't be rerouted).
-            PackageTooLarge: If the request is over ``max_package_size`` (not sent).
+            PackageTooLarge: If the request is over ``max_package_size``, or the
+                peer's (not sent).
             ValueError: If ``package_type`` is not a request type.
 
         """
@@ -155,16 +158,13 @@ class Requests:
         table = self._table
         package = build_package(package_type, event, body, alt=self._alt, payload=payload or b"")
         check_size(package, self._max_package_size)  # before the table holds it
+        if (conn := self._connections.get(socket.id)) is not None:
+            check_size(package, conn.protocol.peer_max_size, peer=True)
         now = self._clock()
         waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout, now=now)
         future: asyncio.Future[Package] = self._loop.create_future()
         self._futures[waiter] = future
-        # The timer fires by the earliest deadline; this one's is usually later.
-        deadline = now + (table.response_timeout if timeout is None else timeout)
-        if reroute:
-            deadline = min(deadline, now + table.stalled_timeout)
-        if self._timer is None or deadline < self._timer_when:
-            self._schedule_timer()
+        self._arm(now + (table.response_timeout if timeout is None else timeout), reroute, now)
         metrics = self._metrics
         metrics.requests_sent += 1
         try:
@@ -204,6 +204,14 @@ class Requests:
             if not future.done():
                 future.set_exception(ConnectionClosed(CloseCode.GOING_AWAY, "node stopping"))
         self._futures.clear()
+
+    def _arm(self, deadline: float, reroute: bool, now: float) -> None:
+        """A request sent at ``now`` waits until ``deadline`` (a reroutable one, until
+        ``stalled_timeout``): the timer fires by the earliest (usually an earlier one's)."""
+        if reroute:
+            deadline = min(deadline, now + self._table.stalled_timeout)
+        if self._timer is None or deadline < self._timer_when:
+            self._schedule_timer()
 
     def _schedule_timer(self) -> None:
         """Make the timer fire at the table's next deadline (answered requests leave

@@ -66,6 +66,7 @@ from .handshake import (
     VERSION_EVENT,
     check_version,
     major_version,
+    peer_package_limit,
 )
 from .limits import TokenBucket
 from .liveness import Liveness, LivenessTimings, Verdict
@@ -166,6 +167,8 @@ class ConnectionProtocol:
         state: The :class:`ConnectionState`.
         peer_version: The peer's version or hello body, once received.
         listen_urls: What the peer said it listens on (hello or ``my_url``).
+        peer_max_size: The largest package the peer takes, by its introduction
+            (:func:`~trustp2p.protocol.handshake.peer_package_limit`); ``None``: unknown.
         invalid: Invalid packages received on this connection.
         valid: Valid packages received on this connection (by :meth:`receive_data`).
         last_seen: When the last complete message arrived from the peer (clock seconds).
@@ -210,6 +213,7 @@ class ConnectionProtocol:
         self.state = ConnectionState.HANDSHAKING
         self.peer_version: Body | None = None
         self.listen_urls: list[str] = []
+        self.peer_max_size: int | None = None
         self.invalid = 0
         self.valid = 0
         self.last_seen = clock()
@@ -471,6 +475,7 @@ class ConnectionProtocol:
                 actions += self._invalid(f"invalid listen_urls in hello: {problem}", None)
             self.listen_urls = urls
         self.peer_version = body
+        self.peer_max_size = peer_package_limit(body)
         self.state = ConnectionState.OPEN
         actions.append(Introduced(body, urls))
         return actions

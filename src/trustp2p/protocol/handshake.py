@@ -13,7 +13,9 @@ from __future__ import annotations
 __all__ = [
     "HANDSHAKE_MAGIC",
     "HELLO_EVENT",
+    "LEAST_PACKAGE_LIMIT",
     "LIBRARY_NAME",
+    "MAX_PACKAGE_SIZE_KEY",
     "NONCE_KEY",
     "PLAIN_PEER",
     "SECURE_PEER",
@@ -22,6 +24,7 @@ __all__ = [
     "check_version",
     "is_mode_mismatch",
     "major_version",
+    "peer_package_limit",
     "version_body",
 ]
 
@@ -35,6 +38,14 @@ HELLO_EVENT = "hello"
 
 NONCE_KEY = "nonce"
 """The version body's key for the node's random nonce (self-dial detection)."""
+
+MAX_PACKAGE_SIZE_KEY = "max_package_size"
+"""The version body's key for the largest package the node takes, in bytes: its peers
+send it nothing larger (a larger package would close the connection)."""
+
+LEAST_PACKAGE_LIMIT = 1024
+"""The least limit a peer's word is taken for (``options.MIN_PACKAGE_SIZE``: its
+introduction and heartbeats fit in it)."""
 
 SELF_DIAL = "dialled ourselves"
 """The close reason of a connection whose two ends are the same node."""
@@ -74,13 +85,15 @@ def version_body(
     program: str | None = None,
     program_version: str | None = None,
     nonce: str | None = None,
+    max_package_size: int | None = None,
 ) -> Body:
     """
     The body of our version talk, with the original's keys, and ``nonce`` if given.
 
     ``nonce`` is trustp2p's addition: a random string drawn once per node, by which a
     node that meets its own nonce knows it dialled itself (as Bitcoin's ``version``
-    message does). The original ignores keys it doesn't know.
+    message does). So is ``max_package_size`` (see :func:`peer_package_limit`), left
+    out for a node without a limit. The original ignores keys it doesn't know.
     """
     body: Body = {
         "protocol_version": protocol_version,
@@ -92,7 +105,23 @@ def version_body(
     }
     if nonce is not None:
         body[NONCE_KEY] = nonce
+    if max_package_size is not None:
+        body[MAX_PACKAGE_SIZE_KEY] = max_package_size
     return body
+
+
+def peer_package_limit(body: Body) -> int | None:
+    """
+    The largest package a peer takes, by its version or hello body: ``None`` when it
+    doesn't say (the original, an older trustp2p, a node without a limit) or says
+    something that isn't a whole number; at least :data:`LEAST_PACKAGE_LIMIT`.
+
+    A peer's word only bounds what is sent to it, so a lie harms no one else.
+    """
+    limit = body.get(MAX_PACKAGE_SIZE_KEY)
+    if type(limit) is not int:  # (a bool is an int: not taken)
+        return None
+    return max(limit, LEAST_PACKAGE_LIMIT)
 
 
 def major_version(version: str) -> str:

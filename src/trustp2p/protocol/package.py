@@ -334,10 +334,11 @@ def encode(package: Package) -> bytes:
     return b"".join(parts)
 
 
-def check_size(package: Package, limit: int | None) -> None:
+def check_size(package: Package, limit: int | None, *, peer: bool = False) -> None:
     """
     Make sure ``encode(package)`` takes at most ``limit`` bytes (``None``: no limit),
-    without encoding a package that is clearly under it.
+    without encoding a package that is clearly under it. ``peer``: the limit is the
+    peer's (its introduction said it), not ours; the error says so.
 
     Raises:
         PackageTooLarge: If it takes more.
@@ -352,17 +353,20 @@ def check_size(package: Package, limit: int | None) -> None:
         size = (len(body) if body.isascii() else 4 * len(body)) + len(package.payload)
         if size + 4 * strings + 64 <= limit:
             return
-    check_encoded_size(package, len(encode(package)), limit)
+    check_encoded_size(package, len(encode(package)), limit, peer=peer)
 
 
-def check_encoded_size(package: Package, size: int, limit: int | None) -> None:
+def check_encoded_size(
+    package: Package, size: int, limit: int | None, *, peer: bool = False
+) -> None:
     """Raise :exc:`PackageTooLarge` if ``package``, ``size`` bytes encoded, is over
-    ``limit``."""
+    ``limit`` (the peer's, if ``peer``)."""
     if limit is None or size <= limit:
         return
     what = f"{package.type.name} {package.event[:64]!r}"
+    whose = "the peer's max_package_size" if peer else "max_package_size"
     raise PackageTooLarge(
-        f"{what} of {size} bytes is over max_package_size ({limit}): the peer would refuse it"
+        f"{what} of {size} bytes is over {whose} ({limit}): the peer would refuse it"
     )
 
 
