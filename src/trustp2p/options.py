@@ -137,6 +137,12 @@ class NodeOptions:
         gossip_rate: Gossip messages per second a peer may send us (each costs a
             signature check), in a budget of its own, as ``request_rate``...
         gossip_burst: ...with this burst.
+        gossip_node_rate: New live gossip messages per second the node checks from all
+            peers together (the default: one peer's ``gossip_rate``), shared fairly: in
+            a second past it, a peer that sent more than an even share waits for the
+            next second; a peer within its share never waits. Identities are free, so
+            without it a few of them could send more than the node (and each of its
+            subscribers) can check. Raise it with ``gossip_rate`` for faster networks.
         max_per_ip: Inbound connections at once from one address (an IPv6 address
             counts as its /64, as for ``ip_rate`` and reconnect storms); ``None``: no
             limit.
@@ -255,6 +261,7 @@ class NodeOptions:
     request_burst: int = 200
     gossip_rate: float = 1000.0
     gossip_burst: int = 2000
+    gossip_node_rate: float = 1000.0
     max_per_ip: int | None = 8
     ip_rate: float = 0.2
     ip_burst: int = 16
@@ -500,6 +507,7 @@ _DURATIONS = (
     "send_stall_timeout",
     "request_rate",
     "gossip_rate",
+    "gossip_node_rate",
     "ip_rate",
     "storm_window",
     "storm_cooldown",

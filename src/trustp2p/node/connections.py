@@ -375,7 +375,7 @@ class Connections:
             conn.socket.stats.last_rtt = action.rtt  # type: ignore[union-attr]
             self._metrics.heartbeat_rtt.observe(action.rtt)  # type: ignore[union-attr]
         elif kind is Throttle:
-            self._throttle(conn, action.delay)  # type: ignore[union-attr]
+            self.throttle(conn, action.delay)  # type: ignore[union-attr]
         elif kind is Penalty:
             self._penalty(conn, action)  # type: ignore[arg-type]
         elif kind is Introduced:
@@ -456,20 +456,12 @@ class Connections:
         conn.protocol.close()
         conn.socket.close_soon(code, reason)
 
-    def _throttle(self, conn: PeerConnection, delay: float) -> None:
-        """Stop reading from a peer over its request budget until it has refilled."""
-        if conn.throttle is not None:
-            conn.throttle.cancel()
-        else:
-            conn.log.debug("= over the request budget: reading paused for %.3f s", delay)
+    def throttle(self, conn: PeerConnection, delay: float, why: str = "the request budget") -> None:
+        """Stop reading from a peer over a budget for ``delay`` seconds (see
+        :meth:`PeerConnection.pause_for`)."""
+        if conn.pause_for(delay):
+            conn.log.debug("= over %s: reading paused for %.3f s", why, delay)
             self._metrics.throttles += 1
-            conn.socket.pause_reading()
-        conn.throttle = asyncio.get_running_loop().call_later(delay, self._unthrottle, conn)
-
-    def _unthrottle(self, conn: PeerConnection) -> None:
-        conn.throttle = None
-        if conn.can_read():
-            conn.socket.resume_reading()
 
     def charge(self, socket: Socket, tokens: float) -> None:
         """Spend ``tokens`` more of a peer's request budget (see ``protocol.charge``)."""

@@ -41,6 +41,7 @@ from ..exceptions import ConnectionClosed, GossipError, NodeStateError
 from ..protocol.gossip import (
     CatchUp,
     Deliver,
+    FairShare,
     GossipMessage,
     GossipRouter,
     ReleaseMarks,
@@ -153,6 +154,7 @@ class Gossip:
         self._delivery = TopicQueues(
             self.tasks, self._work, self._settle, node.connection, self._catch_up
         )
+        self._checks = FairShare(options.gossip_node_rate)  # live messages, all peers
 
     def _now(self) -> float:
         if self._clock is None:
@@ -367,6 +369,10 @@ class Gossip:
         message_id = GossipMessage.peek_id(package.event, package.body)
         if message_id is not None and self.router.duplicate(socket.id, message_id):
             return
+        connections = self.node.connections
+        if (delay := self._checks.spend(connections.budget_key(socket), self._now())) > 0:
+            if (conn := connections.get(socket.id)) is not None:
+                connections.throttle(conn, delay, "its share of gossip_node_rate")
         max_data = self.node.options.max_package_size
         try:
             message = GossipMessage.from_body(

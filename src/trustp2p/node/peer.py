@@ -107,7 +107,7 @@ class PeerConnection:
         self.backlog_bytes = 0  # ...and their bytes
         self.gossip_backlog = self.other_backlog = (0, 0)  # of them: packages, bytes
         self.counted = 0  # valid packages already counted in the peer store
-        self.throttle: asyncio.TimerHandle | None = None  # over the request budget
+        self.throttle: asyncio.TimerHandle | None = None  # over a budget: pause_for
         self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
         self.held = False  # reading paused: too much of its gossip waits for handlers
         self.oversized = 0  # gossip messages not sent: over the peer's max_package_size
@@ -180,6 +180,26 @@ class PeerConnection:
         (``throttle``), its handlers (``worker``), the gossip delivery (``held``)."""
         worker = self.worker
         return self.throttle is None and not self.held and (worker is None or not worker.paused)
+
+    def pause_for(self, delay: float) -> bool:
+        """Stop reading from the peer for ``delay`` seconds at least: it is over a budget
+        (its request budget, its gossip budget or its share of the node's). True if it
+        wasn't paused for one already (a new throttle, to count)."""
+        loop = asyncio.get_running_loop()
+        throttle = self.throttle
+        if throttle is None:
+            self.socket.pause_reading()
+        elif throttle.when() >= loop.time() + delay:
+            return False  # paused longer already
+        else:
+            throttle.cancel()
+        self.throttle = loop.call_later(delay, self._unthrottle)
+        return throttle is None
+
+    def _unthrottle(self) -> None:
+        self.throttle = None
+        if self.can_read():
+            self.socket.resume_reading()
 
     def read_again(self) -> None:
         """Read from the peer again whatever its request budget and its gossip (it is

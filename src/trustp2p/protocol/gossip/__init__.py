@@ -15,7 +15,7 @@ Every module takes its clocks from the caller and never awaits.
 
 from __future__ import annotations
 
-from .budget import PeerBudgets, RoundBudget
+from .budget import FairShare, PeerBudgets, RoundBudget
 from .catchup import (
     DEFAULT_ANSWER_BYTES,
     FETCH,
@@ -115,6 +115,7 @@ __all__ = [
     "CatchUp",
     "Deliver",
     "DeliveryMarks",
+    "FairShare",
     "Fetch",
     "FetchRange",
     "GapSkipped",

@@ -1,0 +1,60 @@
+"""The node-wide budget of live gossip messages, shared fairly among peers
+(:class:`~trustp2p.protocol.gossip.FairShare`), on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from trustp2p.protocol.gossip import FairShare
+
+
+def spend(share: FairShare, peer: str, count: int, now: float) -> list[float]:
+    return [share.spend(peer, now) for _ in range(count)]
+
+
+def test_within_the_rate_nobody_waits() -> None:
+    share = FairShare(100)
+    assert spend(share, "a", 60, 0.0) == [0.0] * 60
+    assert spend(share, "b", 40, 0.5) == [0.0] * 40
+
+
+def test_past_the_rate_a_peer_over_its_share_waits_for_the_next_window() -> None:
+    share = FairShare(100)
+    assert spend(share, "a", 100, 0.0) == [0.0] * 100
+    assert share.spend("a", 0.25) == pytest.approx(0.75)  # the window ends at 1.0
+    assert share.spend("a", 1.0) == 0.0  # a new window
+
+
+def test_a_peer_within_its_share_never_waits() -> None:
+    # Two flooders and a peer that sends a little: the flooders wait, it never does.
+    share = FairShare(100)
+    assert spend(share, "light", 1, 0.0) == [0.0]
+    waits = spend(share, "flood1", 60, 0.1) + spend(share, "flood2", 60, 0.2)
+    assert waits.count(0.0) == 99  # the node's 100, less light's one
+    assert all(wait > 0 for wait in waits[99:])
+    assert spend(share, "light", 30, 0.3) == [0.0] * 30  # 31 <= 100 / 3
+
+
+def test_shares_are_even_among_the_peers_of_the_window() -> None:
+    share = FairShare(90)
+    spend(share, "a", 90, 0.0)  # the whole rate, alone: nobody else sent
+    assert share.spend("b", 0.1) == 0.0  # 1 <= 90 / 2
+    assert share.spend("a", 0.1) > 0  # 91 > 45
+    assert spend(share, "b", 44, 0.2) == [0.0] * 44  # 45: its share, no more
+    assert share.spend("b", 0.2) > 0
+
+
+def test_windows_follow_each_other_and_restart_after_a_quiet_spell() -> None:
+    share = FairShare(10, window=2.0)  # 20 a window
+    spend(share, "a", 20, 0.5)  # the window is [0.5, 2.5)
+    assert share.spend("a", 2.0) == pytest.approx(0.5)
+    spend(share, "a", 20, 2.5)  # [2.5, 4.5)
+    assert share.spend("a", 4.0) == pytest.approx(0.5)
+    spend(share, "a", 20, 9.0)  # after a quiet spell: [9.0, 11.0)
+    assert share.spend("a", 10.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("rate", "window"), [(0, 1.0), (-1, 1.0), (10, 0.0)])
+def test_rate_and_window_must_be_positive(rate: float, window: float) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        FairShare(rate, window)
