@@ -192,14 +192,16 @@ async def test_get_peers_leaves_out_the_askers_address_however_spelled(
     assert all(address_of(url) != address_of(asker.url) for url in answer["peers"]), answer
 
 
-async def test_get_peers_lists_one_announced_url_a_peer(make_node: MakeNode) -> None:
+async def test_get_peers_lists_one_announced_url_a_scheme_a_peer(make_node: MakeNode) -> None:
     """Found by an attacker: 20 connections announcing 8 URLs each made 99 of the 100
     URLs of a server's answers theirs, and a new client never found the honest relay
-    (the server's proven URLs come first now, half the list at least)."""
+    (the server's proven URLs come first now, half the list at least). Found in review:
+    one URL a peer left out its ``tcp://`` one for an asker that dials only that."""
     seed = await make_node(server=True, peer_exchange=True)
     assert seed.url is not None
     for n in range(3):
         urls = [f"ws://127.0.0.1:{40000 + 10 * n + i}" for i in range(4)]
+        urls += [f"tcp://127.0.0.1:{40005 + 10 * n + i}" for i in range(2)]
         announcer = await make_node(client=True, peers=[seed.url], listen_urls=urls)
         assert announcer.client is not None
         await announcer.client.wait_connected()
@@ -208,8 +210,15 @@ async def test_get_peers_lists_one_announced_url_a_peer(make_node: MakeNode) -> 
     await asker.client.wait_connected()
     await wait_for(lambda: sum(bool(conn.listen_urls) for conn in seed.connections) == 3)
     answer = await asker.client.request(asker.client.sockets[0], "get_peers", {})
-    ports = sorted(urlsplit(url).port or 0 for url in answer["peers"])
-    assert [port // 10 for port in ports] == [4000, 4001, 4002], answer  # one of each
+    schemes_ports = sorted((url.split(":")[0], urlsplit(url).port or 0) for url in answer["peers"])
+    assert [(scheme, port // 10) for scheme, port in schemes_ports] == [
+        ("tcp", 4000),
+        ("tcp", 4001),
+        ("tcp", 4002),
+        ("ws", 4000),
+        ("ws", 4001),
+        ("ws", 4002),
+    ], answer  # one of each scheme of each peer
 
 
 @pytest.mark.parametrize(

@@ -102,22 +102,27 @@ class PeerExchangeThread(Thread):
 
     def _announced(self, asker: object, exclude: set[str], limit: int) -> list[str]:
         """Of the URLs the peers connected now announced (not ``asker``), from their own
-        host and not in ``exclude`` (which they join), one a peer and two a host at most
-        (any number on loopback: the nodes of this machine), ``limit`` in all."""
+        host and not in ``exclude`` (which they join), one a scheme a peer (an asker
+        that can't dial ``tcp://`` may dial ``ws://``: found in review) and two a host
+        at most (any number on loopback: the nodes of this machine), ``limit`` in all."""
         urls: list[str] = []
         per_host: Counter[str] = Counter()
         for conn in self.node.connections:
             host = conn.socket.host
-            if conn is asker or (per_host[host] >= 2 and not is_loopback(host)):
+            if conn is asker:
                 continue
+            schemes: set[str] = set()
             for url in conn.listen_urls:
-                if url not in exclude and _same_host(url, host):
+                if len(urls) == limit:
+                    return urls
+                if per_host[host] >= 2 and not is_loopback(host):
+                    break
+                scheme = url.partition(":")[0].lower()
+                if scheme not in schemes and url not in exclude and _same_host(url, host):
                     exclude.add(url)
                     urls.append(url)
                     per_host[host] += 1
-                    break
-            if len(urls) == limit:
-                break
+                    schemes.add(scheme)
         return urls
 
     def _with_peer_id(self, url: str, ids: dict[str, str]) -> str:
