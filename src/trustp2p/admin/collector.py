@@ -192,7 +192,7 @@ class NodeCollector(Collector):
         m = node.metrics
         throttled = sum(1 for conn in node.connections if conn.throttle is not None)
         yield GaugeMetricFamily(
-            "trustp2p_throttled_peers", "Peers over their request budget now.", value=throttled
+            "trustp2p_throttled_peers", "Peers over a budget now.", value=throttled
         )
         held = sum(1 for conn in node.connections if conn.held)
         yield GaugeMetricFamily(
@@ -200,9 +200,7 @@ class NodeCollector(Collector):
             "Peers not read from now: too much of their gossip waits for handlers.",
             value=held,
         )
-        yield _counter(
-            "trustp2p_throttles", "Times a peer over its request budget was paused.", m.throttles
-        )
+        yield _counter("trustp2p_throttles", "Times a peer over a budget was paused.", m.throttles)
         yield _counter(
             "trustp2p_send_stalls", "Times a peer's write buffer filled up.", m.send_stalls
         )

@@ -137,7 +137,8 @@ class Metrics:
             wrong type), heartbeat pongs aside.
         handler_seconds: Time from a request's dispatch to its handler's answer.
         heartbeat_rtt: Round trip of heartbeat pings.
-        throttles: Times a peer over its request budget had its reading paused.
+        throttles: Times a peer over a budget (requests, gossip, its share of the
+            node's gossip) had its reading paused.
         send_stalls: Times a peer's write buffer filled up (backpressure episodes).
         stall_disconnects: Peers disconnected for reading nothing, or too far behind.
         send_dropped: Gossip messages not pushed to a peer whose send queue was full

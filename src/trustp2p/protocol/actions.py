@@ -100,7 +100,8 @@ class Penalty:
 
 @dataclass(slots=True)
 class Throttle:
-    """Stop reading from the peer for ``delay`` seconds: it is over its request budget."""
+    """Stop reading from the peer for ``delay`` seconds: it is over its request or
+    gossip budget."""
 
     delay: float
 
