@@ -462,6 +462,99 @@ async def test_messages_logged_before_a_crash_are_delivered_at_start(tmp_path: A
             await node.stop()
 
 
+class Rebuilds(Thread):
+    """The README's pattern: rebuild the state from ``history()`` in ``start()`` (which
+    takes a while: a database opens), then apply each message delivered."""
+
+    events: list[tuple[Any, ...]]
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.GOSSIP: {"chat": self.on_chat}}
+
+    async def start(self) -> None:
+        assert self.node.gossip is not None
+        self.events = [("history", m.seq, m.body) for m in self.node.gossip.history("chat")]
+        await asyncio.sleep(20 * MS)
+        self.events.append(("started",))
+
+    async def stop(self) -> None:
+        self.events.append(("stopped",))
+
+    def on_chat(self, socket: Socket | None, message: GossipMessage) -> None:
+        self.events.append(("delivered", message.seq, message.body))
+
+
+async def test_a_restart_after_a_crash_rebuilds_then_delivers_the_rest(tmp_path: Any) -> None:
+    """Found by a new user: messages read back from the log had an empty ``body`` (a
+    crash's undelivered ones reached the handlers so, and were marked delivered); the
+    history listed the undelivered ones too, which were then delivered (applied
+    twice); and they were delivered before the thread's ``start()`` returned."""
+    from trustp2p.node.gossip_log import to_logged
+    from trustp2p.storage.msglog import MessageLog
+
+    (tmp_path / "data").mkdir()
+    origin = Identity.generate()
+    log = await MessageLog.open(
+        tmp_path / "data" / LOG_FILE, max_messages=100, max_age=1e9, clock=time.time
+    )
+    for seq in (1, 2, 3):
+        log.add(to_logged(sign_message(origin, "chat", seq, 1_700_000_000_000, {"n": seq})))
+    log.mark_delivered(to_logged(sign_message(origin, "chat", 1, 0, {})).origin, 1)
+    await log.close()
+
+    node = Node(
+        cwd=tmp_path, server=True, port=0, secure=False, log_max_age=1e9, threads=[Rebuilds]
+    )
+    await node.start()
+    thread = node.threads[0]
+    assert isinstance(thread, Rebuilds)
+    try:
+        await wait_for(lambda: len(thread.events) == 4)
+        assert thread.events == [
+            ("history", 1, {"n": 1}),
+            ("started",),
+            ("delivered", 2, {"n": 2}),
+            ("delivered", 3, {"n": 3}),
+        ]
+        await wait_for(lambda: node.gossip is not None and len(node.gossip.history("chat")) == 3)
+        history = node.gossip.history("chat")  # type: ignore[union-attr]
+        assert [m.body for m in history] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    finally:
+        await node.stop()
+    assert thread.events[-1] == ("stopped",)
+
+
+async def test_no_gossip_handler_runs_once_its_threads_stop_returned() -> None:
+    """Found by a new user: a gossip handler began after the thread's ``stop()`` had
+    returned (its database closed), in 1 run of 3 with a peer publishing meanwhile."""
+    from trustp2p.drivers.memory import MemoryHub
+
+    from .test_gossip_behaviour import memory_node, subscribed
+
+    hub = MemoryHub()
+    async with memory_node(hub, "publisher") as publisher:
+        listener = memory_node(hub, "listener", threads=[Rebuilds])
+        await listener.start()
+        thread = listener.threads[0]
+        assert isinstance(thread, Rebuilds) and listener.client is not None
+        publisher.subscribe("chat")
+        assert publisher.url is not None
+        listener.client.connect(publisher.url)
+        await wait_for(lambda: subscribed(publisher, "chat", 1))
+
+        async def publish() -> None:
+            for n in range(10_000):
+                await publisher.publish("chat", {"n": n})
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(publish())
+        await wait_for(lambda: len(thread.events) > 20)
+        await listener.stop()
+        task.cancel()
+        assert thread.events[-1] == ("stopped",)
+
+
 @pure_only("trustp2p.node.connections", "the test counts encode() calls by patching it")
 async def test_a_message_sent_to_several_peers_is_encoded_once(
     monkeypatch: pytest.MonkeyPatch,

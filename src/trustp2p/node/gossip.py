@@ -61,7 +61,7 @@ from ..tasks import TaskOwner
 from .dispatch import call_logged
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
-from .gossip_log import kept, to_logged, undelivered
+from .gossip_log import delivered, to_logged, undelivered
 from .gossip_send import ActionSender
 
 if TYPE_CHECKING:
@@ -286,13 +286,17 @@ class Gossip:
 
     def history(self, topic: str) -> list[GossipMessage]:
         """
-        The messages of ``topic`` this node's log keeps, delivered or not, in seq order
-        per origin: the last ``log_max_messages`` of the topic, received within
-        ``log_max_age``. Messages are delivered once, across restarts too: a thread that
-        builds state in memory from them rebuilds it from here at its start (found by a
-        new user, whose key/value store lost everything delivered before a restart).
+        The messages of ``topic`` this node's log keeps and delivered, in seq order
+        per origin: of the last ``log_max_messages`` of the topic received within
+        ``log_max_age``, those up to :meth:`delivered_seq`. Messages are delivered
+        once, across restarts too: a thread that builds state in memory from them
+        rebuilds it from here at its start (found by a new user, whose key/value store
+        lost everything delivered before a restart). Those logged and not delivered
+        yet (a crash came first) are delivered to the handlers once every thread's
+        ``start()`` returned, not listed here (found by a new user: listed and then
+        delivered, they were applied twice).
         """
-        return list(kept(self._log, topic))
+        return list(delivered(self._log, topic, self._log))
 
     def delivered_seq(self, topic: str, origin: str) -> int:
         """The last seq of ``origin``'s messages on ``topic`` delivered here (0: none)."""
@@ -338,11 +342,21 @@ class Gossip:
         )
         for topic in self.node.handlers.events(PackageType.GOSSIP):
             self.router.subscribe(topic)
-        for topic in self.router.topics:
-            self._replay(topic)
         self.tasks.spawn(self._heartbeat(), "gossip heartbeat")
         if options.catchup_interval > 0:
             self.tasks.spawn(self._fetcher.run_forever(), "gossip catch-up")
+
+    def replay(self) -> None:
+        """Deliver what the log holds past the delivered marks, of every topic carried
+        (the node calls it once its threads have started: found by a new user, whose
+        thread's handler ran on them before its ``start()`` returned)."""
+        for topic in self.router.topics:
+            self._replay(topic)
+
+    async def halt(self) -> None:
+        """Stop delivering, validating and fetching (the node stops): what wasn't
+        delivered stays in the log, for the next start."""
+        await self.tasks.aclose()
 
     async def stop(self) -> None:
         await self.tasks.aclose()

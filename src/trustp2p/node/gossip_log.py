@@ -5,9 +5,10 @@ in one key), the router knows messages.
 
 from __future__ import annotations
 
-__all__ = ["from_logged", "kept", "to_logged", "undelivered"]
+__all__ = ["delivered", "from_logged", "to_logged", "undelivered"]
 
 import base64
+import json
 import sys
 from collections.abc import Callable, Iterator
 
@@ -58,8 +59,10 @@ def to_logged(message: GossipMessage) -> LoggedMessage:
     return logged
 
 
-def from_logged(logged: LoggedMessage) -> GossipMessage:
-    """A logged message as the router knows it."""
+def from_logged(logged: LoggedMessage, *, parse: bool = True) -> GossipMessage:
+    """A logged message as the router knows it, its ``body`` parsed unless not
+    ``parse`` (to send on only). Found by a new user: read back with no body, messages
+    replayed after a crash reached handlers empty, and ``history()`` listed them so."""
     return GossipMessage(
         logged.topic,
         split_stream_key(logged.origin)[1],
@@ -69,6 +72,7 @@ def from_logged(logged: LoggedMessage) -> GossipMessage:
         base64.b64decode(logged.key),
         base64.b64decode(logged.signature),
         logged.id,
+        body=json.loads(logged.data) if parse else {},  # (a JSON object: checked)
     )
 
 
@@ -78,16 +82,22 @@ def undelivered(log: MessageLog, topic: str, marks: DeliveryMarks) -> Iterator[G
     return _kept_from(log, topic, lambda stream: marks.delivered(stream) + 1)
 
 
-def kept(log: MessageLog, topic: str) -> Iterator[GossipMessage]:
-    """Every message of ``topic`` kept in ``log``, in seq order per stream."""
-    return _kept_from(log, topic, lambda stream: 1)
+def delivered(log: MessageLog, topic: str, marks: DeliveryMarks) -> Iterator[GossipMessage]:
+    """The messages of ``topic`` kept in ``log`` up to the delivered ``marks``, in seq
+    order per stream."""
+    return _kept_from(log, topic, lambda stream: 1, marks.delivered)
 
 
-def _kept_from(log: MessageLog, topic: str, start: Callable[[str], int]) -> Iterator[GossipMessage]:
+def _kept_from(
+    log: MessageLog,
+    topic: str,
+    start: Callable[[str], int],
+    end: Callable[[str], int] = lambda stream: _ALL,
+) -> Iterator[GossipMessage]:
     for stream in log.high_water(topic):
-        first = start(stream)
-        while True:
-            batch = log.range(stream, first, _ALL)
+        first, last = start(stream), end(stream)
+        while first <= last:
+            batch = log.range(stream, first, last)
             yield from (from_logged(logged) for logged in batch if logged.topic == topic)
             if not batch:
                 break

@@ -122,7 +122,8 @@ class GossipThread(Thread):
                 logged = log.pick(wanted.stream, wanted.seqs, limit=limit, max_bytes=max_bytes)
             # One over what the asker takes is left out (it lacks it): it would close
             # the connection (found in review: each redial's catch-up did it again).
-            sized = [(m, n) for m in map(from_logged, logged) if (n := wire_size(m)) <= max_bytes]
+            read = (from_logged(m, parse=False) for m in logged)  # to send on only
+            sized = [(m, n) for m in read if (n := wire_size(m)) <= max_bytes]
             if sized or not logged or wanted.seqs is not None:
                 break
             first = logged[-1].seq + 1

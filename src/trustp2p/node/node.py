@@ -153,12 +153,7 @@ class Node:
 
     @property
     def requests(self) -> Requests:
-        """The requests in flight.
-
-        Raises:
-            NodeStateError: Before the node is started.
-
-        """
+        """The requests in flight (:exc:`NodeStateError` before the node is started)."""
         if self._requests is None:
             raise NodeStateError("the node is not started")
         return self._requests
@@ -299,6 +294,8 @@ class Node:
             for thread in self.threads:
                 await start_thread(thread)
                 started += 1
+            if self.gossip is not None:  # once the threads started: to their handlers
+                self.gossip.replay()
             if self.server is not None:
                 driver = self.drivers.get(options.driver or "ws")
                 self._listening = await driver.listen(options.host, options.port, self.listener)
@@ -386,6 +383,8 @@ class Node:
         self.connections.inbound.close_unfinished()
         if self._secure is not None:
             self._secure.close_all(CloseCode.GOING_AWAY, "node stopping")
+        if self.gossip is not None:  # no handler runs once its thread's stop() returned
+            await self.gossip.halt()
         for thread in self.threads:
             await stop_thread(thread, self.options.close_timeout)
         # Every connection, those refused or still in their handshake included, so

@@ -98,14 +98,17 @@ class Thread:
 
     def start(self) -> Awaitable[None] | None:
         """Called once all threads are loaded, in load order, before the node accepts or
-        dials peers. If it raises, the node doesn't start: ``Node.start()`` raises
+        dials peers, and before its handlers get the gossip messages a crash left
+        undelivered. If it raises, the node doesn't start: ``Node.start()`` raises
         :exc:`~trustp2p.ThreadLoadError` (its ``__cause__`` is what ``start()`` raised)
         after stopping the threads started before this one (not this one)."""
         return None
 
     def stop(self) -> Awaitable[None] | None:
         """
-        Called on shutdown, before connections close, for ``close_timeout`` at most.
+        Called on shutdown, before connections close, for ``close_timeout`` at most;
+        gossip delivery has stopped by then (what wasn't delivered stays in the log, for
+        the next start).
 
         Tasks made with :meth:`create_task` that are still running afterwards are
         cancelled and awaited.
