@@ -67,6 +67,7 @@ def test_collector_reads_the_counters_at_scrape_time() -> None:
     count(metrics.handshakes, "HandshakeError")
     metrics.lost_peers += 1
     metrics.dropped += 2
+    metrics.send_oversized += 5
     assert node.gossip is not None
     node.gossip.router.stats.ihave_ignored += 4
     after = samples(generate_latest(registry).decode())
@@ -84,6 +85,9 @@ def test_collector_reads_the_counters_at_scrape_time() -> None:
     assert after["trustp2p_handshakes_total", failed] == 1
     assert after["trustp2p_gossip_published_total", ()] == 0
     assert after["trustp2p_gossip_ihave_ignored_total", ()] == 4
+    assert after["trustp2p_send_oversized_total", ()] == 5
+    assert after["trustp2p_gossip_waiting_bytes", ()] == 0
+    assert after["trustp2p_gossip_held_bytes", ()] == 0
     assert after["trustp2p_peer_store_peers", ()] == 0
     assert after["trustp2p_heartbeat_lost_peers_total", ()] == 1
     assert after["trustp2p_connections_dropped_total", ()] == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,7 @@ from trustp2p.protocol.gossip import (
     wire_size,
 )
 from trustp2p.protocol.package import Body, Package, PackageType, build_package
+from trustp2p.testing import Network
 
 from .conftest import stays
 from .test_gossip_behaviour import gossip, memory_node, subscribed, wait_for
@@ -226,3 +228,47 @@ async def test_a_round_ends_when_its_peer_does_not_answer(
         asker.client.connect(ENDLESS)
         await wait_for(lambda: asked == 1)
         assert await stays(lambda: asked == 1, 1.5)  # not the next origin's stream
+
+
+async def test_a_fetch_behind_a_gap_stops_once_much_is_held() -> None:
+    """Found in review: a node down longer than its peers' logs keep fetched a whole
+    log behind the gap its first missed messages left; the delivery queues' booking
+    never saw it, and at the gap's skip all of it was queued at once (26.6 MiB against
+    16). Such a fetch stops past HELD_ROOM; the rest comes in a later round, in order."""
+    from trustp2p.node.gossip_catchup import HELD_ROOM
+    from trustp2p.node.gossip_delivery import MAX_WAITING_BYTES
+    from trustp2p.protocol.gossip import answer_size_limit
+
+    options = {"gap_timeout": 1.0, "catchup_interval": 1.0, "log_max_messages": 200}
+    async with Network(3, degree=2, seed=6, **options) as network:
+        await network.wait_connected()
+        await network.wait_meshes("chat")
+        origin = network.nodes[0]
+        await origin.publish("chat", {"n": 0})
+        await network.wait_delivered(1)
+        await network.kill(2)
+        ids = [await origin.publish("chat", {"n": n, "pad": "x" * 60_000}) for n in range(1, 301)]
+        # 18 MB; the logs keep the last 200 (12 MB). Until the routers forget them, they
+        # would announce them (ihave): then only catch-up has them.
+        routers = [node.gossip.router for node in network.nodes[:2] if node.gossip]
+        await wait_for(lambda: all(r.cached(i) is None for r in routers for i in ids), timeout=20)
+        restarted = await network.restart(2)
+        assert restarted.gossip is not None
+        peak = {"held": 0, "waiting": 0}
+
+        async def sample(gossip: Any) -> None:
+            while True:
+                peak["held"] = max(peak["held"], gossip.held_bytes)
+                peak["waiting"] = max(peak["waiting"], gossip.waiting_bytes)
+                await asyncio.sleep(0)
+
+        sampler = asyncio.create_task(sample(restarted.gossip))
+        try:
+            await wait_for(lambda: len(network.received[2]) == 201, timeout=30)
+        finally:
+            sampler.cancel()
+        got = [delivery.seq for delivery in network.received[2]]
+        assert got == [1, *range(102, 302)]  # 2..101 let go of by every log: skipped
+        answer = answer_size_limit(restarted.options.max_package_size)
+        assert 0 < peak["held"] <= HELD_ROOM + answer, peak
+        assert peak["waiting"] <= MAX_WAITING_BYTES, peak

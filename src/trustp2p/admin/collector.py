@@ -279,3 +279,13 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily(
             "trustp2p_gossip_topics", "Topics subscribed to.", value=len(gossip.router.topics)
         )
+        yield GaugeMetricFamily(
+            "trustp2p_gossip_waiting_bytes",
+            "Bytes of messages waiting for their validators and handlers.",
+            value=gossip.waiting_bytes,
+        )
+        yield GaugeMetricFamily(
+            "trustp2p_gossip_held_bytes",
+            "Bytes of messages held behind gaps in their streams.",
+            value=gossip.held_bytes,
+        )

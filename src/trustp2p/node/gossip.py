@@ -249,6 +249,18 @@ class Gossip:
             self._slow.update(s for s in waited if s.write_paused and not s.closed)
 
     @property
+    def waiting_bytes(self) -> int:
+        """Bytes of messages waiting for their validators and handlers (see
+        :data:`~.gossip_delivery.MAX_WAITING_BYTES`)."""
+        return self._delivery.waiting
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of messages held behind gaps until they are filled or skipped (64 MiB
+        at most, past which the oldest gaps are skipped); 0 before the start."""
+        return 0 if self._streams is None else self._streams.held_bytes
+
+    @property
     def served_topics(self) -> set[str]:
         """The topics catch-up serves: those carried, and those this node published to."""
         return self.router.topics | self._published
