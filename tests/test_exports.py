@@ -123,3 +123,21 @@ def test_error_tree() -> None:
     ):
         assert issubclass(getattr(trustp2p, name), trustp2p.TrustP2PError)
     assert issubclass(trustp2p.RequestTimeout, TimeoutError)
+
+
+def test_a_library_user_who_configures_no_logging_sees_warnings() -> None:
+    """Found by a new user: the package's ``NullHandler`` kept Python's last resort
+    from printing, so a failing handler (or one that never answered) said nothing."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, trustp2p\n"
+        "assert not logging.getLogger('trustp2p').handlers\n"
+        "logging.getLogger('trustp2p.node.dispatch').error('! a handler failed')\n"
+        "logging.getLogger('trustp2p.node.dispatch').info('= quiet')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stderr == "! a handler failed\n"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging as _logging
-
 from ._build import build_name, compiled_modules
 from ._version import __version__
 from .drivers.base import CloseCode, Driver, DriverOptions, Socket, SocketStats
@@ -103,7 +101,3 @@ __all__ = [
     "create_server",
     "run",
 ]
-
-# A library adds no handler of its own but this one, so that its records go nowhere
-# unless the application configures logging (the CLI does).
-_logging.getLogger("trustp2p").addHandler(_logging.NullHandler())

@@ -2,8 +2,11 @@
 Logging for the command line: text for people, or one JSON object per line for log
 collectors (``--log-format json``).
 
-The library itself only logs to module loggers (``trustp2p.*``, with a ``NullHandler``
-on ``trustp2p``); this module configures the root logger for the ``trustp2p`` command.
+The library itself only logs to module loggers (``trustp2p.*``) and adds no handler,
+as websockets: an application that configures no logging sees warnings and errors on
+stderr (Python's last resort), a failing handler among them (found by a new user: with
+a ``NullHandler``, nothing was said). This module configures the root logger for the
+``trustp2p`` command.
 """
 
 from __future__ import annotations
