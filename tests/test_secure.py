@@ -619,6 +619,28 @@ async def test_each_side_warns_of_a_mode_mismatch_once_per_address(
     assert said("secure handshake with", logging.DEBUG) >= 2
 
 
+async def test_another_network_is_reported_once_and_not_redialled_soon(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a tester: a client of another network (``alt``) was refused with a
+    clear reason, but redialled with the ordinary back-off and warned of on both sides
+    each time, for ever. As a secure/plain mismatch: once each side, then every
+    ``reconnect_max``."""
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    server = await make_node(server=True, alt="2")
+    client = await make_node(
+        client=True, peers=[server.url], reconnect_initial=0.05, reconnect_max=0.3
+    )
+    assert client.client is not None
+
+    def said(text: str, level: int = logging.WARNING) -> int:
+        return sum(text in r.getMessage() and r.levelno == level for r in caplog.records)
+
+    await wait_for(lambda: said("is another network", logging.DEBUG) >= 2)
+    assert said("closing: network alt '1' is another network") == 1  # the server
+    assert said("can't talk (the close said \"network alt '1' is another network") == 1
+
+
 @pytest.mark.parametrize("client_secure", [True, False])
 async def test_a_store_url_of_the_other_mode_is_not_redialled_soon(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture, client_secure: bool

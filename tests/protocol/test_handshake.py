@@ -16,6 +16,7 @@ from trustp2p.protocol.handshake import (
     VERSION_EVENT,
     check_version,
     is_mode_mismatch,
+    is_secure_mismatch,
     major_version,
     peer_package_limit,
     version_body,
@@ -200,3 +201,9 @@ def test_mode_mismatch_reasons_name_the_sides_and_the_old_ones_still_count() -> 
     ):
         assert is_mode_mismatch(reason)
     assert not is_mode_mismatch("invalid handshake") and not is_mode_mismatch(None)
+    for reason in (
+        _refused({**version_body(library_version="1.0.0"), "alt": "2"}),
+        _refused({**version_body(library_version="1.0.0"), "protocol_version": "2.0"}),
+    ):
+        assert is_mode_mismatch(reason) and not is_secure_mismatch(reason)
+    assert is_secure_mismatch(PLAIN_PEER) and not is_secure_mismatch(None)

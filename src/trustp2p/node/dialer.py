@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..drivers.base import Socket
 from ..exceptions import DriverError, NodeStateError, PeerIdMismatch, SelfDialError
 from ..identity import PeerId, short_id
-from ..protocol.handshake import is_mode_mismatch
+from ..protocol.handshake import is_mode_mismatch, is_secure_mismatch
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
 from ..protocol.urls import split_peer_url
 from ..tasks import TaskOwner
@@ -260,6 +260,12 @@ class Dialer:
 
     def _mismatch(self, url: str, reason: str, delay: float) -> None:
         # The reason may be the peer's, in its words: say which side this node is.
+        if not is_secure_mismatch(reason):  # another network, or protocol version
+            logger.warning(
+                "! %s and this node can't talk (the close said %r): redialling every "
+                "%.0f s until one side changes its `alt` or version", url, reason, delay
+            )  # fmt: skip
+            return
         logger.warning(
             "! %s and this node disagree on the secure channel (this node runs with "
             "secure=%s; the close said %r): redialling every %.0f s until one side "

@@ -23,6 +23,7 @@ __all__ = [
     "VERSION_EVENT",
     "check_version",
     "is_mode_mismatch",
+    "is_secure_mismatch",
     "major_version",
     "peer_package_limit",
     "version_body",
@@ -157,7 +158,22 @@ def check_version(
         )
 
 
+_NETWORK_MISMATCHES = (
+    " is another network: the closing node runs on ",  # check_version's
+    " is incompatible: the closing node speaks major version ",
+)
+
+
 def is_mode_mismatch(reason: str | None) -> bool:
-    """Whether a close reason says the two ends disagree on ``secure``: a dial that can
-    never work until one side's configuration changes."""
+    """Whether a close reason says the two ends disagree on ``secure``, or run another
+    network (``alt``) or protocol major version: a dial that can never work until one
+    side's configuration changes (found by a tester: a wrong ``alt`` was warned on both
+    sides at every redial, for ever)."""
+    return reason is not None and any(
+        known in reason for known in (*_MODE_MISMATCHES, *_NETWORK_MISMATCHES)
+    )
+
+
+def is_secure_mismatch(reason: str | None) -> bool:
+    """Whether a close reason says the two ends disagree on ``secure``."""
     return reason is not None and any(known in reason for known in _MODE_MISMATCHES)
