@@ -416,18 +416,25 @@ class Worker:
             pass
 
     def _silent(self, thread: Thread, request: Package) -> None:
-        """A request handler returned None: said once if nothing answered it."""
+        """A request handler returned None: said once if nothing answered it within
+        ``explicit.grace`` (:data:`~.handlers.SILENCE_GRACE`)."""
+        explicit = self._node.handlers.explicit
+        if self._socket.closed or not explicit.returned_none(request.tag):
+            return  # (nobody waits, or it answered already)
+        asyncio.get_running_loop().call_later(explicit.grace, self._still_silent, thread, request)
+
+    def _still_silent(self, thread: Thread, request: Package) -> None:
         name = thread.path or type(thread).__name__
-        if self._socket.closed:
-            return  # (nobody waits)
-        if self._node.handlers.explicit.first_silence(name, request.event, request.tag):
+        explicit = self._node.handlers.explicit
+        if explicit.first_silence(name, request.event, request.tag) and not self._socket.closed:
             logger.warning(
-                "! handler of %s %r in %s returned None and sent no response: the peer"
-                " waits for its response_timeout unless send_response() answers later"
-                " (said once)",
+                "! handler of %s %r in %s returned None and sent no response within %g s:"
+                " the peer waits for its response_timeout unless the thread's answer()"
+                " answers later (said once)",
                 request.type.name,
                 request.event,
                 name,
+                explicit.grace,
             )
 
     def _error(self, request: Package, text: str) -> Package | None:

@@ -8,7 +8,7 @@ any user thread look handlers up here.
 
 from __future__ import annotations
 
-__all__ = ["RESERVED_TALKS", "ExplicitAnswers", "HandlerEntry", "HandlerRegistry"]
+__all__ = ["RESERVED_TALKS", "SILENCE_GRACE", "ExplicitAnswers", "HandlerEntry", "HandlerRegistry"]
 
 from collections.abc import Iterator, KeysView
 
@@ -113,32 +113,54 @@ class HandlerRegistry:
                 entries.append((thread, handler))  # type: ignore[arg-type]
 
 
+SILENCE_GRACE = 10.0
+"""Seconds a request handler that returned None has to answer (``Thread.answer``,
+``send_response()``) before it is warned of, once: found by a new user, whose handler
+answered from a task 0.1 s later and was warned of all the same."""
+
+
 class ExplicitAnswers:
     """
     The tags of the requests answered with ``send_response()`` lately (the last
-    ``keep``), to tell a request handler that returned None and answers later (or
-    answered already) from one that forgot its ``return``: found by a tester, whose
-    requester waited ``response_timeout`` (300 s) with nothing logged on either side.
+    ``keep``), and of those whose handler returned None and that weren't answered yet:
+    to tell a request handler that answers later (or answered already) from one that
+    forgot its ``return``. Found by a tester, whose requester waited
+    ``response_timeout`` (300 s) with nothing logged on either side.
     """
 
-    __slots__ = ("_keep", "_said", "_tags")
+    __slots__ = ("_keep", "_said", "_silent", "_tags", "grace")
 
-    def __init__(self, keep: int = 1024) -> None:
+    def __init__(self, keep: int = 1024, grace: float = SILENCE_GRACE) -> None:
         self._keep = keep
+        self.grace = grace
+        """Seconds a handler that returned None has to answer (:data:`SILENCE_GRACE`)."""
         self._tags: dict[str, None] = {}
+        self._silent: set[str] = set()  # handlers returned None, not answered yet
         self._said: set[tuple[str, str]] = set()
 
     def add(self, tag: str) -> None:
         """A response with ``tag`` was sent with ``send_response()``."""
+        self._silent.discard(tag)
         self._tags[tag] = None
         if len(self._tags) > self._keep:
             del self._tags[next(iter(self._tags))]
 
+    def returned_none(self, tag: str) -> bool:
+        """A request handler returned None for the request ``tag``: True if nothing
+        answered it yet (then ask :meth:`first_silence` :attr:`grace` seconds later)."""
+        if tag in self._tags:
+            return False
+        self._silent.add(tag)
+        return True
+
     def first_silence(self, thread: str, event: str, tag: str) -> bool:
-        """A request handler of ``thread`` returned None for ``event``'s request
-        ``tag``: True if nothing answered it, the first time for that thread and event
-        (said once: a handler that always answers later isn't told each time)."""
-        if tag in self._tags or (thread, event) in self._said:
+        """:attr:`grace` seconds after :meth:`returned_none`: True if nothing answered
+        ``tag`` since, the first time for that thread and event (said once: a handler
+        that always answers late isn't told each time)."""
+        if tag not in self._silent:
+            return False
+        self._silent.discard(tag)
+        if (thread, event) in self._said:
             return False
         self._said.add((thread, event))
         return True

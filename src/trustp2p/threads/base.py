@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..drivers.base import Socket
-from ..protocol.package import Body, Package, PackageType
+from ..protocol.package import ANSWER_TYPE, Body, Package, PackageType
 from ..tasks import TaskOwner
 
 if TYPE_CHECKING:
@@ -69,8 +69,9 @@ class Thread:
 
     A request handler (``REQUEST`` or ``HEARTBEAT_PING``) may return a dict: the node
     sends it back as the response, with the request's tag. Returning ``None`` sends
-    nothing, e.g. after answering with :meth:`Role.send_response` yourself. If it
-    raises, the requester gets ``{"error": ...}``.
+    nothing: answer later with :meth:`answer` (a handler that returns ``None`` and
+    hasn't answered within :data:`~trustp2p.node.handlers.SILENCE_GRACE` is warned of
+    once). If it raises, the requester gets ``{"error": ...}``.
 
     Attributes:
         node: The node running this thread.
@@ -143,6 +144,30 @@ class Thread:
 
         """
         return self.tasks.spawn(coro, name)
+
+    async def answer(
+        self, socket: Socket, request: Package, body: Body, *, payload: bytes | None = None
+    ) -> None:
+        """
+        Answer ``request`` (a ``REQUEST`` or ``HEARTBEAT_PING`` that arrived on
+        ``socket``) later, from a task, after its handler returned ``None``: with its
+        event and tag, on the role it came through (found by a new user, who had to
+        guess which role and event :meth:`Role.send_response` wanted).
+
+        Raises:
+            ConnectionClosed: If the connection is closed.
+            ValueError: If ``request`` is no request.
+
+        """
+        answer_type = ANSWER_TYPE.get(request.type)
+        if answer_type is None:
+            raise ValueError(f"{request.type.name} {request.event!r} is no request")
+        role = self.server if socket.inbound else self.client
+        if role is None:
+            raise ValueError("the socket is none of this node's")
+        await role.send_response(
+            socket, request.event, body, request.tag, package_type=answer_type, payload=payload
+        )
 
     async def cancel_tasks(self) -> None:
         """Cancel and await the tasks still running (the node calls this after
