@@ -5,6 +5,7 @@ it against the sender (a secure peer blocks it for an hour). A request or talk r
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -18,13 +19,14 @@ from trustp2p import (
     PackageType,
     RemoteError,
     Socket,
+    Tag,
     Thread,
 )
 from trustp2p.drivers.memory import MemoryHub
 from trustp2p.protocol.handshake import MAX_PACKAGE_SIZE_KEY
 from trustp2p.protocol.package import DEFAULT_MAX_PACKAGE_SIZE, build_package, check_size, encode
 
-from .conftest import wait_for
+from .conftest import stays, wait_for
 from .nodes import MakeNode
 from .test_gossip_behaviour import memory_node, socket_to
 
@@ -149,14 +151,6 @@ async def test_a_request_over_the_peers_limit_raises_and_is_not_sent(
     assert await client.client.request(socket, "echo", {"n": 1}) == {"n": 1}
 
 
-async def test_a_talk_over_the_peers_limit_raises(make_node: MakeNode) -> None:
-    client, socket = await introduced(make_node, max_package_size=SMALL)
-    with pytest.raises(PackageTooLarge, match="the peer's max_package_size"):
-        await client.client.send_talk(socket, "note", {"p": "x" * SMALL})
-    assert not socket.closed
-    assert await client.client.request(socket, "echo", {"n": 2}) == {"n": 2}
-
-
 async def test_an_answer_over_the_askers_limit_is_an_error_answer(make_node: MakeNode) -> None:
     server = await make_node(server=True, threads=[Echo])
     client = await make_node(client=True, peers=[server.url], max_package_size=SMALL)
@@ -196,3 +190,46 @@ async def test_gossip_over_a_peers_limit_is_not_pushed_to_it(
         assert socket_to(small, "big").close_code is None  # the same connection
         assert big.metrics.send_oversized == 3
         assert caplog.text.count("not sent: over the peer's max_package_size (65536)") == 1
+
+
+TOPICS = [f"topic-{n:03d}-" + "x" * 30 for n in range(40)]  # about 1.7 KB as a list
+
+
+@pytest.mark.parametrize("secure", [False, True])
+async def test_a_peer_that_takes_little_fails_no_catch_up_task(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, secure: bool
+) -> None:
+    # Found in review: our gossip/hwm request over a peer's 1024 bytes raised
+    # PackageTooLarge out of the catch-up task, an ERROR every round.
+    big = await make_node(server=True, secure=secure, catchup_interval=0.1)
+    for topic in TOPICS:
+        big.subscribe(topic)
+    small = await make_node(client=True, peers=[big.url], secure=secure, max_package_size=1024)
+    small.subscribe(TOPICS[0])
+    assert small.client is not None
+    await small.client.wait_connected()
+    assert await stays(lambda: not [r for r in caplog.records if r.levelno >= logging.ERROR], 0.5)
+
+
+@pytest.mark.parametrize("tag_chars", [10, 2000])
+async def test_a_peer_that_says_it_takes_little_is_throttled_all_the_same(tag_chars: int) -> None:
+    # Found in review: pings with a tag long enough that our pong is over the 1024
+    # bytes the peer claims made the pong raise in the read path, and the throttle
+    # that follows it was never carried out (600 pings, 0 throttles).
+    hub = MemoryHub()
+    async with memory_node(hub, "victim") as victim, memory_node(hub, "liar") as liar:
+        liar.version_body[MAX_PACKAGE_SIZE_KEY] = 1024
+        assert liar.client is not None and victim.url is not None
+        liar.client.connect(victim.url)
+        await wait_for(lambda: any(s.host == "victim" for s in liar.sockets))
+        await wait_for(
+            lambda: (
+                bool(victim.sockets)
+                and victim.connection(victim.sockets[0]).protocol.peer_max_size == 1024
+            )
+        )
+        socket = socket_to(liar, "victim")
+        for n in range(600):  # request_burst is 200
+            tag = Tag(f"{n}-" + "t" * tag_chars)
+            await liar.send(socket, build_package(PackageType.HEARTBEAT_PING, "ping", {}, tag=tag))
+        await wait_for(lambda: victim.metrics.throttles > 0)

@@ -138,11 +138,12 @@ class NodeOptions:
             signature check), in a budget of its own, as ``request_rate``...
         gossip_burst: ...with this burst.
         gossip_node_rate: New live gossip messages per second the node checks from all
-            peers together (the default: one peer's ``gossip_rate``), shared fairly: in
-            a second past it, a peer that sent more than an even share waits for the
-            next second; a peer within its share never waits. Identities are free, so
-            without it a few of them could send more than the node (and each of its
-            subscribers) can check. Raise it with ``gossip_rate`` for faster networks.
+            peers together (the default: one peer's ``gossip_rate``), shared evenly:
+            in a second past it, a peer that sent more than an even share waits for
+            the next second; a peer within its share waits only past twice the rate.
+            Identities are free, so without it a few of them could send more than the
+            node (and each of its subscribers) can check. Raise it with ``gossip_rate``
+            for faster networks.
         max_per_ip: Inbound connections at once from one address (an IPv6 address
             counts as its /64, as for ``ip_rate`` and reconnect storms); ``None``: no
             limit.

@@ -466,6 +466,26 @@ def test_talks_spend_the_request_budget(clock: FakeClock) -> None:
     assert connection.invalid == 0
 
 
+def test_system_packages_spend_the_request_budget(clock: FakeClock) -> None:
+    # Found by an attacker: SYSTEM packages never spent it (2.7 M in 20 s, unthrottled).
+    budget = TokenBucket(rate=10.0, burst=2, now=clock())
+    connection = protocol(clock, budget=budget)
+    system = encode(build_package(PackageType.SYSTEM, "anything", {}))
+    connection.receive_data(system)
+    connection.receive_data(system)
+    assert throttle_delay(connection.receive_data(system)[-1]) == pytest.approx(0.1)
+
+
+def test_the_peers_introduction_is_kept_small(clock: FakeClock) -> None:
+    # Found by an attacker: a 1 MB hello was kept for the connection's life, and its
+    # program string copied into every status answer.
+    connection = protocol(clock)
+    body = {**VERSION, "program": "p" * 10_000, "junk": [{}] * 1000, "program_version": [1]}
+    connection.receive_data(encode(build_package(PackageType.TALK, VERSION_EVENT, body)))
+    kept = {key: value for key, value in VERSION.items() if key != "program_version"}
+    assert connection.peer_version == {**kept, "program": "p" * 100}  # a list: not kept
+
+
 def test_the_clock_is_read_once_per_message(clock: FakeClock) -> None:
     """last_seen is the arrival time, and the request budget goes by it."""
     readings: list[float] = []

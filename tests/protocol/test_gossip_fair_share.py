@@ -58,3 +58,14 @@ def test_windows_follow_each_other_and_restart_after_a_quiet_spell() -> None:
 def test_rate_and_window_must_be_positive(rate: float, window: float) -> None:
     with pytest.raises(ValueError, match="must be positive"):
         FairShare(rate, window)
+
+
+def test_never_past_twice_the_rate_whatever_the_shares() -> None:
+    # Found in review: a flooder's messages still arriving (it is throttled, they
+    # count) and identities each within an even share took a node to about twice the
+    # rate; past twice it, every peer waits.
+    share = FairShare(100)
+    spend(share, "flood", 150, 0.0)  # 50 over: it waits, what was in flight counts
+    waits = [share.spend(f"light{n}", 0.1) for _ in range(9) for n in range(10)]
+    assert waits[:50] == [0.0] * 50  # 9 each is within 100 / 11
+    assert all(wait > 0 for wait in waits[50:])  # past 200 in the window

@@ -517,8 +517,8 @@ class Connections:
             ConnectionClosed: If the socket is closed, or more than ``max_send_queue``
                 packages were written without waiting while the peer wasn't reading (it
                 is then disconnected).
-            PackageTooLarge: If it is over ``max_package_size`` or the peer's (not sent;
-                gossip over the peer's is left out: :meth:`PeerConnection.fits`).
+            PackageTooLarge: If it is over ``max_package_size`` (not sent; gossip over
+                the peer's is left out: :meth:`PeerConnection.fits`).
 
         """
         last, data = self._last_gossip
@@ -588,5 +588,3 @@ class Connections:
             self.send_package(conn.socket, package, waited=True)
         except ConnectionClosed:
             pass  # on_close will report the loss to the table
-        except ValueError as exc:  # PackageTooLarge: rerouted to a peer that takes less
-            conn.log.warning("! request not sent (it will time out): %s", exc)

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConnectionClosed, PackageTooLarge
 from ..protocol.connection import error_answer
-from ..protocol.package import ANSWER_TYPE, REQUEST_TYPES, Package, PackageType, build_package
+from ..protocol.package import (
+    ANSWER_TYPE,
+    REQUEST_TYPES,
+    Package,
+    PackageType,
+    build_package,
+    check_size,
+)
 from ..threads.base import Reply
 
 if TYPE_CHECKING:
@@ -405,6 +412,8 @@ class Worker:
             return
         try:
             try:
+                if (conn := self._node.connection(self._socket)) is not None:  # the asker's
+                    check_size(response, conn.protocol.peer_max_size, peer=True)
                 await self._send(response)
             except PackageTooLarge as exc:
                 # The peer would refuse it, and hold it against us: it gets an error.

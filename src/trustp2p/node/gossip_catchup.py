@@ -29,7 +29,13 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..exceptions import ConnectionClosed, GossipError, RemoteError, RequestTimeout
+from ..exceptions import (
+    ConnectionClosed,
+    GossipError,
+    PackageTooLarge,
+    RemoteError,
+    RequestTimeout,
+)
 from ..protocol.gossip import (
     FETCH,
     HWM,
@@ -261,8 +267,8 @@ class Fetcher:
         assert role is not None
         try:
             return await role.request(socket, event, body, timeout=node.options.open_timeout)
-        except (ConnectionClosed, RequestTimeout):
-            return None
+        except (ConnectionClosed, RequestTimeout, PackageTooLarge):
+            return None  # (too large: a peer that says it takes less than our request)
         except RemoteError as exc:
             # It may run without gossip: not a fault; we ask another peer later.
             logger.debug("! %s answered %s with an error: %.200s", socket.peer, event, exc.error)

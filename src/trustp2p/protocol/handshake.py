@@ -24,6 +24,7 @@ __all__ = [
     "check_version",
     "is_mode_mismatch",
     "is_secure_mismatch",
+    "kept_introduction",
     "major_version",
     "peer_package_limit",
     "version_body",
@@ -111,6 +112,39 @@ def version_body(
     return body
 
 
+_KEPT_KEYS = (
+    "protocol_version",
+    "alt",
+    "library",
+    "library_version",
+    "program",
+    "program_version",
+    NONCE_KEY,
+    MAX_PACKAGE_SIZE_KEY,
+    "peer_id",
+)
+_KEPT_CHARS = 100
+
+
+def kept_introduction(body: Body) -> Body:
+    """
+    What a node keeps of a peer's version or hello body while the connection lasts:
+    the keys above whose values are strings (their first 100 characters), whole
+    numbers or null. Found by an attacker: 90 connections whose hello held 1 MB of
+    empty objects each took a node from 54 MB to 2.1 GB, and the status page copied
+    their 1 MB ``program`` strings into every answer (119 MB, 5 s of the event loop).
+    """
+    kept: Body = {}
+    for key in _KEPT_KEYS:
+        value = body.get(key)
+        if isinstance(value, str):
+            kept[key] = value[:_KEPT_CHARS]
+        elif value is None or (type(value) is int and -(2**63) <= value < 2**63):
+            if key in body:
+                kept[key] = value
+    return kept
+
+
 def peer_package_limit(body: Body) -> int | None:
     """
     The largest package a peer takes, by its version or hello body: ``None`` when it
@@ -148,13 +182,13 @@ def check_version(
         # Said from no side (the peer logs it as its close reason: "ours" contradicted
         # its own log, found by a tester), as PLAIN_PEER and SECURE_PEER are.
         raise HandshakeError(
-            f"protocol version {theirs} is incompatible: the closing node speaks major "
-            f"version {major_version(protocol_version)}, the other {major_version(theirs)}"
+            f"protocol version {theirs[:40]} is incompatible: the closing node speaks major "
+            f"version {major_version(protocol_version)}, the other {major_version(theirs)[:40]}"
         )
     their_alt = body.get("alt")
     if their_alt != alt:
         raise HandshakeError(
-            f"network alt {their_alt!r} is another network: the closing node runs on {alt!r}"
+            f"network alt {_short(their_alt)} is another network: the closing node runs on {alt!r}"
         )
 
 
@@ -177,3 +211,9 @@ def is_mode_mismatch(reason: str | None) -> bool:
 def is_secure_mismatch(reason: str | None) -> bool:
     """Whether a close reason says the two ends disagree on ``secure``."""
     return reason is not None and any(known in reason for known in _MODE_MISMATCHES)
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, its first 40 characters: a peer's words in a log line."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

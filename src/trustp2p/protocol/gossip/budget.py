@@ -81,8 +81,8 @@ class FairShare:
     the peers that send them: in each ``window`` seconds, once the node has taken
     ``rate * window`` messages, a peer that took more than an even share of that (split
     among the peers that sent any in the window) waits for the next window; a peer
-    within its share never does. Each peer's own budget (``gossip_rate``) bounds it
-    apart from this.
+    within its share doesn't, until the node has taken twice that, when every peer
+    does. Each peer's own budget (``gossip_rate``) bounds it apart from this.
 
     Found by an attacker: the per-peer budget alone let two throwaway identities send
     2,000 one-message origins a second, past what a node checks (about 3,000 a second
@@ -116,6 +116,10 @@ class FairShare:
         count = counts[peer] = counts.get(peer, 0) + 1
         self._total += 1
         allowed = self.rate * self.window
-        if self._total <= allowed or count * len(counts) <= allowed:
+        if self._total <= allowed:
+            return 0.0
+        # Within its share, but never past twice the rate: found in review, identities
+        # each sending less than an even share took a node to about twice the rate.
+        if count * len(counts) <= allowed and self._total <= 2 * allowed:
             return 0.0
         return self._ends - now
