@@ -659,3 +659,12 @@ def test_a_buffer_that_grows_without_draining_is_a_stall(clock: FakeClock) -> No
     assert not stall.stalled(clock(), 4_000 - 4_010)
     clock.advance(5.0)
     assert stall.stalled(clock(), 8_000 - 8_020)
+
+
+def test_a_peers_limit_is_kept_only_under_ours(clock: FakeClock) -> None:
+    # Nothing to check per package when the peer takes as much as we do (the default).
+    for said, kept in ((2**20, None), (2**21, None), (65536, 65536)):
+        connection = protocol(clock)
+        body = version_body(library_version="0.1.0", max_package_size=said)
+        connection.receive_data(encode(build_package(PackageType.TALK, VERSION_EVENT, body)))
+        assert connection.peer_max_size == kept

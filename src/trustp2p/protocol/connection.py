@@ -169,7 +169,8 @@ class ConnectionProtocol:
         peer_version: The peer's version or hello body, once received.
         listen_urls: What the peer said it listens on (hello or ``my_url``).
         peer_max_size: The largest package the peer takes, by its introduction
-            (:func:`~trustp2p.protocol.handshake.peer_package_limit`); ``None``: unknown.
+            (:func:`~trustp2p.protocol.handshake.peer_package_limit`), when it is under
+            ``max_package_size``; ``None``: unknown, or not under ours.
         invalid: Invalid packages received on this connection.
         valid: Valid packages received on this connection (by :meth:`receive_data`).
         last_seen: When the last complete message arrived from the peer (clock seconds).
@@ -477,7 +478,10 @@ class ConnectionProtocol:
                 actions += self._invalid(f"invalid listen_urls in hello: {problem}", None)
             self.listen_urls = urls
         self.peer_version = kept_introduction(body)
-        self.peer_max_size = peer_package_limit(body)
+        limit = peer_package_limit(body)  # (kept when under ours: else nothing to check)
+        self.peer_max_size = (
+            limit if self._max_size is None or (limit or 0) < self._max_size else None
+        )
         self.state = ConnectionState.OPEN
         actions.append(Introduced(body, urls))
         return actions
