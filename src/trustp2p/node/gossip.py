@@ -371,7 +371,7 @@ class Gossip:
         await self.tasks.aclose()
 
     async def stop(self) -> None:
-        await self.tasks.aclose()
+        await self.halt()
         if self.message_log is not None:
             await self.message_log.close()
 

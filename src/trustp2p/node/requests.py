@@ -91,7 +91,6 @@ class Requests:
             response_timeout=response_timeout,
             stalled_timeout=stalled_timeout,
         )
-        self._unmatched = connections.unmatched
         self._connections = connections
         self._alt = alt
         self._max_package_size = max_package_size
@@ -245,7 +244,7 @@ class Requests:
                         future.set_result(package if first else _copy(package))
                         first = False
             elif type(event) is ResponseUnmatched:
-                self._unmatched(event.conn, event.package, event.expected)
+                self._connections.unmatched(event.conn, event.package, event.expected)
             elif type(event) is RequestExpired:
                 future = futures.pop(event.waiter, None)
                 if future is not None and not future.done():
