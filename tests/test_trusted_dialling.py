@@ -295,7 +295,9 @@ async def test_failed_handshakes_block_the_address_before_any_cryptography(
         assert await garbage_handshake(server.url) == 1008
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum("secure handshake with" in w and "failed" in w for w in warnings) == 10
-    assert any(w.startswith("! blocking 127.0.0.1 for 3600 s") for w in warnings)
+    # Not for block_duration (an hour): the failures prove no id, peers behind one
+    # NAT share them (found by an attacker).
+    assert any(w.startswith("! blocking 127.0.0.1 for 300 s") for w in warnings)
     await wait_for(
         lambda: server.store is not None and server.store.is_blocked(address="127.0.0.1")
     )
@@ -312,6 +314,32 @@ async def test_failed_handshakes_block_the_address_before_any_cryptography(
                     pass
     assert ws.close_code == 1008
     assert began == []
+
+
+async def test_failed_handshakes_block_no_address_whose_peers_proved_their_ids(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Behind one NAT: an honest peer is connected when a neighbour's handshakes fail.
+    caplog.set_level(logging.WARNING, logger="trustp2p")
+    server = await make_node(
+        server=True, limit_loopback=True, ip_burst=64, max_per_ip=64, storm_connections=64
+    )
+    assert server.url is not None and server.store is not None
+    honest = await make_node(client=True, peers=[server.url])
+    assert honest.client is not None
+    await honest.client.wait_connected()
+    for _ in range(20):  # twice the block policy's min_packages, all invalid
+        assert await garbage_handshake(server.url) == 1008
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    refusals = [w for w in warnings if w.startswith("! not blocking 127.0.0.1")]
+    said = "! not blocking 127.0.0.1 (too many failed handshakes): 1 peer(s) of that"
+    assert refusals == [f"{said} address proved their ids"] * 2
+    assert not any(w.startswith("! blocking") for w in warnings)
+    assert not server.store.is_blocked(address="127.0.0.1")
+    newcomer = await make_node(client=True, peers=[server.url])
+    assert newcomer.client is not None
+    await newcomer.client.wait_connected()
+    assert len(honest.client.sockets) == 1
 
 
 async def test_dials_given_up_in_the_handshake_block_nothing(

@@ -248,12 +248,8 @@ class Connections:
             self.inbound.failed_handshake(self._logger, raw, error)
         count(self._metrics.handshakes, type(error).__name__)
         # Against the address of a peer that dialled us: not our dials, nor ourselves.
-        if (
-            raw.inbound
-            and error.offence
-            and self.penalties.crossed(raw, invalid=1, by_address=True)
-        ):
-            self.penalties.block(None, raw.host, "too many failed handshakes")
+        if raw.inbound and error.offence:
+            self.penalties.handshake_failed(raw)
         if node.client is not None and not raw.inbound:
             node.client.dial_failed(raw.peer, error)
         node.tasks.spawn(node.call_hooks("on_socket_error", raw, error), "on_socket_error hooks")

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 from ..drivers.base import Socket
 from ..protocol.admission import block_scope
 from ..protocol.close import CloseCode, fit_reason
+from ..protocol.limits import address_key
 from ..protocol.peers import PeerKey, peer_key
-from ..protocol.scoring import Offences
+from ..protocol.scoring import HANDSHAKE_BLOCK, Offences
 
 if TYPE_CHECKING:
     from .connections import Connections
@@ -91,12 +92,50 @@ class Penalties:
             why = f"{self.offences.threshold} connections sent {reason}"
             self.block(None, socket.host, why)
 
+    def handshake_failed(self, raw: Socket) -> None:
+        """
+        An inbound handshake failed by its peer's fault: counted against its address
+        (it proved no peer id). Past the block policy the address is blocked for
+        :data:`~trustp2p.protocol.scoring.HANDSHAKE_BLOCK` at most, and not at all while
+        peers of that address that proved their ids are connected: behind one NAT, the
+        honest peers don't pay for a neighbour's bad handshakes.
+        """
+        if not self.crossed(raw, invalid=1, by_address=True):
+            return
+        key = address_key(raw.host)
+        proven = sum(
+            1
+            for conn in self._connections
+            if conn.socket.peer_id is not None and address_key(conn.socket.host) == key
+        )
+        reason = "too many failed handshakes"
+        if proven:
+            self._connections.inbound.log(
+                logger,
+                logging.WARNING,
+                "block",
+                "! not blocking %s (%s): %d peer(s) of that address proved their ids",
+                raw.host,
+                reason,
+                proven,
+            )
+            return
+        duration = min(HANDSHAKE_BLOCK, self._node.options.block_duration)
+        self.block(None, raw.host, reason, duration=duration)
+
     def block(
-        self, peer_id: str | None, address: str | None, reason: str, *, socket: Socket | None = None
+        self,
+        peer_id: str | None,
+        address: str | None,
+        reason: str,
+        *,
+        socket: Socket | None = None,
+        duration: float | None = None,
     ) -> None:
         """
-        Block a peer by id, or an address, for ``block_duration``; close the peer's
-        connections, and ``socket``, the one that crossed the policy.
+        Block a peer by id, or an address, for ``duration`` (by default
+        ``block_duration``); close the peer's connections, and ``socket``, the one that
+        crossed the policy.
 
         A peer with an id is blocked by its id; its address too only once several peers
         of that address offended (:class:`Offences`): peers sharing it, behind one NAT,
@@ -128,14 +167,18 @@ class Penalties:
             "block",
             "! blocking %s for %g s: %s",
             " and ".join(x for x in (scope.peer_id, scope.address) if x),
-            self._node.options.block_duration,
+            self._node.options.block_duration if duration is None else duration,
             reason,
         )
         node = self._node
         if node.store is not None and node.running:
             node.tasks.spawn(
                 node.store.block(
-                    peer_id=scope.peer_id, address=scope.address, reason=reason, log=False
+                    peer_id=scope.peer_id,
+                    address=scope.address,
+                    reason=reason,
+                    duration=duration,
+                    log=False,
                 ),
                 f"block {scope.peer_id or scope.address}",
             )

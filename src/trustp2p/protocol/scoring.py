@@ -12,6 +12,7 @@ the node blocks the peer for ``block_duration`` seconds and the window starts af
 from __future__ import annotations
 
 __all__ = [
+    "HANDSHAKE_BLOCK",
     "OFFENCE_WINDOW",
     "OFFENDING_CONNECTIONS",
     "Block",
@@ -121,6 +122,13 @@ class BlockPolicy:
         elif not (duration > 0 and math.isfinite(duration)):
             raise ValueError(f"duration must be a positive number of seconds, not {duration}")
         return Block(now + duration, reason)
+
+
+HANDSHAKE_BLOCK = 300.0
+"""Seconds an address is blocked for at most when its inbound handshakes keep failing
+(``min_packages`` of them, none good). A failed handshake proves no peer id, so every
+peer behind one NAT, VPN exit or carrier-grade NAT shares the count: a short block
+stops a flood of them without shutting the address out for ``block_duration``."""
 
 
 OFFENDING_CONNECTIONS = 3
