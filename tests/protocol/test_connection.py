@@ -33,6 +33,7 @@ from trustp2p.protocol.connection import (
     WARN_INVALID,
     ConnectionProtocol,
     ConnectionState,
+    body_cost,
     error_answer,
 )
 from trustp2p.protocol.handshake import (
@@ -474,6 +475,46 @@ def test_system_packages_spend_the_request_budget(clock: FakeClock) -> None:
     connection.receive_data(system)
     connection.receive_data(system)
     assert throttle_delay(connection.receive_data(system)[-1]) == pytest.approx(0.1)
+
+
+def test_bodies_of_many_containers_cost_more_of_the_budget(clock: FakeClock) -> None:
+    # Found by an attacker: 1 MB bodies of [[],[],...] took 80 ms of the event loop each
+    # to read, and cost one token like any package: 100 of them a second per peer id.
+    budget = TokenBucket(rate=10.0, burst=10, now=clock())
+    connection = protocol(clock, budget=budget, handled={(PackageType.TALK, "note")})
+    lists = encode(build_package(PackageType.TALK, "note", {"x": [[]] * 3000}))
+    text = encode(build_package(PackageType.TALK, "note", {"x": "a" * 100_000}))
+    assert [type(a) for a in connection.receive_data(lists)] == [Dispatch]  # 1 + 3 tokens
+    assert [type(a) for a in connection.receive_data(text)] == [Dispatch]  # 1: no containers
+    assert [type(a) for a in connection.receive_data(lists)] == [Dispatch]  # 1 token left
+    actions = connection.receive_data(lists)
+    assert throttle_delay(actions[1]) == pytest.approx(0.3)
+
+
+def test_gossip_bodies_of_many_containers_cost_more_of_the_gossip_budget(
+    clock: FakeClock,
+) -> None:
+    gossip = TokenBucket(rate=10.0, burst=4, now=clock())
+    connection = protocol(clock, gossip_budget=gossip)
+    message = encode(build_package(PackageType.GOSSIP, "chat", {"x": [{}] * 2500}))
+    assert [type(a) for a in connection.receive_data(message)] == [DeliverGossip]  # 1 + 2
+    actions = connection.receive_data(message)
+    assert throttle_delay(actions[1]) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    ("body_json", "cost"),
+    [
+        ("", 0),
+        ("[" * 1999, 0),  # too short to hold 1,000 containers: not counted
+        ("[" * 2000, 2),
+        ("{" * 1000 + " " * 1000, 1),
+        ('{"x":"' + "a" * 10**6 + '"}', 0),
+        ('{"x":[' + "[]," * 2499 + "[]]}", 2),  # 2,502 containers
+    ],
+)
+def test_body_cost_counts_a_token_per_thousand_containers(body_json: str, cost: int) -> None:
+    assert body_cost(body_json) == cost
 
 
 def test_the_peers_introduction_is_kept_small(clock: FakeClock) -> None:
