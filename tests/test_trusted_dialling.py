@@ -538,3 +538,25 @@ async def test_a_failed_dial_of_a_store_address_is_logged(
     )
     [line] = [r.getMessage() for r in caplog.records if down in r.getMessage()]
     assert line.startswith("! ") and line.endswith("(a peer-store address)"), line
+
+
+async def test_a_dead_store_address_is_said_once_then_forgotten(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a new-user tester: a node that ran for a second was redialled once a
+    minute by the peers that heard of it, an INFO line each, for as long as they ran."""
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = f"ws://127.0.0.1:{closed.getsockname()[1]}"
+    client = await make_node(client=True, target_outbound=1, exchange_interval=0.2)
+    assert client.store is not None and client.client is not None
+    await client.store.add_urls([down], PeerSource.EXCHANGE)
+    client.client.wake()
+    store = client.store
+    await wait_for(lambda: not store.knows_url(down), timeout=20)
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if down in r.getMessage()]
+    failed = [(level, line) for level, line in lines if "a peer-store address" in line]
+    assert [level for level, _ in failed] == [logging.INFO, logging.DEBUG, logging.DEBUG]
+    assert failed[2][1].endswith("(a peer-store address; 3 failures in a row)")
+    assert (logging.INFO, f"= forgot {down}: 3 failed dials in a row") in lines

@@ -19,6 +19,7 @@ from trustp2p.exceptions import NodeStateError
 from trustp2p.protocol.peers import PeerKey, peer_key
 from trustp2p.protocol.scoring import BlockPolicy, PackageCounts
 from trustp2p.protocol.urls import MAX_URLS_PER_PEER
+from trustp2p.storage._peer_queries import FORGET_AFTER, FORGET_FAILURES, FORGET_UNTRIED_FAILURES
 from trustp2p.storage.peerstore import STORE_PATH, PeerRecord, PeerSource, PeerStore
 
 from .adapters import PeerStoreAdapter
@@ -276,6 +277,36 @@ async def test_record_failure(store: PeerStore) -> None:
     await store.record_failure("ws://a:1")
     await store.record_failure("ws://unknown:1")
     assert await store.peers() == [record(urls=("ws://a:1",), failures=2)]
+
+
+async def test_urls_that_keep_failing_are_forgotten(
+    store: PeerStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by a new-user tester: a node that ran for a second was dialled once a minute
+    # by every peer that heard of it, for as long as they ran.
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    await store.add_urls(["ws://gone:1"], PeerSource.EXCHANGE)  # never worked
+    await store.add_urls(["ws://boot:1"], PeerSource.BOOTSTRAP)
+    await store.add_urls(["ws://was:1"], PeerSource.EXCHANGE, peer_id="tpa")
+    await store.record_connected(peer_id="tpa", url="ws://was:1", address=None)
+    for _ in range(FORGET_UNTRIED_FAILURES - 1):
+        await store.record_failure("ws://gone:1")
+    assert store.knows_url("ws://gone:1")
+    await store.record_failure("ws://gone:1")
+    assert not store.knows_url("ws://gone:1")
+    assert "= forgot ws://gone:1: 3 failed dials in a row" in caplog.messages
+    for _ in range(FORGET_FAILURES + 5):  # a bootstrap peer's: never forgotten
+        await store.record_failure("ws://boot:1")
+    assert store.knows_url("ws://boot:1")
+    for _ in range(FORGET_FAILURES + 5):  # it worked within the day: kept
+        await store.record_failure("ws://was:1")
+    assert store.knows_url("ws://was:1")
+    clock.advance(FORGET_AFTER)
+    await store.record_failure("ws://was:1")
+    assert not store.knows_url("ws://was:1")
+    [peer] = [p for p in await store.peers() if p.peer_id == "tpa"]
+    assert peer.urls == ()  # the peer stays, with its history
+    assert peer.successes == 1
 
 
 async def test_record_packages_counts_a_window(store: PeerStore) -> None:

@@ -286,7 +286,12 @@ class Dialer:
                 self.dial_failed(dial.dial_url, exc)
                 # Logged (found by a new-user tester: at DEBUG, a lost peer's redials
                 # said nothing for a minute), within a budget: a store may hold many
-                # stale addresses.
+                # stale addresses. Its next failures in a row at DEBUG: a dead address
+                # said so once a minute for as long as the node ran (another tester).
+                failures = self.policy.failures(dial.url)
+                if failures > 1:
+                    logger.debug("! %s (a peer-store address; %d failures in a row)", exc, failures)
+                    return
                 self.node.connections.inbound.log(
                     logger, logging.INFO, "store dial failed", "! %s (a peer-store address)", exc
                 )

@@ -8,7 +8,16 @@ Private to :mod:`trustp2p.storage`.
 
 from __future__ import annotations
 
-__all__ = ["MAX_GOOD_URL_FAILURES", "is_anchor", "ranked_urls", "records"]
+__all__ = [
+    "FORGET_AFTER",
+    "FORGET_FAILURES",
+    "FORGET_UNTRIED_FAILURES",
+    "MAX_GOOD_URL_FAILURES",
+    "is_anchor",
+    "is_dead",
+    "ranked_urls",
+    "records",
+]
 
 from collections.abc import Collection, Iterator
 from urllib.parse import urlsplit
@@ -21,6 +30,34 @@ from ._peer_table import PeerTable
 MAX_GOOD_URL_FAILURES = 3
 """Failed dials in a row, since it last worked, after which a URL is no longer shared
 with other peers (``good_urls``); it is still dialled, and shared again once it works."""
+
+
+FORGET_UNTRIED_FAILURES = 3
+"""Failed dials in a row after which a URL that never worked is forgotten (one a peer
+passed on, or one a peer connected from)."""
+
+FORGET_FAILURES = 10
+"""Failed dials in a row after which a URL that worked once is forgotten..."""
+
+FORGET_AFTER = 86_400.0
+"""...if it last worked this many seconds ago (a day)."""
+
+
+def is_dead(entry: Url, now: float) -> bool:
+    """
+    Whether to forget ``entry`` after a failed dial: a URL of a peer that isn't a
+    bootstrap peer, that never worked and failed :data:`FORGET_UNTRIED_FAILURES` times
+    in a row, or that failed :data:`FORGET_FAILURES` times in a row and last worked more
+    than :data:`FORGET_AFTER` ago (as Bitcoin's address manager judges its addresses).
+    Found by a new-user tester: a node that ran for a second was dialled once a minute
+    by every peer that had heard of it, for as long as they ran. A peer that still
+    announces the URL passes it on again.
+    """
+    if entry.peer.source is PeerSource.BOOTSTRAP:
+        return False
+    if entry.last_connected is None:
+        return entry.failures >= FORGET_UNTRIED_FAILURES
+    return entry.failures >= FORGET_FAILURES and now - entry.last_connected >= FORGET_AFTER
 
 
 def _host(url: str) -> str | None:

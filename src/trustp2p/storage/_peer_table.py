@@ -111,6 +111,13 @@ class PeerTable:
         self.dirty_urls.add(url)
         return entry
 
+    def forget_url(self, url: str) -> None:
+        """Forget ``url`` (its peer stays, with its history)."""
+        entry = self.by_url.pop(url, None)
+        if entry is not None:
+            entry.peer.urls.pop(url, None)
+            self.dirty_urls.add(url)
+
     def claim(self, url: str, peer_id: str, now: float) -> Url:
         """Link ``url`` to ``peer_id``, which answered there."""
         owner = self.by_id.get(peer_id)

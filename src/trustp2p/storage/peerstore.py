@@ -58,7 +58,7 @@ from ..protocol.peers import PeerKey, is_address_key
 from ..protocol.scoring import BlockPolicy, PackageCounts
 from ..protocol.urls import split_peer_url
 from . import DATA_DIR
-from ._peer_queries import is_anchor, ranked_urls, records
+from ._peer_queries import is_anchor, is_dead, ranked_urls, records
 from ._peer_records import ADDRESS, PEER, Batch, Loaded, PeerDatabase, PeerRecord, PeerSource
 from ._peer_table import PeerTable
 from .memory import MemoryShelf
@@ -277,6 +277,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
     async def record_failure(self, url: str) -> None:
         """
         Count a failed dial of ``url`` against it and its peer; an unknown URL is ignored.
+        A URL that keeps failing is forgotten (:func:`~._peer_queries.is_dead`).
 
         Raises:
             NodeStateError: If the store is closed.
@@ -291,6 +292,9 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         entry.peer.failures += 1
         self._table.dirty_urls.add(url)
         self._table.dirty_peers.add(entry.peer.key)
+        if is_dead(entry, self._clock()):
+            self._table.forget_url(url)
+            logger.info("= forgot %s: %d failed dials in a row", url, entry.failures)
         await self._save()
 
     def record_packages(self, key: PeerKey, *, good: int = 0, invalid: int = 0) -> PackageCounts:
