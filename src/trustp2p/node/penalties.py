@@ -160,28 +160,7 @@ class Penalties:
                 )
                 socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"disconnected: {reason}"))
             return
-        self._node.connections.inbound.log(  # (identities cost a key generation: a
-            # flood of them made 11 lines each, found by an attacker)
-            logger,
-            logging.WARNING,
-            "block",
-            "! blocking %s for %g s: %s",
-            " and ".join(x for x in (scope.peer_id, scope.address) if x),
-            self._node.options.block_duration if duration is None else duration,
-            reason,
-        )
-        node = self._node
-        if node.store is not None and node.running:
-            node.tasks.spawn(
-                node.store.block(
-                    peer_id=scope.peer_id,
-                    address=scope.address,
-                    reason=reason,
-                    duration=duration,
-                    log=False,
-                ),
-                f"block {scope.peer_id or scope.address}",
-            )
+        self._record(scope.peer_id, scope.address, reason, duration)
         # The peer's connections close; other connections from its address stay: an
         # address block only refuses new ones (bad input never closes a bystander).
         close_reason = fit_reason(f"blocked: {reason}")
@@ -191,3 +170,26 @@ class Penalties:
                 self._connections.close(conn, CloseCode.POLICY_VIOLATION, close_reason)
         if socket is not None and not socket.closed:
             socket.close_soon(CloseCode.POLICY_VIOLATION, close_reason)
+
+    def _record(
+        self, peer_id: str | None, address: str | None, reason: str, duration: float | None
+    ) -> None:
+        """Log a block (within the budget: identities cost a key generation, and a flood
+        of them made 11 lines each, found by an attacker) and write it to the store."""
+        node = self._node
+        node.connections.inbound.log(
+            logger,
+            logging.WARNING,
+            "block",
+            "! blocking %s for %g s: %s",
+            " and ".join(x for x in (peer_id, address) if x),
+            node.options.block_duration if duration is None else duration,
+            reason,
+        )
+        if node.store is not None and node.running:
+            node.tasks.spawn(
+                node.store.block(
+                    peer_id=peer_id, address=address, reason=reason, duration=duration, log=False
+                ),
+                f"block {peer_id or address}",
+            )
