@@ -270,6 +270,34 @@ def test_check_event_map_errors(event_map: Any, reason: str) -> None:
     assert str(error) == f"MapThread: {reason}"
 
 
+def test_handlers_that_cant_take_socket_and_package_are_refused_at_load() -> None:
+    # Found by a new user: on_chat(self, message), a subscriber's shape, in a GOSSIP map
+    # loaded, then raised TypeError on every message.
+    class Chat:
+        def on_chat(self, message: Any) -> None: ...
+
+        def on_rest(self, socket: Any, *rest: Any) -> None: ...
+
+        def on_three(self, socket: Any, package: Any, extra: Any) -> None: ...
+
+        def on_default(self, socket: Any, package: Any, extra: Any = None) -> None: ...
+
+    chat = Chat()
+    error = map_error(_thread({PackageType.GOSSIP: {"chat": chat.on_chat}}))
+    assert error.reason == (
+        "handler of GOSSIP 'chat' can't be called as handler(socket, message):"
+        " it is test_handlers_that_cant_take_socket_and_package_are_refused_at_load"
+        ".<locals>.Chat.on_chat(message: 'Any') -> 'None'"
+    )
+    error = map_error(_thread({PackageType.REQUEST: {"a": chat.on_three}}))
+    assert error.reason.startswith("handler of REQUEST 'a' can't be called as handler(socket,")
+    assert error.reason.endswith(
+        "Chat.on_three(socket: 'Any', package: 'Any', extra: 'Any') -> 'None'"
+    )
+    loaded = {"b": chat.on_rest, "c": chat.on_default, "d": print, "e": lambda s, p: None}
+    assert check_event_map(_thread({PackageType.TALK: loaded})) == {PackageType.TALK: loaded}
+
+
 def test_check_event_map_names_the_thread_file() -> None:
     error = map_error(_thread({}, path="/srv/threads-enabled/echo.py"))
     assert error.path == Path("/srv/threads-enabled/echo.py")
@@ -320,7 +348,7 @@ def test_gossip_topics_peers_refuse_are_refused_at_load() -> None:
 
             @property
             def event_map(self) -> EventMap:
-                return {PackageType.GOSSIP: {t: lambda message: None for t in topics}}
+                return {PackageType.GOSSIP: {t: lambda socket, message: None for t in topics}}
 
         return Listener.__new__(Listener)
 

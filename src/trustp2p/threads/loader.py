@@ -159,8 +159,29 @@ def check_event_map(thread: Thread) -> dict[PackageType, dict[str, object]]:
                 raise ThreadLoadError(
                     where, f"handler of {package_type.name} {event!r} is not callable"
                 )
+            _check_arity(where, package_type, event, handler)
         checked[package_type] = dict(events)
     return checked
+
+
+def _check_arity(where: str, package_type: PackageType, event: str, handler: Any) -> None:
+    """Whether ``handler`` can be called as ``handler(socket, package)``: found by a new
+    user, a GOSSIP handler written as ``on_chat(self, message)`` (a subscriber's shape)
+    loaded, then raised TypeError on every message."""
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # no signature to read (some builtins): as it is
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        second = "message" if package_type is PackageType.GOSSIP else "package"
+        name = getattr(handler, "__qualname__", type(handler).__name__)
+        raise ThreadLoadError(
+            where,
+            f"handler of {package_type.name} {event!r} can't be called as "
+            f"handler(socket, {second}): it is {name}{signature}",
+        ) from None
 
 
 def make_thread(cls: type[Thread], node: Any) -> Thread:
