@@ -420,6 +420,21 @@ def test_trustp2p_status_of_nothing_fails_clearly(capsys: pytest.CaptureFixture[
     assert "can't get the status from http://127.0.0.1:1/" in capsys.readouterr().err
 
 
+async def test_trustp2p_status_of_a_peer_port_says_so(
+    make_node: MakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by a tester: the peer port (an easy slip) said only "HTTP Error 426".
+    server = await make_node(server=True)
+    assert server.url is not None
+    peer_port = server.url.removeprefix("ws://")
+    assert await asyncio.to_thread(main, ["status", "--admin", peer_port]) == 1
+    err = capsys.readouterr().err
+    assert "426" in err
+    assert err.rstrip().endswith(
+        "(a peer listener: give the node's --admin HOST:PORT, not its --port)"
+    )
+
+
 async def test_limits_penalties_and_validation_are_counted(make_node: MakeNode) -> None:
     server, client = await pair(make_node, request_rate=5, request_burst=1)
     assert client.client is not None and server.gossip is not None

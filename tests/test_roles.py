@@ -265,6 +265,21 @@ async def test_connection_to_waits_for_that_server(make_node: MakeNode) -> None:
         await role.connection_to("ws://127.0.0.1:9", timeout=0.05)
 
 
+async def test_wait_connected_takes_a_timeout(make_node: MakeNode) -> None:
+    # Found by a tester: against a dead URL it waited for ever unless wrapped.
+    client = await make_node(client=True, peers=["ws://127.0.0.1:9"])
+    role = client.client
+    assert role is not None
+    with pytest.raises(TimeoutError, match=r"^1 connection\(s\) not open within 0.05 s "):
+        await role.wait_connected(timeout=0.05)
+    with pytest.raises(TimeoutError, match=r"\(this role has 0\)$"):
+        await role.wait_connected(2, timeout=0.01)
+    server = await make_node(server=True)
+    assert server.url is not None
+    role.connect(server.url)
+    await role.wait_connected(timeout=10)  # (a waiter that timed out left nothing behind)
+
+
 async def test_connect_and_disconnect(make_node: MakeNode) -> None:
     server = await make_node(server=True)
     client = await make_node(client=True)

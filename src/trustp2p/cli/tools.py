@@ -93,7 +93,10 @@ def status(admin: str, token: str | None, as_json: bool) -> int:
     try:
         answer = fetch_status(admin, token=token)
     except (OSError, ValueError) as exc:
-        click.echo(f"trustp2p: error: can't get the status from {admin}: {exc}", err=True)
+        hint = ""
+        if getattr(exc, "code", None) == 426:  # urllib's HTTPError: a WebSocket listener
+            hint = " (a peer listener: give the node's --admin HOST:PORT, not its --port)"
+        click.echo(f"trustp2p: error: can't get the status from {admin}: {exc}{hint}", err=True)
         return 1
     if as_json:
         click.echo(json.dumps(answer, indent=2))

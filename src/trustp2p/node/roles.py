@@ -67,16 +67,29 @@ class Role:
         """The open connections of this role, oldest first."""
         return list(self._sockets.values())
 
-    async def wait_connected(self, count: int = 1) -> None:
-        """Wait until this role has at least ``count`` open connections (a peer that
+    async def wait_connected(self, count: int = 1, *, timeout: float | None = None) -> None:
+        """
+        Wait until this role has at least ``count`` open connections (a peer that
         dialled this node too may keep its connection to us instead: that one is the
-        server role's)."""
+        server role's).
+
+        Raises:
+            TimeoutError: If it hasn't within ``timeout`` seconds (None: wait as long as
+                it takes; against a server that is down, for ever: found by a tester).
+
+        """
         if len(self._sockets) >= count:
             return
         future = asyncio.get_running_loop().create_future()
         self._waiters.append((count, future))
         try:
-            await future
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            have = len(self._sockets)
+            raise TimeoutError(
+                f"{count} connection(s) not open within {timeout} s (this role has {have})"
+            ) from None
         finally:
             self._waiters.remove((count, future))
 
