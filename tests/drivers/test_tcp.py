@@ -22,6 +22,7 @@ from tests.drivers.conformance import (
     DriverHarness,
     RecordingListener,
 )
+from tests.pacing import Pace, paced
 from trustp2p.drivers import (
     FRAME_PROGRESS,
     CloseCode,
@@ -528,16 +529,20 @@ async def test_deadline_is_per_frame(harness: DriverHarness, raw_peers: list[Raw
     # Two frames, each completed within the deadline, together take longer than it.
     # The sleeps are the test: real time passing against the frame deadline.
     timeout = 250 * MS
-    raw, events = await serve_raw(harness, raw_peers, DriverOptions(frame_timeout=timeout))
-    await raw.send(b"\x00\x00\x00\x02a")
-    await asyncio.sleep(0.6 * timeout)
-    await raw.send(b"b\x00\x00")
-    await asyncio.sleep(0.6 * timeout)
-    await raw.send(b"\x00\x02cd")
-    assert await events.wait_messages(raw.server, 2) == [b"ab", b"cd"]
-    await asyncio.sleep(1.2 * timeout)  # idle between frames: no deadline runs
-    assert not raw.server.closed
-    assert events.errors(raw.server) == []
+
+    async def scenario(pace: Pace) -> None:
+        raw, events = await serve_raw(harness, raw_peers, DriverOptions(frame_timeout=timeout))
+        await raw.send(b"\x00\x00\x00\x02a")
+        await pace.sleep(0.6 * timeout)
+        await raw.send(b"b\x00\x00")
+        await pace.sleep(0.6 * timeout)
+        await raw.send(b"\x00\x02cd")
+        assert await events.wait_messages(raw.server, 2) == [b"ab", b"cd"]
+        await asyncio.sleep(1.2 * timeout)  # idle between frames: no deadline runs
+        assert not raw.server.closed
+        assert events.errors(raw.server) == []
+
+    await paced(scenario, limit=0.9 * timeout)
 
 
 async def test_a_frame_that_keeps_coming_is_not_stalled(
@@ -547,16 +552,21 @@ async def test_a_frame_that_keeps_coming_is_not_stalled(
     # FRAME_PROGRESS bytes. (A deadline for the whole frame cut a 256 KiB package on any
     # link under 210 kbit/s.) The sleeps are the test: real time against the deadline.
     timeout = 250 * MS
-    raw, events = await serve_raw(harness, raw_peers, DriverOptions(frame_timeout=timeout))
     size = 4 * FRAME_PROGRESS + 10
-    await raw.send(struct.pack(">I", size))
-    for chunk in range(4):
-        await raw.send(bytes([chunk]) * FRAME_PROGRESS)
-        await asyncio.sleep(0.6 * timeout)
-    await raw.send(b"0123456789")
-    [message] = await events.wait_messages(raw.server, 1)
-    assert len(message) == size and message.endswith(b"\x03" + b"0123456789")
-    assert events.errors(raw.server) == []
+
+    async def scenario(pace: Pace) -> tuple[RawPeer, RecordingListener]:
+        raw, events = await serve_raw(harness, raw_peers, DriverOptions(frame_timeout=timeout))
+        await raw.send(struct.pack(">I", size))
+        for chunk in range(4):
+            await raw.send(bytes([chunk]) * FRAME_PROGRESS)
+            await pace.sleep(0.6 * timeout)
+        await raw.send(b"0123456789")
+        [message] = await events.wait_messages(raw.server, 1)
+        assert len(message) == size and message.endswith(b"\x03" + b"0123456789")
+        assert events.errors(raw.server) == []
+        return raw, events
+
+    raw, events = await paced(scenario, limit=0.9 * timeout)
     # Then a frame that stops coming is cut at its deadline, as ever.
     await raw.send(struct.pack(">I", 100) + b"x" * 10)
     await _expect_failure(

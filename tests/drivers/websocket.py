@@ -21,6 +21,7 @@ from trustp2p.drivers import (
 )
 
 from ..conftest import MS
+from ..pacing import Pace, paced
 from ..processes import free_port
 from .conformance import TIMEOUT, DriverHarness
 
@@ -249,23 +250,28 @@ class WebSocketChecks:
         # FRAME_PROGRESS bytes. (A deadline for the whole frame cut a 256 KiB package on
         # any link under 210 kbit/s.) The sleeps are the test: real time against it.
         timeout = 250 * MS
-        client, events, server = await _raw_client(harness, DriverOptions(frame_timeout=timeout))
-        try:
-            transport = client.transport
-            size = 4 * FRAME_PROGRESS + 10
-            # A masked binary frame with an 8-byte length and a zero mask key.
-            transport.write(b"\x82\xff" + size.to_bytes(8, "big") + b"\0\0\0\0")
-            for chunk in range(4):
-                transport.write(bytes([chunk]) * FRAME_PROGRESS)
-                await asyncio.sleep(0.6 * timeout)
-            transport.write(b"0123456789")
-            [message] = await events.wait_messages(server, 1)
-            assert len(message) == size and message.endswith(b"\x03" + b"0123456789")
-            assert events.errors(server) == []
-            server.write(b"still open")
-            assert await client.recv() == b"still open"
-        finally:
-            client.transport.abort()
+
+        async def scenario(pace: Pace) -> None:
+            options = DriverOptions(frame_timeout=timeout)
+            client, events, server = await _raw_client(harness, options)
+            try:
+                transport = client.transport
+                size = 4 * FRAME_PROGRESS + 10
+                # A masked binary frame with an 8-byte length and a zero mask key.
+                transport.write(b"\x82\xff" + size.to_bytes(8, "big") + b"\0\0\0\0")
+                for chunk in range(4):
+                    transport.write(bytes([chunk]) * FRAME_PROGRESS)
+                    await pace.sleep(0.6 * timeout)
+                transport.write(b"0123456789")
+                [message] = await events.wait_messages(server, 1)
+                assert len(message) == size and message.endswith(b"\x03" + b"0123456789")
+                assert events.errors(server) == []
+                server.write(b"still open")
+                assert await client.recv() == b"still open"
+            finally:
+                client.transport.abort()
+
+        await paced(scenario, limit=0.9 * timeout)
 
     @pytest.mark.parametrize("pings", [False, True], ids=["fragments", "fragments-and-pings"])
     async def test_a_message_dribbled_as_tiny_fragments_is_closed_at_the_deadline(
@@ -339,21 +345,26 @@ class WebSocketChecks:
         # between them: the message takes three deadlines and arrives. The sleeps are
         # the test: real time against the deadline.
         timeout = 250 * MS
-        client, events, server = await _raw_client(harness, DriverOptions(frame_timeout=timeout))
-        try:
-            transport = client.transport
-            for n in range(5):
-                fragment = bytes([n]) * FRAME_PROGRESS
-                transport.write(_masked_frame(0x0 if n else 0x2, fragment, fin=n == 4))
-                transport.write(_masked_frame(0x9, b"p"))
-                if n < 4:
-                    await asyncio.sleep(0.6 * timeout)
-            [message] = await events.wait_messages(server, 1)
-            assert len(message) == 5 * FRAME_PROGRESS and message[-1] == 4
-            assert events.errors(server) == []
-            assert not server.closed
-        finally:
-            client.transport.abort()
+
+        async def scenario(pace: Pace) -> None:
+            options = DriverOptions(frame_timeout=timeout)
+            client, events, server = await _raw_client(harness, options)
+            try:
+                transport = client.transport
+                for n in range(5):
+                    fragment = bytes([n]) * FRAME_PROGRESS
+                    transport.write(_masked_frame(0x0 if n else 0x2, fragment, fin=n == 4))
+                    transport.write(_masked_frame(0x9, b"p"))
+                    if n < 4:
+                        await pace.sleep(0.6 * timeout)
+                [message] = await events.wait_messages(server, 1)
+                assert len(message) == 5 * FRAME_PROGRESS and message[-1] == 4
+                assert events.errors(server) == []
+                assert not server.closed
+            finally:
+                client.transport.abort()
+
+        await paced(scenario, limit=0.9 * timeout)
 
     async def test_a_message_opened_in_the_read_that_ends_another_has_its_own_deadline(
         self, harness: DriverHarness
@@ -363,20 +374,25 @@ class WebSocketChecks:
         # opens B, B ends 0.6 deadline later (inherited, its deadline was at 1.0): both
         # arrive. The sleeps are the test.
         timeout = 400 * MS
-        client, events, server = await _raw_client(harness, DriverOptions(frame_timeout=timeout))
-        try:
-            transport = client.transport
-            transport.write(_masked_frame(0x2, b"a", fin=False))
-            await asyncio.sleep(0.6 * timeout)
-            transport.write(
-                _masked_frame(0x0, b"A", fin=True) + _masked_frame(0x2, b"b", fin=False)
-            )
-            await asyncio.sleep(0.6 * timeout)
-            transport.write(_masked_frame(0x0, b"B", fin=True))
-            assert await events.wait_messages(server, 2) == [b"aA", b"bB"]
-            assert events.errors(server) == []
-        finally:
-            client.transport.abort()
+
+        async def scenario(pace: Pace) -> None:
+            options = DriverOptions(frame_timeout=timeout)
+            client, events, server = await _raw_client(harness, options)
+            try:
+                transport = client.transport
+                transport.write(_masked_frame(0x2, b"a", fin=False))
+                await pace.sleep(0.6 * timeout)
+                transport.write(
+                    _masked_frame(0x0, b"A", fin=True) + _masked_frame(0x2, b"b", fin=False)
+                )
+                await pace.sleep(0.6 * timeout)
+                transport.write(_masked_frame(0x0, b"B", fin=True))
+                assert await events.wait_messages(server, 2) == [b"aA", b"bB"]
+                assert events.errors(server) == []
+            finally:
+                client.transport.abort()
+
+        await paced(scenario, limit=0.9 * timeout)
 
     async def test_frames_each_within_the_deadline_are_not_closed(
         self, harness: DriverHarness
