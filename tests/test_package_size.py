@@ -4,9 +4,10 @@ it against the sender (a secure peer blocks it for an hour). A request or talk r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -18,6 +19,7 @@ from trustp2p import (
     PackageTooLarge,
     PackageType,
     RemoteError,
+    RequestTimeout,
     Socket,
     Tag,
     Thread,
@@ -149,6 +151,46 @@ async def test_a_request_over_the_peers_limit_raises_and_is_not_sent(
             await client.client.request(socket, "echo", body)
     assert not socket.closed
     assert await client.client.request(socket, "echo", {"n": 1}) == {"n": 1}
+
+
+class Hang(Thread):
+    """Takes requests and never answers; says which node got each."""
+
+    got: ClassVar[list[str | None]] = []
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"hang": self.hang}}
+
+    async def hang(self, socket: Socket, package: Package) -> None:
+        Hang.got.append(self.node.url)
+        await asyncio.sleep(30)
+
+
+async def test_a_request_is_not_rerouted_to_a_peer_that_takes_less(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found in review: a reroutable request that stalled at a server was rerouted to one
+    # whose max_package_size it was over, and written all the same.
+    caplog.set_level(logging.DEBUG, logger="trustp2p.node.requests")
+    Hang.got.clear()
+    large = await make_node(server=True, threads=[Hang])
+    small = await make_node(server=True, threads=[Hang], max_package_size=SMALL)
+    client = await make_node(client=True, peers=[large.url, small.url], stalled_timeout=0.05)
+    role = client.client
+    assert role is not None
+    await role.wait_connected(2, timeout=10)
+    await wait_for(lambda: any(client.connection(s).protocol.peer_max_size for s in role.sockets))
+    to_large, to_small = sorted(role.sockets, key=lambda s: s is not role.socket_for(large.url))
+    with pytest.raises(RequestTimeout):  # it waits at the one server that takes it
+        await role.request(to_large, "hang", {"p": "x" * SMALL}, reroute=True, timeout=0.5)
+    assert Hang.got == [large.url]
+    assert not to_small.closed
+    assert any("no other server to reroute to" in line for line in caplog.messages)
+    # A request that fits goes on to the smaller peer as before.
+    with pytest.raises(RequestTimeout):
+        await role.request(to_large, "hang", {"n": 1}, reroute=True, timeout=0.5)
+    assert Hang.got == [large.url, large.url, small.url]
 
 
 async def test_an_answer_over_the_askers_limit_is_an_error_answer(make_node: MakeNode) -> None:

@@ -45,7 +45,7 @@ class Router:
         self.conns = list(conns)
         self.asked: list[list[ConnId]] = []
 
-    def __call__(self, tried: Collection[ConnId]) -> ConnId | None:
+    def __call__(self, tried: Collection[ConnId], package: Package) -> ConnId | None:
         self.asked.append(list(tried))
         return next((conn for conn in self.conns if conn not in tried), None)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from ..admin.counters import Metrics
-from ..exceptions import ConnectionClosed, RemoteError, RequestTimeout
+from ..exceptions import ConnectionClosed, PackageTooLarge, RemoteError, RequestTimeout
 from ..loop import loop_clock
 from ..protocol.close import CloseCode
 from ..protocol.deliver import (
@@ -87,7 +87,7 @@ class Requests:
         self._table = RequestTable(
             clock=clock,
             send=connections.send_nowait,
-            reroute_target=reroute_target,
+            reroute_target=None if reroute_target is None else self._fitting(reroute_target),
             response_timeout=response_timeout,
             stalled_timeout=stalled_timeout,
         )
@@ -98,6 +98,28 @@ class Requests:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._metrics = metrics if metrics is not None else Metrics()
+
+    def _fitting(
+        self, reroute_target: Callable[[Collection[ConnId]], ConnId | None]
+    ) -> Callable[[Collection[ConnId], Package], ConnId | None]:
+        """``reroute_target``, passing over the connections whose peer takes smaller
+        packages than the request (found in review: it was written to one anyway, which
+        closed the connection, 1009)."""
+
+        def target(tried: Collection[ConnId], package: Package) -> ConnId | None:
+            skipped = list(tried)
+            while (conn_id := reroute_target(skipped)) is not None:
+                conn = self._connections.get(conn_id)
+                limit = None if conn is None else conn.protocol.peer_max_size
+                try:
+                    check_size(package, limit, peer=True)
+                except PackageTooLarge:
+                    skipped.append(conn_id)
+                    continue
+                return conn_id
+            return None
+
+        return target
 
     async def request(
         self,

@@ -208,9 +208,9 @@ class RequestTable:
         send: Called to put a package on the wire to a connection. It must not block
             and must not raise: if the connection is gone, the node reports it with
             :meth:`connection_lost`.
-        reroute_target: Given the connections a request was already sent to, returns
-            another connection to reroute it to, or ``None``. Without it, requests
-            never reroute.
+        reroute_target: Given the connections a request was already sent to and the
+            request, returns another connection to reroute it to (one that takes a
+            package that size), or ``None``. Without it, requests never reroute.
         response_timeout: Default time a waiter waits for a response, in seconds.
         stalled_timeout: Time after which a rerouting request is sent to the next
             connection, in seconds.
@@ -225,7 +225,7 @@ class RequestTable:
         *,
         clock: Callable[[], float],
         send: Callable[[ConnId, Package], None],
-        reroute_target: Callable[[Collection[ConnId]], ConnId | None] | None = None,
+        reroute_target: Callable[[Collection[ConnId], Package], ConnId | None] | None = None,
         response_timeout: float = 300.0,
         stalled_timeout: float = 5.0,
     ) -> None:
@@ -409,7 +409,7 @@ class RequestTable:
 
     def _next_target(self, entry: _Entry) -> ConnId | None:
         assert self._reroute_target is not None
-        return self._reroute_target(entry.tried)
+        return self._reroute_target(entry.tried, entry.package)
 
     def _resend(self, entry: _Entry, conn: ConnId) -> None:
         entry.tried.append(conn)
