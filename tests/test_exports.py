@@ -51,6 +51,7 @@ MODULES = [
     "trustp2p.protocol.gossip.router",
     "trustp2p.protocol.gossip.streams",
     "trustp2p.protocol.gossip.catchup",
+    "trustp2p.protocol.gossip.pacing",
     "trustp2p.testing",
     "trustp2p.apps",
     "trustp2p.apps.appdir",

@@ -26,11 +26,13 @@ from trustp2p.node.gossip_log import to_logged
 from trustp2p.node.gossip_thread import GossipThread
 from trustp2p.node.roles import Role
 from trustp2p.protocol.gossip import (
+    CLOCK_SKEW,
     FETCH,
     HWM,
     IHAVE,
     IWANT,
     GossipMessage,
+    PublishPacing,
     catchup,
     sign_message,
     stream_key,
@@ -451,21 +453,19 @@ async def test_a_burst_of_own_publishes_disconnects_no_peer(
     assert not [r for r in caplog.records if "send queue full" in r.getMessage()]
 
 
-async def test_publish_waits_for_no_peer_that_reads_nothing(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_publish_waits_for_no_peer_that_reads_nothing() -> None:
     """Found by an attacker: every publish() waited for every connection whose write
     buffer was full, carrying the topic or not, until the stall watch closed it (20 s):
     a peer that asked for large answers and read nothing held the node to 8 messages a
     minute. It waits for the peers that carry the topic, PUBLISH_WAIT at most, then no
     more for those still behind."""
-    monkeypatch.setattr(trustp2p.node.gossip, "PUBLISH_WAIT", 0.2)
     hub = MemoryHub()
     async with (
         memory_node(hub, "pub") as pub,
         memory_node(hub, "slow") as slow,
         memory_node(hub, "idle") as idle,
     ):
+        gossip(pub).pacing = PublishPacing(clock=asyncio.get_running_loop().time, wait=0.2)
         slow.subscribe("chat")
         for node in (slow, idle):
             assert node.client is not None and pub.url is not None
@@ -484,6 +484,43 @@ async def test_publish_waits_for_no_peer_that_reads_nothing(
         assert socket_to(pub, "slow").write_paused and not to_idle.closed
         for node in (slow, idle):
             socket_to(node, "pub").resume_reading()  # (for a prompt stop)
+
+
+async def test_publish_doesnt_keep_waiting_for_a_peer_that_drains_just_in_time() -> None:
+    """Found by an attacker: a subscriber that read its buffer just before publish()'s
+    second was up was never still behind when the wait ended, so every publish()
+    waited for it again (~0.8 s each: a node publishing 5 a second published 1). Its
+    waits add up: once they reach PUBLISH_WAIT, it is slow, and publish() goes on
+    without it until it has kept up for a while; it gets every message all the same."""
+    hub = MemoryHub()
+    async with memory_node(hub, "pub") as pub, memory_node(hub, "sub") as sub:  # defaults
+        got: list[GossipMessage] = []
+        sub.subscribe("chat", got.append)
+        assert sub.client is not None and pub.url is not None
+        sub.client.connect(pub.url)
+        await sub.client.wait_connected()
+        await wait_for(lambda: subscribed(pub, "chat", 1))
+        to_sub, from_pub = socket_to(pub, "sub"), socket_to(sub, "pub")
+
+        async def drain_in_time() -> None:  # reads 0.2 s after its buffer filled up
+            while True:
+                from_pub.pause_reading()
+                await wait_for(lambda: to_sub.write_paused)
+                await asyncio.sleep(0.2)
+                from_pub.resume_reading()
+                await wait_for(lambda: not to_sub.write_paused)
+
+        waited = 0  # publishes that found the subscriber behind and waited for it
+        async with asyncio.TaskGroup() as group:
+            reader = group.create_task(drain_in_time())
+            for n in range(60):  # (a publish sends after its wait: each other one waits)
+                behind = to_sub.write_paused
+                await pub.publish("chat", {"n": n, "text": "x" * 100_000})
+                waited += behind and not to_sub.write_paused
+            reader.cancel()
+        from_pub.resume_reading()
+        assert waited <= 15  # 30 before, each ~0.2 s
+        await wait_for(lambda: len(got) == 60)
 
 
 async def test_a_loop_of_publishes_lets_the_event_loop_run() -> None:
@@ -777,14 +814,17 @@ async def test_old_messages_are_not_delivered_again_after_their_mark_was_pushed_
             relay.send_package(socket, build_package(PackageType.GOSSIP, "chat", message.to_body()))
 
         honest, now = Identity.generate(), int(time.time() * 1000)
-        old = [sign_message(honest, "chat", seq, now - 60_000, {"n": seq}) for seq in (1, 2, 3)]
+        then = now - 60_000 - int(CLOCK_SKEW * 1000)  # (a lagging clock's are taken)
+        old = [sign_message(honest, "chat", seq, then, {"n": seq}) for seq in (1, 2, 3)]
         for message in old:
             send(message)
         await wait_for(lambda: len(got) == 3)
         log = gossip(node).message_log
         assert log is not None
         for _ in range(15):  # idle marks: 10 at most here, the least recently moved go
-            send(sign_message(Identity.generate(), "chat", 1, now, {}))
+            flooder = Identity.generate()  # with a history (one-message origins go first)
+            for seq in (1, 2):
+                send(sign_message(flooder, "chat", seq, now, {}))
         await wait_for(lambda: log.delivered(stream_key("chat", honest.peer_id)) == 0)
         for message in old:  # replayed verbatim
             send(message)
@@ -793,6 +833,54 @@ async def test_old_messages_are_not_delivered_again_after_their_mark_was_pushed_
         send(last := sign_message(Identity.generate(), "chat", 1, fresh, {}))
         await wait_for(lambda: got[-1] == last)
         assert [m for m in got if m.origin == honest.peer_id] == old
+        assert gossip(node).too_old == 3
+
+
+async def test_after_a_flood_of_origins_a_lagging_clock_is_taken_and_a_drop_is_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an attacker: after a flood of throwaway origins, every message of a
+    publisher whose clock lagged over a minute was dropped, unseen and unsaid, for
+    minutes: those of new origins (older than the marks forgotten), and those of
+    publishers with a history, whose marks the flood pushed out too."""
+    monkeypatch.setattr(trustp2p.storage.msglog, "MARK_GRACE", 0.0)  # (a minute, else)
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "relay") as relay,
+        memory_node(hub, "node", log_max_messages=1, seen_max=5) as node,
+    ):
+        got: list[GossipMessage] = []
+        node.subscribe("chat", got.append)
+        assert relay.client is not None and node.url is not None
+        relay.client.connect(node.url)
+        await relay.client.wait_connected()
+        socket = socket_to(relay, "node")
+
+        def send(message: GossipMessage) -> None:
+            relay.send_package(socket, build_package(PackageType.GOSSIP, "chat", message.to_body()))
+
+        now = int(time.time() * 1000)
+        lag = now - 240_000  # a clock 4 minutes behind
+        known = Identity.generate()
+        for seq in (1, 2, 3):
+            send(sign_message(known, "chat", seq, lag, {}))
+        await wait_for(lambda: len(got) == 3)
+        log = gossip(node).message_log
+        assert log is not None
+        flood = [Identity.generate() for _ in range(15)]  # idle marks: 10 at most here
+        for identity in flood:
+            send(sign_message(identity, "chat", 1, now, {}))
+        await wait_for(lambda: log.forgotten_before * 1000 > now)
+        assert log.delivered(stream_key("chat", known.peer_id)) == 3  # kept its mark
+        send(later := sign_message(known, "chat", 4, lag, {}))
+        send(new := sign_message(Identity.generate(), "chat", 1, lag, {}))
+        await wait_for(lambda: got[-2:] == [later, new])
+        with caplog.at_level(logging.WARNING, logger="trustp2p.node.gossip"):
+            too_far = now - 600_000  # 10 minutes behind: possibly a replay, dropped
+            send(sign_message(Identity.generate(), "chat", 1, too_far, {}))
+            await wait_for(lambda: gossip(node).too_old == 1)
+        assert "is the origin's clock behind?" in caplog.text
+        assert node.metrics.topic_too_old == {"chat": 1}
 
 
 async def test_the_gaps_between_held_messages_are_fetched_together(spy: RequestSpy) -> None:

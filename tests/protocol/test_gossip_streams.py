@@ -26,7 +26,7 @@ from trustp2p.protocol.gossip import (
     split_stream_key,
     stream_key,
 )
-from trustp2p.protocol.gossip.streams import UNANSWERED_GAP_FACTOR
+from trustp2p.protocol.gossip.streams import CLOCK_SKEW, UNANSWERED_GAP_FACTOR
 
 from ..conftest import FakeClock
 
@@ -178,13 +178,37 @@ def test_a_message_of_a_stream_without_a_mark_older_than_forgotten_marks_is_stal
     streams, marks, _ = _streams(max_age=None)
     old = _message(5, ts=1_000_000)
     assert not streams.is_stale(old)
-    marks.forgotten_before = 1000.0  # (seconds; the message's ts is in milliseconds)
+    # (seconds; the message's ts is in milliseconds; CLOCK_SKEW is left for lagging clocks)
+    marks.forgotten_before = 1000.0 + CLOCK_SKEW
     assert not streams.is_stale(old)  # as old as the floor: it may be new
-    marks.forgotten_before = 1000.001
-    assert streams.is_stale(old)
+    marks.forgotten_before = 1000.001 + CLOCK_SKEW
+    assert streams.stale(old) == "forgotten"
     marks.marks[STREAM] = 2  # a stream with a mark: its seq says
     assert not streams.is_stale(old)
-    assert streams.is_stale(_message(2, ts=1_000_000))
+    assert streams.stale(_message(2, ts=1_000_000)) == "delivered"
+
+
+def test_a_clock_behind_by_less_than_clock_skew_passes_the_forgotten_marks() -> None:
+    """Found by an attacker: after a flood of throwaway origins, the marks forgotten had
+    moved a minute ago, and every message of a publisher (without a mark) whose clock
+    was more than a minute behind was dropped, unseen. A lag of up to CLOCK_SKEW passes;
+    older still is dropped, as a replay may be."""
+    streams, marks, _ = _streams(max_age=None)
+    marks.forgotten_before = NOW_MS / 1000 - 60  # a flood a minute ago
+    lagging = _message(1, ts=NOW_MS - 300_000)  # a clock 5 minutes behind
+    assert CLOCK_SKEW >= 240
+    assert streams.stale(lagging) is None
+    assert streams.add(lagging, "peer") == [Deliver(lagging, "peer")]
+    older = _message(1, identity=BOB, ts=int((marks.forgotten_before - CLOCK_SKEW) * 1000) - 1)
+    assert streams.stale(older) == "forgotten"
+    tight, _, _ = _streams(marks, max_age=None, clock_skew=0.0)
+    assert tight.stale(_message(1, identity=BOB, ts=NOW_MS - 60_001)) == "forgotten"
+
+
+def test_a_message_past_max_age_is_stale_as_expired() -> None:
+    streams, _, _ = _streams(max_age=60.0)
+    assert streams.stale(_message(1, ts=NOW_MS - 60_001)) == "expired"
+    assert streams.stale(_message(1, ts=NOW_MS - 60_000)) is None
 
 
 def test_a_gap_is_skipped_at_exactly_gap_timeout() -> None:

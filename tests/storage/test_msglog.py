@@ -346,6 +346,29 @@ async def test_idle_delivery_marks_are_bounded(clock: FakeClock) -> None:
         await log.close()
 
 
+async def test_marks_of_one_message_origins_are_forgotten_before_those_with_a_history(
+    clock: FakeClock,
+) -> None:
+    """Found by an attacker: a flood of throwaway origins (one message each) pushed the
+    marks of publishers with a history out too, the least recently moved first; their
+    messages were then held to the marks forgotten, and dropped if their clock lagged.
+    Past the bound, marks at 1 go first, the least recently moved of them first."""
+    log = await MessageLog.open(None, clock=clock, max_messages=1)  # 10 idle marks
+    try:
+        log.mark_delivered("honest", 7)  # the least recently moved
+        clock.advance(1)
+        for i in range(12):  # a flood of one-message origins
+            log.mark_delivered(f"tp{i}", 1)
+            clock.advance(1)
+        clock.advance(MARK_GRACE)  # (marks that moved within it are kept)
+        assert await log.flush() is True
+        assert log.delivered("honest") == 7
+        assert [log.delivered(f"tp{i}") for i in range(12)] == [0] * 4 + [1] * 8
+        assert log.forgotten_before == 1004.0  # tp3's, forgotten last
+    finally:
+        await log.close()
+
+
 async def test_marks_forgotten_for_their_number_leave_a_floor(clock: FakeClock, path: Path) -> None:
     """Found by an attacker: 125,000 one-message origins pushed an honest origin's mark
     out, and its old messages, replayed, were delivered again. The log keeps when the

@@ -256,6 +256,12 @@ class NodeCollector(Collector):
             ("duplicates", "Messages received again.", stats.duplicates),
             ("delivered", "Messages handed to threads and subscribers.", gossip.delivered),
             ("caught_up", "Messages obtained by catch-up.", gossip.caught_up),
+            (
+                "too_old",
+                "Messages dropped for their timestamp: older than log_max_age, or than"
+                " the delivery marks forgotten (origins without a mark).",
+                gossip.too_old,
+            ),
             ("forwarded", "Copies sent on eagerly.", stats.forwarded),
             ("invalid", "Forged, altered, malformed or rejected messages.", stats.invalid),
             (

@@ -150,6 +150,8 @@ class Metrics:
         validation: Gossip validator verdicts (accept, ignore, reject).
         topic_published, topic_delivered: Gossip messages by topic (status only, never
             a label).
+        topic_too_old: Gossip messages dropped for their timestamp, by topic (status
+            only): see ``Gossip.too_old``.
 
     """
 
@@ -184,6 +186,7 @@ class Metrics:
         self.validation: dict[str, int] = {}
         self.topic_published: dict[str, int] = {}
         self.topic_delivered: dict[str, int] = {}
+        self.topic_too_old: dict[str, int] = {}
 
     def package_in(self, package_type: int, size: int) -> None:
         """Count one package received (the node inlines this on its hot path)."""

@@ -83,7 +83,8 @@ def _topics(node: Node, rates: TopicRates, now: float) -> list[dict[str, Any]]:
     subscribed = node.gossip.topics if node.gossip is not None else set()
     delivered = metrics.topic_delivered
     per_second = rates.update(delivered, now)
-    names = sorted(subscribed | set(metrics.topic_published) | set(delivered))
+    too_old = metrics.topic_too_old
+    names = sorted(subscribed | set(metrics.topic_published) | set(delivered) | set(too_old))
     return [
         {
             "topic": topic,
@@ -91,6 +92,7 @@ def _topics(node: Node, rates: TopicRates, now: float) -> list[dict[str, Any]]:
             "published": metrics.topic_published.get(topic, 0),
             "delivered": delivered.get(topic, 0),
             "rate_per_s": round(per_second.get(topic, 0.0), 3),
+            "too_old": too_old.get(topic, 0),
         }
         for topic in names
     ]

@@ -25,7 +25,6 @@ from __future__ import annotations
 __all__ = ["PUBLISH_WAIT", "Gossip", "GossipHandler", "Validation", "Validator"]
 
 import asyncio
-import contextlib
 import enum
 import inspect
 import json
@@ -37,14 +36,17 @@ from typing import TYPE_CHECKING
 
 from ..admin.counters import MAX_TOPICS, count
 from ..drivers.base import Socket
-from ..exceptions import ConnectionClosed, GossipError, NodeStateError
+from ..exceptions import GossipError, NodeStateError
+from ..protocol.deliver import ConnId
 from ..protocol.gossip import (
     CatchUp,
     Deliver,
     FairShare,
     GossipMessage,
     GossipRouter,
+    PublishPacing,
     ReleaseMarks,
+    Stale,
     StreamEvent,
     Streams,
     message_size_limit,
@@ -55,23 +57,22 @@ from ..protocol.gossip import (
     stream_key,
     wire_size,
 )
+from ..protocol.gossip.pacing import PUBLISH_WAIT
 from ..protocol.package import Body, Package, PackageType
 from ..storage.msglog import LOG_FILE, MessageLog
 from ..tasks import TaskOwner
 from .dispatch import call_logged
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
+from .gossip_drops import too_old_line
 from .gossip_log import delivered, to_logged, undelivered
+from .gossip_publish import wait_for_peers
 from .gossip_send import ActionSender
 
 if TYPE_CHECKING:
     from .node import Node
 
 logger = logging.getLogger(__name__)
-
-PUBLISH_WAIT = 1.0
-"""Seconds ``publish()`` waits at most for the write buffers of the peers that carry its
-topic to drain (see :meth:`Gossip._wait_for_peers`)."""
 
 
 class Validation(enum.Enum):
@@ -100,11 +101,16 @@ class Gossip:
 
     Attributes:
         router: Where messages go (:class:`~trustp2p.protocol.gossip.GossipRouter`).
+        pacing: Whom ``publish()`` waits for
+            (:class:`~trustp2p.protocol.gossip.PublishPacing`).
         catchup: What is being fetched (:class:`~trustp2p.protocol.gossip.CatchUp`).
         message_log: The persisted message log, once started.
         tasks: The owner of the service's tasks.
         delivered: Messages handed to threads and subscribers.
         caught_up: Messages obtained by catch-up.
+        too_old: Messages dropped for their timestamp, unseen: older than
+            ``log_max_age``, or, of an origin without a delivery mark, than the marks
+            the log forgot (less :data:`~trustp2p.protocol.gossip.CLOCK_SKEW`).
 
     """
 
@@ -145,9 +151,9 @@ class Gossip:
         self._streams: Streams[Socket | None] | None = None
         self._marks: ReleaseMarks | None = None
         self._published: set[str] = set()  # topics this node published to
-        self._slow: set[Socket] = set()  # peers publish() no longer waits for (yet)
+        self.pacing: PublishPacing[ConnId] = PublishPacing(clock=self._now)
         self.tasks = TaskOwner(logger)
-        self.delivered = self.caught_up = 0
+        self.delivered = self.caught_up = self.too_old = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._publishing = asyncio.Lock()
         self._validators: dict[str, Validator] = {}
@@ -225,28 +231,15 @@ class Gossip:
     async def _wait_for_peers(self, topic: str) -> None:
         """
         The application's own burst waits for the peers that carry ``topic`` to take
-        it, as send() does, so that it doesn't fill their send queues; for
-        :data:`PUBLISH_WAIT` seconds at most, after which the peers still behind aren't
-        waited for until they have drained (what they miss meanwhile, they catch up).
-        Found by an attacker: every publish() waited for every connection whose write
-        buffer was full, carrying the topic or not, until the stall watch closed it
-        (20 s): one peer that asked for large answers and read nothing held a node to
-        8 messages a minute.
+        it, as send() does, so that it doesn't fill their send queues; as long as
+        :attr:`pacing` says (:data:`PUBLISH_WAIT` at most), not for slow peers (what
+        they miss meanwhile, they catch up). Found by attackers: one peer that read
+        nothing, then one that read just before each wait's second was up, held every
+        publish().
         """
         carry = self.router.peer_topics
-        self._slow = {s for s in self._slow if s.write_paused and not s.closed}
-        waited = [
-            s
-            for s in self.node.sockets
-            if s.write_paused and not s.closed and s not in self._slow and topic in carry(s.id)
-        ]
-        try:
-            async with asyncio.timeout(PUBLISH_WAIT):
-                for socket in waited:
-                    with contextlib.suppress(ConnectionClosed):
-                        await socket.drain()
-        except TimeoutError:
-            self._slow.update(s for s in waited if s.write_paused and not s.closed)
+        sockets = [s for s in self.node.sockets if topic in carry(s.id)]
+        await wait_for_peers(self.pacing, sockets, self._now)
 
     @property
     def waiting_bytes(self) -> int:
@@ -382,6 +375,7 @@ class Gossip:
 
     def connection_closed(self, socket: Socket) -> None:
         self.router.remove_peer(socket.id)
+        self.pacing.forget(socket.id)
         if self._fetcher is not None:
             self._fetcher.forget(socket.id)
 
@@ -445,17 +439,19 @@ class Gossip:
             return False  # not ours to carry
         # Delivered already, or older than anything we remember delivering (it might be
         # a repeat): dropped, but seen, so that its copies are dropped by id.
-        stale = self._order.is_stale(message)
+        stale = self._order.stale(message)
         # A message awaiting its validator (or dropped) is neither announced nor served.
         new = self.router.receive(
             socket.id if socket is not None else None,
             message,
-            pending=stale or message.topic in self._validators,
+            pending=stale is not None or message.topic in self._validators,
         )
         if not new:
             return False
-        if stale:
+        if stale is not None:
             self.router.refuse(message.id)
+            if stale != "delivered":
+                self._too_old(message, stale, live=live)
             return False
         source = socket if live else None
         if message.topic in self._validators:
@@ -463,6 +459,19 @@ class Gossip:
         else:
             self._accepted(source, message, forward=live)
         return True
+
+    def _too_old(self, message: GossipMessage, why: Stale, *, live: bool) -> None:
+        """A message dropped for its timestamp: counted, and said (live ones within the
+        log budget). Found by an attacker: after a flood of origins, the messages of a
+        publisher whose clock lagged were dropped unseen, and nothing said so."""
+        self.too_old += 1
+        count(self.node.metrics.topic_too_old, message.topic, limit=MAX_TOPICS)
+        marks = (self._log.forgotten_before, self._order.clock_skew)
+        text, where = too_old_line(message, why, self._wall_clock(), *marks)
+        if live:
+            self.node.connections.inbound.log(logger, logging.WARNING, "too old", text, *where)
+        else:
+            logger.debug(text, *where)
 
     def _accepted(
         self,

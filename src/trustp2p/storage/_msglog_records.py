@@ -11,8 +11,6 @@ Private to :mod:`trustp2p.storage`: users see :class:`LoggedMessage` through
 
 from __future__ import annotations
 
-import math
-
 __all__ = [
     "Batch",
     "Entry",
@@ -23,7 +21,6 @@ __all__ = [
     "Seqs",
     "Topic",
     "entry_position",
-    "stale_marks",
     "take",
 ]
 
@@ -32,7 +29,7 @@ import heapq
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -390,31 +387,6 @@ def take(
 def entry_position(entry: Entry) -> int:
     """An entry's position in the log: the order it was logged in."""
     return entry[2]
-
-
-def stale_marks(
-    marked: dict[str, float],
-    kept: Container[str],
-    max_idle: int,
-    cutoff: float,
-    young: float = math.inf,
-) -> list[str]:
-    """
-    The delivery marks to forget: of the origins not ``kept`` (no message left), those
-    that last moved before ``cutoff``, and the least recently moved past ``max_idle``
-    of them (a tenth more: each new origin would be over the bound again, and scan),
-    none that moved at ``young`` or later.
-    """
-    idle = [(when, origin) for origin, when in marked.items() if origin not in kept]
-    excess = len(idle) - max_idle
-    if excess > 0:
-        excess += max_idle // 10
-        idle.sort()
-    return [
-        origin
-        for i, (when, origin) in enumerate(idle)
-        if (i < excess and when < young) or when < cutoff
-    ]
 
 
 class Sizes:

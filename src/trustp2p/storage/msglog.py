@@ -67,6 +67,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import DATA_DIR
+from ._msglog_marks import forget_marks
 from ._msglog_records import (
     Batch,
     Entry,
@@ -76,7 +77,6 @@ from ._msglog_records import (
     Origin,
     Topic,
     entry_position,
-    stale_marks,
     take,
 )
 from .memory import MemoryShelf
@@ -503,15 +503,13 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         if now - self._marks_pruned < 1.0 and (not over or self._young_over):
             return
         self._marks_pruned = now
-        before = floor = self._sequences.get(_FORGOTTEN, 0)
-        young = now - MARK_GRACE
-        for origin in stale_marks(self._marked, kept, self._max_idle_marks, cutoff, young):
-            del self._delivered[origin]
-            floor = max(floor, math.ceil(min(self._marked.pop(origin), now) * 1000))
-            self._dirty_delivered.add(origin)
+        before = self._sequences.get(_FORGOTTEN, 0)
+        limits = (self._max_idle_marks, cutoff, now - MARK_GRACE, now)
+        forgotten, moved = forget_marks(self._delivered, self._marked, kept, *limits)
+        self._dirty_delivered.update(forgotten)
         self._young_over = len(self._marked) - len(kept) > self._max_idle_marks
-        if floor > before:
-            self._sequences[_FORGOTTEN] = floor
+        if moved > before:
+            self._sequences[_FORGOTTEN] = moved
             self._dirty_sequences.add(_FORGOTTEN)
 
     def _kept(self, entry: Entry) -> bool:

@@ -55,6 +55,7 @@ from .message import (
     payload_text,
     sign_message,
 )
+from .pacing import PublishPacing
 from .router import (
     GOSSIP_EVENTS,
     GRAFT,
@@ -71,6 +72,7 @@ from .router import (
     RouterAction,
 )
 from .streams import (
+    CLOCK_SKEW,
     DEFAULT_MAX_HELD,
     DEFAULT_MAX_HELD_BYTES,
     HELD_MESSAGE_OVERHEAD,
@@ -78,6 +80,7 @@ from .streams import (
     DeliveryMarks,
     GapSkipped,
     ReleaseMarks,
+    Stale,
     StreamEvent,
     Streams,
     split_stream_key,
@@ -85,6 +88,7 @@ from .streams import (
 )
 
 __all__ = [
+    "CLOCK_SKEW",
     "DEFAULT_ANSWER_BYTES",
     "DEFAULT_MAX_HELD",
     "DEFAULT_MAX_HELD_BYTES",
@@ -125,9 +129,11 @@ __all__ = [
     "HwmMarks",
     "PeerBudgets",
     "PeerKey",
+    "PublishPacing",
     "ReleaseMarks",
     "RoundBudget",
     "RouterAction",
+    "Stale",
     "StreamEvent",
     "Streams",
     "answer_size_limit",

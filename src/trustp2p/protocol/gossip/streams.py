@@ -35,6 +35,7 @@ delivers nothing twice. Only this object moves them.
 from __future__ import annotations
 
 __all__ = [
+    "CLOCK_SKEW",
     "DEFAULT_MAX_HELD",
     "DEFAULT_MAX_HELD_BYTES",
     "HELD_MESSAGE_OVERHEAD",
@@ -43,6 +44,7 @@ __all__ = [
     "DeliveryMarks",
     "GapSkipped",
     "ReleaseMarks",
+    "Stale",
     "StreamEvent",
     "Streams",
     "split_stream_key",
@@ -58,6 +60,21 @@ from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
 from .message import GossipMessage
 
 S = TypeVar("S")
+
+CLOCK_SKEW = 300.0
+"""Seconds a publisher's clock may be behind ours before its messages, of an origin
+without a delivery mark, look older than the marks the message log forgot
+(:attr:`DeliveryMarks.forgotten_before`) and are dropped. Found by an attacker: after a
+flood of throwaway origins set that time to a minute ago, every message of a publisher
+whose clock lagged more than a minute was dropped, unseen. The price: a replay of an
+origin whose mark was forgotten, timestamped within this much before the marks
+forgotten, is taken as new (the log keeps the marks of origins with a history longest).
+"""
+
+Stale: TypeAlias = Literal["delivered", "expired", "forgotten"]
+"""Why :meth:`Streams.stale` drops a message: released or skipped already
+(``"delivered"``), older than ``max_age`` (``"expired"``), or, of a stream without a
+mark, older than the marks the log forgot, less :data:`CLOCK_SKEW` (``"forgotten"``)."""
 
 UNANSWERED_GAP_FACTOR = 10
 r"""A gap no peer answered a fetch for is skipped after this many ``gap_timeout``\s."""
@@ -217,6 +234,7 @@ class Streams(Generic[S]):
         max_held: Most messages held in one stream.
         max_held_bytes: Most held in all streams: payload, in characters, plus
             :data:`HELD_MESSAGE_OVERHEAD` per message.
+        clock_skew: Seconds an origin's clock may be behind ours (:data:`CLOCK_SKEW`).
 
     Raises:
         ValueError: If a bound is negative, or ``max_held`` is 0.
@@ -233,6 +251,7 @@ class Streams(Generic[S]):
         max_age: float | None,
         max_held: int = DEFAULT_MAX_HELD,
         max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+        clock_skew: float = CLOCK_SKEW,
     ) -> None:
         if gap_timeout < 0:
             raise ValueError(f"gap_timeout must not be negative, not {gap_timeout}")
@@ -247,6 +266,7 @@ class Streams(Generic[S]):
         self.max_age = max_age
         self.max_held = max_held
         self.max_held_bytes = max_held_bytes
+        self.clock_skew = clock_skew
         self._held: dict[str, _Held[S]] = {}
         # Streams with a gap -> when it opened; in that order (oldest first).
         self._gap_since: dict[str, float] = {}
@@ -280,19 +300,29 @@ class Streams(Generic[S]):
         return self._marks.delivered(stream_key(topic, origin))
 
     def is_stale(self, message: GossipMessage) -> bool:
+        """Whether ``message`` is one to drop unseen (see :meth:`stale`)."""
+        return self.stale(message) is not None
+
+    def stale(self, message: GossipMessage) -> Stale | None:
         """
-        Whether ``message`` is one to drop unseen: released or skipped already, or older
-        than ``max_age`` (past it, the message log may have forgotten delivering it), or,
-        of a stream without a mark, older than the marks the log forgot for their number
-        (found by an attacker: old messages replayed after a flood of new origins).
+        Why ``message`` is one to drop unseen, or None: released or skipped already,
+        older than ``max_age`` (past it, the message log may have forgotten delivering
+        it), or, of a stream without a mark, older than the marks the log forgot for
+        their number, less :data:`CLOCK_SKEW` (found by an attacker: old messages
+        replayed after a flood of new origins were delivered again).
         """
         delivered = self._marks.delivered(stream_key(message.topic, message.origin))
         if message.seq <= delivered:
-            return True
-        floor = self._marks.forgotten_before if not delivered else 0.0
-        if self.max_age is not None:
-            floor = max(floor, self._wall_clock() - self.max_age)
-        return message.timestamp < floor * 1000
+            return "delivered"
+        if self.max_age is not None and message.timestamp < (
+            (self._wall_clock() - self.max_age) * 1000
+        ):
+            return "expired"
+        if not delivered and message.timestamp < (
+            (self._marks.forgotten_before - self.clock_skew) * 1000
+        ):
+            return "forgotten"
+        return None
 
     def add(self, message: GossipMessage, source: S) -> list[StreamEvent[S]]:
         """
