@@ -188,8 +188,9 @@ class NodeOptions:
         gossip_interval: Time between two gossip heartbeats.
         gossip_prune_backoff: After a ``gossip/prune`` between two peers (either way), the
             time neither grafts the other on that topic; a graft within it is refused
-            unanswered, and a second one is counted as an invalid package (GossipSub's
-            ``prune_backoff``; 0 turns it off). Peers should share one value.
+            unanswered, and counted as an invalid package past what an older node
+            sends (GossipSub's ``prune_backoff``; 0 turns it off). Peers should share
+            one value.
         seen_max: Most message ids remembered for de-duplication...
         seen_ttl: ...and for how long.
         max_hops: Relays a message may go through before it is no longer forwarded.

@@ -265,7 +265,7 @@ class NodeCollector(Collector):
             ),
             (
                 "early_grafts",
-                "Grafts within a prune backoff: refused unanswered (from the second, invalid).",
+                "Grafts within a prune backoff: refused unanswered, invalid past older nodes'.",
                 stats.early_grafts,
             ),
         ):

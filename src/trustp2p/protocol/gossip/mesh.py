@@ -10,20 +10,24 @@ that comes within it is *early*: the router refuses it without answering, so tha
 peer that grafts again at once gets one PRUNE a backoff, not one a graft (found by an
 attacker: 40 connections that grafted again on every PRUNE made 150,649 exchanges).
 
-Nodes before this rule graft again at their next heartbeat, once; they don't graft a
-peer again until they prune it themselves (they think it in their mesh). So the first
-early graft within a backoff is only counted; the next ones are a protocol error, which
-the node counts against the peer as an invalid package (an honest peer never sends
-two). Our own grafts wait a little longer than the backoff (:data:`BACKOFF_SLACK`), so
-that the peer, which started its backoff when our PRUNE or its own arrived, sees none
-of ours as early.
+Nodes before this rule (0.1.0) graft a peer again each time it leaves their mesh view:
+at their next heartbeat after a PRUNE either way, and when the topic comes back after
+either side unsubscribed; they then think it in their mesh and graft no more. So a
+backoff tolerates one early graft, and one more for each such PRUNE or unsubscription
+seen during it (a graft that crosses a PRUNE in flight is one of those, from any node);
+past that, an early graft is a protocol error, which the node counts against the peer
+as an invalid package. Tolerated or not, an early graft is refused unanswered. Our
+own grafts wait a little longer than the backoff (:data:`BACKOFF_SLACK`), so that the
+peer, which started its backoff when our PRUNE or its own arrived, sees none of ours
+as early.
 
 """
 
 from __future__ import annotations
 
-__all__ = ["BACKOFF_SLACK", "FIRST_DELIVERY_CAP", "MeshBook"]
+__all__ = ["BACKOFF_SLACK", "FIRST_DELIVERY_CAP", "GraftTiming", "MeshBook"]
 
+import enum
 import math
 import random
 from collections.abc import Iterable
@@ -49,14 +53,23 @@ class _Member:
         self.delivered = 0
 
 
-class _Backoff:
-    """A peer and we parted on a topic: until when, and its early grafts since."""
+class GraftTiming(enum.IntEnum):
+    """When a peer's graft came, for :meth:`MeshBook.early_graft` (false: on time)."""
 
-    __slots__ = ("early", "until")
+    ON_TIME = 0  # no backoff with the peer on that topic
+    EARLY = 1  # within one, and tolerated: refused unanswered
+    PENALISED = 2  # within one, once more than an honest peer would: refused, penalised
+
+
+class _Backoff:
+    """A peer and we parted on a topic: until when, and how many early grafts of it
+    are tolerated still (``credit``)."""
+
+    __slots__ = ("credit", "until")
 
     def __init__(self, until: float) -> None:
         self.until = until
-        self.early = 0
+        self.credit = 1
 
 
 class MeshBook:
@@ -125,9 +138,24 @@ class MeshBook:
 
     def pruned(self, topic: str, peer: PeerKey, now: float) -> None:
         """We pruned ``peer`` from ``topic`` (or refused its graft), or it pruned us:
-        a backoff starts afresh."""
-        if self.prune_backoff > 0:
-            self._backoffs.setdefault(peer, {})[topic] = _Backoff(now + self.prune_backoff)
+        a backoff starts, or starts again and tolerates one more early graft."""
+        if self.prune_backoff <= 0:
+            return
+        until = now + self.prune_backoff
+        backoffs = self._backoffs.setdefault(peer, {})
+        backoff = backoffs.get(topic)
+        if backoff is None or now >= backoff.until:
+            backoffs[topic] = _Backoff(until)
+        else:
+            backoff.until = max(backoff.until, until)
+            backoff.credit += 1
+
+    def left(self, topic: str, peer: PeerKey) -> None:
+        """``peer`` unsubscribed from ``topic`` (or we did): one more early graft is
+        tolerated, as an older node grafts once more when the topic is back."""
+        backoff = self._backoffs.get(peer, {}).get(topic)
+        if backoff is not None:
+            backoff.credit += 1
 
     def may_graft(self, topic: str, peer: PeerKey, now: float) -> bool:
         """Whether we may graft ``peer`` on ``topic``: its backoff, if any, is over with
@@ -135,18 +163,19 @@ class MeshBook:
         backoff = self._backoffs.get(peer, {}).get(topic)
         return backoff is None or now >= backoff.until + BACKOFF_SLACK * self.prune_backoff
 
-    def early_graft(self, topic: str, peer: PeerKey, now: float) -> int:
+    def early_graft(self, topic: str, peer: PeerKey, now: float) -> GraftTiming:
         """
-        ``peer`` grafted ``topic``: 0 if not within a backoff, else how many early
-        grafts it made in this backoff, this one included. An early graft starts the
-        backoff again, as in GossipSub.
+        ``peer`` grafted ``topic`` at ``now``: whether within a backoff, and if so
+        whether tolerated. An early graft starts the backoff again, as in GossipSub.
         """
         backoff = self._backoffs.get(peer, {}).get(topic)
         if backoff is None or now >= backoff.until:
-            return 0
+            return GraftTiming.ON_TIME
         backoff.until = now + self.prune_backoff
-        backoff.early += 1
-        return backoff.early
+        if backoff.credit > 0:
+            backoff.credit -= 1
+            return GraftTiming.EARLY
+        return GraftTiming.PENALISED
 
     # Forgetting
 
@@ -161,9 +190,12 @@ class MeshBook:
                 del self._backoffs[peer]
 
     def forget_topic(self, topic: str) -> None:
-        """We left ``topic``: its seniority goes (its backoffs stay, to be honoured)."""
+        """We left ``topic``: its seniority goes. Its backoffs stay, to be honoured,
+        and tolerate one more early graft each (see :meth:`left`)."""
         for members in self._members.values():
             members.pop(topic, None)
+        for peer in list(self._backoffs):
+            self.left(topic, peer)
 
     def forget_peer(self, peer: PeerKey) -> None:
         """``peer``'s connection closed: everything about it goes."""

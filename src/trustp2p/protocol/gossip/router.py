@@ -54,7 +54,7 @@ from .control import (
     check_ids,
     check_topics,
 )
-from .mesh import MeshBook
+from .mesh import GraftTiming, MeshBook
 from .message import MAX_HOPS, GossipMessage, check_own_topic, check_topic
 from .recent import MAX_CACHE_BYTES, RecentMessages
 from .seen import SeenIds
@@ -97,9 +97,9 @@ class GossipRouter:
             serves an id for ``history`` heartbeats after announcing it: waiting much
             longer than that leaves nobody to ask, and the message to catch-up.
         prune_backoff: Seconds after a PRUNE, sent or received, during which we don't
-            graft that peer on that topic, and refuse its grafts without answering:
-            the second early graft in a backoff raises :class:`GossipError` (see
-            :mod:`.mesh`). 0 turns backoffs off.
+            graft that peer on that topic, and refuse its grafts without answering;
+            an early graft past those an older node sends raises
+            :class:`GossipError` (see :mod:`.mesh`). 0 turns backoffs off.
         mode: ``"gossip"`` (mesh plus lazy announcements) or ``"flood"`` (every copy to
             every subscribed peer), the baseline.
         rng: Random source, for tests.
@@ -358,8 +358,9 @@ class GossipRouter:
             self._on_graft(peer, body)
         elif event == PRUNE:
             for topic in check_topics(body.get("topics", [])):
-                if (mesh := self.mesh.get(topic)) is not None:  # ours: bounded
-                    mesh.discard(peer)
+                self.mesh.get(topic, set()).discard(peer)
+                # Ours, or the peer's (bounded): kept while we are out of the topic too.
+                if topic in self.mesh or topic in self._peers[peer]:
                     self._book.pruned(topic, peer, self._clock())
         elif event == IHAVE:
             self._on_ihave(peer, body)
@@ -393,6 +394,7 @@ class GossipRouter:
         topics.difference_update(unsubscribe)
         for topic in unsubscribe:
             self.mesh.get(topic, set()).discard(peer)
+            self._book.left(topic, peer)
         grafted = []  # answered in one talk (a talk a topic spent the peer's budget)
         now = self._clock()
         for topic in subscribe:
@@ -409,16 +411,18 @@ class GossipRouter:
     def _on_graft(self, peer: PeerKey, body: dict[str, Any]) -> None:
         """Take the peer into each topic's mesh below ``degree_high``; else answer
         PRUNE, once a backoff: a graft within it is refused unanswered (:mod:`.mesh`)."""
-        refused, early, now = [], 0, self._clock()
+        refused, penalise, now = [], False, self._clock()
         for topic in check_topics(body.get("topics", [])):
             mesh = self.mesh.get(topic)
             if mesh is not None and peer in mesh:
                 continue
-            if mesh is None:
+            if mesh is None:  # not ours (now): the peer's backoff starts, ours too
                 refused.append(topic)
-            elif count := self._book.early_graft(topic, peer, now):
+                if topic in self._peers[peer]:  # (bounded)
+                    self._book.pruned(topic, peer, now)
+            elif timing := self._book.early_graft(topic, peer, now):
                 self.stats.early_grafts += 1
-                early = max(early, count)
+                penalise = penalise or timing is GraftTiming.PENALISED
             elif len(mesh) >= self.degree_high:
                 refused.append(topic)
                 self._book.pruned(topic, peer, now)
@@ -428,8 +432,8 @@ class GossipRouter:
                 self._peers[peer].add(topic)
         if refused:
             self._talk(peer, PRUNE, {"topics": refused})
-        if early > 1:  # an honest peer, even of an older version, sends one at most
-            raise GossipError(f"graft {early} times within a prune backoff")
+        if penalise:  # more than an honest peer, even of an older version, would send
+            raise GossipError("graft again within a prune backoff")
 
     def _on_ihave(self, peer: PeerKey, body: dict[str, Any]) -> None:
         announced = check_topic(body.get("topic"))
