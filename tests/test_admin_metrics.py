@@ -71,6 +71,7 @@ def test_collector_reads_the_counters_at_scrape_time() -> None:
     assert node.gossip is not None
     node.gossip.router.stats.ihave_ignored += 4
     node.gossip.too_old += 6
+    node.gossip.router.stats.early_grafts += 7
     after = samples(generate_latest(registry).decode())
     assert after["trustp2p_requests_sent_total", ()] == 3
     assert after["trustp2p_unmatched_responses_total", ()] == 2
@@ -87,6 +88,7 @@ def test_collector_reads_the_counters_at_scrape_time() -> None:
     assert after["trustp2p_gossip_published_total", ()] == 0
     assert after["trustp2p_gossip_ihave_ignored_total", ()] == 4
     assert after["trustp2p_gossip_too_old_total", ()] == 6
+    assert after["trustp2p_gossip_early_grafts_total", ()] == 7
     assert after["trustp2p_send_oversized_total", ()] == 5
     assert after["trustp2p_gossip_waiting_bytes", ()] == 0
     assert after["trustp2p_gossip_held_bytes", ()] == 0

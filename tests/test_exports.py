@@ -49,6 +49,8 @@ MODULES = [
     "trustp2p.protocol.gossip",
     "trustp2p.protocol.gossip.message",
     "trustp2p.protocol.gossip.router",
+    "trustp2p.protocol.gossip.control",
+    "trustp2p.protocol.gossip.mesh",
     "trustp2p.protocol.gossip.streams",
     "trustp2p.protocol.gossip.catchup",
     "trustp2p.protocol.gossip.pacing",

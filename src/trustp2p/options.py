@@ -186,6 +186,11 @@ class NodeOptions:
         gossip_lazy: Peers outside the mesh told ``ihave`` per topic per heartbeat.
         gossip_history: Heartbeats a message stays announceable and servable.
         gossip_interval: Time between two gossip heartbeats.
+        gossip_prune_backoff: After a ``gossip/prune`` between two peers (either way), the
+            time neither grafts the other on that topic; a graft within it is refused
+            unanswered, and counted as an invalid package past what an older node
+            sends (GossipSub's ``prune_backoff``; 0 turns it off). Peers should share
+            one value.
         seen_max: Most message ids remembered for de-duplication...
         seen_ttl: ...and for how long.
         max_hops: Relays a message may go through before it is no longer forwarded.
@@ -286,6 +291,7 @@ class NodeOptions:
     gossip_lazy: int = 6
     gossip_history: int = 3
     gossip_interval: float = 1.0
+    gossip_prune_backoff: float = 60.0
     seen_max: int = 100_000
     seen_ttl: float = 120.0
     max_hops: int = 16
@@ -401,6 +407,8 @@ class NodeOptions:
             raise ValueError(f"max_hops must be at most 255, not {self.max_hops}")
         if self.catchup_interval < 0:
             raise ValueError("catchup_interval must not be negative")
+        if not 0 <= self.gossip_prune_backoff < math.inf:
+            raise ValueError("gossip_prune_backoff must be a finite number of seconds")
 
     def _check_relations(self) -> None:
         """Numbers that bound each other."""

@@ -269,6 +269,11 @@ class NodeCollector(Collector):
                 "Ids announced by a peer and not asked for: it had the most asks open.",
                 stats.ihave_ignored,
             ),
+            (
+                "early_grafts",
+                "Grafts within a prune backoff: refused unanswered, invalid past older nodes'.",
+                stats.early_grafts,
+            ),
         ):
             yield _counter(f"trustp2p_gossip_{name}", text, value)
         yield _counter(

@@ -139,6 +139,7 @@ class Gossip:
             seen_max=options.seen_max,
             seen_ttl=options.seen_ttl,
             max_hops=options.max_hops,
+            prune_backoff=options.gossip_prune_backoff,
             mode=options.gossip_mode,
             rng=self._rng,  # one generator a node: each holds 2.5 KiB of state
             defer=lambda callback: asyncio.get_running_loop().call_soon(callback),

@@ -3,7 +3,9 @@ Publish/subscribe by gossip, free of I/O (the node's shell is :mod:`trustp2p.nod
 
 - :mod:`.message`: signed messages, their ids, and decoding them with every number
   bounded;
-- :mod:`.router`: where each message goes (meshes, lazy announcements, the seen-cache);
+- :mod:`.router`: where each message goes (meshes, lazy announcements, the seen-cache),
+  with :mod:`.control` (its talks, actions and counters) and :mod:`.mesh` (mesh
+  seniority and prune backoffs);
 - :mod:`.streams`: each origin's messages delivered exactly once, in order, with gaps
   skipped after ``gap_timeout``;
 - :mod:`.catchup`: what to ask peers for after missing messages, in batches, and how to

@@ -10,7 +10,10 @@ subscribed peer instead, as a baseline.
 
 The router is given a clock and a ``send`` callable; it returns what to deliver and
 whom to penalise, and never awaits. Every list a peer sends in a control talk is
-bounded (:data:`MAX_TOPICS_PER_TALK`, ``max_ihave``, :data:`MAX_PEER_TOPICS`).
+bounded (:data:`MAX_TOPICS_PER_TALK`, ``max_ihave``, :data:`MAX_PEER_TOPICS`). After a
+PRUNE either way, the two peers don't graft each other on that topic for
+``prune_backoff``, and a mesh over ``degree_high`` loses its newest peers first
+(:mod:`.mesh`).
 
 """
 
@@ -35,63 +38,32 @@ __all__ = [
 
 import math
 import random
-from collections.abc import Callable, Collection, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 from ...exceptions import GossipError
 from .batch import GRAFT, MAX_TOPICS_PER_TALK, PRUNE, SUBSCRIPTIONS, ControlBatch, topic_chunks
+from .control import (
+    GOSSIP_EVENTS,
+    IHAVE,
+    IWANT,
+    MAX_MESSAGE_ID_LENGTH,
+    GossipStats,
+    PeerKey,
+    RouterAction,
+    check_ids,
+    check_topics,
+)
+from .mesh import GraftTiming, MeshBook
 from .message import MAX_HOPS, GossipMessage, check_own_topic, check_topic
 from .recent import MAX_CACHE_BYTES, RecentMessages
 from .seen import SeenIds
-
-PeerKey = Hashable
-"""How the router names a peer: the node uses the connection id."""
-
-# Control talks of the router (TALK packages); the first three are in .batch.
-IHAVE = "gossip/ihave"  # {"topic": topic, "ids": [id]}
-IWANT = "gossip/iwant"  # {"ids": [id]}
-GOSSIP_EVENTS = (SUBSCRIPTIONS, GRAFT, PRUNE, IHAVE, IWANT)
-"""The events of the router's control talks, in this order."""
 
 MAX_PEER_TOPICS = 1000
 """Most topics a peer may subscribe to, all talks together: past it, a subscription is
 a protocol error, so that a peer can't grow our memory without bound (at most about
 0.4 MB a peer with the longest topics). A node subscribes to this many topics at most
 itself."""
-
-MAX_MESSAGE_ID_LENGTH = 64
-"""Longest message id a peer may send in ``ihave`` or ``iwant``, in characters (ours
-have 22)."""
-
-
-@dataclass(slots=True)
-class GossipStats:
-    """Counters of one router."""
-
-    published: int = 0
-    received: int = 0  # messages received, new or not
-    new: int = 0  # first receipts
-    duplicates: int = 0  # receipts of a message already seen
-    forwarded: int = 0  # copies sent on, eagerly
-    invalid: int = 0  # forged, altered or malformed
-    oversized: int = 0  # valid, but too large for our catch-up answers: dropped
-    hop_limited: int = 0  # not forwarded for the hop limit
-    ihave_sent: int = 0
-    iwant_sent: int = 0
-    served: int = 0  # messages sent in answer to iwant
-    ihave_ignored: int = 0  # ids announced and not asked for: the peer had max_asks open
-
-
-@dataclass(frozen=True, slots=True)
-class RouterAction:
-    """What the node must do: send to a peer, or penalise one."""
-
-    kind: Literal["talk", "message", "penalize"]
-    peer: PeerKey
-    event: str = ""
-    body: dict[str, Any] = field(default_factory=dict)
-    message: GossipMessage | None = None
 
 
 class GossipRouter:
@@ -104,7 +76,8 @@ class GossipRouter:
         clock: Monotonic seconds.
         degree: Mesh degree the router aims for, per topic...
         degree_low: ...grafting peers below this...
-        degree_high: ...and pruning above this.
+        degree_high: ...and pruning above this, the newest peers first
+            (:meth:`.MeshBook.ranked`).
         fanout: Mesh peers a relay pushes each new message to, eagerly; the others
             learn of it from ``ihave``. The publisher pushes to its whole mesh.
         lazy: Peers told ``ihave`` per topic per heartbeat.
@@ -123,6 +96,10 @@ class GossipRouter:
             again, of another peer that announced it meanwhile (the last one). A peer
             serves an id for ``history`` heartbeats after announcing it: waiting much
             longer than that leaves nobody to ask, and the message to catch-up.
+        prune_backoff: Seconds after a PRUNE, sent or received, during which we don't
+            graft that peer on that topic, and refuse its grafts without answering;
+            an early graft past those an older node sends raises
+            :class:`GossipError` (see :mod:`.mesh`). 0 turns backoffs off.
         mode: ``"gossip"`` (mesh plus lazy announcements) or ``"flood"`` (every copy to
             every subscribed peer), the baseline.
         rng: Random source, for tests.
@@ -148,6 +125,7 @@ class GossipRouter:
         max_ihave: int = 500,
         max_asks: int = 500,
         iwant_timeout: float = 3.0,
+        prune_backoff: float = 60.0,
         mode: Literal["gossip", "flood"] = "gossip",
         rng: random.Random | None = None,
         defer: Callable[[Callable[[], None]], object] | None = None,
@@ -161,21 +139,19 @@ class GossipRouter:
             raise ValueError(f"history must be at least 1, not {history}")
         if not 1 <= max_hops <= MAX_HOPS:
             raise ValueError(f"max_hops must be from 1 to {MAX_HOPS}, not {max_hops}")
-        self._send = send
-        self._clock = clock
+        self._send, self._clock = send, clock
         self._defer, self.batch = defer, ControlBatch(self._talk_now)
         self.degree, self.degree_low, self.degree_high = degree, degree_low, degree_high
         self.fanout, self.lazy = fanout, lazy
         self.max_hops = max_hops
-        self.max_ihave = max_ihave
-        self.max_asks = max_asks
-        self.iwant_timeout = iwant_timeout
-        self.mode = mode
+        self.max_ihave, self.max_asks = max_ihave, max_asks
+        self.iwant_timeout, self.mode = iwant_timeout, mode
         self._rng = rng or random.Random()
         self.stats = GossipStats()
         self.topics: set[str] = set()  # ours
         self._peers: dict[PeerKey, set[str]] = {}  # peer -> its topics
         self.mesh: dict[str, set[PeerKey]] = {}
+        self._book = MeshBook(prune_backoff)  # mesh seniority and prune backoffs
         self._seen = SeenIds(seen_max, seen_ttl)
         self._recent = RecentMessages(history)  # for ihave and iwant
         # Peers known to have each recent message (sent it to us, or got it from us):
@@ -211,6 +187,7 @@ class GossipRouter:
         for message_id in self._asking.pop(peer, ()):  # asked of another at the heartbeat
             self._asked[message_id] = (-math.inf, None)
         self.batch.forget(peer)
+        self._book.forget_peer(peer)
         for members in self.mesh.values():
             members.discard(peer)
 
@@ -240,8 +217,9 @@ class GossipRouter:
             return
         self._merge_talks()
         self.topics.discard(topic)
+        self._book.forget_topic(topic)
         for peer in self.mesh.pop(topic, set()):
-            self._talk(peer, PRUNE, {"topics": [topic]})
+            self._prune(topic, peer)
         for peer in self._peers:
             self._talk(peer, SUBSCRIPTIONS, {"subscribe": [], "unsubscribe": [topic]})
 
@@ -293,6 +271,8 @@ class GossipRouter:
             self._holders[message.id] = [peer] if peer is not None else []
         else:
             self._remember(message, peer)
+            if peer is not None:
+                self._book.delivered(message.topic, peer)
         return True
 
     def accept(self, peer: PeerKey | None, message: GossipMessage) -> None:
@@ -301,6 +281,7 @@ class GossipRouter:
         holders = self._holders.setdefault(message.id, [])
         if peer is not None:
             _hold(holders, peer)
+            self._book.delivered(message.topic, peer)
 
     def refuse(self, message_id: str) -> None:
         """A message received ``pending`` was refused: it stays seen, and goes no further."""
@@ -364,8 +345,9 @@ class GossipRouter:
         A control talk arrived from ``peer``.
 
         Raises:
-            GossipError: If it is malformed or over a limit; the caller counts it
-                against the peer. Nothing changed then.
+            GossipError: If it is malformed or over a limit (nothing changed then), or
+                grafts a topic again within its prune backoff (the rest of the graft
+                took effect); the caller counts it against the peer.
 
         """
         if peer not in self._peers:
@@ -375,8 +357,11 @@ class GossipRouter:
         elif event == GRAFT:
             self._on_graft(peer, body)
         elif event == PRUNE:
-            for topic in _topics(body.get("topics", [])):
+            for topic in check_topics(body.get("topics", [])):
                 self.mesh.get(topic, set()).discard(peer)
+                # Ours, or the peer's (bounded): kept while we are out of the topic too.
+                if topic in self.mesh or topic in self._peers[peer]:
+                    self._book.pruned(topic, peer, self._clock())
         elif event == IHAVE:
             self._on_ihave(peer, body)
         elif event == IWANT:
@@ -385,7 +370,7 @@ class GossipRouter:
     def _on_iwant(self, peer: PeerKey, body: dict[str, Any]) -> None:
         """Send the messages asked for that we hold, each at most once to a peer while
         we hold it, so that a repeated id can't multiply what we send."""
-        for message_id in _ids(body.get("ids", []), self.max_ihave):
+        for message_id in check_ids(body.get("ids", []), self.max_ihave):
             message = self.cached(message_id)
             if message is None:
                 continue
@@ -397,8 +382,8 @@ class GossipRouter:
             self._send(RouterAction("message", peer, message=message))
 
     def _on_subscriptions(self, peer: PeerKey, body: dict[str, Any]) -> None:
-        subscribe = _topics(body.get("subscribe", []))
-        unsubscribe = _topics(body.get("unsubscribe", []))
+        subscribe = check_topics(body.get("subscribe", []))
+        unsubscribe = check_topics(body.get("unsubscribe", []))
         topics = self._peers[peer]
         if set(subscribe) & set(unsubscribe):
             raise GossipError("a topic both subscribed and unsubscribed")
@@ -409,32 +394,50 @@ class GossipRouter:
         topics.difference_update(unsubscribe)
         for topic in unsubscribe:
             self.mesh.get(topic, set()).discard(peer)
+            self._book.left(topic, peer)
         grafted = []  # answered in one talk (a talk a topic spent the peer's budget)
+        now = self._clock()
         for topic in subscribe:
             mesh = self.mesh.get(topic)
-            if mesh is not None and len(mesh) < self.degree_low and self.mode == "gossip":
+            if mesh is None or len(mesh) >= self.degree_low or self.mode != "gossip":
+                continue
+            if peer not in mesh and self._book.may_graft(topic, peer, now):
                 mesh.add(peer)
+                self._book.joined(topic, peer, now)
                 grafted.append(topic)
         for chunk in topic_chunks(grafted, self.batch.max_bytes):
             self._talk(peer, GRAFT, {"topics": chunk})
 
     def _on_graft(self, peer: PeerKey, body: dict[str, Any]) -> None:
-        refused = []
-        for topic in _topics(body.get("topics", [])):
+        """Take the peer into each topic's mesh below ``degree_high``; else answer
+        PRUNE, once a backoff: a graft within it is refused unanswered (:mod:`.mesh`)."""
+        refused, penalise, now = [], False, self._clock()
+        for topic in check_topics(body.get("topics", [])):
             mesh = self.mesh.get(topic)
             if mesh is not None and peer in mesh:
                 continue
-            if mesh is None or len(mesh) >= self.degree_high:
+            if mesh is None:  # not ours (now): the peer's backoff starts, ours too
                 refused.append(topic)
+                if topic in self._peers[peer]:  # (bounded)
+                    self._book.pruned(topic, peer, now)
+            elif timing := self._book.early_graft(topic, peer, now):
+                self.stats.early_grafts += 1
+                penalise = penalise or timing is GraftTiming.PENALISED
+            elif len(mesh) >= self.degree_high:
+                refused.append(topic)
+                self._book.pruned(topic, peer, now)
             else:
                 mesh.add(peer)
+                self._book.joined(topic, peer, now)
                 self._peers[peer].add(topic)
         if refused:
             self._talk(peer, PRUNE, {"topics": refused})
+        if penalise:  # more than an honest peer, even of an older version, would send
+            raise GossipError("graft again within a prune backoff")
 
     def _on_ihave(self, peer: PeerKey, body: dict[str, Any]) -> None:
         announced = check_topic(body.get("topic"))
-        ids = list(dict.fromkeys(_ids(body.get("ids", []), self.max_ihave)))
+        ids = list(dict.fromkeys(check_ids(body.get("ids", []), self.max_ihave)))
         if announced not in self.topics:
             return
         now = self._clock()
@@ -465,6 +468,7 @@ class GossipRouter:
         """Maintain the meshes, announce recent messages, age the caches."""
         now = self._clock()
         self._seen.expire(now)
+        self._book.expire(now)
         self._ask_again(now)
         if self.mode == "gossip":
             self._merge_talks()  # each peer's grafts and prunes of every topic: one talk
@@ -515,17 +519,25 @@ class GossipRouter:
             return
         mesh = self.mesh.setdefault(topic, set())
         mesh.intersection_update(self._peers)
+        now, book = self._clock(), self._book
         if len(mesh) < self.degree_low:
             candidates = [
-                p for p, topics in self._peers.items() if topic in topics and p not in mesh
+                p
+                for p, topics in self._peers.items()
+                if topic in topics and p not in mesh and book.may_graft(topic, p, now)
             ]
             for peer in self._sample(candidates, self.degree - len(mesh)):
                 mesh.add(peer)
+                book.joined(topic, peer, now)
                 self._talk(peer, GRAFT, {"topics": [topic]})
         elif len(mesh) > self.degree_high:
-            for peer in self._sample(list(mesh), len(mesh) - self.degree):
+            for peer in book.ranked(topic, mesh, now, self._rng)[self.degree :]:
                 mesh.discard(peer)
-                self._talk(peer, PRUNE, {"topics": [topic]})
+                self._prune(topic, peer)
+
+    def _prune(self, topic: str, peer: PeerKey) -> None:
+        self._book.pruned(topic, peer, self._clock())
+        self._talk(peer, PRUNE, {"topics": [topic]})
 
     def _announce(self, topic: str) -> None:
         ids = self._recent.ids(topic)
@@ -567,20 +579,3 @@ def _hold(holders: list[PeerKey], peer: PeerKey | None) -> None:
     """Note that ``peer`` has a message: once in its list of holders."""
     if peer not in holders:
         holders.append(peer)
-
-
-def _topics(value: object) -> list[str]:
-    if not isinstance(value, list) or len(value) > MAX_TOPICS_PER_TALK:
-        raise GossipError(f"topics must be a list of at most {MAX_TOPICS_PER_TALK} strings")
-    for topic in value:
-        check_topic(topic)
-    return value
-
-
-def _ids(value: object, limit: int) -> list[str]:
-    if not isinstance(value, list) or len(value) > limit:
-        raise GossipError(f"ids must be a list of at most {limit} strings")
-    for item in value:
-        if not isinstance(item, str) or len(item) > MAX_MESSAGE_ID_LENGTH:
-            raise GossipError("invalid message id")
-    return value
