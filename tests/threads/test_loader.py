@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -295,6 +296,25 @@ def test_handlers_that_cant_take_socket_and_package_are_refused_at_load() -> Non
         "Chat.on_three(socket: 'Any', package: 'Any', extra: 'Any') -> 'None'"
     )
     loaded = {"b": chat.on_rest, "c": chat.on_default, "d": print, "e": lambda s, p: None}
+    assert check_event_map(_thread({PackageType.TALK: loaded})) == {PackageType.TALK: loaded}
+
+
+def _drops_the_socket(handler: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
+    @functools.wraps(handler)
+    def wrapper(socket: Any, package: Any) -> Any:
+        return handler(package)
+
+    return wrapper
+
+
+@_drops_the_socket
+def _package_only(package: Any) -> None: ...
+
+
+def test_handlers_are_checked_as_they_are_called() -> None:
+    # Found in review: a decorator made with functools.wraps takes (socket, package)
+    # while the function it wraps doesn't; the wrapper is what the node calls.
+    loaded = {"a": _package_only, "b": functools.partial(lambda x, s, p: None, 1)}
     assert check_event_map(_thread({PackageType.TALK: loaded})) == {PackageType.TALK: loaded}
 
 

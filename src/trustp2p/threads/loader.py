@@ -169,7 +169,7 @@ def _check_arity(where: str, package_type: PackageType, event: str, handler: Any
     user, a GOSSIP handler written as ``on_chat(self, message)`` (a subscriber's shape)
     loaded, then raised TypeError on every message."""
     try:
-        signature = inspect.signature(handler)
+        signature = inspect.signature(handler, follow_wrapped=False)  # what is called
     except (TypeError, ValueError):  # no signature to read (some builtins): as it is
         return
     try:
