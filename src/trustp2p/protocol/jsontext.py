@@ -170,16 +170,6 @@ read is a container it tracks, and 1 MB of ``[[],[],...]`` set off hundreds of
 collections (86 ms to read, 31 ms paused; in a process with a large heap, 350-540 ms)."""
 
 
-def _orjson_loads(text: str) -> Any:
-    if len(text) < GC_PAUSE_CHARS or not gc.isenabled():
-        return orjson.loads(text)
-    gc.disable()
-    try:
-        return orjson.loads(text)
-    finally:
-        gc.enable()
-
-
 def loads(text: str) -> Any:
     """
     The value of JSON text.
@@ -193,9 +183,19 @@ def loads(text: str) -> Any:
         RecursionError: If it is nested too deeply.
 
     """
+    if len(text) < GC_PAUSE_CHARS or not gc.isenabled():
+        return _loads(text)
+    gc.disable()  # either reader: the standard library's (a long number) reads it twice
+    try:
+        return _loads(text)
+    finally:
+        gc.enable()
+
+
+def _loads(text: str) -> Any:
     if orjson is not None:
         try:
-            value = _orjson_loads(text)
+            value = orjson.loads(text)
         except orjson.JSONDecodeError:
             pass  # the standard library reads what orjson refuses, or says why not
         else:
