@@ -7,14 +7,19 @@ queues (gossip past them is dropped for that peer, which catches it up later). A
 must not hold the node's publishing, though:
 
 - one ``publish()`` waits :data:`PUBLISH_WAIT` seconds at most;
-- a peer is *slow* once it is still behind when a wait ends, or once ``publish()``
-  waited for it :data:`PUBLISH_WAIT` seconds in all within one window of
-  :data:`WAIT_WINDOW` seconds: found by an attacker, a peer that read its buffer just
-  before each second was up was never still behind, and held every ``publish()`` ~0.8 s;
+- a peer is *slow* once it is still behind when a wait ends, or once its *late* waits
+  (those longer than :data:`LATE_WAIT` of :data:`PUBLISH_WAIT`) add up to
+  :data:`PUBLISH_WAIT` within one window of :data:`WAIT_WINDOW` seconds: found by an
+  attacker, a peer that read its buffer just before each second was up was never still
+  behind, and held every ``publish()`` ~0.8 s. A peer that drains steadily, however
+  slowly, drains within a fraction of a second at each publish: it paces the publisher
+  as it always did (found in review: counting every wait made an honest subscriber on a
+  2 MB/s link slow in a burst, and the burst's tail was dropped for it);
 - a slow peer isn't waited for until it has been seen keeping up (its write buffer not
   full at each ``publish()``) for :data:`KEEP_UP` seconds: it left at once before;
-- all peers together make ``publish()`` wait :data:`NODE_WAIT_SHARE` of each window at
-  most, so that many connections, each within its own bound, can't add up.
+- all peers' late waits together make ``publish()`` wait :data:`NODE_WAIT_SHARE` of
+  each window at most, so that many connections, each within its own bound, can't add
+  up.
 
 The caller says which peers carry the topic and whether each one's buffer is full
 (:meth:`PublishPacing.plan`), waits for those named, and says how long each took
@@ -24,7 +29,14 @@ The caller says which peers carry the topic and whether each one's buffer is ful
 
 from __future__ import annotations
 
-__all__ = ["KEEP_UP", "NODE_WAIT_SHARE", "PUBLISH_WAIT", "WAIT_WINDOW", "PublishPacing"]
+__all__ = [
+    "KEEP_UP",
+    "LATE_WAIT",
+    "NODE_WAIT_SHARE",
+    "PUBLISH_WAIT",
+    "WAIT_WINDOW",
+    "PublishPacing",
+]
 
 import math
 from collections.abc import Callable, Hashable, Mapping
@@ -42,6 +54,11 @@ WAIT_WINDOW = 10.0
 KEEP_UP = 10.0
 """Seconds a slow peer must be seen keeping up before ``publish()`` waits for it again."""
 
+LATE_WAIT = 0.5
+"""Share of :data:`PUBLISH_WAIT` past which a peer's wait is late, and counts towards its
+being slow (and the node's share): a peer that drains only then holds each publish at
+least half a second."""
+
 NODE_WAIT_SHARE = 0.5
 """Share of each :data:`WAIT_WINDOW` that ``publish()`` may spend waiting, for all
 peers together: publishing goes on at half its speed at least, whoever is behind."""
@@ -57,7 +74,8 @@ class PublishPacing(Generic[K]):
             waits in all per window before it is slow.
         window: Seconds over which waits are added up (:data:`WAIT_WINDOW`).
         keep_up: Seconds a slow peer must be seen keeping up (:data:`KEEP_UP`).
-        share: Share of each window spent waiting at most (:data:`NODE_WAIT_SHARE`).
+        share: Share of each window spent in late waits at most (:data:`NODE_WAIT_SHARE`).
+        late: Share of ``wait`` past which a wait is late (:data:`LATE_WAIT`).
 
     """
 
@@ -69,15 +87,17 @@ class PublishPacing(Generic[K]):
         window: float = WAIT_WINDOW,
         keep_up: float = KEEP_UP,
         share: float = NODE_WAIT_SHARE,
+        late: float = LATE_WAIT,
     ) -> None:
         self._clock = clock
         self.wait = wait
         self.window = window
         self.keep_up = keep_up
         self.share = share
+        self.late = late
         self._window_start = -math.inf  # (the clock may not run yet)
-        self._node_waited = 0.0  # seconds waited in this window, for all peers
-        self._waited: dict[K, float] = {}  # seconds waited for each peer in this window
+        self._node_waited = 0.0  # seconds of late waits in this window, for all peers
+        self._waited: dict[K, float] = {}  # seconds of late waits for each peer, the same
         # Slow peers -> since when each was seen keeping up (None: behind last time).
         self._slow: dict[K, float | None] = {}
         self._cut = False  # the last wait was cut short by the node's share
@@ -130,16 +150,22 @@ class PublishPacing(Generic[K]):
         Args:
             took: For each of them, the seconds it took to drain; None if it was still
                 behind when the wait ended (it is slow then, unless the wait was cut
-                short by the node's share: the others' doing).
+                short by the node's share: the others' doing). Only late waits count.
             elapsed: The seconds the publish waited.
 
         """
-        self._node_waited += elapsed
+        late = self.late * self.wait
+        if elapsed > late or self._cut:  # (a wait the share cut short counts whole)
+            self._node_waited += elapsed
         for peer, seconds in took.items():
-            total = self._waited.get(peer, 0.0) + (elapsed if seconds is None else seconds)
-            self._waited[peer] = total
-            if (seconds is None and not self._cut) or total >= self.wait:
+            if seconds is None and not self._cut:
                 self._slow[peer] = None
+                continue
+            seconds = elapsed if seconds is None else seconds
+            if seconds > late:  # (a steady reader drains sooner: it paces the publisher)
+                total = self._waited[peer] = self._waited.get(peer, 0.0) + seconds
+                if total >= self.wait:
+                    self._slow[peer] = None
 
     def forget(self, peer: K) -> None:
         """``peer`` is gone."""
