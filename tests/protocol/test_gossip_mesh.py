@@ -179,6 +179,20 @@ def test_a_graft_of_a_topic_we_left_starts_our_backoff_too() -> None:
     assert _talks(sent, GRAFT) == [(0, GRAFT, {"topics": [TOPIC]})]
 
 
+def test_our_unsubscription_tolerates_an_older_peers_two_grafts() -> None:
+    # Found in review: our PRUNE and our unsubscription read a heartbeat apart by an
+    # older peer: it grafts once after the PRUNE, and once more when we subscribe again.
+    # The backoffs the unsubscription starts tolerate both (it credited them before it
+    # made them: the second was penalised).
+    router, sent, _ = _meshed(1)
+    router.unsubscribe(TOPIC)  # prunes 0
+    router.subscribe(TOPIC)  # back at once, 0's graft after our PRUNE in flight
+    router.control(0, GRAFT, {"topics": [TOPIC]})  # its heartbeat, before our news
+    router.control(0, GRAFT, {"topics": [TOPIC]})  # the topic is back: once more
+    assert 0 not in router.mesh[TOPIC]  # refused, not penalised...
+    assert (0, PRUNE, {"topics": [TOPIC]}) not in _talks(sent)[1:]  # ...nor answered
+
+
 # Older peers, that know no backoff
 
 

@@ -217,9 +217,11 @@ class GossipRouter:
             return
         self._merge_talks()
         self.topics.discard(topic)
-        self._book.forget_topic(topic)
         for peer in self.mesh.pop(topic, set()):
             self._prune(topic, peer)
+        # After the prunes: their backoffs too tolerate the graft an older peer sends
+        # when the topic is back (found in review).
+        self._book.forget_topic(topic)
         for peer in self._peers:
             self._talk(peer, SUBSCRIPTIONS, {"subscribe": [], "unsubscribe": [topic]})
 
