@@ -540,11 +540,12 @@ async def test_a_failed_dial_of_a_store_address_is_logged(
     assert line.startswith("! ") and line.endswith("(a peer-store address)"), line
 
 
-async def test_a_dead_store_address_is_said_once_then_forgotten(
+async def test_a_dead_store_address_is_said_once(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found by a new-user tester: a node that ran for a second was redialled once a
-    minute by the peers that heard of it, an INFO line each, for as long as they ran."""
+    minute by the peers that heard of it, an INFO line each, for as long as they ran.
+    (It is forgotten an hour on: tests/storage/test_peerstore.py.)"""
     caplog.set_level(logging.DEBUG, logger="trustp2p")
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -553,10 +554,11 @@ async def test_a_dead_store_address_is_said_once_then_forgotten(
     assert client.store is not None and client.client is not None
     await client.store.add_urls([down], PeerSource.EXCHANGE)
     client.client.wake()
-    store = client.store
-    await wait_for(lambda: not store.knows_url(down), timeout=20)
-    lines = [(r.levelno, r.getMessage()) for r in caplog.records if down in r.getMessage()]
-    failed = [(level, line) for level, line in lines if "a peer-store address" in line]
-    assert [level for level, _ in failed] == [logging.INFO, logging.DEBUG, logging.DEBUG]
-    assert failed[2][1].endswith("(a peer-store address; 3 failures in a row)")
-    assert (logging.INFO, f"= forgot {down}: 3 failed dials in a row") in lines
+
+    def failed() -> list[tuple[int, str]]:
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records if down in r.getMessage()]
+        return [(level, line) for level, line in lines if "a peer-store address" in line]
+
+    await wait_for(lambda: len(failed()) >= 3, timeout=20)
+    assert [level for level, _ in failed()[:3]] == [logging.INFO, logging.DEBUG, logging.DEBUG]
+    assert failed()[2][1].endswith("(a peer-store address; 3 failures in a row)")

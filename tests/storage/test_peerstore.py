@@ -19,7 +19,12 @@ from trustp2p.exceptions import NodeStateError
 from trustp2p.protocol.peers import PeerKey, peer_key
 from trustp2p.protocol.scoring import BlockPolicy, PackageCounts
 from trustp2p.protocol.urls import MAX_URLS_PER_PEER
-from trustp2p.storage._peer_queries import FORGET_AFTER, FORGET_FAILURES, FORGET_UNTRIED_FAILURES
+from trustp2p.storage._peer_queries import (
+    FORGET_AFTER,
+    FORGET_FAILURES,
+    FORGET_UNTRIED_AFTER,
+    FORGET_UNTRIED_FAILURES,
+)
 from trustp2p.storage.peerstore import STORE_PATH, PeerRecord, PeerSource, PeerStore
 
 from .adapters import PeerStoreAdapter
@@ -289,12 +294,18 @@ async def test_urls_that_keep_failing_are_forgotten(
     await store.add_urls(["ws://boot:1"], PeerSource.BOOTSTRAP)
     await store.add_urls(["ws://was:1"], PeerSource.EXCHANGE, peer_id="tpa")
     await store.record_connected(peer_id="tpa", url="ws://was:1", address=None)
-    for _ in range(FORGET_UNTRIED_FAILURES - 1):
+    await store.add_urls(["ws://in:1"], PeerSource.INBOUND, peer_id="tpb")
+    await store.record_connected(peer_id="tpb", url=None, address=None)  # it dialled us
+    for _ in range(FORGET_UNTRIED_FAILURES + 5):  # a peer restarting for a while: kept
         await store.record_failure("ws://gone:1")
+        await store.record_failure("ws://in:1")
     assert store.knows_url("ws://gone:1")
+    clock.advance(FORGET_UNTRIED_AFTER)  # an hour since we heard of it
     await store.record_failure("ws://gone:1")
     assert not store.knows_url("ws://gone:1")
-    assert "= forgot ws://gone:1: 3 failed dials in a row" in caplog.messages
+    assert "= forgot ws://gone:1: 9 failed dials in a row" in caplog.messages
+    await store.record_failure("ws://in:1")  # its peer connected to us: it worked
+    assert store.knows_url("ws://in:1")
     for _ in range(FORGET_FAILURES + 5):  # a bootstrap peer's: never forgotten
         await store.record_failure("ws://boot:1")
     assert store.knows_url("ws://boot:1")

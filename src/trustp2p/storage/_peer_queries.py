@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "FORGET_AFTER",
     "FORGET_FAILURES",
+    "FORGET_UNTRIED_AFTER",
     "FORGET_UNTRIED_FAILURES",
     "MAX_GOOD_URL_FAILURES",
     "is_anchor",
@@ -34,7 +35,11 @@ with other peers (``good_urls``); it is still dialled, and shared again once it 
 
 FORGET_UNTRIED_FAILURES = 3
 """Failed dials in a row after which a URL that never worked is forgotten (one a peer
-passed on, or one a peer connected from)."""
+passed on, or one a peer connected from)..."""
+
+FORGET_UNTRIED_AFTER = 3_600.0
+"""...once it has been known this many seconds (an hour): a peer restarting for a few
+seconds keeps its URL (found in review)."""
 
 FORGET_FAILURES = 10
 """Failed dials in a row after which a URL that worked once is forgotten..."""
@@ -46,18 +51,24 @@ FORGET_AFTER = 86_400.0
 def is_dead(entry: Url, now: float) -> bool:
     """
     Whether to forget ``entry`` after a failed dial: a URL of a peer that isn't a
-    bootstrap peer, that never worked and failed :data:`FORGET_UNTRIED_FAILURES` times
-    in a row, or that failed :data:`FORGET_FAILURES` times in a row and last worked more
-    than :data:`FORGET_AFTER` ago (as Bitcoin's address manager judges its addresses).
+    bootstrap peer, that never worked (nor did its peer ever connect, either way) and
+    failed :data:`FORGET_UNTRIED_FAILURES` times in a row, known for
+    :data:`FORGET_UNTRIED_AFTER` at least; or that failed :data:`FORGET_FAILURES` times
+    in a row and last worked (or its peer connected) more than :data:`FORGET_AFTER` ago
+    (as Bitcoin's address manager judges its addresses).
     Found by a new-user tester: a node that ran for a second was dialled once a minute
     by every peer that had heard of it, for as long as they ran. A peer that still
     announces the URL passes it on again.
     """
     if entry.peer.source is PeerSource.BOOTSTRAP:
         return False
-    if entry.last_connected is None:
-        return entry.failures >= FORGET_UNTRIED_FAILURES
-    return entry.failures >= FORGET_FAILURES and now - entry.last_connected >= FORGET_AFTER
+    worked = max(entry.last_connected or 0.0, entry.peer.last_connected or 0.0)
+    if not worked:
+        return (
+            entry.failures >= FORGET_UNTRIED_FAILURES
+            and now - entry.first_seen >= FORGET_UNTRIED_AFTER
+        )
+    return entry.failures >= FORGET_FAILURES and now - worked >= FORGET_AFTER
 
 
 def _host(url: str) -> str | None:
