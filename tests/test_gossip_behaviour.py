@@ -558,6 +558,34 @@ async def test_publish_keeps_pace_with_a_subscriber_that_reads_steadily() -> Non
         assert [message.body["n"] for message in got] == list(range(40))
 
 
+async def test_the_periodic_catch_up_asks_a_publisher_that_doesnt_carry_its_topic() -> None:
+    """Found in review: the periodic round asked only peers that carry one of our
+    topics; what a publish-only node dropped for a subscriber behind (the end of a
+    burst, with no later message to show the gap) was never caught up."""
+    hub = MemoryHub()
+    pub_options = {"max_send_bytes": 1_100_000, "catchup_interval": 0.2}
+    async with (
+        memory_node(hub, "pub", **pub_options) as pub,
+        memory_node(hub, "sub", catchup_interval=0.2) as sub,
+    ):
+        got: list[GossipMessage] = []
+        sub.subscribe("chat", got.append)
+        assert sub.client is not None and pub.url is not None
+        sub.client.connect(pub.url)
+        await sub.client.wait_connected()
+        await wait_for(lambda: subscribed(pub, "chat", 1))
+        await pub.publish("chat", {"n": 0})
+        await wait_for(lambda: len(got) == 1)
+        from_pub = socket_to(sub, "pub")
+        from_pub.pause_reading()  # behind for the whole burst
+        for n in range(1, 21):
+            await pub.publish("chat", {"n": n, "text": "x" * 100_000})
+        assert pub.metrics.send_dropped > 0  # the end of the burst, for the subscriber
+        from_pub.resume_reading()
+        await wait_for(lambda: len(got) == 21, timeout=10)
+        assert sorted(message.body["n"] for message in got) == list(range(21))
+
+
 async def test_a_loop_of_publishes_lets_the_event_loop_run() -> None:
     # Found by a tester: publish() waited only when a write buffer was full, so a loop of
     # large publishes held the event loop for 2.4 to 12 s (signing, sealing); pongs went

@@ -51,6 +51,7 @@ from ..protocol.gossip import (
     decode_hwm_answer,
     plan_fetches,
     split_stream_key,
+    stream_key,
 )
 from ..protocol.package import Body
 from .gossip_delivery import MAX_WAITING_BYTES
@@ -162,18 +163,30 @@ class Fetcher:
             self._gossip.tasks.spawn(self._fill(socket, fetch, budget), f"fill {stream}")
 
     async def run_forever(self) -> None:
-        """A round with a random peer that carries one of our topics, every
-        ``catchup_interval``."""
+        """A round with a random peer that carries one of our topics, or is the origin of
+        messages of ours, every ``catchup_interval``."""
         gossip = self._gossip
         while True:
             await asyncio.sleep(jittered(self._rng, gossip.node.options.catchup_interval))
-            # Peers sharing a topic (an original, without gossip, let each ask time out).
-            topics, peer_topics = gossip.router.topics, gossip.router.peer_topics
-            peers = [s for s in gossip.node.sockets if not topics.isdisjoint(peer_topics(s.id))]
-            socket = gossip.catchup.choose(peers)
+            socket = gossip.catchup.choose(self._round_peers())
             if socket is not None:  # (in a task: a peer whose messages never end
                 # stopped every later round, found by a tester)
                 self.spawn_round(socket)
+
+    def _round_peers(self) -> list[Socket]:
+        """Peers sharing a topic (an original, without gossip, let each ask time out),
+        and the origins of our topics' messages: a publisher that doesn't carry its
+        topic was never asked, and the last messages of a burst dropped for a slow
+        subscriber stayed missing (found in review)."""
+        gossip = self._gossip
+        topics, peer_topics = gossip.router.topics, gossip.router.peer_topics
+        delivered = self._marks.delivered
+        return [
+            s
+            for s in gossip.node.sockets
+            if not topics.isdisjoint(peer_topics(s.id))
+            or (s.peer_id is not None and any(delivered(stream_key(t, s.peer_id)) for t in topics))
+        ]
 
     def spawn_round(self, socket: Socket, topics: set[str] | None = None) -> None:
         """Run :meth:`round` in a task."""
