@@ -623,3 +623,26 @@ async def test_a_thousand_subscribes_in_a_row_are_one_talk_to_each_peer() -> Non
             await wait_for(lambda: len(peer.gossip.router.peer_topics(link.id)) == known)  # type: ignore[union-attr]  # noqa: B023
             # One talk (and maybe a heartbeat), not 1,000.
             assert link.stats.messages_in - before <= 3
+
+
+def test_long_message_data_is_read_with_the_collector_paused() -> None:
+    # Found by an attacker: data of 80,000 empty lists, parsed with the collector
+    # running, set off hundreds of collections per message (a node at 65 % CPU).
+    import gc
+
+    message = sign_message(Identity.generate(), "chat", 1, 1_700_000_000_000, {"x": [[]] * 80_000})
+    body = message.to_body(hops=1)
+    collections: list[str] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(phase)
+
+    gc.callbacks.append(count)
+    try:
+        copy = GossipMessage.from_body("chat", body)
+        assert gc.isenabled()
+    finally:
+        gc.callbacks.remove(count)
+    assert len(copy.body["x"]) == 80_000
+    assert len(collections) <= 1  # the one after the read

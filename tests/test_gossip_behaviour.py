@@ -37,6 +37,7 @@ from trustp2p.protocol.gossip import (
     sign_message,
     stream_key,
 )
+from trustp2p.protocol.log_budget import LogBudget
 from trustp2p.protocol.package import Body, Package, PackageType, build_package, encode
 from trustp2p.storage.peerstore import PeerRecord
 from trustp2p.testing import Network
@@ -1191,7 +1192,10 @@ def encoded_size(answer: Body) -> int:
 # Message size: a quarter of the package limit, so that catch-up answers always fit
 
 
-async def test_a_message_too_large_for_catch_up_is_refused_or_dropped() -> None:
+async def test_a_message_too_large_for_catch_up_is_refused_or_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trustp2p.node.gossip")
     hub = MemoryHub()
     options: dict[str, Any] = {
         "secure": False,
@@ -1247,6 +1251,16 @@ async def test_a_message_too_large_for_catch_up_is_refused_or_dropped() -> None:
         )
         await wait_for(lambda: len(got) == 3)
         assert got[2].id == message.id and gossip(small).router.stats.oversized == 1
+        # Each one dropped is said within the node's log budget (found by an attacker:
+        # a line for each, unbounded).
+        said = [r for r in caplog.records if r.getMessage().startswith("! dropped message")]
+        assert len(said) == 1
+        small.connections.inbound.log_budget = LogBudget(lines=2, window=60.0)
+        for _ in range(5):
+            await large.publish("chat", {"text": "x" * 900})
+        await wait_for(lambda: gossip(small).router.stats.oversized == 6)
+        said = [r for r in caplog.records if r.getMessage().startswith("! dropped message")]
+        assert [r.levelno for r in said] == [logging.INFO] * 3 + [logging.DEBUG] * 3
 
 
 async def test_a_payload_that_is_not_valid_unicode_is_refused_before_taking_a_seq() -> None:

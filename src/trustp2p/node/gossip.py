@@ -427,8 +427,9 @@ class Gossip:
         ``max_package_size``): not delivered, logged nor forwarded, nor held against the
         peer that passed it on; its seq is passed over, so later ones don't wait for it."""
         self.router.stats.oversized += 1
-        where = (message.seq, message.origin, message.topic)
-        logger.info("! dropped message %d of %s on %r: %d bytes exceed %d", *where, size, cap)
+        where = (message.seq, message.origin, message.topic, size, cap)
+        said = "! dropped message %d of %s on %r: %d bytes exceed %d"  # (budgeted: an attacker)
+        self.node.connections.inbound.log(logger, logging.INFO, "oversized", said, *where)
         if not self.router.receive(None, message, pending=True):
             return  # seen before: it holds its place already, or was dealt with
         self.router.refuse(message.id)  # seen: its copies are dropped by id

@@ -25,7 +25,6 @@ It owns the rules that decide what happens to a peer on one connection:
 from __future__ import annotations
 
 __all__ = [
-    "CONTAINERS_PER_GOSSIP_TOKEN",
     "CONTAINERS_PER_TOKEN",
     "MAX_ERROR_EVENT_CHARS",
     "MAX_ERROR_TEXT_CHARS",
@@ -126,19 +125,15 @@ attacker, 1 MB bodies of ``[[],[],...]`` (330,000 lists) took 80 ms each, at 100
 packages/s a peer. So a peer makes the node read about ``request_rate`` thousand
 containers a second (100,000 by default), besides its packages."""
 
-CONTAINERS_PER_GOSSIP_TOKEN = 100
-"""The same for a gossip package and the gossip budget, whose rate is ten times the
-request budget's by default: the same containers a second (found in review: at 1 per
-1,000 one peer's gossip held the event loop 16 % of the time)."""
 
-
-def body_cost(body_json: str, per_token: int = CONTAINERS_PER_TOKEN) -> int:
-    """Tokens ``body_json`` costs beyond its package's one: one per ``per_token``
-    brackets and braces in the text (those in strings too: a text can't be counted
-    more exactly at C speed). A short text costs nothing, and isn't counted."""
-    if len(body_json) < 2 * per_token:  # can't hold that many containers
+def body_cost(body_json: str) -> int:
+    """Tokens ``body_json`` costs beyond its package's one: one per
+    :data:`CONTAINERS_PER_TOKEN` brackets and braces in the text (those in strings too:
+    a text can't be counted more exactly at C speed; a peer's own requests and talks,
+    never others' it passes on). A short text costs nothing, and isn't counted."""
+    if len(body_json) < 2 * CONTAINERS_PER_TOKEN:  # can't hold that many containers
         return 0
-    return (body_json.count("[") + body_json.count("{")) // per_token
+    return (body_json.count("[") + body_json.count("{")) // CONTAINERS_PER_TOKEN
 
 
 def error_answer(
@@ -407,11 +402,11 @@ class ConnectionProtocol:
         if package_type is PackageType.GOSSIP:
             actions = [DeliverGossip(package)]
             gossip_budget = self._gossip_budget  # a message costs a signature check
-            if gossip_budget is not None:
-                cost = 1 + body_cost(package.body_json, CONTAINERS_PER_GOSSIP_TOKEN)
-                delay = gossip_budget.spend(self.last_seen, cost)
-                if delay > 0:
-                    actions.append(Throttle(delay))
+            # One token, whatever its body: the application's body travels in it as a
+            # string (counting its brackets throttled honest relays: found by an
+            # attacker), and a relay passes on what others originated.
+            if gossip_budget is not None and (delay := gossip_budget.spend(self.last_seen)) > 0:
+                actions.append(Throttle(delay))
             return actions
         if package_type in REQUEST_TYPES:
             return self._request(package)
