@@ -102,6 +102,27 @@ async def test_a_flood_of_unmatched_responses_is_throttled(make_node: MakeNode) 
         answering.cancel()
 
 
+async def test_an_unmatched_response_pays_for_its_body(make_node: MakeNode) -> None:
+    # Found in review: a response to nothing cost one token whatever its body (1 MB of
+    # [[],[],...] takes the loop 26-40 ms to read).
+    server = await make_node(server=True, secure=False, request_rate=1, request_burst=3)
+    assert server.url is not None and server.server is not None
+    async with connect(server.url, compression=None) as ws:
+        body = {"protocol_version": "1.0", "alt": "1", "library": "raw"}
+        await ws.send(encode(build_package(PackageType.TALK, "version", body)))
+        await wait_for(lambda: server.server is not None and len(server.server.sockets) == 1)
+        small = build_package(PackageType.RESPONSE, "nothing", {"n": 1}, tag=Tag("1" * 64))
+        await ws.send(encode(small))
+        await wait_for(lambda: server.metrics.unmatched == 1)
+        assert server.metrics.throttles == 0  # 1 token of 3
+        lists = {"x": [[]] * 5000}  # 1 + 5 tokens
+        await ws.send(
+            encode(build_package(PackageType.RESPONSE, "nothing", lists, tag=Tag("2" * 64)))
+        )
+        await wait_for(lambda: server.metrics.unmatched == 2)
+        assert server.metrics.throttles == 1
+
+
 async def test_a_busy_server_is_not_blocked_by_its_clients(make_node: MakeNode) -> None:
     # Over TCP the refusal always comes after the dial returned (a WebSocket server may
     # refuse within the WebSocket handshake: a DriverError, not counted).

@@ -35,6 +35,7 @@ from trustp2p.protocol.connection import (
     ConnectionState,
     body_cost,
     error_answer,
+    gossip_cost,
 )
 from trustp2p.protocol.handshake import (
     HANDSHAKE_MAGIC,
@@ -491,15 +492,19 @@ def test_bodies_of_many_containers_cost_more_of_the_budget(clock: FakeClock) -> 
     assert throttle_delay(actions[1]) == pytest.approx(0.3)
 
 
-def test_a_gossip_package_costs_one_token_whatever_its_body(clock: FakeClock) -> None:
-    # Found by an attacker: counting the brackets of gossip bodies (strings of "[", the
-    # application's body travels as a string) charged honest relays for what they
-    # passed on, and their subscribers stopped reading them.
-    gossip = TokenBucket(rate=10.0, burst=2, now=clock())
+def test_a_gossip_package_pays_for_the_containers_outside_its_data(clock: FakeClock) -> None:
+    # Found by an attacker: counting the brackets in data (the application's body, a
+    # string) charged honest relays for what they passed on, and their subscribers
+    # stopped reading them. Found in review: counting none let junk beside it through.
+    gossip = TokenBucket(rate=10.0, burst=40, now=clock())
     connection = protocol(clock, gossip_budget=gossip)
-    message = encode(build_package(PackageType.GOSSIP, "chat", {"data": "[" * 250_000}))
-    assert [type(a) for a in connection.receive_data(message)] == [DeliverGossip]
-    assert [type(a) for a in connection.receive_data(message)] == [DeliverGossip]
+    brackets = encode(build_package(PackageType.GOSSIP, "chat", {"data": "[" * 250_000}))
+    junk = encode(build_package(PackageType.GOSSIP, "chat", {"data": "{}", "x": [[]] * 3000}))
+    for _ in range(30):  # one token each: the budget's 40 hold them
+        assert [type(a) for a in connection.receive_data(brackets)] == [DeliverGossip]
+    actions = connection.receive_data(junk)  # 1 + 30 tokens
+    assert throttle_delay(actions[1]) == pytest.approx(2.1)
+    assert gossip_cost('{"data":"[[["}', "[[[") == 0
 
 
 @pytest.mark.parametrize(

@@ -117,13 +117,32 @@ def test_a_peer_that_drains_steadily_paces_publishing_however_long() -> None:
     # the burst's tail was dropped for it. Only late waits count.
     clock = FakeClock()
     pacing: PublishPacing[str] = PublishPacing(clock=clock)
-    for _ in range(200):  # a 40 s burst, the subscriber behind at every publish
+    for _ in range(200):  # 100 s of publishing, the subscriber behind at every publish
         peers, _ = _publish(pacing, clock, {"s": True}, s=0.2)
         assert peers == ["s"]
+        clock.advance(0.3)  # the application's own work between publishes
     assert pacing.slow == set()
     _publish(pacing, clock, {"s": True}, s=LATE_WAIT * PUBLISH_WAIT + 0.01)
     _publish(pacing, clock, {"s": True}, s=LATE_WAIT * PUBLISH_WAIT + 0.01)
     assert pacing.slow == {"s"}  # two late waits: over a second
+
+
+def test_a_peer_draining_just_under_the_late_mark_holds_half_the_time_at_most() -> None:
+    # Found in review: waits under LATE_WAIT counted towards nothing, so a peer that
+    # drained at 0.49 s held every publish (1.45 publishes a second instead of 5).
+    clock = FakeClock()
+    pacing: PublishPacing[str] = PublishPacing(clock=clock)
+    start, waited = clock(), 0.0
+    while clock() - start < 10 * WAIT_WINDOW:
+        peers, timeout = pacing.plan({"x": True})
+        if peers:
+            took = min(LATE_WAIT * PUBLISH_WAIT - 0.01, timeout)
+            clock.advance(took)
+            waited += took
+            pacing.waited({"x": took}, took)
+        clock.advance(0.01)  # the publish itself
+    assert waited <= 10 * WAIT_WINDOW * pacing.share + PUBLISH_WAIT
+    assert pacing.slow == set()  # never late: the node's share bounds it
 
 
 def test_a_peer_gone_is_forgotten() -> None:

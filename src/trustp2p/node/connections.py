@@ -43,7 +43,7 @@ from ..protocol.actions import (
 )
 from ..protocol.admission import Admission, keep_new_connection
 from ..protocol.close import CloseCode
-from ..protocol.connection import ConnectionProtocol, ConnectionState
+from ..protocol.connection import ConnectionProtocol, ConnectionState, body_cost
 from ..protocol.limits import BudgetTable, is_loopback
 from ..protocol.package import Package, PackageType, check_encoded_size, encode
 from ..protocol.peers import peer_key
@@ -485,7 +485,9 @@ class Connections:
         if not pong:
             conn.socket.stats.unmatched_in += 1
             self._metrics.unmatched += 1
-            self.charge(conn.socket, 1)  # as a request's: a flood of them is throttled
+            # As a request's, body included: a flood of them is throttled (found in
+            # review: 1 MB answers of [[],[],...] to nothing cost a token each).
+            self.charge(conn.socket, 1 + body_cost(package.body_json))
         if self._node.handlers.handles(package.type, package.event):
             self.workers.put(conn, package)
         elif self._debug and not pong:
