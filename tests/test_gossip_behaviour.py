@@ -886,8 +886,8 @@ async def test_old_messages_are_not_delivered_again_after_their_mark_was_pushed_
         log = gossip(node).message_log
         assert log is not None
         for _ in range(15):  # idle marks: 10 at most here, the least recently moved go
-            flooder = Identity.generate()  # with a history (one-message origins go first)
-            for seq in (1, 2):
+            flooder = Identity.generate()  # a longer history (the shortest ones go first)
+            for seq in (1, 2, 3, 4):
                 send(sign_message(flooder, "chat", seq, now, {}))
         await wait_for(lambda: log.delivered(stream_key("chat", honest.peer_id)) == 0)
         for message in old:  # replayed verbatim

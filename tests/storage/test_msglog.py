@@ -352,19 +352,46 @@ async def test_marks_of_one_message_origins_are_forgotten_before_those_with_a_hi
     """Found by an attacker: a flood of throwaway origins (one message each) pushed the
     marks of publishers with a history out too, the least recently moved first; their
     messages were then held to the marks forgotten, and dropped if their clock lagged.
-    Past the bound, marks at 1 go first, the least recently moved of them first."""
+    Past the bound, the marks that moved the fewest times go first, the least recently
+    moved of them first. And by the next attacker: ranked "more than one", a flood of
+    two-message origins did it all the same (a mark's seq, which its origin picks, would
+    be no better: one message of seq 1000 is one move)."""
     log = await MessageLog.open(None, clock=clock, max_messages=1)  # 10 idle marks
     try:
-        log.mark_delivered("honest", 7)  # the least recently moved
+        for seq in range(1, 8):
+            log.mark_delivered("honest", seq)  # seven messages, the least recently moved
+        log.mark_delivered("leaper", 1000)  # one message, a high seq
         clock.advance(1)
-        for i in range(12):  # a flood of one-message origins
+        for i in range(12):  # a flood of two-message origins
             log.mark_delivered(f"tp{i}", 1)
+            log.mark_delivered(f"tp{i}", 2)
             clock.advance(1)
         clock.advance(MARK_GRACE)  # (marks that moved within it are kept)
         assert await log.flush() is True
         assert log.delivered("honest") == 7
-        assert [log.delivered(f"tp{i}") for i in range(12)] == [0] * 4 + [1] * 8
+        assert log.delivered("leaper") == 0
+        assert [log.delivered(f"tp{i}") for i in range(12)] == [0] * 4 + [2] * 8
         assert log.forgotten_before == 1004.0  # tp3's, forgotten last
+    finally:
+        await log.close()
+
+
+async def test_a_mark_read_back_counts_as_often_as_its_seq(clock: FakeClock, path: Path) -> None:
+    # How often a mark moved isn't written down: after a restart, its seq stands in.
+    log = await MessageLog.open(path, clock=clock, max_messages=1)
+    for seq in range(1, 8):
+        log.mark_delivered("honest", seq)
+    await log.close()
+    log = await MessageLog.open(path, clock=clock, max_messages=1)
+    try:
+        clock.advance(1)
+        for i in range(12):  # a flood of two-message origins
+            log.mark_delivered(f"tp{i}", 1)
+            log.mark_delivered(f"tp{i}", 2)
+            clock.advance(1)
+        clock.advance(MARK_GRACE)
+        assert await log.flush() is True
+        assert log.delivered("honest") == 7
     finally:
         await log.close()
 

@@ -1,10 +1,9 @@
 """
 The message log: the recent gossip messages a node keeps, per topic, for catch-up.
 
-It lives in ``<cwd>/data/gossip.sqlite`` (:data:`LOG_PATH`), an SQLite database in WAL
-mode with ``synchronous=NORMAL``, like the peer store (:mod:`trustp2p.storage.peerstore`): a
-committed write survives the process being killed (``kill -9``); only a power cut may
-lose the last ones. The schema is versioned with ``PRAGMA user_version``.
+It lives in ``<cwd>/data/gossip.sqlite`` (:data:`LOG_PATH`), SQLite in WAL mode with
+``synchronous=NORMAL``, like the peer store: a committed write survives ``kill -9``; only
+a power cut may lose the last ones. The schema is versioned with ``PRAGMA user_version``.
 
 Besides the messages, the log keeps what the node delivered to its threads (per origin,
 the highest sequence number delivered), so that a restarted node delivers each message
@@ -156,6 +155,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         self._next_position = 1
         self._delivered: dict[str, int] = {}
         self._marked: dict[str, float] = {}  # when each delivered mark last moved
+        self._moves: dict[str, int] = {}  # how often it moved (loaded: its seq), for _prune
         self._marks_pruned = -math.inf  # when _prune() last looked at every mark
         self._young_over = False  # too many marks then, all moved within MARK_GRACE
         self._sequences: dict[str, int] = {}
@@ -378,6 +378,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         if seq > self._delivered.get(origin, 0):
             self._delivered[origin] = seq
             self._marked[origin] = self._clock()
+            self._moves[origin] = self._moves.get(origin, 0) + 1
             self._dirty_delivered.add(origin)
 
     @property
@@ -504,8 +505,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             return
         self._marks_pruned = now
         before = self._sequences.get(_FORGOTTEN, 0)
-        limits = (self._max_idle_marks, cutoff, now - MARK_GRACE, now)
-        forgotten, moved = forget_marks(self._delivered, self._marked, kept, *limits)
+        marks, limits = (self._delivered, self._marked, self._moves), (cutoff, now - MARK_GRACE)
+        forgotten, moved = forget_marks(*marks, kept, self._max_idle_marks, *limits, now)
         self._dirty_delivered.update(forgotten)
         self._young_over = len(self._marked) - len(kept) > self._max_idle_marks
         if moved > before:
@@ -544,6 +545,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             if seq > self._delivered.get(origin, 0):
                 self._delivered[origin] = seq
             self._marked[origin] = max(marked, self._marked.get(origin, marked))
+            self._moves[origin] = max(seq, self._moves.get(origin, 0))
         for origin, last in loaded.sequences:
             if last > self._sequences.get(origin, 0):
                 self._sequences[origin] = last
