@@ -504,7 +504,10 @@ def test_a_gossip_package_pays_for_the_containers_outside_its_data(clock: FakeCl
         assert [type(a) for a in connection.receive_data(brackets)] == [DeliverGossip]
     actions = connection.receive_data(junk)  # 1 + 30 tokens
     assert throttle_delay(actions[1]) == pytest.approx(2.1)
-    assert gossip_cost('{"data":"[[["}', "[[[") == 0
+    assert gossip_cost('{"data":"[[["}', {"data": "[[["}) == 0
+    # Brackets escaped in data (\u005b) can't hide junk beside it: all are counted.
+    escaped = '{"data":"' + "\\u005b" * 300 + '","x":' + "[" * 150 + "]" * 150 + "}"
+    assert gossip_cost(escaped, {"data": "[" * 300, "x": [[]]}) == 1
 
 
 @pytest.mark.parametrize(
