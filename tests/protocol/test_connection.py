@@ -504,10 +504,13 @@ def test_a_gossip_package_pays_for_the_containers_outside_its_data(clock: FakeCl
         assert [type(a) for a in connection.receive_data(brackets)] == [DeliverGossip]
     actions = connection.receive_data(junk)  # 1 + 30 tokens
     assert throttle_delay(actions[1]) == pytest.approx(2.1)
-    assert gossip_cost('{"data":"[[["}', {"data": "[[["}) == 0
-    # Brackets escaped in data (\u005b) can't hide junk beside it: all are counted.
+    assert gossip_cost('{"data":"[[["}', "[[[") == 0
+    # Found in review: brackets escaped in data (\u005b) cancelled junk beside it, and
+    # a key given twice hid it from a look at the values.
     escaped = '{"data":"' + "\\u005b" * 300 + '","x":' + "[" * 150 + "]" * 150 + "}"
-    assert gossip_cost(escaped, {"data": "[" * 300, "x": [[]]}) == 1
+    assert gossip_cost(escaped, "[" * 300) == 1
+    twice = '{"data":"","x":[' + "[]," * 299 + '[]],"x":1}'
+    assert gossip_cost(twice, "") == 3
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             last INTEGER NOT NULL
         )""",
     ),
+    # 2: how often each delivered mark moved, which ranks them when there are too many
+    # (a mark's seq, which its origin picks, can't: found in review).
+    ("ALTER TABLE delivered ADD COLUMN moves INTEGER NOT NULL DEFAULT 1",),
 )
 
 _MESSAGE_COLUMNS = "position, topic, origin, seq, timestamp, data, key, signature, id, received"
@@ -432,7 +435,7 @@ class Batch:
     deletes: list[int]
     delivered_keys: set[str]
     sequence_keys: set[str]
-    delivered: list[tuple[str, int, float]] = field(default_factory=list)
+    delivered: list[tuple[str, int, float, int]] = field(default_factory=list)
     delivered_deletes: list[tuple[str]] = field(default_factory=list)
     sequences: list[tuple[str, int]] = field(default_factory=list)
 
@@ -444,7 +447,7 @@ class Loaded:
     entries: list[Entry]
     deletes: list[int]  # positions of the rows past the limits, or malformed
     last_position: int  # the highest in the table, loaded or not
-    delivered: list[tuple[str, int, float]]
+    delivered: list[tuple[str, int, float, int]]  # origin, seq, marked, moves
     sequences: list[tuple[str, int]]
 
 
@@ -504,9 +507,10 @@ class MessageDatabase(Database[Batch, Loaded]):
             weight += size
             loaded.entries.append((message, received, row[0]))
         loaded.entries.reverse()
-        for origin, seq, marked in conn.execute("SELECT origin, seq, marked FROM delivered"):
+        marks = conn.execute("SELECT origin, seq, marked, moves FROM delivered")
+        for origin, seq, marked, moves in marks:
             try:
-                loaded.delivered.append((str(origin), int(seq), float(marked)))
+                loaded.delivered.append((str(origin), int(seq), float(marked), int(moves)))
             except (TypeError, ValueError):
                 logger.warning("! dropped a malformed delivered mark: %r", (origin, seq))
         for origin, last in conn.execute("SELECT origin, last FROM sequences"):
@@ -544,7 +548,7 @@ class MessageDatabase(Database[Batch, Loaded]):
         )
         conn.executemany("DELETE FROM delivered WHERE origin = ?", batch.delivered_deletes)
         conn.executemany(
-            "INSERT OR REPLACE INTO delivered (origin, seq, marked) VALUES (?, ?, ?)",
+            "INSERT OR REPLACE INTO delivered (origin, seq, marked, moves) VALUES (?, ?, ?, ?)",
             batch.delivered,
         )
         conn.executemany(

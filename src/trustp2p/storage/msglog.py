@@ -155,7 +155,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         self._next_position = 1
         self._delivered: dict[str, int] = {}
         self._marked: dict[str, float] = {}  # when each delivered mark last moved
-        self._moves: dict[str, int] = {}  # how often it moved (loaded: its seq), for _prune
+        self._moves: dict[str, int] = {}  # how often it moved (kept on disk), for _prune
         self._marks_pruned = -math.inf  # when _prune() last looked at every mark
         self._young_over = False  # too many marks then, all moved within MARK_GRACE
         self._sequences: dict[str, int] = {}
@@ -541,11 +541,11 @@ class MessageLog(WriteBehind[Batch, Loaded]):
                 position += 1
         self._next_position = position
         self._prune()
-        for origin, seq, marked in loaded.delivered:
+        for origin, seq, marked, moves in loaded.delivered:
             if seq > self._delivered.get(origin, 0):
                 self._delivered[origin] = seq
             self._marked[origin] = max(marked, self._marked.get(origin, marked))
-            self._moves[origin] = max(seq, self._moves.get(origin, 0))
+            self._moves[origin] = max(moves, self._moves.get(origin, 0))
         for origin, last in loaded.sequences:
             if last > self._sequences.get(origin, 0):
                 self._sequences[origin] = last
@@ -561,7 +561,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             if seq is None:
                 batch.delivered_deletes.append((origin,))
             else:
-                batch.delivered.append((origin, seq, self._marked[origin]))
+                batch.delivered.append((origin, seq, self._marked[origin], self._moves[origin]))
         for origin in batch.sequence_keys:
             batch.sequences.append((origin, self._sequences[origin]))
         return batch
@@ -582,7 +582,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         self._dirty_sequences |= batch.sequence_keys
 
     def _snapshot(self) -> Loaded:
-        delivered = [(origin, seq, self._marked[origin]) for origin, seq in self._delivered.items()]
+        delivered = [(o, s, self._marked[o], self._moves[o]) for o, s in self._delivered.items()]
         return Loaded(
             entries=sorted(self._entries(), key=entry_position),
             deletes=[],
