@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import tempfile
@@ -93,6 +94,23 @@ async def settles(
             if await stays(predicate, duration):
                 return True
     return False
+
+
+@contextlib.contextmanager
+def gc_runs() -> Iterator[list[int]]:
+    """Count the cyclic garbage collector's runs within the block: the list it gives
+    holds one item per collection begun."""
+    begun: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            begun.append(info["generation"])
+
+    gc.callbacks.append(count)
+    try:
+        yield begun
+    finally:
+        gc.callbacks.remove(count)
 
 
 class FakeClock:

@@ -21,7 +21,7 @@ from trustp2p.storage.msglog import LOG_FILE
 from trustp2p.testing import Delivery, Network
 
 from .compiled import pure_only
-from .conftest import MS, FakeClock, stays, wait_for
+from .conftest import MS, FakeClock, gc_runs, stays, wait_for
 from .protocol.test_gossip_router import _raw_body
 
 
@@ -632,17 +632,8 @@ def test_long_message_data_is_read_with_the_collector_paused() -> None:
 
     message = sign_message(Identity.generate(), "chat", 1, 1_700_000_000_000, {"x": [[]] * 80_000})
     body = message.to_body(hops=1)
-    collections: list[str] = []
-
-    def count(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            collections.append(phase)
-
-    gc.callbacks.append(count)
-    try:
+    with gc_runs() as begun:
         copy = GossipMessage.from_body("chat", body)
-        assert gc.isenabled()
-    finally:
-        gc.callbacks.remove(count)
+    assert gc.isenabled()
     assert len(copy.body["x"]) == 80_000
-    assert len(collections) <= 1  # the one after the read
+    assert len(begun) <= 1  # the one after the read

@@ -14,6 +14,7 @@ from hypothesis import given, strategies as st
 
 from trustp2p.protocol import jsontext
 
+from ..conftest import gc_runs
 from ..strategies import json_values
 
 JSON = json_values(
@@ -217,22 +218,15 @@ def test_long_texts_are_read_with_the_collector_paused(extra: str) -> None:
     # where the text is read twice: 941 collections, 330 ms.
     text = '{"x":[' + "[]," * 99_999 + "[]]" + extra + "}"
     assert len(text) >= jsontext.GC_PAUSE_CHARS
-    collections: list[str] = []
-
-    def count(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            collections.append(phase)
-
-    gc.callbacks.append(count)
-    try:
+    with gc_runs() as begun:
         value = jsontext.loads(text)
-        during = len(collections)
-        assert gc.isenabled()
-        gc.disable()  # an application that turned the collector off keeps it off
+        during = len(begun)
+    assert gc.isenabled()
+    gc.disable()  # an application that turned the collector off keeps it off
+    try:
         assert jsontext.loads(text) == value
         assert not gc.isenabled()
     finally:
         gc.enable()
-        gc.callbacks.remove(count)
     assert len(value["x"]) == 100_000
     assert during <= 1  # the one that follows the read, not hundreds
