@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from trustp2p.exceptions import PackageError
+from trustp2p.identity import Identity
 from trustp2p.protocol.actions import (
     Action,
     Block,
@@ -37,6 +38,7 @@ from trustp2p.protocol.connection import (
     error_answer,
     gossip_cost,
 )
+from trustp2p.protocol.gossip import sign_message
 from trustp2p.protocol.handshake import (
     HANDSHAKE_MAGIC,
     HELLO_EVENT,
@@ -511,6 +513,12 @@ def test_a_gossip_package_pays_for_the_containers_outside_its_data(clock: FakeCl
     assert gossip_cost(escaped, "[" * 300) == 1
     twice = '{"data":"","x":[' + "[]," * 299 + '[]],"x":1}'
     assert gossip_cost(twice, "") == 3
+    # Found in the next review: text that only looks like an escape, written by an
+    # origin in data, made every relay pay for it.
+    message = sign_message(Identity.generate(), "chat", 1, 1, {"t": "\\u005b" * 1000})
+    relayed = encode(build_package(PackageType.GOSSIP, "chat", message.to_body(hops=2)))
+    body = decode(relayed).body
+    assert gossip_cost(decode(relayed).body_json, body["data"]) == 0
 
 
 @pytest.mark.parametrize(

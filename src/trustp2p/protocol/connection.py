@@ -156,15 +156,19 @@ def gossip_cost(body_json: str, data: object) -> int:
     ``{"junk": [[],[],...]}`` is read whole before anything looks at it).
 
     The text's brackets are counted escaped too (``\\u005b``), so that brackets written
-    so in ``data``, subtracted once decoded, can't cancel junk beside it; a key given
-    twice only adds text to count (found in review). Exact for a message as relays write
-    it: nothing beyond its one token.
+    so in ``data``, subtracted once decoded, can't cancel junk beside it, less the text
+    that only looks like an escape (``\\\\u005b``: six characters of ``data``, which a
+    relay would otherwise pay for); a key given twice only adds text to count (found in
+    review). Nothing beyond its one token for a message as relays write it. (What a
+    peer can still hide: an escaped bracket after an escaped backslash, seven bytes of
+    ``data`` for each bracket of junk, on its own connection only.)
     """
     if len(body_json) < 2 * CONTAINERS_PER_GOSSIP_TOKEN:
         return 0
     brackets = body_json.count("[") + body_json.count("{")
-    if "\\u" in body_json:
-        brackets += sum(body_json.count(escaped) for escaped in _ESCAPED_BRACKETS)
+    if "\\u" in body_json:  # escapes, less text that only looks like one (\\u005b)
+        for escaped in _ESCAPED_BRACKETS:
+            brackets += body_json.count(escaped) - body_json.count("\\" + escaped)
     if type(data) is str:
         brackets -= data.count("[") + data.count("{")
     return max(brackets, 0) // CONTAINERS_PER_GOSSIP_TOKEN

@@ -511,7 +511,7 @@ class MessageDatabase(Database[Batch, Loaded]):
         for origin, seq, marked, moves in marks:
             try:
                 loaded.delivered.append((str(origin), int(seq), float(marked), int(moves)))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 logger.warning("! dropped a malformed delivered mark: %r", (origin, seq))
         for origin, last in conn.execute("SELECT origin, last FROM sequences"):
             try:
