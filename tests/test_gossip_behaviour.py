@@ -6,10 +6,11 @@ link delays and a loopback WebSocket network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -855,13 +856,12 @@ async def log_and_send_every_third(relay: Node, to: str) -> list[GossipMessage]:
     return messages
 
 
-async def test_old_messages_are_not_delivered_again_after_their_mark_was_pushed_out(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Found by an attacker: 125,000 one-message origins pushed an honest origin's
-    delivery mark out of the log (and its ids out of the seen cache); its old messages,
-    replayed verbatim, were delivered again, across restarts too."""
-    monkeypatch.setattr(trustp2p.storage.msglog, "MARK_GRACE", 0.0)  # (a minute, else)
+@contextlib.asynccontextmanager
+async def fed_by_a_relay() -> AsyncIterator[
+    tuple[Node, list[GossipMessage], Callable[[GossipMessage], None]]
+]:
+    """A node that keeps few messages and marks (``log_max_messages`` 1), what it got on
+    "chat", and a function that has a relay send it a message as it is."""
     hub = MemoryHub()
     async with (
         memory_node(hub, "relay") as relay,
@@ -877,6 +877,17 @@ async def test_old_messages_are_not_delivered_again_after_their_mark_was_pushed_
         def send(message: GossipMessage) -> None:
             relay.send_package(socket, build_package(PackageType.GOSSIP, "chat", message.to_body()))
 
+        yield node, got, send
+
+
+async def test_old_messages_are_not_delivered_again_after_their_mark_was_pushed_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by an attacker: 125,000 one-message origins pushed an honest origin's
+    delivery mark out of the log (and its ids out of the seen cache); its old messages,
+    replayed verbatim, were delivered again, across restarts too."""
+    monkeypatch.setattr(trustp2p.storage.msglog, "MARK_GRACE", 0.0)  # (a minute, else)
+    async with fed_by_a_relay() as (node, got, send):
         honest, now = Identity.generate(), int(time.time() * 1000)
         then = now - 60_000 - int(CLOCK_SKEW * 1000)  # (a lagging clock's are taken)
         old = [sign_message(honest, "chat", seq, then, {"n": seq}) for seq in (1, 2, 3)]
@@ -908,21 +919,7 @@ async def test_after_a_flood_of_origins_a_lagging_clock_is_taken_and_a_drop_is_s
     minutes: those of new origins (older than the marks forgotten), and those of
     publishers with a history, whose marks the flood pushed out too."""
     monkeypatch.setattr(trustp2p.storage.msglog, "MARK_GRACE", 0.0)  # (a minute, else)
-    hub = MemoryHub()
-    async with (
-        memory_node(hub, "relay") as relay,
-        memory_node(hub, "node", log_max_messages=1, seen_max=5) as node,
-    ):
-        got: list[GossipMessage] = []
-        node.subscribe("chat", got.append)
-        assert relay.client is not None and node.url is not None
-        relay.client.connect(node.url)
-        await relay.client.wait_connected()
-        socket = socket_to(relay, "node")
-
-        def send(message: GossipMessage) -> None:
-            relay.send_package(socket, build_package(PackageType.GOSSIP, "chat", message.to_body()))
-
+    async with fed_by_a_relay() as (node, got, send):
         now = int(time.time() * 1000)
         lag = now - 240_000  # a clock 4 minutes behind
         known = Identity.generate()
