@@ -488,20 +488,33 @@ async def test_publish_waits_for_no_peer_that_reads_nothing() -> None:
             socket_to(node, "pub").resume_reading()  # (for a prompt stop)
 
 
-async def test_publish_doesnt_keep_waiting_for_a_peer_that_drains_just_in_time() -> None:
-    """Found by an attacker: a subscriber that read its buffer just before publish()'s
-    second was up was never still behind when the wait ended, so every publish()
-    waited for it again (~0.8 s each: a node publishing 5 a second published 1). Its
-    waits add up: once they reach PUBLISH_WAIT, it is slow, and publish() goes on
-    without it until it has kept up for a while; it gets every message all the same."""
+@contextlib.asynccontextmanager
+async def publisher_and_subscriber(
+    sub_options: dict[str, Any] | None = None, **pub_options: Any
+) -> AsyncIterator[tuple[Node, Node, list[GossipMessage]]]:
+    """A publisher ("pub", ``pub_options``), a subscriber to "chat" connected to it
+    (``sub_options``), and the messages the subscriber got."""
     hub = MemoryHub()
-    async with memory_node(hub, "pub") as pub, memory_node(hub, "sub") as sub:  # defaults
+    async with (
+        memory_node(hub, "pub", **pub_options) as pub,
+        memory_node(hub, "sub", **(sub_options or {})) as sub,
+    ):
         got: list[GossipMessage] = []
         sub.subscribe("chat", got.append)
         assert sub.client is not None and pub.url is not None
         sub.client.connect(pub.url)
         await sub.client.wait_connected()
         await wait_for(lambda: subscribed(pub, "chat", 1))
+        yield pub, sub, got
+
+
+async def test_publish_doesnt_keep_waiting_for_a_peer_that_drains_just_in_time() -> None:
+    """Found by an attacker: a subscriber that read its buffer just before publish()'s
+    second was up was never still behind when the wait ended, so every publish()
+    waited for it again (~0.8 s each: a node publishing 5 a second published 1). Its
+    waits add up: once they reach PUBLISH_WAIT, it is slow, and publish() goes on
+    without it until it has kept up for a while; it gets every message all the same."""
+    async with publisher_and_subscriber() as (pub, sub, got):  # defaults
         to_sub, from_pub = socket_to(pub, "sub"), socket_to(sub, "pub")
 
         async def drain_in_time() -> None:  # reads 0.8 s after its buffer filled up
@@ -531,15 +544,7 @@ async def test_publish_keeps_pace_with_a_subscriber_that_reads_steadily() -> Non
     for it at its send queue, and came only with a catch-up round (or never, from a
     publisher that doesn't carry its own topic). Default options, but for a send queue
     of 1.1 MB (16 MiB by default) that a short burst fills."""
-    hub = MemoryHub()
-    queue = {"max_send_bytes": 1_100_000}
-    async with memory_node(hub, "pub", **queue) as pub, memory_node(hub, "sub") as sub:
-        got: list[GossipMessage] = []
-        sub.subscribe("chat", got.append)
-        assert sub.client is not None and pub.url is not None
-        sub.client.connect(pub.url)
-        await sub.client.wait_connected()
-        await wait_for(lambda: subscribed(pub, "chat", 1))
+    async with publisher_and_subscriber(max_send_bytes=1_100_000) as (pub, sub, got):
         from_pub = socket_to(sub, "pub")
 
         async def read_steadily() -> None:  # 10 ms of reading in every 210 ms
@@ -564,18 +569,9 @@ async def test_the_periodic_catch_up_asks_a_publisher_that_doesnt_carry_its_topi
     """Found in review: the periodic round asked only peers that carry one of our
     topics; what a publish-only node dropped for a subscriber behind (the end of a
     burst, with no later message to show the gap) was never caught up."""
-    hub = MemoryHub()
     pub_options = {"max_send_bytes": 1_100_000, "catchup_interval": 0.2}
-    async with (
-        memory_node(hub, "pub", **pub_options) as pub,
-        memory_node(hub, "sub", catchup_interval=0.2) as sub,
-    ):
-        got: list[GossipMessage] = []
-        sub.subscribe("chat", got.append)
-        assert sub.client is not None and pub.url is not None
-        sub.client.connect(pub.url)
-        await sub.client.wait_connected()
-        await wait_for(lambda: subscribed(pub, "chat", 1))
+    sub_options = {"catchup_interval": 0.2}
+    async with publisher_and_subscriber(sub_options, **pub_options) as (pub, sub, got):
         await pub.publish("chat", {"n": 0})
         await wait_for(lambda: len(got) == 1)
         from_pub = socket_to(sub, "pub")
