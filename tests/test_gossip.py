@@ -637,3 +637,23 @@ def test_long_message_data_is_read_with_the_collector_paused() -> None:
     assert gc.isenabled()
     assert len(copy.body["x"]) == 80_000
     assert len(begun) <= 1  # the one after the read
+
+
+def test_a_message_holds_its_text_not_its_parse() -> None:
+    # Found by an attacker: messages of 80,000 empty lists, each holding its parse in
+    # the recent cache, took a node from 47 to 840 MB, and every collection walked them.
+    import tracemalloc
+
+    message = sign_message(Identity.generate(), "chat", 1, 1_700_000_000_000, {"x": [[]] * 80_000})
+    body = message.to_body(hops=1)
+    tracemalloc.start()
+    try:
+        copy = GossipMessage.from_body("chat", body)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 100_000  # the parse alone is over 4 MB
+    assert copy.body == {"x": [[]] * 80_000} == message.body
+    first = copy.body
+    first["x"].clear()  # each access reads the text again: a handler's change stays its own
+    assert len(copy.body["x"]) == 80_000

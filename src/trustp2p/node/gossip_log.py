@@ -8,7 +8,6 @@ from __future__ import annotations
 __all__ = ["delivered", "from_logged", "to_logged", "undelivered"]
 
 import base64
-import json
 import sys
 from collections.abc import Callable, Iterator
 
@@ -59,10 +58,9 @@ def to_logged(message: GossipMessage) -> LoggedMessage:
     return logged
 
 
-def from_logged(logged: LoggedMessage, *, parse: bool = True) -> GossipMessage:
-    """A logged message as the router knows it, its ``body`` parsed unless not
-    ``parse`` (to send on only). Found by a new user: read back with no body, messages
-    replayed after a crash reached handlers empty, and ``history()`` listed them so."""
+def from_logged(logged: LoggedMessage) -> GossipMessage:
+    """A logged message as the router knows it (its ``body`` is read from its
+    ``data`` when asked for)."""
     return GossipMessage(
         logged.topic,
         split_stream_key(logged.origin)[1],
@@ -72,7 +70,6 @@ def from_logged(logged: LoggedMessage, *, parse: bool = True) -> GossipMessage:
         base64.b64decode(logged.key),
         base64.b64decode(logged.signature),
         logged.id,
-        body=json.loads(logged.data) if parse else {},  # (a JSON object: checked)
     )
 
 

@@ -122,7 +122,7 @@ class GossipThread(Thread):
                 logged = log.pick(wanted.stream, wanted.seqs, limit=limit, max_bytes=max_bytes)
             # One over what the asker takes is left out (it lacks it): it would close
             # the connection (found in review: each redial's catch-up did it again).
-            read = (from_logged(m, parse=False) for m in logged)  # to send on only
+            read = (from_logged(m) for m in logged)
             sized = [(m, n) for m in read if (n := wire_size(m)) <= max_bytes]
             if sized or not logged or wanted.seqs is not None:
                 break
