@@ -96,6 +96,8 @@ async def test_grafts_within_the_backoff_go_unanswered_and_the_second_is_penalis
 ) -> None:
     server, client, to_client, to_server = await _pair(make_node)
     router = _gossip(server).router
+    for _ in range(10):  # good packages, which one invalid one among doesn't outweigh
+        await _flush(client, server)
     client.send_package(to_server, _talk(PRUNE))  # it leaves the server's mesh...
     await wait_for(lambda: to_client.id not in router.mesh[TOPIC])
     client.send_package(to_server, _talk(GRAFT))  # ...and grafts again at once: early

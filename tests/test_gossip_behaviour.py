@@ -479,7 +479,7 @@ async def test_publish_waits_for_no_peer_that_reads_nothing() -> None:
         assert pub.server is not None
         to_idle = socket_to(pub, "idle")  # it carries no topic; its answers fill up
         pub.send_package(to_idle, build_package(PackageType.TALK, "x", {"x": "y" * 100_000}))
-        assert to_idle.write_paused
+        await wait_for(lambda: to_idle.write_paused)  # (written at the iteration's end)
         async with asyncio.timeout(10):  # (the stall watch closes them after 20 s)
             for n in range(20):  # 60 KB each: the second fills the slow peer's buffer
                 await pub.publish("chat", {"n": n, "text": "x" * 60_000})

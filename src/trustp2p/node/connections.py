@@ -322,8 +322,6 @@ class Connections:
         self.workers.put(conn, Hook(hook, socket))
         for action in conn.protocol.start():
             self._carry_out(conn, action)
-        if node.gossip is not None and not socket.closed:
-            node.gossip.connection_opened(socket)
 
     def _new_connection(self, socket: Socket, role: Role) -> PeerConnection:
         node = self._node
@@ -433,6 +431,9 @@ class Connections:
         body = introduced.body
         conn.log.debug("= peer runs %s %s", body.get("library"), body.get("library_version"))
         self.twins.introduced(conn, body)
+        gossip = self._node.gossip
+        if gossip is not None and self._node.running and not socket.closed:
+            gossip.peer_introduced(socket, conn.protocol.peer_max_size)
 
     def _self_dial(self, conn: PeerConnection, self_dial: SelfDial) -> None:
         """Both ends of this connection are us: close it. Nobody is at fault, and the

@@ -12,7 +12,7 @@ its threads and its message log (:mod:`trustp2p.storage.msglog`), and owns the t
   per topic (a *stream*). Topics are delivered side by side (:mod:`.gossip_delivery`).
 - Validators (``set_validator``) accept, ignore or reject a message before it goes
   further; a rejected one counts against the peer that sent it.
-- Catch-up: when a connection opens (or a topic is new), and every ``catchup_interval``,
+- Catch-up: when a peer introduces itself (or a topic is new), every ``catchup_interval``,
   peers exchange per-stream high-water marks of their logs (``gossip/hwm``) and fetch
   what they miss in bounded batches (``gossip/fetch``). A gap in a live stream is
   fetched from the peer that revealed it; one nobody can fill is skipped after
@@ -369,8 +369,10 @@ class Gossip:
         if self.message_log is not None:
             await self.message_log.close()
 
-    def connection_opened(self, socket: Socket) -> None:
-        self.router.add_peer(socket.id)
+    def peer_introduced(self, socket: Socket, max_size: int | None) -> None:
+        """A peer introduced itself (``max_size``: the largest package it takes, None if
+        not under ours): gossip with it. Not at open, when its limit was unknown."""
+        self.router.add_peer(socket.id, max_bytes=None if max_size is None else max_size // 4)
         if self._fetcher is not None:
             self._fetcher.spawn_round(socket)
 
@@ -405,10 +407,8 @@ class Gossip:
             return
         cap = message_size_limit(self.node.options.max_package_size)
         text = package.body_json
-        # A character takes 1 to 4 bytes: encode only bodies that may be too large, and
-        # measure the message as logged and served, not the body as it came (found by
-        # an attacker: an honest message padded with a key nobody signs, sent first,
-        # was dropped as too large, its copies with it, for good).
+        # Encode only bodies that may be too large (1 to 4 bytes a character); measure the
+        # message as logged and served, not as it came (an attacker padded an honest one).
         if cap is not None and len(text) * 4 > cap and len(text.encode()) > cap:
             if (size := wire_size(message)) > cap:
                 self._oversized(message, size, cap)

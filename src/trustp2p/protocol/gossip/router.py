@@ -175,11 +175,13 @@ class GossipRouter:
     def peer_topics(self, peer: PeerKey) -> set[str]:
         return self._peers.get(peer, set())
 
-    def add_peer(self, peer: PeerKey) -> None:
-        """A connection opened: tell the peer what we subscribe to."""
+    def add_peer(self, peer: PeerKey, *, max_bytes: int | None = None) -> None:
+        """A peer to gossip with: tell it what we subscribe to, in talks of at most
+        ``max_bytes`` of topics (the batch's bound if None or larger)."""
         self._peers[peer] = set()
         self._asking.setdefault(peer, set())
-        for chunk in topic_chunks(sorted(self.topics), self.batch.max_bytes):
+        size = self.batch.max_bytes if max_bytes is None else min(max_bytes, self.batch.max_bytes)
+        for chunk in topic_chunks(sorted(self.topics), size):
             self._talk(peer, SUBSCRIPTIONS, {"subscribe": chunk, "unsubscribe": []})
 
     def remove_peer(self, peer: PeerKey) -> None:
