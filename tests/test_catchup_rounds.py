@@ -16,6 +16,7 @@ from trustp2p.drivers.memory import MemoryHub
 from trustp2p.identity import Identity
 from trustp2p.node.gossip_thread import GossipThread
 from trustp2p.protocol.gossip import (
+    FETCH,
     GossipMessage,
     PeerBudgets,
     RoundBudget,
@@ -29,7 +30,7 @@ from trustp2p.protocol.package import Body, Package, PackageType, build_package
 from trustp2p.testing import Network
 
 from .conftest import stays
-from .test_gossip_behaviour import gossip, memory_node, subscribed, wait_for
+from .test_gossip_behaviour import gossip, memory_node, socket_to, subscribed, wait_for
 
 ENDLESS = "memory://endless:1"
 
@@ -272,3 +273,30 @@ async def test_a_fetch_behind_a_gap_stops_once_much_is_held() -> None:
         answer = answer_size_limit(restarted.options.max_package_size)
         assert 0 < peak["held"] <= HELD_ROOM + answer, peak
         assert peak["waiting"] <= MAX_WAITING_BYTES, peak
+
+
+async def test_catch_up_answers_share_the_nodes_serving_rate() -> None:
+    # Found by an attacker: an answer was charged to its asker's request budget alone,
+    # and identities are free: four drew 28.7 MB/s from a node. All askers' answers
+    # share catchup_serve_rate now; past it, an asker over its share is throttled.
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "pub", catchup_serve_rate=50_000) as pub,
+        memory_node(hub, "a") as a,
+        memory_node(hub, "b") as b,
+    ):
+        pub.subscribe("chat")
+        for n in range(10):
+            await pub.publish("chat", {"n": n, "text": "x" * 5_000})
+        body = {"topic": "chat", "origin": pub.peer_id, "from": 1, "to": 10}
+        askers = []
+        for node in (a, b):
+            assert node.client is not None and pub.url is not None
+            node.client.connect(pub.url)
+            await node.client.wait_connected()
+            askers.append((node.client, socket_to(node, "pub")))
+        answers = [
+            await role.request(socket, FETCH, body) for _ in range(3) for role, socket in askers
+        ]
+        assert [len(answer["messages"]) for answer in answers] == [10] * 6  # answered all
+        assert pub.metrics.throttles >= 1  # 6 answers of 50 KB: past twice the rate

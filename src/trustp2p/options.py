@@ -201,6 +201,10 @@ class NodeOptions:
         catchup_interval: Time between two catch-up rounds with a random peer that
             shares one of our topics (0: only when a connection opens).
         catchup_batch: Most messages in one ``gossip/fetch`` answer.
+        catchup_serve_rate: Bytes per second of catch-up answers the node serves all
+            peers together, shared evenly as ``gossip_node_rate`` is: an asker past
+            its share waits (each asker is bounded by ``request_rate`` apart from this,
+            but identities are free).
         gap_timeout: A gap in an origin's sequence that nobody fills is skipped after
             this long, once a peer asked for it answered without it (ten times as long
             while no peer answered).
@@ -300,6 +304,7 @@ class NodeOptions:
     log_max_bytes: int = 64 * 1024 * 1024
     catchup_interval: float = 30.0
     catchup_batch: int = 100
+    catchup_serve_rate: float = 8 * 1024 * 1024
     gap_timeout: float = 30.0
     durable_delivery: bool = True
     admin: str | None = None
@@ -517,6 +522,7 @@ _DURATIONS = (
     "request_rate",
     "gossip_rate",
     "gossip_node_rate",
+    "catchup_serve_rate",
     "ip_rate",
     "storm_window",
     "storm_cooldown",

@@ -69,3 +69,13 @@ def test_never_past_twice_the_rate_whatever_the_shares() -> None:
     waits = [share.spend(f"light{n}", 0.1) for _ in range(9) for n in range(10)]
     assert waits[:50] == [0.0] * 50  # 9 each is within 100 / 11
     assert all(wait > 0 for wait in waits[50:])  # past 200 in the window
+
+
+def test_an_amount_spends_its_size() -> None:
+    # Bytes of catch-up answers: an answer spends its size of the node's rate.
+    share = FairShare(1000)
+    assert share.spend("a", 0.0, 600) == 0.0
+    assert share.spend("b", 0.0, 400) == 0.0  # the rate, no more
+    assert share.spend("a", 0.5, 100) == pytest.approx(0.5)  # 700 > 1,000 / 2
+    assert share.spend("b", 0.5, 100) == 0.0  # 500: its share
+    assert share.spend("b", 0.5, 1) > 0

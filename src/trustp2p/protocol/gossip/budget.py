@@ -2,8 +2,9 @@
 What catch-up may fetch from a peer, in bytes of messages as they go on the wire
 (:func:`~.catchup.wire_size`): a round (the fetches planned from one peer's marks) at
 most a :class:`RoundBudget`; the gaps a peer's live messages reveal, at most a budget a
-peer renewed every interval (:class:`PeerBudgets`). And the live messages a node checks,
-all peers together, shared fairly among them (:class:`FairShare`). No I/O.
+peer renewed every interval (:class:`PeerBudgets`). And what a node takes or gives all
+peers together, shared fairly among them (:class:`FairShare`): the live messages it
+checks, the catch-up answers it serves. No I/O.
 
 """
 
@@ -77,12 +78,13 @@ class PeerBudgets:
 
 class FairShare:
     """
-    A node-wide budget of ``rate`` live messages a second, shared max-min fairly among
-    the peers that send them: in each ``window`` seconds, once the node has taken
-    ``rate * window`` messages, a peer that took more than an even share of that (split
-    among the peers that sent any in the window) waits for the next window; a peer
-    within its share doesn't, until the node has taken twice that, when every peer
-    does. Each peer's own budget (``gossip_rate``) bounds it apart from this.
+    A node-wide budget of ``rate`` a second (live messages, or bytes of catch-up
+    answers), shared max-min fairly among the peers that spend it: in each ``window``
+    seconds, once the node has spent ``rate * window``, a peer that took more than an
+    even share of that (split among the peers that spent any in the window) waits for
+    the next window; a peer within its share doesn't, until the node has spent twice
+    that, when every peer does. Each peer's own budget (``gossip_rate``,
+    ``request_rate``) bounds it apart from this.
 
     Found by an attacker: the per-peer budget alone let two throwaway identities send
     2,000 one-message origins a second, past what a node checks (about 3,000 a second
@@ -97,24 +99,24 @@ class FairShare:
             raise ValueError(f"rate and window must be positive, not {rate}, {window}")
         self.rate = rate
         self.window = window
-        self._counts: dict[Hashable, int] = {}  # per peer, messages this window
-        self._total = 0
+        self._counts: dict[Hashable, float] = {}  # per peer, spent this window
+        self._total = 0.0
         self._ends = float("-inf")  # when this window ends
 
-    def spend(self, peer: Hashable, now: float) -> float:
+    def spend(self, peer: Hashable, now: float, amount: float = 1.0) -> float:
         """
-        ``peer`` sent one more message at ``now``: the seconds it should wait before it
-        sends more (0: none).
+        ``peer`` spent ``amount`` more at ``now`` (one message, or an answer's bytes):
+        the seconds it should wait before it spends more (0: none).
         """
         if now >= self._ends:
             ended = self._ends
             # Windows follow each other, or one begins now after a quiet spell.
             self._ends = ended + self.window if now < ended + self.window else now + self.window
             self._counts.clear()
-            self._total = 0
+            self._total = 0.0
         counts = self._counts
-        count = counts[peer] = counts.get(peer, 0) + 1
-        self._total += 1
+        count = counts[peer] = counts.get(peer, 0.0) + amount
+        self._total += amount
         allowed = self.rate * self.window
         if self._total <= allowed:
             return 0.0
