@@ -278,25 +278,26 @@ async def test_a_fetch_behind_a_gap_stops_once_much_is_held() -> None:
 async def test_catch_up_answers_share_the_nodes_serving_rate() -> None:
     # Found by an attacker: an answer was charged to its asker's request budget alone,
     # and identities are free: four drew 28.7 MB/s from a node. All askers' answers
-    # share catchup_serve_rate now; past it, an asker over its share is throttled.
+    # share catchup_serve_rate now: an asker past its share is throttled and told to
+    # ask later, one within it is answered.
     hub = MemoryHub()
     async with (
         memory_node(hub, "pub", catchup_serve_rate=50_000) as pub,
-        memory_node(hub, "a") as a,
-        memory_node(hub, "b") as b,
+        memory_node(hub, "greedy") as greedy,
+        memory_node(hub, "fair") as fair,
     ):
         pub.subscribe("chat")
         for n in range(10):
             await pub.publish("chat", {"n": n, "text": "x" * 5_000})
-        body = {"topic": "chat", "origin": pub.peer_id, "from": 1, "to": 10}
-        askers = []
-        for node in (a, b):
+        for node in (greedy, fair):
             assert node.client is not None and pub.url is not None
             node.client.connect(pub.url)
             await node.client.wait_connected()
-            askers.append((node.client, socket_to(node, "pub")))
-        answers = [
-            await role.request(socket, FETCH, body) for _ in range(3) for role, socket in askers
-        ]
-        assert [len(answer["messages"]) for answer in answers] == [10] * 6  # answered all
-        assert pub.metrics.throttles >= 1  # 6 answers of 50 KB: past twice the rate
+        [thread] = [t for t in pub.threads if isinstance(t, GossipThread)]
+        body = {"topic": "chat", "origin": pub.peer_id, "from": 1, "to": 10}
+        request = build_package(PackageType.REQUEST, FETCH, body)
+        to_greedy, to_fair = socket_to(pub, "greedy"), socket_to(pub, "fair")
+        assert len(thread.serve_fetch(to_greedy, request)["messages"]) == 10  # 52 KB
+        assert pub.metrics.throttles >= 1  # past the rate, and its share
+        assert thread.serve_fetch(to_greedy, request)["error"].startswith("busy: ")
+        assert len(thread.serve_fetch(to_fair, request)["messages"]) == 10  # within its

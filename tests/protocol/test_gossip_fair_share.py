@@ -79,3 +79,13 @@ def test_an_amount_spends_its_size() -> None:
     assert share.spend("a", 0.5, 100) == pytest.approx(0.5)  # 700 > 1,000 / 2
     assert share.spend("b", 0.5, 100) == 0.0  # 500: its share
     assert share.spend("b", 0.5, 1) > 0
+
+
+def test_wait_says_what_spend_would_and_spends_nothing() -> None:
+    share = FairShare(100)
+    assert share.wait("a", 0.0) == 0.0  # no window yet
+    share.spend("a", 0.0, 150)
+    assert share.wait("a", 0.25) == pytest.approx(0.75)
+    assert share.wait("a", 0.25) == pytest.approx(0.75)  # (nothing spent)
+    assert share.wait("b", 0.25) == 0.0  # nothing spent: within its share
+    assert share.wait("a", 1.0) == 0.0  # the window is over

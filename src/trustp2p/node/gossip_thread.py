@@ -64,6 +64,8 @@ class GossipThread(Thread):
     def serve_hwm(self, socket: Socket, package: Package) -> Body:
         """``gossip/hwm``: per topic asked (and carried), per origin, the last seq we have
         with nothing missing before it."""
+        if (busy := self._busy(socket)) is not None:
+            return busy
         gossip = self.gossip
         assert gossip.message_log is not None
         try:
@@ -90,16 +92,26 @@ class GossipThread(Thread):
         ours = answer_size_limit(self.node.options.max_package_size)
         return ours if asked is None else min(ours, asked)
 
+    def _busy(self, socket: Socket) -> Body | None:
+        """The answer to an asker past its share of ``catchup_serve_rate`` (all askers'
+        answers share it: identities are free, and four drew 28.7 MB/s, each within its
+        own budget): a refusal, which catch-up takes as "ask later"; None if within."""
+        if self._served is None:
+            self._served = FairShare(self.node.options.catchup_serve_rate)
+        key = self.node.connections.budget_key(socket)
+        if (wait := self._served.wait(key, asyncio.get_running_loop().time())) <= 0:
+            return None
+        return {"error": f"busy: over its share of catch-up answers; ask again in {wait:.1f} s"}
+
     def _charge(self, socket: Socket, size: int) -> None:
         """A large answer costs the asker more of its request budget: one token per
         :data:`FETCH_BYTES_PER_TOKEN` (an attacker's 1,000 fetches drew 521 MB in 8 s;
-        another's hwm requests 170 MB in 20 s); and all askers' answers share the node's
-        ``catchup_serve_rate`` (identities are free: four drew 28.7 MB/s)."""
+        another's hwm requests 170 MB in 20 s), and its share of ``catchup_serve_rate``
+        (past it, reading from the asker pauses until the share's window ends)."""
         connections = self.node.connections
         if size > FETCH_BYTES_PER_TOKEN:
             connections.charge(socket, size / FETCH_BYTES_PER_TOKEN - 1)
-        if self._served is None:
-            self._served = FairShare(self.node.options.catchup_serve_rate)
+        assert self._served is not None  # (_busy() made it)
         now = asyncio.get_running_loop().time()
         delay = self._served.spend(connections.budget_key(socket), now, size)
         if delay > 0 and (conn := connections.get(socket.id)) is not None:
@@ -108,6 +120,8 @@ class GossipThread(Thread):
     def serve_fetch(self, socket: Socket, package: Package) -> Body:
         """``gossip/fetch``: a stream's messages ``from..to`` (only ``seqs`` if given;
         bounded), oldest first."""
+        if (busy := self._busy(socket)) is not None:
+            return busy
         gossip = self.gossip
         assert gossip.message_log is not None
         try:

@@ -114,14 +114,19 @@ class FairShare:
             self._ends = ended + self.window if now < ended + self.window else now + self.window
             self._counts.clear()
             self._total = 0.0
-        counts = self._counts
-        count = counts[peer] = counts.get(peer, 0.0) + amount
+        self._counts[peer] = self._counts.get(peer, 0.0) + amount
         self._total += amount
+        return self.wait(peer, now)
+
+    def wait(self, peer: Hashable, now: float) -> float:
+        """The seconds ``peer`` should wait at ``now`` before it spends more (0: none),
+        spending nothing."""
         allowed = self.rate * self.window
-        if self._total <= allowed:
+        if now >= self._ends or self._total <= allowed:
             return 0.0
         # Within its share, but never past twice the rate: found in review, identities
         # each sending less than an even share took a node to about twice the rate.
-        if count * len(counts) <= allowed and self._total <= 2 * allowed:
+        count = self._counts.get(peer, 0.0)
+        if count * max(len(self._counts), 1) <= allowed and self._total <= 2 * allowed:
             return 0.0
         return self._ends - now
