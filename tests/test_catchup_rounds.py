@@ -6,6 +6,7 @@ periodic round came after it, and the node downloaded 7.2 GB in 130 s)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -15,14 +16,18 @@ from trustp2p import Socket
 from trustp2p.drivers.memory import MemoryHub
 from trustp2p.identity import Identity
 from trustp2p.node.gossip_thread import GossipThread
+from trustp2p.node.requests import is_error_answer
 from trustp2p.protocol.gossip import (
     FETCH,
+    MAX_RETRY_AFTER,
     GossipMessage,
     PeerBudgets,
     RoundBudget,
     answer_size_limit,
+    busy_answer,
     decode_fetch_request,
     fetch_answer,
+    retry_after,
     sign_message,
     wire_size,
 )
@@ -301,3 +306,34 @@ async def test_catch_up_answers_share_the_nodes_serving_rate() -> None:
         assert pub.metrics.throttles >= 1  # past the rate, and its share
         assert thread.serve_fetch(to_greedy, request)["error"].startswith("busy: ")
         assert len(thread.serve_fetch(to_fair, request)["messages"]) == 10  # within its
+
+
+async def test_an_asker_told_busy_asks_again_when_told(caplog: pytest.LogCaptureFixture) -> None:
+    # Two honest nodes catching up at once from a node past its catchup_serve_rate: one
+    # was answered busy and its round stopped there ("after 0 bytes"), the rest left to
+    # a later round. A busy answer says when to ask again, and catch-up does.
+    caplog.set_level(logging.INFO)
+    hub = MemoryHub()
+    async with memory_node(hub, "pub", catchup_serve_rate=20_000) as pub:
+        pub.subscribe("chat")
+        for n in range(20):
+            await pub.publish("chat", {"n": n, "text": "x" * 5_000})  # 100 KB in all
+        async with memory_node(hub, "a") as a, memory_node(hub, "b") as b:
+            got: dict[str, list[Any]] = {"a": [], "b": []}
+            for name, node in (("a", a), ("b", b)):
+                node.subscribe("chat", got[name].append)
+                assert node.client is not None and pub.url is not None
+                node.client.connect(pub.url)
+            await wait_for(lambda: len(got["a"]) == len(got["b"]) == 20)
+    assert "stopped after 0 bytes" not in caplog.text
+
+
+def test_a_busy_answer_says_when_to_ask_again() -> None:
+    assert busy_answer(0.75) == {
+        "error": "busy: over its share of catch-up answers; ask again in 0.8 s"
+    }
+    assert is_error_answer(busy_answer(0.75))  # (any peer reads it as an error answer)
+    assert retry_after(busy_answer(0.75)) == 0.8
+    assert retry_after(busy_answer(60)) == MAX_RETRY_AFTER  # (an asker waits 2 s at most)
+    for other in ({"error": "no"}, {"error": "busy: ask again in x s"}, {"messages": []}):
+        assert retry_after(other) is None

@@ -21,7 +21,7 @@ what the handlers can take.
 
 from __future__ import annotations
 
-__all__ = ["HELD_ROOM", "JITTER", "MAX_EMPTY_FETCHES", "Fetcher", "jittered"]
+__all__ = ["BUSY_RETRIES", "HELD_ROOM", "JITTER", "MAX_EMPTY_FETCHES", "Fetcher", "jittered"]
 
 import asyncio
 import logging
@@ -50,6 +50,7 @@ from ..protocol.gossip import (
     answer_size_limit,
     decode_hwm_answer,
     plan_fetches,
+    retry_after,
     split_stream_key,
     stream_key,
 )
@@ -63,6 +64,10 @@ if TYPE_CHECKING:
     from .gossip_delivery import TopicQueues
 
 logger = logging.getLogger(__name__)
+
+BUSY_RETRIES = 3
+"""Times a catch-up request answered busy (the peer's ``catchup_serve_rate`` shared among
+more askers) is asked again, when the answer says, before the round gives it up."""
 
 JITTER = 0.1
 """Heartbeats and rounds come every interval, give or take 10 %: nodes not in step."""
@@ -278,11 +283,15 @@ class Fetcher:
         node = self._gossip.node
         role = node.server if socket.inbound else node.client
         assert role is not None
-        try:
-            return await role.request(socket, event, body, timeout=node.options.open_timeout)
-        except (ConnectionClosed, RequestTimeout, PackageTooLarge):
-            return None  # (too large: a peer that says it takes less than our request)
-        except RemoteError as exc:
-            # It may run without gossip: not a fault; we ask another peer later.
-            logger.debug("! %s answered %s with an error: %.200s", socket.peer, event, exc.error)
-            return None
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                return await role.request(socket, event, body, timeout=node.options.open_timeout)
+            except (ConnectionClosed, RequestTimeout, PackageTooLarge):
+                return None  # (too large: a peer that says it takes less than our request)
+            except RemoteError as exc:
+                wait = retry_after(exc.body) if attempt < BUSY_RETRIES else None
+                if wait is None:  # It may run without gossip: we ask another peer later.
+                    logger.debug("! %s answered %s: %.200s", socket.peer, event, exc.error)
+                    return None
+            await asyncio.sleep(wait)  # busy: it said when to ask again
+        return None

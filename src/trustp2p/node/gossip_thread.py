@@ -20,6 +20,7 @@ from ..protocol.gossip import (
     FairShare,
     HwmMarks,
     answer_size_limit,
+    busy_answer,
     decode_answer_bounds,
     decode_fetch_request,
     decode_hwm_request,
@@ -101,7 +102,7 @@ class GossipThread(Thread):
         key = self.node.connections.budget_key(socket)
         if (wait := self._served.wait(key, asyncio.get_running_loop().time())) <= 0:
             return None
-        return {"error": f"busy: over its share of catch-up answers; ask again in {wait:.1f} s"}
+        return busy_answer(wait)
 
     def _charge(self, socket: Socket, size: int) -> None:
         """A large answer costs the asker more of its request budget: one token per

@@ -17,7 +17,7 @@ Every module takes its clocks from the caller and never awaits.
 
 from __future__ import annotations
 
-from .budget import FairShare, PeerBudgets, RoundBudget
+from .budget import MAX_RETRY_AFTER, FairShare, PeerBudgets, RoundBudget, busy_answer, retry_after
 from .catchup import (
     DEFAULT_ANSWER_BYTES,
     FETCH,
@@ -111,6 +111,7 @@ __all__ = [
     "MAX_HWM_TOPICS",
     "MAX_MESSAGE_ID_LENGTH",
     "MAX_PEER_TOPICS",
+    "MAX_RETRY_AFTER",
     "MAX_SEQ",
     "MAX_TIMESTAMP",
     "MAX_TOPICS_PER_TALK",
@@ -140,6 +141,7 @@ __all__ = [
     "Streams",
     "answer_size_limit",
     "best_marks",
+    "busy_answer",
     "check_int",
     "check_topic",
     "decode_answer_bounds",
@@ -154,6 +156,7 @@ __all__ = [
     "payload_size",
     "payload_text",
     "plan_fetches",
+    "retry_after",
     "sign_message",
     "split_stream_key",
     "stream_key",

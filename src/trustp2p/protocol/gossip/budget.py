@@ -10,9 +10,18 @@ checks, the catch-up answers it serves. No I/O.
 
 from __future__ import annotations
 
-__all__ = ["FairShare", "PeerBudgets", "RoundBudget"]
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "FairShare",
+    "PeerBudgets",
+    "RoundBudget",
+    "busy_answer",
+    "retry_after",
+]
 
+import re
 from collections.abc import Hashable, Iterable
+from typing import Any
 
 from .catchup import wire_size
 from .message import GossipMessage
@@ -130,3 +139,25 @@ class FairShare:
         if count * max(len(self._counts), 1) <= allowed and self._total <= 2 * allowed:
             return 0.0
         return self._ends - now
+
+
+MAX_RETRY_AFTER = 2.0
+"""The longest a busy answer makes an asker wait before it asks again (a node's share
+windows last a second)."""
+
+_BUSY = re.compile(r"busy: .*; ask again in ([0-9]+(?:\.[0-9]+)?) s")
+
+
+def busy_answer(wait: float) -> dict[str, Any]:
+    """The answer to a catch-up request from an asker past its share of the node's
+    ``catchup_serve_rate``: an error answer (``{"error": text}`` and nothing else, as
+    every peer reads one) whose text says when to ask again."""
+    return {"error": f"busy: over its share of catch-up answers; ask again in {wait:.1f} s"}
+
+
+def retry_after(answer: dict[str, Any]) -> float | None:
+    """The seconds a busy answer (:func:`busy_answer`) asks us to wait before asking
+    again, at most :data:`MAX_RETRY_AFTER`; None for any other answer."""
+    error = answer.get("error")
+    match = _BUSY.fullmatch(error) if isinstance(error, str) else None
+    return None if match is None else min(float(match[1]), MAX_RETRY_AFTER)
