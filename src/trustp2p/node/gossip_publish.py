@@ -19,15 +19,19 @@ from ..protocol.gossip import PublishPacing
 
 
 async def wait_for_peers(
-    pacing: PublishPacing[ConnId], sockets: Iterable[Socket], clock: Callable[[], float]
+    pacing: PublishPacing[ConnId],
+    sockets: Iterable[Socket],
+    clock: Callable[[], float],
+    size: int = 0,
 ) -> None:
     """
     Wait for the write buffers of ``sockets`` (the open connections that carry the
-    message's topic) to drain, those and as long as ``pacing`` says, all at once; then
-    tell it how long each took.
+    message's topic) to drain, those and as long as ``pacing`` says for a message of
+    ``size`` bytes, all at once; then tell it how long each took.
     """
     by_id = {socket.id: socket for socket in sockets if not socket.closed}
-    peers, timeout = pacing.plan({peer: socket.write_paused for peer, socket in by_id.items()})
+    behind = {peer: socket.write_paused for peer, socket in by_id.items()}
+    peers, timeout = pacing.plan(behind, size)
     if not peers:
         return
     start = clock()
