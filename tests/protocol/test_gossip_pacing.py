@@ -253,3 +253,16 @@ def test_sybils_spending_the_share_do_not_switch_off_backpressure_for_others() -
     # rest, on time, as an honest subscriber at the floor rate holds each publish).
     windows = math.ceil(clock() / WAIT_WINDOW)
     assert WAIT_WINDOW <= late <= windows * (NODE_WAIT_SHARE * WAIT_WINDOW + PUBLISH_WAIT)
+
+
+def test_a_peer_has_drained_for_a_publish_once_it_took_the_messages_size() -> None:
+    # Found measuring: the kernel takes from a paused write buffer only once a third of
+    # its own send buffer (up to 4 MB) is free: a subscriber reading 300 KB/s steadily
+    # kept its buffer over the mark for 4.5 s, every wait ran to its end, and it was slow
+    # at the first. Taking the message's size ends its wait for this publish.
+    pacing: PublishPacing[str] = PublishPacing(clock=FakeClock())
+    pacing.plan({"s": True}, 100_000)
+    assert not pacing.has_taken(99_999)
+    assert pacing.has_taken(100_000)
+    pacing.plan({"s": True})  # (no size: only its buffer under the mark will do)
+    assert not pacing.has_taken(10**9)
