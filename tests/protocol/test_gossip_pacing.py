@@ -15,6 +15,7 @@ from trustp2p.protocol.gossip.pacing import (
     KEEP_UP,
     LATE_WAIT,
     MIN_DRAIN_RATE,
+    MIN_TAKE,
     NODE_WAIT_SHARE,
     PUBLISH_WAIT,
     WAIT_WINDOW,
@@ -266,3 +267,8 @@ def test_a_peer_has_drained_for_a_publish_once_it_took_the_messages_size() -> No
     assert pacing.has_taken(100_000)
     pacing.plan({"s": True})  # (no size: only its buffer under the mark will do)
     assert not pacing.has_taken(10**9)
+    # A small message: MIN_TAKE at least, or a burst of them would push hundreds into a
+    # buffer the kernel takes from in steps of 1.3 MB (the send queue takes 256).
+    pacing.plan({"s": True}, 1_000)
+    assert not pacing.has_taken(MIN_TAKE - 1)
+    assert pacing.has_taken(MIN_TAKE)

@@ -33,20 +33,23 @@ second let a peer that read just in time hold every small message's publish that
 The size is that of the message, not what the peer's buffer held: a peer that asks for
 large answers fills its own buffer, and would buy itself a longer wait.
 
-The bound: any peer behind that isn't slow may hold a publish of a message of ``S``
-bytes ``on_time(S)`` (0.25 s up to 32 KiB; ``S / MIN_DRAIN_RATE`` up to 1 s), as a
-subscriber taking it at :data:`MIN_DRAIN_RATE` does, so publishing goes on at 4
-messages or 128 KiB a second, whichever is less, at least (or one message a second,
-for messages over 128 KiB). Waits past that are late and add up, for all peers
-together, to :data:`NODE_WAIT_SHARE` of each window, and one wait, at most; for one
-peer (one connection) to 1 s, and one wait, before it is slow.
+The bound: a publish of a message of ``S`` bytes waits ``on_time(S)`` at most (0.25 s
+up to 32 KiB, ``S / MIN_DRAIN_RATE`` up to 1 s), whoever is behind and however many
+they are, so publishing goes on at 4 messages or 128 KiB a second, whichever is less
+(one message a second over 128 KiB), as it does for one honest subscriber taking the
+messages at :data:`MIN_DRAIN_RATE`. Longer waits (up to :data:`PUBLISH_WAIT` each) add
+up to :data:`NODE_WAIT_SHARE` of each window and one wait at most, for all peers
+together. One peer (one connection) is slow once its late waits reach 1 s in a window.
 
 A peer has drained for a publish once its write buffer is under the mark, or once it
-has taken the message's size since the wait began (:meth:`PublishPacing.has_taken`),
-its buffer still over the mark: the kernel takes from a paused buffer only once a third
-of its own send buffer is free (found measuring: with 4 MB of it, 1.3 MB, 4.5 s at
-300 KB/s; every wait on a slow link ran to its end, and the subscriber was slow at the
-first). Each publish then waits for one message's worth, at the pace the peer reads.
+has taken the message's size (:data:`MIN_TAKE` at least) since the wait began
+(:meth:`PublishPacing.has_taken`), its buffer still over the mark: the kernel takes
+from a paused buffer only once a third of its own send buffer is free (found measuring:
+with 4 MB of it, 1.3 MB, 4.5 s at 300 KB/s; every wait on a slow link ran to its end,
+and the subscriber was slow at the first). Each publish then waits for one message's
+worth, at the pace the peer reads. (What is pushed to a peer while its buffer is over
+the mark counts against its send queue, 256 packages: :data:`MIN_TAKE` keeps a burst of
+small messages to a few dozen between two of the kernel's steps.)
 
 The caller says which peers carry the topic, whether each one's buffer is full and how
 large the message is (:meth:`PublishPacing.plan`), waits for those named, sampling what
@@ -61,6 +64,7 @@ __all__ = [
     "KEEP_UP",
     "LATE_WAIT",
     "MIN_DRAIN_RATE",
+    "MIN_TAKE",
     "NODE_WAIT_SHARE",
     "PROGRESS_TICK",
     "PUBLISH_WAIT",
@@ -98,6 +102,10 @@ wait to be on time, when the message is over ``LATE_WAIT * MIN_DRAIN_RATE`` (32 
 NODE_WAIT_SHARE = 0.5
 """Share of each :data:`WAIT_WINDOW` that ``publish()`` may spend in late waits, for all
 peers together: publishing goes on at half its paced speed at least, whoever is late."""
+
+MIN_TAKE = 2**16
+"""Bytes a peer takes at least, however small the message, to have drained for a
+publish with its write buffer still over the mark."""
 
 PROGRESS_TICK = 0.025
 """Seconds between two looks at what a peer took while a publish waits for it."""
@@ -203,10 +211,10 @@ class PublishPacing(Generic[K]):
     def has_taken(self, taken: int) -> bool:
         """
         Whether a peer :meth:`plan` named has drained for this publish, having taken
-        ``taken`` bytes since the wait began: the message's size (more than 0), though
-        its write buffer may still be over the mark.
+        ``taken`` bytes since the wait began: the message's size (more than 0, and
+        :data:`MIN_TAKE` at least), though its write buffer may still be over the mark.
         """
-        return taken >= self._size > 0
+        return self._size > 0 and taken >= max(self._size, MIN_TAKE)
 
     def waited(self, took: Mapping[K, float | None], elapsed: float) -> None:
         """
