@@ -212,8 +212,8 @@ class Gossip:
         # gap that subscribers wait for.
         text = payload_text(topic, data)
         data = json.loads(text)  # what every node receives, this one too: not the caller's
-        cap = message_size_limit(self.node.options.max_package_size)
-        if cap is not None and (size := payload_size(text)) > cap:
+        size, cap = payload_size(text), message_size_limit(self.node.options.max_package_size)
+        if cap is not None and size > cap:
             raise ValueError(
                 f"message of about {size} bytes exceeds {cap}, a quarter of "
                 "max_package_size (so that catch-up answers always fit in a package)"
@@ -225,11 +225,11 @@ class Gossip:
         self.router.publish(message)
         count(self.node.metrics.topic_published, topic, limit=MAX_TOPICS)
         self._accepted(None, message, logged=True)
-        await self._wait_for_peers(topic)
+        await self._wait_for_peers(topic, size)
         await asyncio.sleep(0)  # (a loop of publish() held the event loop for seconds)
         return message.id
 
-    async def _wait_for_peers(self, topic: str) -> None:
+    async def _wait_for_peers(self, topic: str, size: int) -> None:
         """
         The application's own burst waits for the peers that carry ``topic`` to take
         it, as send() does, so that it doesn't fill their send queues; as long as
@@ -240,7 +240,7 @@ class Gossip:
         """
         carry = self.router.peer_topics
         sockets = [s for s in self.node.sockets if topic in carry(s.id)]
-        await wait_for_peers(self.pacing, sockets, self._now)
+        await wait_for_peers(self.pacing, sockets, self._now, size)
 
     @property
     def waiting_bytes(self) -> int:

@@ -16,26 +16,42 @@ from ..drivers.base import Socket
 from ..exceptions import ConnectionClosed
 from ..protocol.deliver import ConnId
 from ..protocol.gossip import PublishPacing
+from ..protocol.gossip.pacing import PROGRESS_TICK
 
 
 async def wait_for_peers(
-    pacing: PublishPacing[ConnId], sockets: Iterable[Socket], clock: Callable[[], float]
+    pacing: PublishPacing[ConnId],
+    sockets: Iterable[Socket],
+    clock: Callable[[], float],
+    size: int = 0,
 ) -> None:
     """
     Wait for the write buffers of ``sockets`` (the open connections that carry the
-    message's topic) to drain, those and as long as ``pacing`` says, all at once; then
-    tell it how long each took.
+    message's topic) to drain, those and as long as ``pacing`` says for a message of
+    ``size`` bytes, all at once; then tell it how long each took. A peer has drained
+    once its buffer is under the mark, or once it took the message's size (what we
+    wrote to it less what is still on its way: our buffers and the kernel's, which takes
+    from ours in large steps).
     """
     by_id = {socket.id: socket for socket in sockets if not socket.closed}
-    peers, timeout = pacing.plan({peer: socket.write_paused for peer, socket in by_id.items()})
+    behind = {peer: socket.write_paused for peer, socket in by_id.items()}
+    peers, timeout = pacing.plan(behind, size)
     if not peers:
         return
     start = clock()
     took: dict[ConnId, float | None] = dict.fromkeys(peers)
 
     async def drain(peer: ConnId) -> None:
+        socket = by_id[peer]
+        first = _taken(socket)
         with contextlib.suppress(ConnectionClosed):
-            await by_id[peer].drain()
+            while socket.write_paused and not socket.closed:
+                taken = _taken(socket)
+                if taken is not None and first is not None and pacing.has_taken(taken - first):
+                    break
+                with contextlib.suppress(TimeoutError):  # (sampling: real time passing)
+                    async with asyncio.timeout(PROGRESS_TICK):
+                        await socket.drain()
         took[peer] = clock() - start
 
     with contextlib.suppress(TimeoutError):
@@ -43,3 +59,9 @@ async def wait_for_peers(
             for peer in peers:
                 group.create_task(drain(peer))
     pacing.waited(took, clock() - start)
+
+
+def _taken(socket: Socket) -> int | None:
+    """The bytes ``socket``'s peer has taken so far; None if the driver can't tell."""
+    in_flight = socket.bytes_in_flight()
+    return None if in_flight <= 0 else socket.stats.bytes_out - in_flight
