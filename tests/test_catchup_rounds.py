@@ -337,3 +337,21 @@ def test_a_busy_answer_says_when_to_ask_again() -> None:
     assert retry_after(busy_answer(60)) == MAX_RETRY_AFTER  # (an asker waits 2 s at most)
     for other in ({"error": "no"}, {"error": "busy: ask again in x s"}, {"messages": []}):
         assert retry_after(other) is None
+
+
+async def test_a_topic_subscribed_late_is_caught_up_from_a_publisher_that_doesnt_carry_it() -> None:
+    # Found by a new user: a node that subscribed once connected asked only the peers
+    # that carry the topic; a peer that published to it without carrying it (a feed)
+    # was never asked, and none of its messages came until it published again.
+    hub = MemoryHub()
+    async with memory_node(hub, "feed") as feed, memory_node(hub, "reader") as reader:
+        for n in range(5):
+            await feed.publish("news", {"n": n})
+        assert reader.client is not None and feed.url is not None
+        reader.client.connect(feed.url)
+        await reader.client.wait_connected()
+        await wait_for(lambda: bool(gossip(reader).router.peers))  # (introduced)
+        got: list[GossipMessage] = []
+        reader.subscribe("news", got.append)
+        await wait_for(lambda: len(got) == 5)
+        assert [m.body["n"] for m in got] == list(range(5))

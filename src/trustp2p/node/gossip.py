@@ -261,16 +261,16 @@ class Gossip:
 
     def subscribe(self, topic: str, handler: GossipHandler | None = None) -> None:
         """Receive ``topic``'s messages; ``handler(message)`` is called for each. A topic
-        new to a running node is caught up at once from a few peers that carry it."""
+        new to a running node is caught up at once from a few peers (those that carry
+        it first)."""
         new = topic not in self.router.topics
         self.router.subscribe(topic)  # first: it refuses an invalid topic
         if handler is not None:
             self._handlers.setdefault(topic, []).append(handler)
         if self._fetcher is not None:
             self._replay(topic)
-            peers = [s for s in self.node.sockets if new and topic in self.router.peer_topics(s.id)]
-            for socket in self._rng.sample(peers, min(len(peers), 3)):  # (a few of them)
-                self._fetcher.spawn_round(socket, {topic})
+            if new:
+                self._fetcher.topic_added(topic)
 
     def _replay(self, topic: str) -> None:
         """Deliver what the log holds of ``topic`` past the delivered marks: messages

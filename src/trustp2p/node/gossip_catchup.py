@@ -114,6 +114,7 @@ class Fetcher:
     """
 
     __slots__ = (
+        "_added",
         "_budgets",
         "_clock",
         "_gossip",
@@ -148,6 +149,7 @@ class Fetcher:
         self._take = take
         self._held_back = held_back
         self._clock = clock
+        self._added: set[str] = set()  # topics subscribed to in this loop iteration
         options = gossip.node.options
         self._budgets = PeerBudgets(options.log_max_bytes, options.catchup_interval or 30)
 
@@ -192,6 +194,34 @@ class Fetcher:
             if not topics.isdisjoint(peer_topics(s.id))
             or (s.peer_id is not None and any(delivered(stream_key(t, s.peer_id)) for t in topics))
         ]
+
+    def topic_added(self, topic: str) -> None:
+        """A topic new to the running node: caught up from a few peers, with the other
+        topics added in the same loop iteration (1,000 subscribes in a row: a request a
+        peer, not 1,000; see :meth:`_ask_added`)."""
+        if not self._added:
+            asyncio.get_running_loop().call_soon(self._ask_added)
+        self._added.add(topic)
+
+    def _ask_added(self, count: int = 3) -> None:
+        """Ask ``count`` peers about each topic added: those that carry it first, then
+        others. A peer that publishes to a topic without carrying it serves it too
+        (found by a new user: a node that subscribed once connected got none of such a
+        peer's messages until it published again). One round a peer, its topics all."""
+        router = self._gossip.router
+        added, self._added = self._added & router.topics, set()
+        introduced = set(router.peers)
+        known = [s for s in self._gossip.node.sockets if s.id in introduced]
+        asked: dict[Socket, set[str]] = {}
+        for topic in sorted(added):
+            carrying = [s for s in known if topic in router.peer_topics(s.id)]
+            others = [s for s in known if topic not in router.peer_topics(s.id)]
+            chosen = self._rng.sample(carrying, min(len(carrying), count))
+            chosen += self._rng.sample(others, min(len(others), count - len(chosen)))
+            for socket in chosen:
+                asked.setdefault(socket, set()).add(topic)
+        for socket, topics in asked.items():
+            self.spawn_round(socket, topics)
 
     def spawn_round(self, socket: Socket, topics: set[str] | None = None) -> None:
         """Run :meth:`round` in a task."""
