@@ -202,9 +202,9 @@ class NodeOptions:
             shares one of our topics (0: only when a connection opens).
         catchup_batch: Most messages in one ``gossip/fetch`` answer.
         catchup_serve_rate: Bytes per second of catch-up answers the node serves all
-            peers together, shared evenly as ``gossip_node_rate`` is: an asker past
-            its share waits (each asker is bounded by ``request_rate`` apart from this,
-            but identities are free).
+            peers together, shared evenly: past it, an asker over an even share is
+            answered "busy" until the second is over (each asker is bounded by
+            ``request_rate`` apart from this, but identities are free).
         gap_timeout: A gap in an origin's sequence that nobody fills is skipped after
             this long, once a peer asked for it answered without it (ten times as long
             while no peer answered).

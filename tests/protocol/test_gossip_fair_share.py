@@ -89,3 +89,14 @@ def test_wait_says_what_spend_would_and_spends_nothing() -> None:
     assert share.wait("a", 0.25) == pytest.approx(0.75)  # (nothing spent)
     assert share.wait("b", 0.25) == 0.0  # nothing spent: within its share
     assert share.wait("a", 1.0) == 0.0  # the window is over
+
+
+def test_uncapped_a_peer_within_its_share_never_waits() -> None:
+    # Catch-up answers: identities each taking one answer kept every window past twice
+    # the rate, and a capped share refused every honest asker (found in review).
+    share = FairShare(100, capped=False)
+    for n in range(30):
+        share.spend(f"x{n}", 0.0, 10)  # 300: three times the rate, each within 100 / 30
+    assert share.wait("honest", 0.1) == 0.0
+    assert share.spend("x0", 0.1, 10) > 0  # 20 > 100 / 31: over its share
+    assert FairShare(100).spend("y", 0.0, 300) > 0  # (capped, as for live messages)

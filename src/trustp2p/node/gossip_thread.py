@@ -98,7 +98,10 @@ class GossipThread(Thread):
         answers share it: identities are free, and four drew 28.7 MB/s, each within its
         own budget): a refusal, which catch-up takes as "ask later"; None if within."""
         if self._served is None:
-            self._served = FairShare(self.node.options.catchup_serve_rate)
+            # Uncapped: past twice the rate, those within their share are answered
+            # still (found in review: 16 identities kept every window past it, and
+            # every honest asker was refused).
+            self._served = FairShare(self.node.options.catchup_serve_rate, capped=False)
         key = self.node.connections.budget_key(socket)
         if (wait := self._served.wait(key, asyncio.get_running_loop().time())) <= 0:
             return None

@@ -92,8 +92,9 @@ class FairShare:
     seconds, once the node has spent ``rate * window``, a peer that took more than an
     even share of that (split among the peers that spent any in the window) waits for
     the next window; a peer within its share doesn't, until the node has spent twice
-    that, when every peer does. Each peer's own budget (``gossip_rate``,
-    ``request_rate``) bounds it apart from this.
+    that, when every peer does (unless ``capped`` is false: then a peer within its
+    share never waits). Each peer's own budget (``gossip_rate``, ``request_rate``)
+    bounds it apart from this.
 
     Found by an attacker: the per-peer budget alone let two throwaway identities send
     2,000 one-message origins a second, past what a node checks (about 3,000 a second
@@ -101,13 +102,14 @@ class FairShare:
     5 messages a second waited behind them for up to 8 s.
     """
 
-    __slots__ = ("_counts", "_ends", "_total", "rate", "window")
+    __slots__ = ("_counts", "_ends", "_total", "capped", "rate", "window")
 
-    def __init__(self, rate: float, window: float = 1.0) -> None:
+    def __init__(self, rate: float, window: float = 1.0, *, capped: bool = True) -> None:
         if not rate > 0 or not window > 0:
             raise ValueError(f"rate and window must be positive, not {rate}, {window}")
         self.rate = rate
         self.window = window
+        self.capped = capped
         self._counts: dict[Hashable, float] = {}  # per peer, spent this window
         self._total = 0.0
         self._ends = float("-inf")  # when this window ends
@@ -136,7 +138,8 @@ class FairShare:
         # Within its share, but never past twice the rate: found in review, identities
         # each sending less than an even share took a node to about twice the rate.
         count = self._counts.get(peer, 0.0)
-        if count * max(len(self._counts), 1) <= allowed and self._total <= 2 * allowed:
+        within = count * max(len(self._counts), 1) <= allowed
+        if within and (not self.capped or self._total <= 2 * allowed):
             return 0.0
         return self._ends - now
 
