@@ -297,3 +297,26 @@ async def test_gossip_waits_for_the_peers_introduction_to_know_its_limit(
     await wait_for(lambda: router.peer_topics(socket.id) == set(TOPICS))
     assert not socket.closed
     assert "1009" not in caplog.text and "not sent" not in caplog.text
+
+
+@pytest.mark.parametrize("secure", [False, True])
+async def test_subscriptions_made_after_the_introduction_keep_to_the_peers_limit(
+    caplog: pytest.LogCaptureFixture, secure: bool
+) -> None:
+    # Found in review: topics subscribed to once the peer had introduced itself (the
+    # usual order) were merged into talks of 64 KiB: a 1 KiB peer closed the connection
+    # with 1009 (secure), or held the talk invalid and never learnt the topics (plain).
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "big", secure=secure) as big,
+        memory_node(hub, "small", secure=secure, max_package_size=1024) as small,
+    ):
+        assert small.client is not None and big.url is not None and big.gossip is not None
+        small.client.connect(big.url)
+        await wait_for(lambda: bool(big.gossip.router.peers))  # (introduced)
+        for topic in TOPICS:
+            big.subscribe(topic)
+        socket = socket_to(small, "big")
+        await wait_for(lambda: small.gossip.router.peer_topics(socket.id) == set(TOPICS))  # type: ignore[union-attr]
+        assert not socket.closed and socket.stats.invalid_in == 0
+        assert "1009" not in caplog.text

@@ -1658,6 +1658,24 @@ def test_merged_talks_stay_within_the_size_peers_take() -> None:
     assert [len(c) for c in topic_chunks(["日本" * 100] * 10, 4096)] == [6, 4]
 
 
+def test_merged_talks_stay_within_each_peers_own_bound() -> None:
+    # Found in review: a peer that takes 1 KiB packages was told its first
+    # subscriptions within a quarter of that, and then sent merged talks of 64 KiB.
+    router, sent, later = _deferred()
+    router.add_peer("small", max_bytes=256)
+    router.add_peer("big")
+    topics = [f"{i:02}" + "t" * 38 for i in range(40)]  # 43 bytes each, quoted
+    for topic in topics:
+        router.subscribe(topic)
+    _release(later)
+    for peer, chunks in (("small", [5] * 8), ("big", [40])):
+        bodies = [body for to, _, body in _talks(sent) if to == peer]
+        assert [len(body["subscribe"]) for body in bodies] == chunks
+        assert [t for body in bodies for t in body["subscribe"]] == topics
+    router.remove_peer("small")
+    assert router.batch.bound("small") == router.batch.max_bytes  # (forgotten)
+
+
 def test_talks_are_sent_at_once_without_peers_or_defer() -> None:
     router, sent, later = _deferred()
     router.subscribe("a")  # nobody to tell: nothing held

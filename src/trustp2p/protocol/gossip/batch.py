@@ -93,6 +93,18 @@ class ControlBatch:
         self.max_bytes = max_bytes
         self.holding = False
         self._pending: dict[Hashable, list[_Pending]] = {}  # peer -> its talks, in order
+        self._bounds: dict[Hashable, int] = {}  # peers that take less than max_bytes
+
+    def bound(self, peer: Hashable) -> int:
+        """The most bytes of topics in one talk to ``peer``."""
+        return self._bounds.get(peer, self.max_bytes)
+
+    def limit(self, peer: Hashable, max_bytes: int) -> None:
+        """``peer`` takes talks of at most ``max_bytes`` of topics (found in review: a
+        peer that takes 1 KiB packages was sent merged talks of 64 KiB, and closed the
+        connection with 1009)."""
+        if max_bytes < self.max_bytes:
+            self._bounds[peer] = max_bytes
 
     def hold(self) -> None:
         """Merge the talks from now until :meth:`release`."""
@@ -109,6 +121,7 @@ class ControlBatch:
     def forget(self, peer: Hashable) -> None:
         """The peer is gone: what it was to be told is dropped."""
         self._pending.pop(peer, None)
+        self._bounds.pop(peer, None)
 
     def talk(self, peer: Hashable, event: str, body: dict[str, Any]) -> None:
         """Send a talk, or queue its topics if held and it is one of the kinds merged."""
@@ -118,9 +131,11 @@ class ControlBatch:
         talks = self._pending.setdefault(peer, [])
         for key in ("subscribe", "unsubscribe") if event == SUBSCRIPTIONS else ("topics",):
             for topic in body.get(key, ()):
-                self._queue(talks, event, key, topic)
+                self._queue(talks, event, key, topic, self.bound(peer))
 
-    def _queue(self, talks: list[_Pending], event: str, key: str, topic: str) -> None:
+    def _queue(
+        self, talks: list[_Pending], event: str, key: str, topic: str, max_bytes: int
+    ) -> None:
         """Add ``topic`` to the last talk of ``event`` if nothing after it (nor itself)
         names the topic and it has room; else to a new talk at the end."""
         cost = _size(topic)
@@ -129,7 +144,7 @@ class ControlBatch:
             if topic in talk.names:
                 break
             if talk.event == event:
-                target = talk if talk.has_room(key, cost, self.max_bytes) else None
+                target = talk if talk.has_room(key, cost, max_bytes) else None
                 break
         if target is None:
             target = _Pending(event)

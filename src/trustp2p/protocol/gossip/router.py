@@ -180,8 +180,9 @@ class GossipRouter:
         ``max_bytes`` of topics (the batch's bound if None or larger)."""
         self._peers[peer] = set()
         self._asking.setdefault(peer, set())
-        size = self.batch.max_bytes if max_bytes is None else min(max_bytes, self.batch.max_bytes)
-        for chunk in topic_chunks(sorted(self.topics), size):
+        if max_bytes is not None:
+            self.batch.limit(peer, max_bytes)  # (and for the talks merged later)
+        for chunk in topic_chunks(sorted(self.topics), self.batch.bound(peer)):
             self._talk(peer, SUBSCRIPTIONS, {"subscribe": chunk, "unsubscribe": []})
 
     def remove_peer(self, peer: PeerKey) -> None:
@@ -409,7 +410,7 @@ class GossipRouter:
                 mesh.add(peer)
                 self._book.joined(topic, peer, now)
                 grafted.append(topic)
-        for chunk in topic_chunks(grafted, self.batch.max_bytes):
+        for chunk in topic_chunks(grafted, self.batch.bound(peer)):
             self._talk(peer, GRAFT, {"topics": chunk})
 
     def _on_graft(self, peer: PeerKey, body: dict[str, Any]) -> None:
