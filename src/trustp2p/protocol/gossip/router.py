@@ -78,8 +78,11 @@ class GossipRouter:
         degree_low: ...grafting peers below this...
         degree_high: ...and pruning above this, the newest peers first
             (:meth:`.MeshBook.ranked`).
-        fanout: Mesh peers a relay pushes each new message to, eagerly; the others
-            learn of it from ``ihave``. The publisher pushes to its whole mesh.
+        fanout: Peers a relay pushes each new message to, eagerly; the others learn
+            of it from ``ihave``. The publisher pushes to its whole mesh. They are
+            first the peers that asked us (``iwant``) for a message of the topic within
+            ``want_window`` seconds, in the mesh or not (they are missing our pushes,
+            :mod:`.mesh`), then mesh peers, each group taken at random.
         lazy: Peers told ``ihave`` per topic per heartbeat.
         history: Heartbeats a message stays announceable and servable (``iwant``).
         seen_max: Most message ids remembered.
@@ -100,6 +103,7 @@ class GossipRouter:
             graft that peer on that topic, and refuse its grafts without answering;
             an early graft past those an older node sends raises
             :class:`GossipError` (see :mod:`.mesh`). 0 turns backoffs off.
+        want_window: See ``fanout``; 0 turns it off.
         mode: ``"gossip"`` (mesh plus lazy announcements) or ``"flood"`` (every copy to
             every subscribed peer), the baseline.
         rng: Random source, for tests.
@@ -126,6 +130,7 @@ class GossipRouter:
         max_asks: int = 500,
         iwant_timeout: float = 3.0,
         prune_backoff: float = 60.0,
+        want_window: float = 60.0,
         mode: Literal["gossip", "flood"] = "gossip",
         rng: random.Random | None = None,
         defer: Callable[[Callable[[], None]], object] | None = None,
@@ -151,7 +156,7 @@ class GossipRouter:
         self.topics: set[str] = set()  # ours
         self._peers: dict[PeerKey, set[str]] = {}  # peer -> its topics
         self.mesh: dict[str, set[PeerKey]] = {}
-        self._book = MeshBook(prune_backoff)  # mesh seniority and prune backoffs
+        self._book = MeshBook(prune_backoff, want_window)  # seniority, backoffs, asks
         self._seen = SeenIds(seen_max, seen_ttl)
         self._recent = RecentMessages(history)  # for ihave and iwant
         # Peers known to have each recent message (sent it to us, or got it from us):
@@ -321,7 +326,12 @@ class GossipRouter:
         if self.mode == "gossip":
             # Pushing to a few mesh peers is enough to reach nearly everyone; ihave and
             # iwant reach the rest. Pushing to all would cost a duplicate per extra peer.
-            targets = self._sample(targets, self.fanout)
+            # Peers that lately asked for what we didn't push them come first.
+            topics, wanting = self._peers, self._book.wanting(message.topic)
+            wanting = [p for p in wanting if p != peer and message.topic in topics.get(p, ())]
+            wanting = self._sample(wanting, self.fanout)  # at random: asks are cheap
+            rest = [p for p in targets if p not in wanting]
+            targets = wanting + self._sample(rest, self.fanout - len(wanting))
         for target in targets:
             self.stats.forwarded += 1
             _hold(self._holders.setdefault(message.id, []), target)
@@ -380,6 +390,8 @@ class GossipRouter:
             if peer in served:
                 continue
             served.append(peer)
+            if message.topic in self.topics:
+                self._book.wanted(message.topic, peer, self._clock())
             self.stats.served += 1
             self._send(RouterAction("message", peer, message=message))
 
