@@ -193,8 +193,8 @@ class NodeOptions:
             one value.
         gossip_want_window: A peer that asked us (``gossip/iwant``) for a message of a
             topic is missing our pushes there: for this long after its last such ask,
-            it is among the ``gossip_fanout`` peers a relay pushes the topic's
-            messages to, mesh peer or not (0 turns it off).
+            it is among the first of the ``gossip_fanout`` peers a relay pushes the
+            topic's messages to, mesh peers before others (0 turns it off).
         seen_max: Most message ids remembered for de-duplication...
         seen_ttl: ...and for how long.
         max_hops: Relays a message may go through before it is no longer forwarded.

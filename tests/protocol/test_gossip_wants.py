@@ -98,10 +98,14 @@ def test_pushes_to_a_peer_that_asked_stop_a_window_after_its_last_ask() -> None:
     assert subscriber not in _relay(router, sent, 4)
 
 
-def test_only_asks_we_serve_count() -> None:
+def test_only_asks_we_serve_to_a_subscriber_count() -> None:
     router, sent, _ = _taken()
     _ask(router, 12, 99)  # a message we don't hold
     assert 12 not in _relay(router, sent, 1)
+    router.add_peer(200)
+    _ask(router, 200, 1)  # not a subscriber (yet): its ask is served, not recorded
+    router.control(200, SUBSCRIPTIONS, {"subscribe": [TOPIC], "unsubscribe": []})
+    assert all(200 not in _relay(router, sent, seq) for seq in range(2, 22))
 
 
 def test_no_push_to_the_sender_nor_to_a_peer_that_left_the_topic() -> None:
@@ -114,16 +118,33 @@ def test_no_push_to_the_sender_nor_to_a_peer_that_left_the_topic() -> None:
     assert 12 not in _relay(router, sent, 3)
 
 
-def test_the_peers_that_asked_take_at_most_the_fanout_at_random() -> None:
+def test_the_peers_that_asked_come_first_those_in_the_mesh_before_others() -> None:
     router, sent, _ = _taken()  # fanout 3
     _relay(router, sent, 1)
-    for peer in (12, 0, 1):
+    for peer in (12, 0):
         _ask(router, peer, 1)
-    assert sorted(_relay(router, sent, 2)) == [0, 1, 12]
-    _ask(router, 2, 2)
-    counts = collections.Counter(p for seq in range(3, 403) for p in _relay(router, sent, seq))
-    assert set(counts) == {0, 1, 2, 12}  # the mesh's other nine get none
-    assert all(250 < count < 350 for count in counts.values())  # 3 of 4: 300 of 400
+    pushed = _relay(router, sent, 2)
+    assert pushed[:2] == [0, 12]
+    assert len(pushed) == 3
+    for peer in (1, 2):
+        _ask(router, peer, 2)
+    counts = collections.Counter(p for seq in range(3, 23) for p in _relay(router, sent, seq))
+    assert counts == {0: 20, 1: 20, 2: 20}  # askers from outside can't push them out
+
+
+def test_askers_from_outside_the_mesh_cant_dilute_a_mesh_peer_that_asked() -> None:
+    router, sent, _ = _taken()
+    outside = range(13, 53)  # 40 connections, each asks
+    for peer in outside:
+        router.add_peer(peer)
+        router.control(peer, SUBSCRIPTIONS, {"subscribe": [TOPIC], "unsubscribe": []})
+    _relay(router, sent, 1)
+    for peer in [0, *outside]:
+        _ask(router, peer, 1)
+    counts = collections.Counter(p for seq in range(2, 402) for p in _relay(router, sent, seq))
+    assert counts[0] == 400
+    assert set(counts) - {0} <= set(outside)  # and the other two places at random:
+    assert all(counts[p] < 50 for p in outside)  # 800 / 40 = 20 each
 
 
 def test_asks_are_forgotten_with_the_peer_and_the_topic() -> None:

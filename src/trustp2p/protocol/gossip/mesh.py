@@ -23,15 +23,17 @@ as early.
 
 A peer that asks us (``iwant``) for a message of a topic we hold is missing our pushes
 there: a relay pushes each message to only ``fanout`` of its mesh, and a peer outside
-the mesh gets none. For ``want_window`` after its last such ask, it is among the
-``fanout`` peers the router pushes that topic's messages to (:meth:`MeshBook.wanting`),
-so that a relay sends no more copies than before, but to peers that need them. Found by
-an attacker (attacker27/28 F8): quiet connections that took 11 of a relay's 12 mesh
-seats left an honest subscriber a push one time in four, and the rest at heartbeat pace
-(p50 0.1-1.4 s). The evidence costs a peer nothing it couldn't take anyway (it may ask
-for every message), and never counts against a quiet peer. Pushing to every asker as
-well as ``fanout`` mesh peers took the duplicates of a 300-node simulation from 2.1 to
-3.2 a message and node: taking the ``fanout`` places leaves them as they were.
+the mesh gets none. For ``want_window`` after its last such ask, it is among the first
+of the ``fanout`` peers the router pushes that topic's messages to
+(:meth:`MeshBook.wanting`), the askers in the mesh before the others, so that a relay
+sends no more copies than before, but to peers that need them, and connections from
+outside the mesh that ask can't take a mesh peer's place. Found by an attacker
+(attacker27/28 F8): quiet connections that took 11 of a relay's 12 mesh seats left an
+honest subscriber a push one time in four, and the rest at heartbeat pace (p50 0.1-1.4
+s). The evidence costs a peer nothing it couldn't take anyway (it may ask for every
+message), and never counts against a quiet peer. Pushing to every asker as well as
+``fanout`` mesh peers took the duplicates of a 300-node simulation from 2.1 to 3.2 a
+message and node: taking the ``fanout`` places leaves them as they were.
 
 """
 
@@ -42,7 +44,7 @@ __all__ = ["BACKOFF_SLACK", "FIRST_DELIVERY_CAP", "GraftTiming", "MeshBook"]
 import enum
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from .control import PeerKey
 
@@ -156,12 +158,15 @@ class MeshBook:
         if self.want_window > 0:
             self._wants.setdefault(topic, {})[peer] = now
 
-    def wanting(self, topic: str) -> list[PeerKey]:
-        """The peers that asked us for a message of ``topic`` within ``want_window``
-        (until the :meth:`expire` after it): the router pushes the topic's messages
-        to these first, in the mesh or not."""
-        wants = self._wants.get(topic)
-        return list(wants) if wants else []
+    def wanting(
+        self, topic: str, mesh: Collection[PeerKey], sender: PeerKey | None
+    ) -> tuple[list[PeerKey], list[PeerKey]]:
+        """The peers but ``sender`` that asked us for a message of ``topic`` within
+        ``want_window`` (until the :meth:`expire` after it), in ``mesh`` and not: the
+        router pushes the topic's messages to these first, in that order."""
+        wants = self._wants.get(topic, {})
+        inside = [p for p in wants if p in mesh and p != sender]
+        return inside, [p for p in wants if p not in mesh and p != sender]
 
     # Backoffs
 
@@ -181,7 +186,9 @@ class MeshBook:
 
     def left(self, topic: str, peer: PeerKey) -> None:
         """``peer`` unsubscribed from ``topic`` (or we did): one more early graft is
-        tolerated, as an older node grafts once more when the topic is back."""
+        tolerated, as an older node grafts once more when the topic is back. Its
+        asks of the topic go."""
+        self._wants.get(topic, {}).pop(peer, None)
         backoff = self._backoffs.get(peer, {}).get(topic)
         if backoff is not None:
             backoff.credit += 1

@@ -81,8 +81,8 @@ class GossipRouter:
         fanout: Peers a relay pushes each new message to, eagerly; the others learn
             of it from ``ihave``. The publisher pushes to its whole mesh. They are
             first the peers that asked us (``iwant``) for a message of the topic within
-            ``want_window`` seconds, in the mesh or not (they are missing our pushes,
-            :mod:`.mesh`), then mesh peers, each group taken at random.
+            ``want_window`` seconds (they are missing our pushes, :mod:`.mesh`), those
+            in the mesh before the others, then mesh peers; each group at random.
         lazy: Peers told ``ihave`` per topic per heartbeat.
         history: Heartbeats a message stays announceable and servable (``iwant``).
         seen_max: Most message ids remembered.
@@ -324,18 +324,22 @@ class GossipRouter:
         relayed = message.relayed()
         targets = self._targets(message.topic, exclude=(peer,))
         if self.mode == "gossip":
-            # Pushing to a few mesh peers is enough to reach nearly everyone; ihave and
-            # iwant reach the rest. Pushing to all would cost a duplicate per extra peer.
-            # Peers that lately asked for what we didn't push them come first.
-            topics, wanting = self._peers, self._book.wanting(message.topic)
-            wanting = [p for p in wanting if p != peer and message.topic in topics.get(p, ())]
-            wanting = self._sample(wanting, self.fanout)  # at random: asks are cheap
-            rest = [p for p in targets if p not in wanting]
-            targets = wanting + self._sample(rest, self.fanout - len(wanting))
+            targets = self._fanout(message.topic, peer, targets)
         for target in targets:
             self.stats.forwarded += 1
             _hold(self._holders.setdefault(message.id, []), target)
             self._send(RouterAction("message", target, message=relayed))
+
+    def _fanout(self, topic: str, sender: PeerKey | None, mesh: list[PeerKey]) -> list[PeerKey]:
+        """``fanout`` peers to push a message to (ihave and iwant reach the rest): first
+        those that lately asked us for the topic's messages (:mod:`.mesh`), in ``mesh``
+        then not (asks from outside can't push a mesh peer out), then the rest of
+        ``mesh``; each group at random, as asks are cheap."""
+        inside, outside = self._book.wanting(topic, self.mesh.get(topic, set()), sender)
+        chosen: list[PeerKey] = []
+        for group in (inside, outside, [p for p in mesh if p not in inside]):
+            chosen += self._sample(group, self.fanout - len(chosen))
+        return chosen
 
     def _targets(self, topic: str, exclude: Collection[PeerKey | None]) -> list[PeerKey]:
         if self.mode == "flood" or not self.mesh.get(topic):
@@ -390,8 +394,8 @@ class GossipRouter:
             if peer in served:
                 continue
             served.append(peer)
-            if message.topic in self.topics:
-                self._book.wanted(message.topic, peer, self._clock())
+            if message.topic in self.topics and message.topic in self._peers[peer]:
+                self._book.wanted(message.topic, peer, self._clock())  # (bounded)
             self.stats.served += 1
             self._send(RouterAction("message", peer, message=message))
 
