@@ -180,7 +180,7 @@ class NodeOptions:
         gossip_degree: Mesh peers per topic the router aims for...
         gossip_degree_low: ...grafting below this...
         gossip_degree_high: ...and pruning above this.
-        gossip_fanout: Mesh peers a relay pushes each new message to at once (the
+        gossip_fanout: Peers a relay pushes each new message to at once (the
             publisher pushes to its whole mesh); the rest of the mesh learns of it from
             ``ihave``. Fewer means fewer duplicates, more means lower latency.
         gossip_lazy: Peers outside the mesh told ``ihave`` per topic per heartbeat.
@@ -191,6 +191,10 @@ class NodeOptions:
             unanswered, and counted as an invalid package past what an older node
             sends (GossipSub's ``prune_backoff``; 0 turns it off). Peers should share
             one value.
+        gossip_want_window: A peer that asked us (``gossip/iwant``) for a message of a
+            topic is missing our pushes there: for this long after its last such ask,
+            it is among the first of the ``gossip_fanout`` peers a relay pushes the
+            topic's messages to, mesh peers before others (0 turns it off).
         seen_max: Most message ids remembered for de-duplication...
         seen_ttl: ...and for how long.
         max_hops: Relays a message may go through before it is no longer forwarded.
@@ -296,6 +300,7 @@ class NodeOptions:
     gossip_history: int = 3
     gossip_interval: float = 1.0
     gossip_prune_backoff: float = 60.0
+    gossip_want_window: float = 60.0
     seen_max: int = 100_000
     seen_ttl: float = 120.0
     max_hops: int = 16
@@ -412,8 +417,9 @@ class NodeOptions:
             raise ValueError(f"max_hops must be at most 255, not {self.max_hops}")
         if self.catchup_interval < 0:
             raise ValueError("catchup_interval must not be negative")
-        if not 0 <= self.gossip_prune_backoff < math.inf:
-            raise ValueError("gossip_prune_backoff must be a finite number of seconds")
+        for name in ("gossip_prune_backoff", "gossip_want_window"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number of seconds")
 
     def _check_relations(self) -> None:
         """Numbers that bound each other."""

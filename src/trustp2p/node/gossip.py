@@ -101,8 +101,7 @@ class Gossip:
 
     Attributes:
         router: Where messages go (:class:`~trustp2p.protocol.gossip.GossipRouter`).
-        pacing: Whom ``publish()`` waits for
-            (:class:`~trustp2p.protocol.gossip.PublishPacing`).
+        pacing: Whom ``publish()`` waits for (:class:`~trustp2p.protocol.gossip.PublishPacing`).
         catchup: What is being fetched (:class:`~trustp2p.protocol.gossip.CatchUp`).
         message_log: The persisted message log, once started.
         tasks: The owner of the service's tasks.
@@ -140,6 +139,7 @@ class Gossip:
             seen_ttl=options.seen_ttl,
             max_hops=options.max_hops,
             prune_backoff=options.gossip_prune_backoff,
+            want_window=options.gossip_want_window,
             mode=options.gossip_mode,
             rng=self._rng,  # one generator a node: each holds 2.5 KiB of state
             defer=lambda callback: asyncio.get_running_loop().call_soon(callback),

@@ -99,11 +99,11 @@ class ControlBatch:
         """The most bytes of topics in one talk to ``peer``."""
         return self._bounds.get(peer, self.max_bytes)
 
-    def limit(self, peer: Hashable, max_bytes: int) -> None:
-        """``peer`` takes talks of at most ``max_bytes`` of topics (found in review: a
-        peer that takes 1 KiB packages was sent merged talks of 64 KiB, and closed the
-        connection with 1009)."""
-        if max_bytes < self.max_bytes:
+    def limit(self, peer: Hashable, max_bytes: int | None) -> None:
+        """``peer`` takes talks of at most ``max_bytes`` of topics (None: no less than
+        :attr:`max_bytes`; found in review: a peer that takes 1 KiB packages was sent
+        merged talks of 64 KiB, and closed the connection with 1009)."""
+        if max_bytes is not None and max_bytes < self.max_bytes:
             self._bounds[peer] = max_bytes
 
     def hold(self) -> None:

@@ -8,12 +8,11 @@ announced lazily (``ihave``) to a few other subscribed peers, which pull what th
 drops duplicates, and a hop limit stops runaway floods. ``mode="flood"`` pushes to every
 subscribed peer instead, as a baseline.
 
-The router is given a clock and a ``send`` callable; it returns what to deliver and
-whom to penalise, and never awaits. Every list a peer sends in a control talk is
-bounded (:data:`MAX_TOPICS_PER_TALK`, ``max_ihave``, :data:`MAX_PEER_TOPICS`). After a
-PRUNE either way, the two peers don't graft each other on that topic for
-``prune_backoff``, and a mesh over ``degree_high`` loses its newest peers first
-(:mod:`.mesh`).
+The router is given a clock and a ``send`` callable, and never awaits. Every list a
+peer sends in a control talk is bounded (:data:`MAX_TOPICS_PER_TALK`, ``max_ihave``,
+:data:`MAX_PEER_TOPICS`). After a PRUNE either way, the two peers don't graft each other
+on that topic for ``prune_backoff``; a mesh over ``degree_high`` loses its newest peers
+first (:mod:`.mesh`).
 
 """
 
@@ -78,8 +77,11 @@ class GossipRouter:
         degree_low: ...grafting peers below this...
         degree_high: ...and pruning above this, the newest peers first
             (:meth:`.MeshBook.ranked`).
-        fanout: Mesh peers a relay pushes each new message to, eagerly; the others
-            learn of it from ``ihave``. The publisher pushes to its whole mesh.
+        fanout: Peers a relay pushes each new message to, eagerly; the others learn
+            of it from ``ihave``. The publisher pushes to its whole mesh. They are
+            first the peers that asked us (``iwant``) for a message of the topic within
+            ``want_window`` seconds (they are missing our pushes, :mod:`.mesh`), those
+            in the mesh before the others, then mesh peers; each group at random.
         lazy: Peers told ``ihave`` per topic per heartbeat.
         history: Heartbeats a message stays announceable and servable (``iwant``).
         seen_max: Most message ids remembered.
@@ -100,6 +102,7 @@ class GossipRouter:
             graft that peer on that topic, and refuse its grafts without answering;
             an early graft past those an older node sends raises
             :class:`GossipError` (see :mod:`.mesh`). 0 turns backoffs off.
+        want_window: See ``fanout``; 0 turns it off.
         mode: ``"gossip"`` (mesh plus lazy announcements) or ``"flood"`` (every copy to
             every subscribed peer), the baseline.
         rng: Random source, for tests.
@@ -126,6 +129,7 @@ class GossipRouter:
         max_asks: int = 500,
         iwant_timeout: float = 3.0,
         prune_backoff: float = 60.0,
+        want_window: float = 60.0,
         mode: Literal["gossip", "flood"] = "gossip",
         rng: random.Random | None = None,
         defer: Callable[[Callable[[], None]], object] | None = None,
@@ -151,7 +155,7 @@ class GossipRouter:
         self.topics: set[str] = set()  # ours
         self._peers: dict[PeerKey, set[str]] = {}  # peer -> its topics
         self.mesh: dict[str, set[PeerKey]] = {}
-        self._book = MeshBook(prune_backoff)  # mesh seniority and prune backoffs
+        self._book = MeshBook(prune_backoff, want_window)  # seniority, backoffs, asks
         self._seen = SeenIds(seen_max, seen_ttl)
         self._recent = RecentMessages(history)  # for ihave and iwant
         # Peers known to have each recent message (sent it to us, or got it from us):
@@ -180,8 +184,7 @@ class GossipRouter:
         ``max_bytes`` of topics (the batch's bound if None or larger)."""
         self._peers[peer] = set()
         self._asking.setdefault(peer, set())
-        if max_bytes is not None:
-            self.batch.limit(peer, max_bytes)  # (and for the talks merged later)
+        self.batch.limit(peer, max_bytes)  # (and for the talks merged later)
         for chunk in topic_chunks(sorted(self.topics), self.batch.bound(peer)):
             self._talk(peer, SUBSCRIPTIONS, {"subscribe": chunk, "unsubscribe": []})
 
@@ -322,13 +325,22 @@ class GossipRouter:
         relayed = message.relayed()
         targets = self._targets(message.topic, exclude=(peer,))
         if self.mode == "gossip":
-            # Pushing to a few mesh peers is enough to reach nearly everyone; ihave and
-            # iwant reach the rest. Pushing to all would cost a duplicate per extra peer.
-            targets = self._sample(targets, self.fanout)
+            targets = self._fanout(message.topic, peer, targets)
         for target in targets:
             self.stats.forwarded += 1
             _hold(self._holders.setdefault(message.id, []), target)
             self._send(RouterAction("message", target, message=relayed))
+
+    def _fanout(self, topic: str, sender: PeerKey | None, mesh: list[PeerKey]) -> list[PeerKey]:
+        """``fanout`` peers to push a message to (ihave and iwant reach the rest): first
+        those that lately asked us for the topic's messages (:mod:`.mesh`), in ``mesh``
+        then not (asks from outside can't push a mesh peer out), then the rest of
+        ``mesh``; each group at random, as asks are cheap."""
+        inside, outside = self._book.wanting(topic, self.mesh.get(topic, set()), sender)
+        chosen: list[PeerKey] = []
+        for group in (inside, outside, [p for p in mesh if p not in inside]):
+            chosen += self._sample(group, self.fanout - len(chosen))
+        return chosen
 
     def _targets(self, topic: str, exclude: Collection[PeerKey | None]) -> list[PeerKey]:
         if self.mode == "flood" or not self.mesh.get(topic):
@@ -383,6 +395,8 @@ class GossipRouter:
             if peer in served:
                 continue
             served.append(peer)
+            if message.topic in self.topics and message.topic in self._peers[peer]:
+                self._book.wanted(message.topic, peer, self._clock())  # (bounded)
             self.stats.served += 1
             self._send(RouterAction("message", peer, message=message))
 
