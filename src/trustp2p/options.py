@@ -203,7 +203,7 @@ class NodeOptions:
         log_max_bytes: ...and their payload, in all topics, at most (the log is held in
             memory): past it, the topic holding the most gives way, by its share rule.
         catchup_interval: Time between two catch-up rounds with a random peer that
-            shares one of our topics (0: only when a connection opens).
+            shares one of our topics (0: only when a peer introduces itself).
         catchup_batch: Most messages in one ``gossip/fetch`` answer.
         catchup_serve_rate: Bytes per second of catch-up answers the node serves all
             peers together, shared evenly: past it, an asker over an even share is

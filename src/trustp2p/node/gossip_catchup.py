@@ -7,7 +7,7 @@ of the node's peers. Part of ``node.gossip`` (:mod:`.gossip`), which makes one
   then the streams we miss, shuffled, fetched in batches (``gossip/fetch``) until the
   round's :class:`~trustp2p.protocol.gossip.RoundBudget` (``log_max_bytes`` of messages) is
   spent or a fetch goes unanswered; the rest waits for a later round. A round runs when a
-  connection opens, when a topic is new, after a held peer is let go, and every
+  peer introduces itself, when a topic is new, after a held peer is let go, and every
   ``catchup_interval`` with a random peer that carries one of our topics.
 - A *gap* in a live stream is fetched from the peer that revealed it, within that peer's
   share (:class:`~trustp2p.protocol.gossip.PeerBudgets`: ``log_max_bytes`` each

@@ -16,7 +16,7 @@ Two requests (REQUEST packages, see ``docs/protocol.md``):
 
 When to catch up and whom to ask (the node carries it out):
 
-- when a connection opens, the new peer's marks; every ``catchup_interval``, a random
+- when a peer introduces itself, its marks; every ``catchup_interval``, a random
   peer's (:meth:`CatchUp.choose`);
 - from those, each stream where the peer has more than we logged or delivered
   (:func:`plan_fetches`), in batches (:class:`Fetch`), one fetch per stream at a time
