@@ -368,6 +368,21 @@ async def test_block(store: PeerStore, clock: FakeClock, caplog: pytest.LogCaptu
     assert [r.blocked_until for r in await store.peers()] == [None]
 
 
+async def test_a_peer_known_by_its_address_lists_its_addresss_block(
+    store: PeerStore, clock: FakeClock
+) -> None:
+    # Found by a new user: an address blocked for failed handshakes was listed "blocked
+    # until -" by `trustp2p peers`, while every peer from it was refused.
+    store.record_packages(peer_key(None, "10.0.0.7"), invalid=1)
+    store.record_packages(peer_key(None, "2001:db8::1"), invalid=1)
+    await store.block(address="10.0.0.7", reason="handshake failures", duration=300)
+    await store.block(address="2001:db8::2", reason="handshake failures", duration=600)
+    until = {r.peer_id: r.blocked_until for r in await store.peers()}
+    assert until == {peer_key(None, "10.0.0.7"): 1300.0, peer_key(None, "2001:db8::1"): 1600.0}
+    clock.advance(300)
+    assert [r.blocked_until for r in await store.peers()].count(None) == 1  # (ended)
+
+
 async def test_blocks_are_bounded_and_those_ending_soonest_go_first(
     store: PeerStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

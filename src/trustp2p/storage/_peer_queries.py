@@ -24,6 +24,8 @@ from collections.abc import Collection, Iterator
 from urllib.parse import urlsplit
 
 from ..protocol.limits import address_key
+from ..protocol.peers import address_of_key
+from ..protocol.scoring import Block
 from ..protocol.urls import split_peer_url
 from ._peer_records import Peer, PeerRecord, PeerSource, Url, url_age
 from ._peer_table import PeerTable
@@ -176,11 +178,21 @@ def is_anchor(table: PeerTable, peer_id: str) -> bool:
     return peer is not None and _is_anchor(table, peer)
 
 
+def _block_of(table: PeerTable, key: str) -> Block | None:
+    """The block on a peer's key: its id's, or for a peer known by its address alone,
+    its address's (found by a new user: an address blocked for failed handshakes was
+    listed "blocked until -" while its peers were refused)."""
+    address = address_of_key(key)
+    if address is None:
+        return table.blocked_ids.get(key)
+    return table.blocked_addresses.get(address_key(address))
+
+
 def records(table: PeerTable, now: float) -> list[PeerRecord]:
     """Every peer the table holds, best score first, then most recently seen."""
     found = []
     for peer in table.peers.values():
-        block = table.blocked_ids.get(peer.peer_id) if peer.peer_id is not None else None
+        block = _block_of(table, peer.peer_id) if peer.peer_id is not None else None
         found.append(
             PeerRecord(
                 peer_id=peer.peer_id,
