@@ -67,3 +67,28 @@ async def test_a_peer_that_takes_nothing_is_still_behind_when_the_wait_ends() ->
     took = await _publish(socket, pacing, 100_000)
     assert took == {socket.id: None}
     assert pacing.slow == {socket.id}
+
+
+async def test_wait_subscribers_returns_once_peers_carry_the_topic() -> None:
+    # Found by a new user: a tool that connected, published and stopped lost half its
+    # messages: right after connecting it knew no subscriber yet.
+    from trustp2p.drivers.memory import MemoryHub
+
+    from .test_gossip_behaviour import gossip, memory_node, wait_for
+
+    hub = MemoryHub()
+    async with memory_node(hub, "sub") as sub, memory_node(hub, "tool") as tool:
+        got: list[object] = []
+        assert tool.client is not None and sub.url is not None
+        tool.client.connect(sub.url)
+        await tool.client.wait_connected()
+        waiting = asyncio.ensure_future(gossip(tool).wait_subscribers("chat"))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # nobody carries it yet
+        sub.subscribe("chat", got.append)
+        async with asyncio.timeout(10):
+            assert await waiting == 1
+        await tool.publish("chat", {"n": 1})
+        await wait_for(lambda: len(got) == 1)
+        async with asyncio.timeout(10):  # already true: at once
+            assert await gossip(tool).wait_subscribers("chat") == 1

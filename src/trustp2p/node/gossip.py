@@ -4,19 +4,16 @@ Publish/subscribe and catch-up on a node: ``node.gossip``. The decisions live in
 its threads and its message log (:mod:`trustp2p.storage.msglog`), and owns the tasks that do.
 
 - ``await node.gossip.publish(topic, data)`` (or ``node.publish``) signs and sends a
-  message; threads receive a topic's messages through their event map
-  (``{PackageType.GOSSIP: {"chat": handler}}``, called as ``handler(socket, message)``;
-  ``socket`` is None for the node's own messages and caught-up ones) or
-  ``node.gossip.subscribe(topic, handler)`` (``handler(message)``). Each message reaches
-  them exactly once, in order per origin and topic: each origin numbers its messages
-  per topic (a *stream*). Topics are delivered side by side (:mod:`.gossip_delivery`).
+  message; threads receive a topic's messages through their event map (called as
+  ``handler(socket, message)``, ``socket`` None for our own and caught-up ones) or
+  ``node.gossip.subscribe(topic, handler)`` (``handler(message)``): each once, in
+  order per origin and topic (a *stream*), topics side by side (:mod:`.gossip_delivery`).
 - Validators (``set_validator``) accept, ignore or reject a message before it goes
   further; a rejected one counts against the peer that sent it.
-- Catch-up: when a peer introduces itself (or a topic is new), every ``catchup_interval``,
-  peers exchange per-stream high-water marks of their logs (``gossip/hwm``) and fetch
-  what they miss in bounded batches (``gossip/fetch``). A gap in a live stream is
-  fetched from the peer that revealed it; one nobody can fill is skipped after
-  ``gap_timeout``. :mod:`.gossip_catchup` asks the peers.
+- Catch-up (:mod:`.gossip_catchup`): when a peer introduces itself, a topic is new, and
+  every ``catchup_interval``, peers exchange per-stream high-water marks of their logs
+  (``gossip/hwm``) and fetch what they miss (``gossip/fetch``). A gap in a live stream
+  is fetched from the peer that revealed it, or skipped after ``gap_timeout``.
 
 """
 
@@ -66,7 +63,7 @@ from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
 from .gossip_drops import too_old_line
 from .gossip_log import delivered, to_logged, undelivered
-from .gossip_publish import wait_for_peers
+from .gossip_publish import wait_for_peers, wait_until
 from .gossip_send import ActionSender
 
 if TYPE_CHECKING:
@@ -162,6 +159,7 @@ class Gossip:
             self.tasks, self._work, self._settle, node.connection, self._catch_up
         )
         self._checks = FairShare(options.gossip_node_rate)  # live messages, all peers
+        self._talked = asyncio.Event()  # set (and replaced) at each control talk
 
     def _now(self) -> float:
         if self._clock is None:
@@ -189,7 +187,8 @@ class Gossip:
 
     async def publish(self, topic: str, data: Body) -> str:
         """
-        Sign and publish a message; publishes run one a loop iteration.
+        Sign and publish a message; publishes run one a loop iteration. A peer connected
+        a moment ago may not have said yet that it subscribes: see :meth:`wait_subscribers`.
 
         Returns:
             Its message id.
@@ -208,8 +207,7 @@ class Gossip:
         identity = self.node.identity
         assert identity is not None
         log = self._log
-        # Check everything before taking a sequence number: one taken and not used is a
-        # gap that subscribers wait for.
+        # Check everything before taking a seq: one not used is a gap subscribers wait for.
         text = payload_text(topic, data)
         data = json.loads(text)  # what every node receives, this one too: not the caller's
         size, cap = payload_size(text), message_size_limit(self.node.options.max_package_size)
@@ -230,28 +228,30 @@ class Gossip:
         return message.id
 
     async def _wait_for_peers(self, topic: str, size: int) -> None:
-        """
-        The application's own burst waits for the peers that carry ``topic`` to take
-        it, as send() does, so that it doesn't fill their send queues; as long as
-        :attr:`pacing` says (:data:`PUBLISH_WAIT` at most), not for slow peers (what
-        they miss meanwhile, they catch up). Found by attackers: one peer that read
-        nothing, then one that read just before each wait's second was up, held every
-        publish().
-        """
-        carry = self.router.peer_topics
-        sockets = [s for s in self.node.sockets if topic in carry(s.id)]
-        await wait_for_peers(self.pacing, sockets, self._now, size)
+        """The application's own burst waits for the peers that carry ``topic`` to take
+        it, as send() does, as long as :attr:`pacing` says (:data:`PUBLISH_WAIT` at
+        most), not for slow peers (found by attackers: peers that read nothing, or
+        just before each wait was up, held every publish())."""
+        await wait_for_peers(self.pacing, self._carrying(topic), self._now, size)
+
+    def _carrying(self, topic: str) -> list[Socket]:
+        return [s for s in self.node.sockets if topic in self.router.peer_topics(s.id)]
+
+    async def wait_subscribers(self, topic: str, count: int = 1) -> int:
+        """Wait until ``count`` connected peers carry ``topic``; return how many do (wrap
+        it in :func:`asyncio.timeout`). A short-lived publisher needs it: what it
+        publishes before its peers said they subscribe reaches nobody (tester29 F3)."""
+        carrying = lambda: len(self._carrying(topic))  # noqa: E731
+        return await wait_until(lambda: self._talked, carrying, count)
 
     @property
     def waiting_bytes(self) -> int:
-        """Bytes of messages waiting for their validators and handlers (see
-        :data:`~.gossip_delivery.MAX_WAITING_BYTES`)."""
+        """Bytes of messages waiting for their validators and handlers (bounded)."""
         return self._delivery.waiting
 
     @property
     def held_bytes(self) -> int:
-        """Bytes of messages held behind gaps until they are filled or skipped (64 MiB
-        at most, past which the oldest gaps are skipped); 0 before the start."""
+        """Bytes of messages held behind gaps (64 MiB at most); 0 before the start."""
         return 0 if self._streams is None else self._streams.held_bytes
 
     @property
@@ -421,6 +421,8 @@ class Gossip:
             self.router.control(socket.id, package.event, package.body)
         except GossipError as exc:
             self.node.penalize(socket, f"invalid {package.event}: {exc}")
+        self._talked.set()  # (a peer's topics may have changed)
+        self._talked = asyncio.Event()
 
     def _oversized(self, message: GossipMessage, size: int, cap: int) -> None:
         """A valid message too large for our catch-up answers (its origin has a larger
@@ -439,14 +441,13 @@ class Gossip:
         """Take a verified message; return True if it was new."""
         if message.topic not in self.router.topics:
             return False  # not ours to carry
-        # Delivered already, or older than anything we remember delivering (it might be
-        # a repeat): dropped, but seen, so that its copies are dropped by id.
+        # Delivered already, or older than anything we remember delivering (a repeat?):
+        # dropped, but seen, so that its copies are dropped by id. A message awaiting
+        # its validator (or dropped) is neither announced nor served.
         stale = self._order.stale(message)
-        # A message awaiting its validator (or dropped) is neither announced nor served.
+        pending = stale is not None or message.topic in self._validators
         new = self.router.receive(
-            socket.id if socket is not None else None,
-            message,
-            pending=stale is not None or message.topic in self._validators,
+            socket.id if socket is not None else None, message, pending=pending
         )
         if not new:
             return False
@@ -585,7 +586,6 @@ class Gossip:
             self._fetcher.refill(socket, stream)
 
     # Catch-up (:mod:`.gossip_catchup` asks the peers)
-
     async def _catch_up(self, socket: Socket) -> None:
         if self._fetcher is not None:
             await self._fetcher.round(socket)

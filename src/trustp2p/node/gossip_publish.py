@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-__all__ = ["wait_for_peers"]
+__all__ = ["wait_for_peers", "wait_until"]
 
 import asyncio
 import contextlib
@@ -65,3 +65,13 @@ def _taken(socket: Socket) -> int | None:
     """The bytes ``socket``'s peer has taken so far; None if the driver can't tell."""
     in_flight = socket.bytes_in_flight()
     return None if in_flight <= 0 else socket.stats.bytes_out - in_flight
+
+
+async def wait_until(
+    changed: Callable[[], asyncio.Event], count: Callable[[], int], wanted: int
+) -> int:
+    """Wait until ``count()`` is ``wanted`` or more, looking again each time the event
+    ``changed()`` gives is set (it is set and replaced at each change); return it."""
+    while (have := count()) < wanted:
+        await changed().wait()
+    return have
