@@ -106,6 +106,8 @@ class Gossip:
         catchup: What is being fetched (:class:`~trustp2p.protocol.gossip.CatchUp`).
         message_log: The persisted message log, once started.
         tasks: The owner of the service's tasks.
+        publishing: Whether :meth:`publish` works: from the start until the node's
+            threads' ``stop()`` returned (the connections close next).
         delivered: Messages handed to threads and subscribers.
         caught_up: Messages obtained by catch-up.
         too_old: Messages dropped for their timestamp, unseen: older than
@@ -154,6 +156,7 @@ class Gossip:
         self._published: set[str] = set()  # topics this node published to
         self.pacing: PublishPacing[ConnId] = PublishPacing(clock=self._now)
         self.tasks = TaskOwner(logger)
+        self.publishing = False
         self.delivered = self.caught_up = self.too_old = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._publishing = asyncio.Lock()
@@ -195,6 +198,7 @@ class Gossip:
             Its message id.
 
         Raises:
+            NodeStateError: If not :attr:`publishing`.
             ValueError: If the topic is empty or too long, ``data`` holds NaN or a
                 string that isn't valid Unicode, or the message would take more than a
                 quarter of ``max_package_size``.
@@ -202,6 +206,9 @@ class Gossip:
 
         """
         async with self._publishing:  # (1,000 gathered held the loop 1.3 s: review)
+            if not self.publishing:  # (checked in turn: the log may have closed since)
+                raise NodeStateError("the node is stopping: publish() works until the "
+                                     "threads' stop() returned")  # fmt: skip
             return await self._publish(topic, data)
 
     async def _publish(self, topic: str, data: Body) -> str:
@@ -225,22 +232,11 @@ class Gossip:
         self.router.publish(message)
         count(self.node.metrics.topic_published, topic, limit=MAX_TOPICS)
         self._accepted(None, message, logged=True)
-        await self._wait_for_peers(topic, size)
-        await asyncio.sleep(0)  # (a loop of publish() held the event loop for seconds)
-        return message.id
-
-    async def _wait_for_peers(self, topic: str, size: int) -> None:
-        """
-        The application's own burst waits for the peers that carry ``topic`` to take
-        it, as send() does, so that it doesn't fill their send queues; as long as
-        :attr:`pacing` says (:data:`PUBLISH_WAIT` at most), not for slow peers (what
-        they miss meanwhile, they catch up). Found by attackers: one peer that read
-        nothing, then one that read just before each wait's second was up, held every
-        publish().
-        """
-        carry = self.router.peer_topics
+        carry = self.router.peer_topics  # (the peers that carry it take it in turn)
         sockets = [s for s in self.node.sockets if topic in carry(s.id)]
         await wait_for_peers(self.pacing, sockets, self._now, size)
+        await asyncio.sleep(0)  # (a loop of publish() held the event loop for seconds)
+        return message.id
 
     @property
     def waiting_bytes(self) -> int:
@@ -351,6 +347,7 @@ class Gossip:
         self.tasks.spawn(self._heartbeat(), "gossip heartbeat")
         if options.catchup_interval > 0:
             self.tasks.spawn(self._fetcher.run_forever(), "gossip catch-up")
+        self.publishing = True
 
     def replay(self) -> None:
         """Deliver what the log holds past the delivered marks, of every topic carried
@@ -365,6 +362,7 @@ class Gossip:
         await self.tasks.aclose()
 
     async def stop(self) -> None:
+        self.publishing = False
         await self.halt()
         if self.message_log is not None:
             await self.message_log.close()
