@@ -16,6 +16,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -139,6 +140,18 @@ async def make_node() -> AsyncIterator[Callable[..., Awaitable[Node]]]:
 
     async for make in node_factory():
         yield make
+
+
+@pytest.fixture(autouse=True)
+def _restore_signals() -> Iterator[None]:
+    """Put the signals' handlers back after each test: the CLI's node, run in-process,
+    leaves SIGINT, SIGTERM and SIGHUP ignored for the process's exit."""
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    handlers = [signal.getsignal(signum) for signum in signums]
+    yield
+    for signum, handler in zip(signums, handlers, strict=True):
+        if handler is not None:
+            signal.signal(signum, handler)
 
 
 @pytest.fixture(autouse=True)

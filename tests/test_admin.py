@@ -398,8 +398,10 @@ async def test_trustp2p_status_prints_the_peers(
     out = capsys.readouterr().out
     assert "1 peer(s)" in out and "server <-" in out
     assert f"{server.peer_id}" in out
-    # The status.json URL itself: found by a tester, a 404 before.
-    for admin in (f"{address}/status.json", f"{server.admin_url}status.json"):
+    # The status.json URL itself: found by a tester, a 404 before; a bare port (a
+    # tester's --admin 1331 was read as the host 0.0.5.51).
+    port = address.rsplit(":", 1)[1]
+    for admin in (f"{address}/status.json", f"{server.admin_url}status.json", port, f":{port}"):
         assert await asyncio.to_thread(main, ["status", "--admin", admin, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["peers"][0]["peer_id"] == client.peer_id
 
@@ -411,7 +413,12 @@ async def test_trustp2p_status_with_a_token(
     assert server.admin_url is not None
     args = ["status", "--admin", server.admin_url, "--json"]
     assert await asyncio.to_thread(main, args) == 1
-    assert "401" in capsys.readouterr().err
+    said = "HTTP Error 401: Unauthorized (the node's admin listener has a token: give it with"
+    assert f"{said} --token)" in capsys.readouterr().err  # (a tester got the 401 alone)
+    assert await asyncio.to_thread(main, [*args, "--token", "wrong"]) == 1
+    assert "401: Unauthorized (not the node's admin token: its --admin-token" in (
+        capsys.readouterr().err
+    )
     assert await asyncio.to_thread(main, [*args, "--token", "t0k"]) == 0
     # The browser's URL, pasted: its token is taken (a tester: the page was fetched).
     browser = ["status", "--admin", f"{server.admin_url.rstrip('/')}/?token=t0k", "--json"]

@@ -117,7 +117,7 @@ def test_limit_flags_reach_the_node_options(
         seen.update(dataclasses.asdict(options))
         return 0
 
-    monkeypatch.setattr(trustp2p.apps.serve, "serve", fake_serve)
+    monkeypatch.setattr(trustp2p.apps.serve, "serve_process", fake_serve)
     argv = ["node", "--cwd", str(tmp_path), "--request-rate", "50", "--request-burst", "60"]
     argv += ["--ip-rate", "1.5", "--ip-burst", "4", "--max-send-queue", "8", "--limit-loopback"]
     argv += ["--invalid-ratio", "0.2", "--block-duration", "60", "--gossip-fanout", "2"]
@@ -413,6 +413,28 @@ def test_a_node_exits_after_its_stop_whatever_its_threads_left_running(
         r" work \(asyncio.to_thread, run_in_executor\)"
     )
     assert re.search(said, process.output), process.output
+
+
+def test_a_signal_once_the_node_stopped_does_not_kill_the_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a tester: a second SIGTERM 0.1 s after the first, once the node had
+    said "x node stopped", killed the process (exit status 143, not 0): the handlers
+    were removed, and the default action came back, while the process still ended.
+    Here the process waits for what a thread left running (close_timeout) meanwhile."""
+    (tmp_path / "threads-enabled").mkdir()
+    (tmp_path / "threads-enabled" / "left.py").write_text(_LEFT_BEHIND)
+    monkeypatch.setenv("TRUSTP2P_CLOSE_TIMEOUT", "2")
+    process = Spawned("server", "--cwd", str(tmp_path), "--port", "0")
+    process.wait_for_output("node started")
+    process.process.send_signal(signal.SIGTERM)
+    process.wait_for_output("x node stopped")
+    process.process.send_signal(signal.SIGTERM)
+    process.process.send_signal(signal.SIGINT)  # a Ctrl-C pressed again: no traceback
+    assert process.process.wait(timeout=20) == 0, process.output
+    process.stop()
+    assert "x exiting without what the threads left running 2 s" in process.output
+    assert "Traceback" not in process.output
 
 
 def test_sighup_stops_a_node_cleanly(tmp_path: Path) -> None:

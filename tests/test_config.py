@@ -97,7 +97,7 @@ def test_the_server_command_uses_file_env_and_flags(
         seen.append(options)
         return 0
 
-    monkeypatch.setattr(trustp2p.apps.serve, "serve", fake_serve)
+    monkeypatch.setattr(trustp2p.apps.serve, "serve_process", fake_serve)
     assert main(["server", "--cwd", str(tmp_path), "--port", "1200"]) == 0
     (options,) = seen
     assert (options.max_inbound, options.request_rate, options.port) == (50, 30.0, 1200)

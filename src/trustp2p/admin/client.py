@@ -23,7 +23,11 @@ from ..identity import short_id
 def status_url(admin: str) -> str:
     """The ``/status.json`` URL of an admin listener given as a URL or ``HOST:PORT``
     (with or without ``/status.json``: a tester gave it and got a 404; a browser's URL
-    with its ``?token=``, the query and fragment dropped: see :func:`url_token`)."""
+    with its ``?token=``, the query and fragment dropped: see :func:`url_token`). A bare
+    ``PORT`` (or ``:PORT``) is on 127.0.0.1: a tester's ``--admin 1331`` was read as the
+    host 0.0.5.51."""
+    if admin.removeprefix(":").isdigit():
+        admin = f"127.0.0.1:{admin.removeprefix(':')}"
     if "://" not in admin:
         admin = f"http://{admin}"
     parts = urllib.parse.urlsplit(admin)

@@ -79,7 +79,9 @@ def peers(cwd: Path, name: str, as_json: bool, log_level: str) -> int:
 
 
 @cli.command()
-@click.option("--admin", "admin", required=True, help="The node's admin URL or HOST:PORT.")
+@click.option(
+    "--admin", "admin", required=True, help="The node's admin URL, HOST:PORT, or PORT (local)."
+)
 @click.option("--token", default=None, help="The admin token, if the node has one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status.json.")
 def status(admin: str, token: str | None, as_json: bool) -> int:
@@ -88,14 +90,19 @@ def status(admin: str, token: str | None, as_json: bool) -> int:
 
     from rich.console import Console
 
-    from ..admin.client import fetch_status, status_tables
+    from ..admin.client import fetch_status, status_tables, url_token
 
     try:
         answer = fetch_status(admin, token=token)
     except (OSError, ValueError) as exc:
         hint = ""
-        if getattr(exc, "code", None) == 426:  # urllib's HTTPError: a WebSocket listener
+        code = getattr(exc, "code", None)  # urllib's HTTPError
+        if code == 426:  # a WebSocket listener
             hint = " (a peer listener: give the node's --admin HOST:PORT, not its --port)"
+        elif code == 401 and token is None and url_token(admin) is None:  # (a tester)
+            hint = " (the node's admin listener has a token: give it with --token)"
+        elif code == 401:
+            hint = " (not the node's admin token: its --admin-token, or TRUSTP2P_ADMIN_TOKEN)"
         click.echo(f"trustp2p: error: can't get the status from {admin}: {exc}{hint}", err=True)
         return 1
     if as_json:

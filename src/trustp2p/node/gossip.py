@@ -102,11 +102,12 @@ class Gossip:
         catchup: What is being fetched (:class:`~trustp2p.protocol.gossip.CatchUp`).
         message_log: The persisted message log, once started.
         tasks: The owner of the service's tasks.
+        publishing: Whether :meth:`publish` works: from the start until the threads'
+            ``stop()`` returned.
         delivered: Messages handed to threads and subscribers.
         caught_up: Messages obtained by catch-up.
         too_old: Messages dropped for their timestamp, unseen: older than
-            ``log_max_age``, or, of an origin without a delivery mark, than the marks
-            the log forgot (less :data:`~trustp2p.protocol.gossip.CLOCK_SKEW`).
+            ``log_max_age``, or than the marks the log forgot (less ``CLOCK_SKEW``).
 
     """
 
@@ -151,6 +152,7 @@ class Gossip:
         self._published: set[str] = set()  # topics this node published to
         self.pacing: PublishPacing[ConnId] = PublishPacing(clock=self._now)
         self.tasks = TaskOwner(logger)
+        self.publishing = False
         self.delivered = self.caught_up = self.too_old = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._publishing = asyncio.Lock()
@@ -179,7 +181,6 @@ class Gossip:
         return self._streams
 
     # Public API
-
     @property
     def topics(self) -> set[str]:
         """The topics this node subscribes to."""
@@ -194,6 +195,7 @@ class Gossip:
             Its message id.
 
         Raises:
+            NodeStateError: If not :attr:`publishing`.
             ValueError: If the topic is empty or too long, ``data`` holds NaN or a
                 string that isn't valid Unicode, or the message would take more than a
                 quarter of ``max_package_size``.
@@ -201,6 +203,9 @@ class Gossip:
 
         """
         async with self._publishing:  # (1,000 gathered held the loop 1.3 s: review)
+            if not self.publishing:  # (checked in turn: the log may have closed since)
+                raise NodeStateError("the node is stopping: publish() works until the "
+                                     "threads' stop() returned")  # fmt: skip
             return await self._publish(topic, data)
 
     async def _publish(self, topic: str, data: Body) -> str:
@@ -223,16 +228,10 @@ class Gossip:
         self.router.publish(message)
         count(self.node.metrics.topic_published, topic, limit=MAX_TOPICS)
         self._accepted(None, message, logged=True)
-        await self._wait_for_peers(topic, size)
+        # Our own burst waits for the peers that carry it, as pacing says (not slow ones).
+        await wait_for_peers(self.pacing, self._carrying(topic), self._now, size)
         await asyncio.sleep(0)  # (a loop of publish() held the event loop for seconds)
         return message.id
-
-    async def _wait_for_peers(self, topic: str, size: int) -> None:
-        """The application's own burst waits for the peers that carry ``topic`` to take
-        it, as send() does, as long as :attr:`pacing` says (:data:`PUBLISH_WAIT` at
-        most), not for slow peers (found by attackers: peers that read nothing, or
-        just before each wait was up, held every publish())."""
-        await wait_for_peers(self.pacing, self._carrying(topic), self._now, size)
 
     def _carrying(self, topic: str) -> list[Socket]:
         return [s for s in self.node.sockets if topic in self.router.peer_topics(s.id)]
@@ -351,6 +350,7 @@ class Gossip:
         self.tasks.spawn(self._heartbeat(), "gossip heartbeat")
         if options.catchup_interval > 0:
             self.tasks.spawn(self._fetcher.run_forever(), "gossip catch-up")
+        self.publishing = True
 
     def replay(self) -> None:
         """Deliver what the log holds past the delivered marks, of every topic carried
@@ -365,6 +365,7 @@ class Gossip:
         await self.tasks.aclose()
 
     async def stop(self) -> None:
+        self.publishing = False
         await self.halt()
         if self.message_log is not None:
             await self.message_log.close()
@@ -383,7 +384,6 @@ class Gossip:
             self._fetcher.forget(socket.id)
 
     # Receiving
-
     def receive(self, socket: Socket, package: Package) -> None:
         """A GOSSIP package arrived (from the node's read path)."""
         if package.event not in self.router.topics:
@@ -421,7 +421,7 @@ class Gossip:
             self.router.control(socket.id, package.event, package.body)
         except GossipError as exc:
             self.node.penalize(socket, f"invalid {package.event}: {exc}")
-        self._talked.set()  # (a peer's topics may have changed)
+        self._talked.set()  # (a peer's topics may have changed: wait_subscribers())
         self._talked = asyncio.Event()
 
     def _oversized(self, message: GossipMessage, size: int, cap: int) -> None:

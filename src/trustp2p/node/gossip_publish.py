@@ -32,6 +32,13 @@ async def wait_for_peers(
     once its buffer is under the mark, or once it took the message's size (what we
     wrote to it less what is still on its way: our buffers and the kernel's, which takes
     from ours in large steps).
+
+    The application's own burst thus waits for the peers that carry the topic to take
+    it, as send() does, so that it doesn't fill their send queues; as long as
+    ``pacing`` says (:data:`~trustp2p.protocol.gossip.pacing.PUBLISH_WAIT` at most), not
+    for slow peers (what they miss meanwhile, they catch up). Found by attackers: one
+    peer that read nothing, then one that read just before each wait's second was up,
+    held every publish().
     """
     by_id = {socket.id: socket for socket in sockets if not socket.closed}
     behind = {peer: socket.write_paused for peer, socket in by_id.items()}

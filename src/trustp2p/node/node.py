@@ -181,7 +181,7 @@ class Node:
     def _gossip(self) -> Gossip:
         if self.gossip is None:
             raise NodeStateError("this node runs without gossip (gossip=False)")
-        if self.state is not NodeState.RUNNING:
+        if self.state in (NodeState.NEW, NodeState.STOPPED):  # stopping: gossip says
             raise NodeStateError(f"the node is {self.state.value}, not running")
         return self.gossip
 
@@ -193,7 +193,8 @@ class Node:
             The message id.
 
         Raises:
-            NodeStateError: If the node isn't running or runs without gossip.
+            NodeStateError: If the node isn't running (a stopping node publishes until
+                its threads' ``stop()`` returned), or runs without gossip.
             ValueError: If the topic is empty or too long, or ``body`` holds NaN.
             TypeError: If ``body`` is not a JSON-serializable dict.
 
@@ -370,6 +371,9 @@ class Node:
     async def _stop(self, caller: asyncio.Task[Any] | None) -> None:
         started = self._start_ended is None or self._start_ended.result()
         self.log.info("x stopping node" if started else "x undoing a failed start")
+        for role in (self.server, self.client):  # (their waiters outlived it: a tester)
+            if role is not None:
+                role.node_stopping()
         if self._identity_lock is not None:
             mark_stopping(self._identity_lock)  # a node restarted meanwhile waits
         if self.admin is not None:
@@ -387,6 +391,8 @@ class Node:
             await self.gossip.halt()
         for thread in self.threads:
             await stop_thread(thread, self.options.close_timeout)
+        if self.gossip is not None:  # a goodbye published in stop() went out (a tester)
+            self.gossip.publishing = False
         # Every connection, those refused or still in their handshake included, so
         # that no transport outlives the node.
         raw = self._secure.raw_sockets if self._secure is not None else []
@@ -526,11 +532,9 @@ class Node:
         timeout: float | None = None,
         payload: bytes | None = None,
     ) -> Body:
-        """
-        Send a request on ``socket`` and return its response's body. The roles'
+        """Send a request on ``socket`` and return its response's body. The roles'
         :meth:`~trustp2p.node.roles.Role.request` documents the arguments and errors;
-        this raises :exc:`NodeStateError` too if the node was never started.
-        """
+        this raises :exc:`NodeStateError` too if the node was never started."""
         response = await self.request_package(
             socket,
             event,
@@ -553,11 +557,8 @@ class Node:
         timeout: float | None = None,
         payload: bytes | None = None,
     ) -> Package:
-        """
-        Send a request on ``socket`` and return its whole response (body and payload);
-        :meth:`~trustp2p.node.roles.Role.request_package` documents it. Raises what
-        :meth:`request` raises.
-        """
+        """Send a request on ``socket`` and return its whole response (body and payload);
+        :meth:`~trustp2p.node.roles.Role.request_package` documents it and its errors."""
         socket = self.check_open(socket, reroute=reroute)
         return await self.requests.request_package(
             socket,

@@ -73,13 +73,18 @@ class Role:
         dialled this node too may keep its connection to us instead: that one is the
         server role's).
 
+        Called before :meth:`~trustp2p.Node.start`, it waits for the start too.
+
         Raises:
             TimeoutError: If it hasn't within ``timeout`` seconds (None: wait as long as
                 it takes; against a server that is down, for ever: found by a tester).
+            NodeStateError: If the node is stopping or stopped, at once, or stops while
+                this waits (found by a tester: a waiter outlived the node, for ever).
 
         """
         if len(self._sockets) >= count:
             return
+        self.check_waitable()
         future = asyncio.get_running_loop().create_future()
         self._waiters.append((count, future))
         try:
@@ -316,7 +321,21 @@ class Role:
             results[socket] = outcome
         return results
 
-    # Bookkeeping: the node reports its connections here.
+    # Bookkeeping: the node reports its connections and its stop here.
+
+    def check_waitable(self) -> None:
+        """Raise :exc:`NodeStateError` if the node is stopping or stopped: nothing it
+        waits for can come any more (before the start, it can)."""
+        state = self.node.state.value
+        if state in ("stopping", "stopped"):
+            raise NodeStateError(f"the node is {state}, not running")
+
+    def node_stopping(self) -> None:
+        """The node began to stop: every waiter gets :exc:`NodeStateError`."""
+        error = NodeStateError("the node is stopping, not running")
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(error)
 
     def connection_opened(self, socket: Socket) -> None:
         self._sockets[socket.id] = socket
@@ -387,12 +406,15 @@ class ClientRole(Role):
             TimeoutError: If there is none within ``timeout`` seconds (None: wait as
                 long as it takes; a URL nobody dials, or a server that is down, is
                 waited for for ever: found by a tester).
+            NodeStateError: As :meth:`~Role.wait_connected` raises it: the node is
+                stopping or stopped, or stops while this waits.
 
         """
         address = address_of(url)
         socket = self._by_url.get(address)
         if socket is not None:
             return socket
+        self.check_waitable()
         future: asyncio.Future[Socket] = asyncio.get_running_loop().create_future()
         waiters = self._url_waiters.setdefault(address, [])
         waiters.append(future)
@@ -459,7 +481,15 @@ class ClientRole(Role):
     async def stop(self) -> None:
         await self.dialer.stop()
 
-    # Bookkeeping: the node reports its connections and dials here.
+    # Bookkeeping: the node reports its connections, dials and stop here.
+
+    def node_stopping(self) -> None:
+        super().node_stopping()
+        error = NodeStateError("the node is stopping, not running")
+        for waiters in self._url_waiters.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(error)
 
     def connection_opened(self, socket: Socket) -> None:
         address = address_of(socket.peer)

@@ -109,7 +109,11 @@ class Thread:
         """
         Called on shutdown, before connections close, for ``close_timeout`` at most;
         gossip delivery has stopped by then (what wasn't delivered stays in the log, for
-        the next start).
+        the next start). Talks, and :meth:`~trustp2p.Node.publish`, still reach the
+        peers connected: a goodbye published here goes out (the node's own handlers
+        get it at its next start, as every message not delivered at the stop); once
+        every thread's ``stop()`` returned, ``publish()`` raises
+        :exc:`~trustp2p.NodeStateError`.
 
         Tasks made with :meth:`create_task` that are still running afterwards are
         cancelled and awaited.
