@@ -15,6 +15,7 @@ import pytest
 from trustp2p import Socket
 from trustp2p.drivers.memory import MemoryHub
 from trustp2p.identity import Identity
+from trustp2p.node.gossip_catchup import TOPIC_GATHER
 from trustp2p.node.gossip_thread import GossipThread
 from trustp2p.node.requests import is_error_answer
 from trustp2p.protocol.gossip import (
@@ -359,3 +360,36 @@ async def test_a_topic_subscribed_late_is_caught_up_from_a_publisher_that_doesnt
         reader.subscribe("news", got.append)
         await wait_for(lambda: len(got) == 5)
         assert [m.body["n"] for m in got] == list(range(5))
+
+
+async def test_topics_subscribed_one_by_one_are_caught_up_together() -> None:
+    # Found in review: topics were asked about together only within one loop iteration,
+    # so 300 subscribes awaited one by one sent a peer that carries none 300 requests.
+    hub = MemoryHub()
+    async with memory_node(hub, "feed") as feed, memory_node(hub, "reader") as reader:
+        assert reader.client is not None and feed.url is not None
+        reader.client.connect(feed.url)
+        await reader.client.wait_connected()
+        await wait_for(lambda: bool(gossip(reader).router.peers))  # (introduced)
+        await wait_for(lambda: reader.metrics.requests_answered == reader.metrics.requests_sent)
+        before = reader.metrics.requests_sent
+        for n in range(300):
+            reader.subscribe(f"t{n}")
+            await asyncio.sleep(0)  # (the application awaits something between them)
+        await wait_for(lambda: reader.metrics.requests_sent > before)
+        await wait_for(lambda: reader.metrics.requests_answered == reader.metrics.requests_sent)
+        assert reader.metrics.requests_sent - before <= 3  # (300 before; 1 unless slow)
+
+
+async def test_a_topic_subscribed_just_before_the_stop_asks_nobody(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = MemoryHub()
+    async with memory_node(hub, "feed") as feed, memory_node(hub, "reader") as reader:
+        assert reader.client is not None and feed.url is not None
+        reader.client.connect(feed.url)
+        await wait_for(lambda: bool(gossip(reader).router.peers))
+        reader.subscribe("late")
+        await reader.stop()  # before the topics gathered are asked about
+        await asyncio.sleep(TOPIC_GATHER * 2)  # (what is tested: nothing happens then)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -173,15 +173,14 @@ class GossipRouter:
     # Peers and subscriptions
 
     @property
-    def peers(self) -> list[PeerKey]:
+    def peers(self) -> list[PeerKey]:  # (introduced: see add_peer)
         return list(self._peers)
 
     def peer_topics(self, peer: PeerKey) -> set[str]:
         return self._peers.get(peer, set())
 
     def add_peer(self, peer: PeerKey, *, max_bytes: int | None = None) -> None:
-        """A peer to gossip with: tell it what we subscribe to, in talks of at most
-        ``max_bytes`` of topics (the batch's bound if None or larger)."""
+        """A peer to gossip with: told our topics in talks of ``max_bytes`` at most."""
         self._peers[peer] = set()
         self._asking.setdefault(peer, set())
         self.batch.limit(peer, max_bytes)  # (and for the talks merged later)
@@ -332,15 +331,17 @@ class GossipRouter:
             self._send(RouterAction("message", target, message=relayed))
 
     def _fanout(self, topic: str, sender: PeerKey | None, mesh: list[PeerKey]) -> list[PeerKey]:
-        """``fanout`` peers to push a message to (ihave and iwant reach the rest): first
-        those that lately asked us for the topic's messages (:mod:`.mesh`), in ``mesh``
-        then not (asks from outside can't push a mesh peer out), then the rest of
-        ``mesh``; each group at random, as asks are cheap."""
+        """``fanout`` peers to push a message to, each group at random: mesh peers that
+        lately asked us for the topic's messages (:mod:`.mesh`), then one that asked
+        from outside (more only if ``mesh`` has no other peer: review27, three took
+        every push from quiet mesh peers), then the rest of ``mesh``, none twice."""
         inside, outside = self._book.wanting(topic, self.mesh.get(topic, set()), sender)
-        chosen: list[PeerKey] = []
-        for group in (inside, outside, [p for p in mesh if p not in inside]):
-            chosen += self._sample(group, self.fanout - len(chosen))
-        return chosen
+        chosen, room = self._sample(inside, self.fanout), self.fanout
+        others = any(p not in chosen and p not in outside for p in mesh)
+        chosen += self._sample(outside, min(room - len(chosen), 1 if others else room))
+        return chosen + self._sample(
+            [p for p in mesh if p not in chosen], self.fanout - len(chosen)
+        )
 
     def _targets(self, topic: str, exclude: Collection[PeerKey | None]) -> list[PeerKey]:
         if self.mode == "flood" or not self.mesh.get(topic):
@@ -574,7 +575,6 @@ class GossipRouter:
                 self._talk(peer, IHAVE, {"topic": topic, "ids": missing})
 
     # Helpers
-
     def _merge_talks(self) -> None:
         if self._defer is not None and self._peers and not self.batch.holding:
             self._defer(self.batch.release)  # first: if it fails, nothing is held
