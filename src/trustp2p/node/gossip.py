@@ -237,11 +237,11 @@ class Gossip:
         return [s for s in self.node.sockets if topic in self.router.peer_topics(s.id)]
 
     async def wait_subscribers(self, topic: str, count: int = 1) -> int:
-        """Wait until ``count`` connected peers carry ``topic``; return how many do (wrap
-        it in :func:`asyncio.timeout`). A short-lived publisher needs it: what it
-        publishes before its peers said they subscribe reaches nobody (tester29 F3)."""
+        """Wait until ``count`` connected peers carry ``topic``; return how many do (in
+        :func:`asyncio.timeout`; :exc:`NodeStateError` once the node stops). What a
+        node publishes before its peers said they subscribe reaches nobody (tester29 F3)."""
         carrying = lambda: len(self._carrying(topic))  # noqa: E731
-        return await wait_until(lambda: self._talked, carrying, count)
+        return await wait_until(lambda: self._talked, carrying, count, self.node)
 
     @property
     def waiting_bytes(self) -> int:
@@ -360,8 +360,8 @@ class Gossip:
             self._replay(topic)
 
     async def halt(self) -> None:
-        """Stop delivering, validating and fetching (the node stops): what wasn't
-        delivered stays in the log, for the next start."""
+        """Stop delivering, validating and fetching: what wasn't delivered stays logged."""
+        self._talked.set()  # (wait_subscribers() sees the stop)
         await self.tasks.aclose()
 
     async def stop(self) -> None:
@@ -375,7 +375,7 @@ class Gossip:
         not under ours): gossip with it. Not at open, when its limit was unknown."""
         self.router.add_peer(socket.id, max_bytes=None if max_size is None else max_size // 4)
         if self._fetcher is not None:
-            self._fetcher.spawn_round(socket)
+            self._fetcher.introduced(socket)
 
     def connection_closed(self, socket: Socket) -> None:
         self.router.remove_peer(socket.id)

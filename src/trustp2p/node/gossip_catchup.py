@@ -133,6 +133,7 @@ class Fetcher:
         "_clock",
         "_gossip",
         "_held_back",
+        "_late",
         "_log",
         "_marks",
         "_queues",
@@ -163,8 +164,9 @@ class Fetcher:
         self._take = take
         self._held_back = held_back
         self._clock = clock
-        self._added: set[str] = set()  # topics subscribed to, to catch up together
+        self._added: dict[str, None] = {}  # topics subscribed to, to catch up together
         self._asked_of: set[PeerKey] = set()  # the peers introduced when they began
+        self._late: dict[PeerKey, int] = {}  # introduced since: how many were added then
         options = gossip.node.options
         self._budgets = PeerBudgets(options.log_max_bytes, options.catchup_interval or 30)
 
@@ -214,10 +216,18 @@ class Fetcher:
         """A topic new to the running node: caught up from a few peers, with the other
         topics added within :data:`TOPIC_GATHER` (1,000 subscribes in a row, awaited
         one by one or not: a request a peer, not 1,000; see :meth:`_ask_added`)."""
-        if not self._added:  # (peers introduced meanwhile are asked all our topics then)
+        if not self._added:
             self._asked_of = set(self._gossip.router.peers)
             asyncio.get_running_loop().call_later(TOPIC_GATHER, self._ask_added)
-        self._added.add(topic)
+        self._added[topic] = None
+
+    def introduced(self, socket: Socket) -> None:
+        """A peer introduced itself: a round about all our topics; those added later in
+        a gathering under way are asked of it too (found in review: a topic subscribed
+        just after a peer's introduction was asked of nobody)."""
+        if self._added:
+            self._late[socket.id] = len(self._added)
+        self.spawn_round(socket)
 
     def _ask_added(self, count: int = 3) -> None:
         """Ask ``count`` peers about each topic added: those that carry it first, then
@@ -225,13 +235,15 @@ class Fetcher:
         (found by a new user: a node that subscribed once connected got none of such a
         peer's messages until it published again). One round a peer, its topics all."""
         router = self._gossip.router
-        added, self._added = self._added & router.topics, set()
+        (added, self._added), (late, self._late) = (list(self._added), {}), (self._late, {})
         if self._gossip.tasks.closed:
             return  # (stopped meanwhile)
-        introduced = self._asked_of.intersection(router.peers)
-        known = [s for s in self._gossip.node.sockets if s.id in introduced]
+        introduced = set(router.peers)
+        sockets = [s for s in self._gossip.node.sockets if s.id in introduced]
         asked: dict[Socket, set[str]] = {}
-        for topic in sorted(added):
+        for index, topic in enumerate(added):
+            # Peers introduced before the topic came (the others were asked all then).
+            known = [s for s in sockets if s.id in self._asked_of or late.get(s.id, 1e9) <= index]
             carrying = [s for s in known if topic in router.peer_topics(s.id)]
             others = [s for s in known if topic not in router.peer_topics(s.id)]
             chosen = self._rng.sample(carrying, min(len(carrying), count))
@@ -239,7 +251,7 @@ class Fetcher:
             for socket in chosen:
                 asked.setdefault(socket, set()).add(topic)
         for socket, topics in asked.items():
-            self.spawn_round(socket, topics)
+            self.spawn_round(socket, topics & router.topics)
 
     def spawn_round(self, socket: Socket, topics: set[str] | None = None) -> None:
         """Run :meth:`round` in a task."""

@@ -11,12 +11,16 @@ __all__ = ["wait_for_peers", "wait_until"]
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
-from ..exceptions import ConnectionClosed
+from ..exceptions import ConnectionClosed, NodeStateError
 from ..protocol.deliver import ConnId
 from ..protocol.gossip import PublishPacing
 from ..protocol.gossip.pacing import PROGRESS_TICK
+
+if TYPE_CHECKING:
+    from .node import Node
 
 
 async def wait_for_peers(
@@ -75,10 +79,22 @@ def _taken(socket: Socket) -> int | None:
 
 
 async def wait_until(
-    changed: Callable[[], asyncio.Event], count: Callable[[], int], wanted: int
+    changed: Callable[[], asyncio.Event],
+    count: Callable[[], int],
+    wanted: int,
+    node: Node,
 ) -> int:
     """Wait until ``count()`` is ``wanted`` or more, looking again each time the event
-    ``changed()`` gives is set (it is set and replaced at each change); return it."""
+    ``changed()`` gives is set (it is set and replaced at each change, and at the
+    node's stop); return it.
+
+    Raises:
+        NodeStateError: If ``node`` is stopping or stopped, at once or when it stops:
+            what is waited for can't come any more.
+
+    """
     while (have := count()) < wanted:
+        if (state := node.state.value) in ("stopping", "stopped"):
+            raise NodeStateError(f"the node is {state}, not running")
         await changed().wait()
     return have

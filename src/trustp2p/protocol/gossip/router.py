@@ -331,14 +331,14 @@ class GossipRouter:
             self._send(RouterAction("message", target, message=relayed))
 
     def _fanout(self, topic: str, sender: PeerKey | None, mesh: list[PeerKey]) -> list[PeerKey]:
-        """``fanout`` peers to push a message to, each group at random: mesh peers that
-        lately asked us for the topic's messages (:mod:`.mesh`), then one that asked
-        from outside (more only if ``mesh`` has no other peer: review27, three took
-        every push from quiet mesh peers), then the rest of ``mesh``, none twice."""
+        """``fanout`` peers, each group at random: mesh peers that lately asked for the
+        topic (:mod:`.mesh`), then one outside asker (more where the rest of ``mesh``
+        can't fill the places: review27/28), then the rest of ``mesh``, none twice."""
         inside, outside = self._book.wanting(topic, self.mesh.get(topic, set()), sender)
-        chosen, room = self._sample(inside, self.fanout), self.fanout
-        others = any(p not in chosen and p not in outside for p in mesh)
-        chosen += self._sample(outside, min(room - len(chosen), 1 if others else room))
+        chosen = self._sample(inside, self.fanout)
+        room, rest = self.fanout - len(chosen), [p for p in mesh if p not in chosen]
+        others = sum(p not in outside for p in rest)  # (those the mesh can fill)
+        chosen += self._sample(outside, max(min(room, 1), room - others))
         return chosen + self._sample(
             [p for p in mesh if p not in chosen], self.fanout - len(chosen)
         )
