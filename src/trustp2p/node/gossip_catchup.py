@@ -166,7 +166,7 @@ class Fetcher:
         self._clock = clock
         self._added: dict[str, None] = {}  # topics subscribed to, to catch up together
         self._asked_of: set[PeerKey] = set()  # the peers introduced when they began
-        self._late: dict[PeerKey, int] = {}  # introduced since: how many were added then
+        self._late: dict[PeerKey, set[str]] = {}  # introduced since: the topics asked then
         options = gossip.node.options
         self._budgets = PeerBudgets(options.log_max_bytes, options.catchup_interval or 30)
 
@@ -225,9 +225,10 @@ class Fetcher:
         """A peer introduced itself: a round about all our topics; those added later in
         a gathering under way are asked of it too (found in review: a topic subscribed
         just after a peer's introduction was asked of nobody)."""
+        topics = set(self._gossip.router.topics)  # (read now: review29 found one asked twice)
         if self._added:
-            self._late[socket.id] = len(self._added)
-        self.spawn_round(socket)
+            self._late[socket.id] = topics
+        self.spawn_round(socket, topics)
 
     def _ask_added(self, count: int = 3) -> None:
         """Ask ``count`` peers about each topic added: those that carry it first, then
@@ -241,9 +242,13 @@ class Fetcher:
         introduced = set(router.peers)
         sockets = [s for s in self._gossip.node.sockets if s.id in introduced]
         asked: dict[Socket, set[str]] = {}
-        for index, topic in enumerate(added):
-            # Peers introduced before the topic came (the others were asked all then).
-            known = [s for s in sockets if s.id in self._asked_of or late.get(s.id, 1e9) <= index]
+        for topic in added:
+            # Peers introduced before the gathering, or since but not asked it then.
+            known = [
+                s
+                for s in sockets
+                if s.id in self._asked_of or topic not in late.get(s.id, (topic,))
+            ]
             carrying = [s for s in known if topic in router.peer_topics(s.id)]
             others = [s for s in known if topic not in router.peer_topics(s.id)]
             chosen = self._rng.sample(carrying, min(len(carrying), count))
