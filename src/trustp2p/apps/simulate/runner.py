@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 
 from ...drivers.base import Socket, SocketStats
+from ...exceptions import NodeStateError
 from ...node import Node
 from ...protocol.package import Package, PackageType
 from ...testing import Network
@@ -192,19 +193,32 @@ class _Runner:
     # Phases
 
     async def _publish_all(self) -> None:
+        """Publish at the simulation's rate, each message from its own task: publishers
+        are independent nodes, and one publish() that waits (a loop iteration, its
+        pacing) doesn't hold back the others' (awaited in turn, 100 messages took 38 s
+        at 1,000 nodes rather than 20)."""
         sim = self.sim
+        async with asyncio.TaskGroup() as group:
+            for number in range(sim.messages):
+                delay = self.start + number / sim.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                group.create_task(self._publish(number))
+
+    async def _publish(self, number: int) -> None:
         network = self.network
-        for number in range(sim.messages):
-            delay = self.start + number / sim.rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            live = [i for i in range(sim.nodes) if network.alive(i)]
+        while True:
+            live = [i for i in range(self.sim.nodes) if network.alive(i)]
             origin = self.publishers.choice(live)
             gossip = network.nodes[origin].gossip
             assert gossip is not None
             when = time.monotonic()
-            message_id = await gossip.publish(TOPIC, {"n": number})
+            try:
+                message_id = await gossip.publish(TOPIC, {"n": number})
+            except NodeStateError:
+                continue  # stopped by the churn before it signed: another publishes it
             self.seen.published[message_id] = Published(number, origin, when)
+            return
 
     async def _partition(self, at: float, duration: float) -> None:
         await asyncio.sleep(max(0.0, self.start + at - time.monotonic()))

@@ -14,8 +14,8 @@ stdout (logs go to stderr):
   does), count bytes from now, and send ``progress`` (deliveries in all, and the
   fewest messages a node has) every 0.1 s when it changed;
 - ``publish`` (``number``, ``origin``: the global index, ``node``: the local one):
-  publish from that node, answer ``published`` with the message id and
-  ``time.monotonic()`` just before;
+  publish from that node (in a task of its own: the next command doesn't wait for it),
+  answer ``published`` with the message id and ``time.monotonic()`` just before;
 - ``report``: send the table of messages seen (``messages``: id, origin, seq), one
   ``node`` line per node (its deliveries as ``[message, when]``, its router counters),
   then ``report`` (bytes written since ``go``, peak RSS), stop the nodes and exit.
@@ -70,6 +70,7 @@ class _Worker:
         self.links: list[list[str]] = []
         self.bytes_before = 0
         self.monitor: asyncio.Task[None] | None = None
+        self.publishes: list[asyncio.Task[None]] = []
 
     async def handle(self, command: dict[str, Any]) -> bool:
         """Carry out one command; false once the worker is done."""
@@ -99,23 +100,28 @@ class _Worker:
             gc.disable()
             self.monitor = asyncio.create_task(self._monitor())
         elif op == "publish":
-            gossip = network.nodes[command["node"]].gossip
-            assert gossip is not None
-            when = time.monotonic()
-            message_id = await gossip.publish(TOPIC, {"n": command["number"]})
-            _send(
-                op="published",
-                id=message_id,
-                number=command["number"],
-                when=when,
-                origin=command["origin"],
-            )
+            # Its own task: the next command's publish doesn't wait for this one's.
+            self.publishes.append(asyncio.create_task(self._publish(command)))
         elif op == "report":
+            await asyncio.gather(*self.publishes)  # (raises what a publish raised)
             await self._report(command["first"])
             return False
         else:
             raise ValueError(f"unknown command {op!r}")
         return True
+
+    async def _publish(self, command: dict[str, Any]) -> None:
+        gossip = self.network.nodes[command["node"]].gossip
+        assert gossip is not None
+        when = time.monotonic()
+        message_id = await gossip.publish(TOPIC, {"n": command["number"]})
+        _send(
+            op="published",
+            id=message_id,
+            number=command["number"],
+            when=when,
+            origin=command["origin"],
+        )
 
     async def _wait_connected(self, timeout: float) -> None:
         try:
