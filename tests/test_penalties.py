@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 
 import pytest
 import websockets
@@ -60,7 +61,13 @@ async def test_garbage_on_one_connection_never_closes_another(
         async with connect(server.url, compression=None) as ws:
             with contextlib.suppress(websockets.exceptions.ConnectionClosed):
                 await ws.recv()
-        assert (ws.close_code, ws.close_reason) == (1008, "blocked")
+        # Told for how long and why (tester29: a bare "blocked" left it guessing).
+        assert ws.close_code == 1008
+        assert re.match(
+            rf"^blocked for \d+ s: {OFFENDING_CONNECTIONS} connections sent too many "
+            "invalid packages",
+            ws.close_reason,
+        ), ws.close_reason
         await wait_for(lambda: server.server is not None and len(server.server.sockets) == 1)
         assert not good.closed
 

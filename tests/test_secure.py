@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -571,6 +572,9 @@ async def test_blocked_peer_stays_refused_after_restart(
     # mallory keeps redialling; every attempt is refused after the handshake.
     refusals = f"peer {short_id(mallory.peer_id or '')} is blocked"
     await wait_for(lambda: caplog.text.count(refusals) >= 3)
+    # mallory is told for how long and why (tester29: "1008 blocked" said neither).
+    told = re.compile(r"closed \(1008 blocked for 3[56]\d\d s: too many invalid packages\)")
+    assert any(told.search(r.getMessage()) for r in caplog.records)
     assert restarted.server is not None and restarted.server.sockets == []
     assert all(kind != "connection" for kind, _ in recorder(restarted).seen)
 

@@ -159,3 +159,21 @@ async def test_a_thread_publishes_a_goodbye_from_its_stop(tmp_path: Path) -> Non
     finally:
         await client.stop()
         await server.stop()
+
+
+@pytest.mark.parametrize("timeout", [-1.0, float("nan")])
+async def test_a_negative_timeout_is_refused(make_node: MakeNode, timeout: float) -> None:
+    """``timeout=-1`` timed out at once, as if no connection had come (tester29): it is
+    refused, as the request timeouts are; 0 asks whether it is there now."""
+    server = await make_node(server=True)
+    client = await make_node(client=True, peers=[_DEAD])
+    assert client.client is not None and server.server is not None
+    with pytest.raises(ValueError, match=r"^timeout must be None or at least 0, not "):
+        await client.client.wait_connected(timeout=timeout)
+    with pytest.raises(ValueError, match=r"^timeout must be None or at least 0, not "):
+        await client.client.connection_to(_DEAD, timeout=timeout)
+    with pytest.raises(ValueError, match=r"^count must not be negative, not -1$"):
+        await server.server.wait_connected(-1)
+    await server.server.wait_connected(0)  # (none asked: there at once)
+    with pytest.raises(TimeoutError, match=r"^1 connection\(s\) not open within 0 s"):
+        await server.server.wait_connected(timeout=0)

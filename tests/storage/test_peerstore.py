@@ -368,6 +368,23 @@ async def test_block(store: PeerStore, clock: FakeClock, caplog: pytest.LogCaptu
     assert [r.blocked_until for r in await store.peers()] == [None]
 
 
+async def test_blocked_for_says_how_long_and_why(store: PeerStore, clock: FakeClock) -> None:
+    """What a refused connection is told (tester29: a bare "blocked" said neither)."""
+    await store.block(peer_id="tpa", reason="bad packages", duration=60)
+    await store.block(address="10.0.0.2", reason="handshake failures", duration=300)
+    assert store.blocked_for(peer_id="tpa") == (60.0, "bad packages")
+    assert store.blocked_for(address="10.0.0.2") == (300.0, "handshake failures")
+    # Both blocked: the longer block is the one that holds.
+    assert store.blocked_for(peer_id="tpa", address="10.0.0.2") == (300.0, "handshake failures")
+    assert store.blocked_for(peer_id="tpb", address="10.0.0.3") is None
+    assert store.blocked_for() is None
+    clock.advance(59.5)
+    assert store.blocked_for(peer_id="tpa") == (0.5, "bad packages")
+    clock.advance(0.5)
+    assert store.blocked_for(peer_id="tpa") is None
+    assert store.blocked_for(peer_id="tpa", address="10.0.0.2") == (240.0, "handshake failures")
+
+
 async def test_a_peer_known_by_its_address_lists_its_addresss_block(
     store: PeerStore, clock: FakeClock
 ) -> None:

@@ -52,7 +52,7 @@ from ..storage.peerstore import PeerSource
 from .dispatch import Hook, Workers
 from .inbound import Inbound
 from .peer import PeerConnection, PeerLog, SendBacklog, watch_stall
-from .penalties import Penalties
+from .penalties import Penalties, refusal_reason
 from .twins import DUPLICATE, Twins
 
 if TYPE_CHECKING:
@@ -294,7 +294,9 @@ class Connections:
                 self._logger.info(
                     "! refused %s: peer %s is blocked", socket.peer, short_id(peer_id)
                 )
-                self._refuse(socket, CloseCode.POLICY_VIOLATION, "blocked")
+                self._refuse(
+                    socket, CloseCode.POLICY_VIOLATION, refusal_reason(store, peer_id=peer_id)
+                )
                 return
             storm = self.inbound.identified(socket) if socket.inbound else None
             if storm is not None:

@@ -31,6 +31,7 @@ from ..protocol.handshake import is_mode_mismatch
 from ..protocol.limits import AddressLimiter
 from ..protocol.log_budget import LogBudget
 from ..security.channel import SecureSocket
+from .penalties import refusal_reason
 
 if TYPE_CHECKING:
     from .connections import Connections
@@ -310,6 +311,8 @@ class Inbound:
             )
         else:
             self._logger.debug("! refused %s: %s", raw.peer, refusal.reason)
+        if refusal.reason == "blocked":  # the peer is told for how long, and why
+            return refusal.code, refusal_reason(self._node.store, address=raw.host)
         return refusal.code, refusal.reason
 
     def _evict(self, conn_id: int, new: Socket, *, finished: bool) -> None:

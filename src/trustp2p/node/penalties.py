@@ -7,10 +7,11 @@ several of its connections offend.
 
 from __future__ import annotations
 
-__all__ = ["Penalties"]
+__all__ = ["Penalties", "refusal_reason"]
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
@@ -21,6 +22,7 @@ from ..protocol.peers import PeerKey, peer_key
 from ..protocol.scoring import HANDSHAKE_BLOCK, Offences
 
 if TYPE_CHECKING:
+    from ..storage.peerstore import PeerStore
     from .connections import Connections
     from .node import Node
     from .peer import PeerConnection
@@ -193,3 +195,16 @@ class Penalties:
                 ),
                 f"block {peer_id or address}",
             )
+
+
+def refusal_reason(
+    store: PeerStore | None, *, peer_id: str | None = None, address: str | None = None
+) -> str:
+    """The close reason of a connection refused for a block: how long it still lasts and
+    why ("blocked for 3540 s: ..."), not a bare "blocked" that left the peer redialling
+    with no idea (a new-user tester)."""
+    found = None if store is None else store.blocked_for(peer_id=peer_id, address=address)
+    if found is None:
+        return "blocked"
+    seconds, why = found
+    return fit_reason(f"blocked for {math.ceil(seconds)} s: {why}")

@@ -6,7 +6,7 @@ dial). Each role sees its own connections and offers the deliver API on them.
 
 from __future__ import annotations
 
-__all__ = ["BroadcastResult", "ClientRole", "Role", "ServerRole"]
+__all__ = ["BroadcastResult", "ClientRole", "Role", "ServerRole", "check_timeout"]
 
 import asyncio
 from collections.abc import Collection, Iterable
@@ -80,8 +80,12 @@ class Role:
                 it takes; against a server that is down, for ever: found by a tester).
             NodeStateError: If the node is stopping or stopped, at once, or stops while
                 this waits (found by a tester: a waiter outlived the node, for ever).
+            ValueError: If ``count`` or ``timeout`` is negative (or NaN).
 
         """
+        if count < 0:
+            raise ValueError(f"count must not be negative, not {count}")
+        check_timeout(timeout)
         if len(self._sockets) >= count:
             return
         self.check_waitable()
@@ -408,8 +412,10 @@ class ClientRole(Role):
                 waited for for ever: found by a tester).
             NodeStateError: As :meth:`~Role.wait_connected` raises it: the node is
                 stopping or stopped, or stops while this waits.
+            ValueError: If ``timeout`` is negative (or NaN).
 
         """
+        check_timeout(timeout)
         address = address_of(url)
         socket = self._by_url.get(address)
         if socket is not None:
@@ -520,3 +526,10 @@ class ClientRole(Role):
     def dial_failed(self, url: str, error: Exception) -> None:
         """A dial or its handshake failed: count it; the store remembers it."""
         self.dialer.dial_failed(url, error)
+
+
+def check_timeout(timeout: float | None) -> None:
+    """Refuse a negative (or NaN) ``timeout`` of a wait: ``-1`` timed out at once, as if
+    the connection had failed to come (a tester). ``0`` is allowed: "is it there now?"."""
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be None or at least 0, not {timeout}")

@@ -14,6 +14,7 @@ __all__ = [
     "FORGET_UNTRIED_AFTER",
     "FORGET_UNTRIED_FAILURES",
     "MAX_GOOD_URL_FAILURES",
+    "active_block",
     "is_anchor",
     "is_dead",
     "ranked_urls",
@@ -186,6 +187,18 @@ def _block_of(table: PeerTable, key: str) -> Block | None:
     if address is None:
         return table.blocked_ids.get(key)
     return table.blocked_addresses.get(address_key(address))
+
+
+def active_block(
+    table: PeerTable, now: float, peer_id: str | None, address: str | None
+) -> Block | None:
+    """The block on ``peer_id`` or ``address`` at ``now``, the longer if both are."""
+    blocks = (
+        None if peer_id is None else table.blocked_ids.get(peer_id),
+        None if address is None else table.blocked_addresses.get(address_key(address)),
+    )
+    found = [block for block in blocks if block is not None and block.active(now)]
+    return max(found, key=lambda block: block.until, default=None)
 
 
 def records(table: PeerTable, now: float) -> list[PeerRecord]:

@@ -58,7 +58,7 @@ from ..protocol.peers import PeerKey, is_address_key
 from ..protocol.scoring import BlockPolicy, PackageCounts
 from ..protocol.urls import split_peer_url
 from . import DATA_DIR
-from ._peer_queries import is_anchor, is_dead, ranked_urls, records
+from ._peer_queries import active_block, is_anchor, is_dead, ranked_urls, records
 from ._peer_records import ADDRESS, PEER, Batch, Loaded, PeerDatabase, PeerRecord, PeerSource
 from ._peer_table import PeerTable
 from .memory import MemoryShelf
@@ -440,15 +440,16 @@ class PeerStore(WriteBehind[Batch, Loaded]):
                 it is blocked).
 
         """
-        if peer_id is not None:
-            block = self._table.blocked_ids.get(peer_id)
-            if block is not None and block.active(self._clock()):
-                return True
-        if address is not None:
-            block = self._table.blocked_addresses.get(address_key(address))
-            if block is not None and block.active(self._clock()):
-                return True
-        return False
+        return self.blocked_for(peer_id=peer_id, address=address) is not None
+
+    def blocked_for(
+        self, *, peer_id: str | None = None, address: str | None = None
+    ) -> tuple[float, str] | None:
+        """How many seconds the block on ``peer_id`` or ``address`` still lasts, and
+        why; ``None`` if neither is blocked now (the longer block of the two if both)."""
+        now = self._clock()
+        block = active_block(self._table, now, peer_id, address)
+        return None if block is None else (block.until - now, block.reason)
 
     async def candidates(
         self,
