@@ -42,6 +42,7 @@ MODULES = [
     "trustp2p.protocol.scoring",
     "trustp2p.security.noise",
     "trustp2p.security.channel",
+    "trustp2p.security.secure_socket",
     "trustp2p.threads.peer_exchange",
     "trustp2p.storage.msglog",
     "trustp2p.node.gossip",
