@@ -51,6 +51,7 @@ MODULES = [
     "trustp2p.protocol.gossip.message",
     "trustp2p.protocol.gossip.router",
     "trustp2p.protocol.gossip.control",
+    "trustp2p.protocol.gossip.lazy",
     "trustp2p.protocol.gossip.mesh",
     "trustp2p.protocol.gossip.streams",
     "trustp2p.protocol.gossip.catchup",
