@@ -47,6 +47,7 @@ MODULES = [
     "trustp2p.storage.msglog",
     "trustp2p.node.gossip",
     "trustp2p.node.gossip_validate",
+    "trustp2p.node.lifecycle",
     "trustp2p.node.gossip_thread",
     "trustp2p.protocol.gossip",
     "trustp2p.protocol.gossip.message",
