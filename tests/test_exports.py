@@ -57,6 +57,7 @@ MODULES = [
     "trustp2p.protocol.gossip.mesh",
     "trustp2p.protocol.gossip.streams",
     "trustp2p.protocol.gossip.catchup",
+    "trustp2p.protocol.gossip.catchup_wire",
     "trustp2p.protocol.gossip.pacing",
     "trustp2p.testing",
     "trustp2p.apps",
