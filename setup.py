@@ -31,7 +31,7 @@ COMPILED = [
     "node/roles.py",
     "node/handlers.py",
     "admin/counters.py",
-    # the Noise handshake (not security/channel.py: mypyc builds its SecureSocket without
+    # the Noise handshake (not security/secure_socket.py: mypyc builds SecureSocket without
     # ABCMeta.__new__, so the class would share the abc caches of Socket, its base, and
     # isinstance(socket, Socket) would turn false for a plain socket once it was checked
     # against SecureSocket; tests/test_compiled.py checks that)

@@ -46,7 +46,7 @@ def test_version_names_the_build() -> None:
 @pytest.mark.parametrize("name", ["trustp2p.protocol.package", "trustp2p.node.connections"])
 def test_abstract_classes_in_compiled_modules_keep_their_own_caches(name: str) -> None:
     # mypyc builds a class without ABCMeta.__new__: one deriving from an abstract class
-    # would share its base's isinstance caches (security/channel.py stays pure for it).
+    # would share its base's isinstance caches (security/secure_socket.py stays pure for it).
     module = importlib.import_module(name)
     for _, cls in inspect.getmembers(module, inspect.isclass):
         if isinstance(cls, abc.ABCMeta) and cls.__module__ == name:

@@ -22,13 +22,10 @@ from __future__ import annotations
 __all__ = ["PUBLISH_WAIT", "Gossip", "GossipHandler", "Validation", "Validator"]
 
 import asyncio
-import enum
-import inspect
-import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..admin.counters import MAX_TOPICS, count
@@ -40,15 +37,12 @@ from ..protocol.gossip import (
     Deliver,
     FairShare,
     GossipMessage,
-    GossipRouter,
     PublishPacing,
     ReleaseMarks,
     Stale,
     StreamEvent,
     Streams,
     message_size_limit,
-    payload_size,
-    payload_text,
     sign_message,
     split_stream_key,
     stream_key,
@@ -56,32 +50,20 @@ from ..protocol.gossip import (
 )
 from ..protocol.gossip.pacing import PUBLISH_WAIT
 from ..protocol.package import Body, Package, PackageType
-from ..storage.msglog import LOG_FILE, MessageLog
+from ..storage.msglog import MessageLog
 from ..tasks import TaskOwner
-from .dispatch import call_logged
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
-from .gossip_drops import too_old_line
-from .gossip_log import delivered, to_logged, undelivered
-from .gossip_publish import wait_for_peers, wait_until
-from .gossip_send import ActionSender
+from .gossip_drops import oversized_line, skipped_line, too_old_line
+from .gossip_log import delivered, open_log, to_logged, undelivered
+from .gossip_publish import checked_payload, wait_for_peers, wait_until
+from .gossip_send import make_router
+from .gossip_validate import GossipHandler, Validation, Validator, call_handlers, judge
 
 if TYPE_CHECKING:
     from .node import Node
 
 logger = logging.getLogger(__name__)
-
-
-class Validation(enum.Enum):
-    """A validator's verdict on a message."""
-
-    ACCEPT = "accept"  # deliver and forward
-    IGNORE = "ignore"  # drop it quietly
-    REJECT = "reject"  # drop it and count it against the peer that sent it
-
-
-Validator = Callable[[GossipMessage], "Validation | Awaitable[Validation]"]
-GossipHandler = Callable[[GossipMessage], "Awaitable[None] | None"]
 
 
 class Gossip:
@@ -124,26 +106,7 @@ class Gossip:
         self._clock = clock
         self._wall_clock = wall_clock
         self._rng = rng or random.Random()
-        self.router = GossipRouter(
-            send=ActionSender(node),
-            clock=self._now,
-            degree=options.gossip_degree,
-            degree_low=options.gossip_degree_low,
-            degree_high=options.gossip_degree_high,
-            lazy=options.gossip_lazy,
-            fanout=options.gossip_fanout,
-            history=options.gossip_history,
-            seen_max=options.seen_max,
-            seen_ttl=options.seen_ttl,
-            max_hops=options.max_hops,
-            prune_backoff=options.gossip_prune_backoff,
-            want_window=options.gossip_want_window,
-            mode=options.gossip_mode,
-            rng=self._rng,  # one generator a node: each holds 2.5 KiB of state
-            defer=lambda callback: asyncio.get_running_loop().call_soon(callback),
-        )
-        if (limit := options.max_package_size) is not None:  # a talk's topics: a quarter
-            self.router.batch.max_bytes = min(self.router.batch.max_bytes, limit // 4)
+        self.router = make_router(node, self._now, self._rng)
         self.catchup = CatchUp(batch=options.catchup_batch, clock=self._now, rng=self._rng)
         self._fetcher: Fetcher | None = None  # once started
         self.message_log: MessageLog | None = None
@@ -213,14 +176,7 @@ class Gossip:
         assert identity is not None
         log = self._log
         # Check everything before taking a seq: one not used is a gap subscribers wait for.
-        text = payload_text(topic, data)
-        data = json.loads(text)  # what every node receives, this one too: not the caller's
-        size, cap = payload_size(text), message_size_limit(self.node.options.max_package_size)
-        if cap is not None and size > cap:
-            raise ValueError(
-                f"message of about {size} bytes exceeds {cap}, a quarter of "
-                "max_package_size (so that catch-up answers always fit in a package)"
-            )
+        data, size = checked_payload(topic, data, self.node.options.max_package_size)
         seq = log.next_seq(stream_key(topic, identity.peer_id))
         self._published.add(topic)
         message = sign_message(identity, topic, seq, int(self._wall_clock() * 1000), data)
@@ -310,17 +266,8 @@ class Gossip:
     # Lifecycle, called by the node
 
     async def start(self) -> None:
-        node, options = self.node, self.node.options
-        data_dir = node.data_dir if options.peer_store and options.store_shelf is None else None
-        path = None if data_dir is None else data_dir / LOG_FILE
-        self.message_log = await MessageLog.open(
-            path,
-            max_messages=options.log_max_messages,
-            max_age=options.log_max_age,
-            max_bytes=options.log_max_bytes,
-            clock=self._wall_clock,
-            shelf=options.store_shelf,
-        )
+        options = self.node.options
+        self.message_log = await open_log(self.node, self._wall_clock)
         self._marks = ReleaseMarks(self.message_log)
         own = self.node.peer_id
         for stream in self.message_log.high_water():
@@ -429,8 +376,7 @@ class Gossip:
         ``max_package_size``): not delivered, logged nor forwarded, nor held against the
         peer that passed it on; its seq is passed over, so later ones don't wait for it."""
         self.router.stats.oversized += 1
-        where = (message.seq, message.origin, message.topic, size, cap)
-        said = "! dropped message %d of %s on %r: %d bytes exceed %d"  # (budgeted: an attacker)
+        said, where = oversized_line(message, size, cap)  # (budgeted: an attacker)
         self.node.connections.inbound.log(logger, logging.INFO, "oversized", said, *where)
         if not self.router.receive(None, message, pending=True):
             return  # seen before: it holds its place already, or was dealt with
@@ -501,13 +447,10 @@ class Gossip:
                 self.delivered += 1
                 count(self.node.metrics.topic_delivered, event.message.topic, limit=MAX_TOPICS)
                 self._delivery.put("deliver", event.message, event.source)
-            else:
-                # Messages never delivered: an operator's business (found by a tester:
-                # thousands lost in a burst said only at INFO).
-                skipped = (event.count, event.origin, event.topic, event.last + 1, event.reason)
-                message = "! %d messages of %s on %r before seq %d skipped (%s)"
+            else:  # never delivered: an operator's business (a WARNING, see skipped_line)
+                said, where = skipped_line(event)
                 self.node.connections.inbound.log(
-                    logger, logging.WARNING, "gap skipped", message, *skipped
+                    logger, logging.WARNING, "gap skipped", said, *where
                 )
 
     # Validators and handlers, one message of a topic at a time, in order
@@ -516,7 +459,7 @@ class Gossip:
         if kind == "validate":
             await self._validate(message, socket)
         else:
-            await self._call_handlers(message, socket)
+            await call_handlers(self.node, self._handlers.get(message.topic, ()), message, socket)
             await self._delivered(message)
 
     def _settle(self) -> None:  # no topic has messages waiting
@@ -532,16 +475,8 @@ class Gossip:
             await self._log.flush()
 
     async def _validate(self, message: GossipMessage, socket: Socket | None) -> None:
-        validator = self._validators.get(message.topic)  # None: removed since queued
-        try:
-            verdict = validator(message) if validator is not None else Validation.ACCEPT
-            if inspect.isawaitable(verdict):
-                verdict = await verdict
-            if type(verdict) is not Validation:  # (True, None...): ignored, as a failure
-                raise TypeError(f"returned {verdict!r}, not a Validation")
-        except Exception:
-            logger.error("! validator of %r failed", message.topic, exc_info=True)
-            verdict = Validation.IGNORE
+        # (None: removed since queued)
+        verdict = await judge(self._validators.get(message.topic), message)
         count(self.node.metrics.validation, verdict.value)
         if verdict is Validation.ACCEPT:
             self.router.accept(socket.id if socket is not None else None, message)
@@ -554,14 +489,6 @@ class Gossip:
             self.router.stats.invalid += 1
             why = f"gossip message rejected by the validator of {message.topic!r}"
             self.node.penalize(socket, why)
-
-    async def _call_handlers(self, message: GossipMessage, socket: Socket | None) -> None:
-        topic = message.topic
-        for thread, handler in self.node.handlers.get(PackageType.GOSSIP, topic):
-            where = thread.path or type(thread).__name__
-            await call_logged(f"gossip handler of {topic!r} in {where}", handler, socket, message)
-        for callback in self._handlers.get(topic, ()):
-            await call_logged(f"gossip subscriber of {topic!r}", callback, message)
 
     # Heartbeat: the router's, and the gaps'
 

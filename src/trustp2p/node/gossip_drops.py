@@ -1,14 +1,15 @@
 """
 What a node says about the gossip messages it drops unseen for their timestamp
-(``Gossip.too_old``): the log line, with the numbers an operator needs.
+(``Gossip.too_old``), for their size, or skips in a gap: the log line, with the numbers
+an operator needs.
 
 """
 
 from __future__ import annotations
 
-__all__ = ["too_old_line"]
+__all__ = ["oversized_line", "skipped_line", "too_old_line"]
 
-from ..protocol.gossip import GossipMessage, Stale
+from ..protocol.gossip import GapSkipped, GossipMessage, Stale
 
 
 def too_old_line(
@@ -28,3 +29,18 @@ def too_old_line(
         " marks this node forgot (over %.0f s: is the origin's clock behind?)"
     )
     return text, (*where, forgotten_before - ts, clock_skew)
+
+
+def oversized_line(message: GossipMessage, size: int, cap: int) -> tuple[str, tuple[object, ...]]:
+    """The log line and its arguments for ``message``, dropped: ``size`` bytes exceed
+    ``cap``, what our catch-up answers hold."""
+    where = (message.seq, message.origin, message.topic, size, cap)
+    return "! dropped message %d of %s on %r: %d bytes exceed %d", where
+
+
+def skipped_line(event: GapSkipped) -> tuple[str, tuple[object, ...]]:
+    """The log line and its arguments for messages skipped in a gap, never delivered:
+    an operator's business (found by a tester: thousands lost in a burst said only at
+    INFO)."""
+    skipped = (event.count, event.origin, event.topic, event.last + 1, event.reason)
+    return "! %d messages of %s on %r before seq %d skipped (%s)", skipped

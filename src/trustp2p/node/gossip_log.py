@@ -1,18 +1,22 @@
 """
 Gossip messages in and out of the message log: the log knows streams (topic and origin
-in one key), the router knows messages.
+in one key), the router knows messages. :func:`open_log` opens a node's log.
 """
 
 from __future__ import annotations
 
-__all__ = ["delivered", "from_logged", "to_logged", "undelivered"]
+__all__ = ["delivered", "from_logged", "open_log", "to_logged", "undelivered"]
 
 import base64
 import sys
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from ..protocol.gossip import DeliveryMarks, GossipMessage, split_stream_key, stream_key
-from ..storage.msglog import LoggedMessage, MessageLog
+from ..storage.msglog import LOG_FILE, LoggedMessage, MessageLog
+
+if TYPE_CHECKING:
+    from .node import Node
 
 _ALL = 2**63 - 1  # past any seq
 
@@ -99,3 +103,19 @@ def _kept_from(
             if not batch:
                 break
             first = batch[-1].seq + 1
+
+
+async def open_log(node: Node, wall_clock: Callable[[], float]) -> MessageLog:
+    """Open ``node``'s message log, with its options: in its data directory, or in
+    memory (its ``store_shelf``, or nowhere) without a peer store."""
+    options = node.options
+    data_dir = node.data_dir if options.peer_store and options.store_shelf is None else None
+    path = None if data_dir is None else data_dir / LOG_FILE
+    return await MessageLog.open(
+        path,
+        max_messages=options.log_max_messages,
+        max_age=options.log_max_age,
+        max_bytes=options.log_max_bytes,
+        clock=wall_clock,
+        shelf=options.store_shelf,
+    )

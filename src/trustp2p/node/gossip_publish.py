@@ -1,26 +1,52 @@
 """
-``publish()``'s wait for the peers that carry its topic, carried out on their sockets:
+``publish()``'s checks of a payload (:func:`checked_payload`), and its wait for the peers
+that carry its topic, carried out on their sockets:
 :class:`~trustp2p.protocol.gossip.PublishPacing` decides whom it waits for and how long.
 
 """
 
 from __future__ import annotations
 
-__all__ = ["wait_for_peers", "wait_until"]
+__all__ = ["checked_payload", "wait_for_peers", "wait_until"]
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
 from ..exceptions import ConnectionClosed, NodeStateError
 from ..protocol.deliver import ConnId
-from ..protocol.gossip import PublishPacing
+from ..protocol.gossip import PublishPacing, message_size_limit, payload_size, payload_text
 from ..protocol.gossip.pacing import PROGRESS_TICK
+from ..protocol.package import Body
 
 if TYPE_CHECKING:
     from .node import Node
+
+
+def checked_payload(topic: str, data: Body, max_package_size: int | None) -> tuple[Body, int]:
+    """
+    The payload a message of ``topic`` carries for ``data``, as every node receives it
+    (this one too: not the caller's dict), and its size in bytes, about.
+
+    Raises:
+        ValueError: If the topic is empty or too long, ``data`` holds NaN or a string
+            that isn't valid Unicode, or the message would take more than a quarter of
+            ``max_package_size``.
+        TypeError: If ``data`` is not a JSON-serializable dict.
+
+    """
+    text = payload_text(topic, data)
+    data = json.loads(text)  # what every node receives, this one too: not the caller's
+    size, cap = payload_size(text), message_size_limit(max_package_size)
+    if cap is not None and size > cap:
+        raise ValueError(
+            f"message of about {size} bytes exceeds {cap}, a quarter of "
+            "max_package_size (so that catch-up answers always fit in a package)"
+        )
+    return data, size
 
 
 async def wait_for_peers(

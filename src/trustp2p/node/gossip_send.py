@@ -1,18 +1,23 @@
 """
 Gossip sending: the router's actions (:class:`~trustp2p.protocol.gossip.RouterAction`)
 carried out on the node's connections. A message sent to many peers is built into a
-package once, and each of them gets that package in turn.
+package once, and each of them gets that package in turn. :func:`make_router` makes a
+node's router, sending through an :class:`ActionSender`, with the node's options.
 
 """
 
 from __future__ import annotations
 
-__all__ = ["ActionSender"]
+__all__ = ["ActionSender", "make_router"]
 
+import asyncio
 import logging
+import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..exceptions import ConnectionClosed
+from ..protocol.gossip import GossipRouter
 from ..protocol.package import Package, PackageType, build_package
 
 if TYPE_CHECKING:
@@ -55,3 +60,30 @@ class ActionSender:
             package = build_package(PackageType.GOSSIP, message.topic, message.to_body())
             self._last = (message, package)
         return package
+
+
+def make_router(node: Node, clock: Callable[[], float], rng: random.Random) -> GossipRouter:
+    """The router of ``node``'s gossip, set up from its options: it sends through an
+    :class:`ActionSender`, with ``clock`` (monotonic seconds) and ``rng``."""
+    options = node.options
+    router = GossipRouter(
+        send=ActionSender(node),
+        clock=clock,
+        degree=options.gossip_degree,
+        degree_low=options.gossip_degree_low,
+        degree_high=options.gossip_degree_high,
+        lazy=options.gossip_lazy,
+        fanout=options.gossip_fanout,
+        history=options.gossip_history,
+        seen_max=options.seen_max,
+        seen_ttl=options.seen_ttl,
+        max_hops=options.max_hops,
+        prune_backoff=options.gossip_prune_backoff,
+        want_window=options.gossip_want_window,
+        mode=options.gossip_mode,
+        rng=rng,  # one generator a node: each holds 2.5 KiB of state
+        defer=lambda callback: asyncio.get_running_loop().call_soon(callback),
+    )
+    if (limit := options.max_package_size) is not None:  # a talk's topics: a quarter
+        router.batch.max_bytes = min(router.batch.max_bytes, limit // 4)
+    return router

@@ -26,7 +26,7 @@ from ..admin import AdminServer, Metrics, current_node
 from ..drivers import Driver, DriverSet
 from ..drivers.base import Listener, Listening, Socket
 from ..exceptions import ConnectionClosed, NodeStateError, UsageError
-from ..identity import Identity, claim_identity, mark_stopping
+from ..identity import Identity, claim_identity
 from ..options import NodeOptions
 from ..protocol.close import CloseCode
 from ..protocol.deliver import ConnId
@@ -36,16 +36,22 @@ from ..protocol.package import Body, Package, PackageType, build_package
 from ..protocol.urls import is_unspecified, split_peer_url
 from ..security.channel import SecureLayer
 from ..storage import data_dir
-from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
+from ..storage.peerstore import PeerStore
 from ..tasks import TaskOwner
 from ..threads.base import Thread
-from ..threads.loader import enabled_thread_classes, make_threads, start_thread
-from ..threads.peer_exchange import PeerExchangeThread
+from ..threads.loader import start_thread
 from .connections import Connections
-from .dispatch import call_thread, stop_thread
+from .dispatch import call_thread
 from .gossip import Gossip, GossipHandler
-from .gossip_thread import GossipThread
 from .handlers import HandlerRegistry
+from .lifecycle import (
+    load_threads,
+    make_requests,
+    make_secure_layer,
+    open_store,
+    say_started,
+    stop_parts,
+)
 from .liveness import Heartbeat
 from .peer import PeerConnection
 from .requests import Requests
@@ -270,24 +276,16 @@ class Node:
         current_node.set(self.context_key)  # the tasks and transports started here are ours
         if self.admin is not None:
             self.admin.collect_warnings()  # the start's own too
-        self._requests = Requests(
-            self.connections,
-            reroute_target=self.client.reroute_target if self.client is not None else None,
-            response_timeout=options.response_timeout,
-            stalled_timeout=options.stalled_timeout,
-            alt=options.alt,
-            metrics=self.metrics,
-            max_package_size=options.max_package_size,
-        )
-        self.threads = self._load_threads()
+        self._requests = make_requests(self)
+        self.threads = load_threads(self)
         started = 0
         try:
             self.identity = options.identity or await self._load_identity()
             options.check_own_urls(self.identity.peer_id)  # (one loaded from cwd too)
             self.data_dir = self._data_dir()
             if options.secure:
-                self._secure = self._secure_layer(self.identity)
-            self.store = await self._open_store()
+                self._secure = make_secure_layer(self, self.identity)
+            self.store = await open_store(self)
             if self.gossip is not None:
                 await self.gossip.start()
             self.state = NodeState.RUNNING
@@ -311,41 +309,7 @@ class Node:
             ended.set_result(False)  # for stop(): no "stopping node" (found by a tester)
             await self.stop()
             raise
-        self._started()
-
-    def _secure_layer(self, identity: Identity) -> SecureLayer:
-        options = self.options
-        return SecureLayer(
-            self.connections,
-            identity,
-            admit=self.connections.inbound.admit,
-            failed=self.connections.handshake_failed,
-            handshake_timeout=options.handshake_timeout,
-            close_timeout=options.close_timeout,
-            time_inbound=False,  # the inbound deadline runs from TCP accept
-            max_package_size=options.max_package_size,
-        )
-
-    def _started(self) -> None:
-        self.log.info("= node started%s", f" on {self.url}" if self.url else "")
-        if self.url is not None and not self.listen_urls:
-            what = (
-                "peers can't dial it and won't learn this node's address: set listen_urls"
-                " (TRUSTP2P_LISTEN_URLS, or listen_urls in trustp2p.toml)"
-            )
-            self.log.warning("! listening on the unspecified address, %s: %s", self.url, what)
-
-    async def _open_store(self) -> PeerStore:
-        options = self.options
-        path = None
-        if options.peer_store and self.data_dir is not None and options.store_shelf is None:
-            path = self.data_dir / STORE_FILE
-        store = await PeerStore.open(path, policy=options.block_policy(), shelf=options.store_shelf)
-        if self.client is not None and options.peers:
-            await store.add_urls(
-                [split_peer_url(url)[0] for url in options.peers], PeerSource.BOOTSTRAP
-            )
-        return store
+        say_started(self)
 
     async def stop(self) -> None:
         """
@@ -371,49 +335,11 @@ class Node:
     async def _stop(self, caller: asyncio.Task[Any] | None) -> None:
         started = self._start_ended is None or self._start_ended.result()
         self.log.info("x stopping node" if started else "x undoing a failed start")
-        for role in (self.server, self.client):  # (their waiters outlived it: a tester)
-            if role is not None:
-                role.node_stopping()
-        if self._identity_lock is not None:
-            mark_stopping(self._identity_lock)  # a node restarted meanwhile waits
-        if self.admin is not None:
-            await self.admin.close()
-        if self._listening is not None:
-            self._listening.close()
-        if self.client is not None:
-            await self.client.stop()
-        # Those closing or in their upgrade first: the close_all() below starts closing
-        # handshakes, which close_unfinished() would cut short (a reset for the peer).
-        self.connections.inbound.close_unfinished()
-        if self._secure is not None:
-            self._secure.close_all(CloseCode.GOING_AWAY, "node stopping")
-        if self.gossip is not None:  # no handler runs once its thread's stop() returned
-            await self.gossip.halt()
-        for thread in self.threads:
-            await stop_thread(thread, self.options.close_timeout)
-        if self.gossip is not None:  # a goodbye published in stop() went out (a tester)
-            self.gossip.publishing = False
-        # Every connection, those refused or still in their handshake included, so
-        # that no transport outlives the node.
-        raw = self._secure.raw_sockets if self._secure is not None else []
-        sockets = [*self.connections.all_sockets(), *raw]
-        for socket in sockets:
-            socket.close_soon(CloseCode.GOING_AWAY, "node stopping")
-        if sockets:
-            await asyncio.gather(*(socket.wait_closed() for socket in sockets))
-        await self.connections.workers.wait(self.options.close_timeout, caller)  # the hooks
-        if self._requests is not None:
-            self._requests.close()
-        await self.tasks.aclose()
-        if self.gossip is not None:
-            await self.gossip.stop()
-        if self.store is not None:
-            await self.store.close()
-        if self._listening is not None:
-            await self._listening.wait_closed()
-        if self._identity_lock is not None:
-            self._identity_lock.close()  # another node may take this identity now
-            self._identity_lock = None
+        lock, listening = self._identity_lock, self._listening
+        await stop_parts(
+            self, caller, listening=listening, identity_lock=lock, requests=self._requests
+        )
+        self._identity_lock = None  # (closed)
         self.connections.inbound.stop_logging()
         self.state = NodeState.STOPPED
         self.log.info("x node stopped" if started else "x failed start undone")
@@ -444,16 +370,6 @@ class Node:
         ``<cwd>/data/node-<n>`` for the n-th node running in one directory."""
         cwd = self.options.cwd
         return data_dir(cwd, self._identity_name) if cwd is not None else None
-
-    def _load_threads(self) -> list[Thread]:
-        options = self.options
-        classes = enabled_thread_classes(options.cwd, self.log, others=bool(options.threads))
-        classes.extend(options.threads)
-        if self.options.peer_exchange:
-            classes.append(PeerExchangeThread)
-        if self.gossip is not None:
-            classes.append(GossipThread)
-        return make_threads(self, classes)
 
     # Threads and connections: the API threads use
 

@@ -57,26 +57,22 @@ __all__ = [
     "MessageLog",
 ]
 
-import itertools
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from . import DATA_DIR
+from ._msglog_kept import KeptMessages
 from ._msglog_marks import forget_marks
 from ._msglog_records import (
     Batch,
-    Entry,
     Loaded,
     LoggedMessage,
     MessageDatabase,
-    Origin,
-    Topic,
     entry_position,
-    take,
 )
 from .memory import MemoryShelf
 from .writebehind import WriteBehind
@@ -149,9 +145,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         limits = (self._max_messages, self._max_age, self._max_bytes)
         db = None if path is None else MessageDatabase(path, *limits)
         super().__init__(db, clock=clock, flush_interval=flush_interval, shelf=shelf)
-        self._origins: dict[str, Origin] = {}
-        self._topics: dict[str, Topic] = {}
-        self._size = self._weight = 0  # messages, and their payload, in all topics
+        self._messages = KeptMessages(self._max_messages, self._max_bytes)
         self._next_position = 1
         self._delivered: dict[str, int] = {}
         self._marked: dict[str, float] = {}  # when each delivered mark last moved
@@ -159,10 +153,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         self._marks_pruned = -math.inf  # when _prune() last looked at every mark
         self._young_over = False  # too many marks then, all moved within MARK_GRACE
         self._sequences: dict[str, int] = {}
-        # What changed since the last flush: messages to insert (by position), positions
-        # to delete, and origins whose mark or counter changed (deleted if gone).
-        self._pending: dict[int, Entry] = {}
-        self._deletes: list[int] = []
+        # What changed since the last flush besides the messages (self._messages keeps
+        # those): origins whose mark or counter changed (deleted if gone).
         self._dirty_delivered: set[str] = set()
         self._dirty_sequences: set[str] = set()
 
@@ -256,21 +248,21 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         received = self._clock()
         position = self._next_position
         entry = (message, received, position)
-        topic = self._insert(entry)
+        topic = self._messages.insert(entry)
         if topic is None:
             return False
         self._next_position = position + 1
         cutoff = received - self._max_age
         if topic and topic.entries[0][1] < cutoff:  # kept or dropped: a look is enough, usually
             while (oldest := topic.oldest()) is not None and oldest[1] < cutoff:
-                self._drop(topic)
-        if len(self._pending) >= _WRITE_SOON:
+                self._messages.drop(topic)
+        if len(self._messages.pending) >= _WRITE_SOON:
             self._wake.set()
         return True
 
     def has(self, origin: str, seq: int) -> bool:
         """Whether the message ``(origin, seq)`` is logged, in any topic."""
-        logged = self._origins.get(origin)
+        logged = self._messages.origins.get(origin)
         return logged is not None and logged.get(seq) is not None
 
     def high_water(self, topic: str | None = None) -> dict[str, int]:
@@ -288,24 +280,19 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             ``{origin: S}`` for every origin with a message kept.
 
         """
-        if topic is None:
-            return {origin: logged.high() for origin, logged in self._origins.items()}
-        kept = self._topics.get(topic)
-        if kept is None:
-            return {}
-        return {origin: seqs.high() for origin, seqs in kept.origins.items()}
+        return self._messages.high_water(topic)
 
     def first_seq(self, origin: str) -> int | None:
         """
         The lowest sequence number kept for ``origin`` (in any topic); the ones before
         it were dropped, or never received. None if nothing of it is kept.
         """
-        logged = self._origins.get(origin)
+        logged = self._messages.origins.get(origin)
         return None if logged is None else logged.first()
 
     def last_seq(self, origin: str) -> int | None:
         """The highest sequence number kept for ``origin``; None if nothing is kept."""
-        logged = self._origins.get(origin)
+        logged = self._messages.origins.get(origin)
         return None if logged is None else logged.last()
 
     def range(
@@ -335,11 +322,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             returned + 1.
 
         """
-        logged = self._origins.get(origin)
-        if logged is None:
-            return []
-        entries = itertools.islice(logged.values(), logged.index(first), None)
-        return take((entry[0] for entry in entries), last, limit, max_bytes)
+        return self._messages.range(origin, first, last, limit, max_bytes)
 
     def pick(
         self,
@@ -354,11 +337,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         returns them: missing numbers skipped, at most ``limit`` messages and
         ``max_bytes`` of payload (the first always).
         """
-        logged = self._origins.get(origin)
-        if logged is None:
-            return []
-        entries = (entry for entry in map(logged.get, seqs) if entry is not None)
-        return take((entry[0] for entry in entries), sys.maxsize, limit, max_bytes)
+        return self._messages.pick(origin, seqs, limit, max_bytes)
 
     def delivered(self, origin: str) -> int:
         """The highest sequence number of ``origin`` delivered to this node's threads, or 0."""
@@ -400,7 +379,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         sure a number is never used twice, ``await flush()`` before sending the message.
         """
         last = self._sequences.get(origin, 0)
-        logged = self._origins.get(origin)
+        logged = self._messages.origins.get(origin)
         if logged is not None:
             last = max(last, logged.last())
         last = max(last, self._delivered.get(origin, 0)) + 1
@@ -410,94 +389,16 @@ class MessageLog(WriteBehind[Batch, Loaded]):
 
     def __len__(self) -> int:
         """How many messages are kept, in all topics."""
-        return self._size
+        return self._messages.size
 
-    # In-memory bookkeeping.
-
-    def _insert(self, entry: Entry, *, new: bool = True) -> Topic | None:
-        """Keep ``entry`` (to be written if ``new``), and drop one of its topic's
-        messages past ``max_messages`` (see :meth:`_evict`)."""
-        message = entry[0]
-        origin, seq = message.origin, message.seq
-        logged = self._origins.get(origin)
-        if logged is None:
-            logged = self._origins[origin] = Origin()
-        elif logged.get(seq) is not None:
-            return None
-        logged.add(entry)
-        topic = self._topics.get(message.topic)
-        if topic is None:
-            topic = self._topics[message.topic] = Topic(message.topic)
-        kept = topic.add(entry)
-        self._size += 1
-        if new:
-            self._pending[entry[2]] = entry
-        if kept > self._max_messages:
-            self._evict(topic)
-        self._weight += len(message.data)
-        while self._weight > self._max_bytes:
-            self._lighten()
-        return topic
-
-    def _lighten(self) -> None:
-        """Drop a message of the topic holding the most payload, by its share rule."""
-        topic = max(self._topics.values(), key=lambda kept: kept.weight)
-        heaviest = topic.heaviest()
-        if heaviest is None:
-            self._drop(topic)  # (an empty topic is let go of at the next prune)
-        else:
-            self._drop_number(topic, *heaviest)
-
-    def _evict(self, topic: Topic) -> None:
-        """Make room in a full ``topic``: drop its oldest message if its origin has more
-        than its share (``max_messages`` over the number of origins), else the lowest-
-        numbered of the origin with the most. Then a flood, from one origin or many new
-        ones, can't push out the messages of an origin within its share."""
-        oldest = topic.oldest()
-        assert oldest is not None  # a full topic
-        if topic.over_share(oldest[0].origin, self._max_messages):
-            topic.entries.popleft()
-            self._forget(topic, oldest)
-            return
-        self._drop_number(topic, *topic.largest())
-
-    def _drop_number(self, topic: Topic, origin: str, seq: int) -> None:
-        entry = self._origins[origin].get(seq)
-        assert entry is not None  # each kept number has its entry
-        topic.drop(entry)
-        self._forget(topic, entry)
-
-    def _drop(self, topic: Topic) -> None:
-        """Drop the oldest message of ``topic``; the caller forgets the topic if empty."""
-        entry = topic.oldest()
-        assert entry is not None  # called on a topic with messages
-        topic.entries.popleft()
-        self._forget(topic, entry)
-
-    def _forget(self, topic: Topic, entry: Entry) -> None:
-        message, _, position = entry
-        origin, seq = message.origin, message.seq
-        logged = self._origins[origin]
-        if len(logged) > 1:
-            logged.remove(seq)
-        else:
-            del self._origins[origin]
-        topic.remove(origin, seq, len(message.data))
-        self._size -= 1
-        self._weight -= len(message.data)
-        if self._pending.pop(position, None) is None:
-            self._deletes.append(position)
+    # Limits and marks.
 
     def _prune(self) -> None:
         """Drop what is past ``max_age``: messages in every topic, and idle marks."""
         now = self._clock()
         cutoff = now - self._max_age
-        for name, topic in list(self._topics.items()):
-            while (oldest := topic.oldest()) is not None and oldest[1] < cutoff:
-                self._drop(topic)
-            if not topic:
-                del self._topics[name]
-        kept = self._origins
+        self._messages.expire(cutoff)
+        kept = self._messages.origins
         # Marks are looked at once a second, or when too many: a flush follows each message
         # delivered, and a scan each time made a flood of origins cost its size squared.
         over = len(self._marked) - len(kept) > self._max_idle_marks
@@ -513,14 +414,6 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             self._sequences[_FORGOTTEN] = moved
             self._dirty_sequences.add(_FORGOTTEN)
 
-    def _kept(self, entry: Entry) -> bool:
-        logged = self._origins.get(entry[0].origin)
-        return logged is not None and logged.get(entry[0].seq) is entry
-
-    def _entries(self) -> Iterator[Entry]:
-        for topic in self._topics.values():
-            yield from topic.kept()
-
     # Persistence. The loop side: what changed goes to the worker thread in a batch.
 
     def _absorb(self, loaded: Loaded) -> None:
@@ -529,17 +422,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         could only be opened later, the messages logged meanwhile come after the stored
         ones (they were received later), renumbered, and the higher mark or counter wins.
         """
-        meanwhile = sorted(self._entries(), key=entry_position)
-        self._origins, self._topics, self._size, self._weight = {}, {}, 0, 0
-        self._pending, self._deletes = {}, loaded.deletes
-        for entry in loaded.entries:
-            if self._insert(entry, new=False) is None:  # a duplicate row
-                self._deletes.append(entry[2])
-        position = loaded.last_position + 1
-        for message, received, _ in meanwhile:
-            if self._insert((message, received, position)) is not None:
-                position += 1
-        self._next_position = position
+        messages = KeptMessages(self._max_messages, self._max_bytes)
+        self._next_position = messages.take_in(loaded, self._messages)
+        self._messages = messages
         self._prune()
         for origin, seq, marked, moves in loaded.delivered:
             if seq > self._delivered.get(origin, 0):
@@ -551,10 +436,15 @@ class MessageLog(WriteBehind[Batch, Loaded]):
                 self._sequences[origin] = last
 
     def _take_batch(self) -> Batch | None:
-        if not (self._pending or self._deletes or self._dirty_delivered or self._dirty_sequences):
+        messages = self._messages
+        if not (
+            messages.pending or messages.deletes or self._dirty_delivered or self._dirty_sequences
+        ):
             return None
-        batch = Batch(self._pending, self._deletes, self._dirty_delivered, self._dirty_sequences)
-        self._pending, self._deletes = {}, []
+        batch = Batch(
+            messages.pending, messages.deletes, self._dirty_delivered, self._dirty_sequences
+        )
+        messages.pending, messages.deletes = {}, []
         self._dirty_delivered, self._dirty_sequences = set(), set()
         for origin in batch.delivered_keys:
             seq = self._delivered.get(origin)
@@ -567,24 +457,25 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         return batch
 
     def _discard_changes(self) -> None:
-        self._pending.clear()
-        self._deletes.clear()
+        self._messages.pending.clear()
+        self._messages.deletes.clear()
         self._dirty_delivered.clear()
         self._dirty_sequences.clear()
 
     def _restore(self, batch: Batch) -> None:
         # Messages dropped meanwhile are not written again (their delete is pending).
-        pending = {p: entry for p, entry in batch.inserts.items() if self._kept(entry)}
-        pending.update(self._pending)
-        self._pending = pending
-        self._deletes = batch.deletes + self._deletes
+        messages = self._messages
+        pending = {p: entry for p, entry in batch.inserts.items() if messages.kept(entry)}
+        pending.update(messages.pending)
+        messages.pending = pending
+        messages.deletes = batch.deletes + messages.deletes
         self._dirty_delivered |= batch.delivered_keys
         self._dirty_sequences |= batch.sequence_keys
 
     def _snapshot(self) -> Loaded:
         delivered = [(o, s, self._marked[o], self._moves[o]) for o, s in self._delivered.items()]
         return Loaded(
-            entries=sorted(self._entries(), key=entry_position),
+            entries=sorted(self._messages.entries(), key=entry_position),
             deletes=[],
             last_position=self._next_position - 1,
             delivered=delivered,
@@ -593,8 +484,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
 
     def _unsaved(self) -> int:
         return (
-            len(self._pending)
-            + len(self._deletes)
+            len(self._messages.pending)
+            + len(self._messages.deletes)
             + len(self._dirty_delivered)
             + len(self._dirty_sequences)
         )

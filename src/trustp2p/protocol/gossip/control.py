@@ -12,10 +12,12 @@ __all__ = [
     "IHAVE",
     "IWANT",
     "MAX_MESSAGE_ID_LENGTH",
+    "MAX_PEER_TOPICS",
     "GossipStats",
     "PeerKey",
     "RouterAction",
     "check_ids",
+    "check_subscriptions",
     "check_topics",
 ]
 
@@ -26,6 +28,12 @@ from typing import Any, Literal
 from ...exceptions import GossipError
 from .batch import GRAFT, MAX_TOPICS_PER_TALK, PRUNE, SUBSCRIPTIONS
 from .message import GossipMessage, check_topic
+
+MAX_PEER_TOPICS = 1000
+"""Most topics a peer may subscribe to, all talks together: past it, a subscription is
+a protocol error, so that a peer can't grow our memory without bound (at most about
+0.4 MB a peer with the longest topics). A node subscribes to this many topics at most
+itself."""
 
 PeerKey = Hashable
 """How the router names a peer: the node uses the connection id."""
@@ -99,3 +107,22 @@ def check_ids(value: object, limit: int) -> list[str]:
         if not isinstance(item, str) or len(item) > MAX_MESSAGE_ID_LENGTH:
             raise GossipError("invalid message id")
     return value
+
+
+def check_subscriptions(body: dict[str, Any], topics: set[str]) -> tuple[list[str], list[str]]:
+    """A SUBSCRIPTIONS talk's topics subscribed and unsubscribed, checked against the
+    peer's ``topics`` so far.
+
+    Raises:
+        GossipError: If a list is malformed, a topic is in both, or the peer would be
+            past :data:`MAX_PEER_TOPICS`.
+
+    """
+    subscribe = check_topics(body.get("subscribe", []))
+    unsubscribe = check_topics(body.get("unsubscribe", []))
+    if set(subscribe) & set(unsubscribe):
+        raise GossipError("a topic both subscribed and unsubscribed")
+    new = len(set(subscribe) - topics)  # a topic subscribed again counts once
+    if len(topics) + new - len(topics.intersection(unsubscribe)) > MAX_PEER_TOPICS:
+        raise GossipError(f"{len(topics)} + {new} subscriptions exceed {MAX_PEER_TOPICS}")
+    return subscribe, unsubscribe

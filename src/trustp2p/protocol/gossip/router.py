@@ -35,7 +35,6 @@ __all__ = [
     "RouterAction",
 ]
 
-import math
 import random
 from collections.abc import Callable, Collection
 from typing import Any, Literal
@@ -47,22 +46,19 @@ from .control import (
     IHAVE,
     IWANT,
     MAX_MESSAGE_ID_LENGTH,
+    MAX_PEER_TOPICS,
     GossipStats,
     PeerKey,
     RouterAction,
     check_ids,
+    check_subscriptions,
     check_topics,
 )
+from .lazy import Asks, Holders
 from .mesh import GraftTiming, MeshBook
 from .message import MAX_HOPS, GossipMessage, check_own_topic, check_topic
 from .recent import MAX_CACHE_BYTES, RecentMessages
 from .seen import SeenIds
-
-MAX_PEER_TOPICS = 1000
-"""Most topics a peer may subscribe to, all talks together: past it, a subscription is
-a protocol error, so that a peer can't grow our memory without bound (at most about
-0.4 MB a peer with the longest topics). A node subscribes to this many topics at most
-itself."""
 
 
 class GossipRouter:
@@ -158,17 +154,8 @@ class GossipRouter:
         self._book = MeshBook(prune_backoff, want_window)  # seniority, backoffs, asks
         self._seen = SeenIds(seen_max, seen_ttl)
         self._recent = RecentMessages(history)  # for ihave and iwant
-        # Peers known to have each recent message (sent it to us, or got it from us):
-        # no use announcing it to them. Lists, not sets: a message has a handful of
-        # holders, and a set of more than four takes 700 bytes, a list of twelve 180 (a
-        # simulation holds one per node and recent message, thousands while it runs late).
-        self._holders: dict[str, list[PeerKey]] = {}
-        # Ids in an iwant -> when, and whom (None: it left, ask another at the heartbeat).
-        self._asked: dict[str, tuple[float, PeerKey | None]] = {}
-        self._asking: dict[PeerKey, set[str]] = {}  # peer -> those of the ids it was asked
-        self._served: dict[str, list[PeerKey]] = {}  # recent ids -> peers sent them on iwant
-        # Other peers that announced an id while it was asked for: whom to ask next.
-        self._offers: dict[str, list[PeerKey]] = {}
+        self._holders = Holders()  # who has each recent message, whom it was served to
+        self._asks = Asks()  # ids in an iwant: of whom, since when, whom to ask next
 
     # Peers and subscriptions
 
@@ -182,15 +169,14 @@ class GossipRouter:
     def add_peer(self, peer: PeerKey, *, max_bytes: int | None = None) -> None:
         """A peer to gossip with: told our topics in talks of ``max_bytes`` at most."""
         self._peers[peer] = set()
-        self._asking.setdefault(peer, set())
+        self._asks.add_peer(peer)
         self.batch.limit(peer, max_bytes)  # (and for the talks merged later)
         for chunk in topic_chunks(sorted(self.topics), self.batch.bound(peer)):
             self._talk(peer, SUBSCRIPTIONS, {"subscribe": chunk, "unsubscribe": []})
 
     def remove_peer(self, peer: PeerKey) -> None:
         self._peers.pop(peer, None)
-        for message_id in self._asking.pop(peer, ()):  # asked of another at the heartbeat
-            self._asked[message_id] = (-math.inf, None)
+        self._asks.remove_peer(peer)
         self.batch.forget(peer)
         self._book.forget_peer(peer)
         for members in self.mesh.values():
@@ -243,7 +229,7 @@ class GossipRouter:
             subscribed = [p for p, topics in self._peers.items() if message.topic in topics]
             targets = self._sample(subscribed, self.degree)
         for peer in targets:
-            _hold(self._holders[message.id], peer)
+            self._holders.add(message.id, peer)
             self._send(RouterAction("message", peer, message=message))
 
     def receive(self, peer: PeerKey, message: GossipMessage, *, pending: bool = False) -> bool:
@@ -264,18 +250,16 @@ class GossipRouter:
         """
         stats = self.stats
         stats.received += 1
-        self._forget_ask(message.id)
+        self._asks.forget(message.id)
         if message.id in self._seen:
             stats.duplicates += 1
-            holders = self._holders.get(message.id)
-            if holders is not None:
-                _hold(holders, peer)
+            self._holders.copy_from(message.id, peer)
             return False
         stats.new += 1
         if pending:
             self._seen.add(message.id, self._clock())
             # Who sent copies meanwhile: once it is accepted, they aren't told of it.
-            self._holders[message.id] = [peer] if peer is not None else []
+            self._holders.start(message.id, peer)
         else:
             self._remember(message, peer)
             if peer is not None:
@@ -285,14 +269,13 @@ class GossipRouter:
     def accept(self, peer: PeerKey | None, message: GossipMessage) -> None:
         """A message received ``pending`` passed validation: announce and serve it now."""
         self._recent.add(message)
-        holders = self._holders.setdefault(message.id, [])
+        self._holders.add(message.id, peer)
         if peer is not None:
-            _hold(holders, peer)
             self._book.delivered(message.topic, peer)
 
     def refuse(self, message_id: str) -> None:
         """A message received ``pending`` was refused: it stays seen, and goes no further."""
-        self._holders.pop(message_id, None)
+        self._holders.refuse(message_id)
 
     def seen(self, message_id: str) -> bool:
         return message_id in self._seen
@@ -308,10 +291,8 @@ class GossipRouter:
             return False
         self.stats.received += 1
         self.stats.duplicates += 1
-        self._forget_ask(message_id)
-        holders = self._holders.get(message_id)
-        if holders is not None:
-            _hold(holders, peer)
+        self._asks.forget(message_id)
+        self._holders.copy_from(message_id, peer)
         return True
 
     def forward(self, peer: PeerKey | None, message: GossipMessage) -> None:
@@ -327,7 +308,7 @@ class GossipRouter:
             targets = self._fanout(message.topic, peer, targets)
         for target in targets:
             self.stats.forwarded += 1
-            _hold(self._holders.setdefault(message.id, []), target)
+            self._holders.add(message.id, target)
             self._send(RouterAction("message", target, message=relayed))
 
     def _fanout(self, topic: str, sender: PeerKey | None, mesh: list[PeerKey]) -> list[PeerKey]:
@@ -351,7 +332,7 @@ class GossipRouter:
     def _remember(self, message: GossipMessage, peer: PeerKey | None = None) -> None:
         self._seen.add(message.id, self._clock())
         self._recent.add(message)
-        self._holders[message.id] = [peer] if peer is not None else []
+        self._holders.start(message.id, peer)
 
     def cached(self, message_id: str) -> GossipMessage | None:
         return self._recent.get(message_id)
@@ -392,24 +373,16 @@ class GossipRouter:
             message = self.cached(message_id)
             if message is None:
                 continue
-            served = self._served.setdefault(message_id, [])
-            if peer in served:
+            if not self._holders.serve(message_id, peer):
                 continue
-            served.append(peer)
             if message.topic in self.topics and message.topic in self._peers[peer]:
                 self._book.wanted(message.topic, peer, self._clock())  # (bounded)
             self.stats.served += 1
             self._send(RouterAction("message", peer, message=message))
 
     def _on_subscriptions(self, peer: PeerKey, body: dict[str, Any]) -> None:
-        subscribe = check_topics(body.get("subscribe", []))
-        unsubscribe = check_topics(body.get("unsubscribe", []))
         topics = self._peers[peer]
-        if set(subscribe) & set(unsubscribe):
-            raise GossipError("a topic both subscribed and unsubscribed")
-        new = len(set(subscribe) - topics)  # a topic subscribed again counts once
-        if len(topics) + new - len(topics.intersection(unsubscribe)) > MAX_PEER_TOPICS:
-            raise GossipError(f"{len(topics)} + {new} subscriptions exceed {MAX_PEER_TOPICS}")
+        subscribe, unsubscribe = check_subscriptions(body, topics)
         topics.update(subscribe)
         topics.difference_update(unsubscribe)
         for topic in unsubscribe:
@@ -460,25 +433,11 @@ class GossipRouter:
         ids = list(dict.fromkeys(check_ids(body.get("ids", []), self.max_ihave)))
         if announced not in self.topics:
             return
-        now = self._clock()
-        wanted: list[str] = []
-        asking = self._asking[peer]
-        room = self.max_asks - len(asking)
-        for i in ids:
-            if i in self._seen:
-                continue
-            if i in self._asked:  # someone else to ask if the first doesn't answer
-                offers = self._offers.setdefault(i, [])
-                if peer not in offers and len(offers) < self.degree:
-                    offers.append(peer)
-            elif len(wanted) < room:
-                wanted.append(i)
-            else:
-                self.stats.ihave_ignored += 1
+        wanted, ignored = self._asks.announced(
+            peer, ids, self._seen, self._clock(), max_asks=self.max_asks, max_offers=self.degree
+        )
+        self.stats.ihave_ignored += ignored
         if wanted:
-            for i in wanted:
-                self._asked[i] = (now, peer)
-            asking.update(wanted)
             self.stats.iwant_sent += 1
             self._talk(peer, IWANT, {"ids": wanted})
 
@@ -496,39 +455,12 @@ class GossipRouter:
                 self._fill_mesh(topic)
                 self._announce(topic)
         for message_id in self._recent.roll():
-            self._holders.pop(message_id, None)
-            self._served.pop(message_id, None)
-
-    def _forget_ask(self, message_id: str) -> None:
-        asked = self._asked.pop(message_id, None)
-        if asked is not None and asked[1] is not None:
-            self._asking[asked[1]].discard(message_id)
-        self._offers.pop(message_id, None)
+            self._holders.expire(message_id)
 
     def _ask_again(self, now: float) -> None:
-        """Ids asked for ``iwant_timeout`` ago and not received: ask the last other peer
-        that announced each (it is the likeliest to serve it still) and has room for
-        the ask, or forget the ask, so that the next announcement is answered."""
-        again: dict[PeerKey, list[str]] = {}
-        for message_id, (asked, whom) in list(self._asked.items()):
-            if now - asked <= self.iwant_timeout:
-                continue
-            if whom is not None:
-                self._asking[whom].discard(message_id)
-            offers = [
-                p
-                for p in self._offers.pop(message_id, ())
-                if p in self._asking and len(self._asking[p]) < self.max_asks  # has room
-            ]
-            if not offers:
-                del self._asked[message_id]
-                continue
-            peer = offers.pop()
-            if offers:
-                self._offers[message_id] = offers
-            self._asked[message_id] = (now, peer)
-            self._asking[peer].add(message_id)
-            again.setdefault(peer, []).append(message_id)
+        """Ask again, of another peer, the ids not received ``iwant_timeout`` after
+        they were asked for (:meth:`.Asks.again`)."""
+        again = self._asks.again(now, self.iwant_timeout, self.max_asks)
         for peer, ids in again.items():
             for start in range(0, len(ids), self.max_ihave):
                 self.stats.iwant_sent += 1
@@ -563,15 +495,12 @@ class GossipRouter:
         ids = self._recent.ids(topic)
         if not ids:
             return
-        holders = self._holders
         subscribed = [p for p, topics in self._peers.items() if topic in topics]
         for peer in self._sample(subscribed, self.lazy):
             # Only what the peer isn't known to have already.
-            missing = [i for i in ids if peer not in holders.get(i, ())][: self.max_ihave]
+            missing = self._holders.tell(peer, ids, self.max_ihave)
             if missing:
                 self.stats.ihave_sent += 1
-                for message_id in missing:  # told once is enough: it asks if it wants
-                    holders.setdefault(message_id, []).append(peer)  # it wasn't one
                 self._talk(peer, IHAVE, {"topic": topic, "ids": missing})
 
     # Helpers
@@ -592,9 +521,3 @@ class GossipRouter:
         if len(items) <= count:
             return list(items)
         return self._rng.sample(items, count)
-
-
-def _hold(holders: list[PeerKey], peer: PeerKey | None) -> None:
-    """Note that ``peer`` has a message: once in its list of holders."""
-    if peer not in holders:
-        holders.append(peer)

@@ -1,0 +1,71 @@
+"""
+What runs on each gossip message before and at its delivery: a topic's validator and
+its verdict (:class:`Validation`), then the threads' handlers and the subscribers
+(:func:`call_handlers`). :class:`~trustp2p.node.gossip.Gossip` calls them one message
+of a topic at a time, in order, and carries out the verdicts.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["GossipHandler", "Validation", "Validator", "call_handlers", "judge"]
+
+import enum
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
+
+from ..drivers.base import Socket
+from ..protocol.gossip import GossipMessage
+from ..protocol.package import PackageType
+from .dispatch import call_logged
+
+if TYPE_CHECKING:
+    from .node import Node
+
+# The gossip service's logger: these records keep the name they had in gossip.py.
+logger = logging.getLogger("trustp2p.node.gossip")
+
+
+class Validation(enum.Enum):
+    """A validator's verdict on a message."""
+
+    ACCEPT = "accept"  # deliver and forward
+    IGNORE = "ignore"  # drop it quietly
+    REJECT = "reject"  # drop it and count it against the peer that sent it
+
+
+Validator = Callable[[GossipMessage], "Validation | Awaitable[Validation]"]
+GossipHandler = Callable[[GossipMessage], "Awaitable[None] | None"]
+
+
+async def judge(validator: Validator | None, message: GossipMessage) -> Validation:
+    """The verdict of ``validator`` (None: accepted) on ``message``; a validator that
+    fails, or returns something else than a :class:`Validation`, ignores it (logged)."""
+    try:
+        verdict = validator(message) if validator is not None else Validation.ACCEPT
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        if type(verdict) is not Validation:  # (True, None...): ignored, as a failure
+            raise TypeError(f"returned {verdict!r}, not a Validation")
+    except Exception:
+        logger.error("! validator of %r failed", message.topic, exc_info=True)
+        verdict = Validation.IGNORE
+    return verdict
+
+
+async def call_handlers(
+    node: Node,
+    subscribers: Iterable[GossipHandler],
+    message: GossipMessage,
+    socket: Socket | None,
+) -> None:
+    """Deliver ``message``: to the threads' handlers of its topic on ``node``, then to
+    its ``subscribers``; each failure is logged, and the others still run."""
+    topic = message.topic
+    for thread, handler in node.handlers.get(PackageType.GOSSIP, topic):
+        where = thread.path or type(thread).__name__
+        await call_logged(f"gossip handler of {topic!r} in {where}", handler, socket, message)
+    for callback in subscribers:
+        await call_logged(f"gossip subscriber of {topic!r}", callback, message)

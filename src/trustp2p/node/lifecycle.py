@@ -1,0 +1,162 @@
+"""
+The parts a node makes from its options when it starts (:meth:`Node.start
+<trustp2p.node.node.Node.start>`): its requests, its secure layer, its peer store and its
+threads, and what it says once started; and the order in which its stop undoes them
+(:func:`stop_parts`). Each sees the node only through its public attributes, and is
+given the rest.
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "load_threads",
+    "make_requests",
+    "make_secure_layer",
+    "open_store",
+    "say_started",
+    "stop_parts",
+]
+
+import asyncio
+from typing import IO, TYPE_CHECKING, Any
+
+from ..drivers.base import Listening
+from ..identity import Identity, mark_stopping
+from ..protocol.close import CloseCode
+from ..protocol.urls import split_peer_url
+from ..security.channel import SecureLayer
+from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
+from ..threads.base import Thread
+from ..threads.loader import enabled_thread_classes, make_threads
+from ..threads.peer_exchange import PeerExchangeThread
+from .dispatch import stop_thread
+from .gossip_thread import GossipThread
+from .requests import Requests
+
+if TYPE_CHECKING:
+    from .node import Node
+
+
+def make_requests(node: Node) -> Requests:
+    """The requests in flight of ``node``, with its options."""
+    options = node.options
+    return Requests(
+        node.connections,
+        reroute_target=node.client.reroute_target if node.client is not None else None,
+        response_timeout=options.response_timeout,
+        stalled_timeout=options.stalled_timeout,
+        alt=options.alt,
+        metrics=node.metrics,
+        max_package_size=options.max_package_size,
+    )
+
+
+def make_secure_layer(node: Node, identity: Identity) -> SecureLayer:
+    """The secure layer of ``node`` (secure mode) for ``identity``."""
+    options = node.options
+    return SecureLayer(
+        node.connections,
+        identity,
+        admit=node.connections.inbound.admit,
+        failed=node.connections.handshake_failed,
+        handshake_timeout=options.handshake_timeout,
+        close_timeout=options.close_timeout,
+        time_inbound=False,  # the inbound deadline runs from TCP accept
+        max_package_size=options.max_package_size,
+    )
+
+
+async def open_store(node: Node) -> PeerStore:
+    """Open the peer store of ``node``: in its data directory, or in memory; a client's
+    bootstrap peers are added to it."""
+    options = node.options
+    path = None
+    if options.peer_store and node.data_dir is not None and options.store_shelf is None:
+        path = node.data_dir / STORE_FILE
+    store = await PeerStore.open(path, policy=options.block_policy(), shelf=options.store_shelf)
+    if node.client is not None and options.peers:
+        await store.add_urls(
+            [split_peer_url(url)[0] for url in options.peers], PeerSource.BOOTSTRAP
+        )
+    return store
+
+
+def load_threads(node: Node) -> list[Thread]:
+    """The threads of ``node``, in load order: those enabled in its directory, its
+    options' own, then the built-in peer exchange and gossip threads if it runs them."""
+    options = node.options
+    classes = enabled_thread_classes(options.cwd, node.log, others=bool(options.threads))
+    classes.extend(options.threads)
+    if options.peer_exchange:
+        classes.append(PeerExchangeThread)
+    if node.gossip is not None:
+        classes.append(GossipThread)
+    return make_threads(node, classes)
+
+
+def say_started(node: Node) -> None:
+    """Log the start of ``node``, and warn if peers can't learn its address."""
+    node.log.info("= node started%s", f" on {node.url}" if node.url else "")
+    if node.url is not None and not node.listen_urls:
+        what = (
+            "peers can't dial it and won't learn this node's address: set listen_urls"
+            " (TRUSTP2P_LISTEN_URLS, or listen_urls in trustp2p.toml)"
+        )
+        node.log.warning("! listening on the unspecified address, %s: %s", node.url, what)
+
+
+async def stop_parts(
+    node: Node,
+    caller: asyncio.Task[Any] | None,
+    *,
+    listening: Listening | None,
+    identity_lock: IO[bytes] | None,
+    requests: Requests | None,
+) -> None:
+    """Stop ``node``'s parts, in the order :meth:`Node.stop
+    <trustp2p.node.node.Node.stop>` documents: its ``listening``, roles and threads,
+    then its connections, tasks and stores; ``identity_lock`` is closed last."""
+    for role in (node.server, node.client):  # (their waiters outlived it: a tester)
+        if role is not None:
+            role.node_stopping()
+    if identity_lock is not None:
+        mark_stopping(identity_lock)  # a node restarted meanwhile waits
+    if node.admin is not None:
+        await node.admin.close()
+    if listening is not None:
+        listening.close()
+    if node.client is not None:
+        await node.client.stop()
+    # Those closing or in their upgrade first: the close_all() below starts closing
+    # handshakes, which close_unfinished() would cut short (a reset for the peer).
+    node.connections.inbound.close_unfinished()
+    secure = node.secure_layer
+    if secure is not None:
+        secure.close_all(CloseCode.GOING_AWAY, "node stopping")
+    if node.gossip is not None:  # no handler runs once its thread's stop() returned
+        await node.gossip.halt()
+    for thread in node.threads:
+        await stop_thread(thread, node.options.close_timeout)
+    if node.gossip is not None:  # a goodbye published in stop() went out (a tester)
+        node.gossip.publishing = False
+    # Every connection, those refused or still in their handshake included, so
+    # that no transport outlives the node.
+    raw = secure.raw_sockets if secure is not None else []
+    sockets = [*node.connections.all_sockets(), *raw]
+    for socket in sockets:
+        socket.close_soon(CloseCode.GOING_AWAY, "node stopping")
+    if sockets:
+        await asyncio.gather(*(socket.wait_closed() for socket in sockets))
+    await node.connections.workers.wait(node.options.close_timeout, caller)  # the hooks
+    if requests is not None:
+        requests.close()
+    await node.tasks.aclose()
+    if node.gossip is not None:
+        await node.gossip.stop()
+    if node.store is not None:
+        await node.store.close()
+    if listening is not None:
+        await listening.wait_closed()
+    if identity_lock is not None:
+        identity_lock.close()  # another node may take this identity now

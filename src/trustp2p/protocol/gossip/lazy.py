@@ -1,0 +1,195 @@
+"""
+The router's bookkeeping for lazy gossip (``ihave`` and ``iwant``), no I/O:
+
+- :class:`Holders`: the peers known to have each recent message, not told of it again,
+  and those it was served to on ``iwant``, once each;
+- :class:`Asks`: the ids asked for in ``iwant`` and not received yet: of whom, since
+  when, and which other peers announced each meanwhile, whom to ask next. Bounded per
+  peer (``max_asks``), so that a peer announcing ids it never serves can't grow our
+  memory or have us echo them.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["Asks", "Holders"]
+
+import math
+
+from .control import PeerKey
+from .seen import SeenIds
+
+
+class Asks:
+    """The ids asked for in an ``iwant``, neither received nor given up yet."""
+
+    __slots__ = ("_asked", "_asking", "_offers")
+
+    def __init__(self) -> None:
+        # Ids in an iwant -> when, and whom (None: it left, ask another at the heartbeat).
+        self._asked: dict[str, tuple[float, PeerKey | None]] = {}
+        self._asking: dict[PeerKey, set[str]] = {}  # peer -> those of the ids it was asked
+        # Other peers that announced an id while it was asked for: whom to ask next.
+        self._offers: dict[str, list[PeerKey]] = {}
+
+    def add_peer(self, peer: PeerKey) -> None:
+        self._asking.setdefault(peer, set())
+
+    def remove_peer(self, peer: PeerKey) -> None:
+        for message_id in self._asking.pop(peer, ()):  # asked of another at the heartbeat
+            self._asked[message_id] = (-math.inf, None)
+
+    def forget(self, message_id: str) -> None:
+        """The message arrived: the ask is over."""
+        asked = self._asked.pop(message_id, None)
+        if asked is not None and asked[1] is not None:
+            self._asking[asked[1]].discard(message_id)
+        self._offers.pop(message_id, None)
+
+    def announced(
+        self,
+        peer: PeerKey,
+        ids: list[str],
+        seen: SeenIds,
+        now: float,
+        *,
+        max_asks: int,
+        max_offers: int,
+    ) -> tuple[list[str], int]:
+        """
+        ``peer`` announced ``ids`` (``ihave``): ask it for those not ``seen`` nor asked
+        of another, as many as it has room for (``max_asks``); keep it, among the first
+        ``max_offers``, as whom to ask next for those asked of another.
+
+        Returns:
+            The ids to ask of ``peer`` (they are recorded as asked), and how many were
+            ignored for want of room.
+
+        """
+        wanted: list[str] = []
+        ignored = 0
+        asking = self._asking[peer]
+        room = max_asks - len(asking)
+        for i in ids:
+            if i in seen:
+                continue
+            if i in self._asked:  # someone else to ask if the first doesn't answer
+                offers = self._offers.setdefault(i, [])
+                if peer not in offers and len(offers) < max_offers:
+                    offers.append(peer)
+            elif len(wanted) < room:
+                wanted.append(i)
+            else:
+                ignored += 1
+        for i in wanted:
+            self._asked[i] = (now, peer)
+        asking.update(wanted)
+        return wanted, ignored
+
+    def again(self, now: float, timeout: float, max_asks: int) -> dict[PeerKey, list[str]]:
+        """Ids asked for ``timeout`` ago and not received: ask the last other peer that
+        announced each (it is the likeliest to serve it still) and has room for the ask,
+        or forget the ask, so that the next announcement is answered.
+
+        Returns:
+            The ids to ask of each peer (they are recorded as asked).
+
+        """
+        again: dict[PeerKey, list[str]] = {}
+        for message_id, (asked, whom) in list(self._asked.items()):
+            if now - asked <= timeout:
+                continue
+            if whom is not None:
+                self._asking[whom].discard(message_id)
+            offers = [
+                p
+                for p in self._offers.pop(message_id, ())
+                if p in self._asking and len(self._asking[p]) < max_asks  # has room
+            ]
+            if not offers:
+                del self._asked[message_id]
+                continue
+            peer = offers.pop()
+            if offers:
+                self._offers[message_id] = offers
+            self._asked[message_id] = (now, peer)
+            self._asking[peer].add(message_id)
+            again.setdefault(peer, []).append(message_id)
+        return again
+
+
+class Holders:
+    """
+    Peers known to have each recent message (sent it to us, or got it from us): no use
+    announcing it to them; and the peers sent each on ``iwant``.
+
+    Lists, not sets: a message has a handful of holders, and a set of more than four
+    takes 700 bytes, a list of twelve 180 (a simulation holds one per node and recent
+    message, thousands while it runs late).
+
+    """
+
+    __slots__ = ("_holders", "_served")
+
+    def __init__(self) -> None:
+        self._holders: dict[str, list[PeerKey]] = {}
+        self._served: dict[str, list[PeerKey]] = {}  # recent ids -> peers sent them on iwant
+
+    def __len__(self) -> int:
+        """How many messages are tracked."""
+        return len(self._holders)
+
+    def __contains__(self, message_id: str) -> bool:
+        return message_id in self._holders
+
+    def __getitem__(self, message_id: str) -> list[PeerKey]:
+        """The peers known to have the message (raises ``KeyError`` if not tracked)."""
+        return self._holders[message_id]
+
+    def start(self, message_id: str, peer: PeerKey | None) -> None:
+        """A new message, from ``peer`` (None: ours, or obtained otherwise)."""
+        self._holders[message_id] = [peer] if peer is not None else []
+
+    def copy_from(self, message_id: str, peer: PeerKey | None) -> None:
+        """Another copy of a message arrived from ``peer``: it has it, if we track it."""
+        holders = self._holders.get(message_id)
+        if holders is not None:
+            _hold(holders, peer)
+
+    def add(self, message_id: str, peer: PeerKey | None) -> None:
+        """Track the message (if not yet) and note that ``peer`` has it, unless None."""
+        holders = self._holders.setdefault(message_id, [])
+        if peer is not None:
+            _hold(holders, peer)
+
+    def refuse(self, message_id: str) -> None:
+        """A message received pending validation was refused: it goes no further."""
+        self._holders.pop(message_id, None)
+
+    def expire(self, message_id: str) -> None:
+        """The message is no longer recent: neither announced nor served."""
+        self._holders.pop(message_id, None)
+        self._served.pop(message_id, None)
+
+    def serve(self, message_id: str, peer: PeerKey) -> bool:
+        """Whether to send the message to ``peer``, which asked for it: once only."""
+        served = self._served.setdefault(message_id, [])
+        if peer in served:
+            return False
+        served.append(peer)
+        return True
+
+    def tell(self, peer: PeerKey, ids: list[str], limit: int) -> list[str]:
+        """The first ``limit`` of ``ids`` ``peer`` isn't known to have, to announce to it:
+        told once is enough (it asks if it wants), so it holds them from now on."""
+        holders = self._holders
+        missing = [i for i in ids if peer not in holders.get(i, ())][:limit]
+        for message_id in missing:
+            holders.setdefault(message_id, []).append(peer)  # it wasn't one
+        return missing
+
+
+def _hold(holders: list[PeerKey], peer: PeerKey | None) -> None:
+    """Note that ``peer`` has a message: once in its list of holders."""
+    if peer not in holders:
+        holders.append(peer)
