@@ -336,11 +336,11 @@ class Fetcher:
     def _request(self, fetch: Fetch) -> Body:
         """The next request of ``fetch``, with the most the answer may hold: half our
         package limit, and ``catchup_batch`` messages (peers of earlier versions
-        answer at most their own)."""
+        answer at most their own; more is a malformed answer)."""
         options = self._gossip.node.options
         body = fetch.request()
         body["max_bytes"] = answer_size_limit(options.max_package_size)
-        body["limit"] = options.catchup_batch
+        body["limit"] = fetch.limit
         return body
 
     async def ask(self, socket: Socket, event: str, body: Body) -> Body | None:
