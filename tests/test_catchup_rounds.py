@@ -435,3 +435,27 @@ async def test_a_round_asks_for_nothing_held_behind_a_gap(monkeypatch: pytest.Mo
         # The 100 needed, and those the two rounds at the connections' opening may
         # both fetch; about 100 a round, for the 10 rounds of the gap's wait, before.
         assert sum(served) <= 200, served
+
+
+async def test_an_answer_over_the_askers_batch_is_counted_against_its_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review (review19 F3): asked up to a peer's mark, an answer was bounded
+    by the package limit only (4,214 tiny messages, 0.5 s of verifying each). The peer
+    here answers about 50 (as many as fit) to an asker whose ``catchup_batch`` is 40: a
+    malformed answer, counted against it; nothing of it is taken, and the round ends."""
+    Endless(monkeypatch)
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "endless") as server,
+        memory_node(hub, "asker", catchup_batch=40) as asker,
+    ):
+        server.subscribe("chat")
+        got: list[GossipMessage] = []
+        asker.subscribe("chat", got.append)
+        assert asker.client is not None
+        asker.client.connect(ENDLESS)
+        await wait_for(lambda: asker.metrics.invalid)
+        assert asker.metrics.invalid == {"invalid gossip/fetch answer": 1}
+        await wait_for(lambda: not gossip(asker).catchup.fetching)
+        assert got == []
