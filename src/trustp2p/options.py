@@ -204,7 +204,8 @@ class NodeOptions:
             memory): past it, the topic holding the most gives way, by its share rule.
         catchup_interval: Time between two catch-up rounds with a random peer that
             shares one of our topics (0: only when a peer introduces itself).
-        catchup_batch: Most messages in one ``gossip/fetch`` answer.
+        catchup_batch: Most messages in one ``gossip/fetch`` answer, served or taken
+            (an answer with more is malformed, counted against the peer).
         catchup_serve_rate: Bytes per second of catch-up answers the node serves all
             peers together, shared evenly: past it, an asker over an even share is
             answered "busy" until the second is over (each asker is bounded by

@@ -235,7 +235,9 @@ def test_a_peer_whose_log_starts_past_the_range_answers_from_its_first() -> None
     assert fetch.request()["to"] == 1000
     assert [m.seq for m in fetch.receive(_answer(*range(331, 431)))] == list(range(331, 431))
     assert fetch.request() == {"topic": TOPIC, "origin": A, "from": 431, "to": 1000}
-    fetch.receive(_answer(*range(431, 1001)))
+    for first in range(431, 1001, 100):
+        fetch.receive(_answer(*range(first, min(first + 100, 1001))))
+        fetch.request()
     assert fetch.done and fetch.first_received == 331
     assert fetch.lacking_to() == 1000  # 180 to 330 included: the peer lacks them
     assert fetch.lacking_to(held_back=True) == 330
@@ -468,11 +470,33 @@ def test_an_empty_range_is_done_at_once() -> None:
 def test_a_fetch_answer_out_of_bounds_is_a_protocol_error(
     answer: dict[str, Any], text: str
 ) -> None:
-    fetch = Fetch(FetchRange(TOPIC, A, 1, 10), batch=3)
+    fetch = Fetch(FetchRange(TOPIC, A, 1, 10), batch=20)
     fetch.request()
     with pytest.raises(GossipError) as info:
         fetch.receive(answer)
     assert str(info.value) == text
+
+
+@pytest.mark.parametrize("seqs", [None, (2, 4, 6)])
+def test_an_answer_with_more_messages_than_the_limit_is_a_protocol_error(
+    seqs: tuple[int, ...] | None,
+) -> None:
+    """Found in review (review19 F3): asked up to a peer's mark (up to MAX_SEQ), an
+    answer was bounded by the package limit only: 4,214 tiny messages in 1 MiB, each
+    verified (0.5 s of the event loop per answer). More than the request's ``limit``
+    (the asker's ``catchup_batch``) is refused before any of them is verified; a peer
+    of an earlier version without ``seqs`` answering a range is held to it too."""
+    wanted = (
+        FetchRange(TOPIC, A, 1, MAX_SEQ) if seqs is None else FetchRange.of_seqs(TOPIC, A, seqs)
+    )
+    limit = 2 if seqs is None else 3
+    fetch = Fetch(wanted, batch=limit)
+    fetch.request()
+    forged_first = {"messages": [_with(1, seq=2)["messages"][0], *_answer(2, 3, 4)["messages"]]}
+    with pytest.raises(GossipError, match=f"^messages must be a list of at most {limit}$"):
+        fetch.receive(forged_first)  # (not FORGED: none of them was verified)
+    got = fetch.receive(_answer(*range(2, 2 + limit)))
+    assert [m.seq for m in got] == list(range(2, 2 + limit))
 
 
 def test_a_fetched_message_is_limited_by_max_data() -> None:

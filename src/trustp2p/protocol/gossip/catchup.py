@@ -113,13 +113,15 @@ class Fetch:
 
     Args:
         wanted: The range (only its ``seqs`` if it has them).
-        batch: Most of ``seqs`` asked for at once.
+        batch: Most messages an answer may hold; of ``seqs``, most asked for at once.
 
     """
 
     def __init__(self, wanted: FetchRange, batch: int) -> None:
         self.wanted = wanted
         self.batch = batch if wanted.seqs is None else min(batch, MAX_FETCH_SEQS)
+        self.limit = batch
+        """Most messages an answer may hold (the request's ``limit``)."""
         self.next = wanted.first
         """The first seq not received yet (of ``wanted.seqs``, if given)."""
         self.done = wanted.first > wanted.last
@@ -253,10 +255,12 @@ class Fetch:
             self.next = seqs[self._pos]
 
     def _read(self, items: object, max_data: int | None) -> list[GossipMessage]:
-        """The messages of an answer to the last request, checked and verified."""
+        """The messages of an answer to the last request, checked (their number before
+        any is verified: review19 F3, 4,214 in 1 MiB took 0.5 s) and verified."""
         first, last = self.next, self._to
-        if not isinstance(items, list) or len(items) > last - first + 1:
-            raise GossipError(f"messages must be a list of at most {last - first + 1}")
+        most = min(last - first + 1, self.limit)
+        if not isinstance(items, list) or len(items) > most:
+            raise GossipError(f"messages must be a list of at most {most}")
         wanted = self.wanted
         messages = []
         for item in items:
