@@ -397,6 +397,35 @@ async def test_a_subscriber_raising_cancelled_error_is_a_failing_subscriber(
         assert errors == ["! gossip subscriber of 'chat' failed"] * 2
 
 
+class _Quits(Thread):
+    """A thread whose gossip handler unsubscribes from the topic it handles."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.GOSSIP: {"chat": self.on_chat}}
+
+    def on_chat(self, socket: Socket | None, message: GossipMessage) -> None:
+        assert self.node.gossip is not None
+        self.node.gossip.unsubscribe("chat")
+
+
+async def test_subscribers_are_those_of_the_topic_once_the_threads_handlers_ran(
+    tmp_path: Path,
+) -> None:
+    """A thread's handler that unsubscribes the topic: its subscribers are not called for
+    that message (review30: the split looked them up before the handlers ran)."""
+    node = Node(cwd=tmp_path, server=True, port=0, secure=False, threads=[_Quits])
+    await node.start()
+    try:
+        called: list[int] = []
+        gossip(node).subscribe("chat", lambda message: called.append(message.seq))
+        await gossip(node).publish("chat", {"n": 1})
+        await wait_for(lambda: len(gossip(node).history("chat")) == 1)  # handled
+        assert called == []
+    finally:
+        await node.stop()
+
+
 async def test_a_slow_subscriber_holds_up_its_own_topic_only() -> None:
     # Before, one delivery task served every topic in turn: a subscriber waiting for I/O
     # on one topic held up every other topic's messages.

@@ -7,12 +7,14 @@ import os
 import random
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from trustp2p.apps.simulate import Simulation, runner, simulate
 from trustp2p.apps.simulate.plan import SPARE_DESCRIPTORS, descriptors, dial_plan, owner, split
+from trustp2p.apps.simulate.worker import _Worker
 from trustp2p.cli import main
 from trustp2p.exceptions import UsageError, WorkerError
 from trustp2p.testing import Network, random_links
@@ -159,3 +161,19 @@ async def test_a_killed_worker_fails_the_run_clearly() -> None:
     assert f"pid {killed[0]}" in str(failed.value)
     assert "worker " in str(failed.value) and "(nodes " in str(failed.value)
     assert children() == []  # the other worker was stopped too
+
+
+async def test_a_workers_failed_publish_is_said_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """Publishes run in tasks of their own; one that fails says so at once, or the parent
+    waits out its whole timeout before the report's gather finds it (review30)."""
+
+    class Failing:
+        async def publish(self, topic: str, data: dict[str, int]) -> str:
+            raise RuntimeError("the store is closed")
+
+    worker = _Worker.__new__(_Worker)
+    worker.network = SimpleNamespace(nodes=[SimpleNamespace(gossip=Failing())])  # type: ignore[assignment]
+    with pytest.raises(RuntimeError):
+        await worker._publish({"op": "publish", "number": 5, "origin": 0, "node": 0})
+    said = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert said == [{"op": "error", "message": "RuntimeError: the store is closed"}]

@@ -78,3 +78,12 @@ async def test_network_nodes_start_without_warnings(caplog: pytest.LogCaptureFix
     async with Network(3) as network:
         await network.wait_connected()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("wait", ["wait_connected", "wait_meshes", "wait_delivered"])
+async def test_network_waits_refuse_a_negative_timeout(wait: str) -> None:
+    """As the roles' waits do: ``timeout=-1`` timed out at once (review30, tester29)."""
+    network = Network(2, degree=1, seed=1)
+    args = {"wait_connected": (), "wait_meshes": ("chat",), "wait_delivered": (1,)}[wait]
+    with pytest.raises(ValueError, match=r"^timeout must be None or at least 0, not -1"):
+        await getattr(network, wait)(*args, timeout=-1)

@@ -35,6 +35,7 @@ from .drivers.memory import MemoryDriver, MemoryHub
 from .exceptions import UsageError
 from .identity import Identity
 from .node import Node
+from .node.roles import check_timeout
 from .protocol.gossip import GossipMessage
 from .storage.memory import MemoryShelf
 from .threads.loader import THREADS_ENABLED
@@ -304,6 +305,7 @@ class Network:
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
         """Wait until every live node has all the connections of the topology."""
+        check_timeout(timeout)
         async with asyncio.timeout(timeout):
             while not self._connected():  # noqa: ASYNC110 - polls many nodes' state
                 await asyncio.sleep(0.01)
@@ -327,6 +329,7 @@ class Network:
             TimeoutError: If that takes longer than ``timeout`` seconds.
 
         """
+        check_timeout(timeout)
         async with asyncio.timeout(timeout):
             while not self._meshes_formed(topic):  # noqa: ASYNC110 - polls many nodes' state
                 await asyncio.sleep(0.02)
@@ -347,6 +350,7 @@ class Network:
 
     async def wait_delivered(self, count: int, *, timeout: float = 30.0) -> None:
         """Wait until every live node delivered at least ``count`` messages."""
+        check_timeout(timeout)
         async with asyncio.timeout(timeout):
             while not all(  # noqa: ASYNC110 - polls many nodes' state
                 len(self.received[i]) >= count for i in range(self.size) if self._alive[i]

@@ -459,7 +459,7 @@ class Gossip:
         if kind == "validate":
             await self._validate(message, socket)
         else:
-            await call_handlers(self.node, self._handlers.get(message.topic, ()), message, socket)
+            await call_handlers(self.node, self._handlers, message, socket)
             await self._delivered(message)
 
     def _settle(self) -> None:  # no topic has messages waiting

@@ -13,7 +13,7 @@ __all__ = ["GossipHandler", "Validation", "Validator", "call_handlers", "judge"]
 import enum
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
@@ -57,15 +57,16 @@ async def judge(validator: Validator | None, message: GossipMessage) -> Validati
 
 async def call_handlers(
     node: Node,
-    subscribers: Iterable[GossipHandler],
+    subscribers: Mapping[str, Iterable[GossipHandler]],
     message: GossipMessage,
     socket: Socket | None,
 ) -> None:
     """Deliver ``message``: to the threads' handlers of its topic on ``node``, then to
-    its ``subscribers``; each failure is logged, and the others still run."""
+    the topic's ``subscribers`` as they are once those ran (a handler may subscribe or
+    unsubscribe: review30); each failure is logged, and the others still run."""
     topic = message.topic
     for thread, handler in node.handlers.get(PackageType.GOSSIP, topic):
         where = thread.path or type(thread).__name__
         await call_logged(f"gossip handler of {topic!r} in {where}", handler, socket, message)
-    for callback in subscribers:
+    for callback in subscribers.get(topic, ()):
         await call_logged(f"gossip subscriber of {topic!r}", callback, message)

@@ -265,7 +265,7 @@ class _Runner:
 
     def _complete(self) -> bool:
         self._scan()
-        published = len(self.seen.published)  # numbers 0 to published - 1
+        published = len(self.seen.published)  # (publishes may end out of order)
         return all(
             self.got[i].count(1) >= published
             for i in range(self.sim.nodes)

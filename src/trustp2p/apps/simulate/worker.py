@@ -114,7 +114,11 @@ class _Worker:
         gossip = self.network.nodes[command["node"]].gossip
         assert gossip is not None
         when = time.monotonic()
-        message_id = await gossip.publish(TOPIC, {"n": command["number"]})
+        try:
+            message_id = await gossip.publish(TOPIC, {"n": command["number"]})
+        except Exception as exc:  # said at once: the parent would wait out its timeout
+            _send(op="error", message=f"{type(exc).__name__}: {exc}")
+            raise
         _send(
             op="published",
             id=message_id,
