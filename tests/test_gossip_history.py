@@ -1,7 +1,9 @@
-"""``gossip.history()``: what a node delivered, in the order it delivered it (tester30 F2)."""
+"""``gossip.history()`` and ``gossip.delivered_seq()``: what a node delivered, in the order
+it delivered it (tester30 F2), and up to where its handlers ran (tester30 F4)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -86,3 +88,43 @@ async def test_a_gap_filled_late_puts_its_stream_where_it_could_be_delivered() -
         assert undelivered(log, "kv", log) == []
     finally:
         await log.close()
+
+
+class Slow(Thread):
+    """A GOSSIP handler that waits for ``gate`` at its second message."""
+
+    gate: asyncio.Event
+    handled: int
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.GOSSIP: {"kv": self.on_kv}}
+
+    async def start(self) -> None:
+        self.gate, self.handled = asyncio.Event(), 0
+
+    async def on_kv(self, socket: Socket | None, message: GossipMessage) -> None:
+        if message.seq == 2:
+            await self.gate.wait()
+        self.handled += 1
+
+
+async def test_delivered_seq_is_what_the_handlers_handled() -> None:
+    """tester30 F4: ``delivered_seq()`` said 300 while a slow handler had handled 50
+    (and ``history()`` listed 50): it counted the messages queued for the handlers."""
+    node = memory_node(MemoryHub(), "a", threads=[Slow])
+    await node.start()
+    try:
+        thread = next(t for t in node.threads if isinstance(t, Slow))
+        assert node.peer_id is not None
+        for n in range(5):
+            await node.publish("kv", {"n": n})
+        await wait_for(lambda: thread.handled == 1)  # and the second waits for the gate
+        assert gossip(node).delivered_seq("kv", node.peer_id) == 1
+        assert len(gossip(node).history("kv")) == 1
+        thread.gate.set()
+        await wait_for(lambda: gossip(node).delivered_seq("kv", node.peer_id) == 5)
+        assert thread.handled == 5
+        assert len(gossip(node).history("kv")) == 5
+    finally:
+        await node.stop()
