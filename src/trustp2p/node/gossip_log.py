@@ -89,9 +89,10 @@ def delivered(log: MessageLog, topic: str, marks: DeliveryMarks) -> list[GossipM
     The messages of ``topic`` kept in ``log`` up to the delivered ``marks``, in the
     order this node delivered them: in ``seq`` order per stream, and across streams in
     the order they were logged, each once the ones before it of its stream were (a
-    message held behind a gap comes after the one that filled it). Only a gap skipped
-    after ``gap_timeout`` makes it differ: the messages held behind it come where they
-    were logged, not where the skip delivered them.
+    message held behind a gap comes after the one that filled it). Only a gap given up
+    makes it differ (skipped after ``gap_timeout``, or filled by a message that was not
+    logged: refused by the validator, or too large): the messages held behind it come
+    where they were logged, not where they were delivered.
 
     Found by a new user: listed stream by stream, a key/value store rebuilt from them
     took an older value of a key set in turn through two nodes.
