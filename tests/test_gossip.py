@@ -15,7 +15,7 @@ import pytest
 from trustp2p import EventMap, Node, PackageType, Socket, Thread
 from trustp2p.identity import Identity
 from trustp2p.node.gossip import Gossip, Validation
-from trustp2p.protocol.gossip import GossipMessage, sign_message
+from trustp2p.protocol.gossip import GossipMessage, sign_message, stream_key
 from trustp2p.protocol.package import build_package
 from trustp2p.storage.msglog import LOG_FILE
 from trustp2p.testing import Delivery, Network
@@ -45,8 +45,10 @@ async def publish_all(network: Network, count: int, indexes: list[int]) -> set[t
         assert node.gossip is not None and node.gossip.message_log is not None
         assert node.peer_id is not None
         await node.gossip.publish("chat", {"n": n})
-        # A node delivers its own messages too, so its delivered mark is the new seq.
-        published.add((node.peer_id, node.gossip.delivered_seq("chat", node.peer_id)))
+        # The message is logged as it is published: the log's last seq is its seq.
+        seq = node.gossip.message_log.last_seq(stream_key("chat", node.peer_id))
+        assert seq is not None
+        published.add((node.peer_id, seq))
     return published
 
 

@@ -247,9 +247,12 @@ class Gossip:
 
     def history(self, topic: str) -> list[GossipMessage]:
         """
-        The messages of ``topic`` this node's log keeps and delivered, in seq order
-        per origin: of the last ``log_max_messages`` of the topic received within
-        ``log_max_age``, those up to :meth:`delivered_seq`. Messages are delivered
+        The messages of ``topic`` this node's log keeps and delivered, in the order
+        this node delivered them (in seq order per origin; across origins, this
+        node's order, which another node's may not share: tester30 F2): of the
+        last ``log_max_messages`` of the topic received within ``log_max_age``, those
+        up to :meth:`delivered_seq`. A bounded replay window: state that must outlive
+        it is the thread's to keep (tester30 F3). Messages are delivered
         once, across restarts too: a thread that builds state in memory from them
         rebuilds it from here at its start (found by a new user, whose key/value store
         lost everything delivered before a restart). Those logged and not delivered
@@ -257,11 +260,15 @@ class Gossip:
         ``start()`` returned, not listed here (found by a new user: listed and then
         delivered, they were applied twice).
         """
-        return list(delivered(self._log, topic, self._log))
+        return delivered(self._log, topic, self._log)
 
     def delivered_seq(self, topic: str, origin: str) -> int:
-        """The last seq of ``origin``'s messages on ``topic`` delivered here (0: none)."""
-        return self._order.delivered(topic, origin)
+        """The last seq of ``origin``'s messages on ``topic`` delivered here (0: none):
+        every message of the stream up to it had its handlers run (or was skipped), as
+        :meth:`history` lists and a restart resumes after. Messages queued for the
+        handlers don't count until they ran (tester30 F4: it said 300, 250 ahead of a
+        slow handler, and a thread comparing ``message.seq`` with it skipped those)."""
+        return self._log.delivered(stream_key(topic, origin))
 
     # Lifecycle, called by the node
 

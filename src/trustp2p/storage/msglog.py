@@ -61,7 +61,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import DATA_DIR
@@ -338,6 +338,18 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         ``max_bytes`` of payload (the first always).
         """
         return self._messages.pick(origin, seqs, limit, max_bytes)
+
+    def logged_order(self, topic: str) -> Iterator[tuple[int, LoggedMessage]]:
+        """
+        The kept messages of ``topic``, each with its position: the log numbers messages
+        in the order this node logged them (across restarts too), and lists them so.
+
+        An origin's messages may be logged out of ``seq`` order (one fetched to fill a
+        gap comes after those held behind it); sort them by ``seq`` for that. Don't
+        change the log before the iteration ends.
+        """
+        kept = self._messages.topics.get(topic)
+        return iter(()) if kept is None else ((entry[2], entry[0]) for entry in kept.kept())
 
     def delivered(self, origin: str) -> int:
         """The highest sequence number of ``origin`` delivered to this node's threads, or 0."""
