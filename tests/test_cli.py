@@ -137,6 +137,29 @@ def test_limit_flags_reach_the_node_options(
     assert storm == (30, 5.0, 20.0)
 
 
+def test_relay_topic_flags_reach_the_node_options_of_a_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tester30 F1: a hub carries topics no thread of its handles (its clients' chat)."""
+    import trustp2p.apps.serve
+
+    seen: list[NodeOptions] = []
+
+    async def fake_serve(options: NodeOptions) -> int:
+        seen.append(options)
+        return 0
+
+    monkeypatch.setattr(trustp2p.apps.serve, "serve_process", fake_serve)
+    argv = ["server", "--cwd", str(tmp_path), "--relay-topic", "chat", "--relay-topic", "kv"]
+    assert main(argv) == 0
+    assert main(["node", "--cwd", str(tmp_path), "--relay-topic", "chat"]) == 0
+    assert [options.relay_topics for options in seen] == [("chat", "kv"), ("chat",)]
+    assert main(["server", "--cwd", str(tmp_path), "--relay-topic", ""]) == 2
+    assert "relay_topics: a topic is a string of 1 to 256 characters, not ''" in (
+        capsys.readouterr().err
+    )
+
+
 def test_broken_thread_stops_the_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "threads-enabled").mkdir()
     (tmp_path / "threads-enabled" / "broken.py").write_text("import nowhere_to_be_found\n")

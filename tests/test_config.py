@@ -46,6 +46,7 @@ def test_every_text_field_of_node_options_is_configurable() -> None:
         ("TRUSTP2P_SECURE", "false", False),
         ("TRUSTP2P_LIMIT_LOOPBACK", "on", True),
         ("TRUSTP2P_PEERS", "ws://a:1, ws://b:2", ("ws://a:1", "ws://b:2")),
+        ("TRUSTP2P_RELAY_TOPICS", "chat,kv", ("chat", "kv")),
         ("TRUSTP2P_MAX_INBOUND", "none", None),
         ("TRUSTP2P_HEARTBEAT_INTERVAL", "0.5", 0.5),
         ("TRUSTP2P_ADMIN", "127.0.0.1:9180", "127.0.0.1:9180"),
@@ -330,3 +331,16 @@ def test_the_send_queue_s_bytes_hold_one_package_at_least() -> None:
     # takes one package whatever (a check here would have refused it at an upgrade).
     options = NodeOptions(server=True, max_send_bytes=1024, max_package_size=2**25)
     assert (options.max_send_bytes, options.max_package_size) == (1024, 2**25)
+
+
+def test_relay_topics_are_topics_a_node_may_carry() -> None:
+    """tester30 F1: checked as every topic a node subscribes to, at the options."""
+    assert NodeOptions(server=True).relay_topics == ()
+    assert NodeOptions(server=True, relay_topics=["chat"]).relay_topics == ("chat",)
+    with pytest.raises(TypeError, match=r"^relay_topics must be a sequence of topics, not a str$"):
+        NodeOptions(server=True, relay_topics="chat")  # type: ignore[arg-type]
+    for topic in ("", "x" * 257, 7):
+        with pytest.raises(ValueError, match=r"^relay_topics: a topic is a string of 1 to 256 "):
+            NodeOptions(server=True, relay_topics=(topic,))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^relay_topics: a node carries 1000 topics at most$"):
+        NodeOptions(server=True, relay_topics=[f"t{i}" for i in range(1001)])

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket as socket_module
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -535,9 +536,28 @@ async def test_a_failed_websocket_upgrade_is_said_and_counted(
     said = {
         "ws": "did not receive a valid HTTP request (does the peer dial tcp://?)",
         "picows": "6 bytes and no WebSocket upgrade (an HTTP client, or does the peer dial"
-        " tcp://?)",
+        " tcp:// or wss://?)",
     }
     assert line.getMessage().endswith(f"WebSocket upgrade failed: {said[driver]}")
+
+
+async def test_a_wss_dial_to_a_ws_server_is_said_to_dial_wss(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # tester30 F6: a wss:// dial to a plain ws:// server was said to dial tcp://. A TLS
+    # ClientHello starts with a handshake record, byte 0x16.
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    server = await make_node(server=True)
+    assert server.url is not None
+    host, port = server.url.removeprefix("ws://").rsplit(":", 1)
+    context = ssl.create_default_context()
+    with contextlib.suppress(ssl.SSLError, ConnectionError):
+        async with asyncio.timeout(5000 * MS):
+            await asyncio.open_connection(host, int(port), ssl=context, server_hostname=host)
+    await wait_for(lambda: server.metrics.handshakes.get("UpgradeFailed") == 1)
+    [line] = [r for r in caplog.records if "WebSocket upgrade failed" in r.getMessage()]
+    said = "did not receive a valid HTTP request (does the peer dial wss://?)"
+    assert line.getMessage().endswith(f"WebSocket upgrade failed: {said}")
 
 
 async def test_invalid_packages_from_many_connections_log_ten_lines(

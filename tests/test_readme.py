@@ -135,6 +135,7 @@ def checks(
 
 CHECKS[("Command line", 0)] = lambda b: check_synopsis(b.text)
 CHECKS[("Peer store", 0)] = lambda b: check_synopsis(b.text)
+CHECKS[("Gossip and catch-up", 1)] = lambda b: check_synopsis(b.text)  # the hub's flag
 CHECKS[("Development", 0)] = lambda b: check_commands(b.text)
 
 

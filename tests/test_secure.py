@@ -645,6 +645,38 @@ async def test_another_network_is_reported_once_and_not_redialled_soon(
     assert said("can't talk (the close said \"network alt '1' is another network") == 1
 
 
+async def test_a_wrong_pinned_id_is_reported_once_and_not_redialled_soon(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """tester30 F6: a ``/p2p/<id>`` URL whose id isn't the server's gave a WARNING at
+    every redial (1 s doubling). It can't work until the URL or the key there changes:
+    as another network, said once, then redialled every ``reconnect_max``."""
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    server = await make_node(server=True)
+    impostor = Identity.generate().peer_id
+    client = await make_node(
+        client=True,
+        peers=[f"{server.url}/p2p/{impostor}"],
+        reconnect_initial=0.05,
+        reconnect_max=0.3,
+    )
+    assert client.client is not None
+
+    def said(text: str, level: int = logging.WARNING) -> int:
+        return sum(text in r.getMessage() and r.levelno == level for r in caplog.records)
+
+    mismatch = f"peer is {server.peer_id}, not the expected {impostor}"
+    await wait_for(lambda: said(f"failed: {mismatch}", logging.DEBUG) >= 2)  # redialled
+    assert said(f"secure handshake with {server.url} failed: {mismatch}") == 1
+    [line] = [r.getMessage() for r in caplog.records if "another peer than" in r.getMessage()]
+    assert line == (
+        f"! {server.url} is another peer than its URL's /p2p/ id names ({mismatch}): "
+        "redialling every 0 s until the URL or the key there changes"
+    )
+    assert said("= connection to") == 0 and said("= connection to", logging.INFO) == 0
+    assert client.client.sockets == []
+
+
 @pytest.mark.parametrize("client_secure", [True, False])
 async def test_a_store_url_of_the_other_mode_is_not_redialled_soon(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture, client_secure: bool

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .drivers import Driver, DriverOptions, driver_class, scheme_of
 from .exceptions import ConfigError, DriverError
 from .identity import Identity, is_node_name
+from .protocol.gossip.control import check_own_topics
 from .protocol.handshake import HANDSHAKE_MAGIC, LEAST_PACKAGE_LIMIT
 from .protocol.limits import ReconnectStorms, is_loopback
 from .protocol.liveness import LivenessTimings
@@ -195,6 +196,10 @@ class NodeOptions:
             topic is missing our pushes there: for this long after its last such ask,
             it is among the first of the ``gossip_fanout`` peers a relay pushes the
             topic's messages to, mesh peers before others (0 turns it off).
+        relay_topics: Topics the node carries though none of its threads handles them:
+            it relays their messages and keeps them in its log for catch-up, as it does
+            its threads' topics. A node relays only the topics it carries, so a hub whose
+            clients gossip on a topic must carry it (``--relay-topic``).
         seen_max: Most message ids remembered for de-duplication...
         seen_ttl: ...and for how long.
         max_hops: Relays a message may go through before it is no longer forwarded.
@@ -302,6 +307,7 @@ class NodeOptions:
     gossip_interval: float = 1.0
     gossip_prune_backoff: float = 60.0
     gossip_want_window: float = 60.0
+    relay_topics: tuple[str, ...] = ()
     seen_max: int = 100_000
     seen_ttl: float = 120.0
     max_hops: int = 16
@@ -319,13 +325,11 @@ class NodeOptions:
     def __post_init__(self) -> None:
         if self.cwd is not None and not isinstance(self.cwd, Path):
             object.__setattr__(self, "cwd", Path(self.cwd))
-        if isinstance(self.peers, str):
-            raise TypeError("peers must be a sequence of URLs, not a str")
-        object.__setattr__(self, "peers", tuple(self.peers))
         object.__setattr__(self, "threads", tuple(self.threads))
-        if isinstance(self.listen_urls, str):
-            raise TypeError("listen_urls must be a sequence of URLs, not a str")
-        object.__setattr__(self, "listen_urls", tuple(self.listen_urls))
+        for name, what in (("peers", "URLs"), ("listen_urls", "URLs"), ("relay_topics", "topics")):
+            if isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a sequence of {what}, not a str")
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         for url in self.peers:
             try:
                 scheme_of(url)  # a URL without a scheme, or one that can't be read
@@ -344,6 +348,7 @@ class NodeOptions:
             what = "1 to 64 lowercase letters, digits, '-' and '_', starting with a letter or digit"
             raise ValueError(f"name must be {what}, not {self.name!r}")
         self._check_listen_urls()
+        check_own_topics(self.relay_topics, "relay_topics")
         self._check_numbers()
         self._check_relations()
         self._check_admin()

@@ -136,7 +136,7 @@ _TUNING: list[tuple[str, str, Any, str]] = [
 
 
 SERVER_ONLY = frozenset(
-    {"max_inbound", "max_per_ip", "ip_rate", "ip_burst", "limit_loopback"}
+    {"max_inbound", "max_per_ip", "ip_rate", "ip_burst", "limit_loopback", "relay_topics"}
     | {"storm_connections", "storm_window", "storm_cooldown"}
 )
 """Options about accepting peers: ``client --help`` doesn't offer them."""
@@ -194,7 +194,7 @@ GROUPS: dict[str, str] = {
         ],
         "Dialling",
     ),
-    "gossip_fanout": "Gossip",
+    **dict.fromkeys(["relay_topics", "gossip_fanout"], "Gossip"),
     **dict.fromkeys(["admin", "admin_token"], "Admin listener"),
     **dict.fromkeys(["log_level", "log_format"], "Logging"),
 }
@@ -241,6 +241,16 @@ def tuning_options(role: str) -> Callable[[F], F]:
                 flag_value=True,
                 default=None,
                 help="Apply per-address limits and blocks to loopback addresses too.",
+            )(f)
+        if "relay_topics" not in skip:
+            f = click.option(
+                "--relay-topic",
+                "relay_topics",
+                multiple=True,
+                metavar="TOPIC",
+                help="Carry TOPIC though no thread handles it: relay it between peers and "
+                "keep it for catch-up (a hub's clients gossip only on the topics it "
+                "carries); repeatable.",
             )(f)
         for flag, name, kind, text in reversed(_TUNING):
             if name in skip:

@@ -70,6 +70,16 @@ _SLICE = 2**16  # bytes of a read parsed before the frames' budget is checked
 _NOT_HTTP = "did not receive a valid HTTP request"  # websockets' words
 
 
+def _dial_hint(first_byte: int | None) -> str:
+    """What an upgrade that wasn't an HTTP request says of the peer's URL: a TLS
+    ClientHello starts with a handshake record, byte 0x16 (RFC 8446, section 5.1: found
+    by a tester, whose ``wss://`` dial to a ``ws://`` server was said to dial ``tcp://``);
+    anything else most likely is a ``tcp://`` frame."""
+    return (
+        " (does the peer dial wss://?)" if first_byte == 0x16 else " (does the peer dial tcp://?)"
+    )
+
+
 def _sent(failed: BaseException | None) -> bool:
     """Whether a failed upgrade had bytes from the peer: not a TCP health check, which
     connects and closes (websockets says how many bytes came before the end of the
@@ -90,6 +100,7 @@ class WsSocket(FrameDeadline, StreamSocket):
         "_close_on_open",
         "_closing",
         "_control_budget",
+        "_first_byte",
         "_flooded",
         "_fragment_text",
         "_fragments",
@@ -126,6 +137,7 @@ class WsSocket(FrameDeadline, StreamSocket):
         self._frame_timer: asyncio.TimerHandle | None = None
         self._control_budget: TokenBucket | None = None  # see FrameDeadline
         self._flooded = False
+        self._first_byte: int | None = None  # the peer's: what a failed upgrade was
         # Frames read before a pause_reading(); made on the first (an empty deque per
         # idle connection was about 0.6 KiB).
         self._held: deque[Frame] | None = None
@@ -204,6 +216,8 @@ class WsSocket(FrameDeadline, StreamSocket):
 
     def data_received(self, data: bytes | memoryview) -> None:
         self.last_seen = now = self._loop.time()  # any bytes are life, a partial frame too
+        if self._first_byte is None:
+            self._first_byte = data[0]
         if len(data) <= _SLICE or self._control_budget is None:
             self._read(data, now)
             return
@@ -285,7 +299,7 @@ class WsSocket(FrameDeadline, StreamSocket):
             self._ended_abnormally(None if sent is None else (sent.code, sent.reason))
             failed = protocol.handshake_exc
             if self.inbound and self._accepted and not self._opened and _sent(failed):
-                hint = " (does the peer dial tcp://?)" if _NOT_HTTP in str(failed) else ""
+                hint = _dial_hint(self._first_byte) if _NOT_HTTP in str(failed) else ""
                 self.close_reason = f"{UPGRADE_FAILED}: {failed}{hint}"  # (the node says it)
         if self._held is not None:
             self._held.clear()  # in place: a _deliver_held() under way stops

@@ -338,7 +338,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         if self._upgrade_bytes:
             self.close_reason = (
                 f"{UPGRADE_FAILED}: {self._upgrade_bytes} bytes and no WebSocket upgrade"
-                " (an HTTP client, or does the peer dial tcp://?)"
+                " (an HTTP client, or does the peer dial tcp:// or wss://?)"
             )
 
     def server_listener(self, request: WSUpgradeRequest) -> Any:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..drivers.base import Socket
 from ..exceptions import DriverError, NodeStateError, PeerIdMismatch, SelfDialError
 from ..identity import PeerId, short_id
-from ..protocol.handshake import is_mode_mismatch, is_secure_mismatch
+from ..protocol.handshake import is_id_mismatch, is_mode_mismatch, is_secure_mismatch
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
 from ..protocol.urls import split_peer_url
 from ..tasks import TaskOwner
@@ -232,8 +232,8 @@ class Dialer:
         if self.policy.store_url(dial_url) in self._ourselves:
             return max(delay, options.reconnect_max), mismatched  # said once
         if is_mode_mismatch(socket.close_reason):
-            # It can't work until one side changes `secure`: say so once, and try
-            # again only as often as the slowest redial.
+            # It can't work until one side changes `secure` (`alt`, the pinned id...):
+            # say so once, and try again only as often as the slowest redial.
             delay = max(delay, options.reconnect_max)
             if not mismatched:
                 self._mismatch(dial_url, socket.close_reason, delay)
@@ -260,6 +260,12 @@ class Dialer:
 
     def _mismatch(self, url: str, reason: str, delay: float) -> None:
         # The reason may be the peer's, in its words: say which side this node is.
+        if is_id_mismatch(reason):  # (tester30 F6: a WARNING at every redial)
+            logger.warning(
+                "! %s is another peer than its URL's /p2p/ id names (%s): redialling every "
+                "%.0f s until the URL or the key there changes", url, reason, delay
+            )  # fmt: skip
+            return
         if not is_secure_mismatch(reason):  # another network, or protocol version
             logger.warning(
                 "! %s and this node can't talk (the close said %r): redialling every "
@@ -303,8 +309,9 @@ class Dialer:
                     self._wakeup.set()
             await socket.wait_closed()
             self.node.connections.twins.dropped(socket)  # (the peer's stays: nothing to do)
-            if is_mode_mismatch(socket.close_reason):  # plain: the peer refused us after
-                self.dial_failed(dial.dial_url, DriverError(socket.close_reason))
+            reason = socket.close_reason  # (a wrong /p2p/ id: counted at the handshake)
+            if is_mode_mismatch(reason) and not is_id_mismatch(reason):  # plain: the peer
+                self.dial_failed(dial.dial_url, DriverError(reason))  # refused us after
         finally:
             self.policy.dial_ended(dial.url)
             self._wakeup.set()

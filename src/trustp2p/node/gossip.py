@@ -56,7 +56,7 @@ from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
 from .gossip_drops import oversized_line, skipped_line, too_old_line
 from .gossip_log import delivered, open_log, to_logged, undelivered
-from .gossip_publish import checked_payload, wait_for_peers, wait_until
+from .gossip_publish import NobodyCarries, checked_payload, wait_for_peers, wait_until
 from .gossip_send import make_router
 from .gossip_validate import GossipHandler, Validation, Validator, call_handlers, judge
 
@@ -113,6 +113,7 @@ class Gossip:
         self._streams: Streams[Socket | None] | None = None
         self._marks: ReleaseMarks | None = None
         self._published: set[str] = set()  # topics this node published to
+        self._alone = NobodyCarries()
         self.pacing: PublishPacing[ConnId] = PublishPacing(clock=self._now)
         self.tasks = TaskOwner(logger)
         self.publishing = False
@@ -185,7 +186,9 @@ class Gossip:
         count(self.node.metrics.topic_published, topic, limit=MAX_TOPICS)
         self._accepted(None, message, logged=True)
         # Our own burst waits for the peers that carry it, as pacing says (not slow ones).
-        await wait_for_peers(self.pacing, self._carrying(topic), self._now, size)
+        carrying = self._carrying(topic)
+        self._alone.said(topic, carrying=bool(carrying))  # (tester30 F1: said nothing)
+        await wait_for_peers(self.pacing, carrying, self._now, size)
         await asyncio.sleep(0)  # (a loop of publish() held the event loop for seconds)
         return message.id
 
@@ -299,8 +302,8 @@ class Gossip:
             held_back=self._validators.__contains__,
             clock=self._now,
         )
-        for topic in self.node.handlers.events(PackageType.GOSSIP):
-            self.router.subscribe(topic)
+        for topic in (*self.node.handlers.events(PackageType.GOSSIP), *options.relay_topics):
+            self.router.subscribe(topic)  # carried: relayed, logged, caught up
         self.tasks.spawn(self._heartbeat(), "gossip heartbeat")
         if options.catchup_interval > 0:
             self.tasks.spawn(self._fetcher.run_forever(), "gossip catch-up")

@@ -7,11 +7,12 @@ that carry its topic, carried out on their sockets:
 
 from __future__ import annotations
 
-__all__ = ["checked_payload", "wait_for_peers", "wait_until"]
+__all__ = ["NobodyCarries", "checked_payload", "wait_for_peers", "wait_until"]
 
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,8 @@ from ..protocol.package import Body
 
 if TYPE_CHECKING:
     from .node import Node
+
+logger = logging.getLogger("trustp2p.node.gossip")
 
 
 def checked_payload(topic: str, data: Body, max_package_size: int | None) -> tuple[Body, int]:
@@ -47,6 +50,31 @@ def checked_payload(topic: str, data: Body, max_package_size: int | None) -> tup
             "max_package_size (so that catch-up answers always fit in a package)"
         )
     return data, size
+
+
+class NobodyCarries:
+    """
+    Says (INFO) when ``publish()`` finds no connected peer carrying its topic: once
+    per topic, and again only after a publish found one and a later one none. Found by
+    a new user whose two clients of a hub exchanged nothing, and nothing said so: a node
+    relays only the topics it carries (GossipSub), and the hub's threads handled none.
+    """
+
+    __slots__ = ("_said",)
+
+    def __init__(self) -> None:
+        self._said: set[str] = set()  # topics said to be carried by nobody, since
+
+    def said(self, topic: str, *, carrying: bool) -> None:
+        """A message of ``topic`` was published; some connected peer carries it, or not."""
+        if carrying:
+            self._said.discard(topic)
+        elif topic not in self._said:
+            self._said.add(topic)
+            logger.info("= no connected peer carries topic %r: what is published there is "
+                        "kept in the log, and reaches subscribers that connect and catch "
+                        "up (a hub relays only the topics it carries: give it relay_topics, "
+                        "--relay-topic %s)", topic, topic)  # fmt: skip
 
 
 async def wait_for_peers(

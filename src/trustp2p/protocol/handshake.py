@@ -22,6 +22,7 @@ __all__ = [
     "SELF_DIAL",
     "VERSION_EVENT",
     "check_version",
+    "is_id_mismatch",
     "is_mode_mismatch",
     "is_secure_mismatch",
     "kept_introduction",
@@ -198,14 +199,25 @@ _NETWORK_MISMATCHES = (
 )
 
 
+_ID_MISMATCH = ", not the expected "  # the secure channel's PeerIdMismatch
+
+
 def is_mode_mismatch(reason: str | None) -> bool:
-    """Whether a close reason says the two ends disagree on ``secure``, or run another
-    network (``alt``) or protocol major version: a dial that can never work until one
-    side's configuration changes (found by a tester: a wrong ``alt`` was warned on both
-    sides at every redial, for ever)."""
-    return reason is not None and any(
-        known in reason for known in (*_MODE_MISMATCHES, *_NETWORK_MISMATCHES)
+    """Whether a close reason says the two ends disagree on ``secure``, run another
+    network (``alt``) or protocol major version, or the peer isn't the one the dialled
+    URL names (``/p2p/<id>``): a dial that can never work until one side's configuration
+    changes (found by testers: a wrong ``alt``, and a wrong pinned id, were warned at
+    every redial)."""
+    return reason is not None and (
+        any(known in reason for known in (*_MODE_MISMATCHES, *_NETWORK_MISMATCHES))
+        or is_id_mismatch(reason)
     )
+
+
+def is_id_mismatch(reason: str | None) -> bool:
+    """Whether a close reason says the peer proved another id than the URL dialled
+    names (``/p2p/<id>``)."""
+    return reason is not None and reason.startswith("peer is ") and _ID_MISMATCH in reason
 
 
 def is_secure_mismatch(reason: str | None) -> bool:

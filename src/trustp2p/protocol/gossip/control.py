@@ -17,17 +17,18 @@ __all__ = [
     "PeerKey",
     "RouterAction",
     "check_ids",
+    "check_own_topics",
     "check_subscriptions",
     "check_topics",
 ]
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ...exceptions import GossipError
 from .batch import GRAFT, MAX_TOPICS_PER_TALK, PRUNE, SUBSCRIPTIONS
-from .message import GossipMessage, check_topic
+from .message import GossipMessage, check_own_topic, check_topic
 
 MAX_PEER_TOPICS = 1000
 """Most topics a peer may subscribe to, all talks together: past it, a subscription is
@@ -91,6 +92,23 @@ def check_topics(value: object) -> list[str]:
     for topic in value:
         check_topic(topic)
     return value
+
+
+def check_own_topics(topics: Sequence[object], where: str) -> None:
+    """Topics a node is told to carry (an option, ``where``): each one a topic it may
+    subscribe to, at most :data:`MAX_PEER_TOPICS` of them.
+
+    Raises:
+        ValueError: If one isn't, naming ``where`` and the topic.
+
+    """
+    for topic in topics:
+        try:
+            check_own_topic(topic)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}, not {topic!r:.80}") from None
+    if len(set(topics)) > MAX_PEER_TOPICS:
+        raise ValueError(f"{where}: a node carries {MAX_PEER_TOPICS} topics at most")
 
 
 def check_ids(value: object, limit: int) -> list[str]:

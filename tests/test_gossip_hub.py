@@ -1,0 +1,108 @@
+"""
+tester30 F1: two clients of a hub whose threads handle no topic exchanged no gossip at
+all, and nothing said so: a node relays only the topics it carries (GossipSub), so a
+hub carries them with ``relay_topics``, and ``publish()`` says when nobody carries one.
+Default options, over loopback WebSockets, as a new user runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+import trustp2p
+from trustp2p import GossipMessage, Node
+
+from .conftest import MS, wait_for
+
+pytestmark = pytest.mark.asyncio
+
+NOBODY = "no connected peer carries topic"
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[Callable[..., Any]]:
+    """``await nodes(create, **options)``: nodes with the default options, stopped
+    after the test."""
+    started: list[Node] = []
+
+    async def make(create: Callable[..., Any], **options: Any) -> Node:
+        node: Node = await create(**options)
+        started.append(node)
+        return node
+
+    yield make
+    for node in reversed(started):
+        await node.stop()
+
+
+def nobody_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    records = [r for r in caplog.records if NOBODY in r.getMessage()]
+    assert all(r.levelno == logging.INFO for r in records)
+    return [r.getMessage() for r in records]
+
+
+async def test_a_hub_relays_the_topics_it_carries_between_its_clients(
+    nodes: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "trustp2p.node.gossip")
+    hub = await nodes(trustp2p.create_server, port=0, relay_topics=("chat",))
+    assert hub.gossip is not None and hub.gossip.topics == {"chat"}  # no thread handles it
+    got: list[GossipMessage] = []
+    sub = await nodes(trustp2p.create_client, peers=[hub.url])
+    sub.subscribe("chat", got.append)
+    pub = await nodes(trustp2p.create_client, peers=[hub.url])
+    assert pub.gossip is not None
+    async with asyncio.timeout(5000 * MS):
+        await pub.gossip.wait_subscribers("chat")  # the hub
+    ids = [await pub.publish("chat", {"text": f"hello {i}"}) for i in range(3)]
+    await wait_for(lambda: len(got) == 3)  # none came, nothing said (tester30 F1)
+    assert [m.id for m in got] == ids
+    assert [m.id for m in hub.gossip.history("chat")] == ids  # kept for catch-up
+    assert nobody_lines(caplog) == []  # somebody carried it
+
+
+async def test_publish_says_once_when_no_connected_peer_carries_the_topic(
+    nodes: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "trustp2p.node.gossip")
+    hub = await nodes(trustp2p.create_server, port=0)  # its threads handle no topic
+    pub = await nodes(trustp2p.create_client, peers=[hub.url])
+    assert pub.client is not None
+    await pub.client.wait_connected(timeout=5000 * MS)
+    for i in range(3):
+        await pub.publish("chat", {"text": f"hello {i}"})
+    [line] = nobody_lines(caplog)  # once per topic, not per message
+    assert line == (
+        "= no connected peer carries topic 'chat': what is published there is kept in the "
+        "log, and reaches subscribers that connect and catch up (a hub relays only the "
+        "topics it carries: give it relay_topics, --relay-topic chat)"
+    )
+    await pub.publish("other", {})
+    assert len(nobody_lines(caplog)) == 2  # each topic once
+
+
+async def test_publish_says_it_again_once_the_last_carrier_is_gone(
+    nodes: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "trustp2p.node.gossip")
+    hub = await nodes(trustp2p.create_server, port=0)
+    pub = await nodes(trustp2p.create_client, peers=[hub.url])
+    assert pub.client is not None and pub.gossip is not None
+    await pub.client.wait_connected(timeout=5000 * MS)
+    await pub.publish("chat", {"n": 1})
+    assert len(nobody_lines(caplog)) == 1
+    hub.subscribe("chat")
+    async with asyncio.timeout(5000 * MS):
+        await pub.gossip.wait_subscribers("chat")
+    await pub.publish("chat", {"n": 2})  # carried: nothing said, and it may be said again
+    hub.unsubscribe("chat")
+    router = pub.gossip.router
+    await wait_for(lambda: all("chat" not in router.peer_topics(s.id) for s in pub.sockets))
+    await pub.publish("chat", {"n": 3})
+    await pub.publish("chat", {"n": 4})
+    assert len(nobody_lines(caplog)) == 2
