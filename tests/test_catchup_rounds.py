@@ -395,48 +395,6 @@ async def test_a_topic_subscribed_just_before_the_stop_asks_nobody(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-async def test_a_round_asks_for_nothing_held_behind_a_gap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Found in review (review19 F4): a restarted node whose log kept the stream's
-    first messages (its high-water mark stayed below the gap its outage left) fetched
-    everything it held behind that gap again in every round while the gap waited:
-    22,000 messages served for 2,000. A round asks from after the last message held;
-    the gap is the refills' to ask for."""
-    served: list[int] = []  # messages per answer, once the node is restarted
-    serve_fetch = GossipThread.serve_fetch
-    restarted = False
-
-    def counting(thread: GossipThread, socket: Socket, package: Package) -> Body:
-        answer = serve_fetch(thread, socket, package)
-        if restarted:
-            served.append(len(answer.get("messages", ())))
-        return answer
-
-    monkeypatch.setattr(GossipThread, "serve_fetch", counting)
-
-    options = {"gap_timeout": 1.0, "catchup_interval": 0.1, "log_max_messages": 100}
-    async with Network(3, degree=2, seed=6, **options) as network:
-        await network.wait_connected()
-        await network.wait_meshes("chat")
-        origin = network.nodes[0]
-        for n in range(3):
-            await origin.publish("chat", {"n": n})
-        await network.wait_delivered(3)
-        await network.kill(2)
-        ids = [await origin.publish("chat", {"n": n}) for n in range(3, 303)]
-        # The peers' logs keep the last 100. Until the routers forget them, they would
-        # announce them (ihave): then only catch-up has them.
-        routers = [node.gossip.router for node in network.nodes[:2] if node.gossip]
-        await wait_for(lambda: all(r.cached(i) is None for r in routers for i in ids), timeout=20)
-        restarted = True
-        network.options["log_max_messages"] = 1000  # it keeps 1..3 below the gap
-        await network.restart(2)
-        await wait_for(lambda: len(network.received[2]) == 103, timeout=30)
-        assert [d.seq for d in network.received[2]] == [1, 2, 3, *range(204, 304)]
-        # The 100 needed, and those the two rounds at the connections' opening may
-        # both fetch; about 100 a round, for the 10 rounds of the gap's wait, before.
-        assert sum(served) <= 200, served
-
-
 async def test_an_answer_over_the_askers_batch_is_counted_against_its_peer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

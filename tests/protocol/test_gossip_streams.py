@@ -288,19 +288,6 @@ def test_the_gaps_an_answer_covered_are_skipped_with_the_first() -> None:
     assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 10, 10, "timeout")]
 
 
-def test_the_last_held_message_is_what_a_round_asks_after() -> None:
-    # review19 F4: a catch-up round asks from after it (the gaps are the refills' job).
-    streams, _, _ = _streams()
-    assert streams.last_held(STREAM) == 0
-    for seq in (1, 5, 9, 7):
-        streams.add(_message(seq), "p")
-    assert streams.last_held(STREAM) == 9
-    streams.skip_gap(STREAM)
-    streams.skip_gap(STREAM)
-    streams.skip_gap(STREAM)
-    assert streams.last_held(STREAM) == 0  # all released: nothing held
-
-
 def test_an_answer_covers_no_gap_past_the_last_held_message() -> None:
     """Found in review: a peer that claimed a mark far ahead and answered a fetch of it
     with nothing counted as having answered every later gap of the stream: they were

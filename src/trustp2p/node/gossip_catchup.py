@@ -86,14 +86,13 @@ JITTER = 0.1
 """Heartbeats and rounds come every interval, give or take 10 %: nodes not in step."""
 
 HELD_ROOM = MAX_WAITING_BYTES // 2
-"""Bytes held behind gaps (``Streams.held_bytes``) past which a fetch whose answers wait
-behind a gap (they start past the first number asked for, or that is past the stream's
-next) stops, and its round with it; the rest is fetched in a later round, in order,
-once the gap is filled or skipped. Found in review: a node down for longer than its
-peers' logs keep fetched a whole log (up to ``log_max_bytes``) behind the gap its first
-messages left; the booking with the delivery queues never saw it, and at the gap's skip
-all of it went to the queues at once (26.6 MiB against their 16 MiB, every peer held
-meanwhile)."""
+"""Bytes held behind gaps (``Streams.held_bytes``) past which a fetch whose answers start
+past the first number asked for (all of it waits behind that gap) stops, and its round
+with it; the rest is fetched in a later round, in order, once the gap is filled or
+skipped. Found in review: a node down for longer than its peers' logs keep fetched a
+whole log (up to ``log_max_bytes``) behind the gap its first messages left; the booking
+with the delivery queues never saw it, and at the gap's skip all of it went to the
+queues at once (26.6 MiB against their 16 MiB, every peer held meanwhile)."""
 
 
 def jittered(rng: random.Random, interval: float) -> float:
@@ -278,7 +277,8 @@ class Fetcher:
         except GossipError as exc:
             gossip.node.penalize(socket, f"invalid gossip/hwm answer: {exc}")
             return
-        planned = plan_fetches(marks, gossip.router.topics, self._log.high_water, self._have)
+        high_water, delivered = self._log.high_water, self._marks.delivered
+        planned = plan_fetches(marks, gossip.router.topics, high_water, delivered)
         self._rng.shuffle(planned)  # the same streams aren't always left for later
         budget = RoundBudget(gossip.node.options.log_max_bytes)
         empty = 0  # fetches of streams the peer claimed that brought nothing
@@ -299,14 +299,6 @@ class Fetcher:
                             "nothing", socket.peer, empty)  # fmt: skip
                 return
 
-    def _have(self, stream: str) -> int:
-        """The last seq of ``stream`` a round needn't ask for: released, or held behind
-        a gap (the gap is the heartbeats' refills' to fetch, by ``seqs``). Found in
-        review (review19 F4): a restarted node whose log kept the stream's messages
-        below the gap (its high-water mark stayed there) fetched everything it held
-        again each round while the gap waited: 22,000 messages for 2,000."""
-        return max(self._marks.delivered(stream), self._streams.last_held(stream))
-
     async def _fill(self, socket: Socket, fetch: Fetch, budget: RoundBudget) -> None:
         """Carry out a fetch begun with ``catchup.begin()``, until ``budget`` is spent."""
         options = self._gossip.node.options
@@ -314,7 +306,7 @@ class Fetcher:
         topic = fetch.wanted.topic
         try:
             while not fetch.done and not budget.spent:
-                if self._behind_gap(fetch) and self._held_full():
+                if fetch.first_received > fetch.wanted.first and self._held_full():
                     return  # (not done: a round ends here)
                 async with self._queues.batch(topic, size, socket.id):
                     ask = not budget.spent  # (another fetch may have spent it meanwhile)
@@ -333,14 +325,6 @@ class Fetcher:
                 self._streams.answered(fetch.wanted.stream, fetch.wanted.first, to)
         finally:
             self._gossip.catchup.end(fetch)
-
-    def _behind_gap(self, fetch: Fetch) -> bool:
-        """Whether what ``fetch`` brings waits behind a gap: its answers start past the
-        first number asked for, or that is past the stream's next (a round's range
-        after the messages held)."""
-        wanted = fetch.wanted
-        next_due = self._marks.delivered(wanted.stream) + 1
-        return fetch.first_received > wanted.first or wanted.first > next_due
 
     def _held_full(self) -> bool:
         if self._streams.held_bytes <= HELD_ROOM:

@@ -269,12 +269,11 @@ def plan_fetches(
         marks: The peer's marks.
         carried: The topics we carry; the others are left out.
         high_water: Per topic, the high-water mark of each of its streams in our log.
-        delivered: Per stream, our delivered mark, or the last seq we hold past it
-            (behind a gap: its numbers are the gap fetches' to ask for).
+        delivered: Per stream, our delivered mark.
 
     Returns:
-        For each stream where the peer has more than we logged, delivered or hold, the
-        range after what we have up to the peer's mark.
+        For each stream where the peer has more than we logged or delivered, the range
+        after what we have up to the peer's mark.
 
     """
     wanted = []

@@ -359,11 +359,6 @@ class Streams(Generic[S]):
         first, last = self._marks.delivered(stream) + 1, held.seqs[0] - 1
         return (first, last) if first <= last else None
 
-    def last_held(self, stream: str) -> int:
-        """The highest seq held in ``stream`` (behind a gap), 0 for none."""
-        held = self._held.get(stream)
-        return 0 if held is None else max(held.entries)
-
     def missing_seqs(self, stream: str, limit: int) -> list[int]:
         """The numbers missing before ``stream``'s last held message, ascending: those of
         its first gap, then of the gaps between held ones; at most ``limit``."""
@@ -429,7 +424,7 @@ class Streams(Generic[S]):
             # Every number missing from the gap to last was asked for and didn't come;
             # past the last held message there is no gap yet (found in review: a peer
             # claiming a mark far ahead pre-answered every later gap of the stream).
-            last = min(last, self.last_held(stream))
+            last = min(last, max(self._held[stream].entries))
             self._answered_to[stream] = max(last, self._answered_to.get(stream, 0))
 
     def skip_gap(
