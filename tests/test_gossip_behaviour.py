@@ -422,6 +422,7 @@ async def test_subscribers_are_those_of_the_topic_once_the_threads_handlers_ran(
         await gossip(node).publish("chat", {"n": 1})
         await wait_for(lambda: len(gossip(node).history("chat")) == 1)  # handled
         assert called == []
+        assert gossip(node).topics == {"chat"}  # still the thread's: carried (review31)
     finally:
         await node.stop()
 

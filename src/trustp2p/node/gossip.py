@@ -187,7 +187,8 @@ class Gossip:
         self._accepted(None, message, logged=True)
         # Our own burst waits for the peers that carry it, as pacing says (not slow ones).
         carrying = self._carrying(topic)
-        self._alone.said(topic, carrying=bool(carrying))  # (tester30 F1: said nothing)
+        # (tester30 F1: said nothing; not before any peer's introduction: review31)
+        self._alone.said(topic, carrying=bool(carrying) or not self.router.peers)
         await wait_for_peers(self.pacing, carrying, self._now, size)
         await asyncio.sleep(0)  # (a loop of publish() held the event loop for seconds)
         return message.id
@@ -237,8 +238,14 @@ class Gossip:
             self._carry_out(self._order.add(message, None))
 
     def unsubscribe(self, topic: str) -> None:
-        """Stop receiving ``topic``: its handlers are forgotten."""
+        """Stop receiving ``topic``: its handlers are forgotten. A topic of
+        ``relay_topics`` or of a thread's event map stays carried (review31: a hub that
+        unsubscribed a monitor of a relayed topic stopped relaying it)."""
         self._handlers.pop(topic, None)
+        if topic in self.node.options.relay_topics:
+            return
+        if topic in self.node.handlers.events(PackageType.GOSSIP):
+            return
         self.router.unsubscribe(topic)
 
     def set_validator(self, topic: str, validator: Validator | None) -> None:
@@ -252,7 +259,8 @@ class Gossip:
         """
         The messages of ``topic`` this node's log keeps and delivered, in the order
         this node delivered them (in seq order per origin; across origins, this
-        node's order, which another node's may not share: tester30 F2): of the
+        node's order, which another node's may not share: tester30 F2; messages held
+        behind a gap given up are listed where they were logged, review31): of the
         last ``log_max_messages`` of the topic received within ``log_max_age``, those
         up to :meth:`delivered_seq`. A bounded replay window: state that must outlive
         it is the thread's to keep (tester30 F3). Messages are delivered
