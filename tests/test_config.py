@@ -344,3 +344,9 @@ def test_relay_topics_are_topics_a_node_may_carry() -> None:
             NodeOptions(server=True, relay_topics=(topic,))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^relay_topics: a node carries 1000 topics at most$"):
         NodeOptions(server=True, relay_topics=[f"t{i}" for i in range(1001)])
+    # With gossip off they would do nothing, and nothing said so (review31).
+    with pytest.raises(
+        ValueError, match=r"^relay_topics needs gossip \(it is off: gossip=False\)$"
+    ):
+        NodeOptions(server=True, gossip=False, relay_topics=("chat",))
+    assert NodeOptions(server=True, gossip=False).relay_topics == ()

@@ -671,7 +671,7 @@ async def test_a_wrong_pinned_id_is_reported_once_and_not_redialled_soon(
     [line] = [r.getMessage() for r in caplog.records if "another peer than" in r.getMessage()]
     assert line == (
         f"! {server.url} is another peer than its URL's /p2p/ id names ({mismatch}): "
-        "redialling every 0 s until the URL or the key there changes"
+        "redialling every 0.3 s until the URL or the key there changes"  # reconnect_max
     )
     assert said("= connection to") == 0 and said("= connection to", logging.INFO) == 0
     assert client.client.sockets == []

@@ -437,6 +437,8 @@ class NodeOptions:
             raise ValueError("need gossip_degree_low <= gossip_degree <= gossip_degree_high")
         if self.gossip_mode not in ("gossip", "flood"):
             raise ValueError(f"gossip_mode must be 'gossip' or 'flood', not {self.gossip_mode!r}")
+        if self.relay_topics and not self.gossip:  # (it would do nothing: review31)
+            raise ValueError("relay_topics needs gossip (it is off: gossip=False)")
 
     def _check_admin(self) -> None:
         """The admin listener: a valid address, loopback unless a token is set."""

@@ -263,18 +263,18 @@ class Dialer:
         if is_id_mismatch(reason):  # (tester30 F6: a WARNING at every redial)
             logger.warning(
                 "! %s is another peer than its URL's /p2p/ id names (%s): redialling every "
-                "%.0f s until the URL or the key there changes", url, reason, delay
+                "%g s until the URL or the key there changes", url, reason, delay
             )  # fmt: skip
             return
         if not is_secure_mismatch(reason):  # another network, or protocol version
             logger.warning(
                 "! %s and this node can't talk (the close said %r): redialling every "
-                "%.0f s until one side changes its `alt` or version", url, reason, delay
+                "%g s until one side changes its `alt` or version", url, reason, delay
             )  # fmt: skip
             return
         logger.warning(
             "! %s and this node disagree on the secure channel (this node runs with "
-            "secure=%s; the close said %r): redialling every %.0f s until one side "
+            "secure=%s; the close said %r): redialling every %g s until one side "
             "changes `secure`",
             url, self.node.secure_layer is not None, reason, delay,
         )  # fmt: skip
