@@ -258,6 +258,30 @@ def test_the_gap_after_one_skipped_waits_only_for_an_answer() -> None:
     assert _seqs(events) == [5]
 
 
+def test_a_gap_is_skipped_at_its_timeout_only_as_far_as_peers_lacked_it() -> None:
+    """Found by an attacker (attacker30): the refills ask a gap's first numbers; peers
+    that lacked those (their logs start later) had the gap skipped whole at its
+    timeout, thousands of messages they still kept with it. Only what was asked for and
+    lacked is skipped; the rest is asked for at once, and delivered when it comes."""
+    streams, marks, clock = _streams()
+    streams.add(_message(1), None)
+    streams.add(_message(3001), "p")
+    streams.answered(STREAM, 2, 1001)  # lacked: the peer's log starts at 1002
+    clock.advance(GAP_TIMEOUT)
+    events, waiting = streams.tick()
+    assert [(s.first, s.last) for s in _skipped(events)] == [(2, 1001)]
+    assert _seqs(events) == []
+    assert waiting == [STREAM]  # 1002..3000: ask now
+    assert marks.marks == {STREAM: 1001}
+    assert streams.missing_seqs(STREAM, 3) == [1002, 1003, 1004]
+    assert streams.tick() == ([], [STREAM])  # no answer without them: they wait
+    released = []
+    for seq in range(1002, 3001):
+        released += streams.add(_message(seq), "q")
+    assert _seqs(released) == list(range(1002, 3002))
+    assert streams.skipped == 1000
+
+
 def test_missing_seqs_lists_every_gap_up_to_the_last_held_message() -> None:
     streams, _, _ = _streams()
     assert streams.missing_seqs(STREAM, 100) == []
