@@ -282,6 +282,45 @@ def test_a_gap_is_skipped_at_its_timeout_only_as_far_as_peers_lacked_it() -> Non
     assert streams.skipped == 1000
 
 
+def test_an_answered_gap_is_given_up_whole_at_the_unanswered_bound() -> None:
+    """Found in review (review32): given up 1,000 numbers a heartbeat, a gap up to a
+    message claimed at 2**40 and answered each heartbeat waited for ever (before the
+    partial skips, 30 s). Past UNANSWERED_GAP_FACTOR gap_timeouts from its opening,
+    as a gap nobody answered for, all of it goes."""
+    streams, _, clock = _streams()
+    streams.add(_message(1), None)
+    streams.add(_message(2**40), "p")
+    streams.answered(STREAM, 2, 1001)
+    clock.advance(GAP_TIMEOUT)
+    released: list[int] = []
+    waited = GAP_TIMEOUT
+    while not released:
+        events, _ = streams.tick()
+        released += _seqs(events)
+        seqs = streams.missing_seqs(STREAM, 1000)
+        if seqs:  # a refill's numbers, lacked by the peer asked
+            streams.answered(STREAM, seqs[0], seqs[-1])
+        clock.advance(1.0)
+        waited += 1
+    assert waited - 1 == GAP_TIMEOUT * UNANSWERED_GAP_FACTOR
+    assert released == [2**40]
+    assert streams.skipped == 2**40 - 2
+
+
+def test_an_answer_reaching_into_a_second_gap_gives_up_the_first_and_part_of_it() -> None:
+    streams, _, clock = _streams()
+    streams.add(_message(1), None)
+    streams.add(_message(11), "p")
+    streams.add(_message(5001), "p")
+    assert streams.missing_seqs(STREAM, 1000)[-1] == 1002
+    streams.answered(STREAM, 2, 1002)
+    clock.advance(GAP_TIMEOUT)
+    events, waiting = streams.tick()
+    assert [(s.first, s.last) for s in _skipped(events)] == [(2, 10), (12, 1002)]
+    assert _seqs(events) == [11] and waiting == [STREAM]
+    assert streams.skipped == 9 + 991
+
+
 def test_missing_seqs_lists_every_gap_up_to_the_last_held_message() -> None:
     streams, _, _ = _streams()
     assert streams.missing_seqs(STREAM, 100) == []

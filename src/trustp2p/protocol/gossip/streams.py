@@ -399,7 +399,8 @@ class Streams(Generic[S]):
             age = now - since
             answered = stream in self._answered
             if age >= timeout and (answered or age >= timeout * UNANSWERED_GAP_FACTOR):
-                events += self.skip_gap(stream)
+                # Past UNANSWERED_GAP_FACTOR gap_timeouts from the opening, the whole gap.
+                events += self.skip_gap(stream, whole=age >= timeout * UNANSWERED_GAP_FACTOR)
                 # The gaps after it that a peer answered without: missing as long.
                 while stream in self._answered and stream in self._gap_since:
                     events += self.skip_gap(stream)
@@ -428,15 +429,17 @@ class Streams(Generic[S]):
             self._answered_to[stream] = max(last, self._answered_to.get(stream, 0))
 
     def skip_gap(
-        self, stream: str, reason: Literal["timeout", "held"] = "timeout"
+        self, stream: str, reason: Literal["timeout", "held"] = "timeout", *, whole: bool = False
     ) -> list[StreamEvent[S]]:
         """
         Give up the gap before ``stream``'s first held message: move the mark past it
-        and release what follows it.
+        and release what follows it. At a timeout, only as far as peers were asked
+        for its numbers and lacked them, unless ``whole`` (the gap is
+        ``UNANSWERED_GAP_FACTOR`` gap_timeouts old: review32).
 
         Returns:
-            The :class:`GapSkipped`, then the messages released; nothing if the stream
-            has no gap.
+            The :class:`GapSkipped`, then the messages released (none if only part of
+            the gap went); nothing if the stream has no gap.
 
         """
         events: list[StreamEvent[S]] = []
@@ -451,7 +454,7 @@ class Streams(Generic[S]):
             return events
         first, last = gap
         asked = self._answered_to.get(stream, 0)
-        if reason == "timeout" and first <= asked < last:
+        if reason == "timeout" and not whole and first <= asked < last:
             # Only what peers were asked for and lacked: the refills ask a gap's first
             # numbers (MAX_FETCH_SEQS), and the rest, asked for next, may be held by
             # peers (attacker30: a gap of 12,000 numbers skipped whole at its timeout
