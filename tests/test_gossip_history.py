@@ -90,6 +90,31 @@ async def test_a_gap_filled_late_puts_its_stream_where_it_could_be_delivered() -
         await log.close()
 
 
+async def test_replay_reads_no_message_when_every_stream_is_delivered() -> None:
+    """review31 R31-4: each ``subscribe()`` on a running node replays the topic, and the
+    replay walked the topic's whole log (1.3 ms on 10,000 messages) even with nothing
+    past the marks; now it only compares each stream's last number with its mark. A
+    message held past a gap (above the contiguous high-water mark) still counts."""
+    a = Identity.generate()
+    stream = stream_key("kv", a.peer_id)
+    log = await MessageLog.open(None, clock=time.time)
+    try:
+        for seq in (1, 2, 3, 5):
+            log.add(to_logged(sign_message(a, "kv", seq, 1_700_000_000_000, {})))
+        log.mark_delivered(stream, 3)
+        assert [m.seq for m in undelivered(log, "kv", log)] == [5]
+        log.mark_delivered(stream, 5)
+
+        def no_scan(topic: str) -> Any:
+            raise AssertionError(f"{topic}'s log was scanned")
+
+        log.logged_order = no_scan  # type: ignore[method-assign]
+        assert undelivered(log, "kv", log) == []
+        assert undelivered(log, "other", log) == []
+    finally:
+        await log.close()
+
+
 class Slow(Thread):
     """A GOSSIP handler that waits for ``gate`` at its second message."""
 

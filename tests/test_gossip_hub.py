@@ -142,3 +142,38 @@ async def test_a_relay_topic_stays_carried_when_a_subscriber_of_it_leaves(
         await pub.gossip.wait_subscribers("chat")
     message_id = await pub.publish("chat", {"n": 1})
     await wait_for(lambda: [m.id for m in got] == [message_id])
+
+
+async def test_what_a_hub_only_carries_is_counted_apart_and_waits_for_no_flush(
+    nodes: Callable[..., Any],
+) -> None:
+    """review31 R31-5: the messages of a relay topic went to no handler, yet counted as
+    delivered (``trustp2p_gossip_delivered_total``: "handed to handlers and
+    subscribers"), and with ``durable_delivery`` (the default) each waited for a flush
+    of the log before the next. They are ``carried`` now; their marks still move."""
+    hub = await nodes(trustp2p.create_server, port=0, relay_topics=("chat",))
+    assert hub.gossip is not None and hub.gossip.message_log is not None
+    log = hub.gossip.message_log
+    flushes: list[int] = []
+    real_flush = log.flush
+
+    async def counted_flush() -> None:
+        flushes.append(1)
+        await real_flush()
+
+    log.flush = counted_flush  # type: ignore[method-assign]
+    pub = await nodes(trustp2p.create_client, peers=[hub.url])
+    assert pub.gossip is not None
+    async with asyncio.timeout(5000 * MS):
+        await pub.gossip.wait_subscribers("chat")
+    ids = [await pub.publish("chat", {"n": i}) for i in range(3)]
+    await wait_for(lambda: [m.id for m in hub.gossip.history("chat")] == ids)
+    assert (hub.gossip.delivered, hub.gossip.carried) == (0, 3)
+    assert hub.metrics.topic_delivered.get("chat", 0) == 0
+    assert flushes == []
+    got: list[GossipMessage] = []
+    hub.subscribe("chat", got.append)  # now something handles it
+    ids.append(await pub.publish("chat", {"n": 3}))
+    await wait_for(lambda: [m.id for m in got] == ids[3:])
+    await wait_for(lambda: len(flushes) == 1)
+    assert (hub.gossip.delivered, hub.gossip.carried) == (1, 3)

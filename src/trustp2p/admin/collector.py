@@ -255,6 +255,11 @@ class NodeCollector(Collector):
             ("received", "Messages received, new or not.", stats.received),
             ("duplicates", "Messages received again.", stats.duplicates),
             ("delivered", "Messages handed to threads and subscribers.", gossip.delivered),
+            (
+                "carried",
+                "Messages of relay topics (no handler): logged and sent on only.",
+                gossip.carried,
+            ),
             ("caught_up", "Messages obtained by catch-up.", gossip.caught_up),
             (
                 "too_old",

@@ -87,6 +87,8 @@ class Gossip:
         publishing: Whether :meth:`publish` works: from the start until the threads'
             ``stop()`` returned.
         delivered: Messages handed to threads and subscribers.
+        carried: Messages of a topic this node only carries (``relay_topics``, no
+            handler): logged and sent on, handed to nobody.
         caught_up: Messages obtained by catch-up.
         too_old: Messages dropped for their timestamp, unseen: older than
             ``log_max_age``, or than the marks the log forgot (less ``CLOCK_SKEW``).
@@ -117,7 +119,7 @@ class Gossip:
         self.pacing: PublishPacing[ConnId] = PublishPacing(clock=self._now)
         self.tasks = TaskOwner(logger)
         self.publishing = False
-        self.delivered = self.caught_up = self.too_old = 0
+        self.delivered = self.carried = self.caught_up = self.too_old = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._publishing = asyncio.Lock()
         self._validators: dict[str, Validator] = {}
@@ -462,8 +464,12 @@ class Gossip:
         """Queue the messages released for the handlers; report the gaps skipped."""
         for event in events:
             if isinstance(event, Deliver):
-                self.delivered += 1
-                count(self.node.metrics.topic_delivered, event.message.topic, limit=MAX_TOPICS)
+                # (queued all the same: a relay topic's marks move in turn too)
+                if self._handled(event.message.topic):
+                    self.delivered += 1
+                    count(self.node.metrics.topic_delivered, event.message.topic, limit=MAX_TOPICS)
+                else:  # review31: a hub counted what it relays as delivered
+                    self.carried += 1
                 self._delivery.put("deliver", event.message, event.source)
             else:  # never delivered: an operator's business (a WARNING, see skipped_line)
                 said, where = skipped_line(event)
@@ -489,8 +495,12 @@ class Gossip:
         the next message is delivered with ``durable_delivery``."""
         if self._marks is not None:
             self._marks.settle(stream_key(message.topic, message.origin), message.seq)
-        if self.node.options.durable_delivery:
-            await self._log.flush()
+        if self.node.options.durable_delivery and self._handled(message.topic):
+            await self._log.flush()  # (not for a relay topic's: nobody handled it)
+
+    def _handled(self, topic: str) -> bool:
+        """Whether a thread or a subscriber handles ``topic``'s messages."""
+        return bool(self._handlers.get(topic) or self.node.handlers.get(PackageType.GOSSIP, topic))
 
     async def _validate(self, message: GossipMessage, socket: Socket | None) -> None:
         # (None: removed since queued)

@@ -80,7 +80,15 @@ def from_logged(logged: LoggedMessage) -> GossipMessage:
 
 def undelivered(log: MessageLog, topic: str, marks: DeliveryMarks) -> list[GossipMessage]:
     """The messages of ``topic`` kept in ``log`` past the delivered ``marks``, in turn
-    (see :func:`delivered`): what a node killed before their handlers ran must deliver."""
+    (see :func:`delivered`): what a node killed before their handlers ran must deliver.
+
+    O(streams) when nothing is past the marks, the usual case at a ``subscribe()`` on a
+    running node (review31: every subscribe scanned the topic's whole log, 1.3 ms on
+    10,000 messages)."""
+    if all(
+        (log.last_seq(stream) or 0) <= marks.delivered(stream) for stream in log.high_water(topic)
+    ):
+        return []
     return _in_turn(log, topic, lambda stream: (marks.delivered(stream) + 1, _ALL))
 
 
