@@ -402,6 +402,7 @@ class Gossip:
             return  # seen before: it holds its place already, or was dealt with
         self.router.refuse(message.id)  # seen: its copies are dropped by id
         self._carry_out(self._order.pass_over(message))
+        self._settle_if_idle()
 
     def _ingest(self, socket: Socket | None, message: GossipMessage, *, live: bool) -> bool:
         """Take a verified message; return True if it was new."""
@@ -490,6 +491,14 @@ class Gossip:
         if self._marks is not None:
             self._marks.settle_all()
 
+    def _settle_if_idle(self) -> None:
+        """After the order moved outside the delivery queues (a gap given up, in part
+        at its timeout, or a fill passed over): with no message waiting for handlers,
+        make it durable now; no handler's return would (review32 R32-2: a node killed
+        before the next message asked for, and gave up, those numbers again)."""
+        if self._delivery.idle:
+            self._settle()
+
     async def _delivered(self, message: GossipMessage) -> None:
         """The message's handlers ran: its delivered mark may reach the disk, before
         the next message is delivered with ``durable_delivery``."""
@@ -533,6 +542,7 @@ class Gossip:
         every gossip heartbeat."""
         events, waiting = self._order.tick(busy=self.catchup.fetching)
         self._carry_out(events)
+        self._settle_if_idle()
         self._rng.shuffle(waiting)  # a peer's many gaps don't always come first
         for stream in waiting:
             socket = self.catchup.choose(self.node.sockets)

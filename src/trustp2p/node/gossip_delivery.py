@@ -133,6 +133,11 @@ class TopicQueues:
         """How many messages wait, every topic's."""
         return sum(len(queue) for queue in self._queues.values())
 
+    @property
+    def idle(self) -> bool:
+        """Whether no message waits or is being worked on, in any topic."""
+        return not self._queues
+
     def share(self, topic: str) -> int:
         """What ``topic`` waits for, in bytes."""
         return self._bytes.get(topic, 0)
