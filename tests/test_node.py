@@ -893,6 +893,37 @@ async def test_a_thread_whose_constructor_raises_stops_the_start() -> None:
     assert isinstance(caught.value.__cause__, ValueError)
 
 
+async def test_a_failed_start_removes_the_key_and_data_it_made(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by testers (t27 F8, t28 F9): a start that failed on a port in use left
+    ``identity/<name>.key`` and ``data/<name>/``, and ``trustp2p peers`` listed a node
+    that never ran. What a start made goes with it; what a node had before stays."""
+    first = Node(server=True, port=0, cwd=tmp_path, name="first", **FAST)
+    await first.start()
+    try:
+        assert first.url is not None
+        port = int(first.url.rsplit(":", 1)[1])
+        caplog.set_level(logging.INFO, "trustp2p.node")
+        with pytest.raises(trustp2p.DriverError, match="can't listen"):
+            await Node(server=True, port=port, cwd=tmp_path, name="second", **FAST).start()
+        assert sorted(p.name for p in (tmp_path / "identity").iterdir()) == [
+            "first.key",
+            "first.key.lock",
+        ]
+        assert [p.name for p in (tmp_path / "data").iterdir()] == ["first"]
+        assert any("removed what the failed start made" in r.getMessage() for r in caplog.records)
+        await first.stop()  # then again, on a port in use, with its key and data kept
+        again = Node(server=True, port=port, cwd=tmp_path, name="first", **FAST)
+        async with Node(server=True, port=port, **FAST):
+            with pytest.raises(trustp2p.DriverError, match="can't listen"):
+                await again.start()
+        assert (tmp_path / "identity" / "first.key").exists()
+        assert (tmp_path / "data" / "first").is_dir()
+    finally:
+        await first.stop()
+
+
 async def test_async_with_starts_and_stops() -> None:
     async with Node(server=True, port=0) as node:
         assert node.state is trustp2p.NodeState.RUNNING
@@ -1207,8 +1238,9 @@ async def test_a_start_that_fails_after_claiming_the_identity_undoes_it(
         await node.store.record_failure("ws://127.0.0.1:1")
     monkeypatch.undo()
     async with Node(server=True, port=0, cwd=tmp_path) as again:
-        # identity/node.key again, not node-2.key: the failed start doesn't hold it.
-        assert again.peer_id == node.peer_id
+        # identity/node.key again, not node-2.key: the failed start doesn't hold it (it
+        # made the key, and removed it).
+        assert [p.name for p in (tmp_path / "identity").glob("*.key")] == ["node.key"]
         assert again.data_dir == tmp_path / "data"
 
 

@@ -19,6 +19,9 @@ __all__ = [
 ]
 
 import asyncio
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ..drivers.base import Listening
@@ -113,10 +116,12 @@ async def stop_parts(
     listening: Listening | None,
     identity_lock: IO[bytes] | None,
     requests: Requests | None,
+    made: Sequence[Path] = (),
 ) -> None:
     """Stop ``node``'s parts, in the order :meth:`Node.stop
     <trustp2p.node.node.Node.stop>` documents: its ``listening``, roles and threads,
-    then its connections, tasks and stores; ``identity_lock`` is closed last."""
+    then its connections, tasks and stores; the files and directories ``made`` by a
+    start that failed are removed, and ``identity_lock`` is closed last."""
     for role in (node.server, node.client):  # (their waiters outlived it: a tester)
         if role is not None:
             role.node_stopping()
@@ -158,5 +163,28 @@ async def stop_parts(
         await node.store.close()
     if listening is not None:
         await listening.wait_closed()
+    _remove(node, made)  # (while the identity is held: no node takes it meanwhile)
     if identity_lock is not None:
         identity_lock.close()  # another node may take this identity now
+
+
+def _remove(node: Node, made: Sequence[Path]) -> None:
+    """Remove what a failed start made (its new key, its new data directory): found by
+    testers, a start on a port in use left a node that ``trustp2p peers`` then listed."""
+    removed = []
+    for path in made:
+        try:
+            if path.is_dir():  # its files: data/ holds the other nodes' directories too
+                for inside in path.iterdir():
+                    if not inside.is_dir():
+                        inside.unlink()
+                with contextlib.suppress(OSError):  # (another node's came meanwhile)
+                    path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            node.log.warning("! can't remove %s, made by the failed start: %s", path, exc)
+        else:
+            removed.append(str(path))
+    if removed:
+        node.log.info("x removed what the failed start made: %s", ", ".join(removed))

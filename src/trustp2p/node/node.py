@@ -26,7 +26,7 @@ from ..admin import AdminServer, Metrics, current_node
 from ..drivers import Driver, DriverSet
 from ..drivers.base import Listener, Listening, Socket
 from ..exceptions import ConnectionClosed, NodeStateError, UsageError
-from ..identity import Identity, claim_identity
+from ..identity import KEY_FILE, Identity, claim_identity, key_path
 from ..options import NodeOptions
 from ..protocol.close import CloseCode
 from ..protocol.deliver import ConnId
@@ -129,6 +129,7 @@ class Node:
         self.data_dir: Path | None = None
         self._identity_name = options.name or "node"  # its key: identity/<name>.key
         self._identity_lock: IO[bytes] | None = None
+        self._made: list[Path] = []  # files this start made: a failed start removes them
         self._stopping: asyncio.Future[None] | None = None  # stop()'s work, once begun
         self._start_ended: asyncio.Future[bool] | None = None  # start()'s end: ok?
         self._starter: asyncio.Task[Any] | None = None
@@ -283,6 +284,8 @@ class Node:
             self.identity = options.identity or await self._load_identity()
             options.check_own_urls(self.identity.peer_id)  # (one loaded from cwd too)
             self.data_dir = self._data_dir()
+            if self.data_dir is not None and not self.data_dir.exists():
+                self._made.append(self.data_dir)
             if options.secure:
                 self._secure = make_secure_layer(self, self.identity)
             self.store = await open_store(self)
@@ -336,8 +339,14 @@ class Node:
         started = self._start_ended is None or self._start_ended.result()
         self.log.info("x stopping node" if started else "x undoing a failed start")
         lock, listening = self._identity_lock, self._listening
+        made = () if started else self._made
         await stop_parts(
-            self, caller, listening=listening, identity_lock=lock, requests=self._requests
+            self,
+            caller,
+            listening=listening,
+            identity_lock=lock,
+            requests=self._requests,
+            made=made,
         )
         self._identity_lock = None  # (closed)
         self.connections.inbound.stop_logging()
@@ -361,8 +370,12 @@ class Node:
         options = self.options
         if options.cwd is None:
             return Identity.generate()
+        keys = set((options.cwd / KEY_FILE.parent).glob(f"*{KEY_FILE.suffix}"))
         claimed = await claim_identity(options.cwd, self.log, options.name)
         identity, self._identity_name, self._identity_lock = claimed
+        path = key_path(options.cwd, self._identity_name)
+        if path not in keys:  # made now (tester27 F8: a start that failed left a node
+            self._made += [path, path.with_name(path.name + ".lock")]  # `peers` listed)
         return identity
 
     def _data_dir(self) -> Path | None:
