@@ -177,3 +177,39 @@ async def test_what_a_hub_only_carries_is_counted_apart_and_waits_for_no_flush(
     await wait_for(lambda: [m.id for m in got] == ids[3:])
     await wait_for(lambda: len(flushes) == 1)
     assert (hub.gossip.delivered, hub.gossip.carried) == (1, 3)
+
+
+async def test_a_client_that_rejects_what_others_publish_keeps_its_hub(
+    nodes: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an attacker: a hub of ``relay_topics`` runs no validator, so it passes on
+    whatever a client publishes; a client whose validator REJECTed those messages
+    counted each against the hub, and after a few dozen (two on a quiet connection)
+    every such client blocked the hub for an hour. A relayed message is held against
+    its sender only when the sender is its origin; otherwise it is said (naming the
+    origin), and the hub stays."""
+    from trustp2p import Validation
+
+    hub = await nodes(trustp2p.create_server, port=0, relay_topics=("chat",))
+    victim = await nodes(trustp2p.create_client, peers=[hub.url])
+    assert victim.gossip is not None and victim.client is not None
+    victim.gossip.set_validator(
+        "chat", lambda m: Validation.REJECT if "junk" in m.body else Validation.ACCEPT
+    )
+    got: list[GossipMessage] = []
+    victim.subscribe("chat", got.append)
+    mallory = await nodes(trustp2p.create_client, peers=[hub.url])
+    assert mallory.gossip is not None
+    async with asyncio.timeout(5000 * MS):
+        await mallory.gossip.wait_subscribers("chat")
+    caplog.set_level(logging.WARNING, "trustp2p")
+    for i in range(40):
+        await mallory.publish("chat", {"junk": i})
+    honest = await mallory.publish("chat", {"text": "still here"})
+    await wait_for(lambda: [m.id for m in got] == [honest])
+    assert victim.gossip.router.stats.invalid == 40
+    assert victim.client.sockets and victim.client.sockets[0].stats.invalid_in == 0
+    assert victim.store is not None and victim.store.blocked_for(peer_id=hub.peer_id) is None
+    said = [r.getMessage() for r in caplog.records if "rejected by its validator" in r.getMessage()]
+    assert said and f"of {mallory.peer_id} on 'chat'" in said[0]
+    assert "relayed by this peer, not held against it" in said[0]

@@ -58,7 +58,14 @@ from .gossip_drops import oversized_line, skipped_line, too_old_line
 from .gossip_log import delivered, open_log, to_logged, undelivered
 from .gossip_publish import NobodyCarries, checked_payload, wait_for_peers, wait_until
 from .gossip_send import make_router
-from .gossip_validate import GossipHandler, Validation, Validator, call_handlers, judge
+from .gossip_validate import (
+    GossipHandler,
+    Validation,
+    Validator,
+    call_handlers,
+    judge,
+    sent_by_origin,
+)
 
 if TYPE_CHECKING:
     from .node import Node
@@ -251,7 +258,9 @@ class Gossip:
         self.router.unsubscribe(topic)
 
     def set_validator(self, topic: str, validator: Validator | None) -> None:
-        """Check each new message of ``topic`` before it is delivered or forwarded."""
+        """Check each new message of ``topic`` before it is delivered or forwarded
+        (:class:`Validation`; a REJECT counts against the sender if it is the origin:
+        :func:`~trustp2p.node.gossip_validate.sent_by_origin`)."""
         if validator is None:
             self._validators.pop(topic, None)
         else:
@@ -524,8 +533,14 @@ class Gossip:
         self._carry_out(self._order.pass_over(message))
         if verdict is Validation.REJECT and socket is not None:
             self.router.stats.invalid += 1
-            why = f"gossip message rejected by the validator of {message.topic!r}"
-            self.node.penalize(socket, why)
+            if sent_by_origin(socket, message):
+                why = f"gossip message rejected by the validator of {message.topic!r}"
+                self.node.penalize(socket, why)
+            else:  # a relay: said, not held against it
+                said = "[%s] ! message %d of %s on %r rejected by its validator: relayed"
+                said += " by this peer, not held against it"
+                where = (socket.peer, message.seq, message.origin, message.topic)
+                self.node.connections.inbound.log(logger, logging.WARNING, "rejected", said, *where)
 
     # Heartbeat: the router's, and the gaps'
 

@@ -8,7 +8,7 @@ of a topic at a time, in order, and carries out the verdicts.
 
 from __future__ import annotations
 
-__all__ = ["GossipHandler", "Validation", "Validator", "call_handlers", "judge"]
+__all__ = ["GossipHandler", "Validation", "Validator", "call_handlers", "judge", "sent_by_origin"]
 
 import enum
 import inspect
@@ -33,11 +33,24 @@ class Validation(enum.Enum):
 
     ACCEPT = "accept"  # deliver and forward
     IGNORE = "ignore"  # drop it quietly
-    REJECT = "reject"  # drop it and count it against the peer that sent it
+    REJECT = "reject"  # drop it; count it against the peer that sent it, if its origin
 
 
 Validator = Callable[[GossipMessage], "Validation | Awaitable[Validation]"]
 GossipHandler = Callable[[GossipMessage], "Awaitable[None] | None"]
+
+
+def sent_by_origin(socket: Socket, message: GossipMessage) -> bool:
+    """Whether ``message`` came from its origin itself: the peer authenticated as its
+    origin, or on a plain connection (no peer id) one that sent it as published (0
+    hops; a relay sends on a copy with one more). Only such a sender is blamed for a
+    message its validator rejects: a relay that doesn't run the topic's rules, a hub
+    of ``relay_topics`` for one, passes on whatever its other peers publish (found
+    by an attacker: any client of a hub had the hub blocked for an hour by every
+    client that rejected what it sent through it)."""
+    if socket.peer_id is not None:
+        return socket.peer_id == message.origin
+    return message.hops == 0
 
 
 async def judge(validator: Validator | None, message: GossipMessage) -> Validation:
