@@ -432,6 +432,40 @@ def test_trustp2p_status_of_nothing_fails_clearly(capsys: pytest.CaptureFixture[
     assert "can't get the status from http://127.0.0.1:1/" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("answer", [b'{"node": {}}', b"[1, 2]", b'{"node": {"version": 1}}'])
+def test_trustp2p_status_of_another_program_says_so(
+    capsys: pytest.CaptureFixture[str], answer: bytes
+) -> None:
+    """Found by an attacker: JSON without a node status's keys (another program on the
+    port, another version) ended in a KeyError traceback."""
+    import http.server
+    import threading
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        admin = f"127.0.0.1:{server.server_address[1]}"
+        assert main(["status", "--admin", admin]) == 1
+        err = capsys.readouterr().err
+        assert "answered JSON that isn't a trustp2p node's status" in err, err
+        assert "Traceback" not in err
+        assert main(["status", "--admin", admin, "--json"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 async def test_trustp2p_status_of_a_peer_port_says_so(
     make_node: MakeNode, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -476,6 +510,25 @@ async def test_failed_handshakes_are_counted_by_reason(make_node: MakeNode) -> N
     metrics = await scrape(server)
     failed = [key for key in metrics if key[0] == "trustp2p_handshakes_total"]
     assert any(dict(labels)["outcome"] == "failed" for _, labels in failed)
+
+
+async def test_without_a_token_only_local_host_names_are_answered(make_node: MakeNode) -> None:
+    """Found by an attacker: the tokenless (loopback) admin listener answered any
+    ``Host``, so a web page in the operator's browser that rebound its name to
+    127.0.0.1 could read the status and metrics. With a token, the token decides."""
+    node = await make_node(server=True, admin="127.0.0.1:0")
+    assert node.admin_url is not None
+    port = node.admin_url.rstrip("/").rsplit(":", 1)[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST.", "127.1.2.3", "[::1]:9"):
+        assert (await get(f"{node.admin_url}status.json", {"Host": host}))[0] == 200, host
+    for host in (f"rebind.attacker.example:{port}", "10.0.0.1", "[fe80::1]", "localhost.evil"):
+        for path in ("status.json", "metrics", ""):
+            status, body = await get(f"{node.admin_url}{path}", {"Host": host})
+            assert status == 421 and b"loopback" in body, (host, path)
+    guarded = await make_node(server=True, admin="127.0.0.1:0", admin_token="s3cret")
+    assert guarded.admin_url is not None
+    headers = {"Host": "rebind.attacker.example", "Authorization": "Bearer s3cret"}
+    assert (await get(f"{guarded.admin_url}status.json", headers))[0] == 200
 
 
 async def test_a_taken_admin_port_fails_the_start(

@@ -42,6 +42,10 @@ def url_token(admin: str) -> str | None:
     return tokens[0] if tokens else None
 
 
+MAX_STATUS_BYTES = 16 * 1024 * 1024
+"""The most :func:`fetch_status` reads (an answer of another program may be endless)."""
+
+
 def fetch_status(admin: str, *, token: str | None = None, timeout: float = 5.0) -> Any:
     """
     The status of the node whose admin listener is at ``admin``.
@@ -60,7 +64,10 @@ def fetch_status(admin: str, *, token: str | None = None, timeout: float = 5.0) 
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+        answer = response.read(MAX_STATUS_BYTES + 1)
+    if len(answer) > MAX_STATUS_BYTES:
+        raise ValueError(f"the answer exceeds {MAX_STATUS_BYTES} bytes: not a node's status")
+    return json.loads(answer)
 
 
 def add_plain_row(table: Table, *cells: str) -> None:

@@ -7,7 +7,9 @@ line are answered with a 400 (§2.2, §5.2).
 
 It starts and stops with its node (``NodeOptions.admin``), and its request tasks belong
 to the node's :class:`~trustp2p.tasks.TaskOwner`. With ``admin_token`` set, every
-request must carry it (``Authorization: Bearer <token>`` or ``?token=<token>``).
+request must carry it (``Authorization: Bearer <token>`` or ``?token=<token>``);
+without it (loopback only), a request's ``Host`` must be ``localhost`` or a loopback
+address (421 otherwise: a web page that rebound its name to 127.0.0.1 sends its own).
 
 Connections take slots from accept, before any request or token: at most
 :data:`~trustp2p.admin.slots.MAX_CONNECTIONS` (32) at once, at most
@@ -26,6 +28,7 @@ __all__ = ["AdminServer"]
 
 import asyncio
 import hmac
+import ipaddress
 import itertools
 import json
 import logging
@@ -60,6 +63,7 @@ _REASONS = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    421: "Misdirected Request",
     431: "Request Header Fields Too Large",
 }
 
@@ -193,6 +197,8 @@ class AdminServer:
             return _text(400, "bad request target")
         if self._token is not None and not self._authorized(lines[1:], url.query):
             return _text(401, "admin token required")
+        if self._token is None and not _local_host(lines[1:]):
+            return _text(421, "without admin_token, only Host: localhost or a loopback address")
         if url.path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
         if url.path == "/status.json":
@@ -214,6 +220,31 @@ class AdminServer:
                     return True
         given_list = parse_qs(query).get("token", [])
         return any(hmac.compare_digest(given.encode(), token) for given in given_list)
+
+
+def _local_host(headers: list[str]) -> bool:
+    """Whether the request's ``Host`` (if any) names this machine: ``localhost`` (or a
+    name under it) or a loopback address, whatever the port. Found by an attacker:
+    without a token (loopback only), a web page open in the operator's browser could
+    rebind its own name to 127.0.0.1 and read the status (peers, addresses, warnings);
+    its requests carry its name as their ``Host``."""
+    for line in headers:
+        name, _, value = line.partition(":")
+        if name.strip().lower() != "host":
+            continue
+        host = value.strip().lower()
+        if host.startswith("["):  # [::1]:port
+            host = host[1 : host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        host = host.removesuffix(".")
+        if host == "localhost" or host.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+    return True  # (HTTP/1.0: no Host; a browser always sends one)
 
 
 class _MalformedHead(Exception):

@@ -97,7 +97,9 @@ def status(admin: str, token: str | None, as_json: bool) -> int:
     except (OSError, ValueError) as exc:
         hint = ""
         code = getattr(exc, "code", None)  # urllib's HTTPError
-        if code == 426:  # a WebSocket listener
+        if code == 421:
+            hint = " (without a token, give the admin address as 127.0.0.1 or localhost)"
+        elif code == 426:  # a WebSocket listener
             hint = " (a peer listener: give the node's --admin HOST:PORT, not its --port)"
         elif code == 401 and token is None and url_token(admin) is None:  # (a tester)
             hint = " (the node's admin listener has a token: give it with --token)"
@@ -111,7 +113,17 @@ def status(admin: str, token: str | None, as_json: bool) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # don't wrap rows for scripts and pagers
-    for table in status_tables(answer):
+    try:
+        tables = status_tables(answer)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # (an attacker's test)
+        why = f"{type(exc).__name__}: {exc}"
+        click.echo(
+            f"trustp2p: error: {admin} answered JSON that isn't a trustp2p node's status"
+            f" ({why}); --json prints it as it is",
+            err=True,
+        )
+        return 1
+    for table in tables:
         console.print(table)
     return 0
 
