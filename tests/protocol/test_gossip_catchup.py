@@ -23,6 +23,7 @@ from trustp2p.protocol.gossip import (
     HWM_STALE,
     MAX_FETCH_SEQS,
     MAX_FETCHES,
+    MAX_GAP_RANGES,
     MAX_GAP_SEQS,
     MAX_HWM_ORIGINS,
     MAX_HWM_TOPICS,
@@ -40,6 +41,7 @@ from trustp2p.protocol.gossip import (
     decode_hwm_request,
     fetch_answer,
     fit_marks,
+    gap_fetch,
     hwm_answer,
     message_size_limit,
     payload_size,
@@ -119,6 +121,99 @@ def test_the_plan_fetches_what_the_peer_has_beyond_what_we_logged_or_delivered()
     # "other" is not ours.
     assert plan == [FetchRange(TOPIC, A, 8, 10), FetchRange("news", A, 1, 3)]
     assert plan[0].stream == stream_key(TOPIC, A)
+
+
+class _Held:
+    """Messages held behind gaps: per stream, its delivered mark and the seqs held."""
+
+    def __init__(self, streams: dict[str, tuple[int, list[int]]]) -> None:
+        self.streams = streams
+
+    def held_range(self, stream: str) -> tuple[int, int] | None:
+        held = self.streams.get(stream, (0, []))[1]
+        return (min(held), max(held)) if held else None
+
+    def missing_runs(self, stream: str) -> list[tuple[int, int]]:
+        delivered, held = self.streams.get(stream, (0, []))
+        runs, first = [], delivered + 1
+        for seq in sorted(held):
+            if seq > first:
+                runs.append((first, seq - 1))
+            first = seq + 1
+        return runs
+
+
+def test_the_plan_asks_for_the_gaps_and_for_nothing_held_behind_them() -> None:
+    """review19 F4: the messages held behind a stream's gap were fetched again in every
+    round while it waited; attacker30 F1: the gap itself is still asked for as a range
+    (a peer answers it from its first kept message), and so are the gaps between the
+    held messages (a rolling restart lost 463 that the peers kept, left out)."""
+    chat_a, chat_b = stream_key(TOPIC, A), stream_key(TOPIC, B)
+    held = _Held({chat_a: (3, [*range(3004, 3101), *range(3564, 5004)]), chat_b: (3, [9])})
+    marks = {TOPIC: {A: 6000, B: 9}}
+    plan = plan_fetches(marks, {TOPIC}, lambda t: {chat_a: 3}, lambda s: 3, held)
+    assert plan == [
+        FetchRange(TOPIC, A, 4, 3003),  # the first gap, from the delivered mark
+        FetchRange.of_seqs(TOPIC, A, range(3101, 3564)),  # a narrower gap after it
+        FetchRange(TOPIC, A, 5004, 6000),  # past the last held
+        FetchRange.of_seqs(TOPIC, B, range(4, 9)),  # (nothing past its last held)
+    ]
+    # A peer whose mark is within a gap, or within what is held.
+    for mark, wanted in ((100, [FetchRange.of_seqs(TOPIC, A, range(4, 101))]),
+                         (3050, [FetchRange(TOPIC, A, 4, 3003)])):  # fmt: skip
+        assert plan_fetches({TOPIC: {A: mark}}, {TOPIC}, lambda t: {}, lambda s: 3, held) == (
+            wanted
+        )
+    # Our log kept what is held and no more (it let the first ones go): the gaps are
+    # asked for from the delivered mark all the same.
+    plan = plan_fetches(marks, {TOPIC}, lambda t: {chat_a: 5003}, lambda s: 3, held)
+    assert plan[0] == FetchRange(TOPIC, A, 4, 3003) and len(plan) == 4
+    # Our log keeps some past the delivered mark (to be delivered): not asked for.
+    plan = plan_fetches(marks, {TOPIC}, lambda t: {chat_a: 10}, lambda s: 3, held)
+    assert plan[0] == FetchRange(TOPIC, A, 11, 3003) and len(plan) == 4
+    # Nothing held: as before, from what we logged or delivered.
+    assert plan_fetches(marks, {TOPIC}, lambda t: {chat_a: 3}, lambda s: 3, _Held({})) == [
+        FetchRange(TOPIC, A, 4, 6000),
+        FetchRange(TOPIC, B, 4, 9),
+    ]
+
+
+def test_the_plan_asks_for_at_most_max_gap_ranges_wide_gaps_and_max_gap_seqs_numbers() -> None:
+    # An origin can leave as many gaps as it signs messages.
+    chat_a = stream_key(TOPIC, A)
+    wide = [n * 2 * MAX_GAP_SEQS for n in range(1, MAX_GAP_RANGES + 5)]
+    plan = plan_fetches(
+        {TOPIC: {A: MAX_SEQ}}, {TOPIC}, lambda t: {}, lambda s: 0, _Held({chat_a: (0, wide)})
+    )
+    assert [(r.first, r.seqs) for r in plan[:-1]] == [
+        (1, None),
+        *((seq + 1, None) for seq in wide[: MAX_GAP_RANGES - 1]),
+    ]
+    assert plan[-1] == FetchRange(TOPIC, A, wide[-1] + 1, MAX_SEQ)
+    narrow = list(range(2, 4 * MAX_GAP_SEQS, 2))  # every other number missing
+    plan = plan_fetches(
+        {TOPIC: {A: MAX_SEQ}}, {TOPIC}, lambda t: {}, lambda s: 0, _Held({chat_a: (0, narrow)})
+    )
+    assert plan[0] == FetchRange.of_seqs(TOPIC, A, range(1, 2 * MAX_GAP_SEQS, 2))
+    assert plan[1] == FetchRange(TOPIC, A, narrow[-1] + 1, MAX_SEQ) and len(plan) == 2
+
+
+def test_a_gap_refill_asks_a_wide_first_gap_as_a_range_and_the_rest_by_seqs() -> None:
+    """attacker30 F1, measured again: by ``seqs``, a wide gap's first 1,000 numbers were
+    asked each heartbeat, which the peers lacked, and the gap was given up with what
+    they kept. A range is answered from a peer's first kept message."""
+    stream = stream_key(TOPIC, A)
+    asked: list[int] = []
+
+    def missing(most: int) -> list[int]:
+        asked.append(most)
+        return [4, 5, 9][:most]
+
+    wide = gap_fetch(stream, (4, 3 + MAX_GAP_SEQS), missing)
+    assert wide == FetchRange(TOPIC, A, 4, 3 + MAX_GAP_SEQS) and not asked
+    # Narrower: the missing numbers, those between the held messages too.
+    narrow = gap_fetch(stream, (4, 2 + MAX_GAP_SEQS), missing)
+    assert narrow == FetchRange(TOPIC, A, 4, 9, (4, 5, 9)) and asked == [MAX_GAP_SEQS]
 
 
 def test_one_fetch_per_stream_at_a_time() -> None:

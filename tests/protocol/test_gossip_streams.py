@@ -351,6 +351,21 @@ def test_the_gaps_an_answer_covered_are_skipped_with_the_first() -> None:
     assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 10, 10, "timeout")]
 
 
+def test_held_range_and_missing_runs() -> None:
+    # What a catch-up round asks around: the gap before it, and past it (review19 F4).
+    streams, _, _ = _streams()
+    assert streams.held_range(STREAM) is None and not list(streams.missing_runs(STREAM))
+    for seq in (1, 5, 9, 7):
+        streams.add(_message(seq), "p")
+    assert streams.held_range(STREAM) == (5, 9)
+    assert list(streams.missing_runs(STREAM)) == [(2, 4), (6, 6), (8, 8)]
+    streams.skip_gap(STREAM)  # 2..4: 5 released, 6 missing
+    assert streams.held_range(STREAM) == (7, 9)
+    streams.skip_gap(STREAM)
+    streams.skip_gap(STREAM)
+    assert streams.held_range(STREAM) is None  # all released: nothing held
+
+
 def test_an_answer_covers_no_gap_past_the_last_held_message() -> None:
     """Found in review: a peer that claimed a mark far ahead and answered a fetch of it
     with nothing counted as having answered every later gap of the stream: they were

@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -47,7 +48,6 @@ from ..exceptions import (
 from ..protocol.gossip import (
     FETCH,
     HWM,
-    MAX_GAP_SEQS,
     Fetch,
     FetchRange,
     GossipMessage,
@@ -58,9 +58,9 @@ from ..protocol.gossip import (
     Streams,
     answer_size_limit,
     decode_hwm_answer,
+    gap_fetch,
     plan_fetches,
     retry_after,
-    split_stream_key,
     stream_key,
 )
 from ..protocol.package import Body
@@ -86,13 +86,14 @@ JITTER = 0.1
 """Heartbeats and rounds come every interval, give or take 10 %: nodes not in step."""
 
 HELD_ROOM = MAX_WAITING_BYTES // 2
-"""Bytes held behind gaps (``Streams.held_bytes``) past which a fetch whose answers start
-past the first number asked for (all of it waits behind that gap) stops, and its round
-with it; the rest is fetched in a later round, in order, once the gap is filled or
-skipped. Found in review: a node down for longer than its peers' logs keep fetched a
-whole log (up to ``log_max_bytes``) behind the gap its first messages left; the booking
-with the delivery queues never saw it, and at the gap's skip all of it went to the
-queues at once (26.6 MiB against their 16 MiB, every peer held meanwhile)."""
+"""Bytes held behind gaps (``Streams.held_bytes``) past which a fetch whose answers wait
+behind a gap (they start past the first number asked for, or that is past the stream's
+next: a round's range after the messages held) stops, and its round with it; the rest
+is fetched in a later round, in order, once the gap is filled or skipped. Found in
+review: a node down for longer than its peers' logs keep fetched a whole log (up to
+``log_max_bytes``) behind the gap its first messages left; the booking with the
+delivery queues never saw it, and at the gap's skip all of it went to the queues at
+once (26.6 MiB against their 16 MiB, every peer held meanwhile)."""
 
 
 def jittered(rng: random.Random, interval: float) -> float:
@@ -175,14 +176,15 @@ class Fetcher:
         self._budgets.forget(peer)
 
     def refill(self, socket: Socket, stream: str) -> None:
-        """Fetch, in a task, what is missing before ``stream``'s last held message."""
+        """Fetch, in a task, what is missing before ``stream``'s last held message (a
+        wide first gap as a range: :func:`~trustp2p.protocol.gossip.gap_fetch`)."""
         catchup = self._gossip.catchup
         budget = self._budgets.get(socket.id, self._clock())
-        missing = self._streams.missing(stream) is not None
-        if budget.spent or not missing or not catchup.may_begin(stream, socket.id):
+        gap = self._streams.missing(stream)
+        if budget.spent or gap is None or not catchup.may_begin(stream, socket.id):
             return
-        seqs = self._streams.missing_seqs(stream, MAX_GAP_SEQS)
-        fetch = catchup.begin(FetchRange.of_seqs(*split_stream_key(stream), seqs), socket.id)
+        missing = functools.partial(self._streams.missing_seqs, stream)
+        fetch = catchup.begin(gap_fetch(stream, gap, missing), socket.id)
         if fetch is not None:
             self._gossip.tasks.spawn(self._fill(socket, fetch, budget), f"fill {stream}")
 
@@ -277,9 +279,10 @@ class Fetcher:
         except GossipError as exc:
             gossip.node.penalize(socket, f"invalid gossip/hwm answer: {exc}")
             return
-        high_water, delivered = self._log.high_water, self._marks.delivered
-        planned = plan_fetches(marks, gossip.router.topics, high_water, delivered)
+        high_water, delivered, held = self._log.high_water, self._marks.delivered, self._streams
+        planned = plan_fetches(marks, gossip.router.topics, high_water, delivered, held)
         self._rng.shuffle(planned)  # the same streams aren't always left for later
+        planned.sort(key=self._behind_gap)  # a stream's gap before what follows it
         budget = RoundBudget(gossip.node.options.log_max_bytes)
         empty = 0  # fetches of streams the peer claimed that brought nothing
         for wanted in planned:
@@ -306,7 +309,7 @@ class Fetcher:
         topic = fetch.wanted.topic
         try:
             while not fetch.done and not budget.spent:
-                if fetch.first_received > fetch.wanted.first and self._held_full():
+                if self._started_behind(fetch) and self._held_full():
                     return  # (not done: a round ends here)
                 async with self._queues.batch(topic, size, socket.id):
                     ask = not budget.spent  # (another fetch may have spent it meanwhile)
@@ -325,6 +328,16 @@ class Fetcher:
                 self._streams.answered(fetch.wanted.stream, fetch.wanted.first, to)
         finally:
             self._gossip.catchup.end(fetch)
+
+    def _behind_gap(self, wanted: FetchRange) -> bool:
+        """Whether ``wanted`` starts past its stream's next number: what it brings waits
+        behind a gap (a round's range after the messages held)."""
+        return wanted.first > self._marks.delivered(wanted.stream) + 1
+
+    def _started_behind(self, fetch: Fetch) -> bool:
+        """Whether what ``fetch`` brings waits behind a gap: its answers start past the
+        first number asked for, or that is past the stream's next."""
+        return fetch.first_received > fetch.wanted.first or self._behind_gap(fetch.wanted)
 
     def _held_full(self) -> bool:
         if self._streams.held_bytes <= HELD_ROOM:

@@ -19,12 +19,15 @@ When to catch up and whom to ask (the node carries it out):
 - when a peer introduces itself, its marks; every ``catchup_interval``, a random
   peer's (:meth:`CatchUp.choose`);
 - from those, each stream where the peer has more than we logged or delivered
-  (:func:`plan_fetches`), in batches (:class:`Fetch`), one fetch per stream at a time
-  (:meth:`CatchUp.begin`), at most a :class:`~.budget.RoundBudget` of bytes a round;
+  (:func:`plan_fetches`; of a stream with messages held behind a gap, its gaps and
+  what follows the last held, not what is held), in batches (:class:`Fetch`), one
+  fetch per stream at a time (:meth:`CatchUp.begin`), at most a
+  :class:`~.budget.RoundBudget` of bytes a round;
 - the gaps in a live stream (see :mod:`.streams`): from the peer whose message revealed
   one, then, at each gossip heartbeat until they are filled or skipped, from a random
-  peer; all of the stream's missing numbers at once (up to :data:`MAX_GAP_SEQS`), by
-  ``seqs``, so that the thousands of small gaps a burst leaves fill in a few requests.
+  peer (:func:`gap_fetch`): all of the stream's missing numbers at once (up to
+  :data:`MAX_GAP_SEQS`), by ``seqs``, so that the thousands of small gaps a burst leaves
+  fill in a few requests; a first gap that wide or wider, as a range.
 
 A peer that answers with an error (it runs without gossip; the node's request raises
 :exc:`~trustp2p.exceptions.RemoteError`) is not at fault: another is asked later. A
@@ -42,6 +45,7 @@ __all__ = [
     "HWM",
     "MAX_FETCHES",
     "MAX_FETCH_SEQS",
+    "MAX_GAP_RANGES",
     "MAX_GAP_SEQS",
     "MAX_HWM_ORIGINS",
     "MAX_HWM_TOPICS",
@@ -49,12 +53,14 @@ __all__ = [
     "CatchUp",
     "Fetch",
     "FetchRange",
+    "HeldView",
     "answer_size_limit",
     "decode_answer_bounds",
     "decode_fetch_request",
     "decode_hwm_answer",
     "decode_hwm_request",
     "fetch_answer",
+    "gap_fetch",
     "hwm_answer",
     "message_size_limit",
     "payload_size",
@@ -77,17 +83,20 @@ from .catchup_wire import (
     HWM,
     MAX_FETCH_SEQS,
     MAX_FETCHES,
+    MAX_GAP_RANGES,
     MAX_GAP_SEQS,
     MAX_HWM_ORIGINS,
     MAX_HWM_TOPICS,
     MESSAGE_OVERHEAD,
     FetchRange,
+    HeldView,
     answer_size_limit,
     decode_answer_bounds,
     decode_fetch_request,
     decode_hwm_answer,
     decode_hwm_request,
     fetch_answer,
+    gap_fetch,
     hwm_answer,
     message_size_limit,
     payload_size,

@@ -53,7 +53,7 @@ __all__ = [
 
 import heapq
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
 
@@ -358,6 +358,24 @@ class Streams(Generic[S]):
             return None
         first, last = self._marks.delivered(stream) + 1, held.seqs[0] - 1
         return (first, last) if first <= last else None
+
+    def held_range(self, stream: str) -> tuple[int, int] | None:
+        """The lowest and highest seq held in ``stream`` (behind a gap), or None if it
+        holds none."""
+        held = self._held.get(stream)
+        return None if held is None else (held.seqs[0], max(held.entries))
+
+    def missing_runs(self, stream: str) -> Iterator[tuple[int, int]]:
+        """The runs ``(first, last)`` of numbers missing before ``stream``'s last held
+        message, ascending: its first gap, then the gaps between held ones."""
+        held = self._held.get(stream)
+        if held is None:
+            return
+        first = self._marks.delivered(stream) + 1
+        for seq in sorted(held.entries):
+            if seq > first:
+                yield first, seq - 1
+            first = max(first, seq + 1)
 
     def missing_seqs(self, stream: str, limit: int) -> list[int]:
         """The numbers missing before ``stream``'s last held message, ascending: those of
