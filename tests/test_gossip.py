@@ -401,48 +401,6 @@ async def test_the_shell_takes_its_clocks_from_the_caller(
     )
 
 
-async def test_a_gap_given_up_in_part_is_durable_at_once(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """review32 R32-2: a gap given up only as far as peers were asked for it and lacked
-    it releases no message, so no handler's return settled it: the skip stayed in memory
-    until some later message's, and a node killed meanwhile asked for those numbers and
-    gave them up (a WARNING, a count) again after its restart."""
-    from trustp2p.drivers.memory import MemoryDriver, MemoryHub
-
-    hub, clock = MemoryHub(), FakeClock()
-    options: dict[str, Any] = {
-        "peer_exchange": False,
-        "target_outbound": 0,
-        "gossip_interval": 3600.0,  # (this test runs the heartbeat's check_gaps itself)
-        "gap_timeout": 30.0,
-        "catchup_interval": 0,
-    }
-    node = Node(server=True, port=1, host="a", driver=MemoryDriver(hub=hub, name="a"), **options)
-    node.gossip = Gossip(node, clock=clock)
-    peer = Node(client=True, peers=["memory://a:1"], driver=MemoryDriver(hub=hub), **options)
-    async with node, peer:
-        assert node.gossip is not None and peer.client is not None
-        node.gossip.subscribe("chat", lambda message: None)
-        await peer.client.wait_connected()
-        await wait_for(lambda: node.sockets)
-        far = sign_message(Identity.generate(), "chat", 1500, int(time.time() * 1000), {})
-        peer.send_package(
-            peer.client.sockets[0], build_package(PackageType.GOSSIP, "chat", far.to_body())
-        )
-        await wait_for(lambda: node.gossip is not None and node.gossip.router.seen(far.id))
-        stream = stream_key("chat", far.origin)
-        node.gossip.check_gaps()  # asks the peer for 1..1000: it has none of them
-        await wait_for(lambda: node.gossip is not None and not node.gossip.catchup.fetching)
-        clock.advance(30.0)
-        caplog.set_level(logging.WARNING, "trustp2p.node.gossip")
-        node.gossip.check_gaps()
-        [line] = [r.getMessage() for r in caplog.records if "skipped (timeout)" in r.getMessage()]
-        assert "1000 messages" in line
-        assert node.gossip.message_log is not None
-        assert node.gossip.message_log.delivered(stream) == 1000  # durable now
-
-
 async def test_the_logs_of_one_process_share_the_record_of_a_message() -> None:
     """Each node decodes its own copy; the logs keep one (frozen) record of it, which
     reads back as the message, and a message with the same id but another timestamp

@@ -25,6 +25,7 @@ from trustp2p import (
     Thread,
 )
 from trustp2p.drivers.memory import MemoryHub
+from trustp2p.protocol.gossip import stream_key
 from trustp2p.protocol.handshake import MAX_PACKAGE_SIZE_KEY
 from trustp2p.protocol.package import DEFAULT_MAX_PACKAGE_SIZE, build_package, check_size, encode
 
@@ -232,6 +233,35 @@ async def test_gossip_over_a_peers_limit_is_not_pushed_to_it(
         assert socket_to(small, "big").close_code is None  # the same connection
         assert big.metrics.send_oversized == 3
         assert caplog.text.count("not sent: over the peer's max_package_size (65536)") == 1
+
+
+async def test_a_fill_passed_over_for_its_size_is_durable_at_once() -> None:
+    """review32 R32-2: a number passed over (a catch-up fill too large for this node,
+    or a gap given up in part) releases no message, so no handler's return made it
+    durable: ``delivered_seq()`` stayed behind, and a node killed meanwhile asked for
+    it (and passed over it) again after its restart. With no message waiting for its
+    handlers, it is durable at once."""
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "big") as big,
+        memory_node(hub, "small", max_package_size=SMALL, catchup_interval=0.2) as small,
+    ):
+        big.subscribe("chat")
+        got: list[Any] = []
+        small.subscribe("chat", got.append)
+        assert small.client is not None and big.url is not None
+        small.client.connect(big.url)
+        await wait_for(
+            lambda: any("chat" in big.gossip.router.peer_topics(p) for p in big.gossip.router.peers)
+        )
+        await big.publish("chat", {"n": 1})
+        await wait_for(lambda: len(got) == 1)
+        await big.publish("chat", {"text": "x" * 20_000})  # over a quarter of SMALL
+        await wait_for(lambda: small.gossip.router.stats.oversized == 1)
+        stream = stream_key("chat", big.peer_id)
+        await wait_for(lambda: small.gossip.message_log.delivered(stream) == 2)
+        assert small.gossip.delivered_seq("chat", big.peer_id) == 2
+        assert len(got) == 1
 
 
 TOPICS = [f"topic-{n:03d}-" + "x" * 30 for n in range(40)]  # about 1.7 KB as a list
