@@ -177,8 +177,9 @@ def test_address_limiter_forgets_refilled_buckets_past_max_tracked() -> None:
         ("2001:db9::1", "2001:db9::/32"),
         ("::ffff:10.1.2.3", "10.1.0.0/16"),  # IPv4-mapped: its IPv4 group
         ("::ffff:0a01:0203", "10.1.0.0/16"),
-        ("seed.example.org", "seed.example.org"),
-        ("Seed.Example.ORG", "seed.example.org"),
+        ("seed.example.org", "example.org"),  # a name: its last two labels
+        ("a1.attacker.example", "attacker.example"),
+        ("Seed.Example.ORG.", "example.org"),
     ],
 )
 def test_netgroup(host: str, group: str) -> None:

@@ -425,7 +425,7 @@ class Connections:
         socket = conn.socket
         store = self._node.store
         if store is not None and introduced.listen_urls and socket.peer_id is not None:
-            urls = self._node.learned_urls(socket, introduced.listen_urls)
+            urls = self._node.learned_urls(socket, introduced.listen_urls, own=True)
             source = PeerSource.INBOUND if socket.inbound else PeerSource.EXCHANGE
             self._node.tasks.spawn(
                 store.add_urls(urls, source, peer_id=socket.peer_id), "record urls"

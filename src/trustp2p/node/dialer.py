@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 from ..drivers.base import Socket
 from ..exceptions import DriverError, NodeStateError, PeerIdMismatch, SelfDialError
 from ..identity import PeerId, short_id
+from ..protocol.close import CloseCode
 from ..protocol.handshake import is_id_mismatch, is_mode_mismatch, is_secure_mismatch
+from ..protocol.hosts import crowded_group
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
 from ..protocol.urls import split_peer_url
 from ..tasks import TaskOwner
@@ -122,6 +124,31 @@ class Dialer:
         self.policy.connection_opened(socket.id, socket.peer, socket.peer_id)
         if not socket.inbound:  # it led to another node: not (only) ourselves
             self._ourselves.discard(self.policy.store_url(socket.peer))
+            self._close_if_crowded(socket)
+
+    def _close_if_crowded(self, socket: Socket) -> None:
+        """A managed dial (not an anchor) reached an address whose network group holds
+        ``max_outbound_per_netgroup`` other outbound connections (it was chosen by its
+        URL, and a name counts by its domain): close it, and wait the longest retry
+        delay before its next try."""
+        dial = next((d for d in self.policy.dials if d.dial_url == socket.peer), None)
+        client = self.node.client
+        if dial is None or dial.anchor or client is None:
+            return
+        others = [other.host for other in client.sockets if other is not socket]
+        limit = self.policy.max_per_netgroup
+        group = crowded_group(socket.host, others, limit)
+        if group is None:
+            return
+        self.policy.dial_failed(dial.url, lasting=True)
+        logger.debug(
+            "= %s reached %s: %d outbound peers in %s already, closing",
+            socket.peer,
+            socket.host,
+            limit,
+            group,
+        )
+        socket.close_soon(CloseCode.NORMAL_CLOSURE, "outbound peers of your network maxed out")
 
     def connection_closed(self, socket: Socket) -> None:
         self.policy.connection_closed(socket.id)

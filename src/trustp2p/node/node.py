@@ -31,6 +31,7 @@ from ..options import NodeOptions
 from ..protocol.close import CloseCode
 from ..protocol.deliver import ConnId
 from ..protocol.handshake import HELLO_EVENT, VERSION_EVENT, version_body
+from ..protocol.hosts import host_of, may_announce
 from ..protocol.limits import FIRST_ADDRESSES, AddressBudget
 from ..protocol.package import Body, Package, PackageType, build_package
 from ..protocol.urls import is_unspecified, split_peer_url
@@ -391,13 +392,21 @@ class Node:
         for thread in self.threads:
             await call_thread(thread, name, *args)
 
-    def learned_urls(self, socket: Socket, urls: list[str]) -> list[str]:
+    def learned_urls(self, socket: Socket, urls: list[str], *, own: bool = False) -> list[str]:
         """
         Of URLs the peer on ``socket`` gave us (hello, ``my_url``, a ``get_peers``
         answer), those to store: the ones the store knows already, and new ones within
         the peer's budget (``address_rate`` per second, up to ``address_burst``). Call
         it just before ``store.add_urls()``; the others are dropped.
+
+        Args:
+            own: The URLs are the ones the peer announced for itself (hello,
+                ``my_url``): only those on the host it connects from are kept
+                (:func:`~trustp2p.protocol.hosts.may_announce`), or on the host we
+                dialled it at.
         """
+        if own:
+            urls = self._on_peer_host(socket, urls)
         store = self.store
         known = store.knows_url if store is not None else frozenset[str]().__contains__
         key = self.connections.budget_key(socket)
@@ -405,6 +414,18 @@ class Node:
         kept = self.address_budget.take(key, urls, now, known=known)
         if len(kept) < len(urls):
             self.log.debug("! %s: kept %d of %d new URLs", socket.peer, len(kept), len(urls))
+        return kept
+
+    def _on_peer_host(self, socket: Socket, urls: list[str]) -> list[str]:
+        dialled = "" if socket.inbound else host_of(socket.peer)
+        kept = [u for u in urls if may_announce(u, socket.host) or host_of(u) == dialled != ""]
+        if len(kept) < len(urls):
+            self.log.debug(
+                "! %s: dropped %d URLs not on its host %s",
+                socket.peer,
+                len(urls) - len(kept),
+                socket.host,
+            )
         return kept
 
     def penalize(self, socket: Socket, reason: str) -> None:

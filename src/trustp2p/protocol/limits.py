@@ -1,8 +1,9 @@
 """
 Rate limits and network groups, free of I/O: token buckets, per-address connection
-accounting, the netgroup of an address (for eclipse resistance), and the limits on
-addresses learned from peers (how many a peer may make us store, and how many dials go
-to addresses nobody has proven). Time comes from the caller.
+accounting, the netgroup of an address (for eclipse resistance; defined, with
+:func:`is_loopback` and :func:`address_key`, in :mod:`~trustp2p.protocol.hosts`), and
+the limits on addresses learned from peers (how many a peer may make us store, and how
+many dials go to addresses nobody has proven). Time comes from the caller.
 
 """
 
@@ -31,12 +32,13 @@ __all__ = [
     "netgroup",
 ]
 
-import ipaddress
 import itertools
 import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from .hosts import address_key, is_loopback, netgroup
 
 
 class TokenBucket:
@@ -98,50 +100,6 @@ class TokenBucket:
     def level(self, now: float) -> float:
         """The tokens in the bucket at ``now`` (negative while in debt); spends none."""
         return min(self.burst, self.tokens + max(now - self._last, 0.0) * self.rate)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host == "localhost"
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # before 3.13, ::ffff:127.0.0.1 isn't "loopback"
-    return address.is_loopback
-
-
-def address_key(host: str) -> str:
-    """
-    What the per-address limits count ``host`` as: an IPv4 address as itself, an IPv6
-    address as its /64 (one subscriber's network: anyone with one has 2**64 addresses
-    to rotate through), except a link-local one (``fe80::/10``: every link has the same
-    /64), which is itself, scope included. Names that aren't addresses are themselves.
-    """
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv4Address) or address.is_link_local:
-        return host
-    if address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(ipaddress.ip_network(f"{address}/64", strict=False))
-
-
-def netgroup(host: str) -> str:
-    """
-    The network group of an address: its /16 for IPv4, its /32 for IPv6, as Bitcoin
-    Core groups outbound peers. Names that aren't addresses are their own group.
-    """
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host.lower()
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    prefix = 16 if address.version == 4 else 32
-    network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
-    return str(network)
 
 
 class AddressLimiter:

@@ -10,7 +10,10 @@ A client asks each server it connects to, and asks again every ``exchange_interv
 while it has fewer than ``target_outbound`` servers. Lists received are validated
 (scheme, host, port, length, no credentials, no duplicates, not ourselves); anything
 else counts against the peer that sent it. Of the valid URLs, only as many new ones as
-the peer's address budget allows are stored (:meth:`~trustp2p.Node.learned_urls`).
+the peer's address budget allows are stored (:meth:`~trustp2p.Node.learned_urls`); of
+those a peer announces for itself, only the ones on the host it connects from
+(:func:`~trustp2p.protocol.hosts.may_announce`); of a list, only the ones that reach as
+far as the peer's address (:func:`~trustp2p.protocol.hosts.may_pass_on`).
 
 """
 
@@ -21,10 +24,10 @@ __all__ = ["MAX_PEERS", "PeerExchangeThread"]
 import asyncio
 import random
 from collections import Counter
-from urllib.parse import urlsplit
 
 from ..drivers.base import Socket
 from ..exceptions import ConnectionClosed, RemoteError, RequestTimeout
+from ..protocol.hosts import may_announce, may_pass_on
 from ..protocol.limits import is_loopback
 from ..protocol.package import Body, Package, PackageType
 from ..protocol.urls import (
@@ -58,7 +61,9 @@ class PeerExchangeThread(Thread):
         """
         URLs we believe good: those we connected to successfully (from the store), half
         the list at least if we have them, and those announced by peers connected now
-        from the host of the URL, one a peer and two a host at most (loopback aside).
+        from the host of the URL, one a peer and two a host at most (loopback aside);
+        none that the asker's address doesn't reach as far as (a LAN address to a peer
+        elsewhere: :func:`~trustp2p.protocol.hosts.may_pass_on`).
 
         Found by an attacker: 20 connections announcing 8 URLs each made 99 of the 100
         URLs of an answer theirs, and a new client never found the honest relay.
@@ -80,6 +85,8 @@ class PeerExchangeThread(Thread):
             urls += await store.good_urls(
                 MAX_PEERS - len(urls), exclude_urls=exclude, exclude_ids=exclude_ids
             )
+        # Our LAN's or loopback addresses mean other hosts to a peer elsewhere.
+        urls = [url for url in urls if may_pass_on(url, socket.host)]
         random.shuffle(urls)  # spread the askers over the peers we know
         # With the id of who listens there when we checked it ourselves (we dialled that
         # URL and the peer proved its id), so that the asker can check it meets the same
@@ -118,7 +125,7 @@ class PeerExchangeThread(Thread):
                 if per_host[host] >= 2 and not is_loopback(host):
                     break
                 scheme = url.partition(":")[0].lower()
-                if scheme not in schemes and url not in exclude and _same_host(url, host):
+                if scheme not in schemes and url not in exclude and may_announce(url, host):
                     exclude.add(url)
                     urls.append(url)
                     per_host[host] += 1
@@ -151,7 +158,8 @@ class PeerExchangeThread(Thread):
         store = self.node.store
         if store is not None and urls:
             source = PeerSource.INBOUND if socket.inbound else PeerSource.EXCHANGE
-            urls = self.node.learned_urls(socket, urls)  # within the peer's budget
+            # On its own host, within the peer's budget.
+            urls = self.node.learned_urls(socket, urls, own=True)
             self.create_task(store.add_urls(urls, source, peer_id=socket.peer_id))
 
     async def on_socket_open(self, socket: Socket) -> None:
@@ -212,10 +220,13 @@ class PeerExchangeThread(Thread):
         # Our own URLs are dropped, not held against the server: it can't know every
         # spelling of ours, and a third peer may announce one of them to it (found by
         # an attacker's test: an honest server was penalised and blocked for an hour).
+        # A server elsewhere can't point us at our LAN or loopback (may_pass_on).
         fresh = [
             url
             for url in urls
-            if split_peer_url(url)[0] not in own_urls and split_peer_url(url)[1] != own_id
+            if split_peer_url(url)[0] not in own_urls
+            and split_peer_url(url)[1] != own_id
+            and may_pass_on(url, socket.host)
         ]
         if problem is not None:
             self.node.penalize(socket, f"invalid get_peers answer: {problem}")
@@ -228,10 +239,3 @@ class PeerExchangeThread(Thread):
             if fresh:
                 await store.add_urls(fresh, PeerSource.EXCHANGE)
                 self.client.wake()
-
-
-def _same_host(url: str, host: str) -> bool:
-    """Whether a peer connected from ``host`` may vouch for ``url``: same host, or both
-    on loopback (so that peers can't point others at a third party)."""
-    url_host = urlsplit(split_peer_url(url)[0]).hostname or ""
-    return url_host == host or (is_loopback(url_host) and is_loopback(host))

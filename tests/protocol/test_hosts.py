@@ -1,0 +1,141 @@
+"""Which hosts a peer may point us at (attacker31 F2) and the netgroup of a name (F5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from trustp2p.protocol.hosts import crowded_group, host_of, may_announce, may_pass_on, name_group
+from trustp2p.protocol.limits import netgroup
+from trustp2p.protocol.outbound import OutboundPolicy, PeerView, netgroup_of
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("ws://203.0.113.7:1107", "203.0.113.7"),
+        ("tcp://203.0.113.7:22", "203.0.113.7"),  # any port of its own host
+        ("ws://203.0.113.7:1107", "::ffff:203.0.113.7"),  # IPv4-mapped
+        ("ws://[::ffff:203.0.113.7]:1107", "203.0.113.7"),
+        ("ws://[2001:db8:1:2::10]:1107", "2001:db8:1:2::99"),  # one /64: one host
+        ("ws://[fe80::1]:1107", "fe80::1"),
+        ("ws://192.168.1.7:1107", "192.168.1.7"),
+        # Loopback: its own address, or the machine's usual spellings.
+        ("ws://127.0.0.1:1107", "127.0.0.1"),
+        ("ws://[::1]:1107", "127.0.0.1"),
+        ("ws://localhost:1107", "127.0.0.1"),
+        ("ws://127.0.0.1:1107", "::1"),
+        ("ws://127.0.0.2:1107", "127.0.0.2"),
+        ("ws://127.0.0.1:1107", "127.0.0.2"),
+        ("memory://node3:1", "node3"),
+        ("memory://node3:1", "node4"),  # reaches only this process
+    ],
+)
+def test_a_peer_may_announce_its_own_host(url: str, host: str) -> None:
+    assert may_announce(url, host)
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        # attacker31 F2: the URLs its hello announced, none on its own host.
+        ("ws://10.0.0.5:6379", "203.0.113.7"),
+        ("ws://169.254.169.254:80", "203.0.113.7"),
+        ("ws://192.168.1.1:80", "203.0.113.7"),
+        ("tcp://172.16.0.10:22", "203.0.113.7"),
+        ("ws://a1.attacker.example:1107", "203.0.113.7"),  # a name: can't be checked
+        ("ws://203.0.113.8:1107", "203.0.113.7"),
+        ("ws://127.0.0.1:1107", "203.0.113.7"),
+        ("ws://localhost:1107", "203.0.113.7"),
+        ("ws://[2001:db8:1:3::10]:1107", "2001:db8:1:2::99"),
+        ("ws://[fe80::2]:1107", "fe80::1"),
+        ("ws://192.168.1.8:1107", "192.168.1.7"),
+        # Loopback: another loopback address stands for another host in tests.
+        ("ws://127.0.1.5:4000", "127.0.0.1"),
+        ("ws://127.0.0.2:1107", "127.0.0.1"),
+        ("ws://10.0.0.5:1107", "127.0.0.1"),
+        ("ws://node.example.org:1107", "127.0.0.1"),
+        ("ws://node3:1", "node4"),
+        ("ws://node3:1", ""),
+    ],
+)
+def test_a_peer_may_not_announce_another_host(url: str, host: str) -> None:
+    assert not may_announce(url, host)
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "allowed"),
+    [
+        ("ws://203.0.113.7:1107", "198.51.100.1", True),  # documentation ranges: private
+        ("ws://8.8.8.8:1107", "1.1.1.1", True),
+        ("ws://node.example.org:1107", "1.1.1.1", True),  # a name: can't be checked
+        ("ws://10.0.0.5:1107", "1.1.1.1", False),
+        ("ws://169.254.169.254:80", "1.1.1.1", False),
+        ("ws://100.64.0.1:1107", "1.1.1.1", False),  # CGNAT
+        ("ws://[fd00::1]:1107", "1.1.1.1", False),  # unique local
+        ("ws://127.0.0.1:1107", "1.1.1.1", False),
+        ("ws://localhost:1107", "1.1.1.1", False),
+        ("ws://224.0.0.1:1107", "1.1.1.1", False),  # multicast: nowhere
+        ("ws://10.0.0.5:1107", "192.168.1.7", True),  # LAN to LAN
+        ("ws://169.254.1.1:1107", "192.168.1.7", False),
+        ("ws://127.0.0.1:1107", "192.168.1.7", False),
+        ("ws://10.0.0.5:1107", "127.0.0.1", True),  # loopback: anything
+        ("ws://127.0.0.2:1107", "::1", True),
+        ("ws://localhost:1107", "127.0.0.1", True),
+        ("ws://8.8.8.8:1107", "::ffff:127.0.0.1", True),
+        ("ws://[::ffff:10.0.0.5]:1107", "1.1.1.1", False),
+        ("memory://n1:1", "n2", True),
+    ],
+)
+def test_what_a_list_may_carry(url: str, host: str, allowed: bool) -> None:
+    assert may_pass_on(url, host) is allowed
+
+
+def test_host_of() -> None:
+    assert host_of("ws://[::1]:1") == "::1"
+    assert host_of("WS://Node.Example.ORG:1") == "node.example.org"
+    assert host_of("ws://[::1") == ""
+
+
+def test_names_count_by_their_last_two_labels() -> None:
+    assert name_group("a1.Attacker.example.") == "attacker.example"
+    assert netgroup("a2.attacker.example") == netgroup("attacker.example") == "attacker.example"
+    assert netgroup("hub") == "hub"
+    assert netgroup_of("ws://a1.attacker.example:1107") == "attacker.example"
+    assert netgroup_of("ws://localhost:1107") is None  # loopback: no limit
+
+
+class _ProvenView:
+    def is_blocked(self, *, peer_id: str | None = None, address: str | None = None) -> bool:
+        return False
+
+    def peer_id_of(self, url: str) -> str | None:
+        return None
+
+    def is_anchor(self, peer_id: str) -> bool:
+        return False
+
+    def proven(self, url: str) -> bool:
+        return True
+
+
+def test_names_of_one_domain_get_two_dials() -> None:
+    # attacker31 F5: 16 names under one wildcard domain got 8 of 8 dials.
+    policy = OutboundPolicy(clock=lambda: 1000.0, shuffle=lambda urls: None)
+    view: PeerView = _ProvenView()
+    selection = policy.selection([], [], view)
+    assert selection is not None
+    dials = selection.offer([f"ws://a{i}.attacker.example:1107" for i in range(1, 17)])
+    assert len(dials) == 2
+    dials = selection.offer([f"ws://n{i}.example{i}.org:1107" for i in range(1, 17)])
+    assert len(dials) == 6  # other domains fill the rest
+
+
+def test_a_connection_into_a_full_network_group_is_crowded() -> None:
+    # Names of two domains chosen apart, both leading into 198.51.0.0/16.
+    assert crowded_group("198.51.100.9", ["198.51.100.1", "198.51.7.7"], 2) == "198.51.0.0/16"
+    assert crowded_group("::ffff:198.51.100.9", ["198.51.100.1", "198.51.7.7"], 2) is not None
+    assert crowded_group("198.51.100.9", ["198.51.100.1", "198.52.0.1"], 2) is None
+    assert crowded_group("2001:db8:1::1", ["2001:db8:2::1", "2001:db8:3::1"], 2) == "2001:db8::/32"
+    # Loopback and in-memory hosts are in no group.
+    assert crowded_group("127.0.0.1", ["127.0.0.1", "127.0.0.2"], 2) is None
+    assert crowded_group("node3", ["node3", "node3"], 2) is None
