@@ -199,7 +199,9 @@ class NodeOptions:
         relay_topics: Topics the node carries though none of its threads handles them:
             it relays their messages and keeps them in its log for catch-up, as it does
             its threads' topics. A node relays only the topics it carries, so a hub whose
-            clients gossip on a topic must carry it (``--relay-topic``).
+            clients gossip on a topic must carry it (``--relay-topic``). Their messages
+            go to every peer that carries the topic (flooded, whatever ``gossip_mode``:
+            a hub's clients pass nothing on). A thread may handle one too.
         seen_max: Most message ids remembered for de-duplication...
         seen_ttl: ...and for how long.
         max_hops: Relays a message may go through before it is no longer forwarded.

@@ -699,6 +699,26 @@ def test_forward_sends_to_at_most_fanout_mesh_peers_with_one_more_hop() -> None:
     assert router.stats.forwarded == 3
 
 
+def test_a_flood_topic_goes_to_every_peer_that_carries_it() -> None:
+    """Found by a new user: a hub (``relay_topics``) pushed each message to 3 of its
+    mesh peers; its clients relay nothing onward, so those outside the mesh and the
+    pushes waited for an ``ihave``, or a catch-up round (a third of a 30-client chat's
+    messages took over 10 s). A hub's topics are flooded to every peer carrying them."""
+    router, sent, _ = _meshed(30)
+    router.flood_topics = frozenset({TOPIC})
+    router.heartbeat()  # (the mesh: degree_high at most)
+    assert len(router.mesh[TOPIC]) < 29
+    sent.clear()
+    router.receive(0, _message())
+    router.forward(0, _message())
+    assert _sorted(p for p, _ in _messages(sent)) == list(range(1, 30))
+    assert router.stats.forwarded == 29
+    sent.clear()
+    router.flood_topics = frozenset({"other"})  # other topics: the mesh rules
+    router.forward(1, _message(2))
+    assert len(_messages(sent)) == 3
+
+
 def test_forward_never_sends_back_to_the_source() -> None:
     router, sent, _ = _meshed(3, fanout=3)
     assert router.mesh[TOPIC] == {0, 1, 2}

@@ -84,6 +84,7 @@ def make_router(node: Node, clock: Callable[[], float], rng: random.Random) -> G
         rng=rng,  # one generator a node: each holds 2.5 KiB of state
         defer=lambda callback: asyncio.get_running_loop().call_soon(callback),
     )
+    router.flood_topics = frozenset(options.relay_topics)  # (a hub's clients: each one)
     if (limit := options.max_package_size) is not None:  # a talk's topics: a quarter
         router.batch.max_bytes = min(router.batch.max_bytes, limit // 4)
     return router

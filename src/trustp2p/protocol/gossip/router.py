@@ -146,6 +146,7 @@ class GossipRouter:
         self.max_hops = max_hops
         self.max_ihave, self.max_asks = max_ihave, max_asks
         self.iwant_timeout, self.mode = iwant_timeout, mode
+        self.flood_topics: frozenset[str] = frozenset()  # (see _targets)
         self._rng = rng or random.Random()
         self.stats = GossipStats()
         self.topics: set[str] = set()  # ours
@@ -304,7 +305,7 @@ class GossipRouter:
             return
         relayed = message.relayed()
         targets = self._targets(message.topic, exclude=(peer,))
-        if self.mode == "gossip":
+        if self.mode == "gossip" and message.topic not in self.flood_topics:
             targets = self._fanout(message.topic, peer, targets)
         for target in targets:
             self.stats.forwarded += 1
@@ -325,7 +326,12 @@ class GossipRouter:
         )
 
     def _targets(self, topic: str, exclude: Collection[PeerKey | None]) -> list[PeerKey]:
-        if self.mode == "flood" or not self.mesh.get(topic):
+        """Whom a message of ``topic`` goes to: the mesh, or every peer that carries the
+        topic in flood mode, for a topic of ``flood_topics`` (a hub's: its clients
+        relay nothing onward, and those outside the mesh and the pushes waited for an
+        announcement, up to the next catch-up round: found by a new user, a third of a
+        30-client chat's messages took over 10 s), or with no mesh yet."""
+        if self.mode == "flood" or topic in self.flood_topics or not self.mesh.get(topic):
             return [p for p, topics in self._peers.items() if topic in topics and p not in exclude]
         return [p for p in self.mesh[topic] if p not in exclude]
 
