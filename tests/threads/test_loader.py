@@ -89,6 +89,32 @@ def test_load_symlinked_thread(enabled: Path) -> None:
     assert check_event_map(thread) == {PackageType.REQUEST: {"echo": thread._handle}}  # type: ignore[attr-defined]
 
 
+def test_a_thread_imports_a_helper_module_beside_it(
+    enabled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a new user: a thread of threads-available/ couldn't import a helper
+    module there (``from codec import ...``: ModuleNotFoundError) unless PYTHONPATH
+    named the directory. Its directory (the link's target's) is on sys.path, last."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    write(enabled.parent / THREADS_AVAILABLE, "t31_codec.py", "GREETING = 'hi'\n")
+    enable(
+        enabled,
+        "greeter.py",
+        """
+        from t31_codec import GREETING
+        from trustp2p import Thread
+
+
+        class Greeter(Thread):
+            greeting = GREETING
+        """,
+    )
+    (cls,) = load_thread_classes(enabled)
+    assert cls.greeting == "hi"  # type: ignore[attr-defined]
+    assert sys.path[-1] == str((enabled.parent / THREADS_AVAILABLE).resolve())
+
+
 def test_load_in_name_order(enabled: Path) -> None:
     enable(enabled, "b_second.py", ECHO.format(name="Second", event="b"))
     write(enabled, "a_first.py", ECHO.format(name="First", event="a"))

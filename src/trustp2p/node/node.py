@@ -83,6 +83,9 @@ class Node:
         state: Where the node is in its lifecycle.
         metrics: The node's counters (:class:`~trustp2p.admin.counters.Metrics`).
         admin: The admin listener, if ``options.admin`` is set, once started.
+        data_dir: Where the node keeps its peer store and message log, once started:
+            ``<cwd>/data`` (``<cwd>/data/<name>`` for a named node), or ``None``
+            without ``cwd``. A thread keeps its own files there, one per node.
 
     """
 

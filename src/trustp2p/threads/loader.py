@@ -100,6 +100,9 @@ def _load_file(path: Path) -> type[Thread]:
         raise ThreadLoadError(path, "can't be imported")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    home = str(path.resolve().parent)  # (threads-available/, through the link)
+    if home not in sys.path:  # its helper modules import by name (found by a new user);
+        sys.path.append(home)  # last: a helper can't shadow the standard library
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
