@@ -208,7 +208,7 @@ class Gossip:
     async def wait_subscribers(self, topic: str, count: int = 1) -> int:
         """Wait until ``count`` connected peers carry ``topic``; return how many do (in
         :func:`asyncio.timeout`; :exc:`NodeStateError` once the node stops). What a
-        node publishes before its peers said they subscribe reaches nobody (tester29 F3)."""
+        node publishes before its peers said they subscribe reaches nobody."""
         carrying = lambda: len(self._carrying(topic))  # noqa: E731
         return await wait_until(lambda: self._talked, carrying, count, self.node)
 
@@ -248,8 +248,8 @@ class Gossip:
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic``: its handlers are forgotten. A topic of
-        ``relay_topics`` or of a thread's event map stays carried (review31: a hub that
-        unsubscribed a monitor of a relayed topic stopped relaying it)."""
+        ``relay_topics`` or of a thread's event map stays carried (a hub that
+        unsubscribed a monitor of a relayed topic would stop relaying it)."""
         self._handlers.pop(topic, None)
         if topic in self.node.options.relay_topics:
             return
@@ -270,17 +270,16 @@ class Gossip:
         """
         The messages of ``topic`` this node's log keeps and delivered, in the order
         this node delivered them (in seq order per origin; across origins, this
-        node's order, which another node's may not share: tester30 F2; messages held
-        behind a gap given up are listed where they were logged, review31): of the
-        last ``log_max_messages`` of the topic received within ``log_max_age``, those
-        up to :meth:`delivered_seq`. A bounded replay window: state that must outlive
-        it is the thread's to keep (tester30 F3). Messages are delivered
-        once, across restarts too: a thread that builds state in memory from them
-        rebuilds it from here at its start (found by a new user, whose key/value store
-        lost everything delivered before a restart). Those logged and not delivered
+        node's order, which another node's may not share; messages held behind a gap
+        given up are listed where they were logged): of the last
+        ``log_max_messages`` of the topic received within ``log_max_age``, those up
+        to :meth:`delivered_seq`. A bounded replay window: state that must outlive it
+        is the thread's to keep (in :attr:`Node.data_dir <trustp2p.Node>`). Messages
+        are delivered once, across restarts too: a thread that builds state in memory
+        from them rebuilds it from here at its start. Those logged and not delivered
         yet (a crash came first) are delivered to the handlers once every thread's
-        ``start()`` returned, not listed here (found by a new user: listed and then
-        delivered, they were applied twice).
+        ``start()`` returned, not listed here (listed and then delivered, they would
+        be applied twice).
         """
         return delivered(self._log, topic, self._log)
 
@@ -288,8 +287,8 @@ class Gossip:
         """The last seq of ``origin``'s messages on ``topic`` delivered here (0: none):
         every message of the stream up to it had its handlers run (or was skipped), as
         :meth:`history` lists and a restart resumes after. Messages queued for the
-        handlers don't count until they ran (tester30 F4: it said 300, 250 ahead of a
-        slow handler, and a thread comparing ``message.seq`` with it skipped those)."""
+        handlers don't count until they ran (a thread comparing ``message.seq`` with
+        it must not skip those)."""
         return self._log.delivered(stream_key(topic, origin))
 
     # Lifecycle, called by the node
