@@ -14,7 +14,9 @@ from trustp2p import (
     ConnectionClosed,
     DriverError,
     EventMap,
+    InvalidURL,
     Node,
+    NodeOptions,
     Package,
     PackageType,
     RemoteError,
@@ -343,6 +345,40 @@ async def test_connect_checks_the_url_at_once(make_node: MakeNode) -> None:
         role.connect("gopher://127.0.0.1:1")
     with pytest.raises(ValueError, match="is not a peer id"):
         role.connect("memory://127.0.0.1:1/p2p/nobody")
+    assert role.urls == []
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ws://user:secret@127.0.0.1:1501", "holds credentials"),
+        ("ws://127.0.0.1:1501/chat-hub", "has a path, query or fragment"),
+        ("ws://127.0.0.1", "names no port"),
+        ("ws://:1501", "has no host"),
+        ("ws://127.0.0.1:99999", "Port out of range"),
+        ("127.0.0.1:1501", "lacks a scheme such as ws://"),
+        ("node.example", "lacks a scheme such as ws://"),
+        ("http://127.0.0.1:1501", "has scheme 'http'"),
+        ("ws://[::1", "is invalid: Invalid IPv6 URL"),
+    ],
+)
+async def test_connect_refuses_what_peers_refuses(
+    make_node: MakeNode, url: str, reason: str
+) -> None:
+    """tester31 F3: connect() dialled URLs that ``peers=`` refuses (credentials then
+    went into logs, the store and get_peers answers, and peers blocked the node; no
+    port dialled 80; no host was redialled for ever), and raised other types for the
+    same mistake. Now both raise InvalidURL, a ValueError and a DriverError."""
+    with pytest.raises(InvalidURL) as given:
+        NodeOptions(client=True, peers=[url])
+    assert reason in str(given.value) and str(given.value).startswith("peers: ")
+    client = await make_node(client=True)
+    role = client.client
+    assert role is not None
+    with pytest.raises(InvalidURL) as called:
+        role.connect(url)
+    assert str(called.value) == str(given.value).removeprefix("peers: ")
+    assert isinstance(called.value, ValueError) and isinstance(called.value, DriverError)
     assert role.urls == []
 
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from ..drivers import check_peer_url
 from ..drivers.base import Socket
 from ..exceptions import DriverError, NodeStateError, PeerIdMismatch, SelfDialError
 from ..identity import PeerId, short_id
@@ -79,8 +80,11 @@ class Dialer:
 
     def connect(self, url: str) -> None:
         """Dial ``url`` for good (see :meth:`~trustp2p.ClientRole.connect`)."""
-        split_peer_url(url)  # a bad /p2p/ part raises ValueError now
-        self.node.driver_for_url(url)  # fail now on an unknown scheme
+        # The checks of the node's peers (tester31 F3: a URL with credentials or a path
+        # went into logs, the store and get_peers answers; no port dialled 80; no host
+        # or a bad port was redialled for ever).
+        check_peer_url(url)
+        self.node.driver_for_url(url)  # a driver that isn't installed fails now
         if self.tasks.closed:  # (a URL dialled already would say nothing)
             raise NodeStateError(f"can't dial {url}: the node has stopped")
         if self.policy.add_persistent(url) and self._started:

@@ -442,8 +442,11 @@ class ClientRole(Role):
         dialling begins when the node starts.
 
         Raises:
-            DriverError: If no driver handles the URL's scheme.
-            ValueError: If the URL's ``/p2p/`` part is not a peer id.
+            InvalidURL: If the URL can't work, as ``NodeOptions.peers`` checks it: no
+                scheme or one no driver has, no host, no port or one out of range,
+                credentials, a path, or a ``/p2p/`` part that is not a peer id. It is
+                both a :exc:`~trustp2p.DriverError` and a :exc:`ValueError`.
+            DriverError: If the driver its scheme needs isn't installed.
             NodeStateError: If the node has stopped.
 
         """
