@@ -609,6 +609,33 @@ async def test_a_topic_a_peer_would_refuse_is_refused_at_subscribe() -> None:
         assert peer.gossip.router.stats.invalid == 0
 
 
+async def test_a_handler_that_cant_take_a_message_is_refused_at_subscribe() -> None:
+    """tester31 F11: subscribe() took a string, or a lambda of 0 or 2 arguments; each
+    message then failed at delivery with a TypeError, and was consumed. Now the call
+    raises TypeError, as a thread's handler fails at load, and subscribes nothing."""
+    async with Network(2, topics=[]) as network:
+        await network.wait_connected()
+        node, peer = network.nodes
+        assert node.gossip is not None
+        with pytest.raises(TypeError, match=r"^handler must be callable, not str$"):
+            node.subscribe("t", "notcallable")  # type: ignore[arg-type]
+        for bad, shape in [
+            (lambda: None, r"<lambda>\(\)"),
+            (lambda s, m: None, r"<lambda>\(s, m\)"),
+        ]:
+            message = rf"^handler can't be called as handler\(message\): it is .*{shape}$"
+            with pytest.raises(TypeError, match=message):
+                node.subscribe("t", bad)  # type: ignore[arg-type]
+        assert "t" not in node.gossip.router.topics
+        got: list[GossipMessage] = []
+        node.subscribe("t", got.append)  # a builtin's bound method: as it is
+        node.subscribe("t", lambda message, extra=None: None)  # a default is fine
+        assert peer.gossip is not None
+        await wait_for(lambda: "t" in peer.gossip.router.peer_topics(peer.sockets[0].id))
+        await peer.publish("t", {"n": 1})
+        await wait_for(lambda: len(got) == 1)
+
+
 async def test_a_thousand_subscribes_in_a_row_are_one_talk_to_each_peer() -> None:
     # Found by a tester: a talk a topic, each charged to the peer's request budget
     # (100/s, burst 200): a get_peers request behind them waited 18 s.

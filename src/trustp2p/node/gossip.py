@@ -52,6 +52,7 @@ from ..protocol.gossip.pacing import PUBLISH_WAIT
 from ..protocol.package import Body, Package, PackageType
 from ..storage.msglog import MessageLog
 from ..tasks import TaskOwner
+from ..threads.loader import check_handler
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
 from .gossip_drops import oversized_line, skipped_line, too_old_line
@@ -230,7 +231,9 @@ class Gossip:
     def subscribe(self, topic: str, handler: GossipHandler | None = None) -> None:
         """Receive ``topic``'s messages; ``handler(message)`` is called for each. A topic
         new to a running node is caught up at once from a few peers (those that carry
-        it first)."""
+        it first). TypeError: a handler that can't be called as ``handler(message)``."""
+        if handler is not None:
+            check_handler(handler, ("message",))
         new = topic not in self.router.topics
         self.router.subscribe(topic)  # first: it refuses an invalid topic
         if handler is not None:
