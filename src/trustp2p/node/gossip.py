@@ -136,6 +136,7 @@ class Gossip:
         )
         self._checks = FairShare(options.gossip_node_rate)  # live messages, all peers
         self._talked = asyncio.Event()  # set (and replaced) at each control talk
+        self._threads_started = asyncio.Event()  # handlers run from then on (replay())
 
     def _now(self) -> float:
         if self._clock is None:
@@ -332,9 +333,12 @@ class Gossip:
         self.publishing = True
 
     def replay(self) -> None:
-        """Deliver what the log holds past the delivered marks, of every topic carried
-        (the node calls it once its threads have started: found by a new user, whose
-        thread's handler ran on them before its ``start()`` returned)."""
+        """Deliver what the log holds past the delivered marks, of every topic carried,
+        and from now on what the queues hold: the node calls it once every thread's
+        ``start()`` returned (found by a new user, whose thread's handler ran on them
+        before its ``start()`` returned; tester31 F5: on a message a thread published
+        in its ``start()`` too, a later thread's handler before its ``start()`` ran)."""
+        self._threads_started.set()
         for topic in self.router.topics:
             self._replay(topic)
 
@@ -493,6 +497,8 @@ class Gossip:
     # Validators and handlers, one message of a topic at a time, in order
 
     async def _work(self, kind: str, message: GossipMessage, socket: Socket | None) -> None:
+        if not self._threads_started.is_set():  # (the queue keeps the order meanwhile)
+            await self._threads_started.wait()
         if kind == "validate":
             await self._validate(message, socket)
         else:
