@@ -19,6 +19,7 @@ from trustp2p import (
     NodeOptions,
     Package,
     PackageType,
+    PeerIdMismatch,
     RemoteError,
     Socket,
     Thread,
@@ -335,6 +336,39 @@ async def test_a_url_with_its_id_is_dialled_expecting_it(make_node: MakeNode) ->
     policy = role.dialer.policy
     await wait_for(lambda: policy.failures(server.url or "") >= 1)
     assert role.sockets == []
+
+
+async def test_a_pin_is_matched_on_an_address_dialled_without_it(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """tester31 F4: once an address was dialled without ``/p2p/<id>``,
+    connection_to() and socket_for() of a URL naming another peer there returned the
+    connection to the peer that is there, and connect() of it said nothing."""
+    server = await make_node(server=True)
+    client = await make_node(client=True)
+    role = client.client
+    assert role is not None and server.url is not None and server.peer_id is not None
+    role.connect(server.url)
+    socket = await role.connection_to(server.url)
+    right = f"{server.url}/p2p/{server.peer_id}"
+    other = Identity.generate().peer_id
+    wrong = f"{server.url}/p2p/{other}"
+    assert role.socket_for(right) is socket
+    assert await role.connection_to(right, timeout=0) is socket
+    assert role.socket_for(wrong) is None
+    message = f"^the connection to {server.url} is to peer {server.peer_id}, not {other}, "
+    with pytest.raises(PeerIdMismatch, match=message) as info:
+        await role.connection_to(wrong, timeout=0)
+    assert info.value.peer == socket.peer
+    caplog.set_level(logging.WARNING)
+    role.connect(wrong)
+    [record] = [r for r in caplog.records if "pin is not applied" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        f"! {wrong}: {server.url} is dialled already as {server.url}, so its /p2p/ pin "
+        "is not applied (disconnect() it first)"
+    )
+    assert role.urls == [server.url]
 
 
 async def test_connect_checks_the_url_at_once(make_node: MakeNode) -> None:
