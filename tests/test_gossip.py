@@ -527,6 +527,58 @@ async def test_a_restart_after_a_crash_rebuilds_then_delivers_the_rest(tmp_path:
     assert thread.events[-1] == ("stopped",)
 
 
+class Announces(Thread):
+    """Publishes its presence in ``start()``, which goes on a while after, and handles
+    the topic too."""
+
+    events: list[tuple[Any, ...]]
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.GOSSIP: {"presence": self.on_presence}}
+
+    async def start(self) -> None:
+        self.events = []
+        await self.node.publish("presence", {"who": "a"})
+        await asyncio.sleep(20 * MS)  # work after the publish (a database opens)
+        self.events.append(("started",))
+
+    def on_presence(self, socket: Socket | None, message: GossipMessage) -> None:
+        self.events.append(("delivered", message.body["who"]))
+
+
+class Roster(Thread):
+    """Loaded after :class:`Announces`: its state is made in ``start()``."""
+
+    online: set[str]
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.GOSSIP: {"presence": self.on_presence}}
+
+    def start(self) -> None:
+        self.online = set()
+
+    def on_presence(self, socket: Socket | None, message: GossipMessage) -> None:
+        self.online.add(message.body["who"])
+
+
+async def test_a_message_published_in_start_waits_for_every_threads_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """tester31 F5: a message a thread published in its ``start()`` reached its own
+    handler before that ``start()`` returned, and a later thread's before its
+    ``start()`` ran (AttributeError, and the message consumed). Handlers now run once
+    every thread's ``start()`` returned, as for a crash's undelivered messages."""
+    async with Node(server=True, port=0, secure=False, threads=[Announces, Roster]) as node:
+        announces, roster = (t for t in node.threads if isinstance(t, Announces | Roster))
+        assert isinstance(announces, Announces) and isinstance(roster, Roster)
+        await wait_for(lambda: ("delivered", "a") in announces.events)
+        assert announces.events == [("started",), ("delivered", "a")]
+        await wait_for(lambda: roster.online == {"a"})
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_no_gossip_handler_runs_once_its_threads_stop_returned() -> None:
     """Found by a new user: a gossip handler began after the thread's ``stop()`` had
     returned (its database closed), in 1 run of 3 with a peer publishing meanwhile."""
@@ -607,6 +659,33 @@ async def test_a_topic_a_peer_would_refuse_is_refused_at_subscribe() -> None:
         await wait_for(lambda: len(peer.gossip.router.peer_topics(peer.sockets[0].id)) == 1000)
         assert node.sockets and peer.sockets
         assert peer.gossip.router.stats.invalid == 0
+
+
+async def test_a_handler_that_cant_take_a_message_is_refused_at_subscribe() -> None:
+    """tester31 F11: subscribe() took a string, or a lambda of 0 or 2 arguments; each
+    message then failed at delivery with a TypeError, and was consumed. Now the call
+    raises TypeError, as a thread's handler fails at load, and subscribes nothing."""
+    async with Network(2, topics=[]) as network:
+        await network.wait_connected()
+        node, peer = network.nodes
+        assert node.gossip is not None
+        with pytest.raises(TypeError, match=r"^handler must be callable, not str$"):
+            node.subscribe("t", "notcallable")  # type: ignore[arg-type]
+        for bad, shape in [
+            (lambda: None, r"<lambda>\(\)"),
+            (lambda s, m: None, r"<lambda>\(s, m\)"),
+        ]:
+            message = rf"^handler can't be called as handler\(message\): it is .*{shape}$"
+            with pytest.raises(TypeError, match=message):
+                node.subscribe("t", bad)  # type: ignore[arg-type]
+        assert "t" not in node.gossip.router.topics
+        got: list[GossipMessage] = []
+        node.subscribe("t", got.append)  # a builtin's bound method: as it is
+        node.subscribe("t", lambda message, extra=None: None)  # a default is fine
+        assert peer.gossip is not None
+        await wait_for(lambda: "t" in peer.gossip.router.peer_topics(peer.sockets[0].id))
+        await peer.publish("t", {"n": 1})
+        await wait_for(lambda: len(got) == 1)
 
 
 async def test_a_thousand_subscribes_in_a_row_are_one_talk_to_each_peer() -> None:

@@ -14,9 +14,12 @@ from trustp2p import (
     ConnectionClosed,
     DriverError,
     EventMap,
+    InvalidURL,
     Node,
+    NodeOptions,
     Package,
     PackageType,
+    PeerIdMismatch,
     RemoteError,
     Socket,
     Thread,
@@ -335,6 +338,39 @@ async def test_a_url_with_its_id_is_dialled_expecting_it(make_node: MakeNode) ->
     assert role.sockets == []
 
 
+async def test_a_pin_is_matched_on_an_address_dialled_without_it(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """tester31 F4: once an address was dialled without ``/p2p/<id>``,
+    connection_to() and socket_for() of a URL naming another peer there returned the
+    connection to the peer that is there, and connect() of it said nothing."""
+    server = await make_node(server=True)
+    client = await make_node(client=True)
+    role = client.client
+    assert role is not None and server.url is not None and server.peer_id is not None
+    role.connect(server.url)
+    socket = await role.connection_to(server.url)
+    right = f"{server.url}/p2p/{server.peer_id}"
+    other = Identity.generate().peer_id
+    wrong = f"{server.url}/p2p/{other}"
+    assert role.socket_for(right) is socket
+    assert await role.connection_to(right, timeout=0) is socket
+    assert role.socket_for(wrong) is None
+    message = f"^the connection to {server.url} is to peer {server.peer_id}, not {other}, "
+    with pytest.raises(PeerIdMismatch, match=message) as info:
+        await role.connection_to(wrong, timeout=0)
+    assert info.value.peer == socket.peer
+    caplog.set_level(logging.WARNING)
+    role.connect(wrong)
+    [record] = [r for r in caplog.records if "pin is not applied" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        f"! {wrong}: {server.url} is dialled already as {server.url}, so its /p2p/ pin "
+        "is not applied (disconnect() it first)"
+    )
+    assert role.urls == [server.url]
+
+
 async def test_connect_checks_the_url_at_once(make_node: MakeNode) -> None:
     client = await make_node(client=True)
     role = client.client
@@ -343,6 +379,40 @@ async def test_connect_checks_the_url_at_once(make_node: MakeNode) -> None:
         role.connect("gopher://127.0.0.1:1")
     with pytest.raises(ValueError, match="is not a peer id"):
         role.connect("memory://127.0.0.1:1/p2p/nobody")
+    assert role.urls == []
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ws://user:secret@127.0.0.1:1501", "holds credentials"),
+        ("ws://127.0.0.1:1501/chat-hub", "has a path, query or fragment"),
+        ("ws://127.0.0.1", "names no port"),
+        ("ws://:1501", "has no host"),
+        ("ws://127.0.0.1:99999", "Port out of range"),
+        ("127.0.0.1:1501", "lacks a scheme such as ws://"),
+        ("node.example", "lacks a scheme such as ws://"),
+        ("http://127.0.0.1:1501", "has scheme 'http'"),
+        ("ws://[::1", "is invalid: Invalid IPv6 URL"),
+    ],
+)
+async def test_connect_refuses_what_peers_refuses(
+    make_node: MakeNode, url: str, reason: str
+) -> None:
+    """tester31 F3: connect() dialled URLs that ``peers=`` refuses (credentials then
+    went into logs, the store and get_peers answers, and peers blocked the node; no
+    port dialled 80; no host was redialled for ever), and raised other types for the
+    same mistake. Now both raise InvalidURL, a ValueError and a DriverError."""
+    with pytest.raises(InvalidURL) as given:
+        NodeOptions(client=True, peers=[url])
+    assert reason in str(given.value) and str(given.value).startswith("peers: ")
+    client = await make_node(client=True)
+    role = client.client
+    assert role is not None
+    with pytest.raises(InvalidURL) as called:
+        role.connect(url)
+    assert str(called.value) == str(given.value).removeprefix("peers: ")
+    assert isinstance(called.value, ValueError) and isinstance(called.value, DriverError)
     assert role.urls == []
 
 

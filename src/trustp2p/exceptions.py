@@ -15,7 +15,8 @@ Every error trustp2p raises derives from :exc:`TrustP2PError`::
     ├── ConnectionClosed        # using a closed socket, or a request's connection was lost
     ├── RequestTimeout          # no response in time; also a TimeoutError
     ├── DriverError             # unknown scheme, dial or listen failure, a broken frame
-    │   └── ConnectionDropped   # the connection ended without a close frame (no offence)
+    │   ├── ConnectionDropped   # the connection ended without a close frame (no offence)
+    │   └── InvalidURL          # a URL given to dial can't work; also a ValueError
     ├── ThreadLoadError         # a file in threads-enabled/ can't be loaded
     ├── IdentityError           # the node's key file is unsafe, corrupt or unreadable
     │   └── IdentityStopping    # (trustp2p.identity) held by a node that is stopping
@@ -44,6 +45,7 @@ __all__ = [
     "HandshakeClosed",
     "HandshakeError",
     "IdentityError",
+    "InvalidURL",
     "NodeStateError",
     "OversizedPackage",
     "PackageError",
@@ -218,6 +220,16 @@ class ConnectionDropped(DriverError):
     process or machine died, the network went away, or it reset the connection. The
     message says so (:data:`trustp2p.drivers.DROPPED`), then the system's reason if any.
     Not an offence: it isn't counted as an invalid package.
+    """
+
+
+class InvalidURL(DriverError, ValueError):
+    """
+    Raised when a URL given to dial (``NodeOptions.peers``, ``--connect``,
+    :meth:`~trustp2p.ClientRole.connect`) can't work: no scheme, a scheme no driver
+    has, no host, no port or one out of range, credentials, a path, or a ``/p2p/``
+    part that is not a peer id. Both a :exc:`DriverError` and a :exc:`ValueError`, so
+    that either ``except`` catches it.
     """
 
 

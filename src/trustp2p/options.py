@@ -9,8 +9,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .drivers import Driver, DriverOptions, driver_class, scheme_of
-from .exceptions import ConfigError, DriverError
+from .drivers import Driver, DriverOptions, check_peer_url, driver_class
+from .exceptions import ConfigError, InvalidURL
 from .identity import Identity, is_node_name
 from .protocol.gossip.control import check_own_topics
 from .protocol.handshake import HANDSHAKE_MAGIC, LEAST_PACKAGE_LIMIT
@@ -334,12 +334,9 @@ class NodeOptions:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for url in self.peers:
             try:
-                scheme_of(url)  # a URL without a scheme, or one that can't be read
-            except DriverError as exc:
-                raise DriverError(f"peers: {exc}") from exc
-            reason = check_dial_url(url)
-            if reason is not None:
-                raise ValueError(f"peers: {reason}")
+                check_peer_url(url)
+            except InvalidURL as exc:
+                raise InvalidURL(f"peers: {exc}") from exc
         if isinstance(self.driver, str):
             driver_class(self.driver)  # raises DriverError: unknown, or not installed
         if not self.server and not self.client:

@@ -22,6 +22,7 @@ __all__ = [
     "Listening",
     "Socket",
     "SocketStats",
+    "check_peer_url",
     "driver_class",
     "scheme_of",
     "serve_streams",
@@ -33,7 +34,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ..exceptions import DriverError
+from ..exceptions import DriverError, InvalidURL
+from ..protocol.urls import check_dial_url
 from .base import (
     CONTROL_BURST,
     CONTROL_RATE,
@@ -121,16 +123,32 @@ def scheme_of(url: str) -> str:
     Return the scheme of a peer URL, which names its driver.
 
     Raises:
-        DriverError: If the URL has no scheme, or can't be read (``ws://[::1``).
+        InvalidURL: If the URL has no scheme, or can't be read (``ws://[::1``).
 
     """
     try:
         scheme = urlsplit(url).scheme
     except ValueError as exc:  # it named neither the URL nor where it came from
-        raise DriverError(f"peer URL {url!r} is invalid: {exc}") from exc
+        raise InvalidURL(f"peer URL {url!r} is invalid: {exc}") from exc
     if not scheme:
-        raise DriverError(f"peer URL {url!r} lacks a scheme such as ws://")
+        raise InvalidURL(f"peer URL {url!r} lacks a scheme such as ws://")
     return scheme
+
+
+def check_peer_url(url: str) -> None:
+    """
+    Check a URL given to dial (``NodeOptions.peers``, ``--connect``,
+    :meth:`~trustp2p.ClientRole.connect`): one check, one error type for all three.
+
+    Raises:
+        InvalidURL: If it has no scheme, or :func:`~trustp2p.protocol.urls.check_dial_url`
+            refuses it (a scheme we don't dial, no host or port, credentials, a path...).
+
+    """
+    scheme_of(url)  # a URL without a scheme, or one that can't be read
+    reason = check_dial_url(url)
+    if reason is not None:
+        raise InvalidURL(reason)
 
 
 class DriverSet:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from ..drivers import check_peer_url
 from ..drivers.base import Socket
 from ..exceptions import DriverError, NodeStateError, PeerIdMismatch, SelfDialError
 from ..identity import PeerId, short_id
@@ -21,7 +22,7 @@ from ..protocol.close import CloseCode
 from ..protocol.handshake import is_id_mismatch, is_mode_mismatch, is_secure_mismatch
 from ..protocol.hosts import crowded_group
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
-from ..protocol.urls import split_peer_url
+from ..protocol.urls import address_of, split_peer_url
 from ..tasks import TaskOwner
 
 if TYPE_CHECKING:
@@ -79,12 +80,27 @@ class Dialer:
 
     def connect(self, url: str) -> None:
         """Dial ``url`` for good (see :meth:`~trustp2p.ClientRole.connect`)."""
-        split_peer_url(url)  # a bad /p2p/ part raises ValueError now
-        self.node.driver_for_url(url)  # fail now on an unknown scheme
+        # The checks of the node's peers (tester31 F3: a URL with credentials or a path
+        # went into logs, the store and get_peers answers; no port dialled 80; no host
+        # or a bad port was redialled for ever).
+        check_peer_url(url)
+        self.node.driver_for_url(url)  # a driver that isn't installed fails now
         if self.tasks.closed:  # (a URL dialled already would say nothing)
             raise NodeStateError(f"can't dial {url}: the node has stopped")
-        if self.policy.add_persistent(url) and self._started:
+        if not self.policy.add_persistent(url):
+            self._pin_not_applied(url)
+        elif self._started:
             self._dial_for_good(url)
+
+    def _pin_not_applied(self, url: str) -> None:
+        """``url``'s address is dialled already: say so if ``url`` names a peer the URL
+        dialled doesn't (tester31 F4: the pin was dropped without a word)."""
+        pin = split_peer_url(url)[1]
+        address = address_of(url)
+        given = next(u for u in self.policy.persistent_urls if address_of(u) == address)
+        if pin is not None and split_peer_url(given)[1] != pin:
+            logger.warning("! %s: %s is dialled already as %s, so its /p2p/ pin is not "
+                           "applied (disconnect() it first)", url, address, given)  # fmt: skip
 
     def _dial_for_good(self, url: str) -> None:
         self._persistent[url] = self.tasks.spawn(self._dial_forever(url), f"dial {url}")

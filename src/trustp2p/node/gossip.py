@@ -52,6 +52,7 @@ from ..protocol.gossip.pacing import PUBLISH_WAIT
 from ..protocol.package import Body, Package, PackageType
 from ..storage.msglog import MessageLog
 from ..tasks import TaskOwner
+from ..threads.loader import check_handler
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
 from .gossip_drops import oversized_line, skipped_line, too_old_line
@@ -135,6 +136,7 @@ class Gossip:
         )
         self._checks = FairShare(options.gossip_node_rate)  # live messages, all peers
         self._talked = asyncio.Event()  # set (and replaced) at each control talk
+        self._threads_started = asyncio.Event()  # handlers run from then on (replay())
 
     def _now(self) -> float:
         if self._clock is None:
@@ -230,7 +232,9 @@ class Gossip:
     def subscribe(self, topic: str, handler: GossipHandler | None = None) -> None:
         """Receive ``topic``'s messages; ``handler(message)`` is called for each. A topic
         new to a running node is caught up at once from a few peers (those that carry
-        it first)."""
+        it first). TypeError: a handler that can't be called as ``handler(message)``."""
+        if handler is not None:
+            check_handler(handler, ("message",))
         new = topic not in self.router.topics
         self.router.subscribe(topic)  # first: it refuses an invalid topic
         if handler is not None:
@@ -328,9 +332,12 @@ class Gossip:
         self.publishing = True
 
     def replay(self) -> None:
-        """Deliver what the log holds past the delivered marks, of every topic carried
-        (the node calls it once its threads have started: found by a new user, whose
-        thread's handler ran on them before its ``start()`` returned)."""
+        """Deliver what the log holds past the delivered marks, of every topic carried,
+        and from now on what the queues hold: the node calls it once every thread's
+        ``start()`` returned (found by a new user, whose thread's handler ran on them
+        before its ``start()`` returned; tester31 F5: on a message a thread published
+        in its ``start()`` too, a later thread's handler before its ``start()`` ran)."""
+        self._threads_started.set()
         for topic in self.router.topics:
             self._replay(topic)
 
@@ -489,6 +496,8 @@ class Gossip:
     # Validators and handlers, one message of a topic at a time, in order
 
     async def _work(self, kind: str, message: GossipMessage, socket: Socket | None) -> None:
+        if not self._threads_started.is_set():  # (the queue keeps the order meanwhile)
+            await self._threads_started.wait()
         if kind == "validate":
             await self._validate(message, socket)
         else:

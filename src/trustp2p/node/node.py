@@ -216,7 +216,9 @@ class Node:
         """
         Receive ``topic``'s messages: ``handler(message)`` (sync or async) is called once
         for each, in per-origin order (ValueError: an invalid topic, or past 1,000, what
-        peers accept). Threads may name the topic in their event map: ``GOSSIP`` type.
+        peers accept; TypeError: a handler that isn't callable with one positional
+        argument, checked here as threads' handlers are at load). Threads may name the
+        topic in their event map: ``GOSSIP`` type.
         """
         if self.gossip is None:
             raise NodeStateError("this node runs without gossip (gossip=False)")

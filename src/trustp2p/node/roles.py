@@ -13,11 +13,11 @@ from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
-from ..exceptions import NodeStateError
+from ..exceptions import NodeStateError, PeerIdMismatch
 from ..protocol.deliver import ConnId
 from ..protocol.handshake import VERSION_EVENT
 from ..protocol.package import REQUEST_TYPES, Body, Package, PackageType, build_package
-from ..protocol.urls import address_of
+from ..protocol.urls import address_of, split_peer_url
 from .dialer import Dialer
 
 if TYPE_CHECKING:
@@ -396,8 +396,15 @@ class ClientRole(Role):
         return self.dialer.urls
 
     def socket_for(self, url: str) -> Socket | None:
-        """The open connection to ``url`` (any spelling of its address), if any."""
-        return self._by_url.get(address_of(url))
+        """The open connection to ``url`` (any spelling of its address), if any; when
+        ``url`` names a peer (``/p2p/<id>``), only if it is to that peer (tester31 F4:
+        one to another peer at that address was returned). ValueError: a ``/p2p/``
+        part that is not a peer id."""
+        expected = split_peer_url(url)[1]
+        socket = self._by_url.get(address_of(url))
+        if socket is None or expected is None or socket.peer_id == expected:
+            return socket
+        return None
 
     async def connection_to(self, url: str, *, timeout: float | None = None) -> Socket:
         """
@@ -412,14 +419,30 @@ class ClientRole(Role):
                 waited for for ever: found by a tester).
             NodeStateError: As :meth:`~Role.wait_connected` raises it: the node is
                 stopping or stopped, or stops while this waits.
-            ValueError: If ``timeout`` is negative (or NaN).
+            PeerIdMismatch: If ``url`` names a peer (``/p2p/<id>``) and the connection
+                to its address is to another (dialled without the pin, say: tester31
+                F4, it was returned).
+            ValueError: If ``timeout`` is negative (or NaN), or the ``/p2p/`` part is
+                not a peer id.
 
         """
         check_timeout(timeout)
+        expected = split_peer_url(url)[1]
         address = address_of(url)
         socket = self._by_url.get(address)
-        if socket is not None:
-            return socket
+        if socket is None:
+            socket = await self._wait_for(url, address, timeout)
+        if expected is not None and socket.peer_id != expected:
+            error = PeerIdMismatch(
+                f"the connection to {address} is to peer {socket.peer_id}, "
+                f"not {expected}, which {url!r} names"
+            )
+            error.peer = socket.peer
+            raise error
+        return socket
+
+    async def _wait_for(self, url: str, address: str, timeout: float | None) -> Socket:
+        """Wait for a connection to ``address`` (:meth:`connection_to`'s wait)."""
         self.check_waitable()
         future: asyncio.Future[Socket] = asyncio.get_running_loop().create_future()
         waiters = self._url_waiters.setdefault(address, [])
@@ -438,12 +461,17 @@ class ClientRole(Role):
     def connect(self, url: str) -> None:
         """
         Start dialling ``url`` and keep connected to it; does nothing if its address is
-        dialled already (whatever the spelling). Before :meth:`~trustp2p.Node.start`, the
-        dialling begins when the node starts.
+        dialled already (whatever the spelling): if ``url`` names a peer
+        (``/p2p/<id>``) that the URL dialled doesn't, the pin is not applied and a
+        WARNING says so (:meth:`disconnect` the address first). Before
+        :meth:`~trustp2p.Node.start`, the dialling begins when the node starts.
 
         Raises:
-            DriverError: If no driver handles the URL's scheme.
-            ValueError: If the URL's ``/p2p/`` part is not a peer id.
+            InvalidURL: If the URL can't work, as ``NodeOptions.peers`` checks it: no
+                scheme or one no driver has, no host, no port or one out of range,
+                credentials, a path, or a ``/p2p/`` part that is not a peer id. It is
+                both a :exc:`~trustp2p.DriverError` and a :exc:`ValueError`.
+            DriverError: If the driver its scheme needs isn't installed.
             NodeStateError: If the node has stopped.
 
         """

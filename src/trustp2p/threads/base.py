@@ -99,10 +99,12 @@ class Thread:
 
     def start(self) -> Awaitable[None] | None:
         """Called once all threads are loaded, in load order, before the node accepts or
-        dials peers, and before its handlers get the gossip messages a crash left
-        undelivered. If it raises, the node doesn't start: ``Node.start()`` raises
-        :exc:`~trustp2p.ThreadLoadError` (its ``__cause__`` is what ``start()`` raised)
-        after stopping the threads started before this one (not this one)."""
+        dials peers. No thread's gossip handler runs before every thread's ``start()``
+        returned: the messages a crash left undelivered, and those published (by this
+        thread too) while the threads start, wait until then. If it raises, the node
+        doesn't start: ``Node.start()`` raises :exc:`~trustp2p.ThreadLoadError` (its
+        ``__cause__`` is what ``start()`` raised) after stopping the threads started
+        before this one (not this one)."""
         return None
 
     def stop(self) -> Awaitable[None] | None:

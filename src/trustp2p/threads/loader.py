@@ -16,6 +16,7 @@ __all__ = [
     "THREADS_AVAILABLE",
     "THREADS_ENABLED",
     "check_event_map",
+    "check_handler",
     "enabled_thread_classes",
     "load_thread_classes",
     "make_thread",
@@ -171,20 +172,44 @@ def _check_arity(where: str, package_type: PackageType, event: str, handler: Any
     """Whether ``handler`` can be called as ``handler(socket, package)``: found by a new
     user, a GOSSIP handler written as ``on_chat(self, message)`` (a subscriber's shape)
     loaded, then raised TypeError on every message."""
+    second = "message" if package_type is PackageType.GOSSIP else "package"
+    mismatch = _call_mismatch(handler, ("socket", second))
+    if mismatch is not None:
+        raise ThreadLoadError(where, f"handler of {package_type.name} {event!r} {mismatch}")
+
+
+def check_handler(handler: object, params: tuple[str, ...], what: str = "handler") -> None:
+    """
+    Check that ``handler`` can be called with one positional argument per name of
+    ``params``, as threads' handlers are checked at load: ``subscribe()`` checks its
+    handler with it (tester31 F11: a string, or a lambda of 0 or 2 arguments, was
+    accepted, then failed on every message, each consumed).
+
+    Raises:
+        TypeError: If it isn't callable, or can't be called that way.
+
+    """
+    if not callable(handler):
+        raise TypeError(f"{what} must be callable, not {type(handler).__name__}")
+    mismatch = _call_mismatch(handler, params)
+    if mismatch is not None:
+        raise TypeError(f"{what} {mismatch}")
+
+
+def _call_mismatch(handler: Any, params: tuple[str, ...]) -> str | None:
+    """Why ``handler`` can't be called with ``len(params)`` positional arguments
+    (``"can't be called as handler(...)..."``), or ``None`` if it can (or has no
+    signature to read, as some builtins: then as it is)."""
     try:
         signature = inspect.signature(handler, follow_wrapped=False)  # what is called
-    except (TypeError, ValueError):  # no signature to read (some builtins): as it is
-        return
+    except (TypeError, ValueError):
+        return None
     try:
-        signature.bind(None, None)
+        signature.bind(*(None for _ in params))
     except TypeError:
-        second = "message" if package_type is PackageType.GOSSIP else "package"
         name = getattr(handler, "__qualname__", type(handler).__name__)
-        raise ThreadLoadError(
-            where,
-            f"handler of {package_type.name} {event!r} can't be called as "
-            f"handler(socket, {second}): it is {name}{signature}",
-        ) from None
+        return f"can't be called as handler({', '.join(params)}): it is {name}{signature}"
+    return None
 
 
 def make_thread(cls: type[Thread], node: Any) -> Thread:
