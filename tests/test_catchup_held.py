@@ -34,6 +34,7 @@ from trustp2p.protocol.gossip import (
     Streams,
     decode_fetch_request,
     fetch_answer,
+    gap_fetch,
     sign_message,
     stream_key,
 )
@@ -256,3 +257,42 @@ async def test_a_round_asks_for_the_gaps_between_held_messages() -> None:
     assert [(e.first, e.last) for e in events if isinstance(e, GapSkipped)] == [(4, 2003)]
     released = [e.message.seq for e in events if isinstance(e, Deliver)]
     assert released == list(range(2004, 3004))  # all the peers kept
+
+
+async def test_a_seqs_fetch_does_not_span_a_wide_gap_it_does_not_ask() -> None:
+    """review33 R2: a round asked a stream's narrow gaps in one fetch by number that
+    spanned a wide gap asked apart; its answer counted every number up to its last as
+    lacked, so with the wide gap's own fetch refused (a refill held the stream), the
+    wide gap was given up at the first gap's timeout: 9,996 messages the peer kept."""
+    full = Peer(range(2004, 12501))  # keeps the last 10,497 of 12,500
+    held = [8, 12000, 12002]  # gaps 4..7 (nobody keeps), 9..11999 (wide), 12001
+    node, clock = _restarted(3, range(0))
+    for seq in held:
+        node.add(seq)
+    catchup = node.catchup
+    refills: list = []
+    real_end = catchup.end
+
+    def end(fetch):  # a heartbeat refill begins as the seqs fetch ends
+        real_end(fetch)
+        if fetch.wanted.seqs is not None and not refills:
+            gap = node.streams.missing(STREAM)
+            wanted = gap_fetch(STREAM, gap, lambda n: node.streams.missing_seqs(STREAM, n))
+            refills.append(catchup.begin(wanted, "other"))
+
+    catchup.end = end  # type: ignore[method-assign]
+    await node.fetcher.round(_socket(full, "full"))
+    catchup.end = real_end  # type: ignore[method-assign]
+    real_end(refills[0])
+    # Heartbeats until gap_timeout: a refill of the first gap from the full peer each.
+    for _ in range(29):
+        clock.advance(1.0)
+        node.fetcher.refill(_socket(full, "full"), STREAM)
+        for task in node.tasks:
+            await task
+        node.tasks.clear()
+    clock.advance(1.0)
+    events, _ = node.streams.tick()
+    skipped = [(e.first, e.last) for e in events if isinstance(e, GapSkipped)]
+    lost = [s for a, b in skipped for s in range(a, b + 1) if s in full.log]
+    assert not lost, f"{len(lost)} messages the peer keeps given up unasked"
