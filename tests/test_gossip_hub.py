@@ -212,4 +212,37 @@ async def test_a_client_that_rejects_what_others_publish_keeps_its_hub(
     assert victim.store is not None and victim.store.blocked_for(peer_id=hub.peer_id) is None
     said = [r.getMessage() for r in caplog.records if "rejected by its validator" in r.getMessage()]
     assert said and f"of {mallory.peer_id} on 'chat'" in said[0]
-    assert "relayed by this peer, not held against it" in said[0]
+    assert "relayed by this peer, which we dialled: not held against it" in said[0]
+
+
+@pytest.mark.parametrize("secure", [True, False])
+async def test_a_peer_that_dialled_us_answers_for_what_it_relays(
+    nodes: Callable[..., Any], secure: bool
+) -> None:
+    """review33: with only the origin blamed, a peer that dialled a node sent it junk
+    signed by a fresh key each time (or, on a plain connection, marked as relayed)
+    and was never blamed (200 rejected, no penalty). A peer that dialled us answers
+    for what it sends; one we dialled (a hub) doesn't, for others' messages."""
+    import time
+
+    from trustp2p import Validation
+    from trustp2p.identity import Identity
+    from trustp2p.protocol.gossip import sign_message
+    from trustp2p.protocol.package import PackageType, build_package
+
+    victim = await nodes(trustp2p.create_server, port=0, secure=secure)
+    assert victim.gossip is not None and victim.server is not None
+    victim.gossip.set_validator(
+        "chat", lambda m: Validation.REJECT if "junk" in m.body else Validation.ACCEPT
+    )
+    victim.subscribe("chat", lambda message: None)
+    mallory = await nodes(trustp2p.create_client, peers=[victim.url], secure=secure)
+    assert mallory.client is not None
+    socket = await mallory.client.connection_to(victim.url, timeout=5000 * MS)
+    await wait_for(lambda: victim.server.sockets)
+    for i in range(5):
+        junk = sign_message(Identity.generate(), "chat", 1, int(time.time() * 1000), {"junk": i})
+        package = build_package(PackageType.GOSSIP, "chat", junk.to_body(hops=1))
+        mallory.send_package(socket, package)
+    await wait_for(lambda: victim.gossip.router.stats.invalid == 5)
+    assert [s.stats.invalid_in for s in victim.server.sockets] == [5]

@@ -63,9 +63,9 @@ from .gossip_validate import (
     GossipHandler,
     Validation,
     Validator,
+    blamed_for,
     call_handlers,
     judge,
-    sent_by_origin,
 )
 
 if TYPE_CHECKING:
@@ -263,8 +263,8 @@ class Gossip:
 
     def set_validator(self, topic: str, validator: Validator | None) -> None:
         """Check each new message of ``topic`` before it is delivered or forwarded
-        (:class:`Validation`; a REJECT counts against the sender if it is the origin:
-        :func:`~trustp2p.node.gossip_validate.sent_by_origin`)."""
+        (:class:`Validation`; a REJECT counts against the sender if it is the origin or
+        dialled us: :func:`~trustp2p.node.gossip_validate.blamed_for`)."""
         if validator is None:
             self._validators.pop(topic, None)
         else:
@@ -541,12 +541,12 @@ class Gossip:
         self._carry_out(self._order.pass_over(message))
         if verdict is Validation.REJECT and socket is not None:
             self.router.stats.invalid += 1
-            if sent_by_origin(socket, message):
+            if blamed_for(socket, message):
                 why = f"gossip message rejected by the validator of {message.topic!r}"
                 self.node.penalize(socket, why)
-            else:  # a relay: said, not held against it
+            else:  # a peer we dialled relayed it: said, not held against it
                 said = "[%s] ! message %d of %s on %r rejected by its validator: relayed"
-                said += " by this peer, not held against it"
+                said += " by this peer, which we dialled: not held against it"
                 where = (socket.peer, message.seq, message.origin, message.topic)
                 self.node.connections.inbound.log(logger, logging.WARNING, "rejected", said, *where)
 

@@ -8,7 +8,7 @@ of a topic at a time, in order, and carries out the verdicts.
 
 from __future__ import annotations
 
-__all__ = ["GossipHandler", "Validation", "Validator", "call_handlers", "judge", "sent_by_origin"]
+__all__ = ["GossipHandler", "Validation", "Validator", "blamed_for", "call_handlers", "judge"]
 
 import enum
 import inspect
@@ -33,24 +33,22 @@ class Validation(enum.Enum):
 
     ACCEPT = "accept"  # deliver and forward
     IGNORE = "ignore"  # drop it quietly
-    REJECT = "reject"  # drop it; count it against the peer that sent it, if its origin
+    REJECT = "reject"  # drop it; count it against the peer that sent it (blamed_for)
 
 
 Validator = Callable[[GossipMessage], "Validation | Awaitable[Validation]"]
 GossipHandler = Callable[[GossipMessage], "Awaitable[None] | None"]
 
 
-def sent_by_origin(socket: Socket, message: GossipMessage) -> bool:
-    """Whether ``message`` came from its origin itself: the peer authenticated as its
-    origin, or on a plain connection (no peer id) one that sent it as published (0
-    hops; a relay sends on a copy with one more). Only such a sender is blamed for a
-    message its validator rejects: a relay that doesn't run the topic's rules, a hub
-    of ``relay_topics`` for one, passes on whatever its other peers publish (found
-    by an attacker: any client of a hub had the hub blocked for an hour by every
-    client that rejected what it sent through it)."""
-    if socket.peer_id is not None:
-        return socket.peer_id == message.origin
-    return message.hops == 0
+def blamed_for(socket: Socket, message: GossipMessage) -> bool:
+    """Whether the peer on ``socket`` answers for ``message``, which a validator
+    rejected: if it is the message's origin (authenticated as such), or if it dialled
+    us. A peer this node dialled may be a hub that doesn't run the topic's rules (a
+    hub of ``relay_topics`` passes on whatever its clients publish: found by an
+    attacker, any client of a hub had the hub blocked for an hour by every client that
+    rejected what it sent through it); one that dialled us can't claim that, or it
+    would send junk signed by a fresh key each time and never be blamed (review33)."""
+    return socket.inbound or (socket.peer_id is not None and socket.peer_id == message.origin)
 
 
 async def judge(validator: Validator | None, message: GossipMessage) -> Validation:
