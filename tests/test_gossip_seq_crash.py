@@ -146,3 +146,26 @@ async def test_a_second_message_signed_for_a_held_seq_is_said(
     ]
     assert [r.levelno for r in caplog.records] == [logging.WARNING] * 2
     assert [m.id for m in got] == [first.id]
+
+
+async def test_a_publish_cancelled_while_its_message_is_written_still_sends_it(
+    tmp_path: Path,
+) -> None:
+    """It has its seq: left unsent, every subscriber would wait ``gap_timeout`` for it."""
+    (tmp_path / "threads-enabled").mkdir()
+    node = await trustp2p.create_node(cwd=tmp_path, port=0, name="pub")
+    got: list[int] = []
+    try:
+        assert node.gossip is not None
+        node.gossip.subscribe("chat", lambda message: got.append(message.seq))
+        publishing = asyncio.ensure_future(node.publish("chat", {"n": 1}))
+        for _ in range(2):  # signed (one turn), then waiting for the write
+            await asyncio.sleep(0)
+        assert not publishing.done()
+        publishing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await publishing
+        await node.publish("chat", {"n": 2})
+        await wait_for(lambda: got == [1, 2])
+    finally:
+        await node.stop()
