@@ -55,7 +55,7 @@ from ..tasks import TaskOwner
 from ..threads.loader import check_handler
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
-from .gossip_drops import oversized_line, skipped_line, too_old_line
+from .gossip_drops import oversized_line, signed_twice, skipped_line, too_old_line
 from .gossip_log import delivered, open_log, to_logged, undelivered
 from .gossip_publish import NobodyCarries, checked_payload, wait_for_peers, wait_until
 from .gossip_send import make_router
@@ -63,9 +63,9 @@ from .gossip_validate import (
     GossipHandler,
     Validation,
     Validator,
-    blamed_for,
     call_handlers,
     judge,
+    rejected,
 )
 
 if TYPE_CHECKING:
@@ -129,7 +129,8 @@ class Gossip:
         self.publishing = False
         self.delivered = self.carried = self.caught_up = self.too_old = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
-        self._publishing = asyncio.Lock()
+        self._publishing = asyncio.Lock()  # signing: one a loop iteration
+        self._sending = asyncio.Lock()  # sending, in seq order, and the pacing waits
         self._validators: dict[str, Validator] = {}
         self._delivery = TopicQueues(
             self.tasks, self._work, self._settle, node.connection, self._catch_up
@@ -181,28 +182,44 @@ class Gossip:
             if not self.publishing:  # (checked in turn: the log may have closed since)
                 raise NodeStateError("the node is stopping: publish() works until the "
                                      "threads' stop() returned")  # fmt: skip
-            return await self._publish(topic, data)
+            message, size = self._sign(topic, data)
+            await asyncio.sleep(0)  # (a loop of publish() held the event loop for seconds)
+        # On disk (its seq too) before it leaves, shared by the publishes waiting, then
+        # sent in turn (FIFO locks): else a publisher killed now reuses its seqs (tester31 F1)
+        try:
+            await self._log.written()
+            await self._sending.acquire()
+        except asyncio.CancelledError:  # it has its seq: unsent, a gap everyone waits for
+            self._send(message)
+            raise
+        try:  # our own burst waits for the peers that carry it, as pacing says
+            await wait_for_peers(self.pacing, self._send(message), self._now, size)
+            await asyncio.sleep(0)  # (its bytes are written before publish() returns)
+        finally:
+            self._sending.release()
+        return message.id
 
-    async def _publish(self, topic: str, data: Body) -> str:
+    def _sign(self, topic: str, data: Body) -> tuple[GossipMessage, int]:
         identity = self.node.identity
         assert identity is not None
-        log = self._log
         # Check everything before taking a seq: one not used is a gap subscribers wait for.
         data, size = checked_payload(topic, data, self.node.options.max_package_size)
-        seq = log.next_seq(stream_key(topic, identity.peer_id))
+        seq = self._log.next_seq(stream_key(topic, identity.peer_id))
         self._published.add(topic)
         message = sign_message(identity, topic, seq, int(self._wall_clock() * 1000), data)
-        log.add(to_logged(message))
+        self._log.add(to_logged(message))
+        return message, size
+
+    def _send(self, message: GossipMessage) -> list[Socket]:
+        """Send a message we signed, deliver it here; return the peers that carry it."""
+        if not self.publishing:  # stopped meanwhile: logged, it is caught up from there
+            return []
         self.router.publish(message)
-        count(self.node.metrics.topic_published, topic, limit=MAX_TOPICS)
+        count(self.node.metrics.topic_published, message.topic, limit=MAX_TOPICS)
         self._accepted(None, message, logged=True)
-        # Our own burst waits for the peers that carry it, as pacing says (not slow ones).
-        carrying = self._carrying(topic)
-        # (tester30 F1: said nothing; not before any peer's introduction: review31)
-        self._alone.said(topic, carrying=bool(carrying) or not self.router.peers)
-        await wait_for_peers(self.pacing, carrying, self._now, size)
-        await asyncio.sleep(0)  # (a loop of publish() held the event loop for seconds)
-        return message.id
+        carrying = self._carrying(message.topic)  # (said: tester30 F1; review31)
+        self._alone.said(message.topic, carrying=bool(carrying) or not self.router.peers)
+        return carrying
 
     def _carrying(self, topic: str) -> list[Socket]:
         return [s for s in self.node.sockets if topic in self.router.peer_topics(s.id)]
@@ -435,7 +452,9 @@ class Gossip:
             return False
         if stale is not None:
             self.router.refuse(message.id)
-            if stale != "delivered":
+            if stale == "delivered":  # (a copy whose id the router forgot: silent)
+                signed_twice(self.node, self._log, message)
+            else:
                 self._too_old(message, stale, live=live)
             return False
         source = socket if live else None
@@ -467,8 +486,8 @@ class Gossip:
         logged: bool = False,
     ) -> None:
         """A message passed validation: log it, send it on, deliver it in turn."""
-        if not logged:
-            self._log.add(to_logged(message))
+        if not logged and not self._log.add(to_logged(message)):
+            signed_twice(self.node, self._log, message)
         if forward:
             self.router.forward(socket.id if socket is not None else None, message)
         self._carry_out(self._order.add(message, socket))
@@ -541,14 +560,7 @@ class Gossip:
         self._carry_out(self._order.pass_over(message))
         if verdict is Validation.REJECT and socket is not None:
             self.router.stats.invalid += 1
-            if blamed_for(socket, message):
-                why = f"gossip message rejected by the validator of {message.topic!r}"
-                self.node.penalize(socket, why)
-            else:  # a peer we dialled relayed it: said, not held against it
-                said = "[%s] ! message %d of %s on %r rejected by its validator: relayed"
-                said += " by this peer, which we dialled: not held against it"
-                where = (socket.peer, message.seq, message.origin, message.topic)
-                self.node.connections.inbound.log(logger, logging.WARNING, "rejected", said, *where)
+            rejected(self.node, socket, message)
 
     # Heartbeat: the router's, and the gaps'
 

@@ -1,15 +1,24 @@
 """
 What a node says about the gossip messages it drops unseen for their timestamp
-(``Gossip.too_old``), for their size, or skips in a gap: the log line, with the numbers
-an operator needs.
+(``Gossip.too_old``), for their size, for their seq (signed twice), or skips in a gap:
+the log line, with the numbers an operator needs.
 
 """
 
 from __future__ import annotations
 
-__all__ = ["oversized_line", "skipped_line", "too_old_line"]
+__all__ = ["oversized_line", "signed_twice", "skipped_line", "too_old_line"]
 
-from ..protocol.gossip import GapSkipped, GossipMessage, Stale
+import logging
+from typing import TYPE_CHECKING
+
+from ..protocol.gossip import GapSkipped, GossipMessage, Stale, stream_key
+from ..storage.msglog import MessageLog
+
+if TYPE_CHECKING:
+    from .node import Node
+
+logger = logging.getLogger("trustp2p.node.gossip")
 
 
 def too_old_line(
@@ -44,3 +53,20 @@ def skipped_line(event: GapSkipped) -> tuple[str, tuple[object, ...]]:
     INFO)."""
     skipped = (event.count, event.origin, event.topic, event.last + 1, event.reason)
     return "! %d messages of %s on %r before seq %d skipped (%s)", skipped
+
+
+def signed_twice(node: Node, log: MessageLog, message: GossipMessage) -> None:
+    """
+    ``message`` (verified, new to the router) has an ``(origin, seq)`` this node logged
+    or delivered already: if the log holds another message for it, say so (a WARNING,
+    within the log budget); the first one counts. Found by a tester: a publisher killed
+    and restarted numbered its next messages as its last ones, and every peer dropped
+    them without a word. A copy of a message (same id) is normal, and says nothing.
+    """
+    logged = log.get(stream_key(message.topic, message.origin), message.seq)
+    if logged is None or logged.id == message.id:
+        return  # (not kept any more: can't tell)
+    said = "! origin %s signed two messages with seq %d on %r: a restarted publisher that "
+    said += "lost its counter, or a copied identity? (the first one counts, the other dropped)"
+    where = (message.origin, message.seq, message.topic)
+    node.connections.inbound.log(logger, logging.WARNING, "signed twice", said, *where)

@@ -8,7 +8,15 @@ of a topic at a time, in order, and carries out the verdicts.
 
 from __future__ import annotations
 
-__all__ = ["GossipHandler", "Validation", "Validator", "blamed_for", "call_handlers", "judge"]
+__all__ = [
+    "GossipHandler",
+    "Validation",
+    "Validator",
+    "blamed_for",
+    "call_handlers",
+    "judge",
+    "rejected",
+]
 
 import enum
 import inspect
@@ -49,6 +57,18 @@ def blamed_for(socket: Socket, message: GossipMessage) -> bool:
     rejected what it sent through it); one that dialled us can't claim that, or it
     would send junk signed by a fresh key each time and never be blamed (review33)."""
     return socket.inbound or (socket.peer_id is not None and socket.peer_id == message.origin)
+
+
+def rejected(node: Node, socket: Socket, message: GossipMessage) -> None:
+    """``message`` from ``socket`` was rejected by its validator: held against the
+    peer if :func:`blamed_for`, else said (budgeted), naming its origin."""
+    if blamed_for(socket, message):
+        node.penalize(socket, f"gossip message rejected by the validator of {message.topic!r}")
+        return
+    said = "[%s] ! message %d of %s on %r rejected by its validator: relayed by this peer,"
+    said += " which we dialled: not held against it"
+    where = (socket.peer, message.seq, message.origin, message.topic)
+    node.connections.inbound.log(logger, logging.WARNING, "rejected", said, *where)
 
 
 async def judge(validator: Validator | None, message: GossipMessage) -> Validation:

@@ -14,8 +14,8 @@ call made per message (:meth:`~MessageLog.add`, :meth:`~MessageLog.has`,
 :meth:`~MessageLog.high_water`, :meth:`~MessageLog.range`, :meth:`~MessageLog.delivered`,
 :meth:`~MessageLog.mark_delivered`, :meth:`~MessageLog.next_seq`) is a dict or list
 operation that never touches the disk. Changes are written behind, in one transaction
-every ``flush_interval`` seconds, sooner when many messages are waiting, and at
-:meth:`~MessageLog.close`.
+every ``flush_interval`` seconds, sooner when many messages are waiting or someone waits
+in :meth:`~MessageLog.written`, and at :meth:`~MessageLog.close`.
 
 **Bounded.** Each topic keeps at most ``max_messages`` messages, the oldest received
 dropped first unless an origin holds more than its share (see :meth:`~MessageLog.add`),
@@ -282,6 +282,12 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         """
         return self._messages.high_water(topic)
 
+    def get(self, origin: str, seq: int) -> LoggedMessage | None:
+        """The logged message ``(origin, seq)``, in any topic; None if it isn't."""
+        logged = self._messages.origins.get(origin)
+        entry = None if logged is None else logged.get(seq)
+        return None if entry is None else entry[0]
+
     def first_seq(self, origin: str) -> int | None:
         """
         The lowest sequence number kept for ``origin`` (in any topic); the ones before
@@ -388,7 +394,10 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         It also counts the numbers the log knows were used: a message of ``origin`` in
         the log, or a delivery mark. This covers a crash between returning a number and
         writing it, if a peer sends the message back before the next publish. To be
-        sure a number is never used twice, ``await flush()`` before sending the message.
+        sure a number is never used twice, ``await written()`` before sending the
+        message, as ``publish()`` does (tester31 F1: a publisher killed within a second
+        of sending, restarted, numbered its next messages as the last ones, and its peers
+        dropped them).
         """
         last = self._sequences.get(origin, 0)
         logged = self._messages.origins.get(origin)

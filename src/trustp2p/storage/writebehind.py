@@ -204,6 +204,12 @@ class Database(abc.ABC, Generic[_Batch, _Loaded]):
         """Write ``batch``; the caller commits, or rolls back if this raises."""
 
 
+def _settle(waiting: list[asyncio.Future[bool]], written: bool) -> None:
+    for future in waiting:
+        if not future.done():  # (cancelled)
+            future.set_result(written)
+
+
 class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
     """
     State kept in memory and written behind to a :class:`Database` by one worker thread.
@@ -241,6 +247,7 @@ class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
         self.write_failures = 0
         """Times opening or writing the database failed (each retry counts)."""
         self._wake = asyncio.Event()
+        self._waiting: list[asyncio.Future[bool]] = []  # for the next write: written()
         self._tasks: TaskOwner | None = None
         self._closed = False
 
@@ -293,6 +300,7 @@ class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
                 )
         finally:
             self._db = None
+            self._settle_waiting(False)  # (a written() after the last flush took its own)
             try:
                 await asyncio.get_running_loop().run_in_executor(executor, db.close)
             finally:
@@ -303,27 +311,68 @@ class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
         if self._db is None:
             self._prune()
             self._discard_changes()
+            self._settle_waiting(True)
             return True
         async with self._lock:
-            if not self._db_open and not await self._open_database():
-                return False
-            self._prune()
-            batch = self._take_batch()
-            if batch is not None:
-                try:
-                    await self._run(self._db.write, batch)
-                except _STORAGE_ERRORS as exc:
-                    self._restore(batch)
-                    self._storage_failed("write", exc)
-                    return False
-                except BaseException:
-                    # Cancelled (or a bug): it may not be written; write it again.
-                    self._restore(batch)
-                    raise
-            if self._failing:
-                self._failing = False
-                self._logger.info("%s %s is writable again", self._name, self._db.path)
+            # Those waiting in written() want what changed until now: this batch has it.
+            waiting, self._waiting = self._waiting, []
+            written = False
+            try:
+                written = await self._flush_locked()
+            finally:
+                _settle(waiting, written)
+            return written
+
+    async def written(self) -> bool:
+        """
+        Wait until every change made so far is written, and say whether it was.
+
+        Callers that wait meanwhile share one write (the flush task's next, started at
+        once): a group commit. Cancelling the wait doesn't cancel the write.
+
+        Returns:
+            True once written, or at once without a database (in memory only: nothing
+            to wait for); False if the write failed, or at once while writes fail (the
+            WARNING said so; the periodic flush retries).
+
+        """
+        if self._db is None:
             return True
+        if self._failing:
+            return False
+        if self._closed:  # no flush task any more
+            return await self.flush()
+        if not self._waiting:
+            self._wake.set()
+        waiting: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiting)  # (its own: cancelling it cancels no one else's)
+        return await waiting
+
+    def _settle_waiting(self, written: bool) -> None:
+        waiting, self._waiting = self._waiting, []
+        _settle(waiting, written)
+
+    async def _flush_locked(self) -> bool:
+        assert self._db is not None
+        if not self._db_open and not await self._open_database():
+            return False
+        self._prune()
+        batch = self._take_batch()
+        if batch is not None:
+            try:
+                await self._run(self._db.write, batch)
+            except _STORAGE_ERRORS as exc:
+                self._restore(batch)
+                self._storage_failed("write", exc)
+                return False
+            except BaseException:
+                # Cancelled (or a bug): it may not be written; write it again.
+                self._restore(batch)
+                raise
+        if self._failing:
+            self._failing = False
+            self._logger.info("%s %s is writable again", self._name, self._db.path)
+        return True
 
     async def _run(self, function: Callable[..., _T], *args: object) -> _T:
         assert self._executor is not None

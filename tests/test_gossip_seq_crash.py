@@ -1,0 +1,171 @@
+"""
+A publisher's sequence numbers across a crash (tester31 F1): what ``publish()`` sent is
+numbered on disk first, so a publisher killed with ``kill -9`` and restarted numbers its
+next messages past it; and a receiver that gets a second, different message for an
+``(origin, seq)`` it holds says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import trustp2p
+from trustp2p import Node, PackageType
+from trustp2p.drivers.memory import MemoryDriver, MemoryHub
+from trustp2p.identity import Identity
+from trustp2p.protocol.gossip import GossipMessage, sign_message, stream_key
+from trustp2p.protocol.package import build_package
+from trustp2p.storage.msglog import LOG_FILE, MessageLog
+
+from .conftest import MS, stays, wait_for
+
+
+def _killed_copy(cwd: Path, name: str, into: Path) -> None:
+    """What a ``kill -9`` of the node running in ``cwd`` would leave now, in ``into``:
+    its identity, and its message log as committed (SQLite's backup reads just that)."""
+    shutil.copytree(cwd / "identity", into / "identity", ignore=shutil.ignore_patterns("*.lock"))
+    (into / "threads-enabled").mkdir()
+    (into / "data" / name).mkdir(parents=True)
+    source = sqlite3.connect(cwd / "data" / name / LOG_FILE)
+    target = sqlite3.connect(into / "data" / name / LOG_FILE)
+    with contextlib.closing(source), contextlib.closing(target):
+        source.backup(target)
+
+
+async def test_a_publisher_killed_after_publishing_numbers_its_next_messages_past_them(
+    tmp_path: Path,
+) -> None:
+    """Found by a tester: the counter was written behind (every second), so a publisher
+    killed just after publishing numbered its next messages as its last ones after the
+    restart, and its peers dropped them as already held."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    (first / "threads-enabled").mkdir(parents=True)
+    node = await trustp2p.create_node(cwd=first, port=0, name="pub")
+    try:
+        for n in range(3):
+            await node.publish("chat", {"n": n})
+        _killed_copy(first, "pub", again)  # killed as soon as the last publish() returned
+    finally:
+        await node.stop()
+    node = await trustp2p.create_node(cwd=again, port=0, name="pub")
+    try:
+        assert node.gossip is not None and node.gossip.message_log is not None
+        stream = stream_key("chat", node.peer_id)
+        assert node.gossip.message_log.last_seq(stream) == 3  # the messages too
+        await node.publish("chat", {"n": 3})
+        assert node.gossip.message_log.last_seq(stream) == 4
+    finally:
+        await node.stop()
+
+
+async def test_waits_for_the_write_share_it_and_a_log_in_memory_has_none(tmp_path: Path) -> None:
+    log = await MessageLog.open(tmp_path / LOG_FILE, flush_interval=3600.0)
+    writes = 0
+    assert log._db is not None
+    write = log._db.write
+
+    def counted(batch: Any) -> None:
+        nonlocal writes
+        writes += 1
+        write(batch)
+
+    log._db.write = counted  # type: ignore[method-assign]
+    try:
+        seqs = [log.next_seq("chat\0me") for _ in range(3)]
+        assert await asyncio.gather(*(log.written() for _ in seqs)) == [True] * 3
+        assert writes == 1
+        log.next_seq("chat\0me")
+        waiter = asyncio.ensure_future(log.written())
+        await asyncio.sleep(0)
+        waiter.cancel()  # cancelling a wait doesn't cancel the write, nor the others'
+        assert await log.written() is True
+        assert writes == 2
+    finally:
+        await log.close()
+    memory = await MessageLog.open(None)
+    try:
+        memory.next_seq("chat\0me")
+        coroutine = memory.written()
+        with pytest.raises(StopIteration) as done:  # True at once: it never suspends
+            coroutine.send(None)
+        assert done.value.value is True
+    finally:
+        await memory.close()
+
+
+async def test_a_second_message_signed_for_a_held_seq_is_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A different message for an ``(origin, seq)`` delivered or held: dropped (the
+    first one counts), with a WARNING naming the origin and the seq; a copy of the same
+    message says nothing."""
+    hub = MemoryHub()
+    options: dict[str, Any] = {"peer_exchange": False, "target_outbound": 0}
+    node = Node(server=True, port=1, host="a", driver=MemoryDriver(hub=hub, name="a"), **options)
+    peer = Node(client=True, peers=["memory://a:1"], driver=MemoryDriver(hub=hub), **options)
+    got: list[GossipMessage] = []
+    origin = Identity.generate()
+    now = int(time.time() * 1000)
+    first, held = (sign_message(origin, "chat", seq, now, {"run": "A"}) for seq in (1, 3))
+    other, other_held = (sign_message(origin, "chat", seq, now, {"run": "B"}) for seq in (1, 3))
+    caplog.set_level(logging.WARNING, logger="trustp2p")
+    async with node, peer:
+        assert node.gossip is not None and peer.client is not None
+        node.gossip.subscribe("chat", got.append)
+        await peer.client.wait_connected()
+
+        def send(message: GossipMessage) -> None:
+            package = build_package(PackageType.GOSSIP, "chat", message.to_body())
+            assert peer.client is not None
+            peer.send_package(peer.client.sockets[0], package)
+
+        send(first)
+        await wait_for(lambda: len(got) == 1)
+        send(held)  # held behind the gap at 2
+        send(first)
+        send(held)  # copies: silent
+        assert await stays(lambda: not caplog.records, 50 * MS)
+        send(other)  # seq 1 again, delivered already
+        send(other_held)  # seq 3 again, held
+        await wait_for(lambda: len(caplog.records) == 2)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        f"! origin {origin.peer_id} signed two messages with seq {seq} on 'chat': a restarted "
+        "publisher that lost its counter, or a copied identity? (the first one counts, the "
+        "other dropped)"
+        for seq in (1, 3)
+    ]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] * 2
+    assert [m.id for m in got] == [first.id]
+
+
+async def test_a_publish_cancelled_while_its_message_is_written_still_sends_it(
+    tmp_path: Path,
+) -> None:
+    """It has its seq: left unsent, every subscriber would wait ``gap_timeout`` for it."""
+    (tmp_path / "threads-enabled").mkdir()
+    node = await trustp2p.create_node(cwd=tmp_path, port=0, name="pub")
+    got: list[int] = []
+    try:
+        assert node.gossip is not None
+        node.gossip.subscribe("chat", lambda message: got.append(message.seq))
+        publishing = asyncio.ensure_future(node.publish("chat", {"n": 1}))
+        for _ in range(2):  # signed (one turn), then waiting for the write
+            await asyncio.sleep(0)
+        assert not publishing.done()
+        publishing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await publishing
+        await node.publish("chat", {"n": 2})
+        await wait_for(lambda: got == [1, 2])
+    finally:
+        await node.stop()
