@@ -907,10 +907,7 @@ async def test_a_failed_start_removes_the_key_and_data_it_made(
         caplog.set_level(logging.INFO, "trustp2p.node")
         with pytest.raises(trustp2p.DriverError, match="can't listen"):
             await Node(server=True, port=port, cwd=tmp_path, name="second", **FAST).start()
-        assert sorted(p.name for p in (tmp_path / "identity").iterdir()) == [
-            "first.key",
-            "first.key.lock",
-        ]
+        assert sorted(p.name for p in (tmp_path / "identity").glob("*.key")) == ["first.key"]
         assert [p.name for p in (tmp_path / "data").iterdir()] == ["first"]
         assert any("removed what the failed start made" in r.getMessage() for r in caplog.records)
         await first.stop()  # then again, on a port in use, with its key and data kept

@@ -139,3 +139,29 @@ def test_a_connection_into_a_full_network_group_is_crowded() -> None:
     # Loopback and in-memory hosts are in no group.
     assert crowded_group("127.0.0.1", ["127.0.0.1", "127.0.0.2"], 2) is None
     assert crowded_group("node3", ["node3", "node3"], 2) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ws://2130706433:8000",
+        "ws://127.1:8000",
+        "ws://0x7f000001:8000",
+        "ws://0177.0.0.1:8000",
+        "ws://3232235786:8000",
+        "ws://node.0x10:8000",
+    ],
+)
+def test_an_address_spelt_as_a_number_is_no_host(url: str) -> None:
+    """review33 R4: IPv4 spellings that ipaddress doesn't parse but the resolver does
+    (127.0.0.1, 192.168.1.10) passed as names: a public peer's list had us dial our
+    own loopback. No top-level domain is numeric: they are refused as hosts."""
+    from trustp2p.protocol.urls import validate_url
+
+    assert validate_url(url) == f"URL {url!r} has an invalid host"
+
+
+@pytest.mark.parametrize("url", ["ws://localhost.:8000", "ws://app.localhost:8000"])
+def test_localhost_spellings_count_as_loopback(url: str) -> None:
+    assert not may_pass_on(url, "8.8.4.4")
+    assert may_pass_on(url, "127.0.0.1")

@@ -67,7 +67,10 @@ def fetch_status(admin: str, *, token: str | None = None, timeout: float = 5.0) 
         answer = response.read(MAX_STATUS_BYTES + 1)
     if len(answer) > MAX_STATUS_BYTES:
         raise ValueError(f"the answer exceeds {MAX_STATUS_BYTES} bytes: not a node's status")
-    return json.loads(answer)
+    try:
+        return json.loads(answer)
+    except RecursionError:  # nested too deep: no node's status (review33)
+        raise ValueError("the answer's JSON is nested too deep: not a node's status") from None
 
 
 def add_plain_row(table: Table, *cells: str) -> None:

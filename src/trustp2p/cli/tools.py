@@ -115,7 +115,7 @@ def status(admin: str, token: str | None, as_json: bool) -> int:
         console = Console(width=200)  # don't wrap rows for scripts and pagers
     try:
         tables = status_tables(answer)
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # (an attacker's test)
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError, OSError) as exc:
         why = f"{type(exc).__name__}: {exc}"
         click.echo(
             f"trustp2p: error: {admin} answered JSON that isn't a trustp2p node's status"

@@ -381,7 +381,7 @@ class Node:
         identity, self._identity_name, self._identity_lock = claimed
         path = key_path(options.cwd, self._identity_name)
         if path not in keys:  # made now (tester27 F8: a start that failed left a node
-            self._made += [path, path.with_name(path.name + ".lock")]  # `peers` listed)
+            self._made.append(path)  # `peers` listed; not its lock, held: review33)
         return identity
 
     def _data_dir(self) -> Path | None:

@@ -111,6 +111,11 @@ def check_dial_url(url: object) -> str | None:
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
 
 
+_NUMERIC = re.compile(r"(?i)^(0x[0-9a-f]*|[0-9]+)$")
+"""A last label that makes a host an IPv4 address to the resolver, not a name (review33:
+``ws://2130706433:P`` passed the rules for names and reached 127.0.0.1)."""
+
+
 def _valid_host(host: str) -> bool:
     """An IP address or a DNS name (letters, digits, hyphens and underscores,
     dot-separated)."""
@@ -121,6 +126,8 @@ def _valid_host(host: str) -> bool:
     else:
         return True
     labels = host.rstrip(".").split(".")
+    if _NUMERIC.match(labels[-1]):  # 2130706433, 127.1, 0x7f000001, 0177.0.0.1: not
+        return False  # a name (no top-level domain is numeric), an address in disguise
     return len(host) <= 253 and all(_LABEL.match(label) for label in labels)
 
 
