@@ -859,3 +859,25 @@ def test_lost_errors_say_whether_the_peer_vanished(
     assert isinstance(error, ConnectionDropped) is dropped and isinstance(error, DriverError)
     expected = message.replace("...frame", "connection closed without a close frame")
     assert (str(error), error.__cause__) == (expected, exc)
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b"<!DOCTYPE html>"])
+async def test_a_dial_that_meets_http_says_so(harness: DriverHarness, answer: bytes) -> None:
+    """Found by a new user: ``tcp://`` to an HTTP or WebSocket listener said "message
+    too big: 1008813135 bytes" (the bytes of "<!DO"), at each redial."""
+
+    async def web(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(answer)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(web, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        socket, events = await harness.connect(f"tcp://127.0.0.1:{port}")
+        await events.next(DriverEvent.ERROR, socket)
+        [error] = [str(exc) for exc in events.errors(socket)]
+        assert error == "HTTP, not a tcp:// frame: does it listen on ws://?"
+    finally:
+        server.close()

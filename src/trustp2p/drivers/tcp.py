@@ -113,7 +113,8 @@ MAX_LENGTH = _LENGTH_MASK
 """Largest payload a data frame can carry, in bytes."""
 _MAX_CONTROL_LENGTH = 126  # type byte + close code + 123 bytes of reason
 _MAX_REASON_LENGTH = 123
-_HTTP = (b"GET ", b"HTTP", b"POST", b"HEAD", b"PUT ")  # read as a header: a WebSocket peer
+_HTTP = (b"GET ", b"HTTP", b"POST", b"HEAD", b"PUT ", b"<!DO", b"<!do", b"<htm", b"<HTM")
+"""Headers that are HTTP: a WebSocket peer's request or answer, a web server's page."""
 
 # _ENDING: the connection ended with messages held by a pause (EndAfterHeld): they are
 # delivered, nothing can be sent.
@@ -400,8 +401,9 @@ class TcpSocket(FrameDeadline, StreamSocket):
     def _check_header(self, length: int) -> bool:
         """Check a header over the data limit: True for a well-formed control frame."""
         if length <= _LENGTH_MASK:
-            if _HEADER.pack(length) in _HTTP:
-                self._protocol_error("HTTP, not a tcp:// frame: does the peer dial ws://?")
+            if _HEADER.pack(length) in _HTTP:  # (a tester: "message too big", each redial)
+                hint = "does the peer dial ws://?" if self.inbound else "does it listen on ws://?"
+                self._protocol_error(f"HTTP, not a tcp:// frame: {hint}")
                 return False
             limit = self._limit
             error = DriverError(f"message too big: {length} bytes exceeds limit of {limit} bytes")
