@@ -169,3 +169,31 @@ async def test_a_publish_cancelled_while_its_message_is_written_still_sends_it(
         await wait_for(lambda: got == [1, 2])
     finally:
         await node.stop()
+
+
+@pytest.mark.parametrize("with_data", [False, True])
+async def test_a_publish_cancelled_once_signed_is_still_sent_in_turn(
+    tmp_path: Path, with_data: bool
+) -> None:
+    """review34: a publish() cancelled just after it signed (its seq taken and logged)
+    was never sent, a gap for every subscriber and its own node; one cancelled while
+    its write was pending went out at once, ahead of earlier ones and their writes. A
+    signed message is sent whatever becomes of its call, in turn, after its write."""
+    (tmp_path / "threads-enabled").mkdir()
+    node = await trustp2p.create_node(
+        port=0, name="pub", **({"cwd": tmp_path} if with_data else {})
+    )
+    try:
+        assert node.gossip is not None
+        got: list[int] = []
+        node.gossip.subscribe("chat", lambda m: got.append(m.seq))
+        for _ in range(2):  # cancelled in the lock after signing, then later
+            first = asyncio.ensure_future(node.publish("chat", {"n": 1}))
+            await asyncio.sleep(0)
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+        await node.publish("chat", {"n": 3})
+        await wait_for(lambda: got == [1, 2, 3])
+    finally:
+        await node.stop()

@@ -57,7 +57,7 @@ from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
 from .gossip_drops import oversized_line, signed_twice, skipped_line, too_old_line
 from .gossip_log import delivered, open_log, to_logged, undelivered
-from .gossip_publish import NobodyCarries, checked_payload, wait_for_peers, wait_until
+from .gossip_publish import NobodyCarries, checked_payload, keep_task, wait_for_peers, wait_until
 from .gossip_send import make_router
 from .gossip_validate import (
     GossipHandler,
@@ -131,6 +131,7 @@ class Gossip:
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._publishing = asyncio.Lock()  # signing: one a loop iteration
         self._sending = asyncio.Lock()  # sending, in seq order, and the pacing waits
+        self._sends: set[asyncio.Task[None]] = set()  # (held: see keep_task)
         self._validators: dict[str, Validator] = {}
         self._delivery = TopicQueues(
             self.tasks, self._work, self._settle, node.connection, self._catch_up
@@ -183,21 +184,22 @@ class Gossip:
                 raise NodeStateError("the node is stopping: publish() works until the "
                                      "threads' stop() returned")  # fmt: skip
             message, size = self._sign(topic, data)
+            # Once signed, sent whatever becomes of this call: it has its seq, and an
+            # unsent one is a gap everyone waits for (review34), in turn after its write.
+            sending = keep_task(self._sends, self._written_then_sent(message, size))
             await asyncio.sleep(0)  # (a loop of publish() held the event loop for seconds)
-        # On disk (its seq too) before it leaves, shared by the publishes waiting, then
-        # sent in turn (FIFO locks): else a publisher killed now reuses its seqs (tester31 F1)
-        try:
-            await self._log.written()
-            await self._sending.acquire()
-        except asyncio.CancelledError:  # it has its seq: unsent, a gap everyone waits for
-            self._send(message)
-            raise
-        try:  # our own burst waits for the peers that carry it, as pacing says
+        await asyncio.shield(sending)
+        return message.id
+
+    async def _written_then_sent(self, message: GossipMessage, size: int) -> None:
+        """On disk (its seq too) before it leaves, shared by the publishes waiting, then
+        sent in turn (FIFO): else a publisher killed now reuses its seqs (tester31 F1)."""
+        await self._log.written()
+        async with self._sending:  # our own burst waits for its carriers, as pacing says
+            if not self.publishing:  # stopped meanwhile: logged, caught up after a restart
+                raise NodeStateError("the node stopped before the message was sent")
             await wait_for_peers(self.pacing, self._send(message), self._now, size)
             await asyncio.sleep(0)  # (its bytes are written before publish() returns)
-        finally:
-            self._sending.release()
-        return message.id
 
     def _sign(self, topic: str, data: Body) -> tuple[GossipMessage, int]:
         identity = self.node.identity
@@ -212,8 +214,6 @@ class Gossip:
 
     def _send(self, message: GossipMessage) -> list[Socket]:
         """Send a message we signed, deliver it here; return the peers that carry it."""
-        if not self.publishing:  # stopped meanwhile: logged, it is caught up from there
-            return []
         self.router.publish(message)
         count(self.node.metrics.topic_published, message.topic, limit=MAX_TOPICS)
         self._accepted(None, message, logged=True)

@@ -7,14 +7,14 @@ that carry its topic, carried out on their sockets:
 
 from __future__ import annotations
 
-__all__ = ["NobodyCarries", "checked_payload", "wait_for_peers", "wait_until"]
+__all__ = ["NobodyCarries", "checked_payload", "keep_task", "wait_for_peers", "wait_until"]
 
 import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ..drivers.base import Socket
 from ..exceptions import ConnectionClosed, NodeStateError
@@ -152,3 +152,20 @@ async def wait_until(
             raise NodeStateError(f"the node is {state}, not running")
         await changed().wait()
     return have
+
+
+def keep_task(
+    tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]
+) -> asyncio.Task[None]:
+    """``work`` in a task held in ``tasks`` until it ends (the loop holds tasks weakly);
+    its failure is retrieved there, as its caller may have been cancelled meanwhile."""
+    task = asyncio.ensure_future(work)
+    tasks.add(task)
+
+    def ended(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # (said to the caller, if it still waits)
+
+    task.add_done_callback(ended)
+    return task
