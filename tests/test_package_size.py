@@ -15,6 +15,7 @@ from trustp2p import (
     CloseCode,
     ConnectionClosed,
     EventMap,
+    Node,
     Package,
     PackageTooLarge,
     PackageType,
@@ -206,6 +207,19 @@ async def test_an_answer_over_the_askers_limit_is_an_error_answer(make_node: Mak
     assert await client.client.request(socket, "grow", {"size": 3}) == {"p": "xxx"}
 
 
+async def small_subscribed_to_big(big: Node, small: Node) -> list[Any]:
+    """``small`` dials ``big``, both carry "chat"; what ``small`` gets of it."""
+    big.subscribe("chat")
+    got: list[Any] = []
+    small.subscribe("chat", got.append)
+    assert small.client is not None and big.url is not None
+    small.client.connect(big.url)
+    await wait_for(
+        lambda: any("chat" in big.gossip.router.peer_topics(p) for p in big.gossip.router.peers)
+    )
+    return got
+
+
 async def test_gossip_over_a_peers_limit_is_not_pushed_to_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -217,14 +231,7 @@ async def test_gossip_over_a_peers_limit_is_not_pushed_to_it(
         memory_node(hub, "big") as big,
         memory_node(hub, "small", max_package_size=SMALL, gap_timeout=0.2) as small,
     ):
-        big.subscribe("chat")
-        got: list[Any] = []
-        small.subscribe("chat", got.append)
-        assert small.client is not None and big.url is not None
-        small.client.connect(big.url)
-        await wait_for(
-            lambda: any("chat" in big.gossip.router.peer_topics(p) for p in big.gossip.router.peers)
-        )
+        got = await small_subscribed_to_big(big, small)
         for n in range(3):
             await big.publish("chat", {"text": "x" * 70_000, "n": n})
         await big.publish("chat", {"text": "small"})
@@ -246,14 +253,7 @@ async def test_a_fill_passed_over_for_its_size_is_durable_at_once() -> None:
         memory_node(hub, "big") as big,
         memory_node(hub, "small", max_package_size=SMALL, catchup_interval=0.2) as small,
     ):
-        big.subscribe("chat")
-        got: list[Any] = []
-        small.subscribe("chat", got.append)
-        assert small.client is not None and big.url is not None
-        small.client.connect(big.url)
-        await wait_for(
-            lambda: any("chat" in big.gossip.router.peer_topics(p) for p in big.gossip.router.peers)
-        )
+        got = await small_subscribed_to_big(big, small)
         await big.publish("chat", {"n": 1})
         await wait_for(lambda: len(got) == 1)
         await big.publish("chat", {"text": "x" * 20_000})  # over a quarter of SMALL
