@@ -24,6 +24,7 @@ class FakeSocket:
     host: str = "127.0.0.1"
     peer_id: str | None = None
     closed: bool = False
+    close_reason: str = ""
     id: int = field(default_factory=lambda: next(_ids))
 
     @property

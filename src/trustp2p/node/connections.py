@@ -53,7 +53,7 @@ from .dispatch import Hook, Workers
 from .inbound import Inbound
 from .peer import PeerConnection, PeerLog, SendBacklog, watch_stall
 from .penalties import Penalties, refusal_reason
-from .twins import DUPLICATE, Twins
+from .twins import Twins
 
 if TYPE_CHECKING:
     from .node import Node
@@ -273,13 +273,14 @@ class Connections:
             new_inbound=socket.inbound,
             existing_inbound=existing.socket.inbound,
         )
+        reason = self.twins.processes(self._logger, existing.socket, socket, keep_new=keep)
         if keep:
-            existing.socket.close_soon(CloseCode.NORMAL_CLOSURE, DUPLICATE)
+            existing.socket.close_soon(CloseCode.NORMAL_CLOSURE, reason)
             return False
         self._logger.debug("= %s duplicates a connection to %s", socket.peer, peer_id)
         if node.client is not None and not socket.inbound:
             node.client.remember_peer(socket.peer, peer_id)
-        self._refuse(socket, CloseCode.NORMAL_CLOSURE, DUPLICATE)
+        self._refuse(socket, CloseCode.NORMAL_CLOSURE, reason)
         return True
 
     def _opened(self, socket: Socket, role: Role, hook: str) -> None:

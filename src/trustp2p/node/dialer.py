@@ -19,6 +19,7 @@ from ..drivers.base import Socket
 from ..exceptions import DriverError, NodeStateError, PeerIdMismatch, SelfDialError
 from ..identity import PeerId, short_id
 from ..protocol.close import CloseCode
+from ..protocol.copies import COPY_REASON
 from ..protocol.handshake import is_id_mismatch, is_mode_mismatch, is_secure_mismatch
 from ..protocol.hosts import crowded_group
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
@@ -281,8 +282,10 @@ class Dialer:
             if not mismatched:
                 self._mismatch(dial_url, socket.close_reason, delay)
             return delay, True
-        # The peer blocked us (its close says "blocked..."): not routine churn.
-        level = logging.WARNING if _blocked_us(socket.close_reason) else logging.INFO
+        # The peer blocked us (its close says "blocked..."), or has our peer id from
+        # another process (a copied identity, or our restart's old link): not churn.
+        reason = socket.close_reason
+        level = logging.WARNING if _blocked_us(reason) or reason == COPY_REASON else logging.INFO
         logger.log(
             level,
             "= connection to %s closed (%s %s); redialling in %.1f s",

@@ -1,6 +1,8 @@
 """
 One connection per peer in plain mode: two of our plain nodes that dialled each other
 know each other by the nonce of their version talks, as secure nodes do by their ids.
+In secure mode, two connections of one id from two processes (a restart, or a copied
+identity) are told apart from two dials that crossed, and said.
 
 """
 
@@ -8,15 +10,20 @@ from __future__ import annotations
 
 __all__ = ["CROSSING", "DUPLICATE", "Twins"]
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
+from ..identity import short_id
 from ..protocol.admission import keep_new_connection
 from ..protocol.close import CloseCode
+from ..protocol.copies import COPY_REASON, IdentityCopies, Meeting
 from ..protocol.handshake import NONCE_KEY
 from ..protocol.package import Body
+from ..security.secure_socket import SecureSocket
 
 if TYPE_CHECKING:
     from .connections import Connections
@@ -59,6 +66,8 @@ class Twins:
         self._clock = clock
         self._by_nonce: dict[str, tuple[PeerConnection, float]] = {}  # and when introduced
         self._dropped: dict[int, str] = {}  # our dial dropped as a twin -> the peer's nonce
+        self._copies = IdentityCopies(lambda: asyncio.get_running_loop().time())
+        self._copy_closed: dict[int, bool] = {}  # closed by us with COPY_REASON
 
     def introduced(self, conn: PeerConnection, body: Body) -> None:
         """A peer introduced itself on ``conn``: drop one of two connections to it."""
@@ -88,6 +97,15 @@ class Twins:
 
     def closed(self, conn: PeerConnection) -> None:
         """``conn`` closed."""
+        socket = conn.socket
+        ours = self._copy_closed.pop(socket.id, False)
+        if socket.close_reason == COPY_REASON and socket.inbound and not ours:
+            # (The dialer says it of the connections we dialled.)
+            conn.log.warning(
+                "! the peer closed this connection: another process with our peer id is"
+                " connected to it. Is this node's identity copied to another node? (If"
+                " this node restarted just now, its old connection may linger there.)"
+            )
         nonce = (conn.protocol.peer_version or {}).get(NONCE_KEY)
         if isinstance(nonce, str) and self._by_nonce.get(nonce, (None,))[0] is conn:
             del self._by_nonce[nonce]
@@ -102,3 +120,41 @@ class Twins:
         """The open connection to the peer of ``nonce``, if any."""
         conn = self._by_nonce.get(nonce, (None,))[0]
         return None if conn is None or conn.socket.closed else conn.socket
+
+    def processes(
+        self, logger: logging.Logger, existing: Socket, new: Socket, *, keep_new: bool
+    ) -> str:
+        """
+        ``new`` is a second connection of the secure peer of ``existing``, and the one
+        of the two not kept is closed: say what their Noise static keys tell (another
+        process of the peer: a restart, or two nodes sharing its identity), and return
+        the close reason.
+        """
+        if not isinstance(existing, SecureSocket) or not isinstance(new, SecureSocket):
+            return DUPLICATE
+        peer_id = new.peer_id
+        assert peer_id is not None  # (secure)
+        meeting = self._copies.met(peer_id, existing.static_key, new.static_key, existing.last_seen)
+        if meeting is None:
+            return DUPLICATE  # one process: two dials that crossed
+        if keep_new:
+            self._copy_closed[existing.id] = True  # (said here, not at its close)
+        peer = short_id(peer_id)
+        if meeting is Meeting.COPIED:
+            logger.warning(
+                "! peer %s runs in two processes at once (connections from %s and %s):"
+                " two nodes share one identity (a copied data directory?) and each"
+                " displaces the other's connections; give each node its own identity",
+                peer,
+                existing.peer,
+                new.peer,
+            )
+        elif meeting is Meeting.SECOND:
+            logger.info(
+                "= peer %s connected from another process (%s) while its connection"
+                " from %s is open: it restarted, or two nodes share its identity",
+                peer,
+                new.peer,
+                existing.peer,
+            )
+        return COPY_REASON

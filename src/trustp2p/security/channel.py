@@ -258,6 +258,7 @@ class SecureLayer:
             handshake.timer.cancel()
         assert noise.remote_peer_id is not None
         assert noise.remote_public_key is not None
+        assert noise.remote_static_key is not None
         if noise.remote_peer_id == self._identity.peer_id:
             self._fail(raw, SelfDialError(SELF_DIAL))
             return
@@ -266,6 +267,7 @@ class SecureLayer:
             noise.transport(),
             peer_id=noise.remote_peer_id,
             public_key=noise.remote_public_key,
+            static_key=noise.remote_static_key,
             listener=self._listener,
             max_size=self._max_size,
         )

@@ -134,6 +134,9 @@ class NoiseHandshake:
     Attributes:
         batches: True once the handshake agreed on batch messages (both sides set
             :data:`FEATURE_BATCHES`).
+        remote_peer_id: The peer's id, once its identity payload is checked.
+        remote_public_key: The peer's Ed25519 public key, from then on.
+        remote_static_key: The peer's Noise static public key, from then on.
 
     """
 
@@ -155,6 +158,7 @@ class NoiseHandshake:
         self.initiator = initiator
         self.remote_peer_id: PeerId | None = None
         self.remote_public_key: bytes | None = None
+        self.remote_static_key: bytes | None = None
         self._key = key
         self._expected = expected_peer_id
         self._features = features
@@ -248,6 +252,7 @@ class NoiseHandshake:
         if self._expected is not None and peer_id != self._expected:
             raise PeerIdMismatch(f"peer is {peer_id}, not the expected {self._expected}")
         self.remote_public_key = public_key
+        self.remote_static_key = remote_static
         self.remote_peer_id = peer_id
 
     def transport(self) -> NoiseTransport:

@@ -49,6 +49,8 @@ class SecureSocket(Socket):
         raw: The driver's socket underneath.
         peer_id: The peer's authenticated id.
         public_key: The peer's Ed25519 public key.
+        static_key: The peer's Noise static public key: one per start of a node, so
+            two connections of one peer id under two keys come from two processes.
 
     """
 
@@ -59,6 +61,7 @@ class SecureSocket(Socket):
         *,
         peer_id: PeerId,
         public_key: bytes,
+        static_key: bytes,
         listener: Listener,
         max_size: int | None,
     ) -> None:
@@ -66,6 +69,7 @@ class SecureSocket(Socket):
         self.raw = raw
         self.peer_id = peer_id
         self.public_key = public_key
+        self.static_key = static_key
         self._transport = transport
         self._max_size = max_size
         self._pending: list[bytes] | None = None  # written this iteration, to batch
@@ -91,6 +95,24 @@ class SecureSocket(Socket):
     @property
     def closed(self) -> bool:
         return self.raw.closed
+
+    @property
+    def close_code(self) -> int | None:
+        """The raw connection's, once closed."""
+        return self.raw.close_code
+
+    @close_code.setter
+    def close_code(self, value: int | None) -> None:
+        pass  # the raw socket keeps it
+
+    @property
+    def close_reason(self) -> str:
+        """The raw connection's, once closed."""
+        return self.raw.close_reason
+
+    @close_reason.setter
+    def close_reason(self, value: str) -> None:
+        pass  # the raw socket keeps it
 
     def bytes_in_flight(self) -> int:
         return self.raw.bytes_in_flight() + self._pending_size

@@ -1,0 +1,99 @@
+"""Two nodes sharing one identity (a copied data directory), as a third node meets
+them over loopback: it says so at WARNING, and tells the connection it drops why
+(found by a new user's test: the original's link swapped to the copy, and the logs
+said only "duplicate connection" at DEBUG and INFO)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from trustp2p.identity import Identity
+from trustp2p.protocol.copies import COPY_REASON
+
+from .conftest import wait_for
+from .nodes import MakeNode
+
+COPIED = "runs in two processes at once"
+PINGS = {"heartbeat_interval": 0.05, "heartbeat_jitter": 0.0, "heartbeat_timeout": 0.2}
+SECOND = "connected from another process ("
+TOLD = "the peer closed this connection: another process with our peer id"
+
+
+def said(caplog: pytest.LogCaptureFixture, text: str, level: int) -> int:
+    return sum(text in r.getMessage() and r.levelno == level for r in caplog.records)
+
+
+async def test_a_copy_displacing_the_original_is_said_at_both(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The new user's case: the node dialled the original; the copy dials the node,
+    and (by the ids) its connection stays. The original is told why its link went."""
+    caplog.set_level(logging.INFO)
+    shared = Identity.generate()
+    third = Identity.generate()
+    while not shared.peer_id < third.peer_id:  # the copy's dial displaces the original
+        third = Identity.generate()
+    original = await make_node(server=True, identity=shared)
+    node = await make_node(server=True, client=True, identity=third)
+    assert node.client is not None and original.url is not None and node.url is not None
+    node.client.connect(original.url)
+    await wait_for(lambda: len(original.sockets) == 1)
+    link = original.sockets[0]
+    copy = await make_node(client=True, identity=shared)
+    assert copy.client is not None
+    copy.client.connect(node.url)
+    async with asyncio.timeout(5):
+        await link.wait_closed()
+    assert (link.close_code, link.close_reason) == (1000, COPY_REASON)
+    await wait_for(lambda: said(caplog, TOLD, logging.WARNING) == 1)
+    assert said(caplog, SECOND, logging.INFO) == 1
+    assert node.sockets[0].inbound and node.sockets[0].peer_id == shared.peer_id
+
+
+async def test_a_copy_refused_while_the_original_talks_is_proof(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The original's connection stays (it came first; both dialled the node): the
+    copy's dials are refused and told why, and once the original is heard from after
+    the copy came, the node says two processes share the identity, once."""
+    caplog.set_level(logging.INFO)
+    shared = Identity.generate()
+    node = await make_node(server=True, **PINGS)  # (the original answers)
+    assert node.url is not None
+    original = await make_node(client=True, identity=shared)
+    assert original.client is not None
+    original.client.connect(node.url)
+    await wait_for(lambda: len(node.sockets) == 1)
+    link = node.sockets[0]
+    copy = await make_node(client=True, identity=shared)
+    assert copy.client is not None
+    copy.client.connect(node.url)
+    await wait_for(lambda: said(caplog, COPIED, logging.WARNING) == 1)
+    assert node.sockets == [link]  # the original's stays
+    refused = f"closed (1000 {COPY_REASON}); redialling"
+    assert said(caplog, refused, logging.WARNING) >= 1  # at the copy, each of its dials
+    assert said(caplog, SECOND, logging.INFO) == 1
+
+
+async def test_a_restarted_peer_is_no_copy(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node stopped and started again (a new static key) connects as before, and
+    nothing is said of another process: its old connection closed first."""
+    caplog.set_level(logging.INFO)
+    shared = Identity.generate()
+    server = await make_node(server=True)
+    assert server.url is not None
+    for _ in range(2):
+        peer = await make_node(client=True, identity=shared)
+        assert peer.client is not None
+        peer.client.connect(server.url)
+        await wait_for(lambda: len(server.sockets) == 1)
+        await peer.stop()
+        await wait_for(lambda: not server.sockets)
+    assert said(caplog, "another process", logging.INFO) == 0
+    assert said(caplog, TOLD, logging.WARNING) == 0
+    assert said(caplog, COPIED, logging.WARNING) == 0
