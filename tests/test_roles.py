@@ -365,10 +365,39 @@ async def test_a_pin_is_matched_on_an_address_dialled_without_it(
     [record] = [r for r in caplog.records if "pin is not applied" in r.getMessage()]
     assert record.levelno == logging.WARNING
     assert record.getMessage() == (
-        f"! {wrong}: {server.url} is dialled already as {server.url}, so its /p2p/ pin "
-        "is not applied (disconnect() it first)"
+        f"! {wrong}: {server.url} is dialled already as {server.url}, and its connection"
+        " is to another peer, so the /p2p/ pin is not applied (disconnect() it first)"
     )
     assert role.urls == [server.url]
+
+
+async def test_a_pin_given_for_an_address_dialled_without_it_is_applied(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The peer there is the one named (or none is connected yet): connect() of the
+    pinned URL pins the address's redials, and says nothing (it warned, and redials
+    went on without the pin)."""
+    caplog.set_level(logging.WARNING)
+    server = await make_node(server=True)
+    client = await make_node(client=True)
+    role = client.client
+    assert role is not None and server.url is not None and server.peer_id is not None
+    role.connect(server.url)
+    socket = await role.connection_to(server.url)
+    pinned = f"{server.url}/p2p/{server.peer_id}"
+    role.connect(pinned)
+    assert role.urls == [pinned]
+    assert [r for r in caplog.records if "pin" in r.getMessage()] == []
+    # The connection there stays, and its redial is pinned: another peer at that
+    # address (the server replaced, on its port) is refused.
+    assert role.sockets == [socket]
+    port = int(server.url.rsplit(":", 1)[1])
+    await server.stop()
+    impostor = await make_node(server=True, port=port)
+    assert impostor.url == server.url
+    policy = role.dialer.policy
+    await wait_for(lambda: policy.failures(server.url or "") >= 1)
+    assert role.sockets == []
 
 
 async def test_connect_checks_the_url_at_once(make_node: MakeNode) -> None:

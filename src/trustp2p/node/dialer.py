@@ -89,19 +89,33 @@ class Dialer:
         if self.tasks.closed:  # (a URL dialled already would say nothing)
             raise NodeStateError(f"can't dial {url}: the node has stopped")
         if not self.policy.add_persistent(url):
-            self._pin_not_applied(url)
+            self._pin(url)
         elif self._started:
             self._dial_for_good(url)
 
-    def _pin_not_applied(self, url: str) -> None:
-        """``url``'s address is dialled already: say so if ``url`` names a peer the URL
-        dialled doesn't (tester31 F4: the pin was dropped without a word)."""
+    def _pin(self, url: str) -> None:
+        """``url``'s address is dialled already: if ``url`` names a peer the URL dialled
+        doesn't, dial it as ``url`` from now on, unless the address's connection is to
+        another peer: then say so (tester31 F4: the pin was dropped without a word)."""
         pin = split_peer_url(url)[1]
         address = address_of(url)
         given = next(u for u in self.policy.persistent_urls if address_of(u) == address)
-        if pin is not None and split_peer_url(given)[1] != pin:
-            logger.warning("! %s: %s is dialled already as %s, so its /p2p/ pin is not "
-                           "applied (disconnect() it first)", url, address, given)  # fmt: skip
+        if pin is None or split_peer_url(given)[1] == pin:
+            return
+        client = self.node.client
+        socket = client.socket_for(given) if client is not None else None
+        if socket is not None and socket.peer_id != pin:
+            logger.warning("! %s: %s is dialled already as %s, and its connection is to "
+                           "another peer, so the /p2p/ pin is not applied (disconnect() it "
+                           "first)", url, address, given)  # fmt: skip
+            return
+        # The connection there, if any, is to that peer: it stays; redials prove it.
+        self.policy.remove_persistent(given)
+        self.policy.add_persistent(url)
+        task = self._persistent.pop(given, None)
+        if task is not None:
+            task.cancel()
+            self._dial_for_good(url)
 
     def _dial_for_good(self, url: str) -> None:
         self._persistent[url] = self.tasks.spawn(self._dial_forever(url), f"dial {url}")

@@ -461,8 +461,9 @@ class ClientRole(Role):
     def connect(self, url: str) -> None:
         """
         Start dialling ``url`` and keep connected to it; does nothing if its address is
-        dialled already (whatever the spelling): if ``url`` names a peer
-        (``/p2p/<id>``) that the URL dialled doesn't, the pin is not applied and a
+        dialled already (whatever the spelling), but if ``url`` names a peer
+        (``/p2p/<id>``) that the URL dialled doesn't, its redials are pinned from then
+        on, or, when the address's connection is to another peer, they aren't and a
         WARNING says so (:meth:`disconnect` the address first). Before
         :meth:`~trustp2p.Node.start`, the dialling begins when the node starts.
 
