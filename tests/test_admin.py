@@ -613,3 +613,20 @@ def test_status_tables_print_brackets_as_text() -> None:
     assert ["ws://a:1", "ws://[::1]:2"] == [
         line.strip("│ ") for line in console.export_text().splitlines() if "ws://" in line
     ]
+
+
+async def test_status_keeps_the_warnings_the_stores_log_from_their_thread(
+    make_node: MakeNode, tmp_path: Path
+) -> None:
+    """Found by a new user: a corrupt peer store and message log, moved aside at start,
+    said so on stderr but never on the status page (logged on the stores' thread,
+    outside the node's context)."""
+    first = await make_node(server=True, cwd=tmp_path, name="n")
+    data = first.data_dir
+    await first.stop()
+    assert data is not None
+    for name in ("peers.sqlite", "gossip.sqlite"):
+        (data / name).write_bytes(b"not a database" * 100)
+    node = await make_node(server=True, admin="127.0.0.1:0", cwd=tmp_path, name="n")
+    messages = [w["message"] for w in (await status_of(node))["warnings"]]
+    assert sum("is corrupt" in m for m in messages) == 2, messages
