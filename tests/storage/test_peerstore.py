@@ -93,8 +93,8 @@ async def test_record_packages_returns_what_the_policy_judges(store: PeerStore) 
 
 def test_score() -> None:
     assert record().score == 0
-    peer = record(successes=3, failures=1, good_packages=250, invalid_packages=2)
-    assert peer.score == 3 - 2 + 2.5 - 2
+    peer = record(successes=3, failures=1, good_packages=50, invalid_packages=2)
+    assert peer.score == 3 - 2 + 0.5 - 2
 
 
 async def test_open_checks_max_peers() -> None:
@@ -445,6 +445,26 @@ async def test_candidates_rank_peers(store: PeerStore, clock: FakeClock) -> None
     assert await store.candidates(
         10, exclude_urls={"ws://boot:1", "ws://never:1"}, exclude_ids=["tpgood"]
     ) == ["ws://newer:1", "ws://failed:1"]
+
+
+async def test_peers_that_only_dialled_us_rank_below_those_we_dialled(
+    store: PeerStore,
+) -> None:
+    """An attacker's test: ids that dialled a node, announcing URLs of their own host,
+    and sent 1,200 valid talks each outscored every honest peer, and a restarted node
+    gave them all its outbound slots. Dials we made come first; packages add a point
+    at most."""
+    for i in range(3):
+        sybil = f"tpsybil{i}"
+        await store.add_urls([f"ws://10.6{i}.0.2:2100"], PeerSource.INBOUND, peer_id=sybil)
+        store.record_packages(sybil, good=3000)
+    await store.record_connected(peer_id="tphonest", url="ws://honest:1", address=None)
+    await store.add_urls(["ws://heard:1"], PeerSource.EXCHANGE)  # never tried
+    ranked = await store.candidates(10)
+    assert ranked[0] == "ws://honest:1"
+    assert sorted(ranked[1:]) == ["ws://10.60.0.2:2100", "ws://10.61.0.2:2100",
+                                  "ws://10.62.0.2:2100", "ws://heard:1"]  # fmt: skip
+    assert store.score_of("tpsybil0") == 1.0
 
 
 async def test_candidates_leave_out_blocked_peers(store: PeerStore) -> None:

@@ -100,9 +100,12 @@ def _excluded_by_its_id(
     return peer_id in exclude_ids or dial_url in exclude_urls
 
 
-def _dial_rank(peer: Peer) -> tuple[float, bool, float, float, str]:
-    """Sort key: best score first; then bootstrap peers, recently connected, oldest."""
+def _dial_rank(peer: Peer) -> tuple[bool, float, bool, float, float, str]:
+    """Sort key: peers we dialled before first (an attacker's test: peers that only
+    ever dialled us, announcing URLs, took every slot after a restart), then the best
+    score; then bootstrap peers, recently connected, oldest."""
     return (
+        peer.successes == 0,
         -peer.score(),
         peer.source is not PeerSource.BOOTSTRAP,
         -(peer.last_connected or 0.0),
