@@ -24,6 +24,7 @@ from trustp2p.storage._peer_queries import (
     FORGET_FAILURES,
     FORGET_UNTRIED_AFTER,
     FORGET_UNTRIED_FAILURES,
+    GOOD_RANKING_TTL,
 )
 from trustp2p.storage.peerstore import STORE_PATH, PeerRecord, PeerSource, PeerStore
 
@@ -523,6 +524,29 @@ async def test_good_urls(store: PeerStore) -> None:
     # A dial that works again brings a URL back.
     await store.record_connected(peer_id="tpflaky", url="ws://flaky:1", address=None)
     assert "ws://flaky:1" in await store.good_urls(100)
+
+
+async def test_good_urls_rank_once_per_second_and_after_each_change(
+    store: PeerStore, clock: FakeClock
+) -> None:
+    """An attacker's test: ranking a store of 10,000 peers took ~1 ms per get_peers
+    answer. Package counts reorder the shared list within GOOD_RANKING_TTL; every
+    other change at once."""
+    for name in ("a", "b"):
+        await store.record_connected(peer_id=f"tp{name}", url=f"ws://{name}:1", address=None)
+    store.record_packages("tpa", good=10)
+    assert await store.good_urls(10) == ["ws://a:1", "ws://b:1"]
+    store.record_packages("tpb", good=50)  # b's score passes a's: not seen yet
+    assert await store.good_urls(10) == ["ws://a:1", "ws://b:1"]
+    clock.advance(GOOD_RANKING_TTL)
+    assert await store.good_urls(10) == ["ws://b:1", "ws://a:1"]
+    await store.record_connected(peer_id="tpc", url="ws://c:1", address=None)
+    assert await store.good_urls(10) == ["ws://b:1", "ws://a:1", "ws://c:1"]
+    for _ in range(3):
+        await store.record_failure("ws://b:1")  # (three in a row: not good any more)
+    assert await store.good_urls(10) == ["ws://a:1", "ws://c:1"]
+    await store.block(peer_id="tpa", reason="test")  # blocks apply at once
+    assert await store.good_urls(10) == ["ws://c:1"]
 
 
 async def test_max_peers_forgets_the_least_useful(clock: FakeClock) -> None:

@@ -13,10 +13,13 @@ __all__ = [
     "FORGET_FAILURES",
     "FORGET_UNTRIED_AFTER",
     "FORGET_UNTRIED_FAILURES",
+    "GOOD_RANKING_TTL",
     "MAX_GOOD_URL_FAILURES",
+    "GoodRanking",
     "active_block",
     "is_anchor",
     "is_dead",
+    "ranked_peers",
     "ranked_urls",
     "records",
 ]
@@ -100,6 +103,11 @@ def _excluded_by_its_id(
     return peer_id in exclude_ids or dial_url in exclude_urls
 
 
+GOOD_RANKING_TTL = 1.0
+"""Seconds a ranking of the good peers serves ``get_peers`` answers (scores move with
+package counts meanwhile; the order of shared URLs may lag that long)."""
+
+
 def _dial_rank(peer: Peer) -> tuple[bool, float, bool, float, float, str]:
     """Sort key: peers we dialled before first (an attacker's test: peers that only
     ever dialled us, announcing URLs, took every slot after a restart), then the best
@@ -131,6 +139,7 @@ def ranked_urls(
     *,
     good: bool,
     anchors: bool,
+    peers: list[Peer] | None = None,
 ) -> Iterator[str]:
     """
     One URL per peer, best peer first (see ``PeerStore.candidates``), leaving out blocked
@@ -144,6 +153,7 @@ def ranked_urls(
         good: Only peers we connected to, and not URLs that failed
             :data:`MAX_GOOD_URL_FAILURES` times in a row since.
         anchors: Only bootstrap peers and peers met before this run.
+        peers: :func:`ranked_peers` of ``good`` and ``anchors``, if the caller has them.
 
     """
     exclude_urls = set(exclude_urls)
@@ -151,12 +161,8 @@ def ranked_urls(
     blocked_addresses = {
         address for address, block in table.blocked_addresses.items() if block.active(now)
     }
-    peers = [
-        p
-        for p in table.peers.values()
-        if p.urls and (p.successes > 0 or not good) and (not anchors or _is_anchor(table, p))
-    ]
-    peers.sort(key=_dial_rank)
+    if peers is None:
+        peers = ranked_peers(table, good=good, anchors=anchors)
     for peer in peers:
         if peer.peer_id is not None:
             if peer.peer_id in exclude_ids:
@@ -174,6 +180,44 @@ def ranked_urls(
         ]
         if urls:
             yield min(urls, key=_url_rank).url
+
+
+def ranked_peers(table: PeerTable, *, good: bool, anchors: bool) -> list[Peer]:
+    """The peers :func:`ranked_urls` walks, best first."""
+    peers = [
+        p
+        for p in table.peers.values()
+        if p.urls and (p.successes > 0 or not good) and (not anchors or _is_anchor(table, p))
+    ]
+    peers.sort(key=_dial_rank)
+    return peers
+
+
+class GoodRanking:
+    """
+    :func:`ranked_peers` of the good peers, for ``get_peers`` answers, ranked at most
+    once per :data:`GOOD_RANKING_TTL` seconds and after each change of the store but
+    the package counts (an attacker's test: ranking a full store took ~1 ms per
+    ``get_peers``, for one request token, and one address's 8 connections asking
+    within their budget kept the node's core 70-95 % busy).
+    """
+
+    __slots__ = ("_peers", "_until")
+
+    def __init__(self) -> None:
+        self._peers: list[Peer] | None = None
+        self._until = 0.0
+
+    def changed(self) -> None:
+        """The store changed: rank again at the next call."""
+        self._peers = None
+
+    def peers(self, table: PeerTable, now: float) -> list[Peer]:
+        """The good peers, best first, as ranked within the last TTL."""
+        if self._peers is None or now >= self._until:
+            self._peers = ranked_peers(table, good=True, anchors=False)
+            self._until = now + GOOD_RANKING_TTL
+        return self._peers
 
 
 def is_anchor(table: PeerTable, peer_id: str) -> bool:

@@ -58,7 +58,7 @@ from ..protocol.peers import PeerKey, is_address_key
 from ..protocol.scoring import BlockPolicy, PackageCounts
 from ..protocol.urls import split_peer_url
 from . import DATA_DIR
-from ._peer_queries import active_block, is_anchor, is_dead, ranked_urls, records
+from ._peer_queries import GoodRanking, active_block, is_anchor, is_dead, ranked_urls, records
 from ._peer_records import ADDRESS, PEER, Batch, Loaded, PeerDatabase, PeerRecord, PeerSource
 from ._peer_table import PeerTable
 from .memory import MemoryShelf
@@ -110,6 +110,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         returns call for a block, and its ``block_duration`` is the default of
         :meth:`block`. An attribute rather than a property: it is read per package."""
         self._table = PeerTable(max_peers)
+        self._good = GoodRanking()  # for get_peers answers
 
     @classmethod
     async def open(
@@ -547,9 +548,10 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         good: bool,
         anchors: bool,
     ) -> list[str]:
-        now = self._clock()
+        now, table = self._clock(), self._table
+        peers = self._good.peers(table, now) if good and not anchors else None
         ranked = ranked_urls(
-            self._table, now, exclude_urls, exclude_ids, good=good, anchors=anchors
+            table, now, exclude_urls, exclude_ids, good=good, anchors=anchors, peers=peers
         )
         return list(itertools.islice(ranked, limit))
 
@@ -561,6 +563,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
 
     async def _save(self) -> None:
         """Write a change now, unless writes are failing: then the next flush retries."""
+        self._good.changed()
         if not self._failing:
             await self.flush()
 
@@ -568,6 +571,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         self._table.absorb(loaded, self._clock())
 
     def _prune(self) -> None:
+        self._good.changed()
         self._table.prune(self._clock())
 
     def _take_batch(self) -> Batch | None:
