@@ -20,7 +20,7 @@ from trustp2p.identity import Identity
 from trustp2p.node import connections
 from trustp2p.node.connections import GOOD_BATCH
 from trustp2p.protocol.limits import is_loopback, netgroup
-from trustp2p.protocol.urls import address_of
+from trustp2p.protocol.urls import MAX_URL_LENGTH, address_of
 from trustp2p.storage.peerstore import PeerSource
 from trustp2p.threads.heartbeat import HeartbeatThread
 
@@ -129,10 +129,13 @@ async def test_a_10000_entry_peer_list_is_refused_and_counted(
     assert not client.store.is_blocked(peer_id=socket.peer_id)
 
 
-async def test_bad_entries_are_dropped_and_counted(
+async def test_bad_entries_are_dropped_not_held_against_the_server(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING)
+    """A server passes on what others told it, and rules differ between versions (an
+    attacker's test: a long URL an honest node passed on got it blocked by every
+    client that asked it). A list that isn't one, or too long, still counts."""
+    caplog.set_level(logging.INFO)
     own = "ws://127.0.0.1:1"
     me = Identity.generate()
     peers = [
@@ -146,13 +149,13 @@ async def test_bad_entries_are_dropped_and_counted(
         "tcp://192.0.2.5:1107",
     ]
     client, socket = await ask_liar(make_node, peers, listen_urls=[own], identity=me)
-    await wait_for(lambda: socket.stats.invalid_in > 0)
     await wait_stored(client, "ws://192.0.2.1:1107")
     assert await stored_urls(client) == {socket.peer, "ws://192.0.2.1:1107", "tcp://192.0.2.5:1107"}
-    # One bad answer counts once, and says what the first problem was.
-    assert socket.stats.invalid_in == 1
-    assert peer_warnings(caplog) == [
-        f"[{socket.peer}] ! invalid get_peers answer: "
+    assert socket.stats.invalid_in == 0
+    assert peer_warnings(caplog) == []
+    said = [r.getMessage() for r in caplog.records if "get_peers answer" in r.getMessage()]
+    assert said == [
+        f"= dropped from {socket.peer}'s get_peers answer: "
         "URL 'ws://user:secret@192.0.2.2:1107' holds credentials"
     ]
 
@@ -167,6 +170,26 @@ async def test_our_own_url_is_dropped_not_held_against_the_sender(make_node: Mak
     await wait_stored(client, "ws://192.0.2.1:1107")
     assert own not in await stored_urls(client)
     assert socket.stats.invalid_in == 0
+
+
+async def test_a_long_url_goes_out_without_an_id_that_would_make_it_too_long(
+    make_node: MakeNode,
+) -> None:
+    """An attacker's test: a URL of 254 characters (a long DNS name) the node had
+    dialled went out with its checked id, 293 characters, which every asker refused;
+    they blocked the node for an hour. Without the id it is as it was stored."""
+    seed = await make_node(server=True, peer_exchange=True)
+    assert seed.store is not None and seed.url is not None
+    host = ".".join(c * 63 for c in "abc") + "." + "d" * 35 + ".example"
+    url = f"ws://{host}:1107"
+    assert MAX_URL_LENGTH - 39 < len(url) <= MAX_URL_LENGTH
+    await seed.store.record_connected(peer_id=Identity.generate().peer_id, url=url, address=None)
+    asker = await make_node(client=True, peers=[seed.url])
+    assert asker.client is not None
+    await asker.client.wait_connected()
+    answer = await asker.client.request(asker.client.sockets[0], "get_peers", {})
+    assert url in answer["peers"]
+    assert asker.client.sockets[0].stats.invalid_in == 0
 
 
 async def test_get_peers_leaves_out_the_askers_address_however_spelled(

@@ -22,6 +22,7 @@ from __future__ import annotations
 __all__ = ["MAX_PEERS", "PeerExchangeThread"]
 
 import asyncio
+import logging
 import random
 from collections import Counter
 
@@ -31,6 +32,7 @@ from ..protocol.hosts import may_announce, may_pass_on
 from ..protocol.limits import is_loopback
 from ..protocol.package import Body, Package, PackageType
 from ..protocol.urls import (
+    MAX_URL_LENGTH,
     MAX_URLS_PER_PEER,
     address_of,
     canonical_url,
@@ -54,6 +56,7 @@ class PeerExchangeThread(Thread):
 
     def start(self) -> None:
         self._unsupported: set[int] = set()  # servers that don't answer get_peers
+        self._said_dropped: set[int] = set()  # servers whose answer had entries dropped
         if self.client is not None:
             self.create_task(self._run(), name="peer exchange")
 
@@ -140,7 +143,12 @@ class PeerExchangeThread(Thread):
         store = self.node.store
         if peer_id is None and store is not None:
             peer_id = store.verified_peer_id(url) or store.verified_peer_id(dial_url)
-        return dial_url if peer_id is None else f"{dial_url.rstrip('/')}/p2p/{peer_id}"
+        if peer_id is None:
+            return dial_url
+        pinned = f"{dial_url.rstrip('/')}/p2p/{peer_id}"
+        # A long URL (a long DNS name) may have no room for the id: as it is then (an
+        # attacker's test: 293 characters went out, the askers blocked us for them).
+        return pinned if len(pinned) <= MAX_URL_LENGTH else dial_url
 
     def _my_url(self, socket: Socket, package: Package) -> None:
         conn = self.node.connection(socket)
@@ -175,6 +183,7 @@ class PeerExchangeThread(Thread):
 
     def on_socket_close(self, socket: Socket) -> None:
         self._unsupported.discard(socket.id)
+        self._said_dropped.discard(socket.id)
 
     async def _run(self) -> None:
         client = self.client
@@ -214,7 +223,8 @@ class PeerExchangeThread(Thread):
             # A server without peer exchange (peer_exchange=False): nothing wrong.
             self._unsupported.add(socket.id)
             return
-        urls, problem = validate_urls(answer.get("peers"), limit=MAX_PEERS)
+        listed = answer.get("peers")
+        urls, problem = validate_urls(listed, limit=MAX_PEERS)
         own_urls = {canonical_url(url) for url in self.node.listen_urls}
         own_id = self.node.peer_id
         # Our own URLs are dropped, not held against the server: it can't know every
@@ -228,8 +238,17 @@ class PeerExchangeThread(Thread):
             and split_peer_url(url)[1] != own_id
             and may_pass_on(url, socket.host)
         ]
-        if problem is not None:
+        malformed = not isinstance(listed, list) or len(listed) > MAX_PEERS
+        if problem is not None and malformed:
             self.node.penalize(socket, f"invalid get_peers answer: {problem}")
+        elif problem is not None:
+            # An entry our rules refuse is dropped, not held against the server: it
+            # passes on what others told it, and rules differ between versions (an
+            # attacker's test: a long URL got an honest node blocked by its askers).
+            said = socket.id in self._said_dropped
+            self._said_dropped.add(socket.id)
+            level = logging.DEBUG if said else logging.INFO
+            self.log.log(level, "= dropped from %s's get_peers answer: %s", socket.peer, problem)
         # Kept as given: an id given with a URL (``/p2p/<id>``) is what the peer there
         # must prove when we dial that entry; a wrong one fails that entry only.
         store = self.node.store
