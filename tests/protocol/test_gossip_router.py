@@ -877,6 +877,27 @@ def test_ihave_leaves_out_what_the_peer_is_known_to_have() -> None:
     assert _messages(sent) == [(outside[2], mine)]
 
 
+@pytest.mark.parametrize("pending", [False, True])
+def test_what_catch_up_brought_is_seen_but_neither_announced_nor_served(
+    pending: bool,
+) -> None:
+    """Found by a new user: a node that joined pushed its whole catch-up back to its
+    peers (ihave, then iwant from those whose seen-cache had forgotten the ids though
+    their logs held them): 45 MB in 25 s on a 7-node network."""
+    router, sent, _ = _meshed(10, lazy=10)
+    caught = _message(1)
+    assert router.receive(0, caught, pending=pending, live=False)
+    if pending:
+        router.accept(0, caught, live=False)
+    assert router.seen(caught.id) and router.cached(caught.id) is None
+    assert not router.receive(1, caught)  # its copies are duplicates
+    sent.clear()
+    router.heartbeat()
+    router.control(2, IWANT, {"ids": [caught.id]})
+    assert _talks(sent, IHAVE) == [] and _messages(sent) == []
+    assert not router._holders  # nothing kept for it
+
+
 def test_iwant_serves_a_message_once_to_a_peer_however_often_it_asks() -> None:
     # Found by an attacker's test: [id] * 500 in one iwant, 20 times, drew 56.9 MB of
     # copies of one 200 KB message for 240 KB of talks. Once to a peer while held.

@@ -445,9 +445,8 @@ class Gossip:
         # its validator (or dropped) is neither announced nor served.
         stale = self._order.stale(message)
         pending = stale is not None or message.topic in self._validators
-        new = self.router.receive(
-            socket.id if socket is not None else None, message, pending=pending
-        )
+        sid = socket.id if socket is not None else None
+        new = self.router.receive(sid, message, pending=pending, live=live)
         if not new:
             return False
         if stale is not None:
@@ -551,8 +550,9 @@ class Gossip:
         # (None: removed since queued)
         verdict = await judge(self._validators.get(message.topic), message)
         count(self.node.metrics.validation, verdict.value)
-        if verdict is Validation.ACCEPT:
-            self.router.accept(socket.id if socket is not None else None, message)
+        if verdict is Validation.ACCEPT:  # (socket None: caught up, or its peer went)
+            sid = socket.id if socket is not None else None
+            self.router.accept(sid, message, live=sid is not None)
             self._accepted(socket, message, forward=socket is not None)
             return
         # Refused: it takes its turn without being delivered.

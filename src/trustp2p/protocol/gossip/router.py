@@ -233,7 +233,9 @@ class GossipRouter:
             self._holders.add(message.id, peer)
             self._send(RouterAction("message", peer, message=message))
 
-    def receive(self, peer: PeerKey, message: GossipMessage, *, pending: bool = False) -> bool:
+    def receive(
+        self, peer: PeerKey, message: GossipMessage, *, pending: bool = False, live: bool = True
+    ) -> bool:
         """
         A verified message arrived from ``peer``.
 
@@ -243,6 +245,10 @@ class GossipRouter:
             pending: It awaits validation: remember its id, but neither announce it
                 (``ihave``) nor serve it (``iwant``) until :meth:`accept`. A message
                 that a validator refuses must go no further.
+            live: False for a message that catch-up brought: seen, never announced
+                nor served (its peers served it to us, and those whose seen-cache
+                forgot it would ask for what their logs hold: a new user's test, a
+                joining node pushed its whole catch-up back to its peers).
 
         Returns:
             True if it is new: the caller delivers it (if we subscribe) and, once its
@@ -257,7 +263,11 @@ class GossipRouter:
             self._holders.copy_from(message.id, peer)
             return False
         stats.new += 1
-        if pending:
+        if not live:
+            self._seen.add(message.id, self._clock())
+            if peer is not None and not pending:
+                self._book.delivered(message.topic, peer)
+        elif pending:
             self._seen.add(message.id, self._clock())
             # Who sent copies meanwhile: once it is accepted, they aren't told of it.
             self._holders.start(message.id, peer)
@@ -267,10 +277,12 @@ class GossipRouter:
                 self._book.delivered(message.topic, peer)
         return True
 
-    def accept(self, peer: PeerKey | None, message: GossipMessage) -> None:
-        """A message received ``pending`` passed validation: announce and serve it now."""
-        self._recent.add(message)
-        self._holders.add(message.id, peer)
+    def accept(self, peer: PeerKey | None, message: GossipMessage, *, live: bool = True) -> None:
+        """A message received ``pending`` passed validation: announce and serve it now
+        (if ``live``, as :meth:`receive` was told)."""
+        if live:
+            self._recent.add(message)
+            self._holders.add(message.id, peer)
         if peer is not None:
             self._book.delivered(message.topic, peer)
 

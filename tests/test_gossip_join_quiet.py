@@ -1,0 +1,45 @@
+"""A node that joins late catches up from its peers and sends them nothing back of what
+it caught up: no ``ihave`` of it, no ``iwant`` answered with it (found by a new user: a
+node joining a 7-node network pushed 45 MB of messages its peers' logs held back to
+them within 25 s, once their seen-caches had forgotten the ids)."""
+
+from __future__ import annotations
+
+from trustp2p.drivers.memory import MemoryHub
+from trustp2p.protocol.gossip import GossipMessage
+
+from .conftest import stays, wait_for
+from .test_gossip_behaviour import gossip, memory_node, subscribed
+
+QUICK = {"gossip_interval": 0.02, "seen_ttl": 0.1}  # ids forgotten within a few beats
+
+
+async def test_a_late_joiner_sends_back_nothing_it_caught_up() -> None:
+    hub = MemoryHub()
+    got: dict[str, list[GossipMessage]] = {"a": [], "b": [], "c": []}
+    a = memory_node(hub, "a", **QUICK)
+    b = memory_node(hub, "b", peers=["memory://a:1"], **QUICK)
+    c = memory_node(hub, "c", peers=["memory://a:1", "memory://b:1"], **QUICK)
+    try:
+        for node, name in ((a, "a"), (b, "b")):
+            node.subscribe("t", got[name].append)
+            await node.start()
+        await wait_for(lambda: subscribed(a, "t", 1) and subscribed(b, "t", 1))
+        ids = [await a.publish("t", {"n": n}) for n in range(20)]
+        await wait_for(lambda: len(got["b"]) == 20)
+        # Both forget the ids (seen_ttl): only their logs hold the messages now.
+        await wait_for(lambda: not any(gossip(x).router.seen(i) for x in (a, b) for i in ids))
+        received = [gossip(x).router.stats.received for x in (a, b)]
+        c.subscribe("t", got["c"].append)
+        await c.start()
+        await wait_for(lambda: len(got["c"]) == 20)
+        assert sorted(m.id for m in got["c"]) == sorted(ids)
+        # Many gossip heartbeats: nothing of it comes back to a or b.
+        assert await stays(
+            lambda: [gossip(x).router.stats.received for x in (a, b)] == received, 0.3
+        )
+        assert gossip(c).router.stats.ihave_sent == 0
+        assert gossip(c).router.stats.served == 0
+    finally:
+        for node in (c, b, a):
+            await node.stop()
