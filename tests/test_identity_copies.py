@@ -19,7 +19,7 @@ from .nodes import MakeNode
 COPIED = "runs in two processes at once"
 PINGS = {"heartbeat_interval": 0.05, "heartbeat_jitter": 0.0, "heartbeat_timeout": 0.2}
 SECOND = "connected from another process ("
-TOLD = "the peer closed this connection: another process with our peer id"
+TOLD = "closed the connection: another process with our peer id"
 
 
 def said(caplog: pytest.LogCaptureFixture, text: str, level: int) -> int:
@@ -57,8 +57,9 @@ async def test_a_copy_refused_while_the_original_talks_is_proof(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The original's connection stays (it came first; both dialled the node): the
-    copy's dials are refused and told why, and once the original is heard from after
-    the copy came, the node says two processes share the identity, once."""
+    copy's dials are refused, as plain duplicates until the original is heard from
+    after the copy came; then the node says two processes share the identity, once,
+    and tells the copy why, which says so once (review35: at each redial)."""
     caplog.set_level(logging.INFO)
     shared = Identity.generate()
     node = await make_node(server=True, **PINGS)  # (the original answers)
@@ -72,10 +73,77 @@ async def test_a_copy_refused_while_the_original_talks_is_proof(
     assert copy.client is not None
     copy.client.connect(node.url)
     await wait_for(lambda: said(caplog, COPIED, logging.WARNING) == 1)
-    assert node.sockets == [link]  # the original's stays
     refused = f"closed (1000 {COPY_REASON}); redialling"
-    assert said(caplog, refused, logging.WARNING) >= 1  # at the copy, each of its dials
+    await wait_for(lambda: said(caplog, refused, logging.INFO) >= 3)
+    assert node.sockets == [link]  # the original's stays
+    assert said(caplog, TOLD, logging.WARNING) == 1  # at the copy, the first time
+    assert said(caplog, TOLD, logging.INFO) >= 2  # then at INFO
     assert said(caplog, SECOND, logging.INFO) == 1
+    assert said(caplog, COPIED, logging.WARNING) == 1
+
+
+async def test_a_restart_whose_old_link_lingers_is_refused_as_a_plain_duplicate(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review35: a node restarted while its old link lingers at the server (its host
+    vanished: nothing reached the server) was refused with the copy's reason, and said
+    so at WARNING at each redial until the server's heartbeat dropped the old link."""
+    caplog.set_level(logging.INFO)
+    shared = Identity.generate()
+    server = await make_node(server=True)
+    assert server.url is not None
+    relay = FreezableRelay(int(server.url.rsplit(":", 1)[1]))
+    port = await relay.start()
+    try:
+        old = await make_node(client=True, identity=shared)
+        assert old.client is not None
+        old.client.connect(f"ws://127.0.0.1:{port}")
+        await wait_for(lambda: len(server.sockets) == 1)
+        relay.frozen = True  # the old host vanishes...
+        await old.stop()  # ...and nothing of its stop reaches the server
+        new = await make_node(client=True, identity=shared)  # the restart
+        assert new.client is not None
+        new.client.connect(server.url)
+        refused = "closed (1000 duplicate connection); redialling"
+        await wait_for(lambda: said(caplog, refused, logging.INFO) >= 3)
+        assert said(caplog, COPY_REASON, logging.INFO) == 0
+        assert said(caplog, COPY_REASON, logging.WARNING) == 0
+        assert said(caplog, TOLD, logging.WARNING) == 0
+        assert said(caplog, SECOND, logging.INFO) == 1
+    finally:
+        relay.close()
+
+
+class FreezableRelay:
+    """A TCP relay that can lose its client silently: once frozen it forwards nothing
+    and keeps its connection to the server open (review35's)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.frozen = False
+        self.kept: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not self.frozen:
+            data = await reader.read(65536)
+            if not data or self.frozen:
+                return
+            writer.write(data)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self.kept += [up_writer, writer]
+        pumps = (self._pump(reader, up_writer), self._pump(up_reader, writer))
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+    def close(self) -> None:
+        self.server.close()
+        for writer in self.kept:
+            writer.close()
 
 
 async def test_a_restarted_peer_is_no_copy(

@@ -409,6 +409,17 @@ def test_a_persistent_address_is_added_once(policy: OutboundPolicy) -> None:
     assert policy.remove_persistent(url(1)) is None
 
 
+def test_a_persistent_address_is_pinned_in_place(policy: OutboundPolicy) -> None:
+    pinned = f"ws://127.0.0.1:4001/p2p/{A}"
+    assert policy.add_persistent(url(1)) and policy.add_persistent(url(2))
+    policy.pin_persistent(pinned)  # connect() of it: the address's next dials
+    assert policy.persistent_urls == [pinned, url(2)]
+    assert policy.persistent_url("WS://127.0.0.1:4001/") == pinned
+    policy.pin_persistent(f"ws://127.0.0.1:4009/p2p/{A}")  # not persistent: nothing
+    assert policy.persistent_url(url(9)) is None
+    assert policy.remove_persistent(url(1)) == pinned
+
+
 def test_an_address_the_application_disconnected_from_is_not_dialled_again(
     policy: OutboundPolicy,
 ) -> None:

@@ -19,7 +19,6 @@ from ..drivers.base import Socket
 from ..exceptions import DriverError, NodeStateError, PeerIdMismatch, SelfDialError
 from ..identity import PeerId, short_id
 from ..protocol.close import CloseCode
-from ..protocol.copies import COPY_REASON
 from ..protocol.handshake import is_id_mismatch, is_mode_mismatch, is_secure_mismatch
 from ..protocol.hosts import crowded_group
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
@@ -65,7 +64,7 @@ class Dialer:
             bootstrap=[split_peer_url(url)[0] for url in options.peers],
         )
         self.tasks = TaskOwner(logger)
-        self._persistent: dict[str, asyncio.Task[None]] = {}  # URL as given -> task
+        self._persistent: dict[str, asyncio.Task[None]] = {}  # address -> task
         self._ourselves: set[str] = set()  # URLs (as stored) found to be this node
         self._wakeup = asyncio.Event()
         self._started = False  # connect() before start() dials from the start
@@ -95,35 +94,37 @@ class Dialer:
 
     def _pin(self, url: str) -> None:
         """``url``'s address is dialled already: if ``url`` names a peer the URL dialled
-        doesn't, dial it as ``url`` from now on, unless the address's connection is to
-        another peer: then say so (tester31 F4: the pin was dropped without a word)."""
+        doesn't, its next dials are ``url``'s (tester31 F4: the pin was dropped without
+        a word); a connection there to another peer stays until it closes, said."""
         pin = split_peer_url(url)[1]
-        address = address_of(url)
-        given = next(u for u in self.policy.persistent_urls if address_of(u) == address)
-        if pin is None or split_peer_url(given)[1] == pin:
+        given = self.policy.persistent_url(url)
+        if pin is None or given is None or split_peer_url(given)[1] == pin:
             return
+        self.policy.pin_persistent(url)
         client = self.node.client
         socket = client.socket_for(given) if client is not None else None
-        if socket is not None and socket.peer_id != pin:
-            logger.warning("! %s: %s is dialled already as %s, and its connection is to "
-                           "another peer, so the /p2p/ pin is not applied (disconnect() it "
-                           "first)", url, address, given)  # fmt: skip
-            return
-        # The connection there, if any, is to that peer: it stays; redials prove it.
-        self.policy.remove_persistent(given)
-        self.policy.add_persistent(url)
-        task = self._persistent.pop(given, None)
-        if task is not None:
-            task.cancel()
-            self._dial_for_good(url)
+        if socket is not None:
+            self._pin_met(given, socket)
+
+    def _pin_met(self, dialled: str, socket: Socket) -> None:
+        """``socket``, dialled as ``dialled``, is up: if its address was pinned to
+        another peer since (while it connected, say: review35), say it stays."""
+        url = self.policy.persistent_url(dialled)
+        pin = split_peer_url(url)[1] if url is not None else None
+        if pin is not None and socket.peer_id != pin:
+            logger.warning("! %s: the connection to %s, dialled as %s, is to another peer; "
+                           "it stays until it closes, and the address is dialled with the "
+                           "pin from then on (disconnect() it to drop it now)", url,
+                           address_of(dialled), dialled)  # fmt: skip
 
     def _dial_for_good(self, url: str) -> None:
-        self._persistent[url] = self.tasks.spawn(self._dial_forever(url), f"dial {url}")
+        task = self.tasks.spawn(self._dial_forever(url), f"dial {url}")
+        self._persistent[address_of(url)] = task
 
     async def disconnect(self, url: str) -> None:
         """Stop dialling ``url`` for good (any spelling of its address)."""
         given = self.policy.remove_persistent(url)
-        task = self._persistent.pop(given, None) if given is not None else None
+        task = self._persistent.pop(address_of(url), None) if given is not None else None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -137,7 +138,7 @@ class Dialer:
         for url in self.node.options.peers:
             self.connect(url)
         for url in self.policy.persistent_urls:
-            if url not in self._persistent:  # given to connect() before the start
+            if address_of(url) not in self._persistent:  # given to connect() before start
                 self._dial_for_good(url)
         if self.policy.target > 0:
             # A first round at once: a node restarted with its bootstrap peers down (or
@@ -156,6 +157,7 @@ class Dialer:
         if not socket.inbound:  # it led to another node: not (only) ourselves
             self._ourselves.discard(self.policy.store_url(socket.peer))
             self._close_if_crowded(socket)
+            self._pin_met(socket.peer, socket)
 
     def _close_if_crowded(self, socket: Socket) -> None:
         """A managed dial (not an anchor) reached an address whose network group holds
@@ -231,10 +233,11 @@ class Dialer:
             factor=options.reconnect_factor,
             jitter=options.reconnect_jitter,
         )
-        dial_url, expected = split_peer_url(url)
         mismatched = False  # the last connection closed on a secure/plain mismatch
         blocked = False  # said that we block the peer there (once per block)
         while True:
+            url = self.policy.persistent_url(url) or url  # (pinned by connect() since?)
+            dial_url, expected = split_peer_url(url)
             gate, peer_id = self.policy.gate(url, self._connected_ids(), self.node.store)
             if gate is Gate.WAIT_FOR_PEER:
                 assert peer_id is not None
@@ -286,6 +289,7 @@ class Dialer:
     ) -> tuple[float, bool]:
         """A persistent URL's connection closed: say so, and return the delay before the
         next dial and whether the close was a secure/plain mismatch."""
+        self.node.connections.twins.outbound_closed(socket, logger)
         options = self.node.options
         if self.policy.store_url(dial_url) in self._ourselves:
             return max(delay, options.reconnect_max), mismatched  # said once
@@ -296,10 +300,8 @@ class Dialer:
             if not mismatched:
                 self._mismatch(dial_url, socket.close_reason, delay)
             return delay, True
-        # The peer blocked us (its close says "blocked..."), or has our peer id from
-        # another process (a copied identity, or our restart's old link): not churn.
-        reason = socket.close_reason
-        level = logging.WARNING if _blocked_us(reason) or reason == COPY_REASON else logging.INFO
+        # The peer blocked us (its close says "blocked..."): not routine churn.
+        level = logging.WARNING if _blocked_us(socket.close_reason) else logging.INFO
         logger.log(
             level,
             "= connection to %s closed (%s %s); redialling in %.1f s",
@@ -368,7 +370,9 @@ class Dialer:
                 if self.policy.dial_done(dial.url):
                     self._wakeup.set()
             await socket.wait_closed()
-            self.node.connections.twins.dropped(socket)  # (the peer's stays: nothing to do)
+            twins = self.node.connections.twins
+            twins.dropped(socket)  # (the peer's stays: nothing to do)
+            twins.outbound_closed(socket, logger)
             reason = socket.close_reason  # (a wrong /p2p/ id: counted at the handshake)
             if is_mode_mismatch(reason) and not is_id_mismatch(reason):  # plain: the peer
                 self.dial_failed(dial.dial_url, DriverError(reason))  # refused us after

@@ -462,9 +462,9 @@ class ClientRole(Role):
         """
         Start dialling ``url`` and keep connected to it; does nothing if its address is
         dialled already (whatever the spelling), but if ``url`` names a peer
-        (``/p2p/<id>``) that the URL dialled doesn't, its redials are pinned from then
-        on, or, when the address's connection is to another peer, they aren't and a
-        WARNING says so (:meth:`disconnect` the address first). Before
+        (``/p2p/<id>``) that the URL dialled doesn't, its next dials are pinned; a
+        connection there to another peer stays until it closes, said at WARNING
+        (:meth:`disconnect` the address to drop it now). Before
         :meth:`~trustp2p.Node.start`, the dialling begins when the node starts.
 
         Raises:

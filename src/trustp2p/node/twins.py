@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..drivers.base import Socket
 from ..identity import short_id
@@ -28,6 +28,12 @@ from ..security.secure_socket import SecureSocket
 if TYPE_CHECKING:
     from .connections import Connections
     from .peer import PeerConnection
+
+COPY_WINDOW = 600.0
+"""Seconds between two WARNINGs that our identity, or a peer's, runs in two processes."""
+
+MAX_COPY_CLOSED = 1024
+"""Connections closed with COPY_REASON remembered until their close is reported."""
 
 DUPLICATE = "duplicate connection"
 """The close reason of the connection of two to one peer that both ends drop."""
@@ -66,8 +72,9 @@ class Twins:
         self._clock = clock
         self._by_nonce: dict[str, tuple[PeerConnection, float]] = {}  # and when introduced
         self._dropped: dict[int, str] = {}  # our dial dropped as a twin -> the peer's nonce
-        self._copies = IdentityCopies(lambda: asyncio.get_running_loop().time())
-        self._copy_closed: dict[int, bool] = {}  # closed by us with COPY_REASON
+        self._copies = IdentityCopies(self._loop_time, window=COPY_WINDOW)
+        self._copy_closed: dict[int, None] = {}  # closed by us with COPY_REASON (bounded)
+        self._told_at: float | None = None  # when a peer's COPY_REASON was said at WARNING
 
     def introduced(self, conn: PeerConnection, body: Body) -> None:
         """A peer introduced itself on ``conn``: drop one of two connections to it."""
@@ -97,18 +104,42 @@ class Twins:
 
     def closed(self, conn: PeerConnection) -> None:
         """``conn`` closed."""
-        socket = conn.socket
-        ours = self._copy_closed.pop(socket.id, False)
-        if socket.close_reason == COPY_REASON and socket.inbound and not ours:
-            # (The dialer says it of the connections we dialled.)
-            conn.log.warning(
-                "! the peer closed this connection: another process with our peer id is"
-                " connected to it. Is this node's identity copied to another node? (If"
-                " this node restarted just now, its old connection may linger there.)"
-            )
+        if conn.socket.inbound:  # (the dialer tells of those it dialled: outbound_closed())
+            self._told(conn.socket, conn.log, "the peer")
         nonce = (conn.protocol.peer_version or {}).get(NONCE_KEY)
         if isinstance(nonce, str) and self._by_nonce.get(nonce, (None,))[0] is conn:
             del self._by_nonce[nonce]
+
+    def outbound_closed(self, socket: Socket, log: logging.Logger) -> None:
+        """The dialer's ``socket`` closed: say if the peer told us that another process
+        has our peer id. Once per dial, once it closed."""
+        self._told(socket, log, socket.peer)
+
+    def _told(
+        self, socket: Socket, log: logging.Logger | logging.LoggerAdapter[Any], who: str
+    ) -> None:
+        """Say that ``socket``'s peer closed it for another process with our peer id:
+        at WARNING once per :data:`COPY_WINDOW`, else INFO (review: a copy refused at
+        each redial warned each time)."""
+        ours = socket.id in self._copy_closed
+        self._copy_closed.pop(socket.id, None)
+        if socket.close_reason != COPY_REASON or ours:
+            return  # (ours: the peer echoed the reason we closed it with)
+        now = self._loop_time()
+        level = logging.INFO
+        if self._told_at is None or now - self._told_at > COPY_WINDOW:
+            self._told_at, level = now, logging.WARNING
+        log.log(
+            level,
+            "! %s closed the connection: another process with our peer id is connected"
+            " to it. Is this node's identity copied to another node? (If this node"
+            " restarted within a minute, its old connection may linger there.)",
+            who,
+        )
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
 
     def dropped(self, socket: Socket) -> str | None:
         """The peer's nonce if the connection we dialled, ``socket``, was dropped as a
@@ -137,24 +168,25 @@ class Twins:
         meeting = self._copies.met(peer_id, existing.static_key, new.static_key, existing.last_seen)
         if meeting is None:
             return DUPLICATE  # one process: two dials that crossed
-        if keep_new:
-            self._copy_closed[existing.id] = True  # (said here, not at its close)
+        say = self._connections.inbound.log  # (budgeted: throwaway ids can do this)
         peer = short_id(peer_id)
         if meeting is Meeting.COPIED:
-            logger.warning(
-                "! peer %s runs in two processes at once (connections from %s and %s):"
-                " two nodes share one identity (a copied data directory?) and each"
-                " displaces the other's connections; give each node its own identity",
-                peer,
-                existing.peer,
-                new.peer,
-            )
+            say(logger, logging.WARNING, "copied identity", "! peer %s runs in two "
+                "processes at once (connections from %s and %s): two nodes share one "
+                "identity (a copied data directory?) and each displaces the other's "
+                "connections; give each node its own identity", peer, existing.peer,
+                new.peer)  # fmt: skip
         elif meeting is Meeting.SECOND:
-            logger.info(
-                "= peer %s connected from another process (%s) while its connection"
-                " from %s is open: it restarted, or two nodes share its identity",
-                peer,
-                new.peer,
-                existing.peer,
-            )
-        return COPY_REASON
+            say(logger, logging.INFO, "another process", "= peer %s connected from "
+                "another process (%s) while its connection from %s is open: it "
+                "restarted, or two nodes share its identity", peer, new.peer,
+                existing.peer)  # fmt: skip
+        if keep_new:
+            # The open one goes: a restart's old link never reads why, a copy's does.
+            for socket_id in (existing.id, existing.raw.id):  # (the dialer has the raw)
+                self._copy_closed[socket_id] = None
+            while len(self._copy_closed) > MAX_COPY_CLOSED:
+                del self._copy_closed[next(iter(self._copy_closed))]
+            return COPY_REASON
+        # The new one goes: a restarted peer whose old link lingers here isn't a copy.
+        return COPY_REASON if self._copies.proven(peer_id) else DUPLICATE

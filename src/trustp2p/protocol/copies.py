@@ -113,3 +113,9 @@ class IdentityCopies:
         if len(self._pairs) > self._max_peers:
             del self._pairs[next(iter(self._pairs))]
         return meeting
+
+    def proven(self, peer_id: str) -> bool:
+        """Whether two processes of ``peer_id`` were proven alive at once, within the
+        window."""
+        pair = self._pairs.get(peer_id)
+        return pair is not None and pair.copied and self._clock() - pair.since <= self._window

@@ -216,6 +216,17 @@ class OutboundPolicy:
         self._persistent[address] = url
         return True
 
+    def persistent_url(self, url: str) -> str | None:
+        """The persistent URL of ``url``'s address, as added (or pinned since)."""
+        return self._persistent.get(address_of(url))
+
+    def pin_persistent(self, url: str) -> None:
+        """Dial ``url``'s address, persistent already, as ``url`` (with the
+        ``/p2p/<id>`` it names) from now on."""
+        address = address_of(url)
+        if address in self._persistent:
+            self._persistent[address] = url
+
     def remove_persistent(self, url: str) -> str | None:
         """Stop dialling ``url`` for good, the manager too, until :meth:`add_persistent`
         adds it again; returns the URL as it was added, if it was."""

@@ -205,7 +205,6 @@ class SecureLayer:
         self._raw.pop(raw.id, None)
         secure = self._secure.pop(raw.id, None)
         if secure is not None:
-            secure.close_code, secure.close_reason = raw.close_code, raw.close_reason
             # After what a batch holds for a paused reader, as a driver would.
             report = functools.partial(self._listener.on_close, secure)
             secure.end_after_held(report, within=self._close_timeout)
