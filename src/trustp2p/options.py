@@ -214,7 +214,8 @@ class NodeOptions:
         catchup_batch: Most messages in one ``gossip/fetch`` answer, served or taken
             (an answer with more is malformed, counted against the peer).
         catchup_serve_rate: Bytes per second of catch-up answers the node serves all
-            peers together, shared evenly: past it, an asker over an even share is
+            peers together, shared evenly by address (then by peer within one; loopback's
+            peers each apart): past it, an asker over an even share is
             answered "busy" until the second is over (each asker is bounded by
             ``request_rate`` apart from this, but identities are free).
         gap_timeout: A gap in an origin's sequence that nobody fills is skipped after

@@ -100,3 +100,20 @@ def test_uncapped_a_peer_within_its_share_never_waits() -> None:
     assert share.wait("honest", 0.1) == 0.0
     assert share.spend("x0", 0.1, 10) > 0  # 20 > 100 / 31: over its share
     assert FairShare(100).spend("y", 0.0, 300) > 0  # (capped, as for live messages)
+
+
+def test_peers_of_one_group_share_one_groups_share() -> None:
+    """Catch-up answers, shared by address first (an attacker's test: 40 throwaway
+    identities on 5 addresses cut an honest newcomer's share to 1/41, its catch-up
+    16 times slower): each address gets an even share, its identities split it."""
+    share = FairShare(120, capped=False)
+    for address in range(5):
+        for n in range(8):  # max_per_ip identities an address
+            share.spend(f"sybil{address}-{n}", 0.0, 10, group=f"10.6{address}.0.2")
+    # 400 spent, three times the rate: each sybil over its part of its address's 20.
+    assert share.wait("sybil0-0", 0.1) > 0
+    # The honest asker, alone at its address, has a sixth: 20, not 120 / 41.
+    assert [share.spend("honest", 0.1, 4, group="192.0.2.1") for _ in range(5)] == [0.0] * 5
+    assert share.spend("honest", 0.1, 4, group="192.0.2.1") > 0  # 24 > 20
+    # Without a group, a peer is a group of its own, as before.
+    assert share.wait("alone", 0.1) == 0.0

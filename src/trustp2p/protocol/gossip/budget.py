@@ -102,7 +102,8 @@ class FairShare:
     5 messages a second waited behind them for up to 8 s.
     """
 
-    __slots__ = ("_counts", "_ends", "_total", "capped", "rate", "window")
+    __slots__ = ("_counts", "_ends", "_group_of", "_groups", "_members", "_total", "capped",
+                 "rate", "window")  # fmt: skip
 
     def __init__(self, rate: float, window: float = 1.0, *, capped: bool = True) -> None:
         if not rate > 0 or not window > 0:
@@ -111,21 +112,35 @@ class FairShare:
         self.window = window
         self.capped = capped
         self._counts: dict[Hashable, float] = {}  # per peer, spent this window
+        self._groups: dict[Hashable, float] = {}  # per group, spent this window
+        self._group_of: dict[Hashable, Hashable] = {}  # peer -> its group
+        self._members: dict[Hashable, int] = {}  # group -> peers that spent
         self._total = 0.0
         self._ends = float("-inf")  # when this window ends
 
-    def spend(self, peer: Hashable, now: float, amount: float = 1.0) -> float:
+    def spend(
+        self, peer: Hashable, now: float, amount: float = 1.0, group: Hashable | None = None
+    ) -> float:
         """
         ``peer`` spent ``amount`` more at ``now`` (one message, or an answer's bytes):
-        the seconds it should wait before it spends more (0: none).
+        the seconds it should wait before it spends more (0: none). Peers of one
+        ``group`` (an address: identities are free, addresses less so) share one
+        group's share, evenly; without one, a peer is a group of its own.
         """
         if now >= self._ends:
             ended = self._ends
             # Windows follow each other, or one begins now after a quiet spell.
             self._ends = ended + self.window if now < ended + self.window else now + self.window
-            self._counts.clear()
+            for spent in (self._counts, self._groups, self._group_of, self._members):
+                spent.clear()
             self._total = 0.0
+        if peer not in self._counts:
+            group = peer if group is None else ("group", group)
+            self._group_of[peer] = group
+            self._members[group] = self._members.get(group, 0) + 1
         self._counts[peer] = self._counts.get(peer, 0.0) + amount
+        group = self._group_of[peer]
+        self._groups[group] = self._groups.get(group, 0.0) + amount
         self._total += amount
         return self.wait(peer, now)
 
@@ -137,8 +152,12 @@ class FairShare:
             return 0.0
         # Within its share, but never past twice the rate: found in review, identities
         # each sending less than an even share took a node to about twice the rate.
+        group = self._group_of.get(peer, peer)
+        share = allowed / max(len(self._groups), 1)  # the group's
         count = self._counts.get(peer, 0.0)
-        within = count * max(len(self._counts), 1) <= allowed
+        within = (
+            self._groups.get(group, 0.0) <= share and count * self._members.get(group, 1) <= share
+        )
         if within and (not self.capped or self._total <= 2 * allowed):
             return 0.0
         return self._ends - now
