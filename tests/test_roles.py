@@ -4,6 +4,7 @@ and the client's connections (connect, disconnect, find_next_server, wait_connec
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,7 @@ from trustp2p import (
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from trustp2p.exceptions import NodeStateError, RequestTimeout
 from trustp2p.identity import Identity
+from trustp2p.storage.peerstore import PeerSource
 
 from .conftest import MS, stays
 from .nodes import FAST, MakeNode, node_factory, wait_for
@@ -527,3 +529,26 @@ async def test_a_pin_given_while_the_address_is_in_its_handshake_waits_for_its_c
         assert role.sockets == []
     finally:
         await anext(factory, None)
+
+
+async def test_a_dial_failing_for_want_of_our_own_descriptors_is_not_the_peers(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a new user: a node out of file descriptors counted its failed redials
+    against its healthy bootstrap peer (score -4.85, the worst in its store)."""
+    server = await make_node(server=True)
+    client = await make_node(client=True)
+    role, store = client.client, client.store
+    assert role is not None and store is not None and server.url is not None
+    driver = client.driver_for_url(server.url)
+
+    async def out_of_descriptors(url: str, listener: Any) -> Any:
+        error = OSError(errno.EMFILE, "Too many open files")
+        raise DriverError(f"can't connect to {url}: Too many open files") from error
+
+    monkeypatch.setattr(driver, "connect", out_of_descriptors)
+    await store.add_urls([server.url], PeerSource.BOOTSTRAP)
+    role.connect(server.url)
+    await wait_for(lambda: role.dialer.policy.failures(server.url or "") >= 2)
+    await store.flush()
+    assert [r.failures for r in await store.peers()] == [0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = ["Dialer"]
 
 import asyncio
+import errno
 import logging
 from typing import TYPE_CHECKING
 
@@ -204,7 +205,7 @@ class Dialer:
             address=not isinstance(error, PeerIdMismatch),  # another id may answer there
         )
         store = self.node.store
-        if store is not None:
+        if store is not None and not _ours(error):
             self.node.tasks.spawn(store.record_failure(url), f"record failure {url}")
         self._wakeup.set()  # a bootstrap peer that can't be reached: the store may help
 
@@ -430,6 +431,21 @@ class Dialer:
         if self.node.peer_id is not None:
             ids.add(self.node.peer_id)
         return ids
+
+
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def _ours(error: BaseException) -> bool:
+    """Whether a dial failed for want of this node's resources (out of file descriptors,
+    buffers or memory): not the peer's failure (found by a new user: a healthy bootstrap
+    peer scored -4.85 after a node ran out of descriptors)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in _LOCAL_ERRNOS:
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _blocked_us(reason: str | None) -> bool:
