@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import re
@@ -52,6 +53,25 @@ def test_init_lays_out_an_application(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_client_needs_a_peer(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["client", "--cwd", str(tmp_path)]) == 2
     assert "no server to dial: give --connect URL, or peers in" in capsys.readouterr().err
+
+
+def test_out_of_descriptors_anywhere_in_the_start_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a new user: with ``ulimit -n 14``, a driver module imported late in the
+    start failed with a 50-line traceback; other limits gave one line."""
+
+    def out_of_descriptors(*args: object) -> int:
+        for arg in args:
+            getattr(arg, "close", lambda: None)()  # (the coroutine never ran)
+        raise OSError(errno.EMFILE, "Too many open files", "…/trustp2p/drivers/ws.py")
+
+    monkeypatch.setattr("trustp2p.cli.base.run_on_loop", out_of_descriptors)
+    assert main(["server", "--cwd", str(tmp_path), "--port", "0"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "trustp2p: error: out of file descriptors (Too many open files): raise the limit"
+        " (ulimit -n)"
+    )
 
 
 def test_peers_from_the_file_or_the_environment_serve_a_client_and_warn_a_server(

@@ -14,10 +14,10 @@ from trustp2p.protocol.outbound import (
     Gate,
     OutboundPolicy,
     Reconnect,
-    Selection,
     netgroup_of,
     retry_delay,
 )
+from trustp2p.protocol.selection import Selection
 from trustp2p.protocol.urls import split_peer_url
 
 from ..conftest import FakeClock
@@ -407,6 +407,17 @@ def test_a_persistent_address_is_added_once(policy: OutboundPolicy) -> None:
     assert policy.persistent_urls == [url(1)]
     assert policy.remove_persistent("ws://127.0.0.1:4001/") == url(1)
     assert policy.remove_persistent(url(1)) is None
+
+
+def test_a_round_dials_proven_candidates_before_others(clock: FakeClock) -> None:
+    """An attacker's test: busy sybils that only ever dialled the node ranked among the
+    best candidates, and the shuffle among the best gave them 6 of 8 slots after a
+    restart. Each tier is shuffled; proven URLs come first, whatever the ranking."""
+    policy = make_policy(clock, target=3, shuffle=lambda urls: urls.reverse())
+    hosts = [f"10.{i}.0.1" for i in range(1, 7)]  # one netgroup each
+    ranked = [url(i, host) for i, host in enumerate(hosts)]
+    store = FakeStore(ranked, proven=[ranked[3], ranked[4]])
+    assert round_(policy, store) == [ranked[4], ranked[3], ranked[5]]
 
 
 def test_a_persistent_address_is_pinned_in_place(policy: OutboundPolicy) -> None:

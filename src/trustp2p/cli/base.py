@@ -22,6 +22,7 @@ __all__ = [
     "tuning_options",
 ]
 
+import errno
 import logging
 import os
 from collections.abc import Callable, Coroutine
@@ -403,6 +404,14 @@ def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
         return run_on_loop(serve_process(node_options), loop)
     except TrustP2PError as exc:
         click.echo(f"trustp2p: error: {exc}", err=True)
+        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        # Anywhere in the start (a module imported late, say: found by a new user,
+        # a 50-line traceback), as one line; the failed start was undone already.
+        click.echo(f"trustp2p: error: out of file descriptors ({exc.strerror}): raise "
+                   "the limit (ulimit -n)", err=True)  # fmt: skip
         return 1
 
 

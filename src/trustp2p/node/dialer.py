@@ -22,7 +22,8 @@ from ..identity import PeerId, short_id
 from ..protocol.close import CloseCode
 from ..protocol.handshake import is_id_mismatch, is_mode_mismatch, is_secure_mismatch
 from ..protocol.hosts import crowded_group
-from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect, Selection
+from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect
+from ..protocol.selection import Selection
 from ..protocol.urls import address_of, split_peer_url
 from ..tasks import TaskOwner
 
