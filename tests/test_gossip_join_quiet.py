@@ -5,6 +5,8 @@ them within 25 s, once their seen-caches had forgotten the ids)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from trustp2p.drivers.memory import MemoryHub
 from trustp2p.protocol.gossip import GossipMessage
 
@@ -42,4 +44,36 @@ async def test_a_late_joiner_sends_back_nothing_it_caught_up() -> None:
         assert gossip(c).router.stats.served == 0
     finally:
         for node in (c, b, a):
+            await node.stop()
+
+
+async def test_delivered_counts_what_the_handlers_ran_for_not_what_was_queued() -> None:
+    """Found by a new user: ``delivered`` (the metric and the status page) said 1,000
+    while a slow handler had run for 43: an operator saw "all delivered" while the
+    handler was minutes behind."""
+    hub = MemoryHub()
+    a = memory_node(hub, "a")
+    b = memory_node(hub, "b", peers=["memory://a:1"])
+    gate = asyncio.Event()
+    ran: list[GossipMessage] = []
+
+    async def slow(message: GossipMessage) -> None:
+        await gate.wait()
+        ran.append(message)
+
+    try:
+        await a.start()
+        b.subscribe("t", slow)
+        await b.start()
+        await wait_for(lambda: subscribed(a, "t", 1))
+        for n in range(3):
+            await a.publish("t", {"n": n})
+        await wait_for(lambda: gossip(b).router.stats.received >= 3)
+        metric = b.metrics.topic_delivered
+        assert await stays(lambda: gossip(b).delivered == 0 and not metric.get("t"), 0.1)
+        gate.set()
+        await wait_for(lambda: len(ran) == 3)
+        await wait_for(lambda: gossip(b).delivered == 3 and metric.get("t") == 3)
+    finally:
+        for node in (b, a):
             await node.stop()

@@ -497,12 +497,8 @@ class Gossip:
     def _carry_out(self, events: list[StreamEvent[Socket | None]]) -> None:
         """Queue the messages released for the handlers; report the gaps skipped."""
         for event in events:
-            if isinstance(event, Deliver):
-                # (queued all the same: a relay topic's marks move in turn too)
-                if self._handled(event.message.topic):
-                    self.delivered += 1
-                    count(self.node.metrics.topic_delivered, event.message.topic, limit=MAX_TOPICS)
-                else:  # review31: a hub counted what it relays as delivered
+            if isinstance(event, Deliver):  # (a relay topic's too: its marks move in turn)
+                if not self._handled(event.message.topic):  # review31: counted as delivered
                     self.carried += 1
                 self._delivery.put("deliver", event.message, event.source)
             else:  # never delivered: an operator's business (a WARNING, see skipped_line)
@@ -539,8 +535,12 @@ class Gossip:
         the next message is delivered with ``durable_delivery``."""
         if self._marks is not None:
             self._marks.settle(stream_key(message.topic, message.origin), message.seq)
-        if self.node.options.durable_delivery and self._handled(message.topic):
-            await self._log.flush()  # (not for a relay topic's: nobody handled it)
+        if not self._handled(message.topic):
+            return  # a relay topic's: nobody handled it
+        self.delivered += 1  # (once they ran, not queued: tester32 F6)
+        count(self.node.metrics.topic_delivered, message.topic, limit=MAX_TOPICS)
+        if self.node.options.durable_delivery:
+            await self._log.flush()
 
     def _handled(self, topic: str) -> bool:
         """Whether a thread or a subscriber handles ``topic``'s messages."""
