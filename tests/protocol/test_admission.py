@@ -17,7 +17,7 @@ from trustp2p.protocol.admission import (
     keep_new_connection,
 )
 from trustp2p.protocol.close import CloseCode
-from trustp2p.protocol.limits import AddressLimiter, ReconnectStorms, netgroup
+from trustp2p.protocol.limits import SITE_SHARE, AddressLimiter, ReconnectStorms, netgroup
 
 from ..conftest import FakeClock
 
@@ -465,6 +465,23 @@ def test_an_ipv6_address_counts_as_its_slash_64(clock: FakeClock) -> None:
         assert rules.admit(conn_id, host, clock()) == Admitted()
         clock.advance(1.0)
     assert rules.open_from("fe80::1%eth0") == 1
+
+
+def test_the_slash_64s_of_one_slash_48_share_sixteen_addresses_worth(clock: FakeClock) -> None:
+    """An attacker's test: 500 /64s of one /48 opened 1,560 connections a second, each
+    within its /64's limits, and kept a core busy refusing them."""
+    rules = admission(max_inbound=None, max_concurrent=8, rate=0.2, burst=2)
+    hosts = [f"2001:db8:0:{n:x}::1" for n in range(1, 2 * SITE_SHARE + 2)]
+    answers = [rules.admit(conn_id, host, clock()) for conn_id, host in enumerate(hosts)]
+    assert answers[: 2 * SITE_SHARE] == [Admitted()] * (2 * SITE_SHARE)  # 16 x burst 2
+    refusal = answers[-1]
+    assert isinstance(refusal, Refusal) and refusal.reason == (
+        "connecting too often from your /48 (limit 3.2/s, burst 32)"
+    )
+    assert rules.admit(100, "2001:db8:1::1", clock()) == Admitted()  # another /48
+    assert rules.admit(101, "192.0.2.1", clock()) == Admitted()  # IPv4: itself
+    clock.advance(1 / (0.2 * SITE_SHARE))  # the /48 earns one more
+    assert rules.admit(102, "2001:db8:0:ffff::1", clock()) == Admitted()
 
 
 def test_an_ipv6_storm_counts_against_the_slash_64(clock: FakeClock) -> None:

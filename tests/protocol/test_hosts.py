@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from trustp2p.protocol.hosts import crowded_group, host_of, may_announce, may_pass_on, name_group
+from trustp2p.protocol.hosts import (
+    crowded_group,
+    host_of,
+    may_announce,
+    may_pass_on,
+    name_group,
+    site_key,
+)
 from trustp2p.protocol.limits import netgroup
 from trustp2p.protocol.outbound import OutboundPolicy, PeerView, netgroup_of
 
@@ -165,3 +172,19 @@ def test_an_address_spelt_as_a_number_is_no_host(url: str) -> None:
 def test_localhost_spellings_count_as_loopback(url: str) -> None:
     assert not may_pass_on(url, "8.8.4.4")
     assert may_pass_on(url, "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("host", "site"),
+    [
+        ("2001:db8:0:1::1", "2001:db8::/48"),
+        ("2001:db8:0:ffff:1::2", "2001:db8::/48"),
+        ("2001:db8:1::1", "2001:db8:1::/48"),
+        ("192.0.2.1", None),
+        ("::ffff:192.0.2.1", None),
+        ("fe80::1%eth0", None),
+        ("node.example", None),
+    ],
+)
+def test_an_ipv6_address_belongs_to_the_site_of_its_slash_48(host: str, site: str | None) -> None:
+    assert site_key(host) == site

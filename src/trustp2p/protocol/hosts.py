@@ -24,6 +24,7 @@ __all__ = [
     "may_pass_on",
     "name_group",
     "netgroup",
+    "site_key",
 ]
 
 import ipaddress
@@ -163,6 +164,18 @@ def address_key(host: str) -> str:
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(ipaddress.ip_network(f"{address}/64", strict=False))
+
+
+def site_key(host: str) -> str | None:
+    """
+    The site an IPv6 address belongs to, its /48 (what a tunnel broker or a VPS host
+    hands out: an attacker's test drove 500 /64s of one, each with its own budget);
+    None for others (an IPv4 address is its own site, a link-local one too).
+    """
+    key = address_key(host)
+    if not key.endswith("/64"):
+        return None
+    return str(ipaddress.ip_network(key).supernet(new_prefix=48))
 
 
 def netgroup(host: str) -> str:
