@@ -77,3 +77,29 @@ async def test_delivered_counts_what_the_handlers_ran_for_not_what_was_queued() 
     finally:
         for node in (b, a):
             await node.stop()
+
+
+async def test_recent_messages_caught_up_over_a_bridge_reach_the_rest_of_the_mesh() -> None:
+    """review36: messages a node got by catch-up over a new link (a partition healed)
+    reached its other peers only at their next catch-up round (30 s by default): what
+    is younger than ``seen_ttl`` is announced (peers that had it remember it)."""
+    hub = MemoryHub()
+    defaults = {"gossip_interval": 1.0, "catchup_interval": 30.0}  # the shipped ones
+    got: dict[str, list[GossipMessage]] = {"a": [], "b": [], "x": []}
+    a = memory_node(hub, "a", **defaults)
+    b = memory_node(hub, "b", peers=["memory://a:1"], **defaults)
+    x = memory_node(hub, "x", **defaults)  # the other side of a partition
+    try:
+        for node, name in ((a, "a"), (b, "b"), (x, "x")):
+            node.subscribe("t", got[name].append)
+            await node.start()
+        await wait_for(lambda: subscribed(a, "t", 1) and subscribed(b, "t", 1))
+        ids = [await x.publish("t", {"n": n}) for n in range(5)]
+        assert x.client is not None
+        x.client.connect("memory://a:1")  # the partition heals: one link
+        await wait_for(lambda: len(got["a"]) == 5)  # a caught up
+        await wait_for(lambda: len(got["b"]) == 5, timeout=6.0)  # within a few beats
+        assert sorted(m.id for m in got["b"]) == sorted(ids)
+    finally:
+        for node in (x, b, a):
+            await node.stop()

@@ -117,3 +117,15 @@ def test_peers_of_one_group_share_one_groups_share() -> None:
     assert share.spend("honest", 0.1, 4, group="192.0.2.1") > 0  # 24 > 20
     # Without a group, a peer is a group of its own, as before.
     assert share.wait("alone", 0.1) == 0.0
+
+
+def test_a_new_peer_of_a_group_over_its_share_waits_too() -> None:
+    """review36: an id of an address over its share was answered once a window, since
+    its group was known only once it had spent: throwaway ids, one answer each."""
+    share = FairShare(100, capped=False)
+    share.spend("honest", 0.0, 10, group="192.0.2.9")
+    for n in range(4):
+        share.spend(f"sybil{n}", 0.0, 50, group="10.0.0.1")  # 200: its group's 50 is spent
+    assert share.wait("sybil-new", 0.1, group="10.0.0.1") > 0
+    assert share.wait("honest", 0.1, group="192.0.2.9") == 0.0
+    assert share.wait("elsewhere", 0.1, group="10.9.0.1") == 0.0  # a group of its own

@@ -888,7 +888,7 @@ def test_what_catch_up_brought_is_seen_but_neither_announced_nor_served(
     caught = _message(1)
     assert router.receive(0, caught, pending=pending, live=False)
     if pending:
-        router.accept(0, caught, live=False)
+        router.accept(0, caught)
     assert router.seen(caught.id) and router.cached(caught.id) is None
     assert not router.receive(1, caught)  # its copies are duplicates
     sent.clear()

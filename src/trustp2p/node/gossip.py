@@ -49,6 +49,7 @@ from ..protocol.gossip import (
     wire_size,
 )
 from ..protocol.gossip.pacing import PUBLISH_WAIT
+from ..protocol.gossip.recent import worth_announcing
 from ..protocol.package import Body, Package, PackageType
 from ..storage.msglog import MessageLog
 from ..tasks import TaskOwner
@@ -446,7 +447,8 @@ class Gossip:
         stale = self._order.stale(message)
         pending = stale is not None or message.topic in self._validators
         sid = socket.id if socket is not None else None
-        new = self.router.receive(sid, message, pending=pending, live=live)
+        fresh = live or worth_announcing(message, self._wall_clock(), self.node.options.seen_ttl)
+        new = self.router.receive(sid, message, pending=pending, live=fresh)
         if not new:
             return False
         if stale is not None:
@@ -547,12 +549,10 @@ class Gossip:
         return bool(self._handlers.get(topic) or self.node.handlers.get(PackageType.GOSSIP, topic))
 
     async def _validate(self, message: GossipMessage, socket: Socket | None) -> None:
-        # (None: removed since queued)
         verdict = await judge(self._validators.get(message.topic), message)
         count(self.node.metrics.validation, verdict.value)
         if verdict is Validation.ACCEPT:  # (socket None: caught up, or its peer went)
-            sid = socket.id if socket is not None else None
-            self.router.accept(sid, message, live=sid is not None)
+            self.router.accept(socket.id if socket is not None else None, message)
             self._accepted(socket, message, forward=socket is not None)
             return
         # Refused: it takes its turn without being delivered.

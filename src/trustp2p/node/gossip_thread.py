@@ -104,10 +104,18 @@ class GossipThread(Thread):
             # still (found in review: 16 identities kept every window past it, and
             # every honest asker was refused).
             self._served = FairShare(self.node.options.catchup_serve_rate, capped=False)
-        key = self.node.connections.budget_key(socket)
-        if (wait := self._served.wait(key, asyncio.get_running_loop().time())) <= 0:
+        key, now = self.node.connections.budget_key(socket), asyncio.get_running_loop().time()
+        if (wait := self._served.wait(key, now, self._group(socket))) <= 0:
             return None
         return busy_answer(wait)
+
+    def _group(self, socket: Socket) -> str | None:
+        """Whose share of ``catchup_serve_rate`` an asker's is part of: its address's
+        (an attacker's test: 40 throwaway ids on 5 addresses slowed an honest
+        newcomer's catch-up 16x), none for loopback's peers (each apart)."""
+        host = socket.host
+        local = is_loopback(host) and not self.node.options.limit_loopback
+        return None if local else address_key(host)
 
     def _charge(self, socket: Socket, size: int) -> None:
         """A large answer costs the asker more of its request budget: one token per
@@ -119,11 +127,8 @@ class GossipThread(Thread):
             connections.charge(socket, size / FETCH_BYTES_PER_TOKEN - 1)
         assert self._served is not None  # (_busy() made it)
         now = asyncio.get_running_loop().time()
-        key, host = connections.budget_key(socket), socket.host
-        # Shared by address first (an attacker's test: 40 throwaway ids on 5 addresses
-        # slowed an honest newcomer's catch-up 16x), loopback's peers each apart.
-        local = is_loopback(host) and not self.node.options.limit_loopback
-        delay = self._served.spend(key, now, size, None if local else address_key(host))
+        key = connections.budget_key(socket)
+        delay = self._served.spend(key, now, size, self._group(socket))
         if delay > 0 and (conn := connections.get(socket.id)) is not None:
             connections.throttle(conn, delay, "its share of catchup_serve_rate")
 

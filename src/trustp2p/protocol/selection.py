@@ -86,8 +86,9 @@ class Selection:
             # those would fill up with inbound connections and never find outbound ones.
             # Those we connected to first (an attacker's test: its busy sybils, mixed in,
             # took 6 of 8 slots after a restart).
-            proven = [url for url in fresh if self.policy.is_proven(url, self.view)]
-            others = [url for url in fresh if url not in set(proven)]
+            held = {url for url in fresh if self.policy.is_proven(url, self.view)}
+            proven = [url for url in fresh if url in held]
+            others = [url for url in fresh if url not in held]
             for tier in (proven, others):
                 self.policy.shuffle(tier)
             fresh = proven + others

@@ -142,17 +142,20 @@ class FairShare:
         group = self._group_of[peer]
         self._groups[group] = self._groups.get(group, 0.0) + amount
         self._total += amount
-        return self.wait(peer, now)
+        return self.wait(peer, now, group)
 
-    def wait(self, peer: Hashable, now: float) -> float:
-        """The seconds ``peer`` should wait at ``now`` before it spends more (0: none),
-        spending nothing."""
+    def wait(self, peer: Hashable, now: float, group: Hashable | None = None) -> float:
+        """The seconds ``peer`` (of ``group``, as :meth:`spend` is told) should wait at
+        ``now`` before it spends more (0: none), spending nothing."""
         allowed = self.rate * self.window
         if now >= self._ends or self._total <= allowed:
             return 0.0
         # Within its share, but never past twice the rate: found in review, identities
         # each sending less than an even share took a node to about twice the rate.
-        group = self._group_of.get(peer, peer)
+        if peer in self._group_of:
+            group = self._group_of[peer]
+        else:  # (review36: a new id of an address over its share was answered)
+            group = peer if group is None else ("group", group)
         share = allowed / max(len(self._groups), 1)  # the group's
         count = self._counts.get(peer, 0.0)
         within = (

@@ -7,7 +7,7 @@ payload held. No I/O.
 
 from __future__ import annotations
 
-__all__ = ["MAX_CACHE_BYTES", "RecentMessages"]
+__all__ = ["MAX_CACHE_BYTES", "RecentMessages", "worth_announcing"]
 
 from .message import GossipMessage
 
@@ -16,6 +16,18 @@ MAX_CACHE_BYTES = 32 * 2**20
 is let go (neither announced nor served any more; catch-up serves it from the message
 log). It kept the first that came, and refused the newest: a sender of about 11 MB/s
 kept every other message, the node's own too, out (found in review)."""
+
+
+def worth_announcing(message: GossipMessage, now: float, seen_ttl: float) -> bool:
+    """
+    Whether a message catch-up brought (not pushed) is worth announcing (``ihave``) at
+    ``now`` (seconds since 1970): one younger than ``seen_ttl``, that peers which had it
+    remember seeing, so that only those which lack it ask (review: a partition healed
+    over one link reached the nodes beyond it only at their next catch-up round). An
+    older one isn't: peers whose seen-cache forgot it would ask for what their logs
+    hold (a new user's test: a joining node pushed its whole catch-up back, 45 MB).
+    """
+    return now * 1000 - message.timestamp < seen_ttl * 1000
 
 
 class RecentMessages:

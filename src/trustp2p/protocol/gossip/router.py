@@ -277,10 +277,10 @@ class GossipRouter:
                 self._book.delivered(message.topic, peer)
         return True
 
-    def accept(self, peer: PeerKey | None, message: GossipMessage, *, live: bool = True) -> None:
+    def accept(self, peer: PeerKey | None, message: GossipMessage) -> None:
         """A message received ``pending`` passed validation: announce and serve it now
-        (if ``live``, as :meth:`receive` was told)."""
-        if live:
+        (if :meth:`receive` was told it is ``live``)."""
+        if message.id in self._holders:  # (started by receive(), if live)
             self._recent.add(message)
             self._holders.add(message.id, peer)
         if peer is not None:
