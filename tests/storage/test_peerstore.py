@@ -468,6 +468,22 @@ async def test_peers_that_only_dialled_us_rank_below_those_we_dialled(
     assert store.score_of("tpsybil0") == 1.0
 
 
+async def test_a_peer_redialled_again_and_again_ranks_no_higher(
+    store: PeerStore, clock: FakeClock
+) -> None:
+    """Found in review: a peer we dialled once gained a point each time it closed the
+    link and we dialled again, and ties went to the last connected: churning ids took
+    every slot after a restart. Connections count three at most; ties go to the
+    longest known."""
+    for _ in range(3):
+        await store.record_connected(peer_id="tphonest", url="ws://honest:1", address=None)
+    clock.advance(60)
+    for _ in range(40):
+        await store.record_connected(peer_id="tpchurn", url="ws://churn:1", address=None)
+        clock.advance(1)
+    assert await store.candidates(2) == ["ws://honest:1", "ws://churn:1"]
+
+
 async def test_candidates_leave_out_blocked_peers(store: PeerStore) -> None:
     await store.record_connected(peer_id="tpa", url="ws://a.example:1", address=None)
     await store.add_urls(

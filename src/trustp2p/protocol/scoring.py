@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "HANDSHAKE_BLOCK",
     "MAX_PACKAGE_POINTS",
+    "MAX_SUCCESS_POINTS",
     "OFFENCE_WINDOW",
     "OFFENDING_CONNECTIONS",
     "Block",
@@ -202,6 +203,11 @@ GOOD_PACKAGES_PER_POINT = 100
 """Good packages worth one successful connection (or one invalid package) in
 :func:`peer_score`."""
 
+MAX_SUCCESS_POINTS = 3
+"""The most successful connections add to :func:`peer_score`: a peer we dialled once
+could close each link to be dialled again, a point each time (review: 40 ids churning
+so outranked every honest peer and took every slot after a restart)."""
+
 MAX_PACKAGE_POINTS = 1.0
 """The most good packages add to :func:`peer_score`: volume is cheap to send, so it
 mustn't buy dial priority (an attacker's test: ids that sent 1,200 valid talks each
@@ -212,14 +218,15 @@ def peer_score(successes: int, failures: int, good_packages: int, invalid_packag
     """
     How much we like a peer; higher is better, 0 for a peer never tried.
 
-    ``successes - 2 * failures + min(good_packages / 100, 1) - invalid_packages``: a
-    failed dial costs two successful connections (:data:`FAILURE_COST`), a hundred good
-    packages are worth one (:data:`GOOD_PACKAGES_PER_POINT`), at most one
-    (:data:`MAX_PACKAGE_POINTS`), and an invalid package costs a point, so that at the
-    default block ratio of 0.1 a peer's score is well below zero.
+    ``min(successes, 3) - 2 * failures + min(good_packages / 100, 1) - invalid_packages``:
+    a successful connection is a point, three at most (:data:`MAX_SUCCESS_POINTS`), a
+    failed dial costs two (:data:`FAILURE_COST`), a hundred good packages are worth one
+    (:data:`GOOD_PACKAGES_PER_POINT`), at most one (:data:`MAX_PACKAGE_POINTS`), and an
+    invalid package costs a point, so that at the default block ratio of 0.1 a peer's
+    score is well below zero.
     """
     return (
-        successes
+        min(successes, MAX_SUCCESS_POINTS)
         - FAILURE_COST * failures
         + min(good_packages / GOOD_PACKAGES_PER_POINT, MAX_PACKAGE_POINTS)
         - invalid_packages

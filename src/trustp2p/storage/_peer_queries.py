@@ -108,15 +108,15 @@ GOOD_RANKING_TTL = 1.0
 package counts meanwhile; the order of shared URLs may lag that long)."""
 
 
-def _dial_rank(peer: Peer) -> tuple[bool, float, bool, float, float, str]:
+def _dial_rank(peer: Peer) -> tuple[bool, float, bool, float, str]:
     """Sort key: peers we dialled before first (an attacker's test: peers that only
     ever dialled us, announcing URLs, took every slot after a restart), then the best
-    score; then bootstrap peers, recently connected, oldest."""
+    score; then bootstrap peers, the longest known (not the last connected: a peer
+    that closes its links to be dialled again would come first, found in review)."""
     return (
         peer.successes == 0,
         -peer.score(),
         peer.source is not PeerSource.BOOTSTRAP,
-        -(peer.last_connected or 0.0),
         peer.first_seen,
         peer.key,
     )
