@@ -51,7 +51,7 @@ async def fill(cwd: Path, clock: FakeClock, urls: list[str]) -> None:
     try:
         await store.add_urls(urls, PeerSource.BOOTSTRAP)
         if urls:
-            for _ in range(3):
+            for _ in range(3):  # (a success counts once an hour: these are one)
                 await store.record_connected(peer_id=PEER_ID, url=urls[0], address="10.0.0.1")
             await store.block(peer_id=PEER_ID, reason="test", duration=3600)
     finally:
@@ -75,7 +75,7 @@ def test_table(tmp_path: Path, now: float, capsys: pytest.CaptureFixture[str]) -
     lines = capsys.readouterr().out.splitlines()
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if "ws://" in line]
     assert rows == [
-        ["ws://10.0.0.1:1107", "tpmzuhvlpy", "3.00", utc(now), utc(now + 3600)],
+        ["ws://10.0.0.1:1107", "tpmzuhvlpy", "1.00", utc(now), utc(now + 3600)],
         ["ws://10.0.0.2:1107", "-", "0.00", utc(now), "-"],
     ]
     assert lines[1].split("┃")[1:-1] == [
@@ -119,12 +119,12 @@ def test_json(tmp_path: Path, now: float, capsys: pytest.CaptureFixture[str]) ->
             "first_seen": now,
             "last_seen": now,
             "last_connected": now,
-            "successes": 3,
+            "successes": 1,
             "failures": 0,
             "good_packages": 0,
             "invalid_packages": 0,
             "blocked_until": now + 3600,
-            "score": 3.0,
+            "score": 1.0,
         }
     ]
 

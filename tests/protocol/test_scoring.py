@@ -81,9 +81,6 @@ def test_peer_score() -> None:
     assert peer_score(3, 1, 50, 2) == 3 - 2 + 0.5 - 2
     # Packages add a point at most: volume is cheap (an attacker's ids scored 12-30).
     assert peer_score(3, 1, 250, 2) == peer_score(3, 1, 10**6, 2) == 3 - 2 + 1 - 2
-    # Connections add three points at most: a peer closing its links to be dialled
-    # again bought a point a redial (found in review).
-    assert peer_score(40, 0, 0, 0) == peer_score(3, 0, 0, 0) == 3
     # At the default block ratio, a peer about to be blocked scores well below zero.
     assert peer_score(0, 0, 100, 10) == -9
 

@@ -17,7 +17,7 @@ from tests.conftest import MS, FakeClock
 from tests.nodes import wait_for
 from trustp2p.exceptions import NodeStateError
 from trustp2p.protocol.peers import PeerKey, peer_key
-from trustp2p.protocol.scoring import BlockPolicy, PackageCounts
+from trustp2p.protocol.scoring import SUCCESS_SPACING, BlockPolicy, PackageCounts
 from trustp2p.protocol.urls import MAX_URLS_PER_PEER
 from trustp2p.storage._peer_queries import (
     FORGET_AFTER,
@@ -473,15 +473,18 @@ async def test_a_peer_redialled_again_and_again_ranks_no_higher(
 ) -> None:
     """Found in review: a peer we dialled once gained a point each time it closed the
     link and we dialled again, and ties went to the last connected: churning ids took
-    every slot after a restart. Connections count three at most; ties go to the
+    every slot after a restart. A success counts once an hour at most; ties go to the
     longest known."""
-    for _ in range(3):
-        await store.record_connected(peer_id="tphonest", url="ws://honest:1", address=None)
+    await store.record_connected(peer_id="tphonest", url="ws://honest:1", address=None)
     clock.advance(60)
     for _ in range(40):
         await store.record_connected(peer_id="tpchurn", url="ws://churn:1", address=None)
-        clock.advance(1)
+        clock.advance(60)
+    assert store.score_of("tpchurn") == store.score_of("tphonest") == 1
     assert await store.candidates(2) == ["ws://honest:1", "ws://churn:1"]
+    clock.advance(SUCCESS_SPACING)  # an hour on: another counts
+    await store.record_connected(peer_id="tpchurn", url="ws://churn:1", address=None)
+    assert store.score_of("tpchurn") == 2
 
 
 async def test_candidates_leave_out_blocked_peers(store: PeerStore) -> None:
@@ -523,12 +526,13 @@ async def test_candidates_give_one_url_per_peer(store: PeerStore, clock: FakeClo
     assert await store.candidates(10) == ["ws://a:1"]
 
 
-async def test_good_urls(store: PeerStore) -> None:
+async def test_good_urls(store: PeerStore, clock: FakeClock) -> None:
     await store.add_urls(["ws://never:1"], PeerSource.BOOTSTRAP)
     await store.add_urls(["ws://inbound:1"], PeerSource.INBOUND, peer_id="tpi")
     await store.record_connected(peer_id="tpi", url=None, address=None)
     for name in ("a", "b", "flaky"):
         await store.record_connected(peer_id=f"tp{name}", url=f"ws://{name}:1", address=None)
+    clock.advance(SUCCESS_SPACING)  # (a second success counts an hour on)
     await store.record_connected(peer_id="tpa", url="ws://a:1", address=None)
     for _ in range(3):
         await store.record_failure("ws://flaky:1")

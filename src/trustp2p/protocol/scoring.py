@@ -14,9 +14,9 @@ from __future__ import annotations
 __all__ = [
     "HANDSHAKE_BLOCK",
     "MAX_PACKAGE_POINTS",
-    "MAX_SUCCESS_POINTS",
     "OFFENCE_WINDOW",
     "OFFENDING_CONNECTIONS",
+    "SUCCESS_SPACING",
     "Block",
     "BlockPolicy",
     "Offences",
@@ -203,10 +203,11 @@ GOOD_PACKAGES_PER_POINT = 100
 """Good packages worth one successful connection (or one invalid package) in
 :func:`peer_score`."""
 
-MAX_SUCCESS_POINTS = 3
-"""The most successful connections add to :func:`peer_score`: a peer we dialled once
-could close each link to be dialled again, a point each time (review: 40 ids churning
-so outranked every honest peer and took every slot after a restart)."""
+SUCCESS_SPACING = 3600.0
+"""Seconds after a counted successful connection to a peer before another counts: a
+peer we dialled once could close each link to be dialled again, a point each time
+(review: 40 ids churning so outranked every honest peer and took every slot after a
+restart)."""
 
 MAX_PACKAGE_POINTS = 1.0
 """The most good packages add to :func:`peer_score`: volume is cheap to send, so it
@@ -218,15 +219,15 @@ def peer_score(successes: int, failures: int, good_packages: int, invalid_packag
     """
     How much we like a peer; higher is better, 0 for a peer never tried.
 
-    ``min(successes, 3) - 2 * failures + min(good_packages / 100, 1) - invalid_packages``:
-    a successful connection is a point, three at most (:data:`MAX_SUCCESS_POINTS`), a
-    failed dial costs two (:data:`FAILURE_COST`), a hundred good packages are worth one
-    (:data:`GOOD_PACKAGES_PER_POINT`), at most one (:data:`MAX_PACKAGE_POINTS`), and an
-    invalid package costs a point, so that at the default block ratio of 0.1 a peer's
-    score is well below zero.
+    ``successes - 2 * failures + min(good_packages / 100, 1) - invalid_packages``: a
+    successful connection is a point (the store counts one an hour at most:
+    :data:`SUCCESS_SPACING`), a failed dial costs two (:data:`FAILURE_COST`), a hundred
+    good packages are worth one (:data:`GOOD_PACKAGES_PER_POINT`), at most one
+    (:data:`MAX_PACKAGE_POINTS`), and an invalid package costs a point, so that at the
+    default block ratio of 0.1 a peer's score is well below zero.
     """
     return (
-        min(successes, MAX_SUCCESS_POINTS)
+        successes
         - FAILURE_COST * failures
         + min(good_packages / GOOD_PACKAGES_PER_POINT, MAX_PACKAGE_POINTS)
         - invalid_packages

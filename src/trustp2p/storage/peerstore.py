@@ -55,7 +55,7 @@ from pathlib import Path
 from ..exceptions import NodeStateError
 from ..protocol.limits import address_key
 from ..protocol.peers import PeerKey, is_address_key
-from ..protocol.scoring import BlockPolicy, PackageCounts
+from ..protocol.scoring import SUCCESS_SPACING, BlockPolicy, PackageCounts
 from ..protocol.urls import split_peer_url
 from . import DATA_DIR
 from ._peer_queries import GoodRanking, active_block, is_anchor, is_dead, ranked_urls, records
@@ -105,10 +105,9 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         db = PeerDatabase(path) if path is not None else None
         super().__init__(db, clock=clock, flush_interval=flush_interval, shelf=shelf)
         self.policy = policy
-        """The block policy the store was opened with (read it, don't set it):
-        ``policy.crossed(counts)`` tells whether the counts :meth:`record_packages`
-        returns call for a block, and its ``block_duration`` is the default of
-        :meth:`block`. An attribute rather than a property: it is read per package."""
+        """The block policy opened with (read, don't set): ``policy.crossed(counts)``
+        says whether :meth:`record_packages`' counts call for a block; its
+        ``block_duration`` is :meth:`block`'s default. An attribute: read per package."""
         self._table = PeerTable(max_peers)
         self._good = GoodRanking()  # for get_peers answers
 
@@ -234,12 +233,12 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         """
         Record a successful connection (after the peer proved ``peer_id``).
 
-        Sets ``last_connected`` and ``last_seen``, counts a success, and links ``url``
-        to ``peer_id``: a URL known without an id takes the id (merging the two records
-        if the id was known too); a URL recorded for another id moves to this one. A
-        plain peer (an address key) proves no id: the URL keeps a record of its own,
-        since every plain peer of one address shares that key (an original and one of
-        ours on one host were one record, with one score).
+        Sets ``last_connected`` and ``last_seen``, counts a success (one per
+        :data:`SUCCESS_SPACING` at most), and links ``url`` to ``peer_id``: a URL known
+        without an id takes the id (merging the two records if the id was known too); a
+        URL recorded for another id moves to this one. A plain peer (an address key)
+        proves no id: the URL keeps a record of its own (all plain peers of an address
+        share that key).
 
         Args:
             peer_id: The peer's id, or its address key in plain mode
@@ -267,7 +266,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
             entry.failures = 0
             table.dirty_urls.add(url)
             peer = entry.peer
-        peer.successes += 1
+        if peer.last_connected is None or now - peer.last_connected >= SUCCESS_SPACING:
+            peer.successes += 1
         peer.last_connected = peer.last_seen = now
         if address is not None:
             peer.address = address
