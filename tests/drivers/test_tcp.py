@@ -881,3 +881,24 @@ async def test_a_dial_that_meets_http_says_so(harness: DriverHarness, answer: by
         assert error == "HTTP, not a tcp:// frame: does it listen on ws://?"
     finally:
         server.close()
+
+
+async def test_a_dial_closed_with_no_reply_asks_whether_it_is_ws(harness: DriverHarness) -> None:
+    """Found by a new user: a secure ``tcp://`` dial of a ``ws://`` listener (which
+    drops what a dialler sends first, answering nothing) said only "connection closed
+    during handshake (code 1006)", at every redial."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # what the dialler sent first
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        socket, events = await harness.connect(f"tcp://127.0.0.1:{port}")
+        socket.write(b"hello")
+        await events.next(DriverEvent.CLOSE, socket)
+        assert socket.close_code == 1006
+        assert socket.close_reason == "closed with no reply: does it listen on ws://?"
+    finally:
+        server.close()

@@ -1,10 +1,9 @@
 """
 The TCP driver: length-prefixed messages over plain TCP (``tcp://host:port``).
 
-There is no handshake: both sides may send as soon as the TCP connection is up (the
-secure channel, when on, runs first inside it). The module is asyncio glue around a
-parser small enough to live here; it reads into one buffer per thread, as the ``ws``
-driver does, and coalesces the writes of one event loop iteration.
+There is no handshake: both sides may send once the TCP connection is up (the secure
+channel, when on, runs first inside it). asyncio glue around a small parser: it reads
+into one buffer per thread, as ``ws`` does, and coalesces an iteration's writes.
 
 Wire format
 -----------
@@ -48,21 +47,20 @@ It follows RFC 6455 §7, with a TCP half-close where WebSocket relies on HTTP's:
    drops the connection; the close code is then 1006 unless a CLOSE was received.
 
 A connection that ends without a CLOSE has code 1006, and unless this side dropped it
-(:meth:`TcpSocket.abort`, ``close_timeout``), ``on_error`` says how it ended.
+(:meth:`TcpSocket.abort`, ``close_timeout``), ``on_error`` says how; a dial that sent and
+heard nothing has the reason "closed with no reply: does it listen on ws://?".
 
 **Failing the connection.** On an oversized message (code 1009, reason ``"message too
 big"``), a malformed control frame (1002, ``"protocol error"``) or a stalled frame (1008,
 ``"frame stalled"``), the receiver reports ``on_error``, sends CLOSE with that code and
-reason, shuts down its writing side, and discards everything it reads afterwards. Its
-close code is the one it sent, or 1006 if the peer doesn't end the connection within
-``close_timeout``.
+reason, shuts down its writing side, and discards all it reads afterwards. Its close
+code is the one it sent, or 1006 if the peer doesn't end it within ``close_timeout``.
 
 **Frame deadline.** Once the first byte of a frame has arrived, the frame must keep to
 16 KiB per ``frame_timeout`` (default 10 s) on average, with ``frame_timeout`` of slack
 (``_deadline.py``), else the connection fails with code 1008 (policy violation: the
-bytes are well-formed, the peer is just too slow). Time between frames is unlimited,
-and the deadline is suspended while :meth:`TcpSocket.pause_reading` holds the
-connection.
+bytes are well-formed, the peer is just too slow). Time between frames is unlimited;
+the deadline is suspended while :meth:`TcpSocket.pause_reading` holds the connection.
 
 """
 
@@ -143,7 +141,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
     __slots__ = (
         *("_chunks", "_close_rcvd", "_close_sent", "_control", "_discarding", "_drop_error"),
         *("_error_reported", "_failed", "_frame_started", "_frame_timer", "_got", "_head"),
-        *("_limit", "_pending", "_size", "_state"),
+        *("_heard", "_limit", "_pending", "_size", "_state"),
     )
     _receive_buffer = _receive_buffer
     _logger = logger
@@ -170,6 +168,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
         self._frame_started: float | None = None  # see FrameDeadline
         self._frame_timer: asyncio.TimerHandle | None = None
         self._pending = b""  # bytes read before a pause_reading(), from a frame boundary
+        self._heard = False  # any byte came
 
     # Socket API
 
@@ -261,6 +260,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.last_seen = self._loop.time()  # any bytes are life, a partial frame too
+        self._heard = True
         if self._discarding:
             return
         view = _receive_buffer.view
@@ -302,6 +302,8 @@ class TcpSocket(FrameDeadline, StreamSocket):
             self.close_code, self.close_reason = self._close_sent
         else:
             self._ended_abnormally(self._close_sent)
+            if not (self.inbound or self._heard or self.close_reason) and self.stats.bytes_out:
+                self.close_reason = "closed with no reply: does it listen on ws://?"
         self._out = None
         self._out_size = 0
         self._pending = self._head = b""
