@@ -10,6 +10,7 @@ import logging
 
 import pytest
 
+from trustp2p import Node
 from trustp2p.identity import Identity
 from trustp2p.protocol.copies import COPY_REASON
 
@@ -24,6 +25,14 @@ TOLD = "closed the connection: another process with our peer id"
 
 def said(caplog: pytest.LogCaptureFixture, text: str, level: int) -> int:
     return sum(text in r.getMessage() and r.levelno == level for r in caplog.records)
+
+
+async def dialling(make_node: MakeNode, identity: Identity, url: str) -> Node:
+    """A client node of ``identity`` (a copy of another's) that dials ``url``."""
+    node = await make_node(client=True, identity=identity)
+    assert node.client is not None
+    node.client.connect(url)
+    return node
 
 
 async def test_a_copy_displacing_the_original_is_said_at_both(
@@ -42,9 +51,7 @@ async def test_a_copy_displacing_the_original_is_said_at_both(
     node.client.connect(original.url)
     await wait_for(lambda: len(original.sockets) == 1)
     link = original.sockets[0]
-    copy = await make_node(client=True, identity=shared)
-    assert copy.client is not None
-    copy.client.connect(node.url)
+    await dialling(make_node, shared, node.url)  # the copy
     async with asyncio.timeout(5):
         await link.wait_closed()
     assert (link.close_code, link.close_reason) == (1000, COPY_REASON)
@@ -69,9 +76,7 @@ async def test_a_copy_refused_while_the_original_talks_is_proof(
     original.client.connect(node.url)
     await wait_for(lambda: len(node.sockets) == 1)
     link = node.sockets[0]
-    copy = await make_node(client=True, identity=shared)
-    assert copy.client is not None
-    copy.client.connect(node.url)
+    await dialling(make_node, shared, node.url)  # the copy
     await wait_for(lambda: said(caplog, COPIED, logging.WARNING) == 1)
     refused = f"closed (1000 {COPY_REASON}); redialling"
     await wait_for(lambda: said(caplog, refused, logging.INFO) >= 3)

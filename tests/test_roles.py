@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from trustp2p import (
+    ClientRole,
     ConnectionClosed,
     DriverError,
     EventMap,
@@ -340,18 +341,23 @@ async def test_a_url_with_its_id_is_dialled_expecting_it(make_node: MakeNode) ->
     assert role.sockets == []
 
 
+async def dialled_unpinned(make_node: MakeNode) -> tuple[Node, ClientRole, Socket]:
+    """A server, and a client that dialled it without ``/p2p/<id>``: its connection."""
+    server = await make_node(server=True)
+    client = await make_node(client=True)
+    role = client.client
+    assert role is not None and server.url is not None and server.peer_id is not None
+    role.connect(server.url)
+    return server, role, await role.connection_to(server.url)
+
+
 async def test_a_pin_is_matched_on_an_address_dialled_without_it(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
     """tester31 F4: once an address was dialled without ``/p2p/<id>``,
     connection_to() and socket_for() of a URL naming another peer there returned the
     connection to the peer that is there, and connect() of it said nothing."""
-    server = await make_node(server=True)
-    client = await make_node(client=True)
-    role = client.client
-    assert role is not None and server.url is not None and server.peer_id is not None
-    role.connect(server.url)
-    socket = await role.connection_to(server.url)
+    server, role, socket = await dialled_unpinned(make_node)
     right = f"{server.url}/p2p/{server.peer_id}"
     other = Identity.generate().peer_id
     wrong = f"{server.url}/p2p/{other}"
@@ -388,12 +394,7 @@ async def test_a_pin_given_for_an_address_dialled_without_it_is_applied(
     pinned URL pins the address's redials, and says nothing (it warned, and redials
     went on without the pin)."""
     caplog.set_level(logging.WARNING)
-    server = await make_node(server=True)
-    client = await make_node(client=True)
-    role = client.client
-    assert role is not None and server.url is not None and server.peer_id is not None
-    role.connect(server.url)
-    socket = await role.connection_to(server.url)
+    server, role, socket = await dialled_unpinned(make_node)
     pinned = f"{server.url}/p2p/{server.peer_id}"
     role.connect(pinned)
     assert role.urls == [pinned]
