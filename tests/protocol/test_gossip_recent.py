@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from trustp2p.identity import Identity
 from trustp2p.protocol.gossip import GossipMessage, sign_message
-from trustp2p.protocol.gossip.recent import RecentMessages
+from trustp2p.protocol.gossip.recent import RecentMessages, worth_announcing
 
 IDENTITY = Identity.generate()
 
@@ -64,3 +64,18 @@ def test_a_message_larger_than_the_bound_is_not_held() -> None:
     # Its id still ends with its window: what the router keeps of it goes then (found
     # in review: it was never dropped).
     assert sorted(recent.roll() + recent.roll()) == sorted([small.id, large.id])
+
+
+def test_a_caught_up_message_is_worth_announcing_within_seen_ttl_either_way() -> None:
+    """Younger than seen_ttl: announced (review36, a healed partition's bridge). Older:
+    not (tester32 F2, peers would ask for what their logs hold). Stamped ahead by more
+    than seen_ttl: not (review37: a clock far ahead kept its messages fresh for ever)."""
+    now = 1_700_000_000.0
+
+    def stamped(offset: float) -> GossipMessage:
+        return sign_message(IDENTITY, "t", 1, int((now + offset) * 1000), {})
+
+    assert worth_announcing(stamped(-119), now, 120.0)
+    assert not worth_announcing(stamped(-121), now, 120.0)
+    assert worth_announcing(stamped(119), now, 120.0)  # a clock a little ahead
+    assert not worth_announcing(stamped(86_400), now, 120.0)

@@ -166,6 +166,8 @@ class AddressLimiter:
             rate, burst = self.rate * SITE_SHARE, self.burst * SITE_SHARE
             shared = self._buckets.get(site)
             if shared is None:
+                if len(self._buckets) >= self._max_tracked:  # (review: past the bound)
+                    self._forget_full(now)
                 shared = self._buckets[site] = TokenBucket(rate, burst, now)
             if not shared.take(now):
                 return f"connecting too often from your /48 (limit {rate:g}/s, burst {burst})"

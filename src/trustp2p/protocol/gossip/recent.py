@@ -26,8 +26,11 @@ def worth_announcing(message: GossipMessage, now: float, seen_ttl: float) -> boo
     over one link reached the nodes beyond it only at their next catch-up round). An
     older one isn't: peers whose seen-cache forgot it would ask for what their logs
     hold (a new user's test: a joining node pushed its whole catch-up back, 45 MB).
+    Nor one stamped more than ``seen_ttl`` ahead of ``now``: a publisher whose clock
+    runs ahead would have its messages "fresh" for that much longer, for ever at the
+    largest timestamp (found in review).
     """
-    return now * 1000 - message.timestamp < seen_ttl * 1000
+    return abs(now * 1000 - message.timestamp) < seen_ttl * 1000
 
 
 class RecentMessages:
