@@ -121,8 +121,7 @@ class Twins:
         """Say that ``socket``'s peer closed it for another process with our peer id:
         at WARNING once per :data:`COPY_WINDOW`, else INFO (review: a copy refused at
         each redial warned each time)."""
-        ours = socket.id in self._copy_closed
-        self._copy_closed.pop(socket.id, None)
+        ours = self._copy_closed.pop(_raw_id(socket), 0) is None  # (kept: None)
         if socket.close_reason != COPY_REASON or ours:
             return  # (ours: the peer echoed the reason we closed it with)
         now = self._loop_time()
@@ -183,10 +182,15 @@ class Twins:
                 existing.peer)  # fmt: skip
         if keep_new:
             # The open one goes: a restart's old link never reads why, a copy's does.
-            for socket_id in (existing.id, existing.raw.id):  # (the dialer has the raw)
-                self._copy_closed[socket_id] = None
+            self._copy_closed[_raw_id(existing)] = None
             while len(self._copy_closed) > MAX_COPY_CLOSED:
                 del self._copy_closed[next(iter(self._copy_closed))]
             return COPY_REASON
         # The new one goes: a restarted peer whose old link lingers here isn't a copy.
         return COPY_REASON if self._copies.proven(peer_id) else DUPLICATE
+
+
+def _raw_id(socket: Socket) -> int:
+    """The id of the connection under ``socket``: the dialer holds the raw one, the
+    node the secure one; both report its close."""
+    return socket.raw.id if isinstance(socket, SecureSocket) else socket.id
