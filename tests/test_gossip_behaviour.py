@@ -427,6 +427,46 @@ async def test_subscribers_are_those_of_the_topic_once_the_threads_handlers_ran(
         await node.stop()
 
 
+async def test_a_subscriber_that_unsubscribes_in_its_callback_is_counted(
+    tmp_path: Path,
+) -> None:
+    """review37: a subscriber that unsubscribed inside its callback left its message
+    counted neither delivered (looked up after it ran) nor carried (looked up before);
+    the next message, with nobody to hand it to, is carried. And one subscribed by a
+    subscriber gets the next message, not the one being delivered."""
+    node = Node(cwd=tmp_path, server=True, port=0, secure=False)
+    await node.start()
+    try:
+        got: list[int] = []
+        late: list[int] = []
+
+        def once(message: GossipMessage) -> None:
+            got.append(message.body["n"])
+            gossip(node).unsubscribe("chat")
+
+        gossip(node).subscribe("chat", once)
+        await gossip(node).publish("chat", {"n": 1})
+        await wait_for(lambda: got == [1])
+        await wait_for(lambda: gossip(node).delivered == 1)
+        assert gossip(node).carried == 0
+
+        def adds(message: GossipMessage) -> None:
+            got.append(message.body["n"])
+            gossip(node).subscribe("chat", lambda m: late.append(m.body["n"]))
+
+        gossip(node).subscribe("chat", adds)
+        await gossip(node).publish("chat", {"n": 2})
+        await gossip(node).publish("chat", {"n": 3})
+        await wait_for(lambda: got == [1, 2, 3] and late == [3])  # (the second one added after it)
+        gossip(node).unsubscribe("chat")
+        gossip(node).subscribe("chat")  # carried: logged, handed to nobody
+        await gossip(node).publish("chat", {"n": 4})
+        await wait_for(lambda: gossip(node).carried == 1)
+        assert gossip(node).delivered == 3
+    finally:
+        await node.stop()
+
+
 async def test_a_slow_subscriber_holds_up_its_own_topic_only() -> None:
     # Before, one delivery task served every topic in turn: a subscriber waiting for I/O
     # on one topic held up every other topic's messages.

@@ -95,9 +95,10 @@ class Gossip:
         tasks: The owner of the service's tasks.
         publishing: Whether :meth:`publish` works: from the start until the threads'
             ``stop()`` returned.
-        delivered: Messages handed to threads and subscribers.
-        carried: Messages of a topic this node only carries (``relay_topics``, no
-            handler): logged and sent on, handed to nobody.
+        delivered: Messages handed to threads and subscribers (counted once they ran).
+        carried: Messages logged and sent on, handed to nobody once their turn came:
+            a topic this node only carries (``relay_topics``, no handler), or whose
+            handlers were all gone by then.
         caught_up: Messages obtained by catch-up.
         too_old: Messages dropped for their timestamp, unseen: older than
             ``log_max_age``, or than the marks the log forgot (less ``CLOCK_SKEW``).
@@ -500,8 +501,6 @@ class Gossip:
         """Queue the messages released for the handlers; report the gaps skipped."""
         for event in events:
             if isinstance(event, Deliver):  # (a relay topic's too: its marks move in turn)
-                if not self._handled(event.message.topic):  # review31: counted as delivered
-                    self.carried += 1
                 self._delivery.put("deliver", event.message, event.source)
             else:  # never delivered: an operator's business (a WARNING, see skipped_line)
                 said, where = skipped_line(event)
@@ -517,8 +516,8 @@ class Gossip:
         if kind == "validate":
             await self._validate(message, socket)
         else:
-            await call_handlers(self.node, self._handlers, message, socket)
-            await self._delivered(message)
+            called = await call_handlers(self.node, self._handlers, message, socket)
+            await self._delivered(message, called > 0)
 
     def _settle(self) -> None:  # no topic has messages waiting
         if self._marks is not None:
@@ -532,21 +531,19 @@ class Gossip:
         if self._delivery.idle:
             self._settle()
 
-    async def _delivered(self, message: GossipMessage) -> None:
-        """The message's handlers ran: its delivered mark may reach the disk, before
-        the next message is delivered with ``durable_delivery``."""
+    async def _delivered(self, message: GossipMessage, handled: bool) -> None:
+        """The message's turn came and its handlers ran (if ``handled``: none, a relay
+        topic's, or all unsubscribed meanwhile: carried); its delivered mark may reach
+        the disk, before the next message is delivered with ``durable_delivery``."""
         if self._marks is not None:
             self._marks.settle(stream_key(message.topic, message.origin), message.seq)
-        if not self._handled(message.topic):
-            return  # a relay topic's: nobody handled it
+        if not handled:  # (review31: not counted as delivered; review37: nor lost)
+            self.carried += 1
+            return
         self.delivered += 1  # (once they ran, not queued: tester32 F6)
         count(self.node.metrics.topic_delivered, message.topic, limit=MAX_TOPICS)
         if self.node.options.durable_delivery:
             await self._log.flush()
-
-    def _handled(self, topic: str) -> bool:
-        """Whether a thread or a subscriber handles ``topic``'s messages."""
-        return bool(self._handlers.get(topic) or self.node.handlers.get(PackageType.GOSSIP, topic))
 
     async def _validate(self, message: GossipMessage, socket: Socket | None) -> None:
         verdict = await judge(self._validators.get(message.topic), message)

@@ -91,13 +91,18 @@ async def call_handlers(
     subscribers: Mapping[str, Iterable[GossipHandler]],
     message: GossipMessage,
     socket: Socket | None,
-) -> None:
+) -> int:
     """Deliver ``message``: to the threads' handlers of its topic on ``node``, then to
     the topic's ``subscribers`` as they are once those ran (a handler may subscribe or
-    unsubscribe: review30); each failure is logged, and the others still run."""
+    unsubscribe: review30; one subscribed by a subscriber gets the next message); each
+    failure is logged, and the others still run. Returns how many were called."""
     topic = message.topic
+    called = 0
     for thread, handler in node.handlers.get(PackageType.GOSSIP, topic):
         where = thread.path or type(thread).__name__
         await call_logged(f"gossip handler of {topic!r} in {where}", handler, socket, message)
-    for callback in subscribers.get(topic, ()):
+        called += 1
+    for callback in tuple(subscribers.get(topic, ())):
         await call_logged(f"gossip subscriber of {topic!r}", callback, message)
+        called += 1
+    return called
