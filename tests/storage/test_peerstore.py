@@ -844,3 +844,20 @@ async def test_anchors_are_bootstrap_peers_and_peers_met_before_this_run(tmp_pat
         assert store.is_anchor("tpboot")
     finally:
         await store.close()
+
+
+async def test_good_urls_leave_out_a_peer_evicted_by_package_counts(clock: FakeClock) -> None:
+    """review38: counting packages of an unknown key adds a peer and may evict one; the
+    cached get_peers ranking went on sharing the evicted peer's URL for a second."""
+    store = await PeerStore.open(None, clock=clock, max_peers=10)
+    try:
+        for i in range(10):
+            await store.record_connected(peer_id=f"tpg{i}", url=f"ws://g{i}:1", address=None)
+        store.record_packages(PeerKey("tpg0"), invalid=5)  # the worst: evicted first
+        clock.advance(2)
+        assert "ws://g0:1" in await store.good_urls(100)  # ranked, cached
+        store.record_packages(PeerKey("tpnew"), good=1)  # one too many peers
+        assert store.score_of("tpg0") is None
+        assert "ws://g0:1" not in await store.good_urls(100)
+    finally:
+        await store.close()

@@ -23,6 +23,7 @@ from ..protocol.close import CloseCode
 from ..protocol.handshake import is_id_mismatch, is_mode_mismatch, is_secure_mismatch
 from ..protocol.hosts import crowded_group
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect
+from ..protocol.peers import peer_key
 from ..protocol.selection import Selection
 from ..protocol.urls import address_of, split_peer_url
 from ..tasks import TaskOwner
@@ -142,6 +143,7 @@ class Dialer:
         for url in self.policy.persistent_urls:
             if address_of(url) not in self._persistent:  # given to connect() before start
                 self._dial_for_good(url)
+        self.tasks.spawn(self._report_held(), "links held")
         if self.policy.target > 0:
             # A first round at once: a node restarted with its bootstrap peers down (or
             # none given) has the peers of its store to dial.
@@ -426,6 +428,24 @@ class Dialer:
                     )
                 self.tasks.spawn(self._dial_once(dial), f"dial {dial.url}")
 
+    async def _report_held(self) -> None:
+        """Every :data:`HELD_INTERVAL`, tell the peer store which links we dialled are
+        still open (:meth:`~trustp2p.storage.peerstore.PeerStore.record_held`): a peer
+        that stays earns what one redialled each hour does."""
+        while True:
+            await asyncio.sleep(HELD_INTERVAL)
+            store, client = self.node.store, self.node.client
+            if store is None or client is None:
+                continue
+            for socket in client.sockets:
+                if socket.closed:
+                    continue
+                key = peer_key(socket.peer_id, socket.host)
+                try:
+                    await store.record_held(peer_id=key, url=self.policy.store_url(socket.peer))
+                except NodeStateError:
+                    return  # the node is stopping
+
     def _connected_ids(self) -> set[str]:
         """Peers connected either way, and ourselves: never dialled."""
         ids = self.node.connected_peer_ids()
@@ -433,6 +453,9 @@ class Dialer:
             ids.add(self.node.peer_id)
         return ids
 
+
+HELD_INTERVAL = 60.0
+"""Seconds between two reports of the open links we dialled to the peer store."""
 
 _LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 

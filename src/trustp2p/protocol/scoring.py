@@ -204,10 +204,11 @@ GOOD_PACKAGES_PER_POINT = 100
 :func:`peer_score`."""
 
 SUCCESS_SPACING = 3600.0
-"""Seconds after a counted successful connection to a peer before another counts: a
-peer we dialled once could close each link to be dialled again, a point each time
-(review: 40 ids churning so outranked every honest peer and took every slot after a
-restart)."""
+"""Seconds after a counted success of a peer before another counts: a connection we
+dialled, or this long of one held open. A peer we dialled once could close each link
+to be dialled again, a point each time (review: 40 ids churning so outranked every
+honest peer and took every slot after a restart); a peer that stays earns as much
+(review38: a link held for months earned one point)."""
 
 MAX_PACKAGE_POINTS = 1.0
 """The most good packages add to :func:`peer_score`: volume is cheap to send, so it
@@ -220,11 +221,12 @@ def peer_score(successes: int, failures: int, good_packages: int, invalid_packag
     How much we like a peer; higher is better, 0 for a peer never tried.
 
     ``successes - 2 * failures + min(good_packages / 100, 1) - invalid_packages``: a
-    successful connection is a point (the store counts one an hour at most:
-    :data:`SUCCESS_SPACING`), a failed dial costs two (:data:`FAILURE_COST`), a hundred
-    good packages are worth one (:data:`GOOD_PACKAGES_PER_POINT`), at most one
-    (:data:`MAX_PACKAGE_POINTS`), and an invalid package costs a point, so that at the
-    default block ratio of 0.1 a peer's score is well below zero.
+    successful connection we dialled, or an hour it stayed open, is a point (one an
+    hour at most: :data:`SUCCESS_SPACING`), a failed dial costs two
+    (:data:`FAILURE_COST`), a hundred good packages are worth one
+    (:data:`GOOD_PACKAGES_PER_POINT`), at most one (:data:`MAX_PACKAGE_POINTS`), and an
+    invalid package costs a point, so that at the default block ratio of 0.1 a peer's
+    score is well below zero.
     """
     return (
         successes

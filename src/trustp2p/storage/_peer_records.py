@@ -116,8 +116,10 @@ class PeerRecord:
         first_seen: When the store first heard of it.
         last_seen: When we last connected to it or counted a package of it (else
             ``first_seen``).
-        last_connected: When we last connected to it successfully, if ever.
-        successes: Successful connections.
+        last_connected: When we last connected to it successfully (or found a link
+            we dialled to it still open), if ever.
+        successes: Successful connections we made, and hours they stayed open (one an
+            hour at most).
         failures: Failed dials.
         good_packages: Valid packages counted.
         invalid_packages: Invalid packages counted.
@@ -175,6 +177,9 @@ class Peer:
     window_good: int = 0
     window_invalid: int = 0
     urls: dict[str, Url] = field(default_factory=dict)
+    # When the last success was counted (memory only; loaded as ``last_connected``):
+    # SUCCESS_SPACING runs from it, not from the last connection (review38).
+    counted_at: float | None = None
 
     def score(self) -> float:
         return peer_score(self.successes, self.failures, self.good_packages, self.invalid_packages)
@@ -221,6 +226,7 @@ def peer_from_row(row: Any) -> Peer:
         first_seen=float(row[4]),
         last_seen=float(row[5]),
         last_connected=None if row[6] is None else float(row[6]),
+        counted_at=None if row[6] is None else float(row[6]),
         successes=int(row[7]),
         failures=int(row[8]),
         good_packages=int(row[9]),

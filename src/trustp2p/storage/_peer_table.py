@@ -16,7 +16,8 @@ import heapq
 import secrets
 
 from ..protocol.limits import address_key
-from ..protocol.scoring import Block
+from ..protocol.peers import is_address_key
+from ..protocol.scoring import SUCCESS_SPACING, Block
 from ..protocol.urls import MAX_URLS_PER_PEER
 from ._peer_records import (
     ADDRESS,
@@ -147,6 +148,55 @@ class PeerTable:
         self.dirty_urls.add(url)
         return entry
 
+    def connected(self, peer_id: str, url: str | None, now: float) -> Peer:
+        """
+        We connected to ``peer_id`` (at ``url`` if we dialled it): link the URL to the
+        id (an address key, in plain mode, proves no id: the URL keeps a record of its
+        own), reset its failures, and count a success (:meth:`worked`).
+        """
+        if url is None:
+            peer = self.by_id.get(peer_id) or self.new_peer(peer_id, PeerSource.INBOUND, now)
+        else:
+            if is_address_key(peer_id):
+                entry = self.by_url.get(url) or self.attach(
+                    url, self.new_peer(None, PeerSource.BOOTSTRAP, now), now
+                )
+            else:
+                entry = self.claim(url, peer_id, now)
+            entry.last_connected = now
+            entry.failures = 0
+            self.dirty_urls.add(url)
+            peer = entry.peer
+        self.worked(peer, now)
+        return peer
+
+    def held(self, peer_id: str, url: str, now: float) -> bool:
+        """
+        A connection we dialled to ``peer_id`` at ``url`` is still open: the URL and
+        the peer worked now, and a link held :data:`SUCCESS_SPACING` counts a success
+        as a new connection would (review38: a link held for months earned one point,
+        a peer that closed it each hour to be redialled one an hour). Nothing for a URL
+        the store no longer links to that peer. True if a success was counted.
+        """
+        entry = self.by_url.get(url)
+        if entry is None or (entry.peer.peer_id or peer_id) != peer_id:
+            return False
+        entry.last_connected = now
+        self.dirty_urls.add(url)
+        return self.worked(entry.peer, now)
+
+    def worked(self, peer: Peer, now: float) -> bool:
+        """``peer`` worked now: its ``last_connected``, and a success if the last one
+        counted is :data:`SUCCESS_SPACING` old (an hour: one per hour at most). True if
+        one was counted."""
+        peer.last_connected = peer.last_seen = now
+        self.dirty_peers.add(peer.key)
+        if peer.counted_at is not None and now - peer.counted_at < SUCCESS_SPACING:
+            return False
+        peer.successes += 1
+        peer.counted_at = now
+        return True
+
     def merge(self, keeper: Peer, other: Peer) -> None:
         """
         Fold ``other`` into ``keeper``: a record of the same peer, either one without
@@ -162,6 +212,8 @@ class PeerTable:
         keeper.last_seen = max(keeper.last_seen, other.last_seen)
         if other.last_connected is not None:
             keeper.last_connected = max(keeper.last_connected or 0.0, other.last_connected)
+        if other.counted_at is not None:
+            keeper.counted_at = max(keeper.counted_at or 0.0, other.counted_at)
         if keeper.address is None:
             keeper.address = other.address
         if other.source is PeerSource.BOOTSTRAP:

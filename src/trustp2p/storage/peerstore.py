@@ -38,13 +38,7 @@ private modules beside this one (``_peer_records``, ``_peer_table``, ``_peer_que
 
 from __future__ import annotations
 
-__all__ = [
-    "STORE_FILE",
-    "STORE_PATH",
-    "PeerRecord",
-    "PeerSource",
-    "PeerStore",
-]
+__all__ = ["STORE_FILE", "STORE_PATH", "PeerRecord", "PeerSource", "PeerStore"]
 
 import itertools
 import logging
@@ -55,7 +49,7 @@ from pathlib import Path
 from ..exceptions import NodeStateError
 from ..protocol.limits import address_key
 from ..protocol.peers import PeerKey, is_address_key
-from ..protocol.scoring import SUCCESS_SPACING, BlockPolicy, PackageCounts
+from ..protocol.scoring import BlockPolicy, PackageCounts
 from ..protocol.urls import split_peer_url
 from . import DATA_DIR
 from ._peer_queries import GoodRanking, active_block, is_anchor, is_dead, ranked_urls, records
@@ -251,29 +245,29 @@ class PeerStore(WriteBehind[Batch, Loaded]):
 
         """
         self._check_open()
-        now = self._clock()
         table = self._table
-        if url is None:
-            peer = table.by_id.get(peer_id) or table.new_peer(peer_id, PeerSource.INBOUND, now)
-        else:
-            if is_address_key(peer_id):
-                entry = table.by_url.get(url) or table.attach(
-                    url, table.new_peer(None, PeerSource.BOOTSTRAP, now), now
-                )
-            else:
-                entry = table.claim(url, peer_id, now)
-            entry.last_connected = now
-            entry.failures = 0
-            table.dirty_urls.add(url)
-            peer = entry.peer
-        if peer.last_connected is None or now - peer.last_connected >= SUCCESS_SPACING:
-            peer.successes += 1
-        peer.last_connected = peer.last_seen = now
+        peer = table.connected(peer_id, url, self._clock())
         if address is not None:
             peer.address = address
-        table.dirty_peers.add(peer.key)
         table.evict()
         await self._save()
+
+    async def record_held(self, *, peer_id: str, url: str) -> None:
+        """
+        A connection we dialled at ``url`` (as stored) to ``peer_id`` (its key, as for
+        :meth:`record_connected`) is still open: the URL worked now, and a link held
+        :data:`SUCCESS_SPACING` counts a success as a new connection would, so that a
+        peer that stays earns what one that closes its link to be redialled does.
+        Called for each such connection every minute or so; written at once only when
+        a success was counted. A URL the store doesn't link to that peer is ignored.
+
+        Raises:
+            NodeStateError: If the store is closed.
+
+        """
+        self._check_open()
+        if self._table.held(peer_id, url, self._clock()):
+            await self._save()
 
     async def record_failure(self, url: str) -> None:
         """
@@ -327,6 +321,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         if peer is None:
             peer = table.new_peer(key, PeerSource.INBOUND, now)
             table.evict()
+            self._good.changed()  # (an eviction: get_peers mustn't share it: review38)
         peer.good_packages += good
         peer.invalid_packages += invalid
         peer.window_good += good
