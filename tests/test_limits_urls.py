@@ -150,16 +150,26 @@ def test_address_limiter_forgets_refilled_buckets_past_max_tracked() -> None:
     for i in range(3):
         assert limiter.admit(f"10.0.0.{i}", 0.0) is None
     assert limiter.admit("10.0.0.0", 0.0) is None  # 10.0.0.0's burst is spent
-    # A 4th address at t=0.5: no bucket is full yet, none is forgotten.
-    assert limiter.admit("10.0.0.9", 0.5) is None
-    assert len(limiter._buckets) == 4
     # At t=10 every bucket refilled: they carry no information and go.
     assert limiter.admit("10.0.0.10", 10.0) is None
-    assert set(limiter._buckets) == {"10.0.0.10"}
+    assert limiter.tracked == 1
     # An address that was forgotten gets a full burst again.
     assert limiter.admit("10.0.0.0", 10.0) is None
     assert limiter.admit("10.0.0.0", 10.0) is None
     assert limiter.admit("10.0.0.0", 10.0) == "connecting too often (limit 1/s, burst 2)"
+
+
+def test_address_limiter_stays_within_max_tracked() -> None:
+    """review38: past the bound only refilled buckets were forgotten, so a flood of new
+    addresses (none of them refilled yet) grew the table without bound, each new one
+    scanning all of it. The least recently seen go too now, /64s and /48s alike."""
+    limiter = AddressLimiter(max_concurrent=None, rate=0.01, burst=1, max_tracked=100)
+    for i in range(1000):
+        assert limiter.admit(f"10.0.{i // 256}.{i % 256}", i * 0.001) is None
+        assert limiter.admit(f"2001:db8:{i:x}:1::1", i * 0.001) is None  # a /48 each
+    assert limiter.tracked <= 200
+    # A busy address, seen last, is still remembered: it stays limited.
+    assert limiter.admit("10.0.3.231", 1.0) == "connecting too often (limit 0.01/s, burst 1)"
 
 
 # Netgroups

@@ -118,6 +118,11 @@ class AddressLimiter:
 
     Args:
         exempt_loopback: Loopback addresses skip both limits.
+        max_tracked: The most addresses (and as many /48s) whose rate is remembered:
+            past it, those that refilled completely are forgotten, and if too few
+            did, the least recently seen (a :class:`BudgetTable` each; review38: only
+            full buckets went, so a flood of new addresses grew the table past its
+            bound, and each new one scanned all of it).
 
     """
 
@@ -135,8 +140,13 @@ class AddressLimiter:
         self.burst = burst
         self.exempt_loopback = exempt_loopback
         self._open: Counter[str] = Counter()
-        self._buckets: dict[str, TokenBucket] = {}
-        self._max_tracked = max_tracked
+        self._hosts = BudgetTable(rate, burst, max_tracked=max_tracked)
+        self._sites = BudgetTable(rate * SITE_SHARE, burst * SITE_SHARE, max_tracked=max_tracked)
+
+    @property
+    def tracked(self) -> int:
+        """Addresses (IPv4, IPv6 /64s) and IPv6 /48s whose rate is remembered."""
+        return len(self._hosts) + len(self._sites)
 
     def open_from(self, host: str) -> int:
         """Connections open from ``host`` (from its /64, for IPv6)."""
@@ -154,23 +164,12 @@ class AddressLimiter:
         host = address_key(host)
         if self.max_concurrent is not None and self._open[host] >= self.max_concurrent:
             return f"too many connections from your address (limit {self.max_concurrent})"
-        bucket = self._buckets.get(host)
-        if bucket is None:
-            if len(self._buckets) >= self._max_tracked:
-                self._forget_full(now)
-            bucket = self._buckets[host] = TokenBucket(self.rate, self.burst, now)
-        if not bucket.take(now):
+        if not self._hosts.get(host, now).take(now):
             return f"connecting too often (limit {self.rate:g}/s, burst {self.burst})"
         site = site_key(host)
-        if site is not None:
-            rate, burst = self.rate * SITE_SHARE, self.burst * SITE_SHARE
-            shared = self._buckets.get(site)
-            if shared is None:
-                if len(self._buckets) >= self._max_tracked:  # (review: past the bound)
-                    self._forget_full(now)
-                shared = self._buckets[site] = TokenBucket(rate, burst, now)
-            if not shared.take(now):
-                return f"connecting too often from your /48 (limit {rate:g}/s, burst {burst})"
+        if site is not None and not self._sites.get(site, now).take(now):
+            rate, burst = self._sites.rate, self._sites.burst
+            return f"connecting too often from your /48 (limit {rate:g}/s, burst {burst})"
         self._open[host] += 1
         return None
 
@@ -180,12 +179,6 @@ class AddressLimiter:
         self._open[host] -= 1
         if self._open[host] <= 0:
             del self._open[host]
-
-    def _forget_full(self, now: float) -> None:
-        # Buckets that refilled completely carry no information: drop them.
-        for host, bucket in list(self._buckets.items()):
-            if bucket.full(now):
-                del self._buckets[host]
 
 
 class BudgetTable:
