@@ -169,7 +169,7 @@ class AddressLimiter:
         site = site_key(host)
         if site is not None and not self._sites.get(site, now).take(now):
             rate, burst = self._sites.rate, self._sites.burst
-            return f"connecting too often from your /48 (limit {rate:g}/s, burst {burst})"
+            return f"connecting too often from your /48 (limit {rate:g}/s, burst {burst:g})"
         self._open[host] += 1
         return None
 
