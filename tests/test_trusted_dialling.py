@@ -134,6 +134,28 @@ async def test_a_client_dials_a_bootstrap_peer_when_none_of_its_peers_is_one(
     assert len(client.client.sockets) == 2
 
 
+async def test_a_peer_known_from_the_store_is_redialled_soon_after_a_restart(
+    make_node: MakeNode, tmp_path: Path
+) -> None:
+    """Found by a tester: a server known from the peer store only (not a bootstrap peer)
+    that restarted in 2 s failed the dial made as its connection closed (or, closed
+    soon after it opened, waited out its retry delay), and was dialled again only at
+    the next exchange_interval (60 s by default, kept here)."""
+    cwd = tmp_path / "server"
+    cwd.mkdir()
+    server = await make_node(server=True, cwd=cwd)
+    port, server_id = int((server.url or "").rsplit(":", 1)[1]), server.peer_id or ""
+    client = await make_node(client=True, target_outbound=2)
+    assert client.client is not None and client.store is not None
+    await client.store.record_connected(peer_id=server_id, url=server.url, address=None)
+    client.client.wake()
+    await wait_for(lambda: client.socket_for_peer(server_id) is not None)
+    await server.stop()
+    await wait_for(lambda: (client.store.score_of(server_id) or 0) < 0)  # a dial failed
+    await make_node(server=True, cwd=cwd, port=port)  # back, same id, same port
+    await wait_for(lambda: client.socket_for_peer(server_id) is not None, 10.0)
+
+
 async def test_a_long_lived_connection_is_an_anchor(make_node: MakeNode) -> None:
     stranger = await make_node(server=True)
     anchor = await make_node(server=True)

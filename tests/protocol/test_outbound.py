@@ -370,6 +370,32 @@ def test_a_failed_address_waits_its_retry_under_any_spelling(
     assert policy.excluded(()) == set()
 
 
+def test_short_of_the_target_a_round_runs_when_a_proven_url_may_be_retried(
+    clock: FakeClock, policy: OutboundPolicy
+) -> None:
+    """Found by a tester: a server known from the store that restarted in 2 s failed one
+    dial and was dialled again only at the next exchange_interval, a minute later: the
+    manager slept while the URL waited out its 1 s retry."""
+    store = FakeStore([url(1), url(2)], proven=[url(1)])
+    assert round_(policy, store) == [url(1), url(2)]
+    for dialled in (url(1), url(2)):
+        policy.dial_failed(dialled)
+        policy.dial_ended(dialled)
+    assert policy.wake_in(store) == 1.0  # url(1)'s retry (url(2) is paced as unproven)
+    clock.advance(0.25)
+    assert policy.wake_in(store) == 0.75
+    clock.advance(0.75)
+    assert policy.wake_in(store) is None  # nothing waits now: the round dials it
+    assert round_(policy, store) == [url(1), url(2)]
+    policy.dial_failed(url(1))
+    policy.dial_ended(url(1))
+    assert policy.wake_in(store) == 2.0  # its second failure: the next delay
+    full = make_policy(clock, target=1)
+    connect(full, url(3), A)
+    full.dial_failed(url(1))  # (a persistent dial's, say)
+    assert full.wake_in(store) is None  # at the target: nothing to dial it for
+
+
 def test_a_url_naming_the_wrong_peer_id_does_not_hold_its_address(
     clock: FakeClock, policy: OutboundPolicy
 ) -> None:

@@ -391,7 +391,7 @@ class Dialer:
         interval = self.node.options.exchange_interval
         while True:
             # Sooner when the last round left unproven URLs out for their bound.
-            wake_in = self.policy.wake_in()
+            wake_in = self.policy.wake_in(self.node.store)
             timeout = interval if wake_in is None else min(interval, wake_in)
             try:
                 async with asyncio.timeout(timeout):

@@ -442,15 +442,23 @@ class OutboundPolicy:
         self._deferred = True
         return False
 
-    def wake_in(self) -> float | None:
+    def wake_in(self, view: PeerView | None = None) -> float | None:
         """
-        Seconds before a round should run again to dial the unproven URLs the last
-        rounds left out: ``None`` if none was left out, or while dials under way must
-        end first (:meth:`dial_done` says when).
+        Seconds before a round should run again: to dial the unproven URLs the last
+        rounds left out (unless dials under way must end first: :meth:`dial_done` says
+        when), or, short of the target, when the first proven URL waiting for its retry
+        may be dialled (a tester: a server known from the store that restarted in 2 s
+        failed one dial and was dialled again only at the next ``exchange_interval``,
+        a minute later). ``None``: nothing to wait for.
         """
-        if not self._deferred:
-            return None
-        return self.unproven.wait(self.clock())
+        now = self.clock()
+        wait = self.unproven.wait(now) if self._deferred else None
+        if self.missing() > 0:
+            retries = self._retry_at.items()
+            due = [at - now for url, at in retries if at > now and self.is_proven(url, view)]
+            if due and (wait is None or min(due) < wait):
+                wait = min(due)
+        return wait
 
     def excluded(self, connected_ids: Collection[str]) -> set[str]:
         """Store URLs known to fail :meth:`dialable` now, whatever the store says:
