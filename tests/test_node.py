@@ -434,6 +434,24 @@ async def test_reroute_when_a_server_stalls(make_node: MakeNode) -> None:
     assert answer == {"done_by": working.url}
 
 
+async def test_reroute_passes_over_a_server_without_the_handler(make_node: MakeNode) -> None:
+    """Found by a tester: a client's servers met by peer exchange needn't run its
+    threads, and the first in line answered every rerouted request with "no handler",
+    which ended them, although another connected server ran the handler."""
+    stalling = await make_node(server=True, threads=[Stalling])
+    other = await make_node(server=True)  # runs no thread of ours
+    working = await make_node(server=True, threads=[Working])
+    client = await make_node(client=True, peers=[stalling.url, other.url], stalled_timeout=50 * MS)
+    assert client.client is not None
+    await client.client.wait_connected(2)
+    client.client.connect(working.url or "")  # the last in line
+    await client.client.connection_to(working.url or "", timeout=2)
+    first = client.client.socket_for(stalling.url or "")
+    assert first is not None
+    answer = await client.client.request(first, "work", {"job": 1}, reroute=True, timeout=2)
+    assert answer == {"done_by": working.url}
+
+
 async def test_without_reroute_a_stalled_request_waits(make_node: MakeNode) -> None:
     stalling = await make_node(server=True, threads=[Stalling])
     working = await make_node(server=True, threads=[Working])

@@ -278,6 +278,46 @@ def test_stalled_request_is_rerouted(
     assert rtable.receive_response(C1, late) == [ResponseUnmatched(C1, late)]
 
 
+def test_a_server_without_the_handler_passes_a_rerouted_request_on(
+    clock: FakeClock, sent: list[tuple[ConnId, Package]]
+) -> None:
+    """Found by a tester: the next server a stalled request went to had no handler
+    for it (a server met by peer exchange runs other threads), and its error ended the
+    request, although the third server ran the handler."""
+    router = Router(C1, C2, C3)
+    table = RequestTable(clock=clock, send=lambda c, p: sent.append((c, p)), reroute_target=router)
+    waiter = table.request(C1, REQ, reroute=True)
+    clock.advance(5)
+    assert table.tick() == [RequestRerouted(REQ, C1, C2, "stalled")]
+    unhandled = answer(REQ, {"error": "no handler for REQUEST 'ask'"})
+    assert table.receive_response(C2, unhandled) == [
+        RequestRerouted(REQ, C2, C3, "no handler there")
+    ]  # at once, not at the next stall
+    assert sent == [(C1, REQ), (C2, REQ), (C3, REQ)]
+    assert (table.pending_on(C1), table.pending_on(C2), table.pending_on(C3)) == (1, 0, 1)
+    assert table.receive_response(C3, unhandled) == []  # none left: C1 may still answer
+    response = answer(REQ)
+    assert table.receive_response(C1, response) == [ResponseReceived((waiter,), C1, response)]
+    assert_empty(table, C1, C2, C3)
+
+
+def test_the_last_server_without_the_handler_gives_its_error(rtable: RequestTable) -> None:
+    waiter = rtable.request(C1, REQ, reroute=True)
+    unhandled = answer(REQ, {"error": "no handler for REQUEST 'ask'"})
+    assert rtable.receive_response(C1, unhandled) == [
+        RequestRerouted(REQ, C1, C2, "no handler there")
+    ]
+    assert rtable.receive_response(C2, unhandled) == [ResponseReceived((waiter,), C2, unhandled)]
+    other_error = answer(REQ, {"error": "busy"})  # any other answer is the answer
+    waiter = rtable.request(C1, REQ, reroute=True)
+    assert rtable.receive_response(C1, other_error) == [
+        ResponseReceived((waiter,), C1, other_error)
+    ]
+    waiter = rtable.request(C1, REQ)  # and without reroute, no handler is the answer
+    assert rtable.receive_response(C1, unhandled) == [ResponseReceived((waiter,), C1, unhandled)]
+    assert_empty(rtable, C1, C2)
+
+
 def test_response_from_first_conn_after_reroute_wins(
     rtable: RequestTable, clock: FakeClock
 ) -> None:

@@ -126,8 +126,10 @@ class Role:
             body: The request body, a JSON object.
             package_type: ``REQUEST`` or ``HEARTBEAT_PING``.
             reroute: Client side only: when no response comes in ``stalled_timeout``,
-                or the connection is lost (before the call too), send it to the next
-                connected server not yet tried; the first response wins.
+                or the connection is lost (before the call too), or the server has no
+                handler for it, send it to the next connected server not yet tried;
+                the first response wins (a slow handler may run on several servers).
+                Joining an identical pending request turns rerouting on for it.
             timeout: Seconds to wait; defaults to ``response_timeout``.
             payload: Binary data to send beside the body (wire field 7), for a trustp2p
                 peer: the original ignores it. The handler reads it as

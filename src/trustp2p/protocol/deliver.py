@@ -182,6 +182,13 @@ def _answer_type(request_type: PackageType) -> PackageType:
     raise ValueError(f"{request_type.name} is not a request type")
 
 
+def _unhandled(response: Package) -> bool:
+    """Whether ``response`` is the error a node answers a request it has no handler
+    for with (:mod:`trustp2p.protocol.connection`)."""
+    error = response.body.get("error")
+    return isinstance(error, str) and error.startswith("no handler for ")
+
+
 class _Entry:
     """One request on the wire, with everyone waiting for its response."""
 
@@ -343,9 +350,32 @@ class RequestTable:
             return [ResponseUnmatched(conn, package)]
         if package.type is not entry.answer:
             return [ResponseUnmatched(conn, package, entry.answer)]
+        if entry.reroute and _unhandled(package):
+            moved = self._pass_on(entry, conn)
+            if moved is not None:
+                return moved
         waiters = tuple(entry.waiters)
         self._forget(entry)
         return [ResponseReceived(waiters, conn, package)]
+
+    def _pass_on(self, entry: _Entry, conn: ConnId) -> list[DeliverEvent] | None:
+        """A rerouting request's server has no handler for it (a tester: a client's
+        servers met by peer exchange needn't run its threads, and the first of them
+        answered every rerouted request with that error): on to the next server, or
+        on waiting for another it is pending on; ``None`` if there is neither (the
+        error is the answer)."""
+        target = self._next_target(entry)
+        if target is None and entry.pending == {conn}:
+            return None
+        entry.pending.discard(conn)
+        table = self._by_conn[conn]
+        del table[entry.package.tag]
+        if not table:
+            del self._by_conn[conn]
+        if target is None:
+            return []
+        self._resend(entry, target)
+        return [RequestRerouted(entry.package, conn, target, "no handler there")]
 
     def connection_lost(self, conn: ConnId) -> list[DeliverEvent]:
         """
