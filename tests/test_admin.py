@@ -23,6 +23,7 @@ from trustp2p.cli import main
 from trustp2p.drivers.base import Socket
 from trustp2p.exceptions import ConfigError, DriverError
 from trustp2p.node.gossip import Validation
+from trustp2p.options import parse_admin_address
 from trustp2p.protocol.package import Package
 from trustp2p.threads.base import EventMap
 
@@ -373,7 +374,7 @@ def test_an_admin_token_is_printable_ascii_without_spaces(token: str) -> None:
     NodeOptions(server=True, admin="127.0.0.1:9107", admin_token="Zm9v+/=_-.~!")
 
 
-@pytest.mark.parametrize("address", ["9107", "127.0.0.1", "127.0.0.1:x", ":9107", "h:70000"])
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.1:x", "h:70000", "99999", ":x"])
 def test_a_malformed_admin_address_is_refused(address: str) -> None:
     with pytest.raises(ConfigError, match="HOST:PORT"):
         NodeOptions(server=True, admin=address)
@@ -430,6 +431,24 @@ async def test_trustp2p_status_with_a_token(
 def test_trustp2p_status_of_nothing_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--admin", "http://127.0.0.1:1/"]) == 1
     assert "can't get the status from http://127.0.0.1:1/" in capsys.readouterr().err
+    # A bare port: the URL tried, and the reason without urllib's wrapping (a tester:
+    # "can't get the status from 1: <urlopen error [Errno 111] Connection refused>").
+    assert main(["status", "--admin", "1"]) == 1
+    said = capsys.readouterr().err.strip()
+    assert said == (
+        "trustp2p: error: can't get the status from http://127.0.0.1:1/status.json:"
+        " [Errno 111] Connection refused"
+    )
+
+
+def test_a_bare_admin_port_is_on_loopback_for_a_node_too() -> None:
+    """Found by a tester: `status --admin 9107` worked, `server --admin 9107` was
+    refused (the one flag read two ways)."""
+    assert parse_admin_address("9107") == ("127.0.0.1", 9107)
+    assert parse_admin_address(":9107") == ("127.0.0.1", 9107)
+    assert parse_admin_address("[::1]:9107") == ("::1", 9107)
+    with pytest.raises(ConfigError, match="admin address must be HOST:PORT"):
+        parse_admin_address("99999")
 
 
 HUGE_TIME = (

@@ -17,6 +17,7 @@ import pytest
 from trustp2p import RemoteError
 from trustp2p.cli import main
 from trustp2p.options import NodeOptions
+from trustp2p.storage.peerstore import PeerSource
 
 from .conftest import wait_for
 from .processes import Spawned, free_port
@@ -55,6 +56,23 @@ def test_client_needs_a_peer(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert "no server to dial: give --connect URL, or peers in" in capsys.readouterr().err
 
 
+def test_a_client_runs_on_the_peers_its_store_knows(tmp_path: Path) -> None:
+    """Found by a tester: a client restarted without --connect was refused although its
+    peer store knew its servers (a `trustp2p node` started on them)."""
+    from trustp2p.storage.peerstore import STORE_PATH, PeerStore
+
+    async def remember() -> None:
+        store = await PeerStore.open(tmp_path / STORE_PATH)
+        await store.add_urls([f"ws://127.0.0.1:{free_port()}"], PeerSource.EXCHANGE)
+        await store.close()
+
+    asyncio.run(remember())
+    client = Spawned("client", "--cwd", str(tmp_path))
+    client.wait_for_output("node started")
+    assert client.stop() == 0, client.output
+    assert "no --connect: dialling the 1 peer the peer store knows" in client.output
+
+
 def test_out_of_descriptors_anywhere_in_the_start_is_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,13 +103,18 @@ def test_peers_from_the_file_or_the_environment_serve_a_client_and_warn_a_server
     client = Spawned("client", "--cwd", str(tmp_path))
     client.wait_for_output("node started")
     assert client.stop() == 0, client.output
+    said = "trustp2p.cli: ! peers are ignored: a server dials nothing (`trustp2p node` accepts"
+    server = Spawned("server", "--cwd", str(tmp_path), "--port", "0")
+    server.wait_for_output("node started")
+    assert server.stop() == 0, server.output
+    assert f"WARNING {said}" in server.output and "TRUSTP2P_PEERS" in server.output
     monkeypatch.delenv("TRUSTP2P_PEERS")
     (tmp_path / "trustp2p.toml").write_text(f'peers = ["{url}"]\n')
     server = Spawned("server", "--cwd", str(tmp_path), "--port", "0")
     server.wait_for_output("node started")
     assert server.stop() == 0, server.output
-    warning = "! peers are ignored: a server dials nothing (`trustp2p node` accepts and dials)"
-    assert warning in server.output and "trustp2p.toml" in server.output, server.output
+    # A file shared by a client and a server (the README's layout): said, not warned of.
+    assert f"INFO    {said}" in server.output and "trustp2p.toml" in server.output, server.output
     assert "admin token" not in server.output
 
 

@@ -395,6 +395,18 @@ async def test_api_misuse_raises_at_once(make_node: MakeNode) -> None:
         await client.client.request(socket, "echo", {}, package_type=PackageType.TALK)
     with pytest.raises(ValueError, match="only available on the client role"):
         await server.server.request(server.server.sockets[0], "echo", {}, reroute=True)
+    # Found by a tester: socket_for() gives None when not connected, and request(None)
+    # said "'NoneType' object has no attribute 'id'"; a timeout in a string, "'>' not
+    # supported between instances of 'str' and 'int'".
+    for reroute in (False, True):
+        with pytest.raises(
+            TypeError, match=r"^socket must be a Socket, not None \(not connected\?\)$"
+        ):
+            await client.client.request(None, "echo", {}, reroute=reroute)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^socket must be a Socket, not str$"):
+        await client.client.request("ws://x", "echo", {})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^timeout must be a number of seconds, not '5'$"):
+        await client.client.request(socket, "echo", {}, timeout="5")  # type: ignore[arg-type]
 
 
 # Rerouting

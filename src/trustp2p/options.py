@@ -580,12 +580,16 @@ _AT_LEAST_ONE = (
 
 def parse_admin_address(address: str) -> tuple[str, int]:
     """
-    ``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6) as ``(host, port)``.
+    ``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6) as ``(host, port)``; a bare ``PORT``
+    (or ``:PORT``) is on 127.0.0.1, as ``trustp2p status --admin`` reads it (a tester:
+    the one flag was read two ways).
 
     Raises:
         ConfigError: If it isn't of that form, or the port is out of range.
 
     """
+    if address.removeprefix(":").isdigit():
+        address = f"127.0.0.1:{address.removeprefix(':')}"
     host, sep, port_text = address.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

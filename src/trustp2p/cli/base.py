@@ -22,6 +22,7 @@ __all__ = [
     "tuning_options",
 ]
 
+import asyncio
 import errno
 import logging
 import os
@@ -131,7 +132,7 @@ _TUNING: list[tuple[str, str, Any, str]] = [
     ("--block-duration", "block_duration", float, "How long a block lasts (s)."),
     ("--exchange-interval", "exchange_interval", float, "Seconds between peer exchange rounds."),
     ("--gossip-fanout", "gossip_fanout", int, "Mesh peers a relay pushes a message to."),
-    ("--admin", "admin", str, "HOST:PORT of the admin listener (metrics, status page)."),
+    ("--admin", "admin", str, "HOST:PORT (or PORT: 127.0.0.1) of the admin listener."),
     ("--admin-token", "admin_token", str, "Token every admin request must carry."),
 ]
 
@@ -380,24 +381,52 @@ def dir_option(text: str) -> Callable[[F], F]:
 cwd_option = dir_option("Directory holding threads-enabled/ (it must exist).")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _dial_the_store(options: NodeOptions, log: logging.Logger) -> None:
+    """A client given no server to dial runs on the peers its store knows, if it knows
+    some (a tester: a client restarted without --connect was refused, a node started).
+
+    Raises:
+        click.UsageError: If the store knows none.
+
+    """
+    from ..apps.peers import read_peers
+
+    records = []
+    if options.cwd is not None:
+        records = asyncio.run(read_peers(options.cwd, options.name or "node"))
+    known = sum(1 for record in records if record.urls and record.blocked_until is None)
+    if not known:
+        raise click.UsageError(
+            "no server to dial: give --connect URL, or peers in trustp2p.toml or "
+            "TRUSTP2P_PEERS (the peer store knows none)"
+        )
+    log.info("= no --connect: dialling the %s the peer store knows", _count(known, "peer"))
+
+
 def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
     """Run a node until Ctrl-C or SIGTERM; return the exit code."""
     from ..apps.serve import serve_process
-    from ..config import with_origins
+    from ..config import Source, with_origins
 
     setup_cli_logging(log_level)
     roles = {name: kwargs.pop(name) for name in ("server", "client") if name in kwargs}
     node_options, settings = resolve_options(kwargs.get("cwd"), kwargs, **roles)
+    cli_log = logging.getLogger("trustp2p.cli")
     # (Found by a tester: peers from the file or the environment were refused by
     # `client`, whose --connect click required, and ignored by `server` without a word.)
     if node_options.client and not node_options.server and not node_options.peers:
-        raise click.UsageError(
-            "no server to dial: give --connect URL, or peers in trustp2p.toml or TRUSTP2P_PEERS"
-        )
-    cli_log = logging.getLogger("trustp2p.cli")
+        _dial_the_store(node_options, cli_log)
     if node_options.peers and not node_options.client:
         message = "peers are ignored: a server dials nothing (`trustp2p node` accepts and dials)"
-        cli_log.warning("! %s", with_origins(message, settings))
+        # A file a client and a server share (the README's layout) is no mistake.
+        shared = "peers" in settings and settings["peers"].source is Source.FILE
+        cli_log.log(
+            logging.INFO if shared else logging.WARNING, "! %s", with_origins(message, settings)
+        )
     if node_options.admin_token and node_options.admin is None:  # (a tester meant --admin)
         cli_log.warning("! the admin token protects nothing: no admin listener (--admin)")
     try:

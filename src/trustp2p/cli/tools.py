@@ -87,10 +87,11 @@ def peers(cwd: Path, name: str, as_json: bool, log_level: str) -> int:
 def status(admin: str, token: str | None, as_json: bool) -> int:
     """Show a running node's status (its /status.json) through its admin listener."""
     import json
+    import urllib.error
 
     from rich.console import Console
 
-    from ..admin.client import fetch_status, status_tables, url_token
+    from ..admin.client import fetch_status, status_tables, status_url, url_token
 
     try:
         answer = fetch_status(admin, token=token)
@@ -105,7 +106,13 @@ def status(admin: str, token: str | None, as_json: bool) -> int:
             hint = " (the node's admin listener has a token: give it with --token)"
         elif code == 401:
             hint = " (not the node's admin token: its --admin-token, or TRUSTP2P_ADMIN_TOKEN)"
-        click.echo(f"trustp2p: error: can't get the status from {admin}: {exc}{hint}", err=True)
+        # (A tester: "<urlopen error [Errno 111] Connection refused>", not the URL tried.)
+        plain = isinstance(exc, urllib.error.URLError) and code is None
+        # A str: the exception kept in this frame would hold its traceback, and so
+        # this frame (a cycle: an HTTPError's socket was closed by the GC, later).
+        detail = str(exc.reason if plain else exc)  # type: ignore[union-attr]
+        where = status_url(admin) if not isinstance(exc, ValueError) else admin
+        click.echo(f"trustp2p: error: can't get the status from {where}: {detail}{hint}", err=True)
         return 1
     if as_json:
         click.echo(json.dumps(answer, indent=2))

@@ -534,18 +534,27 @@ class Node:
             ConnectionClosed: If the connection is closed, or the node is stopping.
             NodeStateError: If the node was never started.
             UsageError: If ``socket`` is open but not a connection of this node.
+            TypeError: If ``socket`` is not a :class:`Socket`.
 
         """
         if self.state is not NodeState.RUNNING:
             if self.state is NodeState.NEW:
                 raise NodeStateError("the node is not started")
             raise ConnectionClosed(CloseCode.GOING_AWAY, "node stopping")
-        if reroute and socket.closed and self.client is not None:
-            socket = self.client.find_next_server((socket.id,)) or socket
-        if self.connections.get(socket.id) is None:
-            if not socket.closed:  # (another node's)
-                raise UsageError(f"{socket!r} is not a connection of this node")
-            raise ConnectionClosed(socket.close_code, socket.close_reason)
+        try:
+            if reroute and socket.closed and self.client is not None:
+                socket = self.client.find_next_server((socket.id,)) or socket
+            if self.connections.get(socket.id) is None:
+                if not socket.closed:  # (another node's)
+                    raise UsageError(f"{socket!r} is not a connection of this node")
+                raise ConnectionClosed(socket.close_code, socket.close_reason)
+        except AttributeError:
+            if isinstance(socket, Socket):
+                raise
+            # (A tester: socket_for() gave None, and request(None, ...) said
+            # "'NoneType' object has no attribute 'id'".)
+            what = "None (not connected?)" if socket is None else type(socket).__name__
+            raise TypeError(f"socket must be a Socket, not {what}") from None
         return socket
 
     # Drivers

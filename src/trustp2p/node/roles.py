@@ -116,9 +116,8 @@ class Role:
         """
         Send a request and return the body of its response.
 
-        Identical requests (same type, event and body, no payload) to the same peer while
-        one is pending go on the wire once; every caller gets the response. A request
-        with a payload has a random tag and is never merged with another.
+        Identical requests (same type, event and body, no payload) to one peer while one
+        is pending go on the wire once; every caller gets its answer (rerouted if one asked).
 
         Args:
             socket: The peer to ask.
@@ -129,12 +128,10 @@ class Role:
                 or the connection is lost (before the call too), or the server has no
                 handler for it, send it to the next connected server not yet tried;
                 the first response wins (a slow handler may run on several servers).
-                Joining an identical pending request turns rerouting on for it.
             timeout: Seconds to wait; defaults to ``response_timeout``.
-            payload: Binary data to send beside the body (wire field 7), for a trustp2p
-                peer: the original ignores it. The handler reads it as
-                ``package.payload``. To get the response's payload, use
-                :meth:`request_package`.
+            payload: Binary data beside the body (wire field 7), for a trustp2p peer
+                (the original ignores it): the handler reads ``package.payload``. To get
+                the response's payload, use :meth:`request_package`.
 
         Returns:
             The response body.
@@ -143,11 +140,12 @@ class Role:
             RemoteError: If the peer answered with an error (``{"error": ...}``); the
                 raw answer is ``exc.body``.
             RequestTimeout: If no response arrives within the timeout.
-            ConnectionClosed: If the connection is closed or lost before a response
-                arrives (and, when rerouting, no other server is connected).
-            ValueError: If ``package_type`` is not a request type, or ``reroute`` is
-                used on the server role.
-            TypeError: If ``body`` is not a JSON-serializable dict.
+            ConnectionClosed: If the connection is lost before the response (and, when
+                rerouting, no other server is connected).
+            ValueError: If ``package_type`` is not a request type, or ``reroute`` is on
+                on the server role.
+            TypeError: If ``body`` is not a JSON-serializable dict, or ``socket`` or
+                ``timeout`` of the wrong type.
 
         """
         if reroute and self.inbound:

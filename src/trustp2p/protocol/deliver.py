@@ -291,6 +291,8 @@ class RequestTable:
         """
         if timeout is None:
             timeout = self.response_timeout
+        elif type(timeout) is not float and type(timeout) is not int:
+            raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
         elif not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout:g}")
         if not package.tag:
