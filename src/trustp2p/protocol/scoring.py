@@ -197,7 +197,8 @@ class Offences:
 
 
 FAILURE_COST = 2.0
-"""What a failed dial costs in :func:`peer_score`, in successful connections."""
+"""What a failed dial costs in :func:`peer_score`, in successful connections: the
+first of a row only (the store counts one an outage)."""
 
 GOOD_PACKAGES_PER_POINT = 100
 """Good packages worth one successful connection (or one invalid package) in
@@ -222,7 +223,7 @@ def peer_score(successes: int, failures: int, good_packages: int, invalid_packag
 
     ``successes - 2 * failures + min(good_packages / 100, 1) - invalid_packages``: a
     successful connection we dialled, or an hour it stayed open, is a point (one an
-    hour at most: :data:`SUCCESS_SPACING`), a failed dial costs two
+    hour at most: :data:`SUCCESS_SPACING`), an outage (failed dials in a row) costs two
     (:data:`FAILURE_COST`), a hundred good packages are worth one
     (:data:`GOOD_PACKAGES_PER_POINT`), at most one (:data:`MAX_PACKAGE_POINTS`), and an
     invalid package costs a point, so that at the default block ratio of 0.1 a peer's

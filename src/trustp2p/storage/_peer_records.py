@@ -120,7 +120,7 @@ class PeerRecord:
             we dialled to it still open), if ever.
         successes: Successful connections we made, and hours they stayed open (one an
             hour at most).
-        failures: Failed dials.
+        failures: Outages: failed dials, the first of each row.
         good_packages: Valid packages counted.
         invalid_packages: Invalid packages counted.
         blocked_until: When its block by peer id ends, if it is blocked now.

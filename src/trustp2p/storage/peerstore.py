@@ -271,8 +271,10 @@ class PeerStore(WriteBehind[Batch, Loaded]):
 
     async def record_failure(self, url: str) -> None:
         """
-        Count a failed dial of ``url`` against it and its peer; an unknown URL is ignored.
-        A URL that keeps failing is forgotten (:func:`~._peer_queries.is_dead`).
+        Count a failed dial of ``url`` against it, and the first of a row against its
+        peer's score (an outage costs one failure however many redials it takes; a URL
+        that keeps failing is forgotten: :func:`~._peer_queries.is_dead`). An unknown
+        URL is ignored.
 
         Raises:
             NodeStateError: If the store is closed.
@@ -284,7 +286,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
             logger.debug("? failure of unknown URL %s ignored", url)
             return
         entry.failures += 1
-        entry.peer.failures += 1
+        if entry.failures == 1:  # (a tester: each 2 s restart of a server cost it 6)
+            entry.peer.failures += 1
         self._table.dirty_urls.add(url)
         self._table.dirty_peers.add(entry.peer.key)
         if is_dead(entry, self._clock()):
