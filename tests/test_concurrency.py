@@ -400,7 +400,7 @@ async def test_a_handler_raising_cancelled_error_is_a_failing_handler(
     server, client, socket = await connected(make_node, Cancels)
     with pytest.raises(RemoteError, match=f"handler of '{event}' failed"):
         await client.client.request(socket, event, {})
-    failures = [r for r in caplog.records if r.getMessage().startswith("! handler of REQUEST")]
+    failures = [r for r in caplog.records if "] ! handler of REQUEST" in r.getMessage()]
     assert [r.levelno for r in failures] == [logging.ERROR]
     assert server.running  # and it goes on
     with pytest.raises(RemoteError):
@@ -434,7 +434,7 @@ async def test_a_talk_handler_raising_cancelled_error_holds_up_nothing(
     await client.client.send_talk(socket, "note", {"n": 1})
     thread = next(t for t in server.threads if isinstance(t, TalkCancels))
     await wait_for(lambda: thread.noted == [1])
-    failures = [r for r in caplog.records if r.getMessage().startswith("! handler of TALK")]
+    failures = [r for r in caplog.records if "] ! handler of TALK" in r.getMessage()]
     assert [r.levelno for r in failures] == [logging.ERROR]
 
 

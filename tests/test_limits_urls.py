@@ -172,6 +172,25 @@ def test_address_limiter_stays_within_max_tracked() -> None:
     assert limiter.admit("10.0.3.231", 1.0) == "connecting too often (limit 0.01/s, burst 1)"
 
 
+def test_address_limiter_forgets_the_least_recently_seen() -> None:
+    limiter = AddressLimiter(max_concurrent=None, rate=0.01, burst=1, max_tracked=100)
+    assert limiter.admit("192.0.2.1", 0.0) is None  # its burst spent
+    for i in range(1000):
+        assert limiter.admit(f"10.0.{i // 256}.{i % 256}", 0.0) is None
+        if i % 50 == 0:  # it keeps trying: seen lately, it stays limited
+            assert limiter.admit("192.0.2.1", 0.0) == "connecting too often (limit 0.01/s, burst 1)"
+    assert limiter.admit("10.0.0.0", 0.0) is None  # (forgotten: a full burst again)
+
+
+def test_a_slash_48_refusal_leaves_no_slash_64_behind() -> None:
+    """review39: the /64's bucket was made and its token spent before its /48 refused
+    it, so a /48's fresh /64s pushed other addresses out of the table."""
+    limiter = AddressLimiter(max_concurrent=None, rate=0.01, burst=1, max_tracked=1000)
+    admitted = [limiter.admit(f"2001:db8:0:{i:x}::1", 0.0) for i in range(100)]
+    assert admitted.count(None) == 16  # the /48's share: 16 x burst 1
+    assert limiter.tracked == 16 + 1  # those /64s and the /48, not 100 /64s
+
+
 # Netgroups
 
 

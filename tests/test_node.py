@@ -274,7 +274,7 @@ async def test_a_flood_of_failing_requests_logs_ten_tracebacks_and_answers_all(
     for _ in range(25):
         with pytest.raises(RemoteError, match="handler of 'fail' failed"):
             await client.client.request(socket, "fail", {})
-    failures = [r for r in caplog.records if r.getMessage().startswith("! handler of")]
+    failures = [r for r in caplog.records if "] ! handler of" in r.getMessage()]
     assert len(failures) == 10
     assert all(r.levelno == logging.ERROR and r.exc_info is not None for r in failures)
 
@@ -282,7 +282,7 @@ async def test_a_flood_of_failing_requests_logs_ten_tracebacks_and_answers_all(
 async def test_handler_returning_a_non_dict_answers_error(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, client, socket = await pair(make_node)
+    server, client, socket = await pair(make_node)
     assert client.client is not None
     with pytest.raises(RemoteError) as caught:
         await client.client.request(socket, "bad_body", {})
@@ -291,7 +291,10 @@ async def test_handler_returning_a_non_dict_answers_error(
     [record] = [r for r in caplog.records if "bad_body" in r.getMessage()]
     assert record.levelno == logging.ERROR and record.exc_info is None
     prefix, reason = record.getMessage().split(" returned what can't be sent: ")
-    assert prefix == "! handler of REQUEST 'bad_body' in Recorder"
+    # The line names the peer, in its text and its fields (a tester: "peer": null).
+    peer = server.server.sockets[0].peer if server.server is not None else None
+    assert prefix == f"[{peer}] ! handler of REQUEST 'bad_body' in Recorder"
+    assert getattr(record, "peer", None) == peer
     assert re.match(refused_type("body", "dict", "list"), reason)
 
 

@@ -16,7 +16,8 @@ import trustp2p.storage._peer_table
 from tests.conftest import FakeClock
 from tests.nodes import wait_for
 from trustp2p.protocol.scoring import SUCCESS_SPACING
-from trustp2p.storage.peerstore import STORE_PATH, PeerStore
+from trustp2p.storage._peer_table import PeerTable
+from trustp2p.storage.peerstore import STORE_PATH, PeerSource, PeerStore
 
 DAY = 86_400.0
 MINUTE = 60.0
@@ -108,17 +109,54 @@ async def test_the_spacing_holds_across_a_restart(tmp_path: Path, clock: FakeClo
         await store.close()
 
 
+async def test_a_restart_keeps_the_spacing_from_the_last_success_counted(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """review39: the time of the last success counted was taken from last_connected at
+    each start, which the held reports moved: a node restarted more often than hourly
+    never credited the links it held. It is stored now."""
+    path = tmp_path / STORE_PATH
+    for _ in range(6):  # runs of 50 minutes, 10 s apart, the link held all along
+        store = await PeerStore.open(path, clock=clock)
+        await store.record_connected(peer_id="tpa", url="ws://a:1", address=None)
+        await hold(store, clock, "tpa", "ws://a:1", 50 * MINUTE)
+        await store.close()
+        clock.advance(10)
+    store = await PeerStore.open(path, clock=clock)
+    try:
+        assert store.score_of("tpa") == 6  # at 0, 60, 120, 180, 240 and 300 minutes
+        (record,) = await store.peers()
+        assert record.last_connected == clock.now - 10 - 50 * MINUTE  # the last opened
+    finally:
+        await store.close()
+
+
+def test_merged_records_keep_the_latest_success_counted() -> None:
+    table = PeerTable(max_peers=None)
+    keeper, other = (
+        table.new_peer("tpa", PeerSource.EXCHANGE, 0.0),
+        table.new_peer(None, PeerSource.EXCHANGE, 0.0),
+    )
+    keeper.counted_at, other.counted_at = 100.0, 200.0
+    table.merge(keeper, other)
+    assert keeper.counted_at == 200.0
+    other = table.new_peer(None, PeerSource.EXCHANGE, 0.0)  # never counted
+    table.merge(keeper, other)
+    assert keeper.counted_at == 200.0
+
+
 async def test_a_node_reports_the_links_it_dialled_as_held(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Wired: the dialler reports each open link it dialled every HELD_INTERVAL, and
     the store counts one per SUCCESS_SPACING (both shortened here); a peer that
-    dialled us earns nothing (inbound links are the peers' choice, not ours)."""
+    dialled us earns nothing (inbound links are the peers' choice, not ours): the
+    server here dials too, and reports its own outbound links."""
     monkeypatch.setattr(trustp2p.node.dialer, "HELD_INTERVAL", 0.02)
     monkeypatch.setattr(trustp2p.storage._peer_table, "SUCCESS_SPACING", 0.1)
     for name in ("s", "c"):
         (tmp_path / name).mkdir()
-    server = await trustp2p.create_server(port=0, cwd=tmp_path / "s")
+    server = await trustp2p.create_node(port=0, cwd=tmp_path / "s")
     client = await trustp2p.create_client(peers=[server.url], cwd=tmp_path / "c")
     try:
         assert client.store is not None and server.store is not None

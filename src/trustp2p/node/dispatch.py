@@ -29,6 +29,7 @@ from ..protocol.package import (
     check_size,
 )
 from ..threads.base import Reply
+from .peer import PeerLog
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
@@ -305,7 +306,7 @@ class Worker:
         except (Exception, asyncio.CancelledError) as exc:
             if cancelled(exc):
                 raise
-            _log_failure(self._node, thread, package)
+            _log_failure(self._node, self._log(), thread, package)
             await self._answer(thread, package, None, started, failed=True)
             return
         rest = _resume(result, yielded)
@@ -350,7 +351,7 @@ class Worker:
         except (Exception, asyncio.CancelledError) as exc:
             if cancelled(exc):
                 raise
-            _log_failure(self._node, thread, package)
+            _log_failure(self._node, self._log(), thread, package)
             await self._answer(thread, package, None, started, failed=True)
         else:
             await self._answer(thread, package, result, started)
@@ -364,7 +365,7 @@ class Worker:
         except (Exception, asyncio.CancelledError) as exc:
             if cancelled(exc):
                 raise
-            _log_failure(self._node, thread, package)
+            _log_failure(self._node, self._log(), thread, package)
 
     async def _answer(
         self, thread: Thread, package: Package, result: Any, started: float, *, failed: bool = False
@@ -394,7 +395,7 @@ class Worker:
                 )
             except (TypeError, ValueError) as exc:  # the handler's mistake, not ours
                 node.connections.inbound.log(
-                    logger,
+                    self._log(),
                     logging.ERROR,
                     "handler failed",
                     "! handler of %s %r in %s returned what can't be sent: %s",
@@ -436,7 +437,7 @@ class Worker:
         name = thread.path or type(thread).__name__
         explicit = self._node.handlers.explicit
         if explicit.first_silence(name, request.event, request.tag) and not self._socket.closed:
-            logger.warning(
+            self._log().warning(
                 "! handler of %s %r in %s returned None and sent no response within %g s:"
                 " the peer waits for its response_timeout unless the thread's answer()"
                 " answers later (said once)",
@@ -445,6 +446,11 @@ class Worker:
                 name,
                 explicit.grace,
             )
+
+    def _log(self) -> Any:
+        """This module's logger, naming the peer (a tester's JSON logs said ``"peer":
+        null`` for a handler's failure)."""
+        return PeerLog(logger, {"peer": self._socket.peer})
 
     def _error(self, request: Package, text: str) -> Package | None:
         return error_answer(
@@ -523,11 +529,11 @@ def _few_values(body: dict[str, object]) -> bool:
     return True
 
 
-def _log_failure(node: Node, thread: Thread, package: Package) -> None:
+def _log_failure(node: Node, log: Any, thread: Thread, package: Package) -> None:
     """A handler failed, on a peer's package: within the log budget (a peer chooses how
-    often), with the traceback."""
+    often), with the traceback, on ``log`` (the connection's: it names the peer)."""
     node.connections.inbound.log(
-        logger,
+        log,
         logging.ERROR,
         "handler failed",
         "! handler of %s %r in %s failed",

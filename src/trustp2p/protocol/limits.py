@@ -164,12 +164,18 @@ class AddressLimiter:
         host = address_key(host)
         if self.max_concurrent is not None and self._open[host] >= self.max_concurrent:
             return f"too many connections from your address (limit {self.max_concurrent})"
-        if not self._hosts.get(host, now).take(now):
-            return f"connecting too often (limit {self.rate:g}/s, burst {self.burst})"
         site = site_key(host)
-        if site is not None and not self._sites.get(site, now).take(now):
+        # The /48 first, if the /64 has a token: refused there, a /64 leaves no bucket
+        # (review39: a /48's fresh /64s pushed other addresses out of the table).
+        if (
+            site is not None
+            and self._hosts.level(host, now) >= 1
+            and not self._sites.get(site, now).take(now)
+        ):
             rate, burst = self._sites.rate, self._sites.burst
             return f"connecting too often from your /48 (limit {rate:g}/s, burst {burst:g})"
+        if not self._hosts.get(host, now).take(now):
+            return f"connecting too often (limit {self.rate:g}/s, burst {self.burst})"
         self._open[host] += 1
         return None
 
@@ -215,6 +221,12 @@ class BudgetTable:
             bucket = TokenBucket(self.rate, self.burst, now)
         buckets[key] = bucket  # the most recently used, last
         return bucket
+
+    def level(self, key: str, now: float) -> float:
+        """The tokens ``key`` has (a full burst if it has no bucket); spends none, and
+        leaves the order of use alone."""
+        bucket = self._buckets.get(key)
+        return self.burst if bucket is None else bucket.level(now)
 
     def _make_room(self, now: float) -> None:
         buckets = self._buckets

@@ -77,11 +77,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (kind, key)
         )""",
     ),
+    # 2: when the last success was counted: SUCCESS_SPACING runs from it (review39:
+    # taken from last_connected at each start, a node restarted often credited none).
+    ("ALTER TABLE peers ADD COLUMN counted_at REAL",),
 )
 
 _PEER_COLUMNS = (
     "key, peer_id, source, address, first_seen, last_seen, last_connected, successes, "
-    "failures, good_packages, invalid_packages, window_good, window_invalid"
+    "failures, good_packages, invalid_packages, window_good, window_invalid, counted_at"
 )
 _URL_COLUMNS = "url, peer, first_seen, last_connected, failures"
 _BLOCK_COLUMNS = "kind, key, until, reason"
@@ -116,8 +119,7 @@ class PeerRecord:
         first_seen: When the store first heard of it.
         last_seen: When we last connected to it or counted a package of it (else
             ``first_seen``).
-        last_connected: When we last connected to it successfully (or found a link
-            we dialled to it still open), if ever.
+        last_connected: When we last connected to it successfully, if ever.
         successes: Successful connections we made, and hours they stayed open (one an
             hour at most).
         failures: Outages: failed dials, the first of each row.
@@ -177,8 +179,7 @@ class Peer:
     window_good: int = 0
     window_invalid: int = 0
     urls: dict[str, Url] = field(default_factory=dict)
-    # When the last success was counted (memory only; loaded as ``last_connected``):
-    # SUCCESS_SPACING runs from it, not from the last connection (review38).
+    # When the last success was counted: SUCCESS_SPACING runs from it (review38).
     counted_at: float | None = None
 
     def score(self) -> float:
@@ -206,6 +207,7 @@ def peer_row(peer: Peer) -> tuple[object, ...]:
         peer.invalid_packages,
         peer.window_good,
         peer.window_invalid,
+        peer.counted_at,
     )
 
 
@@ -226,7 +228,7 @@ def peer_from_row(row: Any) -> Peer:
         first_seen=float(row[4]),
         last_seen=float(row[5]),
         last_connected=None if row[6] is None else float(row[6]),
-        counted_at=None if row[6] is None else float(row[6]),
+        counted_at=None if row[13] is None else float(row[13]),
         successes=int(row[7]),
         failures=int(row[8]),
         good_packages=int(row[9]),
@@ -277,7 +279,7 @@ class PeerDatabase(Database[Batch, Loaded]):
         conn.executemany("DELETE FROM peers WHERE key = ?", batch.peer_deletes)
         conn.executemany(
             f"INSERT OR REPLACE INTO peers ({_PEER_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             batch.peers,
         )
         conn.executemany("DELETE FROM urls WHERE url = ?", batch.url_deletes)

@@ -181,15 +181,21 @@ class PeerTable:
         entry = self.by_url.get(url)
         if entry is None or (entry.peer.peer_id or peer_id) != peer_id:
             return False
-        entry.last_connected = now
+        if entry.peer.peer_id is None and not is_address_key(peer_id):
+            entry = self.claim(url, peer_id, now)  # (re-learned without its id: review39)
+        entry.last_connected = now  # (the URL worked: see is_dead)
         self.dirty_urls.add(url)
-        return self.worked(entry.peer, now)
+        return self.worked(entry.peer, now, opened=False)
 
-    def worked(self, peer: Peer, now: float) -> bool:
-        """``peer`` worked now: its ``last_connected``, and a success if the last one
-        counted is :data:`SUCCESS_SPACING` old (an hour: one per hour at most). True if
-        one was counted."""
-        peer.last_connected = peer.last_seen = now
+    def worked(self, peer: Peer, now: float, *, opened: bool = True) -> bool:
+        """
+        ``peer`` worked now: a connection ``opened`` (its ``last_connected``), or one
+        still open; a success is counted if the last one counted is
+        :data:`SUCCESS_SPACING` old (one an hour at most). True if one was counted.
+        """
+        peer.last_seen = now
+        if opened:
+            peer.last_connected = now
         self.dirty_peers.add(peer.key)
         if peer.counted_at is not None and now - peer.counted_at < SUCCESS_SPACING:
             return False
@@ -234,12 +240,12 @@ class PeerTable:
         self.dirty_peers.add(other.key)  # no longer in memory: deleted at the next flush
         self.dirty_peers.add(keeper.key)
 
-    def evict(self) -> None:
+    def evict(self) -> int:
         """Forget the least useful peers past ``max_peers``, and a tenth more: ranking
         every peer each time one is added to a full store made each new peer cost ten
         times as much (found by an attacker's test of 12,000 identities)."""
         if self.max_peers is None or len(self.peers) <= self.max_peers:
-            return
+            return 0
         excess = len(self.peers) - self.max_peers + self.max_peers // 10
         for peer in heapq.nsmallest(excess, self.peers.values(), key=_eviction_rank):
             del self.peers[peer.key]
@@ -250,6 +256,7 @@ class PeerTable:
                 self.dirty_urls.add(url)
             self.dirty_peers.add(peer.key)
         logger.debug("= peer store full: forgot %d peers", excess)
+        return excess
 
     # Blocks.
 

@@ -255,7 +255,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
     async def record_held(self, *, peer_id: str, url: str) -> None:
         """
         A connection we dialled at ``url`` (as stored) to ``peer_id`` (its key, as for
-        :meth:`record_connected`) is still open: the URL worked now, and a link held
+        :meth:`record_connected`) is still open: the URL worked now (its peer's
+        ``last_seen`` moves, not its ``last_connected``), and a link held
         :data:`SUCCESS_SPACING` counts a success as a new connection would, so that a
         peer that stays earns what one that closes its link to be redialled does.
         Called for each such connection every minute or so; written at once only when
@@ -323,8 +324,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         now = self._clock()
         if peer is None:
             peer = table.new_peer(key, PeerSource.INBOUND, now)
-            table.evict()
-            self._good.changed()  # (an eviction: get_peers mustn't share it: review38)
+            if table.evict():
+                self._good.changed()  # (an eviction: get_peers mustn't share it: review38)
         peer.good_packages += good
         peer.invalid_packages += invalid
         peer.window_good += good
