@@ -13,7 +13,6 @@ from __future__ import annotations
 
 __all__ = [
     "HANDSHAKE_BLOCK",
-    "MAX_PACKAGE_POINTS",
     "OFFENCE_WINDOW",
     "OFFENDING_CONNECTIONS",
     "SUCCESS_SPACING",
@@ -200,10 +199,6 @@ FAILURE_COST = 2.0
 """What a failed dial costs in :func:`peer_score`, in successful connections: the
 first of a row only (the store counts one an outage)."""
 
-GOOD_PACKAGES_PER_POINT = 100
-"""Good packages worth one successful connection (or one invalid package) in
-:func:`peer_score`."""
-
 SUCCESS_SPACING = 3600.0
 """Seconds after a counted success of a peer before another counts: a connection we
 dialled, or this long of one held open. A peer we dialled once could close each link
@@ -211,27 +206,19 @@ to be dialled again, a point each time (review: 40 ids churning so outranked eve
 honest peer and took every slot after a restart); a peer that stays earns as much
 (review38: a link held for months earned one point)."""
 
-MAX_PACKAGE_POINTS = 1.0
-"""The most good packages add to :func:`peer_score`: volume is cheap to send, so it
-mustn't buy dial priority (an attacker's test: ids that sent 1,200 valid talks each
-scored 12-30 against honest peers' 1-3, and a restarted node dialled only them)."""
 
-
-def peer_score(successes: int, failures: int, good_packages: int, invalid_packages: int) -> float:
+def peer_score(successes: int, failures: int, invalid_packages: int) -> float:
     """
     How much we like a peer; higher is better, 0 for a peer never tried.
 
-    ``successes - 2 * failures + min(good_packages / 100, 1) - invalid_packages``: a
-    successful connection we dialled, or an hour it stayed open, is a point (one an
-    hour at most: :data:`SUCCESS_SPACING`), an outage (failed dials in a row) costs two
-    (:data:`FAILURE_COST`), a hundred good packages are worth one
-    (:data:`GOOD_PACKAGES_PER_POINT`), at most one (:data:`MAX_PACKAGE_POINTS`), and an
-    invalid package costs a point, so that at the default block ratio of 0.1 a peer's
-    score is well below zero.
+    ``successes - 2 * failures - invalid_packages``: a successful connection we
+    dialled, or an hour it stayed open, is a point (one an hour at most:
+    :data:`SUCCESS_SPACING`), an outage (failed dials in a row) costs two
+    (:data:`FAILURE_COST`), and an invalid package costs a point, so that a peer near
+    the block policy scores well below zero. Good packages add nothing: volume is
+    cheap to send, so it mustn't buy dial priority (attackers' tests: ids that sent
+    1,200 valid talks each scored 12-30 against honest peers' 1-3; capped at a point,
+    100 talks each still put 40 ids ahead of every quiet honest peer, and a restarted
+    node dialled only them).
     """
-    return (
-        successes
-        - FAILURE_COST * failures
-        + min(good_packages / GOOD_PACKAGES_PER_POINT, MAX_PACKAGE_POINTS)
-        - invalid_packages
-    )
+    return successes - FAILURE_COST * failures - invalid_packages

@@ -146,7 +146,7 @@ class PeerRecord:
     def score(self) -> float:
         """How much we like this peer; higher is better, 0 for a peer never tried
         (:func:`~trustp2p.protocol.scoring.peer_score`)."""
-        return peer_score(self.successes, self.failures, self.good_packages, self.invalid_packages)
+        return peer_score(self.successes, self.failures, self.invalid_packages)
 
 
 @dataclass(slots=True, eq=False)
@@ -183,7 +183,7 @@ class Peer:
     counted_at: float | None = None
 
     def score(self) -> float:
-        return peer_score(self.successes, self.failures, self.good_packages, self.invalid_packages)
+        return peer_score(self.successes, self.failures, self.invalid_packages)
 
 
 def url_age(entry: Url) -> tuple[float, str]:
