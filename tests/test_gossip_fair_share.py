@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Hashable
+
+import pytest
 
 from trustp2p import Node
-from trustp2p.drivers.memory import MemoryHub
+from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from trustp2p.identity import Identity
 from trustp2p.options import NodeOptions
-from trustp2p.protocol.gossip import GossipMessage, sign_message
+from trustp2p.protocol.gossip import FairShare, GossipMessage, sign_message
+from trustp2p.protocol.hosts import share_group
 from trustp2p.protocol.package import PackageType, build_package
 
 from .conftest import wait_for
+from .nodes import FAST
 from .test_gossip_behaviour import memory_node, socket_to, subscribed
 
 
@@ -60,3 +65,56 @@ async def test_flooders_wait_while_a_light_publisher_goes_on() -> None:
         finally:
             for task in floods:
                 task.cancel()
+
+
+def test_ipv6_peers_share_by_their_slash_48() -> None:
+    """Found by an attacker: catch-up and live gossip were shared by IPv6 /64, so 90 /64s
+    of one /48 (each a group of its own) starved an honest newcomer's catch-up."""
+    assert share_group("2001:db8:0:1::1") == share_group("2001:db8:0:ffff::2") == "2001:db8::/48"
+    assert share_group("2001:db8:1::1") == "2001:db8:1::/48"
+    assert share_group("192.0.2.7") == "192.0.2.7"  # an IPv4 address: itself
+    assert share_group("::ffff:192.0.2.7") == "192.0.2.7"
+
+
+async def test_identities_of_one_address_share_one_share_of_the_node_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by an attacker: the node-wide budget was shared by identity, so 10 ids on
+    2 addresses took 10 of 11 shares, and an honest publisher's messages waited 2-5 s.
+    Peers of one address (here two nodes behind one memory host name) share one."""
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "twin") as first,
+        memory_node(hub, "server", gossip_node_rate=50.0) as server,
+    ):
+        second = Node(client=True, driver=MemoryDriver(hub=hub, name="twin"), **FAST)
+        await second.start()
+        try:
+            groups: list[object] = []
+            checks = server.gossip._checks  # type: ignore[union-attr]
+            spend = FairShare.spend
+
+            def spy(
+                fair: FairShare,
+                peer: Hashable,
+                now: float,
+                amount: float = 1.0,
+                group: object = None,
+            ) -> float:
+                if fair is checks:  # the server's live messages
+                    groups.append(group)
+                return spend(fair, peer, now, amount, group)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(FairShare, "spend", spy)
+            server.subscribe("chat")
+            for node in (first, second):
+                node.subscribe("chat")
+                assert node.client is not None and server.url is not None
+                node.client.connect(server.url)
+            await wait_for(lambda: subscribed(server, "chat", 2))
+            await first.publish("chat", {"n": 1})
+            await second.publish("chat", {"n": 2})
+            await wait_for(lambda: len(groups) >= 2)
+            assert groups[:2] == ["twin", "twin"]
+        finally:
+            await second.stop()

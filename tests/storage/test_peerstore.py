@@ -560,6 +560,7 @@ async def test_good_urls_rank_once_per_second_and_after_each_change(
     other change at once."""
     for name in ("a", "b"):
         await store.record_connected(peer_id=f"tp{name}", url=f"ws://{name}:1", address=None)
+        clock.advance(1)
     assert await store.good_urls(10) == ["ws://a:1", "ws://b:1"]  # (the longest known)
     store.record_packages("tpa", invalid=1)  # a's score falls below b's: not seen yet
     assert await store.good_urls(10) == ["ws://a:1", "ws://b:1"]

@@ -44,6 +44,7 @@ from ..protocol.actions import (
 from ..protocol.admission import Admission, keep_new_connection
 from ..protocol.close import CloseCode
 from ..protocol.connection import ConnectionProtocol, ConnectionState, body_cost
+from ..protocol.hosts import share_group
 from ..protocol.limits import BudgetTable, is_loopback
 from ..protocol.package import Package, PackageType, check_encoded_size, encode
 from ..protocol.peers import peer_key
@@ -133,6 +134,13 @@ class Connections:
         if self._options.limit_loopback or not is_loopback(socket.host):
             return peer_key(None, socket.host)
         return f"connection:{socket.id}"
+
+    def share_group(self, socket: Socket) -> str | None:
+        """Whose share of a node-wide budget a peer spends with others (its address's,
+        :func:`~trustp2p.protocol.hosts.share_group`); None: local, each apart."""
+        if not self._options.limit_loopback and is_loopback(socket.host):
+            return None
+        return share_group(socket.host)
 
     # Driver callbacks (the AcceptListener protocol)
 

@@ -393,8 +393,9 @@ class Gossip:
         message_id = GossipMessage.peek_id(package.event, package.body)
         if message_id is not None and self.router.duplicate(socket.id, message_id):
             return
-        connections = self.node.connections
-        if (delay := self._checks.spend(connections.budget_key(socket), self._now())) > 0:
+        connections = self.node.connections  # (identities are free: shared by address)
+        key, group = connections.budget_key(socket), connections.share_group(socket)
+        if (delay := self._checks.spend(key, self._now(), 1.0, group)) > 0:
             if (conn := connections.get(socket.id)) is not None:
                 connections.throttle(conn, delay, "its share of gossip_node_rate")
         max_data = self.node.options.max_package_size

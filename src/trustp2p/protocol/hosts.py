@@ -24,9 +24,11 @@ __all__ = [
     "may_pass_on",
     "name_group",
     "netgroup",
+    "share_group",
     "site_key",
 ]
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -176,6 +178,17 @@ def site_key(host: str) -> str | None:
     if not key.endswith("/64"):
         return None
     return str(ipaddress.ip_network(key).supernet(new_prefix=48))
+
+
+@functools.lru_cache(maxsize=4096)
+def share_group(host: str) -> str:
+    """
+    Whose share of a node-wide budget a peer at ``host`` spends with others: its
+    /48 for IPv6 (:func:`site_key`), else its address (an attacker's test: 90 /64s of
+    one /48, each a group of its own, starved an honest newcomer's catch-up). Cached:
+    asked per message.
+    """
+    return site_key(host) or address_key(host)
 
 
 def netgroup(host: str) -> str:
