@@ -15,6 +15,7 @@ import trustp2p.node.dialer
 import trustp2p.storage._peer_table
 from tests.conftest import FakeClock
 from tests.nodes import wait_for
+from trustp2p.protocol.peers import PeerKey
 from trustp2p.protocol.scoring import SUCCESS_SPACING
 from trustp2p.storage._peer_table import PeerTable
 from trustp2p.storage.peerstore import STORE_PATH, PeerSource, PeerStore
@@ -75,6 +76,27 @@ async def test_a_long_lived_peer_with_an_old_failure_outranks_one_dialled_once(
     assert (await store.candidates(1), await store.good_urls(1)) == (["ws://honest:1"],) * 2
     forgotten = [i for i in range(10) if store.score_of(f"tpsyb{i}") is None]
     assert forgotten and store.size() == 11 - len(forgotten)  # not the long-lived one
+
+
+async def test_busy_sybils_dialled_once_rank_after_honest_peers_known_longer(
+    clock: FakeClock,
+) -> None:
+    """Found by an attacker: 40 ids dialled once, each sending 100 valid packages (the
+    point packages could add), outranked 3 quiet honest peers; a restarted node gave
+    them all 8 managed slots. Packages add nothing; ties go to the longest known."""
+    store = await PeerStore.open(None, clock=clock)
+    try:
+        honest = [f"ws://honest{i}:1" for i in range(3)]
+        for i, url in enumerate(honest):
+            await store.record_connected(peer_id=f"tphonest{i}", url=url, address=None)
+            store.record_packages(PeerKey(f"tphonest{i}"), good=3)
+        clock.advance(20)
+        for i in range(40):
+            await store.record_connected(peer_id=f"tpsyb{i}", url=f"ws://syb{i}:1", address=None)
+            store.record_packages(PeerKey(f"tpsyb{i}"), good=100)
+        assert sorted((await store.candidates(32))[:3]) == honest
+    finally:
+        await store.close()
 
 
 async def test_a_held_link_counts_for_the_peer_that_holds_the_url(
