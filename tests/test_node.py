@@ -79,6 +79,7 @@ class Recorder(Thread):
                 "bad_body": self.bad_body,
                 "silent": self.silent,
                 "later": self.later,
+                "twice": self.twice,
             },
             PackageType.TALK: {"note": self.note},
         }
@@ -91,6 +92,14 @@ class Recorder(Thread):
         role = self.server if socket.inbound else self.client
         assert role is not None
         await role.send_response(socket, package.event, {"explicit": True}, package.tag)
+
+    async def twice(self, socket: Socket, package: Package) -> dict[str, Any]:
+        """Answers ``times`` times with send_response(), then returns a body too."""
+        role = self.server if socket.inbound else self.client
+        assert role is not None
+        for n in range(package.body["times"]):
+            await role.send_response(socket, package.event, {"n": n}, package.tag)
+        return {"n": "returned"}
 
     def fail(self, socket: Socket, package: Package) -> dict[str, Any]:
         raise RuntimeError("secret detail")
@@ -199,6 +208,35 @@ async def test_a_request_handler_that_answers_nothing_is_said_once(
     assert not [
         r for r in caplog.records if "'explicit'" in r.getMessage() or "'later'" in r.getMessage()
     ]
+
+
+async def test_a_request_answered_twice_is_said_once(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a tester: a handler that answered with send_response() twice, or
+    answered and returned a body too, sent three responses for one request; the peer
+    counted two as unmatched, and neither side said anything."""
+    server, client, socket = await pair(make_node)
+    assert client.client is not None
+
+    def said(text: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if text in r.getMessage()]
+
+    for _ in range(3):
+        assert await client.client.request(socket, "twice", {"times": 2}) == {"n": 0}
+    await wait_for(lambda: socket.stats.unmatched_in == 6)
+    twice = said("answered twice with send_response()")
+    returned = said("in Recorder answered with send_response() and returned a body too")
+    assert [r.levelno for r in twice + returned] == [logging.WARNING] * 2
+    # Identical requests from two peers (one tag), each answered once: nothing said.
+    other = await make_node(client=True, peers=[server.url])
+    assert other.client is not None
+    await other.client.wait_connected()
+    other_socket = other.client.sockets[0]
+    for asker, to in ((other, other_socket), (client, socket)):
+        assert asker.client is not None
+        assert await asker.client.request(to, "explicit", {"same": 1}) == {"explicit": True}
+    assert len(said("answered twice with") + said("returned a body too")) == 2
 
 
 async def test_a_thread_answers_a_request_later(make_node: MakeNode) -> None:

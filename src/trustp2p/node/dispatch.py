@@ -407,6 +407,8 @@ class Worker:
                 failed = True
         if failed:  # no details: they may be sensitive (as websockets does)
             response = self._error(package, f"handler of {package.event!r} failed")
+        elif response is not None and node.handlers.explicit.answered(self._socket.id, package.tag):
+            self._answered_twice(thread, package)
         if response is None:
             if result is None:
                 self._silent(thread, package)
@@ -429,14 +431,15 @@ class Worker:
         """A request handler returned None: said once if nothing answered it within
         ``explicit.grace`` (:data:`~.handlers.SILENCE_GRACE`)."""
         explicit = self._node.handlers.explicit
-        if self._socket.closed or not explicit.returned_none(request.tag):
+        if self._socket.closed or not explicit.returned_none(self._socket.id, request.tag):
             return  # (nobody waits, or it answered already)
         asyncio.get_running_loop().call_later(explicit.grace, self._still_silent, thread, request)
 
     def _still_silent(self, thread: Thread, request: Package) -> None:
         name = thread.path or type(thread).__name__
         explicit = self._node.handlers.explicit
-        if explicit.first_silence(name, request.event, request.tag) and not self._socket.closed:
+        conn, tag = self._socket.id, request.tag
+        if explicit.first_silence(name, request.event, conn, tag) and not self._socket.closed:
             self._log().warning(
                 "! handler of %s %r in %s returned None and sent no response within %g s:"
                 " the peer waits for its response_timeout unless the thread's answer()"
@@ -445,6 +448,19 @@ class Worker:
                 request.event,
                 name,
                 explicit.grace,
+            )
+
+    def _answered_twice(self, thread: Thread, request: Package) -> None:
+        """A handler answered with ``send_response()`` and returned a body too (a
+        tester: the peer counted the second as unmatched, and neither side said so)."""
+        name = thread.path or type(thread).__name__
+        if self._node.handlers.explicit.first_double(name, request.event):
+            self._log().warning(
+                "! handler of %s %r in %s answered with send_response() and returned a"
+                " body too: the peer keeps the first response (said once)",
+                request.type.name,
+                request.event,
+                name,
             )
 
     def _log(self) -> Any:

@@ -121,46 +121,67 @@ answered from a task 0.1 s later and was warned of all the same."""
 
 class ExplicitAnswers:
     """
-    The tags of the requests answered with ``send_response()`` lately (the last
-    ``keep``), and of those whose handler returned None and that weren't answered yet:
-    to tell a request handler that answers later (or answered already) from one that
-    forgot its ``return``. Found by a tester, whose requester waited
-    ``response_timeout`` (300 s) with nothing logged on either side.
+    The requests (connection id and tag) answered with ``send_response()`` lately (the
+    last ``keep``), and those whose handler returned None and that weren't answered
+    yet: to tell a request handler that answers later (or answered already) from one
+    that forgot its ``return`` (found by a tester, whose requester waited
+    ``response_timeout``, 300 s, with nothing logged on either side), and one that
+    answers twice (another's: the peer counted the others as unmatched, unsaid).
     """
 
-    __slots__ = ("_keep", "_said", "_silent", "_tags", "grace")
+    __slots__ = ("_doubled", "_keep", "_said", "_silent", "_tags", "grace")
 
     def __init__(self, keep: int = 1024, grace: float = SILENCE_GRACE) -> None:
         self._keep = keep
         self.grace = grace
         """Seconds a handler that returned None has to answer (:data:`SILENCE_GRACE`)."""
-        self._tags: dict[str, None] = {}
-        self._silent: set[str] = set()  # handlers returned None, not answered yet
+        self._tags: dict[tuple[int, str], None] = {}
+        self._silent: set[tuple[int, str]] = set()  # returned None, not answered yet
         self._said: set[tuple[str, str]] = set()
+        self._doubled: set[tuple[str, str]] = set()
 
-    def add(self, tag: str) -> None:
-        """A response with ``tag`` was sent with ``send_response()``."""
-        self._silent.discard(tag)
-        self._tags[tag] = None
+    def add(self, conn: int, tag: str) -> bool:
+        """A response with ``tag`` was sent on ``conn`` with ``send_response()``: True
+        if one was already (then ask :meth:`first_double`)."""
+        key = (conn, tag)
+        self._silent.discard(key)
+        again = key in self._tags
+        self._tags[key] = None
         if len(self._tags) > self._keep:
             del self._tags[next(iter(self._tags))]
+        return again
 
-    def returned_none(self, tag: str) -> bool:
-        """A request handler returned None for the request ``tag``: True if nothing
-        answered it yet (then ask :meth:`first_silence` :attr:`grace` seconds later)."""
-        if tag in self._tags:
+    def answered(self, conn: int, tag: str) -> bool:
+        """Whether ``send_response()`` answered ``tag`` on ``conn`` lately."""
+        return (conn, tag) in self._tags
+
+    def returned_none(self, conn: int, tag: str) -> bool:
+        """A request handler returned None for the request ``tag`` on ``conn``: True
+        if nothing answered it yet (then ask :meth:`first_silence` :attr:`grace`
+        seconds later)."""
+        key = (conn, tag)
+        if key in self._tags:
             return False
-        self._silent.add(tag)
+        self._silent.add(key)
         return True
 
-    def first_silence(self, thread: str, event: str, tag: str) -> bool:
+    def first_silence(self, thread: str, event: str, conn: int, tag: str) -> bool:
         """:attr:`grace` seconds after :meth:`returned_none`: True if nothing answered
         ``tag`` since, the first time for that thread and event (said once: a handler
         that always answers late isn't told each time)."""
-        if tag not in self._silent:
+        key = (conn, tag)
+        if key not in self._silent:
             return False
-        self._silent.discard(tag)
+        self._silent.discard(key)
         if (thread, event) in self._said:
             return False
         self._said.add((thread, event))
+        return True
+
+    def first_double(self, where: str, event: str) -> bool:
+        """A request of ``event`` was answered twice: True the first time for ``where``
+        (a thread, or ``send_response()``) and that event (said once)."""
+        if (where, event) in self._doubled:
+            return False
+        self._doubled.add((where, event))
         return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = ["BroadcastResult", "ClientRole", "Role", "ServerRole", "check_timeout"]
 
 import asyncio
+import logging
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,8 @@ Check a value with ``isinstance(outcome, Exception)`` before reading it as a bod
     answers = {s: r for s, r in results.items() if not isinstance(r, Exception)}
 
 """
+
+logger = logging.getLogger(__name__)
 
 
 class Role:
@@ -225,7 +228,14 @@ class Role:
             alt=self.node.options.alt,
             payload=payload or b"",
         )
-        self.node.handlers.explicit.add(tag)
+        explicit = self.node.handlers.explicit
+        if explicit.add(socket.id, tag) and explicit.first_double("send_response()", event):
+            logger.warning(
+                "! request %r (tag %s) answered twice with send_response(): the peer keeps"
+                " the first and counts the others as unmatched (said once)",
+                event,
+                tag,
+            )
         await self.node.send(socket, package)
 
     async def send_talk(
