@@ -407,8 +407,9 @@ class Worker:
                 failed = True
         if failed:  # no details: they may be sensitive (as websockets does)
             response = self._error(package, f"handler of {package.event!r} failed")
-        elif response is not None and node.handlers.explicit.answered(self._socket.id, package.tag):
-            self._answered_twice(thread, package)
+        elif response is not None and (explicit := node.handlers.explicit).used:
+            if explicit.answered(self._socket.id, package.tag):
+                self._answered_twice(thread, package)
         if response is None:
             if result is None:
                 self._silent(thread, package)

@@ -129,7 +129,7 @@ class ExplicitAnswers:
     answers twice (another's: the peer counted the others as unmatched, unsaid).
     """
 
-    __slots__ = ("_doubled", "_keep", "_said", "_silent", "_tags", "grace")
+    __slots__ = ("_doubled", "_keep", "_said", "_silent", "_tags", "grace", "used")
 
     def __init__(self, keep: int = 1024, grace: float = SILENCE_GRACE) -> None:
         self._keep = keep
@@ -139,11 +139,14 @@ class ExplicitAnswers:
         self._silent: set[tuple[int, str]] = set()  # returned None, not answered yet
         self._said: set[tuple[str, str]] = set()
         self._doubled: set[tuple[str, str]] = set()
+        self.used = False
+        """Whether ``send_response()`` answered any request yet (checked per answer)."""
 
     def add(self, conn: int, tag: str) -> bool:
         """A response with ``tag`` was sent on ``conn`` with ``send_response()``: True
         if one was already (then ask :meth:`first_double`)."""
         key = (conn, tag)
+        self.used = True
         self._silent.discard(key)
         again = key in self._tags
         self._tags[key] = None
