@@ -61,6 +61,7 @@ from .actions import (
     Unhandled,
 )
 from .close import CloseCode, fit_reason
+from .deliver import NO_HANDLER
 from .handshake import (
     HANDSHAKE_MAGIC,
     HELLO_EVENT,
@@ -496,7 +497,7 @@ class ConnectionProtocol:
             # for handlers, with the original's pong (docs/original-wire-format.md).
             actions = [Send(self._pong(package.tag))]
         else:
-            why = f"no handler for {package.type.name} {package.event!r}"
+            why = f"{NO_HANDLER}{package.type.name} {package.event!r}"
             answer = error_answer(package.type, package.event, package.tag, why, alt=self._alt)
             actions = [] if answer is None else [Send(answer)]
         self._spend(actions, package)

@@ -20,6 +20,7 @@ a pending request's tag is unmatched, and the request waits on.
 from __future__ import annotations
 
 __all__ = [
+    "NO_HANDLER",
     "ConnId",
     "DeliverEvent",
     "RequestExpired",
@@ -182,11 +183,15 @@ def _answer_type(request_type: PackageType) -> PackageType:
     raise ValueError(f"{request_type.name} is not a request type")
 
 
+NO_HANDLER = "no handler for "
+"""How the error a node answers a request it has no handler for begins
+(:mod:`trustp2p.protocol.connection`): a rerouting request goes on past it."""
+
+
 def _unhandled(response: Package) -> bool:
-    """Whether ``response`` is the error a node answers a request it has no handler
-    for with (:mod:`trustp2p.protocol.connection`)."""
+    """Whether ``response`` is that error (:data:`NO_HANDLER`)."""
     error = response.body.get("error")
-    return isinstance(error, str) and error.startswith("no handler for ")
+    return isinstance(error, str) and error.startswith(NO_HANDLER)
 
 
 class _Entry:
