@@ -224,6 +224,8 @@ async def test_a_request_answered_twice_is_said_once(
 
     for _ in range(3):
         assert await client.client.request(socket, "twice", {"times": 2}) == {"n": 0}
+    for _ in range(3):  # the same request again, answered once each time: nothing said
+        assert await client.client.request(socket, "explicit", {}) == {"explicit": True}
     await wait_for(lambda: socket.stats.unmatched_in == 6)
     twice = said("answered twice with send_response()")
     returned = said("in Recorder answered with send_response() and returned a body too")

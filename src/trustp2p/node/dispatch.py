@@ -280,14 +280,15 @@ class Worker:
         suspends (it waits for I/O) goes on in a task of its own, beside the next
         requests of the connection, up to ``max_concurrent_requests`` at once; with every
         slot taken, or the running ones' packages over ``max_bytes``, this worker waits
-        for the first to free, so that the inbox fills and reading pauses. ``size``: the
-        package's bytes, counted while it waits (and while its handler runs on).
-        """
+        for the first to free, so that the inbox fills and reading pauses. ``size``: its
+        bytes, counted while it waits (and while its handler runs on)."""
         self._bytes -= size  # counted again if its handler runs on in a task
         entries = self._node.handlers.get(package.type, package.event)
         if not entries or self._closed:
             return
         thread, handler = entries[0]  # one handler per request event
+        if (explicit := self._node.handlers.explicit).used:  # (the same request again:
+            explicit.asked(self._socket.id, package.tag)  # its answers start afresh)
         started = time.monotonic()
         try:
             # Any: what the handler returns is checked below, not by a compiled build's

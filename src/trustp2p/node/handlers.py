@@ -154,6 +154,13 @@ class ExplicitAnswers:
             del self._tags[next(iter(self._tags))]
         return again
 
+    def asked(self, conn: int, tag: str) -> None:
+        """A request ``tag`` arrived on ``conn``: an earlier one with that tag (the same
+        request asked again, once answered) was answered, not this one."""
+        key = (conn, tag)
+        self._tags.pop(key, None)
+        self._silent.discard(key)
+
     def answered(self, conn: int, tag: str) -> bool:
         """Whether ``send_response()`` answered ``tag`` on ``conn`` lately."""
         return (conn, tag) in self._tags
