@@ -11,7 +11,7 @@ a ``NullHandler``, nothing was said). This module configures the root logger for
 
 from __future__ import annotations
 
-__all__ = ["JsonFormatter", "setup_logging"]
+__all__ = ["JsonFormatter", "count_of", "setup_logging"]
 
 import json
 import logging
@@ -62,3 +62,8 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     logging.getLogger("websockets").setLevel(
         max(logging.WARNING, logging.getLevelName(level.upper()))
     )
+
+
+def count_of(number: int, noun: str) -> str:
+    """``number`` and ``noun``, plural unless one ("1 peer", "3 peers"), for messages."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

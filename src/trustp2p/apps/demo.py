@@ -40,6 +40,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..exceptions import DriverError
+from ..logs import count_of
 from ..node import Node
 from ..options import NodeOptions
 from ..protocol.gossip import GossipMessage
@@ -413,7 +414,7 @@ class _Demo:
         twice = sum(1 for ids in self.received if len(ids) != len(set(ids)))
         rtts = [rtt * 1000 for rtt in self.rtts()]
         lines = [
-            f"summary: {self.size} nodes, {up} up; {_count(connections, 'connection')}, "
+            f"summary: {self.size} nodes, {up} up; {count_of(connections, 'connection')}, "
             f"{self.planned_up()} of {planned} planned ones up",
             f"chat: {len(self.published)} messages published; {complete} of {self.size} nodes "
             "have them all" + (f", {twice} got one twice" if twice else ", none twice"),
@@ -438,15 +439,11 @@ class _Demo:
             console.print(f"[red]problem:[/red] and {len(problems) - PROBLEMS_SHOWN} more")
         if problems:
             console.print(
-                f"[red]the network is NOT healthy: {_count(len(problems), 'problem')}[/red]"
+                f"[red]the network is NOT healthy: {count_of(len(problems), 'problem')}[/red]"
             )
         else:
             console.print("[green]the network is healthy[/green]")
         return not problems
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _milliseconds(seconds: float) -> str:

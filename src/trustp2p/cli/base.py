@@ -36,7 +36,7 @@ from click.core import ParameterSource
 from .._build import build_name
 from .._version import __version__
 from ..exceptions import TrustP2PError
-from ..logs import setup_logging
+from ..logs import count_of, setup_logging
 from ..loop import LOOPS, loop_factory, run
 from ..options import DEFAULT_PORT, NodeOptions
 
@@ -381,10 +381,6 @@ def dir_option(text: str) -> Callable[[F], F]:
 cwd_option = dir_option("Directory holding threads-enabled/ (it must exist).")
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def _dial_the_store(options: NodeOptions, log: logging.Logger) -> None:
     """A client given no server to dial runs on the peers its store knows, if it knows
     some (a tester: a client restarted without --connect was refused, a node started).
@@ -404,7 +400,7 @@ def _dial_the_store(options: NodeOptions, log: logging.Logger) -> None:
             "no server to dial: give --connect URL, or peers in trustp2p.toml or "
             "TRUSTP2P_PEERS (the peer store knows none)"
         )
-    log.info("= no --connect: dialling the %s the peer store knows", _count(known, "peer"))
+    log.info("= no --connect: dialling the %s the peer store knows", count_of(known, "peer"))
 
 
 def run_node(log_level: str, loop: str, **kwargs: Any) -> int:
