@@ -103,16 +103,9 @@ class GossipThread(Thread):
             # every honest asker was refused).
             self._served = FairShare(self.node.options.catchup_serve_rate, capped=False)
         key, now = self.node.connections.budget_key(socket), asyncio.get_running_loop().time()
-        if (wait := self._served.wait(key, now, self._group(socket))) <= 0:
+        if (wait := self._served.wait(key, now, self.node.connections.share_group(socket))) <= 0:
             return None
         return busy_answer(wait)
-
-    def _group(self, socket: Socket) -> str | None:
-        """Whose share of ``catchup_serve_rate`` an asker's is part of: its address's,
-        or its IPv6 /48's (attackers' tests: 40 throwaway ids on 5 addresses slowed an
-        honest newcomer's catch-up 16x; 90 /64s of one /48, more), none for loopback's
-        peers (each apart)."""
-        return self.node.connections.share_group(socket)
 
     def _charge(self, socket: Socket, size: int) -> None:
         """A large answer costs the asker more of its request budget: one token per
@@ -125,7 +118,7 @@ class GossipThread(Thread):
         assert self._served is not None  # (_busy() made it)
         now = asyncio.get_running_loop().time()
         key = connections.budget_key(socket)
-        delay = self._served.spend(key, now, size, self._group(socket))
+        delay = self._served.spend(key, now, size, connections.share_group(socket))
         if delay > 0 and (conn := connections.get(socket.id)) is not None:
             connections.throttle(conn, delay, "its share of catchup_serve_rate")
 
