@@ -21,6 +21,7 @@ __all__ = [
     "claim_identity",
     "is_node_name",
     "is_peer_id",
+    "is_running",
     "key_path",
     "mark_stopping",
     "numbered_name",
@@ -332,6 +333,17 @@ async def _claim_waiting(
         raise IdentityError(f"{waiting} after {STOPPING_WAIT:g} s")
     log.warning("! %s after %g s: taking another identity", waiting, STOPPING_WAIT)
     return Identity.claim(cwd)
+
+
+def is_running(cwd: Path, name: str = "node") -> bool:
+    """Whether a node runs now with the identity ``name`` of ``cwd``: whether another
+    process holds its lock (:meth:`Identity.claim`)."""
+    path = key_path(cwd, name)
+    try:
+        with open(path.with_name(path.name + ".lock"), "rb") as file:
+            return not _try_lock(file)  # (closing the file lets go of the lock)
+    except OSError:  # no lock file: no node ever ran there
+        return False
 
 
 def mark_stopping(lock: IO[bytes]) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["peers_json", "peers_table", "read_peers", "utc"]
+__all__ = ["edit_blocks", "peers_json", "peers_table", "pick_blocks", "read_peers", "utc"]
 
 import dataclasses
 import datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ from rich.table import Table
 
 from ..admin.client import add_plain_row
 from ..identity import short_id
+from ..protocol.hosts import address_key
 from ..protocol.peers import address_of_key
+from ..protocol.scoring import Block
 from ..storage import data_dir
 from ..storage.peerstore import STORE_FILE, PeerRecord, PeerStore
 
@@ -29,6 +32,60 @@ async def read_peers(cwd: Path, name: str = "node") -> list[PeerRecord]:
         return await store.peers()
     finally:
         await store.close()
+
+
+BlockRow = tuple[str, str, Block]
+
+
+async def edit_blocks(
+    cwd: Path, name: str, keys: Sequence[str], *, everything: bool = False
+) -> tuple[list[BlockRow], list[BlockRow], list[str]]:
+    """
+    Lift the blocks that ``keys`` name (:func:`pick_blocks`), or every block, in the
+    store of the node called ``name`` in ``cwd``. The node must be stopped (a running
+    node keeps its blocks in memory): the caller checks.
+
+    Returns:
+        The blocks in force before, those lifted, and an error for each key that names
+        none.
+
+    """
+    path = data_dir(cwd, name) / STORE_FILE
+    if not path.exists():
+        return [], [], [f"{key} is not blocked (no peer store yet)" for key in keys]
+    store = await PeerStore.open(path)
+    try:
+        blocks = store.blocks()
+        lifted, errors = (blocks, []) if everything else pick_blocks(blocks, keys)
+        for kind, key, _ in lifted:
+            await store.unblock(**{"address" if kind == "address" else "peer_id": key})
+    finally:
+        await store.close()
+    return blocks, lifted, errors
+
+
+def pick_blocks(
+    blocks: Sequence[BlockRow], keys: Sequence[str]
+) -> tuple[list[BlockRow], list[str]]:
+    """
+    The blocks that ``keys`` name, and an error for each key that names none (or more
+    than one). A key is a peer id, or its first characters if no other blocked id
+    starts with them (``trustp2p peers`` shows ``tp2p_`` and 8 more); or an IP address
+    (an IPv6 address names its /64's block), or an address block as listed.
+    """
+    chosen: list[BlockRow] = []
+    errors = []
+    for text in keys:
+        found = [row for row in blocks if row[1] in (text, address_key(text))]
+        if not found and text:
+            found = [row for row in blocks if row[0] == "peer" and row[1].startswith(text)]
+        if len(found) > 1 and found[0][1] != text:
+            errors.append(f"{text!r} starts {len(found)} blocked peer ids: give more of it")
+            continue
+        if not found:
+            errors.append(f"{text!r} is not blocked")
+        chosen += [row for row in found if row not in chosen]
+    return chosen, errors
 
 
 def peers_json(records: list[PeerRecord]) -> list[dict[str, Any]]:

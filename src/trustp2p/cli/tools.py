@@ -1,4 +1,4 @@
-"""The commands that look at a node: peers, status, config, id."""
+"""The commands that look at a node: peers, unblock, status, config, id."""
 
 from __future__ import annotations
 
@@ -75,6 +75,55 @@ def peers(cwd: Path, name: str, as_json: bool, log_level: str) -> int:
     if not console.is_terminal:
         console = Console(width=200)  # don't wrap rows for scripts and pagers
     console.print(peers_table(records))
+    return 0
+
+
+@cli.command()
+@app_dir_option
+@node_name_option
+@click.option("--all", "everything", is_flag=True, help="Lift every block.")
+@click.argument("keys", nargs=-1)
+@log_options
+def unblock(cwd: Path, name: str, everything: bool, keys: tuple[str, ...], log_level: str) -> int:
+    """Lift blocks in a stopped node's peer store (data/peers.sqlite).
+
+    KEYS are peer ids (or their first characters, as `trustp2p peers` shows them) and
+    IP addresses (an IPv6 address lifts its /64's block). With neither KEYS nor --all,
+    it lists the blocks in force. A block ends by itself after block_duration (1 h);
+    this is for one that shouldn't wait, say after a bug in your own thread made the
+    node block honest peers. The node must be stopped: a running node keeps its blocks
+    in memory, so with it running this changes nothing and says so (exit 1).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..admin.client import add_plain_row
+    from ..apps.peers import edit_blocks, utc
+    from ..identity import is_running
+
+    setup_cli_logging(log_level)
+    if others := _other_nodes(cwd, name):
+        click.echo(f"trustp2p: error: no node named {name!r} in {cwd} (known: {others})", err=True)
+        return 1
+    if (keys or everything) and is_running(cwd, name):
+        click.echo(f"trustp2p: error: the node {name!r} of {cwd} is running: stop it first"
+                   " (it keeps its blocks in memory)", err=True)  # fmt: skip
+        return 1
+    blocks, lifted, errors = asyncio.run(edit_blocks(cwd, name, keys, everything=everything))
+    for kind, key, block in lifted:
+        click.echo(f"unblocked {kind} {key} (blocked until {utc(block.until)}: {block.reason})")
+    for error in errors:
+        click.echo(f"trustp2p: error: {error}", err=True)
+    if keys or everything:
+        return 1 if errors else 0
+    if not blocks:
+        click.echo("no blocks in force")
+        return 0
+    table = Table("kind", "peer id or address", "blocked until", "reason")
+    for kind, key, block in blocks:
+        add_plain_row(table, kind, key, utc(block.until), block.reason)
+    console = Console()
+    Console(width=None if console.is_terminal else 200).print(table)
     return 0
 
 

@@ -14,11 +14,12 @@ __all__ = ["MAX_BLOCKS", "PeerTable"]
 
 import heapq
 import secrets
+from collections.abc import Iterable
 
 from ..protocol.limits import address_key
 from ..protocol.peers import is_address_key
 from ..protocol.scoring import SUCCESS_SPACING, Block
-from ..protocol.urls import MAX_URLS_PER_PEER
+from ..protocol.urls import MAX_URLS_PER_PEER, split_peer_url
 from ._peer_records import (
     ADDRESS,
     PEER,
@@ -111,6 +112,34 @@ class PeerTable:
         self.by_url[url] = entry
         self.dirty_urls.add(url)
         return entry
+
+    def add_urls(
+        self, urls: Iterable[str], source: PeerSource, peer_id: str | None, now: float
+    ) -> None:
+        """:meth:`~trustp2p.storage.peerstore.PeerStore.add_urls`' rules, in memory."""
+        owner = None
+        if peer_id is not None:
+            owner = self.by_id.get(peer_id) or self.new_peer(peer_id, source, now)
+        for url in urls:
+            entry = self.by_url.get(url)
+            if entry is None and self._names_its_owner(url):
+                continue  # ws://h:p/p2p/<id> where ws://h:p is <id>'s already: the same
+            if entry is None:
+                peer = owner if owner is not None else self.new_peer(None, source, now)
+                entry = self.attach(url, peer, now)
+            peer = entry.peer
+            if source is PeerSource.BOOTSTRAP and peer.source is not PeerSource.BOOTSTRAP:
+                peer.source = PeerSource.BOOTSTRAP
+                self.dirty_peers.add(peer.key)
+
+    def _names_its_owner(self, url: str) -> bool:
+        """Whether ``url`` is ``<known URL>/p2p/<id>`` and that URL is ``<id>``'s already."""
+        try:
+            dial_url, expected = split_peer_url(url)
+        except ValueError:
+            return False
+        entry = self.by_url.get(dial_url) if expected is not None else None
+        return entry is not None and entry.peer.peer_id == expected
 
     def forget_url(self, url: str) -> None:
         """Forget ``url`` (its peer stays, with its history)."""
@@ -272,6 +301,22 @@ class PeerTable:
                 del table[old]
                 self.dirty_blocks.add((kind, old))
             logger.debug("= %d blocks of %ss: forgot those ending soonest", MAX_BLOCKS, kind)
+
+    def remove_block(self, kind: str, key: str) -> Block | None:
+        """Forget the block of ``key`` (lifted by hand); the block it was, if any."""
+        block = self.blocks[kind].pop(key, None)
+        if block is not None:
+            self.dirty_blocks.add((kind, key))
+        return block
+
+    def active_blocks(self, now: float) -> list[tuple[str, str, Block]]:
+        """The blocks in force at ``now``: (kind, key, block), by kind then key."""
+        return [
+            (kind, key, block)
+            for kind, table in self.blocks.items()
+            for key, block in sorted(table.items())
+            if block.active(now)
+        ]
 
     def prune(self, now: float) -> None:
         """Forget the blocks over at ``now``."""

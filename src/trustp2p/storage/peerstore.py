@@ -49,8 +49,7 @@ from pathlib import Path
 from ..exceptions import NodeStateError
 from ..protocol.limits import address_key
 from ..protocol.peers import PeerKey, is_address_key
-from ..protocol.scoring import BlockPolicy, PackageCounts
-from ..protocol.urls import split_peer_url
+from ..protocol.scoring import Block, BlockPolicy, PackageCounts
 from . import DATA_DIR
 from ._peer_queries import GoodRanking, active_block, is_anchor, is_dead, ranked_urls, records
 from ._peer_records import ADDRESS, PEER, Batch, Loaded, PeerDatabase, PeerRecord, PeerSource
@@ -204,23 +203,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         if isinstance(urls, str):
             raise TypeError("urls must be an iterable of URLs, not a str")
         source = PeerSource(source)
-        now = self._clock()
-        table = self._table
-        owner = None
-        if peer_id is not None:
-            owner = table.by_id.get(peer_id) or table.new_peer(peer_id, source, now)
-        for url in urls:
-            entry = table.by_url.get(url)
-            if entry is None and _names_its_owner(table, url):
-                continue  # ws://h:p/p2p/<id> where ws://h:p is <id>'s already: the same
-            if entry is None:
-                peer = owner if owner is not None else table.new_peer(None, source, now)
-                entry = table.attach(url, peer, now)
-            peer = entry.peer
-            if source is PeerSource.BOOTSTRAP and peer.source is not PeerSource.BOOTSTRAP:
-                peer.source = PeerSource.BOOTSTRAP
-                table.dirty_peers.add(peer.key)
-        table.evict()
+        self._table.add_urls(urls, source, peer_id, self._clock())
+        self._table.evict()
         await self._save()
 
     async def record_connected(self, *, peer_id: str, url: str | None, address: str | None) -> None:
@@ -399,6 +383,30 @@ class PeerStore(WriteBehind[Batch, Loaded]):
             logger.info("= blocked %s for %g s: %s", keys, block.until - now, reason)
         await self._save()
 
+    async def unblock(self, *, peer_id: str | None = None, address: str | None = None) -> int:
+        """
+        Lift the block of a peer id, of an IP address (an IPv6 address: of its /64, as
+        :meth:`block` keeps it), or of both, and write it down at once. For an operator
+        (``trustp2p unblock``); the peer's counts stay as they are.
+
+        Returns:
+            How many blocks in force were lifted: 0 if neither was blocked.
+
+        Raises:
+            NodeStateError: If the store is closed.
+            ValueError: If neither ``peer_id`` nor ``address`` is given.
+
+        """
+        self._check_open()
+        if peer_id is None and address is None:
+            raise ValueError("unblock() needs a peer_id, an address or both")
+        now, lifted = self._clock(), 0
+        for kind, key in ((PEER, peer_id), (ADDRESS, address and address_key(address))):
+            block = None if key is None else self._table.remove_block(kind, key)
+            lifted += block is not None and block.active(now)
+        await self._save()
+        return lifted
+
     def peer_id_of(self, url: str) -> str | None:
         """The peer key last met at ``url`` (an id, or an address key in plain mode), if
         the store knows one. SYNC, a dict lookup."""
@@ -524,10 +532,12 @@ class PeerStore(WriteBehind[Batch, Loaded]):
 
     def active_blocks(self) -> int:
         """How many blocks (of peer ids and of addresses) are in force now."""
-        now = self._clock()
-        table = self._table
-        blocks = [*table.blocked_ids.values(), *table.blocked_addresses.values()]
-        return sum(1 for block in blocks if block.active(now))
+        return len(self._table.active_blocks(self._clock()))
+
+    def blocks(self) -> list[tuple[str, str, Block]]:
+        """The blocks in force now: (``"peer"`` or ``"address"``, the peer id or the
+        address (an IPv6 /64 as ``2001:db8::/64``), the block)."""
+        return self._table.active_blocks(self._clock())
 
     def score_of(self, peer_id: str) -> float | None:
         """The score of the peer with this id, if the store knows it."""
@@ -587,13 +597,3 @@ class PeerStore(WriteBehind[Batch, Loaded]):
 
     def _unsaved(self) -> int:
         return self._table.unsaved()
-
-
-def _names_its_owner(table: PeerTable, url: str) -> bool:
-    """Whether ``url`` is ``<known URL>/p2p/<id>`` and that URL is ``<id>``'s already."""
-    try:
-        dial_url, expected = split_peer_url(url)
-    except ValueError:
-        return False
-    entry = table.by_url.get(dial_url) if expected is not None else None
-    return entry is not None and entry.peer.peer_id == expected
