@@ -7,12 +7,15 @@ from hypothesis import given, settings, strategies as st
 
 from trustp2p.protocol.admission import (
     MAX_CANDIDATES,
+    NOTICE_BURST,
+    NOTICE_INTERVAL,
     PROTECTED_SHARE,
     ROOM_HOLD,
     Admission,
     Admitted,
     BlockScope,
     Refusal,
+    RefusalNotices,
     block_scope,
     keep_new_connection,
 )
@@ -753,3 +756,48 @@ def test_block_scope() -> None:
     assert block_scope(None, "::ffff:127.0.0.1", limit_loopback=False) is None
     assert block_scope(None, "127.0.0.1", limit_loopback=True) == BlockScope(None, "127.0.0.1")
     assert block_scope(None, None, limit_loopback=True) is None
+
+
+# RefusalNotices: who is told why a connection was refused at accept (attacker33 F4)
+
+
+def test_an_address_is_told_a_burst_per_interval_then_dropped() -> None:
+    notices = RefusalNotices()
+    assert [notices.tell("10.0.0.1", 100.0 + n * 0.01) for n in range(6)] == [True] * 4 + [
+        False
+    ] * 2
+    assert notices.tell("10.0.0.2", 100.1)  # another address has its own
+    assert not notices.tell("10.0.0.1", 100.0 + NOTICE_INTERVAL - 0.01)
+    assert notices.tell("10.0.0.1", 100.0 + NOTICE_INTERVAL)  # a new window
+    assert NOTICE_BURST == 4
+
+
+def test_a_peer_that_backs_off_is_told_every_time() -> None:
+    notices, now = RefusalNotices(), 0.0
+    for delay in (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0):  # a dialler's backoff
+        now += delay
+        assert notices.tell("192.0.2.7", now)
+
+
+def test_the_64s_of_one_48_share_one_burst() -> None:
+    notices = RefusalNotices()
+    told = [notices.tell(f"2001:db8:0:{n:x}::1", 5.0) for n in range(1, 9)]
+    assert told == [True] * NOTICE_BURST + [False] * (8 - NOTICE_BURST)
+    assert notices.tell("2001:db9::1", 5.0)  # another /48
+
+
+def test_loopback_is_always_told_unless_limited() -> None:
+    exempt = RefusalNotices()
+    assert all(exempt.tell("127.0.0.1", 1.0) for _ in range(20))
+    assert all(exempt.tell("::1", 1.0) for _ in range(20))
+    limited = RefusalNotices(exempt_loopback=False)
+    assert [limited.tell("127.0.0.1", 1.0) for _ in range(5)] == [True] * 4 + [False]
+
+
+def test_notices_remember_a_bounded_number_of_addresses() -> None:
+    notices = RefusalNotices(size=3, burst=1)
+    assert notices.tell("10.0.0.1", 1.0) and not notices.tell("10.0.0.1", 1.0)
+    for n in range(2, 5):  # pushes 10.0.0.1 out: it is told again
+        assert notices.tell(f"10.0.0.{n}", 1.0)
+    assert notices.tell("10.0.0.1", 1.0)
+    assert not notices.tell("10.0.0.4", 1.0)  # still remembered

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..admin.counters import count
 from ..drivers.base import UPGRADE_FAILED, Socket
 from ..exceptions import HandshakeError
-from ..protocol.admission import Admission, Refusal
+from ..protocol.admission import Admission, Refusal, RefusalNotices
 from ..protocol.close import CloseCode
 from ..protocol.handshake import is_mode_mismatch
 from ..protocol.limits import AddressLimiter
@@ -84,6 +84,7 @@ class Inbound:
             handshake_timeout=options.handshake_timeout,
             storms=options.reconnect_storms(),
         )
+        self._notices = RefusalNotices(exempt_loopback=not options.limit_loopback)
         self._accepted: dict[int, Socket] = {}  # driver sockets, accept to close
         self._evicted: set[int] = set()  # dropped by us to make room: not their fault
         self.awaiting: dict[int, int] = {}
@@ -112,8 +113,12 @@ class Inbound:
         sent once the driver's own handshake is done)."""
         self._accepted[raw.id] = raw
         refusal = self._admit(raw)
-        if refusal is not None:
+        if refusal is None:
+            return
+        if self._notices.tell(raw.host, asyncio.get_running_loop().time()):
             raw.close_soon(*refusal)
+        else:  # told a moment ago: no upgrade, no close frame (counted, as refused)
+            raw.abort()
 
     def admit(self, raw: Socket) -> tuple[int, str] | None:
         """
