@@ -73,6 +73,32 @@ def test_a_client_runs_on_the_peers_its_store_knows(tmp_path: Path) -> None:
     assert "no --connect: dialling the 1 peer the peer store knows" in client.output
 
 
+def test_a_client_beside_a_server_reads_its_own_store(tmp_path: Path) -> None:
+    """Found in review: with a server running in its directory (the README's layout) a
+    client is ``node-2``, and the check read ``node``'s store: refused although its own
+    knew its server (or, the other way round, started and dialled nothing)."""
+    other, here = tmp_path / "other", tmp_path / "here"
+    for path in (other, here):
+        (path / "threads-enabled").mkdir(parents=True)
+    far_port, near_port = free_port(), free_port()
+    far = Spawned("server", "--cwd", str(other), "--port", str(far_port))
+    near = Spawned("server", "--cwd", str(here), "--port", str(near_port))  # holds "node"
+    try:
+        far.wait_for_output("node started")
+        near.wait_for_output("node started")
+        first = Spawned("client", "--cwd", str(here), "--connect", f"ws://127.0.0.1:{far_port}")
+        first.wait_for_output("= connected")
+        assert first.stop() == 0, first.output
+        assert "this one is identity/node-2.key" in first.output
+        again = Spawned("client", "--cwd", str(here), "--log-level", "info")
+        again.wait_for_output(f"[ws://127.0.0.1:{far_port}] = connected")
+        assert again.stop() == 0, again.output
+        assert "no --connect: dialling the 1 peer the peer store knows" in again.output
+    finally:
+        for server in (far, near):
+            server.stop()
+
+
 def test_out_of_descriptors_anywhere_in_the_start_is_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "is_running",
     "key_path",
     "mark_stopping",
+    "name_to_claim",
     "numbered_name",
     "peer_id_from_public_key",
     "short_id",
@@ -344,6 +345,17 @@ def is_running(cwd: Path, name: str = "node") -> bool:
             return not _try_lock(file)  # (closing the file lets go of the lock)
     except OSError:  # no lock file: no node ever ran there
         return False
+
+
+def name_to_claim(cwd: Path, limit: int = 64) -> str:
+    """The identity a node without a name would take if it started in ``cwd`` now
+    (:meth:`Identity.claim`): the first not held by a running node, or one held by a
+    node that is stopping (:func:`claim_identity` waits for it to let go)."""
+    for number in range(1, limit + 1):
+        name = numbered_name(number)
+        if not is_running(cwd, name) or _stopping_holder(key_path(cwd, name)) is not None:
+            return name
+    return numbered_name(limit)
 
 
 def mark_stopping(lock: IO[bytes]) -> None:

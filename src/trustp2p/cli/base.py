@@ -390,10 +390,13 @@ def _dial_the_store(options: NodeOptions, log: logging.Logger) -> None:
 
     """
     from ..apps.peers import read_peers
+    from ..identity import name_to_claim
 
     records = []
     if options.cwd is not None:
-        records = asyncio.run(read_peers(options.cwd, options.name or "node"))
+        # Its own store: with a server running in cwd, a client is node-2 (review41).
+        name = options.name or name_to_claim(options.cwd)
+        records = asyncio.run(read_peers(options.cwd, name))
     known = sum(1 for record in records if record.urls and record.blocked_until is None)
     if not known:
         raise click.UsageError(
