@@ -241,6 +241,32 @@ async def test_a_request_answered_twice_is_said_once(
     assert len(said("answered twice with") + said("returned a body too")) == 2
 
 
+async def test_identical_requests_pending_at_once_are_each_answered_unsaid(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: two requests with one tag pending on one connection (a peer
+    that doesn't merge them, or a requester that timed out and asked again while the
+    first handler ran), each answered once, were said to be answered twice."""
+    server, client, socket = await pair(make_node)
+    assert client.client is not None
+    assert await client.client.request(socket, "explicit", {}) == {"explicit": True}  # used
+    base = socket.stats.unmatched_in
+    request = build_package(PackageType.REQUEST, "later", {"after": 0.1}, tag="deadbeef")
+    await client.send(socket, request)  # the same package twice, both pending
+    await client.send(socket, request)
+    await wait_for(lambda: socket.stats.unmatched_in - base == 2)  # (sent unasked)
+    with pytest.raises(RequestTimeout):
+        await client.client.request(socket, "later", {"after": 0.2}, timeout=0.05)
+    assert await client.client.request(socket, "later", {"after": 0.2}) == {"later": True}
+    await wait_for(lambda: socket.stats.unmatched_in - base == 3)  # the first one's answer
+    assert not [r for r in caplog.records if "answered twice" in r.getMessage()]
+    # A third answer of the raw pair's tag is one too many: said.
+    inbound = server.server.sockets[0] if server.server is not None else None
+    assert inbound is not None and server.server is not None
+    await server.server.send_response(inbound, "later", {}, "deadbeef")
+    await wait_for(lambda: [r for r in caplog.records if "answered twice" in r.getMessage()])
+
+
 async def test_a_thread_answers_a_request_later(make_node: MakeNode) -> None:
     # Found by a new user: answering from a task took guessing the role and the event
     # send_response() wanted; and that correct code was warned of all the same.

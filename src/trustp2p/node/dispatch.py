@@ -287,8 +287,8 @@ class Worker:
         if not entries or self._closed:
             return
         thread, handler = entries[0]  # one handler per request event
-        if (explicit := self._node.handlers.explicit).used:  # (the same request again:
-            explicit.asked(self._socket.id, package.tag)  # its answers start afresh)
+        if (explicit := self._node.handlers.explicit).used:
+            explicit.asked(self._socket.id, package.tag)  # one more to answer
         started = time.monotonic()
         try:
             # Any: what the handler returns is checked below, not by a compiled build's
@@ -409,7 +409,7 @@ class Worker:
         if failed:  # no details: they may be sensitive (as websockets does)
             response = self._error(package, f"handler of {package.event!r} failed")
         elif response is not None and (explicit := node.handlers.explicit).used:
-            if explicit.answered(self._socket.id, package.tag):
+            if explicit.add(self._socket.id, package.tag):  # its answer
                 self._answered_twice(thread, package)
         if response is None:
             if result is None:

@@ -121,56 +121,61 @@ answered from a task 0.1 s later and was warned of all the same."""
 
 class ExplicitAnswers:
     """
-    The requests (connection id and tag) answered with ``send_response()`` lately (the
-    last ``keep``), and those whose handler returned None and that weren't answered
-    yet: to tell a request handler that answers later (or answered already) from one
-    that forgot its ``return`` (found by a tester, whose requester waited
-    ``response_timeout``, 300 s, with nothing logged on either side), and one that
-    answers twice (another's: the peer counted the others as unmatched, unsaid).
+    The requests (connection id and tag) asked and answered lately (the last ``keep``),
+    once ``send_response()`` answered any, and those whose handler returned None and
+    that weren't answered yet: to tell a request handler that answers later (or
+    answered already) from one that forgot its ``return`` (found by a tester, whose
+    requester waited ``response_timeout``, 300 s, with nothing logged on either side),
+    and one that answers twice (another's: the peer counted the others as unmatched,
+    unsaid). An answer is one too many when every request of its tag asked on its
+    connection was answered: two identical requests pending at once (a peer that
+    doesn't merge them, or a requester that timed out and asked again) are two to
+    answer (found in review: said to be answered twice).
     """
 
-    __slots__ = ("_doubled", "_keep", "_said", "_silent", "_tags", "grace", "used")
+    __slots__ = ("_doubled", "_keep", "_open", "_said", "_silent", "grace", "used")
 
     def __init__(self, keep: int = 1024, grace: float = SILENCE_GRACE) -> None:
         self._keep = keep
         self.grace = grace
         """Seconds a handler that returned None has to answer (:data:`SILENCE_GRACE`)."""
-        self._tags: dict[tuple[int, str], None] = {}
+        self._open: dict[tuple[int, str], int] = {}  # requests not answered yet, or 0
         self._silent: set[tuple[int, str]] = set()  # returned None, not answered yet
         self._said: set[tuple[str, str]] = set()
         self._doubled: set[tuple[str, str]] = set()
         self.used = False
-        """Whether ``send_response()`` answered any request yet (checked per answer)."""
+        """Whether ``send_response()`` answered any request yet: only then are requests
+        counted (:meth:`asked`, and answers returned by handlers: :meth:`add`)."""
 
     def add(self, conn: int, tag: str) -> bool:
-        """A response with ``tag`` was sent on ``conn`` with ``send_response()``: True
-        if one was already (then ask :meth:`first_double`)."""
+        """A response with ``tag`` was sent on ``conn``: True if each request of that
+        tag asked there was answered already (then ask :meth:`first_double`). A request
+        not seen asked (before :attr:`used`) is this answer's."""
         key = (conn, tag)
         self.used = True
         self._silent.discard(key)
-        again = key in self._tags
-        self._tags[key] = None
-        if len(self._tags) > self._keep:
-            del self._tags[next(iter(self._tags))]
-        return again
+        waiting = self._open.pop(key, 1)
+        self._remember(key, max(waiting - 1, 0))
+        return waiting == 0
 
     def asked(self, conn: int, tag: str) -> None:
-        """A request ``tag`` arrived on ``conn``: an earlier one with that tag (the same
-        request asked again, once answered) was answered, not this one."""
+        """A request ``tag`` arrived on ``conn``: one more to answer (the same request
+        asked again, once answered, is answered afresh)."""
         key = (conn, tag)
-        self._tags.pop(key, None)
+        self._remember(key, self._open.pop(key, 0) + 1)
         self._silent.discard(key)
 
-    def answered(self, conn: int, tag: str) -> bool:
-        """Whether ``send_response()`` answered ``tag`` on ``conn`` lately."""
-        return (conn, tag) in self._tags
+    def _remember(self, key: tuple[int, str], waiting: int) -> None:
+        self._open[key] = waiting  # (last: the newest)
+        if len(self._open) > self._keep:
+            del self._open[next(iter(self._open))]
 
     def returned_none(self, conn: int, tag: str) -> bool:
         """A request handler returned None for the request ``tag`` on ``conn``: True
-        if nothing answered it yet (then ask :meth:`first_silence` :attr:`grace`
-        seconds later)."""
+        if it isn't answered yet (then ask :meth:`first_silence` :attr:`grace` seconds
+        later)."""
         key = (conn, tag)
-        if key in self._tags:
+        if self._open.get(key) == 0:
             return False
         self._silent.add(key)
         return True
