@@ -17,6 +17,7 @@ from tests.conftest import FakeClock
 from tests.nodes import wait_for
 from trustp2p.protocol.peers import PeerKey
 from trustp2p.protocol.scoring import SUCCESS_SPACING
+from trustp2p.storage._peer_queries import TIE_PERIOD
 from trustp2p.storage._peer_table import PeerTable
 from trustp2p.storage.peerstore import STORE_PATH, PeerSource, PeerStore
 
@@ -83,14 +84,15 @@ async def test_busy_sybils_dialled_once_rank_after_honest_peers_known_longer(
 ) -> None:
     """Found by an attacker: 40 ids dialled once, each sending 100 valid packages (the
     point packages could add), outranked 3 quiet honest peers; a restarted node gave
-    them all 8 managed slots. Packages add nothing; ties go to the longest known."""
+    them all 8 managed slots. Packages add nothing; ties go to the longest known, by
+    the hour (TIE_PERIOD)."""
     store = await PeerStore.open(None, clock=clock)
     try:
         honest = [f"ws://honest{i}:1" for i in range(3)]
         for i, url in enumerate(honest):
             await store.record_connected(peer_id=f"tphonest{i}", url=url, address=None)
             store.record_packages(PeerKey(f"tphonest{i}"), good=3)
-        clock.advance(20)
+        clock.advance(TIE_PERIOD)
         for i in range(40):
             await store.record_connected(peer_id=f"tpsyb{i}", url=f"ws://syb{i}:1", address=None)
             store.record_packages(PeerKey(f"tpsyb{i}"), good=100)

@@ -25,6 +25,7 @@ from trustp2p.storage._peer_queries import (
     FORGET_UNTRIED_AFTER,
     FORGET_UNTRIED_FAILURES,
     GOOD_RANKING_TTL,
+    TIE_PERIOD,
 )
 from trustp2p.storage.peerstore import STORE_PATH, PeerRecord, PeerSource, PeerStore
 
@@ -433,7 +434,7 @@ async def test_block_checks_its_arguments(store: PeerStore) -> None:
 
 async def test_candidates_rank_peers(store: PeerStore, clock: FakeClock) -> None:
     await store.add_urls(["ws://never:1"], PeerSource.EXCHANGE)
-    clock.advance(1)
+    clock.advance(TIE_PERIOD)  # (within one, ties go in the store's own order)
     await store.add_urls(["ws://newer:1"], PeerSource.EXCHANGE)
     await store.add_urls(["ws://boot:1"], PeerSource.BOOTSTRAP)
     await store.add_urls(["ws://failed:1"], PeerSource.EXCHANGE)
@@ -452,6 +453,28 @@ async def test_candidates_rank_peers(store: PeerStore, clock: FakeClock) -> None
     assert await store.candidates(
         10, exclude_urls={"ws://boot:1", "ws://never:1"}, exclude_ids=["tpgood"]
     ) == ["ws://newer:1", "ws://failed:1"]
+
+
+async def test_ties_known_within_a_period_rank_in_each_stores_own_order(
+    clock: FakeClock,
+) -> None:
+    """Found in review: ties went to the longest known by the second, so every node
+    that learned the same peers in the network's order dialled the same oldest 8."""
+    orders = []
+    for _ in range(2):
+        own = FakeClock(clock.now)
+        store = await PeerStore.open(None, clock=own)
+        try:
+            for i in range(40):  # learned 10 s apart, each connected once: one score
+                await store.record_connected(peer_id=f"tp{i}", url=f"ws://s{i}:1", address=None)
+                own.advance(10)
+            ranked = await store.candidates(40)
+            assert await store.candidates(40) == ranked  # the same order each time
+            assert sorted(ranked) == sorted(f"ws://s{i}:1" for i in range(40))
+            orders.append(ranked)
+        finally:
+            await store.close()
+    assert orders[0] != orders[1]  # (the same order has a chance of 1 in 40!)
 
 
 async def test_peers_that_only_dialled_us_rank_below_those_we_dialled(
@@ -480,9 +503,9 @@ async def test_a_peer_redialled_again_and_again_ranks_no_higher(
     """Found in review: a peer we dialled once gained a point each time it closed the
     link and we dialled again, and ties went to the last connected: churning ids took
     every slot after a restart. A success counts once an hour at most; ties go to the
-    longest known."""
+    longest known (by the hour: TIE_PERIOD)."""
     await store.record_connected(peer_id="tphonest", url="ws://honest:1", address=None)
-    clock.advance(60)
+    clock.advance(TIE_PERIOD)
     for _ in range(40):
         await store.record_connected(peer_id="tpchurn", url="ws://churn:1", address=None)
         clock.advance(60)
@@ -542,7 +565,8 @@ async def test_good_urls(store: PeerStore, clock: FakeClock) -> None:
     await store.record_connected(peer_id="tpa", url="ws://a:1", address=None)
     for _ in range(3):
         await store.record_failure("ws://flaky:1")
-    assert await store.good_urls(100) == ["ws://a:1", "ws://b:1", "ws://inbound:1"]
+    ranked = await store.good_urls(100)  # (b and inbound tie: in the store's own order)
+    assert ranked[0] == "ws://a:1" and sorted(ranked[1:]) == ["ws://b:1", "ws://inbound:1"]
     assert await store.good_urls(1) == ["ws://a:1"]
     assert await store.good_urls(100, exclude_urls=["ws://a:1"], exclude_ids={"tpb"}) == [
         "ws://inbound:1"
@@ -560,7 +584,7 @@ async def test_good_urls_rank_once_per_second_and_after_each_change(
     other change at once."""
     for name in ("a", "b"):
         await store.record_connected(peer_id=f"tp{name}", url=f"ws://{name}:1", address=None)
-        clock.advance(1)
+        clock.advance(TIE_PERIOD)
     assert await store.good_urls(10) == ["ws://a:1", "ws://b:1"]  # (the longest known)
     store.record_packages("tpa", invalid=1)  # a's score falls below b's: not seen yet
     assert await store.good_urls(10) == ["ws://a:1", "ws://b:1"]

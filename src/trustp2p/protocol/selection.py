@@ -85,9 +85,10 @@ class Selection:
             # Those we connected to first (an attacker's test: its busy sybils, mixed in,
             # took 6 of 8 slots after a restart), in the store's order: this node's own
             # history, the longest-serving first (another's: 40 sybils dialled once,
-            # shuffled in among the best 32 with 3 honest peers, took 8 of 8). The
-            # others at random among the best: if every node dialled the best-known
-            # peers, those would fill up with inbound connections.
+            # shuffled in among the best 32 with 3 honest peers, took 8 of 8), ties in
+            # an order of this node's own. The others at random among the best: if every
+            # node dialled the best-known peers, those would fill up with inbound
+            # connections.
             held = {url for url in fresh if self.policy.is_proven(url, self.view)}
             proven = [url for url in fresh if url in held]
             others = [url for url in fresh if url not in held]

@@ -15,6 +15,7 @@ __all__ = [
     "FORGET_UNTRIED_FAILURES",
     "GOOD_RANKING_TTL",
     "MAX_GOOD_URL_FAILURES",
+    "TIE_PERIOD",
     "GoodRanking",
     "active_block",
     "is_anchor",
@@ -108,16 +109,29 @@ GOOD_RANKING_TTL = 1.0
 package counts meanwhile; the order of shared URLs may lag that long)."""
 
 
+TIE_PERIOD = 3600.0
+"""Peers of one score first known within one such period (by the clock's count of
+periods: an hour, as :data:`~trustp2p.protocol.scoring.SUCCESS_SPACING`) rank in an
+order of this node's own: by their records' keys, random per store. Known a period
+earlier, a peer ranks first (sybils that came later lose the ties); known within
+one, the order is the node's own (found in review: by the second, every node that met
+the same peers in the network's order dialled the same oldest 8)."""
+
+
 def _dial_rank(peer: Peer) -> tuple[bool, float, bool, float, str]:
     """Sort key: peers we dialled before first (an attacker's test: peers that only
     ever dialled us, announcing URLs, took every slot after a restart), then the best
-    score; then bootstrap peers, the longest known (not the last connected: a peer
-    that closes its links to be dialled again would come first, found in review)."""
+    score; then the longest known (not the last connected: a peer
+    that closes its links to be dialled again would come first, found in review) by
+    :data:`TIE_PERIOD`, and within one in this node's own order. Bootstrap peers come
+    first among those never dialled, not among those that worked: there, every node
+    configured alike would dial them first at each start (found in review)."""
+    never = peer.successes == 0
     return (
-        peer.successes == 0,
+        never,
         -peer.score(),
-        peer.source is not PeerSource.BOOTSTRAP,
-        peer.first_seen,
+        never and peer.source is not PeerSource.BOOTSTRAP,
+        peer.first_seen // TIE_PERIOD,
         peer.key,
     )
 
