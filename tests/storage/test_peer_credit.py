@@ -133,6 +133,30 @@ async def test_the_spacing_holds_across_a_restart(tmp_path: Path, clock: FakeClo
         await store.close()
 
 
+async def test_a_store_from_before_the_column_keeps_the_spacing(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """review41: a store upgraded to schema 2 had no time of the last success counted,
+    and the first connection after the upgrade counted one more within the hour."""
+    import sqlite3
+
+    path = tmp_path / STORE_PATH
+    store = await PeerStore.open(path, clock=clock)
+    await store.record_connected(peer_id="tpa", url="ws://a:1", address=None)
+    await store.close()
+    with sqlite3.connect(path) as conn:  # as schema 1 left it
+        conn.execute("ALTER TABLE peers DROP COLUMN counted_at")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    clock.advance(10 * MINUTE)
+    store = await PeerStore.open(path, clock=clock)
+    try:
+        await store.record_connected(peer_id="tpa", url="ws://a:1", address=None)
+        assert store.score_of("tpa") == 1
+    finally:
+        await store.close()
+
+
 async def test_a_restart_keeps_the_spacing_from_the_last_success_counted(
     tmp_path: Path, clock: FakeClock
 ) -> None:
