@@ -10,6 +10,7 @@ from trustp2p.identity import Identity
 from trustp2p.protocol.deliver import ConnId
 from trustp2p.protocol.limits import UnprovenDials
 from trustp2p.protocol.outbound import (
+    RETRY_MEMORY,
     Dial,
     Gate,
     OutboundPolicy,
@@ -287,6 +288,24 @@ def test_retry_delay_is_capped_and_never_overflows() -> None:
     assert retry_delay(10_000, 1.0, 60.0, 2.0) == 60.0
     assert retry_delay(10_000, 0.5, 5.0, 3.0) == 5.0
     assert retry_delay(10_000, 2.0, 10.0, 1.0) == 2.0
+
+
+def test_retries_long_over_are_forgotten(clock: FakeClock, policy: OutboundPolicy) -> None:
+    """Found in review: every URL that ever failed stayed for the node's life, and each
+    round walked them all (3.6 ms a round with 100,000)."""
+    dead = [url(i, f"10.0.{i // 250}.{i % 250}") for i in range(1000)]
+    for dialled in dead:
+        policy.dial_failed(dialled)
+    policy.dial_failed(dead[0])  # two in a row: 2 s
+    assert policy.failures(dead[0]) == 2 and len(policy.excluded(set())) == 1000
+    clock.advance(2.0 + RETRY_MEMORY - 0.001)  # its retry came, not an hour ago yet
+    assert policy.failures(dead[0]) == 2 and policy.excluded(set()) == set()
+    assert policy.failing_urls == {dead[0]}  # the others' retries came at 1 s
+    clock.advance(0.001)
+    assert policy.excluded(set()) == set()
+    assert policy.failing_urls == set() and policy.failures(dead[0]) == 0
+    assert policy.dial_failed(dead[0]) == 1.0  # the delays start afresh
+    assert policy.failures(dead[0]) == 1
 
 
 def test_a_connection_forgets_the_failures(clock: FakeClock, policy: OutboundPolicy) -> None:

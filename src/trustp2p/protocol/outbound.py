@@ -27,6 +27,7 @@ comes from the injected ``clock``; what the peer store knows comes through a
 from __future__ import annotations
 
 __all__ = [
+    "RETRY_MEMORY",
     "Dial",
     "Gate",
     "OutboundPolicy",
@@ -54,6 +55,10 @@ from .urls import address_of, split_peer_url
 
 if TYPE_CHECKING:
     from .selection import Selection
+
+RETRY_MEMORY = 3600.0
+"""Seconds after its retry came that a URL which failed no more since is forgotten by
+the policy (its failures in a row, its retry)."""
 
 
 class PeerView(Protocol):
@@ -464,9 +469,24 @@ class OutboundPolicy:
         """Store URLs known to fail :meth:`dialable` now, whatever the store says:
         waiting for a retry, or where a connected peer answers."""
         now = self.clock()
+        self._forget_retries(now)
         urls = {url for url, at in self._retry_at.items() if at > now}
         urls.update(url for url, peer in self._peer_of_url.items() if peer in connected_ids)
         return urls
+
+    def _forget_retries(self, now: float) -> None:
+        """Forget the URLs (and addresses) whose retry came :data:`RETRY_MEMORY` ago
+        and that failed no more since: their next failure starts the delays (and its
+        INFO line) afresh (found in review: every URL that ever failed stayed for the
+        node's life, and each round walked them all: 3.6 ms a round with 100,000)."""
+        horizon = now - RETRY_MEMORY
+        for url in [url for url, at in self._retry_at.items() if at <= horizon]:
+            del self._retry_at[url]
+            self._failures.pop(url, None)
+            self._early_closes.pop(url, None)
+        past = [address for address, at in self._address_retry_at.items() if at <= horizon]
+        for address in past:
+            del self._address_retry_at[address]
 
     def start_dial(self, url: str, *, anchor: bool = False) -> Dial:
         """Note a managed dial of the store's ``url`` as under way, and return it."""
