@@ -37,7 +37,8 @@ def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
 
 def test_every_text_field_of_node_options_is_configurable() -> None:
     names = {field.name for field in dataclasses.fields(NodeOptions)}
-    assert set(configurable()) == names - {"cwd", "server", "client", "threads", "identity"}
+    not_text = {"cwd", "server", "client", "threads", "identity", "store_shelf"}
+    assert set(configurable()) == names - not_text
 
 
 @pytest.mark.parametrize(
@@ -72,6 +73,13 @@ def test_environment_values_are_parsed_by_kind(
         ("", {"TRUSTP2P_STALLED_TIMEOUT": "soon"}, "must be a number, not 'soon'"),
         ("", {"TRUSTP2P_SECURE": "maybe"}, "must be true or false"),
         ("port = \n", {}, "can't read"),
+        # Options no text can hold aren't options here (a tester: a traceback).
+        ("store_shelf = 'x'\n", {}, "unknown option: key 'store_shelf'"),
+        (
+            "",
+            {"TRUSTP2P_STORE_SHELF": "x"},
+            "unknown option: environment variable TRUSTP2P_STORE_SHELF",
+        ),
     ],
 )
 def test_unknown_keys_and_bad_values_are_errors_that_say_why(
