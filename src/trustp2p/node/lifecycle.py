@@ -20,6 +20,7 @@ __all__ = [
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 from ..drivers.base import Listening
 from ..identity import Identity, mark_stopping
 from ..protocol.close import CloseCode
+from ..protocol.hosts import host_of
 from ..protocol.urls import split_peer_url
 from ..security.channel import SecureLayer
 from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
@@ -107,6 +109,23 @@ def say_started(node: Node) -> None:
             " (TRUSTP2P_LISTEN_URLS, or listen_urls in trustp2p.toml)"
         )
         node.log.warning("! listening on the unspecified address, %s: %s", node.url, what)
+    named = [url for url in node.listen_urls if _is_name(host_of(url))]
+    if named:  # (a tester followed docs/deploy.md's example: its nodes found only the seed)
+        node.log.info(
+            "= listen URL(s) %s name a host, not an address: peers don't pass such a URL"
+            " on (they can't check it without resolving it); they reach this node through"
+            " their peers/--connect, or a listen URL with its address",
+            ", ".join(named),
+        )
+
+
+def _is_name(host: str) -> bool:
+    """Whether ``host`` is a DNS name (``localhost`` counts as an address)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host != "localhost"
+    return False
 
 
 async def stop_parts(
