@@ -155,6 +155,26 @@ async def test_a_request_over_the_peers_limit_raises_and_is_not_sent(
     assert await client.client.request(socket, "echo", {"n": 1}) == {"n": 1}
 
 
+async def test_right_after_connecting_a_secure_peers_limit_is_waited_for(
+    make_node: MakeNode,
+) -> None:
+    """Found by a tester: a request over the peer's limit sent as soon as
+    connection_to() returned, before the peer's hello was in, closed the connection
+    (1009) rather than raising; a talk over a known limit was sent, and did the same."""
+    for _ in range(3):
+        server = await make_node(server=True, threads=[Echo], max_package_size=SMALL)
+        client = await make_node(client=True)
+        assert client.client is not None and server.url is not None
+        client.client.connect(server.url)
+        socket = await client.client.connection_to(server.url, timeout=5)
+        with pytest.raises(PackageTooLarge, match=r"over the peer's max_package_size"):
+            await client.client.request(socket, "echo", {"p": "x" * SMALL})
+        with pytest.raises(PackageTooLarge, match=r"TALK 't' of \d+ bytes is over the peer's"):
+            await client.client.send_talk(socket, "t", {}, payload=b"z" * SMALL)
+        assert not socket.closed
+        assert await client.client.request(socket, "echo", {"n": 1}) == {"n": 1}
+
+
 class Hang(Thread):
     """Takes requests and never answers; says which node got each."""
 

@@ -439,8 +439,7 @@ class Connections:
             self._node.tasks.spawn(
                 store.add_urls(urls, source, peer_id=socket.peer_id), "record urls"
             )
-        body = introduced.body
-        conn.log.debug("= peer runs %s %s", body.get("library"), body.get("library_version"))
+        conn.introduced(body := introduced.body)
         self.twins.introduced(conn, body)
         gossip = self._node.gossip
         if gossip is not None and self._node.running and not socket.closed:

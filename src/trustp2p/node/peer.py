@@ -6,7 +6,14 @@ the peer, and the watch on a peer that doesn't read (:func:`watch_stall`).
 
 from __future__ import annotations
 
-__all__ = ["MAX_GOSSIP_BACKLOG", "PeerConnection", "PeerLog", "SendBacklog", "watch_stall"]
+__all__ = [
+    "INTRODUCTION_WAIT",
+    "MAX_GOSSIP_BACKLOG",
+    "PeerConnection",
+    "PeerLog",
+    "SendBacklog",
+    "watch_stall",
+]
 
 import asyncio
 import logging
@@ -14,6 +21,7 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from ..protocol.connection import ConnectionState
 from ..protocol.limits import WriteStall
 from ..protocol.package import PackageType
 
@@ -32,6 +40,11 @@ past which no more gossip is written to such a peer (it catches up when it reads
 Found by an attacker: each connection may hold ``max_send_bytes`` (16 MiB) unread, and
 any connection may ask for the recent messages (``iwant``): 90 that read nothing took a
 node from 243 MB to 1.73 GB of RSS with one round of 20 MB published."""
+
+INTRODUCTION_WAIT = 10.0
+"""Seconds a request or a talk waits for a secure peer's introduction (its limits)."""
+
+_BEFORE_INTRODUCTION = (ConnectionState.HANDSHAKING, ConnectionState.INTRODUCED)
 
 
 class SendBacklog:
@@ -75,6 +88,7 @@ class PeerConnection:
         "counted",
         "gossip_backlog",
         "held",
+        "intro_waiters",
         "log",
         "opened",
         "other_backlog",
@@ -111,6 +125,40 @@ class PeerConnection:
         self.stall: asyncio.Task[None] | None = None  # watching a peer that may not read
         self.held = False  # reading paused: too much of its gossip waits for handlers
         self.oversized = 0  # gossip messages not sent: over the peer's max_package_size
+        self.intro_waiters: list[asyncio.Future[None]] = []  # see introduction()
+
+    async def introduction(self) -> None:
+        """
+        Wait, :data:`INTRODUCTION_WAIT` seconds at most, for a secure peer's
+        introduction (a trustp2p peer sends it first thing: its limits are known then),
+        unless it came or the connection closed. A plain peer may be the original,
+        which never introduces itself: not waited for. Found by a tester: a request
+        over the peer's limit sent right after ``connection_to()`` returned, before the
+        peer's hello was in, closed the connection (1009) rather than raising.
+        """
+        deadline = time.monotonic() + INTRODUCTION_WAIT
+        while self.protocol.secure and self.protocol.state in _BEFORE_INTRODUCTION:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.socket.closed:
+                return
+            future = asyncio.get_running_loop().create_future()
+            self.intro_waiters.append(future)
+            try:
+                await asyncio.wait_for(asyncio.shield(future), left)
+            except TimeoutError:
+                return
+            finally:
+                self.intro_waiters.remove(future)
+
+    def introduced(self, body: Body) -> None:
+        """The peer introduced itself with ``body``: said at DEBUG, and waiters woken."""
+        self.log.debug("= peer runs %s %s", body.get("library"), body.get("library_version"))
+        self._wake()
+
+    def _wake(self) -> None:
+        for future in self.intro_waiters:
+            if not future.done():
+                future.set_result(None)
 
     def queued(self, size: int, options: NodeOptions, *, gossip: bool = False) -> str | None:
         """A package of ``size`` bytes is to be written without waiting while the peer
@@ -167,7 +215,9 @@ class PeerConnection:
         return False
 
     def drained(self) -> None:
-        """The peer reads again (or is gone): what it held unread no longer counts."""
+        """The peer reads again (or is gone): what it held unread no longer counts;
+        those waiting for its introduction look again (it may be gone)."""
+        self._wake()
         self.shared.bytes -= self.backlog_bytes
         self.backlog = self.backlog_bytes = 0
         self.gossip_backlog = self.other_backlog = (0, 0)

@@ -18,6 +18,7 @@ from ..admin.counters import Metrics
 from ..exceptions import ConnectionClosed, PackageTooLarge, RemoteError, RequestTimeout
 from ..loop import loop_clock
 from ..protocol.close import CloseCode
+from ..protocol.connection import ConnectionState
 from ..protocol.deliver import (
     ConnId,
     DeliverEvent,
@@ -121,6 +122,21 @@ class Requests:
 
         return target
 
+    async def fit(self, socket: Socket, package: Package) -> None:
+        """
+        Check ``package`` against the largest package the peer at ``socket`` takes, as
+        its introduction said; a secure peer's is waited for first, if it isn't in
+        (:meth:`~trustp2p.node.peer.PeerConnection.introduction`).
+
+        Raises:
+            PackageTooLarge: If the peer said it takes no package that large.
+
+        """
+        if (conn := self._connections.get(socket.id)) is not None:
+            if conn.protocol.state is not ConnectionState.OPEN:
+                await conn.introduction()
+            check_size(package, conn.protocol.peer_max_size, peer=True)
+
     async def request(
         self,
         socket: Socket,
@@ -179,7 +195,9 @@ class Requests:
         table = self._table
         package = build_package(package_type, event, body, alt=self._alt, payload=payload or b"")
         check_size(package, self._max_package_size)  # before the table holds it
-        if (conn := self._connections.get(socket.id)) is not None:
+        if (conn := self._connections.get(socket.id)) is not None:  # fit(), written out
+            if conn.protocol.state is not ConnectionState.OPEN:
+                await conn.introduction()
             check_size(package, conn.protocol.peer_max_size, peer=True)
         now = self._clock()
         waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout, now=now)

@@ -247,6 +247,9 @@ class Role:
 
         Raises:
             ConnectionClosed: If the connection is closed.
+            PackageTooLarge: If the talk is larger than the peer takes (its
+                introduction says; a secure peer's is waited for: a tester's talk was
+                sent, and the peer closed the connection, 1009).
 
         """
         package = build_package(
@@ -256,6 +259,7 @@ class Role:
             alt=self.node.options.alt,
             payload=payload or b"",
         )
+        await self.node.requests.fit(socket, package)
         await self.node.send(socket, package)
 
     async def send_error(self, socket: Socket, error: str) -> None:
