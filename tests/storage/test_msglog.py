@@ -306,8 +306,27 @@ async def test_delivered(log: MessageLog) -> None:
     assert log.delivered("tpb") == 0
 
 
-async def test_idle_delivery_marks_are_forgotten(clock: FakeClock) -> None:
-    log = await MessageLog.open(None, clock=clock, max_age=100)
+async def test_idle_delivery_marks_are_kept_while_their_number_is_bounded(
+    clock: FakeClock,
+) -> None:
+    """Found by a tester: once an origin quiet for max_age lost its mark, its next
+    message waited gap_timeout behind a phantom gap, and was said to follow skipped
+    messages, every one of which had been delivered."""
+    log = await MessageLog.open(None, clock=clock, max_age=100)  # 10 x 10,000 marks
+    try:
+        log.mark_delivered("tpa", 5)
+        clock.advance(10 * 100)
+        assert await log.flush() is True
+        assert log.delivered("tpa") == 5
+        assert log.next_seq("tpa") == 6
+    finally:
+        await log.close()
+
+
+async def test_idle_delivery_marks_are_forgotten_by_age_when_unbounded(
+    clock: FakeClock,
+) -> None:
+    log = await MessageLog.open(None, clock=clock, max_age=100, max_messages=None)
     try:
         log.mark_delivered("tpa", 5)
         log.mark_delivered("tpb", 7)
@@ -451,7 +470,7 @@ async def test_idle_marks_are_looked_at_once_a_second_at_most(clock: FakeClock) 
     # A flush follows every message delivered; scanning every origin's mark each time
     # made a flood of messages from fresh origins cost the square of its size (found by
     # an attacker's test: a core busy for minutes after 50,000 messages).
-    log = await MessageLog.open(None, clock=clock, max_age=100)
+    log = await MessageLog.open(None, clock=clock, max_age=100, max_messages=None)
     try:
         log.mark_delivered("tpa", 5)
         clock.advance(99.8)
