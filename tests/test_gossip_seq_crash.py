@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import sqlite3
@@ -65,6 +66,45 @@ async def test_a_publisher_killed_after_publishing_numbers_its_next_messages_pas
         assert node.gossip.message_log.last_seq(stream) == 4
     finally:
         await node.stop()
+
+
+@pytest.mark.parametrize("lost", ["deleted", "corrupt"])
+async def test_a_publisher_that_lost_its_log_numbers_past_what_its_peers_keep(
+    tmp_path: Path, lost: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a tester: a publisher whose message log was deleted, or corrupt and
+    moved aside, numbered its messages from 1 again; every peer dropped them."""
+    hub_dir, pub_dir = tmp_path / "hub", tmp_path / "pub"
+    for path in (hub_dir, pub_dir):
+        (path / "threads-enabled").mkdir(parents=True)
+    hub = await trustp2p.create_server(cwd=hub_dir, port=0, relay_topics=["chat"])
+    try:
+        assert hub.url is not None and hub.gossip is not None
+        for run in range(2):
+            if run:  # the log lost, the identity kept
+                log_file = pub_dir / "data" / LOG_FILE
+                for extra in pub_dir.glob(f"data/{LOG_FILE}-*"):
+                    extra.unlink()
+                if lost == "deleted":
+                    log_file.unlink()
+                else:
+                    log_file.write_bytes(b"not a database" * 100)
+            pub = await trustp2p.create_client(cwd=pub_dir, peers=[hub.url])
+            try:
+                assert pub.client is not None
+                await pub.client.wait_connected()
+                for n in range(3):
+                    await pub.publish("chat", {"run": run, "n": n})
+                await wait_for(lambda want=3 * (run + 1): len(hub.gossip.history("chat")) == want)
+            finally:
+                await pub.stop()
+        kept = [(m.seq, json.loads(m.data)["run"]) for m in hub.gossip.history("chat")]
+        assert kept == [(s + 1, s // 3) for s in range(6)]  # none dropped as seen
+        said = [r for r in caplog.records if "numbers on from there" in r.getMessage()]
+        assert [r.levelno for r in said] == [logging.WARNING]
+        assert "up to seq 3" in said[0].getMessage()
+    finally:
+        await hub.stop()
 
 
 async def test_waits_for_the_write_share_it_and_a_log_in_memory_has_none(tmp_path: Path) -> None:

@@ -185,6 +185,8 @@ class Gossip:
             if not self.publishing:  # (checked in turn: the log may have closed since)
                 raise NodeStateError("the node is stopping: publish() works until the "
                                      "threads' stop() returned")  # fmt: skip
+            if self._fetcher is not None:  # (numbers past what peers keep: a lost log)
+                await self._fetcher.own_numbers(topic)
             message, size = self._sign(topic, data)
             # Once signed, sent whatever becomes of this call: it has its seq, and an
             # unsent one is a gap everyone waits for (review34), in turn after its write.
@@ -469,8 +471,7 @@ class Gossip:
 
     def _too_old(self, message: GossipMessage, why: Stale, *, live: bool) -> None:
         """A message dropped for its timestamp: counted, and said (live ones within the
-        log budget). Found by an attacker: after a flood of origins, the messages of a
-        publisher whose clock lagged were dropped unseen, and nothing said so."""
+        log budget: an attacker's flood of origins had a lagging clock's dropped unsaid)."""
         self.too_old += 1
         count(self.node.metrics.topic_too_old, message.topic, limit=MAX_TOPICS)
         marks = (self._log.forgotten_before, self._order.clock_skew)

@@ -26,6 +26,8 @@ __all__ = [
     "HELD_ROOM",
     "JITTER",
     "MAX_EMPTY_FETCHES",
+    "OWN_MARK_PEERS",
+    "OWN_MARK_WAIT",
     "TOPIC_GATHER",
     "Fetcher",
     "jittered",
@@ -48,6 +50,7 @@ from ..exceptions import (
 from ..protocol.gossip import (
     FETCH,
     HWM,
+    MAX_SEQ,
     Fetch,
     FetchRange,
     GossipMessage,
@@ -100,6 +103,13 @@ def jittered(rng: random.Random, interval: float) -> float:
     """``interval`` give or take :data:`JITTER`."""
     return interval * rng.uniform(1 - JITTER, 1 + JITTER)
 
+
+OWN_MARK_PEERS = 3
+"""Peers asked for this node's own highest number on a topic before it first publishes
+there (:meth:`Fetcher.own_numbers`)..."""
+
+OWN_MARK_WAIT = 1.0
+"""...and seconds their answers are waited for, at most."""
 
 MAX_EMPTY_FETCHES = 16
 """Fetches in a row of streams of origins we never had a message of, that a peer's marks
@@ -355,6 +365,34 @@ class Fetcher:
         body["max_bytes"] = answer_size_limit(options.max_package_size)
         body["limit"] = fetch.limit
         return body
+
+    async def own_numbers(self, topic: str) -> None:
+        """
+        Before this node first publishes on ``topic`` as far as its log knows, ask up
+        to :data:`OWN_MARK_PEERS` connected peers (those that carry it first) for the
+        highest number of ours they keep there, and number past it. Found by a tester:
+        a publisher whose message log was lost (deleted, or corrupt and moved aside)
+        numbered its messages from 1 again, and every peer dropped them as seen.
+        """
+        identity = self._gossip.node.identity
+        if identity is None or self._log.knows_seq(stream := stream_key(topic, identity.peer_id)):
+            return
+        carrying = self._gossip.router.peer_topics
+        reading = [s for s in self._gossip.node.sockets if not s.write_paused]
+        chosen = sorted(reading, key=lambda s: topic not in carrying(s.id))[:OWN_MARK_PEERS]
+        body = {"topic": topic, "origin": identity.peer_id, "from": MAX_SEQ, "to": MAX_SEQ}
+        asked = [asyncio.ensure_future(self.ask(s, FETCH, body)) for s in chosen]
+        if asked:  # a peer that doesn't answer holds the publish OWN_MARK_WAIT at most
+            await asyncio.wait(asked, timeout=OWN_MARK_WAIT)
+        for task in asked:
+            task.cancel()
+        answers = [t.result() for t in asked if t.done() and not t.cancelled()]
+        kept = [a.get("last") for a in answers if a is not None]
+        last = max((seq for seq in kept if type(seq) is int and 0 < seq <= MAX_SEQ), default=0)
+        if self._log.seq_used(stream, last):
+            logger.warning("! peers keep this node's messages on %r up to seq %d, which its "
+                           "message log didn't know (lost?): it numbers on from there",
+                           topic, last)  # fmt: skip
 
     async def ask(self, socket: Socket, event: str, body: Body) -> Body | None:
         """A catch-up request's answer; None if there is none, or it is a refusal."""

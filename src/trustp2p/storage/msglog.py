@@ -408,6 +408,27 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         self._dirty_sequences.add(origin)
         return last
 
+    def knows_seq(self, origin: str) -> bool:
+        """Whether the log knows a number of ``origin`` (a stream key) was used: one
+        :meth:`next_seq` returned, a message kept, or a delivery mark."""
+        return (
+            origin in self._sequences
+            or origin in self._messages.origins
+            or origin in self._delivered
+        )
+
+    def seq_used(self, origin: str, seq: int) -> bool:
+        """``origin``'s (a stream key's) numbers up to ``seq`` were used (peers keep
+        them): :meth:`next_seq` returns one past it from now on. True if that moved it."""
+        if seq <= max(self._sequences.get(origin, 0), self._delivered.get(origin, 0)):
+            return False
+        logged = self._messages.origins.get(origin)
+        if logged is not None and seq <= logged.last():
+            return False
+        self._sequences[origin] = seq
+        self._dirty_sequences.add(origin)
+        return True
+
     def __len__(self) -> int:
         """How many messages are kept, in all topics."""
         return self._messages.size
