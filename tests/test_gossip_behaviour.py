@@ -44,6 +44,7 @@ from trustp2p.storage.peerstore import PeerRecord
 from trustp2p.testing import Network
 
 from .conftest import MS
+from .nodes import MakeNode
 from .protocol.test_gossip_router import _meshed, _message, _messages, _talks
 from .test_gossip import check_exactly_once_in_order
 
@@ -1447,3 +1448,29 @@ async def test_large_hwm_answers_cost_the_asker_its_request_budget() -> None:
             if server.metrics.throttles > before:
                 break
         assert server.metrics.throttles > before  # the asker was slowed down
+
+
+@pytest.mark.parametrize("rejected", range(6))
+async def test_one_message_a_validator_rejects_blocks_no_honest_publisher(
+    make_node: MakeNode, rejected: int
+) -> None:
+    """Found by a tester: with default options, one message a validator rejected
+    blocked its (connected) publisher for an hour when it was the 10th package counted
+    (1 invalid > 0.1 x 9 good), and none of its later messages arrived."""
+    judge = await make_node(server=True)
+    publisher = await make_node(client=True, peers=[judge.url])
+    assert judge.gossip is not None and publisher.gossip is not None
+    got: list[int] = []
+    judge.subscribe("chat", lambda m: got.append(m.body["i"]))
+    publisher.subscribe("chat", lambda m: None)
+    judge.gossip.set_validator(
+        "chat", lambda m: Validation.REJECT if m.body["i"] == rejected else Validation.ACCEPT
+    )
+    async with asyncio.timeout(10):
+        await publisher.gossip.wait_subscribers("chat")
+    for i in range(6):
+        await publisher.publish("chat", {"i": i})
+    await wait_for(lambda: len(got) == 5)
+    assert got == [i for i in range(6) if i != rejected]
+    assert publisher.client is not None and publisher.client.sockets
+    assert judge.store is not None and not judge.store.is_blocked(peer_id=publisher.peer_id)

@@ -15,7 +15,9 @@ from trustp2p.protocol.scoring import Block, BlockPolicy, Offences, PackageCount
         (9, 0, False),
         (0, 9, False),  # fewer than 10 packages
         (0, 10, True),
-        (9, 1, True),
+        (9, 1, False),  # one mistake among the first 10 (a tester: an honest publisher)
+        (8, 2, True),
+        (1, 9, True),
         (10, 1, False),  # 1 invalid per 10 good is the limit, not over it
         (100, 10, False),
         (100, 11, True),

@@ -87,8 +87,8 @@ async def test_record_packages_returns_what_the_policy_judges(store: PeerStore) 
     # The policy's decisions are tested in tests/protocol/test_scoring.py.
     assert store.policy == BlockPolicy()
     assert store.record_packages(TPA, good=9) == PackageCounts(9, 0)
-    assert store.record_packages(TPA, invalid=1) == PackageCounts(9, 1)
-    assert store.policy.crossed(PackageCounts(9, 1))
+    assert store.record_packages(TPA, invalid=2) == PackageCounts(9, 2)
+    assert store.policy.crossed(PackageCounts(9, 2))
     assert store.record_packages(TPB, good=10, invalid=1) == PackageCounts(10, 1)
     assert not store.policy.crossed(PackageCounts(10, 1))
 

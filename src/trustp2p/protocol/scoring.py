@@ -97,13 +97,17 @@ class BlockPolicy:
         """
         Whether a window's package counts call for a block.
 
-        True when ``good + invalid >= min_packages`` and ``invalid > invalid_ratio * good``
-        (with no good package at all, any invalid one crosses the ratio). The caller
-        then blocks the peer and starts its window afresh, so that the policy reports
-        the peer again only if it keeps misbehaving.
+        True when ``good + invalid >= min_packages`` and ``invalid > invalid_ratio *
+        max(good, min_packages)``: the ratio is taken over ``min_packages`` at least, so
+        that the first packages' one mistake blocks no one (found by a tester: one
+        gossip message an application's validator rejected blocked its honest publisher
+        for an hour when it was the 10th package counted, 1 > 0.1 * 9, and not when it
+        was the 9th or the 11th). The caller then blocks the peer and starts its window
+        afresh, so that the policy reports the peer again only if it keeps misbehaving.
         """
         good, invalid = counts
-        return good + invalid >= self.min_packages and invalid > self.invalid_ratio * good
+        at_least = max(good, self.min_packages)
+        return good + invalid >= self.min_packages and invalid > self.invalid_ratio * at_least
 
     def block(self, reason: str, now: float, duration: float | None = None) -> Block:
         """
