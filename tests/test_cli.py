@@ -368,6 +368,53 @@ def test_ctrl_c_at_any_moment_exits_130_quietly(tmp_path: Path, moment: str) -> 
     assert "Traceback" not in process.output
 
 
+_HANGING_START = """
+import asyncio
+from trustp2p import EventMap, PackageType, Thread
+
+class HangingStart(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"x": lambda socket, package: None}}
+
+    async def start(self) -> None:
+        self.log.info("start() waits for a backend that never comes")
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                if STUBBORN:
+                    continue
+                raise
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "stubborn", "code"),
+    [(signal.SIGTERM, False, 0), (signal.SIGINT, False, 130), (signal.SIGTERM, True, 0)],
+)
+def test_a_signal_during_a_start_that_hangs_stops_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int, stubborn: bool, code: int
+) -> None:
+    """Found by a tester: a signal during the start was acted on only once the start
+    ended (after a slow thread start(), the node listened, then stopped), and never if a
+    start() hung: only kill -9 ended the process. The start is cancelled now; a start()
+    that won't be cancelled is left behind after close_timeout."""
+    (tmp_path / "threads-enabled").mkdir()
+    thread = f"STUBBORN = {stubborn}\n" + _HANGING_START
+    (tmp_path / "threads-enabled" / "hang.py").write_text(thread)
+    monkeypatch.setenv("TRUSTP2P_CLOSE_TIMEOUT", "1")
+    process = Spawned("server", "--cwd", str(tmp_path), "--port", "0")
+    process.wait_for_output("start() waits for a backend")
+    process.process.send_signal(signum)
+    assert process.process.wait(timeout=10) == code, process.output
+    process.stop()
+    assert "x stopping during the start: the start is undone" in process.output
+    assert "listening on" not in process.output and "Traceback" not in process.output
+    if stubborn:
+        assert "didn't end when cancelled" in process.output
+
+
 def test_a_node_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
     """A node a shell starts in the background (``trustp2p server ... &``) inherits an
     ignored SIGINT: a Ctrl-C in that terminal is for the foreground job. It stopped the

@@ -63,7 +63,8 @@ async def _run(options: NodeOptions, signals: _Signals) -> int:
         _drop_connections(node, signum)
 
     signals.handler = on_signal
-    await node.start()
+    if not await _started(node, stop, options.close_timeout):
+        return _EXIT.get(received[0], 0)
     await stop.wait()
     stopping = True
     if node.sockets:
@@ -74,6 +75,37 @@ async def _run(options: NodeOptions, signals: _Signals) -> int:
         )  # fmt: skip
     await node.stop()
     return _EXIT.get(received[0], 0)
+
+
+async def _started(node: Node, stop: asyncio.Event, timeout: float) -> bool:
+    """
+    Start ``node``; False if ``stop`` was set first (a signal): the start is cancelled,
+    and undone (``timeout`` seconds at most for it to end). Found by a tester: a signal
+    during the start was acted on once it ended, after a thread's slow ``start()`` or
+    the wait for a stopping node's identity (the node listened, then stopped), and
+    never if a ``start()`` hung: only ``kill -9`` ended the process.
+
+    Raises:
+        TrustP2PError: As :meth:`~trustp2p.Node.start` raises it.
+
+    """
+    starting = asyncio.ensure_future(node.start())
+    signalled = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+        if not stop.is_set() and not starting.done():  # (we were cancelled)
+            starting.cancel()
+    if not starting.done():
+        node.log.info("x stopping during the start: the start is undone")
+        starting.cancel()
+        await asyncio.wait((starting,), timeout=timeout)
+        if starting.done() and not starting.cancelled():
+            starting.exception()  # (a start that failed as it was undone: said by it)
+        return False
+    starting.result()  # (what it raised, if it failed)
+    return True
 
 
 class _Signals:
@@ -164,6 +196,7 @@ async def serve_process(options: NodeOptions) -> int:
 
 
 _POOL = "trustp2p-pool"
+_IDLE_EXIT = 0.2  # seconds for the pool's idle threads to end once it is shut down
 logger = logging.getLogger(__name__)
 
 
@@ -186,6 +219,8 @@ async def _left_behind(pool: ThreadPoolExecutor, timeout: float) -> bool:
     pending = (await asyncio.wait(tasks, timeout=timeout))[1] if tasks else set()
     # (Not loop.shutdown_default_executor(): on 3.11, cancelled, it joins the thread.)
     pool.shutdown(wait=False)  # its idle threads end; the busy ones once their work does
+    # A moment for the idle ones to see it (a tester: they were said to be at work).
+    deadline = max(deadline, loop.time() + _IDLE_EXIT)
 
     def busy() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name.startswith(_POOL)]
