@@ -23,7 +23,7 @@ import trustp2p
 from trustp2p import Node, PackageType
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from trustp2p.identity import Identity
-from trustp2p.protocol.gossip import GossipMessage, sign_message, stream_key
+from trustp2p.protocol.gossip import FETCH, MAX_SEQ, GossipMessage, sign_message, stream_key
 from trustp2p.protocol.package import build_package
 from trustp2p.storage.msglog import LOG_FILE, MessageLog
 
@@ -103,6 +103,28 @@ async def test_a_publisher_that_lost_its_log_numbers_past_what_its_peers_keep(
         said = [r for r in caplog.records if "numbers on from there" in r.getMessage()]
         assert [r.levelno for r in said] == [logging.WARNING]
         assert "up to seq 3" in said[0].getMessage()
+    finally:
+        await hub.stop()
+
+
+async def test_a_peer_that_claims_our_numbers_without_our_message_moves_nothing() -> None:
+    """Only a message of ours, signed, proves a number used: a peer claiming the last
+    number there is would have ended our publishing (MAX_SEQ)."""
+    hub = await trustp2p.create_server(port=0, relay_topics=["chat"])
+    try:
+        entries = hub.handlers.get(PackageType.REQUEST, FETCH)
+        thread, _ = entries[0]
+        entries[0] = (thread, lambda socket, package: {"messages": [], "last": MAX_SEQ})
+        assert hub.url is not None
+        pub = await trustp2p.create_client(peers=[hub.url])
+        try:
+            assert pub.client is not None and pub.gossip is not None
+            await pub.client.wait_connected()
+            await pub.publish("chat", {"n": 1})
+            log = pub.gossip.message_log
+            assert log is not None and log.last_seq(stream_key("chat", pub.peer_id or "")) == 1
+        finally:
+            await pub.stop()
     finally:
         await hub.stop()
 

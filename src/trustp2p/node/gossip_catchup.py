@@ -370,29 +370,62 @@ class Fetcher:
         """
         Before this node first publishes on ``topic`` as far as its log knows, ask up
         to :data:`OWN_MARK_PEERS` connected peers (those that carry it first) for the
-        highest number of ours they keep there, and number past it. Found by a tester:
-        a publisher whose message log was lost (deleted, or corrupt and moved aside)
-        numbered its messages from 1 again, and every peer dropped them as seen.
+        highest number of ours they keep there, and number past the highest one a
+        peer proves with our message of that number (a claim alone could push our
+        counter to its end). Each step waits :data:`OWN_MARK_WAIT` at most. Found by
+        a tester: a publisher whose message log was lost (deleted, or corrupt and moved
+        aside) numbered its messages from 1 again, and every peer dropped them as seen.
         """
         identity = self._gossip.node.identity
         if identity is None or self._log.knows_seq(stream := stream_key(topic, identity.peer_id)):
             return
+        origin = identity.peer_id
         carrying = self._gossip.router.peer_topics
         reading = [s for s in self._gossip.node.sockets if not s.write_paused]
         chosen = sorted(reading, key=lambda s: topic not in carrying(s.id))[:OWN_MARK_PEERS]
-        body = {"topic": topic, "origin": identity.peer_id, "from": MAX_SEQ, "to": MAX_SEQ}
-        asked = [asyncio.ensure_future(self.ask(s, FETCH, body)) for s in chosen]
+        claims = await self._ask_all(chosen, {"topic": topic, "origin": origin,
+                                              "from": MAX_SEQ, "to": MAX_SEQ})  # fmt: skip
+        for last, socket in sorted(claims, key=lambda claim: claim[0], reverse=True):
+            if await self._proves(socket, topic, origin, last):
+                if self._log.seq_used(stream, last):
+                    logger.warning("! peers keep this node's messages on %r up to seq %d, "
+                                   "which its message log didn't know (lost?): it numbers "
+                                   "on from there", topic, last)  # fmt: skip
+                return
+
+    async def _ask_all(self, sockets: list[Socket], body: Body) -> list[tuple[int, Socket]]:
+        """The highest numbers (``last``) the peers at ``sockets`` answered a fetch with
+        ``body``, within :data:`OWN_MARK_WAIT`."""
+        asked = {asyncio.ensure_future(self.ask(s, FETCH, body)): s for s in sockets}
         if asked:  # a peer that doesn't answer holds the publish OWN_MARK_WAIT at most
             await asyncio.wait(asked, timeout=OWN_MARK_WAIT)
-        for task in asked:
+        claims = []
+        for task, socket in asked.items():
             task.cancel()
-        answers = [t.result() for t in asked if t.done() and not t.cancelled()]
-        kept = [a.get("last") for a in answers if a is not None]
-        last = max((seq for seq in kept if type(seq) is int and 0 < seq <= MAX_SEQ), default=0)
-        if self._log.seq_used(stream, last):
-            logger.warning("! peers keep this node's messages on %r up to seq %d, which its "
-                           "message log didn't know (lost?): it numbers on from there",
-                           topic, last)  # fmt: skip
+            answer = task.result() if task.done() and not task.cancelled() else None
+            last = None if answer is None else answer.get("last")
+            if type(last) is int and 0 < last <= MAX_SEQ:
+                claims.append((last, socket))
+        return claims
+
+    async def _proves(self, socket: Socket, topic: str, origin: str, seq: int) -> bool:
+        """Whether the peer at ``socket`` has ``origin``'s message ``seq`` on ``topic``,
+        signed (asked within :data:`OWN_MARK_WAIT`)."""
+        body = {"topic": topic, "origin": origin, "from": seq, "to": seq}
+        try:
+            async with asyncio.timeout(OWN_MARK_WAIT):
+                answer = await self.ask(socket, FETCH, body)
+        except TimeoutError:
+            return False
+        items = None if answer is None else answer.get("messages")
+        if not isinstance(items, list) or len(items) != 1 or not isinstance(items[0], dict):
+            return False
+        limit = self._gossip.node.options.max_package_size
+        try:
+            message = GossipMessage.from_body(topic, items[0], max_data=limit)
+        except GossipError:
+            return False
+        return message.origin == origin and message.seq == seq
 
     async def ask(self, socket: Socket, event: str, body: Body) -> Body | None:
         """A catch-up request's answer; None if there is none, or it is a refusal."""
