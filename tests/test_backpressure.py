@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -149,7 +150,8 @@ def test_gossip_unread_by_all_peers_together_is_bounded() -> None:
     options = NodeOptions(server=True, max_send_bytes=1024, max_package_size=1024)
     shared = SendBacklog(limit=1500)
     nothing = cast(Any, None)  # (what queued() doesn't look at)
-    a, b = (PeerConnection(nothing, nothing, nothing, nothing, shared) for _ in "ab")
+    local = cast(Any, SimpleNamespace(host="127.0.0.1"))  # (loopback: no address share)
+    a, b = (PeerConnection(local, nothing, nothing, nothing, shared) for _ in "ab")
     assert a.queued(800, options, gossip=True) is None
     assert b.queued(600, options, gossip=True) is None
     assert shared.bytes == 1400
@@ -161,6 +163,34 @@ def test_gossip_unread_by_all_peers_together_is_bounded() -> None:
     assert a.queued(800, options) == "send queue full: over 1024 bytes unread"
     a.drained()  # it reads again (or is gone)
     assert shared.bytes == 800 and b.queued(100, options, gossip=True) is None
+
+
+def test_one_address_holds_a_quarter_of_the_unread_gossip_at_most() -> None:
+    """Found by an attacker: 5 connections of one address reading 4 KB a second held
+    the node's whole bound, and an honest subscriber a moment behind had its messages
+    dropped (726-915 of 1,600). Loopback peers are local: not held to it."""
+    options = NodeOptions(server=True, max_send_bytes=1024, max_package_size=1024)
+    shared = SendBacklog(limit=4000)
+    nothing = cast(Any, None)
+
+    def peer(host: str) -> PeerConnection:
+        return PeerConnection(cast(Any, SimpleNamespace(host=host)), nothing, nothing,
+                              nothing, shared)  # fmt: skip
+
+    one, two, three = peer("10.0.0.5"), peer("10.0.0.5"), peer("2001:db8:0:1::5")
+    other, near, local = peer("10.0.0.6"), peer("2001:db8:0:2::9"), peer("127.0.0.1")
+    assert one.queued(600, options, gossip=True) is None
+    assert two.queued(500, options, gossip=True) == (
+        "the peers of its address hold over 1000 bytes unread"
+    )
+    assert two.queued(500, options) is None  # not gossip: its own queue's bound only
+    assert other.queued(900, options, gossip=True) is None  # another address has its own
+    assert three.queued(700, options, gossip=True) is None
+    assert near.queued(400, options, gossip=True) is not None  # the same /48
+    assert local.queued(1000, options, gossip=True) is None
+    one.drained()  # what one held no longer counts for its address
+    assert two.queued(400, options, gossip=True) is None
+    assert shared.groups == {"10.0.0.5": 900, "10.0.0.6": 900, "2001:db8::/48": 700}
 
 
 async def test_one_package_always_fits_the_send_queue(make_node: MakeNode) -> None:

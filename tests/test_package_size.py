@@ -26,6 +26,7 @@ from trustp2p import (
     Thread,
 )
 from trustp2p.drivers.memory import MemoryHub
+from trustp2p.protocol.connection import ConnectionState
 from trustp2p.protocol.gossip import stream_key
 from trustp2p.protocol.handshake import MAX_PACKAGE_SIZE_KEY
 from trustp2p.protocol.package import DEFAULT_MAX_PACKAGE_SIZE, build_package, check_size, encode
@@ -173,6 +174,23 @@ async def test_right_after_connecting_a_secure_peers_limit_is_waited_for(
             await client.client.send_talk(socket, "t", {}, payload=b"z" * SMALL)
         assert not socket.closed
         assert await client.client.request(socket, "echo", {"n": 1}) == {"n": 1}
+
+
+async def test_a_request_waiting_for_the_introduction_ends_with_its_connection(
+    make_node: MakeNode,
+) -> None:
+    """Found by a fault test: a request that waited for the peer's introduction went
+    into the request table after its connection had closed, and waited 300 s."""
+    client, socket = await connected_to(make_node)
+    conn = client.connection(socket)
+    assert conn is not None
+    conn.protocol.state = ConnectionState.INTRODUCED  # as before the peer's hello came
+    asking = asyncio.ensure_future(client.client.request(socket, "echo", {"n": 1}))
+    assert not await stays(lambda: asking.done(), 0.05)  # waiting
+    socket.abort()
+    with pytest.raises(ConnectionClosed):
+        async with asyncio.timeout(2):
+            await asking
 
 
 class Hang(Thread):
