@@ -229,7 +229,8 @@ async def _left_behind(pool: ThreadPoolExecutor, timeout: float) -> bool:
         await asyncio.sleep(0.05)
     left = []
     if pending:
-        names = ", ".join(task.get_coro().__qualname__ for task in pending)  # type: ignore[union-attr]
+        # (A compiled coroutine has no __qualname__: the node's own start, left behind.)
+        names = ", ".join(getattr(t.get_coro(), "__qualname__", t.get_name()) for t in pending)
         left.append(f"{len(pending)} task(s) that didn't end when cancelled ({names})")
     if threads := busy():
         left.append(f"{len(threads)} thread(s) still at work (asyncio.to_thread, run_in_executor)")

@@ -311,13 +311,18 @@ class Node:
                 self.client.start()
             if self.admin is not None:
                 await self.admin.start()
-        except BaseException:
+        except BaseException as exc:
+            failed: BaseException | None = exc
+        else:
+            failed = None
+        if failed is not None:  # (undone outside the except: compiled, a cancelled start
+            # re-raised from there after awaiting its stop crashed the process)
             del self.threads[started:]  # a thread whose start() didn't return isn't stopped
             if self.state is NodeState.NEW:  # what started before RUNNING: stop() undoes it
                 self.state = NodeState.RUNNING
             ended.set_result(False)  # for stop(): no "stopping node" (found by a tester)
             await self.stop()
-            raise
+            raise failed
         say_started(self)
 
     async def stop(self) -> None:

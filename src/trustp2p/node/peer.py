@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from ..exceptions import ConnectionClosed
 from ..protocol.connection import ConnectionState
 from ..protocol.hosts import is_loopback, share_group
 from ..protocol.limits import WriteStall
@@ -161,25 +162,32 @@ class PeerConnection:
     async def introduction(self) -> None:
         """
         Wait, :data:`INTRODUCTION_WAIT` seconds at most, for a secure peer's
-        introduction (a trustp2p peer sends it first thing: its limits are known then),
-        unless it came or the connection closed. A plain peer may be the original,
-        which never introduces itself: not waited for. Found by a tester: a request
-        over the peer's limit sent right after ``connection_to()`` returned, before the
-        peer's hello was in, closed the connection (1009) rather than raising.
+        introduction (a trustp2p peer sends it first thing: its limits are known then).
+        A plain peer may be the original, which never introduces itself: not waited
+        for. Found by a tester: a request over the peer's limit sent right after
+        ``connection_to()`` returned, before the peer's hello was in, closed the
+        connection (1009) rather than raising.
+
+        Raises:
+            ConnectionClosed: If the connection is closed (by the end of the wait: a
+                fault test's request then went on, and waited 300 s).
+
         """
         deadline = time.monotonic() + INTRODUCTION_WAIT
         while self.protocol.secure and self.protocol.state in _BEFORE_INTRODUCTION:
             left = deadline - time.monotonic()
             if left <= 0 or self.socket.closed:
-                return
+                break
             future = asyncio.get_running_loop().create_future()
             self.intro_waiters.append(future)
             try:
                 await asyncio.wait_for(asyncio.shield(future), left)
             except TimeoutError:
-                return
+                break
             finally:
                 self.intro_waiters.remove(future)
+        if self.socket.closed:
+            raise ConnectionClosed(self.socket.close_code, self.socket.close_reason)
 
     def introduced(self, body: Body) -> None:
         """The peer introduced itself with ``body``: said at DEBUG, and waiters woken."""

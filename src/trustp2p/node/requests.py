@@ -198,8 +198,6 @@ class Requests:
         if (conn := self._connections.get(socket.id)) is not None:  # fit(), written out
             if conn.protocol.state is not ConnectionState.OPEN:
                 await conn.introduction()
-                if socket.closed:  # meanwhile (a test: the request waited 300 s)
-                    raise ConnectionClosed(socket.close_code, socket.close_reason)
             check_size(package, conn.protocol.peer_max_size, peer=True)
         now = self._clock()
         waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout, now=now)
