@@ -415,6 +415,40 @@ def test_a_signal_during_a_start_that_hangs_stops_the_node(
         assert "didn't end when cancelled" in process.output
 
 
+_SLOW_STOP = """
+import asyncio
+from trustp2p import EventMap, PackageType, Thread
+
+class SlowStop{n}(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {{PackageType.TALK: {{"x{n}": lambda socket, package: None}}}}
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0.7)
+        self.log.info("stop() {n} done")
+"""
+
+
+def test_a_start_undone_after_a_signal_stops_every_thread_it_started(tmp_path: Path) -> None:
+    """Found in review: the undo of a start a signal cancelled was given close_timeout
+    in all; then the process cancelled what was left, the node's own stop with it: the
+    second thread's stop() was cut off, and the stores weren't closed."""
+    enabled = tmp_path / "threads-enabled"
+    enabled.mkdir()
+    for n in (1, 2):  # (loaded in name order: both start before the hanging one)
+        (enabled / f"a{n}.py").write_text(_SLOW_STOP.format(n=n))
+    (enabled / "hang.py").write_text("STUBBORN = False\n" + _HANGING_START)
+    process = Spawned("server", "--cwd", str(tmp_path), "--port", "0", "--close-timeout", "1")
+    process.wait_for_output("start() waits for a backend")
+    process.process.send_signal(signal.SIGTERM)
+    assert process.process.wait(timeout=10) == 0, process.output
+    process.stop()
+    for said in ("stop() 1 done", "stop() 2 done", "x failed start undone"):
+        assert said in process.output, process.output
+    assert "exiting without" not in process.output
+
+
 def test_a_node_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path) -> None:
     """A node a shell starts in the background (``trustp2p server ... &``) inherits an
     ignored SIGINT: a Ctrl-C in that terminal is for the foreground job. It stopped the

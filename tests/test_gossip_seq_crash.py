@@ -129,6 +129,35 @@ async def test_a_peer_that_claims_our_numbers_without_our_message_moves_nothing(
         await hub.stop()
 
 
+async def test_a_publish_on_a_known_topic_waits_for_no_look_at_another() -> None:
+    """Found in review: the look ran under the lock every publish takes; one peer that
+    didn't answer held every publish, on every topic, a second per new topic."""
+    hub = await trustp2p.create_server(port=0, relay_topics=["a", "b"])
+    try:
+        entries = hub.handlers.get(PackageType.REQUEST, FETCH)
+        thread, _ = entries[0]
+
+        async def silent(socket: Any, package: Any) -> None:
+            await asyncio.sleep(3600)
+
+        entries[0] = (thread, silent)
+        assert hub.url is not None
+        pub = await trustp2p.create_client(peers=[hub.url])
+        try:
+            assert pub.client is not None
+            await pub.client.wait_connected()
+            await pub.publish("a", {"n": 1})  # a first publish: it looked (1 s at most)
+            looking = asyncio.ensure_future(pub.publish("b", {"n": 1}))
+            await asyncio.sleep(0)
+            await pub.publish("a", {"n": 2})  # a known topic: no look to wait for
+            assert not looking.done()
+            await looking
+        finally:
+            await pub.stop()
+    finally:
+        await hub.stop()
+
+
 async def test_waits_for_the_write_share_it_and_a_log_in_memory_has_none(tmp_path: Path) -> None:
     log = await MessageLog.open(tmp_path / LOG_FILE, flush_interval=3600.0)
     writes = 0

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ..node import Node
+from ..node import Node, NodeState
 from ..options import NodeOptions
 
 
@@ -101,6 +101,9 @@ async def _started(node: Node, stop: asyncio.Event, timeout: float) -> bool:
         node.log.info("x stopping during the start: the start is undone")
         starting.cancel()
         await asyncio.wait((starting,), timeout=timeout)
+        if node.state is NodeState.STOPPING:  # undoing: its stop has bounds of its own
+            await node.stop()  # (review: cut off here, threads' stop() went unfinished)
+            await asyncio.wait((starting,), timeout=timeout)
         if starting.done() and not starting.cancelled():
             starting.exception()  # (a start that failed as it was undone: said by it)
         return False

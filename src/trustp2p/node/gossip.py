@@ -181,12 +181,12 @@ class Gossip:
             TypeError: If ``data`` is not a JSON-serializable dict.
 
         """
+        if self._fetcher is not None and self.publishing:  # (past what peers keep: a
+            await self._fetcher.own_numbers(topic)  # lost log; not under the lock: review)
         async with self._publishing:  # (1,000 gathered held the loop 1.3 s: review)
             if not self.publishing:  # (checked in turn: the log may have closed since)
                 raise NodeStateError("the node is stopping: publish() works until the "
                                      "threads' stop() returned")  # fmt: skip
-            if self._fetcher is not None:  # (numbers past what peers keep: a lost log)
-                await self._fetcher.own_numbers(topic)
             message, size = self._sign(topic, data)
             # Once signed, sent whatever becomes of this call: it has its seq, and an
             # unsent one is a gap everyone waits for (review34), in turn after its write.

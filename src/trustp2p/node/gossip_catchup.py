@@ -146,6 +146,7 @@ class Fetcher:
         "_held_back",
         "_late",
         "_log",
+        "_looking",
         "_marks",
         "_queues",
         "_rng",
@@ -167,6 +168,7 @@ class Fetcher:
         clock: Callable[[], float],
     ) -> None:
         self._gossip = gossip
+        self._looking: dict[str, asyncio.Future[None]] = {}  # own_numbers(), by topic
         self._streams = streams
         self._marks = marks
         self._log = log
@@ -369,25 +371,44 @@ class Fetcher:
     async def own_numbers(self, topic: str) -> None:
         """
         Before this node first publishes on ``topic`` as far as its log knows, ask up
-        to :data:`OWN_MARK_PEERS` connected peers (those that carry it first) for the
-        highest number of ours they keep there, and number past the highest one a
-        peer proves with our message of that number (a claim alone could push our
-        counter to its end). Each step waits :data:`OWN_MARK_WAIT` at most. Found by
-        a tester: a publisher whose message log was lost (deleted, or corrupt and moved
-        aside) numbered its messages from 1 again, and every peer dropped them as seen.
+        to :data:`OWN_MARK_PEERS` gossip peers (those that carry it first, at random)
+        for the highest number of ours they keep there, and number past the highest
+        one a peer proves with our message of that number (a claim alone could push
+        our counter to its end). Each step waits :data:`OWN_MARK_WAIT` at most; the
+        publishes on a topic share one look. Found by a tester: a publisher whose
+        message log was lost (deleted, or corrupt and moved aside) numbered its
+        messages from 1 again, and every peer dropped them as seen.
         """
         identity = self._gossip.node.identity
-        if identity is None or self._log.knows_seq(stream := stream_key(topic, identity.peer_id)):
+        if identity is None or self._log.knows_seq(stream_key(topic, identity.peer_id)):
             return
+        looking = self._looking.get(topic)
+        if looking is None:
+            if not (sockets := self._askable(topic)):
+                return  # (nothing to wait for: the publish signs at once)
+            looking = self._looking[topic] = asyncio.ensure_future(self._look(topic, sockets))
+            looking.add_done_callback(lambda _: self._looking.pop(topic, None))
+        await asyncio.shield(looking)
+
+    def _askable(self, topic: str) -> list[Socket]:
+        """Up to :data:`OWN_MARK_PEERS` peers to ask about ``topic``: those introduced
+        (for gossip) first, then those that carry it, at random; none writing slowly."""
+        router = self._gossip.router
+        introduced = set(router.peers)
+        sockets = [s for s in self._gossip.node.sockets if not s.write_paused]
+        self._rng.shuffle(sockets)
+        sockets.sort(key=lambda s: (s.id not in introduced, topic not in router.peer_topics(s.id)))
+        return sockets[:OWN_MARK_PEERS]
+
+    async def _look(self, topic: str, sockets: list[Socket]) -> None:
+        identity = self._gossip.node.identity
+        assert identity is not None
         origin = identity.peer_id
-        carrying = self._gossip.router.peer_topics
-        reading = [s for s in self._gossip.node.sockets if not s.write_paused]
-        chosen = sorted(reading, key=lambda s: topic not in carrying(s.id))[:OWN_MARK_PEERS]
-        claims = await self._ask_all(chosen, {"topic": topic, "origin": origin,
-                                              "from": MAX_SEQ, "to": MAX_SEQ})  # fmt: skip
+        claims = await self._ask_all(sockets, {"topic": topic, "origin": origin,
+                                               "from": MAX_SEQ, "to": MAX_SEQ})  # fmt: skip
         for last, socket in sorted(claims, key=lambda claim: claim[0], reverse=True):
             if await self._proves(socket, topic, origin, last):
-                if self._log.seq_used(stream, last):
+                if self._log.seq_used(stream_key(topic, origin), last):
                     logger.warning("! peers keep this node's messages on %r up to seq %d, "
                                    "which its message log didn't know (lost?): it numbers "
                                    "on from there", topic, last)  # fmt: skip
@@ -397,11 +418,14 @@ class Fetcher:
         """The highest numbers (``last``) the peers at ``sockets`` answered a fetch with
         ``body``, within :data:`OWN_MARK_WAIT`."""
         asked = {asyncio.ensure_future(self.ask(s, FETCH, body)): s for s in sockets}
-        if asked:  # a peer that doesn't answer holds the publish OWN_MARK_WAIT at most
-            await asyncio.wait(asked, timeout=OWN_MARK_WAIT)
+        try:
+            if asked:  # a peer that doesn't answer holds the look OWN_MARK_WAIT at most
+                await asyncio.wait(asked, timeout=OWN_MARK_WAIT)
+        finally:
+            for task in asked:
+                task.cancel()
         claims = []
         for task, socket in asked.items():
-            task.cancel()
             answer = task.result() if task.done() and not task.cancelled() else None
             last = None if answer is None else answer.get("last")
             if type(last) is int and 0 < last <= MAX_SEQ:

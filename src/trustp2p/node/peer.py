@@ -159,9 +159,9 @@ class PeerConnection:
         host = socket.host
         self.group = None if host is None or is_loopback(host) else share_group(host)
 
-    async def introduction(self) -> None:
+    async def introduction(self, wait: float = INTRODUCTION_WAIT) -> None:
         """
-        Wait, :data:`INTRODUCTION_WAIT` seconds at most, for a secure peer's
+        Wait, ``wait`` seconds at most (:data:`INTRODUCTION_WAIT`), for a secure peer's
         introduction (a trustp2p peer sends it first thing: its limits are known then).
         A plain peer may be the original, which never introduces itself: not waited
         for. Found by a tester: a request over the peer's limit sent right after
@@ -173,7 +173,7 @@ class PeerConnection:
                 fault test's request then went on, and waited 300 s).
 
         """
-        deadline = time.monotonic() + INTRODUCTION_WAIT
+        deadline = time.monotonic() + wait
         while self.protocol.secure and self.protocol.state in _BEFORE_INTRODUCTION:
             left = deadline - time.monotonic()
             if left <= 0 or self.socket.closed:

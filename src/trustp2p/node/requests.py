@@ -39,6 +39,7 @@ from ..protocol.package import (
     build_package,
     check_size,
 )
+from .peer import INTRODUCTION_WAIT
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
@@ -196,8 +197,8 @@ class Requests:
         package = build_package(package_type, event, body, alt=self._alt, payload=payload or b"")
         check_size(package, self._max_package_size)  # before the table holds it
         if (conn := self._connections.get(socket.id)) is not None:  # fit(), written out
-            if conn.protocol.state is not ConnectionState.OPEN:
-                await conn.introduction()
+            if conn.protocol.state is not ConnectionState.OPEN:  # (within its timeout)
+                await conn.introduction(min(INTRODUCTION_WAIT, timeout or INTRODUCTION_WAIT))
             check_size(package, conn.protocol.peer_max_size, peer=True)
         now = self._clock()
         waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout, now=now)
