@@ -308,3 +308,26 @@ async def test_a_named_node_waits_for_its_stopping_self_then_fails(
             await claim_identity(tmp_path, logging.getLogger("test.identity"), "relay")
     finally:
         lock.close()
+
+
+def test_a_look_at_the_lock_makes_no_starting_node_take_another_identity(
+    tmp_path: Path,
+) -> None:
+    """Found in review: is_running() holds an identity's lock for a moment to look at
+    it, and a node claiming the identity then took node-2 (or, named, failed)."""
+    import threading
+
+    from trustp2p.identity import Identity, key_path
+
+    Identity.load_or_create(key_path(tmp_path))
+    lock_path = key_path(tmp_path).with_name("node.key.lock")
+    looking = open(lock_path, "ab")
+    import fcntl
+
+    fcntl.flock(looking, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Timer(0.002, looking.close).start()
+    _, name, lock = Identity.claim(tmp_path)
+    try:
+        assert name == "node"
+    finally:
+        lock.close()

@@ -39,6 +39,7 @@ import os
 import re
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import IO, NewType
 
@@ -231,7 +232,7 @@ class Identity:
                 lock = open(lock_path, "ab")  # kept open: the lock
             except OSError as exc:  # e.g. a read-only file system (found by a tester)
                 raise IdentityError(f"can't open {lock_path}: {exc.strerror or exc}") from exc
-            if not _try_lock(lock):
+            if not _take_lock(lock):
                 lock.close()
                 holder = None if pass_stopping else _stopping_holder(path)
                 if holder is not None:
@@ -382,6 +383,21 @@ def _stopping_holder(path: Path) -> int | None:
     if len(words) == 2 and words[1] == "stopping" and words[0].isdigit():
         return int(words[0])
     return None
+
+
+def _take_lock(file: IO[bytes]) -> bool:
+    """:func:`_try_lock`, tried again a moment later: :func:`is_running` holds a lock
+    for microseconds to look at it, and a node starting then would take another
+    identity (found in review)."""
+    for _ in range(_LOCK_TRIES - 1):
+        if _try_lock(file):
+            return True
+        time.sleep(_LOCK_RETRY)
+    return _try_lock(file)
+
+
+_LOCK_TRIES = 3
+_LOCK_RETRY = 0.005  # seconds
 
 
 def _try_lock(file: IO[bytes]) -> bool:

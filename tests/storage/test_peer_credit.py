@@ -133,20 +133,25 @@ async def test_the_spacing_holds_across_a_restart(tmp_path: Path, clock: FakeClo
         await store.close()
 
 
+@pytest.mark.parametrize("schema", [1, 2])
 async def test_a_store_from_before_the_column_keeps_the_spacing(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, clock: FakeClock, schema: int
 ) -> None:
     """review41: a store upgraded to schema 2 had no time of the last success counted,
-    and the first connection after the upgrade counted one more within the hour."""
+    and the first connection after the upgrade counted one more within the hour; one
+    upgraded to 2 before that was mended is mended too (review42)."""
     import sqlite3
 
     path = tmp_path / STORE_PATH
     store = await PeerStore.open(path, clock=clock)
     await store.record_connected(peer_id="tpa", url="ws://a:1", address=None)
     await store.close()
-    with sqlite3.connect(path) as conn:  # as schema 1 left it
-        conn.execute("ALTER TABLE peers DROP COLUMN counted_at")
-        conn.execute("PRAGMA user_version = 1")
+    with sqlite3.connect(path) as conn:  # as schema 1 left it, or 2 as it was first
+        if schema == 1:
+            conn.execute("ALTER TABLE peers DROP COLUMN counted_at")
+        else:
+            conn.execute("UPDATE peers SET counted_at = NULL")
+        conn.execute(f"PRAGMA user_version = {schema}")
     conn.close()
     clock.advance(10 * MINUTE)
     store = await PeerStore.open(path, clock=clock)

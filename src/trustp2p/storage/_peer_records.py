@@ -79,12 +79,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: when the last success was counted: SUCCESS_SPACING runs from it (review39:
     # taken from last_connected at each start, a node restarted often credited none).
-    # Before, the spacing ran from last_connected (review41: left empty, the first
-    # connection after the upgrade counted again within the hour).
-    (
-        "ALTER TABLE peers ADD COLUMN counted_at REAL",
-        "UPDATE peers SET counted_at = last_connected WHERE successes > 0",
-    ),
+    ("ALTER TABLE peers ADD COLUMN counted_at REAL",),
+    # 3: before 2, the spacing ran from last_connected (review41: left empty, the first
+    # connection after the upgrade counted again within the hour). Its own step: stores
+    # at 2 already get it too (review42).
+    ("UPDATE peers SET counted_at = last_connected WHERE counted_at IS NULL AND successes > 0",),
 )
 
 _PEER_COLUMNS = (
