@@ -101,8 +101,11 @@ async def _started(node: Node, stop: asyncio.Event, timeout: float) -> bool:
         node.log.info("x stopping during the start: the start is undone")
         starting.cancel()
         await asyncio.wait((starting,), timeout=timeout)
-        if node.state is NodeState.STOPPING:  # undoing: its stop has bounds of its own
-            await node.stop()  # (review: cut off here, threads' stop() went unfinished)
+        # Ended anyway (a start() that caught the cancel and returned: review), or
+        # undoing: stopped, within the stop's own bounds (cut off here, threads' stop()
+        # went unfinished: review). Still in a start() that won't end: left behind.
+        if starting.done() or node.state is NodeState.STOPPING:
+            await node.stop()
             await asyncio.wait((starting,), timeout=timeout)
         if starting.done() and not starting.cancelled():
             starting.exception()  # (a start that failed as it was undone: said by it)

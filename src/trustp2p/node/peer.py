@@ -61,7 +61,8 @@ moment behind had its messages dropped (726-915 of 1,600, caught up seconds late
 class SendBacklog:
     """The bytes written without waiting to peers that aren't reading, in all of a
     node's connections (each :class:`PeerConnection` counts its own in it), and by
-    address (``groups``: :func:`~trustp2p.protocol.hosts.share_group`)."""
+    address (``groups``: :func:`~trustp2p.protocol.hosts.share_group`), gossip only
+    (review: a connection's unread answers kept its address's gossip from the others)."""
 
     __slots__ = ("bytes", "groups", "limit")
 
@@ -228,7 +229,7 @@ class PeerConnection:
             self.other_backlog = (count + 1, total + size)
         self.backlog += 1
         self.backlog_bytes += size
-        shared.add(group, size)
+        shared.add(group if gossip else None, size)  # (an address's share: its gossip)
         return None
 
     def fits(self, package: Package, size: int) -> bool:
@@ -262,7 +263,9 @@ class PeerConnection:
         """The peer reads again (or is gone): what it held unread no longer counts;
         those waiting for its introduction look again (it may be gone)."""
         self._wake()
-        self.shared.release(self.group, self.backlog_bytes)
+        gossip = self.gossip_backlog[1]
+        self.shared.release(self.group, gossip)
+        self.shared.release(None, self.backlog_bytes - gossip)
         self.backlog = self.backlog_bytes = 0
         self.gossip_backlog = self.other_backlog = (0, 0)
 
