@@ -79,11 +79,12 @@ async def _run(options: NodeOptions, signals: _Signals) -> int:
 
 async def _started(node: Node, stop: asyncio.Event, timeout: float) -> bool:
     """
-    Start ``node``; False if ``stop`` was set first (a signal): the start is cancelled,
-    and undone (``timeout`` seconds at most for it to end). Found by a tester: a signal
-    during the start was acted on once it ended, after a thread's slow ``start()`` or
-    the wait for a stopping node's identity (the node listened, then stopped), and
-    never if a ``start()`` hung: only ``kill -9`` ended the process.
+    Start ``node``; False if ``stop`` was set first (a signal): the start is cancelled
+    and undone, or stopped if it ended anyway; one that doesn't end within ``timeout``
+    of its cancel (a thread's ``start()`` that ignores it) is left behind. Found by a
+    tester: a signal during the start was acted on once it ended, after a thread's slow
+    ``start()`` or the wait for a stopping node's identity (the node listened, then
+    stopped), and never if a ``start()`` hung: only ``kill -9`` ended the process.
 
     Raises:
         TrustP2PError: As :meth:`~trustp2p.Node.start` raises it.
