@@ -26,7 +26,7 @@ from trustp2p.protocol.gossip import (
     split_stream_key,
     stream_key,
 )
-from trustp2p.protocol.gossip.streams import CLOCK_SKEW, UNANSWERED_GAP_FACTOR
+from trustp2p.protocol.gossip.streams import CLOCK_SKEW, START_AGE, UNANSWERED_GAP_FACTOR
 
 from ..conftest import FakeClock
 
@@ -233,6 +233,44 @@ def test_a_gap_is_skipped_at_exactly_gap_timeout() -> None:
     # The skipped messages arrive late: dropped, never out of order.
     assert streams.is_stale(_message(2))
     assert streams.add(_message(2), None) == []
+
+
+def test_a_stream_without_a_mark_starts_where_the_peers_history_does() -> None:
+    """Found by an attacker (and with a long honest history): a new subscriber got no
+    live message of an origin for gap_timeout, because the hub no longer kept the
+    stream's first messages. Held ones START_AGE old or more: nobody will bring the
+    numbers before them; a start, said apart from losses, not counted as skipped."""
+    streams, marks, _ = _streams()
+    old = NOW_MS - int(START_AGE * 1000)
+    streams.add(_message(201, ts=old), "p")
+    streams.add(_message(202, ts=NOW_MS), "p")
+    assert streams.tick() == ([], [STREAM])  # (no peer answered yet: it waits)
+    streams.answered(STREAM, 1, 200)  # the peer's log starts at 201
+    events, waiting = streams.tick()  # at once, not gap_timeout later
+    assert events == [
+        GapSkipped(TOPIC, ALICE.peer_id, 1, 200, "start"),
+        Deliver(_message(201, ts=old), "p"),
+        Deliver(_message(202, ts=NOW_MS), "p"),
+    ]
+    assert waiting == [] and streams.skipped == 0 and marks.marks[STREAM] == 202
+
+
+def test_a_fresh_message_ahead_of_a_streams_first_waits_as_any_gap() -> None:
+    """Message 2 may overtake message 1 on the way: the first of a stream without a
+    mark held younger than START_AGE waits gap_timeout, peers answering or not; so does
+    a stream with a mark (its later gaps are losses, not a start)."""
+    streams, _, clock = _streams()
+    young = NOW_MS - int(START_AGE * 1000) + 1
+    streams.add(_message(2, ts=young), "p")
+    streams.answered(STREAM, 1, 1)
+    assert streams.tick() == ([], [STREAM])
+    clock.advance(GAP_TIMEOUT)
+    assert _skipped(streams.tick()[0]) == [GapSkipped(TOPIC, ALICE.peer_id, 1, 1, "timeout")]
+    marked, _, _ = _streams()
+    marked.add(_message(1), None)
+    marked.add(_message(5, ts=NOW_MS - 60_000), "p")
+    marked.answered(STREAM, 2, 4)
+    assert marked.tick() == ([], [STREAM])
 
 
 def test_the_gap_after_one_skipped_waits_only_for_an_answer() -> None:

@@ -505,10 +505,8 @@ class Gossip:
             if isinstance(event, Deliver):  # (a relay topic's too: its marks move in turn)
                 self._delivery.put("deliver", event.message, event.source)
             else:  # never delivered: an operator's business (a WARNING, see skipped_line)
-                said, where = skipped_line(event)
-                self.node.connections.inbound.log(
-                    logger, logging.WARNING, "gap skipped", said, *where
-                )
+                level, said, where = skipped_line(event)
+                self.node.connections.inbound.log(logger, level, "gap skipped", said, *where)
 
     # Validators and handlers, one message of a topic at a time, in order
 

@@ -47,12 +47,15 @@ def oversized_line(message: GossipMessage, size: int, cap: int) -> tuple[str, tu
     return "! dropped message %d of %s on %r: %d bytes exceed %d", where
 
 
-def skipped_line(event: GapSkipped) -> tuple[str, tuple[object, ...]]:
-    """The log line and its arguments for messages skipped in a gap, never delivered:
-    an operator's business (found by a tester: thousands lost in a burst said only at
-    INFO)."""
+def skipped_line(event: GapSkipped) -> tuple[int, str, tuple[object, ...]]:
+    """The log level, line and its arguments for messages skipped in a gap, never
+    delivered: an operator's business, a WARNING (found by a tester: thousands lost in
+    a burst said only at INFO); history nobody keeps, where a stream starts, at INFO."""
+    if event.reason == "start":
+        where = (event.origin, event.topic, event.last + 1, event.count)
+        return logging.INFO, "= %s on %r starts at seq %d here: no peer keeps the %d before", where
     skipped = (event.count, event.origin, event.topic, event.last + 1, event.reason)
-    return "! %d messages of %s on %r before seq %d skipped (%s)", skipped
+    return logging.WARNING, "! %d messages of %s on %r before seq %d skipped (%s)", skipped
 
 
 def signed_twice(node: Node, log: MessageLog, message: GossipMessage) -> None:

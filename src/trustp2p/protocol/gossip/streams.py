@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_MAX_HELD",
     "DEFAULT_MAX_HELD_BYTES",
     "HELD_MESSAGE_OVERHEAD",
+    "START_AGE",
     "UNANSWERED_GAP_FACTOR",
     "Deliver",
     "DeliveryMarks",
@@ -75,6 +76,15 @@ Stale: TypeAlias = Literal["delivered", "expired", "forgotten"]
 """Why :meth:`Streams.stale` drops a message: released or skipped already
 (``"delivered"``), older than ``max_age`` (``"expired"``), or, of a stream without a
 mark, older than the marks the log forgot, less :data:`CLOCK_SKEW` (``"forgotten"``)."""
+
+START_AGE = 5.0
+"""Seconds old (by its timestamp) the first message held behind the first gap of a
+stream this node has no mark of must be for that gap to be skipped as soon as a peer
+answered without it (a *start*): it can't be on its way any more, and nobody keeps it.
+Found by an attacker (and with a long honest history): a new subscriber got no live
+message of an origin for ``gap_timeout`` (31 s) because the hub no longer kept the
+stream's first messages. A fresher one may have been overtaken by its successor: the
+gap waits ``gap_timeout``, as any."""
 
 UNANSWERED_GAP_FACTOR = 10
 r"""A gap no peer answered a fetch for is skipped after this many ``gap_timeout``\s."""
@@ -177,13 +187,14 @@ class Deliver(Generic[S]):
 @dataclass(frozen=True, slots=True)
 class GapSkipped:
     """Messages ``first`` to ``last`` of ``origin`` on ``topic`` never arrived: given up,
-    after ``gap_timeout`` (``"timeout"``) or because too much was held (``"held"``)."""
+    after ``gap_timeout`` (``"timeout"``) or because too much was held (``"held"``); or,
+    of a stream with no mark, that nobody keeps (``"start"``: :data:`START_AGE`)."""
 
     topic: str
     origin: str
     first: int
     last: int
-    reason: Literal["timeout", "held"]
+    reason: Literal["timeout", "held", "start"]
 
     @property
     def count(self) -> int:
@@ -271,6 +282,7 @@ class Streams(Generic[S]):
         # Streams with a gap -> when it opened; in that order (oldest first).
         self._gap_since: dict[str, float] = {}
         self._answered: set[str] = set()  # streams whose gap a peer answered without
+        self._starts: set[str] = set()  # ...of those, starts (START_AGE): skipped at once
         # Stream -> the highest seq up to which peers answered without every missing
         # number: the gaps after a skipped one that an answer covered go with it.
         self._answered_to: dict[str, int] = {}
@@ -416,7 +428,12 @@ class Streams(Generic[S]):
                 continue
             age = now - since
             answered = stream in self._answered
-            if age >= timeout and (answered or age >= timeout * UNANSWERED_GAP_FACTOR):
+            if stream in self._starts and answered:
+                self._starts.discard(stream)
+                events += self.skip_gap(stream, "start")
+                if stream in self._gap_since:
+                    waiting.append(stream)
+            elif age >= timeout and (answered or age >= timeout * UNANSWERED_GAP_FACTOR):
                 # Past UNANSWERED_GAP_FACTOR gap_timeouts from the opening, the whole gap.
                 events += self.skip_gap(stream, whole=age >= timeout * UNANSWERED_GAP_FACTOR)
                 # The gaps after it that a peer answered without: missing as long.
@@ -440,6 +457,8 @@ class Streams(Generic[S]):
         gap = self.missing(stream) if stream in self._gap_since else None
         if gap is not None and first <= gap[0] <= last:
             self._answered.add(stream)
+            if gap[0] == 1 and self._old(self._held[stream]):
+                self._starts.add(stream)  # (no mark: skipped at the next tick)
             # Every number missing from the gap to last was asked for and didn't come;
             # past the last held message there is no gap yet (found in review: a peer
             # claiming a mark far ahead pre-answered every later gap of the stream).
@@ -447,7 +466,11 @@ class Streams(Generic[S]):
             self._answered_to[stream] = max(last, self._answered_to.get(stream, 0))
 
     def skip_gap(
-        self, stream: str, reason: Literal["timeout", "held"] = "timeout", *, whole: bool = False
+        self,
+        stream: str,
+        reason: Literal["timeout", "held", "start"] = "timeout",
+        *,
+        whole: bool = False,
     ) -> list[StreamEvent[S]]:
         """
         Give up the gap before ``stream``'s first held message: move the mark past it
@@ -464,6 +487,7 @@ class Streams(Generic[S]):
         if stream not in self._held:
             self._gap_since.pop(stream, None)
             self._answered.discard(stream)
+            self._starts.discard(stream)
             self._answered_to.pop(stream, None)
             return events
         gap = self.missing(stream)
@@ -472,22 +496,30 @@ class Streams(Generic[S]):
             return events
         first, last = gap
         asked = self._answered_to.get(stream, 0)
-        if reason == "timeout" and not whole and first <= asked < last:
+        if reason != "held" and not whole and first <= asked < last:
             # Only what peers were asked for and lacked: the refills ask a gap's first
             # numbers (MAX_FETCH_SEQS), and the rest, asked for next, may be held by
             # peers (attacker30: a gap of 12,000 numbers skipped whole at its timeout
             # lost ~9,000 messages the peers still kept).
             last = asked
-        self.skipped += last - first + 1
+        if reason != "start":  # (a start is history this node never had, not a loss)
+            self.skipped += last - first + 1
         topic, origin = split_stream_key(stream)
         events.append(GapSkipped(topic, origin, first, last, reason))
         self._marks.mark_delivered(stream, last)
         if last < gap[1]:  # the rest of the gap waits for an answer without it
             self._answered.discard(stream)
+            self._starts.discard(stream)
             self._answered_to.pop(stream, None)
             return events
         self._release(stream, events)
         return events
+
+    def _old(self, held: _Held[S]) -> bool:
+        """Whether the first message ``held`` is :data:`START_AGE` old or more."""
+        entry = held.entries.get(held.seqs[0]) if held.seqs else None
+        cutoff = (self._wall_clock() - START_AGE) * 1000
+        return entry is not None and entry[0].timestamp <= cutoff
 
     def _hold(
         self, message: GossipMessage, entry: tuple[GossipMessage, S] | None
@@ -527,12 +559,14 @@ class Streams(Generic[S]):
             del self._held[stream]
             self._gap_since.pop(stream, None)
             self._answered.discard(stream)
+            self._starts.discard(stream)
             self._answered_to.pop(stream, None)
         elif following > start or stream not in self._gap_since:
             # A new gap (or the first): it waits gap_timeout from now, behind the others;
             # answered already if a peer answered without its first number.
             self._gap_since.pop(stream, None)
             self._gap_since[stream] = self._clock()
+            self._starts.discard(stream)  # (a new gap: after a delivered number, no start)
             if following <= self._answered_to.get(stream, 0):
                 self._answered.add(stream)
             else:
