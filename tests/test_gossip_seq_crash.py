@@ -288,4 +288,3 @@ async def test_a_publish_cancelled_once_signed_is_still_sent_in_turn(
         await wait_for(lambda: got == [1, 2, 3])
     finally:
         await node.stop()
-
