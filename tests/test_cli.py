@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -368,6 +369,18 @@ def test_ctrl_c_at_any_moment_exits_130_quietly(tmp_path: Path, moment: str) -> 
     assert "Traceback" not in process.output
 
 
+def _exit_code(process: Spawned) -> int | None:
+    """The process's exit status within 10 s; None, and the process killed, if it
+    didn't exit (a failing test leaves no process behind)."""
+    try:
+        return process.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.process.kill()
+        return None
+    finally:
+        process.stop()
+
+
 _HANGING_START = """
 import asyncio
 from trustp2p import EventMap, PackageType, Thread
@@ -414,8 +427,7 @@ def test_a_signal_during_a_start_that_hangs_stops_the_node(
     process = Spawned("server", "--cwd", str(tmp_path), "--port", "0")
     process.wait_for_output("start() waits for a backend")
     process.process.send_signal(signum)
-    assert process.process.wait(timeout=10) == code, process.output
-    process.stop()
+    assert _exit_code(process) == code, process.output
     assert "x stopping during the start: the start is undone" in process.output
     assert "Traceback" not in process.output
     if stubborn == "returns":  # the start went on: the node is stopped as it runs
@@ -453,8 +465,7 @@ def test_a_start_undone_after_a_signal_stops_every_thread_it_started(tmp_path: P
     process = Spawned("server", "--cwd", str(tmp_path), "--port", "0", "--close-timeout", "1")
     process.wait_for_output("start() waits for a backend")
     process.process.send_signal(signal.SIGTERM)
-    assert process.process.wait(timeout=10) == 0, process.output
-    process.stop()
+    assert _exit_code(process) == 0, process.output
     for said in ("stop() 1 done", "stop() 2 done", "x failed start undone"):
         assert said in process.output, process.output
     assert "exiting without" not in process.output
