@@ -56,7 +56,7 @@ from ..tasks import TaskOwner
 from ..threads.loader import check_handler
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
-from .gossip_drops import oversized_line, signed_twice, skipped_line, too_old_line
+from .gossip_drops import oversized_line, say_skipped, signed_twice, too_old_line
 from .gossip_log import delivered, open_log, to_logged, undelivered
 from .gossip_publish import NobodyCarries, checked_payload, keep_task, wait_for_peers, wait_until
 from .gossip_send import make_router
@@ -504,9 +504,8 @@ class Gossip:
         for event in events:
             if isinstance(event, Deliver):  # (a relay topic's too: its marks move in turn)
                 self._delivery.put("deliver", event.message, event.source)
-            else:  # never delivered: an operator's business (a WARNING, see skipped_line)
-                level, said, where = skipped_line(event)
-                self.node.connections.inbound.log(logger, level, "gap skipped", said, *where)
+            else:  # never delivered: an operator's business (see say_skipped)
+                say_skipped(self.node, event)
 
     # Validators and handlers, one message of a topic at a time, in order
 
