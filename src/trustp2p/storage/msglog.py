@@ -399,14 +399,17 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         of sending, restarted, numbered its next messages as the last ones, and its peers
         dropped them).
         """
-        last = self._sequences.get(origin, 0)
-        logged = self._messages.origins.get(origin)
-        if logged is not None:
-            last = max(last, logged.last())
-        last = max(last, self._delivered.get(origin, 0)) + 1
+        last = self._last_used(origin) + 1
         self._sequences[origin] = last
         self._dirty_sequences.add(origin)
         return last
+
+    def _last_used(self, origin: str) -> int:
+        """The highest number of ``origin`` the log knows was used (0 for none): one
+        :meth:`next_seq` returned, a message kept, or a delivery mark."""
+        last = max(self._sequences.get(origin, 0), self._delivered.get(origin, 0))
+        logged = self._messages.origins.get(origin)
+        return last if logged is None else max(last, logged.last())
 
     def knows_seq(self, origin: str) -> bool:
         """Whether the log knows a number of ``origin`` (a stream key) was used: one
@@ -420,10 +423,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
     def seq_used(self, origin: str, seq: int) -> bool:
         """``origin``'s (a stream key's) numbers up to ``seq`` were used (peers keep
         them): :meth:`next_seq` returns one past it from now on. True if that moved it."""
-        if seq <= max(self._sequences.get(origin, 0), self._delivered.get(origin, 0)):
-            return False
-        logged = self._messages.origins.get(origin)
-        if logged is not None and seq <= logged.last():
+        if seq <= self._last_used(origin):
             return False
         self._sequences[origin] = seq
         self._dirty_sequences.add(origin)
