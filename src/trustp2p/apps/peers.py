@@ -70,7 +70,7 @@ def pick_blocks(
     """
     The blocks that ``keys`` name, and an error for each key that names none (or more
     than one). A key is a peer id, or its first characters if no other blocked id
-    starts with them (``trustp2p peers`` shows ``tp2p_`` and 8 more); or an IP address
+    starts with them (``trustp2p peers`` shows ``tp`` and 8 more); or an IP address
     (an IPv6 address names its /64's block), or an address block as listed.
     """
     chosen: list[BlockRow] = []
