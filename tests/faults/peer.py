@@ -112,6 +112,15 @@ async def main(options: dict[str, Any]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+    # Ignored from now on, as the CLI does: a second SIGTERM (Child.stop sends one if the
+    # process is still alive) found the default action once asyncio.run removed the
+    # handlers, and the process exited -15 after a clean stop (CI, stop 43).
+    handled = {signal.SIGTERM, signal.SIGINT}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+    for signum in handled:
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
     await node.stop()
     print("stopped", flush=True)
 
