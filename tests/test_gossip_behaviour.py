@@ -361,11 +361,11 @@ async def test_a_bug_in_one_delivery_doesnt_end_delivery(
         validate = service._validate
         failed: list[int] = []
 
-        async def buggy(message: GossipMessage, socket: Socket | None) -> None:
+        async def buggy(message: GossipMessage, socket: Socket | None, via: Socket | None) -> None:
             if not failed:
                 failed.append(message.seq)
                 raise RuntimeError("a bug")
-            await validate(message, socket)
+            await validate(message, socket, via)
 
         monkeypatch.setattr(service, "_validate", buggy)
         service.set_validator("chat", lambda message: Validation.ACCEPT)

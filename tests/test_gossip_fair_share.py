@@ -13,7 +13,7 @@ from trustp2p import Node
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from trustp2p.identity import Identity
 from trustp2p.options import NodeOptions
-from trustp2p.protocol.gossip import FairShare, GossipMessage, sign_message
+from trustp2p.protocol.gossip import FairShare, GossipMessage, sign_message, stream_key
 from trustp2p.protocol.hosts import share_group
 from trustp2p.protocol.package import PackageType, build_package
 
@@ -118,3 +118,33 @@ async def test_identities_of_one_address_share_one_share_of_the_node_rate(
             assert groups[:2] == ["twin", "twin"]
         finally:
             await second.stop()
+
+
+async def test_a_hubs_log_keeps_an_origin_through_another_addresss_many_origins() -> None:
+    # Found by an attacker (attacker34 F1): 200 throwaway origins from one address left
+    # an honest origin 50 messages of a hub's log, and new subscribers lost the rest.
+    # The log shares a topic by the address that delivered the messages first: shared
+    # by origin, the honest 20 here had 40 / 101 messages of room.
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "flood") as flooder,
+        memory_node(hub, "light") as light,
+        memory_node(hub, "server", log_max_messages=40) as server,
+    ):
+        delivered: list[GossipMessage] = []
+        server.subscribe("chat", delivered.append)
+        for node in (flooder, light):
+            node.subscribe("chat")
+            assert node.client is not None and server.url is not None
+            node.client.connect(server.url)
+        await wait_for(lambda: subscribed(server, "chat", 2))
+        for number in range(20):
+            await light.publish("chat", {"n": number})
+        await wait_for(lambda: len(delivered) == 20)
+        await flood(flooder, 100)
+        await wait_for(lambda: len(delivered) == 120)
+        assert server.gossip is not None and server.gossip.message_log is not None
+        log = server.gossip.message_log
+        assert len(log) == 40
+        assert log.first_seq(stream_key("chat", light.peer_id)) == 1
+        assert log.last_seq(stream_key("chat", light.peer_id)) == 20

@@ -57,7 +57,7 @@ from ..threads.loader import check_handler
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
 from .gossip_drops import oversized_line, say_skipped, signed_twice, too_old_line
-from .gossip_log import delivered, open_log, to_logged, undelivered
+from .gossip_log import OWN_SOURCE, delivered, log_source, open_log, to_logged, undelivered
 from .gossip_publish import NobodyCarries, checked_payload, keep_task, wait_for_peers, wait_until
 from .gossip_send import make_router
 from .gossip_validate import (
@@ -213,7 +213,7 @@ class Gossip:
         seq = self._log.next_seq(stream_key(topic, identity.peer_id))
         self._published.add(topic)
         message = sign_message(identity, topic, seq, int(self._wall_clock() * 1000), data)
-        self._log.add(to_logged(message))
+        self._log.add(to_logged(message), OWN_SOURCE)
         return message, size
 
     def _send(self, message: GossipMessage) -> list[Socket]:
@@ -462,11 +462,10 @@ class Gossip:
             else:
                 self._too_old(message, stale, live=live)
             return False
-        source = socket if live else None
-        if message.topic in self._validators:
-            self._delivery.put("validate", message, source)
+        if message.topic in self._validators:  # (caught up: "check", never held)
+            self._delivery.put("validate" if live else "check", message, socket)
         else:
-            self._accepted(source, message, forward=live)
+            self._accepted(socket if live else None, message, forward=live, via=socket)
         return True
 
     def _too_old(self, message: GossipMessage, why: Stale, *, live: bool) -> None:
@@ -488,9 +487,12 @@ class Gossip:
         *,
         forward: bool = False,
         logged: bool = False,
+        via: Socket | None = None,
     ) -> None:
-        """A message passed validation: log it, send it on, deliver it in turn."""
-        if not logged and not self._log.add(to_logged(message)):
+        """A message passed validation: log it (``via``'s, else ``socket``'s), send it
+        on, deliver it in turn."""
+        source = log_source(self.node, via or socket)  # (not stored: see MessageLog.add)
+        if not logged and not self._log.add(to_logged(message), source):
             signed_twice(self.node, self._log, message)
         if forward:
             self.router.forward(socket.id if socket is not None else None, message)
@@ -512,8 +514,8 @@ class Gossip:
     async def _work(self, kind: str, message: GossipMessage, socket: Socket | None) -> None:
         if not self._threads_started.is_set():  # (the queue keeps the order meanwhile)
             await self._threads_started.wait()
-        if kind == "validate":
-            await self._validate(message, socket)
+        if kind != "deliver":  # "validate" (live, from socket), "check" (caught up from it)
+            await self._validate(message, socket if kind == "validate" else None, socket)
         else:
             called = await call_handlers(self.node, self._handlers, message, socket)
             await self._delivered(message, called > 0)
@@ -544,12 +546,14 @@ class Gossip:
         if self.node.options.durable_delivery:
             await self._log.flush()
 
-    async def _validate(self, message: GossipMessage, socket: Socket | None) -> None:
+    async def _validate(
+        self, message: GossipMessage, socket: Socket | None, via: Socket | None
+    ) -> None:
         verdict = await judge(self._validators.get(message.topic), message)
         count(self.node.metrics.validation, verdict.value)
         if verdict is Validation.ACCEPT:  # (socket None: caught up, or its peer went)
             self.router.accept(socket.id if socket is not None else None, message)
-            self._accepted(socket, message, forward=socket is not None)
+            self._accepted(socket, message, forward=socket is not None, via=via)
             return
         # Refused: it takes its turn without being delivered.
         self.router.refuse(message.id)

@@ -67,8 +67,9 @@ def _weight(message: GossipMessage) -> int:
 
 
 Item = tuple[str, "GossipMessage", "Socket | None"]
-"""``(kind, message, source)``: ``"validate"`` or ``"deliver"``, the message, and the
-peer it came from (``None``: the node's own, or caught up)."""
+"""``(kind, message, source)``: ``"validate"``, ``"check"`` (validate a message caught
+up from ``source``: its reading is never held for it) or ``"deliver"``, the message,
+and the peer it came from (``None``: the node's own, or caught up)."""
 
 Work = Callable[[str, "GossipMessage", "Socket | None"], Awaitable[None]]
 """``work(kind, message, source)``: validate (``"validate"``) or deliver a message."""
@@ -166,7 +167,7 @@ class TopicQueues:
         size = _weight(message)
         self.waiting += size
         self._bytes[topic] += size
-        if source is not None and self.over(topic) and not self._holds(source):
+        if source is not None and kind != "check" and self.over(topic) and not self._holds(source):
             conn = self._connection(source)
             if conn is not None:
                 if topic not in self._held:  # once a round: an operator's business

@@ -5,7 +5,15 @@ in one key), the router knows messages. :func:`open_log` opens a node's log.
 
 from __future__ import annotations
 
-__all__ = ["delivered", "from_logged", "open_log", "to_logged", "undelivered"]
+__all__ = [
+    "OWN_SOURCE",
+    "delivered",
+    "from_logged",
+    "log_source",
+    "open_log",
+    "to_logged",
+    "undelivered",
+]
 
 import base64
 import operator
@@ -14,12 +22,31 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..protocol.gossip import DeliveryMarks, GossipMessage, split_stream_key, stream_key
-from ..storage.msglog import LOG_FILE, LoggedMessage, MessageLog
+from ..storage.msglog import LOADED, LOG_FILE, LoggedMessage, MessageLog
 
 if TYPE_CHECKING:
+    from ..drivers.base import Socket
     from .node import Node
 
 _ALL = 2**63 - 1  # past any seq
+
+OWN_SOURCE = "(own)"
+"""The source the log counts the node's own messages for (see :func:`log_source`)."""
+
+
+def log_source(node: Node, socket: Socket | None) -> str:
+    """
+    The source the message log counts a message delivered by ``socket`` for
+    (:meth:`~trustp2p.storage.msglog.MessageLog.add` shares a topic among sources):
+    its peer's address group, as the node-wide budgets share (a local peer's, unless
+    ``limit_loopback``: its own); None (a caller without the peer) the messages read
+    from the disk's.
+    """
+    if socket is None:
+        return LOADED
+    connections = node.connections
+    return connections.share_group(socket) or connections.budget_key(socket)
+
 
 _RECENT_MAX = 1024
 _RECENT_DATA_MAX = 4096  # characters: a node with small log limits pins at most 4 MiB

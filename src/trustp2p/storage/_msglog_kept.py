@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterable, Iterator
 
 from ._msglog_records import Entry, Loaded, LoggedMessage, Origin, Topic, entry_position, take
+from ._msglog_shares import LOADED
 
 
 class KeptMessages:
@@ -92,9 +93,9 @@ class KeptMessages:
         entries = (entry for entry in map(logged.get, seqs) if entry is not None)
         return take((entry[0] for entry in entries), sys.maxsize, limit, max_bytes)
 
-    def insert(self, entry: Entry, *, new: bool = True) -> Topic | None:
-        """Keep ``entry`` (to be written if ``new``), and drop one of its topic's
-        messages past ``max_messages`` (see :meth:`_evict`)."""
+    def insert(self, entry: Entry, *, new: bool = True, source: str = LOADED) -> Topic | None:
+        """Keep ``entry`` (to be written if ``new``), delivered by ``source``, and drop
+        one of its topic's messages past ``max_messages`` (see :meth:`_evict`)."""
         message = entry[0]
         origin, seq = message.origin, message.seq
         logged = self.origins.get(origin)
@@ -106,7 +107,7 @@ class KeptMessages:
         topic = self.topics.get(message.topic)
         if topic is None:
             topic = self.topics[message.topic] = Topic(message.topic)
-        kept = topic.add(entry)
+        kept = topic.add(entry, source)
         self.size += 1
         if new:
             self.pending[entry[2]] = entry
@@ -128,9 +129,12 @@ class KeptMessages:
 
     def _evict(self, topic: Topic) -> None:
         """Make room in a full ``topic``: drop its oldest message if its origin has more
-        than its share (``max_messages`` over the number of origins), else the lowest-
-        numbered of the origin with the most. Then a flood, from one origin or many new
-        ones, can't push out the messages of an origin within its share."""
+        than its share, else the lowest-numbered of the origin with the most of the
+        source with the most. A topic is shared among the sources that delivered its
+        messages (address groups), then within a source among its origins (see
+        :class:`~._msglog_shares.Shares`). Then a flood, from one origin or many new
+        ones, can't push out the messages of an origin within its share, nor one
+        address's many origins those of another address."""
         oldest = topic.oldest()
         assert oldest is not None  # a full topic
         if topic.over_share(oldest[0].origin, self.max_messages):

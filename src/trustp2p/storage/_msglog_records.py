@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from ._msglog_shares import LOADED, Shares
 from .writebehind import Database
 
 # The log's messages read as if they came from the log's module.
@@ -215,9 +216,14 @@ class _Numbered(Generic[T]):
 
 
 class Seqs(_Numbered[int]):
-    """Distinct sequence numbers in ascending order."""
+    """Distinct sequence numbers in ascending order, an origin's in a topic, and the
+    source its messages there count for (see :class:`~._msglog_shares.Shares`)."""
 
-    __slots__ = ()
+    __slots__ = ("source",)
+
+    def __init__(self, source: str = LOADED) -> None:
+        super().__init__()
+        self.source = source
 
     @staticmethod
     def seq(item: int) -> int:
@@ -248,31 +254,31 @@ class Topic:
     (``len(data)``) of the messages kept, in all and by origin (``weights``).
     """
 
-    __slots__ = ("dropped", "entries", "heavy", "name", "origins", "sizes", "weight", "weights")
+    __slots__ = ("dropped", "entries", "heavy", "name", "origins", "shares", "weight", "weights")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.entries: deque[Entry] = deque()
         self.origins: dict[str, Seqs] = {}
         self.dropped: set[int] = set()
-        self.sizes: Sizes | None = None  # made when the topic first fills up
+        self.shares = Shares()  # whose messages a full topic drops
         self.weight = 0
         self.weights: dict[str, int] = {}
         # (-weight, origin), some stale: made when the topic is first too heavy.
         self.heavy: list[tuple[int, str]] | None = None
 
-    def add(self, entry: Entry) -> int:
-        """Keep ``entry``, the newest; return how many are kept now."""
+    def add(self, entry: Entry, source: str = LOADED) -> int:
+        """Keep ``entry``, the newest, delivered by ``source`` (an address group);
+        return how many are kept now."""
         entries = self.entries
         entries.append(entry)
         message = entry[0]
         origin = message.origin
         seqs = self.origins.get(origin)
         if seqs is None:
-            seqs = self.origins[origin] = Seqs()
+            seqs = self.origins[origin] = Seqs(source)
         seqs.add(message.seq)
-        if self.sizes is not None:
-            self.sizes.move(origin, len(seqs) - 1, len(seqs))
+        self.shares.add(origin, seqs.source, len(seqs))
         size = len(message.data)  # (inline: this runs for every message logged)
         weight = self.weights[origin] = self.weights.get(origin, 0) + size
         self.weight += size
@@ -289,8 +295,7 @@ class Topic:
             seqs.remove(seq)
         else:
             del self.origins[origin]
-        if self.sizes is not None:
-            self.sizes.move(origin, size, size - 1)
+        self.shares.remove(origin, seqs.source, size - 1)
         self.weight -= weight
         if size > 1:
             left = self.weights[origin] = self.weights[origin] - weight
@@ -329,14 +334,18 @@ class Topic:
         return origin, self.origins[origin].first()
 
     def over_share(self, origin: str, max_messages: int) -> bool:
-        """Whether ``origin`` has more than ``max_messages`` over the number of origins."""
-        return len(self.origins[origin]) * len(self.origins) > max_messages
+        """Whether ``origin`` has more than its share of ``max_messages`` (see
+        :meth:`~._msglog_shares.Shares.over_share`)."""
+        seqs = self.origins[origin]
+        return self.shares.over_share(seqs.source, len(seqs), max_messages)
 
     def largest(self) -> tuple[str, int]:
-        """The origin with the most messages here, and its lowest number."""
-        if self.sizes is None:
-            self.sizes = Sizes(self.origins)
-        origin = self.sizes.largest()
+        """The origin with the most messages of the source with the most, and its
+        lowest number."""
+        shares = self.shares
+        if not shares.full:
+            shares.fill((o, seqs.source, len(seqs)) for o, seqs in self.origins.items())
+        origin = shares.largest()
         return origin, self.origins[origin].first()
 
     def __len__(self) -> int:
@@ -390,41 +399,6 @@ def take(
 def entry_position(entry: Entry) -> int:
     """An entry's position in the log: the order it was logged in."""
     return entry[2]
-
-
-class Sizes:
-    """How many numbers each origin of a topic has, grouped by size: the largest in O(1)."""
-
-    __slots__ = ("_by_size", "_most")
-
-    def __init__(self, origins: dict[str, Seqs]) -> None:
-        # Each group a dict, not a set: the same origin is the largest in every run.
-        self._by_size: dict[int, dict[str, None]] = {}
-        for origin, seqs in origins.items():
-            self._by_size.setdefault(len(seqs), {})[origin] = None
-        self._most = max(self._by_size, default=0)
-
-    def move(self, origin: str, before: int, after: int) -> None:
-        """``origin`` had ``before`` numbers and has ``after`` (one more or one fewer)."""
-        by_size = self._by_size
-        if before:
-            group = by_size[before]
-            if next(reversed(group)) == origin:  # the usual: largest() named it
-                group.popitem()  # unlike del, lets go of the slot: no scan grows
-            else:
-                del group[origin]
-            if not group:
-                del by_size[before]
-        if after:
-            by_size.setdefault(after, {})[origin] = None
-        if after > self._most:
-            self._most = after
-        elif self._most not in by_size:  # the one with the most moved down
-            self._most = after or max(by_size, default=0)
-
-    def largest(self) -> str:
-        """An origin with the most numbers (the last to get there); there is one."""
-        return next(reversed(self._by_size[self._most]))
 
 
 @dataclass(slots=True)

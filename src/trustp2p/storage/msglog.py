@@ -48,6 +48,7 @@ it; they are not thread-safe.
 from __future__ import annotations
 
 __all__ = [
+    "LOADED",
     "LOG_FILE",
     "LOG_PATH",
     "MARK_GRACE",
@@ -74,6 +75,7 @@ from ._msglog_records import (
     MessageDatabase,
     entry_position,
 )
+from ._msglog_shares import LOADED
 from .memory import MemoryShelf
 from .writebehind import WriteBehind
 
@@ -220,15 +222,19 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         await log._start()
         return log
 
-    def add(self, message: LoggedMessage) -> bool:
+    def add(self, message: LoggedMessage, source: str = LOADED) -> bool:
         """
         Log a message (in memory; it is written by the next flush). Cheap enough to call
         per message.
 
         The message is stored as given: verify it first. Past ``max_messages`` in its
         topic, one message is dropped, the topic's oldest or, if its origin is within
-        its share, the lowest-numbered of the origin with the most (possibly this one);
-        so are the topic's messages received more than ``max_age`` seconds ago. Past
+        its share, the lowest-numbered of the origin with the most of the source with
+        the most (possibly this one). A topic is shared among the sources of its
+        messages, then each source's share among its origins: origins are free keys,
+        and one address's many origins would otherwise push out the history of
+        everyone else's (an attacker's test). The topic's messages received more than
+        ``max_age`` seconds ago are dropped too. Past
         ``max_bytes`` in all topics, the topic holding the most payload drops messages
         until under it: its oldest if its origin holds more than its share of the
         topic's payload, else the lowest-numbered of the origin holding the most (one
@@ -239,6 +245,11 @@ class MessageLog(WriteBehind[Batch, Loaded]):
 
         Args:
             message: A verified message.
+            source: Who delivered it: the node gives the address group of the peer it
+                came from (:func:`~trustp2p.protocol.hosts.share_group`), its own
+                messages one of their own. An origin's messages in a topic count for
+                the source of the first of them kept. Sources aren't stored: the
+                messages read at open share one.
 
         Returns:
             True if it was added; False if a message with its ``(origin, seq)`` is
@@ -248,7 +259,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         received = self._clock()
         position = self._next_position
         entry = (message, received, position)
-        topic = self._messages.insert(entry)
+        topic = self._messages.insert(entry, source=source)
         if topic is None:
             return False
         self._next_position = position + 1
