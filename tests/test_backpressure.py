@@ -25,6 +25,7 @@ from trustp2p import (
 )
 from trustp2p.node.peer import PeerConnection, SendBacklog
 from trustp2p.options import NodeOptions
+from trustp2p.protocol.hosts import is_loopback, share_group
 from trustp2p.protocol.package import build_package
 
 from .nodes import MakeNode, wait_for
@@ -173,9 +174,10 @@ def test_one_address_holds_a_quarter_of_the_unread_gossip_at_most() -> None:
     shared = SendBacklog(limit=4000)
     nothing = cast(Any, None)
 
-    def peer(host: str) -> PeerConnection:
+    def peer(host: str) -> PeerConnection:  # (as Connections makes them: its share group)
+        group = None if is_loopback(host) else share_group(host)
         return PeerConnection(cast(Any, SimpleNamespace(host=host)), nothing, nothing,
-                              nothing, shared)  # fmt: skip
+                              nothing, shared, group)  # fmt: skip
 
     one, two, three = peer("10.0.0.5"), peer("10.0.0.5"), peer("2001:db8:0:1::5")
     other, near, local = peer("10.0.0.6"), peer("2001:db8:0:2::9"), peer("127.0.0.1")
@@ -195,6 +197,20 @@ def test_one_address_holds_a_quarter_of_the_unread_gossip_at_most() -> None:
     two.drained()
     assert shared.groups == {"10.0.0.6": 900, "2001:db8::/48": 700}
     assert shared.bytes == 900 + 700 + 1000  # (local's, not an address's)
+
+
+async def test_local_peers_share_their_addresss_backlog_with_limit_loopback(
+    make_node: MakeNode,
+) -> None:
+    # Found in review (review43 F4): local peers were left out of the address's share
+    # even with limit_loopback, which holds them to every other per-address rule.
+    for limit, group in ((False, None), (True, "127.0.0.1")):
+        server = await make_node(server=True, limit_loopback=limit)
+        client = await make_node(client=True, peers=[server.url])
+        await wait_for(lambda node=server: len(node.sockets) == 1)
+        conn = server.connection(server.sockets[0])
+        assert conn is not None and conn.group == group
+        await client.stop()
 
 
 async def test_one_package_always_fits_the_send_queue(make_node: MakeNode) -> None:

@@ -354,7 +354,8 @@ class Connections:
             nonce=node.nonce,
         )
         log = PeerLog(self._logger, {"peer": socket.peer})
-        conn = self._conns[socket.id] = PeerConnection(socket, role, protocol, log, self._backlog)
+        conn = PeerConnection(socket, role, protocol, log, self._backlog, self.share_group(socket))
+        self._conns[socket.id] = conn
         if socket.peer_id is not None:
             self._by_peer_id[socket.peer_id] = conn
         return conn

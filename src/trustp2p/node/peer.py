@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConnectionClosed
 from ..protocol.connection import ConnectionState
-from ..protocol.hosts import is_loopback, share_group
 from ..protocol.limits import WriteStall
 from ..protocol.package import PackageType
 
@@ -140,6 +139,7 @@ class PeerConnection:
         protocol: ConnectionProtocol,
         log: PeerLog,
         shared: SendBacklog | None = None,
+        group: str | None = None,
     ) -> None:
         self.socket = socket
         self.shared = SendBacklog() if shared is None else shared
@@ -157,8 +157,7 @@ class PeerConnection:
         self.held = False  # reading paused: too much of its gossip waits for handlers
         self.oversized = 0  # gossip messages not sent: over the peer's max_package_size
         self.intro_waiters: list[asyncio.Future[None]] = []  # see introduction()
-        host = socket.host
-        self.group = None if host is None or is_loopback(host) else share_group(host)
+        self.group = group  # its address's share of ``shared`` (None: local, none)
 
     async def introduction(self, wait: float = INTRODUCTION_WAIT) -> None:
         """
