@@ -193,6 +193,30 @@ async def test_a_request_waiting_for_the_introduction_ends_with_its_connection(
             await asking
 
 
+async def test_a_reroutable_request_waiting_for_the_introduction_goes_on_elsewhere(
+    make_node: MakeNode,
+) -> None:
+    # Found in review (review43 F3): a reroute=True request whose connection closed
+    # while it waited for the peer's introduction raised ConnectionClosed, though
+    # another server was connected.
+    first = await make_node(server=True, threads=[Echo])
+    second = await make_node(server=True, threads=[Echo])
+    client = await make_node(client=True, peers=[first.url, second.url])
+    assert client.client is not None
+    await wait_for(lambda: len(client.client.sockets) == 2)
+    socket = client.client.sockets[0]
+    conn = client.connection(socket)
+    assert conn is not None
+    conn.protocol.state = ConnectionState.INTRODUCED  # as before the peer's hello came
+    asking = asyncio.ensure_future(
+        client.client.request(socket, "echo", {"n": 1}, reroute=True, timeout=5)
+    )
+    assert not await stays(lambda: asking.done(), 0.05)  # waiting
+    socket.abort()
+    async with asyncio.timeout(4):
+        assert await asking == {"n": 1}  # (Echo answers with the body)
+
+
 class Hang(Thread):
     """Takes requests and never answers; says which node got each."""
 

@@ -39,7 +39,7 @@ from ..protocol.package import (
     build_package,
     check_size,
 )
-from .peer import INTRODUCTION_WAIT
+from .peer import INTRODUCTION_WAIT, PeerConnection
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
@@ -91,10 +91,11 @@ class Requests:
     ) -> None:
         self._loop = loop = asyncio.get_running_loop()
         self._clock = clock = loop_clock(loop)
+        self._reroute = None if reroute_target is None else self._fitting(reroute_target)
         self._table = RequestTable(
             clock=clock,
             send=connections.send_nowait,
-            reroute_target=None if reroute_target is None else self._fitting(reroute_target),
+            reroute_target=self._reroute,
             response_timeout=response_timeout,
             stalled_timeout=stalled_timeout,
         )
@@ -187,8 +188,7 @@ class Requests:
             RemoteError: If the peer answered with an error (``exc.body`` is raw).
             RequestTimeout: If no response arrives within the timeout.
             ConnectionClosed: If the connection is lost first (and can't be rerouted).
-            PackageTooLarge: If the request is over ``max_package_size``, or the
-                peer's (not sent).
+            PackageTooLarge: If the request is over ``max_package_size``, or the peer's (not sent).
             ValueError: If ``package_type`` is not a request type.
 
         """
@@ -203,7 +203,8 @@ class Requests:
         check_size(package, self._max_package_size)  # before the table holds it
         if (conn := self._connections.get(socket.id)) is not None:  # fit(), written out
             if conn.protocol.state is not _OPEN:  # (waited for within its timeout)
-                await conn.introduction(min(INTRODUCTION_WAIT, timeout or INTRODUCTION_WAIT))
+                conn, timeout = await self._introduced(conn, package, reroute, timeout)
+                socket = conn.socket
             check_size(package, conn.protocol.peer_max_size, peer=True)
         now = self._clock()
         waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout, now=now)
@@ -229,6 +230,30 @@ class Requests:
         metrics.requests_answered += 1
         metrics.request_seconds.observe(self._clock() - now)
         return answer
+
+    async def _introduced(
+        self, conn: PeerConnection, package: Package, reroute: bool, timeout: float | None
+    ) -> tuple[PeerConnection, float | None]:
+        """
+        Wait for ``conn``'s peer introduction, within ``timeout``; return the connection
+        the request goes on and the time left of ``timeout``. With ``reroute``, a
+        connection that closes meanwhile passes the request to the next server (found
+        in review: it raised ConnectionClosed with another server connected).
+        """
+        end = None if timeout is None else self._clock() + timeout
+        tried: list[ConnId] = []
+        while True:
+            wait = INTRODUCTION_WAIT if end is None else min(INTRODUCTION_WAIT, end - self._clock())
+            try:
+                await conn.introduction(wait)
+                return conn, None if end is None else max(0.0, end - self._clock())
+            except ConnectionClosed:
+                tried.append(conn.socket.id)
+                target = self._reroute(tried, package) if reroute and self._reroute else None
+                following = None if target is None else self._connections.get(target)
+                if following is None:
+                    raise
+                conn = following
 
     def receive_response(self, socket: Socket, package: Package) -> None:
         """A RESPONSE or HEARTBEAT_PONG arrived on ``socket``: only a RESPONSE answers a
