@@ -25,7 +25,6 @@ __all__ = [
 ]
 
 import bisect
-import heapq
 import logging
 import sqlite3
 from collections import deque
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from ._msglog_shares import LOADED, Shares
+from ._msglog_shares import LOADED, Loads, Shares
 from .writebehind import Database
 
 # The log's messages read as if they came from the log's module.
@@ -251,10 +250,10 @@ class Topic:
     A message dropped before older ones (of the origin with the most messages) stays in
     ``entries`` until it reaches the front or the entries are compacted: its position
     is in ``dropped`` meanwhile. ``len()`` counts the rest. ``weight`` is the payload
-    (``len(data)``) of the messages kept, in all and by origin (``weights``).
+    (``len(data)``) of the messages kept; ``loads`` has it by source and origin.
     """
 
-    __slots__ = ("dropped", "entries", "heavy", "name", "origins", "shares", "weight", "weights")
+    __slots__ = ("dropped", "entries", "loads", "name", "origins", "shares")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -262,10 +261,11 @@ class Topic:
         self.origins: dict[str, Seqs] = {}
         self.dropped: set[int] = set()
         self.shares = Shares()  # whose messages a full topic drops
-        self.weight = 0
-        self.weights: dict[str, int] = {}
-        # (-weight, origin), some stale: made when the topic is first too heavy.
-        self.heavy: list[tuple[int, str]] | None = None
+        self.loads = Loads()  # whose a topic holding too much payload drops
+
+    @property
+    def weight(self) -> int:
+        return self.loads.total
 
     def add(self, entry: Entry, source: str = LOADED) -> int:
         """Keep ``entry``, the newest, delivered by ``source`` (an address group);
@@ -279,11 +279,7 @@ class Topic:
             seqs = self.origins[origin] = Seqs(source)
         seqs.add(message.seq)
         self.shares.add(origin, seqs.source, len(seqs))
-        size = len(message.data)  # (inline: this runs for every message logged)
-        weight = self.weights[origin] = self.weights.get(origin, 0) + size
-        self.weight += size
-        if self.heavy is not None:
-            self._push(origin, weight)
+        self.loads.add(origin, seqs.source, len(message.data))
         return len(entries) - len(self.dropped)
 
     def remove(self, origin: str, seq: int, weight: int) -> None:
@@ -296,42 +292,20 @@ class Topic:
         else:
             del self.origins[origin]
         self.shares.remove(origin, seqs.source, size - 1)
-        self.weight -= weight
-        if size > 1:
-            left = self.weights[origin] = self.weights[origin] - weight
-            if self.heavy is not None:
-                self._push(origin, left)
-        else:
-            del self.weights[origin]
-
-    def _push(self, origin: str, weight: int) -> None:
-        heavy = self.heavy
-        assert heavy is not None  # made by heaviest()
-        if len(heavy) > 2 * len(self.weights) + 64:  # mostly stale: made again
-            self.heavy = [(-w, o) for o, w in self.weights.items()]
-            heapq.heapify(self.heavy)
-        else:
-            heapq.heappush(heavy, (-weight, origin))
+        self.loads.remove(origin, seqs.source, weight, last=size == 1)
 
     def heaviest(self) -> tuple[str, int] | None:
         """
         What to drop to make the topic lighter: None for its oldest message, if its
-        origin holds more than its share of the payload (the weight over the number of
-        origins); else the origin holding the most (more than its share) and its lowest
-        number. Call it on a topic with messages.
+        origin holds more than its share of the payload; else the origin holding the
+        most of the source holding the most, and its lowest number (see
+        :meth:`~._msglog_shares.Loads.heaviest`). Call it on a topic with messages.
         """
         oldest = self.oldest()
         assert oldest is not None  # a topic with messages
-        if self.weights[oldest[0].origin] * len(self.origins) > self.weight:
-            return None
-        heavy, weights = self.heavy, self.weights
-        if heavy is None:
-            heavy = self.heavy = [(-w, o) for o, w in weights.items()]
-            heapq.heapify(heavy)
-        while weights.get(heavy[0][1]) != -heavy[0][0]:
-            heapq.heappop(heavy)  # stale
-        origin = heavy[0][1]
-        return origin, self.origins[origin].first()
+        origin = oldest[0].origin
+        picked = self.loads.heaviest(origin, self.origins[origin].source)
+        return None if picked is None else (picked, self.origins[picked].first())
 
     def over_share(self, origin: str, max_messages: int) -> bool:
         """Whether ``origin`` has more than its share of ``max_messages`` (see

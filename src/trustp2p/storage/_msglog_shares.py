@@ -14,8 +14,9 @@ Private to :mod:`trustp2p.storage`.
 
 from __future__ import annotations
 
-__all__ = ["LOADED", "Shares", "Sizes"]
+__all__ = ["LOADED", "Loads", "Shares", "Sizes"]
 
+import heapq
 from collections.abc import Iterable
 
 LOADED = ""
@@ -133,3 +134,98 @@ class Shares:
         :meth:`fill` was called)."""
         assert self._outer is not None  # made by fill()
         return self._inner[self._outer.largest()].largest()
+
+
+class Loads:
+    """
+    A topic's payload (``len(data)``) by source and, within each source, by origin,
+    and which to drop from when the log holds too much (:meth:`heaviest`): shared as
+    :class:`Shares` shares the number of messages.
+
+    The heaviest are found with heaps of ``(-payload, key)`` (some entries stale, made
+    again when mostly stale), made when the topic is first too heavy.
+    """
+
+    __slots__ = ("_inner", "_outer", "by_source", "sources", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.sources: dict[str, int] = {}  # source -> payload kept
+        self.by_source: dict[str, dict[str, int]] = {}  # source -> origin -> payload kept
+        self._outer: list[tuple[int, str]] | None = None
+        self._inner: dict[str, list[tuple[int, str]]] = {}
+
+    def add(self, origin: str, source: str, size: int) -> None:
+        """A message of ``size`` more of ``origin``, of ``source``."""
+        origins = self.by_source.get(source)
+        if origins is None:
+            origins = self.by_source[source] = {}
+        weight = origins[origin] = origins.get(origin, 0) + size
+        load = self.sources[source] = self.sources.get(source, 0) + size
+        self.total += size
+        if self._outer is not None:
+            self._pushed(origin, source, weight, load)
+
+    def remove(self, origin: str, source: str, size: int, *, last: bool) -> None:
+        """A message of ``size`` less of ``origin`` (its ``last`` kept), of ``source``."""
+        self.total -= size
+        origins = self.by_source[source]
+        if last:
+            del origins[origin]
+            weight = 0
+        else:
+            weight = origins[origin] = origins[origin] - size
+        load = self.sources[source] - size
+        if origins:
+            self.sources[source] = load
+        else:
+            del self.sources[source], self.by_source[source]
+            self._inner.pop(source, None)
+            return
+        if self._outer is not None:
+            self._pushed(origin, source, weight, load)
+
+    def _pushed(self, origin: str, source: str, weight: int, load: int) -> None:
+        outer = self._outer
+        assert outer is not None  # made by heaviest()
+        if len(outer) > 2 * len(self.sources) + 64:  # mostly stale: made again
+            self._outer = _heap(self.sources)
+        else:
+            heapq.heappush(outer, (-load, source))
+        inner = self._inner.get(source)
+        if inner is None or len(inner) > 2 * len(self.by_source[source]) + 64:
+            self._inner[source] = _heap(self.by_source[source])
+        elif weight:
+            heapq.heappush(inner, (-weight, origin))
+
+    def heaviest(self, origin: str, source: str) -> str | None:
+        """
+        What to drop to make the topic lighter, its oldest message being ``origin``'s,
+        of ``source``: None for that message, if the origin holds more than its share
+        (its source at least the payload over the number of sources, the origin more
+        than that over the number of its source's origins; with one source, more than
+        the payload over the number of origins); else the origin holding the most of
+        the source holding the most. Call it on a topic with messages.
+        """
+        sources, total = len(self.sources), self.total
+        origins = self.by_source[source]
+        if self.sources[source] * sources >= total:
+            if origins[origin] * len(origins) * sources > total:
+                return None
+        if self._outer is None:
+            self._outer = _heap(self.sources)
+            self._inner = {key: _heap(kept) for key, kept in self.by_source.items()}
+        outer = self._outer
+        while self.sources.get(outer[0][1]) != -outer[0][0]:
+            heapq.heappop(outer)  # stale
+        heaviest = outer[0][1]
+        inner, kept = self._inner[heaviest], self.by_source[heaviest]
+        while kept.get(inner[0][1]) != -inner[0][0]:
+            heapq.heappop(inner)  # stale
+        return inner[0][1]
+
+
+def _heap(weights: dict[str, int]) -> list[tuple[int, str]]:
+    heap = [(-weight, key) for key, weight in weights.items()]
+    heapq.heapify(heap)
+    return heap
