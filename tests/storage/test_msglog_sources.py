@@ -3,16 +3,21 @@ messages) first, then within a source among its origins: origins are free keys."
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from tests.conftest import FakeClock
+from trustp2p.storage._msglog_records import MessageDatabase
 from trustp2p.storage._msglog_shares import Loads, Shares
+from trustp2p.storage.memory import MemoryShelf
 from trustp2p.storage.msglog import LOG_PATH, LoggedMessage, MessageLog
 
 from .adapters import message
+from .sqlite_helpers import query
 
 HONEST, SYBIL = "192.0.2.1", "198.51.100.7"
 
@@ -81,19 +86,45 @@ async def test_within_a_source_its_origins_share_as_before(clock: FakeClock) -> 
         await log.close()
 
 
-async def test_the_messages_read_at_open_share_one_source(path: Path, clock: FakeClock) -> None:
-    # Sources aren't stored: what a restart reads counts for one, and a flood after
-    # it holds its own share (the honest 40 are within the other half).
+async def test_sources_survive_a_restart(path: Path, clock: FakeClock) -> None:
+    # Found in review: read back as one source, the honest 40 and the flood's 60 shared
+    # it by origin, and the next flood pushed the honest history out oldest first.
     log = await MessageLog.open(path, clock=clock, max_messages=100)
     for seq in range(1, 41):
         log.add(message(seq, origin="tphonest"), HONEST)
+    flood(log, 200, 50)
     await log.close()
+    assert sorted(query(path, "SELECT DISTINCT source FROM messages")) == [(HONEST,), (SYBIL,)]
     log = await MessageLog.open(path, clock=clock, max_messages=100)
     try:
-        flood(log, 200, 50)
+        for seq in range(51, 101):
+            for n in range(200):
+                log.add(message(seq, origin=f"tpsybil{n}"), SYBIL)
         assert seqs(log.range("tphonest", 1, 100)) == list(range(1, 41))
     finally:
         await log.close()
+
+
+async def test_a_schema_2_logs_messages_share_one_source(path: Path, clock: FakeClock) -> None:
+    # Rows logged before sources were stored count for one (LOADED), as they did.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        for migration in MessageDatabase.migrations[:2]:
+            for statement in migration:
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO messages VALUES (1, 'chat', 'tpold', 1, 501.0, '{}', 'k', 's', 'i', ?)",
+            (clock(),),
+        )
+        conn.execute("PRAGMA user_version = 2")
+    log = await MessageLog.open(path, clock=clock, max_messages=100)
+    try:
+        assert seqs(log.range("tpold", 1, 10)) == [1]
+        log.add(message(2, origin="tpold"), HONEST)  # its origin's source: the first's
+        await log.flush()
+    finally:
+        await log.close()
+    assert query(path, "SELECT seq, source FROM messages ORDER BY seq") == [(1, ""), (2, "")]
 
 
 async def test_an_origins_messages_count_for_the_source_of_its_first(clock: FakeClock) -> None:
@@ -211,3 +242,21 @@ def test_loads_name_the_heaviest(steps: list[tuple[str, str, int, bool]]) -> Non
             assert picked is not None
             assert load[source_of[picked]] == max(load.values())
             assert weights[picked] == max(by_source[source_of[picked]].values())
+
+
+async def test_sources_survive_a_restart_on_a_shelf(clock: FakeClock) -> None:
+    # A simulated node's log, kept in memory across its restart, keeps them too.
+    shelf = MemoryShelf()
+    log = await MessageLog.open(None, clock=clock, max_messages=100, shelf=shelf)
+    for seq in range(1, 41):
+        log.add(message(seq, origin="tphonest"), HONEST)
+    flood(log, 200, 50)
+    await log.close()
+    log = await MessageLog.open(None, clock=clock, max_messages=100, shelf=shelf)
+    try:
+        for seq in range(51, 101):
+            for n in range(200):
+                log.add(message(seq, origin=f"tpsybil{n}"), SYBIL)
+        assert seqs(log.range("tphonest", 1, 100)) == list(range(1, 41))
+    finally:
+        await log.close()

@@ -55,14 +55,22 @@ class KeptMessages:
         then those kept ``meanwhile`` after them, renumbered; return the next position."""
         later = sorted(meanwhile.entries(), key=entry_position)
         self.deletes = loaded.deletes
+        sources = loaded.sources
         for entry in loaded.entries:
-            if self.insert(entry, new=False) is None:  # a duplicate row
+            source = sources.get(entry[2], LOADED)
+            if self.insert(entry, new=False, source=source) is None:  # a duplicate row
                 self.deletes.append(entry[2])
         position = loaded.last_position + 1
-        for message, received, _ in later:
-            if self.insert((message, received, position)) is not None:
+        for entry in later:
+            source = meanwhile.source_of(entry)
+            if self.insert((entry[0], entry[1], position), source=source) is not None:
                 position += 1
         return position
+
+    def source_of(self, entry: Entry) -> str:
+        """The source a kept message counts for (its origin's in its topic)."""
+        message = entry[0]
+        return self.topics[message.topic].origins[message.origin].source
 
     def high_water(self, topic: str | None) -> dict[str, int]:
         """See :meth:`~trustp2p.storage.msglog.MessageLog.high_water`."""

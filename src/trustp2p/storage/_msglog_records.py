@@ -82,9 +82,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 2: how often each delivered mark moved, which ranks them when there are too many
     # (a mark's seq, which its origin picks, can't: found in review).
     ("ALTER TABLE delivered ADD COLUMN moves INTEGER NOT NULL DEFAULT 1",),
+    # 3: the source a message counts for (see _msglog_shares): without it, what a
+    # restart read shared one source, and its history went oldest first (review).
+    ("ALTER TABLE messages ADD COLUMN source TEXT NOT NULL DEFAULT ''",),
 )
 
-_MESSAGE_COLUMNS = "position, topic, origin, seq, timestamp, data, key, signature, id, received"
+_MESSAGE_COLUMNS = (
+    "position, topic, origin, seq, timestamp, data, key, signature, id, received, source"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +388,7 @@ class Batch:
     deletes: list[int]
     delivered_keys: set[str]
     sequence_keys: set[str]
+    sources: dict[int, str] = field(default_factory=dict)  # by position, if not LOADED
     delivered: list[tuple[str, int, float, int]] = field(default_factory=list)
     delivered_deletes: list[tuple[str]] = field(default_factory=list)
     sequences: list[tuple[str, int]] = field(default_factory=list)
@@ -397,6 +403,7 @@ class Loaded:
     last_position: int  # the highest in the table, loaded or not
     delivered: list[tuple[str, int, float, int]]  # origin, seq, marked, moves
     sequences: list[tuple[str, int]]
+    sources: dict[int, str] = field(default_factory=dict)  # by position, if not LOADED
 
 
 class MessageDatabase(Database[Batch, Loaded]):
@@ -442,7 +449,7 @@ class MessageDatabase(Database[Batch, Loaded]):
                     signature=str(row[7]),
                     id=str(row[8]),
                 )
-                received = float(row[9])
+                received, source = float(row[9]), str(row[10])
             except (TypeError, ValueError):
                 logger.warning("! dropped malformed message log row %d", row[0])
                 loaded.deletes.append(row[0])
@@ -454,6 +461,8 @@ class MessageDatabase(Database[Batch, Loaded]):
             counts[message.topic] = count + 1
             weight += size
             loaded.entries.append((message, received, row[0]))
+            if source:
+                loaded.sources[row[0]] = source
         loaded.entries.reverse()
         marks = conn.execute("SELECT origin, seq, marked, moves FROM delivered")
         for origin, seq, marked, moves in marks:
@@ -477,7 +486,7 @@ class MessageDatabase(Database[Batch, Loaded]):
         # the loop doesn't touch a batch while it is written.
         conn.executemany(
             f"INSERT OR REPLACE INTO messages ({_MESSAGE_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 (
                     position,
@@ -490,6 +499,7 @@ class MessageDatabase(Database[Batch, Loaded]):
                     m.signature,
                     m.id,
                     received,
+                    batch.sources.get(position, LOADED),
                 )
                 for m, received, position in batch.inserts.values()
             ),

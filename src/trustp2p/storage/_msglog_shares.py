@@ -20,8 +20,8 @@ import heapq
 from collections.abc import Iterable
 
 LOADED = ""
-"""The source of the messages read from the database at start (their sources aren't
-stored), and of those a caller gave none for."""
+"""The source of the messages a caller gave none for, and of those a log of schema 2
+or older held (sources are stored from schema 3 on)."""
 
 
 class Sizes:

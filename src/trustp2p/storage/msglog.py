@@ -248,8 +248,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             source: Who delivered it: the node gives the address group of the peer it
                 came from (:func:`~trustp2p.protocol.hosts.share_group`), its own
                 messages one of their own. An origin's messages in a topic count for
-                the source of the first of them kept. Sources aren't stored: the
-                messages read at open share one.
+                the source of the first of them kept; it is stored with them.
 
         Returns:
             True if it was added; False if a message with its ``(origin, seq)`` is
@@ -512,6 +511,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
                 batch.delivered.append((origin, seq, self._marked[origin], self._moves[origin]))
         for origin in batch.sequence_keys:
             batch.sequences.append((origin, self._sequences[origin]))
+        source_of = messages.source_of
+        batch.sources = {position: source_of(entry) for position, entry in batch.inserts.items()}
         return batch
 
     def _discard_changes(self) -> None:
@@ -532,12 +533,14 @@ class MessageLog(WriteBehind[Batch, Loaded]):
 
     def _snapshot(self) -> Loaded:
         delivered = [(o, s, self._marked[o], self._moves[o]) for o, s in self._delivered.items()]
+        entries = sorted(self._messages.entries(), key=entry_position)
         return Loaded(
-            entries=sorted(self._messages.entries(), key=entry_position),
+            entries=entries,
             deletes=[],
             last_position=self._next_position - 1,
             delivered=delivered,
             sequences=list(self._sequences.items()),
+            sources={entry[2]: self._messages.source_of(entry) for entry in entries},
         )
 
     def _unsaved(self) -> int:
