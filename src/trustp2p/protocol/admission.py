@@ -51,13 +51,21 @@ __all__ = [
 
 import heapq
 import itertools
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .close import CloseCode
 from .hosts import share_group
-from .limits import AddressLimiter, Cooldown, ReconnectStorms, address_key, is_loopback, netgroup
+from .limits import (
+    AddressLimiter,
+    BudgetTable,
+    Cooldown,
+    ReconnectStorms,
+    address_key,
+    is_loopback,
+    netgroup,
+)
 from .peers import peer_key
 
 MAX_CANDIDATES = 4
@@ -481,11 +489,13 @@ def _refusal(cooldown: Cooldown | None) -> Refusal | None:
 
 
 NOTICE_INTERVAL = 10.0
-"""Seconds of the window in which an address (an IPv6 /48) is told why its connections
-were refused at accept :data:`NOTICE_BURST` times; the others are dropped untold."""
+"""Seconds in which an address (an IPv6 /48) is told why its connections were refused
+at accept :data:`NOTICE_BURST` times (a token bucket: one more each
+``NOTICE_INTERVAL / NOTICE_BURST``); the others are dropped untold."""
 
 NOTICE_BURST = 4
-"""Connections of an address refused at accept and told why, per :data:`NOTICE_INTERVAL`."""
+"""Connections of an address refused at accept and told why at once, then
+:data:`NOTICE_BURST` per :data:`NOTICE_INTERVAL`."""
 
 
 class RefusalNotices:
@@ -493,15 +503,16 @@ class RefusalNotices:
     Which connections refused at accept are told why. Telling costs the node the
     connection's WebSocket upgrade and a close frame, where dropping it costs a
     ``close()``: an address (:func:`~trustp2p.protocol.hosts.share_group`: an IPv6 /48)
-    is told :data:`NOTICE_BURST` times per :data:`NOTICE_INTERVAL`, and its other
-    refused connections then are dropped (found by an attacker: 32,540 connections in
-    12 s from one /48, each refused only after its upgrade, kept a node at 61-99 % of a
-    core). A peer that backs off between its dials (trustp2p's wait 1, 2, 4 s...) is
-    told every time. Loopback addresses are always told, unless ``exempt_loopback`` is
-    False (``limit_loopback``). The last ``size`` addresses told are remembered.
+    is told :data:`NOTICE_BURST` times at once, then at :data:`NOTICE_BURST` per
+    :data:`NOTICE_INTERVAL`, and its other refused connections are dropped (found by
+    an attacker: 32,540 connections in 12 s from one /48, each refused only after its
+    upgrade, kept a node at 61-99 % of a core). A peer that backs off between its
+    dials (trustp2p's wait 1, 2, 4 s...) is told every time. Loopback addresses are
+    always told, unless ``exempt_loopback`` is False (``limit_loopback``). The budgets
+    of ``size`` addresses at most are kept (:class:`~trustp2p.protocol.limits.BudgetTable`).
     """
 
-    __slots__ = ("_burst", "_exempt_loopback", "_interval", "_size", "_told")
+    __slots__ = ("_budgets", "_exempt_loopback")
 
     def __init__(
         self,
@@ -511,28 +522,15 @@ class RefusalNotices:
         exempt_loopback: bool = True,
         size: int = 4096,
     ) -> None:
-        self._interval = interval
-        self._burst = burst
+        self._budgets = BudgetTable(burst / interval, burst, max_tracked=size)
         self._exempt_loopback = exempt_loopback
-        self._size = size
-        self._told: OrderedDict[str, tuple[float, int]] = OrderedDict()  # window, told
 
     def tell(self, host: str, now: float) -> bool:
         """A connection from ``host`` is refused at ``now``: whether to tell it why
         (else drop it)."""
         if self._exempt_loopback and is_loopback(host):
             return True
-        group = share_group(host)
-        start, told = self._told.get(group, (now, 0))
-        if now - start >= self._interval:
-            start, told = now, 0
-        if told >= self._burst:
-            return False
-        self._told[group] = (start, told + 1)
-        self._told.move_to_end(group)
-        if len(self._told) > self._size:
-            self._told.popitem(last=False)
-        return True
+        return self._budgets.get(share_group(host), now).take(now)
 
 
 def keep_new_connection(
