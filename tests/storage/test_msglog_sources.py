@@ -31,11 +31,18 @@ def seqs(messages: list[LoggedMessage]) -> list[int]:
     return [m.seq for m in messages]
 
 
-def flood(log: MessageLog, origins: int, each: int, source: str = SYBIL) -> None:
-    """``each`` messages from each of ``origins`` throwaway origins, round-robin."""
-    for seq in range(1, each + 1):
+def flood(log: MessageLog, origins: int, last: int, first: int = 1) -> None:
+    """Numbers ``first`` to ``last`` from each of ``origins`` throwaway origins of one
+    address, round-robin."""
+    for seq in range(first, last + 1):
         for n in range(origins):
-            log.add(message(seq, origin=f"tpsybil{n}"), source)
+            log.add(message(seq, origin=f"tpsybil{n}"), SYBIL)
+
+
+def publish(log: MessageLog, last: int, origin: str = "tphonest") -> None:
+    """Numbers 1 to ``last`` from an honest ``origin`` of another address."""
+    for seq in range(1, last + 1):
+        log.add(message(seq, origin=origin), HONEST)
 
 
 def kept_of(log: MessageLog, prefix: str) -> int:
@@ -49,8 +56,7 @@ async def test_one_addresss_many_origins_hold_one_share(clock: FakeClock) -> Non
     # here kept 100 / 201 of the topic: none of its 40.
     log = await MessageLog.open(None, clock=clock, max_messages=100)
     try:
-        for seq in range(1, 41):
-            log.add(message(seq, origin="tphonest"), HONEST)
+        publish(log, 40)
         flood(log, 200, 50)
         assert seqs(log.range("tphonest", 1, 100)) == list(range(1, 41))
         assert len(log) == 100  # the flood keeps the rest: 60, the newest of its own
@@ -62,8 +68,7 @@ async def test_one_addresss_many_origins_hold_one_share(clock: FakeClock) -> Non
 async def test_a_source_over_its_share_drops_its_oldest(clock: FakeClock) -> None:
     log = await MessageLog.open(None, clock=clock, max_messages=100)
     try:
-        for seq in range(1, 81):
-            log.add(message(seq, origin="tphonest"), HONEST)
+        publish(log, 80)
         flood(log, 200, 50)
         assert seqs(log.range("tphonest", 1, 100)) == list(range(31, 81))  # 100 / 2
     finally:
@@ -75,10 +80,8 @@ async def test_within_a_source_its_origins_share_as_before(clock: FakeClock) -> 
     # among its origins, the lowest numbers of the one with the most dropped first.
     log = await MessageLog.open(None, clock=clock, max_messages=100)
     try:
-        for seq in range(1, 61):
-            log.add(message(seq, origin="tpbig"), HONEST)
-        for seq in range(1, 11):
-            log.add(message(seq, origin="tpsmall"), HONEST)
+        publish(log, 60, "tpbig")
+        publish(log, 10, "tpsmall")
         flood(log, 200, 50)
         assert seqs(log.range("tpsmall", 1, 100)) == list(range(1, 11))
         assert seqs(log.range("tpbig", 1, 100)) == list(range(21, 61))
@@ -90,16 +93,13 @@ async def test_sources_survive_a_restart(path: Path, clock: FakeClock) -> None:
     # Found in review: read back as one source, the honest 40 and the flood's 60 shared
     # it by origin, and the next flood pushed the honest history out oldest first.
     log = await MessageLog.open(path, clock=clock, max_messages=100)
-    for seq in range(1, 41):
-        log.add(message(seq, origin="tphonest"), HONEST)
+    publish(log, 40)
     flood(log, 200, 50)
     await log.close()
     assert sorted(query(path, "SELECT DISTINCT source FROM messages")) == [(HONEST,), (SYBIL,)]
     log = await MessageLog.open(path, clock=clock, max_messages=100)
     try:
-        for seq in range(51, 101):
-            for n in range(200):
-                log.add(message(seq, origin=f"tpsybil{n}"), SYBIL)
+        flood(log, 200, 100, first=51)
         assert seqs(log.range("tphonest", 1, 100)) == list(range(1, 41))
     finally:
         await log.close()
@@ -248,15 +248,12 @@ async def test_sources_survive_a_restart_on_a_shelf(clock: FakeClock) -> None:
     # A simulated node's log, kept in memory across its restart, keeps them too.
     shelf = MemoryShelf()
     log = await MessageLog.open(None, clock=clock, max_messages=100, shelf=shelf)
-    for seq in range(1, 41):
-        log.add(message(seq, origin="tphonest"), HONEST)
+    publish(log, 40)
     flood(log, 200, 50)
     await log.close()
     log = await MessageLog.open(None, clock=clock, max_messages=100, shelf=shelf)
     try:
-        for seq in range(51, 101):
-            for n in range(200):
-                log.add(message(seq, origin=f"tpsybil{n}"), SYBIL)
+        flood(log, 200, 100, first=51)
         assert seqs(log.range("tphonest", 1, 100)) == list(range(1, 41))
     finally:
         await log.close()
