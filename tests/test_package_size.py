@@ -26,6 +26,7 @@ from trustp2p import (
     Thread,
 )
 from trustp2p.drivers.memory import MemoryHub
+from trustp2p.node.peer import PeerConnection
 from trustp2p.protocol.connection import ConnectionState
 from trustp2p.protocol.gossip import stream_key
 from trustp2p.protocol.handshake import MAX_PACKAGE_SIZE_KEY
@@ -207,6 +208,7 @@ async def test_a_reroutable_request_waiting_for_the_introduction_goes_on_elsewhe
     socket = client.client.sockets[0]
     conn = client.connection(socket)
     assert conn is not None
+    await wait_for(lambda: conn.protocol.state is ConnectionState.OPEN)  # its hello came
     conn.protocol.state = ConnectionState.INTRODUCED  # as before the peer's hello came
     asking = asyncio.ensure_future(
         client.client.request(socket, "echo", {"n": 1}, reroute=True, timeout=5)
@@ -215,6 +217,70 @@ async def test_a_reroutable_request_waiting_for_the_introduction_goes_on_elsewhe
     socket.abort()
     async with asyncio.timeout(4):
         assert await asking == {"n": 1}  # (Echo answers with the body)
+
+
+async def test_a_request_whose_timeout_the_introduction_wait_takes_times_out(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found in review (review44 F1): the wait took the whole timeout, the request table
+    # was given 0 s and raised ValueError, which catch-up and peer exchange don't catch.
+    client, socket = await connected_to(make_node, secure=True)
+    conn = client.connection(socket)
+    assert conn is not None
+
+    async def no_hello(conn: PeerConnection, wait: float = 10.0) -> None:
+        await asyncio.sleep(wait + 0.01)  # (the timer may fire a moment early)
+
+    monkeypatch.setattr(PeerConnection, "introduction", no_hello)
+    for reroute in (False, True):
+        conn.protocol.state = ConnectionState.INTRODUCED  # as before the peer's hello came
+        with pytest.raises(RequestTimeout):
+            await client.client.request(socket, "echo", {"n": 1}, reroute=reroute, timeout=0.2)
+    assert client.metrics.requests_timed_out == 2
+
+
+async def test_a_rerouted_request_passes_over_a_server_that_takes_less(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found in review (review44 F4): the server rerouted to, introduced only then, took
+    # smaller packages: PackageTooLarge, with a third server connected.
+    servers = [
+        await make_node(server=True, threads=[Echo], secure=True, **options)
+        for options in ({}, {"max_package_size": SMALL}, {})
+    ]
+    client = await make_node(client=True, secure=True)
+    assert client.client is not None
+    for count, server in enumerate(servers, 1):  # connected in this order: tried in it
+        client.client.connect(server.url)
+        await wait_for(lambda count=count: len(client.client.sockets) == count)
+    first, small, _ = client.client.sockets
+    conns = [client.connection(socket) for socket in (first, small)]
+    assert conns[0] is not None and conns[1] is not None
+    await wait_for(lambda: all(c.protocol.state is ConnectionState.OPEN for c in conns if c))
+    for conn in conns:
+        conn.protocol.state = ConnectionState.INTRODUCED  # as before the peers' hellos came
+    known, conns[1].protocol.peer_max_size = conns[1].protocol.peer_max_size, None
+    introduced: list[bool] = []
+
+    wait_for_hello = PeerConnection.introduction
+
+    async def hello(conn: PeerConnection, wait: float = 10.0) -> None:  # small's: at once
+        if conn is not conns[1]:
+            return await wait_for_hello(conn, wait)
+        conn.protocol.peer_max_size = known
+        conn.protocol.state = ConnectionState.OPEN
+        introduced.append(True)
+
+    monkeypatch.setattr(PeerConnection, "introduction", hello)
+    body = {"text": "x" * SMALL}
+    asking = asyncio.ensure_future(
+        client.client.request(first, "echo", body, reroute=True, timeout=5)
+    )
+    assert not await stays(lambda: asking.done(), 0.05)  # waiting for first's hello
+    first.abort()
+    async with asyncio.timeout(4):
+        assert await asking == body  # from the third server
+    assert introduced == [True]
 
 
 class Hang(Thread):

@@ -239,6 +239,11 @@ class Requests:
         the request goes on and the time left of ``timeout``. With ``reroute``, a
         connection that closes meanwhile passes the request to the next server (found
         in review: it raised ConnectionClosed with another server connected).
+
+        Raises:
+            RequestTimeout: If the wait took the whole ``timeout`` (found in review: the
+                table was given 0 s, and raised ValueError).
+
         """
         end = None if timeout is None else self._clock() + timeout
         tried: list[ConnId] = []
@@ -246,14 +251,24 @@ class Requests:
             wait = INTRODUCTION_WAIT if end is None else min(INTRODUCTION_WAIT, end - self._clock())
             try:
                 await conn.introduction(wait)
-                return conn, None if end is None else max(0.0, end - self._clock())
-            except ConnectionClosed:
+                if tried:  # a server rerouted to: it may take less (review44 F4)
+                    check_size(package, conn.protocol.peer_max_size, peer=True)
+                break
+            except (ConnectionClosed, PackageTooLarge):
                 tried.append(conn.socket.id)
                 target = self._reroute(tried, package) if reroute and self._reroute else None
                 following = None if target is None else self._connections.get(target)
                 if following is None:
                     raise
                 conn = following
+        if end is None:
+            return conn, None
+        if (left := end - self._clock()) > 0:
+            return conn, left
+        assert timeout is not None  # (end is set)
+        self._metrics.requests_sent += 1
+        self._metrics.requests_timed_out += 1
+        raise RequestTimeout(package.event, package.tag, timeout)
 
     def receive_response(self, socket: Socket, package: Package) -> None:
         """A RESPONSE or HEARTBEAT_PONG arrived on ``socket``: only a RESPONSE answers a
