@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from tests.conftest import FakeClock
 from trustp2p.storage._msglog_records import MessageDatabase
-from trustp2p.storage._msglog_shares import Loads, Shares
+from trustp2p.storage._msglog_shares import Loads, Shares, Sizes
 from trustp2p.storage.memory import MemoryShelf
 from trustp2p.storage.msglog import LOG_PATH, LoggedMessage, MessageLog
 
@@ -20,6 +20,7 @@ from .adapters import message
 from .sqlite_helpers import query
 
 HONEST, SYBIL = "192.0.2.1", "198.51.100.7"
+OPS = ("add", "add", "remove", "move")  # what the property tests do, at random
 
 
 @pytest.fixture
@@ -144,21 +145,25 @@ async def test_an_origins_messages_count_for_the_source_of_its_first(clock: Fake
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from("abcdef"), st.sampled_from("xyz"), st.booleans()),
+        st.tuples(st.sampled_from("abcdef"), st.sampled_from("xyz"), st.sampled_from(OPS)),
         max_size=200,
     ),
     st.integers(1, 30),
 )
-def test_shares_count_what_is_kept(steps: list[tuple[str, str, bool]], limit: int) -> None:
+def test_shares_count_what_is_kept(steps: list[tuple[str, str, str]], limit: int) -> None:
     # Against a plain count of (origin, source): the counts, the breadth and the
-    # largest agree after any adds and removes, before and after the sizes are made.
+    # largest agree after any adds, removes and moves (claims), before and after the
+    # sizes are made.
     shares, held, source_of = Shares(), dict[str, int](), dict[str, str]()
-    for origin, source, add in steps:
-        if add:
+    for origin, source, op in steps:
+        if op == "add":
             source = source_of.setdefault(origin, source)
             held[origin] = held.get(origin, 0) + 1
             shares.add(origin, source, held[origin])
-        elif origin in held:
+        elif op == "move" and origin in held and source_of[origin] != source:
+            shares.move(origin, source_of[origin], source, held[origin])
+            source_of[origin] = source
+        elif op == "remove" and origin in held:
             held[origin] -= 1
             shares.remove(origin, source_of[origin], held[origin])
             if not held[origin]:
@@ -202,21 +207,28 @@ async def test_one_addresss_many_origins_hold_one_share_of_the_payload(clock: Fa
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from("abcdef"), st.sampled_from("xyz"), st.integers(1, 50), st.booleans()
+            st.sampled_from("abcdef"),
+            st.sampled_from("xyz"),
+            st.integers(1, 50),
+            st.sampled_from(OPS),
         ),
         max_size=120,
     ),
 )
-def test_loads_name_the_heaviest(steps: list[tuple[str, str, int, bool]]) -> None:
-    # Against a plain list of each origin's messages: after any adds and removes, the
-    # oldest-message rule and the heaviest origin of the heaviest source agree.
+def test_loads_name_the_heaviest(steps: list[tuple[str, str, int, str]]) -> None:
+    # Against a plain list of each origin's messages: after any adds, removes and
+    # moves (claims), the oldest-message rule and the heaviest origin of the heaviest
+    # source agree.
     loads, kept, source_of = Loads(), dict[str, list[int]](), dict[str, str]()
-    for origin, source, size, add in steps:
-        if add:
+    for origin, source, size, op in steps:
+        if op == "add":
             source = source_of.setdefault(origin, source)
             kept.setdefault(origin, []).append(size)
             loads.add(origin, source, size)
-        elif origin in kept:
+        elif op == "move" and origin in kept and source_of[origin] != source:
+            loads.move(origin, source_of[origin], source)
+            source_of[origin] = source
+        elif op == "remove" and origin in kept:
             size = kept[origin].pop(0)
             loads.remove(origin, source_of[origin], size, last=not kept[origin])
             if not kept[origin]:
@@ -254,6 +266,32 @@ async def test_sources_survive_a_restart_on_a_shelf(clock: FakeClock) -> None:
     log = await MessageLog.open(None, clock=clock, max_messages=100, shelf=shelf)
     try:
         flood(log, 200, 100, first=51)
+        assert seqs(log.range("tphonest", 1, 100)) == list(range(1, 41))
+    finally:
+        await log.close()
+
+
+def test_sizes_follow_a_move_of_many() -> None:
+    # A claim moves an origin's messages at once: the one with the most dropping by
+    # more than one may leave another with the most.
+    sizes = Sizes({"x": 5, "y": 4})
+    sizes.move("x", 5, 3)
+    assert sizes.largest() == "y"
+    sizes.move("y", 4, 0)
+    assert sizes.largest() == "x"
+
+
+async def test_a_claim_counts_an_origin_for_its_own_source(clock: FakeClock) -> None:
+    # The node claims an origin for the source of its own connection (review44 F3: a
+    # relay a moment faster took the honest history into the flood's share).
+    log = await MessageLog.open(None, clock=clock, max_messages=100)
+    try:
+        for seq in range(1, 41):  # the flood's relay delivered them first
+            log.add(message(seq, origin="tphonest"), SYBIL)
+        log.claim("tphonest", "chat", HONEST)
+        log.claim("tpnobody", "chat", HONEST)  # nothing kept: nothing to claim
+        log.claim("tphonest", "news", HONEST)  # nor in another topic
+        flood(log, 200, 50)
         assert seqs(log.range("tphonest", 1, 100)) == list(range(1, 41))
     finally:
         await log.close()

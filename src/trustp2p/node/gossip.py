@@ -39,7 +39,6 @@ from ..protocol.gossip import (
     GossipMessage,
     PublishPacing,
     ReleaseMarks,
-    Stale,
     StreamEvent,
     Streams,
     message_size_limit,
@@ -56,8 +55,8 @@ from ..tasks import TaskOwner
 from ..threads.loader import check_handler
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
-from .gossip_drops import oversized_line, say_skipped, signed_twice, too_old_line
-from .gossip_log import OWN_SOURCE, delivered, log_source, open_log, to_logged, undelivered
+from .gossip_drops import oversized_line, say_skipped, say_too_old, signed_twice
+from .gossip_log import OWN_SOURCE, claim, delivered, log_source, open_log, to_logged, undelivered
 from .gossip_publish import NobodyCarries, checked_payload, keep_task, wait_for_peers, wait_until
 from .gossip_send import make_router
 from .gossip_validate import (
@@ -394,6 +393,8 @@ class Gossip:
         # Most copies are duplicates: drop them by id before checking a signature.
         message_id = GossipMessage.peek_id(package.event, package.body)
         if message_id is not None and self.router.duplicate(socket.id, message_id):
+            if package.body.get("origin") == socket.peer_id:  # its publisher's own copy
+                claim(self.node, self._log, socket, package.event)
             return
         connections = self.node.connections  # (identities are free: shared by address)
         key, group = connections.budget_key(socket), connections.share_group(socket)
@@ -460,25 +461,15 @@ class Gossip:
             if stale == "delivered":  # (a copy whose id the router forgot: silent)
                 signed_twice(self.node, self._log, message)
             else:
-                self._too_old(message, stale, live=live)
+                self.too_old += 1
+                marks = (self._log.forgotten_before, self._order.clock_skew)
+                say_too_old(self.node, message, stale, self._wall_clock(), *marks, live=live)
             return False
         if message.topic in self._validators:  # (caught up: "check", never held)
             self._delivery.put("validate" if live else "check", message, socket)
         else:
             self._accepted(socket if live else None, message, forward=live, via=socket)
         return True
-
-    def _too_old(self, message: GossipMessage, why: Stale, *, live: bool) -> None:
-        """A message dropped for its timestamp: counted, and said (live ones within the
-        log budget: an attacker's flood of origins had a lagging clock's dropped unsaid)."""
-        self.too_old += 1
-        count(self.node.metrics.topic_too_old, message.topic, limit=MAX_TOPICS)
-        marks = (self._log.forgotten_before, self._order.clock_skew)
-        text, where = too_old_line(message, why, self._wall_clock(), *marks)
-        if live:
-            self.node.connections.inbound.log(logger, logging.WARNING, "too old", text, *where)
-        else:
-            logger.debug(text, *where)
 
     def _accepted(
         self,
@@ -494,6 +485,8 @@ class Gossip:
         source = log_source(self.node, via or socket)  # (not stored: see MessageLog.add)
         if not logged and not self._log.add(to_logged(message), source):
             signed_twice(self.node, self._log, message)
+        if via is not None and via.peer_id == message.origin:  # (see claim)
+            claim(self.node, self._log, via, message.topic)
         if forward:
             self.router.forward(socket.id if socket is not None else None, message)
         self._carry_out(self._order.add(message, socket))

@@ -7,11 +7,19 @@ the log line, with the numbers an operator needs.
 
 from __future__ import annotations
 
-__all__ = ["START_SAID", "oversized_line", "say_skipped", "signed_twice", "too_old_line"]
+__all__ = [
+    "START_SAID",
+    "oversized_line",
+    "say_skipped",
+    "say_too_old",
+    "signed_twice",
+    "too_old_line",
+]
 
 import logging
 from typing import TYPE_CHECKING
 
+from ..admin.counters import MAX_TOPICS, count
 from ..protocol.gossip import GapSkipped, GossipMessage, Stale, stream_key
 from ..storage.msglog import MessageLog
 
@@ -38,6 +46,20 @@ def too_old_line(
         " marks this node forgot (over %.0f s: is the origin's clock behind?)"
     )
     return text, (*where, forgotten_before - ts, clock_skew)
+
+
+def say_too_old(
+    node: Node, message: GossipMessage, why: Stale, now: float, *marks: float, live: bool
+) -> None:
+    """A message dropped for its timestamp (``now`` and ``marks`` as
+    :func:`too_old_line` takes them): counted per topic, and said (live ones within the
+    log budget: an attacker's flood of origins had a lagging clock's dropped unsaid)."""
+    count(node.metrics.topic_too_old, message.topic, limit=MAX_TOPICS)
+    text, where = too_old_line(message, why, now, *marks)
+    if live:
+        node.connections.inbound.log(logger, logging.WARNING, "too old", text, *where)
+    else:
+        logger.debug(text, *where)
 
 
 def oversized_line(message: GossipMessage, size: int, cap: int) -> tuple[str, tuple[object, ...]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "OWN_SOURCE",
+    "claim",
     "delivered",
     "from_logged",
     "log_source",
@@ -46,6 +47,15 @@ def log_source(node: Node, socket: Socket | None) -> str:
         return LOADED
     connections = node.connections
     return connections.share_group(socket) or connections.budget_key(socket)
+
+
+def claim(node: Node, log: MessageLog, socket: Socket, topic: str) -> None:
+    """``socket``'s peer, an origin, delivered one of its own messages on ``topic``:
+    its messages there count for the socket's source from now on
+    (:meth:`~trustp2p.storage.msglog.MessageLog.claim`). Its peer id is authenticated
+    (a secure connection's)."""
+    assert socket.peer_id is not None  # (the caller compared it with the origin)
+    log.claim(stream_key(topic, socket.peer_id), topic, log_source(node, socket))
 
 
 _RECENT_MAX = 1024

@@ -312,6 +312,14 @@ class Topic:
         picked = self.loads.heaviest(origin, self.origins[origin].source)
         return None if picked is None else (picked, self.origins[picked].first())
 
+    def move(self, origin: str, source: str) -> None:
+        """Count ``origin``'s messages here for ``source`` from now on."""
+        seqs = self.origins[origin]
+        if seqs.source != source:
+            self.shares.move(origin, seqs.source, source, len(seqs))
+            self.loads.move(origin, seqs.source, source)
+            seqs.source = source
+
     def over_share(self, origin: str, max_messages: int) -> bool:
         """Whether ``origin`` has more than its share of ``max_messages`` (see
         :meth:`~._msglog_shares.Shares.over_share`)."""

@@ -37,7 +37,8 @@ class Sizes:
         self._most = max(self._by_size, default=0)
 
     def move(self, key: str, before: int, after: int) -> None:
-        """``key`` had ``before`` messages and has ``after`` (one more or one fewer)."""
+        """``key`` had ``before`` messages and has ``after`` (O(1) for one more or one
+        fewer, the usual change)."""
         by_size = self._by_size
         if before:
             group = by_size[before]
@@ -52,7 +53,8 @@ class Sizes:
         if after > self._most:
             self._most = after
         elif self._most not in by_size:  # the one with the most moved down
-            self._most = after or max(by_size, default=0)
+            one_less = before - after == 1 and after
+            self._most = after if one_less else max(by_size, default=0)
 
     def largest(self) -> str:
         """A key with the most messages (the last to get there); there is one."""
@@ -108,6 +110,27 @@ class Shares:
             self._inner[source].move(origin, held + 1, held)
             if not count:
                 del self._inner[source]
+
+    def move(self, origin: str, before: str, after: str, held: int) -> None:
+        """``origin``'s ``held`` messages count for ``after``, no longer ``before``."""
+        count = self.sources[before] - held
+        if count:
+            self.sources[before] = count
+            self.breadth[before] -= 1
+        else:
+            del self.sources[before], self.breadth[before]
+        moved = self.sources[after] = self.sources.get(after, 0) + held
+        self.breadth[after] = self.breadth.get(after, 0) + 1
+        if self._outer is not None:
+            self._outer.move(before, count + held, count)
+            self._outer.move(after, moved - held, moved)
+            self._inner[before].move(origin, held, 0)
+            if not count:
+                del self._inner[before]
+            inner = self._inner.get(after)
+            if inner is None:
+                inner = self._inner[after] = Sizes({})
+            inner.move(origin, 0, held)
 
     def over_share(self, source: str, held: int, max_messages: int) -> bool:
         """
@@ -184,6 +207,26 @@ class Loads:
             return
         if self._outer is not None:
             self._pushed(origin, source, weight, load)
+
+    def move(self, origin: str, before: str, after: str) -> None:
+        """``origin``'s payload counts for ``after``, no longer ``before``."""
+        origins = self.by_source[before]
+        weight = origins.pop(origin)
+        load = self.sources[before] - weight
+        if origins:
+            self.sources[before] = load
+            if self._outer is not None:
+                heapq.heappush(self._outer, (-load, before))
+        else:
+            del self.sources[before], self.by_source[before]
+            self._inner.pop(before, None)
+        moved = self.by_source.get(after)
+        if moved is None:
+            moved = self.by_source[after] = {}
+        moved[origin] = weight
+        load = self.sources[after] = self.sources.get(after, 0) + weight
+        if self._outer is not None:
+            self._pushed(origin, after, weight, load)
 
     def _pushed(self, origin: str, source: str, weight: int, load: int) -> None:
         outer = self._outer

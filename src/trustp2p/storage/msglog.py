@@ -270,6 +270,18 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             self._wake.set()
         return True
 
+    def claim(self, origin: str, topic: str, source: str) -> None:
+        """
+        Count ``origin``'s messages in ``topic`` for ``source`` from now on (see
+        :meth:`add`): the node calls it when the origin's own connection delivers one
+        of them, so that a peer that relayed them first, or served them to catch-up,
+        doesn't hold them in its share (found in review: a flood's relay, a moment
+        faster, took an honest origin's history with it). Nothing if none is kept.
+        """
+        kept = self._messages.topics.get(topic)
+        if kept is not None and origin in kept.origins:
+            kept.move(origin, source)
+
     def has(self, origin: str, seq: int) -> bool:
         """Whether the message ``(origin, seq)`` is logged, in any topic."""
         logged = self._messages.origins.get(origin)
