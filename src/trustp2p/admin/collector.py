@@ -27,6 +27,7 @@ from .._version import __version__
 from .counters import Histogram, type_label
 
 if TYPE_CHECKING:
+    from ..node.gossip import Gossip
     from ..node.node import Node
 
 
@@ -249,37 +250,7 @@ class NodeCollector(Collector):
         gossip = self._node.gossip
         if gossip is None:
             return
-        stats = gossip.router.stats
-        for name, text, value in (
-            ("published", "Messages this node published.", stats.published),
-            ("received", "Messages received, new or not.", stats.received),
-            ("duplicates", "Messages received again.", stats.duplicates),
-            ("delivered", "Messages handed to threads and subscribers.", gossip.delivered),
-            (
-                "carried",
-                "Messages of relay topics (no handler): logged and sent on only.",
-                gossip.carried,
-            ),
-            ("caught_up", "Messages obtained by catch-up.", gossip.caught_up),
-            (
-                "too_old",
-                "Messages dropped for their timestamp: older than log_max_age, or than"
-                " the delivery marks forgotten (origins without a mark).",
-                gossip.too_old,
-            ),
-            ("forwarded", "Copies sent on eagerly.", stats.forwarded),
-            ("invalid", "Forged, altered, malformed or rejected messages.", stats.invalid),
-            (
-                "ihave_ignored",
-                "Ids announced by a peer and not asked for: it had the most asks open.",
-                stats.ihave_ignored,
-            ),
-            (
-                "early_grafts",
-                "Grafts within a prune backoff: refused unanswered, invalid past older nodes'.",
-                stats.early_grafts,
-            ),
-        ):
+        for name, text, value in _gossip_counts(gossip):
             yield _counter(f"trustp2p_gossip_{name}", text, value)
         yield _counter(
             "trustp2p_send_oversized",
@@ -305,3 +276,44 @@ class NodeCollector(Collector):
             "Bytes of messages held behind gaps in their streams.",
             value=gossip.held_bytes,
         )
+
+
+def _gossip_counts(gossip: Gossip) -> tuple[tuple[str, str, int], ...]:
+    """The gossip counters: name (after ``trustp2p_gossip_``), help text, value."""
+    stats = gossip.router.stats
+    return (
+        ("published", "Messages this node published.", stats.published),
+        ("received", "Messages received, new or not.", stats.received),
+        ("duplicates", "Messages received again.", stats.duplicates),
+        ("delivered", "Messages handed to threads and subscribers.", gossip.delivered),
+        (
+            "carried",
+            "Messages of relay topics (no handler): logged and sent on only.",
+            gossip.carried,
+        ),
+        ("caught_up", "Messages obtained by catch-up.", gossip.caught_up),
+        (
+            "too_old",
+            "Messages dropped for their timestamp: older than log_max_age, or than"
+            " the delivery marks forgotten (origins without a mark).",
+            gossip.too_old,
+        ),
+        (
+            "renumbered",
+            "Messages dropped as delivered though published after their origin's mark"
+            " moved: the origin numbers again (its message log lost?).",
+            gossip.renumbered,
+        ),
+        ("forwarded", "Copies sent on eagerly.", stats.forwarded),
+        ("invalid", "Forged, altered, malformed or rejected messages.", stats.invalid),
+        (
+            "ihave_ignored",
+            "Ids announced by a peer and not asked for: it had the most asks open.",
+            stats.ihave_ignored,
+        ),
+        (
+            "early_grafts",
+            "Grafts within a prune backoff: refused unanswered, invalid past older nodes'.",
+            stats.early_grafts,
+        ),
+    )

@@ -101,6 +101,8 @@ class Gossip:
         caught_up: Messages obtained by catch-up.
         too_old: Messages dropped for their timestamp, unseen: older than
             ``log_max_age``, or than the marks the log forgot (less ``CLOCK_SKEW``).
+        renumbered: Messages dropped as delivered though published after their
+            origin's mark moved here: the origin numbers again (its log lost?).
 
     """
 
@@ -128,7 +130,7 @@ class Gossip:
         self.pacing: PublishPacing[ConnId] = PublishPacing(clock=self._now)
         self.tasks = TaskOwner(logger)
         self.publishing = False
-        self.delivered = self.carried = self.caught_up = self.too_old = 0
+        self.delivered = self.carried = self.caught_up = self.too_old = self.renumbered = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._publishing = asyncio.Lock()  # signing: one a loop iteration
         self._sending = asyncio.Lock()  # sending, in seq order, and the pacing waits
@@ -459,7 +461,8 @@ class Gossip:
         if stale is not None:
             self.router.refuse(message.id)
             if stale == "delivered":  # (a copy whose id the router forgot: silent)
-                signed_twice(self.node, self._log, message)
+                if signed_twice(self.node, self._log, message, self._order.clock_skew):
+                    self.renumbered += 1
             else:
                 self.too_old += 1
                 marks = (self._log.forgotten_before, self._order.clock_skew)
@@ -484,7 +487,7 @@ class Gossip:
         on, deliver it in turn."""
         source = log_source(self.node, via or socket)  # (not stored: see MessageLog.add)
         if not logged and not self._log.add(to_logged(message), source):
-            signed_twice(self.node, self._log, message)
+            signed_twice(self.node, self._log, message, self._order.clock_skew)
         if via is not None and via.peer_id == message.origin:  # (see claim)
             claim(self.node, self._log, via, message.topic)
         if forward:

@@ -93,18 +93,38 @@ def say_skipped(node: Node, event: GapSkipped) -> None:
     node.connections.inbound.log(logger, logging.WARNING, "gap skipped", said, *skipped)
 
 
-def signed_twice(node: Node, log: MessageLog, message: GossipMessage) -> None:
+def signed_twice(node: Node, log: MessageLog, message: GossipMessage, skew: float) -> bool:
     """
     ``message`` (verified, new to the router) has an ``(origin, seq)`` this node logged
     or delivered already: if the log holds another message for it, say so (a WARNING,
     within the log budget); the first one counts. Found by a tester: a publisher killed
     and restarted numbered its next messages as its last ones, and every peer dropped
     them without a word. A copy of a message (same id) is normal, and says nothing.
+
+    If the log keeps none for it, but the message was published more than ``skew``
+    seconds after the origin's mark last moved here, the origin numbers again below
+    what it published before (found by a tester: a publisher whose log was lost once
+    its messages had aged out of its peers' logs had its next messages dropped by
+    every node, unsaid and uncounted): said, and True (counted as ``renumbered``).
     """
-    logged = log.get(stream_key(message.topic, message.origin), message.seq)
-    if logged is None or logged.id == message.id:
-        return  # (not kept any more: can't tell)
+    stream = stream_key(message.topic, message.origin)
+    logged = log.get(stream, message.seq)
+    if logged is None:
+        marked = log.marked(stream)
+        if marked is None or message.timestamp <= (marked + skew) * 1000:
+            return False  # (not kept any more, and may be the one delivered)
+        said = "! origin %s numbers again below what it published on %r: seq %d, published"
+        said += " after seq %d was delivered here (a publisher whose message log was lost?)"
+        said += ": dropped as delivered"
+        last = log.delivered(stream)
+        inbound = node.connections.inbound
+        inbound.log(logger, logging.WARNING, "renumbered", said, message.origin, message.topic,
+                    message.seq, last)  # fmt: skip
+        return True
+    if logged.id == message.id:
+        return False
     said = "! origin %s signed two messages with seq %d on %r: a restarted publisher that "
     said += "lost its counter, or a copied identity? (the first one counts, the other dropped)"
     where = (message.origin, message.seq, message.topic)
     node.connections.inbound.log(logger, logging.WARNING, "signed twice", said, *where)
+    return False

@@ -383,6 +383,10 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         """The highest sequence number of ``origin`` delivered to this node's threads, or 0."""
         return self._delivered.get(origin, 0)
 
+    def marked(self, origin: str) -> float | None:
+        """When ``origin``'s delivery mark last moved (the log's clock), or None."""
+        return self._marked.get(origin) if origin in self._delivered else None
+
     def mark_delivered(self, origin: str, seq: int) -> None:
         """
         Record that ``(origin, seq)`` was delivered to this node's threads (written by
