@@ -103,6 +103,12 @@ def test_the_command_lists_then_lifts(tmp_path: Path, capsys: pytest.CaptureFixt
     assert capsys.readouterr().out.count("unblocked ") == 3
     assert main(["unblock", "--cwd", str(tmp_path)]) == 0
     assert capsys.readouterr().out == "no blocks in force\n"
+    # Found by a tester: --all with nothing to lift said nothing; with keys, it took them
+    # without a word.
+    assert main(["unblock", "--cwd", str(tmp_path), "--all"]) == 0
+    assert capsys.readouterr().out == "no blocks in force\n"
+    assert main(["unblock", "--cwd", str(tmp_path), "--all", ONE]) == 2
+    assert capsys.readouterr().err == "trustp2p: error: give KEYS or --all, not both\n"
 
 
 def test_the_command_refuses_while_the_node_runs(

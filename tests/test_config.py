@@ -75,6 +75,9 @@ def test_environment_values_are_parsed_by_kind(
         ("port = \n", {}, "can't read"),
         # Options no text can hold aren't options here (a tester: a traceback).
         ("store_shelf = 'x'\n", {}, "unknown option: key 'store_shelf'"),
+        # The role isn't an option (a tester: "did you mean secure?").
+        ("server = false\n", {}, "the command decides the role"),
+        ("", {"TRUSTP2P_CLIENT": "1"}, "the command decides the role"),
         (
             "",
             {"TRUSTP2P_STORE_SHELF": "x"},

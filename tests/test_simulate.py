@@ -23,7 +23,7 @@ from trustp2p.apps.simulate.metrics import (
     measure,
     quantile,
 )
-from trustp2p.apps.simulate.report import report_table
+from trustp2p.apps.simulate.report import _plural, report_table
 from trustp2p.cli import main
 from trustp2p.exceptions import NodeStateError
 from trustp2p.testing import Delivery
@@ -335,3 +335,12 @@ async def test_the_runner_publishes_each_message_without_waiting_for_the_last() 
     assert all(p.origin != 1 for p in published.values())
     assert list(dict.fromkeys(number for number, _ in fake.calls)) == [0, 1, 2, 3]  # in turn
     assert any(node == 1 for _, node in fake.calls)  # (the seed has node 1 asked once)
+
+
+def test_counts_of_one_are_singular() -> None:
+    # Found by a tester: "1 of 1 (1 messages to catch up on)".
+    assert (_plural(1, "message"), _plural(2, "message"), _plural(0, "message")) == (
+        "1 message",
+        "2 messages",
+        "0 messages",
+    )

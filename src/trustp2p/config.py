@@ -175,6 +175,11 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _known(key: str, kinds: Mapping[str, str], where: str, prefix: str = "") -> str:
     if key in kinds:
         return key
+    if key.lower() in ("server", "client"):  # (a tester: "did you mean secure?")
+        raise ConfigError(
+            f"unknown option: {where}; the command decides the role (trustp2p server,"
+            " client or node)"
+        )
     close = difflib.get_close_matches(key, list(kinds), n=1, cutoff=0.6)
     hint = f"; did you mean {prefix}{close[0].upper() if prefix else close[0]}?" if close else ""
     raise ConfigError(f"unknown option: {where}{hint}")

@@ -102,6 +102,9 @@ def unblock(cwd: Path, name: str, everything: bool, keys: tuple[str, ...], log_l
     from ..identity import is_running
 
     setup_cli_logging(log_level)
+    if keys and everything:  # (found by a tester: accepted, the keys unread)
+        click.echo("trustp2p: error: give KEYS or --all, not both", err=True)
+        return 2
     if others := _other_nodes(cwd, name):
         click.echo(f"trustp2p: error: no node named {name!r} in {cwd} (known: {others})", err=True)
         return 1
@@ -114,6 +117,8 @@ def unblock(cwd: Path, name: str, everything: bool, keys: tuple[str, ...], log_l
         click.echo(f"unblocked {kind} {key} (blocked until {utc(block.until)}: {block.reason})")
     for error in errors:
         click.echo(f"trustp2p: error: {error}", err=True)
+    if everything and not lifted:  # (found by a tester: --all said nothing)
+        click.echo("no blocks in force")
     if keys or everything:
         return 1 if errors else 0
     if not blocks:

@@ -98,8 +98,8 @@ def report_table(report: SimulationReport) -> Table:
     """The figures of ``report`` as a two-column table, ending with the verdict."""
     sim = report.simulation
     title = (
-        f"{sim.mode}: {sim.nodes} nodes, degree {sim.degree}, {report.published} messages "
-        f"in {report.publish_seconds:.1f} s"
+        f"{sim.mode}: {sim.nodes} nodes, degree {sim.degree}, "
+        f"{_plural(report.published, 'message')} in {report.publish_seconds:.1f} s"
     )
     if sim.workers > 1:
         title += f", {sim.workers} worker processes over tcp://"
@@ -182,7 +182,7 @@ def _catch_up_rows(report: SimulationReport) -> list[tuple[str, str]]:
             (
                 "churn: restarted nodes with every message",
                 f"{round(churn['nodes_complete'] * churn['restarted'])} of "
-                f"{churn['restarted']} ({churn['missing']} messages to catch up on)",
+                f"{churn['restarted']} ({_plural(churn['missing'], 'message')} to catch up on)",
             ),
             ("churn: catch-up time p50 / max", _spread(churn, "seconds_p50", "seconds_max")),
         ]
@@ -226,3 +226,8 @@ async def simulate_with_progress(sim: Simulation) -> SimulationReport:
             bar.update(delivering, completed=delivered, total=max(expected, 1))
 
         return await simulate(sim, progress=progress)
+
+
+def _plural(count: int, noun: str) -> str:
+    """``count`` and ``noun``, an s after it unless one (a tester: "1 messages")."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
