@@ -1013,6 +1013,11 @@ async def test_a_failed_start_removes_the_key_and_data_it_made(
         assert sorted(p.name for p in (tmp_path / "identity").glob("*.key")) == ["first.key"]
         assert [p.name for p in (tmp_path / "data").iterdir()] == ["first"]
         assert any("removed what the failed start made" in r.getMessage() for r in caplog.records)
+        # Unnamed, its data directory is data/ itself, there already (found by a
+        # tester: its new stores were left in it).
+        with pytest.raises(trustp2p.DriverError, match="can't listen"):
+            await Node(server=True, port=port, cwd=tmp_path, **FAST).start()
+        assert [p.name for p in (tmp_path / "data").iterdir()] == ["first"]
         await first.stop()  # then again, on a port in use, with its key and data kept
         again = Node(server=True, port=port, cwd=tmp_path, name="first", **FAST)
         async with Node(server=True, port=port, **FAST):

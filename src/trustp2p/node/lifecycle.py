@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "load_threads",
+    "made_by_start",
     "make_requests",
     "make_secure_layer",
     "open_store",
@@ -31,6 +32,7 @@ from ..protocol.close import CloseCode
 from ..protocol.hosts import host_of
 from ..protocol.urls import split_peer_url
 from ..security.channel import SecureLayer
+from ..storage.msglog import LOG_FILE
 from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
 from ..threads.base import Thread
 from ..threads.loader import enabled_thread_classes, make_threads
@@ -187,11 +189,27 @@ async def stop_parts(
         identity_lock.close()  # another node may take this identity now
 
 
+def made_by_start(data_dir: Path) -> list[Path]:
+    """What a start in ``data_dir`` will make that isn't there: the directory, or the
+    stores' files in it (found by a tester: a failed start in a directory with data
+    of an earlier node left its new, empty stores behind)."""
+    if not data_dir.exists():
+        return [data_dir]
+    stores = (data_dir / name for name in (STORE_FILE, LOG_FILE))
+    files = (store.with_name(store.name + end) for store in stores for end in _SQLITE_FILES)
+    return [path for path in files if not path.exists()]
+
+
+_SQLITE_FILES = ("", "-wal", "-shm", "-journal")  # a database's files, by the end of its name
+
+
 def _remove(node: Node, made: Sequence[Path]) -> None:
     """Remove what a failed start made (its new key, its new data directory): found by
     testers, a start on a port in use left a node that ``trustp2p peers`` then listed."""
     removed = []
     for path in made:
+        if not path.exists():  # (a database's -wal it never made)
+            continue
         try:
             if path.is_dir():  # its files: data/ holds the other nodes' directories too
                 for inside in path.iterdir():

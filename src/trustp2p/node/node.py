@@ -47,6 +47,7 @@ from .gossip import Gossip, GossipHandler
 from .handlers import HandlerRegistry
 from .lifecycle import (
     load_threads,
+    made_by_start,
     make_requests,
     make_secure_layer,
     open_store,
@@ -290,8 +291,8 @@ class Node:
             self.identity = options.identity or await self._load_identity()
             options.check_own_urls(self.identity.peer_id)  # (one loaded from cwd too)
             self.data_dir = self._data_dir()
-            if self.data_dir is not None and not self.data_dir.exists():
-                self._made.append(self.data_dir)
+            if self.data_dir is not None:
+                self._made += made_by_start(self.data_dir)
             if options.secure:
                 self._secure = make_secure_layer(self, self.identity)
             self.store = await open_store(self)
