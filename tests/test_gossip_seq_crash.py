@@ -288,3 +288,38 @@ async def test_a_publish_cancelled_once_signed_is_still_sent_in_turn(
         await wait_for(lambda: got == [1, 2, 3])
     finally:
         await node.stop()
+
+
+async def test_a_publisher_restored_from_a_backup_numbers_past_what_its_peers_keep(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a tester: a publisher whose data was restored from an older backup knew
+    the topic, so it didn't look, and numbered its next messages as the ones published
+    since the backup: every peer dropped them as seen. The first publish on a topic in
+    each run looks (only a message a peer proves counts)."""
+    hub_dir, pub_dir, backup = tmp_path / "hub", tmp_path / "pub", tmp_path / "backup"
+    for path in (hub_dir, pub_dir):
+        (path / "threads-enabled").mkdir(parents=True)
+    hub = await trustp2p.create_server(cwd=hub_dir, port=0, relay_topics=["chat"])
+    try:
+        assert hub.url is not None and hub.gossip is not None
+        for run, count in enumerate((3, 2, 3)):
+            if run == 1:
+                shutil.copytree(pub_dir / "data", backup)
+            if run == 2:
+                shutil.rmtree(pub_dir / "data")
+                shutil.copytree(backup, pub_dir / "data")
+            pub = await trustp2p.create_client(cwd=pub_dir, peers=[hub.url])
+            try:
+                assert pub.client is not None and pub.gossip is not None
+                await pub.client.wait_connected()
+                for n in range(count):
+                    await pub.publish("chat", {"run": run, "n": n})
+                want = (3, 5, 8)[run]
+                await wait_for(lambda want=want: len(hub.gossip.history("chat")) == want)
+            finally:
+                await pub.stop()
+        kept = [(m.seq, json.loads(m.data)["run"]) for m in hub.gossip.history("chat")]
+        assert kept == [(1, 0), (2, 0), (3, 0), (4, 1), (5, 1), (6, 2), (7, 2), (8, 2)]
+    finally:
+        await hub.stop()

@@ -146,6 +146,7 @@ class Fetcher:
         "_held_back",
         "_late",
         "_log",
+        "_looked",
         "_looking",
         "_marks",
         "_queues",
@@ -169,6 +170,7 @@ class Fetcher:
     ) -> None:
         self._gossip = gossip
         self._looking: dict[str, asyncio.Future[None]] = {}  # own_numbers(), by topic
+        self._looked: set[str] = set()  # topics own_numbers() looked at in this run
         self._streams = streams
         self._marks = marks
         self._log = log
@@ -370,25 +372,30 @@ class Fetcher:
 
     async def own_numbers(self, topic: str) -> None:
         """
-        Before this node first publishes on ``topic`` as far as its log knows, ask up
-        to :data:`OWN_MARK_PEERS` gossip peers (those that carry it first, at random)
-        for the highest number of ours they keep there, and number past the highest
-        one a peer proves with our message of that number (a claim alone could push
-        our counter to its end). Each step waits :data:`OWN_MARK_WAIT` at most; the
-        publishes on a topic share one look. Found by a tester: a publisher whose
-        message log was lost (deleted, or corrupt and moved aside) numbered its
-        messages from 1 again, and every peer dropped them as seen.
+        Before this node's first publish on ``topic`` since it started, ask up to
+        :data:`OWN_MARK_PEERS` gossip peers (those that carry it first, at random) for
+        the highest number of ours they keep there, and number past the highest one a
+        peer proves with our message of that number (a claim alone could push our
+        counter to its end). Each step waits :data:`OWN_MARK_WAIT` at most; the
+        publishes on a topic share one look; with no peer connected there is none
+        (the next publish looks). Found by testers: a publisher whose message log was
+        lost (deleted, or corrupt and moved aside) numbered its messages from 1 again,
+        and every peer dropped them as seen; so did one whose data was restored from
+        an older backup, its log knowing the topic.
         """
-        identity = self._gossip.node.identity
-        if identity is None or self._log.knows_seq(stream_key(topic, identity.peer_id)):
+        if self._gossip.node.identity is None or topic in self._looked:
             return
         looking = self._looking.get(topic)
         if looking is None:
             if not (sockets := self._askable(topic)):
                 return  # (nothing to wait for: the publish signs at once)
             looking = self._looking[topic] = asyncio.ensure_future(self._look(topic, sockets))
-            looking.add_done_callback(lambda _: self._looking.pop(topic, None))
+            looking.add_done_callback(lambda _: self._looked_at(topic))
         await asyncio.shield(looking)
+
+    def _looked_at(self, topic: str) -> None:
+        self._looking.pop(topic, None)
+        self._looked.add(topic)
 
     def _askable(self, topic: str) -> list[Socket]:
         """Up to :data:`OWN_MARK_PEERS` peers to ask about ``topic``: those introduced
@@ -406,12 +413,16 @@ class Fetcher:
         origin = identity.peer_id
         claims = await self._ask_all(sockets, {"topic": topic, "origin": origin,
                                                "from": MAX_SEQ, "to": MAX_SEQ})  # fmt: skip
+        stream = stream_key(topic, origin)
         for last, socket in sorted(claims, key=lambda claim: claim[0], reverse=True):
+            if last <= self._log.last_used(stream):
+                return  # (nothing past what we know: nothing to prove)
             if await self._proves(socket, topic, origin, last):
-                if self._log.seq_used(stream_key(topic, origin), last):
+                if self._log.seq_used(stream, last):
                     logger.warning("! peers keep this node's messages on %r up to seq %d, "
-                                   "which its message log didn't know (lost?): it numbers "
-                                   "on from there", topic, last)  # fmt: skip
+                                   "which its message log didn't know (lost, or restored "
+                                   "from an older copy?): it numbers on from there",
+                                   topic, last)  # fmt: skip
                 return
 
     async def _ask_all(self, sockets: list[Socket], body: Body) -> list[tuple[int, Socket]]:

@@ -425,12 +425,12 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         of sending, restarted, numbered its next messages as the last ones, and its peers
         dropped them).
         """
-        last = self._last_used(origin) + 1
+        last = self.last_used(origin) + 1
         self._sequences[origin] = last
         self._dirty_sequences.add(origin)
         return last
 
-    def _last_used(self, origin: str) -> int:
+    def last_used(self, origin: str) -> int:
         """The highest number of ``origin`` the log knows was used (0 for none): one
         :meth:`next_seq` returned, a message kept, or a delivery mark."""
         last = max(self._sequences.get(origin, 0), self._delivered.get(origin, 0))
@@ -449,7 +449,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
     def seq_used(self, origin: str, seq: int) -> bool:
         """``origin``'s (a stream key's) numbers up to ``seq`` were used (peers keep
         them): :meth:`next_seq` returns one past it from now on. True if that moved it."""
-        if seq <= self._last_used(origin):
+        if seq <= self.last_used(origin):
             return False
         self._sequences[origin] = seq
         self._dirty_sequences.add(origin)
