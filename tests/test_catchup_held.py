@@ -106,8 +106,15 @@ class Node:
         self.tasks: list[Coroutine[Any, Any, None]] = []  # refills, to await
         self.catchup = CatchUp(batch=BATCH, clock=clock)
         gossip = SimpleNamespace(
-            node=SimpleNamespace(options=options, penalize=self._penalize),
-            router=SimpleNamespace(topics={TOPIC}),
+            node=SimpleNamespace(
+                options=options,
+                penalize=self._penalize,
+                sockets=[],  # (the peers asked for a stream's start: none else here)
+                connections=SimpleNamespace(
+                    share_group=lambda socket: None, budget_key=lambda socket: str(socket.id)
+                ),
+            ),
+            router=SimpleNamespace(topics={TOPIC}, peer_topics=lambda conn_id: {TOPIC}),
             catchup=self.catchup,
             tasks=SimpleNamespace(spawn=lambda coroutine, name: self.tasks.append(coroutine)),
         )

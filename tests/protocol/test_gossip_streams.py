@@ -255,6 +255,31 @@ def test_a_stream_without_a_mark_starts_where_the_peers_history_does() -> None:
     assert waiting == [] and streams.skipped == 0 and marks.marks[STREAM] == 202
 
 
+def test_a_start_waits_for_the_witnesses_asked_for() -> None:
+    """Found by an attacker: one peer, answering first that it lacked a stream's
+    history (which the hub kept), made a subscriber give the history up at once. A start
+    takes the word of as many witnesses as the caller asks for; the same one twice
+    counts once, and until then the gap waits as any other."""
+    streams, _, _ = _streams()
+    old = NOW_MS - int(START_AGE * 1000)
+    streams.add(_message(201, ts=old), "p")
+    assert streams.answered(STREAM, 1, 200, "10.0.0.66", 2) is True  # ask another
+    assert streams.answered(STREAM, 1, 200, "10.0.0.66", 2) is True  # (the same again)
+    assert streams.lacking(STREAM) == {"10.0.0.66"}
+    assert streams.tick() == ([], [STREAM])
+    assert streams.answered(STREAM, 1, 200, "192.0.2.1", 2) is False
+    events, _ = streams.tick()
+    assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 1, 200, "start")]
+    assert streams.lacking(STREAM) == frozenset()
+    # The hub filling the gap instead: nothing given up, the witnesses forgotten.
+    again, _, _ = _streams()
+    again.add(_message(3, ts=old), "p")
+    assert again.answered(STREAM, 1, 2, "10.0.0.66", 2) is True
+    again.add(_message(1, ts=old), "hub")
+    again.add(_message(2, ts=old), "hub")
+    assert again.lacking(STREAM) == frozenset()
+
+
 def test_a_fresh_message_ahead_of_a_streams_first_waits_as_any_gap() -> None:
     """Message 2 may overtake message 1 on the way: the first of a stream without a
     mark held younger than START_AGE waits gap_timeout, peers answering or not; so does

@@ -28,6 +28,7 @@ __all__ = [
     "MAX_EMPTY_FETCHES",
     "OWN_MARK_PEERS",
     "OWN_MARK_WAIT",
+    "START_WITNESSES",
     "TOPIC_GATHER",
     "Fetcher",
     "jittered",
@@ -68,6 +69,7 @@ from ..protocol.gossip import (
 )
 from ..protocol.package import Body
 from .gossip_delivery import MAX_WAITING_BYTES
+from .gossip_log import log_source
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
@@ -110,6 +112,12 @@ there (:meth:`Fetcher.own_numbers`)..."""
 
 OWN_MARK_WAIT = 1.0
 """...and seconds their answers are waited for, at most."""
+
+START_WITNESSES = 3
+"""Addresses (of the peers that carry the topic, all if fewer) that must answer without
+a stream's history before it is given up as its start (see
+:meth:`~trustp2p.protocol.gossip.Streams.answered`): found by an attacker, one peer that
+answered first it lacked a history the hub kept made a subscriber give up all of it."""
 
 MAX_EMPTY_FETCHES = 16
 """Fetches in a row of streams of origins we never had a message of, that a peer's marks
@@ -339,9 +347,28 @@ class Fetcher:
                 budget.spend(messages)
             if to := fetch.lacking_to(held_back=self._held_back(topic)):
                 # the peer lacks what is still missing up to it
-                self._streams.answered(fetch.wanted.stream, fetch.wanted.first, to)
+                witness, carriers = self._witness(socket), self._carriers(topic)
+                needed = min(START_WITNESSES, len({*carriers.values(), witness}))
+                wanted = fetch.wanted
+                if self._streams.answered(wanted.stream, wanted.first, to, witness, needed):
+                    lacking = self._streams.lacking(wanted.stream)
+                    others = [s for s, key in carriers.items() if key not in lacking]
+                    if others:  # (once this fetch ended: one of a stream at a time)
+                        asyncio.get_running_loop().call_soon(
+                            self.refill, self._rng.choice(others), wanted.stream
+                        )
         finally:
             self._gossip.catchup.end(fetch)
+
+    def _witness(self, socket: Socket) -> str:
+        """Whose word a peer's answer is: its address's (an IPv6 /48)."""
+        return log_source(self._gossip.node, socket)
+
+    def _carriers(self, topic: str) -> dict[Socket, str]:
+        """The peers that carry ``topic``, and their addresses (:meth:`_witness`)."""
+        peer_topics = self._gossip.router.peer_topics
+        sockets = self._gossip.node.sockets
+        return {s: self._witness(s) for s in sockets if topic in peer_topics(s.id)}
 
     def _behind_gap(self, wanted: FetchRange) -> bool:
         """Whether ``wanted`` starts past its stream's next number: what it brings waits

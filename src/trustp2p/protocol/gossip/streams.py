@@ -56,8 +56,9 @@ import heapq
 import sys
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
+from typing import Generic, Literal, TypeAlias, TypeVar
 
+from .marks import DeliveryMarks, ReleaseMarks
 from .message import GossipMessage
 
 S = TypeVar("S")
@@ -117,62 +118,6 @@ def split_stream_key(stream: str) -> tuple[str, str]:
     """``(topic, origin)`` of a stream key; a topic may hold NUL, a peer id never does."""
     topic, _, origin = stream.rpartition("\0")
     return topic, origin
-
-
-class DeliveryMarks(Protocol):
-    """Where the delivered marks live (the node's message log): per stream key, the
-    highest ``seq`` released or skipped, 0 for none."""
-
-    def delivered(self, stream: str, /) -> int: ...
-
-    def mark_delivered(self, stream: str, seq: int, /) -> None: ...
-
-    @property
-    def forgotten_before(self) -> float:
-        """Wall-clock seconds: the marks forgotten so far had last moved by then."""
-        ...
-
-
-class ReleaseMarks:
-    """
-    The release marks of :class:`Streams` in memory, over the durable marks of the log.
-
-    A message is *released* (queued for the handlers) before it is *delivered* (its
-    handlers ran). The order moves on at release; the durable marks (what a restarted
-    node has delivered) move only once the handlers are done (:meth:`settle`), so that a
-    crash in between delivers the message again rather than never. A stream's entry
-    here is dropped once the durable mark reaches it.
-    """
-
-    __slots__ = ("_durable", "_released")
-
-    def __init__(self, durable: DeliveryMarks) -> None:
-        self._durable = durable
-        self._released: dict[str, int] = {}
-
-    def delivered(self, stream: str, /) -> int:
-        """The highest ``seq`` released or skipped (the order's view)."""
-        return self._released.get(stream) or self._durable.delivered(stream)
-
-    def mark_delivered(self, stream: str, seq: int, /) -> None:
-        if seq > self.delivered(stream):
-            self._released[stream] = seq
-
-    @property
-    def forgotten_before(self) -> float:
-        return self._durable.forgotten_before
-
-    def settle(self, stream: str, seq: int) -> None:
-        """Every message of ``stream`` up to ``seq`` was handled: make it durable."""
-        self._durable.mark_delivered(stream, seq)
-        if self._released.get(stream, 0) <= seq:
-            self._released.pop(stream, None)
-
-    def settle_all(self) -> None:
-        """Nothing released waits for its handlers: every mark is durable."""
-        for stream, seq in self._released.items():
-            self._durable.mark_delivered(stream, seq)
-        self._released.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +228,7 @@ class Streams(Generic[S]):
         self._gap_since: dict[str, float] = {}
         self._answered: set[str] = set()  # streams whose gap a peer answered without
         self._starts: set[str] = set()  # ...of those, starts (START_AGE): skipped at once
+        self._lacking: dict[str, set[object]] = {}  # start candidates: who answered so
         # Stream -> the highest seq up to which peers answered without every missing
         # number: the gaps after a skipped one that an answer covered go with it.
         self._answered_to: dict[str, int] = {}
@@ -429,7 +375,7 @@ class Streams(Generic[S]):
             age = now - since
             answered = stream in self._answered
             if stream in self._starts and answered:
-                self._starts.discard(stream)
+                self._unstart(stream)
                 events += self.skip_gap(stream, "start")
                 if stream in self._gap_since:
                     waiting.append(stream)
@@ -450,20 +396,50 @@ class Streams(Generic[S]):
                 waiting.append(stream)
         return events, waiting
 
-    def answered(self, stream: str, first: int, last: int) -> None:
-        """A peer answered a fetch of ``stream``'s numbers ``first`` to ``last`` in full.
+    def answered(
+        self, stream: str, first: int, last: int, witness: object = None, witnesses: int = 1
+    ) -> bool:
+        """
+        A peer answered a fetch of ``stream``'s numbers ``first`` to ``last`` in full.
         If that range held the first number of the stream's gap (now), the peer doesn't
-        have it: the gap may be skipped once it is ``gap_timeout`` old."""
+        have it: the gap may be skipped once it is ``gap_timeout`` old.
+
+        A gap before a stream's first held message, the stream without a mark and the
+        message :data:`START_AGE` old, is a *start* once ``witnesses`` peers (each
+        ``witness`` a key: an address) answered without it: skipped at the next tick.
+        Found by an attacker: one peer answering first that it lacked a history the
+        hub kept made a subscriber give up all of it.
+
+        Returns:
+            True if the start waits for another witness (ask another peer).
+
+        """
         gap = self.missing(stream) if stream in self._gap_since else None
+        more = False
         if gap is not None and first <= gap[0] <= last:
             self._answered.add(stream)
             if gap[0] == 1 and self._old(self._held[stream]):
-                self._starts.add(stream)  # (no mark: skipped at the next tick)
+                lacking = self._lacking.setdefault(stream, set())
+                lacking.add(witness)
+                if len(lacking) >= witnesses:
+                    self._starts.add(stream)  # (skipped at the next tick)
+                else:
+                    more = True
             # Every number missing from the gap to last was asked for and didn't come;
             # past the last held message there is no gap yet (found in review: a peer
             # claiming a mark far ahead pre-answered every later gap of the stream).
             last = min(last, max(self._held[stream].entries))
             self._answered_to[stream] = max(last, self._answered_to.get(stream, 0))
+        return more
+
+    def lacking(self, stream: str) -> frozenset[object]:
+        """The witnesses that answered without ``stream``'s start so far (see
+        :meth:`answered`)."""
+        return frozenset(self._lacking.get(stream, ()))
+
+    def _unstart(self, stream: str) -> None:
+        self._starts.discard(stream)
+        self._lacking.pop(stream, None)
 
     def skip_gap(
         self,
@@ -487,7 +463,7 @@ class Streams(Generic[S]):
         if stream not in self._held:
             self._gap_since.pop(stream, None)
             self._answered.discard(stream)
-            self._starts.discard(stream)
+            self._unstart(stream)
             self._answered_to.pop(stream, None)
             return events
         gap = self.missing(stream)
@@ -509,7 +485,7 @@ class Streams(Generic[S]):
         self._marks.mark_delivered(stream, last)
         if last < gap[1]:  # the rest of the gap waits for an answer without it
             self._answered.discard(stream)
-            self._starts.discard(stream)
+            self._unstart(stream)
             self._answered_to.pop(stream, None)
             return events
         self._release(stream, events)
@@ -559,14 +535,14 @@ class Streams(Generic[S]):
             del self._held[stream]
             self._gap_since.pop(stream, None)
             self._answered.discard(stream)
-            self._starts.discard(stream)
+            self._unstart(stream)
             self._answered_to.pop(stream, None)
         elif following > start or stream not in self._gap_since:
             # A new gap (or the first): it waits gap_timeout from now, behind the others;
             # answered already if a peer answered without its first number.
             self._gap_since.pop(stream, None)
             self._gap_since[stream] = self._clock()
-            self._starts.discard(stream)  # (a new gap: after a delivered number, no start)
+            self._unstart(stream)  # (a new gap: after a delivered number, no start)
             if following <= self._answered_to.get(stream, 0):
                 self._answered.add(stream)
             else:
