@@ -1414,3 +1414,16 @@ async def test_a_thread_that_stops_its_node_in_its_start_fails_the_start(
     with pytest.raises(ThreadLoadError, match=r"NodeStateError\(\"stop\(\) within start\(\)"):
         await node.start()
     assert node.state is NodeState.STOPPED and node.url is None  # never listened
+
+
+def test_a_start_lists_only_the_stores_it_makes(tmp_path: Path) -> None:
+    # Found in review (review45 F3): a store there already, its -wal missing at the
+    # start, was listed; a failed start deleted the -wal another process had made since.
+    from trustp2p.node.lifecycle import made_by_start
+    from trustp2p.storage.msglog import LOG_FILE
+    from trustp2p.storage.peerstore import STORE_FILE
+
+    assert made_by_start(tmp_path / "data") == [tmp_path / "data"]
+    (tmp_path / STORE_FILE).write_bytes(b"")  # there already, without its -wal
+    made = {path.name for path in made_by_start(tmp_path)}
+    assert made == {LOG_FILE, f"{LOG_FILE}-wal", f"{LOG_FILE}-shm", f"{LOG_FILE}-journal"}

@@ -295,3 +295,21 @@ async def test_a_claim_counts_an_origin_for_its_own_source(clock: FakeClock) -> 
         assert seqs(log.range("tphonest", 1, 100)) == list(range(1, 41))
     finally:
         await log.close()
+
+
+async def test_a_claim_survives_a_restart(path: Path, clock: FakeClock) -> None:
+    # Found in review (review45 F1): the claim moved the origin in memory only; its rows
+    # kept the relay's source, and after a restart a flood pushed all of them out.
+    log = await MessageLog.open(path, clock=clock, max_messages=100)
+    for seq in range(1, 41):
+        log.add(message(seq, origin="tphonest"), SYBIL)  # a relay delivered them first
+    await log.flush()
+    log.claim("tphonest", "chat", HONEST)
+    await log.close()
+    assert query(path, "SELECT DISTINCT source FROM messages") == [(HONEST,)]
+    log = await MessageLog.open(path, clock=clock, max_messages=100)
+    try:
+        flood(log, 200, 50)
+        assert seqs(log.range("tphonest", 1, 100)) == list(range(1, 41))
+    finally:
+        await log.close()

@@ -461,7 +461,8 @@ class Gossip:
         if stale is not None:
             self.router.refuse(message.id)
             if stale == "delivered":  # (a copy whose id the router forgot: silent)
-                if signed_twice(self.node, self._log, message, self._order.clock_skew):
+                skew, now = self._order.clock_skew, self._wall_clock()
+                if signed_twice(self.node, self._log, message, skew, now):
                     self.renumbered += 1
             else:
                 self.too_old += 1
@@ -487,7 +488,7 @@ class Gossip:
         on, deliver it in turn."""
         source = log_source(self.node, via or socket)  # (not stored: see MessageLog.add)
         if not logged and not self._log.add(to_logged(message), source):
-            signed_twice(self.node, self._log, message, self._order.clock_skew)
+            signed_twice(self.node, self._log, message, self._order.clock_skew, self._wall_clock())
         if via is not None and via.peer_id == message.origin:  # (see claim)
             claim(self.node, self._log, via, message.topic)
         if forward:

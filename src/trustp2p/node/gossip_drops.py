@@ -93,7 +93,9 @@ def say_skipped(node: Node, event: GapSkipped) -> None:
     node.connections.inbound.log(logger, logging.WARNING, "gap skipped", said, *skipped)
 
 
-def signed_twice(node: Node, log: MessageLog, message: GossipMessage, skew: float) -> bool:
+def signed_twice(
+    node: Node, log: MessageLog, message: GossipMessage, skew: float, now: float
+) -> bool:
     """
     ``message`` (verified, new to the router) has an ``(origin, seq)`` this node logged
     or delivered already: if the log holds another message for it, say so (a WARNING,
@@ -102,7 +104,9 @@ def signed_twice(node: Node, log: MessageLog, message: GossipMessage, skew: floa
     them without a word. A copy of a message (same id) is normal, and says nothing.
 
     If the log keeps none for it, but the message was published more than ``skew``
-    seconds after the origin's mark last moved here, the origin numbers again below
+    seconds after the origin's mark last moved here (and isn't timestamped more than
+    ``skew`` ahead of ``now``: a clock that fast would say that of a late copy, found
+    in review), the origin numbers again below
     what it published before (found by a tester: a publisher whose log was lost once
     its messages had aged out of its peers' logs had its next messages dropped by
     every node, unsaid and uncounted): said, and True (counted as ``renumbered``).
@@ -111,7 +115,8 @@ def signed_twice(node: Node, log: MessageLog, message: GossipMessage, skew: floa
     logged = log.get(stream, message.seq)
     if logged is None:
         marked = log.marked(stream)
-        if marked is None or message.timestamp <= (marked + skew) * 1000:
+        late = marked is not None and message.timestamp > (marked + skew) * 1000
+        if not late or message.timestamp > (now + skew) * 1000:
             return False  # (not kept any more, and may be the one delivered)
         said = "! origin %s numbers again below what it published on %r: seq %d, published"
         said += " after seq %d was delivered here (a publisher whose message log was lost?)"

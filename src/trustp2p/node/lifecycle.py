@@ -195,9 +195,11 @@ def made_by_start(data_dir: Path) -> list[Path]:
     of an earlier node left its new, empty stores behind)."""
     if not data_dir.exists():
         return [data_dir]
-    stores = (data_dir / name for name in (STORE_FILE, LOG_FILE))
-    files = (store.with_name(store.name + end) for store in stores for end in _SQLITE_FILES)
-    return [path for path in files if not path.exists()]
+    stores = [data_dir / name for name in (STORE_FILE, LOG_FILE)]
+    # A store there already keeps its files (review: its -wal, missing at the start,
+    # was another process's by the end, and deleting it lost that process's writes).
+    new = (store for store in stores if not store.exists())
+    return [store.with_name(store.name + end) for store in new for end in _SQLITE_FILES]
 
 
 _SQLITE_FILES = ("", "-wal", "-shm", "-journal")  # a database's files, by the end of its name

@@ -55,9 +55,12 @@ class KeptMessages:
         then those kept ``meanwhile`` after them, renumbered; return the next position."""
         later = sorted(meanwhile.entries(), key=entry_position)
         self.deletes = loaded.deletes
-        sources = loaded.sources
+        # An origin counts for the source of its newest row: one its own connection
+        # claimed (MessageLog.claim) is written with the claim (found in review: the
+        # oldest row's, a relay's, undid the claim at a restart).
+        newest = {(e[0].topic, e[0].origin): loaded.sources.get(e[2]) for e in loaded.entries}
         for entry in loaded.entries:
-            source = sources.get(entry[2], LOADED)
+            source = newest[entry[0].topic, entry[0].origin] or LOADED
             if self.insert(entry, new=False, source=source) is None:  # a duplicate row
                 self.deletes.append(entry[2])
         position = loaded.last_position + 1
@@ -66,6 +69,15 @@ class KeptMessages:
             if self.insert((entry[0], entry[1], position), source=source) is not None:
                 position += 1
         return position
+
+    def rewrite(self, origin: str) -> None:
+        """Write ``origin``'s kept messages again at the next flush (their source
+        changed: a claim)."""
+        logged = self.origins.get(origin)
+        if logged is not None:
+            items = logged.values()
+            for entry in items[logged.index(0) :]:
+                self.pending[entry[2]] = entry
 
     def source_of(self, entry: Entry) -> str:
         """The source a kept message counts for (its origin's in its topic)."""

@@ -279,8 +279,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         faster, took an honest origin's history with it). Nothing if none is kept.
         """
         kept = self._messages.topics.get(topic)
-        if kept is not None and origin in kept.origins:
+        if kept is not None and origin in kept.origins and kept.origins[origin].source != source:
             kept.move(origin, source)
+            self._messages.rewrite(origin)  # (stored with the messages: a restart keeps it)
 
     def has(self, origin: str, seq: int) -> bool:
         """Whether the message ``(origin, seq)`` is logged, in any topic."""
