@@ -23,6 +23,7 @@ import trustp2p
 from trustp2p import Node, PackageType
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from trustp2p.identity import Identity
+from trustp2p.node.gossip_catchup import Fetcher
 from trustp2p.protocol.gossip import FETCH, MAX_SEQ, GossipMessage, sign_message, stream_key
 from trustp2p.protocol.package import build_package
 from trustp2p.storage.msglog import LOG_FILE, MessageLog
@@ -323,3 +324,36 @@ async def test_a_publisher_restored_from_a_backup_numbers_past_what_its_peers_ke
         assert kept == [(1, 0), (2, 0), (3, 0), (4, 1), (5, 1), (6, 2), (7, 2), (8, 2)]
     finally:
         await hub.stop()
+
+
+async def test_the_claims_are_proven_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by an attacker: three peers claiming a number they never proved held a
+    first publish OWN_MARK_WAIT each, in turn (3.9 s); the proofs are asked at once."""
+    hubs = [await trustp2p.create_server(port=0, relay_topics=["chat"]) for _ in range(3)]
+    in_flight, most = 0, 0
+
+    async def proves(fetcher: Fetcher, socket: Any, topic: str, origin: str, seq: int) -> bool:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return False
+
+    monkeypatch.setattr(Fetcher, "_proves", proves)
+    try:
+        for hub in hubs:
+            entries = hub.handlers.get(PackageType.REQUEST, FETCH)
+            thread, _ = entries[0]
+            entries[0] = (thread, lambda socket, package: {"messages": [], "last": 10})
+        pub = await trustp2p.create_client(peers=[hub.url for hub in hubs if hub.url])
+        try:
+            assert pub.client is not None
+            await wait_for(lambda: len(pub.sockets) == 3)
+            await pub.publish("chat", {"n": 1})
+            assert most == 3
+        finally:
+            await pub.stop()
+    finally:
+        for hub in hubs:
+            await hub.stop()
