@@ -298,15 +298,17 @@ async def test_a_claim_counts_an_origin_for_its_own_source(clock: FakeClock) -> 
 
 
 async def test_a_claim_survives_a_restart(path: Path, clock: FakeClock) -> None:
-    # Found in review (review45 F1): the claim moved the origin in memory only; its rows
-    # kept the relay's source, and after a restart a flood pushed all of them out.
+    # Found in review (review45 F1): after a restart the origin took the source of its
+    # oldest row, the relay's, and a flood pushed all of its messages out. Its newest
+    # row, logged after the claim, carries the claim.
     log = await MessageLog.open(path, clock=clock, max_messages=100)
-    for seq in range(1, 41):
+    for seq in range(1, 40):
         log.add(message(seq, origin="tphonest"), SYBIL)  # a relay delivered them first
-    await log.flush()
+    await log.flush()  # (written with the relay's source)
     log.claim("tphonest", "chat", HONEST)
+    log.add(message(40, origin="tphonest"), SYBIL)  # (relayed first again: still its own)
     await log.close()
-    assert query(path, "SELECT DISTINCT source FROM messages") == [(HONEST,)]
+    assert query(path, "SELECT source FROM messages WHERE seq IN (1, 40)") == [(SYBIL,), (HONEST,)]
     log = await MessageLog.open(path, clock=clock, max_messages=100)
     try:
         flood(log, 200, 50)

@@ -486,7 +486,7 @@ class Gossip:
     ) -> None:
         """A message passed validation: log it (``via``'s, else ``socket``'s), send it
         on, deliver it in turn."""
-        source = log_source(self.node, via or socket)  # (not stored: see MessageLog.add)
+        source = log_source(self.node, via or socket)  # (stored with it: MessageLog.add)
         if not logged and not self._log.add(to_logged(message), source):
             signed_twice(self.node, self._log, message, self._order.clock_skew, self._wall_clock())
         if via is not None and via.peer_id == message.origin:  # (see claim)

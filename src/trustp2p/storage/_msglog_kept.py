@@ -70,15 +70,6 @@ class KeptMessages:
                 position += 1
         return position
 
-    def rewrite(self, origin: str) -> None:
-        """Write ``origin``'s kept messages again at the next flush (their source
-        changed: a claim)."""
-        logged = self.origins.get(origin)
-        if logged is not None:
-            items = logged.values()
-            for entry in items[logged.index(0) :]:
-                self.pending[entry[2]] = entry
-
     def source_of(self, entry: Entry) -> str:
         """The source a kept message counts for (its origin's in its topic)."""
         message = entry[0]

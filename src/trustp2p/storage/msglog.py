@@ -279,9 +279,11 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         faster, took an honest origin's history with it). Nothing if none is kept.
         """
         kept = self._messages.topics.get(topic)
-        if kept is not None and origin in kept.origins and kept.origins[origin].source != source:
+        if kept is not None and origin in kept.origins:
+            # Not written again: the messages logged from now on carry it, and a restart
+            # takes an origin's source from its newest row (an origin connected from two
+            # addresses in turn would have rewritten all its rows at each turn).
             kept.move(origin, source)
-            self._messages.rewrite(origin)  # (stored with the messages: a restart keeps it)
 
     def has(self, origin: str, seq: int) -> bool:
         """Whether the message ``(origin, seq)`` is logged, in any topic."""
