@@ -263,6 +263,7 @@ def test_a_start_waits_for_the_witnesses_asked_for() -> None:
     streams, _, _ = _streams()
     old = NOW_MS - int(START_AGE * 1000)
     streams.add(_message(201, ts=old), "p")
+    assert streams.is_start(STREAM, 1, 200) and not streams.is_start(STREAM, 2, 200)
     assert streams.answered(STREAM, 1, 200, "10.0.0.66", 2) is True  # ask another
     assert streams.answered(STREAM, 1, 200, "10.0.0.66", 2) is True  # (the same again)
     assert streams.lacking(STREAM) == {"10.0.0.66"}

@@ -347,9 +347,10 @@ class Fetcher:
                 budget.spend(messages)
             if to := fetch.lacking_to(held_back=self._held_back(topic)):
                 # the peer lacks what is still missing up to it
-                witness, carriers = self._witness(socket), self._carriers(topic)
+                wanted, witness, carriers = fetch.wanted, None, {}
+                if self._streams.is_start(wanted.stream, wanted.first, to):  # (else no need)
+                    witness, carriers = self._witness(socket), self._carriers(topic)
                 needed = min(START_WITNESSES, len({*carriers.values(), witness}))
-                wanted = fetch.wanted
                 if self._streams.answered(wanted.stream, wanted.first, to, witness, needed):
                     lacking = self._streams.lacking(wanted.stream)
                     others = [s for s, key in carriers.items() if key not in lacking]

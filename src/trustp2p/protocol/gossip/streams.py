@@ -432,6 +432,14 @@ class Streams(Generic[S]):
             self._answered_to[stream] = max(last, self._answered_to.get(stream, 0))
         return more
 
+    def is_start(self, stream: str, first: int, last: int) -> bool:
+        """Whether an answer without ``stream``'s numbers ``first`` to ``last`` bears on
+        its start (see :meth:`answered`): the caller need find its witnesses only then."""
+        gap = self.missing(stream) if stream in self._gap_since else None
+        return (
+            gap is not None and gap[0] == 1 and first <= 1 <= last and self._old(self._held[stream])
+        )
+
     def lacking(self, stream: str) -> frozenset[object]:
         """The witnesses that answered without ``stream``'s start so far (see
         :meth:`answered`)."""
