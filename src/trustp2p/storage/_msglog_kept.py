@@ -55,9 +55,9 @@ class KeptMessages:
         then those kept ``meanwhile`` after them, renumbered; return the next position."""
         later = sorted(meanwhile.entries(), key=entry_position)
         self.deletes = loaded.deletes
-        # An origin counts for the source of its newest row: one its own connection
-        # claimed (MessageLog.claim) is written with the claim (found in review: the
-        # oldest row's, a relay's, undid the claim at a restart).
+        # An origin counts for the source of its newest row: the rows logged after a
+        # claim (MessageLog.claim) carry it (found in review: the oldest row's, a
+        # relay's, undid the claim at a restart).
         newest = {(e[0].topic, e[0].origin): loaded.sources.get(e[2]) for e in loaded.entries}
         for entry in loaded.entries:
             source = newest[entry[0].topic, entry[0].origin] or LOADED

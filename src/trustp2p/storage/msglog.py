@@ -248,7 +248,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             source: Who delivered it: the node gives the address group of the peer it
                 came from (:func:`~trustp2p.protocol.hosts.share_group`), its own
                 messages one of their own. An origin's messages in a topic count for
-                the source of the first of them kept; it is stored with them.
+                the source of the first of them kept (or of a :meth:`claim`); it is
+                stored with them.
 
         Returns:
             True if it was added; False if a message with its ``(origin, seq)`` is
