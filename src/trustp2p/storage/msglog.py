@@ -441,15 +441,6 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         logged = self._messages.origins.get(origin)
         return last if logged is None else max(last, logged.last())
 
-    def knows_seq(self, origin: str) -> bool:
-        """Whether the log knows a number of ``origin`` (a stream key) was used: one
-        :meth:`next_seq` returned, a message kept, or a delivery mark."""
-        return (
-            origin in self._sequences
-            or origin in self._messages.origins
-            or origin in self._delivered
-        )
-
     def seq_used(self, origin: str, seq: int) -> bool:
         """``origin``'s (a stream key's) numbers up to ``seq`` were used (peers keep
         them): :meth:`next_seq` returns one past it from now on. True if that moved it."""

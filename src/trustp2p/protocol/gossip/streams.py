@@ -418,7 +418,7 @@ class Streams(Generic[S]):
         more = False
         if gap is not None and first <= gap[0] <= last:
             self._answered.add(stream)
-            if gap[0] == 1 and self._old(self._held[stream]):
+            if self.is_start(stream, first, last):
                 lacking = self._lacking.setdefault(stream, set())
                 lacking.add(witness)
                 if len(lacking) >= witnesses:
