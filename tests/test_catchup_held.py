@@ -12,6 +12,7 @@ clock (the decisions are the sans-I/O core's: ``plan_fetches``, ``Fetch``, ``Str
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -92,10 +93,10 @@ class Peer:
 class Node:
     """What :class:`Fetcher` uses of a node's gossip, with its order (``streams``)."""
 
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self, clock: FakeClock, wall: float = 1_700_000_000.0) -> None:
         self.marks = ReleaseMarks(Marks())
         self.streams: Streams[Any] = Streams(
-            self.marks, clock=clock, wall_clock=lambda: 1_700_000_000.0,
+            self.marks, clock=clock, wall_clock=lambda: wall,
             gap_timeout=30.0, max_age=None,
         )  # fmt: skip
         self.logged: dict[int, GossipMessage] = {}  # what the node's log keeps
@@ -104,19 +105,25 @@ class Node:
             log_max_bytes=64 * 2**20, catchup_interval=30.0, max_package_size=2**20,
         )  # fmt: skip
         self.tasks: list[Coroutine[Any, Any, None]] = []  # refills, to await
+        self.sockets: list[Any] = []  # none unless a test connects some...
+        self.peers: dict[str, None] = {}  # ...and introduces them, by id
         self.catchup = CatchUp(batch=BATCH, clock=clock)
         gossip = SimpleNamespace(
             node=SimpleNamespace(
                 options=options,
                 penalize=self._penalize,
-                sockets=[],  # (the peers asked for a stream's start: none else here)
+                sockets=self.sockets,  # (the carriers asked for a stream's start)
                 connections=SimpleNamespace(
                     share_group=lambda socket: None, budget_key=lambda socket: str(socket.id)
                 ),
             ),
-            router=SimpleNamespace(topics={TOPIC}, peer_topics=lambda conn_id: {TOPIC}),
+            router=SimpleNamespace(
+                topics={TOPIC}, peer_topics=lambda conn_id: {TOPIC}, peers=self.peers
+            ),
             catchup=self.catchup,
-            tasks=SimpleNamespace(spawn=lambda coroutine, name: self.tasks.append(coroutine)),
+            tasks=SimpleNamespace(
+                spawn=lambda coroutine, name: self.tasks.append(coroutine), closed=False
+            ),
         )
         self.fetcher = FakeFetcher(
             gossip,  # type: ignore[arg-type]
@@ -165,9 +172,16 @@ class FakeFetcher(Fetcher):
         return peer.answer(event, body)
 
 
+class _Socket:
+    """What the fetcher reads of a socket (hashable, as sockets are), with the peer
+    that answers it."""
+
+    def __init__(self, peer: Peer, name: str) -> None:
+        self.peer, self.id, self.fake = name, name, peer
+
+
 def _socket(peer: Peer, name: str = "p") -> Any:
-    """What the fetcher reads of a socket, with the peer that answers it."""
-    return SimpleNamespace(peer=name, id=name, fake=peer)
+    return _Socket(peer, name)
 
 
 @asynccontextmanager
@@ -243,6 +257,28 @@ async def test_a_gap_refill_asks_a_wide_gap_as_a_range() -> None:
     assert [(e.first, e.last) for e in events if isinstance(e, GapSkipped)] == [(4, 2003)]
     released = [e.message.seq for e in events if isinstance(e, Deliver)]
     assert released == list(range(2004, 3004))  # all the peers kept
+
+
+async def test_a_round_refused_by_another_peers_fetch_runs_again_when_it_ends() -> None:
+    """attacker35 F1's residue: a liar pushed an origin's 186th message and answered
+    that it lacks the 185 before; a round with the hub meanwhile found the stream being
+    fetched (refused), and once the hub filled the gap (the start's second witness),
+    the 4 messages the hub kept after the pushed one waited for the next round (about
+    28 s, measured). The round refused runs again when the fetch that held it ends."""
+    hub, liar = Peer(range(1, 191)), Peer(range(186, 187))
+    node = Node(FakeClock(), wall=1_700_000_000.0 + 3600)  # the messages are history
+    node.add(186)  # pushed by the liar: held behind 1..185, the stream's start
+    hubs, liars = _socket(hub, "hub"), _socket(liar, "liar")
+    node.sockets[:] = [hubs, liars]  # both carry the topic
+    node.peers.update({hubs.id: None, liars.id: None})
+    node.fetcher.refill(liars, STREAM)  # the gap asked of the peer that revealed it
+    await node.fetcher.round(hubs)  # meanwhile: the stream is being fetched
+    assert len(hub.asked) == 0
+    while node.tasks:  # the liar's fill, then what it leaves to do
+        await node.tasks.pop(0)
+        for _ in range(3):
+            await asyncio.sleep(0)  # (a refill from the next witness is called soon)
+    assert node.delivered == list(range(1, 191))
 
 
 async def test_a_round_asks_for_the_gaps_between_held_messages() -> None:

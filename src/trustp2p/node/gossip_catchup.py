@@ -7,8 +7,9 @@ of the node's peers. Part of ``node.gossip`` (:mod:`.gossip`), which makes one
   then the streams we miss, shuffled, fetched in batches (``gossip/fetch``) until the
   round's :class:`~trustp2p.protocol.gossip.RoundBudget` (``log_max_bytes`` of messages) is
   spent or a fetch goes unanswered; the rest waits for a later round. A round runs when a
-  peer introduces itself, when a topic is new, after a held peer is let go, and every
-  ``catchup_interval`` with a random peer that carries one of our topics.
+  peer introduces itself, when a topic is new, after a held peer is let go, every
+  ``catchup_interval`` with a random peer that carries one of our topics, and again with
+  a peer whose round was refused a stream another fetch held, when that fetch ends.
 - A *gap* in a live stream is fetched from the peer that revealed it, within that peer's
   share (:class:`~trustp2p.protocol.gossip.PeerBudgets`: ``log_max_bytes`` each
   ``catchup_interval``).
@@ -147,6 +148,7 @@ class Fetcher:
 
     __slots__ = (
         "_added",
+        "_after",
         "_asked_of",
         "_budgets",
         "_clock",
@@ -190,6 +192,7 @@ class Fetcher:
         self._added: dict[str, None] = {}  # topics subscribed to, to catch up together
         self._asked_of: set[PeerKey] = set()  # the peers introduced when they began
         self._late: dict[PeerKey, set[str]] = {}  # introduced since: the topics asked then
+        self._after: dict[str, dict[Socket, None]] = {}  # rounds refused, by stream
         options = gossip.node.options
         self._budgets = PeerBudgets(options.log_max_bytes, options.catchup_interval or 30)
 
@@ -309,6 +312,8 @@ class Fetcher:
         empty = 0  # fetches of streams the peer claimed that brought nothing
         for wanted in planned:
             if (fetch := gossip.catchup.begin(wanted, socket.id)) is None:
+                if gossip.catchup.is_fetching(wanted.stream):  # asked again when it ends
+                    self._after.setdefault(wanted.stream, {})[socket] = None
                 continue
             await self._fill(socket, fetch, budget)
             if not fetch.done:  # the budget spent, or no answer: the rest waits till later
@@ -360,6 +365,19 @@ class Fetcher:
                         )
         finally:
             self._gossip.catchup.end(fetch)
+            self._round_after(fetch)
+
+    def _round_after(self, fetch: Fetch) -> None:
+        """A round refused the stream of ``fetch`` while it ran: the round runs again
+        with that peer, for its topic. Found by an attacker: a liar pushed an origin's
+        186th message and said it lacks those before; the hub's round meanwhile was
+        refused the stream, and once the hub filled the gap, what it kept after the
+        pushed message waited for the next round (28 s)."""
+        waiting, router = self._after.pop(fetch.wanted.stream, None), self._gossip.router
+        if waiting and fetch.wanted.topic in router.topics and not self._gossip.tasks.closed:
+            for socket in waiting:
+                if socket.id in router.peers:  # (still connected)
+                    self.spawn_round(socket, {fetch.wanted.topic})
 
     def _witness(self, socket: Socket) -> str:
         """Whose word a peer's answer is: its address's (an IPv6 /48)."""
