@@ -3,6 +3,7 @@ connections: which of two is dropped, and what is no twin."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -11,9 +12,11 @@ from typing import Any, cast
 import pytest
 
 from trustp2p.node.twins import CROSSING, DUPLICATE, Twins
+from trustp2p.protocol.close import CloseCode
 from trustp2p.protocol.handshake import NONCE_KEY
 
 from .conftest import FakeClock
+from .nodes import MakeNode, wait_for
 
 _ids = itertools.count(1)
 
@@ -148,3 +151,36 @@ def test_a_closed_connection_is_forgotten_with_what_the_dialer_would_wait_for() 
     again = FakeConn(FakeSocket(inbound=False))
     introduce(twins, again, "a")  # the peer's first connection now
     assert connections.closed == [(outbound, 1000, DUPLICATE)]
+
+
+async def test_a_peer_exchange_dial_dropped_as_a_twin_is_not_redialled(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a new user (tester36 F1): two plain nodes that learned each other by
+    peer exchange dialled each other; the one whose dial was dropped as the twin
+    dialled again from its peer store every 1, 2, 4 ... 60 s for as long as both ran,
+    each new connection closed as a duplicate (its threads' hooks each time). The
+    outbound manager leaves a peer's URL alone while the twin that stays is open."""
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    options = {"secure": False, "peer_exchange": True, "target_outbound": 4}
+    hub = await make_node(server=True, **options)
+    a = await make_node(server=True, client=True, peers=[hub.url], **options)
+    b = await make_node(server=True, client=True, peers=[hub.url], **options)
+    assert a.url is not None and b.url is not None
+
+    def linked() -> bool:  # a and b have one connection between them, either way
+        ports = {a.url.rsplit(":", 1)[1], b.url.rsplit(":", 1)[1]}
+        return any(s.peer.rsplit(":", 1)[1] in ports for s in a.sockets + b.sockets)
+
+    await wait_for(linked, timeout=10)
+
+    def duplicates() -> int:
+        said = f"({CloseCode.NORMAL_CLOSURE} {DUPLICATE})"
+        return sum(said in r.getMessage() for r in caplog.records)
+
+    await wait_for(lambda: duplicates() >= 2, timeout=10)  # they dialled each other
+    await asyncio.sleep(0.5)  # (dials under way meanwhile are dropped too)
+    settled = duplicates()
+    assert settled <= 4  # (each dial dropped is said at both ends)
+    await asyncio.sleep(1.5)  # redials come within 0.1 s here (22 closes in 2 s before)
+    assert duplicates() == settled

@@ -13,6 +13,7 @@ __all__ = ["Dialer"]
 import asyncio
 import errno
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from ..drivers import check_peer_url
@@ -69,6 +70,7 @@ class Dialer:
         self.tasks = TaskOwner(logger)
         self._persistent: dict[str, asyncio.Task[None]] = {}  # address -> task
         self._ourselves: set[str] = set()  # URLs (as stored) found to be this node
+        self._twinned: dict[str, str] = {}  # URL (as stored) -> the nonce of its twin
         self._wakeup = asyncio.Event()
         self._started = False  # connect() before start() dials from the start
 
@@ -304,8 +306,11 @@ class Dialer:
             if not mismatched:
                 self._mismatch(dial_url, socket.close_reason, delay)
             return delay, True
-        # The peer blocked us (its close says "blocked..."): not routine churn.
+        # The peer blocked us (its close says "blocked..."): not routine churn, and
+        # no use redialling before the block ends, when it says (found by a new user:
+        # a redial every 60 s at most for the hour, each a handshake refused).
         level = logging.WARNING if _blocked_us(socket.close_reason) else logging.INFO
+        delay = max(delay, _block_left(socket.close_reason))
         logger.log(
             level,
             "= connection to %s closed (%s %s); redialling in %.1f s",
@@ -375,7 +380,12 @@ class Dialer:
                     self._wakeup.set()
             await socket.wait_closed()
             twins = self.node.connections.twins
-            twins.dropped(socket)  # (the peer's stays: nothing to do)
+            if (nonce := twins.dropped(socket)) is not None:  # plain: the peer's dial stays
+                # Not dialled while it does (found by a new user: the store's URL was
+                # dialled again every 1 to 60 s, each connection closed as a twin).
+                logger.info("= %s: the peer's connection to us stays; not dialled while "
+                            "it does", dial.dial_url)  # fmt: skip
+                self._twinned[dial.url] = nonce
             twins.outbound_closed(socket, logger)
             reason = socket.close_reason  # (a wrong /p2p/ id: counted at the handshake)
             if is_mode_mismatch(reason) and not is_id_mismatch(reason):  # plain: the peer
@@ -405,7 +415,7 @@ class Dialer:
             if store is None:
                 continue
             policy = self.policy
-            own = [*self.node.listen_urls, *self._ourselves]
+            own = [*self.node.listen_urls, *self._ourselves, *self._twins_open()]
             anchor = policy.anchor_selection(self._connected_ids(), own, store)
             if anchor is not None:
                 await self._carry_out(anchor, store)
@@ -446,6 +456,14 @@ class Dialer:
                 except NodeStateError:
                     return  # the node is stopping
 
+    def _twins_open(self) -> list[str]:
+        """The store's URLs whose dial was dropped for a twin that is still open."""
+        twins = self.node.connections.twins
+        for url, nonce in list(self._twinned.items()):
+            if twins.connection_to(nonce) is None:
+                del self._twinned[url]
+        return list(self._twinned)
+
     def _connected_ids(self) -> set[str]:
         """Peers connected either way, and ourselves: never dialled."""
         ids = self.node.connected_peer_ids()
@@ -476,3 +494,16 @@ def _blocked_us(reason: str | None) -> bool:
     """Whether a close reason says the peer blocked this node (penalties' "blocked: ...",
     or a refusal "blocked")."""
     return reason is not None and reason.startswith("blocked")
+
+
+MAX_BLOCK_WAIT = 86_400.0
+"""Seconds at most that a peer's "blocked for N s" holds our redials of it."""
+
+
+def _block_left(reason: str | None) -> float:
+    """The seconds a close reason "blocked for N s: ..." says the block lasts, else 0."""
+    match = _BLOCKED_FOR.match(reason or "")
+    return min(float(match[1]), MAX_BLOCK_WAIT) if match else 0.0
+
+
+_BLOCKED_FOR = re.compile(r"blocked for (\d{1,9}) s\b")
