@@ -76,10 +76,13 @@ class Peer:
         self.log = {seq: _message(seq) for seq in seqs}
         self.served = 0
         self.asked: list[Body] = []
+        self.hwm_asked = 0
+        self.takes_a_turn = False
 
     def answer(self, event: str, body: Body) -> Body:
         last = max(self.log)
         if event == HWM:
+            self.hwm_asked += 1
             return {"hwm": {TOPIC: {ORIGIN.peer_id: last}}}
         assert event == FETCH
         self.asked.append(body)
@@ -169,6 +172,8 @@ class FakeFetcher(Fetcher):
 
     async def ask(self, socket: Any, event: str, body: Body) -> Body | None:
         peer: Peer = socket.fake
+        if peer.takes_a_turn:
+            await asyncio.sleep(0)  # (an answer comes later: other rounds run meanwhile)
         return peer.answer(event, body)
 
 
@@ -279,6 +284,26 @@ async def test_a_round_refused_by_another_peers_fetch_runs_again_when_it_ends() 
         for _ in range(3):
             await asyncio.sleep(0)  # (a refill from the next witness is called soon)
     assert node.delivered == list(range(1, 191))
+
+
+async def test_peers_refused_a_stream_are_not_asked_for_their_marks_again() -> None:
+    """Found in review (review46 C1): the first version ran a whole round again per
+    stream refused, each asking the peer's marks (10 peers introduced together: 99-104
+    ``gossip/hwm`` asks for 10). What a refused peer has of the stream (its mark then)
+    is fetched without asking again, and only what is still missing."""
+    peers = [Peer(range(1, 51)) for _ in range(5)]
+    for peer in peers:
+        peer.takes_a_turn = True
+    node = Node(FakeClock())
+    sockets = [_socket(peer, f"p{n}") for n, peer in enumerate(peers)]
+    node.sockets[:] = sockets
+    node.peers.update(dict.fromkeys(s.id for s in sockets))
+    await asyncio.gather(*(node.fetcher.round(s) for s in sockets))  # introduced together
+    while node.tasks:
+        await node.tasks.pop(0)
+    assert node.delivered == list(range(1, 51))
+    assert sum(peer.hwm_asked for peer in peers) == 5
+    assert sum(peer.served for peer in peers) == 50  # nothing fetched twice
 
 
 async def test_a_round_asks_for_the_gaps_between_held_messages() -> None:
