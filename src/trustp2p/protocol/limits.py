@@ -554,8 +554,9 @@ class WriteStall:
     seconds: a peer that, at its pace in a window, would take more than ``SLOW_HORIZON
     * timeout`` seconds to take what it held when the window began is slow. The node
     holds that against a peer only while the node's unread gossip is near its bound.
-    Found by an attacker: 10 connections of 5 addresses reading 4 KB a second each
-    held the node's 64 MiB of unread gossip; an honest subscriber lost 816 of 916 pushes.
+    Found by an attacker: 10 connections of 5 addresses reading 4 KB a second each,
+    never still for a whole timeout, held the node's 64 MiB of unread gossip, and an
+    honest subscriber a moment behind had 816 of 916 pushes dropped.
 
     Args:
         timeout: Seconds without progress that make a stall.
