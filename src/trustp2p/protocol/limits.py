@@ -546,9 +546,10 @@ class WriteStall:
     those still in its write buffer. Any rise is progress: the peer took bytes, however
     few, so a large frame crawling over a slow link is never taken for a stall, even
     while other writes refill the buffer as fast as it drains. A peer that has taken
-    nothing more for ``timeout`` seconds reads nothing (:meth:`stalled`). A write adds
-    at least as much to the buffer as to the bytes written (framing and encryption only
-    add to it), so a write never looks like progress.
+    nothing more for ``timeout`` seconds reads nothing (:meth:`stalled`).
+
+    A write adds at least as much to the buffer as to the bytes written (framing and
+    encryption only add to it), so a write never looks like progress.
 
     :meth:`slow` measures the peer's pace over windows of ``SLOW_WINDOW * timeout``
     seconds: a peer that, at its pace in a window, would take more than ``SLOW_HORIZON
