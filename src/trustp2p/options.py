@@ -129,9 +129,7 @@ class NodeOptions:
             if larger: one package always fits): 256 gossip messages of 256 KiB to each
             peer that stopped reading would hold 64 MiB each.
         send_stall_timeout: A peer that takes nothing from its write buffer for this
-            long while data waits (it reads nothing) is disconnected with 1008; so is
-            one holding gossip that would take over 3 times it to take what it holds
-            while all peers hold half the node's unread gossip bound (64 MiB).
+            long while data waits (it reads nothing) is disconnected with 1008.
         request_rate: Requests and talks per second a peer may send us...
         request_burst: ...with this burst. A peer over its budget (shared by its
             connections: reconnecting doesn't refill it) is throttled: the node stops

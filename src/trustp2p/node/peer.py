@@ -10,7 +10,6 @@ __all__ = [
     "GROUP_SHARE",
     "INTRODUCTION_WAIT",
     "MAX_GOSSIP_BACKLOG",
-    "NEAR_BOUND",
     "PeerConnection",
     "PeerLog",
     "SendBacklog",
@@ -56,13 +55,6 @@ GROUP_SHARE = 4
 Found by an attacker: 5 connections of one address that read 4 KB a second each held
 16 MiB queued, all of the node's backlog, and every honest subscriber that fell a
 moment behind had its messages dropped (726-915 of 1,600, caught up seconds late)."""
-
-
-NEAR_BOUND = 0.5
-"""While the peers hold this part of :data:`MAX_GOSSIP_BACKLOG` or more unread, a peer
-holding gossip that reads too slowly to take it within 3 ``send_stall_timeout``
-(:meth:`~trustp2p.protocol.limits.WriteStall.slow`) is disconnected: what it holds
-keeps the node's gossip from the others (see ``SLOW_HORIZON``)."""
 
 
 class SendBacklog:
@@ -342,32 +334,20 @@ async def watch_stall(
     conn: PeerConnection, timeout: float, disconnect: Callable[[PeerConnection, str], None]
 ) -> None:
     """While data waits for the peer, call ``disconnect(conn, reason)`` if it takes
-    nothing for ``timeout`` seconds (it reads nothing), or if it holds gossip and is
-    too slow to take what it holds while the node's unread gossip is near its bound
-    (``NEAR_BOUND``; see :class:`WriteStall`)."""
+    nothing for ``timeout`` seconds: it reads nothing (see :class:`WriteStall`)."""
     socket = conn.socket
     stats = socket.stats
     loop = asyncio.get_running_loop()
     # What the peer took: what we wrote, less what is still on its way (our buffers and
     # the kernel's; the kernel takes bytes from our buffer in large steps, as room
     # frees in its own, and sends them on at the link's pace).
-    held = socket.bytes_in_flight()
-    stall = WriteStall(timeout, loop.time(), stats.bytes_out - held, held)
-    shared = conn.shared
+    stall = WriteStall(timeout, loop.time(), stats.bytes_out - socket.bytes_in_flight())
     try:
         while socket.write_paused and not socket.closed:
             # Sampling a buffer is about real time passing: 8 samples per timeout.
             await asyncio.sleep(timeout / 8)
-            now, held = loop.time(), socket.bytes_in_flight()
-            taken = stats.bytes_out - held
-            if stall.stalled(now, taken):
+            if stall.stalled(loop.time(), stats.bytes_out - socket.bytes_in_flight()):
                 disconnect(conn, f"peer read nothing for {timeout:g} s")
-                return
-            slow = stall.slow(now, taken, held)
-            near = shared.bytes >= shared.limit * NEAR_BOUND
-            if slow is not None and near and conn.gossip_backlog[1]:
-                took, then, seconds = slow
-                disconnect(conn, f"peer too slow: took {took} of {then} bytes in {seconds:.1f} s")
                 return
     finally:
         conn.stall = None

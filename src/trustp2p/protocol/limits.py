@@ -14,8 +14,6 @@ __all__ = [
     "ADDRESS_RATE",
     "FIRST_ADDRESSES",
     "SITE_SHARE",
-    "SLOW_HORIZON",
-    "SLOW_WINDOW",
     "STORM_CONNECTIONS",
     "STORM_COOLDOWN",
     "STORM_WINDOW",
@@ -531,49 +529,33 @@ class UnprovenDials:
         return 0.0 if level >= 1 else (1 - level) / self.rate
 
 
-SLOW_WINDOW = 0.25
-""":meth:`WriteStall.slow`'s window, in ``send_stall_timeout`` (5 s by default)..."""
-SLOW_HORIZON = 3.0
-"""...and its horizon: 60 s by default to take what the peer holds, at its pace."""
-
-
 class WriteStall:
     """
-    Tells a peer that reads nothing, or too slowly for what it holds, from a slow one.
+    Tells a peer that reads nothing from one that reads slowly.
 
     While data waits for a peer (its write buffer is above the limit), the node samples
     how many bytes the peer has taken so far: the bytes written to the connection minus
     those still in its write buffer. Any rise is progress: the peer took bytes, however
     few, so a large frame crawling over a slow link is never taken for a stall, even
     while other writes refill the buffer as fast as it drains. A peer that has taken
-    nothing more for ``timeout`` seconds reads nothing (:meth:`stalled`).
+    nothing more for ``timeout`` seconds reads nothing.
 
     A write adds at least as much to the buffer as to the bytes written (framing and
     encryption only add to it), so a write never looks like progress.
-
-    :meth:`slow` measures the peer's pace over windows of ``SLOW_WINDOW * timeout``
-    seconds: a peer that, at its pace in a window, would take more than ``SLOW_HORIZON
-    * timeout`` seconds to take what it held when the window began is slow. The node
-    holds that against a peer only while the node's unread gossip is near its bound.
-    Found by an attacker: 10 connections of 5 addresses reading 4 KB a second each,
-    never still for a whole timeout, held the node's 64 MiB of unread gossip, and an
-    honest subscriber a moment behind had 816 of 916 pushes dropped.
 
     Args:
         timeout: Seconds without progress that make a stall.
         now: When the buffer was first seen above the limit.
         taken: The bytes the peer had taken then.
-        held: The bytes waiting for the peer then.
 
     """
 
-    __slots__ = ("_most", "_since", "_window", "timeout")
+    __slots__ = ("_most", "_since", "timeout")
 
-    def __init__(self, timeout: float, now: float, taken: int, held: int = 0) -> None:
+    def __init__(self, timeout: float, now: float, taken: int) -> None:
         self.timeout = timeout
         self._most = taken
         self._since = now
-        self._window = (now, taken, held)  # when the pace's window began, and what then
 
     def stalled(self, now: float, taken: int) -> bool:
         """Record the bytes the peer has ``taken`` by ``now``; True once it took none
@@ -583,20 +565,3 @@ class WriteStall:
             self._since = now
             return False
         return now - self._since >= self.timeout
-
-    def slow(self, now: float, taken: int, held: int) -> tuple[int, int, float] | None:
-        """
-        Record the bytes the peer has ``taken`` by ``now`` and the bytes ``held`` for
-        it. When a window ends (and the next begins): ``(took, held, seconds)`` if the
-        peer, at its pace in the window, would take more than ``SLOW_HORIZON *
-        timeout`` seconds to take what it held when the window began; else None.
-        """
-        since, before, held_then = self._window
-        seconds = now - since
-        if seconds < SLOW_WINDOW * self.timeout:
-            return None
-        took = taken - before
-        self._window = (now, taken, held)
-        if took * SLOW_HORIZON * self.timeout < held_then * seconds:
-            return took, held_then, seconds  # at this pace: over the horizon to take it
-        return None
