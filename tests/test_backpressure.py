@@ -199,6 +199,45 @@ def test_one_address_holds_a_quarter_of_the_unread_gossip_at_most() -> None:
     assert shared.bytes == 900 + 700 + 1000  # (local's, not an address's)
 
 
+def test_past_the_bound_a_peer_holding_less_than_an_even_share_still_gets_gossip() -> None:
+    """Found by an attacker (attacker35 F2): 10 connections of 5 addresses reading 4 KB
+    a second held the node's whole bound, and an honest subscriber a moment behind had
+    816 of 916 pushes dropped. Past the bound, a connection holding less than an even
+    share of it (among those holding gossip) still gets gossip, up to twice the bound
+    in all; those holding more don't. Nobody is cut for it."""
+    options = NodeOptions(server=True, max_send_bytes=4000, max_package_size=1024)
+    shared = SendBacklog(limit=4000)
+    nothing = cast(Any, None)
+
+    def peer(host: str) -> PeerConnection:
+        return PeerConnection(cast(Any, SimpleNamespace(host=host)), nothing, nothing,
+                              nothing, shared, share_group(host))  # fmt: skip
+
+    slow = [peer(f"10.0.0.{n}") for n in range(1, 5)]  # 4 addresses, a quarter each
+    for conn in slow:
+        for _ in range(10):
+            assert conn.queued(100, options, gossip=True) is None
+    assert shared.bytes == 4000 and shared.holders == 4
+    full = "the node's peers hold over 4000 bytes unread"
+    assert slow[0].queued(100, options, gossip=True) == full  # over its even share
+    honest = peer("10.0.1.1")  # behind a moment: an even share of 5 is 800
+    for _ in range(8):
+        assert honest.queued(100, options, gossip=True) is None
+    assert honest.queued(100, options, gossip=True) == full
+    assert shared.holders == 5 and shared.bytes == 4800
+    late = [peer(f"10.0.2.{n}") for n in range(1, 9)]  # 8 more: a 13th is 307
+    for conn in late:
+        while conn.queued(100, options, gossip=True) is None:
+            pass
+    assert shared.bytes <= 2 * 4000  # the ceiling
+    assert late[-1].queued(1, options, gossip=True) == full
+    assert honest.queued(1, options, gossip=True) == full  # (800 now over its share)
+    honest.drained()  # it took what it held
+    assert shared.holders == 12
+    assert honest.queued(100, options, gossip=True) is None  # within 4000 // 13 again
+    assert shared.holders == 13
+
+
 async def test_local_peers_share_their_addresss_backlog_with_limit_loopback(
     make_node: MakeNode,
 ) -> None:
