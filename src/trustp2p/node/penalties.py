@@ -104,26 +104,32 @@ class Penalties:
         """
         if not self.crossed(raw, invalid=1, by_address=True):
             return
-        key = address_key(raw.host)
+        reason = "too many failed handshakes"
+        if not self._spared(raw.host, reason):
+            duration = min(HANDSHAKE_BLOCK, self._node.options.block_duration)
+            self.block(None, raw.host, reason, duration=duration)
+
+    def _spared(self, address: str, reason: str, offender: str | None = None) -> bool:
+        """Whether peers of ``address`` that proved their ids, ``offender`` aside, are
+        connected (then the address isn't blocked for ``reason``, said): behind one
+        NAT, the honest peers don't pay for a neighbour's bad handshakes or ids."""
+        key = address_key(address)
         proven = sum(
             1
             for conn in self._connections
-            if conn.socket.peer_id is not None and address_key(conn.socket.host) == key
+            if conn.socket.peer_id not in (None, offender) and address_key(conn.socket.host) == key
         )
-        reason = "too many failed handshakes"
         if proven:
             self._connections.inbound.log(
                 logger,
                 logging.WARNING,
                 "block",
                 "! not blocking %s (%s): %d peer(s) of that address proved their ids",
-                raw.host,
+                address,
                 reason,
                 proven,
             )
-            return
-        duration = min(HANDSHAKE_BLOCK, self._node.options.block_duration)
-        self.block(None, raw.host, reason, duration=duration)
+        return proven > 0
 
     def block(
         self,
@@ -140,15 +146,23 @@ class Penalties:
         crossed the policy.
 
         A peer with an id is blocked by its id; its address too only once several peers
-        of that address offended (:class:`Offences`): peers sharing it, behind one NAT,
-        don't pay for one another. Loopback addresses are not blocked (unless
-        ``limit_loopback``): every local peer shares them. A local peer without a peer
-        id (plain mode) is only disconnected.
+        of that address offended (:class:`Offences`), for
+        :data:`~trustp2p.protocol.scoring.HANDSHAKE_BLOCK` at most, and not while other
+        peers of it that proved their ids are connected: peers sharing it, behind one
+        NAT, don't pay for one another (found by an attacker: three throwaway ids shut
+        an address out for an hour, its honest peers included). Loopback addresses are
+        not blocked (unless ``limit_loopback``): every local peer shares them. A local
+        peer without a peer id (plain mode) is only disconnected.
         """
+        address_for = duration
         if peer_id is not None and address is not None:
             now = asyncio.get_running_loop().time()
             if not self.offences.offended(address, now, peer_id):
                 address = None
+            elif self._spared(address, reason, peer_id):
+                address = None
+            else:  # (throwaway ids are free: not the hour an id gets)
+                address_for = min(HANDSHAKE_BLOCK, duration or self._node.options.block_duration)
         scope = block_scope(peer_id, address, limit_loopback=self._node.options.limit_loopback)
         if scope is None:
             if socket is not None and not socket.closed:
@@ -162,7 +176,11 @@ class Penalties:
                 )
                 socket.close_soon(CloseCode.POLICY_VIOLATION, fit_reason(f"disconnected: {reason}"))
             return
-        self._record(scope.peer_id, scope.address, reason, duration)
+        if scope.peer_id is not None and scope.address is not None:
+            self._record(scope.peer_id, None, reason, duration)
+            self._record(None, scope.address, reason, address_for)
+        else:
+            self._record(scope.peer_id, scope.address, reason, duration)
         # The peer's connections close; other connections from its address stay: an
         # address block only refuses new ones (bad input never closes a bystander).
         close_reason = fit_reason(f"blocked: {reason}")
