@@ -136,7 +136,7 @@ class NodeOptions:
             reading from it until the budget has refilled. It is never refused, counted
             invalid or blocked for it.
         gossip_rate: Gossip messages per second a peer may send us (each costs a
-            signature check), in a budget of its own, as ``request_rate``...
+            signature check; one more per 16 KiB of body), as ``request_rate``...
         gossip_burst: ...with this burst.
         gossip_node_rate: New live gossip messages per second the node checks from all
             peers together (the default: one peer's ``gossip_rate``), shared evenly:
