@@ -397,6 +397,7 @@ class Gossip:
         if message_id is not None and self.router.duplicate(socket.id, message_id):
             if package.body.get("origin") == socket.peer_id:  # its publisher's own copy
                 claim(self.node, self._log, socket, package.event)
+            self.router.fewer_hops(socket.id, message_id, package.body.get("hops", 0))
             return
         connections = self.node.connections  # (identities are free: shared by address)
         key, group = connections.budget_key(socket), connections.share_group(socket)

@@ -21,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "GOSSIP_EVENTS",
     "GRAFT",
+    "HOP_LIMITED_KEPT",
     "IHAVE",
     "IWANT",
     "MAX_CACHE_BYTES",
@@ -35,6 +36,7 @@ __all__ = [
     "RouterAction",
 ]
 
+import dataclasses
 import random
 from collections.abc import Callable, Collection
 from typing import Any, Literal
@@ -59,6 +61,10 @@ from .mesh import GraftTiming, MeshBook
 from .message import MAX_HOPS, GossipMessage, check_own_topic, check_topic
 from .recent import MAX_CACHE_BYTES, RecentMessages
 from .seen import SeenIds
+
+HOP_LIMITED_KEPT = 4096
+"""Ids of messages not sent on for their hops that a router remembers, the newest: a
+copy that comes with fewer hops sends one on (:meth:`GossipRouter.fewer_hops`)."""
 
 
 class GossipRouter:
@@ -157,6 +163,7 @@ class GossipRouter:
         self._recent = RecentMessages(history)  # for ihave and iwant
         self._holders = Holders()  # who has each recent message, whom it was served to
         self._asks = Asks()  # ids in an iwant: of whom, since when, whom to ask next
+        self._hop_limited: dict[str, None] = {}  # ids not sent on for their hops
 
     # Peers and subscriptions
 
@@ -308,12 +315,29 @@ class GossipRouter:
         self._holders.copy_from(message_id, peer)
         return True
 
+    def fewer_hops(self, peer: PeerKey, message_id: str, hops: object) -> None:
+        """
+        A copy of a message we didn't send on for its hops came from ``peer`` with
+        ``hops``: if that is few enough, send it on now, once, with them. Hops are not
+        signed: found by an attacker, a relay that got its copies in first with 15
+        hops stopped the next relay from pushing 39 % of them (p90 8 → 116 ms behind).
+        """
+        if message_id not in self._hop_limited or type(hops) is not int:
+            return
+        message = self._recent.get(message_id)
+        if message is not None and 0 <= hops and hops + 1 < self.max_hops:
+            del self._hop_limited[message_id]
+            self.forward(peer, dataclasses.replace(message, hops=hops))
+
     def forward(self, peer: PeerKey | None, message: GossipMessage) -> None:
         """Send an accepted message on, except back to ``peer``."""
         if message.topic not in self.topics:
             return  # we don't carry topics we don't subscribe to
         if message.hops + 1 >= self.max_hops:
             self.stats.hop_limited += 1
+            self._hop_limited[message.id] = None  # (a copy of fewer hops may send it on)
+            while len(self._hop_limited) > HOP_LIMITED_KEPT:
+                del self._hop_limited[next(iter(self._hop_limited))]
             return
         relayed = message.relayed()
         targets = self._targets(message.topic, exclude=(peer,))
