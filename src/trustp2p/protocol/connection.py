@@ -153,7 +153,7 @@ characters of its body: a message's text is read, parsed and hashed before anyth
 can tell it is a copy. Found by an attacker: one valid 200 KB message sent again and
 again on one connection, a token each, took 98 % of the node's core (193 MB/s read);
 talks of the same size, held to ``request_rate``, took 10 %. A relay passes 1,000
-messages of 16 KiB a second by default, or 15 of 1 MiB (about 15 MB/s)."""
+messages under 16 KiB a second by default, or 15 of 1 MiB (about 15 MB/s)."""
 
 
 def gossip_cost(body_json: str, data: object) -> int:
