@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from trustp2p import RemoteError
 from trustp2p.protocol.package import PackageType, build_package, encode
 from trustp2p.protocol.scoring import HANDSHAKE_BLOCK, OFFENDING_CONNECTIONS
+from trustp2p.storage.peerstore import PeerSource
 
 from .nodes import MakeNode, wait_for
 
@@ -190,3 +191,28 @@ async def test_a_secure_peer_is_blocked_by_its_id_and_its_address_only_after_sev
     [until] = [b.until for kind, key, b in store.blocks() if kind == "address"]
     assert until <= before + HANDSHAKE_BLOCK + 5
     assert all(b.until > before + 3000 for kind, _, b in store.blocks() if kind == "peer")
+
+
+async def test_a_store_dial_told_blocked_for_n_s_waits_n_s(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review (review47 D1): "blocked for N s" held the redials of a `peers=`
+    URL only; the outbound manager redialled a store URL whose peer blocked us on its
+    usual back-off, a refused handshake each time (4 in 8.9 s with defaults)."""
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    server = await make_node(server=True, secure=False, limit_loopback=True)
+    assert server.store is not None and server.url is not None
+    await server.store.block(address="127.0.0.1", reason="test says so", duration=3000)
+    client = await make_node(client=True, secure=False, limit_loopback=True, target_outbound=1)
+    assert client.store is not None and client.client is not None
+    await client.store.add_urls([server.url], PeerSource.EXCHANGE)
+    client.client.wake()
+
+    def refusals() -> int:  # (the client's side: each dial told)
+        return sum("closed (1008 blocked for 30" in r.getMessage() for r in caplog.records)
+
+    await wait_for(lambda: refusals() == 1)
+    for _ in range(10):  # rounds, each of which would dial it again on the back-off
+        client.client.wake()
+        await asyncio.sleep(0.1)  # (the back-off here is 20 to 100 ms)
+    assert refusals() == 1

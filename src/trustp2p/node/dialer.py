@@ -388,6 +388,8 @@ class Dialer:
                 self._twinned[dial.url] = nonce
             twins.outbound_closed(socket, logger)
             reason = socket.close_reason  # (a wrong /p2p/ id: counted at the handshake)
+            if (left := _block_left(reason)) > 0:  # the peer blocks us: not before it ends
+                self.policy.hold(dial.url, left)
             if is_mode_mismatch(reason) and not is_id_mismatch(reason):  # plain: the peer
                 self.dial_failed(dial.dial_url, DriverError(reason))  # refused us after
         finally:

@@ -447,6 +447,11 @@ class OutboundPolicy:
         self._deferred = True
         return False
 
+    def hold(self, url: str, seconds: float) -> None:
+        """Dial the store URL ``url`` no sooner than ``seconds`` from now: its peer said
+        it blocks us for that long (a refused handshake at every redial before)."""
+        self._retry_at[url] = max(self._retry_at.get(url, 0.0), self.clock() + seconds)
+
     def wake_in(self, view: PeerView | None = None) -> float | None:
         """
         Seconds before a round should run again: to dial the unproven URLs the last
