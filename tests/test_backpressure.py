@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any, cast
@@ -229,13 +230,36 @@ def test_past_the_bound_a_peer_holding_less_than_an_even_share_still_gets_gossip
     for conn in late:
         while conn.queued(100, options, gossip=True) is None:
             pass
-    assert shared.bytes <= 2 * 4000  # the ceiling
+    assert shared.bytes <= 2 * 4000  # the ceiling: a late one under its share refused...
     assert late[-1].queued(1, options, gossip=True) == full
+    assert list(shared.evicted) == [slow[0]]  # ...the largest, over its share, to be cut
     assert honest.queued(1, options, gossip=True) == full  # (800 now over its share)
+    slow[0].drained()  # cut (watch_stall)
     honest.drained()  # it took what it held
+    assert shared.holders == 11 and not shared.evicted
+    assert honest.queued(100, options, gossip=True) is None  # within 4000 // 12 again
     assert shared.holders == 12
-    assert honest.queued(100, options, gossip=True) is None  # within 4000 // 13 again
-    assert shared.holders == 13
+
+
+async def test_a_connection_to_cut_for_its_share_is_cut_by_its_stall_watch(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found in review (review47 B1): even shares taken one after another add up, and
+    # slow readers of about 9 addresses filled the ceiling. At the ceiling, the largest
+    # holder over its share is marked (above); its stall watch cuts it.
+    caplog.set_level(logging.WARNING, logger="trustp2p.node")
+    async with a_peer_that_reads_nothing(make_node, send_stall_timeout=8.0) as (server, inbound):
+        conn = server.connection(inbound)
+        assert conn is not None
+        message = build_package(PackageType.GOSSIP, "chat", {"pad": "z" * 100_000})
+        while not conn.gossip_backlog[0]:  # it holds gossip (its buffers full first)
+            server.send_package(inbound, message)
+            await asyncio.sleep(0)
+        conn.shared.evicted[conn] = None
+        await wait_for(lambda: inbound.closed, timeout=5)  # within a sample, 1 s
+    said = re.compile(r"holds \d+ bytes of unread gossip, over its share: disconnecting")
+    assert any(said.search(r.getMessage()) for r in caplog.records)
+    assert not conn.shared.evicted and not conn.shared.holding
 
 
 async def test_local_peers_share_their_addresss_backlog_with_limit_loopback(

@@ -64,7 +64,10 @@ FAIR_CEILING = 2
 bound in all. Found by an attacker: 10 connections of 5 addresses reading 4 KB a second
 held the whole bound (never still for a whole ``send_stall_timeout``), and an honest
 subscriber a moment behind had 816 of 916 pushes dropped. (Cutting slow readers instead
-cut honest subscribers on 2 Mbit/s links in a burst: review46.)"""
+cut honest subscribers on 2 Mbit/s links in a burst: review46.) At the ceiling, a
+connection under its share that is refused has the one holding the most, over its own
+share, cut (:func:`watch_stall`): shares taken one after another add up (1 + 1/2 + 1/3
+...), and slow readers of about 9 addresses filled the ceiling (review47)."""
 
 
 class SendBacklog:
@@ -72,15 +75,29 @@ class SendBacklog:
     node's connections (each :class:`PeerConnection` counts its own in it), and by
     address (``groups``: :func:`~trustp2p.protocol.hosts.share_group`), gossip only
     (review: a connection's unread answers kept its address's gossip from the others);
-    ``holders``: the connections holding gossip."""
+    ``holding``: the connections holding gossip; ``evicted``: those of them to cut
+    for it (see :data:`FAIR_CEILING`)."""
 
-    __slots__ = ("bytes", "groups", "holders", "limit")
+    __slots__ = ("bytes", "evicted", "groups", "holding", "limit")
 
     def __init__(self, limit: int = MAX_GOSSIP_BACKLOG) -> None:
         self.bytes = 0
         self.limit = limit
         self.groups: dict[str, int] = {}
-        self.holders = 0
+        self.holding: dict[PeerConnection, None] = {}
+        self.evicted: dict[PeerConnection, None] = {}
+
+    @property
+    def holders(self) -> int:
+        """How many connections hold gossip."""
+        return len(self.holding)
+
+    def evict_largest(self) -> None:
+        """Mark the connection holding the most gossip to be cut, if that is over an
+        even share of the bound (and it isn't marked already)."""
+        largest = max(self.holding, key=lambda c: c.gossip_backlog[1], default=None)
+        if largest is not None and largest.gossip_backlog[1] > self.limit // self.holders:
+            self.evicted[largest] = None
 
     def add(self, group: str | None, size: int) -> None:
         """``size`` bytes more are held unread by a peer of ``group`` (None: loopback)."""
@@ -236,7 +253,7 @@ class PeerConnection:
                 return f"the peers of its address hold over {share} bytes unread"
         if gossip:
             if not count:
-                shared.holders += 1  # (it holds gossip from now)
+                shared.holding[self] = None  # (it holds gossip from now)
             self.gossip_backlog = (count + 1, total + size)
         else:
             self.other_backlog = (count + 1, total + size)
@@ -252,8 +269,12 @@ class PeerConnection:
         it (a peer a moment behind holds little; those that read slowly hold much)."""
         shared = self.shared
         holders = shared.holders + (0 if self.gossip_backlog[0] else 1)  # (with this one)
-        ceiling = shared.limit * FAIR_CEILING
-        return shared.bytes + size <= ceiling and held <= shared.limit // holders
+        if held > shared.limit // holders:
+            return False
+        if shared.bytes + size > shared.limit * FAIR_CEILING:
+            shared.evict_largest()  # (under its share, refused: the largest makes room)
+            return False
+        return True
 
     def fits(self, package: Package, size: int) -> bool:
         """
@@ -286,8 +307,8 @@ class PeerConnection:
         """The peer reads again (or is gone): what it held unread no longer counts;
         those waiting for its introduction look again (it may be gone)."""
         self._wake()
-        if self.gossip_backlog[0]:
-            self.shared.holders -= 1
+        self.shared.holding.pop(self, None)
+        self.shared.evicted.pop(self, None)
         gossip = self.gossip_backlog[1]
         self.shared.release(self.group, gossip)
         self.shared.release(None, self.backlog_bytes - gossip)
@@ -374,6 +395,10 @@ async def watch_stall(
             await asyncio.sleep(timeout / 8)
             if stall.stalled(loop.time(), stats.bytes_out - socket.bytes_in_flight()):
                 disconnect(conn, f"peer read nothing for {timeout:g} s")
+                return
+            if conn in conn.shared.evicted:  # (see FAIR_CEILING)
+                held = conn.gossip_backlog[1]
+                disconnect(conn, f"holds {held} bytes of unread gossip, over its share")
                 return
     finally:
         conn.stall = None
