@@ -12,6 +12,7 @@ __all__ = ["Penalties", "refusal_reason"]
 import asyncio
 import logging
 import math
+import time
 from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MAX_SPARES = 2
+"""Times within ``OFFENCE_WINDOW`` that an address whose peers offended is spared for
+its other peers (:meth:`Penalties.block`); the next time it is blocked all the same."""
+
 
 class Penalties:
     """The node's judge: the peer store's counts and blocks, and :class:`Offences`."""
@@ -37,6 +42,7 @@ class Penalties:
         self._node = node
         self._connections = connections
         self.offences = Offences()
+        self._spares: dict[str, list[float]] = {}  # address -> when offences were spared
         self._keys: dict[int, PeerKey] = {}  # connection id -> its peer key, made once
 
     def forget(self, socket: Socket) -> None:
@@ -109,15 +115,20 @@ class Penalties:
             duration = min(HANDSHAKE_BLOCK, self._node.options.block_duration)
             self.block(None, raw.host, reason, duration=duration)
 
-    def _spared(self, address: str, reason: str, offender: str | None = None) -> bool:
+    def _spared(
+        self, address: str, reason: str, offender: str | None = None, before: float | None = None
+    ) -> bool:
         """Whether peers of ``address`` that proved their ids, ``offender`` aside, are
         connected (then the address isn't blocked for ``reason``, said): behind one
-        NAT, the honest peers don't pay for a neighbour's bad handshakes or ids."""
+        NAT, the honest peers don't pay for a neighbour's bad handshakes or ids. With
+        ``before`` (wall-clock seconds), only those connected by then, none invalid."""
         key = address_key(address)
         proven = sum(
             1
             for conn in self._connections
-            if conn.socket.peer_id not in (None, offender) and address_key(conn.socket.host) == key
+            if conn.socket.peer_id not in (None, offender)
+            and address_key(conn.socket.host) == key
+            and (before is None or (conn.opened <= before and not conn.protocol.invalid))
         )
         if proven:
             self._connections.inbound.log(
@@ -156,13 +167,8 @@ class Penalties:
         """
         address_for = duration
         if peer_id is not None and address is not None:
-            now = asyncio.get_running_loop().time()
-            if not self.offences.offended(address, now, peer_id):
-                address = None
-            elif self._spared(address, reason, peer_id):
-                address = None
-            else:  # (throwaway ids are free: not the hour an id gets)
-                address_for = min(HANDSHAKE_BLOCK, duration or self._node.options.block_duration)
+            address = self._address_to_block(peer_id, address, reason)
+            address_for = min(HANDSHAKE_BLOCK, duration or self._node.options.block_duration)
         scope = block_scope(peer_id, address, limit_loopback=self._node.options.limit_loopback)
         if scope is None:
             if socket is not None and not socket.closed:
@@ -190,6 +196,30 @@ class Penalties:
                 self._connections.close(conn, CloseCode.POLICY_VIOLATION, close_reason)
         if socket is not None and not socket.closed:
             socket.close_soon(CloseCode.POLICY_VIOLATION, close_reason)
+
+    def _address_to_block(self, peer_id: str, address: str, reason: str) -> str | None:
+        """``address`` if the offence of ``peer_id`` there gets it blocked (for
+        :data:`~trustp2p.protocol.scoring.HANDSHAKE_BLOCK` at most), else None: once
+        :class:`Offences` says so, unless peers of it that were connected before its
+        first offence counted, none invalid, are still connected, twice at most in
+        ``OFFENCE_WINDOW`` (found in review: an attacker's next throwaway id, connected
+        before the last offended, spared the address for ever)."""
+        now = asyncio.get_running_loop().time()
+        first = self.offences.first(address, now)
+        if not self.offences.offended(address, now, peer_id):
+            return None
+        limit_loopback = self._node.options.limit_loopback
+        if block_scope(None, address, limit_loopback=limit_loopback) is None:
+            return address  # (loopback: not blocked, nothing to spare)
+        spares = [t for t in self._spares.get(address, ()) if now - t < self.offences.window]
+        before = time.time() - (now - (now if first is None else first))
+        if len(spares) < MAX_SPARES and self._spared(address, reason, peer_id, before):
+            self._spares[address] = [*spares, now]
+            while len(self._spares) > self.offences.max_tracked:
+                del self._spares[next(iter(self._spares))]
+            return None
+        self._spares.pop(address, None)
+        return address
 
     def _record(
         self, peer_id: str | None, address: str | None, reason: str, duration: float | None

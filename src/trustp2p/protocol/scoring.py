@@ -173,8 +173,13 @@ class Offences:
             raise ValueError(f"need threshold >= 1 and window > 0, not {threshold}, {window}")
         self.threshold = threshold
         self.window = window
-        self._max_tracked = max_tracked
+        self.max_tracked = max_tracked
         self._times: dict[str, list[tuple[float, str | None]]] = {}
+
+    def first(self, address: str, now: float) -> float | None:
+        """When the earliest offence of ``address`` still counted at ``now`` was."""
+        times = [t for t, _ in self._times.get(address, ()) if now - t < self.window]
+        return min(times, default=None)
 
     def offended(self, address: str, now: float, offender: str | None = None) -> bool:
         """
@@ -193,7 +198,7 @@ class Offences:
         times.append((now, offender))
         if len(times) >= self.threshold:
             return True
-        if len(self._times) >= self._max_tracked:
+        if len(self._times) >= self.max_tracked:
             del self._times[next(iter(self._times))]
         self._times[address] = times
         return False
