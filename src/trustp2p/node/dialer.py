@@ -498,8 +498,10 @@ def _blocked_us(reason: str | None) -> bool:
     return reason is not None and reason.startswith("blocked")
 
 
-MAX_BLOCK_WAIT = 86_400.0
-"""Seconds at most that a peer's "blocked for N s" holds our redials of it."""
+MAX_BLOCK_WAIT = 900.0
+"""Seconds at most that a peer's "blocked for N s" holds our redials of it: its
+operator may lift the block (found in review: a day's wait kept peers away that long
+after an unblock); one refused handshake in 15 minutes, not one a minute."""
 
 
 def _block_left(reason: str | None) -> float:
