@@ -146,6 +146,29 @@ async def test_valid_packages_are_counted_in_batches_and_all_by_close(
     assert invalid == 0
 
 
+async def _fresh_id(make_node: MakeNode, server: Node) -> Node:
+    """A client of ``server`` with a fresh identity, once the server has its connection."""
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None and client.peer_id is not None
+    await client.client.wait_connected()
+    peer_id = client.peer_id
+    await wait_for(lambda: server.socket_for_peer(peer_id) is not None)
+    return client
+
+
+async def _offend(server: Node, client: Node) -> str:
+    """Have ``server`` find the packages of ``client`` invalid until it blocks its id."""
+    peer_id = client.peer_id or ""
+    inbound = server.socket_for_peer(peer_id)
+    assert inbound is not None and server.store is not None
+    while not inbound.closed:  # a thread finds its packages invalid, again and again
+        server.penalize(inbound, "test offence")
+        await asyncio.sleep(0)
+    store = server.store
+    await wait_for(lambda: store.is_blocked(peer_id=peer_id))
+    return peer_id
+
+
 async def test_a_secure_peer_is_blocked_by_its_id_and_its_address_only_after_several(
     make_node: MakeNode,
 ) -> None:
@@ -158,18 +181,7 @@ async def test_a_secure_peer_is_blocked_by_its_id_and_its_address_only_after_sev
     store = server.store
 
     async def offend() -> str:
-        client = await make_node(client=True, peers=[server.url])  # a fresh identity
-        assert client.client is not None and client.peer_id is not None
-        await client.client.wait_connected()
-        peer_id = client.peer_id
-        await wait_for(lambda: server.socket_for_peer(peer_id) is not None)
-        inbound = server.socket_for_peer(peer_id)
-        assert inbound is not None
-        while not inbound.closed:  # a thread finds its packages invalid, again and again
-            server.penalize(inbound, "test offence")
-            await asyncio.sleep(0)
-        await wait_for(lambda: store.is_blocked(peer_id=peer_id))
-        return peer_id
+        return await _offend(server, await _fresh_id(make_node, server))
 
     await offend()
     assert not store.is_blocked(address="127.0.0.1")
@@ -224,26 +236,11 @@ async def test_throwaway_ids_do_not_spare_their_own_address(make_node: MakeNode)
     assert server.server is not None and server.store is not None
     store = server.store
 
-    async def connect() -> Node:
-        client = await make_node(client=True, peers=[server.url])  # a fresh identity
-        assert client.client is not None and client.peer_id is not None
-        await client.client.wait_connected()
-        await wait_for(lambda: server.socket_for_peer(client.peer_id or "") is not None)
-        return client
-
-    async def offend(client: Node) -> None:
-        inbound = server.socket_for_peer(client.peer_id or "")
-        assert inbound is not None
-        while not inbound.closed:
-            server.penalize(inbound, "test offence")
-            await asyncio.sleep(0)
-        await wait_for(lambda: store.is_blocked(peer_id=client.peer_id))
-        await client.stop()
-
-    current = await connect()
+    current = await _fresh_id(make_node, server)
     for _ in range(OFFENDING_CONNECTIONS):  # the next one connected before each offends
-        following = await connect()
-        await offend(current)
+        following = await _fresh_id(make_node, server)
+        await _offend(server, current)
+        await current.stop()
         current = following
     await wait_for(lambda: store.is_blocked(address="127.0.0.1"))
 
@@ -262,17 +259,8 @@ async def test_an_address_with_a_peer_from_before_is_spared_twice_at_most(
     await bystander.client.wait_connected()
     await asyncio.sleep(0.01)  # (connected strictly before the first offence)
     for n in range(3 * OFFENDING_CONNECTIONS):
-        client = await make_node(client=True, peers=[server.url])
-        assert client.client is not None and client.peer_id is not None
-        await client.client.wait_connected()
-        peer_id = client.peer_id
-        await wait_for(lambda p=peer_id: server.socket_for_peer(p) is not None)
-        inbound = server.socket_for_peer(peer_id)
-        assert inbound is not None
-        while not inbound.closed:
-            server.penalize(inbound, "test offence")
-            await asyncio.sleep(0)
-        await wait_for(lambda p=peer_id: store.is_blocked(peer_id=p))
+        client = await _fresh_id(make_node, server)
+        await _offend(server, client)
         await client.stop()
         assert store.is_blocked(address="127.0.0.1") == (n == 3 * OFFENDING_CONNECTIONS - 1)
     assert not bystander.client.sockets[0].closed
