@@ -215,7 +215,8 @@ def test_past_the_bound_a_peer_holding_less_than_an_even_share_still_gets_gossip
                               nothing, shared, share_group(host))  # fmt: skip
 
     slow = [peer(f"10.0.0.{n}") for n in range(1, 5)]  # 4 addresses, a quarter each
-    for conn in slow:
+    for n, conn in enumerate(slow):
+        conn.pace = 4000.0 + n  # bytes/s, as their stall watches sampled
         for _ in range(10):
             assert conn.queued(100, options, gossip=True) is None
     assert shared.bytes == 4000 and shared.holders == 4
@@ -232,13 +233,46 @@ def test_past_the_bound_a_peer_holding_less_than_an_even_share_still_gets_gossip
             pass
     assert shared.bytes <= 2 * 4000  # the ceiling: a late one under its share refused...
     assert late[-1].queued(1, options, gossip=True) == full
-    assert list(shared.evicted) == [slow[0]]  # ...the largest, over its share, to be cut
+    assert list(shared.evicted) == [slow[0]]  # ...the slowest over its share, to be cut
     assert honest.queued(1, options, gossip=True) == full  # (800 now over its share)
     slow[0].drained()  # cut (watch_stall)
     honest.drained()  # it took what it held
     assert shared.holders == 11 and not shared.evicted
     assert honest.queued(100, options, gossip=True) is None  # within 4000 // 12 again
     assert shared.holders == 12
+
+
+def test_at_the_ceiling_the_slowest_over_its_share_is_marked_not_the_largest() -> None:
+    """Found in review (review48 B1): marking the largest holder let an attacker pick
+    whom the node cuts: connections each holding a little less than an honest
+    subscriber a burst behind made it the largest. The slowest reader over its share
+    (its stall watch's last sample) is marked; one no longer over it isn't cut."""
+    options = NodeOptions(server=True, max_send_bytes=4000, max_package_size=1024)
+    shared = SendBacklog(limit=4000)
+    nothing = cast(Any, None)
+
+    def peer(host: str, pace: float) -> PeerConnection:
+        conn = PeerConnection(cast(Any, SimpleNamespace(host=host)), nothing, nothing,
+                              nothing, shared, share_group(host))  # fmt: skip
+        conn.pace = pace
+        return conn
+
+    honest = peer("10.0.9.1", 1_500_000.0)  # reads fast; a burst behind
+    for _ in range(10):
+        assert honest.queued(100, options, gossip=True) is None
+    attackers = [peer(f"10.0.1.{n}", 4000.0 - n) for n in range(1, 17)]
+    for conn in attackers:  # none holding more than the honest one
+        while conn.queued(100, options, gossip=True) is None:
+            pass
+    assert shared.bytes > 2 * 4000 - 100  # the ceiling
+    newcomer = peer("10.0.2.1", 50_000.0)
+    assert newcomer.queued(100, options, gossip=True) is not None
+    assert honest.gossip_backlog[1] == max(c.gossip_backlog[1] for c in shared.holding)
+    [marked] = shared.evicted
+    over = [c for c in attackers if shared.over_share(c)]
+    assert marked is min(over, key=lambda c: c.pace or 0)  # the slowest over its share
+    newcomer.queued(100, options, gossip=True)
+    assert list(shared.evicted) == [marked]  # one at a time
 
 
 async def test_a_connection_to_cut_for_its_share_is_cut_by_its_stall_watch(
@@ -255,6 +289,7 @@ async def test_a_connection_to_cut_for_its_share_is_cut_by_its_stall_watch(
         while not conn.gossip_backlog[0]:  # it holds gossip (its buffers full first)
             server.send_package(inbound, message)
             await asyncio.sleep(0)
+        conn.shared.limit = 1000  # (over its share: the bound as if others held it)
         conn.shared.evicted[conn] = None
         await wait_for(lambda: inbound.closed, timeout=5)  # within a sample, 1 s
     said = re.compile(r"holds \d+ bytes of unread gossip, over its share: disconnecting")

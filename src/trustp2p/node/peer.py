@@ -65,9 +65,10 @@ bound in all. Found by an attacker: 10 connections of 5 addresses reading 4 KB a
 held the whole bound (never still for a whole ``send_stall_timeout``), and an honest
 subscriber a moment behind had 816 of 916 pushes dropped. (Cutting slow readers instead
 cut honest subscribers on 2 Mbit/s links in a burst: review46.) At the ceiling, a
-connection under its share that is refused has the one holding the most, over its own
-share, cut (:func:`watch_stall`): shares taken one after another add up (1 + 1/2 + 1/3
-...), and slow readers of about 9 addresses filled the ceiling (review47)."""
+connection under its share that is refused has the slowest reader over its own share
+cut (:func:`watch_stall`): shares taken one after another add up (1 + 1/2 + 1/3 ...),
+and slow readers of about 9 addresses filled the ceiling (review47); the largest
+holder could be an honest subscriber a burst behind (review48)."""
 
 
 class SendBacklog:
@@ -92,12 +93,21 @@ class SendBacklog:
         """How many connections hold gossip."""
         return len(self.holding)
 
-    def evict_largest(self) -> None:
-        """Mark the connection holding the most gossip to be cut, if that is over an
-        even share of the bound (and it isn't marked already)."""
-        largest = max(self.holding, key=lambda c: c.gossip_backlog[1], default=None)
-        if largest is not None and largest.gossip_backlog[1] > self.limit // self.holders:
-            self.evicted[largest] = None
+    def over_share(self, conn: PeerConnection) -> bool:
+        """Whether ``conn`` holds more gossip than an even share of the bound."""
+        return conn.gossip_backlog[1] > self.limit // max(self.holders, 1)
+
+    def evict_slowest(self) -> None:
+        """Unless one is marked already, mark the slowest reader (by its stall watch's
+        last sample) of the connections holding more than an even share of the bound:
+        the largest holder could be an honest subscriber a burst behind, which an
+        attacker's connections, each holding a little less, made the largest (found
+        in review)."""
+        if self.evicted:
+            return
+        over = [c for c in self.holding if c.pace is not None and self.over_share(c)]
+        if over:
+            self.evicted[min(over, key=lambda c: (c.pace, -c.gossip_backlog[1]))] = None
 
     def add(self, group: str | None, size: int) -> None:
         """``size`` bytes more are held unread by a peer of ``group`` (None: loopback)."""
@@ -152,6 +162,7 @@ class PeerConnection:
         "opened",
         "other_backlog",
         "oversized",
+        "pace",
         "protocol",
         "role",
         "shared",
@@ -177,6 +188,7 @@ class PeerConnection:
         self.log = log
         self.worker: Worker | None = None
         self.opened = time.time()
+        self.pace: float | None = None  # bytes/s it took, while its stall watch samples
         self.backlog = 0  # packages written while the peer wasn't reading...
         self.backlog_bytes = 0  # ...and their bytes
         self.gossip_backlog = self.other_backlog = (0, 0)  # of them: packages, bytes
@@ -272,7 +284,7 @@ class PeerConnection:
         if held > shared.limit // holders:
             return False
         if shared.bytes + size > shared.limit * FAIR_CEILING:
-            shared.evict_largest()  # (under its share, refused: the largest makes room)
+            shared.evict_slowest()  # (under its share, refused: the slowest makes room)
             return False
         return True
 
@@ -388,19 +400,27 @@ async def watch_stall(
     # What the peer took: what we wrote, less what is still on its way (our buffers and
     # the kernel's; the kernel takes bytes from our buffer in large steps, as room
     # frees in its own, and sends them on at the link's pace).
-    stall = WriteStall(timeout, loop.time(), stats.bytes_out - socket.bytes_in_flight())
+    then, taken = loop.time(), stats.bytes_out - socket.bytes_in_flight()
+    stall = WriteStall(timeout, then, taken)
+    shared = conn.shared
     try:
         while socket.write_paused and not socket.closed:
             # Sampling a buffer is about real time passing: 8 samples per timeout.
             await asyncio.sleep(timeout / 8)
-            if stall.stalled(loop.time(), stats.bytes_out - socket.bytes_in_flight()):
+            now, before = loop.time(), taken
+            taken = stats.bytes_out - socket.bytes_in_flight()
+            if stall.stalled(now, taken):
                 disconnect(conn, f"peer read nothing for {timeout:g} s")
                 return
-            if conn in conn.shared.evicted:  # (see FAIR_CEILING)
-                held = conn.gossip_backlog[1]
-                disconnect(conn, f"holds {held} bytes of unread gossip, over its share")
-                return
+            conn.pace, then = max(taken - before, 0) / max(now - then, 1e-3), now
+            if conn in shared.evicted:  # (see FAIR_CEILING)
+                if shared.over_share(conn):  # (still)
+                    held = conn.gossip_backlog[1]
+                    disconnect(conn, f"holds {held} bytes of unread gossip, over its share")
+                    return
+                del shared.evicted[conn]
     finally:
         conn.stall = None
+        conn.pace = None
     if not socket.write_paused:  # it reads again: its backlog no longer counts (review)
         conn.drained()
