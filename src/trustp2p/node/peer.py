@@ -79,7 +79,7 @@ class SendBacklog:
     ``holding``: the connections holding gossip; ``evicted``: those of them to cut
     for it (see :data:`FAIR_CEILING`)."""
 
-    __slots__ = ("bytes", "evicted", "groups", "holding", "limit")
+    __slots__ = ("_looked", "bytes", "evicted", "groups", "holding", "limit")
 
     def __init__(self, limit: int = MAX_GOSSIP_BACKLOG) -> None:
         self.bytes = 0
@@ -87,6 +87,7 @@ class SendBacklog:
         self.groups: dict[str, int] = {}
         self.holding: dict[PeerConnection, None] = {}
         self.evicted: dict[PeerConnection, None] = {}
+        self._looked = -1.0  # when evict_slowest() last walked the holders
 
     @property
     def holders(self) -> int:
@@ -103,8 +104,10 @@ class SendBacklog:
         the largest holder could be an honest subscriber a burst behind, which an
         attacker's connections, each holding a little less, made the largest (found
         in review)."""
-        if self.evicted:
-            return
+        now = time.monotonic()
+        if self.evicted or now - self._looked < 0.1:
+            return  # (a look a tenth of a second at most: each walks the holders)
+        self._looked = now
         over = [c for c in self.holding if c.pace is not None and self.over_share(c)]
         if over:
             self.evicted[min(over, key=lambda c: (c.pace, -c.gossip_backlog[1]))] = None
