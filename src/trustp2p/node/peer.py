@@ -281,7 +281,8 @@ class PeerConnection:
         """Past the node's bound: whether this connection, holding ``held`` bytes of
         gossip with the next ``size``, holds no more than an even share of the bound
         among the connections holding gossip, the node less than ``FAIR_CEILING`` times
-        it (a peer a moment behind holds little; those that read slowly hold much)."""
+        it (a peer a moment behind holds little; those that read slowly hold much). At
+        the ceiling, one under its share refused marks the slowest over its own."""
         shared = self.shared
         holders = shared.holders + (0 if self.gossip_backlog[0] else 1)  # (with this one)
         if held > shared.limit // holders:

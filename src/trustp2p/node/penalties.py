@@ -158,12 +158,12 @@ class Penalties:
 
         A peer with an id is blocked by its id; its address too only once several peers
         of that address offended (:class:`Offences`), for
-        :data:`~trustp2p.protocol.scoring.HANDSHAKE_BLOCK` at most, and not while other
-        peers of it that proved their ids are connected: peers sharing it, behind one
-        NAT, don't pay for one another (found by an attacker: three throwaway ids shut
-        an address out for an hour, its honest peers included). Loopback addresses are
-        not blocked (unless ``limit_loopback``): every local peer shares them. A local
-        peer without a peer id (plain mode) is only disconnected.
+        :data:`~trustp2p.protocol.scoring.HANDSHAKE_BLOCK` at most, and not while peers
+        of it from before are connected (:meth:`_address_to_block`): peers sharing it,
+        behind one NAT, don't pay for one another (found by an attacker: three throwaway
+        ids shut an address out for an hour, its honest peers included). Loopback
+        addresses are not blocked (unless ``limit_loopback``): every local peer shares
+        them. A local peer without a peer id (plain mode) is only disconnected.
         """
         address_for = duration
         if peer_id is not None and address is not None:
