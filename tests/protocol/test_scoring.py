@@ -97,6 +97,17 @@ def test_an_address_is_blocked_when_several_connections_offend(clock: FakeClock)
     assert not offences.offended("10.0.0.1", clock())
 
 
+def test_an_ipv6_address_offends_as_its_64(clock: FakeClock) -> None:
+    # Found in review (review48): offences counted by the raw address while the limits
+    # and blocks take an IPv6 address as its /64: rotating within it reset the count.
+    offences = Offences(threshold=3, window=600.0)
+    assert not offences.offended("2001:db8:0:1::1", clock(), "peer-a")
+    assert not offences.offended("2001:db8:0:1::2", clock(), "peer-b")
+    assert offences.first("2001:db8:0:1::99", clock()) == clock()
+    assert not offences.offended("2001:db8:0:2::3", clock(), "peer-c")  # another /64
+    assert offences.offended("2001:db8:0:1:ffff::4", clock(), "peer-d")
+
+
 def test_one_peer_id_counts_once_however_often_it_offends(clock: FakeClock) -> None:
     # Found in review: with a short block_duration, one id blocked, unblocked and
     # offending again got its address (and every peer behind it) blocked alone.

@@ -211,14 +211,15 @@ class Penalties:
         limit_loopback = self._node.options.limit_loopback
         if block_scope(None, address, limit_loopback=limit_loopback) is None:
             return address  # (loopback: not blocked, nothing to spare)
-        spares = [t for t in self._spares.get(address, ()) if now - t < self.offences.window]
+        key = address_key(address)  # (an IPv6 address as its /64, as Offences counts it)
+        spares = [t for t in self._spares.get(key, ()) if now - t < self.offences.window]
         before = time.time() - (now - (now if first is None else first))
         if len(spares) < MAX_SPARES and self._spared(address, reason, peer_id, before):
-            self._spares[address] = [*spares, now]
+            self._spares[key] = [*spares, now]
             while len(self._spares) > self.offences.max_tracked:
                 del self._spares[next(iter(self._spares))]
             return None
-        self._spares.pop(address, None)
+        self._spares.pop(key, None)
         return address
 
     def _record(

@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .hosts import address_key
+
 
 class PackageCounts(NamedTuple):
     """
@@ -178,7 +180,7 @@ class Offences:
 
     def first(self, address: str, now: float) -> float | None:
         """When the earliest offence of ``address`` still counted at ``now`` was."""
-        times = [t for t, _ in self._times.get(address, ()) if now - t < self.window]
+        times = [t for t, _ in self._times.get(address_key(address), ()) if now - t < self.window]
         return min(times, default=None)
 
     def offended(self, address: str, now: float, offender: str | None = None) -> bool:
@@ -188,8 +190,12 @@ class Offences:
 
         ``offender`` is the peer's id, if it has one: the offences of one id count
         once, so that a peer blocked, unblocked and offending again doesn't get its
-        address blocked alone. Offences without an id count each.
+        address blocked alone. Offences without an id count each. An IPv6 address
+        counts as its /64, as the per-address limits take it
+        (:func:`~trustp2p.protocol.hosts.address_key`): found in review, a peer
+        rotating addresses within its /64 never reached the count on one.
         """
+        address = address_key(address)
         times = [
             (t, who)
             for t, who in self._times.pop(address, ())
