@@ -264,3 +264,25 @@ async def test_an_address_with_a_peer_from_before_is_spared_twice_at_most(
         await client.stop()
         assert store.is_blocked(address="127.0.0.1") == (n == 3 * OFFENDING_CONNECTIONS - 1)
     assert not bystander.client.sockets[0].closed
+
+
+async def test_a_wall_clock_step_does_not_change_who_was_connected_before(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Who was connected before the first offence is told by the monotonic clock
+    (review48: converted to wall-clock time, a step back of the wall clock left out an
+    honest peer connected before the offences, and its address was blocked)."""
+    server = await make_node(server=True, limit_loopback=True)
+    assert server.store is not None
+    bystander = await make_node(client=True, peers=[server.url])
+    assert bystander.client is not None
+    await bystander.client.wait_connected()
+    await asyncio.sleep(0.01)  # (connected strictly before the first offence)
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() - 1000.0)  # an NTP step back
+    for _ in range(OFFENDING_CONNECTIONS):
+        client = await _fresh_id(make_node, server)
+        await _offend(server, client)
+        await client.stop()
+    assert not server.store.is_blocked(address="127.0.0.1")
+    assert not bystander.client.sockets[0].closed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from trustp2p.identity import Identity
 from trustp2p.protocol.gossip import GossipMessage, sign_message
 from trustp2p.protocol.gossip.recent import RecentMessages, worth_announcing
@@ -79,3 +81,17 @@ def test_a_caught_up_message_is_worth_announcing_within_seen_ttl_either_way() ->
     assert not worth_announcing(stamped(-121), now, 120.0)
     assert worth_announcing(stamped(119), now, 120.0)  # a clock a little ahead
     assert not worth_announcing(stamped(86_400), now, 120.0)
+
+
+def test_a_copy_replaces_the_one_held_in_its_window_only_if_held() -> None:
+    one, two = message(1), message(2)
+    recent = RecentMessages(history=2)
+    recent.add(one)
+    recent.roll()
+    fewer = dataclasses.replace(one, hops=0)
+    recent.add(dataclasses.replace(one, hops=5))  # (adding again changes nothing)
+    assert recent.get(one.id) is one
+    recent.replace(fewer)
+    recent.replace(two)  # not held: not added
+    assert recent.get(one.id) is fewer and recent.get(two.id) is None
+    assert recent.size == len(one.data) and recent.roll() == [one.id]

@@ -776,6 +776,8 @@ def test_a_copy_with_fewer_hops_sends_on_a_message_the_first_copy_could_not() ->
     sends = _messages(sent)
     assert len(sends) == 2 and all(m.hops == 2 and m.id == first.id for _, m in sends)
     assert 1 not in {p for p, _ in sends}
+    cached = router.cached(first.id)  # what an iwant gets has the fewer hops too
+    assert cached is not None and cached.hops == 1 and cached.id == first.id
     sent.clear()
     router.fewer_hops(2, honest.id, 0)  # once
     router.fewer_hops(2, _message(2).id, 0)  # (never held back: nothing to do)

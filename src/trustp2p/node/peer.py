@@ -150,6 +150,8 @@ class PeerConnection:
         protocol: Its sans-I/O protocol state (introduction, counts, heartbeat).
         log: A logger that names the peer.
         opened: When it opened, in seconds since the epoch.
+        opened_at: When it opened, by :func:`time.monotonic` (what compares with other
+            times: the wall clock may step).
 
     """
 
@@ -163,6 +165,7 @@ class PeerConnection:
         "intro_waiters",
         "log",
         "opened",
+        "opened_at",
         "other_backlog",
         "oversized",
         "pace",
@@ -191,6 +194,7 @@ class PeerConnection:
         self.log = log
         self.worker: Worker | None = None
         self.opened = time.time()
+        self.opened_at = time.monotonic()
         self.pace: float | None = None  # bytes/s it took, while its stall watch samples
         self.backlog = 0  # packages written while the peer wasn't reading...
         self.backlog_bytes = 0  # ...and their bytes

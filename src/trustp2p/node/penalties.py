@@ -121,14 +121,15 @@ class Penalties:
         """Whether peers of ``address`` that proved their ids, ``offender`` aside, are
         connected (then the address isn't blocked for ``reason``, said): behind one
         NAT, the honest peers don't pay for a neighbour's bad handshakes or ids. With
-        ``before`` (wall-clock seconds), only those connected by then, none invalid."""
+        ``before`` (:func:`time.monotonic` seconds), only those connected by then, none
+        invalid."""
         key = address_key(address)
         proven = sum(
             1
             for conn in self._connections
             if conn.socket.peer_id not in (None, offender)
             and address_key(conn.socket.host) == key
-            and (before is None or (conn.opened <= before and not conn.protocol.invalid))
+            and (before is None or (conn.opened_at <= before and not conn.protocol.invalid))
         )
         if proven:
             self._connections.inbound.log(
@@ -213,7 +214,8 @@ class Penalties:
             return address  # (loopback: not blocked, nothing to spare)
         key = address_key(address)  # (an IPv6 address as its /64, as Offences counts it)
         spares = [t for t in self._spares.get(key, ()) if now - t < self.offences.window]
-        before = time.time() - (now - (now if first is None else first))
+        # (the monotonic time of the first offence: a wall-clock step moved it, review48)
+        before = time.monotonic() - (now - (now if first is None else first))
         if len(spares) < MAX_SPARES and self._spared(address, reason, peer_id, before):
             self._spares[key] = [*spares, now]
             while len(self._spares) > self.offences.max_tracked:

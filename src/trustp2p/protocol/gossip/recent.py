@@ -71,6 +71,13 @@ class RecentMessages:
         while self.size > self._max_bytes:
             self._let_go(next(iter(self._held)))
 
+    def replace(self, message: GossipMessage) -> None:
+        """Hold ``message`` in place of the one of its id, if that is held (in its
+        window): a copy of it with fewer hops."""
+        held = self._held.get(message.id)
+        if held is not None:
+            self._held[message.id] = (message, held[1])
+
     def get(self, message_id: str) -> GossipMessage | None:
         held = self._held.get(message_id)
         return None if held is None else held[0]

@@ -321,13 +321,16 @@ class GossipRouter:
         ``hops``: if that is few enough, send it on now, once, with them. Hops are not
         signed: found by an attacker, a relay that got its copies in first with 15
         hops stopped the next relay from pushing 39 % of them (p90 8 → 116 ms behind).
+        The copy kept for ``iwant`` has them from now on too.
         """
         if message_id not in self._hop_limited or type(hops) is not int:
             return
         message = self._recent.get(message_id)
         if message is not None and 0 <= hops and hops + 1 < self.max_hops:
             del self._hop_limited[message_id]
-            self.forward(peer, dataclasses.replace(message, hops=hops))
+            fewer = dataclasses.replace(message, hops=hops)
+            self._recent.replace(fewer)
+            self.forward(peer, fewer)
 
     def forward(self, peer: PeerKey | None, message: GossipMessage) -> None:
         """Send an accepted message on, except back to ``peer``."""
