@@ -19,9 +19,11 @@ from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from trustp2p.identity import Identity
+from trustp2p.node import gossip_catchup
 from trustp2p.node.gossip_catchup import Fetcher
 from trustp2p.protocol.gossip import (
     FETCH,
@@ -32,6 +34,7 @@ from trustp2p.protocol.gossip import (
     GapSkipped,
     GossipMessage,
     ReleaseMarks,
+    RoundBudget,
     Streams,
     decode_fetch_request,
     fetch_answer,
@@ -283,6 +286,42 @@ async def test_a_round_refused_by_another_peers_fetch_runs_again_when_it_ends() 
         await node.tasks.pop(0)
         for _ in range(3):
             await asyncio.sleep(0)  # (a refill from the next witness is called soon)
+    assert node.delivered == list(range(1, 191))
+
+
+async def test_a_fetch_deferred_from_a_round_spends_that_rounds_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """review47 C1: what a round refused was fetched later with a new round budget
+    (64 MiB by default) per stream refused. It spends the round's: a round whose budget
+    is spent by then leaves the stream to the next round."""
+    made: list[RoundBudget] = []
+
+    class Made(RoundBudget):
+        __slots__ = ()
+
+        def __init__(self, size: int, began: float = 0.0) -> None:
+            super().__init__(size, began)
+            made.append(self)
+
+    monkeypatch.setattr(gossip_catchup, "RoundBudget", Made)
+    hub, liar = Peer(range(1, 191)), Peer(range(186, 187))
+    node = Node(FakeClock(), wall=1_700_000_000.0 + 3600)  # (as the test above)
+    node.add(186)
+    hubs, liars = _socket(hub, "hub"), _socket(liar, "liar")
+    node.sockets[:] = [hubs, liars]
+    node.peers.update({hubs.id: None, liars.id: None})
+    node.fetcher.refill(liars, STREAM)
+    await node.fetcher.round(hubs)  # refused: deferred
+    assert len(hub.asked) == 0 and len(made) == 1
+    made[0].left = 0  # (spent on the round's other streams)
+    while node.tasks:
+        await node.tasks.pop(0)
+        for _ in range(3):
+            await asyncio.sleep(0)
+    assert len(made) == 1
+    assert max(node.delivered) < 187  # left to the next round, which brings them
+    await node.fetcher.round(hubs)
     assert node.delivered == list(range(1, 191))
 
 

@@ -193,7 +193,8 @@ class Fetcher:
         self._added: dict[str, None] = {}  # topics subscribed to, to catch up together
         self._asked_of: set[PeerKey] = set()  # the peers introduced when they began
         self._late: dict[PeerKey, set[str]] = {}  # introduced since: the topics asked then
-        self._after: dict[str, dict[Socket, int]] = {}  # refused: stream -> peer -> mark
+        # refused: stream -> peer -> its mark, and the budget of the round refused
+        self._after: dict[str, dict[Socket, tuple[int, RoundBudget]]] = {}
         options = gossip.node.options
         self._budgets = PeerBudgets(options.log_max_bytes, options.catchup_interval or 30)
 
@@ -307,20 +308,24 @@ class Fetcher:
             return
         await self._fetch_all(socket, marks)
 
-    async def _fetch_all(self, socket: Socket, marks: dict[str, dict[str, int]]) -> None:
-        """Fetch from a peer what we miss of what its ``marks`` say it has."""
+    async def _fetch_all(
+        self, socket: Socket, marks: dict[str, dict[str, int]], budget: RoundBudget | None = None
+    ) -> None:
+        """Fetch from a peer what we miss of what its ``marks`` say it has, within
+        ``budget`` (a new round's by default)."""
         gossip = self._gossip
         high_water, delivered, held = self._log.high_water, self._marks.delivered, self._streams
         planned = plan_fetches(marks, gossip.router.topics, high_water, delivered, held)
         self._rng.shuffle(planned)  # the same streams aren't always left for later
         planned.sort(key=self._behind_gap)  # a stream's gap before what follows it
-        budget = RoundBudget(gossip.node.options.log_max_bytes)
+        if budget is None:
+            budget = RoundBudget(gossip.node.options.log_max_bytes)
         empty = 0  # fetches of streams the peer claimed that brought nothing
         for wanted in planned:
             if (fetch := gossip.catchup.begin(wanted, socket.id)) is None:
                 if gossip.catchup.is_fetching(wanted.stream):  # asked again when it ends
                     mark = marks[wanted.topic][wanted.origin]  # (all it has of it)
-                    self._after.setdefault(wanted.stream, {})[socket] = mark
+                    self._after.setdefault(wanted.stream, {})[socket] = (mark, budget)
                 continue
             await self._fill(socket, fetch, budget)
             if not fetch.done:  # the budget spent, or no answer: the rest waits till later
@@ -381,13 +386,14 @@ class Fetcher:
         before; the hub's round meanwhile was refused the stream, and once the hub
         filled the gap, what it kept after the pushed message waited for the next
         round (28 s). Found in review: a whole round again per stream refused asked
-        each of 10 peers introduced together for its marks 10 times."""
+        each of 10 peers introduced together for its marks 10 times; a new budget per
+        stream refused let a round fetch more than its budget (review47 C1)."""
         waiting, router = self._after.pop(fetch.wanted.stream, None), self._gossip.router
         topic, origin = fetch.wanted.topic, fetch.wanted.origin
         if waiting and topic in router.topics and not self._gossip.tasks.closed:
-            for socket, mark in waiting.items():
-                if socket.id in router.peers:  # (still connected)
-                    more = self._fetch_all(socket, {topic: {origin: mark}})
+            for socket, (mark, budget) in waiting.items():
+                if socket.id in router.peers and not budget.spent:  # (still connected)
+                    more = self._fetch_all(socket, {topic: {origin: mark}}, budget)
                     self._gossip.tasks.spawn(more, f"catch-up {socket.peer}")
 
     def _witness(self, socket: Socket) -> str:
