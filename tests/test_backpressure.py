@@ -27,7 +27,7 @@ from trustp2p import (
 from trustp2p.node.peer import PeerConnection, SendBacklog
 from trustp2p.options import NodeOptions
 from trustp2p.protocol.hosts import is_loopback, share_group
-from trustp2p.protocol.package import build_package
+from trustp2p.protocol.package import build_package, encode
 
 from .nodes import MakeNode, wait_for
 
@@ -295,6 +295,56 @@ async def test_a_connection_to_cut_for_its_share_is_cut_by_its_stall_watch(
     said = re.compile(r"holds \d+ bytes of unread gossip, over its share: disconnecting")
     assert any(said.search(r.getMessage()) for r in caplog.records)
     assert not conn.shared.evicted and not conn.shared.holding
+
+
+async def test_at_the_ceiling_the_slowest_holder_over_its_share_is_cut_through_sockets(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rule of the two tests above as one flow over real sockets (review47 T1,
+    review48 B3: tested piecewise only): peers that read nothing take shares of the
+    bound one after another until the node holds twice it; the next, under its share,
+    is refused, one of the slowest over their share is marked and its stall watch cuts
+    it; the others stay, and the newcomer gets gossip again."""
+    caplog.set_level(logging.WARNING, logger="trustp2p.node")
+    server = await make_node(server=True, secure=False, write_limit=1024, send_stall_timeout=8.0)
+    assert server.url is not None and server.server is not None
+    message = build_package(PackageType.GOSSIP, "chat", {"pad": "z" * 50_000})
+    metrics = server.metrics
+
+    async def push(conn: PeerConnection) -> bool:
+        """One push to ``conn``: whether it was taken (not dropped)."""
+        dropped = metrics.send_dropped
+        server.send_package(conn.socket, message)
+        await asyncio.sleep(0)
+        return metrics.send_dropped == dropped
+
+    async with contextlib.AsyncExitStack() as stack:
+        conns: list[PeerConnection] = []
+        for n in range(5):
+            ws = await stack.enter_async_context(connect(server.url, compression=None, max_queue=1))
+            stack.callback(ws.transport.abort)
+            await server.server.wait_connected(n + 1)
+            [conn] = [c for s in server.server.sockets if (c := server.connection(s)) not in conns]
+            assert conn is not None
+            conns.append(conn)
+            conn.shared.limit = 1_000_000  # (the bound, small)
+            for _ in range(1000):
+                if not await push(conn):
+                    break  # refused: over its share (the newcomer: at the ceiling)
+            assert conn.gossip_backlog[0] and not conn.socket.closed
+            if n < 4:  # (the newcomer's refusal marks one of those sampled)
+                await wait_for(lambda c=conn: c.pace is not None, timeout=5)
+        slow, newcomer = conns[:4], conns[4]
+        shared = newcomer.shared
+        assert shared.bytes > 2 * shared.limit - len(encode(message))  # the ceiling
+        assert newcomer.gossip_backlog[1] <= shared.limit // 5  # under its share
+        await wait_for(lambda: any(c.socket.closed for c in slow), timeout=5)  # a sample: 1 s
+        [cut] = [c for c in slow if c.socket.closed]
+        await wait_for(lambda: cut not in shared.holding)  # (once closed: on_close)
+        assert not newcomer.socket.closed and not shared.evicted
+        assert await push(newcomer)  # room again
+    said = re.compile(r"holds \d+ bytes of unread gossip, over its share: disconnecting")
+    assert len([r for r in caplog.records if said.search(r.getMessage())]) == 1
 
 
 async def test_local_peers_share_their_addresss_backlog_with_limit_loopback(
