@@ -287,7 +287,7 @@ class Connections:
             return False
         self._logger.debug("= %s duplicates a connection to %s", socket.peer, peer_id)
         if node.client is not None and not socket.inbound:
-            node.client.remember_peer(socket.peer, peer_id)
+            node.client.duplicate_dialled(socket, peer_id)
         self._refuse(socket, CloseCode.NORMAL_CLOSURE, reason)
         return True
 

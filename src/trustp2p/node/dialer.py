@@ -193,6 +193,21 @@ class Dialer:
         self.policy.connection_closed(socket.id)
         self._wakeup.set()
 
+    def duplicate_dialled(self, socket: Socket, peer_id: str) -> None:
+        """
+        ``socket``, which we dialled, reached ``peer_id``, connected already, and the
+        node refused it as a duplicate: its URL isn't dialled again while that peer is
+        connected, and the store records who answers there, as for any connection we
+        dialled (a URL another peer only claimed, or known without an id, is ``peer_id``'s
+        from then on, and not dialled again in the next runs either: attacker36 F3).
+        """
+        self.policy.remember_peer(socket.peer, peer_id)
+        store = self.node.store
+        if store is not None:
+            url = self.policy.store_url(socket.peer)
+            record = store.record_connected(peer_id=peer_id, url=url, address=socket.host)
+            self.node.tasks.spawn(record, f"record connection {url}")
+
     def dial_failed(self, url: str, error: Exception) -> None:
         """A dial of ``url`` or its handshake failed: count it; the store remembers it.
         A URL found to be this node is no failure: it is dialled again only every

@@ -561,6 +561,11 @@ class ClientRole(Role):
         URL again while the peer is connected (the node reports duplicates here)."""
         self.dialer.policy.remember_peer(url, peer_id)
 
+    def duplicate_dialled(self, socket: Socket, peer_id: str) -> None:
+        """A connection we dialled reached ``peer_id``, connected already, and the node
+        refused it (one connection per peer): see :meth:`Dialer.duplicate_dialled`."""
+        self.dialer.duplicate_dialled(socket, peer_id)
+
     def store_url(self, dial_url: str) -> str:
         """The peer store's URL for a connection dialled at ``dial_url``: the URL with
         its ``/p2p/<id>`` when the outbound manager dialled a store entry that has one."""

@@ -70,7 +70,8 @@ class PeerView(Protocol):
         ...
 
     def peer_id_of(self, url: str) -> str | None:
-        """The peer id last met at ``url``, if known (``address:...`` ids are not)."""
+        """The peer id last met at ``url`` when we connected there, if known: not one
+        a peer only announced (``address:...`` ids are not)."""
         ...
 
     def is_anchor(self, peer_id: str) -> bool:

@@ -60,6 +60,12 @@ def _keep_longer(table: dict[str, Block], key: str, block: Block) -> bool:
     return True
 
 
+def _claimed(entry: Url) -> bool:
+    """Whether ``entry`` is only claimed: a peer announced it as its own (hello,
+    ``my_url``), and no dial of ours ever proved who answers there."""
+    return entry.last_connected is None and entry.peer.peer_id is not None
+
+
 MAX_BLOCKS = 10_000
 """Blocks kept of each kind (peer ids, addresses)."""
 
@@ -121,6 +127,7 @@ class PeerTable:
         if peer_id is not None:
             owner = self.by_id.get(peer_id) or self.new_peer(peer_id, source, now)
         for url in urls:
+            self._dispute(url, peer_id, source, now)
             entry = self.by_url.get(url)
             if entry is None and self._names_its_owner(url):
                 continue  # ws://h:p/p2p/<id> where ws://h:p is <id>'s already: the same
@@ -131,6 +138,44 @@ class PeerTable:
             if source is PeerSource.BOOTSTRAP and peer.source is not PeerSource.BOOTSTRAP:
                 peer.source = PeerSource.BOOTSTRAP
                 self.dirty_peers.add(peer.key)
+
+    def _dispute(self, url: str, peer_id: str | None, source: PeerSource, now: float) -> None:
+        """
+        ``url`` is reported as ``peer_id``'s (None: owner unknown; ``<dial URL>/p2p/<id>``
+        names ``<id>`` as its dial URL's): a URL that another peer only claimed (see
+        :func:`_claimed`) is no longer that peer's (:meth:`disown`). Found by an
+        attacker (attacker36 F3): a peer announced other ports of its host as its own,
+        and a server that later ran there, passed on by an honest peer, was never
+        dialled: its URL stayed the claimant's, a peer connected already.
+        """
+        entry = self.by_url.get(url)
+        if entry is not None and _claimed(entry) and entry.peer.peer_id != peer_id:
+            self.disown(entry, source, now)
+        try:
+            dial_url, named = split_peer_url(url)
+        except ValueError:
+            return
+        entry = self.by_url.get(dial_url) if named is not None else None
+        if entry is not None and _claimed(entry) and entry.peer.peer_id != named:
+            self.disown(entry, source, now)
+
+    def disown(self, entry: Url, source: PeerSource, now: float) -> None:
+        """Take a claimed URL from its claimant: a peer of its own, id unknown (heard of
+        from ``source``), until a dial proves who answers there (:meth:`claim`)."""
+        claimant = entry.peer
+        del claimant.urls[entry.url]
+        entry.peer = self.new_peer(None, source, now)
+        entry.peer.urls[entry.url] = entry
+        self.dirty_urls.add(entry.url)
+        logger.debug("= %s: no longer counted as %s's, its claim only", entry.url, claimant.peer_id)
+
+    def met_at(self, url: str) -> str | None:
+        """The peer key that answered when we last connected at ``url``, if any: not one
+        that only announced the URL."""
+        entry = self.by_url.get(url)
+        if entry is None or entry.last_connected is None:
+            return None
+        return entry.peer.peer_id
 
     def _names_its_owner(self, url: str) -> bool:
         """Whether ``url`` is ``<known URL>/p2p/<id>`` and that URL is ``<id>``'s already."""

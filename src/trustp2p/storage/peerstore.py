@@ -180,11 +180,16 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         Remember URLs to dial.
 
         A URL ``ws://host:port/p2p/<id>`` whose ``ws://host:port`` is already that
-        peer's is not stored twice. A URL already known keeps its peer: only a successful connection
-        (:meth:`record_connected`) moves it to another peer id, so that a peer can't
-        claim other peers' URLs. A bootstrap URL makes its peer a bootstrap peer. A
-        peer keeps at most :data:`~trustp2p.protocol.urls.MAX_URLS_PER_PEER` URLs: a
-        new one pushes out its oldest.
+        peer's is not stored twice. A URL already known is never given to the peer
+        announcing it: only a successful connection (:meth:`record_connected`) moves it
+        to another peer id, so that a peer can't claim other peers' URLs. A URL that a
+        peer only claimed (announced as its own, never proven by our dial there) and
+        that another source names (with no id, or another one: ``/p2p/<id>`` names the
+        owner of its ``ws://host:port``) is no longer that peer's: a peer of its own,
+        id unknown, dialled to see who answers; a proven URL keeps its peer. A
+        bootstrap URL makes its peer a bootstrap peer. A peer keeps at most
+        :data:`~trustp2p.protocol.urls.MAX_URLS_PER_PEER` URLs: a new one pushes out
+        its oldest.
 
         Args:
             urls: URLs as validated by the caller (the store doesn't parse them).
@@ -408,10 +413,9 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         return lifted
 
     def peer_id_of(self, url: str) -> str | None:
-        """The peer key last met at ``url`` (an id, or an address key in plain mode), if
-        the store knows one. SYNC, a dict lookup."""
-        entry = self._table.by_url.get(url)
-        return entry.peer.peer_id if entry is not None else None
+        """The peer key last met at ``url`` (an id, or an address key in plain mode)
+        when we connected there, if ever: not one a peer only announced. SYNC."""
+        return self._table.met_at(url)
 
     def knows_url(self, url: str) -> bool:
         """Whether the store holds ``url`` (exactly as given). SYNC, a dict lookup."""
@@ -420,10 +424,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
     def verified_peer_id(self, url: str) -> str | None:
         """The peer id that proved itself when we dialled ``url``, if we ever connected
         there (not one a peer only announced). SYNC, a dict lookup."""
-        entry = self._table.by_url.get(url)
-        if entry is None or entry.last_connected is None:
-            return None
-        peer_id = entry.peer.peer_id
+        peer_id = self._table.met_at(url)
         return None if peer_id is None or is_address_key(peer_id) else peer_id
 
     def proven(self, url: str) -> bool:
