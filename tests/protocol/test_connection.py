@@ -511,6 +511,17 @@ def test_a_gossip_package_pays_for_its_size(clock: FakeClock) -> None:
     assert throttle_delay(connection.receive_data(small)[1]) == pytest.approx(1.4)
 
 
+def test_a_gossip_package_pays_for_its_bytes_not_its_characters(clock: FakeClock) -> None:
+    """attacker37 N3: the size was counted in characters, and a duplicate flood of
+    4-byte characters got 59 MB/s through (ASCII: 18.5)."""
+    gossip = TokenBucket(rate=10.0, burst=26, now=clock())
+    connection = protocol(clock, gossip_budget=gossip)
+    wide = encode(build_package(PackageType.GOSSIP, "chat", {"data": "\U0001f600" * 50_000}))
+    for _ in range(2):  # 1 + 12 tokens each, as 200,000 bytes of ASCII (before: 1 + 3)
+        assert [type(a) for a in connection.receive_data(wide)] == [DeliverGossip]
+    assert throttle_delay(connection.receive_data(wide)[1]) == pytest.approx(1.3)
+
+
 def test_a_gossip_package_pays_for_the_containers_outside_its_data(clock: FakeClock) -> None:
     # Found by an attacker: counting the brackets in data (the application's body, a
     # string) charged honest relays for what they passed on, and their subscribers

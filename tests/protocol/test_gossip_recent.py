@@ -95,3 +95,14 @@ def test_a_copy_replaces_the_one_held_in_its_window_only_if_held() -> None:
     recent.replace(two)  # not held: not added
     assert recent.get(one.id) is fewer and recent.get(two.id) is None
     assert recent.size == len(one.data) and recent.roll() == [one.id]
+
+
+def test_wide_characters_count_as_they_weigh() -> None:
+    """attacker37 N3: the recent cache's bound counted characters."""
+    wide = sign_message(IDENTITY, "chat", 1, 0, {"x": "\U0001f600" * 10})
+    recent = RecentMessages(history=2)
+    recent.add(wide)
+    assert recent.size == 4 * len(wide.data)
+    recent.roll()
+    recent.roll()
+    assert recent.size == 0

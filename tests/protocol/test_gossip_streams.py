@@ -588,6 +588,17 @@ def test_past_max_held_bytes_the_oldest_gaps_are_skipped() -> None:
     assert streams.gaps == [stream_key(TOPIC, BOB.peer_id)]
 
 
+def test_held_messages_of_wide_characters_count_as_they_weigh() -> None:
+    """attacker37 N3: counted as characters, messages of 4-byte characters held behind
+    gaps took 4 times ``max_held_bytes``."""
+    wide = "\U0001f600" * 100
+    message = _message(2, text=wide)
+    size = 4 * len(message.data) + HELD_MESSAGE_OVERHEAD  # (the emoji: as JSON text)
+    streams, _, _ = _streams(max_held_bytes=10 * size)
+    streams.add(message, None)
+    assert streams.held_bytes == size
+
+
 def test_tiny_messages_count_their_overhead_against_max_held_bytes() -> None:
     # Found by a review of an attacker's run: messages from new origins, each numbered
     # past a gap, were held counted by their payload alone (9 characters for 740 bytes

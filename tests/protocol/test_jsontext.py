@@ -230,3 +230,22 @@ def test_long_texts_are_read_with_the_collector_paused(extra: str) -> None:
         gc.enable()
     assert len(value["x"]) == 100_000
     assert during <= 1  # the one that follows the read, not hundreds
+
+
+def test_text_size_counts_the_widest_of_memory_and_utf8() -> None:
+    """attacker37 N3: bounds in bytes counted characters, and payloads of 4-byte
+    characters held 4 times them in memory and on disk."""
+    assert jsontext.text_size("abc") == 3
+    assert jsontext.text_size("é" * 10) == 20  # 1 byte in memory, 2 in UTF-8
+    assert jsontext.text_size("中" * 10) == 30  # 2 in memory, 3 in UTF-8
+    assert jsontext.text_size("\U0001f600" * 10) == 40
+    assert jsontext.text_size("x" * 99 + "\U0001f600") == 400  # the whole string is wide
+
+
+@given(st.text())
+def test_text_size_bounds_utf8_and_memory(text: str) -> None:
+    """At least its UTF-8 size and what CPython holds it in (1, 2 or 4 bytes a
+    character, the widest character's), at most 4 bytes a character."""
+    utf8 = len(text.encode("utf-8", "surrogatepass"))
+    width = 1 if not text or max(text) < "\u0100" else 2 if max(text) < "\U00010000" else 4
+    assert max(utf8, width * len(text)) <= jsontext.text_size(text) <= 4 * len(text)

@@ -171,3 +171,19 @@ async def test_rows_left_out_at_open_take_none_of_the_payload_read(
         assert [m.seq for m in log.range("tpa", 1, 100)] == list(range(91, 101))
     finally:
         await log.close()
+
+
+async def test_the_payload_bound_counts_wide_characters_as_they_weigh(clock: FakeClock) -> None:
+    """attacker37 N3: counted as characters, messages of 4-byte characters (one is
+    enough: CPython then holds the whole string 4 bytes a character) kept 4 times
+    ``max_bytes`` in memory and on disk."""
+    log = await MessageLog.open(None, clock=clock, max_bytes=10_000)
+    try:
+        wide = '"' + "x" * 197 + "\U0001f600" + '"'  # 200 characters, 800 bytes held
+        for seq in range(1, 101):
+            log.add(message(seq, origin="tpwide", data=wide))
+        kept = log.range("tpwide", 1, 100, limit=100, max_bytes=10**9)
+        assert len(kept) == 12  # 10,000 // 800 (before: 50, 40,000 bytes in memory)
+        assert sum(4 * len(m.data) for m in kept) <= 10_000  # as CPython holds them
+    finally:
+        await log.close()

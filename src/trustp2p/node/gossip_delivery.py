@@ -33,6 +33,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..protocol.gossip import HELD_MESSAGE_OVERHEAD
+from ..protocol.jsontext import text_size
 from .dispatch import cancelled
 
 if TYPE_CHECKING:
@@ -45,9 +46,10 @@ logger = logging.getLogger(__name__)
 
 MAX_WAITING_BYTES = 16 * 2**20
 """Messages waiting for validators and handlers, in all topics, each counted as its
-payload (``len(data)``) plus :data:`~trustp2p.protocol.gossip.HELD_MESSAGE_OVERHEAD`
-(what it takes in memory besides), past which reading pauses from the peers that send
-more of a topic over its share (see the module)."""
+payload (:func:`~trustp2p.protocol.jsontext.text_size`) plus
+:data:`~trustp2p.protocol.gossip.HELD_MESSAGE_OVERHEAD` (what it takes in memory
+besides), past which reading pauses from the peers that send more of a topic over its
+share (see the module)."""
 
 _CATCH_UP_ROOM = 3
 """Catch-up batches are asked for while what waits and what is asked for is within
@@ -63,7 +65,7 @@ _ASKED_PER_PEER = 2
 
 
 def _weight(message: GossipMessage) -> int:
-    return len(message.data) + HELD_MESSAGE_OVERHEAD
+    return text_size(message.data) + HELD_MESSAGE_OVERHEAD
 
 
 Item = tuple[str, "GossipMessage", "Socket | None"]

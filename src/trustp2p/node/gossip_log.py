@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..protocol.gossip import DeliveryMarks, GossipMessage, split_stream_key, stream_key
+from ..protocol.jsontext import text_size
 from ..storage.msglog import LOADED, LOG_FILE, LoggedMessage, MessageLog
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def claim(node: Node, log: MessageLog, socket: Socket, topic: str) -> None:
 
 
 _RECENT_MAX = 1024
-_RECENT_DATA_MAX = 4096  # characters: a node with small log limits pins at most 4 MiB
+_RECENT_DATA_MAX = 4096  # bytes (text_size): a node with small log limits pins at most 4 MiB
 # The records made last, by message id (oldest first): see to_logged().
 _recent: dict[str, LoggedMessage] = {}
 
@@ -93,7 +94,7 @@ def to_logged(message: GossipMessage) -> LoggedMessage:
         signature=sys.intern(signature),
         id=message.id,
     )
-    if len(message.data) <= _RECENT_DATA_MAX:
+    if text_size(message.data) <= _RECENT_DATA_MAX:
         if len(_recent) >= _RECENT_MAX:
             del _recent[next(iter(_recent))]
         _recent[message.id] = logged

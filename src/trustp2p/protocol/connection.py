@@ -75,6 +75,7 @@ from .handshake import (
     major_version,
     peer_package_limit,
 )
+from .jsontext import text_size
 from .limits import TokenBucket
 from .liveness import Liveness, LivenessTimings, Verdict
 from .package import (
@@ -452,7 +453,7 @@ class ConnectionProtocol:
             gossip_budget = self._gossip_budget  # a message costs a signature check
             if gossip_budget is not None:
                 body_json = package.body_json  # (its size: reading and hashing it)
-                cost = 1 + len(body_json) // GOSSIP_BYTES_PER_TOKEN
+                cost = 1 + text_size(body_json) // GOSSIP_BYTES_PER_TOKEN
                 cost += gossip_cost(body_json, package.body.get("data"))
                 if (delay := gossip_budget.spend(self.last_seen, cost)) > 0:
                     actions.append(Throttle(delay))

@@ -16,6 +16,7 @@ import itertools
 import sys
 from collections.abc import Iterable, Iterator
 
+from ..protocol.jsontext import text_size
 from ._msglog_records import Entry, Loaded, LoggedMessage, Origin, Topic, entry_position, take
 from ._msglog_shares import LOADED
 
@@ -124,7 +125,7 @@ class KeptMessages:
             self.pending[entry[2]] = entry
         if kept > self.max_messages:
             self._evict(topic)
-        self.weight += len(message.data)
+        self.weight += text_size(message.data)
         while self.weight > self.max_bytes:
             self._lighten()
         return topic
@@ -175,9 +176,10 @@ class KeptMessages:
             logged.remove(seq)
         else:
             del self.origins[origin]
-        topic.remove(origin, seq, len(message.data))
+        weight = text_size(message.data)
+        topic.remove(origin, seq, weight)
         self.size -= 1
-        self.weight -= len(message.data)
+        self.weight -= weight
         if self.pending.pop(position, None) is None:
             self.deletes.append(position)
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from ..protocol.jsontext import text_size
 from ._msglog_shares import LOADED, Loads, Shares
 from .writebehind import Database
 
@@ -255,7 +256,8 @@ class Topic:
     A message dropped before older ones (of the origin with the most messages) stays in
     ``entries`` until it reaches the front or the entries are compacted: its position
     is in ``dropped`` meanwhile. ``len()`` counts the rest. ``weight`` is the payload
-    (``len(data)``) of the messages kept; ``loads`` has it by source and origin.
+    (:func:`~trustp2p.protocol.jsontext.text_size`) of the messages kept; ``loads``
+    has it by source and origin.
     """
 
     __slots__ = ("dropped", "entries", "loads", "name", "origins", "shares")
@@ -284,7 +286,7 @@ class Topic:
             seqs = self.origins[origin] = Seqs(source)
         seqs.add(message.seq)
         self.shares.add(origin, seqs.source, len(seqs))
-        self.loads.add(origin, seqs.source, len(message.data))
+        self.loads.add(origin, seqs.source, text_size(message.data))
         return len(entries) - len(self.dropped)
 
     def remove(self, origin: str, seq: int, weight: int) -> None:
@@ -368,7 +370,7 @@ def take(
 ) -> list[LoggedMessage]:
     """
     The first of ``messages`` (in ``seq`` order) up to ``seq`` ``last``: at most
-    ``limit`` of them and ``max_bytes`` of payload (``len(data)``), the first always,
+    ``limit`` of them and ``max_bytes`` of payload (``text_size``), the first always,
     so that a range always moves on.
     """
     found: list[LoggedMessage] = []
@@ -376,7 +378,7 @@ def take(
     for message in messages:
         if message.seq > last or len(found) >= limit:
             break
-        size += len(message.data)
+        size += text_size(message.data)
         if size > max_bytes and found:
             break
         found.append(message)
@@ -462,7 +464,7 @@ class MessageDatabase(Database[Batch, Loaded]):
                 logger.warning("! dropped malformed message log row %d", row[0])
                 loaded.deletes.append(row[0])
                 continue
-            count, size = counts.get(message.topic, 0), len(message.data)
+            count, size = counts.get(message.topic, 0), text_size(message.data)
             if count >= max_messages or received < cutoff or weight + size > max_bytes:
                 loaded.deletes.append(row[0])
                 continue

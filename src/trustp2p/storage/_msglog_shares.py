@@ -161,7 +161,7 @@ class Shares:
 
 class Loads:
     """
-    A topic's payload (``len(data)``) by source and, within each source, by origin,
+    A topic's payload (``text_size(data)``) by source and, within each source, by origin,
     and which to drop from when the log holds too much (:meth:`heaviest`): shared as
     :class:`Shares` shares the number of messages.
 

@@ -190,9 +190,9 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             max_age: Seconds a message is kept after it was received (a day); older
                 ones are dropped, and so are the delivery marks of origins that have no
                 message left and no mark newer than this. None: no limit.
-            max_bytes: Most payload kept in all topics (64 MiB), counted as
-                ``len(data)``; past it, the topic holding the most drops a message by
-                its share rule (see :meth:`add`). None: no limit.
+            max_bytes: Most payload kept in all topics (64 MiB), by ``text_size()``
+                (in memory and in UTF-8); past it, the topic holding the most drops
+                a message by its share rule (see :meth:`add`). None: no limit.
             clock: Wall-clock time in seconds; the time a message is received.
             flush_interval: Seconds between writes (and retries after a failed write);
                 1000 waiting messages start a write sooner.
@@ -345,8 +345,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             first: The lowest sequence number wanted.
             last: The highest sequence number wanted.
             limit: Most messages returned (100).
-            max_bytes: Most payload returned, counted as ``len(data)`` (characters of
-                JSON text: bytes, for ASCII JSON), 512 KiB. The first message is
+            max_bytes: Most payload returned, each counted by
+                :func:`~trustp2p.protocol.jsontext.text_size`, 512 KiB. The first message is
                 returned even if it alone is bigger, so that a range always moves on.
 
         Returns:

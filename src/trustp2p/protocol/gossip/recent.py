@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = ["MAX_CACHE_BYTES", "RecentMessages", "worth_announcing"]
 
+from ..jsontext import text_size
 from .message import GossipMessage
 
 MAX_CACHE_BYTES = 32 * 2**20
@@ -43,7 +44,7 @@ class RecentMessages:
         max_bytes: Most payload held; :data:`MAX_CACHE_BYTES` by default.
 
     Attributes:
-        size: The payload held, in bytes (``len(data)``).
+        size: The payload held, in bytes (:func:`~trustp2p.protocol.jsontext.text_size`).
 
     """
 
@@ -64,10 +65,10 @@ class RecentMessages:
         if message.id in self._held:
             return
         self._windows[0].append(message.id)  # (its id goes with the window, held or not)
-        if len(message.data) > self._max_bytes:
+        if text_size(message.data) > self._max_bytes:
             return
         self._held[message.id] = (message, self._window)
-        self.size += len(message.data)
+        self.size += text_size(message.data)
         while self.size > self._max_bytes:
             self._let_go(next(iter(self._held)))
 
@@ -107,4 +108,4 @@ class RecentMessages:
     def _let_go(self, message_id: str) -> None:
         held = self._held.pop(message_id, None)
         if held is not None:
-            self.size -= len(held[0].data)
+            self.size -= text_size(held[0].data)
