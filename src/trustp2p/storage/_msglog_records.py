@@ -273,8 +273,9 @@ class Topic:
         return self.loads.total
 
     def add(self, entry: Entry, source: str = LOADED) -> int:
-        """Keep ``entry``, the newest, delivered by ``source`` (an address group);
-        return how many are kept now."""
+        """Keep ``entry``, the newest, delivered by ``source`` (an address group, and
+        any sub-sources: see :func:`~._msglog_shares.source_nodes`); return how many
+        are kept now."""
         entries = self.entries
         entries.append(entry)
         message = entry[0]
