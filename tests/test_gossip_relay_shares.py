@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from trustp2p import Node
 from trustp2p.identity import Identity
 from trustp2p.protocol.gossip import GossipMessage, sign_message, stream_key
@@ -27,9 +29,12 @@ def kept(node: Node, origin: str) -> list[int]:
     return [m.seq for m in log.range(stream_key("chat", origin), 1, 1000, limit=1000)]
 
 
+@pytest.mark.parametrize("made_up", [False, True])
 async def test_an_attackers_origins_through_a_hub_leave_an_honest_origin_its_history_downstream(
-    make_node: MakeNode,
+    make_node: MakeNode, made_up: bool
 ) -> None:
+    """``made_up``: the attacker names a sub-source of its own for each origin (a
+    ``via`` per origin): at the hub, and behind it, they divide its share alone."""
     hub = await make_node(server=True)
     hub.subscribe("chat")
     got: list[GossipMessage] = []
@@ -48,11 +53,12 @@ async def test_an_attackers_origins_through_a_hub_leave_an_honest_origin_its_his
     now = int(time.time() * 1000)
     identities = [Identity.generate() for _ in range(ORIGINS)]
     for seq in range(1, PER_ORIGIN + 1):
-        for identity in identities:
+        for number, identity in enumerate(identities):
             message = sign_message(identity, "chat", seq, now, {"junk": seq})
-            await attacker.send(
-                socket, build_package(PackageType.GOSSIP, "chat", message.to_body())
-            )
+            body = message.to_body()
+            if made_up:
+                body["via"] = f"t{number}.u{number}"
+            await attacker.send(socket, build_package(PackageType.GOSSIP, "chat", body))
     await wait_for(lambda: len(got) == HONEST + ORIGINS * PER_ORIGIN, timeout=20)
     assert kept(hub, publisher.peer_id) == list(range(1, HONEST + 1))  # (as before)
     # One source at the downstream node (the hub), two sub-sources under it.
