@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FakeClock
-from trustp2p.storage._msglog_shares import source_nodes
+from trustp2p.storage._msglog_shares import MAX_NAMED, Shares, source_nodes
 from trustp2p.storage.msglog import LOG_PATH, SOURCE_SEPARATOR, SUB_LEVELS, MessageLog
 
 from .adapters import message
@@ -139,3 +139,35 @@ async def test_a_claim_takes_an_origin_out_of_a_hubs_sub_source(clock: FakeClock
         assert seqs(log.range("tphonest", 1, 100)) == list(range(1, 16))
     finally:
         await log.close()
+
+
+def test_the_sub_sources_named_under_a_source_are_bounded() -> None:
+    # A peer names sub-sources freely: one per origin, 3 levels deep, costs the topic
+    # memory. Past MAX_NAMED right under its top (and as many below), a new origin
+    # counts for the levels above the first new one.
+    shares = Shares()
+    for n in range(3 * MAX_NAMED):
+        source = shares.admit(f"{ATTACKER} t{n} u{n} v{n}")
+        if n < MAX_NAMED // 2:
+            assert source == f"{ATTACKER} t{n} u{n} v{n}"
+        elif n < MAX_NAMED:
+            assert source == f"{ATTACKER} t{n}"  # (the deeper ones: 2 an origin)
+        else:
+            assert source == ATTACKER
+        shares.add(f"tpsybil{n}", source, 1)
+    named = [node for node in shares.counts if len(node) > 1 and node[-1]]
+    assert len(named) == 2 * MAX_NAMED
+    assert shares.admit(f"{ATTACKER} t1 u1 v1") == f"{ATTACKER} t1 u1 v1"  # kept: known
+    assert shares.admit(f"{HUB} hP x") == f"{HUB} hP x"  # another top's: its own count
+
+
+def test_one_clients_made_up_sub_sources_dont_crowd_out_the_hubs_other_clients() -> None:
+    # The attacker, a client of the hub, names sub-sources of its own at the hub: at
+    # the node behind it they are under the hub's token for the attacker, and fill the
+    # hub's count of deeper ones only; a client of the hub new after that keeps its own.
+    shares = Shares()
+    shares.add("tphonest", shares.admit(HONEST_VIA), 1)
+    for n in range(2 * MAX_NAMED):
+        shares.add(f"tpsybil{n}", shares.admit(f"{SYBIL_VIA} j{n}"), 1)
+    assert shares.admit(f"{HUB} hQ") == f"{HUB} hQ"
+    assert shares.admit(f"{HUB} hQ x") == f"{HUB} hQ"  # (deeper: the count is full)

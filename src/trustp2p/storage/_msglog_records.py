@@ -282,7 +282,7 @@ class Topic:
         origin = message.origin
         seqs = self.origins.get(origin)
         if seqs is None:
-            seqs = self.origins[origin] = Seqs(source)
+            seqs = self.origins[origin] = Seqs(self.shares.admit(source))
         seqs.add(message.seq)
         self.shares.add(origin, seqs.source, len(seqs))
         self.loads.add(origin, seqs.source, len(message.data))

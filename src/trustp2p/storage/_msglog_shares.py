@@ -19,7 +19,16 @@ Private to :mod:`trustp2p.storage`.
 
 from __future__ import annotations
 
-__all__ = ["LOADED", "SOURCE_SEPARATOR", "SUB_LEVELS", "Loads", "Shares", "Sizes", "source_nodes"]
+__all__ = [
+    "LOADED",
+    "MAX_NAMED",
+    "SOURCE_SEPARATOR",
+    "SUB_LEVELS",
+    "Loads",
+    "Shares",
+    "Sizes",
+    "source_nodes",
+]
 
 import functools
 import heapq
@@ -35,6 +44,10 @@ SOURCE_SEPARATOR = " "
 SUB_LEVELS = 3
 """Levels of sub-sources under a top source: a source's text is its top, then up to
 this many sub-sources; those missing are ``""`` (one sub-source, as before they were)."""
+
+MAX_NAMED = 1024
+"""Most sub-sources a topic keeps under one top source right under it, and as many
+below those (see :meth:`Shares.admit`): each costs memory, and a peer names them freely."""
 
 Node = tuple[str, ...]  # a level of a source: its path from the top, e.g. ("R", "a")
 
@@ -102,12 +115,30 @@ class Shares:
     largest are made when the topic first fills up.
     """
 
-    __slots__ = ("_sizes", "breadth", "counts")
+    __slots__ = ("_named", "_sizes", "breadth", "counts")
 
     def __init__(self) -> None:
         self.counts: dict[Node, int] = {}  # level -> messages kept under it
         self.breadth: dict[Node, int] = {}  # level -> levels (origins) kept right under it
         self._sizes: dict[Node, Sizes] | None = None  # what is right under each, once full
+        self._named: dict[tuple[str, bool], int] = {}  # (top, deeper) -> sub-sources named
+
+    def admit(self, source: str) -> str:
+        """
+        The source a new origin of ``source`` counts for: ``source``, unless it names a
+        sub-source new to the topic past :data:`MAX_NAMED` under its top (right under
+        the top, or below those: counted apart, so that one sub-source's own made-up
+        ones never crowd out its siblings); then the levels above that one (its
+        ``""`` sub-source). A peer's made-up sub-sources cost the topic's memory, not
+        the share of another.
+        """
+        nodes = source_nodes(source)
+        top = nodes[0][0]
+        for node in nodes[1:]:
+            if node[-1] and node not in self.counts:
+                if self._named.get((top, len(node) > 2), 0) >= MAX_NAMED:
+                    return SOURCE_SEPARATOR.join(node[:-1])
+        return source
 
     @property
     def full(self) -> bool:
@@ -157,6 +188,17 @@ class Shares:
                     counts[parent] = after
                 else:
                     del counts[parent]
+                if key and level > 1 and not (before and after):  # a named one, new or gone
+                    self._name(parent, 1 if after else -1)
+
+    def _name(self, node: Node, by: int) -> None:
+        named = self._named
+        kind = (node[0], len(node) > 2)
+        count = named.get(kind, 0) + by
+        if count:
+            named[kind] = count
+        else:
+            del named[kind]
 
     def over_share(self, source: str, held: int, max_messages: int) -> bool:
         """
