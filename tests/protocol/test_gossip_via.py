@@ -55,6 +55,8 @@ def test_a_message_carries_its_via_unsigned_and_relays_keep_it() -> None:
     assert body["via"] == "abc.def"
     read = GossipMessage.from_body("chat", body)
     assert read == message and read.via == read.relayed().via == "abc.def"
+    other = read.with_via("x")
+    assert other.via == "x" and other == read and other.hops == read.hops
     body["via"] = "other"  # not signed: another via reads as the same message
     assert GossipMessage.from_body("chat", body).id == message.id
     assert "via" not in signed().to_body()  # none: not sent (older peers' bodies)

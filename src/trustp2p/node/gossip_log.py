@@ -18,7 +18,6 @@ __all__ = [
 ]
 
 import base64
-import dataclasses
 import operator
 import secrets
 import sys
@@ -92,7 +91,7 @@ class Attribution:
         sends it on with and counts it by (:meth:`source`); without ``socket`` (the
         node's own, or its log's), none."""
         if socket is None:
-            return dataclasses.replace(message, via="") if message.via else message
+            return message.with_via("") if message.via else message
         top = log_source(self._node, socket)
         token = self._tokens.get(top)
         if token is None:
@@ -101,7 +100,7 @@ class Attribution:
             token = self._tokens[top] = relay_token(self._secret, top)
         subs = sub_sources(message.via, SUB_LEVELS) if live else []
         via = ".".join([token, *subs])
-        return message if via == message.via else dataclasses.replace(message, via=via)
+        return message if via == message.via else message.with_via(via)
 
     def source(self, socket: Socket | None, message: GossipMessage) -> str:
         """The source the log counts ``message`` delivered by ``socket`` for (as

@@ -200,6 +200,21 @@ class GossipMessage:
             self.via,
         )
 
+    def with_via(self, via: str) -> GossipMessage:
+        """The same message with ``via`` (as a node sends it on: see :mod:`.via`)."""
+        return GossipMessage(
+            self.topic,
+            self.origin,
+            self.seq,
+            self.timestamp,
+            self.data,
+            self.key,
+            self.signature,
+            self.id,
+            self.hops,
+            via,
+        )
+
     @staticmethod
     def peek_id(topic: str, body: dict[str, Any]) -> str | None:
         """
