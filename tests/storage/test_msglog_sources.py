@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from tests.conftest import FakeClock
 from trustp2p.storage._msglog_records import MessageDatabase
-from trustp2p.storage._msglog_shares import Loads, Shares, Sizes
+from trustp2p.storage._msglog_shares import SOURCE_SEPARATOR, SUB_LEVELS, Loads, Shares, Sizes
 from trustp2p.storage.memory import MemoryShelf
 from trustp2p.storage.msglog import LOG_PATH, LoggedMessage, MessageLog
 
@@ -142,18 +143,49 @@ async def test_an_origins_messages_count_for_the_source_of_its_first(clock: Fake
         await log.close()
 
 
-@settings(max_examples=200, deadline=None)
+# Sources as the node makes them: a top (an address group), alone or with sub-sources
+# (a relay's attribution), some sharing a top or a first sub-source.
+SOURCES = ("x", "y", "x a", "x b", "x a c", "x a d", "y a", "x  c", "x b c e")
+
+
+def path_of(source: str) -> tuple[str, ...]:
+    """A source's levels, as the shares read them: padded with ""."""
+    parts = source.split(SOURCE_SEPARATOR)[: SUB_LEVELS + 1]
+    return tuple(parts + [""] * (SUB_LEVELS + 1 - len(parts)))
+
+
+def model_over_share(
+    held: dict[str, int], source_of: dict[str, str], origin: str, limit: int
+) -> bool:
+    """The share rule worked out from scratch: each level of the origin's source over
+    its share (the share of its parent over the number of levels under the parent),
+    and the origin over its source's share over the number of its origins."""
+    mine = path_of(source_of[origin])
+    paths = {o: path_of(source_of[o]) for o in held}
+    share = Fraction(limit)  # (exact: the rule compares products of integers)
+    for level in range(len(mine)):
+        above = mine[:level]
+        siblings = {p[: level + 1] for p in paths.values() if p[:level] == above}
+        share /= len(siblings)
+        count = sum(n for o, n in held.items() if paths[o][: level + 1] == mine[: level + 1])
+        if count <= share:
+            return False
+    origins = [o for o in held if paths[o] == mine]
+    return held[origin] > share / len(origins)
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from("abcdef"), st.sampled_from("xyz"), st.sampled_from(OPS)),
+        st.tuples(st.sampled_from("abcdef"), st.sampled_from(SOURCES), st.sampled_from(OPS)),
         max_size=200,
     ),
     st.integers(1, 30),
 )
 def test_shares_count_what_is_kept(steps: list[tuple[str, str, str]], limit: int) -> None:
-    # Against a plain count of (origin, source): the counts, the breadth and the
-    # largest agree after any adds, removes and moves (claims), before and after the
-    # sizes are made.
+    # Against a plain count of (origin, source): the counts, the breadth, the share
+    # rule and the largest agree after any adds, removes and moves (claims), before
+    # and after the sizes are made, with sources nested (a relay's attribution).
     shares, held, source_of = Shares(), dict[str, int](), dict[str, str]()
     for origin, source, op in steps:
         if op == "add":
@@ -170,16 +202,32 @@ def test_shares_count_what_is_kept(steps: list[tuple[str, str, str]], limit: int
                 del held[origin], source_of[origin]
         if sum(held.values()) == limit and not shares.full:
             shares.fill((o, source_of[o], n) for o, n in held.items())
-        counts: dict[str, int] = {}
+        counts: dict[tuple[str, ...], int] = {}
+        breadth: dict[tuple[str, ...], set[str]] = {}
         for o, n in held.items():
-            counts[source_of[o]] = counts.get(source_of[o], 0) + n
-        assert shares.sources == counts
-        assert shares.breadth == {s: sum(source_of[o] == s for o in held) for s in counts}
+            path = path_of(source_of[o])
+            for level in range(len(path)):
+                node = path[: level + 1]
+                counts[node] = counts.get(node, 0) + n
+                breadth.setdefault(node[:-1], set()).add(node[-1])
+            breadth.setdefault(path, set()).add(o)
+        assert shares.counts == counts
+        assert shares.breadth == {node: len(under) for node, under in breadth.items()}
+        named: dict[tuple[str, bool], int] = {}
+        for node in counts:
+            if len(node) > 1 and node[-1]:
+                named[node[0], len(node) > 2] = named.get((node[0], len(node) > 2), 0) + 1
+        assert shares._named == named
+        for o in held:
+            over = shares.over_share(source_of[o], held[o], limit)
+            assert over == model_over_share(held, source_of, o, limit)
         if shares.full and held:
             origin = shares.largest()
-            most = max(counts.values())
-            assert counts[source_of[origin]] == most
-            mine = [n for o, n in held.items() if source_of[o] == source_of[origin]]
+            path = path_of(source_of[origin])
+            for level in range(len(path)):  # the level with the most, at each level
+                siblings = [n for node, n in counts.items() if node[:-1] == path[:level]]
+                assert counts[path[: level + 1]] == max(siblings)
+            mine = [n for o, n in held.items() if path_of(source_of[o]) == path]
             assert held[origin] == max(mine)
 
 
@@ -203,12 +251,12 @@ async def test_one_addresss_many_origins_hold_one_share_of_the_payload(clock: Fa
         await log.close()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(
         st.tuples(
             st.sampled_from("abcdef"),
-            st.sampled_from("xyz"),
+            st.sampled_from(SOURCES),
             st.integers(1, 50),
             st.sampled_from(OPS),
         ),
@@ -218,7 +266,7 @@ async def test_one_addresss_many_origins_hold_one_share_of_the_payload(clock: Fa
 def test_loads_name_the_heaviest(steps: list[tuple[str, str, int, str]]) -> None:
     # Against a plain list of each origin's messages: after any adds, removes and
     # moves (claims), the oldest-message rule and the heaviest origin of the heaviest
-    # source agree.
+    # source (the heaviest level at each level) agree, with sources nested.
     loads, kept, source_of = Loads(), dict[str, list[int]](), dict[str, str]()
     for origin, source, size, op in steps:
         if op == "add":
@@ -234,26 +282,40 @@ def test_loads_name_the_heaviest(steps: list[tuple[str, str, int, str]]) -> None
             if not kept[origin]:
                 del kept[origin], source_of[origin]
         if not kept:
+            assert loads.total == 0 and not loads.under
             continue
         weights = {o: sum(sizes) for o, sizes in kept.items()}
-        by_source: dict[str, dict[str, int]] = {}
+        under: dict[tuple[str, ...], dict[str, int]] = {}
         for o, w in weights.items():
-            by_source.setdefault(source_of[o], {})[o] = w
-        load = {s: sum(origins.values()) for s, origins in by_source.items()}
+            path = path_of(source_of[o])
+            for level in range(len(path)):
+                node = path[: level + 1]
+                level_weights = under.setdefault(node[:-1], {})
+                level_weights[node[-1]] = level_weights.get(node[-1], 0) + w
+            under.setdefault(path, {})[o] = w
         total = sum(weights.values())
-        assert loads.total == total and loads.sources == load
+        assert loads.total == total and loads.under == under
         oldest = min(kept)  # any origin may hold the oldest message
-        mine = by_source[source_of[oldest]]
-        over = load[source_of[oldest]] * len(load) >= total and (
-            weights[oldest] * len(mine) * len(load) > total
-        )
+        path = path_of(source_of[oldest])
+        ways, over = 1, True
+        for level in range(len(path)):
+            level_weights = under[path[:level]]
+            ways *= len(level_weights)
+            if level_weights[path[level]] * ways < total:
+                over = False
+                break
+        if over:
+            mine = under[path]
+            over = weights[oldest] * len(mine) * ways > total
         picked = loads.heaviest(oldest, source_of[oldest])
         if over:
             assert picked is None
         else:
             assert picked is not None
-            assert load[source_of[picked]] == max(load.values())
-            assert weights[picked] == max(by_source[source_of[picked]].values())
+            path = path_of(source_of[picked])
+            for level in range(len(path)):
+                assert under[path[:level]][path[level]] == max(under[path[:level]].values())
+            assert weights[picked] == max(under[path].values())
 
 
 async def test_sources_survive_a_restart_on_a_shelf(clock: FakeClock) -> None:

@@ -56,7 +56,7 @@ from ..threads.loader import check_handler
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
 from .gossip_drops import oversized_line, say_skipped, say_too_old, signed_twice
-from .gossip_log import OWN_SOURCE, claim, delivered, log_source, open_log, to_logged, undelivered
+from .gossip_log import OWN_SOURCE, Attribution, claim, delivered, open_log, to_logged, undelivered
 from .gossip_publish import NobodyCarries, checked_payload, keep_task, wait_for_peers, wait_until
 from .gossip_send import make_router
 from .gossip_validate import (
@@ -140,6 +140,7 @@ class Gossip:
             self.tasks, self._work, self._settle, node.connection, self._catch_up
         )
         self._checks = FairShare(options.gossip_node_rate)  # live messages, all peers
+        self._attribution = Attribution(node)  # whose a message is: log_source(), via
         self._talked = asyncio.Event()  # set (and replaced) at each control talk
         self._threads_started = asyncio.Event()  # handlers run from then on (replay())
 
@@ -449,6 +450,7 @@ class Gossip:
         """Take a verified message; return True if it was new."""
         if message.topic not in self.router.topics:
             return False  # not ours to carry
+        message = self._attribution.passed_on(socket, message, live=live)
         # Delivered already, or older than anything we remember delivering (a repeat?):
         # dropped, but seen, so that its copies are dropped by id. A message awaiting
         # its validator (or dropped) is neither announced nor served.
@@ -487,7 +489,7 @@ class Gossip:
     ) -> None:
         """A message passed validation: log it (``via``'s, else ``socket``'s), send it
         on, deliver it in turn."""
-        source = log_source(self.node, via or socket)  # (stored with it: MessageLog.add)
+        source = self._attribution.source(via or socket, message)  # (stored: MessageLog.add)
         if not logged and not self._log.add(to_logged(message), source):
             signed_twice(self.node, self._log, message, self._order.clock_skew, self._wall_clock())
         if via is not None and via.peer_id == message.origin:  # (see claim)

@@ -143,7 +143,8 @@ class KeptMessages:
         """Make room in a full ``topic``: drop its oldest message if its origin has more
         than its share, else the lowest-numbered of the origin with the most of the
         source with the most. A topic is shared among the sources that delivered its
-        messages (address groups), then within a source among its origins (see
+        messages (address groups), within a source among its sub-sources (whose the
+        relay said they are), then among origins (see
         :class:`~._msglog_shares.Shares`). Then a flood, from one origin or many new
         ones, can't push out the messages of an origin within its share, nor one
         address's many origins those of another address."""

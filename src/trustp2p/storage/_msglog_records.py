@@ -275,15 +275,16 @@ class Topic:
         return self.loads.total
 
     def add(self, entry: Entry, source: str = LOADED) -> int:
-        """Keep ``entry``, the newest, delivered by ``source`` (an address group);
-        return how many are kept now."""
+        """Keep ``entry``, the newest, delivered by ``source`` (an address group, and
+        any sub-sources: see :func:`~._msglog_shares.source_nodes`); return how many
+        are kept now."""
         entries = self.entries
         entries.append(entry)
         message = entry[0]
         origin = message.origin
         seqs = self.origins.get(origin)
         if seqs is None:
-            seqs = self.origins[origin] = Seqs(source)
+            seqs = self.origins[origin] = Seqs(self.shares.admit(source))
         seqs.add(message.seq)
         self.shares.add(origin, seqs.source, len(seqs))
         self.loads.add(origin, seqs.source, text_size(message.data))

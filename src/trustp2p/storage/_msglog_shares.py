@@ -1,12 +1,17 @@
 """
 Whose messages a full topic of the message log drops (:class:`Shares`): a topic is
 shared among the *sources* that delivered its messages (the address groups of the peers
-they came from), then within a source among its origins.
+they came from), within a source among its sub-sources (the sources the relay that
+delivered them counted them for, as it says: see :func:`source_nodes`), and within the
+last of those among its origins.
 
 Origins are free (a key each): shared among origins alone, 200 throwaway origins from
 one address cut an honest origin's history in a hub's log to 1/201 of it (an
 attacker's test: 181 and 205 of 450 honest messages lost to a new subscriber). Shared
-first by source, one address's origins, however many, hold one source's share.
+first by source, one address's origins, however many, hold one source's share. Behind
+an honest hub, though, every message has the hub's address (attacker36 F2: 49 of 450
+kept at the next node): the hub's own attribution, nested under its share, carries the
+division on, and a peer that lies about it only divides its own share.
 
 Private to :mod:`trustp2p.storage`.
 
@@ -14,14 +19,50 @@ Private to :mod:`trustp2p.storage`.
 
 from __future__ import annotations
 
-__all__ = ["LOADED", "Loads", "Shares", "Sizes"]
+__all__ = [
+    "LOADED",
+    "MAX_NAMED",
+    "SOURCE_SEPARATOR",
+    "SUB_LEVELS",
+    "Loads",
+    "Shares",
+    "Sizes",
+    "source_nodes",
+]
 
+import functools
 import heapq
 from collections.abc import Iterable
 
 LOADED = ""
 """The source of the messages a caller gave none for, and of those a log of schema 2
 or older held (sources are stored from schema 3 on)."""
+
+SOURCE_SEPARATOR = " "
+"""Between a source's levels in its text (no address group, peer id or token has one)."""
+
+SUB_LEVELS = 3
+"""Levels of sub-sources under a top source: a source's text is its top, then up to
+this many sub-sources; those missing are ``""`` (one sub-source, as before they were)."""
+
+MAX_NAMED = 1024
+"""Most sub-sources a topic keeps under one top source right under it, and as many
+below those (see :meth:`Shares.admit`): each costs memory, and a peer names them freely."""
+
+Node = tuple[str, ...]  # a level of a source: its path from the top, e.g. ("R", "a")
+
+
+@functools.lru_cache(maxsize=4096)
+def source_nodes(source: str) -> tuple[Node, ...]:
+    """
+    The levels of ``source`` (``top`` or ``top SOURCE_SEPARATOR sub ...``), top first: one
+    for the top and one for each of :data:`SUB_LEVELS` sub-sources (``""`` where it
+    names none, and any past them left out), each the path to it. A source of schema
+    3 (an address group alone) has one sub-source, ``""``.
+    """
+    parts = source.split(SOURCE_SEPARATOR)[: SUB_LEVELS + 1]
+    parts += [""] * (SUB_LEVELS + 1 - len(parts))
+    return tuple(tuple(parts[: level + 1]) for level in range(SUB_LEVELS + 1))
 
 
 class Sizes:
@@ -63,209 +104,249 @@ class Sizes:
 
 class Shares:
     """
-    A topic's messages by source. An origin counts for the source that delivered the
-    first of its messages the topic keeps, until the topic keeps none of them (the
-    topic's numbers of the origin hold its source, and say how many it keeps).
+    A topic's messages by source, sub-source and origin. An origin counts for the
+    source that delivered the first of its messages the topic keeps, until the topic
+    keeps none of them (the topic's numbers of the origin hold its source, and say how
+    many it keeps).
 
-    ``sources`` counts each source's messages and ``breadth`` its origins; the
-    :class:`Sizes` that name the largest are made when the topic first fills up.
+    ``counts`` counts the messages under each level of a source (see
+    :func:`source_nodes`) and ``breadth`` the levels (or, under a whole source, the
+    origins) right under each, ``()`` the topic; the :class:`Sizes` that name the
+    largest are made when the topic first fills up.
     """
 
-    __slots__ = ("_inner", "_outer", "breadth", "sources")
+    __slots__ = ("_named", "_sizes", "breadth", "counts")
 
     def __init__(self) -> None:
-        self.sources: dict[str, int] = {}  # source -> messages kept
-        self.breadth: dict[str, int] = {}  # source -> origins kept
-        self._outer: Sizes | None = None  # the sources by count, once full
-        self._inner: dict[str, Sizes] = {}  # per source, its origins by count, once full
+        self.counts: dict[Node, int] = {}  # level -> messages kept under it
+        self.breadth: dict[Node, int] = {}  # level -> levels (origins) kept right under it
+        self._sizes: dict[Node, Sizes] | None = None  # what is right under each, once full
+        self._named: dict[tuple[str, bool], int] = {}  # (top, deeper) -> sub-sources named
+
+    def admit(self, source: str) -> str:
+        """
+        The source a new origin of ``source`` counts for: ``source``, unless it names a
+        sub-source new to the topic past :data:`MAX_NAMED` under its top (right under
+        the top, or below those: counted apart, so that one sub-source's own made-up
+        ones never crowd out its siblings); then the levels above that one (its
+        ``""`` sub-source). A peer's made-up sub-sources cost the topic's memory, not
+        the share of another.
+        """
+        nodes = source_nodes(source)
+        top = nodes[0][0]
+        for node in nodes[1:]:
+            if node[-1] and node not in self.counts:
+                if self._named.get((top, len(node) > 2), 0) >= MAX_NAMED:
+                    return SOURCE_SEPARATOR.join(node[:-1])
+        return source
 
     @property
     def full(self) -> bool:
         """Whether the topic filled up once (:meth:`fill` was called)."""
-        return self._outer is not None
+        return self._sizes is not None
 
     def add(self, origin: str, source: str, held: int) -> None:
         """One message more of ``origin``, of ``source``: ``held`` now."""
-        if held == 1:
-            self.breadth[source] = self.breadth.get(source, 0) + 1
-        count = self.sources[source] = self.sources.get(source, 0) + 1
-        if self._outer is not None:
-            self._outer.move(source, count - 1, count)
-            inner = self._inner.get(source)
-            if inner is None:
-                inner = self._inner[source] = Sizes({})
-            inner.move(origin, held - 1, held)
+        self._change(origin, source, 1, held - 1)
 
     def remove(self, origin: str, source: str, held: int) -> None:
         """One message of ``origin``, of ``source``, less: ``held`` left."""
-        count = self.sources[source] - 1
-        if count:
-            self.sources[source] = count
-            if not held:
-                self.breadth[source] -= 1
-        else:
-            del self.sources[source], self.breadth[source]
-        if self._outer is not None:
-            self._outer.move(source, count + 1, count)
-            self._inner[source].move(origin, held + 1, held)
-            if not count:
-                del self._inner[source]
+        self._change(origin, source, -1, held + 1)
 
     def move(self, origin: str, before: str, after: str, held: int) -> None:
         """``origin``'s ``held`` messages count for ``after``, no longer ``before``."""
-        count = self.sources[before] - held
+        self._change(origin, before, -held, held)
+        self._change(origin, after, held, 0)
+
+    def _change(self, origin: str, source: str, by: int, held: int) -> None:
+        """``origin`` of ``source`` held ``held`` messages and holds ``by`` more:
+        each level is counted from the origin up."""
+        nodes = source_nodes(source)
+        counts, breadth, sizes = self.counts, self.breadth, self._sizes
+        key, before, after = origin, held, held + by
+        for level in range(len(nodes), -1, -1):
+            parent = nodes[level - 1] if level else ()
+            if not before:
+                breadth[parent] = breadth.get(parent, 0) + 1
+            elif not after:
+                if breadth[parent] > 1:
+                    breadth[parent] -= 1
+                else:
+                    del breadth[parent]
+            if sizes is not None:
+                under = sizes.get(parent)
+                if under is None:
+                    under = sizes[parent] = Sizes({})
+                under.move(key, before, after)
+                if not after and parent not in breadth:
+                    del sizes[parent]
+            if level:
+                key = parent[-1]
+                before = counts.get(parent, 0)
+                after = before + by
+                if after:
+                    counts[parent] = after
+                else:
+                    del counts[parent]
+                if key and level > 1 and not (before and after):  # a named one, new or gone
+                    self._name(parent, 1 if after else -1)
+
+    def _name(self, node: Node, by: int) -> None:
+        named = self._named
+        kind = (node[0], len(node) > 2)
+        count = named.get(kind, 0) + by
         if count:
-            self.sources[before] = count
-            self.breadth[before] -= 1
+            named[kind] = count
         else:
-            del self.sources[before], self.breadth[before]
-        moved = self.sources[after] = self.sources.get(after, 0) + held
-        self.breadth[after] = self.breadth.get(after, 0) + 1
-        if self._outer is not None:
-            self._outer.move(before, count + held, count)
-            self._outer.move(after, moved - held, moved)
-            self._inner[before].move(origin, held, 0)
-            if not count:
-                del self._inner[before]
-            inner = self._inner.get(after)
-            if inner is None:
-                inner = self._inner[after] = Sizes({})
-            inner.move(origin, 0, held)
+            del named[kind]
 
     def over_share(self, source: str, held: int, max_messages: int) -> bool:
         """
         Whether an origin of ``source`` holding ``held`` messages is over its share:
-        its source more than ``max_messages`` over the number of sources, and the
-        origin more than that over the number of the source's origins (with one
-        source, more than ``max_messages`` over the number of origins).
+        each level of its source more than its share (``max_messages`` over the number
+        of top sources, a sub-source that over the number of sub-sources under its
+        top, and so on), and the origin more than its source's share over the number
+        of its origins. With one source of one sub-source: more than ``max_messages``
+        over the number of origins.
         """
-        sources = len(self.sources)
-        if self.sources[source] * sources <= max_messages:
-            return False
-        return held * self.breadth[source] * sources > max_messages
+        counts, breadth = self.counts, self.breadth
+        parent: Node = ()
+        ways = 1  # how many ways the topic is shared down to this level
+        for node in source_nodes(source):
+            ways *= breadth[parent]
+            if counts[node] * ways <= max_messages:
+                return False
+            parent = node
+        return held * breadth[parent] * ways > max_messages
 
     def fill(self, origins: Iterable[tuple[str, str, int]]) -> None:
         """Make the sizes, from each origin's ``(origin, source, held)``."""
-        by_source: dict[str, dict[str, int]] = {}
+        under: dict[Node, dict[str, int]] = {}
+        for node, count in self.counts.items():
+            under.setdefault(node[:-1], {})[node[-1]] = count
         for origin, source, held in origins:
-            by_source.setdefault(source, {})[origin] = held
-        self._outer = Sizes(self.sources)
-        self._inner = {source: Sizes(held) for source, held in by_source.items()}
+            under.setdefault(source_nodes(source)[-1], {})[origin] = held
+        self._sizes = {node: Sizes(counts) for node, counts in under.items()}
 
     def largest(self) -> str:
-        """The origin with the most messages of the source with the most (once
-        :meth:`fill` was called)."""
-        assert self._outer is not None  # made by fill()
-        return self._inner[self._outer.largest()].largest()
+        """The origin with the most messages of the source with the most, taking the
+        level with the most at each level (once :meth:`fill` was called)."""
+        sizes = self._sizes
+        assert sizes is not None  # made by fill()
+        node: Node = ()
+        for _ in range(SUB_LEVELS + 1):
+            node = (*node, sizes[node].largest())
+        return sizes[node].largest()
 
 
 class Loads:
     """
-    A topic's payload (``text_size(data)``) by source and, within each source, by origin,
-    and which to drop from when the log holds too much (:meth:`heaviest`): shared as
+    A topic's payload (``text_size(data)``) by source, sub-source and origin, and which to
+    drop from when the log holds too much (:meth:`heaviest`): shared as
     :class:`Shares` shares the number of messages.
 
-    The heaviest are found with heaps of ``(-payload, key)`` (some entries stale, made
-    again when mostly stale), made when the topic is first too heavy.
+    ``under`` has the payload right under each level of a source (see
+    :func:`source_nodes`), ``()`` the topic's: of each level under it, or under a whole
+    source, of each origin. The heaviest are found with heaps of ``(-payload, key)``
+    per level (some entries stale, made again when mostly stale), made when the topic
+    is first too heavy.
     """
 
-    __slots__ = ("_inner", "_outer", "by_source", "sources", "total")
+    __slots__ = ("_heaps", "total", "under")
 
     def __init__(self) -> None:
         self.total = 0
-        self.sources: dict[str, int] = {}  # source -> payload kept
-        self.by_source: dict[str, dict[str, int]] = {}  # source -> origin -> payload kept
-        self._outer: list[tuple[int, str]] | None = None
-        self._inner: dict[str, list[tuple[int, str]]] = {}
+        self.under: dict[Node, dict[str, int]] = {}  # level -> what is right under it
+        self._heaps: dict[Node, list[tuple[int, str]]] | None = None
 
     def add(self, origin: str, source: str, size: int) -> None:
         """A message of ``size`` more of ``origin``, of ``source``."""
-        origins = self.by_source.get(source)
-        if origins is None:
-            origins = self.by_source[source] = {}
-        weight = origins[origin] = origins.get(origin, 0) + size
-        load = self.sources[source] = self.sources.get(source, 0) + size
-        self.total += size
-        if self._outer is not None:
-            self._pushed(origin, source, weight, load)
+        self._change(origin, source, size, last=False)
 
     def remove(self, origin: str, source: str, size: int, *, last: bool) -> None:
         """A message of ``size`` less of ``origin`` (its ``last`` kept), of ``source``."""
-        self.total -= size
-        origins = self.by_source[source]
-        if last:
-            del origins[origin]
-            weight = 0
-        else:
-            weight = origins[origin] = origins[origin] - size
-        load = self.sources[source] - size
-        if origins:
-            self.sources[source] = load
-        else:
-            del self.sources[source], self.by_source[source]
-            self._inner.pop(source, None)
-            return
-        if self._outer is not None:
-            self._pushed(origin, source, weight, load)
+        self._change(origin, source, -size, last=last)
 
     def move(self, origin: str, before: str, after: str) -> None:
         """``origin``'s payload counts for ``after``, no longer ``before``."""
-        origins = self.by_source[before]
-        weight = origins.pop(origin)
-        load = self.sources[before] - weight
-        if origins:
-            self.sources[before] = load
-            if self._outer is not None:
-                heapq.heappush(self._outer, (-load, before))
-        else:
-            del self.sources[before], self.by_source[before]
-            self._inner.pop(before, None)
-        moved = self.by_source.get(after)
-        if moved is None:
-            moved = self.by_source[after] = {}
-        moved[origin] = weight
-        load = self.sources[after] = self.sources.get(after, 0) + weight
-        if self._outer is not None:
-            self._pushed(origin, after, weight, load)
+        weight = self.under[source_nodes(before)[-1]][origin]
+        self._change(origin, before, -weight, last=True)
+        self._change(origin, after, weight, last=False)
 
-    def _pushed(self, origin: str, source: str, weight: int, load: int) -> None:
-        outer = self._outer
-        assert outer is not None  # made by heaviest()
-        if len(outer) > 2 * len(self.sources) + 64:  # mostly stale: made again
-            self._outer = _heap(self.sources)
+    def _change(self, origin: str, source: str, by: int, *, last: bool) -> None:
+        """``origin`` of ``source`` holds ``by`` more payload (nothing, if ``last``):
+        each level is counted from the origin up."""
+        nodes = source_nodes(source)
+        under, heaps = self.under, self._heaps
+        self.total += by
+        key, gone = origin, last
+        for level in range(len(nodes), -1, -1):
+            parent = nodes[level - 1] if level else ()
+            weights = under.get(parent)
+            if weights is None:
+                weights = under[parent] = {}
+            if gone:
+                del weights[key]
+            else:
+                weight = weights[key] = weights.get(key, 0) + by
+                if heaps is not None:
+                    self._pushed(parent, key, weight)
+            gone = not weights
+            if gone:
+                del under[parent]
+                if heaps is not None:
+                    heaps.pop(parent, None)
+            key = parent[-1] if level else key
+
+    def _pushed(self, node: Node, key: str, weight: int) -> None:
+        heaps = self._heaps
+        assert heaps is not None  # made by heaviest()
+        heap, weights = heaps.get(node), self.under[node]
+        if heap is None or len(heap) > 2 * len(weights) + 16:  # mostly stale: made again
+            heaps[node] = _heap(weights)
         else:
-            heapq.heappush(outer, (-load, source))
-        inner = self._inner.get(source)
-        if inner is None or len(inner) > 2 * len(self.by_source[source]) + 64:
-            self._inner[source] = _heap(self.by_source[source])
-        elif weight:
-            heapq.heappush(inner, (-weight, origin))
+            heapq.heappush(heap, (-weight, key))
 
     def heaviest(self, origin: str, source: str) -> str | None:
         """
         What to drop to make the topic lighter, its oldest message being ``origin``'s,
         of ``source``: None for that message, if the origin holds more than its share
-        (its source at least the payload over the number of sources, the origin more
-        than that over the number of its source's origins; with one source, more than
-        the payload over the number of origins); else the origin holding the most of
-        the source holding the most. Call it on a topic with messages.
+        (each level of its source at least its share of the payload, shared as
+        :meth:`Shares.over_share` shares the number, and the origin more than its
+        source's over the number of its origins; with one source of one sub-source,
+        more than the payload over the number of origins); else the origin holding the
+        most of the source holding the most, taking the level holding the most at each
+        level. Call it on a topic with messages.
         """
-        sources, total = len(self.sources), self.total
-        origins = self.by_source[source]
-        if self.sources[source] * sources >= total:
-            if origins[origin] * len(origins) * sources > total:
+        under, total = self.under, self.total
+        parent: Node = ()
+        ways = 1
+        for node in source_nodes(source):
+            weights = under[parent]
+            ways *= len(weights)
+            if weights[node[-1]] * ways < total:
+                break
+            parent = node
+        else:
+            weights = under[parent]
+            if weights[origin] * len(weights) * ways > total:
                 return None
-        if self._outer is None:
-            self._outer = _heap(self.sources)
-            self._inner = {key: _heap(kept) for key, kept in self.by_source.items()}
-        outer = self._outer
-        while self.sources.get(outer[0][1]) != -outer[0][0]:
-            heapq.heappop(outer)  # stale
-        heaviest = outer[0][1]
-        inner, kept = self._inner[heaviest], self.by_source[heaviest]
-        while kept.get(inner[0][1]) != -inner[0][0]:
-            heapq.heappop(inner)  # stale
-        return inner[0][1]
+        if self._heaps is None:
+            self._heaps = {node: _heap(weights) for node, weights in under.items()}
+        node = ()
+        for _ in range(SUB_LEVELS + 1):
+            node = (*node, self._heaviest_under(node))
+        return self._heaviest_under(node)
+
+    def _heaviest_under(self, node: Node) -> str:
+        assert self._heaps is not None
+        weights = self.under[node]
+        heap = self._heaps.get(node)
+        if heap is None:
+            heap = self._heaps[node] = _heap(weights)
+        while weights.get(heap[0][1]) != -heap[0][0]:
+            heapq.heappop(heap)  # stale
+        return heap[0][1]
 
 
 def _heap(weights: dict[str, int]) -> list[tuple[int, str]]:

@@ -54,6 +54,8 @@ __all__ = [
     "MARK_GRACE",
     "RANGE_LIMIT",
     "RANGE_MAX_BYTES",
+    "SOURCE_SEPARATOR",
+    "SUB_LEVELS",
     "LoggedMessage",
     "MessageLog",
 ]
@@ -75,7 +77,7 @@ from ._msglog_records import (
     MessageDatabase,
     entry_position,
 )
-from ._msglog_shares import LOADED
+from ._msglog_shares import LOADED, SOURCE_SEPARATOR, SUB_LEVELS
 from .memory import MemoryShelf
 from .writebehind import WriteBehind
 
@@ -231,7 +233,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         topic, one message is dropped, the topic's oldest or, if its origin is within
         its share, the lowest-numbered of the origin with the most of the source with
         the most (possibly this one). A topic is shared among the sources of its
-        messages, then each source's share among its origins: origins are free keys,
+        messages, then each source's share among its sub-sources, and the last
+        sub-source's among its origins: origins are free keys,
         and one address's many origins would otherwise push out the history of
         everyone else's (an attacker's test). The topic's messages received more than
         ``max_age`` seconds ago are dropped too. Past
@@ -247,9 +250,12 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             message: A verified message.
             source: Who delivered it: the node gives the address group of the peer it
                 came from (:func:`~trustp2p.protocol.hosts.share_group`), its own
-                messages one of their own. An origin's messages in a topic count for
-                the source of the first of them kept (or of a :meth:`claim`); it is
-                stored with them.
+                messages one of their own; then, separated by
+                :data:`SOURCE_SEPARATOR`, up to :data:`SUB_LEVELS` sub-sources, whose
+                the relay that sent it said it is (its ``via``): the source's share is
+                shared among them before its origins. An origin's messages in a topic
+                count for the source of the first of them kept (or of a
+                :meth:`claim`); it is stored with them.
 
         Returns:
             True if it was added; False if a message with its ``(origin, seq)`` is

@@ -111,8 +111,9 @@ def payload_size(text: str) -> int:
 
 
 def wire_size(message: GossipMessage) -> int:
-    """Bytes of a message's package body, as a fetch answer carries it."""
+    """Bytes of a message's package body, as a fetch answer carries it (no ``via``)."""
     body = message.to_body()
+    body.pop("via", None)
     return len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
 
 

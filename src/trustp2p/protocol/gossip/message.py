@@ -36,7 +36,7 @@ import gc
 import hashlib
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...exceptions import GossipError
@@ -49,6 +49,7 @@ from ...identity import (
     verify_signature,
 )
 from ..jsontext import GC_PAUSE_CHARS
+from .via import check_via
 
 MAX_TOPIC_LENGTH = 256
 """Longest topic, in characters."""
@@ -138,6 +139,10 @@ class GossipMessage:
         signature: The publisher's signature (64 bytes).
         id: The message id, see :func:`message_id`.
         hops: Relays it went through (0 to :data:`MAX_HOPS`); not signed.
+        via: Whose it is, as the last relay counted it (see :mod:`.via`): ``""`` (none)
+            or ``.``-separated tokens; not signed, and not compared: a node that takes
+            the message in gives it its own (the node's gossip), and a message
+            delivered equals the one published.
 
     """
 
@@ -150,6 +155,7 @@ class GossipMessage:
     signature: bytes
     id: str
     hops: int = 0
+    via: str = field(default="", compare=False)  # (a relay's word, not the message)
 
     @property
     def body(self) -> dict[str, Any]:
@@ -164,8 +170,9 @@ class GossipMessage:
         return parsed
 
     def to_body(self, *, hops: int | None = None) -> dict[str, Any]:
-        """The package body that carries it (its topic is the package's event)."""
-        return {
+        """The package body that carries it (its topic is the package's event); its
+        ``via`` if it has one."""
+        body: dict[str, Any] = {
             "origin": self.origin,
             "seq": self.seq,
             "ts": self.timestamp,
@@ -174,6 +181,9 @@ class GossipMessage:
             "sig": base64.b64encode(self.signature).decode("ascii"),
             "hops": self.hops if hops is None else hops,
         }
+        if self.via:
+            body["via"] = self.via
+        return body
 
     def relayed(self) -> GossipMessage:
         """The same message with one more hop, as a relay sends it on."""
@@ -187,6 +197,22 @@ class GossipMessage:
             self.signature,
             self.id,
             self.hops + 1,
+            self.via,
+        )
+
+    def with_via(self, via: str) -> GossipMessage:
+        """The same message with ``via`` (as a node sends it on: see :mod:`.via`)."""
+        return GossipMessage(
+            self.topic,
+            self.origin,
+            self.seq,
+            self.timestamp,
+            self.data,
+            self.key,
+            self.signature,
+            self.id,
+            self.hops,
+            via,
         )
 
     @staticmethod
@@ -240,6 +266,7 @@ class GossipMessage:
         seq = check_int(body.get("seq"), "seq", 1, MAX_SEQ)
         timestamp = check_int(body.get("ts"), "ts", 0, MAX_TIMESTAMP)
         hops = check_int(body.get("hops", 0), "hops", 0, MAX_HOPS)
+        via = check_via(body.get("via", ""))
         if not isinstance(data, str):
             raise GossipError("data is not JSON text")
         if max_data is not None and len(data) > max_data:
@@ -253,7 +280,7 @@ class GossipMessage:
         message_key = peeked_id or message_id(origin, seq, topic, data)
         # Interned, like the id: the nodes of one process (a simulation) share them.
         topic, origin, data = sys.intern(topic), sys.intern(origin), sys.intern(data)
-        return cls(topic, origin, seq, timestamp, data, key, signature, message_key, hops)
+        return cls(topic, origin, seq, timestamp, data, key, signature, message_key, hops, via)
 
 
 def _key_and_signature(body: dict[str, Any]) -> tuple[bytes, bytes]:
