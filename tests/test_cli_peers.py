@@ -203,3 +203,44 @@ def test_an_ipv6_url_is_shown_as_it_is(
     asyncio.run(fill(tmp_path, FakeClock(now), ["ws://[fe80::1]:1107"]))
     assert main(["peers", "--cwd", str(tmp_path)]) == 0
     assert "ws://[fe80::1]:1107" in capsys.readouterr().out
+
+
+def test_forget_removes_a_url_that_never_worked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tester37 F1: a mistyped --connect URL, stored by an earlier version as a bootstrap
+    URL (never forgotten for failing), was dialled by every later run; deleting
+    data/peers.sqlite, blocks and history with it, was the only way out."""
+    from trustp2p.identity import Identity, is_running
+
+    good, typo = "ws://10.0.0.1:1107", "tcp://10.0.0.1:1107"
+
+    async def as_before() -> None:
+        store = await PeerStore.open(tmp_path / STORE_PATH)
+        await store.add_urls([good, typo], PeerSource.BOOTSTRAP)
+        await store.record_connected(peer_id=PEER_ID, url=good, address="10.0.0.1")
+        await store.record_failure(typo)
+        await store.close()
+
+    asyncio.run(as_before())
+    cwd = ["--cwd", str(tmp_path)]
+    _, name, lock = Identity.claim(tmp_path)  # what a running node holds
+    try:
+        assert main(["peers", *cwd, "--forget", typo]) == 1
+        assert "is running: stop it first" in capsys.readouterr().err
+    finally:
+        lock.close()
+    assert not is_running(tmp_path, name)
+    assert main(["peers", *cwd, "--forget", typo, "--forget", "ws://10.0.0.9:1107"]) == 1
+    out, err = capsys.readouterr()
+    assert out == f"forgot {typo}\n"
+    assert err == "trustp2p: error: ws://10.0.0.9:1107 is not in the peer store\n"
+    assert main(["peers", *cwd, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(peer["peer_id"], peer["urls"]) for peer in listed] == [(PEER_ID, [good])]
+    assert main(["peers", *cwd, "--forget", good]) == 0  # its peer stays, with its history
+    assert capsys.readouterr().out == f"forgot {good}\n"
+    assert main(["peers", *cwd, "--json"]) == 0
+    assert [(p["peer_id"], p["urls"]) for p in json.loads(capsys.readouterr().out)] == [
+        (PEER_ID, [])
+    ]

@@ -337,7 +337,7 @@ async def test_a_url_with_its_id_is_dialled_expecting_it(make_node: MakeNode) ->
     await role.disconnect(server.url)
     role.connect(f"{server.url}/p2p/{Identity.generate().peer_id}")  # another key
     policy = role.dialer.policy
-    await wait_for(lambda: policy.failures(server.url or "") >= 1)
+    await wait_for(lambda: policy.failures(role.urls[0]) >= 1)
     assert role.sockets == []
 
 
@@ -383,7 +383,7 @@ async def test_a_pin_is_matched_on_an_address_dialled_without_it(
     # given while a dial was under way left that dial without a loop).
     policy = role.dialer.policy
     await socket.close()
-    await wait_for(lambda: policy.failures(server.url or "") >= 1)
+    await wait_for(lambda: policy.failures(wrong) >= 1)
     assert role.sockets == []
 
 
@@ -407,7 +407,7 @@ async def test_a_pin_given_for_an_address_dialled_without_it_is_applied(
     impostor = await make_node(server=True, port=port)
     assert impostor.url == server.url
     policy = role.dialer.policy
-    await wait_for(lambda: policy.failures(server.url or "") >= 1)
+    await wait_for(lambda: policy.failures(pinned) >= 1)
     assert role.sockets == []
 
 
@@ -526,7 +526,7 @@ async def test_a_pin_given_while_the_address_is_in_its_handshake_waits_for_its_c
         assert role.urls == [pinned]
         await role.sockets[0].close()
         policy = role.dialer.policy
-        await wait_for(lambda: policy.failures(server.url or "") >= 1)
+        await wait_for(lambda: policy.failures(pinned) >= 1)
         assert role.sockets == []
     finally:
         await anext(factory, None)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["edit_blocks", "peers_json", "peers_table", "pick_blocks", "read_peers", "utc"]
+__all__ = [
+    "edit_blocks",
+    "forget_urls",
+    "peers_json",
+    "peers_table",
+    "pick_blocks",
+    "read_peers",
+    "utc",
+]
 
 import dataclasses
 import datetime
@@ -30,6 +38,28 @@ async def read_peers(cwd: Path, name: str = "node") -> list[PeerRecord]:
     store = await PeerStore.open(path)
     try:
         return await store.peers()
+    finally:
+        await store.close()
+
+
+async def forget_urls(cwd: Path, name: str, urls: Sequence[str]) -> list[str]:
+    """
+    Forget ``urls`` (each exactly as ``trustp2p peers`` lists it) in the store of the
+    node called ``name`` in ``cwd``: a URL that never worked, stored by an earlier
+    version (tester37 F1: a typo given with ``--connect`` was dialled by every later
+    run), or one without the ``/p2p/<id>`` pin it should have had. The node must be
+    stopped (a running node keeps its peers in memory): the caller checks.
+
+    Returns:
+        An error for each URL the store doesn't hold.
+
+    """
+    path = data_dir(cwd, name) / STORE_FILE
+    if not path.exists():
+        return [f"{url} is not in the peer store (no peer store yet)" for url in urls]
+    store = await PeerStore.open(path)
+    try:
+        return [f"{url} is not in the peer store" for url in urls if not await store.forget(url)]
     finally:
         await store.close()
 

@@ -46,12 +46,21 @@ def _check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @app_dir_option
 @node_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, for scripts.")
+@click.option(
+    "--forget",
+    "forget",
+    multiple=True,
+    metavar="URL",
+    help="Forget this URL, as listed (node stopped); repeatable.",
+)
 @log_options
-def peers(cwd: Path, name: str, as_json: bool, log_level: str) -> int:
+def peers(cwd: Path, name: str, as_json: bool, forget: tuple[str, ...], log_level: str) -> int:
     """List the peers the node remembers (its peer store, data/peers.sqlite).
 
     The table shows each peer's URLs, short peer id, score, when it was last seen and
-    until when it is blocked (UTC). --json prints every field of every peer.
+    until when it is blocked (UTC). --json prints every field of every peer. --forget
+    URL removes a URL the node shouldn't dial again (one that never worked, say), with
+    the node stopped: a running node keeps its peers in memory (exit 1).
     """
     import json
 
@@ -64,6 +73,8 @@ def peers(cwd: Path, name: str, as_json: bool, log_level: str) -> int:
     if others:  # (a tester's typo read as an empty store)
         click.echo(f"trustp2p: error: no node named {name!r} in {cwd} (known: {others})", err=True)
         return 1
+    if forget:
+        return _forget(cwd, name, forget)
     records = asyncio.run(read_peers(cwd, name))
     if as_json:
         click.echo(json.dumps(peers_json(records), indent=2))
@@ -76,6 +87,24 @@ def peers(cwd: Path, name: str, as_json: bool, log_level: str) -> int:
         console = Console(width=200)  # don't wrap rows for scripts and pagers
     console.print(peers_table(records))
     return 0
+
+
+def _forget(cwd: Path, name: str, urls: tuple[str, ...]) -> int:
+    """``trustp2p peers --forget URL ...``: 0 if every URL was stored, else 1."""
+    from ..apps.peers import forget_urls
+    from ..identity import is_running
+
+    if is_running(cwd, name):
+        click.echo(f"trustp2p: error: the node {name!r} of {cwd} is running: stop it first"
+                   " (it keeps its peers in memory)", err=True)  # fmt: skip
+        return 1
+    errors = asyncio.run(forget_urls(cwd, name, urls))
+    for url in urls:
+        if not any(error.startswith(f"{url} ") for error in errors):
+            click.echo(f"forgot {url}")
+    for error in errors:
+        click.echo(f"trustp2p: error: {error}", err=True)
+    return 1 if errors else 0
 
 
 @cli.command()

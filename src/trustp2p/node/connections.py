@@ -321,15 +321,8 @@ class Connections:
         who = f" (peer {short_id(peer_id)})" if peer_id is not None else ""
         how = "connected to us" if socket.inbound else "connected"
         self.inbound.note(conn.log, socket, "connected", "= %s%s", how, who)
-        if not socket.inbound and node.client is not None and store is not None:
-            node.tasks.spawn(
-                store.record_connected(
-                    peer_id=peer_key(peer_id, socket.host),
-                    url=node.client.store_url(socket.peer),
-                    address=socket.host,
-                ),
-                "record connection",
-            )
+        if not socket.inbound and node.client is not None:
+            node.tasks.spawn(node.client.record_connected(socket), "record connection")
         self.workers.put(conn, Hook(hook, socket))
         for action in conn.protocol.start():
             self._carry_out(conn, action)

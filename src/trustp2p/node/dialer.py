@@ -24,7 +24,7 @@ from ..protocol.close import CloseCode
 from ..protocol.handshake import is_id_mismatch, is_mode_mismatch, is_secure_mismatch
 from ..protocol.hosts import crowded_group
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect
-from ..protocol.peers import peer_key
+from ..protocol.peers import is_address_key, peer_key
 from ..protocol.selection import Selection
 from ..protocol.urls import address_of, split_peer_url
 from ..tasks import TaskOwner
@@ -202,11 +202,26 @@ class Dialer:
         from then on, and not dialled again in the next runs either: attacker36 F3).
         """
         self.policy.remember_peer(socket.peer, peer_id)
+        self.node.tasks.spawn(self.record_connected(socket, peer_id), "record connection")
+
+    async def record_connected(self, socket: Socket, peer_id: str | None = None) -> None:
+        """
+        Tell the peer store that ``socket``, which we dialled, reached its peer
+        (``peer_id``, else the socket's), under the store's URL dialled (with the
+        ``/p2p/<id>`` it names). A persistent URL (``peers``, :meth:`connect`) the store
+        doesn't hold is stored now, as a bootstrap URL, not at the start: a URL that
+        never worked (a typo) isn't dialled by the next runs (tester37 F1). Another
+        key than the one proven there before is said (:func:`_say_key_changed`).
+        """
         store = self.node.store
-        if store is not None:
-            url = self.policy.store_url(socket.peer)
-            record = store.record_connected(peer_id=peer_id, url=url, address=socket.host)
-            self.node.tasks.spawn(record, f"record connection {url}")
+        if store is None:
+            return
+        url = self.policy.store_url(socket.peer)
+        key = peer_key(peer_id or socket.peer_id, socket.host)
+        before = store.verified_peer_id(url)
+        if before is not None and before != key and not is_address_key(key):
+            _say_key_changed(url, before, key)
+        await store.record_connected(peer_id=key, url=url, address=socket.host)
 
     def dial_failed(self, url: str, error: Exception) -> None:
         """A dial of ``url`` or its handshake failed: count it; the store remembers it.
@@ -487,6 +502,20 @@ class Dialer:
         if self.node.peer_id is not None:
             ids.add(self.node.peer_id)
         return ids
+
+
+def _say_key_changed(url: str, before: str, now: str) -> None:
+    """Another key answers at ``url``, which names no peer, than the one that proved
+    itself there before: said at WARNING, as SSH says a changed host key (tester37 F2:
+    nothing said it), with how to insist on the old one. The connection stays: a URL
+    without ``/p2p/<id>`` trusts whoever answers there (a server given a new key
+    keeps its clients), and its pin is how to refuse another."""
+    logger.warning(
+        "! %s: another key answers there now: peer %s, not %s as before (its identity "
+        "changed, or another node took the address); connected, as the URL names no "
+        "peer: dial %s/p2p/%s to accept only the old one there",
+        url, now, before, url, before,
+    )  # fmt: skip
 
 
 HELD_INTERVAL = 60.0

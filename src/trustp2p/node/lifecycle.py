@@ -30,7 +30,6 @@ from ..drivers.base import Listening
 from ..identity import Identity, mark_stopping
 from ..protocol.close import CloseCode
 from ..protocol.hosts import host_of
-from ..protocol.urls import split_peer_url
 from ..security.channel import SecureLayer
 from ..storage.msglog import LOG_FILE
 from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
@@ -75,17 +74,19 @@ def make_secure_layer(node: Node, identity: Identity) -> SecureLayer:
 
 
 async def open_store(node: Node) -> PeerStore:
-    """Open the peer store of ``node``: in its data directory, or in memory; a client's
-    bootstrap peers are added to it."""
+    """Open the peer store of ``node``: in its data directory, or in memory. A client's
+    bootstrap URLs (``peers``, as given: a ``/p2p/<id>`` stays) that the store holds are
+    marked bootstrap; the others are stored once a dial to them worked (tester37 F1: a
+    typo was redialled by every later run), by :meth:`Dialer.record_connected
+    <trustp2p.node.dialer.Dialer.record_connected>`."""
     options = node.options
     path = None
     if options.peer_store and node.data_dir is not None and options.store_shelf is None:
         path = node.data_dir / STORE_FILE
     store = await PeerStore.open(path, policy=options.block_policy(), shelf=options.store_shelf)
     if node.client is not None and options.peers:
-        await store.add_urls(
-            [split_peer_url(url)[0] for url in options.peers], PeerSource.BOOTSTRAP
-        )
+        known = [url for url in options.peers if store.knows_url(url)]
+        await store.add_urls(known, PeerSource.BOOTSTRAP)
     return store
 
 

@@ -566,10 +566,10 @@ class ClientRole(Role):
         refused it (one connection per peer): see :meth:`Dialer.duplicate_dialled`."""
         self.dialer.duplicate_dialled(socket, peer_id)
 
-    def store_url(self, dial_url: str) -> str:
-        """The peer store's URL for a connection dialled at ``dial_url``: the URL with
-        its ``/p2p/<id>`` when the outbound manager dialled a store entry that has one."""
-        return self.dialer.policy.store_url(dial_url)
+    async def record_connected(self, socket: Socket) -> None:
+        """Tell the peer store that ``socket``, which we dialled, reached its peer
+        (:meth:`Dialer.record_connected <trustp2p.node.dialer.Dialer.record_connected>`)."""
+        await self.dialer.record_connected(socket)
 
     def dial_failed(self, url: str, error: Exception) -> None:
         """A dial or its handshake failed: count it; the store remembers it."""

@@ -324,8 +324,16 @@ class OutboundPolicy:
 
     def store_url(self, url: str) -> str:
         """The store's URL for a connection dialled at ``url``: with its ``/p2p/<id>``
-        while a managed dial of a store entry that has one is under way."""
-        return self._store_url.get(url, url)
+        while a managed dial of a store entry that has one is under way, or when
+        ``url`` is a persistent URL's dial URL (a pinned one's success recorded the
+        unpinned URL, which later runs dialled without the pin: tester37 F2)."""
+        stored = self._store_url.get(url)
+        if stored is not None:
+            return stored
+        given = self._persistent.get(address_of(url))
+        if given is not None and given != url and given.startswith(url + "/p2p/"):
+            return given
+        return url
 
     def failures(self, url: str) -> int:
         """Failed dials of the store URL ``url`` in a row."""

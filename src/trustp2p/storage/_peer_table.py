@@ -128,9 +128,7 @@ class PeerTable:
             owner = self.by_id.get(peer_id) or self.new_peer(peer_id, source, now)
         for url in urls:
             self._dispute(url, peer_id, source, now)
-            entry = self.by_url.get(url)
-            if entry is None and self._names_its_owner(url):
-                continue  # ws://h:p/p2p/<id> where ws://h:p is <id>'s already: the same
+            entry = self.by_url.get(url) or self._pin_known(url) or self._pinned_twin(url, owner)
             if entry is None:
                 peer = owner if owner is not None else self.new_peer(None, source, now)
                 entry = self.attach(url, peer, now)
@@ -177,14 +175,34 @@ class PeerTable:
             return None
         return entry.peer.peer_id
 
-    def _names_its_owner(self, url: str) -> bool:
-        """Whether ``url`` is ``<known URL>/p2p/<id>`` and that URL is ``<id>``'s already."""
+    def _pin_known(self, url: str) -> Url | None:
+        """
+        If ``url`` is ``<known URL>/p2p/<id>`` and that URL is ``<id>``'s already: that
+        entry, renamed ``url`` (with its history). The pinned form wins, being strictly
+        stronger: the one stored is dialled expecting ``<id>``, and the unpinned one
+        would be dialled accepting any key (tester37 F2: a pin given with ``--connect``
+        was dropped for the unpinned entry, and a later run took another key there).
+        """
         try:
             dial_url, expected = split_peer_url(url)
         except ValueError:
-            return False
+            return None
         entry = self.by_url.get(dial_url) if expected is not None else None
-        return entry is not None and entry.peer.peer_id == expected
+        if entry is None or entry.peer.peer_id != expected:
+            return None
+        del self.by_url[dial_url], entry.peer.urls[dial_url]
+        self.dirty_urls.update((dial_url, url))
+        entry.url = url
+        self.by_url[url] = entry.peer.urls[url] = entry
+        logger.debug("= %s: stored with the peer id it names", url)
+        return entry
+
+    def _pinned_twin(self, url: str, peer: Peer | None) -> Url | None:
+        """The entry ``<url>/p2p/<id>`` of ``peer`` (``<id>``), if it holds one: then
+        the unpinned ``url`` is not stored beside it (see :meth:`_pin_known`)."""
+        if peer is None or peer.peer_id is None or "/p2p/" in url or is_address_key(peer.peer_id):
+            return None
+        return peer.urls.get(f"{url}/p2p/{peer.peer_id}")
 
     def forget_url(self, url: str) -> None:
         """Forget ``url`` (its peer stays, with its history)."""
@@ -193,15 +211,51 @@ class PeerTable:
             entry.peer.urls.pop(url, None)
             self.dirty_urls.add(url)
 
+    def forget(self, url: str) -> bool:
+        """Forget ``url`` by hand, and its peer if that URL was all we knew of it."""
+        entry = self.by_url.get(url)
+        if entry is None:
+            return False
+        self.forget_url(url)
+        peer = entry.peer
+        if peer.peer_id is None and not peer.urls and self.peers.get(peer.key) is peer:
+            del self.peers[peer.key]
+            self.dirty_peers.add(peer.key)
+        return True
+
+    def restart_window(self, key: str) -> bool:
+        """Start the package window of the peer ``key`` afresh (``PeerStore``'s);
+        False if the store doesn't know it."""
+        peer = self.by_id.get(key)
+        if peer is None:
+            return False
+        logger.debug(
+            "= restarted the package window of %s after %d invalid of %d packages",
+            key,
+            peer.window_invalid,
+            peer.window_good + peer.window_invalid,
+        )
+        peer.window_good = peer.window_invalid = 0
+        self.dirty_peers.add(peer.key)
+        return True
+
     def claim(self, url: str, peer_id: str, now: float) -> Url:
         """Link ``url`` to ``peer_id``, which answered there."""
         owner = self.by_id.get(peer_id)
         entry = self.by_url.get(url)
         if entry is None:
-            # A URL nobody gave us: it must come from the configuration.
-            if owner is None:
-                owner = self.new_peer(peer_id, PeerSource.BOOTSTRAP, now)
-            return self.attach(url, owner, now)
+            # A URL nobody gave us: it must come from the configuration (a client's
+            # peers are stored once they worked: tester37 F1), a bootstrap peer's; the
+            # pinned form wins (its unpinned one renamed; the pinned one, if stored,
+            # is what this dial proved).
+            entry = self._pin_known(url) or self._pinned_twin(url, owner)
+            if entry is None:
+                owner = owner or self.new_peer(peer_id, PeerSource.BOOTSTRAP, now)
+                entry = self.attach(url, owner, now)
+            if entry.peer.source is not PeerSource.BOOTSTRAP:
+                entry.peer.source = PeerSource.BOOTSTRAP
+                self.dirty_peers.add(entry.peer.key)
+            return entry
         current = entry.peer
         if current.peer_id == peer_id:
             return entry
@@ -212,6 +266,9 @@ class PeerTable:
                 self.dirty_peers.add(current.key)
             else:
                 self.merge(owner, current)
+            if (twin := self._pinned_twin(url, entry.peer)) is not None:
+                self.forget_url(url)  # the same endpoint as the pinned entry
+                return twin
             return entry
         # Another key answers at this URL now (the host changed hands, or its key).
         if owner is None:
@@ -307,6 +364,8 @@ class PeerTable:
             keeper.urls[url] = entry
             self.by_url[url] = entry
         other.urls = {}
+        for url in [url for url in keeper.urls if self._pinned_twin(url, keeper)]:
+            self.forget_url(url)  # (its hello came before our dial's record: see claim)
         if self.peers.get(other.key) is other:
             del self.peers[other.key]
         if other.peer_id is not None and self.by_id.get(other.peer_id) is other:

@@ -179,8 +179,9 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         """
         Remember URLs to dial.
 
-        A URL ``ws://host:port/p2p/<id>`` whose ``ws://host:port`` is already that
-        peer's is not stored twice. A URL already known is never given to the peer
+        A URL ``ws://host:port/p2p/<id>`` whose ``ws://host:port`` is that peer's takes
+        its place (the pin wins), and that peer's ``ws://host:port`` is never added beside
+        its pinned form. A URL already known is never given to the peer
         announcing it: only a successful connection (:meth:`record_connected`) moves it
         to another peer id, so that a peer can't claim other peers' URLs. A URL that a
         peer only claimed (announced as its own, never proven by our dial there) and
@@ -188,8 +189,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         owner of its ``ws://host:port``) is no longer that peer's: a peer of its own,
         id unknown, dialled to see who answers; a proven URL keeps its peer. A
         bootstrap URL makes its peer a bootstrap peer. A peer keeps at most
-        :data:`~trustp2p.protocol.urls.MAX_URLS_PER_PEER` URLs: a new one pushes out
-        its oldest.
+        :data:`~trustp2p.protocol.urls.MAX_URLS_PER_PEER` URLs: a new one its oldest.
 
         Args:
             urls: URLs as validated by the caller (the store doesn't parse them).
@@ -330,18 +330,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         that the policy reports it again only if it keeps misbehaving; the counts are
         written soon. An unknown key is ignored.
         """
-        peer = self._table.by_id.get(key)
-        if peer is None:
-            return
-        logger.debug(
-            "= restarted the package window of %s after %d invalid of %d packages",
-            key,
-            peer.window_invalid,
-            peer.window_good + peer.window_invalid,
-        )
-        peer.window_good = peer.window_invalid = 0
-        self._table.dirty_peers.add(peer.key)
-        self._wake.set()
+        if self._table.restart_window(key):
+            self._wake.set()
 
     async def block(
         self,
@@ -411,6 +401,16 @@ class PeerStore(WriteBehind[Batch, Loaded]):
             lifted += block is not None and block.active(now)
         await self._save()
         return lifted
+
+    async def forget(self, url: str) -> bool:
+        """Forget ``url`` (as stored) for an operator (``trustp2p peers --forget``), at
+        once: its peer stays with its history, unless the URL was all the store knew of
+        it. True if it was stored. Raises NodeStateError if the store is closed."""
+        self._check_open()
+        found = self._table.forget(url)
+        if found:
+            await self._save()
+        return found
 
     def peer_id_of(self, url: str) -> str | None:
         """The peer key last met at ``url`` (an id, or an address key in plain mode)
