@@ -1427,3 +1427,37 @@ def test_a_start_lists_only_the_stores_it_makes(tmp_path: Path) -> None:
     (tmp_path / STORE_FILE).write_bytes(b"")  # there already, without its -wal
     made = {path.name for path in made_by_start(tmp_path)}
     assert made == {LOG_FILE, f"{LOG_FILE}-wal", f"{LOG_FILE}-shm", f"{LOG_FILE}-journal"}
+
+
+@pytest.mark.parametrize("driver", ["ws", "tcp"])
+async def test_a_stop_does_not_wait_close_timeout_for_a_peer_that_said_nothing(
+    make_node: MakeNode, driver: str
+) -> None:
+    """Found by a tester (tester37 F5): a raw TCP connection that sends nothing (a port
+    scanner, a load balancer's health check) held a tcp:// server's stop for the whole
+    ``close_timeout`` (10 s), as did a dial of a port that took it and said nothing.
+    Such a connection gets SILENT_CLOSE (1 s) to answer our close, then is dropped."""
+    server = await make_node(server=True, driver=driver, close_timeout=10.0)
+    assert server.url is not None
+    port = int(server.url.rsplit(":", 1)[1])
+    taken: list[asyncio.StreamWriter] = []
+    listener = await asyncio.start_server(lambda r, w: taken.append(w), "127.0.0.1", 0)
+    silent_port = listener.sockets[0].getsockname()[1]
+    client = await make_node(client=True, driver=driver, close_timeout=10.0,
+                             peers=[f"{driver}://127.0.0.1:{silent_port}"])  # fmt: skip
+    _, writer = await asyncio.open_connection("127.0.0.1", port)  # says nothing
+    try:
+        if driver == "tcp":  # (ws: still in its HTTP upgrade, which websockets drops)
+            await wait_for(lambda: server.connections.inbound.accepted > 0)
+        loop = asyncio.get_running_loop()
+        for node in (server, client):
+            began = loop.time()
+            await node.stop()
+            assert loop.time() - began < 5.0  # (SILENT_CLOSE; before: close_timeout)
+    finally:
+        for each in (writer, *taken):  # (the listener says nothing)
+            each.close()
+            with contextlib.suppress(ConnectionError):
+                await each.wait_closed()
+        listener.close()
+        await listener.wait_closed()

@@ -10,6 +10,7 @@ given the rest.
 from __future__ import annotations
 
 __all__ = [
+    "SILENT_CLOSE",
     "load_threads",
     "made_by_start",
     "make_requests",
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ..drivers.base import Listening
+from ..drivers.base import Listening, Socket
 from ..identity import Identity, mark_stopping
 from ..protocol.close import CloseCode
 from ..protocol.hosts import host_of
@@ -42,6 +43,10 @@ from .requests import Requests
 
 if TYPE_CHECKING:
     from .node import Node
+
+SILENT_CLOSE = 1.0
+"""Seconds a connection whose peer sent nothing has to answer our close when the node
+stops, before it is dropped (:func:`stop_parts`; within ``close_timeout``)."""
 
 
 def make_requests(node: Node) -> Requests:
@@ -171,10 +176,7 @@ async def stop_parts(
     # that no transport outlives the node.
     raw = secure.raw_sockets if secure is not None else []
     sockets = [*node.connections.all_sockets(), *raw]
-    for socket in sockets:
-        socket.close_soon(CloseCode.GOING_AWAY, "node stopping")
-    if sockets:
-        await asyncio.gather(*(socket.wait_closed() for socket in sockets))
+    await _close_sockets(sockets, min(SILENT_CLOSE, node.options.close_timeout))
     await node.connections.workers.wait(node.options.close_timeout, caller)  # the hooks
     if requests is not None:
         requests.close()
@@ -188,6 +190,24 @@ async def stop_parts(
     _remove(node, made)  # (while the identity is held: no node takes it meanwhile)
     if identity_lock is not None:
         identity_lock.close()  # another node may take this identity now
+
+
+async def _close_sockets(sockets: Sequence[Socket], grace: float) -> None:
+    """Close ``sockets``, each within its ``close_timeout``; those whose peer sent
+    nothing within ``grace``, then dropped: nothing may answer (a tester: a port
+    scanner's connection, or a dial of a port that took it and said nothing, held a
+    tcp:// node's stop for the whole ``close_timeout``; a peer whose introduction is
+    on its way answers at once)."""
+    silent = [socket for socket in sockets if not socket.stats.bytes_in]
+    for socket in sockets:
+        socket.close_soon(CloseCode.GOING_AWAY, "node stopping")
+    if silent:
+        waits = {asyncio.ensure_future(socket.wait_closed()): socket for socket in silent}
+        _, pending = await asyncio.wait(waits, timeout=grace)
+        for wait in pending:
+            waits[wait].abort()  # (closing still: no answer)
+    if sockets:
+        await asyncio.gather(*(socket.wait_closed() for socket in sockets))
 
 
 def made_by_start(data_dir: Path) -> list[Path]:
