@@ -300,13 +300,15 @@ async def claim_identity(
     is stopping in ``cwd`` to release its identity (a restart: the node stopping is the
     one starting again), and then taking the next identity free with a warning (or, for
     a node with a ``name``, raising :exc:`IdentityError`). A node without a name that
-    gets another identity than ``node`` (another node runs in ``cwd``) is told so.
+    gets another identity than ``node`` (another node runs in ``cwd``) is told so, at
+    WARNING: which node is which then depends on the order they start in.
     """
     claimed = await _claim_waiting(cwd, log, name)
     if name is None and claimed[1] != "node":
-        log.info(
-            "= another node runs in %s: this one is identity/%s.key (give each node a"
-            " name to keep it from depending on the order they start in)",
+        log.warning(  # (a tester: restarted client first, a client took the server's)
+            "! another node runs in %s: this one is identity/%s.key, its peer store and"
+            " message log; unnamed, which node is which depends on the order they start"
+            " in: give each node a name (--name, TRUSTP2P_NAME)",
             cwd,
             claimed[1],
         )

@@ -450,5 +450,6 @@ def cli() -> None:
     """trustp2p: a peer-to-peer network framework.
 
     Run `trustp2p init DIR` to make an application directory, then start a server
-    and clients in it. `trustp2p demo` runs a small local network.
+    and clients in it, each with its own --name (unnamed, they take the directory's
+    identities in the order they start). `trustp2p demo` runs a small local network.
     """
