@@ -238,6 +238,7 @@ def test_text_size_counts_the_widest_of_memory_and_utf8() -> None:
     assert jsontext.text_size("abc") == 3
     assert jsontext.text_size("é" * 10) == 20  # 1 byte in memory, 2 in UTF-8
     assert jsontext.text_size("中" * 10) == 30  # 2 in memory, 3 in UTF-8
+    assert jsontext.text_size("Ā" * 10) == 20  # 2 in memory, 2 in UTF-8
     assert jsontext.text_size("\U0001f600" * 10) == 40
     assert jsontext.text_size("x" * 99 + "\U0001f600") == 400  # the whole string is wide
 
