@@ -84,8 +84,8 @@ async def test_another_key_at_the_unpinned_url_leaves_the_pinned_entry(
     await store.add_urls([URL], PeerSource.EXCHANGE)
     await store.record_connected(peer_id=B, url=URL, address="10.0.0.1")
     assert await urls(store) == {PINNED: A, URL: B}
-    await store.add_urls([f"{URL}/p2p/{B}"], PeerSource.EXCHANGE)
-    assert await urls(store) == {PINNED: A, f"{URL}/p2p/{B}": B}
+    await store.add_urls([f"{URL}/p2p/{B}"], PeerSource.EXCHANGE)  # hearsay: no rename
+    assert await urls(store) == {PINNED: A, URL: B}
 
 
 def test_a_pinned_persistent_dial_is_recorded_under_its_pinned_url(clock: FakeClock) -> None:
@@ -117,20 +117,24 @@ async def test_a_url_nobody_gave_is_stored_once_it_worked_as_a_bootstrap_peers(
     store: PeerStore,
 ) -> None:
     """A client's peers are stored once a dial to them worked (tester37 F1), as its
-    bootstrap URLs, whether or not the store knew the peer from elsewhere."""
+    bootstrap URLs; a peer the store knew from elsewhere keeps its source (review50
+    R1: a URL that left the store while we dialled it made any peer an anchor), and
+    is marked at the next start (``open_store``)."""
     await store.add_urls(["ws://10.0.0.9:1107"], PeerSource.INBOUND, peer_id=A)
     await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1")
     await store.record_connected(peer_id=B, url=f"{URL}2", address="10.0.0.1")
     records = {record.peer_id: record for record in await store.peers()}
     assert set(records[A].urls) == {"ws://10.0.0.9:1107", PINNED}
-    assert {records[A].source, records[B].source} == {PeerSource.BOOTSTRAP}
+    assert (records[A].source, records[B].source) == (PeerSource.INBOUND, PeerSource.BOOTSTRAP)
+    await store.add_urls([PINNED], PeerSource.BOOTSTRAP)  # (the next start's)
+    assert {r.source for r in await store.peers()} == {PeerSource.BOOTSTRAP}
 
 
-async def test_a_pin_given_for_a_url_known_from_a_peer_makes_it_a_bootstrap_peer(
+async def test_a_pin_given_for_a_url_known_from_a_peer_wins_its_source_kept(
     store: PeerStore,
 ) -> None:
     await store.add_urls([URL], PeerSource.EXCHANGE)
     await store.record_connected(peer_id=A, url=URL, address="10.0.0.1")
     await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1")  # --connect
     (record,) = await store.peers()
-    assert (record.urls, record.source) == ((PINNED,), PeerSource.BOOTSTRAP)
+    assert (record.urls, record.source) == ((PINNED,), PeerSource.EXCHANGE)  # (R1)

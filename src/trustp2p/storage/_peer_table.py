@@ -128,7 +128,10 @@ class PeerTable:
             owner = self.by_id.get(peer_id) or self.new_peer(peer_id, source, now)
         for url in urls:
             self._dispute(url, peer_id, source, now)
-            entry = self.by_url.get(url) or self._pin_known(url) or self._pinned_twin(url, owner)
+            entry = self.by_url.get(url)
+            if entry is None and source is not PeerSource.BOOTSTRAP and self._pinned(url):
+                continue  # only the operator's pin renames an entry (review50 R2)
+            entry = entry or self._pin_known(url) or self._pinned_twin(url, owner)
             if entry is None:
                 peer = owner if owner is not None else self.new_peer(None, source, now)
                 entry = self.attach(url, peer, now)
@@ -197,6 +200,16 @@ class PeerTable:
         logger.debug("= %s: stored with the peer id it names", url)
         return entry
 
+    def _pinned(self, url: str) -> bool:
+        """Whether ``url`` is ``<known URL>/p2p/<id>`` and that URL is ``<id>``'s: from
+        hearsay, the same entry (stored once, unpinned)."""
+        try:
+            dial_url, expected = split_peer_url(url)
+        except ValueError:
+            return False
+        entry = self.by_url.get(dial_url) if expected is not None else None
+        return entry is not None and entry.peer.peer_id == expected
+
     def _pinned_twin(self, url: str, peer: Peer | None) -> Url | None:
         """The entry ``<url>/p2p/<id>`` of ``peer`` (``<id>``), if it holds one: then
         the unpinned ``url`` is not stored beside it (see :meth:`_pin_known`)."""
@@ -248,13 +261,12 @@ class PeerTable:
             # peers are stored once they worked: tester37 F1), a bootstrap peer's; the
             # pinned form wins (its unpinned one renamed; the pinned one, if stored,
             # is what this dial proved).
+            # A peer known already keeps its source: the URL may have left the store
+            # while we dialled it (review50 R1: any peer could make itself an anchor).
             entry = self._pin_known(url) or self._pinned_twin(url, owner)
             if entry is None:
                 owner = owner or self.new_peer(peer_id, PeerSource.BOOTSTRAP, now)
                 entry = self.attach(url, owner, now)
-            if entry.peer.source is not PeerSource.BOOTSTRAP:
-                entry.peer.source = PeerSource.BOOTSTRAP
-                self.dirty_peers.add(entry.peer.key)
             return entry
         current = entry.peer
         if current.peer_id == peer_id:
