@@ -143,20 +143,23 @@ async def test_a_claim_takes_an_origin_out_of_a_hubs_sub_source(clock: FakeClock
 
 def test_the_sub_sources_named_under_a_source_are_bounded() -> None:
     # A peer names sub-sources freely: one per origin, 3 levels deep, costs the topic
-    # memory. Past MAX_NAMED right under its top (and as many below), a new origin
-    # counts for the levels above the first new one.
+    # memory. Past MAX_NAMED right under its top (and as many below each of those), a
+    # new origin counts for the levels above the first new one.
     shares = Shares()
     for n in range(3 * MAX_NAMED):
         source = shares.admit(f"{ATTACKER} t{n} u{n} v{n}")
-        if n < MAX_NAMED // 2:
+        if n < MAX_NAMED:
             assert source == f"{ATTACKER} t{n} u{n} v{n}"
-        elif n < MAX_NAMED:
-            assert source == f"{ATTACKER} t{n}"  # (the deeper ones: 2 an origin)
         else:
             assert source == ATTACKER
         shares.add(f"tpsybil{n}", source, 1)
+    for n in range(2 * MAX_NAMED):  # below one name
+        source = shares.admit(f"{ATTACKER} t0 w{n}")
+        kept = n < MAX_NAMED - 2  # (u0 and v0 are named under t0 already)
+        assert source == (f"{ATTACKER} t0 w{n}" if kept else f"{ATTACKER} t0")
+        shares.add(f"tpdeep{n}", source, 1)
     named = [node for node in shares.counts if len(node) > 1 and node[-1]]
-    assert len(named) == 2 * MAX_NAMED
+    assert len(named) == 4 * MAX_NAMED - 2
     assert shares.admit(f"{ATTACKER} t1 u1 v1") == f"{ATTACKER} t1 u1 v1"  # kept: known
     assert shares.admit(f"{HUB} hP x") == f"{HUB} hP x"  # another top's: its own count
 
@@ -164,10 +167,36 @@ def test_the_sub_sources_named_under_a_source_are_bounded() -> None:
 def test_one_clients_made_up_sub_sources_dont_crowd_out_the_hubs_other_clients() -> None:
     # The attacker, a client of the hub, names sub-sources of its own at the hub: at
     # the node behind it they are under the hub's token for the attacker, and fill the
-    # hub's count of deeper ones only; a client of the hub new after that keeps its own.
+    # count of names under that token only; a client of the hub new after that keeps
+    # its own, and the names under it (review49 R1).
     shares = Shares()
     shares.add("tphonest", shares.admit(HONEST_VIA), 1)
     for n in range(2 * MAX_NAMED):
         shares.add(f"tpsybil{n}", shares.admit(f"{SYBIL_VIA} j{n}"), 1)
     assert shares.admit(f"{HUB} hQ") == f"{HUB} hQ"
-    assert shares.admit(f"{HUB} hQ x") == f"{HUB} hQ"  # (deeper: the count is full)
+    assert shares.admit(f"{HUB} hQ x") == f"{HUB} hQ x"
+
+
+@pytest.mark.parametrize("exhaust", [False, True])
+async def test_one_clients_names_leave_the_other_clients_of_its_relay_theirs(
+    clock: FakeClock, exhaust: bool
+) -> None:
+    """Found in review (review49 R1): the bound on names below the first level was
+    counted once a source, so one client's made-up names (through one hub R) filled
+    it for the clients of another hub H behind R, which then fell in with the
+    attacker's flood at H: 450 -> 45 of 450 kept. Counted per first-level name."""
+    hub = "192.0.2.1"  # at V: R's tokens hA (the attacker's connection), hH (hub H)
+    log = await MessageLog.open(None, clock=clock, max_messages=10_000)
+    try:
+        log.add(message(1, origin="tphubH"), f"{hub} hH")
+        if exhaust:
+            for n in range(MAX_NAMED):
+                log.add(message(1, origin=f"tpnamer{n}"), f"{hub} hA j{n}")
+        for seq in range(1, 451):
+            log.add(message(seq, origin="tphonest"), f"{hub} hH hP")
+        sybils(log, 200, 70, f"{hub} hH hA2")
+        assert seqs(log.range("tphonest", 1, 1000, limit=10_000, max_bytes=10**9)) == list(
+            range(1, 451)
+        )
+    finally:
+        await log.close()

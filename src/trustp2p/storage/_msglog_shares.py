@@ -47,7 +47,8 @@ this many sub-sources; those missing are ``""`` (one sub-source, as before they 
 
 MAX_NAMED = 1024
 """Most sub-sources a topic keeps under one top source right under it, and as many
-below those (see :meth:`Shares.admit`): each costs memory, and a peer names them freely."""
+below each of those (see :meth:`Shares.admit`): each costs memory, and a peer names
+them freely (a topic's messages bound them too: one at least each)."""
 
 Node = tuple[str, ...]  # a level of a source: its path from the top, e.g. ("R", "a")
 
@@ -121,14 +122,15 @@ class Shares:
         self.counts: dict[Node, int] = {}  # level -> messages kept under it
         self.breadth: dict[Node, int] = {}  # level -> levels (origins) kept right under it
         self._sizes: dict[Node, Sizes] | None = None  # what is right under each, once full
-        self._named: dict[tuple[str, bool], int] = {}  # (top, deeper) -> sub-sources named
+        self._named: dict[tuple[str, ...], int] = {}  # (top, deeper) -> sub-sources named
 
     def admit(self, source: str) -> str:
         """
         The source a new origin of ``source`` counts for: ``source``, unless it names a
         sub-source new to the topic past :data:`MAX_NAMED` under its top (right under
-        the top, or below those: counted apart, so that one sub-source's own made-up
-        ones never crowd out its siblings); then the levels above that one (its
+        the top, or below each of those: counted apart, so that one sub-source's own
+        made-up ones never crowd out its siblings' nor theirs, review49 R1); then the
+        levels above that one (its
         ``""`` sub-source). A peer's made-up sub-sources cost the topic's memory, not
         the share of another.
         """
@@ -136,7 +138,7 @@ class Shares:
         top = nodes[0][0]
         for node in nodes[1:]:
             if node[-1] and node not in self.counts:
-                if self._named.get((top, len(node) > 2), 0) >= MAX_NAMED:
+                if self._named.get(node[:2] if len(node) > 2 else (top,), 0) >= MAX_NAMED:
                     return SOURCE_SEPARATOR.join(node[:-1])
         return source
 
@@ -193,7 +195,7 @@ class Shares:
 
     def _name(self, node: Node, by: int) -> None:
         named = self._named
-        kind = (node[0], len(node) > 2)
+        kind = node[:2] if len(node) > 2 else node[:1]
         count = named.get(kind, 0) + by
         if count:
             named[kind] = count
