@@ -138,3 +138,16 @@ async def test_a_pin_given_for_a_url_known_from_a_peer_wins_its_source_kept(
     await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1")  # --connect
     (record,) = await store.peers()
     assert (record.urls, record.source) == ((PINNED,), PeerSource.EXCHANGE)  # (R1)
+
+
+async def test_another_key_at_a_bootstrap_peers_announced_url_is_no_bootstrap_peer(
+    store: PeerStore,
+) -> None:
+    """Found in review (review50 R8): whoever answered at a URL a bootstrap peer had
+    announced took that peer's source, and was an anchor the operator never gave."""
+    await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1")  # --connect
+    await store.add_urls(["tcp://10.0.0.1:1108"], PeerSource.EXCHANGE, peer_id=A)  # its hello
+    await store.record_connected(peer_id=B, url="tcp://10.0.0.1:1108", address="10.0.0.1")
+    sources = {record.peer_id: record.source for record in await store.peers()}
+    assert sources == {A: PeerSource.BOOTSTRAP, B: PeerSource.EXCHANGE}
+    assert not store.is_anchor(B)

@@ -282,9 +282,15 @@ class PeerTable:
                 self.forget_url(url)  # the same endpoint as the pinned entry
                 return twin
             return entry
-        # Another key answers at this URL now (the host changed hands, or its key).
+        # Another key answers at this URL now (the host changed hands, or its key): not
+        # a bootstrap peer for it (review50 R8: whoever answered at a bootstrap peer's
+        # announced URL became an anchor; the operator's own URL is marked again at the
+        # next start, as its other URLs).
         if owner is None:
-            owner = self.new_peer(peer_id, current.source, now)
+            source = current.source
+            if source is PeerSource.BOOTSTRAP:
+                source = PeerSource.EXCHANGE
+            owner = self.new_peer(peer_id, source, now)
         del current.urls[url]
         entry.peer = owner
         owner.urls[url] = entry
