@@ -177,3 +177,17 @@ async def test_a_server_that_refuses_us_is_not_redialled_at_once(
     await wait_for(lambda: refusals() >= 1)
     client.client.wake()  # another round at once: the URL waits its retry delay
     assert await stays(lambda: refusals() == 1, 0.5)
+
+
+async def test_a_server_that_takes_no_peer_says_so_at_start(
+    make_default: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a tester (tester37 F9): ``max_inbound = 0`` started a server that
+    refused every peer without a word at start."""
+    caplog.set_level(logging.WARNING, logger="trustp2p.node")
+    await make_default(server=True, max_inbound=0)
+    assert any("max_inbound is 0: this server refuses every peer" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    caplog.clear()
+    await make_default(server=True)
+    assert not any("max_inbound" in r.getMessage() for r in caplog.records)

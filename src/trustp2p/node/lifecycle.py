@@ -109,8 +109,12 @@ def load_threads(node: Node) -> list[Thread]:
 
 
 def say_started(node: Node) -> None:
-    """Log the start of ``node``, and warn if peers can't learn its address."""
+    """Log the start of ``node``, and warn if peers can't learn its address, or a
+    server takes none (``max_inbound`` 0: accepted, as a full server, said: a tester)."""
     node.log.info("= node started%s", f" on {node.url}" if node.url else "")
+    if node.server is not None and node.options.max_inbound == 0:
+        node.log.warning("! max_inbound is 0: this server refuses every peer (1013"
+                         " 'inbound connections maxed out'); None means no limit")  # fmt: skip
     if node.url is not None and not node.listen_urls:
         what = (
             "peers can't dial it and won't learn this node's address: set listen_urls"
