@@ -143,8 +143,8 @@ async def test_a_claim_takes_an_origin_out_of_a_hubs_sub_source(clock: FakeClock
 
 def test_the_sub_sources_named_under_a_source_are_bounded() -> None:
     # A peer names sub-sources freely: one per origin, 3 levels deep, costs the topic
-    # memory. Past MAX_NAMED right under its top (and as many below each of those), a
-    # new origin counts for the levels above the first new one.
+    # memory. Past MAX_NAMED right under any level, a new origin counts for the levels
+    # above the first new one.
     shares = Shares()
     for n in range(3 * MAX_NAMED):
         source = shares.admit(f"{ATTACKER} t{n} u{n} v{n}")
@@ -155,11 +155,11 @@ def test_the_sub_sources_named_under_a_source_are_bounded() -> None:
         shares.add(f"tpsybil{n}", source, 1)
     for n in range(2 * MAX_NAMED):  # below one name
         source = shares.admit(f"{ATTACKER} t0 w{n}")
-        kept = n < MAX_NAMED - 2  # (u0 and v0 are named under t0 already)
+        kept = n < MAX_NAMED - 1  # (u0 is named right under t0 already)
         assert source == (f"{ATTACKER} t0 w{n}" if kept else f"{ATTACKER} t0")
         shares.add(f"tpdeep{n}", source, 1)
     named = [node for node in shares.counts if len(node) > 1 and node[-1]]
-    assert len(named) == 4 * MAX_NAMED - 2
+    assert len(named) == 4 * MAX_NAMED - 1
     assert shares.admit(f"{ATTACKER} t1 u1 v1") == f"{ATTACKER} t1 u1 v1"  # kept: known
     assert shares.admit(f"{HUB} hP x") == f"{HUB} hP x"  # another top's: its own count
 
@@ -192,6 +192,31 @@ async def test_one_clients_names_leave_the_other_clients_of_its_relay_theirs(
         if exhaust:
             for n in range(MAX_NAMED):
                 log.add(message(1, origin=f"tpnamer{n}"), f"{hub} hA j{n}")
+        for seq in range(1, 451):
+            log.add(message(seq, origin="tphonest"), f"{hub} hH hP")
+        sybils(log, 200, 70, f"{hub} hH hA2")
+        assert seqs(log.range("tphonest", 1, 1000, limit=10_000, max_bytes=10**9)) == list(
+            range(1, 451)
+        )
+    finally:
+        await log.close()
+
+
+@pytest.mark.parametrize("exhaust", [False, True])
+async def test_one_clients_names_below_it_leave_its_siblings_theirs(
+    clock: FakeClock, exhaust: bool
+) -> None:
+    """Found in review (review51 R2): names one and two levels below a first-level
+    name shared one count, so a client of hub H (behind R) making up names below its
+    own token filled it for H's other clients, who fell in with a second attacker
+    address's flood through H (45 of 450 kept). Counted per level."""
+    hub = "192.0.2.1"  # at V: R's token hH for hub H; H's tokens hA, hP, hA2
+    log = await MessageLog.open(None, clock=clock, max_messages=10_000)
+    try:
+        log.add(message(1, origin="tphubH"), f"{hub} hH")
+        if exhaust:
+            for n in range(MAX_NAMED):
+                log.add(message(1, origin=f"tpnamer{n}"), f"{hub} hH hA j{n}")
         for seq in range(1, 451):
             log.add(message(seq, origin="tphonest"), f"{hub} hH hP")
         sybils(log, 200, 70, f"{hub} hH hA2")

@@ -213,11 +213,10 @@ def test_shares_count_what_is_kept(steps: list[tuple[str, str, str]], limit: int
             breadth.setdefault(path, set()).add(o)
         assert shares.counts == counts
         assert shares.breadth == {node: len(under) for node, under in breadth.items()}
-        named: dict[tuple[str, ...], int] = {}  # (top) or (top, first level): names under
+        named: dict[tuple[str, ...], int] = {}  # a level -> the names right under it
         for node in counts:
             if len(node) > 1 and node[-1]:
-                kind = node[:2] if len(node) > 2 else node[:1]
-                named[kind] = named.get(kind, 0) + 1
+                named[node[:-1]] = named.get(node[:-1], 0) + 1
         assert shares._named == named
         for o in held:
             over = shares.over_share(source_of[o], held[o], limit)

@@ -15,7 +15,7 @@ from trustp2p.identity import Identity
 from trustp2p.protocol.outbound import OutboundPolicy
 from trustp2p.storage.peerstore import PeerSource, PeerStore
 
-A, B = (Identity.generate().peer_id for _ in range(2))
+A, B, C = (Identity.generate().peer_id for _ in range(3))
 URL = "ws://10.0.0.1:1107"
 PINNED = f"{URL}/p2p/{A}"
 
@@ -117,17 +117,18 @@ async def test_a_url_nobody_gave_is_stored_once_it_worked_as_a_bootstrap_peers(
     store: PeerStore,
 ) -> None:
     """A client's peers are stored once a dial to them worked (tester37 F1), as its
-    bootstrap URLs; a peer the store knew from elsewhere keeps its source (review50
-    R1: a URL that left the store while we dialled it made any peer an anchor), and
-    is marked at the next start (``open_store``)."""
+    bootstrap URLs, a peer the store knew from elsewhere too (review51 R1: left as it
+    was, a pinned URL's peer could be forgotten); any other URL the store doesn't hold
+    (it may have left while we dialled it) makes no bootstrap peer (review50 R1, review51
+    R6: any peer could make itself an anchor so)."""
     await store.add_urls(["ws://10.0.0.9:1107"], PeerSource.INBOUND, peer_id=A)
-    await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1")
-    await store.record_connected(peer_id=B, url=f"{URL}2", address="10.0.0.1")
+    await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1", bootstrap=True)
+    await store.record_connected(peer_id=B, url=f"{URL}2", address="10.0.0.1", bootstrap=True)
+    await store.record_connected(peer_id=C, url=f"{URL}3", address="10.0.0.1")  # (not ours)
     records = {record.peer_id: record for record in await store.peers()}
     assert set(records[A].urls) == {"ws://10.0.0.9:1107", PINNED}
-    assert (records[A].source, records[B].source) == (PeerSource.INBOUND, PeerSource.BOOTSTRAP)
-    await store.add_urls([PINNED], PeerSource.BOOTSTRAP)  # (the next start's)
-    assert {r.source for r in await store.peers()} == {PeerSource.BOOTSTRAP}
+    sources = [records[key].source for key in (A, B, C)]
+    assert sources == [PeerSource.BOOTSTRAP, PeerSource.BOOTSTRAP, PeerSource.EXCHANGE]
 
 
 async def test_a_pin_given_for_a_url_known_from_a_peer_wins_its_source_kept(
@@ -135,9 +136,9 @@ async def test_a_pin_given_for_a_url_known_from_a_peer_wins_its_source_kept(
 ) -> None:
     await store.add_urls([URL], PeerSource.EXCHANGE)
     await store.record_connected(peer_id=A, url=URL, address="10.0.0.1")
-    await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1")  # --connect
+    await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1", bootstrap=True)
     (record,) = await store.peers()
-    assert (record.urls, record.source) == ((PINNED,), PeerSource.EXCHANGE)  # (R1)
+    assert (record.urls, record.source) == ((PINNED,), PeerSource.BOOTSTRAP)
 
 
 async def test_another_key_at_a_bootstrap_peers_announced_url_is_no_bootstrap_peer(
@@ -145,7 +146,7 @@ async def test_another_key_at_a_bootstrap_peers_announced_url_is_no_bootstrap_pe
 ) -> None:
     """Found in review (review50 R8): whoever answered at a URL a bootstrap peer had
     announced took that peer's source, and was an anchor the operator never gave."""
-    await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1")  # --connect
+    await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1", bootstrap=True)
     await store.add_urls(["tcp://10.0.0.1:1108"], PeerSource.EXCHANGE, peer_id=A)  # its hello
     await store.record_connected(peer_id=B, url="tcp://10.0.0.1:1108", address="10.0.0.1")
     sources = {record.peer_id: record.source for record in await store.peers()}

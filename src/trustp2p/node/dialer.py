@@ -221,7 +221,8 @@ class Dialer:
         before = store.verified_peer_id(url)
         if before is not None and before != key and not is_address_key(key):
             _say_key_changed(url, before, key)
-        await store.record_connected(peer_id=key, url=url, address=socket.host)
+        mine = self.policy.persistent_url(socket.peer) is not None  # (the application's)
+        await store.record_connected(peer_id=key, url=url, address=socket.host, bootstrap=mine)
 
     def dial_failed(self, url: str, error: Exception) -> None:
         """A dial of ``url`` or its handshake failed: count it; the store remembers it.

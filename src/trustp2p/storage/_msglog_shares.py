@@ -46,9 +46,9 @@ SUB_LEVELS = 3
 this many sub-sources; those missing are ``""`` (one sub-source, as before they were)."""
 
 MAX_NAMED = 1024
-"""Most sub-sources a topic keeps under one top source right under it, and as many
-below each of those (see :meth:`Shares.admit`): each costs memory, and a peer names
-them freely (a topic's messages bound them too: one at least each)."""
+"""Most sub-sources a topic keeps right under any one level of a source (see
+:meth:`Shares.admit`): a peer names them freely, and each costs memory; the topic's
+messages bound them in all (one at least each)."""
 
 Node = tuple[str, ...]  # a level of a source: its path from the top, e.g. ("R", "a")
 
@@ -127,18 +127,17 @@ class Shares:
     def admit(self, source: str) -> str:
         """
         The source a new origin of ``source`` counts for: ``source``, unless it names a
-        sub-source new to the topic past :data:`MAX_NAMED` under its top (right under
-        the top, or below each of those: counted apart, so that one sub-source's own
-        made-up ones never crowd out its siblings' nor theirs, review49 R1); then the
-        levels above that one (its
+        sub-source new to the topic past :data:`MAX_NAMED` right under its level
+        (counted per level, so that one sub-source's own made-up ones never crowd out
+        its siblings', nor theirs: review49 R1, review51 R2); then the levels above
+        that one (its
         ``""`` sub-source). A peer's made-up sub-sources cost the topic's memory, not
         the share of another.
         """
         nodes = source_nodes(source)
-        top = nodes[0][0]
         for node in nodes[1:]:
             if node[-1] and node not in self.counts:
-                if self._named.get(node[:2] if len(node) > 2 else (top,), 0) >= MAX_NAMED:
+                if self._named.get(node[:-1], 0) >= MAX_NAMED:
                     return SOURCE_SEPARATOR.join(node[:-1])
         return source
 
@@ -195,7 +194,7 @@ class Shares:
 
     def _name(self, node: Node, by: int) -> None:
         named = self._named
-        kind = node[:2] if len(node) > 2 else node[:1]
+        kind = node[:-1]
         count = named.get(kind, 0) + by
         if count:
             named[kind] = count

@@ -252,20 +252,19 @@ class PeerTable:
         self.dirty_peers.add(peer.key)
         return True
 
-    def claim(self, url: str, peer_id: str, now: float) -> Url:
-        """Link ``url`` to ``peer_id``, which answered there."""
+    def claim(self, url: str, peer_id: str, now: float, source: PeerSource) -> Url:
+        """Link ``url`` to ``peer_id``, which answered there; a URL the store doesn't
+        hold is stored, a new peer's as heard of from ``source``."""
         owner = self.by_id.get(peer_id)
         entry = self.by_url.get(url)
         if entry is None:
-            # A URL nobody gave us: it must come from the configuration (a client's
-            # peers are stored once they worked: tester37 F1), a bootstrap peer's; the
-            # pinned form wins (its unpinned one renamed; the pinned one, if stored,
-            # is what this dial proved).
-            # A peer known already keeps its source: the URL may have left the store
-            # while we dialled it (review50 R1: any peer could make itself an anchor).
+            # The application's URLs are stored once they worked (tester37 F1); any
+            # other may have left the store while we dialled it. The pinned form wins
+            # (its unpinned one renamed; the pinned one, if stored, is what this dial
+            # proved).
             entry = self._pin_known(url) or self._pinned_twin(url, owner)
             if entry is None:
-                owner = owner or self.new_peer(peer_id, PeerSource.BOOTSTRAP, now)
+                owner = owner or self.new_peer(peer_id, source, now)
                 entry = self.attach(url, owner, now)
             return entry
         current = entry.peer
@@ -297,25 +296,32 @@ class PeerTable:
         self.dirty_urls.add(url)
         return entry
 
-    def connected(self, peer_id: str, url: str | None, now: float) -> Peer:
+    def connected(self, peer_id: str, url: str | None, now: float, bootstrap: bool) -> Peer:
         """
         We connected to ``peer_id`` (at ``url`` if we dialled it): link the URL to the
         id (an address key, in plain mode, proves no id: the URL keeps a record of its
-        own), reset its failures, and count a success (:meth:`worked`).
+        own), reset its failures, and count a success (:meth:`worked`). A URL the
+        application gave (``bootstrap``) makes its peer a bootstrap peer; no other
+        does (review50 R1, review51 R6: a URL that left the store while we dialled it
+        made any peer an anchor).
         """
         if url is None:
             peer = self.by_id.get(peer_id) or self.new_peer(peer_id, PeerSource.INBOUND, now)
         else:
+            source = PeerSource.BOOTSTRAP if bootstrap else PeerSource.EXCHANGE
             if is_address_key(peer_id):
                 entry = self.by_url.get(url) or self.attach(
-                    url, self.new_peer(None, PeerSource.BOOTSTRAP, now), now
+                    url, self.new_peer(None, source, now), now
                 )
             else:
-                entry = self.claim(url, peer_id, now)
+                entry = self.claim(url, peer_id, now, source)
             entry.last_connected = now
             entry.failures = 0
             self.dirty_urls.add(url)
             peer = entry.peer
+            if bootstrap and peer.source is not PeerSource.BOOTSTRAP:
+                peer.source = PeerSource.BOOTSTRAP  # (review51 R1: a pin's, kept)
+                self.dirty_peers.add(peer.key)
         self.worked(peer, now)
         return peer
 
@@ -331,7 +337,7 @@ class PeerTable:
         if entry is None or (entry.peer.peer_id or peer_id) != peer_id:
             return False
         if entry.peer.peer_id is None and not is_address_key(peer_id):
-            entry = self.claim(url, peer_id, now)  # (re-learned without its id: review39)
+            entry = self.claim(url, peer_id, now, PeerSource.EXCHANGE)  # (review39)
         entry.last_connected = now  # (the URL worked: see is_dead)
         self.dirty_urls.add(url)
         return self.worked(entry.peer, now, opened=False)

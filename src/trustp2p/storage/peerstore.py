@@ -212,7 +212,9 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         self._table.evict()
         await self._save()
 
-    async def record_connected(self, *, peer_id: str, url: str | None, address: str | None) -> None:
+    async def record_connected(
+        self, *, peer_id: str, url: str | None, address: str | None, bootstrap: bool = False
+    ) -> None:
         """
         Record a successful connection (after the peer proved ``peer_id``).
 
@@ -228,14 +230,12 @@ class PeerStore(WriteBehind[Batch, Loaded]):
                 (:func:`~trustp2p.protocol.peers.peer_key`).
             url: The URL we dialled, or None for a peer that connected to us.
             address: The peer's IP address, if known.
-
-        Raises:
-            NodeStateError: If the store is closed.
-
+            bootstrap: ``url`` is the application's (``peers``, ``connect()``): its peer
+                is a bootstrap peer. Raises NodeStateError if the store is closed.
         """
         self._check_open()
         table = self._table
-        peer = table.connected(peer_id, url, self._clock())
+        peer = table.connected(peer_id, url, self._clock(), bootstrap)
         if address is not None:
             peer.address = address
         table.evict()
