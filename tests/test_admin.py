@@ -375,7 +375,9 @@ def test_an_admin_token_is_printable_ascii_without_spaces(token: str) -> None:
     NodeOptions(server=True, admin="127.0.0.1:9107", admin_token="Zm9v+/=_-.~!")
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.1:x", "h:70000", "99999", ":x"])
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "127.0.0.1:x", "h:70000", "99999", ":x", "ws://127.0.0.1:9107"]
+)
 def test_a_malformed_admin_address_is_refused(address: str) -> None:
     with pytest.raises(ConfigError, match="HOST:PORT"):
         NodeOptions(server=True, admin=address)
@@ -448,6 +450,10 @@ def test_a_bare_admin_port_is_on_loopback_for_a_node_too() -> None:
     assert parse_admin_address("9107") == ("127.0.0.1", 9107)
     assert parse_admin_address(":9107") == ("127.0.0.1", 9107)
     assert parse_admin_address("[::1]:9107") == ("::1", 9107)
+    # (tester37 F10: the URL `status --admin` takes was refused as "reachable from
+    # other machines", and with a token, as a host name)
+    assert parse_admin_address("http://127.0.0.1:9107/") == ("127.0.0.1", 9107)
+    assert parse_admin_address("http://[::1]:9107") == ("::1", 9107)
     with pytest.raises(ConfigError, match="admin address must be HOST:PORT"):
         parse_admin_address("99999")
 

@@ -581,18 +581,19 @@ _AT_LEAST_ONE = (
 def parse_admin_address(address: str) -> tuple[str, int]:
     """
     ``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6) as ``(host, port)``; a bare ``PORT``
-    (or ``:PORT``) is on 127.0.0.1, as ``trustp2p status --admin`` reads it (a tester:
-    the one flag was read two ways).
+    (or ``:PORT``) is on 127.0.0.1, and ``http://HOST:PORT/`` is HOST:PORT, as ``trustp2p
+    status --admin`` reads them (testers: the one flag was read two ways).
 
     Raises:
         ConfigError: If it isn't of that form, or the port is out of range.
 
     """
+    address = address.removeprefix("http://").removesuffix("/")  # (tester37 F10)
     if address.removeprefix(":").isdigit():
         address = f"127.0.0.1:{address.removeprefix(':')}"
     host, sep, port_text = address.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+    if not sep or not host or "/" in host or not port_text.isdigit() or int(port_text) > 65535:
         raise ConfigError(f"admin address must be HOST:PORT, e.g. 127.0.0.1:9107, not {address!r}")
     return host, int(port_text)
