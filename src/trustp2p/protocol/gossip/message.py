@@ -187,33 +187,18 @@ class GossipMessage:
 
     def relayed(self) -> GossipMessage:
         """The same message with one more hop, as a relay sends it on."""
-        return GossipMessage(
-            self.topic,
-            self.origin,
-            self.seq,
-            self.timestamp,
-            self.data,
-            self.key,
-            self.signature,
-            self.id,
-            self.hops + 1,
-            self.via,
-        )
+        return self._sent_on(self.hops + 1, self.via)
 
     def with_via(self, via: str) -> GossipMessage:
         """The same message with ``via`` (as a node sends it on: see :mod:`.via`)."""
+        return self._sent_on(self.hops, via)
+
+    def _sent_on(self, hops: int, via: str) -> GossipMessage:
+        # (the constructor, not dataclasses.replace: 1.9 us against 8 a message)
         return GossipMessage(
-            self.topic,
-            self.origin,
-            self.seq,
-            self.timestamp,
-            self.data,
-            self.key,
-            self.signature,
-            self.id,
-            self.hops,
-            via,
-        )
+            self.topic, self.origin, self.seq, self.timestamp, self.data, self.key,
+            self.signature, self.id, hops, via,
+        )  # fmt: skip
 
     @staticmethod
     def peek_id(topic: str, body: dict[str, Any]) -> str | None:
