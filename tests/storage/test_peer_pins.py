@@ -152,3 +152,18 @@ async def test_another_key_at_a_bootstrap_peers_announced_url_is_no_bootstrap_pe
     sources = {record.peer_id: record.source for record in await store.peers()}
     assert sources == {A: PeerSource.BOOTSTRAP, B: PeerSource.EXCHANGE}
     assert not store.is_anchor(B)
+
+
+async def test_a_pinned_peers_own_urls_are_stored_with_its_pin(store: PeerStore) -> None:
+    """Found in review (review51 R7): a pin given on another spelling of a peer's
+    address (a name) held there, but the address the peer announced was stored bare,
+    and a later run took another key at it without a word."""
+    named = f"ws://localhost:1107/p2p/{A}"
+    await store.record_connected(peer_id=A, url=named, address="127.0.0.1", bootstrap=True)
+    await store.add_urls(["ws://127.0.0.1:1107"], PeerSource.EXCHANGE, peer_id=A)  # its hello
+    await store.add_urls(["ws://10.0.0.9:1107"], PeerSource.EXCHANGE, peer_id=B)  # not pinned
+    assert await urls(store) == {
+        named: A,
+        f"ws://127.0.0.1:1107/p2p/{A}": A,
+        "ws://10.0.0.9:1107": B,
+    }

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from ..protocol.limits import address_key
 from ..protocol.peers import is_address_key
 from ..protocol.scoring import SUCCESS_SPACING, Block
-from ..protocol.urls import MAX_URLS_PER_PEER, split_peer_url
+from ..protocol.urls import MAX_URL_LENGTH, MAX_URLS_PER_PEER, split_peer_url
 from ._peer_records import (
     ADDRESS,
     PEER,
@@ -126,7 +126,10 @@ class PeerTable:
         owner = None
         if peer_id is not None:
             owner = self.by_id.get(peer_id) or self.new_peer(peer_id, source, now)
+        pin = f"/p2p/{peer_id}" if owner is not None and self._is_pinned(owner) else ""
         for url in urls:
+            if pin and "/p2p/" not in url and len(url) + len(pin) <= MAX_URL_LENGTH:
+                url += pin  # (its own, and the operator pinned it: review51 R7)
             self._dispute(url, peer_id, source, now)
             entry = self.by_url.get(url)
             if entry is None and source is not PeerSource.BOOTSTRAP and self._pinned(url):
@@ -199,6 +202,15 @@ class PeerTable:
         self.by_url[url] = entry.peer.urls[url] = entry
         logger.debug("= %s: stored with the peer id it names", url)
         return entry
+
+    @staticmethod
+    def _is_pinned(peer: Peer) -> bool:
+        """Whether the store dials ``peer`` by a URL that names its id: its other URLs,
+        which it announces, are its with that pin too (review51 R7: a pin given on
+        another spelling of its address, a name, left the address it announced to any
+        key)."""
+        pin = f"/p2p/{peer.peer_id}"
+        return peer.peer_id is not None and any(url.endswith(pin) for url in peer.urls)
 
     def _pinned(self, url: str) -> bool:
         """Whether ``url`` is ``<known URL>/p2p/<id>`` and that URL is ``<id>``'s: from
