@@ -6,30 +6,16 @@ it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import FakeClock
+from tests.storage.conftest import url_owners
 from trustp2p.identity import Identity
 from trustp2p.protocol.outbound import OutboundPolicy
 from trustp2p.protocol.urls import MAX_URLS_PER_PEER
 from trustp2p.storage.peerstore import STORE_PATH, PeerSource, PeerStore
 
 A, G, H = (Identity.generate().peer_id for _ in range(3))
-
-
-@pytest.fixture
-async def store(clock: FakeClock) -> AsyncIterator[PeerStore]:
-    store = await PeerStore.open(None, clock=clock)
-    yield store
-    await store.close()
-
-
-async def owners(store: PeerStore) -> dict[str, str | None]:
-    """URL -> the peer id of the record holding it (None: id unknown)."""
-    return {url: record.peer_id for record in await store.peers() for url in record.urls}
 
 
 async def test_a_claim_another_source_names_is_no_longer_the_claimants(
@@ -39,21 +25,21 @@ async def test_a_claim_another_source_names_is_no_longer_the_claimants(
     await store.record_connected(peer_id=A, url="ws://h:1", address="10.0.0.1")
     # An honest peer passes both on (get_peers carries no id it didn't check itself).
     await store.add_urls(["ws://h:1", "ws://h:2"], PeerSource.EXCHANGE)
-    assert await owners(store) == {"ws://h:1": A, "ws://h:2": None}
+    assert await url_owners(store) == {"ws://h:1": A, "ws://h:2": None}
     records = {r.urls: r for r in await store.peers()}
     assert records[("ws://h:2",)].source is PeerSource.EXCHANGE
     assert records[("ws://h:1",)].successes == 1  # the claimant keeps its history
     # The claimant can't take it back by announcing it again (a known URL is never
     # given to the peer announcing it); a dial proves who answers there.
     await store.add_urls(["ws://h:2"], PeerSource.INBOUND, peer_id=A)
-    assert await owners(store) == {"ws://h:1": A, "ws://h:2": None}
+    assert await url_owners(store) == {"ws://h:1": A, "ws://h:2": None}
     await store.record_connected(peer_id=H, url="ws://h:2", address="10.0.0.1")
-    assert await owners(store) == {"ws://h:1": A, "ws://h:2": H}
+    assert await url_owners(store) == {"ws://h:1": A, "ws://h:2": H}
     # Proven now: hearsay and others' claims leave it with H.
     await store.add_urls(["ws://h:2"], PeerSource.EXCHANGE)
     await store.add_urls(["ws://h:2"], PeerSource.INBOUND, peer_id=A)
     await store.add_urls([f"ws://h:2/p2p/{G}"], PeerSource.EXCHANGE)
-    assert (await owners(store))["ws://h:2"] == H
+    assert (await url_owners(store))["ws://h:2"] == H
     assert len(await store.peers()) == 3  # A, H, and the /p2p/ entry of its own
 
 
@@ -62,9 +48,9 @@ async def test_another_peers_claim_of_a_claimed_url_makes_it_nobodys(
 ) -> None:
     await store.add_urls(["ws://h:1"], PeerSource.INBOUND, peer_id=A)
     await store.add_urls(["ws://h:1"], PeerSource.INBOUND, peer_id=A)  # said again: A's
-    assert await owners(store) == {"ws://h:1": A}
+    assert await url_owners(store) == {"ws://h:1": A}
     await store.add_urls(["ws://h:1"], PeerSource.INBOUND, peer_id=H)
-    assert await owners(store) == {"ws://h:1": None}  # not H's either: no dial proved it
+    assert await url_owners(store) == {"ws://h:1": None}  # not H's either: no dial proved it
     assert {r.peer_id for r in await store.peers()} == {A, H, None}
 
 
@@ -75,9 +61,9 @@ async def test_a_p2p_url_naming_another_peer_disputes_its_dial_urls_claim(
     # Naming the claimant agrees with the claim: not stored twice (only the operator's
     # pin renames an entry: review50 R2).
     await store.add_urls([f"ws://h:1/p2p/{A}"], PeerSource.EXCHANGE)
-    assert await owners(store) == {"ws://h:1": A, "ws://h:2": A}
+    assert await url_owners(store) == {"ws://h:1": A, "ws://h:2": A}
     await store.add_urls([f"ws://h:2/p2p/{H}"], PeerSource.EXCHANGE)
-    assert await owners(store) == {
+    assert await url_owners(store) == {
         "ws://h:1": A,
         "ws://h:2": None,
         f"ws://h:2/p2p/{H}": None,
@@ -113,7 +99,7 @@ async def test_a_claimant_keeps_at_most_its_url_limit(store: PeerStore, clock: F
     await store.add_urls(urls, PeerSource.EXCHANGE)  # its two oldest went: new ones
     (claimant,) = [r for r in await store.peers() if r.peer_id == A]
     assert claimant.urls == ()
-    assert sorted(await owners(store)) == sorted(urls)
+    assert sorted(await url_owners(store)) == sorted(urls)
 
 
 async def test_the_rule_holds_across_a_restart(tmp_path: Path, clock: FakeClock) -> None:
@@ -124,13 +110,13 @@ async def test_the_rule_holds_across_a_restart(tmp_path: Path, clock: FakeClock)
     await store.close()
     store = await PeerStore.open(path, clock=clock)  # proven or not: written down
     await store.add_urls(["ws://h:1", "ws://h:2"], PeerSource.EXCHANGE)
-    assert await owners(store) == {"ws://h:1": A, "ws://h:2": None}
+    assert await url_owners(store) == {"ws://h:1": A, "ws://h:2": None}
     await store.close()
     store = await PeerStore.open(path, clock=clock)
     try:
-        assert await owners(store) == {"ws://h:1": A, "ws://h:2": None}
+        assert await url_owners(store) == {"ws://h:1": A, "ws://h:2": None}
         await store.add_urls(["ws://h:2"], PeerSource.INBOUND, peer_id=A)
-        assert await owners(store) == {"ws://h:1": A, "ws://h:2": None}
+        assert await url_owners(store) == {"ws://h:1": A, "ws://h:2": None}
     finally:
         await store.close()
 
@@ -170,7 +156,7 @@ async def test_a_claim_hides_no_p2p_url_of_its_address(store: PeerStore, clock: 
     # URL, A's; the /p2p/ entry is still dialled (a claim proves nobody is there).
     await store.add_urls([f"ws://a:2/p2p/{H}"], PeerSource.EXCHANGE)
     await store.add_urls(["ws://a:2"], PeerSource.INBOUND, peer_id=A)
-    assert await owners(store) == {f"ws://a:2/p2p/{H}": None, "ws://a:2": A}
+    assert await url_owners(store) == {f"ws://a:2/p2p/{H}": None, "ws://a:2": A}
     assert await dialled(store, clock, {A, G}) == [f"ws://a:2/p2p/{H}"]
     # Proven at that address, A's id does hide it while A is connected.
     await store.record_connected(peer_id=A, url="ws://a:2", address="10.0.0.1")

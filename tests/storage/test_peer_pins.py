@@ -6,11 +6,8 @@ outbound policy's URLs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from tests.conftest import FakeClock
+from tests.storage.conftest import url_owners
 from trustp2p.identity import Identity
 from trustp2p.protocol.outbound import OutboundPolicy
 from trustp2p.storage.peerstore import PeerSource, PeerStore
@@ -20,22 +17,10 @@ URL = "ws://10.0.0.1:1107"
 PINNED = f"{URL}/p2p/{A}"
 
 
-@pytest.fixture
-async def store(clock: FakeClock) -> AsyncIterator[PeerStore]:
-    store = await PeerStore.open(None, clock=clock)
-    yield store
-    await store.close()
-
-
-async def urls(store: PeerStore) -> dict[str, str | None]:
-    """URL -> the peer id of the record holding it (None: id unknown)."""
-    return {url: record.peer_id for record in await store.peers() for url in record.urls}
-
-
 async def test_a_pinned_bootstrap_url_is_kept_as_given(store: PeerStore) -> None:
     await store.add_urls([PINNED], PeerSource.BOOTSTRAP)
     await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1")
-    assert await urls(store) == {PINNED: A}
+    assert await url_owners(store) == {PINNED: A}
     assert store.verified_peer_id(PINNED) == A
     (record,) = await store.peers()
     assert record.source is PeerSource.BOOTSTRAP
@@ -50,7 +35,7 @@ async def test_the_pinned_form_takes_the_place_of_the_peers_unpinned_url(
     await store.record_connected(peer_id=A, url=URL, address="10.0.0.1")
     clock.advance(10.0)
     await store.add_urls([PINNED], PeerSource.BOOTSTRAP)
-    assert await urls(store) == {PINNED: A}
+    assert await url_owners(store) == {PINNED: A}
     assert store.verified_peer_id(PINNED) == A  # it worked: it was the same endpoint
     assert not store.knows_url(URL)
     (record,) = await store.peers()
@@ -65,14 +50,14 @@ async def test_the_peers_unpinned_url_is_not_added_beside_its_pinned_form(
     await store.add_urls([PINNED], PeerSource.BOOTSTRAP)
     await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1")
     await store.add_urls([URL], PeerSource.EXCHANGE, peer_id=A)
-    assert await urls(store) == {PINNED: A}
+    assert await url_owners(store) == {PINNED: A}
     await store.record_connected(peer_id=A, url=URL, address="10.0.0.1")
-    assert await urls(store) == {PINNED: A}
+    assert await url_owners(store) == {PINNED: A}
     # Passed on without an id: a record of its own until a dial shows it is A's.
     await store.add_urls([URL], PeerSource.EXCHANGE)
-    assert await urls(store) == {PINNED: A, URL: None}
+    assert await url_owners(store) == {PINNED: A, URL: None}
     await store.record_connected(peer_id=A, url=URL, address="10.0.0.1")
-    assert await urls(store) == {PINNED: A}
+    assert await url_owners(store) == {PINNED: A}
     assert len(await store.peers()) == 1
 
 
@@ -83,9 +68,9 @@ async def test_another_key_at_the_unpinned_url_leaves_the_pinned_entry(
     await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1")
     await store.add_urls([URL], PeerSource.EXCHANGE)
     await store.record_connected(peer_id=B, url=URL, address="10.0.0.1")
-    assert await urls(store) == {PINNED: A, URL: B}
+    assert await url_owners(store) == {PINNED: A, URL: B}
     await store.add_urls([f"{URL}/p2p/{B}"], PeerSource.EXCHANGE)  # hearsay: no rename
-    assert await urls(store) == {PINNED: A, URL: B}
+    assert await url_owners(store) == {PINNED: A, URL: B}
 
 
 def test_a_pinned_persistent_dial_is_recorded_under_its_pinned_url(clock: FakeClock) -> None:
@@ -106,11 +91,11 @@ async def test_the_peers_hello_before_our_record_leaves_no_unpinned_url(
     dial that reached it: the two records merge, and the unpinned URL goes."""
     await store.add_urls([PINNED], PeerSource.EXCHANGE)
     await store.add_urls([URL], PeerSource.EXCHANGE, peer_id=A)
-    assert await urls(store) == {PINNED: None, URL: A}
+    assert await url_owners(store) == {PINNED: None, URL: A}
     await store.record_connected(peer_id=A, url=PINNED, address="10.0.0.1")
-    assert await urls(store) == {PINNED: A}
+    assert await url_owners(store) == {PINNED: A}
     await store.record_connected(peer_id=A, url=URL, address="10.0.0.2")  # ours: the pin's
-    assert await urls(store) == {PINNED: A}
+    assert await url_owners(store) == {PINNED: A}
 
 
 async def test_a_url_nobody_gave_is_stored_once_it_worked_as_a_bootstrap_peers(
@@ -162,7 +147,7 @@ async def test_a_pinned_peers_own_urls_are_stored_with_its_pin(store: PeerStore)
     await store.record_connected(peer_id=A, url=named, address="127.0.0.1", bootstrap=True)
     await store.add_urls(["ws://127.0.0.1:1107"], PeerSource.EXCHANGE, peer_id=A)  # its hello
     await store.add_urls(["ws://10.0.0.9:1107"], PeerSource.EXCHANGE, peer_id=B)  # not pinned
-    assert await urls(store) == {
+    assert await url_owners(store) == {
         named: A,
         f"ws://127.0.0.1:1107/p2p/{A}": A,
         "ws://10.0.0.9:1107": B,

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +41,6 @@ class TestPeerStoreFaults(StoreFaults):
     @pytest.fixture
     def adapter(self) -> PeerStoreAdapter:
         return PeerStoreAdapter()
-
-
-@pytest.fixture
-async def store(clock: FakeClock) -> AsyncIterator[PeerStore]:
-    store = await PeerStore.open(None, clock=clock)
-    yield store
-    await store.close()
 
 
 @pytest.fixture
