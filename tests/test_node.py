@@ -16,6 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 import trustp2p
 from trustp2p import (
+    ConfigError,
     ConnectionClosed,
     EventMap,
     Node,
@@ -1246,6 +1247,13 @@ NAME_RULE = "1 to 64 lowercase letters, digits, '-' and '_', starting with a let
         ({"peers": "ws://127.0.0.1:1107"}, TypeError, "peers must be a sequence of URLs"),
         ({"port": "0"}, ValueError, "port must be an integer in 0..65535, not '0'"),
         ({"port": True}, ValueError, "port must be an integer in 0..65535, not True"),
+        # tester37 F10: these failed only once the node had made its key and data
+        ({"host": "127.0.0.1:1107"}, ValueError, "without a port or brackets (the port is"),
+        ({"host": "[::1]"}, ValueError, "without a port or brackets"),
+        ({"host": "ws://127.0.0.1"}, ValueError, "IP address, not a URL: 'ws://127.0.0.1'"),
+        ({"host": "a b"}, ValueError, "host must be a host name or IP address: 'a b'"),
+        ({"port": 1107, "admin": "1107"}, ConfigError, "port 1107 is the node's port too"),
+        ({"port": 1107, "host": "::", "admin": "[::1]:1107"}, ConfigError, "node's port too"),
         ({"name": "../x"}, ValueError, f"name must be {NAME_RULE}, not '../x'"),
         ({"name": 2}, ValueError, f"name must be {NAME_RULE}, not 2"),
         ({"name": "Relay"}, ValueError, f"name must be {NAME_RULE}, not 'Relay'"),

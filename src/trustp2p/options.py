@@ -9,16 +9,23 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from .addresses import check_admin, parse_admin_address
 from .drivers import Driver, DriverOptions, check_peer_url, driver_class
 from .exceptions import ConfigError, InvalidURL
 from .identity import Identity, is_node_name
 from .protocol.gossip.control import check_own_topics
 from .protocol.handshake import HANDSHAKE_MAGIC, LEAST_PACKAGE_LIMIT
-from .protocol.limits import ReconnectStorms, is_loopback
+from .protocol.limits import ReconnectStorms
 from .protocol.liveness import LivenessTimings
 from .protocol.package import DEFAULT_ALT, DEFAULT_MAX_PACKAGE_SIZE
 from .protocol.scoring import BlockPolicy
-from .protocol.urls import MAX_URLS_PER_PEER, canonical_url, check_dial_url, split_peer_url
+from .protocol.urls import (
+    MAX_URLS_PER_PEER,
+    canonical_url,
+    check_dial_url,
+    check_listen_address,
+    split_peer_url,
+)
 from .security.noise import MAX_NOISE_MESSAGE
 from .storage.memory import MemoryShelf
 
@@ -342,8 +349,7 @@ class NodeOptions:
             driver_class(self.driver)  # raises DriverError: unknown, or not installed
         if not self.server and not self.client:
             raise ValueError("a node must be a server, a client or both")
-        if type(self.port) is not int or not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be an integer in 0..65535, not {self.port!r}")
+        check_listen_address(self.host, self.port)
         if self.name is not None and not (isinstance(self.name, str) and is_node_name(self.name)):
             what = "1 to 64 lowercase letters, digits, '-' and '_', starting with a letter or digit"
             raise ValueError(f"name must be {what}, not {self.name!r}")
@@ -441,22 +447,9 @@ class NodeOptions:
             raise ValueError("relay_topics needs gossip (it is off: gossip=False)")
 
     def _check_admin(self) -> None:
-        """The admin listener: a valid address, loopback unless a token is set."""
-        if self.admin is None:
-            return
-        host, _ = parse_admin_address(self.admin)
-        if self.admin_token is not None and not self.admin_token:
-            raise ConfigError("admin_token must not be empty")
-        token = self.admin_token
-        if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
-            # It travels in an HTTP header, where clients send other characters as
-            # they see fit (found by a tester: a non-ASCII token never matched).
-            raise ConfigError("admin_token must be printable ASCII, without spaces")
-        if not is_loopback(host) and self.admin_token is None:
-            raise ConfigError(
-                f"admin: the listener would be reachable from other machines ({self.admin}): "
-                "set an admin token (--admin-token) or listen on 127.0.0.1"
-            )
+        if self.admin is not None:
+            listen = (self.host, self.port) if self.server else None
+            check_admin(self.admin, self.admin_token, listen)
 
     @classmethod
     def from_kwargs(cls, base: NodeOptions | None = None, **kwargs: Any) -> NodeOptions:
@@ -576,24 +569,3 @@ _AT_LEAST_ONE = (
     "gossip_fanout",
 )
 """Counts that must be at least 1."""
-
-
-def parse_admin_address(address: str) -> tuple[str, int]:
-    """
-    ``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6) as ``(host, port)``; a bare ``PORT``
-    (or ``:PORT``) is on 127.0.0.1, and ``http://HOST:PORT/`` is HOST:PORT, as ``trustp2p
-    status --admin`` reads them (testers: the one flag was read two ways).
-
-    Raises:
-        ConfigError: If it isn't of that form, or the port is out of range.
-
-    """
-    address = address.removeprefix("http://").removesuffix("/")  # (tester37 F10)
-    if address.removeprefix(":").isdigit():
-        address = f"127.0.0.1:{address.removeprefix(':')}"
-    host, sep, port_text = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or "/" in host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(f"admin address must be HOST:PORT, e.g. 127.0.0.1:9107, not {address!r}")
-    return host, int(port_text)

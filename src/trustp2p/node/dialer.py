@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_MAX_REASONS = 256  # addresses whose last failure is kept (Dialer.last_failure)
+
 
 class Dialer:
     """
@@ -73,6 +75,10 @@ class Dialer:
         self._twinned: dict[str, str] = {}  # URL (as stored) -> the nonce of its twin
         self._wakeup = asyncio.Event()
         self._started = False  # connect() before start() dials from the start
+        # Why the last dial of an address failed or its connection closed, for the
+        # errors of the waits (tester37 F6: a TimeoutError said only "not within 3 s";
+        # the reasons were INFO lines). Oldest first, at most _MAX_REASONS.
+        self._reasons: dict[str, str] = {}
 
     @staticmethod
     def _now() -> float:
@@ -224,10 +230,23 @@ class Dialer:
         mine = self.policy.persistent_url(socket.peer) is not None  # (the application's)
         await store.record_connected(peer_id=key, url=url, address=socket.host, bootstrap=mine)
 
+    def last_failure(self, url: str) -> str | None:
+        """Why the last dial of ``url``'s address failed, or its last connection closed
+        (None: none has, as far as this node remembers)."""
+        return self._reasons.get(address_of(url))
+
+    def _failed(self, url: str, reason: str) -> None:
+        address = address_of(url)
+        self._reasons.pop(address, None)
+        self._reasons[address] = reason
+        if len(self._reasons) > _MAX_REASONS:
+            del self._reasons[next(iter(self._reasons))]
+
     def dial_failed(self, url: str, error: Exception) -> None:
         """A dial of ``url`` or its handshake failed: count it; the store remembers it.
         A URL found to be this node is no failure: it is dialled again only every
         ``reconnect_max`` (a name may lead to other nodes too), until it reaches one."""
+        self._failed(url, str(error))
         url = self.policy.store_url(url)
         if isinstance(error, SelfDialError):
             if url not in self._ourselves:
@@ -327,6 +346,7 @@ class Dialer:
         """A persistent URL's connection closed: say so, and return the delay before the
         next dial and whether the close was a secure/plain mismatch."""
         self.node.connections.twins.outbound_closed(socket, logger)
+        self._failed(dial_url, f"closed ({socket.close_code} {socket.close_reason or '-'})")
         options = self.node.options
         if self.policy.store_url(dial_url) in self._ourselves:
             return max(delay, options.reconnect_max), mismatched  # said once

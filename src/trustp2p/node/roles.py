@@ -81,6 +81,7 @@ class Role:
         Raises:
             TimeoutError: If it hasn't within ``timeout`` seconds (None: wait as long as
                 it takes; against a server that is down, for ever: found by a tester).
+                A client's says why the last dials of up to three URLs failed.
             NodeStateError: If the node is stopping or stopped, at once, or stops while
                 this waits (found by a tester: a waiter outlived the node, for ever).
             ValueError: If ``count`` or ``timeout`` is negative (or NaN).
@@ -101,9 +102,14 @@ class Role:
             have = len(self._sockets)
             raise TimeoutError(
                 f"{count} connection(s) not open within {timeout} s (this role has {have})"
+                + self._why_not()
             ) from None
         finally:
             self._waiters.remove((count, future))
+
+    def _why_not(self) -> str:
+        """What a wait's TimeoutError adds: why connections it waited for didn't come."""
+        return ""
 
     async def request(
         self,
@@ -403,6 +409,14 @@ class ClientRole(Role):
         self._by_url: dict[str, Socket] = {}  # by address (address_of)
         self._url_waiters: dict[str, list[asyncio.Future[Socket]]] = {}  # by address
 
+    def _why_not(self) -> str:
+        failures = [
+            f"{url}: {reason}"
+            for url in self.dialer.urls
+            if self.socket_for(url) is None and (reason := self.dialer.last_failure(url))
+        ]
+        return f"; the last dials: {'; '.join(failures[:3])}" if failures else ""
+
     @property
     def urls(self) -> list[str]:
         """The URLs this client dials: those given to :meth:`connect` (and the node's
@@ -430,7 +444,8 @@ class ClientRole(Role):
         Raises:
             TimeoutError: If there is none within ``timeout`` seconds (None: wait as
                 long as it takes; a URL nobody dials, or a server that is down, is
-                waited for for ever: found by a tester).
+                waited for for ever: found by a tester). Its text ends with why the
+                last dial of the URL failed, if one did.
             NodeStateError: As :meth:`~Role.wait_connected` raises it: the node is
                 stopping or stopped, or stops while this waits.
             PeerIdMismatch: If ``url`` names a peer (``/p2p/<id>``) and the connection
@@ -465,7 +480,9 @@ class ClientRole(Role):
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
-            raise TimeoutError(f"no connection to {url} within {timeout} s") from None
+            reason = self.dialer.last_failure(url)
+            why = f"; the last dial: {reason}" if reason else ""
+            raise TimeoutError(f"no connection to {url} within {timeout} s{why}") from None
         finally:
             if future in waiters:
                 waiters.remove(future)

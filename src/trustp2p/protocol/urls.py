@@ -14,6 +14,7 @@ __all__ = [
     "address_of",
     "canonical_url",
     "check_dial_url",
+    "check_listen_address",
     "is_unspecified",
     "split_peer_url",
     "validate_url",
@@ -129,6 +130,29 @@ def _valid_host(host: str) -> bool:
     if _NUMERIC.match(labels[-1]):  # 2130706433, 127.1, 0x7f000001, 0177.0.0.1: not
         return False  # a name (no top-level domain is numeric), an address in disguise
     return len(host) <= 253 and all(_LABEL.match(label) for label in labels)
+
+
+def check_listen_address(host: object, port: object) -> None:
+    """
+    Check a node's ``host`` and ``port`` before it starts (tester37 F10: ``--host
+    127.0.0.1:P`` made the node's key and data, then failed to resolve).
+
+    Raises:
+        ValueError: If ``host`` is not a host name or IP address (``""``: every
+            interface), or ``port`` not an integer in 0..65535.
+
+    """
+    if type(port) is not int or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer in 0..65535, not {port!r}")
+    if isinstance(host, str) and (host == "" or _valid_host(host)):
+        return
+    if isinstance(host, str) and "://" in host:
+        hint = ", not a URL"
+    elif isinstance(host, str) and (":" in host or host.startswith("[")):
+        hint = ", without a port or brackets (the port is the option port, --port)"
+    else:
+        hint = ""
+    raise ValueError(f"host must be a host name or IP address{hint}: {host!r}")
 
 
 def _unspecified(host: str) -> bool:
