@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 
 import trustp2p
 from trustp2p import Node, NodeOptions, PackageType, Thread
+from trustp2p.admin.client import status_url
 from trustp2p.admin.server import MAX_CONNECTIONS
 from trustp2p.cli import main
 from trustp2p.drivers.base import Socket
@@ -442,6 +443,19 @@ def test_trustp2p_status_of_nothing_fails_clearly(capsys: pytest.CaptureFixture[
         "trustp2p: error: can't get the status from http://127.0.0.1:1/status.json:"
         " [Errno 111] Connection refused"
     )
+
+
+def test_status_urls_of_ipv6_and_https_say_what_to_give(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """tester37 F7: ``::1:PORT`` (no brackets) got a 421 and a hint to write 127.0.0.1;
+    ``https://`` got OpenSSL's "wrong version number" alone."""
+    assert status_url("::1:9107") == "http://[::1]:9107/status.json"
+    assert status_url("::1:9107/status.json") == "http://[::1]:9107/status.json"
+    assert status_url("[::1]:9107") == "http://[::1]:9107/status.json"
+    assert status_url("127.0.0.1:9107/") == "http://127.0.0.1:9107/status.json"
+    assert main(["status", "--admin", "https://127.0.0.1:1/"]) == 1
+    assert capsys.readouterr().err.strip().endswith(" (the admin listener speaks plain http://)")
 
 
 def test_a_bare_admin_port_is_on_loopback_for_a_node_too() -> None:

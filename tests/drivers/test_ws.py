@@ -103,6 +103,41 @@ async def test_wss_to_a_plain_listener_says_the_tls_handshake_failed(
     assert reason.split(" in the TLS")[0].strip()  # a reason, not nothing
 
 
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (  # a node's admin listener answers an upgrade with its status page
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+            "HTTP 200 (an HTTP server, not a peer: is it a node's admin port?)",
+        ),
+        (  # a tcp:// server's CLOSE frame (1002 "protocol error")
+            b"\x80\x00\x00\x11\x01\x03\xeaprotocol error",
+            "did not receive a valid HTTP response (not HTTP: does it listen on tcp://?)",
+        ),
+        (b"", "did not receive a valid HTTP response"),  # closed at once: no guess
+    ],
+)
+async def test_a_failed_upgrade_says_what_answered(
+    harness: DriverHarness, answer: bytes, says: str
+) -> None:
+    """tester37 F7: a ws:// dial of an admin port said only "HTTP 200", of a tcp://
+    server "did not receive a valid HTTP response"."""
+
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        writer.close()
+
+    server = await asyncio.start_server(answering, "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        with pytest.raises(DriverError) as exc_info:
+            await harness.connect(url)
+        assert str(exc_info.value).endswith(f": {says}")
+    finally:
+        server.close()
+
+
 async def test_connect_times_out_when_handshake_never_answered(harness: DriverHarness) -> None:
     handlers: list[asyncio.Task[None]] = []
 

@@ -25,10 +25,13 @@ def status_url(admin: str) -> str:
     (with or without ``/status.json``: a tester gave it and got a 404; a browser's URL
     with its ``?token=``, the query and fragment dropped: see :func:`url_token`). A bare
     ``PORT`` (or ``:PORT``) is on 127.0.0.1: a tester's ``--admin 1331`` was read as the
-    host 0.0.5.51."""
+    host 0.0.5.51. An IPv6 address may come without its brackets (``::1:9107``)."""
     if admin.removeprefix(":").isdigit():
         admin = f"127.0.0.1:{admin.removeprefix(':')}"
     if "://" not in admin:
+        host, _, port = admin.partition("/")[0].rpartition(":")
+        if ":" in host and not host.startswith("["):  # ::1:9107 (tester37 F7: a 421)
+            admin = f"[{host}]:{port}{admin[len(host) + len(port) + 1 :]}"
         admin = f"http://{admin}"
     parts = urllib.parse.urlsplit(admin)
     path = parts.path.rstrip("/").removesuffix("/status.json") + "/status.json"

@@ -21,7 +21,13 @@ from collections import deque
 from typing import Any
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidURI, PayloadTooBig, ProtocolError
+from websockets.exceptions import (
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+    PayloadTooBig,
+    ProtocolError,
+)
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Side, State
@@ -78,6 +84,17 @@ def _dial_hint(first_byte: int | None) -> str:
     return (
         " (does the peer dial wss://?)" if first_byte == 0x16 else " (does the peer dial tcp://?)"
     )
+
+
+def _answer_hint(failed: BaseException | None) -> str:
+    """What a dial's failed upgrade says of the server there (tester37 F7: a ``ws://``
+    dial of an admin port said only "HTTP 200", of a ``tcp://`` server "did not receive
+    a valid HTTP response")."""
+    if isinstance(failed, InvalidStatus) and failed.response.status_code == 200:
+        return " (an HTTP server, not a peer: is it a node's admin port?)"
+    if isinstance(failed, InvalidMessage) and _sent(failed):
+        return " (not HTTP: does it listen on tcp://?)"
+    return ""
 
 
 def _sent(failed: BaseException | None) -> bool:
@@ -307,8 +324,9 @@ class WsSocket(FrameDeadline, StreamSocket):
         if not self._open_waiter.done():
             error = protocol.handshake_exc or exc
             reason = f": {error}" if error is not None else ""
+            hint = "" if self.inbound else _answer_hint(error)
             self._open_waiter.set_exception(
-                DriverError(f"connection closed during handshake{reason}")
+                DriverError(f"connection closed during handshake{reason}{hint}")
             )
             # Nobody else awaits it on the server side.
             self._open_waiter.exception()
