@@ -303,13 +303,13 @@ async def claim_identity(
     gets another identity than ``node`` (another node runs in ``cwd``) is told so, at
     WARNING: which node is which then depends on the order they start in.
     """
-    claimed = await _claim_waiting(cwd, log, name)
+    claimed, stuck = await _claim_waiting(cwd, log, name)
     if name is None and claimed[1] != "node":
         log.warning(  # (a tester: restarted client first, a client took the server's)
-            "! another node runs in %s: this one is identity/%s.key, its peer store and"
-            " message log; unnamed, which node is which depends on the order they start"
-            " in: give each node a name (--name, TRUSTP2P_NAME)",
-            cwd,
+            "! %s: this one is identity/%s.key, its peer store and message log; unnamed,"
+            " which node is which depends on the order they start in: give each node a"
+            " name (--name, TRUSTP2P_NAME)",
+            stuck or f"another node runs in {cwd}",
             claimed[1],
         )
     return claimed
@@ -319,13 +319,15 @@ async def _claim_waiting(
     cwd: Path,
     log: logging.Logger | logging.LoggerAdapter[logging.Logger],
     name: str | None,
-) -> tuple[Identity, str, IO[bytes]]:
+) -> tuple[tuple[Identity, str, IO[bytes]], str | None]:
+    """The identity claimed, and why it is another one (a node stuck stopping holds
+    the one it would have taken: said in the one WARNING, review51 R5), if so."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STOPPING_WAIT
     waiting: IdentityStopping | None = None
     while loop.time() < deadline:
         try:
-            return Identity.claim(cwd, name=name, pass_stopping=False)
+            return Identity.claim(cwd, name=name, pass_stopping=False), None
         except IdentityStopping as exc:
             if waiting is None:
                 log.info(
@@ -335,8 +337,7 @@ async def _claim_waiting(
         await asyncio.sleep(0.05)
     if name is not None:
         raise IdentityError(f"{waiting} after {STOPPING_WAIT:g} s")
-    log.warning("! %s after %g s: taking another identity", waiting, STOPPING_WAIT)
-    return Identity.claim(cwd)
+    return Identity.claim(cwd), f"{waiting} after {STOPPING_WAIT:g} s: taking another identity"
 
 
 def is_running(cwd: Path, name: str = "node") -> bool:
