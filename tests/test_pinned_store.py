@@ -87,6 +87,34 @@ async def test_a_pin_given_with_peers_holds_in_later_runs_without_peers(
     assert await stored(tmp_path / "client") == {url: (old_id, PeerSource.BOOTSTRAP)}
 
 
+async def test_another_key_at_a_url_learnt_from_peers_is_said_at_info(
+    default_node: MakeNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review50 R5: a URL the operator never gave (learnt from peers), whose server
+    starts without a data directory (a new key each start), made a WARNING after each
+    restart, with advice to pin it."""
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    server = await default_node(server=True, cwd=tmp_path / "server")
+    assert server.url is not None and server.peer_id is not None
+    store = await PeerStore.open(tmp_path / "client" / STORE_PATH)
+    await store.add_urls([server.url], PeerSource.EXCHANGE)
+    await store.close()
+    client = await default_node(client=True, cwd=tmp_path / "client")
+    assert client.client is not None and client.store is not None
+    url, old_id, client_store = server.url, server.peer_id, client.store
+    await wait_for(lambda: client_store.verified_peer_id(url) == old_id)
+    await client.stop()
+    await server.stop()
+    other = await default_node(server=True, cwd=tmp_path / "other", port=port_of(server))
+    client = await default_node(client=True, cwd=tmp_path / "client")
+    assert client.client is not None
+    await client.client.wait_connected()
+    said = f"! {url}: another key answers there now: peer {other.peer_id}, not {old_id}"
+    await wait_for(lambda: said in caplog.text)
+    (record,) = [r for r in caplog.records if said in r.getMessage()]
+    assert record.levelno == logging.INFO
+
+
 async def test_another_key_at_an_unpinned_url_is_said(
     default_node: MakeNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -25,6 +25,7 @@ from ..identity import short_id
 from ..protocol.hosts import address_key
 from ..protocol.peers import address_of_key
 from ..protocol.scoring import Block
+from ..protocol.urls import address_of
 from ..storage import data_dir
 from ..storage.peerstore import STORE_FILE, PeerRecord, PeerStore
 
@@ -59,9 +60,18 @@ async def forget_urls(cwd: Path, name: str, urls: Sequence[str]) -> list[str]:
         return [f"{url} is not in the peer store (no peer store yet)" for url in urls]
     store = await PeerStore.open(path)
     try:
-        return [f"{url} is not in the peer store" for url in urls if not await store.forget(url)]
+        missed = [url for url in urls if not await store.forget(url)]
+        stored = [url for record in await store.peers() for url in record.urls] if missed else []
     finally:
         await store.close()
+    errors = []
+    for url in missed:
+        # (review50 R6: the bare spelling of a pinned entry, or a trailing /, was "not
+        # in the peer store" with no word of the spelling stored)
+        like = [other for other in stored if address_of(other) == address_of(url)]
+        hint = f" (as {', '.join(like)}? give it as listed)" if like else ""
+        errors.append(f"{url} is not in the peer store{hint}")
+    return errors
 
 
 BlockRow = tuple[str, str, Block]

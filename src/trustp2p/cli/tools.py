@@ -98,6 +98,7 @@ def _forget(cwd: Path, name: str, urls: tuple[str, ...]) -> int:
         click.echo(f"trustp2p: error: the node {name!r} of {cwd} is running: stop it first"
                    " (it keeps its peers in memory)", err=True)  # fmt: skip
         return 1
+    urls = tuple(dict.fromkeys(urls))  # (review50 R6: twice said only "not in the store")
     errors = asyncio.run(forget_urls(cwd, name, urls))
     for url in urls:
         if not any(error.startswith(f"{url} ") for error in errors):

@@ -225,9 +225,13 @@ class Dialer:
         url = self.policy.store_url(socket.peer)
         key = peer_key(peer_id or socket.peer_id, socket.host)
         before = store.verified_peer_id(url)
-        if before is not None and before != key and not is_address_key(key):
-            _say_key_changed(url, before, key)
         mine = self.policy.persistent_url(socket.peer) is not None  # (the application's)
+        if before is not None and before != key and not is_address_key(key):
+            # At WARNING for a URL the operator gave, now or before (review50 R5: a URL
+            # learnt from peers, its server started without a data directory, said it
+            # each restart, with advice to pin an address nobody here chose).
+            operator = mine or store.is_anchor(before, bootstrap=True)
+            _say_key_changed(url, before, key, logging.WARNING if operator else logging.INFO)
         await store.record_connected(peer_id=key, url=url, address=socket.host, bootstrap=mine)
 
     def last_failure(self, url: str) -> str | None:
@@ -525,13 +529,14 @@ class Dialer:
         return ids
 
 
-def _say_key_changed(url: str, before: str, now: str) -> None:
+def _say_key_changed(url: str, before: str, now: str, level: int) -> None:
     """Another key answers at ``url``, which names no peer, than the one that proved
-    itself there before: said at WARNING, as SSH says a changed host key (tester37 F2:
-    nothing said it), with how to insist on the old one. The connection stays: a URL
-    without ``/p2p/<id>`` trusts whoever answers there (a server given a new key
-    keeps its clients), and its pin is how to refuse another."""
-    logger.warning(
+    itself there before: said (at WARNING for the operator's URLs), as SSH says a
+    changed host key (tester37 F2: nothing said it), with how to insist on the old one.
+    The connection stays: a URL without ``/p2p/<id>`` trusts whoever answers there (a
+    server given a new key keeps its clients), and its pin is how to refuse another."""
+    logger.log(
+        level,
         "! %s: another key answers there now: peer %s, not %s as before (its identity "
         "changed, or another node took the address); connected, as the URL names no "
         "peer: dial %s/p2p/%s to accept only the old one there",

@@ -234,10 +234,13 @@ class GoodRanking:
         return self._peers
 
 
-def is_anchor(table: PeerTable, peer_id: str) -> bool:
-    """Whether the peer ``peer_id`` is a bootstrap peer or one met before this run."""
+def is_anchor(table: PeerTable, peer_id: str, *, bootstrap: bool = False) -> bool:
+    """Whether the peer ``peer_id`` is a bootstrap peer or (unless ``bootstrap``) one
+    met before this run."""
     peer = table.by_id.get(peer_id)
-    return peer is not None and _is_anchor(table, peer)
+    if peer is None:
+        return False
+    return peer.source is PeerSource.BOOTSTRAP if bootstrap else _is_anchor(table, peer)
 
 
 def _block_of(table: PeerTable, key: str) -> Block | None:

@@ -499,12 +499,11 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         """
         return self._ranked(limit, exclude_urls, exclude_ids, good=False, anchors=True)
 
-    def is_anchor(self, peer_id: str) -> bool:
+    def is_anchor(self, peer_id: str, *, bootstrap: bool = False) -> bool:
         """
-        Whether a connected peer anchors us: a bootstrap peer, or one we had connected
-        to successfully before this run. SYNC, a dict lookup.
-        """
-        return is_anchor(self._table, peer_id)
+        Whether a connected peer anchors us: a bootstrap peer, or (unless ``bootstrap``)
+        one we had connected to before this run. SYNC, a dict lookup."""
+        return is_anchor(self._table, peer_id, bootstrap=bootstrap)
 
     async def good_urls(
         self,
