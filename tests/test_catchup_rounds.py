@@ -32,6 +32,7 @@ from trustp2p.protocol.gossip import (
     sign_message,
     wire_size,
 )
+from trustp2p.protocol.jsontext import text_size
 from trustp2p.protocol.package import Body, Package, PackageType, build_package
 from trustp2p.testing import Network
 
@@ -91,6 +92,17 @@ def test_a_round_budget_is_spent_by_the_bytes_of_the_messages_taken() -> None:
     assert budget.spent and budget.size == 2 * wire_size(messages[0])
     with pytest.raises(ValueError, match="at least 1 byte"):
         RoundBudget(0)
+
+
+def test_a_round_budget_counts_mixed_width_text_as_the_log_does() -> None:
+    """review50 R7: the log counts log_max_bytes by text_size (4 bytes a character for
+    text with one beyond U+FFFF); a round counted UTF-8 only, and for such text fetched
+    up to 4 times what the log keeps, which dropped the rest at once."""
+    message = sign_message(Identity.generate(), "chat", 1, 0, {"x": "a" * 1000 + "😀"})
+    assert text_size(message.data) > 3 * wire_size(message)
+    budget = RoundBudget(10_000)
+    budget.spend([message])
+    assert budget.left == 10_000 - text_size(message.data)
 
 
 def test_a_peers_budget_for_gaps_is_renewed_each_interval() -> None:
