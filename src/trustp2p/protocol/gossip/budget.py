@@ -1,10 +1,11 @@
 """
 What catch-up may fetch from a peer, in bytes of messages as they go on the wire
-(:func:`~.catchup.wire_size`): a round (the fetches planned from one peer's marks) at
-most a :class:`RoundBudget`; the gaps a peer's live messages reveal, at most a budget a
-peer renewed every interval (:class:`PeerBudgets`). And what a node takes or gives all
-peers together, shared fairly among them (:class:`FairShare`): the live messages it
-checks, the catch-up answers it serves. No I/O.
+(:func:`~.catchup.wire_size`, or the payload's in memory if more): a round (the fetches
+planned from one peer's marks) at most a :class:`RoundBudget`; the gaps a peer's live
+messages reveal, at most a budget a peer renewed every interval (:class:`PeerBudgets`).
+And what a node takes or gives all peers together, shared fairly among them
+(:class:`FairShare`): the live messages it checks, the catch-up answers it serves. No
+I/O.
 
 """
 
@@ -23,13 +24,14 @@ import re
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+from ..jsontext import text_size
 from .catchup import wire_size
 from .message import GossipMessage
 
 
 class RoundBudget:
     """
-    What a round of fetches may still take, in bytes of messages (:func:`wire_size`);
+    What a round of fetches may still take, in bytes of messages (:meth:`spend`);
     then the round ends, and the rest waits for a later one. The node gives a round its
     ``log_max_bytes`` (a log of small messages takes a few): a peer claiming seq 2**40
     and serving valid batches held a round for good, no periodic round came after it,
@@ -54,8 +56,11 @@ class RoundBudget:
         return self.left <= 0
 
     def spend(self, messages: Iterable[GossipMessage]) -> None:
-        """Count the messages a batch brought."""
-        self.left -= sum(wire_size(message) for message in messages)
+        """Count the messages a batch brought: each its bytes on the wire, or its
+        payload's in memory (:func:`~trustp2p.protocol.jsontext.text_size`, the unit of
+        ``log_max_bytes``) if more (review50 R7: for text of mixed widths a round
+        fetched up to 4 times what the log keeps, which dropped the rest at once)."""
+        self.left -= sum(max(wire_size(m), text_size(m.data)) for m in messages)
 
 
 class PeerBudgets:
