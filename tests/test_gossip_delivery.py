@@ -23,7 +23,7 @@ besides: found in review, tiny messages counted 2 bytes and never held anybody).
 
 
 def message(topic: str, n: int | str, size: int = 10) -> Any:
-    return SimpleNamespace(topic=topic, id=f"{topic}-{n}", data="x" * size)
+    return SimpleNamespace(topic=topic, id=f"{topic}-{n}", data="x" * size, data_size=size)
 
 
 def no_connection(source: object) -> None:

@@ -33,7 +33,6 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..protocol.gossip import HELD_MESSAGE_OVERHEAD
-from ..protocol.jsontext import text_size
 from .dispatch import cancelled
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ _ASKED_PER_PEER = 2
 
 
 def _weight(message: GossipMessage) -> int:
-    return text_size(message.data) + HELD_MESSAGE_OVERHEAD
+    return message.data_size + HELD_MESSAGE_OVERHEAD
 
 
 Item = tuple[str, "GossipMessage", "Socket | None"]

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 from ..protocol.gossip import DeliveryMarks, GossipMessage, split_stream_key, stream_key
 from ..protocol.gossip.via import relay_token, sub_sources
-from ..protocol.jsontext import text_size
 from ..storage.msglog import (
     LOADED,
     LOG_FILE,
@@ -155,8 +154,9 @@ def to_logged(message: GossipMessage) -> LoggedMessage:
         key=sys.intern(base64.b64encode(message.key).decode("ascii")),
         signature=sys.intern(signature),
         id=message.id,
+        data_size=message.data_size,
     )
-    if text_size(message.data) <= _RECENT_DATA_MAX:
+    if message.data_size <= _RECENT_DATA_MAX:
         if len(_recent) >= _RECENT_MAX:
             del _recent[next(iter(_recent))]
         _recent[message.id] = logged
@@ -175,6 +175,7 @@ def from_logged(logged: LoggedMessage) -> GossipMessage:
         base64.b64decode(logged.key),
         base64.b64decode(logged.signature),
         logged.id,
+        data_size=logged.data_size,
     )
 
 

@@ -16,7 +16,6 @@ import itertools
 import sys
 from collections.abc import Iterable, Iterator
 
-from ..protocol.jsontext import text_size
 from ._msglog_records import Entry, Loaded, LoggedMessage, Origin, Topic, entry_position, take
 from ._msglog_shares import LOADED
 
@@ -125,7 +124,7 @@ class KeptMessages:
             self.pending[entry[2]] = entry
         if kept > self.max_messages:
             self._evict(topic)
-        self.weight += text_size(message.data)
+        self.weight += message.data_size
         while self.weight > self.max_bytes:
             self._lighten()
         return topic
@@ -177,7 +176,7 @@ class KeptMessages:
             logged.remove(seq)
         else:
             del self.origins[origin]
-        weight = text_size(message.data)
+        weight = message.data_size
         topic.remove(origin, seq, weight)
         self.size -= 1
         self.weight -= weight

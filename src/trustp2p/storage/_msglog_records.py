@@ -109,6 +109,8 @@ class LoggedMessage:
         key: The origin's Ed25519 public key, base64.
         signature: The origin's signature, base64.
         id: The message id (a hash of origin, seq and payload).
+        data_size: What :attr:`data` weighs in the log's bounds
+            (:func:`~trustp2p.protocol.jsontext.text_size`), computed when not given.
 
     """
 
@@ -120,6 +122,11 @@ class LoggedMessage:
     key: str
     signature: str
     id: str
+    data_size: int = field(default=-1, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.data_size < 0:
+            object.__setattr__(self, "data_size", text_size(self.data))
 
 
 # A kept message: the message, when it was received (this node's clock), its position.
@@ -287,7 +294,7 @@ class Topic:
             seqs = self.origins[origin] = Seqs(self.shares.admit(source))
         seqs.add(message.seq)
         self.shares.add(origin, seqs.source, len(seqs))
-        self.loads.add(origin, seqs.source, text_size(message.data))
+        self.loads.add(origin, seqs.source, message.data_size)
         return len(entries) - len(self.dropped)
 
     def remove(self, origin: str, seq: int, weight: int) -> None:
@@ -379,7 +386,7 @@ def take(
     for message in messages:
         if message.seq > last or len(found) >= limit:
             break
-        size += text_size(message.data)
+        size += message.data_size
         if size > max_bytes and found:
             break
         found.append(message)
@@ -465,7 +472,7 @@ class MessageDatabase(Database[Batch, Loaded]):
                 logger.warning("! dropped malformed message log row %d", row[0])
                 loaded.deletes.append(row[0])
                 continue
-            count, size = counts.get(message.topic, 0), text_size(message.data)
+            count, size = counts.get(message.topic, 0), message.data_size
             if count >= max_messages or received < cutoff or weight + size > max_bytes:
                 loaded.deletes.append(row[0])
                 continue

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 __all__ = ["MAX_CACHE_BYTES", "RecentMessages", "worth_announcing"]
 
-from ..jsontext import text_size
 from .message import GossipMessage
 
 MAX_CACHE_BYTES = 32 * 2**20
@@ -65,10 +64,10 @@ class RecentMessages:
         if message.id in self._held:
             return
         self._windows[0].append(message.id)  # (its id goes with the window, held or not)
-        if text_size(message.data) > self._max_bytes:
+        if message.data_size > self._max_bytes:
             return
         self._held[message.id] = (message, self._window)
-        self.size += text_size(message.data)
+        self.size += message.data_size
         while self.size > self._max_bytes:
             self._let_go(next(iter(self._held)))
 
@@ -108,4 +107,4 @@ class RecentMessages:
     def _let_go(self, message_id: str) -> None:
         held = self._held.pop(message_id, None)
         if held is not None:
-            self.size -= text_size(held[0].data)
+            self.size -= held[0].data_size

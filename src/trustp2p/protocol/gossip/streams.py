@@ -58,7 +58,6 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeAlias, TypeVar
 
-from ..jsontext import text_size
 from .marks import DeliveryMarks, ReleaseMarks
 from .message import GossipMessage
 
@@ -172,7 +171,7 @@ class _Held(Generic[S]):
 def _size(entry: tuple[GossipMessage, object] | None) -> int:
     """What a held number counts against ``max_held_bytes``: a message refused (by a
     validator, or too large to keep) waits its turn too, without its payload."""
-    payload = 0 if entry is None else text_size(entry[0].data)
+    payload = 0 if entry is None else entry[0].data_size
     return payload + HELD_MESSAGE_OVERHEAD
 
 
