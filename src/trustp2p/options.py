@@ -191,7 +191,8 @@ class NodeOptions:
         gossip_fanout: Peers a relay pushes each new message to at once (the
             publisher pushes to its whole mesh); the rest of the mesh learns of it from
             ``ihave``. Fewer means fewer duplicates, more means lower latency.
-        gossip_lazy: Peers outside the mesh told ``ihave`` per topic per heartbeat.
+        gossip_lazy: Other peers told ``ihave`` per topic per heartbeat, at random
+            (mesh peers and peers refused a mesh seat are told every new id).
         gossip_history: Heartbeats a message stays announceable and servable.
         gossip_interval: Time between two gossip heartbeats.
         gossip_prune_backoff: After a ``gossip/prune`` between two peers (either way), the

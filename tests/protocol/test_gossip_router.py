@@ -870,18 +870,20 @@ def _from_outside(router: GossipRouter, sent: Recorded, *messages: GossipMessage
         assert router.receive(OUTSIDE, message)
 
 
-def test_heartbeat_announces_to_at_most_lazy_subscribed_peers() -> None:
-    router, sent, _ = _meshed(10, lazy=4)
-    _with_peers(router, sent, range(10, 13), ["other"])
+def test_heartbeat_announces_to_the_mesh_and_lazy_other_subscribed_peers() -> None:
+    router, sent, _ = _meshed(20, lazy=4)
+    _with_peers(router, sent, range(20, 23), ["other"])
+    mesh = set(router.mesh[TOPIC])
+    assert len(mesh) == 6
     message = _message()
     _from_outside(router, sent, message, _message(1, topic="other"))  # not ours: never announced
     router.heartbeat()
     ihaves = _talks(sent, IHAVE)
-    assert len(ihaves) == len(sent) == 4
-    assert len({p for p, _, _ in ihaves}) == 4
-    assert {p for p, _, _ in ihaves} <= set(range(10))
+    told = {p for p, _, _ in ihaves}
+    assert len(ihaves) == len(sent) == len(told) == 6 + 4
+    assert mesh < told < set(range(20))  # the mesh, and 4 of the 14 others
     assert all(body == {"topic": TOPIC, "ids": [message.id]} for _, _, body in ihaves)
-    assert router.stats.ihave_sent == 4
+    assert router.stats.ihave_sent == 10
 
 
 def test_ihave_leaves_out_what_the_peer_is_known_to_have() -> None:

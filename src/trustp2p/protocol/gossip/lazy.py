@@ -12,12 +12,19 @@ The router's bookkeeping for lazy gossip (``ihave`` and ``iwant``), no I/O:
 
 from __future__ import annotations
 
-__all__ = ["Asks", "Holders"]
+__all__ = ["SET_FROM", "Asks", "Holders"]
 
 import math
 
 from .control import PeerKey
 from .seen import SeenIds
+
+SET_FROM = 16
+"""Peers noted for a message (:class:`Holders`) kept in a list up to this many, then in
+a set: a server announces each id to every peer refused a mesh seat, hundreds, and
+checking a list of hundreds for each of them and each id took a heartbeat's time."""
+
+_Peers = list[PeerKey] | set[PeerKey]
 
 
 class Asks:
@@ -123,17 +130,17 @@ class Holders:
     Peers known to have each recent message (sent it to us, or got it from us): no use
     announcing it to them; and the peers sent each on ``iwant``.
 
-    Lists, not sets: a message has a handful of holders, and a set of more than four
-    takes 700 bytes, a list of twelve 180 (a simulation holds one per node and recent
-    message, thousands while it runs late).
+    Lists, not sets, up to :data:`SET_FROM` peers: a message mostly has a handful of
+    holders, and a set of more than four takes 700 bytes, a list of twelve 180 (a
+    simulation holds one per node and recent message, thousands while it runs late).
 
     """
 
     __slots__ = ("_holders", "_served")
 
     def __init__(self) -> None:
-        self._holders: dict[str, list[PeerKey]] = {}
-        self._served: dict[str, list[PeerKey]] = {}  # recent ids -> peers sent them on iwant
+        self._holders: dict[str, _Peers] = {}
+        self._served: dict[str, _Peers] = {}  # recent ids -> peers sent them on iwant
 
     def __len__(self) -> int:
         """How many messages are tracked."""
@@ -142,7 +149,7 @@ class Holders:
     def __contains__(self, message_id: str) -> bool:
         return message_id in self._holders
 
-    def __getitem__(self, message_id: str) -> list[PeerKey]:
+    def __getitem__(self, message_id: str) -> _Peers:
         """The peers known to have the message (raises ``KeyError`` if not tracked)."""
         return self._holders[message_id]
 
@@ -152,15 +159,12 @@ class Holders:
 
     def copy_from(self, message_id: str, peer: PeerKey | None) -> None:
         """Another copy of a message arrived from ``peer``: it has it, if we track it."""
-        holders = self._holders.get(message_id)
-        if holders is not None:
-            _hold(holders, peer)
+        if message_id in self._holders:
+            _hold(self._holders, message_id, peer)
 
     def add(self, message_id: str, peer: PeerKey | None) -> None:
         """Track the message (if not yet) and note that ``peer`` has it, unless None."""
-        holders = self._holders.setdefault(message_id, [])
-        if peer is not None:
-            _hold(holders, peer)
+        _hold(self._holders, message_id, peer)
 
     def refuse(self, message_id: str) -> None:
         """A message received pending validation was refused: it goes no further."""
@@ -173,10 +177,9 @@ class Holders:
 
     def serve(self, message_id: str, peer: PeerKey) -> bool:
         """Whether to send the message to ``peer``, which asked for it: once only."""
-        served = self._served.setdefault(message_id, [])
-        if peer in served:
+        if peer in self._served.get(message_id, ()):
             return False
-        served.append(peer)
+        _hold(self._served, message_id, peer)
         return True
 
     def tell(self, peer: PeerKey, ids: list[str], limit: int) -> list[str]:
@@ -185,11 +188,18 @@ class Holders:
         holders = self._holders
         missing = [i for i in ids if peer not in holders.get(i, ())][:limit]
         for message_id in missing:
-            holders.setdefault(message_id, []).append(peer)  # it wasn't one
+            _hold(holders, message_id, peer)  # it wasn't one
         return missing
 
 
-def _hold(holders: list[PeerKey], peer: PeerKey | None) -> None:
-    """Note that ``peer`` has a message: once in its list of holders."""
-    if peer not in holders:
-        holders.append(peer)
+def _hold(peers: dict[str, _Peers], message_id: str, peer: PeerKey | None) -> None:
+    """Note ``peer`` for the message, once: in a list, a set past :data:`SET_FROM`."""
+    noted = peers.setdefault(message_id, [])
+    if peer is None or peer in noted:
+        return
+    if isinstance(noted, list):
+        if len(noted) < SET_FROM:
+            noted.append(peer)
+            return
+        noted = peers[message_id] = set(noted)
+    noted.add(peer)

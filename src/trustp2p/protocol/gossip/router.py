@@ -3,10 +3,11 @@ The gossip router, free of I/O: it decides where each message goes.
 
 The router keeps, per topic, a *mesh* of peers (target degree ``degree``, between
 ``degree_low`` and ``degree_high``): new messages are pushed eagerly to mesh peers, and
-announced lazily (``ihave``) to a few other subscribed peers, which pull what they miss
-(``iwant``) — GossipSub's design, kept small. A bounded seen-cache (by count and age)
-drops duplicates, and a hop limit stops runaway floods. ``mode="flood"`` pushes to every
-subscribed peer instead, as a baseline.
+announced lazily (``ihave``) at each heartbeat to the mesh peers not pushed them, to
+every peer refused a seat in the mesh (:mod:`.mesh`) and to a few other subscribed
+peers, which pull what they miss (``iwant``) — GossipSub's design, kept small. A
+bounded seen-cache (by count and age) drops duplicates, and a hop limit stops runaway
+floods. ``mode="flood"`` pushes to every subscribed peer instead, as a baseline.
 
 The router is given a clock and a ``send`` callable, and never awaits. Every list a
 peer sends in a control talk is bounded (:data:`MAX_TOPICS_PER_TALK`, ``max_ihave``,
@@ -84,7 +85,9 @@ class GossipRouter:
             first the peers that asked us (``iwant``) for a message of the topic within
             ``want_window`` seconds (they are missing our pushes, :mod:`.mesh`), those
             in the mesh before the others, then mesh peers; each group at random.
-        lazy: Peers told ``ihave`` per topic per heartbeat.
+        lazy: Other subscribers told ``ihave`` per topic per heartbeat, at random:
+            besides the mesh peers and the peers refused a seat, which are told
+            every new id.
         history: Heartbeats a message stays announceable and servable (``iwant``).
         seen_max: Most message ids remembered.
         seen_ttl: Seconds a message id is remembered.
@@ -463,7 +466,7 @@ class GossipRouter:
                 penalise = penalise or timing is GraftTiming.PENALISED
             elif len(mesh) >= self.degree_high:
                 refused.append(topic)
-                self._book.pruned(topic, peer, now)
+                self._book.refused(topic, peer, now)  # (owed ihave from now on)
             else:
                 mesh.add(peer)
                 self._book.joined(topic, peer, now)
@@ -530,18 +533,23 @@ class GossipRouter:
         elif len(mesh) > self.degree_high:
             for peer in book.ranked(topic, mesh, now, self._rng)[self.degree :]:
                 mesh.discard(peer)
-                self._prune(topic, peer)
+                book.refused(topic, peer, now)  # (owed ihave from now on)
+                self._talk(peer, PRUNE, {"topics": [topic]})
 
     def _prune(self, topic: str, peer: PeerKey) -> None:
         self._book.pruned(topic, peer, self._clock())
         self._talk(peer, PRUNE, {"topics": [topic]})
 
     def _announce(self, topic: str) -> None:
+        """Tell (``ihave``) the topic's recent ids to every mesh peer, every peer owed
+        them (refused a seat: :mod:`.mesh`) and ``lazy`` other subscribers at random."""
         ids = self._recent.ids(topic)
         if not ids:
             return
-        subscribed = [p for p, topics in self._peers.items() if topic in topics]
-        for peer in self._sample(subscribed, self.lazy):
+        mesh, owed = self.mesh.get(topic, set()), self._book.owed(topic)
+        told = mesh.union(owed)
+        others = [p for p, topics in self._peers.items() if topic in topics and p not in told]
+        for peer in [*mesh, *owed, *self._sample(others, self.lazy)]:
             # Only what the peer isn't known to have already.
             missing = self._holders.tell(peer, ids, self.max_ihave)
             if missing:

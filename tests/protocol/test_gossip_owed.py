@@ -1,0 +1,174 @@
+"""
+Announcements owed, on a fake clock: each heartbeat, a router tells (``ihave``) every
+new id of a topic to each mesh peer and each peer it refused a seat in the mesh (or
+pruned from it) that isn't known to have it, and to ``lazy`` other subscribers at
+random. Found by an attacker (attacker37 N1): 16 do-nothing connections took a
+server's 12 mesh seats first-come, and a later honest subscriber, refused a seat, heard
+of a message only when the heartbeat's sample of 6 among all subscribers fell on it:
+p50 1.5 s, p90 4.2-7.1 s (5.6 s / 12.6 s with 64 connections), where the docs promise
+heartbeat pace.
+"""
+
+from __future__ import annotations
+
+from trustp2p.protocol.gossip import GossipRouter, PeerKey, RouterAction
+from trustp2p.protocol.gossip.lazy import SET_FROM, Holders
+from trustp2p.protocol.gossip.mesh import MeshBook
+
+from ..conftest import FakeClock
+from .test_gossip_router import (
+    GRAFT,
+    IHAVE,
+    IWANT,
+    PRUNE,
+    SUBSCRIPTIONS,
+    TOPIC,
+    _message,
+    _messages,
+    _router,
+    _talks,
+)
+
+SQUATTERS = range(12)  # take the mesh first, and ask for every message (iwant)
+CROWD = range(12, 52)  # subscribers outside the mesh that never grafted
+LATE = 52  # a subscriber that grafted once the mesh was full: refused
+PUBLISHER = 100  # a peer that publishes through us and subscribes to nothing
+
+
+def _squatted() -> tuple[GossipRouter, list[RouterAction], FakeClock]:
+    """A default router whose 12 mesh seats are held by SQUATTERS, with 40 more
+    subscribers in CROWD and LATE refused a seat."""
+    router, sent, clock = _router()
+    router.subscribe(TOPIC)
+    router.add_peer(PUBLISHER)
+    for peer in [*SQUATTERS, *CROWD, LATE]:
+        router.add_peer(peer)
+        router.control(peer, SUBSCRIPTIONS, {"subscribe": [TOPIC], "unsubscribe": []})
+    for peer in SQUATTERS:
+        router.control(peer, GRAFT, {"topics": [TOPIC]})
+    sent.clear()
+    router.control(LATE, GRAFT, {"topics": [TOPIC]})
+    assert _talks(sent) == [(LATE, PRUNE, {"topics": [TOPIC]})]
+    assert router.mesh[TOPIC] == set(SQUATTERS)
+    sent.clear()
+    return router, sent, clock
+
+
+def _publish(router: GossipRouter, seq: int) -> str:
+    """PUBLISHER's message ``seq`` arrives and is sent on; its id."""
+    message = _message(seq)
+    assert router.receive(PUBLISHER, message)
+    router.forward(PUBLISHER, message)
+    return message.id
+
+
+def _reached(sent: list[RouterAction], peer: PeerKey) -> set[str]:
+    """The ids pushed or announced to ``peer``."""
+    pushed = {m.id for p, m in _messages(sent) if p == peer}
+    return pushed | {i for p, _, body in _talks(sent, IHAVE) if p == peer for i in body["ids"]}
+
+
+def test_a_subscriber_refused_a_seat_hears_of_every_id_within_a_heartbeat() -> None:
+    router, sent, clock = _squatted()
+    seq = 0
+    for _ in range(20):
+        new = set()
+        for _ in range(5):
+            seq += 1
+            new.add(_publish(router, seq))
+            for squatter in SQUATTERS:  # missing pushes: they take the fanout's places
+                router.control(squatter, IWANT, {"ids": [_message(seq).id]})
+            clock.advance(0.1)
+        router.heartbeat()
+        assert _reached(sent, LATE) == new  # (before: when sampled, 6 of 53)
+        sent.clear()
+        clock.advance(0.5)
+    router.heartbeat()
+    assert _reached(sent, LATE) == set()  # told once is enough
+
+
+def test_the_crowd_outside_the_mesh_is_still_told_at_random() -> None:
+    router, sent, _ = _squatted()
+    message_id = _publish(router, 1)
+    pushed = {p for p, _ in _messages(sent)}
+    router.heartbeat()
+    told = {p for p, _, body in _talks(sent, IHAVE) if body["ids"] == [message_id]}
+    assert LATE in told and set(SQUATTERS) - pushed <= told  # the owed, the mesh
+    assert len(told & set(CROWD)) == router.lazy  # the rest: 6 of them
+    assert PUBLISHER not in told
+
+
+def test_a_mesh_peer_not_pushed_hears_of_every_id_within_a_heartbeat() -> None:
+    # The relay pushes to 3 of its 12 mesh peers: attacker37 found an honest subscriber
+    # that held its seat, among 11 squatters, p90 0.5-4.7 s behind.
+    router, sent, clock = _squatted()
+    for seq in range(1, 21):
+        message_id = _publish(router, seq)
+        clock.advance(0.5)
+        router.heartbeat()
+        for peer in SQUATTERS:
+            assert message_id in _reached(sent, peer)
+        sent.clear()
+
+
+def test_a_peer_pruned_from_a_full_mesh_is_owed_announcements() -> None:
+    router, sent, clock = _squatted()
+    clock.advance(120.0)  # the squatters have a minute and more of seniority
+    late = [200, 201]
+    for peer in late:
+        router.add_peer(peer)
+        router.control(peer, SUBSCRIPTIONS, {"subscribe": [TOPIC], "unsubscribe": []})
+    router.mesh[TOPIC].update(late)  # (as a graft crossing ours would)
+    sent.clear()
+    router.heartbeat()  # over degree_high: trimmed to degree, the newest first
+    pruned = {p for p, _, _ in _talks(sent, PRUNE)}
+    assert set(late) <= pruned and len(router.mesh[TOPIC]) == router.degree
+    sent.clear()
+    message_id = _publish(router, 1)
+    router.heartbeat()
+    for peer in [*pruned, LATE]:
+        assert message_id in _reached(sent, peer)
+
+
+def test_a_peer_owed_announcements_is_owed_them_until_it_has_a_seat_or_leaves() -> None:
+    book = MeshBook(prune_backoff=60.0)
+    for peer in ("a", "b", "c", "d"):
+        book.refused(TOPIC, peer, 0.0)
+    book.refused("other", "a", 0.0)
+    assert book.owed(TOPIC) == ["a", "b", "c", "d"]  # the oldest refusal first
+    assert not book.may_graft(TOPIC, "a", 1.0)  # a backoff too
+    book.joined(TOPIC, "a", 70.0)  # a seat: pushes or the mesh's announcements now
+    book.left(TOPIC, "b")  # unsubscribed
+    book.forget_peer("c")  # gone
+    assert book.owed(TOPIC) == ["d"]
+    assert book.owed("other") == ["a"]
+    book.forget_topic(TOPIC)
+    assert book.owed(TOPIC) == []
+    assert book.owed("unknown") == []
+
+
+def test_the_owed_are_told_no_more_once_they_leave() -> None:
+    router, sent, _ = _squatted()
+    router.control(LATE, SUBSCRIPTIONS, {"subscribe": [], "unsubscribe": [TOPIC]})
+    _publish(router, 1)
+    router.heartbeat()
+    assert LATE not in {p for p, _, _ in _talks(sent, IHAVE)}
+    router.remove_peer(LATE)
+    assert router._book.owed(TOPIC) == []
+
+
+def test_holders_past_set_from_are_noted_once_each() -> None:
+    holders = Holders()
+    peers = list(range(3 * SET_FROM))
+    holders.start("m", None)
+    assert holders.tell(0, ["m"], 10) == ["m"]
+    for peer in peers:
+        holders.add("m", peer)
+        holders.copy_from("m", peer)
+    assert sorted(holders["m"]) == peers  # each once, in a set past SET_FROM
+    assert all(holders.tell(peer, ["m"], 10) == [] for peer in peers)
+    assert holders.tell("new", ["m"], 10) == ["m"]
+    assert [holders.serve("m", peer) for peer in peers] == [True] * len(peers)
+    assert not any(holders.serve("m", peer) for peer in peers)  # once each
+    holders.expire("m")
+    assert "m" not in holders and holders.serve("m", 0)  # a fresh start
