@@ -53,7 +53,7 @@ from ..storage.peerstore import PeerSource
 from .dispatch import Hook, Workers
 from .inbound import Inbound
 from .peer import PeerConnection, PeerLog, SendBacklog, watch_stall
-from .penalties import Penalties, refusal_reason
+from .penalties import Penalties
 from .twins import Twins
 
 if TYPE_CHECKING:
@@ -297,15 +297,12 @@ class Connections:
             self._refuse(socket, CloseCode.GOING_AWAY, "node stopping")
             return
         peer_id = socket.peer_id
-        store = node.store
         if peer_id is not None:
-            if store is not None and store.is_blocked(peer_id=peer_id):
-                self._logger.info(
-                    "! refused %s: peer %s is blocked", socket.peer, short_id(peer_id)
-                )
-                self._refuse(
-                    socket, CloseCode.POLICY_VIOLATION, refusal_reason(store, peer_id=peer_id)
-                )
+            # A blocked id, or a new one from an address refusing new ids: once the id
+            # is proven (secure mode; the address alone is judged at accept).
+            refused = self.penalties.refusal(socket)
+            if refused is not None:
+                self._refuse(socket, *refused)
                 return
             storm = self.inbound.identified(socket) if socket.inbound else None
             if storm is not None:
@@ -314,6 +311,7 @@ class Connections:
             if self._duplicate(socket, peer_id):
                 return
         conn = self._new_connection(socket, role)
+        self.penalties.opened(socket)
         count(self._metrics.handshakes, "ok")
         if socket.inbound:
             self.inbound.opened(socket)

@@ -1,7 +1,8 @@
 """
 Who pays for bad input: counting packages against a peer, the block policy, blocks, and
 the plain-mode rule that a connection pays for its own input and an address only when
-several of its connections offend.
+several of its connections offend. In secure mode an address with honest history that
+earns a block refuses new ids instead (:mod:`~trustp2p.protocol.known_ids`).
 
 """
 
@@ -15,9 +16,12 @@ import math
 import time
 from typing import TYPE_CHECKING
 
+from ..admin.counters import count
 from ..drivers.base import Socket
+from ..identity import short_id
 from ..protocol.admission import block_scope
 from ..protocol.close import CloseCode, fit_reason
+from ..protocol.known_ids import NEW_IDS_REFUSED, KnownIds
 from ..protocol.limits import address_key
 from ..protocol.peers import PeerKey, peer_key
 from ..protocol.scoring import HANDSHAKE_BLOCK, Offences
@@ -32,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 MAX_SPARES = 2
 """Times within ``OFFENCE_WINDOW`` that an address whose peers offended is spared for
-its other peers (:meth:`Penalties.block`); the next time it is blocked all the same."""
+its other peers (:meth:`Penalties.block`); the next time it is blocked all the same, or,
+with honest history, refuses new ids (:class:`~trustp2p.protocol.known_ids.KnownIds`)."""
 
 
 class Penalties:
@@ -44,10 +49,43 @@ class Penalties:
         self.offences = Offences()
         self._spares: dict[str, list[float]] = {}  # address -> when offences were spared
         self._keys: dict[int, PeerKey] = {}  # connection id -> its peer key, made once
+        self.known = KnownIds()
+
+    def refusal(self, socket: Socket) -> tuple[int, str] | None:
+        """
+        Whether a connection that proved its peer id is refused: the id is blocked, or
+        it dialled us from an address refusing new ids (:meth:`_address_to_block`) and
+        is new there. ``None`` to go on, else the close code and reason.
+        """
+        peer_id, store = socket.peer_id, self._node.store
+        if peer_id is None:
+            return None
+        if store is not None and store.is_blocked(peer_id=peer_id):
+            logger.info("! refused %s: peer %s is blocked", socket.peer, short_id(peer_id))
+            return CloseCode.POLICY_VIOLATION, refusal_reason(store, peer_id=peer_id)
+        now = asyncio.get_running_loop().time()
+        left = self.known.refused_for(socket.host, peer_id, now) if socket.inbound else None
+        if left is None:
+            return None
+        count(self._node.metrics.inbound_refused, NEW_IDS_REFUSED)
+        reason = self.known.refusal(left)
+        inbound = self._connections.inbound
+        message = "! refused %s (peer %s): %s"
+        inbound.warn(logger, "refused", message, socket.peer, short_id(peer_id), reason)
+        return CloseCode.TRY_AGAIN_LATER, reason
+
+    def opened(self, socket: Socket) -> None:
+        """A connection opened: its peer id, if proven, is known at its address."""
+        if socket.peer_id is not None:
+            now = asyncio.get_running_loop().time()
+            self.known.opened(socket.host, socket.peer_id, now)
 
     def forget(self, socket: Socket) -> None:
         """A connection closed."""
         self._keys.pop(socket.id, None)
+        if socket.peer_id is not None:
+            now = asyncio.get_running_loop().time()
+            self.known.closed(socket.host, socket.peer_id, now)
 
     def crossed(
         self, socket: Socket, *, good: int = 0, invalid: int = 0, by_address: bool = False
@@ -64,6 +102,8 @@ class Penalties:
             key = self._keys.get(socket.id) or self._keys.setdefault(
                 socket.id, peer_key(socket.peer_id, socket.host)
             )
+        if invalid and socket.peer_id is not None and not by_address:
+            self.known.tainted(socket.host, socket.peer_id)  # not an honest id of it now
         counts = store.record_packages(key, good=good, invalid=invalid)
         if (socket.peer_id is None and not by_address) or not store.policy.crossed(counts):
             return False
@@ -168,8 +208,9 @@ class Penalties:
         """
         address_for = duration
         if peer_id is not None and address is not None:
-            address = self._address_to_block(peer_id, address, reason)
+            self.known.tainted(address, peer_id)
             address_for = min(HANDSHAKE_BLOCK, duration or self._node.options.block_duration)
+            address = self._address_to_block(peer_id, address, reason, address_for)
         scope = block_scope(peer_id, address, limit_loopback=self._node.options.limit_loopback)
         if scope is None:
             if socket is not None and not socket.closed:
@@ -198,13 +239,21 @@ class Penalties:
         if socket is not None and not socket.closed:
             socket.close_soon(CloseCode.POLICY_VIOLATION, close_reason)
 
-    def _address_to_block(self, peer_id: str, address: str, reason: str) -> str | None:
-        """``address`` if the offence of ``peer_id`` there gets it blocked (for
-        :data:`~trustp2p.protocol.scoring.HANDSHAKE_BLOCK` at most), else None: once
-        :class:`Offences` says so, unless peers of it that were connected before its
-        first offence counted, none invalid, are still connected, twice at most in
-        ``OFFENCE_WINDOW`` (found in review: an attacker's next throwaway id, connected
-        before the last offended, spared the address for ever)."""
+    def _address_to_block(
+        self, peer_id: str, address: str, reason: str, duration: float
+    ) -> str | None:
+        """
+        ``address`` if the offence of ``peer_id`` there gets it blocked (for
+        ``duration``), else None: once :class:`Offences` says so, unless peers of it
+        that were connected before its first offence counted, none invalid, are still
+        connected, twice at most in ``OFFENCE_WINDOW`` (found in review: an attacker's
+        next throwaway id, connected before the last offended, spared the address for
+        ever). Past that, an address with honest history (ids known there from before
+        that offence, none invalid: :meth:`KnownIds.honest`) isn't blocked either, but
+        refuses new ids for ``duration`` (found by an attacker, attacker37 N2: nine
+        throwaway ids shut a NAT's address to its new and returning honest peers for
+        five minutes, again and again).
+        """
         now = asyncio.get_running_loop().time()
         first = self.offences.first(address, now)
         if not self.offences.offended(address, now, peer_id):
@@ -222,18 +271,35 @@ class Penalties:
                 del self._spares[next(iter(self._spares))]
             return None
         self._spares.pop(key, None)
-        return address
+        since = now if first is None else first
+        honest = self.known.honest(address, since, now, peer_id)
+        if not honest:
+            return address
+        self.known.restrict(address, since, now + duration)
+        self._connections.inbound.log(
+            logger,
+            logging.WARNING,
+            "address block",
+            "! refusing new ids from %s for %g s: %s (%d id(s) of it from before still let in)",
+            address,
+            duration,
+            reason,
+            honest,
+        )
+        return None
 
     def _record(
         self, peer_id: str | None, address: str | None, reason: str, duration: float | None
     ) -> None:
         """Log a block (within the budget: identities cost a key generation, and a flood
-        of them made 11 lines each, found by an attacker) and write it to the store."""
+        of them made 11 lines each, found by an attacker; an address's block within a
+        budget of its own: its line went unlogged after the ids', attacker37 N2) and
+        write it to the store."""
         node = self._node
         node.connections.inbound.log(
             logger,
             logging.WARNING,
-            "block",
+            "block" if peer_id is not None else "address block",
             "! blocking %s for %g s: %s",
             " and ".join(x for x in (peer_id, address) if x),
             node.options.block_duration if duration is None else duration,

@@ -28,7 +28,9 @@ connections come and go; and no swap leaves the groups less even than
 it found them (no churn among peers of one network).
 A peer that reconnects in a storm (:class:`~trustp2p.protocol.limits.ReconnectStorms`)
 is refused new connections for a while: counted by address from accept, and by peer id
-once it proved one.
+once it proved one. A blocked address is refused here, at accept; a blocked peer id, and a
+new id from an address that refuses new ids (:mod:`~trustp2p.protocol.known_ids`), only
+once the handshake proved the id (the node's connections ask its penalties then).
 
 """
 
