@@ -149,12 +149,18 @@ async def test_a_peer_reconnecting_in_a_storm_is_refused_by_its_peer_id(
         await role.sockets[0].close()
     await wait_for(lambda: "closed (1013 reconnecting too often" in caplog.text)
     refused_at = asyncio.get_running_loop().time()
-    # It keeps redialling (every 0.1 s at most), refused until the cooldown is over.
+    # Refused until the cooldown is over; it redials when the refusal says to, once
+    # (it redialled every 0.1 s at most, each a refused handshake on both sides).
     assert client.peer_id is not None
     peer_id = client.peer_id
     await wait_for(lambda: server.connections.by_peer_id(peer_id) is not None)
     assert asyncio.get_running_loop().time() - refused_at > 0.9
     assert not kept.closed
+    redials = [
+        r.getMessage() for r in caplog.records
+        if r.name == "trustp2p.node.dialer" and "reconnecting too often" in r.getMessage()
+    ]  # fmt: skip
+    assert len(redials) == 1 and redials[0].endswith("try again in 1 s); redialling in 1.0 s")
 
 
 async def test_a_server_that_refuses_us_is_not_redialled_at_once(

@@ -575,9 +575,13 @@ after an unblock); one refused handshake in 15 minutes, not one a minute."""
 
 
 def _block_left(reason: str | None) -> float:
-    """The seconds a close reason "blocked for N s: ..." says the block lasts, else 0."""
-    match = _BLOCKED_FOR.match(reason or "")
+    """The seconds a close reason "blocked for N s: ..." says the block lasts, or a
+    refusal "...: try again in N s" the wait (a reconnect storm's cooldown, new ids
+    refused at a shared address: each redial before it cost both sides a refused
+    handshake, found in review), at most :data:`MAX_BLOCK_WAIT`; else 0."""
+    match = _BLOCKED_FOR.match(reason or "") or _TRY_AGAIN.search(reason or "")
     return min(float(match[1]), MAX_BLOCK_WAIT) if match else 0.0
 
 
 _BLOCKED_FOR = re.compile(r"blocked for (\d{1,9}) s\b")
+_TRY_AGAIN = re.compile(r": try again in (\d{1,9}) s$")
