@@ -24,8 +24,12 @@ from trustp2p import (
     Socket,
     Thread,
 )
+from trustp2p.identity import Identity
+from trustp2p.node.gossip_send import ActionSender
 from trustp2p.node.peer import PeerConnection, SendBacklog
 from trustp2p.options import NodeOptions
+from trustp2p.protocol.gossip import sign_message
+from trustp2p.protocol.gossip.control import RouterAction
 from trustp2p.protocol.hosts import is_loopback, share_group
 from trustp2p.protocol.package import build_package, encode
 
@@ -144,6 +148,44 @@ async def test_gossip_pushes_past_the_send_queue_are_dropped_not_the_peer(
         assert server.metrics.stall_disconnects == 0
 
 
+async def test_a_source_flooding_a_slow_peer_leaves_the_others_their_share(
+    make_node: MakeNode,
+) -> None:
+    """Found by an attacker (attacker37 N5): one publisher's 32 KB messages filled a
+    2 Mbit/s subscriber's send queue, and the relay dropped whatever came next: 15 of an
+    honest publisher's 1,000 messages of 2 KB arrived. The source over its share of the
+    queue is refused, not the newest push (sources: the first token of a message's
+    ``via``, as the relay's router sends it on). Its queue: 8 packages."""
+    async with a_peer_that_reads_nothing(make_node, max_send_queue=8) as (server, inbound):
+        send, metrics = ActionSender(server), server.metrics
+        big, small = Identity.generate(), Identity.generate()
+
+        def push(identity: Identity, via: str, seq: int, size: int) -> None:
+            message = sign_message(identity, "chat", seq, 1_700_000_000_000, {"x": "a" * size})
+            send(RouterAction("message", inbound.id, message=message.with_via(via)))
+
+        seq = 0
+        while not metrics.send_dropped:  # the flood, until the queue is full
+            seq += 1
+            assert seq < 1000, "the queue never filled"
+            push(big, "bigsource", seq, 100_000)
+            await asyncio.sleep(0)
+        assert inbound.write_paused
+        for n in range(1, 5):  # an honest source's, all taken: half the queue
+            push(small, "smallsource", n, 2_000)
+        assert metrics.send_dropped == 1
+        push(big, "bigsource", seq + 1, 100_000)  # still over its share
+        assert metrics.send_dropped == 2 and not inbound.closed
+        conn = server.connection(inbound)
+        assert conn is not None and conn.sources.held("smallsource")[0] == 4
+
+
+def fake_socket(host: str) -> Any:
+    """What PeerConnection reads of a socket: its address, and what it took (nothing:
+    a driver that can't tell)."""
+    return SimpleNamespace(host=host, stats=SimpleNamespace(bytes_out=0), bytes_in_flight=int)
+
+
 def test_gossip_unread_by_all_peers_together_is_bounded() -> None:
     """Found by an attacker: each connection may hold max_send_bytes (16 MiB) unread,
     and any connection may ask for the recent messages (iwant): 90 connections that
@@ -152,7 +194,7 @@ def test_gossip_unread_by_all_peers_together_is_bounded() -> None:
     options = NodeOptions(server=True, max_send_bytes=1024, max_package_size=1024)
     shared = SendBacklog(limit=1500)
     nothing = cast(Any, None)  # (what queued() doesn't look at)
-    local = cast(Any, SimpleNamespace(host="127.0.0.1"))  # (loopback: no address share)
+    local = fake_socket("127.0.0.1")  # (loopback: no address share)
     a, b = (PeerConnection(local, nothing, nothing, nothing, shared) for _ in "ab")
     assert a.queued(800, options, gossip=True) is None
     assert b.queued(600, options, gossip=True) is None
@@ -177,7 +219,7 @@ def test_one_address_holds_a_quarter_of_the_unread_gossip_at_most() -> None:
 
     def peer(host: str) -> PeerConnection:  # (as Connections makes them: its share group)
         group = None if is_loopback(host) else share_group(host)
-        return PeerConnection(cast(Any, SimpleNamespace(host=host)), nothing, nothing,
+        return PeerConnection(fake_socket(host), nothing, nothing,
                               nothing, shared, group)  # fmt: skip
 
     one, two, three = peer("10.0.0.5"), peer("10.0.0.5"), peer("2001:db8:0:1::5")
@@ -211,7 +253,7 @@ def test_past_the_bound_a_peer_holding_less_than_an_even_share_still_gets_gossip
     nothing = cast(Any, None)
 
     def peer(host: str) -> PeerConnection:
-        return PeerConnection(cast(Any, SimpleNamespace(host=host)), nothing, nothing,
+        return PeerConnection(fake_socket(host), nothing, nothing,
                               nothing, shared, share_group(host))  # fmt: skip
 
     slow = [peer(f"10.0.0.{n}") for n in range(1, 5)]  # 4 addresses, a quarter each
@@ -252,7 +294,7 @@ def test_at_the_ceiling_the_slowest_over_its_share_is_marked_not_the_largest() -
     nothing = cast(Any, None)
 
     def peer(host: str, pace: float) -> PeerConnection:
-        conn = PeerConnection(cast(Any, SimpleNamespace(host=host)), nothing, nothing,
+        conn = PeerConnection(fake_socket(host), nothing, nothing,
                               nothing, shared, share_group(host))  # fmt: skip
         conn.pace = pace
         return conn

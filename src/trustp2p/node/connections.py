@@ -506,13 +506,17 @@ class Connections:
 
     # Sending
 
-    def send_package(self, socket: Socket, package: Package, *, waited: bool = False) -> None:
+    def send_package(
+        self, socket: Socket, package: Package, *, waited: bool = False, source: str = ""
+    ) -> None:
         """
         Write ``package`` to ``socket`` without waiting.
 
         Args:
             waited: The caller waited for the write buffer to drain first (or is the
                 request table, whose callers do): it doesn't count to ``max_send_queue``.
+            source: Whom a gossip message is from, which shares the peer's send queue
+                with the others (:class:`~trustp2p.protocol.source_shares.SourceShares`).
 
         Raises:
             ConnectionClosed: If the socket is closed, or more than ``max_send_queue``
@@ -537,8 +541,8 @@ class Connections:
                 return
             if socket.write_paused:
                 self._watch(conn)
-                gossip = package.type is PackageType.GOSSIP
-                if not waited and (full := conn.queued(len(data), self._options, gossip=gossip)):
+                gossip, size, opts = package.type is PackageType.GOSSIP, len(data), self._options
+                if not waited and (full := conn.queued(size, opts, gossip=gossip, source=source)):
                     if gossip:  # it catches up (gaps, catch-up)
                         self._metrics.send_dropped += 1
                         return

@@ -42,12 +42,17 @@ class ActionSender:
         socket = self._node.socket_by_id(action.peer)  # type: ignore[arg-type]
         if socket is None:
             return
+        source = ""  # (a talk's: only gossip shares a peer's send queue by source)
         if action.kind == "talk":
             package = build_package(PackageType.TALK, action.event, action.body)
         else:
             package = self._package(action.message)
+            assert action.message is not None
+            # Whom the node has it from: the first token of its via, the node's own for
+            # the connection's source (its address group; see gossip_log.Attribution).
+            source = action.message.via.partition(".")[0]
         try:
-            self._node.send_package(socket, package)
+            self._node.connections.send_package(socket, package, source=source)
         except ConnectionClosed:
             pass
         except ValueError as exc:  # PackageTooLarge (a talk's topics are bounded: batch.py)

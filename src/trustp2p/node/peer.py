@@ -27,6 +27,7 @@ from ..exceptions import ConnectionClosed
 from ..protocol.connection import ConnectionState
 from ..protocol.limits import WriteStall
 from ..protocol.package import PackageType
+from ..protocol.source_shares import SourceShares
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
 
 
 MAX_GOSSIP_BACKLOG = 64 * 1024 * 1024
-"""Bytes written without waiting to peers that aren't reading, all connections together,
-past which no more gossip is written to such a peer (it catches up when it reads again).
+"""Bytes written without waiting to peers that aren't reading, all connections together
+(gossip leaves the count as the peer takes it: :class:`SourceShares`), past which no
+more gossip is written to such a peer (it catches up when it reads again).
 Found by an attacker: each connection may hold ``max_send_bytes`` (16 MiB) unread, and
 any connection may ask for the recent messages (``iwant``): 90 that read nothing took a
 node from 243 MB to 1.73 GB of RSS with one round of 20 MB published."""
@@ -173,6 +175,7 @@ class PeerConnection:
         "role",
         "shared",
         "socket",
+        "sources",
         "stall",
         "throttle",
         "worker",
@@ -206,6 +209,7 @@ class PeerConnection:
         self.oversized = 0  # gossip messages not sent: over the peer's max_package_size
         self.intro_waiters: list[asyncio.Future[None]] = []  # see introduction()
         self.group = group  # its address's share of ``shared`` (None: local, none)
+        self.sources = SourceShares()  # its gossip backlog by source
 
     async def introduction(self, wait: float = INTRODUCTION_WAIT) -> None:
         """
@@ -247,20 +251,34 @@ class PeerConnection:
             if not future.done():
                 future.set_result(None)
 
-    def queued(self, size: int, options: NodeOptions, *, gossip: bool = False) -> str | None:
+    def queued(
+        self, size: int, options: NodeOptions, *, gossip: bool = False, source: str = ""
+    ) -> str | None:
         """A package of ``size`` bytes is to be written without waiting while the peer
         isn't reading: None if the send queue has room for it (it counts), else why not
-        (``max_send_queue``, ``max_send_bytes``; for ``gossip``, the node's
+        (``max_send_queue``, ``max_send_bytes``; for ``gossip``, shared by ``source``
+        among the sources holding some (:class:`SourceShares`), and the node's
         :data:`MAX_GOSSIP_BACKLOG` too)."""
         max_packages = options.max_send_queue
         max_bytes = max(options.max_send_bytes, options.max_package_size or 0)  # one fits
         # Gossip and the rest are counted apart: gossip past the bound is dropped, and
         # must not leave the rest none (found in review: a publisher's burst filled a
         # slow peer's queue, and the next control talk disconnected it).
+        if gossip:  # what the peer took since leaves it (as the stall watch sees it)
+            in_flight = self.socket.bytes_in_flight()  # (0: the driver can't tell)
+            if in_flight:
+                self._took(*self.sources.taken(self.socket.stats.bytes_out - in_flight))
         count, total = self.gossip_backlog if gossip else self.other_backlog
-        if count >= max_packages:
+        if gossip:  # (attacker37 N5: the source over its share, not the newest push)
+            refused = self.sources.refuses(
+                source, size, packages=count, total=total, max_packages=max_packages,
+                max_bytes=max_bytes, pace=self.pace,
+            )  # fmt: skip
+            if refused is not None:
+                return refused
+        elif count >= max_packages:
             return f"send queue full: {max_packages} packages unread"
-        if total + size > max_bytes:
+        elif total + size > max_bytes:
             return f"send queue full: over {max_bytes} bytes unread"
         shared = self.shared
         if gossip and shared.bytes + size > shared.limit and not self._fair(total + size, size):
@@ -274,12 +292,27 @@ class PeerConnection:
             if not count:
                 shared.holding[self] = None  # (it holds gossip from now)
             self.gossip_backlog = (count + 1, total + size)
+            self.sources.add(source, size, self.socket.stats.bytes_out + size)
         else:
             self.other_backlog = (count + 1, total + size)
         self.backlog += 1
         self.backlog_bytes += size
         shared.add(group if gossip else None, size)  # (an address's share: its gossip)
         return None
+
+    def _took(self, packages: int, size: int) -> None:
+        """The peer took ``packages`` pushes of gossip, ``size`` bytes, of its queue."""
+        if not packages:
+            return
+        count, total = self.gossip_backlog
+        self.gossip_backlog = (count - packages, total - size)
+        self.backlog -= packages
+        self.backlog_bytes -= size
+        shared = self.shared
+        shared.release(self.group, size)
+        if count == packages:  # (it holds no gossip now)
+            shared.holding.pop(self, None)
+            shared.evicted.pop(self, None)
 
     def _fair(self, held: int, size: int) -> bool:
         """Past the node's bound: whether this connection, holding ``held`` bytes of
@@ -334,6 +367,7 @@ class PeerConnection:
         self.shared.release(None, self.backlog_bytes - gossip)
         self.backlog = self.backlog_bytes = 0
         self.gossip_backlog = self.other_backlog = (0, 0)
+        self.sources.clear()
 
     def can_read(self) -> bool:
         """Whether nothing holds reading from the peer: its request budget
