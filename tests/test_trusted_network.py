@@ -529,3 +529,26 @@ async def test_a_node_on_the_unspecified_address_announces_nothing_and_says_so(
         " pass such a URL on (they can't check it without resolving it); they reach this"
         " node through their peers/--connect, or a listen URL with its address"
     ]
+
+
+def test_get_peers_takes_two_urls_of_an_ipv6_64_not_of_each_address() -> None:
+    """attacker38 A3: the two-a-host cap counted an IPv6 peer by its exact address, so
+    one /64's addresses (which max_per_ip counts as one) put 8 of its URLs in an
+    answer; an IPv4 address got 2."""
+    from types import SimpleNamespace
+
+    from trustp2p.threads.peer_exchange import PeerExchangeThread
+
+    def conn(host: str, port: int) -> SimpleNamespace:
+        url = f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
+        return SimpleNamespace(socket=SimpleNamespace(host=host), listen_urls=[url])
+
+    same_64 = [conn(f"2001:db8::{n}", 1000 + n) for n in range(2, 10)]
+    others = [conn("2001:db8:1::5", 2000), conn("203.0.113.7", 3000), conn("203.0.113.8", 3001)]
+    node = SimpleNamespace(server=None, client=None, connections=[*same_64, *others])
+    thread = PeerExchangeThread(node)  # type: ignore[arg-type]
+    urls = thread._announced(None, set(), 50)
+    assert urls[:2] == ["ws://[2001:db8::2]:1002", "ws://[2001:db8::3]:1003"]
+    assert urls[2:] == [
+        "ws://[2001:db8:1::5]:2000", "ws://203.0.113.7:3000", "ws://203.0.113.8:3001"
+    ]  # fmt: skip

@@ -29,7 +29,7 @@ from collections import Counter
 from ..drivers.base import Socket
 from ..exceptions import ConnectionClosed, RemoteError, RequestTimeout
 from ..protocol.hosts import may_announce, may_pass_on
-from ..protocol.limits import is_loopback
+from ..protocol.limits import address_key, is_loopback
 from ..protocol.package import Body, Package, PackageType
 from ..protocol.urls import (
     MAX_URL_LENGTH,
@@ -114,24 +114,27 @@ class PeerExchangeThread(Thread):
         """Of the URLs the peers connected now announced (not ``asker``), from their own
         host and not in ``exclude`` (which they join), one a scheme a peer (an asker
         that can't dial ``tcp://`` may dial ``ws://``: found in review) and two a host
-        at most (any number on loopback: the nodes of this machine), ``limit`` in all."""
+        at most, an IPv6 host's /64 counted as one (attacker38 A3: one /64's addresses
+        put 8 of its URLs in an answer), any number on loopback (the nodes of this
+        machine), ``limit`` in all."""
         urls: list[str] = []
         per_host: Counter[str] = Counter()
         for conn in self.node.connections:
             host = conn.socket.host
             if conn is asker:
                 continue
+            key = address_key(host)
             schemes: set[str] = set()
             for url in conn.listen_urls:
                 if len(urls) == limit:
                     return urls
-                if per_host[host] >= 2 and not is_loopback(host):
+                if per_host[key] >= 2 and not is_loopback(host):
                     break
                 scheme = url.partition(":")[0].lower()
                 if scheme not in schemes and url not in exclude and may_announce(url, host):
                     exclude.add(url)
                     urls.append(url)
-                    per_host[host] += 1
+                    per_host[key] += 1
                     schemes.add(scheme)
         return urls
 
