@@ -4,9 +4,11 @@ and ``trustp2p status``, over loopback."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import logging
 import re
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +20,7 @@ from websockets.asyncio.client import connect
 
 import trustp2p
 from trustp2p import Node, NodeOptions, PackageType, Thread
-from trustp2p.admin.client import status_url
+from trustp2p.admin.client import status_url, url_token
 from trustp2p.admin.server import MAX_CONNECTIONS
 from trustp2p.cli import main
 from trustp2p.drivers.base import Socket
@@ -454,7 +456,19 @@ def test_status_urls_of_ipv6_and_https_say_what_to_give(
     assert status_url("::1:9107/status.json") == "http://[::1]:9107/status.json"
     assert status_url("[::1]:9107") == "http://[::1]:9107/status.json"
     assert status_url("127.0.0.1:9107/") == "http://127.0.0.1:9107/status.json"
+    # (review53 L4: a query right after the port, with a colon in it)
+    assert status_url("::1:9107?token=a:b") == "http://[::1]:9107/status.json"
+    assert url_token("http://[::1]:9107?token=a:b") == "a:b"
+    # The hint only where TLS met plain HTTP (review53 L3: it came with every failure)
     assert main(["status", "--admin", "https://127.0.0.1:1/"]) == 1
+    assert "speaks plain http" not in capsys.readouterr().err  # (connection refused)
+    plain = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    try:
+        assert main(["status", "--admin", f"https://127.0.0.1:{plain.server_port}/"]) == 1
+    finally:
+        plain.shutdown()
+        plain.server_close()
     assert capsys.readouterr().err.strip().endswith(" (the admin listener speaks plain http://)")
 
 

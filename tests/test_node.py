@@ -1238,6 +1238,23 @@ async def test_a_socket_of_another_node_is_a_usage_error(make_node: MakeNode) ->
     assert not socket.closed
 
 
+@pytest.mark.parametrize(
+    ("host", "admin"),
+    [
+        ("LOCALHOST", None),  # (review53 M1: refused, though it listened before)
+        ("127.1", None),  # (review53 L1: the resolver's call)
+        ("fe80::1%lo", None),
+        ("::", "127.0.0.1:1107"),  # (review53 L2: an IPv6 socket takes IPv6 only)
+        ("0.0.0.0", "[::1]:1107"),
+        ("127.0.0.1", "127.0.0.2:1107"),
+    ],
+)
+def test_hosts_and_admin_addresses_a_node_takes(host: str, admin: str | None) -> None:
+    trustp2p.NodeOptions(server=True, host=host, port=1107, admin=admin)
+    # A memory driver binds no port: its port and the admin's may be the same number.
+    trustp2p.NodeOptions(server=True, driver="memory", port=1107, admin="1107")
+
+
 NAME_RULE = "1 to 64 lowercase letters, digits, '-' and '_', starting with a letter or digit"
 
 
@@ -1254,6 +1271,7 @@ NAME_RULE = "1 to 64 lowercase letters, digits, '-' and '_', starting with a let
         ({"host": "a b"}, ValueError, "host must be a host name or IP address: 'a b'"),
         ({"port": 1107, "admin": "1107"}, ConfigError, "port 1107 is the node's port too"),
         ({"port": 1107, "host": "::", "admin": "[::1]:1107"}, ConfigError, "node's port too"),
+        ({"port": 1107, "host": "localhost", "admin": "1107"}, ConfigError, "node's port too"),
         ({"name": "../x"}, ValueError, f"name must be {NAME_RULE}, not '../x'"),
         ({"name": 2}, ValueError, f"name must be {NAME_RULE}, not 2"),
         ({"name": "Relay"}, ValueError, f"name must be {NAME_RULE}, not 'Relay'"),

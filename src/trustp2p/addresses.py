@@ -8,10 +8,37 @@ from __future__ import annotations
 
 __all__ = ["check_admin", "parse_admin_address"]
 
+import ipaddress
+
 from .exceptions import ConfigError
 from .protocol.limits import is_loopback
 
-_EVERY_INTERFACE = frozenset({"", "0.0.0.0", "::"})
+_EVERY = {4: "0.0.0.0", 6: "::"}
+
+
+def _binds(host: str) -> set[tuple[object, str]]:
+    """The (family, address) pairs listening on ``host`` takes (asyncio listens on an
+    IPv6 socket for IPv6 only); a name other than localhost: itself."""
+    if host == "":
+        return {(4, _EVERY[4]), (6, _EVERY[6])}
+    if host.lower() == "localhost":
+        return {(4, "127.0.0.1"), (6, "::1")}
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return {("name", host.lower())}
+    return {(address.version, str(address))}
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether listeners on hosts ``a`` and ``b`` would take one port twice (review53
+    L2: ``--host :: --admin 127.0.0.1:P`` works; ``--host localhost`` with
+    ``--admin 127.0.0.1:P`` doesn't)."""
+    return any(
+        family == other and (x == y or _EVERY.get(family) in (x, y))  # type: ignore[call-overload]
+        for family, x in _binds(a)
+        for other, y in _binds(b)
+    )
 
 
 def parse_admin_address(address: str) -> tuple[str, int]:
@@ -46,10 +73,9 @@ def check_admin(admin: str, token: str | None, listen: tuple[str, int] | None) -
 
     """
     host, port = parse_admin_address(admin)
-    if listen is not None and port == listen[1] != 0:
+    if listen is not None and port == listen[1] != 0 and _overlap(host, listen[0]):
         # (tester37 F10: found only once the node listened, its key and data made)
-        if host == listen[0] or {host, listen[0]} & _EVERY_INTERFACE:
-            raise ConfigError(f"admin: port {port} is the node's port too: give each its own")
+        raise ConfigError(f"admin: port {port} is the node's port too: give each its own")
     if token is not None and not token:
         raise ConfigError("admin_token must not be empty")
     if token is not None and not (token.isascii() and token.isprintable() and " " not in token):

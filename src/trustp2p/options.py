@@ -449,7 +449,9 @@ class NodeOptions:
 
     def _check_admin(self) -> None:
         if self.admin is not None:
-            listen = (self.host, self.port) if self.server else None
+            kind = self.driver if isinstance(self.driver, str) else type(self.driver).__name__
+            binds = self.server and kind not in ("memory", "MemoryDriver")  # (no port)
+            listen = (self.host, self.port) if binds else None
             check_admin(self.admin, self.admin_token, listen)
 
     @classmethod

@@ -86,3 +86,26 @@ def test_sub_sources_are_the_first_tokens() -> None:
     assert sub_sources("", 3) == []
     assert sub_sources("a", 3) == ["a"]
     assert sub_sources("a.b.c.d.e", 3) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("text", ["plain", "é" * 10, "a" * 100 + "😀"])
+def test_a_message_and_its_copies_carry_their_payloads_size(text: str) -> None:
+    """The payload's size is computed once and taken over by a relay's copies (it was
+    computed at each bound that counts it, about 11 times a message); other data is
+    counted again (review53 L7: dataclasses.replace kept the old size)."""
+    from trustp2p.node.gossip_log import from_logged, to_logged
+    from trustp2p.protocol.jsontext import text_size
+
+    message = sign_message(Identity.generate(), "chat", 1, 0, {"x": text})
+    copies = [
+        message,
+        message.relayed(),
+        message.with_via("token"),
+        GossipMessage.from_body("chat", message.to_body()),
+        from_logged(to_logged(message)),
+        dataclasses.replace(message, hops=3),
+    ]
+    assert {m.data_size for m in copies} == {text_size(message.data)}
+    assert copies[2] == message and copies[1].hops == 1  # (the size isn't compared)
+    other = dataclasses.replace(message, data='{"x":"' + "😀" * 50 + '"}')
+    assert other.data_size == text_size(other.data) != message.data_size

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = ["add_plain_row", "fetch_status", "status_tables", "status_url"]
 
 import json
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -29,9 +30,10 @@ def status_url(admin: str) -> str:
     if admin.removeprefix(":").isdigit():
         admin = f"127.0.0.1:{admin.removeprefix(':')}"
     if "://" not in admin:
-        host, _, port = admin.partition("/")[0].rpartition(":")
+        netloc = re.split(r"[/?#]", admin, maxsplit=1)[0]
+        host, _, port = netloc.rpartition(":")
         if ":" in host and not host.startswith("["):  # ::1:9107 (tester37 F7: a 421)
-            admin = f"[{host}]:{port}{admin[len(host) + len(port) + 1 :]}"
+            admin = f"[{host}]:{port}{admin[len(netloc) :]}"
         admin = f"http://{admin}"
     parts = urllib.parse.urlsplit(admin)
     path = parts.path.rstrip("/").removesuffix("/status.json") + "/status.json"

@@ -190,7 +190,7 @@ def status(admin: str, token: str | None, as_json: bool) -> int:
             hint = " (the node's admin listener has a token: give it with --token)"
         elif code == 401:
             hint = " (not the node's admin token: its --admin-token, or TRUSTP2P_ADMIN_TOKEN)"
-        elif code is None and admin.startswith("https://"):  # (tester37 F7)
+        elif admin.startswith("https://") and "SSL" in str(exc):  # (tester37 F7)
             hint = " (the admin listener speaks plain http://)"
         # (A tester: "<urlopen error [Errno 111] Connection refused>", not the URL tried.)
         plain = isinstance(exc, urllib.error.URLError) and code is None

@@ -154,7 +154,6 @@ def to_logged(message: GossipMessage) -> LoggedMessage:
         key=sys.intern(base64.b64encode(message.key).decode("ascii")),
         signature=sys.intern(signature),
         id=message.id,
-        data_size=message.data_size,
     )
     if message.data_size <= _RECENT_DATA_MAX:
         if len(_recent) >= _RECENT_MAX:
@@ -175,7 +174,6 @@ def from_logged(logged: LoggedMessage) -> GossipMessage:
         base64.b64decode(logged.key),
         base64.b64decode(logged.signature),
         logged.id,
-        data_size=logged.data_size,
     )
 
 

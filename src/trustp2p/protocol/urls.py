@@ -144,15 +144,23 @@ def check_listen_address(host: object, port: object) -> None:
     """
     if type(port) is not int or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer in 0..65535, not {port!r}")
-    if isinstance(host, str) and (host == "" or _valid_host(host)):
-        return
-    if isinstance(host, str) and "://" in host:
-        hint = ", not a URL"
-    elif isinstance(host, str) and (":" in host or host.startswith("[")):
+    # Only the shapes that are certainly mistakes: what the resolver takes (a name in
+    # capitals, an international one, 127.1) is its call (review53 M1, L1).
+    if not isinstance(host, str) or any(c.isspace() or c in "/@" for c in host):
+        hint = ", not a URL" if isinstance(host, str) and "://" in host else ""
+    elif host.startswith("[") or (":" in host and not _is_ip(host)):
         hint = ", without a port or brackets (the port is the option port, --port)"
     else:
-        hint = ""
+        return
     raise ValueError(f"host must be a host name or IP address{hint}: {host!r}")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)  # (a scoped IPv6 address too: fe80::1%eth0)
+    except ValueError:
+        return False
+    return True
 
 
 def _unspecified(host: str) -> bool:

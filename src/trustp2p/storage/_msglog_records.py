@@ -110,7 +110,7 @@ class LoggedMessage:
         signature: The origin's signature, base64.
         id: The message id (a hash of origin, seq and payload).
         data_size: What :attr:`data` weighs in the log's bounds
-            (:func:`~trustp2p.protocol.jsontext.text_size`), computed when not given.
+            (:func:`~trustp2p.protocol.jsontext.text_size`), computed once.
 
     """
 
@@ -122,11 +122,10 @@ class LoggedMessage:
     key: str
     signature: str
     id: str
-    data_size: int = field(default=-1, compare=False, repr=False)
+    data_size: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.data_size < 0:
-            object.__setattr__(self, "data_size", text_size(self.data))
+        object.__setattr__(self, "data_size", text_size(self.data))
 
 
 # A kept message: the message, when it was received (this node's clock), its position.

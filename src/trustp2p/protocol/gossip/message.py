@@ -145,8 +145,8 @@ class GossipMessage:
             delivered equals the one published.
         data_size: What :attr:`data` weighs in the bounds that say bytes (the message
             log's, held messages', the recent cache's):
-            :func:`~trustp2p.protocol.jsontext.text_size`, computed once (when not
-            given: a copy of a message passes it on).
+            :func:`~trustp2p.protocol.jsontext.text_size`, computed once (a relay's
+            copy, :meth:`relayed` or :meth:`with_via`, takes it over).
 
     """
 
@@ -160,13 +160,13 @@ class GossipMessage:
     id: str
     hops: int = 0
     via: str = field(default="", compare=False)  # (a relay's word, not the message)
-    data_size: int = field(default=-1, compare=False, repr=False)
+    data_size: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Once a message, not at each bound that counts it (found in review: about 11
-        # times, two encodings of a non-ASCII payload each).
-        if self.data_size < 0:
-            object.__setattr__(self, "data_size", text_size(self.data))
+        # times, two encodings of a non-ASCII payload each); not an argument, so that
+        # dataclasses.replace() with other data counts that (review53 L7).
+        object.__setattr__(self, "data_size", text_size(self.data))
 
     @property
     def body(self) -> dict[str, Any]:
@@ -205,11 +205,17 @@ class GossipMessage:
         return self._sent_on(self.hops, via)
 
     def _sent_on(self, hops: int, via: str) -> GossipMessage:
-        # (the constructor, not dataclasses.replace: 1.9 us against 8 a message)
-        return GossipMessage(
-            self.topic, self.origin, self.seq, self.timestamp, self.data, self.key,
-            self.signature, self.id, hops, via, self.data_size,
-        )  # fmt: skip
+        # (not dataclasses.replace: 8 us a message; the slots set as __init__ sets
+        # them, the payload's size taken over, not computed again)
+        copy = object.__new__(GossipMessage)
+        for name, value in (
+            ("topic", self.topic), ("origin", self.origin), ("seq", self.seq),
+            ("timestamp", self.timestamp), ("data", self.data), ("key", self.key),
+            ("signature", self.signature), ("id", self.id), ("hops", hops), ("via", via),
+            ("data_size", self.data_size),
+        ):  # fmt: skip
+            object.__setattr__(copy, name, value)
+        return copy
 
     @staticmethod
     def peek_id(topic: str, body: dict[str, Any]) -> str | None:
