@@ -312,3 +312,35 @@ async def test_a_wall_clock_step_does_not_change_who_was_connected_before(
         await client.stop()
     assert not server.store.is_blocked(address="127.0.0.1")
     assert not bystander.client.sockets[0].closed
+
+
+async def test_ids_connected_in_advance_restrict_their_address_once_then_it_is_blocked(
+    make_node: MakeNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review52 R1: an attacker alone on its address connected ids once each, clean,
+    then brought them back one by one to offend: each crossing found "honest history"
+    (its own ids) and only refused new ids, and the address was never blocked. An
+    address is restricted once a window; the next crossing blocks it."""
+    caplog.set_level(logging.WARNING, logger="trustp2p")
+    server = await make_node(server=True, limit_loopback=True)
+    assert server.store is not None
+    store = server.store
+    dirs = []
+    for i in range(2 * OFFENDING_CONNECTIONS + 1):  # one kept back, clean
+        (cwd := tmp_path / f"id{i}").mkdir()
+        client = await make_node(client=True, peers=[server.url], cwd=cwd)
+        assert client.client is not None and client.peer_id is not None
+        await client.client.wait_connected()
+        await client.stop()
+        dirs.append(cwd)
+    for n, cwd in enumerate(dirs[:-1], start=1):
+        client = await make_node(client=True, peers=[server.url], cwd=cwd)
+        assert client.client is not None and client.peer_id is not None
+        peer_id = client.peer_id
+        await wait_for(lambda p=peer_id: server.socket_for_peer(p) is not None)
+        await _offend(server, client)
+        await client.stop()
+        if n == OFFENDING_CONNECTIONS:  # the first crossing: its ids from before
+            assert "refusing new ids from 127.0.0.1" in caplog.text
+            assert not store.is_blocked(address="127.0.0.1")
+    assert store.is_blocked(address="127.0.0.1")  # the second, whatever it kept back

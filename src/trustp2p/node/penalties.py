@@ -48,6 +48,7 @@ class Penalties:
         self._connections = connections
         self.offences = Offences()
         self._spares: dict[str, list[float]] = {}  # address -> when offences were spared
+        self._starts: dict[str, float] = {}  # address -> its window's first offence
         self._keys: dict[int, PeerKey] = {}  # connection id -> its peer key, made once
         self.known = KnownIds()
 
@@ -271,11 +272,11 @@ class Penalties:
                 del self._spares[next(iter(self._spares))]
             return None
         self._spares.pop(key, None)
-        since = now if first is None else first
+        since = self._window_start(key, now if first is None else first, now)
         honest = self.known.honest(address, since, now, peer_id)
-        if not honest:
-            return address
-        self.known.restrict(address, since, now + duration)
+        if not honest or self.known.restricted_within(address, now, self.offences.window):
+            return address  # (once a window: review52 R1)
+        self.known.restrict(address, since, now + duration, now)
         self._connections.inbound.log(
             logger,
             logging.WARNING,
@@ -287,6 +288,18 @@ class Penalties:
             honest,
         )
         return None
+
+    def _window_start(self, key: str, first: float, now: float) -> float:
+        """The first offence of ``key``'s window, across its crossings: ``first`` is
+        the current crossing's (:class:`Offences` counts afresh after each), and an id
+        seen between two crossings is no history from before them (review52 R1)."""
+        start = self._starts.pop(key, None)
+        if start is None or now - start >= self.offences.window:
+            start = first
+        self._starts[key] = start = min(start, first)
+        while len(self._starts) > self.offences.max_tracked:
+            del self._starts[next(iter(self._starts))]
+        return start
 
     def _record(
         self, peer_id: str | None, address: str | None, reason: str, duration: float | None
