@@ -182,6 +182,12 @@ class Holders:
         _hold(self._served, message_id, peer)
         return True
 
+    def untold(self, peer: PeerKey, ids: list[str], limit: int) -> list[str]:
+        """The first ``limit`` of ``ids`` ``peer`` isn't known to have (noting nothing:
+        for peers told each id once anyway)."""
+        holders = self._holders
+        return [i for i in ids if peer not in holders.get(i, ())][:limit]
+
     def tell(self, peer: PeerKey, ids: list[str], limit: int) -> list[str]:
         """The first ``limit`` of ``ids`` ``peer`` isn't known to have, to announce to it:
         told once is enough (it asks if it wants), so it holds them from now on."""

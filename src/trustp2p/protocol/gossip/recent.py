@@ -82,11 +82,13 @@ class RecentMessages:
         held = self._held.get(message_id)
         return None if held is None else held[0]
 
-    def ids(self, topic: str) -> list[str]:
-        """The ids of ``topic``'s messages held, the newest window first."""
+    def ids(self, topic: str, windows: int | None = None) -> list[str]:
+        """The ids of ``topic``'s messages held, the newest window first (of the newest
+        ``windows`` only, if given)."""
         held, newest = self._held, self._window
         return [
-            i for age, window in enumerate(self._windows) for i in window
+            i for age, window in enumerate(self._windows[:windows])
+            for i in window
             if (h := held.get(i)) is not None and h[1] == newest - age and h[0].topic == topic
         ]  # fmt: skip
 

@@ -347,11 +347,13 @@ class GossipRouter:
             return
         relayed = message.relayed()
         targets = self._targets(message.topic, exclude=(peer,))
-        if self.mode == "gossip" and message.topic not in self.flood_topics:
+        announced = self.mode == "gossip" and message.topic not in self.flood_topics
+        if announced:
             targets = self._fanout(message.topic, peer, targets)
         for target in targets:
             self.stats.forwarded += 1
-            self._holders.add(message.id, target)
+            if announced:  # (else nobody is told ihave of it: no need to note who has it)
+                self._holders.add(message.id, target)
             self._send(RouterAction("message", target, message=relayed))
 
     def _fanout(self, topic: str, sender: PeerKey | None, mesh: list[PeerKey]) -> list[PeerKey]:
@@ -541,20 +543,32 @@ class GossipRouter:
         self._talk(peer, PRUNE, {"topics": [topic]})
 
     def _announce(self, topic: str) -> None:
-        """Tell (``ihave``) the topic's recent ids to every mesh peer, every peer owed
-        them (refused a seat: :mod:`.mesh`) and ``lazy`` other subscribers at random."""
-        ids = self._recent.ids(topic)
+        """Tell (``ihave``) the ids new since the last heartbeat to every mesh peer and
+        every peer owed them (refused a seat: :mod:`.mesh`), and the topic's recent ids
+        to ``lazy`` other subscribers at random. Nothing of a topic flooded to every
+        subscriber (``flood_topics``): each was pushed each message (review52 R2: the
+        scan, and the note of every subscriber as a holder, were wasted there)."""
+        ids = [] if topic in self.flood_topics else self._recent.ids(topic)
         if not ids:
             return
-        mesh, owed = self.mesh.get(topic, set()), self._book.owed(topic)
-        told = mesh.union(owed)
+        direct = [*self.mesh.get(topic, ()), *self._book.owed(topic)]
+        told = set(direct)
         others = [p for p, topics in self._peers.items() if topic in topics and p not in told]
-        for peer in [*mesh, *owed, *self._sample(others, self.lazy)]:
+        new = self._recent.ids(topic, windows=1) if direct else []
+        holders = self._holders
+        for peer in direct:
+            # Each new id once (the next heartbeat tells the next window's): the peers
+            # told needn't be noted as holders (review52 R2: noting them, and checking
+            # every recent id for each of them, made a heartbeat 10 times slower).
+            self._ihave(topic, peer, holders.untold(peer, new, self.max_ihave))
+        for peer in self._sample(others, self.lazy):
             # Only what the peer isn't known to have already.
-            missing = self._holders.tell(peer, ids, self.max_ihave)
-            if missing:
-                self.stats.ihave_sent += 1
-                self._talk(peer, IHAVE, {"topic": topic, "ids": missing})
+            self._ihave(topic, peer, holders.tell(peer, ids, self.max_ihave))
+
+    def _ihave(self, topic: str, peer: PeerKey, ids: list[str]) -> None:
+        if ids:
+            self.stats.ihave_sent += 1
+            self._talk(peer, IHAVE, {"topic": topic, "ids": ids})
 
     # Helpers
     def _merge_talks(self) -> None:
