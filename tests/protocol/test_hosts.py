@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given, strategies as st
 
 from trustp2p.protocol.hosts import (
     crowded_group,
@@ -109,6 +112,20 @@ def test_names_count_by_their_last_two_labels() -> None:
     assert netgroup("hub") == "hub"
     assert netgroup_of("ws://a1.attacker.example:1107") == "attacker.example"
     assert netgroup_of("ws://localhost:1107") is None  # loopback: no limit
+
+
+@given(st.ip_addresses())
+def test_the_netgroup_of_an_address_is_its_16_or_32(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    """Built by hand, without ``ip_network`` (the full peer store groups its 10,000
+    peers' hosts: attacker38 A2): the network ``ip_network`` gives."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        expected = ipaddress.ip_network(f"{address.ipv4_mapped}/16", strict=False)
+    else:
+        prefix = 16 if address.version == 4 else 32
+        expected = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
+    assert netgroup(str(address)) == str(expected)
 
 
 class _ProvenView:

@@ -197,21 +197,22 @@ def share_group(host: str) -> str:
     return site_key(host) or address_key(host)
 
 
+@functools.lru_cache(maxsize=4096)
 def netgroup(host: str) -> str:
     """
     The network group of an address: its /16 for IPv4, its /32 for IPv6, as Bitcoin
     Core groups outbound peers. A DNS name counts by its last two labels
     (:func:`~trustp2p.protocol.hosts.name_group`): names are free under one's domain.
+    Built without ``ip_network`` (13 us an address): the full peer store groups its
+    10,000 peers' hosts (:mod:`trustp2p.storage._peer_eviction`).
     """
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = _address(host)
+    if address is None:
         return name_group(host)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    prefix = 16 if address.version == 4 else 32
-    network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
-    return str(network)
+    if address.version == 4:
+        first, second = address.packed[:2]
+        return f"{first}.{second}.0.0/16"
+    return f"{ipaddress.IPv6Address(int(address) >> 96 << 96)}/32"
 
 
 def crowded_group(host: str, others: Iterable[str], limit: int) -> str | None:

@@ -162,6 +162,9 @@ class Url:
     first_seen: float
     last_connected: float | None = None
     failures: int = 0  # since it last worked
+    # Its host's network group, worked out once (see _peer_eviction): "" until then,
+    # None for none (loopback).
+    group: str | None = ""
 
 
 @dataclass(slots=True, eq=False)

@@ -20,6 +20,7 @@ from ..protocol.limits import address_key
 from ..protocol.peers import is_address_key
 from ..protocol.scoring import SUCCESS_SPACING, Block
 from ..protocol.urls import MAX_URL_LENGTH, MAX_URLS_PER_PEER, split_peer_url
+from ._peer_eviction import forgettable
 from ._peer_records import (
     ADDRESS,
     PEER,
@@ -36,19 +37,6 @@ from ._peer_records import (
 
 _KEY_BYTES = 8
 """Random bytes in a record's key (16 hex digits): unique among 10 000s of peers."""
-
-
-def _eviction_rank(peer: Peer) -> tuple[bool, bool, bool, float, float]:
-    """Sort key: the first ones are forgotten first when the store is full. Records
-    without a URL (peers that only ever dialled us) can't be dialled: they go first, so
-    that peers connecting with fresh keys can't push out the dial candidates."""
-    return (
-        bool(peer.urls),
-        peer.successes > 0,
-        peer.source is PeerSource.BOOTSTRAP,
-        peer.score(),
-        peer.last_seen,
-    )
 
 
 def _keep_longer(table: dict[str, Block], key: str, block: Block) -> bool:
@@ -410,13 +398,14 @@ class PeerTable:
         self.dirty_peers.add(keeper.key)
 
     def evict(self) -> int:
-        """Forget the least useful peers past ``max_peers``, and a tenth more: ranking
-        every peer each time one is added to a full store made each new peer cost ten
-        times as much (found by an attacker's test of 12,000 identities)."""
+        """Forget the least useful peers past ``max_peers`` (:func:`forgettable`), and a
+        tenth more: ranking every peer each time one is added to a full store made each
+        new peer cost ten times as much (found by an attacker's test of 12,000
+        identities)."""
         if self.max_peers is None or len(self.peers) <= self.max_peers:
             return 0
         excess = len(self.peers) - self.max_peers + self.max_peers // 10
-        for peer in heapq.nsmallest(excess, self.peers.values(), key=_eviction_rank):
+        for peer in forgettable(self.peers.values(), excess):
             del self.peers[peer.key]
             if peer.peer_id is not None:
                 del self.by_id[peer.peer_id]
