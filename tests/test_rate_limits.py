@@ -197,3 +197,19 @@ async def test_a_server_that_takes_no_peer_says_so_at_start(
     caplog.clear()
     await make_default(server=True)
     assert not any("max_inbound" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_client_refused_for_its_address_says_so_at_warning(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """tester38 F1: the ninth client behind one NAT (max_per_ip) was refused and
+    redialled, said at INFO only: a library client showed nothing."""
+    caplog.set_level(logging.INFO, logger="trustp2p.node.dialer")
+    server = await make_node(server=True, max_per_ip=1, limit_loopback=True)
+    first = await make_node(client=True, peers=[server.url])
+    assert first.client is not None
+    await first.client.wait_connected()
+    await make_node(client=True, peers=[server.url])
+    said = "(1013 too many connections from your address (limit 1)); redialling in"
+    await wait_for(lambda: said in caplog.text)
+    assert all(r.levelno == logging.WARNING for r in caplog.records if said in r.getMessage())

@@ -261,8 +261,9 @@ class NodeStateError(UsageError):
 
 
 class PackageTooLarge(UsageError, ValueError):
-    """A package to send is larger than ``max_package_size``: the peer would refuse it
-    (and count it against us), so it is not sent. Nothing was sent."""
+    """A package to send is larger than this node's ``max_package_size``, or the peer's
+    (its introduction says it: the peer would refuse it, and count it against us), so
+    it is not sent. Nothing was sent."""
 
 
 class ConfigError(UsageError, ValueError):

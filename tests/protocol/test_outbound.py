@@ -690,6 +690,23 @@ def test_reconnect_delays_grow_and_start_over_after_staying_up(clock: FakeClock)
     assert reconnect.failed() == 2.0
 
 
+def test_reconnect_starts_over_after_a_connection_the_peer_spoke_on(clock: FakeClock) -> None:
+    """tester38 F4: a 3 s connection, introduced, a request answered, was taken for one
+    the server closed at once; clients came back 4-8 s after its second quick restart.
+    One the peer spoke on for ``initial`` seconds at least starts the delays over."""
+    reconnect = Reconnect(clock=clock, initial=1.0, maximum=8.0, jitter=0.0)
+    assert [reconnect.failed() for _ in range(3)] == [1.0, 2.0, 4.0]
+    reconnect.opened()
+    clock.advance(0.9)
+    assert reconnect.closed(worked=True) == 8.0  # under a second: as if closed at once
+    reconnect.opened()
+    clock.advance(3.0)
+    assert reconnect.closed(worked=False) == 8.0  # nothing from the peer: grows on
+    reconnect.opened()
+    clock.advance(3.0)
+    assert reconnect.closed(worked=True) == 1.0
+
+
 def test_reconnect_checks_its_arguments_at_once(clock: FakeClock) -> None:
     with pytest.raises(ValueError, match=r"^need 0 < initial <= maximum, not 2\.0 and 1\.0$"):
         Reconnect(clock=clock, initial=2.0, maximum=1.0)

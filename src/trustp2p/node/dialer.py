@@ -341,7 +341,8 @@ class Dialer:
                     # connection, if it comes, stays (it won before), and we wait again.
                     await asyncio.sleep(2 * reconnect.closed())
                 continue
-            delay, mismatched = self._closed(dial_url, socket, reconnect.closed(), mismatched)
+            delay = reconnect.closed(worked=socket.stats.messages_in > 0)  # (it spoke)
+            delay, mismatched = self._closed(dial_url, socket, delay, mismatched)
             await asyncio.sleep(delay)
 
     def _closed(
@@ -361,7 +362,8 @@ class Dialer:
             if not mismatched:
                 self._mismatch(dial_url, socket.close_reason, delay)
             return delay, True
-        # The peer blocked us (its close says "blocked..."): not routine churn, and
+        # The peer blocked us (its close says "blocked..."), or refuses our address:
+        # not routine churn, and
         # no use redialling before the block ends, when it says (found by a new user:
         # a redial every 60 s at most for the hour, each a handshake refused).
         level = logging.WARNING if _blocked_us(socket.close_reason) else logging.INFO
@@ -564,8 +566,13 @@ def _ours(error: BaseException) -> bool:
 
 def _blocked_us(reason: str | None) -> bool:
     """Whether a close reason says the peer blocked this node (penalties' "blocked: ...",
-    or a refusal "blocked")."""
-    return reason is not None and reason.startswith("blocked")
+    or a refusal "blocked"), or refuses our address (tester38 F1: the ninth client
+    behind one NAT was refused, "too many connections from your address", at INFO, and
+    a library user saw nothing)."""
+    return reason is not None and reason.startswith(("blocked", _FROM_YOUR_ADDRESS))
+
+
+_FROM_YOUR_ADDRESS = "too many connections from your address"
 
 
 MAX_BLOCK_WAIT = 900.0

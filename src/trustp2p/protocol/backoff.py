@@ -71,7 +71,7 @@ class Reconnect:
     """
     The delays of one persistent URL, from :func:`backoff`:
     they grow with each failure and start over once a connection stayed up at least as
-    long as the next delay.
+    long as the next delay, or ``initial`` seconds with a message from the peer.
 
     Args:
         clock: Current time in seconds.
@@ -91,6 +91,7 @@ class Reconnect:
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._clock = clock
+        self._initial = initial
         self._new_delays: Callable[[], Iterator[float]] = lambda: backoff(
             initial, maximum, factor, jitter, rng=rng
         )
@@ -105,12 +106,16 @@ class Reconnect:
         """A connection opened."""
         self._opened_at = self._clock()
 
-    def closed(self) -> float:
+    def closed(self, *, worked: bool = False) -> float:
         """The connection closed: the delay before dialling again (the shortest again
-        if it stayed up long enough)."""
+        if it stayed up as long as that delay, or, ``worked``, the peer spoke on it,
+        at least ``initial`` seconds: a tester's clients came back 4-8 s after a
+        server's second quick restart, their 3 s connections, a request answered,
+        taken for one closed at once)."""
         delay = next(self._delays)
         opened_at, self._opened_at = self._opened_at, None
-        if opened_at is not None and self._clock() - opened_at >= delay:
+        lasted = -1.0 if opened_at is None else self._clock() - opened_at
+        if lasted >= delay or (worked and lasted >= self._initial):
             self._delays = self._new_delays()
             delay = next(self._delays)
         return delay

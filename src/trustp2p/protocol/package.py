@@ -364,10 +364,11 @@ def check_encoded_size(
     if limit is None or size <= limit:
         return
     what = f"{package.type.name} {package.event[:64]!r}"
-    whose = "the peer's max_package_size" if peer else "max_package_size"
-    raise PackageTooLarge(
-        f"{what} of {size} bytes is over {whose} ({limit}): the peer would refuse it"
-    )
+    if peer:
+        why = f"the peer's max_package_size ({limit}): the peer would refuse it"
+    else:  # (tester38 F3: "the peer would refuse it", of a peer that took 4 times more)
+        why = f"max_package_size ({limit}), this node's: raise it to send more"
+    raise PackageTooLarge(f"{what} of {size} bytes is over {why}")
 
 
 def _head(version: str, alt: str, package_type: PackageType) -> bytes:
