@@ -413,3 +413,42 @@ async def test_one_package_always_fits_the_send_queue(make_node: MakeNode) -> No
         big = build_package(PackageType.TALK, "news", {"pad": "z" * 3_000_000})
         server.send_package(inbound, big)  # 3 MB, over max_send_bytes (1 MiB): it fits
         assert not inbound.closed
+
+
+def test_gossip_the_peer_took_leaves_its_queue_and_the_nodes_count() -> None:
+    """review54 R2: the release as the peer reads (PeerConnection._took, what the
+    source shares are counted on) had no test: without it, or without its node-wide
+    release (a leak), the suite passed."""
+    from types import SimpleNamespace
+
+    from trustp2p.node.peer import PeerConnection, SendBacklog
+    from trustp2p.options import NodeOptions
+
+    class Sock:
+        host = "10.0.0.1"
+
+        def __init__(self) -> None:
+            self.stats = SimpleNamespace(bytes_out=0)
+            self.taken = 0
+
+        def bytes_in_flight(self) -> int:
+            return self.stats.bytes_out - self.taken
+
+    options = NodeOptions(server=True, max_send_queue=16, max_send_bytes=20_000)
+    shared, socket, nothing = SendBacklog(limit=60_000), Sock(), SimpleNamespace()
+    conn = PeerConnection(socket, nothing, nothing, nothing, shared, "10.0.0.1")  # type: ignore[arg-type]
+    for _ in range(3):
+        assert conn.queued(1000, options, gossip=True, source="a") is None
+        socket.stats.bytes_out += 1000
+    assert conn.gossip_backlog == (3, 3000) and shared.bytes == 3000
+    socket.taken = 2000  # the peer took two of them
+    assert conn.queued(1000, options, gossip=True, source="b") is None
+    assert conn.gossip_backlog == (2, 2000) and shared.bytes == 2000
+    assert conn.backlog == 2 and conn.backlog_bytes == 2000
+    assert shared.groups == {"10.0.0.1": 2000} and conn in shared.holding
+    socket.stats.bytes_out += 1000
+    socket.taken = 3500  # the third, and half of the fourth
+    assert conn.queued(10, options, gossip=True, source="b") is None
+    assert conn.gossip_backlog == (2, 1010) and shared.bytes == 1010
+    conn.drained()  # it read everything
+    assert conn.gossip_backlog == (0, 0) and shared.bytes == 0 and not shared.holding

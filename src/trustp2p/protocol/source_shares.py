@@ -112,7 +112,12 @@ class SourceShares:
             self._pace = pace
         if sources > 1 and pace is not None:
             share_bytes = min(max_bytes, int(max(pace, MIN_PACE) * SHARE_HORIZON))
-        if held_packages and (
+        # Shares bind only once the queue is full (review54 R1: binding from the first
+        # push, they cut two honest publishers' bursts to a 2 Mbit/s peer at 128 of
+        # 256 packages, and each refused message held its stream's later ones for its
+        # gap fill: p50 3.1 -> 10.5 s, up to 746 of 900 over 20 s late).
+        full = packages + 1 > max_packages or total + size > share_bytes
+        if held_packages and (sources == 1 or full) and (
             held_packages + 1 > max_packages // sources
             or held_bytes + size > share_bytes // sources
         ):
