@@ -117,9 +117,13 @@ class SourceShares:
         # 256 packages, and each refused message held its stream's later ones for its
         # gap fill: p50 3.1 -> 10.5 s, up to 746 of 900 over 20 s late).
         full = packages + 1 > max_packages or total + size > share_bytes
-        if held_packages and (sources == 1 or full) and (
-            held_packages + 1 > max_packages // sources
-            or held_bytes + size > share_bytes // sources
+        if (
+            held_packages
+            and (sources == 1 or full)
+            and (
+                held_packages + 1 > max_packages // sources
+                or held_bytes + size > share_bytes // sources
+            )
         ):
             if sources == 1:  # (the queue's own bound)
                 if held_packages >= max_packages:
