@@ -38,3 +38,17 @@ def test_a_node_counts_a_message_under_its_connection_then_what_the_via_names() 
     fetched = attribution.passed_on(other, named, live=False)  # a catch-up answer's
     assert fetched.via == first and attribution.source(other, fetched) == "192.0.2.2"
     assert attribution.passed_on(None, named, live=True).via == ""  # the node's own
+
+
+def test_the_origins_that_come_by_one_path_share_its_source() -> None:
+    # The log keeps a source for each origin new to a topic: a hub's many origins, by
+    # one path, hold one string, not one each.
+    attribution = Attribution(SimpleNamespace(connections=_Connections()))  # type: ignore[arg-type]
+    hub = SimpleNamespace(host="192.0.2.1")
+    sources = [
+        attribution.source(hub, dataclasses.replace(message, via="r.a.b"))
+        for message in (
+            sign_message(Identity.generate(), "chat", 1, 1_700_000_000_000, {}) for _ in range(2)
+        )
+    ]
+    assert sources[0] == "192.0.2.1 a b" and sources[0] is sources[1]

@@ -108,7 +108,11 @@ class Attribution:
         top = log_source(self._node, socket)
         if socket is None or not message.via:
             return top
-        return SOURCE_SEPARATOR.join([top, *sub_sources(message.via, SUB_LEVELS + 1)[1:]])
+        # Interned: the log keeps it for each origin new to a topic, and the origins
+        # that come by one path (a hub's many) share it.
+        return sys.intern(
+            SOURCE_SEPARATOR.join([top, *sub_sources(message.via, SUB_LEVELS + 1)[1:]])
+        )
 
 
 def claim(node: Node, log: MessageLog, socket: Socket, topic: str) -> None:

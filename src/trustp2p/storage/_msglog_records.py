@@ -262,23 +262,30 @@ class Topic:
     A message dropped before older ones (of the origin with the most messages) stays in
     ``entries`` until it reaches the front or the entries are compacted: its position
     is in ``dropped`` meanwhile. ``len()`` counts the rest. ``weight`` is the payload
-    (:func:`~trustp2p.protocol.jsontext.text_size`) of the messages kept; ``loads``
-    has it by source and origin.
+    (:func:`~trustp2p.protocol.jsontext.text_size`) of the messages kept.
+
+    ``shares`` has the messages by source, sub-source and origin, and ``loads`` the
+    payload: what a full topic, or one holding too much payload, drops by. Both are
+    None until first needed (:meth:`over_share`, :meth:`largest`, :meth:`heaviest`),
+    then made in one pass from the origins kept, in the order they came, and kept up
+    from then on. Their sources are admitted then (an origin's ``source`` is the one
+    it came with until then), as :meth:`~._msglog_shares.Shares.admit` would have as
+    they came, but for the sub-sources of origins no longer kept (expired, or moved
+    by a claim), which count no more towards :data:`~._msglog_shares.MAX_NAMED`. Most
+    topics never fill: a simulated node holding 100 messages, each by a path of its
+    own, held about 4 levels and 3 dicts per message for nothing.
     """
 
-    __slots__ = ("dropped", "entries", "loads", "name", "origins", "shares")
+    __slots__ = ("dropped", "entries", "loads", "name", "origins", "shares", "weight")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.entries: deque[Entry] = deque()
         self.origins: dict[str, Seqs] = {}
         self.dropped: set[int] = set()
-        self.shares = Shares()  # whose messages a full topic drops
-        self.loads = Loads()  # whose a topic holding too much payload drops
-
-    @property
-    def weight(self) -> int:
-        return self.loads.total
+        self.weight = 0
+        self.shares: Shares | None = None  # whose messages a full topic drops
+        self.loads: Loads | None = None  # whose a topic holding too much payload drops
 
     def add(self, entry: Entry, source: str = LOADED) -> int:
         """Keep ``entry``, the newest, delivered by ``source`` (an address group, and
@@ -288,12 +295,17 @@ class Topic:
         entries.append(entry)
         message = entry[0]
         origin = message.origin
+        shares, size = self.shares, message.data_size
         seqs = self.origins.get(origin)
         if seqs is None:
-            seqs = self.origins[origin] = Seqs(self.shares.admit(source))
+            source = source if shares is None else shares.admit(source)
+            seqs = self.origins[origin] = Seqs(source)
         seqs.add(message.seq)
-        self.shares.add(origin, seqs.source, len(seqs))
-        self.loads.add(origin, seqs.source, message.data_size)
+        self.weight += size
+        if shares is not None:
+            shares.add(origin, seqs.source, len(seqs))
+        if self.loads is not None:
+            self.loads.add(origin, seqs.source, size)
         return len(entries) - len(self.dropped)
 
     def remove(self, origin: str, seq: int, weight: int) -> None:
@@ -305,8 +317,11 @@ class Topic:
             seqs.remove(seq)
         else:
             del self.origins[origin]
-        self.shares.remove(origin, seqs.source, size - 1)
-        self.loads.remove(origin, seqs.source, weight, last=size == 1)
+        self.weight -= weight
+        if self.shares is not None:
+            self.shares.remove(origin, seqs.source, size - 1)
+        if self.loads is not None:
+            self.loads.remove(origin, seqs.source, weight, last=size == 1)
 
     def heaviest(self) -> tuple[str, int] | None:
         """
@@ -318,31 +333,56 @@ class Topic:
         oldest = self.oldest()
         assert oldest is not None  # a topic with messages
         origin = oldest[0].origin
-        picked = self.loads.heaviest(origin, self.origins[origin].source)
+        picked = self._weighed().heaviest(origin, self.origins[origin].source)
         return None if picked is None else (picked, self.origins[picked].first())
 
     def move(self, origin: str, source: str) -> None:
         """Count ``origin``'s messages here for ``source`` from now on."""
         seqs = self.origins[origin]
         if seqs.source != source:
-            self.shares.move(origin, seqs.source, source, len(seqs))
-            self.loads.move(origin, seqs.source, source)
+            if self.shares is not None:
+                self.shares.move(origin, seqs.source, source, len(seqs))
+            if self.loads is not None:
+                self.loads.move(origin, seqs.source, source)
             seqs.source = source
 
     def over_share(self, origin: str, max_messages: int) -> bool:
         """Whether ``origin`` has more than its share of ``max_messages`` (see
         :meth:`~._msglog_shares.Shares.over_share`)."""
         seqs = self.origins[origin]
-        return self.shares.over_share(seqs.source, len(seqs), max_messages)
+        return self._shared().over_share(seqs.source, len(seqs), max_messages)
 
     def largest(self) -> tuple[str, int]:
         """The origin with the most messages of the source with the most, and its
         lowest number."""
-        shares = self.shares
+        shares = self._shared()
         if not shares.full:
             shares.fill((o, seqs.source, len(seqs)) for o, seqs in self.origins.items())
         origin = shares.largest()
         return origin, self.origins[origin].first()
+
+    def _shared(self) -> Shares:
+        """The shares, made from the origins kept if not yet (see the class)."""
+        shares = self.shares
+        if shares is None:
+            shares = self.shares = Shares()
+            for origin, seqs in self.origins.items():  # in the order they came
+                seqs.source = shares.admit(seqs.source)
+                shares.take(origin, seqs.source, len(seqs))
+        return shares
+
+    def _weighed(self) -> Loads:
+        """The loads, made from the messages kept if not yet (see the class)."""
+        loads = self.loads
+        if loads is None:
+            self._shared()  # the sources admitted
+            payload = dict.fromkeys(self.origins, 0)
+            for entry in self.kept():
+                payload[entry[0].origin] += entry[0].data_size
+            loads = self.loads = Loads()
+            for origin, seqs in self.origins.items():
+                loads.add(origin, seqs.source, payload[origin])
+        return loads
 
     def __len__(self) -> int:
         return len(self.entries) - len(self.dropped)

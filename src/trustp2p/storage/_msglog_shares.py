@@ -13,6 +13,9 @@ an honest hub, though, every message has the hub's address (attacker36 F2: 49 of
 kept at the next node): the hub's own attribution, nested under its share, carries the
 division on, and a peer that lies about it only divides its own share.
 
+A topic makes its :class:`Shares` and :class:`Loads` when it first needs them, from what
+it keeps (see :class:`~._msglog_records.Topic`): most topics never fill.
+
 Private to :mod:`trustp2p.storage`.
 
 """
@@ -150,6 +153,11 @@ class Shares:
         """One message more of ``origin``, of ``source``: ``held`` now."""
         self._change(origin, source, 1, held - 1)
 
+    def take(self, origin: str, source: str, held: int) -> None:
+        """``origin``, new to the shares, holds ``held`` messages, of ``source`` (as
+        ``held`` calls of :meth:`add` would leave it)."""
+        self._change(origin, source, held, 0)
+
     def remove(self, origin: str, source: str, held: int) -> None:
         """One message of ``origin``, of ``source``, less: ``held`` left."""
         self._change(origin, source, -1, held + 1)
@@ -190,11 +198,11 @@ class Shares:
                 else:
                     del counts[parent]
                 if key and level > 1 and not (before and after):  # a named one, new or gone
-                    self._name(parent, 1 if after else -1)
+                    self._name(nodes[level - 2], 1 if after else -1)  # its parent's
 
-    def _name(self, node: Node, by: int) -> None:
+    def _name(self, kind: Node, by: int) -> None:
+        """One sub-source more (``by`` 1) or less (-1) named right under ``kind``."""
         named = self._named
-        kind = node[:-1]
         count = named.get(kind, 0) + by
         if count:
             named[kind] = count
