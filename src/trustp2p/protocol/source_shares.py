@@ -67,7 +67,10 @@ class SourceShares:
 
     def __init__(self) -> None:
         self._held: dict[str, tuple[int, int]] = {}  # source -> (packages, bytes)
-        self._writes: deque[tuple[int, str, int]] = deque()  # (end, source, size), in order
+        # (end, source, size), in order; made at the first push: every connection has
+        # one of these, and an empty deque takes 600 bytes (a 1,000-node simulation's
+        # 24,000 connections: about 14 MiB).
+        self._writes: deque[tuple[int, str, int]] | None = None
         self._pace: float | None = None  # the peer's, last known (kept from a pause on)
 
     def __len__(self) -> int:
@@ -144,6 +147,8 @@ class SourceShares:
         the connection's count of bytes written, with it."""
         held_packages, held_bytes = self._held.get(source, (0, 0))
         self._held[source] = (held_packages + 1, held_bytes + size)
+        if self._writes is None:
+            self._writes = deque()
         self._writes.append((end, source, size))
 
     def taken(self, upto: int) -> tuple[int, int]:
@@ -151,6 +156,8 @@ class SourceShares:
         that end there at most leave the queue. Returns their packages and bytes."""
         writes, held = self._writes, self._held
         packages = total = 0
+        if writes is None:
+            return packages, total
         while writes and writes[0][0] <= upto:
             _, source, size = writes.popleft()
             held_packages, held_bytes = held[source]
@@ -165,4 +172,4 @@ class SourceShares:
     def clear(self) -> None:
         """The peer read everything (or is gone): nobody holds any of the queue."""
         self._held.clear()
-        self._writes.clear()
+        self._writes = None
