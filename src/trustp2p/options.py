@@ -192,7 +192,7 @@ class NodeOptions:
             publisher pushes to its whole mesh); the rest of the mesh learns of it from
             ``ihave``. Fewer means fewer duplicates, more means lower latency.
         gossip_lazy: Other peers told ``ihave`` per topic per heartbeat, at random
-            (mesh peers and peers refused a mesh seat are told every new id).
+            (peers refused a mesh seat are told every new id).
         gossip_history: Heartbeats a message stays announceable and servable.
         gossip_interval: Time between two gossip heartbeats.
         gossip_prune_backoff: After a ``gossip/prune`` between two peers (either way), the

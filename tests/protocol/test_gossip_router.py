@@ -870,20 +870,21 @@ def _from_outside(router: GossipRouter, sent: Recorded, *messages: GossipMessage
         assert router.receive(OUTSIDE, message)
 
 
-def test_heartbeat_announces_to_the_mesh_and_lazy_other_subscribed_peers() -> None:
-    router, sent, _ = _meshed(20, lazy=4)
-    _with_peers(router, sent, range(20, 23), ["other"])
-    mesh = set(router.mesh[TOPIC])
-    assert len(mesh) == 6
+def test_heartbeat_announces_to_at_most_lazy_subscribed_peers() -> None:
+    # The mesh among them: told each new id at every heartbeat (as attacker37 N1's
+    # first mend did), a 300-node simulation with its core saturated took 2-3 times as
+    # long to cover (p50 0.4 -> 1.0 s). Peers refused a seat are told: test_gossip_owed.
+    router, sent, _ = _meshed(10, lazy=4)
+    _with_peers(router, sent, range(10, 13), ["other"])
     message = _message()
     _from_outside(router, sent, message, _message(1, topic="other"))  # not ours: never announced
     router.heartbeat()
     ihaves = _talks(sent, IHAVE)
-    told = {p for p, _, _ in ihaves}
-    assert len(ihaves) == len(sent) == len(told) == 6 + 4
-    assert mesh < told < set(range(20))  # the mesh, and 4 of the 14 others
+    assert len(ihaves) == len(sent) == 4
+    assert len({p for p, _, _ in ihaves}) == 4
+    assert {p for p, _, _ in ihaves} <= set(range(10))
     assert all(body == {"topic": TOPIC, "ids": [message.id]} for _, _, body in ihaves)
-    assert router.stats.ihave_sent == 10
+    assert router.stats.ihave_sent == 4
 
 
 def test_ihave_leaves_out_what_the_peer_is_known_to_have() -> None:
@@ -989,10 +990,7 @@ def test_a_peer_is_noted_once_as_holder_of_a_message() -> None:
     told = {p for p, _, _ in _talks(sent, IHAVE)}
     assert told.isdisjoint(holders)
     assert told | set(holders) == set(range(10))
-    # The told outside the mesh are noted; mesh peers are told each new id once anyway
-    # (review52 R2: noting them cost a heartbeat 10 times the time).
-    in_mesh = set(router.mesh[message.topic])
-    assert set(router._holders[message.id]) == set(holders) | (told - in_mesh)
+    assert sorted(router._holders[message.id]) == list(range(10))  # the told too
     sent.clear()
     router.heartbeat()
     assert _talks(sent, IHAVE) == []  # told once is enough
