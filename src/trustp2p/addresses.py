@@ -13,7 +13,7 @@ import ipaddress
 from .exceptions import ConfigError
 from .protocol.limits import is_loopback
 
-_EVERY = {4: "0.0.0.0", 6: "::"}
+_EVERY: dict[object, str] = {4: "0.0.0.0", 6: "::"}  # family -> its every-interface address
 
 
 def _binds(host: str) -> set[tuple[object, str]]:
@@ -35,7 +35,7 @@ def _overlap(a: str, b: str) -> bool:
     L2: ``--host :: --admin 127.0.0.1:P`` works; ``--host localhost`` with
     ``--admin 127.0.0.1:P`` doesn't)."""
     return any(
-        family == other and (x == y or _EVERY.get(family) in (x, y))  # type: ignore[call-overload]
+        family == other and (x == y or _EVERY.get(family) in (x, y))
         for family, x in _binds(a)
         for other, y in _binds(b)
     )
