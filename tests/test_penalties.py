@@ -344,3 +344,45 @@ async def test_ids_connected_in_advance_restrict_their_address_once_then_it_is_b
             assert "refusing new ids from 127.0.0.1" in caplog.text
             assert not store.is_blocked(address="127.0.0.1")
     assert store.is_blocked(address="127.0.0.1")  # the second, whatever it kept back
+
+
+async def test_throwaway_ids_after_the_restriction_restrict_their_address_again(
+    make_node: MakeNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review55 R1: once the restriction ended (300 s) but within the offence window
+    (600 s), the same throwaway-id attacker's next crossing blocked the address, and
+    the honest peer from before was refused when it came back: attacker37 N2 again,
+    half of the time. It is restricted again; a crossing while restricted blocks."""
+    caplog.set_level(logging.WARNING, logger="trustp2p")
+    duration = 0.5  # stands for HANDSHAKE_BLOCK, shorter than OFFENCE_WINDOW
+    server = await make_node(
+        server=True,
+        limit_loopback=True,
+        block_duration=duration,
+        ip_burst=64,
+        storm_connections=None,
+    )  # (20 connections in a row: a storm, and more than the connection rate's burst)
+    store = server.store
+    assert store is not None
+    (tmp_path / "honest").mkdir()
+    honest = await make_node(client=True, peers=[server.url], cwd=tmp_path / "honest")
+    assert honest.client is not None
+    await honest.client.wait_connected()
+    await asyncio.sleep(0.01)  # (connected strictly before the first offence)
+
+    async def crossing() -> None:
+        for _ in range(3 * OFFENDING_CONNECTIONS):  # (spared twice first: MAX_SPARES)
+            client = await _fresh_id(make_node, server)
+            await _offend(server, client)
+            await client.stop()
+
+    await crossing()
+    assert caplog.text.count("refusing new ids from 127.0.0.1") == 1
+    await asyncio.sleep(duration)  # the restriction is over, the window is not
+    await crossing()
+    assert caplog.text.count("refusing new ids from 127.0.0.1") == 2
+    assert not store.is_blocked(address="127.0.0.1")
+    await honest.stop()  # the peer from before comes back: let in
+    honest = await make_node(client=True, peers=[server.url], cwd=tmp_path / "honest")
+    assert honest.client is not None
+    await honest.client.wait_connected()

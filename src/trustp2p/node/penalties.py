@@ -274,9 +274,9 @@ class Penalties:
         self._spares.pop(key, None)
         since = self._window_start(key, now if first is None else first, now)
         honest = self.known.honest(address, since, now, peer_id)
-        if not honest or self.known.restricted_within(address, now, self.offences.window):
-            return address  # (once a window: review52 R1)
-        self.known.restrict(address, since, now + duration, now)
+        if not honest or self.known.restricted(address, now):
+            return address  # (while restricted: review52 R1, review55 R1)
+        self.known.restrict(address, since, now + duration)
         self._connections.inbound.log(
             logger,
             logging.WARNING,

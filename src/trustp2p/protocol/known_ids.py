@@ -75,7 +75,6 @@ class KnownIds:
         # (address key, id) -> when seen; least recently touched first.
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._restricted: dict[str, tuple[float, float]] = {}  # key -> (known by, until)
-        self._last: dict[str, float] = {}  # key -> when it was last restricted
 
     def _fresh(self, seen: _Seen, now: float) -> bool:
         return seen.open > 0 or now - seen.last < self.memory
@@ -120,23 +119,21 @@ class KnownIds:
             if k == key and peer_id != offender and seen.first <= before and self._fresh(seen, now)
         )
 
-    def restricted_within(self, address: str, now: float, window: float) -> bool:
-        """Whether ``address`` was restricted within the last ``window`` seconds: its
-        honest history is spent (review52 R1: ids an attacker connected clean in
-        advance, offending one after another, kept its own address unblocked, each
-        crossing a new restriction); a crossing then blocks it."""
-        last = self._last.get(address_key(address))
-        return last is not None and now - last < window
+    def restricted(self, address: str, now: float) -> bool:
+        """Whether ``address`` refuses new ids at ``now``: its honest history is spent
+        for as long (review52 R1: ids an attacker connected clean in advance, offending
+        one after another while it was restricted, kept its own address unblocked, each
+        crossing a new restriction); a crossing then blocks it. Once the restriction is
+        over, a crossing restricts it again (review55 R1: blocked then, for the rest of
+        the window, a NAT's honest peers were refused half the time again)."""
+        restriction = self._restricted.get(address_key(address))
+        return restriction is not None and now < restriction[1]
 
-    def restrict(self, address: str, since: float, until: float, now: float) -> None:
-        """From ``now`` until ``until``, ``address`` refuses the ids it didn't show,
+    def restrict(self, address: str, since: float, until: float) -> None:
+        """Until ``until``, ``address`` refuses the ids it didn't show,
         clean, by ``since`` (a restriction already there is extended, and keeps its
         earlier ``since``)."""
         key = address_key(address)
-        self._last.pop(key, None)
-        self._last[key] = now
-        if len(self._last) > self.max_tracked:
-            del self._last[next(iter(self._last))]
         old = self._restricted.pop(key, None)
         if old is not None:
             since, until = min(since, old[0]), max(until, old[1])
