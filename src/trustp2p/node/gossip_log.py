@@ -20,12 +20,12 @@ __all__ = [
 import base64
 import operator
 import secrets
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..protocol.gossip import DeliveryMarks, GossipMessage, split_stream_key, stream_key
 from ..protocol.gossip.via import relay_token, sub_sources
+from ..protocol.shared_text import share
 from ..storage.msglog import (
     LOADED,
     LOG_FILE,
@@ -108,11 +108,9 @@ class Attribution:
         top = log_source(self._node, socket)
         if socket is None or not message.via:
             return top
-        # Interned: the log keeps it for each origin new to a topic, and the origins
+        # Shared: the log keeps it for each origin new to a topic, and the origins
         # that come by one path (a hub's many) share it.
-        return sys.intern(
-            SOURCE_SEPARATOR.join([top, *sub_sources(message.via, SUB_LEVELS + 1)[1:]])
-        )
+        return share(SOURCE_SEPARATOR.join([top, *sub_sources(message.via, SUB_LEVELS + 1)[1:]]))
 
 
 def claim(node: Node, log: MessageLog, socket: Socket, topic: str) -> None:
@@ -154,9 +152,9 @@ def to_logged(message: GossipMessage) -> LoggedMessage:
         seq=message.seq,
         timestamp=float(message.timestamp),
         data=message.data,
-        # Interned: the nodes of one process keep one copy between them.
-        key=sys.intern(base64.b64encode(message.key).decode("ascii")),
-        signature=sys.intern(signature),
+        # Shared: the nodes of one process keep one copy between them.
+        key=share(base64.b64encode(message.key).decode("ascii")),
+        signature=share(signature),
         id=message.id,
     )
     if message.data_size <= _RECENT_DATA_MAX:

@@ -35,7 +35,6 @@ import binascii
 import gc
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +48,7 @@ from ...identity import (
     verify_signature,
 )
 from ..jsontext import GC_PAUSE_CHARS, text_size
+from ..shared_text import share
 from .via import check_via
 
 MAX_TOPIC_LENGTH = 256
@@ -70,10 +70,11 @@ _SIGNATURE_PREFIX = b"trustp2p-gossip/1\0"
 
 def message_id(origin: str, seq: int, topic: str, data: str) -> str:
     """The id of a message: 16 bytes of SHA-256 over (origin, seq, topic, payload),
-    in base64url without padding (22 characters), interned: the router, the log and the
-    streams keep it, and the nodes of one process (a simulation) share it."""
+    in base64url without padding (22 characters), shared
+    (:func:`~trustp2p.protocol.shared_text.share`): the router, the log and the streams
+    keep it, and the nodes of one process (a simulation) share it."""
     digest = hashlib.sha256(f"{origin}\0{seq}\0{topic}\0{data}".encode()).digest()[:16]
-    return sys.intern(base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii"))
+    return share(base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii"))
 
 
 def _signed_bytes(topic: str, origin: str, seq: int, timestamp: int, data: str) -> bytes:
@@ -280,8 +281,8 @@ class GossipMessage:
             raise GossipError("forged or altered: the signature doesn't match")
         _check_data(data)
         message_key = peeked_id or message_id(origin, seq, topic, data)
-        # Interned, like the id: the nodes of one process (a simulation) share them.
-        topic, origin, data = sys.intern(topic), sys.intern(origin), sys.intern(data)
+        # Shared, like the id: the nodes of one process (a simulation) share them.
+        topic, origin, data = share(topic), share(origin), share(data)
         return cls(topic, origin, seq, timestamp, data, key, signature, message_key, hops, via)
 
 

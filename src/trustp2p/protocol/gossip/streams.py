@@ -53,11 +53,11 @@ __all__ = [
 ]
 
 import heapq
-import sys
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeAlias, TypeVar
 
+from ..shared_text import share
 from .marks import DeliveryMarks, ReleaseMarks
 from .message import GossipMessage
 
@@ -109,9 +109,10 @@ origins, each with a gap before it, were counted 9 bytes apiece, refused ones 0.
 def stream_key(topic: str, origin: str) -> str:
     """The key of ``origin``'s messages on ``topic`` (the message log's "origin").
 
-    Interned: every message of a stream keeps its key, and so does every node of one
-    process (a simulation), so they share one string."""
-    return sys.intern(f"{topic}\0{origin}")
+    Shared (:func:`~trustp2p.protocol.shared_text.share`): every message of a stream
+    keeps its key, and so does every node of one process (a simulation), so they share
+    one string."""
+    return share(f"{topic}\0{origin}")
 
 
 def split_stream_key(stream: str) -> tuple[str, str]:
