@@ -1,8 +1,9 @@
 """
 Announcements owed, on a fake clock: each heartbeat, a router tells (``ihave``) every
-new id of a topic to each mesh peer and each peer it refused a seat in the mesh (or
-pruned from it) that isn't known to have it, and to ``lazy`` other subscribers at
-random. Found by an attacker (attacker37 N1): 16 do-nothing connections took a
+new id of a topic to each peer it refused a seat in the mesh (or pruned from it) that
+isn't known to have it, ``max_ihave`` at most, each sender's in turn, and the recent
+ids to ``lazy`` other subscribers at random, mesh peers among them.
+Found by an attacker (attacker37 N1): 16 do-nothing connections took a
 server's 12 mesh seats first-come, and a later honest subscriber, refused a seat, heard
 of a message only when the heartbeat's sample of 6 among all subscribers fell on it:
 p50 1.5 s, p90 4.2-7.1 s (5.6 s / 12.6 s with 64 connections), where the docs promise
@@ -11,9 +12,11 @@ heartbeat pace.
 
 from __future__ import annotations
 
-from trustp2p.protocol.gossip import GossipRouter, PeerKey, RouterAction
+from trustp2p.identity import Identity
+from trustp2p.protocol.gossip import GossipRouter, PeerKey, RouterAction, sign_message
 from trustp2p.protocol.gossip.lazy import SET_FROM, Holders
 from trustp2p.protocol.gossip.mesh import MeshBook
+from trustp2p.protocol.gossip.recent import RecentMessages
 
 from ..conftest import FakeClock
 from .test_gossip_router import (
@@ -95,8 +98,46 @@ def test_the_crowd_outside_the_mesh_is_still_told_at_random() -> None:
     told = {p for p, _, body in _talks(sent, IHAVE) if body["ids"] == [message_id]}
     assert LATE in told  # the owed
     others = set(SQUATTERS) - pushed | set(CROWD)  # the rest, the mesh among them
-    assert len(told - {LATE}) == router.lazy and told - {LATE} <= others
+    # (a pushed peer sampled is told nothing: review55 R4, this failed for some seeds)
+    assert 0 < len(told - {LATE}) <= router.lazy and told - {LATE} <= others
     assert PUBLISHER not in told
+
+
+def test_a_flood_from_one_sender_keeps_no_other_out_of_an_owed_announcement() -> None:
+    """Found by an attacker (attacker39 O1): an owed peer was told the first
+    ``max_ihave`` (500) of a window's new ids and no more; a connection relaying 700
+    valid messages a second kept an honest publisher's out, for good (owed peers are
+    not in the random sample). Each sender's ids are taken in turn."""
+    router, sent, clock = _squatted()
+    flooder, honest = Identity.generate(), Identity.generate()
+    router.add_peer("flooder")
+    for seq in range(1, router.max_ihave + 201):
+        message = sign_message(flooder, TOPIC, seq, 1_700_000_000_000, {"n": seq})
+        assert router.receive("flooder", message)
+        router.forward("flooder", message)
+    wanted = sign_message(honest, TOPIC, 1, 1_700_000_000_000, {"n": 1})
+    assert router.receive(PUBLISHER, wanted)
+    router.forward(PUBLISHER, wanted)
+    sent.clear()
+    clock.advance(1.0)
+    router.heartbeat()
+    told = [body["ids"] for p, _, body in _talks(sent, IHAVE) if p == LATE]
+    assert len(told) == 1 and len(told[0]) == router.max_ihave
+    assert wanted.id in told[0]  # (before: the flooder's first 500 only)
+
+
+def test_recent_ids_past_the_limit_are_taken_from_each_sender_in_turn() -> None:
+    recent: RecentMessages = RecentMessages(history=3)
+    flood = [_message(seq) for seq in range(1, 7)]
+    for message in flood:
+        recent.add(message, "flooder")
+    mine = _message(1, identity=Identity.generate())
+    recent.add(mine)  # (this node's own: a sender of its own)
+    other = _message(1, identity=Identity.generate())
+    recent.add(other, "other")
+    ids = recent.ids(TOPIC)
+    assert recent.fair(ids, len(ids)) == ids  # (within the limit: as they are)
+    assert recent.fair(ids, 4) == [flood[0].id, mine.id, other.id, flood[1].id]
 
 
 def test_a_peer_pruned_from_a_full_mesh_is_owed_announcements() -> None:
@@ -149,13 +190,15 @@ def test_holders_past_set_from_are_noted_once_each() -> None:
     holders = Holders()
     peers = list(range(3 * SET_FROM))
     holders.start("m", None)
-    assert holders.tell(0, ["m"], 10) == ["m"]
+    assert holders.untold(0, ["m"]) == ["m"]
+    holders.told(0, ["m"])
+    assert holders.untold(0, ["m"]) == []
     for peer in peers:
         holders.add("m", peer)
         holders.copy_from("m", peer)
     assert sorted(holders["m"]) == peers  # each once, in a set past SET_FROM
-    assert all(holders.tell(peer, ["m"], 10) == [] for peer in peers)
-    assert holders.tell("new", ["m"], 10) == ["m"]
+    assert all(holders.untold(peer, ["m"]) == [] for peer in peers)
+    assert holders.untold("new", ["m"]) == ["m"]
     assert [holders.serve("m", peer) for peer in peers] == [True] * len(peers)
     assert not any(holders.serve("m", peer) for peer in peers)  # once each
     holders.expire("m")

@@ -182,20 +182,17 @@ class Holders:
         _hold(self._served, message_id, peer)
         return True
 
-    def untold(self, peer: PeerKey, ids: list[str], limit: int) -> list[str]:
-        """The first ``limit`` of ``ids`` ``peer`` isn't known to have (noting nothing:
-        for peers told each id once anyway)."""
+    def untold(self, peer: PeerKey, ids: list[str]) -> list[str]:
+        """Those of ``ids`` ``peer`` isn't known to have (noting nothing)."""
         holders = self._holders
-        return [i for i in ids if peer not in holders.get(i, ())][:limit]
+        return [i for i in ids if peer not in holders.get(i, ())]
 
-    def tell(self, peer: PeerKey, ids: list[str], limit: int) -> list[str]:
-        """The first ``limit`` of ``ids`` ``peer`` isn't known to have, to announce to it:
-        told once is enough (it asks if it wants), so it holds them from now on."""
+    def told(self, peer: PeerKey, ids: list[str]) -> None:
+        """``peer`` was told ``ids`` (``ihave``): told once is enough (it asks if it
+        wants), so it holds them from now on."""
         holders = self._holders
-        missing = [i for i in ids if peer not in holders.get(i, ())][:limit]
-        for message_id in missing:
-            _hold(holders, message_id, peer)  # it wasn't one
-        return missing
+        for message_id in ids:
+            _hold(holders, message_id, peer)
 
 
 def _hold(peers: dict[str, _Peers], message_id: str, peer: PeerKey | None) -> None:

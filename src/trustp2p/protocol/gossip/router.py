@@ -291,7 +291,7 @@ class GossipRouter:
         """A message received ``pending`` passed validation: announce and serve it now
         (if :meth:`receive` was told it is ``live``)."""
         if message.id in self._holders:  # (started by receive(), if live)
-            self._recent.add(message)
+            self._recent.add(message, peer)
             self._holders.add(message.id, peer)
         if peer is not None:
             self._book.delivered(message.topic, peer)
@@ -381,7 +381,7 @@ class GossipRouter:
 
     def _remember(self, message: GossipMessage, peer: PeerKey | None = None) -> None:
         self._seen.add(message.id, self._clock())
-        self._recent.add(message)
+        self._recent.add(message, peer)
         self._holders.start(message.id, peer)
 
     def cached(self, message_id: str) -> GossipMessage | None:
@@ -558,15 +558,18 @@ class GossipRouter:
         told = set(direct)
         others = [p for p, topics in self._peers.items() if topic in topics and p not in told]
         new = self._recent.ids(topic, windows=1) if direct else []
-        holders = self._holders
+        holders, fair = self._holders, self._recent.fair
         for peer in direct:
             # Each new id once (the next heartbeat tells the next window's): the peers
             # told needn't be noted as holders (review52 R2: noting them, and checking
             # every recent id for each of them, made a heartbeat 10 times slower).
-            self._ihave(topic, peer, holders.untold(peer, new, self.max_ihave))
+            self._ihave(topic, peer, fair(holders.untold(peer, new), self.max_ihave))
         for peer in self._sample(others, self.lazy):
-            # Only what the peer isn't known to have already.
-            self._ihave(topic, peer, holders.tell(peer, ids, self.max_ihave))
+            # Only what the peer isn't known to have already, each sender's in turn;
+            # told once is enough (it asks if it wants).
+            untold = fair(holders.untold(peer, ids), self.max_ihave)
+            holders.told(peer, untold)
+            self._ihave(topic, peer, untold)
 
     def _ihave(self, topic: str, peer: PeerKey, ids: list[str]) -> None:
         if ids:
