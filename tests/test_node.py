@@ -1272,6 +1272,12 @@ NAME_RULE = "1 to 64 lowercase letters, digits, '-' and '_', starting with a let
         ({"port": 1107, "admin": "1107"}, ConfigError, "port 1107 is the node's port too"),
         ({"port": 1107, "host": "::", "admin": "[::1]:1107"}, ConfigError, "node's port too"),
         ({"port": 1107, "host": "localhost", "admin": "1107"}, ConfigError, "node's port too"),
+        # review55 R5: a name resolves to some address, which every interface's takes
+        (
+            {"port": 1107, "host": "0.0.0.0", "admin": "node.example:1107", "admin_token": "t"},
+            ConfigError,
+            "node's port too",
+        ),
         ({"name": "../x"}, ValueError, f"name must be {NAME_RULE}, not '../x'"),
         ({"name": 2}, ValueError, f"name must be {NAME_RULE}, not 2"),
         ({"name": "Relay"}, ValueError, f"name must be {NAME_RULE}, not 'Relay'"),

@@ -33,9 +33,13 @@ def _binds(host: str) -> set[tuple[object, str]]:
 def _overlap(a: str, b: str) -> bool:
     """Whether listeners on hosts ``a`` and ``b`` would take one port twice (review53
     L2: ``--host :: --admin 127.0.0.1:P`` works; ``--host localhost`` with
-    ``--admin 127.0.0.1:P`` doesn't)."""
+    ``--admin 127.0.0.1:P`` doesn't); a name resolves to some address of either
+    family, which every interface's takes too (review55 R5)."""
+    every = set(_EVERY.values())
     return any(
-        family == other and (x == y or _EVERY.get(family) in (x, y))
+        (family == other and (x == y or _EVERY.get(family) in (x, y)))
+        or (family == "name" and y in every)
+        or (other == "name" and x in every)
         for family, x in _binds(a)
         for other, y in _binds(b)
     )

@@ -7,6 +7,8 @@ from collections.abc import Collection, Iterable
 import pytest
 
 from trustp2p.identity import Identity
+from trustp2p.protocol.backoff import served
+from trustp2p.protocol.close import CloseCode
 from trustp2p.protocol.deliver import ConnId
 from trustp2p.protocol.limits import UnprovenDials
 from trustp2p.protocol.outbound import (
@@ -780,3 +782,25 @@ def test_a_url_claiming_an_id_is_not_proven_by_the_claim(clock: FakeClock) -> No
     store = FakeStore([f"{url(0)}/p2p/{A}", claimed], proven=())
     assert round_(policy, store) == [f"{url(0)}/p2p/{A}"]
     assert not policy.is_proven(claimed, store)
+
+
+@pytest.mark.parametrize(
+    ("messages_in", "close_code", "worked"),
+    [
+        (3, CloseCode.GOING_AWAY, True),  # the server stopped, or restarts
+        (3, CloseCode.ABNORMAL_CLOSURE, True),  # killed, or the link dropped
+        (3, CloseCode.NORMAL_CLOSURE, True),
+        (0, CloseCode.GOING_AWAY, False),  # nothing from the peer
+        (3, CloseCode.POLICY_VIOLATION, False),  # refused, once introduced
+        (3, CloseCode.TRY_AGAIN_LATER, False),
+        (3, CloseCode.PROTOCOL_ERROR, False),
+        (3, None, False),
+    ],
+)
+def test_a_connection_served_us_if_the_peer_spoke_and_did_not_refuse_us(
+    messages_in: int, close_code: int | None, worked: bool
+) -> None:
+    """review55 R6: the peer's introduction comes first, so "it spoke" held for every
+    connection, and a server refusing us a second after letting us in was redialled
+    every ``reconnect_initial`` for ever."""
+    assert served(messages_in, close_code) is worked

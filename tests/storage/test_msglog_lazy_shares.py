@@ -1,6 +1,9 @@
 """A topic of the message log makes its nested shares (and loads) only when it first
 needs them (full, or the heaviest when the log holds too much payload), from what it
-keeps: it then drops exactly what shares kept up from its first message dropped."""
+keeps: it then drops what shares kept up from its first message dropped (up to ties
+between two sources, broken by the order the counts were made in, which an expiry or a
+claim before the topic fills may change: review55 R3, a case the examples here
+haven't met)."""
 
 from __future__ import annotations
 

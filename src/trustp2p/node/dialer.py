@@ -20,6 +20,7 @@ from ..drivers import check_peer_url
 from ..drivers.base import Socket
 from ..exceptions import DriverError, NodeStateError, PeerIdMismatch, SelfDialError
 from ..identity import PeerId, short_id
+from ..protocol.backoff import served
 from ..protocol.close import CloseCode
 from ..protocol.handshake import is_id_mismatch, is_mode_mismatch, is_secure_mismatch
 from ..protocol.hosts import crowded_group
@@ -341,7 +342,7 @@ class Dialer:
                     # connection, if it comes, stays (it won before), and we wait again.
                     await asyncio.sleep(2 * reconnect.closed())
                 continue
-            delay = reconnect.closed(worked=socket.stats.messages_in > 0)  # (it spoke)
+            delay = reconnect.closed(worked=served(socket.stats.messages_in, socket.close_code))
             delay, mismatched = self._closed(dial_url, socket, delay, mismatched)
             await asyncio.sleep(delay)
 

@@ -7,11 +7,13 @@ retry delay of a managed one (:func:`retry_delay`).
 
 from __future__ import annotations
 
-__all__ = ["Reconnect", "backoff", "retry_delay"]
+__all__ = ["Reconnect", "backoff", "retry_delay", "served"]
 
 import math
 import random
 from collections.abc import Callable, Iterator
+
+from .close import CloseCode
 
 
 def backoff(
@@ -119,3 +121,22 @@ class Reconnect:
             self._delays = self._new_delays()
             delay = next(self._delays)
         return delay
+
+
+_SERVED_CLOSES = frozenset(
+    {CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.ABNORMAL_CLOSURE}
+)
+
+
+def served(messages_in: int, close_code: int | None) -> bool:
+    """
+    Whether a connection that received ``messages_in`` packages and closed with
+    ``close_code`` served us (:meth:`Reconnect.closed`'s ``worked``): the peer spoke,
+    and the close wasn't a refusal (a policy, protocol or size violation, "try again
+    later", an internal error), but a stop, a restart or a dropped link.
+
+    Found in review (review55 R6): "the peer spoke" alone held for every connection,
+    a peer's introduction coming first, so a server that let us in and refused us a
+    second later was redialled every ``reconnect_initial`` for ever.
+    """
+    return messages_in > 0 and close_code in _SERVED_CLOSES
