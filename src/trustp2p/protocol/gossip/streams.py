@@ -116,9 +116,12 @@ def stream_key(topic: str, origin: str) -> str:
 
 
 def split_stream_key(stream: str) -> tuple[str, str]:
-    """``(topic, origin)`` of a stream key; a topic may hold NUL, a peer id never does."""
+    """``(topic, origin)`` of a stream key; a topic may hold NUL, a peer id never does.
+
+    Shared, as the key: a message read back from the log keeps its origin (a simulated
+    node made a copy of each of ~100 origins' ids: 7 MiB of 1,000 nodes')."""
     topic, _, origin = stream.rpartition("\0")
-    return topic, origin
+    return share(topic), share(origin)
 
 
 @dataclass(frozen=True, slots=True)
