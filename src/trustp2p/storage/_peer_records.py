@@ -23,6 +23,7 @@ __all__ = [
     "peer_from_row",
     "peer_row",
     "url_age",
+    "url_row",
 ]
 
 import enum
@@ -84,13 +85,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # connection after the upgrade counted again within the hour). Its own step: stores
     # at 2 already get it too (review42).
     ("UPDATE peers SET counted_at = last_connected WHERE counted_at IS NULL AND successes > 0",),
+    # 4: who told us a URL (attacker39 E1: see Url.teller), so that a restart ranks the
+    # URLs on disk by their teller too. Rows from before have none.
+    ("ALTER TABLE urls ADD COLUMN teller TEXT",),
 )
 
 _PEER_COLUMNS = (
     "key, peer_id, source, address, first_seen, last_seen, last_connected, successes, "
     "failures, good_packages, invalid_packages, window_good, window_invalid, counted_at"
 )
-_URL_COLUMNS = "url, peer, first_seen, last_connected, failures"
+_URL_COLUMNS = "url, peer, first_seen, last_connected, failures, teller"
 _BLOCK_COLUMNS = "kind, key, until, reason"
 
 
@@ -165,6 +169,11 @@ class Url:
     # Its host's network group, worked out once (see _peer_eviction): "" until then,
     # None for none (loopback).
     group: str | None = ""
+    # Who told us: the network group of the first server whose get_peers answer named
+    # it, "+" before it once a server of another group named it too; None: no server's
+    # answer did (or not since the store kept tellers), or a local one (see
+    # _peer_eviction). One text per answer, shared.
+    teller: str | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -196,6 +205,18 @@ class Peer:
 def url_age(entry: Url) -> tuple[float, str]:
     """Sort key: oldest first, then in alphabetical order."""
     return (entry.first_seen, entry.url)
+
+
+def url_row(entry: Url) -> tuple[object, ...]:
+    """The ``urls`` row of ``entry``, in the order of the table's columns."""
+    return (
+        entry.url,
+        entry.peer.key,
+        entry.first_seen,
+        entry.last_connected,
+        entry.failures,
+        entry.teller,
+    )
 
 
 def peer_row(peer: Peer) -> tuple[object, ...]:
@@ -291,7 +312,7 @@ class PeerDatabase(Database[Batch, Loaded]):
         )
         conn.executemany("DELETE FROM urls WHERE url = ?", batch.url_deletes)
         conn.executemany(
-            f"INSERT OR REPLACE INTO urls ({_URL_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO urls ({_URL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             batch.urls,
         )
         conn.executemany("DELETE FROM blocks WHERE kind = ? AND key = ?", batch.block_deletes)

@@ -19,8 +19,9 @@ from collections.abc import Iterable
 from ..protocol.limits import address_key
 from ..protocol.peers import is_address_key
 from ..protocol.scoring import SUCCESS_SPACING, Block
+from ..protocol.shared_text import share
 from ..protocol.urls import MAX_URL_LENGTH, MAX_URLS_PER_PEER, split_peer_url
-from ._peer_eviction import forgettable
+from ._peer_eviction import forgettable, teller_group
 from ._peer_records import (
     ADDRESS,
     PEER,
@@ -33,6 +34,7 @@ from ._peer_records import (
     peer_from_row,
     peer_row,
     url_age,
+    url_row,
 )
 
 _KEY_BYTES = 8
@@ -108,9 +110,15 @@ class PeerTable:
         return entry
 
     def add_urls(
-        self, urls: Iterable[str], source: PeerSource, peer_id: str | None, now: float
+        self,
+        urls: Iterable[str],
+        source: PeerSource,
+        peer_id: str | None,
+        now: float,
+        teller: str | None = None,
     ) -> None:
         """:meth:`~trustp2p.storage.peerstore.PeerStore.add_urls`' rules, in memory."""
+        teller = None if teller is None else teller_group(teller)
         owner = None
         if peer_id is not None:
             owner = self.by_id.get(peer_id) or self.new_peer(peer_id, source, now)
@@ -126,10 +134,22 @@ class PeerTable:
             if entry is None:
                 peer = owner if owner is not None else self.new_peer(None, source, now)
                 entry = self.attach(url, peer, now)
+            if teller is not None:
+                self._told(entry, teller)
             peer = entry.peer
             if source is PeerSource.BOOTSTRAP and peer.source is not PeerSource.BOOTSTRAP:
                 peer.source = PeerSource.BOOTSTRAP
                 self.dirty_peers.add(peer.key)
+
+    def _told(self, entry: Url, teller: str) -> None:
+        """A server of network group ``teller`` named ``entry`` (see ``Url.teller``)."""
+        if entry.teller is None:
+            entry.teller = teller
+        elif entry.teller != teller and not entry.teller.startswith("+"):
+            entry.teller = share("+" + entry.teller)
+        else:
+            return
+        self.dirty_urls.add(entry.url)
 
     def _dispute(self, url: str, peer_id: str | None, source: PeerSource, now: float) -> None:
         """
@@ -472,12 +492,14 @@ class PeerTable:
                 self.dirty_peers.add(str(row[0]))
                 continue
             stored[peer.key] = peer
-        for url, key, first_seen, last_connected, failures in url_rows:
+        for url, key, first_seen, last_connected, failures, teller in url_rows:
             owner = stored.get(key)
             if owner is None:
                 self.dirty_urls.add(url)  # an orphan: deleted at the next flush
                 continue
-            owner.urls[url] = Url(url, owner, first_seen, last_connected, failures)
+            entry = Url(url, owner, first_seen, last_connected, failures)
+            entry.teller = None if teller is None else share(str(teller))
+            owner.urls[url] = entry
         for peer in stored.values():
             met_before = peer.successes > 0
             survivor = self._adopt(peer)
@@ -539,9 +561,7 @@ class PeerTable:
             if entry is None:
                 batch.url_deletes.append((url,))
             else:
-                batch.urls.append(
-                    (url, entry.peer.key, entry.first_seen, entry.last_connected, entry.failures)
-                )
+                batch.urls.append(url_row(entry))
         for kind, key in batch.block_keys:
             block = self.blocks.get(kind, {}).get(key)
             if block is None:
@@ -552,10 +572,7 @@ class PeerTable:
 
     def snapshot(self) -> Loaded:
         """Every row, as the database would hand them back at open (for a shelf)."""
-        urls = [
-            (url, entry.peer.key, entry.first_seen, entry.last_connected, entry.failures)
-            for url, entry in self.by_url.items()
-        ]
+        urls = [url_row(entry) for entry in self.by_url.values()]
         blocks = [
             (kind, key, block.until, block.reason)
             for kind, kept in self.blocks.items()

@@ -18,16 +18,11 @@ once; package counts are written by a flush every ``flush_interval`` seconds and
 (a single-thread executor), so a slow disk never stalls the loop. Call the store's methods
 from the event loop thread that opened it; they are not thread-safe.
 
-**Faults are not fatal.** Nothing here raises because of the disk:
-
-- a write that fails (disk full, file-size limit, I/O error) logs one WARNING; the store
-  keeps running on its in-memory state, retries at each flush, logs INFO when writes work
-  again, and writes everything changed meanwhile;
-- a database that is not one (random bytes, a garbled header, a truncated file) is moved
-  aside to ``peers.sqlite.corrupt-<unix time>`` with a WARNING, and a new one is created;
-  a garbage WAL or shared-memory file is ignored by SQLite itself;
-- a database that can't be opened at all runs the store in memory, and it is opened (and
-  merged with what was learned meanwhile) as soon as it can be.
+**Faults are not fatal.** Nothing here raises because of the disk: a failed write (disk
+full, I/O error) logs one WARNING, the store runs on in memory and writes everything at
+the first flush that works (INFO); a file that is not a database is moved aside to
+``peers.sqlite.corrupt-<unix time>`` (WARNING) and a new one made; a database that can't
+be opened at all runs the store in memory, opened and merged as soon as it can be.
 
 The store counts; it doesn't judge. Whether a peer's packages call for a block is the
 :class:`~trustp2p.protocol.scoring.BlockPolicy`'s decision; peers are named by the keys of
@@ -174,22 +169,26 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         return await super().flush()
 
     async def add_urls(
-        self, urls: Iterable[str], source: PeerSource, *, peer_id: str | None = None
+        self,
+        urls: Iterable[str],
+        source: PeerSource,
+        *,
+        peer_id: str | None = None,
+        teller: str | None = None,
     ) -> None:
         """
         Remember URLs to dial.
 
         A URL ``ws://host:port/p2p/<id>`` whose ``ws://host:port`` is that peer's takes
         its place (the pin wins), and that peer's ``ws://host:port`` is never added beside
-        its pinned form. A URL already known is never given to the peer
-        announcing it: only a successful connection (:meth:`record_connected`) moves it
-        to another peer id, so that a peer can't claim other peers' URLs. A URL that a
-        peer only claimed (announced as its own, never proven by our dial there) and
-        that another source names (with no id, or another one: ``/p2p/<id>`` names the
-        owner of its ``ws://host:port``) is no longer that peer's: a peer of its own,
-        id unknown, dialled to see who answers; a proven URL keeps its peer. A
-        bootstrap URL makes its peer a bootstrap peer. A peer keeps at most
-        :data:`~trustp2p.protocol.urls.MAX_URLS_PER_PEER` URLs: a new one its oldest.
+        its pinned form. A URL already known is never given to the peer announcing it:
+        only a successful connection (:meth:`record_connected`) moves it to another peer
+        id, so that a peer can't claim other peers' URLs. A URL that a peer only claimed
+        (announced as its own, never proven by our dial there) and that another source
+        names (with no id, or another one: ``/p2p/<id>`` names the owner of its
+        ``ws://host:port``) is no longer that peer's: a peer of its own, id unknown,
+        dialled to see who answers. A bootstrap URL makes its peer a bootstrap peer. A
+        peer keeps at most :data:`~trustp2p.protocol.urls.MAX_URLS_PER_PEER` URLs.
 
         Args:
             urls: URLs as validated by the caller (the store doesn't parse them).
@@ -197,6 +196,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
             peer_id: The peer that announced these URLs as its own, after proving its
                 id; new URLs are recorded as that peer's. None: each new URL is a peer
                 of its own, id unknown.
+            teller: The host of the server whose ``get_peers`` answer named these
+                URLs: a full store forgets those its network group told past a share first.
 
         Raises:
             NodeStateError: If the store is closed.
@@ -208,7 +209,7 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         if isinstance(urls, str):
             raise TypeError("urls must be an iterable of URLs, not a str")
         source = PeerSource(source)
-        self._table.add_urls(urls, source, peer_id, self._clock())
+        self._table.add_urls(urls, source, peer_id, self._clock(), teller)
         self._table.evict()
         await self._save()
 

@@ -259,5 +259,5 @@ class PeerExchangeThread(Thread):
             # At most what the peer's budget allows (Bitcoin Core's 0.1 address/s).
             fresh = self.node.learned_urls(socket, fresh)
             if fresh:
-                await store.add_urls(fresh, PeerSource.EXCHANGE)
+                await store.add_urls(fresh, PeerSource.EXCHANGE, teller=socket.host)
                 self.client.wake()
