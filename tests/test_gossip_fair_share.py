@@ -22,10 +22,10 @@ from .nodes import FAST
 from .test_gossip_behaviour import memory_node, socket_to, subscribed
 
 
-async def flood(node: Node, count: int, to: str = "server") -> None:
-    """``count`` messages on ``"chat"`` to the memory node ``to``, each from a new
-    origin (free identities: an attacker's way past each peer's own budget)."""
-    socket = socket_to(node, to)
+async def flood(node: Node, count: int) -> None:
+    """``count`` messages on ``"chat"`` to the server, each from a new origin (free
+    identities: an attacker's way past each peer's own budget)."""
+    socket = socket_to(node, "server")
     for number in range(count):
         now = int(time.time() * 1000)
         message = sign_message(Identity.generate(), "chat", 1, now, {"n": number})

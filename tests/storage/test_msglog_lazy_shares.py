@@ -45,9 +45,6 @@ CLAIMS = st.tuples(
     st.just(0),
     st.just(0),
 )
-SPARES = st.tuples(  # a copy from another path (as MessageLog.spare takes it)
-    st.just("spare"), ORIGINS, SOURCES, st.sampled_from(TOPICS), st.just(0), st.just(0)
-)
 EXPIRES = st.tuples(
     st.just("expire"), st.just(""), st.just(""), st.just(""), st.integers(0, 3), st.just(0)
 )
@@ -77,14 +74,10 @@ def run(steps: list[Step], max_messages: int, max_bytes: int) -> None:
             logged = message(seq, origin=origin, topic=topic, data=f'"{"x" * size}"')
             for kept in (lazy, eager):
                 kept.insert((logged, float(position), position), source=source)
-        elif op in ("claim", "spare"):
+        elif op == "claim":
             for kept in (lazy, eager):
                 if topic in kept.topics and origin in kept.topics[topic].origins:
-                    seqs = kept.topics[topic].origins[origin]
-                    if op == "claim":
-                        kept.topics[topic].move(origin, source)
-                    elif seqs.spare is None and seqs.source[0] != source[0]:
-                        seqs.spare = source
+                    kept.topics[topic].move(origin, source)
         else:
             for kept in (lazy, eager):
                 kept.expire(float(position - 10 * seq))
@@ -107,16 +100,14 @@ def run(steps: list[Step], max_messages: int, max_bytes: int) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(ADDS | CLAIMS | SPARES | EXPIRES, max_size=150),
+    st.lists(ADDS | CLAIMS | EXPIRES, max_size=150),
     st.integers(1, 20),
     st.sampled_from((60, 200, sys.maxsize)),
 )
 def test_lazy_shares_drop_what_eager_ones_do(
     steps: list[Step], max_messages: int, max_bytes: int
 ) -> None:
-    # Claims (an origin's own connection: a top source alone), spares (another path,
-    # taken when a full topic would drop one of the origin's messages) and expiries at
-    # any time.
+    # Claims (an origin's own connection: a top source alone) and expiries at any time.
     run(steps, max_messages, max_bytes)
 
 

@@ -396,7 +396,8 @@ class Gossip:
         # Most copies are duplicates: drop them by id before checking a signature.
         message_id = GossipMessage.peek_id(package.event, package.body)
         if message_id is not None and self.router.duplicate(socket.id, message_id):
-            self._attribution.copied(self._log, socket, package.event, package.body)
+            if package.body.get("origin") == socket.peer_id:  # its publisher's own copy
+                claim(self.node, self._log, socket, package.event)
             self.router.fewer_hops(socket.id, message_id, package.body.get("hops", 0))
             return
         connections = self.node.connections  # (identities are free: shared by address)

@@ -21,11 +21,10 @@ import base64
 import operator
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..exceptions import GossipError
 from ..protocol.gossip import DeliveryMarks, GossipMessage, split_stream_key, stream_key
-from ..protocol.gossip.via import check_via, relay_token, sub_sources
+from ..protocol.gossip.via import relay_token, sub_sources
 from ..protocol.shared_text import share
 from ..storage.msglog import (
     LOADED,
@@ -112,29 +111,6 @@ class Attribution:
         # Shared: the log keeps it for each origin new to a topic, and the origins
         # that come by one path (a hub's many) share it.
         return share(SOURCE_SEPARATOR.join([top, *sub_sources(message.via, SUB_LEVELS + 1)[1:]]))
-
-    def copied(self, log: MessageLog, socket: Socket, topic: str, body: dict[str, Any]) -> None:
-        """
-        ``socket`` delivered a copy of a message seen already (``body``, unverified: its
-        id matched, so its origin is the message's): its origin's own connection claims
-        its messages (:func:`claim`); another peer's path becomes their spare source in
-        the log if they have none (:meth:`~trustp2p.storage.msglog.MessageLog.spare`).
-        Copies are frequent: the usual one costs a stream key and two lookups.
-        """
-        origin = body["origin"]  # (a str: checked by GossipMessage.peek_id)
-        if origin == socket.peer_id:
-            claim(self._node, log, socket, topic)
-            return
-        key = stream_key(topic, origin)
-        if not log.lacks_spare(key, topic):
-            return  # the usual: nothing kept, or a spare already
-        try:
-            via = check_via(body.get("via", ""))
-        except GossipError:
-            via = ""
-        top = log_source(self._node, socket)  # then its via's sub-sources, as source()
-        source = SOURCE_SEPARATOR.join([top, *sub_sources(via, SUB_LEVELS)])
-        log.spare(key, topic, share(source))
 
 
 def claim(node: Node, log: MessageLog, socket: Socket, topic: str) -> None:

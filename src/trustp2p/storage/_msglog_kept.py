@@ -146,23 +146,14 @@ class KeptMessages:
         relay said they are), then among origins (see
         :class:`~._msglog_shares.Shares`). Then a flood, from one origin or many new
         ones, can't push out the messages of an origin within its share, nor one
-        address's many origins those of another address. An origin that would lose one
-        is first counted for its spare source if it has a bigger share there
-        (:meth:`~._msglog_records.Topic.rehome`), then looked for again (once)."""
-        for rehome in (True, False):
-            oldest = topic.oldest()
-            assert oldest is not None  # a full topic
-            origin = oldest[0].origin
-            over = topic.over_share(origin, self.max_messages)
-            largest = None if over else topic.largest()
-            if rehome and topic.rehome(origin if largest is None else largest[0]):
-                continue
-            if largest is None:
-                topic.entries.popleft()
-                self._forget(topic, oldest)
-            else:
-                self._drop_number(topic, *largest)
+        address's many origins those of another address."""
+        oldest = topic.oldest()
+        assert oldest is not None  # a full topic
+        if topic.over_share(oldest[0].origin, self.max_messages):
+            topic.entries.popleft()
+            self._forget(topic, oldest)
             return
+        self._drop_number(topic, *topic.largest())
 
     def _drop_number(self, topic: Topic, origin: str, seq: int) -> None:
         entry = self.origins[origin].get(seq)

@@ -110,9 +110,8 @@ class Shares:
     """
     A topic's messages by source, sub-source and origin. An origin counts for the
     source that delivered the first of its messages the topic keeps, until the topic
-    keeps none of them or moves it (a claim, or its spare:
-    :meth:`~._msglog_records.Topic.rehome`); the topic's numbers of the origin hold its
-    source, and say how many it keeps.
+    keeps none of them (the topic's numbers of the origin hold its source, and say how
+    many it keeps).
 
     ``counts`` counts the messages under each level of a source (see
     :func:`source_nodes`) and ``breadth`` the levels (or, under a whole source, the
@@ -228,32 +227,6 @@ class Shares:
                 return False
             parent = node
         return held * breadth[parent] * ways > max_messages
-
-    def ways(self, source: str, leaving: str | None = None, held: int = 0) -> int:
-        """
-        How many ways the topic is shared down to one origin of ``source`` (by source,
-        each level of sub-sources, then origin: its share is ``max_messages`` over
-        that), the origin among them; with ``leaving``, as if an origin holding ``held``
-        messages of ``leaving`` (another source) moved there. O(levels).
-        """
-        counts, breadth = self.counts, self.breadth
-        nodes = source_nodes(source)
-        left = None if leaving is None else source_nodes(leaving)
-        if left == nodes:
-            left = None
-        ways = 1
-        parent: Node = ()
-        for level, node in enumerate(nodes):
-            width = breadth.get(parent, 0)
-            if left is not None:
-                if node not in counts:  # one more here
-                    width += 1
-                gone = left[level]
-                if gone != node and gone[:-1] == parent and counts[gone] == held:
-                    width -= 1  # one fewer: the origin held all of it
-            ways *= width
-            parent = node
-        return ways * (breadth.get(parent, 0) + (left is not None))
 
     def fill(self, origins: Iterable[tuple[str, str, int]]) -> None:
         """Make the sizes, from each origin's ``(origin, source, held)``."""

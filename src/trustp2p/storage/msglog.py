@@ -255,7 +255,7 @@ class MessageLog(WriteBehind[Batch, Loaded]):
                 the relay that sent it said it is (its ``via``): the source's share is
                 shared among them before its origins. An origin's messages in a topic
                 count for the source of the first of them kept (or of a
-                :meth:`claim`, or their :meth:`spare`); it is stored with them.
+                :meth:`claim`); it is stored with them.
 
         Returns:
             True if it was added; False if a message with its ``(origin, seq)`` is
@@ -291,34 +291,6 @@ class MessageLog(WriteBehind[Batch, Loaded]):
             # takes an origin's source from its newest row (an origin connected from two
             # addresses in turn would have rewritten all its rows at each turn).
             kept.move(origin, source)
-
-    def lacks_spare(self, origin: str, topic: str) -> bool:
-        """Whether ``origin`` has two messages or more kept in ``topic`` and no spare
-        source yet (see :meth:`spare`): O(1), what the node asks of each relay's copy."""
-        kept = self._messages.topics.get(topic)
-        seqs = None if kept is None else kept.origins.get(origin)
-        return seqs is not None and seqs.spare is None and len(seqs) > 1
-
-    def spare(self, origin: str, topic: str, source: str) -> None:
-        """
-        ``source`` delivered a copy of a message of ``origin`` in ``topic`` (one logged
-        already): it becomes the origin's spare source there if it has none and
-        ``source`` is another top source (address group) than the one its messages
-        count for. A full topic that would drop one of its messages counts them for
-        the spare instead, if their share is bigger there (and for the other again,
-        later, if that has become the bigger): found by an attacker (attacker38 A1),
-        a peer that relayed an honest origin's messages first, then flooded its own
-        share, cut the origin's history at the next node to 49 of 450. Not written:
-        a restart forgets spares. An origin holding one message takes none (the source
-        costs memory, and a simulated node keeps one message of each of ~100 origins):
-        a flood takes it only where its path is shared as many ways as the topic
-        keeps messages, and the copies of its next message give it one.
-        """
-        if self.lacks_spare(origin, topic):
-            seqs = self._messages.topics[topic].origins[origin]
-            top = source.partition(SOURCE_SEPARATOR)[0]
-            if seqs.source.partition(SOURCE_SEPARATOR)[0] != top:
-                seqs.spare = source
 
     def has(self, origin: str, seq: int) -> bool:
         """Whether the message ``(origin, seq)`` is logged, in any topic."""
