@@ -126,6 +126,30 @@ def test_a_flood_from_one_sender_keeps_no_other_out_of_an_owed_announcement() ->
     assert wanted.id in told[0]  # (before: the flooder's first 500 only)
 
 
+def test_the_connections_of_one_address_share_one_turn() -> None:
+    """review56: turns by connection let eight connections of one address (the default
+    ``max_per_ip``) take 8 of 9 turns: an honest publisher's 100 ids, 55 told. Peers
+    added with one ``group`` share a turn."""
+    router, sent, clock = _squatted()
+    flooder = Identity.generate()
+    nat = [f"nat{n}" for n in range(8)]
+    for peer in nat:
+        router.add_peer(peer, group="10.1.0.0/16")
+    seq = 0
+    for peer in nat:
+        for _ in range(100):
+            seq += 1
+            message = sign_message(flooder, TOPIC, seq, 1_700_000_000_000, {"n": seq})
+            assert router.receive(peer, message)
+            router.forward(peer, message)
+    honest = {_publish(router, n) for n in range(1, 101)}
+    sent.clear()
+    clock.advance(1.0)
+    router.heartbeat()
+    told = {i for p, _, body in _talks(sent, IHAVE) if p == LATE for i in body["ids"]}
+    assert len(told) == router.max_ihave and honest <= told  # (before: 55 of 100)
+
+
 def test_recent_ids_past_the_limit_are_taken_from_each_sender_in_turn() -> None:
     recent: RecentMessages = RecentMessages(history=3)
     flood = [_message(seq) for seq in range(1, 7)]

@@ -1,15 +1,13 @@
 """
 Publish/subscribe and catch-up on a node: ``node.gossip``. The decisions live in
-:mod:`trustp2p.protocol.gossip`; this module carries them out on the node's connections,
-its threads and its message log (:mod:`trustp2p.storage.msglog`), and owns the tasks that do.
+:mod:`trustp2p.protocol.gossip`; this carries them out (connections, threads, the log).
 
 - ``await node.gossip.publish(topic, data)`` (or ``node.publish``) signs and sends a
   message; threads receive a topic's messages through their event map (called as
   ``handler(socket, message)``, ``socket`` None for our own and caught-up ones) or
   ``node.gossip.subscribe(topic, handler)`` (``handler(message)``): each once, in
   order per origin and topic (a *stream*), topics side by side (:mod:`.gossip_delivery`).
-- Validators (``set_validator``) accept, ignore or reject a message before it goes
-  further; a rejected one counts against the peer that sent it.
+- Validators (``set_validator``) accept, ignore or reject (against its sender) a message.
 - Catch-up (:mod:`.gossip_catchup`): when a peer introduces itself, a topic is new, and
   every ``catchup_interval``, peers exchange per-stream high-water marks of their logs
   (``gossip/hwm``) and fetch what they miss (``gossip/fetch``). A gap in a live stream
@@ -377,8 +375,10 @@ class Gossip:
 
     def peer_introduced(self, socket: Socket, max_size: int | None) -> None:
         """A peer introduced itself (``max_size``: the largest package it takes, None if
-        not under ours): gossip with it. Not at open, when its limit was unknown."""
-        self.router.add_peer(socket.id, max_bytes=None if max_size is None else max_size // 4)
+        not under ours): gossip with it, its address's peers a group. Not at open."""
+        group = self.node.connections.share_group(socket)  # (None: local, apart)
+        bound = None if max_size is None else max_size // 4
+        self.router.add_peer(socket.id, max_bytes=bound, group=group)
         if self._fetcher is not None:
             self._fetcher.introduced(socket)
 

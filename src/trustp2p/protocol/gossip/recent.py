@@ -10,8 +10,8 @@ from __future__ import annotations
 __all__ = ["MAX_CACHE_BYTES", "RecentMessages", "worth_announcing"]
 
 import itertools
+from collections.abc import Hashable
 
-from .control import PeerKey
 from .message import GossipMessage
 
 MAX_CACHE_BYTES = 32 * 2**20
@@ -57,15 +57,15 @@ class RecentMessages:
         self._window = 0  # the number of the newest window
         # Held, in the order they came, with the window each is in (one let go may come
         # again in a later window: the earlier window's end doesn't let it go) and the
-        # peer that sent it (None: this node's own).
-        self._held: dict[str, tuple[GossipMessage, int, PeerKey | None]] = {}
+        # peer (or group of peers) that sent it (None: this node's own).
+        self._held: dict[str, tuple[GossipMessage, int, Hashable]] = {}
         self._max_bytes = MAX_CACHE_BYTES if max_bytes is None else max_bytes
         self.size = 0
 
-    def add(self, message: GossipMessage, sender: PeerKey | None = None) -> None:
-        """Hold ``message``, sent by ``sender``, in the newest window (again: nothing),
-        letting go of the oldest held past the bound; one larger than the bound is not
-        held."""
+    def add(self, message: GossipMessage, sender: Hashable = None) -> None:
+        """Hold ``message``, sent by ``sender`` (a peer, or its group), in the newest
+        window (again: nothing), letting go of the oldest held past the bound; one larger
+        than the bound is not held."""
         if message.id in self._held:
             return
         self._windows[0].append(message.id)  # (its id goes with the window, held or not)
@@ -111,7 +111,7 @@ class RecentMessages:
         if len(ids) <= limit:
             return ids
         held = self._held
-        by_sender: dict[PeerKey | None, list[str]] = {}
+        by_sender: dict[Hashable, list[str]] = {}
         for message_id in ids:
             h = held.get(message_id)
             by_sender.setdefault(None if h is None else h[2], []).append(message_id)

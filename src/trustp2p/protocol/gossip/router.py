@@ -3,17 +3,15 @@ The gossip router, free of I/O: it decides where each message goes.
 
 The router keeps, per topic, a *mesh* of peers (target degree ``degree``, between
 ``degree_low`` and ``degree_high``): new messages are pushed eagerly to mesh peers, and
-announced lazily (``ihave``) at each heartbeat to every peer refused a seat in the
-mesh (:mod:`.mesh`) and to a few other subscribed peers, which pull what they miss
-(``iwant``) — GossipSub's design, kept small. A bounded seen-cache (by count and age)
-drops duplicates, and a hop limit stops runaway floods. ``mode="flood"`` pushes to
-every subscribed peer instead, as a baseline.
+announced lazily (``ihave``) at each heartbeat to every peer refused a seat in the mesh
+(:mod:`.mesh`) and to a few other subscribers, which pull what they miss (``iwant``):
+GossipSub's design, kept small. A bounded seen-cache drops duplicates, a hop limit
+stops runaway floods; ``mode="flood"`` pushes to every subscriber, as a baseline.
 
-The router is given a clock and a ``send`` callable, and never awaits. Every list a
-peer sends in a control talk is bounded (:data:`MAX_TOPICS_PER_TALK`, ``max_ihave``,
+Given a clock and a ``send`` callable, it never awaits. Every list a peer sends in a
+control talk is bounded (:data:`MAX_TOPICS_PER_TALK`, ``max_ihave``,
 :data:`MAX_PEER_TOPICS`). After a PRUNE either way, the two peers don't graft each other
-on that topic for ``prune_backoff``; a mesh over ``degree_high`` loses its newest peers
-first (:mod:`.mesh`).
+on that topic for ``prune_backoff``; a full mesh loses its newest peers first.
 
 """
 
@@ -160,6 +158,7 @@ class GossipRouter:
         self.stats = GossipStats()
         self.topics: set[str] = set()  # ours
         self._peers: dict[PeerKey, set[str]] = {}  # peer -> its topics
+        self._groups: dict[PeerKey, PeerKey] = {}  # peer -> its group (add_peer)
         self.mesh: dict[str, set[PeerKey]] = {}
         self._book = MeshBook(prune_backoff, want_window)  # seniority, backoffs, asks
         self._seen = SeenIds(seen_max, seen_ttl)
@@ -177,9 +176,14 @@ class GossipRouter:
     def peer_topics(self, peer: PeerKey) -> set[str]:
         return self._peers.get(peer, set())
 
-    def add_peer(self, peer: PeerKey, *, max_bytes: int | None = None) -> None:
-        """A peer to gossip with: told our topics in talks of ``max_bytes`` at most."""
+    def add_peer(
+        self, peer: PeerKey, *, max_bytes: int | None = None, group: PeerKey = None
+    ) -> None:
+        """A peer to gossip with: told our topics in talks of ``max_bytes`` at most; the
+        peers of a ``group`` (an address's; None: apart) share a turn in an ``ihave``
+        (:meth:`~.recent.RecentMessages.fair`; review56: 8 connections took 8 of 9)."""
         self._peers[peer] = set()
+        self._groups[peer] = peer if group is None else group
         self._asks.add_peer(peer)
         self.batch.limit(peer, max_bytes)  # (and for the talks merged later)
         for chunk in topic_chunks(sorted(self.topics), self.batch.bound(peer)):
@@ -187,6 +191,7 @@ class GossipRouter:
 
     def remove_peer(self, peer: PeerKey) -> None:
         self._peers.pop(peer, None)
+        self._groups.pop(peer, None)
         self._asks.remove_peer(peer)
         self.batch.forget(peer)
         self._book.forget_peer(peer)
@@ -291,7 +296,7 @@ class GossipRouter:
         """A message received ``pending`` passed validation: announce and serve it now
         (if :meth:`receive` was told it is ``live``)."""
         if message.id in self._holders:  # (started by receive(), if live)
-            self._recent.add(message, peer)
+            self._recent.add(message, self._groups.get(peer, peer))
             self._holders.add(message.id, peer)
         if peer is not None:
             self._book.delivered(message.topic, peer)
@@ -381,7 +386,7 @@ class GossipRouter:
 
     def _remember(self, message: GossipMessage, peer: PeerKey | None = None) -> None:
         self._seen.add(message.id, self._clock())
-        self._recent.add(message, peer)
+        self._recent.add(message, self._groups.get(peer, peer))
         self._holders.start(message.id, peer)
 
     def cached(self, message_id: str) -> GossipMessage | None:
@@ -565,8 +570,7 @@ class GossipRouter:
             # every recent id for each of them, made a heartbeat 10 times slower).
             self._ihave(topic, peer, fair(holders.untold(peer, new), self.max_ihave))
         for peer in self._sample(others, self.lazy):
-            # Only what the peer isn't known to have already, each sender's in turn;
-            # told once is enough (it asks if it wants).
+            # What it isn't known to have; told once is enough (it asks if it wants).
             untold = fair(holders.untold(peer, ids), self.max_ihave)
             holders.told(peer, untold)
             self._ihave(topic, peer, untold)
