@@ -10,7 +10,7 @@ it was ever sent (found in review, review55 R2). The table here is the process's
 and bounded: texts of up to :data:`MAX_TEXT` characters, :data:`MAX_ENTRIES` of them
 and :data:`MAX_CHARACTERS` in all at most; when full it starts afresh (texts shared
 before stay shared by whoever holds them, and go when they let go). A flood of
-distinct texts costs the sharing, never memory.
+distinct texts costs the sharing, and never more memory than that bound.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ MAX_TEXT = 4096
 MAX_ENTRIES = 65_536
 """Texts in the table at most."""
 
-MAX_CHARACTERS = 4 * 2**20
-"""Characters of the texts in the table at most."""
+MAX_CHARACTERS = 2**20
+"""Characters of the texts in the table at most (4 MiB of text at 4 bytes a character,
+with the table's own entries about 10 MiB at most: review56 measured 16-23 MiB at 4 Mi
+characters)."""
 
 
 class SharedText:
