@@ -790,6 +790,7 @@ def test_a_url_claiming_an_id_is_not_proven_by_the_claim(clock: FakeClock) -> No
         (3, CloseCode.GOING_AWAY, True),  # the server stopped, or restarts
         (3, CloseCode.ABNORMAL_CLOSURE, True),  # killed, or the link dropped
         (3, CloseCode.NORMAL_CLOSURE, True),
+        (3, 1005, True),  # a close frame without a code
         (0, CloseCode.GOING_AWAY, False),  # nothing from the peer
         (3, CloseCode.POLICY_VIOLATION, False),  # refused, once introduced
         (3, CloseCode.TRY_AGAIN_LATER, False),

@@ -123,8 +123,9 @@ class Reconnect:
         return delay
 
 
+_NO_STATUS = 1005  # a close frame without a code (review56: a peer's plain close)
 _SERVED_CLOSES = frozenset(
-    {CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.ABNORMAL_CLOSURE}
+    {CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, _NO_STATUS, CloseCode.ABNORMAL_CLOSURE}
 )
 
 
