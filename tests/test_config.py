@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -361,3 +362,53 @@ def test_relay_topics_are_topics_a_node_may_carry() -> None:
     ):
         NodeOptions(server=True, gossip=False, relay_topics=("chat",))
     assert NodeOptions(server=True, gossip=False).relay_topics == ()
+
+
+def test_log_and_loop_flags_read_their_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # tester39 F10: each stopped the start (exit 2) with "did you mean
+    # TRUSTP2P_LOG_MAX_BYTES?", where deploy.md says options may live in variables.
+    monkeypatch.setenv("TRUSTP2P_LOG_FORMAT", "json")
+    monkeypatch.setenv("TRUSTP2P_LOG_LEVEL", "debug")
+    monkeypatch.setenv("TRUSTP2P_LOOP", "asyncio")
+    assert all(s.source is Source.DEFAULT for s in load_settings(tmp_path, os.environ, {}).values())
+    seen: list[NodeOptions] = []
+
+    async def fake_serve(options: NodeOptions) -> int:
+        seen.append(options)
+        return 0
+
+    monkeypatch.setattr(trustp2p.apps.serve, "serve_process", fake_serve)
+    assert main(["server", "--cwd", str(tmp_path), "--port", "1200"]) == 0
+    assert len(seen) == 1
+    root = logging.getLogger()
+    assert root.level == logging.DEBUG
+    assert any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+    monkeypatch.setenv("TRUSTP2P_LOOP", "nope")
+    assert main(["server", "--cwd", str(tmp_path), "--port", "1200"]) == 2
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        (
+            "log_level",
+            "log_level is a command-line setting only: pass --log-level, or set TRUSTP2P_LOG_LEVEL",
+        ),
+        (
+            "log-format",
+            "log-format is a command-line setting only: pass --log-format, or set "
+            "TRUSTP2P_LOG_FORMAT",
+        ),
+        ("loop", "loop is a command-line setting only: pass --loop, or set TRUSTP2P_LOOP"),
+    ],
+)
+def test_log_and_loop_settings_in_the_file_say_where_they_go(
+    tmp_path: Path, key: str, says: str
+) -> None:
+    write(tmp_path, f'{key} = "x"\n')
+    with pytest.raises(ConfigError) as exc_info:
+        load_settings(tmp_path, {}, {})
+    assert str(exc_info.value) == f"key {key!r} in {tmp_path / 'trustp2p.toml'}: {says}"

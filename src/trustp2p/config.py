@@ -13,7 +13,8 @@ comma-separated (``TRUSTP2P_PEERS=ws://a:1107,ws://b:1107``), and ``none`` clear
 option that may be unset (``TRUSTP2P_MAX_INBOUND=none``), as the string ``"none"``
 does in the file. An unknown key is an error that names the closest valid one.
 Variables starting with ``TRUSTP2P_TESTS_`` or ``TRUSTP2P_BENCH_`` belong to the test
-suite and the benchmarks, not to nodes.
+suite and the benchmarks, not to nodes; ``TRUSTP2P_LOG_LEVEL``, ``TRUSTP2P_LOG_FORMAT``
+and ``TRUSTP2P_LOOP`` to the command's flags of those names (:data:`FLAGS_ONLY`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "CONFIG_FILE",
     "ENV_PREFIX",
+    "FLAGS_ONLY",
     "Setting",
     "Source",
     "configurable",
@@ -48,6 +50,12 @@ ENV_PREFIX = "TRUSTP2P_"
 
 NOT_OPTIONS = ("TRUSTP2P_TESTS_", "TRUSTP2P_BENCH_", "TRUSTP2P_COMPILE", "TRUSTP2P_BUILD_")
 """Prefixes of ``TRUSTP2P_*`` variables that are not node options."""
+
+FLAGS_ONLY = {"log_level": "--log-level", "log_format": "--log-format", "loop": "--loop"}
+"""Settings of the command, not of the node: their flags read ``TRUSTP2P_<NAME>``
+(click's ``envvar``), and this module passes those variables over; a file can't hold
+them, as logging starts before it is read (tester39 F10: each stopped the start with
+"unknown option" and a wrong hint)."""
 
 _NOT_CONFIGURABLE = frozenset({"cwd", "server", "client", "threads", "identity"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -118,6 +126,12 @@ def load_settings(
     if cwd is not None and (cwd / CONFIG_FILE).is_file():
         path = cwd / CONFIG_FILE
         for key, raw in _read_file(path).items():
+            flag = FLAGS_ONLY.get(key.replace("-", "_"))
+            if flag is not None:
+                raise ConfigError(
+                    f"key {key!r} in {path}: {key} is a command-line setting only: pass "
+                    f"{flag}, or set TRUSTP2P_{flag[2:].replace('-', '_').upper()}"
+                )
             name = _known(key.replace("-", "_"), kinds, f"key {key!r} in {path}")
             value = _from_file(raw, kinds[name], f"{name} in {path}")
             settings[name] = Setting(name, value, Source.FILE, str(path))
@@ -125,6 +139,8 @@ def load_settings(
         if not variable.startswith(ENV_PREFIX) or variable.startswith(NOT_OPTIONS):
             continue
         key = variable.removeprefix(ENV_PREFIX).lower()
+        if key in FLAGS_ONLY:  # (the command's flag reads it)
+            continue
         name = _known(key, kinds, f"environment variable {variable}", prefix=ENV_PREFIX)
         value = _from_env(text, kinds[name], variable)
         settings[name] = Setting(name, value, Source.ENV, variable)

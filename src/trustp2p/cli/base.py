@@ -69,6 +69,8 @@ def log_options(f: F) -> F:
         type=click.Choice(["text", "json"]),
         default="text",
         show_default=True,
+        envvar="TRUSTP2P_LOG_FORMAT",  # (tester39 F10: a unit's Environment= line)
+        show_envvar=True,
         expose_value=False,
         is_eager=True,
         callback=_remember_log_format,
@@ -80,6 +82,8 @@ def log_options(f: F) -> F:
         type=click.Choice(LOG_LEVELS, case_sensitive=False),
         default="info",
         show_default=True,
+        envvar="TRUSTP2P_LOG_LEVEL",
+        show_envvar=True,
         help="Logging level (logs go to stderr).",
     )(f)
 
@@ -291,6 +295,8 @@ def fast_options(*, driver: bool = False) -> Callable[[F], F]:
             type=click.Choice(LOOPS),
             default="asyncio",
             show_default=True,
+            envvar="TRUSTP2P_LOOP",
+            show_envvar=True,
             callback=_check_loop,
             help="Event loop; uvloop (needs trustp2p[fast]) is faster.",
         )(f)

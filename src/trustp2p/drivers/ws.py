@@ -89,11 +89,17 @@ def _dial_hint(first_byte: int | None) -> str:
 def _answer_hint(failed: BaseException | None) -> str:
     """What a dial's failed upgrade says of the server there (tester37 F7: a ``ws://``
     dial of an admin port said only "HTTP 200", of a ``tcp://`` server "did not receive
-    a valid HTTP response")."""
+    a valid HTTP response"); tester39 F1: a node's refusal repeated within a moment,
+    which it drops unanswered, read as a protocol mismatch)."""
     if isinstance(failed, InvalidStatus) and failed.response.status_code == 200:
         return " (an HTTP server, not a peer: is it a node's admin port?)"
-    if isinstance(failed, InvalidMessage) and _sent(failed):
-        return " (not HTTP: does it listen on tcp://?)"
+    if isinstance(failed, InvalidMessage):
+        if _sent(failed):
+            return " (not HTTP: does it listen on tcp://?)"
+        return (
+            " (closed unanswered: a node does so to an address whose dials it has just"
+            " refused, e.g. for connecting too often)"
+        )
     return ""
 
 

@@ -28,7 +28,6 @@ from ..exceptions import HandshakeError
 from ..protocol.admission import Admission, Refusal, RefusalNotices
 from ..protocol.close import CloseCode
 from ..protocol.handshake import is_mode_mismatch
-from ..protocol.limits import AddressLimiter
 from ..protocol.log_budget import LogBudget
 from ..security.channel import SecureSocket
 from .penalties import refusal_reason
@@ -71,15 +70,9 @@ class Inbound:
         self._timeout = options.handshake_timeout
         self._logger = logging.getLogger(__name__)
         self.log_budget = LogBudget()
-        limiter = AddressLimiter(
-            max_concurrent=options.max_per_ip,
-            rate=options.ip_rate,
-            burst=options.ip_burst,
-            exempt_loopback=not options.limit_loopback,
-        )
         self.admission = Admission(
             max_inbound=options.max_inbound,
-            limiter=limiter,
+            limiter=options.address_limiter(),
             is_blocked=self._address_blocked,
             handshake_timeout=options.handshake_timeout,
             storms=options.reconnect_storms(),

@@ -376,7 +376,8 @@ class Admission:
         """Count a connection from ``host`` for its reconnect storms, unless exempt."""
         if self.storms is None or self._limiter.exempts(host):
             return None
-        return _refusal(self.storms.arrive(peer_key(None, address_key(host)), now))
+        key = peer_key(None, address_key(host))
+        return _refusal(self.storms.arrive(key, now, by_address=True))
 
     def finish(self, conn_id: int, now: float) -> Admitted | Refusal | None:
         """

@@ -13,6 +13,7 @@ __all__ = [
     "ADDRESS_BURST",
     "ADDRESS_RATE",
     "FIRST_ADDRESSES",
+    "MAX_PER_IP",
     "SITE_SHARE",
     "STORM_CONNECTIONS",
     "STORM_COOLDOWN",
@@ -29,6 +30,7 @@ __all__ = [
     "UnprovenDials",
     "WriteStall",
     "address_key",
+    "address_share",
     "is_loopback",
     "netgroup",
 ]
@@ -101,6 +103,17 @@ class TokenBucket:
     def level(self, now: float) -> float:
         """The tokens in the bucket at ``now`` (negative while in debt); spends none."""
         return min(self.burst, self.tokens + max(now - self._last, 0.0) * self.rate)
+
+
+MAX_PER_IP = 8
+"""Inbound connections at once from one address, by default (``max_per_ip``)."""
+
+
+def address_share(max_per_ip: int | None) -> float:
+    """How many addresses' worth of new connections (rate, burst, reconnect storms) an
+    address may make that may hold ``max_per_ip`` at once: ``max_per_ip /``
+    :data:`MAX_PER_IP`, at least 1 (``None``, no limit: 1)."""
+    return max(1.0, (max_per_ip or MAX_PER_IP) / MAX_PER_IP)
 
 
 SITE_SHARE = 16
@@ -288,6 +301,9 @@ class ReconnectStorms:
         window: Seconds over which they are counted (:data:`STORM_WINDOW`).
         cooldown: Seconds of refusals after a storm (:data:`STORM_COOLDOWN`).
         max_tracked: Peers tracked before the idle ones are forgotten.
+        address_connections: Connections that make a storm for a key counted
+            ``by_address`` (:meth:`arrive`), where many peers may share the address
+            (behind a NAT); ``connections`` if not given.
 
     Raises:
         ValueError: If ``connections`` is under 2, or ``window`` or ``cooldown`` isn't
@@ -302,6 +318,7 @@ class ReconnectStorms:
         window: float = STORM_WINDOW,
         cooldown: float = STORM_COOLDOWN,
         max_tracked: int = 100_000,
+        address_connections: int | None = None,
     ) -> None:
         if connections < 2 or window <= 0 or cooldown <= 0:
             raise ValueError(
@@ -311,6 +328,7 @@ class ReconnectStorms:
         self.connections = connections
         self.window = window
         self.cooldown = cooldown
+        self.address_connections = max(address_connections or connections, 2)
         self._max_tracked = max_tracked
         # The last few, oldest first: a list (a deque took 600 bytes a peer, kept
         # until max_tracked: 60 MB at 100,000 peers that each came once).
@@ -321,10 +339,11 @@ class ReconnectStorms:
         """Peers tracked."""
         return len(self._arrivals.keys() | self._until.keys())
 
-    def arrive(self, key: str, now: float) -> Cooldown | None:
+    def arrive(self, key: str, now: float, *, by_address: bool = False) -> Cooldown | None:
         """
         Count a new connection of peer ``key`` at ``now``: ``None`` to let it in, or
-        the :class:`Cooldown` that refuses it.
+        the :class:`Cooldown` that refuses it. ``by_address``: ``key`` is an address,
+        which makes a storm at ``address_connections``.
         """
         until = self._until.get(key)
         if until is not None:
@@ -340,7 +359,7 @@ class ReconnectStorms:
         while gone < len(arrivals) and arrivals[gone] <= since:
             gone += 1
         del arrivals[:gone]
-        if len(arrivals) < self.connections - 1:
+        if len(arrivals) < (self.address_connections if by_address else self.connections) - 1:
             arrivals.append(now)
             return None
         del self._arrivals[key]  # the count starts over after the cooldown
