@@ -20,7 +20,7 @@ import trustp2p.node.gossip
 import trustp2p.storage.msglog
 from trustp2p import EventMap, Node, RemoteError, Socket, Thread
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
-from trustp2p.identity import Identity
+from trustp2p.identity import Identity, short_id
 from trustp2p.node.gossip import Gossip, Validation
 from trustp2p.node.gossip_catchup import MAX_EMPTY_FETCHES
 from trustp2p.node.gossip_log import to_logged
@@ -266,8 +266,10 @@ async def test_validators_ignore_fail_accept_and_reject_in_a_chain(
         # ...nor counted against A; the failure is logged.
         assert socket_to(b, "n0").stats.invalid_in == 0
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-        assert [r.getMessage() for r in errors] == ["! validator of 'chat' failed"]
+        said = f"! validator of 'chat' failed on message 2 of {short_id(a.peer_id)} from "
+        assert [r.getMessage()[: len(said)] for r in errors] == [said]  # (and the peer)
         assert errors[0].exc_info is not None
+        assert b.metrics.handler_failures == {("validator", "chat"): 1}
 
         # An async validator is awaited.
         async def accept_later(message: GossipMessage) -> Validation:
@@ -339,7 +341,8 @@ async def test_a_validator_returning_no_validation_ignores_the_message_and_no_mo
         await sender.publish("chat", {"n": 1})
         await wait_for(lambda: receiver.metrics.validation.get("ignore") == 1)
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-        assert [r.getMessage() for r in errors] == ["! validator of 'chat' failed"]
+        said = f"! validator of 'chat' failed on message 1 of {short_id(sender.peer_id)} from "
+        assert [r.getMessage()[: len(said)] for r in errors] == [said]
         assert errors[0].exc_info is not None
         assert f"returned {verdict!r}, not a Validation" in str(errors[0].exc_info[1])
         gossip(receiver).set_validator("chat", None)
@@ -395,7 +398,8 @@ async def test_a_subscriber_raising_cancelled_error_is_a_failing_subscriber(
             await sender.publish("chat", {"n": n})
         await network.wait_delivered(2)  # both, to the Network's recorder too
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-        assert errors == ["! gossip subscriber of 'chat' failed"] * 2
+        said = f"! gossip subscriber of 'chat' failed on message %d of {short_id(sender.peer_id)}"
+        assert [line.split(" from ")[0] for line in errors] == [said % 1, said % 2]
 
 
 class _Quits(Thread):

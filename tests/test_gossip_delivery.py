@@ -94,6 +94,29 @@ async def test_cancelled_delivery_settles_nothing_and_closed_queues_take_nothing
     assert len(queues) == 0 and len(tasks) == 0
 
 
+async def test_finish_lets_the_messages_being_handled_end_and_starts_no_next() -> None:
+    # tester39 F2: a stop cancelled a handler midway, and it ran again after the
+    # restart. The messages left waiting must not be settled as delivered either.
+    tasks = TaskOwner(logging.getLogger("test"))
+    recorder = Recorder()
+    recorder.gates["a"] = asyncio.Event()
+    queues = TopicQueues(tasks, recorder.work, recorder.settled, no_connection)
+    for n in range(2):
+        queues.put("deliver", message("a", n), None)
+        queues.put("deliver", message("b", n), None)
+    await wait_for(lambda: recorder.done == ["b-0", "b-1"])  # a-0 is at its gate
+    finishing = asyncio.ensure_future(queues.finish(timeout=60.0))
+    await asyncio.sleep(0)
+    assert not finishing.done() and not queues.idle
+    recorder.gates["a"].set()
+    await finishing
+    assert recorder.done == ["b-0", "b-1", "a-0"]  # a-1 stays for the next start
+    assert recorder.idle == 0 and not queues.idle  # nothing settles a-1
+    queues.put("deliver", message("c", 0), None)  # a late arrival while stopping
+    assert len(queues) == 0 and len(tasks) == 0
+    await tasks.aclose()
+
+
 class Peer:
     """A connection's hold, as PeerConnection.hold takes it, and its socket."""
 

@@ -182,6 +182,14 @@ class NodeCollector(Collector):
             "Round trip of answered requests.",
             m.request_seconds,
         )
+        failures = CounterMetricFamily(
+            "trustp2p_handler_failures",
+            "Failures of the threads' handlers, validators and subscribers, by kind and event.",
+            labels=["kind", "event"],
+        )
+        for (kind, event), value in sorted(m.handler_failures.items()):
+            failures.add_metric([kind, event], value)
+        yield failures
         yield _histogram(
             "trustp2p_handler_duration_seconds",
             "Time from a request's dispatch to its handler's answer.",

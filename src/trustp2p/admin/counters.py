@@ -136,6 +136,12 @@ class Metrics:
         unmatched: Responses that answer no pending request (late, unasked, or of the
             wrong type), heartbeat pongs aside.
         handler_seconds: Time from a request's dispatch to its handler's answer.
+        handler_failures: Failures of the threads' handlers (what they raised, or a
+            request's answer that can't be sent), of gossip validators and subscribers,
+            by ``(kind, event)``: ``kind`` the package type's name in lower case
+            (``"request"``, ``"talk"``, ``"gossip"``), ``"validator"`` or
+            ``"subscriber"``; ``event`` the event or topic (at most :data:`MAX_LABELS`
+            pairs, then ``(kind, "other")``).
         heartbeat_rtt: Round trip of heartbeat pings.
         throttles: Times a peer over a budget (requests, gossip, its share of the
             node's gossip) had its reading paused.
@@ -175,6 +181,7 @@ class Metrics:
         self.requests_abandoned = 0
         self.unhandled: dict[str, int] = {}
         self.handler_seconds = Histogram()
+        self.handler_failures: dict[tuple[str, str], int] = {}
         self.heartbeat_rtt = Histogram()
         self.throttles = 0
         self.send_stalls = 0
@@ -197,6 +204,15 @@ class Metrics:
         """Count one package sent (the node inlines this on its hot path)."""
         self.packages_out[package_type] += 1
         self.bytes_out[package_type] += size
+
+    def handler_failed(self, kind: str, event: str) -> None:
+        """Count one failure of a handler of ``kind`` for ``event`` (see
+        :attr:`handler_failures`)."""
+        failures = self.handler_failures
+        key = (kind, event)
+        if key not in failures and len(failures) >= MAX_LABELS:
+            key = (kind, "other")
+        failures[key] = failures.get(key, 0) + 1
 
     def invalid_package(self, reason: str) -> None:
         """Count one invalid package, by the bounded form of its reason."""

@@ -6,7 +6,7 @@ run one at a time, in the order their packages arrived.
 
 from __future__ import annotations
 
-__all__ = ["Hook", "Worker", "Workers", "call_logged", "call_thread", "cancelled", "stop_thread"]
+__all__ = ["Hook", "Worker", "Workers", "call_thread", "cancelled", "stop_thread"]
 
 import asyncio
 import inspect
@@ -29,6 +29,7 @@ from ..protocol.package import (
     check_size,
 )
 from ..threads.base import Reply
+from .failures import failed as handler_failed
 from .peer import PeerLog
 
 if TYPE_CHECKING:
@@ -64,18 +65,6 @@ async def call_thread(thread: Thread, name: str, *args: Any) -> None:
             logger.info("! %s of %s ended: %s", name, where, exc)
             return
         logger.error("! %s of %s failed", name, where, exc_info=True)
-
-
-async def call_logged(what: str, function: Callable[..., object], *args: object) -> None:
-    """Call ``function(*args)``, sync or async; log what it raises as ``what`` failing."""
-    try:
-        result = function(*args)
-        if inspect.isawaitable(result):
-            await result
-    except (Exception, asyncio.CancelledError) as exc:
-        if cancelled(exc):
-            raise
-        logger.error("! %s failed", what, exc_info=True)
 
 
 async def stop_thread(thread: Thread, timeout: float) -> None:
@@ -395,16 +384,9 @@ class Worker:
                     payload=payload,
                 )
             except (TypeError, ValueError) as exc:  # the handler's mistake, not ours
-                node.connections.inbound.log(
-                    self._log(),
-                    logging.ERROR,
-                    "handler failed",
-                    "! handler of %s %r in %s returned what can't be sent: %s",
-                    package.type.name,
-                    package.event,
-                    thread.path or type(thread).__name__,
-                    exc,
-                )
+                what = _what(thread, package)
+                message = "! %s returned what can't be sent: %s"
+                _failed(node, self._log(), package, what, message, what, exc, exc_info=False)
                 failed = True
         if failed:  # no details: they may be sensitive (as websockets does)
             response = self._error(package, f"handler of {package.event!r} failed")
@@ -547,19 +529,31 @@ def _few_values(body: dict[str, object]) -> bool:
     return True
 
 
+def _what(thread: Thread, package: Package) -> str:
+    """The handler of ``package`` in ``thread``, as log lines name it."""
+    where = thread.path or type(thread).__name__
+    return f"handler of {package.type.name} {package.event!r} in {where}"
+
+
 def _log_failure(node: Node, log: Any, thread: Thread, package: Package) -> None:
-    """A handler failed, on a peer's package: within the log budget (a peer chooses how
-    often), with the traceback, on ``log`` (the connection's: it names the peer)."""
-    node.connections.inbound.log(
-        log,
-        logging.ERROR,
-        "handler failed",
-        "! handler of %s %r in %s failed",
-        package.type.name,
-        package.event,
-        thread.path or type(thread).__name__,
-        exc_info=True,
-    )
+    """A handler failed, on a peer's package: counted, and logged within its own log
+    budget (a peer chooses how often), with the traceback, on ``log`` (the
+    connection's: it names the peer). See :mod:`.failures`."""
+    what = _what(thread, package)
+    _failed(node, log, package, what, "! %s failed", what)
+
+
+def _failed(
+    node: Node,
+    log: Any,
+    package: Package,
+    what: str,
+    message: str,
+    *args: object,
+    exc_info: bool = True,
+) -> None:
+    kind = package.type.name.lower()
+    handler_failed(node, log, kind, package.event, what, message, *args, exc_info=exc_info)
 
 
 if sys.version_info >= (3, 12):

@@ -57,14 +57,7 @@ from .gossip_drops import oversized_line, say_skipped, say_too_old, signed_twice
 from .gossip_log import OWN_SOURCE, Attribution, claim, delivered, open_log, to_logged, undelivered
 from .gossip_publish import NobodyCarries, checked_payload, keep_task, wait_for_peers, wait_until
 from .gossip_send import make_router
-from .gossip_validate import (
-    GossipHandler,
-    Validation,
-    Validator,
-    call_handlers,
-    judge,
-    rejected,
-)
+from .gossip_validate import GossipHandler, Validation, Validator, call_handlers, judge, rejected
 
 if TYPE_CHECKING:
     from .node import Node
@@ -363,8 +356,13 @@ class Gossip:
             self._replay(topic)
 
     async def halt(self) -> None:
-        """Stop delivering, validating and fetching: what wasn't delivered stays logged."""
+        """Stop delivering, validating and fetching: the handlers (and validators)
+        running get up to ``close_timeout`` to return, then are cancelled (tester39 F2:
+        a stop cancelled them midway, without a word); what wasn't delivered stays
+        logged, and is delivered after a restart."""
         self._talked.set()  # (wait_subscribers() sees the stop)
+        if self._threads_started.is_set():  # (before, no handler runs: nothing to wait for)
+            await self._delivery.finish(self.node.options.close_timeout)
         await self.tasks.aclose()
 
     async def stop(self) -> None:
@@ -549,7 +547,7 @@ class Gossip:
     async def _validate(
         self, message: GossipMessage, socket: Socket | None, via: Socket | None
     ) -> None:
-        verdict = await judge(self._validators.get(message.topic), message)
+        verdict = await judge(self.node, self._validators.get(message.topic), message, via)
         count(self.node.metrics.validation, verdict.value)
         if verdict is Validation.ACCEPT:  # (socket None: caught up, or its peer went)
             self.router.accept(socket.id if socket is not None else None, message)

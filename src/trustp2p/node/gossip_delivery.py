@@ -97,11 +97,13 @@ class TopicQueues:
         "_catch_up",
         "_coming",
         "_connection",
+        "_drains",
         "_held",
         "_idle",
         "_max_bytes",
         "_queues",
         "_room",
+        "_stopping",
         "_tasks",
         "_work",
         "waiting",
@@ -129,6 +131,8 @@ class TopicQueues:
         self._asking: Counter[object] = Counter()  # per peer, the batches asked of it
         self._held: dict[str, dict[Socket, None]] = {}  # topic -> peers held for it
         self._room = asyncio.Event()
+        self._drains: dict[str, asyncio.Task[Any]] = {}  # topic -> its task
+        self._stopping = False  # finish() called: no next message
         self.waiting = 0
 
     def __len__(self) -> int:
@@ -137,8 +141,9 @@ class TopicQueues:
 
     @property
     def idle(self) -> bool:
-        """Whether no message waits or is being worked on, in any topic."""
-        return not self._queues
+        """Whether no message waits or is being worked on, in any topic; never once
+        :meth:`finish` was called (the messages left waiting are not delivered)."""
+        return not self._queues and not self._stopping
 
     def share(self, topic: str) -> int:
         """What ``topic`` waits for, in bytes."""
@@ -159,10 +164,11 @@ class TopicQueues:
         queue = self._queues.get(topic)
         if queue is not None:
             queue.append((kind, message, source))
-        elif not self._tasks.closed:  # (stopping: what wasn't delivered is in the log)
+        elif not self._tasks.closed and not self._stopping:  # (else it waits in the log)
             queue = self._queues[topic] = deque([(kind, message, source)])
             self._bytes[topic] = 0
-            self._tasks.spawn(self._drain(topic, queue), f"gossip delivery of {topic!r}")
+            drain = self._drain(topic, queue)
+            self._drains[topic] = self._tasks.spawn(drain, f"gossip delivery of {topic!r}")
         else:
             return
         size = _weight(message)
@@ -243,14 +249,26 @@ class TopicQueues:
                 conn = self._connection(source)
                 if conn is not None:
                     conn.hold(False)
-                    if self._catch_up is not None and not self._tasks.closed:
+                    if self._catch_up is not None and not (self._tasks.closed or self._stopping):
                         self._tasks.spawn(self._catch_up(source), f"catch-up {source.peer}")
+
+    async def finish(self, timeout: float) -> None:
+        """The node stops: start no next message (what waits is in the message log, and
+        delivered after a restart), and wait up to ``timeout`` seconds for the messages
+        being validated or handled (not from within one of them: it waits for the stop).
+        The caller cancels what is still running then."""
+        self._stopping = True
+        current = asyncio.current_task()
+        running = [task for task in self._drains.values() if task is not current]
+        if running:
+            logger.info("x waiting up to %g s for the gossip handlers running", timeout)
+            await asyncio.wait(running, timeout=timeout)
 
     async def _drain(
         self, topic: str, queue: deque[tuple[str, GossipMessage, Socket | None]]
     ) -> None:
         try:
-            while queue:
+            while queue and not self._stopping:
                 kind, message, source = queue.popleft()
                 try:
                     await self._work(kind, message, source)
@@ -263,8 +281,10 @@ class TopicQueues:
                 self._delivered(size)
         finally:
             del self._queues[topic]
+            del self._drains[topic]
             self._delivered(self._bytes.pop(topic))
-        if not self._queues:
+        # Not once stopping: the messages left waiting must not be marked delivered.
+        if not self._queues and not self._stopping:
             self._idle()
 
 

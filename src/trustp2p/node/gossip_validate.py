@@ -18,6 +18,7 @@ __all__ = [
     "rejected",
 ]
 
+import asyncio
 import enum
 import inspect
 import logging
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING
 from ..drivers.base import Socket
 from ..protocol.gossip import GossipMessage
 from ..protocol.package import PackageType
-from .dispatch import call_logged
+from .dispatch import cancelled
+from .failures import gossip_failed, gossip_where
 
 if TYPE_CHECKING:
     from .node import Node
@@ -71,9 +73,12 @@ def rejected(node: Node, socket: Socket, message: GossipMessage) -> None:
     node.connections.inbound.log(logger, logging.WARNING, "rejected", said, *where)
 
 
-async def judge(validator: Validator | None, message: GossipMessage) -> Validation:
-    """The verdict of ``validator`` (None: accepted) on ``message``; a validator that
-    fails, or returns something else than a :class:`Validation`, ignores it (logged)."""
+async def judge(
+    node: Node, validator: Validator | None, message: GossipMessage, socket: Socket | None
+) -> Validation:
+    """The verdict of ``validator`` (None: accepted) on ``message`` from ``socket``; a
+    validator that fails, or returns something else than a :class:`Validation`, ignores
+    it (counted, and logged within its budget: see :mod:`.failures`)."""
     try:
         verdict = validator(message) if validator is not None else Validation.ACCEPT
         if inspect.isawaitable(verdict):
@@ -81,7 +86,8 @@ async def judge(validator: Validator | None, message: GossipMessage) -> Validati
         if type(verdict) is not Validation:  # (True, None...): ignored, as a failure
             raise TypeError(f"returned {verdict!r}, not a Validation")
     except Exception:
-        logger.error("! validator of %r failed", message.topic, exc_info=True)
+        what = f"validator of {message.topic!r}"
+        gossip_failed(node, logger, "validator", what, message, socket)
         verdict = Validation.IGNORE
     return verdict
 
@@ -95,14 +101,43 @@ async def call_handlers(
     """Deliver ``message``: to the threads' handlers of its topic on ``node``, then to
     the topic's ``subscribers`` as they are once those ran (a handler may subscribe or
     unsubscribe: review30; one subscribed by a subscriber gets the next message); each
-    failure is logged, and the others still run. Returns how many were called."""
+    failure is counted and logged (within its budget: see :mod:`.failures`), and the
+    others still run. Returns how many were called."""
     topic = message.topic
     called = 0
     for thread, handler in node.handlers.get(PackageType.GOSSIP, topic):
-        where = thread.path or type(thread).__name__
-        await call_logged(f"gossip handler of {topic!r} in {where}", handler, socket, message)
+        what = f"gossip handler of {topic!r} in {thread.path or type(thread).__name__}"
+        await _call(node, "gossip", what, message, socket, handler, socket, message)
         called += 1
     for callback in tuple(subscribers.get(topic, ())):
-        await call_logged(f"gossip subscriber of {topic!r}", callback, message)
+        what = f"gossip subscriber of {topic!r}"
+        await _call(node, "subscriber", what, message, socket, callback, message)
         called += 1
     return called
+
+
+async def _call(
+    node: Node,
+    kind: str,
+    what: str,
+    message: GossipMessage,
+    socket: Socket | None,
+    function: Callable[..., object],
+    *args: object,
+) -> None:
+    """Call ``function(*args)``, sync or async, on ``message``; what it raises is its
+    failure. Cancelled (the node stopped, and it ran past ``close_timeout``): said,
+    since its message is delivered again after a restart (its mark wasn't moved)."""
+    try:
+        result = function(*args)
+        if inspect.isawaitable(result):
+            await result
+    except (Exception, asyncio.CancelledError) as exc:
+        if cancelled(exc):
+            logger.warning(
+                "x %s cancelled by the stop, on %s: it gets the message again after a restart",
+                what,
+                gossip_where(message, socket),
+            )
+            raise
+        gossip_failed(node, logger, kind, what, message, socket)
