@@ -248,3 +248,32 @@ async def test_a_gossip_handler_running_past_close_timeout_is_cancelled_and_said
     finally:
         await sub.stop()
         await pub.stop()
+
+
+class Stopper(Thread):
+    """Its gossip handler stops the node on a message that says so."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.GOSSIP: {"chat": self.chat}}
+
+    async def chat(self, socket: Socket | None, message: GossipMessage) -> None:
+        if message.body.get("shutdown"):
+            await self.node.stop()
+
+
+async def test_a_gossip_handler_that_stops_its_node_is_not_waited_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review57: the stop waited ``close_timeout`` for the handler that called it,
+    itself waiting for the stop, then cancelled it (a "shutdown" message: 10 s, and the
+    message again after a restart)."""
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    pub, sub, _ = await pair(tmp_path, Stopper, close_timeout=60.0)
+    try:
+        await pub.publish("chat", {"shutdown": True})
+        await wait_for(lambda: sub.state.value == "stopped")  # (before: after 60 s)
+        assert "waiting up to" not in caplog.text
+    finally:
+        await sub.stop()
+        await pub.stop()

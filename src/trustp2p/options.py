@@ -495,6 +495,7 @@ class NodeOptions:
             rate=self.ip_rate * share,
             burst=math.ceil(self.ip_burst * share),
             exempt_loopback=not self.limit_loopback,
+            share=share,
         )
 
     def address_share(self) -> float:

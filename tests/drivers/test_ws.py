@@ -116,8 +116,9 @@ async def test_wss_to_a_plain_listener_says_the_tls_handshake_failed(
         ),
         (  # closed at once, as a node drops a refusal repeated within a moment
             b"",
-            "did not receive a valid HTTP response (closed unanswered: a node does so to an"
-            " address whose dials it has just refused, e.g. for connecting too often)",
+            "did not receive a valid HTTP response (closed unanswered: a stopping or"
+            " overloaded server, or a node refusing an address whose dials it has just"
+            " refused, e.g. for connecting too often)",
         ),
     ],
 )

@@ -11,7 +11,7 @@ import pytest
 from trustp2p.options import NodeOptions
 from trustp2p.protocol.admission import Admission, Admitted, Refusal
 from trustp2p.protocol.close import CloseCode
-from trustp2p.protocol.limits import MAX_PER_IP, ReconnectStorms, address_share
+from trustp2p.protocol.limits import MAX_PER_IP, SITE_SHARE, ReconnectStorms, address_share
 
 from ..conftest import FakeClock
 
@@ -46,6 +46,7 @@ def test_the_default_limits_are_unchanged() -> None:
         (12, 16, (0.3, 24, 30)),
         (64, 16, (1.6, 128, 160)),
         (16, 3, (0.4, 6, 40)),  # the operator's own burst, raised as much
+        (10_000, 16, (3.2, 256, 320)),  # review57: at most 16 addresses' worth
     ],
 )
 def test_the_address_limits_rise_with_max_per_ip(
@@ -103,3 +104,15 @@ def test_a_key_counted_by_address_storms_at_address_connections(clock: FakeClock
     assert [storms.arrive("peer:a", clock()) for _ in range(2)] == [None] * 2
     assert storms.arrive("peer:a", clock()) is not None
     assert ReconnectStorms(connections=3).address_connections == 3
+
+
+def test_a_48s_budget_does_not_rise_with_max_per_ip(clock: FakeClock) -> None:
+    """review57: the /48's budget against an attacker rotating /64s rose with the
+    address's (eightfold at ``max_per_ip`` 64): it stays SITE_SHARE default addresses'
+    worth."""
+    admitted = {}
+    for max_per_ip in (8, 64):
+        limiter = NodeOptions(server=True, max_per_ip=max_per_ip).address_limiter()
+        hosts = [f"2001:db8:1:{n:x}::1" for n in range(1, 1000)]  # fresh /64s of one /48
+        admitted[max_per_ip] = sum(limiter.admit(host, clock()) is None for host in hosts)
+    assert admitted[64] == admitted[8] == SITE_SHARE * 16  # (a burst of 16 each)

@@ -97,8 +97,8 @@ def _answer_hint(failed: BaseException | None) -> str:
         if _sent(failed):
             return " (not HTTP: does it listen on tcp://?)"
         return (
-            " (closed unanswered: a node does so to an address whose dials it has just"
-            " refused, e.g. for connecting too often)"
+            " (closed unanswered: a stopping or overloaded server, or a node refusing an"
+            " address whose dials it has just refused, e.g. for connecting too often)"
         )
     return ""
 

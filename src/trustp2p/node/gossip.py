@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..admin.counters import MAX_TOPICS, count
 from ..drivers.base import Socket
@@ -355,14 +355,15 @@ class Gossip:
         for topic in self.router.topics:
             self._replay(topic)
 
-    async def halt(self) -> None:
+    async def halt(self, caller: asyncio.Task[Any] | None = None) -> None:
         """Stop delivering, validating and fetching: the handlers (and validators)
         running get up to ``close_timeout`` to return, then are cancelled (tester39 F2:
-        a stop cancelled them midway, without a word); what wasn't delivered stays
-        logged, and is delivered after a restart."""
+        a stop cancelled them midway, without a word), but ``caller``'s, the stop's
+        (review57: waited for, a handler that stopped the node held it that long);
+        what wasn't delivered stays logged, and is delivered after a restart."""
         self._talked.set()  # (wait_subscribers() sees the stop)
         if self._threads_started.is_set():  # (before, no handler runs: nothing to wait for)
-            await self._delivery.finish(self.node.options.close_timeout)
+            await self._delivery.finish(self.node.options.close_timeout, caller)
         await self.tasks.aclose()
 
     async def stop(self) -> None:

@@ -252,14 +252,15 @@ class TopicQueues:
                     if self._catch_up is not None and not (self._tasks.closed or self._stopping):
                         self._tasks.spawn(self._catch_up(source), f"catch-up {source.peer}")
 
-    async def finish(self, timeout: float) -> None:
+    async def finish(self, timeout: float, caller: asyncio.Task[Any] | None = None) -> None:
         """The node stops: start no next message (what waits is in the message log, and
         delivered after a restart), and wait up to ``timeout`` seconds for the messages
-        being validated or handled (not from within one of them: it waits for the stop).
-        The caller cancels what is still running then."""
+        being validated or handled (not from within one of them, nor for ``caller``, the
+        task that called the stop: each waits for the stop). The caller cancels what is
+        still running then."""
         self._stopping = True
-        current = asyncio.current_task()
-        running = [task for task in self._drains.values() if task is not current]
+        waiting = {asyncio.current_task(), caller}
+        running = [task for task in self._drains.values() if task not in waiting]
         if running:
             logger.info("x waiting up to %g s for the gossip handlers running", timeout)
             await asyncio.wait(running, timeout=timeout)

@@ -171,7 +171,7 @@ async def stop_parts(
     if secure is not None:
         secure.close_all(CloseCode.GOING_AWAY, "node stopping")
     if node.gossip is not None:  # no handler runs once its thread's stop() returned
-        await node.gossip.halt()
+        await node.gossip.halt(caller)
     for thread in node.threads:
         await stop_thread(thread, node.options.close_timeout)
     if node.gossip is not None:  # a goodbye published in stop() went out (a tester)

@@ -13,6 +13,7 @@ __all__ = [
     "ADDRESS_BURST",
     "ADDRESS_RATE",
     "FIRST_ADDRESSES",
+    "MAX_ADDRESS_SHARE",
     "MAX_PER_IP",
     "SITE_SHARE",
     "STORM_CONNECTIONS",
@@ -109,11 +110,15 @@ MAX_PER_IP = 8
 """Inbound connections at once from one address, by default (``max_per_ip``)."""
 
 
+MAX_ADDRESS_SHARE = 16.0
+"""The most :func:`address_share` gives (review57: ``max_per_ip`` 10,000 made 1,250)."""
+
+
 def address_share(max_per_ip: int | None) -> float:
     """How many addresses' worth of new connections (rate, burst, reconnect storms) an
     address may make that may hold ``max_per_ip`` at once: ``max_per_ip /``
-    :data:`MAX_PER_IP`, at least 1 (``None``, no limit: 1)."""
-    return max(1.0, (max_per_ip or MAX_PER_IP) / MAX_PER_IP)
+    :data:`MAX_PER_IP`, from 1 (``None``, no limit: 1) to :data:`MAX_ADDRESS_SHARE`."""
+    return min(MAX_ADDRESS_SHARE, max(1.0, (max_per_ip or MAX_PER_IP) / MAX_PER_IP))
 
 
 SITE_SHARE = 16
@@ -136,6 +141,8 @@ class AddressLimiter:
             did, the least recently seen (a :class:`BudgetTable` each; review38: only
             full buckets went, so a flood of new addresses grew the table past its
             bound, and each new one scanned all of it).
+        share: How many addresses' worth ``rate`` and ``burst`` are
+            (:func:`address_share`); a /48 has :data:`SITE_SHARE` addresses' worth.
 
     """
 
@@ -147,6 +154,7 @@ class AddressLimiter:
         burst: int = 16,
         exempt_loopback: bool = True,
         max_tracked: int = 100_000,
+        share: float = 1.0,
     ) -> None:
         self.max_concurrent = max_concurrent
         self.rate = rate
@@ -154,7 +162,8 @@ class AddressLimiter:
         self.exempt_loopback = exempt_loopback
         self._open: Counter[str] = Counter()
         self._hosts = BudgetTable(rate, burst, max_tracked=max_tracked)
-        self._sites = BudgetTable(rate * SITE_SHARE, burst * SITE_SHARE, max_tracked=max_tracked)
+        site = SITE_SHARE / share  # (not the address's share: review57, it rose with it)
+        self._sites = BudgetTable(rate * site, burst * site, max_tracked=max_tracked)
 
     @property
     def tracked(self) -> int:
