@@ -13,7 +13,7 @@ closing handshake, and aborting fails or reroutes its pending requests right awa
 
 from __future__ import annotations
 
-__all__ = ["LOST_PEER", "Heartbeat"]
+__all__ = ["LOOP_BLOCKED", "LOST_PEER", "Heartbeat", "LoopWatchdog"]
 
 import asyncio
 import logging
@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 from ..exceptions import ConnectionClosed
 from ..protocol.actions import Lost, Send
 from ..protocol.close import CloseCode
+from ..protocol.log_budget import LogBudget
+from ..protocol.loop_lag import LoopLag
 
 if TYPE_CHECKING:
     from .node import Node
@@ -30,6 +32,13 @@ if TYPE_CHECKING:
 
 LOST_PEER = "lost peer"
 """The close reason sent to a peer we give up for dead (the original's)."""
+
+LOOP_BLOCKED = (
+    "! the event loop was blocked for %.1f s: a handler or thread that doesn't await"
+    " (time.sleep, a sync HTTP or database call)? Peers may have dropped this node"
+    " (no pong: their heartbeat); run blocking code with asyncio.to_thread()"
+)
+"""The WARNING of :class:`LoopWatchdog` (``%.1f``: the seconds blocked)."""
 
 
 class Heartbeat:
@@ -87,3 +96,34 @@ class Heartbeat:
         # through; then drop the connection without waiting for an answer.
         socket.close_soon(CloseCode.GOING_AWAY, LOST_PEER)
         socket.abort()
+
+
+class LoopWatchdog:
+    """
+    Says when the node's event loop was blocked (the rule: :class:`LoopLag
+    <trustp2p.protocol.loop_lag.LoopLag>`, with ``loop_block_warning``): a WARNING,
+    one a minute at most (the others at DEBUG, then counted). Its peers only see that
+    this node stopped answering; the node itself would say nothing (tester39 F4).
+    ``node.tasks`` owns its task, started once the node started.
+
+    Args:
+        node: The node whose loop is watched.
+
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self.log_budget = LogBudget(lines=1, window=60.0)
+
+    async def run(self) -> None:
+        """Wake every second or so and measure how late, until cancelled."""
+        node = self._node
+        lag = LoopLag(node.options.loop_block_warning, clock=asyncio.get_running_loop().time)
+        while True:
+            await asyncio.sleep(lag.sleep())
+            blocked = lag.woke()
+            if blocked is not None:
+                self.log_budget.log(
+                    node.log, logging.WARNING, "loop blocked", LOOP_BLOCKED, blocked
+                )
+            self.log_budget.summarise()

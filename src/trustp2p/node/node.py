@@ -54,7 +54,7 @@ from .lifecycle import (
     say_started,
     stop_parts,
 )
-from .liveness import Heartbeat
+from .liveness import Heartbeat, LoopWatchdog
 from .peer import PeerConnection
 from .requests import Requests
 from .roles import ClientRole, ServerRole
@@ -325,6 +325,8 @@ class Node:
             await self.stop()
             raise failed
         say_started(self)
+        # Once started: a slow start (its stores, its threads' start()) isn't a block.
+        self.tasks.spawn(LoopWatchdog(self).run(), "loop watchdog")
 
     async def stop(self) -> None:
         """
