@@ -45,7 +45,7 @@ class NodeOptions:
         cwd: Directory holding ``threads-enabled/``; ``None`` loads no thread files.
         server: Accept peers (listen on ``host``:``port``).
         client: Dial ``peers``.
-        host: Address to listen on.
+        host: Address to listen on; ``""``: every interface, IPv4 and IPv6 (``::``: IPv6 only).
         port: Port to listen on; 0 picks a free one.
         peers: URLs of servers to dial, e.g. ``ws://127.0.0.1:1107``.
         driver: Driver for listening, by name (``"ws"``, ``"tcp"``, ``"memory"``,
