@@ -51,3 +51,21 @@ async def test_a_handler_that_blocks_the_loop_is_reported_at_warning(
 async def test_the_threshold_is_an_option_of_positive_seconds(make_node: MakeNode) -> None:
     with pytest.raises(ValueError, match="loop_block_warning must be a positive number"):
         await make_node(server=True, loop_block_warning=0)
+
+
+async def test_the_nodes_of_one_loop_share_one_watchdog(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One watchdog per node: a 1,000-node simulation ran 1,000 timers a second, and
+    said one block 1,000 times. One per loop, for its nodes: said once."""
+    caplog.set_level(logging.WARNING, logger="trustp2p")
+    server = await make_node(server=True, threads=[Blocking], loop_block_warning=THRESHOLD)
+    client = await make_node(client=True, peers=[server.url], loop_block_warning=THRESHOLD)
+    await make_node(client=True, loop_block_warning=THRESHOLD)  # a third, idle
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    assert await client.client.request(socket, "block", {}) == {"done": True}
+    await wait_for(lambda: "event loop was blocked" in caplog.text)
+    lines = [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
+    assert len(lines) == 1
