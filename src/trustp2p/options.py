@@ -45,7 +45,7 @@ class NodeOptions:
         cwd: Directory holding ``threads-enabled/``; ``None`` loads no thread files.
         server: Accept peers (listen on ``host``:``port``).
         client: Dial ``peers``.
-        host: Address to listen on.
+        host: Address to listen on; ``""``: every interface, IPv4 and IPv6 (``::``: IPv6 only).
         port: Port to listen on; 0 picks a free one.
         peers: URLs of servers to dial, e.g. ``ws://127.0.0.1:1107``.
         driver: Driver for listening, by name (``"ws"``, ``"tcp"``, ``"memory"``,
@@ -85,6 +85,8 @@ class NodeOptions:
             dropped as a lost peer; time in which the link shows progress (a large
             frame arriving, ours leaving) doesn't count. With the defaults a dead link
             is found within 39 s on both sides (``liveness_timings().detection_bound``).
+        loop_block_warning: A WARNING says when the event loop was blocked this long (a
+            handler calling blocking code): below ``heartbeat_response_timeout``.
         response_timeout: Default time to wait for a response.
         stalled_timeout: Time after which a rerouting request goes to the next server.
         reconnect_initial: First delay before redialling a server.
@@ -266,6 +268,7 @@ class NodeOptions:
     heartbeat_jitter: float = 1.0
     heartbeat_timeout: float = 20.0
     heartbeat_response_timeout: float = 10.0
+    loop_block_warning: float = 5.0
     response_timeout: float = 300.0
     stalled_timeout: float = 5.0
     reconnect_initial: float = 1.0
@@ -541,6 +544,7 @@ _DURATIONS = (
     "heartbeat_interval",
     "heartbeat_timeout",
     "heartbeat_response_timeout",
+    "loop_block_warning",
     "response_timeout",
     "stalled_timeout",
     "reconnect_initial",

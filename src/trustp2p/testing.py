@@ -207,6 +207,9 @@ class Network:
         else:
             options.update(driver=self.driver, host="127.0.0.1", port=port)
         options.setdefault("store_shelf", self._shelves[index])
+        # Hundreds of nodes on one loop block it by design (a start, the set-up): the
+        # watchdog's WARNING is for an application's handlers (a simulation said 5 s).
+        options.setdefault("loop_block_warning", 3600.0)
         node = Node(
             server=True,
             client=True,

@@ -10,6 +10,7 @@ from hypothesis import given, strategies as st
 from trustp2p.protocol.hosts import (
     crowded_group,
     host_of,
+    listen_families,
     may_announce,
     may_pass_on,
     name_group,
@@ -205,3 +206,20 @@ def test_localhost_spellings_count_as_loopback(url: str) -> None:
 )
 def test_an_ipv6_address_belongs_to_the_site_of_its_slash_48(host: str, site: str | None) -> None:
     assert site_key(host) == site
+
+
+@pytest.mark.parametrize(
+    ("host", "note"),
+    [
+        ("", "every interface, IPv4 and IPv6"),
+        ("::", "IPv6 only: --host '' for both"),
+        ("0:0::0", "IPv6 only: --host '' for both"),
+        ("0.0.0.0", ""),
+        ("127.0.0.1", ""),
+        ("::1", ""),
+        ("localhost", ""),
+    ],
+)
+def test_the_listening_line_says_which_families_every_interface_takes(host: str, note: str) -> None:
+    """tester39 F5: ``--host ::`` refused IPv4 peers and nothing said why."""
+    assert listen_families(host) == note

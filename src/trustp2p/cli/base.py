@@ -310,7 +310,10 @@ def listen_options(f: F) -> F:
         "--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port (0: any)."
     )(f)
     return click.option(
-        "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
+        "--host",
+        default="127.0.0.1",
+        show_default=True,
+        help="Address to listen on (0.0.0.0: every IPv4 interface; '::' IPv6 only; '' both).",
     )(f)
 
 

@@ -44,7 +44,7 @@ from ..protocol.actions import (
 from ..protocol.admission import Admission, keep_new_connection
 from ..protocol.close import CloseCode
 from ..protocol.connection import ConnectionProtocol, ConnectionState, body_cost
-from ..protocol.hosts import share_group
+from ..protocol.hosts import listen_families, share_group
 from ..protocol.limits import BudgetTable, is_loopback
 from ..protocol.package import Package, PackageType, check_encoded_size, encode
 from ..protocol.peers import peer_key
@@ -145,7 +145,9 @@ class Connections:
     # Driver callbacks (the AcceptListener protocol)
 
     def on_start(self, listening: Listening) -> None:
-        self._logger.info("= listening on %s", listening.url)
+        families = listen_families(self._options.host)  # (tester39 F5)
+        shown = f"{listening.url} ({families})" if families else listening.url
+        self._logger.info("= listening on %s", shown)
 
     def on_accept(self, socket: Socket) -> None:
         self.inbound.accept(socket)

@@ -54,7 +54,7 @@ from .lifecycle import (
     say_started,
     stop_parts,
 )
-from .liveness import Heartbeat
+from .liveness import Heartbeat, LoopWatchdog
 from .peer import PeerConnection
 from .requests import Requests
 from .roles import ClientRole, ServerRole
@@ -325,6 +325,8 @@ class Node:
             await self.stop()
             raise failed
         say_started(self)
+        # Once started: a slow start (its stores, its threads' start()) isn't a block.
+        LoopWatchdog.watch(self)
 
     async def stop(self) -> None:
         """
@@ -350,6 +352,7 @@ class Node:
     async def _stop(self, caller: asyncio.Task[Any] | None) -> None:
         started = self._start_ended is None or self._start_ended.result()
         self.log.info("x stopping node" if started else "x undoing a failed start")
+        LoopWatchdog.unwatch(self)
         lock, listening = self._identity_lock, self._listening
         made = () if started else self._made
         await stop_parts(

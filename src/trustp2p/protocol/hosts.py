@@ -20,6 +20,7 @@ __all__ = [
     "crowded_group",
     "host_of",
     "is_loopback",
+    "listen_families",
     "may_announce",
     "may_pass_on",
     "name_group",
@@ -235,3 +236,21 @@ def crowded_group(host: str, others: Iterable[str], limit: int) -> str | None:
         return None
     held = sum(1 for other in others if group_of(other) == group)
     return group if held >= limit else None
+
+
+def listen_families(host: str) -> str:
+    """
+    What listening on ``host`` takes, when the host alone doesn't say: for the line
+    "= listening on ..." (tester39 F5: ``--host ::`` refused IPv4 peers, and nothing said
+    why). The ``ws`` and ``tcp`` drivers listen on an IPv6 socket for IPv6 only, on every
+    platform (as asyncio); ``""`` takes every interface of both families.
+    """
+    if host == "":
+        return "every interface, IPv4 and IPv6"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return ""
+    if address.is_unspecified and address.version == 6:
+        return "IPv6 only: --host '' for both"
+    return ""

@@ -1,0 +1,71 @@
+"""
+A handler that blocks the event loop (tester39 F4): the node that has the bug says so at
+WARNING (``loop_block_warning``), rather than leaving its peers to report "lost peer".
+Loopback; the handler blocks past a small threshold.
+
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from trustp2p import EventMap, Package, PackageType, Socket, Thread
+
+from .conftest import MS
+from .nodes import MakeNode, wait_for
+
+THRESHOLD = 200 * MS
+
+
+class Blocking(Thread):
+    """Its ``block`` request handler calls blocking code: the whole loop waits."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"block": self.block}}
+
+    def block(self, socket: Socket, package: Package) -> dict[str, bool]:
+        time.sleep(3 * THRESHOLD)  # the mistake: not asyncio.sleep / to_thread
+        return {"done": True}
+
+
+async def test_a_handler_that_blocks_the_loop_is_reported_at_warning(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trustp2p")
+    server = await make_node(server=True, threads=[Blocking], loop_block_warning=THRESHOLD)
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    assert await client.client.request(socket, "block", {}) == {"done": True}
+    await wait_for(lambda: "event loop was blocked" in caplog.text)
+    [line] = [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert "a handler or thread that doesn't await" in line.getMessage()
+
+
+async def test_the_threshold_is_an_option_of_positive_seconds(make_node: MakeNode) -> None:
+    with pytest.raises(ValueError, match="loop_block_warning must be a positive number"):
+        await make_node(server=True, loop_block_warning=0)
+
+
+async def test_the_nodes_of_one_loop_share_one_watchdog(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One watchdog per node: a 1,000-node simulation ran 1,000 timers a second, and
+    said one block 1,000 times. One per loop, for its nodes: said once."""
+    caplog.set_level(logging.WARNING, logger="trustp2p")
+    server = await make_node(server=True, threads=[Blocking], loop_block_warning=THRESHOLD)
+    client = await make_node(client=True, peers=[server.url], loop_block_warning=THRESHOLD)
+    await make_node(client=True, loop_block_warning=THRESHOLD)  # a third, idle
+    assert client.client is not None
+    await client.client.wait_connected()
+    socket = client.client.sockets[0]
+    assert await client.client.request(socket, "block", {}) == {"done": True}
+    await wait_for(lambda: "event loop was blocked" in caplog.text)
+    lines = [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
+    assert len(lines) == 1
