@@ -12,6 +12,7 @@ import pytest
 
 from trustp2p import Node
 from trustp2p.identity import Identity
+from trustp2p.node.twins import CHECKING, DUPLICATE
 from trustp2p.protocol.copies import COPY_REASON
 
 from .conftest import wait_for
@@ -87,15 +88,19 @@ async def test_a_copy_refused_while_the_original_talks_is_proof(
     assert said(caplog, COPIED, logging.WARNING) == 1
 
 
-async def test_a_restart_whose_old_link_lingers_is_refused_as_a_plain_duplicate(
+async def test_a_restart_whose_old_link_lingers_is_let_in_once_it_is_found_dead(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """review35: a node restarted while its old link lingers at the server (its host
-    vanished: nothing reached the server) was refused with the copy's reason, and said
-    so at WARNING at each redial until the server's heartbeat dropped the old link."""
+    """tester39 F9: a node restarted while its old link lingers at the server (its host
+    vanished: nothing reached the server) was refused "duplicate connection" until the
+    server's heartbeat found the old link dead (20 s + 10 s by default), its backoff
+    growing meanwhile. The server now probes the old link at once: no pong within the
+    probe's time (here the 1 s response timeout) drops it, and the restart, told when
+    to try again, is in then. Not a copy: no WARNING, nor the copy's reason (review35)."""
     caplog.set_level(logging.INFO)
     shared = Identity.generate()
-    server = await make_node(server=True)
+    # (No heartbeat round in the test's time: the probe checks when its time is up.)
+    server = await make_node(server=True, heartbeat_response_timeout=1.0, heartbeat_interval=60.0)
     assert server.url is not None
     relay = FreezableRelay(int(server.url.rsplit(":", 1)[1]))
     port = await relay.start()
@@ -104,19 +109,48 @@ async def test_a_restart_whose_old_link_lingers_is_refused_as_a_plain_duplicate(
         assert old.client is not None
         old.client.connect(f"ws://127.0.0.1:{port}")
         await wait_for(lambda: len(server.sockets) == 1)
+        lingering = server.sockets[0]
         relay.frozen = True  # the old host vanishes...
         await old.stop()  # ...and nothing of its stop reaches the server
         new = await make_node(client=True, identity=shared)  # the restart
         assert new.client is not None
         new.client.connect(server.url)
-        refused = "closed (1000 duplicate connection); redialling"
-        await wait_for(lambda: said(caplog, refused, logging.INFO) >= 3)
+        refused = f"closed (1000 {DUPLICATE}: {CHECKING}: try again in 2 s); redialling in"
+        await wait_for(lambda: said(caplog, refused, logging.INFO) == 1)
+        await wait_for(lambda: lingering.closed and len(new.sockets) == 1, timeout=10.0)
+        assert lingering.close_reason == "no close frame received; sent 1001 lost peer"
+        assert said(caplog, "lost peer: no pong within 1 s", logging.WARNING) == 1
+        assert said(caplog, refused, logging.INFO) == 1  # let in at the first redial
         assert said(caplog, COPY_REASON, logging.INFO) == 0
         assert said(caplog, COPY_REASON, logging.WARNING) == 0
         assert said(caplog, TOLD, logging.WARNING) == 0
+        assert said(caplog, COPIED, logging.WARNING) == 0
         assert said(caplog, SECOND, logging.INFO) == 1
     finally:
         relay.close()
+
+
+async def test_a_live_old_link_answers_the_probe_and_stays(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """tester39 F9's probe, on a copy: the original's connection answers the ping at
+    once and stays; the copy, told to try again, is then refused as a copy (the
+    answer proves both processes alive) without waiting for the original to talk."""
+    caplog.set_level(logging.INFO)
+    shared = Identity.generate()
+    node = await make_node(server=True, heartbeat_response_timeout=1.0)
+    assert node.url is not None
+    original = await make_node(client=True, identity=shared)
+    assert original.client is not None
+    original.client.connect(node.url)
+    await wait_for(lambda: len(node.sockets) == 1)
+    link = node.sockets[0]
+    await dialling(make_node, shared, node.url)  # the copy
+    await wait_for(lambda: link.stats.last_rtt is not None)  # the probe's pong
+    await wait_for(lambda: said(caplog, COPIED, logging.WARNING) == 1, timeout=10.0)
+    assert node.sockets == [link] and not link.closed
+    assert said(caplog, f"{CHECKING}: try again in 2 s); redialling in", logging.INFO) == 1
+    assert said(caplog, "lost peer", logging.WARNING) == 0
 
 
 class FreezableRelay:

@@ -54,6 +54,21 @@ def test_the_first_process_heard_from_after_the_second_came_proves_a_copy() -> N
     assert copies.met(PEER, A, B, met_at + GRACE + 0.5) is Meeting.COPIED
 
 
+def test_the_first_process_answering_a_ping_sent_after_the_second_came_proves_a_copy() -> None:
+    """tester39 F9: the node probes the first process's link when the second comes;
+    its pong proves it alive at once (the pong comes within GRACE: "heard" is no
+    proof). A pong to a ping sent before the meeting proves nothing."""
+    clock = FakeClock()
+    copies = IdentityCopies(clock)
+    met_at = clock.now
+    assert copies.met(PEER, A, B, met_at - 5, met_at - 3) is Meeting.SECOND
+    clock.advance(3)
+    assert copies.met(PEER, A, B, met_at + 0.1, met_at - 3) is Meeting.REPEATED
+    assert not copies.proven(PEER)
+    assert copies.met(PEER, A, B, met_at + 0.1, met_at) is Meeting.COPIED
+    assert copies.proven(PEER)
+
+
 def test_a_third_process_starts_over_and_old_meetings_are_forgotten() -> None:
     clock = FakeClock()
     copies = IdentityCopies(clock, window=60)

@@ -302,6 +302,69 @@ def test_a_pong_ends_the_ping_and_its_charge() -> None:
     assert peer.check() is Verdict.PING
 
 
+def test_a_probe_pings_at_once_and_a_silent_peer_is_dead_within_its_time() -> None:
+    """tester39 F9: another process of the peer's id connected; its old link may be
+    dead. Pinged now, dead after 3 s of silence rather than the 10 s timeout."""
+    peer = Peer()
+    peer.advance(2.0)  # no ping due for 8 s more
+    assert peer.liveness.probe_deadline is None
+    peer.liveness.probe(peer.now, 3.0)
+    assert peer.liveness.next_check == peer.now  # (the node's round won't skip it)
+    assert peer.liveness.probe_deadline == peer.now
+    assert peer.check() is Verdict.PING
+    assert peer.liveness.probe_deadline == peer.now + 3.0
+    peer.advance(2.9)
+    assert peer.check() is Verdict.NOTHING
+    assert peer.liveness.probe_deadline == pytest.approx(peer.now + 0.1)
+    peer.advance(0.1)
+    assert peer.check() is Verdict.DEAD
+
+
+def test_a_probed_peer_that_answers_stays_and_the_usual_timeout_is_back() -> None:
+    peer = Peer()
+    peer.liveness.probe(peer.now, 3.0)
+    assert peer.check() is Verdict.PING
+    sent = peer.now
+    peer.advance(0.5)
+    assert peer.pong() == pytest.approx(0.5)
+    assert peer.liveness.answered == sent
+    assert peer.liveness.probe_deadline is None
+    assert peer.liveness.dead_after == TIMINGS.timeout
+    peer.advance(10.0)  # the next ping, on the schedule: charged the full timeout
+    assert peer.check() is Verdict.PING
+    peer.advance(9.9)
+    assert peer.check() is Verdict.NOTHING
+    peer.advance(0.1)
+    assert peer.check() is Verdict.DEAD
+
+
+def test_a_probe_with_a_ping_outstanding_shortens_its_time_and_never_lengthens() -> None:
+    peer = Peer()
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    peer.advance(2.0)
+    assert peer.check() is Verdict.NOTHING  # 2 s charged
+    peer.liveness.probe(peer.now, 3.0)
+    assert peer.liveness.probe_deadline == pytest.approx(peer.now + 1.0)
+    peer.liveness.probe(peer.now, 8.0)  # (again, longer: no change)
+    assert peer.liveness.dead_after == 3.0
+    peer.advance(1.0)
+    assert peer.check() is Verdict.DEAD
+
+
+def test_progress_holds_off_a_probe_as_it_does_the_timeout() -> None:
+    """A large frame of the peer's in flight: the pong waits behind it."""
+    peer = Peer()
+    peer.liveness.probe(peer.now, 3.0)
+    assert peer.check() is Verdict.PING
+    for _ in range(5):
+        peer.advance(2.0)
+        peer.partial()
+        assert peer.check() is Verdict.NOTHING
+    peer.advance(3.0)
+    assert peer.check() is Verdict.DEAD
+
+
 def test_the_peers_ping_puts_ours_off() -> None:
     peer = Peer()
     peer.advance(6.0)

@@ -94,7 +94,7 @@ class Connections:
         self._gossip_budgets = BudgetTable(options.gossip_rate, options.gossip_burst)
         self.penalties = Penalties(node, self)
         self.workers = Workers(node)
-        self.twins = Twins(self, node.nonce)
+        self.twins = Twins(self, node.nonce, probe=node.heartbeat.probe)
         self._debug = self._logger.isEnabledFor(logging.DEBUG)
         self._metrics = node.metrics
         self._last_gossip: tuple[Package | None, bytes] = (None, b"")  # one encoding a message
@@ -283,7 +283,7 @@ class Connections:
             new_inbound=socket.inbound,
             existing_inbound=existing.socket.inbound,
         )
-        reason = self.twins.processes(self._logger, existing.socket, socket, keep_new=keep)
+        reason = self.twins.processes(self._logger, existing, socket, keep_new=keep)
         if keep:
             existing.socket.close_soon(CloseCode.NORMAL_CLOSURE, reason)
             return False

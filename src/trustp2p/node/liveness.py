@@ -9,11 +9,14 @@ asked for its verdict: a ping is sent, or a peer that left its ping
 unanswered is dropped at once (the connection is aborted: a dead link can't complete a
 closing handshake, and aborting fails or reroutes its pending requests right away).
 
+A connection in doubt is probed (:meth:`Heartbeat.probe`): pinged at once and checked
+again when its probe time runs out, without waiting for the next round.
+
 """
 
 from __future__ import annotations
 
-__all__ = ["LOOP_BLOCKED", "LOST_PEER", "Heartbeat", "LoopWatchdog"]
+__all__ = ["LOOP_BLOCKED", "LOST_PEER", "PROBE_TIME", "Heartbeat", "LoopWatchdog"]
 
 import asyncio
 import logging
@@ -41,6 +44,10 @@ LOOP_BLOCKED = (
 )
 """The WARNING of :class:`LoopWatchdog` (``%.1f``: the seconds blocked)."""
 
+PROBE_TIME = 3.0
+"""Seconds of silence after which a probed peer is dead (at most
+``heartbeat_response_timeout``): a round trip on a working link takes far less."""
+
 
 class Heartbeat:
     """
@@ -66,26 +73,61 @@ class Heartbeat:
 
     def check(self) -> None:
         """One round: carry out each connection's liveness verdict."""
-        node = self._node
         now = asyncio.get_running_loop().time()  # the protocols' clock
-        for conn in node.connections:
+        for conn in self._node.connections:
             if now < conn.protocol.liveness.next_check:
                 continue  # no ping due or outstanding: its check would do nothing
-            socket = conn.socket
-            actions = conn.protocol.heartbeat(
-                last_bytes=socket.last_seen,
-                backlog=socket.bytes_in_flight,
-                written=socket.stats.bytes_out,
-                reading_paused=not conn.can_read(),  # throttled, inbox full, or held
-            )
-            for action in actions:
-                if type(action) is Send:
-                    try:
-                        node.send_package(socket, action.package)
-                    except ConnectionClosed:
-                        pass  # on_close tells the rest
-                elif type(action) is Lost:
-                    self._drop(conn, action.reason)
+            self._check(conn)
+
+    def probe(self, conn: PeerConnection) -> float:
+        """
+        Doubt ``conn``'s peer now: ping it at once, and drop it if its ping stays
+        unanswered for :data:`PROBE_TIME` seconds (at most
+        ``heartbeat_response_timeout``), checked then rather than at the next round.
+
+        Returns:
+            The probe's time, in seconds.
+
+        """
+        liveness = conn.protocol.liveness
+        timeout = min(PROBE_TIME, liveness.timings.timeout)
+        already = liveness.probe_deadline is not None
+        liveness.probe(asyncio.get_running_loop().time(), timeout)
+        if not already:  # (one task per probe)
+            self._check(conn)
+            self._node.tasks.spawn(self._probed(conn, timeout), f"probe {conn.socket.peer}")
+        return timeout
+
+    async def _probed(self, conn: PeerConnection, timeout: float) -> None:
+        """Check a probed connection when its probe time runs out, until a pong ends
+        the probe or the connection closes."""
+        liveness = conn.protocol.liveness
+        loop = asyncio.get_running_loop()
+        while (deadline := liveness.probe_deadline) is not None and not conn.socket.closed:
+            # (not before a tenth of the probe time: a connection whose ping can't be
+            # sent yet isn't checked in a busy loop)
+            await asyncio.sleep(max(deadline - loop.time(), timeout / 10))
+            if not conn.socket.closed:
+                self._check(conn)
+
+    def _check(self, conn: PeerConnection) -> None:
+        """Carry out ``conn``'s liveness verdict now."""
+        node = self._node
+        socket = conn.socket
+        actions = conn.protocol.heartbeat(
+            last_bytes=socket.last_seen,
+            backlog=socket.bytes_in_flight,
+            written=socket.stats.bytes_out,
+            reading_paused=not conn.can_read(),  # throttled, inbox full, or held
+        )
+        for action in actions:
+            if type(action) is Send:
+                try:
+                    node.send_package(socket, action.package)
+                except ConnectionClosed:
+                    pass  # on_close tells the rest
+            elif type(action) is Lost:
+                self._drop(conn, action.reason)
 
     def _drop(self, conn: PeerConnection, reason: str) -> None:
         socket = conn.socket

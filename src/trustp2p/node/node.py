@@ -116,10 +116,10 @@ class Node:
         )
         self.handlers = HandlerRegistry()
         """Which thread handles which (package type, event), once threads are loaded."""
-        self.connections = Connections(self)
-        """The open connections; iterate for :class:`PeerConnection` objects."""
         self.heartbeat = Heartbeat(self)
         """The heartbeat round: liveness of every connection, on both sides."""
+        self.connections = Connections(self)
+        """The open connections; iterate for :class:`PeerConnection` objects."""
         self.address_budget = AddressBudget(
             rate=options.address_rate,
             burst=options.address_burst,

@@ -2,16 +2,19 @@
 One connection per peer in plain mode: two of our plain nodes that dialled each other
 know each other by the nonce of their version talks, as secure nodes do by their ids.
 In secure mode, two connections of one id from two processes (a restart, or a copied
-identity) are told apart from two dials that crossed, and said.
+identity) are told apart from two dials that crossed, and said; an open connection
+kept against another process's is probed at once (its peer may have restarted while
+the old link lingers).
 
 """
 
 from __future__ import annotations
 
-__all__ = ["CROSSING", "DUPLICATE", "Twins"]
+__all__ = ["CHECKING", "CROSSING", "DUPLICATE", "Twins"]
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -37,6 +40,10 @@ MAX_COPY_CLOSED = 1024
 
 DUPLICATE = "duplicate connection"
 """The close reason of the connection of two to one peer that both ends drop."""
+
+CHECKING = "checking the open connection of your peer id's other process"
+"""Said to a second process of a peer id refused while the first's connection, kept,
+is probed; the reason ends ": try again in N s" (the dialer waits that long)."""
 
 CROSSING = 2.0
 """Seconds between the introductions of two connections to one peer within which they
@@ -66,8 +73,11 @@ class Twins:
         connections: Connections,
         our_nonce: str,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        probe: Callable[[PeerConnection], float] | None = None,
     ) -> None:
         self._connections = connections
+        self._probe = probe  # the heartbeat's: returns the probe's time
         self._our_nonce = our_nonce
         self._clock = clock
         self._by_nonce: dict[str, tuple[PeerConnection, float]] = {}  # and when introduced
@@ -152,19 +162,24 @@ class Twins:
         return None if conn is None or conn.socket.closed else conn.socket
 
     def processes(
-        self, logger: logging.Logger, existing: Socket, new: Socket, *, keep_new: bool
+        self, logger: logging.Logger, conn: PeerConnection, new: Socket, *, keep_new: bool
     ) -> str:
         """
-        ``new`` is a second connection of the secure peer of ``existing``, and the one
-        of the two not kept is closed: say what their Noise static keys tell (another
+        ``new`` is a second connection of the secure peer of ``conn``, and the one of
+        the two not kept is closed: say what their Noise static keys tell (another
         process of the peer: a restart, or two nodes sharing its identity), and return
-        the close reason.
+        the close reason. When ``conn`` stays against another process, it is probed
+        (a restart's old link may be dead) and ``new`` is told when to try again.
         """
+        existing = conn.socket
         if not isinstance(existing, SecureSocket) or not isinstance(new, SecureSocket):
             return DUPLICATE
         peer_id = new.peer_id
         assert peer_id is not None  # (secure)
-        meeting = self._copies.met(peer_id, existing.static_key, new.static_key, existing.last_seen)
+        answered = conn.protocol.liveness.answered  # (a pong to our probe is proof)
+        meeting = self._copies.met(
+            peer_id, existing.static_key, new.static_key, existing.last_seen, answered
+        )
         if meeting is None:
             return DUPLICATE  # one process: two dials that crossed
         say = self._connections.inbound.log  # (budgeted: throwaway ids can do this)
@@ -187,7 +202,15 @@ class Twins:
                 del self._copy_closed[next(iter(self._copy_closed))]
             return COPY_REASON
         # The new one goes: a restarted peer whose old link lingers here isn't a copy.
-        return COPY_REASON if self._copies.proven(peer_id) else DUPLICATE
+        if self._copies.proven(peer_id):
+            return COPY_REASON
+        if self._probe is None:
+            return DUPLICATE
+        # tester39 F9: the old link was kept until the heartbeat found it dead (up to
+        # its 39 s bound), and the restarted peer's backoff grew meanwhile. Ping it now:
+        # a dead one is dropped within the probe's time, and the peer comes back then.
+        wait = math.ceil(self._probe(conn)) + 1
+        return f"{DUPLICATE}: {CHECKING}: try again in {wait} s"
 
 
 def _raw_id(socket: Socket) -> int:

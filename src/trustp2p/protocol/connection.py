@@ -361,8 +361,8 @@ class ConnectionProtocol:
         if verdict is Verdict.DEAD:
             self.state = ConnectionState.CLOSING
             if reading_paused:  # no pong can come: what we sent wasn't taken
-                return [Lost(f"took none of our bytes in {liveness.timings.timeout:g} s")]
-            return [Lost(f"no pong within {liveness.timings.timeout:g} s")]
+                return [Lost(f"took none of our bytes in {liveness.dead_after:g} s")]
+            return [Lost(f"no pong within {liveness.dead_after:g} s")]
         return []
 
     # Receiving

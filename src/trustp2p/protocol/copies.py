@@ -11,7 +11,8 @@ drops one of them, over and over, and each node sees its link swap between the t
 Proof that both are alive: after the second process's connection met the first's, the
 first connects again (it can't be a replay: the handshake proves the static key's
 private half, which only the first process holds), or its open connection is heard from
-more than :data:`GRACE` seconds later (a dead process's connection says nothing more).
+more than :data:`GRACE` seconds later (a dead process's connection says nothing more),
+or answers a ping sent once the second was met.
 Sans-I/O; the node says what :meth:`IdentityCopies.met` returns.
 
 """
@@ -79,13 +80,19 @@ class IdentityCopies:
         self._pairs: dict[str, _Pair] = {}
 
     def met(
-        self, peer_id: str, existing: bytes, new: bytes, existing_heard: float
+        self,
+        peer_id: str,
+        existing: bytes,
+        new: bytes,
+        existing_heard: float,
+        existing_answered: float | None = None,
     ) -> Meeting | None:
         """
         A connection of ``peer_id`` under static key ``new`` while one under
         ``existing``, last heard from at ``existing_heard`` (the clock's time), is
-        open. None when the keys are one (one process: two dials that crossed, or a
-        redial before the old connection closed).
+        open; ``existing_answered``: when the last ping it answered was sent, if any.
+        None when the keys are one (one process: two dials that crossed, or a redial
+        before the old connection closed).
         """
         if existing == new:
             return None
@@ -103,6 +110,11 @@ class IdentityCopies:
                 pair.copied
                 or (pair.older == new and pair.newer == existing)
                 or (pair.older == existing and existing_heard > pair.first + GRACE)
+                or (
+                    pair.older == existing
+                    and existing_answered is not None
+                    and existing_answered >= pair.first
+                )
             )
             pair.since = now
             meeting = Meeting.REPEATED

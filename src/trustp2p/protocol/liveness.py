@@ -41,6 +41,12 @@ carries out the :class:`Verdict`:
    drops the connection at once, which fails or reroutes its pending requests.
 4. **Answered.** A pong (``HEARTBEAT_PONG`` with the ping's tag) ends the ping: its
    round trip is known and nothing is charged any more.
+5. **Probed.** When the node has reason to doubt the peer now (another process of its
+   peer id connected while this connection is open: a restart whose old link may be
+   dead), :meth:`Liveness.probe` makes a ping due at once and lowers the charge that
+   means dead to the probe's time (never above ``timeout``) until a pong comes: a
+   live peer answers and stays, a dead link is found within seconds rather than the
+   detection bound. The charging rules above stay.
 
 Skipping. Until :attr:`Liveness.next_check` a check can only say NOTHING and change
 nothing (no ping is outstanding, and the next one isn't due yet), so the node's round
@@ -132,6 +138,9 @@ class Liveness:
         outstanding: When the ping that awaits its pong was sent, or ``None``.
         charged: Seconds charged against the outstanding ping.
         last_rtt: Round trip of the last answered ping, in seconds, or ``None``.
+        answered: When the last answered ping was sent (clock seconds), or ``None``.
+        dead_after: Charged seconds that make the peer dead: ``timings.timeout``, or
+            less while a :meth:`probe` awaits its pong.
         next_check: Before this time (clock seconds) :meth:`check` would return
             :attr:`Verdict.NOTHING` and change nothing: no ping is outstanding and the
             next one is not due. A caller may skip the check until then. While a ping is
@@ -143,9 +152,12 @@ class Liveness:
         "_due_after",
         "_last_check",
         "_ping_at",
+        "_probing",
         "_put_off_until",
         "_taken",
+        "answered",
         "charged",
+        "dead_after",
         "last_ping",
         "last_rtt",
         "next_check",
@@ -161,6 +173,9 @@ class Liveness:
         self.outstanding: float | None = None
         self.charged = 0.0
         self.last_rtt: float | None = None
+        self.answered: float | None = None
+        self.dead_after = timings.timeout
+        self._probing = False
         self._last_check = opened
         self._taken = 0  # bytes the peer had taken at the last check
         self._ping_at = 0  # bytes written before the outstanding ping
@@ -217,7 +232,7 @@ class Liveness:
             self.charged += now - since
         self._last_check = now
         self._taken = taken
-        if self.charged >= self.timings.timeout:
+        if self.charged >= self.dead_after:
             return Verdict.DEAD
         if reading_paused and now - self.last_ping >= self.timings.timeout:
             # Ping again, so that a peer that left with a reset is found when a write
@@ -266,7 +281,40 @@ class Liveness:
         if sent is None:
             return None
         self.outstanding = None
+        self.answered = sent
         self.charged = 0.0
+        self.dead_after = self.timings.timeout  # a probe ends with its pong
+        self._probing = False
         self.next_check = min(self.last_ping + self._due_after, self._put_off_until)
         self.last_rtt = rtt = max(0.0, now - sent)
         return rtt
+
+    def probe(self, now: float, timeout: float) -> None:
+        """
+        Doubt the peer at ``now``: a ping is due at once (unless one is outstanding),
+        and until a pong comes, ``timeout`` charged seconds (at most
+        ``timings.timeout``) make it dead. Probing again never raises the threshold.
+
+        Args:
+            now: The time (clock seconds).
+            timeout: The probe's time, in seconds.
+
+        """
+        self.dead_after = min(self.dead_after, timeout)
+        self._probing = True
+        if self.outstanding is None:
+            self._put_off_until = min(self._put_off_until, now)
+            self.next_check = min(self.next_check, now)
+
+    @property
+    def probe_deadline(self) -> float | None:
+        """
+        While a :meth:`probe` awaits its pong, the time (clock seconds) from which a
+        check would say :attr:`Verdict.DEAD` if the link shows no progress until then
+        (the ping not sent yet: now); else ``None``.
+        """
+        if not self._probing:
+            return None
+        if self.outstanding is None:
+            return self.next_check
+        return self._last_check + self.dead_after - self.charged
