@@ -7,12 +7,17 @@ Loopback; the handler blocks past a small threshold.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import time
+import warnings
+import weakref
+from pathlib import Path
 
 import pytest
 
-from trustp2p import EventMap, Package, PackageType, Socket, Thread
+from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
 
 from .conftest import MS
 from .nodes import MakeNode, wait_for
@@ -69,3 +74,23 @@ async def test_the_nodes_of_one_loop_share_one_watchdog(
     await wait_for(lambda: "event loop was blocked" in caplog.text)
     lines = [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
     assert len(lines) == 1
+
+
+def test_a_node_never_stopped_does_not_keep_its_loop(tmp_path: Path) -> None:
+    """review58: the watchdog's table, weakly keyed by loop, held the loop (its clock,
+    its task) and every node on it: a node never stopped kept its loop and its state."""
+
+    async def start() -> weakref.ref[Node]:
+        node = Node(cwd=tmp_path, server=True, port=0, host="127.0.0.1")
+        await node.start()
+        return weakref.ref(node)
+
+    loop = asyncio.new_event_loop()
+    loop_ref = weakref.ref(loop)
+    node_ref = loop.run_until_complete(start())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (its pending tasks, destroyed)
+        loop.close()
+        del loop
+        gc.collect()
+    assert loop_ref() is None and node_ref() is None

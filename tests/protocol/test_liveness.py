@@ -338,17 +338,24 @@ def test_a_probed_peer_that_answers_stays_and_the_usual_timeout_is_back() -> Non
     assert peer.check() is Verdict.DEAD
 
 
-def test_a_probe_with_a_ping_outstanding_shortens_its_time_and_never_lengthens() -> None:
+@pytest.mark.parametrize("charged", [2.0, 4.0])
+def test_a_probe_with_a_ping_outstanding_gives_its_time_from_then_and_never_lengthens(
+    charged: float,
+) -> None:
+    """review58: a ping charged more than the probe's time already (4 s) made the peer
+    dead at the probe's first check, with no time to answer."""
     peer = Peer()
     peer.advance(10.0)
     assert peer.check() is Verdict.PING
-    peer.advance(2.0)
-    assert peer.check() is Verdict.NOTHING  # 2 s charged
+    peer.advance(charged)
+    assert peer.check() is Verdict.NOTHING
     peer.liveness.probe(peer.now, 3.0)
-    assert peer.liveness.probe_deadline == pytest.approx(peer.now + 1.0)
+    assert peer.liveness.probe_deadline == pytest.approx(peer.now + 3.0)
     peer.liveness.probe(peer.now, 8.0)  # (again, longer: no change)
-    assert peer.liveness.dead_after == 3.0
-    peer.advance(1.0)
+    assert peer.liveness.dead_after == pytest.approx(charged + 3.0)
+    peer.advance(2.9)
+    assert peer.check() is Verdict.NOTHING
+    peer.advance(0.1)
     assert peer.check() is Verdict.DEAD
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 __all__ = ["MAX_WAITING_BYTES", "Item", "TopicQueues", "Work"]
 
 import asyncio
+import contextvars
 import logging
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -42,6 +43,11 @@ if TYPE_CHECKING:
     from .peer import PeerConnection
 
 logger = logging.getLogger(__name__)
+
+_DRAIN: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.ContextVar(
+    "gossip_drain", default=None
+)
+"""The delivery task a handler runs in, seen by the tasks it starts (a stop among them)."""
 
 MAX_WAITING_BYTES = 16 * 2**20
 """Messages waiting for validators and handlers, in all topics, each counted as its
@@ -259,7 +265,9 @@ class TopicQueues:
         task that called the stop: each waits for the stop). The caller cancels what is
         still running then."""
         self._stopping = True
-        waiting = {asyncio.current_task(), caller}
+        # (review58: a handler's stop in a task of its own, asyncio.wait_for's on 3.11,
+        # was another caller: the task it started it from is in its context)
+        waiting = {asyncio.current_task(), caller, _DRAIN.get()}
         running = [task for task in self._drains.values() if task not in waiting]
         if running:
             logger.info("x waiting up to %g s for the gossip handlers running", timeout)
@@ -268,6 +276,7 @@ class TopicQueues:
     async def _drain(
         self, topic: str, queue: deque[tuple[str, GossipMessage, Socket | None]]
     ) -> None:
+        _DRAIN.set(asyncio.current_task())
         try:
             while queue and not self._stopping:
                 kind, message, source = queue.popleft()

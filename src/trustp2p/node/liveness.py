@@ -21,6 +21,7 @@ __all__ = ["LOOP_BLOCKED", "LOST_PEER", "PROBE_TIME", "Heartbeat", "LoopWatchdog
 import asyncio
 import logging
 import random
+import time
 import weakref
 from typing import TYPE_CHECKING
 
@@ -147,66 +148,53 @@ class LoopWatchdog:
     <trustp2p.protocol.loop_lag.LoopLag>`, with the least ``loop_block_warning`` of its
     nodes): a WARNING, one a minute at most (the others at DEBUG, then counted). Its
     peers only see that a node stopped answering; the node itself said nothing
-    (tester39 F4). One per loop, for every node on it from its start to its stop (one
-    per node, a 1,000-node simulation ran 1,000 timers a second, and one block was
-    said 1,000 times).
+    (tester39 F4). One per loop, a timer, for the nodes running on it (one per node,
+    a 1,000-node simulation ran 1,000 timers a second, and one block was said 1,000
+    times).
     """
 
-    __slots__ = ("_lag", "_nodes", "_task", "log_budget")
+    __slots__ = ("_lag", "_nodes", "_scheduled", "log_budget")
 
     def __init__(self, threshold: float) -> None:
-        self._lag = LoopLag(threshold, clock=asyncio.get_running_loop().time)
-        self._nodes: dict[Node, None] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._lag = LoopLag(threshold, clock=time.monotonic)
+        # Weakly: neither a node nor its loop is kept by this (review58: a node never
+        # stopped kept its loop and all its state; the loop's timer holds this).
+        self._nodes: weakref.WeakSet[Node] = weakref.WeakSet()
+        self._scheduled = False
         self.log_budget = LogBudget(lines=1, window=60.0)
 
     @staticmethod
     def watch(node: Node) -> None:
-        """Watch the running loop for ``node`` (started), from now until :meth:`unwatch`."""
+        """Watch the running loop for ``node`` (started), while it runs."""
         loop = asyncio.get_running_loop()
         dog = _WATCHDOGS.get(loop)
         if dog is None:
             dog = _WATCHDOGS[loop] = LoopWatchdog(node.options.loop_block_warning)
-        dog.add(node)
+        dog._nodes.add(node)
+        if not dog._scheduled:
+            dog._schedule()
 
-    @staticmethod
-    def unwatch(node: Node) -> None:
-        """``node`` stops: the loop's watchdog stops with the last of its nodes."""
-        loop = asyncio.get_running_loop()
-        dog = _WATCHDOGS.get(loop)
-        if dog is not None and dog.remove(node):
-            del _WATCHDOGS[loop]
+    def _schedule(self) -> None:
+        self._scheduled = True
+        asyncio.get_running_loop().call_later(self._lag.sleep(), self._woke)
 
-    def add(self, node: Node) -> None:
-        """Watch for ``node`` too (its threshold, if the least); start if not yet."""
-        self._nodes[node] = None
-        threshold = node.options.loop_block_warning
-        if threshold < self._lag.threshold:
-            self._lag = LoopLag(threshold, clock=asyncio.get_running_loop().time)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop watchdog")
-
-    def remove(self, node: Node) -> bool:
-        """Watch no more for ``node``; True if none is left (then stopped)."""
-        self._nodes.pop(node, None)
-        if self._nodes:
-            return False
-        if self._task is not None:
-            self._task.cancel()
-        return True
-
-    async def _run(self) -> None:
-        """Wake every second or so and measure how late, until cancelled."""
-        while True:
-            lag = self._lag
-            await asyncio.sleep(lag.sleep())
-            blocked = lag.woke()
-            if blocked is not None and self._nodes:
-                node = next(iter(self._nodes))
-                self.log_budget.log(
-                    node.log, logging.WARNING, "loop blocked", LOOP_BLOCKED, blocked
-                )
-            self.log_budget.summarise()
+    def _woke(self) -> None:
+        """Measure how late this woke; again in a second or so while a node runs (the
+        least ``loop_block_warning`` of those running)."""
+        blocked = self._lag.woke()
+        running = [node for node in self._nodes if node.running]
+        if blocked is not None and running:
+            self.log_budget.log(
+                running[0].log, logging.WARNING, "loop blocked", LOOP_BLOCKED, blocked
+            )
+        self.log_budget.summarise()
+        if not running:
+            self._scheduled = False  # (a node that starts again schedules it)
+            return
+        threshold = min(node.options.loop_block_warning for node in running)
+        if threshold != self._lag.threshold:
+            self._lag = LoopLag(threshold, clock=time.monotonic)
+        self._schedule()
 
 
 _WATCHDOGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWatchdog] = (

@@ -293,14 +293,17 @@ class Liveness:
         """
         Doubt the peer at ``now``: a ping is due at once (unless one is outstanding),
         and until a pong comes, ``timeout`` charged seconds (at most
-        ``timings.timeout``) make it dead. Probing again never raises the threshold.
+        ``timings.timeout``) make it dead, counted from what an outstanding ping was
+        charged already (review58: one charged more than ``timeout`` made the peer dead
+        at the probe's first check, with no time to answer). Probing again never raises
+        the threshold.
 
         Args:
             now: The time (clock seconds).
             timeout: The probe's time, in seconds.
 
         """
-        self.dead_after = min(self.dead_after, timeout)
+        self.dead_after = min(self.dead_after, self.charged + timeout)
         self._probing = True
         if self.outstanding is None:
             self._put_off_until = min(self._put_off_until, now)
