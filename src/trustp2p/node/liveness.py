@@ -153,13 +153,15 @@ class LoopWatchdog:
     times).
     """
 
-    __slots__ = ("_lag", "_nodes", "_scheduled", "log_budget")
+    __slots__ = ("__weakref__", "_lag", "_nodes", "_scheduled", "log_budget")
 
     def __init__(self, threshold: float) -> None:
         self._lag = LoopLag(threshold, clock=time.monotonic)
-        # Weakly: neither a node nor its loop is kept by this (review58: a node never
-        # stopped kept its loop and all its state; the loop's timer holds this).
-        self._nodes: weakref.WeakSet[Node] = weakref.WeakSet()
+        # Held by the loop's timer only (the table below holds this weakly): a node
+        # never stopped is let go with its loop (review58: the table held the loop, its
+        # clock and task, and every node on it). Nodes that stopped are let go at the
+        # next wake. (Not a WeakSet: a compiled Node takes no weak reference.)
+        self._nodes: dict[Node, None] = {}
         self._scheduled = False
         self.log_budget = LogBudget(lines=1, window=60.0)
 
@@ -167,10 +169,11 @@ class LoopWatchdog:
     def watch(node: Node) -> None:
         """Watch the running loop for ``node`` (started), while it runs."""
         loop = asyncio.get_running_loop()
-        dog = _WATCHDOGS.get(loop)
+        dog = _WATCHDOGS.get(id(loop))
         if dog is None:
-            dog = _WATCHDOGS[loop] = LoopWatchdog(node.options.loop_block_warning)
-        dog._nodes.add(node)
+            dog = LoopWatchdog(node.options.loop_block_warning)
+            _WATCHDOGS[id(loop)] = dog
+        dog._nodes[node] = None
         if not dog._scheduled:
             dog._schedule()
 
@@ -183,6 +186,7 @@ class LoopWatchdog:
         least ``loop_block_warning`` of those running)."""
         blocked = self._lag.woke()
         running = [node for node in self._nodes if node.running]
+        self._nodes = dict.fromkeys(running)
         if blocked is not None and running:
             self.log_budget.log(
                 running[0].log, logging.WARNING, "loop blocked", LOOP_BLOCKED, blocked
@@ -197,6 +201,5 @@ class LoopWatchdog:
         self._schedule()
 
 
-_WATCHDOGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWatchdog] = (
-    weakref.WeakKeyDictionary()
-)
+_WATCHDOGS: weakref.WeakValueDictionary[int, LoopWatchdog] = weakref.WeakValueDictionary()
+"""Each loop's watchdog, by the loop's id: alive while its loop's timer holds it."""
