@@ -352,6 +352,7 @@ class Node:
     async def _stop(self, caller: asyncio.Task[Any] | None) -> None:
         started = self._start_ended is None or self._start_ended.result()
         self.log.info("x stopping node" if started else "x undoing a failed start")
+        LoopWatchdog.unwatch(self)
         lock, listening = self._identity_lock, self._listening
         made = () if started else self._made
         await stop_parts(
