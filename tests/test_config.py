@@ -99,11 +99,8 @@ def test_test_and_benchmark_variables_are_not_options(tmp_path: Path) -> None:
     assert all(s.source is Source.DEFAULT for s in load_settings(tmp_path, env, {}).values())
 
 
-def test_the_server_command_uses_file_env_and_flags(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    write(tmp_path, "max_inbound = 50\nrequest_rate = 20\n")
-    monkeypatch.setenv("TRUSTP2P_REQUEST_RATE", "30")
+def served(monkeypatch: pytest.MonkeyPatch) -> list[NodeOptions]:
+    """The options the ``server`` command serves with, from now on (nothing served)."""
     seen: list[NodeOptions] = []
 
     async def fake_serve(options: NodeOptions) -> int:
@@ -111,6 +108,15 @@ def test_the_server_command_uses_file_env_and_flags(
         return 0
 
     monkeypatch.setattr(trustp2p.apps.serve, "serve_process", fake_serve)
+    return seen
+
+
+def test_the_server_command_uses_file_env_and_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, "max_inbound = 50\nrequest_rate = 20\n")
+    monkeypatch.setenv("TRUSTP2P_REQUEST_RATE", "30")
+    seen = served(monkeypatch)
     assert main(["server", "--cwd", str(tmp_path), "--port", "1200"]) == 0
     (options,) = seen
     assert (options.max_inbound, options.request_rate, options.port) == (50, 30.0, 1200)
@@ -373,13 +379,7 @@ def test_log_and_loop_flags_read_their_variables(
     monkeypatch.setenv("TRUSTP2P_LOG_LEVEL", "debug")
     monkeypatch.setenv("TRUSTP2P_LOOP", "asyncio")
     assert all(s.source is Source.DEFAULT for s in load_settings(tmp_path, os.environ, {}).values())
-    seen: list[NodeOptions] = []
-
-    async def fake_serve(options: NodeOptions) -> int:
-        seen.append(options)
-        return 0
-
-    monkeypatch.setattr(trustp2p.apps.serve, "serve_process", fake_serve)
+    seen = served(monkeypatch)
     assert main(["server", "--cwd", str(tmp_path), "--port", "1200"]) == 0
     assert len(seen) == 1
     root = logging.getLogger()

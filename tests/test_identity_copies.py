@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from trustp2p import Node
+from trustp2p import Node, Socket
 from trustp2p.identity import Identity
 from trustp2p.node.twins import CHECKING, DUPLICATE
 from trustp2p.protocol.copies import COPY_REASON
@@ -34,6 +34,18 @@ async def dialling(make_node: MakeNode, identity: Identity, url: str) -> Node:
     assert node.client is not None
     node.client.connect(url)
     return node
+
+
+async def original_then_copy(make_node: MakeNode, node: Node) -> Socket:
+    """A client of a fresh identity connected to ``node`` (the original), then a copy
+    of it dialling ``node`` too: the original's connection at ``node``."""
+    assert node.url is not None
+    shared = Identity.generate()
+    await dialling(make_node, shared, node.url)
+    await wait_for(lambda: len(node.sockets) == 1)
+    link = node.sockets[0]
+    await dialling(make_node, shared, node.url)  # the copy
+    return link
 
 
 async def test_a_copy_displacing_the_original_is_said_at_both(
@@ -69,15 +81,8 @@ async def test_a_copy_refused_while_the_original_talks_is_proof(
     after the copy came; then the node says two processes share the identity, once,
     and tells the copy why, which says so once (review35: at each redial)."""
     caplog.set_level(logging.INFO)
-    shared = Identity.generate()
     node = await make_node(server=True, **PINGS)  # (the original answers)
-    assert node.url is not None
-    original = await make_node(client=True, identity=shared)
-    assert original.client is not None
-    original.client.connect(node.url)
-    await wait_for(lambda: len(node.sockets) == 1)
-    link = node.sockets[0]
-    await dialling(make_node, shared, node.url)  # the copy
+    link = await original_then_copy(make_node, node)
     await wait_for(lambda: said(caplog, COPIED, logging.WARNING) == 1)
     refused = f"closed (1000 {COPY_REASON}); redialling"
     await wait_for(lambda: said(caplog, refused, logging.INFO) >= 3)
@@ -137,15 +142,8 @@ async def test_a_live_old_link_answers_the_probe_and_stays(
     once and stays; the copy, told to try again, is then refused as a copy (the
     answer proves both processes alive) without waiting for the original to talk."""
     caplog.set_level(logging.INFO)
-    shared = Identity.generate()
     node = await make_node(server=True, heartbeat_response_timeout=1.0)
-    assert node.url is not None
-    original = await make_node(client=True, identity=shared)
-    assert original.client is not None
-    original.client.connect(node.url)
-    await wait_for(lambda: len(node.sockets) == 1)
-    link = node.sockets[0]
-    await dialling(make_node, shared, node.url)  # the copy
+    link = await original_then_copy(make_node, node)
     await wait_for(lambda: link.stats.last_rtt is not None)  # the probe's pong
     await wait_for(lambda: said(caplog, COPIED, logging.WARNING) == 1, timeout=10.0)
     assert node.sockets == [link] and not link.closed
