@@ -12,6 +12,8 @@ heartbeat pace.
 
 from __future__ import annotations
 
+import pytest
+
 from trustp2p.identity import Identity
 from trustp2p.protocol.gossip import GossipRouter, PeerKey, RouterAction, sign_message
 from trustp2p.protocol.gossip.lazy import SET_FROM, Holders
@@ -126,22 +128,30 @@ def test_a_flood_from_one_sender_keeps_no_other_out_of_an_owed_announcement() ->
     assert wanted.id in told[0]  # (before: the flooder's first 500 only)
 
 
-def test_the_connections_of_one_address_share_one_turn() -> None:
+@pytest.mark.parametrize("validated", [False, True])
+def test_the_connections_of_one_address_share_one_turn(validated: bool) -> None:
     """review56: turns by connection let eight connections of one address (the default
     ``max_per_ip``) take 8 of 9 turns: an honest publisher's 100 ids, 55 told. Peers
-    added with one ``group`` share a turn."""
+    added with one ``group`` share a turn; review57 R4: so do messages of a topic with
+    a validator whose connections closed before they were accepted (55 told again)."""
     router, sent, clock = _squatted()
     flooder = Identity.generate()
     nat = [f"nat{n}" for n in range(8)]
     for peer in nat:
         router.add_peer(peer, group="10.1.0.0/16")
-    seq = 0
+    seq, waiting = 0, []
     for peer in nat:
         for _ in range(100):
             seq += 1
             message = sign_message(flooder, TOPIC, seq, 1_700_000_000_000, {"n": seq})
-            assert router.receive(peer, message)
-            router.forward(peer, message)
+            assert router.receive(peer, message, pending=validated)
+            waiting.append((peer, message))
+    for peer in nat if validated else ():
+        router.remove_peer(peer)  # (gone while its messages were validated)
+    for peer, message in waiting:
+        if validated:
+            router.accept(peer, message)
+        router.forward(peer, message)
     honest = {_publish(router, n) for n in range(1, 101)}
     sent.clear()
     clock.advance(1.0)

@@ -364,12 +364,30 @@ def test_progress_holds_off_a_probe_as_it_does_the_timeout() -> None:
     peer = Peer()
     peer.liveness.probe(peer.now, 3.0)
     assert peer.check() is Verdict.PING
-    for _ in range(5):
+    for _ in range(3):
         peer.advance(2.0)
         peer.partial()
         assert peer.check() is Verdict.NOTHING
     peer.advance(3.0)
     assert peer.check() is Verdict.DEAD
+
+
+def test_a_probe_that_sees_neither_pong_nor_silence_ends_after_the_timeout() -> None:
+    """review58: a peer that takes what we send while we read nothing (its inbox full)
+    shows progress and sends no pong: the probe kept the 3 s threshold, and its task
+    waking, for the connection's life. It ends ``timeout`` after it began."""
+    peer = Peer()
+    peer.reading_paused = True
+    peer.liveness.probe(peer.now, 3.0)
+    assert peer.check() is Verdict.PING
+    for _ in range(4):
+        peer.advance(2.0)
+        assert peer.check() is Verdict.NOTHING
+        assert peer.liveness.probe_deadline is not None
+    peer.advance(2.0)
+    assert peer.check() is Verdict.PING  # (with reading paused: a ping each timeout)
+    assert peer.liveness.probe_deadline is None
+    assert peer.liveness.dead_after == TIMINGS.timeout
 
 
 def test_the_peers_ping_puts_ours_off() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trustp2p.protocol.loop_lag import LOOP_LAG_INTERVAL, LoopLag
+from trustp2p.protocol.loop_lag import LOOP_LAG_INTERVAL, MIN_LOOP_LAG_INTERVAL, LoopLag
 
 from ..conftest import FakeClock
 
@@ -44,6 +44,16 @@ def test_nothing_is_measured_without_a_sleep_before() -> None:
 def test_a_small_threshold_wakes_more_often() -> None:
     lag = LoopLag(0.2, clock=FakeClock())
     assert lag.sleep() == pytest.approx(0.05)
+
+
+def test_a_tiny_threshold_wakes_no_more_often_than_the_floor() -> None:
+    """review58: 0.001 s woke the loop every 0.25 ms, a near-busy timer for every node
+    on it; a block under the floor is still reported once it is measured."""
+    clock = FakeClock()
+    lag = LoopLag(0.001, clock=clock)
+    assert lag.sleep() == MIN_LOOP_LAG_INTERVAL
+    clock.advance(MIN_LOOP_LAG_INTERVAL + 0.002)
+    assert lag.woke() == pytest.approx(0.002)
 
 
 @pytest.mark.parametrize("threshold", [0.0, -1.0, float("nan")])

@@ -555,7 +555,8 @@ async def serve(
         raise DriverError(f"can't listen on {format_address(host, port)}: {exc}") from exc
     server = StreamServer(factory, sockets, retry_max=accept_retry_max)
     server.start()
-    # Every interface (""): its IPv4 address names it, a URL that can be parsed and
-    # dialled, and that a node neither announces nor passes on (tester39 F5: "ws://:P").
+    # Every interface (""): its IPv4 address names it, a URL that parses (tester39 F5:
+    # "ws://:P") but no peer may dial (review58), so a node neither announces nor
+    # passes it on, and warns as for 0.0.0.0: listen URLs name the node.
     shown = host or ("0.0.0.0" if any(sock.family == AF_INET for sock in sockets) else "::")
     return server, format_address(shown, sockets[0].getsockname()[1])

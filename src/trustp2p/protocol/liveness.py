@@ -152,6 +152,7 @@ class Liveness:
         "_due_after",
         "_last_check",
         "_ping_at",
+        "_probe_end",
         "_probing",
         "_put_off_until",
         "_taken",
@@ -176,6 +177,7 @@ class Liveness:
         self.answered: float | None = None
         self.dead_after = timings.timeout
         self._probing = False
+        self._probe_end = 0.0  # (a probe ends with its pong, or by this time)
         self._last_check = opened
         self._taken = 0  # bytes the peer had taken at the last check
         self._ping_at = 0  # bytes written before the outstanding ping
@@ -230,6 +232,8 @@ class Liveness:
             progress = (last_bytes > since and last_bytes > last_package) or ahead
         if not progress and now > since:
             self.charged += now - since
+        if self._probing and now >= self._probe_end:
+            self._end_probe()  # (review58: a held reader's probe never ended)
         self._last_check = now
         self._taken = taken
         if self.charged >= self.dead_after:
@@ -283,8 +287,7 @@ class Liveness:
         self.outstanding = None
         self.answered = sent
         self.charged = 0.0
-        self.dead_after = self.timings.timeout  # a probe ends with its pong
-        self._probing = False
+        self._end_probe()  # (a probe ends with its pong)
         self.next_check = min(self.last_ping + self._due_after, self._put_off_until)
         self.last_rtt = rtt = max(0.0, now - sent)
         return rtt
@@ -296,7 +299,8 @@ class Liveness:
         ``timings.timeout``) make it dead, counted from what an outstanding ping was
         charged already (review58: one charged more than ``timeout`` made the peer dead
         at the probe's first check, with no time to answer). Probing again never raises
-        the threshold.
+        the threshold. A probe that saw neither (a peer that takes what we send while
+        we don't read) ends ``timings.timeout`` after it began.
 
         Args:
             now: The time (clock seconds).
@@ -304,10 +308,16 @@ class Liveness:
 
         """
         self.dead_after = min(self.dead_after, self.charged + timeout)
+        if not self._probing:
+            self._probe_end = now + self.timings.timeout
         self._probing = True
         if self.outstanding is None:
             self._put_off_until = min(self._put_off_until, now)
             self.next_check = min(self.next_check, now)
+
+    def _end_probe(self) -> None:
+        self._probing = False
+        self.dead_after = self.timings.timeout
 
     @property
     def probe_deadline(self) -> float | None:

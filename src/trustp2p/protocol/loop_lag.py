@@ -9,13 +9,17 @@ rule how late it woke. No I/O: the clock is given.
 
 from __future__ import annotations
 
-__all__ = ["LOOP_LAG_INTERVAL", "LoopLag"]
+__all__ = ["LOOP_LAG_INTERVAL", "MIN_LOOP_LAG_INTERVAL", "LoopLag"]
 
 import time
 from collections.abc import Callable
 
 LOOP_LAG_INTERVAL = 1.0
 """Seconds between two wakes of the watchdog, at most: one timer a second."""
+
+MIN_LOOP_LAG_INTERVAL = 0.05
+"""Seconds between two wakes, at least, however small the threshold (review58: a
+``loop_block_warning`` of 0.001 woke every node's loop 4,000 times a second)."""
 
 
 class LoopLag:
@@ -36,8 +40,9 @@ class LoopLag:
         if not threshold > 0:
             raise ValueError(f"threshold must be positive, not {threshold!r}")
         self.threshold = threshold
-        # A wake every quarter of the threshold: a block is measured within a quarter.
-        self.interval = min(LOOP_LAG_INTERVAL, threshold / 4)
+        # A wake every quarter of the threshold: a block is measured within a quarter
+        # (within MIN_LOOP_LAG_INTERVAL for thresholds under 0.2 s).
+        self.interval = min(LOOP_LAG_INTERVAL, max(MIN_LOOP_LAG_INTERVAL, threshold / 4))
         self._clock = clock
         self._due: float | None = None
 

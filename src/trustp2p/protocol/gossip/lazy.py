@@ -136,11 +136,12 @@ class Holders:
 
     """
 
-    __slots__ = ("_holders", "_served")
+    __slots__ = ("_groups", "_holders", "_served")
 
     def __init__(self) -> None:
         self._holders: dict[str, _Peers] = {}
         self._served: dict[str, _Peers] = {}  # recent ids -> peers sent them on iwant
+        self._groups: dict[str, PeerKey] = {}  # pending ids -> their sender's group
 
     def __len__(self) -> int:
         """How many messages are tracked."""
@@ -153,9 +154,17 @@ class Holders:
         """The peers known to have the message (raises ``KeyError`` if not tracked)."""
         return self._holders[message_id]
 
-    def start(self, message_id: str, peer: PeerKey | None) -> None:
-        """A new message, from ``peer`` (None: ours, or obtained otherwise)."""
+    def start(self, message_id: str, peer: PeerKey | None, group: PeerKey = None) -> None:
+        """A new message, from ``peer`` (None: ours, or obtained otherwise), of the
+        address ``group`` given if it awaits validation (see :meth:`group`)."""
         self._holders[message_id] = [peer] if peer is not None else []
+        if group is not None:
+            self._groups[message_id] = group
+
+    def group(self, message_id: str, peer: PeerKey | None) -> PeerKey:
+        """The group :meth:`start` was given for a message that passed validation (its
+        sender's, even if that peer went meanwhile), else ``peer``."""
+        return self._groups.pop(message_id, peer)
 
     def copy_from(self, message_id: str, peer: PeerKey | None) -> None:
         """Another copy of a message arrived from ``peer``: it has it, if we track it."""
@@ -169,11 +178,13 @@ class Holders:
     def refuse(self, message_id: str) -> None:
         """A message received pending validation was refused: it goes no further."""
         self._holders.pop(message_id, None)
+        self._groups.pop(message_id, None)
 
     def expire(self, message_id: str) -> None:
         """The message is no longer recent: neither announced nor served."""
         self._holders.pop(message_id, None)
         self._served.pop(message_id, None)
+        self._groups.pop(message_id, None)
 
     def serve(self, message_id: str, peer: PeerKey) -> bool:
         """Whether to send the message to ``peer``, which asked for it: once only."""

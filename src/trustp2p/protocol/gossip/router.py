@@ -285,7 +285,7 @@ class GossipRouter:
         elif pending:
             self._seen.add(message.id, self._clock())
             # Who sent copies meanwhile: once it is accepted, they aren't told of it.
-            self._holders.start(message.id, peer)
+            self._holders.start(message.id, peer, self._groups.get(peer, peer))
         else:
             self._remember(message, peer)
             if peer is not None:
@@ -294,9 +294,10 @@ class GossipRouter:
 
     def accept(self, peer: PeerKey | None, message: GossipMessage) -> None:
         """A message received ``pending`` passed validation: announce and serve it now
-        (if :meth:`receive` was told it is ``live``)."""
+        (if :meth:`receive` was told it is ``live``), in its sender's group's turns as it
+        came (review57 R4: a peer gone meanwhile had turns of its own)."""
         if message.id in self._holders:  # (started by receive(), if live)
-            self._recent.add(message, self._groups.get(peer, peer))
+            self._recent.add(message, self._holders.group(message.id, peer))
             self._holders.add(message.id, peer)
         if peer is not None:
             self._book.delivered(message.topic, peer)
@@ -376,10 +377,9 @@ class GossipRouter:
 
     def _targets(self, topic: str, exclude: Collection[PeerKey | None]) -> list[PeerKey]:
         """Whom a message of ``topic`` goes to: the mesh, or every peer that carries the
-        topic in flood mode, for a topic of ``flood_topics`` (a hub's: its clients
-        relay nothing onward, and those outside the mesh and the pushes waited for an
-        announcement, up to the next catch-up round: found by a new user, a third of a
-        30-client chat's messages took over 10 s), or with no mesh yet."""
+        topic in flood mode, for a topic of ``flood_topics`` (a hub's: its clients relay
+        nothing, and the pushes outside the mesh waited up to a catch-up round: a new
+        user's 30-client chat), or with no mesh yet."""
         if self.mode == "flood" or topic in self.flood_topics or not self.mesh.get(topic):
             return [p for p, topics in self._peers.items() if topic in topics and p not in exclude]
         return [p for p in self.mesh[topic] if p not in exclude]
