@@ -1113,6 +1113,50 @@ async def test_a_peer_answering_fetches_slowly_holds_a_stream_for_a_while_only(
         assert [m.body["n"] for m in got] == list(range(21))
 
 
+async def test_a_round_refused_a_stream_asks_again_once_the_slow_fetch_lets_it_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """attacker37 N4: a round refused a stream that a dripping peer was fetching waited
+    for that fetch to end, not FETCH_ALONE: a new subscriber had an origin's 300
+    messages after 30 s (the next periodic round), not 0.1 s. Here the publisher's
+    round, refused while the slow peer's fetch runs, asks once FETCH_ALONE (0.2 s)
+    passed: 20 messages at 2 s each from the slow peer would take 40 s."""
+    monkeypatch.setattr(catchup, "FETCH_ALONE", 0.2)
+    serve = GossipThread.serve_fetch
+
+    async def trickle(thread: GossipThread, socket: Socket, package: Package) -> Body:
+        answer = serve(thread, socket, package)
+        if thread.node.url == "memory://slow:1":
+            await asyncio.sleep(2.0)
+            answer["messages"] = answer["messages"][:1]
+        return answer
+
+    monkeypatch.setattr(GossipThread, "serve_fetch", trickle)
+    hub = MemoryHub()
+    quiet = 3600.0  # no ihave: what the asker misses, only a fetch brings
+    async with (
+        memory_node(hub, "pub", gossip_interval=quiet) as pub,
+        memory_node(hub, "slow", gossip_interval=quiet) as slow,
+        memory_node(hub, "asker", gossip_interval=quiet) as asker,
+    ):
+        got: list[GossipMessage] = []
+        slow.subscribe("chat")
+        assert slow.client is not None and asker.client is not None and pub.url is not None
+        slow.client.connect(pub.url)
+        await wait_for(lambda: subscribed(pub, "chat", 1))
+        for n in range(20):
+            await pub.publish("chat", {"n": n})
+        await wait_for(lambda: len(gossip(slow).history("chat")) == 20)
+        asker.subscribe("chat", got.append)
+        assert slow.url is not None
+        asker.client.connect(slow.url)  # catch-up asks the slow peer first
+        stream = stream_key("chat", pub.peer_id or "")
+        await wait_for(lambda: gossip(asker).catchup.is_fetching(stream))
+        asker.client.connect(pub.url)  # its round finds the stream being fetched
+        await wait_for(lambda: len(got) == 20, timeout=5.0)  # (before: 40 s)
+        assert [m.body["n"] for m in got] == list(range(20))
+
+
 async def test_a_fetch_answer_is_capped_at_half_the_package_size(spy: RequestSpy) -> None:
     async with Network(
         2,

@@ -323,9 +323,9 @@ class Fetcher:
         empty = 0  # fetches of streams the peer claimed that brought nothing
         for wanted in planned:
             if (fetch := gossip.catchup.begin(wanted, socket.id)) is None:
-                if gossip.catchup.is_fetching(wanted.stream):  # asked again when it ends
+                if wait := gossip.catchup.held_for(wanted.stream):  # asked again later
                     mark = marks[wanted.topic][wanted.origin]  # (all it has of it)
-                    self._after.setdefault(wanted.stream, {})[socket] = (mark, budget)
+                    self._wait_for(wanted, wait)[socket] = (mark, budget)
                 continue
             await self._fill(socket, fetch, budget)
             if not fetch.done:  # the budget spent, or no answer: the rest waits till later
@@ -377,19 +377,30 @@ class Fetcher:
                         )
         finally:
             self._gossip.catchup.end(fetch)
-            self._round_after(fetch)
+            self._round_after(fetch.wanted)
 
-    def _round_after(self, fetch: Fetch) -> None:
-        """Rounds refused the stream of ``fetch`` while it ran: what each of those peers
-        has of it (its mark then) is fetched now, without a round. Found by an
-        attacker: a liar pushed an origin's 186th message and said it lacks those
+    def _wait_for(self, wanted: FetchRange, held: float) -> dict[Socket, tuple[int, RoundBudget]]:
+        """The rounds waiting for the stream of ``wanted``: they go on when its fetch
+        ends, or in ``held`` seconds, once it no longer holds the stream
+        (:data:`FETCH_ALONE`; attacker37 N4: a peer answering each fetch with one
+        message just in time held an origin's history from a new subscriber 30 s)."""
+        waiting = self._after.get(wanted.stream)
+        if waiting is None:
+            waiting = self._after[wanted.stream] = {}
+            asyncio.get_running_loop().call_later(held, self._round_after, wanted)
+        return waiting
+
+    def _round_after(self, wanted: FetchRange) -> None:
+        """Rounds refused the stream of ``wanted`` while it was fetched: what each of
+        those peers has of it (its mark then) is fetched now, without a round. Found by
+        an attacker: a liar pushed an origin's 186th message and said it lacks those
         before; the hub's round meanwhile was refused the stream, and once the hub
         filled the gap, what it kept after the pushed message waited for the next
         round (28 s). Found in review: a whole round again per stream refused asked
         each of 10 peers introduced together for its marks 10 times; a new budget per
         stream refused let a round fetch more than its budget (review47 C1)."""
-        waiting, router = self._after.pop(fetch.wanted.stream, None), self._gossip.router
-        topic, origin = fetch.wanted.topic, fetch.wanted.origin
+        waiting, router = self._after.pop(wanted.stream, None), self._gossip.router
+        topic, origin = wanted.topic, wanted.origin
         if waiting and topic in router.topics and not self._gossip.tasks.closed:
             for socket, (mark, budget) in waiting.items():
                 if socket.id in router.peers and not budget.spent:  # (still connected)

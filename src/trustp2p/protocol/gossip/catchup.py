@@ -326,8 +326,12 @@ class CatchUp:
         return frozenset(stream for stream in self._fetching if self.is_fetching(stream))
 
     def is_fetching(self, stream: str) -> bool:
+        return self.held_for(stream) > 0
+
+    def held_for(self, stream: str) -> float:
+        """Seconds the stream's running fetch keeps others from it (0: none does)."""
         fetch = self._fetching.get(stream)
-        return fetch is not None and self._clock() - fetch.began < FETCH_ALONE
+        return 0.0 if fetch is None else max(0.0, fetch.began + FETCH_ALONE - self._clock())
 
     def choose(self, peers: Sequence[P]) -> P | None:
         """A peer to ask, at random; None if there is none."""
