@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
+from trustp2p.admin import current_node
 
 from .conftest import MS
 from .nodes import MakeNode, wait_for
@@ -74,6 +75,31 @@ async def test_the_nodes_of_one_loop_share_one_watchdog(
     await wait_for(lambda: "event loop was blocked" in caplog.text)
     lines = [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
     assert len(lines) == 1
+
+
+async def test_a_block_is_said_as_a_node_still_running(make_node: MakeNode) -> None:
+    """review59: the watchdog's timer ran in the context of the start of the loop's
+    first node, so a block was said as that node (on its status page) after it
+    stopped, never as the node still running."""
+    said: list[object] = []
+
+    class Whose(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "event loop was blocked" in record.getMessage():
+                said.append(current_node.get(None))
+
+    handler = Whose()
+    logging.getLogger("trustp2p").addHandler(handler)
+    try:
+        first = await make_node(server=True, loop_block_warning=THRESHOLD)
+        second = await make_node(server=True, loop_block_warning=THRESHOLD)
+        await first.stop()
+        await asyncio.sleep(0)
+        time.sleep(3 * THRESHOLD)  # noqa: ASYNC251 (the block, once the first stopped)
+        await wait_for(lambda: bool(said))
+    finally:
+        logging.getLogger("trustp2p").removeHandler(handler)
+    assert said == [second.context_key]
 
 
 def test_a_node_never_stopped_does_not_keep_its_loop(tmp_path: Path) -> None:

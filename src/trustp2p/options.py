@@ -503,7 +503,7 @@ class NodeOptions:
 
     def address_share(self) -> float:
         """How many default addresses' worth of clients one address may hold:
-        ``max_per_ip / 8``, at least 1. ``ip_rate``, ``ip_burst`` and the reconnect
+        ``max_per_ip / 8``, from 1 to 16. ``ip_rate``, ``ip_burst`` and the reconnect
         storms counted by address are multiplied by it (tester39: 30 clients behind one
         NAT, ``max_per_ip`` 64, were kept out 60-110 s after a server restart)."""
         return address_share(self.max_per_ip)

@@ -359,6 +359,23 @@ def test_a_probe_with_a_ping_outstanding_gives_its_time_from_then_and_never_leng
     assert peer.check() is Verdict.DEAD
 
 
+@pytest.mark.parametrize("gap", [0.0, 1.5, 2.9, 3.0])
+def test_a_probe_gives_its_time_from_the_probe_not_from_the_last_check(gap: float) -> None:
+    """review59: the silence between the last check and the probe was charged at the
+    probe's own check, out of the probe's time: 3 s less that gap, none past 3 s."""
+    peer = Peer()
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    peer.advance(1.0)
+    assert peer.check() is Verdict.NOTHING  # a round: 1 s charged
+    peer.advance(gap)  # no round since (2-3 s apart by default)
+    peer.liveness.probe(peer.now, 3.0)
+    assert peer.check() is Verdict.NOTHING  # (the probe checks at once)
+    assert peer.liveness.dead_after - peer.liveness.charged == pytest.approx(3.0)
+    peer.advance(3.0)
+    assert peer.check() is Verdict.DEAD
+
+
 def test_progress_holds_off_a_probe_as_it_does_the_timeout() -> None:
     """A large frame of the peer's in flight: the pong waits behind it."""
     peer = Peer()

@@ -19,12 +19,14 @@ from __future__ import annotations
 __all__ = ["LOOP_BLOCKED", "LOST_PEER", "PROBE_TIME", "Heartbeat", "LoopWatchdog"]
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
 import weakref
 from typing import TYPE_CHECKING
 
+from ..admin import current_node
 from ..exceptions import ConnectionClosed
 from ..protocol.actions import Lost, Send
 from ..protocol.close import CloseCode
@@ -191,7 +193,10 @@ class LoopWatchdog:
 
     def _schedule(self) -> None:
         self._scheduled = True
-        asyncio.get_running_loop().call_later(self._lag.sleep(), self._woke)
+        # In a context of its own, not the first node's start (review59: its WARNING
+        # went to that node's status page, stopped or not, and held its context).
+        context = contextvars.Context()
+        asyncio.get_running_loop().call_later(self._lag.sleep(), self._woke, context=context)
 
     def _woke(self) -> None:
         """Measure how late this woke; again in a second or so while a node runs (the
@@ -199,7 +204,8 @@ class LoopWatchdog:
         blocked = self._lag.woke()
         running = [node for node in self._nodes if node.running]
         self._nodes = dict.fromkeys(running)
-        if blocked is not None and running:
+        if blocked is not None and running:  # (said as the oldest running node)
+            current_node.set(running[0].context_key)
             self.log_budget.log(
                 running[0].log, logging.WARNING, "loop blocked", LOOP_BLOCKED, blocked
             )

@@ -307,7 +307,9 @@ class Liveness:
             timeout: The probe's time, in seconds.
 
         """
-        self.dead_after = min(self.dead_after, self.charged + timeout)
+        silent = 0.0 if self.outstanding is None else now - max(self._last_check, self.outstanding)
+        # (review59: the silence since the last check is charged at the next one)
+        self.dead_after = min(self.dead_after, self.charged + max(0.0, silent) + timeout)
         if not self._probing:
             self._probe_end = now + self.timings.timeout
         self._probing = True
