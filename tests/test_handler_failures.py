@@ -12,7 +12,7 @@ import asyncio
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from prometheus_client import generate_latest
@@ -255,12 +255,16 @@ class Stopper(Thread):
     it starts (``asyncio.wait_for`` makes one on 3.11)."""
 
     in_task = False
+    calls: ClassVar[list[object]] = []
 
     @property
     def event_map(self) -> EventMap:
         return {PackageType.GOSSIP: {"chat": self.chat}}
 
     async def chat(self, socket: Socket | None, message: GossipMessage) -> None:
+        self.calls.append(message.body)
+        if not message.body.get("shutdown"):
+            return
         if self.in_task:
             await asyncio.wait_for(asyncio.ensure_future(self.node.stop()), 120)
         else:
@@ -278,13 +282,64 @@ async def test_a_gossip_handler_that_stops_its_node_is_not_waited_for(
     """review57: the stop waited ``close_timeout`` for the handler that called it,
     itself waiting for the stop, then cancelled it (a "shutdown" message: 10 s, and the
     message again after a restart); review58: only the task that called the stop was
-    left out, not a handler's stop in a task it started."""
+    left out, not a handler's stop in a task it started; review59: its message came
+    again after each restart (and stopped the node again): it counts as delivered."""
     caplog.set_level(logging.INFO, logger="trustp2p")
+    Stopper.calls = []
     pub, sub, _ = await pair(tmp_path, thread, close_timeout=60.0)
     try:
         await pub.publish("chat", {"shutdown": True})
         await wait_for(lambda: sub.state.value == "stopped")  # (before: after 60 s)
         assert "waiting up to" not in caplog.text
+        assert "cancelled by the stop" not in caplog.text
+        assert "x gossip handler of 'chat' in" in caplog.text  # (INFO: it stopped its node)
+        sub = Node(cwd=tmp_path / "sub", client=True, peers=[pub.url], threads=[thread])
+        await sub.start()
+        assert sub.client is not None
+        await sub.client.wait_connected()
+        await pub.publish("chat", {"after": True})
+        await wait_for(lambda: {"after": True} in Stopper.calls)
+        assert Stopper.calls == [{"shutdown": True}, {"after": True}]  # (before: twice)
+    finally:
+        await sub.stop()
+        await pub.stop()
+
+
+class Detacher(Slow):
+    """Message 1's handler starts a task that stops the node once ``go`` is set; then
+    message 2 (slow) is handled."""
+
+    go: asyncio.Event
+
+    async def chat(self, socket: Socket | None, message: GossipMessage) -> None:
+        if message.seq == 1:
+            asyncio.get_running_loop().create_task(self.stop_later())
+        await super().chat(socket, message)
+
+    async def stop_later(self) -> None:
+        await self.go.wait()
+        await self.node.stop()
+
+
+async def test_a_stop_from_a_task_an_earlier_handler_started_waits_for_the_running_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review59: every task a handler starts has its delivery in its context; such a
+    task stopping the node later left out the handler then running on the topic (of
+    another message): cancelled at once, and its message came again after a restart."""
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    Slow.release, Detacher.go = asyncio.Event(), asyncio.Event()
+    pub, sub, _ = await pair(tmp_path, Detacher, close_timeout=60.0)
+    try:
+        await pub.publish("chat", {"n": 1})
+        await pub.publish("chat", {"slow": True})
+        await wait_for(lambda: slow_of(sub).calls == [1, 2])
+        Detacher.go.set()
+        await wait_for(lambda: "waiting up to" in caplog.text)  # (before: not waited for)
+        Slow.release.set()
+        await wait_for(lambda: sub.state.value == "stopped")
+        assert slow_of(sub).done == [1, 2]
+        assert "cancelled by the stop" not in caplog.text
     finally:
         await sub.stop()
         await pub.stop()

@@ -356,14 +356,14 @@ class Gossip:
             self._replay(topic)
 
     async def halt(self, caller: asyncio.Task[Any] | None = None) -> None:
-        """Stop delivering, validating and fetching: the handlers (and validators)
-        running get up to ``close_timeout`` to return, then are cancelled (tester39 F2:
-        a stop cancelled them midway, without a word), but ``caller``'s, the stop's
-        (review57: waited for, a handler that stopped the node held it that long);
-        what wasn't delivered stays logged, and is delivered after a restart."""
+        """Stop delivering, validating and fetching: running handlers get up to
+        ``close_timeout``, then are cancelled (tester39 F2), but ``caller``'s, the stop's
+        (review57), its message delivered; the rest waits logged for a restart."""
         self._talked.set()  # (wait_subscribers() sees the stop)
         if self._threads_started.is_set():  # (before, no handler runs: nothing to wait for)
-            await self._delivery.finish(self.node.options.close_timeout, caller)
+            stopper = await self._delivery.finish(self.node.options.close_timeout, caller)
+            if stopper is not None and self._marks is not None:
+                self._marks.settle(stream_key(stopper.topic, stopper.origin), stopper.seq)
         await self.tasks.aclose()
 
     async def stop(self) -> None:

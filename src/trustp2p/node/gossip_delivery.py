@@ -23,7 +23,7 @@ of silent peers, counted as waiting, held honest peers while nothing waited.
 
 from __future__ import annotations
 
-__all__ = ["MAX_WAITING_BYTES", "Item", "TopicQueues", "Work"]
+__all__ = ["MAX_WAITING_BYTES", "Item", "TopicQueues", "Work", "stopping_here"]
 
 import asyncio
 import contextvars
@@ -44,12 +44,30 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_DRAIN: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar(
-    "gossip_drain", default=None
-)
-"""Which delivery (the queues' id, the topic) a handler runs in, seen by the tasks it
-starts (a stop among them). Not the task: the tasks started there kept it, and a
-1,000-node simulation held about 15 MiB more of them."""
+
+class _Turn:
+    """One message's turn in its topic's delivery (see :data:`_DRAIN`)."""
+
+    __slots__ = ("stopped",)
+
+    def __init__(self) -> None:
+        self.stopped = False  # its handler stopped the node: counted as delivered
+
+
+_DRAIN: contextvars.ContextVar[_Turn | None] = contextvars.ContextVar("gossip_drain", default=None)
+"""Which message's turn a handler runs in, seen by the tasks it starts (a stop among
+them). Not the task: the tasks started there kept it, and a 1,000-node simulation held
+about 15 MiB more of them; one turn a message, not the queues' id and the topic
+(review59: a task that a handler of an earlier message started, stopping the node,
+skipped the handler running then, and ids are reused)."""
+
+
+def stopping_here() -> bool:
+    """Whether the handler running in this task stopped its node, and its message was
+    counted as delivered (see :meth:`TopicQueues.finish`)."""
+    turn = _DRAIN.get()
+    return turn is not None and turn.stopped
+
 
 MAX_WAITING_BYTES = 16 * 2**20
 """Messages waiting for validators and handlers, in all topics, each counted as its
@@ -105,6 +123,7 @@ class TopicQueues:
         "_catch_up",
         "_coming",
         "_connection",
+        "_current",
         "_drains",
         "_held",
         "_idle",
@@ -140,6 +159,7 @@ class TopicQueues:
         self._held: dict[str, dict[Socket, None]] = {}  # topic -> peers held for it
         self._room = asyncio.Event()
         self._drains: dict[str, asyncio.Task[Any]] = {}  # topic -> its task
+        self._current: dict[str, tuple[_Turn, str, GossipMessage]] = {}  # topic -> its turn
         self._stopping = False  # finish() called: no next message
         self.waiting = 0
 
@@ -260,30 +280,46 @@ class TopicQueues:
                     if self._catch_up is not None and not (self._tasks.closed or self._stopping):
                         self._tasks.spawn(self._catch_up(source), f"catch-up {source.peer}")
 
-    async def finish(self, timeout: float, caller: asyncio.Task[Any] | None = None) -> None:
-        """The node stops: start no next message (what waits is in the message log, and
+    async def finish(
+        self, timeout: float, caller: asyncio.Task[Any] | None = None
+    ) -> GossipMessage | None:
+        """
+        The node stops: start no next message (what waits is in the message log, and
         delivered after a restart), and wait up to ``timeout`` seconds for the messages
         being validated or handled (not from within one of them, nor for ``caller``, the
         task that called the stop: each waits for the stop). The caller cancels what is
-        still running then."""
+        still running then.
+
+        Returns:
+            The message whose handler stopped the node (from its task or one it
+            started): to count as delivered, since it is cancelled (review59: it got
+            the message again after each restart, a "shutdown" message stopped the
+            node again); None for any other stop, or a validator's.
+
+        """
         self._stopping = True
         # (review58: a handler's stop in a task of its own, asyncio.wait_for's on 3.11,
-        # was another caller: the task it started it from is in its context)
-        drain = _DRAIN.get()
-        own = self._drains.get(drain[1]) if drain is not None and drain[0] == id(self) else None
+        # was another caller: the turn it started it from is in its context)
+        turn, own, stopper = _DRAIN.get(), None, None
+        for topic, (current, kind, message) in self._current.items():
+            if current is turn and turn is not None:
+                own, turn.stopped = self._drains.get(topic), kind == "deliver"
+                stopper = message if turn.stopped else None
         waiting = {asyncio.current_task(), caller, own}
         running = [task for task in self._drains.values() if task not in waiting]
         if running:
             logger.info("x waiting up to %g s for the gossip handlers running", timeout)
             await asyncio.wait(running, timeout=timeout)
+        return stopper
 
     async def _drain(
         self, topic: str, queue: deque[tuple[str, GossipMessage, Socket | None]]
     ) -> None:
-        _DRAIN.set((id(self), topic))
         try:
             while queue and not self._stopping:
                 kind, message, source = queue.popleft()
+                _DRAIN.set(turn := _Turn())
+                self._current[topic] = (turn, kind, message)
                 try:
                     await self._work(kind, message, source)
                 except (Exception, asyncio.CancelledError) as exc:  # not the end of delivery
@@ -294,6 +330,7 @@ class TopicQueues:
                 self._bytes[topic] -= size
                 self._delivered(size)
         finally:
+            self._current.pop(topic, None)
             del self._queues[topic]
             del self._drains[topic]
             self._delivered(self._bytes.pop(topic))

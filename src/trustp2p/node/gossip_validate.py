@@ -30,6 +30,7 @@ from ..protocol.gossip import GossipMessage
 from ..protocol.package import PackageType
 from .dispatch import cancelled
 from .failures import gossip_failed, gossip_where
+from .gossip_delivery import stopping_here
 
 if TYPE_CHECKING:
     from .node import Node
@@ -127,12 +128,16 @@ async def _call(
 ) -> None:
     """Call ``function(*args)``, sync or async, on ``message``; what it raises is its
     failure. Cancelled (the node stopped, and it ran past ``close_timeout``): said,
-    since its message is delivered again after a restart (its mark wasn't moved)."""
+    since its message is delivered again after a restart (its mark wasn't moved), but
+    not for a handler that stopped its node (its message counted as delivered)."""
     try:
         result = function(*args)
         if inspect.isawaitable(result):
             await result
     except (Exception, asyncio.CancelledError) as exc:
+        if cancelled(exc) and stopping_here():
+            logger.info("x %s stopped its node, on %s", what, gossip_where(message, socket))
+            raise
         if cancelled(exc):
             logger.warning(
                 "x %s cancelled by the stop, on %s: it gets the message again after a restart",
