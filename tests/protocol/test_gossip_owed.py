@@ -174,6 +174,23 @@ def test_recent_ids_past_the_limit_are_taken_from_each_sender_in_turn() -> None:
     assert recent.fair(ids, 4) == [flood[0].id, mine.id, other.id, flood[1].id]
 
 
+def test_a_refused_peer_that_subscribes_again_within_its_backoff_is_owed_again() -> None:
+    """review52 R4: LATE, refused a seat, unsubscribes and subscribes again (an app
+    leaving and re-joining a room) and grafts: within its prune backoff the graft is
+    early, tolerated and unanswered, and LATE was owed nothing: told of 3 ids in 30
+    heartbeats, by sampling. A tolerated early graft makes it owed."""
+    router, sent, clock = _squatted()
+    router.control(LATE, SUBSCRIPTIONS, {"subscribe": [], "unsubscribe": [TOPIC]})
+    router.control(LATE, SUBSCRIPTIONS, {"subscribe": [TOPIC], "unsubscribe": []})
+    router.control(LATE, GRAFT, {"topics": [TOPIC]})  # at once: within the backoff
+    for seq in range(1, 31):
+        sent.clear()
+        message_id = _publish(router, seq)
+        clock.advance(1.0)
+        router.heartbeat()
+        assert message_id in _reached(sent, LATE)
+
+
 def test_a_peer_pruned_from_a_full_mesh_is_owed_announcements() -> None:
     router, sent, clock = _squatted()
     clock.advance(120.0)  # the squatters have a minute and more of seniority

@@ -227,7 +227,10 @@ class MeshBook:
     def early_graft(self, topic: str, peer: PeerKey, now: float) -> GraftTiming:
         """
         ``peer`` grafted ``topic`` at ``now``: whether within a backoff, and if so
-        whether tolerated. An early graft starts the backoff again, as in GossipSub.
+        whether tolerated. An early graft starts the backoff again, as in GossipSub;
+        one tolerated makes the peer :meth:`owed` (review52 R4: a peer refused a seat
+        that unsubscribed and subscribed again heard of ids by sampling alone until
+        its backoff ended, 3 heartbeats of 30).
         """
         backoff = self._backoffs.get(peer, {}).get(topic)
         if backoff is None or now >= backoff.until:
@@ -235,6 +238,7 @@ class MeshBook:
         backoff.until = now + self.prune_backoff
         if backoff.credit > 0:
             backoff.credit -= 1
+            self._owed.setdefault(topic, {})[peer] = None
             return GraftTiming.EARLY
         return GraftTiming.PENALISED
 
