@@ -219,6 +219,27 @@ async def test_addresses_learned_from_a_peer_are_rate_limited(
     assert stored == offered[:100]
 
 
+async def test_servers_of_one_address_share_one_budget_of_new_urls(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """attacker39 E1's rest: the budget was the server's id's, and ids are free: each
+    fresh id answering get_peers brought a full answer of made-up URLs (100) more. Two
+    servers of one address (loopback, counted as an address with limit_loopback)."""
+    caplog.set_level(logging.DEBUG, logger="trustp2p.node")
+    LotsOfPeers.asked = 0
+    servers = [
+        await make_node(server=True, peer_exchange=False, threads=[LotsOfPeers]) for _ in range(2)
+    ]
+    urls = [server.url for server in servers if server.url is not None]
+    client = await make_node(client=True, peers=urls, limit_loopback=True)
+    assert client.store is not None and len(urls) == 2
+    await wait_for(lambda: LotsOfPeers.asked >= 2)
+    await wait_for(lambda: any("new URLs" in r.getMessage() for r in caplog.records))
+    offered = unknown_urls(0, LotsOfPeers.asked * 100)
+    stored = sum(client.store.knows_url(url) for url in offered)
+    assert 100 <= stored < 110  # one answer, and 0.1 a second since (before: 200)
+
+
 async def test_dials_to_unproven_addresses_are_bounded(make_node: MakeNode) -> None:
     """One peer list of 100 URLs nobody has proven (nothing listens there: each dial
     fails at once) leads to 8 dials at once, then one per 2 s."""

@@ -423,7 +423,10 @@ class Node:
             urls = self._on_peer_host(socket, urls)
         store = self.store
         known = store.knows_url if store is not None else frozenset[str]().__contains__
-        key = self.connections.budget_key(socket)
+        # By address (an IPv6 /48), not id: ids are free (attacker39 E1: each fresh
+        # server id brought a full answer of made-up URLs); local peers by id.
+        connections = self.connections
+        key = connections.share_group(socket) or connections.budget_key(socket)
         now = asyncio.get_running_loop().time()
         kept = self.address_budget.take(key, urls, now, known=known)
         if len(kept) < len(urls):

@@ -403,8 +403,8 @@ every server we dial, so a new peer starts with one answer's worth."""
 
 class AddressBudget:
     """
-    How many new addresses each peer may make us store: one token bucket per peer (by
-    peer id, or by address in plain mode), of ``rate`` tokens per second up to
+    How many new addresses each peer may make us store: one token bucket per key (the
+    node's: a peer's address, local peers by id), of ``rate`` tokens per second up to
     ``burst``, starting at ``initial``. A URL we already know costs nothing; each new
     one costs a token; the rest are dropped, whatever their source (``get_peers``
     answers, ``my_url``, hello). An honest peer loses nothing that matters: a network's
