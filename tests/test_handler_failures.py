@@ -24,7 +24,7 @@ from trustp2p.protocol.gossip import GossipMessage
 
 from .compiled import refused_type
 from .conftest import MS
-from .nodes import wait_for
+from .nodes import MakeNode, wait_for
 from .test_admin_metrics import samples
 
 
@@ -288,3 +288,45 @@ async def test_a_gossip_handler_that_stops_its_node_is_not_waited_for(
     finally:
         await sub.stop()
         await pub.stop()
+
+
+class Hooky(Thread):
+    """Its hooks and its stop() raise (tester39: ``hooks_raise.py``)."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"x": lambda socket, package: None}}
+
+    def on_socket_connection(self, socket: Socket) -> None:
+        raise RuntimeError("connection hook bug")
+
+    async def on_socket_close(self, socket: Socket, *args: Any) -> None:
+        raise RuntimeError("close hook bug")
+
+    def stop(self) -> None:
+        raise RuntimeError("stop bug")
+
+
+async def test_hook_failures_are_budgeted_and_counted_as_handler_failures_are(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: an ERROR with its traceback for every connection, and no count.
+    server = await make_node(server=True, threads=[Hooky])
+    failures = server.metrics.handler_failures
+    clients = [await make_node(client=True, peers=[server.url]) for _ in range(12)]
+    await wait_for(lambda: failures.get(("hook", "on_socket_connection")) == 12)
+    for client in clients:
+        await client.stop()
+    await wait_for(lambda: failures.get(("hook", "on_socket_close")) == 12)
+    assert len(errors(caplog, "! on_socket_connection of Hooky failed")) == 10
+    assert len(errors(caplog, "! on_socket_close of Hooky failed")) == 10
+    records = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert all(r.exc_info is not None for r in records)
+    text = generate_latest(node_registry(server)).decode()
+    family = "trustp2p_handler_failures_total"
+    assert samples(text)[family, (("event", "on_socket_close"), ("kind", "hook"))] == 12
+    await server.stop()
+    assert failures[("hook", "stop")] == 1
+    assert errors(caplog, "! stop of Hooky failed") == ["! stop of Hooky failed"]
+    said = "! 2 more 'on_socket_connection of Hooky' events in the last"
+    assert said in caplog.text

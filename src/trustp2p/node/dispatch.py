@@ -52,7 +52,10 @@ class Hook:
 
 
 async def call_thread(thread: Thread, name: str, *args: Any) -> None:
-    """Call a thread's method or hook, sync or async; log what it raises."""
+    """Call a thread's method or hook, sync or async; what it raises is counted
+    (``trustp2p_handler_failures_total{kind="hook",event=name}``) and logged within a
+    log budget of its own, as a handler's failures are (:mod:`.failures`: a hook that
+    raised on every connection logged a traceback for each)."""
     try:
         result = getattr(thread, name)(*args)
         if inspect.isawaitable(result):
@@ -64,7 +67,8 @@ async def call_thread(thread: Thread, name: str, *args: Any) -> None:
         if isinstance(exc, ConnectionClosed):  # the network's doing, not a bug: no traceback
             logger.info("! %s of %s ended: %s", name, where, exc)
             return
-        logger.error("! %s of %s failed", name, where, exc_info=True)
+        what = f"{name} of {where}"
+        handler_failed(thread.node, logger, "hook", name, what, "! %s failed", what)
 
 
 async def stop_thread(thread: Thread, timeout: float) -> None:
