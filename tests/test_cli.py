@@ -21,7 +21,7 @@ from trustp2p.options import NodeOptions
 from trustp2p.storage.peerstore import PeerSource
 
 from .conftest import wait_for
-from .processes import Spawned, free_port
+from .processes import SRC, Spawned, free_port
 
 COMMANDS = ["init", "server", "client", "node", "demo"]
 
@@ -367,6 +367,29 @@ def test_ctrl_c_at_any_moment_exits_130_quietly(tmp_path: Path, moment: str) -> 
     process.stop()
     assert code == 130, process.output
     assert "Traceback" not in process.output
+
+
+_PRINT_SIGNALS = """
+import signal, subprocess, sys
+import tests.conftest  # as pytest does
+check = "import signal as s; print(s.getsignal(s.SIGINT) is s.default_int_handler, "
+check += "s.getsignal(s.SIGHUP) == s.SIG_DFL)"
+subprocess.run([sys.executable, "-c", check], check=True)
+"""
+
+
+def test_the_tests_children_take_sigint_when_the_tests_were_started_ignoring_it() -> None:
+    """tester39 F7: `make test &` from a script (SIGINT ignored) or under nohup
+    (SIGHUP): the children inherited the ignored signal, so the Ctrl-C tests failed by
+    timeout and left their nodes running. The tests' own process still ignores them."""
+    root = Path(__file__).resolve().parents[1]
+    command = f"trap '' INT HUP; exec {sys.executable} -c '{_PRINT_SIGNALS}'"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), SRC])}
+    done = subprocess.run(
+        ["sh", "-c", command], cwd=root, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True True\n"  # (before: False False, both ignored)
 
 
 def _exit_code(process: Spawned) -> int | None:
