@@ -535,6 +535,47 @@ def test_a_second_ctrl_c_drops_a_frozen_peer_at_once(tmp_path: Path, mode: list[
         server.stop()
 
 
+_HANGING_STOP = """
+import asyncio
+from trustp2p import EventMap, PackageType, Thread
+
+class HangingStop(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"x": lambda socket, package: None}}
+
+    async def stop(self) -> None:
+        self.log.info("stop() waits for a backend that never answers")
+        await asyncio.Event().wait()
+"""
+
+
+def test_a_second_sigterm_cuts_short_a_stop_that_hangs_and_says_what_it_waited_for(
+    tmp_path: Path,
+) -> None:
+    """tester39 F8: a thread's stop() that hung held the stop for close_timeout (a
+    minute here) without a word, and a second SIGTERM didn't shorten it. The stop now
+    says what it waits for after 3 s; a second SIGTERM gives it up, and says so."""
+    (tmp_path / "threads-enabled").mkdir()
+    (tmp_path / "threads-enabled" / "hang.py").write_text(_HANGING_STOP)
+    process = Spawned("server", "--cwd", str(tmp_path), "--port", "0", "--close-timeout", "60")
+    process.wait_for_output("node started")
+    process.process.send_signal(signal.SIGTERM)
+    process.wait_for_output("x the stop waits for stop() of ")  # (3 s after the SIGTERM)
+    process.process.send_signal(signal.SIGTERM)
+    assert _exit_code(process) == 0, process.output  # within 10 s, not 60
+    output = process.output
+    assert re.search(
+        r"x the stop waits for stop\(\) of \S*hang\.py \(60 s at most; SIGTERM again cuts"
+        r" the stop short\)",
+        output,
+    ), output
+    said = r"x SIGTERM again: dropping the connections not closed yet; not waiting for"
+    assert re.search(said + r" stop\(\) of \S*hang\.py any more", output), output
+    assert "stop() waits for a backend" in output and "x node stopped" in output
+    assert "Traceback" not in output and "exiting without" not in output
+
+
 @pytest.mark.parametrize(
     ("command", "own", "foreign"),
     [

@@ -330,3 +330,46 @@ async def test_hook_failures_are_budgeted_and_counted_as_handler_failures_are(
     assert errors(caplog, "! stop of Hooky failed") == ["! stop of Hooky failed"]
     said = "! 2 more 'on_socket_connection of Hooky' events in the last"
     assert said in caplog.text
+
+
+class Closing(Thread):
+    """A gossip handler that waits for what its thread's ``stop()`` ends (a backend's
+    queue closing, say)."""
+
+    def start(self) -> None:
+        self.closed = asyncio.Event()
+        self.ended: list[str] = []
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.GOSSIP: {"chat": self.chat}}
+
+    async def chat(self, socket: Socket | None, message: GossipMessage) -> None:
+        self.ended.append("waiting")
+        await self.closed.wait()
+        self.ended.append("returned")
+
+    def stop(self) -> None:
+        self.closed.set()
+
+
+async def test_a_handler_waiting_for_what_its_threads_stop_ends_does_not_hold_the_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # R57-3: the stop waited close_timeout for the handlers before calling the threads'
+    # stop(): this handler held it 60 s, then was cancelled (its message again after a
+    # restart). Now stop() runs while the handlers finish.
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    pub, sub, _ = await pair(tmp_path, Closing, close_timeout=60.0)
+    thread = next(t for t in sub.threads if isinstance(t, Closing))
+    try:
+        await pub.publish("chat", {})
+        await wait_for(lambda: thread.ended == ["waiting"])
+        async with asyncio.timeout(30):  # (before: 60 s)
+            await sub.stop()
+        assert thread.ended == ["waiting", "returned"]
+        assert "waiting up to 60 s for the gossip handlers running" in caplog.text
+        assert "cancelled by the stop" not in caplog.text
+    finally:
+        await sub.stop()
+        await pub.stop()

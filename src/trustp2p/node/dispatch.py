@@ -6,7 +6,7 @@ run one at a time, in the order their packages arrived.
 
 from __future__ import annotations
 
-__all__ = ["Hook", "Worker", "Workers", "call_thread", "cancelled", "stop_thread"]
+__all__ = ["Hook", "Worker", "Workers", "call_thread", "cancelled"]
 
 import asyncio
 import inspect
@@ -71,23 +71,6 @@ async def call_thread(thread: Thread, name: str, *args: Any) -> None:
         handler_failed(thread.node, logger, "hook", name, what, "! %s failed", what)
 
 
-async def stop_thread(thread: Thread, timeout: float) -> None:
-    """Call a thread's ``stop()``, for ``timeout`` seconds at most; then cancel its tasks,
-    and wait ``timeout`` at most for them to end."""
-    where = thread.path or type(thread).__name__
-    try:
-        async with asyncio.timeout(timeout):
-            await call_thread(thread, "stop")
-    except TimeoutError:
-        logger.warning("! stop of %s didn't return within %g s: going on", where, timeout)
-    try:  # (a task that catches its CancelledError held the stop for ever: a tester)
-        async with asyncio.timeout(timeout):
-            await thread.cancel_tasks()
-    except TimeoutError:
-        logger.warning("! tasks of %s didn't end within %g s of being cancelled: going on",
-                       where, timeout)  # fmt: skip
-
-
 class Workers:
     """Every connection's :class:`Worker`, made at its first item, and their tasks."""
 
@@ -118,7 +101,8 @@ class Workers:
         ``caller``, a worker whose handler stops the node (it waits for the stop)."""
         workers = [task for task in self._tasks if task is not caller]
         if workers:
-            await asyncio.wait(workers, timeout=timeout)
+            what = f"the hooks and handlers of {len(workers)} connection(s)"
+            await self._node.stop_waits.wait(what, workers, timeout)
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)

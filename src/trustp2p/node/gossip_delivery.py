@@ -260,22 +260,19 @@ class TopicQueues:
                     if self._catch_up is not None and not (self._tasks.closed or self._stopping):
                         self._tasks.spawn(self._catch_up(source), f"catch-up {source.peer}")
 
-    async def finish(self, timeout: float, caller: asyncio.Task[Any] | None = None) -> None:
+    def finish(self, caller: asyncio.Task[Any] | None = None) -> list[asyncio.Task[Any]]:
         """The node stops: start no next message (what waits is in the message log, and
-        delivered after a restart), and wait up to ``timeout`` seconds for the messages
-        being validated or handled (not from within one of them, nor for ``caller``, the
-        task that called the stop: each waits for the stop). The caller cancels what is
-        still running then."""
+        delivered after a restart). Return the tasks of the messages being validated or
+        handled, for the caller to wait for, then cancel (not the one this is called
+        from, nor ``caller``'s, the task that called the stop: each waits for the
+        stop)."""
         self._stopping = True
         # (review58: a handler's stop in a task of its own, asyncio.wait_for's on 3.11,
         # was another caller: the task it started it from is in its context)
         drain = _DRAIN.get()
         own = self._drains.get(drain[1]) if drain is not None and drain[0] == id(self) else None
         waiting = {asyncio.current_task(), caller, own}
-        running = [task for task in self._drains.values() if task not in waiting]
-        if running:
-            logger.info("x waiting up to %g s for the gossip handlers running", timeout)
-            await asyncio.wait(running, timeout=timeout)
+        return [task for task in self._drains.values() if task not in waiting]
 
     async def _drain(
         self, topic: str, queue: deque[tuple[str, GossipMessage, Socket | None]]

@@ -37,9 +37,9 @@ from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
 from ..threads.base import Thread
 from ..threads.loader import enabled_thread_classes, make_threads
 from ..threads.peer_exchange import PeerExchangeThread
-from .dispatch import stop_thread
 from .gossip_thread import GossipThread
 from .requests import Requests
+from .stopping import stop_threads
 
 if TYPE_CHECKING:
     from .node import Node
@@ -170,10 +170,7 @@ async def stop_parts(
     secure = node.secure_layer
     if secure is not None:
         secure.close_all(CloseCode.GOING_AWAY, "node stopping")
-    if node.gossip is not None:  # no handler runs once its thread's stop() returned
-        await node.gossip.halt(caller)
-    for thread in node.threads:
-        await stop_thread(thread, node.options.close_timeout)
+    await stop_threads(node, caller)  # while the handlers running finish (R57-3)
     if node.gossip is not None:  # a goodbye published in stop() went out (a tester)
         node.gossip.publishing = False
     # Every connection, those refused or still in their handshake included, so

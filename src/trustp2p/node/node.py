@@ -58,6 +58,7 @@ from .liveness import Heartbeat, LoopWatchdog
 from .peer import PeerConnection
 from .requests import Requests
 from .roles import ClientRole, ServerRole
+from .stopping import StopWaits
 
 
 class NodeState(enum.Enum):
@@ -87,6 +88,8 @@ class Node:
         data_dir: Where the node keeps its peer store and message log, once started:
             ``<cwd>/data`` (``<cwd>/data/<name>`` for a named node), or ``None``
             without ``cwd``. A thread keeps its own files there, one per node.
+        stop_waits: What its stop waits for (:class:`~trustp2p.node.stopping.StopWaits`):
+            ``stop_waits.hurry()`` cuts the stop short (the CLI's second SIGTERM).
 
     """
 
@@ -141,6 +144,7 @@ class Node:
         self.store: PeerStore | None = None
         self._secure: SecureLayer | None = None
         self.tasks = TaskOwner(self.log)
+        self.stop_waits = StopWaits(self.log)
         """The owner of the node's background tasks; threads and parts spawn here."""
 
     def __repr__(self) -> str:
