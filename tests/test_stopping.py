@@ -219,3 +219,22 @@ async def test_a_hurried_stop_gives_up_a_stop_that_hangs_and_says_what_it_waited
     assert QuickStop.stopped
     assert "! stop of HangingStop cancelled: the stop was cut short" in caplog.text
     assert node.stop_waits.waiting == []
+
+
+async def test_a_hurried_stop_drops_a_connection_whose_close_is_not_answered(
+    make_node: MakeNode,
+) -> None:
+    """``stop_waits.hurry()`` alone cuts the closing handshake short (the CLI drops the
+    connections itself too): a peer that reads nothing (frozen) doesn't answer."""
+    server = await make_node(server=True, close_timeout=60.0)
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None and server.server is not None
+    await client.client.wait_connected()
+    await server.server.wait_connected()
+    client.client.sockets[0].pause_reading()
+    stopping = asyncio.ensure_future(server.stop())
+    waiting = ["the closing handshake of 1 connection(s)"]
+    await wait_for(lambda: server.stop_waits.waiting == waiting)
+    assert server.stop_waits.hurry() == waiting
+    async with asyncio.timeout(30):  # (else: 60 s)
+        await stopping

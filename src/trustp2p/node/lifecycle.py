@@ -177,7 +177,8 @@ async def stop_parts(
     # that no transport outlives the node.
     raw = secure.raw_sockets if secure is not None else []
     sockets = [*node.connections.all_sockets(), *raw]
-    await _close_sockets(node, sockets, min(SILENT_CLOSE, node.options.close_timeout))
+    grace = min(SILENT_CLOSE, node.options.close_timeout)
+    await _close_sockets(node, sockets, grace, len(raw) if secure is not None else len(sockets))
     await node.connections.workers.wait(node.options.close_timeout, caller)  # the hooks
     if requests is not None:
         requests.close()
@@ -193,12 +194,15 @@ async def stop_parts(
         identity_lock.close()  # another node may take this identity now
 
 
-async def _close_sockets(node: Node, sockets: Sequence[Socket], grace: float) -> None:
+async def _close_sockets(
+    node: Node, sockets: Sequence[Socket], grace: float, connections: int
+) -> None:
     """Close ``sockets``, each within its ``close_timeout``; those whose peer sent
     nothing within ``grace``, then dropped: nothing may answer (a tester: a port
     scanner's connection, or a dial of a port that took it and said nothing, held a
     tcp:// node's stop for the whole ``close_timeout``; a peer whose introduction is
-    on its way answers at once). The rest are dropped if the stop is hurried."""
+    on its way answers at once). The rest are dropped if the stop is hurried (the
+    ``connections`` they are: in secure mode, each a channel and its transport)."""
     silent = [socket for socket in sockets if not socket.stats.messages_in]  # (review51:
     # the original's empty text frames count no bytes)
     for socket in sockets:
@@ -210,7 +214,7 @@ async def _close_sockets(node: Node, sockets: Sequence[Socket], grace: float) ->
             waits[wait].abort()  # (closing still: no answer)
     if sockets:
         closed = [asyncio.ensure_future(socket.wait_closed()) for socket in sockets]
-        what = f"the closing handshake of {len(sockets)} connection(s)"
+        what = f"the closing handshake of {connections} connection(s)"
         stop = node.stop_waits
         if await stop.wait(what, closed, node.options.close_timeout) and stop.hurried:
             for socket in sockets:
