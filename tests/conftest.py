@@ -34,6 +34,21 @@ if "TMPDIR" not in os.environ and os.access("/dev/shm", os.W_OK | os.X_OK):
     os.environ["TMPDIR"] = "/dev/shm"  # subprocesses too
     tempfile.tempdir = None  # gettempdir() looks again
 
+
+def _ignored_here(signum: int, frame: object) -> None:
+    """Ignores a signal in this process, not in its children: see below."""
+
+
+# A signal ignored when the tests started (SIGINT for `make test &` in a script, or
+# `trap '' INT`; SIGHUP under nohup) is ignored by every child process too, and the
+# tests that send one to a node failed by timeout, leaving it running (tester39 F7).
+# Handled here by a function that does nothing, it is still ignored by the tests, and
+# their children start with its default action (exec resets a handled signal, not an
+# ignored one).
+for _signum in (signal.SIGINT, signal.SIGHUP):
+    if signal.getsignal(_signum) is signal.SIG_IGN:
+        signal.signal(_signum, _ignored_here)
+
 MS = 0.001 * float(os.environ.get("TRUSTP2P_TESTS_TIMEOUT_FACTOR", "1"))
 """One millisecond, scaled by TRUSTP2P_TESTS_TIMEOUT_FACTOR on slow machines."""
 
@@ -152,6 +167,16 @@ def _restore_signals() -> Iterator[None]:
     for signum, handler in zip(signums, handlers, strict=True):
         if handler is not None:
             signal.signal(signum, handler)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left() -> Iterator[None]:
+    """Kill the child processes a test left running (:class:`tests.processes.Spawned`):
+    one whose wait failed, say (tester39 F7: three servers outlived a failed run)."""
+    from .processes import kill_left  # here: it imports trustp2p's package path
+
+    yield
+    kill_left()
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,20 @@ def free_port() -> int:
         return port
 
 
+_RUNNING: set[Spawned] = set()
+"""The processes started and not stopped yet: :func:`kill_left` kills them."""
+
+
+def kill_left() -> None:
+    """Kill what the test left running (a test that failed before its stop)."""
+    while _RUNNING:
+        spawned = _RUNNING.pop()
+        if spawned.process.poll() is None:
+            spawned.process.kill()
+        spawned.process.wait()
+        spawned.close()
+
+
 class Spawned:
     """
     A child process; its stdout and stderr, merged, are collected line by line.
@@ -51,6 +65,7 @@ class Spawned:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        _RUNNING.add(self)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -95,7 +110,13 @@ class Spawned:
             self.process.kill()
             self.process.wait()
             pytest.fail(f"process didn't stop on SIGTERM:\n{self.output}")
+        finally:
+            _RUNNING.discard(self)
+        self.close()
+        return code
+
+    def close(self) -> None:
+        """Once it exited: the rest of its output read, its pipe closed."""
         self._reader.join(timeout=5)
         assert self.process.stdout is not None
         self.process.stdout.close()
-        return code

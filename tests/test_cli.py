@@ -21,7 +21,7 @@ from trustp2p.options import NodeOptions
 from trustp2p.storage.peerstore import PeerSource
 
 from .conftest import wait_for
-from .processes import Spawned, free_port
+from .processes import SRC, Spawned, free_port
 
 COMMANDS = ["init", "server", "client", "node", "demo"]
 
@@ -369,6 +369,29 @@ def test_ctrl_c_at_any_moment_exits_130_quietly(tmp_path: Path, moment: str) -> 
     assert "Traceback" not in process.output
 
 
+_PRINT_SIGNALS = """
+import signal, subprocess, sys
+import tests.conftest  # as pytest does
+check = "import signal as s; print(s.getsignal(s.SIGINT) is s.default_int_handler, "
+check += "s.getsignal(s.SIGHUP) == s.SIG_DFL)"
+subprocess.run([sys.executable, "-c", check], check=True)
+"""
+
+
+def test_the_tests_children_take_sigint_when_the_tests_were_started_ignoring_it() -> None:
+    """tester39 F7: `make test &` from a script (SIGINT ignored) or under nohup
+    (SIGHUP): the children inherited the ignored signal, so the Ctrl-C tests failed by
+    timeout and left their nodes running. The tests' own process still ignores them."""
+    root = Path(__file__).resolve().parents[1]
+    command = f"trap '' INT HUP; exec {sys.executable} -c '{_PRINT_SIGNALS}'"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), SRC])}
+    done = subprocess.run(
+        ["sh", "-c", command], cwd=root, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True True\n"  # (before: False False, both ignored)
+
+
 def _exit_code(process: Spawned) -> int | None:
     """The process's exit status within 10 s; None, and the process killed, if it
     didn't exit (a failing test leaves no process behind)."""
@@ -510,6 +533,47 @@ def test_a_second_ctrl_c_drops_a_frozen_peer_at_once(tmp_path: Path, mode: list[
         client.process.send_signal(signal.SIGCONT)
         client.stop()
         server.stop()
+
+
+_HANGING_STOP = """
+import asyncio
+from trustp2p import EventMap, PackageType, Thread
+
+class HangingStop(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"x": lambda socket, package: None}}
+
+    async def stop(self) -> None:
+        self.log.info("stop() waits for a backend that never answers")
+        await asyncio.Event().wait()
+"""
+
+
+def test_a_second_sigterm_cuts_short_a_stop_that_hangs_and_says_what_it_waited_for(
+    tmp_path: Path,
+) -> None:
+    """tester39 F8: a thread's stop() that hung held the stop for close_timeout (a
+    minute here) without a word, and a second SIGTERM didn't shorten it. The stop now
+    says what it waits for after 3 s; a second SIGTERM gives it up, and says so."""
+    (tmp_path / "threads-enabled").mkdir()
+    (tmp_path / "threads-enabled" / "hang.py").write_text(_HANGING_STOP)
+    process = Spawned("server", "--cwd", str(tmp_path), "--port", "0", "--close-timeout", "60")
+    process.wait_for_output("node started")
+    process.process.send_signal(signal.SIGTERM)
+    process.wait_for_output("x the stop waits for stop() of ")  # (3 s after the SIGTERM)
+    process.process.send_signal(signal.SIGTERM)
+    assert _exit_code(process) == 0, process.output  # within 10 s, not 60
+    output = process.output
+    assert re.search(
+        r"x the stop waits for stop\(\) of \S*hang\.py \(60 s at most; SIGTERM again cuts"
+        r" the stop short\)",
+        output,
+    ), output
+    said = r"x SIGTERM again: dropping the connections not closed yet; not waiting for"
+    assert re.search(said + r" stop\(\) of \S*hang\.py any more", output), output
+    assert "stop() waits for a backend" in output and "x node stopped" in output
+    assert "Traceback" not in output and "exiting without" not in output
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from trustp2p.protocol.gossip import GossipMessage
 
 from .compiled import refused_type
 from .conftest import MS
-from .nodes import wait_for
+from .nodes import MakeNode, wait_for
 from .test_admin_metrics import samples
 
 
@@ -339,6 +339,91 @@ async def test_a_stop_from_a_task_an_earlier_handler_started_waits_for_the_runni
         Slow.release.set()
         await wait_for(lambda: sub.state.value == "stopped")
         assert slow_of(sub).done == [1, 2]
+        assert "cancelled by the stop" not in caplog.text
+    finally:
+        await sub.stop()
+        await pub.stop()
+
+
+class Hooky(Thread):
+    """Its hooks and its stop() raise (tester39: ``hooks_raise.py``)."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"x": lambda socket, package: None}}
+
+    def on_socket_connection(self, socket: Socket) -> None:
+        raise RuntimeError("connection hook bug")
+
+    async def on_socket_close(self, socket: Socket, *args: Any) -> None:
+        raise RuntimeError("close hook bug")
+
+    def stop(self) -> None:
+        raise RuntimeError("stop bug")
+
+
+async def test_hook_failures_are_budgeted_and_counted_as_handler_failures_are(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: an ERROR with its traceback for every connection, and no count.
+    server = await make_node(server=True, threads=[Hooky])
+    failures = server.metrics.handler_failures
+    clients = [await make_node(client=True, peers=[server.url]) for _ in range(12)]
+    await wait_for(lambda: failures.get(("hook", "on_socket_connection")) == 12)
+    for client in clients:
+        await client.stop()
+    await wait_for(lambda: failures.get(("hook", "on_socket_close")) == 12)
+    assert len(errors(caplog, "! on_socket_connection of Hooky failed")) == 10
+    assert len(errors(caplog, "! on_socket_close of Hooky failed")) == 10
+    records = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert all(r.exc_info is not None for r in records)
+    text = generate_latest(node_registry(server)).decode()
+    family = "trustp2p_handler_failures_total"
+    assert samples(text)[family, (("event", "on_socket_close"), ("kind", "hook"))] == 12
+    await server.stop()
+    assert failures[("hook", "stop")] == 1
+    assert errors(caplog, "! stop of Hooky failed") == ["! stop of Hooky failed"]
+    said = "! 2 more 'on_socket_connection of Hooky' events in the last"
+    assert said in caplog.text
+
+
+class Closing(Thread):
+    """A gossip handler that waits for what its thread's ``stop()`` ends (a backend's
+    queue closing, say)."""
+
+    def start(self) -> None:
+        self.closed = asyncio.Event()
+        self.ended: list[str] = []
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.GOSSIP: {"chat": self.chat}}
+
+    async def chat(self, socket: Socket | None, message: GossipMessage) -> None:
+        self.ended.append("waiting")
+        await self.closed.wait()
+        self.ended.append("returned")
+
+    def stop(self) -> None:
+        self.closed.set()
+
+
+async def test_a_handler_waiting_for_what_its_threads_stop_ends_does_not_hold_the_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # R57-3: the stop waited close_timeout for the handlers before calling the threads'
+    # stop(): this handler held it 60 s, then was cancelled (its message again after a
+    # restart). Now stop() runs while the handlers finish.
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    pub, sub, _ = await pair(tmp_path, Closing, close_timeout=60.0)
+    thread = next(t for t in sub.threads if isinstance(t, Closing))
+    try:
+        await pub.publish("chat", {})
+        await wait_for(lambda: thread.ended == ["waiting"])
+        async with asyncio.timeout(30):  # (before: 60 s)
+            await sub.stop()
+        assert thread.ended == ["waiting", "returned"]
+        assert "waiting up to 60 s for the gossip handlers running" in caplog.text
         assert "cancelled by the stop" not in caplog.text
     finally:
         await sub.stop()

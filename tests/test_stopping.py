@@ -177,3 +177,64 @@ async def test_a_negative_timeout_is_refused(make_node: MakeNode, timeout: float
     await server.server.wait_connected(0)  # (none asked: there at once)
     with pytest.raises(TimeoutError, match=r"^1 connection\(s\) not open within 0 s"):
         await server.server.wait_connected(timeout=0)
+
+
+class HangingStop(Thread):
+    """A thread whose ``stop()`` waits for what never comes, and a second thread's
+    ``stop()`` that doesn't wait."""
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"x": lambda socket, package: None}}
+
+    async def stop(self) -> None:
+        await asyncio.Event().wait()
+
+
+class QuickStop(Thread):
+    stopped = False
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"y": lambda socket, package: None}}
+
+    def stop(self) -> None:
+        QuickStop.stopped = True
+
+
+async def test_a_hurried_stop_gives_up_a_stop_that_hangs_and_says_what_it_waited_for(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """tester39 F8: a thread's stop() that hung held the node's stop for close_timeout
+    (a minute here), saying nothing, and the CLI's second SIGTERM couldn't shorten it.
+    ``stop_waits`` says what the stop waits for; ``hurry()`` gives it up, and a
+    ``stop()`` after it still runs (one that doesn't wait ends)."""
+    QuickStop.stopped = False
+    node = await make_node(server=True, threads=[HangingStop, QuickStop], close_timeout=60.0)
+    stopping = asyncio.ensure_future(node.stop())
+    await wait_for(lambda: node.stop_waits.waiting == ["stop() of HangingStop"])
+    assert node.stop_waits.hurry() == ["stop() of HangingStop"]
+    async with asyncio.timeout(30):  # (before: 60 s)
+        await stopping
+    assert QuickStop.stopped
+    assert "! stop of HangingStop cancelled: the stop was cut short" in caplog.text
+    assert node.stop_waits.waiting == []
+
+
+async def test_a_hurried_stop_drops_a_connection_whose_close_is_not_answered(
+    make_node: MakeNode,
+) -> None:
+    """``stop_waits.hurry()`` alone cuts the closing handshake short (the CLI drops the
+    connections itself too): a peer that reads nothing (frozen) doesn't answer."""
+    server = await make_node(server=True, close_timeout=60.0)
+    client = await make_node(client=True, peers=[server.url])
+    assert client.client is not None and server.server is not None
+    await client.client.wait_connected()
+    await server.server.wait_connected()
+    client.client.sockets[0].pause_reading()
+    stopping = asyncio.ensure_future(server.stop())
+    waiting = ["the closing handshake of 1 connection(s)"]
+    await wait_for(lambda: server.stop_waits.waiting == waiting)
+    assert server.stop_waits.hurry() == waiting
+    async with asyncio.timeout(30):  # (else: 60 s)
+        await stopping

@@ -94,7 +94,7 @@ class NodeOptions:
         reconnect_factor: Growth of the delay after each failed dial.
         reconnect_jitter: Largest random fraction taken off a delay.
         open_timeout: Time allowed to open a connection.
-        close_timeout: Time allowed for a closing handshake.
+        close_timeout: On a stop, the bound of each closing handshake, stop() and wait.
         frame_timeout: Once a frame has started, time in which it must complete;
             each 16 KiB of it earns it that time again, else the connection closes
             with code 1008 (16 KiB per 10 s serves links down to about 13 kbit/s).

@@ -139,8 +139,9 @@ class Metrics:
         handler_failures: Failures of the threads' handlers (what they raised, or a
             request's answer that can't be sent), of gossip validators and subscribers,
             by ``(kind, event)``: ``kind`` the package type's name in lower case
-            (``"request"``, ``"talk"``, ``"gossip"``), ``"validator"`` or
-            ``"subscriber"``; ``event`` the event or topic (at most :data:`MAX_LABELS`
+            (``"request"``, ``"talk"``, ``"gossip"``), ``"validator"``,
+            ``"subscriber"`` or ``"hook"`` (a thread's hook, ``start()`` or ``stop()``);
+            ``event`` the event, topic or hook (at most :data:`MAX_LABELS`
             pairs, then ``(kind, "other")``).
         heartbeat_rtt: Round trip of heartbeat pings.
         throttles: Times a peer over a budget (requests, gossip, its share of the

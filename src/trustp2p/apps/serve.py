@@ -20,8 +20,11 @@ async def serve(options: NodeOptions) -> int:
     """
     Start a node with ``options``, run it until SIGINT, SIGTERM or SIGHUP (its terminal
     closed), then stop it. A second signal while it stops, :data:`_AGAIN` seconds or
-    more after the first, drops the connections that haven't closed yet (a frozen peer
-    holds a closing handshake for ``close_timeout``). The signals' handlers are removed
+    more after the first, cuts the stop short: it drops the connections that haven't
+    closed yet (a frozen peer holds a closing handshake for ``close_timeout``), and
+    gives up what the stop waits for (:meth:`StopWaits.hurry
+    <trustp2p.node.stopping.StopWaits.hurry>`: a thread's ``stop()`` that hangs, the
+    handlers running), saying what that was. The signals' handlers are removed
     at the end (:func:`serve_process` ignores them from then on instead).
 
     Returns:
@@ -60,18 +63,21 @@ async def _run(options: NodeOptions, signals: _Signals) -> int:
         # before the stop began or just after it (a tester, 2 runs in 16): not a second.
         if not stopping or loop.time() - first < _AGAIN:
             return
-        _drop_connections(node, signum)
+        signals.hurried = True
+        _cut_short(node, signum)
 
     signals.handler = on_signal
     if not await _started(node, stop, options.close_timeout):
         return _EXIT.get(received[0], 0)
     await stop.wait()
     stopping = True
+    again = _name(received[0])
+    node.stop_waits.hint = f"{again} again cuts the stop short"
     if node.sockets:
         node.log.info(
             "x %s: closing %d connection(s), each within close_timeout (%g s); %s again"
             " drops them",
-            _name(received[0]), len(node.sockets), options.close_timeout, _name(received[0]),
+            again, len(node.sockets), options.close_timeout, again,
         )  # fmt: skip
     await node.stop()
     return _EXIT.get(received[0], 0)
@@ -121,10 +127,11 @@ class _Signals:
     signal is appended to :attr:`received`, then :attr:`handler` is called with it.
     """
 
-    __slots__ = ("_loop", "handled", "handler", "received")
+    __slots__ = ("_loop", "handled", "handler", "hurried", "received")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self.hurried = False  # a second signal cut the stop short
         self.received: list[int] = []
         self.handler: Callable[[int], None] = lambda signum: None
         self.handled = _handled_signals()
@@ -162,12 +169,18 @@ def _handled_signals() -> tuple[int, ...]:
     )
 
 
-def _drop_connections(node: Node, signum: int) -> None:
+def _cut_short(node: Node, signum: int) -> None:
     """Asked again while stopping: a peer that doesn't answer our close (frozen, or its
-    link dead) would hold the stop for close_timeout. Drop the connections."""
+    link dead) would hold the stop for close_timeout, as would a thread's ``stop()``
+    that hangs (tester39 F8). Drop the connections, and give up what the stop waits
+    for, saying what it was."""
+    waited = node.stop_waits.hurry()
+    given_up = f"; not waiting for {', '.join(waited)} any more" if waited else ""
+    node.log.warning(
+        "x %s again: dropping the connections not closed yet%s", _name(signum), given_up
+    )
     layer = node.secure_layer  # in secure mode, its transports: handshakes too
     transports = layer.raw_sockets if layer is not None else node.sockets
-    node.log.warning("x %s again: dropping the connections not closed yet", _name(signum))
     for socket in transports:
         socket.abort()  # (nothing if it is closed)
 
@@ -196,7 +209,9 @@ async def serve_process(options: NodeOptions) -> int:
         # (status 143 for a SIGTERM) when a second signal came 0.1 s after the first,
         # with "x node stopped" said (found by a tester; timeout(1) signals twice).
         signals.close(ignore=True)
-    if not await _left_behind(pool, options.close_timeout):
+    # (Cut short by a second signal: what is left is cancelled, hardly waited for.)
+    timeout = _IDLE_EXIT if signals.hurried else options.close_timeout
+    if not await _left_behind(pool, timeout):
         logging.shutdown()  # (the log's last lines written)
         os._exit(code)
     return code

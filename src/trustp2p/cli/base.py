@@ -113,7 +113,14 @@ _TUNING: list[tuple[str, str, Any, str]] = [
     ("--stalled-timeout", "stalled_timeout", float, "Reroute stalled requests after (s)."),
     ("--reconnect-initial", "reconnect_initial", float, "First redial delay (s)."),
     ("--reconnect-max", "reconnect_max", float, "Largest redial delay (s)."),
-    ("--close-timeout", "close_timeout", float, "Time allowed for a closing handshake (s)."),
+    (
+        "--close-timeout",
+        "close_timeout",
+        float,
+        "On a stop, the time allowed for each closing handshake, each thread's stop() and"
+        " then its tasks, the gossip handlers running, and what the threads leave running"
+        " (s); a second Ctrl-C or SIGTERM cuts it short.",
+    ),
     (
         "--handshake-timeout",
         "handshake_timeout",

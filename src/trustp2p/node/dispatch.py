@@ -6,7 +6,7 @@ run one at a time, in the order their packages arrived.
 
 from __future__ import annotations
 
-__all__ = ["Hook", "Worker", "Workers", "call_thread", "cancelled", "stop_thread"]
+__all__ = ["Hook", "Worker", "Workers", "call_thread", "cancelled"]
 
 import asyncio
 import inspect
@@ -52,7 +52,10 @@ class Hook:
 
 
 async def call_thread(thread: Thread, name: str, *args: Any) -> None:
-    """Call a thread's method or hook, sync or async; log what it raises."""
+    """Call a thread's method or hook, sync or async; what it raises is counted
+    (``trustp2p_handler_failures_total{kind="hook",event=name}``) and logged within a
+    log budget of its own, as a handler's failures are (:mod:`.failures`: a hook that
+    raised on every connection logged a traceback for each)."""
     try:
         result = getattr(thread, name)(*args)
         if inspect.isawaitable(result):
@@ -64,24 +67,8 @@ async def call_thread(thread: Thread, name: str, *args: Any) -> None:
         if isinstance(exc, ConnectionClosed):  # the network's doing, not a bug: no traceback
             logger.info("! %s of %s ended: %s", name, where, exc)
             return
-        logger.error("! %s of %s failed", name, where, exc_info=True)
-
-
-async def stop_thread(thread: Thread, timeout: float) -> None:
-    """Call a thread's ``stop()``, for ``timeout`` seconds at most; then cancel its tasks,
-    and wait ``timeout`` at most for them to end."""
-    where = thread.path or type(thread).__name__
-    try:
-        async with asyncio.timeout(timeout):
-            await call_thread(thread, "stop")
-    except TimeoutError:
-        logger.warning("! stop of %s didn't return within %g s: going on", where, timeout)
-    try:  # (a task that catches its CancelledError held the stop for ever: a tester)
-        async with asyncio.timeout(timeout):
-            await thread.cancel_tasks()
-    except TimeoutError:
-        logger.warning("! tasks of %s didn't end within %g s of being cancelled: going on",
-                       where, timeout)  # fmt: skip
+        what = f"{name} of {where}"
+        handler_failed(thread.node, logger, "hook", name, what, "! %s failed", what)
 
 
 class Workers:
@@ -114,7 +101,8 @@ class Workers:
         ``caller``, a worker whose handler stops the node (it waits for the stop)."""
         workers = [task for task in self._tasks if task is not caller]
         if workers:
-            await asyncio.wait(workers, timeout=timeout)
+            what = f"the hooks and handlers of {len(workers)} connection(s)"
+            await self._node.stop_waits.wait(what, workers, timeout)
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)

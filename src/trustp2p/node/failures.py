@@ -1,13 +1,14 @@
 """
-Failures of the threads' handlers, of gossip validators and of subscribers: each is
+Failures of the threads' handlers and hooks, of gossip validators and of subscribers: each is
 counted (``trustp2p_handler_failures_total{kind,event}``) and logged at ERROR with its
 traceback, within a log budget of its own handler's (10 lines a minute, the rest at
 DEBUG and counted in a line at the end of the minute). A peer chooses how often a
 handler runs: with no budget, one bug in a gossip handler logged 4,000 lines a second
 on every node that ran it (tester39 F3); with one budget for every handler, the first
-bug's lines hid a second, different one (tester39 F6).
+bug's lines hid a second, different one (tester39 F6); a hook that raised logged a
+traceback for every connection, and wasn't counted.
 
-The budgets are keyed by what the node registered (a thread's event or topic, a
+The budgets are keyed by what the node registered (a thread's event, topic or hook, a
 topic's validator or subscriber), never by what a peer sends: their number is bounded.
 
 """

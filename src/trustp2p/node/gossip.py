@@ -23,7 +23,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..admin.counters import MAX_TOPICS, count
@@ -58,6 +58,7 @@ from .gossip_log import OWN_SOURCE, Attribution, claim, delivered, open_log, to_
 from .gossip_publish import NobodyCarries, checked_payload, keep_task, wait_for_peers, wait_until
 from .gossip_send import make_router
 from .gossip_validate import GossipHandler, Validation, Validator, call_handlers, judge, rejected
+from .stopping import handlers_end
 
 if TYPE_CHECKING:
     from .node import Node
@@ -355,16 +356,16 @@ class Gossip:
         for topic in self.router.topics:
             self._replay(topic)
 
-    async def halt(self, caller: asyncio.Task[Any] | None = None) -> None:
-        """Stop delivering, validating and fetching: running handlers get up to
-        ``close_timeout``, then are cancelled (tester39 F2), but ``caller``'s, the stop's
-        (review57), its message delivered; the rest waits logged for a restart."""
+    def halt(self, caller: asyncio.Task[Any] | None = None) -> Awaitable[None]:
+        """Stop delivering, validating and fetching, from the call on; running handlers
+        get up to ``close_timeout`` by the end of what it returns, but ``caller``'s, its
+        message delivered (review59; see :mod:`.stopping`)."""
         self._talked.set()  # (wait_subscribers() sees the stop)
-        if self._threads_started.is_set():  # (before, no handler runs: nothing to wait for)
-            stopper = await self._delivery.finish(self.node.options.close_timeout, caller)
-            if stopper is not None and self._marks is not None:
-                self._marks.settle(stream_key(stopper.topic, stopper.origin), stopper.seq)
-        await self.tasks.aclose()
+        started = self._threads_started.is_set()  # (before, no handler runs)
+        running, stopper = self._delivery.finish(caller) if started else ([], None)
+        if stopper is not None and self._marks is not None:
+            self._marks.settle(stream_key(stopper.topic, stopper.origin), stopper.seq)
+        return handlers_end(self.node, running, self.tasks)
 
     async def stop(self) -> None:
         self.publishing = False

@@ -280,21 +280,21 @@ class TopicQueues:
                     if self._catch_up is not None and not (self._tasks.closed or self._stopping):
                         self._tasks.spawn(self._catch_up(source), f"catch-up {source.peer}")
 
-    async def finish(
-        self, timeout: float, caller: asyncio.Task[Any] | None = None
-    ) -> GossipMessage | None:
+    def finish(
+        self, caller: asyncio.Task[Any] | None = None
+    ) -> tuple[list[asyncio.Task[Any]], GossipMessage | None]:
         """
         The node stops: start no next message (what waits is in the message log, and
-        delivered after a restart), and wait up to ``timeout`` seconds for the messages
-        being validated or handled (not from within one of them, nor for ``caller``, the
-        task that called the stop: each waits for the stop). The caller cancels what is
-        still running then.
+        delivered after a restart).
 
         Returns:
-            The message whose handler stopped the node (from its task or one it
-            started): to count as delivered, since it is cancelled (review59: it got
-            the message again after each restart, a "shutdown" message stopped the
-            node again); None for any other stop, or a validator's.
+            The tasks of the messages being validated or handled, for the caller to
+            wait for, then cancel (not the one this is called from, nor ``caller``'s,
+            the task that called the stop: each waits for the stop); and the message
+            whose handler stopped the node (from its task or one it started): to
+            count as delivered, since it is cancelled (review59: it got the message
+            again after each restart, a "shutdown" message stopped the node again);
+            None for any other stop, or a validator's.
 
         """
         self._stopping = True
@@ -306,11 +306,7 @@ class TopicQueues:
                 own, turn.stopped = self._drains.get(topic), kind == "deliver"
                 stopper = message if turn.stopped else None
         waiting = {asyncio.current_task(), caller, own}
-        running = [task for task in self._drains.values() if task not in waiting]
-        if running:
-            logger.info("x waiting up to %g s for the gossip handlers running", timeout)
-            await asyncio.wait(running, timeout=timeout)
-        return stopper
+        return [task for task in self._drains.values() if task not in waiting], stopper
 
     async def _drain(
         self, topic: str, queue: deque[tuple[str, GossipMessage, Socket | None]]

@@ -37,9 +37,9 @@ from ..storage.peerstore import STORE_FILE, PeerSource, PeerStore
 from ..threads.base import Thread
 from ..threads.loader import enabled_thread_classes, make_threads
 from ..threads.peer_exchange import PeerExchangeThread
-from .dispatch import stop_thread
 from .gossip_thread import GossipThread
 from .requests import Requests
+from .stopping import stop_threads
 
 if TYPE_CHECKING:
     from .node import Node
@@ -170,17 +170,15 @@ async def stop_parts(
     secure = node.secure_layer
     if secure is not None:
         secure.close_all(CloseCode.GOING_AWAY, "node stopping")
-    if node.gossip is not None:  # no handler runs once its thread's stop() returned
-        await node.gossip.halt(caller)
-    for thread in node.threads:
-        await stop_thread(thread, node.options.close_timeout)
+    await stop_threads(node, caller)  # while the handlers running finish (R57-3)
     if node.gossip is not None:  # a goodbye published in stop() went out (a tester)
         node.gossip.publishing = False
     # Every connection, those refused or still in their handshake included, so
     # that no transport outlives the node.
     raw = secure.raw_sockets if secure is not None else []
     sockets = [*node.connections.all_sockets(), *raw]
-    await _close_sockets(sockets, min(SILENT_CLOSE, node.options.close_timeout))
+    grace = min(SILENT_CLOSE, node.options.close_timeout)
+    await _close_sockets(node, sockets, grace, len(raw) if secure is not None else len(sockets))
     await node.connections.workers.wait(node.options.close_timeout, caller)  # the hooks
     if requests is not None:
         requests.close()
@@ -196,12 +194,15 @@ async def stop_parts(
         identity_lock.close()  # another node may take this identity now
 
 
-async def _close_sockets(sockets: Sequence[Socket], grace: float) -> None:
+async def _close_sockets(
+    node: Node, sockets: Sequence[Socket], grace: float, connections: int
+) -> None:
     """Close ``sockets``, each within its ``close_timeout``; those whose peer sent
     nothing within ``grace``, then dropped: nothing may answer (a tester: a port
     scanner's connection, or a dial of a port that took it and said nothing, held a
     tcp:// node's stop for the whole ``close_timeout``; a peer whose introduction is
-    on its way answers at once)."""
+    on its way answers at once). The rest are dropped if the stop is hurried (the
+    ``connections`` they are: in secure mode, each a channel and its transport)."""
     silent = [socket for socket in sockets if not socket.stats.messages_in]  # (review51:
     # the original's empty text frames count no bytes)
     for socket in sockets:
@@ -212,7 +213,13 @@ async def _close_sockets(sockets: Sequence[Socket], grace: float) -> None:
         for wait in pending:
             waits[wait].abort()  # (closing still: no answer)
     if sockets:
-        await asyncio.gather(*(socket.wait_closed() for socket in sockets))
+        closed = [asyncio.ensure_future(socket.wait_closed()) for socket in sockets]
+        what = f"the closing handshake of {connections} connection(s)"
+        stop = node.stop_waits
+        if await stop.wait(what, closed, node.options.close_timeout) and stop.hurried:
+            for socket in sockets:
+                socket.abort()  # (nothing if it is closed)
+        await asyncio.gather(*closed)
 
 
 def made_by_start(data_dir: Path) -> list[Path]:

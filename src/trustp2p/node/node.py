@@ -58,6 +58,7 @@ from .liveness import Heartbeat, LoopWatchdog
 from .peer import PeerConnection
 from .requests import Requests
 from .roles import ClientRole, ServerRole
+from .stopping import StopWaits
 
 
 class NodeState(enum.Enum):
@@ -87,6 +88,8 @@ class Node:
         data_dir: Where the node keeps its peer store and message log, once started:
             ``<cwd>/data`` (``<cwd>/data/<name>`` for a named node), or ``None``
             without ``cwd``. A thread keeps its own files there, one per node.
+        stop_waits: What its stop waits for (:class:`~trustp2p.node.stopping.StopWaits`):
+            ``stop_waits.hurry()`` cuts the stop short (the CLI's second SIGTERM).
 
     """
 
@@ -141,6 +144,7 @@ class Node:
         self.store: PeerStore | None = None
         self._secure: SecureLayer | None = None
         self.tasks = TaskOwner(self.log)
+        self.stop_waits = StopWaits(self.log)
         """The owner of the node's background tasks; threads and parts spawn here."""
 
     def __repr__(self) -> str:
@@ -330,9 +334,11 @@ class Node:
 
     async def stop(self) -> None:
         """
-        Stop the node: stop accepting and dialling, call every thread's ``stop()`` (for
-        ``close_timeout`` each at most), close every connection with code 1001, then
-        cancel and await remaining tasks. Safe to call more than once, from any task:
+        Stop the node: stop accepting and dialling, start no gossip handler, call every
+        thread's ``stop()`` (for ``close_timeout`` each at most) while the handlers
+        running finish (``close_timeout`` at most), close every connection with code
+        1001, then cancel and await remaining tasks. What it waits for is said after 3 s
+        and given up by ``stop_waits.hurry()``. Safe to call more than once, from any task:
         each call waits for the same stop. Cancelling a caller doesn't cancel the stop,
         which goes on to its end; the caller gets its :exc:`asyncio.CancelledError`.
         Called during :meth:`start`, it waits for the start to end, then stops; called

@@ -110,8 +110,10 @@ class Thread:
     def stop(self) -> Awaitable[None] | None:
         """
         Called on shutdown, before connections close, for ``close_timeout`` at most;
-        gossip delivery has stopped by then (what wasn't delivered stays in the log, for
-        the next start). Talks, and :meth:`~trustp2p.Node.publish`, still reach the
+        gossip delivery has stopped by then: no handler starts (what wasn't delivered
+        stays in the log, for the next start), but the handlers running at the stop may
+        still run, up to ``close_timeout``: one waiting for something ``stop()`` ends
+        (an event, a queue) returns then. Talks, and :meth:`~trustp2p.Node.publish`, still reach the
         peers connected: a goodbye published here goes out (the node's own handlers
         get it at its next start, as every message not delivered at the stop); once
         every thread's ``stop()`` returned, ``publish()`` raises

@@ -261,5 +261,6 @@ async def start_thread(thread: Thread) -> None:
         if inspect.isawaitable(result):
             await result
     except Exception as exc:
+        thread.node.metrics.handler_failed("hook", "start")
         where = thread.path or type(thread).__qualname__
         raise ThreadLoadError(where, f"start() failed: {exc!r}") from exc

@@ -1,0 +1,161 @@
+"""
+What a node's stop waits for: the gossip handlers running and the threads' ``stop()``,
+side by side (:func:`stop_threads`), each wait bounded by ``close_timeout``, said once it
+has gone on for :data:`SAY_AFTER` seconds, and cut short by :meth:`StopWaits.hurry` (the
+CLI's second SIGTERM or Ctrl-C).
+
+Found in review (R57-3): the stop waited for the handlers running, then called the
+threads' ``stop()``: a handler waiting for something its thread's ``stop()`` ends (an
+event, a queue) held every stop for ``close_timeout``, then was cancelled, and got its
+message again after a restart. Found by a tester (tester39 F8): a thread's ``stop()``
+that hung held the stop for ``close_timeout`` without a word, and a second SIGTERM
+didn't shorten it.
+
+"""
+
+from __future__ import annotations
+
+__all__ = ["SAY_AFTER", "StopWaits", "handlers_end", "stop_thread", "stop_threads"]
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Collection
+from typing import TYPE_CHECKING, Any
+
+from .dispatch import call_thread
+
+if TYPE_CHECKING:
+    from ..tasks import TaskOwner
+    from ..threads.base import Thread
+    from .node import Node
+
+logger = logging.getLogger(__name__)
+
+SAY_AFTER = 3.0
+"""Seconds a wait of the stop goes on before it is said, at INFO, with what it waits for."""
+
+
+class StopWaits:
+    """
+    The waits of a node's stop: what each waits for (:attr:`waiting`), said at INFO on
+    ``log`` once it went on :data:`SAY_AFTER` seconds; :meth:`hurry` ends them.
+
+    Attributes:
+        hint: Said with that line, in brackets after its bound (the CLI's: "SIGTERM
+            again cuts the stop short").
+        hurried: Whether :meth:`hurry` was called.
+
+    """
+
+    __slots__ = ("_hurry", "_log", "_waiting", "hint", "hurried")
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._waiting: dict[object, str] = {}
+        self._hurry: asyncio.Event | None = None
+        self.hint = ""
+        self.hurried = False
+
+    @property
+    def waiting(self) -> list[str]:
+        """What the stop waits for now: ``"stop() of app.py"``, ``"2 gossip
+        handler(s) running"``..."""
+        return list(self._waiting.values())
+
+    def hurry(self) -> list[str]:
+        """Give up the stop's waits now, and those after it at once, as at their
+        timeout (what they wait for is cancelled); return what they waited for."""
+        waiting = self.waiting
+        self.hurried = True
+        if self._hurry is not None:
+            self._hurry.set()
+        return waiting
+
+    async def wait(
+        self, what: str, futures: Collection[asyncio.Future[Any]], timeout: float
+    ) -> set[asyncio.Future[Any]]:
+        """Wait for ``futures`` (``what`` they are, as said), ``timeout`` seconds at
+        most; once hurried, a loop turn only (a ``stop()`` that doesn't wait still
+        runs). Return those not done, for the caller to cancel."""
+        if self.hurried or not futures:
+            if futures:
+                await asyncio.sleep(0)
+            return {future for future in futures if not future.done()}
+        loop = asyncio.get_running_loop()
+        if self._hurry is None:
+            self._hurry = asyncio.Event()
+        hurried = loop.create_task(self._hurry.wait())
+        done = loop.create_task(asyncio.wait(futures))  # (cancelled: they aren't)
+        key = object()
+        self._waiting[key] = what
+        said = loop.call_later(SAY_AFTER, self._say, what, timeout)
+        try:
+            ended = (hurried, done)
+            await asyncio.wait(ended, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            said.cancel()
+            del self._waiting[key]
+            hurried.cancel()
+            done.cancel()
+            await asyncio.wait((hurried, done))  # (they end at once)
+        return {future for future in futures if not future.done()}
+
+    def _say(self, what: str, timeout: float) -> None:
+        hint = f"; {self.hint}" if self.hint else ""
+        self._log.info("x the stop waits for %s (%g s at most%s)", what, timeout, hint)
+
+
+async def stop_threads(node: Node, caller: asyncio.Task[Any] | None) -> None:
+    """Stop delivering gossip (no next message starts), then call each thread's
+    ``stop()`` (:func:`stop_thread`, in load order) while the handlers running finish
+    (:meth:`Gossip.halt <trustp2p.node.gossip.Gossip.halt>`); return once both ended."""
+    timeout, waits = node.options.close_timeout, node.stop_waits
+    halting = asyncio.ensure_future(node.gossip.halt(caller)) if node.gossip else None
+    try:
+        for thread in node.threads:
+            await stop_thread(thread, timeout, waits)
+    finally:
+        if halting is not None:
+            await halting
+
+
+async def handlers_end(
+    node: Node, running: Collection[asyncio.Task[Any]], tasks: TaskOwner
+) -> None:
+    """Give the gossip handlers (and validators) ``running`` up to ``close_timeout`` to
+    end (less if the stop is hurried), then cancel what is left of ``tasks``."""
+    if running:
+        timeout = node.options.close_timeout
+        logger.info("x waiting up to %g s for the gossip handlers running", timeout)
+        await node.stop_waits.wait(f"{len(running)} gossip handler(s) running", running, timeout)
+    await tasks.aclose()
+
+
+async def stop_thread(thread: Thread, timeout: float, waits: StopWaits) -> None:
+    """Call a thread's ``stop()``, for ``timeout`` seconds at most; then cancel its
+    tasks, and wait ``timeout`` at most for them to end; less once ``waits`` is
+    hurried (what is left is cancelled)."""
+    where = thread.path or type(thread).__name__
+    # (In a task: a stop() that catches its CancelledError held the stop for ever.)
+    stopping = asyncio.ensure_future(call_thread(thread, "stop"))
+    if await _bounded(waits, f"stop() of {where}", stopping, timeout):
+        if waits.hurried:
+            logger.warning("! stop of %s cancelled: the stop was cut short", where)
+        else:
+            logger.warning("! stop of %s didn't return within %g s: going on", where, timeout)
+    # (a task that catches its CancelledError held the stop for ever: a tester)
+    if await _bounded(waits, f"the tasks of {where}", thread.cancel_tasks(), timeout):
+        if not waits.hurried:
+            logger.warning("! tasks of %s didn't end within %g s of being cancelled: going on",
+                           where, timeout)  # fmt: skip
+
+
+async def _bounded(waits: StopWaits, what: str, work: Awaitable[None], timeout: float) -> bool:
+    """Run ``work`` for ``timeout`` at most (see :meth:`StopWaits.wait`); True if it was
+    cancelled unfinished."""
+    future = asyncio.ensure_future(work)
+    if not await waits.wait(what, (future,), timeout):
+        future.result()  # (what it raised)
+        return False
+    future.cancel()
+    return True
