@@ -325,6 +325,54 @@ async def test_catch_up_answers_share_the_nodes_serving_rate() -> None:
         assert len(thread.serve_fetch(socket_to(pub, "late"), request)["messages"]) == 10
 
 
+async def test_caught_up_messages_spend_the_senders_share_of_the_nodes_checks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """attacker40 F2: a peer answering our catch-up with thousands of small messages of
+    made-up origins had 60,850 checked, logged and delivered in 35 s, past the live
+    limits (1,000 a second node-wide) with none throttled. New caught-up messages spend
+    the answering peer's share of ``gossip_node_rate`` as live ones do: past it, the
+    round waits before it asks for more; all arrive."""
+    caplog.set_level(logging.DEBUG, logger="trustp2p.node.gossip_catchup")
+    hub = MemoryHub()
+    async with memory_node(hub, "pub") as pub:
+        pub.subscribe("chat")
+        for n in range(300):
+            await pub.publish("chat", {"n": n})
+        async with memory_node(hub, "late", gossip_node_rate=100) as late:
+            got: list[Any] = []
+            late.subscribe("chat", got.append)
+            assert late.client is not None and pub.url is not None
+            late.client.connect(pub.url)
+            await wait_for(lambda: len(got) == 300, timeout=20.0)
+    assert "waits" in caplog.text and "its share of gossip_node_rate" in caplog.text
+
+
+async def test_a_fetch_that_reads_messages_it_cant_send_is_charged_what_it_read() -> None:
+    """attacker40 F1: a max_bytes one byte under a message's size had the server read
+    up to 800 logged messages a request, send none and charge nothing: one identity
+    kept the handler busy 11.6 s of 12, three held the node's core. What a fetch
+    reads is charged to the asker's share of catchup_serve_rate, sent or not."""
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "pub", catchup_serve_rate=50_000) as pub,
+        memory_node(hub, "asker") as asker,
+    ):
+        pub.subscribe("chat")
+        for _ in range(800):
+            await pub.publish("chat", {})  # a log read counts 2 characters a message
+        assert asker.client is not None and pub.url is not None
+        asker.client.connect(pub.url)
+        await asker.client.wait_connected()
+        [thread] = [t for t in pub.threads if isinstance(t, GossipThread)]
+        # 100 messages' payloads fit in a read, no message's ~250 wire bytes does
+        body = {"topic": "chat", "origin": pub.peer_id, "from": 1, "to": 800, "max_bytes": 200}
+        request = build_package(PackageType.REQUEST, FETCH, body)
+        to_asker = socket_to(pub, "asker")
+        assert thread.serve_fetch(to_asker, request)["messages"] == []  # none fits
+        assert thread.serve_fetch(to_asker, request)["error"].startswith("busy: ")
+
+
 async def test_an_asker_told_busy_asks_again_when_told(caplog: pytest.LogCaptureFixture) -> None:
     # Two honest nodes catching up at once from a node past its catchup_serve_rate: one
     # was answered busy and its round stopped there ("after 0 bytes"), the rest left to

@@ -84,17 +84,15 @@ class Gossip:
         catchup: What is being fetched (:class:`~trustp2p.protocol.gossip.CatchUp`).
         message_log: The persisted message log, once started.
         tasks: The owner of the service's tasks.
-        publishing: Whether :meth:`publish` works: from the start until the threads'
-            ``stop()`` returned.
+        publishing: Whether :meth:`publish` works: from the start until threads stopped.
         delivered: Messages handed to threads and subscribers (counted once they ran).
-        carried: Messages logged and sent on, handed to nobody once their turn came:
-            a topic this node only carries (``relay_topics``, no handler), or whose
-            handlers were all gone by then.
+        carried: Messages logged and sent on, handed to nobody once their turn came (a
+            topic only carried, ``relay_topics``, or its handlers gone by then).
         caught_up: Messages obtained by catch-up.
         too_old: Messages dropped for their timestamp, unseen: older than
-            ``log_max_age``, or than the marks the log forgot (less ``CLOCK_SKEW``).
-        renumbered: Messages dropped as delivered though published after their
-            origin's mark moved here: the origin numbers again (its log lost?).
+            ``log_max_age``, or the marks the log forgot (less ``CLOCK_SKEW``).
+        renumbered: Messages dropped as delivered, published after their origin's
+            mark moved here: the origin numbers again (its log lost?).
 
     """
 
@@ -305,9 +303,7 @@ class Gossip:
     def delivered_seq(self, topic: str, origin: str) -> int:
         """The last seq of ``origin``'s messages on ``topic`` delivered here (0: none):
         every message of the stream up to it had its handlers run (or was skipped), as
-        :meth:`history` lists and a restart resumes after. Messages queued for the
-        handlers don't count until they ran (a thread comparing ``message.seq`` with
-        it must not skip those)."""
+        :meth:`history` lists and a restart resumes after; not those queued still."""
         return self._log.delivered(stream_key(topic, origin))
 
     # Lifecycle, called by the node
@@ -573,8 +569,7 @@ class Gossip:
 
     def check_gaps(self) -> None:
         """Skip the gaps that waited ``gap_timeout``; ask a random peer for the others
-        (the peer that revealed them didn't have what is missing either). Called at
-        every gossip heartbeat."""
+        (the one that revealed them lacked them too). At every gossip heartbeat."""
         events, waiting = self._order.tick(busy=self.catchup.fetching)
         self._carry_out(events)
         self._settle_if_idle()
@@ -590,11 +585,16 @@ class Gossip:
         if self._fetcher is not None:
             await self._fetcher.round(socket)
 
-    def _take(self, socket: Socket, messages: list[GossipMessage]) -> None:
-        """Take the messages of a catch-up answer from ``socket``."""
-        cap = message_size_limit(self.node.options.max_package_size)
+    def _take(self, socket: Socket, messages: list[GossipMessage]) -> float:
+        """Take a catch-up answer's messages from ``socket``; the seconds to wait before
+        asking it for more: new ones spend its share of checks (attacker40 F2)."""
+        cap, new = message_size_limit(self.node.options.max_package_size), 0
         for message in messages:
             if cap is not None and (size := wire_size(message)) > cap:
                 self._oversized(message, size, cap)
             elif self._ingest(socket, message, live=False):
-                self.caught_up += 1
+                new += 1
+        self.caught_up += new
+        connections = self.node.connections
+        key, group = connections.budget_key(socket), connections.share_group(socket)
+        return self._checks.spend(key, self._now(), new, group) if new else 0.0

@@ -175,7 +175,7 @@ class Fetcher:
         log: MessageLog,
         queues: TopicQueues,
         rng: random.Random,
-        take: Callable[[Socket, list[GossipMessage]], None],
+        take: Callable[[Socket, list[GossipMessage]], float],
         held_back: Callable[[str], bool],
         clock: Callable[[], float],
     ) -> None:
@@ -360,8 +360,12 @@ class Fetcher:
                 except GossipError as exc:
                     self._gossip.node.penalize(socket, f"invalid gossip/fetch answer: {exc}")
                     return
-                self._take(socket, messages)
+                wait = self._take(socket, messages)  # (its share of the node's checks)
                 budget.spend(messages)
+                if wait > 0 and not fetch.done:
+                    logger.debug("= catch-up from %s waits %.2f s: its share of "
+                                 "gossip_node_rate", socket.peer, wait)  # fmt: skip
+                    await asyncio.sleep(wait)
             if to := fetch.lacking_to(held_back=self._held_back(topic)):
                 # the peer lacks what is still missing up to it
                 wanted, witness, carriers = fetch.wanted, None, {}

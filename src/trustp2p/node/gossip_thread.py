@@ -142,7 +142,7 @@ class GossipThread(Thread):
         # wire (key, signature, the payload JSON-escaped and UTF-8 encoded).
         log, limit = gossip.message_log, self.node.options.catchup_batch
         limit = limit if asked_limit is None else min(limit, asked_limit)
-        first, sized = wanted.first, []
+        first, sized, examined = wanted.first, [], 0
         for _ in range(_OVERSIZED_READS):
             if wanted.seqs is None:
                 logged = log.range(
@@ -152,12 +152,15 @@ class GossipThread(Thread):
                 logged = log.pick(wanted.stream, wanted.seqs, limit=limit, max_bytes=max_bytes)
             # One over what the asker takes is left out (it lacks it): it would close
             # the connection (found in review: each redial's catch-up did it again).
-            read = (from_logged(m) for m in logged)
-            sized = [(m, n) for m in read if (n := wire_size(m)) <= max_bytes]
+            read = [(m, wire_size(m)) for m in map(from_logged, logged)]
+            examined += sum(n for _, n in read)
+            sized = [(m, n) for m, n in read if n <= max_bytes]
             if sized or not logged or wanted.seqs is not None:
                 break
             first = logged[-1].seq + 1
-        self._charge(socket, sum(n for _, n in sized))
+        # What was read, not only what is sent (attacker40 F1: a max_bytes just under
+        # one message's size read 800 messages a request, sent none, and cost nothing)
+        self._charge(socket, examined)
         messages = [m for m, _ in sized]
         last = gossip.message_log.last_seq(wanted.stream) or 0
         return fetch_answer(messages, max_bytes, last)
