@@ -106,8 +106,7 @@ async def test_loopback_is_in_no_group(clock: FakeClock) -> None:
             await store.add_urls([url], PeerSource.EXCHANGE)
             clock.advance(1)
         assert kept(store, local) == len(local)
-        assert kept(store, public) == 10  # the 10 oldest (review59: no tenth more of
-        # URLs learned from others, within their shares, to make room at once)
+        assert kept(store, public) == 9  # the 101st made room for a tenth: 11 oldest
     finally:
         await store.close()
 

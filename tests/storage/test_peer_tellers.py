@@ -66,32 +66,6 @@ async def test_one_networks_servers_flush_nothing_learned_from_others(clock: Fak
         await store.close()
 
 
-async def test_a_store_full_before_the_flood_keeps_each_tellers_share(clock: FakeClock) -> None:
-    """review59: the same flood into a store already full of URLs learned from honest
-    servers (13 more tellers, 50 each): its first answer forgot a tenth of the store,
-    the oldest, and the honest server's LEARNED kept 72 of 300. Now URLs within their
-    tellers' shares go one for one, each teller's share first: the honest server keeps
-    its 128 (the 172 it told past its share go as the flood's do) and the others all."""
-    store = await PeerStore.open(None, clock=clock, max_peers=CAP)
-    try:
-        await fill(store, clock)
-        other = [f"ws://172.{16 + j // 50}.{j % 50}.9:1107" for j in range(CAP - 350)]
-        for t in range(13):
-            batch = other[t * 50 : (t + 1) * 50]
-            await store.add_urls(batch, PeerSource.EXCHANGE, teller=f"100.{64 + t}.0.1")
-        clock.advance(3600)
-        assert store.size() == CAP
-        attack = made_up(3 * CAP)
-        for k in range(0, len(attack), 100):
-            server = f"192.0.{k // 100 // 250}.{k // 100 % 250 + 1}"
-            await store.add_urls(attack[k : k + 100], PeerSource.EXCHANGE, teller=server)
-            clock.advance(1)
-        assert kept(store, LEARNED) == TELLER_SHARE  # (before: 72)
-        assert kept(store, other) == len(other) and kept(store, PROVEN) == len(PROVEN)
-    finally:
-        await store.close()
-
-
 async def test_many_tellers_share_the_room(clock: FakeClock) -> None:
     """The same flood from servers of as many /16s as it takes to fill the store
     without crowding any: the oldest go first, as before (the cost of a flush is

@@ -150,17 +150,13 @@ def _crowd(
                 ranks[peer.key] = (*rank[:5], min(rank[5], mark), *rank[6:])
 
 
-def forgettable(peers: Collection[Peer], count: int, spare: int = 0) -> list[Peer]:
+def forgettable(peers: Collection[Peer], count: int) -> list[Peer]:
     """
-    The ``count`` peers of ``peers`` to forget first (see the module docstring), and up
-    to ``spare`` more of those next that are cheap to lose: without a URL, failing, a
-    claim of their own, or past a share (not a URL learned from others within them).
+    The ``count`` peers of ``peers`` to forget first (see the module docstring).
 
-    Linear in the peers (times log ``count + spare``): the store calls it with a tenth
-    of its size ``spare`` (an attacker's test of 12,000 identities: ranking every peer
-    for each one added made each new peer cost ten times as much); review59: one
-    answer of 100 URLs to a store full of URLs learned from others took that tenth of
-    them too, the 300 oldest among them.
+    Linear in the peers (times log ``count``): the store calls it once per tenth of its
+    size added (an attacker's test of 12,000 identities: ranking every peer for each one
+    added made each new peer cost ten times as much).
     """
     ranks: dict[str, _Rank] = {}
     groups: dict[str, list[Peer]] = {}
@@ -176,14 +172,4 @@ def forgettable(peers: Collection[Peer], count: int, spare: int = 0) -> list[Pee
             tellers.setdefault(teller, []).append(peer)
     _crowd(groups, GROUP_SHARE, ranks, by_size=False)
     _crowd(tellers, TELLER_SHARE, ranks, by_size=True)
-    first = heapq.nsmallest(count + spare, peers, key=lambda peer: ranks[peer.key])
-    return first[:count] + [peer for peer in first[count:] if _cheap(ranks[peer.key])]
-
-
-def _cheap(rank: _Rank) -> bool:
-    """Whether a peer of ``rank`` is one to forget beyond what must go (see
-    :func:`forgettable`): no URL, failing, or never proven nor the operator's, and only
-    its own word or crowded."""
-    has_urls, proven, bootstrap, score, learned, roomy = rank[:6]
-    open_ = not (proven or bootstrap)
-    return not has_urls or score < 0 or (open_ and (not learned or roomy < _ROOMY))
+    return heapq.nsmallest(count, peers, key=lambda peer: ranks[peer.key])

@@ -418,15 +418,14 @@ class PeerTable:
         self.dirty_peers.add(keeper.key)
 
     def evict(self) -> int:
-        """Forget the least useful peers past ``max_peers`` (:func:`forgettable`), and up
-        to a tenth more of those cheap to lose: ranking every peer each time one is added
-        to a full store made each new peer cost ten times as much (found by an
-        attacker's test of 12,000 identities)."""
+        """Forget the least useful peers past ``max_peers`` (:func:`forgettable`), and a
+        tenth more: ranking every peer each time one is added to a full store made each
+        new peer cost ten times as much (found by an attacker's test of 12,000
+        identities)."""
         if self.max_peers is None or len(self.peers) <= self.max_peers:
             return 0
-        excess = len(self.peers) - self.max_peers
-        forgotten = forgettable(self.peers.values(), excess, self.max_peers // 10)
-        for peer in forgotten:
+        excess = len(self.peers) - self.max_peers + self.max_peers // 10
+        for peer in forgettable(self.peers.values(), excess):
             del self.peers[peer.key]
             if peer.peer_id is not None:
                 del self.by_id[peer.peer_id]
@@ -434,8 +433,8 @@ class PeerTable:
                 del self.by_url[url]
                 self.dirty_urls.add(url)
             self.dirty_peers.add(peer.key)
-        logger.debug("= peer store full: forgot %d peers", len(forgotten))
-        return len(forgotten)
+        logger.debug("= peer store full: forgot %d peers", excess)
+        return excess
 
     # Blocks.
 
