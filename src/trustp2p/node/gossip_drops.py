@@ -39,8 +39,12 @@ def too_old_line(
     """
     ts = message.timestamp / 1000
     where: tuple[object, ...] = (message.seq, message.origin, message.topic, now - ts)
-    if why == "expired":
-        return "! message %d of %s on %r dropped: timestamped %.0f s ago, past log_max_age", where
+    if why == "expired":  # (tester40 F1: the message was blamed, not a clock)
+        text = (
+            "! message %d of %s on %r dropped: timestamped %.0f s ago, past log_max_age"
+            " (is this node's clock, or the origin's, wrong?)"
+        )
+        return text, where
     text = (
         "! message %d of %s on %r dropped: timestamped %.0f s ago, %.0f s before the delivery"
         " marks this node forgot (over %.0f s: is the origin's clock behind?)"

@@ -136,7 +136,12 @@ async def _call(
             await result
     except (Exception, asyncio.CancelledError) as exc:
         if cancelled(exc) and stopping_here():
-            logger.info("x %s stopped its node, on %s", what, gossip_where(message, socket))
+            logger.info(  # (review60: the handler running then, not always the stopper)
+                "x %s cancelled: the node was stopped from the delivery of %s, which counts"
+                " as delivered",
+                what,
+                gossip_where(message, socket),
+            )
             raise
         if cancelled(exc):
             logger.warning(
