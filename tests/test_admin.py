@@ -414,7 +414,7 @@ async def test_trustp2p_status_prints_the_peers(
 
 
 async def test_trustp2p_status_with_a_token(
-    make_node: MakeNode, capsys: pytest.CaptureFixture[str]
+    make_node: MakeNode, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = await make_node(server=True, admin="127.0.0.1:0", admin_token="t0k")
     assert server.admin_url is not None
@@ -427,6 +427,9 @@ async def test_trustp2p_status_with_a_token(
         capsys.readouterr().err
     )
     assert await asyncio.to_thread(main, [*args, "--token", "t0k"]) == 0
+    monkeypatch.setenv("TRUSTP2P_ADMIN_TOKEN", "t0k")  # (tester40 F6: as the node reads it)
+    assert await asyncio.to_thread(main, args) == 0
+    monkeypatch.delenv("TRUSTP2P_ADMIN_TOKEN")
     # The browser's URL, pasted: its token is taken (a tester: the page was fetched).
     browser = ["status", "--admin", f"{server.admin_url.rstrip('/')}/?token=t0k", "--json"]
     capsys.readouterr()

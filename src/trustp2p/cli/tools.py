@@ -166,7 +166,13 @@ def unblock(cwd: Path, name: str, everything: bool, keys: tuple[str, ...], log_l
 @click.option(
     "--admin", "admin", required=True, help="The node's admin URL, HOST:PORT, or PORT (local)."
 )
-@click.option("--token", default=None, help="The admin token, if the node has one.")
+@click.option(
+    "--token",
+    default=None,
+    envvar="TRUSTP2P_ADMIN_TOKEN",  # (tester40 F6: as the node reads it)
+    show_envvar=True,
+    help="The admin token, if the node has one.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status.json.")
 def status(admin: str, token: str | None, as_json: bool) -> int:
     """Show a running node's status (its /status.json) through its admin listener."""

@@ -42,7 +42,8 @@ LOST_PEER = "lost peer"
 
 LOOP_BLOCKED = (
     "! the event loop was blocked for %.1f s: a handler or thread that doesn't await"
-    " (time.sleep, a sync HTTP or database call)? Peers may have dropped this node"
+    " (time.sleep, a sync HTTP or database call), or the process was suspended"
+    " (SIGSTOP, a paused VM)? Peers may have dropped this node"
     " (no pong: their heartbeat); run blocking code with asyncio.to_thread()"
 )
 """The WARNING of :class:`LoopWatchdog` (``%.1f``: the seconds blocked)."""
