@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import re
 import signal
 import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from rich.console import Console
 
 from trustp2p.apps import demo
 from trustp2p.apps.demo import COLUMNS
@@ -68,6 +71,30 @@ def test_demo_with_a_node_down_fails_and_says_so(capsys: pytest.CaptureFixture[s
     assert int(got[1]) < int(chat[1])
     assert re.search(r"^the network is NOT healthy: \d+ problems?$", out, re.M)
     assert "the network is healthy" not in out
+
+
+async def test_a_demo_that_overran_its_schedule_still_stops_its_node() -> None:
+    """tester40 F4: on a loaded machine the loop overran the schedule, the planned stop
+    never happened, and a --no-restart run was called healthy. The stop (and the
+    restart, if asked for) happens after the loop all the same."""
+    calls: list[object] = []
+
+    async def stop(index: int) -> None:
+        calls.append(("stop", index))
+
+    async def restart_stopped() -> None:
+        calls.append("restart")
+
+    console = Console(file=io.StringIO())
+    fake = SimpleNamespace(
+        size=3, speed=10.0, stopped_node=None, console=console, stop=stop,
+        restart_stopped=restart_stopped,
+    )  # fmt: skip
+    await demo._run(fake, 0.0, False)  # type: ignore[arg-type] # (no loop turn)
+    assert calls == [("stop", 1)] and fake.stopped_node == 1
+    fake.stopped_node = None
+    await demo._run(fake, 0.0, True)  # type: ignore[arg-type]
+    assert calls[1:] == [("stop", 1), "restart"]
 
 
 @pytest.mark.slow
