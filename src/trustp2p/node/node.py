@@ -144,8 +144,8 @@ class Node:
         self.store: PeerStore | None = None
         self._secure: SecureLayer | None = None
         self.tasks = TaskOwner(self.log)
-        self.stop_waits = StopWaits(self.log)
         """The owner of the node's background tasks; threads and parts spawn here."""
+        self.stop_waits = StopWaits(self.log)
 
     def __repr__(self) -> str:
         roles = "+".join(r for r, on in (("server", self.server), ("client", self.client)) if on)
