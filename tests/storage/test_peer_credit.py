@@ -71,12 +71,12 @@ async def test_a_long_lived_peer_with_an_old_failure_outranks_one_dialled_once(
     clock.advance(10)
     await store.record_connected(peer_id="tphonest", url="ws://honest:1", address=None)
     await hold(store, clock, "tphonest", "ws://honest:1", 2 * DAY)
-    for i in range(10):  # more peers dialled once than the store keeps
+    for i in range(11):  # more peers dialled once than the store keeps (and a tenth)
         await store.record_connected(peer_id=f"tpsyb{i}", url=f"ws://syb{i}:1", address=None)
     assert store.score_of("tphonest") == 4 * 24 + 1 - 2
     assert (await store.candidates(1), await store.good_urls(1)) == (["ws://honest:1"],) * 2
-    forgotten = [i for i in range(10) if store.score_of(f"tpsyb{i}") is None]
-    assert forgotten and store.size() == 11 - len(forgotten)  # not the long-lived one
+    forgotten = [i for i in range(11) if store.score_of(f"tpsyb{i}") is None]
+    assert forgotten and store.size() == 12 - len(forgotten)  # not the long-lived one
 
 
 async def test_busy_sybils_dialled_once_rank_after_honest_peers_known_longer(

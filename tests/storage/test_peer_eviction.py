@@ -101,12 +101,12 @@ async def test_loopback_is_in_no_group(clock: FakeClock) -> None:
         public = [f"ws://{i + 1}.99.0.1:1107" for i in range(20)]
         await store.add_urls(public, PeerSource.EXCHANGE)
         clock.advance(1)
-        local = [f"ws://127.0.0.1:{27000 + i}" for i in range(90)]
+        local = [f"ws://127.0.0.1:{27000 + i}" for i in range(91)]
         for url in local:
             await store.add_urls([url], PeerSource.EXCHANGE)
             clock.advance(1)
         assert kept(store, local) == len(local)
-        assert kept(store, public) == 9  # the 101st made room for a tenth: 11 oldest
+        assert kept(store, public) == 9  # the 111th made room down to 100: 11 oldest
     finally:
         await store.close()
 
@@ -133,9 +133,9 @@ async def test_a_failed_url_goes_before_a_crowded_one(clock: FakeClock) -> None:
     try:
         await store.add_urls(["ws://10.1.0.1:1107"], PeerSource.EXCHANGE)
         await store.record_failure("ws://10.1.0.1:1107")
-        crowd = [f"ws://192.0.2.{i + 1}:1107" for i in range(100)]
+        crowd = [f"ws://192.0.2.{i + 1}:1107" for i in range(110)]
         await store.add_urls(crowd, PeerSource.EXCHANGE)
         assert not store.knows_url("ws://10.1.0.1:1107")
-        assert kept(store, crowd) == 90
+        assert kept(store, crowd) == 100
     finally:
         await store.close()

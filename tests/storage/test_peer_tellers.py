@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import FakeClock
 from trustp2p.storage._peer_eviction import GROUP_SHARE, TELLER_SHARE, teller_group
-from trustp2p.storage.peerstore import PeerSource, PeerStore
+from trustp2p.storage.peerstore import PeerKey, PeerSource, PeerStore
 
 CAP = 1000
 HONEST = "198.51.100.7"  # an honest server's address
@@ -66,6 +66,52 @@ async def test_one_networks_servers_flush_nothing_learned_from_others(clock: Fak
         await store.close()
 
 
+async def test_a_store_full_before_the_flood_keeps_each_tellers_share(clock: FakeClock) -> None:
+    """review59 R3: the same flood into a store already full of URLs learned from
+    honest servers (13 more tellers, 50 each): its first answer made room down to 900,
+    the oldest first, and the honest server's LEARNED kept 72 of 300. The store makes
+    room once a tenth more is kept: by then the flood is past its teller's share, and
+    goes first; the honest server keeps its 128 (the 172 it told past its share go
+    as the flood's do) and the other tellers all theirs."""
+    store = await PeerStore.open(None, clock=clock, max_peers=CAP)
+    try:
+        await fill(store, clock)
+        other = [f"ws://172.{16 + j // 50}.{j % 50}.9:1107" for j in range(CAP - 350)]
+        for t in range(13):
+            batch = other[t * 50 : (t + 1) * 50]
+            await store.add_urls(batch, PeerSource.EXCHANGE, teller=f"100.{64 + t}.0.1")
+        clock.advance(3600)
+        assert store.size() == CAP
+        attack = made_up(3 * CAP)
+        for k in range(0, len(attack), 100):
+            server = f"192.0.{k // 100 // 250}.{k // 100 % 250 + 1}"
+            await store.add_urls(attack[k : k + 100], PeerSource.EXCHANGE, teller=server)
+            clock.advance(1)
+        assert kept(store, LEARNED) == TELLER_SHARE  # (before: 72)
+        assert kept(store, other) == len(other) and kept(store, PROVEN) == len(PROVEN)
+    finally:
+        await store.close()
+
+
+async def test_an_inbound_peer_is_counted_in_a_store_full_of_learned_urls(
+    clock: FakeClock,
+) -> None:
+    """review60 F1 (of a first mend of R3 that made room one for one): each count of a
+    new inbound peer made a pass that forgot that peer, and its counts never added up
+    (never blocked for invalid packages). Its counts add up."""
+    store = await PeerStore.open(None, clock=clock, max_peers=CAP)
+    try:
+        for t in range(10):  # 100 URLs a teller (within its share), none crowded
+            urls = [f"ws://{t * 100 + i + 1}.1.0.1:1107" for i in range(100)]
+            await store.add_urls(urls, PeerSource.EXCHANGE, teller=f"100.{t}.0.1")
+        assert store.size() == CAP
+        for _ in range(20):
+            counts = store.record_packages(PeerKey("tpattacker"), invalid=1)
+        assert counts == (0, 20)
+    finally:
+        await store.close()
+
+
 async def test_many_tellers_share_the_room(clock: FakeClock) -> None:
     """The same flood from servers of as many /16s as it takes to fill the store
     without crowding any: the oldest go first, as before (the cost of a flush is
@@ -95,7 +141,9 @@ async def test_a_url_several_networks_named_outlasts_one_only_one_did(clock: Fak
             await store.add_urls([url], PeerSource.EXCHANGE, teller=HONEST)
             clock.advance(1)
         await store.add_urls(told[:10], PeerSource.EXCHANGE, teller="192.0.2.1")
-        await store.add_urls(["ws://10.9.0.1:1107"], PeerSource.EXCHANGE, teller="10.9.0.1")
+        others = [f"ws://10.{9 + i}.0.1:1107" for i in range(31)]  # a tenth more in all
+        for url in others:
+            await store.add_urls([url], PeerSource.EXCHANGE, teller=url[5:-5])
         # 31 forgotten: the oldest of those past the share, named by HONEST alone.
         assert kept(store, told[:10]) == 10
         assert kept(store, told[10:41]) == 0

@@ -418,13 +418,16 @@ class PeerTable:
         self.dirty_peers.add(keeper.key)
 
     def evict(self) -> int:
-        """Forget the least useful peers past ``max_peers`` (:func:`forgettable`), and a
-        tenth more: ranking every peer each time one is added to a full store made each
-        new peer cost ten times as much (found by an attacker's test of 12,000
-        identities)."""
-        if self.max_peers is None or len(self.peers) <= self.max_peers:
+        """Once a tenth more than ``max_peers`` are kept, forget the least useful down
+        to ``max_peers`` (:func:`forgettable`): ranking every peer each time one is added
+        to a full store made each new peer cost ten times as much (found by an
+        attacker's test of 12,000 identities). Past ``max_peers``, not below it
+        (review59 R3: a store full before a flood of one teller's URLs forgot a tenth
+        of itself, the oldest untried URLs, for its first answer; a tenth later, the
+        flood is past its teller's share, and goes first)."""
+        if self.max_peers is None or len(self.peers) <= self.max_peers + self.max_peers // 10:
             return 0
-        excess = len(self.peers) - self.max_peers + self.max_peers // 10
+        excess = len(self.peers) - self.max_peers
         for peer in forgettable(self.peers.values(), excess):
             del self.peers[peer.key]
             if peer.peer_id is not None:

@@ -123,9 +123,9 @@ class PeerStore(WriteBehind[Batch, Loaded]):
             policy: The block policy (:attr:`policy`): how long a block lasts.
             flush_interval: Seconds between writes of package counts (and retries
                 after a failed write). The async methods write their changes at once.
-            max_peers: Most peers kept; past it, the least useful ones are forgotten,
-                a tenth of it at once (never-proven ones first, a network's crowd and
-                self-announced URLs before the rest: ``_peer_eviction``). None: no limit.
+            max_peers: Peers kept; at a tenth more, the least useful are forgotten down
+                to it (never-proven ones first, a network's crowd and self-announced
+                URLs before the rest: ``_peer_eviction``). None: no limit.
             shelf: With ``path`` None, where the store takes back what it held at its
                 last close, and leaves what it holds at this one
                 (:class:`~trustp2p.storage.memory.MemoryShelf`).
