@@ -1068,13 +1068,14 @@ async def test_fetched_messages_awaiting_validation_are_not_skipped() -> None:
         assert [m.seq for m in got] == list(range(1, 31))
 
 
-async def test_a_peer_answering_fetches_slowly_holds_a_stream_for_a_while_only(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Found by an attacker's test: a peer that answered each fetch just inside
-    open_timeout with one message held the stream's catch-up for as long as it liked
-    (8 of 500 messages in 80 s), its fetch keeping every other peer from being asked.
-    After FETCH_ALONE (here 0.2 s) another peer is asked too."""
+@contextlib.asynccontextmanager
+async def slow_fetch_of_history(
+    monkeypatch: pytest.MonkeyPatch, **asker_options: Any
+) -> AsyncIterator[tuple[Node, Node, list[GossipMessage]]]:
+    """``pub`` published 20 messages, which ``slow`` holds and serves one per fetch
+    answer, 2 s each; ``asker`` (subscribed, its deliveries in the list) dialled
+    ``slow`` first and is fetching the stream from it; FETCH_ALONE is 0.2 s. Yields
+    ``(pub, asker, got)``."""
     monkeypatch.setattr(catchup, "FETCH_ALONE", 0.2)
     serve = GossipThread.serve_fetch
 
@@ -1091,7 +1092,7 @@ async def test_a_peer_answering_fetches_slowly_holds_a_stream_for_a_while_only(
     async with (
         memory_node(hub, "pub", gossip_interval=quiet) as pub,
         memory_node(hub, "slow", gossip_interval=quiet) as slow,
-        memory_node(hub, "asker") as asker,
+        memory_node(hub, "asker", **asker_options) as asker,
     ):
         got: list[GossipMessage] = []
         slow.subscribe("chat")
@@ -1106,6 +1107,18 @@ async def test_a_peer_answering_fetches_slowly_holds_a_stream_for_a_while_only(
         asker.client.connect(slow.url)  # catch-up asks the slow peer first
         stream = stream_key("chat", pub.peer_id or "")
         await wait_for(lambda: gossip(asker).catchup.is_fetching(stream))
+        yield pub, asker, got
+
+
+async def test_a_peer_answering_fetches_slowly_holds_a_stream_for_a_while_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by an attacker's test: a peer that answered each fetch just inside
+    open_timeout with one message held the stream's catch-up for as long as it liked
+    (8 of 500 messages in 80 s), its fetch keeping every other peer from being asked.
+    After FETCH_ALONE (here 0.2 s) another peer is asked too."""
+    async with slow_fetch_of_history(monkeypatch) as (pub, asker, got):
+        assert asker.client is not None and pub.url is not None
         asker.client.connect(pub.url)
         await wait_for(lambda: subscribed(pub, "chat", 2))
         await pub.publish("chat", {"n": 20})  # held: 1..20 are a gap, fetched from pub
@@ -1121,37 +1134,8 @@ async def test_a_round_refused_a_stream_asks_again_once_the_slow_fetch_lets_it_g
     messages after 30 s (the next periodic round), not 0.1 s. Here the publisher's
     round, refused while the slow peer's fetch runs, asks once FETCH_ALONE (0.2 s)
     passed: 20 messages at 2 s each from the slow peer would take 40 s."""
-    monkeypatch.setattr(catchup, "FETCH_ALONE", 0.2)
-    serve = GossipThread.serve_fetch
-
-    async def trickle(thread: GossipThread, socket: Socket, package: Package) -> Body:
-        answer = serve(thread, socket, package)
-        if thread.node.url == "memory://slow:1":
-            await asyncio.sleep(2.0)
-            answer["messages"] = answer["messages"][:1]
-        return answer
-
-    monkeypatch.setattr(GossipThread, "serve_fetch", trickle)
-    hub = MemoryHub()
-    quiet = 3600.0  # no ihave: what the asker misses, only a fetch brings
-    async with (
-        memory_node(hub, "pub", gossip_interval=quiet) as pub,
-        memory_node(hub, "slow", gossip_interval=quiet) as slow,
-        memory_node(hub, "asker", gossip_interval=quiet) as asker,
-    ):
-        got: list[GossipMessage] = []
-        slow.subscribe("chat")
-        assert slow.client is not None and asker.client is not None and pub.url is not None
-        slow.client.connect(pub.url)
-        await wait_for(lambda: subscribed(pub, "chat", 1))
-        for n in range(20):
-            await pub.publish("chat", {"n": n})
-        await wait_for(lambda: len(gossip(slow).history("chat")) == 20)
-        asker.subscribe("chat", got.append)
-        assert slow.url is not None
-        asker.client.connect(slow.url)  # catch-up asks the slow peer first
-        stream = stream_key("chat", pub.peer_id or "")
-        await wait_for(lambda: gossip(asker).catchup.is_fetching(stream))
+    async with slow_fetch_of_history(monkeypatch, gossip_interval=3600.0) as (pub, asker, got):
+        assert asker.client is not None and pub.url is not None
         asker.client.connect(pub.url)  # its round finds the stream being fetched
         await wait_for(lambda: len(got) == 20, timeout=5.0)  # (before: 40 s)
         assert [m.body["n"] for m in got] == list(range(20))
