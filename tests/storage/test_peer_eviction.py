@@ -54,7 +54,7 @@ async def test_throwaway_ids_announcing_their_host_flush_nothing_learned(
         port += 8
         await full.add_urls(urls, PeerSource.INBOUND, peer_id=f"tpx{i}")
         clock.advance(1)
-    assert full.size() <= CAP
+    assert full.size() <= CAP + CAP // 10  # (a tenth more between passes)
     assert kept(full, LEARNED) == len(LEARNED)
     assert kept(full, SPREAD) == len(SPREAD)
     assert kept(full, PROVEN) == len(PROVEN)

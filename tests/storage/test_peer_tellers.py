@@ -57,7 +57,7 @@ async def test_one_networks_servers_flush_nothing_learned_from_others(clock: Fak
             server = f"192.0.{k // 100 // 250}.{k // 100 % 250 + 1}"
             await store.add_urls(attack[k : k + 100], PeerSource.EXCHANGE, teller=server)
             clock.advance(1)
-        assert store.size() <= CAP
+        assert store.size() <= CAP + CAP // 10  # (a tenth more between passes)
         assert kept(store, LEARNED) == len(LEARNED)
         assert kept(store, PROVEN) == len(PROVEN)
         assert store.knows_url(attack[-1])  # the newest: room left, as its share
@@ -165,7 +165,7 @@ async def test_a_restart_ranks_stored_urls_by_their_teller(
     await store.close()
     store = await PeerStore.open(path, clock=clock, max_peers=CAP)
     try:
-        assert store.size() <= CAP
+        assert store.size() <= CAP + CAP // 10  # (a tenth more between passes)
         assert kept(store, LEARNED) == len(LEARNED)
         assert kept(store, PROVEN) == len(PROVEN)
     finally:

@@ -62,8 +62,10 @@ TELLER_SHARE = 128
 group told us first (``Url.teller``) ranked as anyone's; past it, the teller's weakest
 (named by it alone, then the oldest) are forgotten before other unproven peers learned
 from others, the largest teller's first. An attacker's made-up URLs then need servers
-in many network groups to flush a full store (about 9,000 / 128: 70 at the default
-10,000 peers), as claims need hosts in many (:data:`GROUP_SHARE`). Servers on loopback
+in many network groups to flush a store that fills (about 9,000 / 128: 70 at the
+default 10,000 peers), as claims need hosts in many (:data:`GROUP_SHARE`); into a store
+already full, fewer: a teller's flood is past its share at the pass, but two /16s
+keep an honest teller of 300 at 44, three at 0 (review62). Servers on loopback
 tell as no group, as loopback is in none for :data:`GROUP_SHARE`."""
 
 _Rank = tuple[bool, bool, bool, float, bool, int, bool, float]

@@ -66,7 +66,8 @@ class PeerTable:
     longer in memory is deleted from the database).
 
     Args:
-        max_peers: Most peers kept (see :meth:`evict`); None: no limit.
+        max_peers: Peers kept, a tenth more at most between two passes (see
+            :meth:`evict`); None: no limit.
 
     """
 
