@@ -26,6 +26,7 @@ from .compiled import refused_type
 from .conftest import MS
 from .nodes import MakeNode, wait_for
 from .test_admin_metrics import samples
+from .test_gossip_behaviour import subscribed
 
 
 class Buggy(Thread):
@@ -300,6 +301,57 @@ async def test_a_gossip_handler_that_stops_its_node_is_not_waited_for(
         await pub.publish("chat", {"after": True})
         await wait_for(lambda: {"after": True} in Stopper.calls)
         assert Stopper.calls == [{"shutdown": True}, {"after": True}]  # (before: twice)
+    finally:
+        await sub.stop()
+        await pub.stop()
+
+
+class TwoStoppers(Thread):
+    """Topics ``a`` and ``b``: each handler of a "shutdown" message stops the node, the
+    one of ``a`` once the one of ``b`` started (so that both stop it)."""
+
+    calls: ClassVar[list[str]] = []
+    started: ClassVar[dict[str, asyncio.Event]] = {}
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.GOSSIP: {"a": self.handle, "b": self.handle}}
+
+    async def handle(self, socket: Socket | None, message: GossipMessage) -> None:
+        self.calls.append(message.topic)
+        if message.body.get("shutdown"):
+            self.started[message.topic].set()
+            if message.topic == "a":
+                await self.started["b"].wait()
+            await self.node.stop()
+
+
+async def test_a_second_handler_that_stops_the_node_while_it_stops_is_not_waited_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review60 F3: a handler that stopped the node while it stopped (a second topic's
+    "shutdown" message) was waited for close_timeout, then cancelled, and got its
+    message again after the restart, which it stopped at once. Its message counts as
+    delivered too, and its delivery ends at once."""
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    TwoStoppers.calls = []
+    TwoStoppers.started = {"a": asyncio.Event(), "b": asyncio.Event()}
+    pub, sub, _ = await pair(tmp_path, TwoStoppers, close_timeout=60.0)
+    try:
+        await wait_for(lambda: subscribed(pub, "b", 1))
+        await pub.publish("a", {"shutdown": True})
+        await pub.publish("b", {"shutdown": True})
+        await wait_for(lambda: sub.state.value == "stopped")  # (before: after 60 s)
+        assert sorted(TwoStoppers.calls) == ["a", "b"]
+        assert "cancelled by the stop" not in caplog.text
+        sub = Node(cwd=tmp_path / "sub", client=True, peers=[pub.url], threads=[TwoStoppers])
+        await sub.start()
+        assert sub.client is not None
+        await sub.client.wait_connected()
+        await pub.publish("a", {"after": True})
+        await wait_for(lambda: TwoStoppers.calls.count("a") == 2)
+        assert sorted(TwoStoppers.calls) == ["a", "a", "b"]  # (before: b again, stopped)
+        assert sub.state.value == "running"
     finally:
         await sub.stop()
         await pub.stop()

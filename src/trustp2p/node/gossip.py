@@ -8,10 +8,9 @@ Publish/subscribe and catch-up on a node: ``node.gossip``. The decisions live in
   ``node.gossip.subscribe(topic, handler)`` (``handler(message)``): each once, in
   order per origin and topic (a *stream*), topics side by side (:mod:`.gossip_delivery`).
 - Validators (``set_validator``) accept, ignore or reject (against its sender) a message.
-- Catch-up (:mod:`.gossip_catchup`): when a peer introduces itself, a topic is new, and
-  every ``catchup_interval``, peers exchange per-stream high-water marks of their logs
-  (``gossip/hwm``) and fetch what they miss (``gossip/fetch``). A gap in a live stream
-  is fetched from the peer that revealed it, or skipped after ``gap_timeout``.
+- Catch-up (:mod:`.gossip_catchup`): at an introduction, a new topic and each
+  ``catchup_interval``, peers exchange their logs' marks (``gossip/hwm``) and fetch
+  what they miss (``gossip/fetch``); a live gap is fetched, or skipped after a while.
 
 """
 
@@ -72,27 +71,21 @@ class Gossip:
 
     Args:
         node: The node it serves.
-        clock: Monotonic seconds, for the router's caches and gap timeouts; the running
-            event loop's ``time()`` by default.
-        wall_clock: Seconds since 1970, for the messages' timestamps, how old a received
-            message is, and the message log; ``time.time`` by default.
+        clock: Monotonic seconds (the router's caches, gap timeouts): the loop's time.
+        wall_clock: Seconds since 1970 (timestamps, ages, the log): ``time.time``.
         rng: Random source for whom to ask and jitter, for tests.
 
     Attributes:
-        router: Where messages go (:class:`~trustp2p.protocol.gossip.GossipRouter`).
-        pacing: Whom ``publish()`` waits for (:class:`~trustp2p.protocol.gossip.PublishPacing`).
-        catchup: What is being fetched (:class:`~trustp2p.protocol.gossip.CatchUp`).
-        message_log: The persisted message log, once started.
-        tasks: The owner of the service's tasks.
+        router, pacing, catchup: Where messages go, whom ``publish()`` waits for, what
+            is being fetched (:mod:`trustp2p.protocol.gossip`).
+        message_log, tasks: The persisted message log (once started), and the tasks.
         publishing: Whether :meth:`publish` works: from the start until threads stopped.
         delivered: Messages handed to threads and subscribers (counted once they ran).
         carried: Messages logged and sent on, handed to nobody once their turn came (a
             topic only carried, ``relay_topics``, or its handlers gone by then).
         caught_up: Messages obtained by catch-up.
-        too_old: Messages dropped for their timestamp, unseen: older than
-            ``log_max_age``, or the marks the log forgot (less ``CLOCK_SKEW``).
-        renumbered: Messages dropped as delivered, published after their origin's
-            mark moved here: the origin numbers again (its log lost?).
+        too_old, renumbered: Messages dropped for their timestamp, unseen; or as
+            delivered, though published after their origin's mark moved here.
 
     """
 
@@ -359,9 +352,16 @@ class Gossip:
         self._talked.set()  # (wait_subscribers() sees the stop)
         started = self._threads_started.is_set()  # (before, no handler runs)
         running, stopper = self._delivery.finish(caller) if started else ([], None)
-        if stopper is not None and self._marks is not None:
-            self._marks.settle(stream_key(stopper.topic, stopper.origin), stopper.seq)
+        self._stopped_by(stopper)
         return handlers_end(self.node, running, self.tasks)
+
+    def stopped_again(self) -> None:
+        """The node was stopped again, maybe from a handler (review60 F3)."""
+        self._stopped_by(self._delivery.stopped_again())
+
+    def _stopped_by(self, stopper: GossipMessage | None) -> None:
+        if stopper is not None and self._marks is not None:  # it counts as delivered
+            self._marks.settle(stream_key(stopper.topic, stopper.origin), stopper.seq)
 
     async def stop(self) -> None:
         self.publishing = False

@@ -298,15 +298,37 @@ class TopicQueues:
 
         """
         self._stopping = True
-        # (review58: a handler's stop in a task of its own, asyncio.wait_for's on 3.11,
-        # was another caller: the turn it started it from is in its context)
-        turn, own, stopper = _DRAIN.get(), None, None
-        for topic, (current, kind, message) in self._current.items():
-            if current is turn and turn is not None:
-                own, turn.stopped = self._drains.get(topic), kind == "deliver"
-                stopper = message if turn.stopped else None
+        own, stopper = self._turn_here()
         waiting = {asyncio.current_task(), caller, own}
         return [task for task in self._drains.values() if task not in waiting], stopper
+
+    def stopped_again(self) -> GossipMessage | None:
+        """
+        A handler stopped the node while it stops: as for the first (see
+        :meth:`finish`), its message counts as delivered, and its delivery, waiting for
+        the stop, ends now (review60 F3: waited for ``close_timeout``, then cancelled,
+        it got its message again after a restart).
+
+        Returns:
+            That message, or None if not called from a handler's delivery.
+
+        """
+        own, stopper = self._turn_here()
+        if own is not None and stopper is not None:
+            own.cancel()
+        return stopper
+
+    def _turn_here(self) -> tuple[asyncio.Task[Any] | None, GossipMessage | None]:
+        """The delivery task this is called from (its turn is in the context: review58,
+        a handler's stop in a task of its own, asyncio.wait_for's on 3.11), its turn
+        marked as the one that stopped the node; and its message, if that delivers
+        one (not a validator's). (None, None) from elsewhere."""
+        turn = _DRAIN.get()
+        for topic, (current, kind, message) in self._current.items():
+            if current is turn and turn is not None:
+                turn.stopped = kind == "deliver"
+                return self._drains.get(topic), message if turn.stopped else None
+        return None, None
 
     async def _drain(
         self, topic: str, queue: deque[tuple[str, GossipMessage, Socket | None]]

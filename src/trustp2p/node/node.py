@@ -352,6 +352,8 @@ class Node:
         if self.state is NodeState.RUNNING:
             self.state = NodeState.STOPPING
             self._stopping = asyncio.ensure_future(self._stop(asyncio.current_task()))
+        elif self.state is NodeState.STOPPING and self.gossip is not None:
+            self.gossip.stopped_again()  # (from a handler: its message is delivered)
         if self._stopping is not None:
             await asyncio.shield(self._stopping)
 
