@@ -9,6 +9,7 @@ naming the message; a stop lets a running gossip handler finish within
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from pathlib import Path
@@ -354,6 +355,82 @@ async def test_a_second_handler_that_stops_the_node_while_it_stops_is_not_waited
         assert sub.state.value == "running"
     finally:
         await sub.stop()
+        await pub.stop()
+
+
+class Saver(Thread):
+    """Its gossip handler works a little, then hands the rest to a task of its thread."""
+
+    state: ClassVar[list[str]] = []
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.GOSSIP: {"chat": self.chat}}
+
+    async def chat(self, socket: Socket | None, message: GossipMessage) -> None:
+        self.state.append("handling")
+        await asyncio.sleep(0.2)  # (the stop begins meanwhile)
+        self.create_task(self.save())
+        self.state.append("handed over")
+
+    async def save(self) -> None:
+        self.state.append("saved")
+
+
+async def test_a_handler_finishing_during_the_stop_may_start_a_task_of_its_thread(
+    tmp_path: Path,
+) -> None:
+    """review61: the threads' tasks were cancelled (their owner closed) while the
+    handlers running finished: ``create_task`` at a handler's end raised
+    NodeStateError, a failure, and its message counted as delivered was lost. The
+    threads' tasks are cancelled once the handlers ended."""
+    Saver.state = []
+    pub, sub, _ = await pair(tmp_path, Saver, close_timeout=10.0)
+    try:
+        await pub.publish("chat", {})
+        await wait_for(lambda: Saver.state == ["handling"])
+        await sub.stop()
+        assert Saver.state[:2] == ["handling", "handed over"]
+        assert not sub.metrics.handler_failures
+    finally:
+        await sub.stop()
+        await pub.stop()
+
+
+class Stubborn(Thread):
+    """Its gossip handler catches its cancellation and goes on, until ``release``."""
+
+    running: ClassVar[asyncio.Event]
+    release: ClassVar[asyncio.Event]
+
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.GOSSIP: {"chat": self.chat}}
+
+    async def chat(self, socket: Socket | None, message: GossipMessage) -> None:
+        self.running.set()
+        while not self.release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.release.wait()
+
+
+async def test_a_hurried_stop_does_not_wait_for_a_handler_that_ignores_its_cancellation(
+    tmp_path: Path,
+) -> None:
+    """review61: the wait for the gossip handlers cancelled was unbounded: one that
+    caught its CancelledError held the stop (20 s in its probe) though hurried (the
+    CLI's second SIGTERM), and nothing said so."""
+    Stubborn.running, Stubborn.release = asyncio.Event(), asyncio.Event()
+    pub, sub, _ = await pair(tmp_path, Stubborn, close_timeout=30.0)
+    try:
+        await pub.publish("chat", {})
+        await Stubborn.running.wait()
+        stopping = asyncio.ensure_future(sub.stop())
+        await wait_for(lambda: bool(sub.stop_waits.waiting))
+        sub.stop_waits.hurry()
+        await asyncio.wait_for(stopping, 10.0)  # (before: until it ends by itself)
+    finally:
+        Stubborn.release.set()
         await pub.stop()
 
 

@@ -108,15 +108,19 @@ class StopWaits:
 async def stop_threads(node: Node, caller: asyncio.Task[Any] | None) -> None:
     """Stop delivering gossip (no next message starts), then call each thread's
     ``stop()`` (:func:`stop_thread`, in load order) while the handlers running finish
-    (:meth:`Gossip.halt <trustp2p.node.gossip.Gossip.halt>`); return once both ended."""
+    (:meth:`Gossip.halt <trustp2p.node.gossip.Gossip.halt>`); once both ended, cancel
+    the threads' tasks (review61: cancelled meanwhile, a handler finishing with
+    ``create_task`` failed, and its message was counted as delivered)."""
     timeout, waits = node.options.close_timeout, node.stop_waits
     halting = asyncio.ensure_future(node.gossip.halt(caller)) if node.gossip else None
     try:
         for thread in node.threads:
-            await stop_thread(thread, timeout, waits)
+            await stop_thread(thread, timeout, waits, tasks=False)
     finally:
         if halting is not None:
             await halting
+    for thread in node.threads:
+        await _cancel_tasks(thread, timeout, waits)
 
 
 async def handlers_end(
@@ -124,17 +128,20 @@ async def handlers_end(
 ) -> None:
     """Give the gossip handlers (and validators) ``running`` up to ``close_timeout`` to
     end (less if the stop is hurried), then cancel what is left of ``tasks``."""
+    timeout, waits = node.options.close_timeout, node.stop_waits
     if running:
-        timeout = node.options.close_timeout
         logger.info("x waiting up to %g s for the gossip handlers running", timeout)
-        await node.stop_waits.wait(f"{len(running)} gossip handler(s) running", running, timeout)
-    await tasks.aclose()
+        await waits.wait(f"{len(running)} gossip handler(s) running", running, timeout)
+    # (review61: one that caught its CancelledError held the stop, hurried or not)
+    await _bounded(waits, "the gossip handlers cancelled", tasks.aclose(), timeout)
 
 
-async def stop_thread(thread: Thread, timeout: float, waits: StopWaits) -> None:
-    """Call a thread's ``stop()``, for ``timeout`` seconds at most; then cancel its
-    tasks, and wait ``timeout`` at most for them to end; less once ``waits`` is
-    hurried (what is left is cancelled)."""
+async def stop_thread(
+    thread: Thread, timeout: float, waits: StopWaits, *, tasks: bool = True
+) -> None:
+    """Call a thread's ``stop()``, for ``timeout`` seconds at most; then (if ``tasks``)
+    cancel its tasks, and wait ``timeout`` at most for them to end; less once ``waits``
+    is hurried (what is left is cancelled)."""
     where = thread.path or type(thread).__name__
     # (In a task: a stop() that catches its CancelledError held the stop for ever.)
     stopping = asyncio.ensure_future(call_thread(thread, "stop"))
@@ -143,6 +150,13 @@ async def stop_thread(thread: Thread, timeout: float, waits: StopWaits) -> None:
             logger.warning("! stop of %s cancelled: the stop was cut short", where)
         else:
             logger.warning("! stop of %s didn't return within %g s: going on", where, timeout)
+    if tasks:
+        await _cancel_tasks(thread, timeout, waits)
+
+
+async def _cancel_tasks(thread: Thread, timeout: float, waits: StopWaits) -> None:
+    """Cancel a thread's tasks, and wait ``timeout`` at most for them to end."""
+    where = thread.path or type(thread).__name__
     # (a task that catches its CancelledError held the stop for ever: a tester)
     if await _bounded(waits, f"the tasks of {where}", thread.cancel_tasks(), timeout):
         if not waits.hurried:
