@@ -576,6 +576,38 @@ def test_a_second_sigterm_cuts_short_a_stop_that_hangs_and_says_what_it_waited_f
     assert "Traceback" not in output and "exiting without" not in output
 
 
+_SLOW_START = """
+import asyncio
+from trustp2p import EventMap, PackageType, Thread
+
+class SlowStart(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.TALK: {"y": lambda socket, package: None}}
+
+    async def start(self) -> None:
+        self.log.info("start() is slow")
+        await asyncio.sleep(60)
+"""
+
+
+def test_a_second_sigterm_cuts_short_the_undoing_of_a_start(tmp_path: Path) -> None:
+    """review61 F4: a SIGTERM during a slow start undoes it; a thread's stop() that
+    hung then held the process close_timeout (a minute here), and a second SIGTERM
+    was ignored: only one after the start ended counted."""
+    (tmp_path / "threads-enabled").mkdir()
+    (tmp_path / "threads-enabled" / "a_hang.py").write_text(_HANGING_STOP)
+    (tmp_path / "threads-enabled" / "b_slow.py").write_text(_SLOW_START)
+    process = Spawned("server", "--cwd", str(tmp_path), "--port", "0", "--close-timeout", "60")
+    process.wait_for_output("start() is slow")
+    process.process.send_signal(signal.SIGTERM)
+    process.wait_for_output("x the stop waits for stop() of ")  # (3 s after the SIGTERM)
+    process.process.send_signal(signal.SIGTERM)
+    assert _exit_code(process) == 0, process.output  # within 10 s, not 60
+    assert "SIGTERM again cuts the stop short" in process.output
+    assert "x SIGTERM again: dropping the connections not closed yet" in process.output
+
+
 @pytest.mark.parametrize(
     ("command", "own", "foreign"),
     [

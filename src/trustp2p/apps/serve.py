@@ -50,7 +50,6 @@ async def _run(options: NodeOptions, signals: _Signals) -> int:
     received = signals.received
     loop = asyncio.get_running_loop()
 
-    stopping = False  # the stop began: a signal now is a second request
     first = 0.0  # when the first signal came
 
     def on_signal(signum: int) -> None:
@@ -58,10 +57,12 @@ async def _run(options: NodeOptions, signals: _Signals) -> int:
         if not stop.is_set():
             stop.set()
             first = loop.time()
+            node.stop_waits.hint = f"{_name(signum)} again cuts the stop short"
             return
         # One request delivered twice (timeout(1) signals the process, then its group),
         # before the stop began or just after it (a tester, 2 runs in 16): not a second.
-        if not stopping or loop.time() - first < _AGAIN:
+        # (review61: one during a start's undo was ignored, waiting was out close_timeout)
+        if loop.time() - first < _AGAIN:
             return
         signals.hurried = True
         _cut_short(node, signum)
@@ -70,9 +71,7 @@ async def _run(options: NodeOptions, signals: _Signals) -> int:
     if not await _started(node, stop, options.close_timeout):
         return _EXIT.get(received[0], 0)
     await stop.wait()
-    stopping = True
     again = _name(received[0])
-    node.stop_waits.hint = f"{again} again cuts the stop short"
     if node.sockets:
         node.log.info(
             "x %s: closing %d connection(s), each within close_timeout (%g s); %s again"

@@ -144,7 +144,8 @@ async def stop_thread(
     is hurried (what is left is cancelled)."""
     where = thread.path or type(thread).__name__
     # (In a task: a stop() that catches its CancelledError held the stop for ever.)
-    stopping = asyncio.ensure_future(call_thread(thread, "stop"))
+    loop = asyncio.get_running_loop()  # (named: review61, one left running said "Task-6")
+    stopping = loop.create_task(call_thread(thread, "stop"), name=f"stop() of {where}")
     if await _bounded(waits, f"stop() of {where}", stopping, timeout):
         if waits.hurried:
             logger.warning("! stop of %s cancelled: the stop was cut short", where)
