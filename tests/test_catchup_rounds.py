@@ -26,12 +26,10 @@ from trustp2p.protocol.gossip import (
     RoundBudget,
     answer_size_limit,
     busy_answer,
-    catchup,
     decode_fetch_request,
     fetch_answer,
     retry_after,
     sign_message,
-    stream_key,
     wire_size,
 )
 from trustp2p.protocol.jsontext import text_size
@@ -348,45 +346,6 @@ async def test_caught_up_messages_spend_the_senders_share_of_the_nodes_checks(
             late.client.connect(pub.url)
             await wait_for(lambda: len(got) == 300, timeout=20.0)
     assert "waits" in caplog.text and "its share of gossip_node_rate" in caplog.text
-
-
-async def test_a_fetch_paced_by_our_share_keeps_its_stream_to_itself(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """review61: a catch-up paced by ``gossip_node_rate`` outlasted FETCH_ALONE, and
-    other peers were asked for the same stream meanwhile (1.28-1.30 times the messages
-    served). A fetch that waits for our own pace keeps its stream."""
-    monkeypatch.setattr(catchup, "FETCH_ALONE", 0.3)
-    served: list[str] = []
-    serve = GossipThread.serve_fetch
-
-    def counted(thread: GossipThread, socket: Socket, package: Package) -> Body:
-        served.append(thread.node.url or "")
-        return serve(thread, socket, package)
-
-    monkeypatch.setattr(GossipThread, "serve_fetch", counted)
-    hub = MemoryHub()
-    async with memory_node(hub, "pub") as pub, memory_node(hub, "copy") as copy:
-        got: list[Any] = []
-        copy.subscribe("chat", got.append)
-        assert copy.client is not None and pub.url is not None and copy.url is not None
-        copy.client.connect(pub.url)
-        await wait_for(lambda: subscribed(pub, "chat", 1))
-        for n in range(300):
-            await pub.publish("chat", {"n": n})
-        await wait_for(lambda: len(got) == 300)
-        served.clear()
-        async with memory_node(hub, "late", gossip_node_rate=100) as late:
-            mine: list[Any] = []
-            late.subscribe("chat", mine.append)
-            assert late.client is not None
-            late.client.connect(pub.url)
-            stream = stream_key("chat", pub.peer_id or "")
-            await wait_for(lambda: gossip(late).catchup.is_fetching(stream))
-            late.client.connect(copy.url)  # its round finds the stream being fetched
-            await wait_for(lambda: len(mine) == 300, timeout=20.0)
-        assert pub.url in served
-        assert copy.url not in served  # (before: asked too, past FETCH_ALONE)
 
 
 async def test_a_fetch_that_reads_messages_it_cant_send_is_charged_what_it_read() -> None:

@@ -365,9 +365,6 @@ class Fetcher:
                 if wait > 0 and not fetch.done:
                     logger.debug("= catch-up from %s waits %.2f s: its share of "
                                  "gossip_node_rate", socket.peer, wait)  # fmt: skip
-                    # Our pace, not the peer's: it keeps the stream to itself meanwhile
-                    # (review61: past FETCH_ALONE, others fetched it too, 1.3 times)
-                    fetch.began = self._clock() + wait
                     await asyncio.sleep(wait)
             if to := fetch.lacking_to(held_back=self._held_back(topic)):
                 # the peer lacks what is still missing up to it

@@ -154,8 +154,7 @@ class Fetch:
         self.peer: object = None
         """The peer asked (set by :meth:`CatchUp.begin`)."""
         self.began = 0.0
-        """When it began, on :class:`CatchUp`'s clock (or last waited for our own
-        pace: the stream stays its own)."""
+        """When it began, on :class:`CatchUp`'s clock."""
         self.ended = False
 
     def lacking_to(self, *, held_back: bool = False) -> int:
