@@ -102,13 +102,10 @@ class Workers:
         workers = [task for task in self._tasks if task is not caller]
         if workers:
             what = f"the hooks and handlers of {len(workers)} connection(s)"
-            waits = self._node.stop_waits
-            await waits.wait(what, workers, timeout)
+            await self._node.stop_waits.wait(what, workers, timeout)
             for task in workers:
                 task.cancel()
-            # (review61: a hook that caught its CancelledError held the stop, hurried)
-            await waits.wait(f"{what}, cancelled", workers, timeout)
-            await asyncio.gather(*[t for t in workers if t.done()], return_exceptions=True)
+            await asyncio.gather(*workers, return_exceptions=True)
 
 
 class Worker:

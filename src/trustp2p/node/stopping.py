@@ -132,8 +132,7 @@ async def handlers_end(
     if running:
         logger.info("x waiting up to %g s for the gossip handlers running", timeout)
         await waits.wait(f"{len(running)} gossip handler(s) running", running, timeout)
-    # (review61: one that caught its CancelledError held the stop, hurried or not)
-    await _bounded(waits, "the gossip handlers cancelled", tasks.aclose(), timeout)
+    await tasks.aclose()
 
 
 async def stop_thread(
