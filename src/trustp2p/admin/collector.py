@@ -84,6 +84,13 @@ class NodeCollector(Collector):
             "When the node was created, in seconds since the epoch.",
             value=node.metrics.started,
         )
+        if (offset := node.clock_watch.offset) is not None:
+            yield GaugeMetricFamily(
+                "trustp2p_clock_offset_seconds",
+                "The median of the peers' wall clocks minus this node's, from their version"
+                " talks (one per network; said once five networks' are known).",
+                value=offset,
+            )
         connections = GaugeMetricFamily(
             "trustp2p_connections",
             "Open connections, by role and direction.",

@@ -98,6 +98,10 @@ def _topics(node: Node, rates: TopicRates, now: float) -> list[dict[str, Any]]:
     ]
 
 
+def _rounded(offset: float | None) -> float | None:
+    return None if offset is None else round(offset, 3)
+
+
 def node_status(
     node: Node, rates: TopicRates, warnings: WarningLog | None = None
 ) -> dict[str, Any]:
@@ -113,6 +117,7 @@ def node_status(
             "secure": node.options.secure,
             "state": node.state.value,
             "admin_url": node.admin_url,
+            "clock_offset_s": _rounded(node.clock_watch.offset),
         },
         "peers": [_peer(node, conn) for conn in node.connections],
         "topics": _topics(node, rates, now),

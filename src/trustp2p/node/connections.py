@@ -435,6 +435,7 @@ class Connections:
             )
         conn.introduced(body := introduced.body)
         self.twins.introduced(conn, body)
+        self._node.clock_watch.introduced(socket, body)
         gossip = self._node.gossip
         if gossip is not None and self._node.running and not socket.closed:
             gossip.peer_introduced(socket, conn.protocol.peer_max_size)

@@ -41,6 +41,7 @@ from ..storage.peerstore import PeerStore
 from ..tasks import TaskOwner
 from ..threads.base import Thread
 from ..threads.loader import start_thread
+from .clock_watch import ClockWatch
 from .connections import Connections
 from .dispatch import call_thread
 from .gossip import Gossip, GossipHandler
@@ -88,6 +89,8 @@ class Node:
         data_dir: Where the node keeps its peer store and message log, once started:
             ``<cwd>/data`` (``<cwd>/data/<name>`` for a named node), or ``None``
             without ``cwd``. A thread keeps its own files there, one per node.
+        clock_watch: Its wall clock against its peers' (their version talks' ``time``;
+            :class:`~trustp2p.node.clock_watch.ClockWatch`).
         stop_waits: What its stop waits for (:class:`~trustp2p.node.stopping.StopWaits`):
             ``stop_waits.hurry()`` cuts the stop short (the CLI's second SIGTERM).
 
@@ -117,6 +120,7 @@ class Node:
             nonce=self.nonce,
             max_package_size=options.max_package_size,
         )
+        self.clock_watch = ClockWatch(self)
         self.handlers = HandlerRegistry()
         """Which thread handles which (package type, event), once threads are loaded."""
         self.heartbeat = Heartbeat(self)
@@ -463,11 +467,10 @@ class Node:
 
     def introduction(self) -> Package:
         """Our version talk (plain mode), or hello (secure mode) with our id and URLs."""
+        ours = self.clock_watch.version_body()  # (with our wall clock)
         if self._secure is None:
-            return build_package(
-                PackageType.TALK, VERSION_EVENT, self.version_body, alt=self.options.alt
-            )
-        body = {**self.version_body, "peer_id": self.peer_id, "listen_urls": self.listen_urls}
+            return build_package(PackageType.TALK, VERSION_EVENT, ours, alt=self.options.alt)
+        body = {**ours, "peer_id": self.peer_id, "listen_urls": self.listen_urls}
         return build_package(PackageType.TALK, HELLO_EVENT, body, alt=self.options.alt)
 
     # Sending

@@ -282,7 +282,7 @@ class Role:
 
     async def send_version(self, socket: Socket) -> None:
         """Send our version talk (the node does this itself when a connection opens)."""
-        await self.send_talk(socket, VERSION_EVENT, self.node.version_body)
+        await self.send_talk(socket, VERSION_EVENT, self.node.clock_watch.version_body())
 
     async def broadcast(
         self,
