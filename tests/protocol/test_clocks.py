@@ -11,6 +11,7 @@ from hypothesis import given, strategies as st
 from trustp2p.protocol.clocks import (
     CLOCK_OFF,
     LEAST_CLOCKS,
+    MAX_TIME,
     MOST_CLOCKS,
     TIME_KEY,
     ClockVerdict,
@@ -28,10 +29,24 @@ def test_the_version_body_carries_our_wall_clock_in_milliseconds() -> None:
     assert peer_time(body) == 1_700_000_000.25
 
 
-@pytest.mark.parametrize("value", [None, "1700000000000", True, math.nan, math.inf, [1], {}])
+@pytest.mark.parametrize(
+    "value",
+    [None, "1700000000000", True, math.nan, math.inf, [1], {}, 10**400, -(10**400), 2**53 + 1],
+)
 def test_a_time_that_is_not_a_finite_number_is_no_time(value: object) -> None:
     body = {} if value is None else {TIME_KEY: value}
     assert peer_time(body) is None
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    )
+)
+def test_no_json_value_makes_peer_time_raise(value: object) -> None:
+    theirs = peer_time({TIME_KEY: value})
+    assert theirs is None or (math.isfinite(theirs) and abs(theirs) <= MAX_TIME / 1000)
 
 
 def test_no_verdict_before_enough_networks_said_their_clock() -> None:
