@@ -21,7 +21,7 @@ from trustp2p.protocol.package import (
     decode,
     encode,
 )
-from trustp2p.protocol.package_reader import canonical_fields, protobuf_fields
+from trustp2p.protocol.package_reader import MAX_UNKNOWN_BYTES, canonical_fields, protobuf_fields
 
 _text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
 # Absent, small, and past one, two and three varint bytes of length.
@@ -174,3 +174,34 @@ def test_a_large_payload_is_read_by_hand() -> None:
     decoded = decode(frame)
     assert decoded == package
     assert type(decoded.payload) is bytes
+
+
+_FRAME = b"\x0a\x031.0\x12\x011\x18\x1e\x22\x04echo\x2a\x02{}\x32\x01t"  # a REQUEST
+
+
+def _varint_fields(count: int) -> bytes:
+    return b"\x48\x01" * count  # field 9, varint 1: two bytes each
+
+
+@pytest.mark.parametrize(
+    "unknown",
+    [
+        _varint_fields(MAX_UNKNOWN_BYTES // 2 + 1),  # many small fields
+        _varint_fields(400_000),  # an attacker's: 0.35-0.5 s to read, one object a field
+        b"\x52\x82\x02" + b"x" * 258,  # one field 10 of 258 bytes
+    ],
+    ids=["just-over", "flood", "one-large"],
+)
+def test_unknown_fields_past_their_bound_are_refused_unread(unknown: bytes) -> None:
+    with pytest.raises(PackageError, match=r"bytes of unknown fields \(at most 256\)"):
+        decode(_FRAME + unknown)
+
+
+def test_unknown_fields_within_their_bound_are_ignored() -> None:
+    package = decode(_FRAME + _varint_fields(MAX_UNKNOWN_BYTES // 2))
+    assert (package.type, package.event, package.tag) == (PackageType.REQUEST, "echo", "t")
+
+
+def test_an_unknown_type_within_the_bound_is_still_refused() -> None:
+    with pytest.raises(PackageError, match="unknown package type 99"):
+        decode(_FRAME + b"\x18\x63")

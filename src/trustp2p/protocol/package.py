@@ -487,8 +487,6 @@ def _body_error(
         reason = "body is nested too deeply"
     elif isinstance(error, Unwritable):
         reason = f"body can't be written again as JSON: {error}"
-    elif "integer string conversion" in str(error):  # Python's message names its API
-        reason = "body is not valid JSON: an integer of more than 4300 digits"
     else:  # NaN, Infinity
         reason = f"body is not valid JSON: {error}"
     return PackageError(reason, package_type=type_, event=event, tag=tag)
