@@ -14,9 +14,10 @@ shortest form that reads back the same, ``1.0`` as ``1.0``, ``-0.0`` as ``-0.0``
 ``1``, ``0``, ``10000000000000000``, ``1e-7``, ``0.00001``). Only a request's tag depends
 on it, and receivers never recompute tags. Integers of any size are written, and of up
 to :data:`MAX_INT_DIGITS` digits read, exactly (JavaScript reads those beyond 2**53 as
-the nearest float); NaN and the infinities are refused both ways. A lone surrogate read (``"\\ud800"``: JavaScript's
-``JSON.stringify`` writes one for a string that holds it) becomes U+FFFD, as
-JavaScript's ``TextEncoder`` writes it in UTF-8, so that what is read can be written.
+the nearest float); NaN and the infinities are refused both ways. A lone surrogate
+read (``"\\ud800"``: JavaScript's ``JSON.stringify`` writes one for a string that holds
+it) becomes U+FFFD, as JavaScript's ``TextEncoder`` writes it in UTF-8, so that what is
+read can be written.
 """
 
 from __future__ import annotations
