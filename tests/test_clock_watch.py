@@ -5,8 +5,9 @@ dropped gossip (its peers', or they its own) and never said its clock was the ca
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from prometheus_client import generate_latest
@@ -15,79 +16,113 @@ from prometheus_client.parser import text_string_to_metric_families
 from trustp2p import Node
 from trustp2p.admin.collector import node_registry
 from trustp2p.admin.status import TopicRates, node_status
+from trustp2p.node.clock_watch import ClockWatch
 from trustp2p.protocol.clocks import LEAST_CLOCKS, TIME_KEY
 
-from .nodes import FAST, MakeNode, wait_for
+from .nodes import MakeNode, wait_for
 
 DAY = 86_400.0
+SAID = "wall clock is"
 
 
-def ahead(seconds: float) -> Callable[[], float]:
+def off_by(seconds: float) -> Callable[[], float]:
     return lambda: time.time() + seconds
 
 
-def said(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+def said(caplog: pytest.LogCaptureFixture, text: str, node: str | None = None) -> list[str]:
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
-async def clients_off_by(url: str, seconds: float, count: int) -> list[Node]:
-    """``count`` clients of ``url`` (default options), their wall clocks ``seconds`` off."""
-    clients = []
-    for _ in range(count):
-        client = Node(client=True, peers=[url])
-        client.clock_watch.wall_clock = ahead(seconds)
-        clients.append(client)
-        await client.start()
-    return clients
+@pytest.fixture
+async def clients() -> AsyncIterator[Callable[..., object]]:
+    """Start clients of a URL (default options), their wall clocks off by some seconds."""
+    made: list[Node] = []
+
+    async def make(url: str, seconds: float, count: int) -> list[Node]:
+        for _ in range(count):
+            client = Node(client=True, peers=[url])
+            client.clock_watch.wall_clock = off_by(seconds)
+            made.append(client)
+            await client.start()
+        return made[-count:]
+
+    yield make
+    for client in made:
+        await client.stop()
 
 
 async def test_a_node_behind_its_peers_says_they_drop_what_it_publishes(
-    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+    make_node: MakeNode, clients: Callable[..., object], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="trustp2p")
     server = await make_node(server=True)
-    clients = await clients_off_by(server.url, 2 * DAY, LEAST_CLOCKS)
-    try:
-        await wait_for(lambda: said(caplog, "wall clock is"))
-        (line,) = said(caplog, "wall clock is")
-        assert "172800 s behind its peers'" in line
-        assert f"the median of {LEAST_CLOCKS} peers'" in line
-        assert "its peers drop the gossip it publishes as older than log_max_age" in line
-        offset = server.clock_watch.offset
-        assert offset is not None and abs(offset - 2 * DAY) < 60
-        assert node_status(server, _no_rates())["node"]["clock_offset_s"] == round(offset, 3)
-        exported = _metric(server, "trustp2p_clock_offset_seconds")
-        assert exported == pytest.approx(offset, abs=1)
-        # Each client saw one peer only: too few to judge, nothing said.
-        assert all(c.clock_watch.offset is None for c in clients)
-    finally:
-        for client in clients:
-            await client.stop()
+    ahead = await clients(server.url, 2 * DAY, LEAST_CLOCKS)  # type: ignore[misc]
+    await wait_for(lambda: len(said(caplog, "behind its peers'")) == 1)
+    (line,) = said(caplog, "behind its peers'")
+    # One network was enough: two days, more than log_max_age (review64 R2).
+    assert seconds_off(line, "behind") == pytest.approx(2 * DAY, abs=2)
+    assert "(the median of the version talks of 1 connected network(s))" in line
+    assert "its peers drop the gossip it publishes as older than log_max_age" in line
+    offset = server.clock_watch.offset
+    assert offset is not None and abs(offset - 2 * DAY) < 60
+    status = node_status(server, TopicRates(time.time()))["node"]
+    assert status["clock_offset_s"] == pytest.approx(offset, abs=1)
+    assert status["clock_networks"] == LEAST_CLOCKS
+    assert _metric(server, "trustp2p_clock_offset_seconds") == pytest.approx(offset, abs=1)
+    # Each client has one peer, two days behind it: it says so too.
+    await wait_for(lambda: len(said(caplog, "ahead of its peers'")) == len(ahead))
+    assert all("it drops its peers' gossip" in line for line in said(caplog, "ahead of"))
+    # Its peers gone, their offsets go (review64 R1: kept for ever).
+    for client in ahead:  # type: ignore[attr-defined]
+        await client.stop()
+    await wait_for(lambda: server.clock_watch.offset is None)
+    assert node_status(server, TopicRates(time.time()))["node"]["clock_offset_s"] is None
 
 
-async def test_a_node_ahead_of_its_peers_says_it_drops_their_gossip(
-    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+async def test_a_step_of_the_nodes_clock_is_said_at_the_next_heartbeat_round(
+    make_node: MakeNode, clients: Callable[..., object], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="trustp2p")
-    server = Node(**FAST, server=True, port=0)
-    server.clock_watch.wall_clock = ahead(2 * DAY)
-    await server.start()
-    try:
-        url = server.url
-        for _ in range(LEAST_CLOCKS):
-            await make_node(client=True, peers=[url])
-        await wait_for(lambda: said(caplog, "wall clock is"))
-        (line,) = said(caplog, "wall clock is")
-        assert "ahead of its peers'" in line
-        assert "it drops its peers' gossip as older than log_max_age" in line
-    finally:
-        await server.stop()
+    server = await make_node(server=True)
+    await clients(server.url, 0.0, LEAST_CLOCKS)  # type: ignore[misc]
+    await wait_for(lambda: server.clock_watch.clocks.peers == LEAST_CLOCKS)
+    server.heartbeat.check()
+    assert not said(caplog, SAID)
+    server.clock_watch.wall_clock = off_by(2 * DAY)  # NTP, a restored snapshot
+    server.heartbeat.check()
+    (line,) = said(caplog, SAID)
+    assert seconds_off(line, "ahead of") == pytest.approx(2 * DAY, abs=2)
+    assert "of 5 connected network(s)" in line and "relays none of it" in line
+    server.clock_watch.wall_clock = time.time  # put right
+    server.heartbeat.check()
+    (back,) = said(caplog, "agrees with its peers' again")
+    assert re.search(r"offset [+-][01] s, 5\)", back), back
+
+
+async def test_an_offset_within_log_max_age_says_what_it_may_drop(
+    make_node: MakeNode, clients: Callable[..., object], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    server = await make_node(server=True)
+    await clients(server.url, 3600.0, LEAST_CLOCKS)  # type: ignore[misc]
+    await wait_for(lambda: said(caplog, SAID))
+    (line,) = said(caplog, SAID)
+    assert seconds_off(line, "behind") == pytest.approx(3600, abs=2)
+    assert "no message is dropped for it until log_max_age" in line
 
 
 async def test_peers_in_time_or_without_a_time_say_nothing(
-    make_node: MakeNode, caplog: pytest.LogCaptureFixture
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, logger="trustp2p")
+    bodies: list[dict[str, object]] = []
+    original = ClockWatch.version_body
+
+    def spy(self: ClockWatch) -> dict[str, object]:
+        bodies.append(body := original(self))
+        return body
+
+    monkeypatch.setattr(ClockWatch, "version_body", spy)
     server = await make_node(server=True)
     url = server.url
     clients = [await make_node(client=True, peers=[url]) for _ in range(LEAST_CLOCKS + 1)]
@@ -95,15 +130,23 @@ async def test_peers_in_time_or_without_a_time_say_nothing(
     offset = server.clock_watch.offset
     assert offset is not None and abs(offset) < 60
     assert not said(caplog, "wall clock")
-    # Our version talk carries our clock; one without (the original's) counts for nothing.
-    assert abs(clients[0].clock_watch.version_body()[TIME_KEY] / 1000 - time.time()) < 60
+    # Every version talk carried our clock, in seconds, send_version()'s too.
     socket = next(iter(clients[0].connections)).socket
+    sent = len(bodies)
+    assert clients[0].client is not None
+    await clients[0].client.send_version(socket)
+    assert len(bodies) == sent + 1
+    assert all(abs(float(b[TIME_KEY]) - time.time()) < 60 for b in bodies)  # type: ignore[arg-type]
+    # One without a time (the original's) counts for nothing.
     server.clock_watch.introduced(socket, {"alt": "1"})
     assert server.clock_watch.clocks.peers == len(clients)
 
 
-def _no_rates() -> TopicRates:
-    return TopicRates(time.time())
+def seconds_off(line: str, side: str) -> float:
+    """The seconds a WARNING says this node's clock is ``side`` its peers'."""
+    found = re.search(rf"wall clock is (\d+) s {side} its peers'", line)
+    assert found is not None, line
+    return float(found.group(1))
 
 
 def _metric(node: Node, name: str) -> float:

@@ -1,5 +1,6 @@
-"""Our wall clock against our peers' (``trustp2p.protocol.clocks``): the median of one
-offset per network, said once when it goes past the bound and once when it comes back."""
+"""Our wall clock against our peers' (``trustp2p.protocol.clocks``): one offset per
+network, kept while a connection of it is open, against our monotonic clock; their
+median said once when it goes past the bound and once when it is back within half."""
 
 from __future__ import annotations
 
@@ -16,24 +17,37 @@ from trustp2p.protocol.clocks import (
     TIME_KEY,
     ClockVerdict,
     PeerClocks,
+    clock_key,
     peer_time,
     with_time,
 )
 
 DAY = 86_400.0
+WALL = 1_800_000_000.0  # our wall clock at monotonic 0 in these tests
 
 
-def test_the_version_body_carries_our_wall_clock_in_milliseconds() -> None:
-    body = with_time({"alt": "1"}, 1_700_000_000.25)
-    assert body == {"alt": "1", TIME_KEY: 1_700_000_000_250}
-    assert peer_time(body) == 1_700_000_000.25
+def add(clocks: PeerClocks, conn: int, key: str, offset: float, at: float = 0.0) -> None:
+    """Connection ``conn`` of ``key`` says a clock ``offset`` s from ours at monotonic
+    ``at`` (our wall clock reading WALL + at)."""
+    clocks.add(conn, key, WALL + at + offset, at)
+
+
+def check(clocks: PeerClocks, at: float = 0.0, step: float = 0.0) -> ClockVerdict | None:
+    """Check at monotonic ``at``, our wall clock stepped by ``step`` since WALL."""
+    return clocks.check(WALL + at + step, at)
+
+
+def test_the_version_body_carries_our_wall_clock_in_seconds() -> None:
+    body = with_time({"alt": "1"}, 1_700_000_000.75)
+    assert body == {"alt": "1", TIME_KEY: 1_700_000_000}
+    assert peer_time(body) == 1_700_000_000.0
 
 
 @pytest.mark.parametrize(
     "value",
-    [None, "1700000000000", True, math.nan, math.inf, [1], {}, 10**400, -(10**400), 2**53 + 1],
+    [None, "1700000000", True, math.nan, math.inf, [1], {}, 10**400, -(10**400), 2**53 + 1],
 )
-def test_a_time_that_is_not_a_finite_number_is_no_time(value: object) -> None:
+def test_a_time_that_is_not_a_number_within_bounds_is_no_time(value: object) -> None:
     body = {} if value is None else {TIME_KEY: value}
     assert peer_time(body) is None
 
@@ -46,65 +60,119 @@ def test_a_time_that_is_not_a_finite_number_is_no_time(value: object) -> None:
 )
 def test_no_json_value_makes_peer_time_raise(value: object) -> None:
     theirs = peer_time({TIME_KEY: value})
-    assert theirs is None or (math.isfinite(theirs) and abs(theirs) <= MAX_TIME / 1000)
+    assert theirs is None or (math.isfinite(theirs) and abs(theirs) <= MAX_TIME)
 
 
-def test_no_verdict_before_enough_networks_said_their_clock() -> None:
+def test_the_median_decides_once_enough_networks_said_their_clock() -> None:
     clocks = PeerClocks()
     for n in range(LEAST_CLOCKS - 1):
-        assert clocks.add(f"net{n}", 2 * DAY) is None
-    assert clocks.offset is None
-    verdict = clocks.add("last", 2 * DAY)
-    assert verdict == ClockVerdict(2 * DAY, LEAST_CLOCKS, off=True)
-    assert clocks.offset == 2 * DAY
+        add(clocks, n, f"net{n}", 2 * DAY)
+        assert check(clocks) is None  # fewer, and no `alone`: they never decide
+    add(clocks, 99, "last", 2 * DAY)
+    assert check(clocks) == ClockVerdict(2 * DAY, LEAST_CLOCKS, off=True)
+    assert check(clocks) is None  # said once
 
 
-def test_an_offset_past_the_bound_is_said_once_and_its_end_once() -> None:
+def test_fewer_networks_decide_only_if_all_put_us_past_alone_the_same_way() -> None:
+    clocks = PeerClocks(alone=DAY)
+    add(clocks, 1, "server", -2 * DAY)  # a client of one server, two days ahead of it
+    verdict = check(clocks)
+    assert verdict is not None and verdict.off and verdict.offset == -2 * DAY
+    split = PeerClocks(alone=DAY)
+    add(split, 1, "a", -2 * DAY)
+    add(split, 2, "b", 2 * DAY)
+    assert check(split) is None
+    near = PeerClocks(alone=DAY)
+    add(near, 1, "a", 2 * CLOCK_OFF)  # off, but less than `alone`: one peer's word
+    assert check(near) is None
+
+
+def test_a_step_of_our_wall_clock_shows_at_the_next_check() -> None:
     clocks = PeerClocks()
-    said = [clocks.add(f"net{n}", -2 * DAY) for n in range(LEAST_CLOCKS + 3)]
-    assert [v for v in said if v is not None] == [ClockVerdict(-2 * DAY, LEAST_CLOCKS, True)]
-    # The same networks reconnect with their clocks right: back in line at the median.
-    back = [clocks.add(f"net{n}", 0.5) for n in range(LEAST_CLOCKS + 3)]
-    verdicts = [v for v in back if v is not None]
-    assert len(verdicts) == 1 and not verdicts[0].off
-    assert clocks.offset == 0.5
+    for n in range(LEAST_CLOCKS):
+        add(clocks, n, f"net{n}", 0.2)
+    assert check(clocks, at=10) is None
+    verdict = check(clocks, at=20, step=2 * DAY)  # NTP, a restored snapshot
+    assert verdict is not None and verdict.off and verdict.offset == pytest.approx(0.2 - 2 * DAY)
+    assert clocks.offset(WALL + 20 + 2 * DAY, 20) == pytest.approx(0.2 - 2 * DAY)
+    back = check(clocks, at=30)  # put right
+    assert back is not None and not back.off and back.offset == pytest.approx(0.2)
 
 
-def test_offsets_within_the_bound_say_nothing() -> None:
+def test_back_in_line_only_within_half_the_bound() -> None:
     clocks = PeerClocks()
-    offsets = [CLOCK_OFF - 1, -(CLOCK_OFF - 1), 3.0, -0.2, 10.0, 1.0]
-    assert all(clocks.add(f"net{n}", o) is None for n, o in enumerate(offsets))
-    assert clocks.offset is not None and abs(clocks.offset) < CLOCK_OFF
+    for n in range(LEAST_CLOCKS):
+        add(clocks, n, f"net{n}", 0.0)
+    assert check(clocks, step=CLOCK_OFF + 1) is not None
+    assert check(clocks, step=CLOCK_OFF - 1) is None  # around the bound: still off
+    assert check(clocks, step=CLOCK_OFF / 2 + 1) is None
+    verdict = check(clocks, step=CLOCK_OFF / 2 - 1)
+    assert verdict is not None and not verdict.off
+
+
+def test_an_offset_goes_with_its_networks_last_connection() -> None:
+    clocks = PeerClocks()
+    add(clocks, 1, "net", 2 * DAY)
+    add(clocks, 2, "net", 2 * DAY)
+    clocks.remove(1)
+    assert clocks.peers == 1
+    clocks.remove(2)
+    assert clocks.peers == 0 and clocks.offset(WALL, 0) is None
+    clocks.remove(3)  # never added: nothing
 
 
 def test_one_network_counts_once_however_many_of_its_peers_say_their_clock() -> None:
     clocks = PeerClocks()
     for n in range(LEAST_CLOCKS):
-        clocks.add(f"honest{n}", 0.1)
-    # An attacker's many connections from one network: one offset, its latest.
-    assert all(clocks.add("attacker", 2 * DAY) is None for _ in range(100))
+        add(clocks, n, f"honest{n}", 0.1)
+    for conn in range(100, 200):  # an attacker's many connections from one network
+        add(clocks, conn, "attacker", 2 * DAY)
     assert clocks.peers == LEAST_CLOCKS + 1
-    assert clocks.offset == 0.1
+    assert clocks.offset(WALL, 0) == pytest.approx(0.1)
+    assert check(clocks) is None
 
 
 def test_the_oldest_network_is_forgotten_past_the_most_kept() -> None:
     clocks = PeerClocks()
     for n in range(MOST_CLOCKS):
-        clocks.add(f"old{n}", 2 * DAY)
+        add(clocks, n, f"old{n}", 2 * DAY)
     for n in range(MOST_CLOCKS // 2 + 1):
-        clocks.add(f"new{n}", 0.0)
+        add(clocks, 1000 + n, f"new{n}", 0.0)
     assert clocks.peers == MOST_CLOCKS
-    assert clocks.offset == 0.0  # the new ones are most of what is kept
+    assert clocks.offset(WALL, 0) == 0.0  # the new ones are most of what is kept
+    clocks.remove(0)  # a forgotten network's connection closes: nothing else goes
+    assert clocks.peers == MOST_CLOCKS
 
 
-@given(st.lists(st.tuples(st.integers(0, 9), st.floats(-3 * DAY, 3 * DAY)), max_size=60))
-def test_verdicts_alternate_and_match_the_median(adds: list[tuple[int, float]]) -> None:
-    clocks = PeerClocks()
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("8.8.4.4", "8.8.0.0/16"),
+        ("8.8.8.8", "8.8.0.0/16"),
+        ("10.0.0.5", "10.0.0.5"),  # a LAN's peers apart
+        ("10.0.0.6", "10.0.0.6"),
+        ("fd00::1", "fd00::/64"),
+    ],
+)
+def test_a_peer_counts_by_its_network_on_the_internet_by_its_address_elsewhere(
+    host: str, key: str
+) -> None:
+    assert clock_key(host) == key
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 9), st.floats(-3 * DAY, 3 * DAY), st.booleans()), max_size=60)
+)
+def test_verdicts_alternate(steps: list[tuple[int, float, bool]]) -> None:
+    clocks = PeerClocks(alone=DAY)
     off = False
-    for key, offset in adds:
-        verdict = clocks.add(str(key), offset)
-        median = clocks.offset
+    for conn, offset, close in steps:
+        if close:
+            clocks.remove(conn)
+        else:
+            add(clocks, conn, f"net{conn % 7}", offset)
+        verdict = check(clocks)
         if verdict is not None:
-            assert verdict.off is not off and verdict.offset == median
+            assert verdict.off is not off
+            assert verdict.offset == clocks.offset(WALL, 0)
             off = verdict.off
-        assert off == (median is not None and abs(median) > CLOCK_OFF)

@@ -87,8 +87,8 @@ class NodeCollector(Collector):
         if (offset := node.clock_watch.offset) is not None:
             yield GaugeMetricFamily(
                 "trustp2p_clock_offset_seconds",
-                "The median of the peers' wall clocks minus this node's, from their version"
-                " talks (one per network; said once five networks' are known).",
+                "The median of the connected peers' wall clocks minus this node's, from"
+                " their version talks (one per network).",
                 value=offset,
             )
         connections = GaugeMetricFamily(

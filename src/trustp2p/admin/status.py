@@ -118,6 +118,7 @@ def node_status(
             "state": node.state.value,
             "admin_url": node.admin_url,
             "clock_offset_s": _rounded(node.clock_watch.offset),
+            "clock_networks": node.clock_watch.clocks.peers,
         },
         "peers": [_peer(node, conn) for conn in node.connections],
         "topics": _topics(node, rates, now),

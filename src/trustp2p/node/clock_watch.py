@@ -1,9 +1,11 @@
 """
 What a node makes of its peers' clocks (:class:`~trustp2p.protocol.clocks.PeerClocks`):
-the wall clock its version talks carry, the offset each peer's shows, and the WARNING
-once their median says ours is off (found by a tester: a node two days ahead dropped
-every peer's gossip as too old, one two days behind had all its own dropped, and
-neither said its clock was the cause).
+the wall clock its version talks carry, the offset each open connection's peer shows,
+and the WARNING once they say ours is off, and the INFO once it is back in line
+(found by a tester: a node two days ahead dropped every peer's gossip as too old, one
+two days behind had all its own dropped, and neither said its clock was the cause).
+Checked as each peer introduces itself and at each heartbeat round, so that a step
+of our clock at run time is said within ``heartbeat_interval``.
 
 """
 
@@ -17,8 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
-from ..protocol.clocks import ClockVerdict, PeerClocks, peer_time, with_time
-from ..protocol.hosts import netgroup
+from ..protocol.clocks import ClockVerdict, PeerClocks, clock_key, peer_time, with_time
 from ..protocol.package import Body
 
 if TYPE_CHECKING:
@@ -34,61 +35,95 @@ class ClockWatch:
     Attributes:
         wall_clock: Seconds since 1970 (``time.time``): the time our version talks
             carry, and what the peers' are compared with.
-        clocks: The peers' offsets, one per network group (a loopback peer's its own,
-            unless ``limit_loopback``).
+        monotonic: The clock the peers' offsets are kept against (``time.monotonic``).
+        clocks: The peers' offsets (:func:`~trustp2p.protocol.clocks.clock_key`; a
+            loopback connection's its own, unless ``limit_loopback``).
 
     """
 
-    __slots__ = ("_node", "clocks", "wall_clock")
+    __slots__ = ("_node", "clocks", "monotonic", "wall_clock")
 
-    def __init__(self, node: Node, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        node: Node,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._node = node
         self.wall_clock = wall_clock
-        self.clocks = PeerClocks()
+        self.monotonic = monotonic
+        self.clocks = PeerClocks(alone=node.options.log_max_age)
 
     @property
     def offset(self) -> float | None:
-        """The median of the peers' clocks minus ours, in seconds (None: too few peers
-        said theirs)."""
-        return self.clocks.offset
+        """The median of the open connections' peers' clocks minus ours, in seconds
+        (None: no peer said its clock)."""
+        return self.clocks.offset(self.wall_clock(), self.monotonic())
 
     def version_body(self) -> Body:
         """The node's version body (``Node.version_body``) with our wall clock in it."""
         return with_time(self._node.version_body, self.wall_clock())
 
     def introduced(self, socket: Socket, body: Body) -> None:
-        """A peer's version talk: note its clock's offset from ours, and say it if the
-        median of the peers' is found off or back in line."""
+        """A peer's version talk: keep its clock's offset from ours while ``socket`` is
+        open, and check ours."""
         theirs = peer_time(body)
         if theirs is None:
             return  # the original's, or no number
         connections = self._node.connections
-        group = connections.share_group(socket)  # (None: local, each apart)
-        key = connections.budget_key(socket) if group is None else netgroup(socket.host)
-        verdict = self.clocks.add(key, theirs - self.wall_clock())
+        if connections.share_group(socket) is None:  # local, each apart
+            key = f"local {connections.budget_key(socket)}"
+        else:
+            key = clock_key(socket.host)
+        self.clocks.add(socket.id, key, theirs, self.monotonic())
+        self.check()
+
+    def closed(self, socket: Socket) -> None:
+        """``socket`` closed: its peer's offset goes with its network's last one."""
+        self.clocks.remove(socket.id)
+
+    def check(self) -> None:
+        """Say whether our clock was found off, or back in line, since the last check."""
+        verdict = self.clocks.check(self.wall_clock(), self.monotonic())
         if verdict is not None:
             self._say(verdict)
 
     def _say(self, verdict: ClockVerdict) -> None:
         offset, peers = verdict.offset, verdict.peers
+        log = self._node.connections.inbound.log  # (within the log budget)
         if not verdict.off:
-            logger.info(
-                "= this node's wall clock agrees with its peers' again (median offset %+.0f s"
-                " of %d)", offset, peers,
-            )  # fmt: skip
+            said = "= this node's wall clock agrees with its peers' again (offset %+.0f s, %d)"
+            log(logger, logging.INFO, "clock", said, offset, peers)
             return
-        max_age = self._node.options.log_max_age
-        if abs(offset) <= max_age:
-            effect = "gossip's ages here are off by as much"
-        elif offset > 0:
-            effect = (
+        log(
+            logger,
+            logging.WARNING,
+            "clock",
+            "! this node's wall clock is %.0f s %s its peers' (the median of the version"
+            " talks of %d connected network(s)): %s; check its time (NTP)",
+            abs(offset),
+            "behind" if offset > 0 else "ahead of",
+            peers,
+            self._effect(offset),
+        )
+
+    def _effect(self, offset: float) -> str:
+        """What an offset does to the node's gossip."""
+        options = self._node.options
+        if not options.gossip:
+            return "it has no gossip to lose, but its peers' rules of time misjudge it"
+        max_age = options.log_max_age
+        if offset > max_age:
+            return (
                 f"its peers drop the gossip it publishes as older than log_max_age ({max_age:g} s)"
             )
-        else:
-            effect = f"it drops its peers' gossip as older than log_max_age ({max_age:g} s)"
-        side = "behind" if offset > 0 else "ahead of"
-        logger.warning(
-            "! this node's wall clock is %.0f s %s its peers' (the median of %d peers'"
-            " version talks, one per network): %s; check its time (NTP)",
-            abs(offset), side, peers, effect,
-        )  # fmt: skip
+        if offset < -max_age:
+            return (
+                f"it drops its peers' gossip as older than log_max_age ({max_age:g} s),"
+                " and relays none of it"
+            )
+        return (
+            "no message is dropped for it until log_max_age, but the rules that allow"
+            " CLOCK_SKEW for clocks (forgotten delivery marks, an origin numbering again)"
+            " may drop some"
+        )

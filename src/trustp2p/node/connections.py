@@ -237,6 +237,7 @@ class Connections:
         if socket.peer_id is not None and self._by_peer_id.get(socket.peer_id) is conn:
             del self._by_peer_id[socket.peer_id]
         self.twins.closed(conn)
+        self._node.clock_watch.closed(socket)
         conn.role.connection_closed(socket)
         if node.gossip is not None:
             node.gossip.connection_closed(socket)
@@ -435,10 +436,10 @@ class Connections:
             )
         conn.introduced(body := introduced.body)
         self.twins.introduced(conn, body)
-        self._node.clock_watch.introduced(socket, body)
         gossip = self._node.gossip
         if gossip is not None and self._node.running and not socket.closed:
             gossip.peer_introduced(socket, conn.protocol.peer_max_size)
+        self._node.clock_watch.introduced(socket, body)  # (after gossip: review64 R5)
 
     def _self_dial(self, conn: PeerConnection, self_dial: SelfDial) -> None:
         """Both ends of this connection are us: close it. Nobody is at fault, and the

@@ -82,6 +82,7 @@ class Heartbeat:
             if now < conn.protocol.liveness.next_check:
                 continue  # no ping due or outstanding: its check would do nothing
             self._check(conn)
+        self._node.clock_watch.check()  # (a step of our clock: review64 R1)
 
     def probe(self, conn: PeerConnection) -> float:
         """

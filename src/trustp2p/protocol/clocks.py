@@ -2,14 +2,20 @@
 Our wall clock against our peers': the median of the offsets their version talks show.
 
 Gossip ages every message by the wall clock: a node whose clock is ahead of its
-peers' by more than ``log_max_age`` drops all their messages as too old, and one
-behind has all its own dropped by them, while its ``publish()`` succeeds (found by a
-tester: a hub whose clock had stepped two days ahead relayed nothing, and its log
-blamed the messages). A trustp2p peer's version talk carries its wall clock
-(:data:`TIME_KEY`, as Bitcoin's ``version`` message does, for the same check): each
-gives one offset, and once :data:`LEAST_CLOCKS` networks have, their median says
-whether ours is off. One offset is kept per key (the node passes a peer's network
-group), so a peer's own addresses can't outvote the others. No I/O here.
+peers' by more than ``log_max_age`` drops all their messages as too old (a hub relays
+none of them), and one behind has all its own dropped by them, while its ``publish()``
+succeeds (found by a tester: a hub whose clock had stepped two days ahead relayed
+nothing, and its log blamed the messages). A trustp2p peer's version talk carries its
+wall clock (:data:`TIME_KEY`, in seconds, as Bitcoin's ``version`` message does, for
+the same check).
+
+Each offset is kept against our monotonic clock, so that a step of our wall clock
+(an NTP correction, a restored snapshot) shows at the next :meth:`PeerClocks.check`,
+and for as long as a connection of its key is open. One is kept per key (the node
+passes a peer's network group on the internet): a peer's own addresses can't outvote
+the others. Once :data:`LEAST_CLOCKS` keys gave one, their median says whether ours is
+off; with fewer, only if all of them put it more than ``alone`` seconds off, the same
+way (a client of one server is told its clock is days off). No I/O here.
 
 """
 
@@ -23,51 +29,62 @@ __all__ = [
     "TIME_KEY",
     "ClockVerdict",
     "PeerClocks",
+    "clock_key",
     "peer_time",
     "with_time",
 ]
 
 import statistics
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from .gossip.streams import CLOCK_SKEW
+from .hosts import address_key, is_public, netgroup
 from .package import Body
 
 TIME_KEY = "time"
-"""The version body's key for the sender's wall clock, in milliseconds since 1970
+"""The version body's key for the sender's wall clock, in whole seconds since 1970
 (trustp2p's addition: the original ignores keys it doesn't know)."""
 
 CLOCK_OFF = CLOCK_SKEW
 """Seconds the median of the peers' offsets may reach before our clock is called off:
 :data:`~trustp2p.protocol.gossip.streams.CLOCK_SKEW`, past which the gossip rules that
-allow for skew (the delivery marks forgotten, an origin numbering again) misjudge."""
+allow for skew (the delivery marks forgotten, an origin numbering again) misjudge. It
+is back in line once within half of it (flapping around the bound says nothing)."""
 
 LEAST_CLOCKS = 5
-"""Offsets, of as many networks, needed before a median is taken (Bitcoin's too)."""
+"""Offsets, of as many keys, needed before their median alone decides."""
 
 MOST_CLOCKS = 64
 """Offsets kept at most: the latest key's, the oldest forgotten first."""
 
-
 MAX_TIME = 2**53
-"""The largest ``time`` (ms) taken, either side of 1970: JSON numbers are exact up
-to it, and a longer one (JSON allows any) is no clock."""
+"""The largest ``time`` taken, either side of 1970 (JSON numbers are exact up to it;
+a 400-digit one overflowed a float conversion: found in review)."""
 
 
 def with_time(body: Body, now: float) -> Body:
-    """``body`` (a version body) with :data:`TIME_KEY` set to ``now`` (seconds)."""
-    return {**body, TIME_KEY: int(now * 1000)}
+    """``body`` (a version body) with :data:`TIME_KEY` set to ``now``, in seconds."""
+    return {**body, TIME_KEY: int(now)}
 
 
 def peer_time(body: Body) -> float | None:
     """The wall clock a version body carries, in seconds; None if it carries none (the
-    original's) or one that isn't a finite number."""
+    original's) or one that isn't a number within :data:`MAX_TIME`."""
     value = body.get(TIME_KEY)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if not -MAX_TIME <= value <= MAX_TIME:  # (also NaN and infinities)
-        return None  # (a 400-digit int overflowed a float conversion: found in review)
-    return value / 1000
+        return None
+    return float(value)
+
+
+def clock_key(host: str) -> str:
+    """Whose word on the time a peer at ``host`` gives: its network group on the
+    internet (an IPv4 /16, an IPv6 /32), its address on a private network or a link (a
+    LAN's, a container network's peers are apart: found in review, 40 peers of one
+    /16 counted once)."""
+    return netgroup(host) if is_public(host) else address_key(host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,55 +95,101 @@ class ClockVerdict:
     """The median of the peers' clocks minus ours, in seconds: positive if ours is
     behind theirs."""
     peers: int
-    """How many offsets (networks) the median is of."""
+    """How many offsets (keys) the median is of."""
     off: bool
-    """Whether ``offset`` is beyond the bound."""
+    """Whether our clock is off."""
 
 
 class PeerClocks:
     """
-    The offsets of the peers' clocks from ours, one per key, and whether their median
-    is beyond ``bound``: :meth:`add` returns a :class:`ClockVerdict` when that
-    changes (found off, back in line), None otherwise.
+    The offsets of the peers' clocks from ours, one per key, each kept while a
+    connection of its key is open; :meth:`check` returns a :class:`ClockVerdict` when
+    our clock is found off, or back in line, None otherwise.
+
+    Args:
+        bound: Seconds the median may reach (:data:`CLOCK_OFF`).
+        alone: Seconds that all of fewer than ``least`` offsets must exceed, the same
+            way, for our clock to be off (None: fewer never decide).
+        least: Offsets whose median alone decides.
+        most: Offsets kept at most.
+
     """
 
-    __slots__ = ("_bound", "_least", "_most", "_off", "_samples")
+    __slots__ = ("_alone", "_bound", "_keys", "_least", "_most", "_off", "_open", "_samples")
 
     def __init__(
-        self, *, bound: float = CLOCK_OFF, least: int = LEAST_CLOCKS, most: int = MOST_CLOCKS
+        self,
+        *,
+        bound: float = CLOCK_OFF,
+        alone: float | None = None,
+        least: int = LEAST_CLOCKS,
+        most: int = MOST_CLOCKS,
     ) -> None:
         self._bound = bound
+        self._alone = alone
         self._least = least
         self._most = most
         self._off = False
-        self._samples: dict[str, float] = {}
-
-    @property
-    def offset(self) -> float | None:
-        """The median offset (see :attr:`ClockVerdict.offset`); None while fewer than
-        ``least`` keys gave one."""
-        if len(self._samples) < self._least:
-            return None
-        return statistics.median(self._samples.values())
+        self._samples: dict[str, float] = {}  # key -> its clock less our monotonic one
+        self._keys: dict[Hashable, str] = {}  # connection -> its key
+        self._open: dict[str, int] = {}  # key -> its connections open
 
     @property
     def peers(self) -> int:
         """How many offsets are kept."""
         return len(self._samples)
 
-    def add(self, key: str, offset: float) -> ClockVerdict | None:
-        """One peer's offset (its clock minus ours, seconds), for ``key``: it replaces
-        that key's last one."""
+    def add(self, conn: Hashable, key: str, their_time: float, monotonic: float) -> None:
+        """Connection ``conn`` of ``key`` said its clock read ``their_time`` (seconds
+        since 1970) when ours read ``monotonic``: it replaces ``key``'s offset."""
+        self.remove(conn)
         samples = self._samples
         samples.pop(key, None)
-        samples[key] = offset
+        samples[key] = their_time - monotonic
+        self._keys[conn] = key
+        self._open[key] = self._open.get(key, 0) + 1
         if len(samples) > self._most:
-            del samples[next(iter(samples))]
-        median = self.offset
+            oldest = next(iter(samples))
+            del samples[oldest], self._open[oldest]
+            for gone in [c for c, k in self._keys.items() if k == oldest]:
+                del self._keys[gone]
+
+    def remove(self, conn: Hashable) -> None:
+        """``conn`` closed: its key's offset goes with the last of its connections."""
+        key = self._keys.pop(conn, None)
+        if key is None:
+            return
+        left = self._open[key] - 1
+        if left:
+            self._open[key] = left
+        else:
+            del self._open[key], self._samples[key]
+
+    def offset(self, wall: float, monotonic: float) -> float | None:
+        """The median of the peers' clocks minus ours (``wall`` now, seconds since
+        1970; ``monotonic`` at the same moment); None without an offset."""
+        if not self._samples:
+            return None
+        return statistics.median(self._samples.values()) + monotonic - wall
+
+    def check(self, wall: float, monotonic: float) -> ClockVerdict | None:
+        """Whether our clock (``wall`` now, ``monotonic`` at the same moment) was found
+        off, or back in line, since the last verdict."""
+        median = self.offset(wall, monotonic)
         if median is None:
             return None
-        off = abs(median) > self._bound
+        count = len(self._samples)
+        if self._off:
+            off = abs(median) > self._bound / 2
+        elif count >= self._least:
+            off = abs(median) > self._bound
+        else:
+            off = self._alone is not None and self._all_beyond(self._alone, monotonic - wall)
         if off == self._off:
             return None
         self._off = off
-        return ClockVerdict(median, len(samples), off)
+        return ClockVerdict(median, count, off)
+
+    def _all_beyond(self, alone: float, shift: float) -> bool:
+        offsets = [sample + shift for sample in self._samples.values()]
+        return all(o > alone for o in offsets) or all(o < -alone for o in offsets)

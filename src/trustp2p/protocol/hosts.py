@@ -20,6 +20,7 @@ __all__ = [
     "crowded_group",
     "host_of",
     "is_loopback",
+    "is_public",
     "listen_families",
     "may_announce",
     "may_pass_on",
@@ -120,6 +121,12 @@ def may_pass_on(url: str, host: str) -> bool:
         local = url_host == "localhost" or url_host.endswith(".localhost")
         return not local or _reach(host) == 0
     return _locality(address) >= _reach(host) and _locality(address) >= 0
+
+
+def is_public(host: str) -> bool:
+    """Whether a peer at ``host`` is on the internet: an address that reaches it, or a
+    name (not resolved)."""
+    return _reach(host) == 3
 
 
 def _reach(host: str) -> int:
