@@ -31,6 +31,9 @@ COMPILED = [
     "node/roles.py",
     "node/handlers.py",
     "admin/counters.py",
+    # the tcp driver's loop over the messages of a read (not the driver: its classes have
+    # Python bases, which mypyc compiles to slower code or none; BENCHMARKS.md)
+    "drivers/_tcp_frames.py",
     # the Noise handshake (not security/secure_socket.py: mypyc builds SecureSocket without
     # ABCMeta.__new__, so the class would share the abc caches of Socket, its base, and
     # isinstance(socket, Socket) would turn false for a plain socket once it was checked

@@ -14,6 +14,16 @@ round trip, both sides, start-up and shutdown cancelled out. Runs of one build s
 differ by about ±0.5 % (how many messages one read takes depends on scheduling): compare
 medians of three.
 
+``--side client`` (or ``server``) counts one side alone: the other node runs in a child
+process, which valgrind doesn't follow, at full speed; the side counted then reads the
+other's messages in larger batches than with both in one process, as the slower side of
+a pipelined run does. ``--port`` sets the server's port (0: any free one), ``--loop
+uvloop`` runs both on uvloop (as ``fast_path.py`` does)::
+
+    PYTHONHASHSEED=0 PYTHONPATH=src valgrind --tool=callgrind \
+        --callgrind-out-file=/dev/null .venv/bin/python benchmarks/instructions.py \
+        --driver tcp --side client 300    (then 1300; the difference divided by 1000)
+
 ``--connections`` counts connection set-ups instead, as ``handshake.py --part e2e``
 makes them one after another: a server node (``max_inbound=None``), and a client that
 dials with the ``ws`` driver (plain) or a ``SecureLayer`` over it (``--secure``), sends
@@ -41,15 +51,19 @@ from handshake import _Counter, _Dialler
 from request_response import NO_RATE_LIMIT, EchoThread, make_body
 
 import trustp2p
+from trustp2p.loop import LOOPS
 
 
-async def main(count: int, *, secure: bool = False, depth: int = 100, driver: str = "ws") -> None:
-    server = await trustp2p.create_server(
-        host="127.0.0.1", port=0, threads=(EchoThread,), max_inbound=None, secure=secure,
+async def _server(*, secure: bool, driver: str, port: int) -> trustp2p.Node:
+    return await trustp2p.create_server(
+        host="127.0.0.1", port=port, threads=(EchoThread,), max_inbound=None, secure=secure,
         driver=driver, **NO_RATE_LIMIT,
     )  # fmt: skip
-    assert server.url is not None
-    client = await trustp2p.create_client(peers=[server.url], secure=secure, driver=driver)
+
+
+async def _round_trips(url: str, count: int, *, secure: bool, depth: int, driver: str) -> None:
+    """Make ``count`` round trips to the server node at ``url``, ``depth`` at a time."""
+    client = await trustp2p.create_client(peers=[url], secure=secure, driver=driver)
     assert client.client is not None
     await asyncio.wait_for(client.client.wait_connected(), 30)
     socket = client.client.sockets[0]
@@ -64,6 +78,52 @@ async def main(count: int, *, secure: bool = False, depth: int = 100, driver: st
 
     await asyncio.gather(*(loop() for _ in range(depth)))
     await client.stop()
+
+
+async def main(
+    count: int,
+    *,
+    secure: bool = False,
+    depth: int = 100,
+    driver: str = "ws",
+    side: str = "both",
+    port: int = 0,
+    loop: str = "asyncio",
+) -> None:
+    """Round trips with both nodes in this process, or one side here and the other in
+    a child process (not under valgrind: ``--trace-children`` is off by default)."""
+    flags = ["--driver", driver, "--depth", str(depth), "--loop", loop]
+    flags += ["--secure"] if secure else []
+    if side == "client":
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "0", "--serve", "--port", str(port), *flags,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert child.stdout is not None
+        assert child.stdin is not None
+        url = (await child.stdout.readline()).decode().strip()
+        await _round_trips(url, count, secure=secure, depth=depth, driver=driver)
+        child.stdin.close()
+        await child.wait()
+        return
+    server = await _server(secure=secure, driver=driver, port=port)
+    assert server.url is not None
+    if side == "server":
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, str(count), "--dial", server.url, *flags
+        )
+        if await child.wait():
+            raise SystemExit("the client failed")
+    else:
+        await _round_trips(server.url, count, secure=secure, depth=depth, driver=driver)
+    await server.stop()
+
+
+async def _serve(*, secure: bool, driver: str, port: int) -> None:
+    """``--serve``: a server node that prints its URL and runs until stdin closes."""
+    server = await _server(secure=secure, driver=driver, port=port)
+    print(server.url, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await server.stop()
 
 
@@ -95,9 +155,29 @@ if __name__ == "__main__":
         "--connections", action="store_true", help="count connection set-ups, not round trips"
     )
     parser.add_argument("--pool", type=int, default=1100, help="secure client identities")
-    parser.add_argument("--driver", default="ws", help="round trips over this driver (ws, tcp)")
+    parser.add_argument(
+        "--driver", default="ws", help="round trips over this driver (ws, tcp, picows)"
+    )
+    parser.add_argument(
+        "--side",
+        choices=("both", "client", "server"),
+        default="both",
+        help="count one side only: the other runs in a child process",
+    )
+    parser.add_argument("--port", type=int, default=0, help="the server's port (0: any)")
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio", help="%(default)s")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dial", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    options = {"secure": args.secure, "driver": args.driver}
     if args.connections:
-        asyncio.run(connections(args.count, secure=args.secure, pool=args.pool))
+        coroutine = connections(args.count, secure=args.secure, pool=args.pool)
+    elif args.serve:
+        coroutine = _serve(port=args.port, **options)
+    elif args.dial:
+        coroutine = _round_trips(args.dial, args.count, depth=args.depth, **options)
     else:
-        asyncio.run(main(args.count, secure=args.secure, depth=args.depth, driver=args.driver))
+        coroutine = main(
+            args.count, depth=args.depth, side=args.side, port=args.port, loop=args.loop, **options
+        )
+    trustp2p.run(coroutine, loop=args.loop)

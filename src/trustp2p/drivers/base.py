@@ -354,7 +354,9 @@ class Socket(abc.ABC):
     def _deliver(self, data: bytes | str) -> None:
         """Report one received message to the listener. The driver set
         :attr:`last_seen` when the bytes arrived: the clock isn't read per message.
-        (The tcp and picows drivers' frame loops have a copy: change them together.)"""
+        (The picows driver's frame loop has a copy, and the tcp driver's loop,
+        ``DataFrames.deliver``, a variant that counts a read's messages after them: change
+        them together.)"""
         stats = self.stats
         stats.messages_in += 1
         stats.bytes_in += len(data.encode()) if isinstance(data, str) else len(data)

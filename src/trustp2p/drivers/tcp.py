@@ -84,6 +84,7 @@ from ._stream import (
     lost_error,
     serve,
 )
+from ._tcp_frames import DataFrames
 from .base import (
     DROPPED,
     FRAME_PROGRESS,
@@ -140,8 +141,8 @@ class TcpSocket(FrameDeadline, StreamSocket):
 
     __slots__ = (
         *("_chunks", "_close_rcvd", "_close_sent", "_control", "_discarding", "_drop_error"),
-        *("_error_reported", "_failed", "_frame_started", "_frame_timer", "_got", "_head"),
-        *("_heard", "_limit", "_pending", "_size", "_state"),
+        *("_error_reported", "_failed", "_frame_started", "_frame_timer", "_frames", "_got"),
+        *("_head", "_heard", "_limit", "_pending", "_size", "_state"),
     )
     _receive_buffer = _receive_buffer
     _logger = logger
@@ -169,6 +170,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
         self._frame_timer: asyncio.TimerHandle | None = None
         self._pending = b""  # bytes read before a pause_reading(), from a frame boundary
         self._heard = False  # any byte came
+        self._frames = DataFrames(self, listener, self.stats, self._limit)  # .stop: below
 
     # Socket API
 
@@ -236,13 +238,14 @@ class TcpSocket(FrameDeadline, StreamSocket):
             self._loop.call_soon(self._deliver_held)
 
     def abort(self) -> None:
-        self._discarding = True
+        self._discarding = self._frames.stop = True
         super().abort()
 
     def pause_reading(self) -> None:
         if self._discarding:
             return  # nothing left to deliver; keep reading to see the peer's FIN
         self._stop_frame_clock()
+        self._frames.stop = True
         super().pause_reading()
 
     # asyncio.Protocol
@@ -293,7 +296,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
 
     def _ended(self, exc: Exception | None) -> None:
         self._state = _CLOSED
-        self._discarding = True
+        self._discarding = self._frames.stop = True
         self._connection_ended()
         self._stop_frame_clock(cancel=True)
         if self._close_rcvd is not None:
@@ -323,19 +326,24 @@ class TcpSocket(FrameDeadline, StreamSocket):
 
     def _parse(self, view: memoryview, pos: int, end: int) -> None:
         """Handle the frames in ``view[pos:end]``, which starts at a frame boundary."""
-        limit = self._limit
-        unpack = _HEADER.unpack_from
+        frames = self._frames
         while pos < end:
             if self._paused_reading or self._discarding:  # a callback paused or closed
                 if not self._discarding:
                     self._pending = bytes(view[pos:end])
                 return
+            if self._state <= _ENDING:  # else we sent a close: drop what follows
+                frames.stop = False
+                pos = frames.deliver(view, pos, end)  # the whole data frames from pos
+                if pos == end or frames.stop:
+                    continue
+            # A partial frame, a control frame, one over the limit, or data after our close.
             if end - pos < 4:
                 self._head = bytes(view[pos:end])
                 self._start_frame_clock(self._loop.time())
                 return
-            (length,) = unpack(view, pos)
-            if length > limit and not self._check_header(length):
+            (length,) = _HEADER.unpack_from(view, pos)
+            if length > self._limit and not self._check_header(length):
                 return
             start = pos + 4
             stop = start + (length & _LENGTH_MASK)
@@ -349,15 +357,6 @@ class TcpSocket(FrameDeadline, StreamSocket):
             pos = stop
             if length > _LENGTH_MASK:
                 self._receive_control(bytes(view[start:stop]))
-            elif self._state <= _ENDING:  # else we sent a close: drop what follows
-                # Socket._deliver, written out (a call less per message).
-                stats = self.stats
-                stats.messages_in += 1
-                stats.bytes_in += stop - start
-                try:
-                    self._listener.on_message(self, bytes(view[start:stop]))
-                except Exception:  # a bug in the listener must not break the transport
-                    logger.error("! listener failed on a message from %s", self.peer, exc_info=True)
         self._frame_started = None
 
     def _continue_frame(self, view: memoryview, end: int) -> int:
@@ -486,6 +485,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
     def _send_close(self, code: int, reason: str, encoded: bytes) -> None:
         self._run_before_out()  # while it still takes writes: they go before the close
         self._state = _CLOSING
+        self._frames.stop = True  # data frames are dropped from now on
         self._close_sent = (code, reason)
         frame = _close_frame(code, encoded)
         if self._out is None:
@@ -511,7 +511,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
         self._fail(CloseCode.PROTOCOL_ERROR, "protocol error", DriverError(message))
 
     def _discard(self) -> None:
-        self._discarding = True
+        self._discarding = self._frames.stop = True
         self._paused_reading = False
         self._pending = self._head = b""
         self._size = -1
