@@ -255,7 +255,8 @@ async def test_full_disk_does_not_stop_the_node(
     (warning,) = [line for line in node.warnings() if "peer store" in line]
     assert re.search(
         rf"WARNING trustp2p\.storage\.peerstore: can't (write|open) peer store "
-        rf"{re.escape(str(path))}: .+; keeping peer stats in memory and retrying every 5 s$",
+        rf"{re.escape(str(path))}: .+; keeping peer stats in memory and retrying in 5 s, "
+        r"then less often while it fails \(every 60 s at most\)$",
         warning,
     ), warning
     assert node.warnings() == [warning]

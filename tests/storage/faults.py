@@ -29,6 +29,7 @@ import pytest
 from tests.conftest import FakeClock
 from tests.nodes import wait_for
 from trustp2p.storage import DATA_DIR
+from trustp2p.storage.writebehind import RETRY_MAX
 
 from .adapters import StoreAdapter
 from .sqlite_helpers import CORRUPTIONS, logged_by, query, rewrite
@@ -96,8 +97,9 @@ class StoreFaults:
     def cant(adapter: StoreAdapter, action: str, path: Path, error: str, every: float) -> str:
         """The WARNING a store logs when it can't ``action`` (open, write) its file."""
         return (
-            f"can't {action} {adapter.name} {path}: {error}; "
-            f"keeping {adapter.contents} in memory and retrying every {every:g} s"
+            f"can't {action} {adapter.name} {path}: {error}; keeping {adapter.contents} in "
+            f"memory and retrying in {every:g} s, then less often while it fails (every "
+            f"{max(every, RETRY_MAX):g} s at most)"
         )
 
     # Opening and closing.
@@ -227,6 +229,29 @@ class StoreFaults:
             ("INFO", f"{adapter.name} {path} is writable again"),
         ]
         assert adapter.stored(path) == [1, 2, 3]
+
+    async def test_a_failing_write_is_tried_less_often_while_it_fails(
+        self, adapter: StoreAdapter, path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Found by a tester: on a full disk, every try wrote the whole backlog again
+        until the error, each second: 5,000 unsaved messages kept a core 36-99 % busy."""
+        store = await adapter.open(path, flush_interval=10.0)  # (no periodic try in the test)
+        try:
+            disk = FailingWrites(monkeypatch, store, OSError(28, "No space"))
+            for n in range(6):
+                await adapter.change(store, n + 1)  # (the peer store tries to write it too)
+                assert await store.flush() is False
+                assert store.failing
+                # 10 s after the first failure, twice that after each next, 60 s at most.
+                expected = min(10.0 * 2 ** (store.write_failures - 1), RETRY_MAX)
+                assert store.retry_interval == expected
+            assert store.retry_interval == RETRY_MAX
+            assert disk.tries == store.write_failures
+            disk.stop()
+            assert await store.flush() is True
+            assert not store.failing and store.retry_interval == 10.0
+        finally:
+            await store.close()
 
     async def test_the_periodic_flush_retries(
         self,

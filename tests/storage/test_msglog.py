@@ -777,7 +777,8 @@ async def test_messages_dropped_while_writes_fail_are_not_written(
         (
             "WARNING",
             f"can't write message log {path}: database or disk is full; "
-            "keeping messages in memory and retrying every 3600 s",
+            "keeping messages in memory and retrying in 3600 s, then less often while it "
+            "fails (every 3600 s at most)",
         ),
         ("INFO", f"message log {path} is writable again"),
     ]
@@ -853,3 +854,27 @@ def test_logged_message_is_a_frozen_value() -> None:
         message(1).seq = 2  # type: ignore[misc]
     assert message(1) == message(1)
     assert not hasattr(message(1), "__dict__")
+
+
+async def test_a_backlog_wakes_no_write_while_writes_fail(
+    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 unsaved messages wake the flush task at once, but not while writes fail:
+    each message then tried the whole backlog again (found by a tester: a full disk
+    kept a core busy); the flush task's retries, less and less often, do."""
+    log = await MessageLog.open(path, clock=clock, flush_interval=HOUR)
+    try:
+        disk = FailingWrites(monkeypatch, log, OSError(28, "No space"))
+        log.add(message(1))
+        assert await log.flush() is False
+        for seq in range(2, 1100):
+            log.add(message(seq))
+        assert not log._wake.is_set()
+        assert disk.tries == 1
+        disk.stop()
+        for seq in range(1100, 1200):
+            log.add(message(seq))  # writable: the flush task's next try still comes
+        assert await log.flush() is True
+        assert len(stored(path)) == 1199
+    finally:
+        await log.close()

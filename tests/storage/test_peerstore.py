@@ -807,7 +807,8 @@ async def test_a_failing_disk_is_tried_once_per_flush(
         (
             "WARNING",
             f"can't write peer store {path}: database or disk is full; "
-            "keeping peer stats in memory and retrying every 3600 s",
+            "keeping peer stats in memory and retrying in 3600 s, then less often while it "
+            "fails (every 3600 s at most)",
         ),
         ("INFO", "= blocked 10.0.0.1 for 3600 s: test"),
         ("INFO", f"peer store {path} is writable again"),

@@ -273,8 +273,8 @@ class MessageLog(WriteBehind[Batch, Loaded]):
         if topic and topic.entries[0][1] < cutoff:  # kept or dropped: a look is enough, usually
             while (oldest := topic.oldest()) is not None and oldest[1] < cutoff:
                 self._messages.drop(topic)
-        if len(self._messages.pending) >= _WRITE_SOON:
-            self._wake.set()
+        if len(self._messages.pending) >= _WRITE_SOON and not self.failing:
+            self._wake.set()  # (failing: the flush task's retries, no sooner: a tester)
         return True
 
     def claim(self, origin: str, topic: str, source: str) -> None:
