@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ import trustp2p
 from trustp2p import GossipMessage, Node
 
 from .conftest import MS, wait_for
+from .storage.faults import FailingWrites
 
 pytestmark = pytest.mark.asyncio
 
@@ -246,3 +248,24 @@ async def test_a_peer_that_dialled_us_answers_for_what_it_relays(
         mallory.send_package(socket, package)
     await wait_for(lambda: victim.gossip.router.stats.invalid == 5)
     assert [s.stats.invalid_in for s in victim.server.sockets] == [5]
+
+
+async def test_while_writes_fail_a_delivery_tries_no_write_of_its_own(
+    nodes: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """tester41 F1: with ``durable_delivery`` (the default) each message delivered
+    flushed the log; on a full disk each flush wrote the whole backlog again until the
+    error (5,000 unsaved messages kept an idle node's core 90-99 % busy: 0.5 % now).
+    While writes fail, the flush task's retries alone try."""
+    node = await nodes(trustp2p.create_server, port=0, cwd=tmp_path)
+    assert node.gossip is not None and node.gossip.message_log is not None
+    got: list[GossipMessage] = []
+    node.subscribe("chat", got.append)
+    disk = FailingWrites(monkeypatch, node.gossip.message_log, OSError(28, "No space"))
+    await node.publish("chat", {"n": 0})
+    await wait_for(lambda: len(got) == 1 and disk.tries >= 1)
+    tries = disk.tries
+    for n in range(1, 51):
+        await node.publish("chat", {"n": n})
+    await wait_for(lambda: len(got) == 51)
+    assert disk.tries <= tries + 2  # (the flush task's retries: 1 s, then 2 s, ...)

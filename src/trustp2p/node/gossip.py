@@ -530,8 +530,8 @@ class Gossip:
 
     async def _delivered(self, message: GossipMessage, handled: bool) -> None:
         """The message's turn came and its handlers ran (if ``handled``: none, a relay
-        topic's, or all unsubscribed meanwhile: carried); its delivered mark may reach
-        the disk, before the next message is delivered with ``durable_delivery``."""
+        topic's, or all unsubscribed meanwhile: carried); its mark reaches the disk before
+        the next message with ``durable_delivery``, unless writes fail (tester41 F1)."""
         if self._marks is not None:
             self._marks.settle(stream_key(message.topic, message.origin), message.seq)
         if not handled:  # (review31: not counted as delivered; review37: nor lost)
@@ -539,7 +539,7 @@ class Gossip:
             return
         self.delivered += 1  # (once they ran, not queued: tester32 F6)
         count(self.node.metrics.topic_delivered, message.topic, limit=MAX_TOPICS)
-        if self.node.options.durable_delivery:
+        if self.node.options.durable_delivery and not self._log.failing:  # (each tried all)
             await self._log.flush()
 
     async def _validate(
