@@ -28,6 +28,7 @@ COMPILED = [
     "node/connections.py",
     "node/requests.py",
     "node/dispatch.py",
+    "node/workers.py",
     "node/roles.py",
     "node/handlers.py",
     "admin/counters.py",

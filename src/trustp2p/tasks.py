@@ -75,15 +75,23 @@ class TaskOwner:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 
+    def cancel(self) -> list[asyncio.Task[Any]]:
+        """Refuse new tasks and cancel the running ones; return them, for the caller to
+        wait for (within a bound: a task can catch its CancelledError and go on). One
+        that ends later is still logged if it raises."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        return tasks
+
     async def aclose(self) -> None:
         """Refuse new tasks, cancel the running ones and wait until they have ended (a
-        caller may bound the wait: a task can catch its CancelledError and go on)."""
-        self._closed = True
-        while self._tasks:
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
+        caller may bound the wait, or use :meth:`cancel`)."""
+        tasks = self.cancel()
+        while tasks:
             # Not gather(): cancelled, it waits for its tasks to end, and a task that
             # caught its CancelledError held the node's stop for ever (a tester).
             await asyncio.wait(tasks)
             self._tasks.difference_update(tasks)
+            tasks = self.cancel()

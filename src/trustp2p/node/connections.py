@@ -50,11 +50,12 @@ from ..protocol.package import Package, PackageType, check_encoded_size, encode
 from ..protocol.peers import peer_key
 from ..security.channel import SecureSocket
 from ..storage.peerstore import PeerSource
-from .dispatch import Hook, Workers
+from .dispatch import Hook
 from .inbound import Inbound
 from .peer import PeerConnection, PeerLog, SendBacklog, watch_stall
 from .penalties import Penalties
 from .twins import Twins
+from .workers import Workers
 
 if TYPE_CHECKING:
     from .node import Node

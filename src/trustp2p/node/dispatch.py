@@ -1,12 +1,13 @@
 """
 One connection's inbox and the worker that drains it: thread handlers and socket hooks
-run one at a time, in the order their packages arrived.
+run one at a time, in the order their packages arrived (:mod:`.workers` keeps every
+connection's).
 
 """
 
 from __future__ import annotations
 
-__all__ = ["Hook", "Worker", "Workers", "call_thread", "cancelled"]
+__all__ = ["Hook", "Worker", "call_thread", "cancelled"]
 
 import asyncio
 import inspect
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from ..drivers.base import Socket
     from ..threads.base import Handler, Thread
     from .node import Node
-    from .peer import PeerConnection
 
 logger = logging.getLogger(__name__)
 
@@ -71,43 +71,6 @@ async def call_thread(thread: Thread, name: str, *args: Any) -> None:
         handler_failed(thread.node, logger, "hook", name, what, "! %s failed", what)
 
 
-class Workers:
-    """Every connection's :class:`Worker`, made at its first item, and their tasks."""
-
-    __slots__ = ("_node", "_tasks")
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def put(self, conn: PeerConnection, item: Package | Hook) -> None:
-        """Queue ``item`` in the inbox of ``conn``."""
-        worker = conn.worker
-        if worker is None:
-            worker = conn.worker = Worker(
-                conn.socket,
-                self._node,
-                max_pending=self._node.options.max_pending_packages,
-                max_bytes=self._node.options.max_pending_bytes,
-                can_resume=conn.can_read,
-            )
-        task = worker.put(item)
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def wait(self, timeout: float, caller: object = None) -> None:
-        """Let the workers finish (``on_socket_close`` hooks), then cancel the rest; not
-        ``caller``, a worker whose handler stops the node (it waits for the stop)."""
-        workers = [task for task in self._tasks if task is not caller]
-        if workers:
-            what = f"the hooks and handlers of {len(workers)} connection(s)"
-            await self._node.stop_waits.wait(what, workers, timeout)
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-
-
 class Worker:
     """
     The inbox of one connection and the task that drains it.
@@ -126,11 +89,14 @@ class Worker:
         "_closed",
         "_freed",
         "_inbox",
+        "_item",
+        "_item_thread",
         "_max_bytes",
         "_max_pending",
         "_node",
         "_running",
         "_socket",
+        "_stopped",
         "_task",
         "paused",
     )
@@ -157,7 +123,37 @@ class Worker:
         self._running: dict[asyncio.Task[Any], int] = {}  # suspended request handlers: bytes
         self._freed: asyncio.Future[None] | None = None  # set when one of them ends
         self._closed = False
+        self._stopped = False  # the node's stop cancelled it: no next item
+        self._item: Package | Hook | None = None  # the one handled now
+        self._item_thread: Thread | None = None  # whose handler or hook runs on it
         self.paused = False
+
+    @property
+    def peer(self) -> str:
+        """The peer of its connection, as log lines name it."""
+        return self._socket.peer
+
+    def stop(self) -> None:
+        """The node stops: take no next item (the rest of the inbox is dropped)."""
+        self._stopped = True
+
+    def left_running(self) -> None:
+        """Say, at WARNING, that the hook or handler running didn't end when the stop
+        cancelled it, and runs on after the stop; and how many items of the inbox it
+        won't take."""
+        item, thread = self._item, self._item_thread
+        where = "?" if thread is None else thread.path or type(thread).__name__
+        if isinstance(item, Hook):
+            what = f"{item.name} of {where}"
+        elif item is not None:
+            what = f"handler of {item.type.name} {item.event!r} in {where}"
+        else:
+            what = "a handler"
+        dropped = len(self._inbox or ())
+        rest = f"; {dropped} item(s) of its inbox dropped" if dropped else ""
+        self._log().warning(
+            "x %s didn't end when cancelled: it runs on after the stop%s", what, rest
+        )
 
     def put(self, item: Package | Hook) -> asyncio.Task[None] | None:
         """Queue ``item``; returns the worker task if this call started one. A ping is
@@ -227,24 +223,32 @@ class Worker:
         assert inbox is not None
         threads = self._node.threads
         try:
-            while inbox:
-                item = inbox.popleft()
+            while inbox and not self._stopped:
+                item = self._item = inbox.popleft()
+                self._item_thread = None
                 if self.paused:
                     self._resume()
                 if type(item) is not Package:
                     assert isinstance(item, Hook)
                     for thread in threads:
+                        if self._stopped:  # (one that caught its cancel returned late)
+                            break
+                        self._item_thread = thread
                         await call_thread(thread, item.name, *item.args)
                 elif item.type in REQUEST_TYPES:
                     await self._request(item, _size(item))
                 else:
                     for thread, handler in self._node.handlers.get(item.type, item.event):
+                        if self._stopped:
+                            break
+                        self._item_thread = thread
                         await self._run(thread, handler, item)
                     self._bytes -= _size(item)
                 if self.paused:  # (its bytes are off now: a large one held it paused)
                     self._resume()
         finally:
             self._task = None
+            self._item = self._item_thread = None
             if not inbox:
                 self._inbox = None
 
@@ -289,9 +293,8 @@ class Worker:
             return
         rest = _resume(result, yielded)
         running = self._running
-        task = self._node.tasks.spawn(
-            self._finish(thread, package, rest, started), f"request {package.event!r}"
-        )
+        name = f"request {package.event!r} from {self._socket.peer}"  # (said if left at a stop)
+        task = self._node.tasks.spawn(self._finish(thread, package, rest, started), name)
         running[task] = size
         self._bytes += size
         task.add_done_callback(self._slot_freed)

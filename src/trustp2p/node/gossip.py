@@ -120,12 +120,13 @@ class Gossip:
         self._sends: set[asyncio.Task[None]] = set()  # (held: see keep_task)
         self._validators: dict[str, Validator] = {}
         self._delivery = TopicQueues(
-            self.tasks, self._work, self._settle, node.connection, self._catch_up
+            self.tasks, self._work, self._settle, node.connection, self._catch_up, keep=self._kept
         )
         self._checks = FairShare(options.gossip_node_rate)  # live messages, all peers
         self._attribution = Attribution(node)  # whose a message is: log_source(), via
         self._talked = asyncio.Event()  # set (and replaced) at each control talk
         self._threads_started = asyncio.Event()  # handlers run from then on (replay())
+        self._halting: asyncio.Future[None] | None = None  # once halt() was called
 
     def _now(self) -> float:
         if self._clock is None:
@@ -346,22 +347,27 @@ class Gossip:
             self._replay(topic)
 
     def halt(self, caller: asyncio.Task[Any] | None = None) -> Awaitable[None]:
-        """Stop delivering, validating and fetching, from the call on; running handlers
-        get up to ``close_timeout`` by the end of what it returns, but ``caller``'s, its
-        message delivered (review59; see :mod:`.stopping`)."""
-        self._talked.set()  # (wait_subscribers() sees the stop)
-        started = self._threads_started.is_set()  # (before, no handler runs)
-        running, stopper = self._delivery.finish(caller) if started else ([], None)
-        self._stopped_by(stopper)
-        return handlers_end(self.node, running, self.tasks)
+        """Stop delivering, validating and fetching, from the first call on; running
+        handlers get up to ``close_timeout`` by the end of what it returns (the same at
+        each call: review63, a second wait), but ``caller``'s, its message delivered
+        (review59; see :mod:`.stopping`)."""
+        if self._halting is None:
+            self._talked.set()  # (wait_subscribers() sees the stop)
+            started = self._threads_started.is_set()  # (before, no handler runs)
+            running, stopper = self._delivery.finish(caller) if started else ([], None)
+            self._kept(stopper)
+            ending = handlers_end(self.node, running, self.tasks, self._delivery.abandon)
+            self._halting = asyncio.ensure_future(ending)
+        return self._halting
 
     def stopped_again(self) -> None:
         """The node was stopped again, maybe from a handler (review60 F3)."""
-        self._stopped_by(self._delivery.stopped_again())
+        self._kept(self._delivery.stopped_again())
 
-    def _stopped_by(self, stopper: GossipMessage | None) -> None:
-        if stopper is not None and self._marks is not None:  # it counts as delivered
-            self._marks.settle(stream_key(stopper.topic, stopper.origin), stopper.seq)
+    def _kept(self, message: GossipMessage | None) -> None:
+        """``message`` counts as delivered: its handler stopped the node, or runs on."""
+        if message is not None and self._marks is not None:
+            self._marks.settle(stream_key(message.topic, message.origin), message.seq)
 
     async def stop(self) -> None:
         self.publishing = False
@@ -440,7 +446,7 @@ class Gossip:
             return  # seen before: it holds its place already, or was dealt with
         self.router.refuse(message.id)  # seen: its copies are dropped by id
         self._carry_out(self._order.pass_over(message))
-        self._settle_if_idle()
+        self._delivery.settle_if_idle()
 
     def _ingest(self, socket: Socket | None, message: GossipMessage, *, live: bool) -> bool:
         """Take a verified message; return True if it was new."""
@@ -520,14 +526,6 @@ class Gossip:
         if self._marks is not None:
             self._marks.settle_all()
 
-    def _settle_if_idle(self) -> None:
-        """After the order moved outside the delivery queues (a gap given up, in part
-        at its timeout, or a fill passed over): with no message waiting for handlers,
-        make it durable now; no handler's return would (review32 R32-2: a node killed
-        before the next message asked for, and gave up, those numbers again)."""
-        if self._delivery.idle:
-            self._settle()
-
     async def _delivered(self, message: GossipMessage, handled: bool) -> None:
         """The message's turn came and its handlers ran (if ``handled``: none, a relay
         topic's, or all unsubscribed meanwhile: carried); its mark reaches the disk before
@@ -572,7 +570,7 @@ class Gossip:
         (the one that revealed them lacked them too). At every gossip heartbeat."""
         events, waiting = self._order.tick(busy=self.catchup.fetching)
         self._carry_out(events)
-        self._settle_if_idle()
+        self._delivery.settle_if_idle()
         self._rng.shuffle(waiting)  # a peer's many gaps don't always come first
         for stream in waiting:
             socket = self.catchup.choose(self.node.sockets)

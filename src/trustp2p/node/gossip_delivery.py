@@ -23,18 +23,19 @@ of silent peers, counted as waiting, held honest peers while nothing waited.
 
 from __future__ import annotations
 
-__all__ = ["MAX_WAITING_BYTES", "Item", "TopicQueues", "Work", "stopping_here"]
+__all__ = ["MAX_WAITING_BYTES", "Item", "TopicQueues", "Turn", "Work", "stopping_here", "turn_here"]
 
 import asyncio
 import contextvars
 import logging
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..protocol.gossip import HELD_MESSAGE_OVERHEAD
 from .dispatch import cancelled
+from .failures import gossip_where
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
@@ -45,16 +46,31 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class _Turn:
-    """One message's turn in its topic's delivery (see :data:`_DRAIN`)."""
+class Turn:
+    """
+    One message's turn in its topic's delivery (see :data:`_DRAIN`).
 
-    __slots__ = ("stopped",)
+    Attributes:
+        what: Who runs on it now, as log lines name it (``"gossip handler of 'chat' in
+            app.py"``; set by the caller of each handler).
+        stopped: Its handler stopped the node: it counts as delivered.
+        left: Its validator or handler didn't end when the stop cancelled it, and runs
+            on after the stop (:meth:`TopicQueues.abandon`): nothing of the turn goes
+            on once it returns.
+
+    """
+
+    __slots__ = ("left", "stopped", "what")
 
     def __init__(self) -> None:
-        self.stopped = False  # its handler stopped the node: counted as delivered
+        # (Not the message: the tasks a handler starts keep its turn, for as long as
+        # they run; TopicQueues keeps what the turn is on while it lasts.)
+        self.what = ""
+        self.stopped = False
+        self.left = False
 
 
-_DRAIN: contextvars.ContextVar[_Turn | None] = contextvars.ContextVar("gossip_drain", default=None)
+_DRAIN: contextvars.ContextVar[Turn | None] = contextvars.ContextVar("gossip_drain", default=None)
 """Which message's turn a handler runs in, seen by the tasks it starts (a stop among
 them). Not the task: the tasks started there kept it, and a 1,000-node simulation held
 about 15 MiB more of them; one turn a message, not the queues' id and the topic
@@ -67,6 +83,12 @@ def stopping_here() -> bool:
     counted as delivered (see :meth:`TopicQueues.finish`)."""
     turn = _DRAIN.get()
     return turn is not None and turn.stopped
+
+
+def turn_here() -> Turn | None:
+    """The turn the validator or handler running in this task runs in (None outside
+    gossip delivery)."""
+    return _DRAIN.get()
 
 
 MAX_WAITING_BYTES = 16 * 2**20
@@ -110,6 +132,8 @@ class TopicQueues:
     ``connection(source)`` finds the peer to hold (see the module); once it is let go,
     ``catch_up(source)`` runs in a task: what that peer sent while it was held may have
     been dropped (its send queue full), and nothing after it may come to reveal the gap.
+    ``keep(message)``: a message whose handler runs on past the stop counts as delivered
+    (:meth:`abandon`).
 
     Attributes:
         waiting: What waits in all topics, in bytes (see :data:`MAX_WAITING_BYTES`).
@@ -127,6 +151,7 @@ class TopicQueues:
         "_drains",
         "_held",
         "_idle",
+        "_keep",
         "_max_bytes",
         "_queues",
         "_room",
@@ -144,12 +169,15 @@ class TopicQueues:
         connection: Callable[[Socket], PeerConnection | None],
         catch_up: Callable[[Socket], Coroutine[Any, Any, None]] | None = None,
         max_bytes: int = MAX_WAITING_BYTES,
+        *,
+        keep: Callable[[GossipMessage], None] | None = None,
     ) -> None:
         self._tasks = tasks
         self._work = work
         self._idle = idle
         self._connection = connection
         self._catch_up = catch_up
+        self._keep = keep
         self._max_bytes = max_bytes
         self._queues: dict[str, deque[Item]] = {}
         self._bytes: dict[str, int] = {}  # per topic with messages waiting
@@ -159,7 +187,8 @@ class TopicQueues:
         self._held: dict[str, dict[Socket, None]] = {}  # topic -> peers held for it
         self._room = asyncio.Event()
         self._drains: dict[str, asyncio.Task[Any]] = {}  # topic -> its task
-        self._current: dict[str, tuple[_Turn, str, GossipMessage]] = {}  # topic -> its turn
+        # topic -> its turn, and what it is on: kind, message, source
+        self._current: dict[str, tuple[Turn, str, GossipMessage, Socket | None]] = {}
         self._stopping = False  # finish() called: no next message
         self.waiting = 0
 
@@ -172,6 +201,14 @@ class TopicQueues:
         """Whether no message waits or is being worked on, in any topic; never once
         :meth:`finish` was called (the messages left waiting are not delivered)."""
         return not self._queues and not self._stopping
+
+    def settle_if_idle(self) -> None:
+        """After the order moved outside the queues (a gap given up, in part at its
+        timeout, or a fill passed over): with no message waiting for handlers, call
+        ``idle()`` now; no handler's return would (review32 R32-2: a node killed before
+        the next message asked for, and gave up, those numbers again)."""
+        if self.idle:
+            self._idle()
 
     def share(self, topic: str) -> int:
         """What ``topic`` waits for, in bytes."""
@@ -324,11 +361,47 @@ class TopicQueues:
         marked as the one that stopped the node; and its message, if that delivers
         one (not a validator's). (None, None) from elsewhere."""
         turn = _DRAIN.get()
-        for topic, (current, kind, message) in self._current.items():
+        for topic, (current, kind, message, _) in self._current.items():
             if current is turn and turn is not None:
                 turn.stopped = kind == "deliver"
                 return self._drains.get(topic), message if turn.stopped else None
         return None, None
+
+    def abandon(self, left: Collection[asyncio.Future[Any]]) -> list[asyncio.Future[Any]]:
+        """
+        The stop gives up on the deliveries among ``left``, cancelled and still running
+        (a validator or handler caught its ``CancelledError``): each is said at WARNING,
+        and runs on after the stop, with nothing of its turn after it (no next handler,
+        no verdict carried out: :attr:`Turn.left`). A handler's message counts as
+        delivered (``keep``): the handler has it, and one that runs to its end must not
+        get it again after a restart (review63 F2: it was handled twice); the topic's
+        handlers after it don't get it. A validator's is validated again after a
+        restart.
+
+        Returns:
+            Those deliveries (the other tasks of ``left`` are the caller's to say).
+
+        """
+        said: list[asyncio.Future[Any]] = []
+        for topic, task in self._drains.items():
+            current = self._current.get(topic)
+            if task not in left or current is None or current[0].left:
+                continue
+            turn, kind, message, source = current
+            turn.left = True
+            said.append(task)
+            where = gossip_where(message, source)
+            if kind != "deliver":
+                logger.warning("x validator of %r didn't end when cancelled, on %s: it runs on "
+                               "after the stop; the message is validated again after a "
+                               "restart", topic, where)  # fmt: skip
+                continue
+            logger.warning("x %s didn't end when cancelled, on %s: it runs on after the stop, "
+                           "and the message counts as delivered (not handed over again after a "
+                           "restart)", turn.what or "gossip delivery", where)  # fmt: skip
+            if self._keep is not None:
+                self._keep(message)
+        return said
 
     async def _drain(
         self, topic: str, queue: deque[tuple[str, GossipMessage, Socket | None]]
@@ -336,8 +409,8 @@ class TopicQueues:
         try:
             while queue and not self._stopping:
                 kind, message, source = queue.popleft()
-                _DRAIN.set(turn := _Turn())
-                self._current[topic] = (turn, kind, message)
+                _DRAIN.set(turn := Turn())
+                self._current[topic] = (turn, kind, message, source)
                 try:
                     await self._work(kind, message, source)
                 except (Exception, asyncio.CancelledError) as exc:  # not the end of delivery

@@ -23,14 +23,14 @@ import enum
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ..drivers.base import Socket
 from ..protocol.gossip import GossipMessage
 from ..protocol.package import PackageType
 from .dispatch import cancelled
 from .failures import gossip_failed, gossip_where
-from .gossip_delivery import stopping_here
+from .gossip_delivery import stopping_here, turn_here
 
 if TYPE_CHECKING:
     from .node import Node
@@ -79,7 +79,9 @@ async def judge(
 ) -> Validation:
     """The verdict of ``validator`` (None: accepted) on ``message`` from ``socket``; a
     validator that fails, or returns something else than a :class:`Validation`, ignores
-    it (counted, and logged within its budget: see :mod:`.failures`)."""
+    it (counted, and logged within its budget: see :mod:`.failures`). One left running
+    past the stop (:meth:`~.gossip_delivery.TopicQueues.abandon`): its verdict is
+    dropped."""
     try:
         verdict = validator(message) if validator is not None else Validation.ACCEPT
         if inspect.isawaitable(verdict):
@@ -90,6 +92,8 @@ async def judge(
         what = f"validator of {message.topic!r}"
         gossip_failed(node, logger, "validator", what, message, socket)
         verdict = Validation.IGNORE
+    if (turn := turn_here()) is not None and turn.left:
+        _left_ended(f"validator of {message.topic!r}", message, socket)
     return verdict
 
 
@@ -129,12 +133,17 @@ async def _call(
     """Call ``function(*args)``, sync or async, on ``message``; what it raises is its
     failure. Cancelled (the node stopped, and it ran past ``close_timeout``): said,
     since its message is delivered again after a restart (its mark wasn't moved), but
-    not for a handler that stopped its node (its message counted as delivered)."""
+    not for a handler that stopped its node (its message counted as delivered), nor
+    for one left running past the stop (see :func:`_left_ended`)."""
+    if (turn := turn_here()) is not None:
+        turn.what = what  # (named if it is left running past the stop)
     try:
         result = function(*args)
         if inspect.isawaitable(result):
             await result
     except (Exception, asyncio.CancelledError) as exc:
+        if cancelled(exc) and turn is not None and turn.left:
+            _left_ended(what, message, socket, exc)
         if cancelled(exc) and stopping_here():
             logger.info(  # (review60: the handler running then, not always the stopper)
                 "x %s cancelled: the node was stopped from the delivery of %s, which counts"
@@ -151,3 +160,23 @@ async def _call(
             )
             raise
         gossip_failed(node, logger, kind, what, message, socket)
+    if turn is not None and turn.left:
+        _left_ended(what, message, socket)
+
+
+def _left_ended(
+    what: str, message: GossipMessage, socket: Socket | None, exc: BaseException | None = None
+) -> NoReturn:
+    """
+    The validator or handler ``what`` on ``message``, left running past the stop (its
+    turn's :attr:`~.gossip_delivery.Turn.left`), ended: said at INFO, and
+    :exc:`asyncio.CancelledError` raised (``exc``, the one it ended with, if any), so
+    that nothing of its turn goes on in a node that stopped: no next handler, no
+    verdict carried out (review63 F2: its message, delivered, then went on its way).
+    """
+    how = "ended" if exc is None else "ended cancelled"
+    logger.info("x %s, left running at the stop, %s, on %s", what, how,
+                gossip_where(message, socket))  # fmt: skip
+    if exc is not None:
+        raise exc
+    raise asyncio.CancelledError

@@ -39,7 +39,7 @@ from ..threads.loader import enabled_thread_classes, make_threads
 from ..threads.peer_exchange import PeerExchangeThread
 from .gossip_thread import GossipThread
 from .requests import Requests
-from .stopping import stop_threads
+from .stopping import stop_threads, tasks_end
 
 if TYPE_CHECKING:
     from .node import Node
@@ -182,7 +182,7 @@ async def stop_parts(
     await node.connections.workers.wait(node.options.close_timeout, caller)  # the hooks
     if requests is not None:
         requests.close()
-    await node.tasks.aclose()
+    await tasks_end(node)  # (bounded: review61 F2, a request handler could hold it)
     if node.gossip is not None:
         await node.gossip.stop()
     if node.store is not None:

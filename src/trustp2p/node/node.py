@@ -342,9 +342,11 @@ class Node:
         thread's ``stop()`` (for ``close_timeout`` each at most) while the handlers
         running finish (``close_timeout`` at most), close every connection with code
         1001, then cancel and await remaining tasks. What it waits for is said after 3 s
-        and given up by ``stop_waits.hurry()``. Safe to call more than once, from any task:
-        each call waits for the same stop. Cancelling a caller doesn't cancel the stop,
-        which goes on to its end; the caller gets its :exc:`asyncio.CancelledError`.
+        and given up by ``stop_waits.hurry()``; work cancelled that goes on (it caught
+        its CancelledError) is left running past the stop, said at WARNING. Safe to call
+        more than once, from any task: each call waits for the same stop. Cancelling a
+        caller doesn't cancel the stop, which goes on to its end; the caller gets its
+        :exc:`asyncio.CancelledError`.
         Called during :meth:`start`, it waits for the start to end, then stops; called
         within the start (by a thread's ``start()``), it raises :exc:`NodeStateError`.
         """

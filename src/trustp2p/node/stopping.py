@@ -2,7 +2,10 @@
 What a node's stop waits for: the gossip handlers running and the threads' ``stop()``,
 side by side (:func:`stop_threads`), each wait bounded by ``close_timeout``, said once it
 has gone on for :data:`SAY_AFTER` seconds, and cut short by :meth:`StopWaits.hurry` (the
-CLI's second SIGTERM or Ctrl-C).
+CLI's second SIGTERM or Ctrl-C). Work cancelled that doesn't end (it caught its
+``CancelledError`` and goes on) is waited for what is left of that bound, or
+:data:`CANCEL_GRACE`, then left to run on after the stop, said at WARNING (review61 F2,
+review63 F2 and F3: it held the stop as long as it liked, hurried or not).
 
 Found in review (R57-3): the stop waited for the handlers running, then called the
 threads' ``stop()``: a handler waiting for something its thread's ``stop()`` ends (an
@@ -15,11 +18,20 @@ didn't shorten it.
 
 from __future__ import annotations
 
-__all__ = ["SAY_AFTER", "StopWaits", "handlers_end", "stop_thread", "stop_threads"]
+__all__ = [
+    "CANCEL_GRACE",
+    "SAY_AFTER",
+    "StopWaits",
+    "handlers_end",
+    "say_left",
+    "stop_thread",
+    "stop_threads",
+    "tasks_end",
+]
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from .dispatch import call_thread
@@ -33,6 +45,11 @@ logger = logging.getLogger(__name__)
 
 SAY_AFTER = 3.0
 """Seconds a wait of the stop goes on before it is said, at INFO, with what it waits for."""
+
+CANCEL_GRACE = 0.1
+"""Seconds work the stop cancelled has at least to end (it unwinds: a ``finally`` that
+awaits), hurried too, past what is left of ``close_timeout`` for it: then it is left
+running (:meth:`StopWaits.wait_cancelled`)."""
 
 
 class StopWaits:
@@ -100,6 +117,21 @@ class StopWaits:
             await asyncio.wait((hurried, done))  # (they end at once)
         return {future for future in futures if not future.done()}
 
+    async def wait_cancelled(
+        self, what: str, futures: Collection[asyncio.Future[Any]], timeout: float
+    ) -> set[asyncio.Future[Any]]:
+        """Wait for ``futures``, just cancelled (``what`` they are), ``timeout`` seconds
+        at most (what is left of their bound), :data:`CANCEL_GRACE` at least, hurried
+        or not. Return those still running: they run on after the stop (one caught its
+        ``CancelledError``), for the caller to say."""
+        loop = asyncio.get_running_loop()
+        grace_end = loop.time() + CANCEL_GRACE
+        left = await self.wait(f"{what}, cancelled", futures, max(timeout, 0.0))
+        if left and (grace := grace_end - loop.time()) > 0:
+            await asyncio.wait(left, timeout=grace)
+            left = {future for future in left if not future.done()}
+        return left
+
     def _say(self, what: str, timeout: float) -> None:
         hint = f"; {self.hint}" if self.hint else ""
         self._log.info("x the stop waits for %s (%g s at most%s)", what, timeout, hint)
@@ -123,24 +155,57 @@ async def stop_threads(node: Node, caller: asyncio.Task[Any] | None) -> None:
         await _cancel_tasks(thread, timeout, waits)
 
 
+Abandon = Callable[[Collection[asyncio.Future[Any]]], Collection[asyncio.Future[Any]]]
+"""``abandon(left)``: says the gossip deliveries among ``left``, which run on after the
+stop (see :meth:`~.gossip_delivery.TopicQueues.abandon`); returns them."""
+
+
 async def handlers_end(
-    node: Node, running: Collection[asyncio.Task[Any]], tasks: TaskOwner
+    node: Node, running: Collection[asyncio.Task[Any]], tasks: TaskOwner, abandon: Abandon
 ) -> None:
     """Give the gossip handlers (and validators) ``running`` up to ``close_timeout`` to
-    end (less if the stop is hurried), then cancel what is left of ``tasks``."""
+    end (less if the stop is hurried), then cancel ``tasks`` and wait for what is left
+    of ``close_timeout`` (:meth:`StopWaits.wait_cancelled`); those still running then
+    run on after the stop: ``abandon`` says the deliveries, this the other tasks."""
     timeout, waits = node.options.close_timeout, node.stop_waits
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    what = f"{len(running)} gossip handler(s) running" if running else "the gossip tasks"
     if running:
         logger.info("x waiting up to %g s for the gossip handlers running", timeout)
-        await waits.wait(f"{len(running)} gossip handler(s) running", running, timeout)
-    await tasks.aclose()
+        await waits.wait(what, running, timeout)
+    rest = timeout - (loop.time() - began)
+    left = await waits.wait_cancelled(what, tasks.cancel(), rest)
+    said = abandon(left)
+    say_left("gossip", [task for task in left if task not in said])
+
+
+async def tasks_end(node: Node) -> None:
+    """Cancel the node's tasks (request handlers, hooks of errors...) and wait
+    ``close_timeout`` at most for them to end; say those that run on."""
+    waits, timeout = node.stop_waits, node.options.close_timeout
+    say_left("the node", await waits.wait_cancelled("the node's tasks", node.tasks.cancel(),
+                                                    timeout))  # fmt: skip
+
+
+def say_left(owner: str, tasks: Collection[asyncio.Future[Any]]) -> None:
+    """Say, at WARNING, ``tasks`` of ``owner`` that didn't end when cancelled."""
+    if tasks:
+        names = ", ".join(sorted(_name(task) for task in tasks))
+        logger.warning("x %d task(s) of %s didn't end when cancelled: they run on after the "
+                       "stop (%s)", len(tasks), owner, names)  # fmt: skip
+
+
+def _name(future: asyncio.Future[Any]) -> str:
+    return future.get_name() if isinstance(future, asyncio.Task) else repr(future)
 
 
 async def stop_thread(
     thread: Thread, timeout: float, waits: StopWaits, *, tasks: bool = True
 ) -> None:
     """Call a thread's ``stop()``, for ``timeout`` seconds at most; then (if ``tasks``)
-    cancel its tasks, and wait ``timeout`` at most for them to end; less once ``waits``
-    is hurried (what is left is cancelled)."""
+    cancel its tasks, and wait ``timeout`` at most for them to end (:data:`CANCEL_GRACE`
+    once ``waits`` is hurried); what is left runs on, said at WARNING."""
     where = thread.path or type(thread).__name__
     # (In a task: a stop() that catches its CancelledError held the stop for ever.)
     loop = asyncio.get_running_loop()  # (named: review61, one left running said "Task-6")
@@ -158,17 +223,22 @@ async def _cancel_tasks(thread: Thread, timeout: float, waits: StopWaits) -> Non
     """Cancel a thread's tasks, and wait ``timeout`` at most for them to end."""
     where = thread.path or type(thread).__name__
     # (a task that catches its CancelledError held the stop for ever: a tester)
-    if await _bounded(waits, f"the tasks of {where}", thread.cancel_tasks(), timeout):
-        if not waits.hurried:
-            logger.warning("! tasks of %s didn't end within %g s of being cancelled: going on",
-                           where, timeout)  # fmt: skip
+    closing = thread.cancel_tasks()
+    if await _bounded(waits, f"the tasks of {where}", closing, timeout, cancelled=True):
+        within = "when cancelled (the stop was cut short)" if waits.hurried else (
+            f"within {timeout:g} s of being cancelled")  # fmt: skip
+        logger.warning("! tasks of %s didn't end %s: they run on after the stop", where, within)
 
 
-async def _bounded(waits: StopWaits, what: str, work: Awaitable[None], timeout: float) -> bool:
-    """Run ``work`` for ``timeout`` at most (see :meth:`StopWaits.wait`); True if it was
-    cancelled unfinished."""
+async def _bounded(
+    waits: StopWaits, what: str, work: Awaitable[None], timeout: float, *, cancelled: bool = False
+) -> bool:
+    """Run ``work`` for ``timeout`` at most (see :meth:`StopWaits.wait`, or
+    :meth:`~StopWaits.wait_cancelled` if it waits for work ``cancelled``); True if it
+    was cancelled unfinished."""
     future = asyncio.ensure_future(work)
-    if not await waits.wait(what, (future,), timeout):
+    wait = waits.wait_cancelled if cancelled else waits.wait
+    if not await wait(what, (future,), timeout):
         future.result()  # (what it raised)
         return False
     future.cancel()
