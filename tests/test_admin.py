@@ -22,6 +22,7 @@ import trustp2p
 from trustp2p import Node, NodeOptions, PackageType, Thread
 from trustp2p.admin.client import status_url, url_token
 from trustp2p.admin.server import MAX_CONNECTIONS
+from trustp2p.admin.status import TopicRates, node_status
 from trustp2p.cli import main
 from trustp2p.drivers.base import Socket
 from trustp2p.exceptions import ConfigError, DriverError
@@ -687,3 +688,44 @@ async def test_status_keeps_the_warnings_the_stores_log_from_their_thread(
     node = await make_node(server=True, admin="127.0.0.1:0", cwd=tmp_path, name="n")
     messages = [w["message"] for w in (await status_of(node))["warnings"]]
     assert sum("is corrupt" in m for m in messages) == 2, messages
+
+
+def test_status_tables_say_a_failing_store_the_clock_and_drops_for_age() -> None:
+    """tester41 F2: `trustp2p status` showed only the first WARNING of a store whose
+    writes still failed 26 minutes later, and the same page once they worked again; F5:
+    the topic table left out the messages dropped as too old."""
+    from trustp2p.admin.client import status_tables
+
+    status: dict[str, Any] = {
+        "node": {
+            "peer_id": "tpx", "version": "0.1.0", "mode": "server", "secure": True,
+            "uptime_s": 5.0, "listen_urls": [], "clock_offset_s": -172800.0,
+            "stores": {
+                "peers": {"failing": False, "write_failures": 0},
+                "messages": {"failing": True, "write_failures": 12},
+            },
+        },
+        "peers": [],
+        "topics": [{"topic": "chat", "subscribed": True, "published": 1, "delivered": 2,
+                    "rate_per_s": 0.0, "too_old": 7}],
+        "warnings": [],
+    }  # fmt: skip
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    for table in status_tables(status):
+        console.print(table)
+    text = console.export_text()
+    assert re.search(r"clock\W+\+172800 s from its peers' median", text)
+    assert re.search(r"messages store\W+writes failing: in memory \(12 failed\)", text)
+    assert re.search(r"peers store\W+ok \(0 failed\)", text)
+    assert "too old" in text and re.search(r"chat\W+yes\W+1\W+2\W+0\.00\W+7\W", text)
+
+
+async def test_status_json_says_each_stores_state(make_node: MakeNode, tmp_path: Path) -> None:
+    node = await make_node(server=True, cwd=tmp_path)
+    stores = node_status(node, TopicRates(0.0))["node"]["stores"]
+    assert stores == {
+        "peers": {"failing": False, "write_failures": 0},
+        "messages": {"failing": False, "write_failures": 0},
+    }

@@ -129,9 +129,14 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
     add_plain_row(about, "mode", f"{node['mode']} ({'secure' if node['secure'] else 'plain'})")
     add_plain_row(about, "uptime", f"{node['uptime_s']:.0f} s")
     add_plain_row(about, "listening", " ".join(node["listen_urls"]) or "-")
+    if (offset := node.get("clock_offset_s")) is not None:  # (peers' clocks minus ours)
+        add_plain_row(about, "clock", f"{-offset:+.0f} s from its peers' median")
+    for name, store in node.get("stores", {}).items():  # (tester41 F2)
+        state = "writes failing: in memory" if store["failing"] else "ok"
+        add_plain_row(about, f"{name} store", f"{state} ({store['write_failures']} failed)")
     tables = [about, _peers_table(status["peers"])]
     if status["topics"]:
-        topics = Table("topic", "subscribed", "published", "delivered", "per s")
+        topics = Table("topic", "subscribed", "published", "delivered", "per s", "too old")
         for t in status["topics"]:
             add_plain_row(
                 topics,
@@ -140,6 +145,7 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
                 str(t["published"]),
                 str(t["delivered"]),
                 f"{t['rate_per_s']:.2f}",
+                str(t.get("too_old", 0)),  # (tester41 F5)
             )
         tables.append(topics)
     if status["warnings"]:

@@ -98,6 +98,19 @@ def _topics(node: Node, rates: TopicRates, now: float) -> list[dict[str, Any]]:
     ]
 
 
+def _stores(node: Node) -> dict[str, dict[str, Any]]:
+    """Each store on disk: whether its writes fail now (its changes wait in memory), and
+    how many tries failed (tester41 F2: only the first WARNING said so, long gone)."""
+    stores: dict[str, Any] = {"peers": node.store}
+    if node.gossip is not None:
+        stores["messages"] = node.gossip.message_log
+    return {
+        name: {"failing": store.failing, "write_failures": store.write_failures}
+        for name, store in stores.items()
+        if store is not None
+    }
+
+
 def _rounded(offset: float | None) -> float | None:
     return None if offset is None else round(offset, 3)
 
@@ -119,6 +132,7 @@ def node_status(
             "admin_url": node.admin_url,
             "clock_offset_s": _rounded(node.clock_watch.offset),
             "clock_networks": node.clock_watch.clocks.peers,
+            "stores": _stores(node),
         },
         "peers": [_peer(node, conn) for conn in node.connections],
         "topics": _topics(node, rates, now),
