@@ -23,6 +23,7 @@ COMPILED = [
     "protocol/actions.py",
     "protocol/deliver.py",
     "protocol/limits.py",
+    "protocol/costs.py",
     # the node's per-message paths
     "node/node.py",
     "node/connections.py",

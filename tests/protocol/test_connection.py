@@ -495,6 +495,24 @@ def test_bodies_of_many_containers_cost_more_of_the_budget(clock: FakeClock) -> 
     assert throttle_delay(actions[1]) == pytest.approx(0.3)
 
 
+def test_a_body_read_the_slow_way_pays_for_its_characters(clock: FakeClock) -> None:
+    # Found in review (r66 A1): one 19-digit integer sends a body to the standard
+    # library's reader; 1 MiB of floats with one took 101-117 ms, at one token.
+    budget = TokenBucket(rate=10.0, burst=30, now=clock())
+    connection = protocol(clock, budget=budget, handled={(PackageType.TALK, "note")})
+    floats = ",".join(["1.5"] * 5000)  # 19,999 characters
+    slow = encode(build_package(PackageType.TALK, "note", {"x": [10**20], "f": [1.5] * 5000}))
+    fast = encode(build_package(PackageType.TALK, "note", {"x": [10**15], "f": [1.5] * 5000}))
+    assert len(floats) < len(decode(slow).body_json) < 22_000
+    assert [type(a) for a in connection.receive_data(fast)] == [Dispatch]  # 1: orjson's
+    assert connection.slow_read == 0
+    assert [type(a) for a in connection.receive_data(slow)] == [Dispatch]  # 1 + 10 tokens
+    assert connection.slow_read == len(decode(slow).body_json)
+    assert [type(a) for a in connection.receive_data(slow)] == [Dispatch]  # 11 more
+    actions = connection.receive_data(slow)  # 7 tokens left: 4 short
+    assert throttle_delay(actions[1]) == pytest.approx(0.4)
+
+
 def test_a_gossip_package_pays_for_its_size(clock: FakeClock) -> None:
     # Found by an attacker: one valid 200 KB message sent again and again on one
     # connection, a token each, took 98 % of the node's core (193 MB/s, each read,

@@ -495,7 +495,7 @@ class Connections:
             self._metrics.unmatched += 1
             # As a request's, body included: a flood of them is throttled (found in
             # review: 1 MB answers of [[],[],...] to nothing cost a token each).
-            self.charge(conn.socket, 1 + body_cost(package.body_json))
+            self.charge(conn.socket, 1 + body_cost(package.body_json, conn.protocol.slow_read))
         if self._node.handlers.handles(package.type, package.event):
             self.workers.put(conn, package)
         elif self._debug and not pong:

@@ -32,6 +32,7 @@ __all__ = [
     "MAX_ERROR_TEXT_CHARS",
     "PING_EVENT",
     "PONG_EVENT",
+    "SLOW_CHARS_PER_TOKEN",
     "WARN_INVALID",
     "ConnectionProtocol",
     "ConnectionState",
@@ -62,6 +63,14 @@ from .actions import (
     Unhandled,
 )
 from .close import CloseCode, fit_reason
+from .costs import (
+    CONTAINERS_PER_GOSSIP_TOKEN,
+    CONTAINERS_PER_TOKEN,
+    GOSSIP_BYTES_PER_TOKEN,
+    SLOW_CHARS_PER_TOKEN,
+    body_cost,
+    gossip_cost,
+)
 from .deliver import NO_HANDLER
 from .handshake import (
     HANDSHAKE_MAGIC,
@@ -75,7 +84,7 @@ from .handshake import (
     major_version,
     peer_package_limit,
 )
-from .jsontext import text_size
+from .jsontext import slow_chars, text_size
 from .limits import TokenBucket
 from .liveness import Liveness, LivenessTimings, Verdict
 from .package import (
@@ -120,69 +129,6 @@ class ConnectionState(enum.Enum):
     OPEN = "open"  # the peer introduced itself (plain mode: or spoke validly)
     CLOSING = "closing"  # we decided to close: nothing more is dispatched
     CLOSED = "closed"  # the connection is gone
-
-
-CONTAINERS_PER_TOKEN = 1_000
-"""JSON containers (``[`` and ``{``) in a received request's or talk's body that cost one
-more token of its peer's request budget. Reading a body costs the event loop about
-0.1-0.3 µs per container, less than 0.01 µs per character of a string: found by an
-attacker, 1 MB bodies of ``[[],[],...]`` (330,000 lists) took 80 ms each, at 100
-packages/s a peer. So a peer makes the node read about ``request_rate`` thousand
-containers a second (100,000 by default), besides its packages."""
-
-
-def body_cost(body_json: str) -> int:
-    """Tokens ``body_json`` costs beyond its package's one: one per
-    :data:`CONTAINERS_PER_TOKEN` brackets and braces in the text (those in strings too:
-    a text can't be counted more exactly at C speed; a peer's own requests and talks,
-    never others' it passes on). A short text costs nothing, and isn't counted."""
-    if len(body_json) < 2 * CONTAINERS_PER_TOKEN:  # can't hold that many containers
-        return 0
-    return (body_json.count("[") + body_json.count("{")) // CONTAINERS_PER_TOKEN
-
-
-CONTAINERS_PER_GOSSIP_TOKEN = 100
-"""The same for the containers of a gossip package outside its ``data`` (the gossip
-budget is ten times the request budget by default: the same containers a second)."""
-
-
-_ESCAPED_BRACKETS = ("\\u005b", "\\u005B", "\\u007b", "\\u007B")
-
-GOSSIP_BYTES_PER_TOKEN = 16384
-"""A gossip package costs a token of its peer's gossip budget more per this many
-characters of its body: a message's text is read, parsed and hashed before anything
-can tell it is a copy. Found by an attacker: one valid 200 KB message sent again and
-again on one connection, a token each, took 98 % of the node's core (193 MB/s read);
-talks of the same size, held to ``request_rate``, took 10 %. A relay passes 1,000
-messages under 16 KiB a second by default, or 15 of 1 MiB (about 15 MB/s)."""
-
-
-def gossip_cost(body_json: str, data: object) -> int:
-    """
-    Tokens a gossip package costs beyond its one: one per
-    :data:`CONTAINERS_PER_GOSSIP_TOKEN` brackets and braces of its text outside its
-    ``data`` string. The application's body travels in ``data`` as a string, and a relay
-    passes on what others originated: counting its brackets throttled honest relays
-    (found by an attacker); counting none let junk beside it through (found in review:
-    ``{"junk": [[],[],...]}`` is read whole before anything looks at it).
-
-    The text's brackets are counted escaped too (``\\u005b``), so that brackets written
-    so in ``data``, subtracted once decoded, can't cancel junk beside it, less the text
-    that only looks like an escape (``\\\\u005b``: six characters of ``data``, which a
-    relay would otherwise pay for); a key given twice only adds text to count (found in
-    review). Nothing beyond its one token for a message as relays write it. (What a
-    peer can still hide: an escaped bracket after an escaped backslash, seven bytes of
-    ``data`` for each bracket of junk, on its own connection only.)
-    """
-    if len(body_json) < 2 * CONTAINERS_PER_GOSSIP_TOKEN:
-        return 0
-    brackets = body_json.count("[") + body_json.count("{")
-    if "\\u" in body_json:  # escapes, less text that only looks like one (\\u005b)
-        for escaped in _ESCAPED_BRACKETS:
-            brackets += body_json.count(escaped) - body_json.count("\\" + escaped)
-    if type(data) is str:
-        brackets -= data.count("[") + data.count("{")
-    return max(brackets, 0) // CONTAINERS_PER_GOSSIP_TOKEN
 
 
 def error_answer(
@@ -293,6 +239,8 @@ class ConnectionProtocol:
         self._ping: Package | None = None
         self.last_valid = False
         self.last_package: Package | None = None
+        self.slow_read = 0
+        """Characters of the last package's body read the slow way (:func:`body_cost`)."""
         self.answered_ping = False
 
     # Connection events
@@ -384,6 +332,7 @@ class ConnectionProtocol:
             # The shipped original's version talk: it can't encode it and sends "".
             self.state = ConnectionState.OPEN
             return [Ignore("empty text frame (the original's version talk)")]
+        slow = slow_chars()
         try:
             package = decode(data, max_size=self._max_size)
         except PackageError as exc:
@@ -391,6 +340,7 @@ class ConnectionProtocol:
                 return self._close(CloseCode.POLICY_VIOLATION, SECURE_PEER)
             return self.receive_invalid(exc)
         self.last_package = package
+        self.slow_read = slow_chars() - slow
         actions = self._receive(package)
         if self.last_valid:
             self.valid += 1
@@ -519,7 +469,7 @@ class ConnectionProtocol:
         """A request's or talk's cost, on arrival: one token, and its body's."""
         budget = self._budget
         if budget is not None:
-            delay = budget.spend(self.last_seen, 1 + body_cost(package.body_json))
+            delay = budget.spend(self.last_seen, 1 + body_cost(package.body_json, self.slow_read))
             if delay > 0:
                 actions.append(Throttle(delay))
 

@@ -22,7 +22,7 @@ read can be written.
 
 from __future__ import annotations
 
-__all__ = ["MAX_INT_DIGITS", "Unwritable", "dumps", "loads", "text_size"]
+__all__ = ["MAX_INT_DIGITS", "Unwritable", "dumps", "loads", "slow_chars", "text_size"]
 
 import gc
 import json
@@ -228,7 +228,20 @@ def loads(text: str) -> Any:
         gc.enable()
 
 
+_slow_chars = 0
+
+
+def slow_chars() -> int:
+    """Characters of text the standard library's reader took so far in this process:
+    the slow way (an integer of 19 digits or more, a lone surrogate, deep nesting, what
+    orjson refuses), about 0.1 µs a character against orjson's 0.01. The difference
+    around a read is what that read cost (found in review: a 1 MiB body of floats with
+    one 19-digit integer took 101-117 ms, at one request token)."""
+    return _slow_chars
+
+
 def _loads(text: str) -> Any:
+    global _slow_chars
     if orjson is not None:
         try:
             value = orjson.loads(text)
@@ -246,6 +259,7 @@ def _loads(text: str) -> Any:
             # Deep nesting goes the slow way too: what it reads must be written back.
             if _exact(text, value):
                 return value
+    _slow_chars += len(text)
     # A run of digits past MAX_INT_DIGITS (in a string, maybe): each integer checked.
     bounded = _HUGE_NUMBER in text.encode("utf-8", "surrogatepass").translate(_DIGITS)
     try:

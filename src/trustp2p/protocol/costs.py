@@ -1,0 +1,92 @@
+"""
+What a received package's body costs its peer's budgets beyond its one token: its JSON
+containers (read at about 0.1-0.3 µs each), the characters read the slow way
+(:func:`~trustp2p.protocol.jsontext.slow_chars`), and a gossip package's size. Counted
+on the text at C speed, before or right after it is read. No I/O here.
+
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CONTAINERS_PER_GOSSIP_TOKEN",
+    "CONTAINERS_PER_TOKEN",
+    "GOSSIP_BYTES_PER_TOKEN",
+    "SLOW_CHARS_PER_TOKEN",
+    "body_cost",
+    "gossip_cost",
+]
+
+
+CONTAINERS_PER_TOKEN = 1_000
+"""JSON containers (``[`` and ``{``) in a received request's or talk's body that cost one
+more token of its peer's request budget. Reading a body costs the event loop about
+0.1-0.3 µs per container, less than 0.01 µs per character of a string: found by an
+attacker, 1 MB bodies of ``[[],[],...]`` (330,000 lists) took 80 ms each, at 100
+packages/s a peer. So a peer makes the node read about ``request_rate`` thousand
+containers a second (100,000 by default), besides its packages."""
+
+
+SLOW_CHARS_PER_TOKEN = 2_000
+"""Characters of a body read the slow way (:func:`~trustp2p.protocol.jsontext.slow_chars`:
+the standard library's reader, about 0.1 µs each) that cost one more token: found in
+review, 1 MiB bodies of floats with one 19-digit integer took 101-117 ms each at one
+token (one peer at 10 a second: a core); now about 520 tokens, 5 s of the default
+budget."""
+
+
+def body_cost(body_json: str, slow: int = 0) -> int:
+    """Tokens ``body_json`` costs beyond its package's one: one per
+    :data:`CONTAINERS_PER_TOKEN` brackets and braces in the text (those in strings too:
+    a text can't be counted more exactly at C speed; a peer's own requests and talks,
+    never others' it passes on), and one per :data:`SLOW_CHARS_PER_TOKEN` of the
+    ``slow`` characters its reading took the slow way. A short text costs nothing for
+    its containers, and isn't counted."""
+    tokens = slow // SLOW_CHARS_PER_TOKEN
+    if len(body_json) < 2 * CONTAINERS_PER_TOKEN:  # can't hold that many containers
+        return tokens
+    return tokens + (body_json.count("[") + body_json.count("{")) // CONTAINERS_PER_TOKEN
+
+
+CONTAINERS_PER_GOSSIP_TOKEN = 100
+"""The same for the containers of a gossip package outside its ``data`` (the gossip
+budget is ten times the request budget by default: the same containers a second)."""
+
+
+_ESCAPED_BRACKETS = ("\\u005b", "\\u005B", "\\u007b", "\\u007B")
+
+GOSSIP_BYTES_PER_TOKEN = 16384
+"""A gossip package costs a token of its peer's gossip budget more per this many
+characters of its body: a message's text is read, parsed and hashed before anything
+can tell it is a copy. Found by an attacker: one valid 200 KB message sent again and
+again on one connection, a token each, took 98 % of the node's core (193 MB/s read);
+talks of the same size, held to ``request_rate``, took 10 %. A relay passes 1,000
+messages under 16 KiB a second by default, or 15 of 1 MiB (about 15 MB/s)."""
+
+
+def gossip_cost(body_json: str, data: object) -> int:
+    """
+    Tokens a gossip package costs beyond its one: one per
+    :data:`CONTAINERS_PER_GOSSIP_TOKEN` brackets and braces of its text outside its
+    ``data`` string. The application's body travels in ``data`` as a string, and a relay
+    passes on what others originated: counting its brackets throttled honest relays
+    (found by an attacker); counting none let junk beside it through (found in review:
+    ``{"junk": [[],[],...]}`` is read whole before anything looks at it).
+
+    The text's brackets are counted escaped too (``\\u005b``), so that brackets written
+    so in ``data``, subtracted once decoded, can't cancel junk beside it, less the text
+    that only looks like an escape (``\\\\u005b``: six characters of ``data``, which a
+    relay would otherwise pay for); a key given twice only adds text to count (found in
+    review). Nothing beyond its one token for a message as relays write it. (What a
+    peer can still hide: an escaped bracket after an escaped backslash, seven bytes of
+    ``data`` for each bracket of junk, on its own connection only.)
+    """
+    if len(body_json) < 2 * CONTAINERS_PER_GOSSIP_TOKEN:
+        return 0
+    brackets = body_json.count("[") + body_json.count("{")
+    if "\\u" in body_json:  # escapes, less text that only looks like one (\\u005b)
+        for escaped in _ESCAPED_BRACKETS:
+            brackets += body_json.count(escaped) - body_json.count("\\" + escaped)
+    if type(data) is str:
+        brackets -= data.count("[") + data.count("{")
+    return max(brackets, 0) // CONTAINERS_PER_GOSSIP_TOKEN
