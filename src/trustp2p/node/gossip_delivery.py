@@ -27,6 +27,7 @@ __all__ = ["MAX_WAITING_BYTES", "Item", "TopicQueues", "Turn", "Work", "stopping
 
 import asyncio
 import contextvars
+import functools
 import logging
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
@@ -57,10 +58,13 @@ class Turn:
         left: Its validator or handler didn't end when the stop cancelled it, and runs
             on after the stop (:meth:`TopicQueues.abandon`): nothing of the turn goes
             on once it returns.
+        keep: For a handler left running: counts its message as delivered, called if
+            it returns (not if it ends cancelled: review67 F1, a handler that unwound
+            for 0.2 s lost its message).
 
     """
 
-    __slots__ = ("left", "stopped", "what")
+    __slots__ = ("keep", "left", "stopped", "what")
 
     def __init__(self) -> None:
         # (Not the message: the tasks a handler starts keep its turn, for as long as
@@ -68,6 +72,7 @@ class Turn:
         self.what = ""
         self.stopped = False
         self.left = False
+        self.keep: Callable[[], None] | None = None
 
 
 _DRAIN: contextvars.ContextVar[Turn | None] = contextvars.ContextVar("gossip_drain", default=None)
@@ -373,10 +378,12 @@ class TopicQueues:
         (a validator or handler caught its ``CancelledError``): each is said at WARNING,
         and runs on after the stop, with nothing of its turn after it (no next handler,
         no verdict carried out: :attr:`Turn.left`). A handler's message counts as
-        delivered (``keep``): the handler has it, and one that runs to its end must not
-        get it again after a restart (review63 F2: it was handled twice); the topic's
-        handlers after it don't get it. A validator's is validated again after a
-        restart.
+        delivered (``keep``) if it returns before the message log closes, so that one
+        that runs to its end doesn't get it again after a restart (review63 F2: it was
+        handled twice); if it ends cancelled, or later, it is handed over again
+        (review67 F1: counted at once, a handler that unwound slowly lost it). The
+        topic's handlers after it don't get it. A validator's is validated again after
+        a restart.
 
         Returns:
             Those deliveries (the other tasks of ``left`` are the caller's to say).
@@ -396,11 +403,12 @@ class TopicQueues:
                                "after the stop; the message is validated again after a "
                                "restart", topic, where)  # fmt: skip
                 continue
-            logger.warning("x %s didn't end when cancelled, on %s: it runs on after the stop, "
-                           "and the message counts as delivered (not handed over again after a "
-                           "restart)", turn.what or "gossip delivery", where)  # fmt: skip
+            logger.warning("x %s didn't end when cancelled, on %s: it runs on after the stop; "
+                           "the message counts as delivered if it returns before the message "
+                           "log closes, else it is handed over again after a restart",
+                           turn.what or "gossip delivery", where)  # fmt: skip
             if self._keep is not None:
-                self._keep(message)
+                turn.keep = functools.partial(self._keep, message)
         return said
 
     async def _drain(

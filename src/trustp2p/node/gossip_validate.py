@@ -161,6 +161,8 @@ async def _call(
             raise
         gossip_failed(node, logger, kind, what, message, socket)
     if turn is not None and turn.left:
+        if turn.keep is not None:  # (returned: its message counts as delivered)
+            turn.keep()
         _left_ended(what, message, socket)
 
 
