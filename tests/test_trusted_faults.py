@@ -256,7 +256,7 @@ async def test_full_disk_does_not_stop_the_node(
     assert re.search(
         rf"WARNING trustp2p\.storage\.peerstore: can't (write|open) peer store "
         rf"{re.escape(str(path))}: .+; keeping peer stats in memory and retrying in 5 s, "
-        r"then less often while it fails \(every 60 s at most\)$",
+        r"then less often while it fails \(every 5 s at most\)$",
         warning,
     ), warning
     assert node.warnings() == [warning]

@@ -235,21 +235,22 @@ class StoreFaults:
     ) -> None:
         """Found by a tester: on a full disk, every try wrote the whole backlog again
         until the error, each second: 5,000 unsaved messages kept a core 36-99 % busy."""
-        store = await adapter.open(path, flush_interval=10.0)  # (no periodic try in the test)
+        store = await adapter.open(path, flush_interval=0.5)
         try:
             disk = FailingWrites(monkeypatch, store, OSError(28, "No space"))
             for n in range(6):
                 await adapter.change(store, n + 1)  # (the peer store tries to write it too)
                 assert await store.flush() is False
                 assert store.failing
-                # 10 s after the first failure, twice that after each next, 60 s at most.
-                expected = min(10.0 * 2 ** (store.write_failures - 1), RETRY_MAX)
+                # 0.5 s after the first failure, twice that after each next (the flush
+                # task's tries count too), RETRY_MAX at most.
+                expected = min(0.5 * 2 ** (store.write_failures - 1), RETRY_MAX)
                 assert store.retry_interval == expected
             assert store.retry_interval == RETRY_MAX
             assert disk.tries == store.write_failures
             disk.stop()
             assert await store.flush() is True
-            assert not store.failing and store.retry_interval == 10.0
+            assert not store.failing and store.retry_interval == 0.5
         finally:
             await store.close()
 
