@@ -23,7 +23,7 @@ _unpack_header: Final = struct.Struct(">I").unpack_from
 
 class DataFrames:
     """
-    Delivers whole data frames to ``listener`` as ``socket``'s messages, and counts them
+    Delivers whole data frames to ``listener`` as a socket's messages, and counts them
     in ``stats`` once the read's messages are delivered (not before each one: two
     attribute updates less per message; nothing reads them meanwhile). The socket sets
     :attr:`stop` whenever it may no longer deliver (reading paused, a close sent, the
@@ -31,22 +31,21 @@ class DataFrames:
     loop at the next frame.
     """
 
-    def __init__(self, socket: Socket, listener: Listener, stats: SocketStats, limit: int):
-        self.socket = socket
+    def __init__(self, listener: Listener, stats: SocketStats, limit: int):
+        # (Not the socket: a cycle, freed by the collector only: review66 B1.)
         self.on_message = listener.on_message
         self.stats = stats
         self.limit = limit  # the largest data frame delivered (max_message_size)
         self.stop = False
 
-    def deliver(self, view: memoryview, pos: int, end: int) -> int:
+    def deliver(self, socket: Socket, view: memoryview, pos: int, end: int) -> int:
         """
-        Deliver the frames of ``view[pos:end]``, which starts at a frame boundary, until
-        :attr:`stop` or a frame that isn't a whole data frame within the limit (a partial
-        one, a control frame, an oversized one): the socket handles that one. Returns
-        where it stopped, ``end`` if all was delivered.
+        Deliver the frames of ``view[pos:end]``, ``socket``'s, which starts at a frame
+        boundary, until :attr:`stop` or a frame that isn't a whole data frame within
+        the limit (a partial one, a control frame, an oversized one): the socket
+        handles that one. Returns where it stopped, ``end`` if all was delivered.
         """
         limit = self.limit
-        socket = self.socket
         on_message = self.on_message
         count = size = 0
         while pos < end and not self.stop:

@@ -129,7 +129,8 @@ class DriverOptions:
 class SocketStats:
     """Counters kept per connection; the node fills the package-level ones. Bytes are
     the messages' (packages'): on a secure connection, before encryption; never the
-    framing."""
+    framing. The tcp driver counts a read's messages once they were all delivered:
+    during the listener's callback, ``messages_in`` may not count them yet."""
 
     messages_in: int = 0
     messages_out: int = 0

@@ -170,7 +170,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
         self._frame_timer: asyncio.TimerHandle | None = None
         self._pending = b""  # bytes read before a pause_reading(), from a frame boundary
         self._heard = False  # any byte came
-        self._frames = DataFrames(self, listener, self.stats, self._limit)  # .stop: below
+        self._frames = DataFrames(listener, self.stats, self._limit)  # .stop: below
 
     # Socket API
 
@@ -334,7 +334,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
                 return
             if self._state <= _ENDING:  # else we sent a close: drop what follows
                 frames.stop = False
-                pos = frames.deliver(view, pos, end)  # the whole data frames from pos
+                pos = frames.deliver(self, view, pos, end)  # the whole data frames from pos
                 if pos == end or frames.stop:
                     continue
             # A partial frame, a control frame, one over the limit, or data after our close.
