@@ -193,8 +193,11 @@ def _varint_fields(count: int) -> bytes:
     ids=["just-over", "flood", "one-large"],
 )
 def test_unknown_fields_past_their_bound_are_refused_unread(unknown: bytes) -> None:
-    with pytest.raises(PackageError, match=r"bytes of unknown fields \(at most 256\)"):
+    with pytest.raises(PackageError, match=r"bytes of unknown fields \(at most 256\)") as caught:
         decode(_FRAME + unknown)
+    # What it claims to be, so that a request is answered (review66 A4).
+    error = caught.value
+    assert (error.package_type, error.event, error.tag) == (PackageType.REQUEST, "echo", "t")
 
 
 def test_unknown_fields_within_their_bound_are_ignored() -> None:

@@ -186,8 +186,14 @@ def _package_type(message: TrustNoteP2p) -> int:
     if unknown_size == 0:
         return int(message.type)
     if unknown_size > MAX_UNKNOWN_BYTES:
+        # With what it claims to be, if it reads: a later version's request is answered
+        # (review66 A4), not left to time out.
+        event, tag = message.event, message.tag
         raise PackageError(
-            f"package has {unknown_size} bytes of unknown fields (at most {MAX_UNKNOWN_BYTES})"
+            f"package has {unknown_size} bytes of unknown fields (at most {MAX_UNKNOWN_BYTES})",
+            package_type=int(message.type) if message.HasField("type") else None,
+            event=event if isinstance(event, str) else None,
+            tag=tag if isinstance(tag, str) else None,
         )
     for unknown in UnknownFieldSet(message):
         if unknown.field_number == _TYPE_FIELD_NUMBER:
