@@ -495,22 +495,46 @@ def test_bodies_of_many_containers_cost_more_of_the_budget(clock: FakeClock) -> 
     assert throttle_delay(actions[1]) == pytest.approx(0.3)
 
 
-def test_a_body_read_the_slow_way_pays_for_its_characters(clock: FakeClock) -> None:
+def test_a_body_read_the_slow_way_pays_for_its_values(clock: FakeClock) -> None:
     # Found in review (r66 A1): one 19-digit integer sends a body to the standard
     # library's reader; 1 MiB of floats with one took 101-117 ms, at one token.
     budget = TokenBucket(rate=10.0, burst=30, now=clock())
     connection = protocol(clock, budget=budget, handled={(PackageType.TALK, "note")})
-    floats = ",".join(["1.5"] * 5000)  # 19,999 characters
     slow = encode(build_package(PackageType.TALK, "note", {"x": [10**20], "f": [1.5] * 5000}))
     fast = encode(build_package(PackageType.TALK, "note", {"x": [10**15], "f": [1.5] * 5000}))
-    assert len(floats) < len(decode(slow).body_json) < 22_000
     assert [type(a) for a in connection.receive_data(fast)] == [Dispatch]  # 1: orjson's
     assert connection.slow_read == 0
     assert [type(a) for a in connection.receive_data(slow)] == [Dispatch]  # 1 + 10 tokens
-    assert connection.slow_read == len(decode(slow).body_json)
+    assert connection.slow_read == 5003  # its commas and colons, plus one
     assert [type(a) for a in connection.receive_data(slow)] == [Dispatch]  # 11 more
     actions = connection.receive_data(slow)  # 7 tokens left: 4 short
     assert throttle_delay(actions[1]) == pytest.approx(0.4)
+    # A package that fails to decode doesn't keep the last one's count (review68 A3).
+    assert connection.receive_data(b"\x00junk")
+    assert connection.slow_read == 0
+
+
+def test_a_long_string_read_the_slow_way_costs_little(clock: FakeClock) -> None:
+    # review68 A2: charged by its characters, an honest body of 64-bit ids (a 19-digit
+    # run sends it the slow way) paid 25 times what it costs: strings read fast there too.
+    budget = TokenBucket(rate=10.0, burst=10, now=clock())
+    connection = protocol(clock, budget=budget, handled={(PackageType.TALK, "note")})
+    body = {"ids": [2**63], "text": "a" * 100_000}  # (a list: the exactness check reads it)
+    ids = encode(build_package(PackageType.TALK, "note", body))
+    for _ in range(10):
+        assert [type(a) for a in connection.receive_data(ids)] == [Dispatch]  # 1 token each
+    assert connection.slow_read == 4  # one comma, two colons, plus one
+
+
+def test_a_gossip_package_read_the_slow_way_pays_for_its_values(clock: FakeClock) -> None:
+    # review68 A1: junk beside `data` with one 19-digit integer was read the slow way
+    # (104 ms a MiB), and charged nothing for it.
+    gossip = TokenBucket(rate=10.0, burst=100, now=clock())
+    connection = protocol(clock, gossip_budget=gossip)
+    body = {"data": "{}", "x": [10**20], "f": [1.5] * 5000}
+    junk = encode(build_package(PackageType.GOSSIP, "chat", body))
+    actions = connection.receive_data(junk)  # 1 + 1 (its 20 KB) + 100 for its values
+    assert throttle_delay(actions[1]) == pytest.approx(0.2)
 
 
 def test_a_gossip_package_pays_for_its_size(clock: FakeClock) -> None:

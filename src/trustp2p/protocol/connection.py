@@ -32,7 +32,8 @@ __all__ = [
     "MAX_ERROR_TEXT_CHARS",
     "PING_EVENT",
     "PONG_EVENT",
-    "SLOW_CHARS_PER_TOKEN",
+    "SLOW_VALUES_PER_GOSSIP_TOKEN",
+    "SLOW_VALUES_PER_TOKEN",
     "WARN_INVALID",
     "ConnectionProtocol",
     "ConnectionState",
@@ -67,7 +68,8 @@ from .costs import (
     CONTAINERS_PER_GOSSIP_TOKEN,
     CONTAINERS_PER_TOKEN,
     GOSSIP_BYTES_PER_TOKEN,
-    SLOW_CHARS_PER_TOKEN,
+    SLOW_VALUES_PER_GOSSIP_TOKEN,
+    SLOW_VALUES_PER_TOKEN,
     body_cost,
     gossip_cost,
 )
@@ -84,7 +86,7 @@ from .handshake import (
     major_version,
     peer_package_limit,
 )
-from .jsontext import slow_chars, text_size
+from .jsontext import slow_values, text_size
 from .limits import TokenBucket
 from .liveness import Liveness, LivenessTimings, Verdict
 from .package import (
@@ -240,7 +242,7 @@ class ConnectionProtocol:
         self.last_valid = False
         self.last_package: Package | None = None
         self.slow_read = 0
-        """Characters of the last package's body read the slow way (:func:`body_cost`)."""
+        """Values of the last package's body read the slow way (:func:`body_cost`)."""
         self.answered_ping = False
 
     # Connection events
@@ -332,7 +334,8 @@ class ConnectionProtocol:
             # The shipped original's version talk: it can't encode it and sends "".
             self.state = ConnectionState.OPEN
             return [Ignore("empty text frame (the original's version talk)")]
-        slow = slow_chars()
+        self.slow_read = 0  # (review68: a package that failed kept the last one's)
+        slow = slow_values()
         try:
             package = decode(data, max_size=self._max_size)
         except PackageError as exc:
@@ -340,7 +343,7 @@ class ConnectionProtocol:
                 return self._close(CloseCode.POLICY_VIOLATION, SECURE_PEER)
             return self.receive_invalid(exc)
         self.last_package = package
-        self.slow_read = slow_chars() - slow
+        self.slow_read = slow_values() - slow
         actions = self._receive(package)
         if self.last_valid:
             self.valid += 1
@@ -404,7 +407,7 @@ class ConnectionProtocol:
             if gossip_budget is not None:
                 body_json = package.body_json  # (its size: reading and hashing it)
                 cost = 1 + text_size(body_json) // GOSSIP_BYTES_PER_TOKEN
-                cost += gossip_cost(body_json, package.body.get("data"))
+                cost += gossip_cost(body_json, package.body.get("data"), self.slow_read)
                 if (delay := gossip_budget.spend(self.last_seen, cost)) > 0:
                     actions.append(Throttle(delay))
             return actions

@@ -1,7 +1,7 @@
 """
 What a received package's body costs its peer's budgets beyond its one token: its JSON
-containers (read at about 0.1-0.3 µs each), the characters read the slow way
-(:func:`~trustp2p.protocol.jsontext.slow_chars`), and a gossip package's size. Counted
+containers (read at about 0.1-0.3 µs each), the values read the slow way
+(:func:`~trustp2p.protocol.jsontext.slow_values`), and a gossip package's size. Counted
 on the text at C speed, before or right after it is read. No I/O here.
 
 """
@@ -12,7 +12,8 @@ __all__ = [
     "CONTAINERS_PER_GOSSIP_TOKEN",
     "CONTAINERS_PER_TOKEN",
     "GOSSIP_BYTES_PER_TOKEN",
-    "SLOW_CHARS_PER_TOKEN",
+    "SLOW_VALUES_PER_GOSSIP_TOKEN",
+    "SLOW_VALUES_PER_TOKEN",
     "body_cost",
     "gossip_cost",
 ]
@@ -27,22 +28,27 @@ packages/s a peer. So a peer makes the node read about ``request_rate`` thousand
 containers a second (100,000 by default), besides its packages."""
 
 
-SLOW_CHARS_PER_TOKEN = 2_000
-"""Characters of a body read the slow way (:func:`~trustp2p.protocol.jsontext.slow_chars`:
-the standard library's reader, about 0.1 µs each) that cost one more token: found in
+SLOW_VALUES_PER_TOKEN = 500
+"""Values of a body read the slow way (:func:`~trustp2p.protocol.jsontext.slow_values`:
+the standard library's reader, up to 0.4 µs each) that cost one more token: found in
 review, 1 MiB bodies of floats with one 19-digit integer took 101-117 ms each at one
-token (one peer at 10 a second: a core); now about 520 tokens, 5 s of the default
-budget."""
+token (one peer at 10 a second: a core); now about 500 tokens, 5 s of the default
+budget. A gossip package pays one per :data:`SLOW_VALUES_PER_GOSSIP_TOKEN` (its budget
+is ten times larger)."""
+
+SLOW_VALUES_PER_GOSSIP_TOKEN = 50
+"""The same for a gossip package (review68: read the slow way, one with junk beside its
+``data`` was charged nothing for it)."""
 
 
 def body_cost(body_json: str, slow: int = 0) -> int:
     """Tokens ``body_json`` costs beyond its package's one: one per
     :data:`CONTAINERS_PER_TOKEN` brackets and braces in the text (those in strings too:
     a text can't be counted more exactly at C speed; a peer's own requests and talks,
-    never others' it passes on), and one per :data:`SLOW_CHARS_PER_TOKEN` of the
-    ``slow`` characters its reading took the slow way. A short text costs nothing for
-    its containers, and isn't counted."""
-    tokens = slow // SLOW_CHARS_PER_TOKEN
+    never others' it passes on), and one per :data:`SLOW_VALUES_PER_TOKEN` of the
+    ``slow`` values its reading took the slow way. A short text costs nothing for its
+    containers, and isn't counted."""
+    tokens = slow // SLOW_VALUES_PER_TOKEN
     if len(body_json) < 2 * CONTAINERS_PER_TOKEN:  # can't hold that many containers
         return tokens
     return tokens + (body_json.count("[") + body_json.count("{")) // CONTAINERS_PER_TOKEN
@@ -64,7 +70,7 @@ talks of the same size, held to ``request_rate``, took 10 %. A relay passes 1,00
 messages under 16 KiB a second by default, or 15 of 1 MiB (about 15 MB/s)."""
 
 
-def gossip_cost(body_json: str, data: object) -> int:
+def gossip_cost(body_json: str, data: object, slow: int = 0) -> int:
     """
     Tokens a gossip package costs beyond its one: one per
     :data:`CONTAINERS_PER_GOSSIP_TOKEN` brackets and braces of its text outside its
@@ -79,14 +85,17 @@ def gossip_cost(body_json: str, data: object) -> int:
     relay would otherwise pay for); a key given twice only adds text to count (found in
     review). Nothing beyond its one token for a message as relays write it. (What a
     peer can still hide: an escaped bracket after an escaped backslash, seven bytes of
-    ``data`` for each bracket of junk, on its own connection only.)
+    ``data`` for each bracket of junk, on its own connection only.) And one per
+    :data:`SLOW_VALUES_PER_GOSSIP_TOKEN` of the ``slow`` values its reading took the
+    slow way (review68 A1).
     """
+    tokens = slow // SLOW_VALUES_PER_GOSSIP_TOKEN
     if len(body_json) < 2 * CONTAINERS_PER_GOSSIP_TOKEN:
-        return 0
+        return tokens
     brackets = body_json.count("[") + body_json.count("{")
     if "\\u" in body_json:  # escapes, less text that only looks like one (\\u005b)
         for escaped in _ESCAPED_BRACKETS:
             brackets += body_json.count(escaped) - body_json.count("\\" + escaped)
     if type(data) is str:
         brackets -= data.count("[") + data.count("{")
-    return max(brackets, 0) // CONTAINERS_PER_GOSSIP_TOKEN
+    return tokens + max(brackets, 0) // CONTAINERS_PER_GOSSIP_TOKEN
