@@ -130,7 +130,7 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
     add_plain_row(about, "uptime", f"{node['uptime_s']:.0f} s")
     add_plain_row(about, "listening", " ".join(node["listen_urls"]) or "-")
     if (offset := node.get("clock_offset_s")) is not None:  # (peers' clocks minus ours)
-        add_plain_row(about, "clock", f"{-offset:+.0f} s from its peers' median")
+        add_plain_row(about, "clock", f"{-offset:+.1f} s from its peers' median")
     for name, store in node.get("stores", {}).items():  # (tester41 F2)
         state = "writes failing: in memory" if store["failing"] else "ok"
         add_plain_row(about, f"{name} store", f"{state} ({store['write_failures']} failed)")
