@@ -26,8 +26,10 @@ async def test_a_flood_faster_than_the_handlers_pauses_its_sender(make_node: Mak
         got.append(message.seq)
 
     # A short heartbeat (a ping every 0.3 s): held longer than that, the client is
-    # still not taken for gone (its pongs wait unread, as a paused inbox's do).
-    server = await make_node(server=True, **HEARTBEAT)
+    # still not taken for gone (its pongs wait unread, as a paused inbox's do). A second
+    # to take our bytes, not 0.2 s: the client, busy publishing 20 MB on a loaded CI
+    # machine, once read nothing for 0.2 s and was dropped as lost (CI115, CI126).
+    server = await make_node(server=True, **{**HEARTBEAT, "heartbeat_response_timeout": 1.0})
     server.subscribe("chat", slow)
     client = await make_node(client=True, peers=[server.url])
     await client.client.wait_connected()  # type: ignore[union-attr]
