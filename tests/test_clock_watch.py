@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from prometheus_client import generate_latest
@@ -24,21 +24,25 @@ from .nodes import MakeNode, wait_for
 DAY = 86_400.0
 SAID = "wall clock is"
 
+MakeClients = Callable[[str | None, float, int], Awaitable[list[Node]]]
+"""``clients(url, seconds, count)``: the ``clients`` fixture."""
+
 
 def off_by(seconds: float) -> Callable[[], float]:
     return lambda: time.time() + seconds
 
 
-def said(caplog: pytest.LogCaptureFixture, text: str, node: str | None = None) -> list[str]:
+def said(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
 @pytest.fixture
-async def clients() -> AsyncIterator[Callable[..., object]]:
+async def clients() -> AsyncIterator[MakeClients]:
     """Start clients of a URL (default options), their wall clocks off by some seconds."""
     made: list[Node] = []
 
-    async def make(url: str, seconds: float, count: int) -> list[Node]:
+    async def make(url: str | None, seconds: float, count: int) -> list[Node]:
+        assert url is not None  # (a server's, once started)
         for _ in range(count):
             client = Node(client=True, peers=[url])
             client.clock_watch.wall_clock = off_by(seconds)
@@ -52,11 +56,11 @@ async def clients() -> AsyncIterator[Callable[..., object]]:
 
 
 async def test_a_node_behind_its_peers_says_they_drop_what_it_publishes(
-    make_node: MakeNode, clients: Callable[..., object], caplog: pytest.LogCaptureFixture
+    make_node: MakeNode, clients: MakeClients, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="trustp2p")
     server = await make_node(server=True)
-    ahead = await clients(server.url, 2 * DAY, LEAST_CLOCKS)  # type: ignore[misc]
+    ahead = await clients(server.url, 2 * DAY, LEAST_CLOCKS)
     await wait_for(lambda: len(said(caplog, "behind its peers'")) == 1)
     (line,) = said(caplog, "behind its peers'")
     # One network was enough: two days, more than log_max_age (review64 R2).
@@ -73,18 +77,18 @@ async def test_a_node_behind_its_peers_says_they_drop_what_it_publishes(
     await wait_for(lambda: len(said(caplog, "ahead of its peers'")) == len(ahead))
     assert all("it drops its peers' gossip" in line for line in said(caplog, "ahead of"))
     # Its peers gone, their offsets go (review64 R1: kept for ever).
-    for client in ahead:  # type: ignore[attr-defined]
+    for client in ahead:
         await client.stop()
     await wait_for(lambda: server.clock_watch.offset is None)
     assert node_status(server, TopicRates(time.time()))["node"]["clock_offset_s"] is None
 
 
 async def test_a_step_of_the_nodes_clock_is_said_at_the_next_heartbeat_round(
-    make_node: MakeNode, clients: Callable[..., object], caplog: pytest.LogCaptureFixture
+    make_node: MakeNode, clients: MakeClients, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="trustp2p")
     server = await make_node(server=True)
-    await clients(server.url, 0.0, LEAST_CLOCKS)  # type: ignore[misc]
+    await clients(server.url, 0.0, LEAST_CLOCKS)
     await wait_for(lambda: server.clock_watch.clocks.peers == LEAST_CLOCKS)
     server.heartbeat.check()
     assert not said(caplog, SAID)
@@ -100,11 +104,11 @@ async def test_a_step_of_the_nodes_clock_is_said_at_the_next_heartbeat_round(
 
 
 async def test_an_offset_within_log_max_age_says_what_it_may_drop(
-    make_node: MakeNode, clients: Callable[..., object], caplog: pytest.LogCaptureFixture
+    make_node: MakeNode, clients: MakeClients, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="trustp2p")
     server = await make_node(server=True)
-    await clients(server.url, 3600.0, LEAST_CLOCKS)  # type: ignore[misc]
+    await clients(server.url, 3600.0, LEAST_CLOCKS)
     await wait_for(lambda: said(caplog, SAID))
     (line,) = said(caplog, SAID)
     assert seconds_off(line, "behind") == pytest.approx(3600, abs=2)
