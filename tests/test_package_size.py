@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, ClassVar
+from types import SimpleNamespace
+from typing import Any, ClassVar, cast
 
 import pytest
 
@@ -478,3 +479,21 @@ async def test_subscriptions_made_after_the_introduction_keep_to_the_peers_limit
         await wait_for(lambda: small.gossip.router.peer_topics(socket.id) == set(TOPICS))  # type: ignore[union-attr]
         assert not socket.closed and socket.stats.invalid_in == 0
         assert "1009" not in caplog.text
+
+
+async def test_a_cancel_as_the_introduction_comes_is_not_swallowed() -> None:
+    # Found by a tester: asyncio.wait_for (Python 3.11) swallowed a cancel that came in
+    # the step the peer's hello woke the wait, and the cancelled request went on (for 3 s;
+    # up to response_timeout, 300 s).
+    socket = SimpleNamespace(closed=False, host="127.0.0.1")
+    protocol = SimpleNamespace(secure=True, state=ConnectionState.INTRODUCED)
+    log = SimpleNamespace(debug=lambda *args: None)
+    conn = PeerConnection(socket, cast(Any, None), protocol, log)  # type: ignore[arg-type]
+    waiting = asyncio.ensure_future(conn.introduction(30.0))
+    await wait_for(lambda: bool(conn.intro_waiters))
+    protocol.state = ConnectionState.OPEN
+    conn.introduced({})
+    waiting.cancel()  # in the same step (a timeout's handle, a Ctrl-C)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not conn.intro_waiters
