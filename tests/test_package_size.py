@@ -41,13 +41,17 @@ from .test_gossip_behaviour import memory_node, socket_to
 class Echo(Thread):
     @property
     def event_map(self) -> EventMap:
-        return {PackageType.REQUEST: {"echo": self.echo, "grow": self.grow}}
+        return {PackageType.REQUEST: {"echo": self.echo, "grow": self.grow, "mute": self.mute}}
 
     def echo(self, socket: Socket, package: Package) -> dict[str, Any]:
         return package.body
 
     def grow(self, socket: Socket, package: Package) -> dict[str, Any]:
         return {"p": "x" * package.body["size"]}
+
+    async def mute(self, socket: Socket, package: Package) -> dict[str, Any]:
+        await asyncio.sleep(60)  # (cancelled by the node's stop)
+        return {}
 
 
 async def connected(make_node: MakeNode) -> tuple[Any, Socket]:
@@ -238,6 +242,24 @@ async def test_a_request_whose_timeout_the_introduction_wait_takes_times_out(
         with pytest.raises(RequestTimeout):
             await client.client.request(socket, "echo", {"n": 1}, reroute=reroute, timeout=0.2)
     assert client.metrics.requests_timed_out == 2
+
+
+async def test_a_timeout_says_the_time_asked_not_what_the_introduction_left(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by a tester (tester42 F6): "no response ... within 0.999021 s" for timeout=1.
+    client, socket = await connected_to(make_node, secure=True)
+    conn = client.connection(socket)
+    assert conn is not None
+
+    async def late_hello(conn: PeerConnection, wait: float = 10.0) -> None:
+        await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(PeerConnection, "introduction", late_hello)
+    conn.protocol.state = ConnectionState.INTRODUCED  # as before the peer's hello came
+    with pytest.raises(RequestTimeout, match=r"within 0\.2 s$") as info:
+        await client.client.request(socket, "mute", {}, timeout=0.2)
+    assert info.value.timeout == 0.2
 
 
 async def test_a_rerouted_request_passes_over_a_server_that_takes_less(
