@@ -257,7 +257,8 @@ class Fetcher:
         topics = set(self._gossip.router.topics)  # (read now: review29 found one asked twice)
         if self._added:
             self._late[socket.id] = topics
-        self.spawn_round(socket, topics)
+        if topics:  # (none: nothing to ask, and no task per connection for it)
+            self.spawn_round(socket, topics)
 
     def _ask_added(self, count: int = 3) -> None:
         """Ask ``count`` peers about each topic added: those that carry it first, then
