@@ -419,7 +419,8 @@ class Gossip:
             if (size := wire_size(message)) > cap:
                 self._oversized(message, size, cap)
                 return
-        self._ingest(socket, message, live=True)
+        if self._ingest(socket, message, live=True) and self._fetcher is not None:
+            self._fetcher.delivered_by(socket)  # (a source for catch-up rounds)
 
     def on_control(self, socket: Socket, package: Package) -> None:
         """A router control talk arrived (through the built-in thread)."""
