@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from trustp2p import EventMap, Node, PackageType, Socket, Thread
+from trustp2p import EventMap, Node, NodeStateError, PackageType, Socket, Thread
+from trustp2p.drivers.memory import MemoryHub
 from trustp2p.identity import Identity
 from trustp2p.node.gossip import Gossip, Validation
 from trustp2p.protocol.gossip import GossipMessage, sign_message, stream_key
@@ -238,6 +239,48 @@ async def test_a_nodes_own_validator_judges_its_publish() -> None:
         assert [m.seq for m in own] == [1, 2]
         assert judge.sockets[0].stats.invalid_in == 0
         assert judge.gossip.router.stats.invalid == 0
+
+
+async def test_a_nodes_own_validator_runs_outside_the_publish_turn() -> None:
+    # Found in review (review70 F2, F3, F5): run in publish()'s turn, a validator that
+    # publishes (an audit topic) waited for ever, a slow one held every topic's
+    # publishes, and a stop while it ran took a seq anyway.
+    from .test_gossip_behaviour import memory_node  # (it imports this module)
+
+    release = asyncio.Event()
+
+    async def audited(message: GossipMessage) -> Validation:
+        await node.gossip.publish("audit", {"saw": message.seq})  # type: ignore[union-attr]
+        return Validation.ACCEPT
+
+    async def slow(message: GossipMessage) -> Validation:
+        await release.wait()
+        return Validation.ACCEPT
+
+    async with memory_node(MemoryHub(), "pub") as node:
+        assert node.gossip is not None
+        node.gossip.set_validator("a", audited)
+        node.gossip.set_validator("slow", slow)
+        async with asyncio.timeout(5):
+            await node.gossip.publish("a", {"n": 1})
+            held = asyncio.ensure_future(node.gossip.publish("slow", {"n": 1}))
+            await node.gossip.publish("b", {"n": 1})  # not held up by "slow"'s validator
+        assert not held.done()
+        log, me = node.gossip.message_log, node.peer_id
+        assert log is not None and me is not None
+        assert [log.has(stream_key(t, me), 1) for t in ("a", "audit", "b", "slow")] == [
+            True,
+            True,
+            True,
+            False,
+        ]
+        stopping = asyncio.ensure_future(node.stop())
+        await wait_for(lambda: not node.gossip.publishing)  # type: ignore[union-attr]
+        release.set()
+        with pytest.raises(NodeStateError, match="the node is stopping"):
+            await held
+        assert log.last_used(stream_key("slow", me)) == 0  # no seq taken
+        await stopping
 
 
 async def test_uninterested_nodes_do_not_carry_a_topic() -> None:

@@ -1237,6 +1237,31 @@ def test_a_peer_that_broke_a_promise_is_asked_after_one_that_broke_none() -> Non
     assert _talks(sent, IWANT) == [(6, IWANT, {"ids": ["m"]}), (9, IWANT, {"ids": ["n"]})]
 
 
+def test_a_peer_asked_again_after_another_breaks_no_promise() -> None:
+    # Found in review (review70 F1): liar 0 announces each id first, the honest relay 1
+    # next, liar 2 just after it; the retry went to 2, then to 1, past its history, and
+    # the relay was marked as having broken a promise: asked after the liars for good.
+    router, sent, clock = _meshed(3)
+    liar, relay, late_liar = 0, 1, 2
+    for peer in (liar, relay, late_liar):
+        router.control(peer, IHAVE, {"topic": TOPIC, "ids": ["m"]})
+    for _ in range(3):  # liar 0's ask times out, then 2's, then 1's: nobody serves "m"
+        clock.advance(1.5)
+        router.heartbeat()
+    assert _talks(sent, IWANT) == [
+        (liar, IWANT, {"ids": ["m"]}),
+        (late_liar, IWANT, {"ids": ["m"]}),
+        (relay, IWANT, {"ids": ["m"]}),
+    ]
+    assert router.stats.iwant_unanswered == 3
+    sent.clear()
+    # Only liar 0 broke a promise (it was asked as it announced): the relay, announcing
+    # the next id after it, is asked at once.
+    router.control(liar, IHAVE, {"topic": TOPIC, "ids": ["n"]})
+    router.control(relay, IHAVE, {"topic": TOPIC, "ids": ["n"]})
+    assert _talks(sent, IWANT) == [(liar, IWANT, {"ids": ["n"]}), (relay, IWANT, {"ids": ["n"]})]
+
+
 def test_a_peer_has_at_most_max_asks_ids_asked_of_it_at_a_time() -> None:
     # Found by an attacker: ihave with 500 made-up ids, 100 times a second, had each id
     # recorded and echoed in an iwant; 16 such peers took the node from 117 to 537 MB.

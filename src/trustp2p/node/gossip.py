@@ -53,7 +53,7 @@ from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
 from .gossip_drops import oversized_line, say_skipped, say_too_old, signed_twice
 from .gossip_log import OWN_SOURCE, Attribution, claim, delivered, open_log, to_logged, undelivered
-from .gossip_publish import NobodyCarries, keep_task, sign_own, wait_for_peers, wait_until
+from .gossip_publish import NobodyCarries, keep_task, sign_own, take_seq, wait_for_peers, wait_until
 from .gossip_send import make_router
 from .gossip_validate import GossipHandler, Validation, Validator, call_handlers, judge, rejected
 from .stopping import handlers_end
@@ -168,13 +168,12 @@ class Gossip:
         """
         if self._fetcher is not None and self.publishing:  # (past what peers keep: a
             await self._fetcher.own_numbers(topic)  # lost log; not under the lock: review)
+        self._check_publishing()  # (judged outside the lock: a validator may publish)
+        validator, ms = self._validators.get(topic), int(self._wall_clock() * 1000)
+        message, size = await sign_own(self.node, self._log, topic, data, validator, ms)
         async with self._publishing:  # (1,000 gathered held the loop 1.3 s: review)
-            if not self.publishing:  # (checked in turn: the log may have closed since)
-                raise NodeStateError("the node is stopping: publish() works until the "
-                                     "threads' stop() returned")  # fmt: skip
-            message, size = await sign_own(
-                self.node, self._log, topic, data, self._validators.get(topic), self._ms()
-            )
+            self._check_publishing()  # (in turn: the log may have closed meanwhile)
+            message = take_seq(self.node, self._log, message)
             self._published.add(topic)
             self._log.add(to_logged(message), OWN_SOURCE)
             # Once signed, sent whatever becomes of this call: it has its seq, and an
@@ -194,8 +193,11 @@ class Gossip:
             await wait_for_peers(self.pacing, self._send(message), self._now, size)
             await asyncio.sleep(0)  # (its bytes are written before publish() returns)
 
-    def _ms(self) -> int:
-        return int(self._wall_clock() * 1000)
+    def _check_publishing(self) -> None:
+        if not self.publishing:
+            raise NodeStateError(
+                "the node is stopping: publish() works until the threads' stop() returned"
+            )
 
     def _send(self, message: GossipMessage) -> list[Socket]:
         """Send a message we signed, deliver it here; return the peers that carry it."""

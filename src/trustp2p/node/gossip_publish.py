@@ -12,6 +12,7 @@ __all__ = [
     "checked_payload",
     "keep_task",
     "sign_own",
+    "take_seq",
     "wait_for_peers",
     "wait_until",
 ]
@@ -73,9 +74,11 @@ async def sign_own(
     node: Node, log: MessageLog, topic: str, data: Body, validator: Validator | None, ms: int
 ) -> tuple[GossipMessage, int]:
     """
-    Sign ``data`` as this node's next message of ``topic`` (``ms``: its timestamp), let
-    the topic's ``validator`` judge it as peers running the same rule will, then take
-    its seq and log it; return it and its size (:func:`checked_payload`).
+    Sign ``data`` as this node's next message of ``topic`` (``ms``: its timestamp, the
+    seq the next free one now: :func:`take_seq` takes it) and let the topic's
+    ``validator`` judge it as peers running the same rule will; return it and its size
+    (:func:`checked_payload`). Outside ``publish()``'s lock: a validator may publish,
+    and a slow one holds up no other topic's publishes (found in review).
 
     Raises:
         ValueError: If the validator rejects it (not published, no seq taken: found by
@@ -96,9 +99,18 @@ async def sign_own(
             f"the validator of {topic!r} rejects this message: not published (peers "
             "running the same rule would count it against this node)"
         )
-    if (seq := log.next_seq(key)) != message.seq:  # (one used meanwhile: a lost log's)
-        message = sign_message(identity, topic, seq, ms, payload)
     return message, size
+
+
+def take_seq(node: Node, log: MessageLog, message: GossipMessage) -> GossipMessage:
+    """``message`` (:func:`sign_own`'s) with its seq taken: signed again with the next
+    free one if another was taken meanwhile (another publish, a lost log's numbers)."""
+    identity = node.identity
+    assert identity is not None
+    seq = log.next_seq(stream_key(message.topic, identity.peer_id))
+    if seq == message.seq:
+        return message
+    return sign_message(identity, message.topic, seq, message.timestamp, message.body)
 
 
 class NobodyCarries:

@@ -40,7 +40,7 @@ serving window, and every message of the topic came 12-30 s late, by catch-up.""
 class Asks:
     """The ids asked for in an ``iwant``, neither received nor given up yet."""
 
-    __slots__ = ("_asked", "_asking", "_broken", "_offers", "broken")
+    __slots__ = ("_asked", "_asking", "_broken", "_offers", "_retried", "broken")
 
     def __init__(self) -> None:
         # Ids in an iwant -> when, and whom (None: it left, ask another at the heartbeat).
@@ -49,6 +49,7 @@ class Asks:
         # Other peers that announced an id while it was asked for: whom to ask next.
         self._offers: dict[str, list[PeerKey]] = {}
         self._broken: dict[PeerKey, float] = {}  # peer -> when its last ask timed out
+        self._retried: set[str] = set()  # ids asked again of a peer that announced earlier
         self.broken = 0  # asks timed out (promises broken), counted
 
     def add_peer(self, peer: PeerKey) -> None:
@@ -69,6 +70,7 @@ class Asks:
         if asked is not None and asked[1] is not None:
             self._asking[asked[1]].discard(message_id)
         self._offers.pop(message_id, None)
+        self._retried.discard(message_id)
 
     def announced(
         self,
@@ -115,6 +117,7 @@ class Asks:
                 ignored += 1
         for i in wanted:
             self._asked[i] = (now, peer)
+            self._retried.discard(i)  # (asked as it announced it: a promise)
             if (offers := self._offers.get(i)) is not None and peer in offers:
                 offers.remove(peer)
         asking.update(wanted)
@@ -137,10 +140,12 @@ class Asks:
 
     def again(self, now: float, timeout: float, max_asks: int) -> dict[PeerKey, list[str]]:
         """Ids asked for ``timeout`` ago and not received: the peer asked broke its
-        promise (:data:`BROKEN_FOR`); ask the last other peer that announced each (it is
-        the likeliest to serve it still), of those that broke none lately if any, and
-        has room for the ask, or forget the ask, so that the next announcement is
-        answered.
+        promise (:data:`BROKEN_FOR`), unless it was asked again, after another (it may
+        hold the id no more: found in review, an attacker announcing each id just after
+        the honest relay had the relay marked); ask the last other peer that announced
+        each (it is the likeliest to serve it still), of those that broke none lately
+        if any, and has room for the ask, or forget the ask, so that the next
+        announcement is answered.
 
         Returns:
             The ids to ask of each peer (they are recorded as asked).
@@ -152,7 +157,8 @@ class Asks:
                 continue
             if whom is not None:
                 self._asking[whom].discard(message_id)
-                self._broken[whom] = now
+                if message_id not in self._retried:
+                    self._broken[whom] = now
                 self.broken += 1
             offers = [
                 p
@@ -161,6 +167,7 @@ class Asks:
             ]
             if not offers:
                 del self._asked[message_id]
+                self._retried.discard(message_id)
                 continue
             kept = [p for p in offers if not self._is_broken(p, now)]
             peer = (kept or offers)[-1]
@@ -169,6 +176,7 @@ class Asks:
                 self._offers[message_id] = offers
             self._asked[message_id] = (now, peer)
             self._asking[peer].add(message_id)
+            self._retried.add(message_id)
             again.setdefault(peer, []).append(message_id)
         return again
 
