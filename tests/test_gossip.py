@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import sqlite3
 import time
@@ -281,6 +282,44 @@ async def test_a_nodes_own_validator_runs_outside_the_publish_turn() -> None:
             await held
         assert log.last_used(stream_key("slow", me)) == 0  # no seq taken
         await stopping
+
+
+async def test_own_publishes_with_a_validator_are_judged_as_numbered_in_call_order() -> None:
+    # Found in review (review71 F1, F2, F6): judged outside the publishes' turn, two
+    # overlapping publishes were judged with the same seq and the second published with
+    # the next (a rule on seqs judged another message than the one sent), numbered in
+    # the order their validators returned; a validator publishing to its own topic
+    # recursed 246 times.
+    from .test_gossip_behaviour import memory_node  # (it imports this module)
+
+    judged: list[tuple[int, int]] = []
+
+    async def even_n(message: GossipMessage) -> Validation:
+        await asyncio.sleep(0.001 * (5 - message.body["n"] % 5))  # (the first, slowest)
+        judged.append((message.body["n"], message.seq))
+        return Validation.REJECT if message.body["n"] % 2 else Validation.ACCEPT
+
+    async def loops(message: GossipMessage) -> Validation:
+        await node.gossip.publish("loop", {})  # type: ignore[union-attr]
+        return Validation.ACCEPT
+
+    async with memory_node(MemoryHub(), "pub") as node:
+        assert node.gossip is not None
+        node.gossip.set_validator("odd", even_n)
+        node.gossip.set_validator("loop", loops)
+        results = await asyncio.gather(
+            *(node.gossip.publish("odd", {"n": n}) for n in range(6)), return_exceptions=True
+        )
+        assert [isinstance(r, ValueError) for r in results] == [False, True] * 3
+        assert judged == [(0, 1), (1, 2), (2, 2), (3, 3), (4, 3), (5, 4)]  # as published
+        log, me = node.gossip.message_log, node.peer_id
+        assert log is not None and me is not None
+        published = [log.get(stream_key("odd", me), seq) for seq in (1, 2, 3)]
+        assert [json.loads(m.data)["n"] if m else None for m in published] == [0, 2, 4]
+        # Its publish raises ValueError ("... publishes to 'loop', its own topic"): a
+        # validator that fails ignores the message, as on a peer's; published once.
+        await node.gossip.publish("loop", {})
+        assert [log.has(stream_key("loop", me), seq) for seq in (1, 2)] == [True, False]
 
 
 async def test_uninterested_nodes_do_not_carry_a_topic() -> None:

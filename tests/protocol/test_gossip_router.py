@@ -1262,6 +1262,30 @@ def test_a_peer_asked_again_after_another_breaks_no_promise() -> None:
     assert _talks(sent, IWANT) == [(liar, IWANT, {"ids": ["n"]}), (relay, IWANT, {"ids": ["n"]})]
 
 
+def test_a_peer_asked_in_the_place_of_a_retried_one_makes_a_promise() -> None:
+    # The id was asked again of a peer that broke a promise before (the only other that
+    # announced it); a peer that broke none announces it: asked at once, as it announced
+    # it, so its silence breaks a promise (found in review: the retry's mark stuck).
+    router, sent, clock = _meshed(4)
+    broken, first, trusted, next_ = 0, 1, 2, 3
+    router.control(broken, IHAVE, {"topic": TOPIC, "ids": ["x"]})
+    clock.advance(1.5)
+    router.heartbeat()  # peer 0 broke a promise
+    router.control(first, IHAVE, {"topic": TOPIC, "ids": ["i"]})
+    router.control(broken, IHAVE, {"topic": TOPIC, "ids": ["i"]})
+    clock.advance(1.5)
+    router.heartbeat()  # peer 1 broke one; "i" asked again of 0, the only other
+    sent.clear()
+    router.control(trusted, IHAVE, {"topic": TOPIC, "ids": ["i"]})
+    assert _talks(sent, IWANT) == [(trusted, IWANT, {"ids": ["i"]})]
+    clock.advance(1.5)
+    router.heartbeat()  # peer 2 didn't serve it: a promise broken
+    sent.clear()
+    router.control(trusted, IHAVE, {"topic": TOPIC, "ids": ["j"]})
+    router.control(next_, IHAVE, {"topic": TOPIC, "ids": ["j"]})
+    assert _talks(sent, IWANT) == [(trusted, IWANT, {"ids": ["j"]}), (next_, IWANT, {"ids": ["j"]})]
+
+
 def test_a_peer_has_at_most_max_asks_ids_asked_of_it_at_a_time() -> None:
     # Found by an attacker: ihave with 500 made-up ids, 100 times a second, had each id
     # recorded and echoed in an iwant; 16 such peers took the node from 117 to 537 MB.

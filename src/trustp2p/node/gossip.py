@@ -53,7 +53,16 @@ from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
 from .gossip_drops import oversized_line, say_skipped, say_too_old, signed_twice
 from .gossip_log import OWN_SOURCE, Attribution, claim, delivered, open_log, to_logged, undelivered
-from .gossip_publish import NobodyCarries, keep_task, sign_own, take_seq, wait_for_peers, wait_until
+from .gossip_publish import (
+    NobodyCarries,
+    OwnTurns,
+    check_publishing,
+    keep_task,
+    sign_own,
+    take_seq,
+    wait_for_peers,
+    wait_until,
+)
 from .gossip_send import make_router
 from .gossip_validate import GossipHandler, Validation, Validator, call_handlers, judge, rejected
 from .stopping import handlers_end
@@ -118,6 +127,7 @@ class Gossip:
         self._sending = asyncio.Lock()  # sending, in seq order, and the pacing waits
         self._sends: set[asyncio.Task[None]] = set()  # (held: see keep_task)
         self._validators: dict[str, Validator] = {}
+        self._turns = OwnTurns()  # (own publishes to a topic with a validator)
         self._delivery = TopicQueues(
             self.tasks, self._work, self._settle, node.connection, self._catch_up, keep=self._kept
         )
@@ -168,18 +178,18 @@ class Gossip:
         """
         if self._fetcher is not None and self.publishing:  # (past what peers keep: a
             await self._fetcher.own_numbers(topic)  # lost log; not under the lock: review)
-        self._check_publishing()  # (judged outside the lock: a validator may publish)
+        check_publishing(self.publishing)  # (judged outside the lock: it may publish)
         validator, ms = self._validators.get(topic), int(self._wall_clock() * 1000)
-        message, size = await sign_own(self.node, self._log, topic, data, validator, ms)
-        async with self._publishing:  # (1,000 gathered held the loop 1.3 s: review)
-            self._check_publishing()  # (in turn: the log may have closed meanwhile)
-            message = take_seq(self.node, self._log, message)
-            self._published.add(topic)
-            self._log.add(to_logged(message), OWN_SOURCE)
-            # Once signed, sent whatever becomes of this call: it has its seq, and an
-            # unsent one is a gap everyone waits for (review34), in turn after its write.
-            sending = keep_task(self._sends, self._written_then_sent(message, size))
-            await asyncio.sleep(0)  # (a loop of publish() held the event loop for seconds)
+        async with self._turns.turn(topic, validator is not None):  # (judged, then numbered)
+            message, size = await sign_own(self.node, self._log, topic, data, validator, ms)
+            async with self._publishing:  # (1,000 gathered held the loop 1.3 s: review)
+                check_publishing(self.publishing)  # (in turn: the log may have closed since)
+                message = take_seq(self.node, self._log, message)
+                self._published.add(topic)
+                self._log.add(to_logged(message), OWN_SOURCE)
+                # Sent, once signed, whatever becomes of this call: an unsent seq is a gap.
+                sending = keep_task(self._sends, self._written_then_sent(message, size))
+                await asyncio.sleep(0)  # (a loop of publish() held the loop for seconds)
         await asyncio.shield(sending)
         return message.id
 
@@ -192,12 +202,6 @@ class Gossip:
                 raise NodeStateError("the node stopped before the message was sent")
             await wait_for_peers(self.pacing, self._send(message), self._now, size)
             await asyncio.sleep(0)  # (its bytes are written before publish() returns)
-
-    def _check_publishing(self) -> None:
-        if not self.publishing:
-            raise NodeStateError(
-                "the node is stopping: publish() works until the threads' stop() returned"
-            )
 
     def _send(self, message: GossipMessage) -> list[Socket]:
         """Send a message we signed, deliver it here; return the peers that carry it."""
