@@ -7,10 +7,11 @@ stores each spawn through a :class:`TaskOwner`, and cancel and await everything 
 
 from __future__ import annotations
 
-__all__ = ["TaskOwner"]
+__all__ = ["STOP_SIGNALS", "TaskOwner", "quiet_signals"]
 
 import asyncio
 import logging
+import signal
 from collections.abc import Coroutine
 from typing import Any
 
@@ -95,3 +96,19 @@ class TaskOwner:
             await asyncio.wait(tasks)
             self._tasks.difference_update(tasks)
             tasks = self.cancel()
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop a node's process (the CLI's: :mod:`trustp2p.apps.serve`)."""
+
+
+def quiet_signals() -> None:
+    """
+    A worker thread's initializer: :data:`STOP_SIGNALS` are blocked in it, so that the
+    process takes them in its main thread only. Found in CI: while the CLI switched its
+    handlers to "ignored" (blocking them in the main thread meanwhile), a SIGINT taken
+    by a pool thread ran the default handler, and a Ctrl-C after "x node stopped"
+    printed a KeyboardInterrupt traceback (a SIGTERM then would have killed the
+    process, status 143).
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from trustp2p.storage._peer_queries import (
     TIE_PERIOD,
 )
 from trustp2p.storage.peerstore import STORE_PATH, PeerRecord, PeerSource, PeerStore
+from trustp2p.tasks import STOP_SIGNALS
 
 from .adapters import PeerStoreAdapter
 from .faults import HOUR, FailingWrites, StoreFaults, open_fails_once
@@ -886,5 +888,28 @@ async def test_good_urls_leave_out_a_peer_evicted_by_package_counts(clock: FakeC
         store.record_packages(PeerKey("tpnew"), good=1)  # one too many
         assert store.score_of("tpg0") is None
         assert "ws://g0:1" not in await store.good_urls(100)
+    finally:
+        await store.close()
+
+
+def _blocked_signals(thread: threading.Thread) -> set[int]:
+    """The signals ``thread`` blocks, from Linux's /proc (its SigBlk mask)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    mask = int(
+        next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk")), 16
+    )
+    return {signum for signum in range(1, 65) if mask >> (signum - 1) & 1}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc")
+async def test_a_stores_writer_thread_takes_no_stop_signal(tmp_path: Path) -> None:
+    # Found in CI: a SIGINT taken by a worker thread while the CLI switched its handlers
+    # to "ignored" (blocked in the main thread meanwhile) ran the default handler: a
+    # KeyboardInterrupt traceback after "x node stopped" (a SIGTERM: the process killed).
+    store = await PeerStore.open(tmp_path / "peers.sqlite")
+    try:
+        await store.flush()
+        [writer] = [t for t in threading.enumerate() if t.name.startswith("trustp2p-peerstore")]
+        assert set(STOP_SIGNALS) <= _blocked_signals(writer)
     finally:
         await store.close()

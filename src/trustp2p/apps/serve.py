@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..node import Node, NodeState
 from ..options import NodeOptions
+from ..tasks import quiet_signals
 
 
 async def serve(options: NodeOptions) -> int:
@@ -197,7 +198,7 @@ async def serve_process(options: NodeOptions) -> int:
     exits with the first signal's status.
     """
     # asyncio.to_thread's pool, ours: its threads are told from others' at the end
-    pool = ThreadPoolExecutor(thread_name_prefix=_POOL)
+    pool = ThreadPoolExecutor(thread_name_prefix=_POOL, initializer=quiet_signals)
     loop = asyncio.get_running_loop()
     loop.set_default_executor(pool)
     signals = _Signals(loop)

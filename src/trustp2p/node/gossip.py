@@ -178,9 +178,9 @@ class Gossip:
         """
         if self._fetcher is not None and self.publishing:  # (past what peers keep: a
             await self._fetcher.own_numbers(topic)  # lost log; not under the lock: review)
-        check_publishing(self.publishing)  # (judged outside the lock: it may publish)
-        validator, ms = self._validators.get(topic), int(self._wall_clock() * 1000)
-        async with self._turns.turn(topic, validator is not None):  # (judged, then numbered)
+        async with self._turns.turn(topic, (validator := self._validators.get(topic)) is not None):
+            check_publishing(self.publishing)  # (not judged after a stop: review)
+            ms = int(self._wall_clock() * 1000)
             message, size = await sign_own(self.node, self._log, topic, data, validator, ms)
             async with self._publishing:  # (1,000 gathered held the loop 1.3 s: review)
                 check_publishing(self.publishing)  # (in turn: the log may have closed since)

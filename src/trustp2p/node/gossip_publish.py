@@ -21,6 +21,7 @@ __all__ = [
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -112,42 +113,56 @@ def check_publishing(publishing: bool) -> None:
         )
 
 
+_JUDGING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "trustp2p_judging", default=frozenset()
+)
+"""The topics whose own publish is being judged in this context (a validator's, and the
+tasks it starts): :class:`OwnTurns`."""
+_NO_TURN = contextlib.nullcontext()
+
+
 class OwnTurns:
     """
     Per topic with a validator, one own publish at a time judged and numbered
     (:func:`sign_own`, then :func:`take_seq`): found in review, two overlapping ones were
     judged with the same seq, the second published with the next (a rule on seqs judged
     another message than the one sent), and numbered in the order their validators
-    returned, not the calls'. A validator that publishes to its own topic raises (it
-    would wait for its own turn; unguarded, it recursed 246 times).
+    returned, not the calls'. A publish made while judging one (by a validator, or a
+    task it started) waits for no turn: validators of two topics publishing to each
+    other's waited for each other for ever (found in review); one to a topic judged in
+    its chain raises (unguarded, it recursed 246 times).
     """
 
-    __slots__ = ("_locks", "_owners")
+    __slots__ = ("_locks",)
 
     def __init__(self) -> None:
         self._locks: dict[str, asyncio.Lock] = {}  # (the node's own topics: its code's)
-        self._owners: dict[str, asyncio.Task[Any] | None] = {}  # whose turn it is
 
-    @contextlib.asynccontextmanager
-    async def turn(self, topic: str, judged: bool) -> AsyncIterator[None]:
-        """The turn of a publish to ``topic`` (none needed unless ``judged``).
+    def turn(self, topic: str, judged: bool) -> contextlib.AbstractAsyncContextManager[None]:
+        """The turn of a publish to ``topic``: none unless ``judged`` (it has a
+        validator).
 
         Raises:
-            ValueError: If the topic's validator, judging one, publishes to it again.
+            ValueError: (Entered) if a publish to ``topic`` is being judged in this
+                context: its validator publishes to it again.
 
         """
-        if not judged:
-            yield
-            return
-        task = asyncio.current_task()
-        if topic in self._owners and self._owners[topic] is task:
+        return self._turn(topic) if judged else _NO_TURN
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, topic: str) -> AsyncIterator[None]:
+        judging = _JUDGING.get()
+        if topic in judging:
             raise ValueError(f"the validator of {topic!r} publishes to {topic!r}, its own topic")
-        async with self._locks.setdefault(topic, asyncio.Lock()):
-            self._owners[topic] = task
-            try:
+        token = _JUDGING.set(judging | {topic})
+        try:
+            if judging:  # (a validator's publish: waits for no turn)
                 yield
-            finally:
-                del self._owners[topic]
+            else:
+                async with self._locks.setdefault(topic, asyncio.Lock()):
+                    yield
+        finally:
+            _JUDGING.reset(token)
 
 
 def take_seq(node: Node, log: MessageLog, message: GossipMessage) -> GossipMessage:

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
-from ..tasks import TaskOwner
+from ..tasks import TaskOwner, quiet_signals
 from .memory import MemoryShelf
 
 _T = TypeVar("_T")
@@ -280,7 +280,7 @@ class WriteBehind(abc.ABC, Generic[_Batch, _Loaded]):
                 self._absorb(kept)
         if self._db is not None:
             executor = self._executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=self._thread_name
+                max_workers=1, thread_name_prefix=self._thread_name, initializer=quiet_signals
             )
             try:
                 async with self._lock:
