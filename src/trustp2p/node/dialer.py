@@ -29,6 +29,7 @@ from ..protocol.peers import is_address_key, peer_key
 from ..protocol.selection import Selection
 from ..protocol.urls import address_of, split_peer_url
 from ..tasks import TaskOwner
+from .feelers import Feelers
 
 if TYPE_CHECKING:
     from ..storage.peerstore import PeerStore
@@ -72,10 +73,11 @@ class Dialer:
         )
         self.tasks = TaskOwner(logger)
         self._persistent: dict[str, asyncio.Task[None]] = {}  # address -> task
-        self._ourselves: set[str] = set()  # URLs (as stored) found to be this node
+        self.ourselves: set[str] = set()  # URLs (as stored) found to be this node
         self._twinned: dict[str, str] = {}  # URL (as stored) -> the nonce of its twin
         self._wakeup = asyncio.Event()
         self._started = False  # connect() before start() dials from the start
+        self.feelers = Feelers(self)  # one unproven URL dialled every feeler_interval
         # Why the last dial of an address failed or its connection closed, for the
         # errors of the waits (tester37 F6: a TimeoutError said only "not within 3 s";
         # the reasons were INFO lines). Oldest first, at most _MAX_REASONS.
@@ -158,6 +160,7 @@ class Dialer:
             # none given) has the peers of its store to dial.
             self._wakeup.set()
             self.tasks.spawn(self._manage(), "outbound manager")
+            self.tasks.spawn(self.feelers.run(), "feelers")
 
     async def stop(self) -> None:
         await self.tasks.aclose()
@@ -168,7 +171,7 @@ class Dialer:
     def connection_opened(self, socket: Socket) -> None:
         self.policy.connection_opened(socket.id, socket.peer, socket.peer_id)
         if not socket.inbound:  # it led to another node: not (only) ourselves
-            self._ourselves.discard(self.policy.store_url(socket.peer))
+            self.ourselves.discard(self.policy.store_url(socket.peer))
             self._close_if_crowded(socket)
             self._pin_met(socket.peer, socket)
 
@@ -254,8 +257,8 @@ class Dialer:
         self._failed(url, str(error))
         url = self.policy.store_url(url)
         if isinstance(error, SelfDialError):
-            if url not in self._ourselves:
-                self._ourselves.add(url)
+            if url not in self.ourselves:
+                self.ourselves.add(url)
                 delay = self.node.options.reconnect_max
                 logger.info("= %s is this node: dialled again only every %g s", url, delay)
             return
@@ -299,7 +302,7 @@ class Dialer:
         while True:
             url = self.policy.persistent_url(url) or url  # (pinned by connect() since?)
             dial_url, expected = split_peer_url(url)
-            gate, peer_id = self.policy.gate(url, self._connected_ids(), self.node.store)
+            gate, peer_id = self.policy.gate(url, self.connected_ids(), self.node.store)
             if gate is Gate.WAIT_FOR_PEER:
                 assert peer_id is not None
                 other = self.node.socket_for_peer(peer_id)
@@ -323,7 +326,7 @@ class Dialer:
             except DriverError as exc:
                 self.dial_failed(dial_url, exc)
                 delay = reconnect.failed()
-                if self.policy.store_url(dial_url) in self._ourselves:
+                if self.policy.store_url(dial_url) in self.ourselves:
                     delay = max(delay, options.reconnect_max)
                 logger.info("! %s; retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -354,7 +357,7 @@ class Dialer:
         self.node.connections.twins.outbound_closed(socket, logger)
         self._failed(dial_url, f"closed ({socket.close_code} {socket.close_reason or '-'})")
         options = self.node.options
-        if self.policy.store_url(dial_url) in self._ourselves:
+        if self.policy.store_url(dial_url) in self.ourselves:
             return max(delay, options.reconnect_max), mismatched  # said once
         if is_mode_mismatch(socket.close_reason):
             # It can't work until one side changes `secure` (`alt`, the pinned id...):
@@ -475,11 +478,11 @@ class Dialer:
             if store is None:
                 continue
             policy = self.policy
-            own = [*self.node.listen_urls, *self._ourselves, *self._twins_open()]
-            anchor = policy.anchor_selection(self._connected_ids(), own, store)
+            own = [*self.node.listen_urls, *self.ourselves, *self.twins_open()]
+            anchor = policy.anchor_selection(self.connected_ids(), own, store)
             if anchor is not None:
                 await self._carry_out(anchor, store)
-            selection = policy.selection(self._connected_ids(), own, store)
+            selection = policy.selection(self.connected_ids(), own, store)
             if selection is not None:
                 await self._carry_out(selection, store)
 
@@ -516,7 +519,7 @@ class Dialer:
                 except NodeStateError:
                     return  # the node is stopping
 
-    def _twins_open(self) -> list[str]:
+    def twins_open(self) -> list[str]:
         """The store's URLs whose dial was dropped for a twin that is still open."""
         twins = self.node.connections.twins
         for url, nonce in list(self._twinned.items()):
@@ -524,7 +527,7 @@ class Dialer:
                 del self._twinned[url]
         return list(self._twinned)
 
-    def _connected_ids(self) -> set[str]:
+    def connected_ids(self) -> set[str]:
         """Peers connected either way, and ourselves: never dialled."""
         ids = self.node.connected_peer_ids()
         if self.node.peer_id is not None:

@@ -1,0 +1,189 @@
+"""Feeler dials (review62 F1): when a client dials an untried URL, and which one, on a
+fake clock with a fake store."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from trustp2p.protocol.deliver import ConnId
+from trustp2p.protocol.feelers import FeelerPolicy, Untried
+from trustp2p.protocol.limits import UnprovenDials
+from trustp2p.protocol.outbound import OutboundPolicy
+
+from ..conftest import FakeClock
+from .test_outbound import OWN, A, B, FakeStore
+
+INTERVAL = 120.0
+
+
+def keep_order(order: list[str]) -> None:
+    pass
+
+
+def untried(url: str, teller: str | None = "10.1", **fields: object) -> Untried:
+    values: dict[str, object] = {"seconded": False, "failures": 0, "first_seen": 0.0}
+    values.update(fields)
+    return Untried(url, teller, **values)  # type: ignore[arg-type]
+
+
+def make(clock: FakeClock, **options: object) -> tuple[FeelerPolicy, OutboundPolicy, FakeStore]:
+    feelers = FeelerPolicy(clock=clock, interval=INTERVAL, shuffle=keep_order)
+    policy = OutboundPolicy(clock=clock, target=2, **options)  # type: ignore[arg-type]
+    return feelers, policy, FakeStore(proven=())
+
+
+def test_one_feeler_every_interval_never_two_at_once(clock: FakeClock) -> None:
+    feelers, policy, store = make(clock)
+    assert feelers.wake_in() is None  # not started
+    feelers.start()
+    urls = [untried("ws://10.1.0.1:1107"), untried("ws://10.2.0.1:1107")]
+    assert feelers.wake_in() == INTERVAL  # the first an interval after the start
+    assert feelers.choose(urls, policy, {OWN}, [], store) is None
+    clock.advance(INTERVAL)
+    assert feelers.wake_in() == 0
+    dial = feelers.choose(urls, policy, {OWN}, [], store)
+    assert dial is not None
+    assert dial.url == "ws://10.1.0.1:1107"
+    assert feelers.under_way == dial.url
+    assert policy.dials == [dial]  # a managed dial: its address is busy for the manager
+    clock.advance(10 * INTERVAL)
+    assert feelers.wake_in() is None  # one under way: no other, however long it takes
+    assert feelers.choose(urls, policy, {OWN}, [], store) is None
+    feelers.ended()
+    policy.dial_ended(dial.url)
+    assert feelers.under_way is None
+    assert feelers.wake_in() == INTERVAL
+
+
+def test_nothing_to_dial_tries_again_an_interval_later(clock: FakeClock) -> None:
+    feelers, policy, store = make(clock)
+    feelers.start()
+    clock.advance(INTERVAL)
+    assert feelers.choose([], policy, {OWN}, [], store) is None
+    assert feelers.wake_in() == INTERVAL
+
+
+def test_off_at_zero(clock: FakeClock) -> None:
+    feelers = FeelerPolicy(clock=clock, interval=0)
+    feelers.start()
+    policy = OutboundPolicy(clock=clock)
+    clock.advance(10_000)
+    assert feelers.wake_in() is None
+    assert feelers.choose([untried("ws://10.1.0.1:1107")], policy, set(), [], None) is None
+
+
+@pytest.mark.parametrize("interval", [-1.0, float("inf"), float("nan")])
+def test_interval_checked(clock: FakeClock, interval: float) -> None:
+    with pytest.raises(ValueError, match="interval must be a finite number of seconds"):
+        FeelerPolicy(clock=clock, interval=interval)
+
+
+def test_skips_what_a_managed_dial_may_not_dial(clock: FakeClock) -> None:
+    """Connected (its address, or the peer met there), dialled for good, being dialled,
+    ours, blocked (host or peer), waiting for a retry, proven in this run, or in a
+    network group that holds max_per_netgroup outbound peers: the one left is chosen."""
+    feelers, policy, store = make(clock, max_per_netgroup=1)
+    feelers.start()
+    policy.connection_opened(ConnId(1), "ws://10.9.0.1:1107", A)  # group 10.9 is full
+    policy.add_persistent("ws://10.3.0.1:1107")
+    policy.start_dial("ws://10.4.0.1:1107")
+    store.ids["ws://10.5.0.1:1107"] = A  # the peer met there is connected
+    store.ids["ws://10.6.0.1:1107"] = B
+    store.blocked_ids.add(B)
+    store.blocked_addresses.add("10.7.0.1")
+    policy.dial_failed("ws://10.8.0.1:1107")  # its retry is pending
+    policy.remember_peer("ws://10.10.0.1:1107", OWN)  # (in this run: proven)
+    skipped = [
+        "ws://10.9.0.1:1107",  # connected
+        "ws://10.9.0.2:1107",  # its group is full
+        "ws://10.3.0.1:1107",
+        "ws://10.4.0.1:1107",
+        "ws://10.5.0.1:1107",
+        "ws://10.6.0.1:1107",
+        "ws://10.7.0.1:1107",
+        "ws://10.8.0.1:1107",
+        "ws://10.10.0.1:1107",
+        "ws://10.11.0.1:1107",  # ours
+        f"ws://10.12.0.1:1107/p2p/{A}",  # names a connected peer
+    ]
+    left = "ws://10.13.0.1:1107"
+    candidates = [untried(url) for url in [*skipped, left]]
+    clock.advance(INTERVAL)
+    dial = feelers.choose(candidates, policy, {A, OWN}, ["ws://10.11.0.1:1107"], store)
+    assert dial is not None
+    assert dial.url == left
+
+
+def test_within_a_teller_fewest_failures_then_seconded_then_oldest(clock: FakeClock) -> None:
+    feelers, policy, store = make(clock)
+    feelers.start()
+    candidates = [
+        untried("ws://10.1.0.1:1107", failures=1, seconded=True, first_seen=1.0),
+        untried("ws://10.2.0.1:1107", first_seen=5.0),
+        untried("ws://10.3.0.1:1107", seconded=True, first_seen=9.0),
+        untried("ws://10.4.0.1:1107", seconded=True, first_seen=7.0),
+    ]
+    chosen: list[str] = []
+    for _ in list(candidates):
+        clock.advance(INTERVAL)
+        dial = feelers.choose(candidates, policy, {OWN}, [], store)
+        assert dial is not None
+        chosen.append(dial.url)
+        candidates = [c for c in candidates if c.url != dial.url]  # (proven, say)
+        policy.dial_ended(dial.url)
+        feelers.ended()
+    assert chosen == [
+        "ws://10.4.0.1:1107",
+        "ws://10.3.0.1:1107",
+        "ws://10.2.0.1:1107",
+        "ws://10.1.0.1:1107",
+    ]
+
+
+def test_tellers_take_turns_whatever_they_told(clock: FakeClock) -> None:
+    """An honest server's 3 URLs against 3,000 made-up ones from servers of three /16s:
+    each of the four tellers gets about a quarter of the feelers (a URL chosen at random
+    would be the honest one's once in 1,000), and a URL only a peer claimed (no teller)
+    takes its turn with its host's group."""
+    feelers = FeelerPolicy(clock=clock, interval=INTERVAL, shuffle=random.Random(7).shuffle)
+    feelers.start()
+    policy = OutboundPolicy(clock=clock, target=2)
+    store = FakeStore(proven=())
+    honest = [untried(f"ws://10.{i}.0.1:1107", teller="40.1") for i in range(3)]
+    made_up = [
+        untried(f"ws://{i // 250}.{i % 250}.0.9:1107", teller=f"172.{16 + i % 3}")
+        for i in range(3000)
+    ]
+    claim = untried("ws://20.1.0.1:1107", teller=None)
+    told: Counter[str] = Counter()
+    for _ in range(400):
+        clock.advance(INTERVAL)
+        dial = feelers.choose([*made_up, claim, *honest], policy, {OWN}, [], store)
+        assert dial is not None
+        told["honest" if "ws://10." in dial.url else "claim" if "20.1" in dial.url else "x"] += 1
+        policy.dial_ended(dial.url)
+        feelers.ended()
+    assert 60 <= told["honest"] <= 100
+    assert 60 <= told["claim"] <= 100
+    assert told["x"] == 400 - told["honest"] - told["claim"]
+
+
+def test_the_bound_on_unproven_dials_holds_a_feeler(clock: FakeClock) -> None:
+    feelers = FeelerPolicy(clock=clock, interval=INTERVAL, shuffle=keep_order)
+    feelers.start()
+    bound = UnprovenDials(max_concurrent=1, rate=0.5, burst=1)
+    policy = OutboundPolicy(clock=clock, unproven=bound)
+    store = FakeStore(proven=())
+    assert policy.may_dial("ws://10.1.0.1:1107", store)  # the manager's, under way
+    clock.advance(INTERVAL)
+    urls = [untried("ws://10.2.0.1:1107")]
+    assert feelers.choose(urls, policy, {OWN}, [], store) is None
+    assert feelers.wake_in() == 1.0  # soon, not an interval later
+    bound.ended("ws://10.1.0.1:1107")
+    clock.advance(1.0)
+    dial = feelers.choose(urls, policy, {OWN}, [], store)
+    assert dial is not None
+    assert dial.url == "ws://10.2.0.1:1107"
