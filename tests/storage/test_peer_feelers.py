@@ -120,3 +120,35 @@ async def test_failed_feelers_put_made_up_urls_first(clock: FakeClock) -> None:
         assert not any(store.knows_url(r.urls[0]) for r in failed)
     finally:
         await store.close()
+
+
+async def test_untried_lists_each_tellers_first_in_the_feelers_order(clock: FakeClock) -> None:
+    """PeerStore.untried(): never proven, not bootstrap, not blocked or excluded peers;
+    each teller's first FEELER_CANDIDATES (fewest failures, then named by several
+    groups, then the oldest); a URL no server told takes its host's group's turn."""
+    store = await PeerStore.open(None, clock=clock, max_peers=CAP)
+    try:
+        told = [f"ws://10.{i}.0.1:1107" for i in range(12)]
+        for url in told:  # (the first the oldest)
+            await store.add_urls([url], PeerSource.EXCHANGE, teller="198.51.100.7")
+            clock.advance(1)
+        await store.add_urls(["ws://10.11.0.1:1107"], PeerSource.EXCHANGE, teller="203.0.113.9")
+        await store.record_failure("ws://10.0.0.1:1107")
+        await store.record_connected(peer_id="tpa", url="ws://10.1.0.1:1107", address=None)
+        await store.add_urls(["ws://20.1.0.1:1107"], PeerSource.INBOUND, peer_id="tpclaim")
+        await store.add_urls(["ws://20.2.0.1:1107"], PeerSource.INBOUND, peer_id="tpblocked")
+        await store.block(peer_id="tpblocked", reason="test")
+        await store.add_urls(["ws://30.1.0.1:1107"], PeerSource.BOOTSTRAP)
+        found = {u.url: u for u in store.untried()}
+        assert [u.url for u in store.untried() if u.teller == "198.51.0.0/16"] == [
+            "ws://10.11.0.1:1107",  # named by two groups
+            *(f"ws://10.{i}.0.1:1107" for i in range(2, 9)),  # then the oldest
+        ]
+        assert found["ws://10.11.0.1:1107"].seconded
+        assert found["ws://20.1.0.1:1107"].teller == "host 20.1.0.0/16"
+        assert "ws://20.2.0.1:1107" not in found  # blocked
+        assert "ws://30.1.0.1:1107" not in found  # bootstrap
+        assert "ws://10.1.0.1:1107" not in found  # proven
+        assert "ws://20.1.0.1:1107" not in {u.url for u in store.untried(exclude_ids={"tpclaim"})}
+    finally:
+        await store.close()

@@ -50,8 +50,9 @@ class Untried:
 
     Attributes:
         url: The store's URL (maybe ending in ``/p2p/<id>``).
-        teller: The network group of the first server whose ``get_peers`` answer named
-            it; None if no server's did (a peer's claim, or a URL stored before tellers).
+        teller: Whose turn it takes: the network group of the first server whose
+            ``get_peers`` answer named it; for a URL no server's did (a peer's claim, or
+            one stored before tellers), ``host <its own network group>``.
         seconded: Whether servers of several network groups named it.
         failures: Its failed dials in a row.
         first_seen: When the store learned it (the store's clock).
@@ -59,7 +60,7 @@ class Untried:
     """
 
     url: str
-    teller: str | None
+    teller: str
     seconded: bool
     failures: int
     first_seen: float
@@ -165,10 +166,7 @@ class FeelerPolicy:
         first such URL (see the module docstring)."""
         tellers: dict[str, list[Untried]] = {}
         for candidate in candidates:
-            teller = candidate.teller
-            if teller is None:  # (a turn apart from a server of that group's)
-                teller = f"host {netgroup_of(candidate.url)}"
-            tellers.setdefault(teller, []).append(candidate)
+            tellers.setdefault(candidate.teller, []).append(candidate)
         busy = policy.busy(own_urls)
         groups = policy.netgroups()
         order = list(tellers)

@@ -10,13 +10,15 @@ Private to :mod:`trustp2p.storage`.
 
 from __future__ import annotations
 
-__all__ = ["failed_dial", "untried_urls"]
+__all__ = ["FEELER_CANDIDATES", "failed_dial", "untried_urls"]
 
+import heapq
 from collections.abc import Collection
 
 from ..protocol.feelers import Untried
-from ._peer_queries import is_dead, ranked_urls
-from ._peer_records import PeerSource, logger
+from ..protocol.hosts import host_of, is_loopback, netgroup
+from ._peer_queries import is_dead
+from ._peer_records import PeerSource, Url, logger
 from ._peer_table import PeerTable
 
 
@@ -42,26 +44,49 @@ def failed_dial(table: PeerTable, url: str, now: float) -> bool:
     return True
 
 
-def untried_urls(table: PeerTable, now: float, exclude_ids: Collection[str]) -> list[Untried]:
+FEELER_CANDIDATES = 8
+"""Untried URLs per teller that :func:`untried_urls` returns: each teller's first in
+the feeler's order (the rule takes the first it may dial)."""
+
+
+def _turn(entry: Url) -> str:
+    """Whose turn ``entry`` takes among the feelers: the network group of the first
+    server that named it, or for a URL no server named, ``host <its network group>``
+    (kept on the record, as the eviction keeps it: see ``Url.group``)."""
+    if entry.teller is not None:
+        return entry.teller.removeprefix("+")
+    if entry.group == "":
+        host = host_of(entry.url)
+        entry.group = None if not host or is_loopback(host) else netgroup(host)
+    return f"host {entry.group}"
+
+
+def untried_urls(
+    table: PeerTable, now: float, exclude_ids: Collection[str], per_teller: int = FEELER_CANDIDATES
+) -> list[Untried]:
     """
-    One URL per peer never proven (no dial of ours worked there, not a bootstrap peer),
-    the one with the fewest failures, with who told it; not of blocked peers or hosts,
-    nor of the peers ``exclude_ids``. In no order: the feeler's rule chooses
-    (:class:`~trustp2p.protocol.feelers.FeelerPolicy`). A pass over the peers (a few
-    ms at 10,000), once a feeler.
+    The URLs of peers never proven (no dial of ours worked there, not bootstrap peers)
+    that a feeler may dial, with whose turn each takes: of each teller, the first
+    ``per_teller`` in the feeler's order (fewest failures, named by several network
+    groups, oldest); not of blocked peers, nor of the peers ``exclude_ids``. The rule
+    (:class:`~trustp2p.protocol.feelers.FeelerPolicy`) checks the rest (blocked hosts,
+    busy addresses). A pass over the peers without parsing a URL (but a claim's, once):
+    about 10 ms at 10,000, once a feeler.
     """
-    peers = [
-        peer
-        for peer in table.peers.values()
-        if peer.urls and peer.successes == 0 and peer.source is not PeerSource.BOOTSTRAP
-    ]
-    found: list[Untried] = []
-    for url in ranked_urls(table, now, (), exclude_ids, good=False, anchors=False, peers=peers):
-        entry = table.by_url[url]
-        if entry.last_connected is not None:
+    blocked = {key for key, block in table.blocked_ids.items() if block.active(now)}
+    turns: dict[str, list[tuple[int, bool, float, str, Url]]] = {}
+    for peer in table.peers.values():
+        if not peer.urls or peer.successes or peer.source is PeerSource.BOOTSTRAP:
             continue
-        told = entry.teller
-        teller = None if told is None else told.removeprefix("+")
-        seconded = told is not None and told.startswith("+")
-        found.append(Untried(url, teller, seconded, entry.failures, entry.first_seen))
+        if peer.peer_id is not None and (peer.peer_id in exclude_ids or peer.peer_id in blocked):
+            continue
+        for entry in peer.urls.values():
+            if entry.last_connected is None:
+                seconded = entry.teller is not None and entry.teller.startswith("+")
+                key = (entry.failures, not seconded, entry.first_seen, entry.url, entry)
+                turns.setdefault(_turn(entry), []).append(key)
+    found: list[Untried] = []
+    for turn, entries in turns.items():
+        for failures, single, first_seen, url, _ in heapq.nsmallest(per_teller, entries):
+            found.append(Untried(url, turn, not single, failures, first_seen))
     return found

@@ -520,9 +520,9 @@ class PeerStore(WriteBehind[Batch, Loaded]):
         return self._ranked(limit, exclude_urls, exclude_ids, good=True, anchors=False)
 
     def untried(self, *, exclude_ids: Collection[str] = ()) -> list[Untried]:
-        """The URLs nobody has proven, one per peer, for a feeler dial to try (see
-        :mod:`trustp2p.protocol.feelers`; leaving out blocked ones, and the peers
-        ``exclude_ids``). SYNC: a pass over the peers, a few ms at 10,000."""
+        """The URLs nobody has proven, each teller's first few, for a feeler dial to
+        try (:func:`~._peer_dials.untried_urls`; not of blocked peers, nor of the peers
+        ``exclude_ids``). SYNC: a pass over the peers, about 10 ms at 10,000."""
         return untried_urls(self._table, self._clock(), exclude_ids)
 
     def size(self) -> int:
