@@ -44,7 +44,10 @@ machinery, without a whole client node per connection:
   client node dials. The pool is the same in every client process, so the server's peer
   store holds at most 4096 peers: past its ``max_peers`` (10 000) every new peer id costs
   the server an O(n) eviction scan, milliseconds per connection, which would swamp the
-  handshake (``--fresh-identities`` shows it). The connection is *open* when the layer
+  handshake (``--fresh-identities`` shows it). ``--pool N`` takes a smaller pool: a
+  round's connections outnumber it, so the server meets the same peers again, with the
+  same Noise static keys, as reconnecting peers (their signature checks cached). The
+  connection is *open* when the layer
   calls ``on_open`` (handshake done on the client side: the moment
   ``client.wait_connected()`` returns in a node);
 - plain: the ``ws`` driver alone; *open* is its ``on_open`` (WebSocket upgrade done).
@@ -514,9 +517,10 @@ async def run_e2e_client(
     duration: float,
     *,
     fresh: bool = False,
+    pool: int = IDENTITY_POOL,
 ) -> None:
     """Measure sequential and concurrent connection set-up; print the figures as JSON."""
-    dialler = _Dialler(url, impl == "secure", IDENTITY_POOL, fresh=fresh)
+    dialler = _Dialler(url, impl == "secure", pool, fresh=fresh)
     results: dict[str, Figures] = {}
     for mode, width in (("sequential", 1), ("concurrent", concurrency)):
         counter = _Counter()
@@ -552,7 +556,7 @@ def _run_client(
         "--role", "e2e-client", "--impl", impl, "--url", url, "--server-pid", str(pid),
         "--cpu", str(cpu), "--concurrency", str(args.concurrency),
         "--warmup", str(args.warmup), "--duration", str(args.duration),
-        *(["--fresh-identities"] if args.fresh_identities else []),
+        *(["--fresh-identities"] if args.fresh_identities else []), "--pool", str(args.pool),
     )  # fmt: skip
     try:
         figures: dict[str, Figures] = json.loads(_expect_line(process))
@@ -722,6 +726,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="e2e: each client process generates 4096 new identities instead of using the "
         "shared pool, so the server meets ever new peers (its peer store fills up)",
     )
+    parser.add_argument(
+        "--pool",
+        type=int,
+        default=IDENTITY_POOL,
+        help="e2e: identities a secure client process cycles through; fewer than its "
+        "connections and they return, as reconnecting peers (the server skips the "
+        "signature check of an identity payload it checked lately)",
+    )
     parser.add_argument("--max-other", type=float, default=0.2, help="noise control")
     parser.add_argument("--max-steal", type=float, default=0.1, help="noise control")
     single = parser.add_argument_group("one process (started by the orchestrator)")
@@ -756,6 +768,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.warmup,
                 args.duration,
                 fresh=args.fresh_identities,
+                pool=args.pool,
             )
         )
         return 0

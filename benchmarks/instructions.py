@@ -35,6 +35,20 @@ cancels out; no identity is used twice if the count stays below it):
     PYTHONHASHSEED=0 PYTHONPATH=src valgrind --tool=callgrind \
         --callgrind-out-file=/dev/null .venv/bin/python benchmarks/instructions.py \
         --connections [--secure] 200    (then 1000; the difference divided by 800)
+
+``--returning`` lets the count exceed the pool: the identities are used again in turn,
+as peers that reconnect (each keeps its Noise static key, so the server finds its
+identity payload among the signatures it checked lately and skips the Ed25519 check).
+``--port`` sets the server's port here too.
+
+``--handshakes`` counts the sans-I/O Noise XX handshakes alone (no sockets, no loop),
+both sides in this process, as the secure layer runs them: each dialler a node of the
+pool (``--pool``), all to one responder; the dialler's check of the responder's payload
+is found in the cache after the first, as in a client process of ``handshake.py``:
+
+    PYTHONHASHSEED=0 PYTHONPATH=src valgrind --tool=callgrind \
+        --callgrind-out-file=/dev/null .venv/bin/python benchmarks/instructions.py \
+        --handshakes 100    (then 600; the difference divided by 500)
 """
 
 from __future__ import annotations
@@ -47,11 +61,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from handshake import _Counter, _Dialler
+from handshake import _Counter, _Dialler, pool_identity
 from request_response import NO_RATE_LIMIT, EchoThread, make_body
 
 import trustp2p
+from trustp2p.identity import Identity
 from trustp2p.loop import LOOPS
+from trustp2p.security.noise import NoiseHandshake, NoiseKey
 
 
 async def _server(*, secure: bool, driver: str, port: int) -> trustp2p.Node:
@@ -127,14 +143,17 @@ async def _serve(*, secure: bool, driver: str, port: int) -> None:
     await server.stop()
 
 
-async def connections(count: int, *, secure: bool, pool: int) -> None:
-    """Open ``count`` connections one after another to a server node in this process."""
+async def connections(
+    count: int, *, secure: bool, pool: int, port: int = 0, returning: bool = False
+) -> None:
+    """Open ``count`` connections one after another to a server node in this process;
+    ``returning``: the identities of the pool in turn, each again once all were used."""
     server = await trustp2p.create_server(
-        host="127.0.0.1", port=0, threads=(EchoThread,), max_inbound=None, secure=secure,
+        host="127.0.0.1", port=port, threads=(EchoThread,), max_inbound=None, secure=secure,
         **NO_RATE_LIMIT,
     )  # fmt: skip
     assert server.url is not None
-    if secure and count > pool:
+    if secure and count > pool and not returning:
         raise SystemExit(f"--pool {pool} is smaller than {count} connections")
     dialler = _Dialler(server.url, secure, pool)
     counter = _Counter()
@@ -146,6 +165,22 @@ async def connections(count: int, *, secure: bool, pool: int) -> None:
     await server.stop()
 
 
+async def handshakes(count: int, *, pool: int) -> None:
+    """Run ``count`` sans-I/O handshakes, a new dialler of the pool each time."""
+    if count > pool:
+        raise SystemExit(f"--pool {pool} is smaller than {count} handshakes")
+    keys = [NoiseKey(pool_identity(index)) for index in range(pool)]
+    responder_key = NoiseKey(Identity.generate())
+    for key in keys[:count]:
+        dialler = NoiseHandshake(key, initiator=True)
+        responder = NoiseHandshake(responder_key, initiator=False)
+        responder.read_message(dialler.write_message())
+        dialler.read_message(responder.write_message())
+        responder.read_message(dialler.write_message())
+        dialler.transport()
+        responder.transport()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("count", type=int, help="round trips")
@@ -154,7 +189,15 @@ if __name__ == "__main__":
     parser.add_argument(
         "--connections", action="store_true", help="count connection set-ups, not round trips"
     )
+    parser.add_argument(
+        "--handshakes", action="store_true", help="count sans-I/O Noise handshakes alone"
+    )
     parser.add_argument("--pool", type=int, default=1100, help="secure client identities")
+    parser.add_argument(
+        "--returning",
+        action="store_true",
+        help="connections: use the pool's identities again in turn (peers that reconnect)",
+    )
     parser.add_argument(
         "--driver", default="ws", help="round trips over this driver (ws, tcp, picows)"
     )
@@ -170,8 +213,12 @@ if __name__ == "__main__":
     parser.add_argument("--dial", help=argparse.SUPPRESS)
     args = parser.parse_args()
     options = {"secure": args.secure, "driver": args.driver}
-    if args.connections:
-        coroutine = connections(args.count, secure=args.secure, pool=args.pool)
+    if args.handshakes:
+        coroutine = handshakes(args.count, pool=args.pool)
+    elif args.connections:
+        coroutine = connections(
+            args.count, secure=args.secure, pool=args.pool, port=args.port, returning=args.returning
+        )
     elif args.serve:
         coroutine = _serve(port=args.port, **options)
     elif args.dial:

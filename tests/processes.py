@@ -20,6 +20,8 @@ import trustp2p
 SRC = str(Path(trustp2p.__file__).resolve().parents[1])
 """The directory holding the package under test, for the children's PYTHONPATH."""
 
+_FACTOR = float(os.environ.get("TRUSTP2P_TESTS_TIMEOUT_FACTOR", "1"))
+
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
@@ -83,16 +85,20 @@ class Spawned:
         """Whether a line of its output holds ``text``."""
         return any(text in line for line in list(self.lines))
 
-    def wait_for_output(self, text: str, timeout: float = 10.0) -> None:
-        """Wait (blocking) until ``text`` appears; fail if it exits or time runs out."""
+    def wait_for_output(self, text: str, timeout: float = 30.0) -> None:
+        """Wait (blocking) until ``text`` appears; fail if it exits or time runs out
+        (``timeout`` scaled by ``TRUSTP2P_TESTS_TIMEOUT_FACTOR``: a process's start took
+        over 10 s on a 2-core machine at load 6-9, found by a tester)."""
+        timeout *= _FACTOR
         deadline = time.monotonic() + timeout
         while text not in self.output:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 pytest.fail(f"{text!r} never appeared in:\n{self.output}")
             time.sleep(0.01)
 
-    async def wait_for(self, text: str, timeout: float = 10.0) -> None:
+    async def wait_for(self, text: str, timeout: float = 30.0) -> None:
         """:meth:`wait_for_output` for a coroutine: the event loop runs meanwhile."""
+        timeout *= _FACTOR
         deadline = time.monotonic() + timeout
         while text not in self.output:
             if time.monotonic() > deadline or self.process.poll() is not None:

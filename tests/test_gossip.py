@@ -208,6 +208,38 @@ async def test_rejected_messages_count_against_the_sender() -> None:
         assert not judge.gossip.message_log.has(f"chat\0{sender.peer_id}", 1)  # not kept nor served
 
 
+async def test_a_nodes_own_validator_judges_its_publish() -> None:
+    # Found by a tester: the publisher's own validator wasn't run on its publish(): an
+    # application's bug published two messages its own rule refused, its own subscriber
+    # got them, and every peer running that rule blocked the publisher for an hour.
+    async def rule(message: GossipMessage) -> Validation:
+        await asyncio.sleep(0)  # (async validators too)
+        if message.body.get("spam"):
+            return Validation.REJECT
+        return Validation.IGNORE if message.body.get("local") else Validation.ACCEPT
+
+    async with Network(2, degree=1, seed=1) as network:
+        await network.wait_connected()
+        sender, judge = network.nodes
+        assert judge.gossip is not None and sender.gossip is not None
+        for node in network.nodes:
+            node.gossip.set_validator("chat", rule)  # type: ignore[union-attr]
+        await sender.gossip.wait_subscribers("chat")
+        own: list[GossipMessage] = []
+        sender.gossip.subscribe("chat", own.append)
+        for _ in range(3):
+            with pytest.raises(ValueError, match="the validator of 'chat' rejects this message"):
+                await sender.gossip.publish("chat", {"spam": True})
+        await sender.gossip.publish("chat", {"ham": True})
+        await sender.gossip.publish("chat", {"local": True})  # IGNORE: published
+        # No seq taken by the rejected ones: no gap; nothing held against the sender.
+        await wait_for(lambda: len(own) == 2 and len(network.received[1]) == 1)
+        assert [(d.seq, d.topic) for d in network.received[1]] == [(1, "chat")]
+        assert [m.seq for m in own] == [1, 2]
+        assert judge.sockets[0].stats.invalid_in == 0
+        assert judge.gossip.router.stats.invalid == 0
+
+
 async def test_uninterested_nodes_do_not_carry_a_topic() -> None:
     async with Network(12, degree=4, seed=11, topics=[]) as network:
         await network.wait_connected()

@@ -1340,6 +1340,39 @@ async def test_a_talk_handler_can_stop_its_node_without_waiting_for_itself(
     await wait_for(lambda: server.state is NodeState.STOPPED)  # 5 s at most, not 30
 
 
+class ShutdownTalkSeen(ShutdownTalk):
+    """:class:`ShutdownTalk`, and the connections it saw open and close."""
+
+    opened: ClassVar[list[str]] = []
+    closed: ClassVar[list[str]] = []
+
+    def on_socket_connection(self, socket: Socket) -> None:
+        self.opened.append(socket.id)
+
+    def on_socket_close(self, socket: Socket) -> None:
+        self.closed.append(socket.id)
+
+
+async def test_a_handler_that_stops_its_node_sees_its_connection_close(
+    make_node: MakeNode,
+) -> None:
+    # Found in review (review67 F3): the worker of the handler that stopped the node
+    # took no next item, so its own connection's on_socket_close never ran: a thread saw
+    # that connection open and never close (the other connection's close ran).
+    ShutdownTalkSeen.opened, ShutdownTalkSeen.closed = [], []
+    server = await make_node(server=True, threads=[ShutdownTalkSeen])
+    clients = [await make_node(client=True, peers=[server.url]) for _ in range(2)]
+    for client in clients:
+        assert client.client is not None
+        await client.client.wait_connected()
+    await wait_for(lambda: len(ShutdownTalkSeen.opened) == 2)
+    first = clients[0].client
+    assert first is not None
+    await first.send_talk(first.sockets[0], "shutdown", {})
+    await wait_for(lambda: server.state is NodeState.STOPPED)
+    await wait_for(lambda: sorted(ShutdownTalkSeen.closed) == sorted(ShutdownTalkSeen.opened))
+
+
 @pure_only("trustp2p.node.node", "a compiled Node takes no weak reference to watch it with")
 async def test_a_stopped_node_is_freed_at_once() -> None:
     """Found by a soak tester: a stopped node stayed in memory for up to a minute (its

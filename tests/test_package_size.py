@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, ClassVar
+from types import SimpleNamespace
+from typing import Any, ClassVar, cast
 
 import pytest
 
@@ -40,13 +41,17 @@ from .test_gossip_behaviour import memory_node, socket_to
 class Echo(Thread):
     @property
     def event_map(self) -> EventMap:
-        return {PackageType.REQUEST: {"echo": self.echo, "grow": self.grow}}
+        return {PackageType.REQUEST: {"echo": self.echo, "grow": self.grow, "mute": self.mute}}
 
     def echo(self, socket: Socket, package: Package) -> dict[str, Any]:
         return package.body
 
     def grow(self, socket: Socket, package: Package) -> dict[str, Any]:
         return {"p": "x" * package.body["size"]}
+
+    async def mute(self, socket: Socket, package: Package) -> dict[str, Any]:
+        await asyncio.sleep(60)  # (cancelled by the node's stop)
+        return {}
 
 
 async def connected(make_node: MakeNode) -> tuple[Any, Socket]:
@@ -237,6 +242,24 @@ async def test_a_request_whose_timeout_the_introduction_wait_takes_times_out(
         with pytest.raises(RequestTimeout):
             await client.client.request(socket, "echo", {"n": 1}, reroute=reroute, timeout=0.2)
     assert client.metrics.requests_timed_out == 2
+
+
+async def test_a_timeout_says_the_time_asked_not_what_the_introduction_left(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by a tester (tester42 F6): "no response ... within 0.999021 s" for timeout=1.
+    client, socket = await connected_to(make_node, secure=True)
+    conn = client.connection(socket)
+    assert conn is not None
+
+    async def late_hello(conn: PeerConnection, wait: float = 10.0) -> None:
+        await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(PeerConnection, "introduction", late_hello)
+    conn.protocol.state = ConnectionState.INTRODUCED  # as before the peer's hello came
+    with pytest.raises(RequestTimeout, match=r"within 0\.2 s$") as info:
+        await client.client.request(socket, "mute", {}, timeout=0.2)
+    assert info.value.timeout == 0.2
 
 
 async def test_a_rerouted_request_passes_over_a_server_that_takes_less(
@@ -478,3 +501,21 @@ async def test_subscriptions_made_after_the_introduction_keep_to_the_peers_limit
         await wait_for(lambda: small.gossip.router.peer_topics(socket.id) == set(TOPICS))  # type: ignore[union-attr]
         assert not socket.closed and socket.stats.invalid_in == 0
         assert "1009" not in caplog.text
+
+
+async def test_a_cancel_as_the_introduction_comes_is_not_swallowed() -> None:
+    # Found by a tester: asyncio.wait_for (Python 3.11) swallowed a cancel that came in
+    # the step the peer's hello woke the wait, and the cancelled request went on (for 3 s;
+    # up to response_timeout, 300 s).
+    socket = SimpleNamespace(closed=False, host="127.0.0.1")
+    protocol = SimpleNamespace(secure=True, state=ConnectionState.INTRODUCED)
+    log = SimpleNamespace(debug=lambda *args: None)
+    conn = PeerConnection(socket, cast(Any, None), protocol, log)  # type: ignore[arg-type]
+    waiting = asyncio.ensure_future(conn.introduction(30.0))
+    await wait_for(lambda: bool(conn.intro_waiters))
+    protocol.state = ConnectionState.OPEN
+    conn.introduced({})
+    waiting.cancel()  # in the same step (a timeout's handle, a Ctrl-C)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not conn.intro_waiters

@@ -300,6 +300,19 @@ def test_choose_picks_a_peer_at_random_or_none() -> None:
     assert picks == {"a", "b", "c"}
 
 
+def test_choose_picks_a_source_every_other_time() -> None:
+    # Found by an attacker (a42 F1, item 5): 7 identities that subscribed and served
+    # nothing won the periodic round's draw 7 times in 8; a message the honest relay
+    # held was still missing minutes later. Now every other round (at random) goes to
+    # a peer that delivered a new message lately.
+    catchup = CatchUp(batch=1, rng=random.Random(5))
+    peers = ["honest", *(f"liar{n}" for n in range(7))]
+    picks = [catchup.choose(peers, ["honest"]) for _ in range(1000)]
+    assert 500 < picks.count("honest") < 620  # a half, and an eighth of the other half
+    assert set(picks) == set(peers)  # the others are still asked
+    assert catchup.choose([], ["honest"]) in ("honest", None)
+
+
 def test_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match=r"^batch must be at least 1, not 0$"):
         CatchUp(batch=0)

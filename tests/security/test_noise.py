@@ -169,6 +169,30 @@ def test_forged_identity_payload_is_refused() -> None:
         initiator.read_message(responder.write_message(payload))
 
 
+def _dial(key: NoiseKey, responder_key: NoiseKey, payload: bytes | None = None) -> NoiseHandshake:
+    """Run a handshake from ``key`` (its message 3 carrying ``payload``, if given) to a
+    responder of ``responder_key``; return the responder's side."""
+    initiator = NoiseHandshake(key, initiator=True)
+    responder = NoiseHandshake(responder_key, initiator=False)
+    responder.read_message(initiator.write_message())
+    initiator.read_message(responder.write_message())
+    responder.read_message(initiator.write_message(payload))
+    return responder
+
+
+def test_a_returning_peers_payload_passes_only_with_its_own_static_key() -> None:
+    """A peer that reconnects sends the same identity payload, whose signature the
+    responder finds among those it checked lately; the same payload with another Noise
+    static key (copied by someone else) is checked, and refused."""
+    server, alice = NoiseKey(Identity.generate()), NoiseKey(Identity.generate())
+    for _ in range(2):  # the second time, the signature check is found in the cache
+        assert _dial(alice, server).remote_peer_id == alice.identity.peer_id
+    mallory = NoiseKey(Identity.generate())
+    with pytest.raises(HandshakeError, match="identity signature doesn't match"):
+        _dial(mallory, server, payload=alice.payload)
+    assert _dial(alice, server).remote_peer_id == alice.identity.peer_id
+
+
 def test_replayed_handshake_fails() -> None:
     """A recorded initiator handshake, replayed to a new responder, can't complete."""
     a, b = Identity.generate(), Identity.generate()

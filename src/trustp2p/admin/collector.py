@@ -327,6 +327,12 @@ def _gossip_counts(gossip: Gossip) -> tuple[tuple[str, str, int], ...]:
             stats.ihave_ignored,
         ),
         (
+            "iwant_unanswered",
+            "Ids asked of a peer that announced them and not received within the ask's"
+            " timeout: asked of another; that peer is asked after the others for 60 s.",
+            stats.iwant_unanswered,
+        ),
+        (
             "early_grafts",
             "Grafts within a prune backoff: refused unanswered, invalid past older nodes'.",
             stats.early_grafts,

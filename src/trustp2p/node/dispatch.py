@@ -88,6 +88,7 @@ class Worker:
         "_can_resume",
         "_closed",
         "_freed",
+        "_hooks_only",
         "_inbox",
         "_item",
         "_item_thread",
@@ -124,6 +125,7 @@ class Worker:
         self._freed: asyncio.Future[None] | None = None  # set when one of them ends
         self._closed = False
         self._stopped = False  # the node's stop cancelled it: no next item
+        self._hooks_only = False  # its handler stops the node: no next package
         self._item: Package | Hook | None = None  # the one handled now
         self._item_thread: Thread | None = None  # whose handler or hook runs on it
         self.paused = False
@@ -133,9 +135,15 @@ class Worker:
         """The peer of its connection, as log lines name it."""
         return self._socket.peer
 
-    def stop(self) -> None:
-        """The node stops: take no next item (the rest of the inbox is dropped)."""
-        self._stopped = True
+    def stop(self, *, hooks: bool = False) -> None:
+        """The node stops: take no next item (the rest of the inbox is dropped). With
+        ``hooks`` (the worker whose handler stops the node), no next package, but its
+        hooks still, once that handler returns: its connection's ``on_socket_close``
+        (review67 F3: a thread saw the open without the close)."""
+        if hooks:
+            self._hooks_only = True
+        else:
+            self._stopped = True
 
     def left_running(self) -> None:
         """Say, at WARNING, that the hook or handler running didn't end when the stop
@@ -235,6 +243,8 @@ class Worker:
                             break
                         self._item_thread = thread
                         await call_thread(thread, item.name, *item.args)
+                elif self._hooks_only:
+                    self._bytes -= _size(item)  # dropped
                 elif item.type in REQUEST_TYPES:
                     await self._request(item, _size(item))
                 else:

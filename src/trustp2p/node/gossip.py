@@ -39,7 +39,6 @@ from ..protocol.gossip import (
     StreamEvent,
     Streams,
     message_size_limit,
-    sign_message,
     split_stream_key,
     stream_key,
     wire_size,
@@ -54,7 +53,7 @@ from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
 from .gossip_drops import oversized_line, say_skipped, say_too_old, signed_twice
 from .gossip_log import OWN_SOURCE, Attribution, claim, delivered, open_log, to_logged, undelivered
-from .gossip_publish import NobodyCarries, checked_payload, keep_task, wait_for_peers, wait_until
+from .gossip_publish import NobodyCarries, keep_task, sign_own, wait_for_peers, wait_until
 from .gossip_send import make_router
 from .gossip_validate import GossipHandler, Validation, Validator, call_handlers, judge, rejected
 from .stopping import handlers_end
@@ -173,7 +172,11 @@ class Gossip:
             if not self.publishing:  # (checked in turn: the log may have closed since)
                 raise NodeStateError("the node is stopping: publish() works until the "
                                      "threads' stop() returned")  # fmt: skip
-            message, size = self._sign(topic, data)
+            message, size = await sign_own(
+                self.node, self._log, topic, data, self._validators.get(topic), self._ms()
+            )
+            self._published.add(topic)
+            self._log.add(to_logged(message), OWN_SOURCE)
             # Once signed, sent whatever becomes of this call: it has its seq, and an
             # unsent one is a gap everyone waits for (review34), in turn after its write.
             sending = keep_task(self._sends, self._written_then_sent(message, size))
@@ -191,16 +194,8 @@ class Gossip:
             await wait_for_peers(self.pacing, self._send(message), self._now, size)
             await asyncio.sleep(0)  # (its bytes are written before publish() returns)
 
-    def _sign(self, topic: str, data: Body) -> tuple[GossipMessage, int]:
-        identity = self.node.identity
-        assert identity is not None
-        # Check everything before taking a seq: one not used is a gap subscribers wait for.
-        data, size = checked_payload(topic, data, self.node.options.max_package_size)
-        seq = self._log.next_seq(stream_key(topic, identity.peer_id))
-        self._published.add(topic)
-        message = sign_message(identity, topic, seq, int(self._wall_clock() * 1000), data)
-        self._log.add(to_logged(message), OWN_SOURCE)
-        return message, size
+    def _ms(self) -> int:
+        return int(self._wall_clock() * 1000)
 
     def _send(self, message: GossipMessage) -> list[Socket]:
         """Send a message we signed, deliver it here; return the peers that carry it."""
@@ -424,7 +419,8 @@ class Gossip:
             if (size := wire_size(message)) > cap:
                 self._oversized(message, size, cap)
                 return
-        self._ingest(socket, message, live=True)
+        if self._ingest(socket, message, live=True) and self._fetcher is not None:
+            self._fetcher.delivered_by(socket)  # (a source for catch-up rounds)
 
     def on_control(self, socket: Socket, package: Package) -> None:
         """A router control talk arrived (through the built-in thread)."""

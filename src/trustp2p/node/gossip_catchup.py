@@ -39,6 +39,7 @@ __all__ = [
 import asyncio
 import functools
 import logging
+import math
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -162,6 +163,7 @@ class Fetcher:
         "_marks",
         "_queues",
         "_rng",
+        "_sources",
         "_streams",
         "_take",
     )
@@ -197,10 +199,16 @@ class Fetcher:
         self._after: dict[str, dict[Socket, tuple[int, RoundBudget]]] = {}
         options = gossip.node.options
         self._budgets = PeerBudgets(options.log_max_bytes, options.catchup_interval or 30)
+        self._sources: dict[PeerKey, float] = {}  # peer -> when it delivered a new message
 
-    def forget(self, peer: object) -> None:
+    def forget(self, peer: PeerKey) -> None:
         """A connection closed: its share of gap fills goes with it."""
         self._budgets.forget(peer)
+        self._sources.pop(peer, None)
+
+    def delivered_by(self, socket: Socket) -> None:
+        """``socket``'s peer delivered a new message live: a source for the rounds."""
+        self._sources[socket.id] = self._clock()
 
     def refill(self, socket: Socket, stream: str) -> None:
         """Fetch, in a task, what is missing before ``stream``'s last held message (a
@@ -217,11 +225,15 @@ class Fetcher:
 
     async def run_forever(self) -> None:
         """A round with a random peer that carries one of our topics, or is the origin of
-        messages of ours, every ``catchup_interval``."""
+        messages of ours, every ``catchup_interval``; every other one (at random) with
+        one of those that delivered a new message within two intervals, if any."""
         gossip = self._gossip
         while True:
-            await asyncio.sleep(jittered(self._rng, gossip.node.options.catchup_interval))
-            socket = gossip.catchup.choose(self._round_peers())
+            interval = gossip.node.options.catchup_interval
+            await asyncio.sleep(jittered(self._rng, interval))
+            peers, lately = self._round_peers(), self._clock() - 2 * interval
+            sources = [s for s in peers if self._sources.get(s.id, -math.inf) > lately]
+            socket = gossip.catchup.choose(peers, sources)
             if socket is not None:  # (in a task: a peer whose messages never end
                 # stopped every later round, found by a tester)
                 self.spawn_round(socket)
@@ -257,7 +269,8 @@ class Fetcher:
         topics = set(self._gossip.router.topics)  # (read now: review29 found one asked twice)
         if self._added:
             self._late[socket.id] = topics
-        self.spawn_round(socket, topics)
+        if topics:  # (none: nothing to ask, and no task per connection for it)
+            self.spawn_round(socket, topics)
 
     def _ask_added(self, count: int = 3) -> None:
         """Ask ``count`` peers about each topic added: those that carry it first, then

@@ -7,7 +7,14 @@ that carry its topic, carried out on their sockets:
 
 from __future__ import annotations
 
-__all__ = ["NobodyCarries", "checked_payload", "keep_task", "wait_for_peers", "wait_until"]
+__all__ = [
+    "NobodyCarries",
+    "checked_payload",
+    "keep_task",
+    "sign_own",
+    "wait_for_peers",
+    "wait_until",
+]
 
 import asyncio
 import contextlib
@@ -19,11 +26,21 @@ from typing import TYPE_CHECKING, Any
 from ..drivers.base import Socket
 from ..exceptions import ConnectionClosed, NodeStateError
 from ..protocol.deliver import ConnId
-from ..protocol.gossip import PublishPacing, message_size_limit, payload_size, payload_text
+from ..protocol.gossip import (
+    GossipMessage,
+    PublishPacing,
+    message_size_limit,
+    payload_size,
+    payload_text,
+    sign_message,
+    stream_key,
+)
 from ..protocol.gossip.pacing import PROGRESS_TICK
 from ..protocol.package import Body
+from .gossip_validate import Validation, Validator, judge
 
 if TYPE_CHECKING:
+    from ..storage.msglog import MessageLog
     from .node import Node
 
 logger = logging.getLogger("trustp2p.node.gossip")
@@ -50,6 +67,38 @@ def checked_payload(topic: str, data: Body, max_package_size: int | None) -> tup
             "max_package_size (so that catch-up answers always fit in a package)"
         )
     return data, size
+
+
+async def sign_own(
+    node: Node, log: MessageLog, topic: str, data: Body, validator: Validator | None, ms: int
+) -> tuple[GossipMessage, int]:
+    """
+    Sign ``data`` as this node's next message of ``topic`` (``ms``: its timestamp), let
+    the topic's ``validator`` judge it as peers running the same rule will, then take
+    its seq and log it; return it and its size (:func:`checked_payload`).
+
+    Raises:
+        ValueError: If the validator rejects it (not published, no seq taken: found by
+            a tester, an application's bug published two messages its own rule refused,
+            and every peer running that rule blocked the node for an hour), or see
+            :func:`checked_payload`.
+        TypeError: See :func:`checked_payload`.
+
+    """
+    identity = node.identity
+    assert identity is not None
+    # Check everything before taking a seq: one not used is a gap subscribers wait for.
+    payload, size = checked_payload(topic, data, node.options.max_package_size)
+    key = stream_key(topic, identity.peer_id)
+    message = sign_message(identity, topic, log.last_used(key) + 1, ms, payload)
+    if validator is not None and await judge(node, validator, message, None) is Validation.REJECT:
+        raise ValueError(
+            f"the validator of {topic!r} rejects this message: not published (peers "
+            "running the same rule would count it against this node)"
+        )
+    if (seq := log.next_seq(key)) != message.seq:  # (one used meanwhile: a lost log's)
+        message = sign_message(identity, topic, seq, ms, payload)
+    return message, size
 
 
 class NobodyCarries:

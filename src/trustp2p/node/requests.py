@@ -198,32 +198,32 @@ class Requests:
             await socket.drain()
         if socket.closed:
             raise ConnectionClosed(socket.close_code, socket.close_reason)
-        table = self._table
         package = build_package(package_type, event, body, alt=self._alt, payload=payload or b"")
         check_size(package, self._max_package_size)  # before the table holds it
+        left = timeout  # (a RequestTimeout says the one asked: tester42 F6)
         if (conn := self._connections.get(socket.id)) is not None:  # fit(), written out
             if conn.protocol.state is not _OPEN:  # (waited for within its timeout)
-                conn, timeout = await self._introduced(conn, package, reroute, timeout)
+                conn, left = await self._introduced(conn, package, reroute, timeout)
                 socket = conn.socket
             check_size(package, conn.protocol.peer_max_size, peer=True)
         now = self._clock()
-        waiter = table.request(socket.id, package, reroute=reroute, timeout=timeout, now=now)
+        waiter = self._table.request(socket.id, package, reroute=reroute, timeout=left, now=now)
         future: asyncio.Future[Package] = self._loop.create_future()
         self._futures[waiter] = future
-        self._arm(now + (table.response_timeout if timeout is None else timeout), reroute, now)
-        metrics = self._metrics
-        metrics.requests_sent += 1
+        self._arm(now + (self._table.response_timeout if left is None else left), reroute, now)
+        (metrics := self._metrics).requests_sent += 1
         try:
             answer = await future
-        except RequestTimeout:
+        except RequestTimeout as exc:
             metrics.requests_timed_out += 1
-            raise
+            asked = exc if left == timeout else RequestTimeout(event, package.tag, timeout or 0)
+            raise asked from None
         except ConnectionClosed:
             metrics.requests_failed += 1
             raise
         finally:
             if self._futures.pop(waiter, None) is not None:
-                table.cancel(waiter)  # cancelled: nobody waits any more
+                self._table.cancel(waiter)  # cancelled: nobody waits any more
         if "error" in answer.body and is_error_answer(answer.body):
             metrics.requests_failed += 1
             raise RemoteError(event, package.tag, answer.body)

@@ -63,10 +63,12 @@ class Workers:
         most, then cancel the rest, and wait for what is left of ``timeout``
         (:meth:`~.stopping.StopWaits.wait_cancelled`); not ``caller``, a worker whose
         handler stops the node (it waits for the stop). From the cancel on, no worker
-        takes a next item, ``caller``'s neither. One still running then (its hook or
-        handler caught its ``CancelledError``) runs on after the stop, said at WARNING
-        with what it dropped of its inbox (review63 F3: it went on with its inbox after
-        the stop, unsaid; review61 F2: unbounded, it held the stop, hurried too).
+        takes a next item; ``caller``'s runs its hooks still once its handler returns
+        (its connection's ``on_socket_close``: review67 F3), no package. One still
+        running then (its hook or handler caught its ``CancelledError``) runs on after
+        the stop, said at WARNING with what it dropped of its inbox (review63 F3: it
+        went on with its inbox after the stop, unsaid; review61 F2: unbounded, it held
+        the stop, hurried too).
         """
         loop = asyncio.get_running_loop()
         began = loop.time()
@@ -76,8 +78,8 @@ class Workers:
         if workers:
             await waits.wait(what, workers, timeout)
         self._closed = True
-        for worker in self._tasks.values():
-            worker.stop()
+        for task, worker in self._tasks.items():
+            worker.stop(hooks=task is caller)
         running = [task for task in workers if not task.done()]
         for task in running:
             task.cancel()

@@ -22,7 +22,15 @@ read can be written.
 
 from __future__ import annotations
 
-__all__ = ["MAX_INT_DIGITS", "Unwritable", "dumps", "loads", "slow_values", "text_size"]
+__all__ = [
+    "MAX_INT_DIGITS",
+    "Unwritable",
+    "dumps",
+    "loads",
+    "read_json",
+    "slow_values",
+    "text_size",
+]
 
 import gc
 import json
@@ -226,6 +234,33 @@ def loads(text: str) -> Any:
         return _loads(text)
     finally:
         gc.enable()
+
+
+def read_json(text: str) -> Any:
+    """
+    ``json.loads(text)``: the same value, or the same error, read by orjson when it
+    reads the text the same way (no run of 19 digits, nesting orjson writes back: see
+    :func:`_exact`), the standard library's reader otherwise (NaN, ``1e999``, a lone
+    surrogate, integers beyond 64 bits, deep nesting). For what the standard library
+    must keep deciding (gossip ``data``: every node, of every version, accepts the same
+    texts) at orjson's speed: a 200 KB list of floats read in 0.9 ms against 8.9 (found
+    in review: a relay spent 53 ms on 1 MiB of them, at one gossip token).
+
+    Raises:
+        json.JSONDecodeError: If it isn't JSON.
+        ValueError: If an integer has more digits than Python converts.
+        RecursionError: If it is nested too deeply.
+
+    """
+    if orjson is not None:
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # the standard library reads it, or says why not
+        else:
+            if _exact(text, value):
+                return value
+    return json.loads(text)
 
 
 _slow_values = 0

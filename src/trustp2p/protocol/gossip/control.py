@@ -66,6 +66,7 @@ class GossipStats:
     iwant_sent: int = 0
     served: int = 0  # messages sent in answer to iwant
     ihave_ignored: int = 0  # ids announced and not asked for: the peer had max_asks open
+    iwant_unanswered: int = 0  # asks timed out: the peer broke its promise (lazy.BROKEN_FOR)
     early_grafts: int = 0  # grafts within a prune backoff: refused, unanswered
 
 

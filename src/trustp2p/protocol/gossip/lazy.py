@@ -6,13 +6,15 @@ The router's bookkeeping for lazy gossip (``ihave`` and ``iwant``), no I/O:
 - :class:`Asks`: the ids asked for in ``iwant`` and not received yet: of whom, since
   when, and which other peers announced each meanwhile, whom to ask next. Bounded per
   peer (``max_asks``), so that a peer announcing ids it never serves can't grow our
-  memory or have us echo them.
+  memory or have us echo them; and the peers that let an ask time out lately (broken
+  promises, as GossipSub v1.1 calls them), asked after the others for
+  :data:`BROKEN_FOR`.
 
 """
 
 from __future__ import annotations
 
-__all__ = ["SET_FROM", "Asks", "Holders"]
+__all__ = ["BROKEN_FOR", "SET_FROM", "Asks", "Holders"]
 
 import math
 
@@ -26,11 +28,19 @@ checking a list of hundreds for each of them and each id took a heartbeat's time
 
 _Peers = list[PeerKey] | set[PeerKey]
 
+BROKEN_FOR = 60.0
+"""Seconds a peer that announced an id and let our ask for it time out is asked after
+the others: an id asked of it is asked at once of the next peer that announces it and
+broke no promise lately, and that peer's word goes before it among whom to ask next.
+Found by an attacker: one identity announcing each new message first and serving none
+made a node ask it alone; the retry, 3 s later, reached the honest relay past its
+serving window, and every message of the topic came 12-30 s late, by catch-up."""
+
 
 class Asks:
     """The ids asked for in an ``iwant``, neither received nor given up yet."""
 
-    __slots__ = ("_asked", "_asking", "_offers")
+    __slots__ = ("_asked", "_asking", "_broken", "_offers", "broken")
 
     def __init__(self) -> None:
         # Ids in an iwant -> when, and whom (None: it left, ask another at the heartbeat).
@@ -38,6 +48,8 @@ class Asks:
         self._asking: dict[PeerKey, set[str]] = {}  # peer -> those of the ids it was asked
         # Other peers that announced an id while it was asked for: whom to ask next.
         self._offers: dict[str, list[PeerKey]] = {}
+        self._broken: dict[PeerKey, float] = {}  # peer -> when its last ask timed out
+        self.broken = 0  # asks timed out (promises broken), counted
 
     def add_peer(self, peer: PeerKey) -> None:
         self._asking.setdefault(peer, set())
@@ -45,6 +57,11 @@ class Asks:
     def remove_peer(self, peer: PeerKey) -> None:
         for message_id in self._asking.pop(peer, ()):  # asked of another at the heartbeat
             self._asked[message_id] = (-math.inf, None)
+        self._broken.pop(peer, None)
+
+    def _is_broken(self, peer: PeerKey | None, now: float) -> bool:
+        """Whether ``peer`` let an ask time out within :data:`BROKEN_FOR`."""
+        return peer is not None and now - self._broken.get(peer, -math.inf) < BROKEN_FOR
 
     def forget(self, message_id: str) -> None:
         """The message arrived: the ask is over."""
@@ -65,8 +82,10 @@ class Asks:
     ) -> tuple[list[str], int]:
         """
         ``peer`` announced ``ids`` (``ihave``): ask it for those not ``seen`` nor asked
-        of another, as many as it has room for (``max_asks``); keep it, among the first
-        ``max_offers``, as whom to ask next for those asked of another.
+        of another, as many as it has room for (``max_asks``), and those asked of a
+        peer that broke a promise lately if it broke none (the other is kept as whom
+        to ask next); keep it, among ``max_offers``, as whom to ask next for those
+        asked of another (in the place of one that broke a promise, if they are full).
 
         Returns:
             The ids to ask of ``peer`` (they are recorded as asked), and how many were
@@ -77,26 +96,51 @@ class Asks:
         ignored = 0
         asking = self._asking[peer]
         room = max_asks - len(asking)
+        trusted = not self._is_broken(peer, now)
         for i in ids:
             if i in seen:
                 continue
-            if i in self._asked:  # someone else to ask if the first doesn't answer
-                offers = self._offers.setdefault(i, [])
-                if peer not in offers and len(offers) < max_offers:
-                    offers.append(peer)
+            if (asked := self._asked.get(i)) is not None:
+                whom = asked[1]
+                if trusted and whom != peer and self._is_broken(whom, now) and len(wanted) < room:
+                    if whom is not None:  # (asked of this one now: the other next)
+                        self._asking[whom].discard(i)
+                        self._offer(i, whom, max_offers, now)
+                    wanted.append(i)
+                    continue
+                self._offer(i, peer, max_offers, now)  # someone else to ask next
             elif len(wanted) < room:
                 wanted.append(i)
             else:
                 ignored += 1
         for i in wanted:
             self._asked[i] = (now, peer)
+            if (offers := self._offers.get(i)) is not None and peer in offers:
+                offers.remove(peer)
         asking.update(wanted)
         return wanted, ignored
 
+    def _offer(self, message_id: str, peer: PeerKey, max_offers: int, now: float) -> None:
+        """Keep ``peer`` as whom to ask for ``message_id`` next: among the first
+        ``max_offers``, or in the place of the first that broke a promise lately."""
+        offers = self._offers.setdefault(message_id, [])
+        if peer in offers:
+            return
+        if len(offers) < max_offers:
+            offers.append(peer)
+        elif not self._is_broken(peer, now):
+            for index, other in enumerate(offers):
+                if self._is_broken(other, now):
+                    del offers[index]
+                    offers.append(peer)
+                    return
+
     def again(self, now: float, timeout: float, max_asks: int) -> dict[PeerKey, list[str]]:
-        """Ids asked for ``timeout`` ago and not received: ask the last other peer that
-        announced each (it is the likeliest to serve it still) and has room for the ask,
-        or forget the ask, so that the next announcement is answered.
+        """Ids asked for ``timeout`` ago and not received: the peer asked broke its
+        promise (:data:`BROKEN_FOR`); ask the last other peer that announced each (it is
+        the likeliest to serve it still), of those that broke none lately if any, and
+        has room for the ask, or forget the ask, so that the next announcement is
+        answered.
 
         Returns:
             The ids to ask of each peer (they are recorded as asked).
@@ -108,6 +152,8 @@ class Asks:
                 continue
             if whom is not None:
                 self._asking[whom].discard(message_id)
+                self._broken[whom] = now
+                self.broken += 1
             offers = [
                 p
                 for p in self._offers.pop(message_id, ())
@@ -116,7 +162,9 @@ class Asks:
             if not offers:
                 del self._asked[message_id]
                 continue
-            peer = offers.pop()
+            kept = [p for p in offers if not self._is_broken(p, now)]
+            peer = (kept or offers)[-1]
+            offers.remove(peer)
             if offers:
                 self._offers[message_id] = offers
             self._asked[message_id] = (now, peer)

@@ -47,7 +47,7 @@ from ...identity import (
     peer_id_from_public_key,
     verify_signature,
 )
-from ..jsontext import GC_PAUSE_CHARS, text_size
+from ..jsontext import GC_PAUSE_CHARS, read_json, text_size
 from ..shared_text import share
 from .via import check_via
 
@@ -365,13 +365,14 @@ def sign_message(
 def _read_data(data: str) -> Any:
     """``json.loads(data)``, with the cyclic garbage collector paused for a long text
     (:data:`~trustp2p.protocol.jsontext.GC_PAUSE_CHARS`): a message of many small lists
-    set off a collection every few hundred (found by an attacker). The standard
-    library's reader, as ever: what it takes (NaN included) stays what every node takes."""
+    set off a collection every few hundred (found by an attacker). What the standard
+    library's reader takes (NaN included) stays what every node takes, read by orjson
+    where it reads the same (:func:`~trustp2p.protocol.jsontext.read_json`)."""
     if len(data) < GC_PAUSE_CHARS or not gc.isenabled():
-        return json.loads(data)
+        return read_json(data)
     gc.disable()
     try:
-        return json.loads(data)
+        return read_json(data)
     finally:
         gc.enable()
 
@@ -384,7 +385,7 @@ def _check_data(data: str) -> None:
     if paused:
         gc.disable()
     try:
-        is_object = type(json.loads(data)) is dict
+        is_object = type(read_json(data)) is dict
     except (ValueError, RecursionError):
         raise GossipError("data is not valid JSON") from None
     finally:

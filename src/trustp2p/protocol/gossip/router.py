@@ -5,13 +5,12 @@ The router keeps, per topic, a *mesh* of peers (target degree ``degree``, betwee
 ``degree_low`` and ``degree_high``): new messages are pushed eagerly to mesh peers, and
 announced lazily (``ihave``) at each heartbeat to every peer refused a seat in the mesh
 (:mod:`.mesh`) and to a few other subscribers, which pull what they miss (``iwant``):
-GossipSub's design, kept small. A bounded seen-cache drops duplicates, a hop limit
-stops runaway floods; ``mode="flood"`` pushes to every subscriber, as a baseline.
+GossipSub's design, kept small; ``mode="flood"`` pushes to every subscriber, a baseline.
 
 Given a clock and a ``send`` callable, it never awaits. Every list a peer sends in a
-control talk is bounded (:data:`MAX_TOPICS_PER_TALK`, ``max_ihave``,
-:data:`MAX_PEER_TOPICS`). After a PRUNE either way, the two peers don't graft each other
-on that topic for ``prune_backoff``; a full mesh loses its newest peers first.
+control talk is bounded (:data:`MAX_TOPICS_PER_TALK`, ``max_ihave``, :data:`MAX_PEER_TOPICS`).
+After a PRUNE either way, the two peers don't graft each other on that topic for
+``prune_backoff``; a full mesh loses its newest peers first.
 
 """
 
@@ -97,10 +96,10 @@ class GossipRouter:
             nor given up yet): the unseen ids of its ``ihave`` beyond that are ignored,
             not asked for, so that a peer announcing ids it never serves can't grow our
             memory or have us echo them (GossipSub bounds the same per heartbeat).
-        iwant_timeout: Seconds before an id asked for and not received is asked for
-            again, of another peer that announced it meanwhile (the last one). A peer
-            serves an id for ``history`` heartbeats after announcing it: waiting much
-            longer than that leaves nobody to ask, and the message to catch-up.
+        iwant_timeout: Seconds before an id asked for and not received is asked of
+            another that announced it (:data:`~.lazy.BROKEN_FOR`), within the ``history``
+            heartbeats it serves it (3 s was past them: an attacker's peer announcing
+            each message first, serving none, held a topic 12-30 s late).
         prune_backoff: Seconds after a PRUNE, sent or received, during which we don't
             graft that peer on that topic, and refuse its grafts without answering;
             an early graft past those an older node sends raises
@@ -130,7 +129,7 @@ class GossipRouter:
         max_hops: int = 16,
         max_ihave: int = 500,
         max_asks: int = 500,
-        iwant_timeout: float = 3.0,
+        iwant_timeout: float = 1.0,
         prune_backoff: float = 60.0,
         want_window: float = 60.0,
         mode: Literal["gossip", "flood"] = "gossip",
@@ -516,6 +515,7 @@ class GossipRouter:
         """Ask again, of another peer, the ids not received ``iwant_timeout`` after
         they were asked for (:meth:`.Asks.again`)."""
         again = self._asks.again(now, self.iwant_timeout, self.max_asks)
+        self.stats.iwant_unanswered = self._asks.broken
         for peer, ids in again.items():
             for start in range(0, len(ids), self.max_ihave):
                 self.stats.iwant_sent += 1
