@@ -114,3 +114,88 @@ async def test_a_feeler_to_a_peer_connected_already_keeps_one_connection(
     # The peer's dial, if it was closed for the feeler's, waits while we are connected
     # (its redial comes after reconnect_initial, 1 s).
     assert await stays(lambda: len(server.sockets) == len(client.sockets) - 1 == 1, 2.0)
+
+
+async def test_a_full_server_refusing_feelers_is_no_failure_of_its_url(
+    make_default: MakeNode,
+) -> None:
+    """A server with no room (1013 "inbound connections maxed out") is a live node: the
+    feelers it refuses wait their retry delay, but count no failure in the store (review69
+    F1: each counted -2, so a popular full server's URL was the first a flood pushed out,
+    and forgotten for good after 3 refusals and an hour)."""
+    server = await make_default(server=True, max_inbound=1)
+    occupier = await make_default(client=True, peers=[server.url], target_outbound=0)
+    await wait_for(lambda: len(server.sockets) == 1)
+    bootstrap = await make_default(server=True, peer_exchange=False, threads=[Teller])
+    TOLD[:] = [server.url]
+    client = await make_default(
+        client=True, peers=[bootstrap.url], target_outbound=1, feeler_interval=50 * MS
+    )
+    assert client.client is not None and client.store is not None
+    dialer = client.client.dialer
+    await wait_for(lambda: dialer.policy.failures(server.url) >= 2, timeout=10)
+    assert "maxed out" in (dialer.last_failure(server.url) or "")
+    assert await failures(client, server.url) == 0
+    assert not client.store.proven(server.url)
+    assert len(occupier.client.sockets) == 1 if occupier.client else False
+
+
+async def test_a_feeler_that_opens_short_of_the_target_is_kept(
+    make_default: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client was at its target when the feeler was chosen, but its one outbound
+    peer left while the feeler's dial was under way (held at a proxy): the feeler's
+    connection is then one of its outbound connections, kept as a managed dial's
+    (review69 F2: this path was untested)."""
+    caplog.set_level(logging.DEBUG, logger="trustp2p")
+    server = await make_default(server=True)
+    port = int(server.url.rsplit(":", 1)[1])
+    release = asyncio.Event()
+    pipes: set[asyncio.Task[None]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await release.wait()
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        to_reader, to_writer = await asyncio.open_connection("127.0.0.1", port)
+        pipes.add(asyncio.create_task(pipe(reader, to_writer)))
+        pipes.add(asyncio.create_task(pipe(to_reader, writer)))
+
+    listener = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    try:
+        held = f"ws://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+        bootstrap = await make_default(server=True, peer_exchange=False, threads=[Teller])
+        TOLD[:] = [held]
+        client = await make_default(
+            client=True, peers=[bootstrap.url], target_outbound=1, feeler_interval=50 * MS
+        )
+        assert client.client is not None
+        role, feelers = client.client, client.client.dialer.feelers
+        await wait_for(lambda: feelers.policy.under_way == held, timeout=10)
+        await wait_for(lambda: [s.peer for s in role.sockets] == [bootstrap.url])
+        await bootstrap.stop()
+        await wait_for(lambda: not role.sockets)
+        release.set()
+
+        def worked() -> list[str]:
+            return [m for r in caplog.records if f"feeler {held} worked" in (m := r.getMessage())]
+
+        await wait_for(worked, timeout=10)
+        assert worked() == [f"= feeler {held} worked: kept"]
+        assert [s.peer for s in role.sockets] == [held]
+        assert [d.url for d in role.dialer.policy.dials] == [held]  # a managed dial now
+        await client.stop()
+    finally:
+        release.set()
+        listener.close()
+        for task in pipes:
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)

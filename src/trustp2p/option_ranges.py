@@ -53,8 +53,9 @@ def check_numbers(options: NodeOptions) -> None:
     if options.catchup_interval < 0:
         raise ValueError("catchup_interval must not be negative")
     for name in ("gossip_prune_backoff", "gossip_want_window", "feeler_interval"):
-        if not 0 <= getattr(options, name) < math.inf:
-            raise ValueError(f"{name} must be a finite number of seconds")
+        value = getattr(options, name)
+        if not (isinstance(value, int | float) and 0 <= value < math.inf):
+            raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
 
 
 DURATIONS = (

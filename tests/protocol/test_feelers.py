@@ -4,17 +4,19 @@ fake clock with a fake store."""
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
 import pytest
 
+from trustp2p.options import NodeOptions
 from trustp2p.protocol.deliver import ConnId
 from trustp2p.protocol.feelers import FeelerPolicy, Untried
 from trustp2p.protocol.limits import UnprovenDials
 from trustp2p.protocol.outbound import OutboundPolicy
 
 from ..conftest import FakeClock
-from .test_outbound import OWN, A, B, FakeStore
+from .test_outbound import OWN, A, B, C, FakeStore
 
 INTERVAL = 120.0
 
@@ -81,40 +83,67 @@ def test_interval_checked(clock: FakeClock, interval: float) -> None:
         FeelerPolicy(clock=clock, interval=interval)
 
 
-def test_skips_what_a_managed_dial_may_not_dial(clock: FakeClock) -> None:
-    """Connected (its address, or the peer met there), dialled for good, being dialled,
-    ours, blocked (host or peer), waiting for a retry, proven in this run, or in a
-    network group that holds max_per_netgroup outbound peers: the one left is chosen."""
+SKIPPED = [
+    "ws://10.9.0.1:1107",  # connected
+    "ws://10.9.0.2:1107",  # its group is full
+    "ws://10.3.0.1:1107",  # persistent (dialled for good)
+    "ws://10.4.0.1:1107",  # being dialled
+    "ws://10.5.0.1:1107",  # the peer met there is connected
+    "ws://10.6.0.1:1107",  # the peer met there is blocked
+    "ws://10.7.0.1:1107",  # its host is blocked
+    "ws://10.8.0.1:1107",  # its retry is pending
+    "ws://10.10.0.1:1107",  # proven in this run (its peer not connected)
+    "ws://10.11.0.1:1107",  # ours
+    f"ws://10.12.0.1:1107/p2p/{A}",  # names a connected peer
+]
+LEFT = "ws://10.99.0.1:1107"  # (sorts after them all: one teller, equal keys, by URL)
+
+
+def choose_among(clock: FakeClock, urls: list[str]) -> str | None:
+    """The feeler chosen among ``urls``, with what makes each of SKIPPED skipped."""
     feelers, policy, store = make(clock, max_per_netgroup=1)
     feelers.start()
+    clock.advance(INTERVAL)  # (before the retry below: it is pending when choosing)
     policy.connection_opened(ConnId(1), "ws://10.9.0.1:1107", A)  # group 10.9 is full
     policy.add_persistent("ws://10.3.0.1:1107")
     policy.start_dial("ws://10.4.0.1:1107")
-    store.ids["ws://10.5.0.1:1107"] = A  # the peer met there is connected
+    store.ids["ws://10.5.0.1:1107"] = A
     store.ids["ws://10.6.0.1:1107"] = B
     store.blocked_ids.add(B)
     store.blocked_addresses.add("10.7.0.1")
-    policy.dial_failed("ws://10.8.0.1:1107")  # its retry is pending
-    policy.remember_peer("ws://10.10.0.1:1107", OWN)  # (in this run: proven)
-    skipped = [
-        "ws://10.9.0.1:1107",  # connected
-        "ws://10.9.0.2:1107",  # its group is full
-        "ws://10.3.0.1:1107",
-        "ws://10.4.0.1:1107",
-        "ws://10.5.0.1:1107",
-        "ws://10.6.0.1:1107",
-        "ws://10.7.0.1:1107",
-        "ws://10.8.0.1:1107",
-        "ws://10.10.0.1:1107",
-        "ws://10.11.0.1:1107",  # ours
-        f"ws://10.12.0.1:1107/p2p/{A}",  # names a connected peer
-    ]
-    left = "ws://10.13.0.1:1107"
-    candidates = [untried(url) for url in [*skipped, left]]
-    clock.advance(INTERVAL)
+    policy.dial_failed("ws://10.8.0.1:1107")
+    policy.remember_peer("ws://10.10.0.1:1107", C)
+    candidates = [untried(url) for url in urls]
     dial = feelers.choose(candidates, policy, {A, OWN}, ["ws://10.11.0.1:1107"], store)
-    assert dial is not None
-    assert dial.url == left
+    return None if dial is None else dial.url
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(-1.0, "-1.0"), (float("inf"), "inf"), (float("nan"), "nan"), ("5", "'5'")]
+)
+def test_the_node_option_is_checked(value: object, shown: str) -> None:
+    """``feeler_interval`` is checked, and the error gives the value (review69 F6)."""
+    message = f"feeler_interval must be a finite number of seconds >= 0, not {shown}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        NodeOptions(client=True, feeler_interval=value)  # type: ignore[arg-type]
+    assert NodeOptions(client=True).feeler_interval == INTERVAL
+    assert NodeOptions(client=True, feeler_interval=0).feeler_interval == 0
+
+
+def test_skips_what_a_managed_dial_may_not_dial(clock: FakeClock) -> None:
+    """Connected (its address, or the peer met there), dialled for good, being dialled,
+    ours, blocked (host or peer), waiting for a retry, proven in this run, or in a
+    network group that holds max_per_netgroup outbound peers: the one left, which sorts
+    after all of them (review69 F2: it sorted before most, never looked at), is chosen."""
+    assert sorted([*SKIPPED, LEFT])[-1] == LEFT
+    assert choose_among(clock, [*SKIPPED, LEFT]) == LEFT
+
+
+@pytest.mark.parametrize("skipped", range(len(SKIPPED)))
+def test_each_skip_alone(clock: FakeClock, skipped: int) -> None:
+    """Each of them alone, but for one that sorts after it: skipped for its own reason."""
+    assert choose_among(clock, [SKIPPED[skipped], LEFT]) == LEFT
+    assert choose_among(clock, [SKIPPED[skipped]]) is None
 
 
 def test_within_a_teller_fewest_failures_then_seconded_then_oldest(clock: FakeClock) -> None:

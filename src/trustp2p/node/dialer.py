@@ -13,15 +13,20 @@ __all__ = ["Dialer"]
 import asyncio
 import errno
 import logging
-import re
 from typing import TYPE_CHECKING
 
 from ..drivers import check_peer_url
 from ..drivers.base import Socket
-from ..exceptions import DriverError, NodeStateError, PeerIdMismatch, SelfDialError
+from ..exceptions import (
+    DriverError,
+    HandshakeClosed,
+    NodeStateError,
+    PeerIdMismatch,
+    SelfDialError,
+)
 from ..identity import PeerId, short_id
 from ..protocol.backoff import served
-from ..protocol.close import CloseCode
+from ..protocol.close import CloseCode, block_left
 from ..protocol.handshake import is_id_mismatch, is_mode_mismatch, is_secure_mismatch
 from ..protocol.hosts import crowded_group
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect
@@ -253,7 +258,9 @@ class Dialer:
     def dial_failed(self, url: str, error: Exception) -> None:
         """A dial of ``url`` or its handshake failed: count it; the store remembers it.
         A URL found to be this node is no failure: it is dialled again only every
-        ``reconnect_max`` (a name may lead to other nodes too), until it reaches one."""
+        ``reconnect_max`` (a name may lead to other nodes too), until it reaches one. A
+        refusal "try again later" (1013: the peer is full) is no failure in the store:
+        the URL waits its retry delay (or the wait the refusal names) in this run."""
         self._failed(url, str(error))
         url = self.policy.store_url(url)
         if isinstance(error, SelfDialError):
@@ -267,8 +274,12 @@ class Dialer:
             lasting=is_mode_mismatch(str(error)),
             address=not isinstance(error, PeerIdMismatch),  # another id may answer there
         )
-        store = self.node.store
-        if store is not None and not _ours(error):
+        if isinstance(error, HandshakeClosed) and error.code == CloseCode.TRY_AGAIN_LATER:
+            # A live node with no room for us now (full, or a storm's cooldown): a wait
+            # before the next dial, no failure of the URL (review69 F1: every client's
+            # feelers made a popular full server's URL the first its store forgot).
+            self.policy.hold(url, block_left(error.reason))
+        elif (store := self.node.store) is not None and not _ours(error):
             self.node.tasks.spawn(store.record_failure(url), f"record failure {url}")
         self._wakeup.set()  # a bootstrap peer that can't be reached: the store may help
 
@@ -371,7 +382,7 @@ class Dialer:
         # no use redialling before the block ends, when it says (found by a new user:
         # a redial every 60 s at most for the hour, each a handshake refused).
         level = logging.WARNING if _blocked_us(socket.close_reason) else logging.INFO
-        delay = max(delay, _block_left(socket.close_reason))
+        delay = max(delay, block_left(socket.close_reason))
         logger.log(
             level,
             "= connection to %s closed (%s %s); redialling in %.1f s",
@@ -449,7 +460,7 @@ class Dialer:
                 self._twinned[dial.url] = nonce
             twins.outbound_closed(socket, logger)
             reason = socket.close_reason  # (a wrong /p2p/ id: counted at the handshake)
-            if (left := _block_left(reason)) > 0:  # the peer blocks us: not before it ends
+            if (left := block_left(reason)) > 0:  # the peer blocks us: not before it ends
                 self.policy.hold(dial.url, left)
             if is_mode_mismatch(reason) and not is_id_mismatch(reason):  # plain: the peer
                 self.dial_failed(dial.dial_url, DriverError(reason))  # refused us after
@@ -577,22 +588,3 @@ def _blocked_us(reason: str | None) -> bool:
 
 
 _FROM_YOUR_ADDRESS = "too many connections from your address"
-
-
-MAX_BLOCK_WAIT = 900.0
-"""Seconds at most that a peer's "blocked for N s" holds our redials of it: its
-operator may lift the block (found in review: a day's wait kept peers away that long
-after an unblock); one refused handshake in 15 minutes, not one a minute."""
-
-
-def _block_left(reason: str | None) -> float:
-    """The seconds a close reason "blocked for N s: ..." says the block lasts, or a
-    refusal "...: try again in N s" the wait (a reconnect storm's cooldown, new ids
-    refused at a shared address: each redial before it cost both sides a refused
-    handshake, found in review), at most :data:`MAX_BLOCK_WAIT`; else 0."""
-    match = _BLOCKED_FOR.match(reason or "") or _TRY_AGAIN.search(reason or "")
-    return min(float(match[1]), MAX_BLOCK_WAIT) if match else 0.0
-
-
-_BLOCKED_FOR = re.compile(r"blocked for (\d{1,9}) s\b")
-_TRY_AGAIN = re.compile(r": try again in (\d{1,9}) s$")

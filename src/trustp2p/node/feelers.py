@@ -8,11 +8,12 @@ A feeler is a managed dial (:class:`~trustp2p.protocol.outbound.OutboundPolicy`)
 address is busy while it runs, and it honours the dials' limits. Its outcome goes where
 any dial's goes: a connection that works (handshake, and the peer's proven id in secure
 mode) is recorded by the node as a dial that worked (the store's URL proven), a failed
-dial or handshake counts against the URL. Then the connection is closed (code 1000), at
-DEBUG, unless the client is short of its ``target_outbound``, or the node kept it in
-place of a connection it had to that peer (one connection per peer: the URL learned was
-a connected peer's, and the rule kept the newer one): then it stays, one of the outbound
-connections, as a managed dial's would.
+dial or handshake counts against the URL (not a refusal for want of room, 1013: a
+wait only, :meth:`~trustp2p.node.dialer.Dialer.dial_failed`). Then the connection is
+closed (code 1000), at DEBUG, unless the client is short of its ``target_outbound``, or
+the node kept it in place of a connection it had to that peer (one connection per peer:
+the URL learned was a connected peer's, and the rule kept the newer one): then it stays,
+one of the outbound connections, as a managed dial's would.
 
 """
 

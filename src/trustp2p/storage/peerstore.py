@@ -522,7 +522,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
     def untried(self, *, exclude_ids: Collection[str] = ()) -> list[Untried]:
         """The URLs nobody has proven, each teller's first few, for a feeler dial to
         try (:func:`~._peer_dials.untried_urls`; not of blocked peers, nor of the peers
-        ``exclude_ids``). SYNC: a pass over the peers, about 10 ms at 10,000."""
+        ``exclude_ids``). SYNC: a pass over the peers, at 10,000 about 8 ms on an idle
+        machine, 70 ms at a load of 9 on 2 cores (more when every URL is its own teller)."""
         return untried_urls(self._table, self._clock(), exclude_ids)
 
     def size(self) -> int:
