@@ -199,3 +199,28 @@ async def test_a_feeler_that_opens_short_of_the_target_is_kept(
         for task in pipes:
             task.cancel()
         await asyncio.gather(*pipes, return_exceptions=True)
+
+
+async def test_a_feeler_refused_after_the_open_counts_as_a_managed_dial_would(
+    make_default: MakeNode,
+) -> None:
+    """A plain client's feeler to a secure server: the server refuses it once it opened
+    (a secure channel required); the failure counts against the URL, with the longest
+    retry wait, as for a managed dial (review69 F3: none was counted)."""
+    server = await make_default(server=True)
+    bootstrap = await make_default(server=True, secure=False, peer_exchange=False, threads=[Teller])
+    TOLD[:] = [server.url]
+    client = await make_default(
+        client=True,
+        secure=False,
+        peers=[bootstrap.url],
+        target_outbound=1,
+        feeler_interval=50 * MS,
+    )
+    assert client.client is not None
+    dialer = client.client.dialer
+    await wait_for(lambda: dialer.policy.failures(server.url) >= 1, timeout=10)
+    assert "secure channel required" in (dialer.last_failure(server.url) or "")
+    async with asyncio.timeout(10):
+        while await failures(client, server.url) < 1:  # noqa: ASYNC110 - the store's records
+            await asyncio.sleep(10 * MS)

@@ -451,22 +451,28 @@ class Dialer:
                 if self.policy.dial_done(dial.url):
                     self._wakeup.set()
             await socket.wait_closed()
-            twins = self.node.connections.twins
-            if (nonce := twins.dropped(socket)) is not None:  # plain: the peer's dial stays
-                # Not dialled while it does (found by a new user: the store's URL was
-                # dialled again every 1 to 60 s, each connection closed as a twin).
-                logger.info("= %s: the peer's connection to us stays; not dialled while "
-                            "it does", dial.dial_url)  # fmt: skip
-                self._twinned[dial.url] = nonce
-            twins.outbound_closed(socket, logger)
-            reason = socket.close_reason  # (a wrong /p2p/ id: counted at the handshake)
-            if (left := block_left(reason)) > 0:  # the peer blocks us: not before it ends
-                self.policy.hold(dial.url, left)
-            if is_mode_mismatch(reason) and not is_id_mismatch(reason):  # plain: the peer
-                self.dial_failed(dial.dial_url, DriverError(reason))  # refused us after
+            self.dial_closed(dial, socket)
         finally:
             self.policy.dial_ended(dial.url)
             self._wakeup.set()
+
+    def dial_closed(self, dial: Dial, socket: Socket) -> None:
+        """The connection of the store dial ``dial`` (a managed dial's, or a feeler's)
+        closed: the twin it left, a block the peer said, a mode mismatch it reported
+        after the open."""
+        twins = self.node.connections.twins
+        if (nonce := twins.dropped(socket)) is not None:  # plain: the peer's dial stays
+            # Not dialled while it does (found by a new user: the store's URL was
+            # dialled again every 1 to 60 s, each connection closed as a twin).
+            logger.info("= %s: the peer's connection to us stays; not dialled while "
+                        "it does", dial.dial_url)  # fmt: skip
+            self._twinned[dial.url] = nonce
+        twins.outbound_closed(socket, logger)
+        reason = socket.close_reason  # (a wrong /p2p/ id: counted at the handshake)
+        if (left := block_left(reason)) > 0:  # the peer blocks us: not before it ends
+            self.policy.hold(dial.url, left)
+        if is_mode_mismatch(reason) and not is_id_mismatch(reason):  # plain: the peer
+            self.dial_failed(dial.dial_url, DriverError(reason))  # refused us after
 
     # The outbound manager
 

@@ -123,9 +123,7 @@ class Feelers:
 
     async def _closed(self, dial: Dial, socket: Socket) -> None:
         await socket.wait_closed()
-        twins = self.dialer.node.connections.twins
-        twins.dropped(socket)  # (plain mode: the peer's dial stays; let go)
-        twins.outbound_closed(socket, logger)
+        self.dialer.dial_closed(dial, socket)  # (as a managed dial's: review69 F3)
 
 
 async def _opened(dialer: Dialer, socket: Socket) -> Socket | None:
