@@ -172,7 +172,10 @@ class FeelerPolicy:
         order = list(tellers)
         self.shuffle(order)
         for teller in order:
-            for candidate in sorted(tellers[teller], key=_order):
+            # Failed in this run first: a refusal (1013) counts none in the store.
+            for candidate in sorted(
+                tellers[teller], key=lambda c: (policy.failures(c.url), _order(c))
+            ):
                 url = candidate.url
                 group = netgroup_of(url)
                 if group is not None and groups[group] >= policy.max_per_netgroup:
