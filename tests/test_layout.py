@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "drivers": 2,
     "security": 2,
     "options": 3,
+    "option_ranges": 3,  # the range of each number of NodeOptions
     "addresses": 2,  # the admin listener's address and its checks
     "config": 3,  # options from flags, the environment and trustp2p.toml
     "logs": 1,  # the command line's log formats

@@ -127,11 +127,23 @@ class PeerIdMismatch(HandshakeError):
 
 
 class HandshakeClosed(HandshakeError):
-    """The peer closed the connection before the secure handshake completed, having sent
+    """
+    The peer closed the connection before the secure handshake completed, having sent
     nothing invalid: not held against it (a dial it gave up, e.g. while this node was
-    paused)."""
+    paused, or a server that had no room for us).
+
+    Attributes:
+        code: The close code (1013: the peer is busy, try again later), if known.
+        reason: The close reason, if any.
+
+    """
 
     offence = False
+
+    def __init__(self, message: str, *, code: int | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
 
 
 class ChannelError(ProtocolError):

@@ -13,6 +13,7 @@ from .addresses import check_admin, parse_admin_address
 from .drivers import Driver, DriverOptions, check_peer_url, driver_class
 from .exceptions import ConfigError, InvalidURL
 from .identity import Identity, is_node_name
+from .option_ranges import check_numbers
 from .protocol.gossip.control import check_own_topics
 from .protocol.handshake import HANDSHAKE_MAGIC, LEAST_PACKAGE_LIMIT
 from .protocol.limits import AddressLimiter, ReconnectStorms, address_share
@@ -186,6 +187,13 @@ class NodeOptions:
         exchange_interval: Longest time between two rounds of asking a server for peers
             while short of ``target_outbound`` (the first ask is 1 s after the
             previous, doubling up to this).
+        feeler_interval: Time between two feeler dials of a client with a peer store
+            (``target_outbound`` above 0): each dials one URL the store learned and
+            nobody has proven yet, even at the target, and closes the connection once
+            the handshake has worked (it keeps it if short of the target); the URL is
+            proven, or its dial counts as failed. So a full store learns which URLs
+            work, and keeps those past any number of made-up ones (as Bitcoin Core's
+            feeler connections; README, "Peer store"). 0 makes none.
         gossip: Run publish/subscribe (``node.gossip``) and catch-up.
         gossip_mode: ``"gossip"`` (mesh plus lazy announcements) or ``"flood"`` (every
             copy to every subscribed peer; a baseline for benchmarks).
@@ -312,6 +320,7 @@ class NodeOptions:
     max_outbound_per_netgroup: int = 2
     peer_exchange: bool = True
     exchange_interval: float = 60.0
+    feeler_interval: float = 120.0
     gossip: bool = True
     gossip_mode: Literal["gossip", "flood"] = "gossip"
     gossip_degree: int = 6
@@ -361,7 +370,7 @@ class NodeOptions:
             raise ValueError(f"name must be {what}, not {self.name!r}")
         self._check_listen_urls()
         check_own_topics(self.relay_topics, "relay_topics")
-        self._check_numbers()
+        check_numbers(self)
         self._check_relations()
         self._check_admin()
 
@@ -400,44 +409,6 @@ class NodeOptions:
                 raise ConfigError(
                     f"listen_urls: URL {url!r} names peer {named}, not this node's id {peer_id}"
                 )
-
-    def _check_numbers(self) -> None:
-        """Each number within its own range."""
-        for name in _DURATIONS:
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
-                unit = "per second" if name.endswith("_rate") else "of seconds"
-                raise ValueError(f"{name} must be a positive number {unit}, not {value!r}")
-        for name in _AT_LEAST_ONE:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name, least in (("max_package_size", MIN_PACKAGE_SIZE), ("max_inbound", 0)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < least):
-                raise ValueError(
-                    f"{name} must be an int of at least {least} or None, not {value!r}"
-                )
-        if self.heartbeat_jitter < 0:
-            raise ValueError(f"heartbeat_jitter must not be negative, not {self.heartbeat_jitter}")
-        if self.reconnect_factor < 1:
-            raise ValueError(f"reconnect_factor must be at least 1, not {self.reconnect_factor}")
-        if not 0 <= self.reconnect_jitter < 1:
-            raise ValueError(f"reconnect_jitter must be in [0, 1), not {self.reconnect_jitter}")
-        if not self.invalid_ratio >= 0:
-            raise ValueError(f"invalid_ratio must not be negative, not {self.invalid_ratio}")
-        if self.max_per_ip is not None and self.max_per_ip < 1:
-            raise ValueError(f"max_per_ip must be at least 1 or None, not {self.max_per_ip}")
-        if self.storm_connections is not None and self.storm_connections < 2:
-            raise ValueError(
-                f"storm_connections must be at least 2 or None, not {self.storm_connections}"
-            )
-        if self.max_hops > 255:
-            raise ValueError(f"max_hops must be at most 255, not {self.max_hops}")
-        if self.catchup_interval < 0:
-            raise ValueError("catchup_interval must not be negative")
-        for name in ("gossip_prune_backoff", "gossip_want_window"):
-            if not 0 <= getattr(self, name) < math.inf:
-                raise ValueError(f"{name} must be a finite number of seconds")
 
     def _check_relations(self) -> None:
         """Numbers that bound each other."""
@@ -540,61 +511,6 @@ class NodeOptions:
         )
 
 
-_DURATIONS = (
-    "heartbeat_interval",
-    "heartbeat_timeout",
-    "heartbeat_response_timeout",
-    "loop_block_warning",
-    "response_timeout",
-    "stalled_timeout",
-    "reconnect_initial",
-    "reconnect_max",
-    "open_timeout",
-    "close_timeout",
-    "frame_timeout",
-    "handshake_timeout",
-    "block_duration",
-    "send_stall_timeout",
-    "request_rate",
-    "gossip_rate",
-    "gossip_node_rate",
-    "catchup_serve_rate",
-    "ip_rate",
-    "storm_window",
-    "storm_cooldown",
-    "address_rate",
-    "exchange_interval",
-    "anchor_age",
-    "gossip_interval",
-    "seen_ttl",
-    "log_max_age",
-    "gap_timeout",
-)
-"""Options that must be positive, finite numbers (seconds, or per second for rates)."""
-
 MIN_PACKAGE_SIZE = LEAST_PACKAGE_LIMIT
 """The least ``max_package_size``: the node's introduction (``hello`` or ``version``,
 its listen URLs) and its heartbeats must fit, with room."""
-
-_AT_LEAST_ONE = (
-    "max_send_queue",
-    "max_send_bytes",
-    "request_burst",
-    "gossip_burst",
-    "ip_burst",
-    "address_burst",
-    "min_packages",
-    "max_pending_packages",
-    "max_pending_bytes",
-    "max_concurrent_requests",
-    "write_limit",
-    "gossip_degree_low",
-    "seen_max",
-    "max_hops",
-    "log_max_messages",
-    "log_max_bytes",
-    "catchup_batch",
-    "gossip_history",
-    "gossip_fanout",
-)
-"""Counts that must be at least 1."""

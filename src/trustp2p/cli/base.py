@@ -142,6 +142,7 @@ _TUNING: list[tuple[str, str, Any, str]] = [
     ("--invalid-ratio", "invalid_ratio", float, "Invalid/good package ratio that blocks a peer."),
     ("--block-duration", "block_duration", float, "How long a block lasts (s)."),
     ("--exchange-interval", "exchange_interval", float, "Seconds between peer exchange rounds."),
+    ("--feeler-interval", "feeler_interval", float, "Seconds between feeler dials (0: none)."),
     ("--gossip-fanout", "gossip_fanout", int, "Mesh peers a relay pushes a message to."),
     ("--admin", "admin", str, "HOST:PORT (or PORT: 127.0.0.1) of the admin listener."),
     ("--admin-token", "admin_token", str, "Token every admin request must carry."),
@@ -156,7 +157,7 @@ SERVER_ONLY = frozenset(
 
 CLIENT_ONLY = frozenset(
     {"reconnect_initial", "reconnect_max", "target_outbound", "anchor_age"}
-    | {"exchange_interval", "stalled_timeout"}
+    | {"exchange_interval", "feeler_interval", "stalled_timeout"}
 )
 """Options about dialling servers: ``server --help`` doesn't offer them."""
 
@@ -204,6 +205,7 @@ GROUPS: dict[str, str] = {
             "target_outbound",
             "anchor_age",
             "exchange_interval",
+            "feeler_interval",
         ],
         "Dialling",
     ),

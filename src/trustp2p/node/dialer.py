@@ -13,15 +13,20 @@ __all__ = ["Dialer"]
 import asyncio
 import errno
 import logging
-import re
 from typing import TYPE_CHECKING
 
 from ..drivers import check_peer_url
 from ..drivers.base import Socket
-from ..exceptions import DriverError, NodeStateError, PeerIdMismatch, SelfDialError
+from ..exceptions import (
+    DriverError,
+    HandshakeClosed,
+    NodeStateError,
+    PeerIdMismatch,
+    SelfDialError,
+)
 from ..identity import PeerId, short_id
 from ..protocol.backoff import served
-from ..protocol.close import CloseCode
+from ..protocol.close import CloseCode, block_left
 from ..protocol.handshake import is_id_mismatch, is_mode_mismatch, is_secure_mismatch
 from ..protocol.hosts import crowded_group
 from ..protocol.outbound import Dial, Gate, OutboundPolicy, Reconnect
@@ -29,6 +34,7 @@ from ..protocol.peers import is_address_key, peer_key
 from ..protocol.selection import Selection
 from ..protocol.urls import address_of, split_peer_url
 from ..tasks import TaskOwner
+from .feelers import Feelers
 
 if TYPE_CHECKING:
     from ..storage.peerstore import PeerStore
@@ -72,10 +78,11 @@ class Dialer:
         )
         self.tasks = TaskOwner(logger)
         self._persistent: dict[str, asyncio.Task[None]] = {}  # address -> task
-        self._ourselves: set[str] = set()  # URLs (as stored) found to be this node
+        self.ourselves: set[str] = set()  # URLs (as stored) found to be this node
         self._twinned: dict[str, str] = {}  # URL (as stored) -> the nonce of its twin
         self._wakeup = asyncio.Event()
         self._started = False  # connect() before start() dials from the start
+        self.feelers = Feelers(self)  # one unproven URL dialled every feeler_interval
         # Why the last dial of an address failed or its connection closed, for the
         # errors of the waits (tester37 F6: a TimeoutError said only "not within 3 s";
         # the reasons were INFO lines). Oldest first, at most _MAX_REASONS.
@@ -158,6 +165,7 @@ class Dialer:
             # none given) has the peers of its store to dial.
             self._wakeup.set()
             self.tasks.spawn(self._manage(), "outbound manager")
+            self.tasks.spawn(self.feelers.run(), "feelers")
 
     async def stop(self) -> None:
         await self.tasks.aclose()
@@ -168,7 +176,7 @@ class Dialer:
     def connection_opened(self, socket: Socket) -> None:
         self.policy.connection_opened(socket.id, socket.peer, socket.peer_id)
         if not socket.inbound:  # it led to another node: not (only) ourselves
-            self._ourselves.discard(self.policy.store_url(socket.peer))
+            self.ourselves.discard(self.policy.store_url(socket.peer))
             self._close_if_crowded(socket)
             self._pin_met(socket.peer, socket)
 
@@ -250,12 +258,14 @@ class Dialer:
     def dial_failed(self, url: str, error: Exception) -> None:
         """A dial of ``url`` or its handshake failed: count it; the store remembers it.
         A URL found to be this node is no failure: it is dialled again only every
-        ``reconnect_max`` (a name may lead to other nodes too), until it reaches one."""
+        ``reconnect_max`` (a name may lead to other nodes too), until it reaches one. A
+        refusal "try again later" (1013: the peer is full) is no failure in the store:
+        the URL waits its retry delay (or the wait the refusal names) in this run."""
         self._failed(url, str(error))
         url = self.policy.store_url(url)
         if isinstance(error, SelfDialError):
-            if url not in self._ourselves:
-                self._ourselves.add(url)
+            if url not in self.ourselves:
+                self.ourselves.add(url)
                 delay = self.node.options.reconnect_max
                 logger.info("= %s is this node: dialled again only every %g s", url, delay)
             return
@@ -264,8 +274,12 @@ class Dialer:
             lasting=is_mode_mismatch(str(error)),
             address=not isinstance(error, PeerIdMismatch),  # another id may answer there
         )
-        store = self.node.store
-        if store is not None and not _ours(error):
+        if isinstance(error, HandshakeClosed) and error.code == CloseCode.TRY_AGAIN_LATER:
+            # A live node with no room for us now (full, or a storm's cooldown): a wait
+            # before the next dial, no failure of the URL (review69 F1: every client's
+            # feelers made a popular full server's URL the first its store forgot).
+            self.policy.hold(url, block_left(error.reason))
+        elif (store := self.node.store) is not None and not _ours(error):
             self.node.tasks.spawn(store.record_failure(url), f"record failure {url}")
         self._wakeup.set()  # a bootstrap peer that can't be reached: the store may help
 
@@ -299,7 +313,7 @@ class Dialer:
         while True:
             url = self.policy.persistent_url(url) or url  # (pinned by connect() since?)
             dial_url, expected = split_peer_url(url)
-            gate, peer_id = self.policy.gate(url, self._connected_ids(), self.node.store)
+            gate, peer_id = self.policy.gate(url, self.connected_ids(), self.node.store)
             if gate is Gate.WAIT_FOR_PEER:
                 assert peer_id is not None
                 other = self.node.socket_for_peer(peer_id)
@@ -323,7 +337,7 @@ class Dialer:
             except DriverError as exc:
                 self.dial_failed(dial_url, exc)
                 delay = reconnect.failed()
-                if self.policy.store_url(dial_url) in self._ourselves:
+                if self.policy.store_url(dial_url) in self.ourselves:
                     delay = max(delay, options.reconnect_max)
                 logger.info("! %s; retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -354,7 +368,7 @@ class Dialer:
         self.node.connections.twins.outbound_closed(socket, logger)
         self._failed(dial_url, f"closed ({socket.close_code} {socket.close_reason or '-'})")
         options = self.node.options
-        if self.policy.store_url(dial_url) in self._ourselves:
+        if self.policy.store_url(dial_url) in self.ourselves:
             return max(delay, options.reconnect_max), mismatched  # said once
         if is_mode_mismatch(socket.close_reason):
             # It can't work until one side changes `secure` (`alt`, the pinned id...):
@@ -368,7 +382,7 @@ class Dialer:
         # no use redialling before the block ends, when it says (found by a new user:
         # a redial every 60 s at most for the hour, each a handshake refused).
         level = logging.WARNING if _blocked_us(socket.close_reason) else logging.INFO
-        delay = max(delay, _block_left(socket.close_reason))
+        delay = max(delay, block_left(socket.close_reason))
         logger.log(
             level,
             "= connection to %s closed (%s %s); redialling in %.1f s",
@@ -437,22 +451,28 @@ class Dialer:
                 if self.policy.dial_done(dial.url):
                     self._wakeup.set()
             await socket.wait_closed()
-            twins = self.node.connections.twins
-            if (nonce := twins.dropped(socket)) is not None:  # plain: the peer's dial stays
-                # Not dialled while it does (found by a new user: the store's URL was
-                # dialled again every 1 to 60 s, each connection closed as a twin).
-                logger.info("= %s: the peer's connection to us stays; not dialled while "
-                            "it does", dial.dial_url)  # fmt: skip
-                self._twinned[dial.url] = nonce
-            twins.outbound_closed(socket, logger)
-            reason = socket.close_reason  # (a wrong /p2p/ id: counted at the handshake)
-            if (left := _block_left(reason)) > 0:  # the peer blocks us: not before it ends
-                self.policy.hold(dial.url, left)
-            if is_mode_mismatch(reason) and not is_id_mismatch(reason):  # plain: the peer
-                self.dial_failed(dial.dial_url, DriverError(reason))  # refused us after
+            self.dial_closed(dial, socket)
         finally:
             self.policy.dial_ended(dial.url)
             self._wakeup.set()
+
+    def dial_closed(self, dial: Dial, socket: Socket) -> None:
+        """The connection of the store dial ``dial`` (a managed dial's, or a feeler's)
+        closed: the twin it left, a block the peer said, a mode mismatch it reported
+        after the open."""
+        twins = self.node.connections.twins
+        if (nonce := twins.dropped(socket)) is not None:  # plain: the peer's dial stays
+            # Not dialled while it does (found by a new user: the store's URL was
+            # dialled again every 1 to 60 s, each connection closed as a twin).
+            logger.info("= %s: the peer's connection to us stays; not dialled while "
+                        "it does", dial.dial_url)  # fmt: skip
+            self._twinned[dial.url] = nonce
+        twins.outbound_closed(socket, logger)
+        reason = socket.close_reason  # (a wrong /p2p/ id: counted at the handshake)
+        if (left := block_left(reason)) > 0:  # the peer blocks us: not before it ends
+            self.policy.hold(dial.url, left)
+        if is_mode_mismatch(reason) and not is_id_mismatch(reason):  # plain: the peer
+            self.dial_failed(dial.dial_url, DriverError(reason))  # refused us after
 
     # The outbound manager
 
@@ -475,11 +495,11 @@ class Dialer:
             if store is None:
                 continue
             policy = self.policy
-            own = [*self.node.listen_urls, *self._ourselves, *self._twins_open()]
-            anchor = policy.anchor_selection(self._connected_ids(), own, store)
+            own = [*self.node.listen_urls, *self.ourselves, *self.twins_open()]
+            anchor = policy.anchor_selection(self.connected_ids(), own, store)
             if anchor is not None:
                 await self._carry_out(anchor, store)
-            selection = policy.selection(self._connected_ids(), own, store)
+            selection = policy.selection(self.connected_ids(), own, store)
             if selection is not None:
                 await self._carry_out(selection, store)
 
@@ -516,7 +536,7 @@ class Dialer:
                 except NodeStateError:
                     return  # the node is stopping
 
-    def _twins_open(self) -> list[str]:
+    def twins_open(self) -> list[str]:
         """The store's URLs whose dial was dropped for a twin that is still open."""
         twins = self.node.connections.twins
         for url, nonce in list(self._twinned.items()):
@@ -524,7 +544,7 @@ class Dialer:
                 del self._twinned[url]
         return list(self._twinned)
 
-    def _connected_ids(self) -> set[str]:
+    def connected_ids(self) -> set[str]:
         """Peers connected either way, and ourselves: never dialled."""
         ids = self.node.connected_peer_ids()
         if self.node.peer_id is not None:
@@ -574,22 +594,3 @@ def _blocked_us(reason: str | None) -> bool:
 
 
 _FROM_YOUR_ADDRESS = "too many connections from your address"
-
-
-MAX_BLOCK_WAIT = 900.0
-"""Seconds at most that a peer's "blocked for N s" holds our redials of it: its
-operator may lift the block (found in review: a day's wait kept peers away that long
-after an unblock); one refused handshake in 15 minutes, not one a minute."""
-
-
-def _block_left(reason: str | None) -> float:
-    """The seconds a close reason "blocked for N s: ..." says the block lasts, or a
-    refusal "...: try again in N s" the wait (a reconnect storm's cooldown, new ids
-    refused at a shared address: each redial before it cost both sides a refused
-    handshake, found in review), at most :data:`MAX_BLOCK_WAIT`; else 0."""
-    match = _BLOCKED_FOR.match(reason or "") or _TRY_AGAIN.search(reason or "")
-    return min(float(match[1]), MAX_BLOCK_WAIT) if match else 0.0
-
-
-_BLOCKED_FOR = re.compile(r"blocked for (\d{1,9}) s\b")
-_TRY_AGAIN = re.compile(r": try again in (\d{1,9}) s$")

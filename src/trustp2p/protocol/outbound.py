@@ -414,8 +414,10 @@ class OutboundPolicy:
         address, and neither the peer met there nor the one its ``/p2p/`` part names is
         connected or blocked.
         """
-        address = address_of(url)
-        if address in busy or self._address_retry_at.get(address, 0.0) > self.clock():
+        address, now = address_of(url), self.clock()
+        if address in busy or self._address_retry_at.get(address, 0.0) > now:
+            return False
+        if self._retry_at.get(url, 0.0) > now:  # (a hold: the wait its peer named)
             return False
         try:
             dial_url, claimed = split_peer_url(url)

@@ -214,7 +214,11 @@ class SecureLayer:
             if handshake.timer is not None:
                 handshake.timer.cancel()
             reason = raw.close_reason or f"code {raw.close_code}"
-            error = HandshakeClosed(f"connection closed during handshake ({reason})")
+            error = HandshakeClosed(
+                f"connection closed during handshake ({reason})",
+                code=raw.close_code,
+                reason=raw.close_reason,
+            )
             self._failed(raw, with_peer(raw, error))
         if raw.inbound and self._on_accept is not None:
             self._listener.on_close(raw)  # it counted the connection: it hears the end

@@ -27,7 +27,8 @@ be opened at all runs the store in memory, opened and merged as soon as it can b
 The store counts; it doesn't judge. Whether a peer's packages call for a block is the
 :class:`~trustp2p.protocol.scoring.BlockPolicy`'s decision; peers are named by the keys of
 :mod:`trustp2p.protocol.peers`. The records, the in-memory tables and the queries live in
-private modules beside this one (``_peer_records``, ``_peer_table``, ``_peer_queries``).
+private modules beside this one (``_peer_records``, ``_peer_table``, ``_peer_queries``,
+``_peer_dials``).
 
 """
 
@@ -42,11 +43,13 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 from ..exceptions import NodeStateError
+from ..protocol.feelers import Untried
 from ..protocol.limits import address_key
 from ..protocol.peers import PeerKey, is_address_key
 from ..protocol.scoring import Block, BlockPolicy, PackageCounts
 from . import DATA_DIR
-from ._peer_queries import GoodRanking, active_block, is_anchor, is_dead, ranked_urls, records
+from ._peer_dials import failed_dial, untried_urls
+from ._peer_queries import GoodRanking, active_block, is_anchor, ranked_urls, records
 from ._peer_records import ADDRESS, PEER, Batch, Loaded, PeerDatabase, PeerRecord, PeerSource
 from ._peer_table import PeerTable
 from .memory import MemoryShelf
@@ -272,19 +275,8 @@ class PeerStore(WriteBehind[Batch, Loaded]):
 
         """
         self._check_open()
-        entry = self._table.by_url.get(url)
-        if entry is None:
-            logger.debug("? failure of unknown URL %s ignored", url)
-            return
-        entry.failures += 1
-        if entry.failures == 1:  # (a tester: each 2 s restart of a server cost it 6)
-            entry.peer.failures += 1
-        self._table.dirty_urls.add(url)
-        self._table.dirty_peers.add(entry.peer.key)
-        if is_dead(entry, self._clock()):
-            self._table.forget_url(url)
-            logger.info("= forgot %s: %d failed dials in a row", url, entry.failures)
-        await self._save()
+        if failed_dial(self._table, url, self._clock()):
+            await self._save()
 
     def record_packages(self, key: PeerKey, *, good: int = 0, invalid: int = 0) -> PackageCounts:
         """
@@ -526,6 +518,13 @@ class PeerStore(WriteBehind[Batch, Loaded]):
 
         """
         return self._ranked(limit, exclude_urls, exclude_ids, good=True, anchors=False)
+
+    def untried(self, *, exclude_ids: Collection[str] = ()) -> list[Untried]:
+        """The URLs nobody has proven, each teller's first few, for a feeler dial to
+        try (:func:`~._peer_dials.untried_urls`; not of blocked peers, nor of the peers
+        ``exclude_ids``). SYNC: a pass over the peers, at 10,000 about 8 ms on an idle
+        machine, 70 ms at a load of 9 on 2 cores (more when every URL is its own teller)."""
+        return untried_urls(self._table, self._clock(), exclude_ids)
 
     def size(self) -> int:
         """How many peers the store knows."""
