@@ -342,6 +342,16 @@ async def test_own_publishes_with_a_validator_are_judged_as_numbered_in_call_ord
             await asyncio.gather(*(node.gossip.publish(t, {"first": True}) for t in "xy"))
         assert [log.has(stream_key(t, me), 2) for t in "xy"] == [True, True]
 
+        # A subscriber of a judged topic publishes to it (found in review: the mark of
+        # the turn leaked into the topic's delivery task, and that publish raised).
+        async def answer(message: GossipMessage) -> None:
+            if message.body.get("first"):
+                await node.gossip.publish("x", {})  # type: ignore[union-attr]
+
+        node.gossip.subscribe("x", answer)
+        await node.gossip.publish("x", {"first": True})
+        await wait_for(lambda: log.has(stream_key("x", me), 4))
+
 
 async def test_uninterested_nodes_do_not_carry_a_topic() -> None:
     async with Network(12, degree=4, seed=11, topics=[]) as network:

@@ -60,6 +60,7 @@ def chromium(tmp_path: Path) -> Iterator[Any]:
 
 def browse(url: str, peers: list[str], tmp_path: Path) -> Path:
     """Open the page, see a row per peer and a counter move; return the screenshot."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -73,9 +74,11 @@ def browse(url: str, peers: list[str], tmp_path: Path) -> Path:
 
     with chromium(tmp_path) as driver:
         driver.get(url)
-        wait = WebDriverWait(driver, 20)
+        # A row the page redraws between finding and reading it is stale: read again
+        # (CI130: StaleElementReferenceException, the page polls every second).
+        wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
         wait.until(lambda d: sorted(rows(d)) == sorted(peers))
-        before = packages_in(driver)
+        before = wait.until(lambda d: (packages_in(d),))[0]
         page_id = driver.execute_script("return window.performance.timeOrigin")
         wait.until(lambda d: packages_in(d) > before)  # the page polls: no reload
         assert driver.execute_script("return window.performance.timeOrigin") == page_id

@@ -98,8 +98,11 @@ class TaskOwner:
             tasks = self.cancel()
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-"""The signals that stop a node's process (the CLI's: :mod:`trustp2p.apps.serve`)."""
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+"""The signals that stop a node's process (the CLI's: :mod:`trustp2p.apps.serve`), of
+those the platform has (Windows has no SIGHUP)."""
 
 
 def quiet_signals() -> None:
@@ -111,4 +114,5 @@ def quiet_signals() -> None:
     printed a KeyboardInterrupt traceback (a SIGTERM then would have killed the
     process, status 143).
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    if hasattr(signal, "pthread_sigmask"):  # (not on Windows)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)

@@ -24,7 +24,7 @@ import contextlib
 import contextvars
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..drivers.base import Socket
@@ -97,7 +97,11 @@ async def sign_own(
     payload, size = checked_payload(topic, data, node.options.max_package_size)
     key = stream_key(topic, identity.peer_id)
     message = sign_message(identity, topic, log.last_used(key) + 1, ms, payload)
-    if validator is not None and await judge(node, validator, message, None) is Validation.REJECT:
+    if validator is None:
+        return message, size
+    with _judging(topic):
+        verdict = await judge(node, validator, message, None)
+    if verdict is Validation.REJECT:
         raise ValueError(
             f"the validator of {topic!r} rejects this message: not published (peers "
             "running the same rule would count it against this node)"
@@ -113,11 +117,34 @@ def check_publishing(publishing: bool) -> None:
         )
 
 
-_JUDGING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
-    "trustp2p_judging", default=frozenset()
+class _Judging:
+    """A topic's own publish being judged, while ``active``."""
+
+    __slots__ = ("active", "topic")
+
+    def __init__(self, topic: str) -> None:
+        self.topic, self.active = topic, True
+
+
+_JUDGING: contextvars.ContextVar[tuple[_Judging, ...]] = contextvars.ContextVar(
+    "trustp2p_judging", default=()
 )
-"""The topics whose own publish is being judged in this context (a validator's, and the
-tasks it starts): :class:`OwnTurns`."""
+"""The own publishes being judged in this context (a validator's, and the tasks it
+starts, while it runs: not after, nor the tasks of the publish's turn, a topic's
+delivery among them: found in review): :class:`OwnTurns`."""
+
+
+@contextlib.contextmanager
+def _judging(topic: str) -> Iterator[None]:
+    marker = _Judging(topic)
+    token = _JUDGING.set((*_JUDGING.get(), marker))
+    try:
+        yield
+    finally:
+        marker.active = False
+        _JUDGING.reset(token)
+
+
 _NO_TURN = contextlib.nullcontext()
 
 
@@ -151,18 +178,14 @@ class OwnTurns:
 
     @contextlib.asynccontextmanager
     async def _turn(self, topic: str) -> AsyncIterator[None]:
-        judging = _JUDGING.get()
+        judging = {j.topic for j in _JUDGING.get() if j.active}
         if topic in judging:
             raise ValueError(f"the validator of {topic!r} publishes to {topic!r}, its own topic")
-        token = _JUDGING.set(judging | {topic})
-        try:
-            if judging:  # (a validator's publish: waits for no turn)
+        if judging:  # (a validator's publish: waits for no turn; judged with the seq free
+            yield  # then, it may be numbered after another's of its topic)
+        else:
+            async with self._locks.setdefault(topic, asyncio.Lock()):
                 yield
-            else:
-                async with self._locks.setdefault(topic, asyncio.Lock()):
-                    yield
-        finally:
-            _JUDGING.reset(token)
 
 
 def take_seq(node: Node, log: MessageLog, message: GossipMessage) -> GossipMessage:

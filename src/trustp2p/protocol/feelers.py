@@ -172,7 +172,7 @@ class FeelerPolicy:
         order = list(tellers)
         self.shuffle(order)
         for teller in order:
-            # Failed in this run first: a refusal (1013) counts none in the store.
+            # Failed in this run last: a refusal (1013) counts none in the store.
             for candidate in sorted(
                 tellers[teller], key=lambda c: (policy.failures(c.url), _order(c))
             ):
