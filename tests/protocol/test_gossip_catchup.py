@@ -304,13 +304,16 @@ def test_choose_picks_a_source_every_other_time() -> None:
     # Found by an attacker (a42 F1, item 5): 7 identities that subscribed and served
     # nothing won the periodic round's draw 7 times in 8; a message the honest relay
     # held was still missing minutes later. Now every other round (at random) goes to
-    # a peer that delivered a new message lately.
+    # a peer that relayed new messages first lately, drawn by its credit.
     catchup = CatchUp(batch=1, rng=random.Random(5))
     peers = ["honest", *(f"liar{n}" for n in range(7))]
-    picks = [catchup.choose(peers, ["honest"]) for _ in range(1000)]
+    picks = [catchup.choose(peers, [("honest", 1.0)]) for _ in range(1000)]
     assert 500 < picks.count("honest") < 620  # a half, and an eighth of the other half
     assert set(picks) == set(peers)  # the others are still asked
-    assert catchup.choose([], ["honest"]) in ("honest", None)
+    assert catchup.choose([], [("honest", 1.0)]) in ("honest", None)
+    weighted = [("honest", 9.0), ("liar0", 1.0)]
+    picks = [catchup.choose(peers, weighted) for _ in range(2000)]
+    assert 950 < picks.count("honest") < 1100  # 9 in 10 of the half, and an eighth
 
 
 def test_batch_must_be_positive() -> None:

@@ -425,8 +425,7 @@ class Gossip:
             if (size := wire_size(message)) > cap:
                 self._oversized(message, size, cap)
                 return
-        if self._ingest(socket, message, live=True) and self._fetcher is not None:
-            self._fetcher.delivered_by(socket)  # (a source for catch-up rounds)
+        self._ingest(socket, message, live=True)
 
     def on_control(self, socket: Socket, package: Package) -> None:
         """A router control talk arrived (through the built-in thread)."""
@@ -500,6 +499,8 @@ class Gossip:
             claim(self.node, self._log, via, message.topic)
         if forward:
             self.router.forward(socket.id if socket is not None else None, message)
+            if self._fetcher is not None and socket is not None:  # (catch-up's sources)
+                self._fetcher.relayed_first(socket, message.origin)
         self._carry_out(self._order.add(message, socket))
         if socket is not None and self._fetcher is not None:  # a gap before it: ask the
             # peer that revealed it
@@ -559,7 +560,6 @@ class Gossip:
             rejected(self.node, socket, message)
 
     # Heartbeat: the router's, and the gaps'
-
     async def _heartbeat(self) -> None:
         interval = self.node.options.gossip_interval
         while True:

@@ -39,7 +39,6 @@ __all__ = [
 import asyncio
 import functools
 import logging
-import math
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -60,6 +59,7 @@ from ..protocol.gossip import (
     GossipMessage,
     PeerBudgets,
     PeerKey,
+    RelaySources,
     ReleaseMarks,
     RoundBudget,
     Streams,
@@ -199,16 +199,18 @@ class Fetcher:
         self._after: dict[str, dict[Socket, tuple[int, RoundBudget]]] = {}
         options = gossip.node.options
         self._budgets = PeerBudgets(options.log_max_bytes, options.catchup_interval or 30)
-        self._sources: dict[PeerKey, float] = {}  # peer -> when it delivered a new message
+        self._sources = RelaySources[PeerKey](options.catchup_interval or 30)
 
     def forget(self, peer: PeerKey) -> None:
         """A connection closed: its share of gap fills goes with it."""
         self._budgets.forget(peer)
-        self._sources.pop(peer, None)
+        self._sources.forget(peer)
 
-    def delivered_by(self, socket: Socket) -> None:
-        """``socket``'s peer delivered a new message live: a source for the rounds."""
-        self._sources[socket.id] = self._clock()
+    def relayed_first(self, socket: Socket, origin: str) -> None:
+        """``socket``'s peer was the first to bring a new message of ``origin``, live
+        and accepted: a source for the rounds, unless it is the origin (review71 F3)."""
+        if socket.peer_id != origin:
+            self._sources.relayed(socket.id, self._clock())
 
     def refill(self, socket: Socket, stream: str) -> None:
         """Fetch, in a task, what is missing before ``stream``'s last held message (a
@@ -226,13 +228,14 @@ class Fetcher:
     async def run_forever(self) -> None:
         """A round with a random peer that carries one of our topics, or is the origin of
         messages of ours, every ``catchup_interval``; every other one (at random) with
-        one of those that delivered a new message within two intervals, if any."""
+        one of those that relayed new messages first lately, if any, by their credit."""
         gossip = self._gossip
         while True:
             interval = gossip.node.options.catchup_interval
             await asyncio.sleep(jittered(self._rng, interval))
-            peers, lately = self._round_peers(), self._clock() - 2 * interval
-            sources = [s for s in peers if self._sources.get(s.id, -math.inf) > lately]
+            peers, now = self._round_peers(), self._clock()
+            weights = ((s, self._sources.weight(s.id, now)) for s in peers)
+            sources = [(s, weight) for s, weight in weights if weight > 0]
             socket = gossip.catchup.choose(peers, sources)
             if socket is not None:  # (in a task: a peer whose messages never end
                 # stopped every later round, found by a tester)

@@ -76,6 +76,7 @@ from .router import (
     PeerKey,
     RouterAction,
 )
+from .sources import MAX_CREDIT, MIN_CREDIT, RelaySources
 from .streams import (
     CLOCK_SKEW,
     DEFAULT_MAX_HELD,
@@ -106,6 +107,7 @@ __all__ = [
     "HWM_STALE",
     "IHAVE",
     "IWANT",
+    "MAX_CREDIT",
     "MAX_FETCHES",
     "MAX_FETCH_SEQS",
     "MAX_GAP_RANGES",
@@ -121,6 +123,7 @@ __all__ = [
     "MAX_TOPICS_PER_TALK",
     "MAX_TOPIC_LENGTH",
     "MESSAGE_OVERHEAD",
+    "MIN_CREDIT",
     "PRUNE",
     "SUBSCRIPTIONS",
     "CatchUp",
@@ -138,6 +141,7 @@ __all__ = [
     "PeerBudgets",
     "PeerKey",
     "PublishPacing",
+    "RelaySources",
     "ReleaseMarks",
     "RoundBudget",
     "RouterAction",

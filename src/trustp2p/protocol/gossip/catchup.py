@@ -333,14 +333,16 @@ class CatchUp:
         fetch = self._fetching.get(stream)
         return 0.0 if fetch is None else max(0.0, fetch.began + FETCH_ALONE - self._clock())
 
-    def choose(self, peers: Sequence[P], sources: Sequence[P] = ()) -> P | None:
+    def choose(self, peers: Sequence[P], sources: Sequence[tuple[P, float]] = ()) -> P | None:
         """A peer to ask, at random; None if there is none. Every other time (at
-        random) one of ``sources`` if there are any: the peers that delivered a new
-        message lately. Found by an attacker: identities that subscribed and never
-        served anything won the draw K times in K + 1, and messages an honest relay
-        held stayed missing for minutes."""
+        random) one of ``sources`` if there are any, drawn by weight: the peers that
+        relayed new messages first lately, with their credit (see
+        :class:`~.sources.RelaySources`). Found by an attacker: identities that
+        subscribed and never served anything won the draw K times in K + 1, and
+        messages an honest relay held stayed missing for minutes."""
         if sources and self._rng.random() < 0.5:
-            return self._rng.choice(sources)
+            weights = [weight for _, weight in sources]
+            return self._rng.choices([peer for peer, _ in sources], weights)[0]
         return self._rng.choice(peers) if peers else None
 
     def hwm_request(self, topics: Collection[str]) -> Body:
