@@ -1,37 +1,46 @@
-"""Which peers are the catch-up rounds' preferred sources (review71 F3): a peer earns
-credit only for a message of another origin that it was the first to bring, live and
-accepted; its own messages earn it nothing (an identity that published one a minute and
-served nothing took the honest relay's share of the rounds)."""
+"""Which peers are the catch-up rounds' preferred sources (review71 F3, review75): a
+peer's address group earns credit only for a message of another origin that the peer,
+authenticated and still connected, was the first to bring, live and accepted; its own
+messages earn it nothing (an identity that published one a minute and served nothing
+took the honest relay's share of the rounds), nor do caught-up ones."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from trustp2p.node.gossip import Validation
-from trustp2p.protocol.gossip import GossipMessage, PeerKey, RelaySources
+from trustp2p.node.gossip_log import log_source
+from trustp2p.protocol.gossip import CatchUp, GossipMessage, RelaySources
 from trustp2p.testing import Network
 
-from .test_gossip_behaviour import chain, gossip, socket_to, wait_for
+from .test_gossip_behaviour import chain, gossip, socket_to, subscribed, wait_for
 
 pytestmark = pytest.mark.asyncio
 
 
-async def test_only_a_relay_of_anothers_accepted_message_earns_credit(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    credited: list[PeerKey] = []
+@pytest.fixture
+def credited(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The groups credited, in order."""
+    groups: list[str] = []
     original = RelaySources.relayed
 
-    def relayed(self: RelaySources[Any], peer: PeerKey, now: float) -> None:
-        credited.append(peer)
-        original(self, peer, now)
+    def relayed(self: RelaySources[Any], group: str, now: float) -> None:
+        groups.append(group)
+        original(self, group, now)
 
     monkeypatch.setattr(RelaySources, "relayed", relayed)
+    return groups
+
+
+async def test_only_a_relay_of_anothers_accepted_message_earns_credit(
+    credited: list[str],
+) -> None:
     async with Network(3, degree=0, secure=True) as network:
-        a, b, c = await chain(network)
-        a_at_b, b_at_c = socket_to(b, "n0").id, socket_to(c, "n1").id
+        a, _, c = await chain(network)
 
         def judge(message: GossipMessage) -> Validation:
             return Validation.IGNORE if message.body["kind"] == "ignore" else Validation.ACCEPT
@@ -42,5 +51,68 @@ async def test_only_a_relay_of_anothers_accepted_message_earns_credit(
         await wait_for(lambda: len(network.received[1]) == 2 and len(network.received[2]) == 1)
         # B got A's own messages (no credit to A); C got them relayed by B: B earned
         # credit for the one C's validator accepted, not for the one it ignored.
-        assert credited == [b_at_c]
-        assert a_at_b not in credited
+        assert credited == [log_source(c, socket_to(c, "n1"))]
+
+
+async def test_a_plain_peer_earns_no_credit(credited: list[str]) -> None:
+    # review75 F3: without an authenticated id a peer's own messages can't be told
+    # from those it relays.
+    async with Network(3, degree=0) as network:
+        a, _, _ = await chain(network)
+        await a.publish("chat", {"n": 1})
+        await network.wait_delivered(1)
+        assert credited == []
+
+
+async def test_a_relay_gone_before_the_validator_accepts_earns_no_credit(
+    credited: list[str],
+) -> None:
+    # review75 F2: the credit outlived the connection it was for.
+    async with Network(3, degree=0, secure=True) as network:
+        a, _, c = await chain(network)
+        judging, go = asyncio.Event(), asyncio.Event()
+
+        async def judge(message: GossipMessage) -> Validation:
+            judging.set()
+            await go.wait()
+            return Validation.ACCEPT
+
+        gossip(c).set_validator("chat", judge)
+        await a.publish("chat", {"n": 1})
+        await judging.wait()
+        await socket_to(c, "n1").close()
+        go.set()
+        await wait_for(lambda: len(network.received[2]) == 1)
+        assert credited == []
+
+
+async def test_caught_up_messages_earn_no_credit(credited: list[str]) -> None:
+    async with Network(3, degree=0, secure=True) as network:
+        a, b, c = network.nodes
+        assert a.client is not None and c.client is not None and b.url is not None
+        a.client.connect(b.url)
+        await wait_for(lambda: subscribed(a, "chat", 1) and subscribed(b, "chat", 1))
+        for n in range(2):
+            await a.publish("chat", {"n": n})
+        await wait_for(lambda: len(network.received[1]) == 2)
+        c.client.connect(b.url)  # C catches up from B at its introduction
+        await wait_for(lambda: len(network.received[2]) == 2)
+        assert credited == []
+
+
+async def test_the_periodic_round_is_given_the_sources(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    given: list[list[tuple[Any, float]]] = []
+    original = CatchUp.choose
+
+    def choose(self: CatchUp, peers: Sequence[Any], sources: Sequence[Any] = ()) -> Any:
+        given.append(list(sources))
+        return original(self, peers, sources)
+
+    monkeypatch.setattr(CatchUp, "choose", choose)
+    async with Network(3, degree=0, secure=True, catchup_interval=0.05) as network:
+        a, _, c = await chain(network)
+        await a.publish("chat", {"n": 1})
+        b_at_c = socket_to(c, "n1")
+        await wait_for(lambda: any(s == b_at_c and w > 0.5 for g in given for s, w in g))

@@ -65,3 +65,23 @@ def test_a_steady_relay_outweighs_identities_that_each_relay_a_message_a_minute(
     picks = [catchup.choose(peers, weighted) for _ in range(2000)]
     # Every other round by credit (the relay's ~30 of ~32 in all), the rest at random.
     assert picks.count("honest") > 2000 * (0.5 * 0.9 + 0.5 / 8) * 0.95
+
+
+def test_peers_of_one_group_share_its_credit() -> None:
+    # review75 F1: seven identities relaying spam to each other each took the cap, as
+    # much as the honest relay; those of one address group now share one credit.
+    sources = RelaySources[str](half_life=30.0)
+    for _ in range(100):
+        sources.relayed("10.1", 0.0)  # the honest relay's group
+        sources.relayed("10.2", 0.0)  # the identities' group
+    members = {"honest": "10.1", **{f"sybil{n}": "10.2" for n in range(7)}, "idle": "10.3"}
+    weighed = dict(sources.weigh(members, 0.0))
+    assert weighed == {"honest": MAX_CREDIT, **{f"sybil{n}": MAX_CREDIT / 7 for n in range(7)}}
+
+
+def test_weighing_forgets_the_groups_that_are_no_sources() -> None:
+    sources = RelaySources[str](half_life=30.0)
+    sources.relayed("gone", 0.0)  # a group none of whose peers is asked about again
+    sources.relayed("here", 50.0)
+    assert sources.weigh({"peer": "here"}, 61.0) == [("peer", pytest.approx(0.5 ** (11 / 30)))]
+    assert len(sources) == 1

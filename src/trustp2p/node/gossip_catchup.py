@@ -199,18 +199,20 @@ class Fetcher:
         self._after: dict[str, dict[Socket, tuple[int, RoundBudget]]] = {}
         options = gossip.node.options
         self._budgets = PeerBudgets(options.log_max_bytes, options.catchup_interval or 30)
-        self._sources = RelaySources[PeerKey](options.catchup_interval or 30)
+        # address groups (log_source()) -> their credit as relays
+        self._sources = RelaySources[str](options.catchup_interval or 30)
 
     def forget(self, peer: PeerKey) -> None:
         """A connection closed: its share of gap fills goes with it."""
         self._budgets.forget(peer)
-        self._sources.forget(peer)
 
     def relayed_first(self, socket: Socket, origin: str) -> None:
         """``socket``'s peer was the first to bring a new message of ``origin``, live
-        and accepted: a source for the rounds, unless it is the origin (review71 F3)."""
-        if socket.peer_id != origin:
-            self._sources.relayed(socket.id, self._clock())
+        and accepted: its address group (:func:`.log_source`) earns credit as a source
+        for the rounds, if the peer is authenticated, not the origin (review71 F3) and
+        still connected (a validator may take longer than the connection: review75)."""
+        if socket.peer_id is not None and socket.peer_id != origin and not socket.closed:
+            self._sources.relayed(log_source(self._gossip.node, socket), self._clock())
 
     def refill(self, socket: Socket, stream: str) -> None:
         """Fetch, in a task, what is missing before ``stream``'s last held message (a
@@ -233,10 +235,9 @@ class Fetcher:
         while True:
             interval = gossip.node.options.catchup_interval
             await asyncio.sleep(jittered(self._rng, interval))
-            peers, now = self._round_peers(), self._clock()
-            weights = ((s, self._sources.weight(s.id, now)) for s in peers)
-            sources = [(s, weight) for s, weight in weights if weight > 0]
-            socket = gossip.catchup.choose(peers, sources)
+            peers = self._round_peers()
+            groups = {s: log_source(gossip.node, s) for s in peers}
+            socket = gossip.catchup.choose(peers, self._sources.weigh(groups, self._clock()))
             if socket is not None:  # (in a task: a peer whose messages never end
                 # stopped every later round, found by a tester)
                 self.spawn_round(socket)

@@ -15,6 +15,8 @@ such identities took the honest relay's share of the rounds.
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Mapping
 from typing import Generic, TypeVar
 
 __all__ = ["MAX_CREDIT", "MIN_CREDIT", "RelaySources"]
@@ -27,11 +29,13 @@ MIN_CREDIT = 0.25
 """Below this a peer is no source (one message, two half-lives ago)."""
 
 K = TypeVar("K")
+P = TypeVar("P")
 
 
 class RelaySources(Generic[K]):
     """
-    The credit of each peer that relayed new messages first (keys are peers).
+    The credit of each peer, or group of peers, that relayed new messages first (keys
+    are peers or their groups).
 
     Args:
         half_life: Seconds in which a credit halves (more than 0).
@@ -60,8 +64,20 @@ class RelaySources(Generic[K]):
         return credit
 
     def forget(self, peer: K) -> None:
-        """``peer``'s connection closed."""
+        """``peer`` is gone."""
         self._credits.pop(peer, None)
+
+    def weigh(self, members: Mapping[P, K], now: float) -> list[tuple[P, float]]:
+        """Those of ``members`` (connections, and the key each earns credit for: its
+        address group) whose key is a source, each with an even share of its key's
+        credit (found in review, review75: seven identities relaying spam to each other
+        each took the cap, as much as the honest relay); the keys that are no sources
+        at ``now`` are forgotten, those not asked for too."""
+        for key in list(self._credits):
+            self.weight(key, now)
+        shares = collections.Counter(members.values())
+        weighed = ((m, self.weight(key, now) / shares[key]) for m, key in members.items())
+        return [(member, weight) for member, weight in weighed if weight > 0]
 
     def __len__(self) -> int:
         return len(self._credits)
