@@ -104,6 +104,55 @@ async def test_our_client_stays_connected_to_an_original_server() -> None:
             assert len(pongs) == EXCHANGES
 
 
+async def test_our_client_keeps_an_original_server_that_answers_no_ping(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The original's server drops every ping it gets (found by a tester, t43 F1: with
+    default options our client pinged it once its pings had put ours off 5 intervals,
+    and dropped it, no pong, every 112 s). Its pings put ours off for as long as they
+    come; when they stop, anything it says answers our ping; silent, it is dropped."""
+    pinged = asyncio.Event()
+    mode = "pings"  # then "talks", then "silent"
+
+    async def original_server(ws: ServerConnection) -> None:
+        await ws.send("")
+        talk = encode(build_package(PackageType.TALK, "news", {}))
+        with contextlib.suppress(Exception):
+            while True:
+                if mode != "silent":
+                    await ws.send(original_ping() if mode == "pings" else talk)
+                with contextlib.suppress(TimeoutError):  # read, and answer nothing
+                    async with asyncio.timeout(0.02):
+                        package = decode(await ws.recv())
+                        if package.type is PackageType.HEARTBEAT_PING:
+                            pinged.set()
+
+    timings = {
+        "heartbeat_timeout": 0.1,  # (so 5 intervals: 0.5 s)
+        "heartbeat_response_timeout": 0.5,  # (a loaded machine's stalls are no silence)
+        "heartbeat_interval": 0.02,
+        "heartbeat_jitter": 0.0,
+    }
+    async with serve(original_server, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with Node(
+            client=True, secure=False, peers=[f"ws://127.0.0.1:{port}"], **timings
+        ) as node:
+            assert node.client is not None
+            await node.client.wait_connected()
+            socket = node.client.sockets[0]
+            assert await stays(lambda: not socket.closed, 1.5)  # three times 5 intervals
+            assert not pinged.is_set()  # (its pings kept coming: none of ours was due)
+            mode = "talks"  # it stops pinging (a busy client isn't pinged): we ping
+            await wait_for(pinged.is_set)
+            assert await stays(lambda: not socket.closed, 1.0)
+            mode = "silent"
+            await wait_for(lambda: socket.closed, timeout=5)
+            assert [r.getMessage().split("! ")[-1] for r in caplog.records if r.levelno >= 30] == [
+                "lost peer: no pong within 0.5 s"
+            ]
+
+
 async def test_an_array_answer_of_an_original_server_fails_the_request_at_once() -> None:
     """The original's encoder takes any JSON object *or array* as a body; ours refuses
     an array. Found by a tester: the request then waited for its timeout (300 s by

@@ -696,6 +696,7 @@ def test_a_pong_answers_our_ping_and_reaches_the_request_table(clock: FakeClock)
 def test_a_peer_that_leaves_our_ping_unanswered_is_lost(clock: FakeClock) -> None:
     connection = protocol(clock)
     connection.start()
+    connection.receive_data(encode(ours()))  # (it introduced itself)
     clock.advance(10.0)
     heartbeat(connection)
     for _ in range(2):
@@ -707,6 +708,29 @@ def test_a_peer_that_leaves_our_ping_unanswered_is_lost(clock: FakeClock) -> Non
     assert heartbeat(connection) == [Lost("no pong within 10 s")]
     assert connection.state is ConnectionState.CLOSING
     assert heartbeat(connection) == []
+
+
+@pytest.mark.parametrize("first", [b"", "talk"])
+def test_an_original_peer_answers_our_ping_by_anything_it_says(
+    clock: FakeClock, first: object
+) -> None:
+    # Found by a tester (t43 F1): the original's server answers no ping; a peer that
+    # never introduced itself (its empty text frame, or a package first) is one.
+    connection = protocol(clock)
+    connection.start()
+    talk = encode(build_package(PackageType.TALK, "chat", {}))
+    connection.receive_data("" if first == b"" else talk)
+    clock.advance(10.0)
+    (ping,) = heartbeat(connection)
+    assert isinstance(ping, Send)
+    clock.advance(4.0)
+    connection.receive_data(talk)
+    assert heartbeat(connection) == []
+    assert connection.liveness.outstanding is None
+    clock.advance(16.0)  # silent: pinged, and lost
+    assert heartbeat(connection) == [Send(ping.package)]
+    clock.advance(10.0)
+    assert heartbeat(connection) == [Lost("no pong within 10 s")]
 
 
 def test_a_ping_nobody_handles_is_answered_at_once_with_the_originals_pong(

@@ -442,6 +442,38 @@ def test_a_peer_that_pings_without_reading_gets_our_ping_and_is_found_dead() -> 
     assert peer.now - ping_at == TIMINGS.timeout
 
 
+def test_a_peer_that_answers_no_ping_is_kept_by_its_pings_or_any_package() -> None:
+    """Found by a tester (t43 F1): the original's server drops every ping it gets; with
+    the put-off bound, our client pinged it every 5 intervals and dropped it. A peer
+    that answers no ping (it never introduced itself) puts ours off for as long as its
+    pings come; once they stop, any complete package after our ping answers it; a dead
+    link is still found: nothing comes."""
+    peer = Peer()
+    peer.liveness.answers_no_ping()
+    verdicts = []
+    for _ in range(40):  # its ping every 7.5 s, checks every 2.5 s, for 300 s
+        for _ in range(3):
+            peer.advance(2.5)
+            verdicts.append(peer.check())
+        peer.package()
+        peer.liveness.ping_received(peer.now)
+    assert set(verdicts) == {Verdict.NOTHING}
+    # Its pings stop; it talks every 5 s (the original doesn't ping a busy client).
+    for _ in range(20):
+        for _ in range(2):
+            peer.advance(2.5)
+            verdicts.append(peer.check())
+        peer.package()
+    later = verdicts[120:]
+    assert Verdict.DEAD not in later
+    assert later.count(Verdict.PING) == 100 // 10  # one an interval, each answered
+    assert peer.liveness.last_rtt is None  # (no round trip: nothing answered it as such)
+    # Silent (dead): found within the timeout, as any peer.
+    while peer.check() is not Verdict.DEAD:
+        peer.advance(2.5)
+    assert peer.now - peer.liveness.last_ping <= TIMINGS.timeout + 2.5
+
+
 def test_the_side_that_dialled_waits_one_period_longer() -> None:
     follower = Liveness(1000.0, TIMINGS, leads=False)
     kwargs = {"last_bytes": 1000.0, "last_package": 1000.0}

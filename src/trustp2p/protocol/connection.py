@@ -332,7 +332,7 @@ class ConnectionProtocol:
         self.last_seen = self._clock()
         if type(data) is str and not data and not self.secure:
             # The shipped original's version talk: it can't encode it and sends "".
-            self.state = ConnectionState.OPEN
+            self._open_unintroduced()
             return [Ignore("empty text frame (the original's version talk)")]
         self.slow_read = 0  # (review68: a package that failed kept the last one's)
         slow = slow_values()
@@ -388,7 +388,7 @@ class ConnectionProtocol:
                     f"{package_type.name} {package.event[:40]!r} before hello",
                     penalty=True,
                 )
-            self.state = ConnectionState.OPEN  # plain mode: the original never introduces
+            self._open_unintroduced()  # plain mode: the original never introduces
         if package_type in RESPONSE_TYPES:
             if package_type is PackageType.HEARTBEAT_PONG:
                 # Every ping {} has one tag (a content hash): this pong answers ours,
@@ -421,6 +421,14 @@ class ConnectionProtocol:
         # attacker, SYSTEM packages cost nothing (2.7 M in 20 s from one connection).
         self._spend(actions, package)
         return actions
+
+    def _open_unintroduced(self) -> None:
+        """The peer speaks without an introduction (plain mode): the original, which
+        answers no ping either (its server drops them: :meth:`.Liveness.answers_no_ping`),
+        unless it introduced itself before."""
+        self.state = ConnectionState.OPEN
+        if self.peer_version is None:
+            self.liveness.answers_no_ping()
 
     def receive_invalid(self, error: PackageError) -> list[Action]:
         """Take a message that didn't decode: count it, and answer it if it was a

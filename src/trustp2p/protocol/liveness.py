@@ -17,6 +17,11 @@ carries out the :class:`Verdict`:
    stop coming. Not for longer than :data:`PUT_OFF_INTERVALS` intervals, though: a
    peer that pings without reading our pongs (found by an attacker's test: a ping
    every 15 s, nothing read, connected for good) meets a ping of ours by then.
+   Except a peer that answers no ping (:meth:`Liveness.answers_no_ping`: one that
+   never introduced itself, the original, whose server drops every ping it gets):
+   its pings put ours off for as long as they come, and any complete package it
+   sends after our ping answers it (found by a tester: with the cap, a plain client
+   dropped an honest original server every 112 s, and a request in flight with it).
 2. **Charge the silence.** While a ping is outstanding, the time between two checks is
    charged against it, unless the link showed progress in that time:
 
@@ -156,6 +161,7 @@ class Liveness:
         "_probing",
         "_put_off_until",
         "_taken",
+        "_unanswering",
         "answered",
         "charged",
         "dead_after",
@@ -181,7 +187,18 @@ class Liveness:
         self._last_check = opened
         self._taken = 0  # bytes the peer had taken at the last check
         self._ping_at = 0  # bytes written before the outstanding ping
+        self._unanswering = False  # (answers_no_ping)
         self.next_check = min(opened + self._due_after, self._put_off_until)
+
+    def answers_no_ping(self) -> None:
+        """The peer answers no ping (it never introduced itself: the original's server
+        drops every ping it gets): its pings put ours off without bound, and any
+        complete package from it after our ping answers the ping (without a round
+        trip). A dead link is still found: nothing comes from it."""
+        self._unanswering = True
+        self._put_off_until = math.inf
+        if self.outstanding is None:
+            self.next_check = self.last_ping + self._due_after
 
     def check(
         self,
@@ -214,7 +231,7 @@ class Liveness:
             else :attr:`Verdict.NOTHING`.
 
         """
-        sent = self.outstanding
+        sent = self._answered_by(last_package)
         if sent is None:
             self._last_check = now
             if now - self.last_ping >= self._due_after or now >= self._put_off_until:
@@ -258,7 +275,8 @@ class Liveness:
         if self.outstanding is None:
             self.charged = 0.0  # a ping sent again while reading is paused goes on charging
         self.last_ping = self.outstanding = self._last_check = self.next_check = now
-        self._put_off_until = now + self.timings.interval * PUT_OFF_INTERVALS
+        later = now + self.timings.interval * PUT_OFF_INTERVALS
+        self._put_off_until = math.inf if self._unanswering else later
         self._taken = written - backlog
         self._ping_at = written
 
@@ -284,13 +302,27 @@ class Liveness:
         sent = self.outstanding
         if sent is None:
             return None
+        self._answer(sent)
+        self.last_rtt = rtt = max(0.0, now - sent)
+        return rtt
+
+    def _answered_by(self, last_package: float) -> float | None:
+        """When the outstanding ping was sent, or None if none is, or a package that
+        came after it answered it (from a peer that answers no ping, nothing else
+        does)."""
+        sent = self.outstanding
+        if sent is not None and self._unanswering and last_package > sent:
+            self._answer(sent)
+            return None
+        return sent
+
+    def _answer(self, sent: float) -> None:
+        """The ping sent at ``sent`` is answered."""
         self.outstanding = None
         self.answered = sent
         self.charged = 0.0
         self._end_probe()  # (a probe ends with its pong)
         self.next_check = min(self.last_ping + self._due_after, self._put_off_until)
-        self.last_rtt = rtt = max(0.0, now - sent)
-        return rtt
 
     def probe(self, now: float, timeout: float) -> None:
         """
