@@ -1405,6 +1405,29 @@ def test_ihave_for_a_topic_we_do_not_subscribe_to_is_ignored() -> None:
     assert router.stats.iwant_sent == 0
 
 
+@pytest.mark.parametrize("history", [1, 2, 3, 5])
+def test_every_id_an_ihave_names_is_served_on_the_iwant_that_follows(history: int) -> None:
+    # Found by an attacker (a43 F3): the ids of the oldest window were announced, then
+    # dropped in the same heartbeat; 11-33 % of the announcements to peers not pushed
+    # the message named what was gone when asked for, and honest relays' asks timed out.
+    router, sent, _ = _router(seed=3, lazy=6, history=history)
+    _with_peers(router, sent, range(40), [TOPIC])
+    router.subscribe(TOPIC)
+    messages = [_message(n) for n in range(1, 9)]
+    asked = served = 0
+    for message in messages:
+        router.receive(0, message)
+        sent.clear()
+        router.heartbeat()
+        for peer, _, body in _talks(sent, IHAVE):
+            sent.clear()
+            router.control(peer, IWANT, {"ids": body["ids"]})
+            asked += len(body["ids"])
+            served += len(_messages(sent))
+    assert asked == served
+    assert (asked > 0) == (history > 1)  # (a message is announced while it is served)
+
+
 def test_iwant_is_served_from_the_cache_while_in_history() -> None:
     router, sent, _ = _meshed(2, history=2)
     mine, relayed = _message(1), _message(2, hops=3)

@@ -97,6 +97,15 @@ class RecentMessages:
             if (h := held.get(i)) is not None and h[1] == newest - age and h[0].topic == topic
         ]  # fmt: skip
 
+    def announceable(self, topic: str) -> list[str]:
+        """The ids of ``topic``'s messages that are still held after the next
+        :meth:`roll` (all windows but the oldest), the newest first: those an ``ihave``
+        made now may name, as the ``iwant`` it draws comes after the heartbeat's roll.
+        Found by an attacker (a43 F3): the oldest window announced, then dropped in the
+        same heartbeat, made 11-33 % of announcements ask for what was gone, and honest
+        relays' asks time out (a broken promise each, :data:`.lazy.BROKEN_FOR`)."""
+        return self.ids(topic, len(self._windows) - 1)
+
     def fair(self, ids: list[str], limit: int) -> list[str]:
         """
         ``limit`` of ``ids`` at most, taken in turn from each peer that sent them (each

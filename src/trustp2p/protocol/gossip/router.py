@@ -85,7 +85,7 @@ class GossipRouter:
         lazy: Subscribers told ``ihave`` per topic per heartbeat, at random (mesh
             peers among them): besides the peers refused a seat, which are told
             every new id.
-        history: Heartbeats a message stays announceable and servable (``iwant``).
+        history: Heartbeats a message stays servable (``iwant``); announced in all but the last.
         seen_max: Most message ids remembered.
         seen_ttl: Seconds a message id is remembered.
         max_hops: A message is not sent on once it would reach ``max_hops`` hops
@@ -553,7 +553,7 @@ class GossipRouter:
         subscribers at random, mesh peers among them. Nothing of a topic flooded to every
         subscriber (``flood_topics``): each was pushed each message (review52 R2: the
         scan, and the note of every subscriber as a holder, were wasted there)."""
-        ids = [] if topic in self.flood_topics else self._recent.ids(topic)
+        ids = [] if topic in self.flood_topics else self._recent.announceable(topic)
         if not ids:
             return
         # Not the mesh peers (the relays' pushes leave a few out): telling them each new
