@@ -82,7 +82,7 @@ class KeptMessages:
         kept = self.topics.get(topic)
         if kept is None:
             return {}
-        return kept.high_water()
+        return {origin: seqs.high() for origin, seqs in kept.origins.items()}
 
     def range(
         self, origin: str, first: int, last: int, limit: int, max_bytes: int

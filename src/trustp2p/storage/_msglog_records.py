@@ -250,6 +250,15 @@ class Seqs(_Numbered[int]):
     def seq(item: int) -> int:
         return item
 
+    def high(self) -> int:
+        # Without a call of seq() per item: peers ask each topic's marks every catch-up
+        # round, an origin at a time (a tenth of a simulation's CPU went on them).
+        items, head = self._items, self._head
+        last = items[-1]
+        if last - items[head] == len(items) - 1 - head:
+            return last  # no gap: the usual case
+        return super().high()
+
 
 class Origin(_Numbered[Entry]):
     """
@@ -286,7 +295,7 @@ class Topic:
     own, held about 4 levels and 3 dicts per message for nothing.
     """
 
-    __slots__ = ("dropped", "entries", "loads", "marks", "name", "origins", "shares", "weight")
+    __slots__ = ("dropped", "entries", "loads", "name", "origins", "shares", "weight")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -296,9 +305,6 @@ class Topic:
         self.weight = 0
         self.shares: Shares | None = None  # whose messages a full topic drops
         self.loads: Loads | None = None  # whose a topic holding too much payload drops
-        # Each origin's high(), made at the first high_water() and kept up from then on:
-        # peers ask for them every catch-up round (a tenth of a simulation's CPU).
-        self.marks: dict[str, int] | None = None
 
     def add(self, entry: Entry, source: str = LOADED) -> int:
         """Keep ``entry``, the newest, delivered by ``source`` (an address group, and
@@ -314,8 +320,6 @@ class Topic:
             source = source if shares is None else shares.admit(source)
             seqs = self.origins[origin] = Seqs(source)
         seqs.add(message.seq)
-        if self.marks is not None:
-            self.marks[origin] = seqs.high()
         self.weight += size
         if shares is not None:
             shares.add(origin, seqs.source, len(seqs))
@@ -328,26 +332,15 @@ class Topic:
         or :meth:`drop`)."""
         seqs = self.origins[origin]
         size = len(seqs)
-        marks = self.marks
         if size > 1:
             seqs.remove(seq)
-            if marks is not None:
-                marks[origin] = seqs.high()
         else:
             del self.origins[origin]
-            if marks is not None:
-                del marks[origin]
         self.weight -= weight
         if self.shares is not None:
             self.shares.remove(origin, seqs.source, size - 1)
         if self.loads is not None:
             self.loads.remove(origin, seqs.source, weight, last=size == 1)
-
-    def high_water(self) -> dict[str, int]:
-        """Each origin's :meth:`_Numbered.high`, in the order of ``origins``."""
-        if self.marks is None:
-            self.marks = {origin: seqs.high() for origin, seqs in self.origins.items()}
-        return dict(self.marks)
 
     def heaviest(self) -> tuple[str, int] | None:
         """
