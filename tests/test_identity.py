@@ -130,6 +130,15 @@ def test_peer_id_format() -> None:
     assert short_id("tpmzuhvlpymk6xo3epygfy5h4oeaejofef") == "tpmzuhvlpy"
 
 
+def test_peer_id_of_a_key_met_before() -> None:
+    # Remembered by the key's bytes, whatever object carries them.
+    key = Identity.generate().public_key
+    first = peer_id_from_public_key(key)
+    assert peer_id_from_public_key(bytearray(key)) == first
+    assert peer_id_from_public_key(memoryview(key)) == first
+    assert peer_id_from_public_key(bytes(key)) == first
+
+
 def test_peer_id_needs_a_32_byte_key() -> None:
     with pytest.raises(ValueError, match=r"^an Ed25519 public key has 32 bytes, not 31$"):
         peer_id_from_public_key(bytes(31))
@@ -148,6 +157,8 @@ def test_peer_id_needs_a_32_byte_key() -> None:
         "tpmzuhvlpymk6xo3epygfy5h4oeaejofe=",
         "tpmzuhvlpymk6xo3epygfy5h4oeaejo===",
         "tpMZUHVLPYMK6XO3EPYGFY5H4OEAEJOFEF",
+        "tpmzuhvlpymk6xo3epygfy5h4oeaejofef\n",  # (a regex's $ takes a final newline)
+        "tpmzuhvlpymk6xo3epygfy5h4oeaejofeé",  # not ASCII
     ],
 )
 def test_not_a_peer_id(text: str) -> None:

@@ -59,12 +59,25 @@ SIGNATURE_SIZE = 64
 _PEER_ID_PREFIX = "tp"
 
 
+# Peer ids of keys met lately: every message received carries its origin's key, whose
+# id is checked against its origin (base64.b32encode is pure Python: 5 us a message).
+_PEER_IDS_MAX = 4096
+_peer_ids: dict[bytes, PeerId] = {}
+
+
 def peer_id_from_public_key(public_key: bytes) -> PeerId:
     """The peer id of a raw 32-byte Ed25519 public key."""
+    peer_id = _peer_ids.get(public_key) if type(public_key) is bytes else None
+    if peer_id is not None:
+        return peer_id
     if len(public_key) != PUBLIC_KEY_SIZE:
         raise ValueError(f"an Ed25519 public key has 32 bytes, not {len(public_key)}")
     digest = hashlib.sha256(public_key).digest()[:20]
-    return PeerId(_PEER_ID_PREFIX + base64.b32encode(digest).decode("ascii").lower())
+    peer_id = PeerId(_PEER_ID_PREFIX + base64.b32encode(digest).decode("ascii").lower())
+    if len(_peer_ids) >= _PEER_IDS_MAX:
+        del _peer_ids[next(iter(_peer_ids))]
+    _peer_ids[bytes(public_key)] = peer_id
+    return peer_id
 
 
 def short_id(peer_id: str) -> str:
@@ -72,13 +85,12 @@ def short_id(peer_id: str) -> str:
     return peer_id[: len(_PEER_ID_PREFIX) + 8]
 
 
-_BASE32_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+_PEER_ID = re.compile(_PEER_ID_PREFIX + "[a-z2-7]{32}")
 
 
 def is_peer_id(text: str) -> bool:
     """True if ``text`` is a peer id in its canonical form (lowercase, no padding)."""
-    body = text[len(_PEER_ID_PREFIX) :]
-    return text.startswith(_PEER_ID_PREFIX) and len(body) == 32 and _BASE32_LOWER.issuperset(body)
+    return _PEER_ID.fullmatch(text) is not None
 
 
 # Signatures checked good lately, by a digest of (key, signature, data): many nodes in

@@ -88,6 +88,8 @@ class MemoryHub:
             self._delays[frozenset((a, b))] = seconds
 
     def link_delay(self, a: str, b: str) -> float:
+        if not self._delays:  # (asked for every message: no set made for nothing)
+            return self.delay
         return self._delays.get(frozenset((a, b)), self.delay)
 
     def reachable(self, a: str, b: str) -> bool:

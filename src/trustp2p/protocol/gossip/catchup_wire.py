@@ -308,8 +308,12 @@ def plan_fetches(
         ours = high_water(topic)
         for origin, last in origins.items():
             stream = stream_key(topic, origin)
-            have = max(ours.get(stream, 0), delivered(stream))
-            if held is not None and (span := held.held_range(stream)) is not None:
+            logged = ours.get(stream, 0)
+            span = None if held is None else held.held_range(stream)
+            if last <= logged and span is None:
+                continue  # (the usual case: nothing to fetch, whatever was delivered)
+            have = max(logged, delivered(stream))
+            if held is not None and span is not None:
                 runs = held.missing_runs(stream)
                 if have < span[0]:  # (what our log keeps past the mark isn't asked)
                     runs = ((max(a, have + 1), b) for a, b in runs if b > have)

@@ -31,8 +31,8 @@ from collections.abc import Callable, Mapping
 from operator import itemgetter
 
 from ..limits import TokenBucket
+from ..shared_text import share
 from .catchup import MAX_HWM_ORIGINS
-from .streams import split_stream_key
 
 HWM_READ_RATE = 100_000.0
 """Streams read a second, node-wide, to answer ``gossip/hwm`` requests, past
@@ -56,7 +56,8 @@ def best_marks(streams: Mapping[str, int]) -> dict[str, int]:
     """The highest :data:`~.catchup.MAX_HWM_ORIGINS` of a topic's ``streams``' marks (by
     stream key), by origin."""
     best = heapq.nlargest(MAX_HWM_ORIGINS, streams.items(), key=itemgetter(1))
-    return {split_stream_key(stream)[1]: seq for stream, seq in best}
+    # The origin of each stream key, as split_stream_key gives it (its topic unused).
+    return {share(stream.rpartition("\0")[2]): seq for stream, seq in best}
 
 
 def fit_marks(
@@ -90,6 +91,15 @@ def fit_marks(
 
 def _entry_size(origin: str, seq: int) -> int:
     return len(origin) + len(str(seq)) + _ENTRY_BYTES
+
+
+def _marks_size(marks: Mapping[str, int]) -> int:
+    """The sum of the marks' :func:`_entry_size`, without a call per entry: the digits
+    of n numbers are their text joined by commas, less the n - 1 commas."""
+    if not marks:
+        return 0
+    digits = len(",".join(map(str, marks.values()))) - len(marks) + 1
+    return sum(map(len, marks)) + digits + _ENTRY_BYTES * len(marks)
 
 
 class HwmMarks:
@@ -138,6 +148,6 @@ class HwmMarks:
         streams = self._high_water(topic)
         self._reads.spend(now, max(len(streams), MIN_READ))
         marks = best_marks(streams)
-        size = sum(_entry_size(origin, seq) for origin, seq in marks.items())
+        size = _marks_size(marks)
         self._topics[topic] = (marks, size, now)
         return marks, size
