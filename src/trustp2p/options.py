@@ -205,7 +205,8 @@ class NodeOptions:
             ``ihave``. Fewer means fewer duplicates, more means lower latency.
         gossip_lazy: Other peers told ``ihave`` per topic per heartbeat, at random
             (peers refused a mesh seat are told every new id).
-        gossip_history: Heartbeats a message stays servable; announced in all but the last.
+        gossip_history: Heartbeats a message stays servable; announced in all but the last
+            (1: never announced, only pushed).
         gossip_interval: Time between two gossip heartbeats.
         gossip_prune_backoff: After a ``gossip/prune`` between two peers (either way), the
             time neither grafts the other on that topic; a graft within it is refused

@@ -714,13 +714,14 @@ def test_a_peer_that_leaves_our_ping_unanswered_is_lost(clock: FakeClock) -> Non
 def test_an_original_peer_answers_our_ping_by_anything_it_says(
     clock: FakeClock, first: object
 ) -> None:
-    # Found by a tester (t43 F1): the original's server answers no ping; a peer that
-    # never introduced itself (its empty text frame, or a package first) is one.
-    connection = protocol(clock)
+    # Found by a tester (t43 F1): the original's server answers no ping; a peer we
+    # dialled that never introduced itself (its empty text frame, or a package first)
+    # is one.
+    connection = protocol(clock, inbound=False)
     connection.start()
     talk = encode(build_package(PackageType.TALK, "chat", {}))
     connection.receive_data("" if first == b"" else talk)
-    clock.advance(10.0)
+    clock.advance(13.0)  # (interval, and a period more: we dialled)
     (ping,) = heartbeat(connection)
     assert isinstance(ping, Send)
     clock.advance(4.0)
@@ -730,6 +731,23 @@ def test_an_original_peer_answers_our_ping_by_anything_it_says(
     clock.advance(16.0)  # silent: pinged, and lost
     assert heartbeat(connection) == [Send(ping.package)]
     clock.advance(10.0)
+    assert heartbeat(connection) == [Lost("no pong within 10 s")]
+
+
+def test_an_original_that_dialled_us_must_answer_our_ping(clock: FakeClock) -> None:
+    # Found by a tester (t44): a peer that dialled us, never introduced itself, and
+    # pinged without reading was kept for good; the original's client answers pings.
+    connection = protocol(clock)
+    connection.start()
+    talk = encode(build_package(PackageType.TALK, "chat", {}))
+    connection.receive_data("")
+    clock.advance(10.0)
+    heartbeat(connection)  # our ping
+    for _ in range(2):
+        clock.advance(4.0)
+        connection.receive_data(talk)  # complete packages are no excuse
+        assert heartbeat(connection) == []
+    clock.advance(4.0)
     assert heartbeat(connection) == [Lost("no pong within 10 s")]
 
 

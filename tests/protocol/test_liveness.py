@@ -15,9 +15,11 @@ TIMINGS = LivenessTimings(interval=10.0, timeout=10.0, period=4.0)
 class Peer:
     """One connection's liveness and what the node would see of the peer."""
 
-    def __init__(self, timings: LivenessTimings = TIMINGS, now: float = 1000.0) -> None:
+    def __init__(
+        self, timings: LivenessTimings = TIMINGS, now: float = 1000.0, *, leads: bool = True
+    ) -> None:
         self.now = now
-        self.liveness = Liveness(now, timings)
+        self.liveness = Liveness(now, timings, leads=leads)
         self.last_bytes = now
         self.last_package = now
         self.backlog = 0
@@ -448,7 +450,7 @@ def test_a_peer_that_answers_no_ping_is_kept_by_its_pings_or_any_package() -> No
     that answers no ping (it never introduced itself) puts ours off for as long as its
     pings come; once they stop, any complete package after our ping answers it; a dead
     link is still found: nothing comes."""
-    peer = Peer()
+    peer = Peer(leads=False)  # (we dialled it: the original's server)
     peer.liveness.answers_no_ping()
     verdicts = []
     for _ in range(40):  # its ping every 7.5 s, checks every 2.5 s, for 300 s
@@ -466,12 +468,31 @@ def test_a_peer_that_answers_no_ping_is_kept_by_its_pings_or_any_package() -> No
         peer.package()
     later = verdicts[120:]
     assert Verdict.DEAD not in later
-    assert later.count(Verdict.PING) == 100 // 10  # one an interval, each answered
+    assert later.count(Verdict.PING) == 6  # one each 14 s (we dialled), at a check: 15 s
     assert peer.liveness.last_rtt is None  # (no round trip: nothing answered it as such)
     # Silent (dead): found within the timeout, as any peer.
     while peer.check() is not Verdict.DEAD:
         peer.advance(2.5)
     assert peer.now - peer.liveness.last_ping <= TIMINGS.timeout + 2.5
+
+
+def test_a_peer_that_dialled_us_and_answers_no_ping_keeps_the_bound() -> None:
+    """Found by a tester (t44): a peer that dialled us, never introduced itself, pinged
+    and read nothing was kept for good; the original's client answers our pings."""
+    peer = Peer()  # (it dialled us)
+    peer.liveness.answers_no_ping()
+    verdicts = []
+    for _ in range(40):  # its ping every 7.5 s, checks every 2.5 s, for 300 s at most
+        for _ in range(3):
+            peer.advance(2.5)
+            verdicts.append(peer.check())
+        if Verdict.DEAD in verdicts:
+            break
+        peer.package()
+        peer.liveness.ping_received(peer.now)
+    assert verdicts[-1] is Verdict.DEAD
+    assert verdicts.count(Verdict.PING) == 1
+    assert peer.now - 1000.0 <= TIMINGS.interval * PUT_OFF_INTERVALS + TIMINGS.timeout + 7.5
 
 
 def test_the_side_that_dialled_waits_one_period_longer() -> None:

@@ -17,11 +17,13 @@ carries out the :class:`Verdict`:
    stop coming. Not for longer than :data:`PUT_OFF_INTERVALS` intervals, though: a
    peer that pings without reading our pongs (found by an attacker's test: a ping
    every 15 s, nothing read, connected for good) meets a ping of ours by then.
-   Except a peer that answers no ping (:meth:`Liveness.answers_no_ping`: one that
-   never introduced itself, the original, whose server drops every ping it gets):
-   its pings put ours off for as long as they come, and any complete package it
-   sends after our ping answers it (found by a tester: with the cap, a plain client
+   Except a peer we dialled that answers no ping (:meth:`Liveness.answers_no_ping`:
+   one that never introduced itself, the original, whose server drops every ping it
+   gets): its pings put ours off for as long as they come, and any complete package
+   it sends after our ping answers it (found by a tester: with the cap, a plain client
    dropped an honest original server every 112 s, and a request in flight with it).
+   Not a peer that dialled us: the original's client answers our pings (with its
+   heartbeat thread), and one that pings without reading keeps no slot of ours.
 2. **Charge the silence.** While a ping is outstanding, the time between two checks is
    charged against it, unless the link showed progress in that time:
 
@@ -154,6 +156,7 @@ class Liveness:
     """
 
     __slots__ = (
+        "_dialled",
         "_due_after",
         "_last_check",
         "_ping_at",
@@ -175,6 +178,7 @@ class Liveness:
     def __init__(self, opened: float, timings: LivenessTimings, *, leads: bool = True) -> None:
         self.timings = timings
         self._due_after = timings.interval + (0.0 if leads else timings.period)
+        self._dialled = not leads
         self._put_off_until = opened + timings.interval * PUT_OFF_INTERVALS
         self.last_ping = opened
         self.outstanding: float | None = None
@@ -192,9 +196,13 @@ class Liveness:
 
     def answers_no_ping(self) -> None:
         """The peer answers no ping (it never introduced itself: the original's server
-        drops every ping it gets): its pings put ours off without bound, and any
-        complete package from it after our ping answers the ping (without a round
-        trip). A dead link is still found: nothing comes from it."""
+        drops every ping it gets): if we dialled it, its pings put ours off without
+        bound, and any complete package from it after our ping answers the ping
+        (without a round trip); a dead link is still found: nothing comes from it. A
+        peer that dialled us keeps the rules (found by a tester, t44: one that pinged
+        and read nothing was kept for good; the original's client answers pings)."""
+        if not self._dialled:
+            return
         self._unanswering = True
         self._put_off_until = math.inf
         if self.outstanding is None:
