@@ -32,8 +32,6 @@ def test_credits_add_up_to_the_cap() -> None:
         sources.relayed("relay", 40.0)
     assert sources.weight("relay", 40.0) == MAX_CREDIT
     assert sources.weight("relay", 70.0) == MAX_CREDIT / 2
-    sources.forget("relay")
-    assert sources.weight("relay", 70.0) == 0.0
 
 
 def test_a_time_going_back_takes_nothing_away() -> None:

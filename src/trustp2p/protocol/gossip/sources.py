@@ -3,12 +3,12 @@ Which peers relayed new messages to this node first, lately, free of I/O: every 
 periodic catch-up round goes to one of them (see :meth:`.catchup.CatchUp.choose`),
 drawn by weight.
 
-A peer earns a credit of 1 for each message of another origin it was the first to
-bring, live and accepted (for a topic with a validator, once the validator accepted
-it); credits halve every ``half_life`` seconds (the ``catchup_interval``) and are capped
-at :data:`MAX_CREDIT`, as GossipSub scores its peers' first deliveries. A peer whose
-credit fell below :data:`MIN_CREDIT` (one message more than two half-lives ago) is no
-source. A publisher's own messages earn it nothing: found in review (review71 F3), a
+A peer (the node counts its address group's) earns a credit of 1 for each message of
+another origin it was the first to bring, live and accepted (for a topic with a
+validator, once the validator accepted it); credits halve every ``half_life`` seconds
+(the ``catchup_interval``) and are capped at :data:`MAX_CREDIT`, as GossipSub scores its
+peers' first deliveries. A peer whose credit fell below :data:`MIN_CREDIT` (one
+message more than two half-lives ago) is no source. A publisher's own messages earn it nothing: found in review (review71 F3), a
 message a minute of its own made an identity that served nothing a source, and a few
 such identities took the honest relay's share of the rounds.
 """
@@ -62,10 +62,6 @@ class RelaySources(Generic[K]):
             self._credits.pop(peer, None)
             return 0.0
         return credit
-
-    def forget(self, peer: K) -> None:
-        """``peer`` is gone."""
-        self._credits.pop(peer, None)
 
     def weigh(self, members: Mapping[P, K], now: float) -> list[tuple[P, float]]:
         """Those of ``members`` (connections, and the key each earns credit for: its
