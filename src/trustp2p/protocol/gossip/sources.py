@@ -8,9 +8,10 @@ another origin it was the first to bring, live and accepted (for a topic with a
 validator, once the validator accepted it); credits halve every ``half_life`` seconds
 (the ``catchup_interval``) and are capped at :data:`MAX_CREDIT`, as GossipSub scores its
 peers' first deliveries. A peer whose credit fell below :data:`MIN_CREDIT` (one
-message more than two half-lives ago) is no source. A publisher's own messages earn it nothing: found in review (review71 F3), a
-message a minute of its own made an identity that served nothing a source, and a few
-such identities took the honest relay's share of the rounds.
+message more than two half-lives ago) is no source. A publisher's own messages earn it
+nothing: found in review (review71 F3), a message a minute of its own made an identity
+that served nothing a source, and a few such identities took the honest relay's share
+of the rounds.
 """
 
 from __future__ import annotations
