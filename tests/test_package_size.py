@@ -224,19 +224,29 @@ async def test_a_reroutable_request_waiting_for_the_introduction_goes_on_elsewhe
         assert await asking == {"n": 1}  # (Echo answers with the body)
 
 
+async def hello_awaited(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch, *, late: float | None
+) -> tuple[Any, Socket, PeerConnection]:
+    """A secure client connected to a server, whose wait for the peer's introduction
+    takes ``late`` seconds (None: all the time it is given, and a moment more)."""
+    client, socket = await connected_to(make_node, secure=True)
+    conn = client.connection(socket)
+    assert conn is not None
+
+    async def introduction(conn: PeerConnection, wait: float = 10.0) -> None:
+        # (None: the timer may fire a moment early)
+        await asyncio.sleep(wait + 0.01 if late is None else late)
+
+    monkeypatch.setattr(PeerConnection, "introduction", introduction)
+    return client, socket, conn
+
+
 async def test_a_request_whose_timeout_the_introduction_wait_takes_times_out(
     make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Found in review (review44 F1): the wait took the whole timeout, the request table
     # was given 0 s and raised ValueError, which catch-up and peer exchange don't catch.
-    client, socket = await connected_to(make_node, secure=True)
-    conn = client.connection(socket)
-    assert conn is not None
-
-    async def no_hello(conn: PeerConnection, wait: float = 10.0) -> None:
-        await asyncio.sleep(wait + 0.01)  # (the timer may fire a moment early)
-
-    monkeypatch.setattr(PeerConnection, "introduction", no_hello)
+    client, socket, conn = await hello_awaited(make_node, monkeypatch, late=None)
     for reroute in (False, True):
         conn.protocol.state = ConnectionState.INTRODUCED  # as before the peer's hello came
         with pytest.raises(RequestTimeout):
@@ -248,14 +258,7 @@ async def test_a_timeout_says_the_time_asked_not_what_the_introduction_left(
     make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Found by a tester (tester42 F6): "no response ... within 0.999021 s" for timeout=1.
-    client, socket = await connected_to(make_node, secure=True)
-    conn = client.connection(socket)
-    assert conn is not None
-
-    async def late_hello(conn: PeerConnection, wait: float = 10.0) -> None:
-        await asyncio.sleep(0.01)
-
-    monkeypatch.setattr(PeerConnection, "introduction", late_hello)
+    client, socket, conn = await hello_awaited(make_node, monkeypatch, late=0.01)
     conn.protocol.state = ConnectionState.INTRODUCED  # as before the peer's hello came
     with pytest.raises(RequestTimeout, match=r"within 0\.2 s$") as info:
         await client.client.request(socket, "mute", {}, timeout=0.2)

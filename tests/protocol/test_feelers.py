@@ -218,17 +218,26 @@ def test_the_bound_on_unproven_dials_holds_a_feeler(clock: FakeClock) -> None:
     assert dial.url == "ws://10.2.0.1:1107"
 
 
+def first_of_two(
+    clock: FakeClock, first: str, second: str
+) -> tuple[FeelerPolicy, OutboundPolicy, FakeStore, list[Untried]]:
+    """Feelers started with two URLs of one teller, ``first`` told first; the first
+    feeler, an interval later, dialled ``first`` (checked)."""
+    feelers, policy, store = make(clock)
+    feelers.start()
+    candidates = [untried(first, first_seen=1.0), untried(second, first_seen=2.0)]
+    clock.advance(INTERVAL)
+    dial = feelers.choose(candidates, policy, {OWN}, [], store)
+    assert dial is not None and dial.url == first
+    return feelers, policy, store, candidates
+
+
 def test_a_held_url_waits_the_time_its_peer_named(clock: FakeClock) -> None:
     # Found in review (review72 A1): a hold (a peer's "blocked for 900 s", a 1013 "try
     # again in 900 s") held the managed dials only: a feeler dialled the URL again at
     # the next interval.
-    feelers, policy, store = make(clock)
-    feelers.start()
     held, other = "ws://10.1.0.1:1107", "ws://10.1.0.2:1107"
-    candidates = [untried(held, first_seen=1.0), untried(other, first_seen=2.0)]
-    clock.advance(INTERVAL)
-    dial = feelers.choose(candidates, policy, {OWN}, [], store)
-    assert dial is not None and dial.url == held
+    feelers, policy, store, candidates = first_of_two(clock, held, other)
     policy.hold(held, 900.0)
     policy.dial_ended(held)
     feelers.ended()
@@ -247,13 +256,8 @@ def test_a_url_refused_in_this_run_goes_after_the_teller_s_others(clock: FakeClo
     # Found in review (review72 A2): a full server's refusal (1013) counts no store
     # failure, and its wait ended before the next feeler: it took every one of its
     # teller's feelers, and the honest URL beside it was never tried.
-    feelers, policy, store = make(clock)
-    feelers.start()
     full, honest = "ws://10.1.0.1:1107", "ws://10.1.0.2:1107"
-    candidates = [untried(full, first_seen=1.0), untried(honest, first_seen=2.0)]
-    clock.advance(INTERVAL)
-    dial = feelers.choose(candidates, policy, {OWN}, [], store)
-    assert dial is not None and dial.url == full
+    feelers, policy, store, candidates = first_of_two(clock, full, honest)
     policy.dial_failed(full)  # refused: a failure in this run, none in the store
     policy.dial_ended(full)
     feelers.ended()
