@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from trustp2p import EventMap, Node, Package, PackageType, RemoteError, Socket, Thread
 from trustp2p.admin.counters import INVALID
@@ -66,6 +67,47 @@ async def test_an_original_client_stays_connected_to_our_server(
             # original's empty text frames was counted as an INVALID package).
             assert node.metrics.packages_in[INVALID] == 0
     assert any("empty text frame" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_original_client_that_said_nothing_is_pinged_and_stays() -> None:
+    """Found by a tester (t44): the original's client sends its version talk before its
+    .proto is loaded, so on a fast link it sends nothing at all, and our server closed it
+    at handshake_timeout (it never redials). Half that time after accept, a plain
+    connection that said nothing is pinged; the original answers, and stays."""
+    from websockets.asyncio.client import connect
+
+    async with Node(
+        server=True, secure=False, port=0, handshake_timeout=1.0, threads=[Echo]
+    ) as node:
+        assert node.url is not None and node.server is not None
+        async with connect(node.url, compression=None) as ws:
+            version = decode(await ws.recv())  # ours; the original's own never left
+            assert version.event == "version"
+            ping = decode(await ws.recv())
+            assert ping.type is PackageType.HEARTBEAT_PING
+            pong = build_package(PackageType.HEARTBEAT_PONG, "pong", {"sleep": False}, tag=ping.tag)
+            await ws.send(encode(pong))  # the original's heartbeat thread answers
+            await wait_for(lambda: not node.connections.inbound.awaiting)
+            inbound = node.server.sockets[0]
+            assert node.connections.admission.finished(inbound.id)
+            assert await stays(lambda: not inbound.closed, 1.0)  # past the deadline
+            request = build_package(PackageType.REQUEST, "echo", {"n": 1})
+            await ws.send(encode(request))
+            answer = decode(await ws.recv())
+            assert (answer.tag, answer.body) == (request.tag, {"echo": {"n": 1}})
+
+
+async def test_a_silent_plain_client_that_answers_no_ping_is_closed_at_the_deadline() -> None:
+    from websockets.asyncio.client import connect
+
+    async with Node(server=True, secure=False, port=0, handshake_timeout=1.0) as node:
+        assert node.url is not None
+        async with connect(node.url, compression=None) as ws:
+            received = [decode(await ws.recv()) for _ in range(2)]
+            assert [p.type for p in received] == [PackageType.TALK, PackageType.HEARTBEAT_PING]
+            with contextlib.suppress(ConnectionClosed):
+                await ws.recv()
+        assert (ws.close_code, ws.close_reason) == (1008, "handshake not complete within 1 s")
 
 
 async def test_our_client_stays_connected_to_an_original_server() -> None:

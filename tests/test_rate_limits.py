@@ -18,7 +18,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from trustp2p import EventMap, Package, PackageType, Socket, Thread
-from trustp2p.protocol.admission import NOTICE_BURST
+from trustp2p.protocol.refusal_notices import NOTICE_BURST
 from trustp2p.storage.peerstore import PeerSource
 
 from .conftest import stays

@@ -113,8 +113,9 @@ class NodeOptions:
             in the order they start.
         handshake_timeout: Time an inbound connection has, from TCP accept, to finish
             its handshakes: the WebSocket upgrade, the Noise handshake and its hello
-            (in plain mode, its version talk or first message); also the Noise
-            deadline of our dials. It counts against ``max_inbound`` and the
+            (in plain mode, its version talk or first message: one that said nothing
+            is pinged halfway, and its pong will do); also the Noise deadline of our
+            dials. It counts against ``max_inbound`` and the
             per-address limits meanwhile.
         listen_urls: URLs this node announces to peers; by default the URL it listens on.
             At most 8, each one peers can dial: a port, no unspecified host (``0.0.0.0``,

@@ -7,20 +7,18 @@ from hypothesis import given, settings, strategies as st
 
 from trustp2p.protocol.admission import (
     MAX_CANDIDATES,
-    NOTICE_BURST,
-    NOTICE_INTERVAL,
     PROTECTED_SHARE,
     ROOM_HOLD,
     Admission,
     Admitted,
     BlockScope,
     Refusal,
-    RefusalNotices,
     block_scope,
     keep_new_connection,
 )
 from trustp2p.protocol.close import CloseCode
 from trustp2p.protocol.limits import SITE_SHARE, AddressLimiter, ReconnectStorms, netgroup
+from trustp2p.protocol.refusal_notices import NOTICE_BURST, NOTICE_INTERVAL, RefusalNotices
 
 from ..conftest import FakeClock
 
@@ -30,6 +28,7 @@ def admission(
     max_inbound: int | None = 3,
     blocked: frozenset[str] = frozenset(),
     handshake_timeout: float | None = None,
+    probe_after: float | None = None,
     **limits: object,
 ) -> Admission:
     limiter = AddressLimiter(exempt_loopback=False, **limits)  # type: ignore[arg-type]
@@ -38,6 +37,7 @@ def admission(
         limiter=limiter,
         is_blocked=blocked.__contains__,
         handshake_timeout=handshake_timeout,
+        probe_after=probe_after,
     )
 
 
@@ -619,6 +619,36 @@ def test_an_expired_connection_may_still_be_evicted(clock: FakeClock) -> None:
     clock.advance(2.0)
     assert rules.expired(clock()) == [1]  # being closed, slowly: it doesn't answer
     assert rules.admit(2, "10.0.0.2", clock()) == Admitted(evicted=1)
+
+
+def test_a_connection_still_in_its_handshake_is_probed_before_its_deadline(
+    clock: FakeClock,
+) -> None:
+    """Plain mode: the node pings a connection that said nothing (tester44: the
+    original's client may send nothing at all); the deadline stays where it was."""
+    rules = admission(max_inbound=None, handshake_timeout=10.0, probe_after=5.0)
+    rules.admit(1, "10.0.0.1", clock())
+    clock.advance(2.0)
+    rules.admit(2, "10.0.0.2", clock())
+    rules.admit(3, "10.0.0.3", clock())
+    assert rules.next_deadline() == 1005.0  # the first probe, before any deadline
+    assert rules.due_probes(1004.9) == []
+    rules.finish(2, clock())  # introduced in time: not probed
+    rules.release(3)  # closed: not probed
+    assert rules.next_deadline() == 1005.0
+    assert rules.due_probes(1007.0) == [1]
+    assert rules.due_probes(1007.0) == []  # once
+    assert rules.expired(1007.0) == []  # a probe is no deadline
+    assert rules.next_deadline() == 1010.0
+    assert rules.expired(1010.0) == [1]
+    assert rules.next_deadline() is None
+
+
+def test_no_probe_without_probe_after(clock: FakeClock) -> None:
+    rules = admission(max_inbound=None, handshake_timeout=10.0)
+    rules.admit(1, "10.0.0.1", clock())
+    assert rules.next_deadline() == 1010.0
+    assert rules.due_probes(clock() + 1e9) == []
 
 
 def test_no_deadline_without_handshake_timeout(clock: FakeClock) -> None:

@@ -751,6 +751,38 @@ def test_an_original_that_dialled_us_must_answer_our_ping(clock: FakeClock) -> N
     assert heartbeat(connection) == [Lost("no pong within 10 s")]
 
 
+def test_a_plain_peer_that_said_nothing_is_pinged_and_its_pong_opens_it(
+    clock: FakeClock,
+) -> None:
+    # Found by a tester (t44): the original's client may send nothing at all (its
+    # version talk goes before its .proto is loaded); it answers pings.
+    connection = protocol(clock)
+    clock.advance(5.0)  # (half the handshake time: the node asks then)
+    (send,) = connection.probe_silent(backlog=0, written=0)
+    assert isinstance(send, Send) and encode(send.package) == bytes.fromhex(ORIGINAL_PING)
+    assert connection.liveness.outstanding == clock()
+    assert connection.probe_silent(backlog=0, written=0) == []  # one ping at a time
+    clock.advance(0.5)
+    actions = connection.receive_data(bytes.fromhex(ORIGINAL_PONG))
+    assert [type(a) for a in actions] == [PingAnswered, DeliverResponse]
+    assert connection.state is ConnectionState.OPEN
+    assert connection.liveness.outstanding is None
+
+
+@pytest.mark.parametrize("first", ["", "version", "talk"])
+def test_a_peer_that_spoke_is_not_probed(clock: FakeClock, first: str) -> None:
+    connection = protocol(clock)
+    talk = build_package(PackageType.TALK, "chat", {})
+    connection.receive_data({"": "", "version": encode(ours()), "talk": encode(talk)}[first])
+    assert connection.probe_silent(backlog=0, written=0) == []
+
+
+def test_a_secure_peer_is_not_probed(clock: FakeClock) -> None:
+    connection = protocol(clock, secure=True)
+    assert connection.probe_silent(backlog=0, written=0) == []
+    assert connection.liveness.outstanding is None
+
+
 def test_a_ping_nobody_handles_is_answered_at_once_with_the_originals_pong(
     clock: FakeClock,
 ) -> None:

@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..admin.counters import count
 from ..drivers.base import UPGRADE_FAILED, Socket
-from ..exceptions import HandshakeError
-from ..protocol.admission import Admission, Refusal, RefusalNotices
+from ..exceptions import ConnectionClosed, HandshakeError
+from ..protocol.actions import Send
+from ..protocol.admission import Admission, Refusal
 from ..protocol.close import CloseCode
 from ..protocol.handshake import is_mode_mismatch
 from ..protocol.log_budget import LogBudget
+from ..protocol.refusal_notices import RefusalNotices
 from ..security.channel import SecureSocket
 from .penalties import refusal_reason
 
@@ -38,6 +40,11 @@ if TYPE_CHECKING:
 
 
 _MAX_MISMATCHED = 1000  # addresses remembered as disagreeing on `secure`
+
+
+def _probe_after(handshake_timeout: float | None, *, secure: bool) -> float | None:
+    """When a plain connection that said nothing is pinged: half its handshake time."""
+    return None if secure or handshake_timeout is None else handshake_timeout / 2
 
 
 def _raw_id(socket: Socket) -> int:
@@ -75,6 +82,7 @@ class Inbound:
             limiter=options.address_limiter(),
             is_blocked=self._address_blocked,
             handshake_timeout=options.handshake_timeout,
+            probe_after=_probe_after(options.handshake_timeout, secure=options.secure),
             storms=options.reconnect_storms(),
         )
         self._notices = RefusalNotices(exempt_loopback=not options.limit_loopback)
@@ -347,9 +355,28 @@ class Inbound:
 
     def _deadline(self) -> None:
         self._timer = None
-        for conn_id in self.admission.expired(asyncio.get_running_loop().time()):
+        now = asyncio.get_running_loop().time()
+        for conn_id in self.admission.due_probes(now):
+            self._probe(conn_id)
+        for conn_id in self.admission.expired(now):
             self._expire(conn_id)
         self._arm()
+
+    def _probe(self, conn_id: int) -> None:
+        """Plain mode: ping a connection that said nothing half its handshake time
+        after accept (:meth:`ConnectionProtocol.probe_silent`); its pong finishes it."""
+        conn = self._connections.get(conn_id)  # (plain: the driver's socket is the one)
+        if conn is None:
+            return  # still in its WebSocket upgrade: nothing to ping it on
+        socket = conn.socket
+        for action in conn.protocol.probe_silent(
+            backlog=socket.bytes_in_flight(), written=socket.stats.bytes_out
+        ):
+            if type(action) is Send:
+                try:
+                    self._node.send_package(socket, action.package)
+                except ConnectionClosed:
+                    pass  # on_close tells the rest
 
     def _expire(self, conn_id: int) -> None:
         raw = self._accepted.get(conn_id)

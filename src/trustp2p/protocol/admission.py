@@ -38,15 +38,12 @@ from __future__ import annotations
 
 __all__ = [
     "MAX_CANDIDATES",
-    "NOTICE_BURST",
-    "NOTICE_INTERVAL",
     "PROTECTED_SHARE",
     "ROOM_HOLD",
     "Admission",
     "Admitted",
     "BlockScope",
     "Refusal",
-    "RefusalNotices",
     "block_scope",
     "keep_new_connection",
 ]
@@ -58,10 +55,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .close import CloseCode
-from .hosts import share_group
 from .limits import (
     AddressLimiter,
-    BudgetTable,
     Cooldown,
     ReconnectStorms,
     address_key,
@@ -149,7 +144,9 @@ class Admission:
     real address, once known, is another.
 
     A connection is in its handshake from :meth:`admit` until :meth:`finish`; past
-    ``handshake_timeout`` it is :meth:`expired`. It counts until :meth:`release`.
+    ``handshake_timeout`` it is :meth:`expired`. It counts until :meth:`release`. With
+    ``probe_after``, one still in its handshake then is :meth:`due_probes` first: the
+    node pings it (plain mode: the original's client may have said nothing, tester44).
 
     Args:
         max_inbound: Inbound connections at once; ``None`` for no limit.
@@ -157,6 +154,8 @@ class Admission:
         is_blocked: Whether an address is blocked (the peer store answers).
         handshake_timeout: Seconds from accept to the end of the handshake; ``None``
             for no deadline.
+        probe_after: Seconds from accept after which a connection still in its
+            handshake is probed (:meth:`due_probes`); ``None`` for never.
         storms: The reconnect storm rule, shared by address and peer id keys; addresses
             the ``limiter`` exempts (loopback) are counted by peer id only.
 
@@ -169,10 +168,12 @@ class Admission:
         limiter: AddressLimiter,
         is_blocked: Callable[[str], bool],
         handshake_timeout: float | None = None,
+        probe_after: float | None = None,
         storms: ReconnectStorms | None = None,
     ) -> None:
         self.max_inbound = max_inbound
         self.handshake_timeout = handshake_timeout
+        self.probe_after = probe_after
         self.storms = storms
         self._limiter = limiter
         self._is_blocked = is_blocked
@@ -182,6 +183,7 @@ class Admission:
         self._handshaking: dict[int, float] = {}
         self._progressed: set[int] = set()  # of those, the ones that got somewhere
         self._deadlines: deque[tuple[float, int]] = deque()  # (deadline, id), in order
+        self._probes: deque[tuple[float, int]] = deque()  # (when, id), in order
         # Finished connections by network group -> the order they finished in, oldest
         # first; and each one's group.
         self._groups: dict[str, dict[int, int]] = {}
@@ -267,6 +269,8 @@ class Admission:
         self._handshaking[conn_id] = now
         if self.handshake_timeout is not None:
             self._deadlines.append((now + self.handshake_timeout, conn_id))
+        if self.probe_after is not None:
+            self._probes.append((now + self.probe_after, conn_id))
         return Admitted(evicted)
 
     def _candidate_place(self, key: str) -> int | Refusal | None:
@@ -468,20 +472,31 @@ class Admission:
         is returned once. They still count (and may still be evicted) until released:
         the caller closes them.
         """
-        deadlines = self._deadlines
-        expired = []
-        while deadlines and deadlines[0][0] <= now:
-            _, conn_id = deadlines.popleft()
+        return self._due(self._deadlines, now)
+
+    def due_probes(self, now: float) -> list[int]:
+        """The connections still in their handshake ``probe_after`` seconds after they
+        were admitted, by ``now``, oldest first; each is returned once."""
+        return self._due(self._probes, now)
+
+    def _due(self, times: deque[tuple[float, int]], now: float) -> list[int]:
+        due = []
+        while times and times[0][0] <= now:
+            _, conn_id = times.popleft()
             if conn_id in self._handshaking:
-                expired.append(conn_id)
-        return expired
+                due.append(conn_id)
+        return due
 
     def next_deadline(self) -> float | None:
-        """When :meth:`expired` may next return something, or ``None`` if never."""
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][1] not in self._handshaking:
-            deadlines.popleft()
-        return deadlines[0][0] if deadlines else None
+        """When :meth:`expired` or :meth:`due_probes` may next return something, or
+        ``None`` if never."""
+        heads = []
+        for times in (self._deadlines, self._probes):
+            while times and times[0][1] not in self._handshaking:
+                times.popleft()
+            if times:
+                heads.append(times[0][0])
+        return min(heads, default=None)
 
 
 def _refusal(cooldown: Cooldown | None) -> Refusal | None:
@@ -489,51 +504,6 @@ def _refusal(cooldown: Cooldown | None) -> Refusal | None:
         return None
     # A WARNING when a storm starts; its refusals during the cooldown are DEBUG noise.
     return Refusal(CloseCode.TRY_AGAIN_LATER, cooldown.reason, warn=cooldown.started)
-
-
-NOTICE_INTERVAL = 10.0
-"""Seconds in which an address (an IPv6 /48) is told why its connections were refused
-at accept :data:`NOTICE_BURST` times (a token bucket: one more each
-``NOTICE_INTERVAL / NOTICE_BURST``); the others are dropped untold."""
-
-NOTICE_BURST = 4
-"""Connections of an address refused at accept and told why at once, then
-:data:`NOTICE_BURST` per :data:`NOTICE_INTERVAL`."""
-
-
-class RefusalNotices:
-    """
-    Which connections refused at accept are told why. Telling costs the node the
-    connection's WebSocket upgrade and a close frame, where dropping it costs a
-    ``close()``: an address (:func:`~trustp2p.protocol.hosts.share_group`: an IPv6 /48)
-    is told :data:`NOTICE_BURST` times at once, then at :data:`NOTICE_BURST` per
-    :data:`NOTICE_INTERVAL`, and its other refused connections are dropped (found by
-    an attacker: 32,540 connections in 12 s from one /48, each refused only after its
-    upgrade, kept a node at 61-99 % of a core). A peer that backs off between its
-    dials (trustp2p's wait 1, 2, 4 s...) is told every time. Loopback addresses are
-    always told, unless ``exempt_loopback`` is False (``limit_loopback``). The budgets
-    of ``size`` addresses at most are kept (:class:`~trustp2p.protocol.limits.BudgetTable`).
-    """
-
-    __slots__ = ("_budgets", "_exempt_loopback")
-
-    def __init__(
-        self,
-        *,
-        interval: float = NOTICE_INTERVAL,
-        burst: int = NOTICE_BURST,
-        exempt_loopback: bool = True,
-        size: int = 4096,
-    ) -> None:
-        self._budgets = BudgetTable(burst / interval, burst, max_tracked=size)
-        self._exempt_loopback = exempt_loopback
-
-    def tell(self, host: str, now: float) -> bool:
-        """A connection from ``host`` is refused at ``now``: whether to tell it why
-        (else drop it)."""
-        if self._exempt_loopback and is_loopback(host):
-            return True
-        return self._budgets.get(share_group(host), now).take(now)
 
 
 def keep_new_connection(

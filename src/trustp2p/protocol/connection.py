@@ -302,18 +302,45 @@ class ConnectionProtocol:
             reading_paused=reading_paused,
         )
         if verdict is Verdict.PING:
-            liveness.ping_sent(now, backlog(), written)
-            if self._ping is None:
-                self._ping = build_package(
-                    PackageType.HEARTBEAT_PING, PING_EVENT, {}, alt=self._alt
-                )
-            return [Send(self._ping)]
+            return self._send_ping(now, backlog(), written)
         if verdict is Verdict.DEAD:
             self.state = ConnectionState.CLOSING
             if reading_paused:  # no pong can come: what we sent wasn't taken
                 return [Lost(f"took none of our bytes in {liveness.dead_after:g} s")]
             return [Lost(f"no pong within {liveness.dead_after:g} s")]
         return []
+
+    def probe_silent(self, *, backlog: int, written: int) -> list[Action]:
+        """
+        The peer dialled us and has said nothing yet, half its handshake time after it
+        connected (the node asks, in plain mode): ping it. The original's client sends
+        its version talk before its ``.proto`` is loaded, which on a fast link drops
+        it: it says nothing, and answers pings (found by a tester, t44: our server
+        closed it at ``handshake_timeout``, and it never redials). Its pong opens the
+        connection as any package does (:meth:`receive_data`).
+
+        Args:
+            backlog: Bytes on their way to the peer (see :meth:`Liveness.ping_sent`).
+            written: Bytes written to the connection so far.
+
+        Returns:
+            ``[Send(ping)]``, or nothing if the connection isn't plain, is open (the
+            peer introduced itself or sent a package), or a ping is outstanding.
+
+        """
+        if (
+            self.secure
+            or self.state is not ConnectionState.INTRODUCED
+            or self.liveness.outstanding is not None
+        ):
+            return []
+        return self._send_ping(self._clock(), backlog, written)
+
+    def _send_ping(self, now: float, backlog: int, written: int) -> list[Action]:
+        self.liveness.ping_sent(now, backlog, written)
+        if self._ping is None:
+            self._ping = build_package(PackageType.HEARTBEAT_PING, PING_EVENT, {}, alt=self._alt)
+        return [Send(self._ping)]
 
     # Receiving
 
