@@ -758,15 +758,24 @@ def test_a_plain_peer_that_said_nothing_is_pinged_and_its_pong_opens_it(
     # version talk goes before its .proto is loaded); it answers pings.
     connection = protocol(clock)
     clock.advance(5.0)  # (half the handshake time: the node asks then)
-    (send,) = connection.probe_silent(backlog=0, written=0)
+    (send,) = connection.probe_silent()
     assert isinstance(send, Send) and encode(send.package) == bytes.fromhex(ORIGINAL_PING)
-    assert connection.liveness.outstanding == clock()
-    assert connection.probe_silent(backlog=0, written=0) == []  # one ping at a time
     clock.advance(0.5)
     actions = connection.receive_data(bytes.fromhex(ORIGINAL_PONG))
-    assert [type(a) for a in actions] == [PingAnswered, DeliverResponse]
+    assert [type(a) for a in actions] == [DeliverResponse]  # (no ping of the heartbeat's)
     assert connection.state is ConnectionState.OPEN
+
+
+def test_an_unanswered_probe_is_not_the_heartbeats_to_charge(clock: FakeClock) -> None:
+    # review78 F1: with a long handshake_timeout, the heartbeat round dropped a silent
+    # connection as a lost peer (1001, a WARNING) before its handshake deadline.
+    connection = protocol(clock)
+    (send,) = connection.probe_silent()
     assert connection.liveness.outstanding is None
+    clock.advance(10.0)  # (LivenessTimings().interval: the heartbeat's own ping is due)
+    assert heartbeat(connection) == [Send(send.package)]
+    clock.advance(9.0)
+    assert heartbeat(connection) == []
 
 
 @pytest.mark.parametrize("first", ["", "version", "talk"])
@@ -774,12 +783,12 @@ def test_a_peer_that_spoke_is_not_probed(clock: FakeClock, first: str) -> None:
     connection = protocol(clock)
     talk = build_package(PackageType.TALK, "chat", {})
     connection.receive_data({"": "", "version": encode(ours()), "talk": encode(talk)}[first])
-    assert connection.probe_silent(backlog=0, written=0) == []
+    assert connection.probe_silent() == []
 
 
 def test_a_secure_peer_is_not_probed(clock: FakeClock) -> None:
     connection = protocol(clock, secure=True)
-    assert connection.probe_silent(backlog=0, written=0) == []
+    assert connection.probe_silent() == []
     assert connection.liveness.outstanding is None
 
 

@@ -368,13 +368,10 @@ class Inbound:
         conn = self._connections.get(conn_id)  # (plain: the driver's socket is the one)
         if conn is None:
             return  # still in its WebSocket upgrade: nothing to ping it on
-        socket = conn.socket
-        for action in conn.protocol.probe_silent(
-            backlog=socket.bytes_in_flight(), written=socket.stats.bytes_out
-        ):
+        for action in conn.protocol.probe_silent():
             if type(action) is Send:
                 try:
-                    self._node.send_package(socket, action.package)
+                    self._node.send_package(conn.socket, action.package)
                 except ConnectionClosed:
                     pass  # on_close tells the rest
 
