@@ -751,6 +751,25 @@ def test_an_original_that_dialled_us_must_answer_our_ping(clock: FakeClock) -> N
     assert heartbeat(connection) == [Lost("no pong within 10 s")]
 
 
+def test_a_server_that_introduces_itself_after_an_empty_frame_must_answer_our_ping(
+    clock: FakeClock,
+) -> None:
+    # review76 F3: a version talk after the empty frame kept the excuse for good.
+    connection = protocol(clock, inbound=False)
+    talk = encode(build_package(PackageType.TALK, "chat", {}))
+    connection.receive_data("")
+    connection.receive_data(encode(ours()))
+    clock.advance(13.0)  # (interval, and a period more: we dialled)
+    (ping,) = heartbeat(connection)
+    assert isinstance(ping, Send)
+    for _ in range(2):
+        clock.advance(4.0)
+        connection.receive_data(talk)  # complete packages are no excuse
+        assert heartbeat(connection) == []
+    clock.advance(4.0)
+    assert heartbeat(connection) == [Lost("no pong within 10 s")]
+
+
 def test_a_plain_peer_that_said_nothing_is_pinged_and_its_pong_opens_it(
     clock: FakeClock,
 ) -> None:

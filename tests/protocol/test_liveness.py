@@ -495,6 +495,37 @@ def test_a_peer_that_dialled_us_and_answers_no_ping_keeps_the_bound() -> None:
     assert peer.now - 1000.0 <= TIMINGS.interval * PUT_OFF_INTERVALS + TIMINGS.timeout + 7.5
 
 
+def test_a_peer_that_introduces_itself_late_answers_pings_again() -> None:
+    """review76 F3: a version talk after the peer's first package (never from an honest
+    node of ours) left it excused for good: its pings put ours off without bound."""
+    peer = Peer(leads=False)
+    peer.liveness.answers_no_ping()
+    peer.liveness.answers_pings()
+    verdicts = []
+    for _ in range(40):  # its ping every 7.5 s, and a package, as in the test above
+        for _ in range(3):
+            peer.advance(2.5)
+            verdicts.append(peer.check())
+        if Verdict.DEAD in verdicts:
+            break
+        peer.package()
+        peer.liveness.ping_received(peer.now)
+    assert verdicts[-1] is Verdict.DEAD  # packages didn't answer our ping
+    assert verdicts.count(Verdict.PING) == 1
+    assert peer.now - 1000.0 <= TIMINGS.interval * PUT_OFF_INTERVALS + TIMINGS.timeout + 7.5
+
+
+def test_a_second_empty_frame_leaves_a_probes_ping_due() -> None:
+    """review77 F1: each empty text frame of a peer we dialled made its excuse again,
+    and moved a probe's ping, due at once, an interval and a period later."""
+    peer = Peer(leads=False)
+    peer.liveness.answers_no_ping()
+    peer.advance(5.0)
+    peer.liveness.probe(peer.now, 3.0)
+    peer.liveness.answers_no_ping()  # (another empty frame)
+    assert peer.check() is Verdict.PING
+
+
 def test_the_side_that_dialled_waits_one_period_longer() -> None:
     follower = Liveness(1000.0, TIMINGS, leads=False)
     kwargs = {"last_bytes": 1000.0, "last_package": 1000.0}

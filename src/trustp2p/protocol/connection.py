@@ -540,6 +540,7 @@ class ConnectionProtocol:
                 actions += self._invalid(f"invalid listen_urls in hello: {problem}", None)
             self.listen_urls = urls
         self.peer_version = kept_introduction(body)
+        self.liveness.answers_pings()  # (after its empty frame or a package: review76 F3)
         limit = peer_package_limit(body)  # (kept when under ours: else nothing to check)
         self.peer_max_size = (
             limit if self._max_size is None or (limit or 0) < self._max_size else None

@@ -201,12 +201,24 @@ class Liveness:
         (without a round trip); a dead link is still found: nothing comes from it. A
         peer that dialled us keeps the rules (found by a tester, t44: one that pinged
         and read nothing was kept for good; the original's client answers pings)."""
-        if not self._dialled:
-            return
+        if not self._dialled or self._unanswering:  # (review77 F1: again, it put off a
+            return  # probe's ping)
         self._unanswering = True
         self._put_off_until = math.inf
         if self.outstanding is None:
             self.next_check = self.last_ping + self._due_after
+
+    def answers_pings(self) -> None:
+        """The peer introduced itself after all (a version talk after its first
+        package): the rules of a peer that answers pings again, its pings putting ours
+        off :data:`PUT_OFF_INTERVALS` intervals after the last ping at most (review76 F3:
+        it was excused for good)."""
+        if not self._unanswering:
+            return
+        self._unanswering = False
+        self._put_off_until = self.last_ping + self.timings.interval * PUT_OFF_INTERVALS
+        if self.outstanding is None:
+            self.next_check = min(self.next_check, self._put_off_until)
 
     def check(
         self,
