@@ -334,6 +334,9 @@ def test_a_peer_behind_is_passed_over_for_a_while_unless_all_are() -> None:
     clock.advance(1.0)  # the time is over
     assert not catchup.is_behind("liar0")
     assert {catchup.choose(["liar0", "honest"]) for _ in range(100)} == {"liar0", "honest"}
+    catchup.behind("liar1", 300.0)
+    catchup.forget("liar1")  # its connection closed: the mark doesn't hold the socket
+    assert not catchup.is_behind("liar1")
 
 
 def _high_water(**marks: dict[str, int]) -> Any:

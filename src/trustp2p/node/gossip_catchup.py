@@ -86,10 +86,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _none() -> None:
-    """Nothing to do."""
-
-
 TOPIC_GATHER = 0.5
 """Seconds the topics subscribed to while running are gathered before they are caught
 up together (found in review: 300 subscribes awaited one by one made 300 requests)."""
@@ -202,9 +198,11 @@ class Fetcher:
         # address groups (log_source()) -> their credit as relays
         self._sources = RelaySources[str](options.catchup_interval or 30)
 
-    def forget(self, peer: PeerKey) -> None:
-        """A connection closed: its share of gap fills goes with it."""
-        self._budgets.forget(peer)
+    def forget(self, socket: Socket) -> None:
+        """A connection closed: its share of gap fills goes with it, and its mark of a
+        peer behind (not to hold the socket)."""
+        self._budgets.forget(socket.id)
+        self._gossip.catchup.forget(socket)
 
     def relayed_first(self, socket: Socket, origin: str) -> None:
         """``socket``'s peer was the first to bring a new message of ``origin``, live
@@ -575,7 +573,7 @@ class Fetcher:
         return message.origin == origin and message.seq == seq
 
     async def ask(
-        self, socket: Socket, event: str, body: Body, on_timeout: Callable[[], object] = _none
+        self, socket: Socket, event: str, body: Body, on_timeout: Callable[[], object] | None = None
     ) -> Body | None:
         """A catch-up request's answer; None if there is none (``on_timeout`` is called
         if it timed out), or it is a refusal."""
@@ -586,7 +584,8 @@ class Fetcher:
             try:
                 return await role.request(socket, event, body, timeout=node.options.open_timeout)
             except RequestTimeout:
-                on_timeout()
+                if on_timeout is not None:
+                    on_timeout()
                 return None
             except (ConnectionClosed, PackageTooLarge):
                 return None  # (too large: a peer that says it takes less than our request)

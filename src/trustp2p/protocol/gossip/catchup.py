@@ -363,6 +363,10 @@ class CatchUp:
         peer to choose."""
         self._behind[peer] = self._clock() + seconds
 
+    def forget(self, peer: object) -> None:
+        """``peer`` is gone: no longer passed over."""
+        self._behind.pop(peer, None)
+
     def is_behind(self, peer: object) -> bool:
         """Whether :meth:`choose` passes ``peer`` over now."""
         return self._behind.get(peer, 0.0) > self._clock()
