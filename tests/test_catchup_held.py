@@ -174,7 +174,7 @@ class Node:
 class FakeFetcher(Fetcher):
     """Asks the fake peer of a fake socket (:func:`_socket`)."""
 
-    async def ask(self, socket: Any, event: str, body: Body, on_timeout: Any = None) -> Body | None:
+    async def ask(self, socket: Any, event: str, body: Body) -> Body | None:
         peer: Peer = socket.fake
         if peer.takes_a_turn:
             await asyncio.sleep(0)  # (an answer comes later: other rounds run meanwhile)

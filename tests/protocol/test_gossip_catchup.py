@@ -34,7 +34,6 @@ from trustp2p.protocol.gossip import (
     GossipMessage,
     HwmMarks,
     answer_size_limit,
-    behind_us,
     best_marks,
     decode_answer_bounds,
     decode_fetch_request,
@@ -315,46 +314,6 @@ def test_choose_picks_a_source_every_other_time() -> None:
     weighted = [("honest", 9.0), ("liar0", 1.0)]
     picks = [catchup.choose(peers, weighted) for _ in range(2000)]
     assert 950 < picks.count("honest") < 1100  # 9 in 10 of the half, and an eighth
-
-
-def test_a_peer_behind_is_passed_over_for_a_while_unless_all_are() -> None:
-    # Found by an attacker (a43 F1): servers that kept nothing of others' messages,
-    # answering empty marks, took K of K + 1 periodic rounds from the honest hub.
-    clock = FakeClock()
-    catchup = CatchUp(batch=1, clock=clock, rng=random.Random(7))
-    peers = ["honest", *(f"liar{n}" for n in range(4))]
-    for n in range(4):
-        catchup.behind(f"liar{n}", 300.0)
-    assert catchup.is_behind("liar0") and not catchup.is_behind("honest")
-    sources = [(peer, 32.0) for peer in peers]  # (the liars' credit at the cap too)
-    assert {catchup.choose(peers, sources) for _ in range(200)} == {"honest"}
-    assert catchup.choose(["liar0", "liar1"]) in ("liar0", "liar1")  # all behind
-    clock.advance(299.0)
-    assert catchup.choose(["liar0", "honest"]) == "honest"
-    clock.advance(1.0)  # the time is over
-    assert not catchup.is_behind("liar0")
-    assert {catchup.choose(["liar0", "honest"]) for _ in range(100)} == {"liar0", "honest"}
-    catchup.behind("liar1", 300.0)
-    catchup.forget("liar1")  # its connection closed: the mark doesn't hold the socket
-    assert not catchup.is_behind("liar1")
-
-
-def _high_water(**marks: dict[str, int]) -> Any:
-    return lambda topic: {stream_key(topic, o): s for o, s in marks.get(topic, {}).items()}
-
-
-def test_a_peer_whose_marks_lack_most_of_ours_and_bring_nothing_is_behind() -> None:
-    ours = _high_water(chat={A: 5, B: 3, "tpc": 2}, news={A: 1})
-    assert behind_us({}, ["chat"], ours)  # an empty answer
-    assert behind_us({"chat": {A: 5}}, ["chat"], ours)  # 2 of 3 missing
-    assert not behind_us({"chat": {A: 4, B: 1}}, ["chat"], ours)  # lagging: 1 missing
-    assert not behind_us({"chat": {"tpnew": 1}}, ["chat"], ours)  # it has news for us
-    assert not behind_us({"chat": {A: 6}}, ["chat"], ours)  # ahead on one
-    assert behind_us({"chat": {A: 5}, "news": {}}, ["chat", "news"], ours)  # 3 of 4
-    assert not behind_us({}, ["other"], ours)  # we hold nothing there
-    # An answer cut at MAX_HWM_ORIGINS may have left ours out: it doesn't count.
-    full = {f"tp{n}": 1 for n in range(MAX_HWM_ORIGINS)}
-    assert not behind_us({"chat": full}, ["chat"], ours)
 
 
 def test_batch_must_be_positive() -> None:

@@ -502,6 +502,13 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             return
         if len(out) == 1:
             ws.send(WSMsgType.BINARY, out[0])
+            limit = self._options.write_limit
+            if not self.write_paused and tcp.get_write_buffer_size() > limit:
+                # picows sends a server's message over 8 KiB with writelines(), which
+                # paused no protocol before CPython 3.12.9 and 3.13.2 (gh-127655): on
+                # 3.12.1 drain() never waited, however much the peer left unread. Setting
+                # the limits checks the buffer, and pauses us as write() would have.
+                tcp.set_write_buffer_limits(high=limit)
         else:
             tcp.write(binary_frames(out, masked=not self.inbound))
 

@@ -389,7 +389,7 @@ class Gossip:
         self.router.remove_peer(socket.id)
         self.pacing.forget(socket.id)
         if self._fetcher is not None:
-            self._fetcher.forget(socket)
+            self._fetcher.forget(socket.id)
 
     # Receiving
     def receive(self, socket: Socket, package: Package) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "BUSY_RETRIES",
     "HELD_ROOM",
+    "JITTER",
     "MAX_EMPTY_FETCHES",
     "OWN_MARK_PEERS",
     "OWN_MARK_WAIT",
@@ -53,8 +54,6 @@ from ..protocol.gossip import (
     FETCH,
     HWM,
     MAX_SEQ,
-    ROUND_ASKS,
-    SKIP_ROUNDS,
     Fetch,
     FetchRange,
     GossipMessage,
@@ -65,10 +64,8 @@ from ..protocol.gossip import (
     RoundBudget,
     Streams,
     answer_size_limit,
-    behind_us,
     decode_hwm_answer,
     gap_fetch,
-    jittered,
     plan_fetches,
     retry_after,
     stream_key,
@@ -85,7 +82,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-
 TOPIC_GATHER = 0.5
 """Seconds the topics subscribed to while running are gathered before they are caught
 up together (found in review: 300 subscribes awaited one by one made 300 requests)."""
@@ -93,6 +89,9 @@ up together (found in review: 300 subscribes awaited one by one made 300 request
 BUSY_RETRIES = 3
 """Times a catch-up request answered busy (the peer's ``catchup_serve_rate`` shared among
 more askers) is asked again, when the answer says, before the round gives it up."""
+
+JITTER = 0.1
+"""Heartbeats and rounds come every interval, give or take 10 %: nodes not in step."""
 
 HELD_ROOM = MAX_WAITING_BYTES // 2
 """Bytes held behind gaps (``Streams.held_bytes``) past which a fetch whose answers wait
@@ -103,6 +102,11 @@ review: a node down for longer than its peers' logs keep fetched a whole log (up
 ``log_max_bytes``) behind the gap its first messages left; the booking with the
 delivery queues never saw it, and at the gap's skip all of it went to the queues at
 once (26.6 MiB against their 16 MiB, every peer held meanwhile)."""
+
+
+def jittered(rng: random.Random, interval: float) -> float:
+    """``interval`` give or take :data:`JITTER`."""
+    return interval * rng.uniform(1 - JITTER, 1 + JITTER)
 
 
 OWN_MARK_PEERS = 3
@@ -198,11 +202,9 @@ class Fetcher:
         # address groups (log_source()) -> their credit as relays
         self._sources = RelaySources[str](options.catchup_interval or 30)
 
-    def forget(self, socket: Socket) -> None:
-        """A connection closed: its share of gap fills goes with it, and its mark of a
-        peer behind (not to hold the socket)."""
-        self._budgets.forget(socket.id)
-        self._gossip.catchup.forget(socket)
+    def forget(self, peer: PeerKey) -> None:
+        """A connection closed: its share of gap fills goes with it."""
+        self._budgets.forget(peer)
 
     def relayed_first(self, socket: Socket, origin: str) -> None:
         """``socket``'s peer was the first to bring a new message of ``origin``, live
@@ -226,29 +228,19 @@ class Fetcher:
             self._gossip.tasks.spawn(self._fill(socket, fetch, budget), f"fill {stream}")
 
     async def run_forever(self) -> None:
-        """A :meth:`periodic_round` every ``catchup_interval``, in a task (a peer whose
-        messages never end stopped every later round, found by a tester)."""
+        """A round with a random peer that carries one of our topics, or is the origin of
+        messages of ours, every ``catchup_interval``; every other one (at random) with
+        one of those that relayed new messages first lately, if any, by their credit."""
         gossip = self._gossip
         while True:
-            await asyncio.sleep(jittered(self._rng, gossip.node.options.catchup_interval))
-            gossip.tasks.spawn(self.periodic_round(), "periodic catch-up")
-
-    async def periodic_round(self) -> None:
-        """A round with a random peer that carries one of our topics, or is the origin of
-        messages of ours; every other one (at random) with one of those that relayed new
-        messages first lately, if any, by their credit. While the peer asked is behind
-        us, or let the ask time out, another is asked (:data:`ROUND_ASKS` in all), one not
-        behind lately."""
-        catchup, asked = self._gossip.catchup, set[object]()
-        while len(asked) < ROUND_ASKS:
-            peers = [s for s in self._round_peers() if s not in asked]
-            if asked:  # (the first draw may fall back on a peer behind, not the others)
-                peers = [s for s in peers if not catchup.is_behind(s)]
-            groups = {s: log_source(self._gossip.node, s) for s in peers}
-            socket = catchup.choose(peers, self._sources.weigh(groups, self._clock()))
-            if socket is None or not await self.round(socket):
-                return
-            asked.add(socket)
+            interval = gossip.node.options.catchup_interval
+            await asyncio.sleep(jittered(self._rng, interval))
+            peers = self._round_peers()
+            groups = {s: log_source(gossip.node, s) for s in peers}
+            socket = gossip.catchup.choose(peers, self._sources.weigh(groups, self._clock()))
+            if socket is not None:  # (in a task: a peer whose messages never end
+                # stopped every later round, found by a tester)
+                self.spawn_round(socket)
 
     def _round_peers(self) -> list[Socket]:
         """Peers sharing a topic (an original, without gossip, let each ask time out),
@@ -316,29 +308,22 @@ class Fetcher:
         """Run :meth:`round` in a task."""
         self._gossip.tasks.spawn(self.round(socket, topics), f"catch-up {socket.peer}")
 
-    async def round(self, socket: Socket, topics: set[str] | None = None) -> bool:
-        """Ask a peer what it has of our topics (or ``topics``), and fetch what we miss.
-        True if the peer is behind us (:func:`behind_us`) or let the ask time out: it
-        is passed over for :data:`SKIP_ROUNDS` periodic rounds."""
+    async def round(self, socket: Socket, topics: set[str] | None = None) -> None:
+        """Ask a peer what it has of our topics (or ``topics``), and fetch what we miss."""
         gossip = self._gossip
         topics = gossip.router.topics if topics is None else topics
         if not topics:
-            return False
+            return
         asked = gossip.catchup.hwm_request(topics)
         asked["max_bytes"] = answer_size_limit(gossip.node.options.max_package_size)
-        skip = SKIP_ROUNDS * gossip.node.options.catchup_interval
-        behind = functools.partial(gossip.catchup.behind, socket, skip)
-        if (answer := await self.ask(socket, HWM, asked, on_timeout=behind)) is None:
-            return gossip.catchup.is_behind(socket)
+        if (answer := await self.ask(socket, HWM, asked)) is None:
+            return
         try:
             marks = decode_hwm_answer(answer)
         except GossipError as exc:
             gossip.node.penalize(socket, f"invalid gossip/hwm answer: {exc}")
-            return False
-        if is_behind := behind_us(marks, asked["topics"], self._log.high_water):
-            behind()
+            return
         await self._fetch_all(socket, marks)
-        return is_behind
 
     async def _fetch_all(
         self, socket: Socket, marks: dict[str, dict[str, int]], budget: RoundBudget | None = None
@@ -572,22 +557,15 @@ class Fetcher:
             return False
         return message.origin == origin and message.seq == seq
 
-    async def ask(
-        self, socket: Socket, event: str, body: Body, on_timeout: Callable[[], object] | None = None
-    ) -> Body | None:
-        """A catch-up request's answer; None if there is none (``on_timeout`` is called
-        if it timed out), or it is a refusal."""
+    async def ask(self, socket: Socket, event: str, body: Body) -> Body | None:
+        """A catch-up request's answer; None if there is none, or it is a refusal."""
         node = self._gossip.node
         role = node.server if socket.inbound else node.client
         assert role is not None
         for attempt in range(BUSY_RETRIES + 1):
             try:
                 return await role.request(socket, event, body, timeout=node.options.open_timeout)
-            except RequestTimeout:
-                if on_timeout is not None:
-                    on_timeout()
-                return None
-            except (ConnectionClosed, PackageTooLarge):
+            except (ConnectionClosed, RequestTimeout, PackageTooLarge):
                 return None  # (too large: a peer that says it takes less than our request)
             except RemoteError as exc:
                 wait = retry_after(exc.body) if attempt < BUSY_RETRIES else None

@@ -43,7 +43,6 @@ __all__ = [
     "FETCH",
     "FETCH_ALONE",
     "HWM",
-    "JITTER",
     "MAX_FETCHES",
     "MAX_FETCH_SEQS",
     "MAX_GAP_RANGES",
@@ -51,14 +50,11 @@ __all__ = [
     "MAX_HWM_ORIGINS",
     "MAX_HWM_TOPICS",
     "MESSAGE_OVERHEAD",
-    "ROUND_ASKS",
-    "SKIP_ROUNDS",
     "CatchUp",
     "Fetch",
     "FetchRange",
     "HeldView",
     "answer_size_limit",
-    "behind_us",
     "decode_answer_bounds",
     "decode_fetch_request",
     "decode_hwm_answer",
@@ -66,7 +62,6 @@ __all__ = [
     "fetch_answer",
     "gap_fetch",
     "hwm_answer",
-    "jittered",
     "message_size_limit",
     "payload_size",
     "plan_fetches",
@@ -96,7 +91,6 @@ from .catchup_wire import (
     FetchRange,
     HeldView,
     answer_size_limit,
-    behind_us,
     decode_answer_bounds,
     decode_fetch_request,
     decode_hwm_answer,
@@ -112,23 +106,6 @@ from .catchup_wire import (
 from .message import GossipMessage
 
 P = TypeVar("P")
-
-JITTER = 0.1
-"""Heartbeats and rounds come every interval, give or take 10 %: nodes not in step."""
-
-
-def jittered(rng: random.Random, interval: float) -> float:
-    """``interval`` give or take :data:`JITTER`."""
-    return interval * rng.uniform(1 - JITTER, 1 + JITTER)
-
-
-ROUND_ASKS = 4
-"""Peers a periodic round asks at most: it goes on while the one asked is behind us
-(:func:`behind_us`) or let the ask time out..."""
-
-SKIP_ROUNDS = 10
-"""...and such a peer is passed over for this many ``catchup_interval`` (found by an
-attacker, a43 F1)."""
 
 
 class Fetch:
@@ -341,7 +318,6 @@ class CatchUp:
         self._fetching: dict[str, Fetch] = {}  # stream -> its latest fetch
         self._asked: Counter[object] = Counter()  # peer -> its fetches under way
         self._running: dict[str, set[object]] = {}  # stream -> peers fetching it
-        self._behind: dict[object, float] = {}  # peer -> passed over until then
 
     @property
     def fetching(self) -> frozenset[str]:
@@ -357,35 +333,13 @@ class CatchUp:
         fetch = self._fetching.get(stream)
         return 0.0 if fetch is None else max(0.0, fetch.began + FETCH_ALONE - self._clock())
 
-    def behind(self, peer: object, seconds: float) -> None:
-        """``peer``'s marks said it is behind us (:func:`behind_us`), or it let our ask
-        time out: :meth:`choose` passes it over for ``seconds`` while there is another
-        peer to choose."""
-        self._behind[peer] = self._clock() + seconds
-
-    def forget(self, peer: object) -> None:
-        """``peer`` is gone: no longer passed over."""
-        self._behind.pop(peer, None)
-
-    def is_behind(self, peer: object) -> bool:
-        """Whether :meth:`choose` passes ``peer`` over now."""
-        return self._behind.get(peer, 0.0) > self._clock()
-
     def choose(self, peers: Sequence[P], sources: Sequence[tuple[P, float]] = ()) -> P | None:
         """A peer to ask, at random; None if there is none. Every other time (at
         random) one of ``sources`` if there are any, drawn by weight: the peers that
         relayed new messages first lately, with their credit (see
         :class:`~.sources.RelaySources`). Found by an attacker: identities that
         subscribed and never served anything won the draw K times in K + 1, and
-        messages an honest relay held stayed missing for minutes. Peers found
-        :meth:`behind` lately are passed over, unless all are."""
-        if self._behind:
-            now = self._clock()
-            self._behind = {p: t for p, t in self._behind.items() if t > now}
-            ahead = [peer for peer in peers if peer not in self._behind]
-            if ahead:
-                peers = ahead
-                sources = [(peer, w) for peer, w in sources if peer not in self._behind]
+        messages an honest relay held stayed missing for minutes."""
         if sources and self._rng.random() < 0.5:
             weights = [weight for _, weight in sources]
             return self._rng.choices([peer for peer, _ in sources], weights)[0]

@@ -25,7 +25,6 @@ __all__ = [
     "FetchRange",
     "HeldView",
     "answer_size_limit",
-    "behind_us",
     "decode_answer_bounds",
     "decode_fetch_request",
     "decode_hwm_answer",
@@ -323,37 +322,6 @@ def plan_fetches(
             if last > have:
                 wanted.append(FetchRange(topic, origin, have + 1, last))
     return wanted
-
-
-def behind_us(
-    marks: Mapping[str, Mapping[str, int]],
-    asked: Collection[str],
-    high_water: Callable[[str], Mapping[str, int]],
-) -> bool:
-    """
-    Whether a peer's marks (its answer about the topics ``asked``) say it has nothing
-    for us and lacks most of what we hold: ahead of our log on no stream, and more than
-    half of the streams our log holds in those topics missing from its answer (a
-    topic's answer of :data:`MAX_HWM_ORIGINS` origins, which may have left ours out, is
-    not counted). Found by an attacker (a43 F1): servers that relayed their own
-    throwaway identities' messages and kept nothing of others' took K of K + 1 periodic
-    catch-up rounds from an honest hub, and an origin's last messages stayed missing.
-    """
-    held = missing = 0
-    for topic in asked:
-        theirs = marks.get(topic, {})
-        ours = high_water(topic)
-        for origin, last in theirs.items():
-            if last > ours.get(stream_key(topic, origin), 0):
-                return False
-        if len(theirs) >= MAX_HWM_ORIGINS:
-            continue
-        named = {stream_key(topic, origin) for origin in theirs}
-        for stream, mark in ours.items():
-            if mark > 0:
-                held += 1
-                missing += stream not in named
-    return missing * 2 > held
 
 
 def _held_gaps(
