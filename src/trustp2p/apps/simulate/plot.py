@@ -89,4 +89,6 @@ def _draw_histogram(axes: Any, report: SimulationReport) -> None:
     axes.set_ylabel("nodes")
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title("duplicates per node")
-    axes.legend()
+    # Placed, not "best": matplotlib warns when searching takes over a second (a test
+    # failed on a loaded machine, warnings being errors there).
+    axes.legend(loc="upper right")
