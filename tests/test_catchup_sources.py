@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from trustp2p.node.gossip import Validation
+from trustp2p.node.gossip_catchup import Fetcher
 from trustp2p.node.gossip_log import log_source
 from trustp2p.protocol.gossip import CatchUp, GossipMessage, RelaySources
 from trustp2p.protocol.gossip.sources import MIN_CREDIT
@@ -124,3 +125,46 @@ async def test_the_periodic_round_is_given_the_sources(
                 await wait_for(lambda: any(s == b_at_c for g in given for s, _ in g), 0.5)
                 break
         assert any(s == b_at_c and w >= MIN_CREDIT for g in given for s, w in g)
+
+
+async def test_each_periodic_round_asks_the_longest_connected_peer_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by an attacker (a43 F1, review79): servers that relayed their own throwaway
+    identities' messages took K of K + 1 of the periodic rounds, whatever their marks
+    said, and an origin's last messages, which no later message shows missing, stayed
+    missing. Each round now asks the longest connected peer too, which peers arriving
+    later can't displace."""
+    draws: list[tuple[CatchUp, Sequence[Any]]] = []
+    asked: list[Any] = []
+    choose, spawn_round = CatchUp.choose, Fetcher.spawn_round
+
+    def drawing(self: CatchUp, peers: Sequence[Any], sources: Sequence[Any] = ()) -> Any:
+        draws.append((self, peers))  # (gap refills draw too: none here, nothing published)
+        return choose(self, peers, sources)
+
+    def spawning(self: Fetcher, socket: Any, topics: set[str] | None = None) -> None:
+        if topics is None:  # (an introduction's round names its topics)
+            asked.append(socket)
+        spawn_round(self, socket, topics)
+
+    monkeypatch.setattr(CatchUp, "choose", drawing)
+    monkeypatch.setattr(Fetcher, "spawn_round", spawning)
+    async with Network(6, degree=0, catchup_interval=0.05) as network:
+        v, first, *later = network.nodes
+        assert v.client is not None and first.url is not None
+        v.client.connect(first.url)
+        await wait_for(lambda: subscribed(v, "chat", 1))
+        for node in later:
+            assert node.url is not None
+            v.client.connect(node.url)
+        await wait_for(lambda: subscribed(v, "chat", 5))
+        oldest, ours = socket_to(v, "n1"), gossip(v).catchup
+        start, before = len([d for d in draws if d[0] is ours]), len(asked)
+        await wait_for(lambda: len([d for d in draws if d[0] is ours]) >= start + 20)
+        # (each draw and its rounds are one step, with no await between)
+        drawn = [peers for catchup, peers in draws if catchup is ours][start:]
+        assert all(len(peers) == 5 and peers[0] is oldest for peers in drawn)
+        mine = [s for s in asked[before:] if any(s is t for t in v.sockets)]
+        assert mine.count(oldest) == len(drawn)
+        assert len(mine) > len(drawn)  # and a random peer, the oldest or another
