@@ -99,7 +99,9 @@ class Peer:
 class Node:
     """What :class:`Fetcher` uses of a node's gossip, with its order (``streams``)."""
 
-    def __init__(self, clock: FakeClock, wall: float = 1_700_000_000.0) -> None:
+    def __init__(
+        self, clock: FakeClock, wall: float = 1_700_000_000.0, *, local: bool = True
+    ) -> None:
         self.marks = ReleaseMarks(Marks())
         self.streams: Streams[Any] = Streams(
             self.marks, clock=clock, wall_clock=lambda: wall,
@@ -120,7 +122,8 @@ class Node:
                 penalize=self._penalize,
                 sockets=self.sockets,  # (the carriers asked for a stream's start)
                 connections=SimpleNamespace(
-                    share_group=lambda socket: None, budget_key=lambda socket: str(socket.id)
+                    share_group=lambda socket: None if local else socket.host,
+                    budget_key=lambda socket: str(socket.id),
                 ),
             ),
             router=SimpleNamespace(
@@ -404,3 +407,53 @@ async def test_a_seqs_fetch_does_not_span_a_wide_gap_it_does_not_ask() -> None:
     skipped = [(e.first, e.last) for e in events if isinstance(e, GapSkipped)]
     lost = [s for a, b in skipped for s in range(a, b + 1) if s in full.log]
     assert not lost, f"{len(lost)} messages the peer keeps given up unasked"
+
+
+async def test_a_start_is_not_given_up_before_the_longest_connected_carrier_answers() -> None:
+    """Found by an attacker (a44 F1): identities that keep nothing pushed a new
+    subscriber an origin's last message, long sent, and answered that they lacked the
+    ones before; three such words made it a stream's start, given up, though the hub,
+    asked at random among the carriers, kept them all: 304 of 840 messages lost. The
+    longest connected carrier's word is needed too, and it is asked first."""
+    hub, liars = Peer(range(1, 21)), [Peer(range(20, 21)) for _ in range(6)]
+    node = Node(FakeClock(), wall=1_700_000_000.0 + 3600)  # the messages are history
+    node.add(20)  # pushed by a liar: held behind 1..19, the stream's start
+    sockets = [_socket(hub, "hub"), *(_socket(p, f"liar{n}") for n, p in enumerate(liars))]
+    node.sockets[:] = sockets  # the hub connected first
+    node.peers.update({s.id: None for s in sockets})
+    node.fetcher.refill(sockets[1], STREAM)  # the gap asked of the peer that revealed it
+    while node.tasks:
+        await node.tasks.pop(0)
+        for _ in range(3):
+            await asyncio.sleep(0)  # (a refill from the next witness is called soon)
+    events, _ = node.streams.tick()  # (a start given up would go now)
+    assert not [e for e in events if isinstance(e, GapSkipped)]
+    assert node.delivered == list(range(1, 21))
+    assert sum(len(p.asked) for p in liars) == 1  # the one that revealed it, then the hub
+
+
+async def test_the_witnesses_of_a_start_are_network_groups() -> None:
+    """Found by an attacker (a44 F1): three addresses of one /24 were three witnesses.
+    Here they connected first (the longest connected's word is theirs): one group's
+    word, and the hub's is needed too."""
+    hub, liars = Peer(range(1, 21)), [Peer(range(20, 21)) for _ in range(3)]
+    node = Node(FakeClock(), wall=1_700_000_000.0 + 3600, local=False)
+    node.add(20)
+    sockets = [_socket(p, f"liar{n}") for n, p in enumerate(liars)] + [_socket(hub, "hub")]
+    for n, socket in enumerate(sockets[:3]):
+        socket.host = f"10.44.0.{11 + n}"
+    sockets[3].host = "192.0.2.1"
+    node.sockets[:] = sockets
+    node.peers.update({s.id: None for s in sockets})
+    for socket in sockets[:3]:  # each says it lacks them
+        node.fetcher.refill(socket, STREAM)
+        while node.tasks:
+            await node.tasks.pop(0)
+    events, _ = node.streams.tick()
+    assert not [e for e in events if isinstance(e, GapSkipped)]
+    for _ in range(20):  # the hub is asked next (a refill called soon)
+        while node.tasks:
+            await node.tasks.pop(0)
+        await asyncio.sleep(0)
+    assert hub.asked
+    assert node.delivered == list(range(1, 21))

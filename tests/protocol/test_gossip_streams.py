@@ -281,6 +281,21 @@ def test_a_start_waits_for_the_witnesses_asked_for() -> None:
     assert again.lacking(STREAM) == frozenset()
 
 
+def test_a_start_waits_for_the_required_witness_too() -> None:
+    """Found by an attacker (a44 F1): three identities' words gave up a history the
+    hub, asked at random, kept. The caller names a witness whose word is needed (the
+    longest connected carrier's)."""
+    streams, _, _ = _streams()
+    old = NOW_MS - int(START_AGE * 1000)
+    streams.add(_message(201, ts=old), "p")
+    for liar in ("10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"):
+        assert streams.answered(STREAM, 1, 200, liar, 3, required="hub") is True
+    assert streams.tick() == ([], [STREAM])  # three words, not the hub's: it waits
+    assert streams.answered(STREAM, 1, 200, "hub", 3, required="hub") is False
+    events, _ = streams.tick()
+    assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 1, 200, "start")]
+
+
 def test_a_fresh_message_ahead_of_a_streams_first_waits_as_any_gap() -> None:
     """Message 2 may overtake message 1 on the way: the first of a stream without a
     mark held younger than START_AGE waits gap_timeout, peers answering or not; so does

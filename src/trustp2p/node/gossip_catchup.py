@@ -70,6 +70,7 @@ from ..protocol.gossip import (
     retry_after,
     stream_key,
 )
+from ..protocol.hosts import netgroup
 from ..protocol.package import Body
 from .gossip_delivery import MAX_WAITING_BYTES
 from .gossip_log import log_source
@@ -401,13 +402,18 @@ class Fetcher:
                 if self._streams.is_start(wanted.stream, wanted.first, to):  # (else no need)
                     witness, carriers = self._witness(socket), self._carriers(topic)
                 needed = min(START_WITNESSES, len({*carriers.values(), witness}))
-                if self._streams.answered(wanted.stream, wanted.first, to, witness, needed):
+                # The longest connected carrier's word is needed too, and it is asked
+                # first (a44 F1): peers arriving later can't displace it.
+                oldest = next(iter(carriers), None)
+                required = carriers[oldest] if oldest is not None else None
+                if self._streams.answered(
+                    wanted.stream, wanted.first, to, witness, needed, required
+                ):
                     lacking = self._streams.lacking(wanted.stream)
                     others = [s for s, key in carriers.items() if key not in lacking]
                     if others:  # (once this fetch ended: one of a stream at a time)
-                        asyncio.get_running_loop().call_soon(
-                            self.refill, self._rng.choice(others), wanted.stream
-                        )
+                        next_ = others[0] if others[0] is oldest else self._rng.choice(others)
+                        asyncio.get_running_loop().call_soon(self.refill, next_, wanted.stream)
         finally:
             self._gossip.catchup.end(fetch)
             self._round_after(fetch.wanted)
@@ -441,8 +447,11 @@ class Fetcher:
                     self._gossip.tasks.spawn(more, f"catch-up {socket.peer}")
 
     def _witness(self, socket: Socket) -> str:
-        """Whose word a peer's answer is: its address's (an IPv6 /48)."""
-        return log_source(self._gossip.node, socket)
+        """Whose word a peer's answer is: its network group's (an IPv4 /16, an IPv6 /32;
+        a44 F1: three addresses of one /24 were three witnesses), a local peer's own."""
+        if self._gossip.node.connections.share_group(socket) is None:  # (local)
+            return log_source(self._gossip.node, socket)
+        return netgroup(socket.host)
 
     def _carriers(self, topic: str) -> dict[Socket, str]:
         """The peers that carry ``topic``, and their addresses (:meth:`_witness`)."""

@@ -86,7 +86,7 @@ def say_skipped(node: Node, event: GapSkipped) -> None:
     its own, or at DEBUG if it skips fewer than :data:`START_SAID`."""
     if event.reason == "start":
         where = (event.origin, event.topic, event.last + 1, event.count)
-        said = "= %s on %r starts at seq %d here: no peer keeps the %d before"
+        said = "= %s on %r starts at seq %d here: the peers asked keep none of the %d before"
         if event.count < START_SAID:
             logger.debug(said, *where)
         else:

@@ -402,7 +402,13 @@ class Streams(Generic[S]):
         return events, waiting
 
     def answered(
-        self, stream: str, first: int, last: int, witness: object = None, witnesses: int = 1
+        self,
+        stream: str,
+        first: int,
+        last: int,
+        witness: object = None,
+        witnesses: int = 1,
+        required: object = None,
     ) -> bool:
         """
         A peer answered a fetch of ``stream``'s numbers ``first`` to ``last`` in full.
@@ -411,9 +417,11 @@ class Streams(Generic[S]):
 
         A gap before a stream's first held message, the stream without a mark and the
         message :data:`START_AGE` old, is a *start* once ``witnesses`` peers (each
-        ``witness`` a key: an address) answered without it: skipped at the next tick.
-        Found by an attacker: one peer answering first that it lacked a history the
-        hub kept made a subscriber give up all of it.
+        ``witness`` a key: a network group), ``required`` among them if given, answered
+        without it: skipped at the next tick. Found by an attacker: one peer answering
+        first that it lacked a history the hub kept made a subscriber give up all of
+        it; then (a44 F1) three addresses of one /24 were three witnesses, and the hub,
+        asked at random, often came too late.
 
         Returns:
             True if the start waits for another witness (ask another peer).
@@ -426,7 +434,7 @@ class Streams(Generic[S]):
             if self.is_start(stream, first, last):
                 lacking = self._lacking.setdefault(stream, set())
                 lacking.add(witness)
-                if len(lacking) >= witnesses:
+                if len(lacking) >= witnesses and (required is None or required in lacking):
                     self._starts.add(stream)  # (skipped at the next tick)
                 else:
                     more = True
