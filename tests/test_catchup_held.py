@@ -457,3 +457,23 @@ async def test_the_witnesses_of_a_start_are_network_groups() -> None:
         await asyncio.sleep(0)
     assert hub.asked
     assert node.delivered == list(range(1, 21))
+
+
+async def test_a_topic_added_is_asked_of_the_longest_connected_carrier() -> None:
+    """Found by an attacker (a44 F2): identities that subscribed and served nothing
+    were the three carriers asked about a topic added while running, and a quiet
+    topic's history, which the hub kept, came minutes later or not at all."""
+    hub, liars = Peer(range(1, 21)), [Peer(range(20, 21)) for _ in range(6)]
+    node = Node(FakeClock())
+    sockets = [_socket(hub, "hub"), *(_socket(p, f"liar{n}") for n, p in enumerate(liars))]
+    node.sockets[:] = sockets  # the hub connected first
+    node.peers.update({s.id: None for s in sockets})
+    for gathering in range(1, 11):
+        node.fetcher.topic_added(TOPIC)
+        async with asyncio.timeout(5):
+            while not node.tasks:  # noqa: ASYNC110 - gathered for TOPIC_GATHER (a timer)
+                await asyncio.sleep(0.01)
+        assert len(node.tasks) == 3
+        while node.tasks:
+            await node.tasks.pop(0)
+        assert hub.hwm_asked == gathering

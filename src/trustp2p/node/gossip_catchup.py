@@ -310,7 +310,10 @@ class Fetcher:
             ]
             carrying = [s for s in known if topic in router.peer_topics(s.id)]
             others = [s for s in known if topic not in router.peer_topics(s.id)]
-            chosen = self._rng.sample(carrying, min(len(carrying), count))
+            # The longest connected carrier, then at random (a44 F2: identities that
+            # subscribed and served nothing held a quiet topic's history back for minutes).
+            rest = carrying[1:]
+            chosen = carrying[:1] + self._rng.sample(rest, min(len(rest), count - 1))
             chosen += self._rng.sample(others, min(len(others), count - len(chosen)))
             for socket in chosen:
                 asked.setdefault(socket, set()).add(topic)
