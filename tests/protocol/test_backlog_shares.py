@@ -29,19 +29,23 @@ def test_the_fair_level_is_where_the_sizes_add_up_to_the_bound(
 
 
 def test_one_origin_flooding_a_topic_over_its_share_is_shed() -> None:
-    topics = {"slow": 150, "chat": 10}
-    origins = {"flood": 140, "honest": 10}
-    assert sheds(160, topics, origins, "slow", "flood", 100)
-    # An origin within its share of the topic's share (90 of 100) is not: its peer is
-    # held, as before.
-    assert not sheds(160, topics, origins, "slow", "honest", 100)
+    topics = {"slow": 150, "chat": 10}  # slow's share: 90
+    assert sheds(160, topics, "slow", 140, 2, 100)  # the flood: 140 of slow's 150
+    # An origin within an even part of the topic's share (45 of 90) is not: its peer
+    # is held, as before.
+    assert not sheds(160, topics, "slow", 10, 2, 100)
+    assert not sheds(160, topics, "slow", 45, 2, 100)
+    assert sheds(160, topics, "slow", 46, 2, 100)
     # Within the bound nothing is shed; nor of a topic within its share.
-    assert not sheds(100, topics, origins, "slow", "flood", 100)
-    assert not sheds(160, topics, {"a": 9, "b": 1}, "chat", "a", 100)
+    assert not sheds(100, topics, "slow", 140, 2, 100)
+    assert not sheds(160, topics, "chat", 9, 2, 100)
 
 
-def test_origins_flooding_evenly_are_all_shed() -> None:
-    # Identities are free: many origins each with an even part of the flood are each
-    # over their share of the topic's share.
-    origins = {f"o{n}": 20 for n in range(10)}
-    assert all(sheds(200, {"slow": 200}, origins, "slow", o, 100) for o in origins)
+@given(st.lists(st.integers(1, 100), min_size=1, max_size=30), st.integers(1, 1000))
+def test_of_a_topic_over_its_share_the_largest_origin_is_shed(
+    origins: list[int], bound: int
+) -> None:
+    # Identities are free: a flood spread evenly over many origins is shed all the same.
+    total = sum(origins)
+    if total > bound:
+        assert sheds(total, {"slow": total}, "slow", max(origins), len(origins), bound)

@@ -457,7 +457,7 @@ class Gossip:
         # copies are dropped by id). Awaiting its validator: neither announced nor served.
         stale = self._order.stale(message)
         if live and socket is not None and stale is None and self._delivery.sheds(message, socket):
-            return say_shed(self.node, message, socket)  # (never seen: catch-up fetches it)
+            return say_shed(self.node, message, socket, self.router)  # (unseen: caught up later)
         pending = stale is not None or message.topic in self._validators
         sid = socket.id if socket is not None else None
         fresh = live or worth_announcing(message, self._wall_clock(), self.node.options.seen_ttl)

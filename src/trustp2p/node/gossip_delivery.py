@@ -298,9 +298,9 @@ class TopicQueues:
         topic, origin = message.topic, message.origin
         topics = Counter(self._bytes)
         topics[topic] += size
-        origins = Counter(self._origins.get(topic, ()))
-        origins[origin] += size
-        if not sheds(self.waiting + size, topics, origins, topic, origin, self._max_bytes):
+        origins = self._origins.get(topic, Counter())
+        mine, count = origins[origin] + size, len(origins) + (origin not in origins)
+        if not sheds(self.waiting + size, topics, topic, mine, count, self._max_bytes):
             return False
         if topic not in self._shed:  # once a round: an operator's business
             logger.warning("! %d bytes of gossip of %r wait for its handlers: messages of "

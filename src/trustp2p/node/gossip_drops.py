@@ -22,7 +22,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..admin.counters import MAX_TOPICS, count
-from ..protocol.gossip import GapSkipped, GossipMessage, Stale, stream_key
+from ..protocol.gossip import GapSkipped, GossipMessage, GossipRouter, Stale, stream_key
 from ..storage.msglog import MessageLog
 
 if TYPE_CHECKING:
@@ -76,11 +76,14 @@ def oversized_line(message: GossipMessage, size: int, cap: int) -> tuple[str, tu
     return "! dropped message %d of %s on %r: %d bytes exceed %d", where
 
 
-def say_shed(node: Node, message: GossipMessage, socket: Socket) -> bool:
+def say_shed(node: Node, message: GossipMessage, socket: Socket, router: GossipRouter) -> bool:
     """A live message from ``socket`` shed (see :mod:`.gossip_delivery`): counted
     (``trustp2p_gossip_shed_total``) and said at INFO within the log budget. It was
-    neither logged nor seen: catch-up fetches it later. Returns False (not new)."""
+    neither logged nor seen: catch-up fetches it later. If asked for (``iwant``), the
+    peer kept its promise: not asked again of another nor marked broken for it.
+    Returns False (not new)."""
     node.metrics.gossip_shed += 1
+    router.shed(message.id)
     said = "! message %d of %s on %r from %s dropped: its origin is over its share of the"
     said += " topic's messages waiting for their handlers (fetched later by catch-up)"
     where = (message.seq, message.origin, message.topic, socket.peer)

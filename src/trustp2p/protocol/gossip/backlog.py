@@ -5,13 +5,15 @@ handlers, and whose are dropped rather than their peer held (the node's queues a
 
 Past the bound, a topic's share is the max-min fair level of the bound among the topics
 (:func:`fair_level`): the level ``L`` where the topics' waiting bytes, each counted up to
-``L``, add up to the bound. Within a topic over its share, each origin's share is the
-max-min fair level of the topic's share among the origins that have messages waiting.
-A live message whose origin is over its share is *shed*: dropped unseen, and fetched
-later by catch-up, rather than its peer held. A peer held stops every other topic,
-request and ping it carries; a flood of one origin relayed by an honest peer held that
-peer for as long as the topic took to drain (attacker43 F2: another topic's messages
-came 15-20 s late, and the hub once dropped the victim for a pong that waited).
+``L``, add up to the bound. Within a topic over its share, each origin's share is an
+even part of the topic's share among the origins that have messages waiting (not their
+max-min level: that takes a pass over every origin, and up to 22,000 of them may wait,
+at each message). A live message whose origin is over its share is *shed*: dropped
+unseen, and fetched later by catch-up, rather than its peer held. A peer held stops
+every other topic, request and ping it carries; a flood of one origin relayed by an
+honest peer held that peer for as long as the topic took to drain (attacker43 F2:
+another topic's messages came 15-20 s late, and the hub once dropped the victim for a
+pong that waited).
 
 """
 
@@ -48,12 +50,7 @@ def fair_level(sizes: Mapping[str, int], bound: int) -> int:
 
 
 def sheds(
-    waiting: int,
-    topics: Mapping[str, int],
-    origins: Mapping[str, int],
-    topic: str,
-    origin: str,
-    bound: int,
+    waiting: int, topics: Mapping[str, int], topic: str, mine: int, origins: int, bound: int
 ) -> bool:
     """
     Whether a live message is shed (see the module) rather than its peer held.
@@ -61,18 +58,20 @@ def sheds(
     Args:
         waiting: Bytes waiting in all topics, the message counted.
         topics: Bytes waiting per topic, the message counted.
-        origins: Bytes waiting in ``topic`` per origin, the message counted.
         topic: The message's topic.
-        origin: The message's origin.
+        mine: Bytes of the message's origin waiting in ``topic``, the message counted.
+        origins: Origins with messages waiting in ``topic``, the message's counted.
         bound: Bytes past which peers are held (``MAX_WAITING_BYTES``).
 
     Returns:
-        True if more than ``bound`` waits and ``origin`` is over its share of
-        ``topic``'s share of ``bound``. A topic within its share sheds nothing (its
-        peers are held only past twice the bound, every topic's), nor does an origin
-        within its share of the topic's: its peer is held as before.
+        True if more than ``bound`` waits, ``topic`` is over its share of it, and the
+        origin over an even part of that share. A topic within its share sheds
+        nothing (its peers are held only past twice the bound, every topic's), nor
+        does an origin within its part: its peer is held as before. Of a topic over
+        its share, the origin with the most waiting is always over its part.
 
     """
     if waiting <= bound:
         return False
-    return over_level(origins, origin, fair_level(topics, bound))
+    level = fair_level(topics, bound)
+    return topics.get(topic, 0) > level and mine * origins > level
