@@ -22,8 +22,10 @@ EACH = 10 + HELD_MESSAGE_OVERHEAD
 besides: found in review, tiny messages counted 2 bytes and never held anybody)."""
 
 
-def message(topic: str, n: int | str, size: int = 10) -> Any:
-    return SimpleNamespace(topic=topic, id=f"{topic}-{n}", data="x" * size, data_size=size)
+def message(topic: str, n: int | str, size: int = 10, origin: str = "o") -> Any:
+    return SimpleNamespace(
+        topic=topic, id=f"{topic}-{n}", data="x" * size, data_size=size, origin=origin
+    )
 
 
 def no_connection(source: object) -> None:
@@ -122,7 +124,7 @@ class Peer:
     def __init__(self, name: str) -> None:
         self.holds: list[bool] = []
         self.socket = self
-        self.peer = name
+        self.peer = self.peer_id = name
 
     def hold(self, held: bool) -> None:
         self.holds.append(held)
@@ -421,4 +423,48 @@ async def _play(steps: list[Step]) -> None:
         recorder.gates[topic].set()
     await wait_for(lambda: queues.waiting == 0)
     assert all(each.holds[-1:] != [True] for each in peers)  # every held peer let go
+    await tasks.aclose()
+
+
+async def test_a_relayed_origin_over_its_share_is_shed_not_held(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Found by an attacker (attacker43 F2): one origin's flood of a slow topic, relayed
+    # by an honest hub, held the hub, and with it every other topic, request and ping
+    # it carried (15-20 s late; the hub once dropped the node for a pong).
+    tasks = TaskOwner(logging.getLogger("test"))
+    recorder = Recorder()
+    recorder.gates["slow"] = asyncio.Event()
+    hub = Peer("hub")
+    caught_up: list[str] = []
+
+    async def catch_up(peer: Any) -> None:
+        caught_up.append(peer.peer)
+
+    queues = TopicQueues(
+        tasks, recorder.work, recorder.settled, lambda p: p, catch_up, max_bytes=10 * EACH
+    )
+
+    def send(n: int, origin: str) -> bool:  # the node's _ingest: shed, or queued
+        msg = message("slow", n, origin=origin)
+        if queues.sheds(msg, hub):
+            return True
+        queues.put("validate", msg, hub)
+        return False
+
+    with caplog.at_level(logging.INFO, "trustp2p.node.gossip_delivery"):
+        assert not any(send(n, "flood") for n in range(10))  # at the bound: queued
+        assert send(10, "flood") and send(11, "flood")  # over: shed, the hub not held
+    assert hub.holds == [] and queues.waiting == 10 * EACH
+    (line,) = [r.getMessage() for r in caplog.records]  # once a round
+    assert "of 'slow' wait for its handlers: messages of origins over their share" in line
+    # Another origin, within its share: its message holds the hub, as before.
+    assert not send(12, "honest") and hub.holds == [True]
+    # Nor is the node's own shed, nor a publisher's own (holding it holds only itself).
+    assert not queues.sheds(message("slow", 13, origin="flood"), None)
+    assert not queues.sheds(message("slow", 14, origin="hub"), hub)
+    recorder.gates["slow"].set()  # drained: the hub goes on, and is asked for what was shed
+    await wait_for(lambda: hub.holds == [True, False] and caught_up == ["hub", "hub"])
+    await wait_for(lambda: queues.waiting == 0)
+    assert not queues.sheds(message("slow", 15, origin="flood"), hub)
     await tasks.aclose()

@@ -1942,3 +1942,18 @@ def test_the_heartbeats_grafts_are_one_talk_a_peer() -> None:
     _release(later)
     [(peer, _, body)] = _talks(sent, GRAFT)
     assert (peer, sorted(body["topics"])) == (0, ["a", "b", "c"])
+
+
+def test_an_id_asked_for_and_shed_as_it_came_was_served() -> None:
+    # A message shed as it came (its topic's handlers behind: attacker43 F2) is never
+    # seen, but its announcer served it: not asked of another, nor counted unanswered.
+    router, sent, clock = _meshed(2)
+    router.control(0, IHAVE, {"topic": TOPIC, "ids": ["m"]})
+    router.control(1, IHAVE, {"topic": TOPIC, "ids": ["m"]})
+    assert _talks(sent, IWANT) == [(0, IWANT, {"ids": ["m"]})]
+    sent.clear()
+    router.shed("m")
+    clock.advance(5.0)
+    router.heartbeat()
+    assert _talks(sent, IWANT) == [] and router.stats.iwant_unanswered == 0
+    assert not router.seen("m")  # announced again later, it is asked for again

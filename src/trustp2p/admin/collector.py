@@ -314,6 +314,12 @@ def _gossip_counts(gossip: Gossip) -> tuple[tuple[str, str, int], ...]:
             gossip.too_old,
         ),
         (
+            "shed",
+            "Live messages dropped unseen: their origin over its share of their topic's"
+            " messages waiting for handlers (fetched later by catch-up).",
+            gossip.node.metrics.gossip_shed,
+        ),
+        (
             "renumbered",
             "Messages dropped as delivered though published after their origin's mark"
             " moved: the origin numbers again (its message log lost?).",

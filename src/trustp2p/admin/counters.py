@@ -154,6 +154,8 @@ class Metrics:
             largest package it takes (its ``max_package_size``, said when it connects).
         lost_peers: Peers dropped for leaving a heartbeat ping unanswered.
         dropped: Connections that ended without a close frame (the peer vanished).
+        gossip_shed: Live gossip messages dropped unseen, their origin over its share of
+            their topic's messages waiting for handlers (fetched later by catch-up).
         validation: Gossip validator verdicts (accept, ignore, reject).
         topic_published, topic_delivered: Gossip messages by topic (status only, never
             a label).
@@ -191,6 +193,7 @@ class Metrics:
         self.send_oversized = 0
         self.lost_peers = 0
         self.dropped = 0
+        self.gossip_shed = 0
         self.validation: dict[str, int] = {}
         self.topic_published: dict[str, int] = {}
         self.topic_delivered: dict[str, int] = {}

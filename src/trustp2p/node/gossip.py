@@ -8,9 +8,8 @@ Publish/subscribe and catch-up on a node: ``node.gossip``. The decisions live in
   ``node.gossip.subscribe(topic, handler)`` (``handler(message)``): each once, in
   order per origin and topic (a *stream*), topics side by side (:mod:`.gossip_delivery`).
 - Validators (``set_validator``) accept, ignore or reject (against its sender) a message.
-- Catch-up (:mod:`.gossip_catchup`): at an introduction, a new topic and each
-  ``catchup_interval``, peers exchange their logs' marks (``gossip/hwm``) and fetch
-  what they miss (``gossip/fetch``); a live gap is fetched, or skipped after a while.
+- Catch-up (:mod:`.gossip_catchup`): peers exchange their logs' marks (``gossip/hwm``)
+  and fetch what they miss (``gossip/fetch``); a live gap is fetched, or skipped later.
 
 """
 
@@ -51,7 +50,7 @@ from ..tasks import TaskOwner
 from ..threads.loader import check_handler
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
-from .gossip_drops import oversized_line, say_skipped, say_too_old, signed_twice
+from .gossip_drops import oversized_line, say_shed, say_skipped, say_too_old, signed_twice
 from .gossip_log import OWN_SOURCE, Attribution, claim, delivered, open_log, to_logged, undelivered
 from .gossip_publish import (
     NobodyCarries,
@@ -454,10 +453,11 @@ class Gossip:
         if message.topic not in self.router.topics:
             return False  # not ours to carry
         message = self._attribution.passed_on(socket, message, live=live)
-        # Delivered already, or older than anything we remember delivering (a repeat?):
-        # dropped, but seen, so that its copies are dropped by id. A message awaiting
-        # its validator (or dropped) is neither announced nor served.
+        # Delivered already, or older than we remember delivering: dropped, but seen (its
+        # copies are dropped by id). Awaiting its validator: neither announced nor served.
         stale = self._order.stale(message)
+        if live and socket is not None and stale is None and self._delivery.sheds(message, socket):
+            return say_shed(self.node, message, socket, self.router)  # (unseen: caught up later)
         pending = stale is not None or message.topic in self._validators
         sid = socket.id if socket is not None else None
         fresh = live or worth_announcing(message, self._wall_clock(), self.node.options.seen_ttl)

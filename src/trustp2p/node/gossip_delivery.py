@@ -11,6 +11,15 @@ to ``L``, add up to the bound; so the topics that hold the most are held first a
 topic that waits for little goes on. Past twice the bound every peer that sends a
 message is held: slow topics one after another each fill to a smaller level, so
 together they may hold up to twice the bound (and a message for each peer held).
+Within a topic over its share, a live message that a peer relays (its origin is another)
+and whose origin is over its share of the topic's
+(:func:`~trustp2p.protocol.gossip.sheds`) is *shed* instead: dropped unseen (not
+logged, forwarded nor ordered, its id not even marked seen), counted
+(``trustp2p_gossip_shed_total``) and fetched by catch-up later, from the peers it came
+from once the topic is within its share of half the bound, or when a later message of
+its origin reveals the gap. A peer held sends nothing else meanwhile: one origin's flood
+of a slow topic, relayed by an honest hub, stopped every other topic, request and ping
+the hub carried (attacker43 F2: 15-20 s late, and the hub once dropped the node).
 Catch-up batches, which come from no peer to hold, are asked for only while the topic
 is within its share and all that waits, with the batches asked for, is within one and a
 half times the bound; a batch asked for counts for catch-up only, never to hold a peer.
@@ -30,11 +39,11 @@ import contextvars
 import functools
 import logging
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..protocol.gossip import HELD_MESSAGE_OVERHEAD
+from ..protocol.gossip import HELD_MESSAGE_OVERHEAD, over_level, sheds
 from .dispatch import cancelled
 from .failures import gossip_where
 
@@ -158,8 +167,10 @@ class TopicQueues:
         "_idle",
         "_keep",
         "_max_bytes",
+        "_origins",
         "_queues",
         "_room",
+        "_shed",
         "_stopping",
         "_tasks",
         "_work",
@@ -190,6 +201,8 @@ class TopicQueues:
         self._asked = 0  # all of those
         self._asking: Counter[object] = Counter()  # per peer, the batches asked of it
         self._held: dict[str, dict[Socket, None]] = {}  # topic -> peers held for it
+        self._shed: dict[str, dict[Socket, None]] = {}  # topic -> peers it shed from
+        self._origins: dict[str, Counter[str]] = {}  # topic -> origin -> bytes waiting
         self._room = asyncio.Event()
         self._drains: dict[str, asyncio.Task[Any]] = {}  # topic -> its task
         # topic -> its turn, and what it is on: kind, message, source
@@ -226,7 +239,7 @@ class TopicQueues:
         bound = self._max_bytes if bound is None else bound
         if self.waiting <= bound:
             return False
-        return self.waiting > _ALL_HELD * bound or _over_level(self._bytes, topic, bound)
+        return self.waiting > _ALL_HELD * bound or over_level(self._bytes, topic, bound)
 
     def put(self, kind: str, message: GossipMessage, source: Socket | None) -> None:
         """Queue ``message`` behind its topic's; nothing once the tasks are closed."""
@@ -244,7 +257,10 @@ class TopicQueues:
         size = _weight(message)
         self.waiting += size
         self._bytes[topic] += size
-        if source is not None and kind != "check" and self.over(topic) and not self._holds(source):
+        self._origins.setdefault(topic, Counter())[message.origin] += size
+        if source is None or kind == "check" or self._moved(topic, message):
+            return
+        if self.over(topic) and not self._holds(source):
             conn = self._connection(source)
             if conn is not None:
                 if topic not in self._held:  # once a round: an operator's business
@@ -254,6 +270,44 @@ class TopicQueues:
                 self._held.setdefault(topic, {})[source] = None
                 conn.hold(True)
                 logger.debug("= reading from %s paused (%r)", source.peer, topic)
+
+    def _moved(self, topic: str, message: GossipMessage) -> bool:
+        """Whether ``message`` is the one its topic's validator is passing, queued now
+        for its handlers: its bytes count twice only until the validator returns
+        (holding its peer then held a relay whose flood was shed as it came)."""
+        current = self._current.get(topic)
+        return current is not None and current[2].id == message.id
+
+    def sheds(self, message: GossipMessage, source: Socket | None) -> bool:
+        """
+        Whether live ``message`` from ``source`` is shed (see the module) rather than
+        queued: then it must go no further (the caller counts and says it), and
+        ``source`` gets a catch-up round once the topic is let go.
+
+        Returns:
+            False for the node's own messages (``source`` None), a publisher's own
+            (``source`` is their origin: holding it holds up nothing but its own),
+            and once stopping.
+
+        """
+        size = _weight(message)
+        if source is None or self.waiting + size <= self._max_bytes or self._stopping:
+            return False
+        if source.peer_id == message.origin:
+            return False
+        topic, origin = message.topic, message.origin
+        topics = Counter(self._bytes)
+        topics[topic] += size
+        origins = self._origins.get(topic, Counter())
+        mine, count = origins[origin] + size, len(origins) + (origin not in origins)
+        if not sheds(self.waiting + size, topics, topic, mine, count, self._max_bytes):
+            return False
+        if topic not in self._shed:  # once a round: an operator's business
+            logger.warning("! %d bytes of gossip of %r wait for its handlers: messages of "
+                           "origins over their share are dropped, fetched again later by "
+                           "catch-up", self.share(topic), topic)  # fmt: skip
+        self._shed.setdefault(topic, {})[source] = None
+        return True
 
     def _holds(self, source: Socket) -> bool:
         return any(source in held for held in self._held.values())
@@ -297,7 +351,7 @@ class TopicQueues:
         sizes = Counter(self._bytes)
         sizes.update(self._coming)
         sizes[topic] += size
-        return _over_level(sizes, topic, bound)
+        return over_level(sizes, topic, bound)
 
     def _may_go(self, topic: str) -> bool:
         """Whether the peers held for ``topic`` are let go: half the bound waits at
@@ -305,22 +359,29 @@ class TopicQueues:
         bound, waiting = self._max_bytes, self.waiting
         if waiting <= bound // 2:
             return True
-        return waiting <= _ALL_HELD * bound and not _over_level(self._bytes, topic, bound // 2)
+        return waiting <= _ALL_HELD * bound and not over_level(self._bytes, topic, bound // 2)
 
     def _delivered(self, size: int) -> None:
         """``size`` bytes are no longer waiting: let go the peers held for a topic now
         within its share of half the bound."""
         self.waiting -= size
         self._room.set()
-        if not self._held:  # (each message delivered: nothing more to do, mostly)
+        if not self._held and not self._shed:  # (each message delivered: mostly)
             return
         for held in [topic for topic in self._held if self._may_go(topic)]:
             for source in self._held.pop(held):
                 conn = self._connection(source)
                 if conn is not None:
                     conn.hold(False)
-                    if self._catch_up is not None and not (self._tasks.closed or self._stopping):
-                        self._tasks.spawn(self._catch_up(source), f"catch-up {source.peer}")
+                    self._catch_up_with(source)
+        for shed in [topic for topic in self._shed if self._may_go(topic)]:
+            for source in self._shed.pop(shed):  # (what it sent of the topic was dropped)
+                if self._connection(source) is not None:
+                    self._catch_up_with(source)
+
+    def _catch_up_with(self, source: Socket) -> None:
+        if self._catch_up is not None and not (self._tasks.closed or self._stopping):
+            self._tasks.spawn(self._catch_up(source), f"catch-up {source.peer}")
 
     def finish(
         self, caller: asyncio.Task[Any] | None = None
@@ -427,19 +488,17 @@ class TopicQueues:
                     logger.error("! gossip delivery of %s failed", message.id, exc_info=True)
                 size = _weight(message)
                 self._bytes[topic] -= size
+                origins = self._origins[topic]
+                origins[message.origin] -= size
+                if not origins[message.origin]:
+                    del origins[message.origin]
                 self._delivered(size)
         finally:
             self._current.pop(topic, None)
             del self._queues[topic]
             del self._drains[topic]
+            self._origins.pop(topic, None)
             self._delivered(self._bytes.pop(topic))
         # Not once stopping: the messages left waiting must not be marked delivered.
         if not self._queues and not self._stopping:
             self._idle()
-
-
-def _over_level(sizes: Mapping[str, int], topic: str, bound: int) -> bool:
-    """Whether ``topic`` waits for more than the max-min fair level of ``bound``: the
-    level ``L`` where ``sizes``, each counted up to ``L``, add up to ``bound``."""
-    mine = sizes.get(topic, 0)
-    return sum(min(size, mine) for size in sizes.values()) > bound

@@ -1,6 +1,7 @@
 """
 What a node says about the gossip messages it drops unseen for their timestamp
-(``Gossip.too_old``), for their size, for their seq (signed twice), or skips in a gap:
+(``Gossip.too_old``), for their size, for their seq (signed twice), shed while their
+topic's handlers are behind (:mod:`.gossip_delivery`), or skips in a gap:
 the log line, with the numbers an operator needs.
 
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "START_SAID",
     "oversized_line",
+    "say_shed",
     "say_skipped",
     "say_too_old",
     "signed_twice",
@@ -20,10 +22,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..admin.counters import MAX_TOPICS, count
-from ..protocol.gossip import GapSkipped, GossipMessage, Stale, stream_key
+from ..protocol.gossip import GapSkipped, GossipMessage, GossipRouter, Stale, stream_key
 from ..storage.msglog import MessageLog
 
 if TYPE_CHECKING:
+    from ..drivers.base import Socket
     from .node import Node
 
 logger = logging.getLogger("trustp2p.node.gossip")
@@ -71,6 +74,21 @@ def oversized_line(message: GossipMessage, size: int, cap: int) -> tuple[str, tu
     ``cap``, what our catch-up answers hold."""
     where = (message.seq, message.origin, message.topic, size, cap)
     return "! dropped message %d of %s on %r: %d bytes exceed %d", where
+
+
+def say_shed(node: Node, message: GossipMessage, socket: Socket, router: GossipRouter) -> bool:
+    """A live message from ``socket`` shed (see :mod:`.gossip_delivery`): counted
+    (``trustp2p_gossip_shed_total``) and said at INFO within the log budget. It was
+    neither logged nor seen: catch-up fetches it later. If asked for (``iwant``), the
+    peer kept its promise: not asked again of another nor marked broken for it.
+    Returns False (not new)."""
+    node.metrics.gossip_shed += 1
+    router.shed(message.id)
+    said = "! message %d of %s on %r from %s dropped: its origin is over its share of the"
+    said += " topic's messages waiting for their handlers (fetched later by catch-up)"
+    where = (message.seq, message.origin, message.topic, socket.peer)
+    node.connections.inbound.log(logger, logging.INFO, "shed", said, *where)
+    return False
 
 
 START_SAID = 10

@@ -8,6 +8,7 @@ Publish/subscribe by gossip, free of I/O (the node's shell is :mod:`trustp2p.nod
   seniority and prune backoffs);
 - :mod:`.streams`: each origin's messages delivered exactly once, in order, with gaps
   skipped after ``gap_timeout``;
+- :mod:`.backlog`: shares of the delivery backlog, and whose messages are shed;
 - :mod:`.catchup`: what to ask peers for after missing messages, in batches, and how to
   read their answers.
 
@@ -17,6 +18,7 @@ Every module takes its clocks from the caller and never awaits.
 
 from __future__ import annotations
 
+from .backlog import fair_level, over_level, sheds
 from .budget import MAX_RETRY_AFTER, FairShare, PeerBudgets, RoundBudget, busy_answer, retry_after
 from .catchup import (
     DEFAULT_ANSWER_BYTES,
@@ -157,16 +159,19 @@ __all__ = [
     "decode_fetch_request",
     "decode_hwm_answer",
     "decode_hwm_request",
+    "fair_level",
     "fetch_answer",
     "fit_marks",
     "gap_fetch",
     "hwm_answer",
     "message_id",
     "message_size_limit",
+    "over_level",
     "payload_size",
     "payload_text",
     "plan_fetches",
     "retry_after",
+    "sheds",
     "sign_message",
     "split_stream_key",
     "stream_key",

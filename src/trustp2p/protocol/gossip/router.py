@@ -75,8 +75,7 @@ class GossipRouter:
         clock: Monotonic seconds.
         degree: Mesh degree the router aims for, per topic...
         degree_low: ...grafting peers below this...
-        degree_high: ...and pruning above this, the newest peers first
-            (:meth:`.MeshBook.ranked`).
+        degree_high: ...and pruning above this, the newest peers first (:meth:`.MeshBook.ranked`).
         fanout: Peers a relay pushes each new message to, eagerly; the others learn
             of it from ``ihave``. The publisher pushes to its whole mesh. They are
             first the peers that asked us (``iwant``) for a message of the topic within
@@ -86,8 +85,7 @@ class GossipRouter:
             peers among them): besides the peers refused a seat, which are told
             every new id.
         history: Heartbeats a message stays servable (``iwant``); announced in all but the last.
-        seen_max: Most message ids remembered.
-        seen_ttl: Seconds a message id is remembered.
+        seen_max, seen_ttl: Most message ids remembered, and for how many seconds.
         max_hops: A message is not sent on once it would reach ``max_hops`` hops
             (one that arrives with ``max_hops - 1`` is delivered, not forwarded); at
             most :data:`~trustp2p.protocol.gossip.message.MAX_HOPS`, which peers check.
@@ -148,8 +146,7 @@ class GossipRouter:
         self._send, self._clock = send, clock
         self._defer, self.batch = defer, ControlBatch(self._talk_now)
         self.degree, self.degree_low, self.degree_high = degree, degree_low, degree_high
-        self.fanout, self.lazy = fanout, lazy
-        self.max_hops = max_hops
+        self.fanout, self.lazy, self.max_hops = fanout, lazy, max_hops
         self.max_ihave, self.max_asks = max_ihave, max_asks
         self.iwant_timeout, self.mode = iwant_timeout, mode
         self.flood_topics: frozenset[str] = frozenset()  # (see _targets)
@@ -304,6 +301,9 @@ class GossipRouter:
     def refuse(self, message_id: str) -> None:
         """A message received ``pending`` was refused: it stays seen, and goes no further."""
         self._holders.refuse(message_id)
+
+    def shed(self, message_id: str) -> None:  # dropped unseen (handlers behind): asked, came
+        self._asks.forget(message_id)
 
     def seen(self, message_id: str) -> bool:
         return message_id in self._seen
