@@ -188,12 +188,12 @@ class _Socket:
     """What the fetcher reads of a socket (hashable, as sockets are), with the peer
     that answers it."""
 
-    def __init__(self, peer: Peer, name: str) -> None:
-        self.peer, self.id, self.fake = name, name, peer
+    def __init__(self, peer: Peer, name: str, peer_id: str | None = None) -> None:
+        self.peer, self.id, self.fake, self.peer_id = name, name, peer, peer_id
 
 
-def _socket(peer: Peer, name: str = "p") -> Any:
-    return _Socket(peer, name)
+def _socket(peer: Peer, name: str = "p", peer_id: str | None = None) -> Any:
+    return _Socket(peer, name, peer_id)
 
 
 @asynccontextmanager
@@ -477,3 +477,30 @@ async def test_a_topic_added_is_asked_of_the_longest_connected_carrier() -> None
         while node.tasks:
             await node.tasks.pop(0)
         assert hub.hwm_asked == gathering
+
+
+async def test_a_gap_of_a_connected_origin_is_not_given_up_on_anothers_word() -> None:
+    """Found by a tester (t45 F2): a slow publisher's messages, cut with its upload,
+    were given up at every node 30 s later on the word of peers that never had them,
+    while the publisher, connected, kept them. While the origin is connected, another
+    peer's "lacking" doesn't count: the gap is asked of the origin."""
+    clock = FakeClock()
+    relay, origin = Peer(range(1, 2)), Peer(range(1, 13))
+    relay.log[12] = _message(12)  # (it has what we have: 2..11 missing there too)
+    node = Node(clock)
+    node.add(1)
+    node.add(12)  # 2..11 missing: cut with the origin's upload
+    relays, origins = _socket(relay, "relay"), _socket(origin, "origin", ORIGIN.peer_id)
+    node.sockets[:] = [relays, origins]
+    node.peers.update({relays.id: None, origins.id: None})
+    origin.takes_a_turn = True  # (slow: it answers later)
+    node.fetcher.refill(relays, STREAM)  # the relay never had them: it says so
+    await node.tasks.pop(0)
+    clock.advance(30.0)  # gap_timeout
+    events, _ = node.streams.tick()
+    assert not [e for e in events if isinstance(e, GapSkipped)]  # not on its word
+    for _ in range(3):
+        await asyncio.sleep(0)  # (the origin's refill is called soon)
+    while node.tasks:
+        await node.tasks.pop(0)
+    assert origin.asked and node.delivered == list(range(1, 13))

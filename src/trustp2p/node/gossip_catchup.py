@@ -70,10 +70,9 @@ from ..protocol.gossip import (
     retry_after,
     stream_key,
 )
-from ..protocol.hosts import netgroup
 from ..protocol.package import Body
 from .gossip_delivery import MAX_WAITING_BYTES
-from .gossip_log import log_source
+from .gossip_log import carriers_of, log_source, witness_of
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
@@ -400,23 +399,7 @@ class Fetcher:
                                  "gossip_node_rate", socket.peer, wait)  # fmt: skip
                     await asyncio.sleep(wait)
             if to := fetch.lacking_to(held_back=self._held_back(topic)):
-                # the peer lacks what is still missing up to it
-                wanted, witness, carriers = fetch.wanted, None, {}
-                if self._streams.is_start(wanted.stream, wanted.first, to):  # (else no need)
-                    witness, carriers = self._witness(socket), self._carriers(topic)
-                needed = min(START_WITNESSES, len({*carriers.values(), witness}))
-                # The longest connected carrier's word is needed too, and it is asked
-                # first (a44 F1): peers arriving later can't displace it.
-                oldest = next(iter(carriers), None)
-                required = carriers[oldest] if oldest is not None else None
-                if self._streams.answered(
-                    wanted.stream, wanted.first, to, witness, needed, required
-                ):
-                    lacking = self._streams.lacking(wanted.stream)
-                    others = [s for s, key in carriers.items() if key not in lacking]
-                    if others:  # (once this fetch ended: one of a stream at a time)
-                        next_ = others[0] if others[0] is oldest else self._rng.choice(others)
-                        asyncio.get_running_loop().call_soon(self.refill, next_, wanted.stream)
+                self._lacking(socket, fetch.wanted, to)
         finally:
             self._gossip.catchup.end(fetch)
             self._round_after(fetch.wanted)
@@ -449,18 +432,34 @@ class Fetcher:
                     more = self._fetch_all(socket, {topic: {origin: mark}}, budget)
                     self._gossip.tasks.spawn(more, f"catch-up {socket.peer}")
 
-    def _witness(self, socket: Socket) -> str:
-        """Whose word a peer's answer is: its network group's (an IPv4 /16, an IPv6 /32;
-        a44 F1: three addresses of one /24 were three witnesses), a local peer's own."""
-        if self._gossip.node.connections.share_group(socket) is None:  # (local)
-            return log_source(self._gossip.node, socket)
-        return netgroup(socket.host)
-
-    def _carriers(self, topic: str) -> dict[Socket, str]:
-        """The peers that carry ``topic``, and their addresses (:meth:`_witness`)."""
-        peer_topics = self._gossip.router.peer_topics
-        sockets = self._gossip.node.sockets
-        return {s: self._witness(s) for s in sockets if topic in peer_topics(s.id)}
+    def _lacking(self, socket: Socket, wanted: FetchRange, to: int) -> None:
+        """
+        ``socket``'s peer lacks what is still missing of ``wanted``'s stream up to
+        ``to``: its word counts for the gap, and another peer is asked if a start needs
+        more witnesses (the longest connected carrier's is needed, and it is asked
+        first: a44 F1). Not the word of another than the stream's origin while the
+        origin is connected: the gap is asked of it (found by a tester, t45 F2: a slow
+        publisher's messages, cut with its upload, were given up at every node on the
+        word of peers that never had them, 30 s later, while it kept them).
+        """
+        node, stream, witness, carriers = self._gossip.node, wanted.stream, None, {}
+        if self._streams.is_start(stream, wanted.first, to):  # (else no need)
+            witness = witness_of(node, socket)
+            carriers = carriers_of(node, self._gossip.router.peer_topics, wanted.topic)
+        else:
+            origin = next((s for s in node.sockets if s.peer_id == wanted.origin), socket)
+            if origin is not socket:
+                asyncio.get_running_loop().call_soon(self.refill, origin, stream)
+                return
+        needed = min(START_WITNESSES, len({*carriers.values(), witness}))
+        oldest = next(iter(carriers), None)
+        required = carriers[oldest] if oldest is not None else None
+        if self._streams.answered(stream, wanted.first, to, witness, needed, required):
+            lacking = self._streams.lacking(stream)
+            others = [s for s, key in carriers.items() if key not in lacking]
+            if others:  # (once this fetch ended: one of a stream at a time)
+                next_ = others[0] if others[0] is oldest else self._rng.choice(others)
+                asyncio.get_running_loop().call_soon(self.refill, next_, stream)
 
     def _behind_gap(self, wanted: FetchRange) -> bool:
         """Whether ``wanted`` starts past its stream's next number: what it brings waits

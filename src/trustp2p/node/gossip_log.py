@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = [
     "OWN_SOURCE",
     "Attribution",
+    "carriers_of",
     "claim",
     "delivered",
     "from_logged",
@@ -15,16 +16,18 @@ __all__ = [
     "open_log",
     "to_logged",
     "undelivered",
+    "witness_of",
 ]
 
 import base64
 import operator
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from ..protocol.gossip import DeliveryMarks, GossipMessage, split_stream_key, stream_key
 from ..protocol.gossip.via import relay_token, sub_sources
+from ..protocol.hosts import netgroup
 from ..protocol.shared_text import share
 from ..storage.msglog import (
     LOADED,
@@ -57,6 +60,23 @@ def log_source(node: Node, socket: Socket | None) -> str:
         return LOADED
     connections = node.connections
     return connections.share_group(socket) or connections.budget_key(socket)
+
+
+def witness_of(node: Node, socket: Socket) -> str:
+    """Whose word a peer's answer about a stream's start is: its network group's (an
+    IPv4 /16, an IPv6 /32; a44 F1: three addresses of one /24 were three witnesses), a
+    local peer's own (:func:`log_source`)."""
+    if node.connections.share_group(socket) is None:  # (local)
+        return log_source(node, socket)
+    return netgroup(socket.host)
+
+
+def carriers_of(
+    node: Node, peer_topics: Callable[[int], Collection[str]], topic: str
+) -> dict[Socket, str]:
+    """The peers that carry ``topic``, the longest connected first, and whose word each
+    answer is (:func:`witness_of`)."""
+    return {s: witness_of(node, s) for s in node.sockets if topic in peer_topics(s.id)}
 
 
 _TOKENS_MAX = 4096  # sources whose token an Attribution remembers
