@@ -190,6 +190,7 @@ class _Socket:
 
     def __init__(self, peer: Peer, name: str, peer_id: str | None = None) -> None:
         self.peer, self.id, self.fake, self.peer_id = name, name, peer, peer_id
+        self.inbound = True  # (they dialled us: the first connected is the anchor)
 
 
 def _socket(peer: Peer, name: str = "p", peer_id: str | None = None) -> Any:
@@ -473,7 +474,7 @@ async def test_a_topic_added_is_asked_of_the_longest_connected_carrier() -> None
         async with asyncio.timeout(5):
             while not node.tasks:  # noqa: ASYNC110 - gathered for TOPIC_GATHER (a timer)
                 await asyncio.sleep(0.01)
-        assert len(node.tasks) == 3
+        assert len(node.tasks) == 4  # the anchor besides 3 at random
         while node.tasks:
             await node.tasks.pop(0)
         assert hub.hwm_asked == gathering
@@ -504,3 +505,24 @@ async def test_a_gap_of_a_connected_origin_is_not_given_up_on_anothers_word() ->
     while node.tasks:
         await node.tasks.pop(0)
     assert origin.asked and node.delivered == list(range(1, 13))
+
+
+async def test_a_start_waits_for_the_anchors_own_word_in_one_network() -> None:
+    """review80 F1: the anchor's word was its network group's, so with every carrier in
+    one /16 (a LAN, a cloud network) the liar that revealed the gap answered for the
+    hub, which was never asked: 6 of 6 topics lost their history. Its own word."""
+    hub, liar = Peer(range(1, 21)), Peer(range(20, 21))
+    node = Node(FakeClock(), wall=1_700_000_000.0 + 3600, local=False)
+    node.add(20)
+    hubs, liars = _socket(hub, "hub"), _socket(liar, "liar")
+    hubs.host, liars.host = "10.80.0.1", "10.80.0.11"
+    node.sockets[:] = [hubs, liars]
+    node.peers.update({hubs.id: None, liars.id: None})
+    node.fetcher.refill(liars, STREAM)
+    for _ in range(20):
+        while node.tasks:
+            await node.tasks.pop(0)
+        await asyncio.sleep(0)
+    events, _ = node.streams.tick()
+    assert not [e for e in events if isinstance(e, GapSkipped)]
+    assert hub.asked and node.delivered == list(range(1, 21))

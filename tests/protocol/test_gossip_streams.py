@@ -283,15 +283,18 @@ def test_a_start_waits_for_the_witnesses_asked_for() -> None:
 
 def test_a_start_waits_for_the_required_witness_too() -> None:
     """Found by an attacker (a44 F1): three identities' words gave up a history the
-    hub, asked at random, kept. The caller names a witness whose word is needed (the
-    longest connected carrier's)."""
+    hub, asked at random, kept. The caller names a key whose own word is needed (the
+    anchor carrier's: review80, its network group's word was any peer's in it)."""
     streams, _, _ = _streams()
     old = NOW_MS - int(START_AGE * 1000)
     streams.add(_message(201, ts=old), "p")
+    anchor = ("anchor", "hub")
     for liar in ("10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"):
-        assert streams.answered(STREAM, 1, 200, liar, 3, required="hub") is True
+        assert streams.answered(STREAM, 1, 200, liar, 3, anchor) is True
     assert streams.tick() == ([], [STREAM])  # three words, not the hub's: it waits
-    assert streams.answered(STREAM, 1, 200, "hub", 3, required="hub") is False
+    # The hub's network group said it (a liar in it); not the hub: still waiting.
+    assert streams.answered(STREAM, 1, 200, "192.0.0.0/16", 3, anchor) is True
+    assert streams.answered(STREAM, 1, 200, "192.0.0.0/16", 3, anchor, True) is False
     events, _ = streams.tick()
     assert _skipped(events) == [GapSkipped(TOPIC, ALICE.peer_id, 1, 200, "start")]
 

@@ -72,7 +72,7 @@ from ..protocol.gossip import (
 )
 from ..protocol.package import Body
 from .gossip_delivery import MAX_WAITING_BYTES
-from .gossip_log import carriers_of, log_source, witness_of
+from .gossip_log import ANCHOR, anchor_of, carriers_of, log_source, witness_of
 
 if TYPE_CHECKING:
     from ..drivers.base import Socket
@@ -248,11 +248,11 @@ class Fetcher:
             groups = {s: log_source(gossip.node, s) for s in peers}
             socket = gossip.catchup.choose(peers, self._sources.weigh(groups, self._clock()))
             # (in tasks: a peer whose messages never end stopped every later round,
-            # found by a tester; node.sockets are in the order they connected)
+            # found by a tester)
             if socket is not None:
                 self.spawn_round(socket)
-            if peers and peers[0] is not socket:
-                self.spawn_round(peers[0])
+            if (anchor := anchor_of(peers)) is not None and anchor is not socket:
+                self.spawn_round(anchor)
 
     def _round_peers(self) -> list[Socket]:
         """Peers sharing a topic (an original, without gossip, let each ask time out),
@@ -309,11 +309,12 @@ class Fetcher:
             ]
             carrying = [s for s in known if topic in router.peer_topics(s.id)]
             others = [s for s in known if topic not in router.peer_topics(s.id)]
-            # The longest connected carrier, then at random (a44 F2: identities that
-            # subscribed and served nothing held a quiet topic's history back for minutes).
-            rest = carrying[1:]
-            chosen = carrying[:1] + self._rng.sample(rest, min(len(rest), count - 1))
-            chosen += self._rng.sample(others, min(len(others), count - len(chosen)))
+            # The anchor besides (a44 F2: identities serving nothing held it back).
+            anchor = anchor_of(carrying)
+            rest = [s for s in carrying if s is not anchor]
+            picked = self._rng.sample(rest, min(len(rest), count))
+            chosen = ([anchor] if anchor is not None else []) + picked
+            chosen += self._rng.sample(others, min(len(others), count - len(picked)))
             for socket in chosen:
                 asked.setdefault(socket, set()).add(topic)
         for socket, topics in asked.items():
@@ -433,15 +434,13 @@ class Fetcher:
                     self._gossip.tasks.spawn(more, f"catch-up {socket.peer}")
 
     def _lacking(self, socket: Socket, wanted: FetchRange, to: int) -> None:
-        """
-        ``socket``'s peer lacks what is still missing of ``wanted``'s stream up to
-        ``to``: its word counts for the gap, and another peer is asked if a start needs
-        more witnesses (the longest connected carrier's is needed, and it is asked
-        first: a44 F1). Not the word of another than the stream's origin while the
-        origin is connected: the gap is asked of it (found by a tester, t45 F2: a slow
-        publisher's messages, cut with its upload, were given up at every node on the
-        word of peers that never had them, 30 s later, while it kept them).
-        """
+        """``socket``'s peer lacks what is still missing of ``wanted``'s stream up to
+        ``to``: its word counts, and another peer is asked while a start needs more
+        witnesses: the anchor carrier's own word is needed, asked until it answers
+        (a44 F1; review80: its group's was any peer's in it). While the stream's
+        origin is connected, only its word counts: the gap is asked of it (t45 F2: a
+        slow publisher's messages were given up on the word of peers that never had
+        them, while it kept them)."""
         node, stream, witness, carriers = self._gossip.node, wanted.stream, None, {}
         if self._streams.is_start(stream, wanted.first, to):  # (else no need)
             witness = witness_of(node, socket)
@@ -452,13 +451,15 @@ class Fetcher:
                 asyncio.get_running_loop().call_soon(self.refill, origin, stream)
                 return
         needed = min(START_WITNESSES, len({*carriers.values(), witness}))
-        oldest = next(iter(carriers), None)
-        required = carriers[oldest] if oldest is not None else None
-        if self._streams.answered(stream, wanted.first, to, witness, needed, required):
+        anchor = anchor_of(carriers)
+        required = None if anchor is None else (ANCHOR, anchor.id)  # its own word
+        by_anchor = socket is anchor
+        if self._streams.answered(stream, wanted.first, to, witness, needed, required, by_anchor):
             lacking = self._streams.lacking(stream)
             others = [s for s, key in carriers.items() if key not in lacking]
-            if others:  # (once this fetch ended: one of a stream at a time)
-                next_ = others[0] if others[0] is oldest else self._rng.choice(others)
+            next_ = anchor if required not in lacking else None  # (asked until it answers)
+            if next_ is not None or others:  # (once this fetch ended: one at a time)
+                next_ = next_ or self._rng.choice(others)
                 asyncio.get_running_loop().call_soon(self.refill, next_, stream)
 
     def _behind_gap(self, wanted: FetchRange) -> bool:

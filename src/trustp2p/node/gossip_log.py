@@ -6,8 +6,10 @@ in one key), the router knows messages. :func:`open_log` opens a node's log.
 from __future__ import annotations
 
 __all__ = [
+    "ANCHOR",
     "OWN_SOURCE",
     "Attribution",
+    "anchor_of",
     "carriers_of",
     "claim",
     "delivered",
@@ -22,7 +24,7 @@ __all__ = [
 import base64
 import operator
 import secrets
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 from ..protocol.gossip import DeliveryMarks, GossipMessage, split_stream_key, stream_key
@@ -60,6 +62,27 @@ def log_source(node: Node, socket: Socket | None) -> str:
         return LOADED
     connections = node.connections
     return connections.share_group(socket) or connections.budget_key(socket)
+
+
+ANCHOR = "(anchor)"
+"""The key of the anchor's own word on a stream's start (see :func:`anchor_of`)."""
+
+
+def anchor_of(peers: Iterable[Socket]) -> Socket | None:
+    """
+    Of ``peers`` (in the order they connected), the one asked whatever the draw: the
+    longest connected that we dialled (a server's oldest client may be anyone's), else
+    the longest connected. Peers arriving later can't displace it: found by attackers
+    (a43 F1, a44 F1-F2), identities that served nothing took the catch-up rounds, a
+    topic's history and a stream's start from the hub, asked at random.
+    """
+    first = None
+    for socket in peers:
+        if not socket.inbound:
+            return socket
+        if first is None:
+            first = socket
+    return first
 
 
 def witness_of(node: Node, socket: Socket) -> str:

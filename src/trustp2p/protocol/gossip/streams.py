@@ -409,6 +409,7 @@ class Streams(Generic[S]):
         witness: object = None,
         witnesses: int = 1,
         required: object = None,
+        by_required: bool = False,
     ) -> bool:
         """
         A peer answered a fetch of ``stream``'s numbers ``first`` to ``last`` in full.
@@ -417,8 +418,9 @@ class Streams(Generic[S]):
 
         A gap before a stream's first held message, the stream without a mark and the
         message :data:`START_AGE` old, is a *start* once ``witnesses`` peers (each
-        ``witness`` a key: a network group), ``required`` among them if given, answered
-        without it: skipped at the next tick. Found by an attacker: one peer answering
+        ``witness`` a key: a network group) answered without it, and ``required`` (a
+        key of its own: the answer is ``by_required``) too if given: skipped at the
+        next tick. Found by an attacker: one peer answering
         first that it lacked a history the hub kept made a subscriber give up all of
         it; then (a44 F1) three addresses of one /24 were three witnesses, and the hub,
         asked at random, often came too late.
@@ -434,7 +436,13 @@ class Streams(Generic[S]):
             if self.is_start(stream, first, last):
                 lacking = self._lacking.setdefault(stream, set())
                 lacking.add(witness)
-                if len(lacking) >= witnesses and (required is None or required in lacking):
+                if by_required:
+                    lacking.add(required)
+                if required is None:
+                    start = len(lacking) >= witnesses
+                else:  # (its key is its own: not counted as a witness's)
+                    start = required in lacking and len(lacking) - 1 >= witnesses
+                if start:
                     self._starts.add(stream)  # (skipped at the next tick)
                 else:
                     more = True
