@@ -491,7 +491,8 @@ async def test_a_gap_of_a_connected_origin_is_not_given_up_on_anothers_word() ->
     node = Node(clock)
     node.add(1)
     node.add(12)  # 2..11 missing: cut with the origin's upload
-    relays, origins = _socket(relay, "relay"), _socket(origin, "origin", ORIGIN.peer_id)
+    relays = _socket(relay, "relay", "tprelayaaaaaaaaaaaaaaaaaaaaaaaaaaa")  # (authenticated too)
+    origins = _socket(origin, "origin", ORIGIN.peer_id)
     node.sockets[:] = [relays, origins]
     node.peers.update({relays.id: None, origins.id: None})
     origin.takes_a_turn = True  # (slow: it answers later)

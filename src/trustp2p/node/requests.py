@@ -194,13 +194,13 @@ class Requests:
         """
         if package_type not in REQUEST_TYPES:
             raise ValueError(f"{package_type!r} is not a request type")
+        if socket.write_paused:  # wait for room: the caller's burst slows it down
+            await socket.drain()
+        if socket.closed:
+            raise ConnectionClosed(socket.close_code, socket.close_reason)
         package = build_package(package_type, event, body, alt=self._alt, payload=payload or b"")
         check_size(package, self._max_package_size)  # before the table holds it
         left = timeout  # (a RequestTimeout says the one asked: tester42 F6)
-        if socket.write_paused:  # wait for room: the caller's burst slows it down
-            left = await self._room(socket, package, timeout)
-        if socket.closed:
-            raise ConnectionClosed(socket.close_code, socket.close_reason)
         if (conn := self._connections.get(socket.id)) is not None:  # fit(), written out
             if conn.protocol.state is not _OPEN:  # (waited for within its timeout)
                 conn, left = await self._introduced(conn, package, reroute, timeout)
@@ -230,22 +230,6 @@ class Requests:
         metrics.requests_answered += 1
         metrics.request_seconds.observe(self._clock() - now)
         return answer
-
-    async def _room(self, socket: Socket, package: Package, timeout: float | None) -> float | None:
-        """Wait for room to write ``package`` on ``socket``, within ``timeout``; the time
-        left of it. Found by a tester (t45 F3): the wait went uncounted, and a request
-        with ``timeout=60`` on a busy slow link raised after 111.7 s."""
-        if timeout is None:
-            await socket.drain()
-            return None
-        began = self._clock()
-        try:
-            async with asyncio.timeout(timeout):
-                await socket.drain()
-        except TimeoutError:
-            self._metrics.requests_timed_out += 1
-            raise RequestTimeout(package.event, package.tag, timeout) from None
-        return max(0.0, timeout - (self._clock() - began))
 
     async def _introduced(
         self, conn: PeerConnection, package: Package, reroute: bool, timeout: float | None
