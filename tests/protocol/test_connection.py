@@ -734,21 +734,27 @@ def test_an_original_peer_answers_our_ping_by_anything_it_says(
     assert heartbeat(connection) == [Lost("no pong within 10 s")]
 
 
+def talks_and_is_lost(connection: ConnectionProtocol, clock: FakeClock) -> None:
+    """Our ping just sent: the peer talks every 4 s and never pongs: lost at 10 s,
+    complete packages being no excuse."""
+    talk = encode(build_package(PackageType.TALK, "chat", {}))
+    for _ in range(2):
+        clock.advance(4.0)
+        connection.receive_data(talk)
+        assert heartbeat(connection) == []
+    clock.advance(4.0)
+    assert heartbeat(connection) == [Lost("no pong within 10 s")]
+
+
 def test_an_original_that_dialled_us_must_answer_our_ping(clock: FakeClock) -> None:
     # Found by a tester (t44): a peer that dialled us, never introduced itself, and
     # pinged without reading was kept for good; the original's client answers pings.
     connection = protocol(clock)
     connection.start()
-    talk = encode(build_package(PackageType.TALK, "chat", {}))
     connection.receive_data("")
     clock.advance(10.0)
     heartbeat(connection)  # our ping
-    for _ in range(2):
-        clock.advance(4.0)
-        connection.receive_data(talk)  # complete packages are no excuse
-        assert heartbeat(connection) == []
-    clock.advance(4.0)
-    assert heartbeat(connection) == [Lost("no pong within 10 s")]
+    talks_and_is_lost(connection, clock)
 
 
 def test_a_server_that_introduces_itself_after_an_empty_frame_must_answer_our_ping(
@@ -756,18 +762,12 @@ def test_a_server_that_introduces_itself_after_an_empty_frame_must_answer_our_pi
 ) -> None:
     # review76 F3: a version talk after the empty frame kept the excuse for good.
     connection = protocol(clock, inbound=False)
-    talk = encode(build_package(PackageType.TALK, "chat", {}))
     connection.receive_data("")
     connection.receive_data(encode(ours()))
     clock.advance(13.0)  # (interval, and a period more: we dialled)
     (ping,) = heartbeat(connection)
     assert isinstance(ping, Send)
-    for _ in range(2):
-        clock.advance(4.0)
-        connection.receive_data(talk)  # complete packages are no excuse
-        assert heartbeat(connection) == []
-    clock.advance(4.0)
-    assert heartbeat(connection) == [Lost("no pong within 10 s")]
+    talks_and_is_lost(connection, clock)
 
 
 def test_a_plain_peer_that_said_nothing_is_pinged_and_its_pong_opens_it(

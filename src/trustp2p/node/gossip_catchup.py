@@ -232,10 +232,10 @@ class Fetcher:
         Every ``catchup_interval``, a round with a random peer that carries one of our
         topics, or is the origin of messages of ours (every other one, at random, with
         one of those that relayed new messages first lately, if any, by their credit),
-        and one with the longest connected of them, if that is another.
+        and one with their anchor (:func:`.anchor_of`), if that is another.
 
-        The longest connected peer is one that peers arriving later can't displace:
-        found by an attacker (a43 F1, review79), four servers relaying their own
+        The anchor is one that peers arriving later can't displace: found by an
+        attacker (a43 F1, review79), four servers relaying their own
         throwaway identities' messages took 81-84 % of the draws, whatever they answered
         (empty marks, ours echoed, made-up ones, errors), and an origin's last messages,
         which no later message shows missing, stayed missing 90 s after the end.
