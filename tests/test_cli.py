@@ -267,6 +267,9 @@ def test_server_and_client_subprocesses_exchange_heartbeats(tmp_path: Path) -> N
         *timings,
     )
     try:
+        # (The server's own output if it never listens: a run once waited 30 s for the
+        # client's pong with the server's reason unseen, under load.)
+        server.wait_for_output("= listening on")
         # The client retries until the server listens, then pings flow.
         client.wait_for_output("> HEARTBEAT_PONG 'pong'")
         server.wait_for_output("< HEARTBEAT_PONG 'pong'")

@@ -15,9 +15,8 @@ of the node's peers. Part of ``node.gossip`` (:mod:`.gossip`), which makes one
   share (:class:`~trustp2p.protocol.gossip.PeerBudgets`: ``log_max_bytes`` each
   ``catchup_interval``).
 
-Each batch asked for is booked with the delivery queues first
-(:meth:`~.gossip_delivery.TopicQueues.batch`), so that what is fetched never outgrows
-what the handlers can take.
+Each batch asked for is booked first (:meth:`~.gossip_delivery.TopicQueues.batch`), so
+that what is fetched never outgrows what the handlers can take.
 
 """
 
@@ -588,6 +587,7 @@ class Fetcher:
         assert role is not None
         for attempt in range(BUSY_RETRIES + 1):
             try:
+                await socket.drain()  # room first: the timeout is the answer's (review82 R4)
                 return await role.request(socket, event, body, timeout=node.options.open_timeout)
             except (ConnectionClosed, RequestTimeout, PackageTooLarge):
                 return None  # (too large: a peer that says it takes less than our request)

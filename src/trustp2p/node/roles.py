@@ -137,7 +137,7 @@ class Role:
                 or the connection is lost (before the call too), or the server has no
                 handler for it, send it to the next connected server not yet tried;
                 the first response wins (a slow handler may run on several servers).
-            timeout: Seconds to wait, from when it could be written; ``response_timeout``.
+            timeout: Seconds to wait, for room to send too; ``response_timeout`` by default.
             payload: Binary data beside the body (wire field 7), for a trustp2p peer
                 (the original ignores it): the handler reads ``package.payload``. To get
                 the response's payload, use :meth:`request_package`.

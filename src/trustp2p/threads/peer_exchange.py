@@ -210,6 +210,9 @@ class PeerExchangeThread(Thread):
         if socket.id in self._unsupported:
             return
         try:
+            # Room first: a timeout says the peer didn't answer, not that our own link
+            # was busy (review82 R4: an honest peer was marked as the original).
+            await socket.drain()
             answer = await self.client.request(
                 socket, "get_peers", {}, timeout=self.node.options.open_timeout
             )

@@ -1,0 +1,111 @@
+"""A request's timeout counts its wait for room to send (tester45 F3, review82 R1-R3)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from trustp2p import Node, PackageType, RequestTimeout, Socket
+from trustp2p.protocol.package import build_package
+
+from .nodes import MakeNode
+
+
+@asynccontextmanager
+async def a_full_link(make_node: MakeNode) -> AsyncIterator[tuple[Node, Socket, ClientConnection]]:
+    """A plain server and its connection to a raw peer (it never introduces itself)
+    that has read nothing yet: the server's write buffer for it is full."""
+    options = {"write_limit": 1024, "max_send_bytes": 2**22, "max_package_size": 2**22}
+    server = await make_node(server=True, secure=False, **options)
+    assert server.url is not None and server.server is not None
+    async with connect(server.url, compression=None, max_queue=1) as ws:
+        await server.server.wait_connected()
+        inbound = server.server.sockets[0]
+        talk = build_package(PackageType.TALK, "news", {"pad": "z" * 100_000})
+        while not inbound.write_paused:
+            server.send_package(inbound, talk)
+            await asyncio.sleep(0)
+        yield server, inbound, ws
+        ws.transport.abort()
+
+
+async def test_a_request_waiting_for_room_times_out_within_its_timeout(
+    make_node: MakeNode,
+) -> None:
+    """tester45 F3: a request first waited for room to write, uncounted: one with
+    ``timeout=60`` on a busy slow link raised after 111.7 s (here: never, the peer
+    reading nothing). The wait is within the timeout, and the request is counted as
+    sent and timed out (review82 R3: not timed out alone)."""
+    async with a_full_link(make_node) as (server, inbound, _):
+        assert server.server is not None
+        metrics = server.metrics
+        sent, timed_out = metrics.requests_sent, metrics.requests_timed_out
+        async with asyncio.timeout(10):  # (before: waited for room for good)
+            with pytest.raises(RequestTimeout, match=r"within 0\.2 s"):
+                await server.server.request(inbound, "echo", {}, timeout=0.2)
+        assert (metrics.requests_sent, metrics.requests_timed_out) == (sent + 1, timed_out + 1)
+
+
+async def test_the_wait_for_room_and_for_the_introduction_share_the_timeout(
+    make_node: MakeNode,
+) -> None:
+    """review82 R1: after a wait for room, the wait for the peer's introduction was given
+    the whole timeout again: a request with ``timeout=2`` to a peer that makes room
+    after 1.8 s and never introduces itself raised after 3.8 s. It raises at 2 s."""
+    async with a_full_link(make_node) as (server, inbound, ws):
+        assert server.server is not None
+
+        async def read_later() -> None:
+            await asyncio.sleep(1.8)
+            while True:
+                await ws.recv()
+
+        reader = asyncio.ensure_future(read_later())
+        try:
+            async with asyncio.timeout(3.0):  # (before: 3.8 s)
+                with pytest.raises(RequestTimeout, match=r"within 2 s"):
+                    await server.server.request(inbound, "echo", {}, timeout=2.0)
+        finally:
+            reader.cancel()
+
+
+class RoomAtTheDeadline:
+    """A socket whose room comes back just before a request's deadline, in a loop
+    iteration that then runs past it (a busy handler)."""
+
+    id = 987_654
+    closed = False
+    close_code = None
+    close_reason = ""
+    peer = "fake"
+    write_paused = True
+
+    async def drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        room = loop.create_future()
+
+        def resume_writing() -> None:  # (the transport's callback)
+            room.set_result(None)
+            self.write_paused = False
+            time.sleep(0.25)  # the rest of this loop iteration
+
+        loop.call_later(0.1, resume_writing)
+        await room
+
+
+async def test_room_that_comes_at_the_deadline_is_a_timeout_not_a_value_error(
+    make_node: MakeNode,
+) -> None:
+    """review82 R2, in the first mend of tester45 F3: room that came back as the
+    deadline passed left 0 s for the response, and the request table raised
+    ``ValueError``."""
+    node = await make_node(server=True, secure=False)
+    socket = cast(Socket, cast(Any, RoomAtTheDeadline()))
+    with pytest.raises(RequestTimeout, match=r"within 0\.2 s"):
+        await node.requests.request_package(socket, "echo", {}, timeout=0.2)
