@@ -81,6 +81,7 @@ class Peer:
         self.asked: list[Body] = []
         self.hwm_asked = 0
         self.takes_a_turn = False
+        self.waiting = False  # it says it waits for what it lacks, from their origin
 
     def answer(self, event: str, body: Body) -> Body:
         last = max(self.log)
@@ -93,7 +94,10 @@ class Peer:
         numbers = range(wanted.first, wanted.last + 1) if wanted.seqs is None else wanted.seqs
         kept = [self.log[seq] for seq in numbers if seq in self.log][: body["limit"]]
         self.served += len(kept)
-        return fetch_answer(kept, body["max_bytes"], last)
+        answer = fetch_answer(kept, body["max_bytes"], last)
+        if self.waiting:
+            answer["waiting"] = True
+        return answer
 
 
 class Node:
@@ -527,3 +531,59 @@ async def test_a_start_waits_for_the_anchors_own_word_in_one_network() -> None:
     events, _ = node.streams.tick()
     assert not [e for e in events if isinstance(e, GapSkipped)]
     assert hub.asked and node.delivered == list(range(1, 21))
+
+
+async def test_a_gap_a_peer_waits_for_from_its_origin_is_not_given_up_on_its_word() -> None:
+    """tester45 F2's rest: a node not connected to a slow origin gave its gap up on the
+    word of a hub that lacked the messages too, while the hub, connected to the origin,
+    waited for them: 30 s later the hub had them and the node had lost them. A peer that
+    says it waits for them (``"waiting": true``) doesn't answer for them: the gap waits,
+    is asked again, and fills from that peer once it has them."""
+    clock = FakeClock()
+    hub = Peer(range(1, 2))
+    hub.log[12] = _message(12)  # 2..11 missing there too...
+    hub.waiting = True  # ...and it waits for them from the origin
+    node = Node(clock)
+    node.add(1)
+    node.add(12)  # 2..11 missing
+    hubs = _socket(hub, "hub")
+    node.sockets[:] = [hubs]
+    node.peers.update({hubs.id: None})
+    node.fetcher.refill(hubs, STREAM)
+    await node.tasks.pop(0)
+    assert hub.asked  # asked, and answered "waiting"
+    clock.advance(30.0)  # gap_timeout
+    events, waiting = node.streams.tick()
+    assert not [e for e in events if isinstance(e, GapSkipped)] and waiting == [STREAM]
+    hub.log.update({seq: _message(seq) for seq in range(2, 12)})  # the origin's came
+    hub.waiting = False
+    node.fetcher.refill(hubs, STREAM)  # (asked again at a heartbeat)
+    await node.tasks.pop(0)
+    assert node.delivered == list(range(1, 13))
+
+
+async def test_a_gap_a_peer_waits_for_for_good_is_given_up_when_unanswered() -> None:
+    """The bound of "waiting": a peer that says it forever (an attacker, or a hub whose
+    origin never answers) holds a gap as long as a peer that never answers does,
+    ``gap_timeout`` x 10, then the gap is given up whole."""
+    clock = FakeClock()
+    hub = Peer(range(1, 2))
+    hub.log[12] = _message(12)
+    hub.waiting = True
+    node = Node(clock)
+    node.add(1)
+    node.add(12)
+    hubs = _socket(hub, "hub")
+    node.sockets[:] = [hubs]
+    node.peers.update({hubs.id: None})
+    for _ in range(9):  # asked at each of 9 gap timeouts: it waits still
+        node.fetcher.refill(hubs, STREAM)
+        await node.tasks.pop(0)
+        clock.advance(30.0)
+        events, _ = node.streams.tick()
+        assert not [e for e in events if isinstance(e, GapSkipped)]
+    clock.advance(30.0)
+    events, _ = node.streams.tick()
+    skipped = [(e.first, e.last) for e in events if isinstance(e, GapSkipped)]
+    released = [e.message.seq for e in events if isinstance(e, Deliver)]
+    assert skipped == [(2, 11)] and released == [12]

@@ -479,3 +479,38 @@ async def test_an_answer_over_the_askers_batch_is_counted_against_its_peer(
         assert asker.metrics.invalid == {"invalid gossip/fetch answer": 1}
         await wait_for(lambda: not gossip(asker).catchup.fetching)
         assert got == []
+
+
+async def test_a_node_waiting_for_a_connected_origins_messages_says_so() -> None:
+    """tester45 F2's rest: a hub connected to a slow origin waited for its messages (the
+    origin's own word decides there), but answered a node behind it that it lacked
+    them, and that node gave them up. The hub's answer says it waits for them while
+    the origin is connected to it; not once the origin is gone, nor for what it has."""
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "origin") as origin,
+        memory_node(hub, "hub") as relay,
+        memory_node(hub, "late") as late,
+    ):
+        relay.subscribe("chat")
+        for node in (origin, late):
+            assert node.client is not None and relay.url is not None
+            node.client.connect(relay.url)
+            await node.client.wait_connected()
+        assert origin.identity is not None and origin.peer_id is not None
+        now = int(time.time() * 1000)
+        for seq in (1, 4):  # 2 and 3 missing at the hub
+            message = sign_message(origin.identity, "chat", seq, now, {"n": seq})
+            gossip(relay).order.add(message, None)
+        [thread] = [t for t in relay.threads if isinstance(t, GossipThread)]
+
+        def fetch(first: int, last: int) -> Body:
+            body = {"topic": "chat", "origin": origin.peer_id, "from": first, "to": last}
+            request = build_package(PackageType.REQUEST, FETCH, body)
+            return thread.serve_fetch(socket_to(relay, "late"), request)
+
+        assert fetch(2, 3).get("waiting") is True  # (before: {"messages": [], "last": 0})
+        assert "waiting" not in fetch(5, 9)  # not a gap of its own
+        await origin.stop()
+        await wait_for(lambda: len(relay.sockets) == 1)
+        assert "waiting" not in fetch(2, 3)  # nobody it waits for

@@ -491,6 +491,27 @@ def test_a_peer_behind_inside_a_batch_of_seqs_lacks_what_it_passed_only() -> Non
     assert fetch.lacking_to() == 7
 
 
+def test_a_peer_waiting_for_what_it_lacks_answers_for_none_of_it() -> None:
+    """tester45 F2: a hub connected to a slow origin waited for its messages (cut with
+    the origin's upload), and the nodes behind it gave them up on the hub's word that
+    it lacked them. A peer that says it waits for them from their origin answered for
+    none of what didn't come; what came is taken."""
+    waited = Fetch(FetchRange.of_seqs(TOPIC, A, (2, 3, 4)), batch=10)
+    waited.request()
+    assert [m.seq for m in waited.receive({**_answer(2), "last": 12, "waiting": True})] == [2]
+    assert waited.request()["seqs"] == [3, 4]
+    waited.receive({"messages": [], "last": 12, "waiting": True})
+    assert waited.done and waited.waiting and waited.lacking_to() == 0
+    ranged = Fetch(FetchRange(TOPIC, A, 2, 11), batch=10)
+    ranged.request()
+    ranged.receive({"messages": [], "last": 12, "waiting": True})
+    assert ranged.done and ranged.lacking_to() == 0
+    lacked = Fetch(FetchRange(TOPIC, A, 2, 11), batch=10)  # (the same, not waiting)
+    lacked.request()
+    lacked.receive({"messages": [], "last": 12, "waiting": 1})  # (only true says it)
+    assert lacked.done and lacked.lacking_to() == 11
+
+
 def test_ending_a_fetch_catchup_did_not_begin_is_harmless() -> None:
     # Found in review: a KeyError, which in a finally would hide the real error.
     catchup = CatchUp(batch=5)
@@ -831,6 +852,7 @@ def test_a_fetch_answer_fits_its_byte_budget_but_always_holds_one_message() -> N
     assert len(fetch_answer(messages, 2 * one - 1)["messages"]) == 1
     assert len(fetch_answer(messages, 1)["messages"]) == 1  # moves on regardless
     assert fetch_answer([], 100) == {"messages": [], "last": 0}
+    assert fetch_answer([], 100, 7, waiting=True) == {"messages": [], "last": 7, "waiting": True}
 
 
 def test_size_limits() -> None:

@@ -441,6 +441,18 @@ def test_held_range_and_missing_runs() -> None:
         streams.add(_message(seq), "p")
     assert streams.held_range(STREAM) == (5, 9)
     assert list(streams.missing_runs(STREAM)) == [(2, 4), (6, 6), (8, 8)]
+
+
+def test_waits_for_says_whether_a_range_meets_a_gap_not_given_up() -> None:
+    # What a node tells an asker behind it: it waits for those too (tester45 F2).
+    streams, _, _ = _streams()
+    assert not streams.waits_for(STREAM, 1, 100)  # nothing held: no gap
+    for seq in (1, 5, 9, 7):
+        streams.add(_message(seq), "p")  # missing: 2..4, 6, 8
+    assert streams.waits_for(STREAM, 4, 4) and streams.waits_for(STREAM, 8, 20)
+    assert streams.waits_for(STREAM, 1, 2)
+    assert not streams.waits_for(STREAM, 5, 5) and not streams.waits_for(STREAM, 9, 20)
+    assert not streams.waits_for(STREAM, 1, 1)  # delivered
     streams.skip_gap(STREAM)  # 2..4: 5 released, 6 missing
     assert streams.held_range(STREAM) == (7, 9)
     streams.skip_gap(STREAM)

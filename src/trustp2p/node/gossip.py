@@ -8,8 +8,8 @@ Publish/subscribe and catch-up on a node: ``node.gossip``. The decisions live in
   ``node.gossip.subscribe(topic, handler)`` (``handler(message)``): each once, in
   order per origin and topic (a *stream*), topics side by side (:mod:`.gossip_delivery`).
 - Validators (``set_validator``) accept, ignore or reject (against its sender) a message.
-- Catch-up (:mod:`.gossip_catchup`): peers exchange their logs' marks (``gossip/hwm``)
-  and fetch what they miss (``gossip/fetch``); a live gap is fetched, or skipped later.
+- Catch-up (:mod:`.gossip_catchup`): peers exchange marks (``gossip/hwm``) and fetch
+  what they miss (``gossip/fetch``); a live gap is fetched, or skipped later.
 
 """
 
@@ -148,8 +148,9 @@ class Gossip:
         return self.message_log
 
     @property
-    def _order(self) -> Streams[Socket | None]:
-        if self._streams is None:  # the order is kept in the log's delivered marks
+    def order(self) -> Streams[Socket | None]:
+        """The order of delivery per stream: what is held, and the gaps not given up."""
+        if self._streams is None:  # (kept in the log's delivered marks)
             raise NodeStateError("gossip is not started")
         return self._streams
 
@@ -255,7 +256,7 @@ class Gossip:
         """Deliver what the log holds of ``topic`` past the delivered marks: messages
         logged before a crash (or a stop) let their handlers run."""
         for message in undelivered(self._log, topic, self._log):
-            self._carry_out(self._order.add(message, None))
+            self._carry_out(self.order.add(message, None))
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic``: its handlers are forgotten. A topic of
@@ -311,13 +312,9 @@ class Gossip:
             topic, origin = split_stream_key(stream)
             if origin == own:
                 self._published.add(topic)
-        self._streams = Streams(
-            self._marks,
-            clock=self._now,
-            wall_clock=self._wall_clock,
-            gap_timeout=options.gap_timeout,
-            max_age=options.log_max_age,
-        )
+        self._streams = Streams(self._marks, clock=self._now, wall_clock=self._wall_clock,
+                                gap_timeout=options.gap_timeout,
+                                max_age=options.log_max_age)  # fmt: skip
         self._fetcher = Fetcher(
             self,
             streams=self._streams,
@@ -445,7 +442,7 @@ class Gossip:
         if not self.router.receive(None, message, pending=True):
             return  # seen before: it holds its place already, or was dealt with
         self.router.refuse(message.id)  # seen: its copies are dropped by id
-        self._carry_out(self._order.pass_over(message))
+        self._carry_out(self.order.pass_over(message))
         self._delivery.settle_if_idle()
 
     def _ingest(self, socket: Socket | None, message: GossipMessage, *, live: bool) -> bool:
@@ -455,7 +452,7 @@ class Gossip:
         message = self._attribution.passed_on(socket, message, live=live)
         # Delivered already, or older than we remember delivering: dropped, but seen (its
         # copies are dropped by id). Awaiting its validator: neither announced nor served.
-        stale = self._order.stale(message)
+        stale = self.order.stale(message)
         if live and socket is not None and stale is None and self._delivery.sheds(message, socket):
             return say_shed(self.node, message, socket, self.router)  # (unseen: caught up later)
         pending = stale is not None or message.topic in self._validators
@@ -467,12 +464,12 @@ class Gossip:
         if stale is not None:
             self.router.refuse(message.id)
             if stale == "delivered":  # (a copy whose id the router forgot: silent)
-                skew, now = self._order.clock_skew, self._wall_clock()
+                skew, now = self.order.clock_skew, self._wall_clock()
                 if signed_twice(self.node, self._log, message, skew, now):
                     self.renumbered += 1
             else:
                 self.too_old += 1
-                marks = (self._log.forgotten_before, self._order.clock_skew)
+                marks = (self._log.forgotten_before, self.order.clock_skew)
                 say_too_old(self.node, message, stale, self._wall_clock(), *marks, live=live)
             return False
         if message.topic in self._validators:  # (caught up: "check", never held)
@@ -494,14 +491,14 @@ class Gossip:
         on, deliver it in turn."""
         source = self._attribution.source(via or socket, message)  # (stored: MessageLog.add)
         if not logged and not self._log.add(to_logged(message), source):
-            signed_twice(self.node, self._log, message, self._order.clock_skew, self._wall_clock())
+            signed_twice(self.node, self._log, message, self.order.clock_skew, self._wall_clock())
         if via is not None and via.peer_id == message.origin:  # (see claim)
             claim(self.node, self._log, via, message.topic)
         if forward:
             self.router.forward(socket.id if socket is not None else None, message)
             if self._fetcher is not None and socket is not None:  # (catch-up's sources)
                 self._fetcher.relayed_first(socket, message.origin)
-        self._carry_out(self._order.add(message, socket))
+        self._carry_out(self.order.add(message, socket))
         if socket is not None and self._fetcher is not None:  # a gap before it: ask the
             # peer that revealed it
             self._fetcher.refill(socket, stream_key(message.topic, message.origin))
@@ -554,7 +551,7 @@ class Gossip:
             return
         # Refused: it takes its turn without being delivered.
         self.router.refuse(message.id)
-        self._carry_out(self._order.pass_over(message))
+        self._carry_out(self.order.pass_over(message))
         if verdict is Validation.REJECT and socket is not None:
             self.router.stats.invalid += 1
             rejected(self.node, socket, message)
@@ -570,7 +567,7 @@ class Gossip:
     def check_gaps(self) -> None:
         """Skip the gaps that waited ``gap_timeout``; ask a random peer for the others
         (the one that revealed them lacked them too). At every gossip heartbeat."""
-        events, waiting = self._order.tick(busy=self.catchup.fetching)
+        events, waiting = self.order.tick(busy=self.catchup.fetching)
         self._carry_out(events)
         self._delivery.settle_if_idle()
         self._rng.shuffle(waiting)  # a peer's many gaps don't always come first

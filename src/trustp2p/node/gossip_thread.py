@@ -18,6 +18,7 @@ from ..protocol.gossip import (
     GOSSIP_EVENTS,
     HWM,
     FairShare,
+    FetchRange,
     HwmMarks,
     answer_size_limit,
     busy_answer,
@@ -163,4 +164,13 @@ class GossipThread(Thread):
         self._charge(socket, examined)
         messages = [m for m, _ in sized]
         last = gossip.message_log.last_seq(wanted.stream) or 0
-        return fetch_answer(messages, max_bytes, last)
+        return fetch_answer(messages, max_bytes, last, waiting=self._waiting(wanted))
+
+    def _waiting(self, wanted: FetchRange) -> bool:
+        """Whether we lack some of ``wanted`` and wait for it from its origin, connected
+        to us (a gap of ours it fills, :meth:`~.gossip_catchup.Fetcher.refill`): an asker
+        behind us is told not to give them up on our word (tester45 F2)."""
+        first, last = wanted.first, wanted.last
+        if not self.gossip.order.waits_for(wanted.stream, first, last):
+            return False
+        return any(s.peer_id == wanted.origin for s in self.node.sockets)

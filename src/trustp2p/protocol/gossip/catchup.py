@@ -141,6 +141,11 @@ class Fetch:
         self.answered_to = 0
         """Once :attr:`done`: the highest seq asked for that the peer answered for in
         full (those asked for up to it that didn't come, it lacks); 0 for none."""
+        self.waiting = False
+        """The peer said it waits for some of those asked for from their origin
+        (``"waiting": true``): what didn't come, it answered for none of (tester45 F2: a
+        hub connected to a slow origin waited for its messages; the nodes behind it gave
+        them up on the hub's word)."""
         self.first_received = 0
         """The seq of the first message received; 0 for none yet."""
         self.ranges = False
@@ -250,7 +255,9 @@ class Fetch:
             self.ranges = not self._asked.issuperset(message.seq for message in messages)
         if wanted.seqs is not None and not self.done:
             self._move_past(wanted.seqs, first)
-        if self.done and last >= wanted.first:
+        if answer.get("waiting") is True:
+            self.waiting = True
+        if self.done and last >= wanted.first and not self.waiting:
             self.answered_to = last
         return messages
 

@@ -220,13 +220,17 @@ def decode_fetch_request(body: Body) -> FetchRange:
     return FetchRange(topic, origin, first, last, tuple(seqs))
 
 
-def fetch_answer(messages: Iterable[GossipMessage], max_bytes: int, last: int = 0) -> Body:
+def fetch_answer(
+    messages: Iterable[GossipMessage], max_bytes: int, last: int = 0, *, waiting: bool = False
+) -> Body:
     """
     The answer to a ``gossip/fetch`` request: ``messages`` (oldest first) up to
     ``max_bytes`` bytes as they go on the wire. The first is always in it, so that the
     asker moves on; it asks again from the last seq it got + 1. ``last`` is the highest
     seq we keep of the stream (0: none): with no message, it tells a peer that lacks
-    them (we are past them) from one that hasn't got them yet.
+    them (we are past them) from one that hasn't got them yet. ``waiting``: we lack some
+    of those asked for and wait for them from their origin, connected to us (``"waiting":
+    true``): our lack is no reason to give them up.
     """
     bodies: list[Body] = []
     size = 0
@@ -236,7 +240,10 @@ def fetch_answer(messages: Iterable[GossipMessage], max_bytes: int, last: int = 
         if size > max_bytes and bodies:
             break
         bodies.append(body)
-    return {"messages": bodies, "last": last}
+    answer: Body = {"messages": bodies, "last": last}
+    if waiting:
+        answer["waiting"] = True
+    return answer
 
 
 # Asking: what we want of a peer, and its answers.

@@ -340,6 +340,11 @@ class Streams(Generic[S]):
                 yield first, seq - 1
             first = max(first, seq + 1)
 
+    def waits_for(self, stream: str, first: int, last: int) -> bool:
+        """Whether a number from ``first`` to ``last`` of ``stream`` is missing here, in
+        a gap not given up yet."""
+        return any(a <= last and first <= b for a, b in self.missing_runs(stream))
+
     def missing_seqs(self, stream: str, limit: int) -> list[int]:
         """The numbers missing before ``stream``'s last held message, ascending: those of
         its first gap, then of the gaps between held ones; at most ``limit``."""
