@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import signal
@@ -95,6 +96,28 @@ async def test_a_demo_that_overran_its_schedule_still_stops_its_node() -> None:
     fake.stopped_node = None
     await demo._run(fake, 0.0, True)  # type: ignore[arg-type]
     assert calls[1:] == [("stop", 1), "restart"]
+
+
+async def test_a_stop_that_takes_the_rest_of_the_run_leaves_the_chat_rounds_after_it() -> None:
+    """Found in the suite at load 7: the victim's stop took the rest of a 0.9 s run, the
+    rounds after it were never chatted, and a --no-restart run's stopped node missed
+    nothing. The rounds are counted: those left come after the stop all the same."""
+    calls: list[object] = []
+
+    async def stop(index: int) -> None:
+        calls.append(("stop", index))
+        await asyncio.sleep(1.0)  # longer than the run
+
+    async def chat(round_: int) -> None:
+        calls.append(round_)
+
+    console = Console(file=io.StringIO())
+    fake = SimpleNamespace(size=3, speed=10.0, stopped_node=None, console=console, stop=stop,
+                           chat=chat)  # fmt: skip
+    await demo._run(fake, 0.9, False)  # type: ignore[arg-type]
+    stopped = calls.index(("stop", 1))
+    assert [c for c in calls if c != ("stop", 1)] == list(range(7))  # 0.1 s apart, to 0.675
+    assert calls[stopped + 1 :]  # (before: none)
 
 
 @pytest.mark.slow

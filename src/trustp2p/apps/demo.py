@@ -475,19 +475,22 @@ async def _run(demo: _Demo, duration: float, restart: bool) -> None:
     started = loop.time()
     victim = demo.size - 2 if demo.size >= 3 else None  # a node that has clients
     chat_interval = CHAT_INTERVAL / demo.speed
-    # The chat stops a little before the end, so that the last messages settle.
-    chat_until = started + max(duration - QUIET_END / demo.speed, duration * 0.75)
+    # The chat stops a little before the end, so that the last messages settle. Its
+    # rounds are counted, not timed: a loaded machine whose stop of the victim took the
+    # rest of the run had every round before it (a --no-restart run missed nothing).
+    chat_until = max(duration - QUIET_END / demo.speed, duration * 0.75)
+    rounds = math.ceil(chat_until / chat_interval)
     chat_round = 0
     next_chat = started
     with _display(demo, duration) as show:
-        while (now := loop.time()) < started + duration:
+        while (now := loop.time()) < started + duration or chat_round < rounds:
             elapsed = now - started
             if victim is not None and demo.stopped_node is None and elapsed >= duration / 3:
                 await demo.stop(victim)
                 demo.stopped_node = victim
             elif restart and demo.stopped_node is not None and elapsed >= 2 * duration / 3:
                 await demo.restart_stopped()
-            if next_chat <= now < chat_until:
+            if next_chat <= now and chat_round < rounds:
                 await demo.chat(chat_round)
                 chat_round += 1
                 next_chat += chat_interval
