@@ -164,7 +164,8 @@ class GossipThread(Thread):
         self._charge(socket, examined)
         messages = [m for m, _ in sized]
         last = gossip.message_log.last_seq(wanted.stream) or 0
-        return fetch_answer(messages, max_bytes, last, waiting=self._waiting(wanted))
+        waiting = len(messages) < limit and self._waiting(wanted)  # (a full batch: more)
+        return fetch_answer(messages, max_bytes, last, waiting=waiting)
 
     def _waiting(self, wanted: FetchRange) -> bool:
         """Whether we lack some of ``wanted`` and wait for it from its origin, connected

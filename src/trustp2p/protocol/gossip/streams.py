@@ -342,7 +342,9 @@ class Streams(Generic[S]):
 
     def waits_for(self, stream: str, first: int, last: int) -> bool:
         """Whether a number from ``first`` to ``last`` of ``stream`` is missing here, in
-        a gap not given up yet."""
+        a gap not given up yet (the first gap at once, the others by sorting)."""
+        if (gap := self.missing(stream)) is not None and first <= gap[1] and gap[0] <= last:
+            return True
         return any(a <= last and first <= b for a, b in self.missing_runs(stream))
 
     def missing_seqs(self, stream: str, limit: int) -> list[int]:
