@@ -4,14 +4,18 @@ not in the node's memory (the delivery backlog's bound), over real loopback sock
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 from prometheus_client import generate_latest
 
 from trustp2p.admin.collector import node_registry
 from trustp2p.admin.status import TopicRates, node_status
+from trustp2p.identity import Identity
 from trustp2p.node.gossip_delivery import MAX_WAITING_BYTES
 from trustp2p.node.gossip_validate import Validation
-from trustp2p.protocol.gossip import GossipMessage
+from trustp2p.protocol.gossip import GossipMessage, sign_message
+from trustp2p.protocol.package import PackageType, build_package, encode
 
 from .conftest import stays
 from .nodes import MakeNode, wait_for
@@ -169,3 +173,113 @@ async def test_a_relayed_flood_of_a_slow_topic_holds_not_the_relay(make_node: Ma
     gate.set()
     await wait_for(lambda: len(slow) == count, timeout=60)
     assert slow == list(range(1, count + 1)) and node.sockets == [link]
+
+
+async def test_a_relayed_flood_beside_another_origin_holds_not_the_relay(
+    make_node: MakeNode,
+) -> None:
+    """Found in review (review81 F1): only the origins over an even part of the topic's
+    share were shed, so a message of another origin, within its part, that came past the
+    bound held the hub as before: a flood split over two identities, or beside another
+    identity's messages, delayed another topic 18-19 s (once the hub dropped the node).
+    Every message the hub relays of the topic is shed past the bound, whatever its
+    origin, and fetched by catch-up once the topic drains: all delivered, in order."""
+    gate = asyncio.Event()
+    slow: dict[str, list[int]] = {}
+    chat: list[int] = []
+
+    async def validator(message: GossipMessage) -> Validation:
+        await gate.wait()
+        return Validation.ACCEPT
+
+    hub = await make_node(server=True)
+    hub.subscribe("slow")
+    hub.subscribe("chat")
+    node = await make_node(client=True, peers=[hub.url])
+    node.subscribe("slow", lambda m: slow.setdefault(m.origin, []).append(m.seq))
+    node.subscribe("chat", lambda message: chat.append(message.seq))
+    node.gossip.set_validator("slow", validator)
+    flooder = await make_node(client=True, peers=[hub.url])
+    second = await make_node(client=True, peers=[hub.url])  # the flooder's other identity
+    honest = await make_node(client=True, peers=[hub.url])
+    for peer in (node, flooder, second, honest):
+        await peer.client.wait_connected()  # type: ignore[union-attr]
+    flooder.subscribe("slow")
+    second.subscribe("slow")
+    honest.subscribe("chat")
+    await wait_for(lambda: len(hub.sockets) == 4)
+    await hub.gossip.wait_subscribers("slow", 3)
+    count, size = 200, 100_000  # 20 MB, over the bound of 16 MiB
+    for _ in range(count):
+        await flooder.publish("slow", {"x": "a" * size})
+    await wait_for(lambda: node.gossip.waiting_bytes > MAX_WAITING_BYTES - 2 * size, timeout=20)
+    await wait_for(lambda: node.metrics.gossip_shed > 0, timeout=20)
+    await second.publish("slow", {"x": "b" * 50_000})  # (it held the hub)
+    for n in range(5):  # another topic through the same hub goes on
+        await honest.publish("chat", {"n": n})
+    await wait_for(lambda: chat == [1, 2, 3, 4, 5], timeout=10)
+    (link,) = node.sockets
+    conn = node.connection(link)
+    assert conn is not None and not conn.held
+    gate.set()
+    await wait_for(lambda: sum(map(len, slow.values())) == count + 1, timeout=60)
+    assert slow == {flooder.peer_id: list(range(1, count + 1)), second.peer_id: [1]}
+    assert node.sockets == [link]
+
+
+async def test_messages_released_behind_a_gap_hold_not_the_relay(make_node: MakeNode) -> None:
+    """Found in review (review81 F1): past the bound, the messages that a gap filled
+    released (accepted before, held in order behind it) were queued with the peer they
+    came from, and held it: a long flood held the hub 24 s. They are in memory already:
+    they hold nobody (twice the bound still holds every peer that sends more)."""
+    gates = {"a": asyncio.Event(), "b": asyncio.Event()}
+    started: list[str] = []
+    got: dict[str, list[int]] = {}
+
+    async def validator(message: GossipMessage) -> Validation:
+        if (gate := message.body.get("gate")) is not None:
+            started.append(gate)
+            await gates[gate].wait()
+        return Validation.ACCEPT
+
+    hub = await make_node(server=True)
+    hub.subscribe("slow")
+    node = await make_node(client=True, peers=[hub.url])
+    node.subscribe("slow", lambda m: got.setdefault(m.origin, []).append(m.seq))
+    node.gossip.set_validator("slow", validator)
+    writer = await make_node(client=True, peers=[hub.url])  # writes another origin's
+    publisher = await make_node(client=True, peers=[hub.url])
+    for peer in (node, writer, publisher):
+        await peer.client.wait_connected()  # type: ignore[union-attr]
+    publisher.subscribe("slow")
+    await wait_for(lambda: len(hub.sockets) == 3)
+    await hub.gossip.wait_subscribers("slow", 2)
+    origin, size = Identity.generate(), 100_000
+    (to_hub,) = writer.sockets
+
+    def write(seq: int, data: dict[str, Any]) -> None:
+        message = sign_message(origin, "slow", seq, int(time.time() * 1000), data)
+        to_hub.write(encode(build_package(PackageType.GOSSIP, "slow", message.to_body())))
+
+    write(1, {})
+    await wait_for(lambda: got.get(origin.peer_id) == [1])
+    for seq in range(3, 13):  # accepted, and held behind the gap of 2
+        write(seq, {"x": "a" * size})
+    await wait_for(lambda: node.gossip.held_bytes > 10 * size)
+    write(2, {"gate": "a", "x": "a" * size})  # (queued again for its handlers: past the bound)
+    await wait_for(lambda: started == ["a"])
+    count = 200  # 20 MB, over the bound of 16 MiB, behind 2 (the rest shed)
+    for _ in range(count):
+        await publisher.publish("slow", {"x": "b" * size, "gate": "b"})
+    await wait_for(lambda: node.gossip.waiting_bytes > MAX_WAITING_BYTES - 2 * size, timeout=20)
+    await wait_for(lambda: node.metrics.gossip_shed > 0, timeout=20)
+    gates["a"].set()  # 2 fills the gap: 2-12 are released, past the bound
+    await wait_for(lambda: started == ["a", "b"])  # (the next: 2-12 are queued)
+    assert node.gossip.waiting_bytes > MAX_WAITING_BYTES  # (2-12 counted)
+    (link,) = node.sockets
+    conn = node.connection(link)
+    assert conn is not None and not conn.held
+    gates["b"].set()
+    await wait_for(lambda: len(got.get(publisher.peer_id, [])) == count, timeout=60)
+    assert got == {origin.peer_id: list(range(1, 13)), publisher.peer_id: list(range(1, count + 1))}
+    assert node.sockets == [link]

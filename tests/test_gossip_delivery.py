@@ -426,12 +426,14 @@ async def _play(steps: list[Step]) -> None:
     await tasks.aclose()
 
 
-async def test_a_relayed_origin_over_its_share_is_shed_not_held(
+async def test_a_relayed_message_of_a_topic_over_its_share_is_shed_not_held(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Found by an attacker (attacker43 F2): one origin's flood of a slow topic, relayed
     # by an honest hub, held the hub, and with it every other topic, request and ping
-    # it carried (15-20 s late; the hub once dropped the node for a pong).
+    # it carried (15-20 s late; the hub once dropped the node for a pong). And in
+    # review (review81 F1): shedding only the origins over a part of the topic's share,
+    # another origin's message held the hub as before.
     tasks = TaskOwner(logging.getLogger("test"))
     recorder = Recorder()
     recorder.gates["slow"] = asyncio.Event()
@@ -457,14 +459,40 @@ async def test_a_relayed_origin_over_its_share_is_shed_not_held(
         assert send(10, "flood") and send(11, "flood")  # over: shed, the hub not held
     assert hub.holds == [] and queues.waiting == 10 * EACH
     (line,) = [r.getMessage() for r in caplog.records]  # once a round
-    assert "of 'slow' wait for its handlers: messages of origins over their share" in line
-    # Another origin, within its share: its message holds the hub, as before.
-    assert not send(12, "honest") and hub.holds == [True]
+    assert "of 'slow' wait for its handlers: the messages peers relay are dropped" in line
+    assert send(12, "honest") and send(13, "other")  # whatever their origin
+    assert hub.holds == [] and queues.waiting == 10 * EACH
     # Nor is the node's own shed, nor a publisher's own (holding it holds only itself).
-    assert not queues.sheds(message("slow", 13, origin="flood"), None)
-    assert not queues.sheds(message("slow", 14, origin="hub"), hub)
-    recorder.gates["slow"].set()  # drained: the hub goes on, and is asked for what was shed
-    await wait_for(lambda: hub.holds == [True, False] and caught_up == ["hub", "hub"])
+    assert not queues.sheds(message("slow", 14, origin="flood"), None)
+    publisher = Peer("publisher")
+    own = message("slow", 15, origin="publisher")
+    assert not queues.sheds(own, publisher)
+    queues.put("validate", own, publisher)
+    assert publisher.holds == [True] and hub.holds == []
+    recorder.gates["slow"].set()  # drained: the hub is asked for what was shed
+    await wait_for(lambda: publisher.holds == [True, False] and caught_up == ["publisher", "hub"])
     await wait_for(lambda: queues.waiting == 0)
-    assert not queues.sheds(message("slow", 15, origin="flood"), hub)
+    assert not queues.sheds(message("slow", 16, origin="flood"), hub)
+    await tasks.aclose()
+
+
+async def test_messages_accepted_before_hold_nobody() -> None:
+    # Found in review (review81 F1): past the bound, the messages that a gap filled or
+    # skipped released from their stream's order (or that their validator passed) were
+    # queued with the peer they came from and held it: a long flood held the relay 24 s.
+    # They are in memory already; only twice the bound holds every peer that sends more.
+    tasks = TaskOwner(logging.getLogger("test"))
+    recorder = Recorder()
+    recorder.gates["slow"] = asyncio.Event()
+    hub, publisher = Peer("hub"), Peer("o")
+    queues = TopicQueues(tasks, recorder.work, recorder.settled, lambda p: p, max_bytes=10 * EACH)
+    for n in range(20):  # twice the bound: released from the order, of any origin
+        queues.put("deliver", message("slow", n), hub, arrived=False)
+        queues.put("deliver", message("slow", f"o{n}"), publisher, arrived=False)
+    assert queues.waiting == 40 * EACH and hub.holds == publisher.holds == []
+    queues.put("deliver", message("fast", 0, origin="hub"), hub)  # (arrived: held)
+    assert hub.holds == [True] and publisher.holds == []
+    recorder.gates["slow"].set()
+    await wait_for(lambda: queues.waiting == 0)
+    assert hub.holds == [True, False]
     await tasks.aclose()

@@ -32,6 +32,7 @@ from trustp2p.protocol.gossip import (
     sign_message,
 )
 from trustp2p.protocol.gossip.batch import topic_chunks
+from trustp2p.protocol.gossip.copies import SHED_FOR, SHED_KEPT
 
 from ..conftest import FakeClock
 from ..strategies import json_values
@@ -1956,4 +1957,34 @@ def test_an_id_asked_for_and_shed_as_it_came_was_served() -> None:
     clock.advance(5.0)
     router.heartbeat()
     assert _talks(sent, IWANT) == [] and router.stats.iwant_unanswered == 0
-    assert not router.seen("m")  # announced again later, it is asked for again
+    assert not router.seen("m")  # (catch-up fetches it)
+
+
+def test_copies_of_a_message_shed_are_dropped_unseen_for_a_while() -> None:
+    # Found in review (review81 F2): a shed id is not seen, so each copy of it (each
+    # mesh peer's push, each answer to an iwant asked again) was checked, charged to
+    # its sender's share of gossip_node_rate and shed again, and each of its senders
+    # owed a catch-up round. Now dropped by id, as seen ones are, for SHED_FOR.
+    router, sent, clock = _meshed(2)
+    router.shed("m")
+    assert router.duplicate(1, "m") and not router.seen("m")
+    assert router.stats.duplicates == 1
+    router.control(1, IHAVE, {"topic": TOPIC, "ids": ["m", "n"]})  # nor asked for
+    assert _talks(sent, IWANT) == [(1, IWANT, {"ids": ["n"]})]
+    sent.clear()
+    clock.advance(SHED_FOR - 0.5)
+    router.heartbeat()
+    assert router.duplicate(0, "m")
+    clock.advance(0.5)  # then its copies are checked again (and maybe taken, or shed)
+    router.heartbeat()
+    assert not router.duplicate(0, "m") and not router.seen("m")
+    router.control(0, IHAVE, {"topic": TOPIC, "ids": ["m"]})
+    assert _talks(sent, IWANT) == [(0, IWANT, {"ids": ["m"]})]
+
+
+def test_the_ids_shed_remembered_are_bounded() -> None:
+    # An attacker's flood of ids shed can't grow the router's memory: the oldest go.
+    router, _, _ = _meshed(1)
+    for n in range(SHED_KEPT + 1):
+        router.shed(f"m{n}")
+    assert not router.duplicate(0, "m0") and router.duplicate(0, f"m{SHED_KEPT}")

@@ -315,8 +315,8 @@ def _gossip_counts(gossip: Gossip) -> tuple[tuple[str, str, int], ...]:
         ),
         (
             "shed",
-            "Live messages dropped unseen: their origin over its share of their topic's"
-            " messages waiting for handlers (fetched later by catch-up).",
+            "Live messages a peer relayed, dropped unseen: their topic over its share of"
+            " the messages waiting for handlers (fetched later by catch-up).",
             gossip.node.metrics.gossip_shed,
         ),
         (

@@ -154,8 +154,9 @@ class Metrics:
             largest package it takes (its ``max_package_size``, said when it connects).
         lost_peers: Peers dropped for leaving a heartbeat ping unanswered.
         dropped: Connections that ended without a close frame (the peer vanished).
-        gossip_shed: Live gossip messages dropped unseen, their origin over its share of
-            their topic's messages waiting for handlers (fetched later by catch-up).
+        gossip_shed: Live gossip messages a peer relayed, dropped unseen, their topic
+            over its share of the messages waiting for handlers (fetched later by
+            catch-up).
         validation: Gossip validator verdicts (accept, ignore, reject).
         topic_published, topic_delivered: Gossip messages by topic (status only, never
             a label).

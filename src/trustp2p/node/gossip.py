@@ -50,7 +50,7 @@ from ..tasks import TaskOwner
 from ..threads.loader import check_handler
 from .gossip_catchup import Fetcher, jittered
 from .gossip_delivery import TopicQueues
-from .gossip_drops import oversized_line, say_shed, say_skipped, say_too_old, signed_twice
+from .gossip_drops import drop_oversized, say_shed, say_skipped, say_too_old, signed_twice
 from .gossip_log import OWN_SOURCE, Attribution, claim, delivered, open_log, to_logged, undelivered
 from .gossip_publish import (
     NobodyCarries,
@@ -436,14 +436,9 @@ class Gossip:
         """A valid message too large for our catch-up answers (its origin has a larger
         ``max_package_size``): not delivered, logged nor forwarded, nor held against the
         peer that passed it on; its seq is passed over, so later ones don't wait for it."""
-        self.router.stats.oversized += 1
-        said, where = oversized_line(message, size, cap)  # (budgeted: an attacker)
-        self.node.connections.inbound.log(logger, logging.INFO, "oversized", said, *where)
-        if not self.router.receive(None, message, pending=True):
-            return  # seen before: it holds its place already, or was dealt with
-        self.router.refuse(message.id)  # seen: its copies are dropped by id
-        self._carry_out(self.order.pass_over(message))
-        self._delivery.settle_if_idle()
+        if drop_oversized(self.node, self.router, message, size, cap):  # (new: seen now)
+            self._carry_out(self.order.pass_over(message))
+            self._delivery.settle_if_idle()
 
     def _ingest(self, socket: Socket | None, message: GossipMessage, *, live: bool) -> bool:
         """Take a verified message; return True if it was new."""
@@ -475,7 +470,7 @@ class Gossip:
         if message.topic in self._validators:  # (caught up: "check", never held)
             self._delivery.put("validate" if live else "check", message, socket)
         else:
-            self._accepted(socket if live else None, message, forward=live, via=socket)
+            self._accepted(socket if live else None, message, forward=live, via=socket, new=live)
         return True
 
     def _accepted(
@@ -486,9 +481,10 @@ class Gossip:
         forward: bool = False,
         logged: bool = False,
         via: Socket | None = None,
+        new: bool = False,
     ) -> None:
-        """A message passed validation: log it (``via``'s, else ``socket``'s), send it
-        on, deliver it in turn."""
+        """A message passed validation (``new``: as it came from ``socket``, no validator):
+        log it (``via``'s, else ``socket``'s), send it on, deliver it in turn."""
         source = self._attribution.source(via or socket, message)  # (stored: MessageLog.add)
         if not logged and not self._log.add(to_logged(message), source):
             signed_twice(self.node, self._log, message, self.order.clock_skew, self._wall_clock())
@@ -498,16 +494,20 @@ class Gossip:
             self.router.forward(socket.id if socket is not None else None, message)
             if self._fetcher is not None and socket is not None:  # (catch-up's sources)
                 self._fetcher.relayed_first(socket, message.origin)
-        self._carry_out(self.order.add(message, socket))
+        self._carry_out(self.order.add(message, socket), message if new else None)
         if socket is not None and self._fetcher is not None:  # a gap before it: ask the
             # peer that revealed it
             self._fetcher.refill(socket, stream_key(message.topic, message.origin))
 
-    def _carry_out(self, events: list[StreamEvent[Socket | None]]) -> None:
-        """Queue the messages released for the handlers; report the gaps skipped."""
+    def _carry_out(
+        self, events: list[StreamEvent[Socket | None]], new: GossipMessage | None = None
+    ) -> None:
+        """Queue the messages released for the handlers (only ``new``, as it came, may
+        hold its peer: the others were accepted before); report the gaps skipped."""
         for event in events:
             if isinstance(event, Deliver):  # (a relay topic's too: its marks move in turn)
-                self._delivery.put("deliver", event.message, event.source)
+                arrived = event.message is new
+                self._delivery.put("deliver", event.message, event.source, arrived=arrived)
             else:  # never delivered: an operator's business (see say_skipped)
                 say_skipped(self.node, event)
 

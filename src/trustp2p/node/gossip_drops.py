@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "START_SAID",
+    "drop_oversized",
     "oversized_line",
     "say_shed",
     "say_skipped",
@@ -76,16 +77,33 @@ def oversized_line(message: GossipMessage, size: int, cap: int) -> tuple[str, tu
     return "! dropped message %d of %s on %r: %d bytes exceed %d", where
 
 
+def drop_oversized(
+    node: Node, router: GossipRouter, message: GossipMessage, size: int, cap: int
+) -> bool:
+    """A valid message too large for our catch-up answers (``size`` bytes over ``cap``):
+    counted, said at INFO within the log budget (an attacker's), and seen (its copies
+    are dropped by id), refused. Returns whether it is new: then the caller passes over
+    its seq (seen before, it holds its place already, or was dealt with)."""
+    router.stats.oversized += 1
+    said, where = oversized_line(message, size, cap)
+    node.connections.inbound.log(logger, logging.INFO, "oversized", said, *where)
+    if not router.receive(None, message, pending=True):
+        return False
+    router.refuse(message.id)
+    return True
+
+
 def say_shed(node: Node, message: GossipMessage, socket: Socket, router: GossipRouter) -> bool:
     """A live message from ``socket`` shed (see :mod:`.gossip_delivery`): counted
     (``trustp2p_gossip_shed_total``) and said at INFO within the log budget. It was
-    neither logged nor seen: catch-up fetches it later. If asked for (``iwant``), the
-    peer kept its promise: not asked again of another nor marked broken for it.
+    neither logged nor seen: catch-up fetches it later; its copies are dropped by id
+    for a while (:data:`~trustp2p.protocol.gossip.SHED_FOR`). If asked for (``iwant``),
+    the peer kept its promise: not asked again of another nor marked broken for it.
     Returns False (not new)."""
     node.metrics.gossip_shed += 1
     router.shed(message.id)
-    said = "! message %d of %s on %r from %s dropped: its origin is over its share of the"
-    said += " topic's messages waiting for their handlers (fetched later by catch-up)"
+    said = "! message %d of %s on %r from %s dropped: its topic is over its share of the"
+    said += " messages waiting for their handlers (fetched later by catch-up)"
     where = (message.seq, message.origin, message.topic, socket.peer)
     node.connections.inbound.log(logger, logging.INFO, "shed", said, *where)
     return False

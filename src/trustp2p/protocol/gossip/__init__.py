@@ -4,8 +4,9 @@ Publish/subscribe by gossip, free of I/O (the node's shell is :mod:`trustp2p.nod
 - :mod:`.message`: signed messages, their ids, and decoding them with every number
   bounded;
 - :mod:`.router`: where each message goes (meshes, lazy announcements, the seen-cache),
-  with :mod:`.control` (its talks, actions and counters) and :mod:`.mesh` (mesh
-  seniority and prune backoffs);
+  with :mod:`.control` (its talks, actions and counters), :mod:`.mesh` (mesh
+  seniority and prune backoffs) and :mod:`.copies` (ids shed, or not sent on for their
+  hops);
 - :mod:`.streams`: each origin's messages delivered exactly once, in order, with gaps
   skipped after ``gap_timeout``;
 - :mod:`.backlog`: shares of the delivery backlog, and whose messages are shed;
@@ -18,7 +19,7 @@ Every module takes its clocks from the caller and never awaits.
 
 from __future__ import annotations
 
-from .backlog import fair_level, over_level, sheds
+from .backlog import over_level, shed_level
 from .budget import MAX_RETRY_AFTER, FairShare, PeerBudgets, RoundBudget, busy_answer, retry_after
 from .catchup import (
     DEFAULT_ANSWER_BYTES,
@@ -49,6 +50,7 @@ from .catchup import (
     plan_fetches,
     wire_size,
 )
+from .copies import SHED_FOR
 from .hwm import HWM_STALE, HwmMarks, best_marks, fit_marks
 from .message import (
     MAX_HOPS,
@@ -127,6 +129,7 @@ __all__ = [
     "MESSAGE_OVERHEAD",
     "MIN_CREDIT",
     "PRUNE",
+    "SHED_FOR",
     "SUBSCRIPTIONS",
     "CatchUp",
     "Deliver",
@@ -159,7 +162,6 @@ __all__ = [
     "decode_fetch_request",
     "decode_hwm_answer",
     "decode_hwm_request",
-    "fair_level",
     "fetch_answer",
     "fit_marks",
     "gap_fetch",
@@ -171,7 +173,7 @@ __all__ = [
     "payload_text",
     "plan_fetches",
     "retry_after",
-    "sheds",
+    "shed_level",
     "sign_message",
     "split_stream_key",
     "stream_key",

@@ -17,9 +17,9 @@ from __future__ import annotations
 __all__ = ["BROKEN_FOR", "SET_FROM", "Asks", "Holders"]
 
 import math
+from collections.abc import Container
 
 from .control import PeerKey
-from .seen import SeenIds
 
 SET_FROM = 16
 """Peers noted for a message (:class:`Holders`) kept in a list up to this many, then in
@@ -76,7 +76,7 @@ class Asks:
         self,
         peer: PeerKey,
         ids: list[str],
-        seen: SeenIds,
+        seen: Container[str],
         now: float,
         *,
         max_asks: int,

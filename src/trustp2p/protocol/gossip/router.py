@@ -19,7 +19,6 @@ from __future__ import annotations
 __all__ = [
     "GOSSIP_EVENTS",
     "GRAFT",
-    "HOP_LIMITED_KEPT",
     "IHAVE",
     "IWANT",
     "MAX_CACHE_BYTES",
@@ -34,7 +33,6 @@ __all__ = [
     "RouterAction",
 ]
 
-import dataclasses
 import random
 from collections.abc import Callable, Collection
 from typing import Any, Literal
@@ -54,15 +52,12 @@ from .control import (
     check_subscriptions,
     check_topics,
 )
+from .copies import Copies
 from .lazy import Asks, Holders
 from .mesh import GraftTiming, MeshBook
 from .message import MAX_HOPS, GossipMessage, check_own_topic, check_topic
 from .recent import MAX_CACHE_BYTES, RecentMessages
 from .seen import SeenIds
-
-HOP_LIMITED_KEPT = 4096
-"""Ids of messages not sent on for their hops that a router remembers, the newest: a
-copy that comes with fewer hops sends one on (:meth:`GossipRouter.fewer_hops`)."""
 
 
 class GossipRouter:
@@ -161,7 +156,7 @@ class GossipRouter:
         self._recent = RecentMessages(history)  # for ihave and iwant
         self._holders = Holders()  # who has each recent message, whom it was served to
         self._asks = Asks()  # ids in an iwant: of whom, since when, whom to ask next
-        self._hop_limited: dict[str, None] = {}  # ids not sent on for their hops
+        self._copies = Copies(self._seen)  # ids shed, or not sent on for their hops
 
     # Peers and subscriptions
 
@@ -302,20 +297,24 @@ class GossipRouter:
         """A message received ``pending`` was refused: it stays seen, and goes no further."""
         self._holders.refuse(message_id)
 
-    def shed(self, message_id: str) -> None:  # dropped unseen (handlers behind): asked, came
+    def shed(self, message_id: str) -> None:
+        """A message was dropped unseen (its topic's handlers behind): if asked for, it
+        came; its copies are dropped for :data:`~.copies.SHED_FOR` (review81 F2)."""
         self._asks.forget(message_id)
+        self._copies.shed(message_id, self._clock())
 
     def seen(self, message_id: str) -> bool:
         return message_id in self._seen
 
     def duplicate(self, peer: PeerKey, message_id: str) -> bool:
         """
-        Count a copy of a message from ``peer`` if we have seen it; return whether so.
+        Count a copy of a message from ``peer`` if we have seen it, or :meth:`shed` it
+        lately; return whether so.
 
         Cheaper than :meth:`receive`: the caller needs only the id (see
         :meth:`GossipMessage.peek_id`), not a verified message.
         """
-        if message_id not in self._seen:
+        if message_id not in self._copies:
             return False
         self.stats.received += 1
         self.stats.duplicates += 1
@@ -331,13 +330,8 @@ class GossipRouter:
         hops stopped the next relay from pushing 39 % of them (p90 8 → 116 ms behind).
         The copy kept for ``iwant`` has them from now on too.
         """
-        if message_id not in self._hop_limited or type(hops) is not int:
-            return
-        message = self._recent.get(message_id)
-        if message is not None and 0 <= hops and hops + 1 < self.max_hops:
-            del self._hop_limited[message_id]
-            fewer = dataclasses.replace(message, hops=hops)
-            self._recent.replace(fewer)
+        fewer = self._copies.fewer_hops(message_id, hops, self.max_hops, self._recent)
+        if fewer is not None:
             self.forward(peer, fewer)
 
     def forward(self, peer: PeerKey | None, message: GossipMessage) -> None:
@@ -346,9 +340,7 @@ class GossipRouter:
             return  # we don't carry topics we don't subscribe to
         if message.hops + 1 >= self.max_hops:
             self.stats.hop_limited += 1
-            self._hop_limited[message.id] = None  # (a copy of fewer hops may send it on)
-            while len(self._hop_limited) > HOP_LIMITED_KEPT:
-                del self._hop_limited[next(iter(self._hop_limited))]
+            self._copies.hop_limited(message.id)  # (a copy of fewer hops may send it on)
             return
         relayed = message.relayed()
         targets = self._targets(message.topic, exclude=(peer,))
@@ -487,8 +479,8 @@ class GossipRouter:
         ids = list(dict.fromkeys(check_ids(body.get("ids", []), self.max_ihave)))
         if announced not in self.topics:
             return
-        wanted, ignored = self._asks.announced(
-            peer, ids, self._seen, self._clock(), max_asks=self.max_asks, max_offers=self.degree
+        wanted, ignored = self._asks.announced(  # (not those shed lately either)
+            peer, ids, self._copies, self._clock(), max_asks=self.max_asks, max_offers=self.degree
         )
         self.stats.ihave_ignored += ignored
         if wanted:
@@ -501,6 +493,7 @@ class GossipRouter:
         """Maintain the meshes, announce recent messages, age the caches."""
         now = self._clock()
         self._seen.expire(now)
+        self._copies.expire(now)
         self._book.expire(now)
         self._ask_again(now)
         if self.mode == "gossip":

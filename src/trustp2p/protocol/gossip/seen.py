@@ -18,7 +18,7 @@ class SeenIds:
         self.max_size = max_size
         self.max_age = max_age
 
-    def __contains__(self, item: str) -> bool:
+    def __contains__(self, item: object) -> bool:
         return item in self._ids
 
     def __len__(self) -> int:
