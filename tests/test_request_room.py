@@ -11,8 +11,9 @@ from typing import Any, cast
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from trustp2p import Node, PackageType, RequestTimeout, Socket
+from trustp2p import Node, Package, PackageType, RequestTimeout, Socket
 from trustp2p.protocol.package import build_package
+from trustp2p.threads.base import EventMap, Thread
 
 from .nodes import MakeNode
 
@@ -109,3 +110,57 @@ async def test_room_that_comes_at_the_deadline_is_a_timeout_not_a_value_error(
     socket = cast(Socket, cast(Any, RoomAtTheDeadline()))
     with pytest.raises(RequestTimeout, match=r"within 0\.2 s"):
         await node.requests.request_package(socket, "echo", {}, timeout=0.2)
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, True])
+async def test_a_bad_timeout_is_refused_whether_or_not_the_link_is_full(
+    make_node: MakeNode, timeout: Any
+) -> None:
+    """review83 F3: on a full link, ``timeout=0`` raised ``RequestTimeout`` (counted as
+    sent) and ``timeout=True`` was taken; on a free one, ``ValueError`` and
+    ``TypeError``. The same error either way, nothing counted."""
+    error = TypeError if timeout is True else ValueError
+    async with a_full_link(make_node) as (server, inbound, _):
+        assert server.server is not None
+        with pytest.raises(error, match="timeout must be"):
+            await server.server.request(inbound, "echo", {}, timeout=timeout)
+        assert server.metrics.requests_sent == 0
+
+
+class Echo(Thread):
+    @property
+    def event_map(self) -> EventMap:
+        return {PackageType.REQUEST: {"echo": self.echo}, PackageType.TALK: {"news": self.news}}
+
+    async def echo(self, socket: Socket, package: Package) -> dict[str, Any]:
+        return {"echoed": package.body}
+
+    async def news(self, socket: Socket, package: Package) -> None:
+        return None
+
+
+async def test_a_rerouted_request_whose_connection_closes_while_it_waits_for_room(
+    make_node: MakeNode,
+) -> None:
+    """review83 F1: with ``reroute=True``, a connection lost while the request waited
+    for room to send raised ``ConnectionClosed`` with another server connected. It goes
+    to that server, as a request lost in flight does."""
+    options = {"write_limit": 1024, "max_send_bytes": 2**24, "max_package_size": 2**22}
+    first = await make_node(server=True, secure=False, threads=[Echo], **options)
+    second = await make_node(server=True, secure=False, threads=[Echo], **options)
+    client = await make_node(client=True, secure=False, peers=[first.url, second.url], **options)
+    assert client.client is not None and first.server is not None
+    await client.client.wait_connected(2)
+    await first.server.wait_connected()
+    assert first.url is not None
+    port = first.url.rsplit(":", 1)[1]
+    to_first = next(s for s in client.client.sockets if s.peer.endswith(f":{port}"))
+    first.server.sockets[0].pause_reading()  # it reads nothing: no room
+    talk = build_package(PackageType.TALK, "news", {"pad": "z" * 1_000_000})
+    while not to_first.write_paused:
+        client.send_package(to_first, talk)
+        await asyncio.sleep(0)
+    asyncio.get_running_loop().call_later(0.3, first.server.sockets[0].abort)
+    async with asyncio.timeout(10):  # (before: ConnectionClosed)
+        answer = await client.client.request(to_first, "echo", {"n": 1}, reroute=True)
+    assert answer == {"echoed": {"n": 1}}

@@ -30,6 +30,7 @@ from ..protocol.deliver import (
     ResponseReceived,
     ResponseUnmatched,
     WaiterId,
+    checked_timeout,
 )
 from ..protocol.package import (
     REQUEST_TYPES,
@@ -198,7 +199,7 @@ class Requests:
         check_size(package, self._max_package_size)  # before the table holds it
         left = timeout  # (a RequestTimeout says the one asked: tester42 F6)
         if socket.write_paused:  # wait for room (the caller's burst slows it down), timed
-            left = await self._room(socket, package, timeout)
+            socket, left = await self._room(socket, package, reroute, timeout)
         if socket.closed:
             raise ConnectionClosed(socket.close_code, socket.close_reason)
         if (conn := self._connections.get(socket.id)) is not None:  # fit(), written out
@@ -230,27 +231,38 @@ class Requests:
         metrics.request_seconds.observe(self._clock() - now)
         return answer
 
-    async def _room(self, socket: Socket, package: Package, timeout: float | None) -> float:
+    async def _room(
+        self, socket: Socket, package: Package, reroute: bool, timeout: float | None
+    ) -> tuple[Socket, float]:
         """
         Wait for room to write ``package`` on ``socket``, within ``timeout``
-        (``response_timeout`` if None); return the time left of it. Found by a tester
-        (t45 F3): the wait went uncounted, and a request with ``timeout=60`` on a busy
-        slow link raised after 111.7 s. The node's own requests wait for room before
-        they ask (``Socket.drain()``): theirs is the old behaviour (review82 R4).
+        (``response_timeout`` if None); return the socket it goes on (with ``reroute``,
+        the next server's if this one closed meanwhile: review83 F1) and the time left.
+        Found by a tester (t45 F3): the wait went uncounted, and a request with
+        ``timeout=60`` on a busy slow link raised after 111.7 s. The node's own requests
+        wait for room before they ask (``Socket.drain()``): theirs is the old behaviour
+        (review82 R4).
 
         Raises:
             RequestTimeout: If there was no room within the timeout (counted as sent and
                 timed out, as a request whose introduction took the whole timeout).
 
         """
-        asked = self._table.response_timeout if timeout is None else timeout
+        asked = checked_timeout(timeout, self._table.response_timeout)  # (review83 F3)
         end = self._clock() + asked
         try:
             async with asyncio.timeout(asked):
                 await socket.drain()
         except TimeoutError:
             raise self._timed_out(package, timeout) from None
-        return self._time_left(end, package, timeout)
+        except ConnectionClosed:
+            if not reroute:
+                raise
+        if socket.closed and reroute and self._reroute is not None:
+            target = self._reroute([socket.id], package)
+            following = None if target is None else self._connections.get(target)
+            socket = socket if following is None else following.socket
+        return socket, self._time_left(end, package, timeout)
 
     def _time_left(self, end: float, package: Package, timeout: float | None) -> float:
         """Seconds left until ``end`` of a request's ``timeout`` spent waiting.

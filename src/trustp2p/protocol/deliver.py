@@ -31,6 +31,7 @@ __all__ = [
     "ResponseReceived",
     "ResponseUnmatched",
     "WaiterId",
+    "checked_timeout",
 ]
 
 import itertools
@@ -174,6 +175,23 @@ class _Deadlines(Generic[K]):
         return due
 
 
+def checked_timeout(timeout: float | None, default: float) -> float:
+    """A request's ``timeout`` (``default`` if None).
+
+    Raises:
+        TypeError: If it is not an int or a float (``True`` is neither).
+        ValueError: If it is not positive.
+
+    """
+    if timeout is None:
+        return default
+    if type(timeout) is not float and type(timeout) is not int:
+        raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, not {timeout:g}")
+    return timeout
+
+
 def _answer_type(request_type: PackageType) -> PackageType:
     """ANSWER_TYPE's, by comparisons: cheaper than a lookup, once per request sent."""
     if request_type is PackageType.REQUEST:
@@ -294,12 +312,7 @@ class RequestTable:
                 positive.
 
         """
-        if timeout is None:
-            timeout = self.response_timeout
-        elif type(timeout) is not float and type(timeout) is not int:
-            raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-        elif not timeout > 0:
-            raise ValueError(f"timeout must be positive, not {timeout:g}")
+        timeout = checked_timeout(timeout, self.response_timeout)
         if not package.tag:
             raise ValueError("a request needs a tag")
         answer = _answer_type(package.type)
