@@ -28,11 +28,13 @@ from trustp2p.node.gossip_catchup import Fetcher
 from trustp2p.protocol.gossip import (
     FETCH,
     HWM,
+    ORIGIN_GRACE,
     CatchUp,
     Deliver,
     FetchRange,
     GapSkipped,
     GossipMessage,
+    OriginsGone,
     ReleaseMarks,
     RoundBudget,
     Streams,
@@ -120,6 +122,7 @@ class Node:
         self.sockets: list[Any] = []  # none unless a test connects some...
         self.peers: dict[str, None] = {}  # ...and introduces them, by id
         self.catchup = CatchUp(batch=BATCH, clock=clock)
+        self.origins = OriginsGone(clock)  # (none gone unless a test says so)
         gossip = SimpleNamespace(
             node=SimpleNamespace(
                 options=options,
@@ -134,6 +137,7 @@ class Node:
                 topics={TOPIC}, peer_topics=lambda conn_id: {TOPIC}, peers=self.peers
             ),
             catchup=self.catchup,
+            origins=self.origins,
             tasks=SimpleNamespace(
                 spawn=lambda coroutine, name: self.tasks.append(coroutine), closed=False
             ),
@@ -587,3 +591,31 @@ async def test_a_gap_a_peer_waits_for_for_good_is_given_up_when_unanswered() -> 
     skipped = [(e.first, e.last) for e in events if isinstance(e, GapSkipped)]
     released = [e.message.seq for e in events if isinstance(e, Deliver)]
     assert skipped == [(2, 11)] and released == [12]
+
+
+async def test_a_gap_of_an_origin_gone_lately_waits_for_it_to_come_back() -> None:
+    """review84 H1: a hub whose link to a slow publisher dropped for 10 s took the word
+    of the peers behind it that they lacked its missing messages, and gave them up,
+    while another hub that kept its link got them 13 s later. For ``ORIGIN_GRACE``
+    after the origin's connection closed, another peer's word doesn't count; past it,
+    it does again."""
+    clock = FakeClock()
+    relay = Peer(range(1, 2))
+    relay.log[12] = _message(12)  # 2..11 missing there too
+    node = Node(clock)
+    node.add(1)
+    node.add(12)
+    relays = _socket(relay, "relay")
+    node.sockets[:] = [relays]
+    node.peers.update({relays.id: None})
+    node.origins.gone(ORIGIN.peer_id)  # its link dropped just now
+    node.fetcher.refill(relays, STREAM)
+    await node.tasks.pop(0)
+    clock.advance(30.0)  # gap_timeout
+    events, _ = node.streams.tick()
+    assert not [e for e in events if isinstance(e, GapSkipped)]  # not on the relay's word
+    clock.advance(ORIGIN_GRACE)  # it didn't come back
+    node.fetcher.refill(relays, STREAM)
+    await node.tasks.pop(0)
+    events, _ = node.streams.tick()
+    assert [(e.first, e.last) for e in events if isinstance(e, GapSkipped)] == [(2, 11)]

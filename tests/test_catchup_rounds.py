@@ -485,7 +485,8 @@ async def test_a_node_waiting_for_a_connected_origins_messages_says_so() -> None
     """tester45 F2's rest: a hub connected to a slow origin waited for its messages (the
     origin's own word decides there), but answered a node behind it that it lacked
     them, and that node gave them up. The hub's answer says it waits for them while
-    the origin is connected to it; not once the origin is gone, nor for what it has."""
+    the origin is connected to it or gone lately; not once it is gone for good, nor for
+    what it has."""
     hub = MemoryHub()
     async with (
         memory_node(hub, "origin") as origin,
@@ -513,4 +514,6 @@ async def test_a_node_waiting_for_a_connected_origins_messages_says_so() -> None
         assert "waiting" not in fetch(5, 9)  # not a gap of its own
         await origin.stop()
         await wait_for(lambda: len(relay.sockets) == 1)
+        assert fetch(2, 3).get("waiting") is True  # gone lately: it redials (review84 H1)
+        gossip(relay).origins.grace = 0.0  # ...past the grace
         assert "waiting" not in fetch(2, 3)  # nobody it waits for

@@ -1,6 +1,6 @@
 """
-Publish/subscribe and catch-up on a node: ``node.gossip``. The decisions live in
-:mod:`trustp2p.protocol.gossip`; this carries them out (connections, threads, the log).
+Publish/subscribe and catch-up on a node: ``node.gossip``, carrying out the decisions of
+:mod:`trustp2p.protocol.gossip` (connections, threads, the log).
 
 - ``await node.gossip.publish(topic, data)`` (or ``node.publish``) signs and sends a
   message; threads receive a topic's messages through their event map (called as
@@ -33,6 +33,7 @@ from ..protocol.gossip import (
     Deliver,
     FairShare,
     GossipMessage,
+    OriginsGone,
     PublishPacing,
     ReleaseMarks,
     StreamEvent,
@@ -118,6 +119,7 @@ class Gossip:
         self._published: set[str] = set()  # topics this node published to
         self._alone = NobodyCarries()
         self.pacing: PublishPacing[ConnId] = PublishPacing(clock=self._now)
+        self.origins = OriginsGone(self._now)  # their gaps wait for their word a while
         self.tasks = TaskOwner(logger)
         self.publishing = False
         self.delivered = self.carried = self.caught_up = self.too_old = self.renumbered = 0
@@ -382,6 +384,7 @@ class Gossip:
             self._fetcher.introduced(socket)
 
     def connection_closed(self, socket: Socket) -> None:
+        self.origins.gone(socket.peer_id)  # (its gaps wait for it a while)
         self.router.remove_peer(socket.id)
         self.pacing.forget(socket.id)
         if self._fetcher is not None:

@@ -1,7 +1,6 @@
 """
 Catch-up on a node: what :mod:`trustp2p.protocol.gossip.catchup` decides to fetch, asked
-of the node's peers. Part of ``node.gossip`` (:mod:`.gossip`), which makes one
-:class:`Fetcher` when it starts.
+of the node's peers: ``node.gossip``'s (:mod:`.gossip`) :class:`Fetcher`.
 
 - A *round* with one peer: its per-stream high-water marks (``gossip/hwm``) for our topics,
   then the streams we miss, shuffled, fetched in batches (``gossip/fetch``) until the
@@ -11,9 +10,8 @@ of the node's peers. Part of ``node.gossip`` (:mod:`.gossip`), which makes one
   ``catchup_interval`` with a random peer that carries one of our topics. A stream a
   round was refused (another fetch held it) is fetched from that peer when the fetch
   ends, up to the mark the peer gave, without asking it again.
-- A *gap* in a live stream is fetched from the peer that revealed it, within that peer's
-  share (:class:`~trustp2p.protocol.gossip.PeerBudgets`: ``log_max_bytes`` each
-  ``catchup_interval``).
+- A *gap* in a live stream is fetched from the peer that revealed it, within its share
+  (:class:`~trustp2p.protocol.gossip.PeerBudgets`: ``log_max_bytes`` a ``catchup_interval``).
 
 Each batch asked for is booked first (:meth:`~.gossip_delivery.TopicQueues.batch`), so
 that what is fetched never outgrows what the handlers can take.
@@ -439,7 +437,7 @@ class Fetcher:
         (a44 F1; review80: its group's was any peer's in it). While the stream's
         origin is connected, only its word counts: the gap is asked of it (t45 F2: a
         slow publisher's messages were given up on the word of peers that never had
-        them, while it kept them)."""
+        them, while it kept them); gone lately, it is waited for (review84 H1)."""
         node, stream, witness, carriers = self._gossip.node, wanted.stream, None, {}
         if self._streams.is_start(stream, wanted.first, to):  # (else no need)
             witness = witness_of(node, socket)
@@ -449,6 +447,8 @@ class Fetcher:
             if origin is not socket:
                 asyncio.get_running_loop().call_soon(self.refill, origin, stream)
                 return
+            if socket.peer_id != wanted.origin and self._gossip.origins.lately(wanted.origin):
+                return  # (it redials: its own word, when it is back)
         needed = min(START_WITNESSES, len({*carriers.values(), witness}))
         anchor = anchor_of(carriers)
         required = None if anchor is None else (ANCHOR, anchor.id)  # its own word

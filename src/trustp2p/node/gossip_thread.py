@@ -169,9 +169,12 @@ class GossipThread(Thread):
 
     def _waiting(self, wanted: FetchRange) -> bool:
         """Whether we lack some of ``wanted`` and wait for it from its origin, connected
-        to us (a gap of ours it fills, :meth:`~.gossip_catchup.Fetcher.refill`): an asker
-        behind us is told not to give them up on our word (tester45 F2)."""
-        first, last = wanted.first, wanted.last
-        if not self.gossip.order.waits_for(wanted.stream, first, last):
-            return False
-        return any(s.peer_id == wanted.origin for s in self.node.sockets)
+        to us or gone lately (a gap of ours it fills, :meth:`~.gossip_catchup.Fetcher.
+        refill`): an asker behind us is told not to give them up on our word (tester45
+        F2; review84 H1: a hub whose link to the origin dropped for 10 s said it lacked
+        them). The origin first: a node without one pays no look at its gaps (M1)."""
+        gossip, origin = self.gossip, wanted.origin
+        if not gossip.origins.lately(origin):
+            if not any(s.peer_id == origin for s in self.node.sockets):
+                return False
+        return gossip.order.waits_for(wanted.stream, wanted.first, wanted.last)

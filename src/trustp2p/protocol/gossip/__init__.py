@@ -11,7 +11,7 @@ Publish/subscribe by gossip, free of I/O (the node's shell is :mod:`trustp2p.nod
   skipped after ``gap_timeout``;
 - :mod:`.backlog`: shares of the delivery backlog, and whose messages are shed;
 - :mod:`.catchup`: what to ask peers for after missing messages, in batches, and how to
-  read their answers.
+  read their answers; :mod:`.origins`: the origins gone lately, whose gaps wait for them.
 
 Every module takes its clocks from the caller and never awaits.
 
@@ -64,6 +64,7 @@ from .message import (
     payload_text,
     sign_message,
 )
+from .origins import ORIGIN_GRACE, OriginsGone
 from .pacing import PublishPacing
 from .router import (
     GOSSIP_EVENTS,
@@ -128,6 +129,7 @@ __all__ = [
     "MAX_TOPIC_LENGTH",
     "MESSAGE_OVERHEAD",
     "MIN_CREDIT",
+    "ORIGIN_GRACE",
     "PRUNE",
     "SHED_FOR",
     "SUBSCRIPTIONS",
@@ -143,6 +145,7 @@ __all__ = [
     "GossipStats",
     "HeldView",
     "HwmMarks",
+    "OriginsGone",
     "PeerBudgets",
     "PeerKey",
     "PublishPacing",

@@ -1,6 +1,5 @@
 """
-Per-stream delivery order, free of I/O: every message exactly once, in its origin's
-order.
+Per-stream delivery order, free of I/O: every message exactly once, in its origin's order.
 
 A *stream* is one origin's messages on one topic; the origin numbers them 1, 2, 3...
 (``seq``). :class:`Streams` takes the accepted messages in whatever order they arrive and
@@ -12,23 +11,21 @@ releases them in sequence order, each once:
   first) and says when a peer answered a fetch of it in full (:meth:`Streams.answered`);
   a gap that nobody fills within ``gap_timeout`` seconds, once a peer answered without
   it, is skipped (:meth:`Streams.tick`), and what follows it is released, with the gaps
-  after it that a peer answered without (they have been missing as long: a burst
-  leaves thousands, given up together). A gap that no peer answered for (the fetches timed out
-  over a slow link, or no peer could be asked) waits :data:`UNANSWERED_GAP_FACTOR` times
-  as long: the messages may be on their way. The timeout counts from when the gap opened:
-  when part of it fills and the rest remains, it counts again from then;
+  after it that a peer answered without (missing as long: a burst leaves thousands,
+  given up together). A gap no peer answered for (the fetches timed out over a slow
+  link, or no peer could be asked) waits :data:`UNANSWERED_GAP_FACTOR` times as long:
+  the messages may be on their way. The timeout counts from when the gap opened, or
+  from when part of it filled;
 - one at or below the stream's *delivered mark* was released or skipped before: it is
   dropped, so that nothing is delivered twice or out of order.
 
 Held messages are bounded (:data:`DEFAULT_MAX_HELD` per stream,
-:data:`DEFAULT_MAX_HELD_BYTES` in all, each message counted as its payload plus
-:data:`HELD_MESSAGE_OVERHEAD`): past either bound, the gaps that opened first are
-skipped at once rather than waited for, so that an origin that skips numbers on
-purpose, or many new origins that each skip, can't fill our memory.
+:data:`DEFAULT_MAX_HELD_BYTES` in all, each its payload plus :data:`HELD_MESSAGE_OVERHEAD`):
+past either bound, the gaps that opened first are skipped at once, so that an origin
+that skips numbers on purpose, or many new origins that each skip, can't fill our memory.
 
-The delivered marks live with the caller, who passes them in as
-:class:`DeliveryMarks`: the node keeps them in its message log, so that a restarted node
-delivers nothing twice. Only this object moves them.
+The delivered marks live with the caller (:class:`DeliveryMarks`): the node keeps them in
+its message log, so that a restarted node delivers nothing twice. Only this moves them.
 
 """
 
@@ -342,10 +339,14 @@ class Streams(Generic[S]):
 
     def waits_for(self, stream: str, first: int, last: int) -> bool:
         """Whether a number from ``first`` to ``last`` of ``stream`` is missing here, in
-        a gap not given up yet (the first gap at once, the others by sorting)."""
-        if (gap := self.missing(stream)) is not None and first <= gap[1] and gap[0] <= last:
-            return True
-        return any(a <= last and first <= b for a, b in self.missing_runs(stream))
+        a gap not given up yet; past its first gap, of the first thousand from ``first``
+        (review84 M1: sorting 10,000 held for each fetch took 4.6-7.6 ms)."""
+        if (held := self._held.get(stream)) is None:
+            return False
+        if (low := max(first, self._marks.delivered(stream) + 1)) < held.seqs[0]:
+            return low <= last  # (in the first gap)
+        top, entries = min(last + 1, low + 1000, max(held.entries)), held.entries  # (past
+        return any(seq not in entries for seq in range(low, top))  # the last held: no gap)
 
     def missing_seqs(self, stream: str, limit: int) -> list[int]:
         """The numbers missing before ``stream``'s last held message, ascending: those of
