@@ -24,6 +24,7 @@ from trustp2p import (
     Socket,
     Thread,
 )
+from trustp2p.drivers import _tcp_info
 from trustp2p.identity import Identity
 from trustp2p.node.gossip_send import ActionSender
 from trustp2p.node.peer import PeerConnection, SendBacklog
@@ -32,6 +33,7 @@ from trustp2p.protocol.gossip import sign_message
 from trustp2p.protocol.gossip.control import RouterAction
 from trustp2p.protocol.hosts import is_loopback, share_group
 from trustp2p.protocol.package import build_package, encode
+from trustp2p.protocol.path import PathView
 
 from .nodes import MakeNode, wait_for
 
@@ -95,6 +97,43 @@ async def test_a_peer_that_reads_nothing_is_closed_once(
         await asyncio.wait_for(task, 5)
         # Aborted at once: a peer that reads nothing would never read a close frame.
         assert inbound.close_code == CloseCode.ABNORMAL_CLOSURE
+        ws.transport.abort()
+    stalls = [r for r in caplog.records if "peer read nothing for 0.3 s" in r.getMessage()]
+    assert len(stalls) == 1
+
+
+async def test_a_peer_on_a_congested_path_is_given_the_grace(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # t45 F1 (s2): a live server behind a saturated 64 kbit/s link, cut as a peer that
+    # reads nothing while TCP resent our segments with its window open. Here TCP's view
+    # says so (the peer really reads nothing: the grace ends, the cut comes).
+    asked: list[object] = []
+
+    def congested(transport: object) -> PathView:
+        asked.append(transport)
+        return PathView(window_closed=False, resending=True, losses=0, heard=0.0)
+
+    monkeypatch.setattr(_tcp_info, "path_view", congested)
+    caplog.set_level(logging.WARNING, logger="trustp2p.node")
+    server = await make_node(server=True, secure=False, send_stall_timeout=0.3, write_limit=1024)
+    assert server.url is not None and server.server is not None
+    async with connect(server.url, compression=None, max_queue=1) as ws:
+        await server.server.wait_connected()
+        inbound = server.server.sockets[0]
+        talk = build_package(PackageType.TALK, "news", {"pad": "z" * 8192})
+
+        async def flood() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await server.send(inbound, talk)  # waits: this peer never reads
+
+        task = asyncio.ensure_future(flood())
+        # Past the timeout the watch asked TCP's view, and waited: 8 samples a timeout.
+        await wait_for(lambda: len(asked) >= 4, timeout=10)
+        assert not inbound.closed
+        await wait_for(lambda: inbound.closed, timeout=10)
+        await asyncio.wait_for(task, 5)
         ws.transport.abort()
     stalls = [r for r in caplog.records if "peer read nothing for 0.3 s" in r.getMessage()]
     assert len(stalls) == 1

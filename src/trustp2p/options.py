@@ -84,8 +84,10 @@ class NodeOptions:
             ping first).
         heartbeat_response_timeout: A peer whose ping stays unanswered this long is
             dropped as a lost peer; time in which the link shows progress (a large
-            frame arriving, ours leaving) doesn't count. With the defaults a dead link
-            is found within 39 s on both sides (``liveness_timings().detection_bound``).
+            frame arriving, ours leaving) doesn't count, and 3 times this is allowed
+            while TCP shows the path congested (Linux; :mod:`trustp2p.protocol.path`).
+            With the defaults a dead link is found within 39 s on both sides
+            (``liveness_timings().detection_bound``).
         loop_block_warning: A WARNING says when the event loop was blocked this long (a
             handler calling blocking code): below ``heartbeat_response_timeout``.
         response_timeout: Default time to wait for a response.
@@ -140,7 +142,9 @@ class NodeOptions:
             if larger: one package always fits): 256 gossip messages of 256 KiB to each
             peer that stopped reading would hold 64 MiB each.
         send_stall_timeout: A peer that takes nothing from its write buffer for this
-            long while data waits (it reads nothing) is disconnected with 1008.
+            long while data waits (it reads nothing) is disconnected with 1008; up to
+            3 times as long while TCP shows the path congested and the peer's window open
+            (Linux; :mod:`trustp2p.protocol.path`).
         request_rate: Requests and talks per second a peer may send us...
         request_burst: ...with this burst. A peer over its budget (shared by its
             connections: reconnecting doesn't refill it) is throttled: the node stops

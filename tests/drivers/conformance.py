@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -832,6 +833,17 @@ class DriverConformance:
         async with asyncio.timeout(TIMEOUT):
             while pair.client.bytes_in_flight():  # noqa: ASYNC110 - the peer acknowledges
                 await asyncio.sleep(MS)
+
+    async def test_path_view_over_tcp_on_linux_only(self, harness: DriverHarness) -> None:
+        # The stall rules' view of the path (trustp2p.protocol.path): every network
+        # driver runs on TCP; an idle connection is not congested.
+        pair = await harness.pair()
+        view = pair.client.path_view()
+        if self.scheme == "memory" or sys.platform != "linux":
+            assert view is None
+        else:
+            assert view is not None
+            assert not view.window_closed and view.alive(10.0) and not view.resending
 
     async def test_drain_returns_promptly_when_buffer_small(self, harness: DriverHarness) -> None:
         pair = await harness.pair()

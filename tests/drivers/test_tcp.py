@@ -29,10 +29,12 @@ from trustp2p.drivers import (
     DriverEvent,
     DriverOptions,
     Socket,
+    _tcp_info,
     driver_class,
 )
 from trustp2p.drivers.tcp import TcpDriver, TcpSocket
 from trustp2p.exceptions import ConnectionDropped, DriverError
+from trustp2p.protocol.path import PathView
 
 
 def _closed_port() -> int:
@@ -523,6 +525,35 @@ async def test_stalled_frame_closed_at_deadline(
     idle.server.write(b"yes")
     assert await idle.read_frame() == frame(b"yes")
     assert events.errors(idle.server) == []
+
+
+@pytest.mark.parametrize("window_closed", [False, True], ids=["congested", "zero-window"])
+async def test_a_stalled_frame_waits_only_on_a_congested_path(
+    harness: DriverHarness,
+    raw_peers: list[RawPeer],
+    monkeypatch: pytest.MonkeyPatch,
+    window_closed: bool,
+) -> None:
+    # t45 F1: the verdict on a frame waits while TCP shows the path congested (segments
+    # resent, the peer's window open), CONGESTION_GRACE deadlines at most; a peer whose
+    # window is closed reads nothing, and is cut at the deadline as before.
+    asked: list[object] = []
+
+    def view(transport: object) -> PathView:
+        asked.append(transport)
+        return PathView(window_closed=window_closed, resending=True, losses=0, heard=0.0)
+
+    monkeypatch.setattr(_tcp_info, "path_view", view)
+    timeout = 50 * MS
+    listening, events = await harness.listen(DriverOptions(frame_timeout=timeout))
+    stalled = await connect_raw(listening.url, events, raw_peers)
+    await stalled.send(b"\x00\x00\x00\x0afive!")
+    async with asyncio.timeout(TIMEOUT):
+        await events.next(DriverEvent.ERROR, stalled.server)
+    assert len(asked) == 1 if window_closed else len(asked) > 1
+    more = f"{FRAME_PROGRESS} more in {timeout:g} s"
+    error = f"frame stalled: 5 of 10 payload bytes received, under {more}"
+    await _expect_failure(stalled, events, CloseCode.POLICY_VIOLATION, "frame stalled", error)
 
 
 async def test_deadline_is_per_frame(harness: DriverHarness, raw_peers: list[RawPeer]) -> None:

@@ -18,7 +18,9 @@ from trustp2p.drivers import (
     DriverEvent,
     DriverOptions,
     Socket,
+    _tcp_info,
 )
+from trustp2p.protocol.path import PathView
 
 from ..conftest import MS
 from ..pacing import Pace, paced
@@ -242,6 +244,35 @@ class WebSocketChecks:
             assert client.close_code == CloseCode.POLICY_VIOLATION
             assert client.close_reason == "frame stalled"
             assert events.messages(server) == []
+        finally:
+            client.transport.abort()
+
+    async def test_a_stalled_frame_on_a_congested_path_is_given_the_grace(
+        self, harness: DriverHarness, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # t45 F1: a client's upload over a saturated 64 kbit/s link, cut as a stalled
+        # frame again and again while TCP resent segments with its window open. The
+        # verdict waits while the path is congested, CONGESTION_GRACE deadlines at most.
+        asked: list[object] = []
+
+        def congested(transport: object) -> PathView:
+            asked.append(transport)
+            return PathView(window_closed=False, resending=True, losses=0, heard=0.0)
+
+        monkeypatch.setattr(_tcp_info, "path_view", congested)
+        timeout = 50 * MS
+        options = DriverOptions(frame_timeout=timeout, close_timeout=timeout)
+        client, events, server = await _raw_client(harness, options)
+        try:
+            client.transport.write(_masked_frame_start(100) + b"x")
+            async with asyncio.timeout(TIMEOUT):
+                # The deadline passed, and the verdict waits. (A list the patch fills.)
+                while len(asked) < 3:  # noqa: ASYNC110
+                    await asyncio.sleep(MS)
+                assert not server.closed
+                await events.next(DriverEvent.CLOSE, server)  # but not for good
+            [error] = events.errors(server)
+            assert str(error).startswith("frame stalled: no frame completed")
         finally:
             client.transport.abort()
 

@@ -47,8 +47,9 @@ from trustp2p.protocol.handshake import (
     VERSION_EVENT,
     version_body,
 )
-from trustp2p.protocol.limits import TokenBucket, WriteStall
+from trustp2p.protocol.limits import TokenBucket
 from trustp2p.protocol.package import Package, PackageType, build_package, decode, encode
+from trustp2p.protocol.path import WriteStall
 
 from ..conftest import FakeClock
 

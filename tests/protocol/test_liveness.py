@@ -8,6 +8,7 @@ import pytest
 
 from trustp2p.options import NodeOptions
 from trustp2p.protocol.liveness import PUT_OFF_INTERVALS, Liveness, LivenessTimings, Verdict
+from trustp2p.protocol.path import CONGESTION_GRACE, PathView
 
 TIMINGS = LivenessTimings(interval=10.0, timeout=10.0, period=4.0)
 
@@ -25,8 +26,10 @@ class Peer:
         self.backlog = 0
         self.written = 0
         self.reading_paused = False
+        self.path: PathView | None = None  # TCP's view, where the driver can tell
 
     def check(self) -> Verdict:
+        path = {} if self.path is None else {"path": self.path}
         verdict = self.liveness.check(
             self.now,
             last_bytes=self.last_bytes,
@@ -34,6 +37,7 @@ class Peer:
             backlog=self.backlog,
             written=self.written,
             reading_paused=self.reading_paused,
+            **path,
         )
         if verdict is Verdict.PING:
             self.liveness.ping_sent(self.now, self.backlog, self.written)
@@ -99,6 +103,79 @@ def test_a_silent_peer_is_dead_once_its_ping_is_charged_the_timeout() -> None:
         assert peer.check() is Verdict.NOTHING
     assert peer.liveness.charged == pytest.approx(8.0)
     peer.advance(2.0)
+    assert peer.check() is Verdict.DEAD
+
+
+def test_a_pong_stuck_on_a_congested_path_is_given_the_grace() -> None:
+    """t45 F1: on a saturated 64 kbit/s link the pong waited behind the peer's own
+    upload; TCP resent our segments with the peer's window open."""
+    peer = Peer()
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    peer.path = PathView(window_closed=False, resending=True, losses=0, heard=1.5)
+    while peer.liveness.charged < 10.0 * CONGESTION_GRACE - 2.0:
+        peer.advance(2.0)
+        assert peer.check() is Verdict.NOTHING
+    peer.advance(2.0)
+    assert peer.check() is Verdict.DEAD
+
+
+def test_losses_seen_at_the_checks_before_are_congestion() -> None:
+    """t45 F1, measured: at the check that charged the timeout TCP resent nothing at
+    that moment, while the count of segments lost had risen at the checks before."""
+    peer = Peer()
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    for losses in (140, 143, 143, 147):
+        peer.path = PathView(window_closed=False, resending=False, losses=losses, heard=0.2)
+        peer.advance(2.0)
+        assert peer.check() is Verdict.NOTHING
+    peer.advance(2.0)
+    assert peer.check() is Verdict.NOTHING  # the last loss seen 2 s ago
+    peer.advance(8.0)
+    assert peer.check() is Verdict.DEAD  # and 10 s ago: no longer congested
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        PathView(window_closed=True, resending=True, losses=0, heard=1.5),  # reads nothing
+        PathView(window_closed=False, resending=True, losses=0, heard=10.0),  # gone
+        PathView(window_closed=False, resending=False, losses=7, heard=0.1),  # none lost
+    ],
+)
+def test_a_path_that_is_not_congested_gives_no_grace(path: PathView) -> None:
+    peer = Peer()
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    peer.path = path
+    for _ in range(4):
+        peer.advance(2.0)
+        assert peer.check() is Verdict.NOTHING
+    peer.advance(2.0)
+    assert peer.check() is Verdict.DEAD
+
+
+def test_a_dead_link_is_found_as_soon_though_it_looked_congested() -> None:
+    """The link died just before our ping: TCP resends with the window open, but the
+    peer's host isn't heard from, and the verdict comes at the timeout as before."""
+    peer = Peer()
+    peer.advance(10.0)
+    assert peer.check() is Verdict.PING
+    for _ in range(5):
+        peer.advance(2.0)
+        heard = peer.now - (1010.0 - 0.5)  # last heard half a second before the ping
+        peer.path = PathView(window_closed=False, resending=True, losses=0, heard=heard)
+        verdict = peer.check()
+    assert verdict is Verdict.DEAD
+
+
+def test_a_probe_gives_no_grace_for_congestion() -> None:
+    peer = Peer()
+    peer.liveness.probe(peer.now, 3.0)
+    assert peer.check() is Verdict.PING
+    peer.path = PathView(window_closed=False, resending=True, losses=0, heard=0.5)
+    peer.advance(3.0)
     assert peer.check() is Verdict.DEAD
 
 

@@ -10,7 +10,13 @@ slack, else the connection is closed with code 1008 ("frame stalled"). A peer th
 dribbles a frame a few bytes at a time doesn't hold a connection and the frame's buffer,
 while an honest peer's large frame crosses a slow link: 16 KiB per 10 s (the defaults)
 is about 13 kbit/s, where a deadline for the whole frame cut a 256 KiB package at
-anything under 210 kbit/s.
+anything under 210 kbit/s. While TCP shows the path congested (segments lost either
+way, the peer's window open, its host heard from since the stall began:
+:mod:`trustp2p.protocol.path`), the frame may fall up to
+:data:`~trustp2p.protocol.path.CONGESTION_GRACE` times ``frame_timeout`` behind that
+pace rather than ``frame_timeout`` (found by a tester: a client on a saturated
+64 kbit/s link had its uploads cut again and again); the pace it must keep on average
+is the same. Past the deadline the path is looked at every eighth of ``frame_timeout``.
 
 The WebSocket drivers also budget the frames that carry no package: control frames
 (pings, pongs) and fragments under :data:`FRAME_PROGRESS` bytes that don't end their
@@ -32,6 +38,7 @@ import logging
 
 from ..exceptions import DriverError
 from ..protocol.limits import TokenBucket
+from ..protocol.path import PathWatch
 from .base import CONTROL_BURST, CONTROL_RATE, FRAME_PROGRESS, CloseCode, DriverOptions, Socket
 
 logger = logging.getLogger(__name__)
@@ -125,19 +132,28 @@ class FrameDeadline(Socket):
             self._frame_timer.cancel()
             self._frame_timer = None
 
-    def _frame_timed_out(self) -> None:
+    def _frame_timed_out(self, watch: PathWatch | None = None) -> None:
         # One timer serves every frame: when it fires for a frame that has completed or
         # made progress since, it moves to the deadline of the frame in progress, if any.
+        # (``watch``: the looks at the path of this stall, past its deadline.)
         timer, self._frame_timer = self._frame_timer, None
         started = self._frame_started
         if started is None or not self._frames_watched():
             return
-        deadline = started + self._options.frame_timeout
+        timeout = self._options.frame_timeout
+        deadline = started + timeout
         if timer is not None and deadline > timer.when():
             self._frame_timer = self._loop.call_at(deadline, self._frame_timed_out)
             return
+        now = self._loop.time()
+        watch = PathWatch() if watch is None else watch
+        if not watch.stalled(now, self.path_view(), max(now - started, timeout), timeout):
+            # The path may be congested: the frame may take longer (see the module).
+            later = now + timeout / 8
+            self._frame_timer = self._loop.call_at(later, self._frame_timed_out, watch)
+            return
         logger.debug("! frame from %s stalled", self.peer)
-        self._frame_stalled(self._options.frame_timeout)
+        self._frame_stalled(timeout)
 
     def _frames_watched(self) -> bool:
         """Whether a stalled frame still matters (not once we closed)."""

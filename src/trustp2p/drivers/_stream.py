@@ -41,6 +41,8 @@ from socket import AF_INET
 from typing import ClassVar, cast
 
 from ..exceptions import ConnectionDropped, DriverError
+from ..protocol.path import PathView
+from . import _tcp_info
 from ._accept import StreamServer, bind
 from .base import DROPPED, DriverOptions, Listener, Listening, Socket
 
@@ -387,6 +389,9 @@ class StreamSocket(EndAfterHeld, DrainWaiters, WriteBatches, asyncio.BufferedPro
 
     def bytes_in_flight(self) -> int:
         return in_flight(self._transport, self._out_size)
+
+    def path_view(self) -> PathView | None:
+        return _tcp_info.path_view(self._transport)
 
     def abort(self) -> None:
         self._aborted = True

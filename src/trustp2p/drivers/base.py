@@ -53,6 +53,9 @@ from ..exceptions import ConnectionClosed
 from ..protocol.close import CloseCode, fit_reason
 from ..protocol.deliver import ConnId
 
+if TYPE_CHECKING:
+    from ..protocol.path import PathView
+
 logger = logging.getLogger(__name__)
 
 DROPPED = "connection closed without a close frame"
@@ -103,9 +106,12 @@ class DriverOptions:
             seconds, and what each :data:`FRAME_PROGRESS` (16 KiB) of its bytes earns
             it (up to ``frame_timeout`` ahead); a stalled frame closes the connection
             with code 1008. 16 KiB per 10 s is about 13 kbit/s: an honest peer's large
-            frame on a slow link arrives. (``ws`` and ``picows``, whose parsers don't
-            say where a frame starts, count from the first read after the last
-            complete frame that completes none; a fragmented message is one frame.)
+            frame on a slow link arrives. While TCP shows the path congested (Linux:
+            our segments lost and resent, the peer's window open), a frame may fall
+            up to 3 times ``frame_timeout`` behind that pace (:mod:`trustp2p.protocol.path`).
+            (``ws`` and ``picows``, whose parsers don't say where a frame starts,
+            count from the first read after the last complete frame that completes
+            none; a fragmented message is one frame.)
         write_limit: Size of the write buffer above which :meth:`Socket.drain` waits, in
             bytes.
         trust_real_ip: Take a client's address from the ``X-Real-IP`` header when the
@@ -306,6 +312,14 @@ class Socket(abc.ABC):
         what we sent. 0 when the driver can't tell.
         """
         return 0
+
+    def path_view(self) -> PathView | None:
+        """
+        TCP's view of the connection's path now, for the stall rules (a closed window,
+        segments resent; :mod:`trustp2p.protocol.path`): read on Linux by the drivers
+        that run on TCP, ``None`` when the driver can't tell (then no grace applies).
+        """
+        return None
 
     async def send(self, data: bytes) -> None:
         """

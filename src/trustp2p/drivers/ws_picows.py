@@ -44,6 +44,8 @@ from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
 from ..protocol.limits import TokenBucket, is_loopback
+from ..protocol.path import PathView
+from . import _tcp_info
 from ._deadline import FrameDeadline
 from ._picows_protocol import PicowsProtocol, retrieve_failure
 from ._stream import (
@@ -150,6 +152,9 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
 
     def bytes_in_flight(self) -> int:
         return in_flight(self._tcp, self._out_size)
+
+    def path_view(self) -> PathView | None:
+        return _tcp_info.path_view(self._tcp)
 
     def close_soon(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         if self._open:

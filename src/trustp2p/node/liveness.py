@@ -124,6 +124,7 @@ class Heartbeat:
             backlog=socket.bytes_in_flight,
             written=socket.stats.bytes_out,
             reading_paused=not conn.can_read(),  # throttled, inbox full, or held
+            path=socket.path_view,
         )
         for action in actions:
             if type(action) is Send:

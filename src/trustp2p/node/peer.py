@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConnectionClosed
 from ..protocol.connection import ConnectionState
-from ..protocol.limits import WriteStall
 from ..protocol.package import PackageType
+from ..protocol.path import WriteStall
 from ..protocol.source_shares import SourceShares
 
 if TYPE_CHECKING:
@@ -439,7 +439,8 @@ async def watch_stall(
     conn: PeerConnection, timeout: float, disconnect: Callable[[PeerConnection, str], None]
 ) -> None:
     """While data waits for the peer, call ``disconnect(conn, reason)`` if it takes
-    nothing for ``timeout`` seconds: it reads nothing (see :class:`WriteStall`)."""
+    nothing for ``timeout`` seconds: it reads nothing (see :class:`WriteStall`; longer
+    while TCP shows the path congested)."""
     socket = conn.socket
     stats = socket.stats
     loop = asyncio.get_running_loop()
@@ -455,7 +456,7 @@ async def watch_stall(
             await asyncio.sleep(timeout / 8)
             now, before = loop.time(), taken
             taken = stats.bytes_out - socket.bytes_in_flight()
-            if stall.stalled(now, taken):
+            if stall.stalled(now, taken, socket.path_view):
                 disconnect(conn, f"peer read nothing for {timeout:g} s")
                 return
             conn.pace, then = max(taken - before, 0) / max(now - then, 1e-3), now

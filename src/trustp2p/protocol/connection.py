@@ -102,6 +102,7 @@ from .package import (
     build_package,
     decode,
 )
+from .path import PathView
 from .scoring import PackageCounts
 from .urls import MAX_URLS_PER_PEER, validate_urls
 
@@ -272,6 +273,7 @@ class ConnectionProtocol:
         backlog: Callable[[], int],
         reading_paused: bool,
         written: int = 0,
+        path: Callable[[], PathView | None] | None = None,
     ) -> list[Action]:
         """
         Check the peer's liveness now (the node's heartbeat round calls this).
@@ -283,6 +285,8 @@ class ConnectionProtocol:
             reading_paused: We are not reading from the peer.
             written: Bytes written to the connection so far (see
                 :meth:`Liveness.check`).
+            path: Returns TCP's view of the path (see :meth:`Liveness.check`); called
+                only while a ping is outstanding.
 
         Returns:
             ``[Send(ping)]`` when a ping is due, ``[Lost(reason)]`` when the peer is
@@ -293,13 +297,15 @@ class ConnectionProtocol:
             return []
         liveness = self.liveness
         now = self._clock()
+        outstanding = liveness.outstanding is not None
         verdict = liveness.check(
             now,
             last_bytes=last_bytes,
             last_package=self.last_seen,
-            backlog=backlog() if liveness.outstanding is not None else 0,
+            backlog=backlog() if outstanding else 0,
             written=written,
             reading_paused=reading_paused,
+            path=path() if outstanding and path is not None else None,
         )
         if verdict is Verdict.PING:
             return self._send_ping(now, backlog(), written)

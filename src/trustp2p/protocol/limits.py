@@ -29,7 +29,6 @@ __all__ = [
     "ReconnectStorms",
     "TokenBucket",
     "UnprovenDials",
-    "WriteStall",
     "address_key",
     "address_share",
     "is_loopback",
@@ -559,41 +558,3 @@ class UnprovenDials:
         bucket = self._bucket
         level = float(self.burst) if bucket is None else bucket.level(now)
         return 0.0 if level >= 1 else (1 - level) / self.rate
-
-
-class WriteStall:
-    """
-    Tells a peer that reads nothing from one that reads slowly.
-
-    While data waits for a peer (its write buffer is above the limit), the node samples
-    how many bytes the peer has taken so far: the bytes written to the connection minus
-    those still in its write buffer. Any rise is progress: the peer took bytes, however
-    few, so a large frame crawling over a slow link is never taken for a stall, even
-    while other writes refill the buffer as fast as it drains. A peer that has taken
-    nothing more for ``timeout`` seconds reads nothing.
-
-    A write adds at least as much to the buffer as to the bytes written (framing and
-    encryption only add to it), so a write never looks like progress.
-
-    Args:
-        timeout: Seconds without progress that make a stall.
-        now: When the buffer was first seen above the limit.
-        taken: The bytes the peer had taken then.
-
-    """
-
-    __slots__ = ("_most", "_since", "timeout")
-
-    def __init__(self, timeout: float, now: float, taken: int) -> None:
-        self.timeout = timeout
-        self._most = taken
-        self._since = now
-
-    def stalled(self, now: float, taken: int) -> bool:
-        """Record the bytes the peer has ``taken`` by ``now``; True once it took none
-        for :attr:`timeout` seconds."""
-        if taken > self._most:
-            self._most = taken
-            self._since = now
-            return False
-        return now - self._since >= self.timeout

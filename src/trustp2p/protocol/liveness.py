@@ -45,7 +45,17 @@ carries out the :class:`Verdict`:
    Complete packages are no excuse: a peer that sends them but doesn't answer is
    charged like a silent one.
 3. **Dead.** A peer whose ping has been charged ``timeout`` seconds is dead: the node
-   drops the connection at once, which fails or reroutes its pending requests.
+   drops the connection at once, which fails or reroutes its pending requests. Unless
+   TCP shows the path congested at that check (:class:`PathWatch
+   <trustp2p.protocol.path.PathWatch>`: segments lost either way within ``timeout``,
+   as the checks saw them, the peer's window open, its host heard from within
+   ``timeout``): then the pong may be stuck behind the peer's own data on a saturated
+   link, and the charge that means dead is
+   :data:`~trustp2p.protocol.path.CONGESTION_GRACE` times ``timeout`` (found by a
+   tester: on a saturated 64 kbit/s link, a live server and its client dropped each
+   other as lost). Not while a probe awaits its pong (a probe doubts the link). A link
+   that died sends nothing: it isn't heard from ``timeout`` after its death, and is
+   found within the same bound.
 4. **Answered.** A pong (``HEARTBEAT_PONG`` with the ping's tag) ends the ping: its
    round trip is known and nothing is charged any more.
 5. **Probed.** When the node has reason to doubt the peer now (another process of its
@@ -81,6 +91,8 @@ __all__ = ["PUT_OFF_INTERVALS", "Liveness", "LivenessTimings", "Verdict"]
 import enum
 import math
 from dataclasses import dataclass
+
+from .path import PathView, PathWatch
 
 PUT_OFF_INTERVALS = 5
 """Most intervals the peer's pings put ours off: a side pings at least this often (so the
@@ -159,6 +171,7 @@ class Liveness:
         "_dialled",
         "_due_after",
         "_last_check",
+        "_path",
         "_ping_at",
         "_probe_end",
         "_probing",
@@ -192,6 +205,7 @@ class Liveness:
         self._taken = 0  # bytes the peer had taken at the last check
         self._ping_at = 0  # bytes written before the outstanding ping
         self._unanswering = False  # (answers_no_ping)
+        self._path = PathWatch()  # the losses TCP showed, for rule 3
         self.next_check = min(opened + self._due_after, self._put_off_until)
 
     def answers_no_ping(self) -> None:
@@ -229,6 +243,7 @@ class Liveness:
         backlog: int = 0,
         written: int = 0,
         reading_paused: bool = False,
+        path: PathView | None = None,
     ) -> Verdict:
         """
         Check the connection at ``now``: charge the outstanding ping, or say a ping is due.
@@ -244,6 +259,8 @@ class Liveness:
                 is what the peer has taken (a write adds at least as much to the
                 backlog, so it is never taken for progress).
             reading_paused: We are not reading from the peer.
+            path: TCP's view of the path, where the driver can tell (rule 3); only
+                looked at while a ping is outstanding.
 
         Returns:
             :attr:`Verdict.PING` when a ping is due (send it, then call
@@ -273,9 +290,18 @@ class Liveness:
             self._end_probe()  # (review58: a held reader's probe never ended)
         self._last_check = now
         self._taken = taken
+        return self._charged_verdict(now, reading_paused, path)
+
+    def _charged_verdict(self, now: float, reading_paused: bool, path: PathView | None) -> Verdict:
+        """What the charge of the outstanding ping says at ``now`` (rule 3)."""
+        timeout = self.timings.timeout
         if self.charged >= self.dead_after:
-            return Verdict.DEAD
-        if reading_paused and now - self.last_ping >= self.timings.timeout:
+            stalled = self._path.stalled(now, path, self.charged, timeout, dead_links=True)
+            if self._probing or stalled:
+                return Verdict.DEAD
+        elif path is not None:
+            self._path.look(now, path)
+        if reading_paused and now - self.last_ping >= timeout:
             # Ping again, so that a peer that left with a reset is found when a write
             # to it fails (with reading paused, nothing else would notice its end).
             return Verdict.PING

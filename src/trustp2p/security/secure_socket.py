@@ -16,12 +16,15 @@ import functools
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..drivers.base import CloseCode, Listener, Socket, fit_reason
 from ..exceptions import ChannelError, ConnectionClosed, ProtocolError
 from ..identity import PeerId
 from .noise import MAX_NOISE_MESSAGE, NoiseTransport
+
+if TYPE_CHECKING:
+    from ..protocol.path import PathView
 
 # The channel's logger: the socket's records keep the name they had inside channel.py.
 logger = logging.getLogger("trustp2p.security.channel")
@@ -116,6 +119,9 @@ class SecureSocket(Socket):
 
     def bytes_in_flight(self) -> int:
         return self.raw.bytes_in_flight() + self._pending_size
+
+    def path_view(self) -> PathView | None:
+        return self.raw.path_view()
 
     @property
     def write_paused(self) -> bool:
