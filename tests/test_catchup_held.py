@@ -122,7 +122,7 @@ class Node:
         self.sockets: list[Any] = []  # none unless a test connects some...
         self.peers: dict[str, None] = {}  # ...and introduces them, by id
         self.catchup = CatchUp(batch=BATCH, clock=clock)
-        self.origins = OriginsGone(clock)  # (none gone unless a test says so)
+        self.origins = OriginsGone(clock, 30.0)  # (none gone unless a test says so)
         gossip = SimpleNamespace(
             node=SimpleNamespace(
                 options=options,
@@ -614,7 +614,7 @@ async def test_a_gap_of_an_origin_gone_lately_waits_for_it_to_come_back() -> Non
     clock.advance(30.0)  # gap_timeout
     events, _ = node.streams.tick()
     assert not [e for e in events if isinstance(e, GapSkipped)]  # not on the relay's word
-    clock.advance(ORIGIN_GRACE)  # it didn't come back
+    clock.advance(ORIGIN_GRACE * 30.0)  # it didn't come back (2 x gap_timeout)
     node.fetcher.refill(relays, STREAM)
     await node.tasks.pop(0)
     events, _ = node.streams.tick()

@@ -164,3 +164,19 @@ async def test_a_rerouted_request_whose_connection_closes_while_it_waits_for_roo
     async with asyncio.timeout(10):  # (before: ConnectionClosed)
         answer = await client.client.request(to_first, "echo", {"n": 1}, reroute=True)
     assert answer == {"echoed": {"n": 1}}
+
+
+async def test_a_bad_timeout_is_refused_before_the_peer_introduced_itself(
+    make_node: MakeNode,
+) -> None:
+    """review87 R1: on a free link whose peer hadn't introduced itself yet (the state
+    just after a secure connect), ``timeout=0`` raised ``RequestTimeout`` "within 0 s",
+    counted as sent."""
+    server = await make_node(server=True, secure=False)
+    assert server.url is not None and server.server is not None
+    async with connect(server.url, compression=None) as ws:  # (never introduces itself)
+        await server.server.wait_connected()
+        with pytest.raises(ValueError, match="timeout must be positive"):
+            await server.server.request(server.server.sockets[0], "echo", {}, timeout=0)
+        assert server.metrics.requests_sent == 0
+        ws.transport.abort()

@@ -9,10 +9,11 @@ from ..conftest import FakeClock
 
 def test_an_origin_gone_is_waited_for_the_grace_then_forgotten() -> None:
     clock = FakeClock()
-    origins = OriginsGone(clock)
+    origins = OriginsGone(clock, 30.0)
     assert not origins.lately("a")
     origins.gone("a")
-    clock.advance(ORIGIN_GRACE - 0.001)
+    assert origins.grace == ORIGIN_GRACE * 30.0 == 60.0  # (gap_timeout's default: 30 s)
+    clock.advance(origins.grace - 0.001)
     assert origins.lately("a")
     clock.advance(0.001)
     assert not origins.lately("a")
@@ -22,7 +23,7 @@ def test_an_origin_gone_is_waited_for_the_grace_then_forgotten() -> None:
 
 def test_a_plain_peer_is_no_origin_and_the_memory_is_bounded() -> None:
     clock = FakeClock()
-    origins = OriginsGone(clock, limit=2)
+    origins = OriginsGone(clock, 30.0, limit=2)
     origins.gone(None)  # (a plain peer's connection: no peer id)
     for peer_id in ("a", "b", "c"):
         origins.gone(peer_id)

@@ -119,7 +119,7 @@ class Gossip:
         self._published: set[str] = set()  # topics this node published to
         self._alone = NobodyCarries()
         self.pacing: PublishPacing[ConnId] = PublishPacing(clock=self._now)
-        self.origins = OriginsGone(self._now)  # their gaps wait for their word a while
+        self.origins = OriginsGone(self._now, options.gap_timeout)  # (gaps wait for them)
         self.tasks = TaskOwner(logger)
         self.publishing = False
         self.delivered = self.carried = self.caught_up = self.too_old = self.renumbered = 0

@@ -195,6 +195,7 @@ class Requests:
         """
         if package_type not in REQUEST_TYPES:
             raise ValueError(f"{package_type!r} is not a request type")
+        checked_timeout(timeout, 0.0)  # (on every path: review83 F3, review87 R1)
         package = build_package(package_type, event, body, alt=self._alt, payload=payload or b"")
         check_size(package, self._max_package_size)  # before the table holds it
         left = timeout  # (a RequestTimeout says the one asked: tester42 F6)
@@ -248,7 +249,7 @@ class Requests:
                 timed out, as a request whose introduction took the whole timeout).
 
         """
-        asked = checked_timeout(timeout, self._table.response_timeout)  # (review83 F3)
+        asked = self._table.response_timeout if timeout is None else timeout
         end = self._clock() + asked
         try:
             async with asyncio.timeout(asked):

@@ -5,7 +5,9 @@ closed, a gap in its streams still waits for its own word, as while it is connec
 Found in review (review84 H1): a hub whose link to a slow publisher dropped for 10 s
 took the word of the peers behind it (who lacked the publisher's missing messages as
 it did), gave them up and said so to those peers; another hub that kept its link got
-them 13 s later. An origin redials: its word is waited for :data:`ORIGIN_GRACE` seconds.
+them 13 s later. An origin redials: its word is waited for :data:`ORIGIN_GRACE` times
+``gap_timeout`` (a gap of an origin gone for good is given up that much later; review87
+G1: a fixed 60 s outlasted ten times a short ``gap_timeout``).
 """
 
 from __future__ import annotations
@@ -15,24 +17,25 @@ __all__ = ["MAX_GONE", "ORIGIN_GRACE", "OriginsGone"]
 from collections import OrderedDict
 from collections.abc import Callable
 
-ORIGIN_GRACE = 60.0
-"""Seconds an origin gone is still waited for (two default ``gap_timeout``\\ s)."""
+ORIGIN_GRACE = 2.0
+"""How long an origin gone is still waited for, in ``gap_timeout``\\ s (60 s by default)."""
 
 MAX_GONE = 4096
 """Most origins remembered as gone; the oldest are forgotten first."""
 
 
 class OriginsGone:
-    """The peer ids whose connection closed lately, each with when."""
+    """The peer ids whose connection closed lately, each with when: lately is less than
+    :data:`ORIGIN_GRACE` times ``gap_timeout`` ago (:attr:`grace`, in seconds)."""
 
     __slots__ = ("_clock", "_gone", "grace", "limit")
 
     def __init__(
-        self, clock: Callable[[], float], grace: float = ORIGIN_GRACE, limit: int = MAX_GONE
+        self, clock: Callable[[], float], gap_timeout: float, limit: int = MAX_GONE
     ) -> None:
         self._clock = clock
         self._gone: OrderedDict[str, float] = OrderedDict()
-        self.grace = grace
+        self.grace = ORIGIN_GRACE * gap_timeout
         self.limit = limit
 
     def gone(self, peer_id: str | None) -> None:
