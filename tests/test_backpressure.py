@@ -24,7 +24,6 @@ from trustp2p import (
     Socket,
     Thread,
 )
-from trustp2p.drivers import _tcp_info
 from trustp2p.identity import Identity
 from trustp2p.node.gossip_send import ActionSender
 from trustp2p.node.peer import PeerConnection, SendBacklog
@@ -33,9 +32,9 @@ from trustp2p.protocol.gossip import sign_message
 from trustp2p.protocol.gossip.control import RouterAction
 from trustp2p.protocol.hosts import is_loopback, share_group
 from trustp2p.protocol.package import build_package, encode
-from trustp2p.protocol.path import PathView
 
 from .nodes import MakeNode, wait_for
+from .paths import congested_paths
 
 
 class Echo(Thread):
@@ -108,13 +107,7 @@ async def test_a_peer_on_a_congested_path_is_given_the_grace(
     # t45 F1 (s2): a live server behind a saturated 64 kbit/s link, cut as a peer that
     # reads nothing while TCP resent our segments with its window open. Here TCP's view
     # says so (the peer really reads nothing: the grace ends, the cut comes).
-    asked: list[object] = []
-
-    def congested(transport: object) -> PathView:
-        asked.append(transport)
-        return PathView(window_closed=False, resending=True, losses=0, heard=0.0)
-
-    monkeypatch.setattr(_tcp_info, "path_view", congested)
+    asked = congested_paths(monkeypatch)
     caplog.set_level(logging.WARNING, logger="trustp2p.node")
     server = await make_node(server=True, secure=False, send_stall_timeout=0.3, write_limit=1024)
     assert server.url is not None and server.server is not None

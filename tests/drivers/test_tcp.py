@@ -23,18 +23,17 @@ from tests.drivers.conformance import (
     RecordingListener,
 )
 from tests.pacing import Pace, paced
+from tests.paths import congested_paths
 from trustp2p.drivers import (
     FRAME_PROGRESS,
     CloseCode,
     DriverEvent,
     DriverOptions,
     Socket,
-    _tcp_info,
     driver_class,
 )
 from trustp2p.drivers.tcp import TcpDriver, TcpSocket
 from trustp2p.exceptions import ConnectionDropped, DriverError
-from trustp2p.protocol.path import PathView
 
 
 def _closed_port() -> int:
@@ -537,13 +536,7 @@ async def test_a_stalled_frame_waits_only_on_a_congested_path(
     # t45 F1: the verdict on a frame waits while TCP shows the path congested (segments
     # resent, the peer's window open), CONGESTION_GRACE deadlines at most; a peer whose
     # window is closed reads nothing, and is cut at the deadline as before.
-    asked: list[object] = []
-
-    def view(transport: object) -> PathView:
-        asked.append(transport)
-        return PathView(window_closed=window_closed, resending=True, losses=0, heard=0.0)
-
-    monkeypatch.setattr(_tcp_info, "path_view", view)
+    asked = congested_paths(monkeypatch, window_closed=window_closed)
     timeout = 50 * MS
     listening, events = await harness.listen(DriverOptions(frame_timeout=timeout))
     stalled = await connect_raw(listening.url, events, raw_peers)

@@ -18,12 +18,11 @@ from trustp2p.drivers import (
     DriverEvent,
     DriverOptions,
     Socket,
-    _tcp_info,
 )
-from trustp2p.protocol.path import PathView
 
 from ..conftest import MS
 from ..pacing import Pace, paced
+from ..paths import congested_paths
 from ..processes import free_port
 from .conformance import TIMEOUT, DriverHarness
 
@@ -253,13 +252,7 @@ class WebSocketChecks:
         # t45 F1: a client's upload over a saturated 64 kbit/s link, cut as a stalled
         # frame again and again while TCP resent segments with its window open. The
         # verdict waits while the path is congested, CONGESTION_GRACE deadlines at most.
-        asked: list[object] = []
-
-        def congested(transport: object) -> PathView:
-            asked.append(transport)
-            return PathView(window_closed=False, resending=True, losses=0, heard=0.0)
-
-        monkeypatch.setattr(_tcp_info, "path_view", congested)
+        asked = congested_paths(monkeypatch)
         timeout = 50 * MS
         options = DriverOptions(frame_timeout=timeout, close_timeout=timeout)
         client, events, server = await _raw_client(harness, options)
