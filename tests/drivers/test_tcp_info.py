@@ -63,3 +63,24 @@ def test_no_view_of_a_socket_that_is_not_tcp() -> None:
     left, right = socket.socketpair()
     with left, right:
         assert read_path_view(left) is None
+
+
+class _OldKernel:
+    """A TCP socket whose ``TCP_INFO`` is as short as a kernel before 5.4 gives."""
+
+    type = socket.SOCK_STREAM
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        return self._sock.getsockopt(level, option, size)[:200]
+
+
+def test_no_view_without_the_peers_window(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    """review86 M1: before Linux 5.4, TCP_INFO has no peer's window, and a peer that
+    read nothing (each zero-window probe answered, backoff climbing) looked like a
+    congested path and got the grace: 60 s instead of send_stall_timeout's 20."""
+    client, _ = tcp_pair
+    assert read_path_view(client) is not None
+    assert read_path_view(_OldKernel(client)) is None  # type: ignore[arg-type]

@@ -2,8 +2,8 @@
 The kernel's view of a TCP connection (Linux ``TCP_INFO``, tcp(7)) as a
 :class:`~trustp2p.protocol.path.PathView`, for the stall rules (see
 :mod:`trustp2p.protocol.path`). Every network driver runs on a TCP socket (``tcp``,
-``ws``, ``picows``); elsewhere than on Linux, and for a socket that isn't TCP, there is
-no view (``None``).
+``ws``, ``picows``); elsewhere than on Linux, before Linux 5.4 (no peer's window in it),
+and for a socket that isn't TCP, there is no view (``None``): no grace.
 
 """
 
@@ -35,17 +35,14 @@ def read_path_view(sock: socket.socket) -> PathView | None:
         data = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _SIZE)
     except (OSError, AttributeError):  # (not TCP: a Unix socket; or no TCP_INFO)
         return None
-    if len(data) < _HEAD.size:
-        return None
+    if len(data) < _SIZE:  # (before Linux 5.4: no peer's window, review86 M1: a peer
+        return None  # that read nothing, its probes answered, looked congested)
     fields = _HEAD.unpack_from(data)
     retransmits, probes, backoff, lost, retrans, last_data, last_ack, resent = fields
-    closed = probes > 0
-    if len(data) >= _SIZE:
-        out_of_order, window = _TAIL.unpack_from(data, _TAIL_AT)
-        closed = closed or window == 0
-        resent += out_of_order  # the peer's segments after a gap: one was lost
+    out_of_order, window = _TAIL.unpack_from(data, _TAIL_AT)
+    resent += out_of_order  # the peer's segments after a gap: one was lost
     return PathView(
-        window_closed=closed,
+        window_closed=probes > 0 or window == 0,
         resending=retransmits > 0 or backoff > 0 or lost > 0 or retrans > 0,
         losses=resent,
         heard=min(last_data, last_ack) / 1000,
