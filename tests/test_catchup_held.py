@@ -117,6 +117,7 @@ class Node:
         self.delivered: list[int] = []
         options = SimpleNamespace(
             log_max_bytes=64 * 2**20, catchup_interval=30.0, max_package_size=2**20,
+            open_timeout=10.0,
         )  # fmt: skip
         self.tasks: list[Coroutine[Any, Any, None]] = []  # refills, to await
         self.sockets: list[Any] = []  # none unless a test connects some...
@@ -142,6 +143,7 @@ class Node:
                 spawn=lambda coroutine, name: self.tasks.append(coroutine), closed=False
             ),
         )
+        self.gossip = gossip  # (a test may give its node roles)
         self.fetcher = FakeFetcher(
             gossip,  # type: ignore[arg-type]
             streams=self.streams,
@@ -619,3 +621,29 @@ async def test_a_gap_of_an_origin_gone_lately_waits_for_it_to_come_back() -> Non
     await node.tasks.pop(0)
     events, _ = node.streams.tick()
     assert [(e.first, e.last) for e in events if isinstance(e, GapSkipped)] == [(2, 11)]
+
+
+async def test_the_nodes_own_catch_up_request_waits_for_room_before_it_is_timed() -> None:
+    """review82 R4, review83 F4: a request's timeout counts its wait for room to send
+    (tester45 F3), but catch-up's own requests wait for room first, as before, and their
+    timeout is the answer's: on a saturated link they were cut before being sent."""
+    calls: list[tuple[bool, float | None]] = []
+
+    class FullLink:
+        inbound, peer, write_paused = True, "full", True
+
+        async def drain(self) -> None:
+            await asyncio.sleep(0)
+            self.write_paused = False  # room, after a while
+
+    class Role:
+        async def request(
+            self, socket: FullLink, event: str, body: Body, *, timeout: float | None
+        ) -> Body:
+            calls.append((socket.write_paused, timeout))
+            return {"hwm": {}}
+
+    node = Node(FakeClock())
+    node.gossip.node.server = Role()
+    answer = await Fetcher.ask(node.fetcher, FullLink(), HWM, {"topics": [TOPIC]})  # type: ignore[arg-type]
+    assert answer == {"hwm": {}} and calls == [(False, 10.0)]  # room first, then timed
