@@ -647,3 +647,26 @@ async def test_the_nodes_own_catch_up_request_waits_for_room_before_it_is_timed(
     node.gossip.node.server = Role()
     answer = await Fetcher.ask(node.fetcher, FullLink(), HWM, {"topics": [TOPIC]})  # type: ignore[arg-type]
     assert answer == {"hwm": {}} and calls == [(False, 10.0)]  # room first, then timed
+
+
+async def test_a_waiting_answer_sends_the_asker_to_the_origin_it_is_connected_to() -> None:
+    """review84 L3: a relay's "waiting" answer no longer sent a node connected to the
+    origin on to it (a "lacking" one did): a message truly lost took up to 77 s among
+    20 hubs. The origin is asked."""
+    clock = FakeClock()
+    relay, origin = Peer(range(1, 2)), Peer(range(1, 13))
+    relay.log[12] = _message(12)
+    relay.waiting = True
+    node = Node(clock)
+    node.add(1)
+    node.add(12)
+    relays, origins = _socket(relay, "relay"), _socket(origin, "origin", ORIGIN.peer_id)
+    node.sockets[:] = [relays, origins]
+    node.peers.update({relays.id: None, origins.id: None})
+    node.fetcher.refill(relays, STREAM)
+    await node.tasks.pop(0)
+    for _ in range(3):
+        await asyncio.sleep(0)  # (the origin's refill is called soon)
+    while node.tasks:
+        await node.tasks.pop(0)
+    assert origin.asked and node.delivered == list(range(1, 13))

@@ -396,8 +396,8 @@ class Fetcher:
                     logger.debug("= catch-up from %s waits %.2f s: its share of "
                                  "gossip_node_rate", socket.peer, wait)  # fmt: skip
                     await asyncio.sleep(wait)
-            if to := fetch.lacking_to(held_back=self._held_back(topic)):
-                self._lacking(socket, fetch.wanted, to)
+            if (to := fetch.lacking_to(held_back=self._held_back(topic))) or fetch.waiting:
+                self._lacking(socket, fetch.wanted, to)  # (waiting: its origin is asked)
         finally:
             self._gossip.catchup.end(fetch)
             self._round_after(fetch.wanted)
