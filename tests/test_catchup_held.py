@@ -539,6 +539,23 @@ async def test_a_start_waits_for_the_anchors_own_word_in_one_network() -> None:
     assert hub.asked and node.delivered == list(range(1, 21))
 
 
+def _lacking_relay(name: str) -> tuple[Peer, Any]:
+    """A relay that has 1 and 12 of the stream, and lacks 2..11 too; its socket."""
+    relay = Peer(range(1, 2))
+    relay.log[12] = _message(12)
+    return relay, _socket(relay, name)
+
+
+def _behind_a_gap(clock: FakeClock, *sockets: Any) -> Node:
+    """A node that delivered 1 and holds 12 (2..11 missing), connected to ``sockets``."""
+    node = Node(clock)
+    node.add(1)
+    node.add(12)
+    node.sockets[:] = sockets
+    node.peers.update({s.id: None for s in sockets})
+    return node
+
+
 async def test_a_gap_a_peer_waits_for_from_its_origin_is_not_given_up_on_its_word() -> None:
     """tester45 F2's rest: a node not connected to a slow origin gave its gap up on the
     word of a hub that lacked the messages too, while the hub, connected to the origin,
@@ -546,15 +563,9 @@ async def test_a_gap_a_peer_waits_for_from_its_origin_is_not_given_up_on_its_wor
     says it waits for them (``"waiting": true``) doesn't answer for them: the gap waits,
     is asked again, and fills from that peer once it has them."""
     clock = FakeClock()
-    hub = Peer(range(1, 2))
-    hub.log[12] = _message(12)  # 2..11 missing there too...
+    hub, hubs = _lacking_relay("hub")  # 2..11 missing there too...
     hub.waiting = True  # ...and it waits for them from the origin
-    node = Node(clock)
-    node.add(1)
-    node.add(12)  # 2..11 missing
-    hubs = _socket(hub, "hub")
-    node.sockets[:] = [hubs]
-    node.peers.update({hubs.id: None})
+    node = _behind_a_gap(clock, hubs)
     node.fetcher.refill(hubs, STREAM)
     await node.tasks.pop(0)
     assert hub.asked  # asked, and answered "waiting"
@@ -573,15 +584,9 @@ async def test_a_gap_a_peer_waits_for_for_good_is_given_up_when_unanswered() -> 
     origin never answers) holds a gap as long as a peer that never answers does,
     ``gap_timeout`` x 10, then the gap is given up whole."""
     clock = FakeClock()
-    hub = Peer(range(1, 2))
-    hub.log[12] = _message(12)
+    hub, hubs = _lacking_relay("hub")
     hub.waiting = True
-    node = Node(clock)
-    node.add(1)
-    node.add(12)
-    hubs = _socket(hub, "hub")
-    node.sockets[:] = [hubs]
-    node.peers.update({hubs.id: None})
+    node = _behind_a_gap(clock, hubs)
     for _ in range(9):  # asked at each of 9 gap timeouts: it waits still
         node.fetcher.refill(hubs, STREAM)
         await node.tasks.pop(0)
@@ -602,14 +607,8 @@ async def test_a_gap_of_an_origin_gone_lately_waits_for_it_to_come_back() -> Non
     after the origin's connection closed, another peer's word doesn't count; past it,
     it does again."""
     clock = FakeClock()
-    relay = Peer(range(1, 2))
-    relay.log[12] = _message(12)  # 2..11 missing there too
-    node = Node(clock)
-    node.add(1)
-    node.add(12)
-    relays = _socket(relay, "relay")
-    node.sockets[:] = [relays]
-    node.peers.update({relays.id: None})
+    _, relays = _lacking_relay("relay")  # 2..11 missing there too
+    node = _behind_a_gap(clock, relays)
     node.origins.gone(ORIGIN.peer_id)  # its link dropped just now
     node.fetcher.refill(relays, STREAM)
     await node.tasks.pop(0)
@@ -654,15 +653,10 @@ async def test_a_waiting_answer_sends_the_asker_to_the_origin_it_is_connected_to
     origin on to it (a "lacking" one did): a message truly lost took up to 77 s among
     20 hubs. The origin is asked."""
     clock = FakeClock()
-    relay, origin = Peer(range(1, 2)), Peer(range(1, 13))
-    relay.log[12] = _message(12)
+    (relay, relays), origin = _lacking_relay("relay"), Peer(range(1, 13))
     relay.waiting = True
-    node = Node(clock)
-    node.add(1)
-    node.add(12)
-    relays, origins = _socket(relay, "relay"), _socket(origin, "origin", ORIGIN.peer_id)
-    node.sockets[:] = [relays, origins]
-    node.peers.update({relays.id: None, origins.id: None})
+    origins = _socket(origin, "origin", ORIGIN.peer_id)
+    node = _behind_a_gap(clock, relays, origins)
     node.fetcher.refill(relays, STREAM)
     await node.tasks.pop(0)
     for _ in range(3):

@@ -195,7 +195,6 @@ class Requests:
         """
         if package_type not in REQUEST_TYPES:
             raise ValueError(f"{package_type!r} is not a request type")
-        checked_timeout(timeout, 0.0)  # (on every path: review83 F3, review87 R1)
         package = build_package(package_type, event, body, alt=self._alt, payload=payload or b"")
         check_size(package, self._max_package_size)  # before the table holds it
         left = timeout  # (a RequestTimeout says the one asked: tester42 F6)
@@ -249,7 +248,7 @@ class Requests:
                 timed out, as a request whose introduction took the whole timeout).
 
         """
-        asked = self._table.response_timeout if timeout is None else timeout
+        asked = checked_timeout(timeout, self._table.response_timeout)  # (review83 F3)
         end = self._clock() + asked
         try:
             async with asyncio.timeout(asked):
@@ -311,6 +310,7 @@ class Requests:
                 room, the introduction was given the whole timeout again).
 
         """
+        checked_timeout(timeout, 0.0)  # (before the wait: review87 R1)
         end = None if left is None else self._clock() + left
         tried: list[ConnId] = []
         while True:
