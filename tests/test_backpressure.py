@@ -79,24 +79,12 @@ async def test_a_peer_that_reads_nothing_is_closed_once(
     make_node: MakeNode, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="trustp2p.node")
-    server = await make_node(server=True, secure=False, send_stall_timeout=0.3, write_limit=1024)
-    assert server.url is not None and server.server is not None
-    async with connect(server.url, compression=None, max_queue=1) as ws:
-        await server.server.wait_connected()
-        inbound = server.server.sockets[0]
-        talk = build_package(PackageType.TALK, "news", {"pad": "z" * 8192})
-
-        async def flood() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                while True:
-                    await server.send(inbound, talk)  # waits: this peer never reads
-
-        task = asyncio.ensure_future(flood())
+    async with a_peer_that_reads_nothing(make_node, send_stall_timeout=0.3) as (server, inbound):
+        task = flood(server, inbound)
         await wait_for(lambda: inbound.closed, timeout=10)
         await asyncio.wait_for(task, 5)
         # Aborted at once: a peer that reads nothing would never read a close frame.
         assert inbound.close_code == CloseCode.ABNORMAL_CLOSURE
-        ws.transport.abort()
     stalls = [r for r in caplog.records if "peer read nothing for 0.3 s" in r.getMessage()]
     assert len(stalls) == 1
 
@@ -110,27 +98,27 @@ async def test_a_peer_on_a_congested_path_is_given_the_grace(
     asked = congested_paths(monkeypatch)
     caplog.set_level(logging.WARNING, logger="trustp2p.node")
     # (4 looks by 1.4 x the timeout, the cut at 3 x: a margin on a loaded machine)
-    server = await make_node(server=True, secure=False, send_stall_timeout=0.5, write_limit=1024)
-    assert server.url is not None and server.server is not None
-    async with connect(server.url, compression=None, max_queue=1) as ws:
-        await server.server.wait_connected()
-        inbound = server.server.sockets[0]
-        talk = build_package(PackageType.TALK, "news", {"pad": "z" * 8192})
-
-        async def flood() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                while True:
-                    await server.send(inbound, talk)  # waits: this peer never reads
-
-        task = asyncio.ensure_future(flood())
+    async with a_peer_that_reads_nothing(make_node, send_stall_timeout=0.5) as (server, inbound):
+        task = flood(server, inbound)
         # Past the timeout the watch asked TCP's view, and waited: 8 samples a timeout.
         await wait_for(lambda: len(asked) >= 4, timeout=10)
         assert not inbound.closed
         await wait_for(lambda: inbound.closed, timeout=10)
         await asyncio.wait_for(task, 5)
-        ws.transport.abort()
     stalls = [r for r in caplog.records if "peer read nothing for 0.5 s" in r.getMessage()]
     assert len(stalls) == 1
+
+
+def flood(server: Node, inbound: Socket) -> asyncio.Future[None]:
+    """Send 8 KiB talks to ``inbound`` until it closes, each waiting for room to send."""
+    talk = build_package(PackageType.TALK, "news", {"pad": "z" * 8192})
+
+    async def sending() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await server.send(inbound, talk)  # waits: this peer never reads
+
+    return asyncio.ensure_future(sending())
 
 
 @contextlib.asynccontextmanager

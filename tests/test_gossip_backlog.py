@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import generate_latest
 
+from trustp2p import Node
 from trustp2p.admin.collector import node_registry
 from trustp2p.admin.status import TopicRates, node_status
 from trustp2p.identity import Identity
@@ -129,15 +131,15 @@ async def test_a_stuck_topic_holds_no_honest_peer_of_another_topic(make_node: Ma
     await publishing
 
 
-async def test_a_relayed_flood_of_a_slow_topic_holds_not_the_relay(make_node: MakeNode) -> None:
-    """Found by an attacker (attacker43 F2): one origin's flood of a topic whose
-    validator is slow, relayed by an honest hub, held the hub, and with it every other
-    topic (15-20 s late), request and ping it carried. Its messages over the origin's
-    share are shed, and fetched by catch-up once the topic drains: all delivered, in
-    order."""
+async def _a_slow_topic_behind_a_hub(
+    make_node: MakeNode,
+    on_slow: Callable[[GossipMessage], object],
+    on_chat: Callable[[GossipMessage], object],
+    clients: int,
+) -> tuple[Node, Node, asyncio.Event, list[Node]]:
+    """A hub carrying ``slow`` and ``chat``, a node behind it whose validator of ``slow``
+    waits for the gate returned, and ``clients`` more nodes of the hub, all connected."""
     gate = asyncio.Event()
-    slow: list[int] = []
-    chat: list[int] = []
 
     async def validator(message: GossipMessage) -> Validation:
         await gate.wait()
@@ -147,13 +149,26 @@ async def test_a_relayed_flood_of_a_slow_topic_holds_not_the_relay(make_node: Ma
     hub.subscribe("slow")
     hub.subscribe("chat")
     node = await make_node(client=True, peers=[hub.url])
-    node.subscribe("slow", lambda message: slow.append(message.seq))
-    node.subscribe("chat", lambda message: chat.append(message.seq))
+    node.subscribe("slow", on_slow)
+    node.subscribe("chat", on_chat)
     node.gossip.set_validator("slow", validator)
-    flooder = await make_node(client=True, peers=[hub.url])
-    honest = await make_node(client=True, peers=[hub.url])
-    for peer in (node, flooder, honest):
+    others = [await make_node(client=True, peers=[hub.url]) for _ in range(clients)]
+    for peer in (node, *others):
         await peer.client.wait_connected()  # type: ignore[union-attr]
+    return hub, node, gate, others
+
+
+async def test_a_relayed_flood_of_a_slow_topic_holds_not_the_relay(make_node: MakeNode) -> None:
+    """Found by an attacker (attacker43 F2): one origin's flood of a topic whose
+    validator is slow, relayed by an honest hub, held the hub, and with it every other
+    topic (15-20 s late), request and ping it carried. Its messages over the origin's
+    share are shed, and fetched by catch-up once the topic drains: all delivered, in
+    order."""
+    slow: list[int] = []
+    chat: list[int] = []
+    hub, node, gate, (flooder, honest) = await _a_slow_topic_behind_a_hub(
+        make_node, lambda m: slow.append(m.seq), lambda m: chat.append(m.seq), 2
+    )
     flooder.subscribe("slow")
     honest.subscribe("chat")
     await wait_for(lambda: len(hub.sockets) == 3)
@@ -184,26 +199,14 @@ async def test_a_relayed_flood_beside_another_origin_holds_not_the_relay(
     identity's messages, delayed another topic 18-19 s (once the hub dropped the node).
     Every message the hub relays of the topic is shed past the bound, whatever its
     origin, and fetched by catch-up once the topic drains: all delivered, in order."""
-    gate = asyncio.Event()
     slow: dict[str, list[int]] = {}
     chat: list[int] = []
-
-    async def validator(message: GossipMessage) -> Validation:
-        await gate.wait()
-        return Validation.ACCEPT
-
-    hub = await make_node(server=True)
-    hub.subscribe("slow")
-    hub.subscribe("chat")
-    node = await make_node(client=True, peers=[hub.url])
-    node.subscribe("slow", lambda m: slow.setdefault(m.origin, []).append(m.seq))
-    node.subscribe("chat", lambda message: chat.append(message.seq))
-    node.gossip.set_validator("slow", validator)
-    flooder = await make_node(client=True, peers=[hub.url])
-    second = await make_node(client=True, peers=[hub.url])  # the flooder's other identity
-    honest = await make_node(client=True, peers=[hub.url])
-    for peer in (node, flooder, second, honest):
-        await peer.client.wait_connected()  # type: ignore[union-attr]
+    hub, node, gate, (flooder, second, honest) = await _a_slow_topic_behind_a_hub(
+        make_node,
+        lambda m: slow.setdefault(m.origin, []).append(m.seq),
+        lambda m: chat.append(m.seq),
+        3,  # (second: the flooder's other identity)
+    )
     flooder.subscribe("slow")
     second.subscribe("slow")
     honest.subscribe("chat")
