@@ -139,20 +139,22 @@ class Echo(Thread):
         return None
 
 
-async def test_a_rerouted_request_whose_connection_closes_while_it_waits_for_room(
-    make_node: MakeNode,
-) -> None:
-    """review83 F1: with ``reroute=True``, a connection lost while the request waited
-    for room to send raised ``ConnectionClosed`` with another server connected. It goes
-    to that server, as a request lost in flight does."""
-    options = {"write_limit": 1024, "max_send_bytes": 2**24, "max_package_size": 2**22}
-    first = await make_node(server=True, secure=False, threads=[Echo], **options)
-    second = await make_node(server=True, secure=False, threads=[Echo], **options)
-    client = await make_node(client=True, secure=False, peers=[first.url, second.url], **options)
-    assert client.client is not None and first.server is not None
-    await client.client.wait_connected(2)
+async def a_full_link_to_the_first_of(
+    make_node: MakeNode, servers: int, **options: Any
+) -> tuple[Node, Node, Socket]:
+    """A client of ``servers`` echo servers, and its link to the first one full (that
+    server reads nothing): the client, the first server and the client's socket to it."""
+    options = {"write_limit": 1024, "max_send_bytes": 2**24, "max_package_size": 2**22} | options
+    nodes = [
+        await make_node(server=True, secure=False, threads=[Echo], **options)
+        for _ in range(servers)
+    ]
+    first = nodes[0]
+    peers = [node.url for node in nodes]
+    client = await make_node(client=True, secure=False, peers=peers, **options)
+    assert client.client is not None and first.server is not None and first.url is not None
+    await client.client.wait_connected(servers)
     await first.server.wait_connected()
-    assert first.url is not None
     port = first.url.rsplit(":", 1)[1]
     to_first = next(s for s in client.client.sockets if s.peer.endswith(f":{port}"))
     first.server.sockets[0].pause_reading()  # it reads nothing: no room
@@ -160,10 +162,52 @@ async def test_a_rerouted_request_whose_connection_closes_while_it_waits_for_roo
     while not to_first.write_paused:
         client.send_package(to_first, talk)
         await asyncio.sleep(0)
+    return client, first, to_first
+
+
+async def test_a_rerouted_request_whose_connection_closes_while_it_waits_for_room(
+    make_node: MakeNode,
+) -> None:
+    """review83 F1: with ``reroute=True``, a connection lost while the request waited
+    for room to send raised ``ConnectionClosed`` with another server connected. It goes
+    to that server, as a request lost in flight does."""
+    client, first, to_first = await a_full_link_to_the_first_of(make_node, 2)
+    assert client.client is not None and first.server is not None
     asyncio.get_running_loop().call_later(0.3, first.server.sockets[0].abort)
     async with asyncio.timeout(10):  # (before: ConnectionClosed)
         answer = await client.client.request(to_first, "echo", {"n": 1}, reroute=True)
     assert answer == {"echoed": {"n": 1}}
+
+
+async def test_a_rerouted_request_with_no_room_goes_to_the_next_server_when_stalled(
+    make_node: MakeNode,
+) -> None:
+    """review83 F2: with ``reroute=True``, a request that found no room on a full link
+    waited out its whole timeout there (``RequestTimeout``), another server idle. After
+    ``stalled_timeout`` it goes to the next server, counted as rerouted."""
+    client, _, to_first = await a_full_link_to_the_first_of(make_node, 2, stalled_timeout=0.2)
+    assert client.client is not None
+    rerouted = client.metrics.requests_rerouted
+    async with asyncio.timeout(10):
+        answer = await client.client.request(
+            to_first, "echo", {"n": 2}, reroute=True, timeout=3.0
+        )  # (before: RequestTimeout after 3 s)
+    assert answer == {"echoed": {"n": 2}}
+    assert client.metrics.requests_rerouted == rerouted + 1
+
+
+async def test_a_rerouted_request_with_no_room_and_no_other_server_waits_its_timeout(
+    make_node: MakeNode,
+) -> None:
+    """With ``reroute=True`` and no other server, a request that finds no room waits
+    on past ``stalled_timeout``, within its timeout: ``RequestTimeout`` names it."""
+    client, _, to_first = await a_full_link_to_the_first_of(make_node, 1, stalled_timeout=0.1)
+    assert client.client is not None
+    start = time.monotonic()
+    with pytest.raises(RequestTimeout, match=r"within 0\.5 s"):
+        await client.client.request(to_first, "echo", {"n": 3}, reroute=True, timeout=0.5)
+    assert time.monotonic() - start >= 0.45  # (it didn't give up at the first stall)
+    assert client.metrics.requests_rerouted == 0
 
 
 async def test_a_bad_timeout_is_refused_before_the_peer_introduced_itself(

@@ -236,8 +236,10 @@ class Requests:
     ) -> tuple[Socket, float]:
         """
         Wait for room to write ``package`` on ``socket``, within ``timeout``
-        (``response_timeout`` if None); return the socket it goes on (with ``reroute``,
-        the next server's if this one closed meanwhile: review83 F1) and the time left.
+        (``response_timeout`` if None); return the socket it goes on and the time left.
+        With ``reroute``, the request goes to the next server if this one closes
+        meanwhile (review83 F1) or makes no room within ``stalled_timeout`` (review83 F2:
+        it waited out its whole timeout on the full link, another server idle).
         Found by a tester (t45 F3): the wait went uncounted, and a request with
         ``timeout=60`` on a busy slow link raised after 111.7 s. The node's own requests
         wait for room before they ask (``Socket.drain()``): theirs is the old behaviour
@@ -250,19 +252,39 @@ class Requests:
         """
         asked = checked_timeout(timeout, self._table.response_timeout)  # (review83 F3)
         end = self._clock() + asked
-        try:
-            async with asyncio.timeout(asked):
-                await socket.drain()
-        except TimeoutError:
-            raise self._timed_out(package, timeout) from None
-        except ConnectionClosed:
-            if not reroute:
-                raise
-        if socket.closed and reroute and self._reroute is not None:
-            target = self._reroute([socket.id], package)
-            following = None if target is None else self._connections.get(target)
-            socket = socket if following is None else following.socket
+        stall = self._table.stalled_timeout if reroute and self._reroute is not None else None
+        tried = [socket.id]
+        while True:
+            wait = end - self._clock()
+            final = stall is None or wait <= stall
+            try:
+                async with asyncio.timeout(wait if final or stall is None else stall):
+                    await socket.drain()
+            except TimeoutError:
+                if final:
+                    raise self._timed_out(package, timeout) from None
+            except ConnectionClosed:
+                if not reroute:
+                    raise
+            else:
+                if not (socket.closed and reroute):
+                    break
+            following = self._next_server(tried, package)
+            if following is None:
+                if socket.closed:
+                    break  # (the caller raises ConnectionClosed)
+                continue  # no other server: wait on here (and look again after a while)
+            reason = "connection lost" if socket.closed else "no room to send"
+            self._metrics.requests_rerouted += 1
+            _log_reroute(RequestRerouted(package, socket.id, following.socket.id, reason))
+            socket = following.socket
+            tried.append(socket.id)
         return socket, self._time_left(end, package, timeout)
+
+    def _next_server(self, tried: list[ConnId], package: Package) -> PeerConnection | None:
+        """The connection a rerouted request waiting for room goes on next, if any."""
+        target = None if self._reroute is None else self._reroute(tried, package)
+        return None if target is None else self._connections.get(target)
 
     def _time_left(self, end: float, package: Package, timeout: float | None) -> float:
         """Seconds left until ``end`` of a request's ``timeout`` spent waiting.
