@@ -204,7 +204,7 @@ async def test_a_reroutable_request_waiting_for_the_introduction_goes_on_elsewhe
 ) -> None:
     # Found in review (review43 F3): a reroute=True request whose connection closed
     # while it waited for the peer's introduction raised ConnectionClosed, though
-    # another server was connected.
+    # another server was connected. It counts as rerouted (review87 R2: it didn't).
     first = await make_node(server=True, threads=[Echo])
     second = await make_node(server=True, threads=[Echo])
     client = await make_node(client=True, peers=[first.url, second.url])
@@ -219,9 +219,11 @@ async def test_a_reroutable_request_waiting_for_the_introduction_goes_on_elsewhe
         client.client.request(socket, "echo", {"n": 1}, reroute=True, timeout=5)
     )
     assert not await stays(lambda: asking.done(), 0.05)  # waiting
+    rerouted = client.metrics.requests_rerouted
     socket.abort()
     async with asyncio.timeout(4):
         assert await asking == {"n": 1}  # (Echo answers with the body)
+    assert client.metrics.requests_rerouted == rerouted + 1
 
 
 async def hello_awaited(

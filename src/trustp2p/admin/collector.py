@@ -165,7 +165,7 @@ class NodeCollector(Collector):
         )
         yield _counter(
             "trustp2p_requests_rerouted",
-            "Stalled requests sent again to another server.",
+            "Requests sent to another server (reroute=True).",
             m.requests_rerouted,
         )
         yield _counter(

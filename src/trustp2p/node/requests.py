@@ -348,6 +348,9 @@ class Requests:
                 following = None if target is None else self._connections.get(target)
                 if following is None:
                     raise
+                self._metrics.requests_rerouted += 1  # (review87 R2)
+                reason = "connection lost" if conn.socket.closed else "too large for the peer"
+                _log_reroute(RequestRerouted(package, conn.socket.id, following.socket.id, reason))
                 conn = following
         if end is None:
             return conn, None
