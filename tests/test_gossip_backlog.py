@@ -158,6 +158,29 @@ async def _a_slow_topic_behind_a_hub(
     return hub, node, gate, others
 
 
+async def test_a_small_publisher_takes_turns_with_a_flood_of_its_topic(
+    make_node: MakeNode,
+) -> None:
+    """review81 F4, review85 F2: a flood of small messages under the bound (nothing
+    shed, nobody held) kept a small publisher of the same slow topic behind it: 0 of 24
+    delivered in 60 s, each waiting for the whole backlog to be validated, then again
+    for it to be delivered. The topic's origins take turns."""
+    origins: list[str] = []
+    hub, node, gate, (flooder, small) = await _a_slow_topic_behind_a_hub(
+        make_node, lambda m: origins.append(m.origin), lambda m: None, 2
+    )
+    await wait_for(lambda: len(hub.sockets) == 3)
+    stats = node.gossip.router.stats
+    for n in range(30):
+        await flooder.publish("slow", {"n": n})
+    await wait_for(lambda: stats.new >= 30)  # (the validator holds the first)
+    await small.publish("slow", {"n": 0})
+    await wait_for(lambda: stats.new >= 31)
+    gate.set()
+    await wait_for(lambda: len(origins) == 31)
+    assert origins.index(small.peer_id) <= 2  # (before: the last)
+
+
 async def test_a_relayed_flood_of_a_slow_topic_holds_not_the_relay(make_node: MakeNode) -> None:
     """Found by an attacker (attacker43 F2): one origin's flood of a topic whose
     validator is slow, relayed by an honest hub, held the hub, and with it every other

@@ -1,11 +1,12 @@
 """The delivery backlog's shares: which live messages are shed rather than their peer
-held (:mod:`trustp2p.protocol.gossip.backlog`)."""
+held, and the turns of a topic's origins (:mod:`trustp2p.protocol.gossip.backlog`)."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, strategies as st
 
-from trustp2p.protocol.gossip import over_level, shed_level
+from trustp2p.protocol.gossip import OriginTurns, over_level, shed_level
 
 
 def fair_level(sizes: dict[str, int], bound: int) -> int:
@@ -81,3 +82,59 @@ def test_a_message_is_shed_if_its_topic_would_be_over_the_fair_level(
     assert over == over_level(counted, topic, bound)
     if sum(counted.values()) > bound:
         assert over == (counted[topic] > fair_level(counted, bound))
+
+
+def test_origins_take_turns_each_in_its_own_order() -> None:
+    """review81 F4, review85 F2: one queue a topic kept a small publisher behind a
+    flood of its topic (0 of 24 delivered in 60 s). The origins take turns, one item
+    each; each origin's items stay in the order they came."""
+    turns: OriginTurns[tuple[str, int]] = OriginTurns(lambda item: item[0])
+    for n in range(4):
+        turns.append(("flood", n))
+    turns.append(("small", 0))
+    turns.append(("small", 1))
+    assert len(turns) == 6 and turns
+    taken = [turns.popleft() for _ in range(3)]
+    turns.append(("late", 0))  # after the origins waiting: in turn after them
+    taken += [turns.popleft() for _ in range(4)]
+    assert taken == [
+        ("flood", 0),
+        ("small", 0),
+        ("flood", 1),
+        ("small", 1),
+        ("flood", 2),
+        ("late", 0),
+        ("flood", 3),
+    ]
+    assert not turns and len(turns) == 0
+
+
+def test_an_origin_whose_items_ran_out_comes_back_at_the_end_of_the_turns() -> None:
+    turns: OriginTurns[tuple[str, int]] = OriginTurns(lambda item: item[0])
+    turns.append(("a", 0))
+    turns.append(("b", 0))
+    assert turns.popleft() == ("a", 0)  # a has none left: out of the turns
+    turns.append(("a", 1))
+    turns.append(("b", 1))
+    assert [turns.popleft() for _ in range(3)] == [("b", 0), ("a", 1), ("b", 1)]
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.booleans())))
+def test_turns_keep_each_origins_order_and_lose_nothing(steps: list[tuple[str, bool]]) -> None:
+    """Whatever the appends and takes: every item comes out once, each origin's in the
+    order it went in."""
+    turns: OriginTurns[tuple[str, int]] = OriginTurns(lambda item: item[0])
+    put: list[tuple[str, int]] = []
+    out: list[tuple[str, int]] = []
+    for n, (origin, take) in enumerate(steps):
+        turns.append((origin, n))
+        put.append((origin, n))
+        if take:
+            out.append(turns.popleft())
+    while turns:
+        out.append(turns.popleft())
+    assert sorted(out) == sorted(put)
+    for origin in "abcd":
+        assert [i for i in out if i[0] == origin] == [i for i in put if i[0] == origin]
+    with pytest.raises(IndexError):
+        turns.popleft()

@@ -1,6 +1,8 @@
 """
 Gossip delivery, topic by topic: the messages waiting for their validator or their
-handlers, and while a topic has some, a task that works through them in order. A slow
+handlers, and while a topic has some, a task that works through them, each origin's in
+order, the origins in turn (:class:`~trustp2p.protocol.gossip.OriginTurns`: a flood
+under the bound kept a small publisher of its topic behind it, review81 F4). A slow
 validator, thread handler or subscriber holds up its own topic, no other.
 
 The messages waiting are bounded (:data:`MAX_WAITING_BYTES`) by holding peers: the node
@@ -43,12 +45,12 @@ import asyncio
 import contextvars
 import functools
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..protocol.gossip import HELD_MESSAGE_OVERHEAD, over_level, shed_level
+from ..protocol.gossip import HELD_MESSAGE_OVERHEAD, OriginTurns, over_level, shed_level
 from .dispatch import cancelled
 from .failures import gossip_where
 
@@ -134,6 +136,10 @@ def _weight(message: GossipMessage) -> int:
     return message.data_size + HELD_MESSAGE_OVERHEAD
 
 
+def _origin(item: Item) -> str:
+    return item[1].origin
+
+
 Item = tuple[str, "GossipMessage", "Socket | None"]
 """``(kind, message, source)``: ``"validate"``, ``"check"`` (validate a message caught
 up from ``source``: its reading is never held for it) or ``"deliver"``, the message,
@@ -200,7 +206,7 @@ class TopicQueues:
         self._catch_up = catch_up
         self._keep = keep
         self._max_bytes = max_bytes
-        self._queues: dict[str, deque[Item]] = {}
+        self._queues: dict[str, OriginTurns[Item]] = {}  # (by origin, in turn: review81 F4)
         self._bytes: dict[str, int] = {}  # per topic with messages waiting
         self._levels: dict[str, int] = {}  # topic -> its shed_level, until _bytes change
         self._coming: Counter[str] = Counter()  # per topic, catch-up batches asked for
@@ -258,7 +264,8 @@ class TopicQueues:
         if queue is not None:
             queue.append((kind, message, source))
         elif not self._tasks.closed and not self._stopping:  # (else it waits in the log)
-            queue = self._queues[topic] = deque([(kind, message, source)])
+            queue = self._queues[topic] = OriginTurns(_origin)
+            queue.append((kind, message, source))
             self._bytes[topic] = 0
             drain = self._drain(topic, queue)
             self._drains[topic] = self._tasks.spawn(drain, f"gossip delivery of {topic!r}")
@@ -478,7 +485,7 @@ class TopicQueues:
         return said
 
     async def _drain(
-        self, topic: str, queue: deque[tuple[str, GossipMessage, Socket | None]]
+        self, topic: str, queue: OriginTurns[tuple[str, GossipMessage, Socket | None]]
     ) -> None:
         try:
             while queue and not self._stopping:

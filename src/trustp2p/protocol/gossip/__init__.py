@@ -19,7 +19,7 @@ Every module takes its clocks from the caller and never awaits.
 
 from __future__ import annotations
 
-from .backlog import over_level, shed_level
+from .backlog import OriginTurns, over_level, shed_level
 from .budget import MAX_RETRY_AFTER, FairShare, PeerBudgets, RoundBudget, busy_answer, retry_after
 from .catchup import (
     DEFAULT_ANSWER_BYTES,
@@ -145,6 +145,7 @@ __all__ = [
     "GossipStats",
     "HeldView",
     "HwmMarks",
+    "OriginTurns",
     "OriginsGone",
     "PeerBudgets",
     "PeerKey",
