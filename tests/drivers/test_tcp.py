@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket as socket_module
 import ssl
 import struct
@@ -614,10 +615,15 @@ async def test_a_frame_earns_time_in_proportion_to_its_bytes(
     timeout = 600 * MS
     raw, events = await serve_raw(harness, raw_peers, DriverOptions(frame_timeout=timeout))
     burst = 3 * FRAME_PROGRESS // 4
+    clock = asyncio.get_running_loop().time
     await raw.send(struct.pack(">I", 6 * burst) + b"a" * burst)
+    sent = [clock()]
     for _ in range(5):
         await asyncio.sleep(0.7 * timeout)
         await raw.send(b"b" * burst)
+        sent.append(clock())
+    if max(b - a for a, b in itertools.pairwise(sent)) > 0.95 * timeout:
+        pytest.skip("the machine was too busy to keep the bursts' pace")  # (CI148, load 5)
     [message] = await events.wait_messages(raw.server, 1)
     assert len(message) == 6 * burst
     assert events.errors(raw.server) == []
