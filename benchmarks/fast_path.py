@@ -65,7 +65,9 @@ from request_response import (
 )
 
 import trustp2p
-from trustp2p.loop import LOOPS
+from trustp2p.drivers import driver_class
+from trustp2p.exceptions import DriverError, UsageError
+from trustp2p.loop import LOOPS, loop_factory
 
 OURS: dict[str, tuple[str, bool]] = {
     "picows": ("picows", False),
@@ -416,6 +418,18 @@ def format_table(run: dict[str, Any], reference: str = REFERENCE) -> str:
     return "\n".join(lines)
 
 
+def check_installed(parser: argparse.ArgumentParser, loop: str, impls: set[str]) -> None:
+    """Exit with one line (status 2, as trustp2p's commands) when ``loop`` or a driver of
+    ``impls`` needs an extra that isn't installed; each child printed its traceback, and
+    the parent a third (tester47 F5)."""
+    try:
+        loop_factory(loop)
+        for impl in sorted(impls & set(OURS)):
+            driver_class(OURS[impl][0])
+    except (UsageError, DriverError) as exc:
+        parser.error(str(exc))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1] if __doc__ else None)
     run_arguments(parser, rounds=5, warmup=0.5, duration=2.0)
@@ -435,6 +449,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chosen = {args.impl} if args.role else set(args.impls)
     if args.loop != "uvloop" and chosen & set(UVLOOP_ONLY):
         parser.error(f"{' and '.join(UVLOOP_ONLY)} run on uvloop: --impls raw-tcp,... instead")
+    check_installed(parser, args.loop, chosen)
     if args.quick:
         args.rounds, args.warmup, args.duration = 1, 0.2, 0.5
     return args

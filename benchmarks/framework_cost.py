@@ -38,7 +38,7 @@ import statistics
 import sys
 from typing import Any
 
-from fast_path import MODES, format_table, run_all
+from fast_path import MODES, check_installed, format_table, run_all
 from request_response import QUIET, run_arguments
 
 from trustp2p.loop import LOOPS
@@ -118,6 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run_arguments(parser, rounds=5, warmup=0.5, duration=2.0, remeasure=True)
     parser.add_argument("--loop", choices=LOOPS, default="asyncio", help="default: %(default)s")
     args = parser.parse_args(argv)
+    check_installed(parser, args.loop, {OURS})
     if args.quick:
         args.rounds, args.warmup, args.duration = 1, 0.2, 0.5
         args.attempts = 1

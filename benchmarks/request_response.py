@@ -117,6 +117,11 @@ BODY_SIZE = int(os.environ.get("TRUSTP2P_BENCH_BODY_SIZE", "100"))
 """Size of each request body, as compact JSON text, in bytes (``--body-size``; the child
 processes read it from the environment)."""
 
+MAX_BODY_SIZE = 1_000_000
+"""The largest ``--body-size``: a request and its answer, with their envelopes, fit the
+1 MiB message limit every side keeps by default (``max_package_size``, websockets'
+``max_size``); a larger body crashed the baseline server (tester47 F4)."""
+
 PAYLOAD = os.environ.get("TRUSTP2P_BENCH_PAYLOAD") == "1"
 """Ours and secure send ``BODY_SIZE`` bytes as a payload beside ``{}`` (``--payload``)."""
 
@@ -921,7 +926,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--body-size",
         type=int,
-        help=f"bytes of JSON per request body, at least 12 (default: {BODY_SIZE})",
+        help=f"bytes of JSON per request body, 12 to {MAX_BODY_SIZE:,} (default: {BODY_SIZE})",
     )
     parser.add_argument(
         "--payload",
@@ -991,8 +996,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.body_size is not None:
-        if args.body_size < 12:
-            parser.error("--body-size must be at least 12")
+        if not 12 <= args.body_size <= MAX_BODY_SIZE:
+            parser.error(
+                f"--body-size must be 12 to {MAX_BODY_SIZE:,}: a request over the 1 MiB "
+                "message limit of each side would be refused"
+            )
         BODY_SIZE = args.body_size
         os.environ["TRUSTP2P_BENCH_BODY_SIZE"] = str(args.body_size)
     if args.payload:

@@ -22,6 +22,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.append(str(BENCHMARKS))  # the scripts import each other by module name
 
 import aead_cold  # noqa: E402
+import fast_path  # noqa: E402
 import framework_cost  # noqa: E402
 import latency_load  # noqa: E402
 
@@ -115,6 +116,37 @@ def test_latency_load_quick_run() -> None:
     assert result["table"]["ours"]["500"]["samples"] > 0
     assert result["table"]["ours"]["500"]["load_rate"] > 400
     assert "ours/baseline" in result["p90_ratios"]["500"]
+
+
+NO_UVLOOP = "the uvloop event loop needs the uvloop package (trustp2p's fast extra): pip install"
+NO_PICOWS = "the 'picows' driver needs the picows package (trustp2p's fast extra): pip install"
+
+
+@pytest.mark.parametrize(
+    ("parse_args", "argv", "missing", "says"),
+    [
+        (fast_path.parse_args, ["--quick"], "uvloop", NO_UVLOOP),
+        (framework_cost.parse_args, ["--quick", "--loop", "uvloop"], "uvloop", NO_UVLOOP),
+        (fast_path.parse_args, ["--quick"], "picows", NO_PICOWS),
+    ],
+)
+def test_a_missing_extra_is_one_line_and_exit_status_2(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    parse_args: Any,
+    argv: list[str],
+    missing: str,
+    says: str,
+) -> None:
+    # tester47 F5: each child printed a traceback, then the parent a third, exit 1.
+    monkeypatch.setitem(sys.modules, missing, None)  # import raises ModuleNotFoundError
+    monkeypatch.delitem(sys.modules, "trustp2p.drivers.ws_picows", raising=False)
+    with pytest.raises(SystemExit) as exc_info:
+        parse_args(argv)
+    assert exc_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith(f"error: {says} {missing}")
+    assert "Traceback" not in err
 
 
 def test_aead_cold_prints_hot_and_cold_per_call(capsys: pytest.CaptureFixture[str]) -> None:

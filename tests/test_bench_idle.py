@@ -78,7 +78,7 @@ def test_table_and_verdicts() -> None:
     results = idle.Results(
         machine={"cpu": "x", "nproc": 2, "python": "3", "websockets": "1", "trustp2p": "0"},
         source={"commit": "c", "src_sha256": "s"},
-        settings={"peers": 5000, "settle_s": 15, "window_s": 30, "rounds": 1},
+        settings={"peers": 5000, "settle_s": 15, "window_s": 60, "rounds": 1},
         rounds={
             "plain": [figures(2.0, 11.0)],
             "secure": [figures(5.0, 21.0)],
@@ -94,3 +94,27 @@ def test_table_and_verdicts() -> None:
     assert "Goal 6, plain: CPU <= websockets met; <= 12 KiB per peer met" in table
     assert "Goal 6, secure: CPU <= websockets MISSED; <= 20 KiB per peer MISSED" in table
     assert results.summary()["medians"]["secure"]["server_cpu_pct"] == 5.0
+
+
+@pytest.mark.parametrize("window", [5.0, 30.0])
+def test_a_window_that_isnt_whole_ping_periods_gives_no_cpu_verdict(window: float) -> None:
+    # tester47 F3: --quick's 5 s window read the reference's CPU as 0 % (its 20 s pings
+    # never came), printed nan and MISSED whatever trustp2p did.
+    figures = {
+        "server_cpu_pct": 0.0, "client_cpu_pct": 0.0, "other_cpus": 0.0, "steal": 0.0,
+        "kib_per_peer": 9.0, "pongs_per_s": 0.0, "connect_s": 1.0,
+    }  # fmt: skip
+    results = idle.Results(
+        machine={"cpu": "x", "nproc": 2, "python": "3", "websockets": "1", "trustp2p": "0"},
+        source={"commit": "c", "src_sha256": "s"},
+        settings={"peers": 200, "settle_s": 3, "window_s": window, "rounds": 1},
+        rounds={"plain": [figures], "websockets": [figures]},
+    )
+    assert results.verdicts() == {"plain": {"cpu": None, "rss": True}}
+    said = "Goal 6, plain: CPU <= websockets not measured (window not 20 s x n); <= 12 KiB"
+    assert said in idle.format_table(results)
+
+
+def test_quick_measures_one_ping_period() -> None:
+    args = idle.parse_args(["--quick"])
+    assert (args.peers, args.window) == (200, idle.PING_PERIOD)

@@ -12,6 +12,7 @@ from trustp2p.identity import Identity
 from trustp2p.protocol.limits import AddressLimiter, TokenBucket, is_loopback, netgroup
 from trustp2p.protocol.urls import (
     MAX_URL_LENGTH,
+    check_dial_url,
     is_unspecified,
     split_peer_url,
     validate_url,
@@ -347,6 +348,24 @@ def test_validate_url_accepts(url: str) -> None:
 )
 def test_validate_url_rejects(url: object, why: str) -> None:
     assert validate_url(url) == why
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("ws://h", "e.g. ws://h:1107 (WebSocket's default, 80, is rarely what was meant)"),
+        ("wss://h/", "e.g. wss://h:1107 (WebSocket's default, 443, is rarely what was meant)"),
+        ("tcp://[::1]", "e.g. tcp://[::1]:1107 (tcp:// has no default port)"),
+        # tester47 F2: the port goes before the peer id, not after it.
+        (f"ws://h/p2p/{PEER_ID}", f"e.g. ws://h:1107/p2p/{PEER_ID} (WebSocket's default, 80,"),
+        (f"tcp://h/p2p/{PEER_ID}", f"e.g. tcp://h:1107/p2p/{PEER_ID} (tcp:// has no default"),
+    ],
+)
+def test_check_dial_url_shows_where_the_missing_port_goes(url: str, says: str) -> None:
+    reason = check_dial_url(url)
+    assert reason is not None
+    assert reason.startswith(f"URL {url!r} names no port: write it, ")
+    assert says in reason
 
 
 @pytest.mark.parametrize(

@@ -158,9 +158,12 @@ def test_plot_without_matplotlib_says_what_to_install(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
-    assert main(["simulate", *SMALL, "--plot", str(tmp_path / "sim.png")]) == 1
+    # tester47 F6: exit status 2, a usage error, as --loop uvloop without uvloop (it was 1).
+    assert main(["simulate", *SMALL, "--plot", str(tmp_path / "sim.png")]) == 2
     err = capsys.readouterr().err
-    assert "trustp2p: error: --plot needs matplotlib (trustp2p's plot extra): pip install" in err
+    assert err.startswith("Usage: ")
+    said = "Error: --plot needs matplotlib (trustp2p's plot extra): pip install matplotlib\n"
+    assert err.endswith(said)
     assert not (tmp_path / "sim.png").exists()
 
 

@@ -88,21 +88,6 @@ async def test_connect_refused_message(harness: DriverHarness) -> None:
     assert isinstance(exc_info.value.__cause__, OSError)
 
 
-async def test_wss_to_a_plain_listener_says_the_tls_handshake_failed(
-    harness: DriverHarness,
-) -> None:
-    """Found by a tester: "can't connect to wss://...: " with an empty reason (asyncio
-    raises a bare ``ConnectionResetError()`` when the TLS handshake is answered with
-    plain HTTP and a close)."""
-    listening, _ = await harness.listen()
-    url = listening.url.replace("ws://", "wss://")
-    with pytest.raises(DriverError) as exc_info:
-        await harness.connect(url)
-    reason = str(exc_info.value).removeprefix(f"can't connect to {url}: ")
-    assert reason.endswith(" in the TLS handshake: does it serve TLS?"), reason
-    assert reason.split(" in the TLS")[0].strip()  # a reason, not nothing
-
-
 @pytest.mark.parametrize(
     ("answer", "says"),
     [

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -96,6 +98,56 @@ class WebSocketChecks:
             writer.close()
             await writer.wait_closed()
         assert [record.event for record in events.records] == [DriverEvent.START]
+
+    @pytest.mark.parametrize(
+        ("first", "hint"),
+        [
+            # A secure tcp:// dial's first frame, as tester47 sent it.
+            (b"\0\0\0\x2d\0tp-noise/1\n" + b"\1" * 33, "does the peer dial tcp://?"),
+            (b"\0\0\0\x02\x08\x01", "does the peer dial tcp://?"),  # no line end
+            (None, "does the peer dial wss://?"),  # a TLS ClientHello
+        ],
+    )
+    async def test_bytes_that_cant_begin_an_upgrade_are_closed_at_once(
+        self, harness: DriverHarness, first: bytes | None, hint: str
+    ) -> None:
+        """tester47 F1: picows held such a connection for the whole open_timeout, and
+        its dialler learned nothing; the ws driver closed it and said why."""
+        options = DriverOptions(open_timeout=3600.0)  # not what closes it
+        listening, events = await harness.listen(options, harness.accepting_recorder())
+        host, port = listening.url.removeprefix("ws://").rsplit(":", 1)
+        async with asyncio.timeout(TIMEOUT):
+            if first is None:
+                context = ssl.create_default_context()
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    await asyncio.open_connection(
+                        host, int(port), ssl=context, server_hostname=host
+                    )
+            else:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(first)
+                with contextlib.suppress(ConnectionError):
+                    assert await reader.read() == b""  # the server ended it
+                writer.close()
+            server = (await events.next(DriverEvent.ACCEPT)).socket
+            assert server is not None
+            await events.next(DriverEvent.CLOSE, server)
+        said = f"WebSocket upgrade failed: did not receive a valid HTTP request ({hint})"
+        assert server.close_reason == said
+
+    async def test_wss_to_a_plain_listener_says_the_tls_handshake_failed(
+        self, harness: DriverHarness
+    ) -> None:
+        """Found by a tester: "can't connect to wss://...: " with an empty reason (asyncio
+        raises a bare ``ConnectionResetError()`` when the TLS handshake is answered with
+        plain HTTP and a close); tester47 F1: picows' dial didn't say "TLS"."""
+        listening, _ = await harness.listen()
+        url = listening.url.replace("ws://", "wss://")
+        with pytest.raises(DriverError) as exc_info:
+            await harness.connect(url)
+        reason = str(exc_info.value).removeprefix(f"can't connect to {url}: ")
+        assert reason.endswith(" in the TLS handshake: does it serve TLS?"), reason
+        assert reason.split(" in the TLS")[0].strip()  # a reason, not nothing
 
     async def test_pings_are_answered(self, harness: DriverHarness) -> None:
         listening, _ = await harness.listen()

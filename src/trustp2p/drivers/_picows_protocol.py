@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, cast
 from picows import WSAutoPingStrategy, WSTransport
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
+from ._upgrade import upgrade_refusal
+
 if TYPE_CHECKING:
     from .ws_picows import PicowsSocket
 
@@ -76,6 +78,8 @@ class PicowsProtocol(WSProtocol):  # type: ignore[misc]
         )
         self.socket = socket
         self._loop_time = asyncio.get_running_loop().time
+        # An inbound connection's first bytes, until they show an upgrade may follow.
+        self._head: bytes | None = b"" if socket.inbound else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -88,9 +92,24 @@ class PicowsProtocol(WSProtocol):  # type: ignore[misc]
     def buffer_updated(self, nbytes: int) -> None:
         socket = self.socket
         socket.last_seen = now = self._loop_time()  # any bytes are life, a partial frame too
+        if self._head is not None and not self._may_upgrade(nbytes):
+            return  # closed
         before = socket.frames_read
         super().buffer_updated(nbytes)  # on_ws_frame() for each frame completed
         if socket.frames_read == before:
             socket.read_incomplete(now, nbytes)
         else:
             socket.read_complete(now, nbytes)
+
+    def _may_upgrade(self, nbytes: int) -> bool:
+        """Whether an inbound connection's first bytes may begin a WebSocket upgrade.
+        If they can't, the socket closes the connection at once, with the reason the ws
+        driver gives: picows waits for the end of an HTTP request until open_timeout
+        (tester47 F1: a tcp:// dial's frame or a TLS ClientHello held for 10 s)."""
+        # The bytes read went to the start of the buffer that get_buffer() gives.
+        head = (self._head or b"") + bytes(self.get_buffer(-1)[: min(nbytes, 4)])
+        refusal = upgrade_refusal(head)
+        self._head = head if refusal is None and len(head) < 4 else None
+        if refusal is not None:
+            self.socket.refuse_upgrade(refusal)
+        return refusal is None

@@ -20,6 +20,7 @@ __all__ = [
     "ServerListening",
     "StreamSocket",
     "WriteBatches",
+    "connect_error",
     "format_address",
     "in_flight",
     "lost_error",
@@ -104,6 +105,14 @@ def os_error_reason(exc: OSError) -> str:
         return words
     name = type(exc).__name__.removesuffix("Error")  # ConnectionReset -> connection reset
     return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower()
+
+
+def connect_error(url: str, exc: OSError, *, ssl: bool | None) -> DriverError:
+    """Why a dial of ``url`` failed: the system's reason, and a hint when a TLS
+    handshake failed (connect's own errors have an errno; a TLS handshake that fails,
+    none), as a plain server answers one."""
+    hint = " in the TLS handshake: does it serve TLS?" if ssl and not exc.errno else ""
+    return DriverError(f"can't connect to {url}: {os_error_reason(exc)}{hint}")
 
 
 def lost_error(exc: BaseException | None) -> DriverError:
@@ -463,9 +472,7 @@ class StreamSocket(EndAfterHeld, DrainWaiters, WriteBatches, asyncio.BufferedPro
             self.abort()
             raise DriverError(f"can't connect to {url}: timed out after {timeout:g} s") from None
         except OSError as exc:
-            # (connect's own errors have an errno; a TLS handshake that fails, none)
-            hint = " in the TLS handshake: does it serve TLS?" if ssl and not exc.errno else ""
-            raise DriverError(f"can't connect to {url}: {os_error_reason(exc)}{hint}") from exc
+            raise connect_error(url, exc, ssl=ssl) from exc
         except DriverError as exc:
             raise DriverError(f"can't connect to {url}: {exc}") from exc
         except asyncio.CancelledError:

@@ -38,6 +38,7 @@ from ..exceptions import DriverError
 from ..protocol.limits import TokenBucket, is_loopback
 from ._deadline import FrameDeadline
 from ._stream import ReceiveBuffer, ServerListening, StreamSocket, lost_error, serve
+from ._upgrade import upgrade_refusal
 from ._wsframes import binary_frame_parts
 from .base import (
     FRAME_PROGRESS,
@@ -71,19 +72,6 @@ _SERVER_PROTOCOL_LOGGER = _InfoAtDebug(logging.getLogger("websockets.server"), {
 # large as asyncio's reads for a plain protocol: a large message in few reads.
 _receive_buffer = ReceiveBuffer(2**18)
 _SLICE = 2**16  # bytes of a read parsed before the frames' budget is checked
-
-
-_NOT_HTTP = "did not receive a valid HTTP request"  # websockets' words
-
-
-def _dial_hint(first_byte: int | None) -> str:
-    """What an upgrade that wasn't an HTTP request says of the peer's URL: a TLS
-    ClientHello starts with a handshake record, byte 0x16 (RFC 8446, section 5.1: found
-    by a tester, whose ``wss://`` dial to a ``ws://`` server was said to dial ``tcp://``);
-    anything else most likely is a ``tcp://`` frame."""
-    return (
-        " (does the peer dial wss://?)" if first_byte == 0x16 else " (does the peer dial tcp://?)"
-    )
 
 
 def _answer_hint(failed: BaseException | None) -> str:
@@ -123,16 +111,17 @@ class WsSocket(FrameDeadline, StreamSocket):
         "_close_on_open",
         "_closing",
         "_control_budget",
-        "_first_byte",
         "_flooded",
         "_fragment_text",
         "_fragments",
         "_frame_started",
         "_frame_timer",
+        "_head",
         "_held",
         "_open_waiter",
         "_opened",
         "_protocol",
+        "_refusal",
         "_request",
     )
     _receive_buffer = _receive_buffer
@@ -160,7 +149,9 @@ class WsSocket(FrameDeadline, StreamSocket):
         self._frame_timer: asyncio.TimerHandle | None = None
         self._control_budget: TokenBucket | None = None  # see FrameDeadline
         self._flooded = False
-        self._first_byte: int | None = None  # the peer's: what a failed upgrade was
+        # An inbound connection's first bytes, until they show an upgrade may follow.
+        self._head: bytes | None = b"" if inbound else None
+        self._refusal = ""  # why they can't: the connection was closed at once
         # Frames read before a pause_reading(); made on the first (an empty deque per
         # idle connection was about 0.6 KiB).
         self._held: deque[Frame] | None = None
@@ -239,8 +230,8 @@ class WsSocket(FrameDeadline, StreamSocket):
 
     def data_received(self, data: bytes | memoryview) -> None:
         self.last_seen = now = self._loop.time()  # any bytes are life, a partial frame too
-        if self._first_byte is None:
-            self._first_byte = data[0]
+        if self._head is not None and not self._may_upgrade(data):
+            return  # closed
         if len(data) <= _SLICE or self._control_budget is None:
             self._read(data, now)
             return
@@ -321,9 +312,9 @@ class WsSocket(FrameDeadline, StreamSocket):
             sent = protocol.close_sent
             self._ended_abnormally(None if sent is None else (sent.code, sent.reason))
             failed = protocol.handshake_exc
-            if self.inbound and self._accepted and not self._opened and _sent(failed):
-                hint = _dial_hint(self._first_byte) if _NOT_HTTP in str(failed) else ""
-                self.close_reason = f"{UPGRADE_FAILED}: {failed}{hint}"  # (the node says it)
+            if self.inbound and self._accepted and not self._opened:
+                if self._refusal or _sent(failed):  # (the node says it)
+                    self.close_reason = f"{UPGRADE_FAILED}: {self._refusal or failed}"
         if self._held is not None:
             self._held.clear()  # in place: a _deliver_held() under way stops
             self._held = None
@@ -357,6 +348,19 @@ class WsSocket(FrameDeadline, StreamSocket):
 
     async def _opening(self) -> None:
         await self._open_waiter
+
+    def _may_upgrade(self, data: bytes | memoryview) -> bool:
+        """Whether an inbound connection's first bytes may begin a WebSocket upgrade; if
+        they can't, close it at once (websockets would wait for a line end: a tcp://
+        frame without one was held until open_timeout)."""
+        assert self._head is not None
+        head = self._head + bytes(data[:4])
+        refusal = upgrade_refusal(head)
+        self._head = head if refusal is None and len(head) < 4 else None
+        if refusal is not None and self._transport is not None:
+            self._refusal = refusal
+            self._transport.close()
+        return refusal is None
 
     def _flush(self, *, pongs: bool = False) -> None:
         """Write what the protocol has to send now (handshake, control frames, EOF);

@@ -54,10 +54,10 @@ from ._stream import (
     EndAfterHeld,
     ServerListening,
     WriteBatches,
+    connect_error,
     format_address,
     in_flight,
     lost_error,
-    os_error_reason,
     serve,
 )
 from ._wsframes import binary_frames
@@ -99,7 +99,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         self._opened = False  # the listener heard on_connection / on_open
         self._accepted = False  # the listener heard on_accept: it hears on_close too
         self._upgrade_bytes = 0  # read while not open (a failed upgrade's, if it stays so)
-        self._aborted = False
+        self._refusal, self._aborted = "", False  # why refuse_upgrade() closed it
         self._end: tuple[Exception | None, asyncio.TimerHandle] | None = None  # EndAfterHeld
         self._close_sent = False  # by this driver (picows sends one on its own errors)
         self._close_on_open: tuple[int, str] | None = None
@@ -306,6 +306,12 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         if not self._paused_reading:
             self._watch_frames(False, now, nbytes)
 
+    def refuse_upgrade(self, reason: str) -> None:
+        """Close now: its first bytes can't begin an upgrade (see PicowsProtocol)."""
+        self._refusal = reason
+        if self._tcp is not None:
+            self._tcp.close()
+
     def transport_lost(self, exc: Exception | None) -> None:
         """The TCP connection ended (``connection_lost``): report the close, after the
         messages held by a pause (:class:`EndAfterHeld`)."""
@@ -338,13 +344,11 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
     def _upgrade_failed(self) -> None:
         """An accepted connection ended before its upgrade: if the peer sent bytes (a
         TCP health check connects and closes), say so in the close reason, which the
-        node reports (as the ws driver does; found by a tester: a peer dialling with
-        tcp:// left no trace). picows doesn't say what was wrong with them."""
-        if self._upgrade_bytes:
-            self.close_reason = (
-                f"{UPGRADE_FAILED}: {self._upgrade_bytes} bytes and no WebSocket upgrade"
-                " (an HTTP client, or does the peer dial tcp:// or wss://?)"
-            )
+        node reports (as the ws driver does; a tester: a tcp:// dial left no trace).
+        picows doesn't say what was wrong with a GET request (refuse_upgrade does)."""
+        if self._refusal or self._upgrade_bytes:
+            unsaid = f"{self._upgrade_bytes} bytes and no WebSocket upgrade (an HTTP client?)"
+            self.close_reason = f"{UPGRADE_FAILED}: {self._refusal or unsaid}"
 
     def server_listener(self, request: WSUpgradeRequest) -> Any:
         """picows' listener factory, server side: check ``X-Real-IP`` and upgrade."""
@@ -383,7 +387,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             self.abort()
             raise DriverError(f"can't connect to {url}: timed out after {timeout:g} s") from None
         except OSError as exc:
-            raise DriverError(f"can't connect to {url}: {os_error_reason(exc)}") from exc
+            raise connect_error(url, exc, ssl=ssl) from exc
         except WSError as exc:
             raise DriverError(f"can't connect to {url}: {exc}") from exc
         except asyncio.CancelledError:

@@ -94,15 +94,21 @@ def check_dial_url(url: object) -> str | None:
         return None
     if isinstance(url, str) and reason.endswith("has no valid port"):
         try:
-            port = urlsplit(split_peer_url(url)[0]).port
+            dial, peer_id = split_peer_url(url)
+            port = urlsplit(dial).port
         except ValueError:
             return f"URL {url!r} has a port out of range (1..65535)"
         if port is None:
-            default = 443 if url.lower().startswith("wss:") else 80
-            return (
-                f"URL {url!r} names no port: write it, e.g. {url.rstrip('/')}:1107 "
-                f"(WebSocket's default, {default}, is rarely what was meant)"
+            # The port goes after the host, before a /p2p/<id> (tester47 F2).
+            example = dial.rstrip("/") + ":1107" + (f"{_P2P}{peer_id}" if peer_id else "")
+            scheme = url.split(":", 1)[0].lower()
+            why = (
+                "tcp:// has no default port"
+                if scheme == "tcp"
+                else f"WebSocket's default, {443 if scheme == 'wss' else 80}, is rarely what"
+                " was meant"
             )
+            return f"URL {url!r} names no port: write it, e.g. {example} ({why})"
         return f"URL {url!r} has port {port}, out of range (1..65535)"
     return reason
 
