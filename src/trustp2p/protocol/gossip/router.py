@@ -145,6 +145,7 @@ class GossipRouter:
         self.max_ihave, self.max_asks = max_ihave, max_asks
         self.iwant_timeout, self.mode = iwant_timeout, mode
         self.flood_topics: frozenset[str] = frozenset()  # (see _targets)
+        self.may_ask: Callable[[PeerKey], bool] = lambda peer: True  # (ihave -> iwant)
         self._rng = rng or random.Random()
         self.stats = GossipStats()
         self.topics: set[str] = set()  # ours
@@ -163,6 +164,10 @@ class GossipRouter:
     @property
     def peers(self) -> list[PeerKey]:  # (introduced: see add_peer)
         return list(self._peers)
+
+    def asked(self, peer: PeerKey, message_id: str) -> bool:
+        """Whether ``message_id`` was asked of ``peer`` (``iwant``) and not received."""
+        return self._asks.asked_of(peer, message_id)
 
     def peer_topics(self, peer: PeerKey) -> set[str]:
         return self._peers.get(peer, set())
@@ -479,8 +484,9 @@ class GossipRouter:
         ids = list(dict.fromkeys(check_ids(body.get("ids", []), self.max_ihave)))
         if announced not in self.topics:
             return
+        asks = self.max_asks if self.may_ask(peer) else 0  # (none past its share of pulls)
         wanted, ignored = self._asks.announced(  # (not those shed lately either)
-            peer, ids, self._copies, self._clock(), max_asks=self.max_asks, max_offers=self.degree
+            peer, ids, self._copies, self._clock(), max_asks=asks, max_offers=self.degree
         )
         self.stats.ihave_ignored += ignored
         if wanted:
