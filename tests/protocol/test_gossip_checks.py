@@ -87,8 +87,9 @@ def test_a_catch_up_fetches_what_held_messages_wait_for_first() -> None:
 
 
 def test_a_fetch_says_at_its_first_answer_that_the_peer_lacks_the_ranges_start() -> None:
-    # A new node fetched a whole stream whose first messages its hub had let go of,
-    # holding all of it, before it said the hub lacked them: nothing delivered for 10 s.
+    # Found while mending tester46's finding: a new node fetched a whole stream whose
+    # first messages its hub had let go of, holding all of it, before it said the hub
+    # lacked them; with such streams fetched first, nothing was delivered for 10 s.
     fetch = Fetch(FetchRange(catchup.TOPIC, catchup.A, 1, 1000), batch=100)
     fetch.request()
     assert fetch.lacking_before == 0  # (nothing yet)

@@ -187,9 +187,9 @@ class Fetch:
         Before :attr:`done`: the highest seq up to which the peer lacks the start of a
         range asked for (its answers began past it: a peer answers a range from its
         first kept message); 0 for none, or a fetch of ``seqs``, or one it waits for.
-        Found by a tester (tester46): a new node fetched a whole stream whose first
-        messages its hub had let go of, holding all of it, before it said so; nothing
-        was delivered for 10 s.
+        Found while mending tester46's finding: a new node fetched a whole stream whose
+        first messages its hub had let go of, holding all of it, before it said so; with
+        such streams fetched first, nothing was delivered for 10 s.
         """
         if self.wanted.seqs is not None or self.waiting or not self.first_received:
             return 0
