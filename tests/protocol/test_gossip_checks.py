@@ -42,6 +42,7 @@ def test_nothing_fetched_spends_nothing() -> None:
 def test_messages_asked_for_never_pause_the_reading_but_stop_the_asking() -> None:
     checks = CheckShares(100)
     assert checks.may_ask("hub", 0.0, None)
+    checks.asking("hub", 0.0, 150, None)  # (spent as asked: review90 F1)
     assert [checks.live("hub", 0.0, None, asked=True) for _ in range(150)] == [0.0] * 150
     assert not checks.may_ask("hub", 0.5, "group")  # past its share of pulls
     assert checks.may_ask("other", 0.5, None)  # within its own
@@ -60,6 +61,22 @@ def test_a_router_asks_a_peer_over_its_share_of_pulls_for_nothing() -> None:
     router.control(1, IHAVE, {"topic": TOPIC, "ids": ["a", "b"]})
     assert sent == [RouterAction("talk", 1, IWANT, {"ids": ["a", "b"]})]
     assert router.asked(1, "a") and not router.asked(0, "a")  # (only of whom it was asked)
+
+
+def test_peers_that_announce_at_once_are_asked_for_twice_the_rate_at_most() -> None:
+    """review90 F1: a pull's check was spent as its answer came, so peers announcing
+    ids at the start of a second were each asked for ``max_asks`` of them while the
+    share was empty: K identities, K x 500 checks a second (48: 24,000, at a rate of
+    1,000). Spent as asked, the asks stop at twice the rate, and one peer's last ask."""
+    router, sent, clock = _meshed(48, max_asks=500, max_ihave=500)
+    checks = CheckShares(1000)
+    router.may_ask = lambda peer: checks.may_ask(peer, clock(), None)
+    router.asking = lambda peer, count: checks.asking(peer, clock(), count, None)
+    for peer in range(48):
+        ids = [f"{peer}-{n}" for n in range(500)]
+        router.control(peer, IHAVE, {"topic": TOPIC, "ids": ids})
+    asked = sum(len(action.body["ids"]) for action in sent if action.event == IWANT)
+    assert 1000 <= asked <= 2 * 1000 + 500  # (before: 24,000)
 
 
 class Held:

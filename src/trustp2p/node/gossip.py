@@ -133,7 +133,7 @@ class Gossip:
             self.tasks, self._work, self._settle, node.connection, self._catch_up, keep=self._kept
         )
         self.checks = NodeChecks(node, options.gossip_node_rate, self._now)
-        self.router.may_ask = self.checks.may_ask  # (pushed, pulled, fetched: all peers)
+        self.router.may_ask, self.router.asking = self.checks.may_ask, self.checks.asking
         self._attribution = Attribution(node)  # whose a message is: log_source(), via
         self._talked = asyncio.Event()  # set (and replaced) at each control talk
         self._threads_started = asyncio.Event()  # handlers run from then on (replay())

@@ -61,3 +61,11 @@ class NodeChecks:
             return True
         key, group = self._key(conn.socket)
         return self.shares.may_ask(key, self._clock(), group)
+
+    def asking(self, peer: Hashable, count: int) -> None:
+        """This node asks ``peer`` (a connection's id) for ``count`` ids: their checks are
+        spent now (:meth:`~trustp2p.protocol.gossip.CheckShares.asking`)."""
+        conn = self._node.connections.get(peer) if isinstance(peer, int) else None
+        if conn is not None:
+            key, group = self._key(conn.socket)
+            self.shares.asking(key, self._clock(), count, group)

@@ -58,10 +58,16 @@ class CheckShares:
             asked for (this node asks no more while over: :meth:`may_ask`).
 
         """
-        if asked:
-            self.pulled.spend(peer, now, 1.0, group)
+        if asked:  # (spent as asked: see asking())
             return 0.0
         return self.pushed.spend(peer, now, 1.0, group)
+
+    def asking(self, peer: Hashable, now: float, count: int, group: Hashable | None) -> None:
+        """This node asks ``peer`` for ``count`` ids at ``now`` (``iwant``): their checks
+        are spent now, not as the answers come (review90 F1: spent on arrival, peers that
+        announced ids at the start of a second were each asked for ``max_asks`` of them
+        while the share was still empty, K identities making K x 500 checks a second)."""
+        self.pulled.spend(peer, now, float(count), group)
 
     def fetched(self, peer: Hashable, now: float, count: int, group: Hashable | None) -> float:
         """``peer`` answered a catch-up fetch with ``count`` new messages at ``now``: the

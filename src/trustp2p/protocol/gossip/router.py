@@ -16,22 +16,9 @@ After a PRUNE either way, the two peers don't graft each other on that topic for
 
 from __future__ import annotations
 
-__all__ = [
-    "GOSSIP_EVENTS",
-    "GRAFT",
-    "IHAVE",
-    "IWANT",
-    "MAX_CACHE_BYTES",
-    "MAX_MESSAGE_ID_LENGTH",
-    "MAX_PEER_TOPICS",
-    "MAX_TOPICS_PER_TALK",
-    "PRUNE",
-    "SUBSCRIPTIONS",
-    "GossipRouter",
-    "GossipStats",
-    "PeerKey",
-    "RouterAction",
-]
+__all__ = ["GOSSIP_EVENTS", "GRAFT", "IHAVE", "IWANT", "MAX_CACHE_BYTES", "MAX_MESSAGE_ID_LENGTH",
+           "MAX_PEER_TOPICS", "MAX_TOPICS_PER_TALK", "PRUNE", "SUBSCRIPTIONS", "GossipRouter",
+           "GossipStats", "PeerKey", "RouterAction"]  # fmt: skip
 
 import random
 from collections.abc import Callable, Collection
@@ -146,6 +133,7 @@ class GossipRouter:
         self.iwant_timeout, self.mode = iwant_timeout, mode
         self.flood_topics: frozenset[str] = frozenset()  # (see _targets)
         self.may_ask: Callable[[PeerKey], bool] = lambda peer: True  # (ihave -> iwant)
+        self.asking: Callable[[PeerKey, int], None] = lambda peer, count: None  # (see _iwant)
         self._rng = rng or random.Random()
         self.stats = GossipStats()
         self.topics: set[str] = set()  # ours
@@ -490,8 +478,12 @@ class GossipRouter:
         )
         self.stats.ihave_ignored += ignored
         if wanted:
-            self.stats.iwant_sent += 1
-            self._talk(peer, IWANT, {"ids": wanted})
+            self._iwant(peer, wanted)
+
+    def _iwant(self, peer: PeerKey, ids: list[str]) -> None:
+        self.stats.iwant_sent += 1
+        self.asking(peer, len(ids))  # (a pull's check is spent as asked: review90 F1)
+        self._talk(peer, IWANT, {"ids": ids})
 
     # Heartbeat
 
@@ -517,8 +509,7 @@ class GossipRouter:
         self.stats.iwant_unanswered = self._asks.broken
         for peer, ids in again.items():
             for start in range(0, len(ids), self.max_ihave):
-                self.stats.iwant_sent += 1
-                self._talk(peer, IWANT, {"ids": ids[start : start + self.max_ihave]})
+                self._iwant(peer, ids[start : start + self.max_ihave])
 
     def _fill_mesh(self, topic: str) -> None:
         if self.mode != "gossip":
