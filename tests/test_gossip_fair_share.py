@@ -91,7 +91,7 @@ async def test_identities_of_one_address_share_one_share_of_the_node_rate(
         await second.start()
         try:
             groups: list[object] = []
-            checks = server.gossip._checks  # type: ignore[union-attr]
+            checks = server.gossip.checks.shares.pushed  # type: ignore[union-attr]
             spend = FairShare.spend
 
             def spy(

@@ -159,7 +159,8 @@ class NodeOptions:
             the next second; a peer within its share waits only past twice the rate.
             Identities are free, so without it a few of them could send more than the
             node (and each of its subscribers) can check. Raise it with ``gossip_rate``
-            for faster networks.
+            for faster networks. What the node asked for (catch-up answers, ``iwant``
+            answers) has shares of its own of this rate, which it paces itself.
         max_per_ip: Inbound connections at once from one address (an IPv6 address
             counts as its /64, as for ``ip_rate`` and reconnect storms); ``None``: no
             limit. Raised above 8 (many clients behind one NAT), it raises ``ip_rate``,

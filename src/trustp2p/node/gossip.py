@@ -31,7 +31,6 @@ from ..protocol.deliver import ConnId
 from ..protocol.gossip import (
     CatchUp,
     Deliver,
-    FairShare,
     GossipMessage,
     OriginsGone,
     PublishPacing,
@@ -50,6 +49,7 @@ from ..storage.msglog import MessageLog
 from ..tasks import TaskOwner
 from ..threads.loader import check_handler
 from .gossip_catchup import Fetcher, jittered
+from .gossip_checks import NodeChecks
 from .gossip_delivery import TopicQueues
 from .gossip_drops import drop_oversized, say_shed, say_skipped, say_too_old, signed_twice
 from .gossip_log import OWN_SOURCE, Attribution, claim, delivered, open_log, to_logged, undelivered
@@ -132,7 +132,8 @@ class Gossip:
         self._delivery = TopicQueues(
             self.tasks, self._work, self._settle, node.connection, self._catch_up, keep=self._kept
         )
-        self._checks = FairShare(options.gossip_node_rate)  # live messages, all peers
+        self.checks = NodeChecks(node, options.gossip_node_rate, self._now)
+        self.router.may_ask, self.router.asking = self.checks.may_ask, self.checks.asking
         self._attribution = Attribution(node)  # whose a message is: log_source(), via
         self._talked = asyncio.Event()  # set (and replaced) at each control talk
         self._threads_started = asyncio.Event()  # handlers run from then on (replay())
@@ -403,8 +404,8 @@ class Gossip:
             self.router.fewer_hops(socket.id, message_id, package.body.get("hops", 0))
             return
         connections = self.node.connections  # (identities are free: shared by address)
-        key, group = connections.budget_key(socket), connections.share_group(socket)
-        if (delay := self._checks.spend(key, self._now(), 1.0, group)) > 0:
+        asked = message_id is not None and self.router.asked(socket.id, message_id)
+        if (delay := self.checks.live(socket, asked=asked)) > 0:
             if (conn := connections.get(socket.id)) is not None:
                 connections.throttle(conn, delay, "its share of gossip_node_rate")
         max_data = self.node.options.max_package_size
@@ -587,7 +588,7 @@ class Gossip:
 
     def _take(self, socket: Socket, messages: list[GossipMessage]) -> float:
         """Take a catch-up answer's messages from ``socket``; the seconds to wait before
-        asking it for more: new ones spend its share of checks (attacker40 F2)."""
+        asking it for more: new ones spend its share of fetched checks (attacker40 F2)."""
         cap, new = message_size_limit(self.node.options.max_package_size), 0
         for message in messages:
             if cap is not None and (size := wire_size(message)) > cap:
@@ -595,6 +596,4 @@ class Gossip:
             elif self._ingest(socket, message, live=False):
                 new += 1
         self.caught_up += new
-        connections = self.node.connections
-        key, group = connections.budget_key(socket), connections.share_group(socket)
-        return self._checks.spend(key, self._now(), new, group) if new else 0.0
+        return self.checks.fetched(socket, new)

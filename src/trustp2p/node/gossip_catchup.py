@@ -40,13 +40,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..exceptions import (
-    ConnectionClosed,
-    GossipError,
-    PackageTooLarge,
-    RemoteError,
-    RequestTimeout,
-)
+from ..exceptions import ConnectionClosed, GossipError, PackageTooLarge, RemoteError, RequestTimeout
 from ..protocol.gossip import (
     FETCH,
     HWM,
@@ -63,6 +57,7 @@ from ..protocol.gossip import (
     answer_size_limit,
     decode_hwm_answer,
     gap_fetch,
+    order_fetches,
     plan_fetches,
     retry_after,
     stream_key,
@@ -347,7 +342,7 @@ class Fetcher:
         high_water, delivered, held = self._log.high_water, self._marks.delivered, self._streams
         planned = plan_fetches(marks, gossip.router.topics, high_water, delivered, held)
         self._rng.shuffle(planned)  # the same streams aren't always left for later
-        planned.sort(key=self._behind_gap)  # a stream's gap before what follows it
+        order_fetches(planned, delivered, held)  # what held messages wait for first
         if budget is None:
             budget = RoundBudget(gossip.node.options.log_max_bytes)
         empty = 0  # fetches of streams the peer claimed that brought nothing
@@ -376,6 +371,7 @@ class Fetcher:
         options = self._gossip.node.options
         size = answer_size_limit(options.max_package_size)
         topic = fetch.wanted.topic
+        held_back = self._held_back(topic)
         try:
             while not fetch.done and not budget.spent:
                 if self._started_behind(fetch) and self._held_full():
@@ -390,13 +386,16 @@ class Fetcher:
                 except GossipError as exc:
                     self._gossip.node.penalize(socket, f"invalid gossip/fetch answer: {exc}")
                     return
-                wait = self._take(socket, messages)  # (its share of the node's checks)
+                wait = self._take(socket, messages)  # (its share of fetched checks)
                 budget.spend(messages)
+                if messages and messages[0].seq == fetch.first_received and not held_back:
+                    if to := fetch.lacking_before:  # (at once: not after the whole fetch)
+                        self._lacking(socket, fetch.wanted, to)
                 if wait > 0 and not fetch.done:
                     logger.debug("= catch-up from %s waits %.2f s: its share of "
-                                 "gossip_node_rate", socket.peer, wait)  # fmt: skip
+                                 "gossip_node_rate fetched", socket.peer, wait)  # fmt: skip
                     await asyncio.sleep(wait)
-            if (to := fetch.lacking_to(held_back=self._held_back(topic))) or fetch.waiting:
+            if (to := fetch.lacking_to(held_back=held_back)) or fetch.waiting:
                 self._lacking(socket, fetch.wanted, to)  # (waiting: its origin is asked)
         finally:
             self._gossip.catchup.end(fetch)

@@ -10,6 +10,7 @@ Publish/subscribe by gossip, free of I/O (the node's shell is :mod:`trustp2p.nod
 - :mod:`.streams`: each origin's messages delivered exactly once, in order, with gaps
   skipped after ``gap_timeout``;
 - :mod:`.backlog`: shares of the delivery backlog, and whose messages are shed;
+- :mod:`.checks`: the node's checks of new messages, pushed apart from those it asked for;
 - :mod:`.catchup`: what to ask peers for after missing messages, in batches, and how to
   read their answers; :mod:`.origins`: the origins gone lately, whose gaps wait for them.
 
@@ -46,10 +47,12 @@ from .catchup import (
     gap_fetch,
     hwm_answer,
     message_size_limit,
+    order_fetches,
     payload_size,
     plan_fetches,
     wire_size,
 )
+from .checks import CheckShares
 from .copies import SHED_FOR
 from .hwm import HWM_STALE, HwmMarks, best_marks, fit_marks
 from .message import (
@@ -134,6 +137,7 @@ __all__ = [
     "SHED_FOR",
     "SUBSCRIPTIONS",
     "CatchUp",
+    "CheckShares",
     "Deliver",
     "DeliveryMarks",
     "FairShare",
@@ -172,6 +176,7 @@ __all__ = [
     "hwm_answer",
     "message_id",
     "message_size_limit",
+    "order_fetches",
     "over_level",
     "payload_size",
     "payload_text",

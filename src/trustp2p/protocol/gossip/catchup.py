@@ -63,6 +63,7 @@ __all__ = [
     "gap_fetch",
     "hwm_answer",
     "message_size_limit",
+    "order_fetches",
     "payload_size",
     "plan_fetches",
     "wire_size",
@@ -99,6 +100,7 @@ from .catchup_wire import (
     gap_fetch,
     hwm_answer,
     message_size_limit,
+    order_fetches,
     payload_size,
     plan_fetches,
     wire_size,
@@ -178,6 +180,20 @@ class Fetch:
         if held_back and self.first_received:
             to = min(to, self.first_received - 1)
         return to if to >= self.wanted.first else 0
+
+    @property
+    def lacking_before(self) -> int:
+        """
+        Before :attr:`done`: the highest seq up to which the peer lacks the start of a
+        range asked for (its answers began past it: a peer answers a range from its
+        first kept message); 0 for none, or a fetch of ``seqs``, or one it waits for.
+        Found while mending tester46's finding: a new node fetched a whole stream whose
+        first messages its hub had let go of, holding all of it, before it said so; with
+        such streams fetched first, nothing was delivered for 10 s.
+        """
+        if self.wanted.seqs is not None or self.waiting or not self.first_received:
+            return 0
+        return self.first_received - 1 if self.first_received > self.wanted.first else 0
 
     def request(self) -> Body:
         """The next ``gossip/fetch`` request: from :attr:`next` to the range's end (of

@@ -33,6 +33,7 @@ __all__ = [
     "gap_fetch",
     "hwm_answer",
     "message_size_limit",
+    "order_fetches",
     "payload_size",
     "plan_fetches",
     "wire_size",
@@ -329,6 +330,25 @@ def plan_fetches(
             if last > have:
                 wanted.append(FetchRange(topic, origin, have + 1, last))
     return wanted
+
+
+def order_fetches(
+    planned: list[FetchRange], delivered: Callable[[str], int], held: HeldView
+) -> None:
+    """
+    Put ``planned`` (:func:`plan_fetches`) in the order to fetch, in place, keeping the
+    order otherwise (shuffle it first): the streams with messages held behind a gap
+    first, since what is held (a live message, most often) waits for them; and of each
+    stream, what fills a gap before what follows a gap. Found by a tester (tester46): a
+    new node fetched its hub's 30,000 messages in random order, and the live messages
+    of an origin with a long history waited behind the whole backlog, not its own.
+    """
+
+    def key(wanted: FetchRange) -> tuple[bool, bool]:
+        stream = wanted.stream
+        return held.held_range(stream) is None, wanted.first > delivered(stream) + 1
+
+    planned.sort(key=key)
 
 
 def _held_gaps(

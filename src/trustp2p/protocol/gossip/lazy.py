@@ -64,6 +64,10 @@ class Asks:
         """Whether ``peer`` let an ask time out within :data:`BROKEN_FOR`."""
         return peer is not None and now - self._broken.get(peer, -math.inf) < BROKEN_FOR
 
+    def asked_of(self, peer: PeerKey, message_id: str) -> bool:
+        """Whether ``message_id`` is asked of ``peer`` (in an ``iwant``), not received."""
+        return message_id in self._asking.get(peer, ())
+
     def forget(self, message_id: str) -> None:
         """The message arrived: the ask is over."""
         asked = self._asked.pop(message_id, None)

@@ -16,22 +16,9 @@ After a PRUNE either way, the two peers don't graft each other on that topic for
 
 from __future__ import annotations
 
-__all__ = [
-    "GOSSIP_EVENTS",
-    "GRAFT",
-    "IHAVE",
-    "IWANT",
-    "MAX_CACHE_BYTES",
-    "MAX_MESSAGE_ID_LENGTH",
-    "MAX_PEER_TOPICS",
-    "MAX_TOPICS_PER_TALK",
-    "PRUNE",
-    "SUBSCRIPTIONS",
-    "GossipRouter",
-    "GossipStats",
-    "PeerKey",
-    "RouterAction",
-]
+__all__ = ["GOSSIP_EVENTS", "GRAFT", "IHAVE", "IWANT", "MAX_CACHE_BYTES", "MAX_MESSAGE_ID_LENGTH",
+           "MAX_PEER_TOPICS", "MAX_TOPICS_PER_TALK", "PRUNE", "SUBSCRIPTIONS", "GossipRouter",
+           "GossipStats", "PeerKey", "RouterAction"]  # fmt: skip
 
 import random
 from collections.abc import Callable, Collection
@@ -145,6 +132,8 @@ class GossipRouter:
         self.max_ihave, self.max_asks = max_ihave, max_asks
         self.iwant_timeout, self.mode = iwant_timeout, mode
         self.flood_topics: frozenset[str] = frozenset()  # (see _targets)
+        self.may_ask: Callable[[PeerKey], bool] = lambda peer: True  # (ihave -> iwant)
+        self.asking: Callable[[PeerKey, int], None] = lambda peer, count: None  # (see _iwant)
         self._rng = rng or random.Random()
         self.stats = GossipStats()
         self.topics: set[str] = set()  # ours
@@ -163,6 +152,10 @@ class GossipRouter:
     @property
     def peers(self) -> list[PeerKey]:  # (introduced: see add_peer)
         return list(self._peers)
+
+    def asked(self, peer: PeerKey, message_id: str) -> bool:
+        """Whether ``message_id`` was asked of ``peer`` (``iwant``) and not received."""
+        return self._asks.asked_of(peer, message_id)
 
     def peer_topics(self, peer: PeerKey) -> set[str]:
         return self._peers.get(peer, set())
@@ -479,13 +472,18 @@ class GossipRouter:
         ids = list(dict.fromkeys(check_ids(body.get("ids", []), self.max_ihave)))
         if announced not in self.topics:
             return
+        asks = self.max_asks if self.may_ask(peer) else 0  # (none past its share of pulls)
         wanted, ignored = self._asks.announced(  # (not those shed lately either)
-            peer, ids, self._copies, self._clock(), max_asks=self.max_asks, max_offers=self.degree
+            peer, ids, self._copies, self._clock(), max_asks=asks, max_offers=self.degree
         )
         self.stats.ihave_ignored += ignored
         if wanted:
-            self.stats.iwant_sent += 1
-            self._talk(peer, IWANT, {"ids": wanted})
+            self._iwant(peer, wanted)
+
+    def _iwant(self, peer: PeerKey, ids: list[str]) -> None:
+        self.stats.iwant_sent += 1
+        self.asking(peer, len(ids))  # (a pull's check is spent as asked: review90 F1)
+        self._talk(peer, IWANT, {"ids": ids})
 
     # Heartbeat
 
@@ -511,8 +509,7 @@ class GossipRouter:
         self.stats.iwant_unanswered = self._asks.broken
         for peer, ids in again.items():
             for start in range(0, len(ids), self.max_ihave):
-                self.stats.iwant_sent += 1
-                self._talk(peer, IWANT, {"ids": ids[start : start + self.max_ihave]})
+                self._iwant(peer, ids[start : start + self.max_ihave])
 
     def _fill_mesh(self, topic: str) -> None:
         if self.mode != "gossip":

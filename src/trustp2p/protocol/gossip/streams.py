@@ -371,7 +371,7 @@ class Streams(Generic[S]):
         gossip heartbeat).
 
         Args:
-            busy: Streams being fetched now: their gaps wait for the fetch to end.
+            busy: Streams being fetched now: their gaps wait for it (a start decided doesn't).
 
         Returns:
             What to do (the gaps skipped, the messages released after them), and the
@@ -383,7 +383,7 @@ class Streams(Generic[S]):
         waiting = []
         timeout = self.gap_timeout
         for stream, since in list(self._gap_since.items()):
-            if stream in busy:
+            if stream in busy and stream not in self._starts:
                 continue
             age = now - since
             answered = stream in self._answered
