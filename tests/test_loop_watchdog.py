@@ -95,11 +95,12 @@ async def test_a_block_is_said_as_a_node_still_running(make_node: MakeNode) -> N
         second = await make_node(server=True, loop_block_warning=THRESHOLD)
         await first.stop()
         await asyncio.sleep(0)
+        said.clear()  # (a loaded machine's own blocks before: CI149)
         time.sleep(3 * THRESHOLD)  # noqa: ASYNC251 (the block, once the first stopped)
         await wait_for(lambda: bool(said))
     finally:
         logging.getLogger("trustp2p").removeHandler(handler)
-    assert said == [second.context_key]
+    assert set(said) == {second.context_key}
 
 
 def test_a_node_never_stopped_does_not_keep_its_loop(tmp_path: Path) -> None:
