@@ -733,7 +733,8 @@ async def test_an_ipv6_address_blocked_before_blocks_its_slash_64_after(
     store = await PeerStore.open(path, clock=clock)
     await store.block(address="10.0.0.1", reason="test", duration=60)
     await store.close()
-    with sqlite3.connect(path) as db:  # as 0.1.0 stored it: the address alone
+    # as 0.1.0 stored it: the address alone (closing(): `with conn` only commits)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("INSERT INTO blocks VALUES ('address', '2001:db8::1', 1060.0, 'old')")
     store = await PeerStore.open(path, clock=clock)
     try:
