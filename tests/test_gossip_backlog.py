@@ -181,6 +181,16 @@ async def test_a_small_publisher_takes_turns_with_a_flood_of_its_topic(
     assert origins.index(small.peer_id) <= 2  # (before: the last)
 
 
+async def _flood_past_the_bound(flooder: Node, node: Node) -> int:
+    """``flooder`` publishes 20 MB on ``slow``, over the bound of 16 MiB; once ``node``
+    holds nearly the bound waiting, the count published."""
+    count, size = 200, 100_000
+    for _ in range(count):
+        await flooder.publish("slow", {"x": "a" * size})
+    await wait_for(lambda: node.gossip.waiting_bytes > MAX_WAITING_BYTES - 2 * size, timeout=20)
+    return count
+
+
 async def test_a_relayed_flood_of_a_slow_topic_holds_not_the_relay(make_node: MakeNode) -> None:
     """Found by an attacker (attacker43 F2): one origin's flood of a topic whose
     validator is slow, relayed by an honest hub, held the hub, and with it every other
@@ -196,11 +206,7 @@ async def test_a_relayed_flood_of_a_slow_topic_holds_not_the_relay(make_node: Ma
     honest.subscribe("chat")
     await wait_for(lambda: len(hub.sockets) == 3)
     await hub.gossip.wait_subscribers("slow", 2)
-    count, size = 200, 100_000  # 20 MB, over the bound of 16 MiB
-    for _ in range(count):
-        await flooder.publish("slow", {"x": "a" * size})
-    full = MAX_WAITING_BYTES - 2 * size
-    await wait_for(lambda: node.gossip.waiting_bytes > full, timeout=20)
+    count = await _flood_past_the_bound(flooder, node)
     for n in range(5):  # another topic through the same hub goes on
         await honest.publish("chat", {"n": n})
     await wait_for(lambda: chat == [1, 2, 3, 4, 5], timeout=10)
@@ -235,10 +241,7 @@ async def test_a_relayed_flood_beside_another_origin_holds_not_the_relay(
     honest.subscribe("chat")
     await wait_for(lambda: len(hub.sockets) == 4)
     await hub.gossip.wait_subscribers("slow", 3)
-    count, size = 200, 100_000  # 20 MB, over the bound of 16 MiB
-    for _ in range(count):
-        await flooder.publish("slow", {"x": "a" * size})
-    await wait_for(lambda: node.gossip.waiting_bytes > MAX_WAITING_BYTES - 2 * size, timeout=20)
+    count = await _flood_past_the_bound(flooder, node)
     await wait_for(lambda: node.metrics.gossip_shed > 0, timeout=20)
     await second.publish("slow", {"x": "b" * 50_000})  # (it held the hub)
     for n in range(5):  # another topic through the same hub goes on
