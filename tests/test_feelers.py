@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +19,16 @@ from trustp2p import EventMap, Node, Package, PackageType, Socket, Thread
 from .conftest import MS, stays
 from .nodes import MakeNode, node_factory, wait_for
 
-MADE_UP = "ws://127.0.0.1:26501"  # (i2's port range: nothing listens there)
+
+@pytest.fixture
+def made_up() -> Iterator[str]:
+    """A URL whose port is bound and never listened on: a dial is refused at once, and
+    no other process can take the port while the test runs (a fixed port was, once)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"ws://127.0.0.1:{held.getsockname()[1]}"
+
+
 TOLD: list[str] = []
 
 
@@ -48,7 +58,7 @@ async def failures(node: Node, url: str) -> int:
 
 
 async def test_a_client_at_its_target_proves_a_learned_url_and_counts_a_made_up_one(
-    make_default: MakeNode, caplog: pytest.LogCaptureFixture
+    make_default: MakeNode, caplog: pytest.LogCaptureFixture, made_up: str
 ) -> None:
     """Default options but ``feeler_interval`` (120 s) and a target of 1, met by the
     bootstrap server: without feelers the URLs learned stay untried (the manager dials
@@ -56,18 +66,18 @@ async def test_a_client_at_its_target_proves_a_learned_url_and_counts_a_made_up_
     caplog.set_level(logging.DEBUG, logger="trustp2p")
     server = await make_default(server=True)
     bootstrap = await make_default(server=True, peer_exchange=False, threads=[Teller])
-    TOLD[:] = [server.url, MADE_UP]
+    TOLD[:] = [server.url, made_up]
     client = await make_default(
         client=True, peers=[bootstrap.url], target_outbound=1, feeler_interval=50 * MS
     )
     store = client.store
     assert store is not None and client.client is not None
-    await wait_for(lambda: store.knows_url(server.url) and store.knows_url(MADE_UP))
+    await wait_for(lambda: store.knows_url(server.url) and store.knows_url(made_up))
     await wait_for(lambda: store.proven(server.url), timeout=10)
     async with asyncio.timeout(10):
-        while await failures(client, MADE_UP) < 1:  # noqa: ASYNC110 - the store's records
+        while await failures(client, made_up) < 1:  # noqa: ASYNC110 - the store's records
             await asyncio.sleep(10 * MS)
-    assert not store.proven(MADE_UP)
+    assert not store.proven(made_up)
     # The feeler's connection closed once it worked: the client keeps its bootstrap
     # peer alone, and the server neither blocked nor penalised it.
     role = client.client
