@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConnectionClosed, PackageTooLarge
 from ..protocol.connection import error_answer
+from ..protocol.costs import count_chars
 from ..protocol.package import (
     ANSWER_TYPE,
     REQUEST_TYPES,
@@ -517,7 +518,7 @@ def _size(package: Package) -> int:
     text = package.body_json
     size = len(text) + len(package.payload)
     if len(text) > 1024 and not _few_values(package.body):
-        size += _ITEM_BYTES * (text.count("{") + text.count("[") + text.count(","))
+        size += _ITEM_BYTES * count_chars(text, "{[,")
     return size
 
 

@@ -37,6 +37,8 @@ import json
 import re
 from typing import Any
 
+from .costs import count_chars
+
 try:
     import orjson
 except ImportError:  # pragma: no cover - orjson is a dependency; this is a safety net
@@ -200,7 +202,7 @@ def _exact(text: str, value: Any) -> bool:
     attacker: a few MB/s of such bodies took the event loop from every other peer)."""
     if _LONG_NUMBER in text.encode("utf-8", "surrogatepass").translate(_DIGITS):
         return False
-    if text.count("[") + text.count("{") > ORJSON_MAX_DEPTH:
+    if count_chars(text, "[{") > ORJSON_MAX_DEPTH:
         try:
             orjson.dumps(value, option=_ORJSON_OPTIONS)
         except orjson.JSONEncodeError:
