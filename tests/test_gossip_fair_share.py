@@ -13,7 +13,7 @@ from trustp2p import Node
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
 from trustp2p.identity import Identity
 from trustp2p.options import NodeOptions
-from trustp2p.protocol.gossip import FairShare, GossipMessage, sign_message, stream_key
+from trustp2p.protocol.gossip import IHAVE, FairShare, GossipMessage, sign_message, stream_key
 from trustp2p.protocol.hosts import share_group
 from trustp2p.protocol.package import PackageType, build_package
 
@@ -65,6 +65,37 @@ async def test_flooders_wait_while_a_light_publisher_goes_on() -> None:
         finally:
             for task in floods:
                 task.cancel()
+
+
+async def test_a_peer_that_answers_an_iwant_late_goes_on_being_read() -> None:
+    """review90 F3: an answer to an ``iwant`` that came after the ask's 1 s timeout was
+    charged as a push (unasked), and past the peer's share of them the node stopped
+    reading it: the honest peer that answered late. A late answer is a pull now."""
+    hub = MemoryHub()
+    async with (
+        memory_node(hub, "late") as late,
+        memory_node(hub, "server", gossip_node_rate=1.0) as server,
+    ):
+        delivered: list[GossipMessage] = []
+        server.subscribe("chat", delivered.append)
+        late.subscribe("chat")
+        assert late.client is not None and server.url is not None
+        late.client.connect(server.url)
+        await wait_for(lambda: subscribed(server, "chat", 1))
+        identity, now = Identity.generate(), int(time.time() * 1000)
+        messages = [sign_message(identity, "chat", n, now, {"n": n}) for n in (1, 2, 3)]
+        router = server.gossip.router  # type: ignore[union-attr]
+        # The peer announces them (it holds none: it serves nothing in time).
+        ids = [message.id for message in messages]
+        router.control(socket_to(server, "late").id, IHAVE, {"topic": "chat", "ids": ids})
+        await wait_for(lambda: router.stats.iwant_unanswered == 3)  # timed out
+        for message in messages:  # then they come, late
+            body = message.to_body()
+            await late.send(
+                socket_to(late, "server"), build_package(PackageType.GOSSIP, "chat", body)
+            )
+        await wait_for(lambda: len(delivered) == 3)
+        assert server.metrics.throttles == 0  # (before: 1, reading the peer paused)
 
 
 def test_ipv6_peers_share_by_their_slash_48() -> None:

@@ -18,10 +18,11 @@ from trustp2p.protocol.gossip import (
     RouterAction,
     order_fetches,
 )
+from trustp2p.protocol.gossip.lazy import LATE_FOR
 from trustp2p.protocol.gossip.streams import START_AGE
 
 from . import test_gossip_catchup as catchup, test_gossip_streams as streams
-from .test_gossip_router import TOPIC, _meshed
+from .test_gossip_router import TOPIC, _meshed, _message, _talks, _with_peers
 
 
 def test_a_catch_up_answer_spends_no_share_of_the_pushed_messages() -> None:
@@ -77,6 +78,66 @@ def test_peers_that_announce_at_once_are_asked_for_twice_the_rate_at_most() -> N
         router.control(peer, IHAVE, {"topic": TOPIC, "ids": ids})
     asked = sum(len(action.body["ids"]) for action in sent if action.event == IWANT)
     assert 1000 <= asked <= 2 * 1000 + 500  # (before: 24,000)
+
+
+def test_a_late_answer_to_an_iwant_is_a_pull_not_a_push() -> None:
+    """review90 F3: an answer that came after the ask's timeout (1 s) was no longer
+    taken as asked, and spent the honest peer's share of pushed messages: past it, the
+    node stopped reading the peer that answered it late. It is a pull for
+    ``LATE_FOR`` timeouts after the ask is given up on (its check spent as asked)."""
+    router, sent, clock = _meshed(2)
+    checks = CheckShares(1)  # (one pushed message a second: a second one is over)
+    router.may_ask = lambda peer: checks.may_ask(peer, clock(), None)
+    router.asking = lambda peer, count: checks.asking(peer, clock(), count, None)
+    first, second = _message(1), _message(2)
+    router.control(0, IHAVE, {"topic": TOPIC, "ids": [first.id, second.id]})
+    router.control(1, IHAVE, {"topic": TOPIC, "ids": [first.id]})
+    clock.advance(1.5)
+    router.heartbeat()  # timed out: the first asked of peer 1, the second of nobody
+    assert _talks(sent, IWANT) == [
+        (0, IWANT, {"ids": [first.id, second.id]}),
+        (1, IWANT, {"ids": [first.id]}),
+    ]
+    clock.advance(0.5)  # peer 0's answers come, late: pulls, the reading goes on
+    for message in (first, second):
+        asked = router.asked(0, message.id)
+        assert asked  # (before: False, and the second paused peer 0 for 1 s)
+        assert checks.live(0, clock(), None, asked=asked) == 0.0
+        assert router.receive(0, message)
+    assert not router.asked(1, first.id)  # (it came: nobody is asked for it)
+    assert checks.live(0, clock(), None, asked=False) == 0.0  # the pushed share untouched
+    # Given up on LATE_FOR timeouts ago, an id's answer is pushed again.
+    router.control(1, IHAVE, {"topic": TOPIC, "ids": ["x"]})
+    clock.advance(1.5)
+    router.heartbeat()
+    assert router.asked(1, "x")
+    clock.advance(LATE_FOR * router.iwant_timeout - 0.5)
+    router.heartbeat()
+    assert router.asked(1, "x")  # (within the grace)
+    clock.advance(1.0)
+    router.heartbeat()
+    assert not router.asked(1, "x")
+
+
+def test_the_late_answers_a_peer_may_give_are_bounded() -> None:
+    """Taken over from a peer that broke a promise, an id is late from it too; a peer
+    has its last ``max_asks`` ids given up on at most, and none once it goes."""
+    router, sent, clock = _meshed(2, max_asks=3)
+    router.control(0, IHAVE, {"topic": TOPIC, "ids": ["a", "b", "c"]})
+    clock.advance(1.5)
+    router.heartbeat()  # peer 0 broke its promises: a, b, c late from it
+    router.control(0, IHAVE, {"topic": TOPIC, "ids": ["d", "e", "f"]})
+    assert all(router.asked(0, i) for i in "abcdef")
+    router.control(1, IHAVE, {"topic": TOPIC, "ids": ["d"]})  # asked of 1 at once
+    assert _talks(sent, IWANT)[-1] == (1, IWANT, {"ids": ["d"]})
+    assert router.asked(0, "d") and router.asked(1, "d")  # (late from 0)
+    assert not router.asked(0, "a")  # three late at most: the oldest went
+    clock.advance(1.5)
+    router.heartbeat()
+    assert [i for i in "abcdef" if router.asked(0, i)] == ["d", "e", "f"]
+    router.remove_peer(0)
+    _with_peers(router, sent, range(1), [TOPIC])  # the same key again: nothing late
+    assert not any(router.asked(0, i) for i in "abcdef")
 
 
 class Held:

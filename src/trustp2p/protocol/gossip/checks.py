@@ -5,8 +5,9 @@ The node's checks of new gossip messages, ``gossip_node_rate`` a second in each 
 - *Pushed*: a live message a peer sent unasked. Past its share, the node stops reading
   that peer a while: that is the only way to slow a sender nobody asked.
 - *Pulled*: a live message whose id this node asked that peer for (``iwant``; at most
-  ``max_asks`` ids a peer at a time, each answered once). Past its share, the node asks
-  that peer for no more ids (:meth:`CheckShares.may_ask`) while it goes on reading it.
+  ``max_asks`` ids a peer at a time, each answered once), even past the ask's timeout
+  (:data:`~.lazy.LATE_FOR`). Past its share, the node asks that peer for no more ids
+  (:meth:`CheckShares.may_ask`) while it goes on reading it.
 - *Fetched*: the messages of a catch-up answer (it must match the fetch, and holds at
   most its batch). Past its share, the node waits before it fetches more from that peer,
   while it goes on reading it.
@@ -51,7 +52,7 @@ class CheckShares:
     def live(self, peer: Hashable, now: float, group: Hashable | None, *, asked: bool) -> float:
         """
         ``peer`` sent one new live message at ``now``; ``asked``: its id was asked of
-        this peer (``iwant``) and not received yet.
+        this peer (``iwant``) and not received yet, or given up on lately (a late answer).
 
         Returns:
             The seconds to stop reading ``peer`` for (0: none); always 0 for a message

@@ -8,13 +8,14 @@ The router's bookkeeping for lazy gossip (``ihave`` and ``iwant``), no I/O:
   peer (``max_asks``), so that a peer announcing ids it never serves can't grow our
   memory or have us echo them; and the peers that let an ask time out lately (broken
   promises, as GossipSub v1.1 calls them), asked after the others for
-  :data:`BROKEN_FOR`.
+  :data:`BROKEN_FOR`; and, for :data:`LATE_FOR` timeouts, the ids given up on, each
+  still taken as asked of the peer it was asked of (its late answer is a pull).
 
 """
 
 from __future__ import annotations
 
-__all__ = ["BROKEN_FOR", "SET_FROM", "Asks", "Holders"]
+__all__ = ["BROKEN_FOR", "LATE_FOR", "SET_FROM", "Asks", "Holders"]
 
 import math
 from collections.abc import Container
@@ -36,11 +37,20 @@ Found by an attacker: one identity announcing each new message first and serving
 made a node ask it alone; the retry, 3 s later, reached the honest relay past its
 serving window, and every message of the topic came 12-30 s late, by catch-up."""
 
+LATE_FOR = 3.0
+"""Timeouts (``iwant_timeout``) after an ask is given up on (the id asked of another, or
+of nobody) that the id is still taken as asked of the peer it was asked of, its last
+``max_asks`` such ids at most, so that its late answer is a pull (its check spent as
+asked), not a push: found in review (review90 F3), an honest peer's answer past the 1 s
+timeout was charged to its share of the messages pushed unasked, and could have the node
+stop reading it. Expired at the heartbeat (:meth:`Asks.again`), or as the peer goes; kept
+after the message came (another copy is a duplicate, dropped before any check)."""
+
 
 class Asks:
     """The ids asked for in an ``iwant``, neither received nor given up yet."""
 
-    __slots__ = ("_asked", "_asking", "_broken", "_offers", "_retried", "broken")
+    __slots__ = ("_asked", "_asking", "_broken", "_late", "_offers", "_retried", "broken")
 
     def __init__(self) -> None:
         # Ids in an iwant -> when, and whom (None: it left, ask another at the heartbeat).
@@ -50,6 +60,8 @@ class Asks:
         self._offers: dict[str, list[PeerKey]] = {}
         self._broken: dict[PeerKey, float] = {}  # peer -> when its last ask timed out
         self._retried: set[str] = set()  # ids asked again of a peer that announced earlier
+        # peer -> ids given up on that were asked of it -> when, oldest first (LATE_FOR)
+        self._late: dict[PeerKey, dict[str, float]] = {}
         self.broken = 0  # asks timed out (promises broken), counted
 
     def add_peer(self, peer: PeerKey) -> None:
@@ -59,14 +71,34 @@ class Asks:
         for message_id in self._asking.pop(peer, ()):  # asked of another at the heartbeat
             self._asked[message_id] = (-math.inf, None)
         self._broken.pop(peer, None)
+        self._late.pop(peer, None)
 
     def _is_broken(self, peer: PeerKey | None, now: float) -> bool:
         """Whether ``peer`` let an ask time out within :data:`BROKEN_FOR`."""
         return peer is not None and now - self._broken.get(peer, -math.inf) < BROKEN_FOR
 
     def asked_of(self, peer: PeerKey, message_id: str) -> bool:
-        """Whether ``message_id`` is asked of ``peer`` (in an ``iwant``), not received."""
-        return message_id in self._asking.get(peer, ())
+        """Whether ``message_id`` is asked of ``peer`` (in an ``iwant``), not received,
+        or was given up on within :data:`LATE_FOR` timeouts (a late answer)."""
+        return message_id in self._asking.get(peer, ()) or message_id in self._late.get(peer, ())
+
+    def _give_up(self, peer: PeerKey, message_id: str, now: float, max_late: int) -> None:
+        """``message_id`` is no longer asked of ``peer``: its answer is late from now on
+        (:data:`LATE_FOR`), among the last ``max_late`` of its ids given up on."""
+        self._asking[peer].discard(message_id)
+        late = self._late.setdefault(peer, {})
+        late.pop(message_id, None)  # (its place: the newest)
+        late[message_id] = now
+        while len(late) > max_late:
+            del late[next(iter(late))]
+
+    def _expire_late(self, now: float, late_for: float) -> None:
+        """Forget the ids given up on more than ``late_for`` seconds ago."""
+        for peer, late in list(self._late.items()):
+            while late and now - next(iter(late.values())) > late_for:
+                del late[next(iter(late))]
+            if not late:
+                del self._late[peer]
 
     def forget(self, message_id: str) -> None:
         """The message arrived: the ask is over."""
@@ -110,7 +142,7 @@ class Asks:
                 whom = asked[1]
                 if trusted and whom != peer and self._is_broken(whom, now) and len(wanted) < room:
                     if whom is not None:  # (asked of this one now: the other next)
-                        self._asking[whom].discard(i)
+                        self._give_up(whom, i, now, max_asks)
                         self._offer(i, whom, max_offers, now)
                     wanted.append(i)
                     continue
@@ -155,12 +187,13 @@ class Asks:
             The ids to ask of each peer (they are recorded as asked).
 
         """
+        self._expire_late(now, LATE_FOR * timeout)
         again: dict[PeerKey, list[str]] = {}
         for message_id, (asked, whom) in list(self._asked.items()):
             if now - asked <= timeout:
                 continue
             if whom is not None:
-                self._asking[whom].discard(message_id)
+                self._give_up(whom, message_id, now, max_asks)
                 if message_id not in self._retried:
                     self._broken[whom] = now
                 self.broken += 1

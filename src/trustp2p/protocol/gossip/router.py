@@ -154,7 +154,8 @@ class GossipRouter:
         return list(self._peers)
 
     def asked(self, peer: PeerKey, message_id: str) -> bool:
-        """Whether ``message_id`` was asked of ``peer`` (``iwant``) and not received."""
+        """Whether ``message_id`` was asked of ``peer`` (``iwant``) and not received, or
+        given up on lately (its answer is late: :data:`~.lazy.LATE_FOR`)."""
         return self._asks.asked_of(peer, message_id)
 
     def peer_topics(self, peer: PeerKey) -> set[str]:
