@@ -51,7 +51,7 @@ from ..threads.loader import check_handler
 from .gossip_catchup import Fetcher, jittered
 from .gossip_checks import NodeChecks
 from .gossip_delivery import TopicQueues
-from .gossip_drops import drop_oversized, say_shed, say_skipped, say_too_old, signed_twice
+from .gossip_drops import SkipsSaid, drop_oversized, say_shed, say_too_old, signed_twice
 from .gossip_log import OWN_SOURCE, Attribution, claim, delivered, open_log, to_logged, undelivered
 from .gossip_publish import (
     NobodyCarries,
@@ -107,8 +107,7 @@ class Gossip:
     ) -> None:
         self.node = node
         options = node.options
-        self._clock = clock
-        self._wall_clock = wall_clock
+        self._clock, self._wall_clock = clock, wall_clock
         self._rng = rng or random.Random()
         self.router = make_router(node, self._now, self._rng)
         self.catchup = CatchUp(batch=options.catchup_batch, clock=self._now, rng=self._rng)
@@ -120,8 +119,7 @@ class Gossip:
         self._alone = NobodyCarries()
         self.pacing: PublishPacing[ConnId] = PublishPacing(clock=self._now)
         self.origins = OriginsGone(self._now, options.gap_timeout)  # (gaps wait for them)
-        self.tasks = TaskOwner(logger)
-        self.publishing = False
+        self.tasks, self.publishing = TaskOwner(logger), False
         self.delivered = self.carried = self.caught_up = self.too_old = self.renumbered = 0
         self._handlers: dict[str, list[GossipHandler]] = {}
         self._publishing = asyncio.Lock()  # signing: one a loop iteration
@@ -135,6 +133,7 @@ class Gossip:
         self.checks = NodeChecks(node, options.gossip_node_rate, self._now)
         self.router.may_ask, self.router.asking = self.checks.may_ask, self.checks.asking
         self._attribution = Attribution(node)  # whose a message is: log_source(), via
+        self._skips = SkipsSaid(node, self._now)  # (a catch-up's starts: one line)
         self._talked = asyncio.Event()  # set (and replaced) at each control talk
         self._threads_started = asyncio.Event()  # handlers run from then on (replay())
         self._halting: asyncio.Future[None] | None = None  # once halt() was called
@@ -512,8 +511,8 @@ class Gossip:
             if isinstance(event, Deliver):  # (a relay topic's too: its marks move in turn)
                 arrived = event.message is new
                 self._delivery.put("deliver", event.message, event.source, arrived=arrived)
-            else:  # never delivered: an operator's business (see say_skipped)
-                say_skipped(self.node, event)
+            else:  # never delivered: an operator's business (see SkipsSaid)
+                self._skips.skipped(event)
 
     # Validators and handlers, one message of a topic at a time, in order
 
@@ -573,6 +572,7 @@ class Gossip:
         (the one that revealed them lacked them too). At every gossip heartbeat."""
         events, waiting = self.order.tick(busy=self.catchup.fetching)
         self._carry_out(events)
+        self._skips.heartbeat(fetching=bool(self.catchup.fetching))
         self._delivery.settle_if_idle()
         self._rng.shuffle(waiting)  # a peer's many gaps don't always come first
         for stream in waiting:
