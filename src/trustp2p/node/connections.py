@@ -395,10 +395,10 @@ class Connections:
             conn.log.debug("- %s", action.reason)  # type: ignore[union-attr]
 
     def _unhandled(self, conn: PeerConnection, package: Package) -> None:
-        """A package no thread handles: dropped, counted, said within the log budget."""
+        """A package no thread handles: dropped, counted, said (:meth:`.Inbound.unhandled`)."""
         count(self._metrics.unhandled, name := package.type.name)
-        message = "- dropped %s %r: no thread handles it"
-        self.inbound.log(conn.log, logging.INFO, "unhandled", message, name, package.event[:40])
+        socket = conn.socket  # (its identity, else its address: a peer of each)
+        self.inbound.unhandled(conn.log, socket.peer_id or socket.peer, name, package.event[:40])
 
     def _penalty(self, conn: PeerConnection, penalty: Penalty) -> None:
         socket = conn.socket

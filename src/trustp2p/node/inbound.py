@@ -16,7 +16,7 @@ crowded group (closed with 1013), so that one network can't hold them all.
 
 from __future__ import annotations
 
-__all__ = ["Inbound"]
+__all__ = ["UNHANDLED_SAID", "Inbound"]
 
 import asyncio
 import logging
@@ -37,6 +37,9 @@ from .penalties import refusal_reason
 if TYPE_CHECKING:
     from .connections import Connections
     from .node import Node
+
+UNHANDLED_SAID = 1024
+"""The (peer, type, event) of unhandled packages a node remembers having said at INFO."""
 
 
 _MAX_MISMATCHED = 1000  # addresses remembered as disagreeing on `secure`
@@ -93,6 +96,7 @@ class Inbound:
         self._timer: asyncio.TimerHandle | None = None
         self._log_timer: asyncio.TimerHandle | None = None  # the log budget's summary
         self._mismatched: set[tuple[str, bool]] = set()  # (host, inbound) said to disagree
+        self._unhandled: set[tuple[str, str, str]] = set()  # (peer, type, event) said
 
     def _address_blocked(self, host: str) -> bool:
         store = self._node.store
@@ -278,6 +282,24 @@ class Inbound:
         )
         if self._log_timer is None and self._node.running:  # (stopping: stop_logging())
             self._arm_summary()
+
+    def unhandled(self, log: Any, peer: str, name: str, event: str) -> None:
+        """Say that a package of type ``name`` and ``event`` from ``peer`` was dropped, no
+        thread handling it: at INFO (within the log budget) the first time of each peer,
+        type and event, at DEBUG after (counted in the metrics either way). Found by a
+        tester (tester48 F8): a peer's application talk that this node's threads don't
+        handle was said about 11 lines a minute for as long as it kept coming. At most
+        :data:`UNHANDLED_SAID` of them remembered; past that, they are forgotten and
+        said again."""
+        key = (peer, name, event)
+        if key in self._unhandled:
+            log.debug("- dropped %s %r: no thread handles it", name, event)
+            return
+        if len(self._unhandled) >= UNHANDLED_SAID:
+            self._unhandled.clear()
+        self._unhandled.add(key)
+        said = "- dropped %s %r: no thread handles it (more from this peer at DEBUG)"
+        self.log(log, logging.INFO, "unhandled", said, name, event, stacklevel=2)
 
     def stop_logging(self) -> None:
         """The node stopped (its connections too): say how many events of each kind
