@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import pytest
 
+from trustp2p import Node
 from trustp2p.drivers.memory import MemoryHub
 from trustp2p.identity import Identity
 from trustp2p.node.gossip_drops import START_SAID, STARTS_SAID_EVERY, SkipsSaid
@@ -95,12 +96,15 @@ def test_a_catch_ups_starts_are_one_line_once_nothing_is_fetched(
     ]
 
 
+@pytest.mark.parametrize("stop_early", [False, True], ids=["caught-up", "stopped"])
 async def test_a_node_joining_a_hub_with_history_says_its_starts_in_one_line(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, stop_early: bool
 ) -> None:
     """tester46 LOW 4 over memory connections: a hub keeps the last 10 of each origin's
     20 messages; a new node catches up ORIGINS streams, each starting at seq 11 here.
-    Before: a line at INFO for each of them (10 within the log budget)."""
+    Before: a line at INFO for each of them (10 within the log budget). ``stop_early``:
+    the new node stops as its first start is decided, and says those gathered then
+    (review91 F3: they were said at DEBUG only)."""
     origins, per, kept = 12, 20, 10
     hub = MemoryHub()
     async with (
@@ -125,13 +129,17 @@ async def test_a_node_joining_a_hub_with_history_says_its_starts_in_one_line(
         await wait_for(lambda: len(delivered) == origins * per)
         assert server.gossip is not None and server.gossip.message_log is not None
         assert len(server.gossip.message_log) == origins * kept
-        caplog.set_level(logging.INFO, logger="trustp2p.node.gossip")
-        async with memory_node(hub, "new") as new:
+        caplog.set_level(logging.DEBUG if stop_early else logging.INFO, "trustp2p.node.gossip")
+        # (stop_early: small fetches, the catch-up goes on after the first start)
+        async with memory_node(hub, "new", **({"catchup_batch": 1} if stop_early else {})) as new:
             got: list[GossipMessage] = []
             new.subscribe("chat", got.append)
             assert new.client is not None
             new.client.connect(server.url)
             await wait_for(lambda: subscribed(server, "chat", 1))
+            if stop_early:
+                await wait_for(lambda: any("starts at seq" in r.message for r in caplog.records))
+                return await _stop_and_check(new, caplog)
             await wait_for(lambda: len(got) == origins * kept, timeout=20)
             assert {m.seq for m in got} == set(range(per - kept + 1, per + 1))
             await wait_for(lambda: starts(caplog) != [])
@@ -139,6 +147,12 @@ async def test_a_node_joining_a_hub_with_history_says_its_starts_in_one_line(
                 f"= {origins} streams start here, on 1 topic(s): the peers asked keep none of"
                 f" the {origins * (per - kept)} messages before them"
             ]  # (before: 10 lines, one a stream)
+
+
+async def _stop_and_check(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    await node.stop()
+    said = starts(caplog)
+    assert len(said) == 1 and said[0].startswith("= "), said
 
 
 def starts(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -105,10 +105,8 @@ class Gossip:
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
-        self.node = node
-        options = node.options
-        self._clock, self._wall_clock = clock, wall_clock
-        self._rng = rng or random.Random()
+        self.node, options = node, node.options
+        self._clock, self._wall_clock, self._rng = clock, wall_clock, rng or random.Random()
         self.router = make_router(node, self._now, self._rng)
         self.catchup = CatchUp(batch=options.catchup_batch, clock=self._now, rng=self._rng)
         self._fetcher: Fetcher | None = None  # once started
@@ -352,6 +350,7 @@ class Gossip:
         (review59; see :mod:`.stopping`)."""
         if self._halting is None:
             self._talked.set()  # (wait_subscribers() sees the stop)
+            self._skips.heartbeat(fetching=False)  # the starts gathered (review91 F3)
             started = self._threads_started.is_set()  # (before, no handler runs)
             running, stopper = self._delivery.finish(caller) if started else ([], None)
             self._kept(stopper)
@@ -369,7 +368,7 @@ class Gossip:
             self._marks.settle(stream_key(message.topic, message.origin), message.seq)
 
     async def stop(self) -> None:
-        self.publishing = False
+        self.publishing = False  # (then halt)
         await self.halt()
         if self.message_log is not None:
             await self.message_log.close()
@@ -414,6 +413,8 @@ class Gossip:
             )
         except GossipError as exc:
             self.router.stats.invalid += 1
+            if asked:  # (its ask used up: review91 F1)
+                self.router.answered_badly(socket.id, message_id)  # type: ignore[arg-type]
             self.node.penalize(socket, f"invalid gossip message: {exc}")
             return
         cap = message_size_limit(self.node.options.max_package_size)

@@ -100,6 +100,17 @@ class Asks:
             if not late:
                 del self._late[peer]
 
+    def answered_badly(self, peer: PeerKey, message_id: str) -> None:
+        """``peer`` answered ``message_id`` with a message that doesn't check out: its
+        ask is used (one check a peer and ask); another peer is asked at the heartbeat."""
+        late = self._late.get(peer)
+        if late is not None:
+            late.pop(message_id, None)
+        asking = self._asking.get(peer)
+        if asking is not None and message_id in asking:
+            asking.discard(message_id)
+            self._asked[message_id] = (-math.inf, None)
+
     def forget(self, message_id: str) -> None:
         """The message arrived: the ask is over."""
         asked = self._asked.pop(message_id, None)

@@ -158,6 +158,10 @@ class GossipRouter:
         given up on lately (its answer is late: :data:`~.lazy.LATE_FOR`)."""
         return self._asks.asked_of(peer, message_id)
 
+    def answered_badly(self, peer: PeerKey, message_id: str) -> None:
+        """``peer`` answered ``message_id`` with a copy that doesn't check out: asked no more."""
+        self._asks.answered_badly(peer, message_id)
+
     def peer_topics(self, peer: PeerKey) -> set[str]:
         return self._peers.get(peer, set())
 
