@@ -67,6 +67,7 @@ async def test_a_node_behind_its_peers_says_they_drop_what_it_publishes(
     assert seconds_off(line, "behind") == pytest.approx(2 * DAY, abs=2)
     assert "(the median of the version talks of 1 connected network(s))" in line
     assert "its peers drop the gossip it publishes as older than log_max_age" in line
+    assert "it drops its peers' gossip as from the future (stamped over CLOCK_SKEW" in line
     offset = server.clock_watch.offset
     assert offset is not None and abs(offset - 2 * DAY) < 60
     status = node_status(server, TopicRates(time.time()))["node"]
@@ -76,6 +77,8 @@ async def test_a_node_behind_its_peers_says_they_drop_what_it_publishes(
     # Each client has one peer, two days behind it: it says so too.
     await wait_for(lambda: len(said(caplog, "ahead of its peers'")) == len(ahead))
     assert all("it drops its peers' gossip" in line for line in said(caplog, "ahead of"))
+    future = "its peers drop the gossip it publishes as from the future"
+    assert all(future in line for line in said(caplog, "ahead of"))
     # Its peers gone, their offsets go (review64 R1: kept for ever).
     for client in ahead:
         await client.stop()
@@ -112,7 +115,11 @@ async def test_an_offset_within_log_max_age_says_what_it_may_drop(
     await wait_for(lambda: said(caplog, SAID))
     (line,) = said(caplog, SAID)
     assert seconds_off(line, "behind") == pytest.approx(3600, abs=2)
-    assert "no message is dropped for it until log_max_age" in line
+    # An hour behind: its peers' messages come stamped an hour ahead (tester48 F1).
+    assert line.endswith(
+        "it drops its peers' gossip as from the future (stamped over CLOCK_SKEW, 300 s,"
+        " ahead), and relays none of it; check its time (NTP)"
+    )
 
 
 async def test_peers_in_time_or_without_a_time_say_nothing(

@@ -211,6 +211,24 @@ def test_a_message_past_max_age_is_stale_as_expired() -> None:
     assert streams.stale(_message(1, ts=NOW_MS - 60_000)) is None
 
 
+def test_a_message_stamped_past_clock_skew_ahead_is_stale_as_future() -> None:
+    """Found by a tester (tester48 F1): an origin whose clock ran a year ahead had its
+    messages delivered everywhere, and won every last-write-wins by timestamp. Past
+    CLOCK_SKEW ahead of our clock it is dropped; passed over, later ones don't wait."""
+    streams, marks, _ = _streams()
+    edge = NOW_MS + int(CLOCK_SKEW * 1000)
+    assert streams.stale(_message(1, ts=edge)) is None  # within the skew allowed
+    assert streams.stale(_message(1, ts=edge + 1)) == "future"
+    year_ahead = _message(1, ts=NOW_MS + 365 * 86_400_000)
+    assert streams.stale(year_ahead) == "future"
+    assert streams.pass_over(year_ahead) == []
+    assert streams.add(_message(2), "peer") == [Deliver(_message(2), "peer")]
+    assert marks.marks == {STREAM: 2}
+    assert streams.stale(year_ahead) == "delivered"  # (its number took its turn)
+    tight, _, _ = _streams(clock_skew=0.0)
+    assert tight.stale(_message(1, identity=BOB, ts=NOW_MS + 1)) == "future"
+
+
 def test_a_gap_is_skipped_at_exactly_gap_timeout() -> None:
     streams, marks, clock = _streams()
     streams.add(_message(1), None)

@@ -310,7 +310,8 @@ def _gossip_counts(gossip: Gossip) -> tuple[tuple[str, str, int], ...]:
         (
             "too_old",
             "Messages dropped for their timestamp: older than log_max_age, or than"
-            " the delivery marks forgotten (origins without a mark).",
+            " the delivery marks forgotten (origins without a mark), or from the future"
+            " (over CLOCK_SKEW ahead).",
             gossip.too_old,
         ),
         (

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..drivers.base import Socket
 from ..protocol.clocks import ClockVerdict, PeerClocks, clock_key, peer_time, with_time
+from ..protocol.gossip import CLOCK_SKEW
 from ..protocol.package import Body
 
 if TYPE_CHECKING:
@@ -108,22 +109,28 @@ class ClockWatch:
         )
 
     def _effect(self, offset: float) -> str:
-        """What an offset does to the node's gossip."""
+        """What an offset (theirs minus ours) does to the node's gossip: past
+        CLOCK_SKEW, the clock behind drops the other's as from the future (tester48 F1)."""
         options = self._node.options
         if not options.gossip:
             return "it has no gossip to lose, but its peers' rules of time misjudge it"
         max_age = options.log_max_age
-        if offset > max_age:
-            return (
-                f"its peers drop the gossip it publishes as older than log_max_age ({max_age:g} s)"
-            )
-        if offset < -max_age:
-            return (
-                f"it drops its peers' gossip as older than log_max_age ({max_age:g} s),"
-                " and relays none of it"
-            )
+        old = f"as older than log_max_age ({max_age:g} s)"
+        future = f"as from the future (stamped over CLOCK_SKEW, {CLOCK_SKEW:g} s, ahead)"
+        ours, theirs = "its peers drop the gossip it publishes", "it drops its peers' gossip"
+        effects = []
+        if offset > max_age:  # (behind)
+            effects.append(f"{ours} {old}")
+        elif offset < -max_age:
+            effects.append(f"{theirs} {old}, and relays none of it")
+        if offset > CLOCK_SKEW:
+            effects.append(f"{theirs} {future}, and relays none of it")
+        elif offset < -CLOCK_SKEW:
+            effects.append(f"{ours} {future}")
+        if effects:
+            return "; ".join(effects)
         return (
-            "no message is dropped for it until log_max_age, but the rules that allow"
+            "no message is dropped for it until CLOCK_SKEW, but the rules that allow"
             " CLOCK_SKEW for clocks (forgotten delivery marks, an origin numbering again)"
             " may drop some"
         )

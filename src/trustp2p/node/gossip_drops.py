@@ -40,10 +40,18 @@ def too_old_line(
 ) -> tuple[str, tuple[object, ...]]:
     """
     The log line (``%``-style) and its arguments for ``message``, dropped because it is
-    ``"expired"`` or ``"forgotten"`` (see :meth:`~trustp2p.protocol.gossip.Streams.stale`);
-    ``now`` and ``forgotten_before`` are wall-clock seconds.
+    ``"expired"``, ``"forgotten"`` or from the ``"future"`` (see
+    :meth:`~trustp2p.protocol.gossip.Streams.stale`); ``now`` and ``forgotten_before``
+    are wall-clock seconds.
     """
     ts = message.timestamp / 1000
+    if why == "future":  # (tester48 F1: else a fast clock won every last-write-wins)
+        text = (
+            "! message %d of %s on %r dropped: timestamped %.0f s in the future, past the"
+            " %.0f s of clock skew allowed (is the origin's clock ahead, or this node's"
+            " behind?)"
+        )
+        return text, (message.seq, message.origin, message.topic, ts - now, clock_skew)
     where: tuple[object, ...] = (message.seq, message.origin, message.topic, now - ts)
     if why == "expired":  # (tester40 F1: the message was blamed, not a clock)
         text = (
@@ -63,11 +71,13 @@ def say_too_old(
 ) -> None:
     """A message dropped for its timestamp (``now`` and ``marks`` as
     :func:`too_old_line` takes them): counted per topic, and said (live ones within the
-    log budget: an attacker's flood of origins had a lagging clock's dropped unsaid)."""
+    log budget: an attacker's flood of origins had a lagging clock's dropped unsaid;
+    those from the future with a budget of their own)."""
     count(node.metrics.topic_too_old, message.topic, limit=MAX_TOPICS)
     text, where = too_old_line(message, why, now, *marks)
     if live:
-        node.connections.inbound.log(logger, logging.WARNING, "too old", text, *where)
+        kind = "from the future" if why == "future" else "too old"
+        node.connections.inbound.log(logger, logging.WARNING, kind, text, *where)
     else:
         logger.debug(text, *where)
 

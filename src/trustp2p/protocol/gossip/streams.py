@@ -63,17 +63,17 @@ S = TypeVar("S")
 CLOCK_SKEW = 300.0
 """Seconds a publisher's clock may be behind ours before its messages, of an origin
 without a delivery mark, look older than the marks the message log forgot
-(:attr:`DeliveryMarks.forgotten_before`) and are dropped. Found by an attacker: after a
-flood of throwaway origins set that time to a minute ago, every message of a publisher
-whose clock lagged more than a minute was dropped, unseen. The price: a replay of an
-origin whose mark was forgotten, timestamped within this much before the marks
-forgotten, is taken as new (the log keeps the marks of origins with a history longest).
-"""
+(:attr:`DeliveryMarks.forgotten_before`) and are dropped (found by an attacker: after a
+flood of throwaway origins set that time to a minute ago, a publisher whose clock lagged
+a minute had every message dropped; the price: a replay of an origin whose mark was
+forgotten, stamped within this much before, is taken as new), or ahead of ours before
+its messages are dropped as from the future (:meth:`Streams.stale`)."""
 
-Stale: TypeAlias = Literal["delivered", "expired", "forgotten"]
+Stale: TypeAlias = Literal["delivered", "expired", "forgotten", "future"]
 """Why :meth:`Streams.stale` drops a message: released or skipped already
-(``"delivered"``), older than ``max_age`` (``"expired"``), or, of a stream without a
-mark, older than the marks the log forgot, less :data:`CLOCK_SKEW` (``"forgotten"``)."""
+(``"delivered"``), older than ``max_age`` (``"expired"``), of a stream without a mark,
+older than the marks the log forgot, less :data:`CLOCK_SKEW` (``"forgotten"``), or
+stamped more than :data:`CLOCK_SKEW` ahead of our clock (``"future"``: tester48 F1)."""
 
 START_AGE = 5.0
 """Seconds old (by its timestamp) the first message held behind the first gap of a
@@ -192,7 +192,7 @@ class Streams(Generic[S]):
         max_held: Most messages held in one stream.
         max_held_bytes: Most held in all streams: payload, in characters, plus
             :data:`HELD_MESSAGE_OVERHEAD` per message.
-        clock_skew: Seconds an origin's clock may be behind ours (:data:`CLOCK_SKEW`).
+        clock_skew: Seconds an origin's clock may be off ours (:data:`CLOCK_SKEW`).
 
     Raises:
         ValueError: If a bound is negative, or ``max_held`` is 0.
@@ -269,14 +269,15 @@ class Streams(Generic[S]):
         older than ``max_age`` (past it, the message log may have forgotten delivering
         it), or, of a stream without a mark, older than the marks the log forgot for
         their number, less :data:`CLOCK_SKEW` (found by an attacker: old messages
-        replayed after a flood of new origins were delivered again).
-        """
+        replayed after a flood of new origins were delivered again), or stamped more
+        than :data:`CLOCK_SKEW` ahead of our clock (a tester's: it won last-write-wins)."""
         delivered = self._marks.delivered(stream_key(message.topic, message.origin))
         if message.seq <= delivered:
             return "delivered"
-        if self.max_age is not None and message.timestamp < (
-            (self._wall_clock() - self.max_age) * 1000
-        ):
+        now = self._wall_clock()
+        if message.timestamp > (now + self.clock_skew) * 1000:
+            return "future"
+        if self.max_age is not None and message.timestamp < (now - self.max_age) * 1000:
             return "expired"
         if not delivered and message.timestamp < (
             (self._marks.forgotten_before - self.clock_skew) * 1000
@@ -338,9 +339,9 @@ class Streams(Generic[S]):
             first = max(first, seq + 1)
 
     def waits_for(self, stream: str, first: int, last: int) -> bool:
-        """Whether a number from ``first`` to ``last`` of ``stream`` is missing here while
-        the stream has a gap not given up yet (in it, or past the last held: not come
-        yet); past the first gap, of the thousand from ``first`` (review84 M1, review87)."""
+        """Whether a number from ``first`` to ``last`` of ``stream`` is missing here while it
+        has a gap not given up (in it, or past the last held: not come yet); past the
+        first gap, of the thousand from ``first`` (review84 M1, review87)."""
         if (held := self._held.get(stream)) is None:
             return False
         if (low := max(first, self._marks.delivered(stream) + 1)) < held.seqs[0]:
@@ -428,10 +429,9 @@ class Streams(Generic[S]):
         message :data:`START_AGE` old, is a *start* once ``witnesses`` peers (each
         ``witness`` a key: a network group) answered without it, and ``required`` (a
         key of its own: the answer is ``by_required``) too if given: skipped at the
-        next tick. Found by an attacker: one peer answering
-        first that it lacked a history the hub kept made a subscriber give up all of
-        it; then (a44 F1) three addresses of one /24 were three witnesses, and the hub,
-        asked at random, often came too late.
+        next tick. Found by an attacker: one peer answering first that it lacked a
+        history the hub kept made a subscriber give up all of it; then (a44 F1) three
+        addresses of one /24 were three witnesses, and the hub, asked at random, late.
 
         Returns:
             True if the start waits for another witness (ask another peer).
@@ -498,10 +498,7 @@ class Streams(Generic[S]):
         """
         events: list[StreamEvent[S]] = []
         if stream not in self._held:
-            self._gap_since.pop(stream, None)
-            self._answered.discard(stream)
-            self._unstart(stream)
-            self._answered_to.pop(stream, None)
+            self._drop_gap(stream)
             return events
         gap = self.missing(stream)
         if gap is None:  # the mark moved past the gap elsewhere: catch up with it
@@ -570,10 +567,7 @@ class Streams(Generic[S]):
             self._marks.mark_delivered(stream, following - 1)
         if not held.entries:
             del self._held[stream]
-            self._gap_since.pop(stream, None)
-            self._answered.discard(stream)
-            self._unstart(stream)
-            self._answered_to.pop(stream, None)
+            self._drop_gap(stream)
         elif following > start or stream not in self._gap_since:
             # A new gap (or the first): it waits gap_timeout from now, behind the others;
             # answered already if a peer answered without its first number.
@@ -585,6 +579,12 @@ class Streams(Generic[S]):
             else:
                 self._answered.discard(stream)
                 self._answered_to.pop(stream, None)
+
+    def _drop_gap(self, stream: str) -> None:
+        self._gap_since.pop(stream, None)
+        self._answered.discard(stream)
+        self._unstart(stream)
+        self._answered_to.pop(stream, None)
 
     def _forget(self, entry: tuple[GossipMessage, S] | None) -> None:
         self._held_count -= 1
