@@ -61,6 +61,10 @@ async def test_garbage_on_one_connection_never_closes_another(
             f"{OFFENDING_CONNECTIONS} connections sent too many invalid packages" in r.getMessage()
             for r in caplog.records
         )
+        # For HANDSHAKE_BLOCK at most, as an id-bearing peer's address (tester48 F3:
+        # plain mode's lasted block_duration, an hour, the README said 5 minutes).
+        [until] = [b.until for kind, _, b in server.store.blocks() if kind == "address"]
+        assert until <= time.time() + HANDSHAKE_BLOCK
         # New connections from the blocked address are refused; the old one stays.
         async with connect(server.url, compression=None) as ws:
             with contextlib.suppress(websockets.exceptions.ConnectionClosed):

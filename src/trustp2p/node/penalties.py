@@ -125,8 +125,10 @@ class Penalties:
     def offended(self, conn: PeerConnection) -> None:
         """A peer crossed the block policy. With a peer id, that peer is blocked. Without
         one (plain mode) only this connection is closed, and its address is blocked only
-        once several of its connections offended (:class:`Offences`): peers sharing an
-        address don't pay for one another."""
+        once several of its connections offended (:class:`Offences`), for
+        :data:`~trustp2p.protocol.scoring.HANDSHAKE_BLOCK` at most, as an id-bearing
+        peer's address is: peers sharing an address don't pay for one another (tester48
+        F3: an honest NAT's address was shut for ``block_duration``, an hour)."""
         socket = conn.socket
         reason = "too many invalid packages"
         if socket.peer_id is not None:
@@ -139,7 +141,8 @@ class Penalties:
         now = asyncio.get_running_loop().time()
         if scope is not None and self.offences.offended(socket.host, now):
             why = f"{self.offences.threshold} connections sent {reason}"
-            self.block(None, socket.host, why)
+            duration = min(HANDSHAKE_BLOCK, self._node.options.block_duration)
+            self.block(None, socket.host, why, duration=duration)
 
     def handshake_failed(self, raw: Socket) -> None:
         """
