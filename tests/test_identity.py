@@ -228,6 +228,32 @@ def test_an_identity_held_by_a_stopping_node_is_not_passed_over(tmp_path: Path) 
     assert (name, again.peer_id) == ("node", first.peer_id)
 
 
+@pytest.mark.skipif(os.name == "nt", reason="an open file can't be unlinked on Windows")
+def test_a_lock_taken_on_a_lock_file_unlinked_meanwhile_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed start removes its new key's lock file while holding it (tester48 F9): a
+    node that opened that file just before, and took its lock once it was let go,
+    would hold a lock on no file while another took the one made there since."""
+    path = tmp_path / "identity" / "node.key.lock"
+    take = identity._take_lock
+    unlinked: list[int] = []
+
+    def unlinked_first(file: Any) -> bool:
+        if not unlinked:  # (the failed start's: unlinked, then let go)
+            unlinked.append(os.fstat(file.fileno()).st_ino)
+            path.unlink()
+        return take(file)
+
+    monkeypatch.setattr(identity, "_take_lock", unlinked_first)
+    _, name, lock = Identity.claim(tmp_path)
+    try:
+        assert name == "node" and unlinked
+        assert os.path.samestat(os.fstat(lock.fileno()), os.stat(path))  # the file there
+    finally:
+        lock.close()
+
+
 def test_a_lock_that_cant_be_opened_is_an_identity_error(tmp_path: Path) -> None:
     """Found by an attacker's test: on a read-only file system the start ended in a
     raw traceback (OSError) where a full disk gave a clear error."""

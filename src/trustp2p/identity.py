@@ -23,6 +23,7 @@ __all__ = [
     "is_peer_id",
     "is_running",
     "key_path",
+    "lock_path",
     "mark_stopping",
     "name_to_claim",
     "numbered_name",
@@ -239,12 +240,8 @@ class Identity:
         names = [name] if name is not None else [numbered_name(n) for n in range(1, limit + 1)]
         for candidate in names:
             path = key_path(cwd, candidate)
-            lock_path = path.with_name(path.name + ".lock")
-            try:
-                lock = open(lock_path, "ab")  # kept open: the lock
-            except OSError as exc:  # e.g. a read-only file system (found by a tester)
-                raise IdentityError(f"can't open {lock_path}: {exc.strerror or exc}") from exc
-            if not _take_lock(lock):
+            lock, taken = _open_locked(lock_path(path))  # kept open: the lock
+            if not taken:
                 lock.close()
                 holder = None if pass_stopping else _stopping_holder(path)
                 if holder is not None:
@@ -287,6 +284,32 @@ def key_path(cwd: Path, name: str = "node") -> Path:
     """The key of the node called ``name`` in ``cwd`` (see :meth:`Identity.claim`):
     ``identity/<name>.key``."""
     return cwd / KEY_FILE.parent / f"{name}{KEY_FILE.suffix}"
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of the key at ``path`` (held open by the node that runs with it)."""
+    return path.with_name(path.name + ".lock")
+
+
+def _open_locked(path: Path) -> tuple[IO[bytes], bool]:
+    """Open the lock file ``path`` and take its lock (:func:`_take_lock`): the file, and
+    whether it was taken. A lock taken on a file unlinked meanwhile (a failed start
+    removes its new identity's lock file while holding it, tester48 F9) holds nothing:
+    let go, and the file there now tried."""
+    for _ in range(_LOCK_TRIES):
+        try:
+            lock = open(path, "ab")
+        except OSError as exc:  # e.g. a read-only file system (found by a tester)
+            raise IdentityError(f"can't open {path}: {exc.strerror or exc}") from exc
+        if not _take_lock(lock):
+            return lock, False
+        try:
+            if os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):
+                return lock, True
+        except OSError:  # (unlinked: tried again)
+            pass
+        lock.close()
+    return open(path, "ab"), False
 
 
 class IdentityStopping(IdentityError):
@@ -357,7 +380,7 @@ def is_running(cwd: Path, name: str = "node") -> bool:
     process holds its lock (:meth:`Identity.claim`)."""
     path = key_path(cwd, name)
     try:
-        with open(path.with_name(path.name + ".lock"), "rb") as file:
+        with open(lock_path(path), "rb") as file:
             return not _try_lock(file)  # (closing the file lets go of the lock)
     except OSError:  # no lock file: no node ever ran there
         return False
@@ -392,7 +415,7 @@ def _write_state(lock: IO[bytes], state: str) -> None:
 def _stopping_holder(path: Path) -> int | None:
     """The process id that holds ``path``'s lock, if its note says it is stopping."""
     try:
-        words = path.with_name(path.name + ".lock").read_text(encoding="ascii").split()
+        words = lock_path(path).read_text(encoding="ascii").split()
     except (OSError, ValueError):  # Windows: the locked byte can't be read
         return None
     if len(words) == 2 and words[1] == "stopping" and words[0].isdigit():

@@ -18,6 +18,7 @@ import asyncio
 import enum
 import logging
 import secrets
+import sys
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,7 +27,7 @@ from ..admin import AdminServer, Metrics, current_node
 from ..drivers import Driver, DriverSet
 from ..drivers.base import Listener, Listening, Socket
 from ..exceptions import ConnectionClosed, NodeStateError, UsageError
-from ..identity import KEY_FILE, Identity, claim_identity, key_path
+from ..identity import KEY_FILE, Identity, claim_identity, key_path, lock_path
 from ..options import NodeOptions
 from ..protocol.close import CloseCode
 from ..protocol.deliver import ConnId
@@ -404,7 +405,9 @@ class Node:
         identity, self._identity_name, self._identity_lock = claimed
         path = key_path(options.cwd, self._identity_name)
         if path not in keys:  # made now (tester27 F8: a start that failed left a node
-            self._made.append(path)  # `peers` listed; not its lock, held: review33)
+            self._made.append(path)  # `peers` listed)
+            if sys.platform != "win32":  # its lock too, unlinked while held (review33,
+                self._made.append(lock_path(path))  # tester48 F9); Windows: kept
         return identity
 
     def _data_dir(self) -> Path | None:
