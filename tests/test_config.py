@@ -286,7 +286,9 @@ def test_listen_urls_are_urls_peers_can_dial_and_accept() -> None:
         "ws://0.0.0.0:1107": "names the unspecified address, which nobody can dial",
         "ws://[::]:1107": "names the unspecified address, which nobody can dial",
         "ws://node.example:1107/x": "has a path, query or fragment",
-        "node.example:1107": "has scheme 'node.example'",
+        # The wording of --connect's check (tester48 F10: "has scheme ''").
+        "node.example:1107": "URL 'node.example:1107' lacks a scheme such as ws://",
+        "127.0.0.1:1107": "URL '127.0.0.1:1107' lacks a scheme such as ws://",
         f"ws://node.example:1107/p2p/{other.peer_id}": (
             f"names peer {other.peer_id}, not this node's id {me.peer_id}"
         ),

@@ -313,8 +313,9 @@ def test_validate_url_accepts(url: str) -> None:
             "invalid URL 'ws://[zz]:1': 'zz' does not appear to be an IPv4 or IPv6 address",
         ),
         ("http://h:1", "URL 'http://h:1' has scheme 'http'; expected one of ws, wss, tcp"),
-        ("h:1", "URL 'h:1' has scheme 'h'; expected one of ws, wss, tcp"),
-        ("//h:1", "URL '//h:1' has scheme ''; expected one of ws, wss, tcp"),
+        ("h:1", "URL 'h:1' lacks a scheme such as ws://"),  # (tester48 F10: "has scheme")
+        ("//h:1", "URL '//h:1' lacks a scheme such as ws://"),
+        ("127.0.0.1:1", "URL '127.0.0.1:1' lacks a scheme such as ws://"),
         (
             "file:///etc/passwd",
             "URL 'file:///etc/passwd' has scheme 'file'; expected one of ws, wss, tcp",

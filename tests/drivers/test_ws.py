@@ -128,36 +128,6 @@ async def test_a_failed_upgrade_says_what_answered(
         server.close()
 
 
-async def test_connect_times_out_when_handshake_never_answered(harness: DriverHarness) -> None:
-    handlers: list[asyncio.Task[None]] = []
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.append(task)
-        await reader.read()  # never answer; wait for the client to give up
-        writer.close()
-        await writer.wait_closed()
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
-        url = f"ws://127.0.0.1:{port}"
-        open_timeout = 50 * MS
-        events = harness.recorder()
-        with pytest.raises(DriverError) as exc_info:
-            await harness.connect(url, DriverOptions(open_timeout=open_timeout), events)
-        assert str(exc_info.value) == (
-            f"can't connect to {url}: timed out after {open_timeout:g} s"
-        )
-        assert events.records == []
-    finally:
-        server.close()
-        async with asyncio.timeout(TIMEOUT):
-            await asyncio.gather(*handlers)
-            await server.wait_closed()
-
-
 async def test_text_frame_arrives_as_str(harness: DriverHarness) -> None:
     listening, events = await harness.listen()
     async with ws_connect(listening.url) as client:

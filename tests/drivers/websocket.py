@@ -86,6 +86,39 @@ class WebSocketChecks:
     """Checks of a ``ws://`` driver beyond the conformance suite, the same for each:
     subclass it as ``Test...`` in a module that defines the ``harness`` fixture."""
 
+    async def test_connect_says_when_the_upgrade_goes_unanswered(
+        self, harness: DriverHarness
+    ) -> None:
+        """Connected, then no answer to the upgrade: said so, not a bare "timed out"
+        that named no layer (tester48 F10)."""
+        handlers: list[asyncio.Task[None]] = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            handlers.append(task)
+            await reader.read()  # never answer; wait for the client to give up
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        try:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            open_timeout = 50 * MS
+            events = harness.recorder()
+            with pytest.raises(DriverError) as exc_info:
+                await harness.connect(url, DriverOptions(open_timeout=open_timeout), events)
+            assert str(exc_info.value) == (
+                f"can't connect to {url}: connected, but no answer to the WebSocket upgrade"
+                f" within {open_timeout:g} s"
+            )
+            assert events.records == []
+        finally:
+            server.close()
+            async with asyncio.timeout(TIMEOUT):
+                await asyncio.gather(*handlers)
+                await server.wait_closed()
+
     async def test_handshake_timeout_drops_client(self, harness: DriverHarness) -> None:
         listening, events = await harness.listen(DriverOptions(open_timeout=50 * MS))
         host, port = listening.url.removeprefix("ws://").rsplit(":", 1)

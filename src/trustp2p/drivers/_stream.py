@@ -21,6 +21,7 @@ __all__ = [
     "StreamSocket",
     "WriteBatches",
     "connect_error",
+    "dial_timed_out",
     "format_address",
     "in_flight",
     "lost_error",
@@ -113,6 +114,16 @@ def connect_error(url: str, exc: OSError, *, ssl: bool | None) -> DriverError:
     none), as a plain server answers one."""
     hint = " in the TLS handshake: does it serve TLS?" if ssl and not exc.errno else ""
     return DriverError(f"can't connect to {url}: {os_error_reason(exc)}{hint}")
+
+
+def dial_timed_out(url: str, timeout: float, *, connected: bool) -> DriverError:
+    """Why a dial of ``url`` that ran out of ``open_timeout`` failed: once ``connected``
+    (TCP, and TLS for ``wss``), the WebSocket upgrade went unanswered, the only opening
+    handshake a driver waits for then (tester48 F10: "timed out" named no layer)."""
+    if connected:
+        said = f"connected, but no answer to the WebSocket upgrade within {timeout:g} s"
+        return DriverError(f"can't connect to {url}: {said}")
+    return DriverError(f"can't connect to {url}: timed out after {timeout:g} s")
 
 
 def lost_error(exc: BaseException | None) -> DriverError:
@@ -461,16 +472,16 @@ class StreamSocket(EndAfterHeld, DrainWaiters, WriteBatches, asyncio.BufferedPro
             DriverError: If the connection fails or times out.
 
         """
-        url = self.peer
-        timeout = self._options.open_timeout
+        url, timeout, connected = self.peer, self._options.open_timeout, False
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
                 await loop.create_connection(lambda: self, host, port, ssl=ssl)
+                connected = True
                 await self._opening()
         except TimeoutError:
             self.abort()
-            raise DriverError(f"can't connect to {url}: timed out after {timeout:g} s") from None
+            raise dial_timed_out(url, timeout, connected=connected) from None
         except OSError as exc:
             raise connect_error(url, exc, ssl=ssl) from exc
         except DriverError as exc:

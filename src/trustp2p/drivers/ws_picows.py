@@ -55,6 +55,7 @@ from ._stream import (
     ServerListening,
     WriteBatches,
     connect_error,
+    dial_timed_out,
     format_address,
     in_flight,
     lost_error,
@@ -375,17 +376,16 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         ``open_timeout``. Errors name the URL it dials.
 
         Raises:
-            DriverError: If the connection fails or times out.
-
-        """
-        url, timeout = self.peer, self._options.open_timeout
+            DriverError: If the connection fails, or times out (:func:`dial_timed_out`)."""
+        url, timeout, connected = self.peer, self._options.open_timeout, False
         try:
             async with asyncio.timeout(timeout):
                 await self._loop.create_connection(lambda: protocol, host, port, ssl=ssl)
+                connected = True
                 await protocol.wait_until_handshake_complete()
         except TimeoutError:
             self.abort()
-            raise DriverError(f"can't connect to {url}: timed out after {timeout:g} s") from None
+            raise dial_timed_out(url, timeout, connected=connected) from None
         except OSError as exc:
             raise connect_error(url, exc, ssl=ssl) from exc
         except WSError as exc:

@@ -67,6 +67,8 @@ def validate_url(url: object) -> str | None:
     except ValueError as exc:
         return f"invalid URL {url!r}: {exc}"
     if parts.scheme not in PEER_SCHEMES:
+        if "://" not in dial_url:  # ("127.0.0.1:1107", "host:1107": tester48 F10)
+            return f"URL {url!r} lacks a scheme such as ws://"
         return f"URL {url!r} has scheme {parts.scheme!r}; expected one of ws, wss, tcp"
     if parts.username is not None or parts.password is not None:
         return f"URL {url!r} holds credentials"
