@@ -14,6 +14,7 @@ import pytest
 
 from trustp2p import Node
 from trustp2p.drivers.memory import MemoryDriver, MemoryHub
+from trustp2p.node.clock_watch import ClockWatch
 from trustp2p.node.gossip import Gossip
 from trustp2p.protocol.gossip import CLOCK_SKEW, GossipMessage
 
@@ -73,3 +74,26 @@ async def test_a_message_from_the_future_is_dropped_said_and_passed_over(
             await wait_for(lambda: len(caught) == 1)
             assert caught[0].seq == 2 and late.gossip.too_old == 1
             assert late.metrics.topic_too_old == {"chat": 1}
+
+
+async def test_a_node_whose_clock_lags_its_peers_takes_their_messages() -> None:
+    """Found in review: the rule judged by the receiver's clock alone, so a relay whose
+    clock lagged more than CLOCK_SKEW dropped every peer's message as from the future,
+    and relayed none. Its peers' clocks (their version talks) say it lags: it takes
+    them then."""
+    hub = MemoryHub()
+    lag = 2 * CLOCK_SKEW
+    publisher = Node(server=True, port=1, host="a", driver=MemoryDriver(hub=hub, name="a"),
+                     **OPTIONS)  # fmt: skip
+    reader = Node(client=True, peers=["memory://a:1"], driver=MemoryDriver(hub=hub), **OPTIONS)
+    reader.gossip = Gossip(reader, wall_clock=lambda: time.time() - lag)
+    reader.clock_watch = ClockWatch(reader, wall_clock=lambda: time.time() - lag)
+    got: list[GossipMessage] = []
+    async with publisher, reader:
+        assert publisher.gossip is not None and reader.gossip is not None
+        reader.gossip.subscribe("chat", got.append)
+        await publisher.gossip.wait_subscribers("chat")
+        await wait_for(lambda: reader.clock_watch.offset is not None)
+        await publisher.publish("chat", {"n": 1})
+        await wait_for(lambda: len(got) == 1)
+        assert reader.gossip.too_old == 0

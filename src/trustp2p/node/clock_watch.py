@@ -16,7 +16,7 @@ __all__ = ["ClockWatch"]
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..drivers.base import Socket
 from ..protocol.clocks import ClockVerdict, PeerClocks, clock_key, peer_time, with_time
@@ -24,6 +24,7 @@ from ..protocol.gossip import CLOCK_SKEW
 from ..protocol.package import Body
 
 if TYPE_CHECKING:
+    from ..protocol.gossip import GossipMessage, Stale, Streams
     from .node import Node
 
 logger = logging.getLogger("trustp2p.node")
@@ -60,6 +61,17 @@ class ClockWatch:
         """The median of the open connections' peers' clocks minus ours, in seconds
         (None: no peer said its clock)."""
         return self.clocks.offset(self.wall_clock(), self.monotonic())
+
+    def stale(self, streams: Streams[Any], message: GossipMessage) -> Stale | None:
+        """Why ``streams`` drop ``message`` (:meth:`~trustp2p.protocol.gossip.Streams.stale`),
+        but not as from the ``"future"`` while our clock is behind the median of the
+        peers' by more than their ``clock_skew``: ahead of it may be the present (found
+        in review: a relay whose clock lagged 6 minutes dropped all its peers' gossip as
+        from the future, and relayed none of it)."""
+        stale = streams.stale(message)
+        if stale == "future" and (offset := self.offset) is not None:
+            return None if offset > streams.clock_skew else stale
+        return stale
 
     def version_body(self) -> Body:
         """The node's version body (``Node.version_body``) with our wall clock in it."""
@@ -110,7 +122,7 @@ class ClockWatch:
 
     def _effect(self, offset: float) -> str:
         """What an offset (theirs minus ours) does to the node's gossip: past
-        CLOCK_SKEW, the clock behind drops the other's as from the future (tester48 F1)."""
+        CLOCK_SKEW ahead, its peers drop its gossip as from the future (tester48 F1)."""
         options = self._node.options
         if not options.gossip:
             return "it has no gossip to lose, but its peers' rules of time misjudge it"
@@ -123,14 +135,12 @@ class ClockWatch:
             effects.append(f"{ours} {old}")
         elif offset < -max_age:
             effects.append(f"{theirs} {old}, and relays none of it")
-        if offset > CLOCK_SKEW:
-            effects.append(f"{theirs} {future}, and relays none of it")
-        elif offset < -CLOCK_SKEW:
+        if offset < -CLOCK_SKEW:  # (behind, it takes what is ahead of it: see stale())
             effects.append(f"{ours} {future}")
         if effects:
             return "; ".join(effects)
         return (
-            "no message is dropped for it until CLOCK_SKEW, but the rules that allow"
+            "no message is dropped for it until log_max_age, but the rules that allow"
             " CLOCK_SKEW for clocks (forgotten delivery marks, an origin numbering again)"
             " may drop some"
         )

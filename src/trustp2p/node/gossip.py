@@ -448,9 +448,8 @@ class Gossip:
         if message.topic not in self.router.topics:
             return False  # not ours to carry
         message = self._attribution.passed_on(socket, message, live=live)
-        # Delivered already, or older than we remember delivering: dropped, but seen (its
-        # copies are dropped by id). Awaiting its validator: neither announced nor served.
-        stale = self.order.stale(message)
+        # Delivered, too old or ahead: dropped, seen. Awaiting its validator: held back.
+        stale = self.node.clock_watch.stale(self.order, message)  # (our clock may lag)
         if live and socket is not None and stale is None and self._delivery.sheds(message, socket):
             return say_shed(self.node, message, socket, self.router)  # (unseen: caught up later)
         pending = stale is not None or message.topic in self._validators
