@@ -74,8 +74,10 @@ class NodeOptions:
         max_pending_packages: Packages of one connection waiting for its handlers;
             beyond this, the node stops reading from that peer until they catch up.
         max_pending_bytes: Bytes of one connection's packages waiting for its handlers
-            or held by its request handlers running; beyond this, the node stops reading
-            from that peer, and its next request waits for a running one to finish.
+            or held by its request handlers running (a body past 1 KiB counts its text
+            and its values read), and of its answers waiting for room in the write
+            buffer; beyond this, the node stops reading from that peer, and its next
+            request waits for a running one to finish.
         heartbeat_interval: Time between two heartbeat rounds: each round checks every
             connection's liveness, on both sides (:mod:`trustp2p.protocol.liveness`).
         heartbeat_jitter: Up to this much is added at random to each interval.

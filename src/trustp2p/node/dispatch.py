@@ -270,44 +270,64 @@ class Worker:
         A coroutine handler runs at once, up to its first suspension, as Python 3.12's
         eager tasks do: most finish there and are answered without a task. One that
         suspends (it waits for I/O) goes on in a task of its own, beside the next
-        requests of the connection, up to ``max_concurrent_requests`` at once; with every
-        slot taken, or the running ones' packages over ``max_bytes``, this worker waits
-        for the first to free, so that the inbox fills and reading pauses. ``size``: its
-        bytes, counted while it waits (and while its handler runs on)."""
-        self._bytes -= size  # counted again if its handler runs on in a task
-        entries = self._node.handlers.get(package.type, package.event)
-        if not entries or self._closed:
-            return
-        thread, handler = entries[0]  # one handler per request event
-        if (explicit := self._node.handlers.explicit).used:
-            explicit.asked(self._socket.id, package.tag)  # one more to answer
-        started = time.monotonic()
+        requests of the connection (:meth:`_run_on`). ``size``: its bytes, counted
+        until its answer is written, or while its handler runs on in a task (found by
+        an attacker: the request whose answer waited for a peer that reads nothing
+        counted no more, and reading went on past ``max_pending_bytes`` by its size)."""
+        handed = False
         try:
-            # Any: what the handler returns is checked below, not by a compiled build's
-            # check of the declared type (it would fail as the handler, not its answer).
-            result: Any = handler(self._socket, package)
-            if type(result) is not types.CoroutineType:  # an async def's: the usual
-                if type(result) is dict or result is None or not inspect.isawaitable(result):
-                    await self._answer(thread, package, result, started)
-                    return
-                result = _awaited(result)
-            try:
-                yielded = result.send(None)
-            except StopIteration as stop:
-                await self._answer(thread, package, stop.value, started)
+            entries = self._node.handlers.get(package.type, package.event)
+            if not entries or self._closed:
                 return
-        except (Exception, asyncio.CancelledError) as exc:
-            if cancelled(exc):
-                raise
-            _log_failure(self._node, self._log(), thread, package)
-            await self._answer(thread, package, None, started, failed=True)
-            return
-        rest = _resume(result, yielded)
+            thread, handler = entries[0]  # one handler per request event
+            if (explicit := self._node.handlers.explicit).used:
+                explicit.asked(self._socket.id, package.tag)  # one more to answer
+            started = time.monotonic()
+            try:
+                # Any: what the handler returns is checked below, not by a compiled
+                # build's check of the declared type (it would fail as the handler, not
+                # its answer).
+                result: Any = handler(self._socket, package)
+                if type(result) is not types.CoroutineType:  # an async def's: the usual
+                    if type(result) is dict or result is None or not inspect.isawaitable(result):
+                        await self._answer(thread, package, result, started)
+                        return
+                    result = _awaited(result)
+                try:
+                    yielded = result.send(None)
+                except StopIteration as stop:
+                    await self._answer(thread, package, stop.value, started)
+                    return
+            except (Exception, asyncio.CancelledError) as exc:
+                if cancelled(exc):
+                    raise
+                _log_failure(self._node, self._log(), thread, package)
+                await self._answer(thread, package, None, started, failed=True)
+                return
+            handed = True  # its task counts its bytes
+            await self._run_on(thread, package, _resume(result, yielded), started, size)
+        finally:
+            if not handed:
+                self._bytes -= size
+                if self.paused:
+                    self._resume()
+
+    async def _run_on(
+        self,
+        thread: Thread,
+        package: Package,
+        rest: Coroutine[Any, Any, Any],
+        started: float,
+        size: int,
+    ) -> None:
+        """A request's handler suspended: it goes on in a task of its own, up to
+        ``max_concurrent_requests`` at once; with every slot taken, or the bytes held
+        over ``max_bytes``, this worker waits for the first to free, so that the inbox
+        fills and reading pauses."""
         running = self._running
         name = f"request {package.event!r} from {self._socket.peer}"  # (said if left at a stop)
         task = self._node.tasks.spawn(self._finish(thread, package, rest, started), name)
-        running[task] = size
-        self._bytes += size
+        running[task] = size  # (counted already: off when the task ends)
         task.add_done_callback(self._slot_freed)
         if len(running) >= self._node.options.max_concurrent_requests or (
             self._bytes > self._max_bytes
@@ -460,11 +480,21 @@ class Worker:
         )
 
     async def _send(self, response: Package) -> None:
+        """Write an answer, once the write buffer has room: while it waits, its text
+        counts against ``max_bytes`` (its body is the handler's, counted with the
+        request or not at all)."""
         socket = self._socket
-        if socket.write_paused:
-            await self._node.send(socket, response)  # waits for room
-        else:
+        if not socket.write_paused:
             self._node.connections.send_package(socket, response, waited=True)
+            return
+        held = len(response.body_json) + len(response.payload)
+        self._bytes += held
+        try:
+            await self._node.send(socket, response)  # waits for room
+        finally:
+            self._bytes -= held
+            if self.paused:
+                self._resume()
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
@@ -517,8 +547,10 @@ def _size(package: Package) -> int:
     the usual large body, a few long strings.)"""
     text = package.body_json
     size = len(text) + len(package.payload)
-    if len(text) > 1024 and not _few_values(package.body):
-        size += _ITEM_BYTES * count_chars(text, "{[,")
+    if len(text) > 1024:
+        size += len(text)  # its values read: a string takes about its text again
+        if not _few_values(package.body):
+            size += _ITEM_BYTES * count_chars(text, "{[,")
     return size
 
 
