@@ -270,10 +270,9 @@ class Worker:
         A coroutine handler runs at once, up to its first suspension, as Python 3.12's
         eager tasks do: most finish there and are answered without a task. One that
         suspends (it waits for I/O) goes on in a task of its own, beside the next
-        requests of the connection (:meth:`_run_on`). ``size``: its bytes, counted
-        until its answer is written, or while its handler runs on in a task (found by
-        an attacker: the request whose answer waited for a peer that reads nothing
-        counted no more, and reading went on past ``max_pending_bytes`` by its size)."""
+        requests of the connection (:meth:`_run_on`). ``size``: its bytes, counted until
+        its answer is written (attacker48 F2: not while it waited for a peer that reads
+        nothing), or while its handler runs on in a task."""
         handed = False
         try:
             entries = self._node.handlers.get(package.type, package.event)
@@ -320,10 +319,9 @@ class Worker:
         started: float,
         size: int,
     ) -> None:
-        """A request's handler suspended: it goes on in a task of its own, up to
-        ``max_concurrent_requests`` at once; with every slot taken, or the bytes held
-        over ``max_bytes``, this worker waits for the first to free, so that the inbox
-        fills and reading pauses."""
+        """A request's handler suspended: it goes on in a task, up to
+        ``max_concurrent_requests`` at once; with every slot taken, or the bytes over
+        ``max_bytes``, this worker waits for one to free (the inbox fills, reading pauses)."""
         running = self._running
         name = f"request {package.event!r} from {self._socket.peer}"  # (said if left at a stop)
         task = self._node.tasks.spawn(self._finish(thread, package, rest, started), name)
@@ -480,9 +478,8 @@ class Worker:
         )
 
     async def _send(self, response: Package) -> None:
-        """Write an answer, once the write buffer has room: while it waits, its text
-        counts against ``max_bytes`` (its body is the handler's, counted with the
-        request or not at all)."""
+        """Write an answer once the write buffer has room; while it waits, its text
+        counts against ``max_bytes`` (its body is the handler's)."""
         socket = self._socket
         if not socket.write_paused:
             self._node.connections.send_package(socket, response, waited=True)
