@@ -26,6 +26,7 @@ from __future__ import annotations
 __all__ = ["simulate_workers"]
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -78,6 +79,15 @@ class _Child:
             stdin.write(json.dumps(command, separators=(",", ":")).encode() + b"\n")
             await stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
+            # Gone: its exit status, if it exits now, says why (killed: -9), whichever of
+            # this write and the read of its output saw it first (a test, on a loaded CI).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.process.wait()
+            if (status := self.process.returncode) is not None:
+                raise WorkerError(
+                    f"{self} exited with status {status} before the end of the run"
+                ) from None
             raise WorkerError(f"{self} is gone: it stopped reading commands") from None
 
     async def expect(self, op: str, timeout: float) -> dict[str, Any]:
