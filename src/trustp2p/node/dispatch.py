@@ -536,12 +536,12 @@ bytes for an empty dict, 28 for an int, 8 for its place in a list)."""
 
 
 def _size(package: Package) -> int:
-    """About the bytes a package holds while it waits: its body's text and payload, and
-    for a body past 1 KiB that holds more than a few strings and integers,
-    :data:`_ITEM_BYTES` for each bracket and comma of its text (found by an attacker:
-    1 MB of ``[{},{},...]`` takes 24 MB read, and was counted as 1 MB against
-    ``max_pending_bytes``). (Counting costs about 0.4 ms for 256 KiB of text: not for
-    the usual large body, a few long strings.)"""
+    """About the bytes a package holds while it waits: its body's text and payload; for a
+    body past 1 KiB, its text again (its values read, attacker48 F2), and if it holds
+    more than a few strings and integers, :data:`_ITEM_BYTES` for each bracket and comma
+    of its text (found by an attacker: 1 MB of ``[{},{},...]`` takes 24 MB read, and was
+    counted as 1 MB against ``max_pending_bytes``; counted as ``str.count`` would, not
+    for the usual large body, a few long strings)."""
     text = package.body_json
     size = len(text) + len(package.payload)
     if len(text) > 1024:

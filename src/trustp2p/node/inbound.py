@@ -291,14 +291,14 @@ class Inbound:
         handle was said about 11 lines a minute for as long as it kept coming. At most
         :data:`UNHANDLED_SAID` of them remembered; past that, they are forgotten and
         said again."""
-        key = (peer, name, event)
+        key, said = (peer, name, event), "- dropped %s %r: no thread handles it"
         if key in self._unhandled:
-            log.debug("- dropped %s %r: no thread handles it", name, event)
+            log.debug(said, name, event)
             return
         if len(self._unhandled) >= UNHANDLED_SAID:
             self._unhandled.clear()
         self._unhandled.add(key)
-        said = "- dropped %s %r: no thread handles it (more from this peer at DEBUG)"
+        said += " (more from this peer at DEBUG)"
         self.log(log, logging.INFO, "unhandled", said, name, event, stacklevel=2)
 
     def stop_logging(self) -> None:
