@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-compiled compiled pure lint docs bench bench-fast bench-cost bench-bodies bench-secure bench-latency bench-idle bench-sim clean
+.PHONY: demo test test-compiled test-pythons compiled pure lint docs bench bench-fast bench-cost bench-bodies bench-secure bench-latency bench-idle bench-sim clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trustp2p needs Python >= 3.11; set PYTHON=python3.11 or newer")'
@@ -34,6 +34,21 @@ test: lint docs
 	$(BIN)/pytest
 	$(BIN)/pytest -m slow
 	$(MAKE) test-compiled
+	$(MAKE) test-pythons
+
+# The fast suite again on each newer Python this machine has, pure Python, each in its
+# own venv (.venv-3.12, ...): python3.12 on PATH, or pyenv's 3.12; a Python not found is
+# said and skipped. PYTHONS lists the versions.
+PYTHONS ?= 3.12 3.13
+test-pythons:
+	@for v in $(PYTHONS); do \
+		py=python$$v; $$py -c '' 2>/dev/null || py=$$(pyenv prefix $$v 2>/dev/null)/bin/python$$v; \
+		$$py -c '' 2>/dev/null || { echo "test-pythons: no Python $$v here: not tested on it"; continue; }; \
+		echo "test-pythons: the fast suite on $$($$py --version)"; \
+		[ -x .venv-$$v/bin/python ] || $$py -m venv .venv-$$v || exit 1; \
+		.venv-$$v/bin/python -m pip install -q -e '.[test,bench,docs,fast]' || exit 1; \
+		.venv-$$v/bin/pytest || exit 1; \
+	done
 
 # The compiled build (setup.py): the hot modules compiled by mypyc, built in a copy of the
 # sources (build/compiled) so that this checkout stays as it is; then the fast suite on it.
