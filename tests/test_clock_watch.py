@@ -65,7 +65,7 @@ async def test_a_node_behind_its_peers_says_they_drop_what_it_publishes(
     (line,) = said(caplog, "behind its peers'")
     # One network was enough: two days, more than log_max_age (review64 R2).
     assert seconds_off(line, "behind") == pytest.approx(2 * DAY, abs=2)
-    assert "(the median of the version talks of 1 connected network(s))" in line
+    assert "(the median of the version talks of 1 connected network(s); so few" in line
     assert "its peers drop the gossip it publishes as older than log_max_age" in line
     assert "as from the future" not in line  # (its peers' clocks say it lags: see stale())
     offset = server.clock_watch.offset
@@ -84,6 +84,35 @@ async def test_a_node_behind_its_peers_says_they_drop_what_it_publishes(
         await client.stop()
     await wait_for(lambda: server.clock_watch.offset is None)
     assert node_status(server, TopicRates(time.time()))["node"]["clock_offset_s"] is None
+
+
+async def test_a_client_of_one_server_ten_minutes_ahead_says_its_gossip_is_dropped(
+    make_node: MakeNode, clients: MakeClients, caplog: pytest.LogCaptureFixture
+) -> None:
+    """tester49 F1: fewer than LEAST_CLOCKS networks decided only past log_max_age (a
+    day), so a client ten minutes ahead of its servers had every message it published
+    dropped by them as from the future and said nothing. Default options."""
+    caplog.set_level(logging.INFO, logger="trustp2p")
+    server = await make_node(server=True)
+    (ahead,) = await clients(server.url, 600.0, 1)
+    await wait_for(lambda: said(caplog, "ahead of its peers'"))
+    (line,) = said(caplog, SAID)
+    assert seconds_off(line, "ahead of") == pytest.approx(600, abs=2)
+    few = "1 connected network(s); so few that theirs may be the clocks off)"
+    assert few in line
+    assert "its peers drop the gossip it publishes as from the future" in line
+    # The server, ten minutes behind its one client, takes what it publishes: not said.
+    assert server.clock_watch.offset == pytest.approx(600, abs=2)
+    await ahead.stop()
+    # A client ten minutes behind says nothing: the server takes what it publishes.
+    # The server, its one peer ten minutes behind it, can't tell whose clock is off.
+    (behind,) = await clients(server.url, -600.0, 1)
+    await wait_for(lambda: len(said(caplog, SAID)) == 2)
+    behind.clock_watch.check()
+    line = said(caplog, SAID)[1]
+    assert seconds_off(line, "ahead of") == pytest.approx(600, abs=2) and few in line
+    assert server.clock_watch.offset == pytest.approx(-600, abs=2)
+    assert len(said(caplog, SAID)) == 2
 
 
 async def test_a_step_of_the_nodes_clock_is_said_at_the_next_heartbeat_round(

@@ -90,6 +90,29 @@ def test_fewer_networks_decide_only_if_all_put_us_past_alone_the_same_way() -> N
     assert check(near) is None
 
 
+def test_fewer_networks_say_our_clock_is_ahead_once_all_put_it_past_ahead() -> None:
+    """tester49 F1: a client of four servers, ten minutes ahead, had all its gossip
+    dropped by them as from the future, and said nothing (``alone`` is a day)."""
+    clocks = PeerClocks(alone=DAY, ahead=CLOCK_OFF)
+    add(clocks, 1, "a", -2 * CLOCK_OFF)
+    add(clocks, 2, "b", -3 * CLOCK_OFF)
+    assert check(clocks) == ClockVerdict(-2.5 * CLOCK_OFF, 2, off=True)
+    add(clocks, 2, "b", -0.4 * CLOCK_OFF)
+    assert check(clocks) is None  # the median still past half the bound
+    add(clocks, 1, "a", -0.2 * CLOCK_OFF)
+    assert check(clocks) == ClockVerdict(-0.3 * CLOCK_OFF, 2, off=False)
+    behind = PeerClocks(alone=DAY, ahead=CLOCK_OFF)
+    add(behind, 1, "a", 2 * CLOCK_OFF)  # behind: its peers take what it publishes
+    assert check(behind) is None
+    split = PeerClocks(alone=DAY, ahead=CLOCK_OFF)
+    add(split, 1, "a", -2 * CLOCK_OFF)
+    add(split, 2, "b", -0.5 * CLOCK_OFF)  # one network finds it within the skew
+    assert check(split) is None
+    near = PeerClocks(alone=DAY, ahead=CLOCK_OFF)
+    add(near, 1, "a", -0.9 * CLOCK_OFF)
+    assert check(near) is None
+
+
 def test_a_step_of_our_wall_clock_shows_at_the_next_check() -> None:
     clocks = PeerClocks()
     for n in range(LEAST_CLOCKS):

@@ -19,7 +19,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..drivers.base import Socket
-from ..protocol.clocks import ClockVerdict, PeerClocks, clock_key, peer_time, with_time
+from ..protocol.clocks import (
+    LEAST_CLOCKS,
+    ClockVerdict,
+    PeerClocks,
+    clock_key,
+    peer_time,
+    with_time,
+)
 from ..protocol.gossip import CLOCK_SKEW
 from ..protocol.package import Body
 
@@ -54,7 +61,11 @@ class ClockWatch:
         self._node = node
         self.wall_clock = wall_clock
         self.monotonic = monotonic
-        self.clocks = PeerClocks(alone=node.options.log_max_age)
+        options = node.options
+        # With fewer networks than LEAST_CLOCKS: days off either way, or past CLOCK_SKEW
+        # ahead, where its peers drop its gossip as from the future (tester49 F1).
+        ahead = CLOCK_SKEW if options.gossip else None
+        self.clocks = PeerClocks(alone=options.log_max_age, ahead=ahead)
 
     @property
     def offset(self) -> float | None:
@@ -113,10 +124,11 @@ class ClockWatch:
             logging.WARNING,
             "clock",
             "! this node's wall clock is %.0f s %s its peers' (the median of the version"
-            " talks of %d connected network(s)): %s; check its time (NTP)",
+            " talks of %d connected network(s)%s): %s; check its time (NTP)",
             abs(offset),
             "behind" if offset > 0 else "ahead of",
             peers,
+            "" if peers >= LEAST_CLOCKS else "; so few that theirs may be the clocks off",
             self._effect(offset),
         )
 
