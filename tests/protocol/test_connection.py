@@ -482,18 +482,21 @@ def test_system_packages_spend_the_request_budget(clock: FakeClock) -> None:
     assert throttle_delay(connection.receive_data(system)[-1]) == pytest.approx(0.1)
 
 
-def test_bodies_of_many_containers_cost_more_of_the_budget(clock: FakeClock) -> None:
+def test_bodies_of_many_values_cost_more_of_the_budget(clock: FakeClock) -> None:
     # Found by an attacker: 1 MB bodies of [[],[],...] took 80 ms of the event loop each
     # to read, and cost one token like any package: 100 of them a second per peer id.
+    # attacker49 F2: with only the brackets counted, 1 MiB of ["x","x",...] took 43 ms.
     budget = TokenBucket(rate=10.0, burst=10, now=clock())
     connection = protocol(clock, budget=budget, handled={(PackageType.TALK, "note")})
     lists = encode(build_package(PackageType.TALK, "note", {"x": [[]] * 3000}))
     text = encode(build_package(PackageType.TALK, "note", {"x": "a" * 100_000}))
-    assert [type(a) for a in connection.receive_data(lists)] == [Dispatch]  # 1 + 3 tokens
-    assert [type(a) for a in connection.receive_data(text)] == [Dispatch]  # 1: no containers
-    assert [type(a) for a in connection.receive_data(lists)] == [Dispatch]  # 1 token left
+    strings = encode(build_package(PackageType.TALK, "note", {"x": ["x"] * 2000}))
+    assert [type(a) for a in connection.receive_data(lists)] == [Dispatch]  # 1 + 6 tokens
+    assert [type(a) for a in connection.receive_data(text)] == [Dispatch]  # 1: no values
+    actions = connection.receive_data(strings)  # 1 + 2 tokens, 2 left: 1 short
+    assert throttle_delay(actions[1]) == pytest.approx(0.1)
     actions = connection.receive_data(lists)
-    assert throttle_delay(actions[1]) == pytest.approx(0.3)
+    assert throttle_delay(actions[1]) == pytest.approx(0.8)  # 1 short before, 7 more
 
 
 def test_a_body_read_the_slow_way_pays_for_its_values(clock: FakeClock) -> None:
@@ -503,13 +506,12 @@ def test_a_body_read_the_slow_way_pays_for_its_values(clock: FakeClock) -> None:
     connection = protocol(clock, budget=budget, handled={(PackageType.TALK, "note")})
     slow = encode(build_package(PackageType.TALK, "note", {"x": [10**20], "f": [1.5] * 5000}))
     fast = encode(build_package(PackageType.TALK, "note", {"x": [10**15], "f": [1.5] * 5000}))
-    assert [type(a) for a in connection.receive_data(fast)] == [Dispatch]  # 1: orjson's
+    assert [type(a) for a in connection.receive_data(fast)] == [Dispatch]  # 1 + 5: orjson's
     assert connection.slow_read == 0
-    assert [type(a) for a in connection.receive_data(slow)] == [Dispatch]  # 1 + 10 tokens
+    assert [type(a) for a in connection.receive_data(slow)] == [Dispatch]  # 1 + 5 + 10 tokens
     assert connection.slow_read == 5003  # its commas and colons, plus one
-    assert [type(a) for a in connection.receive_data(slow)] == [Dispatch]  # 11 more
-    actions = connection.receive_data(slow)  # 7 tokens left: 4 short
-    assert throttle_delay(actions[1]) == pytest.approx(0.4)
+    actions = connection.receive_data(slow)  # 8 tokens left: 8 short
+    assert throttle_delay(actions[1]) == pytest.approx(0.8)
     # A package that fails to decode doesn't keep the last one's count (review68 A3).
     assert connection.receive_data(b"\x00junk")
     assert connection.slow_read == 0
@@ -600,10 +602,12 @@ def test_a_gossip_package_pays_for_the_containers_outside_its_data(clock: FakeCl
         ("[" * 2000, 2),
         ("{" * 1000 + " " * 1000, 1),
         ('{"x":"' + "a" * 10**6 + '"}', 0),
-        ('{"x":[' + "[]," * 2499 + "[]]}", 2),  # 2,502 containers
+        ('{"x":[' + "[]," * 2499 + "[]]}", 5),  # 2,502 containers, 2,500 commas and colons
+        ('{"x":"' + "a," * 1999 + '"}', 2),  # (in strings too)
+        ('{"x":[' + "1," * 2999 + "1]}", 3),
     ],
 )
-def test_body_cost_counts_a_token_per_thousand_containers(body_json: str, cost: int) -> None:
+def test_body_cost_counts_a_token_per_thousand_values(body_json: str, cost: int) -> None:
     assert body_cost(body_json) == cost
 
 

@@ -23,9 +23,9 @@ def test_count_chars_past_the_sparse_limit(count: int, gap: int) -> None:
     assert count_chars(text, "[{") == count
 
 
-def test_a_large_sparse_body_costs_nothing_for_its_containers() -> None:
+def test_a_large_sparse_body_costs_nothing_for_its_values() -> None:
     body = '{"data":"' + "x" * 262_133 + '"}'
-    assert count_chars(body, "[{") == 1
+    assert count_chars(body, "[{,:") == 2
     assert body_cost(body) == 0
     dense = "{" + ",".join(["[]"] * 5_000) + "}"
-    assert body_cost(dense) == 5
+    assert body_cost(dense) == 10  # 5,001 containers, 4,999 commas

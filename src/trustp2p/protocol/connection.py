@@ -26,7 +26,6 @@ from __future__ import annotations
 
 __all__ = [
     "CONTAINERS_PER_GOSSIP_TOKEN",
-    "CONTAINERS_PER_TOKEN",
     "GOSSIP_BYTES_PER_TOKEN",
     "MAX_ERROR_EVENT_CHARS",
     "MAX_ERROR_TEXT_CHARS",
@@ -34,6 +33,7 @@ __all__ = [
     "PONG_EVENT",
     "SLOW_VALUES_PER_GOSSIP_TOKEN",
     "SLOW_VALUES_PER_TOKEN",
+    "VALUES_PER_TOKEN",
     "WARN_INVALID",
     "ConnectionProtocol",
     "ConnectionState",
@@ -66,10 +66,10 @@ from .actions import (
 from .close import CloseCode, fit_reason
 from .costs import (
     CONTAINERS_PER_GOSSIP_TOKEN,
-    CONTAINERS_PER_TOKEN,
     GOSSIP_BYTES_PER_TOKEN,
     SLOW_VALUES_PER_GOSSIP_TOKEN,
     SLOW_VALUES_PER_TOKEN,
+    VALUES_PER_TOKEN,
     body_cost,
     gossip_cost,
 )

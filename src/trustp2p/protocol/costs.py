@@ -1,6 +1,6 @@
 """
 What a received package's body costs its peer's budgets beyond its one token: its JSON
-containers (read at about 0.1-0.3 µs each), the values read the slow way
+values and containers (read at about 0.02-0.3 µs each), the values read the slow way
 (:func:`~trustp2p.protocol.jsontext.slow_values`), and a gossip package's size. Counted
 on the text at C speed, before or right after it is read. No I/O here.
 
@@ -10,23 +10,27 @@ from __future__ import annotations
 
 __all__ = [
     "CONTAINERS_PER_GOSSIP_TOKEN",
-    "CONTAINERS_PER_TOKEN",
     "GOSSIP_BYTES_PER_TOKEN",
     "SLOW_VALUES_PER_GOSSIP_TOKEN",
     "SLOW_VALUES_PER_TOKEN",
+    "VALUES_PER_TOKEN",
     "body_cost",
     "count_chars",
     "gossip_cost",
 ]
 
 
-CONTAINERS_PER_TOKEN = 1_000
-"""JSON containers (``[`` and ``{``) in a received request's or talk's body that cost one
-more token of its peer's request budget. Reading a body costs the event loop about
-0.1-0.3 µs per container, less than 0.01 µs per character of a string: found by an
-attacker, 1 MB bodies of ``[[],[],...]`` (330,000 lists) took 80 ms each, at 100
-packages/s a peer. So a peer makes the node read about ``request_rate`` thousand
-containers a second (100,000 by default), besides its packages."""
+VALUES_PER_TOKEN = 1_000
+"""JSON values in a received request's or talk's body that cost one more token of its
+peer's request budget, counted as the ``[``, ``{``, ``,`` and ``:`` of its text (a
+container opens with one, each value after a container's first follows one, and so
+does each key's value). Reading a body costs the event loop about 0.1-0.3 µs per
+container and 0.02-0.2 µs per value, less than 0.01 µs per character of a string:
+found by an attacker, 1 MB bodies of ``[[],[],...]`` (330,000 lists) took 80 ms each
+at 100 packages/s a peer; and with only the brackets counted (attacker49 F2), 1 MiB of
+``["x","x",...]`` (259,000 strings) took 43 ms to read, of 95,000 keys 23 ms, at one
+token each: 14 a second kept a node's core busy. So a peer makes the node read about
+``request_rate`` thousand values a second (100,000 by default), besides its packages."""
 
 
 SLOW_VALUES_PER_TOKEN = 500
@@ -77,15 +81,15 @@ def count_chars(text: str, chars: str) -> int:
 
 def body_cost(body_json: str, slow: int = 0) -> int:
     """Tokens ``body_json`` costs beyond its package's one: one per
-    :data:`CONTAINERS_PER_TOKEN` brackets and braces in the text (those in strings too:
-    a text can't be counted more exactly at C speed; a peer's own requests and talks,
-    never others' it passes on), and one per :data:`SLOW_VALUES_PER_TOKEN` of the
-    ``slow`` values its reading took the slow way. A short text costs nothing for its
-    containers, and isn't counted."""
+    :data:`VALUES_PER_TOKEN` brackets, braces, commas and colons in the text (those in
+    strings too: a text can't be counted more exactly at C speed; a peer's own requests
+    and talks, never others' it passes on), and one per :data:`SLOW_VALUES_PER_TOKEN`
+    of the ``slow`` values its reading took the slow way. A short text costs nothing
+    for its values, and isn't counted."""
     tokens = slow // SLOW_VALUES_PER_TOKEN
-    if len(body_json) < 2 * CONTAINERS_PER_TOKEN:  # can't hold that many containers
+    if len(body_json) < 2 * VALUES_PER_TOKEN:  # can't hold that many values
         return tokens
-    return tokens + count_chars(body_json, "[{") // CONTAINERS_PER_TOKEN
+    return tokens + count_chars(body_json, "[{,:") // VALUES_PER_TOKEN
 
 
 CONTAINERS_PER_GOSSIP_TOKEN = 100
