@@ -221,6 +221,28 @@ async def test_a_hurried_stop_gives_up_a_stop_that_hangs_and_says_what_it_waited
     assert node.stop_waits.waiting == []
 
 
+async def test_the_stop_says_how_many_closing_handshakes_are_left(
+    make_node: MakeNode,
+) -> None:
+    """tester49 F2: the stop's line said the connections it began closing ("2
+    connection(s)" 3 s in, when 1 was left): it says those left when it is said."""
+    server = await make_node(server=True, close_timeout=60.0)
+    frozen = await make_node(client=True, peers=[server.url])
+    live = await make_node(client=True, peers=[server.url])
+    assert frozen.client is not None and live.client is not None
+    await frozen.client.wait_connected()
+    await live.client.wait_connected()
+    assert server.server is not None
+    await wait_for(lambda: len(server.server.sockets) == 2)
+    frozen.client.sockets[0].pause_reading()
+    stopping = asyncio.ensure_future(server.stop())
+    left = ["the closing handshake of 1 connection(s)"]  # (the live one's answered)
+    await wait_for(lambda: server.stop_waits.waiting == left)
+    server.stop_waits.hurry()
+    async with asyncio.timeout(30):
+        await stopping
+
+
 async def test_a_hurried_stop_drops_a_connection_whose_close_is_not_answered(
     make_node: MakeNode,
 ) -> None:

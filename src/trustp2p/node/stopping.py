@@ -52,6 +52,16 @@ awaits), hurried too, past what is left of ``close_timeout`` for it: then it is 
 running (:meth:`StopWaits.wait_cancelled`)."""
 
 
+Said = str | Callable[[], str]
+"""What a wait of the stop waits for: a text, or a function that says it when it is
+said (tester49 F2: a count taken at the wait's start said 2 connections when 1 was
+left)."""
+
+
+def _text(what: Said) -> str:
+    return what if isinstance(what, str) else what()
+
+
 class StopWaits:
     """
     The waits of a node's stop: what each waits for (:attr:`waiting`), said at INFO on
@@ -68,7 +78,7 @@ class StopWaits:
 
     def __init__(self, log: logging.Logger) -> None:
         self._log = log
-        self._waiting: dict[object, str] = {}
+        self._waiting: dict[object, Said] = {}
         self._hurry: asyncio.Event | None = None
         self.hint = ""
         self.hurried = False
@@ -77,7 +87,7 @@ class StopWaits:
     def waiting(self) -> list[str]:
         """What the stop waits for now: ``"stop() of app.py"``, ``"2 gossip
         handler(s) running"``..."""
-        return list(self._waiting.values())
+        return [_text(what) for what in self._waiting.values()]
 
     def hurry(self) -> list[str]:
         """Give up the stop's waits now, and those after it at once, as at their
@@ -89,11 +99,12 @@ class StopWaits:
         return waiting
 
     async def wait(
-        self, what: str, futures: Collection[asyncio.Future[Any]], timeout: float
+        self, what: Said, futures: Collection[asyncio.Future[Any]], timeout: float
     ) -> set[asyncio.Future[Any]]:
-        """Wait for ``futures`` (``what`` they are, as said), ``timeout`` seconds at
-        most; once hurried, a loop turn only (a ``stop()`` that doesn't wait still
-        runs). Return those not done, for the caller to cancel."""
+        """Wait for ``futures`` (``what`` they are, as said: a text, or a function that
+        says it when it is said), ``timeout`` seconds at most; once hurried, a loop
+        turn only (a ``stop()`` that doesn't wait still runs). Return those not done,
+        for the caller to cancel."""
         if self.hurried or not futures:
             if futures:
                 await asyncio.sleep(0)
@@ -132,9 +143,10 @@ class StopWaits:
             left = {future for future in left if not future.done()}
         return left
 
-    def _say(self, what: str, timeout: float) -> None:
+    def _say(self, what: Said, timeout: float) -> None:
         hint = f"; {self.hint}" if self.hint else ""
-        self._log.info("x the stop waits for %s (%g s at most%s)", what, timeout, hint)
+        said = _text(what)
+        self._log.info("x the stop waits for %s (%g s at most%s)", said, timeout, hint)
 
 
 async def stop_threads(node: Node, caller: asyncio.Task[Any] | None) -> None:
