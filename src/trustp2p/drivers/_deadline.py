@@ -125,6 +125,18 @@ class FrameDeadline(Socket):
         """Read nothing more from the connection (it is closing)."""
         raise NotImplementedError
 
+    def _next_turn(self) -> None:
+        """This connection's turn of the event loop iteration is over
+        (``DriverOptions.read_turn``): reading pauses, and what it holds is delivered
+        in the next iteration (``_deliver_held``), before anything read after it."""
+        self._stop_reading()
+        self._stop_frame_clock()  # our pause is not the peer's stall
+        self._loop.call_soon(self._deliver_held)
+
+    def _deliver_held(self) -> None:
+        """Deliver what was held, a turn's worth; then resume reading (the drivers')."""
+        raise NotImplementedError
+
     def _stop_frame_clock(self, *, cancel: bool = False) -> None:
         """Our pause is not the peer's stall; ``cancel``: the connection ended."""
         self._frame_started = None

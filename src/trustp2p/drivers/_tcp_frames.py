@@ -12,6 +12,7 @@ __all__ = ["DataFrames"]
 
 import logging
 import struct
+from time import perf_counter
 from typing import Final
 
 from .base import Listener, Socket, SocketStats
@@ -29,14 +30,26 @@ class DataFrames:
     :attr:`stop` whenever it may no longer deliver (reading paused, a close sent, the
     rest discarded), so that a listener's callback that pauses or closes it stops the
     loop at the next frame.
+
+    A read's turn (``DriverOptions.read_turn``, ``turn``) starts with
+    :meth:`start_turn`; once a message's delivery ends past it, :attr:`turned` is set
+    and the loop stops: the socket holds the rest for the next iteration.
     """
 
-    def __init__(self, listener: Listener, stats: SocketStats, limit: int):
+    def __init__(self, listener: Listener, stats: SocketStats, limit: int, turn: float):
         # (Not the socket: a cycle, freed by the collector only: review66 B1.)
         self.on_message = listener.on_message
         self.stats = stats
         self.limit = limit  # the largest data frame delivered (max_message_size)
         self.stop = False
+        self.turn = turn
+        self.turn_end = 0.0
+        self.turned = False
+
+    def start_turn(self) -> None:
+        """A read's turn starts now."""
+        self.turn_end = perf_counter() + self.turn
+        self.turned = False
 
     def deliver(self, socket: Socket, view: memoryview, pos: int, end: int) -> int:
         """
@@ -47,6 +60,7 @@ class DataFrames:
         """
         limit = self.limit
         on_message = self.on_message
+        turn_end = self.turn_end
         count = size = 0
         while pos < end and not self.stop:
             if end - pos < 4:
@@ -65,6 +79,9 @@ class DataFrames:
                 on_message(socket, bytes(view[start:stop]))
             except Exception:  # a bug in the listener must not break the transport
                 logger.error("! listener failed on a message from %s", socket.peer, exc_info=True)
+            if perf_counter() > turn_end:
+                self.turned = True
+                break
         if count:  # counted once per read
             stats = self.stats
             stats.messages_in += count

@@ -38,6 +38,7 @@ __all__ = [
     "accept_hook",
     "dropped_reason",
     "fit_reason",
+    "turn_length",
 ]
 
 import abc
@@ -45,6 +46,7 @@ import asyncio
 import enum
 import itertools
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -119,6 +121,13 @@ class DriverOptions:
         accept_retry_max: When accepting fails (``tcp``, ``ws``), e.g. for want of file
             descriptors, accepting pauses, 50 ms at first and doubling up to this, in
             seconds; one warning is logged per episode.
+        read_turn: Most of one event loop iteration a connection's messages take, in
+            seconds (5 ms): past it, the rest of what was read from it waits for the
+            next iteration, and reading from it pauses until they are delivered, so
+            that every connection gets its turn each iteration (attacker48 F1: a read
+            of a flooding peer's thousands of packages held the loop for seconds).
+            Never reorders a connection's messages, and every message read before a
+            close arrives before it. ``None``: a read's messages all go at once.
 
     """
 
@@ -129,6 +138,7 @@ class DriverOptions:
     write_limit: int = 2**16
     trust_real_ip: bool = True
     accept_retry_max: float = 1.0
+    read_turn: float | None = 0.005
 
 
 @dataclass(slots=True)
@@ -193,6 +203,13 @@ def dropped_reason(sent: tuple[int, str] | None) -> str:
     if sent is None:
         return ""
     return f"no close frame received; sent {sent[0]} {sent[1]}".rstrip()
+
+
+def turn_length(options: DriverOptions) -> float:
+    """:attr:`DriverOptions.read_turn`, infinite for ``None``: a read's turn ends once
+    :func:`time.perf_counter` passes its start plus this."""
+    turn = options.read_turn
+    return math.inf if turn is None else turn
 
 
 def accept_hook(listener: Listener) -> Callable[[Socket], None] | None:

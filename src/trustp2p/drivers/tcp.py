@@ -72,7 +72,6 @@ import asyncio
 import enum
 import logging
 import struct
-from urllib.parse import urlsplit
 
 from ..exceptions import ConnectionDropped, DriverError
 from ._deadline import FrameDeadline
@@ -85,6 +84,7 @@ from ._stream import (
     serve,
 )
 from ._tcp_frames import DataFrames
+from ._tcp_url import parse_url
 from .base import (
     DROPPED,
     FRAME_PROGRESS,
@@ -94,6 +94,7 @@ from .base import (
     Listener,
     Listening,
     Socket,
+    turn_length,
 )
 
 logger = logging.getLogger(__name__)
@@ -168,9 +169,10 @@ class TcpSocket(FrameDeadline, StreamSocket):
         self._got = 0
         self._frame_started: float | None = None  # see FrameDeadline
         self._frame_timer: asyncio.TimerHandle | None = None
-        self._pending = b""  # bytes read before a pause_reading(), from a frame boundary
+        # Bytes read before a pause_reading() or a turn's end, from a frame boundary.
+        self._pending: bytes | memoryview = b""
         self._heard = False  # any byte came
-        self._frames = DataFrames(listener, self.stats, self._limit)  # .stop: below
+        self._frames = DataFrames(listener, self.stats, self._limit, turn_length(options))
 
     # Socket API
 
@@ -268,6 +270,7 @@ class TcpSocket(FrameDeadline, StreamSocket):
             return
         view = _receive_buffer.view
         pos = 0
+        self._frames.start_turn()
         if self._size >= 0 or self._head:
             pos = self._continue_frame(view, nbytes)
             if pos < 0:
@@ -328,14 +331,19 @@ class TcpSocket(FrameDeadline, StreamSocket):
         """Handle the frames in ``view[pos:end]``, which starts at a frame boundary."""
         frames = self._frames
         while pos < end:
-            if self._paused_reading or self._discarding:  # a callback paused or closed
+            # A callback paused or closed, or the turn is over (DriverOptions.read_turn).
+            if self._paused_reading or self._discarding or frames.turned:
                 if not self._discarding:
-                    self._pending = bytes(view[pos:end])
+                    # (held bytes are kept as they are: a turn after a turn copies none)
+                    held = isinstance(view.obj, bytes)
+                    self._pending = view[pos:end] if held else bytes(view[pos:end])
+                    if frames.turned and not self._paused_reading:
+                        self._next_turn()
                 return
             if self._state <= _ENDING:  # else we sent a close: drop what follows
                 frames.stop = False
                 pos = frames.deliver(self, view, pos, end)  # the whole data frames from pos
-                if pos == end or frames.stop:
+                if pos == end or frames.stop or frames.turned:
                     continue
             # A partial frame, a control frame, one over the limit, or data after our close.
             if end - pos < 4:
@@ -457,11 +465,16 @@ class TcpSocket(FrameDeadline, StreamSocket):
         pending = self._pending
         if pending and not self._discarding:
             self._pending = b""
+            self._frames.start_turn()
             self._parse(memoryview(pending), 0, len(pending))
         if not self._pending:
             self._end_now()  # if the connection ended meanwhile: nothing is held now
-        if not self._paused_reading:
-            self._resume_transport()
+            if not self._paused_reading:
+                self._resume_transport()
+
+    def _stop_reading(self) -> None:
+        if self._transport is not None and self._transport.is_reading():
+            self._transport.pause_reading()
 
     def _resume_transport(self) -> None:
         if self._size >= 0 or self._head:
@@ -531,28 +544,6 @@ class TcpListening(ServerListening):
     """A TCP server listening for connections."""
 
 
-def _parse_url(url: str) -> tuple[str, int]:
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        port = parts.port
-    except ValueError as exc:
-        raise DriverError(f"invalid TCP URL {url!r}: {exc}") from exc
-    if parts.scheme != "tcp":
-        problem = "scheme isn't tcp"
-    elif not host:
-        problem = "no host"
-    elif not port:
-        problem = "no port"
-    elif parts.username is not None or parts.password is not None:
-        problem = "credentials aren't allowed"
-    elif parts.query or parts.fragment:
-        problem = "query or fragment isn't allowed"
-    else:
-        return host, port
-    raise DriverError(f"invalid TCP URL {url!r}: {problem}")
-
-
 class TcpDriver(Driver):
     """
     TCP (``tcp://host:port``) driver; the wire format is in the module docstring.
@@ -594,7 +585,7 @@ class TcpDriver(Driver):
         return listening
 
     async def connect(self, url: str, listener: Listener) -> Socket:
-        host, port = _parse_url(url)
+        host, port = parse_url(url)
         socket = TcpSocket(listener=listener, options=self.options, inbound=False, peer=url)
         await socket.dial(host, port)
         return socket
