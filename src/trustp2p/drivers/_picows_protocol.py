@@ -6,16 +6,25 @@ starts and ends and when bytes arrive, and keeps picows' own log at DEBUG.
 
 from __future__ import annotations
 
-__all__ = ["PicowsProtocol", "retrieve_failure"]
+__all__ = ["PicowsProtocol", "real_ip_listener", "retrieve_failure"]
 
 import asyncio
+import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
-from picows import WSAutoPingStrategy, WSTransport
+from picows import (
+    WSAutoPingStrategy,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
+from ..protocol.limits import is_loopback
 from ._upgrade import upgrade_refusal
+from .base import DriverOptions
 
 if TYPE_CHECKING:
     from .ws_picows import PicowsSocket
@@ -95,6 +104,7 @@ class PicowsProtocol(WSProtocol):  # type: ignore[misc]
         if self._head is not None and not self._may_upgrade(nbytes):
             return  # closed
         before = socket.frames_read
+        socket.start_turn()
         super().buffer_updated(nbytes)  # on_ws_frame() for each frame completed
         if socket.frames_read == before:
             socket.read_incomplete(now, nbytes)
@@ -113,3 +123,24 @@ class PicowsProtocol(WSProtocol):  # type: ignore[misc]
         if refusal is not None:
             self.socket.refuse_upgrade(refusal)
         return refusal is None
+
+
+def real_ip_listener(
+    socket: PicowsSocket, request: WSUpgradeRequest, options: DriverOptions
+) -> Any:
+    """picows' listener factory, server side: take a loopback proxy's ``X-Real-IP``
+    (``trust_real_ip``) as ``socket``'s host, and upgrade to ``socket``; refuse a
+    header that is invalid or repeated."""
+    if options.trust_real_ip and is_loopback(socket.host):
+        real_ips = request.headers.getall("X-Real-IP", [])
+        if real_ips:
+            try:
+                if len(real_ips) > 1:
+                    raise ValueError("repeated header")
+                socket.host = str(ipaddress.ip_address(real_ips[0].strip()))
+            except ValueError:
+                response = WSUpgradeResponse.create_error_response(
+                    400, b"Invalid X-Real-IP header.\n"
+                )
+                return WSUpgradeResponseWithListener(response, None)
+    return socket

@@ -29,6 +29,7 @@ import itertools
 import weakref
 from collections import deque
 from collections.abc import Iterable
+from time import perf_counter
 from urllib.parse import urlsplit
 
 from ..exceptions import ConnectionDropped, DriverError
@@ -41,6 +42,7 @@ from .base import (
     Listening,
     Socket,
     dropped_reason,
+    turn_length,
 )
 
 _OPEN, _CLOSING, _CLOSED = range(3)
@@ -59,6 +61,10 @@ class _Close:
     def __init__(self, code: int, reason: str) -> None:
         self.code = code
         self.reason = reason
+
+
+_ABORTED = _Close(CloseCode.ABNORMAL_CLOSURE, "")
+"""In an inbox, behind the messages that arrived before it: the other end aborted."""
 
 
 class MemoryHub:
@@ -370,7 +376,12 @@ class MemorySocket(Socket):
     def peer_aborted(self) -> None:
         """The other end aborted: this end is closed at once, with code 1006; while it
         was open and the peer's close frame wasn't on its way, that is a
-        :exc:`ConnectionDropped`, as a reset is on a stream."""
+        :exc:`ConnectionDropped`, as a reset is on a stream. Messages that arrived before
+        it and wait for their turn (``read_turn``), not for a pause, are delivered first,
+        as a stream driver delivers what it read (a burst then a close: review93 M1)."""
+        if self._inbox and not self._paused and self._state == _OPEN:
+            self._inbox.append(_ABORTED)
+            return
         flying = (item for _, item in self._in_flight or ())
         waiting = itertools.chain(self._inbox or (), flying)
         closed = any(type(item) is _Close for item in waiting)
@@ -431,10 +442,14 @@ class MemorySocket(Socket):
         if inbox is None:
             return
         limit = self._options.max_message_size
+        turn_end = perf_counter() + turn_length(self._options)  # (DriverOptions.read_turn)
         while inbox and not self._paused and self._state != _CLOSED:
             item = inbox.popleft()
             if isinstance(item, _Close):
-                self._receive_close(item)
+                if item is _ABORTED:
+                    self.peer_aborted()
+                else:
+                    self._receive_close(item)
                 continue
             self._inbox_size -= len(item)
             if self._state != _OPEN:
@@ -447,6 +462,9 @@ class MemorySocket(Socket):
                 self.close_soon(CloseCode.MESSAGE_TOO_BIG, "message too big")
                 continue
             self._deliver(item)
+            if inbox and perf_counter() > turn_end:  # the rest: the next iteration
+                self._schedule_flush()
+                break
         if not inbox and self._inbox is inbox:
             self._inbox = None
         if self._drain_waiters and self._inbox_size <= self._options.write_limit:

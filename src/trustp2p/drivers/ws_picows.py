@@ -21,11 +21,11 @@ from __future__ import annotations
 __all__ = ["PicowsDriver", "PicowsSocket"]
 
 import asyncio
-import ipaddress
 import logging
 import re
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from picows import (
@@ -36,18 +36,16 @@ from picows import (
     WSMsgType,
     WSTransport,
     WSUpgradeRequest,
-    WSUpgradeResponse,
-    WSUpgradeResponseWithListener,
 )
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
 from ..exceptions import DriverError
-from ..protocol.limits import TokenBucket, is_loopback
+from ..protocol.limits import TokenBucket
 from ..protocol.path import PathView
 from . import _tcp_info
 from ._deadline import FrameDeadline
-from ._picows_protocol import PicowsProtocol, retrieve_failure
+from ._picows_protocol import PicowsProtocol, real_ip_listener, retrieve_failure
 from ._stream import (
     COALESCE_LIMIT,
     DrainWaiters,
@@ -72,6 +70,7 @@ from .base import (
     Listening,
     Socket,
     fit_reason,
+    turn_length,
 )
 
 logger = logging.getLogger(__name__)
@@ -111,7 +110,9 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._drop_all = False  # a close frame went out: drop data frames
-        self._held: deque[bytes | str] = deque()  # messages read before pause_reading()
+        self._held: deque[bytes | str] = deque()  # read before pause_reading(), a turn's end
+        # DriverOptions.read_turn; _turned: this read's turn is over, the rest is held.
+        self._turn, self._turn_end, self._turned = turn_length(options), 0.0, False
         self._held_close: WSTransport | None = None  # the peer's close, behind them
         self._fragments: list[bytes] = []
         self._fragment_text = False
@@ -221,7 +222,8 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
             kind is WSMsgType.BINARY
             and frame.fin
             and self._open  # not aborted, no close frame from us or the peer
-            and not (self._fragments or self._paused_reading or transport.is_close_frame_sent)
+            and not (self._fragments or self._paused_reading or self._turned)
+            and not transport.is_close_frame_sent
         ):
             # The common case: Socket._deliver, written out (a call less per message).
             data = frame.get_payload_as_bytes()
@@ -232,6 +234,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
                 self._listener.on_message(self, data)
             except Exception:  # a bug in the listener must not break the transport
                 logger.error("! listener failed on a message from %s", self.peer, exc_info=True)
+            self._turned = perf_counter() > self._turn_end  # the rest: the next iteration
             return
         self.last_seen = now = self._loop.time()
         small = kind in _CONTROL or (not frame.fin and frame.payload_size < FRAME_PROGRESS)
@@ -292,10 +295,16 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         """The options it was made with."""
         return self._options
 
+    def start_turn(self) -> None:
+        """A read starts: its messages' turn (``DriverOptions.read_turn``)."""
+        self._turn_end, self._turned = perf_counter() + self._turn, False
+
     def read_complete(self, now: float, nbytes: int) -> None:
         """A read (``buffer_updated``) completed a frame: no frame deadline runs, unless
-        a fragmented message is still open (see FrameDeadline)."""
-        if not self._fragments:
+        a fragmented message is still open (see FrameDeadline), or a turn ended."""
+        if self._held and not self._paused_reading:
+            self._next_turn()  # a turn's end held the rest
+        elif not self._fragments:
             self._frame_started = None
         elif not self._paused_reading:
             self._watch_frames(False, now, nbytes)
@@ -353,23 +362,10 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
 
     def server_listener(self, request: WSUpgradeRequest) -> Any:
         """picows' listener factory, server side: check ``X-Real-IP`` and upgrade."""
-        if self._options.trust_real_ip and is_loopback(self.host):
-            real_ips = request.headers.getall("X-Real-IP", [])
-            if real_ips:
-                try:
-                    if len(real_ips) > 1:
-                        raise ValueError("repeated header")
-                    self.host = str(ipaddress.ip_address(real_ips[0].strip()))
-                except ValueError:
-                    response = WSUpgradeResponse.create_error_response(
-                        400, b"Invalid X-Real-IP header.\n"
-                    )
-                    return WSUpgradeResponseWithListener(response, None)
-        return self
+        return real_ip_listener(self, request, self._options)
 
     def client_listener(self) -> PicowsSocket:
-        """picows' listener factory, client side."""
-        return self
+        return self  # picows' listener factory, client side
 
     async def dial(self, protocol: PicowsProtocol, host: str, port: int, ssl: bool | None) -> None:
         """Connect to ``host`` and ``port`` and wait for the upgrade, within
@@ -401,10 +397,11 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
     def _receive(self, data: bytes | str) -> None:
         if self._close_sent or self._aborted:
             return  # drop what the peer sent after our close frame, or once we aborted
-        if self._paused_reading:
+        if self._paused_reading or self._turned or self._held:
             self._held.append(data)
         else:
             self._deliver(data)
+            self._turned = perf_counter() > self._turn_end
 
     def _receive_fragment(self, frame: WSFrame) -> None:
         kind = frame.msg_type
@@ -528,12 +525,15 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         return f"{len(self._held)} message(s)"
 
     def _deliver_held(self) -> None:
-        held = self._held
+        held, turn_end = self._held, perf_counter() + self._turn
         while held and not self._paused_reading:
             if self._close_sent or self._aborted:  # we closed: drop the rest, as _receive
                 held.clear()
                 break
             self._deliver(held.popleft())
+            if held and perf_counter() > turn_end:
+                self._next_turn()
+                return
         if not held and self._held_close is not None:
             ws, self._held_close = self._held_close, None
             if self._end is None:  # else the connection ended: nothing to answer on
