@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -488,3 +489,36 @@ async def test_pipelined_packages_over_websocket_arrive_whole_and_in_order() -> 
         listening.close()
         for raw in server.layer.raw_sockets + client.layer.raw_sockets:
             raw.abort()
+
+
+def burn(seconds: float) -> None:
+    """Take the CPU for ``seconds``, as a handler's work on a package does."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def test_a_batch_of_many_packages_is_delivered_in_turns(net: Net) -> None:
+    """A batch's packages take a turn of an event loop iteration (``read_turn``), the
+    rest held and the raw socket paused: another connection's package gets in among
+    them (before: after all 600, a batch being delivered at once), in order."""
+    opened, accepted = await connect_secure(net, Side(Identity.generate()))
+    other, served = await connect_secure(net, Side(Identity.generate()))
+    events = net.server.events
+    order: list[Socket] = []
+
+    def hook(socket: Socket, data: bytes | str) -> None:
+        order.append(socket)
+        if socket is accepted:
+            burn(0.1 * MS)
+            if len(order) == 1:
+                other.write(b"echo?")
+
+    events.on_message_hook = hook
+    packages = [b"%05d" % i for i in range(600)]
+    for package in packages:
+        opened.write(package)  # one batch
+    opened.write(b"after")  # the batch's last
+    assert await events.wait_messages(accepted, 601, timeout=10.0) == [*packages, b"after"]
+    assert await events.wait_messages(served, 1) == [b"echo?"]
+    assert order.index(served) < 300, order.index(served)

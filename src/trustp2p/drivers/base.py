@@ -25,6 +25,7 @@ __all__ = [
     "CONTROL_RATE",
     "DROPPED",
     "FRAME_PROGRESS",
+    "READ_TURN",
     "UPGRADE_FAILED",
     "AcceptListener",
     "CloseCode",
@@ -79,6 +80,10 @@ CONTROL_RATE = 20.0
 CONTROL_BURST = 200
 """...with this burst; past it the connection is closed with 1008 ("too many control
 frames")."""
+
+
+READ_TURN = 0.005
+"""The default :attr:`DriverOptions.read_turn`, in seconds."""
 
 
 class DriverEvent(enum.Enum):
@@ -138,7 +143,7 @@ class DriverOptions:
     write_limit: int = 2**16
     trust_real_ip: bool = True
     accept_retry_max: float = 1.0
-    read_turn: float | None = 0.005
+    read_turn: float | None = READ_TURN
 
 
 @dataclass(slots=True)
