@@ -191,3 +191,22 @@ async def test_a_burst_then_a_close_outlasting_the_close_timer_is_all_delivered(
         assert events.messages(server) == sent
     finally:
         writer.transport.abort()
+
+
+async def test_a_peers_abort_then_a_node_pause_ends_within_the_close_timeout() -> None:
+    """memory: the peer aborts while messages wait for their turn, then the node pauses
+    among them for good: the end comes ``close_timeout`` after the abort, what waits
+    dropped, as a stream driver's (review94 F3: never, while the pause lasted)."""
+    hub = MemoryHub()
+    harness = DriverHarness(lambda options: MemoryDriver(options, hub=hub), "127.0.0.1")
+    try:
+        pair = await harness.pair(DriverOptions(close_timeout=10 * MS, read_turn=0))
+        events = pair.server_events
+        events.on_message_hook = pause_at(events, 5)  # the node pauses at the 5th
+        for i in range(50):
+            pair.client.write(b"%d" % i)
+        pair.client.abort()
+        await events.next(DriverEvent.CLOSE, pair.server, timeout=TIMEOUT)
+        assert len(events.messages(pair.server)) == 5
+    finally:
+        await harness.aclose()

@@ -79,7 +79,7 @@ class DataFrames:
                 on_message(socket, bytes(view[start:stop]))
             except Exception:  # a bug in the listener must not break the transport
                 logger.error("! listener failed on a message from %s", socket.peer, exc_info=True)
-            if perf_counter() > turn_end:
+            if pos < end and perf_counter() > turn_end:  # (more follow: the clock read)
                 self.turned = True
                 break
         if count:  # counted once per read

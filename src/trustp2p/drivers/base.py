@@ -390,7 +390,8 @@ class Socket(abc.ABC):
 
     def _deliver(self, data: bytes | str) -> None:
         """Report one received message to the listener. The driver set
-        :attr:`last_seen` when the bytes arrived: the clock isn't read per message.
+        :attr:`last_seen` when the bytes arrived: the loop's clock isn't read per
+        message (a turn's is, after a message that more of the read follow: ``read_turn``).
         (The picows driver's frame loop has a copy, and the tcp driver's loop,
         ``DataFrames.deliver``, a variant that counts a read's messages after them: change
         them together.)"""

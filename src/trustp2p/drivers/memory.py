@@ -381,13 +381,27 @@ class MemorySocket(Socket):
         as a stream driver delivers what it read (a burst then a close: review93 M1)."""
         if self._inbox and not self._paused and self._state == _OPEN:
             self._inbox.append(_ABORTED)
+            # A node pausing among them ends it close_timeout on (review94 F3: never).
+            self._loop.call_later(self._options.close_timeout, self._abort_overdue)
             return
         flying = (item for _, item in self._in_flight or ())
         waiting = itertools.chain(self._inbox or (), flying)
-        closed = any(type(item) is _Close for item in waiting)
+        closed = any(type(item) is _Close and item is not _ABORTED for item in waiting)
         if self._state == _OPEN and self._announced and not closed:
             self._report("on_error", ConnectionDropped(DROPPED))
         self._connection_lost(CloseCode.ABNORMAL_CLOSURE, dropped_reason(self._close_sent))
+
+    def _abort_overdue(self) -> None:
+        """The peer aborted ``close_timeout`` ago, its messages wait: the end now."""
+        inbox = self._inbox
+        if self._state == _CLOSED or not inbox or _ABORTED not in inbox:
+            return
+        if not self._paused:  # still delivering them, in turns: wait again
+            self._loop.call_later(self._options.close_timeout, self._abort_overdue)
+            return
+        inbox.clear()  # (the node paused reading among them: dropped)
+        self._inbox_size = 0
+        self.peer_aborted()
 
     # Internals
 

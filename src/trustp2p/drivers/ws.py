@@ -273,7 +273,8 @@ class WsSocket(FrameDeadline, StreamSocket):
                         self._held.append(event)  # (behind those a turn's end held)
                     else:
                         self._receive_frame(event)
-                        if perf_counter() > turn_end:  # the rest waits for the next turn
+                        # The rest waits for the next turn (the clock read if more follow).
+                        if event is not events[-1] and perf_counter() > turn_end:
                             self._held = deque()
                 elif event.opcode is not Opcode.CLOSE and not self._small_frame(now):
                     break

@@ -75,7 +75,6 @@ def make_secure_layer(node: Node, identity: Identity) -> SecureLayer:
         close_timeout=options.close_timeout,
         time_inbound=False,  # the inbound deadline runs from TCP accept
         max_package_size=options.max_package_size,
-        read_turn=options.driver_options().read_turn,
     )
 
 

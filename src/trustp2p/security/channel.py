@@ -26,15 +26,7 @@ import functools
 import logging
 from collections.abc import Callable
 
-from ..drivers.base import (
-    READ_TURN,
-    CloseCode,
-    Listener,
-    Listening,
-    Socket,
-    accept_hook,
-    fit_reason,
-)
+from ..drivers.base import CloseCode, Listener, Listening, Socket, accept_hook, fit_reason
 from ..exceptions import (
     ChannelError,
     ConnectionClosed,
@@ -94,9 +86,6 @@ class SecureLayer:
         max_package_size: Limit on a reassembled package, in bytes.
         noise_key: The node's Noise static key, signed by ``identity``, if made
             already; the layer makes one otherwise.
-        read_turn: Most of an event loop iteration a batch's packages take, in seconds,
-            as the drivers' ``read_turn``: past it, the rest of the batch waits for the
-            next iteration, the raw socket paused (``None``: a batch goes at once).
 
     """
 
@@ -112,7 +101,6 @@ class SecureLayer:
         time_inbound: bool = True,
         max_package_size: int | None = 2**20,
         noise_key: NoiseKey | None = None,
-        read_turn: float | None = READ_TURN,
     ) -> None:
         self._listener = listener
         self._on_accept = accept_hook(listener)
@@ -128,7 +116,6 @@ class SecureLayer:
         self._timeout = handshake_timeout
         self._close_timeout = close_timeout
         self._max_size = max_package_size
-        self._read_turn = read_turn
         self._handshakes: dict[ConnId, _Handshake] = {}
         self._secure: dict[ConnId, SecureSocket] = {}
         self._raw: dict[ConnId, Socket] = {}  # every raw connection until it closes
@@ -288,7 +275,6 @@ class SecureLayer:
             static_key=noise.remote_static_key,
             listener=self._listener,
             max_size=self._max_size,
-            read_turn=self._read_turn,
         )
         self._secure[raw.id] = secure
         if raw.inbound:

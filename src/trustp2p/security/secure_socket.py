@@ -14,13 +14,11 @@ __all__ = ["SecureSocket", "with_peer"]
 import asyncio
 import functools
 import logging
-import math
 from collections import deque
 from collections.abc import Callable
-from time import perf_counter
 from typing import TYPE_CHECKING, TypeVar
 
-from ..drivers.base import READ_TURN, CloseCode, Listener, Socket, fit_reason
+from ..drivers.base import CloseCode, Listener, Socket, fit_reason
 from ..exceptions import ChannelError, ConnectionClosed, ProtocolError
 from ..identity import PeerId
 from .noise import MAX_NOISE_MESSAGE, NoiseTransport
@@ -69,7 +67,6 @@ class SecureSocket(Socket):
         static_key: bytes,
         listener: Listener,
         max_size: int | None,
-        read_turn: float | None = READ_TURN,
     ) -> None:
         super().__init__(listener=listener, inbound=raw.inbound, peer=raw.peer, host=raw.host)
         self.raw = raw
@@ -82,8 +79,6 @@ class SecureSocket(Socket):
         self._pending_size = 0
         self._paused = False
         self._held: deque[bytes] | None = None  # received in a batch, while paused
-        self._turn = math.inf if read_turn is None else read_turn  # (as the drivers')
-        self._turned = False  # a batch's turn ended: the raw socket paused, not the node
         self._closing = False  # we closed or aborted: deliver no more
         # The raw connection's end, waiting for the packages held (end_after_held()).
         self._end: tuple[Callable[[], None], asyncio.TimerHandle] | None = None
@@ -289,16 +284,12 @@ class SecureSocket(Socket):
             self.raw.resume_reading()
 
     def _deliver_held(self) -> None:
-        held, turn_end = self._held, perf_counter() + self._turn
-        self._turned = False
+        held = self._held
         while held and not self._paused:
             if self._closing:  # we closed meanwhile: drop the rest, as drivers do
                 held.clear()
                 break
             self._deliver(held.popleft())
-            if held and perf_counter() > turn_end:
-                self._next_turn()
-                return
         if not held:
             self._held = None
             self._report_errors()  # of the raw connection, after what came before them
@@ -320,30 +311,16 @@ class SecureSocket(Socket):
         if isinstance(message, str):
             raise ChannelError("text frame on a secure connection")
         packages = self._transport.open(message, max_size=self._max_size)
-        if self._held is not None:  # still paused, or a turn's end: behind what waits
+        if self._held is not None:  # still paused: behind what waits
             self._held.extend(packages)
             return
-        turn_end = perf_counter() + self._turn
         for i, data in enumerate(packages):
             if self._paused:  # a handler paused reading within a batch
                 self._held = deque(packages[i:])
                 return
             if i and self._closing:  # a handler closed the connection within a batch
                 return  # the rest is dropped, as a driver drops what follows our close
-            if i and perf_counter() > turn_end:  # a batch of many: the rest, in turns
-                self._held = deque(packages[i:])
-                self._next_turn()
-                return
             self._deliver(data)
-
-    def _next_turn(self) -> None:
-        """The batch's turn of this iteration is over (``DriverOptions.read_turn``): the
-        raw socket pauses, and what is held goes in the next iteration, before what the
-        raw socket reads after it."""
-        if not self._turned:
-            self._turned = True
-            self.raw.pause_reading()
-            self._loop.call_soon(self._deliver_held)
 
     def _deliver(self, data: bytes | str) -> None:
         # As Socket._deliver, less the clock: the raw socket keeps last_seen.
