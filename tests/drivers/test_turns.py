@@ -17,9 +17,10 @@ import pytest
 from tests.conftest import MS, stays
 from tests.drivers.conformance import QUIET, TIMEOUT, DriverHarness, pause_at
 from trustp2p.drivers import DriverEvent, DriverOptions, Socket
-from trustp2p.drivers.memory import MemoryDriver, MemoryHub
+from trustp2p.drivers.memory import MemoryDriver, MemoryHub, MemorySocket
 from trustp2p.drivers.tcp import TcpDriver
 from trustp2p.drivers.ws import WsDriver
+from trustp2p.exceptions import ConnectionDropped
 
 DRIVERS = {"tcp": TcpDriver, "ws": WsDriver}
 
@@ -208,5 +209,51 @@ async def test_a_peers_abort_then_a_node_pause_ends_within_the_close_timeout() -
         pair.client.abort()
         await events.next(DriverEvent.CLOSE, pair.server, timeout=TIMEOUT)
         assert len(events.messages(pair.server)) == 5
+    finally:
+        await harness.aclose()
+
+
+async def test_a_node_pausing_briefly_and_often_keeps_what_waits(harness: DriverHarness) -> None:
+    """A node that pauses 2 ms at each message (a throttle's pattern), never for
+    ``close_timeout`` (30 ms): a burst then the peer's close (memory: its abort); every
+    message arrives (review95 M1: what waited was dropped if reading was paused at the
+    instant the end's timer fired: ws 15-42 of 300, memory 14-42)."""
+    pair = await harness.pair(DriverOptions(close_timeout=30 * MS, read_turn=0))
+    events = pair.server_events
+    loop = asyncio.get_running_loop()
+
+    def hook(socket: Socket, data: bytes | str) -> None:
+        socket.pause_reading()
+        loop.call_later(2 * MS, socket.resume_reading)
+
+    events.on_message_hook = hook
+    sent = messages(300)
+    for message in sent:
+        pair.client.write(message)
+    if isinstance(pair.client, MemorySocket):
+        pair.client.abort()
+    else:
+        pair.client.close_soon()
+    await events.next(DriverEvent.CLOSE, pair.server, timeout=10 * TIMEOUT)
+    assert events.messages(pair.server) == sent
+
+
+async def test_a_close_then_an_abort_behind_a_long_pause_is_no_drop() -> None:
+    """memory: the peer's close frame then its abort wait behind messages, the node
+    pauses among them for good: the end comes, and no ConnectionDropped (the close
+    frame was on its way; review95 L2: the inbox was emptied before it was looked at)."""
+    hub = MemoryHub()
+    harness = DriverHarness(lambda options: MemoryDriver(options, hub=hub), "127.0.0.1")
+    try:
+        pair = await harness.pair(DriverOptions(close_timeout=10 * MS, read_turn=0))
+        events = pair.server_events
+        events.on_message_hook = pause_at(events, 5)
+        for i in range(50):
+            pair.client.write(b"%d" % i)
+        pair.client.close_soon()
+        pair.client.abort()
+        await events.next(DriverEvent.CLOSE, pair.server, timeout=TIMEOUT)
+        dropped = [e for e in events.errors(pair.server) if isinstance(e, ConnectionDropped)]
+        assert not dropped, dropped
     finally:
         await harness.aclose()

@@ -295,6 +295,7 @@ class EndAfterHeld(Socket):
     _aborted: bool
     _options: DriverOptions
     _paused_reading: bool
+    _paused_since: float  # when the node paused reading (loop clock)
     _end: tuple[Exception | None, asyncio.TimerHandle] | None  # a lost connection's end
 
     def _end_waits(self, exc: Exception | None) -> bool:
@@ -317,9 +318,11 @@ class EndAfterHeld(Socket):
     def _held_too_long(self) -> None:
         end = self._end
         if end is not None and self._has_held():
-            if not self._paused_reading:  # just resumed: its _deliver_held() ends it
-                timer = self._loop.call_later(self._options.close_timeout, self._held_too_long)
-                self._end = (end[0], timer)
+            wait = self._options.close_timeout  # resumed: its _deliver_held() ends it
+            if self._paused_reading:  # a pause of close_timeout drops them, not a brief
+                wait += self._paused_since - self._loop.time()  # one (review95 M1)
+            if wait > 0:
+                self._end = (end[0], self._loop.call_later(wait, self._held_too_long))
                 return
             logger.warning(
                 "! dropped %s from %s read before the connection ended: reading stayed "
@@ -372,6 +375,7 @@ class StreamSocket(EndAfterHeld, DrainWaiters, WriteBatches, asyncio.BufferedPro
         "_out",
         "_out_size",
         "_paused_reading",
+        "_paused_since",
         "_timer",
         "_transport",
         "write_paused",
@@ -392,6 +396,7 @@ class StreamSocket(EndAfterHeld, DrainWaiters, WriteBatches, asyncio.BufferedPro
         self._end: tuple[Exception | None, asyncio.TimerHandle] | None = None
         self._eof_sent = False  # we shut down our writing side: nothing more goes out
         self._paused_reading = False
+        self._paused_since = 0.0
         self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         # Frames written during one event loop iteration go out in one system call.
@@ -423,7 +428,8 @@ class StreamSocket(EndAfterHeld, DrainWaiters, WriteBatches, asyncio.BufferedPro
         await asyncio.shield(self._lost_waiter)
 
     def pause_reading(self) -> None:
-        self._paused_reading = True
+        if not self._paused_reading:
+            self._paused_reading, self._paused_since = True, self._loop.time()
         if self._transport is not None and self._transport.is_reading():
             self._transport.pause_reading()
 

@@ -1,6 +1,5 @@
 """
-The in-memory driver: connections between nodes of one process, for tests and
-simulations.
+The in-memory driver: connections between nodes of one process, for tests and simulations.
 
 Servers register on a :class:`MemoryHub` under ``memory://host:port``; clients dial that
 URL. Messages are delivered in order, one event loop iteration later, and honour the same
@@ -59,12 +58,10 @@ class _Close:
     __slots__ = ("code", "reason")
 
     def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
+        self.code, self.reason = code, reason
 
 
-_ABORTED = _Close(CloseCode.ABNORMAL_CLOSURE, "")
-"""In an inbox, behind the messages that arrived before it: the other end aborted."""
+_ABORTED = _Close(CloseCode.ABNORMAL_CLOSURE, "")  # in an inbox, behind what came first
 
 
 class MemoryHub:
@@ -257,7 +254,7 @@ class MemorySocket(Socket):
         self._inbox: deque[bytes | _Close] | None = None
         self._inbox_size = 0
         self._flush_scheduled = False
-        self._paused = False
+        self._paused, self._paused_since = False, 0.0
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._lost_waiter: asyncio.Future[None] = self._loop.create_future()
         self._announced = False  # the listener heard of it: it hears on_close too
@@ -317,7 +314,8 @@ class MemorySocket(Socket):
         await asyncio.shield(self._lost_waiter)
 
     def pause_reading(self) -> None:
-        self._paused = True
+        if not self._paused:
+            self._paused, self._paused_since = True, self._loop.time()
 
     def resume_reading(self) -> None:
         if self._paused:
@@ -374,16 +372,17 @@ class MemorySocket(Socket):
         self._enqueue(_Close(code, reason))
 
     def peer_aborted(self) -> None:
-        """The other end aborted: this end is closed at once, with code 1006; while it
-        was open and the peer's close frame wasn't on its way, that is a
-        :exc:`ConnectionDropped`, as a reset is on a stream. Messages that arrived before
-        it and wait for their turn (``read_turn``), not for a pause, are delivered first,
-        as a stream driver delivers what it read (a burst then a close: review93 M1)."""
+        """The other end aborted: this end is closed with code 1006, a
+        :exc:`ConnectionDropped` if its close frame wasn't on its way (a reset). Messages
+        that wait for their turn (``read_turn``), not for a pause, are delivered first
+        (review93 M1); a pause among them of ``close_timeout`` drops them (review94 F3)."""
         if self._inbox and not self._paused and self._state == _OPEN:
             self._inbox.append(_ABORTED)
-            # A node pausing among them ends it close_timeout on (review94 F3: never).
             self._loop.call_later(self._options.close_timeout, self._abort_overdue)
-            return
+        else:
+            self._lost_to_abort()
+
+    def _lost_to_abort(self) -> None:
         flying = (item for _, item in self._in_flight or ())
         waiting = itertools.chain(self._inbox or (), flying)
         closed = any(type(item) is _Close and item is not _ABORTED for item in waiting)
@@ -392,16 +391,17 @@ class MemorySocket(Socket):
         self._connection_lost(CloseCode.ABNORMAL_CLOSURE, dropped_reason(self._close_sent))
 
     def _abort_overdue(self) -> None:
-        """The peer aborted ``close_timeout`` ago, its messages wait: the end now."""
-        inbox = self._inbox
+        """The end, once the node kept reading paused ``close_timeout`` (review95 M1)."""
+        inbox = self._inbox  # (then what waits is dropped; a close frame among it said)
         if self._state == _CLOSED or not inbox or _ABORTED not in inbox:
             return
-        if not self._paused:  # still delivering them, in turns: wait again
-            self._loop.call_later(self._options.close_timeout, self._abort_overdue)
-            return
-        inbox.clear()  # (the node paused reading among them: dropped)
-        self._inbox_size = 0
-        self.peer_aborted()
+        wait = self._options.close_timeout  # (still delivering them, in turns)
+        if self._paused:
+            wait += self._paused_since - self._loop.time()
+        if wait > 0:
+            self._loop.call_later(wait, self._abort_overdue)
+        else:
+            self._lost_to_abort()
 
     # Internals
 

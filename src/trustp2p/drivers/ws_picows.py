@@ -106,7 +106,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         self._error: DriverError | None = None  # why this driver failed the connection
         self._timer: asyncio.TimerHandle | None = None  # the closing deadline
         self._lost_waiter: asyncio.Future[None] = self._loop.create_future()
-        self._paused_reading = False
+        self._paused_reading, self._paused_since = False, 0.0  # (EndAfterHeld)
         self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._drop_all = False  # a close frame went out: drop data frames
@@ -184,7 +184,8 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
 
     def pause_reading(self) -> None:
         self._stop_frame_clock()
-        self._paused_reading = True
+        if not self._paused_reading:
+            self._paused_reading, self._paused_since = True, self._loop.time()
         tcp = self._tcp
         if tcp is not None and tcp.is_reading():
             tcp.pause_reading()
@@ -295,8 +296,7 @@ class PicowsSocket(EndAfterHeld, FrameDeadline, DrainWaiters, WriteBatches, WSLi
         """The options it was made with."""
         return self._options
 
-    def start_turn(self) -> None:
-        """A read starts: its messages' turn (``DriverOptions.read_turn``)."""
+    def start_turn(self) -> None:  # a read starts: its messages' DriverOptions.read_turn
         self._turn_end, self._turned = perf_counter() + self._turn, False
 
     def read_complete(self, now: float, nbytes: int) -> None:
