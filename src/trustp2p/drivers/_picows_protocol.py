@@ -9,7 +9,6 @@ from __future__ import annotations
 __all__ = ["PicowsProtocol", "real_ip_listener", "retrieve_failure"]
 
 import asyncio
-import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,7 +22,7 @@ from picows import (
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ..protocol.limits import is_loopback
-from ._upgrade import upgrade_refusal
+from ._upgrade import real_ip, upgrade_refusal
 from .base import DriverOptions
 
 if TYPE_CHECKING:
@@ -135,9 +134,7 @@ def real_ip_listener(
         real_ips = request.headers.getall("X-Real-IP", [])
         if real_ips:
             try:
-                if len(real_ips) > 1:
-                    raise ValueError("repeated header")
-                socket.host = str(ipaddress.ip_address(real_ips[0].strip()))
+                socket.host = real_ip(real_ips)
             except ValueError:
                 response = WSUpgradeResponse.create_error_response(
                     400, b"Invalid X-Real-IP header.\n"

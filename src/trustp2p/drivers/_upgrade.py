@@ -7,7 +7,9 @@ dialler learns what went wrong.
 
 from __future__ import annotations
 
-__all__ = ["upgrade_refusal"]
+__all__ = ["real_ip", "upgrade_refusal"]
+
+import ipaddress
 
 _NOT_HTTP = "did not receive a valid HTTP request"  # websockets' words
 
@@ -40,3 +42,17 @@ def upgrade_refusal(head: bytes) -> str | None:
     if 0x41 <= head[0] <= 0x5A:  # "POST", "HEAD"...: an HTTP client, not a WebSocket one
         return f"{_NOT_HTTP} (not a GET: an HTTP client?)"
     return _NOT_HTTP + _dial_hint(head[0])
+
+
+def real_ip(values: list[str]) -> str:
+    """The address an upgrade's ``X-Real-IP`` header gives (``values``: each of its
+    values), as both WebSocket drivers take it from a loopback proxy
+    (``trust_real_ip``).
+
+    Raises:
+        ValueError: If the header is repeated or not an IP address: the upgrade is
+            refused with 400.
+    """
+    if len(values) > 1:
+        raise ValueError("repeated header")
+    return str(ipaddress.ip_address(values[0].strip()))

@@ -15,7 +15,6 @@ from __future__ import annotations
 __all__ = ["WsDriver", "WsListening", "WsSocket"]
 
 import asyncio
-import ipaddress
 import logging
 from collections import deque
 from time import perf_counter
@@ -39,7 +38,7 @@ from ..exceptions import DriverError
 from ..protocol.limits import TokenBucket, is_loopback
 from ._deadline import FrameDeadline
 from ._stream import ReceiveBuffer, ServerListening, StreamSocket, lost_error, serve
-from ._upgrade import upgrade_refusal
+from ._upgrade import real_ip, upgrade_refusal
 from ._wsframes import binary_frame_parts
 from .base import (
     FRAME_PROGRESS,
@@ -453,9 +452,7 @@ class WsSocket(FrameDeadline, StreamSocket):
             real_ips = request.headers.get_all("X-Real-IP")
             if real_ips:
                 try:
-                    if len(real_ips) > 1:
-                        raise ValueError("repeated header")
-                    self.host = str(ipaddress.ip_address(real_ips[0].strip()))
+                    self.host = real_ip(real_ips)
                 except ValueError:
                     response = protocol.reject(400, "Invalid X-Real-IP header.\n")
         protocol.send_response(response)
