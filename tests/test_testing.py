@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from trustp2p.drivers.memory import MemoryDriver
 from trustp2p.exceptions import UsageError
 from trustp2p.node import Node, NodeState
 from trustp2p.testing import Network
@@ -27,6 +28,16 @@ def test_network_faults_need_the_memory_driver() -> None:
 def test_network_stores_are_memory_or_sqlite() -> None:
     with pytest.raises(ValueError, match="stores must be 'memory' or 'sqlite'"):
         Network(2, stores="disk")
+
+
+async def test_network_nodes_read_without_turns() -> None:
+    """All its nodes share one loop: the drivers' read turns (fairness against a
+    flooding peer) only end turns early there (a 1,000-node simulation: 15 % more CPU,
+    its p50 coverage 20-50 % longer), so a memory network's drivers read without them."""
+    async with Network(2, degree=1, seed=1) as network:
+        for node in network.nodes:
+            driver = node.options.driver
+            assert isinstance(driver, MemoryDriver) and driver.options.read_turn is None
 
 
 async def test_network_nodes_keep_their_stores_in_memory() -> None:

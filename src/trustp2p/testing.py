@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .drivers.base import DriverOptions
 from .drivers.memory import MemoryDriver, MemoryHub
 from .exceptions import UsageError
 from .identity import Identity
@@ -202,7 +203,12 @@ class Network:
         (directory / THREADS_ENABLED).mkdir(parents=True, exist_ok=True)  # none: no warning
         options = dict(self.options)
         if self.driver == "memory":
-            options["driver"] = MemoryDriver(hub=self.hub, name=f"n{index}")
+            # All the nodes share one loop: read turns (the drivers' fairness between a
+            # node's connections against a flooding peer) only end turns early there: a
+            # 1,000-node simulation took 15 % more CPU and its p50 coverage 20-50 % longer.
+            options["driver"] = MemoryDriver(
+                DriverOptions(read_turn=None), hub=self.hub, name=f"n{index}"
+            )
             options.update(host=f"n{index}", port=1)
         else:
             options.update(driver=self.driver, host="127.0.0.1", port=port)
